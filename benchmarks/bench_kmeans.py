@@ -1,0 +1,463 @@
+#!/usr/bin/env python
+"""Benchmark the FM kernels: nearest-centroid assignment and full feature mapping.
+
+GPU mode (default; needs CuPy, torch optional) at ImageNet scale (N=1.28M, D=512, K=2000):
+
+* assignment with the fused CuPy kernel (``ffcv_dp4tl.kernels.cuda``) vs torch chunked
+  ``addmm`` + ``argmin`` (FP32, and TF32 for reference), torch ``cdist`` + ``argmin`` (chunked)
+  and the naive fully materialised ``||x||^2 - 2 x c^T + ||c||^2`` (N x K in memory, skipped
+  when larger than ``--max-materialize-gb``);
+* timings with CUDA events after ``--warmup`` runs, median (and min) of ``--repeats`` runs;
+* correctness: the fused kernel against a float64 brute force on a row sample, and every other
+  method against the fused kernel (labels may differ only at near-ties);
+* full FM: k-means++ init + ``--iters`` Lloyd iterations + target voting, via
+  ``ffcv_dp4tl.scoring``.
+
+It prints a Markdown table and replaces (or appends) the ``## FM kernels (GPU)`` section of
+``BENCHMARKS.md`` at the repository root, with device, versions, command and date.
+
+``--cpu-smoke`` runs the same flow at a tiny size on the CPU (numba oracle vs NumPy BLAS path
+vs torch CPU, perf_counter timings, full FM on the CPU backend) to sanity-check the script
+without a GPU; it only writes a Markdown file when ``--output`` is given.
+
+    python benchmarks/bench_kmeans.py                      # GPU, writes BENCHMARKS.md
+    python benchmarks/bench_kmeans.py --n 200000 --k 1000  # smaller GPU run
+    python benchmarks/bench_kmeans.py --cpu-smoke          # CPU sanity check
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ffcv_dp4tl.fsutil import atomic_write_text  # noqa: E402
+from ffcv_dp4tl.kernels import cpu as kcpu  # noqa: E402
+from ffcv_dp4tl.scoring import feature_mapping_votes, kmeans, kmeans_plus_plus  # noqa: E402
+
+GPU_SECTION = "FM kernels (GPU)"
+CPU_SECTION = "FM kernels (CPU smoke)"
+#: Relative distance gap (vs ||x||^2 + max ||c||^2) under which two labels count as a near-tie.
+TIE_TOL = 1e-4
+
+
+@dataclass
+class Result:
+    name: str
+    times: list[float] = field(default_factory=list)  # seconds
+    labels: Any = None  # host int64 (N,)
+    note: str = ""
+    agree: str = ""
+    ok: bool = True
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times) if self.times else float("nan")
+
+
+# -- timing ------------------------------------------------------------------------------
+def time_cpu(fn: Callable[[], Any], warmup: int, repeats: int) -> tuple[list[float], Any]:
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return times, out
+
+
+def time_cupy(fn: Callable[[], Any], warmup: int, repeats: int) -> tuple[list[float], Any]:
+    import cupy as cp
+
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    cp.cuda.Device().synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        out = fn()
+        end.record()
+        end.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, end) / 1e3)
+    return times, out
+
+
+def time_torch(fn: Callable[[], Any], warmup: int, repeats: int) -> tuple[list[float], Any]:
+    import torch
+
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return times, out
+
+
+# -- torch reference methods (device-agnostic: run on CUDA in GPU mode, CPU in smoke mode) --
+def torch_matmul_argmin(x, c, chunk: int):
+    import torch
+
+    cn = (c * c).sum(1)
+    ct = c.t()
+    labels = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+    for s in range(0, x.shape[0], chunk):
+        g = torch.addmm(cn, x[s : s + chunk], ct, alpha=-2.0)  # ||c||^2 - 2 x.c
+        labels[s : s + chunk] = g.argmin(1)
+    return labels
+
+
+def torch_cdist_argmin(x, c, chunk: int):
+    import torch
+
+    labels = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+    for s in range(0, x.shape[0], chunk):
+        labels[s : s + chunk] = torch.cdist(x[s : s + chunk], c).argmin(1)
+    return labels
+
+
+def torch_naive_argmin(x, c):
+    d = (x * x).sum(1, keepdim=True) - 2.0 * (x @ c.t()) + (c * c).sum(1)[None, :]  # N x K
+    return d.argmin(1)
+
+
+# -- correctness ---------------------------------------------------------------------------
+def agreement(x_host_rows, c: np.ndarray, ref: np.ndarray, other: np.ndarray) -> tuple[str, bool]:
+    """Fraction of equal labels; differing rows must be near-ties in float64."""
+    diff = np.flatnonzero(ref != other)
+    if diff.size == 0:
+        return "100%", True
+    rows = diff[:100_000]  # bound host work; mismatches should be rare anyway
+    ok, worst = _gap(x_host_rows(rows), c, ref[rows], other[rows])
+    if not ok:
+        return f"MISMATCH: {diff.size} rows differ (max rel gap {worst:.1e})", False
+    pct = 100.0 * (1 - diff.size / ref.size)
+    return f"{pct:.4f}% ({diff.size} near-ties, max rel gap {worst:.1e})", True
+
+
+def _gap(xr: np.ndarray, c: np.ndarray, la: np.ndarray, lb: np.ndarray) -> tuple[bool, float]:
+    """Largest float64 distance gap between the two label choices, relative to the scale."""
+    xr = xr.astype(np.float64)
+    c64 = c.astype(np.float64)
+    gap = np.abs(((xr - c64[la]) ** 2).sum(1) - ((xr - c64[lb]) ** 2).sum(1))
+    scale = (xr**2).sum(1) + (c64**2).sum(1).max() + 1.0
+    worst = float((gap / scale).max())
+    return worst <= TIE_TOL, worst
+
+
+def ground_truth_check(x_host_rows, c: np.ndarray, labels: np.ndarray, d2: np.ndarray, sample: int, seed: int) -> tuple[bool, str]:
+    """Fused/fast labels vs float64 brute force on ``sample`` random rows."""
+    n = labels.shape[0]
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
+    xr = x_host_rows(rows).astype(np.float64)
+    c64 = c.astype(np.float64)
+    full = (xr**2).sum(1)[:, None] - 2.0 * xr @ c64.T + (c64**2).sum(1)[None, :]
+    ref = full.argmin(1)
+    diff = np.flatnonzero(ref != labels[rows])
+    ok, worst = (True, 0.0) if diff.size == 0 else _gap(xr[diff], c, ref[diff], labels[rows][diff])
+    dist_err = float(np.abs(d2[rows] - full.min(1)).max() / (full.min(1).max() + 1.0))
+    ok = ok and dist_err < 1e-4
+    return ok, f"{rows.size} rows vs float64: {diff.size} label diffs (max rel gap {worst:.1e}), max rel dist err {dist_err:.1e}"
+
+
+# -- data ----------------------------------------------------------------------------------
+def make_data_numpy(n: int, d: int, k: int, targets: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gaussian mixture features (a clusterable workload), centroids = random rows."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((k, d), dtype=np.float32) * 2.0
+    x = centers[rng.integers(0, k, size=n)] + rng.standard_normal((n, d), dtype=np.float32)
+    c = x[rng.choice(n, size=k, replace=False)].copy()
+    t = centers[rng.integers(0, k, size=targets)] + rng.standard_normal((targets, d), dtype=np.float32)
+    return x, c, t
+
+
+def make_data_cupy(n: int, d: int, k: int, targets: int, seed: int):
+    import cupy as cp
+
+    rs = cp.random.RandomState(seed)
+    centers = rs.standard_normal((k, d), dtype=cp.float32) * 2.0
+    x = centers[rs.randint(0, k, size=n)]
+    x += rs.standard_normal((n, d), dtype=cp.float32)
+    c = x[cp.asarray(np.random.default_rng(seed).choice(n, size=k, replace=False))].copy()
+    t = centers[rs.randint(0, k, size=targets)] + rs.standard_normal((targets, d), dtype=cp.float32)
+    return cp.ascontiguousarray(x), cp.ascontiguousarray(c), cp.ascontiguousarray(t)
+
+
+# -- runs ----------------------------------------------------------------------------------
+def run_gpu(args) -> tuple[list[Result], list[str], dict[str, str]]:
+    import cupy as cp
+
+    from ffcv_dp4tl.kernels import cuda as kcuda
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    info = versions(gpu=True, torch=torch)
+    x, c, t = make_data_cupy(args.n, args.d, args.k, args.targets, args.seed)
+    c_host = c.get()
+    host_rows = lambda rows: x[cp.asarray(rows)].get()  # noqa: E731
+    n, k, d = args.n, args.k, args.d
+    results: list[Result] = []
+
+    times, (labels, d2) = time_cupy(lambda: kcuda.assign_nearest(x, c), args.warmup, args.repeats)
+    fused = Result("CuPy fused kernel (ours)", times, labels.get())
+    ok, msg = ground_truth_check(host_rows, c_host, fused.labels, d2.get(), args.check_rows, args.seed)
+    fused.agree, fused.ok = ("reference; " + msg), ok
+    results.append(fused)
+    del labels, d2
+
+    if torch is not None:
+        xt, ct = torch.from_dlpack(x), torch.from_dlpack(c)
+        chunk = max(1, min(n, (args.chunk_mb * 2**20) // (4 * k)))
+        prev_tf32 = torch.backends.cuda.matmul.allow_tf32
+        methods: list[tuple[str, Callable[[], Any], str, bool]] = [
+            ("torch addmm+argmin (FP32)", lambda: torch_matmul_argmin(xt, ct, chunk), f"chunks of {chunk} rows", False),
+            ("torch addmm+argmin (TF32)", lambda: torch_matmul_argmin(xt, ct, chunk), f"chunks of {chunk} rows; TF32 may flip near-ties", True),
+            ("torch cdist+argmin", lambda: torch_cdist_argmin(xt, ct, chunk), f"chunks of {chunk} rows", False),
+        ]
+        need_gb = n * k * 4 * 3 / 2**30  # x@c^T, -2*(.), sum: ~3 N x K float32 temporaries
+        if need_gb <= args.max_materialize_gb:
+            methods.append(("naive materialised N x K", lambda: torch_naive_argmin(xt, ct), f"~{need_gb:.1f} GiB of temporaries", False))
+        else:
+            results.append(Result("naive materialised N x K", note=f"skipped: needs ~{need_gb:.0f} GiB > --max-materialize-gb"))
+        for name, fn, note, tf32 in methods:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            try:
+                times, lab = time_torch(fn, args.warmup, args.repeats)
+            except torch.cuda.OutOfMemoryError:
+                results.append(Result(name, note="out of GPU memory"))
+                torch.cuda.empty_cache()
+                continue
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = prev_tf32
+            r = Result(name, times, lab.cpu().numpy(), note)
+            r.agree, r.ok = agreement(host_rows, c_host, fused.labels, r.labels)
+            if tf32:
+                r.ok = True  # informative only: TF32 is not expected to match FP32 labels
+            results.append(r)
+            del lab
+            torch.cuda.empty_cache()
+    else:
+        results.append(Result("torch methods", note="skipped: torch not installed"))
+
+    fm_lines = run_fm(args, x, t, backend="cuda", sync=lambda: cp.cuda.Device().synchronize())
+    for r in results:
+        if r.times:
+            r.note = (r.note + "; " if r.note else "") + f"{2 * n * k * d / r.median / 1e12:.1f} TFLOP/s"
+    return results, fm_lines, info
+
+
+def run_cpu(args) -> tuple[list[Result], list[str], dict[str, str]]:
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    info = versions(gpu=False, torch=torch)
+    x, c, t = make_data_numpy(args.n, args.d, args.k, args.targets, args.seed)
+    host_rows = lambda rows: x[rows]  # noqa: E731
+    results: list[Result] = []
+
+    times, (labels, d2) = time_cpu(lambda: kcpu.assign_nearest_numba(x, c), args.warmup, args.repeats)
+    oracle = Result("numba oracle (float64 accum.)", times, labels)
+    ok, msg = ground_truth_check(host_rows, c, labels, d2, args.check_rows, args.seed)
+    oracle.agree, oracle.ok = "reference; " + msg, ok
+    results.append(oracle)
+
+    times, (labels, d2) = time_cpu(lambda: kcpu.assign_nearest(x, c), args.warmup, args.repeats)
+    r = Result("NumPy BLAS chunks (cpu backend)", times, labels)
+    r.agree, r.ok = agreement(host_rows, c, oracle.labels, labels)
+    results.append(r)
+
+    if torch is not None:
+        xt, ct = torch.from_numpy(x), torch.from_numpy(c)
+        chunk = max(1, min(args.n, (args.chunk_mb * 2**20) // (4 * args.k)))
+        for name, fn in (
+            ("torch addmm+argmin (CPU)", lambda: torch_matmul_argmin(xt, ct, chunk)),
+            ("torch cdist+argmin (CPU)", lambda: torch_cdist_argmin(xt, ct, chunk)),
+            ("naive materialised N x K (torch CPU)", lambda: torch_naive_argmin(xt, ct)),
+        ):
+            times, lab = time_cpu(fn, args.warmup, args.repeats)
+            r = Result(name, times, lab.numpy())
+            r.agree, r.ok = agreement(host_rows, c, oracle.labels, r.labels)
+            results.append(r)
+    fm_lines = run_fm(args, x, t, backend="cpu", sync=lambda: None)
+    return results, fm_lines, info
+
+
+def run_fm(args, x, targets, backend: str, sync: Callable[[], None]) -> list[str]:
+    """Full FM: k-means++ init, Lloyd iterations, target voting; wall-clock seconds.
+
+    ``kmeans`` seeds itself; the init is also timed alone so the Lloyd row can show
+    ``kmeans total - init``.
+    """
+    t0 = time.perf_counter()
+    kmeans_plus_plus(x, args.k, seed=args.seed)
+    t_init = time.perf_counter() - t0
+    sync()
+    t0 = time.perf_counter()
+    res = kmeans(x, args.k, iters=args.iters, seed=args.seed, backend=backend)
+    sync()
+    t_km = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    votes, _ = feature_mapping_votes(targets, res.centroids, backend=backend)
+    sync()
+    t_vote = time.perf_counter() - t0
+    assert int(votes.sum()) == targets.shape[0], "every target must cast exactly one vote"
+    lloyd = t_km - t_init
+    per_iter = lloyd / max(1, res.n_iter)
+    return [
+        "| stage | seconds |",
+        "| --- | ---: |",
+        f"| k-means++ init (subsample, CPU) | {t_init:.2f} |",
+        f"| Lloyd: {res.n_iter} iterations{' (converged early)' if res.converged else ''} | {lloyd:.2f} ({per_iter:.3f}/iter) |",
+        f"| target voting ({targets.shape[0]} targets) | {t_vote:.3f} |",
+        f"| **total FM** | **{t_km + t_vote:.2f}** |",
+        "",
+        f"Inertia: {res.inertia[0]:.4g} -> {res.inertia[-1]:.4g}.",
+    ]
+
+
+# -- reporting -----------------------------------------------------------------------------
+def versions(gpu: bool, torch) -> dict[str, str]:
+    import numba
+
+    info = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "torch": getattr(torch, "__version__", "not installed"),
+        "cpu": platform.processor() or platform.machine(),
+    }
+    if gpu:
+        import cupy as cp
+
+        dev = cp.cuda.Device()
+        props = cp.cuda.runtime.getDeviceProperties(dev.id)
+        name = props["name"]
+        info["device"] = name.decode() if isinstance(name, bytes) else str(name)
+        info["cupy"] = cp.__version__
+        info["cuda runtime"] = str(cp.cuda.runtime.runtimeGetVersion())
+        info["driver"] = str(cp.cuda.runtime.driverGetVersion())
+    else:
+        info["device"] = f"CPU ({info['cpu']}, numba threads={numba.get_num_threads()})"
+    return info
+
+
+def markdown(args, results: list[Result], fm_lines: list[str], info: dict[str, str]) -> str:
+    lines = [
+        f"Device: **{info['device']}**. Versions: "
+        + ", ".join(f"{key} {val}" for key, val in info.items() if key not in ("device", "cpu"))
+        + ".",
+        "",
+        f"Command: `{' '.join(shlex.quote(a) for a in ['python', *sys.argv])}`; "
+        f"date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.",
+        "",
+        f"Assignment of N={args.n:,} x D={args.d} float32 rows to K={args.k:,} centroids "
+        f"({args.warmup} warmup, median / min of {args.repeats} runs):",
+        "",
+        "| method | median s | min s | labels vs reference | notes |",
+        "| --- | ---: | ---: | --- | --- |",
+    ]
+    for r in results:
+        if r.times:
+            lines.append(f"| {r.name} | {r.median:.4f} | {min(r.times):.4f} | {r.agree} | {r.note} |")
+        else:
+            lines.append(f"| {r.name} | - | - | - | {r.note} |")
+    lines += ["", f"Full FM (k-means, K={args.k:,}, {args.iters} Lloyd iterations, then voting):", "", *fm_lines]
+    return "\n".join(lines) + "\n"
+
+
+def upsert_section(path: Path, title: str, body: str) -> None:
+    """Replace ``## title`` (up to the next ``## ``) in ``path`` or append it; atomic write."""
+    header = f"## {title}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    lines = text.splitlines()
+    try:
+        start = lines.index(header)
+    except ValueError:
+        start = None
+    new_block = [header, "", *body.rstrip("\n").splitlines()]
+    if start is None:
+        while lines and not lines[-1].strip():
+            lines.pop()
+        lines += ["", *new_block]
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        tail = lines[end:]
+        lines = lines[:start] + new_block + ([""] + tail if tail else [])
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run (numba vs NumPy vs torch CPU)")
+    p.add_argument("--n", type=int, default=None, help="rows (default 1,280,000; smoke 20,000)")
+    p.add_argument("--d", type=int, default=None, help="feature dim (default 512; smoke 128)")
+    p.add_argument("--k", type=int, default=None, help="centroids (default 2000; smoke 64)")
+    p.add_argument("--targets", type=int, default=None, help="target features voting (default 50,000; smoke 2,000)")
+    p.add_argument("--iters", type=int, default=20, help="Lloyd iterations for the full FM run")
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 2; smoke 1)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs (default 5; smoke 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk-mb", type=int, default=1024, help="N x K block size for chunked torch methods")
+    p.add_argument("--max-materialize-gb", type=float, default=40.0, help="skip the naive N x K method above this")
+    p.add_argument("--check-rows", type=int, default=4096, help="rows checked against a float64 brute force")
+    p.add_argument("--output", type=Path, default=None, help="Markdown file to update (GPU default: BENCHMARKS.md)")
+    args = p.parse_args(argv)
+    smoke = args.cpu_smoke
+    for name, gpu_default, smoke_default in (
+        ("n", 1_280_000, 20_000),
+        ("d", 512, 128),
+        ("k", 2000, 64),
+        ("targets", 50_000, 2_000),
+        ("warmup", 2, 1),
+        ("repeats", 5, 3),
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, smoke_default if smoke else gpu_default)
+    if args.k > args.n:
+        p.error(f"--k {args.k} must not exceed --n {args.n}")
+    if args.output is None and not smoke:
+        args.output = REPO / "BENCHMARKS.md"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results, fm_lines, info = run_cpu(args) if args.cpu_smoke else run_gpu(args)
+    body = markdown(args, results, fm_lines, info)
+    print(body)
+    if args.output is not None:
+        upsert_section(args.output, CPU_SECTION if args.cpu_smoke else GPU_SECTION, body)
+        print(f"updated {args.output}")
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        print(f"ERROR: results disagree beyond near-ties: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

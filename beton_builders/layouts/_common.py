@@ -1,0 +1,187 @@
+"""Helpers shared by the layout readers: listing files, parsing split files, errors.
+
+Every problem is raised as a :class:`~ffcv_dp4tl.errors.DataError` whose message names the
+file (and line/field) and says what to do. Readers only enumerate samples; a split-file line
+that points at a missing image is kept (the writer rejects it and lists it in rejects.txt).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ffcv_dp4tl.errors import DataError
+
+from ..spec import DatasetSpec, Sample
+
+#: Image extensions accepted when listing folders (compared case-insensitively).
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"})
+
+
+def bad(path: Path | str | None, msg: str, *, line: int | None = None, hint: str = "") -> DataError:
+    """Build a DataError ``"<path>:<line>: <msg>; <hint>"`` (use as ``raise bad(...)``)."""
+    where = ""
+    if path is not None:
+        where = f"{path}:{line}: " if line is not None else f"{path}: "
+    text = where + msg
+    if hint:
+        text += f"; {hint}"
+    return DataError(text)
+
+
+def require_dir(path: Path, hint: str) -> Path:
+    if not path.is_dir():
+        raise bad(path, "folder not found", hint=hint)
+    return path
+
+
+def require_file(path: Path, hint: str) -> Path:
+    if not path.is_file():
+        raise bad(path, "file not found", hint=hint)
+    return path
+
+
+def dataset_dir(root: Path, marker: str, names: Sequence[str], hint: str) -> Path:
+    """Return ``root`` if ``root/marker`` exists, else the first ``root/<name>`` that has it.
+
+    Lets users pass either the dataset folder itself or the folder that contains it.
+    """
+    for cand in [root, *(root / n for n in names)]:
+        if (cand / marker).exists():
+            return cand
+    tried = ", ".join(str(root / n / marker) for n in names)
+    raise bad(root / marker, "not found" + (f" (also tried {tried})" if tried else ""), hint=hint)
+
+
+def find_first(dirs: Iterable[Path], names: Sequence[str]) -> Path | None:
+    """First existing ``d/name`` over ``dirs`` (outer loop) and ``names`` (inner loop)."""
+    seen: set[Path] = set()
+    for d in dirs:
+        if d in seen:
+            continue
+        seen.add(d)
+        for n in names:
+            if (d / n).is_file():
+                return d / n
+    return None
+
+
+def is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def subdirs(path: Path) -> list[Path]:
+    """Sorted non-hidden sub-folders of ``path``."""
+    with os.scandir(path) as it:
+        return sorted(Path(e.path) for e in it if not is_hidden(e.name) and e.is_dir())
+
+
+def list_images(path: Path, recursive: bool = True) -> list[Path]:
+    """Sorted image files under ``path`` by extension only (no content check), skipping hidden."""
+    out: list[Path] = []
+    with os.scandir(path) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        if is_hidden(e.name):
+            continue
+        if e.is_dir():
+            if recursive:
+                out.extend(list_images(Path(e.path), recursive=True))
+        elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTS:
+            out.append(Path(e.path))
+    return out
+
+
+def iter_lines(path: Path, hint: str = "") -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, stripped_line)`` skipping blank lines and ``#`` comments."""
+    require_file(path, hint)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise bad(path, f"not UTF-8 text ({e})", hint=hint or "replace it with the original file") from None
+    for i, raw in enumerate(text.splitlines(), start=1):
+        s = raw.strip()
+        if s and not s.startswith("#"):
+            yield i, s
+
+
+def load_mat(path: Path, keys: Sequence[str], hint: str = "") -> dict[str, Any]:
+    """``scipy.io.loadmat`` (squeezed, structs as objects) checking that ``keys`` are present."""
+    import scipy.io
+
+    require_file(path, hint)
+    try:
+        mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
+    except Exception as e:  # scipy raises many types for corrupt files
+        raise bad(path, f"cannot read MATLAB file ({e})", hint=hint or "re-download it") from None
+    for k in keys:
+        if k not in mat:
+            raise bad(path, f"missing field '{k}' (found: {sorted(x for x in mat if not x.startswith('__'))})",
+                      hint=hint or "re-download the official file")
+    return mat
+
+
+def mat_list(value: Any) -> list[Any]:
+    """A squeezed MATLAB array/cell/struct-array as a flat Python list (a scalar -> [scalar])."""
+    return list(np.atleast_1d(np.asarray(value, dtype=object)).ravel())
+
+
+def mat_scalar(value: Any) -> Any:
+    """Unwrap 1-element arrays (possibly nested) into a Python scalar/str."""
+    while isinstance(value, np.ndarray):
+        if value.size != 1:
+            raise ValueError(f"expected a single value, got shape {value.shape}")
+        value = value.reshape(-1)[0]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def parse_int(text: str, path: Path, line: int, what: str, hint: str = "") -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise bad(path, f"{what} '{text}' is not an integer", line=line, hint=hint) from None
+
+
+def rank_map(ids: Iterable[int]) -> dict[int, int]:
+    """Map distinct ids to contiguous 0-based labels in sorted order (identity for 0..K-1)."""
+    return {v: i for i, v in enumerate(sorted(set(ids)))}
+
+
+def finish(name: str, classes: list[str], splits: dict[str, list[Sample]], source: Path,
+           extra: dict[str, Any] | None = None) -> DatasetSpec:
+    """Validate (non-empty splits, labels in range) and build the :class:`DatasetSpec`."""
+    if not classes:
+        raise bad(source, f"{name}: no classes found", hint="check that you passed the dataset folder")
+    for split, samples in splits.items():
+        if not samples:
+            raise bad(source, f"{name}: split '{split}' is empty",
+                      hint="check the split file / image folders for this split")
+        for s in samples:
+            if not 0 <= s.label < len(classes):
+                raise bad(source, f"{name}: sample {s.display_name()} has label {s.label} outside "
+                          f"0..{len(classes) - 1}", hint="check the label/class files")
+    return DatasetSpec(name=name, classes=list(classes), splits=splits, extra=dict(extra or {}))
+
+
+def read_class_path_list(path: Path, label_of: dict[str, int], to_image: Callable[[str, str], Path],
+                         hint: str) -> list[Sample]:
+    """Read lines ``<class>/<name>[ ...]`` into Samples (first whitespace token is used).
+
+    ``to_image(class, name)`` builds the image path; unknown classes and lines without a
+    ``/`` raise a DataError naming the file and line. Missing images are kept.
+    """
+    samples = []
+    for ln, line in iter_lines(path, hint):
+        token = line.split()[0]
+        cls, sep, name = token.partition("/")
+        if not sep or not cls or not name:
+            raise bad(path, f"malformed line '{line}'", line=ln, hint="expected '<class>/<file>'")
+        if cls not in label_of:
+            raise bad(path, f"unknown class '{cls}'", line=ln,
+                      hint="the class must be one of the dataset's classes; use the matching split files")
+        samples.append(Sample(to_image(cls, name), label_of[cls]))
+    if not samples:
+        raise bad(path, "lists no images", hint=hint or "use the original split file")
+    return samples

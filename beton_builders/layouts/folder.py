@@ -1,0 +1,52 @@
+"""Generic ImageFolder layout.
+
+Expected, either with split folders (each present one becomes a split)::
+
+    train/<class>/**/*.jpg   val/<class>/**/*.jpg   test/<class>/**/*.jpg
+
+or without (``root`` itself is the class tree; one split ``train``)::
+
+    <class>/**/*.jpg
+
+Classes are the sorted union of class folders over all splits, so labels agree across
+splits. Files are selected by (case-insensitive) extension only; unreadable images are left
+for the writer to reject. Hidden files/folders and loose files next to class folders are
+ignored. With ``split_json`` (CoOp format) paths are relative to ``root``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..spec import DatasetSpec, Sample
+from . import coop
+from ._common import IMAGE_EXTS, bad, finish, list_images, subdirs
+
+NAME = "folder"
+SPLITS = ("train", "val", "test")
+HINT = "expected <class>/*.jpg folders, or train/ val/ test/ folders each holding <class>/*.jpg"
+
+
+def read(root: Path, split_json: Path | None = None) -> DatasetSpec:
+    """Enumerate an ImageFolder tree (see module docstring for the layout)."""
+    root = Path(root)
+    if split_json is not None:
+        return coop.read_split_json(NAME, Path(split_json), root, {"layout": NAME})
+    split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
+    if not split_dirs:
+        split_dirs = {"train": root}
+    per_split = {s: {d.name: list_images(d) for d in subdirs(p)} for s, p in split_dirs.items()}
+    for s, classes in per_split.items():
+        if not classes:
+            raise bad(split_dirs[s], "no class folders", hint=HINT)
+    names = sorted({c for classes in per_split.values() for c in classes})
+    for c in names:
+        if not any(classes.get(c) for classes in per_split.values()):
+            where = [split_dirs[s] / c for s, classes in per_split.items() if c in classes]
+            raise bad(where[0], "class folder has no image files "
+                      f"({', '.join(sorted(IMAGE_EXTS))})", hint="add images or remove the folder")
+    label_of = {c: i for i, c in enumerate(names)}
+    splits = {
+        s: [Sample(f, label_of[c]) for c in sorted(classes) for f in classes[c]]
+        for s, classes in per_split.items()
+    }
+    return finish(NAME, names, splits, root, {"layout": NAME})

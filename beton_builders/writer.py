@@ -1,0 +1,273 @@
+"""Build a dataset directory from a :class:`DatasetSpec`: shards, beton, labels, manifest.
+
+Layout of ``out_dir`` (per split ``S``)::
+
+    S.beton               FFCV file (RGB image field in JPEG/proportion mode, int label)
+    S.labels.npy          int64 label of every sample, in file order
+    wds/S-000000.tar ...  WebDataset shards (KEY.jpg, KEY.cls)
+    wds/S.index.npy       random-access index (shard, byte offset, size, label, key)
+    rejects.txt           inputs that were skipped, with the reason
+    manifest.json         written last: classes, counts, settings, content fingerprints
+
+Resumability: shards are encoded in parallel, one task per shard, and each shard becomes
+visible only by an atomic rename followed by its metadata file in ``.build/``. A rerun of the
+same command skips finished shards; the beton, labels and manifest are produced from the
+finished shards, each atomically. A directory without ``manifest.json`` is never complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ffcv_dp4tl.data.manifest import FORMAT, INDEX_DTYPE, MANIFEST_NAME, split_fingerprint
+from ffcv_dp4tl.errors import DataError
+from ffcv_dp4tl.fsutil import (atomic_path, atomic_save_npy, atomic_write_json,
+                               atomic_write_text, read_json)
+
+from .beton import ShardBytesDataset, write_beton
+from .shards import write_shard
+from .spec import DatasetSpec, Sample
+
+BUILD_DIR = ".build"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Image and file settings; all but ``workers`` and ``progress`` are part of the content."""
+
+    max_side: int = 256
+    quality: int = 90
+    shard_size: int = 1000
+    #: "jpg": every image stored as JPEG; "proportion": ``raw_fraction`` stored as raw pixels.
+    beton_mode: str = "jpg"
+    raw_fraction: float = 0.0
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    progress: bool = True
+
+    def validate(self) -> None:
+        if not 8 <= self.max_side <= 4096:
+            raise DataError(f"--max-side must be in [8, 4096], got {self.max_side}")
+        if not 1 <= self.quality <= 100:
+            raise DataError(f"--quality must be in [1, 100], got {self.quality}")
+        if self.shard_size < 1:
+            raise DataError(f"--shard-size must be >= 1, got {self.shard_size}")
+        if self.beton_mode not in ("jpg", "proportion"):
+            raise DataError(f"--beton-mode must be 'jpg' or 'proportion', got {self.beton_mode!r}")
+        if self.beton_mode == "jpg" and self.raw_fraction:
+            raise DataError("--raw-fraction needs --beton-mode proportion")
+        if not 0.0 <= self.raw_fraction < 1.0:
+            raise DataError(f"--raw-fraction must be in [0, 1), got {self.raw_fraction}")
+
+    def content_settings(self) -> dict:
+        d = asdict(self)
+        d.pop("workers"), d.pop("progress")
+        return d
+
+
+@dataclass
+class SplitSummary:
+    name: str
+    num_samples: int
+    num_rejected: int
+    seconds: float
+
+
+@dataclass
+class BuildSummary:
+    out_dir: Path
+    splits: list[SplitSummary]
+    skipped: bool = False  # everything was already built
+
+    def lines(self) -> list[str]:
+        out = []
+        for s in self.splits:
+            rate = s.num_samples / s.seconds if s.seconds > 0 else float("nan")
+            out.append(f"{s.name}: {s.num_samples} samples, {s.num_rejected} rejected"
+                       + ("" if self.skipped else f", {s.seconds:.1f}s ({rate:.0f} img/s)"))
+        return out
+
+
+def _listing_digest(spec: DatasetSpec) -> str:
+    """Identify the *input* listing, so a resumed build cannot mix two different sources."""
+    h = hashlib.sha256()
+    h.update(json.dumps(spec.classes).encode())
+    for split, samples in spec.splits.items():
+        h.update(f"\x00{split}:{len(samples)}".encode())
+        for s in samples:
+            h.update(f"{s.display_name()}\x01{s.label}\x02".encode())
+    return h.hexdigest()
+
+
+def _shard_task(args: tuple) -> tuple[str, int, int, int]:
+    """Worker: encode one shard, write tar then metadata, both atomically."""
+    out_dir, split, shard_id, samples, first, max_side, quality = args
+    tar_path = out_dir / "wds" / f"{split}-{shard_id:06d}.tar"
+    meta_path = out_dir / BUILD_DIR / f"{split}-{shard_id:06d}.json"
+    with atomic_path(tar_path, suffix=".tar") as tmp:
+        meta = write_shard(tmp, samples, first, max_side, quality)
+    atomic_write_json(meta_path, meta)
+    return split, shard_id, len(meta["samples"]), len(meta["rejects"])
+
+
+def _check_spec(spec: DatasetSpec) -> None:
+    if not spec.classes:
+        raise DataError(f"dataset {spec.name!r} has no classes")
+    if not spec.splits:
+        raise DataError(f"dataset {spec.name!r} has no splits")
+    n = len(spec.classes)
+    for split, samples in spec.splits.items():
+        if not samples:
+            raise DataError(f"split {split!r} of dataset {spec.name!r} is empty; check the input "
+                            "layout (wrong folder or split file?)")
+        bad = next((s for s in samples if not 0 <= int(s.label) < n), None)
+        if bad is not None:
+            raise DataError(f"{bad.display_name()}: label {bad.label} outside [0, {n}) for "
+                            f"split {split!r}")
+
+
+def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: str,
+                 overwrite: bool) -> tuple[dict, bool]:
+    """Check/record build settings. Returns (settings, already_complete)."""
+    settings = {"format": FORMAT, "source": source, "options": opts.content_settings(),
+                "listing": _listing_digest(spec)}
+    manifest_path = out_dir / MANIFEST_NAME
+    settings_path = out_dir / BUILD_DIR / "settings.json"
+    if overwrite and out_dir.exists():
+        for name in [MANIFEST_NAME, "rejects.txt", BUILD_DIR, "wds"]:
+            p = out_dir / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        for p in list(out_dir.glob("*.beton")) + list(out_dir.glob("*.labels.npy")):
+            p.unlink()
+    if manifest_path.exists():
+        old = read_json(manifest_path, "manifest").get("build", {})
+        if old == settings:
+            return settings, True
+        raise DataError(f"{out_dir} already holds a different build (source or settings differ); "
+                        "pass --overwrite to replace it, or choose another --out")
+    if settings_path.exists():
+        old = read_json(settings_path, "build settings")
+        if old != settings:
+            changed = [k for k in settings if old.get(k) != settings[k]]
+            raise DataError(f"{out_dir} holds an interrupted build with different {', '.join(changed)}; "
+                            "rerun with the same source and options to resume, or pass --overwrite")
+    elif out_dir.exists() and any(out_dir.iterdir()):
+        raise DataError(f"{out_dir} is not empty and is not a dp4tl build; choose an empty --out "
+                        "or pass --overwrite")
+    atomic_write_json(settings_path, settings)
+    return settings, False
+
+
+def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | None = None,
+                  *, source: str = "", overwrite: bool = False) -> BuildSummary:
+    """Convert ``spec`` into ``out_dir``; resume if a previous run was interrupted."""
+    opts = opts or BuildOptions()
+    opts.validate()
+    _check_spec(spec)
+    out_dir = Path(out_dir)
+    settings, done = _prepare_dir(spec, out_dir, opts, source, overwrite)
+    if done:
+        manifest = read_json(out_dir / MANIFEST_NAME)
+        return BuildSummary(out_dir, [SplitSummary(n, s["num_samples"], s["num_rejected"], 0.0)
+                                      for n, s in manifest["splits"].items()], skipped=True)
+
+    # 1. Shards (parallel, resumable)
+    tasks, timings = [], {}
+    for split, samples in spec.splits.items():
+        for shard_id, first in enumerate(range(0, len(samples), opts.shard_size)):
+            if not (out_dir / BUILD_DIR / f"{split}-{shard_id:06d}.json").exists():
+                chunk = samples[first:first + opts.shard_size]
+                tasks.append((out_dir, split, shard_id, chunk, first, opts.max_side, opts.quality))
+    todo = sum(len(t[3]) for t in tasks)
+    start = time.perf_counter()
+    if tasks:
+        bar = tqdm(total=todo, unit="img", desc=f"encode {spec.name}", disable=not opts.progress)
+        workers = max(1, min(opts.workers, len(tasks)))
+        if workers == 1:
+            results = map(_shard_task, tasks)
+            pool = None
+        else:
+            pool = mp.get_context("fork").Pool(workers)
+            results = pool.imap_unordered(_shard_task, tasks)
+        try:
+            for _, _, n_ok, n_bad in results:
+                bar.update(n_ok + n_bad)
+        finally:
+            if pool is not None:
+                pool.terminate()
+            bar.close()
+    encode_seconds = time.perf_counter() - start
+
+    # 2. Per split: gather shard metadata -> index, labels, fingerprint, beton
+    split_entries, summaries, all_rejects = {}, [], []
+    for split, samples in spec.splits.items():
+        t0 = time.perf_counter()
+        n_shards = (len(samples) + opts.shard_size - 1) // opts.shard_size
+        records, digests = [], []
+        for shard_id in range(n_shards):
+            meta = read_json(out_dir / BUILD_DIR / f"{split}-{shard_id:06d}.json", "shard metadata")
+            for rec in meta["samples"]:
+                records.append((shard_id, rec["offset"], rec["size"], rec["label"], rec["key"],
+                                rec["height"], rec["width"]))
+                digests.append(bytes.fromhex(rec["sha1"]))
+            all_rejects.extend((split, name, reason) for name, reason in meta["rejects"])
+        if not records:
+            raise DataError(f"split {split!r} of {spec.name!r}: every input was rejected; see the "
+                            f"reasons in {out_dir / BUILD_DIR}/{split}-*.json")
+        arr = np.array(records, dtype=np.int64)
+        index = np.zeros(len(records), dtype=INDEX_DTYPE)
+        for j, name in enumerate(("shard", "offset", "size", "label", "key")):
+            index[name] = arr[:, j]
+        labels = index["label"].astype(np.int64)
+        shard_names = [f"wds/{split}-{i:06d}.tar" for i in range(n_shards)]
+        beton_path = out_dir / f"{split}.beton"
+        if not beton_path.exists():
+            dataset = ShardBytesDataset(index, [out_dir / s for s in shard_names], arr[:, 5],
+                                        arr[:, 6], opts.raw_fraction)
+            with atomic_path(beton_path, suffix=".beton") as tmp:
+                write_beton(tmp, dataset, opts.quality, opts.max_side, opts.workers)
+        atomic_save_npy(out_dir / "wds" / f"{split}.index.npy", index)
+        atomic_save_npy(out_dir / f"{split}.labels.npy", labels)
+        n_rej = sum(1 for r in all_rejects if r[0] == split)
+        split_entries[split] = {
+            "num_samples": len(records),
+            "num_rejected": n_rej,
+            "class_counts": np.bincount(labels, minlength=len(spec.classes)).tolist(),
+            "fingerprint": split_fingerprint(b"".join(digests), labels, spec.classes),
+            "beton": f"{split}.beton",
+            "labels": f"{split}.labels.npy",
+            "index": f"wds/{split}.index.npy",
+            "shards": shard_names,
+        }
+        share = len(samples) / max(1, sum(len(s) for s in spec.splits.values()))
+        summaries.append(SplitSummary(split, len(records), n_rej,
+                                      encode_seconds * share + time.perf_counter() - t0))
+
+    # 3. Rejects list and manifest (the manifest last: it marks the build complete)
+    lines = ["# split\tinput\treason"] + [f"{s}\t{n}\t{r}" for s, n, r in all_rejects]
+    atomic_write_text(out_dir / "rejects.txt", "\n".join(lines) + "\n")
+    fp = hashlib.sha256("".join(e["fingerprint"] for e in split_entries.values()).encode())
+    manifest = {
+        "format": FORMAT,
+        "name": spec.name,
+        "classes": spec.classes,
+        "splits": split_entries,
+        "image": {"max_side": opts.max_side, "quality": opts.quality,
+                  "beton_mode": opts.beton_mode, "raw_fraction": opts.raw_fraction,
+                  "color": "RGB", "encoding": "JPEG"},
+        "shard_size": opts.shard_size,
+        "fingerprint": fp.hexdigest(),
+        "extra": spec.extra,
+        "build": settings,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_write_json(out_dir / MANIFEST_NAME, manifest)
+    return BuildSummary(out_dir, summaries)

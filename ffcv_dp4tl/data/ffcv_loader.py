@@ -1,0 +1,109 @@
+"""Masked FFCV loading that stays alive across epochs and resolution changes.
+
+Design notes (each works around a known ffcv limitation):
+
+* The mask is fixed when the Loader is built (``indices=``); changing indices on a live Loader
+  is unsupported, and the Loader (with its compiled pipeline) is reused for every epoch.
+* ffcv's own distributed mode pads like DistributedSampler and QUASI_RANDOM refuses
+  ``distributed=True``. We install our own traversal order (:class:`_PlanOrder`), which
+  reshuffles the whole mask each epoch and gives every rank a disjoint stride of it.
+* ffcv batches carry no sample indices. Batches come out in traversal order, so the indices of
+  batch ``b`` are ``order[b*B:(b+1)*B]`` of the order our traversal produced for that epoch.
+* Progressive resizing sets ``output_size`` on the live decoder, as ffcv-imagenet does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .sampling import Batch, EpochPlan
+from .transforms import CENTER_CROP_RATIO, Normalize
+
+
+def _plan_order_class():
+    from ffcv.traversal_order.base import TraversalOrder
+
+    class _PlanOrder(TraversalOrder):
+        """A TraversalOrder *instance* that binds itself when ffcv calls it with the Loader.
+
+        ffcv 1.0.2 accepts ``isinstance(order, TraversalOrder)`` and then calls ``order(loader)``,
+        so the instance's ``__call__`` finishes the construction.
+        """
+
+        def __init__(self, plan: EpochPlan):  # noqa: D401 - no super().__init__: no loader yet
+            self.plan = plan
+            self.indices = plan.indices
+            self.seed = plan.seed
+            self.distributed = plan.world_size > 1
+            self.sampler = None
+
+        def __call__(self, loader):
+            self.loader = loader
+            return self
+
+        def sample_order(self, epoch: int):
+            return self.plan.order(epoch)
+
+    return _PlanOrder
+
+
+class FFCVMaskedLoader:
+    """Iterate :class:`Batch` es of the masked samples of one beton."""
+
+    def __init__(self, beton: str | Path, plan: EpochPlan, *, batch_size: int, train: bool,
+                 resolution: int, device: str | torch.device = "cpu", num_workers: int = 2,
+                 drop_last: bool | None = None, os_cache: bool = True,
+                 dtype: torch.dtype = torch.float32, channels_last: bool = False):
+        from ffcv.fields.basics import IntDecoder
+        from ffcv.fields.rgb_image import (CenterCropRGBImageDecoder,
+                                           RandomResizedCropRGBImageDecoder)
+        from ffcv.loader import Loader
+        from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
+
+        self.plan = plan
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.drop_last = train if drop_last is None else drop_last
+        if train:
+            self.decoder = RandomResizedCropRGBImageDecoder((resolution, resolution))
+            image_ops = [self.decoder, RandomHorizontalFlip()]
+        else:
+            self.decoder = CenterCropRGBImageDecoder((resolution, resolution), CENTER_CROP_RATIO)
+            image_ops = [self.decoder]
+        non_blocking = self.device.type == "cuda"
+        image_ops += [ToTensor(), ToDevice(self.device, non_blocking=non_blocking), ToTorchImage()]
+        label_ops = [IntDecoder(), ToTensor(), Squeeze(), ToDevice(self.device, non_blocking=non_blocking)]
+        self.loader = Loader(
+            str(beton), batch_size=batch_size, num_workers=num_workers, os_cache=os_cache,
+            order=_plan_order_class()(plan), indices=plan.indices, drop_last=self.drop_last,
+            pipelines={"image": image_ops, "label": label_ops}, seed=plan.seed,
+        )
+        self.normalize = Normalize(dtype, channels_last).to(self.device)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int, resolution: int | None = None) -> None:
+        """Select the epoch (order) and, for progressive resizing, the output resolution."""
+        self.epoch = epoch
+        self.loader.next_epoch = epoch
+        if resolution is not None:
+            self.decoder.output_size = (resolution, resolution)
+
+    @property
+    def resolution(self) -> int:
+        return int(self.decoder.output_size[0])
+
+    def __len__(self) -> int:
+        return self.plan.num_batches(self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epoch
+        self.loader.next_epoch = epoch
+        order = self.plan.order(epoch)
+        for b, (images, labels) in enumerate(self.loader):
+            idx = torch.from_numpy(np.asarray(order[b * self.batch_size:(b + 1) * self.batch_size],
+                                              dtype=np.int64))
+            yield Batch(self.normalize(images), labels.long(), idx)
+        self.epoch = epoch + 1

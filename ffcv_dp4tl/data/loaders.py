@@ -1,0 +1,66 @@
+"""One entry point for masked loading from either file format."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Union
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .ffcv_loader import FFCVMaskedLoader
+from .manifest import load_manifest
+from .masks import IndexMask, full_mask, load_mask, validate_mask
+from .sampling import EpochPlan, dist_info
+from .wds_loader import WdsMaskedLoader
+
+MaskedLoader = Union[FFCVMaskedLoader, WdsMaskedLoader]
+FORMATS = ("ffcv", "wds")
+
+
+def make_loader(
+    dataset_dir: str | Path,
+    split: str,
+    *,
+    fmt: Literal["ffcv", "wds"] = "ffcv",
+    mask: IndexMask | str | Path | None = None,
+    train: bool,
+    batch_size: int,
+    resolution: int,
+    device: str | torch.device = "cpu",
+    num_workers: int = 2,
+    seed: int = 0,
+    shuffle: bool | None = None,
+    drop_last: bool | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
+) -> MaskedLoader:
+    """Loader over the samples of ``split`` kept by ``mask`` (all samples if None).
+
+    Reads only masked samples. Train: random-resized crop + flip at ``resolution`` (change it
+    per epoch with ``set_epoch(epoch, resolution)``); eval: center crop. Under torchrun (or
+    with explicit ``rank``/``world_size``) each rank gets a disjoint part of the mask each epoch.
+    """
+    if fmt not in FORMATS:
+        raise DataError(f"unknown loader format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    manifest = load_manifest(dataset_dir)
+    info = manifest.split(split)
+    if mask is None:
+        mask = full_mask(info)
+    elif not isinstance(mask, IndexMask):
+        mask = load_mask(mask, info)
+    else:
+        validate_mask(mask, info)
+    r, w = dist_info(rank, world_size)
+    plan = EpochPlan(np.asarray(mask.indices, dtype=np.int64), shuffle=train if shuffle is None else shuffle,
+                     seed=seed, rank=r, world_size=w)
+    common = dict(batch_size=batch_size, train=train, resolution=resolution, device=device,
+                  num_workers=num_workers, drop_last=drop_last, dtype=dtype,
+                  channels_last=channels_last)
+    if fmt == "ffcv":
+        if not info.beton.exists():
+            raise DataError(f"{info.beton} is missing; rebuild {dataset_dir}")
+        return FFCVMaskedLoader(info.beton, plan, **common)
+    return WdsMaskedLoader(info, plan, **common)

@@ -1,0 +1,146 @@
+"""Index masks: a pruned subset as sorted sample indices over the same files, never a copy.
+
+On disk a mask is two files side by side: ``NAME.npy`` (sorted, unique int64 sample indices)
+and ``NAME.json`` (which split of which dataset it indexes — by content fingerprint — and how
+it was made). Masks are validated against the dataset's manifest before any sample is read.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..errors import MaskError
+from ..fsutil import atomic_save_npy, atomic_write_json, read_json
+from .manifest import SplitInfo
+
+
+@dataclass(frozen=True)
+class IndexMask:
+    indices: np.ndarray
+    #: ``split``, ``fingerprint`` and ``num_samples`` of the split it indexes, plus provenance.
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(len(self.indices))
+
+    @property
+    def kept_fraction(self) -> float:
+        n = self.meta.get("num_samples")
+        return len(self) / n if n else float("nan")
+
+
+def _json_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _npy_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.suffix == ".npy" else path.with_suffix(".npy")
+
+
+def make_mask(indices: Iterable[int] | np.ndarray, split: SplitInfo, **provenance: Any) -> IndexMask:
+    """Build a validated mask over ``split`` from any iterable of sample indices."""
+    idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices)
+    if idx.size and not np.issubdtype(idx.dtype, np.integer):
+        raise MaskError(f"mask indices must be integers, got dtype {idx.dtype}")
+    idx = np.unique(idx.astype(np.int64))  # sorted + unique
+    meta = {"split": split.name, "fingerprint": split.fingerprint,
+            "num_samples": split.num_samples, "num_kept": int(idx.size),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance}
+    mask = IndexMask(idx, meta)
+    validate_mask(mask, split)
+    return mask
+
+
+def full_mask(split: SplitInfo) -> IndexMask:
+    return make_mask(np.arange(split.num_samples), split, method="full")
+
+
+def mask_from_classes(split: SplitInfo, classes: Iterable[int], **provenance: Any) -> IndexMask:
+    """All samples whose label is in ``classes`` — from ``labels.npy`` alone, no image read."""
+    labels = split.load_labels()
+    keep = np.unique(np.fromiter((int(c) for c in classes), dtype=np.int64))
+    if keep.size and keep[0] < 0:
+        raise MaskError(f"class ids must be >= 0, got {keep[keep < 0][:5].tolist()}")
+    idx = np.flatnonzero(np.isin(labels, keep))
+    return make_mask(idx, split, kept_classes=keep.tolist(), **provenance)
+
+
+def validate_mask(mask: IndexMask, split: SplitInfo, source: str | Path = "mask") -> None:
+    """Raise :class:`MaskError` unless ``mask`` is a sorted, unique, in-range mask for ``split``."""
+    idx = mask.indices
+    if idx.ndim != 1:
+        raise MaskError(f"{source}: indices must be 1-D, got shape {idx.shape}")
+    if idx.dtype != np.int64:
+        raise MaskError(f"{source}: indices must be int64, got {idx.dtype}")
+    fp = mask.meta.get("fingerprint")
+    if fp is not None and fp != split.fingerprint:
+        raise MaskError(
+            f"{source} was made for another dataset (fingerprint {str(fp)[:12]}…, split "
+            f"{mask.meta.get('split')!r}) but is used with split {split.name!r} whose fingerprint "
+            f"is {split.fingerprint[:12]}…; recompute the mask for this dataset")
+    if idx.size == 0:
+        raise MaskError(f"{source} is empty: it keeps no sample of split {split.name!r}")
+    if idx[0] < 0 or idx[-1] >= split.num_samples:
+        bad = idx[(idx < 0) | (idx >= split.num_samples)]
+        raise MaskError(f"{source}: {bad.size} indices out of range [0, {split.num_samples}) for "
+                        f"split {split.name!r} (e.g. {bad[:3].tolist()})")
+    d = np.diff(idx)
+    if (d <= 0).any():
+        j = int(np.flatnonzero(d <= 0)[0])
+        what = "duplicate" if d[j] == 0 else "unsorted"
+        raise MaskError(f"{source}: {what} index {int(idx[j + 1])} at position {j + 1}; masks "
+                        "must be sorted and unique (use make_mask to normalise)")
+
+
+def save_mask(path: str | Path, mask: IndexMask) -> Path:
+    """Write ``path`` (.npy) and its ``.json`` sidecar atomically; returns the .npy path."""
+    npy = _npy_path(path)
+    atomic_save_npy(npy, mask.indices.astype(np.int64))
+    atomic_write_json(_json_path(npy), mask.meta)
+    return npy
+
+
+def load_mask(path: str | Path, split: SplitInfo | None = None) -> IndexMask:
+    """Load a mask (and validate it against ``split`` if given)."""
+    npy = _npy_path(path)
+    if not npy.exists():
+        raise MaskError(f"mask file not found: {npy}")
+    try:
+        indices = np.load(npy, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise MaskError(f"{npy} is not a readable .npy mask ({e})") from None
+    meta_path = _json_path(npy)
+    if not meta_path.exists():
+        raise MaskError(f"mask metadata not found: {meta_path} (every mask .npy needs its .json "
+                        "sidecar that names the dataset fingerprint)")
+    meta = read_json(meta_path, "mask metadata")
+    if not isinstance(meta, dict) or "fingerprint" not in meta:
+        raise MaskError(f"{meta_path} lacks field 'fingerprint'; recompute the mask")
+    mask = IndexMask(indices, meta)
+    if split is not None:
+        validate_mask(mask, split, source=npy)
+    return mask
+
+
+def shard_for_rank(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """This rank's disjoint part of an epoch's order: every sample on exactly one rank.
+
+    Strided (``order[rank::world]``), so ranks differ by at most one sample and no sample is
+    repeated or dropped (unlike DistributedSampler's padding). Trainers handle the possible
+    one-batch imbalance with DDP's ``join`` context.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside [0, {world_size})")
+    return order[rank::world_size]
+
+
+def epoch_order(indices: np.ndarray, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
+    """The full (all-rank) visiting order of the mask for ``epoch``: same on every rank."""
+    if not shuffle:
+        return np.asarray(indices)
+    return np.random.default_rng([seed, epoch]).permutation(indices)

@@ -1,0 +1,51 @@
+"""Who reads what, each epoch: mask → per-epoch order → this rank's part.
+
+Both loaders (FFCV and WebDataset) use :class:`EpochPlan`, so the two formats visit the same
+samples in the same order for a given seed, and distributed runs cover every masked sample
+exactly once per epoch across ranks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .masks import epoch_order, shard_for_rank
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # float, normalised, NCHW, on the loader's device
+    labels: torch.Tensor  # int64
+    indices: torch.Tensor  # int64 sample indices into the split (file order)
+
+
+def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world_size): explicit values, else torch.distributed's, else (0, 1)."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class EpochPlan:
+    indices: np.ndarray  # the mask (sorted sample indices)
+    shuffle: bool
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+
+    def order(self, epoch: int) -> np.ndarray:
+        full = epoch_order(self.indices, epoch, self.seed, self.shuffle)
+        return shard_for_rank(full, self.rank, self.world_size)
+
+    def samples_per_epoch(self) -> int:
+        n = len(self.indices)
+        return n // self.world_size + (1 if self.rank < n % self.world_size else 0)
+
+    def num_batches(self, batch_size: int, drop_last: bool) -> int:
+        n = self.samples_per_epoch()
+        return n // batch_size if drop_last else -(-n // batch_size)

@@ -1,0 +1,124 @@
+"""Masked, random-access loading of WebDataset shards.
+
+The builder's ``wds/SPLIT.index.npy`` gives each sample's shard and byte range, so a masked
+epoch seeks straight to the kept JPEGs: the bytes read scale with the mask, not with the
+dataset. Decoding runs in torch DataLoader worker processes (PIL), and the sampler hands each
+worker ``(sample index, resolution, seed)`` so progressive resizing and per-epoch seeds need
+no state shared with workers.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .manifest import SplitInfo
+from .sampling import Batch, EpochPlan
+from .transforms import Normalize, center_crop_box, crop_resize, random_crop_box
+
+
+class ShardReader:
+    """Read one sample's JPEG bytes by index; file handles are opened lazily per process."""
+
+    def __init__(self, split: SplitInfo):
+        self.index = split.load_index()
+        self.paths = [str(p) for p in split.shards]
+        self._files: dict[int, object] = {}
+        self._pid = None
+
+    def read(self, i: int) -> tuple[bytes, int]:
+        if self._pid != os.getpid():  # fresh handles after fork
+            self._files, self._pid = {}, os.getpid()
+        rec = self.index[i]
+        s = int(rec["shard"])
+        f = self._files.get(s)
+        if f is None:
+            f = self._files[s] = open(self.paths[s], "rb", buffering=0)
+        f.seek(int(rec["offset"]))
+        return f.read(int(rec["size"])), int(rec["label"])
+
+
+class _MaskedShardDataset(Dataset):
+    def __init__(self, split: SplitInfo, train: bool):
+        self.reader = ShardReader(split)
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.reader.index)
+
+    def __getitem__(self, item: tuple[int, int, int]):
+        i, resolution, seed = item
+        data, label = self.reader.read(i)
+        img = Image.open(io.BytesIO(data))
+        img.draft("RGB", (resolution, resolution))  # DCT downscale when the JPEG is much larger
+        img = img.convert("RGB")
+        w, h = img.size
+        if self.train:
+            rng = np.random.default_rng([seed, i])
+            arr = crop_resize(img, random_crop_box(h, w, rng), resolution, flip=rng.random() < 0.5)
+        else:
+            arr = crop_resize(img, center_crop_box(h, w), resolution)
+        return torch.from_numpy(np.array(arr)), label, i
+
+
+class _PlanSampler(Sampler):
+    def __init__(self, loader: "WdsMaskedLoader"):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return self.loader.plan.samples_per_epoch()
+
+    def __iter__(self):
+        ld = self.loader
+        seed = int(np.random.default_rng([ld.plan.seed, ld.epoch, 7]).integers(2**31))
+        for i in ld.plan.order(ld.epoch):
+            yield int(i), ld.resolution, seed
+
+
+def _collate(items):
+    images, labels, idx = zip(*items)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64), torch.tensor(idx, dtype=torch.int64)
+
+
+class WdsMaskedLoader:
+    """Iterate :class:`Batch` es of the masked samples of one split's shards."""
+
+    def __init__(self, split: SplitInfo, plan: EpochPlan, *, batch_size: int, train: bool,
+                 resolution: int, device: str | torch.device = "cpu", num_workers: int = 2,
+                 drop_last: bool | None = None, dtype: torch.dtype = torch.float32,
+                 channels_last: bool = False):
+        self.plan = plan
+        self.batch_size = batch_size
+        self.resolution = resolution
+        self.device = torch.device(device)
+        self.drop_last = train if drop_last is None else drop_last
+        self.epoch = 0
+        self.dataset = _MaskedShardDataset(split, train)
+        self.normalize = Normalize(dtype, channels_last).to(self.device)
+        self.dataloader = DataLoader(
+            self.dataset, batch_size=batch_size, sampler=_PlanSampler(self),
+            num_workers=num_workers, collate_fn=_collate, drop_last=self.drop_last,
+            pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0,
+            prefetch_factor=4 if num_workers > 0 else None,
+        )
+
+    def set_epoch(self, epoch: int, resolution: int | None = None) -> None:
+        self.epoch = epoch
+        if resolution is not None:
+            self.resolution = resolution
+
+    def __len__(self) -> int:
+        return self.plan.num_batches(self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[Batch]:
+        non_blocking = self.device.type == "cuda"
+        for images, labels, idx in self.dataloader:
+            images = images.to(self.device, non_blocking=non_blocking)
+            yield Batch(self.normalize(images), labels.to(self.device, non_blocking=non_blocking), idx)
+        self.epoch += 1

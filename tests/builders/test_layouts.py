@@ -1,0 +1,398 @@
+"""Layout readers on tiny fake trees (see layout_fakes.py)."""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from beton_builders.layouts import LAYOUTS, read_layout
+from beton_builders.spec import DatasetSpec
+from ffcv_dp4tl.errors import DataError
+
+try:  # rootdir-relative import (no tests/__init__.py) or package-relative
+    import layout_fakes as F
+except ImportError:  # pragma: no cover
+    from . import layout_fakes as F  # type: ignore[no-redef]
+
+
+def refs(spec: DatasetSpec, split: str, base: Path) -> list[tuple[str, int]]:
+    return [(Path(s.ref).relative_to(base).as_posix(), s.label) for s in spec.splits[split]]
+
+
+def counts(spec: DatasetSpec) -> dict[str, int]:
+    return {k: len(v) for k, v in spec.splits.items()}
+
+
+def check_files_exist(spec: DatasetSpec) -> None:
+    for samples in spec.splits.values():
+        for s in samples:
+            assert Path(s.ref).is_file(), s.ref
+
+
+def test_registry_names() -> None:
+    assert set(LAYOUTS) == {"imagenet", "folder", "flowers102", "dtd", "ucf101", "food101", "oxfordpets",
+                            "stanfordcars", "sun397", "cifar10"}
+
+
+# --- imagenet -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("val", ["folders", "kaggle", "txt", "devkit"])
+def test_imagenet(tmp_path: Path, val: str) -> None:
+    root = tmp_path / "CLS-LOC"
+    F.make_imagenet(root, val)
+    spec = read_layout("imagenet", root)
+    assert spec.name == "imagenet" and spec.classes == F.WNIDS
+    assert counts(spec) == {"train": 6, "val": 6}
+    assert refs(spec, "train", root)[:3] == [("train/n01000001/n01000001_0.JPEG", 0),
+                                              ("train/n01000001/n01000001_1.JPEG", 0),
+                                              ("train/n02000002/n02000002_0.JPEG", 1)]
+    by_name = {Path(s.ref).stem: s.label for s in spec.splits["val"]}
+    expected = {f"ILSVRC2012_val_{k:08d}": F.WNIDS.index(w) for k, w in enumerate(F.VAL_WNIDS, 1)}
+    assert by_name == expected
+    check_files_exist(spec)
+    if val == "kaggle":
+        assert spec.extra["class_descriptions"] == ["thing 0, alias", "thing 1, alias", "thing 2, alias"]
+    if val == "devkit":
+        assert spec.extra["class_descriptions"] == [f"words of {w}" for w in F.WNIDS]
+
+
+def test_imagenet_flat_val_without_ground_truth(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    F.make_imagenet(root, "txt")
+    (root / "val_labels.txt").unlink()
+    with pytest.raises(DataError, match="LOC_val_solution.csv"):
+        read_layout("imagenet", root)
+
+
+def test_imagenet_bad_wnid_in_labels(tmp_path: Path) -> None:
+    root = tmp_path / "in"
+    F.make_imagenet(root, "txt")
+    F.text(root / "val_labels.txt", ["ILSVRC2012_val_00000001.JPEG n07777777"])
+    with pytest.raises(DataError, match=r"val_labels.txt.*n07777777.*not a folder of train"):
+        read_layout("imagenet", root)
+
+
+def test_imagenet_wrong_root(tmp_path: Path) -> None:
+    F.make_imagenet(tmp_path / "in", "folders")
+    with pytest.raises(DataError, match=r"train.*pass the folder that contains train/"):
+        read_layout("imagenet", tmp_path)
+
+
+# --- folder ---------------------------------------------------------------------------------
+
+def test_folder_single_split(tmp_path: Path) -> None:
+    F.img(tmp_path / "dog" / "a.JPG")
+    F.img(tmp_path / "dog" / "sub" / "b.png")
+    F.img(tmp_path / "cat" / "c.jpeg")
+    F.img(tmp_path / "cat" / ".hidden.jpg")
+    (tmp_path / "cat" / "notes.txt").write_text("x")
+    (tmp_path / "cat" / "broken.webp").write_bytes(b"not an image")  # kept: the writer rejects it
+    F.img(tmp_path / ".git" / "x.jpg")
+    spec = read_layout("folder", tmp_path)
+    assert spec.classes == ["cat", "dog"]
+    assert refs(spec, "train", tmp_path) == [("cat/broken.webp", 0), ("cat/c.jpeg", 0), ("dog/a.JPG", 1),
+                                             ("dog/sub/b.png", 1)]
+
+
+def test_folder_with_splits(tmp_path: Path) -> None:
+    for split, classes in {"train": ["a", "b"], "val": ["b", "c"], "test": ["a", "c"]}.items():
+        for c in classes:
+            F.img(tmp_path / split / c / "1.jpg")
+            F.img(tmp_path / split / c / "2.jpg")
+    spec = read_layout("folder", tmp_path)
+    assert spec.classes == ["a", "b", "c"]
+    assert counts(spec) == {"train": 4, "val": 4, "test": 4}
+    assert refs(spec, "val", tmp_path) == [("val/b/1.jpg", 1), ("val/b/2.jpg", 1), ("val/c/1.jpg", 2),
+                                           ("val/c/2.jpg", 2)]
+    assert [s.label for s in spec.splits["test"]] == [0, 0, 2, 2]
+
+
+def test_folder_empty_class_and_split(tmp_path: Path) -> None:
+    F.img(tmp_path / "a" / "1.jpg")
+    (tmp_path / "b").mkdir()
+    with pytest.raises(DataError, match=r"b: class folder has no image files"):
+        read_layout("folder", tmp_path)
+    other = tmp_path / "o"
+    F.img(other / "train" / "a" / "1.jpg")
+    (other / "val" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match="split 'val' is empty"):
+        read_layout("folder", other)
+
+
+# --- flowers102 -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("names", [False, True])
+def test_flowers102(tmp_path: Path, names: bool) -> None:
+    F.make_flowers102(tmp_path, names=names)
+    spec = read_layout("flowers102", tmp_path)
+    assert spec.classes == (["pink primrose", "hard-leaved pocket orchid", "canterbury bells"] if names
+                            else ["class_001", "class_002", "class_003"])
+    assert counts(spec) == {"train": 3, "val": 3, "test": 4}
+    assert refs(spec, "test", tmp_path) == [("jpg/image_00010.jpg", 2), ("jpg/image_00009.jpg", 2),
+                                            ("jpg/image_00008.jpg", 1), ("jpg/image_00007.jpg", 0)]
+    check_files_exist(spec)
+
+
+def test_flowers102_bad_setid(tmp_path: Path) -> None:
+    F.make_flowers102(tmp_path)
+    import scipy.io
+    scipy.io.savemat(str(tmp_path / "setid.mat"), {"trnid": np.array([[1, 99]]), "valid": np.array([[2]]),
+                                                    "tstid": np.array([[3]])})
+    with pytest.raises(DataError, match=r"setid.mat.*'trnid'.*99"):
+        read_layout("flowers102", tmp_path)
+    scipy.io.savemat(str(tmp_path / "setid.mat"), {"trnid": np.array([[1]])})
+    with pytest.raises(DataError, match=r"setid.mat.*missing field 'valid'"):
+        read_layout("flowers102", tmp_path)
+
+
+# --- dtd ------------------------------------------------------------------------------------
+
+def test_dtd(tmp_path: Path) -> None:
+    lists = F.make_dtd(tmp_path / "dtd")
+    spec = read_layout("dtd", tmp_path)  # the folder containing dtd/ also works
+    assert spec.classes == F.DTD_CLASSES
+    assert counts(spec) == {"train": 3, "val": 3, "test": 6}
+    base = tmp_path / "dtd" / "images"
+    assert refs(spec, "test", base) == [(r, F.DTD_CLASSES.index(r.split("/")[0])) for r in lists["test"]]
+    check_files_exist(spec)
+
+
+def test_dtd_missing_split_file(tmp_path: Path) -> None:
+    F.make_dtd(tmp_path)
+    (tmp_path / "labels" / "test1.txt").unlink()
+    with pytest.raises(DataError, match=r"test1.txt: file not found"):
+        read_layout("dtd", tmp_path)
+
+
+def test_dtd_empty_split(tmp_path: Path) -> None:
+    F.make_dtd(tmp_path)
+    (tmp_path / "labels" / "val1.txt").write_text("\n")
+    with pytest.raises(DataError, match=r"val1.txt: lists no images"):
+        read_layout("dtd", tmp_path)
+
+
+def test_dtd_missing_image_is_kept(tmp_path: Path) -> None:
+    F.make_dtd(tmp_path)
+    (tmp_path / "images" / "banded" / "banded_0000.jpg").unlink()
+    spec = read_layout("dtd", tmp_path)
+    assert spec.splits["train"][0].ref == tmp_path / "images" / "banded" / "banded_0000.jpg"
+
+
+def test_dtd_unknown_class_line(tmp_path: Path) -> None:
+    F.make_dtd(tmp_path)
+    F.text(tmp_path / "labels" / "train1.txt", ["banded/banded_0000.jpg", "striped/striped_0001.jpg"])
+    with pytest.raises(DataError, match=r"train1.txt:2: unknown class 'striped'"):
+        read_layout("dtd", tmp_path)
+
+
+# --- ucf101 ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("coop_folders", [False, True])
+def test_ucf101(tmp_path: Path, coop_folders: bool) -> None:
+    F.make_ucf101(tmp_path, coop_folders=coop_folders)
+    spec = read_layout("ucf101", tmp_path)
+    assert spec.classes == F.UCF_CLASSES
+    assert counts(spec) == {"train": 6, "test": 3}
+    mid = tmp_path / "UCF-101-midframes"
+    hs = "Handstand_Pushups" if coop_folders else "HandstandPushups"
+    assert refs(spec, "test", mid)[2] == (f"{hs}/v_HandStandPushups_g01_c01.jpg", 2)
+    check_files_exist(spec)
+    # the mid-frames folder itself as root (lists found in its parent)
+    assert counts(read_layout("ucf101", mid)) == {"train": 6, "test": 3}
+
+
+def test_ucf101_label_mismatch(tmp_path: Path) -> None:
+    F.make_ucf101(tmp_path)
+    F.text(tmp_path / "ucfTrainTestlist" / "trainlist01.txt", ["Basketball/v_Basketball_g08_c01.avi 3"])
+    with pytest.raises(DataError, match=r"trainlist01.txt:1: label 3 does not match"):
+        read_layout("ucf101", tmp_path)
+
+
+def test_ucf101_malformed_classind(tmp_path: Path) -> None:
+    F.make_ucf101(tmp_path)
+    F.text(tmp_path / "ucfTrainTestlist" / "classInd.txt", ["1 ApplyEyeMakeup", "two Basketball"])
+    with pytest.raises(DataError, match=r"classInd.txt:2: class index 'two' is not an integer"):
+        read_layout("ucf101", tmp_path)
+
+
+# --- food101 --------------------------------------------------------------------------------
+
+def test_food101(tmp_path: Path) -> None:
+    F.make_food101(tmp_path)
+    spec = read_layout("food101", tmp_path)
+    assert spec.classes == F.FOOD_CLASSES
+    assert counts(spec) == {"train": 6, "test": 3}
+    assert refs(spec, "test", tmp_path) == [("images/apple_pie/303.jpg", 0), ("images/baby_back_ribs/303.jpg", 1),
+                                            ("images/waffles/303.jpg", 2)]
+    check_files_exist(spec)
+
+
+def test_food101_malformed_line(tmp_path: Path) -> None:
+    F.make_food101(tmp_path)
+    F.text(tmp_path / "meta" / "train.txt", ["apple_pie/101", "apple_pie"])
+    with pytest.raises(DataError, match=r"meta/train.txt:2: malformed line 'apple_pie'.*<class>/<file>"):
+        read_layout("food101", tmp_path)
+
+
+# --- oxfordpets -----------------------------------------------------------------------------
+
+def test_oxfordpets(tmp_path: Path) -> None:
+    F.make_oxfordpets(tmp_path)
+    spec = read_layout("oxfordpets", tmp_path)
+    assert spec.classes == F.PET_CLASSES  # by class id, not alphabetically
+    assert counts(spec) == {"train": 6, "test": 3}
+    assert refs(spec, "test", tmp_path) == [("images/Abyssinian_3.jpg", 0), ("images/american_bulldog_3.jpg", 1),
+                                            ("images/Bengal_3.jpg", 2)]
+    check_files_exist(spec)
+
+
+def test_oxfordpets_malformed_line(tmp_path: Path) -> None:
+    F.make_oxfordpets(tmp_path)
+    F.text(tmp_path / "annotations" / "test.txt", ["# comment", "Bengal_3 x 1 3"])
+    with pytest.raises(DataError, match=r"test.txt:2: class id 'x' is not an integer"):
+        read_layout("oxfordpets", tmp_path)
+
+
+# --- stanfordcars ---------------------------------------------------------------------------
+
+def test_stanfordcars(tmp_path: Path) -> None:
+    F.make_stanfordcars(tmp_path)
+    spec = read_layout("stanfordcars", tmp_path)
+    assert spec.classes == F.CAR_CLASSES
+    assert refs(spec, "train", tmp_path) == [(f"cars_train/{f}", c - 1) for f, c in F.CAR_TRAIN]
+    assert refs(spec, "test", tmp_path) == [(f"cars_test/{f}", c - 1) for f, c in F.CAR_TEST]
+    check_files_exist(spec)
+
+
+def test_stanfordcars_test_annos_in_devkit_and_missing(tmp_path: Path) -> None:
+    F.make_stanfordcars(tmp_path)
+    (tmp_path / "cars_test_annos_withlabels.mat").rename(tmp_path / "devkit" / "cars_test_annos_withlabels.mat")
+    assert counts(read_layout("stanfordcars", tmp_path)) == {"train": 4, "test": 3}
+    (tmp_path / "devkit" / "cars_test_annos_withlabels.mat").unlink()
+    with pytest.raises(DataError, match="cars_test_annos_withlabels.mat"):
+        read_layout("stanfordcars", tmp_path)
+
+
+# --- sun397 ---------------------------------------------------------------------------------
+
+def test_sun397(tmp_path: Path) -> None:
+    train, test = F.make_sun397(tmp_path)
+    spec = read_layout("sun397", tmp_path)
+    assert spec.classes == ["abbey", "apartment_building/outdoor", "bakery/shop"]
+    assert counts(spec) == {"train": 6, "test": 3}
+    assert refs(spec, "test", tmp_path / "SUN397") == [(r.lstrip("/"), i) for i, r in enumerate(test)]
+    check_files_exist(spec)
+
+
+# --- cifar10 --------------------------------------------------------------------------------
+
+def test_cifar10(tmp_path: Path) -> None:
+    batches = F.make_cifar10(tmp_path)
+    spec = read_layout("cifar10", tmp_path)
+    assert spec.classes == F.CIFAR_CLASSES
+    assert counts(spec) == {"train": 20, "test": 4}
+    s = spec.splits["train"][5]
+    data, labels = batches["data_batch_2"]
+    assert s.name == "data_batch_2[1]" and s.label == labels[1]
+    assert isinstance(s.ref, np.ndarray) and s.ref.shape == (32, 32, 3) and s.ref.dtype == np.uint8
+    assert np.array_equal(s.ref[:, :, 0], data[1, :1024].reshape(32, 32))
+    assert np.array_equal(s.ref[3, 4], data[1, [3 * 32 + 4, 1024 + 3 * 32 + 4, 2048 + 3 * 32 + 4]])
+    assert pickle.loads(pickle.dumps(s)).ref.shape == (32, 32, 3)
+
+
+# --- CoOp split JSON --------------------------------------------------------------------------
+
+def _write_json(path: Path, obj: object) -> Path:
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def test_coop_json_flowers102(tmp_path: Path) -> None:
+    F.make_flowers102(tmp_path)
+    sj = _write_json(tmp_path / "split_zhou_OxfordFlowers.json", {
+        "train": [["image_00001.jpg", 0, "pink primrose"], ["image_00002.jpg", 1, "hard-leaved pocket orchid"]],
+        "val": [["image_00003.jpg", 2, "canterbury bells"]],
+        "test": [["image_00004.jpg", 0, "pink primrose"], ["image_00005.jpg", 1, "hard-leaved pocket orchid"]],
+    })
+    spec = read_layout("flowers102", tmp_path, sj)
+    assert spec.classes == ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"]
+    assert counts(spec) == {"train": 2, "val": 1, "test": 2}
+    assert refs(spec, "test", tmp_path) == [("jpg/image_00004.jpg", 0), ("jpg/image_00005.jpg", 1)]
+    assert spec.extra["split_source"] == str(sj)
+
+
+def test_coop_json_not_used_automatically(tmp_path: Path) -> None:
+    F.make_dtd(tmp_path)
+    _write_json(tmp_path / "split_zhou_DescribableTextures.json",
+                {"train": [["banded/banded_0000.jpg", 0, "banded"]], "val": [], "test": []})
+    assert counts(read_layout("dtd", tmp_path)) == {"train": 3, "val": 3, "test": 6}
+
+
+def test_coop_json_dtd_and_stanfordcars(tmp_path: Path) -> None:
+    F.make_dtd(tmp_path / "dtd")
+    sj = _write_json(tmp_path / "dtd.json", {
+        "train": [["zigzagged/zigzagged_0000.jpg", 1, "zigzagged"], ["banded/banded_0000.jpg", 0, "banded"]],
+        "val": [["banded/banded_0001.jpg", 0, "banded"]],
+        "test": [["zigzagged/zigzagged_0002.jpg", 1, "zigzagged"]],
+    })
+    spec = read_layout("dtd", tmp_path / "dtd", sj)
+    assert spec.classes == ["banded", "zigzagged"]
+    assert refs(spec, "train", tmp_path / "dtd" / "images") == [("zigzagged/zigzagged_0000.jpg", 1),
+                                                                ("banded/banded_0000.jpg", 0)]
+    F.make_stanfordcars(tmp_path / "cars")
+    sj = _write_json(tmp_path / "cars.json", {
+        "train": [["cars_train/00001.jpg", 0, "2000 AM General Hummer SUV"]],
+        "val": [["cars_train/00002.jpg", 1, "2012 Acura RL Sedan"]],
+        "test": [["cars_test/00001.jpg", 1, "2012 Acura RL Sedan"]],
+    })
+    spec = read_layout("stanfordcars", tmp_path / "cars", sj)
+    assert spec.classes == ["2000 AM General Hummer SUV", "2012 Acura RL Sedan"]
+    assert refs(spec, "test", tmp_path / "cars") == [("cars_test/00001.jpg", 1)]
+    check_files_exist(spec)
+
+
+@pytest.mark.parametrize("obj, msg", [
+    ({"train": [["a.jpg", "0", "x"]]}, r"entry train\[0\].*not \[relpath, int label, classname\]"),
+    ({"train": [["a.jpg", 0, "x"], ["b.jpg", 0, "y"]]}, r"entry train\[1\]: label 0 is named 'y'"),
+    ({"train": [["a.jpg", 0, "x"]], "test": []}, r"split 'test' is empty"),
+    ([1, 2], "top level must be"),
+])
+def test_coop_json_errors(tmp_path: Path, obj: object, msg: str) -> None:
+    F.make_food101(tmp_path)
+    sj = _write_json(tmp_path / "s.json", obj)
+    with pytest.raises(DataError, match=msg) as e:
+        read_layout("food101", tmp_path, sj)
+    assert str(sj) in str(e.value)
+
+
+def test_coop_json_invalid_and_cifar(tmp_path: Path) -> None:
+    F.make_food101(tmp_path)
+    (tmp_path / "bad.json").write_text("{nope")
+    with pytest.raises(DataError, match="not valid JSON"):
+        read_layout("food101", tmp_path, tmp_path / "bad.json")
+    with pytest.raises(DataError, match="split JSON not found"):
+        read_layout("food101", tmp_path, tmp_path / "missing.json")
+    F.make_cifar10(tmp_path / "c", n=1)
+    with pytest.raises(DataError, match="does not support --split-json"):
+        read_layout("cifar10", tmp_path / "c", tmp_path / "bad.json")
+
+
+# --- registry errors --------------------------------------------------------------------------
+
+def test_unknown_layout() -> None:
+    with pytest.raises(DataError, match=r"unknown layout 'imagenet21k'.*cifar10, dtd, flowers102, folder"):
+        read_layout("imagenet21k", "/nonexistent")
+
+
+def test_missing_root(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=rf"{tmp_path / 'nope'}: dataset folder not found"):
+        read_layout("food101", tmp_path / "nope")
+
+
+def test_wrong_dataset_folder(tmp_path: Path) -> None:
+    F.make_food101(tmp_path)
+    with pytest.raises(DataError, match=r"jpg: not found.*Flowers-102"):
+        read_layout("flowers102", tmp_path)

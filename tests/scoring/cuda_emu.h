@@ -1,0 +1,120 @@
+// Minimal CPU emulation of the CUDA features used by ffcv_dp4tl/kernels/cuda.py, so the
+// kernel source can be compiled with g++ and executed on machines without a GPU.
+//
+// Every CUDA thread of a block is a std::thread; blocks run one after another, so function-
+// local `static` arrays behave like __shared__ memory. __syncthreads is a block-wide barrier,
+// warp shuffles exchange through a buffer guarded by a per-warp barrier (all lanes of a warp
+// must call them together, as CUDA requires), atomics take a global mutex. This checks the
+// kernels' indexing, tiling, reductions and tie rules, not their performance or memory model.
+#pragma once
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+#include <algorithm>
+
+struct dim3 {
+    unsigned x, y, z;
+    dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+inline thread_local dim3 threadIdx;
+inline thread_local dim3 blockIdx;
+inline thread_local int emu_tid = 0;
+inline dim3 blockDim;
+inline dim3 gridDim;
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static
+
+using std::max;
+using std::min;
+
+inline std::barrier<>* emu_block_barrier = nullptr;
+inline std::vector<std::unique_ptr<std::barrier<>>> emu_warp_barriers;
+inline std::vector<uint64_t> emu_shfl_buf;
+inline std::mutex emu_atomic_mu;
+
+inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
+
+template <class T>
+T __shfl_xor_sync(unsigned /*mask*/, T v, int lane_mask) {
+    static_assert(sizeof(T) <= 8, "shuffle of > 8 bytes");
+    uint64_t bits = 0;
+    std::memcpy(&bits, &v, sizeof(T));
+    const int warp = emu_tid / 32;
+    emu_shfl_buf[emu_tid] = bits;
+    emu_warp_barriers[warp]->arrive_and_wait();
+    const int src = (emu_tid & ~31) | ((emu_tid & 31) ^ lane_mask);
+    const uint64_t other = emu_shfl_buf[src];
+    emu_warp_barriers[warp]->arrive_and_wait();
+    T out;
+    std::memcpy(&out, &other, sizeof(T));
+    return out;
+}
+
+template <class T>
+T atomicAdd(T* p, T v) {
+    std::lock_guard<std::mutex> lock(emu_atomic_mu);
+    T old = *p;
+    *p = old + v;
+    return old;
+}
+
+inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) {
+    std::lock_guard<std::mutex> lock(emu_atomic_mu);
+    unsigned long long old = *p;
+    if (v < old) *p = v;
+    return old;
+}
+
+inline unsigned int __float_as_uint(float f) {
+    unsigned int u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+inline float __uint_as_float(unsigned int u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline float __int_as_float(int i) {
+    float f;
+    std::memcpy(&f, &i, 4);
+    return f;
+}
+
+template <class F, class... A>
+void emu_launch(F kernel, dim3 grid, dim3 block, A... args) {
+    blockDim = block;
+    gridDim = grid;
+    const int nthreads = int(block.x * block.y * block.z);
+    const int nwarps = (nthreads + 31) / 32;
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx = 0; bx < grid.x; ++bx) {
+                std::barrier<> bar(nthreads);
+                emu_block_barrier = &bar;
+                emu_warp_barriers.clear();
+                for (int w = 0; w < nwarps; ++w)
+                    emu_warp_barriers.emplace_back(new std::barrier<>(std::min(32, nthreads - 32 * w)));
+                emu_shfl_buf.assign(nthreads, 0);
+                std::vector<std::thread> threads;
+                threads.reserve(nthreads);
+                for (int t = 0; t < nthreads; ++t) {
+                    threads.emplace_back([&, t] {
+                        emu_tid = t;
+                        threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+                        blockIdx = dim3(bx, by, bz);
+                        kernel(args...);
+                    });
+                }
+                for (auto& th : threads) th.join();
+            }
+}

@@ -1,0 +1,33 @@
+"""Helpers shared by the scoring tests (reference implementations, skip markers)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def cuda_ok() -> bool:
+    from ffcv_dp4tl.kernels import cuda_available
+
+    return cuda_available()
+
+
+requires_cuda = pytest.mark.skipif(not cuda_ok(), reason="CuPy / CUDA device not available")
+
+
+def reference_assign(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float64 brute force: (labels, min_dist2, full distance matrix), small inputs only."""
+    d = ((x.astype(np.float64)[:, None, :] - c.astype(np.float64)[None, :, :]) ** 2).sum(-1)
+    return d.argmin(axis=1), d.min(axis=1), d
+
+
+def assert_assignment_matches(labels, min_d2, x, c, rel_tol=1e-5) -> None:
+    """Labels equal the float64 reference except where the two best distances are within
+    float rounding (then either answer is right); distances close."""
+    ref_labels, ref_d2, d = reference_assign(x, c)
+    labels = np.asarray(labels)
+    scale = (x.astype(np.float64) ** 2).sum(1) + (c.astype(np.float64) ** 2).sum(1).max() + 1.0
+    mismatch = np.flatnonzero(labels != ref_labels)
+    for i in mismatch:
+        gap = d[i, labels[i]] - ref_d2[i]
+        assert gap <= rel_tol * scale[i], f"row {i}: label {labels[i]} is {gap} worse than {ref_labels[i]}"
+    np.testing.assert_allclose(np.asarray(min_d2, dtype=np.float64), ref_d2, rtol=0, atol=rel_tol * scale.max())

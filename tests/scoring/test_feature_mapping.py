@@ -1,0 +1,180 @@
+"""k-means (vs a plain NumPy Lloyd), empty clusters, FM votes, supervised centroids."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ffcv_dp4tl.kernels.checks import KernelInputError
+from ffcv_dp4tl.scoring import (
+    ScoringError,
+    class_centroids,
+    feature_mapping_scores,
+    feature_mapping_votes,
+    kmeans,
+    kmeans_plus_plus,
+    select_classes,
+)
+from ffcv_dp4tl.scoring.feature_mapping import _reseed_empty
+
+from .helpers import requires_cuda
+
+
+def _blobs(rng, n=1200, k=6, d=10, spread=8.0):
+    centers = rng.standard_normal((k, d)) * spread
+    truth = rng.integers(0, k, size=n)
+    x = (centers[truth] + rng.standard_normal((n, d))).astype(np.float32)
+    return x, truth
+
+
+def _numpy_lloyd(x, init, iters):
+    c = init.astype(np.float64)
+    x64 = x.astype(np.float64)
+    for _ in range(iters):
+        d = ((x64[:, None] - c[None]) ** 2).sum(-1)
+        labels = d.argmin(1)
+        c = np.stack([x64[labels == q].mean(0) for q in range(c.shape[0])])
+    d = ((x64[:, None] - c[None]) ** 2).sum(-1)
+    return c, d.argmin(1), d.min(1).sum()
+
+
+def test_kmeans_matches_numpy_lloyd(rng):
+    x, _ = _blobs(rng, spread=3.0)
+    k, seed, iters = 6, 3, 5
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), size=k, replace=False))
+    ref_c, ref_labels, ref_inertia = _numpy_lloyd(x, x[rows], iters)
+    res = kmeans(x, k, iters=iters, init="random", seed=seed, backend="cpu")
+    if res.converged:  # stopped early because labels were stable: same fixed point
+        assert res.n_iter <= iters
+    np.testing.assert_array_equal(res.labels, ref_labels)
+    np.testing.assert_allclose(res.centroids, ref_c, rtol=1e-5, atol=1e-5)
+    assert res.inertia[-1] == pytest.approx(ref_inertia, rel=1e-5)
+    assert res.centroids.dtype == np.float32 and res.labels.dtype == np.int64
+
+
+def test_kmeans_pp_recovers_blobs_and_inertia_decreases(rng):
+    x, truth = _blobs(rng)
+    res = kmeans(x, 6, iters=30, seed=0, backend="cpu")
+    assert res.converged
+    # every true blob maps to exactly one cluster and vice versa
+    pairs = set(zip(truth.tolist(), res.labels.tolist()))
+    assert len(pairs) == 6
+    hist = np.asarray(res.inertia)
+    assert (np.diff(hist) <= 1e-6 * hist[:-1]).all()
+
+
+def test_kmeans_is_deterministic(rng):
+    x, _ = _blobs(rng, spread=1.0)
+    a = kmeans(x, 8, iters=4, seed=5, backend="cpu")
+    b = kmeans(x, 8, iters=4, seed=5, backend="cpu")
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.centroids, b.centroids)
+
+
+def test_kmeans_tol_stops_early(rng):
+    x, _ = _blobs(rng, spread=0.5)
+    full = kmeans(x, 10, iters=50, seed=1, backend="cpu")
+    early = kmeans(x, 10, iters=50, tol=0.5, seed=1, backend="cpu")
+    assert early.converged and early.n_iter < full.n_iter
+
+
+def test_kmeans_fewer_distinct_points_than_k():
+    x = np.repeat(np.array([[0, 0], [10, 0], [0, 10]], dtype=np.float32), 10, axis=0)
+    res = kmeans(x, 5, iters=5, seed=0, backend="cpu")
+    assert np.isfinite(res.centroids).all()
+    assert res.inertia[-1] == 0.0
+    assert set(np.unique(res.labels)) <= set(range(5))
+
+
+def test_reseed_empty_is_deterministic():
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    centroids = np.zeros((4, 2), dtype=np.float32)
+    counts = np.array([3, 0, 3, 0])
+    d2 = np.array([1.0, 5.0, 2.0, 5.0, 9.0, 0.0], dtype=np.float32)
+    assert _reseed_empty(centroids, counts, d2, x) == 2
+    # farthest is row 4 (9.0), then the tie at 5.0 goes to the lower row (1)
+    np.testing.assert_array_equal(centroids[1], x[4])
+    np.testing.assert_array_equal(centroids[3], x[1])
+    np.testing.assert_array_equal(centroids[[0, 2]], 0)
+
+
+def test_kmeans_reseeds_empty_cluster(rng, monkeypatch):
+    from ffcv_dp4tl.scoring import feature_mapping as fm
+
+    x, _ = _blobs(rng, n=300, k=3)
+
+    def far_init(x_, k, **_):
+        c = np.asarray(x_[:k]).copy()
+        c[-1] = 1e6  # no point will pick this centroid
+        return c
+
+    monkeypatch.setattr(fm, "kmeans_plus_plus", far_init)
+    res = kmeans(x, 3, iters=10, backend="cpu")
+    assert np.abs(res.centroids).max() < 1e3  # the far centroid was moved onto the data
+    assert np.bincount(res.labels, minlength=3).min() > 0
+
+
+def test_kmeans_plus_plus_subsample_and_seed(rng):
+    x, _ = _blobs(rng, n=5000)
+    a = kmeans_plus_plus(x, 6, seed=2, sample=500)
+    b = kmeans_plus_plus(x, 6, seed=2, sample=500)
+    np.testing.assert_array_equal(a, b)
+    assert len({tuple(r) for r in a}) == 6
+    # every seed is an actual row of x
+    assert all((x == r).all(1).any() for r in a)
+
+
+def test_kmeans_errors(rng):
+    x, _ = _blobs(rng, n=20)
+    with pytest.raises(ScoringError, match="k=21 clusters requested but x has only 20 rows"):
+        kmeans(x, 21, backend="cpu")
+    with pytest.raises(ScoringError, match="init must be"):
+        kmeans(x, 2, init="kmeans||", backend="cpu")
+    with pytest.raises(ScoringError, match="iters must be a positive int"):
+        kmeans(x, 2, iters=0, backend="cpu")
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    with pytest.raises(ScoringError, match="NaN/Inf"):
+        kmeans(bad, 2, backend="cpu")
+    with pytest.raises(KernelInputError, match="x must be a 2-D"):
+        kmeans(x[0], 2, backend="cpu")
+
+
+def test_feature_mapping_votes_hand_made():
+    centroids = np.array([[0, 0], [10, 0], [0, 10], [50, 50]], dtype=np.float32)
+    targets = np.array([[1, 0], [0, 1], [9, 0], [0, 9], [0, 8], [-1, 0]], dtype=np.float32)
+    votes = feature_mapping_scores(targets, centroids, backend="cpu")
+    assert votes.dtype == np.int64
+    np.testing.assert_array_equal(votes, [3, 1, 2, 0])
+    votes2, tiebreak = feature_mapping_votes(targets, centroids, backend="cpu")
+    np.testing.assert_array_equal(votes2, votes)
+    np.testing.assert_allclose(tiebreak, [-3.0, -1.0, -5.0, 0.0])
+    # cluster 1 and the far cluster 3 both lose to the voted ones; keep 2 -> {0, 2}
+    np.testing.assert_array_equal(select_classes(votes, 0.5, tiebreak=tiebreak), [0, 2])
+    with pytest.raises(KernelInputError, match="centroids has D=2 but x has D=3"):
+        feature_mapping_scores(np.zeros((2, 3), np.float32), centroids, backend="cpu")
+
+
+def test_class_centroids(rng):
+    feats = np.array([[0, 0], [2, 2], [4, 0], [1, 1]], dtype=np.float32)
+    labels = np.array([0, 0, 2, 1])
+    np.testing.assert_allclose(class_centroids(feats, labels, 3, backend="cpu"), [[1, 1], [1, 1], [4, 0]])
+    with pytest.raises(ScoringError, match="classes without samples: 3"):
+        class_centroids(feats, labels, 4, backend="cpu")
+    with pytest.raises(ScoringError, match="labels has 3 entries but features has 4 rows"):
+        class_centroids(feats, labels[:3], 3, backend="cpu")
+    with pytest.raises(ScoringError, match=r"labels must lie in \[0, 2\)"):
+        class_centroids(feats, labels, 2, backend="cpu")
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_gpu_kmeans_matches_cpu(rng):
+    x, _ = _blobs(rng, n=20000, k=16, d=64)
+    cpu = kmeans(x, 16, iters=10, seed=0, backend="cpu")
+    gpu = kmeans(x, 16, iters=10, seed=0, backend="cuda")
+    assert gpu.backend == "cuda"
+    assert isinstance(gpu.labels, np.ndarray)
+    np.testing.assert_array_equal(gpu.labels, cpu.labels)
+    np.testing.assert_allclose(gpu.centroids, cpu.centroids, rtol=1e-4, atol=1e-4)
+    votes_gpu = feature_mapping_scores(x[:500], gpu.centroids, backend="cuda")
+    np.testing.assert_array_equal(votes_gpu, feature_mapping_scores(x[:500], cpu.centroids, backend="cpu"))

@@ -1,0 +1,135 @@
+"""Feature store: round trip, resume after interruption, never-complete partials, metadata."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ffcv_dp4tl.errors import DataError
+from ffcv_dp4tl.scoring import FeatureWriter, is_complete, load_features, meta_path, read_feature_meta
+
+
+def _feats(rng, n=1000, d=16):
+    return rng.standard_normal((n, d)).astype(np.float32)
+
+
+def test_round_trip_memmap(tmp_path, rng):
+    x = _feats(rng)
+    path = tmp_path / "feats.npy"
+    with FeatureWriter(path, *x.shape, dataset_fingerprint="fp1", surrogate_hash="h1", extra={"layer": "avgpool"}) as w:
+        assert w.missing_ranges() == [(0, 1000)]
+        for s in range(0, 1000, 128):
+            w.write(s, x[s : s + 128])
+        w.finalize()
+    assert is_complete(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feats.npy", "feats.npy.json"]
+    arr = load_features(path, expect_dataset_fingerprint="fp1", expect_surrogate_hash="h1")
+    assert isinstance(arr, np.memmap) and not arr.flags.writeable
+    np.testing.assert_array_equal(arr, x)
+    np.testing.assert_array_equal(load_features(path, mmap=False), x)
+    meta = read_feature_meta(path)
+    assert (meta["n"], meta["d"], meta["dtype"]) == (1000, 16, "float32")
+    assert meta["dataset_fingerprint"] == "fp1" and meta["surrogate_hash"] == "h1"
+    assert meta["extra"] == {"layer": "avgpool"}
+
+
+def test_interrupted_write_never_looks_complete_and_resumes(tmp_path, rng):
+    x = _feats(rng)
+    path = tmp_path / "feats.npy"
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with FeatureWriter(path, *x.shape, dataset_fingerprint="fp", checkpoint_rows=100) as w:
+            w.write(0, x[:300])
+            w.write(600, x[600:700])
+            raise Boom  # e.g. killed mid-extraction
+    assert not is_complete(path) and not path.exists()
+    with pytest.raises(DataError, match="missing"):
+        load_features(path)
+
+    w = FeatureWriter(path, *x.shape, dataset_fingerprint="fp")
+    assert w.missing_ranges() == [(300, 600), (700, 1000)]
+    assert w.rows_written == 400
+    with pytest.raises(DataError, match="600 of 1000 rows were never written .first missing rows 300..599"):
+        w.finalize()
+    for a, b in w.missing_ranges():
+        w.write(a, x[a:b])
+    w.finalize()
+    np.testing.assert_array_equal(load_features(path), x)
+
+    # Reopening a complete store with the same metadata: nothing to do.
+    again = FeatureWriter(path, *x.shape, dataset_fingerprint="fp")
+    assert again.done and again.missing_ranges() == []
+    with pytest.raises(DataError, match="already complete"):
+        again.write(0, x[:1])
+
+
+def test_progress_without_checkpoint_is_not_trusted(tmp_path, rng):
+    """Rows written after the last checkpoint are redone (progress never over-claims)."""
+    x = _feats(rng, n=100)
+    path = tmp_path / "f.npy"
+    w = FeatureWriter(path, 100, 16, checkpoint_rows=50)
+    w.write(0, x[:60])  # checkpoint at 60 rows
+    w.write(60, x[60:70])  # not checkpointed; simulate a crash (no close)
+    del w
+    w2 = FeatureWriter(path, 100, 16)
+    assert w2.missing_ranges() == [(60, 100)]
+
+
+def test_different_metadata_restarts_partial_and_protects_complete(tmp_path, rng):
+    x = _feats(rng, n=50)
+    path = tmp_path / "f.npy"
+    with FeatureWriter(path, 50, 16, surrogate_hash="a") as w:
+        w.write(0, x[:20])
+    w = FeatureWriter(path, 50, 16, surrogate_hash="b")  # other surrogate: partial discarded
+    assert w.missing_ranges() == [(0, 50)]
+    w.write(0, x)
+    w.finalize()
+    with pytest.raises(DataError, match="different metadata .*surrogate_hash: 'b' != 'c'"):
+        FeatureWriter(path, 50, 16, surrogate_hash="c")
+    with pytest.raises(DataError, match="surrogate_hash='b', expected 'c'.*stale"):
+        load_features(path, expect_surrogate_hash="c")
+    fresh = FeatureWriter(tmp_path / "g.npy", 50, 16, resume=False)
+    assert fresh.rows_written == 0
+
+
+def test_array_without_sidecar_is_incomplete(tmp_path, rng):
+    path = tmp_path / "f.npy"
+    np.save(path, _feats(rng, n=10))
+    assert not is_complete(path)
+    with pytest.raises(DataError, match="incomplete .no metadata"):
+        load_features(path)
+
+
+def test_corrupt_or_mismatched_store(tmp_path, rng):
+    x = _feats(rng, n=10)
+    path = tmp_path / "f.npy"
+    w = FeatureWriter(path, 10, 16)
+    w.write(0, x)
+    w.finalize()
+    meta = json.loads(meta_path(path).read_text())
+    meta["n"] = 11
+    meta_path(path).write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"holds \(10, 16\) float32 but its metadata says \(11, 16\)"):
+        load_features(path)
+    meta_path(path).write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_features(path)
+
+
+def test_writer_input_errors(tmp_path, rng):
+    w = FeatureWriter(tmp_path / "f.npy", 10, 4, dtype="float16")
+    with pytest.raises(DataError, match=r"shape \(rows, 4\)"):
+        w.write(0, np.zeros((2, 3)))
+    with pytest.raises(DataError, match="outside the store's 10 rows"):
+        w.write(9, np.zeros((2, 4)))
+    w.write(0, np.ones((10, 4)))
+    w.finalize()
+    assert load_features(tmp_path / "f.npy").dtype == np.float16
+    with pytest.raises(DataError, match="dtype must be one of"):
+        FeatureWriter(tmp_path / "g.npy", 10, 4, dtype="int8")
+    with pytest.raises(DataError, match="size n must be a positive int"):
+        FeatureWriter(tmp_path / "g.npy", 0, 4)

@@ -1,0 +1,126 @@
+"""LM scores, softmax tie-breaker, class selection (ties, reverse), multi-target sums."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.scoring import (
+    ScoringError,
+    combine_target_scores,
+    kept_sample_indices,
+    label_mapping_scores,
+    select_classes,
+    softmax_mass,
+)
+
+
+def test_label_mapping_scores_histogram():
+    preds = [2, 0, 2, 5, 2, 0]
+    s = label_mapping_scores(preds, 6)
+    assert s.dtype == np.int64
+    np.testing.assert_array_equal(s, [2, 0, 3, 0, 0, 1])
+    np.testing.assert_array_equal(label_mapping_scores(np.array([], dtype=np.int64), 3), [0, 0, 0])
+
+
+def test_label_mapping_scores_errors():
+    with pytest.raises(ScoringError, match=r"predictions must lie in \[0, 6\) \(num_classes=6\)"):
+        label_mapping_scores([0, 6], 6)
+    with pytest.raises(ScoringError, match="integer ids"):
+        label_mapping_scores(np.array([0.0, 1.0]), 6)
+    with pytest.raises(ScoringError, match="num_classes must be a positive int"):
+        label_mapping_scores([0], 0)
+    assert issubclass(ScoringError, DP4TLError)
+
+
+def test_softmax_mass_from_logits_and_probs():
+    logits = np.array([[0.0, 0.0, np.log(2.0)], [10.0, -10.0, 0.0]])
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(softmax_mass(logits), p.sum(0), rtol=1e-12)
+    np.testing.assert_allclose(softmax_mass(logits, chunk_rows=1), p.sum(0), rtol=1e-12)
+    np.testing.assert_allclose(softmax_mass(p, kind="probs"), p.sum(0), rtol=1e-12)
+    # huge logits stay finite thanks to max subtraction
+    assert np.isfinite(softmax_mass(np.array([[1e4, 0.0]]))).all()
+    with pytest.raises(ScoringError, match="pass kind='logits'"):
+        softmax_mass(logits, kind="probs")
+    with pytest.raises(ScoringError, match="2-D"):
+        softmax_mass(np.zeros(3))
+
+
+def test_select_classes_basic_and_count():
+    scores = np.array([5, 1, 9, 3, 7, 0, 2, 8, 6, 4])
+    np.testing.assert_array_equal(select_classes(scores, 0.7), [2, 4, 7])  # round(0.3*10) = 3
+    np.testing.assert_array_equal(select_classes(scores, 0.0), np.arange(10))
+    np.testing.assert_array_equal(select_classes(scores, 0.9), [2])
+    out = select_classes(scores, 0.5)
+    assert out.dtype == np.int64 and np.all(np.diff(out) > 0)
+
+
+def test_select_classes_ties_by_tiebreak_then_class_id():
+    scores = np.array([3, 5, 3, 3, 5, 0])
+    # keep 4: both 5s, then two of the three 3s (ids 0, 2, 3)
+    np.testing.assert_array_equal(select_classes(scores, 1 / 3), [0, 1, 2, 4])  # lower ids win
+    tb = np.array([0.1, 0.0, 0.9, 0.5, 0.0, 0.0])
+    np.testing.assert_array_equal(select_classes(scores, 1 / 3, tiebreak=tb), [1, 2, 3, 4])
+    # equal tiebreak too: class id decides
+    tb2 = np.array([0.5, 0.0, 0.5, 0.5, 0.0, 0.0])
+    np.testing.assert_array_equal(select_classes(scores, 1 / 3, tiebreak=tb2), [0, 1, 2, 4])
+
+
+def test_select_classes_reverse():
+    scores = np.array([3, 5, 3, 3, 5, 0])
+    # lowest first: 0 (id 5), then the 3s by lower id
+    np.testing.assert_array_equal(select_classes(scores, 0.5, reverse=True), [0, 2, 5])
+    tb = np.array([0.1, 0.0, 0.9, 0.5, 0.0, 0.0])
+    # reversed key: lower tiebreak first among equal scores -> ids 0 (0.1), 3 (0.5)
+    np.testing.assert_array_equal(select_classes(scores, 0.5, tiebreak=tb, reverse=True), [0, 3, 5])
+
+
+def test_select_classes_is_deterministic_on_random_ties(rng):
+    scores = rng.integers(0, 4, size=1000)
+    a = select_classes(scores, 0.9)
+    b = select_classes(scores.copy(), 0.9)
+    np.testing.assert_array_equal(a, b)
+    assert a.size == 100
+    threshold = np.sort(scores)[::-1][99]
+    assert (scores[a] >= threshold).all()
+
+
+def test_select_classes_errors():
+    with pytest.raises(ScoringError, match=r"ratio must be in \[0, 1\), got 1"):
+        select_classes([1, 2, 3], 1)
+    with pytest.raises(ScoringError, match=r"ratio must be in \[0, 1\), got -0.1"):
+        select_classes([1, 2, 3], -0.1)
+    with pytest.raises(ScoringError, match=r"ratio must be in \[0, 1\)"):
+        select_classes([1, 2, 3], float("nan"))
+    with pytest.raises(ScoringError, match="tiebreak has 2 entries but scores has 3"):
+        select_classes([1, 2, 3], 0.5, tiebreak=[1, 2])
+    with pytest.raises(ScoringError, match="keeps none of them"):
+        select_classes(np.arange(10), 0.96)
+    with pytest.raises(ScoringError, match="NaN"):
+        select_classes([1.0, np.nan], 0.5)
+
+
+def test_kept_sample_indices():
+    labels = np.array([3, 0, 1, 3, 2, 1])
+    np.testing.assert_array_equal(kept_sample_indices(labels, [1, 3]), [0, 2, 3, 5])
+    np.testing.assert_array_equal(kept_sample_indices(labels, [7]), [])
+    np.testing.assert_array_equal(kept_sample_indices(labels, np.array([], dtype=np.int64)), [])
+
+
+def test_combine_target_scores_normalised_sum():
+    a = np.array([2, 2, 0, 0])  # small target
+    b = np.array([0, 100, 100, 200])  # large target
+    out = combine_target_scores([a, b])
+    np.testing.assert_allclose(out, [0.5, 0.75, 0.25, 0.5])
+    np.testing.assert_allclose(out.sum(), 2.0)
+    np.testing.assert_allclose(combine_target_scores([a, b], weights=[2, 0]), [1, 1, 0, 0])
+    with pytest.raises(ScoringError, match="scores of flowers has 3 entries but the first target has 4"):
+        combine_target_scores([a, b[:3]], names=["cars", "flowers"])
+    with pytest.raises(ScoringError, match="target 1 sum to 0"):
+        combine_target_scores([a, np.zeros(4)])
+    with pytest.raises(ScoringError, match="negative"):
+        combine_target_scores([a, -b])
+    with pytest.raises(ScoringError, match="no target scores"):
+        combine_target_scores([])
