@@ -1,0 +1,29 @@
+# ffcv-dp4tl tasks. First run `bash scripts/setup.sh` (apt + .venv), then `.venv/bin/just TASK`.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+py := justfile_directory() / ".venv/bin/python"
+dp4tl := justfile_directory() / ".venv/bin/dp4tl"
+
+# list tasks
+default:
+    @just --list
+
+# install apt packages + the pinned .venv (idempotent)
+setup:
+    bash scripts/setup.sh
+
+# CPU test suite (what CI runs)
+test *args:
+    {{py}} -m pytest -q -p no:cacheprovider {{args}}
+
+# convert a dataset once into betons + shards: just build synth data/synth | just build imagenet:/data/ILSVRC data/imagenet
+build source="synth" out="data/synth" *args="":
+    {{dp4tl}} build {{source}} --out {{out}} {{args}}
+
+# the end-to-end job (embedded default data unless source=/target= are given)
+pretrain ratio="0.6" source="synth" target="" method="lm" *args="":
+    {{py}} -m ffcv_dp4tl.pipeline_entry --ratio {{ratio}} --source {{source}} --target "{{target}}" --method {{method}} {{args}}
+
+# CPU data-layer benchmark → BENCHMARKS.md
+bench *args:
+    {{py}} benchmarks/bench_data.py {{args}}

@@ -1,0 +1,513 @@
+#!/usr/bin/env python
+"""CPU benchmark of the data layer: build rate, and full vs class-masked load rates.
+
+1. **Build**: the ``synth`` source dataset (train + val) is built with
+   :func:`beton_builders.build_dataset` (workers = all cores): render + JPEG encode +
+   WebDataset shards, then the beton. Reported as img/s for the whole build and its two parts.
+2. **Load**: for each format (FFCV beton, WebDataset shards by random access, and a plain
+   torchvision baseline: ``DataLoader`` + PIL over the same JPEG bytes extracted once to files)
+   and each pruning ratio (a fixed, seeded random choice of classes is dropped), the loader is
+   created once, one warm-up epoch runs (JIT compile, worker start, page cache), then
+   ``--epochs`` epochs are timed on the live loader. All formats use the same resolution, batch
+   size, workers, train augmentation (random-resized crop + horizontal flip) and ImageNet
+   normalisation. ``ratio = masked epoch time / (kept fraction x full epoch time)``: 1.0 means
+   a masked epoch costs exactly its share of a full one.
+
+It prints a Markdown section and replaces ``## Data layer (CPU)`` in ``BENCHMARKS.md``
+(``--report``; ``--no-report`` to skip). Progress goes to stderr.
+
+    python benchmarks/bench_data.py                                 # default, ~10 min on 2 cores
+    python benchmarks/bench_data.py --synth synth:tiny --report /tmp/x.md   # quick check
+    python benchmarks/bench_data.py --out /tmp/dp4tl-bench          # keep (and reuse) the data
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import io
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks._report import write_section  # noqa: E402
+
+SECTION = "Data layer (CPU)"
+FORMAT_NAMES = {"ffcv": "FFCV beton", "wds": "WebDataset shards (random access)",
+                "pil": "PIL files + DataLoader (baseline)"}
+
+
+def log(msg: str) -> None:
+    print(f"[bench_data {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def load1() -> float:
+    return os.getloadavg()[0]
+
+
+# -- build -----------------------------------------------------------------------------------
+@dataclass
+class BuildResult:
+    images: int
+    reused: bool = False
+    resumed: bool = False
+    total_s: float = float("nan")
+    beton_s: float = float("nan")
+
+
+def dataset_dir(out: Path) -> Path:
+    """The built source dataset inside ``out`` (``out`` itself if it is a build)."""
+    return out if (out / "manifest.json").exists() else out / "source"
+
+
+def build(synth: str, out: Path) -> tuple[Path, BuildResult]:
+    from beton_builders import BuildOptions, build_dataset
+    from beton_builders import writer as writer_mod
+    from beton_builders.synth import parse_synth, synth_source
+    from ffcv_dp4tl.data.manifest import load_manifest
+
+    ddir = dataset_dir(out)
+    if (ddir / "manifest.json").exists():
+        m = load_manifest(ddir)
+        n = sum(int(s["num_samples"]) for s in m.data["splits"].values())
+        got = m.data.get("extra", {}).get("synth")
+        want = parse_synth(synth).to_text()
+        if got is not None and got != want:
+            log(f"WARNING: {ddir} holds {got}, not {want}; benchmarking what is there")
+        log(f"reusing {ddir} ({n} images); build not timed")
+        return ddir, BuildResult(n, reused=True)
+
+    cfg = parse_synth(synth)
+    spec = synth_source(cfg)
+    n = sum(len(v) for v in spec.splits.values())
+    resumed = (ddir / ".build").exists()
+    opts = BuildOptions(workers=os.cpu_count() or 1, progress=True)
+    beton_s = [0.0]
+    orig = writer_mod.write_beton
+
+    def timed_write_beton(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return orig(*a, **k)
+        finally:
+            beton_s[0] += time.perf_counter() - t0
+
+    log(f"building {cfg.to_text()} source ({n} images, {cfg.image_size} px) into {ddir} "
+        f"with {opts.workers} workers")
+    writer_mod.write_beton = timed_write_beton
+    try:
+        t0 = time.perf_counter()
+        summary = build_dataset(spec, ddir, opts, source=cfg.to_text())
+        total = time.perf_counter() - t0
+    finally:
+        writer_mod.write_beton = orig
+    for line in summary.lines():
+        log("  " + line)
+    return ddir, BuildResult(n, resumed=resumed, total_s=total, beton_s=beton_s[0])
+
+
+# -- baseline: JPEG files + torchvision-style DataLoader ---------------------------------------
+def extract_files(ddir: Path, split: str, dest: Path) -> tuple[list[str], np.ndarray, float]:
+    """Write every JPEG of ``split`` once to ``dest/LABEL/INDEX.jpg`` (same bytes as the shards)."""
+    from ffcv_dp4tl.data.manifest import load_manifest
+    from ffcv_dp4tl.data.wds_loader import ShardReader
+
+    info = load_manifest(ddir).split(split)
+    reader = ShardReader(info)
+    labels = np.asarray(reader.index["label"], dtype=np.int64)
+    paths = [str(dest / f"{int(l):04d}" / f"{i:07d}.jpg") for i, l in enumerate(labels)]
+    marker = dest / ".complete"
+    if marker.exists() and marker.read_text().strip() == info.fingerprint:
+        log(f"reusing extracted JPEG files in {dest}")
+        return paths, labels, float("nan")
+    t0 = time.perf_counter()
+    for d in {os.path.dirname(p) for p in paths}:
+        os.makedirs(d, exist_ok=True)
+    for i, p in enumerate(paths):
+        data, _ = reader.read(i)
+        with open(p, "wb") as f:
+            f.write(data)
+    marker.write_text(info.fingerprint + "\n")
+    dt = time.perf_counter() - t0
+    log(f"extracted {len(paths)} JPEG files to {dest} in {dt:.1f}s")
+    return paths, labels, dt
+
+
+class _FilesDataset:
+    """``ImageFolder``-like: (path, label) list, PIL open, torchvision transforms."""
+
+    def __init__(self, paths: list[str], labels: np.ndarray, resolution: int):
+        from torchvision import transforms as T
+
+        from ffcv_dp4tl.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
+
+        self.paths, self.labels = paths, labels
+        self.transform = T.Compose([
+            T.RandomResizedCrop(resolution, scale=RRC_SCALE, ratio=RRC_RATIO),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize([m / 255 for m in IMAGENET_MEAN], [s / 255 for s in IMAGENET_STD]),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as img:
+            img = img.convert("RGB")
+        return self.transform(img), int(self.labels[i])
+
+
+class _EpochSampler:
+    """Per-epoch seeded permutation of the kept indices (like the project's EpochPlan)."""
+
+    def __init__(self, indices: np.ndarray, seed: int):
+        self.indices, self.seed, self.epoch = indices, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.indices).tolist())
+
+
+class PilFilesLoader:
+    def __init__(self, paths, labels, indices: np.ndarray, *, batch_size: int, resolution: int,
+                 num_workers: int, seed: int):
+        import torch
+        from torch.utils.data import DataLoader
+
+        self.sampler = _EpochSampler(indices, seed)
+        # Same DataLoader settings as the project's WebDataset loader (persistent workers,
+        # prefetch 4, drop_last for training), so only the storage + decode path differs.
+        self.dataloader = DataLoader(
+            _FilesDataset(paths, labels, resolution), batch_size=batch_size, sampler=self.sampler,
+            num_workers=num_workers, drop_last=True, persistent_workers=num_workers > 0,
+            prefetch_factor=4 if num_workers > 0 else None,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.epoch = epoch
+
+    def __iter__(self):
+        return iter(self.dataloader)
+
+
+# -- load timing -----------------------------------------------------------------------------
+@dataclass
+class LoadResult:
+    fmt: str
+    pruned: float
+    kept_classes: int
+    kept_fraction: float
+    images: int = 0               # images delivered per timed epoch
+    epoch_s: list[float] = field(default_factory=list)
+    warmup_s: float = float("nan")
+    setup_s: float = float("nan")
+    load: float = float("nan")    # 1-min load average after the timed epochs
+    ratio: float = float("nan")
+
+    @property
+    def best(self) -> float:
+        return min(self.epoch_s)
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.best
+
+
+def class_masks(ddir: Path, split: str, ratios: list[float], seed: int):
+    """For each pruning ratio: (kept class ids, IndexMask) from one seeded class permutation,
+    so the kept sets are nested (80 % pruned keeps a subset of 60 % pruned)."""
+    from ffcv_dp4tl.data.manifest import load_manifest
+    from ffcv_dp4tl.data.masks import full_mask, mask_from_classes
+
+    m = load_manifest(ddir)
+    info = m.split(split)
+    c = m.num_classes
+    perm = np.random.default_rng([seed, 4242]).permutation(c)
+    out = []
+    for r in ratios:
+        if r == 0:
+            out.append((np.arange(c), full_mask(info)))
+            continue
+        k = max(1, int(round((1 - r) * c)))
+        keep = np.sort(perm[:k])
+        out.append((keep, mask_from_classes(info, keep.tolist(), method="bench_data",
+                                            pruned_ratio=r, seed=seed)))
+    return info, out
+
+
+def time_loader(loader, epochs: int, set_epoch) -> tuple[float, list[float], int]:
+    """One warm-up epoch, then ``epochs`` timed ones; returns (warmup s, epoch s, images/epoch)."""
+    times, n_imgs = [], 0
+    warm = float("nan")
+    for e in range(1 + epochs):
+        set_epoch(e)
+        n = 0
+        t0 = time.perf_counter()
+        for batch in loader:
+            n += int(batch[1].shape[0])  # labels; same position in Batch and (x, y) tuples
+        dt = time.perf_counter() - t0
+        if e == 0:
+            warm = dt
+        else:
+            times.append(dt)
+            n_imgs = n
+    return warm, times, n_imgs
+
+
+def run_loads(args, ddir: Path, files_dir: Path) -> tuple[list[LoadResult], dict]:
+    from ffcv_dp4tl.data.loaders import make_loader
+
+    info, masks = class_masks(ddir, "train", args.ratios, args.seed)
+    extra = {}
+    paths = labels = None
+    if "pil" in args.formats:
+        paths, labels, extra["extract_s"] = extract_files(ddir, "train", files_dir)
+    results = []
+    for fmt in args.formats:
+        full_time = None
+        for r, (keep, mask) in zip(args.ratios, masks):
+            res = LoadResult(fmt, r, len(keep), len(mask) / info.num_samples)
+            log(f"{fmt}: {r:.0%} of classes pruned ({len(keep)} kept, {len(mask)} images): "
+                f"warm-up + {args.epochs} timed epoch(s)")
+            t0 = time.perf_counter()
+            if fmt == "pil":
+                loader = PilFilesLoader(paths, labels, mask.indices, batch_size=args.batch_size,
+                                        resolution=args.resolution, num_workers=args.workers,
+                                        seed=args.seed)
+            else:
+                loader = make_loader(ddir, "train", fmt=fmt, mask=mask, train=True,
+                                     batch_size=args.batch_size, resolution=args.resolution,
+                                     num_workers=args.workers, seed=args.seed)
+            res.setup_s = time.perf_counter() - t0
+            res.warmup_s, res.epoch_s, res.images = time_loader(loader, args.epochs, loader.set_epoch)
+            res.load = load1()
+            del loader
+            if r == 0:
+                full_time = res.best
+            if full_time is not None:
+                res.ratio = res.best / (res.kept_fraction * full_time)
+            log(f"  warm-up {res.warmup_s:.2f}s, epochs {', '.join(f'{t:.2f}' for t in res.epoch_s)}s"
+                f" -> {res.rate:.0f} img/s, ratio {res.ratio:.3f}, load {res.load:.2f}")
+            results.append(res)
+    return results, extra
+
+
+# -- report ----------------------------------------------------------------------------------
+def machine_info() -> dict[str, str]:
+    model, nproc = platform.processor() or platform.machine(), 0
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and nproc == 0:
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("processor"):
+                    nproc += 1
+    return {"cpu": model, "cpuinfo_processors": str(nproc), "cpu_count": str(os.cpu_count()),
+            "affinity": str(len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else "?"}
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    import numba
+    import PIL
+    import torch
+    import torchvision
+
+    try:
+        ffcv_v = md.version("ffcv")
+    except md.PackageNotFoundError:
+        ffcv_v = "?"
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "ffcv": ffcv_v, "numpy": np.__version__,
+            "numba": numba.__version__, "pillow": PIL.__version__}
+
+
+def fmt_s(x: float) -> str:
+    return "-" if x != x else f"{x:.2f}"
+
+
+def markdown(args, build_res: BuildResult, results: list[LoadResult], extra: dict, meta: dict) -> str:
+    mi, ver = meta["machine"], meta["versions"]
+    lines = [
+        f"**CPU** run, {meta['date']}. Machine: {mi['cpu']}, {mi['cpuinfo_processors']} processors "
+        f"in /proc/cpuinfo, os.cpu_count()={mi['cpu_count']} (affinity {mi['affinity']}); "
+        f"1-min load average {meta['load_start']:.2f} at start, {meta['load_end']:.2f} at end "
+        "(the machine is shared: other jobs may be running).",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()) + ".",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Dataset: `{meta['synth']}` source, {build_res.images:,} images ({meta['num_train']:,} "
+        f"train, {meta['num_classes']} classes) at {meta['image_px']} px, JPEG q{meta['quality']}. "
+        "Numbers below are from this run only.",
+        "",
+        "### Build (render + JPEG encode + shards + beton)",
+        "",
+    ]
+    if build_res.reused:
+        lines += ["Build rate: (reused) — the data directory already held a complete build, so "
+                  "no build was timed in this run.", ""]
+    else:
+        n, tot, bet = build_res.images, build_res.total_s, build_res.beton_s
+        rest = tot - bet
+        lines += [
+            f"`build_dataset` with {os.cpu_count()} workers"
+            + (" (resumed an interrupted build: rate is not meaningful)" if build_res.resumed else "")
+            + ":",
+            "",
+            "| stage | seconds | img/s |",
+            "| --- | ---: | ---: |",
+            f"| render + JPEG encode + WebDataset shards (+ index, manifest) | {rest:.1f} | {n / rest:.0f} |",
+            f"| beton (copy of the shard JPEG bytes) | {bet:.1f} | {n / bet:.0f} |",
+            f"| **whole build** | **{tot:.1f}** | **{n / tot:.0f}** |",
+            "",
+            "The synthetic images are rendered inside the build, so the first row includes "
+            "drawing them; a build from JPEG files on disk decodes/re-encodes instead.",
+            "",
+        ]
+    lines += [
+        "### Load: full vs class-masked (steady state)",
+        "",
+        f"Train split, resolution {args.resolution}, batch {args.batch_size}, {args.workers} "
+        f"workers, random-resized crop + flip + ImageNet normalisation, drop_last. Per row: one "
+        f"loader, 1 warm-up epoch, then the best of {args.epochs} timed epoch(s). Classes pruned "
+        f"by a seeded random choice (seed {args.seed}); kept fraction = kept images / "
+        "all images. `ratio = masked epoch s / (kept fraction × full epoch s)`.",
+        "",
+        "| format | classes pruned | kept classes | kept fraction | images/epoch | warm-up s | epoch s | img/s | ratio | load1 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {FORMAT_NAMES[r.fmt]} | {r.pruned:.0%} | {r.kept_classes} | {r.kept_fraction:.3f} "
+            f"| {r.images:,} | {fmt_s(r.warmup_s)} | {r.best:.2f} | {r.rate:,.0f} | "
+            f"{'-' if r.ratio != r.ratio else f'{r.ratio:.3f}'} | {r.load:.2f} |")
+    lines += ["", "Summary per format (goal: ratio ≤ ~1.05 for every masked row):", ""]
+    for fmt in args.formats:
+        rows = [r for r in results if r.fmt == fmt and r.pruned > 0]
+        full = next((r for r in results if r.fmt == fmt and r.pruned == 0), None)
+        if not rows or full is None:
+            continue
+        worst = max(rows, key=lambda r: r.ratio)
+        ok = "meets" if worst.ratio <= 1.05 else "MISSES"
+        lines.append(f"- {FORMAT_NAMES[fmt]}: full epoch {full.best:.2f}s ({full.rate:,.0f} img/s); "
+                     f"masked ratios {', '.join(f'{r.ratio:.3f}' for r in rows)}; worst "
+                     f"{worst.ratio:.3f} at {worst.pruned:.0%} pruned — {ok} the ≤ 1.05 goal.")
+    ffcv_full = next((r for r in results if r.fmt == "ffcv" and r.pruned == 0), None)
+    if ffcv_full is not None:
+        for fmt in ("wds", "pil"):
+            other = next((r for r in results if r.fmt == fmt and r.pruned == 0), None)
+            if other is not None:
+                lines.append(f"- Full-epoch speed, FFCV vs {FORMAT_NAMES[fmt]}: "
+                             f"{other.best / ffcv_full.best:.2f}×.")
+    if extra.get("extract_s") == extra.get("extract_s"):
+        lines.append(f"- Baseline preparation (one-time, not in the table): extracting "
+                     f"{meta['num_train']:,} JPEG files took {extra['extract_s']:.1f}s.")
+    return "\n".join(lines) + "\n"
+
+
+# -- main ------------------------------------------------------------------------------------
+def parse_ratios(text: str) -> list[float]:
+    vals = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        v = float(part.rstrip("%")) / (100 if part.endswith("%") or float(part.rstrip("%")) > 1 else 1)
+        if not 0 <= v < 1:
+            raise argparse.ArgumentTypeError(f"pruning ratio {part!r} must be in [0, 1)")
+        vals.append(v)
+    vals = sorted(set(vals))
+    if not vals or vals[0] != 0:
+        vals = [0.0] + vals  # the full (unmasked) run is the reference of every ratio
+    return vals
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--synth", default="synth:default",
+                   help="synth spec to build (default synth:default; synth:tiny for a quick run)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="data directory (kept; reused if it already holds a build); default: a "
+                        "temporary directory removed at the end")
+    p.add_argument("--ratios", type=parse_ratios, default=parse_ratios("0,0.2,0.4,0.6,0.8"),
+                   help="fractions of classes pruned, comma separated (0 always included)")
+    p.add_argument("--formats", default="ffcv,wds,pil",
+                   help="comma-separated subset of ffcv,wds,pil (default all three)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="loader workers (default: all cores)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="output resolution (default: the synth image size)")
+    p.add_argument("--epochs", type=int, default=2, help="timed epochs after the warm-up (best is reported)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pruned-class choice and loaders")
+    p.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md",
+                   help="Markdown file whose '## Data layer (CPU)' section is replaced")
+    p.add_argument("--no-report", action="store_true", help="only print the table")
+    args = p.parse_args(argv)
+    args.formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    bad = [f for f in args.formats if f not in FORMAT_NAMES]
+    if bad:
+        p.error(f"unknown format(s) {bad}; choose from {', '.join(FORMAT_NAMES)}")
+    if args.epochs < 1:
+        p.error("--epochs must be >= 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from beton_builders.synth import parse_synth
+    from ffcv_dp4tl.data.manifest import load_manifest
+
+    cfg = parse_synth(args.synth)
+    if args.resolution is None:
+        args.resolution = cfg.image_size
+    command = " ".join(shlex.quote(a) for a in ["python", "benchmarks/bench_data.py", *sys.argv[1:]])
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load_start = load1()
+    with contextlib.ExitStack() as stack:
+        if args.out is None:
+            out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dp4tl-bench-")))
+        else:
+            out = args.out
+            out.mkdir(parents=True, exist_ok=True)
+        ddir, build_res = build(args.synth, out)
+        results, extra = run_loads(args, ddir, out / "jpeg_files" / "train")
+        m = load_manifest(ddir)
+        meta = {
+            "date": date, "command": command, "machine": machine_info(), "versions": versions(),
+            "load_start": load_start, "load_end": load1(),
+            "synth": m.data.get("extra", {}).get("synth", args.synth),
+            "num_train": m.split("train").num_samples, "num_classes": m.num_classes,
+            "image_px": m.data.get("extra", {}).get("synth_config", {}).get("image_size", cfg.image_size),
+            "quality": m.data.get("image", {}).get("quality"),
+        }
+    body = markdown(args, build_res, results, extra, meta)
+    print(f"## {SECTION}\n\n{body}")
+    if not args.no_report:
+        write_section(args.report, SECTION, body)
+        log(f"updated section '## {SECTION}' of {args.report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

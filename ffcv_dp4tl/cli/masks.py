@@ -1,0 +1,62 @@
+"""``dp4tl mask``: make and check index masks by hand (``dp4tl prune`` makes them from scores)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app
+from ..errors import MaskError
+
+mask_app = typer.Typer(help="Create and check index masks (sorted sample indices + JSON).",
+                       no_args_is_help=True)
+app.add_typer(mask_app, name="mask")
+
+
+def _parse_ids(text: str) -> list[int]:
+    ids: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            ids.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+        except ValueError:
+            raise MaskError(f"--classes: {part!r} is not a class id or range like 3-7") from None
+    return ids
+
+
+@mask_app.command("classes")
+def classes_cmd(
+    dataset: Path = typer.Argument(..., help="Built dataset directory"),
+    classes: str = typer.Option(..., help="Class ids to keep, e.g. '0,3,10-19'"),
+    out: Path = typer.Option(..., "--out", "-o", help="Mask file to write (.npy; .json beside)"),
+    split: str = typer.Option("train", help="Split the mask indexes"),
+) -> None:
+    """Keep every sample of the given classes (reads labels.npy only, no images)."""
+    from ..data.manifest import load_manifest
+    from ..data.masks import mask_from_classes, save_mask
+
+    info = load_manifest(dataset).split(split)
+    mask = mask_from_classes(info, _parse_ids(classes), method="classes")
+    path = save_mask(out, mask)
+    typer.echo(f"{path}: {len(mask)} of {info.num_samples} samples of {split!r} "
+               f"({100 * mask.kept_fraction:.1f} %)")
+
+
+@mask_app.command("check")
+def check_cmd(
+    mask: Path = typer.Argument(..., help="Mask .npy file"),
+    dataset: Path = typer.Argument(..., help="Built dataset directory"),
+    split: Optional[str] = typer.Option(None, help="Split (default: the one named in the mask)"),
+) -> None:
+    """Validate a mask against a dataset: range, order, duplicates, fingerprint."""
+    from ..data.manifest import load_manifest
+    from ..data.masks import load_mask
+
+    m = load_mask(mask)
+    info = load_manifest(dataset).split(split or m.meta.get("split", "train"))
+    load_mask(mask, info)
+    typer.echo(f"{mask}: OK — {len(m)} of {info.num_samples} samples of {info.name!r}")
