@@ -42,7 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ffcv_dp4tl.fsutil import atomic_write_text  # noqa: E402
+from benchmarks._report import write_section  # noqa: E402
 from ffcv_dp4tl.kernels import cpu as kcpu  # noqa: E402
 from ffcv_dp4tl.scoring import feature_mapping_votes, kmeans, kmeans_plus_plus  # noqa: E402
 
@@ -389,27 +389,6 @@ def markdown(args, results: list[Result], fm_lines: list[str], info: dict[str, s
     return "\n".join(lines) + "\n"
 
 
-def upsert_section(path: Path, title: str, body: str) -> None:
-    """Replace ``## title`` (up to the next ``## ``) in ``path`` or append it; atomic write."""
-    header = f"## {title}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines()
-    try:
-        start = lines.index(header)
-    except ValueError:
-        start = None
-    new_block = [header, "", *body.rstrip("\n").splitlines()]
-    if start is None:
-        while lines and not lines[-1].strip():
-            lines.pop()
-        lines += ["", *new_block]
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        tail = lines[end:]
-        lines = lines[:start] + new_block + ([""] + tail if tail else [])
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu-smoke", action="store_true", help="tiny CPU run (numba vs NumPy vs torch CPU)")
@@ -450,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     body = markdown(args, results, fm_lines, info)
     print(body)
     if args.output is not None:
-        upsert_section(args.output, CPU_SECTION if args.cpu_smoke else GPU_SECTION, body)
+        write_section(args.output, CPU_SECTION if args.cpu_smoke else GPU_SECTION, body)
         print(f"updated {args.output}")
     failed = [r.name for r in results if not r.ok]
     if failed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import weakref
 from pathlib import Path
 from typing import Iterator
 
@@ -68,17 +69,28 @@ class _MaskedShardDataset(Dataset):
 
 
 class _PlanSampler(Sampler):
+    """Reads epoch/resolution from its loader through a weak reference: a strong one would make
+    loader -> DataLoader -> sampler -> loader a cycle, freed only by the cyclic GC, whose
+    teardown of persistent workers then stalls ~5 s (torch's worker join timeout) per loader."""
+
     def __init__(self, loader: "WdsMaskedLoader"):
-        self.loader = loader
+        self._loader = weakref.ref(loader)
+
+    @property
+    def loader(self) -> "WdsMaskedLoader":
+        return self._loader()
 
     def __len__(self) -> int:
         return self.loader.plan.samples_per_epoch()
 
     def __iter__(self):
+        # Read the epoch's settings up front: a paused generator must not hold the loader either.
         ld = self.loader
+        order, resolution = ld.plan.order(ld.epoch), ld.resolution
         seed = int(np.random.default_rng([ld.plan.seed, ld.epoch, 7]).integers(2**31))
-        for i in ld.plan.order(ld.epoch):
-            yield int(i), ld.resolution, seed
+        del ld
+        for i in order:
+            yield int(i), resolution, seed
 
 
 def _collate(items):

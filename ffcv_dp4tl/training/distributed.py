@@ -1,0 +1,72 @@
+"""torchrun integration: process group setup, rank-0-only file writes, metric reduction.
+
+Launching ``torchrun --nproc_per_node=K -m ffcv_dp4tl.cli ...`` (or ``dp4tl train`` under
+torchrun) sets RANK/WORLD_SIZE/LOCAL_RANK; :func:`setup` then initialises the process group
+(NCCL on CUDA, gloo on CPU). The data loaders read the rank from ``torch.distributed`` and give
+each rank a disjoint stride of the mask, so nothing here touches sampling.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def setup(device: str | torch.device | None = "auto") -> DistContext:
+    """Initialise DDP when launched by torchrun (WORLD_SIZE > 1), else a single-process context."""
+    dev = resolve_device(device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext(device=dev)
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    here = False
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        here = True
+    return DistContext(rank, world, local_rank, dev, here)
+
+
+def teardown(ctx: DistContext) -> None:
+    if ctx.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """Sum a tensor over ranks (no-op single-process). gloo reduces on CPU, NCCL on GPU."""
+    if ctx.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()

@@ -1,0 +1,191 @@
+"""Model registry: ``create_model(name, num_classes, **kw)``, plus feature helpers for scoring.
+
+Every architecture is a torchvision constructor called with ``weights=None``: nothing is ever
+downloaded, all runs start from random init (the paper trains its own source models).
+
+Knobs (all keyword arguments, all settable from a recipe's ``[model]`` section):
+
+* ``blurpool`` — anti-aliased downsampling as in ffcv-imagenet: every strided conv with at least
+  16 input channels is preceded by a fixed 3×3 binomial blur (``BlurPoolConv2d``). ffcv-imagenet
+  reports it is worth ~0.5–1 % top-1 for ResNets at no parameter cost.
+* ``small_input`` — for 32–64 px CPU recipes the ImageNet stem (7×7/2 conv + max-pool, i.e. 4×
+  downsampling before the first block) throws away most of a 32 px image; this replaces it with a
+  3×3 conv with stride ``stem_stride`` (default 1) and no max-pool, as CIFAR ResNets do.
+* ``width`` — channels of the first stage (torchvision: 64). Smaller widths make ResNets cheap
+  enough for unit tests and 2-core CPU recipes; with 64 the state_dict is torchvision's.
+* ``image_size`` (ViT only) — input resolution the position embeddings are sized for.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import models as tvm
+
+from ..errors import DP4TLError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    """Decorator adding a constructor ``fn(num_classes, **kw) -> nn.Module`` to the registry."""
+    def deco(fn):
+        _REGISTRY[name] = fn
+        return fn
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, num_classes: int, **kw: Any) -> nn.Module:
+    """Build a randomly initialised model by registry name; unknown names/knobs → DP4TLError."""
+    if name not in _REGISTRY:
+        raise DP4TLError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    try:
+        return _REGISTRY[name](num_classes, **kw)
+    except TypeError as e:  # unexpected keyword from a recipe
+        raise DP4TLError(f"model {name!r}: {e}") from None
+
+
+# --------------------------------------------------------------------------- blurpool
+class BlurPoolConv2d(nn.Module):
+    """A strided conv preceded by a depthwise 3×3 binomial blur (ffcv-imagenet's wrapper).
+
+    The blur is a non-persistent buffer so state_dicts stay compatible with plain models apart
+    from the ``.conv`` prefix.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        filt = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16.0
+        self.conv = conv
+        self.register_buffer("blur_filter", filt.expand(conv.in_channels, 1, 3, 3).clone(),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        blurred = F.conv2d(x, self.blur_filter.to(x.dtype), stride=1, padding=1,
+                           groups=self.conv.in_channels)
+        return self.conv(blurred)
+
+
+def apply_blurpool(module: nn.Module) -> nn.Module:
+    """Wrap every strided conv with ≥16 input channels in :class:`BlurPoolConv2d` (in place)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Conv2d) and max(child.stride) > 1 and child.in_channels >= 16:
+            setattr(module, name, BlurPoolConv2d(child))
+        else:
+            apply_blurpool(child)
+    return module
+
+
+# --------------------------------------------------------------------------- resnets
+def _resnet(ctor: Callable[..., tvm.ResNet], num_classes: int, *, blurpool: bool = False,
+            small_input: bool = False, stem_stride: int = 1, width: int = 64,
+            zero_init_residual: bool = False) -> tvm.ResNet:
+    model = ctor(weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
+    if width != 64:
+        # Rebuild the stages at another width with torchvision's own _make_layer, then re-init.
+        block = type(model.layer1[0])
+        depths = [len(model.layer1), len(model.layer2), len(model.layer3), len(model.layer4)]
+        model.inplanes, model.dilation = width, 1
+        model.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        model.bn1 = nn.BatchNorm2d(width)
+        model.layer1 = model._make_layer(block, width, depths[0])
+        model.layer2 = model._make_layer(block, width * 2, depths[1], stride=2)
+        model.layer3 = model._make_layer(block, width * 4, depths[2], stride=2)
+        model.layer4 = model._make_layer(block, width * 8, depths[3], stride=2)
+        model.fc = nn.Linear(width * 8 * block.expansion, num_classes)
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+    if small_input:
+        model.conv1 = nn.Conv2d(3, width, 3, stem_stride, 1, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+        model.maxpool = nn.Identity()
+    if blurpool:
+        apply_blurpool(model)
+    return model
+
+
+@register("resnet18")
+def resnet18(num_classes: int, **kw: Any) -> nn.Module:
+    return _resnet(tvm.resnet18, num_classes, **kw)
+
+
+@register("resnet50")
+def resnet50(num_classes: int, **kw: Any) -> nn.Module:
+    return _resnet(tvm.resnet50, num_classes, **kw)
+
+
+@register("resnet101")
+def resnet101(num_classes: int, **kw: Any) -> nn.Module:
+    return _resnet(tvm.resnet101, num_classes, **kw)
+
+
+@register("vit_b_16")
+def vit_b_16(num_classes: int, *, image_size: int = 224, **kw: Any) -> nn.Module:
+    return tvm.vit_b_16(weights=None, num_classes=num_classes, image_size=image_size, **kw)
+
+
+# --------------------------------------------------------------------------- helpers
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model under DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def get_head(model: nn.Module) -> nn.Linear:
+    """The final classification layer (ResNet ``fc``; ViT ``heads.head``)."""
+    m = unwrap(model)
+    if isinstance(m, tvm.ResNet):
+        return m.fc
+    if isinstance(m, tvm.VisionTransformer):
+        return m.heads.head
+    raise DP4TLError(f"no known classification head on {type(m).__name__}")
+
+
+def replace_head(model: nn.Module, num_classes: int) -> nn.Linear:
+    """Swap in a freshly initialised head with ``num_classes`` outputs; returns it."""
+    m = unwrap(model)
+    old = get_head(m)
+    new = nn.Linear(old.in_features, num_classes).to(old.weight.device)
+    if isinstance(m, tvm.ResNet):
+        m.fc = new
+    else:
+        m.heads.head = new
+    return new
+
+
+def feature_dim(model: nn.Module) -> int:
+    """Width of the penultimate features (input of the classification head)."""
+    return get_head(model).in_features
+
+
+def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Penultimate features (post global-pool ResNet features; ViT class token after the encoder).
+
+    Mirrors torchvision's ``forward`` minus the head, so ``head(features(m, x)) == m(x)``.
+    """
+    m = unwrap(model)
+    if isinstance(m, tvm.ResNet):
+        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
+        return torch.flatten(m.avgpool(x), 1)
+    if isinstance(m, tvm.VisionTransformer):
+        x = m._process_input(x)
+        cls = m.class_token.expand(x.shape[0], -1, -1)
+        x = m.encoder(torch.cat([cls, x], dim=1))
+        return x[:, 0]
+    raise DP4TLError(f"features(): unsupported model type {type(m).__name__}")

@@ -1,0 +1,250 @@
+"""Recipes: every training knob in one TOML file, validated before any work starts.
+
+A recipe is a TOML file (read with stdlib ``tomllib``) with the sections below; anything not
+given takes the dataclass default. ``load_recipe("resnet18_tiny_cpu")`` resolves a bare name to
+``recipes/resnet18_tiny_cpu.toml`` (the repository's recipe registry), and ``overrides`` such as
+``["train.epochs=3", "lr.lr=0.2"]`` are applied on top (values parsed as TOML literals; bare
+words fall back to strings). Unknown sections or keys and wrongly typed values raise a
+:class:`DP4TLError` naming the file, the key and the expected type — so a typo in a recipe
+fails in a second, not after an epoch of training.
+
+Learning-rate convention (ffcv-imagenet style): ``lr.lr`` is the peak learning rate *per 256
+images*; the optimiser uses ``lr.lr × global_batch / 256`` when ``lr.scale_with_batch`` is true.
+ffcv-imagenet's ResNet-18 value 1.7 at batch 1024 is therefore ``lr = 0.425`` here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import DP4TLError
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+
+@dataclass
+class ModelCfg:
+    arch: str = "resnet18"
+    blurpool: bool = True
+    small_input: bool = False
+    stem_stride: int = 1
+    width: int = 64            # ResNet first-stage width (64 = torchvision)
+    image_size: int = 224      # ViT only
+
+
+@dataclass
+class DataCfg:
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test"   # finetune targets
+    num_workers: int = 2
+    seed: int = 0              # data order + augmentation seed (model init uses train.seed)
+
+
+@dataclass
+class OptimCfg:
+    name: str = "sgd"          # sgd | adam | adamw
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 5e-5
+    wd_on_bn_bias: bool = False  # ffcv-imagenet: no weight decay on BN / bias parameters
+    label_smoothing: float = 0.1
+    grad_clip: float = 0.0     # 0 = off
+
+
+@dataclass
+class LRCfg:
+    schedule: str = "triangular"  # triangular | step | cosine | multistep | constant
+    lr: float = 0.5            # peak lr per 256 images (see module doc)
+    scale_with_batch: bool = True
+    lr_peak_epoch: float = 2.0  # triangular: linear warmup 0 → peak by this epoch
+    warmup_epochs: float = 0.0  # cosine / multistep: linear warmup
+    step_ratio: float = 0.1    # step: lr × step_ratio every step_length epochs
+    step_length: int = 30
+    milestones: list[int] = field(default_factory=list)  # multistep (epochs)
+    gamma: float = 0.1         # multistep factor
+    min_lr: float = 0.0        # cosine floor (absolute)
+
+
+@dataclass
+class TrainCfg:
+    epochs: int = 16
+    batch_size: int = 1024     # global (split evenly across DDP ranks)
+    seed: int = 0
+    min_res: int = 160         # progressive resizing (ffcv-imagenet)
+    max_res: int = 192
+    start_ramp: int = 11
+    end_ramp: int = 13
+    res_multiple: int = 32     # resolutions are rounded to a multiple of this
+    precision: str = "bf16"    # bf16 | fp16 | fp32 (CPU always runs fp32)
+    channels_last: bool = True  # CUDA only
+    compile: bool = False
+    drop_last: bool = True     # ffcv-imagenet drops the last partial batch
+    record_seen: bool = False  # debug: every rank saves the sample indices it trained on
+
+
+@dataclass
+class EvalCfg:
+    every: int = 1             # evaluate every N epochs (and always after the last)
+    batch_size: int = 512
+    resolution: int = 256      # ffcv-imagenet val_res
+    flip_tta: bool = True
+
+
+@dataclass
+class FinetuneCfg:
+    mode: str = "lp"           # lp: linear probe on frozen features | ff: full finetune
+    resolution: int = 224
+    train_augment: bool = True  # ff only; lp trains on cached center-crop features
+
+
+@dataclass
+class Recipe:
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    lr: LRCfg = field(default_factory=LRCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+    finetune: FinetuneCfg = field(default_factory=FinetuneCfg)
+    name: str = ""             # recipe file stem (not a TOML key)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("name")
+        return d
+
+    def fingerprint(self) -> str:
+        """Hash of every knob: a checkpoint only resumes under the identical recipe."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "Recipe":
+        return _build(data, source)
+
+
+SECTIONS: dict[str, type] = {k: v for k, v in typing.get_type_hints(Recipe).items() if k != "name"}
+
+
+def _section_types(section_cls) -> dict[str, Any]:
+    return typing.get_type_hints(section_cls)
+
+
+def _check_value(source: str, key: str, value: Any, expected: Any) -> Any:
+    """Return ``value`` converted to ``expected`` (int → float allowed) or raise DP4TLError."""
+    origin = typing.get_origin(expected)
+    name = getattr(expected, "__name__", str(expected))
+    if origin is list:
+        (inner,) = typing.get_args(expected)
+        if not isinstance(value, list):
+            raise DP4TLError(f"{source}: {key} must be a list of {inner.__name__}, got "
+                             f"{type(value).__name__} {value!r}")
+        return [_check_value(source, f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, bool):
+        raise DP4TLError(f"{source}: {key} must be int, got bool {value!r}")
+    if not isinstance(value, expected):
+        raise DP4TLError(f"{source}: {key} must be {name}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(data: dict[str, Any], source: str) -> Recipe:
+    recipe = Recipe()
+    for sec, body in data.items():
+        if sec not in SECTIONS:
+            raise DP4TLError(f"{source}: unknown section [{sec}]; valid sections: "
+                             f"{', '.join(SECTIONS)}")
+        if not isinstance(body, dict):
+            raise DP4TLError(f"{source}: [{sec}] must be a table of keys, got {body!r}")
+        types = _section_types(SECTIONS[sec])
+        target = getattr(recipe, sec)
+        for key, value in body.items():
+            if key not in types:
+                raise DP4TLError(f"{source}: unknown key {sec}.{key}; valid keys in [{sec}]: "
+                                 f"{', '.join(types)}")
+            setattr(target, key, _check_value(source, f"{sec}.{key}", value, types[key]))
+    _validate_choices(recipe, source)
+    return recipe
+
+
+_CHOICES = {
+    ("optim", "name"): ("sgd", "adam", "adamw"),
+    ("lr", "schedule"): ("triangular", "step", "cosine", "multistep", "constant"),
+    ("train", "precision"): ("bf16", "fp16", "fp32"),
+    ("finetune", "mode"): ("lp", "ff"),
+}
+
+
+def _validate_choices(r: Recipe, source: str) -> None:
+    for (sec, key), allowed in _CHOICES.items():
+        v = getattr(getattr(r, sec), key)
+        if v not in allowed:
+            raise DP4TLError(f"{source}: {sec}.{key} = {v!r} is not one of {', '.join(allowed)}")
+    positive = [("train", "epochs"), ("train", "batch_size"), ("eval", "batch_size"),
+                ("eval", "every"), ("train", "res_multiple"), ("train", "min_res"),
+                ("train", "max_res"), ("eval", "resolution")]
+    for sec, key in positive:
+        if getattr(getattr(r, sec), key) <= 0:
+            raise DP4TLError(f"{source}: {sec}.{key} must be > 0")
+    if r.train.min_res > r.train.max_res:
+        raise DP4TLError(f"{source}: train.min_res ({r.train.min_res}) > train.max_res "
+                         f"({r.train.max_res})")
+
+
+def resolve_recipe_path(path_or_name: str | Path) -> Path:
+    """A path to a .toml file, or a bare registry name → ``recipes/NAME.toml``."""
+    p = Path(path_or_name)
+    if p.suffix == ".toml" or p.exists():
+        if not p.exists():
+            raise DP4TLError(f"recipe file not found: {p}")
+        return p
+    cand = RECIPES_DIR / f"{path_or_name}.toml"
+    if cand.exists():
+        return cand
+    names = sorted(q.stem for q in RECIPES_DIR.glob("*.toml"))
+    raise DP4TLError(f"unknown recipe {str(path_or_name)!r}: not a file and not in {RECIPES_DIR} "
+                     f"(available: {', '.join(names)})")
+
+
+def list_recipes() -> list[str]:
+    return sorted(q.stem for q in RECIPES_DIR.glob("*.toml"))
+
+
+def _parse_override(text: str) -> tuple[str, str, Any]:
+    key, sep, raw = text.partition("=")
+    sec, dot, name = key.strip().partition(".")
+    if not sep or not dot or not sec or not name:
+        raise DP4TLError(f"override {text!r} must look like section.key=value")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare word → string
+    return sec, name, value
+
+
+def load_recipe(path_or_name: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override and validate a recipe; every problem is a DP4TLError naming file and key."""
+    path = resolve_recipe_path(path_or_name)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise DP4TLError(f"{path}: invalid TOML ({e})") from None
+    for text in overrides:
+        sec, key, value = _parse_override(text)
+        data.setdefault(sec, {})
+        if not isinstance(data[sec], dict):
+            raise DP4TLError(f"{path}: [{sec}] is not a table")
+        data[sec][key] = value
+    source = str(path) + (f" (with overrides {list(overrides)})" if overrides else "")
+    recipe = _build(data, source)
+    recipe.name = path.stem
+    return recipe

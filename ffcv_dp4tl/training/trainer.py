@@ -1,0 +1,345 @@
+"""Source-model training loop (ffcv-imagenet style): ``train(recipe, dataset_dir, ...)``.
+
+One call = one resumable run in ``out_dir``:
+
+* ``metrics.jsonl``  one JSON line per epoch (loss, top-1 train/val, img/s, seconds, res, lr)
+* ``timings.json``   seconds per stage (setup/data/step/eval/checkpoint), summed over resumes
+* ``checkpoint.pt``  written atomically after every epoch; rerunning the same call resumes
+
+**Head / label space.** The model always has one output per class of the *full* source
+dataset (``manifest.num_classes``), also when a mask prunes whole classes: pruned classes just
+get no training samples. Checkpoints of every pruning ratio then share one label space, so
+scoring, label mapping and finetuning code never need a class-id remapping table. The val split
+is masked to the classes that remain in the training mask, so val top-1 measures the task the
+model was actually trained on.
+
+**Determinism (CPU).** Data order is a function of (data.seed, epoch) only (see
+``data/sampling.py``); python/numpy/torch RNGs are reseeded from (train.seed, epoch) at the start
+of every epoch, and the model/optimiser/RNG state is checkpointed after every epoch. With the
+WebDataset loader (augmentation seeded per (seed, epoch, sample)) an interrupted-and-resumed run
+ends with bit-identical weights to an uninterrupted one. The FFCV loader's augmentations draw from
+numba's per-thread RNG, which cannot be seeded from Python, so ffcv runs resume *correctly* but
+not bit-identically.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import IndexMask, load_manifest, load_mask, make_loader, mask_from_classes, validate_mask
+from ..errors import DP4TLError
+from ..fsutil import atomic_write_json, atomic_write_text
+from . import distributed as dist_
+from .checkpoint import (CHECKPOINT_NAME, check_identity, load_checkpoint, mask_hash, rng_states,
+                         save_checkpoint, set_rng_states)
+from .models import create_model, unwrap
+from .recipe import Recipe, load_recipe
+from .schedule import lr_for_iteration, peak_lr, resolution
+from .timing import StageTimer
+
+METRICS_NAME = "metrics.jsonl"
+TIMINGS_NAME = "timings.json"
+
+
+# --------------------------------------------------------------------------- building blocks
+def model_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """Constructor knobs of ``recipe.model`` for :func:`create_model` (arch-specific)."""
+    m = recipe.model
+    if m.arch.startswith("vit"):
+        return {"image_size": m.image_size}
+    return {"blurpool": m.blurpool, "small_input": m.small_input, "stem_stride": m.stem_stride,
+            "width": m.width}
+
+
+def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
+    return create_model(recipe.model.arch, num_classes, **model_kwargs(recipe))
+
+
+def param_groups(model: nn.Module, weight_decay: float, wd_on_bn_bias: bool) -> list[dict]:
+    """Two groups: weight decay on conv/linear weights only (BN scales/shifts and biases —
+    every parameter with ndim ≤ 1 — excluded unless ``wd_on_bn_bias``), as ffcv-imagenet."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 and not wd_on_bn_bias else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(recipe: Recipe, params: list[dict], lr: float) -> torch.optim.Optimizer:
+    o = recipe.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=o.momentum, nesterov=o.nesterov)
+    cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    return cls(params, lr=lr, betas=tuple(o.betas))
+
+
+def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
+    """bf16/fp16 autocast on CUDA only; CPU runs fp32 (CPU autocast is slow and changes numerics)."""
+    if device.type != "cuda" or recipe.train.precision == "fp32":
+        return None
+    return torch.bfloat16 if recipe.train.precision == "bf16" else torch.float16
+
+
+def seed_epoch(seed: int, epoch: int) -> None:
+    """Reseed every RNG from (seed, epoch): augmentation randomness never depends on history."""
+    s = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, ctx: dist_.DistContext, amp: torch.dtype | None,
+             flip_tta: bool = True, num_classes: int | None = None) -> dict[str, float]:
+    """Top-1 and loss over this rank's part of ``loader``, summed over ranks. Flip TTA averages
+    the logits of the image and its mirror (ffcv-imagenet's ``lr_tta``)."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)
+    crit = nn.CrossEntropyLoss(reduction="sum")
+    for batch in loader:
+        with torch.autocast(ctx.device.type, dtype=amp, enabled=amp is not None):
+            out = model(batch.images)
+            if flip_tta:
+                out = out + model(torch.flip(batch.images, dims=[3]))
+        out = out.float()
+        sums[0] += crit(out / (2 if flip_tta else 1), batch.labels).double()
+        sums[1] += (out.argmax(1) == batch.labels).sum()
+        sums[2] += batch.labels.numel()
+    dist_.all_reduce_sum(sums, ctx)
+    n = max(sums[2].item(), 1)
+    return {"loss": sums[0].item() / n, "top1": sums[1].item() / n, "count": int(sums[2].item())}
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+
+
+# --------------------------------------------------------------------------- the run
+def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask | str | Path | None = None,
+          out_dir: str | Path = "run", fmt: str = "ffcv", device: str | torch.device = "auto",
+          resume: bool = True, progress: bool = True, stop_after: int | None = None,
+          overrides: list[str] | tuple[str, ...] = (),
+          on_batch: Callable[[int, Any], None] | None = None) -> dict[str, Any]:
+    """Train a source model on the masked train split; returns the last epoch's metrics row.
+
+    ``stop_after``: stop (cleanly, after checkpointing) once this many epochs are complete —
+    used to simulate interruptions; the run resumes on the next call. ``on_batch(epoch, batch)``
+    is an optional hook (tests use it to record sample indices).
+    """
+    t_start = time.perf_counter()
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    out_dir = Path(out_dir)
+    ctx = dist_.setup(device)
+    try:
+        return _train(recipe, Path(dataset_dir), mask, out_dir, fmt, ctx, resume, progress,
+                      stop_after, on_batch, t_start)
+    finally:
+        dist_.teardown(ctx)
+
+
+def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
+           ctx: dist_.DistContext, resume: bool, progress: bool, stop_after: int | None,
+           on_batch, t_start: float) -> dict[str, Any]:
+    dev = ctx.device
+    tc, ec = recipe.train, recipe.eval
+    # ---- validate everything before any work -------------------------------------------
+    manifest = load_manifest(dataset_dir)
+    split = manifest.split(recipe.data.train_split)
+    val_split = manifest.split(recipe.data.val_split)
+    if mask is None:
+        mask_obj = None
+    elif isinstance(mask, IndexMask):
+        validate_mask(mask, split)
+        mask_obj = mask
+    else:
+        mask_obj = load_mask(mask, split)  # MaskError if it was made for another dataset
+    if tc.batch_size % ctx.world_size:
+        raise DP4TLError(f"train.batch_size {tc.batch_size} is not divisible by the "
+                         f"{ctx.world_size} ranks")
+    num_classes = manifest.num_classes
+    identity = {"arch": recipe.model.arch, "recipe_fingerprint": recipe.fingerprint(),
+                "dataset_fingerprint": manifest.fingerprint,
+                "mask_hash": mask_hash(None if mask_obj is None else mask_obj.indices,
+                                       split.fingerprint),
+                "num_classes": num_classes}
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    ckpt = None
+    if ckpt_path.exists() and resume:
+        ckpt = load_checkpoint(ckpt_path)
+        check_identity(ckpt_path, ckpt["identity"], identity)
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    timer = StageTimer(ckpt["timings"] if ckpt else None, sync_cuda=False)
+    start_epoch = int(ckpt["epoch"]) if ckpt else 0
+    metrics_path = out_dir / METRICS_NAME
+    if ctx.is_main:
+        # Drop metric lines of epochs the checkpoint does not contain (crash between the two).
+        rows = [r for r in _read_metrics(metrics_path) if r.get("epoch", 0) < start_epoch] if ckpt else []
+        atomic_write_text(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    if start_epoch >= tc.epochs:
+        rows = _read_metrics(metrics_path)
+        return rows[-1] if rows else {"epoch": start_epoch - 1}
+
+    # ---- model / optimiser ----------------------------------------------------------------
+    torch.manual_seed(tc.seed)
+    model = build_model(recipe, num_classes).to(dev)
+    channels_last = dev.type == "cuda" and tc.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    global_batch = tc.batch_size
+    peak = peak_lr(recipe.lr, global_batch)
+    opt = build_optimizer(recipe, param_groups(model, recipe.optim.weight_decay,
+                                               recipe.optim.wd_on_bn_bias), peak)
+    amp = autocast_dtype(recipe, dev)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp is torch.float16)
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+    train_model: nn.Module = model
+    if ctx.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if tc.compile:
+        train_model = torch.compile(train_model)
+    crit = nn.CrossEntropyLoss(label_smoothing=recipe.optim.label_smoothing)
+
+    # ---- data -----------------------------------------------------------------------------
+    if True:  # setup time is measured from the call's start, below
+        common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers,
+                      channels_last=channels_last, seed=recipe.data.seed)
+        train_loader = make_loader(dataset_dir, split.name, mask=mask_obj, train=True,
+                                   batch_size=global_batch // ctx.world_size, drop_last=tc.drop_last,
+                                   resolution=resolution(tc, start_epoch), **common)
+        val_mask = None
+        if mask_obj is not None:
+            kept = np.unique(np.asarray(split.load_labels())[mask_obj.indices])
+            val_mask = mask_from_classes(val_split, kept.tolist(), method="classes-of-train-mask")
+        val_loader = make_loader(dataset_dir, val_split.name, mask=val_mask, train=False,
+                                 batch_size=max(ec.batch_size // ctx.world_size, 1),
+                                 resolution=ec.resolution, **common)
+    if ckpt:
+        set_rng_states(ckpt["rng"])
+    timer.add("setup", time.perf_counter() - t_start)
+
+    last_row: dict[str, Any] = {}
+    end_epoch = tc.epochs if stop_after is None else min(tc.epochs, stop_after)
+    for epoch in range(start_epoch, end_epoch):
+        seed_epoch(tc.seed, epoch)
+        res = resolution(tc, epoch)
+        train_loader.set_epoch(epoch, res)
+        model.train()
+        iters = len(train_loader)
+        sums = torch.zeros(3, dtype=torch.float64, device=dev)
+        seen: list[torch.Tensor] = []
+        lr = 0.0
+        t0 = time.perf_counter()
+        bar = None
+        if progress and ctx.is_main:
+            from tqdm import tqdm
+            bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{tc.epochs} res {res}", leave=False)
+        join = contextlib.nullcontext()
+        if ctx.enabled:
+            from torch.distributed.algorithms.join import Join
+            join = Join([train_model])  # ranks may differ by one batch (strided mask shards)
+        with join:
+            it_loader = iter(train_loader)
+            for it in range(iters + 1):
+                with timer("data"):
+                    batch = next(it_loader, None)
+                if batch is None:
+                    break
+                if on_batch is not None:
+                    on_batch(epoch, batch)
+                if tc.record_seen:
+                    seen.append(batch.indices.cpu())
+                lr = lr_for_iteration(recipe.lr, epoch, it, iters, tc.epochs, peak)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                with timer("step"):
+                    with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                        out = train_model(batch.images)
+                        loss = crit(out, batch.labels)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if recipe.optim.grad_clip > 0:
+                        scaler.unscale_(opt)
+                        nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
+                    scaler.step(opt)
+                    scaler.update()
+                    n = batch.labels.numel()
+                    sums[0] += loss.detach().double() * n
+                    sums[1] += (out.detach().argmax(1) == batch.labels).sum()
+                    sums[2] += n
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        train_seconds = time.perf_counter() - t0
+        dist_.all_reduce_sum(sums, ctx)
+        if tc.record_seen:
+            idx = torch.cat(seen).numpy() if seen else np.zeros(0, np.int64)
+            (out_dir / "seen").mkdir(parents=True, exist_ok=True)
+            np.save(out_dir / "seen" / f"rank{ctx.rank}_epoch{epoch}.npy", idx)
+
+        n = max(sums[2].item(), 1)
+        row: dict[str, Any] = {"epoch": epoch, "loss": sums[0].item() / n, "top1_train": sums[1].item() / n,
+                               "samples": int(sums[2].item()), "resolution": res, "lr": lr,
+                               "img_per_s": sums[2].item() / max(train_seconds, 1e-9),
+                               "train_seconds": train_seconds, "top1_val": None, "loss_val": None}
+        if (epoch + 1) % ec.every == 0 or epoch + 1 == tc.epochs:
+            with timer("eval"):
+                ev = evaluate(model, val_loader, ctx, amp, ec.flip_tta)
+            row.update(top1_val=ev["top1"], loss_val=ev["loss"], val_samples=ev["count"])
+        row["epoch_seconds"] = time.perf_counter() - t0
+        if not math.isfinite(row["loss"]):
+            raise DP4TLError(f"training diverged at epoch {epoch} (loss {row['loss']}); lower lr.lr")
+
+        if ctx.is_main:
+            _append_metrics(metrics_path, row)
+            with timer("checkpoint"):
+                save_checkpoint(ckpt_path, {
+                    "model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                    "scaler": scaler.state_dict(), "epoch": epoch + 1, "rng": rng_states(),
+                    "recipe": recipe.to_dict(), "recipe_name": recipe.name, "arch": recipe.model.arch,
+                    "model_kwargs": model_kwargs(recipe), "identity": identity,
+                    "dataset_fingerprint": manifest.fingerprint, "mask_hash": identity["mask_hash"],
+                    "classes": manifest.classes, "num_classes": num_classes,
+                    "timings": timer.totals, "world_size": ctx.world_size, "format": fmt})
+            atomic_write_json(out_dir / TIMINGS_NAME, {
+                "stages": timer.totals, "epochs_done": epoch + 1, "device": str(dev),
+                "world_size": ctx.world_size, "format": fmt,
+                "total_seconds": sum(timer.totals.values())})
+            if bar is not None or progress:
+                val = "-" if row["top1_val"] is None else f"{row['top1_val']:.3f}"
+                print(f"epoch {epoch}: loss {row['loss']:.3f} train {row['top1_train']:.3f} "
+                      f"val {val} {row['img_per_s']:.0f} img/s {row['epoch_seconds']:.1f}s",
+                      flush=True)
+        dist_.barrier(ctx)
+        last_row = row
+    return last_row

@@ -1,0 +1,125 @@
+"""Distributed sampling: every masked sample on exactly one rank per epoch, reshuffled per epoch.
+
+Unit checks on :class:`EpochPlan`, plus one real 2-process gloo run of ``make_loader(fmt="wds")``
+taking rank/world size from torch.distributed.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch.distributed as dist
+import torch.multiprocessing as tmp_mp
+
+from ffcv_dp4tl.data import EpochPlan, make_loader, mask_from_classes, save_mask
+from ffcv_dp4tl.data.sampling import dist_info
+
+MASK = np.array(sorted(np.random.default_rng(5).choice(1000, 101, replace=False)), dtype=np.int64)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_ranks_partition_the_mask_every_epoch(world, shuffle):
+    plans = [EpochPlan(MASK, shuffle=shuffle, seed=7, rank=r, world_size=world) for r in range(world)]
+    previous = None
+    for epoch in range(4):
+        parts = [p.order(epoch) for p in plans]
+        for p, part in zip(plans, parts):
+            assert len(part) == p.samples_per_epoch()
+            assert len(np.unique(part)) == len(part)
+        union = np.concatenate(parts)
+        assert len(union) == len(MASK)  # nothing padded, nothing dropped
+        assert np.array_equal(np.sort(union), MASK)
+        for a in range(world):
+            for b in range(a + 1, world):
+                assert not np.intersect1d(parts[a], parts[b]).size
+        sizes = [len(x) for x in parts]
+        assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+        key = [x.tolist() for x in parts]
+        if shuffle:
+            assert key != previous  # reshuffled every epoch
+        else:
+            assert key == [MASK[r::world].tolist() for r in range(world)]
+        previous = key
+
+
+def test_plan_is_deterministic_and_seeded():
+    a = EpochPlan(MASK, shuffle=True, seed=1, rank=1, world_size=3)
+    b = EpochPlan(MASK.copy(), shuffle=True, seed=1, rank=1, world_size=3)
+    c = EpochPlan(MASK, shuffle=True, seed=2, rank=1, world_size=3)
+    assert np.array_equal(a.order(5), b.order(5))
+    assert not np.array_equal(a.order(5), c.order(5))
+    # the full (all-rank) order is the same on every rank: rank r takes every world-th item
+    full = np.stack([EpochPlan(MASK, True, 1, r, 3).order(2)[:33] for r in range(3)], 1).ravel()
+    assert np.array_equal(full, EpochPlan(MASK, True, 1).order(2)[:99])
+
+
+@pytest.mark.parametrize("n, world, expected", [(101, 2, [51, 50]), (101, 3, [34, 34, 33]),
+                                                (2, 3, [1, 1, 0]), (9, 3, [3, 3, 3])])
+def test_samples_per_epoch_and_num_batches(n, world, expected):
+    plans = [EpochPlan(np.arange(n), shuffle=True, seed=0, rank=r, world_size=world)
+             for r in range(world)]
+    assert [p.samples_per_epoch() for p in plans] == expected
+    assert [len(p.order(3)) for p in plans] == expected
+    for p, k in zip(plans, expected):
+        assert p.num_batches(4, drop_last=False) == -(-k // 4)
+        assert p.num_batches(4, drop_last=True) == k // 4
+
+
+def test_bad_rank_is_refused():
+    with pytest.raises(ValueError, match="rank 2 outside"):
+        EpochPlan(MASK, shuffle=False, seed=0, rank=2, world_size=2).order(0)
+
+
+def test_dist_info_defaults():
+    assert dist_info() == (0, 1)  # no process group in this process
+    assert dist_info(1, 4) == (1, 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real multi-process run (gloo, CPU)
+# ---------------------------------------------------------------------------------------------
+
+EPOCHS = 2
+
+
+def _rank_main(rank: int, world: int, init_file: str, root: str, mask_path: str, out_dir: str):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        loader = make_loader(root, "train", fmt="wds", mask=mask_path, train=True, batch_size=4,
+                             resolution=16, num_workers=0, seed=3, drop_last=False)
+        result = {"plan": [loader.plan.rank, loader.plan.world_size], "epochs": []}
+        for epoch in range(EPOCHS):
+            loader.set_epoch(epoch)
+            result["epochs"].append({
+                "indices": [i for b in loader for i in b.indices.tolist()],
+                "len": len(loader),
+            })
+        dist.barrier()
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_gloo_run_partitions_the_mask(index_dataset, index_split, tmp_path):
+    world = 2
+    mask = mask_from_classes(index_split, [0, 2, 4])
+    mask_path = save_mask(tmp_path / "mask", mask)
+    tmp_mp.spawn(_rank_main, nprocs=world, join=True,
+                 args=(world, str(tmp_path / "pg_init"), str(index_dataset.root), str(mask_path),
+                       str(tmp_path)))
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
+    assert [r["plan"] for r in results] == [[0, world], [1, world]]  # taken from torch.distributed
+    m = mask.indices.tolist()
+    orders = []
+    for epoch in range(EPOCHS):
+        parts = [r["epochs"][epoch]["indices"] for r in results]
+        assert not set(parts[0]) & set(parts[1])
+        assert sorted(parts[0] + parts[1]) == m
+        for r, part in zip(results, parts):
+            assert r["epochs"][epoch]["len"] == -(-len(part) // 4)
+            assert set(index_dataset.labels[part].tolist()) <= {0, 2, 4}
+        orders.append(parts)
+    assert orders[0] != orders[1]  # reshuffled across epochs

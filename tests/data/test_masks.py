@@ -1,0 +1,156 @@
+"""Index masks (ffcv_dp4tl.data.masks): normalisation, class masks, files, validation.
+
+Uses a hand-made SplitInfo over a labels.npy in tmp_path: masks only read labels.npy and the
+fingerprint, never images, so no dataset build (and no ffcv import) is needed here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ffcv_dp4tl.data import (IndexMask, full_mask, load_mask, make_mask, mask_from_classes,
+                             save_mask, validate_mask)
+from ffcv_dp4tl.data.manifest import SplitInfo
+from ffcv_dp4tl.errors import DataError, MaskError
+
+N = 30
+LABELS = np.array([(i * 7) % 4 for i in range(N)], dtype=np.int64)
+
+
+def _split(tmp_path: Path, fingerprint: str = "f" * 64, name: str = "train") -> SplitInfo:
+    labels = tmp_path / f"{name}.labels.npy"
+    if not labels.exists():
+        np.save(labels, LABELS)
+    return SplitInfo(name=name, num_samples=N, fingerprint=fingerprint, beton=tmp_path / "x.beton",
+                     labels=labels, index=tmp_path / "x.index.npy", shards=[])
+
+
+@pytest.fixture
+def split(tmp_path) -> SplitInfo:
+    return _split(tmp_path)
+
+
+def test_make_mask_sorts_and_deduplicates(split):
+    m = make_mask([5, 1, 5, 29, 0, 1], split, method="manual")
+    assert m.indices.dtype == np.int64
+    assert m.indices.tolist() == [0, 1, 5, 29]
+    assert len(m) == 4
+    assert m.meta["fingerprint"] == split.fingerprint and m.meta["split"] == "train"
+    assert m.meta["num_samples"] == N and m.meta["num_kept"] == 4 and m.meta["method"] == "manual"
+    assert m.kept_fraction == pytest.approx(4 / N)
+    # numpy input of another integer dtype, and a generator
+    assert make_mask(np.array([3, 2, 2], np.int32), split).indices.tolist() == [2, 3]
+    assert make_mask((i for i in (9, 8)), split).indices.tolist() == [8, 9]
+
+
+def test_make_mask_rejects_bad_input(split):
+    with pytest.raises(MaskError, match="must be integers"):
+        make_mask(np.array([0.5, 1.0]), split)
+    with pytest.raises(MaskError, match=r"out of range \[0, 30\)"):
+        make_mask([0, 30], split)
+    with pytest.raises(MaskError, match="out of range"):
+        make_mask([-1, 3], split)
+    with pytest.raises(MaskError, match="is empty"):
+        make_mask([], split)
+
+
+def test_full_mask(split):
+    m = full_mask(split)
+    assert m.indices.tolist() == list(range(N)) and m.kept_fraction == 1.0
+
+
+def test_mask_from_classes_picks_exactly_those_classes(split):
+    m = mask_from_classes(split, [3, 1, 1])
+    expected = [i for i in range(N) if LABELS[i] in (1, 3)]
+    assert m.indices.tolist() == expected
+    assert m.meta["kept_classes"] == [1, 3]
+    assert set(LABELS[m.indices].tolist()) == {1, 3}
+    assert mask_from_classes(split, [0]).indices.tolist() == np.flatnonzero(LABELS == 0).tolist()
+    with pytest.raises(MaskError, match="class ids must be >= 0"):
+        mask_from_classes(split, [-1, 2])
+    with pytest.raises(MaskError, match="is empty"):
+        mask_from_classes(split, [17])  # no sample has this class
+
+
+def test_save_load_round_trip(split, tmp_path):
+    m = mask_from_classes(split, [2], method="classes", note="kept class 2")
+    npy = save_mask(tmp_path / "masks" / "keep2", m)
+    assert npy == tmp_path / "masks" / "keep2.npy"
+    assert npy.is_file() and npy.with_suffix(".json").is_file()
+    assert not [p for p in npy.parent.iterdir() if ".tmp" in p.name]  # atomic: no leftovers
+    side = json.loads(npy.with_suffix(".json").read_text())
+    assert side["fingerprint"] == split.fingerprint and side["note"] == "kept class 2"
+
+    for path in (npy, tmp_path / "masks" / "keep2", str(npy)):
+        back = load_mask(path, split)
+        assert back.indices.dtype == np.int64
+        assert back.indices.tolist() == m.indices.tolist()
+        assert back.meta == m.meta
+    # saving again replaces both files
+    m2 = make_mask([1, 2], split)
+    save_mask(npy, m2)
+    assert load_mask(npy, split).indices.tolist() == [1, 2]
+    assert load_mask(npy, split).meta["num_kept"] == 2
+
+
+def _write_raw(path: Path, indices, meta: dict | None) -> Path:
+    np.save(path, np.asarray(indices))
+    if meta is not None:
+        path.with_suffix(".json").write_text(json.dumps(meta))
+    return path
+
+
+@pytest.mark.parametrize("indices, message", [
+    (np.array([0, 3, 31], np.int64), r"1 indices out of range \[0, 30\).*\[31\]"),
+    (np.array([-2, 3], np.int64), r"out of range.*\[-2\]"),
+    (np.array([1, 4, 4, 7], np.int64), r"duplicate index 4 at position 2"),
+    (np.array([1, 6, 2], np.int64), r"unsorted index 2 at position 2"),
+    (np.array([], np.int64), r"is empty"),
+    (np.array([1, 2], np.int32), r"must be int64"),
+    (np.array([[1, 2]], np.int64), r"must be 1-D"),
+])
+def test_load_validates_contents_and_names_the_file(split, tmp_path, indices, message):
+    npy = _write_raw(tmp_path / "bad.npy", indices, {"fingerprint": split.fingerprint})
+    with pytest.raises(MaskError, match=message) as err:
+        load_mask(npy, split)
+    assert str(npy) in str(err.value)
+    # without a split to check against, loading itself works (nothing to compare)
+    assert load_mask(npy).indices.shape == np.asarray(indices).shape
+
+
+def test_wrong_fingerprint_is_refused(split, tmp_path):
+    other = _split(tmp_path, fingerprint="0" * 64, name="other")
+    m = make_mask([1, 2, 3], other)
+    with pytest.raises(MaskError, match="made for another dataset.*recompute the mask"):
+        validate_mask(m, split)
+    npy = save_mask(tmp_path / "other_mask", m)
+    with pytest.raises(MaskError, match="made for another dataset") as err:
+        load_mask(npy, split)
+    assert str(npy) in str(err.value) and "0000" in str(err.value) and "ffff" in str(err.value)
+
+
+def test_missing_files_and_sidecar(split, tmp_path):
+    with pytest.raises(MaskError, match="mask file not found: .*nothere.npy"):
+        load_mask(tmp_path / "nothere.npy", split)
+    npy = _write_raw(tmp_path / "lonely.npy", np.array([1, 2], np.int64), None)
+    with pytest.raises(MaskError, match=r"mask metadata not found: .*lonely\.json.*sidecar"):
+        load_mask(npy, split)
+    _write_raw(tmp_path / "nofp.npy", np.array([1], np.int64), {"split": "train"})
+    with pytest.raises(MaskError, match=r"nofp\.json lacks field 'fingerprint'"):
+        load_mask(tmp_path / "nofp.npy", split)
+    (tmp_path / "corrupt.npy").write_bytes(b"not numpy")
+    (tmp_path / "corrupt.json").write_text(json.dumps({"fingerprint": split.fingerprint}))
+    with pytest.raises(MaskError, match=r"corrupt\.npy is not a readable \.npy mask"):
+        load_mask(tmp_path / "corrupt.npy", split)
+    _write_raw(tmp_path / "badjson.npy", np.array([1], np.int64), None)
+    (tmp_path / "badjson.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"badjson\.json is not valid JSON"):
+        load_mask(tmp_path / "badjson.npy", split)
+
+
+def test_mask_errors_are_data_errors(split):
+    with pytest.raises(DataError):  # the CLI reports DataError subclasses as one line
+        validate_mask(IndexMask(np.array([], np.int64), {}), split)

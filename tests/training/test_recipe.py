@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import pytest
+
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.training.recipe import Recipe, list_recipes, load_recipe
+
+
+def test_all_shipped_recipes_load():
+    names = list_recipes()
+    for required in ("resnet18_surrogate", "resnet50_16ep", "resnet101_16ep", "vit_b16", "lp", "ff",
+                     "resnet18_tiny_cpu", "lp_tiny_cpu", "ff_tiny_cpu"):
+        assert required in names
+    for name in names:
+        assert isinstance(load_recipe(name), Recipe)
+
+
+def test_surrogate_matches_ffcv_imagenet():
+    r = load_recipe("resnet18_surrogate")
+    assert r.train.batch_size == 1024 and r.lr.lr * 1024 / 256 == pytest.approx(1.7)
+    assert (r.train.min_res, r.train.max_res, r.train.end_ramp, r.eval.resolution) == (160, 192, 13, 256)
+    assert r.model.blurpool and r.optim.label_smoothing == 0.1
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[train]\nepochz = 3\n")
+    with pytest.raises(DP4TLError, match=r"bad\.toml.*train\.epochz"):
+        load_recipe(p)
+
+
+def test_unknown_section(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[trian]\nepochs = 3\n")
+    with pytest.raises(DP4TLError, match=r"unknown section \[trian\]"):
+        load_recipe(p)
+
+
+def test_wrong_type_names_expected_type(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text('[train]\nepochs = "three"\n')
+    with pytest.raises(DP4TLError, match=r"bad\.toml.*train\.epochs must be int"):
+        load_recipe(p)
+    with pytest.raises(DP4TLError, match=r"lr\.milestones\[1\] must be int"):
+        load_recipe("lp", ["lr.milestones=[1, 'x']"])
+
+
+def test_overrides_and_bad_override():
+    r = load_recipe("resnet18_tiny_cpu", ["train.epochs=3", "lr.lr=1", "optim.name=adamw"])
+    assert r.train.epochs == 3 and r.lr.lr == 1.0 and isinstance(r.lr.lr, float)
+    assert r.optim.name == "adamw"
+    with pytest.raises(DP4TLError, match="section.key=value"):
+        load_recipe("resnet18_tiny_cpu", ["epochs=3"])
+    with pytest.raises(DP4TLError, match="optim.name"):
+        load_recipe("resnet18_tiny_cpu", ["optim.name=lamb"])
+    with pytest.raises(DP4TLError, match="unknown recipe"):
+        load_recipe("no_such_recipe")
+
+
+def test_fingerprint_changes_with_knobs():
+    a, b = load_recipe("resnet18_tiny_cpu"), load_recipe("resnet18_tiny_cpu", ["train.seed=1"])
+    assert a.fingerprint() != b.fingerprint()
+    assert a.fingerprint() == load_recipe("resnet18_tiny_cpu").fingerprint()

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import pytest
+
+from ffcv_dp4tl.training.recipe import LRCfg, TrainCfg
+from ffcv_dp4tl.training.schedule import lr_at, lr_for_iteration, peak_lr, resolution
+
+
+def test_triangular():
+    cfg = LRCfg(schedule="triangular", lr=0.425, lr_peak_epoch=2)
+    peak = peak_lr(cfg, 1024)
+    assert peak == pytest.approx(1.7)
+    assert lr_at(cfg, 0, 16, peak) == 0
+    assert lr_at(cfg, 1, 16, peak) == pytest.approx(0.85)
+    assert lr_at(cfg, 2, 16, peak) == pytest.approx(1.7)
+    assert lr_at(cfg, 9, 16, peak) == pytest.approx(1.7 * 7 / 14)
+    assert lr_at(cfg, 16, 16, peak) == 0
+    # per iteration: halfway through epoch 0
+    assert lr_for_iteration(cfg, 0, 50, 100, 16, peak) == pytest.approx(0.425)
+
+
+def test_step_cosine_multistep():
+    step = LRCfg(schedule="step", lr=1.0, scale_with_batch=False, step_ratio=0.1, step_length=30)
+    assert [lr_at(step, e, 90, 1.0) for e in (0, 29.9, 30, 60)] == pytest.approx([1, 1, 0.1, 0.01])
+    cos = LRCfg(schedule="cosine", lr=0.01, scale_with_batch=False)
+    assert lr_at(cos, 0, 200, 0.01) == pytest.approx(0.01)
+    assert lr_at(cos, 100, 200, 0.01) == pytest.approx(0.005)
+    assert lr_at(cos, 200, 200, 0.01) == pytest.approx(0.0, abs=1e-12)
+    ms = LRCfg(schedule="multistep", milestones=[25, 40], gamma=0.1)
+    assert [lr_at(ms, e, 50, 0.1) for e in (0, 24, 25, 40, 49)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.001, 0.001])
+    warm = LRCfg(schedule="cosine", warmup_epochs=2)
+    assert lr_at(warm, 1, 10, 1.0) == pytest.approx(0.5)
+    assert not peak_lr(LRCfg(lr=0.1, scale_with_batch=False), 1024) != 0.1
+
+
+def test_progressive_resolution():
+    cfg = TrainCfg(min_res=160, max_res=192, start_ramp=11, end_ramp=13)
+    assert [resolution(cfg, e) for e in (0, 11, 13, 15)] == [160, 160, 192, 192]
+    assert resolution(cfg, 12) in (160, 192)  # 176 rounds to a multiple of 32
+    cfg8 = TrainCfg(min_res=160, max_res=192, start_ramp=11, end_ramp=13, res_multiple=8)
+    assert resolution(cfg8, 12) == 176
+    assert all(resolution(cfg, e) % 32 == 0 for e in range(16))

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ffcv_dp4tl.data import load_manifest, make_mask, save_mask
+from ffcv_dp4tl.data.masks import IndexMask
+from ffcv_dp4tl.errors import DP4TLError, MaskError
+from ffcv_dp4tl.training.checkpoint import load_checkpoint
+from ffcv_dp4tl.training.trainer import train
+
+FIELDS = {"epoch", "loss", "top1_train", "top1_val", "img_per_s", "epoch_seconds", "resolution", "lr"}
+
+
+def test_metrics_timings_and_checkpoint(trained_run, source_dir):
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    for r in rows:
+        assert FIELDS <= set(r) and r["top1_val"] is not None and r["resolution"] == 16
+    timings = json.loads((trained_run / "timings.json").read_text())
+    assert {"setup", "data", "step", "eval", "checkpoint"} <= set(timings["stages"])
+    ck = load_checkpoint(trained_run / "checkpoint.pt")
+    assert ck["epoch"] == 2 and ck["arch"] == "resnet18" and ck["mask_hash"] == "full"
+    assert ck["dataset_fingerprint"] == load_manifest(source_dir).fingerprint
+    assert {"torch", "numpy", "python"} <= set(ck["rng"])
+    # Head keeps the full source label space.
+    assert ck["model"]["fc.weight"].shape[0] == load_manifest(source_dir).num_classes
+
+
+def test_rerun_finished_run_is_noop(trained_run, source_dir, test_recipe):
+    before = (trained_run / "checkpoint.pt").stat().st_mtime_ns
+    row = train(test_recipe(), source_dir, out_dir=trained_run, fmt="wds", device="cpu",
+                progress=False)
+    assert row["epoch"] == 1
+    assert (trained_run / "checkpoint.pt").stat().st_mtime_ns == before
+
+
+def test_checkpoint_from_other_arch_or_recipe_is_refused(trained_run, source_dir, test_recipe):
+    with pytest.raises(DP4TLError, match="arch: checkpoint has resnet18, this run has resnet50"):
+        train(test_recipe("model.arch=resnet50"), source_dir, out_dir=trained_run, fmt="wds",
+              device="cpu", progress=False)
+    with pytest.raises(DP4TLError, match="recipe_fingerprint"):
+        train(test_recipe("train.seed=7"), source_dir, out_dir=trained_run, fmt="wds",
+              device="cpu", progress=False)
+    mask = make_mask(np.arange(20), load_manifest(source_dir).split("train"))
+    with pytest.raises(DP4TLError, match="mask_hash"):
+        train(test_recipe(), source_dir, mask=mask, out_dir=trained_run, fmt="wds", device="cpu",
+              progress=False)
+
+
+def test_mask_for_other_dataset_fails_before_training(source_dir, tmp_path, test_recipe):
+    split = load_manifest(source_dir).split("train")
+    foreign = IndexMask(np.arange(10, dtype=np.int64),
+                        {"split": "train", "fingerprint": "0" * 64, "num_samples": split.num_samples})
+    path = save_mask(tmp_path / "foreign.npy", foreign)
+    with pytest.raises(MaskError, match="another dataset"):
+        train(test_recipe(), source_dir, mask=path, out_dir=tmp_path / "run", fmt="wds",
+              device="cpu", progress=False)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_resume_is_bit_identical(source_dir, tmp_path, test_recipe):
+    """2 epochs straight == 1 epoch, stop, resume 1 epoch (WebDataset loader, CPU)."""
+    r = test_recipe()
+    split = load_manifest(source_dir).split("train")
+    mask = make_mask(np.arange(0, split.num_samples, 2), split, method="test")
+    kw = dict(fmt="wds", device="cpu", progress=False)
+    train(r, source_dir, mask=mask, out_dir=tmp_path / "a", **kw)
+    train(r, source_dir, mask=mask, out_dir=tmp_path / "b", stop_after=1, **kw)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 1
+    train(r, source_dir, mask=mask, out_dir=tmp_path / "b", **kw)
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in rows] == [0, 1]
+    # Class-pruned val: only classes present in the mask (here: all) are evaluated.
+    assert json.loads(rows[-1])["val_samples"] > 0
+
+
+def test_ffcv_format_trains(source_dir, tmp_path, test_recipe):
+    row = train(test_recipe("train.epochs=1", "data.num_workers=1"), source_dir,
+                out_dir=tmp_path / "f", fmt="ffcv", device="cpu", progress=False)
+    assert row["epoch"] == 0 and 0 <= row["top1_val"] <= 1
