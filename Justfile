@@ -20,9 +20,20 @@ test *args:
 build source="synth" out="data/synth" *args="":
     {{dp4tl}} build {{source}} --out {{out}} {{args}}
 
-# the end-to-end job (embedded default data unless source=/target= are given)
-pretrain ratio="0.6" source="synth" target="" method="lm" *args="":
-    {{py}} -m ffcv_dp4tl.pipeline_entry --ratio {{ratio}} --source {{source}} --target "{{target}}" --method {{method}} {{args}}
+# the end-to-end job: just pretrain ratio=0.6 [method=fm] [source=imagenet:/data/ILSVRC target=flowers102:/data/flowers arch=resnet50]
+# (key=value pairs become `dp4tl pipeline --key value`; embedded default data when no source= is given)
+[positional-arguments]
+pretrain *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    opts=()
+    for a in "$@"; do
+      case "$a" in
+        *=*) k="${a%%=*}"; opts+=("--${k//_/-}" "${a#*=}") ;;
+        *) opts+=("$a") ;;
+      esac
+    done
+    exec "{{dp4tl}}" pipeline "${opts[@]}"
 
 # CPU data-layer benchmark → BENCHMARKS.md
 bench *args:

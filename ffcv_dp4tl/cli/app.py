@@ -16,8 +16,41 @@ app = typer.Typer(
 )
 
 
+def _quiet_numba_exit_noise() -> None:
+    """Hide numba's harmless ``KeyError`` from dispatcher finalizers at interpreter exit.
+
+    ffcv compiles pipelines with numba; when they are collected at exit numba's finalizer can
+    raise a KeyError that Python prints as a traceback although nothing went wrong.
+    """
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        frames = []
+        while tb is not None:
+            frames.append(tb.tb_frame.f_code.co_filename)
+            tb = tb.tb_next
+        if kind is KeyError and frames and frames[-1].endswith("numba/core/dispatcher.py"):
+            return
+        previous(kind, value, tb)
+
+    sys.excepthook = hook
+    previous_unraisable = sys.unraisablehook
+
+    def unraisable(info):
+        tb, frames = info.exc_traceback, []
+        while tb is not None:
+            frames.append(tb.tb_frame.f_code.co_filename)
+            tb = tb.tb_next
+        if info.exc_type is KeyError and frames and frames[-1].endswith("numba/core/dispatcher.py"):
+            return
+        previous_unraisable(info)
+
+    sys.unraisablehook = unraisable
+
+
 def run() -> None:
     """Console entry point: user errors become one clear line and exit status 2."""
+    _quiet_numba_exit_noise()
     try:
         app()
     except DP4TLError as e:

@@ -1,0 +1,183 @@
+"""The end-to-end job behind ``just pretrain ratio=R`` / ``dp4tl pipeline``.
+
+build data (if missing) → train surrogate (cached) → score (LM by default) → prune → pretrain
+the source model on the mask → finetune LP and FF on the target → report.
+
+Every stage writes into ``runs/<stage>-<key>/`` where the key hashes everything the stage
+depends on (upstream keys included), and is skipped once its ``DONE.json`` exists: the
+surrogate and its scores are shared by all ratios, a rerun does nothing, and a killed run
+resumes at the stage (and, for training, the epoch) where it stopped.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..data.manifest import MANIFEST_NAME, load_manifest
+from ..errors import DP4TLError
+from ..fsutil import atomic_write_json, atomic_write_text
+from .prune import prune
+from .score import METHODS, score
+from .stages import run_stage, stage
+
+#: Recipes per scale: the embedded default runs the tiny CPU recipes, real data the paper's.
+RECIPE_SETS = {
+    "tiny": {"surrogate": "resnet18_tiny_cpu", "pretrain": "resnet18_tiny_cpu",
+             "lp": "lp_tiny_cpu", "ff": "ff_tiny_cpu"},
+    "full": {"surrogate": "resnet18_surrogate", "pretrain": "resnet50_16ep", "lp": "lp", "ff": "ff"},
+}
+
+
+@dataclass
+class PipelineConfig:
+    ratio: float = 0.6
+    source: str = "synth:tiny"  # a built dataset dir, or a `dp4tl build` SOURCE
+    target: str = ""  # a built dir, a `dp4tl build` SOURCE, or a synth target name ('' = first)
+    method: str = "lm"
+    recipes: str = ""  # tiny | full ('' = tiny for synth, full otherwise)
+    surrogate_recipe: str = ""
+    recipe: str = ""  # source-model pretraining recipe
+    arch: str = ""  # override the pretraining recipe's model.arch
+    finetune: tuple[str, ...] = ("lp", "ff")
+    data_root: Path = Path("data")
+    runs_root: Path = Path("runs")
+    fmt: str = "ffcv"
+    device: str = "auto"
+    k: int = 2000
+    seed: int = 0
+    overrides: tuple[str, ...] = field(default_factory=tuple)  # for the pretraining recipe
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")[:60]
+
+
+def _ensure_built(source: str, data_root: Path, log: Callable[[str], None]) -> Path:
+    """A built dataset dir for ``source`` (a dir with a manifest, or a SOURCE to build)."""
+    p = Path(source).expanduser()
+    if (p / MANIFEST_NAME).exists():
+        return p
+    if p.exists() and p.is_dir() and not (":" in source or source.startswith("synth")):
+        raise DP4TLError(f"{p} is not a built dataset (no {MANIFEST_NAME}); build it with "
+                         f"`dp4tl build LAYOUT:{p} --out DIR` and pass DIR")
+    from beton_builders.sources import resolve_source
+    from beton_builders.writer import BuildOptions, build_dataset
+
+    out = data_root / _slug(source)
+    for sub, spec in resolve_source(source).items():
+        side = int(spec.extra.get("synth_config", {}).get("image_size", 256))
+        summary = build_dataset(spec, out / sub if sub else out, BuildOptions(max_side=side),
+                                source=source)
+        if not summary.skipped:
+            log(f"[data] built {out / sub if sub else out}: " + "; ".join(summary.lines()))
+    return out
+
+
+def _resolve_data(cfg: PipelineConfig, log) -> tuple[Path, Path]:
+    root = _ensure_built(cfg.source, cfg.data_root, log)
+    if (root / "source" / MANIFEST_NAME).exists():  # synth: source + targets/<name>
+        targets = sorted(p.parent.name for p in (root / "targets").glob(f"*/{MANIFEST_NAME}"))
+        if cfg.target and (root / "targets" / cfg.target / MANIFEST_NAME).exists():
+            return root / "source", root / "targets" / cfg.target
+        if not cfg.target:
+            if not targets:
+                raise DP4TLError(f"{root} has no targets/*; pass target=")
+            return root / "source", root / "targets" / targets[0]
+        return root / "source", _ensure_built(cfg.target, cfg.data_root, log)
+    if not cfg.target:
+        raise DP4TLError("target= is required with a real source (a built target dir or "
+                         "LAYOUT:PATH such as flowers102:/data/flowers-102)")
+    return root, _ensure_built(cfg.target, cfg.data_root, log)
+
+
+def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    if not 0.0 <= cfg.ratio < 1.0:
+        raise DP4TLError(f"ratio must be in [0, 1), got {cfg.ratio}")
+    if cfg.method not in METHODS:
+        raise DP4TLError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    source_dir, target_dir = _resolve_data(cfg, log)
+    src, tgt = load_manifest(source_dir), load_manifest(target_dir)
+    scale = cfg.recipes or ("tiny" if cfg.source.startswith("synth") else "full")
+    if scale not in RECIPE_SETS:
+        raise DP4TLError(f"recipes= must be one of {', '.join(RECIPE_SETS)}")
+    rs = dict(RECIPE_SETS[scale])
+    rs["surrogate"] = cfg.surrogate_recipe or rs["surrogate"]
+    rs["pretrain"] = cfg.recipe or rs["pretrain"]
+    pre_overrides = list(cfg.overrides) + ([f"model.arch={cfg.arch}"] if cfg.arch else [])
+
+    from ..training.finetune import finetune
+    from ..training.recipe import load_recipe
+    from ..training.trainer import train
+
+    for name in ("surrogate", "pretrain", *cfg.finetune):  # fail on bad recipes before any work
+        load_recipe(rs[name], pre_overrides if name == "pretrain" else [])
+    root, common = cfg.runs_root, {"fmt": cfg.fmt}
+    results: dict[str, Any] = {"config": {**asdict(cfg), "data_root": str(cfg.data_root),
+                                          "runs_root": str(cfg.runs_root)},
+                               "source": str(source_dir), "target": str(target_dir),
+                               "recipes": rs, "stages": {}}
+
+    needs_surrogate = cfg.method != "random"
+    sur = stage(root, "surrogate", {"recipe": rs["surrogate"], "source": src.fingerprint, **common})
+    if needs_surrogate:
+        results["stages"]["surrogate"] = run_stage(sur, lambda d: train(
+            rs["surrogate"], source_dir, out_dir=d, fmt=cfg.fmt, device=cfg.device), log)
+    sc = stage(root, "score", {"method": cfg.method, "surrogate": sur.key if needs_surrogate else None,
+                               "target": tgt.fingerprint, "k": cfg.k, "seed": cfg.seed, **common})
+    device = "cuda" if cfg.device == "auto" and _cuda() else ("cpu" if cfg.device == "auto" else cfg.device)
+    results["stages"]["score"] = run_stage(sc, lambda d: score(
+        cfg.method, source_dir=source_dir, target_dir=target_dir, out_dir=d,
+        checkpoint=(sur.dir / "checkpoint.pt") if needs_surrogate else None, fmt=cfg.fmt,
+        device=device, k=cfg.k, seed=cfg.seed), log)
+    pr = stage(root, "prune", {"score": sc.key, "ratio": cfg.ratio})
+    results["stages"]["prune"] = run_stage(pr, lambda d: prune(sc.dir, source_dir, cfg.ratio, d), log)
+    pt = stage(root, "pretrain", {"recipe": rs["pretrain"], "overrides": pre_overrides,
+                                  "prune": pr.key, **common})
+    results["stages"]["pretrain"] = run_stage(pt, lambda d: train(
+        rs["pretrain"], source_dir, mask=pr.dir / "train.npy", out_dir=d, fmt=cfg.fmt,
+        device=cfg.device, overrides=pre_overrides), log)
+    for mode in cfg.finetune:
+        ft = stage(root, f"finetune-{mode}", {"recipe": rs[mode], "pretrain": pt.key,
+                                              "target": tgt.fingerprint, **common})
+        results["stages"][f"finetune-{mode}"] = run_stage(ft, lambda d, m=mode: finetune(
+            rs[m], pt.dir / "checkpoint.pt", target_dir, d, mode=m, fmt=cfg.fmt,
+            device=cfg.device), log)
+    report_dir = root / f"report-{pt.key}"
+    write_report(results, report_dir)
+    results["report"] = str(report_dir / "report.md")
+    log(f"[report] {results['report']}")
+    return results
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    st = results["stages"]
+    cfg = results["config"]
+    pr = st["prune"]
+    lines = [f"# DP4TL run: {cfg['method'].upper()} at ratio {cfg['ratio']}", "",
+             f"- source: `{results['source']}`", f"- target: `{results['target']}`",
+             f"- recipes: {', '.join(f'{k}=`{v}`' for k, v in results['recipes'].items())}",
+             f"- kept: {len(pr.get('kept_units', [])) or '-'} {pr['unit']}(es), "
+             f"{pr['train_kept']} train samples", "",
+             "| stage | wall s | result |", "|---|---:|---|"]
+    for name, res in st.items():
+        metric = ""
+        if "top1_val" in res and res["top1_val"] is not None:
+            metric = f"val top-1 {res['top1_val']:.4f}"
+        if "test_top1" in res:
+            metric = f"target test top-1 {res['test_top1']:.4f}"
+        if "selection_seconds" in res:
+            metric = f"selection {res['selection_seconds']:.1f}s"
+        lines.append(f"| {name} | {res.get('seconds', 0):.1f} | {metric} |")
+    total = sum(r.get("seconds", 0) for r in st.values())
+    lines += [f"| **total** | {total:.1f} | |", ""]
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    atomic_write_json(out / "results.json", json.loads(json.dumps(results, default=str)))
