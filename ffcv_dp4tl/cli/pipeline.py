@@ -29,6 +29,7 @@ def pipeline(
     k: int = typer.Option(2000, help="fm: k-means clusters"),
     seed: int = typer.Option(0),
     set_: List[str] = typer.Option([], "--set", help="Pretraining recipe override section.key=value"),
+    set_surrogate: List[str] = typer.Option([], "--set-surrogate", help="Surrogate recipe override"),
 ) -> None:
     """build → surrogate → score → prune → pretrain on the mask → LP/FF on the target → report."""
     from ..pipeline.run import PipelineConfig, run_pipeline
@@ -37,6 +38,6 @@ def pipeline(
                          surrogate_recipe=surrogate_recipe, recipe=recipe, arch=arch,
                          finetune=tuple(m for m in finetune.split(",") if m), data_root=data_root,
                          runs_root=runs_root, fmt=format, device=device, k=k, seed=seed,
-                         overrides=tuple(set_))
+                         overrides=tuple(set_), surrogate_overrides=tuple(set_surrogate))
     res = run_pipeline(cfg, log=typer.echo)
     typer.echo(Path(res["report"]).read_text())

@@ -48,6 +48,8 @@ def prune(
     from ..pipeline.prune import prune as run
 
     s = run(scores, source, ratio, out, reverse=reverse)
+    from ..pipeline.run import PLURAL
+
     n = len(s.get("kept_units", []))
-    kept = f"{n} {s['unit']}{'es' if s['unit'] == 'class' else 's'} kept, " if "kept_units" in s else ""
+    kept = f"{n} {PLURAL[s['unit']]} kept, " if "kept_units" in s else ""
     typer.echo(f"{out}: {kept}train {s['train_kept']} samples, val {s.get('val_kept', '-')} samples")

@@ -30,6 +30,9 @@ RECIPE_SETS = {
 }
 
 
+PLURAL = {"class": "classes", "cluster": "clusters", "sample": "samples"}
+
+
 @dataclass
 class PipelineConfig:
     ratio: float = 0.6
@@ -48,6 +51,7 @@ class PipelineConfig:
     k: int = 2000
     seed: int = 0
     overrides: tuple[str, ...] = field(default_factory=tuple)  # for the pretraining recipe
+    surrogate_overrides: tuple[str, ...] = field(default_factory=tuple)
 
 
 def _slug(text: str) -> str:
@@ -112,7 +116,8 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     from ..training.trainer import train
 
     for name in ("surrogate", "pretrain", *cfg.finetune):  # fail on bad recipes before any work
-        load_recipe(rs[name], pre_overrides if name == "pretrain" else [])
+        load_recipe(rs[name], {"pretrain": pre_overrides,
+                               "surrogate": list(cfg.surrogate_overrides)}.get(name, []))
     root, common = cfg.runs_root, {"fmt": cfg.fmt}
     results: dict[str, Any] = {"config": {**asdict(cfg), "data_root": str(cfg.data_root),
                                           "runs_root": str(cfg.runs_root)},
@@ -120,10 +125,13 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
                                "recipes": rs, "stages": {}}
 
     needs_surrogate = cfg.method != "random"
-    sur = stage(root, "surrogate", {"recipe": rs["surrogate"], "source": src.fingerprint, **common})
+    sur_overrides = list(cfg.surrogate_overrides)
+    sur = stage(root, "surrogate", {"recipe": rs["surrogate"], "overrides": sur_overrides,
+                                    "source": src.fingerprint, **common})
     if needs_surrogate:
         results["stages"]["surrogate"] = run_stage(sur, lambda d: train(
-            rs["surrogate"], source_dir, out_dir=d, fmt=cfg.fmt, device=cfg.device), log)
+            rs["surrogate"], source_dir, out_dir=d, fmt=cfg.fmt, device=cfg.device,
+            overrides=sur_overrides), log)
     sc = stage(root, "score", {"method": cfg.method, "surrogate": sur.key if needs_surrogate else None,
                                "target": tgt.fingerprint, "k": cfg.k, "seed": cfg.seed, **common})
     device = "cuda" if cfg.device == "auto" and _cuda() else ("cpu" if cfg.device == "auto" else cfg.device)
@@ -164,7 +172,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     lines = [f"# DP4TL run: {cfg['method'].upper()} at ratio {cfg['ratio']}", "",
              f"- source: `{results['source']}`", f"- target: `{results['target']}`",
              f"- recipes: {', '.join(f'{k}=`{v}`' for k, v in results['recipes'].items())}",
-             f"- kept: {len(pr.get('kept_units', [])) or '-'} {pr['unit']}(es), "
+             f"- kept: {len(pr.get('kept_units', [])) or '-'} {PLURAL[pr['unit']]}, "
              f"{pr['train_kept']} train samples", "",
              "| stage | wall s | result |", "|---|---:|---|"]
     for name, res in st.items():

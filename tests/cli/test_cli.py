@@ -1,0 +1,67 @@
+"""The ``dp4tl`` command as a user runs it: clear one-line errors (exit 2), never a traceback."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def dp4tl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ffcv_dp4tl", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def _assert_user_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    for n in needles:
+        assert n in r.stderr, r.stderr
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (root / "in" / "train" / c).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
+                root / "in" / "train" / c / f"{i}.png")
+    (root / "in" / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    r = dp4tl("build", f"folder:{root / 'in'}", "--out", str(root / "ds"), "--workers", "1",
+              "--shard-size", "4", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "10 samples, 1 rejected" in r.stdout and "rejects.txt" in r.stdout
+    return root
+
+
+def test_build_info_and_class_mask(built):
+    r = dp4tl("info", str(built / "ds"))
+    assert r.returncode == 0 and "2 classes" in r.stdout and "train: 10 samples" in r.stdout
+    r = dp4tl("mask", "classes", str(built / "ds"), "--classes", "1", "--out", str(built / "m.npy"))
+    assert r.returncode == 0 and "5 of 10 samples" in r.stdout, r.stderr
+    r = dp4tl("mask", "check", str(built / "m.npy"), str(built / "ds"))
+    assert r.returncode == 0 and "OK" in r.stdout
+    r = dp4tl("build", f"folder:{built / 'in'}", "--out", str(built / "ds"), "--workers", "1",
+              "--shard-size", "4", "--no-progress")
+    assert r.returncode == 0 and "already built" in r.stdout
+
+
+def test_user_errors_are_one_line(built, tmp_path):
+    _assert_user_error(dp4tl("build", f"folder:{tmp_path / 'missing'}", "--out", str(tmp_path / "o")),
+                       "error:", "missing")
+    _assert_user_error(dp4tl("build", "nosuchlayout:/x", "--out", str(tmp_path / "o")),
+                       "unknown SOURCE kind")
+    _assert_user_error(dp4tl("info", str(tmp_path)), "not a built dataset")
+    np.save(tmp_path / "bad.npy", np.array([0, 99], dtype=np.int64))
+    (tmp_path / "bad.json").write_text('{"fingerprint": "0000", "split": "train"}')
+    _assert_user_error(dp4tl("mask", "check", str(tmp_path / "bad.npy"), str(built / "ds")),
+                       "another dataset")
+    _assert_user_error(dp4tl("prune", "--scores", str(tmp_path), "--source", str(built / "ds"),
+                             "--ratio", "1.5", "--out", str(tmp_path / "m")), "ratio")
+    _assert_user_error(dp4tl("train", "resnet18_tiny_cpu", "--data", str(built / "ds"), "--out",
+                             str(tmp_path / "r"), "--set", "train.epochz=3"), "epochz")

@@ -1,0 +1,136 @@
+"""The whole job at the smallest scale, and the ground truth of the embedded data.
+
+One surrogate (the real tiny CPU recipe, WebDataset input to skip ffcv's per-loader compile)
+is trained once per module through the pipeline's own cached stage; every test reuses it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ffcv_dp4tl.data import load_manifest, load_mask
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.pipeline.run import PipelineConfig, run_pipeline
+from ffcv_dp4tl.pipeline.score import score
+from ffcv_dp4tl.pipeline.scores_io import load_scores
+
+QUICK = ("train.epochs=1", "eval.every=1", "data.num_workers=0")
+
+
+def _cfg(tmp: Path, **kw) -> PipelineConfig:
+    base = dict(ratio=0.6, source="synth:tiny", target="warm", method="lm", fmt="wds",
+                finetune=("lp",), data_root=tmp / "data", runs_root=tmp / "runs", device="cpu",
+                overrides=QUICK)
+    base.update(kw)
+    return PipelineConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipe")
+    logs: list[str] = []
+    res = run_pipeline(_cfg(tmp), log=logs.append)
+    return tmp, res, logs
+
+
+def _related_vote_share(votes: np.ndarray, unit_class: np.ndarray, source: Path, target: Path) -> float:
+    """Share of target votes on units (classes/clusters) of the target's related superclasses."""
+    sup = np.asarray(load_manifest(source).data["extra"]["superclass_of_class"])
+    related = np.isin(sup[unit_class], load_manifest(target).data["extra"]["related_superclasses"])
+    return float(votes[related].sum() / votes.sum())
+
+
+#: "warm" relates to 3 of the 8 tiny superclasses: a blind vote lands there 37.5 % of the time.
+MIN_SHARE = 0.6
+
+
+def test_pipeline_writes_every_stage_and_a_report(first_run):
+    tmp, res, _ = first_run
+    assert list(res["stages"]) == ["surrogate", "score", "prune", "pretrain", "finetune-lp"]
+    report = Path(res["report"]).read_text()
+    assert "LM at ratio 0.6" in report and "finetune-lp" in report
+    assert 0.0 <= res["stages"]["finetune-lp"]["test_top1"] <= 1.0
+    assert json.loads((Path(res["report"]).parent / "results.json").read_text())["stages"]
+
+
+def test_mask_keeps_exactly_the_selected_classes(first_run):
+    tmp, res, _ = first_run
+    source = Path(res["source"])
+    info = load_manifest(source).split("train")
+    prune_dir = next((tmp / "runs").glob("prune-*"))
+    mask = load_mask(prune_dir / "train.npy", info)
+    kept = res["stages"]["prune"]["kept_units"]
+    assert len(kept) == round(0.4 * load_manifest(source).num_classes)
+    labels = np.asarray(info.load_labels())
+    np.testing.assert_array_equal(mask.indices, np.flatnonzero(np.isin(labels, kept)))
+
+
+def test_lm_keeps_the_superclasses_the_target_relates_to(first_run):
+    tmp, res, _ = first_run
+    _, arrays = load_scores(next((tmp / "runs").glob("score-*")))
+    votes = arrays["scores"]
+    share = _related_vote_share(votes, np.arange(len(votes)), Path(res["source"]), Path(res["target"]))
+    assert share >= MIN_SHARE
+    # and what is kept at 60 % pruning is dominated by related classes
+    kept = np.asarray(res["stages"]["prune"]["kept_units"])
+    assert _related_vote_share(votes[kept], kept, Path(res["source"]), Path(res["target"])) >= MIN_SHARE
+
+
+def test_fm_keeps_the_superclasses_the_target_relates_to(first_run):
+    tmp, res, _ = first_run
+    ckpt = next((tmp / "runs").glob("surrogate-*")) / "checkpoint.pt"
+    source, target = Path(res["source"]), Path(res["target"])
+    labels = np.asarray(load_manifest(source).split("train").load_labels())
+    for method, kw in (("fm-sup", {}), ("fm", {"k": 32})):
+        out = tmp / f"scores-{method}"
+        score(method, source_dir=source, target_dir=target, checkpoint=ckpt, out_dir=out,
+              fmt="wds", num_workers=0, progress=False, **kw)
+        _, arrays = load_scores(out)
+        units, votes = arrays["train_units"], arrays["scores"]
+        # a cluster stands for the majority source class of its members
+        unit_class = np.array([np.bincount(labels[units == c]).argmax() if (units == c).any() else 0
+                               for c in range(len(votes))])
+        assert _related_vote_share(votes, unit_class, source, target) >= MIN_SHARE, method
+
+
+def test_rerun_skips_finished_stages_and_new_ratio_reuses_surrogate(first_run):
+    tmp, res, _ = first_run
+    logs: list[str] = []
+    again = run_pipeline(_cfg(tmp), log=logs.append)
+    assert sum("skipped" in line for line in logs) == 5
+    assert again["stages"]["finetune-lp"] == res["stages"]["finetune-lp"]
+    logs.clear()
+    run_pipeline(_cfg(tmp, ratio=0.8, finetune=()), log=logs.append)
+    skipped = [line.split("]")[0][1:] for line in logs if "skipped" in line]
+    assert skipped == ["surrogate", "score"]
+
+
+def test_killed_run_resumes_at_the_unfinished_stage(first_run, monkeypatch):
+    tmp, _, _ = first_run
+    import sys
+
+    ft = sys.modules["ffcv_dp4tl.training.finetune"]
+
+    real = ft.finetune
+    monkeypatch.setattr(ft, "finetune", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(_cfg(tmp, ratio=0.4), log=lambda s: None)
+    monkeypatch.setattr(ft, "finetune", real)
+    logs: list[str] = []
+    res = run_pipeline(_cfg(tmp, ratio=0.4), log=logs.append)
+    skipped = [line.split("]")[0][1:] for line in logs if "skipped" in line]
+    assert skipped == ["surrogate", "score", "prune", "pretrain"]
+    assert "test_top1" in res["stages"]["finetune-lp"]
+
+
+def test_bad_inputs_fail_before_any_work(tmp_path):
+    with pytest.raises(DP4TLError, match="ratio"):
+        run_pipeline(_cfg(tmp_path, ratio=1.0))
+    with pytest.raises(DP4TLError, match="method"):
+        run_pipeline(_cfg(tmp_path, method="nope"))
+    with pytest.raises(DP4TLError, match="not a built dataset"):
+        run_pipeline(_cfg(tmp_path, source=str(tmp_path)))
+    assert not (tmp_path / "runs").exists()
