@@ -1,4 +1,8 @@
-"""Shared helper of the benchmark scripts: replace one ``## `` section of a Markdown report."""
+"""Shared helper of the benchmark scripts: replace one ``## `` section of a Markdown report.
+
+The implementation lives in :mod:`ffcv_dp4tl.reporting` (``dp4tl bench`` uses it too); this
+module puts the repository on ``sys.path`` and re-exports it for the scripts here.
+"""
 from __future__ import annotations
 
 import sys
@@ -8,32 +12,6 @@ _REPO = Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
-from ffcv_dp4tl.fsutil import atomic_write_text  # noqa: E402
+from ffcv_dp4tl.reporting import DEFAULT_HEADER, write_section  # noqa: E402,F401
 
-DEFAULT_HEADER = ("# Benchmarks\n\nEach `## ` section is written by one script under `benchmarks/` "
-                  "and holds only numbers from that script's last run (see its header for the "
-                  "machine, versions and command).\n")
-
-
-def write_section(path: str | Path, title: str, body: str) -> None:
-    """Replace section ``## title`` (up to the next ``## `` line) of ``path``, or append it.
-
-    The file is created with a short header if absent; other sections are left untouched.
-    The write is atomic (temporary file + rename).
-    """
-    path = Path(path)
-    header = f"## {title}"
-    text = path.read_text(encoding="utf-8") if path.exists() else DEFAULT_HEADER
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == header), None)
-    block = [header, "", *body.rstrip("\n").splitlines()]
-    if start is None:
-        while lines and not lines[-1].strip():
-            lines.pop()
-        lines += ["", *block]
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
-        tail = lines[end:]
-        lines = lines[:start] + block + ([""] + tail if tail else [])
-    atomic_write_text(path, "\n".join(lines) + "\n")
+__all__ = ["DEFAULT_HEADER", "write_section"]

@@ -52,6 +52,7 @@ class PipelineConfig:
     seed: int = 0
     overrides: tuple[str, ...] = field(default_factory=tuple)  # for the pretraining recipe
     surrogate_overrides: tuple[str, ...] = field(default_factory=tuple)
+    finetune_overrides: tuple[str, ...] = field(default_factory=tuple)  # for the LP and FF recipes
 
 
 def _slug(text: str) -> str:
@@ -117,7 +118,8 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
 
     for name in ("surrogate", "pretrain", *cfg.finetune):  # fail on bad recipes before any work
         load_recipe(rs[name], {"pretrain": pre_overrides,
-                               "surrogate": list(cfg.surrogate_overrides)}.get(name, []))
+                               "surrogate": list(cfg.surrogate_overrides)}.get(
+                                   name, list(cfg.finetune_overrides)))
     root, common = cfg.runs_root, {"fmt": cfg.fmt}
     results: dict[str, Any] = {"config": {**asdict(cfg), "data_root": str(cfg.data_root),
                                           "runs_root": str(cfg.runs_root)},
@@ -146,12 +148,14 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     results["stages"]["pretrain"] = run_stage(pt, lambda d: train(
         rs["pretrain"], source_dir, mask=pr.dir / "train.npy", out_dir=d, fmt=cfg.fmt,
         device=cfg.device, overrides=pre_overrides), log)
-    for mode in cfg.finetune:
+    ft_overrides = list(cfg.finetune_overrides)
+    for mode in cfg.finetune:  # overrides enter the key only when given (keeps old keys valid)
         ft = stage(root, f"finetune-{mode}", {"recipe": rs[mode], "pretrain": pt.key,
-                                              "target": tgt.fingerprint, **common})
+                                              "target": tgt.fingerprint, **common,
+                                              **({"overrides": ft_overrides} if ft_overrides else {})})
         results["stages"][f"finetune-{mode}"] = run_stage(ft, lambda d, m=mode: finetune(
             rs[m], pt.dir / "checkpoint.pt", target_dir, d, mode=m, fmt=cfg.fmt,
-            device=cfg.device), log)
+            device=cfg.device, overrides=ft_overrides), log)
     report_dir = root / f"report-{pt.key}"
     write_report(results, report_dir)
     results["report"] = str(report_dir / "report.md")

@@ -1,0 +1,35 @@
+"""Replace one ``## `` section of a Markdown report (BENCHMARKS.md): shared by the benchmark
+scripts under ``benchmarks/`` and ``dp4tl bench``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .fsutil import atomic_write_text
+
+DEFAULT_HEADER = ("# Benchmarks\n\nEach `## ` section is written by one script under `benchmarks/` "
+                  "(or one `dp4tl bench` command) and holds only numbers from its last run (see "
+                  "its header for the machine, versions and command).\n")
+
+
+def write_section(path: str | Path, title: str, body: str) -> None:
+    """Replace section ``## title`` (up to the next ``## `` line) of ``path``, or append it.
+
+    The file is created with a short header if absent; other sections are left untouched.
+    The write is atomic (temporary file + rename).
+    """
+    path = Path(path)
+    header = f"## {title}"
+    text = path.read_text(encoding="utf-8") if path.exists() else DEFAULT_HEADER
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == header), None)
+    block = [header, "", *body.rstrip("\n").splitlines()]
+    if start is None:
+        while lines and not lines[-1].strip():
+            lines.pop()
+        lines += ["", *block]
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                   len(lines))
+        tail = lines[end:]
+        lines = lines[:start] + block + ([""] + tail if tail else [])
+    atomic_write_text(path, "\n".join(lines) + "\n")
