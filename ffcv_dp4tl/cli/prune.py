@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -13,7 +13,8 @@ from .app import app
 def score(
     method: str = typer.Option("lm", help="lm | fm | fm-sup | random | moderate | el2n | grand"),
     source: Path = typer.Option(..., help="Built source dataset directory"),
-    target: Optional[Path] = typer.Option(None, help="Built target dataset directory (lm, fm)"),
+    target: List[Path] = typer.Option([], help="Built target dataset directory (lm, fm); repeat "
+                                      "for several targets (normalised score sum)"),
     checkpoint: Optional[Path] = typer.Option(None, help="Surrogate checkpoint from `dp4tl train`"),
     out: Path = typer.Option(..., "--out", "-o", help="Scores directory to write"),
     format: str = typer.Option("ffcv", "--format", help="ffcv | wds"),
@@ -29,7 +30,7 @@ def score(
     """Score source classes (lm), clusters (fm) or samples (baselines) for one target."""
     from ..pipeline.score import score as run
 
-    meta = run(method, source_dir=source, target_dir=target, checkpoint=checkpoint, out_dir=out,
+    meta = run(method, source_dir=source, target_dir=target or None, checkpoint=checkpoint, out_dir=out,
                fmt=format, device=device, batch_size=batch_size, num_workers=workers,
                resolution=resolution, k=k, iters=iters, seed=seed, backend=backend)
     typer.echo(f"{out}: {method} scores per {meta['unit']} "

@@ -28,7 +28,7 @@ import torch
 from ..data.loaders import make_loader
 from ..data.manifest import load_manifest
 from ..errors import DP4TLError
-from ..scoring import (class_centroids, el2n_scores, feature_mapping_scores, grand_last_layer_norms,
+from ..scoring import (class_centroids, combine_target_scores, el2n_scores, feature_mapping_scores, grand_last_layer_norms,
                        kmeans, label_mapping_scores, moderate_scores, random_scores, softmax_mass)
 from ..scoring.inference import extract_to_store, predict
 from ..kernels import assign_nearest
@@ -54,11 +54,17 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
-          checkpoint: str | Path | None = None, target_dir: str | Path | None = None,
+          checkpoint: str | Path | None = None,
+          target_dir: str | Path | list[str | Path] | None = None,
           fmt: str = "ffcv", device: str = "cpu", batch_size: int = 256, num_workers: int = 2,
           resolution: int | None = None, k: int = 2000, iters: int = 20, seed: int = 0,
           backend: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Compute the scores of ``method`` and write them to ``out_dir``; returns the metadata."""
+    """Compute the scores of ``method`` and write them to ``out_dir``; returns the metadata.
+
+    ``target_dir`` may list several targets (lm, fm, fm-sup): one pruned source then serves
+    all of them; each target's votes (and tie-break masses) are normalised to sum 1 before
+    they are added (:func:`combine_target_scores`), so a big target cannot drown a small one.
+    """
     if method not in METHODS:
         raise DP4TLError(f"unknown scoring method {method!r}; choose one of {', '.join(METHODS)}")
     t0 = time.perf_counter()
@@ -92,15 +98,27 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
                            batch_size=batch_size, resolution=res, device=dev,
                            num_workers=num_workers, rank=0, world_size=1)
 
+    targets = [] if target_dir is None else (
+        list(target_dir) if isinstance(target_dir, (list, tuple)) else [target_dir])
+
     def target_predictions(want_features: bool):
-        if target_dir is None:
+        """One Predictions per target (train split, eval transform)."""
+        if not targets:
             raise DP4TLError(f"--target is needed for {method}")
-        target = load_manifest(target_dir)
-        meta["target_fingerprint"] = target.fingerprint
-        n = target.split("train").num_samples
-        return predict(model, loader(target_dir, "train"), head=head, want_logits=not want_features,
-                       want_features=want_features, num_samples=n, desc="target",
-                       progress=progress, autocast_dtype=amp)
+        out = []
+        meta["target_fingerprints"] = []
+        for t in targets:
+            tm = load_manifest(t)
+            meta["target_fingerprints"].append(tm.fingerprint)
+            out.append(predict(model, loader(t, "train"), head=head, want_logits=not want_features,
+                               want_features=want_features,
+                               num_samples=tm.split("train").num_samples, desc=f"target {tm.data.get('name')}",
+                               progress=progress, autocast_dtype=amp))
+        meta["target_fingerprint"] = meta["target_fingerprints"][0] if len(out) == 1 else None
+        return out
+
+    def combine(per_target: list[np.ndarray]) -> np.ndarray:
+        return per_target[0] if len(per_target) == 1 else combine_target_scores(per_target)
 
     def source_features(split: str) -> np.ndarray:
         info = source.split(split)
@@ -112,11 +130,12 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
 
     extra: dict[str, Any] = {}
     if method == "lm":
-        logits = target_predictions(False).logits
-        unit, scores = "class", label_mapping_scores(logits.argmax(1), source.num_classes)
-        extra["tiebreak"] = softmax_mass(logits)
+        preds = target_predictions(False)
+        unit = "class"
+        scores = combine([label_mapping_scores(p.logits.argmax(1), source.num_classes) for p in preds])
+        extra["tiebreak"] = combine([softmax_mass(p.logits) for p in preds])
     elif method in ("fm", "fm-sup"):
-        target_feats = target_predictions(True).features
+        target_feats = [p.features for p in target_predictions(True)]
         feats = source_features("train")
         if method == "fm":
             result = kmeans(np.asarray(feats, dtype=np.float32), k, iters=iters, seed=seed,
@@ -127,7 +146,8 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
             labels = np.asarray(train_info.load_labels())
             centroids = class_centroids(feats, labels, source.num_classes, backend=backend)
             train_units = labels.astype(np.int64)
-        unit, scores = "cluster", feature_mapping_scores(target_feats, centroids, backend=backend)
+        unit = "cluster"
+        scores = combine([feature_mapping_scores(f, centroids, backend=backend) for f in target_feats])
         extra["tiebreak"] = np.bincount(train_units, minlength=len(centroids)).astype(np.float64)
         extra["train_units"] = train_units
         if "val" in source.split_names:

@@ -134,3 +134,58 @@ def test_bad_inputs_fail_before_any_work(tmp_path):
     with pytest.raises(DP4TLError, match="not a built dataset"):
         run_pipeline(_cfg(tmp_path, source=str(tmp_path)))
     assert not (tmp_path / "runs").exists()
+
+
+def test_same_scores_and_ratio_give_identical_mask_bytes(first_run, tmp_path):
+    tmp, res, _ = first_run
+    from ffcv_dp4tl.pipeline.prune import prune
+
+    score_dir = next((tmp / "runs").glob("score-*"))
+    for out in ("a", "b"):
+        prune(score_dir, res["source"], 0.6, tmp_path / out)
+    for split in ("train", "val"):
+        assert (tmp_path / "a" / f"{split}.npy").read_bytes() == (tmp_path / "b" / f"{split}.npy").read_bytes()
+
+
+def test_several_targets_share_one_pruned_source(first_run, tmp_path):
+    tmp, res, _ = first_run
+    ckpt = next((tmp / "runs").glob("surrogate-*")) / "checkpoint.pt"
+    targets = [Path(res["target"]), Path(res["target"]).parent / "blur"]
+    score("lm", source_dir=res["source"], target_dir=targets, checkpoint=ckpt, out_dir=tmp_path,
+          fmt="wds", num_workers=0, progress=False)
+    meta, arrays = load_scores(tmp_path)
+    assert len(meta["target_fingerprints"]) == 2
+    assert arrays["scores"].sum() == pytest.approx(2.0)  # each target contributes mass 1
+    sup = np.asarray(load_manifest(res["source"]).data["extra"]["superclass_of_class"])
+    related = {s for t in targets for s in load_manifest(t).data["extra"]["related_superclasses"]}
+    share = arrays["scores"][np.isin(sup, list(related))].sum() / 2.0
+    assert share >= MIN_SHARE
+
+
+def test_scoring_and_pruning_errors_are_clear(first_run, tmp_path):
+    import shutil
+
+    from ffcv_dp4tl.errors import MaskError
+    from ffcv_dp4tl.pipeline.prune import prune
+
+    tmp, res, _ = first_run
+    ckpt = next((tmp / "runs").glob("surrogate-*")) / "checkpoint.pt"
+    with pytest.raises(DP4TLError, match="k"):
+        score("fm", source_dir=res["source"], target_dir=res["target"], checkpoint=ckpt,
+              out_dir=tmp_path / "fm", fmt="wds", num_workers=0, progress=False, k=10**6)
+    with pytest.raises(DP4TLError, match="unknown scoring method"):
+        score("nope", source_dir=res["source"], out_dir=tmp_path / "x")
+    with pytest.raises(DP4TLError, match="checkpoint"):
+        score("lm", source_dir=res["source"], target_dir=res["target"], out_dir=tmp_path / "x")
+    score_dir = tmp_path / "scores"
+    shutil.copytree(next((tmp / "runs").glob("score-*")), score_dir)
+    with pytest.raises(DP4TLError, match="ratio"):
+        prune(score_dir, res["source"], 1.0, tmp_path / "m")
+    meta = json.loads((score_dir / "scores.json").read_text())
+    (score_dir / "scores.json").write_text(json.dumps({**meta, "source_fingerprint": "f" * 64}))
+    with pytest.raises(MaskError, match="another source"):
+        prune(score_dir, res["source"], 0.5, tmp_path / "m")
+    np.save(score_dir / "scores.npy", np.ones(5))
+    (score_dir / "scores.json").write_text(json.dumps(meta))
+    with pytest.raises(MaskError, match="5 class scores"):
+        prune(score_dir, res["source"], 0.5, tmp_path / "m")
