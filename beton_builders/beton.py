@@ -79,8 +79,9 @@ class ShardBytesDataset:
 
 
 def write_beton(path: Path, dataset: ShardBytesDataset, quality: int, max_side: int,
-                workers: int) -> None:
+                workers: int, progress: bool = True) -> None:
     """Write ``dataset`` to the beton at ``path`` (in place; the caller renames atomically)."""
+    import ffcv.writer
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
@@ -88,4 +89,11 @@ def write_beton(path: Path, dataset: ShardBytesDataset, quality: int, max_side: 
     image_field.encode = functools.partial(_encode, image_field)
     writer = DatasetWriter(str(path), {"image": image_field, "label": IntField()},
                            num_workers=max(1, workers))
-    writer.from_indexed_dataset(dataset, chunksize=64)
+    # ffcv draws its own tqdm bar; silence it (module attribute swap) when progress is off
+    original_tqdm = ffcv.writer.tqdm
+    if not progress:
+        ffcv.writer.tqdm = functools.partial(original_tqdm, disable=True)
+    try:
+        writer.from_indexed_dataset(dataset, chunksize=64)
+    finally:
+        ffcv.writer.tqdm = original_tqdm

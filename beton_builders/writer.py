@@ -233,7 +233,7 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
             dataset = ShardBytesDataset(index, [out_dir / s for s in shard_names], arr[:, 5],
                                         arr[:, 6], opts.raw_fraction)
             with atomic_path(beton_path, suffix=".beton") as tmp:
-                write_beton(tmp, dataset, opts.quality, opts.max_side, opts.workers)
+                write_beton(tmp, dataset, opts.quality, opts.max_side, opts.workers, opts.progress)
         atomic_save_npy(out_dir / "wds" / f"{split}.index.npy", index)
         atomic_save_npy(out_dir / f"{split}.labels.npy", labels)
         n_rej = sum(1 for r in all_rejects if r[0] == split)
