@@ -35,6 +35,14 @@ pretrain *args:
     done
     exec "{{dp4tl}}" pipeline "${opts[@]}"
 
+# CPU benchmarks → BENCHMARKS.md: the data layer (args go to bench_data.py), then the cost table
+bench *args: (bench-data args) bench-cost
+
 # CPU data-layer benchmark → BENCHMARKS.md
-bench *args:
+bench-data *args:
     {{py}} benchmarks/bench_data.py {{args}}
+
+# cost table + accuracy vs ratio on the embedded data → docs/cost-table/ + BENCHMARKS.md
+# (args go to `dp4tl bench cost-table`, e.g. just bench-cost --methods lm,random --seeds 0,1)
+bench-cost *args:
+    {{dp4tl}} bench cost-table --out docs/cost-table --report BENCHMARKS.md --runs-root runs/cost-table {{args}}

@@ -228,19 +228,18 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     crit = nn.CrossEntropyLoss(label_smoothing=recipe.optim.label_smoothing)
 
     # ---- data -----------------------------------------------------------------------------
-    if True:  # setup time is measured from the call's start, below
-        common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers,
-                      channels_last=channels_last, seed=recipe.data.seed)
-        train_loader = make_loader(dataset_dir, split.name, mask=mask_obj, train=True,
-                                   batch_size=global_batch // ctx.world_size, drop_last=tc.drop_last,
-                                   resolution=resolution(tc, start_epoch), **common)
-        val_mask = None
-        if mask_obj is not None:
-            kept = np.unique(np.asarray(split.load_labels())[mask_obj.indices])
-            val_mask = mask_from_classes(val_split, kept.tolist(), method="classes-of-train-mask")
-        val_loader = make_loader(dataset_dir, val_split.name, mask=val_mask, train=False,
-                                 batch_size=max(ec.batch_size // ctx.world_size, 1),
-                                 resolution=ec.resolution, **common)
+    common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers,
+                  channels_last=channels_last, seed=recipe.data.seed)
+    train_loader = make_loader(dataset_dir, split.name, mask=mask_obj, train=True,
+                               batch_size=global_batch // ctx.world_size, drop_last=tc.drop_last,
+                               resolution=resolution(tc, start_epoch), **common)
+    val_mask = None
+    if mask_obj is not None:
+        kept = np.unique(np.asarray(split.load_labels())[mask_obj.indices])
+        val_mask = mask_from_classes(val_split, kept.tolist(), method="classes-of-train-mask")
+    val_loader = make_loader(dataset_dir, val_split.name, mask=val_mask, train=False,
+                             batch_size=max(ec.batch_size // ctx.world_size, 1),
+                             resolution=ec.resolution, **common)
     if ckpt:
         set_rng_states(ckpt["rng"])
     timer.add("setup", time.perf_counter() - t_start)

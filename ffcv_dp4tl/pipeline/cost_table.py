@@ -1,0 +1,559 @@
+"""The cost table and the accuracy-vs-pruning-ratio report (paper Tab. 3, Tab. 4, Fig. 4).
+
+``run_cost_table`` runs :func:`run_pipeline` for every (method, ratio, seed) and collects
+
+* per-stage wall times (the ``seconds`` each stage recorded in its ``DONE.json``);
+* the **total cost** of a run = surrogate + score + prune + pretrain seconds (finetuning is
+  the same downstream work for every source model and is reported separately). The surrogate
+  is trained once and cached, but its (once measured) time is charged to *every* pruned run
+  whose method needs it (all but RANDOM), like the paper's Tab. 3 which counts surrogate
+  training and scoring;
+* the 0 % reference: one full-data pretraining per seed, shared by all methods (``random`` at
+  ratio 0 keeps every sample); its cost is its pretraining time only (nothing is selected);
+* the reduction of the total (and of the pretraining-only) time vs the 0 % reference;
+* the **selection cost** per method (paper Tab. 4): score-stage seconds (feature extraction,
+  k-means, voting), + the surrogate's training time for the methods that need a trained model
+  (here LM, FM, MODERATE, EL2N and GraNd all use the same surrogate; RANDOM needs none). The
+  score stage does not depend on the ratio, so the selection cost is that of every ratio; it is
+  tabulated at the ratio closest to 60 %;
+* target test top-1 after LP and FF, and the "best winning subset" per method and mode: the
+  largest ratio whose (mean) accuracy is ≥ the 0 % (mean) accuracy − ``tol`` points.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import platform
+import re
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from ..errors import DP4TLError
+from ..fsutil import atomic_write_json, atomic_write_text, read_json
+from .run import PipelineConfig, run_pipeline
+from .score import METHODS
+
+#: Paper Tab. 3 (ResNet-101 on ImageNet): source pretraining time in hours per pruning ratio.
+PAPER_PRETRAIN_HOURS = {0.0: 5.4, 0.2: 4.6, 0.4: 3.5, 0.6: 2.4, 0.8: 1.3}
+REFERENCE = "0 %"
+COST_STAGES = ("surrogate", "score", "prune", "pretrain")
+
+
+def paper_reduction(ratio: float) -> float | None:
+    h = PAPER_PRETRAIN_HOURS.get(round(ratio, 4))
+    return None if h is None else 1.0 - h / PAPER_PRETRAIN_HOURS[0.0]
+
+
+def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    xs = [float(x) for x in xs if x is not None and not math.isnan(float(x))]
+    if not xs:
+        return math.nan, math.nan
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, sd
+
+
+def best_winning_subset(acc: dict[float, Sequence[float]], reference: Sequence[float],
+                        tol: float = 0.5) -> dict[str, Any]:
+    """The largest pruning ratio whose mean accuracy is ≥ mean(reference) − ``tol``.
+
+    ``acc`` maps a ratio (> 0) to the accuracies (in %, one per seed) at that ratio. Returns
+    ``{"ratio", "mean", "std", "ref_mean", "ref_std", "tol"}``; ``ratio`` is 0.0 (and mean/std
+    those of the reference) when no pruned ratio qualifies.
+    """
+    ref_m, ref_s = _mean_std(reference)
+    best = {"ratio": 0.0, "mean": ref_m, "std": ref_s}
+    for r in sorted(acc):
+        m, s = _mean_std(acc[r])
+        if r > 0 and not math.isnan(m) and m >= ref_m - tol - 1e-9:
+            best = {"ratio": r, "mean": m, "std": s}
+    return {**best, "ref_mean": ref_m, "ref_std": ref_s, "tol": tol}
+
+
+CPU_FILE = "cpu_seconds.json"
+
+
+def _cpu_now() -> float:
+    import resource
+
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+class CpuMeter:
+    """A ``log`` hook measuring each stage's CPU seconds (this process + reaped children, i.e.
+    finished data-loader workers) between run_stage's "running in DIR" and "finished" lines,
+    saved as ``DIR/cpu_seconds.json`` so cached reruns report it too. CPU time is far less
+    sensitive than wall time to other jobs on a shared machine."""
+
+    _line = re.compile(r"^\[([\w-]+)\] (running in (.+)|finished in|done already \(([^,]+),)")
+
+    def __init__(self, log: Callable[[str], None], runs_root: Path):
+        self.log, self.root = log, Path(runs_root)
+        self.dirs: dict[str, Path] = {}
+        self._start: dict[str, float] = {}
+
+    def __call__(self, line: str) -> None:
+        m = self._line.match(line)
+        if m:
+            name = m.group(1)
+            if m.group(3):
+                self.dirs[name] = Path(m.group(3))
+                self._start[name] = _cpu_now()
+            elif m.group(4):
+                self.dirs[name] = self.root / m.group(4)
+            elif name in self._start and name in self.dirs:
+                load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+                atomic_write_json(self.dirs[name] / CPU_FILE,
+                                  {"cpu_seconds": _cpu_now() - self._start.pop(name),
+                                   "loadavg_1min": load})
+        self.log(line)
+
+    def cpu(self, name: str, key: str = "cpu_seconds") -> float | None:
+        d = self.dirs.get(name)
+        if d is None or not (d / CPU_FILE).exists():
+            return None
+        value = read_json(d / CPU_FILE, "cpu seconds").get(key)
+        return None if value is None else float(value)
+
+
+def _row(res: dict[str, Any], method: str, ratio: float, seed: int, charged_surrogate: float,
+         meter: CpuMeter | None = None, charged_surrogate_cpu: float | None = None
+         ) -> dict[str, Any]:
+    st = res["stages"]
+    sec = {name: float(st[name]["seconds"]) if name in st else 0.0
+           for name in ("surrogate", "score", "prune", "pretrain")}
+    sec["surrogate"] = charged_surrogate
+    row: dict[str, Any] = {"method": method, "ratio": ratio, "seed": seed,
+                           **{f"{k}_s": v for k, v in sec.items()},
+                           "selection_s": float(st.get("score", {}).get("selection_seconds", 0.0)),
+                           "train_kept": st["prune"].get("train_kept"),
+                           "total_s": sum(sec[k] for k in COST_STAGES)}
+    for mode in ("lp", "ff"):
+        ft = st.get(f"finetune-{mode}")
+        row[f"{mode}_s"] = float(ft["seconds"]) if ft else None
+        row[f"{mode}_top1"] = 100.0 * float(ft["test_top1"]) if ft else None
+    cpu = {k: (meter.cpu(k) if meter else None) for k in ("score", "prune", "pretrain")}
+    cpu["surrogate"] = charged_surrogate_cpu if charged_surrogate else 0.0
+    row.update({f"{k}_cpu_s": v for k, v in cpu.items()})
+    # load average when this run's pretraining finished (when it ran, not when it was cached)
+    row["loadavg_1min"] = meter.cpu("pretrain", "loadavg_1min") if meter else None
+    row["total_cpu_s"] = (None if any(cpu[k] is None for k in COST_STAGES)
+                          else sum(cpu[k] for k in COST_STAGES))
+    return row
+
+
+def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
+                   ratios: Iterable[float] = (0.0, 0.2, 0.4, 0.6, 0.8),
+                   methods: Iterable[str] = ("lm", "fm", "random", "moderate", "grand", "el2n"),
+                   seeds: Iterable[int] = (0,), finetune: Iterable[str] = ("lp", "ff"),
+                   ff_methods: Iterable[str] | None = None,
+                   method_ratios: dict[str, Iterable[float]] | None = None, tol: float = 0.5,
+                   command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every (method, ratio, seed) pipeline and return (and, with ``out_dir``, write) the
+    table: ``results.json``, ``report.md``, ``accuracy.png`` and ``cost.png``.
+
+    ``ff_methods``: run FF only for these methods (default: all; LP always runs) — a way to cut
+    the FF cost. ``method_ratios``: run a method only at these pruned ratios (default: all of
+    ``ratios``) — e.g. the costly baselines only at 60 % for the selection-cost table.
+    Seed ``s`` sets the scoring seed and, for ``s != 0``, ``train.seed=s`` of the pretraining
+    (and finetune) recipes; the surrogate is the same for every seed.
+    """
+    ratios = sorted({round(float(r), 6) for r in ratios})
+    methods, seeds, finetune = list(methods), [int(s) for s in seeds], tuple(finetune)
+    ff_set = set(methods if ff_methods is None else ff_methods)
+    method_ratios = {m: sorted({round(float(r), 6) for r in rs})
+                     for m, rs in (method_ratios or {}).items()}
+    for m in methods:
+        if m not in METHODS:
+            raise DP4TLError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    if not ratios or any(not 0.0 <= r < 1.0 for r in ratios):
+        raise DP4TLError(f"ratios must lie in [0, 1), got {ratios}")
+    pruned = [r for r in ratios if r > 0]
+    rows: list[dict[str, Any]] = []
+    surrogate_s: float | None = None
+    surrogate_cpu: float | None = None
+    meter = CpuMeter(log, base.runs_root)
+    for m, rs in method_ratios.items():
+        if any(not 0.0 < r < 1.0 for r in rs):
+            raise DP4TLError(f"ratios of {m} must lie in (0, 1), got {rs}")
+    plan = [(m, r) for m in methods for r in method_ratios.get(m, pruned) if r > 0]
+    n_runs = len(seeds) * (1 + len(plan))
+    i = 0
+    for seed in seeds:
+        seed_over = (f"train.seed={seed}",) if seed else ()
+        cfg_s = replace(base, seed=seed, overrides=tuple(base.overrides) + seed_over,
+                        finetune_overrides=tuple(base.finetune_overrides) + seed_over)
+        i += 1
+        log(f"[cost-table] run {i}/{n_runs}: 0 % reference, seed {seed}")
+        meter.dirs.clear()
+        ref = run_pipeline(replace(cfg_s, ratio=0.0, method="random", finetune=finetune),
+                           log=meter)
+        row = _row(ref, REFERENCE, 0.0, seed, 0.0, meter)
+        row["score_s"] = row["prune_s"] = 0.0  # nothing is selected for the full dataset
+        row["score_cpu_s"] = row["prune_cpu_s"] = 0.0
+        row["selection_s"] = 0.0
+        row["total_s"], row["total_cpu_s"] = row["pretrain_s"], row["pretrain_cpu_s"]
+        rows.append(row)
+        for method, r in plan:
+            i += 1
+            log(f"[cost-table] run {i}/{n_runs}: {method} at {_r(r)}, seed {seed}")
+            modes = tuple(m for m in finetune if m != "ff" or method in ff_set)
+            meter.dirs.clear()
+            res = run_pipeline(replace(cfg_s, ratio=r, method=method, finetune=modes),
+                               log=meter)
+            if "surrogate" in res["stages"]:
+                surrogate_s = float(res["stages"]["surrogate"]["seconds"])
+                surrogate_cpu = meter.cpu("surrogate")
+            rows.append(_row(res, method, r, seed,
+                             surrogate_s if method != "random" and surrogate_s else 0.0,
+                             meter, surrogate_cpu))
+    cfg = {**asdict(base), "data_root": str(base.data_root), "runs_root": str(base.runs_root)}
+    ratios = sorted(set(ratios) | {r for _, r in plan})
+    table = summarize(rows, methods=methods, ratios=ratios, seeds=seeds, finetune=finetune,
+                      tol=tol)
+    table.update({"config": cfg, "surrogate_s": surrogate_s, "command": command,
+                  "machine": machine_info(),
+                  "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds")})
+    if out_dir is not None:
+        write_outputs(table, Path(out_dir))
+    return table
+
+
+def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Sequence[float],
+              seeds: Sequence[int], finetune: Sequence[str], tol: float = 0.5) -> dict[str, Any]:
+    """Aggregate raw rows into cost / selection / accuracy / winning-subset tables."""
+    ref_rows = [r for r in rows if r["method"] == REFERENCE]
+    ref_total = _mean_std([r["total_s"] for r in ref_rows])[0]
+    ref_pre = _mean_std([r["pretrain_s"] for r in ref_rows])[0]
+    ref_total_cpu = _mean_std([r.get("total_cpu_s") for r in ref_rows])[0]
+    ref_pre_cpu = _mean_std([r.get("pretrain_cpu_s") for r in ref_rows])[0]
+    cost: list[dict[str, Any]] = [{"method": REFERENCE, "ratio": 0.0, "total_s": ref_total,
+                                   "pretrain_s": ref_pre, "reduction": 0.0,
+                                   "total_cpu_s": ref_total_cpu, "pretrain_cpu_s": ref_pre_cpu,
+                                   "cpu_reduction": 0.0, "pretrain_cpu_reduction": 0.0,
+                                   "pretrain_reduction": 0.0, "paper_reduction": 0.0,
+                                   "paper_pretrain_h": PAPER_PRETRAIN_HOURS[0.0]}]
+    for m in methods:
+        for r in ratios:
+            sel = [x for x in rows if x["method"] == m and x["ratio"] == r]
+            if not sel or r == 0:
+                continue
+            agg = {k: _mean_std([x.get(k) for x in sel])[0]
+                   for k in ("surrogate_s", "score_s", "prune_s", "pretrain_s", "total_s",
+                             "pretrain_cpu_s", "total_cpu_s")}
+            cost.append({"method": m, "ratio": r, **agg,
+                         "cpu_reduction": 1.0 - agg["total_cpu_s"] / ref_total_cpu,
+                         "pretrain_cpu_reduction": 1.0 - agg["pretrain_cpu_s"] / ref_pre_cpu,
+                         "reduction": 1.0 - agg["total_s"] / ref_total,
+                         "pretrain_reduction": 1.0 - agg["pretrain_s"] / ref_pre,
+                         "paper_reduction": paper_reduction(r),
+                         "paper_pretrain_h": PAPER_PRETRAIN_HOURS.get(round(r, 4))})
+    pruned = [r for r in ratios if r > 0]
+    sel_ratio = min(pruned, key=lambda r: abs(r - 0.6)) if pruned else None
+    selection = []
+    for m in methods:
+        sel = [x for x in rows if x["method"] == m and x["ratio"] == sel_ratio]
+        if sel:
+            sur, sc = (_mean_std([x[k] for x in sel])[0] for k in ("surrogate_s", "score_s"))
+            selection.append({"method": m, "ratio": sel_ratio, "surrogate_s": sur, "score_s": sc,
+                              "selection_inner_s": _mean_std([x["selection_s"] for x in sel])[0],
+                              "total_s": sur + sc})
+    accuracy: dict[str, Any] = {}
+    winners: dict[str, Any] = {}
+    for mode in finetune:
+        key = f"{mode}_top1"
+        ref_acc = [x[key] for x in ref_rows if x.get(key) is not None]
+        accuracy[mode] = {"reference": _mean_std(ref_acc), "methods": {}}
+        winners[mode] = {}
+        for m in methods:
+            by_ratio = {r: [x[key] for x in rows if x["method"] == m and x["ratio"] == r
+                            and x.get(key) is not None] for r in pruned}
+            by_ratio = {r: v for r, v in by_ratio.items() if v}
+            if not by_ratio:
+                continue
+            accuracy[mode]["methods"][m] = {str(r): _mean_std(v) for r, v in by_ratio.items()}
+            if ref_acc:
+                winners[mode][m] = best_winning_subset(by_ratio, ref_acc, tol)
+    return {"rows": rows, "cost": cost, "selection": selection, "accuracy": accuracy,
+            "winners": winners, "methods": list(methods), "ratios": list(ratios),
+            "seeds": list(seeds), "finetune": list(finetune), "tol": tol,
+            "reference_total_s": ref_total, "reference_pretrain_s": ref_pre}
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        cores = os.cpu_count()
+    import torch
+
+    return {"cpu": cpu, "cores": cores, "python": platform.python_version(),
+            "torch": torch.__version__, "platform": platform.platform(terse=True)}
+
+
+# ---------------------------------------------------------------------------------- report
+def _pct(x: float | None, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x * 100:+.0f} %" if signed else f"{x * 100:.0f} %"
+
+
+def _f(x: float | None) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"
+
+
+def _r(ratio: float) -> str:
+    return f"{ratio * 100:.0f} %"
+
+
+def _acc(ms: tuple[float, float] | list[float] | None, n_seeds: int) -> str:
+    if not ms or math.isnan(ms[0]):
+        return "–"
+    return f"{ms[0]:.1f} ± {ms[1]:.1f}" if n_seeds > 1 else f"{ms[0]:.1f}"
+
+
+def method_label(m: str) -> str:
+    return {"grand": "GraNd", "el2n": "EL2N", "fm-sup": "FM-sup"}.get(m, m.upper())
+
+
+def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
+    """The tables of the report (no title): cost, selection cost, accuracy, winners, raw runs."""
+    methods, ns = t["methods"], len(t["seeds"])
+    pruned = [r for r in t["ratios"] if r > 0]
+    cost = {(c["method"], c["ratio"]): c for c in t["cost"]}
+    ref = cost[(REFERENCE, 0.0)]
+    L = ["### Cost (Tab. 3)", "",
+         "Total cost = surrogate + score + prune + pretrain wall seconds (finetuning excluded; "
+         "the cached surrogate's one measured training time is charged to every pruned run of a "
+         "method that needs it — all but RANDOM). 0 % = one full-data pretraining, no selection. "
+         f"Means over {ns} seed(s). Paper: ResNet-101 ImageNet pretraining hours.", "",
+         "| ratio | paper pretrain h | paper reduction | pretrain s (mean of methods) | "
+         "pretrain-only reduction | pretrain CPU-s | pretrain-only reduction (CPU-s) | "
+         + " | ".join(f"{method_label(m)} total s (Δ vs 0 %)" for m in methods) + " |",
+         "|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(methods)]
+    L.append(f"| 0 % | {PAPER_PRETRAIN_HOURS[0.0]} | – | {ref['pretrain_s']:.1f} | – | "
+             f"{_f(ref.get('pretrain_cpu_s'))} | – | "
+             + " | ".join(f"{ref['total_s']:.1f}" for _ in methods) + " |")
+    for r in pruned:
+        cs = [cost[(m, r)] for m in methods if (m, r) in cost]
+        pre = _mean_std([c["pretrain_s"] for c in cs])[0]
+        pre_cpu = _mean_std([c.get("pretrain_cpu_s") for c in cs])[0]
+        ref_cpu = ref.get("pretrain_cpu_s") or math.nan
+        ph = PAPER_PRETRAIN_HOURS.get(round(r, 4))
+        cells = [f"{cost[(m, r)]['total_s']:.1f} ({_pct(-cost[(m, r)]['reduction'], True)})"
+                 if (m, r) in cost else "–" for m in methods]
+        L.append(f"| {_r(r)} | {ph if ph is not None else '–'} | {_pct(paper_reduction(r))} | "
+                 f"{pre:.1f} | {_pct(1 - pre / ref['pretrain_s'])} | {_f(pre_cpu)} | "
+                 f"{_pct(1 - pre_cpu / ref_cpu)} | " + " | ".join(cells) + " |")
+    sur = t.get("surrogate_s")
+    if sur and ref["pretrain_s"]:
+        L += ["", f"The surrogate took {sur:.1f} s = {sur / ref['pretrain_s']:.2f}× the 0 % "
+              "pretraining. Here it uses the same small recipe as the source model, so it costs "
+              "about one full pretraining and pruned totals exceed the 0 % cost; in the paper the "
+              "surrogate (ResNet-18) is much cheaper than the source model (ResNet-101) and is "
+              "shared by every ratio and target — compare the pretrain-only columns with the "
+              "paper's reductions."]
+    L += ["", "Stage breakdown (wall seconds, mean over seeds; CPU-s = CPU seconds of this "
+          "process + its finished loader workers, less sensitive to other jobs):", "",
+          "| method | ratio | surrogate | score | prune | pretrain | total | reduction | "
+          "total CPU-s | reduction (CPU-s) |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+          f"| {REFERENCE} | 0 % | 0 | 0 | 0 | {ref['pretrain_s']:.1f} | {ref['total_s']:.1f} | – "
+          f"| {_f(ref.get('total_cpu_s'))} | – |"]
+    for c in t["cost"][1:]:
+        L.append(f"| {method_label(c['method'])} | {_r(c['ratio'])} | {c['surrogate_s']:.1f} | "
+                 f"{c['score_s']:.1f} | {c['prune_s']:.2f} | {c['pretrain_s']:.1f} | "
+                 f"{c['total_s']:.1f} | {_pct(c['reduction'])} | {_f(c.get('total_cpu_s'))} | "
+                 f"{_pct(c.get('cpu_reduction'))} |")
+    if t["selection"]:
+        r = t["selection"][0]["ratio"]
+        L += ["", f"### Selection cost (Tab. 4) at {_r(r)}", "",
+              "Selection = score stage (surrogate inference, feature extraction, k-means, voting "
+              "or per-sample scores) + the surrogate's training time where the method needs a "
+              "trained model. Here MODERATE/EL2N/GraNd use the same fully trained surrogate as "
+              "LM/FM (the paper trains the full source model, or an early-training one, for them). "
+              "The score stage is ratio-independent.", "",
+              "| method | surrogate s | score s | of which selection_seconds | selection total s |",
+              "|---|---:|---:|---:|---:|"]
+        for s in t["selection"]:
+            L.append(f"| {method_label(s['method'])} | {s['surrogate_s']:.1f} | {s['score_s']:.1f} | "
+                     f"{s['selection_inner_s']:.1f} | {s['total_s']:.1f} |")
+    for mode in t["finetune"]:
+        acc = t["accuracy"].get(mode)
+        if not acc:
+            continue
+        ms = [m for m in methods if m in acc["methods"]]
+        L += ["", f"### Target test top-1 % — {mode.upper()} (Fig. 4)", "",
+              f"0 % reference: **{_acc(acc['reference'], ns)}**", "",
+              "| ratio | " + " | ".join(method_label(m) for m in ms) + " |",
+              "|---:|" + "---:|" * len(ms)]
+        for r in pruned:
+            L.append(f"| {_r(r)} | " + " | ".join(_acc(acc["methods"][m].get(str(r)), ns)
+                                                 for m in ms) + " |")
+    if any(t["winners"].values()):
+        L += ["", f"### Best winning subset (largest ratio with accuracy ≥ 0 % − {t['tol']} points)",
+              "", "| mode | method | best ratio | accuracy % | 0 % accuracy % |", "|---|---|---:|---:|---:|"]
+        for mode, ws in t["winners"].items():
+            for m, w in ws.items():
+                br = f"{_r(w['ratio'])}" if w["ratio"] > 0 else "none (0 %)"
+                L.append(f"| {mode.upper()} | {method_label(m)} | {br} | "
+                         f"{_acc((w['mean'], w['std']), ns)} | {_acc((w['ref_mean'], w['ref_std']), ns)} |")
+    if plots_prefix is not None:
+        L += ["", f"![accuracy vs ratio]({plots_prefix}accuracy.png)",
+              f"![cost vs ratio]({plots_prefix}cost.png)"]
+    return "\n".join(L) + "\n"
+
+
+def header_lines(t: dict[str, Any]) -> list[str]:
+    cfg, mach = t["config"], t["machine"]
+    loads = [r["loadavg_1min"] for r in t["rows"] if r.get("loadavg_1min") is not None]
+    return [f"- **CPU** run, {mach['cores']} cores ({mach['cpu']}), Python {mach['python']}, "
+            f"torch {mach['torch']}, {mach['platform']}; date {t['date']}",
+            f"- command: `{t['command'] or '(library call)'}`",
+            f"- data: source `{cfg['source']}`, target `{cfg['target'] or '(first)'}`, format "
+            f"`{cfg['fmt']}`; recipes `{cfg['recipes'] or 'tiny'}` (surrogate/pretrain "
+            f"`resnet18_tiny_cpu`, `lp_tiny_cpu`, `ff_tiny_cpu` unless overridden), FM k={cfg['k']}"
+            + "".join(f"; {name} overrides `{' '.join(cfg[key])}`" for name, key in (
+                ("pretrain", "overrides"), ("surrogate", "surrogate_overrides"),
+                ("finetune", "finetune_overrides")) if cfg.get(key)),
+            f"- ratios {', '.join(f'{_r(r)}' for r in t['ratios'])}; methods "
+            f"{', '.join(method_label(m) for m in t['methods'])}; finetune "
+            f"{', '.join(m.upper() for m in t['finetune'])}; seeds {t['seeds']}",
+            "- These are wall times and accuracies on the small embedded synthetic data: read the "
+            "*ratios* (reductions, relative accuracy), not absolute numbers; absolute GPU numbers "
+            "come later from the GPU machine. Timings are of a shared 2-core machine (other jobs "
+            "ran concurrently), so single stage times are noisy by ±20 % or more"
+            + (f" (1-min load average when each pretraining finished: "
+               f"{min(loads):.1f}–{max(loads):.1f} on "
+               f"{mach['cores']} cores)" if loads else "") + ".",
+            "- Stage times are read from each stage's `DONE.json` (measured when the stage ran; a "
+            "rerun that finds a stage cached reports the same numbers)."]
+
+
+def write_outputs(t: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", t)
+    plot_accuracy(t, out / "accuracy.png")
+    plot_cost(t, out / "cost.png")
+    text = ["# DP4TL cost table and accuracy vs pruning ratio", "", *header_lines(t), "",
+            markdown_tables(t)]
+    atomic_write_text(out / "report.md", "\n".join(text))
+
+
+# ----------------------------------------------------------------------------------- plots
+_STYLE = {"lm": ("tab:red", "o"), "fm": ("tab:blue", "s"), "fm-sup": ("tab:cyan", "D"),
+          "random": ("tab:gray", "^"), "moderate": ("tab:green", "v"),
+          "grand": ("tab:purple", "P"), "el2n": ("tab:orange", "X")}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(t: dict[str, Any], path: Path) -> None:
+    """Fig. 4 style: x = pruning ratio %, y = target test top-1 %, LP and FF side by side."""
+    plt = _plt()
+    modes = [m for m in t["finetune"] if t["accuracy"].get(m, {}).get("methods")]
+    fig, axes = plt.subplots(1, max(1, len(modes)), figsize=(5.2 * max(1, len(modes)), 4.2),
+                             squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        acc = t["accuracy"][mode]
+        n = len(acc["methods"])
+        for j, m in enumerate(m for m in t["methods"] if m in acc["methods"]):
+            by = acc["methods"][m]
+            rs = sorted(float(r) for r in by)
+            dx = (j - (n - 1) / 2) * 0.6 if len(t["seeds"]) > 1 else 0.0  # keep error bars apart
+            ys = [by[str(r)][0] for r in rs]
+            es = [by[str(r)][1] for r in rs]
+            color, marker = _STYLE.get(m, (None, "o"))
+            ax.errorbar([100 * r + dx for r in rs], ys, yerr=es if len(t["seeds"]) > 1 else None,
+                        color=color, marker=marker, ms=6, lw=1.6, capsize=3, label=method_label(m))
+        ref = acc["reference"][0]
+        if not math.isnan(ref):
+            ax.axhline(ref, color="black", ls="--", lw=1.2, label="0 % (unpruned source)")
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(lo, max(hi, ref + 0.08 * (hi - lo)))  # room for the label above the line
+            ax.annotate(f"0 %: {ref:.1f}", (1.0, ref), xycoords=("axes fraction", "data"),
+                        xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=8)
+        ax.set_title(f"{mode.upper()} on target `{t['config']['target'] or 'first'}`")
+        ax.set_xlabel("pruning ratio (%)")
+        ax.set_ylabel("target test top-1 (%)")
+        ax.set_xticks([100 * r for r in t["ratios"] if r > 0])
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle("Source dataset pruning: transfer accuracy vs pruning ratio (cf. paper Fig. 4)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_cost(t: dict[str, Any], path: Path) -> None:
+    """Left: total cost (s) vs ratio per method; right: reduction vs 0 %, ours beside the paper's."""
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    cost = t["cost"]
+    ref = cost[0]
+    for m in t["methods"]:
+        cs = sorted((c for c in cost if c["method"] == m), key=lambda c: c["ratio"])
+        if not cs:
+            continue
+        color, marker = _STYLE.get(m, (None, "o"))
+        xs = [0] + [100 * c["ratio"] for c in cs]
+        a1.plot(xs, [ref["total_s"]] + [c["total_s"] for c in cs], color=color, marker=marker,
+                label=method_label(m))
+        a2.plot(xs, [0] + [100 * c["reduction"] for c in cs], color=color, marker=marker,
+                lw=1, alpha=0.8, label=f"{method_label(m)} total")
+    pruned = sorted({c["ratio"] for c in cost[1:]})
+    pre = [_mean_std([c["pretrain_s"] for c in cost[1:] if c["ratio"] == r])[0] for r in pruned]
+    a1.plot([0] + [100 * r for r in pruned], [ref["pretrain_s"]] + pre, color="black", ls=":",
+            marker=".", label="pretrain only (mean)")
+    a1.set_title("cost = surrogate + score + prune + pretrain (s)")
+    a1.set_xlabel("pruning ratio (%)")
+    a1.set_ylabel("wall seconds (CPU)")
+    a1.set_ylim(bottom=0)
+    a1.grid(alpha=0.3)
+    a1.legend(fontsize=7, loc="center right", ncol=2, framealpha=0.9)
+    sur = t.get("surrogate_s")
+    if sur and ref["pretrain_s"]:
+        a1.text(0.02, 0.02, f"surrogate {sur:.1f} s = {sur / ref['pretrain_s']:.2f}× the 0 % "
+                "pretraining\n(charged to every pruned run except RANDOM)", fontsize=8,
+                transform=a1.transAxes, va="bottom")
+    a2.plot([0] + [100 * r for r in pruned], [0] + [100 * (1 - p / ref["pretrain_s"]) for p in pre],
+            color="black", ls=":", marker=".", lw=2, label="ours, pretrain only, wall (mean)")
+    pre_cpu = [_mean_std([c.get("pretrain_cpu_s") for c in cost[1:] if c["ratio"] == r])[0]
+               for r in pruned]
+    if ref.get("pretrain_cpu_s") and not any(math.isnan(p) for p in pre_cpu):
+        a2.plot([0] + [100 * r for r in pruned],
+                [0] + [100 * (1 - p / ref["pretrain_cpu_s"]) for p in pre_cpu], color="brown",
+                ls="-.", marker=".", lw=2, label="ours, pretrain only, CPU-s (mean)")
+    pr = [r for r in sorted(PAPER_PRETRAIN_HOURS)]
+    a2.plot([100 * r for r in pr], [100 * paper_reduction(r) for r in pr], color="black", ls="--",
+            marker="*", ms=10, lw=2, label="paper Tab. 3 (pretrain, RN-101)")
+    a2.plot([0, 80], [0, 80], color="lightgray", lw=1, label="ideal (= ratio)")
+    a2.set_title("time reduction vs 0 % (%)")
+    a2.set_xlabel("pruning ratio (%)")
+    a2.set_ylabel("reduction (%)")
+    a2.grid(alpha=0.3)
+    fig.legend(*a2.get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=7,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,153 @@
+"""The cost table at the smallest scale (2 ratios × 2 methods, 1-epoch width-8 recipes), and
+its arithmetic on hand-made numbers."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ffcv_dp4tl.pipeline.cost_table import (REFERENCE, best_winning_subset, markdown_tables,
+                                            run_cost_table, summarize)
+from ffcv_dp4tl.pipeline.run import PipelineConfig
+from ffcv_dp4tl.reporting import write_section
+
+SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
+         "val_per_class=4,image_size=16,num_targets=1,target_classes=3,"
+         "target_train_per_class=8,target_test_per_class=4")
+TRAIN = ("model.width=8", "model.stem_stride=1", "train.epochs=1", "train.batch_size=16",
+         "train.min_res=16", "train.max_res=16", "eval.resolution=16", "eval.batch_size=64",
+         "data.num_workers=0", "eval.every=1")
+FINETUNE = ("train.epochs=1", "finetune.resolution=16", "eval.resolution=16",
+            "data.num_workers=0", "eval.every=1")
+
+
+def test_best_winning_subset_on_hand_made_numbers():
+    acc = {0.2: [80.0], 0.4: [79.6], 0.6: [79.4], 0.8: [70.0]}
+    w = best_winning_subset(acc, [80.0], tol=0.5)
+    assert w["ratio"] == 0.4 and w["mean"] == pytest.approx(79.6)  # 79.4 < 79.5
+    assert best_winning_subset(acc, [80.0], tol=0.6)["ratio"] == 0.6
+    assert best_winning_subset(acc, [90.0])["ratio"] == 0.0  # nothing qualifies
+    # a non-monotone curve: the largest qualifying ratio wins, even past a dip
+    assert best_winning_subset({0.2: [70.0], 0.4: [81.0]}, [80.0])["ratio"] == 0.4
+    # several seeds: means are compared, std reported
+    w = best_winning_subset({0.2: [79.0, 81.0], 0.4: [78.0, 80.0]}, [80.0, 80.4], tol=0.5)
+    assert w["ratio"] == 0.2 and w["std"] == pytest.approx(math.sqrt(2))
+    assert w["ref_mean"] == pytest.approx(80.2)
+
+
+def _row(method, ratio, seed, sur, sc, pre, lp):
+    return {"method": method, "ratio": ratio, "seed": seed, "surrogate_s": sur, "score_s": sc,
+            "prune_s": 0.0, "pretrain_s": pre, "selection_s": sc, "train_kept": 1,
+            "total_s": sur + sc + pre, "lp_s": 1.0, "lp_top1": lp, "ff_s": None, "ff_top1": None}
+
+
+def test_summary_reductions_and_selection_cost():
+    rows = [_row(REFERENCE, 0.0, 0, 0, 0, 100.0, 50.0),
+            _row("lm", 0.6, 0, 10.0, 2.0, 40.0, 52.0),
+            _row("random", 0.6, 0, 0.0, 0.0, 40.0, 40.0)]
+    t = summarize(rows, methods=["lm", "random"], ratios=[0.0, 0.6], seeds=[0], finetune=["lp"])
+    cost = {(c["method"], c["ratio"]): c for c in t["cost"]}
+    assert cost[("lm", 0.6)]["total_s"] == pytest.approx(52.0)
+    assert cost[("lm", 0.6)]["reduction"] == pytest.approx(0.48)  # (100 - 52) / 100
+    assert cost[("lm", 0.6)]["pretrain_reduction"] == pytest.approx(0.6)
+    assert cost[("random", 0.6)]["reduction"] == pytest.approx(0.6)
+    assert cost[("lm", 0.6)]["paper_reduction"] == pytest.approx(1 - 2.4 / 5.4)
+    sel = {s["method"]: s for s in t["selection"]}
+    assert sel["lm"]["total_s"] == pytest.approx(12.0) and sel["random"]["total_s"] == 0.0
+    assert t["winners"]["lp"]["lm"]["ratio"] == 0.6 and t["winners"]["lp"]["random"]["ratio"] == 0.0
+    md = markdown_tables(t)
+    assert "| 60 % | 2.4 | 56 % |" in md and "52.0 (-48 %)" in md
+
+
+def test_cost_table_end_to_end_smallest_scale(tmp_path):
+    base = PipelineConfig(source=SYNTH, target="", fmt="wds", device="cpu", k=4,
+                          data_root=tmp_path / "data", runs_root=tmp_path / "runs",
+                          overrides=TRAIN, surrogate_overrides=TRAIN, finetune_overrides=FINETUNE)
+    logs: list[str] = []
+    out = tmp_path / "report"
+    t = run_cost_table(base, out, ratios=(0.0, 0.5, 0.75), methods=("lm", "random"),
+                       finetune=("lp",), command="pytest", log=logs.append)
+    # 1 shared reference + 2 methods × 2 pruned ratios; the surrogate is trained once
+    assert len(t["rows"]) == 5 and sum("[surrogate] running" in s for s in logs) == 1
+    assert sum("run " in s and "0 % reference" in s for s in logs) == 1
+    ref = next(r for r in t["rows"] if r["method"] == REFERENCE)
+    assert ref["total_s"] == ref["pretrain_s"] > 0 and ref["surrogate_s"] == 0
+    lm = [r for r in t["rows"] if r["method"] == "lm"]
+    assert t["surrogate_s"] > 0
+    assert all(r["surrogate_s"] == pytest.approx(t["surrogate_s"]) for r in lm)
+    assert all(r["surrogate_s"] == 0 for r in t["rows"] if r["method"] == "random")
+    for c in t["cost"][1:]:
+        assert c["total_s"] == pytest.approx(c["surrogate_s"] + c["score_s"] + c["prune_s"]
+                                             + c["pretrain_s"])
+        assert c["reduction"] == pytest.approx(1 - c["total_s"] / t["reference_total_s"])
+    assert all(r["pretrain_cpu_s"] > 0 and r["total_cpu_s"] >= r["pretrain_cpu_s"]
+               for r in t["rows"])
+    assert all(r["surrogate_cpu_s"] > 0 for r in lm)
+    assert set(t["accuracy"]["lp"]["methods"]) == {"lm", "random"}
+    assert set(t["winners"]["lp"]) == {"lm", "random"}
+    for name in ("report.md", "accuracy.png", "cost.png", "results.json"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "results.json").read_text())["methods"] == ["lm", "random"]
+    report = (out / "report.md").read_text()
+    assert "Best winning subset" in report and "CPU" in report
+    # a rerun reuses every stage
+    logs.clear()
+    run_cost_table(base, None, ratios=(0.0, 0.5, 0.75), methods=("lm", "random"),
+                   finetune=("lp",), log=logs.append)
+    assert not any("running" in s for s in logs)
+    # METHOD@ratios and FF for some methods only
+    t = run_cost_table(base, out, ratios=(0.0, 0.5), methods=("lm", "random"),
+                       method_ratios={"random": [0.75]}, ff_methods=(), finetune=("lp",),
+                       log=logs.append)
+    assert [(r["method"], r["ratio"]) for r in t["rows"]] == [(REFERENCE, 0.0), ("lm", 0.5),
+                                                               ("random", 0.75)]
+    assert "–" in (out / "report.md").read_text()  # missing (method, ratio) cells
+
+
+def test_write_section_replaces_only_its_section(tmp_path):
+    p = tmp_path / "B.md"
+    write_section(p, "A", "first-body")
+    write_section(p, "B", "second-body")
+    write_section(p, "A", "third-body")
+    text = p.read_text()
+    assert "third-body" in text and "second-body" in text and "first-body" not in text
+    assert text.index("## A") < text.index("## B")
+
+
+def test_cli_parses_options_and_writes_the_benchmarks_section(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import ffcv_dp4tl.pipeline.cost_table as ct
+    from ffcv_dp4tl.cli import app
+
+    seen = {}
+
+    def fake(base, out, **kw):
+        seen.update(kw, base=base)
+        rows = [_row(REFERENCE, 0.0, 0, 0, 0, 100.0, 50.0), _row("lm", 0.6, 0, 10.0, 2.0, 40.0, 52.0)]
+        t = summarize(rows, methods=["lm"], ratios=[0.0, 0.6], seeds=[0], finetune=["lp"])
+        t.update(config={"source": "synth:tiny", "target": "warm", "fmt": "wds", "recipes": "",
+                         "k": 64, "overrides": []}, surrogate_s=10.0, command=kw["command"],
+                 machine=ct.machine_info(), date="today")
+        ct.write_outputs(t, out)
+        return t
+
+    monkeypatch.setattr(ct, "run_cost_table", fake)
+    bench_md = tmp_path / "BENCHMARKS.md"
+    bench_md.write_text("# Benchmarks\n\n## Data layer (CPU)\n\nkeep me\n")
+    out = tmp_path / "docs" / "cost-table"
+    res = CliRunner().invoke(app, ["bench", "cost-table", "--ratios", "0,0.6", "--methods",
+                                   "lm,grand@0.6/0.8", "--ff-methods", "lm", "--out", str(out),
+                                   "--report", str(bench_md), "--set", "train.epochs=3"])
+    assert res.exit_code == 0, res.output
+    assert seen["ratios"] == [0.0, 0.6] and seen["methods"] == ["lm", "grand"]
+    assert seen["method_ratios"] == {"grand": [0.6, 0.8]} and seen["ff_methods"] == ["lm"]
+    assert seen["base"].overrides == ("train.epochs=3",) and seen["base"].fmt == "wds"
+    text = bench_md.read_text()
+    assert "keep me" in text and "## Cost table (CPU, embedded data)" in text
+    assert "**CPU**" in text and "dp4tl bench cost-table" in text
+    assert "](docs/cost-table/accuracy.png)" in text
+    assert (out / "cost.png").exists() and (out / "report.md").exists()
