@@ -17,6 +17,11 @@ def source_help() -> str:
     return "synth[:PRESET,...] or " + "|".join(sorted(LAYOUTS)) + ":PATH"
 
 
+def default_max_side(spec: DatasetSpec) -> int:
+    """Stored image size when the user gives none: synth keeps its rendered size, else 256."""
+    return int(spec.extra.get("synth_config", {}).get("image_size", 256))
+
+
 def resolve_source(text: str, split_json: str | Path | None = None) -> dict[str, DatasetSpec]:
     """Map output subdirectory ('' = the --out dir itself) → dataset spec."""
     text = text.strip()

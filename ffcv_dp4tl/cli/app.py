@@ -16,36 +16,30 @@ app = typer.Typer(
 )
 
 
+def _is_numba_finalizer_noise(kind: type | None, tb) -> bool:
+    last = None
+    while tb is not None:
+        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    return kind is KeyError and last is not None and last.endswith("numba/core/dispatcher.py")
+
+
 def _quiet_numba_exit_noise() -> None:
     """Hide numba's harmless ``KeyError`` from dispatcher finalizers at interpreter exit.
 
     ffcv compiles pipelines with numba; when they are collected at exit numba's finalizer can
     raise a KeyError that Python prints as a traceback although nothing went wrong.
     """
-    previous = sys.excepthook
+    previous, previous_unraisable = sys.excepthook, sys.unraisablehook
 
     def hook(kind, value, tb):
-        frames = []
-        while tb is not None:
-            frames.append(tb.tb_frame.f_code.co_filename)
-            tb = tb.tb_next
-        if kind is KeyError and frames and frames[-1].endswith("numba/core/dispatcher.py"):
-            return
-        previous(kind, value, tb)
-
-    sys.excepthook = hook
-    previous_unraisable = sys.unraisablehook
+        if not _is_numba_finalizer_noise(kind, tb):
+            previous(kind, value, tb)
 
     def unraisable(info):
-        tb, frames = info.exc_traceback, []
-        while tb is not None:
-            frames.append(tb.tb_frame.f_code.co_filename)
-            tb = tb.tb_next
-        if info.exc_type is KeyError and frames and frames[-1].endswith("numba/core/dispatcher.py"):
-            return
-        previous_unraisable(info)
+        if not _is_numba_finalizer_noise(info.exc_type, info.exc_traceback):
+            previous_unraisable(info)
 
-    sys.unraisablehook = unraisable
+    sys.excepthook, sys.unraisablehook = hook, unraisable
 
 
 def run() -> None:

@@ -32,15 +32,12 @@ def build(
     progress: bool = typer.Option(True, help="Show progress bars"),
 ) -> None:
     """Convert SOURCE into FFCV betons + WebDataset shards + labels + manifest (resumable)."""
-    from beton_builders.sources import resolve_source
+    from beton_builders.sources import default_max_side, resolve_source
     from beton_builders.writer import BuildOptions, build_dataset
 
     specs = resolve_source(source, split_json)
-    synth = source.startswith("synth")
     for sub, spec in specs.items():
-        side = max_side
-        if side is None:
-            side = int(spec.extra.get("synth_config", {}).get("image_size", 256)) if synth else 256
+        side = max_side if max_side is not None else default_max_side(spec)
         opts = BuildOptions(max_side=side, quality=quality, shard_size=shard_size,
                             beton_mode=beton_mode, raw_fraction=raw_fraction, workers=workers,
                             progress=progress)

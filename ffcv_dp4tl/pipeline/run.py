@@ -67,13 +67,13 @@ def _ensure_built(source: str, data_root: Path, log: Callable[[str], None]) -> P
     if p.exists() and p.is_dir() and not (":" in source or source.startswith("synth")):
         raise DP4TLError(f"{p} is not a built dataset (no {MANIFEST_NAME}); build it with "
                          f"`dp4tl build LAYOUT:{p} --out DIR` and pass DIR")
-    from beton_builders.sources import resolve_source
+    from beton_builders.sources import default_max_side, resolve_source
     from beton_builders.writer import BuildOptions, build_dataset
 
     out = data_root / _slug(source)
     for sub, spec in resolve_source(source).items():
-        side = int(spec.extra.get("synth_config", {}).get("image_size", 256))
-        summary = build_dataset(spec, out / sub if sub else out, BuildOptions(max_side=side),
+        summary = build_dataset(spec, out / sub if sub else out,
+                                BuildOptions(max_side=default_max_side(spec)),
                                 source=source)
         if not summary.skipped:
             log(f"[data] built {out / sub if sub else out}: " + "; ".join(summary.lines()))

@@ -8,8 +8,9 @@ split's file order whatever order (or rank) the loader visits samples in.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -25,6 +26,29 @@ class Predictions:
     features: np.ndarray | None  # (n, d) float32
 
 
+@contextlib.contextmanager
+def _eval_with_head_inputs(model: torch.nn.Module, head: torch.nn.Module | None
+                           ) -> Iterator[list[torch.Tensor]]:
+    """Eval mode for the block; the inputs of ``head`` (penultimate features) land in the list."""
+    captured: list[torch.Tensor] = []
+    hook = None
+    if head is not None:
+        hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+    was_training = model.training
+    model.eval()
+    try:
+        yield captured
+    finally:
+        if hook is not None:
+            hook.remove()
+        model.train(was_training)
+
+
+def _forward(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
+        return model(images)
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader: Iterable[Batch], *, head: torch.nn.Module | None = None,
             want_logits: bool = True, want_features: bool = False, num_samples: int | None = None,
@@ -33,30 +57,16 @@ def predict(model: torch.nn.Module, loader: Iterable[Batch], *, head: torch.nn.M
     """Eval-mode forward pass over ``loader``; results sorted by sample index."""
     if want_features and head is None:
         raise ValueError("want_features=True needs the model's classifier head module")
-    captured: list[torch.Tensor] = []
-    hook = None
-    if want_features:
-        hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
-    was_training = model.training
-    model.eval()
     idx_parts, logit_parts, feat_parts = [], [], []
-    try:
-        bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False)
-        for batch in bar:
+    with _eval_with_head_inputs(model, head if want_features else None) as captured:
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
             captured.clear()
-            device_type = batch.images.device.type
-            with torch.autocast(device_type, dtype=autocast_dtype,
-                                enabled=autocast_dtype is not None):
-                out = model(batch.images)
+            out = _forward(model, batch.images, autocast_dtype)
             idx_parts.append(batch.indices.cpu().numpy())
             if want_logits:
                 logit_parts.append(out.float().cpu().numpy())
             if want_features:
                 feat_parts.append(captured[-1].flatten(1).float().cpu().numpy())
-    finally:
-        if hook is not None:
-            hook.remove()
-        model.train(was_training)
     indices = np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64)
     order = np.argsort(indices, kind="stable")
     if num_samples is not None and len(indices) != num_samples:
@@ -79,35 +89,26 @@ def extract_to_store(model: torch.nn.Module, head: torch.nn.Module, loader: Iter
     Rows are placed by sample index, so nothing bigger than one batch is ever held in RAM;
     the returned array is the finalised store opened as a read-only memmap.
     """
+    from ..errors import DataError
     from .features import FeatureWriter, is_complete, load_features
 
     if is_complete(path):
         try:
             return load_features(path, expect_dataset_fingerprint=dataset_fingerprint,
                                  expect_surrogate_hash=surrogate_hash)
-        except Exception:  # stale store: recompute below (FeatureWriter starts fresh)
+        except DataError:  # stale store (other data or surrogate): recompute it below
             pass
-    d = head.in_features
-    captured: list[torch.Tensor] = []
-    hook = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
-    was_training = model.training
-    model.eval()
-    try:
-        with FeatureWriter(path, num_samples, d, dataset_fingerprint=dataset_fingerprint,
-                           surrogate_hash=surrogate_hash, resume=False) as writer:
-            for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-                captured.clear()
-                with torch.autocast(batch.images.device.type, dtype=autocast_dtype,
-                                    enabled=autocast_dtype is not None):
-                    model(batch.images)
-                feats = captured[-1].flatten(1).float().cpu().numpy()
-                idx = batch.indices.cpu().numpy()
-                # write contiguous runs (the inference loaders visit samples in file order)
-                breaks = np.flatnonzero(np.diff(idx) != 1) + 1
-                for run in np.split(np.arange(len(idx)), breaks):
-                    writer.write(int(idx[run[0]]), feats[run])
-            writer.finalize()
-    finally:
-        hook.remove()
-        model.train(was_training)
+    with _eval_with_head_inputs(model, head) as captured, FeatureWriter(
+            path, num_samples, head.in_features, dataset_fingerprint=dataset_fingerprint,
+            surrogate_hash=surrogate_hash, resume=False) as writer:
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+            captured.clear()
+            _forward(model, batch.images, autocast_dtype)
+            feats = captured[-1].flatten(1).float().cpu().numpy()
+            idx = batch.indices.cpu().numpy()
+            # write contiguous runs (the inference loaders visit samples in file order)
+            breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+            for run in np.split(np.arange(len(idx)), breaks):
+                writer.write(int(idx[run[0]]), feats[run])
+        writer.finalize()
     return load_features(path)
