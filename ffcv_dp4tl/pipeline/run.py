@@ -139,8 +139,8 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     device = "cuda" if cfg.device == "auto" and _cuda() else ("cpu" if cfg.device == "auto" else cfg.device)
     results["stages"]["score"] = run_stage(sc, lambda d: score(
         cfg.method, source_dir=source_dir, target_dir=target_dir, out_dir=d,
-        checkpoint=(sur.dir / "checkpoint.pt") if needs_surrogate else None, fmt=cfg.fmt,
-        device=device, k=cfg.k, seed=cfg.seed), log)
+        checkpoint=_scoring_checkpoint(cfg.method, sur.dir, rs["surrogate"], sur_overrides, log)
+        if needs_surrogate else None, fmt=cfg.fmt, device=device, k=cfg.k, seed=cfg.seed), log)
     pr = stage(root, "prune", {"score": sc.key, "ratio": cfg.ratio})
     results["stages"]["prune"] = run_stage(pr, lambda d: prune(sc.dir, source_dir, cfg.ratio, d), log)
     pt = stage(root, "pretrain", {"recipe": rs["pretrain"], "overrides": pre_overrides,
@@ -161,6 +161,21 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     results["report"] = str(report_dir / "report.md")
     log(f"[report] {results['report']}")
     return results
+
+
+def _scoring_checkpoint(method: str, sur_dir: Path, recipe: str, overrides: list[str],
+                        log: Callable[[str], None]) -> Path:
+    """EL2N/GraNd score the surrogate's earliest kept epoch (train.keep_epochs); others the last."""
+    from ..training.recipe import load_recipe
+    from ..training.trainer import early_checkpoint_name
+
+    if method in ("el2n", "grand"):
+        kept = sorted(load_recipe(recipe, overrides).train.keep_epochs)
+        if kept and (sur_dir / early_checkpoint_name(kept[0])).exists():
+            return sur_dir / early_checkpoint_name(kept[0])
+        log(f"[score] {method}: the surrogate recipe keeps no early checkpoint "
+            "(train.keep_epochs); scoring the final surrogate instead")
+    return sur_dir / "checkpoint.pt"
 
 
 def _cuda() -> bool:

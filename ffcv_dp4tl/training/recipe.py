@@ -88,6 +88,8 @@ class TrainCfg:
     compile: bool = False
     drop_last: bool = True     # ffcv-imagenet drops the last partial batch
     record_seen: bool = False  # debug: every rank saves the sample indices it trained on
+    # also keep checkpoint_e{N}.pt after these epochs: EL2N/GraNd score early-training models
+    keep_epochs: list[int] = field(default_factory=list)
 
 
 @dataclass

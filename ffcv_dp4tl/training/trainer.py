@@ -51,6 +51,11 @@ TIMINGS_NAME = "timings.json"
 
 
 # --------------------------------------------------------------------------- building blocks
+def early_checkpoint_name(epoch: int) -> str:
+    """File kept after ``epoch`` completed epochs when the recipe lists it in train.keep_epochs."""
+    return f"checkpoint_e{epoch}.pt"
+
+
 def model_kwargs(recipe: Recipe) -> dict[str, Any]:
     """Constructor knobs of ``recipe.model`` for :func:`create_model` (arch-specific)."""
     m = recipe.model
@@ -322,14 +327,17 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
         if ctx.is_main:
             _append_metrics(metrics_path, row)
             with timer("checkpoint"):
-                save_checkpoint(ckpt_path, {
+                state = {
                     "model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                     "scaler": scaler.state_dict(), "epoch": epoch + 1, "rng": rng_states(),
                     "recipe": recipe.to_dict(), "recipe_name": recipe.name, "arch": recipe.model.arch,
                     "model_kwargs": model_kwargs(recipe), "identity": identity,
                     "dataset_fingerprint": manifest.fingerprint, "mask_hash": identity["mask_hash"],
                     "classes": manifest.classes, "num_classes": num_classes,
-                    "timings": timer.totals, "world_size": ctx.world_size, "format": fmt})
+                    "timings": timer.totals, "world_size": ctx.world_size, "format": fmt}
+                save_checkpoint(ckpt_path, state)
+                if epoch + 1 in tc.keep_epochs:
+                    save_checkpoint(out_dir / early_checkpoint_name(epoch + 1), state)
             atomic_write_json(out_dir / TIMINGS_NAME, {
                 "stages": timer.totals, "epochs_done": epoch + 1, "device": str(dev),
                 "world_size": ctx.world_size, "format": fmt,

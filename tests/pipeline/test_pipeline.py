@@ -189,3 +189,13 @@ def test_scoring_and_pruning_errors_are_clear(first_run, tmp_path):
     (score_dir / "scores.json").write_text(json.dumps(meta))
     with pytest.raises(MaskError, match="5 class scores"):
         prune(score_dir, res["source"], 0.5, tmp_path / "m")
+
+
+def test_el2n_scores_the_early_surrogate_and_prunes_samples(first_run):
+    tmp, _, _ = first_run
+    res = run_pipeline(_cfg(tmp, method="el2n", finetune=()), log=lambda s: None)
+    meta, arrays = load_scores(next(p for p in (tmp / "runs").glob("score-*")
+                                    if json.loads((p / "scores.json").read_text())["method"] == "el2n"))
+    assert meta["unit"] == "sample" and meta["surrogate"].endswith("checkpoint_e2.pt")
+    info = load_manifest(res["source"]).split("train")
+    assert res["stages"]["prune"]["train_kept"] == round(0.4 * info.num_samples)
