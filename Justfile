@@ -6,7 +6,7 @@ dp4tl := justfile_directory() / ".venv/bin/dp4tl"
 
 # list tasks
 default:
-    @just --list
+    @{{just_executable()}} --list --justfile {{justfile()}}
 
 # install apt packages + the pinned .venv (idempotent)
 setup:
