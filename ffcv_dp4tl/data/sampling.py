@@ -6,7 +6,7 @@ exactly once per epoch across ranks.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -37,10 +37,17 @@ class EpochPlan:
     seed: int
     rank: int = 0
     world_size: int = 1
+    _cached: tuple[int, np.ndarray] | None = field(default=None, init=False, repr=False,
+                                                   compare=False)
 
     def order(self, epoch: int) -> np.ndarray:
-        full = epoch_order(self.indices, epoch, self.seed, self.shuffle)
-        return shard_for_rank(full, self.rank, self.world_size)
+        """This rank's visiting order for ``epoch`` (memoised: ffcv's traversal and the index
+        attachment both ask for it, and a 1.28M-sample permutation is worth computing once)."""
+        cached = self._cached
+        if cached is None or cached[0] != epoch:
+            full = epoch_order(self.indices, epoch, self.seed, self.shuffle)
+            self._cached = cached = (epoch, shard_for_rank(full, self.rank, self.world_size))
+        return cached[1]
 
     def samples_per_epoch(self) -> int:
         n = len(self.indices)

@@ -396,13 +396,19 @@ def shard_calls(monkeypatch):
     return calls
 
 
-def test_interrupted_encode_resumes_without_reencoding(tmp_path, shard_calls, builds):
+def _interrupted_build(tmp_path: Path) -> tuple[Path, DatasetSpec, Path]:
+    """Start a build that a KeyboardInterrupt stops in shard 2; unlink the flag to let it pass."""
     flag = tmp_path / "interrupt"
     flag.touch()
     spec = _interruptible_spec(flag)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         build_dataset(spec, out, OPTS, source="mem")
+    return flag, spec, out
+
+
+def test_interrupted_encode_resumes_without_reencoding(tmp_path, shard_calls, builds):
+    flag, spec, out = _interrupted_build(tmp_path)
 
     assert shard_calls == [0, 8, 16]
     assert not (out / "manifest.json").exists()
@@ -456,12 +462,7 @@ def test_interrupted_beton_write_resumes(tmp_path, shard_calls, monkeypatch, bui
 
 
 def test_partial_dir_with_other_options_is_refused_then_overwritten(tmp_path):
-    flag = tmp_path / "interrupt"
-    flag.touch()
-    spec = _interruptible_spec(flag)
-    out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        build_dataset(spec, out, OPTS, source="mem")
+    flag, spec, out = _interrupted_build(tmp_path)
     flag.unlink()
 
     other = BuildOptions(**{**OPTS.__dict__, "quality": 80})
