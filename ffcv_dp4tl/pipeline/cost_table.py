@@ -175,6 +175,7 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     rows: list[dict[str, Any]] = []
     surrogate_s: float | None = None
     surrogate_cpu: float | None = None
+    recipes: dict[str, str] = {}
     meter = CpuMeter(log, base.runs_root)
     for m, rs in method_ratios.items():
         if any(not 0.0 < r < 1.0 for r in rs):
@@ -191,6 +192,7 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
         meter.dirs.clear()
         ref = run_pipeline(replace(cfg_s, ratio=0.0, method="random", finetune=finetune),
                            log=meter)
+        recipes = dict(ref.get("recipes", {}))
         row = _row(ref, REFERENCE, 0.0, seed, 0.0, meter)
         row["score_s"] = row["prune_s"] = 0.0  # nothing is selected for the full dataset
         row["score_cpu_s"] = row["prune_cpu_s"] = 0.0
@@ -214,7 +216,7 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     ratios = sorted(set(ratios) | {r for _, r in plan})
     table = summarize(rows, methods=methods, ratios=ratios, seeds=seeds, finetune=finetune,
                       tol=tol)
-    table.update({"config": cfg, "surrogate_s": surrogate_s, "command": command,
+    table.update({"config": cfg, "surrogate_s": surrogate_s, "command": command, "recipes": recipes,
                   "machine": machine_info(),
                   "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds")})
     if out_dir is not None:
@@ -358,12 +360,17 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
                  f"{_pct(1 - pre_cpu / ref_cpu)} | " + " | ".join(cells) + " |")
     sur = t.get("surrogate_s")
     if sur and ref["pretrain_s"]:
-        L += ["", f"The surrogate took {sur:.1f} s = {sur / ref['pretrain_s']:.2f}× the 0 % "
-              "pretraining. Here it uses the same small recipe as the source model, so it costs "
-              "about one full pretraining and pruned totals exceed the 0 % cost; in the paper the "
-              "surrogate (ResNet-18) is much cheaper than the source model (ResNet-101) and is "
-              "shared by every ratio and target — compare the pretrain-only columns with the "
-              "paper's reductions."]
+        share = sur / ref["pretrain_s"]
+        rec = t.get("recipes") or {}
+        L += ["", f"The surrogate (`{rec.get('surrogate', '?')}`) took {sur:.1f} s = {share:.2f}× "
+              f"the 0 % pretraining (`{rec.get('pretrain', '?')}`). A selection method's total at "
+              f"ratio r is about (1 − r) + {share:.2f} of the 0 % cost, so it saves time once "
+              f"r > {share:.2f}"
+              + (" — here the surrogate costs about as much as a full pretraining, so pruned "
+                 "totals exceed the 0 % cost" if share > 0.8 else "")
+              + ". In the paper the ResNet-18 surrogate is a small share of ResNet-101 "
+              "pretraining and is shared by every ratio and target; the pretrain-only columns "
+              "compare directly with the paper's reductions."]
     L += ["", "Stage breakdown (wall seconds, mean over seeds; CPU-s = CPU seconds of this "
           "process + its finished loader workers, less sensitive to other jobs):", "",
           "| method | ratio | surrogate | score | prune | pretrain | total | reduction | "
@@ -422,8 +429,9 @@ def header_lines(t: dict[str, Any]) -> list[str]:
             f"torch {mach['torch']}, {mach['platform']}; date {t['date']}",
             f"- command: `{t['command'] or '(library call)'}`",
             f"- data: source `{cfg['source']}`, target `{cfg['target'] or '(first)'}`, format "
-            f"`{cfg['fmt']}`; recipes `{cfg['recipes'] or 'tiny'}` (surrogate/pretrain "
-            f"`resnet18_tiny_cpu`, `lp_tiny_cpu`, `ff_tiny_cpu` unless overridden), FM k={cfg['k']}"
+            f"`{cfg['fmt']}`; recipes `{cfg['recipes'] or 'tiny'}` ("
+            + (", ".join(f"{k} `{v}`" for k, v in t["recipes"].items()) if t.get("recipes")
+               else "the recipe set's defaults") + f"), FM k={cfg['k']}"
             + "".join(f"; {name} overrides `{' '.join(cfg[key])}`" for name, key in (
                 ("pretrain", "overrides"), ("surrogate", "surrogate_overrides"),
                 ("finetune", "finetune_overrides")) if cfg.get(key)),
