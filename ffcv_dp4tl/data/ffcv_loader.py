@@ -10,6 +10,9 @@ Design notes (each works around a known ffcv limitation):
 * ffcv batches carry no sample indices. Batches come out in traversal order, so the indices of
   batch ``b`` are ``order[b*B:(b+1)*B]`` of the order our traversal produced for that epoch.
 * Progressive resizing sets ``output_size`` on the live decoder, as ffcv-imagenet does.
+* Two views (``views=2``) are a second pipeline reading the same ``image`` field
+  (``PipelineSpec("image", decoder=...)``, ffcv 1.0's way to get several outputs per field):
+  each view decodes and crops independently.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 
 from .sampling import Batch, EpochPlan
-from .transforms import CENTER_CROP_RATIO, Normalize
+from .transforms import CENTER_CROP_RATIO, RRC_SCALE, Normalize
 
 
 def _plan_order_class():
@@ -56,30 +59,41 @@ class FFCVMaskedLoader:
     def __init__(self, beton: str | Path, plan: EpochPlan, *, batch_size: int, train: bool,
                  resolution: int, device: str | torch.device = "cpu", num_workers: int = 2,
                  drop_last: bool | None = None, os_cache: bool = True,
-                 dtype: torch.dtype = torch.float32, channels_last: bool = False):
+                 dtype: torch.dtype = torch.float32, channels_last: bool = False,
+                 views: int = 1, crop_scale: tuple[float, float] = RRC_SCALE):
         from ffcv.fields.basics import IntDecoder
         from ffcv.fields.rgb_image import (CenterCropRGBImageDecoder,
                                            RandomResizedCropRGBImageDecoder)
         from ffcv.loader import Loader
+        from ffcv.pipeline import PipelineSpec
         from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
         self.plan = plan
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.drop_last = train if drop_last is None else drop_last
-        if train:
-            self.decoder = RandomResizedCropRGBImageDecoder((resolution, resolution))
-            image_ops = [self.decoder, RandomHorizontalFlip()]
-        else:
-            self.decoder = CenterCropRGBImageDecoder((resolution, resolution), CENTER_CROP_RATIO)
-            image_ops = [self.decoder]
         non_blocking = self.device.type == "cuda"
-        image_ops += [ToTensor(), ToDevice(self.device, non_blocking=non_blocking), ToTorchImage()]
+        to_torch = [ToTensor(), ToDevice(self.device, non_blocking=non_blocking), ToTorchImage()]
+        if train:
+            self.decoders = [RandomResizedCropRGBImageDecoder((resolution, resolution),
+                                                              scale=tuple(crop_scale))
+                             for _ in range(views)]
+            image_ops = [self.decoders[0], RandomHorizontalFlip()] + to_torch
+        else:
+            self.decoders = [CenterCropRGBImageDecoder((resolution, resolution), CENTER_CROP_RATIO)]
+            image_ops = [self.decoders[0]] + to_torch
+        self.decoder = self.decoders[0]
         label_ops = [IntDecoder(), ToTensor(), Squeeze(), ToDevice(self.device, non_blocking=non_blocking)]
+        pipelines = {"image": image_ops, "label": label_ops}
+        if views == 2:
+            pipelines["image2"] = PipelineSpec("image", decoder=self.decoders[1], transforms=[
+                RandomHorizontalFlip(), ToTensor(), ToDevice(self.device, non_blocking=non_blocking),
+                ToTorchImage()])
+        self.views = views
         self.loader = Loader(
             str(beton), batch_size=batch_size, num_workers=num_workers, os_cache=os_cache,
             order=_plan_order_class()(plan), indices=plan.indices, drop_last=self.drop_last,
-            pipelines={"image": image_ops, "label": label_ops}, seed=plan.seed,
+            pipelines=pipelines, seed=plan.seed,
         )
         self.normalize = Normalize(dtype, channels_last).to(self.device)
         self.epoch = 0
@@ -89,7 +103,8 @@ class FFCVMaskedLoader:
         self.epoch = epoch
         self.loader.next_epoch = epoch
         if resolution is not None:
-            self.decoder.output_size = (resolution, resolution)
+            for dec in self.decoders:
+                dec.output_size = (resolution, resolution)
 
     @property
     def resolution(self) -> int:
@@ -102,8 +117,9 @@ class FFCVMaskedLoader:
         epoch = self.epoch
         self.loader.next_epoch = epoch
         order = self.plan.order(epoch)
-        for b, (images, labels) in enumerate(self.loader):
+        for b, (images, labels, *rest) in enumerate(self.loader):
             idx = torch.from_numpy(np.asarray(order[b * self.batch_size:(b + 1) * self.batch_size],
                                               dtype=np.int64))
-            yield Batch(self.normalize(images), labels.long(), idx)
+            yield Batch(self.normalize(images), labels.long(), idx,
+                        self.normalize(rest[0]) if rest else None)
         self.epoch = epoch + 1

@@ -12,6 +12,7 @@ from .ffcv_loader import FFCVMaskedLoader
 from .manifest import load_manifest
 from .masks import IndexMask, full_mask, load_mask, validate_mask
 from .sampling import EpochPlan, dist_info
+from .transforms import RRC_SCALE
 from .wds_loader import WdsMaskedLoader
 
 MaskedLoader = Union[FFCVMaskedLoader, WdsMaskedLoader]
@@ -36,15 +37,25 @@ def make_loader(
     world_size: int | None = None,
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
+    views: int = 1,
+    crop_scale: tuple[float, float] = RRC_SCALE,
 ) -> MaskedLoader:
     """Loader over the samples of ``split`` kept by ``mask`` (all samples if None).
 
     Reads only masked samples. Train: random-resized crop + flip at ``resolution`` (change it
     per epoch with ``set_epoch(epoch, resolution)``); eval: center crop. Under torchrun (or
     with explicit ``rank``/``world_size``) each rank gets a disjoint part of the mask each epoch.
+
+    ``views=2`` (train only) adds ``Batch.images2``: a second random crop + flip of every sample,
+    drawn independently, for two-view self-supervised training; ``crop_scale`` is the
+    random-resized-crop area range (MoCo v2 uses (0.2, 1)).
     """
     if fmt not in FORMATS:
         raise DataError(f"unknown loader format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if views not in (1, 2) or (views == 2 and not train):
+        raise DataError(f"views must be 1, or 2 for a train loader (got views={views}, train={train})")
+    if not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
+        raise DataError(f"crop_scale must satisfy 0 < min <= max <= 1, got {crop_scale}")
     manifest = load_manifest(dataset_dir)
     info = manifest.split(split)
     if mask is None:
@@ -58,7 +69,7 @@ def make_loader(
                      seed=seed, rank=r, world_size=w)
     common = dict(batch_size=batch_size, train=train, resolution=resolution, device=device,
                   num_workers=num_workers, drop_last=drop_last, dtype=dtype,
-                  channels_last=channels_last)
+                  channels_last=channels_last, views=views, crop_scale=tuple(crop_scale))
     if fmt == "ffcv":
         if not info.beton.exists():
             raise DataError(f"{info.beton} is missing; rebuild {dataset_dir}")

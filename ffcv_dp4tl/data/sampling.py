@@ -19,6 +19,9 @@ class Batch(NamedTuple):
     images: torch.Tensor  # float, normalised, NCHW, on the loader's device
     labels: torch.Tensor  # int64
     indices: torch.Tensor  # int64 sample indices into the split (file order)
+    # a second, independently augmented view of the same samples (loaders made with views=2,
+    # for two-view self-supervised recipes such as MoCo); None otherwise
+    images2: torch.Tensor | None = None
 
 
 def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:

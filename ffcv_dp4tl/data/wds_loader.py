@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .manifest import SplitInfo
 from .sampling import Batch, EpochPlan
-from .transforms import Normalize, center_crop_box, crop_resize, random_crop_box
+from .transforms import RRC_SCALE, Normalize, center_crop_box, crop_resize, random_crop_box
 
 
 class ShardReader:
@@ -46,9 +46,12 @@ class ShardReader:
 
 
 class _MaskedShardDataset(Dataset):
-    def __init__(self, split: SplitInfo, train: bool):
+    def __init__(self, split: SplitInfo, train: bool, views: int = 1,
+                 crop_scale: tuple[float, float] = RRC_SCALE):
         self.reader = ShardReader(split)
         self.train = train
+        self.views = views
+        self.crop_scale = crop_scale
 
     def __len__(self) -> int:
         return len(self.reader.index)
@@ -60,12 +63,14 @@ class _MaskedShardDataset(Dataset):
         img.draft("RGB", (resolution, resolution))  # DCT downscale when the JPEG is much larger
         img = img.convert("RGB")
         w, h = img.size
-        if self.train:
-            rng = np.random.default_rng([seed, i])
-            arr = crop_resize(img, random_crop_box(h, w, rng), resolution, flip=rng.random() < 0.5)
-        else:
+        if not self.train:
             arr = crop_resize(img, center_crop_box(h, w), resolution)
-        return torch.from_numpy(np.array(arr)), label, i
+            return torch.from_numpy(np.array(arr)), label, i
+        rng = np.random.default_rng([seed, i])  # views are successive draws of one stream
+        crops = [torch.from_numpy(np.array(crop_resize(
+            img, random_crop_box(h, w, rng, scale=self.crop_scale), resolution,
+            flip=rng.random() < 0.5))) for _ in range(self.views)]
+        return (crops[0], label, i) if self.views == 1 else (crops[0], label, i, crops[1])
 
 
 class _PlanSampler(Sampler):
@@ -94,8 +99,10 @@ class _PlanSampler(Sampler):
 
 
 def _collate(items):
-    images, labels, idx = zip(*items)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64), torch.tensor(idx, dtype=torch.int64)
+    images, labels, idx, *rest = zip(*items)
+    out = (torch.stack(images), torch.tensor(labels, dtype=torch.int64),
+           torch.tensor(idx, dtype=torch.int64))
+    return out + (torch.stack(rest[0]),) if rest else out
 
 
 class WdsMaskedLoader:
@@ -104,14 +111,15 @@ class WdsMaskedLoader:
     def __init__(self, split: SplitInfo, plan: EpochPlan, *, batch_size: int, train: bool,
                  resolution: int, device: str | torch.device = "cpu", num_workers: int = 2,
                  drop_last: bool | None = None, dtype: torch.dtype = torch.float32,
-                 channels_last: bool = False):
+                 channels_last: bool = False, views: int = 1,
+                 crop_scale: tuple[float, float] = RRC_SCALE):
         self.plan = plan
         self.batch_size = batch_size
         self.resolution = resolution
         self.device = torch.device(device)
         self.drop_last = train if drop_last is None else drop_last
         self.epoch = 0
-        self.dataset = _MaskedShardDataset(split, train)
+        self.dataset = _MaskedShardDataset(split, train, views, crop_scale)
         self.normalize = Normalize(dtype, channels_last).to(self.device)
         self.dataloader = DataLoader(
             self.dataset, batch_size=batch_size, sampler=_PlanSampler(self),
@@ -130,7 +138,10 @@ class WdsMaskedLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         non_blocking = self.device.type == "cuda"
-        for images, labels, idx in self.dataloader:
+        for images, labels, idx, *rest in self.dataloader:
             images = images.to(self.device, non_blocking=non_blocking)
-            yield Batch(self.normalize(images), labels.to(self.device, non_blocking=non_blocking), idx)
+            second = (self.normalize(rest[0].to(self.device, non_blocking=non_blocking))
+                      if rest else None)
+            yield Batch(self.normalize(images), labels.to(self.device, non_blocking=non_blocking),
+                        idx, second)
         self.epoch += 1

@@ -19,7 +19,7 @@ from ..data.manifest import MANIFEST_NAME, load_manifest
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text
 from .prune import prune
-from .score import METHODS, score
+from .score import METHODS, NEEDS_CLASS_HEAD, score
 from .stages import run_stage, stage
 
 #: Recipes per scale: the embedded default runs the tiny CPU recipes, real data the paper's.
@@ -120,6 +120,11 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
         load_recipe(rs[name], {"pretrain": pre_overrides,
                                "surrogate": list(cfg.surrogate_overrides)}.get(
                                    name, list(cfg.finetune_overrides)))
+    sur_recipe = load_recipe(rs["surrogate"], list(cfg.surrogate_overrides))
+    if sur_recipe.ssl.method != "none" and cfg.method in NEEDS_CLASS_HEAD:
+        raise DP4TLError(f"method {cfg.method} needs a supervised surrogate (class logits); the "
+                         f"surrogate recipe {rs['surrogate']} is self-supervised "
+                         f"({sur_recipe.ssl.method}): use method=fm, fm-sup or moderate")
     root, common = cfg.runs_root, {"fmt": cfg.fmt}
     results: dict[str, Any] = {"config": {**asdict(cfg), "data_root": str(cfg.data_root),
                                           "runs_root": str(cfg.runs_root)},

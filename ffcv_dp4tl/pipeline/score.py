@@ -53,6 +53,10 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+#: Methods that read the surrogate's class logits (the rest only need its features).
+NEEDS_CLASS_HEAD = ("lm", "el2n", "grand")
+
+
 def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
           checkpoint: str | Path | None = None,
           target_dir: str | Path | list[str | Path] | None = None,
@@ -84,7 +88,12 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
         raise DP4TLError(f"--checkpoint (a surrogate trained with `dp4tl train`) is needed for {method}")
     dev = torch.device(device)
     model, ckpt = load_pretrained(checkpoint, dev)
-    if ckpt.get("num_classes") != source.num_classes:
+    ssl = ckpt.get("self_supervised")
+    if ssl and method in NEEDS_CLASS_HEAD:
+        raise DP4TLError(f"{method} needs a surrogate with a source-class head, but {checkpoint} "
+                         f"was trained self-supervised ({ssl}); use fm (k-means clusters of its "
+                         "features), fm-sup or moderate (features + labels) instead")
+    if not ssl and ckpt.get("num_classes") != source.num_classes:
         raise DP4TLError(f"{checkpoint} predicts {ckpt.get('num_classes')} classes but {source_dir} "
                          f"has {source.num_classes}; use a surrogate trained on this source")
     head = get_head(model)

@@ -108,6 +108,27 @@ class FinetuneCfg:
 
 
 @dataclass
+class SSLCfg:
+    """Self-supervised pretraining (the FM setting's unlabeled sources). ``method = "none"``
+    trains supervised; ``"moco_v2"`` trains MoCo v2 (He et al. 2020; Chen et al. 2020): two
+    augmented views, a momentum key encoder, a queue of negatives and the InfoNCE loss."""
+    method: str = "none"       # none | moco_v2
+    dim: int = 128             # projection output (MoCo v2: 128); the MLP hidden layer = feature width
+    queue_size: int = 65536    # negatives kept from earlier batches (MoCo: 65536)
+    momentum: float = 0.999    # key encoder EMA
+    temperature: float = 0.2
+    # One process: BN statistics per sub-batch of batch/bn_splits with the keys shuffled between
+    # sub-batches, standing in for MoCo's per-GPU BN + cross-GPU shuffle (which DDP runs use).
+    bn_splits: int = 8
+    crop_scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    jitter: list[float] = field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])  # b, c, s, hue
+    p_jitter: float = 0.8
+    p_gray: float = 0.2
+    p_blur: float = 0.5
+    blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
+
+
+@dataclass
 class Recipe:
     model: ModelCfg = field(default_factory=ModelCfg)
     data: DataCfg = field(default_factory=DataCfg)
@@ -116,11 +137,14 @@ class Recipe:
     train: TrainCfg = field(default_factory=TrainCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
     finetune: FinetuneCfg = field(default_factory=FinetuneCfg)
+    ssl: SSLCfg = field(default_factory=SSLCfg)
     name: str = ""             # recipe file stem (not a TOML key)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("name")
+        if d["ssl"] == dataclasses.asdict(SSLCfg()):
+            d.pop("ssl")  # supervised recipes keep the fingerprints they had before [ssl] existed
         return d
 
     def fingerprint(self) -> str:
@@ -182,6 +206,7 @@ _CHOICES = {
     ("lr", "schedule"): ("triangular", "step", "cosine", "multistep", "constant"),
     ("train", "precision"): ("bf16", "fp16", "fp32"),
     ("finetune", "mode"): ("lp", "ff"),
+    ("ssl", "method"): ("none", "moco_v2"),
 }
 
 
@@ -196,6 +221,21 @@ def _validate_choices(r: Recipe, source: str) -> None:
     for sec, key in positive:
         if getattr(getattr(r, sec), key) <= 0:
             raise DP4TLError(f"{source}: {sec}.{key} must be > 0")
+    ssl = r.ssl
+    if ssl.method != "none":
+        if ssl.dim <= 0 or ssl.queue_size <= 0 or ssl.bn_splits <= 0 or ssl.temperature <= 0:
+            raise DP4TLError(f"{source}: ssl.dim, ssl.queue_size, ssl.bn_splits and "
+                             "ssl.temperature must be > 0")
+        if not 0.0 <= ssl.momentum < 1.0:
+            raise DP4TLError(f"{source}: ssl.momentum must be in [0, 1), got {ssl.momentum}")
+        if len(ssl.crop_scale) != 2 or not 0 < ssl.crop_scale[0] <= ssl.crop_scale[1] <= 1:
+            raise DP4TLError(f"{source}: ssl.crop_scale must be [min, max] with 0 < min <= max <= 1")
+        if len(ssl.jitter) != 4 or len(ssl.blur_sigma) != 2:
+            raise DP4TLError(f"{source}: ssl.jitter needs 4 values (brightness, contrast, "
+                             "saturation, hue) and ssl.blur_sigma 2 (min, max)")
+        if r.train.batch_size % ssl.bn_splits:
+            raise DP4TLError(f"{source}: train.batch_size ({r.train.batch_size}) must be "
+                             f"divisible by ssl.bn_splits ({ssl.bn_splits})")
     if r.train.min_res > r.train.max_res:
         raise DP4TLError(f"{source}: train.min_res ({r.train.min_res}) > train.max_res "
                          f"({r.train.max_res})")

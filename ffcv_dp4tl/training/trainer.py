@@ -13,6 +13,12 @@ scoring, label mapping and finetuning code never need a class-id remapping table
 is masked to the classes that remain in the training mask, so val top-1 measures the task the
 model was actually trained on.
 
+**Self-supervised recipes** (``[ssl] method = "moco_v2"``) train the same backbone with the
+MoCo v2 objective (``training/moco.py``) on a two-view loader over the same mask: no labels are
+read, there is no val evaluation, ``top1_train`` is instance-discrimination accuracy, and the
+checkpoint's backbone has ``fc`` = the last projection layer (``num_classes = ssl.dim``), so
+LP/FF and FM scoring load it like any other.
+
 **Determinism (CPU).** Data order is a function of (data.seed, epoch) only (see
 ``data/sampling.py``); python/numpy/torch RNGs are reseeded from (train.seed, epoch) at the start
 of every epoch, and the model/optimiser/RNG state is checkpointed after every epoch. With the
@@ -209,14 +215,20 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
         return rows[-1] if rows else {"epoch": start_epoch - 1}
 
     # ---- model / optimiser ----------------------------------------------------------------
+    ssl = recipe.ssl.method != "none"
+    head_classes = recipe.ssl.dim if ssl else num_classes  # ssl: fc = last projection layer
     torch.manual_seed(tc.seed)
-    model = build_model(recipe, num_classes).to(dev)
+    model = build_model(recipe, head_classes).to(dev)  # the backbone every checkpoint stores
+    net: nn.Module = model
+    if ssl:
+        from .moco import ProjectionNet
+        net = ProjectionNet(model).to(dev)
     channels_last = dev.type == "cuda" and tc.channels_last
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        net = net.to(memory_format=torch.channels_last)
     global_batch = tc.batch_size
     peak = peak_lr(recipe.lr, global_batch)
-    opt = build_optimizer(recipe, param_groups(model, recipe.optim.weight_decay,
+    opt = build_optimizer(recipe, param_groups(net, recipe.optim.weight_decay,
                                                recipe.optim.wd_on_bn_bias), peak)
     amp = autocast_dtype(recipe, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp is torch.float16)
@@ -224,10 +236,16 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-    train_model: nn.Module = model
+    objective = None
+    if ssl:
+        from .moco import MoCoObjective
+        objective = MoCoObjective(net, recipe.ssl, ctx)
+        if ckpt:
+            objective.load_state_dict(ckpt["objective"])
+    train_model: nn.Module = net
     if ctx.enabled:
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None)
+            net, device_ids=[dev.index] if dev.type == "cuda" else None)
     if tc.compile:
         train_model = torch.compile(train_model)
     crit = nn.CrossEntropyLoss(label_smoothing=recipe.optim.label_smoothing)
@@ -235,16 +253,20 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     # ---- data -----------------------------------------------------------------------------
     common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers,
                   channels_last=channels_last, seed=recipe.data.seed)
+    views = dict(views=objective.loader_views, crop_scale=objective.crop_scale) if objective else {}
     train_loader = make_loader(dataset_dir, split.name, mask=mask_obj, train=True,
-                               batch_size=global_batch // ctx.world_size, drop_last=tc.drop_last,
-                               resolution=resolution(tc, start_epoch), **common)
-    val_mask = None
-    if mask_obj is not None:
-        kept = np.unique(np.asarray(split.load_labels())[mask_obj.indices])
-        val_mask = mask_from_classes(val_split, kept.tolist(), method="classes-of-train-mask")
-    val_loader = make_loader(dataset_dir, val_split.name, mask=val_mask, train=False,
-                             batch_size=max(ec.batch_size // ctx.world_size, 1),
-                             resolution=ec.resolution, **common)
+                               batch_size=global_batch // ctx.world_size,
+                               drop_last=tc.drop_last or ssl,
+                               resolution=resolution(tc, start_epoch), **views, **common)
+    val_loader = None  # self-supervised runs have no classifier to validate
+    if not ssl:
+        val_mask = None
+        if mask_obj is not None:
+            kept = np.unique(np.asarray(split.load_labels())[mask_obj.indices])
+            val_mask = mask_from_classes(val_split, kept.tolist(), method="classes-of-train-mask")
+        val_loader = make_loader(dataset_dir, val_split.name, mask=val_mask, train=False,
+                                 batch_size=max(ec.batch_size // ctx.world_size, 1),
+                                 resolution=ec.resolution, **common)
     if ckpt:
         set_rng_states(ckpt["rng"])
     timer.add("setup", time.perf_counter() - t_start)
@@ -257,6 +279,10 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
         train_loader.set_epoch(epoch, res)
         model.train()
         iters = len(train_loader)
+        if ssl and ctx.enabled:
+            # MoCo gathers keys from every rank each step: all ranks take the same number of
+            # steps (the fewest any rank has); a rank's one extra batch is read and skipped.
+            iters = (len(train_loader.plan.indices) // ctx.world_size) // (global_batch // ctx.world_size)
         sums = torch.zeros(3, dtype=torch.float64, device=dev)
         seen: list[torch.Tensor] = []
         lr = 0.0
@@ -266,7 +292,7 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
             from tqdm import tqdm
             bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{tc.epochs} res {res}", leave=False)
         join = contextlib.nullcontext()
-        if ctx.enabled:
+        if ctx.enabled and not ssl:
             from torch.distributed.algorithms.join import Join
             join = Join([train_model])  # ranks may differ by one batch (strided mask shards)
         with join:
@@ -276,6 +302,8 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
                     batch = next(it_loader, None)
                 if batch is None:
                     break
+                if it >= iters:
+                    continue  # (ssl under DDP) drain this rank's extra batch
                 if on_batch is not None:
                     on_batch(epoch, batch)
                 if tc.record_seen:
@@ -285,18 +313,21 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
                     g["lr"] = lr
                 with timer("step"):
                     with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                        out = train_model(batch.images)
-                        loss = crit(out, batch.labels)
+                        if objective is not None:
+                            loss, correct, n = objective(train_model, batch)
+                        else:
+                            out = train_model(batch.images)
+                            loss = crit(out, batch.labels)
+                            correct, n = (out.detach().argmax(1) == batch.labels).sum(), batch.labels.numel()
                     opt.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     if recipe.optim.grad_clip > 0:
                         scaler.unscale_(opt)
-                        nn.utils.clip_grad_norm_(model.parameters(), recipe.optim.grad_clip)
+                        nn.utils.clip_grad_norm_(net.parameters(), recipe.optim.grad_clip)
                     scaler.step(opt)
                     scaler.update()
-                    n = batch.labels.numel()
                     sums[0] += loss.detach().double() * n
-                    sums[1] += (out.detach().argmax(1) == batch.labels).sum()
+                    sums[1] += correct
                     sums[2] += n
                 if bar is not None:
                     bar.update(1)
@@ -315,8 +346,9 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
         row: dict[str, Any] = {"epoch": epoch, "loss": sums[0].item() / n, "top1_train": sums[1].item() / n,
                                "samples": int(sums[2].item()), "resolution": res, "lr": lr,
                                "img_per_s": sums[2].item() / max(train_seconds, 1e-9),
-                               "train_seconds": train_seconds, "top1_val": None, "loss_val": None}
-        if (epoch + 1) % ec.every == 0 or epoch + 1 == tc.epochs:
+                               "train_seconds": train_seconds, "top1_val": None, "loss_val": None,
+                               "objective": recipe.ssl.method if ssl else "supervised"}
+        if val_loader is not None and ((epoch + 1) % ec.every == 0 or epoch + 1 == tc.epochs):
             with timer("eval"):
                 ev = evaluate(model, val_loader, ctx, amp, ec.flip_tta)
             row.update(top1_val=ev["top1"], loss_val=ev["loss"], val_samples=ev["count"])
@@ -333,7 +365,9 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
                     "recipe": recipe.to_dict(), "recipe_name": recipe.name, "arch": recipe.model.arch,
                     "model_kwargs": model_kwargs(recipe), "identity": identity,
                     "dataset_fingerprint": manifest.fingerprint, "mask_hash": identity["mask_hash"],
-                    "classes": manifest.classes, "num_classes": num_classes,
+                    "classes": manifest.classes, "num_classes": head_classes,
+                    "self_supervised": recipe.ssl.method if ssl else None,
+                    "objective": objective.state_dict() if objective is not None else None,
                     "timings": timer.totals, "world_size": ctx.world_size, "format": fmt}
                 save_checkpoint(ckpt_path, state)
                 if epoch + 1 in tc.keep_epochs:

@@ -197,3 +197,25 @@ def test_wds_loader_with_workers_is_freed_without_gc(index_dataset, mask):
         ref = weakref.ref(loader)
         del loader
         assert ref() is None, "loader kept alive by a reference cycle"
+
+
+@pytest.mark.parametrize("fmt", ["ffcv", "wds"])
+def test_two_views_are_crops_of_the_same_masked_samples(fmt, index_dataset, mask, pixel_codec):
+    """views=2 (MoCo's loader): Batch.images2 is a second view of exactly Batch.indices, at the
+    epoch's resolution, also after a progressive-resizing change."""
+    _, _, decode_batch = pixel_codec
+    loader = make_loader(index_dataset.root, "train", fmt=fmt, mask=mask, train=True,
+                         batch_size=BS, resolution=16, num_workers=1, seed=SEED, views=2,
+                         crop_scale=(0.2, 1.0))
+    for epoch, res in enumerate((16, 24)):
+        loader.set_epoch(epoch, res)
+        seen = []
+        for batch in loader:
+            assert batch.images2.shape == batch.images.shape == (len(batch.indices), 3, res, res)
+            for view in (batch.images, batch.images2):
+                decoded, spread = decode_batch(view)
+                assert spread < 12 and decoded == batch.indices.tolist()
+            seen += batch.indices.tolist()
+        # train loaders drop the last partial batch; the rest are distinct masked samples
+        assert len(set(seen)) == len(seen) == len(loader) * BS
+        assert set(seen) <= set(mask.indices.tolist())

@@ -199,3 +199,19 @@ def test_el2n_scores_the_early_surrogate_and_prunes_samples(first_run):
     assert meta["unit"] == "sample" and meta["surrogate"].endswith("checkpoint_e2.pt")
     info = load_manifest(res["source"]).split("train")
     assert res["stages"]["prune"]["train_kept"] == round(0.4 * info.num_samples)
+
+
+def test_self_supervised_fm_pipeline(first_run):
+    """The paper's FM setting end to end: a MoCo v2 surrogate (no labels) → FM clusters → MoCo
+    pretraining on the kept clusters → LP on the target; LM with it is refused up front."""
+    tmp, _, _ = first_run
+    quick = QUICK + ("ssl.queue_size=256",)
+    res = run_pipeline(_cfg(tmp, method="fm", k=16, surrogate_recipe="moco_v2_tiny_cpu",
+                            recipe="moco_v2_tiny_cpu", surrogate_overrides=quick, overrides=quick),
+                       log=lambda s: None)
+    assert list(res["stages"]) == ["surrogate", "score", "prune", "pretrain", "finetune-lp"]
+    assert res["stages"]["prune"]["unit"] == "cluster"
+    assert res["stages"]["pretrain"]["objective"] == "moco_v2"
+    assert 0.0 <= res["stages"]["finetune-lp"]["test_top1"] <= 1.0
+    with pytest.raises(DP4TLError, match="supervised surrogate"):
+        run_pipeline(_cfg(tmp, method="lm", surrogate_recipe="moco_v2_tiny_cpu"), log=lambda s: None)
