@@ -116,11 +116,15 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     from ..training.recipe import load_recipe
     from ..training.trainer import train
 
-    for name in ("surrogate", "pretrain", *cfg.finetune):  # fail on bad recipes before any work
-        load_recipe(rs[name], {"pretrain": pre_overrides,
-                               "surrogate": list(cfg.surrogate_overrides)}.get(
-                                   name, list(cfg.finetune_overrides)))
-    sur_recipe = load_recipe(rs["surrogate"], list(cfg.surrogate_overrides))
+    # Load every recipe first (bad recipes fail before any work); stage keys hash the recipes'
+    # *contents*, so editing a recipe file reruns what depends on it instead of reusing a stale
+    # cached stage under the same name.
+    loaded = {name: load_recipe(rs[name], {"pretrain": pre_overrides,
+                                           "surrogate": list(cfg.surrogate_overrides)}.get(
+                                               name, list(cfg.finetune_overrides)))
+              for name in ("surrogate", "pretrain", *cfg.finetune)}
+    fp = {name: r.fingerprint() for name, r in loaded.items()}
+    sur_recipe = loaded["surrogate"]
     if sur_recipe.ssl.method != "none" and cfg.method in NEEDS_CLASS_HEAD:
         raise DP4TLError(f"method {cfg.method} needs a supervised surrogate (class logits); the "
                          f"surrogate recipe {rs['surrogate']} is self-supervised "
@@ -134,6 +138,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     needs_surrogate = cfg.method != "random"
     sur_overrides = list(cfg.surrogate_overrides)
     sur = stage(root, "surrogate", {"recipe": rs["surrogate"], "overrides": sur_overrides,
+                                    "recipe_fingerprint": fp["surrogate"],
                                     "source": src.fingerprint, **common})
     if needs_surrogate:
         results["stages"]["surrogate"] = run_stage(sur, lambda d: train(
@@ -149,6 +154,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     pr = stage(root, "prune", {"score": sc.key, "ratio": cfg.ratio})
     results["stages"]["prune"] = run_stage(pr, lambda d: prune(sc.dir, source_dir, cfg.ratio, d), log)
     pt = stage(root, "pretrain", {"recipe": rs["pretrain"], "overrides": pre_overrides,
+                                  "recipe_fingerprint": fp["pretrain"],
                                   "prune": pr.key, **common})
     results["stages"]["pretrain"] = run_stage(pt, lambda d: train(
         rs["pretrain"], source_dir, mask=pr.dir / "train.npy", out_dir=d, fmt=cfg.fmt,
@@ -156,6 +162,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     ft_overrides = list(cfg.finetune_overrides)
     for mode in cfg.finetune:  # overrides enter the key only when given (keeps old keys valid)
         ft = stage(root, f"finetune-{mode}", {"recipe": rs[mode], "pretrain": pt.key,
+                                              "recipe_fingerprint": fp[mode],
                                               "target": tgt.fingerprint, **common,
                                               **({"overrides": ft_overrides} if ft_overrides else {})})
         results["stages"][f"finetune-{mode}"] = run_stage(ft, lambda d, m=mode: finetune(

@@ -215,3 +215,21 @@ def test_self_supervised_fm_pipeline(first_run):
     assert 0.0 <= res["stages"]["finetune-lp"]["test_top1"] <= 1.0
     with pytest.raises(DP4TLError, match="supervised surrogate"):
         run_pipeline(_cfg(tmp, method="lm", surrogate_recipe="moco_v2_tiny_cpu"), log=lambda s: None)
+
+
+def test_editing_a_recipe_file_reruns_the_stages_that_use_it(first_run, tmp_path):
+    """Stage keys hash recipe *contents*: a cached stage is never reused for a changed recipe."""
+    tmp, _, _ = first_run
+    from ffcv_dp4tl.training.recipe import resolve_recipe_path
+
+    recipe = tmp_path / "my_pretrain.toml"
+    recipe.write_text(resolve_recipe_path("resnet50_tiny_cpu").read_text())
+    run_pipeline(_cfg(tmp, recipe=str(recipe), finetune=()), log=lambda s: None)
+    logs: list[str] = []
+    run_pipeline(_cfg(tmp, recipe=str(recipe), finetune=()), log=logs.append)
+    assert sum("[pretrain] done already" in line for line in logs) == 1
+    recipe.write_text(recipe.read_text().replace("width = 16", "width = 8"))
+    logs.clear()
+    run_pipeline(_cfg(tmp, recipe=str(recipe), finetune=()), log=logs.append)
+    assert any(line.startswith("[pretrain] running") for line in logs)
+    assert any(line.startswith("[surrogate] done already") for line in logs)

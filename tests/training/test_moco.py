@@ -3,6 +3,8 @@ and momentum encoder, and the run a user makes — train on a masked source, res
 the target and FM-score with the self-supervised surrogate."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -165,3 +167,36 @@ def test_lp_and_fm_scoring_read_the_moco_checkpoint(moco_run, source_dir, target
     with pytest.raises(DP4TLError, match="self-supervised"):
         score("lm", source_dir=source_dir, target_dir=target_dir, out_dir=tmp_path / "lm",
               checkpoint=ckpt, fmt="wds", device="cpu", num_workers=0, progress=False)
+
+
+# ----------------------------------------------------------------------------- torchrun (gloo)
+def _ddp_worker(rank: int, world: int, port: int, data: str, mask: str, out: str) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    train(moco_recipe("train.epochs=1"), data, mask=mask, out_dir=out, fmt="wds", device="cpu",
+          progress=False)
+
+
+def test_moco_under_ddp_shuffles_keys_across_ranks_and_keeps_ranks_in_step(source_dir, tmp_path):
+    """2 gloo ranks, 47 masked samples, 8 per rank per step: rank 0 has 3 batches, rank 1 has 2.
+    Key gathering is a collective, so both take 2 steps (rank 0 reads and skips its third)."""
+    import torch.multiprocessing as mp
+
+    from ffcv_dp4tl.data import save_mask
+
+    from .test_ddp import _free_port
+
+    split = load_manifest(source_dir).split("train")
+    mask = make_mask(np.arange(47), split, method="test")
+    mpath = save_mask(tmp_path / "m.npy", mask)
+    out = tmp_path / "ddp"
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(source_dir), str(mpath), str(out)),
+                       nprocs=2, join=True, start_method="spawn")
+    row = [r for r in (out / "metrics.jsonl").read_text().splitlines() if r]
+    assert len(row) == 1
+    assert json.loads(row[0])["samples"] == 2 * 16
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["world_size"] == 2 and ckpt["objective"]["ptr"] == (2 * 16) % 40
