@@ -21,6 +21,8 @@ def pipeline(
     surrogate_recipe: str = typer.Option("", help="Override the surrogate recipe"),
     recipe: str = typer.Option("", help="Override the source-model pretraining recipe"),
     arch: str = typer.Option("", help="Override the pretraining model (resnet50, resnet101, vit_b_16)"),
+    lp_recipe: str = typer.Option("", help="Override the LP recipe (e.g. a per-target file extending lp)"),
+    ff_recipe: str = typer.Option("", help="Override the FF recipe (e.g. a per-target file extending ff)"),
     finetune: str = typer.Option("lp,ff", help="Finetuning modes to run on the target"),
     data_root: Path = typer.Option(Path("data"), help="Where SOURCE/target builds go"),
     runs_root: Path = typer.Option(Path("runs"), help="Where stage outputs go"),
@@ -36,6 +38,7 @@ def pipeline(
 
     cfg = PipelineConfig(ratio=ratio, source=source, target=target, method=method, recipes=recipes,
                          surrogate_recipe=surrogate_recipe, recipe=recipe, arch=arch,
+                         lp_recipe=lp_recipe, ff_recipe=ff_recipe,
                          finetune=tuple(m for m in finetune.split(",") if m), data_root=data_root,
                          runs_root=runs_root, fmt=format, device=device, k=k, seed=seed,
                          overrides=tuple(set_), surrogate_overrides=tuple(set_surrogate))

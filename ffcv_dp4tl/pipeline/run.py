@@ -42,6 +42,8 @@ class PipelineConfig:
     recipes: str = ""  # tiny | full ('' = tiny for synth, full otherwise)
     surrogate_recipe: str = ""
     recipe: str = ""  # source-model pretraining recipe
+    lp_recipe: str = ""  # finetuning recipes (e.g. a per-target file that `extends` lp / ff)
+    ff_recipe: str = ""
     arch: str = ""  # override the pretraining recipe's model.arch
     finetune: tuple[str, ...] = ("lp", "ff")
     data_root: Path = Path("data")
@@ -110,6 +112,8 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     rs = dict(RECIPE_SETS[scale])
     rs["surrogate"] = cfg.surrogate_recipe or rs["surrogate"]
     rs["pretrain"] = cfg.recipe or rs["pretrain"]
+    rs["lp"] = cfg.lp_recipe or rs["lp"]
+    rs["ff"] = cfg.ff_recipe or rs["ff"]
     pre_overrides = list(cfg.overrides) + ([f"model.arch={cfg.arch}"] if cfg.arch else [])
 
     from ..training.finetune import finetune
@@ -210,6 +214,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         metric = ""
         if "top1_val" in res and res["top1_val"] is not None:
             metric = f"val top-1 {res['top1_val']:.4f}"
+        elif res.get("objective", "supervised") != "supervised":
+            metric = (f"{res['objective']} loss {res['loss']:.3f}, instance top-1 "
+                      f"{res['top1_train']:.3f}")
         if "test_top1" in res:
             metric = f"target test top-1 {res['test_top1']:.4f}"
         if "selection_seconds" in res:

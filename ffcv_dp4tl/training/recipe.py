@@ -1,7 +1,9 @@
 """Recipes: every training knob in one TOML file, validated before any work starts.
 
 A recipe is a TOML file (read with stdlib ``tomllib``) with the sections below; anything not
-given takes the dataclass default. ``load_recipe("resnet18_tiny_cpu")`` resolves a bare name to
+given takes the dataclass default. A top-level ``extends = "lp"`` starts from another recipe
+(a name or a path relative to this file) and overrides it key by key — how a per-target
+finetuning recipe stays three lines. ``load_recipe("resnet18_tiny_cpu")`` resolves a bare name to
 ``recipes/resnet18_tiny_cpu.toml`` (the repository's recipe registry), and ``overrides`` such as
 ``["train.epochs=3", "lr.lr=0.2"]`` are applied on top (values parsed as TOML literals; bare
 words fall back to strings). Unknown sections or keys and wrongly typed values raise a
@@ -88,6 +90,7 @@ class TrainCfg:
     compile: bool = False
     drop_last: bool = True     # ffcv-imagenet drops the last partial batch
     record_seen: bool = False  # debug: every rank saves the sample indices it trained on
+    tensorboard: bool = False  # also log each epoch's metrics to OUT/tensorboard (extra `tensorboard`)
     # also keep checkpoint_e{N}.pt after these epochs: EL2N/GraNd score early-training models
     keep_epochs: list[int] = field(default_factory=list)
 
@@ -148,13 +151,21 @@ class Recipe:
         return d
 
     def fingerprint(self) -> str:
-        """Hash of every knob: a checkpoint only resumes under the identical recipe."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        """Hash of every knob that can change the result: a checkpoint only resumes under the
+        identical recipe. Pure logging switches (:data:`NOT_IN_FINGERPRINT`) are left out, so
+        turning TensorBoard on for a resumed run (or a cached pipeline stage) changes nothing."""
+        d = self.to_dict()
+        for sec, key in NOT_IN_FINGERPRINT:
+            d.get(sec, {}).pop(key, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "Recipe":
         return _build(data, source)
 
+
+#: (section, key) pairs that only change logging, not training
+NOT_IN_FINGERPRINT = (("train", "tensorboard"),)
 
 SECTIONS: dict[str, type] = {k: v for k, v in typing.get_type_hints(Recipe).items() if k != "name"}
 
@@ -273,13 +284,35 @@ def _parse_override(text: str) -> tuple[str, str, Any]:
     return sec, name, value
 
 
-def load_recipe(path_or_name: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read, override and validate a recipe; every problem is a DP4TLError naming file and key."""
-    path = resolve_recipe_path(path_or_name)
+def _read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file's tables, with ``extends = "BASE"`` resolved (base first, this file on top,
+    section by section), so a per-target recipe is a few lines over ``lp`` or ``ff``."""
+    if path.resolve() in chain:
+        raise DP4TLError(f"{path}: `extends` loops back to itself "
+                         f"({' -> '.join(str(p) for p in (*chain, path))})")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise DP4TLError(f"{path}: invalid TOML ({e})") from None
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise DP4TLError(f"{path}: extends must be a recipe name or path, got {base!r}")
+    base_path = resolve_recipe_path(base if not base.endswith(".toml") else path.parent / base)
+    merged = _read_toml(base_path, (*chain, path.resolve()))
+    for sec, body in data.items():
+        if isinstance(body, dict) and isinstance(merged.get(sec), dict):
+            merged[sec] = {**merged[sec], **body}
+        else:
+            merged[sec] = body
+    return merged
+
+
+def load_recipe(path_or_name: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override and validate a recipe; every problem is a DP4TLError naming file and key."""
+    path = resolve_recipe_path(path_or_name)
+    data = _read_toml(path)
     for text in overrides:
         sec, key, value = _parse_override(text)
         data.setdefault(sec, {})

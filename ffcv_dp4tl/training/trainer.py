@@ -134,6 +134,22 @@ def evaluate(model: nn.Module, loader, ctx: dist_.DistContext, amp: torch.dtype 
     return {"loss": sums[0].item() / n, "top1": sums[1].item() / n, "count": int(sums[2].item())}
 
 
+#: metrics.jsonl keys mirrored to TensorBoard (step = completed epochs)
+TB_SCALARS = ("loss", "top1_train", "top1_val", "loss_val", "img_per_s", "lr", "resolution",
+              "epoch_seconds")
+
+
+def _tensorboard(out_dir: Path, start_epoch: int):
+    """A SummaryWriter on OUT/tensorboard; ``purge_step`` drops events a killed run wrote past
+    its last checkpoint, so a resumed run's curves have no doubled epochs."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise DP4TLError("train.tensorboard = true needs the tensorboard package: "
+                         "pip install 'ffcv-dp4tl[tensorboard]' (or tensorboard)") from None
+    return SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_epoch + 1)
+
+
 def _read_metrics(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -213,6 +229,7 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     if start_epoch >= tc.epochs:
         rows = _read_metrics(metrics_path)
         return rows[-1] if rows else {"epoch": start_epoch - 1}
+    tb = _tensorboard(out_dir, start_epoch) if tc.tensorboard and ctx.is_main else None
 
     # ---- model / optimiser ----------------------------------------------------------------
     ssl = recipe.ssl.method != "none"
@@ -358,6 +375,11 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
 
         if ctx.is_main:
             _append_metrics(metrics_path, row)
+            if tb is not None:
+                for key in TB_SCALARS:
+                    if isinstance(row.get(key), (int, float)):
+                        tb.add_scalar(key, row[key], epoch + 1)
+                tb.flush()
             with timer("checkpoint"):
                 state = {
                     "model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
@@ -383,4 +405,6 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
                       flush=True)
         dist_.barrier(ctx)
         last_row = row
+    if tb is not None:
+        tb.close()
     return last_row

@@ -9,7 +9,8 @@ from ffcv_dp4tl.training.recipe import Recipe, list_recipes, load_recipe
 def test_all_shipped_recipes_load():
     names = list_recipes()
     for required in ("resnet18_surrogate", "resnet50_16ep", "resnet101_16ep", "vit_b16", "lp", "ff",
-                     "resnet18_tiny_cpu", "lp_tiny_cpu", "ff_tiny_cpu"):
+                     "resnet18_tiny_cpu", "resnet50_tiny_cpu", "lp_tiny_cpu", "ff_tiny_cpu",
+                     "moco_v2_resnet50", "moco_v2_tiny_cpu"):
         assert required in names
     for name in names:
         assert isinstance(load_recipe(name), Recipe)
@@ -61,3 +62,25 @@ def test_fingerprint_changes_with_knobs():
     a, b = load_recipe("resnet18_tiny_cpu"), load_recipe("resnet18_tiny_cpu", ["train.seed=1"])
     assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint() == load_recipe("resnet18_tiny_cpu").fingerprint()
+
+
+def test_extends_builds_a_per_target_recipe_on_a_shipped_one(tmp_path):
+    target = tmp_path / "flowers_ff.toml"
+    target.write_text('extends = "ff"\n[train]\nepochs = 30\n[finetune]\nresolution = 192\n')
+    r, base = load_recipe(target), load_recipe("ff")
+    assert r.train.epochs == 30 and r.finetune.resolution == 192
+    assert r.optim == base.optim and r.lr == base.lr and r.train.batch_size == base.train.batch_size
+    assert load_recipe(target, ["train.epochs=5"]).train.epochs == 5  # overrides still on top
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    with pytest.raises(DP4TLError, match="loops back"):
+        load_recipe(tmp_path / "a.toml")
+    (tmp_path / "c.toml").write_text('extends = "no_such_recipe"\n')
+    with pytest.raises(DP4TLError, match="unknown recipe 'no_such_recipe'"):
+        load_recipe(tmp_path / "c.toml")
+
+
+def test_logging_switches_do_not_change_the_fingerprint():
+    base = load_recipe("resnet18_tiny_cpu")
+    assert load_recipe("resnet18_tiny_cpu", ["train.tensorboard=true"]).fingerprint() == base.fingerprint()
+    assert load_recipe("resnet18_tiny_cpu", ["train.epochs=3"]).fingerprint() != base.fingerprint()

@@ -88,3 +88,18 @@ def test_ffcv_format_trains(source_dir, tmp_path, test_recipe):
     row = train(test_recipe("train.epochs=1", "data.num_workers=1"), source_dir,
                 out_dir=tmp_path / "f", fmt="ffcv", device="cpu", progress=False)
     assert row["epoch"] == 0 and 0 <= row["top1_val"] <= 1
+
+
+def test_tensorboard_logs_every_epoch_once_also_after_resume(source_dir, tmp_path, test_recipe):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    r = test_recipe("train.tensorboard=true", "train.epochs=3")
+    train(r, source_dir, out_dir=tmp_path, fmt="wds", device="cpu", progress=False, stop_after=2)
+    train(r, source_dir, out_dir=tmp_path, fmt="wds", device="cpu", progress=False)
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    for tag in ("loss", "top1_train", "top1_val", "img_per_s", "lr"):
+        assert [e.step for e in acc.Scalars(tag)] == [1, 2, 3], tag
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [e.value for e in acc.Scalars("loss")] == pytest.approx([x["loss"] for x in rows])

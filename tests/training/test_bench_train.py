@@ -1,0 +1,25 @@
+"""benchmarks/bench_train.py runs end to end (CPU smoke) and writes its Markdown section."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_train", REPO / "benchmarks" / "bench_train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cpu_smoke_writes_ceiling_loader_and_training_rows(source_dir, tmp_path):
+    out = tmp_path / "BENCH.md"
+    assert _load().main(["--cpu-smoke", "--data", str(source_dir), "--recipe", "resnet18_tiny_cpu",
+                         "--format", "wds", "--workdir", str(tmp_path), "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "## Training throughput (CPU smoke)" in text
+    for row in ("| ceiling", "| loader only", "| training epoch 1"):
+        assert row in text
+    assert "resnet18_tiny_cpu" in text and "–" not in text.split("| ceiling")[1].split("\n")[0]
