@@ -24,7 +24,7 @@ from .stages import run_stage, stage
 
 #: Recipes per scale: the embedded default runs the tiny CPU recipes, real data the paper's.
 RECIPE_SETS = {
-    "tiny": {"surrogate": "resnet18_tiny_cpu", "pretrain": "resnet50_tiny_cpu",
+    "tiny": {"surrogate": "resnet18_tiny_cpu", "pretrain": "resnet34_tiny_cpu",
              "lp": "lp_tiny_cpu", "ff": "ff_tiny_cpu"},
     "full": {"surrogate": "resnet18_surrogate", "pretrain": "resnet50_16ep", "lp": "lp", "ff": "ff"},
 }

@@ -119,6 +119,11 @@ def resnet18(num_classes: int, **kw: Any) -> nn.Module:
     return _resnet(tvm.resnet18, num_classes, **kw)
 
 
+@register("resnet34")
+def resnet34(num_classes: int, **kw: Any) -> nn.Module:
+    return _resnet(tvm.resnet34, num_classes, **kw)
+
+
 @register("resnet50")
 def resnet50(num_classes: int, **kw: Any) -> nn.Module:
     return _resnet(tvm.resnet50, num_classes, **kw)

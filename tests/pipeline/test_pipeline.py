@@ -223,7 +223,7 @@ def test_editing_a_recipe_file_reruns_the_stages_that_use_it(first_run, tmp_path
     from ffcv_dp4tl.training.recipe import resolve_recipe_path
 
     recipe = tmp_path / "my_pretrain.toml"
-    recipe.write_text(resolve_recipe_path("resnet50_tiny_cpu").read_text())
+    recipe.write_text(resolve_recipe_path("resnet34_tiny_cpu").read_text())
     run_pipeline(_cfg(tmp, recipe=str(recipe), finetune=()), log=lambda s: None)
     logs: list[str] = []
     run_pipeline(_cfg(tmp, recipe=str(recipe), finetune=()), log=logs.append)

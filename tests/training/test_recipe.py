@@ -9,7 +9,7 @@ from ffcv_dp4tl.training.recipe import Recipe, list_recipes, load_recipe
 def test_all_shipped_recipes_load():
     names = list_recipes()
     for required in ("resnet18_surrogate", "resnet50_16ep", "resnet101_16ep", "vit_b16", "lp", "ff",
-                     "resnet18_tiny_cpu", "resnet50_tiny_cpu", "lp_tiny_cpu", "ff_tiny_cpu",
+                     "resnet18_tiny_cpu", "resnet34_tiny_cpu", "lp_tiny_cpu", "ff_tiny_cpu",
                      "moco_v2_resnet50", "moco_v2_tiny_cpu"):
         assert required in names
     for name in names:
