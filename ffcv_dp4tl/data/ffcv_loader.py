@@ -73,23 +73,24 @@ class FFCVMaskedLoader:
         self.device = torch.device(device)
         self.drop_last = train if drop_last is None else drop_last
         non_blocking = self.device.type == "cuda"
-        to_torch = [ToTensor(), ToDevice(self.device, non_blocking=non_blocking), ToTorchImage()]
+
+        def to_torch() -> list:  # fresh op instances per pipeline
+            return [ToTensor(), ToDevice(self.device, non_blocking=non_blocking), ToTorchImage()]
+
         if train:
             self.decoders = [RandomResizedCropRGBImageDecoder((resolution, resolution),
                                                               scale=tuple(crop_scale))
                              for _ in range(views)]
-            image_ops = [self.decoders[0], RandomHorizontalFlip()] + to_torch
+            image_ops = [self.decoders[0], RandomHorizontalFlip()] + to_torch()
         else:
             self.decoders = [CenterCropRGBImageDecoder((resolution, resolution), CENTER_CROP_RATIO)]
-            image_ops = [self.decoders[0]] + to_torch
+            image_ops = [self.decoders[0]] + to_torch()
         self.decoder = self.decoders[0]
         label_ops = [IntDecoder(), ToTensor(), Squeeze(), ToDevice(self.device, non_blocking=non_blocking)]
         pipelines = {"image": image_ops, "label": label_ops}
         if views == 2:
-            pipelines["image2"] = PipelineSpec("image", decoder=self.decoders[1], transforms=[
-                RandomHorizontalFlip(), ToTensor(), ToDevice(self.device, non_blocking=non_blocking),
-                ToTorchImage()])
-        self.views = views
+            pipelines["image2"] = PipelineSpec("image", decoder=self.decoders[1],
+                                               transforms=[RandomHorizontalFlip()] + to_torch())
         self.loader = Loader(
             str(beton), batch_size=batch_size, num_workers=num_workers, os_cache=os_cache,
             order=_plan_order_class()(plan), indices=plan.indices, drop_last=self.drop_last,

@@ -70,7 +70,7 @@ class _MaskedShardDataset(Dataset):
         crops = [torch.from_numpy(np.array(crop_resize(
             img, random_crop_box(h, w, rng, scale=self.crop_scale), resolution,
             flip=rng.random() < 0.5))) for _ in range(self.views)]
-        return (crops[0], label, i) if self.views == 1 else (crops[0], label, i, crops[1])
+        return (crops[0], label, i, *crops[1:])
 
 
 class _PlanSampler(Sampler):

@@ -101,35 +101,34 @@ class MoCoObjective:
             bk.copy_(bq)
 
     @torch.no_grad()
-    def _keys(self, x: torch.Tensor) -> torch.Tensor:
+    def _keys(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(this rank's keys, every rank's keys in rank order — what the queue takes)."""
         ctx = self.ctx
         if ctx.enabled:  # the reference implementation's batch shuffle across GPUs
             allx = _gather(x, ctx)
             perm = torch.randperm(allx.shape[0], device=x.device)
             dist.broadcast(perm, src=0)
-            mine = perm.view(ctx.world_size, -1)[ctx.rank]
-            k = self.key(allx[mine])
-            unshuffle = torch.argsort(perm).view(ctx.world_size, -1)[ctx.rank]
-            return _gather(k, ctx)[unshuffle]
+            k = self.key(allx[perm.view(ctx.world_size, -1)[ctx.rank]])
+            all_k = _gather(k, ctx)[torch.argsort(perm)]  # unshuffled: row i = sample i
+            return all_k.view(ctx.world_size, -1, all_k.shape[1])[ctx.rank], all_k
         perm = torch.randperm(x.shape[0], device=x.device)
-        k = _split_forward(self.key, x[perm], self.splits)
-        return k[torch.argsort(perm)]
+        k = _split_forward(self.key, x[perm], self.splits)[torch.argsort(perm)]
+        return k, k
 
-    def __call__(self, train_model: nn.Module, batch, crit: nn.Module | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __call__(self, train_model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(loss, number of samples whose positive logit was the largest, batch size)."""
         if batch.images2 is None:
             raise RuntimeError("MoCo needs a two-view loader (make_loader(views=2))")
         im_q, im_k = self.augment(batch.images), self.augment(batch.images2)
         q = _split_forward(train_model, im_q, self.splits)
         self._momentum_update()
-        k = self._keys(im_k)
+        k, all_k = self._keys(im_k)
         pos = (q * k).sum(1, keepdim=True)
         neg = q @ self.queue.clone().T  # a copy: the queue is updated before backward
         logits = torch.cat([pos, neg], 1) / self.cfg.temperature
         labels = torch.zeros(len(q), dtype=torch.long, device=q.device)
         loss = F.cross_entropy(logits, labels)
-        self._enqueue(_gather(k, self.ctx))
+        self._enqueue(all_k)
         correct = (logits.detach().argmax(1) == 0).sum()
         return loss, correct, len(q)
 
