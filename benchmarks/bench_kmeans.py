@@ -228,6 +228,37 @@ def run_gpu(args) -> tuple[list[Result], list[str], dict[str, str]]:
     results.append(fused)
     del labels, d2
 
+    # Tensor-core path: GEMM (TF32 / BF16) + exact near-tie re-check, at several chunk sizes
+    # (the score block per chunk: small = L2-resident but more launches).
+    for precision in ("tf32", "bf16"):
+        for chunk_mb in args.gemm_chunk_mb:
+            rows = kcuda.gemm_chunk_rows(n, k, chunk_mb * 2**20)
+            fn = lambda: kcuda.assign_nearest_gemm(x, c, precision=precision, chunk_rows=rows)  # noqa: E731
+            try:
+                times, (labels, d2) = time_cupy(fn, args.warmup, args.repeats)
+            except Exception as e:  # noqa: BLE001 - report, keep benchmarking the others
+                results.append(Result(f"GEMM {precision.upper()} + exact re-check", note=f"failed: {type(e).__name__}: {e}"))
+                continue
+            _, _, ncand = kcuda.assign_nearest_gemm(x, c, precision=precision, chunk_rows=rows, return_candidates=True)
+            rechecked = float((ncand > 1).mean())
+            r = Result(f"GEMM {precision.upper()} + exact re-check ({chunk_mb} MiB chunks)", times, labels.get(),
+                       f"{rows} rows/chunk; {100 * rechecked:.2f}% rows re-checked")
+            ok, msg = ground_truth_check(host_rows, c_host, r.labels, d2.get(), args.check_rows, args.seed)
+            r.agree, r.ok = msg, ok
+            results.append(r)
+            del labels, d2, ncand
+    kcuda._METHOD_CACHE.clear()
+    t0 = time.perf_counter()
+    chosen = kcuda.choose_method(x, c)
+    t_choose = time.perf_counter() - t0
+    times, _ = time_cupy(lambda: kcuda.assign(x, c, "auto"), args.warmup, args.repeats)
+    results.append(Result(f"auto (chose {chosen})", times, note=f"one-time measurement {t_choose:.2f} s"))
+    labels = cp.asarray(fused.labels)
+    for name, fn in (("centroid update: atomics per element", lambda: kcuda.update_centroids(x, labels, k)),
+                     ("centroid update: sorted segments", lambda: kcuda.update_centroids_sorted(x, labels, k))):
+        times, _ = time_cupy(fn, args.warmup, args.repeats)
+        results.append(Result(name, times, note="sums (K, D) float64 + counts; not an assignment"))
+
     if torch is not None:
         xt, ct = torch.from_dlpack(x), torch.from_dlpack(c)
         chunk = max(1, min(n, (args.chunk_mb * 2**20) // (4 * k)))
@@ -264,7 +295,7 @@ def run_gpu(args) -> tuple[list[Result], list[str], dict[str, str]]:
 
     fm_lines = run_fm(args, x, t, backend="cuda", sync=lambda: cp.cuda.Device().synchronize())
     for r in results:
-        if r.times:
+        if r.times and not r.name.startswith("centroid update"):
             r.note = (r.note + "; " if r.note else "") + f"{2 * n * k * d / r.median / 1e12:.1f} TFLOP/s"
     return results, fm_lines, info
 
@@ -401,6 +432,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed runs (default 5; smoke 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chunk-mb", type=int, default=1024, help="N x K block size for chunked torch methods")
+    p.add_argument("--gemm-chunk-mb", type=lambda v: [int(t) for t in v.split(",")], default=[8, 32, 128],
+                   help="score-block sizes (MiB, comma list) for the tensor-core GEMM path")
     p.add_argument("--max-materialize-gb", type=float, default=40.0, help="skip the naive N x K method above this")
     p.add_argument("--check-rows", type=int, default=4096, help="rows checked against a float64 brute force")
     p.add_argument("--output", type=Path, default=None, help="Markdown file to update (GPU default: BENCHMARKS.md)")

@@ -15,6 +15,7 @@ Contract shared by both backends (tests hold them to it):
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Literal
 
 from ..errors import DP4TLError
@@ -37,13 +38,32 @@ __all__ = [
 
 @functools.lru_cache(maxsize=None)
 def cuda_available() -> bool:
-    """True when CuPy is importable and reports at least one CUDA device (cached)."""
+    """True when CuPy sees a CUDA device *and* compiles and runs this package's kernels (cached).
+
+    Counting devices is not enough: a CuPy built for another CUDA major, or a missing NVRTC,
+    only fails at the first kernel compile. That failure is reported once as a warning naming
+    the cause, and the CPU backend is used instead of crashing mid-run.
+    """
     try:
         import cupy
 
-        return int(cupy.cuda.runtime.getDeviceCount()) > 0
+        if int(cupy.cuda.runtime.getDeviceCount()) < 1:
+            return False
     except Exception:  # ImportError, CUDARuntimeError without a driver, ...
         return False
+    try:
+        from . import cuda
+
+        labels, _ = cuda.assign_nearest(cupy.zeros((2, 3), cupy.float32), cupy.ones((1, 3), cupy.float32))
+        cupy.cuda.Device().synchronize()
+        if labels.get().tolist() != [0, 0]:
+            raise RuntimeError("a test launch gave wrong results")
+    except Exception as e:  # noqa: BLE001 - any failure means "not usable", reported once
+        warnings.warn(f"CuPy sees a GPU but cannot run the FM kernels ({type(e).__name__}: {e}); "
+                      "using the CPU backend. Install the cupy-cudaXXx wheel matching your CUDA "
+                      "major (extras 'gpu' = CUDA 13, 'gpu-cuda12' = CUDA 12)", RuntimeWarning, stacklevel=2)
+        return False
+    return True
 
 
 def resolve_backend(backend: str) -> str:
@@ -81,17 +101,23 @@ def _like(ref: Any, *arrays: Any) -> tuple[Any, ...]:
     return tuple(_to_host(a) for a in arrays)
 
 
-def assign_nearest(x: Any, centroids: Any, *, backend: str = "auto") -> tuple[Any, Any]:
+def assign_nearest(x: Any, centroids: Any, *, backend: str = "auto", method: str = "auto") -> tuple[Any, Any]:
     """Nearest centroid (squared L2) for every row of ``x`` without an N x K matrix.
 
     ``x`` is (N, D) and ``centroids`` (K, D), float32 preferred. Returns
     ``(labels int64 (N,), min_dist2 float32 (N,))``; exact ties go to the lowest index.
+    ``method`` picks the CUDA algorithm (``cuda.ASSIGN_METHODS``: ``auto`` measures once per
+    problem size; ``simt`` fused kernel; ``gemm-tf32``/``gemm-bf16`` tensor cores with exact
+    near-tie re-check); the CPU backend ignores it.
     """
     b = resolve_backend(backend)
     if b == "cpu":
         out = cpu.assign_nearest(_to_host(x), _to_host(centroids))
     else:
-        out = _impl(b).assign_nearest(x, centroids)
+        try:
+            out = _impl(b).assign(x, centroids, method)
+        except ValueError as e:
+            raise DP4TLError(str(e)) from None
     return _like(x, *out)  # type: ignore[return-value]
 
 
@@ -106,7 +132,7 @@ def update_centroids(x: Any, labels: Any, k: int, *, backend: str = "auto") -> t
     if b == "cpu":
         out = cpu.update_centroids(_to_host(x), _to_host(labels), k)
     else:
-        out = _impl(b).update_centroids(x, labels, k)
+        out = _impl(b).update_centroids_sorted(x, labels, k)
     return _like(x, *out)  # type: ignore[return-value]
 
 

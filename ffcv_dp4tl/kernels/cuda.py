@@ -16,9 +16,21 @@ independent of scheduling: the same rule as the CPU oracle. Splitting the centro
 ``gridDim.y`` keeps the GPU busy when N is small (e.g. a few thousand target images).
 ``assign_finalize`` unpacks keys and adds ``||x||^2``. The N x K matrix is never stored.
 
+**Tensor-core path** (``assign_nearest_gemm``, methods ``gemm-tf32`` / ``gemm-bf16``): the FP32
+SIMT kernel above cannot reach tensor-core speed, so rows are processed in chunks whose FP32
+score block (rows x K) stays in L2: ``prep_rows_*`` rounds x and the centroids to TF32/BF16 and
+measures each row's rounding error exactly, cuBLAS ``GemmEx`` computes ``x~ . c~`` on tensor
+cores, and ``gemm_epilogue`` (one warp per row) adds the norms, takes the approximate argmin,
+and re-decides every centroid within twice a rigorous per-row error bound of it with exact
+distances (FP64 sums of ``(x - c)^2``). Labels are then those of a float64 reference (exact
+ties: lowest index) and distances exact, at GEMM speed; only rows with near-ties pay for the
+re-check (tests/scoring/test_kernels_gemm.py shows the bound is needed and sufficient).
+``assign(method="auto")`` times each method once per problem size and keeps the fastest.
+
 ``segment_sum`` (centroid update) and ``hist_*`` use float64 / uint64 ``atomicAdd``: counts
 are exact, float64 sums differ from a sequential sum only by float64 rounding (the order of
-atomics is not deterministic).
+atomics is not deterministic). ``segment_sum_sorted`` (the default update) sums rows sorted by
+label in registers and issues one atomic per label change instead of one per element.
 """
 from __future__ import annotations
 
@@ -29,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from .checks import (
+    array_module,
     as_float32_matrix,
     as_labels,
     as_weights,
@@ -185,6 +198,178 @@ extern "C" __global__ void segment_sum(const float* __restrict__ x,
     }
 }
 
+/* ---- tensor-core path: cuBLAS GEMM (TF32 or BF16 inputs, FP32 out) + this epilogue ---------
+   The GEMM sees inputs rounded *here* (round-to-nearest), so its products are exact and the only
+   errors are (a) the input rounding, bounded per row/centroid by ||x - x~|| and ||c - c~|| which
+   prep_rows measures exactly, and (b) FP32 accumulation, bounded by gamma * ||x~|| ||c~||.
+   gemm_epilogue turns that into a per-row bound B on |approx score - exact score|, keeps every
+   centroid whose approximate score is within 2B of the approximate best (the true argmin is
+   always among them), and decides among those candidates with exact distances (FP32 inputs,
+   FP64 accumulation of (x - c)^2). Labels therefore equal a float64 reference (exact ties: the
+   lowest index), and min_d2 is the exact distance, whatever precision the GEMM used. */
+
+__device__ __forceinline__ float round_tf32(float f) {
+    /* nearest TF32 (10 explicit mantissa bits), ties away from zero, as cvt.rna.tf32.f32 */
+    return __uint_as_float((__float_as_uint(f) + 0x1000u) & 0xffffe000u);
+}
+
+__device__ __forceinline__ unsigned short round_bf16_bits(float f) {
+    /* nearest BF16, ties to even (finite inputs; non-finite rows are rejected downstream) */
+    const unsigned int u = __float_as_uint(f);
+    return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+__device__ __forceinline__ float bf16_bits_to_float(unsigned short b) {
+    return __uint_as_float(((unsigned int)b) << 16);
+}
+
+__device__ __forceinline__ double warp_sum(double v) {
+    /* xor butterfly: every lane ends with the bit-identical sum (a + b == b + a) */
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+__device__ __forceinline__ float warp_min(float v) {
+    for (int off = 16; off > 0; off >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+
+/* One warp per row: write the rounded row, ||a||^2 and ||a - round(a)|| (FP64 sums). */
+extern "C" __global__ void prep_rows_tf32(const float* __restrict__ a, float* __restrict__ out,
+                                          float* __restrict__ norm2, float* __restrict__ dnorm,
+                                          int n, int d) {
+    const int lane = threadIdx.x & 31;
+    const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= n) return;
+    const float* p = a + row * (long long)d;
+    float* q = out + row * (long long)d;
+    double s = 0.0, e = 0.0;
+    for (int j = lane; j < d; j += 32) {
+        const float v = p[j];
+        const float r = round_tf32(v);
+        q[j] = r;
+        s += (double)v * (double)v;
+        const double t = (double)v - (double)r;
+        e += t * t;
+    }
+    s = warp_sum(s);
+    e = warp_sum(e);
+    if (lane == 0) { norm2[row] = (float)s; dnorm[row] = (float)sqrt(e); }
+}
+
+extern "C" __global__ void prep_rows_bf16(const float* __restrict__ a, unsigned short* __restrict__ out,
+                                          float* __restrict__ norm2, float* __restrict__ dnorm,
+                                          int n, int d) {
+    const int lane = threadIdx.x & 31;
+    const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= n) return;
+    const float* p = a + row * (long long)d;
+    unsigned short* q = out + row * (long long)d;
+    double s = 0.0, e = 0.0;
+    for (int j = lane; j < d; j += 32) {
+        const float v = p[j];
+        const unsigned short b = round_bf16_bits(v);
+        q[j] = b;
+        s += (double)v * (double)v;
+        const double t = (double)v - (double)bf16_bits_to_float(b);
+        e += t * t;
+    }
+    s = warp_sum(s);
+    e = warp_sum(e);
+    if (lane == 0) { norm2[row] = (float)s; dnorm[row] = (float)sqrt(e); }
+}
+
+/* One warp per row of a chunk. scores[r * ld + k] = x~_r . c~_k from the GEMM.
+   cmax = max ||c~_k|| (>= max ||c_k|| up to rounding), dcmax = max ||c_k - c~_k||,
+   cnmax = max ||c_k||^2, gamma = FP32 accumulation bound (D * 2^-23).
+   votes (nullable) gets one atomicAdd per finite row; ncand = candidates checked exactly. */
+extern "C" __global__ void gemm_epilogue(const float* __restrict__ scores, int ld,
+                                         const float* __restrict__ c_norm2,
+                                         const float* __restrict__ x, const float* __restrict__ c,
+                                         const float* __restrict__ x_norm2,
+                                         const float* __restrict__ x_dnorm,
+                                         long long* __restrict__ labels, float* __restrict__ min_d2,
+                                         int* __restrict__ ncand, u64* __restrict__ votes,
+                                         int rows, int k, int d, float cmax, float dcmax,
+                                         float cnmax, float gamma, float bound_scale) {
+    const int lane = threadIdx.x & 31;
+    const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= rows) return;            /* uniform per warp */
+    const float xn2 = x_norm2[row];
+    if ((xn2 - xn2) != 0.f) {           /* NaN/Inf in the row: NaN distance, label 0 */
+        if (lane == 0) { labels[row] = 0; min_d2[row] = __int_as_float(0x7fc00000); ncand[row] = 0; }
+        return;
+    }
+    const float* s = scores + row * (long long)ld;
+    float best = __int_as_float(0x7f800000);
+    for (int q = lane; q < k; q += 32) best = fminf(best, fmaf(-2.f, s[q], c_norm2[q]));
+    best = warp_min(best);
+    const float xn = sqrtf(xn2);
+    const float xa = xn + x_dnorm[row];  /* >= ||x~|| */
+    /* |approx - exact| of ||c||^2 - 2 x.c, for every centroid; 1.0001 absorbs this FP32 sum */
+    const float bound = bound_scale * 1.0001f *
+        (2.f * (xn * dcmax + x_dnorm[row] * cmax)       /* input rounding */
+         + 2.f * gamma * xa * cmax                       /* FP32 accumulation in the GEMM */
+         + 2.4e-7f * (cnmax + 2.f * xa * cmax));         /* ||c||^2 - 2 g in FP32 here */
+    const float thr = best + 2.f * bound;
+
+    const float* xp = x + row * (long long)d;
+    double best_d = (double)__int_as_float(0x7f800000);  /* +inf */
+    long long best_k = -1;
+    int count = 0;
+    for (int base = 0; base < k; base += 32) {
+        const int q = base + lane;
+        const bool cand = q < k && fmaf(-2.f, s[q], c_norm2[q]) <= thr;
+        unsigned int m = __ballot_sync(0xffffffffu, cand);
+        while (m) {                     /* warp-uniform: candidates in increasing index order */
+            const int qc = base + __ffs(m) - 1;
+            m &= m - 1;
+            const float* cp = c + (long long)qc * d;
+            double acc = 0.0;
+            for (int j = lane; j < d; j += 32) {
+                const double t = (double)xp[j] - (double)cp[j];
+                acc += t * t;
+            }
+            acc = warp_sum(acc);
+            if (acc < best_d) { best_d = acc; best_k = qc; }   /* strict: lowest index wins ties */
+            ++count;
+        }
+    }
+    if (lane == 0) {
+        if (best_k < 0) {               /* unreachable for finite rows; never emit a bad index */
+            labels[row] = 0; min_d2[row] = __int_as_float(0x7fc00000);
+        } else {
+            labels[row] = best_k;
+            min_d2[row] = (float)best_d;
+            if (votes) atomicAdd(&votes[best_k], 1ULL);
+        }
+        ncand[row] = count;
+    }
+}
+
+/* Centroid sums over rows sorted by label (order = argsort(labels)): each block sums a run of
+   rows_per_block sorted rows per column in FP64 and flushes one atomicAdd per label change,
+   i.e. ~(n / rows_per_block + k) * d atomics instead of one per element (segment_sum). */
+extern "C" __global__ void segment_sum_sorted(const float* __restrict__ x,
+                                              const long long* __restrict__ order,
+                                              const long long* __restrict__ sorted_labels,
+                                              double* __restrict__ sums, long long n, int d,
+                                              int rows_per_block) {
+    const long long beg = (long long)blockIdx.x * rows_per_block;
+    if (beg >= n) return;
+    const long long end = min(n, beg + (long long)rows_per_block);
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        long long cur = sorted_labels[beg];
+        double acc = 0.0;
+        for (long long p = beg; p < end; ++p) {
+            const long long lab = sorted_labels[p];
+            if (lab != cur) { atomicAdd(&sums[cur * d + j], acc); acc = 0.0; cur = lab; }
+            acc += (double)x[order[p] * (long long)d + j];
+        }
+        atomicAdd(&sums[cur * d + j], acc);
+    }
+}
+
 extern "C" __global__ void hist_count(const long long* __restrict__ labels,
                                       u64* __restrict__ out, long long n) {
     const long long stride = (long long)gridDim.x * blockDim.x;
@@ -208,6 +393,10 @@ KERNEL_NAMES = (
     "segment_sum",
     "hist_count",
     "hist_weighted",
+    "prep_rows_tf32",
+    "prep_rows_bf16",
+    "gemm_epilogue",
+    "segment_sum_sorted",
 )
 
 KEY_NONE = 0xFFFFFFFFFFFFFFFF
@@ -339,3 +528,215 @@ def histogram(labels: Any, k: int, weights: Any = None) -> Any:
     if n:
         _kernel("hist_weighted")(grid, (THREADS,), (labels, weights, out, _i64(n)))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor-core assignment: row-chunked cuBLAS GEMM + gemm_epilogue, and the method chooser.
+# ---------------------------------------------------------------------------------------------
+#: Assignment methods on CUDA. ``simt`` is the fused kernel above; ``gemm-*`` round the inputs to
+#: TF32/BF16, run cuBLAS on tensor cores and decide near-ties exactly in ``gemm_epilogue``.
+ASSIGN_METHODS = ("auto", "simt", "gemm-tf32", "gemm-bf16")
+#: Bytes of the (rows x K) FP32 score block per GEMM chunk: small enough to stay in the L2 cache
+#: (50 MB on an H100) between the GEMM that writes it and the epilogue that reads it.
+GEMM_CHUNK_BYTES = 32 * 2**20
+#: Rows used to time each method once when ``method="auto"`` (see :func:`choose_method`).
+AUTO_PROBE_ROWS = 131_072
+#: Below this many row x centroid pairs ``auto`` takes ``simt`` without measuring.
+AUTO_MIN_WORK = 2**22
+
+_CUDA_R_32F, _CUDA_R_16BF = 0, 14
+_COMPUTE_32F_FAST_16BF, _COMPUTE_32F_FAST_TF32 = 75, 77
+_GEMM_DEFAULT = -1
+_OP_N, _OP_T = 0, 1
+_WARPS = THREADS // 32
+
+
+def _cublas():
+    """CuPy's thin cuBLAS binding (its module moved between CuPy releases)."""
+    try:
+        from cupy_backends.cuda.libs import cublas
+    except ImportError:  # pragma: no cover - depends on the CuPy release
+        from cupy.cuda import cublas
+    return cublas
+
+
+def gemm_chunk_rows(n: int, k: int, chunk_bytes: int | None = None) -> int:
+    """Rows per GEMM chunk so one FP32 (rows x k) score block is about ``chunk_bytes``."""
+    b = GEMM_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    rows = max(256, (b // (4 * k)) // 256 * 256)
+    return max(1, min(n, rows))
+
+
+def accumulation_bound(d: int) -> float:
+    """Relative bound on FP32 accumulation of ``d`` exact products (``d * 2^-23``: the textbook
+    ``d * u`` with ``u = 2^-24``, doubled to cover tensor cores that truncate instead of round)."""
+    return d * 2.0**-23
+
+
+def bound_scalars(c_norm2: Any, c_dnorm: Any) -> tuple[float, float, float]:
+    """``(max ||c~||, max ||c - c~||, max ||c||^2)`` over the centroids: the centroid side of the
+    epilogue's error bound (``||c~|| <= ||c|| + ||c - c~||``). One host sync (K values, not N)."""
+    xp = array_module(c_norm2)
+    c_abs = xp.sqrt(c_norm2.astype(xp.float64)) + c_dnorm
+    vals = xp.stack([c_abs.max(), c_dnorm.astype(xp.float64).max(), c_norm2.astype(xp.float64).max()])
+    return tuple(float(v) for v in (vals.get() if hasattr(vals, "get") else vals))
+
+
+def _prep_rows(a, precision: str):
+    """(rounded copy for the GEMM, ||a||^2 float32, ||a - rounded|| float32) of every row."""
+    cp = _cupy()
+    n, d = a.shape
+    out = cp.empty((n, d), dtype=cp.float32 if precision == "tf32" else cp.uint16)
+    norm2 = cp.empty(n, dtype=cp.float32)
+    dnorm = cp.empty(n, dtype=cp.float32)
+    _kernel(f"prep_rows_{precision}")((math.ceil(n / _WARPS),), (THREADS,), (a, out, norm2, dnorm, _i32(n), _i32(d)))
+    return out, norm2, dnorm
+
+
+def _gemm_into(scores, xr, cr, precision: str) -> None:
+    """``scores (rows, K) = xr (rows, D) @ cr (K, D)^T`` in FP32 on tensor cores (cuBLAS GemmEx).
+
+    Row-major trick: cuBLAS is column-major, so it computes ``scores^T = cr . xr^T`` with
+    ``cr`` read transposed; no copy of either operand is made.
+    """
+    cp = _cupy()
+    cublas = _cublas()
+    rows, d = xr.shape
+    k = cr.shape[0]
+    handle = cp.cuda.device.get_cublas_handle()
+    dtype = _CUDA_R_32F if precision == "tf32" else _CUDA_R_16BF
+    compute = _COMPUTE_32F_FAST_TF32 if precision == "tf32" else _COMPUTE_32F_FAST_16BF
+    one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
+    mode = cublas.getPointerMode(handle)
+    cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
+    try:
+        cublas.gemmEx(handle, _OP_T, _OP_N, k, rows, d, one.ctypes.data, cr.data.ptr, dtype, d,
+                      xr.data.ptr, dtype, d, zero.ctypes.data, scores.data.ptr, _CUDA_R_32F, k,
+                      compute, _GEMM_DEFAULT)
+    finally:
+        cublas.setPointerMode(handle, mode)
+
+
+def assign_nearest_gemm(x: Any, centroids: Any, *, precision: str = "tf32", chunk_rows: int | None = None,
+                        votes: Any = None, bound_scale: float = 1.0, return_candidates: bool = False):
+    """Nearest centroid per row via tensor-core GEMM + exact re-check of near-ties.
+
+    Same contract as :func:`assign_nearest` (int64 labels, float32 squared distances, exact ties
+    to the lowest index, NaN distance for non-finite rows) and *tighter* results: labels equal a
+    float64 reference except exact float64 ties, and distances are exact (FP64 sums of
+    ``(x - c)^2``), whatever ``precision`` the GEMM ran in. ``votes`` (CuPy uint64/int64 (K,),
+    optional) is incremented once per finite row at its label. ``bound_scale`` multiplies the
+    error bound; anything but 1.0 is for tests that show the re-check is needed.
+    ``return_candidates`` adds the per-row count of centroids decided exactly.
+    """
+    if precision not in ("tf32", "bf16"):
+        raise ValueError(f"precision must be 'tf32' or 'bf16', got {precision!r}")
+    cp = _cupy()
+    x = _to_device_matrix(x, "x")
+    centroids = _to_device_matrix(centroids, "centroids")
+    check_same_dims(x, centroids)
+    check_finite_centroids(centroids)
+    n, d = x.shape
+    k = centroids.shape[0]
+    cr, c_norm2, c_dnorm = _prep_rows(centroids, precision)
+    cmax, dcmax, cnmax = bound_scalars(c_norm2, c_dnorm)
+    xr, x_norm2, x_dnorm = _prep_rows(x, precision)
+    labels = cp.empty(n, dtype=cp.int64)
+    min_d2 = cp.empty(n, dtype=cp.float32)
+    ncand = cp.empty(n, dtype=cp.int32)
+    vote_ptr = 0 if votes is None else votes
+    rows = chunk_rows or gemm_chunk_rows(n, k)
+    scores = cp.empty((min(rows, n), k), dtype=cp.float32)
+    gamma = accumulation_bound(d)
+    epilogue = _kernel("gemm_epilogue")
+    for start in range(0, n, rows):
+        m = min(rows, n - start)
+        sc = scores[:m]
+        _gemm_into(sc, xr[start:start + m], cr, precision)
+        epilogue((math.ceil(m / _WARPS),), (THREADS,),
+                 (sc, _i32(k), c_norm2, x[start:], centroids, x_norm2[start:], x_dnorm[start:],
+                  labels[start:], min_d2[start:], ncand[start:], vote_ptr, _i32(m), _i32(k), _i32(d),
+                  np.float32(cmax), np.float32(dcmax), np.float32(cnmax), np.float32(gamma),
+                  np.float32(bound_scale)))
+    if return_candidates:
+        return labels, min_d2, ncand
+    return labels, min_d2
+
+
+def update_centroids_sorted(x: Any, labels: Any, k: int, rows_per_block: int = 256) -> tuple[Any, Any]:
+    """Per-cluster sums/counts from rows sorted by label (few atomics; see ``segment_sum_sorted``)."""
+    cp = _cupy()
+    x = _to_device_matrix(x, "x")
+    k = check_k(k)
+    labels = cp.asarray(as_labels(labels, k, n=x.shape[0]))
+    n, d = x.shape
+    order = cp.argsort(labels)
+    sorted_labels = labels[order]
+    sums = cp.zeros((k, d), dtype=cp.float64)
+    grid = math.ceil(n / rows_per_block)
+    block = 128 if d <= 128 else 256
+    _kernel("segment_sum_sorted")((grid,), (block,), (x, order, sorted_labels, sums, _i64(n), _i32(d),
+                                                      _i32(rows_per_block)))
+    return sums, histogram(labels, k)
+
+
+_METHOD_CACHE: dict[tuple[int, int, int, int], str] = {}
+
+
+def _n_bucket(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _run_method(method: str, x, centroids):
+    if method == "simt":
+        return assign_nearest(x, centroids)
+    return assign_nearest_gemm(x, centroids, precision=method.split("-")[1])
+
+
+def choose_method(x: Any, centroids: Any) -> str:
+    """The fastest assignment method for this problem size on this GPU, measured once.
+
+    Times every method on the first ``AUTO_PROBE_ROWS`` rows (one warm-up, then the best of
+    two CUDA-event timings) and caches the winner per (device, power-of-two N, K, D). Tiny
+    problems take ``simt`` unmeasured. A method that fails (e.g. no cuBLAS GemmEx in this
+    CuPy) is skipped, so ``auto`` always returns a working method.
+    """
+    cp = _cupy()
+    n, d = x.shape
+    k = centroids.shape[0]
+    if n * k < AUTO_MIN_WORK:
+        return "simt"
+    key = (cp.cuda.Device().id, _n_bucket(n), k, d)
+    if key in _METHOD_CACHE:
+        return _METHOD_CACHE[key]
+    probe = x[: min(n, AUTO_PROBE_ROWS)]
+    best, best_t = "simt", float("inf")
+    for method in ASSIGN_METHODS[1:]:
+        try:
+            _run_method(method, probe, centroids)
+            times = []
+            for _ in range(2):
+                start, end = cp.cuda.Event(), cp.cuda.Event()
+                start.record()
+                _run_method(method, probe, centroids)
+                end.record()
+                end.synchronize()
+                times.append(cp.cuda.get_elapsed_time(start, end))
+        except Exception:  # noqa: BLE001 - a method unavailable here is simply not chosen
+            continue
+        if min(times) < best_t:
+            best, best_t = method, min(times)
+    _METHOD_CACHE[key] = best
+    return best
+
+
+def assign(x: Any, centroids: Any, method: str = "auto") -> tuple[Any, Any]:
+    """Dispatch :func:`assign_nearest` (``simt``) or :func:`assign_nearest_gemm` by ``method``."""
+    if method not in ASSIGN_METHODS:
+        raise ValueError(f"method must be one of {', '.join(ASSIGN_METHODS)}, got {method!r}")
+    x = _to_device_matrix(x, "x")
+    centroids = _to_device_matrix(centroids, "centroids")
+    check_same_dims(x, centroids)
+    if method == "auto":
+        method = choose_method(x, centroids)
+    return _run_method(method, x, centroids)

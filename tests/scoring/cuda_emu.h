@@ -59,6 +59,21 @@ T __shfl_xor_sync(unsigned /*mask*/, T v, int lane_mask) {
     return out;
 }
 
+inline unsigned __ballot_sync(unsigned /*mask*/, int pred) {
+    const int warp = emu_tid / 32;
+    emu_shfl_buf[emu_tid] = pred ? 1 : 0;
+    emu_warp_barriers[warp]->arrive_and_wait();
+    const int base = emu_tid & ~31;
+    const int lanes = std::min<int>(32, int(emu_shfl_buf.size()) - base);
+    unsigned m = 0;
+    for (int l = 0; l < lanes; ++l)
+        if (emu_shfl_buf[base + l]) m |= 1u << l;
+    emu_warp_barriers[warp]->arrive_and_wait();
+    return m;
+}
+
+inline int __ffs(unsigned x) { return x ? __builtin_ctz(x) + 1 : 0; }
+
 template <class T>
 T atomicAdd(T* p, T v) {
     std::lock_guard<std::mutex> lock(emu_atomic_mu);

@@ -1,8 +1,14 @@
 """Helpers shared by the scoring tests (reference implementations, skip markers)."""
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+HERE = Path(__file__).parent
 
 
 def cuda_ok() -> bool:
@@ -31,3 +37,22 @@ def assert_assignment_matches(labels, min_d2, x, c, rel_tol=1e-5) -> None:
         gap = d[i, labels[i]] - ref_d2[i]
         assert gap <= rel_tol * scale[i], f"row {i}: label {labels[i]} is {gap} worse than {ref_labels[i]}"
     np.testing.assert_allclose(np.asarray(min_d2, dtype=np.float64), ref_d2, rtol=0, atol=rel_tol * scale.max())
+
+
+def compile_emulator(main_cpp: str, workdir: Path) -> Path:
+    """Compile ``ffcv_dp4tl.kernels.cuda.SOURCE`` for the CPU against cuda_emu.h with the host
+    driver ``main_cpp`` (a file beside this one); skips when g++ or C++20 <barrier> is missing."""
+    from ffcv_dp4tl.kernels import cuda
+
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not installed")
+    (workdir / "kernels.cu").write_text(cuda.SOURCE)
+    exe = workdir / "emu"
+    res = subprocess.run(
+        ["g++", "-std=c++20", "-O1", "-pthread", f"-I{HERE}", f"-I{workdir}", str(HERE / main_cpp), "-o", str(exe)],
+        capture_output=True, text=True, timeout=180,
+    )
+    if res.returncode != 0 and "barrier" in res.stderr:
+        pytest.skip("compiler lacks C++20 <barrier>")
+    assert res.returncode == 0, res.stderr
+    return exe

@@ -13,7 +13,7 @@ from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.kernels import cpu, cuda
 from ffcv_dp4tl.kernels.checks import KernelInputError
 
-from .helpers import assert_assignment_matches, reference_assign, requires_cuda
+from .helpers import assert_assignment_matches, compile_emulator, reference_assign, requires_cuda
 
 HERE = Path(__file__).parent
 
@@ -179,19 +179,7 @@ def test_cuda_source_compiles_for_hopper(tmp_path):
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
     """The CUDA source compiled for the CPU against tests/scoring/cuda_emu.h."""
-    if shutil.which("g++") is None:
-        pytest.skip("g++ not installed")
-    d = tmp_path_factory.mktemp("cuda_emu")
-    (d / "kernels.cu").write_text(cuda.SOURCE)
-    exe = d / "emu"
-    res = subprocess.run(
-        ["g++", "-std=c++20", "-O1", "-pthread", f"-I{HERE}", f"-I{d}", str(HERE / "cuda_emu_main.cpp"), "-o", str(exe)],
-        capture_output=True, text=True, timeout=180,
-    )
-    if res.returncode != 0 and "barrier" in res.stderr:
-        pytest.skip("compiler lacks C++20 <barrier>")
-    assert res.returncode == 0, res.stderr
-    return exe
+    return compile_emulator("cuda_emu_main.cpp", tmp_path_factory.mktemp("cuda_emu"))
 
 
 def _run_emulated(exe, workdir, x, c, labels, w, sm_count):
