@@ -1,10 +1,11 @@
 """Data layer: manifests, index masks and masked loaders for betons and WebDataset shards."""
-from .loaders import FORMATS, MaskedLoader, make_loader
+from .gpu_decode import DeviceDecodeLoader
+from .loaders import DECODES, FORMATS, MaskedLoader, make_loader
 from .manifest import Manifest, SplitInfo, load_manifest
 from .masks import (IndexMask, full_mask, load_mask, make_mask, mask_from_classes, save_mask,
                     validate_mask)
 from .sampling import Batch, EpochPlan
 
-__all__ = ["Batch", "EpochPlan", "FORMATS", "IndexMask", "Manifest", "MaskedLoader", "SplitInfo",
-           "full_mask", "load_manifest", "load_mask", "make_loader", "make_mask",
-           "mask_from_classes", "save_mask", "validate_mask"]
+__all__ = ["Batch", "DECODES", "DeviceDecodeLoader", "EpochPlan", "FORMATS", "IndexMask",
+           "Manifest", "MaskedLoader", "SplitInfo", "full_mask", "load_manifest", "load_mask",
+           "make_loader", "make_mask", "mask_from_classes", "save_mask", "validate_mask"]

@@ -9,14 +9,16 @@ import torch
 
 from ..errors import DataError
 from .ffcv_loader import FFCVMaskedLoader
+from .gpu_decode import DeviceDecodeLoader, device_decode_available
 from .manifest import load_manifest
 from .masks import IndexMask, full_mask, load_mask, validate_mask
 from .sampling import EpochPlan, dist_info
 from .transforms import RRC_SCALE
 from .wds_loader import WdsMaskedLoader
 
-MaskedLoader = Union[FFCVMaskedLoader, WdsMaskedLoader]
+MaskedLoader = Union[FFCVMaskedLoader, WdsMaskedLoader, DeviceDecodeLoader]
 FORMATS = ("ffcv", "wds")
+DECODES = ("cpu", "gpu", "auto")
 
 
 def make_loader(
@@ -39,6 +41,7 @@ def make_loader(
     channels_last: bool = False,
     views: int = 1,
     crop_scale: tuple[float, float] = RRC_SCALE,
+    decode: Literal["cpu", "gpu", "auto"] = "cpu",
 ) -> MaskedLoader:
     """Loader over the samples of ``split`` kept by ``mask`` (all samples if None).
 
@@ -49,9 +52,18 @@ def make_loader(
     ``views=2`` (train only) adds ``Batch.images2``: a second random crop + flip of every sample,
     drawn independently, for two-view self-supervised training; ``crop_scale`` is the
     random-resized-crop area range (MoCo v2 uses (0.2, 1)).
+
+    ``decode`` says where JPEGs are decoded: ``"cpu"`` (ffcv's / PIL's decoders in worker
+    processes), ``"gpu"`` (:class:`DeviceDecodeLoader`: bytes read from the beton for
+    ``fmt="ffcv"`` or the shards for ``fmt="wds"``, decoded and augmented in batches on
+    ``device``; see docs/gpu.md) or ``"auto"`` (``"gpu"`` when ``device`` is CUDA and
+    torchvision decodes JPEGs on it, else ``"cpu"``). Every choice visits the same samples in
+    the same order.
     """
     if fmt not in FORMATS:
         raise DataError(f"unknown loader format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if decode not in DECODES:
+        raise DataError(f"unknown decode {decode!r}; choose one of {', '.join(DECODES)}")
     if views not in (1, 2) or (views == 2 and not train):
         raise DataError(f"views must be 1, or 2 for a train loader (got views={views}, train={train})")
     if not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
@@ -70,6 +82,11 @@ def make_loader(
     common = dict(batch_size=batch_size, train=train, resolution=resolution, device=device,
                   num_workers=num_workers, drop_last=drop_last, dtype=dtype,
                   channels_last=channels_last, views=views, crop_scale=tuple(crop_scale))
+    if decode == "auto":
+        dev = torch.device(device)
+        decode = "gpu" if dev.type == "cuda" and device_decode_available(str(dev)) else "cpu"
+    if decode == "gpu":
+        return DeviceDecodeLoader(info, plan, source=fmt, **common)
     if fmt == "ffcv":
         if not info.beton.exists():
             raise DataError(f"{info.beton} is missing; rebuild {dataset_dir}")

@@ -1,0 +1,535 @@
+"""Masked loading that decodes JPEGs on the training device (``make_loader(decode="gpu")``).
+
+Why: on the GPU host stock ffcv fed ResNet-18 at ~4.8k img/s because CPU JPEG decoding is the
+limit, while nvJPEG decodes ~26k small JPEGs/s when given whole batches. This loader therefore
+keeps only byte reading on the host and does everything else on the device, batched:
+
+* **Host** (a small background thread pool, bounded read-ahead): for batch ``b`` of the epoch
+  take ``plan.order(epoch)[b*B:(b+1)*B]`` (the same :class:`EpochPlan` as the other loaders,
+  so it visits exactly their samples in their order), read each sample's JPEG bytes with
+  ``os.pread`` (position-free, so threads share one descriptor per file) from the beton (the
+  image field's ``data_ptr`` + ffcv's allocation table give offset and size) or from the
+  WebDataset shards (the shard index gives them), draw the crop boxes and flips, and turn them
+  into a few numbers per image (one small tensor per view).
+* **Device**: ``torchvision.io.decode_jpeg(list, device=...)`` (batched nvJPEG on CUDA; the
+  same call decodes on the CPU, which is how the tests run), pad the batch into one
+  ``(B, 3, Hmax, Wmax)`` canvas (nested tensor → padded), then one ``F.grid_sample``
+  (bilinear) per pyramid level does crop + flip + resize for the whole batch.
+
+Geometry matches the CPU loaders: crop boxes follow :func:`random_crop_box` /
+:func:`center_crop_box` and the sampling grid puts output pixel centres where PIL's and
+OpenCV's resize put them, clamped to the image (edge replication, as their filters do).
+Train crops are drawn exactly like the WebDataset loader draws them (per-epoch seed from
+``(plan.seed, epoch)``, then one generator per ``(epoch seed, sample)``, box then flip per view),
+so for the same seed both loaders crop the same boxes.
+
+Antialiasing: bilinear sampling aliases when shrinking by much more than 2×. Instead of
+per-image ``F.interpolate(antialias=True)`` (one call per distinct size), the padded canvas gets
+a small mipmap: each level is a 2×2 average of the one before (masked, so padding never bleeds
+into the image edge). An image whose crop shrinks by ``s >= 2`` samples level
+``floor(log2(s))``, so bilinear never shrinks by 2× or more; every level serves all its images in
+one ``grid_sample``. The box prefilter plus bilinear is close to OpenCV's INTER_AREA (ffcv) and
+PIL's antialiased bilinear (WebDataset loader).
+"""
+from __future__ import annotations
+
+import io
+import os
+import threading
+import warnings
+import weakref
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterator, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import DataError
+from .manifest import SplitInfo
+from .sampling import Batch, EpochPlan
+from .transforms import RRC_SCALE, Normalize, center_crop_box, random_crop_box
+
+#: Name prefix of the read-ahead threads (tests check none outlive an iteration).
+THREAD_PREFIX = "dp4tl-jpeg-read"
+SOURCES = ("ffcv", "wds")
+_JPEG_MODE = 0  # ffcv's IMAGE_MODES["jpg"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Where each sample's JPEG bytes are
+# ---------------------------------------------------------------------------------------------
+
+class _ByteLocations:
+    """Per-sample (file, offset, size) of the JPEG bytes, plus height/width where known.
+
+    Reads go through ``os.pread``: it has no file position, so the read-ahead threads can share
+    one descriptor per file (ShardReader's seek+read on shared handles would race).
+    """
+
+    def __init__(self, paths: list[str], file_id: np.ndarray, offset: np.ndarray,
+                 size: np.ndarray, hw: np.ndarray | None):
+        self.paths = paths
+        self.file_id, self.offset, self.size, self.hw = file_id, offset, size, hw
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def _fd(self, f: int) -> int:
+        fd = self._fds.get(f)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(f)
+                if fd is None:
+                    fd = self._fds[f] = os.open(self.paths[f], os.O_RDONLY)
+        return fd
+
+    def read(self, indices: np.ndarray) -> list[torch.Tensor]:
+        """The JPEG bytes of ``indices`` as 1-D uint8 tensors (views of one host buffer)."""
+        sizes = self.size[indices].astype(np.int64)
+        ends = np.cumsum(sizes)
+        buf = np.empty(int(ends[-1]) if len(ends) else 0, np.uint8)
+        view = memoryview(buf)
+        for i, start, n in zip(indices.tolist(), (ends - sizes).tolist(), sizes.tolist()):
+            got = os.preadv(self._fd(int(self.file_id[i])), [view[start:start + n]],
+                            int(self.offset[i]))
+            if got != n:
+                raise DataError(f"{self.paths[int(self.file_id[i])]}: sample {i} is truncated "
+                                f"({got} of {n} bytes); rebuild the dataset")
+        return list(torch.from_numpy(buf).split(sizes.tolist()))
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+
+def _beton_locations(beton: Path, check: np.ndarray) -> _ByteLocations:
+    """Locate JPEG bytes in a beton: the image field's metadata gives each sample's ``data_ptr``
+    (an absolute file offset) and size, mode and shape; ffcv's allocation table gives the size
+    of the region allocated at that pointer. Samples in ``check`` must be stored as JPEG."""
+    from ffcv.fields import RGBImageField
+    from ffcv.reader import Reader
+
+    reader = Reader(str(beton))
+    names = [n for n, h in reader.handlers.items() if isinstance(h, RGBImageField)]
+    if not names:
+        raise DataError(f"{beton} has no RGB image field; rebuild the dataset")
+    name = "image" if "image" in names else names[0]
+    meta = reader.metadata[f"f{reader.field_names.index(name)}"]
+    raw = int(np.count_nonzero(meta["mode"][check] != _JPEG_MODE))
+    if raw:
+        raise DataError(
+            f"{beton}: {raw} of the {len(check)} masked samples are stored as raw pixels "
+            "(a --beton-mode proportion build); decode='gpu' needs JPEG bytes: read the "
+            "WebDataset shards instead (fmt='wds'), or use decode='cpu'")
+    table = reader.alloc_table
+    order = np.argsort(table["ptr"])
+    ptrs, sizes = table["ptr"][order], table["size"][order]
+    data_ptr = meta["data_ptr"].astype(np.uint64)
+    pos = np.minimum(np.searchsorted(ptrs, data_ptr), len(ptrs) - 1)
+    if not np.array_equal(ptrs[pos][check], data_ptr[check]):
+        raise DataError(f"{beton}: allocation table does not match the image metadata; "
+                        "the file is damaged, rebuild the dataset")
+    hw = np.stack([meta["height"], meta["width"]], axis=1).astype(np.int64)
+    return _ByteLocations([str(beton)], np.zeros(len(meta), np.int64),
+                          data_ptr.astype(np.int64), sizes[pos].astype(np.int64), hw)
+
+
+def _shard_locations(split: SplitInfo) -> _ByteLocations:
+    """Locate JPEG bytes in the WebDataset shards through the split's random-access index
+    (the index ShardReader uses); image sizes come from the JPEG headers."""
+    index = split.load_index()
+    return _ByteLocations([str(p) for p in split.shards], index["shard"].astype(np.int64),
+                          index["offset"].astype(np.int64), index["size"].astype(np.int64), None)
+
+
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers (not DHT/JPG/DAC)
+
+
+def jpeg_hw(data: bytes | memoryview) -> tuple[int, int]:
+    """(height, width) from a JPEG's frame header, without decoding it.
+
+    A marker walk to the first SOF segment (a few segments in, ~2 µs); PIL's header parser
+    took ~40 µs per image, which at 256 images per batch made it the host's largest cost.
+    Anything unexpected falls back to PIL.
+    """
+    buf = bytes(data[:65536]) if len(data) > 65536 else bytes(data)
+    pos = 2
+    try:
+        if buf[:2] == b"\xff\xd8":
+            while pos + 9 <= len(buf) and buf[pos] == 0xFF:
+                marker = buf[pos + 1]
+                if marker == 0xFF:  # fill byte
+                    pos += 1
+                    continue
+                if marker in _SOF_MARKERS:
+                    return (int.from_bytes(buf[pos + 5:pos + 7], "big"),
+                            int.from_bytes(buf[pos + 7:pos + 9], "big"))
+                pos += 2 + int.from_bytes(buf[pos + 2:pos + 4], "big")
+    except IndexError:
+        pass
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        w, h = Image.open(io.BytesIO(bytes(data))).size
+    except (OSError, UnidentifiedImageError) as e:
+        raise DataError(f"not a readable JPEG: {e}") from e
+    return h, w
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-batch host work: bytes, crop boxes, sampling parameters
+# ---------------------------------------------------------------------------------------------
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Per-epoch augmentation seed, the WebDataset loader's rule (``_PlanSampler``), so both
+    loaders draw the same crops for the same ``(seed, epoch)``."""
+    return int(np.random.default_rng([seed, epoch, 7]).integers(2**31))
+
+
+def crop_draws(hw: np.ndarray, indices: np.ndarray, *, train: bool, eseed: int, views: int,
+               crop_scale: tuple[float, float]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per view: (boxes (B, 4) = top, left, h, w; flips (B,) bool). Train: generator
+    ``default_rng([eseed, sample])`` draws box then flip for each view in turn, as the
+    WebDataset loader does; eval: the center crop, no flip."""
+    n = len(indices)
+    out = [(np.empty((n, 4), np.int64), np.zeros(n, bool)) for _ in range(views)]
+    for k, (i, (h, w)) in enumerate(zip(indices.tolist(), hw.tolist())):
+        if not train:
+            out[0][0][k] = center_crop_box(h, w)
+            continue
+        rng = np.random.default_rng([eseed, i])
+        for boxes, flips in out:
+            boxes[k] = random_crop_box(h, w, rng, scale=crop_scale)
+            flips[k] = rng.random() < 0.5
+    return out
+
+
+def mip_level(boxes: np.ndarray, resolution: int) -> np.ndarray:
+    """Pyramid level each crop samples: ``floor(log2(shrink))`` for a shrink of 2× or more
+    (by the less-shrunk axis, so nothing is blurred more than needed), else 0."""
+    shrink = np.minimum(boxes[:, 2], boxes[:, 3]) / resolution
+    return np.floor(np.log2(np.maximum(shrink, 1.0))).astype(np.int64)
+
+
+def grid_params(boxes: np.ndarray, flips: np.ndarray, hw: np.ndarray, levels: np.ndarray,
+                resolution: int, canvas: tuple[int, int]) -> np.ndarray:
+    """(B, 8) float32: per axis (x then y) ``A, B, lo, hi`` such that output pixel ``j`` of an
+    image samples normalised canvas coordinate ``clamp(A + B * (j + 0.5), lo, hi)``
+    (``grid_sample``, ``align_corners=False``).
+
+    Output pixel centre ``j`` of a crop ``(start, length)`` sits at source pixel
+    ``start - 0.5 + (j + 0.5) * length / R`` (PIL/OpenCV resize convention); a flip mirrors
+    ``j``. The clamp keeps samples on the image's own pixel centres at the chosen pyramid level
+    (edge replication instead of reading the padding). Canvas sides are multiples of
+    ``2**levels.max()``, so the normalised coordinates are the same on every level.
+    """
+    top, left, bh, bw = (boxes[:, k].astype(np.float64) for k in range(4))
+    height, width = canvas
+    step = 2.0 ** levels
+    out = np.empty((len(boxes), 8), np.float32)
+    for axis, (start, length, extent, size) in enumerate(
+            ((left, bw, hw[:, 1], width), (top, bh, hw[:, 0], height))):
+        a, b = start - 0.5, length / resolution
+        if axis == 0:  # horizontal flip: first output column samples the crop's last one
+            a, b = np.where(flips, start + length - 0.5, a), np.where(flips, -b, b)
+        cells = np.ceil(extent / step)  # the image's pixels on its level
+        out[:, 4 * axis:4 * axis + 4] = np.stack(
+            [(2 * a + 1) / size - 1, 2 * b / size, step / size - 1,
+             (2 * cells - 1) * step / size - 1], axis=1)
+    return out
+
+
+LevelGroups = list[tuple[int, "torch.Tensor | None"]]
+
+
+def level_groups(levels: np.ndarray) -> LevelGroups:
+    """``(level, batch positions)`` per pyramid level in use; positions are None when the
+    whole batch shares one level (the common case: no gather/scatter needed)."""
+    used = np.unique(levels).tolist()
+    if len(used) <= 1:
+        return [(int(used[0]) if used else 0, None)]
+    return [(lv, torch.from_numpy(np.flatnonzero(levels == lv))) for lv in used]
+
+
+@dataclass
+class _HostBatch:
+    indices: np.ndarray          # (B,) sample indices
+    data: list[torch.Tensor]     # JPEG bytes per sample
+    hw: np.ndarray               # (B, 2) image sizes
+    canvas: tuple[int, int]      # padded (H, W): multiples of 2**max level
+    top_level: int               # highest pyramid level any view samples
+    groups: list[LevelGroups]    # per view: batch positions per pyramid level
+    params: list[torch.Tensor]   # per view: (B, 8) grid parameters
+    hw_t: torch.Tensor           # (B, 2) image sizes, for the pyramid's masks
+    labels: torch.Tensor         # (B,) int64
+    # host tensors are pinned when the device is CUDA, so the copies are asynchronous
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded read-ahead
+# ---------------------------------------------------------------------------------------------
+
+class _ReadAhead:
+    """Yield ``fn(0..n-1)`` in order, computing up to ``depth`` of them ahead on ``workers``
+    threads (inline when ``workers == 0``). ``close`` cancels what is queued and joins the
+    threads; the loader calls it when iteration ends, stops early or the loader is closed."""
+
+    def __init__(self, fn: Callable[[int], _HostBatch], n: int, workers: int, depth: int):
+        self._fn, self._n, self._depth = fn, n, max(1, depth)
+        self._pool = (ThreadPoolExecutor(workers, thread_name_prefix=THREAD_PREFIX)
+                      if workers > 0 else None)
+        self._pending: deque[Future] = deque()
+        self._next = 0
+
+    def _fill(self) -> None:
+        while self._pool is not None and self._next < self._n and len(self._pending) < self._depth:
+            self._pending.append(self._pool.submit(self._fn, self._next))
+            self._next += 1
+
+    def __iter__(self) -> Iterator[_HostBatch]:
+        if self._pool is None:
+            for b in range(self._n):
+                yield self._fn(b)
+            return
+        self._fill()
+        while self._pending:
+            fut = self._pending.popleft()
+            self._fill()
+            yield fut.result()
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            for fut in self._pending:
+                fut.cancel()
+            self._pending.clear()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loader
+# ---------------------------------------------------------------------------------------------
+
+class DeviceDecodeLoader:
+    """Iterate :class:`Batch` es of the masked samples, JPEG-decoded and augmented on ``device``.
+
+    Same interface and sample order as :class:`FFCVMaskedLoader` / :class:`WdsMaskedLoader`;
+    ``source`` says whether the bytes come from the split's beton (``"ffcv"``; it must store
+    JPEGs) or its WebDataset shards (``"wds"``). ``num_workers`` is the number of read-ahead
+    threads (0: read inline); ``prefetch`` batches are read ahead (default 2 per thread).
+    """
+
+    def __init__(self, split: SplitInfo, plan: EpochPlan, *,
+                 source: Literal["ffcv", "wds"] = "ffcv", batch_size: int, train: bool,
+                 resolution: int, device: str | torch.device = "cpu", num_workers: int = 2,
+                 drop_last: bool | None = None, dtype: torch.dtype = torch.float32,
+                 channels_last: bool = False, views: int = 1,
+                 crop_scale: tuple[float, float] = RRC_SCALE, prefetch: int | None = None):
+        if source not in SOURCES:
+            raise DataError(f"unknown byte source {source!r}; choose one of {', '.join(SOURCES)}")
+        if views not in (1, 2) or (views == 2 and not train):
+            raise DataError(f"views must be 1, or 2 for a train loader (got views={views}, "
+                            f"train={train})")
+        self._readers: weakref.WeakSet[_ReadAhead] = weakref.WeakSet()
+        self._locations: _ByteLocations | None = None
+        self.plan = plan
+        self.batch_size = batch_size
+        self.train = train
+        self.resolution = resolution
+        self.device = torch.device(device)
+        self.drop_last = train if drop_last is None else drop_last
+        self.views = views
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.source = source
+        self.num_workers = max(0, int(num_workers))
+        self.prefetch = prefetch if prefetch is not None else max(2, 2 * self.num_workers)
+        self.epoch = 0
+        self.labels = np.asarray(split.load_labels(), dtype=np.int64)
+        if source == "ffcv":
+            if not split.beton.exists():
+                raise DataError(f"{split.beton} is missing; rebuild the dataset")
+            self._locations = _beton_locations(split.beton, np.asarray(plan.indices))
+        else:
+            self._locations = _shard_locations(split)
+        self.normalize = Normalize(dtype, channels_last).to(self.device)
+        self._pin = self.device.type == "cuda"
+
+    # -- interface shared with the other loaders ------------------------------------------------
+
+    def set_epoch(self, epoch: int, resolution: int | None = None) -> None:
+        """Select the epoch (order and crops) and, for progressive resizing, the resolution."""
+        self.epoch = epoch
+        if resolution is not None:
+            self.resolution = resolution
+
+    def __len__(self) -> int:
+        return self.plan.num_batches(self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch, resolution = self.epoch, self.resolution
+        order = self.plan.order(epoch)
+        eseed = epoch_seed(self.plan.seed, epoch)
+        reader = _ReadAhead(lambda b: self._host_batch(order, b, resolution, eseed), len(self),
+                            self.num_workers, self.prefetch)
+        self._readers.add(reader)
+        try:
+            for host in reader:
+                yield self._device_batch(host, resolution)
+        finally:
+            reader.close()
+        self.epoch = epoch + 1
+
+    def close(self) -> None:
+        """Stop read-ahead threads of unfinished iterations and close the data files."""
+        for reader in list(getattr(self, "_readers", ())):
+            reader.close()
+        if getattr(self, "_locations", None) is not None:
+            self._locations.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+    # -- host side (read-ahead threads) ---------------------------------------------------------
+
+    def _host_batch(self, order: np.ndarray, b: int, resolution: int, eseed: int) -> _HostBatch:
+        idx = np.asarray(order[b * self.batch_size:(b + 1) * self.batch_size], dtype=np.int64)
+        loc = self._locations
+        data = loc.read(idx)
+        hw = loc.hw[idx] if loc.hw is not None else self._header_sizes(idx, data)
+        draws = crop_draws(hw, idx, train=self.train, eseed=eseed, views=self.views,
+                           crop_scale=self.crop_scale)
+        levels = [mip_level(boxes, resolution) for boxes, _ in draws]
+        top = int(max(lv.max(initial=0) for lv in levels))
+        canvas = (int(-(-hw[:, 0].max(initial=1) // 2**top) * 2**top),
+                  int(-(-hw[:, 1].max(initial=1) // 2**top) * 2**top))
+        pin = self._host_tensor
+        params = [pin(torch.from_numpy(grid_params(boxes, flips, hw, lv, resolution, canvas)))
+                  for (boxes, flips), lv in zip(draws, levels)]
+        groups = [[(lv, None if pos is None else pin(pos)) for lv, pos in level_groups(view)]
+                  for view in levels]
+        return _HostBatch(idx, data, hw, canvas, top, groups, params,
+                          pin(torch.from_numpy(hw)), pin(torch.from_numpy(self.labels[idx])))
+
+    @staticmethod
+    def _header_sizes(idx: np.ndarray, data: list[torch.Tensor]) -> np.ndarray:
+        hw = np.empty((len(idx), 2), np.int64)
+        for k, (i, d) in enumerate(zip(idx.tolist(), data)):
+            try:
+                hw[k] = jpeg_hw(memoryview(d.numpy()))
+            except DataError as e:
+                raise DataError(f"sample {i}: {e}") from e
+        return hw
+
+    def _host_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        return t.pin_memory() if self._pin else t
+
+    # -- device side (the iterating thread) -----------------------------------------------------
+
+    def _device_batch(self, host: _HostBatch, resolution: int) -> Batch:
+        dev, nb = self.device, self._pin
+        canvas = self._decode_padded(host)
+        pyramid = [canvas]
+        if host.top_level:
+            pyramid += _mip_levels(canvas, host.hw_t.to(dev, non_blocking=nb), host.top_level)
+        images = []
+        for params, groups in zip(host.params, host.groups):
+            groups = [(lv, None if pos is None else pos.to(dev, non_blocking=nb))
+                      for lv, pos in groups]
+            out = _resample(pyramid, params.to(dev, non_blocking=nb), groups, resolution)
+            images.append(self.normalize(out))
+        return Batch(images[0], host.labels.to(dev, non_blocking=nb),
+                     torch.from_numpy(host.indices), images[1] if len(images) > 1 else None)
+
+    def _decode_padded(self, host: _HostBatch) -> torch.Tensor:
+        """Decode the batch on the device into one zero-padded float (B, 3, H, W) canvas."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            images = decode_jpeg(host.data, device=self.device, mode=ImageReadMode.RGB)
+        except RuntimeError as e:
+            raise DataError(f"cannot decode the JPEGs of samples {host.indices.tolist()}: "
+                            f"{e}") from e
+        got = np.array([img.shape[1:] for img in images], np.int64).reshape(-1, 2)
+        if not np.array_equal(got, host.hw):
+            bad = host.indices[(got != host.hw).any(axis=1)].tolist()
+            raise DataError(f"samples {bad}: decoded size differs from the stored size; "
+                            "rebuild the dataset")
+        return _pad(images, host.canvas).float()
+
+
+def _pad(images: list[torch.Tensor], canvas: tuple[int, int]) -> torch.Tensor:
+    """Zero-pad (3, h_i, w_i) uint8 images into one (B, 3, H, W) tensor, as a nested tensor
+    in one call. Converting to float first (``as_nested_tensor(..., dtype=float32)``) is
+    ~100x slower on the CPU, so the padding stays uint8."""
+    with warnings.catch_warnings():  # strided nested tensors: "prototype stage" notice
+        warnings.simplefilter("ignore", UserWarning)
+        nested = torch.nested.as_nested_tensor(images)
+        return torch.nested.to_padded_tensor(nested, 0, (len(images), 3, *canvas))
+
+
+def _mip_levels(canvas: torch.Tensor, hw_t: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """Levels 1..count: masked 2x2 averages (padding never darkens the image edge).
+    ``hw_t``: (B, 2) image sizes on the canvas's device."""
+    _, _, height, width = canvas.shape
+    rows = torch.arange(height, device=canvas.device)[None, :, None] < hw_t[:, 0, None, None]
+    cols = torch.arange(width, device=canvas.device)[None, None, :] < hw_t[:, 1, None, None]
+    mask = (rows & cols).to(canvas.dtype)[:, None]
+    total, out = canvas * mask, []
+    for _ in range(count):
+        total, mask = F.avg_pool2d(total, 2), F.avg_pool2d(mask, 2)
+        out.append(total / mask.clamp_min(1e-6))
+    return out
+
+
+def _resample(pyramid: list[torch.Tensor], params: torch.Tensor, groups: LevelGroups,
+              resolution: int) -> torch.Tensor:
+    """Crop + flip + resize every image of the batch: one ``grid_sample`` per pyramid level in
+    use (``groups`` from :func:`level_groups`, positions on the device). Returns float
+    (B, 3, R, R) rounded to whole uint8 levels, as the CPU loaders give."""
+    j = torch.arange(resolution, device=params.device, dtype=torch.float32) + 0.5
+
+    def axis(k: int) -> torch.Tensor:
+        a, b, lo, hi = (params[:, 4 * k + m, None] for m in range(4))
+        return torch.clamp(a + b * j, lo, hi)  # (B, R)
+
+    gx, gy = axis(0), axis(1)
+    n = len(params)
+    grid = torch.stack([gx[:, None, :].expand(n, resolution, resolution),
+                        gy[:, :, None].expand(n, resolution, resolution)], dim=-1)
+
+    def sample(level: int, pos: torch.Tensor | None) -> torch.Tensor:
+        src = pyramid[level] if pos is None else pyramid[level].index_select(0, pos)
+        return F.grid_sample(src, grid if pos is None else grid.index_select(0, pos),
+                             mode="bilinear", padding_mode="border", align_corners=False)
+
+    if len(groups) == 1:
+        out = sample(*groups[0])
+    else:
+        out = pyramid[0].new_empty((n, 3, resolution, resolution))
+        for level, pos in groups:
+            out.index_copy_(0, pos, sample(level, pos))
+    return out.round_().clamp_(0, 255)
+
+
+@lru_cache(maxsize=None)
+def device_decode_available(device: str) -> bool:
+    """Whether ``torchvision.io.decode_jpeg`` decodes on ``device`` here (``decode="auto"``)."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
+        jpeg = encode_jpeg(torch.zeros((3, 8, 8), dtype=torch.uint8))
+        out = decode_jpeg([jpeg], device=device, mode=ImageReadMode.RGB)
+        return tuple(out[0].shape) == (3, 8, 8)
+    except Exception:  # noqa: BLE001 - any failure means "not available"
+        return False
+
+
+__all__ = ["DeviceDecodeLoader", "SOURCES", "THREAD_PREFIX", "crop_draws",
+           "device_decode_available", "epoch_seed", "grid_params", "jpeg_hw", "level_groups",
+           "mip_level"]

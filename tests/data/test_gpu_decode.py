@@ -1,0 +1,368 @@
+"""The device-decode loader (``make_loader(decode="gpu")``), run on the CPU (``device="cpu"``).
+
+Two datasets: the conftest's flat-colour ``index_dataset`` (pixels name the sample, so order
+and index attachment are checked from pixels), and a small textured one built here whose images
+are asymmetric (red rises left to right, green top to bottom, a diagonal blue wave), so a wrong
+crop, flip or channel order shows up as a large pixel difference.
+
+Measured on the CPU (mean absolute difference of normalised images, ~0.0175 = one uint8 level):
+eval vs ffcv's CPU eval loader (OpenCV INTER_AREA, other JPEG decoder settings) 0.017 at 32 px
+and 0.022 at 64 px (worst image 0.027); eval vs the WebDataset CPU loader (PIL) at 64 px 0.0034
+(worst image 0.0046); train vs the WebDataset loader with the same seed (same crop boxes and
+flips) 0.0031 (worst 0.0048). A flipped or BGR output, or a crop of ratio 0.8 instead of 0.875,
+or one shifted by 2 px, is 0.15-0.85 away.
+"""
+from __future__ import annotations
+
+import gc
+import threading
+import weakref
+
+import numpy as np
+import pytest
+import torch
+
+from ffcv_dp4tl.data import (DeviceDecodeLoader, EpochPlan, load_manifest, make_loader,
+                             mask_from_classes)
+from ffcv_dp4tl.data import gpu_decode as gd
+from ffcv_dp4tl.data.transforms import center_crop_box
+from ffcv_dp4tl.errors import DataError, DP4TLError
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+KEEP = [1, 3]
+BS = 5
+SEED = 11
+# Bounds: the measured values in the module docstring, with headroom.
+EVAL_FFCV_MAD = 0.035
+EVAL_FFCV_WORST = 0.05
+PIL_MAD = 0.01     # eval and train vs the WebDataset (PIL) loader, where PIL does not draft
+FAR = 0.1          # every wrong-geometry control is at least this far off
+# nvJPEG (CUDA) decodes these small, strongly coloured JPEGs ~2 uint8 levels away from
+# libjpeg-turbo; measured on an H100: eval vs ffcv 0.035 (worst image 0.050), train vs the
+# WebDataset loader 0.033 (worst 0.045). Geometry errors stay >= 0.15 away.
+CUDA_MAD = 0.05
+CUDA_WORST = 0.07
+
+SIZES = [(40, 56), (56, 40), (48, 48), (96, 120), (128, 88)]  # (h, w), incl. 2x+ shrinks
+TEX_N = 30
+
+
+def texture(i: int) -> np.ndarray:
+    """HWC uint8: red rises left→right (sign of its slope tells a flip), green top→bottom,
+    blue a diagonal wave with a per-sample phase."""
+    h, w = SIZES[i % len(SIZES)]
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    r = 30 + 190 * x / (w - 1)
+    g = 40 + 170 * y / (h - 1)
+    b = 128 + 90 * np.sin(2 * np.pi * (x / (w / 2.3) + y / (h / 1.7)) + i)
+    return np.stack([r, g, b], -1).round().clip(0, 255).astype(np.uint8)
+
+
+def _build(root, n: int, **opts):
+    from beton_builders import BuildOptions, DatasetSpec, Sample, build_dataset
+
+    spec = DatasetSpec("tex", ["a", "b", "c"],
+                       {"train": [Sample(texture(i), i % 3, name=f"t{i}") for i in range(n)]})
+    build_dataset(spec, root, BuildOptions(max_side=128, shard_size=8, workers=1,
+                                           progress=False, **opts))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tex(tmp_path_factory):
+    return _build(tmp_path_factory.mktemp("tex"), TEX_N)
+
+
+@pytest.fixture(scope="module")
+def mask(index_split):
+    return mask_from_classes(index_split, KEEP)
+
+
+def _epoch(loader):
+    """(images, images2 or None, labels, indices) of one epoch, concatenated."""
+    batches = list(loader)
+    cat = lambda xs: torch.cat(xs) if xs else None  # noqa: E731
+    return (cat([b.images for b in batches]),
+            cat([b.images2 for b in batches if b.images2 is not None]),
+            cat([b.labels for b in batches]), cat([b.indices for b in batches]).tolist())
+
+
+def _mad(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float().cpu() - b.float().cpu()).abs().mean())
+
+
+def _worst(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float().cpu() - b.float().cpu()).abs().mean(dim=(1, 2, 3)).max())
+
+
+def _live_reader_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(gd.THREAD_PREFIX)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Same samples, same order, as the CPU loaders
+# ---------------------------------------------------------------------------------------------
+
+def test_train_visits_the_cpu_loaders_samples_in_their_order(index_dataset, mask, pixel_codec):
+    _, _, decode_batch = pixel_codec
+    kw = dict(mask=mask, train=True, batch_size=BS, num_workers=1, seed=SEED, drop_last=False)
+    cpu = {fmt: make_loader(index_dataset.root, "train", fmt=fmt, resolution=16, **kw)
+           for fmt in ("ffcv", "wds")}
+    gpu = {fmt: make_loader(index_dataset.root, "train", fmt=fmt, decode="gpu", resolution=16,
+                            **kw) for fmt in ("ffcv", "wds")}
+    assert all(isinstance(g, DeviceDecodeLoader) for g in gpu.values())
+    plan = EpochPlan(mask.indices, shuffle=True, seed=SEED)
+    for epoch, res in enumerate((16, 24)):
+        orders = {}
+        for name, loader in [(f"cpu-{k}", v) for k, v in cpu.items()] + \
+                            [(f"gpu-{k}", v) for k, v in gpu.items()]:
+            loader.set_epoch(epoch, res)
+            images, _, labels, idx = _epoch(loader)
+            assert images.shape[1:] == (3, res, res), name
+            decoded, spread = decode_batch(images)
+            assert spread < 12 and decoded == idx, name  # Batch.indices names its pixels
+            assert labels.dtype == torch.int64
+            assert labels.tolist() == index_dataset.labels[idx].tolist(), name
+            orders[name] = idx
+        assert len(set(map(tuple, orders.values()))) == 1, orders
+        assert orders["gpu-ffcv"] == plan.order(epoch).tolist()
+    assert len(gpu["ffcv"]) == len(cpu["ffcv"])
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_ranks_match_the_wds_loader(index_dataset, mask, world):
+    kw = dict(mask=mask, train=True, batch_size=BS, resolution=16, num_workers=0, seed=SEED,
+              drop_last=False, world_size=world)
+    for epoch in range(2):
+        seen = []
+        for rank in range(world):
+            ref = make_loader(index_dataset.root, "train", fmt="wds", rank=rank, **kw)
+            ref.set_epoch(epoch)
+            expect = [i for b in ref for i in b.indices.tolist()]
+            for fmt in ("ffcv", "wds"):
+                loader = make_loader(index_dataset.root, "train", fmt=fmt, decode="gpu",
+                                     rank=rank, **kw)
+                loader.set_epoch(epoch)
+                assert _epoch(loader)[3] == expect, (epoch, rank, fmt)
+                assert len(loader) == len(ref)
+            seen += expect
+        assert sorted(seen) == sorted(mask.indices.tolist())  # disjoint, complete
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixels: eval against the CPU loaders, train reproducibility and crops
+# ---------------------------------------------------------------------------------------------
+
+def test_eval_pixels_match_the_cpu_loaders(tex, monkeypatch):
+    def run(fmt, res, decode="cpu"):
+        return _epoch(make_loader(tex, "train", fmt=fmt, decode=decode, train=False,
+                                  batch_size=8, resolution=res, num_workers=1))
+
+    refs = {}
+    for res in (32, 64):
+        ref, _, ref_labels, ref_idx = refs[res] = run("ffcv", res)
+        got, _, labels, idx = run("ffcv", res, "gpu")
+        from_shards = run("wds", res, "gpu")[0]
+        assert idx == ref_idx == list(range(TEX_N)) and torch.equal(labels, ref_labels)
+        assert torch.equal(got, from_shards)  # same JPEG bytes in beton and shards
+        assert _mad(got, ref) < EVAL_FFCV_MAD and _worst(got, ref) < EVAL_FFCV_WORST, res
+        # controls: the comparison would catch a flip, a vertical flip, BGR, a sample mix-up
+        for wrong in (got.flip(-1), got.flip(-2), got[:, [2, 1, 0]], got.roll(1, dims=0)):
+            assert _mad(wrong, ref) > FAR
+    pil, _, _, _ = run("wds", 64)  # no PIL draft at 64 px for these sizes: same geometry
+    got64 = run("wds", 64, "gpu")[0]
+    assert _mad(got64, pil) < PIL_MAD
+    # ... and a wrong crop: ratio 0.8 instead of 224/256, or the right one shifted by 2 px
+    for box in (lambda h, w: center_crop_box(h, w, 0.8),
+                lambda h, w: (lambda t, l, ch, cw: (t, l + 2, ch, cw))(*center_crop_box(h, w))):
+        monkeypatch.setattr(gd, "center_crop_box", box)
+        assert _mad(run("wds", 64, "gpu")[0], pil) > FAR
+        assert _mad(run("ffcv", 32, "gpu")[0], refs[32][0]) > FAR
+
+
+def _train(tex, fmt="wds", decode="gpu", **kw):
+    args = dict(train=True, batch_size=8, resolution=64, num_workers=1, seed=5, drop_last=False)
+    args.update(kw)
+    return make_loader(tex, "train", fmt=fmt, decode=decode, **args)
+
+
+def test_train_crops_reproducible_per_epoch_and_equal_to_wds_crops(tex):
+    a, b = _train(tex), _train(tex, fmt="ffcv", num_workers=0)
+    pil = _train(tex, decode="cpu", num_workers=0)
+    epochs = []
+    for epoch in range(2):
+        for loader in (a, b, pil):
+            loader.set_epoch(epoch)
+        x, _, _, idx = _epoch(a)
+        y, _, _, idx_b = _epoch(b)
+        ref, _, _, idx_ref = _epoch(pil)
+        assert idx == idx_b == idx_ref
+        assert torch.equal(x, y)  # seeded per (seed, epoch, sample), not per thread or source
+        assert _mad(x, ref) < PIL_MAD and _worst(x, ref) < 2 * PIL_MAD, epoch
+        assert _mad(x.flip(-1), ref) > FAR
+        a.set_epoch(epoch)
+        assert torch.equal(_epoch(a)[0], x)  # replaying an epoch replays its crops
+        epochs.append((dict(zip(idx, x)), idx))
+    (first, order0), (second, order1) = epochs
+    assert order0 != order1
+    assert all(_mad(first[i], second[i]) > 0.05 for i in order0)  # new crops every epoch
+    other_seed = _train(tex, seed=6)
+    x6, _, _, idx6 = _epoch(other_seed)
+    assert _mad(torch.stack([dict(zip(idx6, x6))[i] for i in order0]),
+                torch.stack([first[i] for i in order0])) > FAR
+
+
+def test_flip_in_about_half_the_samples(tex):
+    loader = _train(tex, resolution=32)
+    flipped, expected = [], []
+    for epoch in range(4):
+        loader.set_epoch(epoch)
+        images, _, _, idx = _epoch(loader)
+        red = images[:, 0]
+        flipped += (red[:, :, -1] - red[:, :, 0]).mean(dim=1).lt(0).tolist()  # red falls → flip
+        hw = np.array([SIZES[i % len(SIZES)] for i in idx])
+        draws = gd.crop_draws(hw, np.array(idx), train=True,
+                              eseed=gd.epoch_seed(loader.plan.seed, epoch), views=1,
+                              crop_scale=loader.crop_scale)
+        expected += draws[0][1].tolist()
+    assert flipped == expected
+    assert 0.3 < np.mean(flipped) < 0.7, np.mean(flipped)
+
+
+def test_two_views_are_independent_crops_of_the_same_samples(tex):
+    two = _train(tex, views=2, crop_scale=(0.2, 1.0))
+    pil = _train(tex, decode="cpu", views=2, crop_scale=(0.2, 1.0), num_workers=0)
+    for loader in (two, pil):
+        loader.set_epoch(1, 72)  # >= half of every image side: PIL does not draft
+    x1, x2, _, idx = _epoch(two)
+    r1, r2, _, idx_ref = _epoch(pil)
+    assert idx == idx_ref and x2.shape == x1.shape == (TEX_N, 3, 72, 72)
+    assert _mad(x1, r1) < PIL_MAD and _mad(x2, r2) < PIL_MAD  # the WebDataset loader's draws
+    per_sample = (x1 - x2).abs().mean(dim=(1, 2, 3))
+    assert (per_sample > 0.02).float().mean() > 0.9  # different crops of each sample
+
+
+def test_dtype_and_channels_last(tex):
+    base = _epoch(_train(tex, fmt="ffcv", train=False))[0]
+    loader = _train(tex, fmt="ffcv", train=False, dtype=torch.bfloat16, channels_last=True)
+    batch = next(iter(loader))
+    assert batch.images.dtype == torch.bfloat16 and batch.labels.dtype == torch.int64
+    assert batch.images.is_contiguous(memory_format=torch.channels_last)
+    assert _mad(batch.images, base[:len(batch.images)]) < 0.01
+
+
+def test_antialiased_shrink_is_batched_and_does_not_alias():
+    """1-px vertical stripes shrunk 4-6x: the mipmap path gives flat grey (their true area
+    average), plain bilinear (every image on level 0) keeps the stripes' aliasing. Two image
+    sizes share one zero-padded canvas, as in a decoded batch."""
+    hw = np.array([[100, 130], [80, 72]])
+    res = 16
+    boxes = np.array([[0, 0, 100, 100], [5, 2, 70, 70]])
+    flips = np.array([False, True])
+    xx = np.arange(136)[None, :].repeat(128, 0)
+    canvas = torch.from_numpy((xx % 2 * 255).astype(np.float32)).expand(2, 3, 128, 136).clone()
+    for k, (h, w) in enumerate(hw):
+        canvas[k, :, h:] = 0
+        canvas[k, :, :, w:] = 0
+    levels = gd.mip_level(boxes, res)
+    assert levels.tolist() == [2, 2]
+    for lv, flat in ((levels, True), (np.zeros(2, np.int64), False)):
+        pyramid = [canvas] + gd._mip_levels(canvas, torch.from_numpy(hw), int(lv.max()))
+        params = torch.from_numpy(gd.grid_params(boxes, flips, hw, lv, res, (128, 136)))
+        out = gd._resample(pyramid, params, gd.level_groups(lv), res)
+        assert out.shape == (2, 3, res, res)
+        spread = float((out - 127.5).abs().mean())
+        assert (spread < 1) if flat else (spread > 40), (lv, spread)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors, threads, resolution
+# ---------------------------------------------------------------------------------------------
+
+def test_errors(tex, tmp_path):
+    kw = dict(train=False, batch_size=4, resolution=16, num_workers=0)
+    with pytest.raises(DataError, match="unknown decode 'nvjpeg'; choose one of cpu, gpu, auto"):
+        make_loader(tex, "train", decode="nvjpeg", **kw)
+    raw = _build(tmp_path / "raw", 8, beton_mode="proportion", raw_fraction=0.5)
+    with pytest.raises(DataError, match="stored as raw pixels.*fmt='wds'.*decode='cpu'"):
+        make_loader(raw, "train", fmt="ffcv", decode="gpu", **kw)
+    assert _epoch(make_loader(raw, "train", fmt="wds", decode="gpu", **kw))[3] == list(range(8))
+    split = load_manifest(tex).split("train")
+    with pytest.raises(DataError, match="unknown byte source"):
+        DeviceDecodeLoader(split, EpochPlan(np.arange(4), False, 0), source="tar", **kw)
+    # auto: the CPU loaders unless the device is CUDA with a working decoder
+    assert not isinstance(make_loader(tex, "train", decode="auto", **kw), DeviceDecodeLoader)
+
+
+def test_recipe_decode_knob():
+    from ffcv_dp4tl.training.recipe import Recipe
+
+    base = Recipe.from_dict({})
+    assert base.data.decode == "cpu" and "decode" not in base.to_dict()["data"]
+    gpu = Recipe.from_dict({"data": {"decode": "gpu"}})
+    assert gpu.data.decode == "gpu" and gpu.fingerprint() != base.fingerprint()
+    with pytest.raises(DP4TLError, match="data.decode = 'nvjpeg' is not one of cpu, gpu, auto"):
+        Recipe.from_dict({"data": {"decode": "nvjpeg"}})
+
+
+def test_threads_stop_on_early_break_close_and_drop(tex):
+    assert not _live_reader_threads()
+    loader = _train(tex, num_workers=2, batch_size=4)
+    for _ in loader:
+        assert _live_reader_threads()  # reading ahead
+        break
+    assert not _live_reader_threads()
+    it = iter(loader)
+    next(it)
+    loader.close()  # an unfinished iteration's threads stop with the loader
+    assert not _live_reader_threads()
+    del it
+    it = iter(loader)
+    next(it)
+    ref = weakref.ref(loader)
+    del loader, it  # dropping both frees the loader at once (no reference cycle)
+    assert ref() is None and not _live_reader_threads()
+    gc.collect()
+    assert not _live_reader_threads()
+
+
+def test_set_epoch_changes_resolution(tex):
+    loader = _train(tex, resolution=24)
+    assert loader.resolution == 24 and len(loader) == -(-TEX_N // 8)
+    loader.set_epoch(3, 40)
+    assert loader.resolution == 40 and loader.epoch == 3
+    assert _epoch(loader)[0].shape == (TEX_N, 3, 40, 40)
+    assert loader.epoch == 4  # a full pass moves on to the next epoch
+    loader.set_epoch(4)
+    assert loader.resolution == 40
+
+
+# ---------------------------------------------------------------------------------------------
+# The same checks on CUDA (nvJPEG); runs on the GPU host
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_decode_matches_the_cpu_loaders(tex):
+    kw = dict(train=False, batch_size=8, resolution=32, num_workers=1)
+    ref, _, _, ref_idx = _epoch(make_loader(tex, "train", fmt="ffcv", **kw))
+    for fmt in ("ffcv", "wds"):
+        loader = make_loader(tex, "train", fmt=fmt, decode="auto", device="cuda", **kw)
+        assert isinstance(loader, DeviceDecodeLoader)
+        got, _, labels, idx = _epoch(loader)
+        assert got.device.type == "cuda" and labels.device.type == "cuda"
+        assert idx == ref_idx
+        assert _mad(got, ref) < CUDA_MAD and _worst(got, ref) < CUDA_WORST
+        assert _mad(got.flip(-1), ref) > FAR and _mad(got[:, [2, 1, 0]], ref) > FAR
+    cpu_side = _train(tex, decode="cpu", num_workers=0)
+    cuda_side = _train(tex, device="cuda", channels_last=True)
+    for epoch in range(2):
+        cpu_side.set_epoch(epoch)
+        cuda_side.set_epoch(epoch)
+        x, _, _, idx = _epoch(cuda_side)
+        y, _, _, idx_ref = _epoch(cpu_side)
+        assert idx == idx_ref
+        assert _mad(x, y) < CUDA_MAD and _worst(x, y) < CUDA_WORST
+        assert _mad(x.flip(-1), y) > FAR
+    assert not _live_reader_threads()
