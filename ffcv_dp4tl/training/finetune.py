@@ -18,9 +18,8 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -32,10 +31,17 @@ from .distributed import resolve_device
 from .models import create_model, features, replace_head
 from .recipe import Recipe, load_recipe
 from .schedule import lr_for_iteration, peak_lr
-from .trainer import (autocast_dtype, build_optimizer, evaluate, param_groups, seed_epoch)
+from .trainer import (autocast_dtype, build_optimizer, cudnn_benchmark, evaluate, param_groups,
+                      seed_epoch, train_step)
 from .distributed import DistContext
 
 RESULT_NAME = "result.json"
+
+
+class _FeatureBatch(NamedTuple):
+    """A batch of cached LP features, shaped like a loader Batch for :func:`train_step`."""
+    images: torch.Tensor
+    labels: torch.Tensor
 
 
 def load_pretrained(checkpoint: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
@@ -72,7 +78,13 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
     if mode not in ("lp", "ff"):
         raise DP4TLError(f"finetune mode must be lp or ff, got {mode!r}")
     dev = resolve_device(device)
-    out_dir = Path(out_dir)
+    with cudnn_benchmark(dev):  # FF trains at one fixed resolution: see cudnn_benchmark
+        return _finetune(recipe, mode, checkpoint, Path(target_dir), Path(out_dir), fmt, dev,
+                         progress, t0)
+
+
+def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Path, out_dir: Path,
+              fmt: str, dev: torch.device, progress: bool, t0: float) -> dict[str, Any]:
     manifest = load_manifest(target_dir)
     train_split = manifest.split(recipe.data.train_split)
     test_split = manifest.split(recipe.data.test_split)
@@ -114,20 +126,17 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
         gen = torch.Generator().manual_seed(tc.seed)
         iters = -(-len(ytr) // tc.batch_size)
         for epoch in range(tc.epochs):
-            perm = torch.randperm(len(ytr), generator=gen).to(xtr.device)
-            sums = np.zeros(3)
+            perm = torch.randperm(len(ytr), generator=gen).to(xtr.device, non_blocking=True)
+            sums = torch.zeros(3, dtype=torch.float64, device=xtr.device)  # read once per epoch
             for it in range(iters):
                 idx = perm[it * tc.batch_size:(it + 1) * tc.batch_size]
                 lr = lr_for_iteration(recipe.lr, epoch, it, iters, tc.epochs, peak)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                out = head(xtr[idx])
-                loss = crit(out, ytr[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sums += [loss.item() * len(idx), (out.argmax(1) == ytr[idx]).sum().item(), len(idx)]
-            row = {"epoch": epoch, "loss": float(sums[0] / sums[2]), "top1_train": float(sums[1] / sums[2]),
+                feats = _FeatureBatch(xtr[idx], ytr[idx])
+                train_step(head, feats, opt, crit=crit, sums=sums)
+            loss_sum, correct_sum, count = sums.tolist()
+            row = {"epoch": epoch, "loss": loss_sum / count, "top1_train": correct_sum / count,
                    "lr": lr, "top1_test": None}
             if (epoch + 1) % ec.every == 0 or epoch + 1 == tc.epochs:
                 with torch.no_grad():
@@ -144,20 +153,14 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
             train_loader.set_epoch(epoch)
             model.train()
             iters = len(train_loader)
-            sums = np.zeros(3)
+            sums = torch.zeros(3, dtype=torch.float64, device=dev)  # read once per epoch
             for it, batch in enumerate(train_loader):
                 lr = lr_for_iteration(recipe.lr, epoch, it, iters, tc.epochs, peak)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                    out = model(batch.images)
-                    loss = crit(out, batch.labels)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                n = batch.labels.numel()
-                sums += [loss.item() * n, (out.argmax(1) == batch.labels).sum().item(), n]
-            row = {"epoch": epoch, "loss": float(sums[0] / sums[2]), "top1_train": float(sums[1] / sums[2]),
+                train_step(model, batch, opt, crit=crit, amp=amp, sums=sums)
+            loss_sum, correct_sum, count = sums.tolist()
+            row = {"epoch": epoch, "loss": loss_sum / count, "top1_train": correct_sum / count,
                    "lr": lr, "top1_test": None}
             if (epoch + 1) % ec.every == 0 or epoch + 1 == tc.epochs:
                 row["top1_test"] = evaluate(model, test_loader, ctx, amp, ec.flip_tta)["top1"]

@@ -47,6 +47,7 @@ class DataCfg:
     test_split: str = "test"   # finetune targets
     num_workers: int = 2
     seed: int = 0              # data order + augmentation seed (model init uses train.seed)
+    decode: str = "cpu"        # cpu | gpu (JPEG decode + augment on the device) | auto
 
 
 @dataclass
@@ -85,8 +86,12 @@ class TrainCfg:
     start_ramp: int = 11
     end_ramp: int = 13
     res_multiple: int = 32     # resolutions are rounded to a multiple of this
-    precision: str = "bf16"    # bf16 | fp16 | fp32 (CPU always runs fp32)
-    channels_last: bool = True  # CUDA only
+    precision: str = "bf16"    # bf16 | fp16 | fp32 (CPU runs fp32 unless cpu_autocast)
+    channels_last: bool = True  # CUDA only (and CPU with cpu_autocast)
+    # CPU only: honour precision (torch.autocast on CPU) and channels_last as CUDA does, to
+    # exercise the mixed-precision path without a GPU (slow, changes numerics; off by default,
+    # and left out of the fingerprint while off so existing checkpoints keep resuming)
+    cpu_autocast: bool = False
     compile: bool = False
     drop_last: bool = True     # ffcv-imagenet drops the last partial batch
     record_seen: bool = False  # debug: every rank saves the sample indices it trained on
@@ -148,6 +153,10 @@ class Recipe:
         d.pop("name")
         if d["ssl"] == dataclasses.asdict(SSLCfg()):
             d.pop("ssl")  # supervised recipes keep the fingerprints they had before [ssl] existed
+        if d["data"]["decode"] == "cpu":
+            d["data"].pop("decode")  # likewise for recipes from before data.decode existed
+        if not d["train"]["cpu_autocast"]:
+            d["train"].pop("cpu_autocast")  # and from before train.cpu_autocast existed
         return d
 
     def fingerprint(self) -> str:
@@ -218,6 +227,7 @@ _CHOICES = {
     ("train", "precision"): ("bf16", "fp16", "fp32"),
     ("finetune", "mode"): ("lp", "ff"),
     ("ssl", "method"): ("none", "moco_v2"),
+    ("data", "decode"): ("cpu", "gpu", "auto"),
 }
 
 

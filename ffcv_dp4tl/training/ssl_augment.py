@@ -10,6 +10,11 @@ Differences from torchvision's per-image ``ColorJitter`` (documented because the
 distribution slightly): the four jitters are applied in a fixed order (brightness, contrast,
 saturation, hue) instead of a random one, and hue is a rotation of the chroma plane in YIQ space
 rather than an HSV hue shift. Both are the usual batched approximations.
+
+No host synchronisation per batch: random parameters are drawn on the batch's device, the
+constant matrices (luma weights, RGB↔YIQ and its inverse, inverted once at construction) are
+module buffers, and the per-image hue rotation is composed with them on the device — so on a
+GPU the augmentations only enqueue kernels and never stall the training step.
 """
 from __future__ import annotations
 
@@ -22,27 +27,37 @@ from torch import nn
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 _GRAY = (0.299, 0.587, 0.114)
+#: RGB → YIQ (NTSC); its inverse is computed once, in float64, by :func:`_yiq_matrices`
+_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+def _yiq_matrices() -> tuple[torch.Tensor, torch.Tensor]:
+    """(RGB→YIQ, YIQ→RGB) as float32 3×3 CPU tensors; the inverse is taken once here, on the
+    host, never per batch (``linalg.inv`` on a CUDA tensor checks its result on the host)."""
+    to_yiq = torch.tensor(_TO_YIQ, dtype=torch.float64)
+    return to_yiq.float(), torch.linalg.inv(to_yiq).float()
 
 
 def _uniform(n: int, lo: float, hi: float, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(n, 1, 1, 1, device=like.device).uniform_(lo, hi)
 
 
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor(_GRAY, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
+def _gray(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Luma of an NCHW batch; ``w`` = the 1×3×1×1 weights (a buffer already on x's device)."""
+    return (x * w.to(x.dtype)).sum(1, keepdim=True)
 
 
-def _hue_rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    """Rotate each image's chroma by ``angle`` (radians, shape N×1×1×1) in YIQ space."""
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
-                           [0.211, -0.523, 0.312]], device=x.device, dtype=x.dtype)
-    to_rgb = torch.linalg.inv(to_yiq)
-    yiq = torch.einsum("ij,njhw->nihw", to_yiq, x)
-    c, s = torch.cos(angle[:, 0]), torch.sin(angle[:, 0])  # N×1×1
-    i, q = yiq[:, 1:2], yiq[:, 2:3]
-    yiq = torch.cat([yiq[:, :1], c[:, None] * i - s[:, None] * q, s[:, None] * i + c[:, None] * q], 1)
-    return torch.einsum("ij,njhw->nihw", to_rgb, yiq)
+def _hue_rotate(x: torch.Tensor, angle: torch.Tensor, to_yiq: torch.Tensor,
+                to_rgb: torch.Tensor) -> torch.Tensor:
+    """Rotate each image's chroma by ``angle`` (radians, shape N×1×1×1) in YIQ space.
+
+    The three linear maps (RGB→YIQ, rotation of the I/Q plane, YIQ→RGB) are composed into one
+    3×3 matrix per image and applied in a single pass; everything stays on x's device."""
+    c, s = torch.cos(angle.flatten()), torch.sin(angle.flatten())  # N
+    one, zero = torch.ones_like(c), torch.zeros_like(c)
+    rot = torch.stack([one, zero, zero, zero, c, -s, zero, s, c], 1).view(-1, 3, 3)
+    m = (to_rgb.to(x.dtype) @ rot.to(x.dtype) @ to_yiq.to(x.dtype))  # N×3×3
+    return torch.einsum("nij,njhw->nihw", m, x)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Tensor:
@@ -51,7 +66,8 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel: int) -> torch.Te
     r = kernel // 2
     t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
     k = torch.exp(-(t[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))
-    k = (k / k.sum(1, keepdim=True)).repeat_interleave(ch, 0)  # (N·C) × kernel
+    k = k / k.sum(1, keepdim=True)
+    k = k[:, None].expand(n, ch, kernel).reshape(n * ch, kernel)  # (N·C) × kernel
     y = x.reshape(1, n * ch, h, w)
     y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), k[:, None, None, :], groups=n * ch)
     y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k[:, None, :, None], groups=n * ch)
@@ -74,6 +90,12 @@ class MoCoAugment(nn.Module):
         self.blur_kernel_frac = blur_kernel_frac
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) / 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) / 255, persistent=False)
+        # Constant matrices live in buffers, so moving the module to the GPU moves them once:
+        # building them per batch from Python numbers would be a blocking host→device copy.
+        to_yiq, to_rgb = _yiq_matrices()
+        self.register_buffer("gray_weights", torch.tensor(_GRAY).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("to_yiq", to_yiq, persistent=False)
+        self.register_buffer("to_rgb", to_rgb, persistent=False)
 
     def kernel_size(self, size: int) -> int:
         """~10 % of the image side, odd, at least 3 (MoCo v2: 23 px at 224 px)."""
@@ -82,10 +104,21 @@ class MoCoAugment(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Augment ``x``. No host synchronisation: every random parameter is drawn on x's device
+        by torch's RNG (same draws, in the same order, as before), the constant matrices are
+        buffers, and the blur kernel size depends only on the (static) image shape. Runs in
+        float32 also inside an autocast region (the trainer's step is one), so bf16 training
+        does not change the augmentations' numerics."""
+        if self.gray_weights.device != x.device:
+            self.to(x.device)  # once: later batches find the buffers already there
+        with torch.autocast(x.device.type, enabled=False):
+            return self._augment(x)
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         channels_last = x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) \
             and not x.is_contiguous()
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        mean, std, gw = self.mean, self.std, self.gray_weights
         x = (x.float() * std + mean).clamp_(0, 1)
         n = x.shape[0]
         b, c, s, h = self.jitter
@@ -93,16 +126,17 @@ class MoCoAugment(nn.Module):
         if b > 0:
             y = (y * _uniform(n, max(0.0, 1 - b), 1 + b, x)).clamp(0, 1)
         if c > 0:
-            m = _gray(y).mean((2, 3), keepdim=True)
+            m = _gray(y, gw).mean((2, 3), keepdim=True)
             y = ((y - m) * _uniform(n, max(0.0, 1 - c), 1 + c, x) + m).clamp(0, 1)
         if s > 0:
-            g = _gray(y)
+            g = _gray(y, gw)
             y = ((y - g) * _uniform(n, max(0.0, 1 - s), 1 + s, x) + g).clamp(0, 1)
         if h > 0:
-            y = _hue_rotate(y, _uniform(n, -h, h, x) * 2 * math.pi).clamp(0, 1)
+            angle = _uniform(n, -h, h, x) * 2 * math.pi
+            y = _hue_rotate(y, angle, self.to_yiq, self.to_rgb).clamp(0, 1)
         x = torch.where(torch.rand(n, 1, 1, 1, device=x.device) < self.p_jitter, y, x)
         x = torch.where(torch.rand(n, 1, 1, 1, device=x.device) < self.p_gray,
-                        _gray(x).expand_as(x), x)
+                        _gray(x, gw).expand_as(x), x)
         if self.p_blur > 0 and x.shape[-1] >= 8:
             sigma = torch.empty(n, device=x.device).uniform_(*self.blur_sigma)
             blurred = gaussian_blur(x, sigma, self.kernel_size(min(x.shape[-2:])))

@@ -26,10 +26,19 @@ WebDataset loader (augmentation seeded per (seed, epoch, sample)) an interrupted
 ends with bit-identical weights to an uninterrupted one. The FFCV loader's augmentations draw from
 numba's per-thread RNG, which cannot be seeded from Python, so ffcv runs resume *correctly* but
 not bit-identically.
+
+**GPU path.** The per-step body is :func:`train_step` (built by :func:`build_step_parts`); it
+never synchronises the host with the GPU: metrics accumulate in a device tensor read once per
+epoch, the progress bar counts steps, MoCo's augmentations draw their parameters on the device.
+``cudnn.benchmark`` is on while training on CUDA (:func:`cudnn_benchmark`). bf16/fp16 autocast
+and channels_last apply on CUDA; ``train.cpu_autocast = true`` applies them on CPU too, so that
+path (and ``train.compile``, which runs on CPU with inductor's C++ backend) can be tested
+without a GPU (``tests/training/test_gpu.py``).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -97,11 +106,50 @@ def build_optimizer(recipe: Recipe, params: list[dict], lr: float) -> torch.opti
     return cls(params, lr=lr, betas=tuple(o.betas))
 
 
+def cpu_runs_cuda_path(recipe: Recipe, device: torch.device) -> bool:
+    """``train.cpu_autocast = true`` on a CPU run: honour the CUDA-only knobs (autocast at
+    ``train.precision`` and ``train.channels_last``) so the mixed-precision code path can be
+    exercised on CPU before a GPU run."""
+    return device.type == "cpu" and recipe.train.cpu_autocast
+
+
 def autocast_dtype(recipe: Recipe, device: torch.device) -> torch.dtype | None:
-    """bf16/fp16 autocast on CUDA only; CPU runs fp32 (CPU autocast is slow and changes numerics)."""
-    if device.type != "cuda" or recipe.train.precision == "fp32":
+    """bf16/fp16 autocast on CUDA. CPU runs fp32 (CPU autocast is slow and changes numerics)
+    unless the recipe sets ``train.cpu_autocast = true``, which makes CPU autocast at
+    ``train.precision`` too — a switch for testing the GPU code path on CPU, off by default."""
+    if recipe.train.precision == "fp32":
+        return None
+    if device.type != "cuda" and not cpu_runs_cuda_path(recipe, device):
         return None
     return torch.bfloat16 if recipe.train.precision == "bf16" else torch.float16
+
+
+def use_channels_last(recipe: Recipe, device: torch.device) -> bool:
+    """``train.channels_last`` applies on CUDA (and on CPU under ``train.cpu_autocast``)."""
+    return recipe.train.channels_last and (device.type == "cuda"
+                                           or cpu_runs_cuda_path(recipe, device))
+
+
+@contextlib.contextmanager
+def cudnn_benchmark(device: torch.device):
+    """``torch.backends.cudnn.benchmark = True`` while training on CUDA (restored afterwards).
+
+    Benchmark mode times the available convolution algorithms the first time it sees an input
+    shape and reuses the fastest for every later call with that shape. Training shapes are fixed
+    within an epoch (fixed batch size, ``drop_last``; one resolution per epoch), so tuning costs
+    a few steps once per shape: progressive resizing changes the resolution at most once per
+    epoch, which re-tunes once, and a last partial batch (finetuning, evaluation) adds one more
+    shape. Without it cuDNN picks algorithms by heuristics, often a slower one for the
+    channels_last bf16 convolutions. CPU runs leave the flag alone."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def seed_epoch(seed: int, epoch: int) -> None:
@@ -110,6 +158,119 @@ def seed_epoch(seed: int, epoch: int) -> None:
     random.seed(s)
     np.random.seed(s)
     torch.manual_seed(s)
+
+
+def train_step(train_model: nn.Module, batch, opt: torch.optim.Optimizer, *,
+               crit: nn.Module | None = None, amp: torch.dtype | None = None,
+               scaler: torch.amp.GradScaler | None = None, objective=None,
+               grad_clip: float = 0.0, clip_params: list[torch.Tensor] | None = None,
+               sums: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimisation step on ``batch``; returns the (detached) loss tensor.
+
+    Supervised (``crit`` on ``train_model(batch.images)``) or, with ``objective``, its loss
+    (MoCo). ``sums`` (float64, on the device) accumulates (loss × n, correct, n) for the epoch's
+    metrics. The step never synchronises the host with the device — no ``.item()``, no
+    Python-side branching on tensor values, no blocking host→device copies — so on a GPU the
+    Python loop runs ahead and keeps the kernel queue full (``tests/training/test_gpu.py``
+    checks this under ``torch.cuda.set_sync_debug_mode("error")``). Known exception: fp16 with
+    an enabled GradScaler, whose ``step`` reads the inf check on the host (bf16 needs no
+    scaler). The lr is set by the caller (a Python float: no sync either).
+    """
+    with torch.autocast(batch.images.device.type, dtype=amp, enabled=amp is not None):
+        if objective is not None:
+            loss, correct, n = objective(train_model, batch)
+        else:
+            out = train_model(batch.images)
+            loss = crit(out, batch.labels)
+            correct, n = (out.detach().argmax(1) == batch.labels).sum(), batch.labels.numel()
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        if grad_clip > 0:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(clip_params, grad_clip)
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(clip_params, grad_clip)
+        opt.step()
+    loss = loss.detach()
+    if sums is not None:
+        sums[0] += loss.double() * n
+        sums[1] += correct
+        sums[2] += n
+    return loss
+
+
+@dataclasses.dataclass
+class StepParts:
+    """Everything one training step needs, built by :func:`build_step_parts` — the trainer's
+    setup, reusable by tests and benchmarks that drive :func:`train_step` directly."""
+    model: nn.Module        # the backbone every checkpoint stores
+    net: nn.Module          # model, or ProjectionNet(model) for self-supervised recipes
+    train_model: nn.Module  # net, wrapped in DDP and/or torch.compile as the recipe says
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    objective: Any          # MoCoObjective or None (supervised)
+    crit: nn.Module
+    amp: torch.dtype | None
+    channels_last: bool
+    peak: float             # peak lr (per the recipe's batch scaling)
+    grad_clip: float
+    clip_params: list[torch.Tensor]
+
+    def step(self, batch, sums: torch.Tensor | None = None) -> torch.Tensor:
+        """:func:`train_step` with these parts (the lr is set on ``opt`` by the caller)."""
+        return train_step(self.train_model, batch, self.opt, crit=self.crit, amp=self.amp,
+                          scaler=self.scaler, objective=self.objective, grad_clip=self.grad_clip,
+                          clip_params=self.clip_params, sums=sums)
+
+
+def build_step_parts(recipe: Recipe, num_classes: int, ctx: dist_.DistContext,
+                     ckpt: dict[str, Any] | None = None) -> StepParts:
+    """Model (seeded from ``train.seed``), optimiser, grad scaler, objective and compiled/DDP
+    wrapper for ``recipe`` on ``ctx.device``, restored from ``ckpt`` when given."""
+    dev, tc = ctx.device, recipe.train
+    ssl = recipe.ssl.method != "none"
+    head_classes = recipe.ssl.dim if ssl else num_classes  # ssl: fc = last projection layer
+    torch.manual_seed(tc.seed)
+    model = build_model(recipe, head_classes).to(dev)
+    net: nn.Module = model
+    if ssl:
+        from .moco import ProjectionNet
+        net = ProjectionNet(model).to(dev)
+    channels_last = use_channels_last(recipe, dev)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    peak = peak_lr(recipe.lr, tc.batch_size)
+    opt = build_optimizer(recipe, param_groups(net, recipe.optim.weight_decay,
+                                               recipe.optim.wd_on_bn_bias), peak)
+    amp = autocast_dtype(recipe, dev)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp is torch.float16)
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+    objective = None
+    if ssl:
+        from .moco import MoCoObjective
+        objective = MoCoObjective(net, recipe.ssl, ctx)
+        if ckpt:
+            objective.load_state_dict(ckpt["objective"])
+    train_model: nn.Module = net
+    if ctx.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            net, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if tc.compile:
+        train_model = torch.compile(train_model)
+    return StepParts(model=model, net=net, train_model=train_model, opt=opt, scaler=scaler,
+                     objective=objective, crit=nn.CrossEntropyLoss(
+                         label_smoothing=recipe.optim.label_smoothing),
+                     amp=amp, channels_last=channels_last, peak=peak,
+                     grad_clip=recipe.optim.grad_clip,
+                     clip_params=[p for p in net.parameters() if p.requires_grad])
 
 
 @torch.no_grad()
@@ -130,8 +291,9 @@ def evaluate(model: nn.Module, loader, ctx: dist_.DistContext, amp: torch.dtype 
         sums[1] += (out.argmax(1) == batch.labels).sum()
         sums[2] += batch.labels.numel()
     dist_.all_reduce_sum(sums, ctx)
-    n = max(sums[2].item(), 1)
-    return {"loss": sums[0].item() / n, "top1": sums[1].item() / n, "count": int(sums[2].item())}
+    loss_sum, correct_sum, count = sums.tolist()
+    n = max(count, 1)
+    return {"loss": loss_sum / n, "top1": correct_sum / n, "count": int(count)}
 
 
 #: metrics.jsonl keys mirrored to TensorBoard (step = completed epochs)
@@ -180,8 +342,9 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
     out_dir = Path(out_dir)
     ctx = dist_.setup(device)
     try:
-        return _train(recipe, Path(dataset_dir), mask, out_dir, fmt, ctx, resume, progress,
-                      stop_after, on_batch, t_start)
+        with cudnn_benchmark(ctx.device):
+            return _train(recipe, Path(dataset_dir), mask, out_dir, fmt, ctx, resume, progress,
+                          stop_after, on_batch, t_start)
     finally:
         dist_.teardown(ctx)
 
@@ -234,42 +397,14 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     # ---- model / optimiser ----------------------------------------------------------------
     ssl = recipe.ssl.method != "none"
     head_classes = recipe.ssl.dim if ssl else num_classes  # ssl: fc = last projection layer
-    torch.manual_seed(tc.seed)
-    model = build_model(recipe, head_classes).to(dev)  # the backbone every checkpoint stores
-    net: nn.Module = model
-    if ssl:
-        from .moco import ProjectionNet
-        net = ProjectionNet(model).to(dev)
-    channels_last = dev.type == "cuda" and tc.channels_last
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    parts = build_step_parts(recipe, num_classes, ctx, ckpt)
+    model, opt, scaler, objective = parts.model, parts.opt, parts.scaler, parts.objective
+    amp, channels_last, peak = parts.amp, parts.channels_last, parts.peak
     global_batch = tc.batch_size
-    peak = peak_lr(recipe.lr, global_batch)
-    opt = build_optimizer(recipe, param_groups(net, recipe.optim.weight_decay,
-                                               recipe.optim.wd_on_bn_bias), peak)
-    amp = autocast_dtype(recipe, dev)
-    scaler = torch.amp.GradScaler(dev.type, enabled=amp is torch.float16)
-    if ckpt:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-    objective = None
-    if ssl:
-        from .moco import MoCoObjective
-        objective = MoCoObjective(net, recipe.ssl, ctx)
-        if ckpt:
-            objective.load_state_dict(ckpt["objective"])
-    train_model: nn.Module = net
-    if ctx.enabled:
-        train_model = nn.parallel.DistributedDataParallel(
-            net, device_ids=[dev.index] if dev.type == "cuda" else None)
-    if tc.compile:
-        train_model = torch.compile(train_model)
-    crit = nn.CrossEntropyLoss(label_smoothing=recipe.optim.label_smoothing)
 
     # ---- data -----------------------------------------------------------------------------
     common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers,
-                  channels_last=channels_last, seed=recipe.data.seed)
+                  channels_last=channels_last, seed=recipe.data.seed, decode=recipe.data.decode)
     views = dict(views=objective.loader_views, crop_scale=objective.crop_scale) if objective else {}
     train_loader = make_loader(dataset_dir, split.name, mask=mask_obj, train=True,
                                batch_size=global_batch // ctx.world_size,
@@ -311,7 +446,7 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
         join = contextlib.nullcontext()
         if ctx.enabled and not ssl:
             from torch.distributed.algorithms.join import Join
-            join = Join([train_model])  # ranks may differ by one batch (strided mask shards)
+            join = Join([parts.train_model])  # ranks may differ by one batch (strided mask shards)
         with join:
             it_loader = iter(train_loader)
             for it in range(iters + 1):
@@ -328,26 +463,10 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
                 lr = lr_for_iteration(recipe.lr, epoch, it, iters, tc.epochs, peak)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                with timer("step"):
-                    with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-                        if objective is not None:
-                            loss, correct, n = objective(train_model, batch)
-                        else:
-                            out = train_model(batch.images)
-                            loss = crit(out, batch.labels)
-                            correct, n = (out.detach().argmax(1) == batch.labels).sum(), batch.labels.numel()
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if recipe.optim.grad_clip > 0:
-                        scaler.unscale_(opt)
-                        nn.utils.clip_grad_norm_(net.parameters(), recipe.optim.grad_clip)
-                    scaler.step(opt)
-                    scaler.update()
-                    sums[0] += loss.detach().double() * n
-                    sums[1] += correct
-                    sums[2] += n
+                with timer("step"):  # no cuda sync: "step" is host time to enqueue the step
+                    parts.step(batch, sums)
                 if bar is not None:
-                    bar.update(1)
+                    bar.update(1)  # a step count only: showing the loss would sync every step
         if bar is not None:
             bar.close()
         if dev.type == "cuda":
@@ -359,10 +478,11 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
             (out_dir / "seen").mkdir(parents=True, exist_ok=True)
             np.save(out_dir / "seen" / f"rank{ctx.rank}_epoch{epoch}.npy", idx)
 
-        n = max(sums[2].item(), 1)
-        row: dict[str, Any] = {"epoch": epoch, "loss": sums[0].item() / n, "top1_train": sums[1].item() / n,
-                               "samples": int(sums[2].item()), "resolution": res, "lr": lr,
-                               "img_per_s": sums[2].item() / max(train_seconds, 1e-9),
+        loss_sum, correct_sum, count = sums.tolist()  # the epoch's one read of the step sums
+        n = max(count, 1)
+        row: dict[str, Any] = {"epoch": epoch, "loss": loss_sum / n, "top1_train": correct_sum / n,
+                               "samples": int(count), "resolution": res, "lr": lr,
+                               "img_per_s": count / max(train_seconds, 1e-9),
                                "train_seconds": train_seconds, "top1_val": None, "loss_val": None,
                                "objective": recipe.ssl.method if ssl else "supervised"}
         if val_loader is not None and ((epoch + 1) % ec.every == 0 or epoch + 1 == tc.epochs):

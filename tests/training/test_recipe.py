@@ -84,3 +84,10 @@ def test_logging_switches_do_not_change_the_fingerprint():
     base = load_recipe("resnet18_tiny_cpu")
     assert load_recipe("resnet18_tiny_cpu", ["train.tensorboard=true"]).fingerprint() == base.fingerprint()
     assert load_recipe("resnet18_tiny_cpu", ["train.epochs=3"]).fingerprint() != base.fingerprint()
+
+
+def test_cpu_autocast_is_in_the_fingerprint_only_when_on():
+    base = load_recipe("resnet18_tiny_cpu")
+    assert "cpu_autocast" not in base.to_dict()["train"]  # fingerprints from before it existed hold
+    assert load_recipe("resnet18_tiny_cpu", ["train.cpu_autocast=false"]).fingerprint() == base.fingerprint()
+    assert load_recipe("resnet18_tiny_cpu", ["train.cpu_autocast=true"]).fingerprint() != base.fingerprint()
