@@ -1,0 +1,334 @@
+#!/usr/bin/env python
+"""The measuring stages of ``scripts/gpu_check.sh``: environment, loaders, training, big models.
+
+Each subcommand prints a Markdown section and appends it to ``--md`` (the check script gathers
+them into ``summary.md``). Everything is measured side by side in one process on one device, so
+the ratios (masked vs full epoch, pipeline vs synthetic ceiling) hold whatever the machine.
+
+    python benchmarks/bench_gpu.py env --md OUT.md
+    python benchmarks/bench_gpu.py loaders --data DIR --md OUT.md [--loaders ffcv:cpu,ffcv:gpu,wds:cpu,wds:gpu]
+    python benchmarks/bench_gpu.py train --data DIR --md OUT.md [--epochs 3]
+    python benchmarks/bench_gpu.py models --md OUT.md
+
+Every subcommand also runs on a CPU (``--device cpu`` with tiny settings) so the script is
+tested before it meets a GPU (tests/test_bench_gpu.py).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from benchmarks.bench_train import ceiling  # noqa: E402
+from ffcv_dp4tl.data import load_manifest, make_loader, mask_from_classes  # noqa: E402
+from ffcv_dp4tl.training.distributed import resolve_device  # noqa: E402
+from ffcv_dp4tl.training.models import create_model  # noqa: E402
+from ffcv_dp4tl.training.recipe import load_recipe  # noqa: E402
+from ffcv_dp4tl.training.trainer import train  # noqa: E402
+
+#: (format, decode) pairs: ffcv CPU decode is stock ffcv, ``gpu`` is batched nvJPEG + device crops.
+DEFAULT_LOADERS = "ffcv:cpu,ffcv:gpu,wds:cpu,wds:gpu"
+DEFAULT_KEPT = "1.0,0.4,0.2"
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _emit(md: Path | None, text: str) -> None:
+    print(text, flush=True)
+    if md is not None:
+        with open(md, "a") as f:
+            f.write(text.rstrip() + "\n\n")
+
+
+def _f(x: float | None, fmt: str = ",.0f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def _parse_loaders(text: str) -> list[tuple[str, str]]:
+    out = []
+    for item in text.split(","):
+        fmt, _, decode = item.strip().partition(":")
+        if fmt not in ("ffcv", "wds") or decode not in ("cpu", "gpu"):
+            raise SystemExit(f"bad loader {item!r}: expected FORMAT:DECODE with FORMAT ffcv|wds, DECODE cpu|gpu")
+        out.append((fmt, decode))
+    return out
+
+
+def kept_classes(num_classes: int, kept: float, seed: int = 0) -> list[int]:
+    """A seeded random choice of round(kept * C) classes (>= 1): the class mask of a ratio."""
+    n = max(1, round(kept * num_classes))
+    return sorted(np.random.default_rng(seed).choice(num_classes, size=n, replace=False).tolist())
+
+
+# ------------------------------------------------------------------------------- env
+def env(args) -> str:
+    """Device, driver, versions, glibc, ffcv import, and our CUDA kernels compiled via NVRTC."""
+    rows: list[tuple[str, str]] = [("python", platform.python_version()),
+                                   ("glibc", " ".join(platform.libc_ver())),
+                                   ("cpu cores", str(os.cpu_count()))]
+    for mod in ("torch", "torchvision", "numpy", "numba", "cupy", "cv2", "ffcv", "webdataset"):
+        try:
+            m = importlib.import_module(mod)
+            try:  # ffcv 1.0.2's __version__ still says 0.0.3rc1: trust the installed metadata
+                version = importlib.metadata.version(mod)
+            except importlib.metadata.PackageNotFoundError:
+                version = str(getattr(m, "__version__", "imported"))
+            rows.append((mod, version))
+        except Exception as e:  # noqa: BLE001 - the point is to report it
+            rows.append((mod, f"**import failed**: {type(e).__name__}: {e}"))
+    try:
+        importlib.import_module("ffcv.loader")
+        rows.append(("ffcv.loader", "imports"))
+    except Exception as e:  # noqa: BLE001
+        rows.append(("ffcv.loader", f"**import failed**: {type(e).__name__}: {e}"))
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        rows += [("gpu", f"{p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs"),
+                 ("torch CUDA", str(torch.version.cuda)), ("cuDNN", str(torch.backends.cudnn.version()))]
+    else:
+        rows.append(("gpu", "none visible to torch"))
+    try:
+        import cupy as cp
+
+        from ffcv_dp4tl import kernels
+        from ffcv_dp4tl.kernels import cuda as kcuda
+
+        rows += [("CUDA driver / runtime (CuPy)",
+                  f"{cp.cuda.runtime.driverGetVersion()} / {cp.cuda.runtime.runtimeGetVersion()}")]
+        t0 = time.perf_counter()
+        mod = kcuda._module()
+        for name in kcuda.KERNEL_NAMES:
+            mod.get_function(name)
+        rows.append(("FM kernels (NVRTC compile)", f"{len(kcuda.KERNEL_NAMES)} kernels in {time.perf_counter() - t0:.1f} s"))
+        rows.append(("kernels.cuda_available()", str(kernels.cuda_available())))
+    except Exception as e:  # noqa: BLE001
+        rows.append(("CuPy kernels", f"**failed**: {type(e).__name__}: {e}"))
+    try:
+        from torchvision.io import decode_jpeg, encode_jpeg
+
+        img = torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)
+        out = decode_jpeg([encode_jpeg(img)], device="cuda" if torch.cuda.is_available() else "cpu")
+        rows.append(("torchvision decode_jpeg (batched, device)", f"ok, {tuple(out[0].shape)} on {out[0].device}"))
+    except Exception as e:  # noqa: BLE001
+        rows.append(("torchvision decode_jpeg", f"**failed**: {type(e).__name__}: {e}"))
+    lines = ["### Environment", "", "| what | value |", "| --- | --- |", *(f"| {a} | {b} |" for a, b in rows)]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- loaders
+def _time_loader(ld, dev: torch.device, max_batches: int | None) -> dict[str, Any]:
+    """First batch (build/compile/warm-up) apart, then the rest of the epoch, synchronised."""
+    t0 = time.perf_counter()
+    it = iter(ld)
+    first = next(it)
+    _sync(dev)
+    warm = time.perf_counter() - t0
+    n, batches = 0, 1
+    t1 = time.perf_counter()
+    for batch in it:
+        n += len(batch.labels)
+        batches += 1
+        if max_batches and batches >= max_batches:
+            break
+    _sync(dev)
+    dt = time.perf_counter() - t1
+    del first, it
+    return {"first_batch_s": warm, "images": n, "seconds": dt, "img_per_s": n / dt if n and dt > 0 else None}
+
+
+def loaders(args) -> str:
+    dev = resolve_device(args.device)
+    data = Path(args.data)
+    manifest = load_manifest(data)
+    split = manifest.split("train")
+    kept_list = [float(v) for v in args.kept.split(",")]
+    rows = []
+    for fmt, decode in _parse_loaders(args.loaders):
+        full = None
+        for kept in kept_list:
+            mask = None if kept >= 1.0 else mask_from_classes(
+                split, kept_classes(manifest.num_classes, kept), method="bench")
+            frac = 1.0 if mask is None else len(mask.indices) / split.num_samples
+            try:
+                ld = make_loader(data, "train", fmt=fmt, decode=decode, mask=mask, train=True,
+                                 batch_size=args.batch_size, resolution=args.resolution, device=dev,
+                                 num_workers=args.workers, channels_last=dev.type == "cuda")
+                r = _time_loader(ld, dev, args.max_batches)
+                del ld
+            except Exception as e:  # noqa: BLE001 - one broken loader must not hide the others
+                rows.append(f"| {fmt} | {decode} | {kept:.0%} | {frac:.3f} | **failed: {type(e).__name__}: {e}** | | | | |")
+                continue
+            per_img = r["seconds"] / max(r["images"], 1)
+            if kept >= 1.0:
+                full = per_img
+            ratio = per_img / full if full else None  # masked s/img over full s/img
+            rows.append(f"| {fmt} | {decode} | {kept:.0%} | {frac:.3f} | {r['images']:,} | {r['first_batch_s']:.1f} | "
+                        f"{r['seconds']:.2f} | {_f(r['img_per_s'])} | {_f(ratio, '.3f')} |")
+            print(rows[-1], flush=True)
+    lines = [f"### Loaders alone (no model), {args.resolution} px train crops, batch {args.batch_size}, "
+             f"{args.workers} workers, {dev.type}", "",
+             f"Data `{data}`: {split.num_samples:,} train images, {manifest.num_classes} classes. Each row is one "
+             "loader built for its mask; `first s` = first batch (pipeline compile, workers, page cache), the "
+             "rest of the epoch is timed. `ratio` = (s/image masked) / (s/image full): the goal "
+             "`masked epoch <= 1.05 x kept fraction x full epoch` is `ratio <= 1.05`.", "",
+             "| format | decode | classes kept | kept fraction | images timed | first s | seconds | img/s | ratio |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", *rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- train
+def train_stage(args) -> str:
+    dev = resolve_device(args.device)
+    data = Path(args.data)
+    manifest = load_manifest(data)
+    base = [f"train.epochs={args.epochs}", f"train.min_res={args.resolution}", f"train.max_res={args.resolution}",
+            "train.keep_epochs=[]", f"eval.every={args.epochs}", f"data.num_workers={args.workers}",
+            f"train.batch_size={args.batch_size}", *args.set]
+    recipe = load_recipe(args.recipe, base)
+    ceil = ceiling(recipe, manifest.num_classes, dev, args.ceiling_steps, args.ceiling_warmup)
+    print(f"[train] ceiling {ceil}", flush=True)
+    rows = [f"| synthetic input on the device (ceiling) | – | {_f(ceil['img_per_s'])} | 100 % | – | – |"]
+    goal = []
+    for fmt, decode in _parse_loaders(args.loaders):
+        r = load_recipe(args.recipe, base + [f"data.decode={decode}"])
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        try:
+            with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+                train(r, data, out_dir=Path(tmp) / "run", fmt=fmt, device=dev, progress=False)
+                metrics = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines() if line]
+        except Exception as e:  # noqa: BLE001
+            rows.append(f"| {fmt} + {decode} decode | – | **failed: {type(e).__name__}: {e}** | | | |")
+            continue
+        steady = [m["img_per_s"] for m in metrics if m["epoch"] >= 1] or [metrics[-1]["img_per_s"]]
+        ips = float(np.mean(steady))
+        peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+        frac = ips / ceil["img_per_s"] if ceil.get("img_per_s") else None
+        goal.append((f"{fmt}+{decode}", ips, frac))
+        rows.append(f"| {fmt} + {decode} decode | {metrics[0]['img_per_s']:,.0f} | {ips:,.0f} | "
+                    f"{_f(None if frac is None else 100 * frac, '.0f')} % | {_f(peak, '.1f')} | "
+                    f"{metrics[-1].get('top1_val') if metrics[-1].get('top1_val') is not None else '–'} |")
+        print(rows[-1], flush=True)
+    best = max(goal, key=lambda g: g[1]) if goal else None
+    verdict = ("no loader trained" if best is None else
+               f"best: {best[0]} at {best[1]:,.0f} img/s = {100 * (best[2] or 0):.0f} % of the ceiling; goal >= 20,000 img/s "
+               f"and >= 90 %: **{'met' if best[1] >= 20000 and (best[2] or 0) >= 0.9 else 'not met'}**")
+    lines = [f"### {recipe.model.arch} trained from each loader vs the synthetic ceiling ({dev.type})", "",
+             f"Recipe `{args.recipe}` with {', '.join(f'`{o}`' for o in base)}: {recipe.train.precision}, "
+             f"channels_last={recipe.train.channels_last}, compile={recipe.train.compile}, batch {recipe.train.batch_size}, "
+             f"{args.resolution} px. Steady state = mean img/s of epochs 2..{args.epochs} (epoch 1 pays pipeline "
+             "compile and cudnn autotuning). Ceiling: the same model/step on random tensors already on the device.", "",
+             "| input | epoch 1 img/s | steady img/s | vs ceiling | peak GiB | val top-1 |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |", *rows, "", verdict]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- models
+def models(args) -> str:
+    """One bf16 channels_last SGD step per model at the given batch/resolution: memory check."""
+    dev = resolve_device(args.device)
+    rows = []
+    for arch in args.archs.split(","):
+        try:
+            model = create_model(arch, 1000).to(dev)
+            x = torch.randn(args.batch_size, 3, args.resolution, args.resolution, device=dev)
+            if dev.type == "cuda":
+                model = model.to(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
+                torch.cuda.reset_peak_memory_stats(dev)
+            y = torch.randint(0, 1000, (args.batch_size,), device=dev)
+            opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            crit = nn.CrossEntropyLoss()
+
+            def step() -> None:
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                    loss = crit(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+            step()
+            _sync(dev)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            _sync(dev)
+            dt = (time.perf_counter() - t0) / args.steps
+            peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+            rows.append(f"| {arch} | {args.batch_size} | {args.resolution} | {dt * 1e3:.0f} | "
+                        f"{args.batch_size / dt:,.0f} | {_f(peak, '.1f')} |")
+            del model, x, y, opt
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+        except torch.cuda.OutOfMemoryError as e:
+            rows.append(f"| {arch} | {args.batch_size} | {args.resolution} | **out of memory** | | {e} |")
+            torch.cuda.empty_cache()
+        print(rows[-1], flush=True)
+    lines = [f"### One training step per model (bf16 autocast, channels_last, SGD; {dev.type})", "",
+             f"{args.steps} timed steps after one warm-up; peak = torch.cuda.max_memory_allocated.", "",
+             "| model | batch | px | ms/step | img/s | peak GiB |", "| --- | ---: | ---: | ---: | ---: | ---: |", *rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def add(name: str, fn: Callable, **defaults: Any) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name)
+        sp.set_defaults(fn=fn)
+        sp.add_argument("--md", type=Path, default=None, help="append the Markdown section here")
+        sp.add_argument("--device", default="auto")
+        return sp
+
+    add("env", env)
+    for name, fn in (("loaders", loaders), ("train", train_stage)):
+        sp = add(name, fn)
+        sp.add_argument("--data", required=True, help="built source dataset (dp4tl build ... --out DIR: DIR/source)")
+        sp.add_argument("--loaders", default=DEFAULT_LOADERS, help=f"FORMAT:DECODE list (default {DEFAULT_LOADERS})")
+        sp.add_argument("--batch-size", type=int, default=1024)
+        sp.add_argument("--resolution", type=int, default=160)
+        sp.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
+    sp = sub.choices["loaders"]
+    sp.add_argument("--kept", default=DEFAULT_KEPT, help="kept class fractions (first must be 1.0)")
+    sp.add_argument("--max-batches", type=int, default=None)
+    sp = sub.choices["train"]
+    sp.add_argument("--recipe", default="resnet18_surrogate")
+    sp.add_argument("--epochs", type=int, default=3)
+    sp.add_argument("--set", action="append", default=[], help="extra recipe override section.key=value")
+    sp.add_argument("--ceiling-steps", type=int, default=40)
+    sp.add_argument("--ceiling-warmup", type=int, default=10)
+    sp.add_argument("--workdir", default=None)
+    sp = add("models", models)
+    sp.add_argument("--archs", default="resnet50,resnet101")
+    sp.add_argument("--batch-size", type=int, default=1024)
+    sp.add_argument("--resolution", type=int, default=192)
+    sp.add_argument("--steps", type=int, default=3)
+    args = p.parse_args(argv)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = args.fn(args)
+    _emit(args.md, f"{body}\n\n_{stamp}; `python benchmarks/bench_gpu.py {' '.join(sys.argv[1:] if argv is None else argv)}`_")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
