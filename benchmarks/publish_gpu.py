@@ -18,10 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._report import write_section  # noqa: E402
+from ffcv_dp4tl.reporting import DEFAULT_HEADER  # noqa: E402
 
 
 def section(summary: str) -> tuple[str, str]:
     """(section title, body) from the text of a summary.md."""
+    # a stage's Markdown made by write_section into a new file starts with the report header
+    summary = summary.replace(DEFAULT_HEADER, "")
     lines = summary.splitlines()
     if not lines or not lines[0].startswith("# GPU check"):
         raise SystemExit("publish_gpu: not a gpu_check summary (first line must be '# GPU check')")

@@ -359,6 +359,7 @@ class DeviceDecodeLoader:
             self._locations = _shard_locations(split)
         self.normalize = Normalize(dtype, channels_last).to(self.device)
         self._pin = self.device.type == "cuda"
+        self._stream: torch.cuda.Stream | None = None  # nvJPEG's own stream, made on first use
 
     # -- interface shared with the other loaders ------------------------------------------------
 
@@ -451,7 +452,10 @@ class DeviceDecodeLoader:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         try:
-            images = decode_jpeg(host.data, device=self.device, mode=ImageReadMode.RGB)
+            if self.device.type == "cuda":
+                images = self._decode_on_side_stream(host.data)
+            else:
+                images = decode_jpeg(host.data, device=self.device, mode=ImageReadMode.RGB)
         except RuntimeError as e:
             raise DataError(f"cannot decode the JPEGs of samples {host.indices.tolist()}: "
                             f"{e}") from e
@@ -461,6 +465,34 @@ class DeviceDecodeLoader:
             raise DataError(f"samples {bad}: decoded size differs from the stored size; "
                             "rebuild the dataset")
         return _pad(images, host.canvas).float()
+
+
+    def _decode_on_side_stream(self, data: list[torch.Tensor]) -> list[torch.Tensor]:
+        """nvJPEG decode on a stream of its own, never the training stream.
+
+        nvJPEG's hardware engine writes its output buffers without waiting for work already
+        queued on the stream it is given (pytorch/vision#9606, meta-pytorch/torchcodec#1634).
+        Decoding on the training stream, the caching allocator can hand the decoder a block that
+        queued kernels (the previous step's backward) still read, and the decoder overwrites it:
+        wrong numbers or NaN in code that never touched the decoder. The first GPU check saw
+        exactly that: training from this loader diverged at epoch 0 while the same loader alone
+        ran clean. On a dedicated stream only decode outputs are allocated, and each is marked
+        as used by the training stream (``record_stream``), so a block comes back to this
+        stream's pool only after every kernel that read it has finished: nothing the decoder is
+        handed is still in use. torchvision returns after the decode stream finished; the
+        training stream still waits on it, which costs nothing then.
+        """
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device=self.device)
+        main = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self._stream):
+            images = decode_jpeg(data, device=self.device, mode=ImageReadMode.RGB)
+        main.wait_stream(self._stream)
+        for img in images:
+            img.record_stream(main)
+        return images
 
 
 def _pad(images: list[torch.Tensor], canvas: tuple[int, int]) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """One entry point for masked loading from either file format."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal, Union
 
@@ -19,6 +20,29 @@ from .wds_loader import WdsMaskedLoader
 MaskedLoader = Union[FFCVMaskedLoader, WdsMaskedLoader, DeviceDecodeLoader]
 FORMATS = ("ffcv", "wds")
 DECODES = ("cpu", "gpu", "auto")
+
+
+#: CPU cores per GPU below which ``decode="auto"`` decodes on the GPU. Measured on the H100
+#: host (BENCHMARKS.md, GPU check): ffcv's CPU decode gave ~1,230 img/s per core (19.7k img/s on
+#: 16 cores, 160 px crops) and the batched nvJPEG path ~9.8k img/s, so the GPU only pays off
+#: with fewer than ~8 cores feeding each GPU.
+AUTO_GPU_DECODE_MAX_CORES = 8
+
+
+def _cores_per_gpu() -> float:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores / max(1, torch.cuda.device_count())
+
+
+def resolve_decode(decode: str, device: str | torch.device) -> str:
+    """``"auto"`` → ``"gpu"`` when ``device`` is CUDA, torchvision decodes JPEGs there and fewer
+    than :data:`AUTO_GPU_DECODE_MAX_CORES` CPU cores feed each GPU; else ``"cpu"``."""
+    if decode != "auto":
+        return decode
+    dev = torch.device(device)
+    if dev.type != "cuda" or _cores_per_gpu() >= AUTO_GPU_DECODE_MAX_CORES:
+        return "cpu"
+    return "gpu" if device_decode_available(str(dev)) else "cpu"
 
 
 def make_loader(
@@ -56,9 +80,8 @@ def make_loader(
     ``decode`` says where JPEGs are decoded: ``"cpu"`` (ffcv's / PIL's decoders in worker
     processes), ``"gpu"`` (:class:`DeviceDecodeLoader`: bytes read from the beton for
     ``fmt="ffcv"`` or the shards for ``fmt="wds"``, decoded and augmented in batches on
-    ``device``; see docs/gpu.md) or ``"auto"`` (``"gpu"`` when ``device`` is CUDA and
-    torchvision decodes JPEGs on it, else ``"cpu"``). Every choice visits the same samples in
-    the same order.
+    ``device``; see docs/gpu.md) or ``"auto"`` (see :func:`resolve_decode`). Every choice
+    visits the same samples in the same order.
     """
     if fmt not in FORMATS:
         raise DataError(f"unknown loader format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -82,9 +105,7 @@ def make_loader(
     common = dict(batch_size=batch_size, train=train, resolution=resolution, device=device,
                   num_workers=num_workers, drop_last=drop_last, dtype=dtype,
                   channels_last=channels_last, views=views, crop_scale=tuple(crop_scale))
-    if decode == "auto":
-        dev = torch.device(device)
-        decode = "gpu" if dev.type == "cuda" and device_decode_available(str(dev)) else "cpu"
+    decode = resolve_decode(decode, device)
     if decode == "gpu":
         return DeviceDecodeLoader(info, plan, source=fmt, **common)
     if fmt == "ffcv":

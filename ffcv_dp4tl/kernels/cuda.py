@@ -536,9 +536,10 @@ def histogram(labels: Any, k: int, weights: Any = None) -> Any:
 #: Assignment methods on CUDA. ``simt`` is the fused kernel above; ``gemm-*`` round the inputs to
 #: TF32/BF16, run cuBLAS on tensor cores and decide near-ties exactly in ``gemm_epilogue``.
 ASSIGN_METHODS = ("auto", "simt", "gemm-tf32", "gemm-bf16")
-#: Bytes of the (rows x K) FP32 score block per GEMM chunk: small enough to stay in the L2 cache
-#: (50 MB on an H100) between the GEMM that writes it and the epilogue that reads it.
-GEMM_CHUNK_BYTES = 32 * 2**20
+#: Bytes of the (rows x K) FP32 score block per GEMM chunk. Measured on an H100 (BENCHMARKS.md,
+#: GPU check; 1.28M x 512, K=2000): 8 / 32 / 128 MiB chunks took 112 / 33 / 21 ms (BF16), so the
+#: per-chunk launch cost outweighs keeping the block in L2; 128 MiB is the fastest size measured.
+GEMM_CHUNK_BYTES = 128 * 2**20
 #: Rows used to time each method once when ``method="auto"`` (see :func:`choose_method`).
 AUTO_PROBE_ROWS = 131_072
 #: Below this many row x centroid pairs ``auto`` takes ``simt`` without measuring.

@@ -169,7 +169,9 @@ def train_step(train_model: nn.Module, batch, opt: torch.optim.Optimizer, *,
 
     Supervised (``crit`` on ``train_model(batch.images)``) or, with ``objective``, its loss
     (MoCo). ``sums`` (float64, on the device) accumulates (loss × n, correct, n) for the epoch's
-    metrics. The step never synchronises the host with the device — no ``.item()``, no
+    metrics and, when it has a 4th entry, the number of batches whose input images held NaN/Inf
+    (one fused reduction, no sync): a diverged run can then say whether the data or the
+    optimisation produced the NaN. The step never synchronises the host with the device — no ``.item()``, no
     Python-side branching on tensor values, no blocking host→device copies — so on a GPU the
     Python loop runs ahead and keeps the kernel queue full (``tests/training/test_gpu.py``
     checks this under ``torch.cuda.set_sync_debug_mode("error")``). Known exception: fp16 with
@@ -201,6 +203,8 @@ def train_step(train_model: nn.Module, batch, opt: torch.optim.Optimizer, *,
         sums[0] += loss.double() * n
         sums[1] += correct
         sums[2] += n
+        if sums.numel() > 3:
+            sums[3] += (~torch.isfinite(batch.images)).any()
     return loss
 
 
@@ -435,7 +439,7 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
             # MoCo gathers keys from every rank each step: all ranks take the same number of
             # steps (the fewest any rank has); a rank's one extra batch is read and skipped.
             iters = (len(train_loader.plan.indices) // ctx.world_size) // (global_batch // ctx.world_size)
-        sums = torch.zeros(3, dtype=torch.float64, device=dev)
+        sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss*n, correct, n, bad inputs
         seen: list[torch.Tensor] = []
         lr = 0.0
         t0 = time.perf_counter()
@@ -478,20 +482,26 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
             (out_dir / "seen").mkdir(parents=True, exist_ok=True)
             np.save(out_dir / "seen" / f"rank{ctx.rank}_epoch{epoch}.npy", idx)
 
-        loss_sum, correct_sum, count = sums.tolist()  # the epoch's one read of the step sums
+        loss_sum, correct_sum, count, bad_inputs = sums.tolist()  # the epoch's one read of the step sums
         n = max(count, 1)
         row: dict[str, Any] = {"epoch": epoch, "loss": loss_sum / n, "top1_train": correct_sum / n,
                                "samples": int(count), "resolution": res, "lr": lr,
                                "img_per_s": count / max(train_seconds, 1e-9),
                                "train_seconds": train_seconds, "top1_val": None, "loss_val": None,
                                "objective": recipe.ssl.method if ssl else "supervised"}
+        if not math.isfinite(row["loss"]):
+            if bad_inputs:
+                raise DP4TLError(
+                    f"epoch {epoch}: {int(bad_inputs)} training batches held NaN/Inf input images, so the "
+                    f"loss is {row['loss']}: the input pipeline (format {fmt}, data.decode="
+                    f"{recipe.data.decode}) produced them, not the optimiser; retry with data.decode=cpu "
+                    "and report the dataset")
+            raise DP4TLError(f"training diverged at epoch {epoch} (loss {row['loss']}); lower lr.lr")
         if val_loader is not None and ((epoch + 1) % ec.every == 0 or epoch + 1 == tc.epochs):
             with timer("eval"):
                 ev = evaluate(model, val_loader, ctx, amp, ec.flip_tta)
             row.update(top1_val=ev["top1"], loss_val=ev["loss"], val_samples=ev["count"])
         row["epoch_seconds"] = time.perf_counter() - t0
-        if not math.isfinite(row["loss"]):
-            raise DP4TLError(f"training diverged at epoch {epoch} (loss {row['loss']}); lower lr.lr")
 
         if ctx.is_main:
             _append_metrics(metrics_path, row)

@@ -295,6 +295,20 @@ def test_errors(tex, tmp_path):
     assert not isinstance(make_loader(tex, "train", decode="auto", **kw), DeviceDecodeLoader)
 
 
+def test_auto_decode_takes_the_gpu_only_when_few_cores_feed_it(monkeypatch):
+    from ffcv_dp4tl.data import loaders
+
+    monkeypatch.setattr(loaders, "device_decode_available", lambda dev: True)
+    monkeypatch.setattr(loaders, "_cores_per_gpu", lambda: 16.0)  # the measured H100 host
+    assert loaders.resolve_decode("auto", "cuda") == "cpu"
+    monkeypatch.setattr(loaders, "_cores_per_gpu", lambda: 4.0)  # e.g. 8 GPUs on 32 cores
+    assert loaders.resolve_decode("auto", "cuda") == "gpu"
+    assert loaders.resolve_decode("auto", "cpu") == "cpu"
+    monkeypatch.setattr(loaders, "device_decode_available", lambda dev: False)
+    assert loaders.resolve_decode("auto", "cuda") == "cpu"
+    assert loaders.resolve_decode("gpu", "cpu") == "gpu" and loaders.resolve_decode("cpu", "cuda") == "cpu"
+
+
 def test_recipe_decode_knob():
     from ffcv_dp4tl.training.recipe import Recipe
 
@@ -348,7 +362,7 @@ def test_cuda_decode_matches_the_cpu_loaders(tex):
     kw = dict(train=False, batch_size=8, resolution=32, num_workers=1)
     ref, _, _, ref_idx = _epoch(make_loader(tex, "train", fmt="ffcv", **kw))
     for fmt in ("ffcv", "wds"):
-        loader = make_loader(tex, "train", fmt=fmt, decode="auto", device="cuda", **kw)
+        loader = make_loader(tex, "train", fmt=fmt, decode="gpu", device="cuda", **kw)
         assert isinstance(loader, DeviceDecodeLoader)
         got, _, labels, idx = _epoch(loader)
         assert got.device.type == "cuda" and labels.device.type == "cuda"

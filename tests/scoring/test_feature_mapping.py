@@ -97,6 +97,19 @@ def test_reseed_empty_is_deterministic():
     np.testing.assert_array_equal(centroids[[0, 2]], 0)
 
 
+def test_reseed_empty_picks_the_same_rows_as_a_full_sort(rng):
+    """The O(N) selection equals sorting every distance, ties at the cut included."""
+    n, k = 5000, 40
+    x = rng.standard_normal((n, 3)).astype(np.float32)
+    d2 = rng.integers(0, 50, size=n).astype(np.float32)  # many exact ties
+    counts = np.ones(k, dtype=np.int64)
+    counts[rng.choice(k, size=17, replace=False)] = 0
+    centroids = np.zeros((k, 3), dtype=np.float32)
+    assert _reseed_empty(centroids, counts, d2, x) == 17
+    want = np.lexsort((np.arange(n), -d2.astype(np.float64)))[:17]
+    np.testing.assert_array_equal(centroids[counts == 0], x[want])
+
+
 def test_kmeans_reseeds_empty_cluster(rng, monkeypatch):
     from ffcv_dp4tl.scoring import feature_mapping as fm
 

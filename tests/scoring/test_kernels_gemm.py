@@ -143,7 +143,7 @@ def test_segment_sum_sorted_emulated_exact(emu, tmp_path, rng):
     np.testing.assert_array_equal(sums, ref)
 
 
-def test_gemm_chunk_rows_fit_the_cache_budget():
+def test_gemm_chunk_rows_fit_the_chunk_budget():
     assert cuda.gemm_chunk_rows(1_280_000, 2000) * 2000 * 4 <= cuda.GEMM_CHUNK_BYTES
     assert cuda.gemm_chunk_rows(1_280_000, 2000) % 256 == 0
     assert cuda.gemm_chunk_rows(100, 2000) == 100

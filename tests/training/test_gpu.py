@@ -141,6 +141,39 @@ def test_supervised_epoch_bf16_channels_last(device, fmt, compiled, source_dir, 
     assert torch.backends.cudnn.benchmark == benchmark_before
 
 
+@pytest.mark.parametrize("fmt", ["ffcv", "wds"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_from_the_device_decode_loader(device, fmt, source_dir, tmp_path, test_recipe, monkeypatch):
+    """data.decode=gpu feeding the trainer: every loss finite and the model learns. On CUDA this
+    is the regression test for nvJPEG writing into memory the training stream still reads (the
+    first GPU check diverged at epoch 0 with this loader while the loader alone ran clean)."""
+    r = test_recipe(*GPU_PATH, "train.epochs=2", "data.decode=gpu", "data.num_workers=1", "lr.lr_peak_epoch=1")
+    probe = Probe(monkeypatch, hooks=False)
+    row = trainer.train(r, source_dir, out_dir=tmp_path, fmt=fmt, device=device, progress=False)
+    losses = probe.loss_values()
+    steps = len(losses) // 2
+    assert row["epoch"] == 1 and steps > 0 and torch.isfinite(losses).all(), losses
+    assert losses[steps:].mean() < losses[:steps].mean() - 0.1, losses
+
+
+def test_nonfinite_inputs_are_blamed_on_the_data(source_dir, tmp_path, test_recipe, monkeypatch):
+    """A NaN loss caused by NaN *input images* names the input pipeline, not the learning rate."""
+    from ffcv_dp4tl.data import gpu_decode
+    from ffcv_dp4tl.errors import DP4TLError
+
+    real = gpu_decode.DeviceDecodeLoader._device_batch
+
+    def poisoned(self, host, resolution):
+        batch = real(self, host, resolution)
+        batch.images[0, 0, 0, 0] = float("nan")
+        return batch
+
+    monkeypatch.setattr(gpu_decode.DeviceDecodeLoader, "_device_batch", poisoned)
+    r = test_recipe("train.epochs=1", "data.decode=gpu", "data.num_workers=0")
+    with pytest.raises(DP4TLError, match=r"training batches held NaN/Inf input images.*data.decode=gpu"):
+        trainer.train(r, source_dir, out_dir=tmp_path, fmt="wds", device="cpu", progress=False)
+
+
 @pytest.mark.parametrize("mode", ["lp", "ff"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_finetune_on_device(device, mode, trained_run, target_dir, tmp_path, monkeypatch):
