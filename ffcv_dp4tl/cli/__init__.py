@@ -5,6 +5,7 @@ from . import masks as _masks  # noqa: F401
 from . import pipeline as _pipeline  # noqa: F401
 from . import prune as _prune  # noqa: F401
 from . import train as _train  # noqa: F401
+from . import verify as _verify  # noqa: F401
 from .app import app, run
 
 main = run

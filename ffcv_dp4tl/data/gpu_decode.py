@@ -108,10 +108,25 @@ class _ByteLocations:
             os.close(fd)
 
 
-def _beton_locations(beton: Path, check: np.ndarray) -> _ByteLocations:
-    """Locate JPEG bytes in a beton: the image field's metadata gives each sample's ``data_ptr``
-    (an absolute file offset) and size, mode and shape; ffcv's allocation table gives the size
-    of the region allocated at that pointer. Samples in ``check`` must be stored as JPEG."""
+@dataclass(frozen=True)
+class BetonImages:
+    """Where each sample's image is in a beton (ffcv 1.0.2's layout): the image field's
+    metadata gives ``data_ptr`` (an absolute file offset), mode and shape; ffcv's allocation
+    table gives the size of the region allocated at that pointer."""
+
+    path: Path
+    mode: np.ndarray      # (N,) ffcv image mode: 0 = JPEG bytes, else raw pixels
+    data_ptr: np.ndarray  # (N,) int64 file offsets
+    size: np.ndarray      # (N,) int64 allocated bytes (-1: no allocation at that pointer)
+    hw: np.ndarray        # (N, 2) int64 height, width
+
+    @property
+    def is_jpeg(self) -> np.ndarray:
+        return self.mode == _JPEG_MODE
+
+
+def beton_images(beton: Path) -> BetonImages:
+    """Read the image layout of ``beton`` (shared by the GPU-decode loader and ``dp4tl verify``)."""
     from ffcv.fields import RGBImageField
     from ffcv.reader import Reader
 
@@ -121,23 +136,31 @@ def _beton_locations(beton: Path, check: np.ndarray) -> _ByteLocations:
         raise DataError(f"{beton} has no RGB image field; rebuild the dataset")
     name = "image" if "image" in names else names[0]
     meta = reader.metadata[f"f{reader.field_names.index(name)}"]
-    raw = int(np.count_nonzero(meta["mode"][check] != _JPEG_MODE))
-    if raw:
-        raise DataError(
-            f"{beton}: {raw} of the {len(check)} masked samples are stored as raw pixels "
-            "(a --beton-mode proportion build); decode='gpu' needs JPEG bytes: read the "
-            "WebDataset shards instead (fmt='wds'), or use decode='cpu'")
     table = reader.alloc_table
     order = np.argsort(table["ptr"])
     ptrs, sizes = table["ptr"][order], table["size"][order]
     data_ptr = meta["data_ptr"].astype(np.uint64)
     pos = np.minimum(np.searchsorted(ptrs, data_ptr), len(ptrs) - 1)
-    if not np.array_equal(ptrs[pos][check], data_ptr[check]):
+    found = ptrs[pos] == data_ptr
+    return BetonImages(Path(beton), np.asarray(meta["mode"]).astype(np.int64), data_ptr.astype(np.int64),
+                       np.where(found, sizes[pos].astype(np.int64), -1),
+                       np.stack([meta["height"], meta["width"]], axis=1).astype(np.int64))
+
+
+def _beton_locations(beton: Path, check: np.ndarray) -> _ByteLocations:
+    """JPEG byte locations of a beton; the samples in ``check`` must be stored as JPEG."""
+    images = beton_images(beton)
+    raw = int(np.count_nonzero(~images.is_jpeg[check]))
+    if raw:
+        raise DataError(
+            f"{beton}: {raw} of the {len(check)} masked samples are stored as raw pixels "
+            "(a --beton-mode proportion build); decode='gpu' needs JPEG bytes: read the "
+            "WebDataset shards instead (fmt='wds'), or use decode='cpu'")
+    if (images.size[check] < 0).any():
         raise DataError(f"{beton}: allocation table does not match the image metadata; "
                         "the file is damaged, rebuild the dataset")
-    hw = np.stack([meta["height"], meta["width"]], axis=1).astype(np.int64)
-    return _ByteLocations([str(beton)], np.zeros(len(meta), np.int64),
-                          data_ptr.astype(np.int64), sizes[pos].astype(np.int64), hw)
+    return _ByteLocations([str(beton)], np.zeros(len(images.mode), np.int64), images.data_ptr,
+                          images.size, images.hw)
 
 
 def _shard_locations(split: SplitInfo) -> _ByteLocations:

@@ -1,0 +1,33 @@
+"""``dp4tl verify``: check a built dataset against its manifest, in both formats."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .app import app
+
+
+@app.command()
+def verify(
+    data: Path = typer.Argument(..., help="Built dataset directory (holds manifest.json)"),
+    deep: bool = typer.Option(False, "--deep", help="Also hash every sample's bytes in the shards "
+                              "and the beton (reads the whole dataset once per format)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar (--deep)"),
+) -> None:
+    """Check manifest, labels, index, shard and beton sizes; with --deep every sample's bytes.
+
+    Exit status 0 when intact, 1 with one line per problem otherwise.
+    """
+    from ..data.verify import verify_dataset
+
+    report = verify_dataset(data, deep=deep, progress=progress)
+    what = "sizes and every sample's bytes (both formats)" if deep else "structure and sizes (add --deep to hash every sample)"
+    if report.ok:
+        splits = ", ".join(f"{name} {n:,}" for name, n in report.samples.items())
+        typer.echo(f"{data}: OK — {what}; splits: {splits}")
+        return
+    for line in report.problems:
+        typer.echo(f"problem: {line}", err=True)
+    typer.echo(f"{data}: {len(report.problems)} problem(s) found ({what})", err=True)
+    raise typer.Exit(1)

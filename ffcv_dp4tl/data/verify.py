@@ -1,0 +1,200 @@
+"""``dp4tl verify``: is a built dataset intact, in both formats?
+
+A build records, per split, a content fingerprint over every sample's JPEG digest (SHA-1) and
+label (``manifest.split_fingerprint``). Nothing read it back, so flipped bytes in a beton or a
+shard gave silently different images. This module checks a built directory against its manifest:
+
+* **quick** (always; seconds at ImageNet scale: no image bytes are read): the manifest loads;
+  labels and the random-access index have one entry per sample, labels are valid class ids
+  whose per-class counts match the manifest; every shard exists and each sample's byte range
+  lies inside its shard; the beton's header opens with ffcv, holds the manifest's sample count,
+  and every image points at an allocation of the right size inside the file.
+* **deep** (``deep=True``; reads every image once per format): every sample's shard bytes
+  hash back to the manifest's fingerprint, and every JPEG sample of the beton holds exactly
+  the bytes of the shard (raw-pixel samples of ``--beton-mode proportion`` builds: size
+  ``h * w * 3``). Failures name the split, the sample index and the file.
+
+Every problem is one line; :func:`verify_dataset` returns them all rather than stopping at the
+first, so one run tells the whole story.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .manifest import SplitInfo, load_manifest, split_fingerprint
+
+#: Problems listed per kind before the rest are counted ("... and N more").
+MAX_LISTED = 10
+
+
+@dataclass
+class VerifyReport:
+    root: Path
+    deep: bool
+    problems: list[str] = field(default_factory=list)
+    samples: dict[str, int] = field(default_factory=dict)  # split -> samples checked
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _listed(kind: str, where: str, idx: np.ndarray) -> str:
+    shown = ", ".join(str(int(i)) for i in idx[:MAX_LISTED])
+    more = f" and {len(idx) - MAX_LISTED} more" if len(idx) > MAX_LISTED else ""
+    return f"{where}: {kind} at sample(s) {shown}{more}"
+
+
+def _check_labels(split: SplitInfo, num_classes: int, counts: list[int] | None, out: list[str]) -> None:
+    try:
+        labels = np.asarray(split.load_labels())
+    except (OSError, ValueError) as e:
+        out.append(f"{split.labels}: unreadable ({e}); rebuild the dataset")
+        return
+    if labels.shape != (split.num_samples,):
+        out.append(f"{split.labels}: {labels.shape[0] if labels.ndim else 0} labels for "
+                   f"{split.num_samples} samples; rebuild the dataset")
+        return
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        out.append(_listed(f"label outside [0, {num_classes})", str(split.labels), bad))
+    elif counts is not None and np.bincount(labels, minlength=num_classes).tolist() != list(counts):
+        out.append(f"{split.labels}: per-class counts differ from manifest.json; rebuild the dataset")
+
+
+def _check_shards(split: SplitInfo, out: list[str]) -> np.ndarray | None:
+    """The index, checked against the shard files; returns it (None if unusable)."""
+    try:
+        index = split.load_index()
+    except (OSError, ValueError) as e:
+        out.append(f"{split.index}: unreadable ({e}); rebuild the dataset")
+        return None
+    if len(index) != split.num_samples:
+        out.append(f"{split.index}: {len(index)} entries for {split.num_samples} samples; rebuild the dataset")
+        return None
+    sizes = np.array([p.stat().st_size if p.is_file() else -1 for p in split.shards], dtype=np.int64)
+    for p, sz in zip(split.shards, sizes):
+        if sz < 0:
+            out.append(f"{p}: missing; rebuild the dataset (or restore the file)")
+    shard = index["shard"].astype(np.int64)
+    if (shard >= len(split.shards)).any():
+        out.append(_listed("shard number beyond the shard list", str(split.index),
+                           np.flatnonzero(shard >= len(split.shards))))
+        return None
+    end = index["offset"].astype(np.int64) + index["size"].astype(np.int64)
+    beyond = np.flatnonzero((sizes[shard] >= 0) & (end > sizes[shard]))
+    if beyond.size:
+        out.append(_listed("byte range past the end of its shard (truncated file?)", split.name, beyond))
+    return index
+
+
+def _check_beton(split: SplitInfo, out: list[str]):
+    """The beton's image layout (see gpu_decode.beton_images), checked; None if unusable."""
+    from .gpu_decode import beton_images
+
+    if not split.beton.is_file():
+        out.append(f"{split.beton}: missing; rebuild the dataset")
+        return None
+    try:
+        images = beton_images(split.beton)
+    except DataError as e:
+        out.append(str(e))
+        return None
+    except Exception as e:  # noqa: BLE001 - ffcv raises assorted errors on damaged headers
+        out.append(f"{split.beton}: ffcv cannot read its header ({type(e).__name__}: {e}); rebuild the dataset")
+        return None
+    if len(images.mode) != split.num_samples:
+        out.append(f"{split.beton}: {len(images.mode)} samples, manifest.json says {split.num_samples}; "
+                   "rebuild the dataset")
+        return None
+    file_size = split.beton.stat().st_size
+    unalloc = np.flatnonzero(images.size < 0)
+    if unalloc.size:
+        out.append(_listed("image pointer without an allocation", str(split.beton), unalloc))
+    past = np.flatnonzero((images.size >= 0) & (images.data_ptr + images.size > file_size))
+    if past.size:
+        out.append(_listed("image bytes past the end of the file (truncated?)", str(split.beton), past))
+    raw = ~images.is_jpeg
+    short = np.flatnonzero(raw & (images.size >= 0) & (images.size < images.hw[:, 0] * images.hw[:, 1] * 3))
+    if short.size:
+        out.append(_listed("raw image smaller than height x width x 3", str(split.beton), short))
+    return images
+
+
+class _Reader:
+    """pread-based byte reader over a set of files (no shared file position)."""
+
+    def __init__(self, paths: list[Path]):
+        self.fds = [os.open(p, os.O_RDONLY) for p in paths]
+
+    def read(self, f: int, offset: int, size: int) -> bytes:
+        return os.pread(self.fds[f], size, offset)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+
+def _deep(split: SplitInfo, classes: list[str], index: np.ndarray, images, progress: bool,
+          out: list[str]) -> None:
+    n = split.num_samples
+    digests = np.empty((n, 20), np.uint8)
+    mismatch, truncated = [], []
+    shards = _Reader(split.shards)
+    beton = _Reader([split.beton]) if images is not None else None
+    it = range(n)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc=f"verify {split.name}", unit="img", leave=False)
+    try:
+        for i in it:
+            rec = index[i]
+            data = shards.read(int(rec["shard"]), int(rec["offset"]), int(rec["size"]))
+            if len(data) != int(rec["size"]):
+                truncated.append(i)
+            digests[i] = np.frombuffer(hashlib.sha1(data).digest(), np.uint8)
+            if beton is not None and images.is_jpeg[i] and images.size[i] >= 0:
+                # ffcv allocates at least the JPEG's length; the JPEG is the region's prefix
+                stored = beton.read(0, int(images.data_ptr[i]), len(data))
+                if stored != data:
+                    mismatch.append(i)
+    finally:
+        shards.close()
+        if beton is not None:
+            beton.close()
+    if truncated:
+        out.append(_listed("shard bytes shorter than the index says", split.name, np.array(truncated)))
+    labels = np.asarray(split.load_labels())
+    if split_fingerprint(digests.tobytes(), labels, classes) != split.fingerprint:
+        out.append(f"{split.name}: the shards' bytes do not hash to the fingerprint in manifest.json "
+                   "(a shard was modified or damaged); rebuild the dataset")
+    if mismatch:
+        out.append(_listed("beton JPEG bytes differ from the shard's", str(split.beton), np.array(mismatch)))
+
+
+def verify_dataset(root: str | Path, *, deep: bool = False, progress: bool = False) -> VerifyReport:
+    """Check the built dataset at ``root``; see the module docstring for what each mode reads."""
+    root = Path(root)
+    report = VerifyReport(root, deep)
+    try:
+        manifest = load_manifest(root)
+    except DataError as e:
+        report.problems.append(str(e))
+        return report
+    counts_by_split = {name: s.get("class_counts") for name, s in manifest.data["splits"].items()}
+    for name in manifest.split_names:
+        split = manifest.split(name)
+        _check_labels(split, manifest.num_classes, counts_by_split.get(name), report.problems)
+        index = _check_shards(split, report.problems)
+        images = _check_beton(split, report.problems)
+        if deep and index is not None:
+            _deep(split, manifest.classes, index, images, progress, report.problems)
+        report.samples[name] = split.num_samples
+    return report

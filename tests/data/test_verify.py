@@ -1,0 +1,105 @@
+"""dp4tl verify: an intact build passes; damage in either format is found and named."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ffcv_dp4tl.data import load_manifest
+from ffcv_dp4tl.data.gpu_decode import beton_images
+from ffcv_dp4tl.data.verify import verify_dataset
+
+
+@pytest.fixture
+def copy(index_dataset, tmp_path):
+    """A private copy of the shared tiny build (tests damage it)."""
+    dst = tmp_path / "ds"
+    shutil.copytree(index_dataset.root, dst)
+    return dst
+
+
+def _split(root):
+    return load_manifest(root).split("train")
+
+
+def _flip(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0xFF]))
+
+
+def test_intact_build_passes_quick_and_deep(copy):
+    for deep in (False, True):
+        report = verify_dataset(copy, deep=deep)
+        assert report.ok, report.problems
+        assert report.samples == {"train": 70}
+
+
+def test_flipped_shard_byte_fails_the_fingerprint_and_names_the_sample(copy):
+    split = _split(copy)
+    rec = split.load_index()[17]
+    _flip(split.shards[int(rec["shard"])], int(rec["offset"]) + int(rec["size"]) // 2)
+    assert verify_dataset(copy).ok  # sizes are unchanged: only --deep reads bytes
+    problems = verify_dataset(copy, deep=True).problems
+    assert any("do not hash to the fingerprint" in p for p in problems), problems
+    assert any("beton JPEG bytes differ from the shard's at sample(s) 17" in p for p in problems), problems
+
+
+def test_flipped_beton_byte_is_named_and_shards_stay_clean(copy):
+    split = _split(copy)
+    images = beton_images(split.beton)
+    _flip(split.beton, int(images.data_ptr[33]) + 40)
+    problems = verify_dataset(copy, deep=True).problems
+    assert len(problems) == 1 and "sample(s) 33" in problems[0] and "train.beton" in problems[0], problems
+
+
+def test_truncated_files_fail_the_quick_check(copy):
+    split = _split(copy)
+    last = split.shards[-1]
+    size = last.stat().st_size
+    with open(last, "r+b") as f:
+        f.truncate(size // 2)
+    images = beton_images(split.beton)
+    with open(split.beton, "r+b") as f:
+        f.truncate(int(images.data_ptr.max()) + 10)  # into the last image's bytes
+    problems = verify_dataset(copy).problems
+    assert any("past the end of its shard" in p for p in problems), problems
+    assert any("train.beton" in p and ("past the end of the file" in p or "cannot read" in p) for p in problems), problems
+
+
+def test_bad_labels_and_missing_manifest(copy):
+    split = _split(copy)
+    labels = np.load(split.labels)
+    labels[5] = 99
+    np.save(split.labels, labels)
+    problems = verify_dataset(copy).problems
+    assert problems == [f"{split.labels}: label outside [0, 5) at sample(s) 5"]
+    (copy / "manifest.json").unlink()
+    problems = verify_dataset(copy).problems
+    assert len(problems) == 1 and "no manifest.json" in problems[0]
+
+
+def test_counts_differing_from_the_manifest(copy):
+    m = json.loads((copy / "manifest.json").read_text())
+    m["splits"]["train"]["class_counts"][0] += 1
+    (copy / "manifest.json").write_text(json.dumps(m))
+    assert verify_dataset(copy).problems == [f"{_split(copy).labels}: per-class counts differ from manifest.json; rebuild the dataset"]
+
+
+def test_cli_exit_codes(copy):
+    cmd = [sys.executable, "-m", "ffcv_dp4tl", "verify", str(copy), "--deep", "--no-progress"]
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr
+    split = _split(copy)
+    _flip(split.beton, int(beton_images(split.beton).data_ptr[3]) + 30)
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1
+    lines = bad.stderr.strip().splitlines()
+    assert lines[0].startswith("problem: ") and "sample(s) 3" in lines[0] and "Traceback" not in bad.stderr
+    assert lines[-1].endswith("1 problem(s) found (sizes and every sample's bytes (both formats))")
