@@ -19,6 +19,12 @@ from .spec import ImageRef
 # Refuse decompression bombs with a clear reason instead of a warning.
 Image.MAX_IMAGE_PIXELS = 200_000_000
 
+#: Shorter side (after shrinking to max_side) below which an image is rejected. ffcv's decoders
+#: abort the whole process (an OpenCV assertion, SIGABRT) on a 1-pixel-wide image in a centre
+#: crop, naming no sample; padding such slivers would teach the model borders, not content.
+#: So they are listed in rejects.txt instead, like unreadable files.
+MIN_SIDE = 8
+
 
 @dataclass(frozen=True)
 class Encoded:
@@ -81,6 +87,9 @@ def encode_sample(ref: ImageRef, max_side: int, quality: int) -> Encoded | str:
         if scale < 1.0:
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             img = img.resize(size, Image.BILINEAR, reducing_gap=3.0)
+        if min(img.size) < MIN_SIDE:
+            return (f"too small: {w}x{h} px (shorter side {min(img.size)} px after resizing, "
+                    f"minimum {MIN_SIDE}); ffcv's decoders cannot crop it")
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=quality)
         return Encoded(buf.getvalue(), img.size[1], img.size[0])
