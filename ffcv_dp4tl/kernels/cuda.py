@@ -466,6 +466,15 @@ def _to_device_matrix(a: Any, name: str):
     return cp.asarray(as_float32_matrix(a, name))
 
 
+def _assign_inputs(x: Any, centroids: Any) -> tuple[Any, Any]:
+    """Both assignment paths' inputs: C-contiguous float32 on the device, same D, finite centroids."""
+    x = _to_device_matrix(x, "x")
+    centroids = _to_device_matrix(centroids, "centroids")
+    check_same_dims(x, centroids)
+    check_finite_centroids(centroids)
+    return x, centroids
+
+
 def assign_nearest(x: Any, centroids: Any) -> tuple[Any, Any]:
     """Nearest centroid per row on the GPU: ``(labels int64 (N,), min_dist2 float32 (N,))``.
 
@@ -475,10 +484,7 @@ def assign_nearest(x: Any, centroids: Any) -> tuple[Any, Any]:
     float64 CPU oracle.
     """
     cp = _cupy()
-    x = _to_device_matrix(x, "x")
-    centroids = _to_device_matrix(centroids, "centroids")
-    check_same_dims(x, centroids)
-    check_finite_centroids(centroids)
+    x, centroids = _assign_inputs(x, centroids)
     n, d = x.shape
     k = centroids.shape[0]
     c_norm = _row_sq_norms(centroids)
@@ -633,10 +639,7 @@ def assign_nearest_gemm(x: Any, centroids: Any, *, precision: str = "tf32", chun
     if precision not in ("tf32", "bf16"):
         raise ValueError(f"precision must be 'tf32' or 'bf16', got {precision!r}")
     cp = _cupy()
-    x = _to_device_matrix(x, "x")
-    centroids = _to_device_matrix(centroids, "centroids")
-    check_same_dims(x, centroids)
-    check_finite_centroids(centroids)
+    x, centroids = _assign_inputs(x, centroids)
     n, d = x.shape
     k = centroids.shape[0]
     cr, c_norm2, c_dnorm = _prep_rows(centroids, precision)
@@ -735,9 +738,7 @@ def assign(x: Any, centroids: Any, method: str = "auto") -> tuple[Any, Any]:
     """Dispatch :func:`assign_nearest` (``simt``) or :func:`assign_nearest_gemm` by ``method``."""
     if method not in ASSIGN_METHODS:
         raise ValueError(f"method must be one of {', '.join(ASSIGN_METHODS)}, got {method!r}")
-    x = _to_device_matrix(x, "x")
-    centroids = _to_device_matrix(centroids, "centroids")
-    check_same_dims(x, centroids)
+    x, centroids = _assign_inputs(x, centroids)
     if method == "auto":
         method = choose_method(x, centroids)
     return _run_method(method, x, centroids)

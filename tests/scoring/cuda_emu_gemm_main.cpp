@@ -6,29 +6,11 @@
 //        emu segsorted DIR n d k rows_per_block
 #include "cuda_emu.h"
 #include "kernels.cu"
+#include "cuda_emu_io.h"
 
 #include <cstdio>
 #include <cstdlib>
 #include <string>
-
-template <class T>
-static std::vector<T> read_file(const std::string& path, size_t count) {
-    std::vector<T> v(count);
-    FILE* f = std::fopen(path.c_str(), "rb");
-    if (!f || std::fread(v.data(), sizeof(T), count, f) != count) {
-        std::fprintf(stderr, "cannot read %s\n", path.c_str());
-        std::exit(1);
-    }
-    std::fclose(f);
-    return v;
-}
-
-template <class T>
-static void write_file(const std::string& path, const std::vector<T>& v) {
-    FILE* f = std::fopen(path.c_str(), "wb");
-    std::fwrite(v.data(), sizeof(T), v.size(), f);
-    std::fclose(f);
-}
 
 int main(int argc, char** argv) {
     if (argc < 3) return 2;
