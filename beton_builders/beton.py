@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ffcv_dp4tl.data.manifest import INDEX_DTYPE
+from ffcv_dp4tl.errors import DataError
 
 
 
@@ -97,3 +98,83 @@ def write_beton(path: Path, dataset: ShardBytesDataset, quality: int, max_side: 
         writer.from_indexed_dataset(dataset, chunksize=64)
     finally:
         ffcv.writer.tqdm = original_tqdm
+
+
+#: ffcv's IMAGE_MODES["jpg"]: the sample's bytes are a JPEG file (else raw pixels)
+JPEG_MODE = 0
+
+
+@dataclass(frozen=True)
+class BetonImages:
+    """Where each sample's image is in a beton (ffcv 1.0.2's layout): the image field's
+    metadata gives ``data_ptr`` (an absolute file offset), mode and shape; ffcv's allocation
+    table gives the size of the region allocated at that pointer."""
+
+    path: Path
+    mode: np.ndarray      # (N,) ffcv image mode: 0 = JPEG bytes, else raw pixels
+    data_ptr: np.ndarray  # (N,) int64 file offsets
+    size: np.ndarray      # (N,) int64 allocated bytes (-1: no allocation at that pointer)
+    hw: np.ndarray        # (N, 2) int64 height, width
+
+    @property
+    def is_jpeg(self) -> np.ndarray:
+        return self.mode == JPEG_MODE
+
+
+def beton_images(beton: Path) -> BetonImages:
+    """Read the image layout of ``beton`` (shared by the GPU-decode loader and ``dp4tl verify``)."""
+    from ffcv.fields import RGBImageField
+    from ffcv.reader import Reader
+
+    reader = Reader(str(beton))
+    names = [n for n, h in reader.handlers.items() if isinstance(h, RGBImageField)]
+    if not names:
+        raise DataError(f"{beton} has no RGB image field; rebuild the dataset")
+    name = "image" if "image" in names else names[0]
+    meta = reader.metadata[f"f{reader.field_names.index(name)}"]
+    table = reader.alloc_table
+    order = np.argsort(table["ptr"])
+    ptrs, sizes = table["ptr"][order], table["size"][order]
+    data_ptr = meta["data_ptr"].astype(np.uint64)
+    pos = np.minimum(np.searchsorted(ptrs, data_ptr), len(ptrs) - 1)
+    found = ptrs[pos] == data_ptr
+    return BetonImages(Path(beton), np.asarray(meta["mode"]).astype(np.int64), data_ptr.astype(np.int64),
+                       np.where(found, sizes[pos].astype(np.int64), -1),
+                       np.stack([meta["height"], meta["width"]], axis=1).astype(np.int64))
+
+
+def _listed(kind: str, where: str, idx: np.ndarray, limit: int = 10) -> str:
+    shown = ", ".join(str(int(i)) for i in idx[:limit])
+    more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
+    return f"{where}: {kind} at sample(s) {shown}{more}"
+
+
+def check_beton(path: Path, num_samples: int) -> tuple["BetonImages | None", list[str]]:
+    """Structural check of a beton without reading image bytes: ffcv opens its header, it holds
+    ``num_samples`` samples, and every image points at an allocation inside the file (raw images
+    at least ``h * w * 3`` bytes). Returns ``(layout or None, one line per problem)``."""
+    path = Path(path)
+    if not path.is_file():
+        return None, [f"{path}: missing; rebuild the dataset"]
+    try:
+        images = beton_images(path)
+    except DataError as e:
+        return None, [str(e)]
+    except Exception as e:  # noqa: BLE001 - ffcv raises assorted errors on damaged headers
+        return None, [f"{path}: ffcv cannot read its header ({type(e).__name__}: {e}); rebuild the dataset"]
+    if len(images.mode) != num_samples:
+        return None, [f"{path}: {len(images.mode)} samples, manifest.json says {num_samples}; rebuild the dataset"]
+    problems = []
+    file_size = path.stat().st_size
+    unalloc = np.flatnonzero(images.size < 0)
+    if unalloc.size:
+        problems.append(_listed("image pointer without an allocation", str(path), unalloc))
+    past = np.flatnonzero((images.size >= 0) & (images.data_ptr + images.size > file_size))
+    if past.size:
+        problems.append(_listed("image bytes past the end of the file (truncated?)", str(path), past))
+    short = np.flatnonzero(~images.is_jpeg & (images.size >= 0)
+                           & (images.size < images.hw[:, 0] * images.hw[:, 1] * 3))
+    if short.size:
+        problems.append(_listed("raw image smaller than height x width x 3", str(path), short))
+    return images, problems
+

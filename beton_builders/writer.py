@@ -31,13 +31,16 @@ from tqdm.auto import tqdm
 from ffcv_dp4tl.data.manifest import FORMAT, INDEX_DTYPE, MANIFEST_NAME, split_fingerprint
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import (atomic_path, atomic_save_npy, atomic_write_json,
-                               atomic_write_text, read_json)
+                               atomic_write_text, check_free_space, directory_lock, is_disk_full,
+                               read_json, remove_orphan_temps)
 
-from .beton import ShardBytesDataset, write_beton
+from .beton import ShardBytesDataset, check_beton, keep_as_jpeg, write_beton
 from .shards import write_shard
 from .spec import DatasetSpec, Sample
 
 BUILD_DIR = ".build"
+#: fcntl lock held by the build writing a folder (see ffcv_dp4tl.fsutil.directory_lock)
+LOCK_NAME = ".build.lock"
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,7 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
             changed = [k for k in settings if old.get(k) != settings[k]]
             raise DataError(f"{out_dir} holds an interrupted build with different {', '.join(changed)}; "
                             "rerun with the same source and options to resume, or pass --overwrite")
-    elif out_dir.exists() and any(out_dir.iterdir()):
+    elif out_dir.exists() and any(p.name != LOCK_NAME for p in out_dir.iterdir()):
         raise DataError(f"{out_dir} is not empty and is not a dp4tl build; choose an empty --out "
                         "or pass --overwrite")
     atomic_write_json(settings_path, settings)
@@ -168,11 +171,32 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
 
 def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | None = None,
                   *, source: str = "", overwrite: bool = False) -> BuildSummary:
-    """Convert ``spec`` into ``out_dir``; resume if a previous run was interrupted."""
+    """Convert ``spec`` into ``out_dir``; resume if a previous run was interrupted.
+
+    One build per folder at a time (a second is refused: ``LOCK_NAME``); temporary files a
+    killed build left behind are removed first; a full disk is a one-line error naming the
+    folder (the beton's size is checked before it is written), and rerunning resumes.
+    """
     opts = opts or BuildOptions()
     opts.validate()
     _check_spec(spec)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is a file; choose a directory")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with directory_lock(out_dir / LOCK_NAME, f"dataset folder {out_dir}"):
+        remove_orphan_temps(out_dir)
+        try:
+            return _build_locked(spec, out_dir, opts, source, overwrite)
+        except OSError as e:
+            if is_disk_full(e):
+                raise DataError(f"disk full while writing {out_dir} ({e.strerror}); free some space or "
+                                "choose another --out, then rerun: the build resumes") from None
+            raise
+
+
+def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: str,
+                  overwrite: bool) -> BuildSummary:
     settings, done = _prepare_dir(spec, out_dir, opts, source, overwrite)
     if done:
         manifest = read_json(out_dir / MANIFEST_NAME)
@@ -229,7 +253,14 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
         labels = index["label"].astype(np.int64)
         shard_names = [f"wds/{split}-{i:06d}.tar" for i in range(n_shards)]
         beton_path = out_dir / f"{split}.beton"
+        if beton_path.exists() and check_beton(beton_path, len(records))[1]:
+            beton_path.unlink()  # damaged (e.g. truncated after the manifest was lost): rewrite it
         if not beton_path.exists():
+            needed = int(index["size"].sum())
+            if opts.raw_fraction > 0:  # raw samples take height x width x 3 bytes instead
+                raw = np.array([not keep_as_jpeg(i, opts.raw_fraction) for i in range(len(index))])
+                needed += int((arr[raw, 5] * arr[raw, 6] * 3).sum())
+            check_free_space(out_dir, int(needed * 1.02) + 64 * 2**20, f"{split}.beton")
             dataset = ShardBytesDataset(index, [out_dir / s for s in shard_names], arr[:, 5],
                                         arr[:, 6], opts.raw_fraction)
             with atomic_path(beton_path, suffix=".beton") as tmp:

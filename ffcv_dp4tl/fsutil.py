@@ -8,8 +8,10 @@ stages can use "the final file exists" as their completion test.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -78,3 +80,65 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise DataError(f"{what} not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{what} {path} is not valid JSON ({e}); rebuild or replace it") from None
+
+
+#: Name pattern of atomic_path's temporary files: ".<final name>.<random>.tmp[<suffix>]".
+_TEMP_GLOB = ".*.tmp*"
+
+
+@contextlib.contextmanager
+def directory_lock(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive ``fcntl`` lock on ``lock_file`` for the block, or fail at once.
+
+    Two processes writing one dataset or runs folder corrupt each other's files; the second
+    one is refused with a one-line message instead. The lock dies with its process (kill -9
+    included), so a crashed run never leaves a stale lock behind.
+    """
+    import fcntl
+
+    from .errors import DataError
+
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise DataError(f"another dp4tl process (pid {holder}) is using {what}; wait for it to "
+                            "finish or use another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_orphan_temps(directory: str | os.PathLike) -> int:
+    """Delete the temporary files :func:`atomic_path` left in ``directory`` (recursively) when a
+    process was killed before its cleanup ran (a beton-sized file at ImageNet scale). Call it
+    only under :func:`directory_lock`, when no other writer can own them. Returns the count."""
+    n = 0
+    for p in Path(directory).rglob(_TEMP_GLOB):
+        if p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                n += 1
+    return n
+
+
+def check_free_space(directory: str | os.PathLike, needed: int, what: str) -> None:
+    """Fail fast, before writing, when ``directory``'s file system has less than ``needed``
+    bytes free: a full disk in the middle of ffcv's multi-process beton writer hangs it."""
+    from .errors import DataError
+
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise DataError(f"not enough space for {what} in {directory}: needs ~{needed / 2**20:,.0f} MiB, "
+                        f"{free / 2**20:,.0f} MiB free; free some space or choose another --out, then rerun "
+                        "(the build resumes)")
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)

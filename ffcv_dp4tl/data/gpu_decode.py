@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DataError
+from beton_builders.beton import beton_images
+
 from .manifest import SplitInfo
 from .sampling import Batch, EpochPlan
 from .transforms import RRC_SCALE, Normalize, center_crop_box, random_crop_box
@@ -57,7 +59,6 @@ from .transforms import RRC_SCALE, Normalize, center_crop_box, random_crop_box
 #: Name prefix of the read-ahead threads (tests check none outlive an iteration).
 THREAD_PREFIX = "dp4tl-jpeg-read"
 SOURCES = ("ffcv", "wds")
-_JPEG_MODE = 0  # ffcv's IMAGE_MODES["jpg"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,45 +107,6 @@ class _ByteLocations:
             fds, self._fds = self._fds, {}
         for fd in fds.values():
             os.close(fd)
-
-
-@dataclass(frozen=True)
-class BetonImages:
-    """Where each sample's image is in a beton (ffcv 1.0.2's layout): the image field's
-    metadata gives ``data_ptr`` (an absolute file offset), mode and shape; ffcv's allocation
-    table gives the size of the region allocated at that pointer."""
-
-    path: Path
-    mode: np.ndarray      # (N,) ffcv image mode: 0 = JPEG bytes, else raw pixels
-    data_ptr: np.ndarray  # (N,) int64 file offsets
-    size: np.ndarray      # (N,) int64 allocated bytes (-1: no allocation at that pointer)
-    hw: np.ndarray        # (N, 2) int64 height, width
-
-    @property
-    def is_jpeg(self) -> np.ndarray:
-        return self.mode == _JPEG_MODE
-
-
-def beton_images(beton: Path) -> BetonImages:
-    """Read the image layout of ``beton`` (shared by the GPU-decode loader and ``dp4tl verify``)."""
-    from ffcv.fields import RGBImageField
-    from ffcv.reader import Reader
-
-    reader = Reader(str(beton))
-    names = [n for n, h in reader.handlers.items() if isinstance(h, RGBImageField)]
-    if not names:
-        raise DataError(f"{beton} has no RGB image field; rebuild the dataset")
-    name = "image" if "image" in names else names[0]
-    meta = reader.metadata[f"f{reader.field_names.index(name)}"]
-    table = reader.alloc_table
-    order = np.argsort(table["ptr"])
-    ptrs, sizes = table["ptr"][order], table["size"][order]
-    data_ptr = meta["data_ptr"].astype(np.uint64)
-    pos = np.minimum(np.searchsorted(ptrs, data_ptr), len(ptrs) - 1)
-    found = ptrs[pos] == data_ptr
-    return BetonImages(Path(beton), np.asarray(meta["mode"]).astype(np.int64), data_ptr.astype(np.int64),
-                       np.where(found, sizes[pos].astype(np.int64), -1),
-                       np.stack([meta["height"], meta["width"]], axis=1).astype(np.int64))
 
 
 def _beton_locations(beton: Path, check: np.ndarray) -> _ByteLocations:

@@ -27,6 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from beton_builders.beton import _listed as listed
+from beton_builders.beton import check_beton
+
 from .manifest import SplitInfo, load_manifest, split_fingerprint
 
 #: Problems listed per kind before the rest are counted ("... and N more").
@@ -46,9 +49,7 @@ class VerifyReport:
 
 
 def _listed(kind: str, where: str, idx: np.ndarray) -> str:
-    shown = ", ".join(str(int(i)) for i in idx[:MAX_LISTED])
-    more = f" and {len(idx) - MAX_LISTED} more" if len(idx) > MAX_LISTED else ""
-    return f"{where}: {kind} at sample(s) {shown}{more}"
+    return listed(kind, where, idx, MAX_LISTED)
 
 
 def _check_labels(split: SplitInfo, num_classes: int, counts: list[int] | None, out: list[str]) -> None:
@@ -95,35 +96,9 @@ def _check_shards(split: SplitInfo, out: list[str]) -> np.ndarray | None:
 
 
 def _check_beton(split: SplitInfo, out: list[str]):
-    """The beton's image layout (see gpu_decode.beton_images), checked; None if unusable."""
-    from .gpu_decode import beton_images
-
-    if not split.beton.is_file():
-        out.append(f"{split.beton}: missing; rebuild the dataset")
-        return None
-    try:
-        images = beton_images(split.beton)
-    except DataError as e:
-        out.append(str(e))
-        return None
-    except Exception as e:  # noqa: BLE001 - ffcv raises assorted errors on damaged headers
-        out.append(f"{split.beton}: ffcv cannot read its header ({type(e).__name__}: {e}); rebuild the dataset")
-        return None
-    if len(images.mode) != split.num_samples:
-        out.append(f"{split.beton}: {len(images.mode)} samples, manifest.json says {split.num_samples}; "
-                   "rebuild the dataset")
-        return None
-    file_size = split.beton.stat().st_size
-    unalloc = np.flatnonzero(images.size < 0)
-    if unalloc.size:
-        out.append(_listed("image pointer without an allocation", str(split.beton), unalloc))
-    past = np.flatnonzero((images.size >= 0) & (images.data_ptr + images.size > file_size))
-    if past.size:
-        out.append(_listed("image bytes past the end of the file (truncated?)", str(split.beton), past))
-    raw = ~images.is_jpeg
-    short = np.flatnonzero(raw & (images.size >= 0) & (images.size < images.hw[:, 0] * images.hw[:, 1] * 3))
-    if short.size:
-        out.append(_listed("raw image smaller than height x width x 3", str(split.beton), short))
+    """The beton's image layout, checked (beton_builders.beton.check_beton); None if unusable."""
+    images, problems = check_beton(split.beton, split.num_samples)
+    out.extend(problems)
     return images
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ffcv_dp4tl.data import load_manifest
-from ffcv_dp4tl.data.gpu_decode import beton_images
+from beton_builders.beton import beton_images
 from ffcv_dp4tl.data.verify import verify_dataset
 
 

@@ -1,0 +1,101 @@
+"""A build never hangs or leaves trusted debris: full disks, killed runs, concurrent builds."""
+from __future__ import annotations
+
+import os
+import shutil
+from collections import namedtuple
+
+import numpy as np
+import pytest
+
+from beton_builders import BuildOptions, DatasetSpec, Sample, build_dataset
+from beton_builders.writer import LOCK_NAME
+from ffcv_dp4tl import fsutil
+from ffcv_dp4tl.errors import DataError
+from ffcv_dp4tl.fsutil import directory_lock
+
+OPTS = BuildOptions(max_side=32, shard_size=8, workers=1, progress=False)
+
+
+def _spec(n=20):
+    rng = np.random.default_rng(0)
+    return DatasetSpec("s", ["a", "b"], {"train": [Sample(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), k % 2)
+                                                   for k in range(n)]})
+
+
+def test_too_little_space_for_the_beton_is_a_clear_error_then_resumes(tmp_path, monkeypatch):
+    out = tmp_path / "ds"
+    real = shutil.disk_usage
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(fsutil.shutil, "disk_usage", lambda p: Usage(10**9, 10**9, 1000))
+    with pytest.raises(DataError, match=r"not enough space for train.beton in .*ds: needs ~\d+ MiB, 0 MiB free"):
+        build_dataset(_spec(), out, OPTS)
+    assert not (out / "train.beton").exists() and not list(out.rglob(".*.tmp*"))
+    monkeypatch.setattr(fsutil.shutil, "disk_usage", real)
+    summary = build_dataset(_spec(), out, OPTS)  # resumes: shards were kept
+    assert summary.splits[0].num_samples == 20 and (out / "manifest.json").exists()
+
+
+def test_disk_full_while_writing_shards_is_one_line(tmp_path, monkeypatch):
+    import beton_builders.writer as writer
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer, "write_shard", full)
+    with pytest.raises(DataError, match=r"disk full while writing .*\(No space left on device\).*rerun: the build resumes"):
+        build_dataset(_spec(), tmp_path / "ds", OPTS)
+
+
+def test_orphan_temp_files_of_a_killed_build_are_removed(tmp_path):
+    out = tmp_path / "ds"
+    build_dataset(_spec(), out, OPTS)
+    # the state a kill -9 during the beton write leaves: no manifest, no beton, temp debris
+    (out / "manifest.json").unlink()
+    (out / "train.beton").unlink()
+    orphans = [out / ".train.beton.abc123.tmp.beton", out / "wds" / ".train-000000.tar.x1y2.tmp.tar"]
+    for p in orphans:
+        p.write_bytes(b"x" * 100)
+    mine = out / "notes.tmp.txt"  # not atomic_path's pattern: never touched
+    mine.write_text("mine")
+    build_dataset(_spec(), out, OPTS)
+    assert not any(p.exists() for p in orphans) and mine.exists()
+    assert (out / "manifest.json").exists() and not list(out.rglob(".*.tmp*"))
+
+
+def test_concurrent_build_on_one_folder_is_refused(tmp_path):
+    out = tmp_path / "ds"
+    out.mkdir()
+    with directory_lock(out / LOCK_NAME, "x"):  # another process's build, as far as flock can tell
+        pid = os.fork()
+        if pid == 0:  # child: a second build must be refused immediately, not wait or corrupt
+            try:
+                build_dataset(_spec(), out, OPTS)
+                os._exit(1)
+            except DataError as e:
+                os._exit(0 if "another dp4tl process" in str(e) and "is using dataset folder" in str(e) else 2)
+        _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    build_dataset(_spec(), out, OPTS)  # the lock is gone with its holder
+    assert (out / "manifest.json").exists()
+
+
+def test_out_pointing_at_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(DataError, match="is a file; choose a directory"):
+        build_dataset(_spec(), f, OPTS)
+
+
+def test_rebuild_after_a_lost_manifest_rewrites_a_damaged_beton(tmp_path):
+    from ffcv_dp4tl.data.verify import verify_dataset
+
+    out = tmp_path / "ds"
+    build_dataset(_spec(), out, OPTS)
+    good = (out / "train.beton").read_bytes()
+    (out / "manifest.json").unlink()
+    with open(out / "train.beton", "r+b") as f:
+        f.truncate(len(good) - 500)  # into the last images
+    build_dataset(_spec(), out, OPTS)  # must not keep the truncated file and declare success
+    assert (out / "train.beton").read_bytes() == good
+    assert verify_dataset(out, deep=True).ok
