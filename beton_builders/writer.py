@@ -41,6 +41,8 @@ from .spec import DatasetSpec, Sample
 BUILD_DIR = ".build"
 #: fcntl lock held by the build writing a folder (see ffcv_dp4tl.fsutil.directory_lock)
 LOCK_NAME = ".build.lock"
+#: ffcv DatasetWriter's default page size (4 * MIN_PAGE_SIZE = 8 MiB in ffcv 1.0.2)
+BETON_PAGE_SIZE = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -260,7 +262,9 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
             if opts.raw_fraction > 0:  # raw samples take height x width x 3 bytes instead
                 raw = np.array([not keep_as_jpeg(i, opts.raw_fraction) for i in range(len(index))])
                 needed += int((arr[raw, 5] * arr[raw, 6] * 3).sum())
-            check_free_space(out_dir, int(needed * 1.02) + 64 * 2**20, f"{split}.beton")
+            # ffcv's writer fills fixed-size pages, one open page per worker (+ the header's)
+            check_free_space(out_dir, int(needed * 1.02) + (max(1, opts.workers) + 1) * BETON_PAGE_SIZE,
+                             f"{split}.beton")
             dataset = ShardBytesDataset(index, [out_dir / s for s in shard_names], arr[:, 5],
                                         arr[:, 6], opts.raw_fraction)
             with atomic_path(beton_path, suffix=".beton") as tmp:
