@@ -9,15 +9,17 @@ trading disk for decode time, as ffcv's own proportion mode does.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from ffcv_dp4tl.data.manifest import INDEX_DTYPE
-
+from ffcv_dp4tl.contracts import INDEX_DTYPE
 
 
 @dataclass(frozen=True)
@@ -78,22 +80,41 @@ class ShardBytesDataset:
         return image, int(rec["label"])
 
 
+_PROGRESS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _ffcv_progress(enabled: bool) -> Iterator[None]:
+    """Let ffcv's ``DatasetWriter`` draw its progress bar, or silence it for this block only.
+
+    ffcv offers no switch for its bar: ``DatasetWriter._write_common`` always calls the module's
+    ``tqdm(total=...)`` (ffcv 1.0.2 and upstream main: no constructor or method argument,
+    and tqdm reads its ``TQDM_*`` environment overrides once, at import). So with progress off
+    we patch ``ffcv.writer.tqdm`` for the duration of one write, under a lock (two concurrent
+    writes in one process cannot interleave their patch/restore), and always restore it. With
+    progress on nothing is touched.
+    """
+    if enabled:
+        yield
+        return
+    import ffcv.writer
+    from unittest import mock
+
+    with _PROGRESS_LOCK, mock.patch.object(
+            ffcv.writer, "tqdm", functools.partial(ffcv.writer.tqdm, disable=True)):
+        yield
+
+
 def write_beton(path: Path, dataset: ShardBytesDataset, quality: int, max_side: int,
                 workers: int, progress: bool = True) -> None:
     """Write ``dataset`` to the beton at ``path`` (in place; the caller renames atomically)."""
-    import ffcv.writer
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
     image_field = RGBImageField(write_mode="raw", max_resolution=max_side, jpeg_quality=quality)
+    # Supported per-instance hook: the field's class (and so the file's header) stays stock.
     image_field.encode = functools.partial(_encode, image_field)
     writer = DatasetWriter(str(path), {"image": image_field, "label": IntField()},
                            num_workers=max(1, workers))
-    # ffcv draws its own tqdm bar; silence it (module attribute swap) when progress is off
-    original_tqdm = ffcv.writer.tqdm
-    if not progress:
-        ffcv.writer.tqdm = functools.partial(original_tqdm, disable=True)
-    try:
+    with _ffcv_progress(progress):
         writer.from_indexed_dataset(dataset, chunksize=64)
-    finally:
-        ffcv.writer.tqdm = original_tqdm
