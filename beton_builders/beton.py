@@ -9,16 +9,18 @@ trading disk for decode time, as ffcv's own proportion mode does.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from ffcv_dp4tl.data.manifest import INDEX_DTYPE
+from ffcv_dp4tl.contracts import INDEX_DTYPE
 from ffcv_dp4tl.errors import DataError
-
 
 
 @dataclass(frozen=True)
@@ -79,25 +81,44 @@ class ShardBytesDataset:
         return image, int(rec["label"])
 
 
+_PROGRESS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _ffcv_progress(enabled: bool) -> Iterator[None]:
+    """Let ffcv's ``DatasetWriter`` draw its progress bar, or silence it for this block only.
+
+    ffcv offers no switch for its bar: ``DatasetWriter._write_common`` always calls the module's
+    ``tqdm(total=...)`` (ffcv 1.0.2 and upstream main: no constructor or method argument,
+    and tqdm reads its ``TQDM_*`` environment overrides once, at import). So with progress off
+    we patch ``ffcv.writer.tqdm`` for the duration of one write, under a lock (two concurrent
+    writes in one process cannot interleave their patch/restore), and always restore it. With
+    progress on nothing is touched.
+    """
+    if enabled:
+        yield
+        return
+    import ffcv.writer
+    from unittest import mock
+
+    with _PROGRESS_LOCK, mock.patch.object(
+            ffcv.writer, "tqdm", functools.partial(ffcv.writer.tqdm, disable=True)):
+        yield
+
+
 def write_beton(path: Path, dataset: ShardBytesDataset, quality: int, max_side: int,
                 workers: int, progress: bool = True) -> None:
     """Write ``dataset`` to the beton at ``path`` (in place; the caller renames atomically)."""
-    import ffcv.writer
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
     image_field = RGBImageField(write_mode="raw", max_resolution=max_side, jpeg_quality=quality)
+    # Supported per-instance hook: the field's class (and so the file's header) stays stock.
     image_field.encode = functools.partial(_encode, image_field)
     writer = DatasetWriter(str(path), {"image": image_field, "label": IntField()},
                            num_workers=max(1, workers))
-    # ffcv draws its own tqdm bar; silence it (module attribute swap) when progress is off
-    original_tqdm = ffcv.writer.tqdm
-    if not progress:
-        ffcv.writer.tqdm = functools.partial(original_tqdm, disable=True)
-    try:
+    with _ffcv_progress(progress):
         writer.from_indexed_dataset(dataset, chunksize=64)
-    finally:
-        ffcv.writer.tqdm = original_tqdm
 
 
 #: ffcv's IMAGE_MODES["jpg"]: the sample's bytes are a JPEG file (else raw pixels)
@@ -143,7 +164,7 @@ def beton_images(beton: Path) -> BetonImages:
                        np.stack([meta["height"], meta["width"]], axis=1).astype(np.int64))
 
 
-def _listed(kind: str, where: str, idx: np.ndarray, limit: int = 10) -> str:
+def listed_samples(kind: str, where: str, idx: np.ndarray, limit: int = 10) -> str:
     shown = ", ".join(str(int(i)) for i in idx[:limit])
     more = f" and {len(idx) - limit} more" if len(idx) > limit else ""
     return f"{where}: {kind} at sample(s) {shown}{more}"
@@ -168,13 +189,12 @@ def check_beton(path: Path, num_samples: int) -> tuple["BetonImages | None", lis
     file_size = path.stat().st_size
     unalloc = np.flatnonzero(images.size < 0)
     if unalloc.size:
-        problems.append(_listed("image pointer without an allocation", str(path), unalloc))
+        problems.append(listed_samples("image pointer without an allocation", str(path), unalloc))
     past = np.flatnonzero((images.size >= 0) & (images.data_ptr + images.size > file_size))
     if past.size:
-        problems.append(_listed("image bytes past the end of the file (truncated?)", str(path), past))
+        problems.append(listed_samples("image bytes past the end of the file (truncated?)", str(path), past))
     short = np.flatnonzero(~images.is_jpeg & (images.size >= 0)
                            & (images.size < images.hw[:, 0] * images.hw[:, 1] * 3))
     if short.size:
-        problems.append(_listed("raw image smaller than height x width x 3", str(path), short))
+        problems.append(listed_samples("raw image smaller than height x width x 3", str(path), short))
     return images, problems
-

@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ffcv_dp4tl.data.manifest import FORMAT, INDEX_DTYPE, MANIFEST_NAME, split_fingerprint
+from ffcv_dp4tl.contracts import (FORMAT, INDEX_DTYPE, MANIFEST_NAME, DatasetManifest,
+                                  ImageSettings, SplitEntry, dataset_fingerprint,
+                                  split_fingerprint)
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import (atomic_path, atomic_save_npy, atomic_write_json,
                                atomic_write_text, check_free_space, directory_lock, is_disk_full,
@@ -153,7 +155,7 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
         for p in list(out_dir.glob("*.beton")) + list(out_dir.glob("*.labels.npy")):
             p.unlink()
     if manifest_path.exists():
-        old = read_json(manifest_path, "manifest").get("build", {})
+        old = DatasetManifest.from_json(read_json(manifest_path, "manifest"), manifest_path).build
         if old == settings:
             return settings, True
         raise DataError(f"{out_dir} already holds a different build (source or settings differ); "
@@ -201,9 +203,10 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
                   overwrite: bool) -> BuildSummary:
     settings, done = _prepare_dir(spec, out_dir, opts, source, overwrite)
     if done:
-        manifest = read_json(out_dir / MANIFEST_NAME)
-        return BuildSummary(out_dir, [SplitSummary(n, s["num_samples"], s["num_rejected"], 0.0)
-                                      for n, s in manifest["splits"].items()], skipped=True)
+        manifest = DatasetManifest.from_json(read_json(out_dir / MANIFEST_NAME, "manifest"),
+                                             out_dir / MANIFEST_NAME)
+        return BuildSummary(out_dir, [SplitSummary(n, s.num_samples, s.num_rejected, 0.0)
+                                      for n, s in manifest.splits.items()], skipped=True)
 
     # 1. Shards (parallel, resumable)
     tasks, timings = [], {}
@@ -272,16 +275,16 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
         atomic_save_npy(out_dir / "wds" / f"{split}.index.npy", index)
         atomic_save_npy(out_dir / f"{split}.labels.npy", labels)
         n_rej = sum(1 for r in all_rejects if r[0] == split)
-        split_entries[split] = {
-            "num_samples": len(records),
-            "num_rejected": n_rej,
-            "class_counts": np.bincount(labels, minlength=len(spec.classes)).tolist(),
-            "fingerprint": split_fingerprint(b"".join(digests), labels, spec.classes),
-            "beton": f"{split}.beton",
-            "labels": f"{split}.labels.npy",
-            "index": f"wds/{split}.index.npy",
-            "shards": shard_names,
-        }
+        split_entries[split] = SplitEntry(
+            num_samples=len(records),
+            num_rejected=n_rej,
+            class_counts=np.bincount(labels, minlength=len(spec.classes)).tolist(),
+            fingerprint=split_fingerprint(b"".join(digests), labels, spec.classes),
+            beton=f"{split}.beton",
+            labels=f"{split}.labels.npy",
+            index=f"wds/{split}.index.npy",
+            shards=shard_names,
+        )
         share = len(samples) / max(1, sum(len(s) for s in spec.splits.values()))
         summaries.append(SplitSummary(split, len(records), n_rej,
                                       encode_seconds * share + time.perf_counter() - t0))
@@ -289,20 +292,17 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
     # 3. Rejects list and manifest (the manifest last: it marks the build complete)
     lines = ["# split\tinput\treason"] + [f"{s}\t{n}\t{r}" for s, n, r in all_rejects]
     atomic_write_text(out_dir / "rejects.txt", "\n".join(lines) + "\n")
-    fp = hashlib.sha256("".join(e["fingerprint"] for e in split_entries.values()).encode())
-    manifest = {
-        "format": FORMAT,
-        "name": spec.name,
-        "classes": spec.classes,
-        "splits": split_entries,
-        "image": {"max_side": opts.max_side, "quality": opts.quality,
-                  "beton_mode": opts.beton_mode, "raw_fraction": opts.raw_fraction,
-                  "color": "RGB", "encoding": "JPEG"},
-        "shard_size": opts.shard_size,
-        "fingerprint": fp.hexdigest(),
-        "extra": spec.extra,
-        "build": settings,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    atomic_write_json(out_dir / MANIFEST_NAME, manifest)
+    manifest = DatasetManifest(
+        name=spec.name,
+        classes=list(spec.classes),
+        splits=split_entries,
+        image=ImageSettings(max_side=opts.max_side, quality=opts.quality,
+                            beton_mode=opts.beton_mode, raw_fraction=opts.raw_fraction),
+        shard_size=opts.shard_size,
+        fingerprint=dataset_fingerprint([e.fingerprint for e in split_entries.values()]),
+        extra=spec.extra,
+        build=settings,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    atomic_write_json(out_dir / MANIFEST_NAME, manifest.to_json())
     return BuildSummary(out_dir, summaries)

@@ -5,7 +5,8 @@ from .manifest import Manifest, SplitInfo, load_manifest
 from .masks import (IndexMask, full_mask, load_mask, make_mask, mask_from_classes, save_mask,
                     validate_mask)
 from .sampling import Batch, EpochPlan
+from .transforms import AugSpec
 
-__all__ = ["Batch", "DECODES", "DeviceDecodeLoader", "EpochPlan", "FORMATS", "IndexMask",
+__all__ = ["AugSpec", "Batch", "DECODES", "DeviceDecodeLoader", "EpochPlan", "FORMATS", "IndexMask",
            "Manifest", "MaskedLoader", "SplitInfo", "full_mask", "load_manifest", "load_mask",
            "make_loader", "make_mask", "mask_from_classes", "save_mask", "validate_mask"]

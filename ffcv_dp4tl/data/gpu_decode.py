@@ -54,7 +54,7 @@ from beton_builders.beton import beton_images
 
 from .manifest import SplitInfo
 from .sampling import Batch, EpochPlan
-from .transforms import RRC_SCALE, Normalize, center_crop_box, random_crop_box
+from .transforms import AugSpec, Normalize, center_crop_box, random_crop_box, resolve_aug
 
 #: Name prefix of the read-ahead threads (tests check none outlive an iteration).
 THREAD_PREFIX = "dp4tl-jpeg-read"
@@ -177,21 +177,25 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.default_rng([seed, epoch, 7]).integers(2**31))
 
 
-def crop_draws(hw: np.ndarray, indices: np.ndarray, *, train: bool, eseed: int, views: int,
-               crop_scale: tuple[float, float]) -> list[tuple[np.ndarray, np.ndarray]]:
+def crop_draws(hw: np.ndarray, indices: np.ndarray, *, eseed: int, aug: AugSpec | None = None,
+               train: bool | None = None, views: int | None = None,
+               crop_scale: tuple[float, float] | None = None
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per view: (boxes (B, 4) = top, left, h, w; flips (B,) bool). Train: generator
     ``default_rng([eseed, sample])`` draws box then flip for each view in turn, as the
-    WebDataset loader does; eval: the center crop, no flip."""
+    WebDataset loader does; eval: the center crop, no flip. ``aug`` (or the legacy
+    ``train``/``views``/``crop_scale``) says which."""
+    aug = resolve_aug(aug, train, views, crop_scale)
     n = len(indices)
-    out = [(np.empty((n, 4), np.int64), np.zeros(n, bool)) for _ in range(views)]
+    out = [(np.empty((n, 4), np.int64), np.zeros(n, bool)) for _ in range(aug.views)]
     for k, (i, (h, w)) in enumerate(zip(indices.tolist(), hw.tolist())):
-        if not train:
-            out[0][0][k] = center_crop_box(h, w)
+        if not aug.train:
+            out[0][0][k] = center_crop_box(h, w, aug.center_crop_ratio)
             continue
         rng = np.random.default_rng([eseed, i])
         for boxes, flips in out:
-            boxes[k] = random_crop_box(h, w, rng, scale=crop_scale)
-            flips[k] = rng.random() < 0.5
+            boxes[k] = random_crop_box(h, w, rng, scale=aug.crop_scale, ratio=aug.crop_ratio)
+            flips[k] = (rng.random() < 0.5) and aug.flip  # coin drawn either way: same crops
     return out
 
 
@@ -311,26 +315,25 @@ class DeviceDecodeLoader:
     """
 
     def __init__(self, split: SplitInfo, plan: EpochPlan, *,
-                 source: Literal["ffcv", "wds"] = "ffcv", batch_size: int, train: bool,
-                 resolution: int, device: str | torch.device = "cpu", num_workers: int = 2,
-                 drop_last: bool | None = None, dtype: torch.dtype = torch.float32,
-                 channels_last: bool = False, views: int = 1,
-                 crop_scale: tuple[float, float] = RRC_SCALE, prefetch: int | None = None):
+                 source: Literal["ffcv", "wds"] = "ffcv", batch_size: int,
+                 resolution: int, aug: AugSpec | None = None, device: str | torch.device = "cpu",
+                 num_workers: int = 2, drop_last: bool | None = None,
+                 dtype: torch.dtype = torch.float32, channels_last: bool = False,
+                 prefetch: int | None = None, train: bool | None = None,
+                 views: int | None = None, crop_scale: tuple[float, float] | None = None):
+        """``aug`` says how images are cropped/flipped; ``train``/``views``/``crop_scale`` are
+        the legacy spelling of it (:meth:`AugSpec.from_flags`)."""
         if source not in SOURCES:
             raise DataError(f"unknown byte source {source!r}; choose one of {', '.join(SOURCES)}")
-        if views not in (1, 2) or (views == 2 and not train):
-            raise DataError(f"views must be 1, or 2 for a train loader (got views={views}, "
-                            f"train={train})")
+        aug = resolve_aug(aug, train, views, crop_scale).validate()
         self._readers: weakref.WeakSet[_ReadAhead] = weakref.WeakSet()
         self._locations: _ByteLocations | None = None
+        self.aug = aug
         self.plan = plan
         self.batch_size = batch_size
-        self.train = train
         self.resolution = resolution
         self.device = torch.device(device)
-        self.drop_last = train if drop_last is None else drop_last
-        self.views = views
-        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.drop_last = aug.train if drop_last is None else drop_last
         self.source = source
         self.num_workers = max(0, int(num_workers))
         self.prefetch = prefetch if prefetch is not None else max(2, 2 * self.num_workers)
@@ -346,7 +349,19 @@ class DeviceDecodeLoader:
         self._pin = self.device.type == "cuda"
         self._stream: torch.cuda.Stream | None = None  # nvJPEG's own stream, made on first use
 
-    # -- interface shared with the other loaders ------------------------------------------------
+    # -- interface shared with the other loaders (MaskedLoader) ----------------------------------
+
+    @property
+    def train(self) -> bool:
+        return self.aug.train
+
+    @property
+    def views(self) -> int:
+        return self.aug.views
+
+    @property
+    def crop_scale(self) -> tuple[float, float]:
+        return self.aug.crop_scale
 
     def set_epoch(self, epoch: int, resolution: int | None = None) -> None:
         """Select the epoch (order and crops) and, for progressive resizing, the resolution."""
@@ -388,8 +403,7 @@ class DeviceDecodeLoader:
         loc = self._locations
         data = loc.read(idx)
         hw = loc.hw[idx] if loc.hw is not None else self._header_sizes(idx, data)
-        draws = crop_draws(hw, idx, train=self.train, eseed=eseed, views=self.views,
-                           crop_scale=self.crop_scale)
+        draws = crop_draws(hw, idx, eseed=eseed, aug=self.aug)
         levels = [mip_level(boxes, resolution) for boxes, _ in draws]
         top = int(max(lv.max(initial=0) for lv in levels))
         canvas = (int(-(-hw[:, 0].max(initial=1) // 2**top) * 2**top),

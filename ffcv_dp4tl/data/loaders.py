@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import torch
@@ -11,13 +11,14 @@ import torch
 from ..errors import DataError
 from .ffcv_loader import FFCVMaskedLoader
 from .gpu_decode import DeviceDecodeLoader, device_decode_available
+from .interface import MaskedLoader
 from .manifest import load_manifest
 from .masks import IndexMask, full_mask, load_mask, validate_mask
 from .sampling import EpochPlan, dist_info
-from .transforms import RRC_SCALE
+from .transforms import AugSpec, resolve_aug
 from .wds_loader import WdsMaskedLoader
 
-MaskedLoader = Union[FFCVMaskedLoader, WdsMaskedLoader, DeviceDecodeLoader]
+__all__ = ["DECODES", "FORMATS", "AugSpec", "MaskedLoader", "make_loader", "resolve_decode"]
 FORMATS = ("ffcv", "wds")
 DECODES = ("cpu", "gpu", "auto")
 
@@ -51,7 +52,8 @@ def make_loader(
     *,
     fmt: Literal["ffcv", "wds"] = "ffcv",
     mask: IndexMask | str | Path | None = None,
-    train: bool,
+    aug: AugSpec | None = None,
+    train: bool | None = None,
     batch_size: int,
     resolution: int,
     device: str | torch.device = "cpu",
@@ -63,19 +65,25 @@ def make_loader(
     world_size: int | None = None,
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
-    views: int = 1,
-    crop_scale: tuple[float, float] = RRC_SCALE,
+    views: int | None = None,
+    crop_scale: tuple[float, float] | None = None,
     decode: Literal["cpu", "gpu", "auto"] = "cpu",
 ) -> MaskedLoader:
     """Loader over the samples of ``split`` kept by ``mask`` (all samples if None).
 
-    Reads only masked samples. Train: random-resized crop + flip at ``resolution`` (change it
-    per epoch with ``set_epoch(epoch, resolution)``); eval: center crop. Under torchrun (or
-    with explicit ``rank``/``world_size``) each rank gets a disjoint part of the mask each epoch.
+    Reads only masked samples. ``aug`` (:class:`AugSpec`) says what is done to each image:
+    train (``AugSpec.for_train()``): random-resized crop + flip at ``resolution`` (change it
+    per epoch with ``set_epoch(epoch, resolution)``); eval (``AugSpec.for_eval()``): center
+    crop. A train spec also makes ``shuffle`` and ``drop_last`` default to True. Under torchrun
+    (or with explicit ``rank``/``world_size``) each rank gets a disjoint part of the mask each
+    epoch.
 
-    ``views=2`` (train only) adds ``Batch.images2``: a second random crop + flip of every sample,
-    drawn independently, for two-view self-supervised training; ``crop_scale`` is the
-    random-resized-crop area range (MoCo v2 uses (0.2, 1)).
+    ``AugSpec(views=2)`` (train only) adds ``Batch.images2``: a second random crop + flip of
+    every sample, drawn independently, for two-view self-supervised training; ``crop_scale``
+    is the random-resized-crop area range (MoCo v2 uses (0.2, 1)).
+
+    The keywords ``train``, ``views`` and ``crop_scale`` are the older spelling of ``aug``
+    (``train=True, views=2`` is ``aug=AugSpec.for_train(views=2)``) and keep working.
 
     ``decode`` says where JPEGs are decoded: ``"cpu"`` (ffcv's / PIL's decoders in worker
     processes), ``"gpu"`` (:class:`DeviceDecodeLoader`: bytes read from the beton for
@@ -87,10 +95,7 @@ def make_loader(
         raise DataError(f"unknown loader format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if decode not in DECODES:
         raise DataError(f"unknown decode {decode!r}; choose one of {', '.join(DECODES)}")
-    if views not in (1, 2) or (views == 2 and not train):
-        raise DataError(f"views must be 1, or 2 for a train loader (got views={views}, train={train})")
-    if not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
-        raise DataError(f"crop_scale must satisfy 0 < min <= max <= 1, got {crop_scale}")
+    aug = resolve_aug(aug, train, views, crop_scale).validate()
     manifest = load_manifest(dataset_dir)
     info = manifest.split(split)
     if mask is None:
@@ -100,11 +105,12 @@ def make_loader(
     else:
         validate_mask(mask, info)
     r, w = dist_info(rank, world_size)
-    plan = EpochPlan(np.asarray(mask.indices, dtype=np.int64), shuffle=train if shuffle is None else shuffle,
-                     seed=seed, rank=r, world_size=w)
-    common = dict(batch_size=batch_size, train=train, resolution=resolution, device=device,
+    plan = EpochPlan(np.asarray(mask.indices, dtype=np.int64),
+                     shuffle=aug.train if shuffle is None else shuffle, seed=seed, rank=r,
+                     world_size=w)
+    common = dict(batch_size=batch_size, aug=aug, resolution=resolution, device=device,
                   num_workers=num_workers, drop_last=drop_last, dtype=dtype,
-                  channels_last=channels_last, views=views, crop_scale=tuple(crop_scale))
+                  channels_last=channels_last)
     decode = resolve_decode(decode, device)
     if decode == "gpu":
         return DeviceDecodeLoader(info, plan, source=fmt, **common)

@@ -4,37 +4,27 @@ The manifest is written last (atomically) by the builder, so a directory with a 
 complete build. It records class names, per-split counts, the image settings and a content
 fingerprint. Masks store the fingerprint of the split they index, so a mask can never be
 silently applied to a different (or rebuilt) dataset.
+
+The file's shape is the :class:`~ffcv_dp4tl.contracts.DatasetManifest` contract, shared with
+the builder (``beton_builders``); this module resolves its relative paths against the dataset
+directory.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..contracts import (FORMAT, INDEX_DTYPE, MANIFEST_NAME, DatasetManifest, SplitEntry,
+                         split_fingerprint)
 from ..errors import DataError
 from ..fsutil import read_json
 
-MANIFEST_NAME = "manifest.json"
-FORMAT = "ffcv-dp4tl/1"
-
-#: Per-sample record of the WebDataset random-access index (``wds/SPLIT.index.npy``).
-#: ``shard``: shard number; ``offset``/``size``: byte range of the ``.jpg`` member's data in the
-#: tar; ``label``: class id; ``key``: the sample's ``__key__`` in the shard (source ordinal).
-INDEX_DTYPE = np.dtype(
-    [("shard", "<u4"), ("offset", "<u8"), ("size", "<u4"), ("label", "<i8"), ("key", "<u8")]
-)
-
-
-def split_fingerprint(sample_digests: bytes, labels: np.ndarray, classes: list[str]) -> str:
-    """Content fingerprint of one split: hash of every sample's JPEG digest and label, in order."""
-    h = hashlib.sha256()
-    h.update("\n".join(classes).encode())
-    h.update(sample_digests)
-    h.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
-    return h.hexdigest()
+__all__ = ["FORMAT", "INDEX_DTYPE", "MANIFEST_NAME", "Manifest", "SplitInfo", "load_manifest",
+           "split_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -56,40 +46,54 @@ class SplitInfo:
 
 @dataclass(frozen=True)
 class Manifest:
+    """A loaded manifest: the typed :attr:`contract` plus the directory it describes."""
+
     root: Path
-    data: dict[str, Any]
+    contract: DatasetManifest
+
+    @cached_property
+    def data(self) -> dict[str, Any]:
+        """The manifest as its JSON dict (read-only use; prefer :attr:`contract`)."""
+        return self.contract.to_json()
+
+    @property
+    def name(self) -> str:
+        return self.contract.name
 
     @property
     def classes(self) -> list[str]:
-        return list(self.data["classes"])
+        return list(self.contract.classes)
 
     @property
     def num_classes(self) -> int:
-        return len(self.data["classes"])
+        return self.contract.num_classes
 
     @property
     def fingerprint(self) -> str:
-        return self.data["fingerprint"]
+        return self.contract.fingerprint
 
     @property
     def split_names(self) -> list[str]:
-        return list(self.data["splits"])
+        return list(self.contract.splits)
 
-    def split(self, name: str) -> SplitInfo:
-        splits = self.data["splits"]
+    def split_entry(self, name: str) -> SplitEntry:
+        splits = self.contract.splits
         if name not in splits:
             raise DataError(
                 f"{self.root / MANIFEST_NAME} has no split {name!r}; available: {', '.join(splits)}"
             )
-        s = splits[name]
+        return splits[name]
+
+    def split(self, name: str) -> SplitInfo:
+        s = self.split_entry(name)
         return SplitInfo(
             name=name,
-            num_samples=int(s["num_samples"]),
-            fingerprint=s["fingerprint"],
-            beton=self.root / s["beton"],
-            labels=self.root / s["labels"],
-            index=self.root / s["index"],
-            shards=[self.root / p for p in s["shards"]],
+            num_samples=s.num_samples,
+            fingerprint=s.fingerprint,
+            beton=self.root / s.beton,
+            labels=self.root / s.labels,
+            index=self.root / s.index,
+            shards=[self.root / p for p in s.shards],
         )
 
 
@@ -104,11 +108,4 @@ def load_manifest(root: str | Path) -> Manifest:
             f"{root} is not a built dataset (no {MANIFEST_NAME}); build it with "
             f"`dp4tl build SOURCE --out {root}` or finish an interrupted build by rerunning it"
         )
-    data = read_json(path, "manifest")
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise DataError(f"{path} is not an ffcv-dp4tl manifest (format {data.get('format')!r}, "
-                        f"expected {FORMAT!r}); rebuild the dataset")
-    for key in ("classes", "splits", "fingerprint"):
-        if key not in data:
-            raise DataError(f"{path} lacks field {key!r}; rebuild the dataset")
-    return Manifest(root=root, data=data)
+    return Manifest(root=root, contract=DatasetManifest.from_json(read_json(path, "manifest"), path))

@@ -2,7 +2,8 @@
 
 On disk a mask is two files side by side: ``NAME.npy`` (sorted, unique int64 sample indices)
 and ``NAME.json`` (which split of which dataset it indexes — by content fingerprint — and how
-it was made). Masks are validated against the dataset's manifest before any sample is read.
+it was made; the :class:`~ffcv_dp4tl.contracts.MaskMeta` contract). Masks are validated
+against the dataset's manifest before any sample is read.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..contracts import MaskMeta
 from ..errors import MaskError
 from ..fsutil import atomic_save_npy, atomic_write_json, read_json
 from .manifest import SplitInfo
@@ -26,6 +28,11 @@ class IndexMask:
 
     def __len__(self) -> int:
         return int(len(self.indices))
+
+    @property
+    def info(self) -> MaskMeta:
+        """The sidecar contract of this mask (``meta`` parsed; no fingerprint required)."""
+        return MaskMeta.from_json(dict(self.meta), "mask", require_fingerprint=False)
 
     @property
     def kept_fraction(self) -> float:
@@ -48,10 +55,11 @@ def make_mask(indices: Iterable[int] | np.ndarray, split: SplitInfo, **provenanc
     if idx.size and not np.issubdtype(idx.dtype, np.integer):
         raise MaskError(f"mask indices must be integers, got dtype {idx.dtype}")
     idx = np.unique(idx.astype(np.int64))  # sorted + unique
-    meta = {"split": split.name, "fingerprint": split.fingerprint,
-            "num_samples": split.num_samples, "num_kept": int(idx.size),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **provenance}
-    mask = IndexMask(idx, meta)
+    meta = MaskMeta(split=split.name, fingerprint=split.fingerprint,
+                    num_samples=split.num_samples, num_kept=int(idx.size),
+                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    provenance=provenance)
+    mask = IndexMask(idx, meta.to_json())
     validate_mask(mask, split)
     return mask
 
@@ -101,7 +109,7 @@ def save_mask(path: str | Path, mask: IndexMask) -> Path:
     """Write ``path`` (.npy) and its ``.json`` sidecar atomically; returns the .npy path."""
     npy = _npy_path(path)
     atomic_save_npy(npy, mask.indices.astype(np.int64))
-    atomic_write_json(_json_path(npy), mask.meta)
+    atomic_write_json(_json_path(npy), mask.info.to_json())
     return npy
 
 
@@ -118,10 +126,8 @@ def load_mask(path: str | Path, split: SplitInfo | None = None) -> IndexMask:
     if not meta_path.exists():
         raise MaskError(f"mask metadata not found: {meta_path} (every mask .npy needs its .json "
                         "sidecar that names the dataset fingerprint)")
-    meta = read_json(meta_path, "mask metadata")
-    if not isinstance(meta, dict) or "fingerprint" not in meta:
-        raise MaskError(f"{meta_path} lacks field 'fingerprint'; recompute the mask")
-    mask = IndexMask(indices, meta)
+    meta = MaskMeta.from_json(read_json(meta_path, "mask metadata"), meta_path)
+    mask = IndexMask(indices, meta.to_json())
     if split is not None:
         validate_mask(mask, split, source=npy)
     return mask

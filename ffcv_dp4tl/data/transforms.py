@@ -8,6 +8,7 @@ the uint8 batch was transferred, which moves 4× fewer bytes than shipping float
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,6 +19,77 @@ IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 CENTER_CROP_RATIO = 224 / 256
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3 / 4, 4 / 3)
+
+
+@dataclass(frozen=True)
+class AugSpec:
+    """What a loader does to each image, in one object for every loader.
+
+    ``train``: random-resized crop (area ``crop_scale``, aspect ``crop_ratio``) then a horizontal
+    flip with probability 1/2 when ``flip``; ``views`` independent such crops per sample
+    (``views=2`` for two-view self-supervised recipes: ``Batch.images2``). Eval (``train=False``):
+    one center crop of ``center_crop_ratio`` of the short side (224/256), no flip.
+    Replaces the ``train`` / ``views`` / ``crop_scale`` flags that used to travel through the
+    loaders (:meth:`from_flags` maps those).
+    """
+
+    train: bool = False
+    crop_scale: tuple[float, float] = RRC_SCALE
+    crop_ratio: tuple[float, float] = RRC_RATIO
+    flip: bool = True
+    views: int = 1
+    center_crop_ratio: float = CENTER_CROP_RATIO
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "crop_scale", (float(self.crop_scale[0]), float(self.crop_scale[1])))
+        object.__setattr__(self, "crop_ratio", (float(self.crop_ratio[0]), float(self.crop_ratio[1])))
+
+    @classmethod
+    def for_train(cls, *, views: int = 1, crop_scale: tuple[float, float] = RRC_SCALE,
+                  **kw) -> "AugSpec":
+        return cls(train=True, views=views, crop_scale=crop_scale, **kw)
+
+    @classmethod
+    def for_eval(cls, center_crop_ratio: float = CENTER_CROP_RATIO) -> "AugSpec":
+        return cls(train=False, center_crop_ratio=center_crop_ratio)
+
+    @classmethod
+    def from_flags(cls, train: bool, views: int = 1,
+                   crop_scale: tuple[float, float] = RRC_SCALE) -> "AugSpec":
+        """The spec the old ``train=, views=, crop_scale=`` keywords meant."""
+        return cls(train=bool(train), views=views, crop_scale=tuple(crop_scale))
+
+    def validate(self) -> "AugSpec":
+        """Raise :class:`~ffcv_dp4tl.errors.DataError` for settings no loader can honour."""
+        from ..errors import DataError
+
+        if self.views not in (1, 2) or (self.views == 2 and not self.train):
+            raise DataError(f"views must be 1, or 2 for a train loader (got views={self.views}, "
+                            f"train={self.train})")
+        if not 0.0 < self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
+            raise DataError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise DataError(f"crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}")
+        if not 0.0 < self.center_crop_ratio <= 1.0:
+            raise DataError(f"center_crop_ratio must be in (0, 1], got {self.center_crop_ratio}")
+        return self
+
+
+def resolve_aug(aug: AugSpec | None, train: bool | None, views: int | None,
+                crop_scale: tuple[float, float] | None) -> AugSpec:
+    """``aug``, or the spec the legacy keywords describe (``train`` is required then); giving
+    both an ``aug`` and a legacy keyword that disagrees with it is an error."""
+    if aug is None:
+        if train is None:
+            raise TypeError("pass aug=AugSpec(...) (or the legacy train=True/False)")
+        return AugSpec.from_flags(train, 1 if views is None else views,
+                                  RRC_SCALE if crop_scale is None else crop_scale)
+    clash = [name for name, given, have in (("train", train, aug.train), ("views", views, aug.views),
+                                            ("crop_scale", crop_scale, aug.crop_scale))
+             if given is not None and (tuple(map(float, given)) if name == "crop_scale" else given) != have]
+    if clash:
+        raise TypeError(f"{', '.join(clash)} disagree(s) with aug={aug}; pass only aug")
+    return aug
 
 
 def random_crop_box(height: int, width: int, rng: np.random.Generator,

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from beton_builders.beton import check_beton, listed_samples
+
 from ..errors import DataError
-from beton_builders.beton import _listed as listed
-from beton_builders.beton import check_beton
 
 from .manifest import SplitInfo, load_manifest, split_fingerprint
 
@@ -49,7 +49,7 @@ class VerifyReport:
 
 
 def _listed(kind: str, where: str, idx: np.ndarray) -> str:
-    return listed(kind, where, idx, MAX_LISTED)
+    return listed_samples(kind, where, idx, MAX_LISTED)
 
 
 def _check_labels(split: SplitInfo, num_classes: int, counts: list[int] | None, out: list[str]) -> None:

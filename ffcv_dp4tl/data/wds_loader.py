@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .manifest import SplitInfo
 from .sampling import Batch, EpochPlan
-from .transforms import RRC_SCALE, Normalize, center_crop_box, crop_resize, random_crop_box
+from .transforms import (AugSpec, Normalize, center_crop_box, crop_resize, random_crop_box,
+                         resolve_aug)
 
 
 class ShardReader:
@@ -46,12 +47,9 @@ class ShardReader:
 
 
 class _MaskedShardDataset(Dataset):
-    def __init__(self, split: SplitInfo, train: bool, views: int = 1,
-                 crop_scale: tuple[float, float] = RRC_SCALE):
+    def __init__(self, split: SplitInfo, aug: AugSpec):
         self.reader = ShardReader(split)
-        self.train = train
-        self.views = views
-        self.crop_scale = crop_scale
+        self.aug = aug
 
     def __len__(self) -> int:
         return len(self.reader.index)
@@ -63,13 +61,15 @@ class _MaskedShardDataset(Dataset):
         img.draft("RGB", (resolution, resolution))  # DCT downscale when the JPEG is much larger
         img = img.convert("RGB")
         w, h = img.size
-        if not self.train:
-            arr = crop_resize(img, center_crop_box(h, w), resolution)
+        aug = self.aug
+        if not aug.train:
+            arr = crop_resize(img, center_crop_box(h, w, aug.center_crop_ratio), resolution)
             return torch.from_numpy(np.array(arr)), label, i
         rng = np.random.default_rng([seed, i])  # views are successive draws of one stream
+        # the flip coin is drawn even when flips are off, so crops do not depend on ``flip``
         crops = [torch.from_numpy(np.array(crop_resize(
-            img, random_crop_box(h, w, rng, scale=self.crop_scale), resolution,
-            flip=rng.random() < 0.5))) for _ in range(self.views)]
+            img, random_crop_box(h, w, rng, scale=aug.crop_scale, ratio=aug.crop_ratio),
+            resolution, flip=(rng.random() < 0.5) and aug.flip))) for _ in range(aug.views)]
         return (crops[0], label, i, *crops[1:])
 
 
@@ -108,18 +108,23 @@ def _collate(items):
 class WdsMaskedLoader:
     """Iterate :class:`Batch` es of the masked samples of one split's shards."""
 
-    def __init__(self, split: SplitInfo, plan: EpochPlan, *, batch_size: int, train: bool,
-                 resolution: int, device: str | torch.device = "cpu", num_workers: int = 2,
-                 drop_last: bool | None = None, dtype: torch.dtype = torch.float32,
-                 channels_last: bool = False, views: int = 1,
-                 crop_scale: tuple[float, float] = RRC_SCALE):
+    def __init__(self, split: SplitInfo, plan: EpochPlan, *, batch_size: int,
+                 resolution: int, aug: AugSpec | None = None, device: str | torch.device = "cpu",
+                 num_workers: int = 2, drop_last: bool | None = None,
+                 dtype: torch.dtype = torch.float32, channels_last: bool = False,
+                 train: bool | None = None, views: int | None = None,
+                 crop_scale: tuple[float, float] | None = None):
+        """``aug`` says how images are cropped/flipped; ``train``/``views``/``crop_scale`` are
+        the legacy spelling of it (:meth:`AugSpec.from_flags`)."""
+        aug = resolve_aug(aug, train, views, crop_scale).validate()
+        self.aug = aug
         self.plan = plan
         self.batch_size = batch_size
         self.resolution = resolution
         self.device = torch.device(device)
-        self.drop_last = train if drop_last is None else drop_last
+        self.drop_last = aug.train if drop_last is None else drop_last
         self.epoch = 0
-        self.dataset = _MaskedShardDataset(split, train, views, crop_scale)
+        self.dataset = _MaskedShardDataset(split, aug)
         self.normalize = Normalize(dtype, channels_last).to(self.device)
         self.dataloader = DataLoader(
             self.dataset, batch_size=batch_size, sampler=_PlanSampler(self),
@@ -127,6 +132,10 @@ class WdsMaskedLoader:
             pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0,
             prefetch_factor=4 if num_workers > 0 else None,
         )
+
+    @property
+    def train(self) -> bool:
+        return self.aug.train
 
     def set_epoch(self, epoch: int, resolution: int | None = None) -> None:
         self.epoch = epoch

@@ -496,3 +496,21 @@ def test_foreign_nonempty_dir_is_refused(tmp_path):
     with pytest.raises(DataError, match="not empty and is not a dp4tl build"):
         build_dataset(_spec(n=3), tmp_path, OPTS)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_ffcv_progress_is_silenced_for_one_write_only(tmp_path):
+    """ffcv's writer has no progress switch: progress=False patches its tqdm for the duration
+    of the write only, and restores it (also when the write fails)."""
+    import ffcv.writer
+
+    from beton_builders.beton import _ffcv_progress
+
+    original = ffcv.writer.tqdm
+    with _ffcv_progress(False):
+        assert ffcv.writer.tqdm is not original and ffcv.writer.tqdm(total=3).disable
+    assert ffcv.writer.tqdm is original
+    with _ffcv_progress(True):
+        assert ffcv.writer.tqdm is original
+    with pytest.raises(RuntimeError), _ffcv_progress(False):
+        raise RuntimeError("write failed")
+    assert ffcv.writer.tqdm is original

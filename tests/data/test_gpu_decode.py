@@ -174,8 +174,8 @@ def test_eval_pixels_match_the_cpu_loaders(tex, monkeypatch):
     got64 = run("wds", 64, "gpu")[0]
     assert _mad(got64, pil) < PIL_MAD
     # ... and a wrong crop: ratio 0.8 instead of 224/256, or the right one shifted by 2 px
-    for box in (lambda h, w: center_crop_box(h, w, 0.8),
-                lambda h, w: (lambda t, l, ch, cw: (t, l + 2, ch, cw))(*center_crop_box(h, w))):
+    for box in (lambda h, w, *_: center_crop_box(h, w, 0.8),
+                lambda h, w, *_: (lambda t, l, ch, cw: (t, l + 2, ch, cw))(*center_crop_box(h, w))):
         monkeypatch.setattr(gd, "center_crop_box", box)
         assert _mad(run("wds", 64, "gpu")[0], pil) > FAR
         assert _mad(run("ffcv", 32, "gpu")[0], refs[32][0]) > FAR

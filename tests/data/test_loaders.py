@@ -219,3 +219,137 @@ def test_two_views_are_crops_of_the_same_masked_samples(fmt, index_dataset, mask
         # train loaders drop the last partial batch; the rest are distinct masked samples
         assert len(set(seen)) == len(seen) == len(loader) * BS
         assert set(seen) <= set(mask.indices.tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# One interface (MaskedLoader), one augmentation object (AugSpec), ffcv's own extension point
+# ---------------------------------------------------------------------------------------------
+
+def _three_loaders(index_dataset, mask, **kw):
+    common = dict(mask=mask, batch_size=BS, resolution=16, num_workers=0, seed=SEED, **kw)
+    return {"ffcv": make_loader(index_dataset.root, "train", fmt="ffcv", **{**common, "num_workers": 1}),
+            "wds": make_loader(index_dataset.root, "train", fmt="wds", **common),
+            "gpu-decode": make_loader(index_dataset.root, "train", fmt="wds", decode="gpu", **common)}
+
+
+def test_every_loader_is_a_masked_loader(index_dataset, mask, ffcv_eval):
+    from ffcv_dp4tl.data import DeviceDecodeLoader, MaskedLoader
+    from ffcv_dp4tl.data.ffcv_loader import FFCVMaskedLoader
+    from ffcv_dp4tl.data.wds_loader import WdsMaskedLoader
+
+    loaders = _three_loaders(index_dataset, mask, train=True)
+    kinds = {"ffcv": FFCVMaskedLoader, "wds": WdsMaskedLoader, "gpu-decode": DeviceDecodeLoader}
+    for name, loader in loaders.items():
+        assert type(loader) is kinds[name]
+        assert isinstance(loader, MaskedLoader), name
+        assert loader.resolution == 16 and len(loader) == loader.plan.num_batches(BS, True)
+        loader.set_epoch(2, 24)
+        assert loader.epoch == 2 and loader.resolution == 24
+    assert isinstance(ffcv_eval, MaskedLoader)
+    assert not isinstance(object(), MaskedLoader)
+    loaders["gpu-decode"].close()
+
+
+def test_augspec_is_what_the_old_flags_meant(index_dataset, mask):
+    from ffcv_dp4tl.data import AugSpec
+    from ffcv_dp4tl.data.transforms import CENTER_CROP_RATIO, RRC_RATIO, RRC_SCALE
+
+    assert AugSpec.from_flags(True, 2, (0.2, 1)) == AugSpec.for_train(views=2, crop_scale=(0.2, 1.0)) \
+        == AugSpec(train=True, crop_scale=(0.2, 1.0), crop_ratio=RRC_RATIO, flip=True, views=2,
+                   center_crop_ratio=CENTER_CROP_RATIO)
+    assert AugSpec.from_flags(False) == AugSpec.for_eval() == AugSpec()
+    assert AugSpec.for_train().crop_scale == RRC_SCALE
+    old = _three_loaders(index_dataset, mask, train=True, views=2, crop_scale=(0.2, 1.0))
+    new = _three_loaders(index_dataset, mask, aug=AugSpec.for_train(views=2, crop_scale=(0.2, 1.0)))
+    for name in old:
+        a, b = old[name], new[name]
+        assert a.aug == b.aug == AugSpec.for_train(views=2, crop_scale=(0.2, 1.0)), name
+        assert (a.plan.shuffle, a.drop_last) == (b.plan.shuffle, b.drop_last) == (True, True)
+        if name == "ffcv":  # same decoders: scale/ratio per view, plus the flip
+            assert [(d.scale, d.ratio) for d in a.decoders] == [(d.scale, d.ratio) for d in b.decoders] \
+                == [((0.2, 1.0), RRC_RATIO)] * 2
+            continue
+        for x, y in zip(a, b):  # same crops, flips and order, pixel for pixel
+            assert torch.equal(x.indices, y.indices)
+            assert torch.equal(x.images, y.images) and torch.equal(x.images2, y.images2)
+    ev_old = make_loader(index_dataset.root, "train", fmt="wds", mask=mask, train=False,
+                         batch_size=BS, resolution=16, num_workers=0)
+    ev_new = make_loader(index_dataset.root, "train", fmt="wds", mask=mask, aug=AugSpec.for_eval(),
+                         batch_size=BS, resolution=16, num_workers=0)
+    assert ev_old.aug == ev_new.aug and (ev_new.plan.shuffle, ev_new.drop_last) == (False, False)
+    assert all(torch.equal(x.images, y.images) for x, y in zip(ev_old, ev_new))
+    new["gpu-decode"].close(), old["gpu-decode"].close()
+
+
+def test_augspec_errors_and_mixing_with_old_flags(index_dataset, mask):
+    from ffcv_dp4tl.data import AugSpec
+
+    kw = dict(batch_size=BS, resolution=16, num_workers=0)
+    with pytest.raises(DataError, match=r"views must be 1, or 2 for a train loader \(got views=2, "
+                       r"train=False\)"):
+        make_loader(index_dataset.root, "train", fmt="wds", aug=AugSpec(views=2), **kw)
+    with pytest.raises(DataError, match="crop_scale must satisfy"):
+        make_loader(index_dataset.root, "train", fmt="wds", aug=AugSpec.for_train(crop_scale=(0.5, 0.2)), **kw)
+    with pytest.raises(DataError, match="center_crop_ratio"):
+        make_loader(index_dataset.root, "train", fmt="wds", aug=AugSpec.for_eval(1.5), **kw)
+    with pytest.raises(TypeError, match="views disagree"):
+        make_loader(index_dataset.root, "train", fmt="wds", aug=AugSpec.for_train(), views=2, **kw)
+    with pytest.raises(TypeError, match="aug=AugSpec"):
+        make_loader(index_dataset.root, "train", fmt="wds", **kw)
+    # a legacy keyword that agrees with aug is accepted
+    loader = make_loader(index_dataset.root, "train", fmt="wds", aug=AugSpec.for_train(),
+                         train=True, **kw)
+    assert loader.aug.train and loader.train
+
+
+def test_flip_off_keeps_the_crops():
+    from ffcv_dp4tl.data import AugSpec
+    from ffcv_dp4tl.data import gpu_decode as gd
+
+    hw, idx = np.array([[40, 30], [32, 48], [24, 24]] * 8), np.arange(24)
+    on = gd.crop_draws(hw, idx, eseed=5, aug=AugSpec.for_train(views=2))
+    off = gd.crop_draws(hw, idx, eseed=5, aug=AugSpec.for_train(views=2, flip=False))
+    legacy = gd.crop_draws(hw, idx, eseed=5, train=True, views=2, crop_scale=(0.08, 1.0))
+    for (b1, f1), (b2, f2), (b3, f3) in zip(on, off, legacy):
+        assert (b1 == b2).all() and (b1 == b3).all() and (f1 == f3).all()
+        assert f1.any() and not f2.any()
+
+
+def test_plan_order_is_a_traversal_order_ffcv_constructs(index_dataset, mask, ffcv_train):
+    """PlanOrder is installed through ffcv's own extension point, whichever ffcv is installed:
+    ``order=<subclass>, order_kwargs=`` (ffcv >= 1.1) or a TraversalOrder that ffcv 1.0.x calls
+    with the loader. Either way ffcv runs ``TraversalOrder.__init__`` on the real loader."""
+    from ffcv.traversal_order.base import TraversalOrder
+
+    from ffcv_dp4tl.data import ffcv_loader as fl
+
+    order = ffcv_train.loader.traversal_order
+    assert type(order) is fl.PlanOrder and isinstance(order, TraversalOrder)
+    assert order.loader is ffcv_train.loader and order.plan is ffcv_train.plan
+    for epoch in range(3):
+        assert np.array_equal(order.sample_order(epoch), ffcv_train.plan.order(epoch))
+
+    plan = EpochPlan(np.arange(10, 30), shuffle=True, seed=4, rank=1, world_size=3)
+
+    class FakeLoader:  # what TraversalOrder.__init__ reads
+        indices, seed, distributed = np.arange(10, 30), 0, False
+
+    class NewLoader:  # ffcv >= 1.1's signature
+        def __init__(self, fname, order=None, order_kwargs=dict()):
+            pass
+
+    class OldLoader:  # ffcv 1.0.2's signature
+        def __init__(self, fname, order=None):
+            pass
+
+    args = fl.plan_order_arguments(plan, NewLoader)
+    assert args["order"] is fl.PlanOrder and issubclass(args["order"], TraversalOrder)
+    made = args["order"](FakeLoader(), **args["order_kwargs"])  # what ffcv >= 1.1 does
+    assert np.array_equal(made.sample_order(2), plan.order(2))
+
+    args = fl.plan_order_arguments(plan, OldLoader)
+    assert set(args) == {"order"} and isinstance(args["order"], TraversalOrder)
+    made = args["order"](FakeLoader())  # what ffcv 1.0.2 does
+    assert type(made) is fl.PlanOrder and isinstance(made.loader, FakeLoader)
+    assert np.array_equal(made.sample_order(2), plan.order(2))
+    assert fl.loader_takes_order_kwargs(NewLoader) and not fl.loader_takes_order_kwargs(OldLoader)

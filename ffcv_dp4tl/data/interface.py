@@ -1,0 +1,45 @@
+"""The interface every masked loader implements (ffcv, WebDataset, GPU decode).
+
+Code that trains or scores takes a :class:`MaskedLoader` and never needs to know which file
+format or decoder feeds it: all three visit the same samples in the same order for a given
+:class:`~ffcv_dp4tl.data.sampling.EpochPlan` and apply the same
+:class:`~ffcv_dp4tl.data.transforms.AugSpec`.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Protocol, runtime_checkable
+
+import torch
+
+from .sampling import Batch, EpochPlan
+from .transforms import AugSpec
+
+
+@runtime_checkable
+class MaskedLoader(Protocol):
+    """Iterates :class:`Batch` es (normalised images on ``device``, labels, sample indices) of
+    the samples ``plan`` keeps, one epoch per iteration."""
+
+    plan: EpochPlan
+    aug: AugSpec
+    batch_size: int
+    drop_last: bool
+    device: torch.device
+    #: the epoch the next iteration reads (set_epoch selects it; a full pass increments it)
+    epoch: int
+
+    @property
+    def resolution(self) -> int:
+        """Output side length in pixels of the next epoch."""
+        ...
+
+    def set_epoch(self, epoch: int, resolution: int | None = None) -> None:
+        """Select the epoch (order, crops) and, for progressive resizing, the resolution."""
+        ...
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        ...
+
+    def __iter__(self) -> Iterator[Batch]:
+        ...

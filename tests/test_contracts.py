@@ -1,0 +1,327 @@
+"""File contracts (ffcv_dp4tl.contracts): round trips, old files, newer files, import graph."""
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ffcv_dp4tl.contracts import (FORMAT, DatasetManifest, ImageSettings, MaskMeta, ScoresMeta,
+                                  SplitEntry, StageResult, UnsupportedFormatError, stage_kind)
+from ffcv_dp4tl.errors import DataError, MaskError
+
+REPO = Path(__file__).resolve().parents[1]
+FP = "ab" * 32
+
+
+def _manifest() -> DatasetManifest:
+    split = SplitEntry(num_samples=3, fingerprint=FP, beton="train.beton",
+                       labels="train.labels.npy", index="wds/train.index.npy",
+                       shards=["wds/train-000000.tar"], num_rejected=1, class_counts=[2, 1])
+    return DatasetManifest(classes=["a", "b"], splits={"train": split}, fingerprint="cd" * 32,
+                           name="tiny", image=ImageSettings(max_side=32, quality=90),
+                           shard_size=16, extra={"synth": "tiny"},
+                           build={"format": FORMAT, "source": "synth:tiny"},
+                           created="2024-01-01T00:00:00Z")
+
+
+CONTRACTS = {
+    "manifest": _manifest(),
+    "mask": MaskMeta(fingerprint=FP, split="train", num_samples=10, num_kept=4,
+                     created="2024-01-01T00:00:00Z", provenance={"method": "lm", "ratio": 0.5}),
+    "scores": ScoresMeta(method="lm", unit="class", num_units=5,
+                         meta={"source_fingerprint": FP, "seed": 0, "selection_seconds": 1.5}),
+    "stage": StageResult(stage="finetune-lp", kind="finetune", seconds=2.0,
+                         values={"test_top1": 0.5, "mode": "lp"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACTS))
+def test_round_trip_through_json(name):
+    obj = CONTRACTS[name]
+    blob = json.loads(json.dumps(obj.to_json()))  # what a file holds
+    back = type(obj).from_json(blob)
+    assert back == obj
+    assert back.to_json() == blob
+    assert blob["format_version"] == type(obj).VERSION == 1
+
+
+def test_unknown_fields_survive_a_round_trip():
+    d = _manifest().to_json()
+    d["added_later"] = {"x": 1}
+    d["splits"]["train"]["added_later_too"] = 2
+    assert DatasetManifest.from_json(d).to_json() == d
+
+
+# --- files from before format_version ---------------------------------------------------------
+
+def _without_version(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k != "format_version"}
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACTS))
+def test_files_without_a_version_read_as_version_1(name):
+    obj = CONTRACTS[name]
+    back = type(obj).from_json(_without_version(obj.to_json()))
+    assert back.format_version == 1 and back == obj
+
+
+def test_old_files_still_load_through_the_readers(index_dataset, index_split, tmp_path):
+    """A dataset, mask, scores directory and stage written before versions keep working."""
+    from ffcv_dp4tl.data import load_manifest, load_mask, make_mask, save_mask
+    from ffcv_dp4tl.pipeline.scores_io import load_scores, write_scores
+    from ffcv_dp4tl.pipeline.stages import DONE, stage
+
+    # manifest: copy the built one without format_version (the first release's shape)
+    m = json.loads((index_dataset.root / "manifest.json").read_text())
+    assert m["format_version"] == 1
+    old = tmp_path / "old_ds"
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps(_without_version(m)))
+    loaded = load_manifest(old)
+    assert loaded.contract.format_version == 1
+    assert loaded.fingerprint == m["fingerprint"] and loaded.classes == m["classes"]
+    assert loaded.split("train").num_samples == index_split.num_samples
+    assert loaded.data["extra"] == m["extra"]
+
+    # mask sidecar
+    npy = save_mask(tmp_path / "m.npy", make_mask([0, 2], index_split, method="manual"))
+    side = npy.with_suffix(".json")
+    side.write_text(json.dumps(_without_version(json.loads(side.read_text()))))
+    back = load_mask(npy, index_split)
+    assert back.indices.tolist() == [0, 2] and back.meta["method"] == "manual"
+    assert back.info.format_version == 1
+
+    # scores.json
+    sd = tmp_path / "scores"
+    write_scores(sd, method="random", unit="sample", scores=np.arange(3.0), meta={"seed": 1})
+    meta = json.loads((sd / "scores.json").read_text())
+    (sd / "scores.json").write_text(json.dumps(_without_version(meta)))
+    got, arrays = load_scores(sd)
+    assert got["method"] == "random" and got["seed"] == 1 and arrays["scores"].tolist() == [0, 1, 2]
+
+    # DONE.json without kind/format_version: the kind comes from the stage's name
+    st = stage(tmp_path / "runs", "finetune-ff", {"x": 1})
+    st.dir.mkdir(parents=True)
+    (st.dir / DONE).write_text(json.dumps({"test_top1": 0.25, "seconds": 1.0,
+                                           "stage": "finetune-ff"}))
+    res = st.result()
+    assert res["kind"] == "finetune" and res["test_top1"] == 0.25
+    assert st.typed_result().kind == "finetune"
+
+
+# --- files from a newer release ---------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(CONTRACTS))
+def test_a_newer_version_is_refused_in_one_line(name):
+    obj = CONTRACTS[name]
+    d = {**obj.to_json(), "format_version": 7}
+    with pytest.raises(UnsupportedFormatError, match="format version 7.*upgrade ffcv-dp4tl") as e:
+        type(obj).from_json(d)
+    assert "\n" not in str(e.value)
+    assert isinstance(e.value, DataError)  # the CLI prints it as one line, exit status 2
+
+
+def test_readers_refuse_newer_files(index_dataset, index_split, tmp_path):
+    from ffcv_dp4tl.data import load_manifest, load_mask, make_mask, save_mask
+    from ffcv_dp4tl.pipeline.scores_io import load_scores, write_scores
+
+    m = json.loads((index_dataset.root / "manifest.json").read_text())
+    new = tmp_path / "new_ds"
+    new.mkdir()
+    (new / "manifest.json").write_text(json.dumps({**m, "format_version": 2}))
+    with pytest.raises(UnsupportedFormatError, match=r"manifest.json is a dataset manifest of "
+                       r"format version 2, but this ffcv-dp4tl reads versions up to 1; upgrade"):
+        load_manifest(new)
+
+    npy = save_mask(tmp_path / "m.npy", make_mask([1], index_split))
+    side = npy.with_suffix(".json")
+    side.write_text(json.dumps({**json.loads(side.read_text()), "format_version": 3}))
+    with pytest.raises(UnsupportedFormatError, match="m.json is a mask of format version 3"):
+        load_mask(npy)
+
+    sd = tmp_path / "scores"
+    write_scores(sd, method="lm", unit="class", scores=np.ones(2), meta={})
+    (sd / "scores.json").write_text(json.dumps({**json.loads((sd / "scores.json").read_text()),
+                                                "format_version": 2}))
+    with pytest.raises(UnsupportedFormatError, match="scores file of format version 2"):
+        load_scores(sd)
+
+
+def test_bad_versions_and_missing_fields_are_named():
+    with pytest.raises(DataError, match="format_version must be a positive integer"):
+        DatasetManifest.from_json({**_manifest().to_json(), "format_version": "2"})
+    with pytest.raises(MaskError, match="lacks field 'fingerprint'"):
+        MaskMeta.from_json({"split": "train"})
+    with pytest.raises(DataError, match="not an ffcv-dp4tl manifest"):
+        DatasetManifest.from_json({"format": "other/1"})
+    d = _manifest().to_json()
+    del d["splits"]["train"]["beton"]
+    with pytest.raises(DataError, match="lacks field 'beton'"):
+        DatasetManifest.from_json(d)
+    with pytest.raises(DataError, match="not a dp4tl scores file"):
+        ScoresMeta.from_json({"method": "lm", "unit": "pixel"})
+    with pytest.raises(ValueError, match="unit must be one of"):
+        ScoresMeta(method="lm", unit="pixel", num_units=1)
+    with pytest.raises(ValueError, match="stage kind"):
+        StageResult(stage="x", kind="guess")
+
+
+# --- stage results carry an explicit kind ----------------------------------------------------
+
+@pytest.mark.parametrize("name, kind", [("surrogate", "train"), ("pretrain", "train"),
+                                        ("score", "score"), ("prune", "prune"),
+                                        ("finetune-lp", "finetune"), ("finetune-ff", "finetune"),
+                                        ("mystery", "other")])
+def test_stage_kinds(name, kind, tmp_path):
+    from ffcv_dp4tl.pipeline.stages import run_stage, stage
+
+    assert stage_kind(name) == kind
+    st = stage(tmp_path, name, {"a": 1})
+    res = run_stage(st, lambda d: {"value": 3, "kind": "ignored"}, log=lambda _: None)
+    assert res["kind"] == kind and res["stage"] == name and res["value"] == 3
+    assert json.loads((st.dir / "DONE.json").read_text()) == res
+    again = run_stage(st, lambda d: pytest.fail("a finished stage must not rerun"),
+                      log=lambda _: None)
+    assert again == res
+
+
+def test_describe_dispatches_on_kind():
+    from ffcv_dp4tl.pipeline.stages import describe
+
+    assert describe({"stage": "finetune-lp", "kind": "finetune", "test_top1": 0.5,
+                     "top1_val": 0.1}) == "target test top-1 0.5000"
+    assert describe({"stage": "score", "selection_seconds": 2.25}) == "selection 2.2s"
+    assert describe({"stage": "pretrain", "top1_val": 0.75}) == "val top-1 0.7500"
+    assert describe({"stage": "surrogate", "top1_val": None, "objective": "moco_v2",
+                     "loss": 1.5, "top1_train": 0.25}) == \
+        "moco_v2 loss 1.500, instance top-1 0.250"
+    assert describe({"stage": "prune", "unit": "class", "train_kept": 5}) == ""
+    # a train result that happens to hold a key of another kind is not misread as that kind
+    assert describe({"stage": "pretrain", "top1_val": 0.5,
+                     "selection_seconds": 9.0}) == "val top-1 0.5000"
+
+
+# --- import graph ----------------------------------------------------------------------------
+
+PACKAGES = ("ffcv_dp4tl", "beton_builders")
+#: ffcv_dp4tl's dependency-free base: what beton_builders may import from it
+CORE = {"ffcv_dp4tl", "ffcv_dp4tl.contracts", "ffcv_dp4tl.errors", "ffcv_dp4tl.fsutil"}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute names of every project module ``path`` imports (lazy imports included)."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out.add(mod)
+            out.update(f"{mod}.{a.name}" for a in node.names)  # `from pkg import module`
+    return {m for m in out if m.split(".")[0] in PACKAGES}
+
+
+def _graph(node_of) -> dict[str, set[str]]:
+    modules = {_module_name(p): p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        src = node_of(name)
+        for target in _imports(path):
+            while target not in modules and "." in target:  # `pkg.module.attr` → `pkg.module`
+                target = target.rpartition(".")[0]
+            if target in modules and node_of(target) != src:
+                graph.setdefault(src, set()).add(node_of(target))
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                return stack[stack.index(m):] + [m]
+            if m not in state and (c := visit(m)):
+                return c
+        state[n] = 2
+        stack.pop()
+        return None
+
+    for n in sorted(graph):
+        if n not in state and (c := visit(n)):
+            return c
+    return None
+
+
+def _package_node(name: str) -> str:
+    """Top-level packages, with ffcv_dp4tl's core (its ``__init__``, contracts, errors, fsutil:
+    what importing any ffcv_dp4tl module runs) apart from the rest of it (``ffcv_dp4tl.*``)."""
+    if name in CORE:
+        return name
+    top = name.split(".")[0]
+    return "ffcv_dp4tl.*" if top == "ffcv_dp4tl" else top
+
+
+def _layer_node(name: str) -> str:
+    """ffcv_dp4tl's subpackages and top-level modules, beton_builders as one."""
+    parts = name.split(".")
+    return "beton_builders" if parts[0] == "beton_builders" else ".".join(parts[:2])
+
+
+def test_no_package_level_import_cycle():
+    graph = _graph(_package_node)
+    assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
+    # beton_builders may use ffcv_dp4tl's core only, never its heavy subpackages
+    assert graph.get("beton_builders", set()) <= CORE, graph["beton_builders"]
+    # and the core depends on nothing else of the project
+    assert not any(graph.get(c, set()) - CORE for c in CORE), {c: graph.get(c) for c in CORE}
+
+
+def test_no_cycle_between_layers():
+    graph = _graph(_layer_node)
+    assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
+
+
+def test_the_cycle_check_catches_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": {"c"}}) is None
+    # the old import (beton_builders -> ffcv_dp4tl.data.manifest) is a package cycle
+    assert _package_node("ffcv_dp4tl.data.manifest") == _package_node("ffcv_dp4tl.cli.build")
+    assert _cycle({"beton_builders": {"ffcv_dp4tl.*"}, "ffcv_dp4tl.*": {"beton_builders"}})
+
+
+def test_importing_beton_builders_first_stays_light():
+    """A fresh interpreter that imports the builders first loads neither torch, ffcv nor any
+    ffcv_dp4tl subpackage (the builders read the contracts, not the data layer)."""
+    code = ("import sys, beton_builders, beton_builders.writer, beton_builders.beton, "
+            "beton_builders.layouts, beton_builders.sources, beton_builders.synth\n"
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ffcv') "
+            "or (m.startswith('ffcv_dp4tl.') and m not in "
+            "('ffcv_dp4tl.contracts', 'ffcv_dp4tl.errors', 'ffcv_dp4tl.fsutil')))\n"
+            "print(heavy)\n"
+            "import ffcv_dp4tl.data, ffcv_dp4tl.cli\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
