@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +50,6 @@ class ScoringContext:
     seed: int = 0
     backend: str = "auto"
     progress: bool = True
-    log: Callable[[str], None] = lambda s: None
     meta: dict[str, Any] = field(default_factory=dict)  # → scores.json
     surrogate: Surrogate | None = None
 
