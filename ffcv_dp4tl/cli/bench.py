@@ -7,6 +7,7 @@ from typing import List
 
 import typer
 
+from ..scoring.registry import methods_help
 from .app import app
 
 bench_app = typer.Typer(help="Benchmarks that write a report (and a BENCHMARKS.md section).",
@@ -27,9 +28,9 @@ def _names(text: str) -> list[str]:
 @bench_app.command("cost-table")
 def cost_table(
     ratios: str = typer.Option("0,0.2,0.4,0.6,0.8", help="Pruning ratios (0 = the shared reference)"),
-    methods: str = typer.Option("lm,fm,random,moderate,grand,el2n", help="Selection methods; "
-                                "METHOD@R1/R2 runs that method only at those ratios "
-                                "(e.g. grand@0.6)"),
+    methods: str = typer.Option("lm,fm,random,moderate,grand,el2n", help="Selection methods ("
+                                f"{methods_help()}); METHOD@R1/R2 runs that method only at "
+                                "those ratios (e.g. grand@0.6)"),
     seeds: str = typer.Option("0", help="Seeds (scoring seed; train.seed for seeds != 0)"),
     finetune: str = typer.Option("lp,ff", help="Finetuning modes"),
     ff_methods: str = typer.Option("", help="Run FF only for these methods (default: all; LP "

@@ -6,6 +6,7 @@ from typing import List
 
 import typer
 
+from ..scoring.registry import methods_help
 from .app import app
 
 
@@ -16,7 +17,7 @@ def pipeline(
                                "(e.g. imagenet:/data/ILSVRC2012)"),
     target: str = typer.Option("", help="Built target dir, a SOURCE like flowers102:/data/flowers, "
                                "or a synth target name (default: the first)"),
-    method: str = typer.Option("lm", help="lm | fm | fm-sup | random | moderate | el2n | grand"),
+    method: str = typer.Option("lm", help=f"Scoring method: {methods_help()} (see `dp4tl score --help`)"),
     recipes: str = typer.Option("", help="tiny | full (default: tiny for synth, full otherwise)"),
     surrogate_recipe: str = typer.Option("", help="Override the surrogate recipe"),
     recipe: str = typer.Option("", help="Override the source-model pretraining recipe"),

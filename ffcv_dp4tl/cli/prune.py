@@ -6,15 +6,17 @@ from typing import List, Optional
 
 import typer
 
+from ..scoring.registry import methods_help
 from .app import app
 
 
 @app.command()
 def score(
-    method: str = typer.Option("lm", help="lm | fm | fm-sup | random | moderate | el2n | grand"),
+    method: str = typer.Option("lm", help=f"Scoring method — {methods_help(detailed=True)}"),
     source: Path = typer.Option(..., help="Built source dataset directory"),
-    target: List[Path] = typer.Option([], help="Built target dataset directory (lm, fm); repeat "
-                                      "for several targets (normalised score sum)"),
+    target: List[Path] = typer.Option([], help="Built target dataset directory (for "
+                                      f"{methods_help(needing='target')}); repeat for several "
+                                      "targets (normalised score sum)"),
     checkpoint: Optional[Path] = typer.Option(None, help="Surrogate checkpoint from `dp4tl train`"),
     out: Path = typer.Option(..., "--out", "-o", help="Scores directory to write"),
     format: str = typer.Option("ffcv", "--format", help="ffcv | wds"),
@@ -27,7 +29,7 @@ def score(
     seed: int = typer.Option(0),
     backend: str = typer.Option("auto", help="Kernels: auto | cpu | cuda"),
 ) -> None:
-    """Score source classes (lm), clusters (fm) or samples (baselines) for one target."""
+    """Score source classes, clusters or samples (the method's unit) for one or more targets."""
     from ..pipeline.score import score as run
 
     meta = run(method, source_dir=source, target_dir=target or None, checkpoint=checkpoint, out_dir=out,
@@ -49,8 +51,8 @@ def prune(
     from ..pipeline.prune import prune as run
 
     s = run(scores, source, ratio, out, reverse=reverse)
-    from ..pipeline.run import PLURAL
+    from ..scoring.registry import UNIT_PLURAL
 
     n = len(s.get("kept_units", []))
-    kept = f"{n} {PLURAL[s['unit']]} kept, " if "kept_units" in s else ""
+    kept = f"{n} {UNIT_PLURAL[s['unit']]} kept, " if "kept_units" in s else ""
     typer.echo(f"{out}: {kept}train {s['train_kept']} samples, val {s.get('val_kept', '-')} samples")

@@ -6,14 +6,14 @@
 * the **total cost** of a run = surrogate + score + prune + pretrain seconds (finetuning is
   the same downstream work for every source model and is reported separately). The surrogate
   is trained once and cached, but its (once measured) time is charged to *every* pruned run
-  whose method needs it (all but RANDOM), like the paper's Tab. 3 which counts surrogate
-  training and scoring;
+  whose method needs it (its registered scorer's ``needs``; all but RANDOM), like the paper's
+  Tab. 3 which counts surrogate training and scoring;
 * the 0 % reference: one full-data pretraining per seed, shared by all methods (``random`` at
   ratio 0 keeps every sample); its cost is its pretraining time only (nothing is selected);
 * the reduction of the total (and of the pretraining-only) time vs the 0 % reference;
 * the **selection cost** per method (paper Tab. 4): score-stage seconds (feature extraction,
   k-means, voting), + the surrogate's training time for the methods that need a trained model
-  (here LM, FM, MODERATE, EL2N and GraNd all use the same surrogate; RANDOM needs none). The
+  (the registered scorer says which, and what it runs: ``Scorer.cost_summary``). The
   score stage does not depend on the ratio, so the selection cost is that of every ratio; it is
   tabulated at the ratio closest to 60 %;
 * target test top-1 after LP and FF, and the "best winning subset" per method and mode: the
@@ -32,8 +32,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, read_json
+from ..scoring.registry import PlotStyle, get_scorer, is_registered
 from .run import PipelineConfig, run_pipeline
-from .score import METHODS
 
 #: Paper Tab. 3 (ResNet-101 on ImageNet): source pretraining time in hours per pruning ratio.
 PAPER_PRETRAIN_HOURS = {0.0: 5.4, 0.2: 4.6, 0.4: 3.5, 0.6: 2.4, 0.8: 1.3}
@@ -167,8 +167,7 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     method_ratios = {m: sorted({round(float(r), 6) for r in rs})
                      for m, rs in (method_ratios or {}).items()}
     for m in methods:
-        if m not in METHODS:
-            raise DP4TLError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        get_scorer(m)  # unknown method: one line listing the registered ones
     if not ratios or any(not 0.0 <= r < 1.0 for r in ratios):
         raise DP4TLError(f"ratios must lie in [0, 1), got {ratios}")
     pruned = [r for r in ratios if r > 0]
@@ -209,9 +208,8 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
             if "surrogate" in res["stages"]:
                 surrogate_s = float(res["stages"]["surrogate"]["seconds"])
                 surrogate_cpu = meter.cpu("surrogate")
-            rows.append(_row(res, method, r, seed,
-                             surrogate_s if method != "random" and surrogate_s else 0.0,
-                             meter, surrogate_cpu))
+            charged = surrogate_s if get_scorer(method).needs_surrogate and surrogate_s else 0.0
+            rows.append(_row(res, method, r, seed, charged, meter, surrogate_cpu))
     cfg = {**asdict(base), "data_root": str(base.data_root), "runs_root": str(base.runs_root)}
     ratios = sorted(set(ratios) | {r for _, r in plan})
     table = summarize(rows, methods=methods, ratios=ratios, seeds=seeds, finetune=finetune,
@@ -325,8 +323,27 @@ def _acc(ms: tuple[float, float] | list[float] | None, n_seeds: int) -> str:
     return f"{ms[0]:.1f} ± {ms[1]:.1f}" if n_seeds > 1 else f"{ms[0]:.1f}"
 
 
+def method_style(m: str) -> PlotStyle:
+    """Colour, marker and label of a method (from its registered scorer)."""
+    return get_scorer(m).plot_style if is_registered(m) else PlotStyle(None, "o", m.upper())
+
+
 def method_label(m: str) -> str:
-    return {"grand": "GraNd", "el2n": "EL2N", "fm-sup": "FM-sup"}.get(m, m.upper())
+    return method_style(m).label
+
+
+def _no_surrogate(methods: Sequence[str]) -> str:
+    """Labels of the methods that train no surrogate (e.g. RANDOM)."""
+    return ", ".join(method_label(m) for m in methods
+                     if is_registered(m) and not get_scorer(m).needs_surrogate)
+
+
+def _but(names: str, prefix: str) -> str:
+    return prefix + names if names else ""
+
+
+def method_cost(m: str) -> str:
+    return get_scorer(m).cost_summary() if is_registered(m) else "–"
 
 
 def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
@@ -338,7 +355,8 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
     L = ["### Cost (Tab. 3)", "",
          "Total cost = surrogate + score + prune + pretrain wall seconds (finetuning excluded; "
          "the cached surrogate's one measured training time is charged to every pruned run of a "
-         "method that needs it — all but RANDOM). 0 % = one full-data pretraining, no selection. "
+         f"method that needs it{_but(_no_surrogate(methods), ' — all but ')}). 0 % = one full-data "
+         "pretraining, no selection. "
          f"Means over {ns} seed(s). Paper: ResNet-101 ImageNet pretraining hours.", "",
          "| ratio | paper pretrain h | paper reduction | pretrain s (mean of methods) | "
          "pretrain-only reduction | pretrain CPU-s | pretrain-only reduction (CPU-s) | "
@@ -388,14 +406,17 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
         L += ["", f"### Selection cost (Tab. 4) at {_r(r)}", "",
               "Selection = score stage (surrogate inference, feature extraction, k-means, voting "
               "or per-sample scores) + the surrogate's training time where the method needs a "
-              "trained model. Here MODERATE/EL2N/GraNd use the same fully trained surrogate as "
-              "LM/FM (the paper trains the full source model, or an early-training one, for them). "
-              "The score stage is ratio-independent.", "",
-              "| method | surrogate s | score s | of which selection_seconds | selection total s |",
-              "|---|---:|---:|---:|---:|"]
+              "trained model; the last column is each method's registered cost record. Here the "
+              "sample-wise baselines use the same surrogate as LM/FM (the paper trains the full "
+              "source model, or an early-training one, for them). The score stage is "
+              "ratio-independent.", "",
+              "| method | surrogate s | score s | of which selection_seconds | selection total s "
+              "| what it runs |",
+              "|---|---:|---:|---:|---:|---|"]
         for s in t["selection"]:
             L.append(f"| {method_label(s['method'])} | {s['surrogate_s']:.1f} | {s['score_s']:.1f} | "
-                     f"{s['selection_inner_s']:.1f} | {s['total_s']:.1f} |")
+                     f"{s['selection_inner_s']:.1f} | {s['total_s']:.1f} | "
+                     f"{method_cost(s['method'])} |")
     for mode in t["finetune"]:
         acc = t["accuracy"].get(mode)
         if not acc:
@@ -460,11 +481,6 @@ def write_outputs(t: dict[str, Any], out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------- plots
-_STYLE = {"lm": ("tab:red", "o"), "fm": ("tab:blue", "s"), "fm-sup": ("tab:cyan", "D"),
-          "random": ("tab:gray", "^"), "moderate": ("tab:green", "v"),
-          "grand": ("tab:purple", "P"), "el2n": ("tab:orange", "X")}
-
-
 def _plt():
     import matplotlib
 
@@ -489,7 +505,7 @@ def plot_accuracy(t: dict[str, Any], path: Path) -> None:
             dx = (j - (n - 1) / 2) * 0.6 if len(t["seeds"]) > 1 else 0.0  # keep error bars apart
             ys = [by[str(r)][0] for r in rs]
             es = [by[str(r)][1] for r in rs]
-            color, marker = _STYLE.get(m, (None, "o"))
+            color, marker = method_style(m).color, method_style(m).marker
             ax.errorbar([100 * r + dx for r in rs], ys, yerr=es if len(t["seeds"]) > 1 else None,
                         color=color, marker=marker, ms=6, lw=1.6, capsize=3, label=method_label(m))
         ref = acc["reference"][0]
@@ -523,7 +539,7 @@ def plot_cost(t: dict[str, Any], path: Path) -> None:
         cs = sorted((c for c in cost if c["method"] == m), key=lambda c: c["ratio"])
         if not cs:
             continue
-        color, marker = _STYLE.get(m, (None, "o"))
+        color, marker = method_style(m).color, method_style(m).marker
         xs = [0] + [100 * c["ratio"] for c in cs]
         a1.plot(xs, [ref["total_s"]] + [c["total_s"] for c in cs], color=color, marker=marker,
                 label=method_label(m))
@@ -542,7 +558,9 @@ def plot_cost(t: dict[str, Any], path: Path) -> None:
     sur = t.get("surrogate_s")
     if sur and ref["pretrain_s"]:
         a1.text(0.02, 0.02, f"surrogate {sur:.1f} s = {sur / ref['pretrain_s']:.2f}× the 0 % "
-                "pretraining\n(charged to every pruned run except RANDOM)", fontsize=8,
+                f"pretraining\n(charged to every pruned run"
+                f"{_but(_no_surrogate(t['methods']), ' except ')})",
+                fontsize=8,
                 transform=a1.transAxes, va="bottom")
     a2.plot([0] + [100 * r for r in pruned], [0] + [100 * (1 - p / ref["pretrain_s"]) for p in pre],
             color="black", ls=":", marker=".", lw=2, label="ours, pretrain only, wall (mean)")

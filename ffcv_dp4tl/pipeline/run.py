@@ -18,8 +18,9 @@ from typing import Any, Callable
 from ..data.manifest import MANIFEST_NAME, load_manifest
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text
+from ..scoring.registry import TRAJECTORY, UNIT_PLURAL, get_scorer
 from .prune import prune
-from .score import METHODS, NEEDS_CLASS_HEAD, score
+from .score import score, self_supervised_refusal
 from .stages import run_stage, stage
 
 #: Recipes per scale: the embedded default runs the tiny CPU recipes, real data the paper's.
@@ -30,7 +31,7 @@ RECIPE_SETS = {
 }
 
 
-PLURAL = {"class": "classes", "cluster": "clusters", "sample": "samples"}
+PLURAL = UNIT_PLURAL  # unit → plural (kept for older imports)
 
 
 @dataclass
@@ -102,8 +103,7 @@ def _resolve_data(cfg: PipelineConfig, log) -> tuple[Path, Path]:
 def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     if not 0.0 <= cfg.ratio < 1.0:
         raise DP4TLError(f"ratio must be in [0, 1), got {cfg.ratio}")
-    if cfg.method not in METHODS:
-        raise DP4TLError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    scorer = get_scorer(cfg.method)  # unknown method: one line listing the registered ones
     source_dir, target_dir = _resolve_data(cfg, log)
     src, tgt = load_manifest(source_dir), load_manifest(target_dir)
     scale = cfg.recipes or ("tiny" if cfg.source.startswith("synth") else "full")
@@ -129,17 +129,16 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
               for name in ("surrogate", "pretrain", *cfg.finetune)}
     fp = {name: r.fingerprint() for name, r in loaded.items()}
     sur_recipe = loaded["surrogate"]
-    if sur_recipe.ssl.method != "none" and cfg.method in NEEDS_CLASS_HEAD:
-        raise DP4TLError(f"method {cfg.method} needs a supervised surrogate (class logits); the "
-                         f"surrogate recipe {rs['surrogate']} is self-supervised "
-                         f"({sur_recipe.ssl.method}): use method=fm, fm-sup or moderate")
+    if sur_recipe.ssl.method != "none" and scorer.needs_class_head:
+        raise self_supervised_refusal(scorer, f"the surrogate recipe {rs['surrogate']} is "
+                                              f"self-supervised ({sur_recipe.ssl.method})")
     root, common = cfg.runs_root, {"fmt": cfg.fmt}
     results: dict[str, Any] = {"config": {**asdict(cfg), "data_root": str(cfg.data_root),
                                           "runs_root": str(cfg.runs_root)},
                                "source": str(source_dir), "target": str(target_dir),
                                "recipes": rs, "stages": {}}
 
-    needs_surrogate = cfg.method != "random"
+    needs_surrogate = scorer.needs_surrogate
     sur_overrides = list(cfg.surrogate_overrides)
     sur = stage(root, "surrogate", {"recipe": rs["surrogate"], "overrides": sur_overrides,
                                     "recipe_fingerprint": fp["surrogate"],
@@ -153,8 +152,10 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     device = "cuda" if cfg.device == "auto" and _cuda() else ("cpu" if cfg.device == "auto" else cfg.device)
     results["stages"]["score"] = run_stage(sc, lambda d: score(
         cfg.method, source_dir=source_dir, target_dir=target_dir, out_dir=d,
-        checkpoint=_scoring_checkpoint(cfg.method, sur.dir, rs["surrogate"], sur_overrides, log)
-        if needs_surrogate else None, fmt=cfg.fmt, device=device, k=cfg.k, seed=cfg.seed), log)
+        checkpoint=sur.dir / "checkpoint.pt" if needs_surrogate else None,
+        trajectory=_trajectory(cfg.method, sur.dir, sur_recipe.train.keep_epochs, log)
+        if TRAJECTORY in scorer.needs else (), fmt=cfg.fmt, device=device, k=cfg.k,
+        seed=cfg.seed), log)
     pr = stage(root, "prune", {"score": sc.key, "ratio": cfg.ratio})
     results["stages"]["prune"] = run_stage(pr, lambda d: prune(sc.dir, source_dir, cfg.ratio, d), log)
     pt = stage(root, "pretrain", {"recipe": rs["pretrain"], "overrides": pre_overrides,
@@ -179,19 +180,18 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     return results
 
 
-def _scoring_checkpoint(method: str, sur_dir: Path, recipe: str, overrides: list[str],
-                        log: Callable[[str], None]) -> Path:
-    """EL2N/GraNd score the surrogate's earliest kept epoch (train.keep_epochs); others the last."""
-    from ..training.recipe import load_recipe
+def _trajectory(method: str, sur_dir: Path, keep_epochs, log: Callable[[str], None]
+                ) -> tuple[Path, ...]:
+    """The surrogate's kept early-training checkpoints (train.keep_epochs), in epoch order,
+    for the scorers that need a trajectory (EL2N/GraNd score the earliest)."""
     from ..training.trainer import early_checkpoint_name
 
-    if method in ("el2n", "grand"):
-        kept = sorted(load_recipe(recipe, overrides).train.keep_epochs)
-        if kept and (sur_dir / early_checkpoint_name(kept[0])).exists():
-            return sur_dir / early_checkpoint_name(kept[0])
+    kept = tuple(p for p in (sur_dir / early_checkpoint_name(e) for e in sorted(keep_epochs))
+                 if p.exists())
+    if not kept:
         log(f"[score] {method}: the surrogate recipe keeps no early checkpoint "
             "(train.keep_epochs); scoring the final surrogate instead")
-    return sur_dir / "checkpoint.pt"
+    return kept
 
 
 def _cuda() -> bool:
@@ -200,14 +200,21 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _label(method: str) -> str:
+    try:
+        return get_scorer(method).label
+    except DP4TLError:  # a report of a method no longer registered
+        return method.upper()
+
+
 def write_report(results: dict[str, Any], out: Path) -> None:
     st = results["stages"]
     cfg = results["config"]
     pr = st["prune"]
-    lines = [f"# DP4TL run: {cfg['method'].upper()} at ratio {cfg['ratio']}", "",
+    lines = [f"# DP4TL run: {_label(cfg['method'])} at ratio {cfg['ratio']}", "",
              f"- source: `{results['source']}`", f"- target: `{results['target']}`",
              f"- recipes: {', '.join(f'{k}=`{v}`' for k, v in results['recipes'].items())}",
-             f"- kept: {len(pr.get('kept_units', [])) or '-'} {PLURAL[pr['unit']]}, "
+             f"- kept: {len(pr.get('kept_units', [])) or '-'} {UNIT_PLURAL[pr['unit']]}, "
              f"{pr['train_kept']} train samples", "",
              "| stage | wall s | result |", "|---|---:|---|"]
     for name, res in st.items():

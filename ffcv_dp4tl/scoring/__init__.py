@@ -1,4 +1,5 @@
-"""Array-level scoring for dataset pruning: LM, FM, sample-wise baselines, feature store.
+"""Array-level scoring for dataset pruning: LM, FM, sample-wise baselines, feature store; and
+the scorer registry (``registry``, one module per method in ``methods/``).
 
 Everything here works on plain arrays (predictions, logits, features); producing those from
 models and datasets is the job of other packages. Selections are deterministic: every
@@ -27,22 +28,30 @@ from .features import FeatureWriter, is_complete, load_features, meta_path, read
 from .label_mapping import kept_sample_indices, label_mapping_scores, select_classes, softmax_mass
 from .multi_target import combine_target_scores
 from .ranking import ScoringError
+from .registry import (Cost, PlotStyle, Scorer, ScoreResult, get_scorer, list_scorers,
+                       register_scorer, unregister_scorer)
 
 __all__ = [
+    "Cost",
     "FeatureWriter",
     "KMeansResult",
+    "PlotStyle",
+    "ScoreResult",
+    "Scorer",
     "ScoringError",
     "class_centroids",
     "combine_target_scores",
     "el2n_scores",
     "feature_mapping_scores",
     "feature_mapping_votes",
+    "get_scorer",
     "grand_last_layer_norms",
     "grand_scores",
     "is_complete",
     "kept_sample_indices",
     "kmeans",
     "kmeans_plus_plus",
+    "list_scorers",
     "label_mapping_scores",
     "load_features",
     "meta_path",
@@ -50,7 +59,9 @@ __all__ = [
     "moderate_scores",
     "random_scores",
     "read_feature_meta",
+    "register_scorer",
     "select_classes",
     "select_samples",
     "softmax_mass",
+    "unregister_scorer",
 ]

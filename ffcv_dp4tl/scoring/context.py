@@ -1,0 +1,138 @@
+"""What a scorer is given: datasets, surrogate, settings, and the shared glue to run the surrogate.
+
+The pipeline (``pipeline/score.py``) builds one :class:`ScoringContext` per scoring run, loads
+the surrogate when the scorer needs one (``ctx.surrogate``), calls ``scorer.score(ctx)`` and
+writes the result. Scorers record extra metadata for ``scores.json`` in ``ctx.meta``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DP4TLError
+
+
+@dataclass
+class Surrogate:
+    """A loaded surrogate checkpoint (set by the pipeline for scorers that need one)."""
+    path: Path
+    model: Any  # torch.nn.Module, on ``device``
+    head: Any  # its classification layer (its inputs are the features)
+    checkpoint: dict[str, Any]
+    resolution: int  # inference resolution of source and target images
+    device: Any  # torch.device
+    autocast_dtype: Any = None  # torch.bfloat16 on CUDA
+
+    @property
+    def self_supervised(self) -> str | None:
+        return self.checkpoint.get("self_supervised")
+
+
+@dataclass
+class ScoringContext:
+    method: str
+    source_dir: Path
+    out_dir: Path  # the scores directory (feature stores are cached here too)
+    targets: tuple[Path, ...] = ()
+    checkpoint: Path | None = None  # the surrogate checkpoint scored
+    trajectory: tuple[Path, ...] = ()  # kept early-training checkpoints, in epoch order
+    fmt: str = "ffcv"
+    device: str = "cpu"
+    batch_size: int = 256
+    num_workers: int = 2
+    resolution: int | None = None
+    k: int = 2000
+    iters: int = 20
+    seed: int = 0
+    backend: str = "auto"
+    progress: bool = True
+    meta: dict[str, Any] = field(default_factory=dict)  # → scores.json
+    surrogate: Surrogate | None = None
+
+    # ------------------------------------------------------------------ datasets
+    @cached_property
+    def source(self):
+        from ..data.manifest import load_manifest
+
+        return load_manifest(self.source_dir)
+
+    def train_labels(self, split: str = "train") -> np.ndarray:
+        return np.asarray(self.source.split(split).load_labels())
+
+    def _need_surrogate(self) -> Surrogate:
+        if self.surrogate is None:
+            raise DP4TLError(f"{self.method}: no surrogate loaded (the scorer's `needs` must "
+                             "name logits, features or trajectory)")
+        return self.surrogate
+
+    def loader(self, dataset_dir: str | Path, split: str):
+        """Eval-transform loader (no shuffle, no drop) at the surrogate's resolution."""
+        from ..data.loaders import make_loader
+
+        s = self._need_surrogate()
+        return make_loader(dataset_dir, split, fmt=self.fmt, train=False, shuffle=False,
+                           drop_last=False, batch_size=self.batch_size, resolution=s.resolution,
+                           device=s.device, num_workers=self.num_workers, rank=0, world_size=1)
+
+    # ------------------------------------------------------------------ surrogate passes
+    def target_predictions(self, features: bool = False) -> list:
+        """One :class:`~ffcv_dp4tl.scoring.inference.Predictions` per target train split:
+        logits (``features=False``) or penultimate features. Records the targets' fingerprints."""
+        from ..data.manifest import load_manifest
+        from .inference import predict
+
+        if not self.targets:
+            raise DP4TLError(f"--target is needed for {self.method}")
+        s = self._need_surrogate()
+        out = []
+        self.meta["target_fingerprints"] = []
+        for t in self.targets:
+            tm = load_manifest(t)
+            self.meta["target_fingerprints"].append(tm.fingerprint)
+            out.append(predict(s.model, self.loader(t, "train"), head=s.head,
+                               want_logits=not features, want_features=features,
+                               num_samples=tm.split("train").num_samples,
+                               desc=f"target {tm.data.get('name')}", progress=self.progress,
+                               autocast_dtype=s.autocast_dtype))
+        self.meta["target_fingerprint"] = self.meta["target_fingerprints"][0] if len(out) == 1 else None
+        return out
+
+    def source_features(self, split: str = "train") -> np.ndarray:
+        """Surrogate features of a source split, through a resumable feature store in out_dir."""
+        from .inference import extract_to_store
+
+        s = self._need_surrogate()
+        info = self.source.split(split)
+        return extract_to_store(s.model, s.head, self.loader(self.source_dir, split),
+                                Path(self.out_dir) / f"source_{split}_features.npy",
+                                info.num_samples, dataset_fingerprint=info.fingerprint,
+                                surrogate_hash=self.meta.get("surrogate_hash"),
+                                desc=f"source {split}", progress=self.progress,
+                                autocast_dtype=s.autocast_dtype)
+
+    def source_predictions(self, features: bool = False, split: str = "train"):
+        """Surrogate logits (and features if asked) of every sample of a source split."""
+        from .inference import predict
+
+        s = self._need_surrogate()
+        return predict(s.model, self.loader(self.source_dir, split), head=s.head,
+                       want_logits=True, want_features=features,
+                       num_samples=self.source.split(split).num_samples, desc=f"source {split}",
+                       progress=self.progress, autocast_dtype=s.autocast_dtype)
+
+    @staticmethod
+    def combine(per_target: list[np.ndarray]) -> np.ndarray:
+        """One target's scores as they are; several: each normalised to sum 1, then added."""
+        from .multi_target import combine_target_scores
+
+        return per_target[0] if len(per_target) == 1 else combine_target_scores(per_target)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

@@ -1,0 +1,52 @@
+"""FM, feature mapping (the paper's self-supervised method): k-means (K clusters) on surrogate
+features of the source train split; every target train image votes for its nearest centroid;
+score = votes per cluster, tie-break = number of source samples in the cluster, then cluster id."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..context import ScoringContext
+from ..feature_mapping import feature_mapping_scores, kmeans
+from ..registry import FEATURES, TARGET, Cost, PlotStyle, Scorer, ScoreResult, register_scorer
+
+
+def vote_clusters(ctx: ScoringContext, target_feats: list[np.ndarray], centroids: np.ndarray,
+                  train_units: np.ndarray, val_units: Callable[[], np.ndarray]) -> ScoreResult:
+    """Target votes per centroid; tie-break = cluster sizes; cluster ids of source train/val."""
+    scores = ctx.combine([feature_mapping_scores(f, centroids, backend=ctx.backend)
+                          for f in target_feats])
+    return ScoreResult(scores=scores,
+                       tiebreak=np.bincount(train_units, minlength=len(centroids)).astype(np.float64),
+                       train_units=train_units,
+                       val_units=val_units() if "val" in ctx.source.split_names else None)
+
+
+@register_scorer
+class FeatureMapping(Scorer):
+    name = "fm"
+    help = "feature mapping: target votes for k-means clusters of surrogate features (--k)"
+    unit = "cluster"
+    needs = frozenset({FEATURES, TARGET})
+    cost = Cost(forward=("target train", "source train", "source val"),
+                steps=("k-means on source train features", "nearest-centroid votes"))
+    style = PlotStyle("tab:blue", "s", "FM")
+    order = 1
+
+    def score(self, ctx: ScoringContext) -> ScoreResult:
+        from ...kernels import assign_nearest
+
+        target_feats = [p.features for p in ctx.target_predictions(features=True)]
+        feats = ctx.source_features("train")
+        result = kmeans(np.asarray(feats, dtype=np.float32), ctx.k, iters=ctx.iters,
+                        seed=ctx.seed, backend=ctx.backend)
+        centroids = result.centroids
+        ctx.meta.update({"k": ctx.k, "iters": ctx.iters})
+
+        def val_units() -> np.ndarray:
+            return np.asarray(assign_nearest(np.asarray(ctx.source_features("val"), dtype=np.float32),
+                                             centroids, backend=ctx.backend)[0], dtype=np.int64)
+
+        return vote_clusters(ctx, target_feats, centroids,
+                             np.asarray(result.labels, dtype=np.int64), val_units)

@@ -1,0 +1,208 @@
+"""Scorer registry: one class per scoring method, in the style of the model registry (timm's
+``register_model``).
+
+A scoring method is a :class:`Scorer` subclass decorated with :func:`register_scorer`. It
+declares, as class attributes, everything the rest of the project needs to know about it:
+
+* ``name`` / ``help`` — the CLI name and its one-line description;
+* ``unit`` — what it ranks and what ``prune`` removes: ``class`` (source classes), ``cluster``
+  (clusters of source samples, with a cluster id per sample) or ``sample``;
+* ``needs`` — a subset of :data:`NEEDS`: ``logits`` (a surrogate with a source-class head: refused
+  for a self-supervised surrogate), ``features`` (penultimate features of a surrogate),
+  ``trajectory`` (an early-training checkpoint of the surrogate), ``target`` (the target train
+  split); empty = nothing (no surrogate is trained for it);
+* ``cost`` — a :class:`Cost` record of what the selection runs (for the cost table);
+* ``style`` — a :class:`PlotStyle` (colour, marker, label) for the cost table and plots;
+* ``score(ctx)`` — the entry point: a :class:`~ffcv_dp4tl.scoring.context.ScoringContext` in,
+  a :class:`ScoreResult` out (the pipeline writes it as a scores directory).
+
+The built-in methods live one per module in :mod:`ffcv_dp4tl.scoring.methods`; every module there
+is imported on first use of the registry, so adding a method is adding one file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ..errors import DP4TLError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from .context import ScoringContext
+
+#: Units a scorer can rank, with their plural (for reports).
+UNITS: dict[str, str] = {"class": "classes", "cluster": "clusters", "sample": "samples"}
+UNIT_PLURAL = UNITS
+
+LOGITS, FEATURES, TRAJECTORY, TARGET = "logits", "features", "trajectory", "target"
+#: What a scorer may need: surrogate class logits, surrogate features, an early-training
+#: checkpoint of the surrogate, the target train split.
+NEEDS = (LOGITS, FEATURES, TRAJECTORY, TARGET)
+_SURROGATE_NEEDS = frozenset({LOGITS, FEATURES, TRAJECTORY})
+
+
+@dataclass(frozen=True)
+class PlotStyle:
+    """How a method is drawn and named in the cost table and accuracy plots."""
+    color: str | None = None  # a matplotlib colour; None = matplotlib's cycle
+    marker: str = "o"
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a selection runs, beyond training the surrogate (which ``needs`` implies)."""
+    forward: tuple[str, ...] = ()  # surrogate forward passes, e.g. "target train", "source train"
+    steps: tuple[str, ...] = ()  # other work, e.g. "k-means on source train features"
+
+
+@dataclass
+class ScoreResult:
+    """What ``Scorer.score`` returns; arrays as in a scores directory (``pipeline/scores_io``)."""
+    scores: Any  # one score per unit (class, cluster or sample); higher = keep
+    tiebreak: Any = None  # class/cluster: orders equal scores
+    train_units: Any = None  # cluster: cluster id of every source train sample
+    val_units: Any = None  # cluster: cluster id of every source val sample
+
+
+class Scorer:
+    """Base class of a scoring method; subclass, set the class attributes, implement ``score``."""
+
+    name: ClassVar[str] = ""
+    help: ClassVar[str] = ""
+    unit: ClassVar[str] = "sample"
+    needs: ClassVar[frozenset[str]] = frozenset()
+    cost: ClassVar[Cost] = Cost()
+    style: ClassVar[PlotStyle | None] = None  # default: no colour, "o", NAME in capitals
+    higher_is_better: ClassVar[bool] = True  # sample unit: keep the highest scores
+    order: ClassVar[int] = 100  # position in listings (built-ins 0-99, then by name)
+
+    # ------------------------------------------------------------------ derived facts
+    @property
+    def needs_class_head(self) -> bool:
+        return LOGITS in self.needs
+
+    @property
+    def needs_surrogate(self) -> bool:
+        return bool(self.needs & _SURROGATE_NEEDS)
+
+    @property
+    def needs_target(self) -> bool:
+        return TARGET in self.needs
+
+    @property
+    def supports_self_supervised(self) -> bool:
+        """A self-supervised (e.g. MoCo) surrogate has no source-class head."""
+        return not self.needs_class_head
+
+    @property
+    def plot_style(self) -> PlotStyle:
+        s = self.style or PlotStyle()
+        return PlotStyle(s.color, s.marker, s.label or self.name.upper())
+
+    @property
+    def label(self) -> str:
+        return self.plot_style.label
+
+    def cost_summary(self) -> str:
+        """One line: what the selection runs (surrogate training included)."""
+        parts = []
+        if self.needs_surrogate:
+            parts.append("surrogate training" + (" (early checkpoint)"
+                                                 if TRAJECTORY in self.needs else ""))
+        if self.cost.forward:
+            parts.append("surrogate forward over " + ", ".join(self.cost.forward))
+        parts.extend(self.cost.steps)
+        return "; ".join(parts) or "nothing"
+
+    # ------------------------------------------------------------------ behaviour
+    def pick_checkpoint(self, checkpoint: Path | None, trajectory: tuple[Path, ...]) -> Path | None:
+        """The surrogate checkpoint to score: the earliest kept one for trajectory methods."""
+        if TRAJECTORY in self.needs and trajectory:
+            return Path(trajectory[0])
+        return checkpoint
+
+    def score(self, ctx: "ScoringContext") -> ScoreResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<scorer {self.name!r}: {self.unit}, needs {sorted(self.needs) or 'nothing'}>"
+
+
+_REGISTRY: dict[str, Scorer] = {}
+_builtins_loaded = False
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        from . import methods  # noqa: F401  (imports every module of the package)
+
+
+def register_scorer(cls: type[Scorer]) -> type[Scorer]:
+    """Class decorator adding a :class:`Scorer` subclass to the registry under ``cls.name``."""
+    if not (isinstance(cls, type) and issubclass(cls, Scorer)):
+        raise TypeError("register_scorer decorates Scorer subclasses")
+    name = cls.name
+    if not name or any(c.isspace() or c in ",@" for c in name):
+        raise ValueError(f"{cls.__qualname__}: scorer name {name!r} must be non-empty, without "
+                         "spaces, ',' or '@'")
+    if cls.unit not in UNITS:
+        raise ValueError(f"scorer {name!r}: unit {cls.unit!r} is not one of {', '.join(UNITS)}")
+    unknown = set(cls.needs) - set(NEEDS)
+    if unknown:
+        raise ValueError(f"scorer {name!r}: unknown needs {sorted(unknown)}; choose from "
+                         f"{', '.join(NEEDS)}")
+    old = _REGISTRY.get(name)
+    if old is not None and (type(old).__module__, type(old).__qualname__) != (
+            cls.__module__, cls.__qualname__):
+        raise ValueError(f"scorer {name!r} is registered already (by {type(old).__module__})")
+    cls.needs = frozenset(cls.needs)
+    _REGISTRY[name] = cls()
+    return cls
+
+
+def unregister_scorer(name: str) -> None:
+    """Remove a scorer (tests register toy scorers and remove them again)."""
+    _REGISTRY.pop(name, None)
+
+
+def list_scorers() -> list[str]:
+    """Registered names, built-ins first in the paper's order, then by name."""
+    _load_builtins()
+    return sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].order, n))
+
+
+def scorers() -> list[Scorer]:
+    return [_REGISTRY[n] for n in list_scorers()]
+
+
+def get_scorer(name: str) -> Scorer:
+    """The registered scorer ``name``; an unknown name is a one-line DP4TLError."""
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise DP4TLError(f"unknown scoring method {name!r}; choose one of "
+                         f"{', '.join(list_scorers())}")
+    return _REGISTRY[name]
+
+
+def is_registered(name: str) -> bool:
+    _load_builtins()
+    return name in _REGISTRY
+
+
+def self_supervised_alternatives() -> list[str]:
+    """Surrogate-based methods that work with a self-supervised surrogate (features only)."""
+    return [s.name for s in scorers() if s.needs_surrogate and s.supports_self_supervised]
+
+
+def methods_help(detailed: bool = False, needing: str | None = None) -> str:
+    """CLI help: the registered names (``detailed``: each with its one-line help; ``needing``:
+    only the methods whose ``needs`` include it)."""
+    chosen = [s for s in scorers() if needing is None or needing in s.needs]
+    if detailed:
+        return "; ".join(f"{s.name}: {s.help}" for s in chosen)
+    return (", " if needing else " | ").join(s.name for s in chosen)

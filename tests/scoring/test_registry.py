@@ -1,0 +1,230 @@
+"""The scorer registry: what every built-in method declares, the errors, and that a new method is
+one file — a toy scorer registered here is picked up by the score stage, prune, the pipeline,
+the cost table and the CLI without any other edit (and unregistered again after each test)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.scoring.context import ScoringContext
+from ffcv_dp4tl.scoring.registry import (FEATURES, LOGITS, NEEDS, TARGET, TRAJECTORY, UNITS, Cost,
+                                        PlotStyle, Scorer, ScoreResult, get_scorer, list_scorers,
+                                        methods_help, register_scorer, scorers,
+                                        self_supervised_alternatives, unregister_scorer)
+
+BUILTINS = ["lm", "fm", "fm-sup", "random", "moderate", "el2n", "grand"]
+
+SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
+         "val_per_class=4,image_size=16,num_targets=1,target_classes=3,"
+         "target_train_per_class=8,target_test_per_class=4")
+TRAIN = ("model.width=8", "model.stem_stride=1", "train.epochs=1", "train.batch_size=16",
+         "train.min_res=16", "train.max_res=16", "eval.resolution=16", "eval.batch_size=64",
+         "data.num_workers=0", "eval.every=1")
+
+
+class ToyScorer(Scorer):
+    """The smallest complete scorer: keeps the source classes with the highest ids."""
+    name = "toy"
+    help = "toy: highest class ids first"
+    unit = "class"
+    cost = Cost(steps=("nothing at all",))
+    style = PlotStyle("black", "*", "TOY")
+
+    def score(self, ctx: ScoringContext) -> ScoreResult:
+        ctx.meta["toy"] = True
+        return ScoreResult(scores=np.arange(ctx.source.num_classes, dtype=np.float64))
+
+
+@pytest.fixture
+def toy():
+    register_scorer(ToyScorer)
+    yield get_scorer("toy")
+    unregister_scorer("toy")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    from ffcv_dp4tl.pipeline.run import _ensure_built
+
+    root = tmp_path_factory.mktemp("registry") / "data"
+    _ensure_built(SYNTH, root, lambda s: None)
+    return root
+
+
+# ------------------------------------------------------------------------ built-in methods
+def test_builtin_names_units_and_needs():
+    assert list_scorers()[:len(BUILTINS)] == BUILTINS
+    units = {s.name: s.unit for s in scorers() if s.name in BUILTINS}
+    assert units == {"lm": "class", "fm": "cluster", "fm-sup": "cluster", "random": "sample",
+                     "moderate": "sample", "el2n": "sample", "grand": "sample"}
+    needs = {n: get_scorer(n).needs for n in BUILTINS}
+    assert needs["lm"] == {LOGITS, TARGET}
+    assert needs["fm"] == needs["fm-sup"] == {FEATURES, TARGET}
+    assert needs["random"] == frozenset()
+    assert needs["moderate"] == {FEATURES}
+    assert needs["el2n"] == needs["grand"] == {LOGITS, TRAJECTORY}
+    assert all(set(n) <= set(NEEDS) for n in needs.values())
+    assert [n for n in BUILTINS if get_scorer(n).needs_class_head] == ["lm", "el2n", "grand"]
+    assert [n for n in BUILTINS if not get_scorer(n).needs_surrogate] == ["random"]
+    assert self_supervised_alternatives() == ["fm", "fm-sup", "moderate"]
+    # the names older code imported keep working, read from the registry
+    from ffcv_dp4tl.pipeline import score as score_mod
+
+    assert score_mod.METHODS == tuple(list_scorers())
+    assert score_mod.NEEDS_CLASS_HEAD == ("lm", "el2n", "grand")
+
+
+def test_every_method_has_help_cost_and_its_own_plot_style():
+    styles = {}
+    for s in scorers():
+        assert s.help and "\n" not in s.help, s.name
+        assert s.unit in UNITS
+        assert s.style is not None and s.style.color and s.style.marker and s.style.label, s.name
+        assert "|" not in s.cost_summary()  # it goes into a Markdown table cell
+        styles[s.name] = (s.style.color, s.style.marker)
+    assert len(set(styles.values())) == len(styles)  # no two methods look alike in a plot
+    labels = {n: get_scorer(n).label for n in BUILTINS}
+    assert labels == {"lm": "LM", "fm": "FM", "fm-sup": "FM-sup", "random": "RANDOM",
+                      "moderate": "MODERATE", "el2n": "EL2N", "grand": "GraNd"}
+    assert get_scorer("random").cost_summary() == "seeded permutation"
+    assert get_scorer("fm").cost_summary().startswith("surrogate training; surrogate forward over "
+                                                      "target train, source train, source val")
+    assert "early checkpoint" in get_scorer("el2n").cost_summary()
+
+
+def test_trajectory_methods_score_the_earliest_kept_checkpoint():
+    final, e2, e4 = Path("checkpoint.pt"), Path("checkpoint_e2.pt"), Path("checkpoint_e4.pt")
+    assert get_scorer("el2n").pick_checkpoint(final, (e2, e4)) == e2
+    assert get_scorer("grand").pick_checkpoint(final, ()) == final
+    assert get_scorer("lm").pick_checkpoint(final, (e2, e4)) == final
+
+
+def test_units_are_the_ones_scores_files_and_prune_know():
+    from ffcv_dp4tl.pipeline.prune import PRUNE_BY_UNIT
+    from ffcv_dp4tl.pipeline.scores_io import UNITS as SCORE_UNITS
+
+    assert set(UNITS) == set(SCORE_UNITS) == set(PRUNE_BY_UNIT)
+
+
+# ------------------------------------------------------------------------------- errors
+def test_unknown_method_is_one_line_listing_the_registered_names(tmp_path):
+    from ffcv_dp4tl.pipeline.cost_table import run_cost_table
+    from ffcv_dp4tl.pipeline.run import PipelineConfig, run_pipeline
+    from ffcv_dp4tl.pipeline.score import score
+
+    with pytest.raises(DP4TLError) as e:
+        get_scorer("nope")
+    msg = str(e.value)
+    assert msg == f"unknown scoring method 'nope'; choose one of {', '.join(list_scorers())}"
+    assert "\n" not in msg
+    for call in (lambda: score("nope", source_dir=tmp_path, out_dir=tmp_path / "s"),
+                 lambda: run_pipeline(PipelineConfig(method="nope", runs_root=tmp_path / "r")),
+                 lambda: run_cost_table(PipelineConfig(runs_root=tmp_path / "r"),
+                                        methods=("lm", "nope"))):
+        with pytest.raises(DP4TLError, match="unknown scoring method 'nope'; choose one of lm, "):
+            call()
+    assert not (tmp_path / "s").exists() and not (tmp_path / "r").exists()
+
+
+def test_registration_is_checked():
+    class BadUnit(Scorer):
+        name, unit = "bad-unit", "pixel"
+
+    class BadNeeds(Scorer):
+        name, needs = "bad-needs", frozenset({"labels"})
+
+    class Nameless(Scorer):
+        pass
+
+    class Clash(Scorer):
+        name = "lm"
+
+    with pytest.raises(ValueError, match="unit 'pixel'"):
+        register_scorer(BadUnit)
+    with pytest.raises(ValueError, match="unknown needs"):
+        register_scorer(BadNeeds)
+    with pytest.raises(ValueError, match="name"):
+        register_scorer(Nameless)
+    with pytest.raises(ValueError, match="registered already"):
+        register_scorer(Clash)
+    with pytest.raises(TypeError):
+        register_scorer(object)  # type: ignore[arg-type]
+    assert list_scorers()[:len(BUILTINS)] == BUILTINS and "bad-unit" not in list_scorers()
+
+
+def test_self_supervised_refusal_names_the_alternatives():
+    from ffcv_dp4tl.pipeline.score import self_supervised_refusal
+
+    msg = str(self_supervised_refusal(get_scorer("lm"), "ckpt.pt was trained self-supervised "
+                                                        "(moco_v2)"))
+    assert "supervised surrogate" in msg and "self-supervised" in msg
+    assert msg.endswith("fm, fm-sup, moderate")
+
+
+# ----------------------------------------------------------------- adding a method = one file
+def test_a_registered_toy_scorer_runs_through_score_prune_and_the_pipeline(toy, data_root,
+                                                                           tmp_path):
+    from ffcv_dp4tl.data import load_manifest, load_mask
+    from ffcv_dp4tl.pipeline.cost_table import method_cost, method_label, method_style
+    from ffcv_dp4tl.pipeline.run import PipelineConfig, run_pipeline
+    from ffcv_dp4tl.pipeline.scores_io import load_scores
+
+    assert "toy" in list_scorers() and "toy" in methods_help() and toy.label == "TOY"
+    assert method_label("toy") == "TOY" and method_style("toy").marker == "*"
+    assert method_cost("toy") == "nothing at all"
+    res = run_pipeline(PipelineConfig(ratio=0.5, source=SYNTH, target="", method="toy",
+                                      fmt="wds", finetune=(), device="cpu", data_root=data_root,
+                                      runs_root=tmp_path / "runs", overrides=TRAIN),
+                       log=lambda s: None)
+    # needs nothing: no surrogate is trained for it
+    assert list(res["stages"]) == ["score", "prune", "pretrain"]
+    meta, arrays = load_scores(next((tmp_path / "runs").glob("score-*")))
+    assert meta["method"] == "toy" and meta["unit"] == "class" and meta["toy"] is True
+    source = load_manifest(res["source"])
+    n = source.num_classes
+    assert res["stages"]["prune"]["kept_units"] == list(range(n - n // 2, n))
+    info = source.split("train")
+    mask = load_mask(next((tmp_path / "runs").glob("prune-*")) / "train.npy", info)
+    labels = np.asarray(info.load_labels())
+    np.testing.assert_array_equal(mask.indices, np.flatnonzero(labels >= n - n // 2))
+    assert "TOY at ratio 0.5" in Path(res["report"]).read_text()
+
+
+def test_a_registered_toy_scorer_is_a_cli_choice(data_root, tmp_path):
+    """In a fresh process: register the toy (as importing its file would), then the CLI lists
+    it in --help, scores with it and prunes its scores; unknown names stay one-line errors."""
+    source = next(data_root.glob("*/source"))
+    prog = ("import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('toy_module', {str(Path(__file__))!r})\n"
+            "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+            "from ffcv_dp4tl.scoring.registry import register_scorer\n"
+            "register_scorer(mod.ToyScorer)\n"
+            "from ffcv_dp4tl.cli import main\n"
+            "sys.argv = ['dp4tl', *sys.argv[1:]]\n"
+            "main()\n")
+
+    def dp4tl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", prog, *args], capture_output=True, text=True,
+                              timeout=300, env={**__import__("os").environ, "COLUMNS": "200"})
+
+    r = dp4tl("score", "--help")
+    assert r.returncode == 0 and "toy: toy: highest class ids first" in r.stdout, r.stderr
+    r = dp4tl("pipeline", "--help")
+    assert r.returncode == 0 and "grand | toy" in r.stdout, r.stderr
+    r = dp4tl("score", "--method", "toy", "--source", str(source), "--out", str(tmp_path / "s"))
+    assert r.returncode == 0 and "toy scores per class" in r.stdout, r.stderr
+    assert json.loads((tmp_path / "s" / "scores.json").read_text())["unit"] == "class"
+    r = dp4tl("prune", "--scores", str(tmp_path / "s"), "--source", str(source), "--ratio", "0.5",
+              "--out", str(tmp_path / "m"))
+    assert r.returncode == 0 and "4 classes kept" in r.stdout, r.stderr
+    r = dp4tl("score", "--method", "zz", "--source", str(source), "--out", str(tmp_path / "z"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == ("error: unknown scoring method 'zz'; choose one of "
+                                f"{', '.join(BUILTINS)}, toy")
+    assert not (tmp_path / "z").exists()
