@@ -21,7 +21,7 @@ from ..fsutil import atomic_write_json, atomic_write_text
 from ..scoring.registry import TRAJECTORY, UNIT_PLURAL, get_scorer
 from .prune import prune
 from .score import score, self_supervised_refusal
-from .stages import run_stage, stage
+from .stages import describe, run_stage, stage
 
 #: Recipes per scale: the embedded default runs the tiny CPU recipes, real data the paper's.
 RECIPE_SETS = {
@@ -218,17 +218,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
              f"{pr['train_kept']} train samples", "",
              "| stage | wall s | result |", "|---|---:|---|"]
     for name, res in st.items():
-        metric = ""
-        if "top1_val" in res and res["top1_val"] is not None:
-            metric = f"val top-1 {res['top1_val']:.4f}"
-        elif res.get("objective", "supervised") != "supervised":
-            metric = (f"{res['objective']} loss {res['loss']:.3f}, instance top-1 "
-                      f"{res['top1_train']:.3f}")
-        if "test_top1" in res:
-            metric = f"target test top-1 {res['test_top1']:.4f}"
-        if "selection_seconds" in res:
-            metric = f"selection {res['selection_seconds']:.1f}s"
-        lines.append(f"| {name} | {res.get('seconds', 0):.1f} | {metric} |")
+        lines.append(f"| {name} | {res.get('seconds', 0):.1f} | {describe(res)} |")
     total = sum(r.get("seconds", 0) for r in st.values())
     lines += [f"| **total** | {total:.1f} | |", ""]
     out.mkdir(parents=True, exist_ok=True)
