@@ -11,7 +11,6 @@ from ..errors import DP4TLError
 
 app = typer.Typer(
     name="dp4tl",
-    help="Dataset pruning for transfer learning on FFCV betons and WebDataset shards.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -34,8 +33,9 @@ def _main(
 ) -> None:
     """Dataset pruning for transfer learning on FFCV betons and WebDataset shards.
 
-    Every command takes the dataset as --data, writes to --out/-o and runs on --device
-    (auto | cpu | cuda | cuda:N, default auto); lists are comma-separated.
+    Commands read a built dataset from --data, write to --out/-o and run on --device
+    (auto | cpu | cuda | cuda:N, default auto); lists are comma-separated. `dp4tl recipes` and
+    `dp4tl models` list what a recipe name and --arch can be.
     """
 
 

@@ -55,7 +55,7 @@ def cost_table(
     out: Path = typer.Option(Path("docs/cost-table"), "--out", "-o",
                              help="report.md, PNGs, results.json"),
     data: str = typer.Option("", "--data", help="Source: a built dataset dir or a `dp4tl build` "
-                             "SOURCE [default: synth:tiny, the embedded data]"),
+                             "SOURCE (default: synth:tiny, the embedded data)"),
     source: str = typer.Option("", "--source", hidden=True, help="Old name of --data"),
     target: str = typer.Option("warm", help="Built target dir, SOURCE, or synth target name"),
     recipes: RecipeSet = typer.Option(RecipeSet.auto, help="tiny | full (auto: tiny for synth, "

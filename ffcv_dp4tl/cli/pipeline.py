@@ -17,8 +17,8 @@ FINETUNE_MODES = [m.value for m in FinetuneMode]
 def pipeline(
     ratio: float = typer.Option(0.6, help="Fraction of source classes (or clusters) to prune"),
     data: str = typer.Option("", "--data", help="Source: a built dataset dir or a `dp4tl build` "
-                             "SOURCE (e.g. imagenet:/data/ILSVRC2012) [default: synth:tiny, the "
-                             "embedded data]"),
+                             "SOURCE (e.g. imagenet:/data/ILSVRC2012; default: synth:tiny, the "
+                             "embedded data)"),
     source: str = typer.Option("", "--source", hidden=True, help="Old name of --data"),
     target: str = typer.Option("", help="Built target dir, a SOURCE like flowers102:/data/flowers, "
                                "or a synth target name (default: the first)"),

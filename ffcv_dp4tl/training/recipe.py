@@ -298,8 +298,7 @@ def _validate_choices(r: Recipe, source: str) -> None:
 
 def _looks_like_path(path_or_name: str | Path) -> bool:
     text = str(path_or_name)
-    return (isinstance(path_or_name, Path) or text.endswith(".toml") or "/" in text
-            or os.sep in text or text.startswith("~"))
+    return text.endswith(".toml") or "/" in text or os.sep in text or text.startswith("~")
 
 
 def resolve_recipe_path(path_or_name: str | Path) -> Path:
