@@ -20,8 +20,8 @@ test *args:
 build source="synth" out="data/synth" *args="":
     {{dp4tl}} build {{source}} --out {{out}} {{args}}
 
-# the end-to-end job: just pretrain ratio=0.6 [method=fm] [source=imagenet:/data/ILSVRC target=flowers102:/data/flowers arch=resnet50]
-# (key=value pairs become `dp4tl pipeline --key value`; embedded default data when no source= is given)
+# the end-to-end job: just pretrain ratio=0.6 [method=fm] [data=imagenet:/data/ILSVRC target=flowers102:/data/flowers arch=resnet50]
+# (key=value pairs become `dp4tl pipeline --key value`; embedded default data when no data= is given; the old source= still works)
 [positional-arguments]
 pretrain *args:
     #!/usr/bin/env bash

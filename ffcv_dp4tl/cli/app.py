@@ -2,18 +2,49 @@
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 import typer
 
+from .. import __version__
 from ..errors import DP4TLError
 
 app = typer.Typer(
     name="dp4tl",
-    help="Dataset pruning for transfer learning on FFCV betons and WebDataset shards.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+# click's exception base (typer vendors click in recent versions, so find it through a public name)
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dp4tl (ffcv-dp4tl) {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                           help="Print the version and exit"),
+) -> None:
+    """Dataset pruning for transfer learning on FFCV betons and WebDataset shards.
+
+    Commands read a built dataset from --data, write to --out/-o and run on --device
+    (auto | cpu | cuda | cuda:N, default auto); lists are comma-separated. `dp4tl recipes` and
+    `dp4tl models` list what a recipe name and --arch can be.
+    """
+
+
+def _usage_error_line(e: Exception) -> str:
+    """One line for a click usage error: what is wrong with which option, and where help is."""
+    ctx = getattr(e, "ctx", None)
+    msg = " ".join(e.format_message().split()).replace("Value error, ", "")
+    where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    return f"error: {msg}{where}"
 
 
 def _is_numba_finalizer_noise(kind: type | None, tb) -> bool:
@@ -46,10 +77,21 @@ def run() -> None:
     """Console entry point: user errors become one clear line and exit status 2."""
     _quiet_numba_exit_noise()
     try:
-        app()
+        code = app(standalone_mode=False)
+    except _ClickException as e:  # bad option / choice / missing value: refused before any work
+        if type(e).__name__ == "NoArgsIsHelpError":  # `dp4tl` or `dp4tl mask` alone: the help
+            if e.format_message().strip():
+                print(e.format_message(), file=sys.stderr)
+        else:
+            print(_usage_error_line(e), file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        raise SystemExit(1) from None
     except DP4TLError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume where it stopped", file=sys.stderr)
         raise SystemExit(130) from None
+    raise SystemExit(code if isinstance(code, int) else 0)

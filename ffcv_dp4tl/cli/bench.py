@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import typer
 
+from ..errors import DP4TLError
 from ..scoring.registry import methods_help
 from .app import app
+from .options import (FORMAT_HELP, K_HELP, Format, RecipeSet, check_arch, default_k,
+                      device_option, floats_callback, ints_callback, list_callback, pick_data,
+                      split_list)
+from .pipeline import FINETUNE_MODES
 
 bench_app = typer.Typer(help="Benchmarks that write a report (and a BENCHMARKS.md section).",
                         no_args_is_help=True)
@@ -18,35 +23,53 @@ SECTION = "Cost table (CPU, embedded data)"
 
 
 def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
+    return [float(x) for x in split_list(text)]
 
 
-def _names(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+def _method_ratios(names: list[str]) -> dict[str, list[float]]:
+    """``grand@0.6/0.8`` → ``{"grand": [0.6, 0.8]}`` (a bad ratio is a one-line error)."""
+    out = {}
+    for n in names:
+        if "@" in n:
+            m, _, rs = n.partition("@")
+            try:
+                out[m] = [float(r) for r in rs.split("/") if r]
+            except ValueError:
+                raise DP4TLError(f"--methods: {n!r} must look like METHOD@R1/R2 with ratios in "
+                                 "(0, 1), e.g. grand@0.6/0.8") from None
+    return out
 
 
 @bench_app.command("cost-table")
 def cost_table(
-    ratios: str = typer.Option("0,0.2,0.4,0.6,0.8", help="Pruning ratios (0 = the shared reference)"),
+    ratios: str = typer.Option("0,0.2,0.4,0.6,0.8", help="Pruning ratios (0 = the shared reference)",
+                               callback=floats_callback("--ratios")),
     methods: str = typer.Option("lm,fm,random,moderate,grand,el2n", help="Selection methods ("
-                                f"{methods_help()}); METHOD@R1/R2 runs that method only at "
-                                "those ratios (e.g. grand@0.6)"),
-    seeds: str = typer.Option("0", help="Seeds (scoring seed; train.seed for seeds != 0)"),
-    finetune: str = typer.Option("lp,ff", help="Finetuning modes"),
+                                f"{methods_help()}); METHOD@R1/R2 runs that method only at those ratios "
+                                "(e.g. grand@0.6)"),
+    seeds: str = typer.Option("0", help="Seeds (scoring seed; train.seed for seeds != 0)",
+                              callback=ints_callback("--seeds")),
+    finetune: str = typer.Option("lp,ff", help="Finetuning modes (comma-separated: lp, ff)",
+                                 callback=list_callback(FINETUNE_MODES, "a finetuning mode")),
     ff_methods: str = typer.Option("", help="Run FF only for these methods (default: all; LP "
                                    "always runs; the 0 % reference runs every mode)"),
-    out: Path = typer.Option(Path("docs/cost-table"), help="report.md, PNGs, results.json"),
-    source: str = typer.Option("synth:tiny", help="Built source dir or a `dp4tl build` SOURCE"),
+    out: Path = typer.Option(Path("docs/cost-table"), "--out", "-o",
+                             help="report.md, PNGs, results.json"),
+    data: str = typer.Option("", "--data", help="Source: a built dataset dir or a `dp4tl build` "
+                             "SOURCE (default: synth:tiny, the embedded data)"),
+    source: str = typer.Option("", "--source", hidden=True, help="Old name of --data"),
     target: str = typer.Option("warm", help="Built target dir, SOURCE, or synth target name"),
-    recipes: str = typer.Option("", help="tiny | full (default: tiny for synth)"),
-    arch: str = typer.Option("", help="Override the pretraining model"),
+    recipes: RecipeSet = typer.Option(RecipeSet.auto, help="tiny | full (auto: tiny for synth, "
+                                      "full otherwise)"),
+    arch: str = typer.Option("", help="Override the pretraining model (`dp4tl models`)",
+                             callback=check_arch),
     data_root: Path = typer.Option(Path("data")),
     runs_root: Path = typer.Option(Path("runs")),
-    format: str = typer.Option("wds", "--format", help="ffcv | wds"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda"),
-    k: int = typer.Option(64, help="fm: k-means clusters"),
+    format: Format = typer.Option(Format.wds, "--format", help=FORMAT_HELP),
+    device: str = device_option(),
+    k: Optional[int] = typer.Option(None, help=K_HELP, show_default=False),
     tol: float = typer.Option(0.5, help="Best winning subset tolerance (accuracy points)"),
-    set_: List[str] = typer.Option([], "--set", help="Pretraining recipe override"),
+    set_: List[str] = typer.Option([], "--set", help="Pretraining recipe override (repeatable)"),
     set_surrogate: List[str] = typer.Option([], "--set-surrogate", help="Surrogate recipe override"),
     set_finetune: List[str] = typer.Option([], "--set-finetune", help="LP/FF recipe override"),
     report: Path = typer.Option(None, help="Also write a `## Cost table` section into this "
@@ -58,26 +81,29 @@ def cost_table(
     from ..pipeline.run import PipelineConfig
     from ..reporting import write_section
 
-    base = PipelineConfig(source=source, target=target, recipes=recipes, arch=arch,
-                          data_root=data_root, runs_root=runs_root, fmt=format, device=device,
-                          k=k, overrides=tuple(set_), surrogate_overrides=tuple(set_surrogate),
+    data = pick_data(data, source, "--source", required=False) or "synth:tiny"
+    recipes_ = "" if recipes is RecipeSet.auto else recipes.value
+    k = default_k(k, data)
+    base = PipelineConfig(source=data, target=target, recipes=recipes_, arch=arch,
+                          data_root=data_root, runs_root=runs_root, fmt=format.value,
+                          device=device, k=k, overrides=tuple(set_),
+                          surrogate_overrides=tuple(set_surrogate),
                           finetune_overrides=tuple(set_finetune))
     # the exact command, every option spelled out (defaults included) so it reproduces the run
     opts = [("ratios", ratios), ("methods", methods), ("seeds", seeds), ("finetune", finetune),
-            ("ff-methods", ff_methods), ("source", source), ("target", target),
-            ("recipes", recipes), ("arch", arch), ("data-root", data_root),
-            ("runs-root", runs_root), ("format", format), ("device", device), ("k", k),
+            ("ff-methods", ff_methods), ("data", data), ("target", target),
+            ("recipes", recipes_), ("arch", arch), ("data-root", data_root),
+            ("runs-root", runs_root), ("format", format.value), ("device", device), ("k", k),
             ("tol", tol), *(("set", v) for v in set_), *(("set-surrogate", v) for v in set_surrogate),
             *(("set-finetune", v) for v in set_finetune), ("out", out), ("report", report)]
     command = "dp4tl bench cost-table " + " ".join(
         f"--{name} {shlex.quote(str(v))}" for name, v in opts if v not in ("", None))
-    names = _names(methods)
-    method_ratios = {n.split("@")[0]: [float(r) for r in n.split("@")[1].split("/") if r]
-                     for n in names if "@" in n}
+    names = split_list(methods)
+    method_ratios = _method_ratios(names)
     t = run_cost_table(base, out, ratios=_floats(ratios), methods=[n.split("@")[0] for n in names],
                        method_ratios=method_ratios,
-                       seeds=[int(s) for s in _names(seeds)], finetune=_names(finetune),
-                       ff_methods=_names(ff_methods) or None, tol=tol,
+                       seeds=[int(s) for s in split_list(seeds)], finetune=split_list(finetune),
+                       ff_methods=split_list(ff_methods) or None, tol=tol,
                        command=command, log=typer.echo)
     typer.echo((out / "report.md").read_text())
     if report is not None:

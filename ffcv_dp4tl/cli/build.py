@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from .app import app
+from .options import DATA_HELP, BetonMode, pick_data
 
 
 @app.command()
@@ -22,8 +23,9 @@ def build(
     quality: int = typer.Option(90, help="JPEG quality of the stored images"),
     shard_size: int = typer.Option(1000, help="Samples per WebDataset shard (also the unit of "
                                    "resumable work)"),
-    beton_mode: str = typer.Option("jpg", help="jpg: all JPEG; proportion: --raw-fraction of the "
-                                   "images stored as raw pixels (faster decode, more disk)"),
+    beton_mode: BetonMode = typer.Option(BetonMode.jpg, help="jpg: all JPEG; proportion: "
+                                         "--raw-fraction of the images stored as raw pixels "
+                                         "(faster decode, more disk)"),
     raw_fraction: float = typer.Option(0.0, help="With --beton-mode proportion"),
     workers: int = typer.Option(os.cpu_count() or 1, help="Parallel encoder processes"),
     split_json: Optional[Path] = typer.Option(None, help="CoOp-style split_zhou_*.json overriding "
@@ -39,7 +41,7 @@ def build(
     for sub, spec in specs.items():
         side = max_side if max_side is not None else default_max_side(spec)
         opts = BuildOptions(max_side=side, quality=quality, shard_size=shard_size,
-                            beton_mode=beton_mode, raw_fraction=raw_fraction, workers=workers,
+                            beton_mode=beton_mode.value, raw_fraction=raw_fraction, workers=workers,
                             progress=progress)
         target = out / sub if sub else out
         summary = build_dataset(spec, target, opts, source=source, overwrite=overwrite)
@@ -53,11 +55,14 @@ def build(
 
 
 @app.command()
-def info(dataset: Path = typer.Argument(..., help="A built dataset directory")) -> None:
+def info(
+    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP, show_default=False),
+    dataset: Optional[Path] = typer.Argument(None, hidden=True, help="Old spelling of --data"),
+) -> None:
     """Show classes, splits, counts and fingerprints of a built dataset."""
     from ..data.manifest import load_manifest
 
-    m = load_manifest(dataset)
+    m = load_manifest(pick_data(data, dataset, "the positional DATASET"))
     d = m.data
     typer.echo(f"{m.root}: {d.get('name')} — {m.num_classes} classes, fingerprint {m.fingerprint[:16]}")
     img = d.get("image", {})

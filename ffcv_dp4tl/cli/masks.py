@@ -8,6 +8,7 @@ import typer
 
 from .app import app
 from ..errors import MaskError
+from .options import DATA_HELP, pick_data
 
 mask_app = typer.Typer(help="Create and check index masks (sorted sample indices + JSON).",
                        no_args_is_help=True)
@@ -30,7 +31,8 @@ def _parse_ids(text: str) -> list[int]:
 
 @mask_app.command("classes")
 def classes_cmd(
-    dataset: Path = typer.Argument(..., help="Built dataset directory"),
+    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP, show_default=False),
+    dataset: Optional[Path] = typer.Argument(None, hidden=True, help="Old spelling of --data"),
     classes: str = typer.Option(..., help="Class ids to keep, e.g. '0,3,10-19'"),
     out: Path = typer.Option(..., "--out", "-o", help="Mask file to write (.npy; .json beside)"),
     split: str = typer.Option("train", help="Split the mask indexes"),
@@ -39,8 +41,9 @@ def classes_cmd(
     from ..data.manifest import load_manifest
     from ..data.masks import mask_from_classes, save_mask
 
-    info = load_manifest(dataset).split(split)
-    mask = mask_from_classes(info, _parse_ids(classes), method="classes")
+    ids = _parse_ids(classes)  # a bad id fails before the dataset is read
+    info = load_manifest(pick_data(data, dataset, "the positional DATASET")).split(split)
+    mask = mask_from_classes(info, ids, method="classes")
     path = save_mask(out, mask)
     typer.echo(f"{path}: {len(mask)} of {info.num_samples} samples of {split!r} "
                f"({100 * mask.kept_fraction:.1f} %)")
@@ -49,13 +52,15 @@ def classes_cmd(
 @mask_app.command("check")
 def check_cmd(
     mask: Path = typer.Argument(..., help="Mask .npy file"),
-    dataset: Path = typer.Argument(..., help="Built dataset directory"),
+    dataset: Optional[Path] = typer.Argument(None, hidden=True, help="Old spelling of --data"),
+    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP, show_default=False),
     split: Optional[str] = typer.Option(None, help="Split (default: the one named in the mask)"),
 ) -> None:
     """Validate a mask against a dataset: range, order, duplicates, fingerprint."""
     from ..data.manifest import load_manifest
     from ..data.masks import load_mask
 
+    dataset = pick_data(data, dataset, "the positional DATASET")
     m = load_mask(mask)
     info = load_manifest(dataset).split(split or m.meta.get("split", "train"))
     load_mask(mask, info)

@@ -8,41 +8,54 @@ import typer
 
 from ..scoring.registry import methods_help
 from .app import app
+from .options import (DATA_HELP, FORMAT_HELP, PAPER_K, Backend, Format, device_option,
+                      paths, pick_data, resolve_device)
 
 
 @app.command()
 def score(
     method: str = typer.Option("lm", help=f"Scoring method — {methods_help(detailed=True)}"),
-    source: Path = typer.Option(..., help="Built source dataset directory"),
+    data: Optional[Path] = typer.Option(None, "--data", help="Built source dataset directory",
+                                        show_default=False),
+    source: Optional[Path] = typer.Option(None, "--source", hidden=True, help="Old name of --data"),
     target: List[Path] = typer.Option([], help="Built target dataset directory (for "
-                                      f"{methods_help(needing='target')}); repeat for several "
-                                      "targets (normalised score sum)"),
+                                      f"{methods_help(needing='target')}); several "
+                                      "targets comma-separated (or repeated): normalised score sum"),
     checkpoint: Optional[Path] = typer.Option(None, help="Surrogate checkpoint from `dp4tl train`"),
     out: Path = typer.Option(..., "--out", "-o", help="Scores directory to write"),
-    format: str = typer.Option("ffcv", "--format", help="ffcv | wds"),
-    device: str = typer.Option("cpu", help="cpu | cuda"),
+    format: Format = typer.Option(Format.ffcv, "--format", help=FORMAT_HELP),
+    device: str = device_option(),
     batch_size: int = typer.Option(256),
     workers: int = typer.Option(2, help="Loader workers"),
     resolution: Optional[int] = typer.Option(None, help="Default: the surrogate recipe's eval resolution"),
-    k: int = typer.Option(2000, help="fm: number of k-means clusters"),
+    k: int = typer.Option(PAPER_K, help="fm: k-means clusters K (the paper's; at most the "
+                          "number of source train samples)"),
     iters: int = typer.Option(20, help="fm: Lloyd iterations"),
     seed: int = typer.Option(0),
-    backend: str = typer.Option("auto", help="Kernels: auto | cpu | cuda"),
+    backend: Backend = typer.Option(Backend.auto, help="Scoring kernels (auto: CUDA when CuPy "
+                                    "sees a device)"),
 ) -> None:
     """Score source classes, clusters or samples (the method's unit) for one or more targets."""
     from ..pipeline.score import score as run
 
-    meta = run(method, source_dir=source, target_dir=target or None, checkpoint=checkpoint, out_dir=out,
-               fmt=format, device=device, batch_size=batch_size, num_workers=workers,
-               resolution=resolution, k=k, iters=iters, seed=seed, backend=backend)
-    typer.echo(f"{out}: {method} scores per {meta['unit']} "
-               f"({meta['selection_seconds']:.1f}s selection cost)")
+    source_dir = pick_data(data, source, "--source")
+    targets = paths(target)
+    meta = run(method, source_dir=source_dir, target_dir=targets or None, checkpoint=checkpoint,
+               out_dir=out, fmt=format.value, device=resolve_device(device),
+               batch_size=batch_size, num_workers=workers, resolution=resolution, k=k,
+               iters=iters, seed=seed, backend=backend.value)
+    unit = meta.get("unit", "sample")  # random's metadata names neither (it scores samples)
+    cost = meta.get("selection_seconds")
+    typer.echo(f"{out}: {method} scores per {unit}"
+               + (f" ({cost:.1f}s selection cost)" if cost is not None else ""))
 
 
 @app.command()
 def prune(
     scores: Path = typer.Option(..., help="Scores directory from `dp4tl score`"),
-    source: Path = typer.Option(..., help="Built source dataset directory"),
+    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP + ": the scored source",
+                                        show_default=False),
+    source: Optional[Path] = typer.Option(None, "--source", hidden=True, help="Old name of --data"),
     ratio: float = typer.Option(..., help="Fraction of classes/clusters (or samples) to remove, in [0, 1)"),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for train.npy/val.npy masks"),
     reverse: bool = typer.Option(False, help="Keep the lowest-scored units (ablation)"),
@@ -50,7 +63,7 @@ def prune(
     """Turn scores into index masks over the source train and val splits."""
     from ..pipeline.prune import prune as run
 
-    s = run(scores, source, ratio, out, reverse=reverse)
+    s = run(scores, pick_data(data, source, "--source"), ratio, out, reverse=reverse)
     from ..scoring.registry import UNIT_PLURAL
 
     n = len(s.get("kept_units", []))

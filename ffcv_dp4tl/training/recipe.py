@@ -4,7 +4,9 @@ A recipe is a TOML file (read with stdlib ``tomllib``) with the sections below; 
 given takes the dataclass default. A top-level ``extends = "lp"`` starts from another recipe
 (a name or a path relative to this file) and overrides it key by key — how a per-target
 finetuning recipe stays three lines. ``load_recipe("resnet18_tiny_cpu")`` resolves a bare name to
-``recipes/resnet18_tiny_cpu.toml`` (the repository's recipe registry), and ``overrides`` such as
+the shipped ``resnet18_tiny_cpu.toml`` (the repository's top-level ``recipes/`` folder, installed
+as the package data ``ffcv_dp4tl.recipes``; ``dp4tl recipes`` lists them); a path to a ``.toml``
+file works wherever a name does. ``overrides`` such as
 ``["train.epochs=3", "lr.lr=0.2"]`` are applied on top (values parsed as TOML literals; bare
 words fall back to strings). Unknown sections or keys and wrongly typed values raise a
 :class:`DP4TLError` naming the file, the key and the expected type — so a typo in a recipe
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.resources
 import json
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -27,7 +31,37 @@ from typing import Any
 
 from ..errors import DP4TLError
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+#: the recipes folder of a source checkout (used when the package data is not importable)
+SOURCE_RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def _resource_dir(root: Any) -> Path | None:
+    """A directory on disk for an ``importlib.resources`` root (plain or namespace package)."""
+    if isinstance(root, Path):
+        return root if root.is_dir() else None
+    for child in root.iterdir():  # a namespace package's MultiplexedPath yields real paths
+        if isinstance(child, Path):
+            return child.parent
+    return None  # e.g. a zipped install: not supported
+
+
+def recipes_dir() -> Path:
+    """Where the shipped recipes live: the package data ``ffcv_dp4tl.recipes`` found through
+    ``importlib.resources`` (a wheel installs the top-level ``recipes/`` folder there; an editable
+    install maps it), else — a plain checkout on ``PYTHONPATH`` — the checkout's ``recipes/``."""
+    try:
+        found = _resource_dir(importlib.resources.files("ffcv_dp4tl.recipes"))
+    except ModuleNotFoundError:
+        found = None
+    installed = Path(__file__).resolve().parents[1] / "recipes"  # the wheel's layout
+    if found is not None and found.resolve() == installed:
+        return found
+    if SOURCE_RECIPES_DIR.is_dir():  # this module is a checkout's (maybe another install's
+        return SOURCE_RECIPES_DIR    # editable mapping answered): use the checkout's recipes
+    if found is not None:
+        return found
+    raise DP4TLError("the shipped recipes are missing: ffcv_dp4tl.recipes is not installed and "
+                     f"{SOURCE_RECIPES_DIR} does not exist; reinstall ffcv-dp4tl")
 
 
 @dataclass
@@ -262,23 +296,47 @@ def _validate_choices(r: Recipe, source: str) -> None:
                          f"({r.train.max_res})")
 
 
+def _looks_like_path(path_or_name: str | Path) -> bool:
+    text = str(path_or_name)
+    return text.endswith(".toml") or "/" in text or os.sep in text or text.startswith("~")
+
+
 def resolve_recipe_path(path_or_name: str | Path) -> Path:
-    """A path to a .toml file, or a bare registry name → ``recipes/NAME.toml``."""
-    p = Path(path_or_name)
-    if p.suffix == ".toml" or p.exists():
-        if not p.exists():
-            raise DP4TLError(f"recipe file not found: {p}")
+    """A path to a .toml file, or a bare registry name → the shipped ``NAME.toml``."""
+    p = Path(path_or_name).expanduser()
+    if _looks_like_path(path_or_name) or p.is_file():
+        if not p.is_file():
+            raise DP4TLError(f"recipe file not found: {p} (pass an existing .toml file or a "
+                             "recipe name; `dp4tl recipes` lists the names)")
         return p
-    cand = RECIPES_DIR / f"{path_or_name}.toml"
-    if cand.exists():
+    root = recipes_dir()
+    cand = root / f"{path_or_name}.toml"
+    if cand.is_file():
         return cand
-    names = sorted(q.stem for q in RECIPES_DIR.glob("*.toml"))
-    raise DP4TLError(f"unknown recipe {str(path_or_name)!r}: not a file and not in {RECIPES_DIR} "
-                     f"(available: {', '.join(names)})")
+    raise DP4TLError(f"unknown recipe {str(path_or_name)!r}: not a .toml file and not a shipped "
+                     f"recipe (available: {', '.join(list_recipes())}; or pass a .toml path)")
 
 
 def list_recipes() -> list[str]:
-    return sorted(q.stem for q in RECIPES_DIR.glob("*.toml"))
+    """Names of the shipped recipes (``dp4tl recipes`` shows them with their descriptions)."""
+    return sorted(q.stem for q in recipes_dir().glob("*.toml"))
+
+
+def recipe_description(path_or_name: str | Path) -> str:
+    """The first comment line of a recipe file (its one-line description), or ``""``."""
+    for line in resolve_recipe_path(path_or_name).read_text().splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            return line.lstrip("#").strip().rstrip(",;/ ")
+        if line:
+            break
+    return ""
+
+
+def recipe_tables(path_or_name: str | Path) -> dict[str, Any]:
+    """A recipe's TOML tables with ``extends`` resolved, before defaults and validation (what
+    the file itself sets: e.g. whether it names a ``model.arch`` at all)."""
+    return _read_toml(resolve_recipe_path(path_or_name))
 
 
 def _parse_override(text: str) -> tuple[str, str, Any]:
@@ -309,7 +367,9 @@ def _read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     if not isinstance(base, str):
         raise DP4TLError(f"{path}: extends must be a recipe name or path, got {base!r}")
-    base_path = resolve_recipe_path(base if not base.endswith(".toml") else path.parent / base)
+    # a name → a shipped recipe; a path (ends in .toml or has a /) → relative to this file
+    base_path = resolve_recipe_path(path.parent / Path(base).expanduser()
+                                    if _looks_like_path(base) else base)
     merged = _read_toml(base_path, (*chain, path.resolve()))
     for sec, body in data.items():
         if isinstance(body, dict) and isinstance(merged.get(sec), dict):

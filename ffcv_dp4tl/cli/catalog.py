@@ -1,0 +1,68 @@
+"""``dp4tl recipes`` and ``dp4tl models``: what a recipe name or ``--arch`` can be."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from .app import app
+
+
+@app.command()
+def recipes(
+    recipe: Optional[str] = typer.Argument(None, help="Show this recipe (a name or a .toml path) "
+                                           "with every value, extends and overrides applied"),
+    set_: List[str] = typer.Option([], "--set", help="Override section.key=value (repeatable)"),
+) -> None:
+    """List the shipped recipes (name and description), or show one recipe in full.
+
+    A recipe argument or option (train, finetune, pipeline --recipe, ...) takes one of these
+    names or the path of your own .toml file, which may `extends = "NAME"` a shipped recipe.
+    """
+    from ..training.recipe import (list_recipes, load_recipe, recipe_description, recipes_dir,
+                                   resolve_recipe_path)
+
+    if recipe is None:
+        names = list_recipes()
+        width = max(map(len, names), default=0)
+        for name in names:
+            typer.echo(f"{name:<{width}}  {recipe_description(name)}")
+        typer.echo(f"({len(names)} recipes in {recipes_dir()}; `dp4tl recipes NAME` shows one)")
+        return
+    r = load_recipe(recipe, set_)
+    typer.echo(f"# {r.name}: {resolve_recipe_path(recipe)}")
+    desc = recipe_description(recipe)
+    if desc:
+        typer.echo(f"# {desc}")
+    for section, body in r.to_dict().items():
+        typer.echo(f"[{section}]")
+        for key, value in body.items():
+            typer.echo(f"{key} = {_toml(value)}")
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)
+
+
+@app.command()
+def models() -> None:
+    """List the registered model architectures (a recipe's model.arch, pipeline --arch)."""
+    from ..training.models import list_models
+    from ..training.recipe import list_recipes, recipe_tables
+
+    used: dict[str, list[str]] = {}  # recipes naming the model (finetune recipes name none)
+    for name in list_recipes():
+        arch = recipe_tables(name).get("model", {}).get("arch")
+        if arch:
+            used.setdefault(arch, []).append(name)
+    names = list_models()
+    width = max(map(len, names), default=0)
+    for name in names:
+        rs = used.get(name)
+        typer.echo(f"{name:<{width}}  {'recipes: ' + ', '.join(rs) if rs else ''}".rstrip())

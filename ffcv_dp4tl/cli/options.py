@@ -1,0 +1,176 @@
+"""Options shared by every command, so each concept has one name, one syntax and one default.
+
+- the dataset a command reads is ``--data`` (old spellings such as ``--source`` or a positional
+  DATASET stay accepted as hidden aliases: :func:`pick_data`);
+- what it writes is ``--out/-o``; the device is ``--device`` (``auto`` by default everywhere);
+- lists are comma-separated (``--finetune lp,ff``); ``--set`` stays repeatable because a TOML
+  value may itself contain commas;
+- choices are Enums (listed in ``--help``) or validated in a callback, so a bad value is a
+  one-line usage error before any folder is created or any data is built.
+"""
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import Path
+from typing import Optional, Sequence
+
+import typer
+
+from ..errors import DP4TLError
+
+
+class Format(str, Enum):
+    """Which on-disk copy of a built dataset the loaders read."""
+    ffcv = "ffcv"
+    wds = "wds"
+
+
+class Backend(str, Enum):
+    """Scoring kernels (k-means, feature mapping)."""
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class RecipeSet(str, Enum):
+    """Recipe scale of the pipeline: tiny CPU recipes or the paper's (auto: tiny for synth)."""
+    auto = "auto"
+    tiny = "tiny"
+    full = "full"
+
+
+class FinetuneMode(str, Enum):
+    lp = "lp"
+    ff = "ff"
+
+
+class BetonMode(str, Enum):
+    jpg = "jpg"
+    proportion = "proportion"
+
+
+FORMAT_HELP = "ffcv (betons) or wds (WebDataset shards)"
+DEVICE_HELP = "auto (CUDA when available, else CPU) | cpu | cuda | cuda:N"
+DATA_HELP = "Built dataset directory (from `dp4tl build`)"
+OUT_HELP = "Output directory"
+
+#: the paper's number of k-means clusters (FM); the embedded synth data uses fewer
+PAPER_K = 2000
+#: K on the embedded synth data (1.9k source images: K = 2000 would exceed the sample count)
+SYNTH_K = 64
+K_HELP = (f"fm: k-means clusters K (default: the paper's {PAPER_K}; {SYNTH_K} on the embedded "
+          "synth:* data, which has fewer samples than that)")
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def check_device(value: str) -> str:
+    """``--device`` callback: the syntax, and that CUDA exists when it is asked for."""
+    if value is None:
+        return value
+    if not _DEVICE.match(value):
+        raise typer.BadParameter(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N "
+                                 "(e.g. cuda:1)")
+    if value.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise typer.BadParameter(f"{value}: CUDA is not available on this machine; use "
+                                     "--device cpu (or auto)")
+        index = int(value.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise typer.BadParameter(f"{value}: this machine has {torch.cuda.device_count()} "
+                                     f"CUDA device(s); use cuda:0 .. cuda:"
+                                     f"{torch.cuda.device_count() - 1}")
+    return value
+
+
+def device_option(help: str = DEVICE_HELP):
+    return typer.Option("auto", "--device", help=help, callback=check_device)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when available, else ``cpu`` (for code that takes a concrete device)."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def split_list(text: str) -> list[str]:
+    """``"a, b,,c"`` → ``["a", "b", "c"]``: the one list syntax of the CLI."""
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+def list_callback(choices: Sequence[str], what: str):
+    """A callback refusing any comma-separated item not in ``choices`` (before any work)."""
+    def check(value: str) -> str:
+        bad = [x for x in split_list(value) if x not in choices]
+        if bad:
+            raise typer.BadParameter(f"{', '.join(map(repr, bad))} not {what}; use a "
+                                     f"comma-separated list of {', '.join(choices)}")
+        return value
+    return check
+
+
+def floats_callback(what: str):
+    def check(value: str) -> str:
+        for x in split_list(value):
+            try:
+                float(x)
+            except ValueError:
+                raise typer.BadParameter(f"{x!r} is not a number; give {what} as a "
+                                         "comma-separated list like 0,0.2,0.6") from None
+        return value
+    return check
+
+
+def ints_callback(what: str):
+    def check(value: str) -> str:
+        for x in split_list(value):
+            try:
+                int(x)
+            except ValueError:
+                raise typer.BadParameter(f"{x!r} is not an integer; give {what} as a "
+                                         "comma-separated list like 0,1,2") from None
+        return value
+    return check
+
+
+def check_arch(value: Optional[str]) -> Optional[str]:
+    """``--arch`` callback: a registered model (``dp4tl models``), checked before any training."""
+    if not value:
+        return value
+    from ..training.models import list_models
+
+    if value not in list_models():
+        raise typer.BadParameter(f"unknown model {value!r}; choose one of "
+                                 f"{', '.join(list_models())} (`dp4tl models` lists them)")
+    return value
+
+
+def pick_data(data, alias, alias_name: str, *, required: bool = True):
+    """The dataset from ``--data`` or its old spelling ``alias_name`` (hidden, still accepted)."""
+    if data not in (None, "") and alias not in (None, ""):
+        raise DP4TLError(f"--data and {alias_name} (its old name) are both given; pass only --data")
+    value = data if data not in (None, "") else alias
+    if required and value in (None, ""):
+        raise DP4TLError("--data is required: pass the built dataset directory (from "
+                         "`dp4tl build`)")
+    return value
+
+
+def default_k(k: Optional[int], data: str) -> int:
+    """``--k`` when given, else :data:`SYNTH_K` on the embedded synth data and the paper's K."""
+    if k is not None:
+        if k <= 0:
+            raise DP4TLError(f"--k must be a positive number of clusters, got {k}")
+        return k
+    return SYNTH_K if str(data).startswith("synth") else PAPER_K
+
+
+def paths(values: Sequence[Path]) -> list[Path]:
+    """Repeated path options where each value may also be a comma-separated list."""
+    return [Path(p) for v in values for p in split_list(str(v))]

@@ -1,0 +1,247 @@
+"""One CLI shape: --version, recipe/model listings, choices refused before any work, one name
+per concept (--data, --out/-o, --device auto) with the old spellings still accepted, and a
+user's TOML path wherever a recipe name goes.
+
+Commands run in-process through the console entry point (``ffcv_dp4tl.cli.main``) so the
+one-line error formatting is what a user sees; the heavy work behind a command is replaced by a
+recorder where only the parsing is under test.
+"""
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from ffcv_dp4tl.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["dp4tl", *map(str, args)])
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # main() chains its own hooks
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    with pytest.raises(SystemExit) as e:
+        main()
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for n in needles:
+        assert n in err, err
+
+
+def test_version(capsys, monkeypatch):
+    import ffcv_dp4tl
+
+    code, out, _ = cli(capsys, monkeypatch, "--version")
+    assert code == 0 and out.strip() == f"dp4tl (ffcv-dp4tl) {ffcv_dp4tl.__version__}"
+    py = tomllib.loads((REPO / "pyproject.toml").read_text())  # one source: __version__
+    assert "version" in py["project"]["dynamic"] and "version" not in py["project"]
+    assert py["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "ffcv_dp4tl.__version__"}
+
+
+def test_recipes_lists_every_name_with_its_description(capsys, monkeypatch):
+    from ffcv_dp4tl.training.recipe import list_recipes, recipe_description
+
+    code, out, _ = cli(capsys, monkeypatch, "recipes")
+    assert code == 0
+    lines = out.splitlines()
+    names = list_recipes()
+    assert names == sorted(p.stem for p in (REPO / "recipes").glob("*.toml"))
+    for name in names:
+        desc = recipe_description(name)
+        assert desc and (REPO / "recipes" / f"{name}.toml").read_text().startswith("# " + desc[:20])
+        assert any(line.split() and line.split()[0] == name and line.endswith(desc)
+                   for line in lines), (name, out)
+
+
+def test_models_lists_the_registry(capsys, monkeypatch):
+    from ffcv_dp4tl.training.models import list_models
+
+    code, out, _ = cli(capsys, monkeypatch, "models")
+    assert code == 0
+    listed = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert listed == list_models()
+    assert "resnet34_tiny_cpu" in next(line for line in out.splitlines() if line.startswith("resnet34 "))
+
+
+BAD = [
+    (("pipeline", "--format", "xyz"), "--format"),
+    (("pipeline", "--finetune", "lp,zz"), "--finetune"),
+    (("pipeline", "--device", "gpu"), "--device"),
+    (("pipeline", "--device", "cuda:x"), "--device"),
+    (("pipeline", "--recipes", "huge"), "--recipes"),
+    (("pipeline", "--arch", "resnet9"), "--arch"),
+    (("pipeline", "--k", "0"), "--k"),
+    (("pipeline", "--data", "synth:tiny", "--source", "synth:tiny"), "--source"),
+    (("bench", "cost-table", "--format", "xyz"), "--format"),
+    (("bench", "cost-table", "--finetune", "ff,xx"), "--finetune"),
+    (("bench", "cost-table", "--ratios", "0,x"), "--ratios"),
+    (("bench", "cost-table", "--seeds", "0,1.5"), "--seeds"),
+    (("bench", "cost-table", "--methods", "grand@0.6/x"), "--methods"),
+    (("score", "--data", "DATA", "--out", "OUT/s", "--backend", "tpu"), "--backend"),
+    (("score", "--out", "OUT/s"), "--data"),
+    (("train", "resnet18_tiny_cpu", "--data", "DATA", "--out", "OUT/t", "--format", "zz"), "--format"),
+    (("train", "resnet18_tiny_cpu", "--data", "DATA", "--out", "OUT/t", "--device", "tpu"), "--device"),
+    (("finetune", "lp", "--checkpoint", "c.pt", "--data", "DATA", "--out", "OUT/f", "--mode", "zz"),
+     "--mode"),
+    (("build", "synth:tiny", "--out", "OUT/b", "--beton-mode", "zzz"), "--beton-mode"),
+    (("mask", "classes", "--data", "DATA", "--classes", "1,x", "--out", "OUT/m.npy"), "--classes"),
+    (("train", "no_such_recipe", "--data", "DATA", "--out", "OUT/t"), "no_such_recipe"),
+]
+
+
+@pytest.mark.parametrize("args,field", BAD, ids=[" ".join(a[:3]) for a, _ in BAD])
+def test_bad_values_are_refused_before_any_work(args, field, capsys, monkeypatch, tmp_path):
+    """One line naming the option, exit 2, and no folder created (data, runs, outputs)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "DATA").mkdir()
+    args = tuple(a.replace("OUT", str(tmp_path / "out")) for a in args)
+    if args[0] in ("pipeline", "bench"):
+        args += ("--data-root", str(tmp_path / "data"), "--runs-root", str(tmp_path / "runs"))
+        if args[0] == "bench":
+            args += ("--out", str(tmp_path / "out"))
+    code, _, err = cli(capsys, monkeypatch, *args)
+    one_line_error(code, err, field)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["DATA"], list(tmp_path.iterdir())
+
+
+@pytest.fixture
+def record(monkeypatch):
+    """Replace the work behind pipeline/bench/score/prune/train/finetune by a recorder."""
+    from importlib import import_module
+
+    # modules, not the same-named functions some package __init__ files re-export
+    ct, pr, run, sc = (import_module(f"ffcv_dp4tl.pipeline.{m}")
+                       for m in ("cost_table", "prune", "run", "score"))
+    ft, tr = (import_module(f"ffcv_dp4tl.training.{m}") for m in ("finetune", "trainer"))
+
+    seen: dict = {}
+
+    class Stop(Exception):
+        pass
+
+    def stop(name):
+        def fake(*a, **kw):
+            seen[name] = (a, kw)
+            raise Stop
+        return fake
+
+    monkeypatch.setattr(run, "run_pipeline", stop("pipeline"))
+    monkeypatch.setattr(ct, "run_cost_table", stop("bench"))
+    monkeypatch.setattr(sc, "score", stop("score"))
+    monkeypatch.setattr(pr, "prune", stop("prune"))
+    monkeypatch.setattr(tr, "train", stop("train"))
+    monkeypatch.setattr(ft, "finetune", stop("finetune"))
+
+    def call(capsys, *args):
+        seen.clear()
+        monkeypatch.setattr(sys, "argv", ["dp4tl", *map(str, args)])
+        monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+        monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+        with pytest.raises(Stop):
+            main()
+        capsys.readouterr()
+        (name, (a, kw)), = seen.items()
+        return name, a, kw
+    return call
+
+
+def test_new_names_and_old_aliases_reach_the_same_call(record, capsys, tmp_path):
+    d, t1, t2 = tmp_path / "src", tmp_path / "t1", tmp_path / "t2"
+    # pipeline: --data / --source, defaults: embedded data, auto device, K by data size
+    _, (cfg,), _ = record(capsys, "pipeline")
+    assert (cfg.source, cfg.device, cfg.k, cfg.finetune, cfg.fmt, cfg.recipes) == \
+        ("synth:tiny", "auto", 64, ("lp", "ff"), "ffcv", "")
+    _, (cfg,), _ = record(capsys, "pipeline", "--source", "imagenet:/x", "--target", "t",
+                         "--finetune", " lp ,", "--recipes", "full", "--format", "wds")
+    assert (cfg.source, cfg.k, cfg.finetune, cfg.recipes, cfg.fmt) == \
+        ("imagenet:/x", 2000, ("lp",), "full", "wds")
+    _, (cfg,), _ = record(capsys, "pipeline", "--data", "imagenet:/x", "--k", "500")
+    assert (cfg.source, cfg.k) == ("imagenet:/x", 500)
+    # bench: same K rule and --data alias
+    _, (base, _out), kw = record(capsys, "bench", "cost-table", "-o", tmp_path / "o")
+    assert (base.source, base.k, base.device, _out) == ("synth:tiny", 64, "auto", tmp_path / "o")
+    assert "--data synth:tiny" in kw["command"] and "--k 64" in kw["command"]
+    _, (base, _), _ = record(capsys, "bench", "cost-table", "--source", "imagenet:/x")
+    assert (base.source, base.k) == ("imagenet:/x", 2000)
+    # score: --data / --source, targets comma-separated or repeated, device auto → concrete
+    for flag in ("--data", "--source"):
+        _, (method,), kw = record(capsys, "score", "--method", "fm", flag, d, "--target",
+                                  f"{t1},{t2}", "-o", tmp_path / "s")
+        assert method == "fm" and kw["source_dir"] == d and kw["target_dir"] == [t1, t2]
+        assert kw["device"] in ("cpu", "cuda") and kw["k"] == 2000 and kw["fmt"] == "ffcv"
+    _, _, kw = record(capsys, "score", "--data", d, "--target", t1, "--target", t2, "-o", tmp_path)
+    assert kw["target_dir"] == [t1, t2]
+    # prune: --data / --source
+    for flag in ("--data", "--source"):
+        _, a, _ = record(capsys, "prune", "--scores", tmp_path, flag, d, "--ratio", "0.5",
+                         "-o", tmp_path / "m")
+        assert a[1] == d and a[3] == tmp_path / "m"
+    # train: -o; finetune: --data / --target, --mode enum → plain string
+    _, (r, data), kw = record(capsys, "train", "resnet18_tiny_cpu", "--data", d, "-o", tmp_path / "r",
+                              "--format", "wds")
+    assert r.name == "resnet18_tiny_cpu" and data == d and kw["fmt"] == "wds" and kw["device"] == "auto"
+    for flag in ("--data", "--target"):
+        _, (r, ckpt, target, out), kw = record(capsys, "finetune", "lp_tiny_cpu", "--checkpoint",
+                                               tmp_path / "c.pt", flag, t1, "-o", tmp_path / "f",
+                                               "--mode", "ff")
+        assert target == t1 and out == tmp_path / "f" and kw["mode"] == "ff" and kw["fmt"] == "ffcv"
+
+
+def test_positional_dataset_still_accepted(capsys, monkeypatch, tmp_path):
+    """info / mask take --data; the old positional DATASET keeps working (hidden)."""
+    import ffcv_dp4tl.data.manifest as manifest
+    from ffcv_dp4tl.errors import DP4TLError
+
+    seen = []
+
+    def fake(path):
+        seen.append(Path(path))
+        raise DP4TLError("stop")
+    monkeypatch.setattr(manifest, "load_manifest", fake)
+    for args in (("info", tmp_path), ("info", "--data", tmp_path),
+                 ("mask", "classes", tmp_path, "--classes", "1", "-o", tmp_path / "m.npy"),
+                 ("mask", "classes", "--data", tmp_path, "--classes", "1", "-o", tmp_path / "m.npy")):
+        code, _, err = cli(capsys, monkeypatch, *args)
+        one_line_error(code, err, "stop")
+    assert seen == [tmp_path] * 4
+    code, _, err = cli(capsys, monkeypatch, "info")
+    one_line_error(code, err, "--data is required")
+
+
+def test_user_toml_path_works_where_a_name_does(record, capsys, monkeypatch, tmp_path):
+    base_dir = tmp_path / "bases"
+    base_dir.mkdir()
+    (base_dir / "base.toml").write_text('# my base\nextends = "resnet18_tiny_cpu"\n'
+                                        "[train]\nepochs = 7\n")
+    mine = tmp_path / "mine.toml"
+    mine.write_text('# my recipe\nextends = "bases/base.toml"\n[model]\nwidth = 4\n')
+    # shown by `dp4tl recipes PATH` with the extends chain applied
+    code, out, err = cli(capsys, monkeypatch, "recipes", mine, "--set", "lr.lr=0.3")
+    assert code == 0, err
+    assert out.startswith(f"# mine: {mine}\n# my recipe\n")
+    assert "epochs = 7" in out and "width = 4" in out and "lr = 0.3" in out
+    # train / finetune take it in place of a name (relative to the working directory too)
+    monkeypatch.chdir(tmp_path)
+    _, (r, _), _ = record(capsys, "train", "mine.toml", "--data", tmp_path, "-o", tmp_path / "r")
+    assert (r.name, r.train.epochs, r.model.width, r.model.arch) == ("mine", 7, 4, "resnet18")
+    (tmp_path / "lp_mine.toml").write_text('extends = "lp_tiny_cpu"\n[lr]\nlr = 0.05\n')
+    _, (r, *_), _ = record(capsys, "finetune", "lp_mine.toml", "--checkpoint", "c.pt", "--data",
+                           tmp_path, "-o", tmp_path / "f")
+    assert r.lr.lr == 0.05 and r.finetune.mode == "lp"
+    # a broken path or base is one line naming the file
+    (tmp_path / "bad.toml").write_text('extends = "no_such_base"\n')
+    code, _, err = cli(capsys, monkeypatch, "recipes", "bad.toml")
+    one_line_error(code, err, "no_such_base")
+    code, _, err = cli(capsys, monkeypatch, "train", "missing.toml", "--data", tmp_path, "-o",
+                       tmp_path / "r")
+    one_line_error(code, err, "missing.toml")
+    assert not (tmp_path / "r").exists()

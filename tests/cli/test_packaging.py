@@ -1,0 +1,91 @@
+"""The wheel carries the recipes: `pip wheel .` installed elsewhere finds every recipe by name.
+
+The top-level ``recipes/`` folder is mapped into the wheel as ``ffcv_dp4tl/recipes/*.toml``
+(pyproject ``package-dir``); ``training/recipe.py`` finds it through ``importlib.resources``.
+Packages are listed by hand in pyproject.toml, so this also fails when a new subpackage or
+module is missing from the wheel.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = ("pyproject.toml", "README.md", "ffcv_dp4tl", "beton_builders", "recipes")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """A wheel built from a copy of the checkout (so no build/ or egg-info lands in the repo)."""
+    root = tmp_path_factory.mktemp("wheel")
+    src = root / "src"
+    for name in SHIPPED:
+        p = REPO / name
+        if p.is_dir():
+            shutil.copytree(p, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            src.mkdir(exist_ok=True)
+            shutil.copy2(p, src / name)
+    # --no-build-isolation: offline-safe, uses this environment's setuptools (a dependency)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                        "-q", "-w", str(root / "dist"), str(src)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (whl,) = (root / "dist").glob("ffcv_dp4tl-*.whl")
+    return whl
+
+
+def test_wheel_contains_every_recipe_and_module(wheel):
+    import ffcv_dp4tl
+
+    assert wheel.name.startswith(f"ffcv_dp4tl-{ffcv_dp4tl.__version__}-")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    recipes = sorted(p.name for p in (REPO / "recipes").glob("*.toml"))
+    assert recipes, "no recipes/*.toml in the checkout"
+    missing = [r for r in recipes if f"ffcv_dp4tl/recipes/{r}" not in names]
+    assert not missing, f"recipes missing from the wheel: {missing}"
+    modules = sorted(str(p.relative_to(REPO)) for pkg in ("ffcv_dp4tl", "beton_builders")
+                     for p in (REPO / pkg).rglob("*.py") if "__pycache__" not in p.parts)
+    missing = [m for m in modules if m not in names]
+    assert not missing, (f"modules missing from the wheel (add their package to "
+                         f"[tool.setuptools] packages in pyproject.toml): {missing}")
+
+
+def test_installed_wheel_finds_recipes_by_name(wheel, tmp_path):
+    """Installed into a --target dir and imported with the checkout NOT on sys.path."""
+    site = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                        str(site), str(wheel)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    code = f"""
+import sys
+from pathlib import Path
+repo = Path({str(REPO)!r})
+assert not any(Path(p or '.').resolve() == repo for p in sys.path), sys.path
+import ffcv_dp4tl
+from ffcv_dp4tl.training.recipe import list_recipes, load_recipe, recipes_dir
+site = Path({str(site)!r}).resolve()
+assert Path(ffcv_dp4tl.__file__).resolve().is_relative_to(site), ffcv_dp4tl.__file__
+assert recipes_dir().resolve() == site / "ffcv_dp4tl" / "recipes", recipes_dir()
+names = list_recipes()
+assert names == {sorted(p.stem for p in (REPO / "recipes").glob("*.toml"))!r}, names
+for name in names:
+    assert load_recipe(name).name == name
+print("ok", len(names))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(site)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok ")
+    r = subprocess.run([sys.executable, "-m", "ffcv_dp4tl", "recipes"], capture_output=True,
+                       text=True, cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "lp_tiny_cpu" in r.stdout and os.path.join("site", "ffcv_dp4tl", "recipes") in r.stdout
