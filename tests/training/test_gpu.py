@@ -10,7 +10,6 @@ executed on CPU first. The ``cuda`` variants are marked ``gpu`` and skip without
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import math
 
@@ -18,7 +17,7 @@ import pytest
 import torch
 
 from ffcv_dp4tl.data import Batch
-from ffcv_dp4tl.training import trainer
+from ffcv_dp4tl.training import engine, trainer
 from ffcv_dp4tl.training.checkpoint import load_checkpoint
 from ffcv_dp4tl.training.distributed import DistContext
 from ffcv_dp4tl.training.finetune import finetune
@@ -27,9 +26,6 @@ from ffcv_dp4tl.training.schedule import lr_for_iteration
 
 from .conftest import TEST_OVERRIDES
 from .test_moco import MOCO_OVERRIDES
-
-# (the package exports a function of the same name)
-finetune_module = importlib.import_module("ffcv_dp4tl.training.finetune")
 
 CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA")])
@@ -63,7 +59,7 @@ class Probe:
         self.amp: list[torch.dtype | None] = []
         self.conv_dtypes: set[torch.dtype] = set()
         self.conv_channels_last: set[bool] = set()
-        step = trainer.train_step
+        step = engine.train_step  # what train_one_epoch runs: pretraining, MoCo, LP and FF
 
         def probed_step(*args, **kw):
             loss = step(*args, **kw)
@@ -72,8 +68,7 @@ class Probe:
             self.amp.append(kw.get("amp"))
             return loss
 
-        monkeypatch.setattr(trainer, "train_step", probed_step)
-        monkeypatch.setattr(finetune_module, "train_step", probed_step)
+        monkeypatch.setattr(engine, "train_step", probed_step)
         if hooks:
             build = trainer.build_model
 
@@ -226,7 +221,7 @@ def _batches(parts: trainer.StepParts, device: str, count: int) -> list[Batch]:
     def images():
         return torch.randn(BATCH, 3, RES, RES, generator=g).to(device).contiguous(memory_format=fmt)
 
-    two = parts.objective is not None
+    two = parts.objective.loader_views == 2
     return [Batch(images(), torch.randint(0, CLASSES, (BATCH,), generator=g).to(device),
                   torch.arange(BATCH), images() if two else None) for _ in range(count)]
 
