@@ -66,7 +66,7 @@ from .checkpoint import (CHECKPOINT_NAME, Checkpoint, check_identity, mask_hash,
                          set_rng_states)
 # (evaluate / train_step / train_one_epoch lived here; importable from here still)
 from .engine import CrossEntropyObjective, evaluate, train_one_epoch, train_step  # noqa: F401
-from .models import create_model, unwrap
+from .models import create_model, get_head, unwrap
 from .recipe import Recipe, load_recipe
 from .schedule import lr_for_iteration, peak_lr, resolution
 from .timing import StageTimer
@@ -415,7 +415,7 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
             with timer("checkpoint"):
                 state = Checkpoint(
                     model=unwrap(parts.model).state_dict(), arch=recipe.model.arch,
-                    num_classes=recipe.ssl.dim if not objective.supervised else manifest.num_classes,
+                    num_classes=get_head(parts.model).out_features,  # (MoCo: ssl.dim)
                     identity=identity, model_kwargs=model_kwargs(recipe), epoch=epoch + 1,
                     optimizer=parts.opt.state_dict(), scaler=parts.scaler.state_dict(),
                     rng=rng_states(), recipe=recipe.to_dict(), recipe_name=recipe.name,
