@@ -62,13 +62,26 @@ def stage(root: Path, name: str, inputs: dict[str, Any], kind: str | None = None
     return Stage(name, Path(root) / f"{name}-{key}", key, inputs, kind)
 
 
+class StageRun(dict):
+    """A stage's result dict (what ``DONE.json`` holds) plus ``ran``: True when this call ran
+    the stage, False when it was skipped as already done. ``ran`` is not part of the result
+    (not saved, not compared): a skipped stage returns the result its run recorded."""
+
+    ran: bool = False
+
+    def __init__(self, result: dict[str, Any], ran: bool):
+        super().__init__(result)
+        self.ran = ran
+
+
 def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[str], None] = print
-              ) -> dict[str, Any]:
-    """Run ``fn(stage_dir)`` unless the stage is done; record its result and wall time."""
+              ) -> StageRun:
+    """Run ``fn(stage_dir)`` unless the stage is done; record its result and wall time.
+    The returned dict's ``.ran`` says which happened."""
     if st.done:
         res = st.result()
         log(f"[{st.name}] done already ({st.dir.name}, {res.get('seconds', 0):.1f}s) — skipped")
-        return res
+        return StageRun(res, ran=False)
     st.dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(st.dir / "inputs.json", st.inputs)
     log(f"[{st.name}] running in {st.dir}")
@@ -78,7 +91,7 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
                       values=values).to_json()
     atomic_write_json(st.dir / DONE, res)
     log(f"[{st.name}] finished in {res['seconds']:.1f}s")
-    return res
+    return StageRun(res, ran=True)
 
 
 def describe(result: dict[str, Any] | StageResult) -> str:

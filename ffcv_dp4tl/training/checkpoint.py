@@ -5,9 +5,17 @@
 plus *identity*: arch, recipe fingerprint, dataset fingerprint, mask hash and class count.
 Resuming under a different identity is refused with a DP4TLError before any training, because
 silently continuing another run's weights on other data is the worst kind of wrong result.
+
+**The contract** is :class:`Checkpoint`: typed fields and a ``format_version``. On disk it is
+still a plain dict (``Checkpoint.to_dict()``, the keys checkpoints always had plus
+``format_version``), so files stay loadable with ``torch.load`` alone and old files (dicts
+without a version, format 0) load through :meth:`Checkpoint.load` unchanged. Code outside
+``training/`` that reads the dict form keeps working: :func:`load_checkpoint` returns it, and a
+``Checkpoint`` answers ``ckpt["epoch"]`` / ``ckpt.get("recipe", {})`` as the dict did.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from pathlib import Path
@@ -21,6 +29,8 @@ from ..fsutil import atomic_path
 
 CHECKPOINT_NAME = "checkpoint.pt"
 IDENTITY_KEYS = ("arch", "recipe_fingerprint", "dataset_fingerprint", "mask_hash", "num_classes")
+#: 0: the unversioned dicts written before this class existed; 1: the same keys + format_version
+CHECKPOINT_VERSION = 1
 
 
 def mask_hash(indices: np.ndarray | None, split_fingerprint: str) -> str:
@@ -47,24 +57,136 @@ def set_rng_states(st: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+@dataclasses.dataclass
+class Checkpoint:
+    """One training checkpoint (see the module doc). ``model`` is the backbone's state_dict
+    (for self-supervised runs: ``num_classes`` = the projection width); everything else
+    describes how to rebuild it (``arch``, ``model_kwargs``), the run it belongs to
+    (``identity``) and the state a resumed run continues from."""
+    model: dict[str, torch.Tensor]
+    arch: str
+    num_classes: int
+    identity: dict[str, Any]
+    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    epoch: int = 0                              # completed epochs
+    optimizer: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    rng: dict[str, Any] | None = None
+    recipe: dict[str, Any] = dataclasses.field(default_factory=dict)  # Recipe.to_dict()
+    recipe_name: str = ""
+    classes: list[str] = dataclasses.field(default_factory=list)      # source class names
+    self_supervised: str | None = None         # e.g. "moco_v2"; None = supervised
+    objective: dict[str, Any] | None = None    # the objective's state (MoCo queue, key encoder)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    world_size: int = 1
+    format: str = ""                            # dataset format trained from (ffcv / wds)
+    format_version: int = CHECKPOINT_VERSION  # as read (0 = legacy dict); written: the current
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)   # unknown keys, kept
+
+    # -- derived ------------------------------------------------------------------------------
+    @property
+    def dataset_fingerprint(self) -> str | None:
+        return self.identity.get("dataset_fingerprint")
+
+    @property
+    def mask_hash(self) -> str | None:
+        return self.identity.get("mask_hash")
+
+    @property
+    def recipe_fingerprint(self) -> str | None:
+        return self.identity.get("recipe_fingerprint")
+
+    @property
+    def eval_resolution(self) -> int | None:
+        """The recipe's ``eval.resolution`` (what scoring feeds the model by default)."""
+        res = self.recipe.get("eval", {}).get("resolution")
+        return None if res is None else int(res)
+
+    # -- the dict form ----------------------------------------------------------------------------
+    _DERIVED = ("dataset_fingerprint", "mask_hash")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        d.update({k: getattr(self, k) for k in self._DERIVED})  # top-level copies, as always
+        d["format_version"] = CHECKPOINT_VERSION
+        return {**self.extra, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "Checkpoint":
+        if not isinstance(d, dict) or "model" not in d or "identity" not in d:
+            raise DP4TLError(f"{source} is not an ffcv-dp4tl checkpoint (no model/identity entries)")
+        version = int(d.get("format_version", 0))
+        if version > CHECKPOINT_VERSION:
+            raise DP4TLError(f"{source} has checkpoint format {version}; this ffcv-dp4tl reads up "
+                             f"to {CHECKPOINT_VERSION}: upgrade ffcv-dp4tl")
+        for key in ("arch", "num_classes"):
+            if key not in d:
+                raise DP4TLError(f"{source} lacks {key!r}; it was not written by `dp4tl train`")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kw = {k: v for k, v in d.items() if k in names}
+        identity = dict(d["identity"])
+        for k in cls._DERIVED:  # format 0 kept them top-level too; identity wins
+            if k in d:
+                identity.setdefault(k, d[k])
+        kw.update(identity=identity, format_version=version,
+                  extra={k: v for k, v in d.items() if k not in names and k not in cls._DERIVED})
+        return cls(**kw)
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically (a file named checkpoint.pt is always complete), as a plain dict."""
+        save_checkpoint(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "Checkpoint":
+        return cls.from_dict(_load_dict(path, map_location), str(path))
+
+    # -- read-only mapping access, for code written against the dict form ------------------------
+    def __getitem__(self, key: str) -> Any:
+        if key in self.extra:
+            return self.extra[key]
+        if key in self._DERIVED or key in {f.name for f in dataclasses.fields(self)} - {"extra"}:
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key, _MISSING) is not _MISSING
+
+    def keys(self):
+        return self.to_dict().keys()
+
+
+_MISSING = object()
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any] | Checkpoint) -> None:
     """Write atomically: a file named checkpoint.pt is always complete."""
+    if isinstance(state, Checkpoint):
+        state = state.to_dict()
     with atomic_path(path, suffix=".pt") as tmp:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def _load_dict(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     path = Path(path)
     if not path.exists():
         raise DP4TLError(f"checkpoint not found: {path}")
     try:
         # weights_only=False: RNG states contain numpy/python objects. Only load your own runs.
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling problem is a user-facing error
         raise DP4TLError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "identity" not in ckpt:
-        raise DP4TLError(f"{path} is not an ffcv-dp4tl checkpoint (no model/identity entries)")
-    return ckpt
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Compatibility reader: the checkpoint as the plain dict it always was (any format version,
+    validated through :class:`Checkpoint`). New code: ``Checkpoint.load(path)``."""
+    return Checkpoint.load(path, map_location).to_dict()
 
 
 def check_identity(path: Path, found: dict[str, Any], expected: dict[str, Any]) -> None:

@@ -9,13 +9,14 @@ finetuning (FF), the two downstream protocols of the DP4TL paper.
 * **FF** — every weight is trained with a fresh head (Adam, cosine lr, weight decay) on
   augmented target images at ``finetune.resolution``.
 
-Both report target *test* top-1 (with flip TTA) per evaluated epoch to ``metrics.jsonl`` and
-the final numbers to ``result.json``. Finetuning runs are short and single-process; they restart
+Both train with the shared engine (:func:`~.engine.train_one_epoch` with a
+:class:`~.engine.CrossEntropyObjective`, a grad scaler for fp16, the recipe's lr schedule) and
+report target *test* top-1 per evaluated epoch (:func:`~.engine.evaluate`; flip TTA for FF, none
+on LP's cached features) to ``metrics.jsonl`` and the final numbers to ``result.json``. Finetuning runs are short and single-process; they restart
 from the pretrained checkpoint rather than resuming (``result.json`` existing = done).
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,42 +27,68 @@ from torch import nn
 from ..data import load_manifest, make_loader
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text
-from .checkpoint import load_checkpoint
-from .distributed import resolve_device
-from .models import create_model, features, replace_head
+from .callbacks import MetricsWriter, call
+from .checkpoint import Checkpoint
+from .distributed import DistContext, resolve_device
+from .engine import CrossEntropyObjective, evaluate, train_one_epoch
+from .models import backbone, create_model
 from .recipe import Recipe, load_recipe
 from .schedule import lr_for_iteration, peak_lr
-from .trainer import (autocast_dtype, build_optimizer, cudnn_benchmark, evaluate, param_groups,
-                      seed_epoch, train_step)
-from .distributed import DistContext
+from .trainer import autocast_dtype, build_optimizer, cudnn_benchmark, param_groups, seed_epoch
 
 RESULT_NAME = "result.json"
 
 
-class _FeatureBatch(NamedTuple):
-    """A batch of cached LP features, shaped like a loader Batch for :func:`train_step`."""
+class FeatureBatch(NamedTuple):
+    """A batch of cached LP features, shaped like a loader Batch for the engine."""
     images: torch.Tensor
     labels: torch.Tensor
 
 
-def load_pretrained(checkpoint: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
-    """Rebuild the source model of a training checkpoint (architecture from the checkpoint)."""
-    ckpt = load_checkpoint(checkpoint)
-    for key in ("arch", "model_kwargs", "num_classes"):
-        if key not in ckpt:
-            raise DP4TLError(f"{checkpoint} lacks {key!r}; it was not written by `dp4tl train`")
-    model = create_model(ckpt["arch"], ckpt["num_classes"], **ckpt["model_kwargs"])
-    model.load_state_dict(ckpt["model"])
+class FeatureLoader:
+    """Cached features as a loader: batches of ``batch_size`` rows, reshuffled on every pass by
+    ``generator`` (``shuffle``), or in order. The permutation is built on the CPU and moved with
+    one non-blocking copy."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,
+                 generator: torch.Generator | None = None):
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.shuffle, self.generator = shuffle, generator
+
+    def __len__(self) -> int:
+        return -(-len(self.y) // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.y)
+        order = (torch.randperm(n, generator=self.generator).to(self.x.device, non_blocking=True)
+                 if self.shuffle else None)
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                yield FeatureBatch(self.x[start:start + self.batch_size],
+                                   self.y[start:start + self.batch_size])
+            else:
+                idx = order[start:start + self.batch_size]
+                yield FeatureBatch(self.x[idx], self.y[idx])
+
+
+def load_pretrained(checkpoint: str | Path, device: torch.device) -> tuple[nn.Module, Checkpoint]:
+    """Rebuild the source model of a training checkpoint (architecture from the checkpoint).
+    The :class:`Checkpoint` also answers dict-style reads (``ckpt.get("num_classes")``)."""
+    ckpt = Checkpoint.load(checkpoint)
+    model = create_model(ckpt.arch, ckpt.num_classes, **ckpt.model_kwargs)
+    model.load_state_dict(ckpt.model)
     return model.to(device), ckpt
 
 
 @torch.no_grad()
 def extract_features(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penultimate features and labels of every sample of ``loader`` (eval mode)."""
+    """Penultimate features (``forward_features``) and labels of every sample of ``loader``
+    (eval mode)."""
     model.eval()
+    net = backbone(model)
     feats, labels = [], []
     for batch in loader:
-        feats.append(features(model, batch.images).float())
+        feats.append(net.forward_features(batch.images).float())
         labels.append(batch.labels)
     return torch.cat(feats), torch.cat(labels)
 
@@ -94,84 +121,71 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     atomic_write_text(metrics_path, "")
 
     torch.manual_seed(recipe.train.seed)
-    head = replace_head(model, manifest.num_classes)
+    head = backbone(model).reset_classifier(manifest.num_classes)
     tc, fc, ec = recipe.train, recipe.finetune, recipe.eval
-    amp = autocast_dtype(recipe, dev)
     ctx = DistContext(device=dev)
     common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers, seed=recipe.data.seed)
     test_loader = make_loader(target_dir, test_split.name, train=False, batch_size=ec.batch_size,
                               resolution=fc.resolution, **common)
     peak = peak_lr(recipe.lr, tc.batch_size)
-    crit = nn.CrossEntropyLoss(label_smoothing=recipe.optim.label_smoothing)
-    rows: list[dict] = []
-
-    def log(row: dict) -> None:
-        rows.append(row)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-        if progress:
-            test = "-" if row.get("top1_test") is None else f"{row['top1_test']:.3f}"
-            print(f"{mode} epoch {row['epoch']}: loss {row['loss']:.3f} train {row['top1_train']:.3f}"
-                  f" test {test}", flush=True)
+    objective = CrossEntropyObjective(recipe.optim.label_smoothing)
 
     if mode == "lp":
-        for p in model.parameters():
-            p.requires_grad_(False)
+        # Frozen backbone: features once (fp32, no autocast), then a linear head on them.
+        model.requires_grad_(False)
         feat_loader = make_loader(target_dir, train_split.name, train=False,
                                   batch_size=ec.batch_size, resolution=fc.resolution, **common)
         xtr, ytr = extract_features(model, feat_loader)
         xte, yte = extract_features(model, test_loader)
         head.requires_grad_(True)
-        opt = build_optimizer(recipe, param_groups(head, recipe.optim.weight_decay, True), peak)
-        gen = torch.Generator().manual_seed(tc.seed)
-        iters = -(-len(ytr) // tc.batch_size)
-        for epoch in range(tc.epochs):
-            perm = torch.randperm(len(ytr), generator=gen).to(xtr.device, non_blocking=True)
-            sums = torch.zeros(3, dtype=torch.float64, device=xtr.device)  # read once per epoch
-            for it in range(iters):
-                idx = perm[it * tc.batch_size:(it + 1) * tc.batch_size]
-                lr = lr_for_iteration(recipe.lr, epoch, it, iters, tc.epochs, peak)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                feats = _FeatureBatch(xtr[idx], ytr[idx])
-                train_step(head, feats, opt, crit=crit, sums=sums)
-            loss_sum, correct_sum, count = sums.tolist()
-            row = {"epoch": epoch, "loss": loss_sum / count, "top1_train": correct_sum / count,
-                   "lr": lr, "top1_test": None}
-            if (epoch + 1) % ec.every == 0 or epoch + 1 == tc.epochs:
-                with torch.no_grad():
-                    row["top1_test"] = (head(xte).argmax(1) == yte).float().mean().item()
-            log(row)
+        net, amp, flip_tta, wd_on_bn_bias = head, None, False, True
+        train_loader = FeatureLoader(xtr, ytr, tc.batch_size, shuffle=True,
+                                     generator=torch.Generator().manual_seed(tc.seed))
+        eval_loader = FeatureLoader(xte, yte, ec.batch_size)
     else:
-        opt = build_optimizer(recipe, param_groups(model, recipe.optim.weight_decay,
-                                                   recipe.optim.wd_on_bn_bias), peak)
+        net, amp, flip_tta, wd_on_bn_bias = model, autocast_dtype(recipe, dev), ec.flip_tta, \
+            recipe.optim.wd_on_bn_bias
         train_loader = make_loader(target_dir, train_split.name, train=fc.train_augment,
                                    batch_size=tc.batch_size, resolution=fc.resolution,
                                    drop_last=False, **common)
-        for epoch in range(tc.epochs):
+        eval_loader = test_loader
+    opt = build_optimizer(recipe, param_groups(net, recipe.optim.weight_decay, wd_on_bn_bias), peak)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp is torch.float16)
+    callbacks = [MetricsWriter(metrics_path)] + ([_FinetuneConsole(mode)] if progress else [])
+
+    def schedule(epoch: int, it: int, iters: int) -> float:
+        return lr_for_iteration(recipe.lr, epoch, it, iters, tc.epochs, peak)
+
+    rows: list[dict] = []
+    for epoch in range(tc.epochs):
+        if mode == "ff":  # LP's feature loader reshuffles from its own generator
             seed_epoch(tc.seed, epoch)
             train_loader.set_epoch(epoch)
-            model.train()
-            iters = len(train_loader)
-            sums = torch.zeros(3, dtype=torch.float64, device=dev)  # read once per epoch
-            for it, batch in enumerate(train_loader):
-                lr = lr_for_iteration(recipe.lr, epoch, it, iters, tc.epochs, peak)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                train_step(model, batch, opt, crit=crit, amp=amp, sums=sums)
-            loss_sum, correct_sum, count = sums.tolist()
-            row = {"epoch": epoch, "loss": loss_sum / count, "top1_train": correct_sum / count,
-                   "lr": lr, "top1_test": None}
-            if (epoch + 1) % ec.every == 0 or epoch + 1 == tc.epochs:
-                row["top1_test"] = evaluate(model, test_loader, ctx, amp, ec.flip_tta)["top1"]
-            log(row)
+        stats = train_one_epoch(net, train_loader, objective, opt, scaler, schedule, epoch=epoch,
+                                amp=amp, ctx=ctx, callbacks=callbacks)
+        row = {"epoch": epoch, "loss": stats["loss"], "top1_train": stats["top1_train"],
+               "lr": stats["lr"], "top1_test": None}
+        if (epoch + 1) % ec.every == 0 or epoch + 1 == tc.epochs:
+            row["top1_test"] = evaluate(net, eval_loader, ctx, amp, flip_tta)["top1"]
+        rows.append(row)
+        call(callbacks, "on_epoch_end", row)
 
     result = {"mode": mode, "test_top1": rows[-1]["top1_test"], "train_top1": rows[-1]["top1_train"],
               "epochs": tc.epochs, "recipe": recipe.name, "checkpoint": str(checkpoint),
-              "source_arch": ckpt["arch"], "source_dataset_fingerprint": ckpt.get("dataset_fingerprint"),
-              "source_mask_hash": ckpt.get("mask_hash"), "target": str(target_dir),
+              "source_arch": ckpt.arch, "source_dataset_fingerprint": ckpt.dataset_fingerprint,
+              "source_mask_hash": ckpt.mask_hash, "target": str(target_dir),
               "target_fingerprint": manifest.fingerprint, "target_classes": manifest.num_classes,
               "test_samples": test_split.num_samples, "seconds": time.perf_counter() - t0,
               "format": fmt, "device": str(dev)}
     atomic_write_json(out_dir / RESULT_NAME, result)
     return result
+
+
+class _FinetuneConsole:
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def on_epoch_end(self, row: dict) -> None:
+        test = "-" if row.get("top1_test") is None else f"{row['top1_test']:.3f}"
+        print(f"{self.mode} epoch {row['epoch']}: loss {row['loss']:.3f} train "
+              f"{row['top1_train']:.3f} test {test}", flush=True)

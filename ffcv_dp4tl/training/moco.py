@@ -30,22 +30,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributed import DistContext
-from .models import feature_dim, features, get_head
+from .models import backbone as as_backbone
 from .recipe import SSLCfg
 from .ssl_augment import MoCoAugment
 
 
 class ProjectionNet(nn.Module):
-    """backbone features → Linear(d, d) → ReLU → backbone.fc (d → dim) → L2-normalised."""
+    """backbone features → Linear(d, d) → ReLU → the backbone's classifier (d → dim) → L2-normalised."""
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
-        self.backbone = backbone
-        d = feature_dim(backbone)
+        self.backbone = as_backbone(backbone)
+        d = self.backbone.num_features
         self.hidden = nn.Linear(d, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = get_head(self.backbone)(F.relu(self.hidden(features(self.backbone, x))))
+        b = self.backbone
+        z = b.forward_head(F.relu(self.hidden(b.forward_features(x))))
         return F.normalize(z.float(), dim=1)
 
 
@@ -65,10 +66,15 @@ def _split_forward(net: nn.Module, x: torch.Tensor, splits: int) -> torch.Tensor
 
 
 class MoCoObjective:
-    """Per-batch loss of MoCo v2. ``query`` is the plain :class:`ProjectionNet` (the key encoder
-    follows it); the step runs the query through ``train_model``, its DDP/compiled wrapper."""
+    """Per-batch loss of MoCo v2, an objective of :mod:`.engine` (same call signature as
+    :class:`~.engine.CrossEntropyObjective`). ``query`` is the plain :class:`ProjectionNet` (the
+    key encoder follows it); the step runs the query through ``train_model``, its DDP/compiled
+    wrapper."""
 
     name = "moco_v2"
+    supervised = False   # no classifier: no labels read, no validation
+    collective = True    # key gathering/shuffling is a collective: ranks step in lockstep
+    drop_last = True     # full batches: bn_splits sub-batches, equal key counts per rank
 
     def __init__(self, query: ProjectionNet, cfg: SSLCfg, ctx: DistContext):
         self.cfg, self.ctx = cfg, ctx
@@ -89,6 +95,11 @@ class MoCoObjective:
     @property
     def crop_scale(self) -> tuple[float, float]:
         return float(self.cfg.crop_scale[0]), float(self.cfg.crop_scale[1])
+
+    @property
+    def loader_kwargs(self) -> dict[str, Any]:
+        """What :func:`~ffcv_dp4tl.data.make_loader` must deliver: two views, MoCo's crop."""
+        return {"views": self.loader_views, "crop_scale": self.crop_scale}
 
     # -- one step -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -1,7 +1,15 @@
 """Model registry: ``create_model(name, num_classes, **kw)``, plus feature helpers for scoring.
 
-Every architecture is a torchvision constructor called with ``weights=None``: nothing is ever
-downloaded, all runs start from random init (the paper trains its own source models).
+Every architecture is a torchvision model built with random init: nothing is ever downloaded,
+all runs start from random init (the paper trains its own source models).
+
+**The backbone interface** (timm's method names; see :class:`Backbone`). Every registered model
+exposes ``num_features``, ``forward_features(x)`` (the pooled penultimate features, what timm's
+``forward_head(forward_features(x), pre_logits=True)`` returns), ``forward_head(features)``,
+``get_classifier()`` and ``reset_classifier(num_classes)``. Training (LP/FF/MoCo) and scoring
+use only these, never the architecture's attribute names (``fc``, ``heads.head``), so adding
+a model means registering a constructor whose module implements them; the subclasses below
+add them to torchvision's ResNet and ViT without changing their state_dicts.
 
 Knobs (all keyword arguments, all settable from a recipe's ``[model]`` section):
 
@@ -17,7 +25,7 @@ Knobs (all keyword arguments, all settable from a recipe's ``[model]`` section):
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -82,11 +90,86 @@ def apply_blurpool(module: nn.Module) -> nn.Module:
     return module
 
 
+# --------------------------------------------------------------------------- the interface
+@runtime_checkable
+class Backbone(Protocol):
+    """What training and scoring need from a model (timm's names)."""
+    num_features: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor: ...
+    def get_classifier(self) -> nn.Linear: ...
+    def reset_classifier(self, num_classes: int) -> nn.Linear: ...
+
+
+class _ClassifierMixin:
+    """``forward_head`` / ``reset_classifier`` / ``num_features`` on top of ``get_classifier`` and
+    ``_set_classifier``; ``forward(x) == forward_head(forward_features(x))``."""
+
+    @property
+    def num_features(self) -> int:
+        return self.get_classifier().in_features
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.get_classifier()(features)
+
+    def reset_classifier(self, num_classes: int) -> nn.Linear:
+        """Swap in a freshly initialised ``num_classes``-way linear head (on the old head's
+        device); returns it. (timm returns None; the new head is handy for LP.)"""
+        old = self.get_classifier()
+        new = nn.Linear(old.in_features, num_classes).to(old.weight.device)
+        self._set_classifier(new)
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class ResNet(_ClassifierMixin, tvm.ResNet):
+    """torchvision's ResNet (same modules, same state_dict) with the :class:`Backbone` methods."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+    def get_classifier(self) -> nn.Linear:
+        return self.fc
+
+    def _set_classifier(self, head: nn.Linear) -> None:
+        self.fc = head
+
+
+class VisionTransformer(_ClassifierMixin, tvm.VisionTransformer):
+    """torchvision's ViT with the :class:`Backbone` methods (features = the class token after
+    the encoder; the classifier = ``heads.head``)."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._process_input(x)
+        cls = self.class_token.expand(x.shape[0], -1, -1)
+        return self.encoder(torch.cat([cls, x], dim=1))[:, 0]
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.heads(features)  # heads = (pre_logits, act,) head
+
+    def get_classifier(self) -> nn.Linear:
+        return self.heads.head
+
+    def _set_classifier(self, head: nn.Linear) -> None:
+        self.heads.head = head
+
+
 # --------------------------------------------------------------------------- resnets
-def _resnet(ctor: Callable[..., tvm.ResNet], num_classes: int, *, blurpool: bool = False,
+#: torchvision's (block, stage depths) per depth
+_RESNETS = {18: (tvm.resnet.BasicBlock, [2, 2, 2, 2]), 34: (tvm.resnet.BasicBlock, [3, 4, 6, 3]),
+            50: (tvm.resnet.Bottleneck, [3, 4, 6, 3]), 101: (tvm.resnet.Bottleneck, [3, 4, 23, 3])}
+
+
+def _resnet(depth: int, num_classes: int, *, blurpool: bool = False,
             small_input: bool = False, stem_stride: int = 1, width: int = 64,
-            zero_init_residual: bool = False) -> tvm.ResNet:
-    model = ctor(weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
+            zero_init_residual: bool = False) -> ResNet:
+    block, layers = _RESNETS[depth]
+    model = ResNet(block, layers, num_classes=num_classes, zero_init_residual=zero_init_residual)
     if width != 64:
         # Rebuild the stages at another width with torchvision's own _make_layer, then re-init.
         block = type(model.layer1[0])
@@ -116,27 +199,28 @@ def _resnet(ctor: Callable[..., tvm.ResNet], num_classes: int, *, blurpool: bool
 
 @register("resnet18")
 def resnet18(num_classes: int, **kw: Any) -> nn.Module:
-    return _resnet(tvm.resnet18, num_classes, **kw)
+    return _resnet(18, num_classes, **kw)
 
 
 @register("resnet34")
 def resnet34(num_classes: int, **kw: Any) -> nn.Module:
-    return _resnet(tvm.resnet34, num_classes, **kw)
+    return _resnet(34, num_classes, **kw)
 
 
 @register("resnet50")
 def resnet50(num_classes: int, **kw: Any) -> nn.Module:
-    return _resnet(tvm.resnet50, num_classes, **kw)
+    return _resnet(50, num_classes, **kw)
 
 
 @register("resnet101")
 def resnet101(num_classes: int, **kw: Any) -> nn.Module:
-    return _resnet(tvm.resnet101, num_classes, **kw)
+    return _resnet(101, num_classes, **kw)
 
 
 @register("vit_b_16")
 def vit_b_16(num_classes: int, *, image_size: int = 224, **kw: Any) -> nn.Module:
-    return tvm.vit_b_16(weights=None, num_classes=num_classes, image_size=image_size, **kw)
+    return VisionTransformer(image_size=image_size, patch_size=16, num_layers=12, num_heads=12,
+                             hidden_dim=768, mlp_dim=3072, num_classes=num_classes, **kw)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -151,46 +235,32 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def get_head(model: nn.Module) -> nn.Linear:
-    """The final classification layer (ResNet ``fc``; ViT ``heads.head``)."""
+def backbone(model: nn.Module) -> Backbone:
+    """The plain model under wrappers, checked to implement :class:`Backbone`."""
     m = unwrap(model)
-    if isinstance(m, tvm.ResNet):
-        return m.fc
-    if isinstance(m, tvm.VisionTransformer):
-        return m.heads.head
-    raise DP4TLError(f"no known classification head on {type(m).__name__}")
+    if not isinstance(m, Backbone):
+        raise DP4TLError(f"{type(m).__name__} does not implement the backbone interface "
+                         "(forward_features / get_classifier / reset_classifier): register "
+                         "models that do (see ffcv_dp4tl.training.models.Backbone)")
+    return m
+
+
+def get_head(model: nn.Module) -> nn.Linear:
+    """The final classification layer (``get_classifier()``)."""
+    return backbone(model).get_classifier()
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Linear:
     """Swap in a freshly initialised head with ``num_classes`` outputs; returns it."""
-    m = unwrap(model)
-    old = get_head(m)
-    new = nn.Linear(old.in_features, num_classes).to(old.weight.device)
-    if isinstance(m, tvm.ResNet):
-        m.fc = new
-    else:
-        m.heads.head = new
-    return new
+    return backbone(model).reset_classifier(num_classes)
 
 
 def feature_dim(model: nn.Module) -> int:
     """Width of the penultimate features (input of the classification head)."""
-    return get_head(model).in_features
+    return backbone(model).num_features
 
 
 def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Penultimate features (post global-pool ResNet features; ViT class token after the encoder).
-
-    Mirrors torchvision's ``forward`` minus the head, so ``head(features(m, x)) == m(x)``.
-    """
-    m = unwrap(model)
-    if isinstance(m, tvm.ResNet):
-        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
-        x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
-        return torch.flatten(m.avgpool(x), 1)
-    if isinstance(m, tvm.VisionTransformer):
-        x = m._process_input(x)
-        cls = m.class_token.expand(x.shape[0], -1, -1)
-        x = m.encoder(torch.cat([cls, x], dim=1))
-        return x[:, 0]
-    raise DP4TLError(f"features(): unsupported model type {type(m).__name__}")
+    """Penultimate features (``forward_features``) of the plain model under any wrapper, so
+    ``get_head(m)(features(m, x)) == m(x)``."""
+    return backbone(model).forward_features(x)

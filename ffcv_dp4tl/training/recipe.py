@@ -128,7 +128,10 @@ class TrainCfg:
     cpu_autocast: bool = False
     compile: bool = False
     drop_last: bool = True     # ffcv-imagenet drops the last partial batch
-    record_seen: bool = False  # debug: every rank saves the sample indices it trained on
+    # Deprecated (a test hook): still accepted so old recipes load and every shipped recipe keeps
+    # its fingerprint; true maps to callbacks.RecordSeen with a FutureWarning. Use
+    # train(..., callbacks=[RecordSeen(out_dir)]) instead.
+    record_seen: bool = False
     tensorboard: bool = False  # also log each epoch's metrics to OUT/tensorboard (extra `tensorboard`)
     # also keep checkpoint_e{N}.pt after these epochs: EL2N/GraNd score early-training models
     keep_epochs: list[int] = field(default_factory=list)

@@ -27,8 +27,13 @@ ends with bit-identical weights to an uninterrupted one. The FFCV loader's augme
 numba's per-thread RNG, which cannot be seeded from Python, so ffcv runs resume *correctly* but
 not bit-identically.
 
-**GPU path.** The per-step body is :func:`train_step` (built by :func:`build_step_parts`); it
-never synchronises the host with the GPU: metrics accumulate in a device tensor read once per
+**Engine.** The epoch loop is :func:`~.engine.train_one_epoch`, shared with finetuning: the
+recipe's objective (:class:`~.engine.CrossEntropyObjective` or MoCo's) is an object, so the loop
+has no supervised/self-supervised branches. Outputs (``metrics.jsonl``, TensorBoard, console)
+and user observers are :mod:`.callbacks` (``train(..., callbacks=[...])``).
+
+**GPU path.** The per-step body is :func:`~.engine.train_step` (its parts built by
+:func:`build_step_parts`); it never synchronises the host with the GPU: metrics accumulate in a device tensor read once per
 epoch, the progress bar counts steps, MoCo's augmentations draw their parameters on the device.
 ``cudnn.benchmark`` is on while training on CUDA (:func:`cudnn_benchmark`). bf16/fp16 autocast
 and channels_last apply on CUDA; ``train.cpu_autocast = true`` applies them on CPU too, so that
@@ -43,8 +48,9 @@ import json
 import math
 import random
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -54,9 +60,13 @@ from ..data import IndexMask, load_manifest, load_mask, make_loader, mask_from_c
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text
 from . import distributed as dist_
-from .checkpoint import (CHECKPOINT_NAME, check_identity, load_checkpoint, mask_hash, rng_states,
-                         save_checkpoint, set_rng_states)
-from .models import create_model, unwrap
+from .callbacks import TB_SCALARS  # noqa: F401 (re-export)
+from .callbacks import ConsoleLogger, MetricsWriter, RecordSeen, TensorBoardLogger, call
+from .checkpoint import (CHECKPOINT_NAME, Checkpoint, check_identity, mask_hash, rng_states,
+                         set_rng_states)
+# (evaluate / train_step / train_one_epoch lived here; importable from here still)
+from .engine import CrossEntropyObjective, evaluate, train_one_epoch, train_step  # noqa: F401
+from .models import create_model, get_head, unwrap
 from .recipe import Recipe, load_recipe
 from .schedule import lr_for_iteration, peak_lr, resolution
 from .timing import StageTimer
@@ -160,54 +170,6 @@ def seed_epoch(seed: int, epoch: int) -> None:
     torch.manual_seed(s)
 
 
-def train_step(train_model: nn.Module, batch, opt: torch.optim.Optimizer, *,
-               crit: nn.Module | None = None, amp: torch.dtype | None = None,
-               scaler: torch.amp.GradScaler | None = None, objective=None,
-               grad_clip: float = 0.0, clip_params: list[torch.Tensor] | None = None,
-               sums: torch.Tensor | None = None) -> torch.Tensor:
-    """One optimisation step on ``batch``; returns the (detached) loss tensor.
-
-    Supervised (``crit`` on ``train_model(batch.images)``) or, with ``objective``, its loss
-    (MoCo). ``sums`` (float64, on the device) accumulates (loss × n, correct, n) for the epoch's
-    metrics and, when it has a 4th entry, the number of batches whose input images held NaN/Inf
-    (one fused reduction, no sync): a diverged run can then say whether the data or the
-    optimisation produced the NaN. The step never synchronises the host with the device — no ``.item()``, no
-    Python-side branching on tensor values, no blocking host→device copies — so on a GPU the
-    Python loop runs ahead and keeps the kernel queue full (``tests/training/test_gpu.py``
-    checks this under ``torch.cuda.set_sync_debug_mode("error")``). Known exception: fp16 with
-    an enabled GradScaler, whose ``step`` reads the inf check on the host (bf16 needs no
-    scaler). The lr is set by the caller (a Python float: no sync either).
-    """
-    with torch.autocast(batch.images.device.type, dtype=amp, enabled=amp is not None):
-        if objective is not None:
-            loss, correct, n = objective(train_model, batch)
-        else:
-            out = train_model(batch.images)
-            loss = crit(out, batch.labels)
-            correct, n = (out.detach().argmax(1) == batch.labels).sum(), batch.labels.numel()
-    opt.zero_grad(set_to_none=True)
-    if scaler is not None and scaler.is_enabled():
-        scaler.scale(loss).backward()
-        if grad_clip > 0:
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(clip_params, grad_clip)
-        scaler.step(opt)
-        scaler.update()
-    else:
-        loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(clip_params, grad_clip)
-        opt.step()
-    loss = loss.detach()
-    if sums is not None:
-        sums[0] += loss.double() * n
-        sums[1] += correct
-        sums[2] += n
-        if sums.numel() > 3:
-            sums[3] += (~torch.isfinite(batch.images)).any()
-    return loss
-
-
 @dataclasses.dataclass
 class StepParts:
     """Everything one training step needs, built by :func:`build_step_parts` — the trainer's
@@ -217,8 +179,7 @@ class StepParts:
     train_model: nn.Module  # net, wrapped in DDP and/or torch.compile as the recipe says
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    objective: Any          # MoCoObjective or None (supervised)
-    crit: nn.Module
+    objective: Any          # CrossEntropyObjective or MoCoObjective (engine's objective protocol)
     amp: torch.dtype | None
     channels_last: bool
     peak: float             # peak lr (per the recipe's batch scaling)
@@ -227,13 +188,19 @@ class StepParts:
 
     def step(self, batch, sums: torch.Tensor | None = None) -> torch.Tensor:
         """:func:`train_step` with these parts (the lr is set on ``opt`` by the caller)."""
-        return train_step(self.train_model, batch, self.opt, crit=self.crit, amp=self.amp,
-                          scaler=self.scaler, objective=self.objective, grad_clip=self.grad_clip,
+        return train_step(self.train_model, batch, self.opt, self.objective, amp=self.amp,
+                          scaler=self.scaler, grad_clip=self.grad_clip,
                           clip_params=self.clip_params, sums=sums)
+
+    def train_one_epoch(self, loader, schedule, **kw) -> dict[str, Any]:
+        """:func:`~.engine.train_one_epoch` with these parts."""
+        return train_one_epoch(self.train_model, loader, self.objective, self.opt, self.scaler,
+                               schedule, amp=self.amp, grad_clip=self.grad_clip,
+                               clip_params=self.clip_params, **kw)
 
 
 def build_step_parts(recipe: Recipe, num_classes: int, ctx: dist_.DistContext,
-                     ckpt: dict[str, Any] | None = None) -> StepParts:
+                     ckpt: Checkpoint | None = None) -> StepParts:
     """Model (seeded from ``train.seed``), optimiser, grad scaler, objective and compiled/DDP
     wrapper for ``recipe`` on ``ctx.device``, restored from ``ckpt`` when given."""
     dev, tc = ctx.device, recipe.train
@@ -254,15 +221,16 @@ def build_step_parts(recipe: Recipe, num_classes: int, ctx: dist_.DistContext,
     amp = autocast_dtype(recipe, dev)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp is torch.float16)
     if ckpt:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-    objective = None
+        model.load_state_dict(ckpt.model)
+        opt.load_state_dict(ckpt.optimizer)
+        scaler.load_state_dict(ckpt.scaler)
     if ssl:
         from .moco import MoCoObjective
         objective = MoCoObjective(net, recipe.ssl, ctx)
-        if ckpt:
-            objective.load_state_dict(ckpt["objective"])
+    else:
+        objective = CrossEntropyObjective(recipe.optim.label_smoothing)
+    if ckpt:
+        objective.load_state_dict(ckpt.objective)
     train_model: nn.Module = net
     if ctx.enabled:
         train_model = nn.parallel.DistributedDataParallel(
@@ -270,50 +238,9 @@ def build_step_parts(recipe: Recipe, num_classes: int, ctx: dist_.DistContext,
     if tc.compile:
         train_model = torch.compile(train_model)
     return StepParts(model=model, net=net, train_model=train_model, opt=opt, scaler=scaler,
-                     objective=objective, crit=nn.CrossEntropyLoss(
-                         label_smoothing=recipe.optim.label_smoothing),
-                     amp=amp, channels_last=channels_last, peak=peak,
+                     objective=objective, amp=amp, channels_last=channels_last, peak=peak,
                      grad_clip=recipe.optim.grad_clip,
                      clip_params=[p for p in net.parameters() if p.requires_grad])
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, ctx: dist_.DistContext, amp: torch.dtype | None,
-             flip_tta: bool = True, num_classes: int | None = None) -> dict[str, float]:
-    """Top-1 and loss over this rank's part of ``loader``, summed over ranks. Flip TTA averages
-    the logits of the image and its mirror (ffcv-imagenet's ``lr_tta``)."""
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)
-    crit = nn.CrossEntropyLoss(reduction="sum")
-    for batch in loader:
-        with torch.autocast(ctx.device.type, dtype=amp, enabled=amp is not None):
-            out = model(batch.images)
-            if flip_tta:
-                out = out + model(torch.flip(batch.images, dims=[3]))
-        out = out.float()
-        sums[0] += crit(out / (2 if flip_tta else 1), batch.labels).double()
-        sums[1] += (out.argmax(1) == batch.labels).sum()
-        sums[2] += batch.labels.numel()
-    dist_.all_reduce_sum(sums, ctx)
-    loss_sum, correct_sum, count = sums.tolist()
-    n = max(count, 1)
-    return {"loss": loss_sum / n, "top1": correct_sum / n, "count": int(count)}
-
-
-#: metrics.jsonl keys mirrored to TensorBoard (step = completed epochs)
-TB_SCALARS = ("loss", "top1_train", "top1_val", "loss_val", "img_per_s", "lr", "resolution",
-              "epoch_seconds")
-
-
-def _tensorboard(out_dir: Path, start_epoch: int):
-    """A SummaryWriter on OUT/tensorboard; ``purge_step`` drops events a killed run wrote past
-    its last checkpoint, so a resumed run's curves have no doubled epochs."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise DP4TLError("train.tensorboard = true needs the tensorboard package: "
-                         "pip install 'ffcv-dp4tl[tensorboard]' (or tensorboard)") from None
-    return SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_epoch + 1)
 
 
 def _read_metrics(path: Path) -> list[dict]:
@@ -322,23 +249,18 @@ def _read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _append_metrics(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
-        f.flush()
-
-
 # --------------------------------------------------------------------------- the run
 def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask | str | Path | None = None,
           out_dir: str | Path = "run", fmt: str = "ffcv", device: str | torch.device = "auto",
           resume: bool = True, progress: bool = True, stop_after: int | None = None,
           overrides: list[str] | tuple[str, ...] = (),
-          on_batch: Callable[[int, Any], None] | None = None) -> dict[str, Any]:
+          callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train a source model on the masked train split; returns the last epoch's metrics row.
 
     ``stop_after``: stop (cleanly, after checkpointing) once this many epochs are complete —
-    used to simulate interruptions; the run resumes on the next call. ``on_batch(epoch, batch)``
-    is an optional hook (tests use it to record sample indices).
+    used to simulate interruptions; the run resumes on the next call. ``callbacks``: observers
+    (:mod:`.callbacks`, e.g. ``RecordSeen``) called on every rank, after the trainer's own
+    metrics/TensorBoard/console writers.
     """
     t_start = time.perf_counter()
     if not isinstance(recipe, Recipe):
@@ -348,14 +270,14 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
     try:
         with cudnn_benchmark(ctx.device):
             return _train(recipe, Path(dataset_dir), mask, out_dir, fmt, ctx, resume, progress,
-                          stop_after, on_batch, t_start)
+                          stop_after, list(callbacks), t_start)
     finally:
         dist_.teardown(ctx)
 
 
 def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
            ctx: dist_.DistContext, resume: bool, progress: bool, stop_after: int | None,
-           on_batch, t_start: float) -> dict[str, Any]:
+           user_callbacks: list, t_start: float) -> dict[str, Any]:
     dev = ctx.device
     tc, ec = recipe.train, recipe.eval
     # ---- validate everything before any work -------------------------------------------
@@ -379,15 +301,15 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
                                        split.fingerprint),
                 "num_classes": num_classes}
     ckpt_path = out_dir / CHECKPOINT_NAME
-    ckpt = None
+    ckpt: Checkpoint | None = None
     if ckpt_path.exists() and resume:
-        ckpt = load_checkpoint(ckpt_path)
-        check_identity(ckpt_path, ckpt["identity"], identity)
+        ckpt = Checkpoint.load(ckpt_path)
+        check_identity(ckpt_path, ckpt.identity, identity)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    timer = StageTimer(ckpt["timings"] if ckpt else None, sync_cuda=False)
-    start_epoch = int(ckpt["epoch"]) if ckpt else 0
+    timer = StageTimer(ckpt.timings if ckpt else None, sync_cuda=False)
+    start_epoch = ckpt.epoch if ckpt else 0
     metrics_path = out_dir / METRICS_NAME
     if ctx.is_main:
         # Drop metric lines of epochs the checkpoint does not contain (crash between the two).
@@ -396,26 +318,22 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     if start_epoch >= tc.epochs:
         rows = _read_metrics(metrics_path)
         return rows[-1] if rows else {"epoch": start_epoch - 1}
-    tb = _tensorboard(out_dir, start_epoch) if tc.tensorboard and ctx.is_main else None
 
-    # ---- model / optimiser ----------------------------------------------------------------
-    ssl = recipe.ssl.method != "none"
-    head_classes = recipe.ssl.dim if ssl else num_classes  # ssl: fc = last projection layer
+    # ---- model / optimiser / objective ----------------------------------------------------
     parts = build_step_parts(recipe, num_classes, ctx, ckpt)
-    model, opt, scaler, objective = parts.model, parts.opt, parts.scaler, parts.objective
-    amp, channels_last, peak = parts.amp, parts.channels_last, parts.peak
+    model, objective = parts.model, parts.objective
     global_batch = tc.batch_size
 
     # ---- data -----------------------------------------------------------------------------
     common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers,
-                  channels_last=channels_last, seed=recipe.data.seed, decode=recipe.data.decode)
-    views = dict(views=objective.loader_views, crop_scale=objective.crop_scale) if objective else {}
+                  channels_last=parts.channels_last, seed=recipe.data.seed, decode=recipe.data.decode)
     train_loader = make_loader(dataset_dir, split.name, mask=mask_obj, train=True,
                                batch_size=global_batch // ctx.world_size,
-                               drop_last=tc.drop_last or ssl,
-                               resolution=resolution(tc, start_epoch), **views, **common)
-    val_loader = None  # self-supervised runs have no classifier to validate
-    if not ssl:
+                               drop_last=tc.drop_last or objective.drop_last,
+                               resolution=resolution(tc, start_epoch),
+                               **objective.loader_kwargs, **common)
+    val_loader = None  # an objective without a classifier (MoCo) has nothing to validate
+    if objective.supervised:
         val_mask = None
         if mask_obj is not None:
             kept = np.unique(np.asarray(split.load_labels())[mask_obj.indices])
@@ -424,8 +342,38 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
                                  batch_size=max(ec.batch_size // ctx.world_size, 1),
                                  resolution=ec.resolution, **common)
     if ckpt:
-        set_rng_states(ckpt["rng"])
+        set_rng_states(ckpt.rng)
+
+    # ---- observers: the run's own outputs (main rank), then the caller's (every rank) -----------
+    callbacks: list[Any] = []
+    if ctx.is_main:
+        callbacks.append(MetricsWriter(metrics_path))
+        if tc.tensorboard:
+            callbacks.append(TensorBoardLogger(out_dir, start_epoch))
+        if progress:
+            callbacks.append(ConsoleLogger())
+    if tc.record_seen:  # deprecated recipe key (see recipe.TrainCfg): mapped to the callback
+        warnings.warn("train.record_seen is deprecated: pass callbacks=[RecordSeen(out_dir)] "
+                      "(ffcv_dp4tl.training.callbacks) instead", FutureWarning, stacklevel=3)
+        callbacks.append(RecordSeen(out_dir, rank=ctx.rank))
+    callbacks += user_callbacks
     timer.add("setup", time.perf_counter() - t_start)
+    try:
+        return _epochs(recipe, parts, train_loader, val_loader, ctx, timer, callbacks, identity,
+                       manifest, fmt, out_dir, start_epoch, stop_after, progress)
+    finally:
+        call(callbacks, "on_train_end")
+
+
+def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dist_.DistContext,
+            timer: StageTimer, callbacks: list, identity: dict, manifest, fmt: str, out_dir: Path,
+            start_epoch: int, stop_after: int | None, progress: bool) -> dict[str, Any]:
+    tc, ec = recipe.train, recipe.eval
+    objective = parts.objective
+    global_batch = tc.batch_size
+
+    def schedule(epoch: int, it: int, iters: int) -> float:
+        return lr_for_iteration(recipe.lr, epoch, it, iters, tc.epochs, parts.peak)
 
     last_row: dict[str, Any] = {}
     end_epoch = tc.epochs if stop_after is None else min(tc.epochs, stop_after)
@@ -433,108 +381,56 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
         seed_epoch(tc.seed, epoch)
         res = resolution(tc, epoch)
         train_loader.set_epoch(epoch, res)
-        model.train()
-        iters = len(train_loader)
-        if ssl and ctx.enabled:
-            # MoCo gathers keys from every rank each step: all ranks take the same number of
-            # steps (the fewest any rank has); a rank's one extra batch is read and skipped.
-            iters = (len(train_loader.plan.indices) // ctx.world_size) // (global_batch // ctx.world_size)
-        sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss*n, correct, n, bad inputs
-        seen: list[torch.Tensor] = []
-        lr = 0.0
+        steps = None
+        if ctx.enabled and objective.collective:
+            # The objective communicates across ranks each step (MoCo gathers keys): all ranks
+            # take the same number of steps (the fewest any rank has); extra batches are read
+            # and skipped. (Other objectives: ranks differing by a batch join, see the engine.)
+            steps = (len(train_loader.plan.indices) // ctx.world_size) // (global_batch // ctx.world_size)
         t0 = time.perf_counter()
-        bar = None
-        if progress and ctx.is_main:
-            from tqdm import tqdm
-            bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{tc.epochs} res {res}", leave=False)
-        join = contextlib.nullcontext()
-        if ctx.enabled and not ssl:
-            from torch.distributed.algorithms.join import Join
-            join = Join([parts.train_model])  # ranks may differ by one batch (strided mask shards)
-        with join:
-            it_loader = iter(train_loader)
-            for it in range(iters + 1):
-                with timer("data"):
-                    batch = next(it_loader, None)
-                if batch is None:
-                    break
-                if it >= iters:
-                    continue  # (ssl under DDP) drain this rank's extra batch
-                if on_batch is not None:
-                    on_batch(epoch, batch)
-                if tc.record_seen:
-                    seen.append(batch.indices.cpu())
-                lr = lr_for_iteration(recipe.lr, epoch, it, iters, tc.epochs, peak)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                with timer("step"):  # no cuda sync: "step" is host time to enqueue the step
-                    parts.step(batch, sums)
-                if bar is not None:
-                    bar.update(1)  # a step count only: showing the loss would sync every step
-        if bar is not None:
-            bar.close()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        train_seconds = time.perf_counter() - t0
-        dist_.all_reduce_sum(sums, ctx)
-        if tc.record_seen:
-            idx = torch.cat(seen).numpy() if seen else np.zeros(0, np.int64)
-            (out_dir / "seen").mkdir(parents=True, exist_ok=True)
-            np.save(out_dir / "seen" / f"rank{ctx.rank}_epoch{epoch}.npy", idx)
-
-        loss_sum, correct_sum, count, bad_inputs = sums.tolist()  # the epoch's one read of the step sums
-        n = max(count, 1)
-        row: dict[str, Any] = {"epoch": epoch, "loss": loss_sum / n, "top1_train": correct_sum / n,
-                               "samples": int(count), "resolution": res, "lr": lr,
-                               "img_per_s": count / max(train_seconds, 1e-9),
-                               "train_seconds": train_seconds, "top1_val": None, "loss_val": None,
-                               "objective": recipe.ssl.method if ssl else "supervised"}
+        stats = parts.train_one_epoch(
+            train_loader, schedule, epoch=epoch, steps=steps, ctx=ctx, timer=timer,
+            callbacks=callbacks,
+            progress=f"epoch {epoch + 1}/{tc.epochs} res {res}" if progress and ctx.is_main else None)
+        bad_inputs = stats.pop("bad_inputs")
+        row: dict[str, Any] = {"epoch": epoch, **stats, "resolution": res,
+                               "img_per_s": stats["samples"] / max(stats["train_seconds"], 1e-9),
+                               "top1_val": None, "loss_val": None, "objective": objective.name}
         if not math.isfinite(row["loss"]):
             if bad_inputs:
                 raise DP4TLError(
-                    f"epoch {epoch}: {int(bad_inputs)} training batches held NaN/Inf input images, so the "
+                    f"epoch {epoch}: {bad_inputs} training batches held NaN/Inf input images, so the "
                     f"loss is {row['loss']}: the input pipeline (format {fmt}, data.decode="
                     f"{recipe.data.decode}) produced them, not the optimiser; retry with data.decode=cpu "
                     "and report the dataset")
             raise DP4TLError(f"training diverged at epoch {epoch} (loss {row['loss']}); lower lr.lr")
         if val_loader is not None and ((epoch + 1) % ec.every == 0 or epoch + 1 == tc.epochs):
             with timer("eval"):
-                ev = evaluate(model, val_loader, ctx, amp, ec.flip_tta)
+                ev = evaluate(parts.model, val_loader, ctx, parts.amp, ec.flip_tta)
             row.update(top1_val=ev["top1"], loss_val=ev["loss"], val_samples=ev["count"])
         row["epoch_seconds"] = time.perf_counter() - t0
 
+        call(callbacks, "on_epoch_end", row)
         if ctx.is_main:
-            _append_metrics(metrics_path, row)
-            if tb is not None:
-                for key in TB_SCALARS:
-                    if isinstance(row.get(key), (int, float)):
-                        tb.add_scalar(key, row[key], epoch + 1)
-                tb.flush()
             with timer("checkpoint"):
-                state = {
-                    "model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                    "scaler": scaler.state_dict(), "epoch": epoch + 1, "rng": rng_states(),
-                    "recipe": recipe.to_dict(), "recipe_name": recipe.name, "arch": recipe.model.arch,
-                    "model_kwargs": model_kwargs(recipe), "identity": identity,
-                    "dataset_fingerprint": manifest.fingerprint, "mask_hash": identity["mask_hash"],
-                    "classes": manifest.classes, "num_classes": head_classes,
-                    "self_supervised": recipe.ssl.method if ssl else None,
-                    "objective": objective.state_dict() if objective is not None else None,
-                    "timings": timer.totals, "world_size": ctx.world_size, "format": fmt}
-                save_checkpoint(ckpt_path, state)
+                state = Checkpoint(
+                    model=unwrap(parts.model).state_dict(), arch=recipe.model.arch,
+                    num_classes=get_head(parts.model).out_features,  # (MoCo: ssl.dim)
+                    identity=identity, model_kwargs=model_kwargs(recipe), epoch=epoch + 1,
+                    optimizer=parts.opt.state_dict(), scaler=parts.scaler.state_dict(),
+                    rng=rng_states(), recipe=recipe.to_dict(), recipe_name=recipe.name,
+                    classes=manifest.classes,
+                    self_supervised=None if objective.supervised else objective.name,
+                    objective=objective.state_dict(), timings=timer.totals,
+                    world_size=ctx.world_size, format=fmt)
+                state.save(out_dir / CHECKPOINT_NAME)
                 if epoch + 1 in tc.keep_epochs:
-                    save_checkpoint(out_dir / early_checkpoint_name(epoch + 1), state)
+                    state.save(out_dir / early_checkpoint_name(epoch + 1))
             atomic_write_json(out_dir / TIMINGS_NAME, {
-                "stages": timer.totals, "epochs_done": epoch + 1, "device": str(dev),
+                "stages": timer.totals, "epochs_done": epoch + 1, "device": str(ctx.device),
                 "world_size": ctx.world_size, "format": fmt,
                 "total_seconds": sum(timer.totals.values())})
-            if bar is not None or progress:
-                val = "-" if row["top1_val"] is None else f"{row['top1_val']:.3f}"
-                print(f"epoch {epoch}: loss {row['loss']:.3f} train {row['top1_train']:.3f} "
-                      f"val {val} {row['img_per_s']:.0f} img/s {row['epoch_seconds']:.1f}s",
-                      flush=True)
         dist_.barrier(ctx)
         last_row = row
-    if tb is not None:
-        tb.close()
     return last_row
+

@@ -25,12 +25,14 @@ def _worker(rank: int, world: int, port: int, data: str, mask: str, out: str) ->
     import torch
 
     torch.set_num_threads(1)
+    from ffcv_dp4tl.training.callbacks import RecordSeen
     from ffcv_dp4tl.training.recipe import load_recipe
     from ffcv_dp4tl.training.trainer import train
 
     r = load_recipe("resnet18_tiny_cpu", TEST_OVERRIDES + [
-        "train.record_seen=true", "train.drop_last=false", "train.batch_size=16"])
-    train(r, data, mask=mask, out_dir=out, fmt="wds", device="cpu", progress=False)
+        "train.drop_last=false", "train.batch_size=16"])
+    train(r, data, mask=mask, out_dir=out, fmt="wds", device="cpu", progress=False,
+          callbacks=[RecordSeen(out)])  # each rank writes seen/rank{r}_epoch{e}.npy
 
 
 def test_ddp_ranks_cover_mask_once(source_dir, tmp_path):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from ffcv_dp4tl.errors import DP4TLError
-from ffcv_dp4tl.training.models import (BlurPoolConv2d, create_model, feature_dim, features,
-                                        get_head, replace_head)
+from ffcv_dp4tl.training.models import (Backbone, BlurPoolConv2d, create_model, feature_dim,
+                                        features, get_head, list_models, replace_head)
 
 
 @pytest.mark.parametrize("kw", [{}, {"blurpool": True, "small_input": True, "width": 8}])
@@ -43,3 +43,39 @@ def test_vit_small_image():
     with torch.no_grad():
         assert features(m, x).shape == (1, 768)
         torch.testing.assert_close(get_head(m)(features(m, x)), m(x))
+
+
+@pytest.mark.parametrize("name,kw", [("resnet18", {"width": 8, "small_input": True}),
+                                     ("vit_b_16", {"image_size": 32})])
+def test_every_model_speaks_the_backbone_interface(name, kw):
+    """timm's names, no isinstance switches: forward = forward_head ∘ forward_features, and
+    reset_classifier swaps in a fresh head of the new width on the same features."""
+    torch.manual_seed(0)
+    m = create_model(name, 6, **kw).eval()
+    assert isinstance(m, Backbone)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        f = m.forward_features(x)
+        assert f.shape == (2, m.num_features)
+        torch.testing.assert_close(m.forward_head(f), m(x))
+        old = m.get_classifier()
+        new = m.reset_classifier(4)
+        assert new is m.get_classifier() and new is not old and new.in_features == old.in_features
+        assert m(x).shape == (2, 4)
+        torch.testing.assert_close(m.forward_features(x), f)  # features untouched
+    # the wrappers' helpers are the same methods
+    compiled_like = torch.nn.Module()
+    compiled_like._orig_mod = m
+    assert get_head(compiled_like) is new and feature_dim(compiled_like) == m.num_features
+
+
+def test_every_registered_model_is_a_backbone():
+    for name in list_models():
+        if name.startswith("vit"):
+            continue  # (covered above at 32 px; the default 224 px ViT-B is slow to build)
+        assert isinstance(create_model(name, 3, width=8), Backbone), name
+
+
+def test_a_model_without_the_interface_is_named():
+    with pytest.raises(DP4TLError, match="Sequential does not implement the backbone interface"):
+        features(torch.nn.Sequential(torch.nn.Linear(2, 2)), torch.randn(1, 2))

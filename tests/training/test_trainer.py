@@ -9,6 +9,7 @@ import torch
 from ffcv_dp4tl.data import load_manifest, make_mask, save_mask
 from ffcv_dp4tl.data.masks import IndexMask
 from ffcv_dp4tl.errors import DP4TLError, MaskError
+from ffcv_dp4tl.training.callbacks import Callback, RecordSeen
 from ffcv_dp4tl.training.checkpoint import load_checkpoint
 from ffcv_dp4tl.training.trainer import train
 
@@ -87,7 +88,44 @@ def test_resume_is_bit_identical(source_dir, tmp_path, test_recipe):
 def test_ffcv_format_trains(source_dir, tmp_path, test_recipe):
     row = train(test_recipe("train.epochs=1", "data.num_workers=1"), source_dir,
                 out_dir=tmp_path / "f", fmt="ffcv", device="cpu", progress=False)
-    assert row["epoch"] == 0 and 0 <= row["top1_val"] <= 1
+    split = load_manifest(source_dir).split("val")
+    # top-1 on the whole val split: a whole number of its samples
+    assert row["epoch"] == 0 and row["val_samples"] == split.num_samples
+    hits = row["top1_val"] * split.num_samples
+    train_n = load_manifest(source_dir).split("train").num_samples
+    assert abs(hits - round(hits)) < 1e-6 and row["samples"] == (train_n // 16) * 16  # drop_last
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.rows, self.ended = [], 0
+
+    def on_epoch_end(self, row):
+        self.rows.append(dict(row))
+
+    def on_train_end(self):
+        self.ended += 1
+
+
+def test_callbacks_see_every_trained_sample_and_every_row(source_dir, tmp_path, test_recipe):
+    """RecordSeen: each epoch trains on exactly the masked samples, once, in a new order; the
+    rows a callback gets are the metrics.jsonl rows. The deprecated recipe key
+    train.record_seen still works (with a FutureWarning) through the same callback."""
+    split = load_manifest(source_dir).split("train")
+    mask = make_mask(np.arange(1, split.num_samples, 3), split, method="test")
+    seen, rec = RecordSeen(), Recorder()
+    r = test_recipe("train.drop_last=false", "train.record_seen=true")
+    with pytest.warns(FutureWarning, match="record_seen is deprecated"):
+        train(r, source_dir, mask=mask, out_dir=tmp_path, fmt="wds", device="cpu",
+              progress=False, callbacks=[seen, rec])
+    assert sorted(seen.seen) == [0, 1]
+    for epoch in (0, 1):
+        np.testing.assert_array_equal(np.sort(seen.seen[epoch]), mask.indices)
+        np.testing.assert_array_equal(np.load(tmp_path / "seen" / f"rank0_epoch{epoch}.npy"),
+                                      seen.seen[epoch])
+    assert not np.array_equal(seen.seen[0], seen.seen[1])  # reshuffled per epoch
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rec.rows == rows and rec.ended == 1
 
 
 def test_tensorboard_logs_every_epoch_once_also_after_resume(source_dir, tmp_path, test_recipe):

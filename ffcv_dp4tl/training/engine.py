@@ -1,0 +1,198 @@
+"""The training engine shared by pretraining, FF, LP and MoCo.
+
+* an **objective** is an object called as ``objective(train_model, batch) -> (loss, correct, n)``:
+  :class:`CrossEntropyObjective` (supervised pretraining, FF, LP on cached features) or
+  :class:`~ffcv_dp4tl.training.moco.MoCoObjective` (self-supervised). It also says what its
+  train loader must deliver (``loader_kwargs`` for ``make_loader``, ``drop_last``), whether it
+  has a classifier to validate (``supervised``), whether every DDP rank must take the same
+  number of steps (``collective``), and carries its own checkpoint state (``state_dict``);
+* :func:`train_step` is one optimisation step (no host synchronisation: see its doc);
+* :func:`train_one_epoch` runs the steps of one epoch over any iterable of batches with a
+  ``__len__`` (a masked image loader, or cached LP features) and reads the epoch's metric sums
+  once, at the end;
+* :func:`evaluate` is top-1/loss with optional flip TTA, summed over DDP ranks.
+
+Observers (metrics file, TensorBoard, console, sample audit) are :mod:`.callbacks`; the epoch
+loop calls their ``on_batch(epoch, batch)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from . import distributed as dist_
+
+#: ``schedule(epoch, iteration, iterations_per_epoch) -> lr`` (a Python float: no sync)
+Schedule = Callable[[int, int, int], float]
+
+
+class CrossEntropyObjective:
+    """Supervised objective: cross-entropy of ``train_model(batch.images)`` against
+    ``batch.labels``; "correct" = top-1 hits."""
+
+    name = "supervised"
+    supervised = True     # has a classifier: the trainer validates it
+    collective = False    # steps need no cross-rank communication beyond DDP's gradients
+    drop_last = False     # no need for full batches (the recipe's train.drop_last decides)
+    loader_views = 1
+    loader_kwargs: dict[str, Any] = {}  # the train loader's defaults (one view, standard RRC)
+
+    def __init__(self, label_smoothing: float = 0.0):
+        self.crit = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def __call__(self, train_model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, int]:
+        out = train_model(batch.images)
+        loss = self.crit(out, batch.labels)
+        correct = (out.detach().argmax(1) == batch.labels).sum()
+        return loss, correct, batch.labels.numel()
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return None  # stateless
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        pass
+
+
+def train_step(train_model: nn.Module, batch, opt: torch.optim.Optimizer, objective, *,
+               amp: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
+               grad_clip: float = 0.0, clip_params: list[torch.Tensor] | None = None,
+               sums: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimisation step of ``objective`` on ``batch``; returns the (detached) loss tensor.
+
+    ``sums`` (float64, on the device) accumulates (loss × n, correct, n) for the epoch's
+    metrics and, when it has a 4th entry, the number of batches whose input images held NaN/Inf
+    (one fused reduction, no sync): a diverged run can then say whether the data or the
+    optimisation produced the NaN. The step never synchronises the host with the device — no
+    ``.item()``, no Python-side branching on tensor values, no blocking host→device copies — so
+    on a GPU the Python loop runs ahead and keeps the kernel queue full
+    (``tests/training/test_gpu.py`` checks this under ``torch.cuda.set_sync_debug_mode("error")``).
+    Known exception: fp16 with an enabled GradScaler, whose ``step`` reads the inf check on the
+    host (bf16 needs no scaler). The lr is set by the caller (a Python float: no sync either).
+    """
+    with torch.autocast(batch.images.device.type, dtype=amp, enabled=amp is not None):
+        loss, correct, n = objective(train_model, batch)
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(loss).backward()
+        if grad_clip > 0:
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(clip_params, grad_clip)
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(clip_params, grad_clip)
+        opt.step()
+    loss = loss.detach()
+    if sums is not None:
+        sums[0] += loss.double() * n
+        sums[1] += correct
+        sums[2] += n
+        if sums.numel() > 3:
+            sums[3] += (~torch.isfinite(batch.images)).any()
+    return loss
+
+
+def _device_of(model: nn.Module, default: torch.device) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return default if p is None else p.device
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, objective, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler | None, schedule: Schedule, *, epoch: int = 0,
+                    steps: int | None = None, amp: torch.dtype | None = None,
+                    grad_clip: float = 0.0, clip_params: list[torch.Tensor] | None = None,
+                    ctx: dist_.DistContext | None = None, timer=None,
+                    callbacks: Sequence[Any] = (), progress: str | None = None) -> dict[str, Any]:
+    """Train ``model`` (the module the step calls: plain, DDP- or compile-wrapped) for one epoch
+    of ``loader``; returns the epoch's metrics (loss, top1_train, samples, lr, train_seconds,
+    bad_inputs), read from the device once, after the epoch, summed over ranks when ``ctx`` is a
+    DDP context.
+
+    ``steps``: take at most this many steps; later batches are still read and dropped (MoCo under
+    DDP: every rank must take the same number of collective steps). ``timer``: a
+    :class:`~.timing.StageTimer` charged with "data" and "step" (host time to enqueue the step:
+    no CUDA sync). ``callbacks``: objects whose ``on_batch(epoch, batch)`` sees each trained batch
+    before its step. ``progress``: a tqdm bar with this description, counting steps only (a loss
+    shown per step would sync).
+
+    Under DDP (``ctx`` enabled) ranks may hold one batch more or less (strided mask shards): the
+    steps run under ``Join`` unless the objective is ``collective`` (then the caller passes the
+    common ``steps``); the metric sums are all-reduced after the join."""
+    dev = ctx.device if ctx is not None else _device_of(model, torch.device("cpu"))
+    iters = len(loader) if steps is None else steps
+    hooks = [cb.on_batch for cb in callbacks if hasattr(cb, "on_batch")]
+    stage = timer if timer is not None else (lambda name: contextlib.nullcontext())
+    model.train()
+    sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss*n, correct, n, bad inputs
+    lr = 0.0
+    bar = None
+    if progress is not None:
+        from tqdm import tqdm
+        bar = tqdm(total=iters, desc=progress, leave=False)
+    join = contextlib.nullcontext()
+    if ctx is not None and ctx.enabled and not getattr(objective, "collective", False):
+        from torch.distributed.algorithms.join import Join
+        join = Join([model])
+    t0 = time.perf_counter()
+    it_loader = iter(loader)
+    it = 0
+    with join:
+        while True:
+            with stage("data"):
+                batch = next(it_loader, None)
+            if batch is None:
+                break
+            if it >= iters:
+                continue  # drain the batches past ``steps``
+            for hook in hooks:
+                hook(epoch, batch)
+            lr = schedule(epoch, it, iters)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            with stage("step"):
+                train_step(model, batch, optimizer, objective, amp=amp, scaler=scaler,
+                           grad_clip=grad_clip, clip_params=clip_params, sums=sums)
+            if bar is not None:
+                bar.update(1)
+            it += 1
+    if bar is not None:
+        bar.close()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    if ctx is not None:
+        dist_.all_reduce_sum(sums, ctx)
+    loss_sum, correct_sum, count, bad_inputs = sums.tolist()  # the epoch's one read of the sums
+    n = max(count, 1)
+    return {"loss": loss_sum / n, "top1_train": correct_sum / n, "samples": int(count), "lr": lr,
+            "train_seconds": seconds, "bad_inputs": int(bad_inputs)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, ctx: dist_.DistContext, amp: torch.dtype | None,
+             flip_tta: bool = True, num_classes: int | None = None) -> dict[str, float]:
+    """Top-1 and loss over this rank's part of ``loader``, summed over ranks. Flip TTA averages
+    the logits of the image and its mirror (ffcv-imagenet's ``lr_tta``); leave it off for
+    inputs that are not images (cached LP features)."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)
+    crit = nn.CrossEntropyLoss(reduction="sum")
+    for batch in loader:
+        with torch.autocast(ctx.device.type, dtype=amp, enabled=amp is not None):
+            out = model(batch.images)
+            if flip_tta:
+                out = out + model(torch.flip(batch.images, dims=[3]))
+        out = out.float()
+        sums[0] += crit(out / (2 if flip_tta else 1), batch.labels).double()
+        sums[1] += (out.argmax(1) == batch.labels).sum()
+        sums[2] += batch.labels.numel()
+    dist_.all_reduce_sum(sums, ctx)
+    loss_sum, correct_sum, count = sums.tolist()
+    n = max(count, 1)
+    return {"loss": loss_sum / n, "top1": correct_sum / n, "count": int(count)}

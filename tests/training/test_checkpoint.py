@@ -1,0 +1,87 @@
+"""The checkpoint contract: typed fields, a format version, legacy (unversioned) dicts still
+read, and the dict form other code reads."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.training.checkpoint import (CHECKPOINT_VERSION, Checkpoint, load_checkpoint,
+                                            save_checkpoint)
+from ffcv_dp4tl.training.finetune import load_pretrained
+from ffcv_dp4tl.training.models import create_model
+
+IDENTITY = {"arch": "resnet18", "recipe_fingerprint": "r" * 64, "dataset_fingerprint": "d" * 64,
+            "mask_hash": "full", "num_classes": 5}
+
+
+def _legacy_dict() -> dict:
+    """A checkpoint as `dp4tl train` wrote it before the contract existed (no format_version)."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", 5, width=8, small_input=True)
+    return {"model": model.state_dict(), "optimizer": {"state": {}, "param_groups": []},
+            "scaler": {}, "epoch": 3, "rng": {"torch": torch.get_rng_state()},
+            "recipe": {"eval": {"resolution": 48}}, "recipe_name": "resnet18_tiny_cpu",
+            "arch": "resnet18", "model_kwargs": {"width": 8, "small_input": True},
+            "identity": IDENTITY, "dataset_fingerprint": "d" * 64, "mask_hash": "full",
+            "classes": [f"c{i}" for i in range(5)], "num_classes": 5, "self_supervised": None,
+            "objective": None, "timings": {"step": 1.5}, "world_size": 1, "format": "wds"}
+
+
+def test_legacy_dict_loads_into_typed_fields(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save(_legacy_dict(), path)
+    ck = Checkpoint.load(path)
+    assert ck.format_version == 0 and ck.epoch == 3 and ck.arch == "resnet18"
+    assert ck.dataset_fingerprint == "d" * 64 and ck.mask_hash == "full"
+    assert ck.recipe_fingerprint == "r" * 64 and ck.eval_resolution == 48
+    assert ck.model_kwargs == {"width": 8, "small_input": True} and ck.timings == {"step": 1.5}
+    model, again = load_pretrained(path, torch.device("cpu"))  # rebuilds the same weights
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ck.model[k]), k
+    # code written against the dict form keeps working
+    assert again.get("recipe", {}).get("eval", {}).get("resolution") == 48
+    assert again["num_classes"] == 5 and again.get("self_supervised") is None
+    assert "mask_hash" in again and "nope" not in again and again.get("nope", 7) == 7
+    with pytest.raises(KeyError):
+        again["nope"]
+
+
+def test_save_writes_the_current_version_and_the_old_keys(tmp_path):
+    legacy = {**_legacy_dict(), "something_new": [1, 2]}
+    torch.save(legacy, tmp_path / "old.pt")
+    ck = Checkpoint.load(tmp_path / "old.pt")
+    assert ck.extra == {"something_new": [1, 2]}  # unknown keys survive a round trip
+    ck.save(tmp_path / "new.pt")
+    raw = torch.load(tmp_path / "new.pt", weights_only=False)  # still a plain dict on disk
+    assert isinstance(raw, dict) and raw["format_version"] == CHECKPOINT_VERSION
+    assert set(legacy) <= set(raw)
+    assert raw["something_new"] == [1, 2] and raw["dataset_fingerprint"] == "d" * 64
+    d = load_checkpoint(tmp_path / "new.pt")  # the compatibility reader: a dict
+    assert isinstance(d, dict) and d["epoch"] == 3 and d["identity"] == IDENTITY
+    assert Checkpoint.load(tmp_path / "new.pt").format_version == CHECKPOINT_VERSION
+
+
+def test_unreadable_foreign_and_newer_files_are_refused(tmp_path):
+    with pytest.raises(DP4TLError, match="checkpoint not found"):
+        Checkpoint.load(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a pickle")
+    with pytest.raises(DP4TLError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(DP4TLError, match="not an ffcv-dp4tl checkpoint"):
+        Checkpoint.load(tmp_path / "foreign.pt")
+    no_arch = {k: v for k, v in _legacy_dict().items() if k != "arch"}
+    save_checkpoint(tmp_path / "no_arch.pt", no_arch)
+    with pytest.raises(DP4TLError, match="lacks 'arch'"):
+        Checkpoint.load(tmp_path / "no_arch.pt")
+    save_checkpoint(tmp_path / "future.pt", {**_legacy_dict(), "format_version": CHECKPOINT_VERSION + 1})
+    with pytest.raises(DP4TLError, match=f"format {CHECKPOINT_VERSION + 1}.*upgrade"):
+        Checkpoint.load(tmp_path / "future.pt")
+
+
+def test_trained_run_writes_a_versioned_checkpoint(trained_run):
+    ck = Checkpoint.load(trained_run / "checkpoint.pt")
+    assert ck.format_version == CHECKPOINT_VERSION and ck.epoch == 2 and ck.extra == {}
+    assert ck.identity["arch"] == ck.arch == "resnet18" and ck.self_supervised is None
+    assert ck.eval_resolution == 16 and ck.recipe_name == "resnet18_tiny_cpu"
