@@ -120,9 +120,9 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     from ..training.recipe import load_recipe
     from ..training.trainer import train
 
-    # Load every recipe first (bad recipes fail before any work); stage keys hash the recipes'
-    # *contents*, so editing a recipe file reruns what depends on it instead of reusing a stale
-    # cached stage under the same name.
+    # Load every recipe once, first (bad recipes fail before any work), and hand the loaded
+    # objects to the stages: stage keys hash the recipes' *contents*, and what trains is exactly
+    # what the key records, even if a recipe file is edited while the pipeline runs.
     loaded = {name: load_recipe(rs[name], {"pretrain": pre_overrides,
                                            "surrogate": list(cfg.surrogate_overrides)}.get(
                                                name, list(cfg.finetune_overrides)))
@@ -145,8 +145,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
                                     "source": src.fingerprint, **common})
     if needs_surrogate:
         results["stages"]["surrogate"] = run_stage(sur, lambda d: train(
-            rs["surrogate"], source_dir, out_dir=d, fmt=cfg.fmt, device=cfg.device,
-            overrides=sur_overrides), log)
+            loaded["surrogate"], source_dir, out_dir=d, fmt=cfg.fmt, device=cfg.device), log)
     sc = stage(root, "score", {"method": cfg.method, "surrogate": sur.key if needs_surrogate else None,
                                "target": tgt.fingerprint, "k": cfg.k, "seed": cfg.seed, **common})
     device = "cuda" if cfg.device == "auto" and _cuda() else ("cpu" if cfg.device == "auto" else cfg.device)
@@ -162,8 +161,8 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
                                   "recipe_fingerprint": fp["pretrain"],
                                   "prune": pr.key, **common})
     results["stages"]["pretrain"] = run_stage(pt, lambda d: train(
-        rs["pretrain"], source_dir, mask=pr.dir / "train.npy", out_dir=d, fmt=cfg.fmt,
-        device=cfg.device, overrides=pre_overrides), log)
+        loaded["pretrain"], source_dir, mask=pr.dir / "train.npy", out_dir=d, fmt=cfg.fmt,
+        device=cfg.device), log)
     ft_overrides = list(cfg.finetune_overrides)
     for mode in cfg.finetune:  # overrides enter the key only when given (keeps old keys valid)
         ft = stage(root, f"finetune-{mode}", {"recipe": rs[mode], "pretrain": pt.key,
@@ -171,8 +170,8 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
                                               "target": tgt.fingerprint, **common,
                                               **({"overrides": ft_overrides} if ft_overrides else {})})
         results["stages"][f"finetune-{mode}"] = run_stage(ft, lambda d, m=mode: finetune(
-            rs[m], pt.dir / "checkpoint.pt", target_dir, d, mode=m, fmt=cfg.fmt,
-            device=cfg.device, overrides=ft_overrides), log)
+            loaded[m], pt.dir / "checkpoint.pt", target_dir, d, mode=m, fmt=cfg.fmt,
+            device=cfg.device), log)
     report_dir = root / f"report-{pt.key}"
     write_report(results, report_dir)
     results["report"] = str(report_dir / "report.md")

@@ -1,0 +1,42 @@
+"""The pipeline reads each recipe file once and hands the loaded Recipe objects to the stages,
+so what trains is exactly what the stage key hashed, even if a file is edited mid-run."""
+from __future__ import annotations
+
+import importlib
+
+import ffcv_dp4tl.pipeline.run as run_mod
+from ffcv_dp4tl.training import recipe as recipe_mod
+from ffcv_dp4tl.training.recipe import Recipe
+
+
+def test_each_recipe_loaded_once_and_passed_as_an_object(tmp_path, monkeypatch):
+    loads, got = [], []
+    real_load = recipe_mod.load_recipe
+
+    def counting_load(name, overrides=()):
+        loads.append(str(name))
+        return real_load(name, overrides)
+
+    monkeypatch.setattr(recipe_mod, "load_recipe", counting_load)
+
+    def fake_train(recipe, *a, **k):
+        got.append(recipe)
+        return {"epoch": 0}
+
+    def fake_finetune(recipe, *a, **k):
+        got.append(recipe)
+        return {"test_top1": 0.5}
+
+    ft_mod = importlib.import_module("ffcv_dp4tl.training.finetune")  # (the package exports a function too)
+    tr_mod = importlib.import_module("ffcv_dp4tl.training.trainer")
+
+    monkeypatch.setattr(tr_mod, "train", fake_train)
+    monkeypatch.setattr(ft_mod, "finetune", fake_finetune)
+    monkeypatch.setattr(run_mod, "score", lambda *a, **k: {"selection_seconds": 0.0})
+    monkeypatch.setattr(run_mod, "prune", lambda *a, **k: {"unit": "class", "kept_units": [0], "train_kept": 1})
+    cfg = run_mod.PipelineConfig(ratio=0.6, source="synth:tiny", target="warm", method="random",
+                                 finetune=("lp", "ff"), data_root=tmp_path / "data",
+                                 runs_root=tmp_path / "runs", device="cpu", fmt="wds")
+    run_mod.run_pipeline(cfg, log=lambda s: None)
+    assert sorted(loads) == sorted(set(loads)) and len(loads) == 4  # surrogate, pretrain, lp, ff
+    assert len(got) == 3 and all(isinstance(r, Recipe) for r in got)  # pretrain, lp, ff (random: no surrogate)
