@@ -234,22 +234,28 @@ __device__ __forceinline__ float warp_min(float v) {
     return v;
 }
 
+/* The GEMM's input format: TF32 kept in a float (low 13 bits zero), BF16 as its 16 bits. */
+__device__ __forceinline__ void round_to(float v, float* out) { *out = round_tf32(v); }
+__device__ __forceinline__ float as_float(float r) { return r; }
+__device__ __forceinline__ void round_to(float v, unsigned short* out) { *out = round_bf16_bits(v); }
+__device__ __forceinline__ float as_float(unsigned short b) { return bf16_bits_to_float(b); }
+
 /* One warp per row: write the rounded row, ||a||^2 and ||a - round(a)|| (FP64 sums). */
-extern "C" __global__ void prep_rows_tf32(const float* __restrict__ a, float* __restrict__ out,
+template <class Out>
+__device__ __forceinline__ void prep_rows(const float* __restrict__ a, Out* __restrict__ out,
                                           float* __restrict__ norm2, float* __restrict__ dnorm,
                                           int n, int d) {
     const int lane = threadIdx.x & 31;
     const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (row >= n) return;
     const float* p = a + row * (long long)d;
-    float* q = out + row * (long long)d;
+    Out* q = out + row * (long long)d;
     double s = 0.0, e = 0.0;
     for (int j = lane; j < d; j += 32) {
         const float v = p[j];
-        const float r = round_tf32(v);
-        q[j] = r;
+        round_to(v, &q[j]);
         s += (double)v * (double)v;
-        const double t = (double)v - (double)r;
+        const double t = (double)v - (double)as_float(q[j]);
         e += t * t;
     }
     s = warp_sum(s);
@@ -257,26 +263,16 @@ extern "C" __global__ void prep_rows_tf32(const float* __restrict__ a, float* __
     if (lane == 0) { norm2[row] = (float)s; dnorm[row] = (float)sqrt(e); }
 }
 
+extern "C" __global__ void prep_rows_tf32(const float* __restrict__ a, float* __restrict__ out,
+                                          float* __restrict__ norm2, float* __restrict__ dnorm,
+                                          int n, int d) {
+    prep_rows(a, out, norm2, dnorm, n, d);
+}
+
 extern "C" __global__ void prep_rows_bf16(const float* __restrict__ a, unsigned short* __restrict__ out,
                                           float* __restrict__ norm2, float* __restrict__ dnorm,
                                           int n, int d) {
-    const int lane = threadIdx.x & 31;
-    const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (row >= n) return;
-    const float* p = a + row * (long long)d;
-    unsigned short* q = out + row * (long long)d;
-    double s = 0.0, e = 0.0;
-    for (int j = lane; j < d; j += 32) {
-        const float v = p[j];
-        const unsigned short b = round_bf16_bits(v);
-        q[j] = b;
-        s += (double)v * (double)v;
-        const double t = (double)v - (double)bf16_bits_to_float(b);
-        e += t * t;
-    }
-    s = warp_sum(s);
-    e = warp_sum(e);
-    if (lane == 0) { norm2[row] = (float)s; dnorm[row] = (float)sqrt(e); }
+    prep_rows(a, out, norm2, dnorm, n, d);
 }
 
 /* One warp per row of a chunk. scores[r * ld + k] = x~_r . c~_k from the GEMM.
