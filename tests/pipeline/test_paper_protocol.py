@@ -139,3 +139,48 @@ def test_brought_source_model_is_finetuned_at_ratio_0(paper_run, tmp_path):
     assert set(res["stages"]) == {"pretrain", "finetune-lp"}
     assert res["stages"]["pretrain"]["brought"]
     assert "source model: brought weights" in Path(res["report"]).read_text()
+
+
+@pytest.mark.parametrize("mode", ["fast", "paper"])
+def test_lm_target_input_fast_crop_vs_paper_resize(mode, monkeypatch, tmp_path):
+    """fast: the target at the surrogate's eval resolution with the 224/256 centre crop (source
+    the same); paper: the target at 224, whole short side (no zoom); the source unchanged."""
+    import ffcv_dp4tl.data.loaders as loaders
+    from ffcv_dp4tl.data.transforms import CENTER_CROP_RATIO
+    from ffcv_dp4tl.scoring.context import ScoringContext, Surrogate
+
+    seen = []
+    monkeypatch.setattr(loaders, "make_loader",
+                        lambda d, split, **kw: seen.append((d, kw["resolution"], kw["aug"])))
+    sur = Surrogate(path=tmp_path, model=None, head=None, checkpoint={}, resolution=256,
+                    device=torch.device("cpu"),
+                    **({"target_resolution": 224, "target_crop": "none"} if mode == "paper" else {}))
+    ctx = ScoringContext(method="lm", source_dir=tmp_path / "src", out_dir=tmp_path, surrogate=sur)
+    ctx.loader(tmp_path / "tgt", "train", target=True)
+    ctx.loader(tmp_path / "src", "train")
+    (_, t_res, t_aug), (_, s_res, s_aug) = seen
+    assert (s_res, s_aug.center_crop_ratio, s_aug.train) == (256, CENTER_CROP_RATIO, False)
+    if mode == "fast":
+        assert (t_res, t_aug.center_crop_ratio) == (256, CENTER_CROP_RATIO)
+    else:
+        assert (t_res, t_aug.center_crop_ratio, t_aug.train) == (224, 1.0, False)
+
+
+def test_score_reads_the_target_input_from_the_surrogate_recipe(paper_run, tmp_path):
+    """A surrogate checkpoint carries its recipe's [scoring]; arguments override it."""
+    tmp, cfg, res, _ = paper_run
+    from ffcv_dp4tl.pipeline.run import _resolve_data
+    from ffcv_dp4tl.pipeline.score import score
+
+    src_dir, tgt_dir = _resolve_data(cfg, lambda s: None)
+    ckpt = Path(res["stages"]["surrogate"]["checkpoint"])
+    meta = score("lm", source_dir=src_dir, target_dir=tgt_dir, checkpoint=ckpt,
+                 out_dir=tmp_path / "a", fmt="wds", num_workers=0, progress=False)
+    assert (meta["target_resolution"], meta["target_crop"]) == (224, "none")
+    meta = score("lm", source_dir=src_dir, target_dir=tgt_dir, checkpoint=ckpt,
+                 out_dir=tmp_path / "b", fmt="wds", num_workers=0, progress=False,
+                 target_resolution=0, target_crop="center")
+    assert (meta["target_resolution"], meta["target_crop"]) == (16, "center")  # eval.resolution
+    with pytest.raises(DP4TLError, match="target crop"):
+        score("lm", source_dir=src_dir, target_dir=tgt_dir, checkpoint=ckpt,
+              out_dir=tmp_path / "c", fmt="wds", target_crop="squash")
