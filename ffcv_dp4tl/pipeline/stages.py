@@ -108,6 +108,8 @@ def describe(result: dict[str, Any] | StageResult) -> str:
     if r.kind == "score" and "selection_seconds" in v:
         return f"selection {v['selection_seconds']:.1f}s"
     if r.kind == "train":
+        if v.get("brought"):
+            return f"brought weights {Path(str(v.get('weights', '?'))).name} (imported, not trained)"
         if v.get("top1_val") is not None:
             return f"val top-1 {v['top1_val']:.4f}"
         if v.get("objective", "supervised") != "supervised":
