@@ -22,8 +22,19 @@ def default_max_side(spec: DatasetSpec) -> int:
     return int(spec.extra.get("synth_config", {}).get("image_size", 256))
 
 
-def resolve_source(text: str, split_json: str | Path | None = None) -> dict[str, DatasetSpec]:
-    """Map output subdirectory ('' = the --out dir itself) → dataset spec."""
+SPLITS = ("auto", "coop", "official")
+
+
+def resolve_source(text: str, split_json: str | Path | None = None,
+                   split: str = "auto") -> dict[str, DatasetSpec]:
+    """Map output subdirectory ('' = the --out dir itself) → dataset spec.
+
+    ``split``: ``auto`` uses the layout's CoOp split JSON when it lies beside the data (the
+    paper's Tab. A1 splits; :func:`~.layouts.coop.find_split_json`), else the official splits;
+    ``coop`` requires that JSON; ``official`` never uses one. An explicit ``split_json`` wins
+    over all three. The spec's ``extra["split"]`` says which was used (see :func:`split_note`)."""
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     text = text.strip()
     if text == "synth" or text.startswith("synth:"):
         if split_json:
@@ -37,4 +48,30 @@ def resolve_source(text: str, split_json: str | Path | None = None) -> dict[str,
     if name not in LAYOUTS:
         raise DataError(f"unknown SOURCE kind {name!r}; choose one of: synth, "
                         + ", ".join(sorted(LAYOUTS)))
-    return {"": read_layout(name, Path(path).expanduser(), split_json)}
+    root = Path(path).expanduser()
+    chosen = split_json
+    if chosen is None and split != "official":
+        from .layouts.coop import COOP_FILES, find_split_json
+
+        chosen = find_split_json(name, root) if root.is_dir() else None
+        if chosen is None and split == "coop":
+            raise DataError(f"--split coop: no {COOP_FILES.get(name, 'CoOp split JSON')} in "
+                            f"{root} or its parent" if name in COOP_FILES else
+                            f"--split coop: the {name} layout has no CoOp split")
+    spec = read_layout(name, root, chosen)
+    spec.extra["split"] = (f"coop ({chosen})" if chosen is not None and split_json is None
+                           else f"json ({chosen})" if chosen is not None else "official")
+    return {"": spec}
+
+
+def split_note(spec: DatasetSpec) -> str:
+    """One line saying which split a build used (for ``dp4tl build`` and the pipeline's log)."""
+    how = spec.extra.get("split")
+    if how is None:
+        return ""
+    if how.startswith("coop"):
+        return (f"splits: CoOp split JSON found beside the data, {how[6:-1]} (the paper's Tab. A1 "
+                "sizes); `--split official` for the official splits")
+    if how.startswith("json"):
+        return f"splits: from --split-json {how[6:-1]}"
+    return "splits: the dataset's official splits"

@@ -4,8 +4,9 @@ Each module exposes ``read(root, split_json=None) -> DatasetSpec`` and documents
 it expects. Readers never decode images; the writer does (and rejects unreadable files).
 
 ``split_json`` is a CoOp/CoCoOp ``split_zhou_<Name>.json`` that replaces the official splits
-(see :mod:`.coop`). A ``split_zhou_*.json`` found in the dataset folder is *not* used
-automatically; pass it explicitly with ``--split-json``.
+(see :mod:`.coop`). These readers use only a JSON they are given; choosing one found beside the
+data (the default of ``dp4tl build`` and the pipeline, ``--split official`` to opt out) is
+:func:`beton_builders.sources.resolve_source`'s job.
 
 Splits per layout: imagenet train/val; folder train[/val/test]; flowers102 train/val/test;
 dtd train/val/test; ucf101 train/test; food101 train/test; oxfordpets train/test;

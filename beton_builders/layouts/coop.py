@@ -9,8 +9,11 @@ ucf101: the mid-frames folder, food101/oxfordpets: ``images/``, stanfordcars: th
 sun397: the ``SUN397`` folder). Classes are the JSON class names ordered by label; labels are
 made contiguous 0-based (identity for the published files, which are already 0-based).
 
-A ``split_zhou_*.json`` lying in the dataset folder is never picked up automatically: the
-official splits stay the default and users opt in with ``--split-json PATH``.
+Tab. A1 of the DP4TL paper (train/test sizes) is the CoOp splits, so ``dp4tl build`` (and the
+pipeline's builds) use the layout's CoOp JSON by default when it lies beside the data
+(:func:`find_split_json`: in the dataset folder or its parent, under CoOp's file name) and say so;
+``--split official`` keeps the official splits, ``--split-json PATH`` names a file. The layout
+readers themselves (``read_layout(name, root)``) only use a JSON they are given.
 """
 from __future__ import annotations
 
@@ -23,6 +26,31 @@ from ..spec import DatasetSpec, Sample
 from ._common import bad, finish, rank_map
 
 _HINT = "expected CoOp format {\"train\": [[relpath, label, classname], ...], \"val\": [...], \"test\": [...]}"
+
+
+#: CoOp's file name per layout (Zhou et al., github.com/KaiyangZhou/CoOp DATASETS.md)
+COOP_FILES = {
+    "flowers102": "split_zhou_OxfordFlowers.json",
+    "dtd": "split_zhou_DescribableTextures.json",
+    "ucf101": "split_zhou_UCF101.json",
+    "food101": "split_zhou_Food101.json",
+    "oxfordpets": "split_zhou_OxfordPets.json",
+    "stanfordcars": "split_zhou_StanfordCars.json",
+    "sun397": "split_zhou_SUN397.json",
+}
+
+
+def find_split_json(layout: str, root: Path) -> Path | None:
+    """The layout's CoOp split JSON beside the data (``root`` or its parent), or None (also for
+    layouts without CoOp splits: imagenet, cifar10, folder)."""
+    name = COOP_FILES.get(layout)
+    if name is None:
+        return None
+    root = Path(root).expanduser()
+    for folder in (root, root.parent):
+        if (folder / name).is_file():
+            return folder / name
+    return None
 
 
 def read_split_json(name: str, split_json: Path, image_dir: Path,

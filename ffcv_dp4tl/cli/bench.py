@@ -10,10 +10,10 @@ import typer
 from ..errors import DP4TLError
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (FORMAT_HELP, K_HELP, Format, RecipeSet, check_arch, default_k,
+from .options import (FORMAT_HELP, K_HELP, Format, Protocol, RecipeSet, check_arch, default_k,
                       device_option, floats_callback, ints_callback, list_callback, pick_data,
                       split_list)
-from .pipeline import FINETUNE_MODES
+from .pipeline import FINETUNE_MODES, PROTOCOL_HELP, SURROGATE_WEIGHTS_HELP
 
 bench_app = typer.Typer(help="Benchmarks that write a report (and a BENCHMARKS.md section).",
                         no_args_is_help=True)
@@ -47,7 +47,8 @@ def cost_table(
     methods: str = typer.Option("lm,fm,random,moderate,grand,el2n", help="Selection methods ("
                                 f"{methods_help()}); METHOD@R1/R2 runs that method only at those ratios "
                                 "(e.g. grand@0.6)"),
-    seeds: str = typer.Option("0", help="Seeds (scoring seed; train.seed for seeds != 0)",
+    seeds: str = typer.Option("0,1,2", help="Seeds (scoring seed; train.seed for seeds != 0); "
+                              "accuracies are mean ± std over them (the paper: 3 trials)",
                               callback=ints_callback("--seeds")),
     finetune: str = typer.Option("lp,ff", help="Finetuning modes (comma-separated: lp, ff)",
                                  callback=list_callback(FINETUNE_MODES, "a finetuning mode")),
@@ -59,8 +60,11 @@ def cost_table(
                              "SOURCE (default: synth:tiny, the embedded data)"),
     source: str = typer.Option("", "--source", hidden=True, help="Old name of --data"),
     target: str = typer.Option("warm", help="Built target dir, SOURCE, or synth target name"),
-    recipes: RecipeSet = typer.Option(RecipeSet.auto, help="tiny | full (auto: tiny for synth, "
-                                      "full otherwise)"),
+    protocol: Protocol = typer.Option(Protocol.fast, help=PROTOCOL_HELP),
+    recipes: RecipeSet = typer.Option(RecipeSet.auto, help="fast protocol: tiny | full (auto: tiny "
+                                      "for synth, full otherwise)"),
+    surrogate_weights: Optional[Path] = typer.Option(None, help=SURROGATE_WEIGHTS_HELP,
+                                                     show_default=False),
     arch: str = typer.Option("", help="Override the pretraining model (`dp4tl models`)",
                              callback=check_arch),
     data_root: Path = typer.Option(Path("data")),
@@ -68,7 +72,9 @@ def cost_table(
     format: Format = typer.Option(Format.wds, "--format", help=FORMAT_HELP),
     device: str = device_option(),
     k: Optional[int] = typer.Option(None, help=K_HELP, show_default=False),
-    tol: float = typer.Option(0.5, help="Best winning subset tolerance (accuracy points)"),
+    tol: float = typer.Option(0.0, help="Winning subset tolerance in accuracy points: a ratio "
+                              "wins when its mean top-1 is >= the unpruned mean - tol (the "
+                              "paper: 0, no lower than unpruned)"),
     set_: List[str] = typer.Option([], "--set", help="Pretraining recipe override (repeatable)"),
     set_surrogate: List[str] = typer.Option([], "--set-surrogate", help="Surrogate recipe override"),
     set_finetune: List[str] = typer.Option([], "--set-finetune", help="LP/FF recipe override"),
@@ -85,6 +91,7 @@ def cost_table(
     recipes_ = "" if recipes is RecipeSet.auto else recipes.value
     k = default_k(k, data)
     base = PipelineConfig(source=data, target=target, recipes=recipes_, arch=arch,
+                          protocol=protocol.value, surrogate_weights=str(surrogate_weights or ""),
                           data_root=data_root, runs_root=runs_root, fmt=format.value,
                           device=device, k=k, overrides=tuple(set_),
                           surrogate_overrides=tuple(set_surrogate),
@@ -92,7 +99,8 @@ def cost_table(
     # the exact command, every option spelled out (defaults included) so it reproduces the run
     opts = [("ratios", ratios), ("methods", methods), ("seeds", seeds), ("finetune", finetune),
             ("ff-methods", ff_methods), ("data", data), ("target", target),
-            ("recipes", recipes_), ("arch", arch), ("data-root", data_root),
+            ("protocol", protocol.value), ("recipes", recipes_),
+            ("surrogate-weights", surrogate_weights or ""), ("arch", arch), ("data-root", data_root),
             ("runs-root", runs_root), ("format", format.value), ("device", device), ("k", k),
             ("tol", tol), *(("set", v) for v in set_), *(("set-surrogate", v) for v in set_surrogate),
             *(("set-finetune", v) for v in set_finetune), ("out", out), ("report", report)]

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .app import app
-from .options import DATA_HELP, BetonMode, pick_data
+from .options import DATA_HELP, BetonMode, Split, pick_data
 
 
 @app.command()
@@ -28,16 +28,19 @@ def build(
                                          "(faster decode, more disk)"),
     raw_fraction: float = typer.Option(0.0, help="With --beton-mode proportion"),
     workers: int = typer.Option(os.cpu_count() or 1, help="Parallel encoder processes"),
+    split: Split = typer.Option(Split.auto, help="auto: the layout's CoOp split_zhou_*.json when it "
+                                "lies beside the data (the paper's Tab. A1 splits), else the "
+                                "official splits; coop: require it; official: never use it"),
     split_json: Optional[Path] = typer.Option(None, help="CoOp-style split_zhou_*.json overriding "
-                                              "the official splits (never picked up implicitly)"),
+                                              "the official splits (wins over --split)"),
     overwrite: bool = typer.Option(False, help="Replace an existing or partial build in --out"),
     progress: bool = typer.Option(True, help="Show progress bars"),
 ) -> None:
     """Convert SOURCE into FFCV betons + WebDataset shards + labels + manifest (resumable)."""
-    from beton_builders.sources import default_max_side, resolve_source
+    from beton_builders.sources import default_max_side, resolve_source, split_note
     from beton_builders.writer import BuildOptions, build_dataset
 
-    specs = resolve_source(source, split_json)
+    specs = resolve_source(source, split_json, split.value)
     for sub, spec in specs.items():
         side = max_side if max_side is not None else default_max_side(spec)
         opts = BuildOptions(max_side=side, quality=quality, shard_size=shard_size,
@@ -47,6 +50,8 @@ def build(
         summary = build_dataset(spec, target, opts, source=source, overwrite=overwrite)
         state = "already built" if summary.skipped else "built"
         typer.echo(f"{target}: {state} ({spec.name})")
+        if split_note(spec):
+            typer.echo(f"  {split_note(spec)}")
         for line in summary.lines():
             typer.echo(f"  {line}")
         rejected = sum(s.num_rejected for s in summary.splits)

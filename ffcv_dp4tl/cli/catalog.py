@@ -23,7 +23,7 @@ def recipes(
                                    resolve_recipe_path)
 
     if recipe is None:
-        names = list_recipes()
+        names = list_recipes(sets=True)  # paper/*: the `--protocol paper` set
         width = max(map(len, names), default=0)
         for name in names:
             typer.echo(f"{name:<{width}}  {recipe_description(name)}")
@@ -57,7 +57,7 @@ def models() -> None:
     from ..training.recipe import list_recipes, recipe_tables
 
     used: dict[str, list[str]] = {}  # recipes naming the model (finetune recipes name none)
-    for name in list_recipes():
+    for name in list_recipes(sets=True):
         arch = recipe_tables(name).get("model", {}).get("arch")
         if arch:
             used.setdefault(arch, []).append(name)

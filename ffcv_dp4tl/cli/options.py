@@ -40,6 +40,26 @@ class RecipeSet(str, Enum):
     full = "full"
 
 
+class TargetCrop(str, Enum):
+    """How the surrogate reads target images when scoring (recipe ``scoring.target_crop``)."""
+    center = "center"
+    none = "none"
+
+
+class Protocol(str, Enum):
+    """Recipe protocol of the pipeline: today's fast recipes, or the paper's (recipes/paper/)."""
+    fast = "fast"
+    paper = "paper"
+
+
+class Split(str, Enum):
+    """Target splits: the CoOp split JSON when found beside the data (auto), required (coop),
+    or the dataset's official splits."""
+    auto = "auto"
+    coop = "coop"
+    official = "official"
+
+
 class FinetuneMode(str, Enum):
     lp = "lp"
     ff = "ff"

@@ -8,8 +8,22 @@ import typer
 
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (FORMAT_HELP, K_HELP, Format, FinetuneMode, RecipeSet, check_arch,
-                      default_k, device_option, list_callback, pick_data, split_list)
+from .options import (FORMAT_HELP, K_HELP, Format, FinetuneMode, Protocol, RecipeSet, Split,
+                      check_arch, default_k, device_option, ints_callback, list_callback,
+                      pick_data, split_list)
+
+PROTOCOL_HELP = ("fast: today's recipes (tiny on synth data, ffcv-imagenet-style otherwise); "
+                 "paper: recipes/paper/, the paper's App. A.1 / Tab. A1 protocol (RN-18 surrogate, "
+                 "RN-101 source, LP/FF as published, target read at 224 with no crop for scoring)")
+SURROGATE_WEIGHTS_HELP = ("A torchvision/timm state dict (.pth) of the surrogate recipe's "
+                          "architecture, e.g. torchvision's ImageNet ResNet-18: used instead of "
+                          "training a surrogate (checked against the source's classes; nothing "
+                          "is downloaded)")
+SOURCE_WEIGHTS_HELP = ("A torchvision/timm state dict of the pretraining recipe's architecture: "
+                       "the source model LP/FF start from instead of pretraining one (the "
+                       "unpruned reference: --ratio 0)")
+SPLIT_HELP = ("Targets built here: auto = the CoOp split_zhou_*.json when it lies beside the data "
+              "(the paper's Tab. A1 splits), else official; coop: require it; official: never")
 
 FINETUNE_MODES = [m.value for m in FinetuneMode]
 
@@ -24,8 +38,9 @@ def pipeline(
     target: str = typer.Option("", help="Built target dir, a SOURCE like flowers102:/data/flowers, "
                                "or a synth target name (default: the first)"),
     method: str = typer.Option("lm", help=f"Scoring method: {methods_help()} (see `dp4tl score --help`)"),
-    recipes: RecipeSet = typer.Option(RecipeSet.auto, help="tiny | full (auto: tiny for synth, "
-                                      "full otherwise)"),
+    protocol: Protocol = typer.Option(Protocol.fast, help=PROTOCOL_HELP),
+    recipes: RecipeSet = typer.Option(RecipeSet.auto, help="fast protocol: tiny | full (auto: tiny "
+                                      "for synth, full otherwise)"),
     surrogate_recipe: str = typer.Option("", help="Override the surrogate recipe (name or .toml)"),
     recipe: str = typer.Option("", help="Override the source-model pretraining recipe (name or "
                                ".toml)"),
@@ -41,23 +56,38 @@ def pipeline(
     format: Format = typer.Option(Format.ffcv, "--format", help=FORMAT_HELP),
     device: str = device_option(),
     k: Optional[int] = typer.Option(None, help=K_HELP, show_default=False),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, help="Scoring seed (RANDOM, k-means)"),
+    seeds: str = typer.Option("0", help="Pretraining + finetuning seeds (train.seed), comma-"
+                              "separated; several: final/best top-1 as mean ± std in the report",
+                              callback=ints_callback("--seeds")),
+    surrogate_weights: Optional[Path] = typer.Option(None, help=SURROGATE_WEIGHTS_HELP,
+                                                     show_default=False),
+    source_weights: Optional[Path] = typer.Option(None, help=SOURCE_WEIGHTS_HELP,
+                                                  show_default=False),
+    split: Split = typer.Option(Split.auto, help=SPLIT_HELP),
     set_: List[str] = typer.Option([], "--set", help="Pretraining recipe override section.key=value "
                                    "(repeatable)"),
     set_surrogate: List[str] = typer.Option([], "--set-surrogate", help="Surrogate recipe override "
                                             "(repeatable)"),
+    set_finetune: List[str] = typer.Option([], "--set-finetune", help="LP/FF recipe override "
+                                           "(repeatable)"),
 ) -> None:
     """build → surrogate → score → prune → pretrain on the mask → LP/FF on the target → report."""
     from ..pipeline.run import PipelineConfig, run_pipeline
 
     data = pick_data(data, source, "--source", required=False) or "synth:tiny"
     cfg = PipelineConfig(ratio=ratio, source=data, target=target, method=method,
+                         protocol=protocol.value,
                          recipes="" if recipes is RecipeSet.auto else recipes.value,
                          surrogate_recipe=surrogate_recipe, recipe=recipe, arch=arch,
                          lp_recipe=lp_recipe, ff_recipe=ff_recipe,
                          finetune=tuple(split_list(finetune)), data_root=data_root,
                          runs_root=runs_root, fmt=format.value, device=device,
                          k=default_k(k, data), seed=seed,
-                         overrides=tuple(set_), surrogate_overrides=tuple(set_surrogate))
+                         overrides=tuple(set_), surrogate_overrides=tuple(set_surrogate),
+                         finetune_overrides=tuple(set_finetune),
+                         seeds=tuple(int(x) for x in split_list(seeds)),
+                         surrogate_weights=str(surrogate_weights or ""),
+                         source_weights=str(source_weights or ""), split=split.value)
     res = run_pipeline(cfg, log=typer.echo)
     typer.echo(Path(res["report"]).read_text())

@@ -8,7 +8,7 @@ import typer
 
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (DATA_HELP, FORMAT_HELP, PAPER_K, Backend, Format, device_option,
+from .options import (DATA_HELP, FORMAT_HELP, PAPER_K, Backend, Format, TargetCrop, device_option,
                       paths, pick_data, resolve_device)
 
 
@@ -28,6 +28,13 @@ def score(
     batch_size: int = typer.Option(256),
     workers: int = typer.Option(2, help="Loader workers"),
     resolution: Optional[int] = typer.Option(None, help="Default: the surrogate recipe's eval resolution"),
+    target_resolution: Optional[int] = typer.Option(
+        None, help="Resolution the surrogate reads the target at (default: the surrogate recipe's "
+        "scoring.target_resolution, else --resolution; the paper: 224)", show_default=False),
+    target_crop: Optional[TargetCrop] = typer.Option(
+        None, help="center: the eval 224/256 centre crop (fast); none: the whole short side, i.e. "
+        "the paper's resize to the source resolution (default: the surrogate recipe's "
+        "scoring.target_crop, else center)", show_default=False),
     k: int = typer.Option(PAPER_K, help="fm: k-means clusters K (the paper's; at most the "
                           "number of source train samples)"),
     iters: int = typer.Option(20, help="fm: Lloyd iterations"),
@@ -43,7 +50,8 @@ def score(
     meta = run(method, source_dir=source_dir, target_dir=targets or None, checkpoint=checkpoint,
                out_dir=out, fmt=format.value, device=resolve_device(device),
                batch_size=batch_size, num_workers=workers, resolution=resolution, k=k,
-               iters=iters, seed=seed, backend=backend.value)
+               iters=iters, seed=seed, backend=backend.value, target_resolution=target_resolution,
+               target_crop=None if target_crop is None else target_crop.value)
     unit = meta.get("unit", "sample")  # random's metadata names neither (it scores samples)
     cost = meta.get("selection_seconds")
     typer.echo(f"{out}: {method} scores per {unit}"

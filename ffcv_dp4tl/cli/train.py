@@ -7,7 +7,8 @@ from typing import List, Optional
 import typer
 
 from .app import app
-from .options import FORMAT_HELP, Format, FinetuneMode, device_option, pick_data
+from ..errors import DP4TLError
+from .options import FORMAT_HELP, Format, FinetuneMode, check_arch, device_option, pick_data
 
 RECIPE_HELP = "Recipe name (`dp4tl recipes` lists them, e.g. {example}) or a path to a .toml file"
 
@@ -46,7 +47,14 @@ def train(
 @app.command()
 def finetune(
     recipe: str = typer.Argument(..., help=RECIPE_HELP.format(example="lp, ff or lp_tiny_cpu")),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="Source checkpoint.pt from dp4tl train"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Source checkpoint.pt "
+                                              "from dp4tl train", show_default=False),
+    source_weights: Optional[Path] = typer.Option(
+        None, "--source-weights", help="Instead of --checkpoint: a torchvision/timm state dict "
+        "(e.g. torchvision's ImageNet ResNet-101 .pth) of --arch; imported, never downloaded",
+        show_default=False),
+    arch: str = typer.Option("", help="With --source-weights: the registered architecture "
+                             "(`dp4tl models`)", callback=check_arch),
     data: Optional[Path] = typer.Option(None, "--data", help="Built target dataset directory",
                                         show_default=False),
     target: Optional[Path] = typer.Option(None, "--target", hidden=True, help="Old name of --data"),
@@ -64,6 +72,22 @@ def finetune(
 
     target_dir = pick_data(data, target, "--target")
     r = load_recipe(recipe, set_)
+    if (checkpoint is None) == (source_weights is None):
+        raise DP4TLError("pass exactly one of --checkpoint (a dp4tl checkpoint) and "
+                         "--source-weights (a torchvision/timm state dict, with --arch)")
+    if source_weights is not None:
+        if not arch:
+            raise DP4TLError("--source-weights needs --arch (e.g. resnet101)")
+        from ..training.recipe import Recipe
+        from ..training.weights import import_weights
+
+        src = Recipe()
+        src.model.arch, src.model.blurpool = arch, False
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint = out / "source_checkpoint.pt"
+        info = import_weights(source_weights, checkpoint, recipe=src)
+        typer.echo(f"[source] brought weights {source_weights} ({arch}, {info['num_classes']} "
+                   "outputs; imported, not trained)")
     res = run_finetune(r, checkpoint, target_dir, out, mode=mode.value if mode else None,
                        fmt=fmt.value, device=device, progress=progress)
     typer.echo(f"{out}: {res['mode']} test top-1 {res['test_top1']:.4f}")

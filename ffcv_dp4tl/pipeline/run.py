@@ -7,6 +7,21 @@ Every stage writes into ``runs/<stage>-<key>/`` where the key hashes everything 
 depends on (upstream keys included), and is skipped once its ``DONE.json`` exists: the
 surrogate and its scores are shared by all ratios, a rerun does nothing, and a killed run
 resumes at the stage (and, for training, the epoch) where it stopped.
+
+**Protocols.** ``protocol="fast"`` (default) runs today's recipes: the tiny CPU set on the
+embedded data, ffcv-imagenet-style ones on real data. ``protocol="paper"`` runs ``recipes/paper/``,
+the paper's App. A.1 / Tab. A1 protocol (ResNet-18 surrogate, ResNet-101 source, SGD lr 0.5 /
+wd 5e-4, no label smoothing / BlurPool / TTA, LP Adam 0.1 × 50 epochs, FF Adam 0.01 cosine × 200,
+CIFAR-10 at 160 px, MoCo's linear protocol for self-supervised sources, the target read at 224
+with no crop for scoring); every value's source is a comment in its file.
+
+**Seeds.** ``seeds=(0, 1, 2)`` repeats pretraining and finetuning per seed (``train.seed``; the
+surrogate, scores and mask are shared) and reports final- and best-epoch top-1 as mean ± std.
+
+**Brought weights.** ``surrogate_weights`` imports a torchvision/timm state dict as the surrogate
+(:mod:`..training.weights`: checked against the source's classes) instead of training one;
+``source_weights`` does the same for the source model LP/FF start from (the unpruned reference,
+ratio 0). The report and the cost table say when a model was brought rather than trained.
 """
 from __future__ import annotations
 
@@ -23,12 +38,34 @@ from .prune import prune
 from .score import score, self_supervised_refusal
 from .stages import describe, run_stage, stage
 
-#: Recipes per scale: the embedded default runs the tiny CPU recipes, real data the paper's.
+#: The fast protocol's recipes per scale: the embedded default runs the tiny CPU recipes, real
+#: data the ffcv-imagenet-style ones.
 RECIPE_SETS = {
     "tiny": {"surrogate": "resnet18_tiny_cpu", "pretrain": "resnet34_tiny_cpu",
              "lp": "lp_tiny_cpu", "ff": "ff_tiny_cpu"},
     "full": {"surrogate": "resnet18_surrogate", "pretrain": "resnet50_16ep", "lp": "lp", "ff": "ff"},
 }
+#: The paper's protocol (recipes/paper/, App. A.1 and Tab. A1), whatever the data's scale.
+PAPER_RECIPES = {"surrogate": "paper/resnet18_surrogate", "pretrain": "paper/resnet101_16ep",
+                 "lp": "paper/lp", "ff": "paper/ff"}
+#: Tab. A1: per-target finetuning resolution (CIFAR-10 at 160; the others 224 = paper/lp, paper/ff)
+PAPER_TARGET_RECIPES = {"cifar10": {"lp": "paper/lp_cifar10", "ff": "paper/ff_cifar10"}}
+#: MoCo's linear classification protocol, the paper's LP for self-supervised source models
+PAPER_SSL_LP = "paper/lp_moco"
+PROTOCOLS = ("fast", "paper")
+
+
+def recipe_set(protocol: str, scale: str, target_name: str | None = None) -> dict[str, str]:
+    """The recipes a protocol runs: ``fast`` → :data:`RECIPE_SETS` [scale]; ``paper`` →
+    :data:`PAPER_RECIPES` with Tab. A1's per-target LP/FF (``target_name`` = the target
+    manifest's name, e.g. ``cifar10``)."""
+    if protocol not in PROTOCOLS:
+        raise DP4TLError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if protocol == "fast":
+        if scale not in RECIPE_SETS:
+            raise DP4TLError(f"recipes= must be one of {', '.join(RECIPE_SETS)}")
+        return dict(RECIPE_SETS[scale])
+    return {**PAPER_RECIPES, **PAPER_TARGET_RECIPES.get(str(target_name or "").lower(), {})}
 
 
 PLURAL = UNIT_PLURAL  # unit → plural (kept for older imports)
@@ -40,7 +77,8 @@ class PipelineConfig:
     source: str = "synth:tiny"  # a built dataset dir, or a `dp4tl build` SOURCE
     target: str = ""  # a built dir, a `dp4tl build` SOURCE, or a synth target name ('' = first)
     method: str = "lm"
-    recipes: str = ""  # tiny | full ('' = tiny for synth, full otherwise)
+    protocol: str = "fast"  # fast (today's recipes: tiny | full) | paper (recipes/paper/)
+    recipes: str = ""  # fast protocol: tiny | full ('' = tiny for synth, full otherwise)
     surrogate_recipe: str = ""
     recipe: str = ""  # source-model pretraining recipe
     lp_recipe: str = ""  # finetuning recipes (e.g. a per-target file that `extends` lp / ff)
@@ -56,13 +94,18 @@ class PipelineConfig:
     overrides: tuple[str, ...] = field(default_factory=tuple)  # for the pretraining recipe
     surrogate_overrides: tuple[str, ...] = field(default_factory=tuple)
     finetune_overrides: tuple[str, ...] = field(default_factory=tuple)  # for the LP and FF recipes
+    seeds: tuple[int, ...] = ()  # pretrain + finetune per seed (train.seed); () = (0,)
+    surrogate_weights: str = ""  # a torchvision/timm state dict: the surrogate, not trained
+    source_weights: str = ""  # a state dict: the source model LP/FF start from (ratio 0 only)
+    split: str = "auto"  # targets the pipeline builds: auto (CoOp JSON if beside the data) | coop | official
 
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")[:60]
 
 
-def _ensure_built(source: str, data_root: Path, log: Callable[[str], None]) -> Path:
+def _ensure_built(source: str, data_root: Path, log: Callable[[str], None],
+                  split: str = "auto") -> Path:
     """A built dataset dir for ``source`` (a dir with a manifest, or a SOURCE to build)."""
     p = Path(source).expanduser()
     if (p / MANIFEST_NAME).exists():
@@ -70,11 +113,17 @@ def _ensure_built(source: str, data_root: Path, log: Callable[[str], None]) -> P
     if p.exists() and p.is_dir() and not (":" in source or source.startswith("synth")):
         raise DP4TLError(f"{p} is not a built dataset (no {MANIFEST_NAME}); build it with "
                          f"`dp4tl build LAYOUT:{p} --out DIR` and pass DIR")
-    from beton_builders.sources import default_max_side, resolve_source
+    from beton_builders.sources import default_max_side, resolve_source, split_note
     from beton_builders.writer import BuildOptions, build_dataset
 
-    out = data_root / _slug(source)
-    for sub, spec in resolve_source(source).items():
+    specs = resolve_source(source, split=split)
+    # a CoOp-split build gets its own folder: an official-split build made before CoOp became the
+    # default stays valid where it is
+    coop = any(str(sp.extra.get("split", "")).startswith("coop") for sp in specs.values())
+    out = data_root / (_slug(source) + ("-coop" if coop else ""))
+    for sub, spec in specs.items():
+        if split_note(spec):
+            log(f"[data] {source}: {split_note(spec)}")
         summary = build_dataset(spec, out / sub if sub else out,
                                 BuildOptions(max_side=default_max_side(spec)),
                                 source=source)
@@ -93,23 +142,33 @@ def _resolve_data(cfg: PipelineConfig, log) -> tuple[Path, Path]:
             if not targets:
                 raise DP4TLError(f"{root} has no targets/*; pass target=")
             return root / "source", root / "targets" / targets[0]
-        return root / "source", _ensure_built(cfg.target, cfg.data_root, log)
+        return root / "source", _ensure_built(cfg.target, cfg.data_root, log, cfg.split)
     if not cfg.target:
         raise DP4TLError("target= is required with a real source (a built target dir or "
                          "LAYOUT:PATH such as flowers102:/data/flowers-102)")
-    return root, _ensure_built(cfg.target, cfg.data_root, log)
+    return root, _ensure_built(cfg.target, cfg.data_root, log, cfg.split)
 
 
 def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     if not 0.0 <= cfg.ratio < 1.0:
         raise DP4TLError(f"ratio must be in [0, 1), got {cfg.ratio}")
+    if cfg.protocol not in PROTOCOLS:
+        raise DP4TLError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}")
+    if cfg.protocol == "paper" and cfg.recipes:
+        raise DP4TLError(f"recipes={cfg.recipes} picks a fast-protocol set; the paper protocol "
+                         "has one set (recipes/paper/): drop one of the two")
+    if cfg.source_weights and cfg.ratio != 0:
+        raise DP4TLError(f"source weights are the unpruned source model (ratio 0), but ratio is "
+                         f"{cfg.ratio}: a pruned run pretrains on its mask")
+    for what, w in (("surrogate", cfg.surrogate_weights), ("source", cfg.source_weights)):
+        if w and not Path(w).expanduser().is_file():
+            raise DP4TLError(f"{what} weights not found: {w}")
+    seeds = tuple(dict.fromkeys(int(x) for x in cfg.seeds)) or (0,)
     scorer = get_scorer(cfg.method)  # unknown method: one line listing the registered ones
     source_dir, target_dir = _resolve_data(cfg, log)
     src, tgt = load_manifest(source_dir), load_manifest(target_dir)
     scale = cfg.recipes or ("tiny" if cfg.source.startswith("synth") else "full")
-    if scale not in RECIPE_SETS:
-        raise DP4TLError(f"recipes= must be one of {', '.join(RECIPE_SETS)}")
-    rs = dict(RECIPE_SETS[scale])
+    rs = recipe_set(cfg.protocol, scale, tgt.data.get("name"))
     rs["surrogate"] = cfg.surrogate_recipe or rs["surrogate"]
     rs["pretrain"] = cfg.recipe or rs["pretrain"]
     rs["lp"] = cfg.lp_recipe or rs["lp"]
@@ -119,6 +178,10 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     from ..training.finetune import finetune
     from ..training.recipe import load_recipe
     from ..training.trainer import train
+
+    if cfg.protocol == "paper" and not cfg.lp_recipe and \
+            load_recipe(rs["pretrain"], pre_overrides).ssl.method != "none":
+        rs["lp"] = PAPER_SSL_LP  # self-supervised source: MoCo's linear classification protocol
 
     # Load every recipe once, first (bad recipes fail before any work), and hand the loaded
     # objects to the stages: stage keys hash the recipes' *contents*, and what trains is exactly
@@ -136,47 +199,134 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     results: dict[str, Any] = {"config": {**asdict(cfg), "data_root": str(cfg.data_root),
                                           "runs_root": str(cfg.runs_root)},
                                "source": str(source_dir), "target": str(target_dir),
-                               "recipes": rs, "stages": {}}
+                               "protocol": cfg.protocol, "recipes": rs, "stages": {}}
 
-    needs_surrogate = scorer.needs_surrogate
+    needs_surrogate = scorer.needs_surrogate and not cfg.source_weights
     sur_overrides = list(cfg.surrogate_overrides)
-    sur = stage(root, "surrogate", {"recipe": rs["surrogate"], "overrides": sur_overrides,
-                                    "recipe_fingerprint": fp["surrogate"],
-                                    "source": src.fingerprint, **common})
-    if needs_surrogate:
-        results["stages"]["surrogate"] = run_stage(sur, lambda d: train(
-            loaded["surrogate"], source_dir, out_dir=d, fmt=cfg.fmt, device=cfg.device), log)
-    sc = stage(root, "score", {"method": cfg.method, "surrogate": sur.key if needs_surrogate else None,
-                               "target": tgt.fingerprint, "k": cfg.k, "seed": cfg.seed, **common})
+    if cfg.surrogate_weights:
+        from ..training.weights import file_sha256, import_weights
+
+        w = Path(cfg.surrogate_weights).expanduser()
+        sur = stage(root, "surrogate", {"weights_sha256": file_sha256(w), "recipe": rs["surrogate"],
+                                        "recipe_fingerprint": fp["surrogate"],
+                                        "source": src.fingerprint})
+        if needs_surrogate:
+            results["stages"]["surrogate"] = run_stage(sur, lambda d: import_weights(
+                w, d / "checkpoint.pt", recipe=sur_recipe, classes=src.classes,
+                source=str(source_dir), dataset_fingerprint=src.fingerprint), log)
+    else:
+        sur = stage(root, "surrogate", {"recipe": rs["surrogate"], "overrides": sur_overrides,
+                                        "recipe_fingerprint": fp["surrogate"],
+                                        "source": src.fingerprint, **common})
+        if needs_surrogate:
+            results["stages"]["surrogate"] = run_stage(sur, lambda d: train(
+                loaded["surrogate"], source_dir, out_dir=d, fmt=cfg.fmt, device=cfg.device), log)
+    # how the surrogate reads the target (recipe [scoring]); in the key only when not the default
+    sc_in = sur_recipe.scoring
+    target_input = ({"target_input": [sc_in.target_resolution, sc_in.target_crop]}
+                    if (sc_in.target_resolution, sc_in.target_crop) != (0, "center") else {})
     device = "cuda" if cfg.device == "auto" and _cuda() else ("cpu" if cfg.device == "auto" else cfg.device)
-    results["stages"]["score"] = run_stage(sc, lambda d: score(
-        cfg.method, source_dir=source_dir, target_dir=target_dir, out_dir=d,
-        checkpoint=sur.dir / "checkpoint.pt" if needs_surrogate else None,
-        trajectory=_trajectory(cfg.method, sur.dir, sur_recipe.train.keep_epochs, log)
-        if TRAJECTORY in scorer.needs else (), fmt=cfg.fmt, device=device, k=cfg.k,
-        seed=cfg.seed), log)
-    pr = stage(root, "prune", {"score": sc.key, "ratio": cfg.ratio})
-    results["stages"]["prune"] = run_stage(pr, lambda d: prune(sc.dir, source_dir, cfg.ratio, d), log)
-    pt = stage(root, "pretrain", {"recipe": rs["pretrain"], "overrides": pre_overrides,
-                                  "recipe_fingerprint": fp["pretrain"],
-                                  "prune": pr.key, **common})
-    results["stages"]["pretrain"] = run_stage(pt, lambda d: train(
-        loaded["pretrain"], source_dir, mask=pr.dir / "train.npy", out_dir=d, fmt=cfg.fmt,
-        device=cfg.device), log)
-    ft_overrides = list(cfg.finetune_overrides)
-    for mode in cfg.finetune:  # overrides enter the key only when given (keeps old keys valid)
-        ft = stage(root, f"finetune-{mode}", {"recipe": rs[mode], "pretrain": pt.key,
-                                              "recipe_fingerprint": fp[mode],
-                                              "target": tgt.fingerprint, **common,
-                                              **({"overrides": ft_overrides} if ft_overrides else {})})
-        results["stages"][f"finetune-{mode}"] = run_stage(ft, lambda d, m=mode: finetune(
-            loaded[m], pt.dir / "checkpoint.pt", target_dir, d, mode=m, fmt=cfg.fmt,
-            device=cfg.device), log)
-    report_dir = root / f"report-{pt.key}"
+    if cfg.source_weights:
+        pt_dirs = _brought_source(cfg, root, loaded["pretrain"], rs, src, source_dir, results, log)
+    else:
+        sc = stage(root, "score", {"method": cfg.method,
+                                   "surrogate": sur.key if needs_surrogate else None,
+                                   "target": tgt.fingerprint, "k": cfg.k, "seed": cfg.seed,
+                                   **common, **target_input})
+        results["stages"]["score"] = run_stage(sc, lambda d: score(
+            cfg.method, source_dir=source_dir, target_dir=target_dir, out_dir=d,
+            checkpoint=sur.dir / "checkpoint.pt" if needs_surrogate else None,
+            trajectory=_trajectory(cfg.method, sur.dir, sur_recipe.train.keep_epochs, log)
+            if TRAJECTORY in scorer.needs and not cfg.surrogate_weights else (), fmt=cfg.fmt,
+            device=device, k=cfg.k, seed=cfg.seed,
+            target_resolution=sc_in.target_resolution, target_crop=sc_in.target_crop), log)
+        pr = stage(root, "prune", {"score": sc.key, "ratio": cfg.ratio})
+        results["stages"]["prune"] = run_stage(pr, lambda d: prune(sc.dir, source_dir, cfg.ratio, d), log)
+        pt_dirs = {}
+        for i, seed in enumerate(seeds):
+            seed_over = [f"train.seed={seed}"] if seed else []
+            over = pre_overrides + seed_over
+            name = "pretrain" if i == 0 else f"pretrain-seed{seed}"
+            pre = loaded["pretrain"] if not seed_over else load_recipe(rs["pretrain"], over)
+            pt = stage(root, "pretrain", {"recipe": rs["pretrain"], "overrides": over,
+                                          "recipe_fingerprint": pre.fingerprint(),
+                                          "prune": pr.key, **common})
+            results["stages"][name] = run_stage(pt, lambda d, r=pre: train(
+                r, source_dir, mask=pr.dir / "train.npy", out_dir=d, fmt=cfg.fmt,
+                device=cfg.device), log)
+            pt_dirs[seed] = pt
+    for i, seed in enumerate(seeds):
+        pt = pt_dirs[seed]
+        seed_over = [f"train.seed={seed}"] if seed else []
+        ft_overrides = list(cfg.finetune_overrides) + seed_over
+        for mode in cfg.finetune:  # overrides enter the key only when given (keeps old keys valid)
+            ft_recipe = loaded[mode] if not seed_over else load_recipe(rs[mode], ft_overrides)
+            ft = stage(root, f"finetune-{mode}", {"recipe": rs[mode], "pretrain": pt.key,
+                                                  "recipe_fingerprint": ft_recipe.fingerprint(),
+                                                  "target": tgt.fingerprint, **common,
+                                                  **({"overrides": ft_overrides} if ft_overrides else {})})
+            name = f"finetune-{mode}" if i == 0 else f"finetune-{mode}-seed{seed}"
+            results["stages"][name] = run_stage(ft, lambda d, m=mode, r=ft_recipe, p=pt: finetune(
+                r, p.dir / "checkpoint.pt", target_dir, d, mode=m, fmt=cfg.fmt,
+                device=cfg.device), log)
+    results["seeds"] = list(seeds)
+    results["summary"] = summarize_seeds(results["stages"], cfg.finetune, seeds)
+    first = pt_dirs[seeds[0]]
+    report_dir = root / (f"report-{first.key}" + ("" if len(seeds) == 1 else
+                                                  "-seeds" + "_".join(map(str, seeds))))
     write_report(results, report_dir)
     results["report"] = str(report_dir / "report.md")
     log(f"[report] {results['report']}")
     return results
+
+
+def _brought_source(cfg: PipelineConfig, root: Path, recipe, rs: dict, src, source_dir: Path,
+                    results: dict, log) -> dict[int, Any]:
+    """``source_weights``: import the user's source model as the (only) pretrain stage; every
+    seed finetunes it (the seeds then vary the finetuning only)."""
+    from ..training.weights import file_sha256, import_weights
+
+    w = Path(cfg.source_weights).expanduser()
+    pt = stage(root, "pretrain", {"weights_sha256": file_sha256(w), "recipe": rs["pretrain"],
+                                  "recipe_fingerprint": recipe.fingerprint(),
+                                  "source": src.fingerprint})
+    results["stages"]["pretrain"] = run_stage(pt, lambda d: import_weights(
+        w, d / "checkpoint.pt", recipe=recipe, classes=src.classes, source=str(source_dir),
+        dataset_fingerprint=src.fingerprint), log)
+    seeds = tuple(dict.fromkeys(int(x) for x in cfg.seeds)) or (0,)
+    return {s: pt for s in seeds}
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    import math
+
+    xs = [float(x) for x in xs if x is not None]
+    if not xs:
+        return math.nan, math.nan
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return m, sd
+
+
+def summarize_seeds(stages: dict[str, Any], modes, seeds) -> dict[str, Any]:
+    """Per finetuning mode: final- and best-epoch target top-1 per seed and their mean ± std
+    (sample std; 0 for one seed)."""
+    out: dict[str, Any] = {}
+    for mode in modes:
+        per = []
+        for i, seed in enumerate(seeds):
+            r = stages.get(f"finetune-{mode}" if i == 0 else f"finetune-{mode}-seed{seed}")
+            if r is None:
+                continue
+            final = r.get("final_test_top1", r.get("test_top1"))
+            per.append({"seed": seed, "final": final, "best": r.get("best_test_top1", final),
+                        "best_epoch": r.get("best_epoch")})
+        if per:
+            fm, fs = _mean_std([p["final"] for p in per])
+            bm, bs = _mean_std([p["best"] for p in per])
+            out[mode] = {"seeds": per, "final_mean": fm, "final_std": fs, "best_mean": bm,
+                         "best_std": bs, "n": len(per)}
+    return out
 
 
 def _trajectory(method: str, sur_dir: Path, keep_epochs, log: Callable[[str], None]
@@ -209,17 +359,36 @@ def _label(method: str) -> str:
 def write_report(results: dict[str, Any], out: Path) -> None:
     st = results["stages"]
     cfg = results["config"]
-    pr = st["prune"]
+    pr = st.get("prune")
     lines = [f"# DP4TL run: {_label(cfg['method'])} at ratio {cfg['ratio']}", "",
              f"- source: `{results['source']}`", f"- target: `{results['target']}`",
-             f"- recipes: {', '.join(f'{k}=`{v}`' for k, v in results['recipes'].items())}",
-             f"- kept: {len(pr.get('kept_units', [])) or '-'} {UNIT_PLURAL[pr['unit']]}, "
-             f"{pr['train_kept']} train samples", "",
-             "| stage | wall s | result |", "|---|---:|---|"]
+             f"- protocol: `{results.get('protocol', cfg.get('protocol', 'fast'))}`",
+             f"- recipes: {', '.join(f'{k}=`{v}`' for k, v in results['recipes'].items())}"]
+    for name, what in (("surrogate", "surrogate"), ("pretrain", "source model")):
+        if st.get(name, {}).get("brought"):
+            lines.append(f"- {what}: brought weights `{st[name]['weights']}` ({st[name]['arch']}, "
+                         "imported, not trained)")
+    if pr is not None:
+        lines.append(f"- kept: {len(pr.get('kept_units', [])) or '-'} {UNIT_PLURAL[pr['unit']]}, "
+                     f"{pr['train_kept']} train samples")
+    lines += ["", "| stage | wall s | result |", "|---|---:|---|"]
     for name, res in st.items():
         lines.append(f"| {name} | {res.get('seconds', 0):.1f} | {describe(res)} |")
     total = sum(r.get("seconds", 0) for r in st.values())
     lines += [f"| **total** | {total:.1f} | |", ""]
+    summary = results.get("summary") or {}
+    if summary:
+        n = len(results.get("seeds") or [0])
+        lines += [f"Target test top-1 (%), {'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}"
+                  ": final epoch and best evaluated epoch", "",
+                  "| mode | final epoch | best epoch | per seed (final / best) |", "|---|---:|---:|---|"]
+        for mode, sm in summary.items():
+            cell = (lambda m, s_: f"{100 * m:.2f} ± {100 * s_:.2f}" if n > 1 else f"{100 * m:.2f}")
+            per = ", ".join(f"s{p['seed']}: {100 * p['final']:.2f} / {100 * p['best']:.2f}"
+                            for p in sm["seeds"] if p["final"] is not None and p["best"] is not None)
+            lines.append(f"| {mode.upper()} | {cell(sm['final_mean'], sm['final_std'])} | "
+                         f"{cell(sm['best_mean'], sm['best_std'])} | {per} |")
+        lines.append("")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     atomic_write_json(out / "results.json", json.loads(json.dumps(results, default=str)))

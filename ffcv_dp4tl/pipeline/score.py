@@ -43,8 +43,12 @@ def self_supervised_refusal(scorer: Scorer, what: str) -> DP4TLError:
                       f"features only: {', '.join(self_supervised_alternatives())}")
 
 
+TARGET_CROPS = ("center", "none")
+
+
 def _load_surrogate(scorer: Scorer, ctx: ScoringContext, checkpoint: Path, device: str,
-                    resolution: int | None) -> Surrogate:
+                    resolution: int | None, target_resolution: int | None = None,
+                    target_crop: str | None = None) -> Surrogate:
     import torch
 
     from ..training.finetune import load_pretrained
@@ -60,10 +64,20 @@ def _load_surrogate(scorer: Scorer, ctx: ScoringContext, checkpoint: Path, devic
         raise DP4TLError(f"{checkpoint} predicts {ckpt.get('num_classes')} classes but "
                          f"{ctx.source_dir} has {source.num_classes}; use a surrogate trained "
                          "on this source")
-    res = resolution or int(ckpt.get("recipe", {}).get("eval", {}).get("resolution", 224))
+    recipe = ckpt.get("recipe", {}) or {}
+    res = resolution or int(recipe.get("eval", {}).get("resolution", 224))
+    # target input: the arguments, else the surrogate recipe's [scoring] (absent = fast defaults)
+    sc = recipe.get("scoring", {}) or {}
+    t_res = target_resolution if target_resolution is not None else int(sc.get("target_resolution", 0))
+    t_crop = target_crop or sc.get("target_crop", "center")
+    if t_crop not in TARGET_CROPS:
+        raise DP4TLError(f"target crop must be one of {', '.join(TARGET_CROPS)}, got {t_crop!r}")
+    if t_res < 0:
+        raise DP4TLError(f"target resolution must be >= 0 (0 = the surrogate's), got {t_res}")
     return Surrogate(path=Path(checkpoint), model=model, head=get_head(model), checkpoint=ckpt,
                      resolution=res, device=dev,
-                     autocast_dtype=torch.bfloat16 if dev.type == "cuda" else None)
+                     autocast_dtype=torch.bfloat16 if dev.type == "cuda" else None,
+                     target_resolution=t_res or None, target_crop=t_crop)
 
 
 def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
@@ -72,7 +86,8 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
           fmt: str = "ffcv", device: str = "cpu", batch_size: int = 256, num_workers: int = 2,
           resolution: int | None = None, k: int = 2000, iters: int = 20, seed: int = 0,
           backend: str = "auto", progress: bool = True,
-          trajectory: list[str | Path] | tuple[str | Path, ...] = ()) -> dict[str, Any]:
+          trajectory: list[str | Path] | tuple[str | Path, ...] = (),
+          target_resolution: int | None = None, target_crop: str | None = None) -> dict[str, Any]:
     """Compute the scores of ``method`` and write them to ``out_dir``; returns the metadata.
 
     ``target_dir`` may list several targets (lm, fm, fm-sup): one pruned source then serves
@@ -80,6 +95,9 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     they are added (:func:`combine_target_scores`), so a big target cannot drown a small one.
     ``trajectory``: early-training checkpoints of the surrogate (epoch order); methods that
     need one score the earliest, the others ``checkpoint``.
+    ``target_resolution`` / ``target_crop``: how the surrogate reads the target images (default:
+    the surrogate recipe's ``[scoring]`` section; without one, the surrogate's eval resolution
+    with the 224/256 centre crop). The paper protocol: 224 and ``"none"``.
     """
     scorer = get_scorer(method)
     t0 = time.perf_counter()
@@ -101,9 +119,14 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     ctx.meta.update({"source_fingerprint": ctx.source.fingerprint, "seed": seed})
     if scorer.needs_surrogate:
         ctx.checkpoint = chosen
-        ctx.surrogate = _load_surrogate(scorer, ctx, chosen, device, resolution)
+        ctx.surrogate = _load_surrogate(scorer, ctx, chosen, device, resolution,
+                                        target_resolution, target_crop)
         ctx.meta.update({"surrogate": str(chosen), "surrogate_hash": file_hash(chosen),
                          "resolution": ctx.surrogate.resolution})
+        if scorer.needs_target:
+            ctx.meta.update({"target_resolution": ctx.surrogate.target_resolution
+                             or ctx.surrogate.resolution,
+                             "target_crop": ctx.surrogate.target_crop})
     result = scorer.score(ctx)
     meta = ctx.meta
     if not scorer.higher_is_better:

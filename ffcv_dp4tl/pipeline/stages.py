@@ -100,12 +100,16 @@ def describe(result: dict[str, Any] | StageResult) -> str:
     v = r.values
     if r.kind == "finetune":
         if "test_top1" in v:
-            return f"target test top-1 {v['test_top1']:.4f}"
+            best = (f" (best {v['best_test_top1']:.4f} at epoch {v['best_epoch']})"
+                    if v.get("best_test_top1") is not None else "")
+            return f"target test top-1 {v['test_top1']:.4f}{best}"
         if v.get("top1_val") is not None:
             return f"val top-1 {v['top1_val']:.4f}"
     if r.kind == "score" and "selection_seconds" in v:
         return f"selection {v['selection_seconds']:.1f}s"
     if r.kind == "train":
+        if v.get("brought"):
+            return f"brought weights {Path(str(v.get('weights', '?'))).name} (imported, not trained)"
         if v.get("top1_val") is not None:
             return f"val top-1 {v['top1_val']:.4f}"
         if v.get("objective", "supervised") != "supervised":

@@ -23,9 +23,14 @@ class Surrogate:
     model: Any  # torch.nn.Module, on ``device``
     head: Any  # its classification layer (its inputs are the features)
     checkpoint: dict[str, Any]
-    resolution: int  # inference resolution of source and target images
+    resolution: int  # inference resolution of the source images (eval transform)
     device: Any  # torch.device
     autocast_dtype: Any = None  # torch.bfloat16 on CUDA
+    # how the target images are read (recipe [scoring]): at this resolution (None = resolution),
+    # with the eval transform's 224/256 centre crop ("center") or the whole short side ("none",
+    # the paper's resize to the source resolution)
+    target_resolution: int | None = None
+    target_crop: str = "center"
 
     @property
     def self_supervised(self) -> str | None:
@@ -69,13 +74,20 @@ class ScoringContext:
                              "name logits, features or trajectory)")
         return self.surrogate
 
-    def loader(self, dataset_dir: str | Path, split: str):
-        """Eval-transform loader (no shuffle, no drop) at the surrogate's resolution."""
+    def loader(self, dataset_dir: str | Path, split: str, target: bool = False):
+        """Eval-transform loader (no shuffle, no drop) at the surrogate's resolution; for a
+        ``target`` at the surrogate's target resolution and crop (see :class:`Surrogate`)."""
         from ..data.loaders import make_loader
+        from ..data.transforms import AugSpec
 
         s = self._need_surrogate()
-        return make_loader(dataset_dir, split, fmt=self.fmt, train=False, shuffle=False,
-                           drop_last=False, batch_size=self.batch_size, resolution=s.resolution,
+        res, aug = s.resolution, AugSpec.for_eval()
+        if target:
+            res = s.target_resolution or s.resolution
+            if s.target_crop == "none":
+                aug = AugSpec.for_eval(center_crop_ratio=1.0)
+        return make_loader(dataset_dir, split, fmt=self.fmt, aug=aug, shuffle=False,
+                           drop_last=False, batch_size=self.batch_size, resolution=res,
                            device=s.device, num_workers=self.num_workers, rank=0, world_size=1)
 
     # ------------------------------------------------------------------ surrogate passes
@@ -93,7 +105,7 @@ class ScoringContext:
         for t in self.targets:
             tm = load_manifest(t)
             self.meta["target_fingerprints"].append(tm.fingerprint)
-            out.append(predict(s.model, self.loader(t, "train"), head=s.head,
+            out.append(predict(s.model, self.loader(t, "train", target=True), head=s.head,
                                want_logits=not features, want_features=features,
                                num_samples=tm.split("train").num_samples,
                                desc=f"target {tm.data.get('name')}", progress=self.progress,

@@ -153,6 +153,20 @@ class FinetuneCfg:
 
 
 @dataclass
+class ScoringCfg:
+    """How the surrogate reads the *target* images when it scores them (LM votes, FM's target
+    features). ``target_resolution = 0`` reads them at the surrogate's ``eval.resolution``;
+    ``target_crop = "center"`` takes the eval transform's 224/256 centre crop of the short side
+    (the fast protocol: what the surrogate saw at validation). The paper resizes the target images
+    to the source resolution (Sec. 3; the authors' code: 224, no crop): ``target_resolution = 224``
+    and ``target_crop = "none"``, i.e. the whole short side (the largest centred square; ffcv's
+    decoders have no aspect-changing resize, so a non-square image loses the ends of its long
+    side, never any zoom) resized to 224. Source images are always read with the eval transform."""
+    target_resolution: int = 0   # 0 = the surrogate's eval.resolution
+    target_crop: str = "center"  # center (224/256 centre crop) | none (whole short side)
+
+
+@dataclass
 class SSLCfg:
     """Self-supervised pretraining (the FM setting's unlabeled sources). ``method = "none"``
     trains supervised; ``"moco_v2"`` trains MoCo v2 (He et al. 2020; Chen et al. 2020): two
@@ -183,6 +197,7 @@ class Recipe:
     eval: EvalCfg = field(default_factory=EvalCfg)
     finetune: FinetuneCfg = field(default_factory=FinetuneCfg)
     ssl: SSLCfg = field(default_factory=SSLCfg)
+    scoring: ScoringCfg = field(default_factory=ScoringCfg)
     name: str = ""             # recipe file stem (not a TOML key)
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,6 +209,8 @@ class Recipe:
             d["data"].pop("decode")  # likewise for recipes from before data.decode existed
         if not d["train"]["cpu_autocast"]:
             d["train"].pop("cpu_autocast")  # and from before train.cpu_autocast existed
+        if d["scoring"] == dataclasses.asdict(ScoringCfg()):
+            d.pop("scoring")  # and from before [scoring] existed
         return d
 
     def fingerprint(self) -> str:
@@ -265,6 +282,7 @@ _CHOICES = {
     ("finetune", "mode"): ("lp", "ff"),
     ("ssl", "method"): ("none", "moco_v2"),
     ("data", "decode"): ("cpu", "gpu", "auto"),
+    ("scoring", "target_crop"): ("center", "none"),
 }
 
 
@@ -294,9 +312,35 @@ def _validate_choices(r: Recipe, source: str) -> None:
         if r.train.batch_size % ssl.bn_splits:
             raise DP4TLError(f"{source}: train.batch_size ({r.train.batch_size}) must be "
                              f"divisible by ssl.bn_splits ({ssl.bn_splits})")
+    if r.scoring.target_resolution < 0:
+        raise DP4TLError(f"{source}: scoring.target_resolution must be >= 0 (0 = eval.resolution)")
+    _validate_lr(r, source)
     if r.train.min_res > r.train.max_res:
         raise DP4TLError(f"{source}: train.min_res ({r.train.min_res}) > train.max_res "
                          f"({r.train.max_res})")
+
+
+def _validate_lr(r: Recipe, source: str) -> None:
+    """The schedule's own knobs: a multistep schedule needs strictly increasing, positive
+    milestones and a decay factor in (0, 1]; warmup and cosine's floor are >= 0. (Milestones past
+    train.epochs are allowed: they never fire, which is what a shortened run — `--set
+    train.epochs=1` — wants.)"""
+    lr = r.lr
+    if lr.lr <= 0:
+        raise DP4TLError(f"{source}: lr.lr must be > 0, got {lr.lr}")
+    if lr.warmup_epochs < 0:
+        raise DP4TLError(f"{source}: lr.warmup_epochs must be >= 0, got {lr.warmup_epochs}")
+    if lr.schedule == "multistep":
+        ms = lr.milestones
+        if not ms:
+            raise DP4TLError(f"{source}: lr.schedule = \"multistep\" needs lr.milestones (epochs "
+                             "at which the lr is multiplied by lr.gamma), e.g. [30, 40]")
+        if ms[0] <= 0 or any(b <= a for a, b in zip(ms, ms[1:])):
+            raise DP4TLError(f"{source}: lr.milestones {ms} must be strictly increasing epochs > 0")
+        if not 0 < lr.gamma <= 1:
+            raise DP4TLError(f"{source}: lr.gamma must be in (0, 1], got {lr.gamma}")
+    if lr.min_lr < 0:
+        raise DP4TLError(f"{source}: lr.min_lr must be >= 0, got {lr.min_lr}")
 
 
 def _looks_like_path(path_or_name: str | Path) -> bool:
@@ -307,6 +351,9 @@ def _looks_like_path(path_or_name: str | Path) -> bool:
 def resolve_recipe_path(path_or_name: str | Path) -> Path:
     """A path to a .toml file, or a bare registry name → the shipped ``NAME.toml``."""
     p = Path(path_or_name).expanduser()
+    shipped = _shipped(path_or_name)
+    if shipped is not None and not p.is_file():
+        return shipped  # a shipped recipe set's member, e.g. "paper/lp"
     if _looks_like_path(path_or_name) or p.is_file():
         if not p.is_file():
             raise DP4TLError(f"recipe file not found: {p} (pass an existing .toml file or a "
@@ -320,9 +367,28 @@ def resolve_recipe_path(path_or_name: str | Path) -> Path:
                      f"recipe (available: {', '.join(list_recipes())}; or pass a .toml path)")
 
 
-def list_recipes() -> list[str]:
-    """Names of the shipped recipes (``dp4tl recipes`` shows them with their descriptions)."""
-    return sorted(q.stem for q in recipes_dir().glob("*.toml"))
+def _shipped(name: str | Path) -> Path | None:
+    """``"paper/lp"`` → the shipped ``recipes/paper/lp.toml`` (a recipe set's member), else None."""
+    text = str(name)
+    if text.endswith(".toml") or text.startswith(("~", "/", ".")) or "/" not in text:
+        return None
+    cand = recipes_dir() / f"{text}.toml"
+    return cand if cand.is_file() else None
+
+
+#: shipped recipe sets in subfolders of recipes/ (recipes/paper/: the paper's protocol)
+RECIPE_SETS_DIRS = ("paper",)
+
+
+def list_recipes(sets: bool = False) -> list[str]:
+    """Names of the shipped recipes (``dp4tl recipes`` shows them with their descriptions): the
+    top-level ones, and with ``sets`` also the recipe sets' members, named ``SET/NAME`` (e.g.
+    ``paper/lp``, the paper protocol's LP recipe)."""
+    root = recipes_dir()
+    names = sorted(q.stem for q in root.glob("*.toml"))
+    if sets:
+        names += sorted(f"{d}/{q.stem}" for d in RECIPE_SETS_DIRS for q in (root / d).glob("*.toml"))
+    return names
 
 
 def recipe_description(path_or_name: str | Path) -> str:
@@ -395,4 +461,10 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] | tuple[str, ...]
     source = str(path) + (f" (with overrides {list(overrides)})" if overrides else "")
     recipe = _build(data, source)
     recipe.name = path.stem
+    try:  # a recipe set's member keeps its set in its name ("paper/lp")
+        rel = path.resolve().relative_to(recipes_dir().resolve())
+        if len(rel.parts) > 1:
+            recipe.name = rel.with_suffix("").as_posix()
+    except ValueError:
+        pass
     return recipe

@@ -89,3 +89,30 @@ print("ok", len(names))
                        text=True, cwd=tmp_path, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "lp_tiny_cpu" in r.stdout and os.path.join("site", "ffcv_dp4tl", "recipes") in r.stdout
+
+
+def test_wheel_contains_the_recipe_sets(wheel, tmp_path):
+    """recipes/paper/ (the `--protocol paper` set) ships too and loads by its set name."""
+    from ffcv_dp4tl.training.recipe import RECIPE_SETS_DIRS
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for d in RECIPE_SETS_DIRS:
+        files = sorted(p.name for p in (REPO / "recipes" / d).glob("*.toml"))
+        assert files, f"no recipes/{d}/*.toml"
+        missing = [f for f in files if f"ffcv_dp4tl/recipes/{d}/{f}" not in names]
+        assert not missing, (f"recipes/{d} missing from the wheel (add \"{d}/*.toml\" to "
+                             f"[tool.setuptools.package-data]): {missing}")
+    site = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                        str(site), str(wheel)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    code = ("from ffcv_dp4tl.training.recipe import list_recipes, load_recipe\n"
+            "names = [n for n in list_recipes(sets=True) if '/' in n]\n"
+            "assert 'paper/lp' in names, names\n"
+            "assert load_recipe('paper/resnet18_surrogate').optim.weight_decay == 5e-4\n"
+            "print('ok', len(names))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(site)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env=env, timeout=300)
+    assert r.returncode == 0 and r.stdout.startswith("ok "), r.stderr

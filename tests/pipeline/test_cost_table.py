@@ -151,3 +151,18 @@ def test_cli_parses_options_and_writes_the_benchmarks_section(tmp_path, monkeypa
     assert "**CPU**" in text and "dp4tl bench cost-table" in text
     assert "](docs/cost-table/accuracy.png)" in text
     assert (out / "cost.png").exists() and (out / "report.md").exists()
+
+
+def test_best_epoch_accuracy_and_brought_surrogate_in_the_report():
+    rows = [_row(REFERENCE, 0.0, 0, 0, 0, 100.0, 50.0), _row(REFERENCE, 0.0, 1, 0, 0, 100.0, 52.0),
+            _row("lm", 0.6, 0, 1.0, 2.0, 40.0, 52.0), _row("lm", 0.6, 1, 1.0, 2.0, 40.0, 50.0)]
+    for r, best in zip(rows, (55.0, 53.0, 56.0, 54.0)):
+        r["lp_best_top1"] = best
+    t = summarize(rows, methods=["lm"], ratios=[0.0, 0.6], seeds=[0, 1], finetune=["lp"])
+    assert t["accuracy_best"]["lp"]["reference"][0] == pytest.approx(54.0)
+    assert t["accuracy_best"]["lp"]["methods"]["lm"]["0.6"][0] == pytest.approx(55.0)
+    assert t["tol"] == 0.0 and t["winners"]["lp"]["lm"]["ratio"] == 0.6  # 51 >= 51: no lower
+    t.update(surrogate_s=0.3, recipes={}, surrogate_brought="/w/resnet18.pth")
+    md = markdown_tables(t)
+    assert "Best evaluated epoch" in md and "55.0 ± 1.4" in md
+    assert "**brought** (`/w/resnet18.pth`" in md

@@ -1,0 +1,111 @@
+"""Bring your own weights: torchvision/timm state dicts → checkpoints, checked against classes."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.training.checkpoint import Checkpoint
+from ffcv_dp4tl.training.finetune import load_pretrained
+from ffcv_dp4tl.training.models import VisionTransformer, create_model
+from ffcv_dp4tl.training.recipe import load_recipe
+from ffcv_dp4tl.training.weights import (import_weights, read_state_dict,
+                                         timm_vit_to_torchvision)
+
+CLASSES = [f"n0{i:07d}" for i in range(5)]  # sorted wnids, as torchvision's ImageNet models
+TINY = ["model.width=8", "model.small_input=true", "model.blurpool=false"]
+
+
+def _model(n=5, **kw):
+    torch.manual_seed(0)
+    return create_model("resnet18", n, width=8, small_input=True, **kw)
+
+
+def _recipe(*extra):
+    return load_recipe("resnet18_surrogate", [*TINY, *extra])
+
+
+@pytest.mark.parametrize("style", ["torchvision", "timm"])
+def test_both_naming_styles_import_and_reload_identically(tmp_path, style):
+    m = _model()
+    sd = m.state_dict()
+    path = tmp_path / f"{style}.pth"
+    if style == "torchvision":
+        torch.save(sd, path)  # torch.save(model.state_dict())
+    else:  # timm / training-script checkpoint: wrapped, DDP prefix, extra entries
+        torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 90,
+                    "arch": "resnet18"}, path)
+    info = import_weights(path, tmp_path / "ckpt.pt", recipe=_recipe(), classes=CLASSES)
+    assert info["brought"] and info["num_classes"] == 5
+    model, ckpt = load_pretrained(tmp_path / "ckpt.pt", torch.device("cpu"))
+    assert ckpt.get("brought_weights") == str(path) and ckpt.classes == CLASSES
+    x = torch.randn(2, 3, 16, 16)
+    m.eval(), model.eval()
+    torch.testing.assert_close(model(x), m(x))
+
+
+def test_blurpool_weights_are_detected(tmp_path):
+    m = _model(blurpool=True)
+    torch.save(m.state_dict(), tmp_path / "bp.pth")
+    info = import_weights(tmp_path / "bp.pth", tmp_path / "c.pt", recipe=_recipe(), classes=CLASSES)
+    assert info["model_kwargs"]["blurpool"] is True
+
+
+def test_class_count_and_order_mismatches_are_one_line_errors(tmp_path):
+    torch.save(_model(4).state_dict(), tmp_path / "four.pth")
+    with pytest.raises(DP4TLError, match="predicts 4 classes but the source .* has 5") as e:
+        import_weights(tmp_path / "four.pth", tmp_path / "c.pt", recipe=_recipe(), classes=CLASSES)
+    assert "\n" not in str(e.value)
+    named = tmp_path / "named.pth"
+    torch.save({"state_dict": _model().state_dict(), "classes": CLASSES[::-1]}, named)
+    with pytest.raises(DP4TLError, match="output 0 is class 'n00000004'.*class order differs"):
+        import_weights(named, tmp_path / "c.pt", recipe=_recipe(), classes=CLASSES)
+    torch.save({"state_dict": _model().state_dict(), "classes": CLASSES}, named)
+    import_weights(named, tmp_path / "c.pt", recipe=_recipe(), classes=CLASSES)  # same order: ok
+    torch.save(_model().state_dict(), tmp_path / "plain.pth")
+    with pytest.raises(DP4TLError, match="sorted-wnid order.*not sorted"):
+        import_weights(tmp_path / "plain.pth", tmp_path / "c.pt", recipe=_recipe(),
+                       classes=["dog", "cat", "eel", "fox", "gnu"])
+    assert not (tmp_path / "c.pt").exists() or Checkpoint.load(tmp_path / "c.pt").classes == CLASSES
+
+
+def test_wrong_architecture_or_file_is_clear(tmp_path):
+    torch.save(_model().state_dict(), tmp_path / "w.pth")
+    with pytest.raises(DP4TLError, match="do not fit resnet34"):
+        import_weights(tmp_path / "w.pth", tmp_path / "c.pt",
+                       recipe=_recipe("model.arch=resnet34"), classes=CLASSES)
+    (tmp_path / "junk.pth").write_bytes(b"not a torch file")
+    with pytest.raises(DP4TLError, match="not a state dict"):
+        read_state_dict(tmp_path / "junk.pth")
+    torch.save({"epoch": 3}, tmp_path / "nosd.pth")
+    with pytest.raises(DP4TLError, match="holds no state dict"):
+        read_state_dict(tmp_path / "nosd.pth")
+    with pytest.raises(DP4TLError, match="not found"):
+        read_state_dict(tmp_path / "missing.pth")
+
+
+def _tv_to_timm(sd):
+    """The inverse of the mapping under test, written out independently (timm's names)."""
+    out = {}
+    for k, v in sd.items():
+        k2 = (k.replace("encoder.layers.encoder_layer_", "blocks.")
+              .replace("self_attention.in_proj_weight", "attn.qkv.weight")
+              .replace("self_attention.in_proj_bias", "attn.qkv.bias")
+              .replace("self_attention.out_proj", "attn.proj").replace("ln_1", "norm1")
+              .replace("ln_2", "norm2").replace("mlp.0.", "mlp.fc1.").replace("mlp.3.", "mlp.fc2.")
+              .replace("encoder.ln.", "norm.").replace("encoder.pos_embedding", "pos_embed")
+              .replace("class_token", "cls_token").replace("conv_proj.", "patch_embed.proj.")
+              .replace("heads.head.", "head."))
+        out[k2] = v
+    return out
+
+
+def test_timm_vit_names_map_to_torchvision():
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=16,
+                            mlp_dim=32, num_classes=3)
+    sd = vit.state_dict()
+    timm_sd = _tv_to_timm(sd)
+    assert any(k.startswith("blocks.1.attn.qkv") for k in timm_sd) and "cls_token" in timm_sd
+    back = timm_vit_to_torchvision(timm_sd)
+    assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
