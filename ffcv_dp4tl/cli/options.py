@@ -40,6 +40,12 @@ class RecipeSet(str, Enum):
     full = "full"
 
 
+class Budget(str, Enum):
+    """What a pruning ratio counts for class/cluster methods: units, or kept train samples."""
+    units = "units"
+    samples = "samples"
+
+
 class FinetuneMode(str, Enum):
     lp = "lp"
     ff = "ff"

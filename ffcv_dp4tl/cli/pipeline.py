@@ -8,7 +8,7 @@ import typer
 
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (FORMAT_HELP, K_HELP, Format, FinetuneMode, RecipeSet, check_arch,
+from .options import (FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, RecipeSet, check_arch,
                       default_k, device_option, list_callback, pick_data, split_list)
 
 FINETUNE_MODES = [m.value for m in FinetuneMode]
@@ -46,6 +46,11 @@ def pipeline(
                                    "(repeatable)"),
     set_surrogate: List[str] = typer.Option([], "--set-surrogate", help="Surrogate recipe override "
                                             "(repeatable)"),
+    opt: List[str] = typer.Option([], "--opt", help="Scoring method option NAME=VALUE "
+                                  "(repeatable; `dp4tl score --help`, docs/scorers.md)"),
+    budget: Budget = typer.Option(Budget.units, help="units: the ratio counts the method's classes/"
+                               "clusters; samples: prune them until the kept sample fraction "
+                               "is closest to 1 - ratio"),
 ) -> None:
     """build → surrogate → score → prune → pretrain on the mask → LP/FF on the target → report."""
     from ..pipeline.run import PipelineConfig, run_pipeline
@@ -58,6 +63,7 @@ def pipeline(
                          finetune=tuple(split_list(finetune)), data_root=data_root,
                          runs_root=runs_root, fmt=format.value, device=device,
                          k=default_k(k, data), seed=seed,
-                         overrides=tuple(set_), surrogate_overrides=tuple(set_surrogate))
+                         overrides=tuple(set_), surrogate_overrides=tuple(set_surrogate),
+                         scorer_options=tuple(opt), budget=budget.value)
     res = run_pipeline(cfg, log=typer.echo)
     typer.echo(Path(res["report"]).read_text())

@@ -130,6 +130,8 @@ def _row(res: dict[str, Any], method: str, ratio: float, seed: int, charged_surr
                            **{f"{k}_s": v for k, v in sec.items()},
                            "selection_s": float(st.get("score", {}).get("selection_seconds", 0.0)),
                            "train_kept": st["prune"].get("train_kept"),
+                           # the sample share kept: ≠ 1 - ratio for cluster/class units
+                           "kept_sample_fraction": st["prune"].get("kept_sample_fraction"),
                            "total_s": sum(sec[k] for k in COST_STAGES)}
     for mode in ("lp", "ff"):
         ft = st.get(f"finetune-{mode}")
@@ -244,6 +246,9 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
             agg = {k: _mean_std([x.get(k) for x in sel])[0]
                    for k in ("surrogate_s", "score_s", "prune_s", "pretrain_s", "total_s",
                              "pretrain_cpu_s", "total_cpu_s")}
+            fr = [x.get("kept_sample_fraction") for x in sel
+                  if x.get("kept_sample_fraction") is not None]
+            agg["kept_sample_fraction"] = _mean_std(fr)[0] if fr else None
             cost.append({"method": m, "ratio": r, **agg,
                          "cpu_reduction": 1.0 - agg["total_cpu_s"] / ref_total_cpu,
                          "pretrain_cpu_reduction": 1.0 - agg["pretrain_cpu_s"] / ref_pre_cpu,
@@ -307,6 +312,10 @@ def _pct(x: float | None, signed: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{x * 100:+.0f} %" if signed else f"{x * 100:.0f} %"
+
+
+def _share(x: float | None) -> str:
+    return "–" if x is None else f"{x * 100:.1f} %"
 
 
 def _f(x: float | None) -> str:
@@ -390,14 +399,17 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
               "pretraining and is shared by every ratio and target; the pretrain-only columns "
               "compare directly with the paper's reductions."]
     L += ["", "Stage breakdown (wall seconds, mean over seeds; CPU-s = CPU seconds of this "
-          "process + its finished loader workers, less sensitive to other jobs):", "",
-          "| method | ratio | surrogate | score | prune | pretrain | total | reduction | "
-          "total CPU-s | reduction (CPU-s) |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-          f"| {REFERENCE} | 0 % | 0 | 0 | 0 | {ref['pretrain_s']:.1f} | {ref['total_s']:.1f} | – "
-          f"| {_f(ref.get('total_cpu_s'))} | – |"]
+          "process + its finished loader workers, less sensitive to other jobs; kept samples = "
+          "the share of source train samples kept — for class/cluster methods the ratio counts "
+          "classes/clusters, so it is not 1 − ratio unless `--budget samples`):", "",
+          "| method | ratio | kept samples | surrogate | score | prune | pretrain | total | "
+          "reduction | total CPU-s | reduction (CPU-s) |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+          f"| {REFERENCE} | 0 % | 100 % | 0 | 0 | 0 | {ref['pretrain_s']:.1f} | "
+          f"{ref['total_s']:.1f} | – | {_f(ref.get('total_cpu_s'))} | – |"]
     for c in t["cost"][1:]:
-        L.append(f"| {method_label(c['method'])} | {_r(c['ratio'])} | {c['surrogate_s']:.1f} | "
+        L.append(f"| {method_label(c['method'])} | {_r(c['ratio'])} | "
+                 f"{_share(c.get('kept_sample_fraction'))} | {c['surrogate_s']:.1f} | "
                  f"{c['score_s']:.1f} | {c['prune_s']:.2f} | {c['pretrain_s']:.1f} | "
                  f"{c['total_s']:.1f} | {_pct(c['reduction'])} | {_f(c.get('total_cpu_s'))} | "
                  f"{_pct(c.get('cpu_reduction'))} |")

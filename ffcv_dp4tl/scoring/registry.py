@@ -201,6 +201,7 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
     """Class decorator adding a :class:`Scorer` subclass to the registry under ``cls.name``."""
     if not (isinstance(cls, type) and issubclass(cls, Scorer)):
         raise TypeError("register_scorer decorates Scorer subclasses")
+    _load_builtins()  # a name clash with a built-in is caught whatever was imported first
     name = cls.name
     if not name or any(c.isspace() or c in ",@" for c in name):
         raise ValueError(f"{cls.__qualname__}: scorer name {name!r} must be non-empty, without "

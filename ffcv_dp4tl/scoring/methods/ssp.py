@@ -5,6 +5,8 @@ hard; keeps hard samples by default (the paper's rule when data is abundant), ``
 the prototypical ones. ``--opt k`` = number of clusters (0: the number of source classes)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ..baselines import _l2_normalise, prototype_distances
@@ -34,5 +36,6 @@ class SelfSupervisedPrototypes(Scorer):
         k = int(ctx.opt("k")) or ctx.source.num_classes
         result = kmeans(x, k, iters=ctx.iters, seed=ctx.seed, backend=ctx.backend)
         ctx.meta.update({"ssp_k": k, "iters": ctx.iters})
+        np.save(Path(ctx.out_dir) / "ssp_centroids.npy", result.centroids)  # for inspection
         d = prototype_distances(x, result.centroids, normalize=False)
         return ScoreResult(scores=d if ctx.opt("keep") == "hard" else -d)
