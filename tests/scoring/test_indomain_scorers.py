@@ -188,3 +188,33 @@ def test_per_sample_grad_norms_match_a_backward_loop():
         torch.nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
         ref = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))
         assert got[order[i]] == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_pipeline_runs_forget_without_a_surrogate_and_fm_with_a_sample_budget(env):
+    from ffcv_dp4tl.pipeline.run import PipelineConfig, run_pipeline
+
+    tmp, source, _ = env
+    runs = tmp / "runs"
+    base = dict(ratio=0.5, source=SYNTH, target="", fmt="wds", finetune=(), device="cpu",
+                data_root=tmp / "data", runs_root=runs, overrides=TRAIN,
+                surrogate_overrides=TRAIN)
+    with pytest.raises(DP4TLError, match="el2n has no option nope"):
+        run_pipeline(PipelineConfig(method="el2n", scorer_options=("nope=1",), **base),
+                     log=lambda s: None)
+    assert not runs.exists()  # refused before any work
+    res = run_pipeline(PipelineConfig(method="forget", scorer_options=("epochs=1",), **base),
+                       log=lambda s: None)
+    assert list(res["stages"]) == ["score", "prune", "pretrain"]  # it trains its own run
+    (run,) = res["stages"]["score"]["training_runs"]
+    assert run["epochs"] == 1 and res["stages"]["score"]["options"]["epochs"] == 1
+    n = len(_labels(source))
+    assert res["stages"]["prune"]["kept_sample_fraction"] == pytest.approx(round(0.5 * n) / n)
+    res = run_pipeline(PipelineConfig(method="fm", k=6, budget="samples", **base),
+                       log=lambda s: None)
+    pr = res["stages"]["prune"]
+    assert pr["budget"] == "samples" and pr["unit"] == "cluster"
+    assert abs(pr["train_kept"] - n / 2) <= max(np.bincount(
+        load_scores(next(runs.glob("score-*/train_units.npy")).parent)[1]["train_units"]))
+    report = Path(res["report"]).read_text()
+    assert f"{pr['kept_sample_fraction']:.3f} of the train samples" in report
+    assert "budget: samples" in report
