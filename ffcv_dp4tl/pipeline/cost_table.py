@@ -418,10 +418,11 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
         L += ["", f"### Selection cost (Tab. 4) at {_r(r)}", "",
               "Selection = score stage (surrogate inference, feature extraction, k-means, voting "
               "or per-sample scores) + the surrogate's training time where the method needs a "
-              "trained model; the last column is each method's registered cost record. Here the "
-              "sample-wise baselines use the same surrogate as LM/FM (the paper trains the full "
-              "source model, or an early-training one, for them). The score stage is "
-              "ratio-independent.", "",
+              "trained model; the last column is each method's registered cost record. The "
+              "score stage includes the training runs a method makes itself (EL2N/GraNd: N − 1 "
+              "early-training runs beside the surrogate's early checkpoint; FORGET: its own "
+              "training run), as the paper's Tab. 4 costs do; the other baselines use the "
+              "surrogate LM/FM use. The score stage is ratio-independent.", "",
               "| method | surrogate s | score s | of which selection_seconds | selection total s "
               "| what it runs |",
               "|---|---:|---:|---:|---:|---|"]

@@ -85,3 +85,23 @@ def test_budget_samples_for_classes_and_samples(index_dataset, tmp_path):
     b = prune(out, src, 0.3, tmp_path / "b", budget="samples")
     assert a["train_kept"] == b["train_kept"] == 49
     assert a["kept_sample_fraction"] == pytest.approx(0.7)
+
+
+def test_cli_prune_budget_and_score_options(index_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from ffcv_dp4tl.cli import app
+
+    sd = _fm_scores(tmp_path, np.zeros(5), _units())
+    r = CliRunner().invoke(app, ["prune", "--scores", str(sd), "--data", str(index_dataset.root),
+                                 "--ratio", "0.6", "--budget", "samples", "--out",
+                                 str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert "1 clusters kept, train 30 samples (kept sample fraction 0.429)" in r.output
+    r = CliRunner().invoke(app, ["prune", "--scores", str(sd), "--data", str(index_dataset.root),
+                                 "--ratio", "0.6", "--budget", "pixels", "--out", str(tmp_path / "x")])
+    assert r.exit_code != 0 and not (tmp_path / "x").exists()
+    r = CliRunner().invoke(app, ["score", "--method", "random", "--data", str(index_dataset.root),
+                                 "--opt", "runs=3", "--out", str(tmp_path / "sc")])
+    assert r.exit_code != 0 and "random has no option runs" in str(r.exception or r.output)
+    assert not (tmp_path / "sc").exists()

@@ -80,7 +80,7 @@ def test_builtin_names_units_and_needs():
     from ffcv_dp4tl.pipeline import score as score_mod
 
     assert score_mod.METHODS == tuple(list_scorers())
-    assert score_mod.NEEDS_CLASS_HEAD == ("lm", "el2n", "grand")
+    assert score_mod.NEEDS_CLASS_HEAD == ("lm", "el2n", "grand", "sp", "infmax", "infsum")
 
 
 def test_every_method_has_help_cost_and_its_own_plot_style():
