@@ -170,6 +170,10 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
                      for m, rs in (method_ratios or {}).items()}
     for m in methods:
         get_scorer(m)  # unknown method: one line listing the registered ones
+    for p in base.scorer_options:  # an option no method of the table has is a typo
+        if not any(options_for(m, [p]) for m in methods):
+            raise DP4TLError(f"--opt {p}: none of the methods {', '.join(methods)} has that "
+                             "option (docs/scorers.md lists them)")
     if not ratios or any(not 0.0 <= r < 1.0 for r in ratios):
         raise DP4TLError(f"ratios must lie in [0, 1), got {ratios}")
     pruned = [r for r in ratios if r > 0]
@@ -191,8 +195,8 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
         i += 1
         log(f"[cost-table] run {i}/{n_runs}: 0 % reference, seed {seed}")
         meter.dirs.clear()
-        ref = run_pipeline(replace(cfg_s, ratio=0.0, method="random", finetune=finetune),
-                           log=meter)
+        ref = run_pipeline(replace(cfg_s, ratio=0.0, method="random", finetune=finetune,
+                                   scorer_options=()), log=meter)
         recipes = dict(ref.get("recipes", {}))
         row = _row(ref, REFERENCE, 0.0, seed, 0.0, meter)
         row["score_s"] = row["prune_s"] = 0.0  # nothing is selected for the full dataset
@@ -205,7 +209,8 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
             log(f"[cost-table] run {i}/{n_runs}: {method} at {_r(r)}, seed {seed}")
             modes = tuple(m for m in finetune if m != "ff" or method in ff_set)
             meter.dirs.clear()
-            res = run_pipeline(replace(cfg_s, ratio=r, method=method, finetune=modes),
+            res = run_pipeline(replace(cfg_s, ratio=r, method=method, finetune=modes,
+                                       scorer_options=options_for(method, base.scorer_options)),
                                log=meter)
             if "surrogate" in res["stages"]:
                 surrogate_s = float(res["stages"]["surrogate"]["seconds"])
@@ -222,6 +227,15 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     if out_dir is not None:
         write_outputs(table, Path(out_dir))
     return table
+
+
+def options_for(method: str, pairs: Sequence[str]) -> tuple[str, ...]:
+    """The ``NAME=VALUE`` options (``--opt``) that ``method`` has: one list serves every method
+    of the table (e.g. ``runs=2`` reaches EL2N/GraNd/FORGET, not LM)."""
+    from ..scoring.registry import parse_option_pairs
+
+    known = get_scorer(method).options
+    return tuple(p for p in pairs if next(iter(parse_option_pairs([p]))) in known)
 
 
 def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Sequence[float],

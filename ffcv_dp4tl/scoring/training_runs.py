@@ -212,7 +212,11 @@ def early_training_checkpoints(ctx, runs: int, epoch: int, arch: str = "") -> li
     s = ctx.surrogate
     if s is not None and ctx.checkpoint is not None:
         same_arch = not arch or arch == s.checkpoint.get("arch")
-        same_epoch = epoch <= 0 or int(s.checkpoint.get("epoch", -1)) == stop
+        # the checkpoint given is reused when it stopped at the same epoch; with runs=1 and no
+        # epoch asked for, whatever it is (the single-checkpoint score of before, also when
+        # the surrogate recipe keeps no early checkpoint and the final one is given)
+        same_epoch = (int(s.checkpoint.get("epoch", -1)) == stop
+                      or (runs == 1 and epoch <= 0))
         if same_arch and same_epoch:
             paths.append(Path(ctx.checkpoint))
             record_run(ctx, {"run": 0, "dir": str(Path(ctx.checkpoint).parent),

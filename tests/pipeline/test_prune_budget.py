@@ -105,3 +105,18 @@ def test_cli_prune_budget_and_score_options(index_dataset, tmp_path):
                                  "--opt", "runs=3", "--out", str(tmp_path / "sc")])
     assert r.exit_code != 0 and "random has no option runs" in str(r.exception or r.output)
     assert not (tmp_path / "sc").exists()
+
+
+def test_cost_table_gives_each_method_only_its_own_options():
+    from ffcv_dp4tl.errors import DP4TLError
+    from ffcv_dp4tl.pipeline.cost_table import options_for, run_cost_table
+    from ffcv_dp4tl.pipeline.run import PipelineConfig
+
+    opts = ("runs=2", "grad=full", "band=value")
+    assert options_for("grand", opts) == ("runs=2", "grad=full")
+    assert options_for("el2n", opts) == ("runs=2",)
+    assert options_for("moderate", opts) == ("band=value",)
+    assert options_for("lm", opts) == ()
+    with pytest.raises(DP4TLError, match="--opt nope=1: none of the methods lm, random"):
+        run_cost_table(PipelineConfig(scorer_options=("nope=1",)), None,
+                       methods=("lm", "random"), log=lambda s: None)
