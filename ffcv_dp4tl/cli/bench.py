@@ -10,7 +10,7 @@ import typer
 from ..errors import DP4TLError
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (FORMAT_HELP, K_HELP, Format, Protocol, RecipeSet, check_arch, default_k,
+from .options import (Budget, FORMAT_HELP, K_HELP, Format, Protocol, RecipeSet, check_arch, default_k,
                       device_option, floats_callback, ints_callback, list_callback, pick_data,
                       split_list)
 from .pipeline import FINETUNE_MODES, PROTOCOL_HELP, SURROGATE_WEIGHTS_HELP
@@ -78,6 +78,10 @@ def cost_table(
     set_: List[str] = typer.Option([], "--set", help="Pretraining recipe override (repeatable)"),
     set_surrogate: List[str] = typer.Option([], "--set-surrogate", help="Surrogate recipe override"),
     set_finetune: List[str] = typer.Option([], "--set-finetune", help="LP/FF recipe override"),
+    opt: List[str] = typer.Option([], "--opt", help="Method option NAME=VALUE (repeatable), given "
+                                  "to every method that has it, e.g. runs=2 for el2n/grand"),
+    budget: Budget = typer.Option(Budget.units, help="units | samples: what the ratio counts for "
+                                  "class/cluster methods (see `dp4tl prune --help`)"),
     report: Path = typer.Option(None, help="Also write a `## Cost table` section into this "
                                 "Markdown file (e.g. BENCHMARKS.md)"),
     section: str = typer.Option(SECTION, help="Title of that section"),
@@ -95,7 +99,8 @@ def cost_table(
                           data_root=data_root, runs_root=runs_root, fmt=format.value,
                           device=device, k=k, overrides=tuple(set_),
                           surrogate_overrides=tuple(set_surrogate),
-                          finetune_overrides=tuple(set_finetune))
+                          finetune_overrides=tuple(set_finetune), scorer_options=tuple(opt),
+                          budget=budget.value)
     # the exact command, every option spelled out (defaults included) so it reproduces the run
     opts = [("ratios", ratios), ("methods", methods), ("seeds", seeds), ("finetune", finetune),
             ("ff-methods", ff_methods), ("data", data), ("target", target),
@@ -103,7 +108,9 @@ def cost_table(
             ("surrogate-weights", surrogate_weights or ""), ("arch", arch), ("data-root", data_root),
             ("runs-root", runs_root), ("format", format.value), ("device", device), ("k", k),
             ("tol", tol), *(("set", v) for v in set_), *(("set-surrogate", v) for v in set_surrogate),
-            *(("set-finetune", v) for v in set_finetune), ("out", out), ("report", report)]
+            *(("set-finetune", v) for v in set_finetune), *(("opt", v) for v in opt),
+            ("budget", budget.value if budget is not Budget.units else ""), ("out", out),
+            ("report", report)]
     command = "dp4tl bench cost-table " + " ".join(
         f"--{name} {shlex.quote(str(v))}" for name, v in opts if v not in ("", None))
     names = split_list(methods)

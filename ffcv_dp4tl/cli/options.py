@@ -60,6 +60,12 @@ class Split(str, Enum):
     official = "official"
 
 
+class Budget(str, Enum):
+    """What a pruning ratio counts for class/cluster methods: units, or kept train samples."""
+    units = "units"
+    samples = "samples"
+
+
 class FinetuneMode(str, Enum):
     lp = "lp"
     ff = "ff"

@@ -8,7 +8,7 @@ import typer
 
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (FORMAT_HELP, K_HELP, Format, FinetuneMode, Protocol, RecipeSet, Split,
+from .options import (FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Protocol, RecipeSet, Split,
                       check_arch, default_k, device_option, ints_callback, list_callback,
                       pick_data, split_list)
 
@@ -71,6 +71,11 @@ def pipeline(
                                             "(repeatable)"),
     set_finetune: List[str] = typer.Option([], "--set-finetune", help="LP/FF recipe override "
                                            "(repeatable)"),
+    opt: List[str] = typer.Option([], "--opt", help="Scoring method option NAME=VALUE "
+                                  "(repeatable; `dp4tl score --help`, docs/scorers.md)"),
+    budget: Budget = typer.Option(Budget.units, help="units: the ratio counts the method's classes/"
+                               "clusters; samples: prune them until the kept sample fraction "
+                               "is closest to 1 - ratio"),
 ) -> None:
     """build → surrogate → score → prune → pretrain on the mask → LP/FF on the target → report."""
     from ..pipeline.run import PipelineConfig, run_pipeline
@@ -88,6 +93,7 @@ def pipeline(
                          finetune_overrides=tuple(set_finetune),
                          seeds=tuple(int(x) for x in split_list(seeds)),
                          surrogate_weights=str(surrogate_weights or ""),
-                         source_weights=str(source_weights or ""), split=split.value)
+                         source_weights=str(source_weights or ""), split=split.value,
+                         scorer_options=tuple(opt), budget=budget.value)
     res = run_pipeline(cfg, log=typer.echo)
     typer.echo(Path(res["report"]).read_text())

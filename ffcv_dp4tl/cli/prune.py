@@ -8,7 +8,7 @@ import typer
 
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (DATA_HELP, FORMAT_HELP, PAPER_K, Backend, Format, TargetCrop, device_option,
+from .options import (DATA_HELP, FORMAT_HELP, PAPER_K, Backend, Budget, Format, TargetCrop, device_option,
                       paths, pick_data, resolve_device)
 
 
@@ -41,9 +41,19 @@ def score(
     seed: int = typer.Option(0),
     backend: Backend = typer.Option(Backend.auto, help="Scoring kernels (auto: CUDA when CuPy "
                                     "sees a device)"),
+    opt: List[str] = typer.Option([], "--opt", help="Method option NAME=VALUE (repeatable), e.g. "
+                                  "el2n/grand runs=10 epoch=2 arch=resnet18, grand grad=full, "
+                                  "moderate band=rank, ssp k=1000, forget epochs=16, infmax "
+                                  "damping=0.01; docs/scorers.md lists them"),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="Training recipe of the runs a "
+                                         "method trains itself (forget, el2n/grand with runs>1; "
+                                         "default: the surrogate checkpoint's)"),
+    set_: List[str] = typer.Option([], "--set", help="Override of --recipe section.key=value "
+                                   "(repeatable)"),
 ) -> None:
     """Score source classes, clusters or samples (the method's unit) for one or more targets."""
     from ..pipeline.score import score as run
+    from ..scoring.registry import parse_option_pairs
 
     source_dir = pick_data(data, source, "--source")
     targets = paths(target)
@@ -51,7 +61,8 @@ def score(
                out_dir=out, fmt=format.value, device=resolve_device(device),
                batch_size=batch_size, num_workers=workers, resolution=resolution, k=k,
                iters=iters, seed=seed, backend=backend.value, target_resolution=target_resolution,
-               target_crop=None if target_crop is None else target_crop.value)
+               target_crop=None if target_crop is None else target_crop.value,
+               options=parse_option_pairs(opt), train_recipe=recipe, train_overrides=tuple(set_))
     unit = meta.get("unit", "sample")  # random's metadata names neither (it scores samples)
     cost = meta.get("selection_seconds")
     typer.echo(f"{out}: {method} scores per {unit}"
@@ -67,13 +78,18 @@ def prune(
     ratio: float = typer.Option(..., help="Fraction of classes/clusters (or samples) to remove, in [0, 1)"),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for train.npy/val.npy masks"),
     reverse: bool = typer.Option(False, help="Keep the lowest-scored units (ablation)"),
+    budget: Budget = typer.Option(Budget.units, help="units: --ratio of the method's classes/clusters "
+                               "(or samples); samples: prune classes/clusters until the kept "
+                               "sample fraction is closest to 1 - ratio"),
 ) -> None:
     """Turn scores into index masks over the source train and val splits."""
     from ..pipeline.prune import prune as run
 
-    s = run(scores, pick_data(data, source, "--source"), ratio, out, reverse=reverse)
+    s = run(scores, pick_data(data, source, "--source"), ratio, out, reverse=reverse,
+            budget=budget.value)
     from ..scoring.registry import UNIT_PLURAL
 
     n = len(s.get("kept_units", []))
     kept = f"{n} {UNIT_PLURAL[s['unit']]} kept, " if "kept_units" in s else ""
-    typer.echo(f"{out}: {kept}train {s['train_kept']} samples, val {s.get('val_kept', '-')} samples")
+    typer.echo(f"{out}: {kept}train {s['train_kept']} samples (kept sample fraction "
+               f"{s['kept_sample_fraction']:.3f}), val {s.get('val_kept', '-')} samples")

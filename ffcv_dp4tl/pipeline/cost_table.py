@@ -134,6 +134,8 @@ def _row(res: dict[str, Any], method: str, ratio: float, seed: int, charged_surr
                            **{f"{k}_s": v for k, v in sec.items()},
                            "selection_s": float(st.get("score", {}).get("selection_seconds", 0.0)),
                            "train_kept": st["prune"].get("train_kept"),
+                           # the sample share kept: ≠ 1 - ratio for cluster/class units
+                           "kept_sample_fraction": st["prune"].get("kept_sample_fraction"),
                            "total_s": sum(sec[k] for k in COST_STAGES)}
     row["surrogate_brought"] = bool(st.get("surrogate", {}).get("brought"))
     for mode in ("lp", "ff"):
@@ -175,6 +177,10 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
                      for m, rs in (method_ratios or {}).items()}
     for m in methods:
         get_scorer(m)  # unknown method: one line listing the registered ones
+    for p in base.scorer_options:  # an option no method of the table has is a typo
+        if not any(options_for(m, [p]) for m in methods):
+            raise DP4TLError(f"--opt {p}: none of the methods {', '.join(methods)} has that "
+                             "option (docs/scorers.md lists them)")
     if not ratios or any(not 0.0 <= r < 1.0 for r in ratios):
         raise DP4TLError(f"ratios must lie in [0, 1), got {ratios}")
     pruned = [r for r in ratios if r > 0]
@@ -196,8 +202,8 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
         i += 1
         log(f"[cost-table] run {i}/{n_runs}: 0 % reference, seed {seed}")
         meter.dirs.clear()
-        ref = run_pipeline(replace(cfg_s, ratio=0.0, method="random", finetune=finetune),
-                           log=meter)
+        ref = run_pipeline(replace(cfg_s, ratio=0.0, method="random", finetune=finetune,
+                                   scorer_options=()), log=meter)
         recipes = dict(ref.get("recipes", {}))
         row = _row(ref, REFERENCE, 0.0, seed, 0.0, meter)
         row["score_s"] = row["prune_s"] = 0.0  # nothing is selected for the full dataset
@@ -210,7 +216,8 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
             log(f"[cost-table] run {i}/{n_runs}: {method} at {_r(r)}, seed {seed}")
             modes = tuple(m for m in finetune if m != "ff" or method in ff_set)
             meter.dirs.clear()
-            res = run_pipeline(replace(cfg_s, ratio=r, method=method, finetune=modes),
+            res = run_pipeline(replace(cfg_s, ratio=r, method=method, finetune=modes,
+                                       scorer_options=options_for(method, base.scorer_options)),
                                log=meter)
             if "surrogate" in res["stages"]:
                 surrogate_s = float(res["stages"]["surrogate"]["seconds"])
@@ -228,6 +235,15 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     if out_dir is not None:
         write_outputs(table, Path(out_dir))
     return table
+
+
+def options_for(method: str, pairs: Sequence[str]) -> tuple[str, ...]:
+    """The ``NAME=VALUE`` options (``--opt``) that ``method`` has: one list serves every method
+    of the table (e.g. ``runs=2`` reaches EL2N/GraNd/FORGET, not LM)."""
+    from ..scoring.registry import parse_option_pairs
+
+    known = get_scorer(method).options
+    return tuple(p for p in pairs if next(iter(parse_option_pairs([p]))) in known)
 
 
 def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Sequence[float],
@@ -252,6 +268,9 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
             agg = {k: _mean_std([x.get(k) for x in sel])[0]
                    for k in ("surrogate_s", "score_s", "prune_s", "pretrain_s", "total_s",
                              "pretrain_cpu_s", "total_cpu_s")}
+            fr = [x.get("kept_sample_fraction") for x in sel
+                  if x.get("kept_sample_fraction") is not None]
+            agg["kept_sample_fraction"] = _mean_std(fr)[0] if fr else None
             cost.append({"method": m, "ratio": r, **agg,
                          "cpu_reduction": 1.0 - agg["total_cpu_s"] / ref_total_cpu,
                          "pretrain_cpu_reduction": 1.0 - agg["pretrain_cpu_s"] / ref_pre_cpu,
@@ -324,6 +343,10 @@ def _pct(x: float | None, signed: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{x * 100:+.0f} %" if signed else f"{x * 100:.0f} %"
+
+
+def _share(x: float | None) -> str:
+    return "–" if x is None else f"{x * 100:.1f} %"
 
 
 def _f(x: float | None) -> str:
@@ -411,14 +434,17 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
               "pretraining and is shared by every ratio and target; the pretrain-only columns "
               "compare directly with the paper's reductions."]
     L += ["", "Stage breakdown (wall seconds, mean over seeds; CPU-s = CPU seconds of this "
-          "process + its finished loader workers, less sensitive to other jobs):", "",
-          "| method | ratio | surrogate | score | prune | pretrain | total | reduction | "
-          "total CPU-s | reduction (CPU-s) |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-          f"| {REFERENCE} | 0 % | 0 | 0 | 0 | {ref['pretrain_s']:.1f} | {ref['total_s']:.1f} | – "
-          f"| {_f(ref.get('total_cpu_s'))} | – |"]
+          "process + its finished loader workers, less sensitive to other jobs; kept samples = "
+          "the share of source train samples kept — for class/cluster methods the ratio counts "
+          "classes/clusters, so it is not 1 − ratio unless `--budget samples`):", "",
+          "| method | ratio | kept samples | surrogate | score | prune | pretrain | total | "
+          "reduction | total CPU-s | reduction (CPU-s) |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+          f"| {REFERENCE} | 0 % | 100 % | 0 | 0 | 0 | {ref['pretrain_s']:.1f} | "
+          f"{ref['total_s']:.1f} | – | {_f(ref.get('total_cpu_s'))} | – |"]
     for c in t["cost"][1:]:
-        L.append(f"| {method_label(c['method'])} | {_r(c['ratio'])} | {c['surrogate_s']:.1f} | "
+        L.append(f"| {method_label(c['method'])} | {_r(c['ratio'])} | "
+                 f"{_share(c.get('kept_sample_fraction'))} | {c['surrogate_s']:.1f} | "
                  f"{c['score_s']:.1f} | {c['prune_s']:.2f} | {c['pretrain_s']:.1f} | "
                  f"{c['total_s']:.1f} | {_pct(c['reduction'])} | {_f(c.get('total_cpu_s'))} | "
                  f"{_pct(c.get('cpu_reduction'))} |")
@@ -427,10 +453,11 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
         L += ["", f"### Selection cost (Tab. 4) at {_r(r)}", "",
               "Selection = score stage (surrogate inference, feature extraction, k-means, voting "
               "or per-sample scores) + the surrogate's training time where the method needs a "
-              "trained model; the last column is each method's registered cost record. Here the "
-              "sample-wise baselines use the same surrogate as LM/FM (the paper trains the full "
-              "source model, or an early-training one, for them). The score stage is "
-              "ratio-independent.", "",
+              "trained model; the last column is each method's registered cost record. The "
+              "score stage includes the training runs a method makes itself (EL2N/GraNd: N − 1 "
+              "early-training runs beside the surrogate's early checkpoint; FORGET: its own "
+              "training run), as the paper's Tab. 4 costs do; the other baselines use the "
+              "surrogate LM/FM use. The score stage is ratio-independent.", "",
               "| method | surrogate s | score s | of which selection_seconds | selection total s "
               "| what it runs |",
               "|---|---:|---:|---:|---:|---|"]

@@ -7,6 +7,18 @@ per sample (``cluster``, e.g. FM). Sample-wise methods (``sample``: RANDOM, MODE
 EL2N) remove the same fraction of *samples* (``keep_fraction = 1 - ratio``; equal to the
 class-wise sample fraction on class-balanced sources such as ImageNet), and keep the full val
 split since every class stays.
+
+**Kept sample fraction.** A class/cluster ratio is not a sample ratio: FM's clusters differ in
+size (and its tie-break favours big clusters), LM's classes do on unbalanced sources. Every
+summary, mask provenance and report therefore carries ``kept_sample_fraction`` (kept train
+samples / train samples) beside the ratio.
+
+**Budget** (``budget="samples"``, class/cluster units only): instead of removing a fraction
+``ratio`` of the units, keep the prefix of the unit ranking (the same order as ``units``:
+scores, then tie-break, then id) whose train-sample count is closest to
+``round((1 - ratio) · N)``; when two prefixes are equally close, the shorter one (fewer samples
+than asked rather than more), and always at least one unit. Sample-unit methods already prune
+samples, so both budgets are the same for them.
 """
 from __future__ import annotations
 
@@ -20,14 +32,21 @@ from ..data.manifest import load_manifest
 from ..data.masks import make_mask, mask_from_classes, save_mask
 from ..errors import DataError, MaskError
 from ..scoring import kept_sample_indices, select_classes, select_samples
+from ..scoring.ranking import as_vector, rank
 from .scores_io import load_scores
+
+BUDGETS = ("units", "samples")
 
 
 def prune(scores_dir: str | Path, source_dir: str | Path, ratio: float, out_dir: str | Path,
-          *, reverse: bool = False) -> dict[str, Any]:
-    """Write ``train.npy``/``val.npy`` masks (+ .json) into ``out_dir``; returns a summary."""
+          *, reverse: bool = False, budget: str = "units") -> dict[str, Any]:
+    """Write ``train.npy``/``val.npy`` masks (+ .json) into ``out_dir``; returns a summary with
+    ``kept_sample_fraction`` (kept / all train samples). ``budget``: ``units`` (``ratio`` of the
+    method's units) or ``samples`` (units until the kept sample fraction is ``1 - ratio``)."""
     if not 0.0 <= ratio < 1.0:
         raise DataError(f"--ratio must be in [0, 1), got {ratio}")
+    if budget not in BUDGETS:
+        raise DataError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
     meta, arrays = load_scores(scores_dir)
     manifest = load_manifest(source_dir)
     if meta.get("source_fingerprint") not in (None, manifest.fingerprint):
@@ -37,10 +56,19 @@ def prune(scores_dir: str | Path, source_dir: str | Path, ratio: float, out_dir:
     unit = meta["unit"]
     prov = {"method": meta["method"], "unit": unit, "ratio": ratio, "reverse": reverse,
             "scores": str(scores_dir)}
+    if budget != "units":
+        prov["budget"] = budget
     summary: dict[str, Any] = {"ratio": ratio, "unit": unit, "method": meta["method"]}
+    if budget != "units":
+        summary["budget"] = budget
     job = _Job(Path(scores_dir), Path(source_dir), manifest, meta, arrays, ratio, reverse,
-               Path(out_dir), prov, [s for s in ("train", "val") if s in manifest.split_names])
+               Path(out_dir), prov, [s for s in ("train", "val") if s in manifest.split_names],
+               budget)
     summary.update(PRUNE_BY_UNIT[unit](job))
+    n = manifest.split("train").num_samples
+    summary["kept_sample_fraction"] = summary["train_kept"] / n if n else 0.0
+    if "kept_units" in summary:
+        summary["kept_unit_fraction"] = len(summary["kept_units"]) / len(arrays["scores"])
     return summary
 
 
@@ -56,33 +84,72 @@ class _Job:
     out_dir: Path
     prov: dict[str, Any]
     splits: list[str]
+    budget: str = "units"
 
+    def kept_units(self, train_units: np.ndarray) -> np.ndarray:
+        """The units to keep: a ``ratio`` of them, or (budget samples) the ranked prefix whose
+        train-sample count is closest to ``(1 - ratio)`` of the train samples."""
+        scores, tie = self.arrays["scores"], self.arrays.get("tiebreak")
+        if self.budget == "units":
+            return select_classes(scores, self.ratio, tie, reverse=self.reverse)
+        return select_units_by_samples(scores, train_units, self.ratio, tie, reverse=self.reverse)
+
+    def train_fraction_prov(self, kept_samples: int) -> dict[str, Any]:
+        n = self.manifest.split("train").num_samples
+        return {"kept_sample_fraction": kept_samples / n if n else 0.0}
+
+
+def select_units_by_samples(scores: Any, sample_units: Any, ratio: float, tiebreak: Any = None,
+                            reverse: bool = False) -> np.ndarray:
+    """Units (sorted int64) forming the prefix of the unit ranking whose sample count is closest
+    to ``round((1 - ratio) · N)`` for ``N`` samples with unit ids ``sample_units``; ties between
+    prefix lengths go to the shorter one, and at least one unit is kept. The ranking is
+    :func:`~ffcv_dp4tl.scoring.select_classes`'s (scores, then tie-break, then lower id)."""
+    s = as_vector(scores, "scores")
+    units = as_vector(sample_units, "sample_units", kind="i")
+    if not 0.0 <= ratio < 1.0:
+        raise DataError(f"ratio must be in [0, 1), got {ratio}")
+    t = None if tiebreak is None else as_vector(tiebreak, "tiebreak")
+    order = rank(-s, None if t is None else -t) if reverse else rank(s, t)
+    sizes = np.bincount(units, minlength=s.shape[0])[: s.shape[0]]
+    cum = np.cumsum(sizes[order])
+    target = round((1.0 - ratio) * units.shape[0])
+    m = int(np.argmin(np.abs(cum - target))) + 1  # argmin: the first (shortest) of equals
+    return np.sort(order[:m]).astype(np.int64)
 
 def _prune_classes(j: _Job) -> dict[str, Any]:
     scores = j.arrays["scores"]
     if len(scores) != j.manifest.num_classes:
         raise MaskError(f"{j.scores_dir}: {len(scores)} class scores but {j.source_dir} has "
                         f"{j.manifest.num_classes} classes")
-    kept = select_classes(scores, j.ratio, j.arrays.get("tiebreak"), reverse=j.reverse)
+    train_labels = np.asarray(j.manifest.split("train").load_labels())
+    kept = j.kept_units(train_labels)
     out: dict[str, Any] = {"kept_units": kept.tolist()}
+    extra = j.train_fraction_prov(int(np.isin(train_labels, kept).sum()))
     for split in j.splits:
-        mask = mask_from_classes(j.manifest.split(split), kept, **j.prov)
+        mask = mask_from_classes(j.manifest.split(split), kept, **j.prov,
+                                 **(extra if split == "train" else {}))
         save_mask(j.out_dir / f"{split}.npy", mask)
         out[f"{split}_kept"] = len(mask)
     return out
 
 
 def _prune_clusters(j: _Job) -> dict[str, Any]:
-    kept = select_classes(j.arrays["scores"], j.ratio, j.arrays.get("tiebreak"), reverse=j.reverse)
-    out: dict[str, Any] = {"kept_units": kept.tolist()}
-    for split in j.splits:
+    def units_of(split: str) -> np.ndarray:
         units = j.arrays.get(f"{split}_units")
         info = j.manifest.split(split)
         if units is None or len(units) != info.num_samples:
             raise MaskError(f"{j.scores_dir}: cluster ids for split {split!r} missing or of the "
                             f"wrong length (need {info.num_samples})")
-        mask = make_mask(kept_sample_indices(units, kept), info, kept_clusters=kept.tolist(),
-                         **j.prov)
+        return units
+
+    kept = j.kept_units(units_of("train"))
+    out: dict[str, Any] = {"kept_units": kept.tolist()}
+    for split in j.splits:
+        units, info = units_of(split), j.manifest.split(split)
+        idx = kept_sample_indices(units, kept)
+        extra = j.train_fraction_prov(len(idx)) if split == "train" else {}
+        mask = make_mask(idx, info, kept_clusters=kept.tolist(), **j.prov, **extra)
         save_mask(j.out_dir / f"{split}.npy", mask)
         out[f"{split}_kept"] = len(mask)
     return out
@@ -96,7 +163,8 @@ def _prune_samples(j: _Job) -> dict[str, Any]:
                         f"{info.num_samples} samples")
     higher = bool(j.meta.get("higher_is_better", True)) != j.reverse
     idx = select_samples(scores, 1.0 - j.ratio, higher_is_better=higher)
-    save_mask(j.out_dir / "train.npy", make_mask(idx, info, **j.prov))
+    save_mask(j.out_dir / "train.npy", make_mask(idx, info, **j.prov,
+                                                 **j.train_fraction_prov(len(idx))))
     out: dict[str, Any] = {"train_kept": int(len(idx))}
     if "val" in j.splits:
         v = j.manifest.split("val")

@@ -33,8 +33,8 @@ from typing import Any, Callable
 from ..data.manifest import MANIFEST_NAME, load_manifest
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text
-from ..scoring.registry import TRAJECTORY, UNIT_PLURAL, get_scorer
-from .prune import prune
+from ..scoring.registry import TRAJECTORY, UNIT_PLURAL, get_scorer, parse_option_pairs
+from .prune import BUDGETS, prune
 from .score import score, self_supervised_refusal
 from .stages import describe, run_stage, stage
 
@@ -91,6 +91,8 @@ class PipelineConfig:
     device: str = "auto"
     k: int = 2000
     seed: int = 0
+    scorer_options: tuple[str, ...] = field(default_factory=tuple)  # NAME=VALUE (--opt)
+    budget: str = "units"  # prune: units (ratio of classes/clusters) | samples (kept fraction)
     overrides: tuple[str, ...] = field(default_factory=tuple)  # for the pretraining recipe
     surrogate_overrides: tuple[str, ...] = field(default_factory=tuple)
     finetune_overrides: tuple[str, ...] = field(default_factory=tuple)  # for the LP and FF recipes
@@ -165,6 +167,10 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
             raise DP4TLError(f"{what} weights not found: {w}")
     seeds = tuple(dict.fromkeys(int(x) for x in cfg.seeds)) or (0,)
     scorer = get_scorer(cfg.method)  # unknown method: one line listing the registered ones
+    given_options = parse_option_pairs(cfg.scorer_options)
+    options = scorer.parse_options(given_options)  # bad --opt: before any work
+    if cfg.budget not in BUDGETS:
+        raise DP4TLError(f"budget must be one of {', '.join(BUDGETS)}, got {cfg.budget!r}")
     source_dir, target_dir = _resolve_data(cfg, log)
     src, tgt = load_manifest(source_dir), load_manifest(target_dir)
     scale = cfg.recipes or ("tiny" if cfg.source.startswith("synth") else "full")
@@ -225,6 +231,12 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     sc_in = sur_recipe.scoring
     target_input = ({"target_input": [sc_in.target_resolution, sc_in.target_crop]}
                     if (sc_in.target_resolution, sc_in.target_crop) != (0, "center") else {})
+    # options and the training recipe enter the key only where they apply (old keys stay valid)
+    extra_key: dict[str, Any] = {}
+    if given_options:
+        extra_key["options"] = {k: options[k] for k in sorted(given_options)}
+    if scorer.trains:
+        extra_key.update({"train_recipe": fp["surrogate"], "source": src.fingerprint})
     device = "cuda" if cfg.device == "auto" and _cuda() else ("cpu" if cfg.device == "auto" else cfg.device)
     if cfg.source_weights:
         pt_dirs = _brought_source(cfg, root, loaded["pretrain"], rs, src, source_dir, results, log)
@@ -232,16 +244,20 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
         sc = stage(root, "score", {"method": cfg.method,
                                    "surrogate": sur.key if needs_surrogate else None,
                                    "target": tgt.fingerprint, "k": cfg.k, "seed": cfg.seed,
-                                   **common, **target_input})
+                                   **common, **target_input, **extra_key})
         results["stages"]["score"] = run_stage(sc, lambda d: score(
             cfg.method, source_dir=source_dir, target_dir=target_dir, out_dir=d,
             checkpoint=sur.dir / "checkpoint.pt" if needs_surrogate else None,
             trajectory=_trajectory(cfg.method, sur.dir, sur_recipe.train.keep_epochs, log)
             if TRAJECTORY in scorer.needs and not cfg.surrogate_weights else (), fmt=cfg.fmt,
             device=device, k=cfg.k, seed=cfg.seed,
-            target_resolution=sc_in.target_resolution, target_crop=sc_in.target_crop), log)
-        pr = stage(root, "prune", {"score": sc.key, "ratio": cfg.ratio})
-        results["stages"]["prune"] = run_stage(pr, lambda d: prune(sc.dir, source_dir, cfg.ratio, d), log)
+            target_resolution=sc_in.target_resolution, target_crop=sc_in.target_crop,
+            options=options, train_recipe=rs["surrogate"] if scorer.trains else None,
+            train_overrides=sur_overrides if scorer.trains else ()), log)
+        pr = stage(root, "prune", {"score": sc.key, "ratio": cfg.ratio,
+                                   **({"budget": cfg.budget} if cfg.budget != "units" else {})})
+        results["stages"]["prune"] = run_stage(pr, lambda d: prune(sc.dir, source_dir, cfg.ratio, d,
+                                                                   budget=cfg.budget), log)
         pt_dirs = {}
         for i, seed in enumerate(seeds):
             seed_over = [f"train.seed={seed}"] if seed else []
@@ -356,6 +372,17 @@ def _label(method: str) -> str:
         return method.upper()
 
 
+def _fraction(pr: dict[str, Any]) -> str:
+    """" (kept sample fraction 0.412 at ratio 0.6 of clusters)" — the sample share beside the
+    unit ratio (they differ for class/cluster units of unequal sizes)."""
+    f = pr.get("kept_sample_fraction")
+    if f is None:
+        return ""
+    budget = " (budget: samples)" if pr.get("budget") == "samples" else ""
+    return (f" = {f:.3f} of the train samples (ratio {pr.get('ratio')} of "
+            f"{UNIT_PLURAL[pr['unit']]}{budget}; samples removed {1 - f:.3f})")
+
+
 def write_report(results: dict[str, Any], out: Path) -> None:
     st = results["stages"]
     cfg = results["config"]
@@ -370,7 +397,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                          "imported, not trained)")
     if pr is not None:
         lines.append(f"- kept: {len(pr.get('kept_units', [])) or '-'} {UNIT_PLURAL[pr['unit']]}, "
-                     f"{pr['train_kept']} train samples")
+                     f"{pr['train_kept']} train samples" + _fraction(pr))
     lines += ["", "| stage | wall s | result |", "|---|---:|---|"]
     for name, res in st.items():
         lines.append(f"| {name} | {res.get('seconds', 0):.1f} | {describe(res)} |")

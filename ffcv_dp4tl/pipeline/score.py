@@ -87,7 +87,9 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
           resolution: int | None = None, k: int = 2000, iters: int = 20, seed: int = 0,
           backend: str = "auto", progress: bool = True,
           trajectory: list[str | Path] | tuple[str | Path, ...] = (),
-          target_resolution: int | None = None, target_crop: str | None = None) -> dict[str, Any]:
+          target_resolution: int | None = None, target_crop: str | None = None,
+          options: dict[str, Any] | None = None, train_recipe: str | Path | None = None,
+          train_overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Compute the scores of ``method`` and write them to ``out_dir``; returns the metadata.
 
     ``target_dir`` may list several targets (lm, fm, fm-sup): one pruned source then serves
@@ -98,8 +100,13 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     ``target_resolution`` / ``target_crop``: how the surrogate reads the target images (default:
     the surrogate recipe's ``[scoring]`` section; without one, the surrogate's eval resolution
     with the 224/256 centre crop). The paper protocol: 224 and ``"none"``.
+    ``options``: the scorer's knobs
+    (``Scorer.options``; strings are converted). ``train_recipe`` / ``train_overrides``: the
+    recipe of the runs a scorer trains itself (FORGET, GraNd/EL2N with several runs; default:
+    the surrogate checkpoint's recipe).
     """
     scorer = get_scorer(method)
+    opts = scorer.parse_options(options)  # bad options fail before any work
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     targets = () if target_dir is None else tuple(Path(t) for t in (
@@ -108,7 +115,9 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
                          targets=targets, trajectory=tuple(Path(p) for p in trajectory),
                          fmt=fmt, device=device, batch_size=batch_size, num_workers=num_workers,
                          resolution=resolution, k=k, iters=iters, seed=seed, backend=backend,
-                         progress=progress)
+                         progress=progress, options=opts,
+                         train_recipe=None if train_recipe is None else str(train_recipe),
+                         train_overrides=tuple(train_overrides))
     chosen = scorer.pick_checkpoint(None if checkpoint is None else Path(checkpoint),
                                     ctx.trajectory)
     if scorer.needs_surrogate and chosen is None:
@@ -117,6 +126,8 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
         raise DP4TLError(f"--target is needed for {method}")
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx.meta.update({"source_fingerprint": ctx.source.fingerprint, "seed": seed})
+    if opts:
+        ctx.meta["options"] = opts
     if scorer.needs_surrogate:
         ctx.checkpoint = chosen
         ctx.surrogate = _load_surrogate(scorer, ctx, chosen, device, resolution,

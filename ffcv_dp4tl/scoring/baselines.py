@@ -5,8 +5,20 @@ keep*; :func:`select_samples` turns scores into the sorted index list to keep.
 
 * Random: uniform scores from a seeded generator.
 * MODERATE (Xia et al., ICLR 2023, "Moderate coreset"): distance of each sample's feature to
-  its class's coordinate-wise median feature; samples whose distance is closest to the median
-  of all those distances are kept (neither the easiest nor the hardest).
+  its class's coordinate-wise median feature; the samples in a band around the median
+  distance are kept (neither the easiest nor the hardest). The reference code sorts the
+  distances and keeps the band of *ranks* ``[n(1-f)/2, n(1+f)/2)`` around the median rank
+  (:func:`moderate_rank_scores`, the default); :func:`moderate_scores` is this project's older
+  variant, a band symmetric in distance *value* ``|d - median(d)|`` — on a skewed distance
+  distribution it shifts the kept band towards the dense side.
+* SP / SSP (Sorscher et al., NeurIPS 2022, "Beyond neural scaling laws"): distance of each
+  sample's (L2-normalised) embedding to its class prototype (SP, supervised: class-mean
+  embedding) or to its nearest k-means centroid (SSP, self-supervised prototypes):
+  :func:`prototype_distances`. Far = hard; the paper keeps hard examples when data is
+  abundant (our default) and easy ones when it is scarce.
+* FORGET (Toneva et al., ICLR 2019): forgetting events (correct → incorrect between two
+  consecutive presentations of a sample during training); never-learned samples count as the
+  most forgettable: :func:`forgetting_scores`. Unforgettable samples are pruned first.
 * EL2N (Paul et al., 2021): ``||softmax - onehot||_2``, averaged over training runs; hard
   (high-score) samples are kept.
 * GraNd (Paul et al., 2021): per-sample gradient norm averaged over runs; for the last layer
@@ -77,6 +89,103 @@ def moderate_scores(features: Any, labels: Any) -> np.ndarray:
     """
     d = moderate_distances(features, labels)
     return -np.abs(d - np.median(d))
+
+
+def moderate_rank_scores(features: Any, labels: Any | None = None, *,
+                         distances: Any | None = None) -> np.ndarray:
+    """MODERATE as the reference code selects: a band of distance *ranks* around the median.
+
+    With ``r`` the rank of a sample's distance (0 = nearest its class median, stable order on
+    equal distances) and ``n`` samples, the score orders samples by ``|2r - (n - 1)|`` (the
+    distance of the rank from the median rank), the nearer side first on a tie, so keeping
+    the top ``m`` scores keeps exactly the ``m`` middle ranks. The reference
+    (``get_prune_idx``) keeps ranks ``[round(n·(1-f)/2), round(n·(1+f)/2))`` for a keep
+    fraction ``f``; the two agree whenever those bounds are whole numbers, otherwise the
+    reference's count may differ by one from ``round(f·n)`` (which ``select_samples`` keeps).
+    Pass precomputed ``distances`` instead of features/labels to rank those.
+    """
+    d = moderate_distances(features, labels) if distances is None else as_vector(distances, "distances")
+    n = d.shape[0]
+    r = np.empty(n, dtype=np.int64)
+    r[np.argsort(d, kind="stable")] = np.arange(n)
+    off = 2 * r - (n - 1)
+    return -(2.0 * np.abs(off) + (off > 0)).astype(np.float64)
+
+
+def _l2_normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    return x / np.maximum(norms, 1e-12)[:, None]
+
+
+def prototype_distances(features: Any, prototypes: Any, assignment: Any | None = None, *,
+                        normalize: bool = True) -> np.ndarray:
+    """Euclidean distance of every feature to a prototype: float64 (N,).
+
+    ``assignment`` (N,) names each sample's prototype (SP: its class); ``None`` = the nearest
+    prototype (SSP: the nearest k-means centroid). With ``normalize`` features and prototypes
+    are L2-normalised first, so the distance is a monotone function of the cosine distance
+    (Sorscher et al. cluster normalised self-supervised embeddings).
+    """
+    f = as_float32_matrix(features, "features").astype(np.float64)
+    c = as_float32_matrix(prototypes, "prototypes").astype(np.float64)
+    if f.shape[1] != c.shape[1]:
+        raise ScoringError(f"features have {f.shape[1]} dims but prototypes have {c.shape[1]}")
+    if normalize:
+        f, c = _l2_normalise(f), _l2_normalise(c)
+    out = np.empty(f.shape[0], dtype=np.float64)
+    if assignment is not None:
+        a = _labels_for(assignment, f.shape[0], "features")
+        check_ids(a, c.shape[0], "assignment", "num_prototypes")
+    cc = np.einsum("ij,ij->i", c, c)
+    for start in range(0, f.shape[0], _CHUNK // 16):
+        block = f[start : start + _CHUNK // 16]
+        if assignment is None:
+            d2 = np.einsum("ij,ij->i", block, block)[:, None] - 2 * block @ c.T + cc[None]
+            out[start : start + block.shape[0]] = np.sqrt(np.maximum(d2.min(axis=1), 0.0))
+        else:
+            diff = block - c[a[start : start + block.shape[0]]]
+            out[start : start + block.shape[0]] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    return out
+
+
+def class_mean_prototypes(features: Any, labels: Any, num_classes: int | None = None, *,
+                          normalize: bool = True) -> np.ndarray:
+    """Per-class mean of the (normalised) features: float64 (C, D); a class without samples
+    gets a zero row (no sample is assigned to it)."""
+    f = as_float32_matrix(features, "features").astype(np.float64)
+    lab = _labels_for(labels, f.shape[0], "features")
+    if normalize:
+        f = _l2_normalise(f)
+    c = int(lab.max()) + 1 if num_classes is None else int(num_classes)
+    check_ids(lab, c, "labels", "num_classes")
+    sums = np.zeros((c, f.shape[1]))
+    np.add.at(sums, lab, f)
+    return sums / np.maximum(np.bincount(lab, minlength=c), 1)[:, None]
+
+
+def forgetting_counts(correct: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Forgetting events from a (presentations, N) boolean matrix of per-presentation
+    correctness (row t = the t-th time each sample was seen): returns (events, ever_learned).
+    An event is a correct → incorrect transition between consecutive presentations
+    (Toneva et al. 2019); this is the reference for :class:`~ffcv_dp4tl.scoring.
+    training_runs.ForgettingRecorder`, which counts the same online."""
+    acc = np.asarray(correct, dtype=bool)
+    if acc.ndim != 2:
+        raise ScoringError(f"correct must be (presentations, samples), got shape {acc.shape}")
+    events = (acc[:-1] & ~acc[1:]).sum(axis=0).astype(np.int64)
+    return events, acc.any(axis=0)
+
+
+def forgetting_scores(events: Any, learned: Any) -> np.ndarray:
+    """FORGET scores (higher = keep): the number of forgetting events, and for samples never
+    learned (never classified correctly) one more than the largest count, so they rank as the
+    most forgettable (Toneva et al. treat them as forgotten infinitely often)."""
+    ev = as_vector(events, "events")
+    le = np.asarray(learned, dtype=bool)
+    if le.shape != ev.shape:
+        raise ScoringError(f"learned has shape {le.shape} but events has {ev.shape}")
+    top = float(ev.max()) + 1.0 if ev.size else 1.0
+    return np.where(le, ev, top).astype(np.float64)
 
 
 def _as_prob_stack(probs: Any) -> np.ndarray:

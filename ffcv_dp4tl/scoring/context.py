@@ -57,6 +57,17 @@ class ScoringContext:
     progress: bool = True
     meta: dict[str, Any] = field(default_factory=dict)  # → scores.json
     surrogate: Surrogate | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # the scorer's knobs (all filled in)
+    train_recipe: str | None = None  # the recipe of runs a scorer trains (default: surrogate's)
+    train_overrides: tuple[str, ...] = ()
+
+    def opt(self, name: str) -> Any:
+        """The value of the scorer's option ``name`` (``--opt name=value`` or its default)."""
+        if name not in self.options:
+            from .registry import get_scorer
+
+            return get_scorer(self.method).options[name].default
+        return self.options[name]
 
     # ------------------------------------------------------------------ datasets
     @cached_property
@@ -135,6 +146,18 @@ class ScoringContext:
                        want_logits=True, want_features=features,
                        num_samples=self.source.split(split).num_samples, desc=f"source {split}",
                        progress=self.progress, autocast_dtype=s.autocast_dtype)
+
+    def model_predictions(self, model, head, split: str = "train", features: bool = False,
+                          desc: str = ""):
+        """Logits (and features) of another model — e.g. a run the scorer trained — over a
+        source split, with the surrogate's loader settings (resolution, device)."""
+        from .inference import predict
+
+        s = self._need_surrogate()
+        return predict(model, self.loader(self.source_dir, split), head=head, want_logits=True,
+                       want_features=features, num_samples=self.source.split(split).num_samples,
+                       desc=desc or f"source {split}", progress=self.progress,
+                       autocast_dtype=s.autocast_dtype)
 
     @staticmethod
     def combine(per_target: list[np.ndarray]) -> np.ndarray:

@@ -11,7 +11,13 @@ declares, as class attributes, everything the rest of the project needs to know 
   for a self-supervised surrogate), ``features`` (penultimate features of a surrogate),
   ``trajectory`` (an early-training checkpoint of the surrogate), ``target`` (the target train
   split); empty = nothing (no surrogate is trained for it);
-* ``cost`` — a :class:`Cost` record of what the selection runs (for the cost table);
+* ``cost`` — a :class:`Cost` record of what the selection runs (for the cost table), including
+  the training runs the method makes itself (``Cost.training``; their wall time is in the
+  score stage's ``selection_seconds`` and listed in ``scores.json``'s ``training_runs``);
+* ``options`` — the method's knobs, ``{name: Option(default, help)}``, set with
+  ``--opt NAME=VALUE`` (``dp4tl score`` / ``dp4tl pipeline``) and read as ``ctx.opt(name)``;
+* ``trains`` — True when the method trains models itself (FORGET, GraNd/EL2N with several
+  runs): the pipeline then hands it the surrogate's training recipe;
 * ``style`` — a :class:`PlotStyle` (colour, marker, label) for the cost table and plots;
 * ``score(ctx)`` — the entry point: a :class:`~ffcv_dp4tl.scoring.context.ScoringContext` in,
   a :class:`ScoreResult` out (the pipeline writes it as a scores directory).
@@ -56,6 +62,38 @@ class Cost:
     """What a selection runs, beyond training the surrogate (which ``needs`` implies)."""
     forward: tuple[str, ...] = ()  # surrogate forward passes, e.g. "target train", "source train"
     steps: tuple[str, ...] = ()  # other work, e.g. "k-means on source train features"
+    training: tuple[str, ...] = ()  # training runs the method makes itself (timed in score)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One knob of a scorer: its default (whose type the CLI value is converted to), a one-line
+    help and, optionally, the allowed values."""
+    default: Any
+    help: str = ""
+    choices: tuple[Any, ...] = ()
+
+    def parse(self, method: str, name: str, value: Any) -> Any:
+        d = self.default
+        try:
+            if isinstance(d, bool):
+                v = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+                if not isinstance(value, bool) and str(value).lower() not in (
+                        "1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+            elif isinstance(d, int):
+                v = int(value)
+            elif isinstance(d, float):
+                v = float(value)
+            else:
+                v = str(value)
+        except (TypeError, ValueError):
+            raise DP4TLError(f"{method}: option {name}={value!r} must be a "
+                             f"{type(d).__name__}") from None
+        if self.choices and v not in self.choices:
+            raise DP4TLError(f"{method}: option {name}={value!r} must be one of "
+                             f"{', '.join(map(str, self.choices))}")
+        return v
 
 
 @dataclass
@@ -78,6 +116,8 @@ class Scorer:
     style: ClassVar[PlotStyle | None] = None  # default: no colour, "o", NAME in capitals
     higher_is_better: ClassVar[bool] = True  # sample unit: keep the highest scores
     order: ClassVar[int] = 100  # position in listings (built-ins 0-99, then by name)
+    options: ClassVar[dict[str, Option]] = {}  # knobs: --opt NAME=VALUE, ctx.opt(NAME)
+    trains: ClassVar[bool] = False  # trains models itself (gets the surrogate's recipe)
 
     # ------------------------------------------------------------------ derived facts
     @property
@@ -112,10 +152,25 @@ class Scorer:
         if self.needs_surrogate:
             parts.append("surrogate training" + (" (early checkpoint)"
                                                  if TRAJECTORY in self.needs else ""))
+        parts.extend(self.cost.training)
         if self.cost.forward:
             parts.append("surrogate forward over " + ", ".join(self.cost.forward))
         parts.extend(self.cost.steps)
         return "; ".join(parts) or "nothing"
+
+    def parse_options(self, given: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Every option's value: ``given`` (strings from the CLI or typed values) converted to
+        the default's type, the defaults for the rest; an unknown name is a DP4TLError."""
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            have = ", ".join(self.options) or "none"
+            raise DP4TLError(f"{self.name} has no option {', '.join(unknown)} (its options: {have})")
+        return {k: (o.parse(self.name, k, given[k]) if k in given else o.default)
+                for k, o in self.options.items()}
+
+    def options_help(self) -> str:
+        return "; ".join(f"{k}={o.default!r}: {o.help}" for k, o in self.options.items())
 
     # ------------------------------------------------------------------ behaviour
     def pick_checkpoint(self, checkpoint: Path | None, trajectory: tuple[Path, ...]) -> Path | None:
@@ -146,6 +201,7 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
     """Class decorator adding a :class:`Scorer` subclass to the registry under ``cls.name``."""
     if not (isinstance(cls, type) and issubclass(cls, Scorer)):
         raise TypeError("register_scorer decorates Scorer subclasses")
+    _load_builtins()  # a name clash with a built-in is caught whatever was imported first
     name = cls.name
     if not name or any(c.isspace() or c in ",@" for c in name):
         raise ValueError(f"{cls.__qualname__}: scorer name {name!r} must be non-empty, without "
@@ -156,6 +212,10 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
     if unknown:
         raise ValueError(f"scorer {name!r}: unknown needs {sorted(unknown)}; choose from "
                          f"{', '.join(NEEDS)}")
+    for opt_name, opt in dict(cls.options).items():
+        if not isinstance(opt, Option) or not opt_name.isidentifier():
+            raise ValueError(f"scorer {name!r}: options must map identifiers to Option, got "
+                             f"{opt_name!r}: {opt!r}")
     old = _REGISTRY.get(name)
     if old is not None and (type(old).__module__, type(old).__qualname__) != (
             cls.__module__, cls.__qualname__):
@@ -197,6 +257,17 @@ def is_registered(name: str) -> bool:
 def self_supervised_alternatives() -> list[str]:
     """Surrogate-based methods that work with a self-supervised surrogate (features only)."""
     return [s.name for s in scorers() if s.needs_surrogate and s.supports_self_supervised]
+
+
+def parse_option_pairs(pairs: Any) -> dict[str, str]:
+    """``["runs=5", "arch=resnet50"]`` (or one comma-free string each) → ``{"runs": "5", ...}``."""
+    out: dict[str, str] = {}
+    for p in pairs or ():
+        if "=" not in str(p):
+            raise DP4TLError(f"--opt expects NAME=VALUE, got {p!r}")
+        k, v = str(p).split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
 
 
 def methods_help(detailed: bool = False, needing: str | None = None) -> str:

@@ -3,6 +3,8 @@
 A callback is any object with some of these methods (all optional; :class:`Callback` has them
 as no-ops):
 
+* ``on_train_begin(model)`` — once, before the first epoch, with the model being trained (the
+  backbone with its classifier; e.g. to hook its forward pass).
 * ``on_batch(epoch, batch)`` — each batch the rank trains on, before its step (``batch.indices``
   are the dataset sample indices). Runs in the step loop: keep it cheap and never read device
   tensors (that would synchronise every step).
@@ -34,6 +36,9 @@ TB_SCALARS = ("loss", "top1_train", "top1_val", "loss_val", "img_per_s", "lr", "
 
 class Callback:
     """No-op base: subclass and override what you need."""
+
+    def on_train_begin(self, model: Any) -> None:
+        pass
 
     def on_batch(self, epoch: int, batch: Any) -> None:
         pass

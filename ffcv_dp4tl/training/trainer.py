@@ -359,6 +359,7 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     callbacks += user_callbacks
     timer.add("setup", time.perf_counter() - t_start)
     try:
+        call(callbacks, "on_train_begin", model)
         return _epochs(recipe, parts, train_loader, val_loader, ctx, timer, callbacks, identity,
                        manifest, fmt, out_dir, start_epoch, stop_after, progress)
     finally:

@@ -19,6 +19,9 @@ from ffcv_dp4tl.scoring.registry import (FEATURES, LOGITS, NEEDS, TARGET, TRAJEC
                                         self_supervised_alternatives, unregister_scorer)
 
 BUILTINS = ["lm", "fm", "fm-sup", "random", "moderate", "el2n", "grand"]
+#: the paper's other in-domain baselines (registered after the ones above)
+INDOMAIN = ["sp", "ssp", "forget", "infmax", "infsum"]
+ALL_BUILTINS = BUILTINS + INDOMAIN
 
 SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
          "val_per_class=4,image_size=16,num_targets=1,target_classes=3,"
@@ -72,12 +75,12 @@ def test_builtin_names_units_and_needs():
     assert all(set(n) <= set(NEEDS) for n in needs.values())
     assert [n for n in BUILTINS if get_scorer(n).needs_class_head] == ["lm", "el2n", "grand"]
     assert [n for n in BUILTINS if not get_scorer(n).needs_surrogate] == ["random"]
-    assert self_supervised_alternatives() == ["fm", "fm-sup", "moderate"]
+    assert self_supervised_alternatives() == ["fm", "fm-sup", "moderate", "ssp"]
     # the names older code imported keep working, read from the registry
     from ffcv_dp4tl.pipeline import score as score_mod
 
     assert score_mod.METHODS == tuple(list_scorers())
-    assert score_mod.NEEDS_CLASS_HEAD == ("lm", "el2n", "grand")
+    assert score_mod.NEEDS_CLASS_HEAD == ("lm", "el2n", "grand", "sp", "infmax", "infsum")
 
 
 def test_every_method_has_help_cost_and_its_own_plot_style():
@@ -164,7 +167,7 @@ def test_self_supervised_refusal_names_the_alternatives():
     msg = str(self_supervised_refusal(get_scorer("lm"), "ckpt.pt was trained self-supervised "
                                                         "(moco_v2)"))
     assert "supervised surrogate" in msg and "self-supervised" in msg
-    assert msg.endswith("fm, fm-sup, moderate")
+    assert msg.endswith("fm, fm-sup, moderate, ssp")
 
 
 # ----------------------------------------------------------------- adding a method = one file
@@ -216,7 +219,7 @@ def test_a_registered_toy_scorer_is_a_cli_choice(data_root, tmp_path):
     r = dp4tl("score", "--help")
     assert r.returncode == 0 and "toy: toy: highest class ids first" in r.stdout, r.stderr
     r = dp4tl("pipeline", "--help")
-    assert r.returncode == 0 and "grand | toy" in r.stdout, r.stderr
+    assert r.returncode == 0 and f"{ALL_BUILTINS[-1]} | toy" in r.stdout, r.stderr
     r = dp4tl("score", "--method", "toy", "--source", str(source), "--out", str(tmp_path / "s"))
     assert r.returncode == 0 and "toy scores per class" in r.stdout, r.stderr
     assert json.loads((tmp_path / "s" / "scores.json").read_text())["unit"] == "class"
@@ -226,5 +229,5 @@ def test_a_registered_toy_scorer_is_a_cli_choice(data_root, tmp_path):
     r = dp4tl("score", "--method", "zz", "--source", str(source), "--out", str(tmp_path / "z"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == ("error: unknown scoring method 'zz'; choose one of "
-                                f"{', '.join(BUILTINS)}, toy")
+                                f"{', '.join(ALL_BUILTINS)}, toy")
     assert not (tmp_path / "z").exists()

@@ -1,4 +1,6 @@
-"""EL2N: ||softmax − onehot|| per source sample, from an early-training surrogate checkpoint."""
+"""EL2N (Paul et al. 2021): ||softmax − onehot|| per source sample, averaged over N early-training
+runs (``--opt runs=N``; run 0 = the surrogate's early checkpoint, so ``runs=1`` is the single
+surrogate checkpoint scored before)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,19 +8,27 @@ import numpy as np
 from ..baselines import el2n_scores
 from ..context import ScoringContext, softmax
 from ..registry import LOGITS, TRAJECTORY, Cost, PlotStyle, Scorer, ScoreResult, register_scorer
+from ._dynamics import RUN_OPTIONS, RUN_TRAINING, average_over_runs
 
 
 @register_scorer
 class EL2N(Scorer):
     name = "el2n"
-    help = "error L2 norm of an early-training surrogate per sample"
+    help = "error L2 norm per sample, averaged over early-training runs (--opt runs=N)"
     unit = "sample"
     needs = frozenset({LOGITS, TRAJECTORY})
-    cost = Cost(forward=("source train",), steps=("L2 norm of softmax − onehot per sample",))
+    cost = Cost(training=RUN_TRAINING, forward=("source train (each run)",),
+                steps=("L2 norm of softmax − onehot per sample",))
     style = PlotStyle("tab:orange", "X", "EL2N")
     order = 5
+    options = dict(RUN_OPTIONS)
+    trains = True
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
-        p = ctx.source_predictions(features=False)
-        return ScoreResult(scores=el2n_scores(softmax(p.logits.astype(np.float64)),
-                                              ctx.train_labels()))
+        labels = ctx.train_labels()
+
+        def one(model, head, desc):
+            p = ctx.model_predictions(model, head, desc=desc)
+            return el2n_scores(softmax(p.logits.astype(np.float64)), labels)
+
+        return ScoreResult(scores=average_over_runs(ctx, one))

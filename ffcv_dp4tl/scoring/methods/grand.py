@@ -1,24 +1,45 @@
-"""GraNd: last-layer gradient norm per source sample, from an early-training surrogate checkpoint."""
+"""GraNd (Paul et al. 2021): per-sample gradient norm, averaged over N early-training runs
+(``--opt runs=N``; run 0 = the surrogate's early checkpoint). ``--opt grad=last`` (default) is
+the last layer's norm in closed form from features and softmax; ``grad=full`` the norm over all
+parameters (``torch.func`` per-sample gradients, as the paper's GraNd)."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..baselines import grand_last_layer_norms
+from ..baselines import grand_last_layer_norms, grand_scores
 from ..context import ScoringContext, softmax
-from ..registry import LOGITS, TRAJECTORY, Cost, PlotStyle, Scorer, ScoreResult, register_scorer
+from ..registry import (LOGITS, TRAJECTORY, Cost, Option, PlotStyle, Scorer, ScoreResult,
+                        register_scorer)
+from ._dynamics import RUN_OPTIONS, RUN_TRAINING, average_over_runs
 
 
 @register_scorer
 class GraNd(Scorer):
     name = "grand"
-    help = "last-layer gradient norm of an early-training surrogate per sample"
+    help = ("gradient norm per sample (last layer or full), averaged over early-training runs "
+            "(--opt runs=N, grad=last|full)")
     unit = "sample"
     needs = frozenset({LOGITS, TRAJECTORY})
-    cost = Cost(forward=("source train",), steps=("last-layer gradient norm per sample",))
+    cost = Cost(training=RUN_TRAINING, forward=("source train (each run)",),
+                steps=("per-sample gradient norm (last layer closed form, or full backward)",))
     style = PlotStyle("tab:purple", "P", "GraNd")
     order = 6
+    options = {**RUN_OPTIONS,
+               "grad": Option("last", "last: last-layer gradient norm (closed form); full: "
+                                      "all parameters (per-sample backward)", ("last", "full"))}
+    trains = True
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
-        p = ctx.source_predictions(features=True)
-        return ScoreResult(scores=grand_last_layer_norms(p.features, softmax(p.logits.astype(np.float64)),
-                                                         ctx.train_labels()))
+        labels = ctx.train_labels()
+        full = ctx.opt("grad") == "full"
+
+        def one(model, head, desc):
+            if full:
+                from ..training_runs import per_sample_grad_norms
+
+                return per_sample_grad_norms(model, ctx.loader(ctx.source_dir, "train"),
+                                             len(labels), progress=ctx.progress, desc=desc)
+            p = ctx.model_predictions(model, head, features=True, desc=desc)
+            return grand_last_layer_norms(p.features, softmax(p.logits.astype(np.float64)), labels)
+
+        return ScoreResult(scores=grand_scores(average_over_runs(ctx, one)))

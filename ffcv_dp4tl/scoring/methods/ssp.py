@@ -1,0 +1,41 @@
+"""SSP, self-supervised prototypes (Sorscher et al. 2022, "Beyond neural scaling laws"): k-means
+on the L2-normalised surrogate features of the source train split (any surrogate, also a
+self-supervised one: no labels are read); score = distance to the nearest centroid. Far =
+hard; keeps hard samples by default (the paper's rule when data is abundant), ``--opt keep=easy``
+the prototypical ones. ``--opt k`` = number of clusters (0: the number of source classes)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..baselines import _l2_normalise, prototype_distances
+from ..context import ScoringContext
+from ..feature_mapping import kmeans
+from ..registry import FEATURES, Cost, Option, PlotStyle, Scorer, ScoreResult, register_scorer
+from .sp import KEEP, NORMALIZE
+
+
+@register_scorer
+class SelfSupervisedPrototypes(Scorer):
+    name = "ssp"
+    help = "distance to the nearest k-means centroid of surrogate features (hard first; no labels)"
+    unit = "sample"
+    needs = frozenset({FEATURES})
+    cost = Cost(forward=("source train",), steps=("k-means on source train features",
+                                                  "distance to the nearest centroid"))
+    style = PlotStyle("tab:brown", ">", "SSP")
+    order = 8
+    options = {"k": Option(0, "k-means clusters (0: the number of source classes)"),
+               "keep": KEEP, "normalize": NORMALIZE}
+
+    def score(self, ctx: ScoringContext) -> ScoreResult:
+        feats = np.asarray(ctx.source_features("train"), dtype=np.float32)
+        norm = bool(ctx.opt("normalize"))
+        x = _l2_normalise(feats.astype(np.float64)).astype(np.float32) if norm else feats
+        k = int(ctx.opt("k")) or ctx.source.num_classes
+        result = kmeans(x, k, iters=ctx.iters, seed=ctx.seed, backend=ctx.backend)
+        ctx.meta.update({"ssp_k": k, "iters": ctx.iters})
+        np.save(Path(ctx.out_dir) / "ssp_centroids.npy", result.centroids)  # for inspection
+        d = prototype_distances(x, result.centroids, normalize=False)
+        return ScoreResult(scores=d if ctx.opt("keep") == "hard" else -d)

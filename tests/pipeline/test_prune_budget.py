@@ -1,0 +1,122 @@
+"""Pruning reports the kept *sample* fraction beside every ratio, and ``budget="samples"`` prunes
+clusters/classes until that fraction matches 1 − ratio (closest prefix of the unit ranking,
+shorter prefix on a tie)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ffcv_dp4tl.data import load_manifest, load_mask
+from ffcv_dp4tl.errors import DataError
+from ffcv_dp4tl.pipeline.prune import prune, select_units_by_samples
+from ffcv_dp4tl.pipeline.scores_io import write_scores
+
+SIZES = [30, 5, 20, 10, 5]  # 70 samples in 5 clusters
+
+
+def _units(n: int = 70) -> np.ndarray:
+    u = np.repeat(np.arange(5), SIZES)
+    return np.random.default_rng(0).permutation(u)[:n]
+
+
+def _fm_scores(tmp, scores, units, name="s"):
+    out = tmp / name
+    write_scores(out, method="fm", unit="cluster", scores=np.asarray(scores, float),
+                 tiebreak=np.bincount(units, minlength=5).astype(float), train_units=units,
+                 meta={})
+    return out
+
+
+def test_select_units_by_samples_hand_made():
+    units = _units()
+    votes = np.zeros(5)  # all tied: big clusters first (tie-break = sizes), as FM's
+    sizes = np.bincount(units).astype(float)
+    # cumulative sizes in rank order 0, 2, 3, 1, 4: 30, 50, 60, 65, 70
+    assert select_units_by_samples(votes, units, 0.6, sizes).tolist() == [0]  # 28 → 30
+    assert select_units_by_samples(votes, units, 3 / 7, sizes).tolist() == [0]  # 40: 30|50 tie → shorter
+    assert select_units_by_samples(votes, units, 0.2, sizes).tolist() == [0, 2, 3]  # 56 → 60
+    assert select_units_by_samples(votes, units, 0.0, sizes).tolist() == [0, 1, 2, 3, 4]
+    # scores first: order 1, 3, 2, 4, 0 → cum 5, 15, 35, 40, 70
+    s = np.array([1.0, 5, 3, 4, 2])
+    assert select_units_by_samples(s, units, 0.5, sizes).tolist() == [1, 2, 3]  # 35
+    assert select_units_by_samples(s, units, 0.99, sizes).tolist() == [1]  # at least one unit
+    assert select_units_by_samples(s, units, 0.5, sizes, reverse=True).tolist() == [0, 4]  # 30+5
+
+
+def test_prune_reports_the_kept_sample_fraction_and_budget_samples(index_dataset, tmp_path):
+    src = index_dataset.root
+    units = _units()
+    sd = _fm_scores(tmp_path, np.zeros(5), units)
+    s = prune(sd, src, 0.6, tmp_path / "m_units")
+    # the ratio counts clusters: 2 of 5 kept (the two biggest) = 50 of 70 samples, not 40 %
+    assert s["kept_units"] == [0, 2] and s["train_kept"] == 50
+    assert s["kept_sample_fraction"] == pytest.approx(50 / 70)
+    assert s["kept_unit_fraction"] == pytest.approx(0.4) and "budget" not in s
+    info = load_manifest(src).split("train")
+    meta = load_mask(tmp_path / "m_units" / "train.npy", info).meta
+    assert meta["kept_sample_fraction"] == pytest.approx(50 / 70)
+    s = prune(sd, src, 0.6, tmp_path / "m_samples", budget="samples")
+    assert s["kept_units"] == [0] and s["train_kept"] == 30 and s["budget"] == "samples"
+    assert s["kept_sample_fraction"] == pytest.approx(30 / 70)
+    mask = load_mask(tmp_path / "m_samples" / "train.npy", info)
+    np.testing.assert_array_equal(mask.indices, np.flatnonzero(units == 0))
+    assert mask.meta["budget"] == "samples"
+    with pytest.raises(DataError, match="budget"):
+        prune(sd, src, 0.6, tmp_path / "x", budget="pixels")
+
+
+def test_budget_samples_for_classes_and_samples(index_dataset, tmp_path):
+    src = index_dataset.root
+    labels = index_dataset.labels
+    out = tmp_path / "lm"
+    write_scores(out, method="lm", unit="class", scores=np.arange(5, dtype=float), meta={})
+    s = prune(out, src, 0.5, tmp_path / "m", budget="samples")
+    cum = np.cumsum(np.bincount(labels, minlength=5)[::-1])  # classes 4, 3, ... first
+    m = int(np.argmin(np.abs(cum - 35))) + 1
+    assert s["kept_units"] == list(range(5 - m, 5))
+    assert s["train_kept"] == int(cum[m - 1])
+    assert s["kept_sample_fraction"] == pytest.approx(cum[m - 1] / 70)
+    # sample units: both budgets are the same
+    out = tmp_path / "rand"
+    write_scores(out, method="random", unit="sample", scores=np.arange(70, dtype=float), meta={})
+    a = prune(out, src, 0.3, tmp_path / "a")
+    b = prune(out, src, 0.3, tmp_path / "b", budget="samples")
+    assert a["train_kept"] == b["train_kept"] == 49
+    assert a["kept_sample_fraction"] == pytest.approx(0.7)
+
+
+def test_cli_prune_budget_and_score_options(index_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from ffcv_dp4tl.cli import app
+
+    sd = _fm_scores(tmp_path, np.zeros(5), _units())
+    r = CliRunner().invoke(app, ["prune", "--scores", str(sd), "--data", str(index_dataset.root),
+                                 "--ratio", "0.6", "--budget", "samples", "--out",
+                                 str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    assert "1 clusters kept, train 30 samples (kept sample fraction 0.429)" in r.output
+    r = CliRunner().invoke(app, ["prune", "--scores", str(sd), "--data", str(index_dataset.root),
+                                 "--ratio", "0.6", "--budget", "pixels", "--out", str(tmp_path / "x")])
+    assert r.exit_code != 0 and not (tmp_path / "x").exists()
+    r = CliRunner().invoke(app, ["score", "--method", "random", "--data", str(index_dataset.root),
+                                 "--opt", "runs=3", "--out", str(tmp_path / "sc")])
+    assert r.exit_code != 0 and "random has no option runs" in str(r.exception or r.output)
+    assert not (tmp_path / "sc").exists()
+
+
+def test_cost_table_gives_each_method_only_its_own_options():
+    from ffcv_dp4tl.errors import DP4TLError
+    from ffcv_dp4tl.pipeline.cost_table import options_for, run_cost_table
+    from ffcv_dp4tl.pipeline.run import PipelineConfig
+
+    opts = ("runs=2", "grad=full", "band=value")
+    assert options_for("grand", opts) == ("runs=2", "grad=full")
+    assert options_for("el2n", opts) == ("runs=2",)
+    assert options_for("moderate", opts) == ("band=value",)
+    assert options_for("lm", opts) == ()
+    with pytest.raises(DP4TLError, match="--opt nope=1: none of the methods lm, random"):
+        run_cost_table(PipelineConfig(scorer_options=("nope=1",)), None,
+                       methods=("lm", "random"), log=lambda s: None)

@@ -1,0 +1,220 @@
+"""The paper's in-domain baselines as registered scorers, end to end on tiny synthetic data: a
+surrogate (2 epochs, early checkpoint after 1) is trained once per module; every method scores
+the source through ``pipeline.score`` and is checked against a recomputation from its inputs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.pipeline.prune import prune
+from ffcv_dp4tl.pipeline.score import score
+from ffcv_dp4tl.pipeline.scores_io import load_scores
+from ffcv_dp4tl.scoring import select_samples
+from ffcv_dp4tl.scoring.baselines import (class_mean_prototypes, moderate_distances,
+                                          prototype_distances)
+from ffcv_dp4tl.scoring.registry import FEATURES, LOGITS, get_scorer, list_scorers
+
+SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
+         "val_per_class=4,image_size=16,num_targets=1,target_classes=3,"
+         "target_train_per_class=8,target_test_per_class=4")
+TRAIN = ("model.width=8", "model.stem_stride=1", "train.epochs=2", "train.keep_epochs=[1]",
+         "train.batch_size=16", "train.min_res=16", "train.max_res=16", "eval.resolution=16",
+         "eval.batch_size=64", "data.num_workers=0", "eval.every=2")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from ffcv_dp4tl.pipeline.run import _ensure_built
+    from ffcv_dp4tl.training.trainer import train
+
+    tmp = tmp_path_factory.mktemp("indomain")
+    root = _ensure_built(SYNTH, tmp / "data", lambda s: None)
+    source = next(root.glob("**/source"))
+    sur = tmp / "surrogate"
+    train("resnet18_tiny_cpu", source, out_dir=sur, fmt="wds", device="cpu", progress=False,
+          overrides=TRAIN)
+    return tmp, source, sur
+
+
+def _score(env, method, name=None, **kw):
+    tmp, source, sur = env
+    out = tmp / (name or method)
+    kw.setdefault("checkpoint", sur / "checkpoint.pt")
+    meta = score(method, source_dir=source, out_dir=out, fmt="wds", num_workers=0,
+                 progress=False, **kw)
+    m, arrays = load_scores(out)
+    return meta, arrays["scores"], out
+
+
+def _labels(source, split="train"):
+    from ffcv_dp4tl.data import load_manifest
+
+    return np.asarray(load_manifest(source).split(split).load_labels())
+
+
+def test_registered_with_units_needs_options():
+    s = {n: get_scorer(n) for n in ("sp", "ssp", "forget", "infmax", "infsum")}
+    assert all(x.unit == "sample" for x in s.values())
+    assert s["sp"].needs == {LOGITS, FEATURES} and s["ssp"].needs == {FEATURES}
+    assert s["forget"].needs == frozenset() and s["forget"].trains
+    assert s["infmax"].needs == s["infsum"].needs == {LOGITS, FEATURES}
+    assert "training run" in s["forget"].cost_summary()
+    assert "early-training runs" in get_scorer("grand").cost_summary()
+    assert get_scorer("grand").parse_options({"runs": "3", "grad": "full"})["runs"] == 3
+    with pytest.raises(DP4TLError, match="grad='half' must be one of last, full"):
+        get_scorer("grand").parse_options({"grad": "half"})
+    with pytest.raises(DP4TLError, match="runs='x' must be a int"):
+        get_scorer("el2n").parse_options({"runs": "x"})
+    with pytest.raises(DP4TLError, match="moderate has no option k"):
+        get_scorer("moderate").parse_options({"k": "3"})
+    assert list_scorers().index("grand") < list_scorers().index("sp")
+
+
+def test_sp_ssp_moderate_match_brute_force(env):
+    _, source, _ = env
+    labels = _labels(source)
+    _, sp, out = _score(env, "sp")
+    feats = np.load(out / "source_train_features.npy").astype(np.float64)
+    f = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    protos = np.stack([f[labels == c].mean(0) for c in range(labels.max() + 1)])
+    protos /= np.linalg.norm(protos, axis=1, keepdims=True)
+    np.testing.assert_allclose(sp, np.linalg.norm(f - protos[labels], axis=1), atol=1e-5)
+    _, sp_easy, _ = _score(env, "sp", "sp-easy", options={"keep": "easy"})
+    np.testing.assert_allclose(sp_easy, -sp)
+
+    meta, ssp, out = _score(env, "ssp", options={"k": "4"})
+    cent = np.load(out / "ssp_centroids.npy").astype(np.float64)
+    assert meta["ssp_k"] == 4 and cent.shape[0] == 4
+    d = np.linalg.norm(f[:, None] - cent[None], axis=2).min(1)
+    np.testing.assert_allclose(ssp, d, atol=1e-5)
+
+    _, mod, out = _score(env, "moderate")
+    dist = moderate_distances(np.load(out / "source_train_features.npy"), labels)
+    n = len(dist)
+    ranks = np.empty(n, int)
+    ranks[np.argsort(dist, kind="stable")] = np.arange(n)
+    kept = select_samples(mod, 0.5)
+    assert sorted(ranks[kept]) == list(range((n - len(kept)) // 2, (n - len(kept)) // 2 + len(kept)))
+    _, mod_v, _ = _score(env, "moderate", "moderate-value", options={"band": "value"})
+    np.testing.assert_allclose(mod_v, -np.abs(dist - np.median(dist)))
+
+
+def test_el2n_averages_runs_and_runs_1_scores_the_early_checkpoint(env):
+    from ffcv_dp4tl.scoring.baselines import el2n_scores
+    from ffcv_dp4tl.scoring.context import ScoringContext, softmax
+    from ffcv_dp4tl.training.finetune import load_pretrained
+    from ffcv_dp4tl.training.models import get_head
+
+    tmp, source, sur = env
+    early = sur / "checkpoint_e1.pt"
+    meta1, s1, _ = _score(env, "el2n", "el2n-1", trajectory=[early], options={"runs": 1})
+    assert meta1["runs_scored"] == [str(early)]
+    assert [r.get("reused") for r in meta1["training_runs"]] == ["surrogate"]
+    meta2, s2, out = _score(env, "el2n", "el2n-2", trajectory=[early], options={"runs": 2})
+    assert len(meta2["runs_scored"]) == 2 and meta2["runs_scored"][0] == str(early)
+    run1 = meta2["training_runs"][1]
+    assert run1["epochs"] == 1 and run1["seconds"] > 0 and meta2["training_seconds"] > 0
+    assert meta2["selection_seconds"] >= meta2["training_seconds"]
+    # recompute run 1 independently: the average is (run0 + run1) / 2
+    model, _ = load_pretrained(meta2["runs_scored"][1], torch.device("cpu"))
+    assert torch.load(meta2["runs_scored"][1], weights_only=False)["epoch"] == 1
+    ctx = ScoringContext(method="el2n", source_dir=source, out_dir=out, fmt="wds",
+                         num_workers=0, progress=False)
+    from ffcv_dp4tl.pipeline.score import _load_surrogate
+
+    ctx.surrogate = _load_surrogate(get_scorer("el2n"), ctx, early, "cpu", None)
+    p = ctx.model_predictions(model, get_head(model))
+    e1 = el2n_scores(softmax(p.logits.astype(np.float64)), _labels(source))
+    np.testing.assert_allclose(s2, (s1 + e1) / 2, rtol=1e-5)
+    assert not np.allclose(s1, e1)
+
+
+def test_grand_full_gradient_and_another_arch(env):
+    _, s_last, _ = _score(env, "grand", "grand-last", options={"runs": 1})
+    meta, s_full, _ = _score(env, "grand", "grand-full", options={"runs": 1, "grad": "full"})
+    assert s_full.shape == s_last.shape and (s_full > 0).all()
+    assert (s_full >= s_last * (1 - 1e-4)).mean() > 0.99  # the full gradient includes the head's
+    meta, s34, _ = _score(env, "grand", "grand-r34", options={"runs": 1, "arch": "resnet34",
+                                                               "epoch": 1})
+    assert [r["arch"] for r in meta["training_runs"]] == ["resnet34"]
+    assert "reused" not in meta["training_runs"][0]
+
+
+def test_forget_trains_its_own_run_and_counts_forgetting(env):
+    tmp, source, sur = env
+    meta, s, _ = _score(env, "forget", checkpoint=None, train_recipe="resnet18_tiny_cpu",
+                        train_overrides=TRAIN)
+    (run,) = meta["training_runs"]
+    assert run["epochs"] == 2 and run["seconds"] > 0
+    assert s.shape == (len(_labels(source)),) and (s >= 0).all()
+    never = meta["never_learned"][0]
+    assert (s == s.max()).sum() >= never  # never-learned samples carry the top score
+    with pytest.raises(DP4TLError, match="--recipe"):
+        _score(env, "forget", "forget-x", checkpoint=None)
+
+
+def test_infmax_infsum_on_the_val_split(env):
+    meta, imax, _ = _score(env, "infmax")
+    _, isum, _ = _score(env, "infsum")
+    _, isub, _ = _score(env, "infsum", "infsum-sub", options={"eval_samples": "5"})
+    assert meta["influence_eval_samples"] == len(_labels(env[1], "val"))
+    assert imax.shape == isum.shape and np.isfinite(imax).all()
+    assert not np.allclose(isum, isub)
+    # a train sample's max over val points is at least its mean (= sum / M)
+    assert (imax >= isum / meta["influence_eval_samples"] - 1e-9).all()
+
+
+def test_per_sample_grad_norms_match_a_backward_loop():
+    from ffcv_dp4tl.data.sampling import Batch
+    from ffcv_dp4tl.scoring.training_runs import per_sample_grad_norms
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4),
+                                torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    model.train()(torch.randn(8, 3, 6, 6))  # non-trivial BN running stats
+    x, y = torch.randn(5, 3, 6, 6), torch.tensor([0, 1, 2, 1, 0])
+    loader = [Batch(x[:3], y[:3], torch.tensor([4, 0, 2])), Batch(x[3:], y[3:], torch.tensor([1, 3]))]
+    got = per_sample_grad_norms(model, loader, 5, micro_batch=2)
+    assert model.training  # the mode it had is restored
+    model.eval()
+    order = [4, 0, 2, 1, 3]
+    for i in range(5):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        ref = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))
+        assert got[order[i]] == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_pipeline_runs_forget_without_a_surrogate_and_fm_with_a_sample_budget(env):
+    from ffcv_dp4tl.pipeline.run import PipelineConfig, run_pipeline
+
+    tmp, source, _ = env
+    runs = tmp / "runs"
+    base = dict(ratio=0.5, source=SYNTH, target="", fmt="wds", finetune=(), device="cpu",
+                data_root=tmp / "data", runs_root=runs, overrides=TRAIN,
+                surrogate_overrides=TRAIN)
+    with pytest.raises(DP4TLError, match="el2n has no option nope"):
+        run_pipeline(PipelineConfig(method="el2n", scorer_options=("nope=1",), **base),
+                     log=lambda s: None)
+    assert not runs.exists()  # refused before any work
+    res = run_pipeline(PipelineConfig(method="forget", scorer_options=("epochs=1",), **base),
+                       log=lambda s: None)
+    assert list(res["stages"]) == ["score", "prune", "pretrain"]  # it trains its own run
+    (run,) = res["stages"]["score"]["training_runs"]
+    assert run["epochs"] == 1 and res["stages"]["score"]["options"]["epochs"] == 1
+    n = len(_labels(source))
+    assert res["stages"]["prune"]["kept_sample_fraction"] == pytest.approx(round(0.5 * n) / n)
+    res = run_pipeline(PipelineConfig(method="fm", k=6, budget="samples", **base),
+                       log=lambda s: None)
+    pr = res["stages"]["prune"]
+    assert pr["budget"] == "samples" and pr["unit"] == "cluster"
+    assert abs(pr["train_kept"] - n / 2) <= max(np.bincount(
+        load_scores(next(runs.glob("score-*/train_units.npy")).parent)[1]["train_units"]))
+    report = Path(res["report"]).read_text()
+    assert f"{pr['kept_sample_fraction']:.3f} of the train samples" in report
+    assert "budget: samples" in report
