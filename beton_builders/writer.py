@@ -110,7 +110,9 @@ def _listing_digest(spec: DatasetSpec) -> str:
     for split, samples in spec.splits.items():
         h.update(f"\x00{split}:{len(samples)}".encode())
         for s in samples:
-            h.update(f"{s.display_name()}\x01{s.label}\x02".encode())
+            # exact name bytes (== the old str.encode() for UTF-8 names, so digests of earlier
+            # builds are unchanged; a non-UTF-8 file name no longer raises)
+            h.update(s.name_bytes() + f"\x01{s.label}\x02".encode())
     return h.hexdigest()
 
 
