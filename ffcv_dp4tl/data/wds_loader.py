@@ -9,6 +9,7 @@ no state shared with workers.
 from __future__ import annotations
 
 import io
+import re
 import os
 import weakref
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..errors import DataError
 from .manifest import SplitInfo
 from .sampling import Batch, EpochPlan
 from .transforms import (AugSpec, Normalize, center_crop_box, crop_resize, random_crop_box,
@@ -29,6 +31,8 @@ class ShardReader:
     """Read one sample's JPEG bytes by index; file handles are opened lazily per process."""
 
     def __init__(self, split: SplitInfo):
+        self.split = split.name
+        self.root = split.root
         self.index = split.load_index()
         self.paths = [str(p) for p in split.shards]
         self._files: dict[int, object] = {}
@@ -43,7 +47,29 @@ class ShardReader:
         if f is None:
             f = self._files[s] = open(self.paths[s], "rb", buffering=0)
         f.seek(int(rec["offset"]))
-        return f.read(int(rec["size"])), int(rec["label"])
+        data = f.read(int(rec["size"]))
+        if len(data) != int(rec["size"]):
+            raise SampleError(self.where(i, f"truncated ({len(data)} of {int(rec['size'])} bytes)"))
+        return data, int(rec["label"])
+
+    def where(self, i: int, what: str) -> str:
+        """One line naming the split, sample, shard file and byte offset, with the advice."""
+        rec = self.index[i]
+        return (f"split {self.split!r} sample {i}: {what} in {self.paths[int(rec['shard'])]} at "
+                f"byte offset {int(rec['offset'])} ({int(rec['size'])} bytes); run `dp4tl verify "
+                f"{self.root} --deep` to list every damaged sample, then rebuild the dataset")
+
+
+class SampleError(DataError):
+    """A sample's bytes could not be read or decoded (the message names sample and file)."""
+
+
+class _Failed:
+    """What a worker returns instead of raising: torch re-raises worker exceptions with the
+    worker's traceback glued into the message; the loader raises this one line instead."""
+
+    def __init__(self, message: str):
+        self.message = message
 
 
 class _MaskedShardDataset(Dataset):
@@ -55,11 +81,20 @@ class _MaskedShardDataset(Dataset):
         return len(self.reader.index)
 
     def __getitem__(self, item: tuple[int, int, int]):
-        i, resolution, seed = item
+        i = item[0]
+        try:
+            return self._get(*item)
+        except SampleError as e:
+            return _Failed(str(e))
+        except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
+            msg = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e).splitlines()[0] if str(e) else "")
+            return _Failed(self.reader.where(i, f"cannot decode the JPEG ({type(e).__name__}: {msg})"))
+
+    def _get(self, i: int, resolution: int, seed: int):
         data, label = self.reader.read(i)
         img = Image.open(io.BytesIO(data))
         img.draft("RGB", (resolution, resolution))  # DCT downscale when the JPEG is much larger
-        img = img.convert("RGB")
+        img = img.convert("RGB")  # decodes: a damaged JPEG raises here
         w, h = img.size
         aug = self.aug
         if not aug.train:
@@ -99,6 +134,9 @@ class _PlanSampler(Sampler):
 
 
 def _collate(items):
+    failed = next((it for it in items if isinstance(it, _Failed)), None)
+    if failed is not None:
+        return failed
     images, labels, idx, *rest = zip(*items)
     out = (torch.stack(images), torch.tensor(labels, dtype=torch.int64),
            torch.tensor(idx, dtype=torch.int64))
@@ -147,7 +185,10 @@ class WdsMaskedLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         non_blocking = self.device.type == "cuda"
-        for images, labels, idx, *rest in self.dataloader:
+        for batch in self.dataloader:
+            if isinstance(batch, _Failed):
+                raise SampleError(batch.message)
+            images, labels, idx, *rest = batch
             images = images.to(self.device, non_blocking=non_blocking)
             second = (self.normalize(rest[0].to(self.device, non_blocking=non_blocking))
                       if rest else None)
