@@ -97,7 +97,7 @@ def build(args, out: Path) -> dict:
     for p in out.rglob("*"):
         if p.is_file() and not p.name.startswith("."):
             kind = ("beton" if p.suffix == ".beton" else "shards" if p.suffix == ".tar" else
-                    "index/labels (.npy)" if p.suffix == ".npy" else "other")
+                    "index/labels (.npy)" if p.suffix == ".npy" else "other (manifest, build metadata)")
             sizes[kind] = sizes.get(kind, 0) + p.stat().st_size
     return {"source": source, "seconds": seconds, "sizes": sizes,
             "rss_self": max_rss(resource.RUSAGE_SELF), "rss_children": max_rss(resource.RUSAGE_CHILDREN)}
@@ -196,9 +196,10 @@ def versions() -> str:
 def markdown(args, b: dict, rows: list, total: float) -> str:
     n_train, n_val = 1000 * args.train_per_class, 1000 * args.val_per_class
     full = args.train_per_class == 1280 and args.val_per_class == 50 and args.kmeans_n == FULL_KMEANS_N
-    size = ("full size" if full else
-            f"**reduced size**: {n_train + n_val:,} records instead of 1,330,000, k-means over "
-            f"{args.kmeans_n:,} instead of {FULL_KMEANS_N:,} rows")
+    size = "full size" if full else (
+        f"**reduced size**: {n_train + n_val:,} records instead of 1,330,000"
+        + ("" if args.kmeans_n == FULL_KMEANS_N else
+           f", k-means over {args.kmeans_n:,} instead of {FULL_KMEANS_N:,} rows"))
     cmd = "python benchmarks/bench_scale.py " + " ".join(shlex.quote(a) for a in args.argv)
     lines = [
         f"Measured {_dt.date.today().isoformat()} on {machine()} ({os.getloadavg()[0]:.1f} load "
