@@ -455,7 +455,7 @@ def markdown(args, build_res: BuildResult, results: list[LoadResult], extra: dic
                              f"{other.best / ffcv_full.best:.2f}×.")
     if extra.get("extract_s") == extra.get("extract_s"):
         lines.append(f"- Baseline preparation (one-time, not in the table): extracting "
-                     f"{meta['num_train']:,} JPEG files took {extra['extract_s']:.1f}s.")
+                     f"{meta['num_train']:,} JPEG files took {extra.get('extract_s', float('nan')):.1f}s.")
     return "\n".join(lines) + "\n"
 
 

@@ -6,6 +6,7 @@ parallel, so every reader gets the same bad-input handling, progress bar and res
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
@@ -18,6 +19,15 @@ from PIL import Image
 ImageRef = Union[str, Path, np.ndarray, Callable[[], Image.Image]]
 
 
+def printable(text: str) -> str:
+    """``text`` with undecodable file-name bytes (surrogate escapes) as ``\\xNN``."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 @dataclass(frozen=True)
 class Sample:
     ref: ImageRef
@@ -26,11 +36,22 @@ class Sample:
     name: str = ""
 
     def display_name(self) -> str:
+        """The sample's origin as printable text: a file name that is not valid UTF-8 (held by
+        Python as lone surrogates, PEP 383) shows its odd bytes as ``\\xNN`` escapes, so the
+        name can go into messages, JSON and ``rejects.txt``."""
         if self.name:
-            return self.name
+            return printable(self.name)
         if isinstance(self.ref, (str, Path)):
-            return str(self.ref)
+            return printable(str(self.ref))
         return repr(self.ref)
+
+    def name_bytes(self) -> bytes:
+        """The exact origin (file names: their bytes on disk), for digests."""
+        if self.name:
+            return self.name.encode("utf-8", "surrogateescape")
+        if isinstance(self.ref, (str, Path)):
+            return os.fsencode(str(self.ref))
+        return repr(self.ref).encode("utf-8", "surrogateescape")
 
 
 @dataclass

@@ -36,7 +36,8 @@ from ffcv_dp4tl.fsutil import (atomic_path, atomic_save_npy, atomic_write_json,
                                atomic_write_text, check_free_space, directory_lock, is_disk_full,
                                read_json, remove_orphan_temps)
 
-from .beton import ShardBytesDataset, check_beton, keep_as_jpeg, write_beton
+from .beton import ShardBytesDataset, beton_images, check_beton, keep_as_jpeg, write_beton
+from .integrity import beton_fingerprint, split_checksums, stored_digests
 from .shards import write_shard
 from .spec import DatasetSpec, Sample
 
@@ -110,7 +111,9 @@ def _listing_digest(spec: DatasetSpec) -> str:
     for split, samples in spec.splits.items():
         h.update(f"\x00{split}:{len(samples)}".encode())
         for s in samples:
-            h.update(f"{s.display_name()}\x01{s.label}\x02".encode())
+            # exact name bytes (== the old str.encode() for UTF-8 names, so digests of earlier
+            # builds are unchanged; a non-UTF-8 file name no longer raises)
+            h.update(s.name_bytes() + f"\x01{s.label}\x02".encode())
     return h.hexdigest()
 
 
@@ -272,6 +275,11 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
                                         arr[:, 6], opts.raw_fraction)
             with atomic_path(beton_path, suffix=".beton") as tmp:
                 write_beton(tmp, dataset, opts.quality, opts.max_side, opts.workers, opts.progress)
+        # what the beton stores, per sample (JPEG samples: the shards' bytes, digests known)
+        sha1 = np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 20)
+        images = beton_images(beton_path)
+        beton_fp = beton_fingerprint(images.mode, images.hw, stored_digests(beton_path, images, sha1).tobytes())
+        checksums = split_checksums(beton_path, [out_dir / s for s in shard_names])
         atomic_save_npy(out_dir / "wds" / f"{split}.index.npy", index)
         atomic_save_npy(out_dir / f"{split}.labels.npy", labels)
         n_rej = sum(1 for r in all_rejects if r[0] == split)
@@ -284,6 +292,8 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
             labels=f"{split}.labels.npy",
             index=f"wds/{split}.index.npy",
             shards=shard_names,
+            beton_fingerprint=beton_fp,
+            checksums=checksums,
         )
         share = len(samples) / max(1, sum(len(s) for s in spec.splits.values()))
         summaries.append(SplitSummary(split, len(records), n_rej,
@@ -300,6 +310,7 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
                             beton_mode=opts.beton_mode, raw_fraction=opts.raw_fraction),
         shard_size=opts.shard_size,
         fingerprint=dataset_fingerprint([e.fingerprint for e in split_entries.values()]),
+        beton_fingerprint=dataset_fingerprint([e.beton_fingerprint for e in split_entries.values()]),
         extra=spec.extra,
         build=settings,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -108,6 +108,12 @@ class SplitEntry:
     shards: list[str]
     num_rejected: int = 0
     class_counts: list[int] | None = None
+    #: content fingerprint of the beton: per sample its storage mode, shape and the SHA-1 of the
+    #: stored bytes (beton_builders.integrity.beton_fingerprint); None in builds before it existed
+    beton_fingerprint: str | None = None
+    #: cheap per-file checksums checked when a loader opens the files: ``{"scheme", "beton":
+    #: {"size", "digest"}, "shards": [{"size", "digest"}, ...]}``; None in older builds
+    checksums: dict[str, Any] | None = None
     unknown: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -116,6 +122,10 @@ class SplitEntry:
             d["class_counts"] = [int(c) for c in self.class_counts]
         d.update({"fingerprint": self.fingerprint, "beton": self.beton, "labels": self.labels,
                   "index": self.index, "shards": list(self.shards)})
+        if self.beton_fingerprint is not None:
+            d["beton_fingerprint"] = self.beton_fingerprint
+        if self.checksums is not None:
+            d["checksums"] = self.checksums
         return {**d, **self.unknown}
 
     @classmethod
@@ -130,6 +140,8 @@ class SplitEntry:
                    beton=d["beton"], labels=d["labels"], index=d["index"],
                    shards=list(d["shards"]), num_rejected=int(d.get("num_rejected", 0)),
                    class_counts=None if cc is None else [int(c) for c in cc],
+                   beton_fingerprint=d.get("beton_fingerprint"),
+                   checksums=dict(d["checksums"]) if isinstance(d.get("checksums"), dict) else None,
                    unknown={k: v for k, v in d.items() if k not in known})
 
 
@@ -169,6 +181,8 @@ class DatasetManifest:
     #: the build's settings (source, options, listing digest): a rerun compares them
     build: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    #: hash of the splits' beton fingerprints (None for builds before they were recorded)
+    beton_fingerprint: str | None = None
     format: str = FORMAT
     format_version: int = VERSION
     #: top-level fields this version does not know, kept so a rewrite loses nothing
@@ -188,6 +202,8 @@ class DatasetManifest:
             d["shard_size"] = self.shard_size
         d.update({"fingerprint": self.fingerprint, "extra": self.extra, "build": self.build,
                   "created": self.created})
+        if self.beton_fingerprint is not None:
+            d["beton_fingerprint"] = self.beton_fingerprint
         return {**d, **self.unknown}
 
     @classmethod
@@ -209,6 +225,7 @@ class DatasetManifest:
             image=ImageSettings.from_json(data["image"]) if data.get("image") else None,
             shard_size=data.get("shard_size"), extra=dict(data.get("extra") or {}),
             build=dict(data.get("build") or {}), created=str(data.get("created", "")),
+            beton_fingerprint=data.get("beton_fingerprint"),
             format=data["format"], format_version=version,
             unknown={k: v for k, v in data.items() if k not in known})
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ffcv_dp4tl.errors import DataError
 
-from ..spec import DatasetSpec, Sample
+from ..spec import DatasetSpec, Sample, printable
 
 #: Image extensions accepted when listing folders (compared case-insensitively).
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"})
@@ -72,23 +72,57 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def _os_error(path: Path | str, e: OSError) -> DataError:
+    """One line for a listing failure: a symlink loop, a permission problem, a vanished file."""
+    import errno
+
+    if e.errno == errno.ELOOP:
+        return bad(path, "symlink loop (Too many levels of symbolic links)",
+                   hint="remove or fix the link")
+    return bad(path, f"cannot list ({e.strerror or e})", hint="check the path and its permissions")
+
+
+def _is_dir(e: os.DirEntry) -> bool:
+    try:
+        return e.is_dir()
+    except OSError as err:
+        raise _os_error(e.path, err) from None
+
+
+def _scandir(path: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(path) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        raise _os_error(path, e) from None
+
+
 def subdirs(path: Path) -> list[Path]:
     """Sorted non-hidden sub-folders of ``path``."""
-    with os.scandir(path) as it:
-        return sorted(Path(e.path) for e in it if not is_hidden(e.name) and e.is_dir())
+    return [Path(e.path) for e in _scandir(path) if not is_hidden(e.name) and _is_dir(e)]
 
 
-def list_images(path: Path, recursive: bool = True) -> list[Path]:
-    """Sorted image files under ``path`` by extension only (no content check), skipping hidden."""
+def list_images(path: Path, recursive: bool = True, _parents: frozenset = frozenset()) -> list[Path]:
+    """Sorted image files under ``path`` by extension only (no content check), skipping hidden.
+
+    Followed symlinks that lead back into a folder being listed (``ln -s . again``), or that
+    loop among themselves, raise a one-line :class:`DataError` naming the link.
+    """
+    try:
+        real = os.path.realpath(path, strict=True)
+    except OSError as e:
+        raise _os_error(path, e) from None
+    if real in _parents:
+        raise bad(path, f"symlink loop: leads back to its parent folder {real}",
+                  hint="remove or fix the link")
+    parents = _parents | {real}
     out: list[Path] = []
-    with os.scandir(path) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for e in entries:
+    for e in _scandir(path):
         if is_hidden(e.name):
             continue
-        if e.is_dir():
+        if _is_dir(e):
             if recursive:
-                out.extend(list_images(Path(e.path), recursive=True))
+                out.extend(list_images(Path(e.path), recursive=True, _parents=parents))
         elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTS:
             out.append(Path(e.path))
     return out
@@ -151,7 +185,15 @@ def rank_map(ids: Iterable[int]) -> dict[int, int]:
 
 def finish(name: str, classes: list[str], splits: dict[str, list[Sample]], source: Path,
            extra: dict[str, Any] | None = None) -> DatasetSpec:
-    """Validate (non-empty splits, labels in range) and build the :class:`DatasetSpec`."""
+    """Validate (non-empty splits, labels in range) and build the :class:`DatasetSpec`.
+
+    Class names that are not valid UTF-8 (folder names with odd bytes) are kept in their
+    printable form (``\\xNN`` escapes) so the manifest can hold them."""
+    classes = [printable(str(c)) for c in classes]
+    if len(set(classes)) != len(classes):
+        dup = next(c for c in classes if classes.count(c) > 1)
+        raise bad(source, f"{name}: two classes are both named '{dup}'",
+                  hint="rename one of the class folders")
     if not classes:
         raise bad(source, f"{name}: no classes found", hint="check that you passed the dataset folder")
     for split, samples in splits.items():

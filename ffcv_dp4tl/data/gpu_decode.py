@@ -339,6 +339,7 @@ class DeviceDecodeLoader:
         self.prefetch = prefetch if prefetch is not None else max(2, 2 * self.num_workers)
         self.epoch = 0
         self.labels = np.asarray(split.load_labels(), dtype=np.int64)
+        self._split_name, self._root = split.name, split.root
         if source == "ffcv":
             if not split.beton.exists():
                 raise DataError(f"{split.beton} is missing; rebuild the dataset")
@@ -416,14 +417,18 @@ class DeviceDecodeLoader:
         return _HostBatch(idx, data, hw, canvas, top, groups, params,
                           pin(torch.from_numpy(hw)), pin(torch.from_numpy(self.labels[idx])))
 
-    @staticmethod
-    def _header_sizes(idx: np.ndarray, data: list[torch.Tensor]) -> np.ndarray:
+    def _header_sizes(self, idx: np.ndarray, data: list[torch.Tensor]) -> np.ndarray:
         hw = np.empty((len(idx), 2), np.int64)
         for k, (i, d) in enumerate(zip(idx.tolist(), data)):
             try:
                 hw[k] = jpeg_hw(memoryview(d.numpy()))
             except DataError as e:
-                raise DataError(f"sample {i}: {e}") from e
+                loc = self._locations
+                raise DataError(
+                    f"split {self._split_name!r} sample {i}: {e} in {loc.paths[int(loc.file_id[i])]} "
+                    f"at byte offset {int(loc.offset[i])} ({int(loc.size[i])} bytes); run `dp4tl "
+                    f"verify {self._root} --deep` to list every damaged sample, then rebuild the "
+                    "dataset") from None
         return hw
 
     def _host_tensor(self, t: torch.Tensor) -> torch.Tensor:
@@ -456,8 +461,7 @@ class DeviceDecodeLoader:
             else:
                 images = decode_jpeg(host.data, device=self.device, mode=ImageReadMode.RGB)
         except RuntimeError as e:
-            raise DataError(f"cannot decode the JPEGs of samples {host.indices.tolist()}: "
-                            f"{e}") from e
+            raise DataError(self._decode_failure(host, e)) from None
         got = np.array([img.shape[1:] for img in images], np.int64).reshape(-1, 2)
         if not np.array_equal(got, host.hw):
             bad = host.indices[(got != host.hw).any(axis=1)].tolist()
@@ -465,6 +469,28 @@ class DeviceDecodeLoader:
                             "rebuild the dataset")
         return _pad(images, host.canvas).float()
 
+
+    def _decode_failure(self, host: _HostBatch, error: Exception) -> str:
+        """One line naming the first sample of the batch that does not decode on its own, its
+        file and byte offset (a batched decode only says that one of them failed)."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        bad, why = None, str(error).splitlines()[0] if str(error) else type(error).__name__
+        for i, d in zip(host.indices.tolist(), host.data):
+            try:
+                decode_jpeg(d, mode=ImageReadMode.RGB)  # on the CPU: independent of the device
+            except RuntimeError as e:
+                bad, why = i, str(e).splitlines()[0] if str(e) else why
+                break
+        loc = self._locations
+        if bad is None:
+            return (f"split {self._split_name!r}: cannot decode the JPEGs of samples "
+                    f"{host.indices.tolist()} on {self.device} ({why}); run `dp4tl verify "
+                    f"{self._root} --deep` to check the data")
+        return (f"split {self._split_name!r} sample {bad}: cannot decode the JPEG ({why}) in "
+                f"{loc.paths[int(loc.file_id[bad])]} at byte offset {int(loc.offset[bad])} "
+                f"({int(loc.size[bad])} bytes); run `dp4tl verify {self._root} --deep` to list "
+                "every damaged sample, then rebuild the dataset")
 
     def _decode_on_side_stream(self, data: list[torch.Tensor]) -> list[torch.Tensor]:
         """nvJPEG decode on a stream of its own, never the training stream.

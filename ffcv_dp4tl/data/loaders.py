@@ -112,6 +112,7 @@ def make_loader(
                   num_workers=num_workers, drop_last=drop_last, dtype=dtype,
                   channels_last=channels_last)
     decode = resolve_decode(decode, device)
+    info.check_files(fmt)  # size + header checksums of the files about to be read
     if decode == "gpu":
         return DeviceDecodeLoader(info, plan, source=fmt, **common)
     if fmt == "ffcv":

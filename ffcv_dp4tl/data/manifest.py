@@ -36,6 +36,25 @@ class SplitInfo:
     labels: Path
     index: Path
     shards: list[Path]
+    #: cheap per-file checksums recorded by the build (None: built before they existed)
+    checksums: dict[str, Any] | None = None
+    #: content fingerprint of the beton (None: built before it existed)
+    beton_fingerprint: str | None = None
+    #: the dataset directory (None for hand-made SplitInfos: the labels file's folder)
+    dataset_root: Path | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.dataset_root if self.dataset_root is not None else self.labels.parent
+
+    def check_files(self, fmt: str) -> None:
+        """Refuse (one-line DataError) files of this split that do not match the build: the
+        beton (``fmt="ffcv"``) or the shards (``"wds"``); cheap, no image bytes are read
+        (:func:`beton_builders.integrity.check_split_files`)."""
+        from beton_builders.integrity import check_split_files
+
+        check_split_files(self.root, self.name, self.beton if fmt == "ffcv" else None,
+                          self.shards if fmt == "wds" else None, self.checksums, self.num_samples)
 
     def load_labels(self) -> np.ndarray:
         return np.load(self.labels, mmap_mode="r")
@@ -94,6 +113,9 @@ class Manifest:
             labels=self.root / s.labels,
             index=self.root / s.index,
             shards=[self.root / p for p in s.shards],
+            checksums=s.checksums,
+            beton_fingerprint=s.beton_fingerprint,
+            dataset_root=self.root,
         )
 
 

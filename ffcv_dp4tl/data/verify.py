@@ -8,11 +8,14 @@ shard gave silently different images. This module checks a built directory again
   labels and the random-access index have one entry per sample, labels are valid class ids
   whose per-class counts match the manifest; every shard exists and each sample's byte range
   lies inside its shard; the beton's header opens with ffcv, holds the manifest's sample count,
-  and every image points at an allocation of the right size inside the file.
+  and every image points at an allocation of the right size inside the file; for builds that
+  recorded them (``checksums`` in the manifest), every file's size and the beton's
+  header/metadata digest (beton_builders.integrity).
 * **deep** (``deep=True``; reads every image once per format): every sample's shard bytes
   hash back to the manifest's fingerprint, and every JPEG sample of the beton holds exactly
   the bytes of the shard (raw-pixel samples of ``--beton-mode proportion`` builds: size
-  ``h * w * 3``). Failures name the split, the sample index and the file.
+  ``h * w * 3``), and the stored bytes hash back to the split's ``beton_fingerprint``
+  (builds that recorded it). Failures name the split, the sample index and the file.
 
 Every problem is one line; :func:`verify_dataset` returns them all rather than stopping at the
 first, so one run tells the whole story.
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from beton_builders.beton import check_beton, listed_samples
+from beton_builders.integrity import SCHEME, beton_checksum, beton_fingerprint
 
 from ..errors import DataError
 
@@ -102,6 +106,33 @@ def _check_beton(split: SplitInfo, out: list[str]):
     return images
 
 
+def _check_checksums(split: SplitInfo, out: list[str]) -> None:
+    """What the build recorded (builds that recorded it): every file's size, and the beton's
+    header/metadata digest (no image bytes; shard bytes are the deep check's: a loader also
+    hashes each shard's first and last bytes when it opens them)."""
+    rec = split.checksums
+    if not rec or rec.get("scheme") != SCHEME:
+        return
+    want = rec.get("beton")
+    if want is not None and split.beton.is_file():
+        try:
+            got = beton_checksum(split.beton)
+        except Exception as e:  # noqa: BLE001 - damaged header
+            got = None
+            out.append(f"{split.beton}: cannot compute its checksum ({type(e).__name__}: {e}); "
+                       "rebuild the dataset")
+        if got is not None and got["size"] != want["size"]:
+            out.append(f"{split.beton}: {got['size']} bytes, the build wrote {want['size']}; "
+                       "rebuild the dataset")
+        elif got is not None and got["digest"] != want["digest"]:
+            out.append(f"{split.beton}: header/metadata checksum differs from the one recorded "
+                       "at build time; rebuild the dataset")
+    for path, w in zip(split.shards, rec.get("shards", [])):
+        if path.is_file() and path.stat().st_size != w["size"]:
+            out.append(f"{path}: {path.stat().st_size} bytes, the build wrote {w['size']}; "
+                       "rebuild the dataset")
+
+
 class _Reader:
     """pread-based byte reader over a set of files (no shared file position)."""
 
@@ -121,6 +152,7 @@ def _deep(split: SplitInfo, classes: list[str], index: np.ndarray, images, progr
     n = split.num_samples
     digests = np.empty((n, 20), np.uint8)
     mismatch, truncated = [], []
+    stored_sha1 = np.zeros((n, 20), np.uint8)
     shards = _Reader(split.shards)
     beton = _Reader([split.beton]) if images is not None else None
     it = range(n)
@@ -135,11 +167,12 @@ def _deep(split: SplitInfo, classes: list[str], index: np.ndarray, images, progr
             if len(data) != int(rec["size"]):
                 truncated.append(i)
             digests[i] = np.frombuffer(hashlib.sha1(data).digest(), np.uint8)
-            if beton is not None and images.is_jpeg[i] and images.size[i] >= 0:
+            if beton is not None and images.size[i] >= 0:
                 # ffcv allocates at least the JPEG's length; the JPEG is the region's prefix
-                stored = beton.read(0, int(images.data_ptr[i]), len(data))
-                if stored != data:
+                stored = beton.read(0, int(images.data_ptr[i]), int(images.size[i]))
+                if images.is_jpeg[i] and stored[:len(data)] != data:
                     mismatch.append(i)
+                stored_sha1[i] = np.frombuffer(hashlib.sha1(stored).digest(), np.uint8)
     finally:
         shards.close()
         if beton is not None:
@@ -152,6 +185,10 @@ def _deep(split: SplitInfo, classes: list[str], index: np.ndarray, images, progr
                    "(a shard was modified or damaged); rebuild the dataset")
     if mismatch:
         out.append(_listed("beton JPEG bytes differ from the shard's", str(split.beton), np.array(mismatch)))
+    if (images is not None and split.beton_fingerprint is not None and not mismatch
+            and beton_fingerprint(images.mode, images.hw, stored_sha1.tobytes()) != split.beton_fingerprint):
+        out.append(f"{split.beton}: stored images do not hash to the beton fingerprint in "
+                   "manifest.json (raw pixels, shapes or modes changed); rebuild the dataset")
 
 
 def verify_dataset(root: str | Path, *, deep: bool = False, progress: bool = False) -> VerifyReport:
@@ -169,6 +206,7 @@ def verify_dataset(root: str | Path, *, deep: bool = False, progress: bool = Fal
         _check_labels(split, manifest.num_classes, counts_by_split.get(name), report.problems)
         index = _check_shards(split, report.problems)
         images = _check_beton(split, report.problems)
+        _check_checksums(split, report.problems)
         if deep and index is not None:
             _deep(split, manifest.classes, index, images, progress, report.problems)
         report.samples[name] = split.num_samples

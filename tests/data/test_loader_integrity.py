@@ -1,0 +1,185 @@
+"""Loaders check their files at open and name the sample and file on a decode error.
+
+* every build records per-file checksums (size + header/metadata digest of the beton, size +
+  edge digests of each shard) and a beton content fingerprint; loaders refuse a file that no
+  longer matches in one line, before any worker starts;
+* a damaged JPEG inside a shard is one line naming split, sample, shard file and byte offset,
+  from the WebDataset loader (with and without worker processes) and the device-decode loader;
+* manifests written before these fields existed still load (structural beton check instead).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from beton_builders.beton import beton_images
+from ffcv_dp4tl.data import load_manifest, make_loader
+from ffcv_dp4tl.data.verify import verify_dataset
+from ffcv_dp4tl.errors import DataError
+
+
+@pytest.fixture
+def copy(index_dataset, tmp_path):
+    dst = tmp_path / "ds"
+    shutil.copytree(index_dataset.root, dst)
+    return dst
+
+
+def _split(root):
+    return load_manifest(root).split("train")
+
+
+def _xor(path, offset, mask=0xFF):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ mask]))
+
+
+def _strip_new_fields(root):
+    """Make ``root`` look like a build from before checksums and beton fingerprints."""
+    p = root / "manifest.json"
+    m = json.loads(p.read_text())
+    m.pop("beton_fingerprint", None)
+    for s in m["splits"].values():
+        s.pop("checksums", None)
+        s.pop("beton_fingerprint", None)
+    p.write_text(json.dumps(m))
+
+
+def _damage_marker(root, i):
+    """Flip the second byte of sample ``i``'s SOS marker in its shard (mid-shard sample)."""
+    split = _split(root)
+    rec = split.load_index()[i]
+    path = split.shards[int(rec["shard"])]
+    data = path.read_bytes()[int(rec["offset"]):int(rec["offset"]) + int(rec["size"])]
+    _xor(path, int(rec["offset"]) + data.find(b"\xff\xda") + 1)
+    return path, int(rec["offset"])
+
+
+def _one_line(e) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg and "Traceback" not in msg, msg
+    return msg
+
+
+def test_manifest_records_checksums_and_beton_fingerprint(index_dataset):
+    m = load_manifest(index_dataset.root)
+    s = m.split("train")
+    assert s.checksums["beton"]["size"] == s.beton.stat().st_size
+    assert [c["size"] for c in s.checksums["shards"]] == [p.stat().st_size for p in s.shards]
+    assert len(s.beton_fingerprint) == 64 and len(m.contract.beton_fingerprint) == 64
+    s.check_files("ffcv")
+    s.check_files("wds")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_damaged_jpeg_in_a_shard_names_sample_file_and_offset(copy, workers):
+    # samples 16..31 are shard 1; 20 lies past the 4 KiB the open-time checksum reads
+    path, offset = _damage_marker(copy, 20)
+    loader = make_loader(copy, "train", fmt="wds", train=False, batch_size=8, resolution=16,
+                         num_workers=workers)
+    with pytest.raises(DataError) as e:
+        for _ in loader:
+            pass
+    msg = _one_line(e)
+    assert "split 'train' sample 20" in msg and str(path) in msg, msg
+    assert f"byte offset {offset}" in msg and f"dp4tl verify {copy} --deep" in msg, msg
+
+
+def test_device_decode_names_sample_and_file(copy):
+    pytest.importorskip("torchvision")
+    path, offset = _damage_marker(copy, 20)
+    loader = make_loader(copy, "train", fmt="wds", decode="gpu", train=False, batch_size=8,
+                         resolution=16, num_workers=0)
+    with pytest.raises(DataError) as e:
+        for _ in loader:
+            pass
+    msg = _one_line(e)
+    assert "sample 20" in msg and str(path) in msg and f"byte offset {offset}" in msg, msg
+    assert "dp4tl verify" in msg
+
+
+@pytest.mark.parametrize("old_manifest", [False, True])
+def test_truncated_beton_is_refused_at_open_in_one_line(copy, old_manifest):
+    if old_manifest:
+        _strip_new_fields(copy)
+    split = _split(copy)
+    images = beton_images(split.beton)
+    with open(split.beton, "r+b") as f:
+        f.truncate(int(images.data_ptr.max()) + 10)  # into the last image: "negative dimensions"
+    for decode in ("cpu", "gpu"):
+        with pytest.raises(DataError) as e:
+            make_loader(copy, "train", fmt="ffcv", decode=decode, train=False, batch_size=8,
+                        resolution=16, num_workers=0)
+        msg = _one_line(e)
+        assert str(split.beton) in msg and "dp4tl verify" in msg, msg
+
+
+def test_changed_beton_metadata_is_refused(copy):
+    split = _split(copy)
+    _xor(split.beton, 200)  # inside the field descriptors / metadata, not an image
+    with pytest.raises(DataError, match="checksum differs") as e:
+        make_loader(copy, "train", fmt="ffcv", train=False, batch_size=8, resolution=16,
+                    num_workers=0)
+    assert str(split.beton) in _one_line(e)
+    assert any("checksum differs" in p for p in verify_dataset(copy).problems)
+
+
+def test_changed_or_truncated_shard_is_refused(copy):
+    split = _split(copy)
+    _xor(split.shards[2], 600)  # first member's JPEG header
+    with pytest.raises(DataError, match="checksum of its first/last") as e:
+        make_loader(copy, "train", fmt="wds", train=False, batch_size=8, resolution=16,
+                    num_workers=0)
+    assert str(split.shards[2]) in _one_line(e)
+    _xor(split.shards[2], 600)  # undone
+    with open(split.shards[3], "r+b") as f:
+        f.truncate(split.shards[3].stat().st_size - 1024)
+    with pytest.raises(DataError, match="truncated or replaced"):
+        make_loader(copy, "train", fmt="wds", train=False, batch_size=8, resolution=16,
+                    num_workers=0)
+
+
+def test_old_manifest_without_new_fields_still_loads(copy, index_dataset):
+    _strip_new_fields(copy)
+    split = _split(copy)
+    assert split.checksums is None and split.beton_fingerprint is None
+    loader = make_loader(copy, "train", fmt="wds", train=False, batch_size=32, resolution=16,
+                         num_workers=0)
+    assert sorted(int(i) for b in loader for i in b.indices) == list(range(len(index_dataset)))
+    assert verify_dataset(copy, deep=True).ok
+
+
+def test_deep_verify_checks_the_beton_fingerprint(copy):
+    assert verify_dataset(copy, deep=True).ok
+    m = json.loads((copy / "manifest.json").read_text())
+    m["splits"]["train"]["beton_fingerprint"] = "0" * 64
+    (copy / "manifest.json").write_text(json.dumps(m))
+    problems = verify_dataset(copy, deep=True).problems
+    assert len(problems) == 1 and "beton fingerprint" in problems[0], problems
+
+
+def test_beton_fingerprint_is_layout_independent(tmp_path):
+    """Rebuilds of the same content give the same beton fingerprint whatever page order ffcv's
+    writer workers produced; a different storage mode gives another one (same content fp)."""
+    from beton_builders import BuildOptions, DatasetSpec, Sample, build_dataset
+
+    rng = np.random.default_rng(1)
+    spec = DatasetSpec("t", ["a", "b"], {"train": [
+        Sample(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8), k % 2, name=f"s{k}")
+        for k in range(24)]})
+    fps = {}
+    for name, opts in {"w1": dict(workers=1), "w2": dict(workers=2),
+                       "prop": dict(workers=1, beton_mode="proportion", raw_fraction=0.5)}.items():
+        build_dataset(spec, tmp_path / name, BuildOptions(max_side=24, shard_size=8, progress=False,
+                                                          **opts))
+        m = load_manifest(tmp_path / name).contract
+        fps[name] = (m.fingerprint, m.beton_fingerprint)
+    assert fps["w1"] == fps["w2"]
+    assert fps["prop"][0] == fps["w1"][0] and fps["prop"][1] != fps["w1"][1]
+    assert verify_dataset(tmp_path / "prop", deep=True).ok
