@@ -11,16 +11,17 @@ resumes at the stage (and, for training, the epoch) where it stopped.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from ..data.manifest import MANIFEST_NAME, load_manifest
 from ..errors import DP4TLError
-from ..fsutil import atomic_write_json, atomic_write_text
+from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
 from ..scoring.registry import TRAJECTORY, UNIT_PLURAL, get_scorer
 from .prune import prune
-from .score import score, self_supervised_refusal
+from .score import file_hash, score, self_supervised_refusal
 from .stages import describe, run_stage, stage
 
 #: Recipes per scale: the embedded default runs the tiny CPU recipes, real data the paper's.
@@ -74,12 +75,16 @@ def _ensure_built(source: str, data_root: Path, log: Callable[[str], None]) -> P
     from beton_builders.writer import BuildOptions, build_dataset
 
     out = data_root / _slug(source)
-    for sub, spec in resolve_source(source).items():
-        summary = build_dataset(spec, out / sub if sub else out,
-                                BuildOptions(max_side=default_max_side(spec)),
-                                source=source)
-        if not summary.skipped:
-            log(f"[data] built {out / sub if sub else out}: " + "; ".join(summary.lines()))
+    # Pipelines sharing a data root wait for each other here (a lone `dp4tl build` of the same
+    # folder is still refused by the build's own lock): the second one finds the data built.
+    with directory_lock(data_root / f".{_slug(source)}.pipeline.lock", f"data {out}", wait=True,
+                        on_wait=lambda m: log(f"[data] {m}")):
+        for sub, spec in resolve_source(source).items():
+            summary = build_dataset(spec, out / sub if sub else out,
+                                    BuildOptions(max_side=default_max_side(spec)),
+                                    source=source)
+            if not summary.skipped:
+                log(f"[data] built {out / sub if sub else out}: " + "; ".join(summary.lines()))
     return out
 
 
@@ -100,15 +105,43 @@ def _resolve_data(cfg: PipelineConfig, log) -> tuple[Path, Path]:
     return root, _ensure_built(cfg.target, cfg.data_root, log)
 
 
+def recipe_scale(manifest) -> str:
+    """``tiny`` for the embedded generated data (its manifest says ``extra.generator = synth``,
+    however it was named or where it was built), ``full`` for real data."""
+    return "tiny" if manifest.contract.extra.get("generator") == "synth" else "full"
+
+
+def _check_inputs(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]) -> None:
+    """Checks that need no work, before the surrogate trains."""
+    if cfg.k <= 0:
+        raise DP4TLError(f"k must be a positive number of clusters, got {cfg.k}")
+    if getattr(scorer, "uses_k", False):
+        n = src.split("train").num_samples
+        if cfg.k > n:
+            raise DP4TLError(f"k={cfg.k} clusters requested but the source train split has only "
+                             f"{n} samples; pass a smaller --k")
+    if "train" in tgt.split_names:
+        n = tgt.split("train").num_samples
+        if n < tgt.num_classes:
+            msg = (f"[warning] the target {tgt.root} has {n} train images for {tgt.num_classes} "
+                   "classes: some classes have no example, finetuning cannot learn them")
+            log(msg)
+            warnings.warn(msg, UserWarning, stacklevel=3)
+
+
 def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     if not 0.0 <= cfg.ratio < 1.0:
         raise DP4TLError(f"ratio must be in [0, 1), got {cfg.ratio}")
     scorer = get_scorer(cfg.method)  # unknown method: one line listing the registered ones
     source_dir, target_dir = _resolve_data(cfg, log)
     src, tgt = load_manifest(source_dir), load_manifest(target_dir)
-    scale = cfg.recipes or ("tiny" if cfg.source.startswith("synth") else "full")
+    scale = cfg.recipes or recipe_scale(src)
     if scale not in RECIPE_SETS:
         raise DP4TLError(f"recipes= must be one of {', '.join(RECIPE_SETS)}")
+    if not cfg.recipes:
+        log(f"[recipes] {scale} recipes ({'embedded synthetic' if scale == 'tiny' else 'real'} "
+            f"data per {source_dir / MANIFEST_NAME}; recipes= to choose)")
+    _check_inputs(cfg, scorer, src, tgt, log)
     rs = dict(RECIPE_SETS[scale])
     rs["surrogate"] = cfg.surrogate_recipe or rs["surrogate"]
     rs["pretrain"] = cfg.recipe or rs["pretrain"]
@@ -147,8 +180,11 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
         results["stages"]["surrogate"] = run_stage(sur, lambda d: train(
             rs["surrogate"], source_dir, out_dir=d, fmt=cfg.fmt, device=cfg.device,
             overrides=sur_overrides), log)
+    # Every key holds the content fingerprints of its inputs (source, target, mask, recipes),
+    # never names: the same inputs under another path reuse a stage, other data never does.
     sc = stage(root, "score", {"method": cfg.method, "surrogate": sur.key if needs_surrogate else None,
-                               "target": tgt.fingerprint, "k": cfg.k, "seed": cfg.seed, **common})
+                               "source": src.fingerprint, "target": tgt.fingerprint, "k": cfg.k,
+                               "seed": cfg.seed, **common})
     device = "cuda" if cfg.device == "auto" and _cuda() else ("cpu" if cfg.device == "auto" else cfg.device)
     results["stages"]["score"] = run_stage(sc, lambda d: score(
         cfg.method, source_dir=source_dir, target_dir=target_dir, out_dir=d,
@@ -156,11 +192,12 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
         trajectory=_trajectory(cfg.method, sur.dir, sur_recipe.train.keep_epochs, log)
         if TRAJECTORY in scorer.needs else (), fmt=cfg.fmt, device=device, k=cfg.k,
         seed=cfg.seed), log)
-    pr = stage(root, "prune", {"score": sc.key, "ratio": cfg.ratio})
+    pr = stage(root, "prune", {"score": sc.key, "ratio": cfg.ratio, "source": src.fingerprint})
     results["stages"]["prune"] = run_stage(pr, lambda d: prune(sc.dir, source_dir, cfg.ratio, d), log)
     pt = stage(root, "pretrain", {"recipe": rs["pretrain"], "overrides": pre_overrides,
                                   "recipe_fingerprint": fp["pretrain"],
-                                  "prune": pr.key, **common})
+                                  "prune": pr.key, "source": src.fingerprint,
+                                  "mask": file_hash(pr.dir / "train.npy"), **common})
     results["stages"]["pretrain"] = run_stage(pt, lambda d: train(
         rs["pretrain"], source_dir, mask=pr.dir / "train.npy", out_dir=d, fmt=cfg.fmt,
         device=cfg.device, overrides=pre_overrides), log)

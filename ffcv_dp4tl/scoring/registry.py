@@ -78,6 +78,7 @@ class Scorer:
     style: ClassVar[PlotStyle | None] = None  # default: no colour, "o", NAME in capitals
     higher_is_better: ClassVar[bool] = True  # sample unit: keep the highest scores
     order: ClassVar[int] = 100  # position in listings (built-ins 0-99, then by name)
+    uses_k: ClassVar[bool] = False  # clusters the source into ``k`` (checked against its size)
 
     # ------------------------------------------------------------------ derived facts
     @property

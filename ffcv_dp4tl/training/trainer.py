@@ -58,7 +58,7 @@ from torch import nn
 
 from ..data import IndexMask, load_manifest, load_mask, make_loader, mask_from_classes, validate_mask
 from ..errors import DP4TLError
-from ..fsutil import atomic_write_json, atomic_write_text
+from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
 from . import distributed as dist_
 from .callbacks import TB_SCALARS  # noqa: F401 (re-export)
 from .callbacks import ConsoleLogger, MetricsWriter, RecordSeen, TensorBoardLogger, call
@@ -72,6 +72,7 @@ from .schedule import lr_for_iteration, peak_lr, resolution
 from .timing import StageTimer
 
 METRICS_NAME = "metrics.jsonl"
+LOCK_NAME = ".train.lock"
 TIMINGS_NAME = "timings.json"
 
 
@@ -244,9 +245,25 @@ def build_step_parts(recipe: Recipe, num_classes: int, ctx: dist_.DistContext,
 
 
 def _read_metrics(path: Path) -> list[dict]:
+    """The rows of ``metrics.jsonl``; a line that is not valid JSON (the torn last line of a run
+    killed while writing it) is dropped with a note: the checkpoint, not this log, says which
+    epochs are done, and the resumed run rewrites the file without it."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            warnings.warn(f"{path}: dropped unreadable line {n} (a run killed while writing it)",
+                          stacklevel=2)
+            continue
+        rows.append(row)
+    return rows
 
 
 # --------------------------------------------------------------------------- the run
@@ -267,8 +284,11 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
         recipe = load_recipe(recipe, overrides)
     out_dir = Path(out_dir)
     ctx = dist_.setup(device)
+    # one process writes a run folder: a second `train --out` of the same folder is refused
+    lock = (directory_lock(out_dir / LOCK_NAME, f"training run {out_dir}") if ctx.is_main
+            else contextlib.nullcontext())
     try:
-        with cudnn_benchmark(ctx.device):
+        with lock, cudnn_benchmark(ctx.device):
             return _train(recipe, Path(dataset_dir), mask, out_dir, fmt, ctx, resume, progress,
                           stop_after, list(callbacks), t_start)
     finally:
@@ -326,7 +346,8 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
 
     # ---- data -----------------------------------------------------------------------------
     common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers,
-                  channels_last=parts.channels_last, seed=recipe.data.seed, decode=recipe.data.decode)
+                  channels_last=parts.channels_last, seed=recipe.data.seed, decode=recipe.data.decode,
+                  deterministic=recipe.data.deterministic)
     train_loader = make_loader(dataset_dir, split.name, mask=mask_obj, train=True,
                                batch_size=global_batch // ctx.world_size,
                                drop_last=tc.drop_last or objective.drop_last,
