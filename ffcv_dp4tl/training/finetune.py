@@ -43,7 +43,8 @@ from .engine import CrossEntropyObjective, evaluate, train_one_epoch
 from .models import backbone, create_model
 from .recipe import Recipe, load_recipe
 from .schedule import lr_for_iteration, peak_lr
-from .trainer import autocast_dtype, build_optimizer, cudnn_benchmark, param_groups, seed_epoch
+from .trainer import (autocast_dtype, build_optimizer, cudnn_benchmark, param_groups, pin_cpu_threads,
+                      seed_epoch)
 
 RESULT_NAME = "result.json"
 STATE_NAME = "finetune_state.pt"
@@ -120,6 +121,7 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
     if mode not in ("lp", "ff"):
         raise DP4TLError(f"finetune mode must be lp or ff, got {mode!r}")
     dev = resolve_device(device)
+    pin_cpu_threads()
     out_dir = Path(out_dir)
     with directory_lock(out_dir / ".finetune.lock", f"finetune run {out_dir}"), \
             cudnn_benchmark(dev):  # FF trains at one fixed resolution: see cudnn_benchmark

@@ -46,6 +46,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
 import time
 import warnings
@@ -161,6 +162,23 @@ def cudnn_benchmark(device: torch.device):
         yield
     finally:
         torch.backends.cudnn.benchmark = before
+
+
+def pin_cpu_threads() -> int:
+    """Set torch's CPU thread count to a function of the machine alone (``OMP_NUM_THREADS`` if
+    set, else the process's cores) at the start of a stage. CPU results depend on it (reductions
+    split differently), and it otherwise depends on history: importing ffcv sets it to 1 and
+    every ffcv loader to its worker count — so a pipeline stage that built data first and one
+    that found it built trained differently under the same stage key."""
+    from ..data.loaders import available_cores
+
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", "") or available_cores())
+    except ValueError:
+        n = available_cores()
+    n = max(1, n)
+    torch.set_num_threads(n)
+    return n
 
 
 def seed_epoch(seed: int, epoch: int) -> None:
@@ -282,6 +300,7 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
     t_start = time.perf_counter()
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
+    pin_cpu_threads()
     out_dir = Path(out_dir)
     ctx = dist_.setup(device)
     # one process writes a run folder: a second `train --out` of the same folder is refused
