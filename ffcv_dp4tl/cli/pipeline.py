@@ -24,8 +24,8 @@ def pipeline(
     target: str = typer.Option("", help="Built target dir, a SOURCE like flowers102:/data/flowers, "
                                "or a synth target name (default: the first)"),
     method: str = typer.Option("lm", help=f"Scoring method: {methods_help()} (see `dp4tl score --help`)"),
-    recipes: RecipeSet = typer.Option(RecipeSet.auto, help="tiny | full (auto: tiny for synth, "
-                                      "full otherwise)"),
+    recipes: RecipeSet = typer.Option(RecipeSet.auto, help="tiny | full (auto: tiny for the embedded "
+                                      "synth data, per its manifest; full otherwise)"),
     surrogate_recipe: str = typer.Option("", help="Override the surrogate recipe (name or .toml)"),
     recipe: str = typer.Option("", help="Override the source-model pretraining recipe (name or "
                                ".toml)"),

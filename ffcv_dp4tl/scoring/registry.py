@@ -157,6 +157,8 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
     if unknown:
         raise ValueError(f"scorer {name!r}: unknown needs {sorted(unknown)}; choose from "
                          f"{', '.join(NEEDS)}")
+    if not cls.__module__.startswith(f"{__package__}.methods"):
+        _load_builtins()  # a clash with a built-in is caught whatever was imported first
     old = _REGISTRY.get(name)
     if old is not None and (type(old).__module__, type(old).__qualname__) != (
             cls.__module__, cls.__qualname__):

@@ -123,6 +123,8 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
     dev = resolve_device(device)
     pin_cpu_threads()
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DP4TLError(f"--out {out_dir} is a file; choose a directory")
     with directory_lock(out_dir / ".finetune.lock", f"finetune run {out_dir}"), \
             cudnn_benchmark(dev):  # FF trains at one fixed resolution: see cudnn_benchmark
         return _finetune(recipe, mode, checkpoint, Path(target_dir), out_dir, fmt, dev,

@@ -25,7 +25,10 @@ of every epoch, and the model/optimiser/RNG state is checkpointed after every ep
 WebDataset loader (augmentation seeded per (seed, epoch, sample)) an interrupted-and-resumed run
 ends with bit-identical weights to an uninterrupted one. The FFCV loader's augmentations draw from
 numba's per-thread RNG, which cannot be seeded from Python, so ffcv runs resume *correctly* but
-not bit-identically.
+not bit-identically — unless the recipe sets ``data.deterministic = true``, which swaps in a
+crop+flip decoder reseeded per image (``data/ffcv_loader.py``): two ffcv runs then give identical
+weights. torch's CPU thread count (which changes CPU results) is pinned per run
+(:func:`pin_cpu_threads`).
 
 **Engine.** The epoch loop is :func:`~.engine.train_one_epoch`, shared with finetuning: the
 recipe's objective (:class:`~.engine.CrossEntropyObjective` or MoCo's) is an object, so the loop
@@ -302,6 +305,8 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
         recipe = load_recipe(recipe, overrides)
     pin_cpu_threads()
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DP4TLError(f"--out {out_dir} is a file; choose a directory")
     ctx = dist_.setup(device)
     # one process writes a run folder: a second `train --out` of the same folder is refused
     lock = (directory_lock(out_dir / LOCK_NAME, f"training run {out_dir}") if ctx.is_main
