@@ -133,6 +133,8 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     if not 0.0 <= cfg.ratio < 1.0:
         raise DP4TLError(f"ratio must be in [0, 1), got {cfg.ratio}")
     scorer = get_scorer(cfg.method)  # unknown method: one line listing the registered ones
+    if cfg.k <= 0:
+        raise DP4TLError(f"k must be a positive number of clusters, got {cfg.k}")
     source_dir, target_dir = _resolve_data(cfg, log)
     src, tgt = load_manifest(source_dir), load_manifest(target_dir)
     scale = cfg.recipes or recipe_scale(src)

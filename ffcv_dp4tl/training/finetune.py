@@ -121,7 +121,7 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
     if mode not in ("lp", "ff"):
         raise DP4TLError(f"finetune mode must be lp or ff, got {mode!r}")
     dev = resolve_device(device)
-    pin_cpu_threads()
+    pin_cpu_threads(recipe.data.num_workers)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DP4TLError(f"--out {out_dir} is a file; choose a directory")

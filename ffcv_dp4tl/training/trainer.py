@@ -27,8 +27,8 @@ ends with bit-identical weights to an uninterrupted one. The FFCV loader's augme
 numba's per-thread RNG, which cannot be seeded from Python, so ffcv runs resume *correctly* but
 not bit-identically — unless the recipe sets ``data.deterministic = true``, which swaps in a
 crop+flip decoder reseeded per image (``data/ffcv_loader.py``): two ffcv runs then give identical
-weights. torch's CPU thread count (which changes CPU results) is pinned per run
-(:func:`pin_cpu_threads`).
+weights. torch's CPU thread count (which changes CPU results) is pinned per run to the loader
+workers (:func:`pin_cpu_threads`).
 
 **Engine.** The epoch loop is :func:`~.engine.train_one_epoch`, shared with finetuning: the
 recipe's objective (:class:`~.engine.CrossEntropyObjective` or MoCo's) is an object, so the loop
@@ -49,7 +49,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import random
 import time
 import warnings
@@ -167,19 +166,16 @@ def cudnn_benchmark(device: torch.device):
         torch.backends.cudnn.benchmark = before
 
 
-def pin_cpu_threads() -> int:
-    """Set torch's CPU thread count to a function of the machine alone (``OMP_NUM_THREADS`` if
-    set, else the process's cores) at the start of a stage. CPU results depend on it (reductions
-    split differently), and it otherwise depends on history: importing ffcv sets it to 1 and
-    every ffcv loader to its worker count — so a pipeline stage that built data first and one
-    that found it built trained differently under the same stage key."""
-    from ..data.loaders import available_cores
+def pin_cpu_threads(num_workers: int) -> int:
+    """Set torch's CPU thread count for a stage from its recipe: the loader workers it runs with
+    (``data.num_workers`` capped at the cores, at least 1) — what ffcv's loader sets anyway on
+    every epoch. CPU results depend on this count (reductions split differently), and without
+    pinning it depends on history: importing ffcv sets it to 1, each ffcv loader to its worker
+    count, so a pipeline stage that built data first and one that found it built trained
+    differently under the same stage key."""
+    from ..data.loaders import effective_workers
 
-    try:
-        n = int(os.environ.get("OMP_NUM_THREADS", "") or available_cores())
-    except ValueError:
-        n = available_cores()
-    n = max(1, n)
+    n = max(1, effective_workers(num_workers))
     torch.set_num_threads(n)
     return n
 
@@ -303,7 +299,7 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
     t_start = time.perf_counter()
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
-    pin_cpu_threads()
+    pin_cpu_threads(recipe.data.num_workers)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DP4TLError(f"--out {out_dir} is a file; choose a directory")
