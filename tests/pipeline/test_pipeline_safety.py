@@ -114,9 +114,9 @@ def test_recipes_follow_the_manifest_not_the_source_text(tmp_path, index_dataset
     assert recipe_scale(load_manifest(built / "source")) == "tiny"
     assert recipe_scale(load_manifest(index_dataset.root)) == "full"
     logs: list[str] = []
-    with pytest.raises(DP4TLError, match="k must be a positive"):
-        run_pipeline(_cfg(tmp_path, source=str(built / "source"),
-                          target=str(next((built / "targets").iterdir())), k=0), log=logs.append)
+    with pytest.raises(DP4TLError, match="clusters requested"):  # refused after the choice
+        run_pipeline(_cfg(tmp_path, source=str(built / "source"), method="fm", k=100_000,
+                          target=str(next((built / "targets").iterdir()))), log=logs.append)
     assert any(line.startswith("[recipes] tiny") for line in logs), logs
     from ffcv_dp4tl.cli.options import SYNTH_K, default_k
 
