@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -87,12 +87,17 @@ _TEMP_GLOB = ".*.tmp*"
 
 
 @contextlib.contextmanager
-def directory_lock(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
+def directory_lock(lock_file: str | os.PathLike, what: str, *, wait: bool = False,
+                   on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold an exclusive ``fcntl`` lock on ``lock_file`` for the block, or fail at once.
 
     Two processes writing one dataset or runs folder corrupt each other's files; the second
     one is refused with a one-line message instead. The lock dies with its process (kill -9
     included), so a crashed run never leaves a stale lock behind.
+
+    ``wait=True`` blocks until the holder finishes instead of refusing (``on_wait`` gets one
+    "another run (pid N) is using ...; waiting" line first): pipeline stages use it, so a
+    second run of the same stage waits and then reuses the first one's result.
     """
     import fcntl
 
@@ -106,8 +111,12 @@ def directory_lock(lock_file: str | os.PathLike, what: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise DataError(f"another dp4tl process (pid {holder}) is using {what}; wait for it to "
-                            "finish or use another folder") from None
+            if not wait:
+                raise DataError(f"another dp4tl process (pid {holder}) is using {what}; wait for it "
+                                "to finish or use another folder") from None
+            if on_wait is not None:
+                on_wait(f"another dp4tl run (pid {holder}) is using {what}; waiting for it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield

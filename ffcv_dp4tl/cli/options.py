@@ -194,7 +194,19 @@ def default_k(k: Optional[int], data: str) -> int:
         if k <= 0:
             raise DP4TLError(f"--k must be a positive number of clusters, got {k}")
         return k
-    return SYNTH_K if str(data).startswith("synth") else PAPER_K
+    return SYNTH_K if str(data).startswith("synth") or _is_embedded(data) else PAPER_K
+
+
+def _is_embedded(data: str) -> bool:
+    """A built folder of the embedded synth data (its manifest says so, whatever its name)."""
+    import json
+
+    for m in (Path(data) / "manifest.json", Path(data) / "source" / "manifest.json"):
+        try:
+            return json.loads(m.read_text()).get("extra", {}).get("generator") == "synth"
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
 
 
 def paths(values: Sequence[Path]) -> list[Path]:

@@ -40,7 +40,7 @@ def pipeline(
     method: str = typer.Option("lm", help=f"Scoring method: {methods_help()} (see `dp4tl score --help`)"),
     protocol: Protocol = typer.Option(Protocol.fast, help=PROTOCOL_HELP),
     recipes: RecipeSet = typer.Option(RecipeSet.auto, help="fast protocol: tiny | full (auto: tiny "
-                                      "for synth, full otherwise)"),
+                                      "for the embedded synth data, per its manifest; full otherwise)"),
     surrogate_recipe: str = typer.Option("", help="Override the surrogate recipe (name or .toml)"),
     recipe: str = typer.Option("", help="Override the source-model pretraining recipe (name or "
                                ".toml)"),

@@ -111,6 +111,107 @@ def plan_order_arguments(plan: EpochPlan, loader_cls=None) -> dict[str, Any]:
     return {"order": factory(plan)}
 
 
+# --------------------------------------------------------------------------- deterministic mode
+#: salts of the per-sample seeds: view 1 and view 2 of a two-view loader draw different crops
+_VIEW_SALT = (0x9E3779B1, 0x85EBCA77)
+
+
+def _seeded_crop_flip_class():
+    """``SeededRandomResizedCrop``: ffcv's random-resized-crop decoder with the flip folded in,
+    whose randomness is a pure function of (seed, view, the batch, the sample).
+
+    ffcv's augmentations call ``np.random`` inside numba-compiled code, which draws from numba's
+    *per-thread* generator: Python cannot seed it, and with several decode threads which thread
+    decodes which image changes from run to run. This decoder reseeds numba's generator (of the
+    thread at hand) right before each image's crop and flip, from a hash of the data seed, the
+    view, the image's sample index and its batch (first/last sample index and its position in
+    it). The batch enters the seed so that an image gets a new crop every epoch: the shuffled
+    batches differ from epoch to epoch, and they are themselves a function of (seed, epoch).
+    Any number of decode threads therefore gives the same pixels. Cost: one generator reseed
+    per image (microseconds, next to a JPEG decode) and the flip done in the decoder; with
+    ``shuffle=False`` the crops repeat every epoch."""
+    from ffcv.fields.rgb_image import (IMAGE_MODES, RandomResizedCropRGBImageDecoder,
+                                       get_random_crop)
+    from ffcv.libffcv import imdecode, resize_crop
+    from ffcv.pipeline.compiler import Compiler
+
+    class SeededRandomResizedCrop(RandomResizedCropRGBImageDecoder):
+        def __init__(self, output_size, scale=(0.08, 1.0), ratio=(0.75, 4 / 3), seed: int = 0,
+                     view: int = 0, flip: bool = True):
+            super().__init__(output_size, scale=scale, ratio=ratio)
+            self.seed, self.view, self.flip = int(seed), int(view), bool(flip)
+
+        def generate_code(self):
+            jpg = IMAGE_MODES["jpg"]
+            mem_read = self.memory_read
+            my_range = Compiler.get_iterator()
+            imdecode_c = Compiler.compile(imdecode)
+            resize_crop_c = Compiler.compile(resize_crop)
+            get_crop_c = Compiler.compile(get_random_crop)
+            scale, ratio = np.array(self.scale), np.array(self.ratio)
+            base = np.uint64((self.seed * 0x2545F4914F6CDD1D + _VIEW_SALT[self.view % 2])
+                             % (1 << 63))
+            do_flip = self.flip
+
+            def decode(batch_indices, my_storage, metadata, storage_state):
+                destination, temp_storage = my_storage
+                n = len(batch_indices)
+                first = np.uint64(batch_indices[0])
+                last = np.uint64(batch_indices[n - 1])
+                for dst_ix in my_range(n):
+                    source_ix = batch_indices[dst_ix]
+                    field = metadata[source_ix]
+                    image_data = mem_read(field["data_ptr"], storage_state)
+                    height = np.uint32(field["height"])
+                    width = np.uint32(field["width"])
+                    if field["mode"] == jpg:
+                        temp_buffer = temp_storage[dst_ix]
+                        imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0,
+                                   1, 1, False, False)
+                        selected_size = 3 * height * width
+                        temp_buffer = temp_buffer.reshape(-1)[:selected_size]
+                        temp_buffer = temp_buffer.reshape(height, width, 3)
+                    else:
+                        temp_buffer = image_data.reshape(height, width, 3)
+                    # splitmix64 of (base, sample, batch, position) → a 32-bit seed
+                    z = (base + np.uint64(source_ix) * np.uint64(0x9E3779B97F4A7C15)
+                         + first * np.uint64(0xBF58476D1CE4E5B9)
+                         + last * np.uint64(0x94D049BB133111EB) + np.uint64(dst_ix))
+                    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+                    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+                    z = z ^ (z >> np.uint64(31))
+                    np.random.seed(np.uint32(z & np.uint64(0xFFFFFFFF)))
+                    i, j, h, w = get_crop_c(height, width, scale, ratio)
+                    out = destination[dst_ix]
+                    resize_crop_c(temp_buffer, i, i + h, j, j + w, out)
+                    if do_flip and np.random.random() < 0.5:
+                        wd = out.shape[1]
+                        for c in range(wd // 2):
+                            for r in range(out.shape[0]):
+                                for ch in range(3):
+                                    t = out[r, c, ch]
+                                    out[r, c, ch] = out[r, wd - 1 - c, ch]
+                                    out[r, wd - 1 - c, ch] = t
+                return destination[:n]
+
+            decode.is_parallel = True
+            return decode
+
+    SeededRandomResizedCrop.__qualname__ = "SeededRandomResizedCrop"
+    return SeededRandomResizedCrop
+
+
+_SEEDED_CLASS = None
+
+
+def seeded_crop_decoder(*args, **kw):
+    """A ``SeededRandomResizedCrop`` (see :func:`_seeded_crop_flip_class`)."""
+    global _SEEDED_CLASS
+    if _SEEDED_CLASS is None:
+        _SEEDED_CLASS = _seeded_crop_flip_class()
+    return _SEEDED_CLASS(*args, **kw)
+
+
 class FFCVMaskedLoader:
     """Iterate :class:`Batch` es of the masked samples of one beton."""
 
@@ -119,9 +220,11 @@ class FFCVMaskedLoader:
                  num_workers: int = 2, drop_last: bool | None = None, os_cache: bool = True,
                  dtype: torch.dtype = torch.float32, channels_last: bool = False,
                  train: bool | None = None, views: int | None = None,
-                 crop_scale: tuple[float, float] | None = None):
+                 crop_scale: tuple[float, float] | None = None, deterministic: bool = False):
         """``aug`` says how images are cropped/flipped; ``train``/``views``/``crop_scale`` are
-        the legacy spelling of it (:meth:`AugSpec.from_flags`)."""
+        the legacy spelling of it (:meth:`AugSpec.from_flags`). ``deterministic``: random crops
+        and flips seeded per sample and batch (:func:`_seeded_crop_flip_class`), so two runs
+        give identical batches whatever the number of decode threads."""
         from ffcv.fields.basics import IntDecoder
         from ffcv.fields.rgb_image import (CenterCropRGBImageDecoder,
                                            RandomResizedCropRGBImageDecoder)
@@ -143,7 +246,17 @@ class FFCVMaskedLoader:
         def flip() -> list:
             return [RandomHorizontalFlip()] if aug.flip else []
 
-        if aug.train:
+        self.deterministic = bool(deterministic)
+        if aug.train and self.deterministic:  # the flip happens inside the seeded decoder
+            self.decoders = [seeded_crop_decoder((resolution, resolution), scale=aug.crop_scale,
+                                                 ratio=aug.crop_ratio, seed=plan.seed, view=v,
+                                                 flip=aug.flip)
+                             for v in range(aug.views)]
+            image_ops = [self.decoders[0]] + to_torch()
+
+            def flip() -> list:  # noqa: F811 - no separate (unseeded) flip op
+                return []
+        elif aug.train:
             self.decoders = [RandomResizedCropRGBImageDecoder((resolution, resolution),
                                                               scale=aug.crop_scale,
                                                               ratio=aug.crop_ratio)

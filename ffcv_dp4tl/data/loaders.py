@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -31,8 +32,36 @@ AUTO_GPU_DECODE_MAX_CORES = 8
 
 
 def _cores_per_gpu() -> float:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores / max(1, torch.cuda.device_count())
+    return available_cores() / max(1, torch.cuda.device_count())
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a Slurm or container limit)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_NOTED: set[tuple[int, int]] = set()
+
+
+def effective_workers(requested: int) -> int:
+    """``min(requested, cores)``: more loader workers than cores only slows the loader down, and
+    ffcv's numba pool refuses them ("number of threads must be between 1 and N"). The full
+    recipes ask for 8–12 workers (a GPU node); on a smaller machine they run with what it has,
+    with a one-time note on stderr. (``0`` = in-process loading, kept.)"""
+    cores = available_cores()
+    try:
+        import numba
+
+        cores = min(cores, int(numba.config.NUMBA_NUM_THREADS))
+    except ImportError:  # pragma: no cover - numba comes with ffcv
+        pass
+    if requested <= cores:
+        return requested
+    if (requested, cores) not in _NOTED:
+        _NOTED.add((requested, cores))
+        print(f"[note] data.num_workers = {requested} but this machine gives the process {cores} "
+              f"cores: loading with {cores} workers", file=sys.stderr, flush=True)
+    return max(cores, 1)
 
 
 def resolve_decode(decode: str, device: str | torch.device) -> str:
@@ -68,6 +97,7 @@ def make_loader(
     views: int | None = None,
     crop_scale: tuple[float, float] | None = None,
     decode: Literal["cpu", "gpu", "auto"] = "cpu",
+    deterministic: bool = False,
 ) -> MaskedLoader:
     """Loader over the samples of ``split`` kept by ``mask`` (all samples if None).
 
@@ -90,6 +120,11 @@ def make_loader(
     ``fmt="ffcv"`` or the shards for ``fmt="wds"``, decoded and augmented in batches on
     ``device``; see docs/gpu.md) or ``"auto"`` (see :func:`resolve_decode`). Every choice
     visits the same samples in the same order.
+
+    ``deterministic`` (recipes: ``[data] deterministic = true``) makes ffcv's random crops and
+    flips a function of (seed, epoch, sample), so two runs give identical batches (ffcv's own
+    augmentations draw from numba's per-thread generator, which Python cannot seed). The
+    WebDataset loader is deterministic already (augmentation seeded per (seed, epoch, sample)).
     """
     if fmt not in FORMATS:
         raise DataError(f"unknown loader format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -109,7 +144,7 @@ def make_loader(
                      shuffle=aug.train if shuffle is None else shuffle, seed=seed, rank=r,
                      world_size=w)
     common = dict(batch_size=batch_size, aug=aug, resolution=resolution, device=device,
-                  num_workers=num_workers, drop_last=drop_last, dtype=dtype,
+                  num_workers=effective_workers(num_workers), drop_last=drop_last, dtype=dtype,
                   channels_last=channels_last)
     decode = resolve_decode(decode, device)
     info.check_files(fmt)  # size + header checksums of the files about to be read
@@ -118,5 +153,5 @@ def make_loader(
     if fmt == "ffcv":
         if not info.beton.exists():
             raise DataError(f"{info.beton} is missing; rebuild {dataset_dir}")
-        return FFCVMaskedLoader(info.beton, plan, **common)
+        return FFCVMaskedLoader(info.beton, plan, deterministic=deterministic, **common)
     return WdsMaskedLoader(info, plan, **common)

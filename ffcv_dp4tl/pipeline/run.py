@@ -26,16 +26,17 @@ ratio 0). The report and the cost table say when a model was brought rather than
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from ..data.manifest import MANIFEST_NAME, load_manifest
 from ..errors import DP4TLError
-from ..fsutil import atomic_write_json, atomic_write_text
+from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
 from ..scoring.registry import TRAJECTORY, UNIT_PLURAL, get_scorer, parse_option_pairs
 from .prune import BUDGETS, prune
-from .score import score, self_supervised_refusal
+from .score import file_hash, score, self_supervised_refusal
 from .stages import describe, run_stage, stage
 
 #: The fast protocol's recipes per scale: the embedded default runs the tiny CPU recipes, real
@@ -123,14 +124,18 @@ def _ensure_built(source: str, data_root: Path, log: Callable[[str], None],
     # default stays valid where it is
     coop = any(str(sp.extra.get("split", "")).startswith("coop") for sp in specs.values())
     out = data_root / (_slug(source) + ("-coop" if coop else ""))
-    for sub, spec in specs.items():
-        if split_note(spec):
-            log(f"[data] {source}: {split_note(spec)}")
-        summary = build_dataset(spec, out / sub if sub else out,
-                                BuildOptions(max_side=default_max_side(spec)),
-                                source=source)
-        if not summary.skipped:
-            log(f"[data] built {out / sub if sub else out}: " + "; ".join(summary.lines()))
+    # Pipelines sharing a data root wait for each other here (a lone `dp4tl build` of the same
+    # folder is still refused by the build's own lock): the second one finds the data built.
+    with directory_lock(data_root / f".{out.name}.pipeline.lock", f"data {out}", wait=True,
+                        on_wait=lambda m: log(f"[data] {m}")):
+        for sub, spec in specs.items():
+            if split_note(spec):
+                log(f"[data] {source}: {split_note(spec)}")
+            summary = build_dataset(spec, out / sub if sub else out,
+                                    BuildOptions(max_side=default_max_side(spec)),
+                                    source=source)
+            if not summary.skipped:
+                log(f"[data] built {out / sub if sub else out}: " + "; ".join(summary.lines()))
     return out
 
 
@@ -149,6 +154,30 @@ def _resolve_data(cfg: PipelineConfig, log) -> tuple[Path, Path]:
         raise DP4TLError("target= is required with a real source (a built target dir or "
                          "LAYOUT:PATH such as flowers102:/data/flowers-102)")
     return root, _ensure_built(cfg.target, cfg.data_root, log, cfg.split)
+
+
+def recipe_scale(manifest) -> str:
+    """``tiny`` for the embedded generated data (its manifest says ``extra.generator = synth``,
+    however it was named or where it was built), ``full`` for real data."""
+    return "tiny" if manifest.contract.extra.get("generator") == "synth" else "full"
+
+
+def _check_inputs(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]) -> None:
+    """Checks that need no work, before the surrogate trains."""
+    if cfg.k <= 0:
+        raise DP4TLError(f"k must be a positive number of clusters, got {cfg.k}")
+    if getattr(scorer, "uses_k", False):
+        n = src.split("train").num_samples
+        if cfg.k > n:
+            raise DP4TLError(f"k={cfg.k} clusters requested but the source train split has only "
+                             f"{n} samples; pass a smaller --k")
+    if "train" in tgt.split_names:
+        n = tgt.split("train").num_samples
+        if n < tgt.num_classes:
+            msg = (f"[warning] the target {tgt.root} has {n} train images for {tgt.num_classes} "
+                   "classes: some classes have no example, finetuning cannot learn them")
+            log(msg)
+            warnings.warn(msg, UserWarning, stacklevel=3)
 
 
 def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -171,9 +200,15 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     options = scorer.parse_options(given_options)  # bad --opt: before any work
     if cfg.budget not in BUDGETS:
         raise DP4TLError(f"budget must be one of {', '.join(BUDGETS)}, got {cfg.budget!r}")
+    if cfg.k <= 0:
+        raise DP4TLError(f"k must be a positive number of clusters, got {cfg.k}")
     source_dir, target_dir = _resolve_data(cfg, log)
     src, tgt = load_manifest(source_dir), load_manifest(target_dir)
-    scale = cfg.recipes or ("tiny" if cfg.source.startswith("synth") else "full")
+    scale = cfg.recipes or recipe_scale(src)
+    if not cfg.recipes and cfg.protocol == "fast":
+        log(f"[recipes] {scale} recipes ({'embedded synthetic' if scale == 'tiny' else 'real'} "
+            f"data per {source_dir / MANIFEST_NAME}; recipes= to choose)")
+    _check_inputs(cfg, scorer, src, tgt, log)
     rs = recipe_set(cfg.protocol, scale, tgt.data.get("name"))
     rs["surrogate"] = cfg.surrogate_recipe or rs["surrogate"]
     rs["pretrain"] = cfg.recipe or rs["pretrain"]
@@ -209,6 +244,8 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
 
     needs_surrogate = scorer.needs_surrogate and not cfg.source_weights
     sur_overrides = list(cfg.surrogate_overrides)
+    # Every key holds the content fingerprints of its inputs (source, target, mask, recipes),
+    # never names: the same inputs under another path reuse a stage, other data never does.
     if cfg.surrogate_weights:
         from ..training.weights import file_sha256, import_weights
 
@@ -243,8 +280,9 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     else:
         sc = stage(root, "score", {"method": cfg.method,
                                    "surrogate": sur.key if needs_surrogate else None,
-                                   "target": tgt.fingerprint, "k": cfg.k, "seed": cfg.seed,
-                                   **common, **target_input, **extra_key})
+                                   "source": src.fingerprint, "target": tgt.fingerprint,
+                                   "k": cfg.k, "seed": cfg.seed, **common, **target_input,
+                                   **extra_key})
         results["stages"]["score"] = run_stage(sc, lambda d: score(
             cfg.method, source_dir=source_dir, target_dir=target_dir, out_dir=d,
             checkpoint=sur.dir / "checkpoint.pt" if needs_surrogate else None,
@@ -254,7 +292,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
             target_resolution=sc_in.target_resolution, target_crop=sc_in.target_crop,
             options=options, train_recipe=rs["surrogate"] if scorer.trains else None,
             train_overrides=sur_overrides if scorer.trains else ()), log)
-        pr = stage(root, "prune", {"score": sc.key, "ratio": cfg.ratio,
+        pr = stage(root, "prune", {"score": sc.key, "ratio": cfg.ratio, "source": src.fingerprint,
                                    **({"budget": cfg.budget} if cfg.budget != "units" else {})})
         results["stages"]["prune"] = run_stage(pr, lambda d: prune(sc.dir, source_dir, cfg.ratio, d,
                                                                    budget=cfg.budget), log)
@@ -266,7 +304,8 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
             pre = loaded["pretrain"] if not seed_over else load_recipe(rs["pretrain"], over)
             pt = stage(root, "pretrain", {"recipe": rs["pretrain"], "overrides": over,
                                           "recipe_fingerprint": pre.fingerprint(),
-                                          "prune": pr.key, **common})
+                                          "prune": pr.key, "source": src.fingerprint,
+                                          "mask": file_hash(pr.dir / "train.npy"), **common})
             results["stages"][name] = run_stage(pt, lambda d, r=pre: train(
                 r, source_dir, mask=pr.dir / "train.npy", out_dir=d, fmt=cfg.fmt,
                 device=cfg.device), log)

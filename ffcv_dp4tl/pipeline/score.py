@@ -108,6 +108,9 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     scorer = get_scorer(method)
     opts = scorer.parse_options(options)  # bad options fail before any work
     t0 = time.perf_counter()
+    from ..training.trainer import pin_cpu_threads
+
+    pin_cpu_threads(num_workers)  # CPU results depend on torch's thread count
     out_dir = Path(out_dir)
     targets = () if target_dir is None else tuple(Path(t) for t in (
         target_dir if isinstance(target_dir, (list, tuple)) else [target_dir]))

@@ -13,15 +13,18 @@ time and format version.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..contracts import STAGE_KINDS, StageResult, stage_kind
-from ..fsutil import atomic_write_json, read_json
+from ..fsutil import atomic_write_json, directory_lock, read_json, remove_orphan_temps
 
 DONE = "DONE.json"
 
@@ -74,24 +77,101 @@ class StageRun(dict):
         self.ran = ran
 
 
+LOCK = ".stage.lock"
+#: one file per run segment of a stage (``.segment-<start ns>-<pid>``): its modification time is
+#: refreshed while the segment runs, and it holds the exact seconds once the segment ends, so a
+#: stage killed and resumed reports the wall time of all its segments (a kill -9 loses at most
+#: :data:`HEARTBEAT_S` seconds).
+SEGMENT_GLOB = ".segment-*"
+HEARTBEAT_S = 2.0
+
+
 def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[str], None] = print
               ) -> StageRun:
     """Run ``fn(stage_dir)`` unless the stage is done; record its result and wall time.
-    The returned dict's ``.ran`` says which happened."""
+    The returned dict's ``.ran`` says which happened.
+
+    **Concurrency.** The stage runs under an ``fcntl`` lock on ``DIR/.stage.lock``. A second
+    process reaching the same stage (two pipelines on one runs/ folder, e.g. two ratios sharing
+    the surrogate and scores) *waits* for the first, then finds ``DONE.json`` and reuses its
+    result; different stages run in parallel. Temporary files a killed run left in the stage
+    folder are removed under the lock before the stage (re)starts.
+
+    **Wall time** (``seconds``) sums every segment of a resumed stage, not only the last."""
     if st.done:
-        res = st.result()
-        log(f"[{st.name}] done already ({st.dir.name}, {res.get('seconds', 0):.1f}s) — skipped")
-        return StageRun(res, ran=False)
+        return _skipped(st, log)
     st.dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(st.dir / "inputs.json", st.inputs)
-    log(f"[{st.name}] running in {st.dir}")
-    t0 = time.perf_counter()
-    values = {k: v for k, v in dict(fn(st.dir) or {}).items() if k not in StageResult.RESERVED}
-    res = StageResult(stage=st.name, kind=st.kind, seconds=time.perf_counter() - t0,
-                      values=values).to_json()
-    atomic_write_json(st.dir / DONE, res)
-    log(f"[{st.name}] finished in {res['seconds']:.1f}s")
+    with directory_lock(st.dir / LOCK, f"stage {st.dir}", wait=True,
+                        on_wait=lambda m: log(f"[{st.name}] {m}")):
+        if st.done:  # finished by the run we waited for
+            return _skipped(st, log)
+        remove_orphan_temps(st.dir)
+        atomic_write_json(st.dir / "inputs.json", st.inputs)
+        log(f"[{st.name}] running in {st.dir}")
+        with _Segment(st.dir) as seg:
+            values = {k: v for k, v in dict(fn(st.dir) or {}).items()
+                      if k not in StageResult.RESERVED}
+        earlier = stage_seconds(st.dir, exclude=seg.path)
+        res = StageResult(stage=st.name, kind=st.kind, seconds=earlier + seg.seconds,
+                          values=values).to_json()
+        atomic_write_json(st.dir / DONE, res)
+    resumed = f" (+{earlier:.1f}s in earlier runs)" if earlier else ""
+    log(f"[{st.name}] finished in {seg.seconds:.1f}s{resumed}")
     return StageRun(res, ran=True)
+
+
+def _skipped(st: Stage, log: Callable[[str], None]) -> StageRun:
+    res = st.result()
+    log(f"[{st.name}] done already ({st.dir.name}, {res.get('seconds', 0):.1f}s) — skipped")
+    return StageRun(res, ran=False)
+
+
+class _Segment:
+    """One run segment of a stage: a ``.segment-*`` file touched every :data:`HEARTBEAT_S`
+    seconds by a daemon thread, holding its exact seconds when the segment ends (also by an
+    exception or Ctrl-C)."""
+
+    def __init__(self, stage_dir: Path):
+        self.t0 = time.perf_counter()
+        self.start = time.time()
+        self.path = stage_dir / f".segment-{time.time_ns()}-{os.getpid()}"
+        self.seconds = 0.0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "_Segment":
+        self.path.write_text("")
+        threading.Thread(target=self._beat, daemon=True).start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self.seconds = time.perf_counter() - self.t0
+        with contextlib.suppress(OSError):
+            self.path.write_text(json.dumps({"start": self.start, "seconds": self.seconds}))
+
+
+def stage_seconds(stage_dir: Path, exclude: Path | None = None) -> float:
+    """Wall seconds of the recorded run segments in ``stage_dir`` (see :class:`_Segment`): the
+    exact time of segments that ended, start → last heartbeat of segments that were killed."""
+    total = 0.0
+    for p in Path(stage_dir).glob(SEGMENT_GLOB):
+        if p == exclude:
+            continue
+        try:
+            text = p.read_text().strip()
+            if text:
+                total += float(json.loads(text)["seconds"])
+            else:  # killed: from its start (in the name) to its last heartbeat
+                start_ns = int(p.name.split("-")[1])
+                total += max(0.0, p.stat().st_mtime - start_ns / 1e9)
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+    return total
 
 
 def describe(result: dict[str, Any] | StageResult) -> str:

@@ -118,6 +118,7 @@ class Scorer:
     order: ClassVar[int] = 100  # position in listings (built-ins 0-99, then by name)
     options: ClassVar[dict[str, Option]] = {}  # knobs: --opt NAME=VALUE, ctx.opt(NAME)
     trains: ClassVar[bool] = False  # trains models itself (gets the surrogate's recipe)
+    uses_k: ClassVar[bool] = False  # clusters the source into ``k`` (checked against its size)
 
     # ------------------------------------------------------------------ derived facts
     @property
@@ -212,6 +213,8 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
     if unknown:
         raise ValueError(f"scorer {name!r}: unknown needs {sorted(unknown)}; choose from "
                          f"{', '.join(NEEDS)}")
+    if not cls.__module__.startswith(f"{__package__}.methods"):
+        _load_builtins()  # a clash with a built-in is caught whatever was imported first
     for opt_name, opt in dict(cls.options).items():
         if not isinstance(opt, Option) or not opt_name.isidentifier():
             raise ValueError(f"scorer {name!r}: options must map identifiers to Option, got "

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import DP4TLError
-from ..fsutil import atomic_path
+from ..fsutil import atomic_path, is_disk_full
 
 CHECKPOINT_NAME = "checkpoint.pt"
 IDENTITY_KEYS = ("arch", "recipe_fingerprint", "dataset_fingerprint", "mask_hash", "num_classes")
@@ -168,8 +168,20 @@ def save_checkpoint(path: str | Path, state: dict[str, Any] | Checkpoint) -> Non
     """Write atomically: a file named checkpoint.pt is always complete."""
     if isinstance(state, Checkpoint):
         state = state.to_dict()
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(state, tmp)
+    try:
+        with atomic_path(path, suffix=".pt") as tmp:
+            torch.save(state, tmp)
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        raise DP4TLError(f"disk full while saving the checkpoint {path} ({e.strerror}); the previous "
+                         "checkpoint is intact: free some space and rerun to resume") from None
+    except RuntimeError as e:  # torch's zip writer reports a failed write as "unexpected pos"
+        if "unexpected pos" not in str(e) and "write" not in str(e).lower():
+            raise
+        raise DP4TLError(f"could not write the checkpoint {path} (is the disk full? "
+                         f"{str(e).splitlines()[0][:120]}); the previous checkpoint is intact: free "
+                         "some space and rerun to resume") from None
 
 
 def _load_dict(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

@@ -14,12 +14,21 @@ Both train with the shared engine (:func:`~.engine.train_one_epoch` with a
 report target *test* top-1 per evaluated epoch (``eval.every``; :func:`~.engine.evaluate`; flip TTA
 for FF when ``eval.flip_tta``, never on LP's cached features) to ``metrics.jsonl``, and to
 ``result.json`` the final epoch's top-1 (``test_top1`` = ``final_test_top1``) beside the best
-evaluated epoch's (``best_test_top1``, ``best_epoch``). Finetuning runs are short and single-process; they restart
-from the pretrained checkpoint rather than resuming (``result.json`` existing = done).
+evaluated epoch's (``best_test_top1``, ``best_epoch``).
+
+**Resuming.** After every epoch the run state (the trained weights — LP: the head; FF: the
+whole model —, optimiser, grad scaler, RNG states, LP's shuffling generator, the metric rows and
+the wall time so far) is written atomically to ``finetune_state.pt``; rerunning the same call
+continues from the last finished epoch, and (with the WebDataset loader, or ffcv with
+``data.deterministic``) ends with the same weights and numbers as an uninterrupted run. The
+state records what it belongs to (mode, recipe, pretrained checkpoint, target); another run's
+state is refused. ``seconds`` in the result sums the wall time of every segment.
 """
 from __future__ import annotations
 
+import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,17 +37,19 @@ from torch import nn
 
 from ..data import load_manifest, make_loader
 from ..errors import DP4TLError
-from ..fsutil import atomic_write_json, atomic_write_text
+from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
 from .callbacks import MetricsWriter, call
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, rng_states, save_checkpoint, set_rng_states
 from .distributed import DistContext, resolve_device
 from .engine import CrossEntropyObjective, evaluate, train_one_epoch
 from .models import backbone, create_model
 from .recipe import Recipe, load_recipe
 from .schedule import lr_for_iteration, peak_lr
-from .trainer import autocast_dtype, build_optimizer, cudnn_benchmark, param_groups, seed_epoch
+from .trainer import (autocast_dtype, build_optimizer, cudnn_benchmark, param_groups, pin_cpu_threads,
+                      seed_epoch)
 
 RESULT_NAME = "result.json"
+STATE_NAME = "finetune_state.pt"
 
 
 class FeatureBatch(NamedTuple):
@@ -98,8 +109,13 @@ def extract_features(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tens
 def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: str | Path,
              out_dir: str | Path, mode: str | None = None, fmt: str = "ffcv",
              device: str | torch.device = "auto", progress: bool = True,
-             overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Finetune ``checkpoint`` on ``target_dir``; returns (and writes) the result dict."""
+             overrides: list[str] | tuple[str, ...] = (), resume: bool = True,
+             stop_after: int | None = None) -> dict[str, Any]:
+    """Finetune ``checkpoint`` on ``target_dir``; returns (and writes) the result dict.
+
+    Resumes from ``out_dir/finetune_state.pt`` unless ``resume=False``. ``stop_after``: stop
+    once this many epochs are complete (after saving the state), as an interruption would;
+    returns ``{"stopped_after": N}`` and the next call resumes."""
     t0 = time.perf_counter()
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
@@ -107,26 +123,47 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
     if mode not in ("lp", "ff"):
         raise DP4TLError(f"finetune mode must be lp or ff, got {mode!r}")
     dev = resolve_device(device)
-    with cudnn_benchmark(dev):  # FF trains at one fixed resolution: see cudnn_benchmark
-        return _finetune(recipe, mode, checkpoint, Path(target_dir), Path(out_dir), fmt, dev,
-                         progress, t0)
+    pin_cpu_threads(recipe.data.num_workers)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DP4TLError(f"--out {out_dir} is a file; choose a directory")
+    with directory_lock(out_dir / ".finetune.lock", f"finetune run {out_dir}"), \
+            cudnn_benchmark(dev):  # FF trains at one fixed resolution: see cudnn_benchmark
+        return _finetune(recipe, mode, checkpoint, Path(target_dir), out_dir, fmt, dev,
+                         progress, t0, resume, stop_after)
 
 
 def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Path, out_dir: Path,
-              fmt: str, dev: torch.device, progress: bool, t0: float) -> dict[str, Any]:
+              fmt: str, dev: torch.device, progress: bool, t0: float, resume: bool = True,
+              stop_after: int | None = None) -> dict[str, Any]:
     manifest = load_manifest(target_dir)
     train_split = manifest.split(recipe.data.train_split)
     test_split = manifest.split(recipe.data.test_split)
+    if train_split.num_samples < manifest.num_classes:
+        warnings.warn(f"the target {target_dir} has {train_split.num_samples} {train_split.name} "
+                      f"images for {manifest.num_classes} classes: some classes have no example, "
+                      "finetuning cannot learn them", UserWarning, stacklevel=3)
     model, ckpt = load_pretrained(checkpoint, dev)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.jsonl"
-    atomic_write_text(metrics_path, "")
+    identity = {"mode": mode, "recipe_fingerprint": recipe.fingerprint(),
+                "source_arch": ckpt.arch, "source_identity": dict(ckpt.identity),
+                "source_epoch": ckpt.epoch, "target_fingerprint": manifest.fingerprint,
+                "format": fmt}
+    state_path = out_dir / STATE_NAME
+    state: dict[str, Any] | None = None
+    if resume and state_path.exists():
+        state = _load_state(state_path, identity)
+    start_epoch = state["epoch"] if state else 0
+    rows: list[dict] = list(state["rows"]) if state else []
+    atomic_write_text(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
     torch.manual_seed(recipe.train.seed)
     head = backbone(model).reset_classifier(manifest.num_classes)
     tc, fc, ec = recipe.train, recipe.finetune, recipe.eval
     ctx = DistContext(device=dev)
-    common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers, seed=recipe.data.seed)
+    common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers, seed=recipe.data.seed,
+                  deterministic=recipe.data.deterministic)
     test_loader = make_loader(target_dir, test_split.name, train=False, batch_size=ec.batch_size,
                               resolution=fc.resolution, **common)
     peak = peak_lr(recipe.lr, tc.batch_size)
@@ -153,13 +190,21 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
         eval_loader = test_loader
     opt = build_optimizer(recipe, param_groups(net, recipe.optim.weight_decay, wd_on_bn_bias), peak)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp is torch.float16)
+    if state:
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        if state.get("generator") is not None and mode == "lp":
+            train_loader.generator.set_state(state["generator"])
+        set_rng_states(state["rng"])
     callbacks = [MetricsWriter(metrics_path)] + ([_FinetuneConsole(mode)] if progress else [])
 
     def schedule(epoch: int, it: int, iters: int) -> float:
         return lr_for_iteration(recipe.lr, epoch, it, iters, tc.epochs, peak)
 
-    rows: list[dict] = []
-    for epoch in range(tc.epochs):
+    earlier_seconds = float(state.get("seconds", 0.0)) if state else 0.0
+    end_epoch = tc.epochs if stop_after is None else min(tc.epochs, stop_after)
+    for epoch in range(start_epoch, end_epoch):
         if mode == "ff":  # LP's feature loader reshuffles from its own generator
             seed_epoch(tc.seed, epoch)
             train_loader.set_epoch(epoch)
@@ -171,6 +216,15 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
             row["top1_test"] = evaluate(net, eval_loader, ctx, amp, flip_tta)["top1"]
         rows.append(row)
         call(callbacks, "on_epoch_end", row)
+        save_checkpoint(state_path, {
+            "identity": identity, "epoch": epoch + 1, "net": net.state_dict(),
+            "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": rng_states(),
+            "generator": train_loader.generator.get_state() if mode == "lp" else None,
+            "rows": rows, "seconds": earlier_seconds + time.perf_counter() - t0})
+    if end_epoch < tc.epochs:
+        return {"stopped_after": end_epoch}
+    if not rows:
+        raise DP4TLError(f"{state_path} holds no finished epoch; delete it and rerun")
 
     evaluated = [r for r in rows if r["top1_test"] is not None]
     best = max(evaluated, key=lambda r: (r["top1_test"], -r["epoch"]))  # earliest of equals
@@ -185,10 +239,26 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
               "source_arch": ckpt.arch, "source_dataset_fingerprint": ckpt.dataset_fingerprint,
               "source_mask_hash": ckpt.mask_hash, "target": str(target_dir),
               "target_fingerprint": manifest.fingerprint, "target_classes": manifest.num_classes,
-              "test_samples": test_split.num_samples, "seconds": time.perf_counter() - t0,
+              "test_samples": test_split.num_samples,
+              "seconds": earlier_seconds + time.perf_counter() - t0, "resumed_from": start_epoch,
               "format": fmt, "device": str(dev)}
     atomic_write_json(out_dir / RESULT_NAME, result)
     return result
+
+
+def _load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a damaged state file is a user-facing error
+        raise DP4TLError(f"{path} is not a readable finetune state ({type(e).__name__}: {e}); "
+                         "delete it to start over") from None
+    found = state.get("identity", {}) if isinstance(state, dict) else {}
+    diffs = [k for k in identity if found.get(k) != identity[k]]
+    if diffs:
+        raise DP4TLError(f"{path} belongs to a different finetune run (differs in "
+                         f"{', '.join(diffs)}). Use another --out directory, or delete it to "
+                         "start over.")
+    return state
 
 
 class _FinetuneConsole:

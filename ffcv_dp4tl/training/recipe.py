@@ -82,6 +82,9 @@ class DataCfg:
     num_workers: int = 2
     seed: int = 0              # data order + augmentation seed (model init uses train.seed)
     decode: str = "cpu"        # cpu | gpu (JPEG decode + augment on the device) | auto
+    # ffcv path: crops/flips seeded per (seed, epoch, sample) so two runs give identical weights
+    # on CPU (ffcv's own augmentations use numba's unseedable per-thread RNG). WebDataset: always.
+    deterministic: bool = False
 
 
 @dataclass
@@ -207,6 +210,8 @@ class Recipe:
             d.pop("ssl")  # supervised recipes keep the fingerprints they had before [ssl] existed
         if d["data"]["decode"] == "cpu":
             d["data"].pop("decode")  # likewise for recipes from before data.decode existed
+        if not d["data"]["deterministic"]:
+            d["data"].pop("deterministic")  # and from before data.deterministic existed
         if not d["train"]["cpu_autocast"]:
             d["train"].pop("cpu_autocast")  # and from before train.cpu_autocast existed
         if d["scoring"] == dataclasses.asdict(ScoringCfg()):
@@ -297,6 +302,7 @@ def _validate_choices(r: Recipe, source: str) -> None:
     for sec, key in positive:
         if getattr(getattr(r, sec), key) <= 0:
             raise DP4TLError(f"{source}: {sec}.{key} must be > 0")
+    _validate_ranges(r, source)
     ssl = r.ssl
     if ssl.method != "none":
         if ssl.dim <= 0 or ssl.queue_size <= 0 or ssl.bn_splits <= 0 or ssl.temperature <= 0:
@@ -341,6 +347,56 @@ def _validate_lr(r: Recipe, source: str) -> None:
             raise DP4TLError(f"{source}: lr.gamma must be in (0, 1], got {lr.gamma}")
     if lr.min_lr < 0:
         raise DP4TLError(f"{source}: lr.min_lr must be >= 0, got {lr.min_lr}")
+
+
+#: (section, key) → (low, high, low inclusive, high inclusive); None = unbounded. Lists are
+#: checked element-wise. Values outside are one-line errors at load, before any work.
+_RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = {
+    ("lr", "lr"): (0, None, False, True),
+    ("lr", "min_lr"): (0, None, True, True),
+    ("lr", "lr_peak_epoch"): (0, None, True, True),
+    ("lr", "warmup_epochs"): (0, None, True, True),
+    ("lr", "step_ratio"): (0, None, False, True),
+    ("lr", "step_length"): (0, None, False, True),
+    ("lr", "gamma"): (0, None, False, True),
+    ("lr", "milestones"): (0, None, True, True),
+    ("optim", "momentum"): (0, 1, True, False),
+    ("optim", "betas"): (0, 1, True, False),
+    ("optim", "weight_decay"): (0, None, True, True),
+    ("optim", "label_smoothing"): (0, 1, True, False),
+    ("optim", "grad_clip"): (0, None, True, True),
+    ("train", "seed"): (0, None, True, True),
+    ("train", "start_ramp"): (0, None, True, True),
+    ("train", "end_ramp"): (0, None, True, True),
+    ("train", "keep_epochs"): (1, None, True, True),
+    ("data", "seed"): (0, None, True, True),
+    ("data", "num_workers"): (0, None, True, True),
+    ("model", "width"): (0, None, False, True),
+    ("model", "stem_stride"): (0, None, False, True),
+    ("model", "image_size"): (0, None, False, True),
+    ("finetune", "resolution"): (0, None, False, True),
+}
+
+
+def _validate_ranges(r: Recipe, source: str) -> None:
+    import math
+
+    for sec in SECTIONS:  # every float must be a number (no nan / inf)
+        for key, value in dataclasses.asdict(getattr(r, sec)).items():
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise DP4TLError(f"{source}: {sec}.{key} = {v} is not a finite number")
+    for (sec, key), (lo, hi, lo_in, hi_in) in _RANGES.items():
+        value = getattr(getattr(r, sec), key)
+        for v in value if isinstance(value, list) else [value]:
+            bad = ((lo is not None and (v < lo if lo_in else v <= lo))
+                   or (hi is not None and (v > hi if hi_in else v >= hi)))
+            if bad:
+                rng = (f"{'[' if lo_in else '('}{lo if lo is not None else '-inf'}, "
+                       f"{hi if hi is not None else 'inf'}{']' if hi_in and hi is not None else ')'}")
+                raise DP4TLError(f"{source}: {sec}.{key} = {value!r} is impossible; it must be in {rng}")
+    if len(r.optim.betas) != 2:
+        raise DP4TLError(f"{source}: optim.betas needs 2 values, got {r.optim.betas!r}")
 
 
 def _looks_like_path(path_or_name: str | Path) -> bool:

@@ -25,7 +25,10 @@ of every epoch, and the model/optimiser/RNG state is checkpointed after every ep
 WebDataset loader (augmentation seeded per (seed, epoch, sample)) an interrupted-and-resumed run
 ends with bit-identical weights to an uninterrupted one. The FFCV loader's augmentations draw from
 numba's per-thread RNG, which cannot be seeded from Python, so ffcv runs resume *correctly* but
-not bit-identically.
+not bit-identically — unless the recipe sets ``data.deterministic = true``, which swaps in a
+crop+flip decoder reseeded per image (``data/ffcv_loader.py``): two ffcv runs then give identical
+weights. torch's CPU thread count (which changes CPU results) is pinned per run to the loader
+workers (:func:`pin_cpu_threads`).
 
 **Engine.** The epoch loop is :func:`~.engine.train_one_epoch`, shared with finetuning: the
 recipe's objective (:class:`~.engine.CrossEntropyObjective` or MoCo's) is an object, so the loop
@@ -58,7 +61,7 @@ from torch import nn
 
 from ..data import IndexMask, load_manifest, load_mask, make_loader, mask_from_classes, validate_mask
 from ..errors import DP4TLError
-from ..fsutil import atomic_write_json, atomic_write_text
+from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
 from . import distributed as dist_
 from .callbacks import TB_SCALARS  # noqa: F401 (re-export)
 from .callbacks import ConsoleLogger, MetricsWriter, RecordSeen, TensorBoardLogger, call
@@ -72,6 +75,7 @@ from .schedule import lr_for_iteration, peak_lr, resolution
 from .timing import StageTimer
 
 METRICS_NAME = "metrics.jsonl"
+LOCK_NAME = ".train.lock"
 TIMINGS_NAME = "timings.json"
 
 
@@ -162,6 +166,20 @@ def cudnn_benchmark(device: torch.device):
         torch.backends.cudnn.benchmark = before
 
 
+def pin_cpu_threads(num_workers: int) -> int:
+    """Set torch's CPU thread count for a stage from its recipe: the loader workers it runs with
+    (``data.num_workers`` capped at the cores, at least 1) — what ffcv's loader sets anyway on
+    every epoch. CPU results depend on this count (reductions split differently), and without
+    pinning it depends on history: importing ffcv sets it to 1, each ffcv loader to its worker
+    count, so a pipeline stage that built data first and one that found it built trained
+    differently under the same stage key."""
+    from ..data.loaders import effective_workers
+
+    n = max(1, effective_workers(num_workers))
+    torch.set_num_threads(n)
+    return n
+
+
 def seed_epoch(seed: int, epoch: int) -> None:
     """Reseed every RNG from (seed, epoch): augmentation randomness never depends on history."""
     s = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
@@ -244,9 +262,25 @@ def build_step_parts(recipe: Recipe, num_classes: int, ctx: dist_.DistContext,
 
 
 def _read_metrics(path: Path) -> list[dict]:
+    """The rows of ``metrics.jsonl``; a line that is not valid JSON (the torn last line of a run
+    killed while writing it) is dropped with a note: the checkpoint, not this log, says which
+    epochs are done, and the resumed run rewrites the file without it."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            warnings.warn(f"{path}: dropped unreadable line {n} (a run killed while writing it)",
+                          stacklevel=2)
+            continue
+        rows.append(row)
+    return rows
 
 
 # --------------------------------------------------------------------------- the run
@@ -265,10 +299,16 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
     t_start = time.perf_counter()
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
+    pin_cpu_threads(recipe.data.num_workers)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DP4TLError(f"--out {out_dir} is a file; choose a directory")
     ctx = dist_.setup(device)
+    # one process writes a run folder: a second `train --out` of the same folder is refused
+    lock = (directory_lock(out_dir / LOCK_NAME, f"training run {out_dir}") if ctx.is_main
+            else contextlib.nullcontext())
     try:
-        with cudnn_benchmark(ctx.device):
+        with lock, cudnn_benchmark(ctx.device):
             return _train(recipe, Path(dataset_dir), mask, out_dir, fmt, ctx, resume, progress,
                           stop_after, list(callbacks), t_start)
     finally:
@@ -326,7 +366,8 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
 
     # ---- data -----------------------------------------------------------------------------
     common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers,
-                  channels_last=parts.channels_last, seed=recipe.data.seed, decode=recipe.data.decode)
+                  channels_last=parts.channels_last, seed=recipe.data.seed, decode=recipe.data.decode,
+                  deterministic=recipe.data.deterministic)
     train_loader = make_loader(dataset_dir, split.name, mask=mask_obj, train=True,
                                batch_size=global_batch // ctx.world_size,
                                drop_last=tc.drop_last or objective.drop_last,

@@ -33,7 +33,11 @@ def test_each_recipe_loaded_once_and_passed_as_an_object(tmp_path, monkeypatch):
     monkeypatch.setattr(tr_mod, "train", fake_train)
     monkeypatch.setattr(ft_mod, "finetune", fake_finetune)
     monkeypatch.setattr(run_mod, "score", lambda *a, **k: {"selection_seconds": 0.0})
-    monkeypatch.setattr(run_mod, "prune", lambda *a, **k: {"unit": "class", "kept_units": [0], "train_kept": 1})
+    def fake_prune(scores, source, ratio, out, **k):
+        (out / "train.npy").write_bytes(b"mask")  # the pretrain key hashes the mask file
+        return {"unit": "class", "kept_units": [0], "train_kept": 1}
+
+    monkeypatch.setattr(run_mod, "prune", fake_prune)
     cfg = run_mod.PipelineConfig(ratio=0.6, source="synth:tiny", target="warm", method="random",
                                  finetune=("lp", "ff"), data_root=tmp_path / "data",
                                  runs_root=tmp_path / "runs", device="cpu", fmt="wds")

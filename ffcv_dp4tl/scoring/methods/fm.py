@@ -33,6 +33,7 @@ class FeatureMapping(Scorer):
                 steps=("k-means on source train features", "nearest-centroid votes"))
     style = PlotStyle("tab:blue", "s", "FM")
     order = 1
+    uses_k = True
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
         from ...kernels import assign_nearest

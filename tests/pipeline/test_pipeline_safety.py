@@ -1,0 +1,166 @@
+"""Pipelines that share a runs/ folder, stage keys made of content, checks before any work and
+the wall time of resumed stages. Everything at the smallest scale (16 px, 1-epoch width-8 models,
+WebDataset input, no loader workers)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ffcv_dp4tl.data import load_manifest
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.pipeline.run import PipelineConfig, _check_inputs, recipe_scale, run_pipeline
+from ffcv_dp4tl.pipeline.stages import run_stage, stage, stage_seconds
+from ffcv_dp4tl.scoring.registry import get_scorer
+
+SMALL = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
+         "val_per_class=4,image_size=16,num_targets=1,target_classes=3,"
+         "target_train_per_class=8,target_test_per_class=4")
+TINY = ("model.width=8", "model.stem_stride=1", "train.epochs=1", "train.batch_size=16",
+        "train.min_res=16", "train.max_res=16", "eval.resolution=16", "eval.batch_size=64",
+        "data.num_workers=0", "eval.every=1")
+FT = ("finetune.resolution=16", "eval.resolution=16", "data.num_workers=0", "train.epochs=3")
+
+
+def _cfg(tmp: Path, **kw) -> PipelineConfig:
+    base = dict(ratio=0.5, source=SMALL, target="", method="lm", fmt="wds", finetune=("lp",),
+                data_root=tmp / "data", runs_root=tmp / "runs", device="cpu", k=4,
+                overrides=TINY, surrogate_overrides=TINY, finetune_overrides=FT)
+    base.update(kw)
+    return PipelineConfig(**base)
+
+
+def _values(res: dict) -> dict:
+    """Stage results without timings and paths (what must be identical between runs)."""
+    return {name: {k: v for k, v in st.items()
+                   if "second" not in k and "per_s" not in k and not k.endswith("_hash")
+                   and not (isinstance(v, str) and "/" in v)}
+            for name, st in json.loads(json.dumps(res["stages"], default=str)).items()}
+
+
+_CHILD = """
+import json, sys
+from pathlib import Path
+from ffcv_dp4tl.pipeline.run import PipelineConfig, run_pipeline
+cfg = PipelineConfig(**{**json.loads(sys.argv[1]), "data_root": Path(sys.argv[2]),
+                        "runs_root": Path(sys.argv[3])})
+res = run_pipeline(cfg, log=lambda s: print(s, flush=True))
+Path(sys.argv[4]).write_text(json.dumps(res, default=str))
+"""
+
+
+def test_two_concurrent_pipelines_on_one_runs_folder_match_a_lone_run(tmp_path):
+    """Two real processes start together on one runs/ (and data/) folder: the second waits
+    at each stage the first is running, then reuses it; both finish with the lone run's results
+    and every stage ran exactly once."""
+    lone = run_pipeline(_cfg(tmp_path / "lone"), log=lambda s: None)
+    cfg = _cfg(tmp_path)
+    args = json.dumps({k: v for k, v in vars(cfg).items() if k not in ("data_root", "runs_root")})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, args, str(tmp_path / "data"),
+                               str(tmp_path / "runs"), str(tmp_path / f"res{i}.json")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    results = [json.loads((tmp_path / f"res{i}.json").read_text()) for i in range(2)]
+    for res in results:
+        got, want = _values(res), _values(lone)
+        assert got == want, {n: {k: (got[n].get(k), v) for k, v in want[n].items()
+                                 if got[n].get(k) != v} for n in want}
+    for name in lone["stages"]:
+        (d,) = (tmp_path / "runs").glob(f"{name}-*")
+        assert len(list(d.glob(".segment-*"))) == 1, (name, outs)  # ran once, by one process
+    assert sum(o.count("running in") for o in outs) == len(lone["stages"]), outs
+    for name in ("score", "prune"):
+        (d,) = (tmp_path / "runs").glob(f"{name}-*")
+        (ld,) = (tmp_path / "lone" / "runs").glob(f"{name}-*")
+        assert d.name == ld.name
+    (m,) = (tmp_path / "runs").glob("prune-*/train.npy")
+    (lm,) = (tmp_path / "lone" / "runs").glob("prune-*/train.npy")
+    assert m.read_bytes() == lm.read_bytes()
+
+
+def test_random_scores_of_another_source_are_never_reused(tmp_path):
+    """The score key holds the source's content fingerprint: `method=random` (no surrogate) on
+    a second source scores it anew, and pretraining on it succeeds."""
+    other = SMALL.replace("synth:tiny,", "synth:tiny,seed=1,")
+    first = run_pipeline(_cfg(tmp_path, method="random", finetune=()), log=lambda s: None)
+    second = run_pipeline(_cfg(tmp_path, method="random", source=other, finetune=()),
+                          log=lambda s: None)
+    assert load_manifest(first["source"]).fingerprint != load_manifest(second["source"]).fingerprint
+    assert all(st.ran for st in second["stages"].values())
+    assert len(list((tmp_path / "runs").glob("score-*"))) == 2
+    again = run_pipeline(_cfg(tmp_path, method="random", source=other, finetune=()),
+                         log=lambda s: None)
+    assert not any(st.ran for st in again["stages"].values())
+
+
+def test_recipes_follow_the_manifest_not_the_source_text(tmp_path, index_dataset):
+    """A built folder of the embedded data (any name) gets the tiny recipes; real data the full."""
+    from beton_builders.sources import resolve_source
+    from beton_builders.writer import BuildOptions, build_dataset
+
+    built = tmp_path / "my-data"
+    for sub, spec in resolve_source(SMALL).items():
+        build_dataset(spec, built / sub, BuildOptions(max_side=16, workers=1, progress=False),
+                      source=SMALL)
+    assert recipe_scale(load_manifest(built / "source")) == "tiny"
+    assert recipe_scale(load_manifest(index_dataset.root)) == "full"
+    logs: list[str] = []
+    with pytest.raises(DP4TLError, match="clusters requested"):  # refused after the choice
+        run_pipeline(_cfg(tmp_path, source=str(built / "source"), method="fm", k=100_000,
+                          target=str(next((built / "targets").iterdir()))), log=logs.append)
+    assert any(line.startswith("[recipes] tiny") for line in logs), logs
+    from ffcv_dp4tl.cli.options import SYNTH_K, default_k
+
+    assert default_k(None, str(built)) == SYNTH_K  # the CLI's default K reads the manifest too
+
+
+def test_bad_k_is_refused_before_the_surrogate_trains(tmp_path):
+    with pytest.raises(DP4TLError, match="k must be a positive"):
+        run_pipeline(_cfg(tmp_path, k=0))
+    with pytest.raises(DP4TLError, match=r"k=100000 clusters requested but the source train split "
+                                         r"has only \d+ samples"):
+        run_pipeline(_cfg(tmp_path, method="fm", k=100_000))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_target_with_fewer_images_than_classes_warns(tmp_path):
+    from beton_builders import BuildOptions, DatasetSpec, Sample, build_dataset
+
+    img = np.full((16, 16, 3), 128, np.uint8)
+    spec = DatasetSpec("few", ["a", "b", "c", "d"], {
+        "train": [Sample(img, 0, name="t0"), Sample(img, 1, name="t1")],
+        "test": [Sample(img, k, name=f"s{k}") for k in range(4)]})
+    build_dataset(spec, tmp_path / "few", BuildOptions(max_side=16, workers=1, progress=False))
+    tgt = load_manifest(tmp_path / "few")
+    logs: list[str] = []
+    with pytest.warns(UserWarning, match="2 train images for 4 classes"):
+        _check_inputs(_cfg(tmp_path), get_scorer("lm"), tgt, tgt, logs.append)
+    assert any("2 train images for 4 classes" in line for line in logs)
+
+
+def test_resumed_stage_reports_the_wall_time_of_every_segment(tmp_path):
+    st = stage(tmp_path, "prune", {"x": 1})
+
+    def killed(d):
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(st, killed, log=lambda s: None)
+    # and a segment killed with -9: no exact time, its last heartbeat 0.5 s after its start
+    start = time.time_ns() - 10**10
+    dead = st.dir / f".segment-{start}-99999"
+    dead.write_text("")
+    os.utime(dead, (start / 1e9 + 0.5, start / 1e9 + 0.5))
+    assert stage_seconds(st.dir) == pytest.approx(0.8, abs=0.1)
+    res = run_stage(st, lambda d: (time.sleep(0.2), {"ok": 1})[1], log=lambda s: None)
+    assert res.ran and res["seconds"] == pytest.approx(1.0, abs=0.15)

@@ -1,0 +1,151 @@
+"""Training that survives what real runs meet: killed finetunes, torn log lines, full disks,
+impossible recipe values, small machines, and the ffcv path's unseeded augmentations."""
+from __future__ import annotations
+
+import errno
+import json
+import time
+
+import pytest
+import torch
+
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.training import checkpoint as ckpt_mod
+from ffcv_dp4tl.training.checkpoint import Checkpoint
+from ffcv_dp4tl.training.finetune import STATE_NAME, finetune
+from ffcv_dp4tl.training.recipe import load_recipe
+from ffcv_dp4tl.training.trainer import train
+
+FT = ["finetune.resolution=16", "eval.resolution=16", "data.num_workers=0", "eval.every=1"]
+
+
+def _state_weights(out):
+    return torch.load(out / STATE_NAME, map_location="cpu", weights_only=False)["net"]
+
+
+@pytest.mark.parametrize("mode,recipe,epochs", [("lp", "lp_tiny_cpu", 4), ("ff", "ff_tiny_cpu", 2)])
+def test_killed_finetune_resumes_to_the_uninterrupted_result(trained_run, target_dir, tmp_path,
+                                                            mode, recipe, epochs):
+    kw = dict(fmt="wds", device="cpu", progress=False, overrides=FT + [f"train.epochs={epochs}"])
+    ckpt = trained_run / "checkpoint.pt"
+    whole = finetune(recipe, ckpt, target_dir, tmp_path / "a", **kw)
+    stopped = finetune(recipe, ckpt, target_dir, tmp_path / "b", stop_after=1, **kw)
+    assert stopped == {"stopped_after": 1} and not (tmp_path / "b" / "result.json").exists()
+    first_segment = torch.load(tmp_path / "b" / STATE_NAME, weights_only=False)["seconds"]
+    resumed = finetune(recipe, ckpt, target_dir, tmp_path / "b", **kw)
+    assert resumed["resumed_from"] == 1 and whole["resumed_from"] == 0
+    for key in ("test_top1", "train_top1", "epochs"):
+        assert resumed[key] == whole[key], key
+    a, b = _state_weights(tmp_path / "a"), _state_weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(epochs))
+    assert resumed["seconds"] > first_segment  # both segments' wall time
+
+
+def test_finetune_refuses_another_runs_state(trained_run, target_dir, tmp_path):
+    kw = dict(fmt="wds", device="cpu", progress=False)
+    finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path,
+             overrides=FT + ["train.epochs=2"], stop_after=1, **kw)
+    with pytest.raises(DP4TLError, match="different finetune run.*recipe_fingerprint"):
+        finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path,
+                 overrides=FT + ["train.epochs=3"], **kw)
+
+
+def test_torn_metrics_line_does_not_block_resume(source_dir, tmp_path, test_recipe):
+    r = test_recipe("train.epochs=2")
+    kw = dict(fmt="wds", device="cpu", progress=False)
+    train(r, source_dir, out_dir=tmp_path, stop_after=1, **kw)
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # killed in the middle of the next line
+        f.write('{"epoch": 1, "loss": 2.3')
+    with pytest.warns(UserWarning, match="dropped unreadable line 2"):
+        last = train(r, source_dir, out_dir=tmp_path, **kw)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [0, 1] and last["epoch"] == 1
+
+
+def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    old = Checkpoint(model={"w": torch.ones(3)}, arch="resnet18", num_classes=3,
+                     identity={"arch": "resnet18"}, epoch=1)
+    old.save(path)
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", full_disk)
+    new = Checkpoint(model={"w": torch.zeros(3)}, arch="resnet18", num_classes=3,
+                     identity={"arch": "resnet18"}, epoch=2)
+    with pytest.raises(DP4TLError, match=r"disk full while saving the checkpoint .*checkpoint\.pt") as e:
+        new.save(path)
+    assert "\n" not in str(e.value) and "previous checkpoint is intact" in str(e.value)
+    monkeypatch.setattr(ckpt_mod.torch, "save", real_save)
+    kept = Checkpoint.load(path)
+    assert kept.epoch == 1 and torch.equal(kept.model["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temp left
+
+
+@pytest.mark.parametrize("override,message", [
+    ("lr.lr=-1", r"lr\.lr = -1\.0 is impossible"),
+    ("lr.lr=0", r"lr\.lr = 0\.0 is impossible"),
+    ("optim.momentum=1.5", r"optim\.momentum = 1\.5 is impossible"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay"),
+    ("optim.label_smoothing=1.0", "optim.label_smoothing"),
+    ("optim.betas=[0.9, 1.2]", "optim.betas"),
+    ("lr.lr=nan", "not a finite number"),
+    ("data.num_workers=-3", "data.num_workers"),
+    ("train.seed=-1", "train.seed"),
+    ("train.keep_epochs=[0]", "train.keep_epochs"),
+    ("lr.gamma=0", "lr.gamma"),
+    ("model.width=0", "model.width"),
+])
+def test_impossible_recipe_values_are_one_line_errors_at_load(override, message):
+    with pytest.raises(DP4TLError, match=message) as e:
+        load_recipe("resnet18_tiny_cpu", [override])
+    assert "\n" not in str(e.value)
+
+
+def test_every_shipped_recipe_passes_the_range_checks():
+    from ffcv_dp4tl.training.recipe import list_recipes
+
+    for name in list_recipes():
+        load_recipe(name)
+
+
+def test_more_workers_than_cores_is_capped_with_one_note(capsys):
+    from ffcv_dp4tl.data import loaders
+
+    cores = loaders.available_cores()
+    loaders._NOTED.clear()
+    assert loaders.effective_workers(cores) == cores
+    assert loaders.effective_workers(0) == 0
+    assert loaders.effective_workers(cores + 62) <= cores
+    assert loaders.effective_workers(cores + 62) <= cores
+    err = capsys.readouterr().err
+    assert err.count(f"data.num_workers = {cores + 62}") == 1, err
+
+
+def test_deterministic_ffcv_training_gives_identical_weights(source_dir, tmp_path, test_recipe,
+                                                             capfd):
+    """``data.deterministic = true``: two ffcv runs from scratch end with bit-identical weights,
+    also with several decode threads; the recipe asks for 64 workers, more than any test
+    machine has, and runs with the machine's cores (ffcv's numba pool would refuse 64)."""
+    r = test_recipe("data.deterministic=true", "data.num_workers=64", "eval.every=2")
+    from ffcv_dp4tl.data import loaders
+
+    loaders._NOTED.clear()
+    models = []
+    for out in ("a", "b"):
+        t0 = time.perf_counter()
+        train(r, source_dir, out_dir=tmp_path / out, fmt="ffcv", device="cpu", progress=False)
+        models.append(Checkpoint.load(tmp_path / out / "checkpoint.pt").model)
+        assert time.perf_counter() - t0 < 300
+    a, b = models
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert "data.num_workers = 64" in capfd.readouterr().err
+    # the switch is part of the recipe fingerprint only when on (old checkpoints keep theirs)
+    assert r.fingerprint() != test_recipe("data.num_workers=64", "eval.every=2").fingerprint()
+    assert "deterministic" not in test_recipe().to_dict()["data"]
