@@ -94,4 +94,14 @@ def run() -> None:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume where it stopped", file=sys.stderr)
         raise SystemExit(130) from None
+    except OSError as e:
+        from ..fsutil import is_disk_full
+
+        if not is_disk_full(e):
+            raise
+        # every write is atomic (temp file + rename), so nothing finished was damaged
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"error: disk full{where} ({e.strerror}); free some space, then rerun the same "
+              "command: finished work is kept and it resumes", file=sys.stderr)
+        raise SystemExit(2) from None
     raise SystemExit(code if isinstance(code, int) else 0)

@@ -327,15 +327,11 @@ def _validate_choices(r: Recipe, source: str) -> None:
 
 
 def _validate_lr(r: Recipe, source: str) -> None:
-    """The schedule's own knobs: a multistep schedule needs strictly increasing, positive
-    milestones and a decay factor in (0, 1]; warmup and cosine's floor are >= 0. (Milestones past
+    """The schedule's structure: a multistep schedule needs strictly increasing, positive
+    milestones (value ranges such as gamma in (0, 1] are in _RANGES). (Milestones past
     train.epochs are allowed: they never fire, which is what a shortened run — `--set
     train.epochs=1` — wants.)"""
-    lr = r.lr
-    if lr.lr <= 0:
-        raise DP4TLError(f"{source}: lr.lr must be > 0, got {lr.lr}")
-    if lr.warmup_epochs < 0:
-        raise DP4TLError(f"{source}: lr.warmup_epochs must be >= 0, got {lr.warmup_epochs}")
+    lr = r.lr  # (value ranges of lr, gamma, min_lr, warmup: _RANGES)
     if lr.schedule == "multistep":
         ms = lr.milestones
         if not ms:
@@ -343,10 +339,6 @@ def _validate_lr(r: Recipe, source: str) -> None:
                              "at which the lr is multiplied by lr.gamma), e.g. [30, 40]")
         if ms[0] <= 0 or any(b <= a for a, b in zip(ms, ms[1:])):
             raise DP4TLError(f"{source}: lr.milestones {ms} must be strictly increasing epochs > 0")
-        if not 0 < lr.gamma <= 1:
-            raise DP4TLError(f"{source}: lr.gamma must be in (0, 1], got {lr.gamma}")
-    if lr.min_lr < 0:
-        raise DP4TLError(f"{source}: lr.min_lr must be >= 0, got {lr.min_lr}")
 
 
 #: (section, key) → (low, high, low inclusive, high inclusive); None = unbounded. Lists are
@@ -358,7 +350,7 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
     ("lr", "warmup_epochs"): (0, None, True, True),
     ("lr", "step_ratio"): (0, None, False, True),
     ("lr", "step_length"): (0, None, False, True),
-    ("lr", "gamma"): (0, None, False, True),
+    ("lr", "gamma"): (0, 1, False, True),
     ("lr", "milestones"): (0, None, True, True),
     ("optim", "momentum"): (0, 1, True, False),
     ("optim", "betas"): (0, 1, True, False),

@@ -245,3 +245,22 @@ def test_user_toml_path_works_where_a_name_does(record, capsys, monkeypatch, tmp
                        tmp_path / "r")
     one_line_error(code, err, "missing.toml")
     assert not (tmp_path / "r").exists()
+
+
+def test_disk_full_anywhere_is_one_line(monkeypatch, capsys):
+    """A full disk in any command (not only the places that check space first) ends in one line."""
+    import errno
+    import importlib
+
+    app_mod = importlib.import_module("ffcv_dp4tl.cli.app")  # (the package exports the Typer app too)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/checkpoint.pt")
+
+    monkeypatch.setattr(app_mod, "app", full)
+    with pytest.raises(SystemExit) as exc:
+        app_mod.run()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: disk full writing /runs/x/checkpoint.pt (No space left on device); free some "
+                   "space, then rerun the same command: finished work is kept and it resumes"]

@@ -73,8 +73,9 @@ def test_scoring_section_defaults_keep_fingerprints_and_validate(tmp_path):
     (["lr.milestones=[]"], "needs lr.milestones"),
     (["lr.milestones=[40, 25]"], "strictly increasing"),
     (["lr.milestones=[0, 25]"], "strictly increasing"),
-    (["lr.gamma=0"], r"lr.gamma must be in \(0, 1\]"),
-    (["lr.lr=0"], "lr.lr must be > 0"),
+    (["lr.gamma=0"], r"lr\.gamma = 0\.0 is impossible; it must be in \(0, 1\]"),
+    (["lr.gamma=1.5"], r"lr\.gamma = 1\.5 is impossible; it must be in \(0, 1\]"),
+    (["lr.lr=0"], r"lr\.lr = 0\.0 is impossible"),
     (["lr.schedule=cosine", "lr.min_lr=-1"], "lr.min_lr"),
 ])
 def test_schedule_knobs_are_validated(over, msg):
