@@ -99,3 +99,13 @@ def index_split(index_dataset):
     from ffcv_dp4tl.data import load_manifest
 
     return load_manifest(index_dataset.root).split(index_dataset.split)
+
+
+@pytest.fixture
+def index_copy(index_dataset, tmp_path):
+    """A private copy of the shared tiny build, for tests that damage files."""
+    import shutil
+
+    dst = tmp_path / "ds"
+    shutil.copytree(index_dataset.root, dst)
+    return dst

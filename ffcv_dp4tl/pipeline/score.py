@@ -9,12 +9,12 @@ included) is recorded as ``selection_seconds`` for the cost table.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import DP4TLError
+from ..fsutil import file_sha256
 from ..scoring.context import ScoringContext, Surrogate
 from ..scoring.registry import Scorer, get_scorer, list_scorers, scorers, self_supervised_alternatives
 from .scores_io import write_scores
@@ -29,12 +29,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def file_hash(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+file_hash = file_sha256  # (older name, kept for imports)
 
 
 def self_supervised_refusal(scorer: Scorer, what: str) -> DP4TLError:

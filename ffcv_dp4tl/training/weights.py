@@ -25,7 +25,6 @@ on disk.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 
 from ..errors import DP4TLError
+from ..fsutil import file_sha256
 from .checkpoint import Checkpoint
 from .models import create_model, get_head
 
@@ -40,12 +40,6 @@ _WRAPPERS = ("state_dict", "model_state_dict", "model", "module", "net")
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:

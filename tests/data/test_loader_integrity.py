@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -22,10 +21,8 @@ from ffcv_dp4tl.errors import DataError
 
 
 @pytest.fixture
-def copy(index_dataset, tmp_path):
-    dst = tmp_path / "ds"
-    shutil.copytree(index_dataset.root, dst)
-    return dst
+def copy(index_copy):
+    return index_copy
 
 
 def _split(root):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -15,11 +14,8 @@ from ffcv_dp4tl.data.verify import verify_dataset
 
 
 @pytest.fixture
-def copy(index_dataset, tmp_path):
-    """A private copy of the shared tiny build (tests damage it)."""
-    dst = tmp_path / "ds"
-    shutil.copytree(index_dataset.root, dst)
-    return dst
+def copy(index_copy):
+    return index_copy
 
 
 def _split(root):
