@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..data.manifest import MANIFEST_NAME, load_manifest
+from ..data.masks import load_mask
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
 from ..scoring.registry import TRAJECTORY, UNIT_PLURAL, get_scorer, parse_option_pairs
@@ -307,7 +308,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
                                           "prune": pr.key, "source": src.fingerprint,
                                           "mask": file_hash(pr.dir / "train.npy"), **common})
             results["stages"][name] = run_stage(pt, lambda d, r=pre: train(
-                r, source_dir, mask=pr.dir / "train.npy", out_dir=d, fmt=cfg.fmt,
+                r, source_dir, mask=load_mask(pr.dir / "train.npy"), out_dir=d, fmt=cfg.fmt,
                 device=cfg.device), log)
             pt_dirs[seed] = pt
     for i, seed in enumerate(seeds):

@@ -1,16 +1,19 @@
-"""The pipeline reads each recipe file once and hands the loaded Recipe objects to the stages,
-so what trains is exactly what the stage key hashed, even if a file is edited mid-run."""
+"""The pipeline reads each recipe file once and hands the loaded Recipe (and mask) objects to the
+stages, so what trains is exactly what the stage key hashed, even if a file is edited mid-run."""
 from __future__ import annotations
 
 import importlib
 
+import numpy as np
+
 import ffcv_dp4tl.pipeline.run as run_mod
+from ffcv_dp4tl.data.masks import IndexMask
 from ffcv_dp4tl.training import recipe as recipe_mod
 from ffcv_dp4tl.training.recipe import Recipe
 
 
 def test_each_recipe_loaded_once_and_passed_as_an_object(tmp_path, monkeypatch):
-    loads, got = [], []
+    loads, got, masks = [], [], []
     real_load = recipe_mod.load_recipe
 
     def counting_load(name, overrides=()):
@@ -21,6 +24,7 @@ def test_each_recipe_loaded_once_and_passed_as_an_object(tmp_path, monkeypatch):
 
     def fake_train(recipe, *a, **k):
         got.append(recipe)
+        masks.append(k.get("mask"))
         return {"epoch": 0}
 
     def fake_finetune(recipe, *a, **k):
@@ -38,9 +42,11 @@ def test_each_recipe_loaded_once_and_passed_as_an_object(tmp_path, monkeypatch):
         return {"unit": "class", "kept_units": [0], "train_kept": 1}
 
     monkeypatch.setattr(run_mod, "prune", fake_prune)
+    monkeypatch.setattr(run_mod, "load_mask", lambda path: IndexMask(np.arange(3), {}))
     cfg = run_mod.PipelineConfig(ratio=0.6, source="synth:tiny", target="warm", method="random",
                                  finetune=("lp", "ff"), data_root=tmp_path / "data",
                                  runs_root=tmp_path / "runs", device="cpu", fmt="wds")
     run_mod.run_pipeline(cfg, log=lambda s: None)
     assert sorted(loads) == sorted(set(loads)) and len(loads) == 4  # surrogate, pretrain, lp, ff
     assert len(got) == 3 and all(isinstance(r, Recipe) for r in got)  # pretrain, lp, ff (random: no surrogate)
+    assert isinstance(masks[0], IndexMask)  # the mask, too, is an object by the time it reaches train()
