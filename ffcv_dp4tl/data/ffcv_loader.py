@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from .interface import PlanLoaderBase
 from .sampling import Batch, EpochPlan
 from .transforms import AugSpec, Normalize, resolve_aug
 
@@ -212,7 +213,7 @@ def seeded_crop_decoder(*args, **kw):
     return _SEEDED_CLASS(*args, **kw)
 
 
-class FFCVMaskedLoader:
+class FFCVMaskedLoader(PlanLoaderBase):
     """Iterate :class:`Batch` es of the masked samples of one beton."""
 
     def __init__(self, beton: str | Path, plan: EpochPlan, *, batch_size: int,
@@ -291,13 +292,6 @@ class FFCVMaskedLoader:
     @property
     def resolution(self) -> int:
         return int(self.decoder.output_size[0])
-
-    @property
-    def train(self) -> bool:
-        return self.aug.train
-
-    def __len__(self) -> int:
-        return self.plan.num_batches(self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch

@@ -53,6 +53,7 @@ from ..errors import DataError
 from beton_builders.beton import beton_images
 
 from .manifest import SplitInfo
+from .interface import PlanLoaderBase
 from .sampling import Batch, EpochPlan
 from .transforms import AugSpec, Normalize, center_crop_box, random_crop_box, resolve_aug
 
@@ -305,7 +306,7 @@ class _ReadAhead:
 # The loader
 # ---------------------------------------------------------------------------------------------
 
-class DeviceDecodeLoader:
+class DeviceDecodeLoader(PlanLoaderBase):
     """Iterate :class:`Batch` es of the masked samples, JPEG-decoded and augmented on ``device``.
 
     Same interface and sample order as :class:`FFCVMaskedLoader` / :class:`WdsMaskedLoader`;
@@ -351,27 +352,6 @@ class DeviceDecodeLoader:
         self._stream: torch.cuda.Stream | None = None  # nvJPEG's own stream, made on first use
 
     # -- interface shared with the other loaders (MaskedLoader) ----------------------------------
-
-    @property
-    def train(self) -> bool:
-        return self.aug.train
-
-    @property
-    def views(self) -> int:
-        return self.aug.views
-
-    @property
-    def crop_scale(self) -> tuple[float, float]:
-        return self.aug.crop_scale
-
-    def set_epoch(self, epoch: int, resolution: int | None = None) -> None:
-        """Select the epoch (order and crops) and, for progressive resizing, the resolution."""
-        self.epoch = epoch
-        if resolution is not None:
-            self.resolution = resolution
-
-    def __len__(self) -> int:
-        return self.plan.num_batches(self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, resolution = self.epoch, self.resolution

@@ -43,3 +43,37 @@ class MaskedLoader(Protocol):
 
     def __iter__(self) -> Iterator[Batch]:
         ...
+
+
+class PlanLoaderBase:
+    """What the three loaders share: batches per epoch from the plan, the AugSpec's flags as
+    attributes, and a ``set_epoch`` that records epoch and resolution (ffcv extends it to reach
+    its live decoders). Subclasses set ``plan``, ``aug``, ``batch_size``, ``drop_last``,
+    ``epoch`` and, unless they compute it, ``resolution``."""
+
+    plan: EpochPlan
+    aug: AugSpec
+    batch_size: int
+    drop_last: bool
+    epoch: int
+
+    @property
+    def train(self) -> bool:
+        return self.aug.train
+
+    @property
+    def views(self) -> int:
+        return self.aug.views
+
+    @property
+    def crop_scale(self) -> tuple[float, float]:
+        return self.aug.crop_scale
+
+    def set_epoch(self, epoch: int, resolution: int | None = None) -> None:
+        """Select the epoch (order, crops) and, for progressive resizing, the resolution."""
+        self.epoch = epoch
+        if resolution is not None:
+            self.resolution = resolution
+
+    def __len__(self) -> int:
+        return self.plan.num_batches(self.batch_size, self.drop_last)

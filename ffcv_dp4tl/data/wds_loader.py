@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataError
 from .manifest import SplitInfo
+from .interface import PlanLoaderBase
 from .sampling import Batch, EpochPlan
 from .transforms import (AugSpec, Normalize, center_crop_box, crop_resize, random_crop_box,
                          resolve_aug)
@@ -163,7 +164,7 @@ def _collate(items):
     return out + (torch.stack(rest[0]),) if rest else out
 
 
-class WdsMaskedLoader:
+class WdsMaskedLoader(PlanLoaderBase):
     """Iterate :class:`Batch` es of the masked samples of one split's shards."""
 
     def __init__(self, split: SplitInfo, plan: EpochPlan, *, batch_size: int,
@@ -193,18 +194,6 @@ class WdsMaskedLoader:
             # in flight per worker: about two batches' worth of chunks, as before (4 batches)
             prefetch_factor=max(4, 2 * chunks_per_batch) if num_workers > 0 else None,
         )
-
-    @property
-    def train(self) -> bool:
-        return self.aug.train
-
-    def set_epoch(self, epoch: int, resolution: int | None = None) -> None:
-        self.epoch = epoch
-        if resolution is not None:
-            self.resolution = resolution
-
-    def __len__(self) -> int:
-        return self.plan.num_batches(self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[Batch]:
         non_blocking = self.device.type == "cuda"
