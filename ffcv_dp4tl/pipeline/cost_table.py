@@ -469,24 +469,19 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
         acc = t["accuracy"].get(mode)
         if not acc:
             continue
-        ms = [m for m in methods if m in acc["methods"]]
+        def table(a: dict) -> list[str]:  # ratio x method accuracies of one result set
+            ms = [m for m in methods if m in a["methods"]]
+            return (["| ratio | " + " | ".join(method_label(m) for m in ms) + " |",
+                     "|---:|" + "---:|" * len(ms)]
+                    + [f"| {_r(r)} | " + " | ".join(_acc(a["methods"][m].get(str(r)), ns)
+                                                    for m in ms) + " |" for r in pruned])
+
         L += ["", f"### Target test top-1 % — {mode.upper()} (Fig. 4)", "",
-              f"0 % reference: **{_acc(acc['reference'], ns)}**", "",
-              "| ratio | " + " | ".join(method_label(m) for m in ms) + " |",
-              "|---:|" + "---:|" * len(ms)]
-        for r in pruned:
-            L.append(f"| {_r(r)} | " + " | ".join(_acc(acc["methods"][m].get(str(r)), ns)
-                                                 for m in ms) + " |")
+              f"0 % reference: **{_acc(acc['reference'], ns)}**", "", *table(acc)]
         best = (t.get("accuracy_best") or {}).get(mode)
         if best and best["methods"] and best != acc:
-            bms = [m for m in methods if m in best["methods"]]
             L += ["", f"Best evaluated epoch (final-epoch numbers above; eval.every sets the "
-                  f"candidates) — 0 % reference: **{_acc(best['reference'], ns)}**", "",
-                  "| ratio | " + " | ".join(method_label(m) for m in bms) + " |",
-                  "|---:|" + "---:|" * len(bms)]
-            for r in pruned:
-                L.append(f"| {_r(r)} | " + " | ".join(_acc(best["methods"][m].get(str(r)), ns)
-                                                     for m in bms) + " |")
+                  f"candidates) — 0 % reference: **{_acc(best['reference'], ns)}**", "", *table(best)]
     if any(t["winners"].values()):
         L += ["", f"### Best winning subset (largest ratio with accuracy ≥ 0 % − {t['tol']} points)",
               "", "| mode | method | best ratio | accuracy % | 0 % accuracy % |", "|---|---|---:|---:|---:|"]
