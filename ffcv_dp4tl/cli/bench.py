@@ -61,8 +61,9 @@ def cost_table(
     source: str = typer.Option("", "--source", hidden=True, help="Old name of --data"),
     target: str = typer.Option("warm", help="Built target dir, SOURCE, or synth target name"),
     protocol: Protocol = typer.Option(Protocol.fast, help=PROTOCOL_HELP),
-    recipes: RecipeSet = typer.Option(RecipeSet.auto, help="fast protocol: tiny | full (auto: tiny "
-                                      "for synth, full otherwise)"),
+    recipes: RecipeSet = typer.Option(RecipeSet.auto, help="fast protocol: tiny | bench | full (auto: per the data's "
+                                      "manifest: bench for synth:bench, tiny for other synth "
+                                      "data, full otherwise)"),
     surrogate_weights: Optional[Path] = typer.Option(None, help=SURROGATE_WEIGHTS_HELP,
                                                      show_default=False),
     arch: str = typer.Option("", help="Override the pretraining model (`dp4tl models`)",
@@ -130,3 +131,36 @@ def cost_table(
                           markdown_tables(t, plots_prefix=prefix)])
         write_section(report, section, body)
         typer.echo(f"[bench] wrote section '{section}' of {report}")
+
+
+#: The embedded benchmark (issue: "can the CPU machine answer the paper's question?"): LM, FM and
+#: RANDOM at 0/40/60/80 %, the paper's eight in-domain baselines at 60 %, three seeds, LP (every
+#: epoch evaluated) on a 500-test-image target of the `synth:bench` preset, in <= 90 min on 2 cores.
+EMBEDDED_METHODS = ("lm,fm,random,sp@0.6,ssp@0.6,grand@0.6,el2n@0.6,moderate@0.6,forget@0.6,"
+                    "infmax@0.6,infsum@0.6")
+EMBEDDED_SECTION = "Embedded benchmark (CPU): do LM and FM beat RANDOM?"
+
+
+@bench_app.command("embedded")
+def embedded(
+    out: Path = typer.Option(Path("docs/embedded-benchmark"), "--out", "-o",
+                             help="report.md, PNGs, results.json"),
+    seeds: str = typer.Option("0,1,2", help="Seeds (mean ± std over them)",
+                              callback=ints_callback("--seeds")),
+    target: str = typer.Option("warm", help="Target of synth:bench (paper | warm | blur)"),
+    data_root: Path = typer.Option(Path("data")),
+    runs_root: Path = typer.Option(Path("runs/embedded-benchmark")),
+    format: Format = typer.Option(Format.wds, "--format", help=FORMAT_HELP),
+    device: str = device_option(),
+    report: Path = typer.Option(Path("BENCHMARKS.md"), help="Markdown file that gets the "
+                                "section (empty: none)"),
+) -> None:
+    """The paper's question on the embedded data, sized for 2 CPU cores (<= 90 min): LM/FM/RANDOM
+    at 0/40/60/80 %, the eight in-domain baselines at 60 %, 3 seeds, LP; rerunning resumes."""
+    cost_table(ratios="0,0.4,0.6,0.8", methods=EMBEDDED_METHODS, seeds=seeds, finetune="lp",
+               ff_methods="", out=out, data="synth:bench", source="", target=target,
+               protocol=Protocol.fast, recipes=RecipeSet.bench, surrogate_weights=None, arch="",
+               data_root=data_root, runs_root=runs_root, format=format, device=device, k=None,
+               tol=0.0, set_=[], set_surrogate=[], set_finetune=[],
+               opt=["el2n.runs=4", "grand.runs=4"], budget=Budget.units,
+               report=report if str(report) else None, section=EMBEDDED_SECTION)

@@ -37,6 +37,7 @@ class RecipeSet(str, Enum):
     """Recipe scale of the pipeline: tiny CPU recipes or the paper's (auto: tiny for synth)."""
     auto = "auto"
     tiny = "tiny"
+    bench = "bench"
     full = "full"
 
 

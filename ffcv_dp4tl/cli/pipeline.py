@@ -39,8 +39,9 @@ def pipeline(
                                "or a synth target name (default: the first)"),
     method: str = typer.Option("lm", help=f"Scoring method: {methods_help()} (see `dp4tl score --help`)"),
     protocol: Protocol = typer.Option(Protocol.fast, help=PROTOCOL_HELP),
-    recipes: RecipeSet = typer.Option(RecipeSet.auto, help="fast protocol: tiny | full (auto: tiny "
-                                      "for the embedded synth data, per its manifest; full otherwise)"),
+    recipes: RecipeSet = typer.Option(RecipeSet.auto, help="fast protocol: tiny | bench | full (auto: per the data's "
+                                      "manifest: bench for synth:bench, tiny for other synth "
+                                      "data, full otherwise)"),
     surrogate_recipe: str = typer.Option("", help="Override the surrogate recipe (name or .toml)"),
     recipe: str = typer.Option("", help="Override the source-model pretraining recipe (name or "
                                ".toml)"),

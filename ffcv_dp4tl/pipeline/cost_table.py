@@ -180,7 +180,8 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     for p in base.scorer_options:  # an option no method of the table has is a typo
         if not any(options_for(m, [p]) for m in methods):
             raise DP4TLError(f"--opt {p}: none of the methods {', '.join(methods)} has that "
-                             "option (docs/scorers.md lists them)")
+                             "option (NAME=VALUE for every method that has it, METHOD.NAME=VALUE "
+                             "for one; docs/scorers.md lists them)")
     if not ratios or any(not 0.0 <= r < 1.0 for r in ratios):
         raise DP4TLError(f"ratios must lie in [0, 1), got {ratios}")
     pruned = [r for r in ratios if r > 0]
@@ -239,11 +240,63 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
 
 def options_for(method: str, pairs: Sequence[str]) -> tuple[str, ...]:
     """The ``NAME=VALUE`` options (``--opt``) that ``method`` has: one list serves every method
-    of the table (e.g. ``runs=2`` reaches EL2N/GraNd/FORGET, not LM)."""
+    of the table (e.g. ``runs=2`` reaches EL2N/GraNd/FORGET, not LM). ``METHOD.NAME=VALUE``
+    reaches that method only (e.g. ``el2n.runs=4`` leaves FORGET's ``runs`` alone)."""
     from ..scoring.registry import parse_option_pairs
 
     known = get_scorer(method).options
-    return tuple(p for p in pairs if next(iter(parse_option_pairs([p]))) in known)
+    out = []
+    for p in pairs:
+        name, value = next(iter(parse_option_pairs([p]).items()))
+        owner, dot, bare = name.partition(".")
+        if dot:
+            if owner == method and bare in known:
+                out.append(f"{bare}={value}")
+        elif name in known:
+            out.append(p)
+    return tuple(out)
+
+
+def versus_random(rows: list[dict[str, Any]], mode: str, methods: Sequence[str],
+                  ratios: Sequence[float], key: str = "top1") -> list[dict[str, Any]]:
+    """Each method against RANDOM at the same ratio, on ``{mode}_{key}`` (final-epoch top-1 by
+    default): mean ± std over seeds, the difference of means, seeds won (paired by seed: seed
+    ``s`` of both pretrains with the same ``train.seed``), and a verdict — ``better`` / ``worse``
+    when the two mean ± std intervals do not overlap (beyond the seeds' spread), ``within
+    spread`` otherwise (also with a single seed, where no spread is known: ``n/a``)."""
+    col = f"{mode}_{key}"
+
+    def by_seed(m: str, r: float) -> dict[int, float]:
+        return {int(x["seed"]): float(x[col]) for x in rows
+                if x["method"] == m and x["ratio"] == r and x.get(col) is not None}
+
+    out = []
+    for r in (r for r in ratios if r > 0):
+        rnd = by_seed("random", r)
+        if not rnd:
+            continue
+        rm, rs = _mean_std(list(rnd.values()))
+        for m in methods:
+            if m == "random":
+                continue
+            got = by_seed(m, r)
+            if not got:
+                continue
+            mm, ms = _mean_std(list(got.values()))
+            paired = [s for s in got if s in rnd]
+            wins = sum(got[s] > rnd[s] for s in paired)
+            if len(got) < 2 or len(rnd) < 2:
+                verdict = "n/a (one seed)"
+            elif mm - ms > rm + rs:
+                verdict = "better"
+            elif mm + ms < rm - rs:
+                verdict = "worse"
+            else:
+                verdict = "within spread"
+            out.append({"method": m, "ratio": r, "mean": mm, "std": ms, "random_mean": rm,
+                        "random_std": rs, "delta": mm - rm, "wins": wins, "paired": len(paired),
+                        "verdict": verdict})
+    return out
 
 
 def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Sequence[float],
@@ -313,8 +366,9 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
             accuracy[mode]["methods"][m] = {str(r): _mean_std(v) for r, v in by_ratio.items()}
             if ref_acc:
                 winners[mode][m] = best_winning_subset(by_ratio, ref_acc, tol)
+    vs_random = {mode: versus_random(rows, mode, methods, ratios) for mode in finetune}
     return {"rows": rows, "cost": cost, "selection": selection, "accuracy": accuracy,
-            "accuracy_best": accuracy_best, "winners": winners, "methods": list(methods), "ratios": list(ratios),
+            "accuracy_best": accuracy_best, "winners": winners, "versus_random": vs_random, "methods": list(methods), "ratios": list(ratios),
             "seeds": list(seeds), "finetune": list(finetune), "tol": tol,
             "reference_total_s": ref_total, "reference_pretrain_s": ref_pre}
 
@@ -482,6 +536,22 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
         if best and best["methods"] and best != acc:
             L += ["", f"Best evaluated epoch (final-epoch numbers above; eval.every sets the "
                   f"candidates) — 0 % reference: **{_acc(best['reference'], ns)}**", "", *table(best)]
+    for mode, vs in (t.get("versus_random") or {}).items():
+        if not vs:
+            continue
+        L += ["", f"### Versus RANDOM — {mode.upper()}: beyond the seeds' spread?", "",
+              "Final-epoch target top-1, mean ± std over seeds, against RANDOM at the same ratio. "
+              "**better** / **worse**: the two mean ± std intervals do not overlap; seeds won: "
+              "seed by seed (both runs pretrain with the same seed).", "",
+              "| ratio | method | top-1 % | RANDOM top-1 % | Δ points | seeds won | verdict |",
+              "|---:|---|---:|---:|---:|---:|---|"]
+        for v in vs:
+            L.append(f"| {_r(v['ratio'])} | {method_label(v['method'])} | "
+                     f"{_acc((v['mean'], v['std']), ns)} | "
+                     f"{_acc((v['random_mean'], v['random_std']), ns)} | "
+                     f"{v['delta']:+.1f} | {v['wins']}/{v['paired']} | "
+                     f"{'**' + v['verdict'] + '**' if v['verdict'] in ('better', 'worse') else v['verdict']} |")
+        L += ["", versus_random_summary(vs)]
     if any(t["winners"].values()):
         L += ["", f"### Best winning subset (largest ratio with accuracy ≥ 0 % − {t['tol']} points)",
               "", "| mode | method | best ratio | accuracy % | 0 % accuracy % |", "|---|---|---:|---:|---:|"]
@@ -494,6 +564,21 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
         L += ["", f"![accuracy vs ratio]({plots_prefix}accuracy.png)",
               f"![cost vs ratio]({plots_prefix}cost.png)"]
     return "\n".join(L) + "\n"
+
+
+def versus_random_summary(vs: list[dict[str, Any]]) -> str:
+    """One sentence per method: at which ratios it beats (or loses to) RANDOM beyond the spread."""
+    parts = []
+    for m in dict.fromkeys(v["method"] for v in vs):
+        mine = [v for v in vs if v["method"] == m]
+        better = [_r(v["ratio"]) for v in mine if v["verdict"] == "better"]
+        worse = [_r(v["ratio"]) for v in mine if v["verdict"] == "worse"]
+        rest = [_r(v["ratio"]) for v in mine if v["verdict"] not in ("better", "worse")]
+        bits = ([f"better at {', '.join(better)}"] if better else []) + \
+               ([f"worse at {', '.join(worse)}"] if worse else []) + \
+               ([f"within the spread at {', '.join(rest)}"] if rest else [])
+        parts.append(f"{method_label(m)}: {'; '.join(bits)}")
+    return "**Verdict:** " + ". ".join(parts) + "."
 
 
 def header_lines(t: dict[str, Any]) -> list[str]:

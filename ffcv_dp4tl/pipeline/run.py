@@ -46,6 +46,9 @@ RECIPE_SETS = {
     "tiny": {"surrogate": "resnet18_tiny_cpu", "pretrain": "resnet34_tiny_cpu",
              "lp": "lp_tiny_cpu", "ff": "ff_tiny_cpu"},
     "full": {"surrogate": "resnet18_surrogate", "pretrain": "resnet50_16ep", "lp": "lp", "ff": "ff"},
+    # the embedded benchmark (`dp4tl bench embedded`, data synth:bench): sized for 2 CPU cores
+    "bench": {"surrogate": "resnet18_bench_surrogate_cpu", "pretrain": "resnet18_bench_cpu",
+              "lp": "lp_bench_cpu", "ff": "ff_tiny_cpu"},
 }
 #: The paper's protocol (recipes/paper/, App. A.1 and Tab. A1), whatever the data's scale.
 PAPER_RECIPES = {"surrogate": "paper/resnet18_surrogate", "pretrain": "paper/resnet101_16ep",
@@ -79,8 +82,8 @@ class PipelineConfig:
     source: str = "synth:tiny"  # a built dataset dir, or a `dp4tl build` SOURCE
     target: str = ""  # a built dir, a `dp4tl build` SOURCE, or a synth target name ('' = first)
     method: str = "lm"
-    protocol: str = "fast"  # fast (today's recipes: tiny | full) | paper (recipes/paper/)
-    recipes: str = ""  # fast protocol: tiny | full ('' = tiny for synth, full otherwise)
+    protocol: str = "fast"  # fast (today's recipes: tiny | bench | full) | paper (recipes/paper/)
+    recipes: str = ""  # fast protocol: tiny | bench | full ('' = from the data's manifest)
     surrogate_recipe: str = ""
     recipe: str = ""  # source-model pretraining recipe
     lp_recipe: str = ""  # finetuning recipes (e.g. a per-target file that `extends` lp / ff)
@@ -159,8 +162,12 @@ def _resolve_data(cfg: PipelineConfig, log) -> tuple[Path, Path]:
 
 def recipe_scale(manifest) -> str:
     """``tiny`` for the embedded generated data (its manifest says ``extra.generator = synth``,
-    however it was named or where it was built), ``full`` for real data."""
-    return "tiny" if manifest.contract.extra.get("generator") == "synth" else "full"
+    however it was named or where it was built), ``bench`` for its benchmark preset
+    (``synth:bench``), ``full`` for real data."""
+    extra = manifest.contract.extra
+    if extra.get("generator") != "synth":
+        return "full"
+    return "bench" if (extra.get("synth_config") or {}).get("preset") == "bench" else "tiny"
 
 
 def _check_inputs(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]) -> None:
@@ -207,7 +214,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     src, tgt = load_manifest(source_dir), load_manifest(target_dir)
     scale = cfg.recipes or recipe_scale(src)
     if not cfg.recipes and cfg.protocol == "fast":
-        log(f"[recipes] {scale} recipes ({'embedded synthetic' if scale == 'tiny' else 'real'} "
+        log(f"[recipes] {scale} recipes ({'real' if scale == 'full' else 'embedded synthetic'} "
             f"data per {source_dir / MANIFEST_NAME}; recipes= to choose)")
     _check_inputs(cfg, scorer, src, tgt, log)
     rs = recipe_set(cfg.protocol, scale, tgt.data.get("name"))

@@ -166,3 +166,85 @@ def test_best_epoch_accuracy_and_brought_surrogate_in_the_report():
     md = markdown_tables(t)
     assert "Best evaluated epoch" in md and "55.0 ± 1.4" in md
     assert "**brought** (`/w/resnet18.pth`" in md
+
+
+def test_versus_random_verdicts_on_hand_made_numbers():
+    from ffcv_dp4tl.pipeline.cost_table import versus_random, versus_random_summary
+
+    rows = [_row(REFERENCE, 0.0, s, 0, 0, 100.0, 60.0) for s in (0, 1, 2)]
+    for s, (lm, fm, rnd, sp) in enumerate([(70.0, 61.0, 50.0, 40.0), (72.0, 49.0, 52.0, 41.0),
+                                           (71.0, 55.0, 51.0, 39.0)]):
+        rows += [_row("lm", 0.6, s, 1, 1, 40.0, lm), _row("fm", 0.6, s, 1, 1, 40.0, fm),
+                 _row("random", 0.6, s, 0, 0, 40.0, rnd), _row("sp", 0.6, s, 1, 1, 40.0, sp)]
+    vs = {v["method"]: v for v in versus_random(rows, "lp", ["lm", "fm", "random", "sp"], [0.0, 0.6])}
+    assert set(vs) == {"lm", "fm", "sp"}  # RANDOM is the yardstick, the reference has no ratio
+    assert vs["lm"]["verdict"] == "better" and vs["lm"]["wins"] == 3 and vs["lm"]["paired"] == 3
+    assert vs["lm"]["delta"] == pytest.approx(71.0 - 51.0)
+    assert vs["fm"]["verdict"] == "within spread" and vs["fm"]["wins"] == 2  # 61>50, 49<52, 55>51
+    assert vs["sp"]["verdict"] == "worse" and vs["sp"]["wins"] == 0
+    text = versus_random_summary(list(vs.values()))
+    assert "LM: better at 60 %" in text and "FM: within the spread at 60 %" in text
+    # one seed: no spread, no verdict either way
+    one = versus_random([r for r in rows if r["seed"] == 0], "lp", ["lm", "random"], [0.6])
+    assert one[0]["verdict"] == "n/a (one seed)"
+    t = summarize(rows, methods=["lm", "fm", "random", "sp"], ratios=[0.0, 0.6], seeds=[0, 1, 2],
+                  finetune=["lp"])
+    md = markdown_tables(t)
+    assert "Versus RANDOM — LP" in md and "| 60 % | LM | 71.0 ± 1.0 | 51.0 ± 1.0 | +20.0 | 3/3 | **better** |" in md
+
+
+def test_method_scoped_options_reach_one_method():
+    from ffcv_dp4tl.pipeline.cost_table import options_for
+
+    opts = ["el2n.runs=4", "runs=2", "grand.grad=full"]
+    assert options_for("el2n", opts) == ("runs=4", "runs=2")  # scoped and shared, in order
+    assert options_for("forget", opts) == ("runs=2",)  # el2n.runs does not reach FORGET
+    assert options_for("grand", opts) == ("runs=2", "grad=full")
+    assert options_for("lm", opts) == ()
+
+
+def test_embedded_benchmark_command_runs_the_issue_protocol(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import ffcv_dp4tl.pipeline.cost_table as ct
+    from ffcv_dp4tl.cli import app
+
+    seen = {}
+
+    def fake(base, out, **kw):
+        seen.update(kw, base=base, out=out)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(ct, "run_cost_table", fake)
+    res = CliRunner().invoke(app, ["bench", "embedded", "--out", str(tmp_path / "o"),
+                                   "--report", str(tmp_path / "B.md")])
+    assert res.exit_code == 0, res.output
+    base = seen["base"]
+    assert base.source == "synth:bench" and base.recipes == "bench" and base.target == "warm"
+    assert seen["ratios"] == [0.0, 0.4, 0.6, 0.8] and seen["seeds"] == [0, 1, 2]
+    assert seen["finetune"] == ["lp"]
+    assert seen["methods"][:3] == ["lm", "fm", "random"]
+    baselines = {"sp", "ssp", "grand", "el2n", "moderate", "forget", "infmax", "infsum"}
+    assert set(seen["methods"][3:]) == baselines
+    assert seen["method_ratios"] == {m: [0.6] for m in baselines}
+    assert "el2n.runs=4" in base.scorer_options
+
+
+def test_bench_preset_picks_the_bench_recipes():
+    from beton_builders.synth import parse_synth
+    from ffcv_dp4tl.pipeline.run import RECIPE_SETS, recipe_scale
+    from ffcv_dp4tl.training.recipe import load_recipe
+
+    class _M:  # the part of a manifest recipe_scale reads
+        def __init__(self, extra):
+            self.contract = type("C", (), {"extra": extra})()
+
+    cfg = parse_synth("synth:bench")
+    assert cfg.num_classes == 64 and cfg.target_test_per_class * cfg.target_classes >= 500
+    assert recipe_scale(_M({"generator": "synth", "synth_config": cfg.to_dict()})) == "bench"
+    tiny = parse_synth("synth:tiny").to_dict()
+    assert recipe_scale(_M({"generator": "synth", "synth_config": tiny})) == "tiny"
+    assert recipe_scale(_M({})) == "full"
+    for name in RECIPE_SETS["bench"].values():
+        load_recipe(name, [])  # every recipe of the set exists and validates
+    assert load_recipe(RECIPE_SETS["bench"]["lp"], []).eval.every == 1  # LP: every epoch
