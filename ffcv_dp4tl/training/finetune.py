@@ -5,7 +5,10 @@ finetuning (FF), the two downstream protocols of the DP4TL paper.
   computed once and a fresh linear head is trained on the cached features (Adam, multi-step
   lr). Caching makes 50 LP epochs cost about one forward pass over the target set, which is
   what lets the CPU pipeline finetune every pruning ratio; the price is no augmentation
-  during LP, the usual linear-probe protocol.
+  during LP, the usual linear-probe protocol. ``finetune.lp_augment = true`` (the paper
+  protocol: A.1 applies RRC + flip to "all finetuning experiments") instead recomputes the
+  frozen backbone's features of augmented train images every epoch (:class:`FrozenFeatureLoader`);
+  test features are still computed once.
 * **FF** — every weight is trained with a fresh head (Adam, cosine lr, weight decay) on
   augmented target images at ``finetune.resolution``.
 
@@ -42,7 +45,7 @@ from .callbacks import MetricsWriter, call
 from .checkpoint import Checkpoint, rng_states, save_checkpoint, set_rng_states
 from .distributed import DistContext, resolve_device
 from .engine import CrossEntropyObjective, evaluate, train_one_epoch
-from .models import backbone, create_model
+from .models import backbone, create_model, get_head
 from .recipe import Recipe, load_recipe
 from .schedule import lr_for_iteration, peak_lr
 from .trainer import (autocast_dtype, build_optimizer, cudnn_benchmark, param_groups, pin_cpu_threads,
@@ -82,6 +85,33 @@ class FeatureLoader:
             else:
                 idx = order[start:start + self.batch_size]
                 yield FeatureBatch(self.x[idx], self.y[idx])
+
+
+class FrozenFeatureLoader:
+    """LP on augmented images: each batch of ``images`` (a training loader: RRC + flip) goes
+    through the frozen backbone (eval mode: BatchNorm statistics stay the source model's; no
+    gradients) and comes out as a :class:`FeatureBatch` for the head. ``set_epoch`` reaches the
+    image loader, so an epoch's augmentations are a function of (seed, epoch) and resume exactly."""
+
+    def __init__(self, model: nn.Module, images):
+        self.model, self.images = model, images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.images.set_epoch(epoch)
+
+    def __iter__(self):
+        head = get_head(self.model)
+        head_mode = head.training  # the engine put the head in train mode: keep it so
+        self.model.eval()
+        head.train(head_mode)
+        net = backbone(self.model)
+        for batch in self.images:
+            with torch.no_grad():
+                feats = net.forward_features(batch.images).float()
+            yield FeatureBatch(feats, batch.labels)
 
 
 def load_pretrained(checkpoint: str | Path, device: torch.device) -> tuple[nn.Module, Checkpoint]:
@@ -169,17 +199,24 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     peak = peak_lr(recipe.lr, tc.batch_size)
     objective = CrossEntropyObjective(recipe.optim.label_smoothing)
 
+    lp_augmented = mode == "lp" and fc.lp_augment
     if mode == "lp":
-        # Frozen backbone: features once (fp32, no autocast), then a linear head on them.
+        # Frozen backbone: test features once (fp32, no autocast), then a linear head on train
+        # features: cached once too, or (lp_augment) recomputed from augmented images each epoch.
         model.requires_grad_(False)
-        feat_loader = make_loader(target_dir, train_split.name, train=False,
-                                  batch_size=ec.batch_size, resolution=fc.resolution, **common)
-        xtr, ytr = extract_features(model, feat_loader)
         xte, yte = extract_features(model, test_loader)
+        if lp_augmented:
+            images = make_loader(target_dir, train_split.name, train=True, batch_size=tc.batch_size,
+                                 resolution=fc.resolution, drop_last=False, **common)
+            train_loader = FrozenFeatureLoader(model, images)
+        else:
+            feat_loader = make_loader(target_dir, train_split.name, train=False,
+                                      batch_size=ec.batch_size, resolution=fc.resolution, **common)
+            xtr, ytr = extract_features(model, feat_loader)
+            train_loader = FeatureLoader(xtr, ytr, tc.batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(tc.seed))
         head.requires_grad_(True)
         net, amp, flip_tta, wd_on_bn_bias = head, None, False, True
-        train_loader = FeatureLoader(xtr, ytr, tc.batch_size, shuffle=True,
-                                     generator=torch.Generator().manual_seed(tc.seed))
         eval_loader = FeatureLoader(xte, yte, ec.batch_size)
     else:
         net, amp, flip_tta, wd_on_bn_bias = model, autocast_dtype(recipe, dev), ec.flip_tta, \
@@ -194,7 +231,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        if state.get("generator") is not None and mode == "lp":
+        if state.get("generator") is not None and mode == "lp" and not lp_augmented:
             train_loader.generator.set_state(state["generator"])
         set_rng_states(state["rng"])
     callbacks = [MetricsWriter(metrics_path)] + ([_FinetuneConsole(mode)] if progress else [])
@@ -205,7 +242,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     earlier_seconds = float(state.get("seconds", 0.0)) if state else 0.0
     end_epoch = tc.epochs if stop_after is None else min(tc.epochs, stop_after)
     for epoch in range(start_epoch, end_epoch):
-        if mode == "ff":  # LP's feature loader reshuffles from its own generator
+        if mode == "ff" or lp_augmented:  # cached LP features reshuffle from their own generator
             seed_epoch(tc.seed, epoch)
             train_loader.set_epoch(epoch)
         stats = train_one_epoch(net, train_loader, objective, opt, scaler, schedule, epoch=epoch,
@@ -219,7 +256,8 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
         save_checkpoint(state_path, {
             "identity": identity, "epoch": epoch + 1, "net": net.state_dict(),
             "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": rng_states(),
-            "generator": train_loader.generator.get_state() if mode == "lp" else None,
+            "generator": (train_loader.generator.get_state()
+                          if mode == "lp" and not lp_augmented else None),
             "rows": rows, "seconds": earlier_seconds + time.perf_counter() - t0})
     if end_epoch < tc.epochs:
         return {"stopped_after": end_epoch}
@@ -234,7 +272,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
               # epochs are candidates for "best" (1 = every epoch)
               "final_test_top1": rows[-1]["top1_test"], "best_test_top1": best["top1_test"],
               "best_epoch": best["epoch"] + 1, "evaluated_epochs": len(evaluated),
-              "flip_tta": bool(flip_tta),
+              "flip_tta": bool(flip_tta), "lp_augment": bool(lp_augmented),
               "epochs": tc.epochs, "recipe": recipe.name, "checkpoint": str(checkpoint),
               "source_arch": ckpt.arch, "source_dataset_fingerprint": ckpt.dataset_fingerprint,
               "source_mask_hash": ckpt.mask_hash, "target": str(target_dir),

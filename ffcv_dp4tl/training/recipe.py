@@ -153,6 +153,9 @@ class FinetuneCfg:
     mode: str = "lp"           # lp: linear probe on frozen features | ff: full finetune
     resolution: int = 224
     train_augment: bool = True  # ff only; lp trains on cached center-crop features
+    #: LP on augmented images (RRC + flip, the paper's A.1 "all finetuning experiments"): the frozen
+    #: backbone's features are recomputed every epoch (a forward pass per epoch) instead of cached
+    lp_augment: bool = False
 
 
 @dataclass
@@ -225,6 +228,14 @@ class Recipe:
         d = self.to_dict()
         for sec, key in NOT_IN_FINGERPRINT:
             d.get(sec, {}).pop(key, None)
+        defaults = Recipe().to_dict()
+        for sec, key in ADDED_KNOBS:  # at their defaults they change nothing: old keys stay valid
+            keys = list(defaults.get(sec, {})) if key is None else [key]
+            for k in keys:
+                if sec in d and k in d[sec] and d[sec][k] == defaults[sec].get(k):
+                    d[sec].pop(k)
+            if key is None and sec in d and not d[sec]:
+                d.pop(sec)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     @classmethod
@@ -234,6 +245,10 @@ class Recipe:
 
 #: (section, key) pairs that only change logging, not training
 NOT_IN_FINGERPRINT = (("train", "tensorboard"),)
+#: Knobs added after recipes were first fingerprinted ((section, None) = a whole section), whose
+#: default reproduces the earlier behaviour: left out of the fingerprint while at that default,
+#: so adding one does not invalidate every cached stage and checkpoint made before it existed.
+ADDED_KNOBS: tuple[tuple[str, str | None], ...] = (("finetune", "lp_augment"),)
 
 SECTIONS: dict[str, type] = {k: v for k, v in typing.get_type_hints(Recipe).items() if k != "name"}
 

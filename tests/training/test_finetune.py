@@ -69,3 +69,55 @@ def test_ff_runs(trained_run, target_dir, tmp_path):
     assert res["mode"] == "ff" and (tmp_path / "ff" / "result.json").exists()
     rows = [json.loads(x) for x in (tmp_path / "ff" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0] and rows[0]["top1_test"] == res["test_top1"]
+
+
+def test_augmented_lp_recomputes_features_keeps_backbone_frozen_and_resumes(
+        trained_run, target_dir, tmp_path, monkeypatch):
+    """``finetune.lp_augment`` (the paper's A.1: RRC + flip in all finetuning): each epoch feeds
+    freshly augmented images through the frozen backbone, so the train features differ between
+    epochs while the backbone (weights and BN statistics) stays bitwise the checkpoint's; a run
+    stopped after 2 epochs and resumed ends with the same head as an uninterrupted one."""
+    seen, models = [], []
+    real_iter = finetune_module.FrozenFeatureLoader.__iter__
+    real_load = finetune_module.load_pretrained
+
+    def spy_iter(self):
+        for b in real_iter(self):
+            seen.append(b.images.clone())
+            yield b
+
+    def spy_load(*a, **k):
+        model, ckpt = real_load(*a, **k)
+        models.append(model)
+        return model, ckpt
+
+    monkeypatch.setattr(finetune_module.FrozenFeatureLoader, "__iter__", spy_iter)
+    monkeypatch.setattr(finetune_module, "load_pretrained", spy_load)
+    over = LP + ["train.epochs=3", "finetune.lp_augment=true", "train.batch_size=1000"]
+    full = finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path / "a",
+                    fmt="wds", device="cpu", progress=False, overrides=over)
+    assert full["lp_augment"] is True and len(seen) == 3  # one whole-set batch per epoch
+    assert not torch.allclose(seen[0], seen[1])  # new augmentations, new features each epoch
+    before = Checkpoint.load(trained_run / "checkpoint.pt").model
+    after = models[0].state_dict()
+    for k in after:
+        if not k.startswith("fc."):
+            assert torch.equal(after[k], before[k]), k
+    # interrupted after 2 epochs, then resumed: same numbers as the uninterrupted run
+    part = finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path / "b",
+                    fmt="wds", device="cpu", progress=False, overrides=over, stop_after=2)
+    assert part == {"stopped_after": 2}
+    done = finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path / "b",
+                    fmt="wds", device="cpu", progress=False, overrides=over)
+    assert done["resumed_from"] == 2 and done["test_top1"] == full["test_top1"]
+    assert torch.equal(torch.load(tmp_path / "a" / "finetune_state.pt", weights_only=False)["net"]["weight"],
+                       torch.load(tmp_path / "b" / "finetune_state.pt", weights_only=False)["net"]["weight"])
+
+
+def test_lp_augment_knob_leaves_old_fingerprints_alone():
+    from ffcv_dp4tl.training.recipe import load_recipe
+
+    plain = load_recipe("lp_tiny_cpu", [])
+    assert load_recipe("lp_tiny_cpu", ["finetune.lp_augment=false"]).fingerprint() == plain.fingerprint()
+    assert load_recipe("lp_tiny_cpu", ["finetune.lp_augment=true"]).fingerprint() != plain.fingerprint()
+    assert load_recipe("paper/lp", []).finetune.lp_augment is True
