@@ -88,9 +88,8 @@ def cost_table(
     section: str = typer.Option(SECTION, help="Title of that section"),
 ) -> None:
     """Pipeline for every (method, ratio, seed) → cost table (Tab. 3/4) + accuracy plots (Fig. 4)."""
-    from ..pipeline.cost_table import header_lines, markdown_tables, run_cost_table
+    from ..pipeline.cost_table import run_cost_table
     from ..pipeline.run import PipelineConfig
-    from ..reporting import write_section
 
     data = pick_data(data, source, "--source", required=False) or "synth:tiny"
     recipes_ = "" if recipes is RecipeSet.auto else recipes.value
@@ -121,6 +120,14 @@ def cost_table(
                        seeds=[int(s) for s in split_list(seeds)], finetune=split_list(finetune),
                        ff_methods=split_list(ff_methods) or None, tol=tol,
                        command=command, log=typer.echo)
+    _publish(t, out, report, section)
+
+
+def _publish(t: dict, out: Path, report: Optional[Path], section: str) -> None:
+    """Print the report and (``report``) write its section into a Markdown file."""
+    from ..pipeline.cost_table import header_lines, markdown_tables
+    from ..reporting import write_section
+
     typer.echo((out / "report.md").read_text())
     if report is not None:
         try:
@@ -164,3 +171,17 @@ def embedded(
                tol=0.0, set_=[], set_surrogate=[], set_finetune=[],
                opt=["el2n.runs=4", "grand.runs=4"], budget=Budget.units,
                report=report if str(report) else None, section=EMBEDDED_SECTION)
+
+
+@bench_app.command("render")
+def render(
+    out: Path = typer.Argument(..., help="The --out folder of a cost-table/embedded run"),
+    report: Path = typer.Option(None, help="Also rewrite the section in this Markdown file"),
+    section: str = typer.Option(SECTION, help="Title of that section (embedded: "
+                                f"'{EMBEDDED_SECTION}')"),
+) -> None:
+    """Rebuild report.md, the plots and the BENCHMARKS.md section from results.json (nothing
+    reruns): for a report written by an older version."""
+    from ..pipeline.cost_table import rerender
+
+    _publish(rerender(out), out, report, section)

@@ -618,6 +618,25 @@ def write_outputs(t: dict[str, Any], out: Path) -> None:
     atomic_write_text(out / "report.md", "\n".join(text))
 
 
+def rerender(out: Path) -> dict[str, Any]:
+    """Rebuild the tables, plots and report of ``out/results.json`` from its raw rows with this
+    version's code (e.g. after the report gained a table), without running anything."""
+    path = Path(out) / "results.json"
+    if not path.is_file():
+        raise DP4TLError(f"{path} not found: point at the --out folder of a cost-table run")
+    old = read_json(path)
+    try:
+        t = summarize(old["rows"], methods=old["methods"], ratios=old["ratios"],
+                      seeds=old["seeds"], finetune=old["finetune"], tol=old.get("tol", 0.0))
+    except KeyError as e:
+        raise DP4TLError(f"{path} lacks {e}: not a cost-table results file") from None
+    for key in ("config", "surrogate_s", "command", "recipes", "surrogate_brought", "machine",
+                "date"):
+        t[key] = old.get(key)
+    write_outputs(t, Path(out))
+    return t
+
+
 # ----------------------------------------------------------------------------------- plots
 def _plt():
     import matplotlib

@@ -248,3 +248,32 @@ def test_bench_preset_picks_the_bench_recipes():
     for name in RECIPE_SETS["bench"].values():
         load_recipe(name, [])  # every recipe of the set exists and validates
     assert load_recipe(RECIPE_SETS["bench"]["lp"], []).eval.every == 1  # LP: every epoch
+
+
+def test_render_rebuilds_the_report_from_results_json(tmp_path):
+    """`dp4tl bench render OUT` recomputes the tables from the raw rows (nothing reruns), so a
+    report written by an older version gains new tables; a missing file is one line."""
+    from typer.testing import CliRunner
+
+    import ffcv_dp4tl.pipeline.cost_table as ct
+    from ffcv_dp4tl.cli import app
+
+    rows = [_row(REFERENCE, 0.0, s, 0, 0, 100.0, 60.0) for s in (0, 1)]
+    rows += [_row("lm", 0.6, s, 1, 1, 40.0, 70.0 + s) for s in (0, 1)]
+    rows += [_row("random", 0.6, s, 0, 0, 40.0, 50.0 + s) for s in (0, 1)]
+    t = summarize(rows, methods=["lm", "random"], ratios=[0.0, 0.6], seeds=[0, 1], finetune=["lp"])
+    t.update(config={"source": "synth:bench", "target": "warm", "fmt": "wds", "recipes": "bench",
+                     "k": 64, "overrides": []}, surrogate_s=1.0, command="dp4tl bench embedded",
+             recipes={}, machine=ct.machine_info(), date="today")
+    t.pop("versus_random")  # as an older version wrote it
+    out = tmp_path / "out"
+    ct.write_outputs(t, out)
+    assert "Versus RANDOM" not in (out / "report.md").read_text()
+    bench_md = tmp_path / "B.md"
+    res = CliRunner().invoke(app, ["bench", "render", str(out), "--report", str(bench_md),
+                                   "--section", "Embedded"])
+    assert res.exit_code == 0, res.output
+    assert "**better**" in (out / "report.md").read_text()
+    assert "## Embedded" in bench_md.read_text() and "dp4tl bench embedded" in bench_md.read_text()
+    with pytest.raises(ct.DP4TLError, match="results.json not found"):  # main() prints one line
+        ct.rerender(tmp_path / "nothing")
