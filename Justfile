@@ -46,3 +46,8 @@ bench-data *args:
 # (args go to `dp4tl bench cost-table`, e.g. just bench-cost --methods lm,random --seeds 0,1)
 bench-cost *args:
     {{dp4tl}} bench cost-table --out docs/cost-table --report BENCHMARKS.md --runs-root runs/cost-table {{args}}
+
+# the paper's question on 2 CPU cores (<= 90 min): LM/FM/RANDOM at 0/40/60/80 %, the 8 baselines at
+# 60 %, 3 seeds, LP, synth:bench → docs/embedded-benchmark/ + BENCHMARKS.md (rerun resumes)
+bench-embedded *args:
+    {{dp4tl}} bench embedded --out docs/embedded-benchmark --report BENCHMARKS.md {{args}}
