@@ -59,6 +59,8 @@ def test_summary_reductions_and_selection_cost():
     assert t["winners"]["lp"]["lm"]["ratio"] == 0.6 and t["winners"]["lp"]["random"]["ratio"] == 0.0
     md = markdown_tables(t)
     assert "| 60 % | 2.4 | 56 % |" in md and "52.0 (-48 %)" in md
+    assert sel["lm"]["with_pretrain_s"] == pytest.approx(52.0) and sel["lm"]["paper_h"] == 2.4
+    assert "| LM | 10.0 | 2.0 | 2.0 | 12.0 | 52.0 | 2.4 |" in md  # Tab. 4: selection + pretraining
 
 
 def test_cost_table_end_to_end_smallest_scale(tmp_path):
