@@ -120,6 +120,9 @@ def steps(args, ddir: Path) -> list:
     half = list(range(0, 1000, 2))
     with Step(rows, "class mask (500 of 1000 classes)", f"{n:,} samples"):
         cmask = mask_from_classes(info, half, method="bench_scale")
+    with Step(rows, "  reference: plain numpy `flatnonzero(isin(labels, classes))`", f"{n:,} samples"):
+        ref = np.flatnonzero(np.isin(labels, half))
+    assert np.array_equal(ref, cmask.indices), "class mask differs from the numpy reference"
     with Step(rows, "full mask", f"{n:,} samples"):
         fmask = full_mask(info)
     with Step(rows, "save + load mask (validated)", f"{len(cmask):,} indices"):
