@@ -641,15 +641,7 @@ def rerender(out: Path) -> dict[str, Any]:
     path = Path(out) / "results.json"
     if not path.is_file():
         raise DP4TLError(f"{path} not found: point at the --out folder of a cost-table run")
-    old = read_json(path)
-    try:
-        t = summarize(old["rows"], methods=old["methods"], ratios=old["ratios"],
-                      seeds=old["seeds"], finetune=old["finetune"], tol=old.get("tol", 0.0))
-    except KeyError as e:
-        raise DP4TLError(f"{path} lacks {e}: not a cost-table results file") from None
-    for key in ("config", "surrogate_s", "command", "recipes", "surrogate_brought", "machine",
-                "date"):
-        t[key] = old.get(key)
+    t = rerender_table(path)
     write_outputs(t, Path(out))
     return t
 
@@ -757,3 +749,91 @@ def plot_cost(t: dict[str, Any], path: Path) -> None:
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------ the embedded benchmark
+def stage_seconds(runs_root: Path) -> tuple[float, int]:
+    """Sum of the ``seconds`` every finished stage of ``runs_root`` recorded in its DONE.json, and
+    the number of stages: the compute a benchmark cost, each stage counted once however many
+    (method, ratio, target) rows share it through the cache."""
+    total, n = 0.0, 0
+    for done in Path(runs_root).glob("*/DONE.json"):
+        try:
+            total += float(read_json(done).get("seconds") or 0.0)
+            n += 1
+        except (OSError, ValueError, AttributeError):
+            continue
+    return total, n
+
+
+def embedded_summary(results: dict[str, Path], *, command: str, seconds: float | None = None,
+                     link_prefix: str = "") -> str:
+    """The embedded benchmark's section: per target the LP accuracy table, each method against
+    RANDOM (beyond the seeds' spread or not) and the winning subsets, with one verdict line per
+    target; ``results`` maps target name → its cost-table ``results.json``."""
+    tables = {name: rerender_table(Path(p)) for name, p in results.items()}
+    first = next(iter(tables.values()))
+    mach, cfg = first["machine"], first["config"]
+    runs_root = Path(cfg["runs_root"])
+    stage_s, n_stages = stage_seconds(runs_root)
+    loads = [r["loadavg_1min"] for t in tables.values() for r in t["rows"]
+             if r.get("loadavg_1min") is not None]
+    ns = len(first["seeds"])
+    L = [f"- **CPU** run, {mach['cores']} cores ({mach['cpu']}), Python {mach['python']}, "
+         f"torch {mach['torch']}; finished {max(t['date'] for t in tables.values())}",
+         f"- command: `{command}` (`just bench-embedded`)",
+         f"- data `synth:bench` (64 source classes in 16 superclasses, 8,000 train images at "
+         f"32 px; each target 10 classes, 400 train / 500 test images); recipes `bench` "
+         f"({', '.join(f'{k} `{v}`' for k, v in sorted(first['recipes'].items()))}); FM k="
+         f"{cfg['k']}; EL2N/GraNd over 4 early-training runs; seeds {first['seeds']}",
+         f"- compute: {stage_s / 60:.1f} min of stage time in all ({n_stages} stages, each run "
+         "once and shared through the cache by every target that needs it: the in-domain "
+         "baselines, RANDOM and the 0 % reference pretrain once for all targets)"
+         + (f"; this invocation took {seconds / 60:.1f} min" if seconds else "")
+         + (f"; 1-min load average when pretrainings finished {min(loads):.1f}–{max(loads):.1f} "
+            f"on {mach['cores']} cores (a shared machine)" if loads else ""),
+         "- accuracy: final-epoch LP target test top-1 %, mean ± std over seeds; **better** / "
+         "**worse** = the mean ± std intervals of the method and of RANDOM at the same ratio do "
+         "not overlap.", ""]
+    L += ["### Verdict per target", "",
+          "| target | LM vs RANDOM | FM vs RANDOM | baselines at 60 % vs RANDOM | best winning "
+          "ratio LM / FM / RANDOM |", "|---|---|---|---|---|"]
+    for name, t in tables.items():
+        vs = t["versus_random"].get("lp", [])
+
+        def cell(m: str) -> str:
+            return ", ".join(f"{_r(v['ratio'])}: {v['delta']:+.1f} ({v['wins']}/{v['paired']}, "
+                             f"{v['verdict']})" for v in vs if v["method"] == m) or "–"
+        base = [v for v in vs if v["method"] not in ("lm", "fm")]
+        better = [method_label(v["method"]) for v in base if v["verdict"] == "better"]
+        worse = [method_label(v["method"]) for v in base if v["verdict"] == "worse"]
+        above = sum(v["delta"] > 0 for v in base)
+        bcell = (f"{above}/{len(base)} above RANDOM's mean; beyond the spread: "
+                 f"{', '.join(better) or 'none'} better, {', '.join(worse) or 'none'} worse")
+        w = t["winners"].get("lp", {})
+        wcell = " / ".join(_r(w[m]["ratio"]) if m in w else "–" for m in ("lm", "fm", "random"))
+        L.append(f"| `{name}` | {cell('lm')} | {cell('fm')} | {bcell} | {wcell} |")
+    L += ["", "Cells: Δ top-1 points vs RANDOM (seeds won, verdict)."]
+    for name, t in tables.items():
+        md = markdown_tables(t, plots_prefix=None)
+        tail = md[md.index("### Target test top-1"):]
+        tail = tail.replace("\n### ", "\n#### ").replace("### Target test top-1", "#### Target test top-1", 1)
+        L += ["", f"### Target `{name}`", "",
+              f"Full report (cost, Tab. 4 selection cost, stage breakdown): "
+              f"[`{link_prefix}{name}/report.md`]({link_prefix}{name}/report.md)", "", tail.rstrip(),
+              "", f"![accuracy vs ratio, {name}]({link_prefix}{name}/accuracy.png)"]
+    return "\n".join(L) + "\n"
+
+
+def rerender_table(results_json: Path) -> dict[str, Any]:
+    """The summary of a cost-table ``results.json`` recomputed from its rows (see :func:`rerender`)."""
+    old = read_json(results_json)
+    try:
+        t = summarize(old["rows"], methods=old["methods"], ratios=old["ratios"],
+                      seeds=old["seeds"], finetune=old["finetune"], tol=old.get("tol", 0.0))
+    except KeyError as e:
+        raise DP4TLError(f"{results_json} lacks {e}: not a cost-table results file") from None
+    for key in ("config", "surrogate_s", "command", "recipes", "surrogate_brought", "machine",
+                "date"):
+        t[key] = old.get(key)
+    return t
