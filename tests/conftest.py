@@ -5,8 +5,9 @@ so a decoded batch tells which samples it holds regardless of crop, flip or reso
 colours survive JPEG, resizing and cropping). Loader tests compare those pixel-decoded indices
 with ``Batch.indices``, the mask and ``labels.npy``.
 
-Building a dataset imports ffcv (numba compilation, ~10 s once per process); every new ffcv
-``Loader`` compiles its pipeline again, so loaders are module/session fixtures in the tests.
+Building a dataset imports ffcv (numba compilation, ~10 s once per process); the first ffcv
+``Loader`` of each pipeline shape compiles it (later ones reuse the compiled operations, see
+``ffcv_dp4tl/data/ffcv_compile.py``), so loaders are still module/session fixtures in the tests.
 """
 from __future__ import annotations
 

@@ -14,6 +14,12 @@ Design notes (each works around a known ffcv limitation):
 * Two views (``views=2``) are a second pipeline reading the same ``image`` field
   (``PipelineSpec("image", decoder=...)``, ffcv 1.0's way to get several outputs per field):
   each view decodes and crops independently.
+* Every new ffcv Loader would JIT-compile its pipeline again (seconds per loader); ours is
+  :class:`~ffcv_dp4tl.data.ffcv_compile.ReusingLoader`, which shares compiled operations with
+  earlier Loaders of the same shape in the process (``DP4TL_FFCV_CODE_CACHE=0`` turns it off).
+* ffcv's decoders ignore a damaged JPEG (the batch keeps stale pixels); ours record each
+  sample's decode status, and a failed batch is a one-line :class:`DataError` naming the split,
+  sample and beton (:meth:`FFCVMaskedLoader._damage_error`).
 """
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from ..errors import DataError
+from .ffcv_compile import PipelineFailure, damaged_samples, ffcv_classes
 from .interface import PlanLoaderBase
 from .sampling import Batch, EpochPlan
 from .transforms import AugSpec, Normalize, resolve_aug
@@ -136,7 +144,10 @@ def _seeded_crop_flip_class():
     from ffcv.libffcv import imdecode, resize_crop
     from ffcv.pipeline.compiler import Compiler
 
-    class SeededRandomResizedCrop(RandomResizedCropRGBImageDecoder):
+    from .ffcv_compile import ffcv_classes
+
+    class SeededRandomResizedCrop(ffcv_classes()["StatusDecoderMixin"],
+                                  RandomResizedCropRGBImageDecoder):
         def __init__(self, output_size, scale=(0.08, 1.0), ratio=(0.75, 4 / 3), seed: int = 0,
                      view: int = 0, flip: bool = True):
             super().__init__(output_size, scale=scale, ratio=ratio)
@@ -155,7 +166,7 @@ def _seeded_crop_flip_class():
             do_flip = self.flip
 
             def decode(batch_indices, my_storage, metadata, storage_state):
-                destination, temp_storage = my_storage
+                destination, temp_storage, status = my_storage
                 n = len(batch_indices)
                 first = np.uint64(batch_indices[0])
                 last = np.uint64(batch_indices[n - 1])
@@ -167,12 +178,13 @@ def _seeded_crop_flip_class():
                     width = np.uint32(field["width"])
                     if field["mode"] == jpg:
                         temp_buffer = temp_storage[dst_ix]
-                        imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0,
-                                   1, 1, False, False)
+                        status[dst_ix, 0] = imdecode_c(image_data, temp_buffer, height, width,
+                                                       height, width, 0, 0, 1, 1, False, False)
                         selected_size = 3 * height * width
                         temp_buffer = temp_buffer.reshape(-1)[:selected_size]
                         temp_buffer = temp_buffer.reshape(height, width, 3)
                     else:
+                        status[dst_ix, 0] = 0
                         temp_buffer = image_data.reshape(height, width, 3)
                     # splitmix64 of (base, sample, batch, position) → a 32-bit seed
                     z = (base + np.uint64(source_ix) * np.uint64(0x9E3779B97F4A7C15)
@@ -221,21 +233,29 @@ class FFCVMaskedLoader(PlanLoaderBase):
                  num_workers: int = 2, drop_last: bool | None = None, os_cache: bool = True,
                  dtype: torch.dtype = torch.float32, channels_last: bool = False,
                  train: bool | None = None, views: int | None = None,
-                 crop_scale: tuple[float, float] | None = None, deterministic: bool = False):
+                 crop_scale: tuple[float, float] | None = None, deterministic: bool = False,
+                 split: str | None = None):
         """``aug`` says how images are cropped/flipped; ``train``/``views``/``crop_scale`` are
         the legacy spelling of it (:meth:`AugSpec.from_flags`). ``deterministic``: random crops
         and flips seeded per sample and batch (:func:`_seeded_crop_flip_class`), so two runs
-        give identical batches whatever the number of decode threads."""
+        give identical batches whatever the number of decode threads. ``split``: the split's
+        name in error messages (default: the beton's file stem).
+
+        Building one costs little once a Loader of the same shape (aug, views, workers, device)
+        ran in this process: the compiled decoders are shared (module ``ffcv_compile``)."""
         from ffcv.fields.basics import IntDecoder
-        from ffcv.fields.rgb_image import (CenterCropRGBImageDecoder,
-                                           RandomResizedCropRGBImageDecoder)
-        from ffcv.loader import Loader
         from ffcv.pipeline import PipelineSpec
         from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
 
+        classes = ffcv_classes()
+        Loader = classes["ReusingLoader"]
+        RandomResizedCropRGBImageDecoder = classes["CheckedRandomResizedCrop"]
+        CenterCropRGBImageDecoder = classes["CheckedCenterCrop"]
         aug = resolve_aug(aug, train, views, crop_scale).validate()
         self.aug = aug
         self.plan = plan
+        self.beton = Path(beton)
+        self.split = split if split is not None else self.beton.stem
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.drop_last = aug.train if drop_last is None else drop_last
@@ -297,9 +317,31 @@ class FFCVMaskedLoader(PlanLoaderBase):
         epoch = self.epoch
         self.loader.next_epoch = epoch
         order = self.plan.order(epoch)
-        for b, (images, labels, *rest) in enumerate(self.loader):
-            idx = torch.from_numpy(np.asarray(order[b * self.batch_size:(b + 1) * self.batch_size],
-                                              dtype=np.int64))
-            yield Batch(self.normalize(images), labels.long(), idx,
-                        self.normalize(rest[0]) if rest else None)
+        try:
+            for b, (images, labels, *rest) in enumerate(self.loader):
+                idx = torch.from_numpy(np.asarray(
+                    order[b * self.batch_size:(b + 1) * self.batch_size], dtype=np.int64))
+                yield Batch(self.normalize(images), labels.long(), idx,
+                            self.normalize(rest[0]) if rest else None)
+        except PipelineFailure as failure:
+            raise self._damage_error(failure) from None
         self.epoch = epoch + 1
+
+    def _damage_error(self, failure: PipelineFailure) -> Exception:
+        """The one-line error for a failed ffcv batch: PIL re-reads the batch's JPEGs straight
+        from the beton (ffcv's decoder says only *that* it failed) and the first damaged sample
+        is named. A pipeline exception with every image intact is re-raised as it was (a bug,
+        not the data)."""
+        suspects = failure.failed if failure.failed.size else failure.indices
+        bad = damaged_samples(self.beton, suspects)
+        advice = (f"run `dp4tl verify {self.beton.parent} --deep` to list every damaged sample, "
+                  "then rebuild the dataset")
+        if bad:
+            (i, why), more = bad[0], [j for j, _ in bad[1:]]
+            also = f" (also damaged in this batch: samples {more})" if more else ""
+            return DataError(f"sample {i} of split {self.split!r} in {self.beton} is damaged "
+                             f"(PIL: {why}){also}; {advice}")
+        if failure.error is not None:
+            return failure.error
+        return DataError(f"ffcv's JPEG decoder rejects sample(s) {failure.failed.tolist()} of "
+                         f"split {self.split!r} in {self.beton} (PIL reads them); {advice}")

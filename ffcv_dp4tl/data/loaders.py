@@ -153,5 +153,6 @@ def make_loader(
     if fmt == "ffcv":
         if not info.beton.exists():
             raise DataError(f"{info.beton} is missing; rebuild {dataset_dir}")
-        return FFCVMaskedLoader(info.beton, plan, deterministic=deterministic, **common)
+        return FFCVMaskedLoader(info.beton, plan, deterministic=deterministic, split=split,
+                                **common)
     return WdsMaskedLoader(info, plan, **common)

@@ -1,0 +1,320 @@
+"""What ffcv's ``Loader`` costs to start, and what it cannot report: our subclasses of it.
+
+**Compile once per pipeline shape.** ffcv 1.0.2 JIT-compiles every operation of a pipeline
+(decoders, flips, ...) with numba when a new ``Loader`` runs its first batch: each
+``generate_code`` returns a fresh Python closure and ``Compiler.compile`` wraps it in a fresh
+numba dispatcher, so a second ``Loader`` of the same shape in the same process compiles the same
+code again (measured on synth:tiny, 2 shared cores: ~2.5 s for ``RandomHorizontalFlip``, ~1.3 s
+for a crop decoder; the ``BENCHMARKS.md`` section "ffcv loader start-up" has the table).
+:class:`ReusingLoader` keeps one process-wide table of compiled operations keyed by what the
+compiled code depends on: the closure's code object, the values it captured (crop scale and
+ratio, seeds, ``prange`` vs ``range``, ...; nested jitted functions by the same rule) and the
+numba options (``parallel`` follows ``Compiler.num_threads``). A closure that captures anything
+else (an operation object, a torch module) is not keyed and compiles as before. Only the
+compiled functions are shared: each Loader still builds its own graph, memory and stage code.
+``DP4TL_FFCV_CODE_CACHE=0`` turns the table off (the benchmark's "before" column).
+
+ffcv's ``Compiler`` offers no on-disk cache (it never passes numba's ``cache=True``, and the
+stage functions it generates are ``exec``'d source, which numba cannot cache), so the first
+loader of each shape in a process still compiles; the one-time numba start-up (~3 s of typing
+numba's own helpers) is paid once per process either way.
+
+**Name the damaged image.** ffcv's JPEG decoders ignore the status of ``imdecode`` (libjpeg-
+turbo): a damaged JPEG neither raises nor aborts, it leaves the decode buffer as it was, so the
+batch silently carries zeros or the previous image's pixels in that slot. Our decoders
+(:func:`checked_decoder_classes`) are ffcv's random-resized-crop and center-crop decoders with
+one addition: each sample's ``imdecode`` status goes to a small per-batch buffer. After each
+batch, :class:`GuardedEpochIterator` reads that buffer; a failed sample (or any exception in
+the pipeline, which in ffcv 1.0.2 kills the loader thread and leaves the consumer waiting
+forever) ends the epoch with :class:`PipelineFailure` naming the batch's sample indices, which
+:class:`~ffcv_dp4tl.data.ffcv_loader.FFCVMaskedLoader` turns into a one-line ``DataError``.
+
+Importing this module needs no ffcv; the classes are built on first use.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+import types
+from typing import Any
+
+import numpy as np
+
+#: set to "0" to compile every Loader's operations afresh (ffcv's own behaviour)
+CODE_CACHE_ENV = "DP4TL_FFCV_CODE_CACHE"
+
+
+def code_cache_enabled() -> bool:
+    return os.environ.get(CODE_CACHE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class PipelineFailure(Exception):
+    """One ffcv batch failed: ``indices`` are its sample indices (split numbering), ``failed``
+    those whose JPEG ``imdecode`` rejected (empty when ``error`` was raised instead)."""
+
+    def __init__(self, indices: np.ndarray, failed: np.ndarray, error: BaseException | None):
+        why = repr(error) if error is not None else f"imdecode failed on samples {failed.tolist()}"
+        super().__init__(f"ffcv batch of samples {indices.tolist()} failed: {why}")
+        self.indices, self.failed, self.error = indices, failed, error
+
+
+# ----------------------------------------------------------------------- compiled-code table
+class _Unkeyable(Exception):
+    """A closure captured something whose effect on the compiled code we cannot name."""
+
+
+_SCALARS = (bool, int, float, complex, str, bytes, type(None))
+
+
+def _fingerprint(obj: Any, depth: int = 0) -> Any:
+    """A hashable value that is equal for two objects iff numba compiles them the same way."""
+    from numba.core.dispatcher import Dispatcher
+
+    if depth > 8:
+        raise _Unkeyable("nesting too deep")
+    if isinstance(obj, _SCALARS):
+        return (type(obj).__name__, obj)
+    if isinstance(obj, np.generic):
+        return ("np", obj.dtype.str, obj.tobytes())
+    if isinstance(obj, np.ndarray):
+        return ("nd", obj.dtype.str, obj.shape, np.ascontiguousarray(obj).tobytes())
+    if isinstance(obj, (tuple, list)):
+        return (type(obj).__name__, tuple(_fingerprint(x, depth + 1) for x in obj))
+    if isinstance(obj, Dispatcher):
+        opts = tuple(sorted((k, repr(v)) for k, v in obj.targetoptions.items()))
+        sigs = () if obj._can_compile else tuple(str(s) for s in obj.signatures)
+        return ("jit", _fingerprint(obj.py_func, depth + 1), opts, sigs)
+    if isinstance(obj, types.FunctionType):
+        cells = tuple(_fingerprint(c.cell_contents, depth + 1) for c in (obj.__closure__ or ()))
+        return ("fn", obj.__module__, obj.__qualname__, obj.__code__, cells,
+                _fingerprint(obj.__defaults__, depth + 1),
+                bool(getattr(obj, "is_parallel", False)))
+    if isinstance(obj, (type, types.BuiltinFunctionType)):  # range, numba.prange, ...
+        return ("obj", getattr(obj, "__module__", None), obj.__qualname__)
+    raise _Unkeyable(type(obj).__qualname__)
+
+
+_TABLE: dict[Any, Any] = {}
+_TABLE_LOCK = threading.RLock()
+#: hits / misses / unkeyed closures of the table, for benchmarks and tests
+STATS = {"hits": 0, "misses": 0, "unkeyed": 0}
+
+
+def clear_code_cache() -> None:
+    """Forget every compiled operation (the next Loader of each shape compiles again)."""
+    with _TABLE_LOCK:
+        _TABLE.clear()
+        for k in STATS:
+            STATS[k] = 0
+
+
+def _compiled(fn):
+    """``Compiler.compile(fn)``, shared between Loaders whose closures are the same."""
+    from ffcv.pipeline.compiler import Compiler
+
+    try:
+        key = (_fingerprint(fn), bool(getattr(fn, "is_parallel", False)) and Compiler.num_threads > 1)
+    except _Unkeyable:
+        STATS["unkeyed"] += 1
+        return Compiler.compile(fn)
+    hit = _TABLE.get(key)
+    if hit is not None:
+        STATS["hits"] += 1
+        return hit
+    STATS["misses"] += 1
+    _TABLE[key] = compiled = Compiler.compile(fn)
+    return compiled
+
+
+# --------------------------------------------------------------------------- ffcv subclasses
+_CLASSES: dict[str, type] | None = None
+
+
+def _build_classes() -> dict[str, type]:
+    from ffcv.fields.rgb_image import (IMAGE_MODES, CenterCropRGBImageDecoder,
+                                       RandomResizedCropRGBImageDecoder)
+    from ffcv.libffcv import imdecode, resize_crop
+    from ffcv.loader import Loader
+    from ffcv.loader.epoch_iterator import EpochIterator
+    from ffcv.pipeline.allocation_query import AllocationQuery
+    from ffcv.pipeline.compiler import Compiler
+    from ffcv.pipeline.graph import DecoderNode
+
+    class StatusDecoderMixin:
+        """A crop decoder that also allocates one int32 per sample for ``imdecode``'s status
+        (0 = decoded, nonzero = libjpeg-turbo rejected the bytes); ``generate_code`` writes it.
+        The status buffer is the last entry of the decoder's ``my_storage``."""
+
+        reports_status = True
+
+        def declare_state_and_memory(self, previous_state):
+            state, allocs = super().declare_state_and_memory(previous_state)
+            return state, (*allocs, AllocationQuery((1,), np.dtype("<i4")))
+
+    class CheckedResizedCropMixin(StatusDecoderMixin):
+        def generate_code(self):
+            # ffcv 1.0.2's ResizedCropRGBImageDecoder.generate_code, plus the status store
+            jpg = IMAGE_MODES["jpg"]
+            mem_read = self.memory_read
+            my_range = Compiler.get_iterator()
+            imdecode_c = Compiler.compile(imdecode)
+            resize_crop_c = Compiler.compile(resize_crop)
+            get_crop_c = Compiler.compile(self.get_crop_generator)
+            scale, ratio = self.scale, self.ratio
+            if isinstance(scale, tuple):
+                scale = np.array(scale)
+            if isinstance(ratio, tuple):
+                ratio = np.array(ratio)
+
+            def decode(batch_indices, my_storage, metadata, storage_state):
+                destination, temp_storage, status = my_storage
+                for dst_ix in my_range(len(batch_indices)):
+                    source_ix = batch_indices[dst_ix]
+                    field = metadata[source_ix]
+                    image_data = mem_read(field["data_ptr"], storage_state)
+                    height = np.uint32(field["height"])
+                    width = np.uint32(field["width"])
+                    if field["mode"] == jpg:
+                        temp_buffer = temp_storage[dst_ix]
+                        status[dst_ix, 0] = imdecode_c(image_data, temp_buffer, height, width,
+                                                       height, width, 0, 0, 1, 1, False, False)
+                        selected_size = 3 * height * width
+                        temp_buffer = temp_buffer.reshape(-1)[:selected_size]
+                        temp_buffer = temp_buffer.reshape(height, width, 3)
+                    else:
+                        status[dst_ix, 0] = 0
+                        temp_buffer = image_data.reshape(height, width, 3)
+                    i, j, h, w = get_crop_c(height, width, scale, ratio)
+                    resize_crop_c(temp_buffer, i, i + h, j, j + w, destination[dst_ix])
+                return destination[:len(batch_indices)]
+
+            decode.is_parallel = True
+            return decode
+
+    class CheckedRandomResizedCrop(CheckedResizedCropMixin, RandomResizedCropRGBImageDecoder):
+        """ffcv's ``RandomResizedCropRGBImageDecoder`` that reports undecodable JPEGs."""
+
+    class CheckedCenterCrop(CheckedResizedCropMixin, CenterCropRGBImageDecoder):
+        """ffcv's ``CenterCropRGBImageDecoder`` that reports undecodable JPEGs."""
+
+    class _Failed:
+        def __init__(self, failure: PipelineFailure):
+            self.failure = failure
+
+    class GuardedEpochIterator(EpochIterator):
+        """ffcv's epoch thread, with two guards: an exception while running the pipeline is
+        handed to the consumer (ffcv 1.0.2's thread dies and ``__next__`` waits forever), and
+        a sample whose decoder reported a failed ``imdecode`` ends the epoch. Either way the
+        consumer gets :class:`PipelineFailure` for that batch."""
+
+        def run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event):
+            try:
+                result = super().run_pipeline(b_ix, batch_indices, batch_slot, cuda_event)
+            except Exception as e:  # noqa: BLE001 - handed to the consumer below
+                return self._fail(batch_indices, np.empty(0, np.int64), e)
+            n = len(batch_indices)
+            allocations = self.memory_allocations["operation"]
+            for node_id in self.loader.status_node_ids:
+                status = allocations[node_id][-1][batch_slot][:n, 0]
+                if status.any():
+                    failed = np.asarray(batch_indices, np.int64)[np.flatnonzero(status)]
+                    return self._fail(batch_indices, failed, None)
+            return result
+
+        def _fail(self, batch_indices, failed, error):
+            self.iter_ixes = iter(())  # the thread's next batch is StopIteration
+            return _Failed(PipelineFailure(np.asarray(batch_indices, np.int64), failed, error))
+
+        def __next__(self):
+            result = super().__next__()
+            if isinstance(result, _Failed):
+                self.close()
+                raise result.failure
+            return result
+
+    class ReusingLoader(Loader):
+        """ffcv's ``Loader`` that shares compiled operations between Loaders of the same
+        shape (see the module docstring) and iterates with :class:`GuardedEpochIterator`."""
+
+        @property
+        def status_node_ids(self) -> list[int]:
+            return [n.id for n in self.graph.nodes if isinstance(n, DecoderNode)
+                    and getattr(n.decoder, "reports_status", False)]
+
+        def generate_code(self):
+            if not (code_cache_enabled() and Compiler.is_enabled):
+                return super().generate_code()
+            with _TABLE_LOCK:
+                _, code = self.graph.collect_requirements()
+                for s_ix, stage in enumerate(self.graph.group_operations()):
+                    if s_ix % 2:  # odd stages run as Python (ToTensor, ToDevice, ...)
+                        continue
+                    for node_id in stage:
+                        for kind in ("operation", "shared"):
+                            fn = code[kind].get(node_id)
+                            if fn is not None:
+                                code[kind][node_id] = _compiled(fn)
+                # ffcv's codegen would wrap each operation in a new dispatcher; with the
+                # Compiler off it takes our (already compiled or shared) ones as they are
+                Compiler.set_enabled(False)
+                try:
+                    self.code = self.graph.codegen_all(code)
+                finally:
+                    Compiler.set_enabled(True)
+
+        def __init__(self, *args, **kw):
+            with _TABLE_LOCK:  # no other thread's Loader may be built while the Compiler is off
+                super().__init__(*args, **kw)
+
+        def __iter__(self):
+            # ffcv 1.0.2's Loader.__iter__ with our iterator
+            Compiler.set_num_threads(self.num_workers)
+            order = self.next_traversal_order()
+            selected_order = order[:len(self) * self.batch_size]
+            self.next_epoch += 1
+            if self.code is None or self.recompile:
+                self.generate_code()
+            return GuardedEpochIterator(self, selected_order)
+
+    out = {c.__name__: c for c in (StatusDecoderMixin, CheckedResizedCropMixin,
+                                  CheckedRandomResizedCrop, CheckedCenterCrop,
+                                  GuardedEpochIterator, ReusingLoader)}
+    for c in out.values():
+        c.__qualname__ = c.__name__
+    return out
+
+
+def ffcv_classes() -> dict[str, type]:
+    """``{"ReusingLoader", "GuardedEpochIterator", "CheckedRandomResizedCrop",
+    "CheckedCenterCrop", "StatusDecoderMixin", "CheckedResizedCropMixin"}`` (built once)."""
+    global _CLASSES
+    if _CLASSES is None:
+        _CLASSES = _build_classes()
+    return _CLASSES
+
+
+# ----------------------------------------------------------------------- naming the damage
+def damaged_samples(beton, indices) -> list[tuple[int, str]]:
+    """``(sample, why)`` for each of ``indices`` whose stored image PIL cannot decode (JPEG
+    samples only; raw pixels are not checked). Reads the bytes straight from the beton."""
+    import io
+
+    from PIL import Image
+
+    from beton_builders.beton import beton_images
+
+    images = beton_images(beton)
+    bad = []
+    with open(beton, "rb", buffering=0) as f:
+        for i in sorted({int(i) for i in indices}):
+            if not images.is_jpeg[i] or images.size[i] < 0:
+                continue
+            data = os.pread(f.fileno(), int(images.size[i]), int(images.data_ptr[i]))
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    im.load()
+            except Exception as e:  # noqa: BLE001 - PIL raises assorted errors on bad bytes
+                why = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(e)).strip()
+                bad.append((i, why.splitlines()[0] if why else type(e).__name__))
+    return bad
