@@ -36,7 +36,8 @@ def _method_ratios(names: list[str]) -> dict[str, list[float]]:
                 out[m] = [float(r) for r in rs.split("/") if r]
             except ValueError:
                 raise DP4TLError(f"--methods: {n!r} must look like METHOD@R1/R2 with ratios in "
-                                 "(0, 1), e.g. grand@0.6/0.8") from None
+                                 "(0, 1), e.g. grand@0.6/0.8 (settings go in brackets: "
+                                 "fm[k=16]@0.4, lm[reversed])") from None
     return out
 
 
@@ -59,7 +60,18 @@ def cost_table(
     data: str = typer.Option("", "--data", help="Source: a built dataset dir or a `dp4tl build` "
                              "SOURCE (default: synth:tiny, the embedded data)"),
     source: str = typer.Option("", "--source", hidden=True, help="Old name of --data"),
-    target: str = typer.Option("warm", help="Built target dir, SOURCE, or synth target name"),
+    target: List[str] = typer.Option([], help="Built target dir, SOURCE, or synth target name "
+                                     "(default: warm); several (comma-separated or repeated): "
+                                     "one selection for all, accuracy per target (Fig. A5)"),
+    target_weights: str = typer.Option("", help="With several targets: one weight each "
+                                       "(default: equal)"),
+    ks: str = typer.Option("", help="FM at several K (Fig. A2): every method that clusters "
+                           "(fm) becomes one variant per K, e.g. 16,32,64 → fm[k=16], ...; "
+                           "or spell variants in --methods",
+                           callback=ints_callback("--ks")),
+    orders: str = typer.Option("", help="Pruning orders (Fig. A3): ordered,reversed runs every "
+                               "method in both; reversed keeps the lowest-scored units "
+                               "(variant lm[reversed], labelled \"LM (reversed)\")"),
     protocol: Protocol = typer.Option(Protocol.fast, help=PROTOCOL_HELP),
     recipes: RecipeSet = typer.Option(RecipeSet.auto, help="fast protocol: tiny | bench | full (auto: per the data's "
                                       "manifest: bench for synth:bench, tiny for other synth "
@@ -91,10 +103,14 @@ def cost_table(
     from ..pipeline.cost_table import run_cost_table
     from ..pipeline.run import PipelineConfig
 
+    from .pipeline import target_config
+
     data = pick_data(data, source, "--source", required=False) or "synth:tiny"
     recipes_ = "" if recipes is RecipeSet.auto else recipes.value
     k = default_k(k, data)
-    base = PipelineConfig(source=data, target=target, recipes=recipes_, arch=arch,
+    tcfg = target_config(target or ["warm"], target_weights)
+    target_text = ",".join(tcfg.get("targets") or [tcfg["target"]])
+    base = PipelineConfig(source=data, **tcfg, recipes=recipes_, arch=arch,
                           protocol=protocol.value, surrogate_weights=str(surrogate_weights or ""),
                           data_root=data_root, runs_root=runs_root, fmt=format.value,
                           device=device, k=k, overrides=tuple(set_),
@@ -103,7 +119,8 @@ def cost_table(
                           budget=budget.value)
     # the exact command, every option spelled out (defaults included) so it reproduces the run
     opts = [("ratios", ratios), ("methods", methods), ("seeds", seeds), ("finetune", finetune),
-            ("ff-methods", ff_methods), ("data", data), ("target", target),
+            ("ff-methods", ff_methods), ("ks", ks), ("orders", orders), ("data", data),
+            ("target", target_text), ("target-weights", target_weights),
             ("protocol", protocol.value), ("recipes", recipes_),
             ("surrogate-weights", surrogate_weights or ""), ("arch", arch), ("data-root", data_root),
             ("runs-root", runs_root), ("format", format.value), ("device", device), ("k", k),
@@ -113,9 +130,12 @@ def cost_table(
             ("report", report)]
     command = "dp4tl bench cost-table " + " ".join(
         f"--{name} {shlex.quote(str(v))}" for name, v in opts if v not in ("", None))
-    names = split_list(methods)
-    method_ratios = _method_ratios(names)
-    t = run_cost_table(base, out, ratios=_floats(ratios), methods=[n.split("@")[0] for n in names],
+    from ..pipeline.variants import expand_specs, split_methods
+
+    names = split_methods(methods)
+    variant_names, method_ratios = expand_specs(names, _method_ratios(names),
+                                                [int(x) for x in split_list(ks)], split_list(orders))
+    t = run_cost_table(base, out, ratios=_floats(ratios), methods=variant_names,
                        method_ratios=method_ratios,
                        seeds=[int(s) for s in split_list(seeds)], finetune=split_list(finetune),
                        ff_methods=split_list(ff_methods) or None, tol=tol,
@@ -181,8 +201,8 @@ def embedded(
     for name in names:
         typer.echo(f"[bench embedded] target {name}")
         cost_table(ratios="0,0.4,0.6,0.8", methods=EMBEDDED_METHODS, seeds=seeds, finetune="lp",
-                   ff_methods="", out=out / name, data="synth:bench", source="", target=name,
-                   protocol=Protocol.fast, recipes=RecipeSet.bench, surrogate_weights=None,
+                   ff_methods="", out=out / name, data="synth:bench", source="", target=[name],
+                   target_weights="", ks="", orders="", protocol=Protocol.fast, recipes=RecipeSet.bench, surrogate_weights=None,
                    arch="", data_root=data_root, runs_root=runs_root, format=format,
                    device=device, k=None, tol=0.0, set_=[], set_surrogate=[], set_finetune=[],
                    opt=["el2n.runs=4", "grand.runs=4"], budget=Budget.units, report=None,

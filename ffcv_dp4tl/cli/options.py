@@ -67,6 +67,11 @@ class Budget(str, Enum):
     samples = "samples"
 
 
+class Order(str, Enum):
+    ordered = "ordered"
+    reversed = "reversed"
+
+
 class FinetuneMode(str, Enum):
     lp = "lp"
     ff = "ff"

@@ -8,7 +8,7 @@ import typer
 
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Protocol, RecipeSet, Split,
+from .options import (FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order, Protocol, RecipeSet, Split,
                       check_arch, default_k, device_option, ints_callback, list_callback,
                       pick_data, split_list)
 
@@ -26,6 +26,26 @@ SPLIT_HELP = ("Targets built here: auto = the CoOp split_zhou_*.json when it lie
               "(the paper's Tab. A1 splits), else official; coop: require it; official: never")
 
 FINETUNE_MODES = [m.value for m in FinetuneMode]
+TARGET_HELP = ("Built target dir, a SOURCE like flowers102:/data/flowers, or a synth target name "
+               "(default: the first); several (comma-separated or repeated, e.g. --target "
+               "warm,blur): one selection scored on all of them (Fig. A5), LP/FF on each")
+ORDER_HELP = ("ordered: keep the highest-scored classes/clusters/samples (the method); "
+              "reversed: keep the lowest-scored ones, pruning the top first (Fig. A3)")
+TARGET_WEIGHTS_HELP = ("With several targets: one weight per target, comma-separated, in "
+                       "--target's order (each target's votes sum to 1 before weighting; "
+                       "default: equal)")
+
+
+def target_config(target: List[str], target_weights: str) -> dict:
+    """``--target`` values and ``--target-weights`` → the PipelineConfig fields (one target:
+    ``target=``, as before; several: ``targets=`` and ``target_weights=``)."""
+    from ..pipeline.targets import check_weights, parse_weights, split_targets
+
+    ts = split_targets(target)
+    ws = check_weights(parse_weights(target_weights), max(1, len(ts)))
+    if len(ts) <= 1:
+        return {"target": ts[0] if ts else ""}
+    return {"targets": tuple(ts), "target_weights": ws}
 
 
 @app.command()
@@ -35,8 +55,9 @@ def pipeline(
                              "SOURCE (e.g. imagenet:/data/ILSVRC2012; default: synth:tiny, the "
                              "embedded data)"),
     source: str = typer.Option("", "--source", hidden=True, help="Old name of --data"),
-    target: str = typer.Option("", help="Built target dir, a SOURCE like flowers102:/data/flowers, "
-                               "or a synth target name (default: the first)"),
+    target: List[str] = typer.Option([], help=TARGET_HELP),
+    target_weights: str = typer.Option("", help=TARGET_WEIGHTS_HELP),
+    order: Order = typer.Option(Order.ordered, help=ORDER_HELP),
     method: str = typer.Option("lm", help=f"Scoring method: {methods_help()} (see `dp4tl score --help`)"),
     protocol: Protocol = typer.Option(Protocol.fast, help=PROTOCOL_HELP),
     recipes: RecipeSet = typer.Option(RecipeSet.auto, help="fast protocol: tiny | bench | full (auto: per the data's "
@@ -82,7 +103,8 @@ def pipeline(
     from ..pipeline.run import PipelineConfig, run_pipeline
 
     data = pick_data(data, source, "--source", required=False) or "synth:tiny"
-    cfg = PipelineConfig(ratio=ratio, source=data, target=target, method=method,
+    cfg = PipelineConfig(ratio=ratio, source=data, **target_config(target, target_weights),
+                         order=order.value, method=method,
                          protocol=protocol.value,
                          recipes="" if recipes is RecipeSet.auto else recipes.value,
                          surrogate_recipe=surrogate_recipe, recipe=recipe, arch=arch,

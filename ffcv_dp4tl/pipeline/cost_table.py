@@ -22,6 +22,12 @@
   accuracy is ≥ the 0 % (mean) accuracy − ``tol`` points (default 0: no lower than unpruned).
 * a surrogate *brought* as weights (``surrogate_weights``) was not trained: its import time is
   charged instead, and the report says so.
+* **variants** (:mod:`.variants`): a method name may carry settings, ``fm[k=16]`` (Fig. A2) or
+  ``lm[reversed]`` (Fig. A3); each variant is its own row, column and curve.
+* **several targets** (``base.targets``, Fig. A5): every run selects once for all targets and
+  finetunes on each; the cost and main accuracy tables are the first target's, and
+  ``targets`` holds the accuracy / winner tables of every target (``accuracy-targets.png``:
+  one panel per target).
 """
 from __future__ import annotations
 
@@ -38,6 +44,7 @@ from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, read_json
 from ..scoring.registry import PlotStyle, get_scorer, is_registered
 from .run import PipelineConfig, run_pipeline
+from .variants import base_method, parse_variant, variant_style
 
 #: Paper Tab. 3: hours "to obtain the pretrained model" per pruning ratio — a *total* that covers
 #: RN-18 surrogate training, LM/FM pruning and RN-101 source pretraining (Tab. 3's caption).
@@ -180,7 +187,7 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     method_ratios = {m: sorted({round(float(r), 6) for r in rs})
                      for m, rs in (method_ratios or {}).items()}
     for m in methods:
-        get_scorer(m)  # unknown method: one line listing the registered ones
+        get_scorer(base_method(m))  # unknown method: one line listing the registered ones
     for p in base.scorer_options:  # an option no method of the table has is a typo
         if not any(options_for(m, [p]) for m in methods):
             raise DP4TLError(f"--opt {p}: none of the methods {', '.join(methods)} has that "
@@ -200,6 +207,17 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     plan = [(m, r) for m in methods for r in method_ratios.get(m, pruned) if r > 0]
     n_runs = len(seeds) * (1 + len(plan))
     i = 0
+    target_rows: dict[str, list[dict[str, Any]]] = {}
+
+    def add(res: dict[str, Any], make) -> None:
+        """One row per target of a run (``make(view)``): the first target's go to ``rows``."""
+        for j, (name, view) in enumerate(_target_views(res)):
+            row = make(view)
+            if name is not None:
+                row["target"] = name
+                target_rows.setdefault(name, []).append(row)
+            if j == 0:
+                rows.append(row)
     for seed in seeds:
         seed_over = (f"train.seed={seed}",) if seed else ()
         cfg_s = replace(base, seed=seed, overrides=tuple(base.overrides) + seed_over,
@@ -210,29 +228,43 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
         ref = run_pipeline(replace(cfg_s, ratio=0.0, method="random", finetune=finetune,
                                    scorer_options=()), log=meter)
         recipes = dict(ref.get("recipes", {}))
-        row = _row(ref, REFERENCE, 0.0, seed, 0.0, meter)
-        row["score_s"] = row["prune_s"] = 0.0  # nothing is selected for the full dataset
-        row["score_cpu_s"] = row["prune_cpu_s"] = 0.0
-        row["selection_s"] = 0.0
-        row["total_s"], row["total_cpu_s"] = row["pretrain_s"], row["pretrain_cpu_s"]
-        rows.append(row)
+
+        def ref_row(view: dict[str, Any]) -> dict[str, Any]:
+            row = _row(view, REFERENCE, 0.0, seed, 0.0, meter)
+            row["score_s"] = row["prune_s"] = 0.0  # nothing is selected for the full dataset
+            row["score_cpu_s"] = row["prune_cpu_s"] = 0.0
+            row["selection_s"] = 0.0
+            row["total_s"], row["total_cpu_s"] = row["pretrain_s"], row["pretrain_cpu_s"]
+            return row
+
+        add(ref, ref_row)
         for method, r in plan:
             i += 1
             log(f"[cost-table] run {i}/{n_runs}: {method} at {_r(r)}, seed {seed}")
-            modes = tuple(m for m in finetune if m != "ff" or method in ff_set)
+            modes = tuple(m for m in finetune if m != "ff" or method in ff_set
+                          or base_method(method) in ff_set)  # fm covers fm[k=16]
             meter.dirs.clear()
-            res = run_pipeline(replace(cfg_s, ratio=r, method=method, finetune=modes,
-                                       scorer_options=options_for(method, base.scorer_options)),
-                               log=meter)
+            res = run_pipeline(parse_variant(method).apply(
+                replace(cfg_s, ratio=r, finetune=modes,
+                        scorer_options=options_for(method, base.scorer_options))), log=meter)
             if "surrogate" in res["stages"]:
                 surrogate_s = float(res["stages"]["surrogate"]["seconds"])
                 surrogate_cpu = meter.cpu("surrogate")
-            charged = surrogate_s if get_scorer(method).needs_surrogate and surrogate_s else 0.0
-            rows.append(_row(res, method, r, seed, charged, meter, surrogate_cpu))
+            charged = (surrogate_s if get_scorer(base_method(method)).needs_surrogate
+                       and surrogate_s else 0.0)
+            add(res, lambda view: _row(view, method, r, seed, charged, meter, surrogate_cpu))
     cfg = {**asdict(base), "data_root": str(base.data_root), "runs_root": str(base.runs_root)}
     ratios = sorted(set(ratios) | {r for _, r in plan})
     table = summarize(rows, methods=methods, ratios=ratios, seeds=seeds, finetune=finetune,
                       tol=tol)
+    if target_rows:  # several targets: the accuracy tables of each (Fig. A5)
+        table["targets"] = {}
+        for name, trows in target_rows.items():
+            ts = summarize(trows, methods=methods, ratios=ratios, seeds=seeds, finetune=finetune,
+                           tol=tol)
+            table["targets"][name] = {k: ts[k] for k in ("accuracy", "accuracy_best", "winners")}
+        table["target_rows"] = [r for trows in target_rows.values() for r in trows]
+        table["target_weights"] = list(base.target_weights)
     table.update({"config": cfg, "surrogate_s": surrogate_s, "command": command, "recipes": recipes,
                   "surrogate_brought": base.surrogate_weights or None,
                   "machine": machine_info(),
@@ -242,19 +274,34 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     return table
 
 
+def _target_views(res: dict[str, Any]) -> list[tuple[str | None, dict[str, Any]]]:
+    """``[(None, res)]`` for a one-target run; for several, one view per target whose
+    ``finetune-MODE`` stages are that target's (``finetune-MODE@name``)."""
+    per = res.get("per_target")
+    if not per:
+        return [(None, res)]
+    out = []
+    for name in per:
+        suffix = f"@{name}"
+        st = {k: v for k, v in res["stages"].items() if "@" not in k}
+        st.update({k[: -len(suffix)]: v for k, v in res["stages"].items() if k.endswith(suffix)})
+        out.append((name, {**res, "stages": st}))
+    return out
+
+
 def options_for(method: str, pairs: Sequence[str]) -> tuple[str, ...]:
     """The ``NAME=VALUE`` options (``--opt``) that ``method`` has: one list serves every method
     of the table (e.g. ``runs=2`` reaches EL2N/GraNd/FORGET, not LM). ``METHOD.NAME=VALUE``
     reaches that method only (e.g. ``el2n.runs=4`` leaves FORGET's ``runs`` alone)."""
     from ..scoring.registry import parse_option_pairs
 
-    known = get_scorer(method).options
+    known = get_scorer(base_method(method)).options
     out = []
     for p in pairs:
         name, value = next(iter(parse_option_pairs([p]).items()))
         owner, dot, bare = name.partition(".")
         if dot:
-            if owner == method and bare in known:
+            if owner in (method, base_method(method)) and bare in known:
                 out.append(f"{bare}={value}")
         elif name in known:
             out.append(p)
@@ -424,19 +471,37 @@ def _acc(ms: tuple[float, float] | list[float] | None, n_seeds: int) -> str:
     return f"{ms[0]:.1f} ± {ms[1]:.1f}" if n_seeds > 1 else f"{ms[0]:.1f}"
 
 
-def method_style(m: str) -> PlotStyle:
-    """Colour, marker and label of a method (from its registered scorer)."""
-    return get_scorer(m).plot_style if is_registered(m) else PlotStyle(None, "o", m.upper())
+def method_style(m: str, siblings: Sequence[str] = ()) -> PlotStyle:
+    """Colour, marker and label of a method or variant (from its registered scorer; a variant
+    such as ``fm[k=16]`` gets its method's colour and a label with its settings)."""
+    try:
+        return variant_style(m, siblings)[0]
+    except DP4TLError:  # not a method spelling (an old results file): its name upper-cased
+        return PlotStyle(None, "o", m.upper())
+
+
+def _dash(m: str, siblings: Sequence[str]) -> str:
+    try:
+        return variant_style(m, siblings)[1]
+    except DP4TLError:
+        return "-"
 
 
 def method_label(m: str) -> str:
     return method_style(m).label
 
 
+def _base(m: str) -> str:
+    try:
+        return base_method(m)
+    except DP4TLError:
+        return m
+
+
 def _no_surrogate(methods: Sequence[str]) -> str:
     """Labels of the methods that train no surrogate (e.g. RANDOM)."""
     return ", ".join(method_label(m) for m in methods
-                     if is_registered(m) and not get_scorer(m).needs_surrogate)
+                     if is_registered(_base(m)) and not get_scorer(_base(m)).needs_surrogate)
 
 
 def _but(names: str, prefix: str) -> str:
@@ -444,7 +509,7 @@ def _but(names: str, prefix: str) -> str:
 
 
 def method_cost(m: str) -> str:
-    return get_scorer(m).cost_summary() if is_registered(m) else "–"
+    return get_scorer(_base(m)).cost_summary() if is_registered(_base(m)) else "–"
 
 
 def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
@@ -577,9 +642,12 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
                 br = f"{_r(w['ratio'])}" if w["ratio"] > 0 else "none (0 %)"
                 L.append(f"| {mode.upper()} | {method_label(m)} | {br} | "
                          f"{_acc((w['mean'], w['std']), ns)} | {_acc((w['ref_mean'], w['ref_std']), ns)} |")
+    L += _target_tables(t, methods, pruned, ns)
     if plots_prefix is not None:
         L += ["", f"![accuracy vs ratio]({plots_prefix}accuracy.png)",
               f"![cost vs ratio]({plots_prefix}cost.png)"]
+        if t.get("targets"):
+            L.append(f"![accuracy per target]({plots_prefix}accuracy-targets.png)")
     return "\n".join(L) + "\n"
 
 
@@ -598,13 +666,55 @@ def versus_random_summary(vs: list[dict[str, Any]]) -> str:
     return "**Verdict:** " + ". ".join(parts) + "."
 
 
+def _target_tables(t: dict[str, Any], methods: Sequence[str], pruned: Sequence[float],
+                   ns: int) -> list[str]:
+    """Several targets (Fig. A5): per mode, one grouped table — a column per (target, method),
+    a row per ratio, the 0 % reference first — and the best winning subset per target."""
+    targets = t.get("targets") or {}
+    if not targets:
+        return []
+    w = t.get("target_weights") or []
+    L = ["", "### Several targets (Fig. A5): one selection for all targets, accuracy per target",
+         "", f"The source is scored once for the {len(targets)} targets "
+         f"({', '.join(f'`{n}`' for n in targets)}; each target's votes sum to 1"
+         + (f", weights {', '.join(f'{x:g}' for x in w)}" if w else ", equal weights")
+         + "), pretrained once per ratio, then finetuned on each target. The tables above are "
+         f"the first target's (`{next(iter(targets))}`)."]
+    for mode in t["finetune"]:
+        cols = [(n, m) for n, tt in targets.items() for m in methods
+                if m in tt["accuracy"].get(mode, {}).get("methods", {})]
+        if not cols:
+            continue
+        L += ["", f"Target test top-1 % — {mode.upper()}, final epoch", "",
+              "| ratio | " + " | ".join(f"{n}: {method_label(m)}" for n, m in cols) + " |",
+              "|---:|" + "---:|" * len(cols),
+              "| 0 % | " + " | ".join(_acc(targets[n]["accuracy"][mode]["reference"], ns)
+                                     for n, _ in cols) + " |"]
+        for r in pruned:
+            L.append(f"| {_r(r)} | " + " | ".join(
+                _acc(targets[n]["accuracy"][mode]["methods"][m].get(str(r)), ns)
+                for n, m in cols) + " |")
+        L += ["", "| target | method | best winning ratio | accuracy % | 0 % accuracy % |",
+              "|---|---|---:|---:|---:|"]
+        for n, tt in targets.items():
+            for m, win in tt["winners"].get(mode, {}).items():
+                br = _r(win["ratio"]) if win["ratio"] > 0 else "none (0 %)"
+                L.append(f"| {n} | {method_label(m)} | {br} | "
+                         f"{_acc((win['mean'], win['std']), ns)} | "
+                         f"{_acc((win['ref_mean'], win['ref_std']), ns)} |")
+    return L
+
+
 def header_lines(t: dict[str, Any]) -> list[str]:
     cfg, mach = t["config"], t["machine"]
     loads = [r["loadavg_1min"] for r in t["rows"] if r.get("loadavg_1min") is not None]
     return [f"- **CPU** run, {mach['cores']} cores ({mach['cpu']}), Python {mach['python']}, "
             f"torch {mach['torch']}, {mach['platform']}; date {t['date']}",
             f"- command: `{t['command'] or '(library call)'}`",
-            f"- data: source `{cfg['source']}`, target `{cfg['target'] or '(first)'}`, format "
+            f"- data: source `{cfg['source']}`, "
+            + (f"targets {', '.join(f'`{x}`' for x in cfg['targets'])} (one selection for all)"
+               if len(cfg.get("targets") or ()) > 1 else f"target `{cfg['target'] or '(first)'}`")
+            + f", format "
             f"`{cfg['fmt']}`; recipes `{cfg['recipes'] or 'tiny'}` ("
             + (", ".join(f"{k} `{v}`" for k, v in t["recipes"].items()) if t.get("recipes")
                else "the recipe set's defaults") + f"), FM k={cfg['k']}"
@@ -630,6 +740,8 @@ def write_outputs(t: dict[str, Any], out: Path) -> None:
     atomic_write_json(out / "results.json", t)
     plot_accuracy(t, out / "accuracy.png")
     plot_cost(t, out / "cost.png")
+    if t.get("targets"):
+        plot_targets(t, out / "accuracy-targets.png")
     text = ["# DP4TL cost table and accuracy vs pruning ratio", "", *header_lines(t), "",
             markdown_tables(t)]
     atomic_write_text(out / "report.md", "\n".join(text))
@@ -664,16 +776,7 @@ def plot_accuracy(t: dict[str, Any], path: Path) -> None:
                              squeeze=False)
     for ax, mode in zip(axes[0], modes):
         acc = t["accuracy"][mode]
-        n = len(acc["methods"])
-        for j, m in enumerate(m for m in t["methods"] if m in acc["methods"]):
-            by = acc["methods"][m]
-            rs = sorted(float(r) for r in by)
-            dx = (j - (n - 1) / 2) * 0.6 if len(t["seeds"]) > 1 else 0.0  # keep error bars apart
-            ys = [by[str(r)][0] for r in rs]
-            es = [by[str(r)][1] for r in rs]
-            color, marker = method_style(m).color, method_style(m).marker
-            ax.errorbar([100 * r + dx for r in rs], ys, yerr=es if len(t["seeds"]) > 1 else None,
-                        color=color, marker=marker, ms=6, lw=1.6, capsize=3, label=method_label(m))
+        _curves(ax, t, acc)
         ref = acc["reference"][0]
         if not math.isnan(ref):
             ax.axhline(ref, color="black", ls="--", lw=1.2, label="0 % (unpruned source)")
@@ -681,7 +784,7 @@ def plot_accuracy(t: dict[str, Any], path: Path) -> None:
             ax.set_ylim(lo, max(hi, ref + 0.08 * (hi - lo)))  # room for the label above the line
             ax.annotate(f"0 %: {ref:.1f}", (1.0, ref), xycoords=("axes fraction", "data"),
                         xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=8)
-        ax.set_title(f"{mode.upper()} on target `{t['config']['target'] or 'first'}`")
+        ax.set_title(f"{mode.upper()} on target `{_first_target(t)}`")
         ax.set_xlabel("pruning ratio (%)")
         ax.set_ylabel("target test top-1 (%)")
         ax.set_xticks([100 * r for r in t["ratios"] if r > 0])
@@ -691,6 +794,59 @@ def plot_accuracy(t: dict[str, Any], path: Path) -> None:
     fig.suptitle("Source dataset pruning: transfer accuracy vs pruning ratio (cf. paper Fig. 4)",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _first_target(t: dict[str, Any]) -> str:
+    if t.get("targets"):
+        return next(iter(t["targets"]))
+    return t["config"].get("target") or "first"
+
+
+def _curves(ax, t: dict[str, Any], acc: dict[str, Any]) -> None:
+    """One accuracy-vs-ratio curve per method/variant of ``acc`` (and the 0 % line)."""
+    ms = [m for m in t["methods"] if m in acc["methods"]]
+    n = len(ms)
+    for j, m in enumerate(ms):
+        by = acc["methods"][m]
+        rs = sorted(float(r) for r in by)
+        dx = (j - (n - 1) / 2) * 0.6 if len(t["seeds"]) > 1 else 0.0  # keep error bars apart
+        ys = [by[str(r)][0] for r in rs]
+        es = [by[str(r)][1] for r in rs]
+        st = method_style(m, t["methods"])
+        ax.errorbar([100 * r + dx for r in rs], ys, yerr=es if len(t["seeds"]) > 1 else None,
+                    color=st.color, marker=st.marker, ls=_dash(m, t["methods"]), ms=6, lw=1.6,
+                    capsize=3, label=st.label)
+
+
+def plot_targets(t: dict[str, Any], path: Path) -> None:
+    """Fig. A5 style: one panel per target (columns) and finetuning mode (rows), accuracy vs
+    pruning ratio of the one selection made for all targets."""
+    plt = _plt()
+    targets = t["targets"]
+    modes = [m for m in t["finetune"] if any(tt["accuracy"].get(m, {}).get("methods")
+                                            for tt in targets.values())]
+    nr, nc = max(1, len(modes)), len(targets)
+    fig, axes = plt.subplots(nr, nc, figsize=(4.4 * nc, 3.8 * nr), squeeze=False)
+    for i, mode in enumerate(modes):
+        for j, (name, tt) in enumerate(targets.items()):
+            ax, acc = axes[i][j], tt["accuracy"][mode]
+            _curves(ax, t, acc)
+            ref = acc["reference"][0]
+            if not math.isnan(ref):
+                ax.axhline(ref, color="black", ls="--", lw=1.2, label="0 % (unpruned source)")
+            ax.set_title(f"{mode.upper()} on `{name}`", fontsize=9)
+            ax.set_xlabel("pruning ratio (%)")
+            ax.set_ylabel("target test top-1 (%)")
+            ax.set_xticks([100 * r for r in t["ratios"] if r > 0])
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8,
+               frameon=False)
+    fig.suptitle(f"One pruned source for {nc} targets: accuracy per target (cf. paper Fig. A5)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -705,12 +861,13 @@ def plot_cost(t: dict[str, Any], path: Path) -> None:
         cs = sorted((c for c in cost if c["method"] == m), key=lambda c: c["ratio"])
         if not cs:
             continue
-        color, marker = method_style(m).color, method_style(m).marker
+        st, dash = method_style(m, t["methods"]), _dash(m, t["methods"])
+        color, marker = st.color, st.marker
         xs = [0] + [100 * c["ratio"] for c in cs]
         a1.plot(xs, [ref["total_s"]] + [c["total_s"] for c in cs], color=color, marker=marker,
-                label=method_label(m))
+                ls=dash, label=st.label)
         a2.plot(xs, [0] + [100 * c["reduction"] for c in cs], color=color, marker=marker,
-                lw=1, alpha=0.8, label=f"{method_label(m)} total")
+                ls=dash, lw=1, alpha=0.8, label=f"{st.label} total")
     pruned = sorted({c["ratio"] for c in cost[1:]})
     pre = [_mean_std([c["pretrain_s"] for c in cost[1:] if c["ratio"] == r])[0] for r in pruned]
     a1.plot([0] + [100 * r for r in pruned], [ref["pretrain_s"]] + pre, color="black", ls=":",

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,7 +38,9 @@ from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
 from ..scoring.registry import TRAJECTORY, UNIT_PLURAL, get_scorer, parse_option_pairs
 from .prune import BUDGETS, prune
 from .score import file_hash, score, self_supervised_refusal
-from .stages import describe, run_stage, stage
+from .stages import describe, key_of, run_stage, stage
+from .targets import (check_order, check_synth_target, check_weights, display_names,
+                      method_title, score_key, stage_suffix, target_list)
 
 #: The fast protocol's recipes per scale: the embedded default runs the tiny CPU recipes, real
 #: data the ffcv-imagenet-style ones.
@@ -105,6 +107,9 @@ class PipelineConfig:
     surrogate_weights: str = ""  # a torchvision/timm state dict: the surrogate, not trained
     source_weights: str = ""  # a state dict: the source model LP/FF start from (ratio 0 only)
     split: str = "auto"  # targets the pipeline builds: auto (CoOp JSON if beside the data) | coop | official
+    order: str = "ordered"  # ordered: keep the top-scored units | reversed: the lowest (Fig. A3)
+    targets: tuple[str, ...] = ()  # several targets (Fig. A5): one combined selection, LP/FF on each
+    target_weights: tuple[float, ...] = ()  # one per target in `targets` ('' = equal weights)
 
 
 def _slug(text: str) -> str:
@@ -147,6 +152,7 @@ def _resolve_data(cfg: PipelineConfig, log) -> tuple[Path, Path]:
     root = _ensure_built(cfg.source, cfg.data_root, log)
     if (root / "source" / MANIFEST_NAME).exists():  # synth: source + targets/<name>
         targets = sorted(p.parent.name for p in (root / "targets").glob(f"*/{MANIFEST_NAME}"))
+        check_synth_target(root, cfg.target, MANIFEST_NAME)
         if cfg.target and (root / "targets" / cfg.target / MANIFEST_NAME).exists():
             return root / "source", root / "targets" / cfg.target
         if not cfg.target:
@@ -210,13 +216,25 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
         raise DP4TLError(f"budget must be one of {', '.join(BUDGETS)}, got {cfg.budget!r}")
     if cfg.k <= 0:
         raise DP4TLError(f"k must be a positive number of clusters, got {cfg.k}")
-    source_dir, target_dir = _resolve_data(cfg, log)
+    reverse = check_order(cfg.order)
+    target_specs = target_list(cfg.target, cfg.targets)
+    weights = check_weights(cfg.target_weights, len(target_specs))
+    resolved = [_resolve_data(replace(cfg, target=t), log) for t in target_specs]
+    source_dir, target_dirs = resolved[0][0], [d for _, d in resolved]
+    target_dir = target_dirs[0]
+    multi = len(target_dirs) > 1
+    if multi and len({str(d.resolve()) for d in target_dirs}) < len(target_dirs):
+        raise DP4TLError(f"targets {list(target_specs)} name the same dataset twice; list each "
+                         "target once")
+    names = display_names(target_dirs) if multi else [None]
     src, tgt = load_manifest(source_dir), load_manifest(target_dir)
+    tgts = [load_manifest(d) for d in target_dirs]
     scale = cfg.recipes or recipe_scale(src)
     if not cfg.recipes and cfg.protocol == "fast":
         log(f"[recipes] {scale} recipes ({'real' if scale == 'full' else 'embedded synthetic'} "
             f"data per {source_dir / MANIFEST_NAME}; recipes= to choose)")
-    _check_inputs(cfg, scorer, src, tgt, log)
+    for t in tgts:
+        _check_inputs(cfg, scorer, src, t, log)
     rs = recipe_set(cfg.protocol, scale, tgt.data.get("name"))
     rs["surrogate"] = cfg.surrogate_recipe or rs["surrogate"]
     rs["pretrain"] = cfg.recipe or rs["pretrain"]
@@ -228,8 +246,9 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     from ..training.recipe import load_recipe
     from ..training.trainer import train
 
-    if cfg.protocol == "paper" and not cfg.lp_recipe and \
-            load_recipe(rs["pretrain"], pre_overrides).ssl.method != "none":
+    ssl_source = cfg.protocol == "paper" and not cfg.lp_recipe and \
+        load_recipe(rs["pretrain"], pre_overrides).ssl.method != "none"
+    if ssl_source:
         rs["lp"] = PAPER_SSL_LP  # self-supervised source: MoCo's linear classification protocol
 
     # Load every recipe once, first (bad recipes fail before any work), and hand the loaded
@@ -240,6 +259,15 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
                                                name, list(cfg.finetune_overrides)))
               for name in ("surrogate", "pretrain", *cfg.finetune)}
     fp = {name: r.fingerprint() for name, r in loaded.items()}
+    # per target: its LP/FF recipes (the paper protocol's differ per target, Tab. A1)
+    ft_recipes: list[dict[str, tuple[str, Any]]] = []
+    for t in tgts:
+        rt = recipe_set(cfg.protocol, scale, t.data.get("name"))
+        rt = {m: (cfg.lp_recipe if m == "lp" else cfg.ff_recipe) or
+              (PAPER_SSL_LP if m == "lp" and ssl_source else rt[m]) for m in cfg.finetune}
+        ft_recipes.append({m: (name, loaded[m] if name == rs[m] else
+                               load_recipe(name, list(cfg.finetune_overrides)))
+                           for m, name in rt.items()})
     sur_recipe = loaded["surrogate"]
     if sur_recipe.ssl.method != "none" and scorer.needs_class_head:
         raise self_supervised_refusal(scorer, f"the surrogate recipe {rs['surrogate']} is "
@@ -249,6 +277,9 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
                                           "runs_root": str(cfg.runs_root)},
                                "source": str(source_dir), "target": str(target_dir),
                                "protocol": cfg.protocol, "recipes": rs, "stages": {}}
+    if multi:
+        results["targets"] = {n: str(d) for n, d in zip(names, target_dirs)}
+        results["target_weights"] = list(weights) or [1.0] * len(names)
 
     needs_surrogate = scorer.needs_surrogate and not cfg.source_weights
     sur_overrides = list(cfg.surrogate_overrides)
@@ -288,11 +319,13 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     else:
         sc = stage(root, "score", {"method": cfg.method,
                                    "surrogate": sur.key if needs_surrogate else None,
-                                   "source": src.fingerprint, "target": tgt.fingerprint,
+                                   "source": src.fingerprint,
+                                   **score_key([t.fingerprint for t in tgts], weights),
                                    "k": cfg.k, "seed": cfg.seed, **common, **target_input,
                                    **extra_key})
         results["stages"]["score"] = run_stage(sc, lambda d: score(
-            cfg.method, source_dir=source_dir, target_dir=target_dir, out_dir=d,
+            cfg.method, source_dir=source_dir, target_dir=target_dirs if multi else target_dir,
+            out_dir=d, target_weights=weights if multi else (),
             checkpoint=sur.dir / "checkpoint.pt" if needs_surrogate else None,
             trajectory=_trajectory(cfg.method, sur.dir, sur_recipe.train.keep_epochs, log)
             if TRAJECTORY in scorer.needs and not cfg.surrogate_weights else (), fmt=cfg.fmt,
@@ -301,9 +334,11 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
             options=options, train_recipe=rs["surrogate"] if scorer.trains else None,
             train_overrides=sur_overrides if scorer.trains else ()), log)
         pr = stage(root, "prune", {"score": sc.key, "ratio": cfg.ratio, "source": src.fingerprint,
-                                   **({"budget": cfg.budget} if cfg.budget != "units" else {})})
+                                   **({"budget": cfg.budget} if cfg.budget != "units" else {}),
+                                   **({"order": cfg.order} if reverse else {})})
         results["stages"]["prune"] = run_stage(pr, lambda d: prune(sc.dir, source_dir, cfg.ratio, d,
-                                                                   budget=cfg.budget), log)
+                                                                   budget=cfg.budget,
+                                                                   reverse=reverse), log)
         pt_dirs = {}
         for i, seed in enumerate(seeds):
             seed_over = [f"train.seed={seed}"] if seed else []
@@ -322,21 +357,32 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
         pt = pt_dirs[seed]
         seed_over = [f"train.seed={seed}"] if seed else []
         ft_overrides = list(cfg.finetune_overrides) + seed_over
-        for mode in cfg.finetune:  # overrides enter the key only when given (keeps old keys valid)
-            ft_recipe = loaded[mode] if not seed_over else load_recipe(rs[mode], ft_overrides)
-            ft = stage(root, f"finetune-{mode}", {"recipe": rs[mode], "pretrain": pt.key,
-                                                  "recipe_fingerprint": ft_recipe.fingerprint(),
-                                                  "target": tgt.fingerprint, **common,
-                                                  **({"overrides": ft_overrides} if ft_overrides else {})})
-            name = f"finetune-{mode}" if i == 0 else f"finetune-{mode}-seed{seed}"
-            results["stages"][name] = run_stage(ft, lambda d, m=mode, r=ft_recipe, p=pt: finetune(
-                r, p.dir / "checkpoint.pt", target_dir, d, mode=m, fmt=cfg.fmt,
-                device=cfg.device), log)
+        for t, t_dir, t_name, t_rec in zip(tgts, target_dirs, names, ft_recipes):
+            for mode in cfg.finetune:  # overrides enter the key only when given (old keys stay)
+                r_name, r_loaded = t_rec[mode]
+                ft_recipe = r_loaded if not seed_over else load_recipe(r_name, ft_overrides)
+                ft = stage(root, f"finetune-{mode}", {
+                    "recipe": r_name, "pretrain": pt.key,
+                    "recipe_fingerprint": ft_recipe.fingerprint(), "target": t.fingerprint,
+                    **common, **({"overrides": ft_overrides} if ft_overrides else {})})
+                name = (f"finetune-{mode}" if i == 0 else f"finetune-{mode}-seed{seed}") \
+                    + stage_suffix(t_name)
+                results["stages"][name] = run_stage(ft, lambda d, m=mode, r=ft_recipe, p=pt,
+                                                    td=t_dir: finetune(
+                    r, p.dir / "checkpoint.pt", td, d, mode=m, fmt=cfg.fmt,
+                    device=cfg.device), log)
     results["seeds"] = list(seeds)
-    results["summary"] = summarize_seeds(results["stages"], cfg.finetune, seeds)
+    if multi:  # one accuracy summary per target (Fig. A5); no single-target summary
+        results["summary"] = {}
+        results["per_target"] = {n: summarize_seeds(results["stages"], cfg.finetune, seeds,
+                                                     suffix=stage_suffix(n)) for n in names}
+    else:
+        results["summary"] = summarize_seeds(results["stages"], cfg.finetune, seeds)
     first = pt_dirs[seeds[0]]
     report_dir = root / (f"report-{first.key}" + ("" if len(seeds) == 1 else
-                                                  "-seeds" + "_".join(map(str, seeds))))
+                                                  "-seeds" + "_".join(map(str, seeds)))
+                         + ("" if not multi else "-targets" + key_of(
+                             {"targets": [t.fingerprint for t in tgts], "weights": list(weights)})))
     write_report(results, report_dir)
     results["report"] = str(report_dir / "report.md")
     log(f"[report] {results['report']}")
@@ -371,14 +417,15 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
     return m, sd
 
 
-def summarize_seeds(stages: dict[str, Any], modes, seeds) -> dict[str, Any]:
+def summarize_seeds(stages: dict[str, Any], modes, seeds, suffix: str = "") -> dict[str, Any]:
     """Per finetuning mode: final- and best-epoch target top-1 per seed and their mean ± std
-    (sample std; 0 for one seed)."""
+    (sample std; 0 for one seed). ``suffix``: one target's results among several (``@warm``)."""
     out: dict[str, Any] = {}
     for mode in modes:
         per = []
         for i, seed in enumerate(seeds):
-            r = stages.get(f"finetune-{mode}" if i == 0 else f"finetune-{mode}-seed{seed}")
+            r = stages.get((f"finetune-{mode}" if i == 0 else f"finetune-{mode}-seed{seed}")
+                           + suffix)
             if r is None:
                 continue
             final = r.get("final_test_top1", r.get("test_top1"))
@@ -434,8 +481,14 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     st = results["stages"]
     cfg = results["config"]
     pr = st.get("prune")
-    lines = [f"# DP4TL run: {_label(cfg['method'])} at ratio {cfg['ratio']}", "",
-             f"- source: `{results['source']}`", f"- target: `{results['target']}`",
+    title = method_title(_label(cfg["method"]), cfg.get("order", "ordered"))
+    per_target = results.get("per_target") or {}
+    tlines = ([f"- target: `{results['target']}`"] if not per_target else
+              [f"- targets ({len(per_target)}, one selection for all, weights "
+               f"{', '.join(f'{w:g}' for w in results.get('target_weights', []))}): "
+               + ", ".join(f"{n} `{d}`" for n, d in results["targets"].items())])
+    lines = [f"# DP4TL run: {title} at ratio {cfg['ratio']}", "",
+             f"- source: `{results['source']}`", *tlines,
              f"- protocol: `{results.get('protocol', cfg.get('protocol', 'fast'))}`",
              f"- recipes: {', '.join(f'{k}=`{v}`' for k, v in results['recipes'].items())}"]
     for name, what in (("surrogate", "surrogate"), ("pretrain", "source model")):
@@ -450,10 +503,13 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         lines.append(f"| {name} | {res.get('seconds', 0):.1f} | {describe(res)} |")
     total = sum(r.get("seconds", 0) for r in st.values())
     lines += [f"| **total** | {total:.1f} | |", ""]
-    summary = results.get("summary") or {}
-    if summary:
+    groups = ({None: results.get("summary") or {}} if not per_target else per_target)
+    for group, summary in groups.items():
+        if not summary:
+            continue
         n = len(results.get("seeds") or [0])
-        lines += [f"Target test top-1 (%), {'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}"
+        lines += [("Target" if group is None else f"Target `{group}`")
+                  + f" test top-1 (%), {'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}"
                   ": final epoch and best evaluated epoch", "",
                   "| mode | final epoch | best epoch | per seed (final / best) |", "|---|---:|---:|---|"]
         for mode, sm in summary.items():

@@ -84,12 +84,14 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
           trajectory: list[str | Path] | tuple[str | Path, ...] = (),
           target_resolution: int | None = None, target_crop: str | None = None,
           options: dict[str, Any] | None = None, train_recipe: str | Path | None = None,
-          train_overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+          train_overrides: list[str] | tuple[str, ...] = (),
+          target_weights: list[float] | tuple[float, ...] = ()) -> dict[str, Any]:
     """Compute the scores of ``method`` and write them to ``out_dir``; returns the metadata.
 
     ``target_dir`` may list several targets (lm, fm, fm-sup): one pruned source then serves
     all of them; each target's votes (and tie-break masses) are normalised to sum 1 before
-    they are added (:func:`combine_target_scores`), so a big target cannot drown a small one.
+    they are added (:func:`combine_target_scores`), so a big target cannot drown a small one;
+    ``target_weights`` (one per target, default equal) weigh them.
     ``trajectory``: early-training checkpoints of the surrogate (epoch order); methods that
     need one score the earliest, the others ``checkpoint``.
     ``target_resolution`` / ``target_crop``: how the surrogate reads the target images (default:
@@ -115,7 +117,11 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
                          resolution=resolution, k=k, iters=iters, seed=seed, backend=backend,
                          progress=progress, options=opts,
                          train_recipe=None if train_recipe is None else str(train_recipe),
-                         train_overrides=tuple(train_overrides))
+                         train_overrides=tuple(train_overrides),
+                         target_weights=tuple(float(w) for w in target_weights))
+    if ctx.target_weights and len(ctx.target_weights) != len(targets):
+        raise DP4TLError(f"{len(ctx.target_weights)} target weights given for {len(targets)} "
+                         "targets; give one per target")
     chosen = scorer.pick_checkpoint(None if checkpoint is None else Path(checkpoint),
                                     ctx.trajectory)
     if scorer.needs_surrogate and chosen is None:
@@ -126,6 +132,8 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     ctx.meta.update({"source_fingerprint": ctx.source.fingerprint, "seed": seed})
     if opts:
         ctx.meta["options"] = opts
+    if ctx.target_weights:
+        ctx.meta["target_weights"] = list(ctx.target_weights)
     if scorer.needs_surrogate:
         ctx.checkpoint = chosen
         ctx.surrogate = _load_surrogate(scorer, ctx, chosen, device, resolution,

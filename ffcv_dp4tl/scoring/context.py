@@ -60,6 +60,8 @@ class ScoringContext:
     options: dict[str, Any] = field(default_factory=dict)  # the scorer's knobs (all filled in)
     train_recipe: str | None = None  # the recipe of runs a scorer trains (default: surrogate's)
     train_overrides: tuple[str, ...] = ()
+    #: one weight per target for :meth:`combine` (``()`` = equal weights)
+    target_weights: tuple[float, ...] = ()
 
     def opt(self, name: str) -> Any:
         """The value of the scorer's option ``name`` (``--opt name=value`` or its default)."""
@@ -159,12 +161,16 @@ class ScoringContext:
                        desc=desc or f"source {split}", progress=self.progress,
                        autocast_dtype=s.autocast_dtype)
 
-    @staticmethod
-    def combine(per_target: list[np.ndarray]) -> np.ndarray:
-        """One target's scores as they are; several: each normalised to sum 1, then added."""
+    def combine(self, per_target: list[np.ndarray]) -> np.ndarray:
+        """One target's scores as they are; several: each normalised to sum 1, times its
+        weight (``target_weights``; equal by default), then added."""
         from .multi_target import combine_target_scores
 
-        return per_target[0] if len(per_target) == 1 else combine_target_scores(per_target)
+        if len(per_target) == 1:
+            return per_target[0]
+        names = [str(t) for t in self.targets] if len(self.targets) == len(per_target) else None
+        return combine_target_scores(per_target, names=names,
+                                     weights=list(self.target_weights) or None)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -1,0 +1,226 @@
+"""Fig. A2 (FM at several K), Fig. A3 (reversed order) and Fig. A5 (several targets) through
+the pipeline and the cost table, at the smallest scale (8 source classes, 2 targets, width-8
+models, 1 epoch). One runs folder per module: the surrogate trains once; every test runs the
+pipelines it needs (finished stages are skipped), so the tests run in any order."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.pipeline.cost_table import REFERENCE, run_cost_table
+from ffcv_dp4tl.pipeline.run import PipelineConfig, run_pipeline
+from ffcv_dp4tl.pipeline.scores_io import load_scores
+from ffcv_dp4tl.pipeline.variants import parse_variant
+from ffcv_dp4tl.pipeline.score import score
+from ffcv_dp4tl.scoring import combine_target_scores
+from ffcv_dp4tl.scoring.ranking import rank
+
+SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
+         "val_per_class=4,image_size=16,num_targets=2,target_classes=3,"
+         "target_train_per_class=8,target_test_per_class=4")
+TRAIN = ("model.width=8", "model.stem_stride=1", "train.epochs=1", "train.batch_size=16",
+         "train.min_res=16", "train.max_res=16", "eval.resolution=16", "eval.batch_size=64",
+         "data.num_workers=0", "eval.every=1")
+FINETUNE = ("train.epochs=1", "finetune.resolution=16", "eval.resolution=16",
+            "data.num_workers=0", "eval.every=1")
+TARGETS = ("warm", "paper")  # the two targets of SYNTH (num_targets=2)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> PipelineConfig:
+    tmp = tmp_path_factory.mktemp("ablations")
+    return PipelineConfig(ratio=0.5, source=SYNTH, target="warm", method="lm", fmt="wds",
+                          device="cpu", k=4, finetune=("lp",), data_root=tmp / "data",
+                          runs_root=tmp / "runs", overrides=TRAIN, surrogate_overrides=TRAIN,
+                          finetune_overrides=FINETUNE)
+
+
+def _quiet(cfg: PipelineConfig) -> dict:
+    return run_pipeline(cfg, log=lambda s: None)
+
+
+def _stage_dir(cfg: PipelineConfig, res: dict, name: str) -> Path:
+    """A stage's folder, from the key its run recorded (the report folder names the pretrain
+    key; the others are found through their DONE.json's inputs)."""
+    root = Path(cfg.runs_root)
+    for d in root.glob(f"{name}-*"):
+        if (d / "DONE.json").exists() and json.loads((d / "DONE.json").read_text()) == \
+                {k: v for k, v in res["stages"][name].items()}:
+            return d
+    raise AssertionError(f"no {name} folder with this result")
+
+
+def test_reversed_keeps_the_lowest_scored_classes(base):
+    ordered = _quiet(base)
+    rev = _quiet(replace(base, order="reversed"))
+    assert not rev["stages"]["score"].ran  # the scores are shared by both orders
+    assert rev["stages"]["prune"].ran and rev["stages"]["pretrain"].ran  # new keys downstream
+    meta, arrays = load_scores(_stage_dir(base, ordered, "score"))
+    s, t = arrays["scores"], arrays["tiebreak"]
+    n_keep = round(0.5 * len(s))
+    lowest = np.sort(rank(-s, -t)[:n_keep])
+    highest = np.sort(rank(s, t)[:n_keep])
+    np.testing.assert_array_equal(rev["stages"]["prune"]["kept_units"], lowest)
+    np.testing.assert_array_equal(ordered["stages"]["prune"]["kept_units"], highest)
+    if len(set(zip(s.tolist(), t.tolist()))) == len(s):  # no full ties: exact complements
+        assert set(lowest) | set(highest) == set(range(len(s)))
+    kept_rev = rev["stages"]["prune"]["kept_units"]
+    assert max(s[kept_rev]) <= min(s[ordered["stages"]["prune"]["kept_units"]])
+    assert "LM (reversed) at ratio 0.5" in Path(rev["report"]).read_text()
+    assert "LM at ratio 0.5" in Path(ordered["report"]).read_text()
+    # the keys differ where the order matters, and a rerun of the reversed run reuses them all
+    again = _quiet(replace(base, order="reversed"))
+    assert not any(st.ran for st in again["stages"].values())
+    assert again["report"] != ordered["report"]
+
+
+def test_two_targets_select_once_and_report_each_accuracy(base):
+    cfg = replace(base, target="", targets=TARGETS)
+    res = _quiet(cfg)
+    assert set(res["per_target"]) == set(TARGETS) and res["summary"] == {}
+    assert {"finetune-lp@warm", "finetune-lp@paper"} <= set(res["stages"])
+    for name in TARGETS:
+        lp = res["per_target"][name]["lp"]
+        assert lp["n"] == 1 and 0.0 <= lp["final_mean"] <= 1.0
+        assert res["stages"][f"finetune-lp@{name}"]["test_top1"] == lp["final_mean"]
+    report = Path(res["report"]).read_text()
+    assert "Target `warm` test top-1" in report and "Target `paper` test top-1" in report
+    # the combined scores are combine_target_scores of each target's own scores
+    sc_dir = _stage_dir(cfg, res, "score")
+    _, arrays = load_scores(sc_dir)
+    src, tdirs = Path(res["source"]), [Path(res["targets"][n]) for n in TARGETS]
+    ckpt = sorted(Path(cfg.runs_root).glob("surrogate-*/checkpoint.pt"))[0]
+    singles = []
+    for i, td in enumerate(tdirs):
+        out = Path(cfg.runs_root) / f"single-{i}"
+        score("lm", source_dir=src, target_dir=td, checkpoint=ckpt, out_dir=out, fmt="wds",
+              num_workers=0, progress=False)
+        singles.append(load_scores(out)[1])
+    combined = combine_target_scores([a["scores"] for a in singles])
+    np.testing.assert_allclose(arrays["scores"], combined)
+    tie = combine_target_scores([a["tiebreak"] for a in singles])
+    n_keep = round(0.5 * len(combined))
+    np.testing.assert_array_equal(res["stages"]["prune"]["kept_units"],
+                                  np.sort(rank(combined, tie)[:n_keep]))
+    # weights: another key, the weighted sum
+    w = replace(cfg, target_weights=(1.0, 3.0))
+    res_w = _quiet(w)
+    assert res_w["stages"]["score"].ran and res_w["report"] != res["report"]
+    _, arrays_w = load_scores(_stage_dir(w, res_w, "score"))
+    np.testing.assert_allclose(arrays_w["scores"], combine_target_scores(
+        [a["scores"] for a in singles], weights=[1.0, 3.0]))
+
+
+def test_target_sets_and_orders_have_their_own_stage_keys(base):
+    from ffcv_dp4tl.pipeline.stages import key_of
+    from ffcv_dp4tl.pipeline.targets import score_key
+
+    one = score_key(["a"], ())
+    assert one == {"target": "a"}  # one target: the key of every earlier run
+    keys = {key_of(score_key(fps, ws)) for fps, ws in
+            ((["a"], ()), (["a", "b"], ()), (["a", "c"], ()), (["a", "b"], (1.0, 2.0)))}
+    assert len(keys) == 4
+    single = _quiet(base)
+    multi = _quiet(replace(base, target="", targets=TARGETS))
+    assert _stage_dir(base, single, "score") != _stage_dir(base, multi, "score")
+    assert single["report"] != multi["report"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"targets": ("warm", "nosuch")}, r"unknown target 'nosuch'; the embedded data .* has: paper, warm"),
+    ({"target": "nosuch"}, r"unknown target 'nosuch'.*paper, warm"),
+    ({"targets": TARGETS, "target_weights": (1.0,)}, r"1 given for 2 targets"),
+    ({"targets": TARGETS, "target_weights": (1.0, -1.0)}, r"weight 2 is -1.0"),
+    ({"targets": ("warm", "warm")}, r"'warm' is given twice"),
+    ({"order": "backwards"}, r"order must be one of ordered, reversed"),
+])
+def test_bad_target_and_order_values_are_one_line_errors(base, change, message):
+    cfg = replace(base, **{"target": "", **change})
+    with pytest.raises(DP4TLError, match=message) as e:
+        _quiet(cfg)
+    assert "\n" not in str(e.value)
+
+
+def test_bench_variants_and_targets_are_labelled_rows(base, tmp_path):
+    cfg = replace(base, target="", targets=TARGETS)
+    out = tmp_path / "report"
+    t = run_cost_table(cfg, out, ratios=(0.0, 0.5), methods=("lm", "lm[reversed]", "fm[k=3]",
+                                                             "fm[k=5]"),
+                       finetune=("lp",), command="pytest", log=lambda s: None)
+    assert [(r["method"], r["ratio"]) for r in t["rows"]] == [
+        (REFERENCE, 0.0), ("lm", 0.5), ("lm[reversed]", 0.5), ("fm[k=3]", 0.5), ("fm[k=5]", 0.5)]
+    assert set(t["accuracy"]["lp"]["methods"]) == {"lm", "lm[reversed]", "fm[k=3]", "fm[k=5]"}
+    # each K is its own clustering: the (cached) runs scored K clusters
+    for k in (3, 5):
+        res = _quiet(parse_variant(f"fm[k={k}]").apply(replace(cfg, ratio=0.5)))
+        assert not any(st.ran for st in res["stages"].values())
+        assert len(load_scores(_stage_dir(cfg, res, "score"))[1]["scores"]) == k
+    assert set(t["targets"]) == set(TARGETS)
+    for name in TARGETS:
+        assert set(t["targets"][name]["accuracy"]["lp"]["methods"]) == set(t["methods"])
+    assert len(t["target_rows"]) == 2 * len(t["rows"])
+    report = (out / "report.md").read_text()
+    for label in ("LM (reversed)", "FM (K=3)", "FM (K=5)", "warm: LM (reversed)",
+                  "paper: FM (K=5)", "Several targets (Fig. A5)"):
+        assert label in report
+    for png in ("accuracy.png", "cost.png", "accuracy-targets.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_spells_variants_targets_and_order(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import ffcv_dp4tl.pipeline.cost_table as ct
+    import ffcv_dp4tl.pipeline.run as run
+    from ffcv_dp4tl.cli import app
+
+    seen: dict = {}
+
+    def fake_table(base, out, **kw):
+        seen.update(kw, base=base)
+        raise DP4TLError("stop here")
+
+    monkeypatch.setattr(ct, "run_cost_table", fake_table)
+    res = CliRunner().invoke(app, ["bench", "cost-table", "--methods", "lm,fm@0.4,fm[k=8,reversed]",
+                                   "--ks", "16,32", "--orders", "ordered,reversed", "--target",
+                                   "warm,blur", "--target-weights", "1,2", "--out", str(tmp_path)])
+    assert isinstance(res.exception, DP4TLError), res.output  # the CLI prints it as one line
+    assert seen["methods"] == ["lm", "lm[reversed]", "fm[k=16]", "fm[k=16,reversed]", "fm[k=32]",
+                               "fm[k=32,reversed]", "fm[k=8,reversed]"]
+    assert seen["method_ratios"] == {v: [0.4] for v in ("fm[k=16]", "fm[k=16,reversed]",
+                                                        "fm[k=32]", "fm[k=32,reversed]")}
+    assert seen["base"].targets == ("warm", "blur") and seen["base"].target_weights == (1.0, 2.0)
+    assert "--ks 16,32" in seen["command"] and "--target warm,blur" in seen["command"]
+
+    def fake_pipeline(cfg, log=print):
+        seen["cfg"] = cfg
+        raise DP4TLError("stop here")
+
+    monkeypatch.setattr(run, "run_pipeline", fake_pipeline)
+    res = CliRunner().invoke(app, ["pipeline", "--target", "warm", "--target", "blur,paper",
+                                   "--order", "reversed"])
+    assert isinstance(res.exception, DP4TLError), res.output
+    assert seen["cfg"].targets == ("warm", "blur", "paper") and seen["cfg"].order == "reversed"
+    res = CliRunner().invoke(app, ["pipeline", "--target", "warm"])
+    assert seen["cfg"].target == "warm" and seen["cfg"].targets == ()  # one target: as before
+    for args, msg in ((["--target", "warm,blur", "--target-weights", "1"], "1 given for 2"),
+                      (["--target", "warm,blur", "--target-weights", "1,-2"], "weight 2 is -2.0"),
+                      (["--target", "warm,blur", "--target-weights", "x"], "comma-separated"),
+                      (["--order", "sideways"], "sideways")):
+        res = CliRunner().invoke(app, ["pipeline", *args])
+        assert res.exit_code != 0 and msg in _error(res), _error(res)
+    res = CliRunner().invoke(app, ["bench", "cost-table", "--methods", "fm@k=16"])
+    assert "fm[k=16]" in _error(res)
+
+
+def _error(res) -> str:
+    """A refused CLI call's message: a DP4TLError (one line) or typer's usage error."""
+    if isinstance(res.exception, DP4TLError):
+        assert "\n" not in str(res.exception)
+        return str(res.exception)
+    return res.output
