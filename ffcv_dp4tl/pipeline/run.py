@@ -320,7 +320,10 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
         sc = stage(root, "score", {"method": cfg.method,
                                    "surrogate": sur.key if needs_surrogate else None,
                                    "source": src.fingerprint,
-                                   **score_key([t.fingerprint for t in tgts], weights),
+                                   # in-domain methods (RANDOM, the baselines) never read
+                                   # the target: one score stage serves every target
+                                   **(score_key([t.fingerprint for t in tgts], weights)
+                                      if scorer.needs_target else {}),
                                    "k": cfg.k, "seed": cfg.seed, **common, **target_input,
                                    **extra_key})
         results["stages"]["score"] = run_stage(sc, lambda d: score(
@@ -345,9 +348,11 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
             over = pre_overrides + seed_over
             name = "pretrain" if i == 0 else f"pretrain-seed{seed}"
             pre = loaded["pretrain"] if not seed_over else load_recipe(rs["pretrain"], over)
+            # what is trained, not how the mask was chosen: the same mask (the 0 % reference,
+            # RANDOM, an in-domain baseline — for any target) is one pretraining
             pt = stage(root, "pretrain", {"recipe": rs["pretrain"], "overrides": over,
                                           "recipe_fingerprint": pre.fingerprint(),
-                                          "prune": pr.key, "source": src.fingerprint,
+                                          "source": src.fingerprint,
                                           "mask": file_hash(pr.dir / "train.npy"), **common})
             results["stages"][name] = run_stage(pt, lambda d, r=pre: train(
                 r, source_dir, mask=load_mask(pr.dir / "train.npy"), out_dir=d, fmt=cfg.fmt,

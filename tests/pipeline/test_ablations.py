@@ -59,7 +59,9 @@ def test_reversed_keeps_the_lowest_scored_classes(base):
     ordered = _quiet(base)
     rev = _quiet(replace(base, order="reversed"))
     assert not rev["stages"]["score"].ran  # the scores are shared by both orders
-    assert rev["stages"]["prune"].ran and rev["stages"]["pretrain"].ran  # new keys downstream
+    assert rev["stages"]["prune"].ran  # a new mask downstream, so a different pretraining
+    # (keyed by the mask's content: it may already exist if another run chose the same mask)
+    assert _stage_dir(base, rev, "pretrain") != _stage_dir(base, ordered, "pretrain")
     meta, arrays = load_scores(_stage_dir(base, ordered, "score"))
     s, t = arrays["scores"], arrays["tiebreak"]
     n_keep = round(0.5 * len(s))
@@ -224,3 +226,21 @@ def _error(res) -> str:
         assert "\n" not in str(res.exception)
         return str(res.exception)
     return res.output
+
+
+def test_target_independent_stages_are_shared_by_every_target(base):
+    """RANDOM, the 0 % reference and the in-domain baselines never read the target: one score
+    stage and one pretraining (keyed by the mask's content) serve every target, and only the
+    finetuning runs per target. LM reads the target: its score (and pretraining) is per target."""
+    for method, ratio in (("random", 0.5), ("random", 0.0), ("sp", 0.5)):
+        first = _quiet(replace(base, method=method, ratio=ratio, target="warm"))
+        second = _quiet(replace(base, method=method, ratio=ratio, target="paper"))
+        assert not second["stages"]["score"].ran, method
+        assert not second["stages"]["pretrain"].ran, (method, ratio)
+        assert Path(second["stages"]["finetune-lp"]["target"]).name == "paper"  # per target
+        assert Path(first["stages"]["finetune-lp"]["target"]).name == "warm"
+        assert first["stages"]["pretrain"]["seconds"] == second["stages"]["pretrain"]["seconds"]
+    lm_warm = _quiet(replace(base, method="lm", target="warm"))
+    lm_paper = _quiet(replace(base, method="lm", target="paper"))
+    assert lm_paper["stages"]["score"].ran or lm_warm["stages"]["score"].ran
+    assert _stage_dir(base, lm_warm, "score") != _stage_dir(base, lm_paper, "score")
