@@ -70,6 +70,7 @@ class PGDAttack:
         # the loaders' normalisation is in 0-255 units: pixel01 = (x * std + mean) / 255
         self._mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / 255.0
         self._std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) / 255.0
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def from_recipe(cls, adv) -> "PGDAttack":
@@ -78,7 +79,12 @@ class PGDAttack:
 
     # ---------------------------------------------------------------- pixel space <-> model input
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._mean.to(like.device), self._std.to(like.device)
+        """mean/std on ``like``'s device, copied there once (a host→device copy per step would
+        be a synchronising one from pageable memory)."""
+        dev = like.device
+        if dev not in self._on_device:
+            self._on_device[dev] = (self._mean.to(dev), self._std.to(dev))
+        return self._on_device[dev]
 
     def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised batch → float32 pixels in [0, 1] (clamped: float round-off of a uint8
