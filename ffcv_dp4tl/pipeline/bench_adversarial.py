@@ -161,13 +161,17 @@ def run_adversarial(base: PipelineConfig, out_dir: str | Path | None = None, *, 
              "machine": machine_info(),
              "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "results.json", table)
-        atomic_write_text(out / "report.md", "\n".join(
-            ["# Adversarial pretraining on full and pruned sources (paper Tab. 5)", "",
-             *header_lines(table), "", markdown_tables(table)]) + "\n")
+        write_outputs(table, Path(out_dir))
     return table
+
+
+def write_outputs(t: dict[str, Any], out: Path) -> None:
+    """``out/results.json`` and ``out/report.md`` (the report can be re-rendered from the JSON)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", t)
+    atomic_write_text(out / "report.md", "\n".join(
+        ["# Adversarial pretraining on full and pruned sources (paper Tab. 5)", "",
+         *header_lines(t), "", markdown_tables(t)]) + "\n")
 
 
 # ---------------------------------------------------------------------------------- report
@@ -203,7 +207,10 @@ def header_lines(t: dict[str, Any]) -> list[str]:
             f"- pruned models: {t['method'].upper()} at ratio {t['ratio']:g}"
             + (f" (kept {t['rows'][2]['kept_sample_fraction']:.3f} of the train samples)"
                if t["rows"][2].get("kept_sample_fraction") is not None else "")
-            + f"; seeds {t['seeds']}; finetune {', '.join(m.upper() for m in t['finetune'])}"]
+            + f"; seeds {t['seeds']}; finetune {', '.join(m.upper() for m in t['finetune'])}",
+            "- times are read from each stage's `DONE.json` (measured when it ran); on a shared "
+            "machine wall seconds move with the other jobs' load, CPU seconds (this process + its "
+            "finished loader workers) much less"]
 
 
 def markdown_tables(t: dict[str, Any]) -> str:
