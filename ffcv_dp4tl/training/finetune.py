@@ -152,6 +152,10 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
     mode = mode or recipe.finetune.mode
     if mode not in ("lp", "ff"):
         raise DP4TLError(f"finetune mode must be lp or ff, got {mode!r}")
+    if recipe.adv.steps > 0:  # (Tab. 5 attacks the source pretraining only; LP/FF stay clean)
+        raise DP4TLError(f"finetune recipe {recipe.name or '<recipe>'}: adv.steps = "
+                         f"{recipe.adv.steps}, but adversarial training applies to pretraining "
+                         "(`dp4tl train`, the pipeline's --set); set adv.steps = 0 here")
     dev = resolve_device(device)
     pin_cpu_threads(recipe.data.num_workers)
     out_dir = Path(out_dir)

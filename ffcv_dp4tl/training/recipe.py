@@ -194,6 +194,22 @@ class SSLCfg:
 
 
 @dataclass
+class AdvCfg:
+    """PGD adversarial pretraining (Madry et al. 2018; the paper's Tab. 5 DENSE-ADV / LM-ADV,
+    after Salman et al. 2020). ``steps = 0`` trains on clean images (the default; the section
+    then stays out of the fingerprint). Each training batch is replaced by its ``steps``-step PGD
+    perturbation within the ``norm`` ball of radius ``eps``, measured in **pixel units of [0, 1]**
+    (the attack works on the un-normalised image and clamps it to [0, 1]: Linf 3/255 or 4/255,
+    L2 3.0 as in Salman et al.). ``eps`` and ``step_size`` also accept a fraction string,
+    ``"3/255"``. The attack itself: :mod:`.adversarial`."""
+    steps: int = 0             # PGD steps per batch; 0 = off
+    eps: float = 0.0           # radius in [0, 1] pixel units (linf: <= 1)
+    step_size: float = 0.0     # 0 = 2.5 * eps / steps (Madry et al.; the robustness library)
+    norm: str = "linf"         # linf | l2
+    random_start: bool = True  # start from a random point of the ball (Madry et al.)
+
+
+@dataclass
 class Recipe:
     model: ModelCfg = field(default_factory=ModelCfg)
     data: DataCfg = field(default_factory=DataCfg)
@@ -204,6 +220,7 @@ class Recipe:
     finetune: FinetuneCfg = field(default_factory=FinetuneCfg)
     ssl: SSLCfg = field(default_factory=SSLCfg)
     scoring: ScoringCfg = field(default_factory=ScoringCfg)
+    adv: AdvCfg = field(default_factory=AdvCfg)
     name: str = ""             # recipe file stem (not a TOML key)
 
     def to_dict(self) -> dict[str, Any]:
@@ -219,6 +236,8 @@ class Recipe:
             d["train"].pop("cpu_autocast")  # and from before train.cpu_autocast existed
         if d["scoring"] == dataclasses.asdict(ScoringCfg()):
             d.pop("scoring")  # and from before [scoring] existed
+        if d["adv"]["steps"] == 0:
+            d.pop("adv")  # clean training, whatever else [adv] says: the old fingerprints
         return d
 
     def fingerprint(self) -> str:
@@ -290,9 +309,26 @@ def _build(data: dict[str, Any], source: str) -> Recipe:
             if key not in types:
                 raise DP4TLError(f"{source}: unknown key {sec}.{key}; valid keys in [{sec}]: "
                                  f"{', '.join(types)}")
+            if (sec, key) in _FRACTION_KEYS and isinstance(value, str):
+                value = _fraction(source, f"{sec}.{key}", value)
             setattr(target, key, _check_value(source, f"{sec}.{key}", value, types[key]))
     _validate_choices(recipe, source)
     return recipe
+
+
+#: float keys that also accept a fraction string such as "3/255" (pixel-unit radii)
+_FRACTION_KEYS = {("adv", "eps"), ("adv", "step_size")}
+
+
+def _fraction(source: str, key: str, text: str) -> float:
+    """``"3/255"`` → 3/255; any other string is a one-line error naming ``key``."""
+    num, sep, den = text.partition("/")
+    try:
+        value = float(num) / float(den) if sep else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise DP4TLError(f"{source}: {key} must be a number or a fraction such as \"3/255\", "
+                         f"got {text!r}") from None
+    return value
 
 
 _CHOICES = {
@@ -303,6 +339,7 @@ _CHOICES = {
     ("ssl", "method"): ("none", "moco_v2"),
     ("data", "decode"): ("cpu", "gpu", "auto"),
     ("scoring", "target_crop"): ("center", "none"),
+    ("adv", "norm"): ("linf", "l2"),
 }
 
 
@@ -336,6 +373,7 @@ def _validate_choices(r: Recipe, source: str) -> None:
     if r.scoring.target_resolution < 0:
         raise DP4TLError(f"{source}: scoring.target_resolution must be >= 0 (0 = eval.resolution)")
     _validate_lr(r, source)
+    _validate_adv(r, source)
     if r.train.min_res > r.train.max_res:
         raise DP4TLError(f"{source}: train.min_res ({r.train.min_res}) > train.max_res "
                          f"({r.train.max_res})")
@@ -354,6 +392,24 @@ def _validate_lr(r: Recipe, source: str) -> None:
                              "at which the lr is multiplied by lr.gamma), e.g. [30, 40]")
         if ms[0] <= 0 or any(b <= a for a, b in zip(ms, ms[1:])):
             raise DP4TLError(f"{source}: lr.milestones {ms} must be strictly increasing epochs > 0")
+
+
+def _validate_adv(r: Recipe, source: str) -> None:
+    """[adv] as a whole (value ranges: _RANGES): an attack needs a radius, Linf radii are pixel
+    fractions (a value > 1 is a 0-255 number: "4" meant 4/255), and only a supervised objective
+    has labels to attack."""
+    a = r.adv
+    if a.steps == 0:
+        return
+    if a.eps <= 0:
+        raise DP4TLError(f"{source}: adv.steps = {a.steps} needs adv.eps > 0 (the radius in [0, 1] "
+                         "pixel units, e.g. \"3/255\" for linf or 3.0 for l2)")
+    if a.norm == "linf" and a.eps > 1:
+        raise DP4TLError(f"{source}: adv.eps = {a.eps} is in [0, 1] pixel units for linf; for "
+                         f"{a.eps:g}/255 write adv.eps = \"{a.eps:g}/255\"")
+    if r.ssl.method != "none":
+        raise DP4TLError(f"{source}: adv.steps = {a.steps} attacks the classification loss, but "
+                         f"ssl.method = {r.ssl.method!r} has no labels; set adv.steps = 0")
 
 
 #: (section, key) → (low, high, low inclusive, high inclusive); None = unbounded. Lists are
@@ -382,6 +438,9 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
     ("model", "stem_stride"): (0, None, False, True),
     ("model", "image_size"): (0, None, False, True),
     ("finetune", "resolution"): (0, None, False, True),
+    ("adv", "steps"): (0, None, True, True),
+    ("adv", "eps"): (0, None, True, True),
+    ("adv", "step_size"): (0, None, True, True),
 }
 
 

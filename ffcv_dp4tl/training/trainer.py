@@ -30,6 +30,11 @@ crop+flip decoder reseeded per image (``data/ffcv_loader.py``): two ffcv runs th
 weights. torch's CPU thread count (which changes CPU results) is pinned per run to the loader
 workers (:func:`pin_cpu_threads`).
 
+**Adversarial pretraining** (``[adv] steps > 0``, paper Tab. 5) swaps in
+:class:`~.adversarial.AdversarialObjective`: each batch is replaced by its PGD attack (pixel-space
+eps, the model in eval mode while attacking, see :mod:`.adversarial`) before the step;
+``top1_train`` is then the accuracy on the attacked batches, validation stays clean.
+
 **Engine.** The epoch loop is :func:`~.engine.train_one_epoch`, shared with finetuning: the
 recipe's objective (:class:`~.engine.CrossEntropyObjective` or MoCo's) is an object, so the loop
 has no supervised/self-supervised branches. Outputs (``metrics.jsonl``, TensorBoard, console)
@@ -245,6 +250,10 @@ def build_step_parts(recipe: Recipe, num_classes: int, ctx: dist_.DistContext,
     if ssl:
         from .moco import MoCoObjective
         objective = MoCoObjective(net, recipe.ssl, ctx)
+    elif recipe.adv.steps > 0:  # PGD adversarial training: the plain net attacks (adversarial.py)
+        from .adversarial import AdversarialObjective, PGDAttack
+        objective = AdversarialObjective(net, PGDAttack.from_recipe(recipe.adv),
+                                         recipe.optim.label_smoothing)
     else:
         objective = CrossEntropyObjective(recipe.optim.label_smoothing)
     if ckpt:

@@ -1,0 +1,72 @@
+"""``dp4tl bench adversarial`` (paper Tab. 5) end to end at the smallest scale: DENSE,
+DENSE-ADV, LM and LM-ADV with 1-epoch width-8 recipes on a tiny synthetic source."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.pipeline.bench_adversarial import adv_overrides, run_adversarial
+from ffcv_dp4tl.pipeline.run import PipelineConfig
+
+SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
+         "val_per_class=4,image_size=16,num_targets=1,target_classes=3,"
+         "target_train_per_class=8,target_test_per_class=4")
+TRAIN = ("model.width=8", "model.stem_stride=1", "train.epochs=1", "train.batch_size=16",
+         "train.min_res=16", "train.max_res=16", "eval.resolution=16", "eval.batch_size=64",
+         "data.num_workers=0", "eval.every=1")
+FINETUNE = ("train.epochs=1", "finetune.resolution=16", "eval.resolution=16",
+            "data.num_workers=0", "eval.every=1")
+
+
+def test_bench_adversarial_cli_end_to_end(tmp_path):
+    from typer.testing import CliRunner
+
+    from ffcv_dp4tl.cli import app
+
+    out, bench_md = tmp_path / "docs" / "adversarial", tmp_path / "BENCHMARKS.md"
+    bench_md.write_text("# Benchmarks\n\n## Other\n\nkeep me\n")
+    args = ["bench", "adversarial", "--data", SYNTH, "--ratio", "0.5", "--steps", "2",
+            "--eps", "8/255", "--format", "wds", "--device", "cpu", "--k", "4",
+            "--data-root", str(tmp_path / "data"), "--runs-root", str(tmp_path / "runs"),
+            "--out", str(out), "--report", str(bench_md)]
+    for flag, overs in (("--set", TRAIN), ("--set-surrogate", TRAIN), ("--set-finetune", FINETUNE)):
+        for o in overs:
+            args += [flag, o]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    t = json.loads((out / "results.json").read_text())
+    rows = {r["variant"]: r for r in t["rows"]}
+    assert list(rows) == ["DENSE", "DENSE-ADV", "LM", "LM-ADV"]
+    assert [rows[v]["objective"] for v in rows] == ["supervised", "adversarial"] * 2
+    assert "adv.steps=2" in t["adv"] and "adv.eps=8/255" in t["adv"]
+    assert f"adv.step_size={2 * (8 / 255) / 2!r}" in t["adv"]  # default: 2 eps / steps
+    assert rows["DENSE"]["pretrain_s_x_dense"] == pytest.approx(1.0)
+    # one selection (surrogate, scores, mask) serves LM and LM-ADV; DENSE keeps every sample
+    assert rows["LM"]["train_kept"] == rows["LM-ADV"]["train_kept"] < rows["DENSE"]["train_kept"]
+    assert res.output.count("[surrogate] running") == 1
+    assert rows["LM"]["selection_s"] > 0 and rows["DENSE"]["selection_s"] == 0
+    for r in rows.values():
+        assert r["total_s"][0] == pytest.approx(r["pretrain_s"][0] + r["selection_s"])
+        assert 0 <= r["lp"]["final"][0] <= 100 and r["pretrain_cpu_s"][0] > 0
+    # (no timing assertion: at 6 steps per run, setup and evaluation dominate the attack's cost)
+    report = (out / "report.md").read_text()
+    assert "| DENSE-ADV | N/A |" in report and "| LM-ADV | 50 |" in report
+    assert "Paper Tab. 5" in report and "dp4tl bench adversarial" in report
+    text = bench_md.read_text()
+    assert "keep me" in text and "## Adversarial pretraining (Tab. 5)" in text
+    # a rerun reuses every stage
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0 and "running in" not in res.output
+
+
+def test_bad_bench_inputs_fail_before_work(tmp_path):
+    base = PipelineConfig(source=SYNTH, data_root=tmp_path / "d", runs_root=tmp_path / "r")
+    with pytest.raises(DP4TLError, match="--ratio"):
+        run_adversarial(base, ratio=0.0)
+    with pytest.raises(DP4TLError, match="--steps"):
+        adv_overrides(steps=0)
+    with pytest.raises(DP4TLError, match="--eps"):
+        adv_overrides(eps="three")
+    assert not (tmp_path / "d").exists() and not (tmp_path / "r").exists()
