@@ -55,7 +55,8 @@ def test_end_to_end_two_surrogates(tmp_path):
         win = rec["winners"]["lp"]
         assert win["ratio"] == (0.5 if acc >= t["reference_acc"]["lp"] else 0.0)
     md = (out / "report.md").read_text()
-    assert "| RN-18 (reference) | 0.0" in md and "| 100.0 | 100.0 |" in md
+    assert f"| RN-18 (reference) | {ref['params'] / 1e6:.3f} | 11.690 | 11.690 |" in md
+    assert "| 100.0 | 100.0 |" in md  # RN-18's overlap with itself, ours and the paper's
     assert f"| {100 * rn20['overlap']:.1f} | 89.3 |" in md  # ours beside the paper's
     assert (out / "surrogates.png").stat().st_size > 10_000
     saved = json.loads((out / "results.json").read_text())
