@@ -170,6 +170,8 @@ def surrogates(
     report: Path = typer.Option(None, help="Also write a section into this Markdown file "
                                 "(e.g. BENCHMARKS.md)"),
     section: str = typer.Option("Surrogate size (Tab. A6, Fig. 5)", help="Title of that section"),
+    note: List[str] = typer.Option([], "--note", help="A line for the report's header, e.g. why "
+                                   "the recipes were shrunk (repeatable)"),
 ) -> None:
     """LM with surrogates of different sizes (paper Tab. A6 / Fig. 5): params, source accuracy,
     class overlap with the RN-18 selection, target accuracy per ratio, largest winning ratio."""
@@ -193,14 +195,14 @@ def surrogates(
             ("runs-root", runs_root), ("format", format.value), ("device", device), ("tol", tol),
             *(("set", v) for v in set_), *(("set-surrogate", v) for v in set_surrogate),
             *(("set-arch", v) for v in set_arch), *(("set-finetune", v) for v in set_finetune),
-            ("out", out), ("report", report)]
+            *(("note", v) for v in note), ("out", out), ("report", report)]
     command = "dp4tl bench surrogates " + " ".join(
         f"--{name} {shlex.quote(str(v))}" for name, v in opts if v not in ("", None))
     t = run_surrogate_bench(base, out, archs=split_list(archs), ratio=ratio,
                             ratios=_floats(ratios), reference=reference,
                             arch_overrides=parse_arch_overrides(set_arch),
                             finetune=split_list(finetune), tol=tol, command=command,
-                            log=typer.echo)
+                            notes=note, log=typer.echo)
     typer.echo((out / "report.md").read_text())
     if report is not None:
         try:

@@ -95,7 +95,8 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
                         ratios: Iterable[float] = (), reference: str = REFERENCE_ARCH,
                         arch_overrides: Mapping[str, Sequence[str]] | None = None,
                         finetune: Sequence[str] = ("lp",), tol: float = 0.0, command: str = "",
-                        log: Callable[[str], None] = print) -> dict[str, Any]:
+                        notes: Sequence[str] = (), log: Callable[[str], None] = print
+                        ) -> dict[str, Any]:
     """Run LM with every surrogate in ``archs`` at ``ratio`` (and ``ratios``) plus the shared
     0 % reference; return (and with ``out_dir`` write) the table. ``reference`` (run even if
     not listed) is the surrogate the overlaps are measured against; ``arch_overrides``: extra
@@ -129,7 +130,9 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
     reference_acc = {m: _acc(ref, m) for m in finetune}
     runs: dict[str, dict[str, Any]] = {}
     recipes: dict[str, str] = dict(ref.get("recipes", {}))
-    for arch in archs:
+    # the reference first: every other row's overlap needs its selection (a run cut short
+    # still has it); the table keeps the order asked for
+    for arch in [reference, *(a for a in archs if a != reference)]:
         over = (f"model.arch={arch}", *base.surrogate_overrides, *arch_overrides.get(arch, ()))
         rec: dict[str, Any] = {"arch": arch, "label": arch_label(arch),
                                "surrogate_overrides": list(over), "by_ratio": {}}
@@ -175,7 +178,7 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
              "finetune": list(finetune), "tol": tol, "reference_acc": reference_acc,
              "reference_pretrain_s": ref["stages"].get("pretrain", {}).get("seconds"),
              "runs": runs, "paper": PAPER_TAB_A6, "recipes": recipes, "config": cfg,
-             "command": command, "machine": machine_info(),
+             "command": command, "notes": list(notes), "machine": machine_info(),
              "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
     if out_dir is not None:
         write_outputs(table, Path(out_dir))
@@ -270,7 +273,8 @@ def header_lines(t: dict[str, Any]) -> list[str]:
                 ("pretrain", "overrides"), ("surrogate", "surrogate_overrides"),
                 ("finetune", "finetune_overrides")) if cfg.get(key)),
             f"- method LM, ratios {', '.join(_r(r) for r in t['ratios'])}, overlap at "
-            f"{_r(t['ratio'])} vs `{t['reference']}`; seeds {cfg.get('seeds') or [cfg['seed']]}"]
+            f"{_r(t['ratio'])} vs `{t['reference']}`; seeds {cfg.get('seeds') or [cfg['seed']]}",
+            *(f"- note: {n}" for n in t.get("notes") or ())]
 
 
 def write_outputs(t: dict[str, Any], out: Path) -> None:

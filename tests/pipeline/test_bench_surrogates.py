@@ -32,7 +32,7 @@ def test_end_to_end_two_surrogates(tmp_path):
     out = tmp_path / "report"
     t = run_surrogate_bench(_base(tmp_path), out, archs=["resnet20s"], ratio=0.5,
                             arch_overrides={"resnet20s": ["model.width=16"]}, command="pytest",
-                            log=logs.append)
+                            notes=["shrunk for the test"], log=logs.append)
     assert t["archs"] == ["resnet20s", "resnet18"]  # the reference is added
     assert sum("0 % reference" in s for s in logs) == 1
     assert sum("[surrogate] running" in s for s in logs) == 2  # one surrogate per arch
@@ -57,6 +57,7 @@ def test_end_to_end_two_surrogates(tmp_path):
     md = (out / "report.md").read_text()
     assert f"| RN-18 (reference) | {ref['params'] / 1e6:.3f} | 11.690 | 11.690 |" in md
     assert "| 100.0 | 100.0 |" in md  # RN-18's overlap with itself, ours and the paper's
+    assert "- note: shrunk for the test" in md and "- command: `pytest`" in md
     assert f"| {100 * rn20['overlap']:.1f} | 89.3 |" in md  # ours beside the paper's
     assert (out / "surrogates.png").stat().st_size > 10_000
     saved = json.loads((out / "results.json").read_text())
