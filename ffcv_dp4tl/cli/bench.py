@@ -247,3 +247,86 @@ def render(
     from ..pipeline.cost_table import rerender
 
     _publish(rerender(out), out, report, section)
+
+
+@bench_app.command("surrogates")
+def surrogates(
+    archs: str = typer.Option(",".join(["resnet20s", "vgg2", "resnet32s", "vgg4", "resnet44s",
+                                        "resnet56s", "vgg8", "resnet18"]),
+                              help="Surrogate architectures (`dp4tl models`), each put into the "
+                              "surrogate recipe's model.arch"),
+    ratio: float = typer.Option(0.5, help="Pruning ratio of the class-overlap comparison (paper: 0.5)"),
+    ratios: str = typer.Option("", help="More pruning ratios for the Fig. 5 trajectory and the "
+                               "largest winning ratio (e.g. 0.6,0.7,0.8)",
+                               callback=floats_callback("--ratios")),
+    reference: str = typer.Option("resnet18", help="Surrogate the overlaps are measured against "
+                                  "(run even if not in --archs)", callback=check_arch),
+    finetune: str = typer.Option("lp", help="Finetuning modes (lp, ff); the first one is tabulated",
+                                 callback=list_callback(FINETUNE_MODES, "a finetuning mode")),
+    seeds: str = typer.Option("0", help="Seeds of pretraining + finetuning (accuracies: their mean)",
+                              callback=ints_callback("--seeds")),
+    out: Path = typer.Option(Path("docs/surrogates"), "--out", "-o",
+                             help="report.md, surrogates.png, results.json"),
+    data: str = typer.Option("synth:tiny", "--data", help="Source: a built dataset dir or a "
+                             "`dp4tl build` SOURCE"),
+    target: str = typer.Option("warm", help="Built target dir, SOURCE, or synth target name"),
+    protocol: Protocol = typer.Option(Protocol.fast, help=PROTOCOL_HELP),
+    recipes: RecipeSet = typer.Option(RecipeSet.auto, help="fast protocol: tiny | bench | full"),
+    data_root: Path = typer.Option(Path("data")),
+    runs_root: Path = typer.Option(Path("runs")),
+    format: Format = typer.Option(Format.wds, "--format", help=FORMAT_HELP),
+    device: str = device_option(),
+    tol: float = typer.Option(0.0, help="Winning subset tolerance in accuracy points"),
+    set_: List[str] = typer.Option([], "--set", help="Pretraining recipe override (repeatable)"),
+    set_surrogate: List[str] = typer.Option([], "--set-surrogate", help="Surrogate recipe "
+                                            "override for every arch (repeatable)"),
+    set_arch: List[str] = typer.Option([], "--set-arch", help="Surrogate recipe override for one "
+                                       "arch, ARCH:KEY=VALUE (repeatable), e.g. "
+                                       "resnet56s:model.width=32"),
+    set_finetune: List[str] = typer.Option([], "--set-finetune", help="LP/FF recipe override"),
+    report: Path = typer.Option(None, help="Also write a section into this Markdown file "
+                                "(e.g. BENCHMARKS.md)"),
+    section: str = typer.Option("Surrogate size (Tab. A6, Fig. 5)", help="Title of that section"),
+    note: List[str] = typer.Option([], "--note", help="A line for the report's header, e.g. why "
+                                   "the recipes were shrunk (repeatable)"),
+) -> None:
+    """LM with surrogates of different sizes (paper Tab. A6 / Fig. 5): params, source accuracy,
+    class overlap with the RN-18 selection, target accuracy per ratio, largest winning ratio."""
+    from ..pipeline.bench_surrogates import (header_lines, markdown_tables, parse_arch_overrides,
+                                             run_surrogate_bench)
+    from ..pipeline.run import PipelineConfig
+    from ..reporting import write_section
+
+    for a in split_list(archs):
+        check_arch(a)
+    recipes_ = "" if recipes is RecipeSet.auto else recipes.value
+    base = PipelineConfig(source=data, target=target, recipes=recipes_, protocol=protocol.value,
+                          data_root=data_root, runs_root=runs_root, fmt=format.value,
+                          device=device, overrides=tuple(set_),
+                          surrogate_overrides=tuple(set_surrogate),
+                          finetune_overrides=tuple(set_finetune),
+                          seeds=tuple(int(s) for s in split_list(seeds)))
+    opts = [("archs", archs), ("ratio", ratio), ("ratios", ratios), ("reference", reference),
+            ("finetune", finetune), ("seeds", seeds), ("data", data), ("target", target),
+            ("protocol", protocol.value), ("recipes", recipes_), ("data-root", data_root),
+            ("runs-root", runs_root), ("format", format.value), ("device", device), ("tol", tol),
+            *(("set", v) for v in set_), *(("set-surrogate", v) for v in set_surrogate),
+            *(("set-arch", v) for v in set_arch), *(("set-finetune", v) for v in set_finetune),
+            *(("note", v) for v in note), ("out", out), ("report", report)]
+    command = "dp4tl bench surrogates " + " ".join(
+        f"--{name} {shlex.quote(str(v))}" for name, v in opts if v not in ("", None))
+    t = run_surrogate_bench(base, out, archs=split_list(archs), ratio=ratio,
+                            ratios=_floats(ratios), reference=reference,
+                            arch_overrides=parse_arch_overrides(set_arch),
+                            finetune=split_list(finetune), tol=tol, command=command,
+                            notes=note, log=typer.echo)
+    typer.echo((out / "report.md").read_text())
+    if report is not None:
+        try:
+            prefix = str(out.resolve().relative_to(report.resolve().parent)) + "/"
+        except ValueError:
+            prefix = str(out.resolve()) + "/"
+        write_section(report, section, "\n".join([*header_lines(t), f"- full report: "
+                                                  f"`{prefix}report.md`", "",
+                                                  markdown_tables(t, plot_prefix=prefix)]))
+        typer.echo(f"[bench] wrote section '{section}' of {report}")

@@ -65,3 +65,29 @@ def check_cmd(
     info = load_manifest(dataset).split(split or m.meta.get("split", "train"))
     load_mask(mask, info)
     typer.echo(f"{mask}: OK — {len(m)} of {info.num_samples} samples of {info.name!r}")
+
+
+@mask_app.command("overlap")
+def overlap_cmd(
+    mask: Path = typer.Argument(..., help="Mask .npy file (selection A)"),
+    reference: Path = typer.Argument(..., help="Reference mask .npy file (selection B, e.g. the "
+                                     "default ResNet-18 surrogate's)"),
+    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP + "; needed only when a "
+                                        "mask does not record its kept classes (cluster/sample "
+                                        "masks)", show_default=False),
+    json_: bool = typer.Option(False, "--json", help="Print the numbers as JSON"),
+) -> None:
+    """Overlap of two selections, |A ∩ B| / |B| with B the reference (paper Tab. A6): of kept
+    classes and of kept samples."""
+    import json
+
+    from ..pipeline.compare import compare_mask_files
+
+    res = compare_mask_files(mask, reference, data)
+    if json_:
+        typer.echo(json.dumps({k: v.to_json() for k, v in res.items()}, indent=2))
+        return
+    for what, o in res.items():
+        typer.echo(f"{what}: {100 * o.share:.1f} % of the reference's {o.kept_ref} kept {what} "
+                   f"are kept by {mask.name} ({o.common} in common; it keeps {o.kept}; "
+                   f"Jaccard {100 * o.jaccard:.1f} %)")

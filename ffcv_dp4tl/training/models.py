@@ -223,6 +223,191 @@ def vit_b_16(num_classes: int, *, image_size: int = 224, **kw: Any) -> nn.Module
                              hidden_dim=768, mlp_dim=3072, num_classes=num_classes, **kw)
 
 
+# --------------------------------------------------------------------------- small surrogates
+# Paper Tab. A6 / Fig. 5: LM with surrogates far smaller than ResNet-18. ``resnet{20,32,44,56}s``
+# are He et al. 2016's CIFAR ResNets (Sec. 4.2): a 3×3 stem, three stages of n basic blocks at
+# 16/32/64 channels (strides 1/2/2), 6n+2 weighted layers, global average pooling, one linear
+# head. The shortcut is **option A** (identity; where the shape changes, stride-2 subsampling and
+# zero-padded channels), the one He et al. use for their CIFAR numbers (0.27M params for RN-20 at
+# 10 classes): it adds no parameters. At 1000 classes this gives 0.334M / 0.529M / 0.723M /
+# 0.917M parameters; the paper's Tab. A6 lists 0.236 / 0.516 / 0.706 / 0.896 "M", i.e. exactly our
+# counts divided by 1.024e6 (0.326 for RN-20s, digits swapped in the paper) — see docs/surrogates.md.
+#
+# ``vgg{2,4,8}`` are small VGGs (Simonyan & Zisserman 2015 style: 3×3 conv-BN-ReLU layers, 2×2
+# max-pools between stages, channels doubling) with n conv layers, global average pooling and a
+# single linear head (no 4096-wide FC layers: the paper's counts, 0.417M / 0.698M / 5.53M, leave no
+# room for them). The paper does not give their layout; :data:`VGG_PLANS` are ours, chosen so the
+# counts at 1000 classes are in the same ballpark (0.407M / 0.665M / 5.20M; 5–8 % under the
+# paper's figures read in the same 1.024e6 unit).
+#
+# Knobs as for the ResNets, so ``model.arch=resnet20s`` drops into any recipe:
+# ``width`` scales every channel count by width/64 (64 = the architecture as published, so recipes
+# that keep torchvision's default get the paper's models; the tiny CPU recipes' width 8 gives 1/8
+# of it); ``small_input=True`` (the builders' default: these are CIFAR models, 32–64 px input): the
+# first conv has stride ``stem_stride`` and no max-pool follows; ``small_input=False`` (ImageNet-
+# sized input, the recipes' default): the first conv has stride 2 and a 3×3/2 max-pool follows (4×
+# downsampling like torchvision's ResNet stem, no extra parameter); ``blurpool`` wraps the strided
+# convs as for the ResNets (the VGGs have none past the stem).
+
+def _scaled(channels: int, width: int) -> int:
+    """``channels`` at ``width`` (64 = as published), at least 1."""
+    if width <= 0:
+        raise DP4TLError(f"model.width must be a positive number of channels, got {width}")
+    return max(1, round(channels * width / 64))
+
+
+def _stem(out_ch: int, small_input: bool, stem_stride: int) -> tuple[nn.Conv2d, nn.Module]:
+    """The first conv and what follows it (see the knobs above)."""
+    if small_input:
+        return nn.Conv2d(3, out_ch, 3, stem_stride, 1, bias=False), nn.Identity()
+    return nn.Conv2d(3, out_ch, 3, 2, 1, bias=False), nn.MaxPool2d(3, 2, 1)
+
+
+def _init_convnet(model: nn.Module) -> nn.Module:
+    """He (kaiming) init of convs, BN at identity, as torchvision's ResNet."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model
+
+
+class PadShortcut(nn.Module):
+    """He et al.'s option-A shortcut: subsample by ``stride`` and zero-pad to ``out_ch``
+    channels (no parameters)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int):
+        super().__init__()
+        self.stride, self.pad = stride, out_ch - in_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, ::self.stride, ::self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+
+
+class CifarBasicBlock(nn.Module):
+    """Two 3×3 conv-BN layers with an identity (or option-A) shortcut."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = (PadShortcut(in_ch, out_ch, stride)
+                                    if stride != 1 or in_ch != out_ch else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(_ClassifierMixin, nn.Module):
+    """He et al. 2016's CIFAR ResNet (6n+2 layers, option-A shortcuts) with the
+    :class:`Backbone` methods; the head is ``fc`` as in torchvision's ResNet (so brought weights
+    are read the same way)."""
+
+    def __init__(self, n: int, num_classes: int, *, width: int = 64, small_input: bool = True,
+                 stem_stride: int = 1):
+        super().__init__()
+        chans = [_scaled(c, width) for c in (16, 32, 64)]
+        self.conv1, self.maxpool = _stem(chans[0], small_input, stem_stride)
+        self.bn1 = nn.BatchNorm2d(chans[0])
+        self.relu = nn.ReLU(inplace=True)
+        stages, in_ch = [], chans[0]
+        for i, ch in enumerate(chans):
+            blocks = []
+            for j in range(n):
+                blocks.append(CifarBasicBlock(in_ch, ch, 2 if i > 0 and j == 0 else 1))
+                in_ch = ch
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_ch, num_classes)
+        _init_convnet(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return torch.flatten(self.avgpool(x), 1)
+
+    def get_classifier(self) -> nn.Linear:
+        return self.fc
+
+    def _set_classifier(self, head: nn.Linear) -> None:
+        self.fc = head
+
+
+#: conv widths per VGG-n ("M" = 2×2 max-pool), at width 64 (as published)
+VGG_PLANS: dict[int, list[Any]] = {
+    2: [64, "M", 256, "M"],
+    4: [64, "M", 64, "M", 128, "M", 256, "M"],
+    8: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M"],
+}
+
+
+class SmallVGG(_ClassifierMixin, nn.Module):
+    """A VGG with ``n`` 3×3 conv-BN-ReLU layers (:data:`VGG_PLANS`), global average pooling and
+    one linear head ``fc``; the :class:`Backbone` methods as for the ResNets."""
+
+    def __init__(self, n: int, num_classes: int, *, width: int = 64, small_input: bool = True,
+                 stem_stride: int = 1):
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch, first = 3, True
+        for v in VGG_PLANS[n]:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))  # ceil: 1×1 maps stay 1×1
+                continue
+            ch = _scaled(int(v), width)
+            if first:
+                conv, pool = _stem(ch, small_input, stem_stride)
+                layers += [conv, nn.BatchNorm2d(ch), nn.ReLU(inplace=True), pool]
+                first = False
+            else:
+                layers += [nn.Conv2d(in_ch, ch, 3, 1, 1, bias=False), nn.BatchNorm2d(ch),
+                           nn.ReLU(inplace=True)]
+            in_ch = ch
+        self.features = nn.Sequential(*(m for m in layers if not isinstance(m, nn.Identity)))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_ch, num_classes)
+        _init_convnet(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.avgpool(self.features(x)), 1)
+
+    def get_classifier(self) -> nn.Linear:
+        return self.fc
+
+    def _set_classifier(self, head: nn.Linear) -> None:
+        self.fc = head
+
+
+def _small(cls: type, n: int) -> Callable[..., nn.Module]:
+    def build(num_classes: int, *, blurpool: bool = False, small_input: bool = True,
+              stem_stride: int = 1, width: int = 64) -> nn.Module:
+        model = cls(n, num_classes, width=width, small_input=small_input, stem_stride=stem_stride)
+        return apply_blurpool(model) if blurpool else model
+    build.__doc__ = f"{cls.__name__} with n={n} (see the 'small surrogates' notes above)."
+    return build
+
+
+#: registry name → (family, n); depth = 6n+2 for the ResNets, n conv layers for the VGGs
+SMALL_SURROGATES = {"resnet20s": (CifarResNet, 3), "resnet32s": (CifarResNet, 5),
+                    "resnet44s": (CifarResNet, 7), "resnet56s": (CifarResNet, 9),
+                    "vgg2": (SmallVGG, 2), "vgg4": (SmallVGG, 4), "vgg8": (SmallVGG, 8)}
+for _name, (_cls, _n) in SMALL_SURROGATES.items():
+    register(_name)(_small(_cls, _n))
+
+
+def num_params(model: nn.Module) -> int:
+    """Trainable parameters (what papers count as "Param. #")."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 # --------------------------------------------------------------------------- helpers
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model under DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""

@@ -1,0 +1,111 @@
+"""How much two selections agree: the "source class selection overlap" of paper Tab. A6.
+
+The paper compares the classes LM keeps with a small surrogate to those it keeps with the
+default ResNet-18 surrogate (50 % pruning) and reports the share of the reference's kept classes
+that the other selection keeps too:
+
+    overlap(A, B) = |A ∩ B| / |B|,   B = the reference selection.
+
+It is not symmetric (|B| is the denominator); with equal-size selections, as two LM runs at the
+same ratio are, it equals |A ∩ B| / |A| as well. The same formula applies to kept *samples*
+(mask indices). A class mask records its kept classes (``kept_classes`` in its sidecar); for
+cluster- or sample-wise masks the kept classes are those with at least one kept sample, read
+from the split's labels.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..data.manifest import SplitInfo
+from ..data.masks import IndexMask, load_mask, sorted_unique, validate_mask
+from ..errors import DP4TLError, MaskError
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """``common`` of the reference's ``kept_ref`` units are kept by the other selection too."""
+    kept: int       # |A|
+    kept_ref: int   # |B|
+    common: int     # |A ∩ B|
+
+    @property
+    def share(self) -> float:
+        """|A ∩ B| / |B| (the paper's overlap), in [0, 1]."""
+        return self.common / self.kept_ref
+
+    @property
+    def jaccard(self) -> float:
+        """|A ∩ B| / |A ∪ B| (symmetric; beside the paper's number when sizes differ)."""
+        union = self.kept + self.kept_ref - self.common
+        return self.common / union if union else 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "share": self.share, "jaccard": self.jaccard}
+
+
+def _ids(x: Iterable[int] | np.ndarray, what: str) -> np.ndarray:
+    a = np.asarray(list(x) if not isinstance(x, np.ndarray) else x)
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        raise DP4TLError(f"{what}: ids must be integers, got dtype {a.dtype}")
+    return sorted_unique(a.astype(np.int64, copy=False))
+
+
+def overlap(selected: Iterable[int] | np.ndarray, reference: Iterable[int] | np.ndarray
+            ) -> Overlap:
+    """Overlap of two selections given as ids (classes, clusters or sample indices; duplicates
+    count once). The reference must keep something."""
+    a, b = _ids(selected, "selection"), _ids(reference, "reference selection")
+    if b.size == 0:
+        raise DP4TLError("the reference selection keeps nothing: the overlap |A ∩ B| / |B| is "
+                         "undefined; pass a non-empty reference")
+    return Overlap(int(a.size), int(b.size), int(np.intersect1d(a, b, assume_unique=True).size))
+
+
+def kept_classes(mask: IndexMask, split: SplitInfo | None = None) -> np.ndarray:
+    """The classes a mask keeps: its sidecar's ``kept_classes`` (class masks), else the labels
+    of its samples (needs ``split``, the split it indexes)."""
+    recorded = mask.meta.get("kept_classes")
+    if recorded is not None:
+        return _ids(recorded, "kept_classes")
+    if split is None:
+        method = mask.meta.get("method", "?")
+        raise MaskError(f"this mask (method {method}) does not record its kept classes; pass "
+                        "--data DIR (the dataset it indexes) to read them from its labels")
+    labels = np.asarray(split.load_labels())
+    return sorted_unique(labels[mask.indices].astype(np.int64))
+
+
+def compare_masks(mask: IndexMask, reference: IndexMask, split: SplitInfo | None = None
+                  ) -> dict[str, Overlap]:
+    """``{"classes": ..., "samples": ...}`` overlaps of ``mask`` with ``reference``. Both must
+    index the same split (same fingerprint and size): sample indices of different datasets are
+    not comparable."""
+    fa, fb = mask.meta.get("fingerprint"), reference.meta.get("fingerprint")
+    if fa and fb and fa != fb:
+        raise MaskError(f"the masks index different datasets (fingerprints {str(fa)[:12]}… and "
+                        f"{str(fb)[:12]}…); compare masks of the same split")
+    na, nb = mask.meta.get("num_samples"), reference.meta.get("num_samples")
+    if na is not None and nb is not None and na != nb:
+        raise MaskError(f"the masks index splits of different sizes ({na} and {nb} samples); "
+                        "compare masks of the same split")
+    return {"classes": overlap(kept_classes(mask, split), kept_classes(reference, split)),
+            "samples": overlap(mask.indices, reference.indices)}
+
+
+def compare_mask_files(path: str | Path, reference: str | Path, data: str | Path | None = None
+                       ) -> dict[str, Overlap]:
+    """:func:`compare_masks` of two mask files (``data``: the dataset dir they index, needed
+    only when a mask does not record its classes; checked against the masks' fingerprint)."""
+    a, b = load_mask(path), load_mask(reference)
+    split = None
+    if data is not None:
+        from ..data.manifest import load_manifest
+
+        split = load_manifest(data).split(str(b.meta.get("split", "train")))
+        validate_mask(a, split, path)
+        validate_mask(b, split, reference)
+    return compare_masks(a, b, split)

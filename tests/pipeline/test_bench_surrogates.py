@@ -1,0 +1,78 @@
+"""``dp4tl bench surrogates`` (paper Tab. A6 / Fig. 5) end to end at the smallest scale: two
+surrogates (RN-20s and the RN-18 reference), one ratio, LP only, 1-epoch width-8 recipes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.pipeline.bench_surrogates import parse_arch_overrides, run_surrogate_bench
+from ffcv_dp4tl.pipeline.run import PipelineConfig
+from ffcv_dp4tl.training.models import create_model, num_params
+
+SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
+         "val_per_class=4,image_size=16,num_targets=1,target_classes=3,"
+         "target_train_per_class=8,target_test_per_class=4")
+TRAIN = ("model.width=8", "model.stem_stride=1", "train.epochs=1", "train.batch_size=16",
+         "train.min_res=16", "train.max_res=16", "eval.resolution=16", "eval.batch_size=64",
+         "data.num_workers=0", "eval.every=1", "train.keep_epochs=[]")
+FINETUNE = ("train.epochs=1", "finetune.resolution=16", "eval.resolution=16",
+            "data.num_workers=0", "eval.every=1")
+
+
+def _base(tmp_path) -> PipelineConfig:
+    return PipelineConfig(source=SYNTH, target="", fmt="wds", device="cpu",
+                          data_root=tmp_path / "data", runs_root=tmp_path / "runs",
+                          overrides=TRAIN, surrogate_overrides=TRAIN, finetune_overrides=FINETUNE)
+
+
+def test_end_to_end_two_surrogates(tmp_path):
+    logs: list[str] = []
+    out = tmp_path / "report"
+    t = run_surrogate_bench(_base(tmp_path), out, archs=["resnet20s"], ratio=0.5,
+                            arch_overrides={"resnet20s": ["model.width=16"]}, command="pytest",
+                            notes=["shrunk for the test"], log=logs.append)
+    assert t["archs"] == ["resnet20s", "resnet18"]  # the reference is added
+    assert sum("0 % reference" in s for s in logs) == 1
+    assert sum("[surrogate] running" in s for s in logs) == 2  # one surrogate per arch
+    ref, rn20 = t["runs"]["resnet18"], t["runs"]["resnet20s"]
+    # the reference's selection overlaps itself fully
+    assert ref["overlap"] == 1.0 and ref["by_ratio"]["0.5"]["overlap"]["common"] == 4
+    a, b = rn20["by_ratio"]["0.5"]["kept_classes"], ref["by_ratio"]["0.5"]["kept_classes"]
+    assert len(a) == len(b) == 4  # half of the 8 source classes
+    assert rn20["overlap"] == pytest.approx(len(set(a) & set(b)) / len(b))
+    # params: the models as run (8 source classes, the recipes' knobs) and as in the paper
+    kw = dict(blurpool=False, small_input=True, stem_stride=1)
+    assert rn20["params"] == num_params(create_model("resnet20s", 8, width=16, **kw))
+    assert ref["params"] == num_params(create_model("resnet18", 8, width=8, **kw))
+    assert rn20["params_paper"] == 334072 and ref["params_paper"] == 11689512
+    assert "model.width=16" in rn20["surrogate_overrides"]
+    for rec in (ref, rn20):
+        assert 0.0 <= rec["surrogate"]["top1_val"] <= 1.0
+        acc = rec["by_ratio"]["0.5"]["lp_top1"]
+        assert 0.0 <= acc <= 100.0
+        win = rec["winners"]["lp"]
+        assert win["ratio"] == (0.5 if acc >= t["reference_acc"]["lp"] else 0.0)
+    md = (out / "report.md").read_text()
+    assert f"| RN-18 (reference) | {ref['params'] / 1e6:.3f} | 11.690 | 11.690 |" in md
+    assert "| 100.0 | 100.0 |" in md  # RN-18's overlap with itself, ours and the paper's
+    assert "- note: shrunk for the test" in md and "- command: `pytest`" in md
+    assert f"| {100 * rn20['overlap']:.1f} | 89.3 |" in md  # ours beside the paper's
+    assert (out / "surrogates.png").stat().st_size > 10_000
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["runs"]["resnet18"]["overlap"] == 1.0 and saved["command"] == "pytest"
+
+
+def test_arch_overrides_and_refusals(tmp_path):
+    assert parse_arch_overrides(["vgg2:model.width=32", "vgg2:train.epochs=2", "rn:a.b=1"]) == \
+        {"vgg2": ["model.width=32", "train.epochs=2"], "rn": ["a.b=1"]}
+    with pytest.raises(DP4TLError, match="ARCH:SECTION.KEY=VALUE"):
+        parse_arch_overrides(["model.width=32"])
+    with pytest.raises(DP4TLError, match="unknown model"):
+        run_surrogate_bench(_base(tmp_path), archs=["resnet21s"], log=lambda s: None)
+    with pytest.raises(DP4TLError, match="not among the archs"):
+        run_surrogate_bench(_base(tmp_path), archs=["vgg2"], arch_overrides={"vgg4": ["a.b=1"]},
+                            log=lambda s: None)
+    with pytest.raises(DP4TLError, match=r"\(0, 1\)"):
+        run_surrogate_bench(_base(tmp_path), archs=["vgg2"], ratio=0.0, log=lambda s: None)

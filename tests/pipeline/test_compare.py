@@ -1,0 +1,90 @@
+"""The selection overlap of paper Tab. A6 (|A ∩ B| / |B|, B the reference) on hand-made
+selections whose answer is known, and ``dp4tl mask overlap``."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ffcv_dp4tl.data.manifest import SplitInfo
+from ffcv_dp4tl.data.masks import make_mask, mask_from_classes, save_mask
+from ffcv_dp4tl.errors import DP4TLError, MaskError
+from ffcv_dp4tl.pipeline.compare import compare_masks, kept_classes, overlap
+
+#: classes 0..3 with 1, 2, 3, 4 samples: sample and class overlaps differ
+LABELS = np.array([0, 1, 1, 2, 2, 2, 3, 3, 3, 3], dtype=np.int64)
+
+
+@pytest.fixture
+def split(tmp_path: Path) -> SplitInfo:
+    np.save(tmp_path / "labels.npy", LABELS)
+    return SplitInfo(name="train", num_samples=len(LABELS), fingerprint="f" * 64,
+                     beton=tmp_path / "x.beton", labels=tmp_path / "labels.npy",
+                     index=tmp_path / "index.npy", shards=[])
+
+
+def test_overlap_of_ids():
+    o = overlap([0, 1, 2, 3], [2, 3, 4, 5])
+    assert (o.kept, o.kept_ref, o.common) == (4, 4, 2)
+    assert o.share == 0.5 and o.jaccard == pytest.approx(2 / 6)
+    # the reference is the denominator: not symmetric when sizes differ
+    assert overlap([0, 1], [0, 1, 2, 3]).share == 0.5
+    assert overlap([0, 1, 2, 3], [0, 1]).share == 1.0
+    assert overlap(np.array([3, 1, 1, 2]), [1, 2, 3]).share == 1.0  # order, duplicates: once
+    assert overlap([7, 8], [1, 2]).share == 0.0
+
+
+def test_empty_reference_is_refused():
+    with pytest.raises(DP4TLError, match="reference selection keeps nothing"):
+        overlap([1], [])
+
+
+def test_class_masks(split):
+    a = mask_from_classes(split, [0, 1, 2], method="lm")
+    b = mask_from_classes(split, [1, 2, 3], method="lm")
+    res = compare_masks(a, b)
+    assert res["classes"].share == pytest.approx(2 / 3)  # classes 1, 2 of the reference's 1, 2, 3
+    assert (res["samples"].common, res["samples"].kept_ref) == (5, 9)  # 2 + 3 of 2 + 3 + 4
+    assert compare_masks(b, b)["classes"].share == compare_masks(b, b)["samples"].share == 1.0
+
+
+def test_sample_masks_read_classes_from_labels(split):
+    a = make_mask([0, 1, 9], split, method="random")  # classes 0, 1, 3
+    b = mask_from_classes(split, [3], method="lm")
+    with pytest.raises(MaskError, match="--data"):
+        kept_classes(a)
+    assert kept_classes(a, split).tolist() == [0, 1, 3]
+    res = compare_masks(a, b, split)
+    assert res["classes"].share == 1.0 and res["samples"].share == 0.25
+
+
+def test_masks_of_other_datasets_are_refused(split):
+    a = mask_from_classes(split, [0], method="lm")
+    other = a.__class__(a.indices, {**a.meta, "fingerprint": "0" * 64})
+    with pytest.raises(MaskError, match="different datasets"):
+        compare_masks(a, other)
+
+
+def _dp4tl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ffcv_dp4tl", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli(split, tmp_path):
+    a = save_mask(tmp_path / "a.npy", mask_from_classes(split, [0, 1, 2], method="lm"))
+    b = save_mask(tmp_path / "b.npy", mask_from_classes(split, [1, 2, 3], method="lm"))
+    r = _dp4tl("mask", "overlap", str(a), str(b))
+    assert r.returncode == 0, r.stderr
+    assert "classes: 66.7 % of the reference's 3 kept classes" in r.stdout
+    assert "samples: 55.6 % of the reference's 9 kept samples" in r.stdout
+    r = _dp4tl("mask", "overlap", str(b), str(a), "--json")
+    got = json.loads(r.stdout)
+    assert got["classes"]["share"] == pytest.approx(2 / 3) and got["samples"]["common"] == 5
+    assert got["samples"]["kept_ref"] == 6
+    s = save_mask(tmp_path / "s.npy", make_mask([0, 9], split, method="random"))
+    r = _dp4tl("mask", "overlap", str(s), str(b))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--data" in r.stderr
