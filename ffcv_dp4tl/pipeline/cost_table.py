@@ -790,10 +790,14 @@ def plot_accuracy(t: dict[str, Any], path: Path) -> None:
         ax.set_xticks([100 * r for r in t["ratios"] if r > 0])
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.suptitle("Source dataset pruning: transfer accuracy vs pruning ratio (cf. paper Fig. 4)",
+    # as many legend columns as fit the figure's width (~1.1 in per entry), then more rows
+    ncol = max(1, min(len(labels), int(fig.get_figwidth() / 1.1)))
+    rows = -(-len(labels) // ncol)
+    fig.set_figheight(4.2 + 0.22 * (rows - 1))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.suptitle("Transfer accuracy vs source pruning ratio (cf. paper Fig. 4)",
                  fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.045 + 0.05 * rows, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
