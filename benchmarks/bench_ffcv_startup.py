@@ -104,9 +104,11 @@ def markdown(args, res: dict[bool, list[dict]], meta: dict) -> str:
     lines = [
         f"**CPU** run, {meta['date']}. Machine: {mi['cpu']}, os.cpu_count()={mi['cpu_count']} "
         f"(affinity {mi['affinity']}); 1-min load average "
-        f"{meta['load_start']:.2f} at start, {meta['load_end']:.2f} at end (the machine is "
-        "shared: other jobs were running, and this script ran under `nice -n 15`, so absolute "
-        "seconds are inflated; compare the columns of one run).",
+        f"{meta['load_start']:.2f} at start, {meta['load_end']:.2f} at end"
+        + (f", niceness {os.nice(0)}" if os.nice(0) else "")
+        + (" (the machine is shared: absolute seconds move with the other jobs; compare the "
+           "columns of one run)." if meta["load_end"] > 1.5 or os.nice(0) else
+           " (a quiet machine)."),
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()) + ".",
         "",
