@@ -3,6 +3,7 @@ scripts under ``benchmarks/`` and ``dp4tl bench``."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from .fsutil import atomic_write_text
 
@@ -33,3 +34,21 @@ def write_section(path: str | Path, title: str, body: str) -> None:
         tail = lines[end:]
         lines = lines[:start] + block + ([""] + tail if tail else [])
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def link_prefix(out: str | Path, report: str | Path) -> str:
+    """How ``report`` (a Markdown file) links into the folder ``out``: relative to the report's
+    folder when ``out`` lies below it, else absolute; with a trailing ``/``."""
+    out, report = Path(out).resolve(), Path(report).resolve()
+    try:
+        return str(out.relative_to(report.parent)) + "/"
+    except ValueError:
+        return str(out) + "/"
+
+
+def publish_section(report: str | Path, title: str, out: str | Path,
+                    body: Callable[[str], str], log: Callable[[str], None] = print) -> None:
+    """Write section ``## title`` of ``report`` from a bench's output folder ``out``: ``body``
+    gets the link prefix (:func:`link_prefix`) its links and images need."""
+    write_section(report, title, body(link_prefix(out, report)))
+    log(f"[bench] wrote section '{title}' of {report}")

@@ -146,18 +146,13 @@ def cost_table(
 def _publish(t: dict, out: Path, report: Optional[Path], section: str) -> None:
     """Print the report and (``report``) write its section into a Markdown file."""
     from ..pipeline.cost_table import header_lines, markdown_tables
-    from ..reporting import write_section
+    from ..reporting import publish_section
 
     typer.echo((out / "report.md").read_text())
     if report is not None:
-        try:
-            prefix = str(out.resolve().relative_to(report.resolve().parent)) + "/"
-        except ValueError:
-            prefix = str(out.resolve()) + "/"
-        body = "\n".join([*header_lines(t), f"- full report: `{prefix}report.md`", "",
-                          markdown_tables(t, plots_prefix=prefix)])
-        write_section(report, section, body)
-        typer.echo(f"[bench] wrote section '{section}' of {report}")
+        publish_section(report, section, out, lambda prefix: "\n".join(
+            [*header_lines(t), f"- full report: `{prefix}report.md`", "",
+             markdown_tables(t, plots_prefix=prefix)]), typer.echo)
 
 
 #: The embedded benchmark (issue: "can the CPU machine answer the paper's question?"): LM, FM and
@@ -218,21 +213,21 @@ def embedded(
 def _embedded_publish(out: Path, tables: dict, command: str, seconds: float | None,
                       report: Optional[Path]) -> None:
     from ..fsutil import atomic_write_text
-    from ..pipeline.cost_table import embedded_summary
-    from ..reporting import write_section
+    from ..pipeline.cost_table import embedded_summary, rerender_table, stage_seconds
+    from ..reporting import publish_section
 
-    body = embedded_summary(tables, command=command, seconds=seconds, link_prefix="")
+    loaded = {name: rerender_table(path) for name, path in tables.items()}
+    stages = stage_seconds(Path(next(iter(loaded.values()))["config"]["runs_root"]))
+
+    def summary(prefix: str) -> str:
+        return embedded_summary(loaded, command=command, seconds=seconds, link_prefix=prefix,
+                                stages=stages)
+
+    body = summary("")
     atomic_write_text(out / "README.md", "# " + EMBEDDED_SECTION + "\n\n" + body)
     typer.echo(body)
     if report is not None:
-        try:
-            prefix = str(out.resolve().relative_to(report.resolve().parent)) + "/"
-        except ValueError:
-            prefix = str(out.resolve()) + "/"
-        write_section(report, EMBEDDED_SECTION,
-                      embedded_summary(tables, command=command, seconds=seconds,
-                                       link_prefix=prefix))
-        typer.echo(f"[bench] wrote section '{EMBEDDED_SECTION}' of {report}")
+        publish_section(report, EMBEDDED_SECTION, out, summary, typer.echo)
 
 
 @bench_app.command("render")
@@ -295,7 +290,7 @@ def surrogates(
     from ..pipeline.bench_surrogates import (header_lines, markdown_tables, parse_arch_overrides,
                                              run_surrogate_bench)
     from ..pipeline.run import PipelineConfig
-    from ..reporting import write_section
+    from ..reporting import publish_section
 
     for a in split_list(archs):
         check_arch(a)
@@ -322,11 +317,6 @@ def surrogates(
                             notes=note, log=typer.echo)
     typer.echo((out / "report.md").read_text())
     if report is not None:
-        try:
-            prefix = str(out.resolve().relative_to(report.resolve().parent)) + "/"
-        except ValueError:
-            prefix = str(out.resolve()) + "/"
-        write_section(report, section, "\n".join([*header_lines(t), f"- full report: "
-                                                  f"`{prefix}report.md`", "",
-                                                  markdown_tables(t, plot_prefix=prefix)]))
-        typer.echo(f"[bench] wrote section '{section}' of {report}")
+        publish_section(report, section, out, lambda prefix: "\n".join(
+            [*header_lines(t), f"- full report: `{prefix}report.md`", "",
+             markdown_tables(t, plot_prefix=prefix)]), typer.echo)

@@ -65,7 +65,7 @@ def adversarial(
     """DENSE, DENSE-ADV, LM and LM-ADV source models → LP/FF accuracy and pretraining time (Tab. 5)."""
     from ..pipeline.bench_adversarial import adv_overrides, header_lines, markdown_tables, run_adversarial
     from ..pipeline.run import PipelineConfig
-    from ..reporting import write_section
+    from ..reporting import publish_section
 
     data = data or "synth:tiny"
     recipes_ = "" if recipes is RecipeSet.auto else recipes.value
@@ -91,11 +91,6 @@ def adversarial(
                         log=typer.echo)
     typer.echo((out / "report.md").read_text())
     if report is not None:
-        try:
-            prefix = str(out.resolve().relative_to(report.resolve().parent)) + "/"
-        except ValueError:
-            prefix = str(out.resolve()) + "/"
-        body = "\n".join([*header_lines(t), f"- full report: `{prefix}report.md`", "",
-                          markdown_tables(t)])
-        write_section(report, section, body)
-        typer.echo(f"[bench] wrote section '{section}' of {report}")
+        publish_section(report, section, out, lambda prefix: "\n".join(
+            [*header_lines(t), f"- full report: `{prefix}report.md`", "", markdown_tables(t)]),
+            typer.echo)

@@ -927,16 +927,16 @@ def stage_seconds(runs_root: Path) -> tuple[float, int]:
     return total, n
 
 
-def embedded_summary(results: dict[str, Path], *, command: str, seconds: float | None = None,
-                     link_prefix: str = "") -> str:
+def embedded_summary(tables: dict[str, dict[str, Any]], *, command: str,
+                     seconds: float | None = None, link_prefix: str = "",
+                     stages: tuple[float, int] | None = None) -> str:
     """The embedded benchmark's section: per target the LP accuracy table, each method against
     RANDOM (beyond the seeds' spread or not) and the winning subsets, with one verdict line per
-    target; ``results`` maps target name → its cost-table ``results.json``."""
-    tables = {name: rerender_table(Path(p)) for name, p in results.items()}
+    target; ``tables`` maps target name → its cost table (:func:`rerender_table` of its
+    ``results.json``). ``stages``: :func:`stage_seconds` of the runs folder, when already read."""
     first = next(iter(tables.values()))
     mach, cfg = first["machine"], first["config"]
-    runs_root = Path(cfg["runs_root"])
-    stage_s, n_stages = stage_seconds(runs_root)
+    stage_s, n_stages = stages or stage_seconds(Path(cfg["runs_root"]))
     loads = [r["loadavg_1min"] for t in tables.values() for r in t["rows"]
              if r.get("loadavg_1min") is not None]
     ns = len(first["seeds"])
