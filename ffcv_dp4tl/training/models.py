@@ -182,16 +182,10 @@ def _resnet(depth: int, num_classes: int, *, blurpool: bool = False,
         model.layer3 = model._make_layer(block, width * 4, depths[2], stride=2)
         model.layer4 = model._make_layer(block, width * 8, depths[3], stride=2)
         model.fc = nn.Linear(width * 8 * block.expansion, num_classes)
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        _init_convnet(model)
     if small_input:
-        model.conv1 = nn.Conv2d(3, width, 3, stem_stride, 1, bias=False)
+        model.conv1, model.maxpool = _stem(width, True, stem_stride)
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
-        model.maxpool = nn.Identity()
     if blurpool:
         apply_blurpool(model)
     return model
