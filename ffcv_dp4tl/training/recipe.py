@@ -238,6 +238,8 @@ class Recipe:
             d.pop("scoring")  # and from before [scoring] existed
         if d["adv"]["steps"] == 0:
             d.pop("adv")  # clean training, whatever else [adv] says: the old fingerprints
+        if not d["finetune"]["lp_augment"]:
+            d["finetune"].pop("lp_augment")  # and from before finetune.lp_augment existed
         return d
 
     def fingerprint(self) -> str:
@@ -247,14 +249,6 @@ class Recipe:
         d = self.to_dict()
         for sec, key in NOT_IN_FINGERPRINT:
             d.get(sec, {}).pop(key, None)
-        defaults = Recipe().to_dict()
-        for sec, key in ADDED_KNOBS:  # at their defaults they change nothing: old keys stay valid
-            keys = list(defaults.get(sec, {})) if key is None else [key]
-            for k in keys:
-                if sec in d and k in d[sec] and d[sec][k] == defaults[sec].get(k):
-                    d[sec].pop(k)
-            if key is None and sec in d and not d[sec]:
-                d.pop(sec)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     @classmethod
@@ -264,10 +258,6 @@ class Recipe:
 
 #: (section, key) pairs that only change logging, not training
 NOT_IN_FINGERPRINT = (("train", "tensorboard"),)
-#: Knobs added after recipes were first fingerprinted ((section, None) = a whole section), whose
-#: default reproduces the earlier behaviour: left out of the fingerprint while at that default,
-#: so adding one does not invalidate every cached stage and checkpoint made before it existed.
-ADDED_KNOBS: tuple[tuple[str, str | None], ...] = (("finetune", "lp_augment"),)
 
 SECTIONS: dict[str, type] = {k: v for k, v in typing.get_type_hints(Recipe).items() if k != "name"}
 
