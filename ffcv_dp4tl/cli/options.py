@@ -34,7 +34,8 @@ class Backend(str, Enum):
 
 
 class RecipeSet(str, Enum):
-    """Recipe scale of the pipeline: tiny CPU recipes or the paper's (auto: tiny for synth)."""
+    """Fast-protocol recipe set: tiny CPU recipes, the embedded benchmark's (bench) or the full ones
+    (auto: from the data's manifest)."""
     auto = "auto"
     tiny = "tiny"
     bench = "bench"
