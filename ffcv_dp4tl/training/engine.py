@@ -41,11 +41,15 @@ class CrossEntropyObjective:
     loader_views = 1
     loader_kwargs: dict[str, Any] = {}  # the train loader's defaults (one view, standard RRC)
 
-    def __init__(self, label_smoothing: float = 0.0):
+    def __init__(self, label_smoothing: float = 0.0, augment: nn.Module | None = None):
         self.crit = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        #: batched photometric augmentation of the (normalised) images, e.g. the recipe's
+        #: train.color_jitter (:func:`~.ssl_augment.color_jitter_augment`); None = none
+        self.augment = augment
 
     def __call__(self, train_model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, int]:
-        out = train_model(batch.images)
+        images = batch.images if self.augment is None else self.augment(batch.images)
+        out = train_model(images)
         loss = self.crit(out, batch.labels)
         correct = (out.detach().argmax(1) == batch.labels).sum()
         return loss, correct, batch.labels.numel()

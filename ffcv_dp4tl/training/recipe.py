@@ -138,6 +138,13 @@ class TrainCfg:
     tensorboard: bool = False  # also log each epoch's metrics to OUT/tensorboard (extra `tensorboard`)
     # also keep checkpoint_e{N}.pt after these epochs: EL2N/GraNd score early-training models
     keep_epochs: list[int] = field(default_factory=list)
+    # Supervised training only: photometric jitter of the training batches, [brightness,
+    # contrast, saturation, hue] as in torchvision's ColorJitter (applied batched on the device,
+    # training/ssl_augment.py), each image with probability p_color_jitter. Empty = off (the
+    # paper's recipes: RRC + flip only; off keeps their fingerprints). The embedded surrogates
+    # use it so target domains with another brightness/contrast still map (docs/synth.md).
+    color_jitter: list[float] = field(default_factory=list)
+    p_color_jitter: float = 0.8
 
 
 @dataclass
@@ -238,6 +245,9 @@ class Recipe:
             d.pop("scoring")  # and from before [scoring] existed
         if d["adv"]["steps"] == 0:
             d.pop("adv")  # clean training, whatever else [adv] says: the old fingerprints
+        if not d["train"]["color_jitter"]:
+            d["train"].pop("color_jitter")  # and from before train.color_jitter existed
+            d["train"].pop("p_color_jitter")
         if not d["finetune"]["lp_augment"]:
             d["finetune"].pop("lp_augment")  # and from before finetune.lp_augment existed
         return d
@@ -360,6 +370,10 @@ def _validate_choices(r: Recipe, source: str) -> None:
         if r.train.batch_size % ssl.bn_splits:
             raise DP4TLError(f"{source}: train.batch_size ({r.train.batch_size}) must be "
                              f"divisible by ssl.bn_splits ({ssl.bn_splits})")
+    if r.train.color_jitter and (len(r.train.color_jitter) != 4 or r.train.color_jitter[3] > 0.5):
+        raise DP4TLError(f"{source}: train.color_jitter needs 4 values [brightness, contrast, "
+                         f"saturation, hue] with hue <= 0.5 (or [] for none), got "
+                         f"{r.train.color_jitter}")
     if r.scoring.target_resolution < 0:
         raise DP4TLError(f"{source}: scoring.target_resolution must be >= 0 (0 = eval.resolution)")
     _validate_lr(r, source)
@@ -419,6 +433,8 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
     ("optim", "label_smoothing"): (0, 1, True, False),
     ("optim", "grad_clip"): (0, None, True, True),
     ("train", "seed"): (0, None, True, True),
+    ("train", "color_jitter"): (0, None, True, True),
+    ("train", "p_color_jitter"): (0, 1, True, True),
     ("train", "start_ramp"): (0, None, True, True),
     ("train", "end_ramp"): (0, None, True, True),
     ("train", "keep_epochs"): (1, None, True, True),

@@ -143,3 +143,12 @@ class MoCoAugment(nn.Module):
             x = torch.where(torch.rand(n, 1, 1, 1, device=x.device) < self.p_blur, blurred, x)
         x = ((x - mean) / std).to(dtype)
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def color_jitter_augment(train_cfg) -> MoCoAugment | None:
+    """The supervised recipes' photometric jitter (``train.color_jitter``, with probability
+    ``train.p_color_jitter``; no grayscale, no blur), or None when the recipe has none."""
+    jitter = list(getattr(train_cfg, "color_jitter", []) or [])
+    if not jitter:
+        return None
+    return MoCoAugment(jitter, p_jitter=float(train_cfg.p_color_jitter), p_gray=0.0, p_blur=0.0)

@@ -255,7 +255,9 @@ def build_step_parts(recipe: Recipe, num_classes: int, ctx: dist_.DistContext,
         objective = AdversarialObjective(net, PGDAttack.from_recipe(recipe.adv),
                                          recipe.optim.label_smoothing)
     else:
-        objective = CrossEntropyObjective(recipe.optim.label_smoothing)
+        from .ssl_augment import color_jitter_augment
+        objective = CrossEntropyObjective(recipe.optim.label_smoothing,
+                                          color_jitter_augment(recipe.train))
     if ckpt:
         objective.load_state_dict(ckpt.objective)
     train_model: nn.Module = net

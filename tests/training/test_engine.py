@@ -96,3 +96,28 @@ def test_nan_loss_keeps_the_host_out_of_the_step():
                           torch.optim.SGD(head.parameters(), lr=0.1), None, lambda e, i, n: 0.1)
     assert row["bad_inputs"] == 1 and row["samples"] == 32
     assert math.isnan(row["loss"])
+
+
+def test_cross_entropy_objective_trains_on_the_augmented_batch():
+    """train.color_jitter: the loss is computed on the photometrically jittered images."""
+    from ffcv_dp4tl.training.recipe import load_recipe
+    from ffcv_dp4tl.training.ssl_augment import color_jitter_augment
+
+    assert color_jitter_augment(load_recipe("resnet18_tiny_cpu").train) is None
+    aug = color_jitter_augment(load_recipe("resnet18_tiny_cpu",
+                                           ["train.color_jitter=[0.5,0.5,0.0,0.0]",
+                                            "train.p_color_jitter=1.0"]).train)
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen.append(x)
+            return x.flatten(1)[:, :3]
+
+    torch.manual_seed(0)
+    batch = type("B", (), {"images": torch.randn(8, 3, 4, 4).clamp(-2, 2),
+                           "labels": torch.randint(0, 3, (8,))})()
+    CrossEntropyObjective(augment=aug)(Spy(), batch)
+    assert seen[0].shape == batch.images.shape and not torch.allclose(seen[0], batch.images)
+    CrossEntropyObjective()(Spy(), batch)
+    assert torch.equal(seen[1], batch.images)

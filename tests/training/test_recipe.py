@@ -123,3 +123,13 @@ def test_deprecated_record_seen_key_still_loads():
     assert r.train.record_seen is True
     assert load_recipe("resnet18_tiny_cpu", ["train.record_seen=false"]).fingerprint() == \
         SHIPPED_FINGERPRINTS["resnet18_tiny_cpu"]
+
+
+def test_color_jitter_is_off_by_default_and_in_the_fingerprint_only_when_on():
+    base = load_recipe("resnet18_tiny_cpu")
+    assert base.train.color_jitter == [] and "color_jitter" not in base.to_dict()["train"]
+    on = load_recipe("resnet18_tiny_cpu", ["train.color_jitter=[0.4,0.4,0.4,0.0]"])
+    assert on.train.color_jitter == [0.4, 0.4, 0.4, 0.0] and on.fingerprint() != base.fingerprint()
+    for bad in ("[0.4,0.4]", "[0.4,0.4,0.4,0.7]", "[-0.1,0,0,0]"):
+        with pytest.raises(DP4TLError, match="color_jitter"):
+            load_recipe("resnet18_tiny_cpu", [f"train.color_jitter={bad}"])

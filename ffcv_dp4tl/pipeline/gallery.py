@@ -1,0 +1,141 @@
+"""A picture of the selection (the paper's Fig. A7): what was kept, beside the target.
+
+``selection_gallery`` draws one PNG: on the left a few images of each target class (the target
+train split), on the right the top kept source classes, a few kept images each, in the order the
+method ranked them. Class units (LM) are ranked by their scores; cluster and sample units (FM,
+RANDOM, the baselines) by how many train samples of the class the mask kept. Rows carry the
+class name from the manifest (the wnid on ImageNet, with its description when the build recorded
+one); on data with ground truth (``synth``) a row is marked **related** (green) or not (red), and
+the title gives the recall of the mapped classes, so a wrong selection is visible at a glance.
+
+Images are read straight from the WebDataset shards (one JPEG per image, by index), so the
+gallery costs a few dozen decodes whatever the dataset's size.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..data.manifest import load_manifest
+from ..data.masks import load_mask
+from ..fsutil import atomic_write_bytes
+from ..scoring.ground_truth import GroundTruth, load_ground_truth, selection_quality
+from ..scoring.ranking import rank
+from .scores_io import load_scores
+
+__all__ = ["kept_class_ranking", "selection_gallery"]
+
+
+def _read_images(split, indices: Sequence[int]) -> list[np.ndarray]:
+    from ..data.wds_loader import ShardReader
+
+    reader = ShardReader(split)
+    return [np.asarray(Image.open(io.BytesIO(reader.read(int(i))[0])).convert("RGB"))
+            for i in indices]
+
+
+def kept_class_ranking(labels: np.ndarray, kept: np.ndarray, scores_dir: str | Path | None = None
+                       ) -> list[int]:
+    """Source classes with >= 1 kept train sample, best first: by the class scores when the
+    scores are class-unit, else by kept sample count (then class id)."""
+    kept_labels = labels[kept]
+    counts = np.bincount(kept_labels, minlength=int(labels.max()) + 1 if labels.size else 0)
+    present = np.flatnonzero(counts)
+    if scores_dir is not None:
+        meta, arrays = load_scores(scores_dir)
+        if meta.get("unit") == "class" and len(arrays["scores"]) == len(counts):
+            order = rank(np.asarray(arrays["scores"], float),
+                         None if "tiebreak" not in arrays else np.asarray(arrays["tiebreak"], float))
+            return [int(c) for c in order if counts[c]]
+    order = np.lexsort((present, -counts[present]))
+    return [int(c) for c in present[order]]
+
+
+def _class_label(manifest, k: int) -> str:
+    name = manifest.classes[k]
+    desc = manifest.contract.extra.get("class_descriptions")
+    if isinstance(desc, list) and k < len(desc) and desc[k] and desc[k] != name:
+        name = f"{name} {str(desc[k]).split(',')[0]}"
+    return name if len(name) <= 30 else name[:29] + "…"
+
+
+def selection_gallery(source_dir: str | Path, target_dir: str | Path, mask: str | Path,
+                      out_png: str | Path, *, scores_dir: str | Path | None = None,
+                      top: int = 8, per_class: int = 4, title: str = "",
+                      ground_truth: GroundTruth | None | bool = True) -> Path:
+    """Write ``out_png``: the target's classes (left) beside the ``top`` best kept source
+    classes (right), ``per_class`` images each. ``mask``: the train mask of the selection;
+    ``scores_dir``: its scores (ranks class-unit selections). ``ground_truth``: True = load it
+    from the manifests when the data has it, None/False = none, or a :class:`GroundTruth`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    src, tgt = load_manifest(source_dir), load_manifest(target_dir)
+    split = src.split("train")
+    labels = np.asarray(split.load_labels(), dtype=np.int64)
+    kept = load_mask(mask, split).indices
+    gt = load_ground_truth(source_dir, target_dir) if ground_truth is True else (ground_truth or None)
+    ranked = kept_class_ranking(labels, kept, scores_dir)
+    rows_src = ranked[:top]
+    kept_labels = labels[kept]
+    src_imgs = []
+    for k in rows_src:
+        idx = kept[kept_labels == k][:per_class]
+        src_imgs.append(_read_images(split, idx))
+    tsplit = tgt.split("train")
+    tlabels = np.asarray(tsplit.load_labels(), dtype=np.int64)
+    rows_tgt = list(range(min(top, tgt.num_classes)))
+    tgt_imgs = [_read_images(tsplit, np.flatnonzero(tlabels == c)[:per_class]) for c in rows_tgt]
+
+    nrows = max(len(rows_src), len(rows_tgt), 1)
+    ncols = 2 * per_class + 1
+    fig, axes = plt.subplots(nrows, ncols, figsize=(0.95 * ncols + 3.2, 0.95 * nrows + 1.0),
+                             squeeze=False, gridspec_kw={"wspace": 0.05, "hspace": 0.12,
+                                                         "width_ratios": [1] * per_class + [0.25] + [1] * per_class})
+    for ax in axes.ravel():
+        ax.set_xticks([]), ax.set_yticks([])
+        for s in ax.spines.values():
+            s.set_visible(False)
+    for r, (c, imgs) in enumerate(zip(rows_tgt, tgt_imgs)):
+        for j, im in enumerate(imgs):
+            axes[r, j].imshow(im, interpolation="nearest")
+        axes[r, 0].set_ylabel(_class_label(tgt, c), rotation=0, ha="right", va="center", fontsize=7)
+    mapped = set(gt.mapped_classes) if gt is not None else set()
+    related = gt.related if gt is not None else None
+    for r, (k, imgs) in enumerate(zip(rows_src, src_imgs)):
+        for j, im in enumerate(imgs):
+            ax = axes[r, per_class + 1 + j]
+            ax.imshow(im, interpolation="nearest")
+            if related is not None:
+                colour = "tab:green" if related[k] else "tab:red"
+                for s in ax.spines.values():
+                    s.set_visible(True), s.set_color(colour), s.set_linewidth(2)
+        ax = axes[r, ncols - 1]
+        ax.yaxis.set_label_position("right")
+        mark = "" if gt is None else ("  ✓ mapped" if k in mapped else
+                                      ("  related" if related[k] else "  unrelated"))
+        ax.set_ylabel(f"#{r + 1} {_class_label(src, k)}{mark}", rotation=0, ha="left",
+                      va="center", fontsize=7,
+                      color="black" if gt is None else ("tab:green" if related[k] else "tab:red"))
+    axes[0, 0].set_title(f"target {tgt.name or Path(target_dir).name}", loc="left", fontsize=8)
+    axes[0, per_class + 1].set_title(f"top kept source classes ({len(ranked)} kept)", loc="left",
+                                     fontsize=8)
+    head = title or "Selection"
+    if gt is not None:
+        q = selection_quality(gt, kept_labels)
+        head += (f" — mapped classes kept {q['mapped_recall']:.0%}, related samples "
+                 f"{q['related_samples']:.0%} (chance {gt.chance(labels):.0%})")
+    fig.suptitle(head, fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_png, buf.getvalue())
+    return out_png
