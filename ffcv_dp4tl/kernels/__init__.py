@@ -29,6 +29,7 @@ __all__ = [
     "KernelInputError",
     "assign_nearest",
     "assign_nearest_reference",
+    "assigner",
     "cuda_available",
     "histogram",
     "resolve_backend",
@@ -119,6 +120,20 @@ def assign_nearest(x: Any, centroids: Any, *, backend: str = "auto", method: str
         except ValueError as e:
             raise DP4TLError(str(e)) from None
     return _like(x, *out)  # type: ignore[return-value]
+
+
+def assigner(x: Any, *, backend: str = "auto", method: str = "auto"):
+    """``centroids -> (labels, min_dist2)`` for a fixed ``x``, as :func:`assign_nearest` returns
+    them (same array type as ``x``). For k-means: on CUDA the method is chosen once and work that
+    depends on ``x`` alone (the fused method's BF16 copy of ``x``) is done once, not per call."""
+    b = resolve_backend(backend)
+    if b == "cpu":
+        return lambda centroids: _like(x, *cpu.assign_nearest(_to_host(x), _to_host(centroids)))
+    try:
+        run = _impl(b).assigner(x, method)
+    except ValueError as e:
+        raise DP4TLError(str(e)) from None
+    return lambda centroids: _like(x, *run(centroids))
 
 
 def assign_nearest_reference(x: Any, centroids: Any) -> tuple[Any, Any]:

@@ -55,6 +55,43 @@ BM = 64  # rows of x per block
 BN = 64  # centroids per tile
 THREADS = 256
 
+#: Device helpers shared by SOURCE and the fused tensor-core kernel (``fused.FUSED_SOURCE``):
+#: the rounding to the GEMM formats and warp reductions. One definition, two modules.
+DEVICE_HELPERS = r"""
+__device__ __forceinline__ float round_tf32(float f) {
+    /* nearest TF32 (10 explicit mantissa bits), ties away from zero, as cvt.rna.tf32.f32 */
+    return __uint_as_float((__float_as_uint(f) + 0x1000u) & 0xffffe000u);
+}
+
+__device__ __forceinline__ unsigned short round_bf16_bits(float f) {
+    /* nearest BF16, ties to even (finite inputs; non-finite rows are rejected downstream) */
+    const unsigned int u = __float_as_uint(f);
+    return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+__device__ __forceinline__ float bf16_bits_to_float(unsigned short b) {
+    return __uint_as_float(((unsigned int)b) << 16);
+}
+
+__device__ __forceinline__ double warp_sum(double v) {
+    /* xor butterfly: every lane ends with the bit-identical sum (a + b == b + a) */
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+__device__ __forceinline__ float warp_min(float v) {
+    for (int off = 16; off > 0; off >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+
+/* The GEMM's input format: TF32 kept in a float (low 13 bits zero), BF16 as its 16 bits. */
+__device__ __forceinline__ void round_to(float v, float* out) { *out = round_tf32(v); }
+__device__ __forceinline__ float as_float(float r) { return r; }
+__device__ __forceinline__ void round_to(float v, unsigned short* out) { *out = round_bf16_bits(v); }
+__device__ __forceinline__ float as_float(unsigned short b) { return bf16_bits_to_float(b); }
+
+"""
+
 SOURCE = r"""
 #define BM 64
 #define BN 64
@@ -208,38 +245,7 @@ extern "C" __global__ void segment_sum(const float* __restrict__ x,
    FP64 accumulation of (x - c)^2). Labels therefore equal a float64 reference (exact ties: the
    lowest index), and min_d2 is the exact distance, whatever precision the GEMM used. */
 
-__device__ __forceinline__ float round_tf32(float f) {
-    /* nearest TF32 (10 explicit mantissa bits), ties away from zero, as cvt.rna.tf32.f32 */
-    return __uint_as_float((__float_as_uint(f) + 0x1000u) & 0xffffe000u);
-}
-
-__device__ __forceinline__ unsigned short round_bf16_bits(float f) {
-    /* nearest BF16, ties to even (finite inputs; non-finite rows are rejected downstream) */
-    const unsigned int u = __float_as_uint(f);
-    return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
-__device__ __forceinline__ float bf16_bits_to_float(unsigned short b) {
-    return __uint_as_float(((unsigned int)b) << 16);
-}
-
-__device__ __forceinline__ double warp_sum(double v) {
-    /* xor butterfly: every lane ends with the bit-identical sum (a + b == b + a) */
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    return v;
-}
-
-__device__ __forceinline__ float warp_min(float v) {
-    for (int off = 16; off > 0; off >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, off));
-    return v;
-}
-
-/* The GEMM's input format: TF32 kept in a float (low 13 bits zero), BF16 as its 16 bits. */
-__device__ __forceinline__ void round_to(float v, float* out) { *out = round_tf32(v); }
-__device__ __forceinline__ float as_float(float r) { return r; }
-__device__ __forceinline__ void round_to(float v, unsigned short* out) { *out = round_bf16_bits(v); }
-__device__ __forceinline__ float as_float(unsigned short b) { return bf16_bits_to_float(b); }
-
+""" + DEVICE_HELPERS + r"""
 /* One warp per row: write the rounded row, ||a||^2 and ||a - round(a)|| (FP64 sums). */
 template <class Out>
 __device__ __forceinline__ void prep_rows(const float* __restrict__ a, Out* __restrict__ out,
@@ -536,8 +542,10 @@ def histogram(labels: Any, k: int, weights: Any = None) -> Any:
 # Tensor-core assignment: row-chunked cuBLAS GEMM + gemm_epilogue, and the method chooser.
 # ---------------------------------------------------------------------------------------------
 #: Assignment methods on CUDA. ``simt`` is the fused kernel above; ``gemm-*`` round the inputs to
-#: TF32/BF16, run cuBLAS on tensor cores and decide near-ties exactly in ``gemm_epilogue``.
-ASSIGN_METHODS = ("auto", "simt", "gemm-tf32", "gemm-bf16")
+#: TF32/BF16, run cuBLAS on tensor cores and decide near-ties exactly in ``gemm_epilogue``;
+#: ``fused-bf16`` (:mod:`.fused`) is one mma.sync GEMM whose epilogue keeps each row's best
+#: candidates (no N x K matrix) and re-decides only the flagged rows with ``gemm-bf16``.
+ASSIGN_METHODS = ("auto", "simt", "gemm-tf32", "gemm-bf16", "fused-bf16")
 #: Bytes of the (rows x K) FP32 score block per GEMM chunk. Measured on an H100 (BENCHMARKS.md,
 #: GPU check; 1.28M x 512, K=2000): 8 / 32 / 128 MiB chunks took 112 / 33 / 21 ms (BF16), so the
 #: per-chunk launch cost outweighs keeping the block in L2; 128 MiB is the fastest size measured.
@@ -687,10 +695,37 @@ def _n_bucket(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _run_method(method: str, x, centroids):
+def _run_method(method: str, x, centroids, prepared=None):
     if method == "simt":
         return assign_nearest(x, centroids)
+    if method == "fused-bf16":
+        from .fused import assign_nearest_fused
+
+        return assign_nearest_fused(x, centroids, prepared=prepared)
     return assign_nearest_gemm(x, centroids, precision=method.split("-")[1])
+
+
+def assigner(x: Any, method: str = "auto"):
+    """``centroids -> (labels, min_d2)`` for a fixed ``x`` (k-means: one ``x``, many centroid
+    sets). The method is chosen on the first call (``auto``: measured, as :func:`assign`); the
+    fused method then rounds ``x`` to BF16 once (:func:`.fused.prepare_rows`) for every call."""
+    if method not in ASSIGN_METHODS:
+        raise ValueError(f"method must be one of {', '.join(ASSIGN_METHODS)}, got {method!r}")
+    x = _to_device_matrix(x, "x")
+    state: dict[str, Any] = {}
+
+    def run(centroids):
+        xx, c = _assign_inputs(x, centroids)
+        if "method" not in state:
+            state["method"] = choose_method(xx, c) if method == "auto" else method
+            if state["method"] == "fused-bf16":
+                from .fused import prepare_rows
+
+                state["prepared"] = prepare_rows(xx)
+        return _run_method(state["method"], xx, c, state.get("prepared"))
+
+    run.x = x  # the device copy (callers keep using it instead of copying x again)
+    return run
 
 
 def choose_method(x: Any, centroids: Any) -> str:

@@ -40,6 +40,10 @@ inline std::barrier<>* emu_block_barrier = nullptr;
 inline std::vector<std::unique_ptr<std::barrier<>>> emu_warp_barriers;
 inline std::vector<uint64_t> emu_shfl_buf;
 inline std::mutex emu_atomic_mu;
+inline std::vector<uint32_t> emu_mma_buf;  // 6 words (a0..a3, b0, b1) per thread
+
+// Kernels test CUDA_EMU to swap inline PTX for the emulations below.
+#define CUDA_EMU 1
 
 inline void __syncthreads() { emu_block_barrier->arrive_and_wait(); }
 
@@ -70,6 +74,44 @@ inline unsigned __ballot_sync(unsigned /*mask*/, int pred) {
         if (emu_shfl_buf[base + l]) m |= 1u << l;
     emu_warp_barriers[warp]->arrive_and_wait();
     return m;
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, warp-collective, with the PTX fragment
+// layout (g = lane / 4, t = lane % 4): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 = A[g][2t+8..],
+// a3 = A[g+8][2t+8..]; b0 = B[2t..2t+1][g], b1 = B[2t+8..][g]; d0,d1 = D[g][2t..], d2,d3 =
+// D[g+8][2t..]; the lower half of a register holds the lower index. Every lane gathers the
+// whole A and B from the others, so a kernel that puts an element in the wrong register or
+// lane gets a wrong product here, as on the GPU. Products of BF16 are exact in FP32; the
+// 16 products are accumulated in order with fmaf (the hardware's order is unspecified: the
+// kernel's error bound covers any order).
+inline float emu_bf16(uint32_t word, int high) {
+    const uint32_t bits = (high ? (word >> 16) : (word & 0xffffu)) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+inline void mma_bf16_16816(float* d, const unsigned* a, const unsigned* b) {
+    const int warp = emu_tid / 32, lane = emu_tid & 31, base = emu_tid & ~31;
+    for (int i = 0; i < 4; ++i) emu_mma_buf[6 * emu_tid + i] = a[i];
+    for (int i = 0; i < 2; ++i) emu_mma_buf[6 * emu_tid + 4 + i] = b[i];
+    emu_warp_barriers[warp]->arrive_and_wait();
+    auto A = [&](int row, int kk) {
+        const int src = base + (row % 8) * 4 + (kk % 8) / 2;
+        return emu_bf16(emu_mma_buf[6 * src + row / 8 + 2 * (kk / 8)], kk % 2);
+    };
+    auto B = [&](int kk, int col) {
+        const int src = base + col * 4 + (kk % 8) / 2;
+        return emu_bf16(emu_mma_buf[6 * src + 4 + kk / 8], kk % 2);
+    };
+    const int g = lane / 4, t = lane % 4;
+    for (int q = 0; q < 4; ++q) {
+        const int row = g + 8 * (q / 2), col = 2 * t + q % 2;
+        float acc = d[q];
+        for (int kk = 0; kk < 16; ++kk) acc = std::fma(A(row, kk), B(kk, col), acc);
+        d[q] = acc;
+    }
+    emu_warp_barriers[warp]->arrive_and_wait();
 }
 
 inline int __ffs(unsigned x) { return x ? __builtin_ctz(x) + 1 : 0; }
@@ -120,6 +162,7 @@ void emu_launch(F kernel, dim3 grid, dim3 block, A... args) {
                 for (int w = 0; w < nwarps; ++w)
                     emu_warp_barriers.emplace_back(new std::barrier<>(std::min(32, nthreads - 32 * w)));
                 emu_shfl_buf.assign(nthreads, 0);
+                emu_mma_buf.assign(6 * size_t(nthreads), 0);
                 std::vector<std::thread> threads;
                 threads.reserve(nthreads);
                 for (int t = 0; t < nthreads; ++t) {

@@ -40,7 +40,7 @@ def prep(emu, workdir, a: np.ndarray, precision: str):
     """Run prep_rows_<precision>: (rounded values as float32, ||a||^2, ||a - rounded||)."""
     n, d = a.shape
     a.astype(np.float32).tofile(workdir / "a.bin")
-    subprocess.run([str(emu), "prep", precision, str(workdir), str(n), str(d)], check=True, timeout=120)
+    subprocess.run([str(emu), "prep", precision, str(workdir), str(n), str(d)], check=True, timeout=900)
     raw = np.fromfile(workdir / "out.bin", dtype=np.float32 if precision == "tf32" else np.uint16).reshape(n, d)
     rounded = raw if precision == "tf32" else bf16_to_float(raw)
     return raw, rounded, np.fromfile(workdir / "norm2.bin", np.float32), np.fromfile(workdir / "dnorm.bin", np.float32)
@@ -58,7 +58,7 @@ def assign_emulated(emu, workdir, x, c, precision: str, bound_scale: float = 1.0
     for name, arr in (("scores", scores), ("cn", c_norm2), ("x", x), ("c", c), ("xn2", x_norm2), ("xdn", x_dnorm)):
         np.ascontiguousarray(arr, dtype=np.float32).tofile(workdir / f"{name}.bin")
     args = [rows, k, d, repr(cmax), repr(dcmax), repr(cnmax), repr(cuda.accumulation_bound(d)), bound_scale]
-    subprocess.run([str(emu), "epi", str(workdir), *map(str, args)], check=True, timeout=120)
+    subprocess.run([str(emu), "epi", str(workdir), *map(str, args)], check=True, timeout=900)
     out = {name: np.fromfile(workdir / f"out_{name}.bin", dtype)
            for name, dtype in (("labels", np.int64), ("d2", np.float32), ("ncand", np.int32), ("votes", np.uint64))}
     return out
@@ -136,7 +136,7 @@ def test_segment_sum_sorted_emulated_exact(emu, tmp_path, rng):
     x.tofile(tmp_path / "x.bin")
     order.tofile(tmp_path / "order.bin")
     labels[order].astype(np.int64).tofile(tmp_path / "slabels.bin")
-    subprocess.run([str(emu), "segsorted", str(tmp_path), str(n), str(d), str(k), "64"], check=True, timeout=120)
+    subprocess.run([str(emu), "segsorted", str(tmp_path), str(n), str(d), str(k), "64"], check=True, timeout=900)
     sums = np.fromfile(tmp_path / "out_sums.bin", np.float64).reshape(k, d)
     ref = np.zeros((k, d))
     np.add.at(ref, labels, x.astype(np.float64))

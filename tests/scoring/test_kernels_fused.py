@@ -1,0 +1,163 @@
+"""The fused tensor-core assignment (kernels/fused.py): one BF16 mma.sync GEMM whose epilogue
+keeps each row's best candidates, exact distances for unique winners, exact re-check of the
+flagged rows. The real CUDA source runs on the CPU under tests/scoring/cuda_emu.h, whose
+``mma_bf16_16816`` emulates the PTX instruction warp-collectively with its fragment layout; the
+flagged rows go through the emulated GEMM + re-check path, as ``assign_nearest_fused`` sends
+them to ``assign_nearest_gemm`` on the GPU."""
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from ffcv_dp4tl.kernels import cuda, fused
+
+from .helpers import compile_emulator, reference_assign, requires_cuda
+from .test_kernels_gemm import assign_emulated, near_tie_data, round_bf16_bits
+
+
+@pytest.fixture(scope="module")
+def emu_fused(tmp_path_factory):
+    return compile_emulator("cuda_emu_fused_main.cpp", tmp_path_factory.mktemp("cuda_emu_fused"),
+                            source=fused.FUSED_SOURCE, name="fused.cu")
+
+
+@pytest.fixture(scope="module")
+def emu_gemm(tmp_path_factory):
+    return compile_emulator("cuda_emu_gemm_main.cpp", tmp_path_factory.mktemp("cuda_emu_gemm_f"))
+
+
+def run(emu, *args):
+    subprocess.run([str(emu), *map(str, args)], check=True, timeout=900)
+
+
+def prep(emu, wd, a: np.ndarray, rows_pad: int, ld: int):
+    n, d = a.shape
+    a.astype(np.float32).tofile(wd / "a.bin")
+    run(emu, "prep", wd, n, d, ld, rows_pad)
+    return (np.fromfile(wd / "out.bin", np.uint16).reshape(rows_pad, ld),
+            np.fromfile(wd / "norm2.bin", np.float32), np.fromfile(wd / "dnorm.bin", np.float32))
+
+
+def fused_emulated(emu, emu_gemm, wd, x, c, bound_scale=1.0):
+    """assign_nearest_fused step by step: prep x and c, the fused kernel, finalize, re-check."""
+    n, d = x.shape
+    k = c.shape[0]
+    ld, rows_pad, k_pad = fused.padded(d, fused.FBK), fused.padded(n, fused.FBM), fused.padded(k, fused.FBN)
+    xr, xn2, xdn = prep(emu, wd, x, rows_pad, ld)
+    cr, cn2, cdn = prep(emu, wd, c, k_pad, ld)
+    cabs = fused.centroid_terms(cn2, cdn)
+    for name, arr in (("xr", xr), ("cr", cr), ("xn2", xn2), ("xdn", xdn), ("cn2", cn2), ("cabs", cabs), ("cdn", cdn),
+                      ("x", x.astype(np.float32)), ("c", c.astype(np.float32))):
+        np.ascontiguousarray(arr).tofile(wd / f"{name}.bin")
+    scale = np.float32(bound_scale * fused.BOUND_SLACK)
+    run(emu, "assign", wd, n, k, ld, d, repr(cuda.accumulation_bound(d)), repr(float(scale)), rows_pad)
+    run(emu, "final", wd, n, d, k)
+    out = {"guess": np.fromfile(wd / "guess.bin", np.int32), "tie": np.fromfile(wd / "tie.bin", np.int32),
+           "labels": np.fromfile(wd / "labels.bin", np.int64), "d2": np.fromfile(wd / "d2.bin", np.float32),
+           "votes": np.fromfile(wd / "votes.bin", np.uint64), "xr": xr, "cr": cr}
+    redo = np.flatnonzero(out["labels"] < 0)
+    out["redo"] = redo
+    if redo.size:  # assign_nearest_gemm(x[redo], c, "bf16") on the GPU
+        sub = assign_emulated(emu_gemm, wd, x[redo], c, "bf16")
+        out["labels"][redo], out["d2"][redo] = sub["labels"], sub["d2"]
+        out["votes"] = out["votes"] + sub["votes"]
+    return out
+
+
+def test_prep_pad_rounds_once_and_zero_pads(emu_fused, tmp_path, rng):
+    a = (rng.standard_normal((70, 37)) * 5).astype(np.float32)
+    out, norm2, dnorm = prep(emu_fused, tmp_path, a, 128, 48)
+    np.testing.assert_array_equal(out[:70, :37], round_bf16_bits(a))
+    assert not out[:70, 37:].any() and not out[70:].any()  # padding is zero: adds nothing to a dot
+    np.testing.assert_allclose(norm2, (a.astype(np.float64) ** 2).sum(1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fused_labels_equal_float64_with_near_ties(emu_fused, emu_gemm, tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    x, c = near_tie_data(rng, n=150, d=45, k=70)  # D, K, N not multiples of the tiles
+    x[5, 7] = np.nan
+    out = fused_emulated(emu_fused, emu_gemm, tmp_path, x, c)
+    ok = np.arange(x.shape[0]) != 5
+    ref_labels, ref_d2, _ = reference_assign(x[ok], c)
+    np.testing.assert_array_equal(out["labels"][ok], ref_labels)  # equal, near-ties included
+    np.testing.assert_allclose(out["d2"][ok], ref_d2, rtol=1e-6)
+    assert out["labels"][5] == 0 and np.isnan(out["d2"][5])
+    assert 41 not in out["labels"] and (out["labels"] == 40).sum() >= 10  # exact duplicate: lower index
+    np.testing.assert_array_equal(out["votes"], np.bincount(out["labels"][ok], minlength=c.shape[0]))
+    # the crafted near-tie rows were flagged and re-decided; most plain rows were not
+    half = x.shape[0] // 2
+    assert out["tie"][:half].mean() > 0.9
+    assert out["tie"][half + 10:].mean() < 0.5
+    # the unflagged rows' winners came from the fused epilogue alone, and are right
+    plain = np.flatnonzero(out["tie"] == 0)
+    assert plain.size > 30
+    np.testing.assert_array_equal(out["guess"][plain], reference_assign(x[plain], c)[0])
+
+
+def test_fused_mma_fragment_layout_gives_the_gemm(emu_fused, tmp_path):
+    """Exact small integers: BF16 and FP32 are exact, so the bound is only the accumulation term
+    and every row whose best is unique is decided by the GEMM alone, with the right label; a
+    fragment element in the wrong lane/register would pick wrong centroids here."""
+    rng = np.random.default_rng(3)
+    c = rng.integers(-8, 9, size=(80, 32)).astype(np.float32)
+    x = rng.integers(-8, 9, size=(64, 32)).astype(np.float32)
+    n, d = x.shape
+    ld, k_pad = fused.padded(d, fused.FBK), fused.padded(c.shape[0], fused.FBN)
+    xr, xn2, xdn = prep(emu_fused, tmp_path, x, 64, ld)
+    cr, cn2, cdn = prep(emu_fused, tmp_path, c, k_pad, ld)
+    assert not xdn.any() and not cdn.any()  # stored exactly in the GEMM format
+    for name, arr in (("xr", xr), ("cr", cr), ("xn2", xn2), ("xdn", xdn), ("cn2", cn2),
+                      ("cabs", fused.centroid_terms(cn2, cdn)), ("cdn", cdn)):
+        np.ascontiguousarray(arr).tofile(tmp_path / f"{name}.bin")
+    run(emu_fused, "assign", tmp_path, n, c.shape[0], ld, d, repr(cuda.accumulation_bound(d)), "1.001", 64)
+    guess, tie = np.fromfile(tmp_path / "guess.bin", np.int32), np.fromfile(tmp_path / "tie.bin", np.int32)
+    _, _, dist = reference_assign(x, c)
+    srt = np.sort(dist, axis=1)
+    unique = srt[:, 1] - srt[:, 0] >= 1  # integer distances: a gap of >= 1 is far above the bound
+    assert unique.mean() > 0.8 and not tie[unique].any()
+    np.testing.assert_array_equal(guess[unique], dist.argmin(1)[unique])
+    assert tie[~unique].all()  # exact ties are always flagged
+
+
+def test_fused_bound_is_needed(emu_fused, emu_gemm, tmp_path, rng):
+    """With the bound switched off, BF16 scores alone mislabel near-tie rows."""
+    x, c = near_tie_data(rng, n=150, d=45, k=70)
+    out = fused_emulated(emu_fused, emu_gemm, tmp_path, x, c, bound_scale=0.0)
+    ref_labels, _, _ = reference_assign(x, c)
+    assert (out["labels"] != ref_labels).sum() > 5
+
+
+def test_per_centroid_bound_flags_fewer_rows_than_the_max_bound(emu_fused, emu_gemm, tmp_path):
+    """Centroids of very different norms: the fused kernel's per-centroid bound re-checks fewer
+    rows than the GEMM epilogue's bound built from the largest centroid."""
+    rng = np.random.default_rng(5)
+    c = rng.standard_normal((64, 48)).astype(np.float32)
+    c[:8] *= 30.0  # a few far, large centroids inflate max ||c||
+    c[9::2] = c[8::2] + 0.3 * rng.standard_normal((28, 48)).astype(np.float32)  # close pairs
+    x = c[8::2][rng.integers(0, 28, size=128)] + 0.05 * rng.standard_normal((128, 48)).astype(np.float32)
+    out = fused_emulated(emu_fused, emu_gemm, tmp_path, x, c)
+    old = assign_emulated(emu_gemm, tmp_path, x, c, "bf16")
+    np.testing.assert_array_equal(out["labels"], reference_assign(x, c)[0])
+    assert out["tie"].sum() < 0.25 * (old["ncand"] > 1).sum()
+
+
+# -- real GPU ------------------------------------------------------------------------------
+@pytest.mark.gpu
+@requires_cuda
+def test_gpu_fused_assign_equals_float64(rng):
+    import cupy as cp
+
+    x, c = near_tie_data(rng, n=5000, d=96, k=300)
+    votes = cp.zeros(c.shape[0], dtype=cp.uint64)
+    xd = cp.asarray(x)
+    prepared = fused.prepare_rows(xd)
+    labels, d2, ties = fused.assign_nearest_fused(xd, cp.asarray(c), prepared=prepared, votes=votes,
+                                                  return_ties=True)
+    ref_labels, ref_d2, _ = reference_assign(x, c)
+    np.testing.assert_array_equal(labels.get(), ref_labels)
+    np.testing.assert_allclose(d2.get(), ref_d2, rtol=1e-6)
+    np.testing.assert_array_equal(votes.get(), np.bincount(ref_labels, minlength=c.shape[0]))
+    assert 0 < ties < x.shape[0]
