@@ -106,6 +106,16 @@ def _ffcv_progress(enabled: bool) -> Iterator[None]:
         yield
 
 
+#: samples per task handed to one of ffcv's writer processes
+WRITE_CHUNK = 64
+
+
+def beton_workers(workers: int, num_samples: int) -> int:
+    """Writer processes worth starting: one per chunk at most (``--workers 200`` on 48 images
+    starts one, and the free-space check counts one open page, not 200)."""
+    return max(1, min(workers, -(-num_samples // WRITE_CHUNK)))
+
+
 def write_beton(path: Path, dataset: ShardBytesDataset, quality: int, max_side: int,
                 workers: int, progress: bool = True) -> None:
     """Write ``dataset`` to the beton at ``path`` (in place; the caller renames atomically)."""
@@ -116,9 +126,17 @@ def write_beton(path: Path, dataset: ShardBytesDataset, quality: int, max_side: 
     # Supported per-instance hook: the field's class (and so the file's header) stays stock.
     image_field.encode = functools.partial(_encode, image_field)
     writer = DatasetWriter(str(path), {"image": image_field, "label": IntField()},
-                           num_workers=max(1, workers))
+                           num_workers=beton_workers(workers, len(dataset)))
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
     with _ffcv_progress(progress):
-        writer.from_indexed_dataset(dataset, chunksize=64)
+        writer.from_indexed_dataset(dataset, chunksize=WRITE_CHUNK)
+    # ffcv returns without joining its writer processes; each holds a copy of the build's lock
+    # descriptor (fork), so a build of the same folder right after would be refused as
+    # "another dp4tl process". They have finished their work: wait for them to exit.
+    for p in set(multiprocessing.active_children()) - before:
+        p.join(timeout=60)
 
 
 #: ffcv's IMAGE_MODES["jpg"]: the sample's bytes are a JPEG file (else raw pixels)

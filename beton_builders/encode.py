@@ -7,7 +7,11 @@ reason and end up in ``rejects.txt``.
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +22,11 @@ from .spec import ImageRef
 
 # Refuse decompression bombs with a clear reason instead of a warning.
 Image.MAX_IMAGE_PIXELS = 200_000_000
+#: Memory one decoded input may take, as RGB (width x height x 3 bytes; JPEGs after DCT-domain
+#: shrinking). PIL's pixel limit alone lets a 48 KB 1-bit PNG of 19999^2 px through (it only
+#: warns below twice the limit) and converting it to RGB takes 3 GB in a worker; every mode is
+#: bounded by what it becomes. 600 MB = the pixel limit for an RGB photo.
+MAX_DECODE_BYTES = 3 * Image.MAX_IMAGE_PIXELS
 
 #: Shorter side (after shrinking to max_side) below which an image is rejected. ffcv's decoders
 #: abort the whole process (an OpenCV assertion, SIGABRT) on a 1-pixel-wide image in a centre
@@ -33,10 +42,33 @@ class Encoded:
     width: int
 
 
-def _open(ref: ImageRef) -> Image.Image:
+class NotRegularFile(Exception):
+    """An input path that is a FIFO, socket or device: opening it could block forever."""
+
+
+def _open_regular(path: str | Path, stack: contextlib.ExitStack):
+    """Open ``path`` for reading only if it is a regular file (after symlinks). The open itself
+    never blocks: O_NONBLOCK makes a FIFO without a writer return at once, and the descriptor's
+    own fstat decides (no race between a check and the open)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+            raise NotRegularFile(f"not a regular file ({kind}); only regular files are read")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return stack.enter_context(os.fdopen(fd, "rb"))
+
+
+def _open(ref: ImageRef, stack: contextlib.ExitStack | None = None) -> Image.Image:
     if isinstance(ref, (str, Path)):
-        img = Image.open(ref)
-        return img
+        if stack is None:
+            stack = contextlib.ExitStack()
+        return Image.open(_open_regular(ref, stack))
     if isinstance(ref, np.ndarray):
         if ref.dtype != np.uint8 or ref.ndim not in (2, 3):
             raise ValueError(f"in-memory image must be uint8 HW or HWC, got {ref.dtype} {ref.shape}")
@@ -72,27 +104,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def encode_sample(ref: ImageRef, max_side: int, quality: int) -> Encoded | str:
     """Return the encoded image, or a one-line reject reason."""
     try:
-        img = _open(ref)
-        if img.format == "JPEG" and max_side and max(img.size) > 2 * max_side:
-            # DCT-domain downscaling: decodes large JPEGs several times faster.
-            img.draft("RGB", (max_side, max_side))
-        img.load()
-        if getattr(img, "n_frames", 1) > 1:
-            img.seek(0)
-        img = to_rgb(img)
-        w, h = img.size
-        if w == 0 or h == 0:
-            return "empty image (0 pixels)"
-        scale = max_side / max(w, h) if max_side else 1.0
-        if scale < 1.0:
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            img = img.resize(size, Image.BILINEAR, reducing_gap=3.0)
-        if min(img.size) < MIN_SIDE:
-            return (f"too small: {w}x{h} px (shorter side {min(img.size)} px after resizing, "
-                    f"minimum {MIN_SIDE}); ffcv's decoders cannot crop it")
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=quality)
-        return Encoded(buf.getvalue(), img.size[1], img.size[0])
+        with contextlib.ExitStack() as stack, warnings.catch_warnings():
+            # PIL warns between one and two times its pixel limit; MAX_DECODE_BYTES decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return _encode(ref, max_side, quality, stack)
+    except NotRegularFile as e:
+        return str(e)
     except FileNotFoundError:
         return "file not found"
     except UnidentifiedImageError:
@@ -102,3 +119,32 @@ def encode_sample(ref: ImageRef, max_side: int, quality: int) -> Encoded | str:
     except (OSError, SyntaxError, ValueError, TypeError, EOFError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         return f"unreadable: {msg}"
+
+
+def _encode(ref: ImageRef, max_side: int, quality: int, stack: contextlib.ExitStack) -> Encoded | str:
+    """:func:`encode_sample` without the error mapping (``stack`` closes the input file)."""
+    img = _open(ref, stack)
+    if img.format == "JPEG" and max_side and max(img.size) > 2 * max_side:
+        # DCT-domain downscaling: decodes large JPEGs several times faster.
+        img.draft("RGB", (max_side, max_side))
+    w, h = img.size
+    if w * h * 3 > MAX_DECODE_BYTES:  # checked on the header, before any pixel is decoded
+        return (f"too large to decode: {w}x{h} px would take {w * h * 3 / 2**20:,.0f} MiB as RGB "
+                f"(limit {MAX_DECODE_BYTES / 2**20:,.0f} MiB per image)")
+    img.load()
+    if getattr(img, "n_frames", 1) > 1:
+        img.seek(0)
+    img = to_rgb(img)
+    w, h = img.size
+    if w == 0 or h == 0:
+        return "empty image (0 pixels)"
+    scale = max_side / max(w, h) if max_side else 1.0
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        img = img.resize(size, Image.BILINEAR, reducing_gap=3.0)
+    if min(img.size) < MIN_SIDE:
+        return (f"too small: {w}x{h} px (shorter side {min(img.size)} px after resizing, "
+                f"minimum {MIN_SIDE}); ffcv's decoders cannot crop it")
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return Encoded(buf.getvalue(), img.size[1], img.size[0])

@@ -16,14 +16,18 @@ finished shards, each atomically. A directory without ``manifest.json`` is never
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -33,10 +37,12 @@ from ffcv_dp4tl.contracts import (FORMAT, INDEX_DTYPE, MANIFEST_NAME, DatasetMan
                                   split_fingerprint)
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import (atomic_path, atomic_save_npy, atomic_write_json,
-                               atomic_write_text, check_free_space, directory_lock, is_disk_full,
-                               read_json, remove_orphan_temps)
+                               atomic_write_text, check_free_space, check_out_dir, directory_lock,
+                               is_disk_full, is_unwritable, read_json, remove_orphan_temps)
 
-from .beton import ShardBytesDataset, beton_images, check_beton, keep_as_jpeg, write_beton
+from .beton import (ShardBytesDataset, beton_images, beton_workers, check_beton, keep_as_jpeg,
+                    write_beton)
+from .input_stats import save_input_stats, stale_inputs
 from .integrity import beton_fingerprint, split_checksums, stored_digests
 from .shards import write_shard
 from .spec import DatasetSpec, Sample
@@ -46,6 +52,8 @@ BUILD_DIR = ".build"
 LOCK_NAME = ".build.lock"
 #: ffcv DatasetWriter's default page size (4 * MIN_PAGE_SIZE = 8 MiB in ffcv 1.0.2)
 BETON_PAGE_SIZE = 8 * 2**20
+#: what the user can do when ``--out`` holds something else (the pipeline passes its own words)
+REMEDY = "pass --overwrite to replace it, or choose another --out"
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,8 @@ class BuildSummary:
     out_dir: Path
     splits: list[SplitSummary]
     skipped: bool = False  # everything was already built
+    #: one line per thing the user should know (e.g. inputs changed since the build)
+    warnings: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = []
@@ -144,11 +154,15 @@ def _check_spec(spec: DatasetSpec) -> None:
                             f"split {split!r}")
 
 
+def _settings(spec: DatasetSpec, opts: BuildOptions, source: str) -> dict:
+    return {"format": FORMAT, "source": source, "options": opts.content_settings(),
+            "listing": _listing_digest(spec)}
+
+
 def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: str,
-                 overwrite: bool) -> tuple[dict, bool]:
+                 overwrite: bool, remedy: str = REMEDY) -> tuple[dict, bool]:
     """Check/record build settings. Returns (settings, already_complete)."""
-    settings = {"format": FORMAT, "source": source, "options": opts.content_settings(),
-                "listing": _listing_digest(spec)}
+    settings = _settings(spec, opts, source)
     manifest_path = out_dir / MANIFEST_NAME
     settings_path = out_dir / BUILD_DIR / "settings.json"
     if overwrite and out_dir.exists():
@@ -162,54 +176,133 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
         if old == settings:
             return settings, True
         raise DataError(f"{out_dir} already holds a different build (source or settings differ); "
-                        "pass --overwrite to replace it, or choose another --out")
+                        f"{remedy}")
     if settings_path.exists():
         old = read_json(settings_path, "build settings")
         if old != settings:
             changed = [k for k in settings if old.get(k) != settings[k]]
             raise DataError(f"{out_dir} holds an interrupted build with different {', '.join(changed)}; "
-                            "rerun with the same source and options to resume, or pass --overwrite")
+                            f"rerun with the same source and options to resume, or {remedy}")
     elif out_dir.exists() and any(p.name != LOCK_NAME for p in out_dir.iterdir()):
-        raise DataError(f"{out_dir} is not empty and is not a dp4tl build; choose an empty --out "
-                        "or pass --overwrite")
+        raise DataError(f"{out_dir} is not empty and is not a dp4tl build; {remedy}")
     atomic_write_json(settings_path, settings)
     return settings, False
 
 
 def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | None = None,
-                  *, source: str = "", overwrite: bool = False) -> BuildSummary:
+                  *, source: str = "", overwrite: bool = False,
+                  remedy: str = REMEDY) -> BuildSummary:
     """Convert ``spec`` into ``out_dir``; resume if a previous run was interrupted.
 
     One build per folder at a time (a second is refused: ``LOCK_NAME``); temporary files a
     killed build left behind are removed first; a full disk is a one-line error naming the
-    folder (the beton's size is checked before it is written), and rerunning resumes.
+    folder (the beton's size is checked before it is written), and rerunning resumes. A
+    complete build in a folder that cannot be written (read-only mount) is simply reused.
+    Ctrl-C always ends the build with ``KeyboardInterrupt`` (see :func:`_sigint_guard`).
+    ``remedy`` ends the messages about a folder holding something else.
     """
     opts = opts or BuildOptions()
     opts.validate()
     _check_spec(spec)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"--out {out_dir} is a file; choose a directory")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with directory_lock(out_dir / LOCK_NAME, f"dataset folder {out_dir}"):
-        remove_orphan_temps(out_dir)
+    check_out_dir(out_dir, "--out", must_write=False)
+    _check_out_outside_input(source, out_dir)
+    with contextlib.ExitStack() as stack:
         try:
-            return _build_locked(spec, out_dir, opts, source, overwrite)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(directory_lock(out_dir / LOCK_NAME, f"dataset folder {out_dir}"))
+        except OSError as e:
+            if not is_unwritable(e):
+                raise
+            # nobody can write a read-only folder, so a finished build there is safe to use
+            done = _complete_build(spec, out_dir, opts, source)
+            if done is not None:
+                return done
+            raise DataError(f"cannot write to {out_dir} ({e.strerror}) and it holds no finished "
+                            f"build of this source; choose a writable --out") from None
+        remove_orphan_temps(out_dir)
+        stack.enter_context(_sigint_guard())
+        try:
+            return _build_locked(spec, out_dir, opts, source, overwrite, remedy)
         except OSError as e:
             if is_disk_full(e):
                 raise DataError(f"disk full while writing {out_dir} ({e.strerror}); free some space or "
                                 "choose another --out, then rerun: the build resumes") from None
+            if is_unwritable(e):
+                raise DataError(f"cannot write {e.filename or out_dir} ({e.strerror}); choose a "
+                                "writable --out") from None
             raise
 
 
+def _check_out_outside_input(source: str, out_dir: Path) -> None:
+    """Refuse an ``--out`` inside the input folder of a ``LAYOUT:PATH`` source: the layout would
+    list the build's own files as a class on every later run."""
+    name, sep, path = source.partition(":")
+    if not sep or not path or name == "synth":
+        return
+    root = Path(path).expanduser()
+    try:
+        inside = Path(os.path.realpath(out_dir)).is_relative_to(os.path.realpath(root))
+    except OSError:
+        return
+    if inside and root.is_dir():
+        raise DataError(f"--out {out_dir} lies inside the input folder {root}: the next build would "
+                        "read its own output as images; choose an --out outside it")
+
+
+def _complete_build(spec: DatasetSpec, out_dir: Path, opts: BuildOptions,
+                    source: str) -> BuildSummary | None:
+    """The summary of the finished build of exactly this input in ``out_dir``, else None."""
+    manifest_path = out_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return None
+    settings = _settings(spec, opts, source)
+    manifest = DatasetManifest.from_json(read_json(manifest_path, "manifest"), manifest_path)
+    if manifest.build != settings:
+        return None
+    return BuildSummary(out_dir, [SplitSummary(n, s.num_samples, s.num_rejected, 0.0)
+                                  for n, s in manifest.splits.items()], skipped=True,
+                        warnings=stale_inputs(spec, out_dir / BUILD_DIR))
+
+
+class _Interrupted:
+    flag = False
+
+
+@contextlib.contextmanager
+def _sigint_guard() -> Iterator[None]:
+    """Make Ctrl-C always end the build: SIGINT sets a flag *and* raises KeyboardInterrupt as
+    usual. Native code (numba/llvmlite compiling ffcv's writer) can swallow the exception; the
+    flag is checked between shards and before the beton and the manifest are written
+    (:func:`_check_interrupt`), so an interrupted build never runs on to a manifest."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        _Interrupted.flag = True
+        raise KeyboardInterrupt
+
+    _Interrupted.flag = False
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _Interrupted.flag = False
+
+
+def _check_interrupt() -> None:
+    if _Interrupted.flag:
+        raise KeyboardInterrupt
+
+
 def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: str,
-                  overwrite: bool) -> BuildSummary:
-    settings, done = _prepare_dir(spec, out_dir, opts, source, overwrite)
+                  overwrite: bool, remedy: str = REMEDY) -> BuildSummary:
+    settings, done = _prepare_dir(spec, out_dir, opts, source, overwrite, remedy)
     if done:
-        manifest = DatasetManifest.from_json(read_json(out_dir / MANIFEST_NAME, "manifest"),
-                                             out_dir / MANIFEST_NAME)
-        return BuildSummary(out_dir, [SplitSummary(n, s.num_samples, s.num_rejected, 0.0)
-                                      for n, s in manifest.splits.items()], skipped=True)
+        return _complete_build(spec, out_dir, opts, source)
 
     # 1. Shards (parallel, resumable)
     tasks, timings = [], {}
@@ -231,12 +324,14 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
             results = pool.imap_unordered(_shard_task, tasks)
         try:
             for _, _, n_ok, n_bad in results:
+                _check_interrupt()
                 bar.update(n_ok + n_bad)
         finally:
             if pool is not None:
                 pool.terminate()
             bar.close()
     encode_seconds = time.perf_counter() - start
+    _check_interrupt()
 
     # 2. Per split: gather shard metadata -> index, labels, fingerprint, beton
     split_entries, summaries, all_rejects = {}, [], []
@@ -269,12 +364,13 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
                 raw = np.array([not keep_as_jpeg(i, opts.raw_fraction) for i in range(len(index))])
                 needed += int((arr[raw, 5] * arr[raw, 6] * 3).sum())
             # ffcv's writer fills fixed-size pages, one open page per worker (+ the header's)
-            check_free_space(out_dir, int(needed * 1.02) + (max(1, opts.workers) + 1) * BETON_PAGE_SIZE,
-                             f"{split}.beton")
+            pages = beton_workers(opts.workers, len(index)) + 1
+            check_free_space(out_dir, int(needed * 1.02) + pages * BETON_PAGE_SIZE, f"{split}.beton")
             dataset = ShardBytesDataset(index, [out_dir / s for s in shard_names], arr[:, 5],
                                         arr[:, 6], opts.raw_fraction)
             with atomic_path(beton_path, suffix=".beton") as tmp:
                 write_beton(tmp, dataset, opts.quality, opts.max_side, opts.workers, opts.progress)
+                _check_interrupt()  # (a Ctrl-C swallowed inside ffcv's writer: no beton)
         # what the beton stores, per sample (JPEG samples: the shards' bytes, digests known)
         sha1 = np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 20)
         images = beton_images(beton_path)
@@ -300,6 +396,8 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
                                       encode_seconds * share + time.perf_counter() - t0))
 
     # 3. Rejects list and manifest (the manifest last: it marks the build complete)
+    _check_interrupt()
+    save_input_stats(spec, out_dir / BUILD_DIR)
     lines = ["# split\tinput\treason"] + [f"{s}\t{n}\t{r}" for s, n, r in all_rejects]
     atomic_write_text(out_dir / "rejects.txt", "\n".join(lines) + "\n")
     manifest = DatasetManifest(

@@ -45,8 +45,24 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def short_write_is_disk_full(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a short write into ``OSError(ENOSPC)`` naming ``path``.
+
+    numpy's ``tofile`` (used by ``np.save`` on real files) reports a write that stopped early as
+    ``OSError("780 requested and 496 written")`` with no errno; on a local disk that is a full
+    disk (or quota), so the CLI's one-line disk-full message applies instead of a traceback."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno is None and "requested and" in str(e) and "written" in str(e):
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (short write: {e})",
+                          str(path)) from None
+        raise
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, short_write_is_disk_full(path):
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -62,7 +78,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    with atomic_path(path, suffix=".npy") as tmp:
+    with atomic_path(path, suffix=".npy") as tmp, short_write_is_disk_full(path):
         with open(tmp, "wb") as f:
             np.save(f, np.ascontiguousarray(array), allow_pickle=False)
             f.flush()
@@ -151,6 +167,63 @@ def check_free_space(directory: str | os.PathLike, needed: int, what: str) -> No
 
 def is_disk_full(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+#: errnos meaning "this place cannot be written" (read-only mount, permissions)
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def is_unwritable(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in UNWRITABLE
+
+
+def check_out_dir(path: str | os.PathLike, what: str = "--out", *, must_write: bool = True) -> Path:
+    """Refuse, before any work, an output folder that cannot be one: a file, a path through a
+    file, or (``must_write``) a folder whose nearest existing ancestor is not writable.
+
+    Commands call it on their output folders so a typo costs one line, not a traceback after
+    minutes of work."""
+    from .errors import DataError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{what} {path} is a file, not a folder; choose a folder")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise DataError(f"{what} {path}: {probe} is a file, so no folder can be made there; "
+                        "choose another path")
+    if must_write and probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        why = "read-only file system" if _read_only_fs(probe) else "no write permission"
+        raise DataError(f"{what} {path}: cannot write in {probe} ({why}); choose a writable folder")
+    return path
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an environment error (read-only folder, a file where a folder should be,
+    no permission) that reached the CLI: what failed, on which path, and what to do."""
+    where = f" {e.filename}" if e.filename else ""
+    what = e.strerror or str(e)
+    if is_disk_full(e):
+        return (f"disk full{' writing' + where if where else ''} ({what}); free some space, then "
+                "rerun the same command: finished work is kept and it resumes")
+    if e.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return f"cannot use{where} ({what}): a file is where a folder should be (or the reverse); choose another path"
+    if is_unwritable(e):
+        return f"cannot write{where} ({what}); choose a writable folder or fix its permissions"
+    if e.errno == errno.ENOENT:
+        return f"not found:{where} ({what}); check the path"
+    return f"{what}{':' + where if where else ''}; check the path and its permissions"
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -95,13 +95,11 @@ def run() -> None:
         print("interrupted: rerun the same command to resume where it stopped", file=sys.stderr)
         raise SystemExit(130) from None
     except OSError as e:
-        from ..fsutil import is_disk_full
+        from ..fsutil import os_error_line
 
-        if not is_disk_full(e):
+        if e.errno is None:  # not an environment error: a bug, keep its traceback
             raise
         # every write is atomic (temp file + rename), so nothing finished was damaged
-        where = f" writing {e.filename}" if e.filename else ""
-        print(f"error: disk full{where} ({e.strerror}); free some space, then rerun the same "
-              "command: finished work is kept and it resumes", file=sys.stderr)
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         raise SystemExit(2) from None
     raise SystemExit(code if isinstance(code, int) else 0)

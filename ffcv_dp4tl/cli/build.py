@@ -40,6 +40,9 @@ def build(
     from beton_builders.sources import default_max_side, resolve_source, split_note
     from beton_builders.writer import BuildOptions, build_dataset
 
+    from ..fsutil import check_out_dir
+
+    check_out_dir(out, "--out", must_write=False)  # (a read-only finished build is reused)
     specs = resolve_source(source, split_json, split.value)
     for sub, spec in specs.items():
         side = max_side if max_side is not None else default_max_side(spec)
@@ -54,6 +57,8 @@ def build(
             typer.echo(f"  {split_note(spec)}")
         for line in summary.lines():
             typer.echo(f"  {line}")
+        for line in summary.warnings:
+            typer.echo(f"warning: {line}", err=True)
         rejected = sum(s.num_rejected for s in summary.splits)
         if rejected:
             typer.echo(f"  {rejected} inputs skipped; reasons in {target / 'rejects.txt'}")
