@@ -29,6 +29,7 @@ pretrain *args:
     opts=()
     for a in "$@"; do
       case "$a" in
+        -*) opts+=("$a") ;;  # already an option (--ratio=0.5, -o x): passed as given
         *=*) k="${a%%=*}"; opts+=("--${k//_/-}" "${a#*=}") ;;
         *) opts+=("$a") ;;
       esac

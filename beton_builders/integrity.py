@@ -87,10 +87,62 @@ def shard_checksum(path: Path) -> dict[str, Any]:
     return {"size": size, "digest": _blake(head, tail)}
 
 
-def split_checksums(beton: Path, shards: list[Path]) -> dict[str, Any]:
-    """The ``checksums`` record of one split's files (stored in ``manifest.json``)."""
-    return {"scheme": SCHEME, "beton": beton_checksum(beton),
-            "shards": [shard_checksum(p) for p in shards]}
+def array_digest(values: np.ndarray) -> str:
+    """SHA-256 of an integer array's values (little-endian int64, in order): labels and index
+    files are small (8 bytes a sample), so they are hashed whole; the digest does not depend on
+    how the ``.npy`` file was written."""
+    return hashlib.sha256(np.ascontiguousarray(values, dtype="<i8").tobytes()).hexdigest()
+
+
+def index_digest(index: np.ndarray) -> str:
+    """:func:`array_digest` over every field of a WebDataset index (shard, offset, size, label, key)."""
+    return array_digest(np.stack([np.asarray(index[n], dtype=np.int64) for n in index.dtype.names], 1))
+
+
+def split_checksums(beton: Path, shards: list[Path], labels: np.ndarray | None = None,
+                    index: np.ndarray | None = None) -> dict[str, Any]:
+    """The ``checksums`` record of one split's files (stored in ``manifest.json``). ``labels``
+    and ``index`` (the arrays written to ``S.labels.npy`` and ``wds/S.index.npy``) add their
+    digests: a permuted labels file changes no size, only its content."""
+    rec = {"scheme": SCHEME, "beton": beton_checksum(beton),
+           "shards": [shard_checksum(p) for p in shards]}
+    if labels is not None:
+        rec["labels"] = array_digest(labels)
+    if index is not None:
+        rec["index"] = index_digest(index)
+    return rec
+
+
+#: (path, size, mtime_ns) -> digest of labels files already checked in this process
+_LABELS_SEEN: dict[tuple[str, int, int], str] = {}
+
+
+def labels_intact(path: Path, labels: np.ndarray, checksums: dict[str, Any] | None) -> bool | None:
+    """Do ``labels`` (read from ``path``) hash to the build's recorded digest? None when the build
+    recorded none. Cached per file state, so repeated loads cost one ``stat``."""
+    want = (checksums or {}).get("labels")
+    if want is None or (checksums or {}).get("scheme") != SCHEME:
+        return None
+    try:
+        st = os.stat(path)
+        key = (str(path), st.st_size, st.st_mtime_ns)
+    except OSError:
+        key = None
+    got = _LABELS_SEEN.get(key) if key is not None else None
+    if got is None:
+        got = array_digest(np.asarray(labels))
+        if key is not None:
+            _LABELS_SEEN[key] = got
+    return got == want
+
+
+def check_labels(path: Path, labels: np.ndarray, checksums: dict[str, Any] | None, root: Path,
+                 split_name: str) -> None:
+    """Refuse (one-line :class:`DataError`) a labels file whose values differ from the build's."""
+    if labels_intact(path, labels, checksums) is False:
+        raise DataError(f"{path}: labels differ from the ones the build wrote (edited, permuted or "
+                        f"replaced; split {split_name!r}): class masks and class scores would pick "
+                        f"other samples; {VERIFY_HINT.format(root=root)}")
 
 
 def beton_fingerprint(mode: np.ndarray, hw: np.ndarray, stored_sha1: bytes) -> str:

@@ -375,7 +375,7 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
         sha1 = np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 20)
         images = beton_images(beton_path)
         beton_fp = beton_fingerprint(images.mode, images.hw, stored_digests(beton_path, images, sha1).tobytes())
-        checksums = split_checksums(beton_path, [out_dir / s for s in shard_names])
+        checksums = split_checksums(beton_path, [out_dir / s for s in shard_names], labels, index)
         atomic_save_npy(out_dir / "wds" / f"{split}.index.npy", index)
         atomic_save_npy(out_dir / f"{split}.labels.npy", labels)
         n_rej = sum(1 for r in all_rejects if r[0] == split)

@@ -29,6 +29,16 @@ def _parse_ids(text: str) -> list[int]:
     return ids
 
 
+def _ranges(ids: list[int]) -> str:
+    """Sorted ids as compact ranges: [32, 33, ..., 999] -> '32-999'."""
+    parts, start = [], ids[0]
+    for prev, cur in zip(ids, ids[1:] + [None]):
+        if cur is None or cur != prev + 1:
+            parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = cur
+    return ", ".join(parts[:5]) + (f" and {len(parts) - 5} more ranges" if len(parts) > 5 else "")
+
+
 @mask_app.command("classes")
 def classes_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP, show_default=False),
@@ -41,8 +51,17 @@ def classes_cmd(
     from ..data.manifest import load_manifest
     from ..data.masks import mask_from_classes, save_mask
 
+    from ..fsutil import check_out_dir
+
     ids = _parse_ids(classes)  # a bad id fails before the dataset is read
-    info = load_manifest(pick_data(data, dataset, "the positional DATASET")).split(split)
+    check_out_dir(Path(out).parent, "--out's folder")
+    manifest = load_manifest(pick_data(data, dataset, "the positional DATASET"))
+    outside = sorted({i for i in ids if not 0 <= i < manifest.num_classes})
+    if outside:  # never clamp silently: 0-999 on 32 classes is a typo or the wrong dataset
+        shown = _ranges(outside)
+        raise MaskError(f"--classes: {shown} outside the {manifest.num_classes} classes of "
+                        f"{manifest.root} (ids 0-{manifest.num_classes - 1}); `dp4tl info` lists them")
+    info = manifest.split(split)
     mask = mask_from_classes(info, ids, method="classes")
     path = save_mask(out, mask)
     typer.echo(f"{path}: {len(mask)} of {info.num_samples} samples of {split!r} "

@@ -25,8 +25,8 @@ def score(
     out: Path = typer.Option(..., "--out", "-o", help="Scores directory to write"),
     format: Format = typer.Option(Format.ffcv, "--format", help=FORMAT_HELP),
     device: str = device_option(),
-    batch_size: int = typer.Option(256),
-    workers: int = typer.Option(2, help="Loader workers"),
+    batch_size: int = typer.Option(256, min=1, help="Images per forward pass"),
+    workers: int = typer.Option(2, min=0, help="Loader workers"),
     resolution: Optional[int] = typer.Option(None, help="Default: the surrogate recipe's eval resolution"),
     target_resolution: Optional[int] = typer.Option(
         None, help="Resolution the surrogate reads the target at (default: the surrogate recipe's "
@@ -38,7 +38,8 @@ def score(
     k: int = typer.Option(PAPER_K, help="fm: k-means clusters K (the paper's; at most the "
                           "number of source train samples)"),
     iters: int = typer.Option(20, help="fm: Lloyd iterations"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, min=0, help="Random seed (random, fm's k-means, the runs a method "
+                             "trains)"),
     backend: Backend = typer.Option(Backend.auto, help="Scoring kernels (auto: CUDA when CuPy "
                                     "sees a device)"),
     opt: List[str] = typer.Option([], "--opt", help="Method option NAME=VALUE (repeatable), e.g. "
@@ -52,9 +53,11 @@ def score(
                                    "(repeatable)"),
 ) -> None:
     """Score source classes, clusters or samples (the method's unit) for one or more targets."""
+    from ..fsutil import check_out_dir
     from ..pipeline.score import score as run
     from ..scoring.registry import parse_option_pairs
 
+    check_out_dir(out)
     source_dir = pick_data(data, source, "--source")
     targets = paths(target)
     meta = run(method, source_dir=source_dir, target_dir=targets or None, checkpoint=checkpoint,
@@ -83,8 +86,10 @@ def prune(
                                "sample fraction is closest to 1 - ratio"),
 ) -> None:
     """Turn scores into index masks over the source train and val splits."""
+    from ..fsutil import check_out_dir
     from ..pipeline.prune import prune as run
 
+    check_out_dir(out)
     s = run(scores, pick_data(data, source, "--source"), ratio, out, reverse=reverse,
             budget=budget.value)
     from ..scoring.registry import UNIT_PLURAL

@@ -57,7 +57,13 @@ class SplitInfo:
                           self.shards if fmt == "wds" else None, self.checksums, self.num_samples)
 
     def load_labels(self) -> np.ndarray:
-        return np.load(self.labels, mmap_mode="r")
+        """The split's labels, refused (one line) when they differ from the ones the build
+        recorded in ``manifest.json`` (a permuted file has the right size and class counts)."""
+        from beton_builders.integrity import check_labels
+
+        labels = np.load(self.labels, mmap_mode="r")
+        check_labels(self.labels, labels, self.checksums, self.root, self.name)
+        return labels
 
     def load_index(self) -> np.ndarray:
         return np.load(self.index)

@@ -140,7 +140,12 @@ def load_mask(path: str | Path, split: SplitInfo | None = None) -> IndexMask:
     try:
         indices = np.load(npy, allow_pickle=False)
     except (ValueError, OSError) as e:
-        raise MaskError(f"{npy} is not a readable .npy mask ({e})") from None
+        # numpy's own words for a pickled/object file point at allow_pickle, a loading switch
+        # the user cannot (and must not) flip: say what the file is instead
+        why = ("it holds Python objects (pickled data), not sample indices" if "pickle" in str(e)
+               or "Object arrays" in str(e) else str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise MaskError(f"{npy} is not a readable .npy mask ({why}); recreate it with `dp4tl prune` "
+                        "or `dp4tl mask classes`") from None
     meta_path = _json_path(npy)
     if not meta_path.exists():
         raise MaskError(f"mask metadata not found: {meta_path} (every mask .npy needs its .json "

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from beton_builders.beton import check_beton, listed_samples
-from beton_builders.integrity import SCHEME, beton_checksum, beton_fingerprint
+from beton_builders.integrity import (SCHEME, beton_checksum, beton_fingerprint, index_digest,
+                                      labels_intact)
 
 from ..errors import DataError
 
@@ -58,7 +59,7 @@ def _listed(kind: str, where: str, idx: np.ndarray) -> str:
 
 def _check_labels(split: SplitInfo, num_classes: int, counts: list[int] | None, out: list[str]) -> None:
     try:
-        labels = np.asarray(split.load_labels())
+        labels = np.asarray(np.load(split.labels, mmap_mode="r"))
     except (OSError, ValueError) as e:
         out.append(f"{split.labels}: unreadable ({e}); rebuild the dataset")
         return
@@ -71,6 +72,9 @@ def _check_labels(split: SplitInfo, num_classes: int, counts: list[int] | None, 
         out.append(_listed(f"label outside [0, {num_classes})", str(split.labels), bad))
     elif counts is not None and np.bincount(labels, minlength=num_classes).tolist() != list(counts):
         out.append(f"{split.labels}: per-class counts differ from manifest.json; rebuild the dataset")
+    elif labels_intact(split.labels, labels, split.checksums) is False:
+        out.append(f"{split.labels}: labels differ from the ones the build wrote (same counts: "
+                   "permuted or edited); rebuild the dataset")
 
 
 def _check_shards(split: SplitInfo, out: list[str]) -> np.ndarray | None:
@@ -82,6 +86,11 @@ def _check_shards(split: SplitInfo, out: list[str]) -> np.ndarray | None:
         return None
     if len(index) != split.num_samples:
         out.append(f"{split.index}: {len(index)} entries for {split.num_samples} samples; rebuild the dataset")
+        return None
+    want = (split.checksums or {}).get("index")
+    if want is not None and index_digest(index) != want:
+        out.append(f"{split.index}: entries differ from the ones the build wrote (edited or "
+                   "replaced); rebuild the dataset")
         return None
     sizes = np.array([p.stat().st_size if p.is_file() else -1 for p in split.shards], dtype=np.int64)
     for p, sz in zip(split.shards, sizes):
@@ -179,16 +188,49 @@ def _deep(split: SplitInfo, classes: list[str], index: np.ndarray, images, progr
             beton.close()
     if truncated:
         out.append(_listed("shard bytes shorter than the index says", split.name, np.array(truncated)))
-    labels = np.asarray(split.load_labels())
-    if split_fingerprint(digests.tobytes(), labels, classes) != split.fingerprint:
+    # Which side is damaged? The shards are right when their digests (with the build's labels)
+    # hash to the split fingerprint; the beton is right when what it stores hashes to the beton
+    # fingerprint. A sample whose beton bytes differ from its shard bytes is blamed on the side
+    # that does not match its own fingerprint (both, when neither can be told).
+    labels = _build_labels(split, index)
+    shards_ok = (None if labels is None else
+                 split_fingerprint(digests.tobytes(), labels, classes) == split.fingerprint)
+    beton_ok = (None if images is None or split.beton_fingerprint is None else
+                beton_fingerprint(images.mode, images.hw, stored_sha1.tobytes()) == split.beton_fingerprint)
+    if shards_ok is False:
+        files = _shard_files(split, index, np.array(mismatch, dtype=np.int64)) if beton_ok else ""
         out.append(f"{split.name}: the shards' bytes do not hash to the fingerprint in manifest.json "
-                   "(a shard was modified or damaged); rebuild the dataset")
+                   f"(a shard was modified or damaged{files}); rebuild the dataset")
     if mismatch:
-        out.append(_listed("beton JPEG bytes differ from the shard's", str(split.beton), np.array(mismatch)))
-    if (images is not None and split.beton_fingerprint is not None and not mismatch
-            and beton_fingerprint(images.mode, images.hw, stored_sha1.tobytes()) != split.beton_fingerprint):
+        idx = np.array(mismatch)
+        if beton_ok and shards_ok is False:
+            out.append(_listed("shard bytes differ from the build's (the beton's copy is intact)",
+                               _shard_files(split, index, idx, bare=True), idx))
+        else:
+            out.append(_listed("beton JPEG bytes differ from the shard's", str(split.beton), idx))
+    if beton_ok is False and not mismatch:
         out.append(f"{split.beton}: stored images do not hash to the beton fingerprint in "
                    "manifest.json (raw pixels, shapes or modes changed); rebuild the dataset")
+
+
+def _build_labels(split: SplitInfo, index: np.ndarray) -> np.ndarray | None:
+    """The labels the build wrote: ``labels.npy`` unless it fails its recorded digest, then the
+    index's copy (so a permuted labels file is not blamed on the shards); None if unknown."""
+    labels = np.asarray(np.load(split.labels, mmap_mode="r"))
+    if labels_intact(split.labels, labels, split.checksums) is not False:
+        return labels
+    from beton_builders.integrity import array_digest
+
+    from_index = np.asarray(index["label"], dtype=np.int64)
+    return from_index if array_digest(from_index) == split.checksums.get("labels") else None
+
+
+def _shard_files(split: SplitInfo, index: np.ndarray, idx: np.ndarray, bare: bool = False) -> str:
+    names = sorted({str(split.shards[int(index[int(i)]["shard"])]) for i in idx})
+    if not names:
+        return ""
+    text = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return text if bare else f": {text}"
 
 
 def verify_dataset(root: str | Path, *, deep: bool = False, progress: bool = False) -> VerifyReport:

@@ -25,6 +25,7 @@ ratio 0). The report and the cost table say when a model was brought rather than
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -34,7 +35,7 @@ from typing import Any, Callable
 from ..data.manifest import MANIFEST_NAME, load_manifest
 from ..data.masks import load_mask
 from ..errors import DP4TLError
-from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
+from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, is_unwritable
 from ..scoring.registry import TRAJECTORY, UNIT_PLURAL, get_scorer, parse_option_pairs
 from .prune import BUDGETS, prune
 from .score import file_hash, score, self_supervised_refusal
@@ -135,16 +136,23 @@ def _ensure_built(source: str, data_root: Path, log: Callable[[str], None],
     out = data_root / (_slug(source) + ("-coop" if coop else ""))
     # Pipelines sharing a data root wait for each other here (a lone `dp4tl build` of the same
     # folder is still refused by the build's own lock): the second one finds the data built.
-    with directory_lock(data_root / f".{out.name}.pipeline.lock", f"data {out}", wait=True,
-                        on_wait=lambda m: log(f"[data] {m}")):
+    with contextlib.ExitStack() as lock:
+        try:
+            lock.enter_context(directory_lock(data_root / f".{out.name}.pipeline.lock", f"data {out}",
+                                              wait=True, on_wait=lambda m: log(f"[data] {m}")))
+        except OSError as e:  # a read-only data root: nobody builds there; a finished build is used
+            if not is_unwritable(e):
+                raise
         for sub, spec in specs.items():
             if split_note(spec):
                 log(f"[data] {source}: {split_note(spec)}")
             summary = build_dataset(spec, out / sub if sub else out,
-                                    BuildOptions(max_side=default_max_side(spec)),
-                                    source=source)
+                                    BuildOptions(max_side=default_max_side(spec)), source=source,
+                                    remedy=f"delete {out} to rebuild it there, or pass another --data-root")
             if not summary.skipped:
                 log(f"[data] built {out / sub if sub else out}: " + "; ".join(summary.lines()))
+            for line in summary.warnings:
+                log(f"[data] warning: {line}")
     return out
 
 
@@ -329,8 +337,8 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
         results["stages"]["score"] = run_stage(sc, lambda d: score(
             cfg.method, source_dir=source_dir, target_dir=target_dirs if multi else target_dir,
             out_dir=d, target_weights=weights if multi else (),
-            checkpoint=sur.dir / "checkpoint.pt" if needs_surrogate else None,
-            trajectory=_trajectory(cfg.method, sur.dir, sur_recipe.train.keep_epochs, log)
+            checkpoint=sur.output("checkpoint.pt") if needs_surrogate else None,
+            trajectory=_trajectory(cfg.method, sur, sur_recipe.train.keep_epochs, log)
             if TRAJECTORY in scorer.needs and not cfg.surrogate_weights else (), fmt=cfg.fmt,
             device=device, k=cfg.k, seed=cfg.seed,
             target_resolution=sc_in.target_resolution, target_crop=sc_in.target_crop,
@@ -353,9 +361,9 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
             pt = stage(root, "pretrain", {"recipe": rs["pretrain"], "overrides": over,
                                           "recipe_fingerprint": pre.fingerprint(),
                                           "source": src.fingerprint,
-                                          "mask": file_hash(pr.dir / "train.npy"), **common})
+                                          "mask": file_hash(pr.output("train.npy")), **common})
             results["stages"][name] = run_stage(pt, lambda d, r=pre: train(
-                r, source_dir, mask=load_mask(pr.dir / "train.npy"), out_dir=d, fmt=cfg.fmt,
+                r, source_dir, mask=load_mask(pr.output("train.npy")), out_dir=d, fmt=cfg.fmt,
                 device=cfg.device), log)
             pt_dirs[seed] = pt
     for i, seed in enumerate(seeds):
@@ -374,7 +382,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
                     + stage_suffix(t_name)
                 results["stages"][name] = run_stage(ft, lambda d, m=mode, r=ft_recipe, p=pt,
                                                     td=t_dir: finetune(
-                    r, p.dir / "checkpoint.pt", td, d, mode=m, fmt=cfg.fmt,
+                    r, p.output("checkpoint.pt"), td, d, mode=m, fmt=cfg.fmt,
                     device=cfg.device), log)
     results["seeds"] = list(seeds)
     if multi:  # one accuracy summary per target (Fig. A5); no single-target summary
@@ -444,18 +452,17 @@ def summarize_seeds(stages: dict[str, Any], modes, seeds, suffix: str = "") -> d
     return out
 
 
-def _trajectory(method: str, sur_dir: Path, keep_epochs, log: Callable[[str], None]
-                ) -> tuple[Path, ...]:
+def _trajectory(method: str, sur, keep_epochs, log: Callable[[str], None]) -> tuple[Path, ...]:
     """The surrogate's kept early-training checkpoints (train.keep_epochs), in epoch order,
-    for the scorers that need a trajectory (EL2N/GraNd score the earliest)."""
+    for the scorers that need a trajectory (EL2N/GraNd score the earliest). One the recipe asks
+    for but the stage folder lacks is an error (scoring another checkpoint under the same
+    stage key would be a silently different result)."""
     from ..training.trainer import early_checkpoint_name
 
-    kept = tuple(p for p in (sur_dir / early_checkpoint_name(e) for e in sorted(keep_epochs))
-                 if p.exists())
-    if not kept:
+    if not keep_epochs:
         log(f"[score] {method}: the surrogate recipe keeps no early checkpoint "
             "(train.keep_epochs); scoring the final surrogate instead")
-    return kept
+    return tuple(sur.output(early_checkpoint_name(e)) for e in sorted(keep_epochs))
 
 
 def _cuda() -> bool:

@@ -24,13 +24,32 @@ UNITS = SCORE_UNITS
 def write_scores(out: Path, *, method: str, unit: str, scores: np.ndarray,
                  tiebreak: np.ndarray | None = None, train_units: np.ndarray | None = None,
                  val_units: np.ndarray | None = None, meta: dict[str, Any]) -> None:
-    contract = ScoresMeta(method=method, unit=unit, num_units=int(len(scores)), meta=dict(meta))
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_save_npy(out / "scores.npy", np.asarray(scores))
+    arrays = {"scores": np.asarray(scores)}
     for name, arr in (("tiebreak", tiebreak), ("train_units", train_units), ("val_units", val_units)):
         if arr is not None:
-            atomic_save_npy(out / f"{name}.npy", np.asarray(arr))
+            arrays[name] = np.asarray(arr)
+    # the arrays' digests go into scores.json (written last), so a file replaced later is caught
+    # when the scores are read again (a cached score stage feeding a new ratio)
+    meta = {**meta, DIGESTS: {name: array_sha256(a) for name, a in arrays.items()}}
+    contract = ScoresMeta(method=method, unit=unit, num_units=int(len(scores)), meta=meta)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, arr in arrays.items():
+        atomic_save_npy(out / f"{name}.npy", arr)
     atomic_write_json(out / "scores.json", contract.to_json())
+
+
+#: key of ``scores.json``'s meta holding each array file's :func:`array_sha256`
+DIGESTS = "array_sha256"
+
+
+def array_sha256(arr: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and bytes (how it was saved does not matter)."""
+    import hashlib
+
+    arr = np.ascontiguousarray(arr)
+    h = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()
 
 
 def load_scores(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -42,10 +61,26 @@ def load_scores(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]
     for name in ("scores", "tiebreak", "train_units", "val_units"):
         p = path / f"{name}.npy"
         if p.exists():
-            arrays[name] = np.load(p, allow_pickle=False)
+            try:
+                arrays[name] = np.load(p, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise DataError(f"{p} is not a readable .npy file ({str(e).splitlines()[0]}); "
+                                f"{_RESCORE.format(path=path)}") from None
     if "scores" not in arrays:
-        raise DataError(f"{path / 'scores.npy'} is missing; rerun `dp4tl score`")
+        raise DataError(f"{path / 'scores.npy'} is missing; {_RESCORE.format(path=path)}")
+    recorded = meta.get(DIGESTS) or {}
+    for name, want in recorded.items():
+        if name not in arrays:
+            raise DataError(f"{path / (name + '.npy')} is missing; {_RESCORE.format(path=path)}")
+        if array_sha256(arrays[name]) != want:
+            raise DataError(f"{path / (name + '.npy')} differs from the file `dp4tl score` wrote "
+                            f"(scores.json records its digest): it was replaced or edited; "
+                            f"{_RESCORE.format(path=path)}")
     return meta, arrays
+
+
+_RESCORE = ("rerun `dp4tl score` into {path} (a pipeline's cached score stage: delete the stage "
+            "folder {path} and rerun the pipeline)")
 
 
 def load_scores_meta(path: str | Path) -> ScoresMeta:

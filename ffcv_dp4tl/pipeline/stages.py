@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..contracts import STAGE_KINDS, StageResult, stage_kind
+from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, directory_lock, read_json, remove_orphan_temps
 
 DONE = "DONE.json"
@@ -53,6 +54,16 @@ class Stage:
     def typed_result(self) -> StageResult:
         return StageResult.from_json(read_json(self.dir / DONE, f"stage {self.name} result"),
                                      self.dir / DONE)
+
+    def output(self, name: str) -> Path:
+        """``dir / name``, a file this finished stage wrote and a later stage reads; missing (deleted
+        by hand) it is a one-line error saying how to recompute it, not a traceback or a silent
+        substitute."""
+        path = self.dir / name
+        if not path.exists():
+            raise DP4TLError(f"{path} is missing from the {self.name} stage's folder, which a later "
+                             f"stage reads; delete the stage folder {self.dir} and rerun to recompute it")
+        return path
 
 
 def stage(root: Path, name: str, inputs: dict[str, Any], kind: str | None = None) -> Stage:

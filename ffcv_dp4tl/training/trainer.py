@@ -361,6 +361,13 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
 
     timer = StageTimer(ckpt.timings if ckpt else None, sync_cuda=False)
     start_epoch = ckpt.epoch if ckpt else 0
+    lost = [e for e in sorted(tc.keep_epochs)
+            if e <= start_epoch and not (out_dir / early_checkpoint_name(e)).exists()]
+    if lost:  # resuming cannot recreate it: the run is past that epoch
+        raise DP4TLError(f"{out_dir / early_checkpoint_name(lost[0])} (train.keep_epochs) is missing "
+                         f"but {ckpt_path} is at epoch {start_epoch}, past it, so resuming cannot "
+                         f"recreate it; delete the folder {out_dir} (a pipeline's stage folder) "
+                         "and rerun")
     metrics_path = out_dir / METRICS_NAME
     if ctx.is_main:
         # Drop metric lines of epochs the checkpoint does not contain (crash between the two).
@@ -476,9 +483,11 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
                     self_supervised=None if objective.supervised else objective.name,
                     objective=objective.state_dict(), timings=timer.totals,
                     world_size=ctx.world_size, format=fmt)
-                state.save(out_dir / CHECKPOINT_NAME)
+                # the early checkpoint first: a kill between the two saves then resumes from the
+                # previous epoch and rewrites it, never past an epoch whose copy is missing
                 if epoch + 1 in tc.keep_epochs:
                     state.save(out_dir / early_checkpoint_name(epoch + 1))
+                state.save(out_dir / CHECKPOINT_NAME)
             atomic_write_json(out_dir / TIMINGS_NAME, {
                 "stages": timer.totals, "epochs_done": epoch + 1, "device": str(ctx.device),
                 "world_size": ctx.world_size, "format": fmt,

@@ -83,7 +83,7 @@ def test_concurrent_build_on_one_folder_is_refused(tmp_path):
 def test_out_pointing_at_a_file(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
-    with pytest.raises(DataError, match="is a file; choose a directory"):
+    with pytest.raises(DataError, match="is a file, not a folder; choose a folder"):
         build_dataset(_spec(), f, OPTS)
 
 

@@ -43,8 +43,12 @@ def test_flipped_shard_byte_fails_the_fingerprint_and_names_the_sample(copy):
     _flip(split.shards[int(rec["shard"])], int(rec["offset"]) + int(rec["size"]) // 2)
     assert verify_dataset(copy).ok  # sizes are unchanged: only --deep reads bytes
     problems = verify_dataset(copy, deep=True).problems
-    assert any("do not hash to the fingerprint" in p for p in problems), problems
-    assert any("beton JPEG bytes differ from the shard's at sample(s) 17" in p for p in problems), problems
+    shard = str(split.shards[int(rec["shard"])])
+    # the shard is to blame (the beton's copy still hashes to its fingerprint), not the beton
+    assert problems == [
+        f"train: the shards' bytes do not hash to the fingerprint in manifest.json (a shard was "
+        f"modified or damaged: {shard}); rebuild the dataset",
+        f"{shard}: shard bytes differ from the build's (the beton's copy is intact) at sample(s) 17"]
 
 
 def test_flipped_beton_byte_is_named_and_shards_stay_clean(copy):
@@ -99,3 +103,27 @@ def test_cli_exit_codes(copy):
     lines = bad.stderr.strip().splitlines()
     assert lines[0].startswith("problem: ") and "sample(s) 3" in lines[0] and "Traceback" not in bad.stderr
     assert lines[-1].endswith("1 problem(s) found (sizes and every sample's bytes (both formats))")
+
+
+def test_permuted_labels_fail_the_quick_check_and_are_blamed_not_the_shards(copy):
+    """Same size, same per-class counts: only the recorded digest tells (issue 21)."""
+    from ffcv_dp4tl.errors import DataError
+
+    split = _split(copy)
+    labels = np.load(split.labels)
+    np.save(split.labels, np.random.default_rng(1).permutation(labels))
+    want = f"{split.labels}: labels differ from the ones the build wrote (same counts: permuted or edited); rebuild the dataset"
+    assert verify_dataset(copy).problems == [want]
+    assert verify_dataset(copy, deep=True).problems == [want]  # shards and beton are intact
+    with pytest.raises(DataError, match=r"train.labels.npy: labels differ from the ones the build wrote .*"
+                                        r"dp4tl verify .* --deep"):
+        _split(copy).load_labels()  # what `mask classes`, prune and scoring read
+
+
+def test_an_edited_index_is_named(copy):
+    split = _split(copy)
+    index = np.load(split.index)
+    index["label"][[0, 1]] = index["label"][[1, 0]]  # (labels 0 and 1: every class is present)
+    np.save(split.index, index)
+    assert verify_dataset(copy).problems == [f"{split.index}: entries differ from the ones the build "
+                                             "wrote (edited or replaced); rebuild the dataset"]

@@ -149,3 +149,43 @@ def test_deterministic_ffcv_training_gives_identical_weights(source_dir, tmp_pat
     # the switch is part of the recipe fingerprint only when on (old checkpoints keep theirs)
     assert r.fingerprint() != test_recipe("data.num_workers=64", "eval.every=2").fingerprint()
     assert "deterministic" not in test_recipe().to_dict()["data"]
+
+
+def test_a_kill_between_the_two_checkpoint_saves_keeps_every_early_checkpoint(source_dir, tmp_path,
+                                                                             test_recipe, monkeypatch):
+    """The epoch that train.keep_epochs keeps writes two files; a kill after the first of them
+    must resume to the same early checkpoint as an uninterrupted run (issue 21: EL2N/GraNd
+    scored the final surrogate under the same stage key instead)."""
+    r = test_recipe("train.epochs=3", "train.keep_epochs=[2]")
+    kw = dict(fmt="wds", device="cpu", progress=False)
+    train(r, source_dir, out_dir=tmp_path / "whole", **kw)
+    real = Checkpoint.save
+    saves: list[str] = []
+
+    def kill_after_the_first_save_of_epoch_2(self, path):
+        real(self, path)
+        saves.append(path.name)
+        if self.epoch == 2:
+            raise SystemExit("killed")  # the process dies right after that file is complete
+
+    monkeypatch.setattr(Checkpoint, "save", kill_after_the_first_save_of_epoch_2)
+    with pytest.raises(SystemExit):
+        train(r, source_dir, out_dir=tmp_path / "cut", **kw)
+    monkeypatch.setattr(Checkpoint, "save", real)
+    assert saves[-1] == "checkpoint_e2.pt"  # the early copy is written first
+    train(r, source_dir, out_dir=tmp_path / "cut", **kw)
+    for name in ("checkpoint_e2.pt", "checkpoint.pt"):
+        a = Checkpoint.load(tmp_path / "whole" / name).model
+        b = Checkpoint.load(tmp_path / "cut" / name).model
+        assert all(torch.equal(a[k], b[k]) for k in a), name  # the WebDataset path is bit-exact
+
+
+def test_a_deleted_early_checkpoint_is_an_error_naming_the_folder_to_delete(source_dir, tmp_path,
+                                                                            test_recipe):
+    r = test_recipe("train.epochs=2", "train.keep_epochs=[1]")
+    kw = dict(fmt="wds", device="cpu", progress=False)
+    train(r, source_dir, out_dir=tmp_path, **kw)
+    (tmp_path / "checkpoint_e1.pt").unlink()
+    with pytest.raises(DP4TLError, match=r"checkpoint_e1.pt \(train.keep_epochs\) is missing but .* "
+                                          r"epoch 2, past it.*delete the folder .* and rerun"):
+        train(r, source_dir, out_dir=tmp_path, **kw)

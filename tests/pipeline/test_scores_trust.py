@@ -1,0 +1,53 @@
+"""A cached scores directory is trusted only while its arrays are the ones `dp4tl score` wrote
+(issue 21: a scores.npy replaced inside a cached score stage fed new ratios silently, so the
+ratios' selections no longer nested)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ffcv_dp4tl.errors import DataError
+from ffcv_dp4tl.pipeline.prune import prune
+from ffcv_dp4tl.pipeline.scores_io import DIGESTS, load_scores, write_scores
+
+
+def test_a_replaced_scores_file_is_refused_naming_it(index_dataset, tmp_path):
+    sd = tmp_path / "score-abc"
+    write_scores(sd, method="lm", unit="class", scores=np.arange(5, dtype=float),
+                 tiebreak=np.ones(5), meta={})
+    first = prune(sd, index_dataset.root, 0.4, tmp_path / "m1")
+    assert first["kept_units"] == [2, 3, 4]
+    np.save(sd / "scores.npy", np.arange(5, dtype=float)[::-1].copy())  # same shape and dtype
+    with pytest.raises(DataError) as e:
+        prune(sd, index_dataset.root, 0.6, tmp_path / "m2")
+    assert str(e.value) == (f"{sd / 'scores.npy'} differs from the file `dp4tl score` wrote "
+                            "(scores.json records its digest): it was replaced or edited; rerun "
+                            f"`dp4tl score` into {sd} (a pipeline's cached score stage: delete the "
+                            f"stage folder {sd} and rerun the pipeline)")
+    assert not (tmp_path / "m2").exists()
+    np.save(sd / "scores.npy", np.arange(5, dtype=float))  # the same values again: trusted
+    assert prune(sd, index_dataset.root, 0.6, tmp_path / "m2")["kept_units"] == [3, 4]
+
+
+def test_a_replaced_tiebreak_or_a_garbage_file_is_named_too(tmp_path):
+    sd = tmp_path / "s"
+    write_scores(sd, method="lm", unit="class", scores=np.zeros(3), tiebreak=np.ones(3), meta={})
+    np.save(sd / "tiebreak.npy", np.zeros(3))
+    with pytest.raises(DataError, match=r"tiebreak.npy differs from the file `dp4tl score` wrote"):
+        load_scores(sd)
+    (sd / "tiebreak.npy").write_bytes(b"not numpy")
+    with pytest.raises(DataError, match=r"tiebreak.npy is not a readable .npy file"):
+        load_scores(sd)
+
+
+def test_scores_written_before_the_digests_still_load(tmp_path):
+    sd = tmp_path / "s"
+    write_scores(sd, method="random", unit="sample", scores=np.arange(4.0), meta={"seed": 1})
+    meta = json.loads((sd / "scores.json").read_text())
+    assert set(meta[DIGESTS]) == {"scores"}
+    del meta[DIGESTS]
+    (sd / "scores.json").write_text(json.dumps(meta))
+    np.save(sd / "scores.npy", np.arange(4.0) * 2)  # nothing recorded to check against
+    assert load_scores(sd)[1]["scores"].tolist() == [0, 2, 4, 6]

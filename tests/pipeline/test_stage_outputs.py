@@ -1,0 +1,87 @@
+"""A finished stage's file that a later stage reads, deleted by hand: one line saying which
+stage folder to delete, never a silent substitute (issue 21: EL2N/GraNd fell back to the final
+surrogate under the same stage key when the early checkpoint was missing)."""
+from __future__ import annotations
+
+import pytest
+
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.pipeline.run import _trajectory
+from ffcv_dp4tl.pipeline.stages import stage
+
+
+def test_a_missing_early_checkpoint_is_an_error_not_a_fallback(tmp_path):
+    sur = stage(tmp_path, "surrogate", {"x": 1})
+    sur.dir.mkdir(parents=True)
+    (sur.dir / "checkpoint.pt").write_bytes(b"final")
+    (sur.dir / "checkpoint_e1.pt").write_bytes(b"early 1")
+    logged: list[str] = []
+    with pytest.raises(DP4TLError) as e:
+        _trajectory("el2n", sur, [1, 2], logged.append)
+    assert str(e.value) == (f"{sur.dir / 'checkpoint_e2.pt'} is missing from the surrogate stage's "
+                            f"folder, which a later stage reads; delete the stage folder {sur.dir} "
+                            "and rerun to recompute it")
+    assert logged == []  # no false "keeps no early checkpoint" line
+    (sur.dir / "checkpoint_e2.pt").write_bytes(b"early 2")
+    assert _trajectory("el2n", sur, [2, 1], logged.append) == (sur.dir / "checkpoint_e1.pt",
+                                                               sur.dir / "checkpoint_e2.pt")
+
+
+def test_a_recipe_without_early_checkpoints_says_so_truthfully(tmp_path):
+    sur = stage(tmp_path, "surrogate", {"x": 1})
+    logged: list[str] = []
+    assert _trajectory("grand", sur, [], logged.append) == ()
+    assert logged == ["[score] grand: the surrogate recipe keeps no early checkpoint "
+                      "(train.keep_epochs); scoring the final surrogate instead"]
+
+
+def test_a_deleted_cached_file_names_the_stage_folder(tmp_path):
+    pr = stage(tmp_path, "prune", {"x": 2})
+    pr.dir.mkdir(parents=True)
+    (pr.dir / "train.npy").write_bytes(b"x")
+    assert pr.output("train.npy") == pr.dir / "train.npy"
+    with pytest.raises(DP4TLError, match=r"val.npy is missing from the prune stage's folder.*delete "
+                                         r"the stage folder .*prune-.* and rerun"):
+        pr.output("val.npy")
+
+
+def _folder(root, n=3):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_the_data_root_read_only_with_the_build_is_used_and_clashes_name_pipeline_options(
+        tmp_path, monkeypatch):
+    import errno
+
+    import beton_builders.writer as writer
+    from ffcv_dp4tl.errors import DataError
+    from ffcv_dp4tl.pipeline import run
+
+    src = _folder(tmp_path / "imgs")
+    source = f"folder:{src}"
+    logged: list[str] = []
+    built = run._ensure_built(source, tmp_path / "data", logged.append)
+    assert (built / "manifest.json").exists() and any("built" in m for m in logged)
+
+    def erofs(path, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+    monkeypatch.setattr(run, "directory_lock", erofs)  # as on a read-only mount: no lock file
+    monkeypatch.setattr(writer, "directory_lock", erofs)
+    logged.clear()
+    assert run._ensure_built(source, tmp_path / "data", logged.append) == built and logged == []
+    monkeypatch.undo()
+
+    (src / "c").mkdir()  # another listing, same folder name in the data root
+    (src / "a" / "0.png").rename(src / "c" / "0.png")
+    with pytest.raises(DataError, match=r"already holds a different build \(source or settings "
+                                        r"differ\); delete .* to rebuild it there, or pass another "
+                                        r"--data-root$"):
+        run._ensure_built(source, tmp_path / "data", logged.append)

@@ -1,0 +1,60 @@
+"""fsutil: output folders checked before work, short writes reported as a full disk."""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ffcv_dp4tl.errors import DataError
+from ffcv_dp4tl.fsutil import atomic_save_npy, check_out_dir, os_error_line
+
+
+def test_a_short_write_on_an_almost_full_disk_is_enospc(tmp_path):
+    """A real short write: the child may write at most 2,000 bytes per file (RLIMIT_FSIZE, the
+    kernel then returns a short count, as on a full disk); numpy reports it as
+    'N requested and M written' with no errno, which must come out as ENOSPC naming the file."""
+    code = f"""
+import errno, resource, signal
+from ffcv_dp4tl.fsutil import atomic_save_npy
+import numpy as np
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+try:
+    atomic_save_npy({str(tmp_path / 'm.npy')!r}, np.arange(1000, dtype=np.int64))
+except OSError as e:
+    print(e.errno == errno.ENOSPC, e.filename, e.strerror)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert r.returncode == 0, r.stderr
+    ok, name, why = r.stdout.strip().split(" ", 2)
+    assert ok == "True" and name == str(tmp_path / "m.npy"), r.stdout
+    assert why.startswith("No space left on device (short write: ") and "written" in why
+    assert not (tmp_path / "m.npy").exists() and not list(tmp_path.glob(".*tmp*"))
+    atomic_save_npy(tmp_path / "m.npy", np.arange(1000))  # with room, the same write works
+
+
+def test_output_folders_that_cannot_be_are_refused(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(DataError, match=r"--out .*afile is a file, not a folder; choose a folder"):
+        check_out_dir(f)
+    with pytest.raises(DataError, match=r"--runs-root .*afile/x/y: .*afile is a file, so no folder "
+                                        r"can be made there; choose another path"):
+        check_out_dir(f / "x" / "y", "--runs-root")
+    assert check_out_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
+def test_environment_errors_read_as_one_line():
+    assert os_error_line(OSError(errno.EROFS, "Read-only file system", "/data/ds/.build.lock")) == \
+        ("cannot write /data/ds/.build.lock (Read-only file system); choose a writable folder or fix "
+         "its permissions")
+    assert os_error_line(OSError(errno.ENOTDIR, "Not a directory", "afile/source")).startswith(
+        "cannot use afile/source (Not a directory): a file is where a folder should be")
+    assert os_error_line(OSError(errno.ENOSPC, "No space left on device", "/r/x.npy")).startswith(
+        "disk full writing /r/x.npy (No space left on device); free some space")
