@@ -216,13 +216,16 @@ def _deep(split: SplitInfo, classes: list[str], index: np.ndarray, images, progr
 def _build_labels(split: SplitInfo, index: np.ndarray) -> np.ndarray | None:
     """The labels the build wrote: ``labels.npy`` unless it fails its recorded digest, then the
     index's copy (so a permuted labels file is not blamed on the shards); None if unknown."""
-    labels = np.asarray(np.load(split.labels, mmap_mode="r"))
-    if labels_intact(split.labels, labels, split.checksums) is not False:
-        return labels
     from beton_builders.integrity import array_digest
 
+    try:
+        labels = np.asarray(np.load(split.labels, mmap_mode="r"))
+    except (OSError, ValueError):  # (reported by the quick check)
+        labels = None
+    if labels is not None and labels_intact(split.labels, labels, split.checksums) is not False:
+        return labels
     from_index = np.asarray(index["label"], dtype=np.int64)
-    return from_index if array_digest(from_index) == split.checksums.get("labels") else None
+    return from_index if array_digest(from_index) == (split.checksums or {}).get("labels") else None
 
 
 def _shard_files(split: SplitInfo, index: np.ndarray, idx: np.ndarray, bare: bool = False) -> str:
