@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ..data.masks import samples_with_labels
+
 from .ranking import (
     ScoringError,
     as_vector,
@@ -115,9 +117,6 @@ def kept_sample_indices(sample_labels: Any, kept_ids: Any) -> np.ndarray:
     kept = as_vector(kept_ids, "kept_ids", kind="i", allow_empty=True)
     if labels.size == 0:
         return np.zeros(0, dtype=np.int64)
-    hi = max(int(labels.max()), int(kept.max()) if kept.size else 0)
     if int(labels.min()) < 0 or (kept.size and int(kept.min()) < 0):
         raise ScoringError("sample_labels and kept_ids must be non-negative ids")
-    lookup = np.zeros(hi + 1, dtype=bool)
-    lookup[kept] = True
-    return np.flatnonzero(lookup[labels]).astype(np.int64)
+    return samples_with_labels(labels, kept)
