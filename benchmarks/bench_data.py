@@ -283,7 +283,7 @@ def run_loads(args, ddir: Path, files_dir: Path) -> tuple[list[LoadResult], dict
     round by round exposes them all to the same background load, which matters on a shared
     machine; the best (shortest) timed epoch of each configuration is reported.
     """
-    from ffcv_dp4tl.data.loaders import make_loader
+    from ffcv_dp4tl.data import AugSpec, make_loader
 
     info, masks = class_masks(ddir, "train", args.ratios, args.seed)
     extra = {}
@@ -300,7 +300,7 @@ def run_loads(args, ddir: Path, files_dir: Path) -> tuple[list[LoadResult], dict
                                         resolution=args.resolution, num_workers=args.workers,
                                         seed=args.seed)
             else:
-                loader = make_loader(ddir, "train", fmt=fmt, mask=mask, train=True,
+                loader = make_loader(ddir, "train", fmt=fmt, mask=mask, aug=AugSpec.for_train(),
                                      batch_size=args.batch_size, resolution=args.resolution,
                                      num_workers=args.workers, seed=args.seed)
             res.setup_s = time.perf_counter() - t0

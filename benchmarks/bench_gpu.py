@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks.bench_train import ceiling  # noqa: E402
-from ffcv_dp4tl.data import load_manifest, make_loader, mask_from_classes  # noqa: E402
+from ffcv_dp4tl.data import AugSpec, load_manifest, make_loader, mask_from_classes  # noqa: E402
 from ffcv_dp4tl.training.distributed import resolve_device  # noqa: E402
 from ffcv_dp4tl.training.models import create_model  # noqa: E402
 from ffcv_dp4tl.training.recipe import load_recipe  # noqa: E402
@@ -171,7 +171,7 @@ def loaders(args) -> str:
                 split, kept_classes(manifest.num_classes, kept), method="bench")
             frac = 1.0 if mask is None else len(mask.indices) / split.num_samples
             try:
-                ld = make_loader(data, "train", fmt=fmt, decode=decode, mask=mask, train=True,
+                ld = make_loader(data, "train", fmt=fmt, decode=decode, mask=mask, aug=AugSpec.for_train(),
                                  batch_size=args.batch_size, resolution=args.resolution, device=dev,
                                  num_workers=args.workers, channels_last=dev.type == "cuda")
                 r = _time_loader(ld, dev, args.max_batches)

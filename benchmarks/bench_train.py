@@ -41,7 +41,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks._report import write_section  # noqa: E402
-from ffcv_dp4tl.data import load_manifest, make_loader  # noqa: E402
+from ffcv_dp4tl.data import AugSpec, load_manifest, make_loader  # noqa: E402
 from ffcv_dp4tl.training.distributed import resolve_device  # noqa: E402
 from ffcv_dp4tl.training.recipe import Recipe, load_recipe  # noqa: E402
 from ffcv_dp4tl.training.schedule import resolution  # noqa: E402
@@ -101,7 +101,7 @@ def ceiling(recipe: Recipe, num_classes: int, dev: torch.device, steps: int,
 def loader_only(recipe: Recipe, data: Path, fmt: str, dev: torch.device,
                 max_batches: int | None) -> dict[str, Any]:
     """One epoch of the train loader, nothing else (the Loader is built and warmed first)."""
-    ld = make_loader(data, recipe.data.train_split, fmt=fmt, train=True, device=dev,
+    ld = make_loader(data, recipe.data.train_split, fmt=fmt, aug=AugSpec.for_train(), device=dev,
                      batch_size=recipe.train.batch_size, resolution=resolution(recipe.train, 0),
                      num_workers=recipe.data.num_workers, seed=recipe.data.seed,
                      dtype=torch.float32, channels_last=dev.type == "cuda" and recipe.train.channels_last)

@@ -34,7 +34,7 @@ from ..errors import DataError
 from .ffcv_compile import PipelineFailure, damaged_samples, ffcv_classes
 from .interface import PlanLoaderBase
 from .sampling import Batch, EpochPlan
-from .transforms import AugSpec, Normalize, resolve_aug
+from .transforms import AugSpec, Normalize
 
 
 def _traversal_order_base():
@@ -229,14 +229,11 @@ class FFCVMaskedLoader(PlanLoaderBase):
     """Iterate :class:`Batch` es of the masked samples of one beton."""
 
     def __init__(self, beton: str | Path, plan: EpochPlan, *, batch_size: int,
-                 resolution: int, aug: AugSpec | None = None, device: str | torch.device = "cpu",
+                 resolution: int, aug: AugSpec, device: str | torch.device = "cpu",
                  num_workers: int = 2, drop_last: bool | None = None, os_cache: bool = True,
                  dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                 train: bool | None = None, views: int | None = None,
-                 crop_scale: tuple[float, float] | None = None, deterministic: bool = False,
-                 split: str | None = None):
-        """``aug`` says how images are cropped/flipped; ``train``/``views``/``crop_scale`` are
-        the legacy spelling of it (:meth:`AugSpec.from_flags`). ``deterministic``: random crops
+                 deterministic: bool = False, split: str | None = None):
+        """``aug`` says how images are cropped and flipped. ``deterministic``: random crops
         and flips seeded per sample and batch (:func:`_seeded_crop_flip_class`), so two runs
         give identical batches whatever the number of decode threads. ``split``: the split's
         name in error messages (default: the beton's file stem).
@@ -251,7 +248,7 @@ class FFCVMaskedLoader(PlanLoaderBase):
         Loader = classes["ReusingLoader"]
         RandomResizedCropRGBImageDecoder = classes["CheckedRandomResizedCrop"]
         CenterCropRGBImageDecoder = classes["CheckedCenterCrop"]
-        aug = resolve_aug(aug, train, views, crop_scale).validate()
+        aug = aug.validate()
         self.aug = aug
         self.plan = plan
         self.beton = Path(beton)

@@ -55,7 +55,7 @@ from beton_builders.beton import beton_images
 from .manifest import SplitInfo
 from .interface import PlanLoaderBase
 from .sampling import Batch, EpochPlan
-from .transforms import AugSpec, Normalize, center_crop_box, random_crop_box, resolve_aug
+from .transforms import AugSpec, Normalize, center_crop_box, random_crop_box
 
 #: Name prefix of the read-ahead threads (tests check none outlive an iteration).
 THREAD_PREFIX = "dp4tl-jpeg-read"
@@ -178,15 +178,11 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.default_rng([seed, epoch, 7]).integers(2**31))
 
 
-def crop_draws(hw: np.ndarray, indices: np.ndarray, *, eseed: int, aug: AugSpec | None = None,
-               train: bool | None = None, views: int | None = None,
-               crop_scale: tuple[float, float] | None = None
+def crop_draws(hw: np.ndarray, indices: np.ndarray, *, eseed: int, aug: AugSpec
                ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per view: (boxes (B, 4) = top, left, h, w; flips (B,) bool). Train: generator
     ``default_rng([eseed, sample])`` draws box then flip for each view in turn, as the
-    WebDataset loader does; eval: the center crop, no flip. ``aug`` (or the legacy
-    ``train``/``views``/``crop_scale``) says which."""
-    aug = resolve_aug(aug, train, views, crop_scale)
+    WebDataset loader does; eval: the center crop, no flip."""
     n = len(indices)
     out = [(np.empty((n, 4), np.int64), np.zeros(n, bool)) for _ in range(aug.views)]
     for k, (i, (h, w)) in enumerate(zip(indices.tolist(), hw.tolist())):
@@ -317,16 +313,14 @@ class DeviceDecodeLoader(PlanLoaderBase):
 
     def __init__(self, split: SplitInfo, plan: EpochPlan, *,
                  source: Literal["ffcv", "wds"] = "ffcv", batch_size: int,
-                 resolution: int, aug: AugSpec | None = None, device: str | torch.device = "cpu",
+                 resolution: int, aug: AugSpec, device: str | torch.device = "cpu",
                  num_workers: int = 2, drop_last: bool | None = None,
                  dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                 prefetch: int | None = None, train: bool | None = None,
-                 views: int | None = None, crop_scale: tuple[float, float] | None = None):
-        """``aug`` says how images are cropped/flipped; ``train``/``views``/``crop_scale`` are
-        the legacy spelling of it (:meth:`AugSpec.from_flags`)."""
+                 prefetch: int | None = None):
+        """``aug`` says how images are cropped and flipped."""
         if source not in SOURCES:
             raise DataError(f"unknown byte source {source!r}; choose one of {', '.join(SOURCES)}")
-        aug = resolve_aug(aug, train, views, crop_scale).validate()
+        aug = aug.validate()
         self._readers: weakref.WeakSet[_ReadAhead] = weakref.WeakSet()
         self._locations: _ByteLocations | None = None
         self.aug = aug

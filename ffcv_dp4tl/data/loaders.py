@@ -16,7 +16,7 @@ from .interface import MaskedLoader
 from .manifest import load_manifest
 from .masks import IndexMask, full_mask, load_mask, validate_mask
 from .sampling import EpochPlan, dist_info
-from .transforms import AugSpec, resolve_aug
+from .transforms import AugSpec
 from .wds_loader import WdsMaskedLoader
 
 __all__ = ["DECODES", "FORMATS", "AugSpec", "MaskedLoader", "make_loader", "resolve_decode"]
@@ -81,8 +81,7 @@ def make_loader(
     *,
     fmt: Literal["ffcv", "wds"] = "ffcv",
     mask: IndexMask | str | Path | None = None,
-    aug: AugSpec | None = None,
-    train: bool | None = None,
+    aug: AugSpec,
     batch_size: int,
     resolution: int,
     device: str | torch.device = "cpu",
@@ -94,8 +93,6 @@ def make_loader(
     world_size: int | None = None,
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
-    views: int | None = None,
-    crop_scale: tuple[float, float] | None = None,
     decode: Literal["cpu", "gpu", "auto"] = "cpu",
     deterministic: bool = False,
 ) -> MaskedLoader:
@@ -112,9 +109,6 @@ def make_loader(
     every sample, drawn independently, for two-view self-supervised training; ``crop_scale``
     is the random-resized-crop area range (MoCo v2 uses (0.2, 1)).
 
-    The keywords ``train``, ``views`` and ``crop_scale`` are the older spelling of ``aug``
-    (``train=True, views=2`` is ``aug=AugSpec.for_train(views=2)``) and keep working.
-
     ``decode`` says where JPEGs are decoded: ``"cpu"`` (ffcv's / PIL's decoders in worker
     processes), ``"gpu"`` (:class:`DeviceDecodeLoader`: bytes read from the beton for
     ``fmt="ffcv"`` or the shards for ``fmt="wds"``, decoded and augmented in batches on
@@ -130,7 +124,7 @@ def make_loader(
         raise DataError(f"unknown loader format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if decode not in DECODES:
         raise DataError(f"unknown decode {decode!r}; choose one of {', '.join(DECODES)}")
-    aug = resolve_aug(aug, train, views, crop_scale).validate()
+    aug = aug.validate()
     manifest = load_manifest(dataset_dir)
     info = manifest.split(split)
     if mask is None:

@@ -29,8 +29,6 @@ class AugSpec:
     flip with probability 1/2 when ``flip``; ``views`` independent such crops per sample
     (``views=2`` for two-view self-supervised recipes: ``Batch.images2``). Eval (``train=False``):
     one center crop of ``center_crop_ratio`` of the short side (224/256), no flip.
-    Replaces the ``train`` / ``views`` / ``crop_scale`` flags that used to travel through the
-    loaders (:meth:`from_flags` maps those).
     """
 
     train: bool = False
@@ -53,12 +51,6 @@ class AugSpec:
     def for_eval(cls, center_crop_ratio: float = CENTER_CROP_RATIO) -> "AugSpec":
         return cls(train=False, center_crop_ratio=center_crop_ratio)
 
-    @classmethod
-    def from_flags(cls, train: bool, views: int = 1,
-                   crop_scale: tuple[float, float] = RRC_SCALE) -> "AugSpec":
-        """The spec the old ``train=, views=, crop_scale=`` keywords meant."""
-        return cls(train=bool(train), views=views, crop_scale=tuple(crop_scale))
-
     def validate(self) -> "AugSpec":
         """Raise :class:`~ffcv_dp4tl.errors.DataError` for settings no loader can honour."""
         from ..errors import DataError
@@ -73,23 +65,6 @@ class AugSpec:
         if not 0.0 < self.center_crop_ratio <= 1.0:
             raise DataError(f"center_crop_ratio must be in (0, 1], got {self.center_crop_ratio}")
         return self
-
-
-def resolve_aug(aug: AugSpec | None, train: bool | None, views: int | None,
-                crop_scale: tuple[float, float] | None) -> AugSpec:
-    """``aug``, or the spec the legacy keywords describe (``train`` is required then); giving
-    both an ``aug`` and a legacy keyword that disagrees with it is an error."""
-    if aug is None:
-        if train is None:
-            raise TypeError("pass aug=AugSpec(...) (or the legacy train=True/False)")
-        return AugSpec.from_flags(train, 1 if views is None else views,
-                                  RRC_SCALE if crop_scale is None else crop_scale)
-    clash = [name for name, given, have in (("train", train, aug.train), ("views", views, aug.views),
-                                            ("crop_scale", crop_scale, aug.crop_scale))
-             if given is not None and (tuple(map(float, given)) if name == "crop_scale" else given) != have]
-    if clash:
-        raise TypeError(f"{', '.join(clash)} disagree(s) with aug={aug}; pass only aug")
-    return aug
 
 
 def random_crop_box(height: int, width: int, rng: np.random.Generator,

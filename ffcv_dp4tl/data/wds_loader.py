@@ -24,8 +24,7 @@ from ..errors import DataError
 from .manifest import SplitInfo
 from .interface import PlanLoaderBase
 from .sampling import Batch, EpochPlan
-from .transforms import (AugSpec, Normalize, center_crop_box, crop_resize, random_crop_box,
-                         resolve_aug)
+from .transforms import AugSpec, Normalize, center_crop_box, crop_resize, random_crop_box
 
 
 class ShardReader:
@@ -168,14 +167,11 @@ class WdsMaskedLoader(PlanLoaderBase):
     """Iterate :class:`Batch` es of the masked samples of one split's shards."""
 
     def __init__(self, split: SplitInfo, plan: EpochPlan, *, batch_size: int,
-                 resolution: int, aug: AugSpec | None = None, device: str | torch.device = "cpu",
+                 resolution: int, aug: AugSpec, device: str | torch.device = "cpu",
                  num_workers: int = 2, drop_last: bool | None = None,
-                 dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                 train: bool | None = None, views: int | None = None,
-                 crop_scale: tuple[float, float] | None = None):
-        """``aug`` says how images are cropped/flipped; ``train``/``views``/``crop_scale`` are
-        the legacy spelling of it (:meth:`AugSpec.from_flags`)."""
-        aug = resolve_aug(aug, train, views, crop_scale).validate()
+                 dtype: torch.dtype = torch.float32, channels_last: bool = False):
+        """``aug`` says how images are cropped and flipped."""
+        aug = aug.validate()
         self.aug = aug
         self.plan = plan
         self.batch_size = batch_size

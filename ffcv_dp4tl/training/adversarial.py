@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugSpec
 
 NORMS = ("linf", "l2")
 
@@ -162,7 +162,7 @@ class AdversarialObjective:
     collective = False
     drop_last = False
     loader_views = 1
-    loader_kwargs: dict[str, Any] = {}
+    train_aug = AugSpec.for_train()
 
     def __init__(self, attack_model: nn.Module, attack: PGDAttack, label_smoothing: float = 0.0):
         self.attack_model = attack_model

@@ -3,7 +3,7 @@
 * an **objective** is an object called as ``objective(train_model, batch) -> (loss, correct, n)``:
   :class:`CrossEntropyObjective` (supervised pretraining, FF, LP on cached features) or
   :class:`~ffcv_dp4tl.training.moco.MoCoObjective` (self-supervised). It also says what its
-  train loader must deliver (``loader_kwargs`` for ``make_loader``, ``drop_last``), whether it
+  train loader must deliver (``train_aug``, the ``AugSpec`` for ``make_loader``; ``drop_last``), whether it
   has a classifier to validate (``supervised``), whether every DDP rank must take the same
   number of steps (``collective``), and carries its own checkpoint state (``state_dict``);
 * :func:`train_step` is one optimisation step (no host synchronisation: see its doc);
@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from ..data.transforms import AugSpec
 from . import distributed as dist_
 
 #: ``schedule(epoch, iteration, iterations_per_epoch) -> lr`` (a Python float: no sync)
@@ -39,7 +40,7 @@ class CrossEntropyObjective:
     collective = False    # steps need no cross-rank communication beyond DDP's gradients
     drop_last = False     # no need for full batches (the recipe's train.drop_last decides)
     loader_views = 1
-    loader_kwargs: dict[str, Any] = {}  # the train loader's defaults (one view, standard RRC)
+    train_aug = AugSpec.for_train()  # the train loader's augmentation (one view, standard RRC)
 
     def __init__(self, label_smoothing: float = 0.0, augment: nn.Module | None = None):
         self.crit = nn.CrossEntropyLoss(label_smoothing=label_smoothing)

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ..data import load_manifest, make_loader
+from ..data import AugSpec, load_manifest, make_loader
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
 from .callbacks import MetricsWriter, call
@@ -198,8 +198,8 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     ctx = DistContext(device=dev)
     common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers, seed=recipe.data.seed,
                   deterministic=recipe.data.deterministic)
-    test_loader = make_loader(target_dir, test_split.name, train=False, batch_size=ec.batch_size,
-                              resolution=fc.resolution, **common)
+    test_loader = make_loader(target_dir, test_split.name, aug=AugSpec.for_eval(),
+                              batch_size=ec.batch_size, resolution=fc.resolution, **common)
     peak = peak_lr(recipe.lr, tc.batch_size)
     objective = CrossEntropyObjective(recipe.optim.label_smoothing)
 
@@ -210,11 +210,12 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
         model.requires_grad_(False)
         xte, yte = extract_features(model, test_loader)
         if lp_augmented:
-            images = make_loader(target_dir, train_split.name, train=True, batch_size=tc.batch_size,
-                                 resolution=fc.resolution, drop_last=False, **common)
+            images = make_loader(target_dir, train_split.name, aug=AugSpec.for_train(),
+                                 batch_size=tc.batch_size, resolution=fc.resolution,
+                                 drop_last=False, **common)
             train_loader = FrozenFeatureLoader(model, images)
         else:
-            feat_loader = make_loader(target_dir, train_split.name, train=False,
+            feat_loader = make_loader(target_dir, train_split.name, aug=AugSpec.for_eval(),
                                       batch_size=ec.batch_size, resolution=fc.resolution, **common)
             xtr, ytr = extract_features(model, feat_loader)
             train_loader = FeatureLoader(xtr, ytr, tc.batch_size, shuffle=True,
@@ -225,7 +226,8 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     else:
         net, amp, flip_tta, wd_on_bn_bias = model, autocast_dtype(recipe, dev), ec.flip_tta, \
             recipe.optim.wd_on_bn_bias
-        train_loader = make_loader(target_dir, train_split.name, train=fc.train_augment,
+        train_loader = make_loader(target_dir, train_split.name,
+                                   aug=AugSpec.for_train() if fc.train_augment else AugSpec.for_eval(),
                                    batch_size=tc.batch_size, resolution=fc.resolution,
                                    drop_last=False, **common)
         eval_loader = test_loader

@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.transforms import AugSpec
 from .distributed import DistContext
 from .models import backbone as as_backbone
 from .recipe import SSLCfg
@@ -97,9 +98,9 @@ class MoCoObjective:
         return float(self.cfg.crop_scale[0]), float(self.cfg.crop_scale[1])
 
     @property
-    def loader_kwargs(self) -> dict[str, Any]:
+    def train_aug(self) -> AugSpec:
         """What :func:`~ffcv_dp4tl.data.make_loader` must deliver: two views, MoCo's crop."""
-        return {"views": self.loader_views, "crop_scale": self.crop_scale}
+        return AugSpec.for_train(views=self.loader_views, crop_scale=self.crop_scale)
 
     # -- one step -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -131,7 +132,7 @@ class MoCoObjective:
     def __call__(self, train_model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(loss, number of samples whose positive logit was the largest, batch size)."""
         if batch.images2 is None:
-            raise RuntimeError("MoCo needs a two-view loader (make_loader(views=2))")
+            raise RuntimeError("MoCo needs a two-view loader (make_loader(aug=AugSpec.for_train(views=2)))")
         im_q, im_k = self.augment(batch.images), self.augment(batch.images2)
         q = _split_forward(train_model, im_q, self.splits)
         self._momentum_update()

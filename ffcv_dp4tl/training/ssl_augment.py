@@ -1,7 +1,7 @@
 """MoCo v2's photometric augmentations, applied to a whole batch on the loader's device.
 
 The loaders already produce two independent random-resized crops + flips per sample
-(``make_loader(views=2, crop_scale=...)``); colour jitter, grayscale and Gaussian blur run here,
+(``make_loader(aug=AugSpec.for_train(views=2, crop_scale=...))``); colour jitter, grayscale and Gaussian blur run here,
 batched in torch, so they cost the same with the FFCV and the WebDataset loader and run on the
 GPU when training does (per-sample PIL ops in CPU workers would make the loader, already the
 bottleneck, several times slower).

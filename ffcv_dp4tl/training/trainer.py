@@ -64,7 +64,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import IndexMask, load_manifest, load_mask, make_loader, mask_from_classes, validate_mask
+from ..data import (AugSpec, IndexMask, load_manifest, load_mask, make_loader, mask_from_classes,
+                    validate_mask)
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
 from . import distributed as dist_
@@ -386,18 +387,17 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers,
                   channels_last=parts.channels_last, seed=recipe.data.seed, decode=recipe.data.decode,
                   deterministic=recipe.data.deterministic)
-    train_loader = make_loader(dataset_dir, split.name, mask=mask_obj, train=True,
+    train_loader = make_loader(dataset_dir, split.name, mask=mask_obj, aug=objective.train_aug,
                                batch_size=global_batch // ctx.world_size,
                                drop_last=tc.drop_last or objective.drop_last,
-                               resolution=resolution(tc, start_epoch),
-                               **objective.loader_kwargs, **common)
+                               resolution=resolution(tc, start_epoch), **common)
     val_loader = None  # an objective without a classifier (MoCo) has nothing to validate
     if objective.supervised:
         val_mask = None
         if mask_obj is not None:
             kept = np.unique(np.asarray(split.load_labels())[mask_obj.indices])
             val_mask = mask_from_classes(val_split, kept.tolist(), method="classes-of-train-mask")
-        val_loader = make_loader(dataset_dir, val_split.name, mask=val_mask, train=False,
+        val_loader = make_loader(dataset_dir, val_split.name, mask=val_mask, aug=AugSpec.for_eval(),
                                  batch_size=max(ec.batch_size // ctx.world_size, 1),
                                  resolution=ec.resolution, **common)
     if ckpt:

@@ -32,9 +32,11 @@ def test_thin_images_rejected_and_the_rest_loads(tmp_path):
     assert reasons["dot.gif"].startswith("too small: 1x1 px")
     assert reasons["banner.png"].startswith("too small: 300x1 px (shorter side 1 px")
 
-    from ffcv_dp4tl.data import make_loader
+    from ffcv_dp4tl.data import AugSpec, make_loader
 
     for train in (False, True):  # eval = centre crop, the path that aborted before
-        loader = make_loader(out, "train", fmt="ffcv", train=train, batch_size=3, resolution=16, num_workers=1)
+        aug = AugSpec.for_train() if train else AugSpec.for_eval()
+        loader = make_loader(out, "train", fmt="ffcv", aug=aug, batch_size=3, resolution=16,
+                             num_workers=1)
         seen = sorted(int(i) for batch in loader for i in batch.indices)
         assert seen == list(range(6))

@@ -13,7 +13,7 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as tmp_mp
 
-from ffcv_dp4tl.data import EpochPlan, make_loader, mask_from_classes, save_mask
+from ffcv_dp4tl.data import AugSpec, EpochPlan, make_loader, mask_from_classes, save_mask
 from ffcv_dp4tl.data.sampling import dist_info
 
 MASK = np.array(sorted(np.random.default_rng(5).choice(1000, 101, replace=False)), dtype=np.int64)
@@ -88,7 +88,7 @@ EPOCHS = 2
 def _rank_main(rank: int, world: int, init_file: str, root: str, mask_path: str, out_dir: str):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        loader = make_loader(root, "train", fmt="wds", mask=mask_path, train=True, batch_size=4,
+        loader = make_loader(root, "train", fmt="wds", mask=mask_path, aug=AugSpec.for_train(), batch_size=4,
                              resolution=16, num_workers=0, seed=3, drop_last=False)
         result = {"plan": [loader.plan.rank, loader.plan.world_size], "epochs": []}
         for epoch in range(EPOCHS):

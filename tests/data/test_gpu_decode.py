@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from ffcv_dp4tl.data import (DeviceDecodeLoader, EpochPlan, load_manifest, make_loader,
+from ffcv_dp4tl.data import (AugSpec, DeviceDecodeLoader, EpochPlan, load_manifest, make_loader,
                              mask_from_classes)
 from ffcv_dp4tl.data import gpu_decode as gd
 from ffcv_dp4tl.data.transforms import center_crop_box
@@ -106,7 +106,7 @@ def _live_reader_threads() -> list[str]:
 
 def test_train_visits_the_cpu_loaders_samples_in_their_order(index_dataset, mask, pixel_codec):
     _, _, decode_batch = pixel_codec
-    kw = dict(mask=mask, train=True, batch_size=BS, num_workers=1, seed=SEED, drop_last=False)
+    kw = dict(mask=mask, aug=AugSpec.for_train(), batch_size=BS, num_workers=1, seed=SEED, drop_last=False)
     cpu = {fmt: make_loader(index_dataset.root, "train", fmt=fmt, resolution=16, **kw)
            for fmt in ("ffcv", "wds")}
     gpu = {fmt: make_loader(index_dataset.root, "train", fmt=fmt, decode="gpu", resolution=16,
@@ -132,7 +132,7 @@ def test_train_visits_the_cpu_loaders_samples_in_their_order(index_dataset, mask
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_ranks_match_the_wds_loader(index_dataset, mask, world):
-    kw = dict(mask=mask, train=True, batch_size=BS, resolution=16, num_workers=0, seed=SEED,
+    kw = dict(mask=mask, aug=AugSpec.for_train(), batch_size=BS, resolution=16, num_workers=0, seed=SEED,
               drop_last=False, world_size=world)
     for epoch in range(2):
         seen = []
@@ -156,7 +156,7 @@ def test_sharded_ranks_match_the_wds_loader(index_dataset, mask, world):
 
 def test_eval_pixels_match_the_cpu_loaders(tex, monkeypatch):
     def run(fmt, res, decode="cpu"):
-        return _epoch(make_loader(tex, "train", fmt=fmt, decode=decode, train=False,
+        return _epoch(make_loader(tex, "train", fmt=fmt, decode=decode, aug=AugSpec.for_eval(),
                                   batch_size=8, resolution=res, num_workers=1))
 
     refs = {}
@@ -182,7 +182,8 @@ def test_eval_pixels_match_the_cpu_loaders(tex, monkeypatch):
 
 
 def _train(tex, fmt="wds", decode="gpu", **kw):
-    args = dict(train=True, batch_size=8, resolution=64, num_workers=1, seed=5, drop_last=False)
+    args = dict(aug=AugSpec.for_train(), batch_size=8, resolution=64, num_workers=1, seed=5,
+                drop_last=False)
     args.update(kw)
     return make_loader(tex, "train", fmt=fmt, decode=decode, **args)
 
@@ -222,17 +223,17 @@ def test_flip_in_about_half_the_samples(tex):
         red = images[:, 0]
         flipped += (red[:, :, -1] - red[:, :, 0]).mean(dim=1).lt(0).tolist()  # red falls → flip
         hw = np.array([SIZES[i % len(SIZES)] for i in idx])
-        draws = gd.crop_draws(hw, np.array(idx), train=True,
-                              eseed=gd.epoch_seed(loader.plan.seed, epoch), views=1,
-                              crop_scale=loader.crop_scale)
+        draws = gd.crop_draws(hw, np.array(idx), aug=loader.aug,
+                              eseed=gd.epoch_seed(loader.plan.seed, epoch))
         expected += draws[0][1].tolist()
     assert flipped == expected
     assert 0.3 < np.mean(flipped) < 0.7, np.mean(flipped)
 
 
 def test_two_views_are_independent_crops_of_the_same_samples(tex):
-    two = _train(tex, views=2, crop_scale=(0.2, 1.0))
-    pil = _train(tex, decode="cpu", views=2, crop_scale=(0.2, 1.0), num_workers=0)
+    two = _train(tex, aug=AugSpec.for_train(views=2, crop_scale=(0.2, 1.0)))
+    pil = _train(tex, decode="cpu", aug=AugSpec.for_train(views=2, crop_scale=(0.2, 1.0)),
+                 num_workers=0)
     for loader in (two, pil):
         loader.set_epoch(1, 72)  # >= half of every image side: PIL does not draft
     x1, x2, _, idx = _epoch(two)
@@ -244,8 +245,8 @@ def test_two_views_are_independent_crops_of_the_same_samples(tex):
 
 
 def test_dtype_and_channels_last(tex):
-    base = _epoch(_train(tex, fmt="ffcv", train=False))[0]
-    loader = _train(tex, fmt="ffcv", train=False, dtype=torch.bfloat16, channels_last=True)
+    base = _epoch(_train(tex, fmt="ffcv", aug=AugSpec.for_eval()))[0]
+    loader = _train(tex, fmt="ffcv", aug=AugSpec.for_eval(), dtype=torch.bfloat16, channels_last=True)
     batch = next(iter(loader))
     assert batch.images.dtype == torch.bfloat16 and batch.labels.dtype == torch.int64
     assert batch.images.is_contiguous(memory_format=torch.channels_last)
@@ -281,7 +282,7 @@ def test_antialiased_shrink_is_batched_and_does_not_alias():
 # ---------------------------------------------------------------------------------------------
 
 def test_errors(tex, tmp_path):
-    kw = dict(train=False, batch_size=4, resolution=16, num_workers=0)
+    kw = dict(aug=AugSpec.for_eval(), batch_size=4, resolution=16, num_workers=0)
     with pytest.raises(DataError, match="unknown decode 'nvjpeg'; choose one of cpu, gpu, auto"):
         make_loader(tex, "train", decode="nvjpeg", **kw)
     raw = _build(tmp_path / "raw", 8, beton_mode="proportion", raw_fraction=0.5)
@@ -359,7 +360,7 @@ def test_set_epoch_changes_resolution(tex):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_decode_matches_the_cpu_loaders(tex):
-    kw = dict(train=False, batch_size=8, resolution=32, num_workers=1)
+    kw = dict(aug=AugSpec.for_eval(), batch_size=8, resolution=32, num_workers=1)
     ref, _, _, ref_idx = _epoch(make_loader(tex, "train", fmt="ffcv", **kw))
     for fmt in ("ffcv", "wds"):
         loader = make_loader(tex, "train", fmt=fmt, decode="gpu", device="cuda", **kw)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from beton_builders.beton import beton_images
-from ffcv_dp4tl.data import load_manifest, make_loader
+from ffcv_dp4tl.data import AugSpec, load_manifest, make_loader
 from ffcv_dp4tl.data.verify import verify_dataset
 from ffcv_dp4tl.errors import DataError
 
@@ -78,7 +78,7 @@ def test_manifest_records_checksums_and_beton_fingerprint(index_dataset):
 def test_damaged_jpeg_in_a_shard_names_sample_file_and_offset(copy, workers):
     # samples 16..31 are shard 1; 20 lies past the 4 KiB the open-time checksum reads
     path, offset = _damage_marker(copy, 20)
-    loader = make_loader(copy, "train", fmt="wds", train=False, batch_size=8, resolution=16,
+    loader = make_loader(copy, "train", fmt="wds", aug=AugSpec.for_eval(), batch_size=8, resolution=16,
                          num_workers=workers)
     with pytest.raises(DataError) as e:
         for _ in loader:
@@ -91,7 +91,7 @@ def test_damaged_jpeg_in_a_shard_names_sample_file_and_offset(copy, workers):
 def test_device_decode_names_sample_and_file(copy):
     pytest.importorskip("torchvision")
     path, offset = _damage_marker(copy, 20)
-    loader = make_loader(copy, "train", fmt="wds", decode="gpu", train=False, batch_size=8,
+    loader = make_loader(copy, "train", fmt="wds", decode="gpu", aug=AugSpec.for_eval(), batch_size=8,
                          resolution=16, num_workers=0)
     with pytest.raises(DataError) as e:
         for _ in loader:
@@ -111,7 +111,7 @@ def test_truncated_beton_is_refused_at_open_in_one_line(copy, old_manifest):
         f.truncate(int(images.data_ptr.max()) + 10)  # into the last image: "negative dimensions"
     for decode in ("cpu", "gpu"):
         with pytest.raises(DataError) as e:
-            make_loader(copy, "train", fmt="ffcv", decode=decode, train=False, batch_size=8,
+            make_loader(copy, "train", fmt="ffcv", decode=decode, aug=AugSpec.for_eval(), batch_size=8,
                         resolution=16, num_workers=0)
         msg = _one_line(e)
         assert str(split.beton) in msg and "dp4tl verify" in msg, msg
@@ -121,7 +121,7 @@ def test_changed_beton_metadata_is_refused(copy):
     split = _split(copy)
     _xor(split.beton, 200)  # inside the field descriptors / metadata, not an image
     with pytest.raises(DataError, match="checksum differs") as e:
-        make_loader(copy, "train", fmt="ffcv", train=False, batch_size=8, resolution=16,
+        make_loader(copy, "train", fmt="ffcv", aug=AugSpec.for_eval(), batch_size=8, resolution=16,
                     num_workers=0)
     assert str(split.beton) in _one_line(e)
     assert any("checksum differs" in p for p in verify_dataset(copy).problems)
@@ -131,14 +131,14 @@ def test_changed_or_truncated_shard_is_refused(copy):
     split = _split(copy)
     _xor(split.shards[2], 600)  # first member's JPEG header
     with pytest.raises(DataError, match="checksum of its first/last") as e:
-        make_loader(copy, "train", fmt="wds", train=False, batch_size=8, resolution=16,
+        make_loader(copy, "train", fmt="wds", aug=AugSpec.for_eval(), batch_size=8, resolution=16,
                     num_workers=0)
     assert str(split.shards[2]) in _one_line(e)
     _xor(split.shards[2], 600)  # undone
     with open(split.shards[3], "r+b") as f:
         f.truncate(split.shards[3].stat().st_size - 1024)
     with pytest.raises(DataError, match="truncated or replaced"):
-        make_loader(copy, "train", fmt="wds", train=False, batch_size=8, resolution=16,
+        make_loader(copy, "train", fmt="wds", aug=AugSpec.for_eval(), batch_size=8, resolution=16,
                     num_workers=0)
 
 
@@ -146,7 +146,7 @@ def test_old_manifest_without_new_fields_still_loads(copy, index_dataset):
     _strip_new_fields(copy)
     split = _split(copy)
     assert split.checksums is None and split.beton_fingerprint is None
-    loader = make_loader(copy, "train", fmt="wds", train=False, batch_size=32, resolution=16,
+    loader = make_loader(copy, "train", fmt="wds", aug=AugSpec.for_eval(), batch_size=32, resolution=16,
                          num_workers=0)
     assert sorted(int(i) for b in loader for i in b.indices) == list(range(len(index_dataset)))
     assert verify_dataset(copy, deep=True).ok

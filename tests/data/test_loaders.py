@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from ffcv_dp4tl.data import EpochPlan, load_manifest, make_loader, make_mask, mask_from_classes, save_mask
+from ffcv_dp4tl.data import (AugSpec, EpochPlan, load_manifest, make_loader, make_mask,
+                             mask_from_classes, save_mask)
 from ffcv_dp4tl.errors import DataError, MaskError
 
 # numba's dispatcher finalizer may log a KeyError when ffcv's generated code is collected.
@@ -50,19 +51,19 @@ def _collect(loader, decode_batch, expect_res=None):
 
 @pytest.fixture(scope="module")
 def ffcv_eval(index_dataset, mask):
-    return make_loader(index_dataset.root, "train", fmt="ffcv", mask=mask, train=False,
+    return make_loader(index_dataset.root, "train", fmt="ffcv", mask=mask, aug=AugSpec.for_eval(),
                        batch_size=BS, resolution=24, num_workers=1)
 
 
 @pytest.fixture(scope="module")
 def ffcv_train(index_dataset, mask):
-    return make_loader(index_dataset.root, "train", fmt="ffcv", mask=mask, train=True,
+    return make_loader(index_dataset.root, "train", fmt="ffcv", mask=mask, aug=AugSpec.for_train(),
                        batch_size=BS, resolution=TRAIN_RES[0], num_workers=1, seed=SEED,
                        drop_last=False)
 
 
 def _wds_train(index_dataset, mask, seed=SEED, num_workers=0, **kw):
-    return make_loader(index_dataset.root, "train", fmt="wds", mask=mask, train=True,
+    return make_loader(index_dataset.root, "train", fmt="wds", mask=mask, aug=AugSpec.for_train(),
                        batch_size=BS, resolution=TRAIN_RES[0], num_workers=num_workers, seed=seed,
                        drop_last=False, **kw)
 
@@ -75,7 +76,7 @@ def _wds_train(index_dataset, mask, seed=SEED, num_workers=0, **kw):
 def test_eval_reads_exactly_the_masked_samples(fmt, index_dataset, mask, ffcv_eval, pixel_codec):
     _, _, decode_batch = pixel_codec
     loader = ffcv_eval if fmt == "ffcv" else make_loader(
-        index_dataset.root, "train", fmt="wds", mask=mask, train=False, batch_size=BS,
+        index_dataset.root, "train", fmt="wds", mask=mask, aug=AugSpec.for_eval(), batch_size=BS,
         resolution=24, num_workers=1)
     m = mask.indices.tolist()
     assert len(m) > 2 * BS and set(index_dataset.labels[m].tolist()) == set(KEEP)
@@ -91,11 +92,11 @@ def test_eval_reads_exactly_the_masked_samples(fmt, index_dataset, mask, ffcv_ev
 def test_mask_from_file_and_full_split(index_dataset, index_split, mask, tmp_path, pixel_codec):
     _, _, decode_batch = pixel_codec
     path = save_mask(tmp_path / "keep", mask)
-    loader = make_loader(index_dataset.root, "train", fmt="wds", mask=str(path), train=False,
+    loader = make_loader(index_dataset.root, "train", fmt="wds", mask=str(path), aug=AugSpec.for_eval(),
                          batch_size=BS, resolution=16, num_workers=0)
     idx, px, _, _ = _collect(loader, decode_batch)
     assert idx == px == mask.indices.tolist()
-    loader = make_loader(index_dataset.root, "train", fmt="wds", train=False, batch_size=16,
+    loader = make_loader(index_dataset.root, "train", fmt="wds", aug=AugSpec.for_eval(), batch_size=16,
                          resolution=16, num_workers=0)
     idx, px, labels, _ = _collect(loader, decode_batch)
     assert idx == px == list(range(len(index_dataset)))
@@ -105,7 +106,7 @@ def test_mask_from_file_and_full_split(index_dataset, index_split, mask, tmp_pat
 def test_make_loader_errors(index_dataset, index_split, tmp_path):
     from ffcv_dp4tl.data.manifest import SplitInfo
 
-    kw = dict(train=False, batch_size=BS, resolution=16, num_workers=0)
+    kw = dict(aug=AugSpec.for_eval(), batch_size=BS, resolution=16, num_workers=0)
     with pytest.raises(DataError, match="unknown loader format 'tfrecord'"):
         make_loader(index_dataset.root, "train", fmt="tfrecord", **kw)
     with pytest.raises(DataError, match="has no split 'val'; available: train"):
@@ -173,7 +174,7 @@ def test_same_seed_same_order_other_seed_differs(index_dataset, mask):
 
 def test_train_drop_last_default(index_dataset, mask):
     bs = 7
-    loader = make_loader(index_dataset.root, "train", fmt="wds", mask=mask, train=True,
+    loader = make_loader(index_dataset.root, "train", fmt="wds", mask=mask, aug=AugSpec.for_train(),
                          batch_size=bs, resolution=16, num_workers=0)
     n = len(mask)
     assert n % bs, "test needs a partial last batch"
@@ -204,9 +205,9 @@ def test_two_views_are_crops_of_the_same_masked_samples(fmt, index_dataset, mask
     """views=2 (MoCo's loader): Batch.images2 is a second view of exactly Batch.indices, at the
     epoch's resolution, also after a progressive-resizing change."""
     _, _, decode_batch = pixel_codec
-    loader = make_loader(index_dataset.root, "train", fmt=fmt, mask=mask, train=True,
-                         batch_size=BS, resolution=16, num_workers=1, seed=SEED, views=2,
-                         crop_scale=(0.2, 1.0))
+    loader = make_loader(index_dataset.root, "train", fmt=fmt, mask=mask,
+                         aug=AugSpec.for_train(views=2, crop_scale=(0.2, 1.0)),
+                         batch_size=BS, resolution=16, num_workers=1, seed=SEED)
     for epoch, res in enumerate((16, 24)):
         loader.set_epoch(epoch, res)
         seen = []
@@ -237,7 +238,7 @@ def test_every_loader_is_a_masked_loader(index_dataset, mask, ffcv_eval):
     from ffcv_dp4tl.data.ffcv_loader import FFCVMaskedLoader
     from ffcv_dp4tl.data.wds_loader import WdsMaskedLoader
 
-    loaders = _three_loaders(index_dataset, mask, train=True)
+    loaders = _three_loaders(index_dataset, mask, aug=AugSpec.for_train())
     kinds = {"ffcv": FFCVMaskedLoader, "wds": WdsMaskedLoader, "gpu-decode": DeviceDecodeLoader}
     for name, loader in loaders.items():
         assert type(loader) is kinds[name]
@@ -250,38 +251,32 @@ def test_every_loader_is_a_masked_loader(index_dataset, mask, ffcv_eval):
     loaders["gpu-decode"].close()
 
 
-def test_augspec_is_what_the_old_flags_meant(index_dataset, mask):
+def test_augspec_reaches_every_loader(index_dataset, mask):
+    """One AugSpec says what every loader does: MoCo's two views with its crop scale give two
+    decoders of that scale (ffcv) and a second view of each sample (wds, GPU decode)."""
     from ffcv_dp4tl.data import AugSpec
     from ffcv_dp4tl.data.transforms import CENTER_CROP_RATIO, RRC_RATIO, RRC_SCALE
 
-    assert AugSpec.from_flags(True, 2, (0.2, 1)) == AugSpec.for_train(views=2, crop_scale=(0.2, 1.0)) \
-        == AugSpec(train=True, crop_scale=(0.2, 1.0), crop_ratio=RRC_RATIO, flip=True, views=2,
-                   center_crop_ratio=CENTER_CROP_RATIO)
-    assert AugSpec.from_flags(False) == AugSpec.for_eval() == AugSpec()
-    assert AugSpec.for_train().crop_scale == RRC_SCALE
-    old = _three_loaders(index_dataset, mask, train=True, views=2, crop_scale=(0.2, 1.0))
-    new = _three_loaders(index_dataset, mask, aug=AugSpec.for_train(views=2, crop_scale=(0.2, 1.0)))
-    for name in old:
-        a, b = old[name], new[name]
-        assert a.aug == b.aug == AugSpec.for_train(views=2, crop_scale=(0.2, 1.0)), name
-        assert (a.plan.shuffle, a.drop_last) == (b.plan.shuffle, b.drop_last) == (True, True)
-        if name == "ffcv":  # same decoders: scale/ratio per view, plus the flip
-            assert [(d.scale, d.ratio) for d in a.decoders] == [(d.scale, d.ratio) for d in b.decoders] \
-                == [((0.2, 1.0), RRC_RATIO)] * 2
+    assert AugSpec.for_train(views=2, crop_scale=(0.2, 1)) == AugSpec(
+        train=True, crop_scale=(0.2, 1.0), crop_ratio=RRC_RATIO, flip=True, views=2,
+        center_crop_ratio=CENTER_CROP_RATIO)
+    assert AugSpec.for_eval() == AugSpec() and AugSpec.for_train().crop_scale == RRC_SCALE
+    spec = AugSpec.for_train(views=2, crop_scale=(0.2, 1.0))
+    loaders = _three_loaders(index_dataset, mask, aug=spec)
+    for name, ld in loaders.items():
+        assert ld.aug == spec and (ld.plan.shuffle, ld.drop_last) == (True, True), name
+        if name == "ffcv":  # one decoder per view, with the spec's scale and ratio
+            assert [(d.scale, d.ratio) for d in ld.decoders] == [((0.2, 1.0), RRC_RATIO)] * 2
             continue
-        for x, y in zip(a, b):  # same crops, flips and order, pixel for pixel
-            assert torch.equal(x.indices, y.indices)
-            assert torch.equal(x.images, y.images) and torch.equal(x.images2, y.images2)
-    ev_old = make_loader(index_dataset.root, "train", fmt="wds", mask=mask, train=False,
-                         batch_size=BS, resolution=16, num_workers=0)
-    ev_new = make_loader(index_dataset.root, "train", fmt="wds", mask=mask, aug=AugSpec.for_eval(),
-                         batch_size=BS, resolution=16, num_workers=0)
-    assert ev_old.aug == ev_new.aug and (ev_new.plan.shuffle, ev_new.drop_last) == (False, False)
-    assert all(torch.equal(x.images, y.images) for x, y in zip(ev_old, ev_new))
-    new["gpu-decode"].close(), old["gpu-decode"].close()
+        batch = next(iter(ld))  # (flat images here: test_moco shows the two crops differ)
+        assert batch.images2 is not None and batch.images2.shape == batch.images.shape, name
+    ev = make_loader(index_dataset.root, "train", fmt="wds", mask=mask, aug=AugSpec.for_eval(),
+                     batch_size=BS, resolution=16, num_workers=0)
+    assert (ev.plan.shuffle, ev.drop_last) == (False, False)
+    loaders["gpu-decode"].close()
 
 
-def test_augspec_errors_and_mixing_with_old_flags(index_dataset, mask):
+def test_augspec_errors_and_no_old_flags(index_dataset, mask):
     from ffcv_dp4tl.data import AugSpec
 
     kw = dict(batch_size=BS, resolution=16, num_workers=0)
@@ -289,30 +284,25 @@ def test_augspec_errors_and_mixing_with_old_flags(index_dataset, mask):
                        r"train=False\)"):
         make_loader(index_dataset.root, "train", fmt="wds", aug=AugSpec(views=2), **kw)
     with pytest.raises(DataError, match="crop_scale must satisfy"):
-        make_loader(index_dataset.root, "train", fmt="wds", aug=AugSpec.for_train(crop_scale=(0.5, 0.2)), **kw)
+        make_loader(index_dataset.root, "train", fmt="wds",
+                    aug=AugSpec.for_train(crop_scale=(0.5, 0.2)), **kw)
     with pytest.raises(DataError, match="center_crop_ratio"):
         make_loader(index_dataset.root, "train", fmt="wds", aug=AugSpec.for_eval(1.5), **kw)
-    with pytest.raises(TypeError, match="views disagree"):
-        make_loader(index_dataset.root, "train", fmt="wds", aug=AugSpec.for_train(), views=2, **kw)
-    with pytest.raises(TypeError, match="aug=AugSpec"):
+    with pytest.raises(TypeError, match="aug"):  # the augmentation is always stated
         make_loader(index_dataset.root, "train", fmt="wds", **kw)
-    # a legacy keyword that agrees with aug is accepted
-    loader = make_loader(index_dataset.root, "train", fmt="wds", aug=AugSpec.for_train(),
-                         train=True, **kw)
-    assert loader.aug.train and loader.train
+    for old in ({"train": True}, {"views": 2}, {"crop_scale": (0.2, 1.0)}):  # one spelling only
+        with pytest.raises(TypeError, match=next(iter(old))):
+            make_loader(index_dataset.root, "train", fmt="wds", aug=AugSpec.for_train(), **old, **kw)
 
 
 def test_flip_off_keeps_the_crops():
-    from ffcv_dp4tl.data import AugSpec
     from ffcv_dp4tl.data import gpu_decode as gd
 
     hw, idx = np.array([[40, 30], [32, 48], [24, 24]] * 8), np.arange(24)
     on = gd.crop_draws(hw, idx, eseed=5, aug=AugSpec.for_train(views=2))
     off = gd.crop_draws(hw, idx, eseed=5, aug=AugSpec.for_train(views=2, flip=False))
-    legacy = gd.crop_draws(hw, idx, eseed=5, train=True, views=2, crop_scale=(0.08, 1.0))
-    for (b1, f1), (b2, f2), (b3, f3) in zip(on, off, legacy):
-        assert (b1 == b2).all() and (b1 == b3).all() and (f1 == f3).all()
-        assert f1.any() and not f2.any()
+    for (b1, f1), (b2, f2) in zip(on, off):
+        assert (b1 == b2).all() and f1.any() and not f2.any()
 
 
 def test_plan_order_is_a_traversal_order_ffcv_constructs(index_dataset, mask, ffcv_train):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ffcv_dp4tl.data import make_loader
+from ffcv_dp4tl.data import AugSpec, make_loader
 from ffcv_dp4tl.data import wds_loader
 
 
@@ -13,7 +13,8 @@ from ffcv_dp4tl.data import wds_loader
                                                       (100, False, 0)])
 def test_batches_are_whole_and_in_plan_order(index_dataset, batch_size, train, workers, monkeypatch):
     monkeypatch.setattr(wds_loader, "CHUNK", 16)
-    loader = make_loader(index_dataset.root, "train", fmt="wds", train=train, batch_size=batch_size,
+    loader = make_loader(index_dataset.root, "train", fmt="wds",
+                         aug=AugSpec.for_train() if train else AugSpec.for_eval(), batch_size=batch_size,
                          resolution=16, num_workers=workers, seed=3)
     order = loader.plan.order(0)
     sizes, seen = [], []

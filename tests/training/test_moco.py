@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ffcv_dp4tl.data import load_manifest, make_loader, make_mask
+from ffcv_dp4tl.data import AugSpec, load_manifest, make_loader, make_mask
 from ffcv_dp4tl.errors import DataError, DP4TLError
 from ffcv_dp4tl.training.checkpoint import load_checkpoint
 from ffcv_dp4tl.training.distributed import DistContext
@@ -39,24 +39,26 @@ def moco_recipe(*extra: str):
 
 # ----------------------------------------------------------------------------- loader views
 def test_two_view_loader_gives_two_different_crops_of_each_sample(source_dir):
-    loader = make_loader(source_dir, "train", fmt="wds", train=True, batch_size=8, resolution=16,
-                         num_workers=0, views=2, crop_scale=(0.2, 1.0))
+    loader = make_loader(source_dir, "train", fmt="wds",
+                         aug=AugSpec.for_train(views=2, crop_scale=(0.2, 1.0)), batch_size=8,
+                         resolution=16, num_workers=0)
     batch = next(iter(loader))
     assert batch.images2 is not None and batch.images2.shape == batch.images.shape
     # independent crops: the two views of a sample differ (the same crop twice would not)
     diff = (batch.images - batch.images2).abs().flatten(1).amax(1)
     assert (diff > 1e-3).float().mean() >= 0.75
-    single = next(iter(make_loader(source_dir, "train", fmt="wds", train=True, batch_size=8,
+    single = next(iter(make_loader(source_dir, "train", fmt="wds", aug=AugSpec.for_train(),
+                                   batch_size=8,
                                    resolution=16, num_workers=0)))
     assert single.images2 is None
 
 
 def test_views_need_a_train_loader(source_dir):
     with pytest.raises(DataError, match="views"):
-        make_loader(source_dir, "val", fmt="wds", train=False, batch_size=8, resolution=16, views=2)
+        make_loader(source_dir, "val", fmt="wds", aug=AugSpec(views=2), batch_size=8, resolution=16)
     with pytest.raises(DataError, match="crop_scale"):
-        make_loader(source_dir, "train", fmt="wds", train=True, batch_size=8, resolution=16,
-                    crop_scale=(0.5, 0.2))
+        make_loader(source_dir, "train", fmt="wds", aug=AugSpec.for_train(crop_scale=(0.5, 0.2)),
+                    batch_size=8, resolution=16)
 
 
 # ----------------------------------------------------------------------------- augmentations
