@@ -86,8 +86,8 @@ def build(synth: str, out: Path) -> tuple[Path, BuildResult]:
     ddir = dataset_dir(out)
     if (ddir / "manifest.json").exists():
         m = load_manifest(ddir)
-        n = sum(int(s["num_samples"]) for s in m.data["splits"].values())
-        got = m.data.get("extra", {}).get("synth")
+        n = sum(m.split(s).num_samples for s in m.split_names)
+        got = m.extra.get("synth")
         want = parse_synth(synth).to_text()
         if got is not None and got != want:
             log(f"WARNING: {ddir} holds {got}, not {want}; benchmarking what is there")
@@ -533,10 +533,10 @@ def main(argv=None) -> int:
         meta = {
             "date": date, "command": command, "machine": machine_info(), "versions": versions(),
             "load_start": load_start, "load_end": load1(),
-            "synth": m.data.get("extra", {}).get("synth", args.synth),
+            "synth": m.extra.get("synth", args.synth),
             "num_train": m.split("train").num_samples, "num_classes": m.num_classes,
-            "image_px": m.data.get("extra", {}).get("synth_config", {}).get("image_size", cfg.image_size),
-            "quality": m.data.get("image", {}).get("quality"),
+            "image_px": m.extra.get("synth_config", {}).get("image_size", cfg.image_size),
+            "quality": m.contract.image.quality if m.contract.image else None,
         }
     body = markdown(args, build_res, results, extra, meta)
     print(f"## {SECTION}\n\n{body}")

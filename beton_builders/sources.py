@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ffcv_dp4tl.contracts import TargetSplit
 from ffcv_dp4tl.errors import DataError
 
 from .layouts import LAYOUTS, read_layout
@@ -22,9 +23,6 @@ def default_max_side(spec: DatasetSpec) -> int:
     return int(spec.extra.get("synth_config", {}).get("image_size", 256))
 
 
-SPLITS = ("auto", "coop", "official")
-
-
 def resolve_source(text: str, split_json: str | Path | None = None,
                    split: str = "auto") -> dict[str, DatasetSpec]:
     """Map output subdirectory ('' = the --out dir itself) → dataset spec.
@@ -33,8 +31,7 @@ def resolve_source(text: str, split_json: str | Path | None = None,
     paper's Tab. A1 splits; :func:`~.layouts.coop.find_split_json`), else the official splits;
     ``coop`` requires that JSON; ``official`` never uses one. An explicit ``split_json`` wins
     over all three. The spec's ``extra["split"]`` says which was used (see :func:`split_note`)."""
-    if split not in SPLITS:
-        raise DataError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    split = TargetSplit.check(split, "split", DataError)
     text = text.strip()
     if text == "synth" or text.startswith("synth:"):
         if split_json:

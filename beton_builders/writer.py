@@ -32,7 +32,7 @@ from typing import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from ffcv_dp4tl.contracts import (FORMAT, INDEX_DTYPE, MANIFEST_NAME, DatasetManifest,
+from ffcv_dp4tl.contracts import (FORMAT, BetonMode, INDEX_DTYPE, MANIFEST_NAME, DatasetManifest,
                                   ImageSettings, SplitEntry, dataset_fingerprint,
                                   split_fingerprint)
 from ffcv_dp4tl.errors import DataError
@@ -76,8 +76,7 @@ class BuildOptions:
             raise DataError(f"--quality must be in [1, 100], got {self.quality}")
         if self.shard_size < 1:
             raise DataError(f"--shard-size must be >= 1, got {self.shard_size}")
-        if self.beton_mode not in ("jpg", "proportion"):
-            raise DataError(f"--beton-mode must be 'jpg' or 'proportion', got {self.beton_mode!r}")
+        BetonMode.check(self.beton_mode, "--beton-mode", DataError)
         if self.beton_mode == "jpg" and self.raw_fraction:
             raise DataError("--raw-fraction needs --beton-mode proportion")
         if not 0.0 <= self.raw_fraction < 1.0:

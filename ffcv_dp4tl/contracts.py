@@ -25,16 +25,20 @@ the two top-level packages free of an import cycle (see tests/test_contracts.py)
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from .errors import DataError, MaskError
+from .errors import DataError, DP4TLError, MaskError
 
 __all__ = [
+    "AdvNorm", "Backend", "BetonMode", "Budget", "Choice", "Decode", "FinetuneMode", "Format", "Order", "Protocol",
+    "RecipeSet", "TargetCrop", "TargetSplit", "check_k", "check_ratio",
     "DatasetManifest", "FORMAT", "INDEX_DTYPE", "ImageSettings", "MANIFEST_NAME", "MaskMeta",
-    "SCORE_UNITS", "STAGE_KINDS", "ScoresMeta", "SplitEntry", "StageResult",
+    "SCORE_UNITS", "STAGE_KINDS", "Scores", "ScoresMeta", "SplitEntry", "StageResult",
     "UnsupportedFormatError", "check_version", "dataset_fingerprint", "split_fingerprint",
     "stage_kind",
 ]
@@ -64,6 +68,135 @@ def check_version(data: Mapping[str, Any], current: int, what: str, source: obje
 
 def _known(cls) -> set[str]:
     return {f.name for f in fields(cls)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Choice sets: each defined once here, used by the CLI (typer takes these Enum types), the
+# pipeline's config, the recipes and the files. Values travel as plain strings (``check``), so
+# stage keys, fingerprints and JSON files hold exactly the strings they always held.
+# ---------------------------------------------------------------------------------------------
+
+class Choice(str, Enum):
+    """A closed set of string values. ``str(member)`` / f-strings give the value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        return tuple(m.value for m in cls)
+
+    @classmethod
+    def check(cls, value: Any, what: str, error: type[DP4TLError] = DP4TLError) -> str:
+        """``value`` (a member or its string) as the plain string; anything else is a one-line
+        ``error`` naming ``what`` and the choices."""
+        v = value.value if isinstance(value, cls) else value
+        if v not in cls.values():
+            raise error(f"{what} must be one of {', '.join(cls.values())}, got {value!r}")
+        return str(v)
+
+
+class Format(Choice):
+    """Which on-disk copy of a built dataset the loaders read."""
+    ffcv = "ffcv"
+    wds = "wds"
+
+
+class Decode(Choice):
+    """Where JPEGs are decoded and augmented (recipe ``data.decode``); ``auto``: GPU when
+    possible (``data.loaders.resolve_decode``)."""
+    cpu = "cpu"
+    gpu = "gpu"
+    auto = "auto"
+
+
+class Backend(Choice):
+    """Scoring kernels (k-means, feature mapping)."""
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Protocol(Choice):
+    """Recipe protocol of the pipeline: today's fast recipes, or the paper's (recipes/paper/)."""
+    fast = "fast"
+    paper = "paper"
+
+
+class RecipeSet(Choice):
+    """Fast-protocol recipe set: tiny CPU recipes, the embedded benchmark's (bench) or the full
+    ones; ``auto`` (``""`` in ``PipelineConfig.recipes``): from the data's manifest."""
+    auto = "auto"
+    tiny = "tiny"
+    bench = "bench"
+    full = "full"
+
+
+class TargetCrop(Choice):
+    """How the surrogate reads target images when scoring (recipe ``scoring.target_crop``): the
+    eval transform's 224/256 centre crop, or the whole short side."""
+    center = "center"
+    none = "none"
+
+
+class TargetSplit(Choice):
+    """Target splits: the CoOp split JSON when found beside the data (auto), required (coop),
+    or the dataset's official splits."""
+    auto = "auto"
+    coop = "coop"
+    official = "official"
+
+
+class Budget(Choice):
+    """What a pruning ratio counts for class/cluster methods: units, or kept train samples."""
+    units = "units"
+    samples = "samples"
+
+
+class Order(Choice):
+    """Which end of the ranking is kept: the top-scored units (the method as published) or the
+    lowest (paper Fig. A3)."""
+    ordered = "ordered"
+    reversed = "reversed"
+
+
+class FinetuneMode(Choice):
+    """Downstream protocol: linear probing or full finetuning."""
+    lp = "lp"
+    ff = "ff"
+
+
+class AdvNorm(Choice):
+    """PGD threat model of adversarial pretraining (recipe ``adv.norm``)."""
+    linf = "linf"
+    l2 = "l2"
+
+
+class BetonMode(Choice):
+    """How a build stores images in the beton: all JPEG, or a share raw."""
+    jpg = "jpg"
+    proportion = "proportion"
+
+
+def check_ratio(ratio: Any, what: str = "ratio", error: type[DP4TLError] = DP4TLError) -> float:
+    """A pruning ratio: the fraction of units removed, in [0, 1) (1 would keep nothing)."""
+    try:
+        r = float(ratio)
+    except (TypeError, ValueError):
+        raise error(f"{what} must be a number in [0, 1), got {ratio!r}") from None
+    if not (math.isfinite(r) and 0.0 <= r < 1.0):
+        raise error(f"{what} must be in [0, 1), got {ratio}")
+    return r
+
+
+def check_k(k: Any, what: str = "k") -> int:
+    """A number of k-means clusters: a positive integer."""
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise DP4TLError(f"{what} must be a positive number of clusters, got {k!r}")
+    return k
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,6 +442,30 @@ class ScoresMeta:
     def selection_seconds(self) -> float | None:
         return self.meta.get("selection_seconds")
 
+    @property
+    def seed(self) -> int | None:
+        """The seed the method read (None for methods that read none: ``Scorer.reads``)."""
+        return self.meta.get("seed")
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Sample unit: keep the highest scores (``False``: the lowest); absent = ``True``."""
+        return bool(self.meta.get("higher_is_better", True))
+
+    @property
+    def surrogate(self) -> str | None:
+        """The surrogate checkpoint scored (None for methods without one)."""
+        return self.meta.get("surrogate")
+
+    @property
+    def target_fingerprints(self) -> list[str]:
+        """The fingerprints of the targets scored, in order (``[]`` for in-domain methods)."""
+        fps = self.meta.get("target_fingerprints")
+        if fps is None:
+            one = self.meta.get("target_fingerprint")
+            return [] if one is None else [one]
+        return list(fps)
+
     def to_json(self) -> dict[str, Any]:
         return {"format_version": self.format_version, "method": self.method, "unit": self.unit,
                 "num_units": int(self.num_units), **self.meta}
@@ -323,6 +480,34 @@ class ScoresMeta:
                    num_units=int(data.get("num_units", 0)), format_version=version,
                    meta={k: v for k, v in data.items()
                          if k not in ("method", "unit", "num_units", "format_version")})
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A whole scores directory: its :class:`ScoresMeta` and its arrays (``scores`` one per
+    unit; ``tiebreak`` orders equal scores (LM/FM); ``train_units`` / ``val_units`` the cluster
+    id of every source train / val sample (cluster unit)). Written by ``pipeline.scores_io``."""
+
+    #: the arrays of a scores directory, one ``NAME.npy`` each (``scores`` is required)
+    ARRAYS: ClassVar[tuple[str, ...]] = ("scores", "tiebreak", "train_units", "val_units")
+
+    meta: ScoresMeta
+    scores: np.ndarray
+    tiebreak: np.ndarray | None = None
+    train_units: np.ndarray | None = None
+    val_units: np.ndarray | None = None
+
+    @property
+    def method(self) -> str:
+        return self.meta.method
+
+    @property
+    def unit(self) -> str:
+        return self.meta.unit
+
+    def units_of(self, split: str) -> np.ndarray | None:
+        """Cluster id of every sample of ``split`` (``train``/``val``), None when not stored."""
+        return {"train": self.train_units, "val": self.val_units}.get(split)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ def test_old_files_still_load_through_the_readers(index_dataset, index_split, tm
     assert loaded.contract.format_version == 1
     assert loaded.fingerprint == m["fingerprint"] and loaded.classes == m["classes"]
     assert loaded.split("train").num_samples == index_split.num_samples
-    assert loaded.data["extra"] == m["extra"]
+    assert loaded.extra == m["extra"]
 
     # mask sidecar
     npy = save_mask(tmp_path / "m.npy", make_mask([0, 2], index_split, method="manual"))
@@ -101,8 +101,9 @@ def test_old_files_still_load_through_the_readers(index_dataset, index_split, tm
     write_scores(sd, method="random", unit="sample", scores=np.arange(3.0), meta={"seed": 1})
     meta = json.loads((sd / "scores.json").read_text())
     (sd / "scores.json").write_text(json.dumps(_without_version(meta)))
-    got, arrays = load_scores(sd)
-    assert got["method"] == "random" and got["seed"] == 1 and arrays["scores"].tolist() == [0, 1, 2]
+    got = load_scores(sd)
+    assert got.method == "random" and got.meta.seed == 1 and got.scores.tolist() == [0, 1, 2]
+    assert got.meta.format_version == 1 and got.tiebreak is None
 
     # DONE.json without kind/format_version: the kind comes from the stage's name
     st = stage(tmp_path / "runs", "finetune-ff", {"x": 1})

@@ -2,24 +2,17 @@
 from __future__ import annotations
 
 import shlex
-from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from .bench import bench_app
-from .options import (FORMAT_HELP, K_HELP, Format, Protocol, RecipeSet, check_arch, default_k,
+from .options import (FORMAT_HELP, K_HELP, AdvNorm, Format, Protocol, RecipeSet, check_arch, default_k,
                       device_option, ints_callback, list_callback, split_list)
 from .pipeline import FINETUNE_MODES, PROTOCOL_HELP
 
 SECTION = "Adversarial pretraining (Tab. 5)"
-
-
-class Norm(str, Enum):
-    """PGD threat model (recipe ``adv.norm``)."""
-    linf = "linf"
-    l2 = "l2"
 
 
 @bench_app.command("adversarial")
@@ -35,7 +28,7 @@ def adversarial(
                             "(authors' code: Linf 3/255; Salman et al.: L2 3 or Linf 4/255)"),
     step_size: str = typer.Option("", help="PGD step size in pixel units (default: 2 × eps / "
                                   "steps, the authors' code; 0 = 2.5 × eps / steps, Madry et al.)"),
-    norm: Norm = typer.Option(Norm.linf, help="PGD norm"),
+    norm: AdvNorm = typer.Option(AdvNorm.linf, help="PGD norm"),
     random_start: bool = typer.Option(True, help="Start the attack at a random point of the ball"),
     method: str = typer.Option("lm", help="Selection method of the pruned models"),
     out: Path = typer.Option(Path("docs/adversarial"), "--out", "-o",

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .app import app
-from .options import DATA_HELP, BetonMode, Split, pick_data
+from .options import DATA_HELP, BetonMode, TargetSplit, pick_data
 
 
 @app.command()
@@ -28,7 +28,7 @@ def build(
                                          "(faster decode, more disk)"),
     raw_fraction: float = typer.Option(0.0, help="With --beton-mode proportion"),
     workers: int = typer.Option(os.cpu_count() or 1, help="Parallel encoder processes"),
-    split: Split = typer.Option(Split.auto, help="auto: the layout's CoOp split_zhou_*.json when it "
+    split: TargetSplit = typer.Option(TargetSplit.auto, help="auto: the layout's CoOp split_zhou_*.json when it "
                                 "lies beside the data (the paper's Tab. A1 splits), else the "
                                 "official splits; coop: require it; official: never use it"),
     split_json: Optional[Path] = typer.Option(None, help="CoOp-style split_zhou_*.json overriding "
@@ -73,12 +73,11 @@ def info(
     from ..data.manifest import load_manifest
 
     m = load_manifest(pick_data(data, dataset, "the positional DATASET"))
-    d = m.data
-    typer.echo(f"{m.root}: {d.get('name')} — {m.num_classes} classes, fingerprint {m.fingerprint[:16]}")
-    img = d.get("image", {})
-    typer.echo(f"  images: JPEG q{img.get('quality')}, max side {img.get('max_side')}, "
-               f"beton mode {img.get('beton_mode')}")
+    typer.echo(f"{m.root}: {m.name} — {m.num_classes} classes, fingerprint {m.fingerprint[:16]}")
+    img = m.contract.image
+    typer.echo(f"  images: JPEG q{img and img.quality}, max side {img and img.max_side}, "
+               f"beton mode {img and img.beton_mode}")
     for name in m.split_names:
-        s = d["splits"][name]
-        typer.echo(f"  {name}: {s['num_samples']} samples ({s['num_rejected']} rejected), "
-                   f"{len(s['shards'])} shards, fingerprint {s['fingerprint'][:16]}")
+        s = m.split_entry(name)
+        typer.echo(f"  {name}: {s.num_samples} samples ({s.num_rejected} rejected), "
+                   f"{len(s.shards)} shards, fingerprint {s.fingerprint[:16]}")

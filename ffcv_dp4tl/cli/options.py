@@ -5,82 +5,22 @@
 - what it writes is ``--out/-o``; the device is ``--device`` (``auto`` by default everywhere);
 - lists are comma-separated (``--finetune lp,ff``); ``--set`` stays repeatable because a TOML
   value may itself contain commas;
-- choices are Enums (listed in ``--help``) or validated in a callback, so a bad value is a
-  one-line usage error before any folder is created or any data is built.
+- choices are the Enums of :mod:`ffcv_dp4tl.contracts` (listed in ``--help``) or validated in a
+  callback, so a bad value is a one-line usage error before any folder is created or any data
+  is built.
 """
 from __future__ import annotations
 
 import re
-from enum import Enum
 from pathlib import Path
 from typing import Optional, Sequence
 
 import typer
 
+# the CLI's choice sets are the project's (defined once in contracts; typer lists them in --help)
+from ..contracts import (AdvNorm, Backend, BetonMode, Budget, FinetuneMode, Format, Order,  # noqa: F401
+                         Protocol, RecipeSet, TargetCrop, TargetSplit, check_k)
 from ..errors import DP4TLError
-
-
-class Format(str, Enum):
-    """Which on-disk copy of a built dataset the loaders read."""
-    ffcv = "ffcv"
-    wds = "wds"
-
-
-class Backend(str, Enum):
-    """Scoring kernels (k-means, feature mapping)."""
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class RecipeSet(str, Enum):
-    """Fast-protocol recipe set: tiny CPU recipes, the embedded benchmark's (bench) or the full ones
-    (auto: from the data's manifest)."""
-    auto = "auto"
-    tiny = "tiny"
-    bench = "bench"
-    full = "full"
-
-
-class TargetCrop(str, Enum):
-    """How the surrogate reads target images when scoring (recipe ``scoring.target_crop``)."""
-    center = "center"
-    none = "none"
-
-
-class Protocol(str, Enum):
-    """Recipe protocol of the pipeline: today's fast recipes, or the paper's (recipes/paper/)."""
-    fast = "fast"
-    paper = "paper"
-
-
-class Split(str, Enum):
-    """Target splits: the CoOp split JSON when found beside the data (auto), required (coop),
-    or the dataset's official splits."""
-    auto = "auto"
-    coop = "coop"
-    official = "official"
-
-
-class Budget(str, Enum):
-    """What a pruning ratio counts for class/cluster methods: units, or kept train samples."""
-    units = "units"
-    samples = "samples"
-
-
-class Order(str, Enum):
-    ordered = "ordered"
-    reversed = "reversed"
-
-
-class FinetuneMode(str, Enum):
-    lp = "lp"
-    ff = "ff"
-
-
-class BetonMode(str, Enum):
-    jpg = "jpg"
-    proportion = "proportion"
 
 
 FORMAT_HELP = "ffcv (betons) or wds (WebDataset shards)"
@@ -198,9 +138,7 @@ def pick_data(data, alias, alias_name: str, *, required: bool = True):
 def default_k(k: Optional[int], data: str) -> int:
     """``--k`` when given, else :data:`SYNTH_K` on the embedded synth data and the paper's K."""
     if k is not None:
-        if k <= 0:
-            raise DP4TLError(f"--k must be a positive number of clusters, got {k}")
-        return k
+        return check_k(k, "--k")
     return SYNTH_K if str(data).startswith("synth") or _is_embedded(data) else PAPER_K
 
 

@@ -8,7 +8,7 @@ import typer
 
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order, Protocol, RecipeSet, Split,
+from .options import (FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order, Protocol, RecipeSet, TargetSplit,
                       check_arch, default_k, device_option, ints_callback, list_callback,
                       pick_data, split_list)
 
@@ -86,7 +86,7 @@ def pipeline(
                                                      show_default=False),
     source_weights: Optional[Path] = typer.Option(None, help=SOURCE_WEIGHTS_HELP,
                                                   show_default=False),
-    split: Split = typer.Option(Split.auto, help=SPLIT_HELP),
+    split: TargetSplit = typer.Option(TargetSplit.auto, help=SPLIT_HELP),
     set_: List[str] = typer.Option([], "--set", help="Pretraining recipe override section.key=value "
                                    "(repeatable)"),
     set_surrogate: List[str] = typer.Option([], "--set-surrogate", help="Surrogate recipe override "

@@ -1,12 +1,12 @@
 """Data layer: manifests, index masks and masked loaders for betons and WebDataset shards."""
 from .gpu_decode import DeviceDecodeLoader
-from .loaders import DECODES, FORMATS, MaskedLoader, make_loader
+from .loaders import MaskedLoader, make_loader
 from .manifest import Manifest, SplitInfo, load_manifest
 from .masks import (IndexMask, full_mask, load_mask, make_mask, mask_from_classes, save_mask,
                     validate_mask)
 from .sampling import Batch, EpochPlan
 from .transforms import AugSpec
 
-__all__ = ["AugSpec", "Batch", "DECODES", "DeviceDecodeLoader", "EpochPlan", "FORMATS", "IndexMask",
+__all__ = ["AugSpec", "Batch", "DeviceDecodeLoader", "EpochPlan", "IndexMask",
            "Manifest", "MaskedLoader", "SplitInfo", "full_mask", "load_manifest", "load_mask",
            "make_loader", "make_mask", "mask_from_classes", "save_mask", "validate_mask"]

@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ..contracts import Decode, Format
 from ..errors import DataError
 from .ffcv_loader import FFCVMaskedLoader
 from .gpu_decode import DeviceDecodeLoader, device_decode_available
@@ -19,9 +20,7 @@ from .sampling import EpochPlan, dist_info
 from .transforms import AugSpec
 from .wds_loader import WdsMaskedLoader
 
-__all__ = ["DECODES", "FORMATS", "AugSpec", "MaskedLoader", "make_loader", "resolve_decode"]
-FORMATS = ("ffcv", "wds")
-DECODES = ("cpu", "gpu", "auto")
+__all__ = ["AugSpec", "MaskedLoader", "make_loader", "resolve_decode"]
 
 
 #: CPU cores per GPU below which ``decode="auto"`` decodes on the GPU. Measured on the H100
@@ -120,10 +119,10 @@ def make_loader(
     augmentations draw from numba's per-thread generator, which Python cannot seed). The
     WebDataset loader is deterministic already (augmentation seeded per (seed, epoch, sample)).
     """
-    if fmt not in FORMATS:
-        raise DataError(f"unknown loader format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if decode not in DECODES:
-        raise DataError(f"unknown decode {decode!r}; choose one of {', '.join(DECODES)}")
+    if fmt not in Format.values():
+        raise DataError(f"unknown loader format {fmt!r}; choose one of {', '.join(Format.values())}")
+    if decode not in Decode.values():
+        raise DataError(f"unknown decode {decode!r}; choose one of {', '.join(Decode.values())}")
     aug = aug.validate()
     manifest = load_manifest(dataset_dir)
     info = manifest.split(split)

@@ -12,7 +12,6 @@ directory.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -76,14 +75,14 @@ class Manifest:
     root: Path
     contract: DatasetManifest
 
-    @cached_property
-    def data(self) -> dict[str, Any]:
-        """The manifest as its JSON dict (read-only use; prefer :attr:`contract`)."""
-        return self.contract.to_json()
-
     @property
     def name(self) -> str:
         return self.contract.name
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """What the builder recorded about the data (e.g. the synth generator's ground truth)."""
+        return self.contract.extra
 
     @property
     def classes(self) -> list[str]:
@@ -100,6 +99,10 @@ class Manifest:
     @property
     def split_names(self) -> list[str]:
         return list(self.contract.splits)
+
+    def class_counts(self, name: str) -> list[int] | None:
+        """Samples per class of split ``name`` as the build counted them (None: older builds)."""
+        return self.split_entry(name).class_counts
 
     def split_entry(self, name: str) -> SplitEntry:
         splits = self.contract.splits

@@ -245,10 +245,9 @@ def verify_dataset(root: str | Path, *, deep: bool = False, progress: bool = Fal
     except DataError as e:
         report.problems.append(str(e))
         return report
-    counts_by_split = {name: s.get("class_counts") for name, s in manifest.data["splits"].items()}
     for name in manifest.split_names:
         split = manifest.split(name)
-        _check_labels(split, manifest.num_classes, counts_by_split.get(name), report.problems)
+        _check_labels(split, manifest.num_classes, manifest.class_counts(name), report.problems)
         index = _check_shards(split, report.problems)
         images = _check_beton(split, report.problems)
         _check_checksums(split, report.problems)

@@ -29,46 +29,42 @@ from typing import Any
 import numpy as np
 
 from ..data.manifest import load_manifest
+from ..contracts import Budget, Scores, check_ratio
 from ..data.masks import make_mask, mask_from_classes, save_mask
 from ..errors import DataError, MaskError
 from ..scoring import kept_sample_indices, select_classes, select_samples
 from ..scoring.ranking import as_vector, rank
 from .scores_io import load_scores
 
-BUDGETS = ("units", "samples")
-
-
 def prune(scores_dir: str | Path, source_dir: str | Path, ratio: float, out_dir: str | Path,
           *, reverse: bool = False, budget: str = "units") -> dict[str, Any]:
     """Write ``train.npy``/``val.npy`` masks (+ .json) into ``out_dir``; returns a summary with
     ``kept_sample_fraction`` (kept / all train samples). ``budget``: ``units`` (``ratio`` of the
     method's units) or ``samples`` (units until the kept sample fraction is ``1 - ratio``)."""
-    if not 0.0 <= ratio < 1.0:
-        raise DataError(f"--ratio must be in [0, 1), got {ratio}")
-    if budget not in BUDGETS:
-        raise DataError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
-    meta, arrays = load_scores(scores_dir)
+    check_ratio(ratio, "--ratio", DataError)
+    Budget.check(budget, "--budget", DataError)
+    sc = load_scores(scores_dir)
     manifest = load_manifest(source_dir)
-    if meta.get("source_fingerprint") not in (None, manifest.fingerprint):
+    if sc.meta.source_fingerprint not in (None, manifest.fingerprint):
         raise MaskError(f"scores in {scores_dir} were computed for another source dataset "
-                        f"(fingerprint {str(meta['source_fingerprint'])[:12]}…, {source_dir} has "
+                        f"(fingerprint {str(sc.meta.source_fingerprint)[:12]}…, {source_dir} has "
                         f"{manifest.fingerprint[:12]}…); rerun `dp4tl score` on this source")
-    unit = meta["unit"]
-    prov = {"method": meta["method"], "unit": unit, "ratio": ratio, "reverse": reverse,
+    unit = sc.unit
+    prov = {"method": sc.method, "unit": unit, "ratio": ratio, "reverse": reverse,
             "scores": str(scores_dir)}
     if budget != "units":
         prov["budget"] = budget
-    summary: dict[str, Any] = {"ratio": ratio, "unit": unit, "method": meta["method"]}
+    summary: dict[str, Any] = {"ratio": ratio, "unit": unit, "method": sc.method}
     if budget != "units":
         summary["budget"] = budget
-    job = _Job(Path(scores_dir), Path(source_dir), manifest, meta, arrays, ratio, reverse,
+    job = _Job(Path(scores_dir), Path(source_dir), manifest, sc, ratio, reverse,
                Path(out_dir), prov, [s for s in ("train", "val") if s in manifest.split_names],
                budget)
     summary.update(PRUNE_BY_UNIT[unit](job))
     n = manifest.split("train").num_samples
     summary["kept_sample_fraction"] = summary["train_kept"] / n if n else 0.0
     if "kept_units" in summary:
-        summary["kept_unit_fraction"] = len(summary["kept_units"]) / len(arrays["scores"])
+        summary["kept_unit_fraction"] = len(summary["kept_units"]) / len(sc.scores)
     return summary
 
 
@@ -77,8 +73,7 @@ class _Job:
     scores_dir: Path
     source_dir: Path
     manifest: Any
-    meta: dict[str, Any]
-    arrays: dict[str, np.ndarray]
+    scores: Scores
     ratio: float
     reverse: bool
     out_dir: Path
@@ -89,7 +84,7 @@ class _Job:
     def kept_units(self, train_units: np.ndarray) -> np.ndarray:
         """The units to keep: a ``ratio`` of them, or (budget samples) the ranked prefix whose
         train-sample count is closest to ``(1 - ratio)`` of the train samples."""
-        scores, tie = self.arrays["scores"], self.arrays.get("tiebreak")
+        scores, tie = self.scores.scores, self.scores.tiebreak
         if self.budget == "units":
             return select_classes(scores, self.ratio, tie, reverse=self.reverse)
         return select_units_by_samples(scores, train_units, self.ratio, tie, reverse=self.reverse)
@@ -107,8 +102,7 @@ def select_units_by_samples(scores: Any, sample_units: Any, ratio: float, tiebre
     :func:`~ffcv_dp4tl.scoring.select_classes`'s (scores, then tie-break, then lower id)."""
     s = as_vector(scores, "scores")
     units = as_vector(sample_units, "sample_units", kind="i")
-    if not 0.0 <= ratio < 1.0:
-        raise DataError(f"ratio must be in [0, 1), got {ratio}")
+    check_ratio(ratio, "ratio", DataError)
     t = None if tiebreak is None else as_vector(tiebreak, "tiebreak")
     order = rank(-s, None if t is None else -t) if reverse else rank(s, t)
     sizes = np.bincount(units, minlength=s.shape[0])[: s.shape[0]]
@@ -117,8 +111,9 @@ def select_units_by_samples(scores: Any, sample_units: Any, ratio: float, tiebre
     m = int(np.argmin(np.abs(cum - target))) + 1  # argmin: the first (shortest) of equals
     return np.sort(order[:m]).astype(np.int64)
 
+
 def _prune_classes(j: _Job) -> dict[str, Any]:
-    scores = j.arrays["scores"]
+    scores = j.scores.scores
     if len(scores) != j.manifest.num_classes:
         raise MaskError(f"{j.scores_dir}: {len(scores)} class scores but {j.source_dir} has "
                         f"{j.manifest.num_classes} classes")
@@ -136,7 +131,7 @@ def _prune_classes(j: _Job) -> dict[str, Any]:
 
 def _prune_clusters(j: _Job) -> dict[str, Any]:
     def units_of(split: str) -> np.ndarray:
-        units = j.arrays.get(f"{split}_units")
+        units = j.scores.units_of(split)
         info = j.manifest.split(split)
         if units is None or len(units) != info.num_samples:
             raise MaskError(f"{j.scores_dir}: cluster ids for split {split!r} missing or of the "
@@ -156,12 +151,12 @@ def _prune_clusters(j: _Job) -> dict[str, Any]:
 
 
 def _prune_samples(j: _Job) -> dict[str, Any]:
-    scores = j.arrays["scores"]
+    scores = j.scores.scores
     info = j.manifest.split("train")
     if len(scores) != info.num_samples:
         raise MaskError(f"{j.scores_dir}: {len(scores)} sample scores but train has "
                         f"{info.num_samples} samples")
-    higher = bool(j.meta.get("higher_is_better", True)) != j.reverse
+    higher = j.scores.meta.higher_is_better != j.reverse
     idx = select_samples(scores, 1.0 - j.ratio, higher_is_better=higher)
     save_mask(j.out_dir / "train.npy", make_mask(idx, info, **j.prov,
                                                  **j.train_fraction_prov(len(idx))))
@@ -173,5 +168,5 @@ def _prune_samples(j: _Job) -> dict[str, Any]:
     return out
 
 
-#: One pruning rule per unit a scorer can declare (``scoring.registry.UNITS``).
+#: One pruning rule per unit a scorer can declare (``contracts.SCORE_UNITS``).
 PRUNE_BY_UNIT = {"class": _prune_classes, "cluster": _prune_clusters, "sample": _prune_samples}

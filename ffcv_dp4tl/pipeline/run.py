@@ -32,19 +32,21 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from ..contracts import Budget, Protocol, check_k, check_ratio
 from ..data.manifest import MANIFEST_NAME, load_manifest
 from ..data.masks import load_mask
 from ..errors import DP4TLError
-from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, is_unwritable
+from ..fsutil import (atomic_write_json, atomic_write_text, directory_lock, file_sha256,
+                      is_unwritable)
 from ..scoring.registry import TRAJECTORY, UNIT_PLURAL, get_scorer, parse_option_pairs
-from .prune import BUDGETS, prune
-from .score import file_hash, score, self_supervised_refusal
+from .prune import prune
+from .score import score, self_supervised_refusal
 from .stages import describe, key_of, run_stage, stage
 from .targets import (check_order, check_synth_target, check_weights, display_names,
                       method_title, score_key, stage_suffix, target_list)
 
-#: The fast protocol's recipes per scale: the embedded default runs the tiny CPU recipes, real
-#: data the ffcv-imagenet-style ones.
+#: The fast protocol's recipes per scale (``contracts.RecipeSet``): the embedded default runs
+#: the tiny CPU recipes, real data the ffcv-imagenet-style ones.
 RECIPE_SETS = {
     "tiny": {"surrogate": "resnet18_tiny_cpu", "pretrain": "resnet34_tiny_cpu",
              "lp": "lp_tiny_cpu", "ff": "ff_tiny_cpu"},
@@ -60,16 +62,13 @@ PAPER_RECIPES = {"surrogate": "paper/resnet18_surrogate", "pretrain": "paper/res
 PAPER_TARGET_RECIPES = {"cifar10": {"lp": "paper/lp_cifar10", "ff": "paper/ff_cifar10"}}
 #: MoCo's linear classification protocol, the paper's LP for self-supervised source models
 PAPER_SSL_LP = "paper/lp_moco"
-PROTOCOLS = ("fast", "paper")
 
 
 def recipe_set(protocol: str, scale: str, target_name: str | None = None) -> dict[str, str]:
     """The recipes a protocol runs: ``fast`` → :data:`RECIPE_SETS` [scale]; ``paper`` →
     :data:`PAPER_RECIPES` with Tab. A1's per-target LP/FF (``target_name`` = the target
     manifest's name, e.g. ``cifar10``)."""
-    if protocol not in PROTOCOLS:
-        raise DP4TLError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    if protocol == "fast":
+    if Protocol.check(protocol, "protocol") == Protocol.fast:
         if scale not in RECIPE_SETS:
             raise DP4TLError(f"recipes= must be one of {', '.join(RECIPE_SETS)}")
         return dict(RECIPE_SETS[scale])
@@ -186,9 +185,7 @@ def recipe_scale(manifest) -> str:
 
 def _check_inputs(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]) -> None:
     """Checks that need no work, before the surrogate trains."""
-    if cfg.k <= 0:
-        raise DP4TLError(f"k must be a positive number of clusters, got {cfg.k}")
-    if getattr(scorer, "uses_k", False):
+    if scorer.uses_k:
         n = src.split("train").num_samples
         if cfg.k > n:
             raise DP4TLError(f"k={cfg.k} clusters requested but the source train split has only "
@@ -203,10 +200,8 @@ def _check_inputs(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], No
 
 
 def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    if not 0.0 <= cfg.ratio < 1.0:
-        raise DP4TLError(f"ratio must be in [0, 1), got {cfg.ratio}")
-    if cfg.protocol not in PROTOCOLS:
-        raise DP4TLError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}")
+    check_ratio(cfg.ratio)
+    Protocol.check(cfg.protocol, "protocol")
     if cfg.protocol == "paper" and cfg.recipes:
         raise DP4TLError(f"recipes={cfg.recipes} picks a fast-protocol set; the paper protocol "
                          "has one set (recipes/paper/): drop one of the two")
@@ -220,10 +215,8 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     scorer = get_scorer(cfg.method)  # unknown method: one line listing the registered ones
     given_options = parse_option_pairs(cfg.scorer_options)
     options = scorer.parse_options(given_options)  # bad --opt: before any work
-    if cfg.budget not in BUDGETS:
-        raise DP4TLError(f"budget must be one of {', '.join(BUDGETS)}, got {cfg.budget!r}")
-    if cfg.k <= 0:
-        raise DP4TLError(f"k must be a positive number of clusters, got {cfg.k}")
+    Budget.check(cfg.budget, "budget")
+    check_k(cfg.k)
     reverse = check_order(cfg.order)
     target_specs = target_list(cfg.target, cfg.targets)
     weights = check_weights(cfg.target_weights, len(target_specs))
@@ -243,7 +236,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
             f"data per {source_dir / MANIFEST_NAME}; recipes= to choose)")
     for t in tgts:
         _check_inputs(cfg, scorer, src, t, log)
-    rs = recipe_set(cfg.protocol, scale, tgt.data.get("name"))
+    rs = recipe_set(cfg.protocol, scale, tgt.name)
     rs["surrogate"] = cfg.surrogate_recipe or rs["surrogate"]
     rs["pretrain"] = cfg.recipe or rs["pretrain"]
     rs["lp"] = cfg.lp_recipe or rs["lp"]
@@ -270,7 +263,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     # per target: its LP/FF recipes (the paper protocol's differ per target, Tab. A1)
     ft_recipes: list[dict[str, tuple[str, Any]]] = []
     for t in tgts:
-        rt = recipe_set(cfg.protocol, scale, t.data.get("name"))
+        rt = recipe_set(cfg.protocol, scale, t.name)
         rt = {m: (cfg.lp_recipe if m == "lp" else cfg.ff_recipe) or
               (PAPER_SSL_LP if m == "lp" and ssl_source else rt[m]) for m in cfg.finetune}
         ft_recipes.append({m: (name, loaded[m] if name == rs[m] else
@@ -332,8 +325,9 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
                                    # the target: one score stage serves every target
                                    **(score_key([t.fingerprint for t in tgts], weights)
                                       if scorer.needs_target else {}),
-                                   "k": cfg.k, "seed": cfg.seed, **common, **target_input,
-                                   **extra_key})
+                                   # only the settings the scorer reads (LM: neither k nor seed)
+                                   **scorer.key_settings(k=cfg.k, seed=cfg.seed), **common,
+                                   **target_input, **extra_key})
         results["stages"]["score"] = run_stage(sc, lambda d: score(
             cfg.method, source_dir=source_dir, target_dir=target_dirs if multi else target_dir,
             out_dir=d, target_weights=weights if multi else (),
@@ -361,7 +355,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
             pt = stage(root, "pretrain", {"recipe": rs["pretrain"], "overrides": over,
                                           "recipe_fingerprint": pre.fingerprint(),
                                           "source": src.fingerprint,
-                                          "mask": file_hash(pr.output("train.npy")), **common})
+                                          "mask": file_sha256(pr.output("train.npy")), **common})
             results["stages"][name] = run_stage(pt, lambda d, r=pre: train(
                 r, source_dir, mask=load_mask(pr.output("train.npy")), out_dir=d, fmt=cfg.fmt,
                 device=cfg.device), log)

@@ -13,32 +13,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..contracts import TargetCrop
 from ..errors import DP4TLError
 from ..fsutil import file_sha256
 from ..scoring.context import ScoringContext, Surrogate
-from ..scoring.registry import Scorer, get_scorer, list_scorers, scorers, self_supervised_alternatives
+from ..scoring.registry import SEED, SETTINGS, Scorer, get_scorer, self_supervised_alternatives
 from .scores_io import write_scores
-
-
-def __getattr__(name: str):
-    """``METHODS`` / ``NEEDS_CLASS_HEAD`` (older imports): read from the registry."""
-    if name == "METHODS":
-        return tuple(list_scorers())
-    if name == "NEEDS_CLASS_HEAD":
-        return tuple(s.name for s in scorers() if s.needs_class_head)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-file_hash = file_sha256  # (older name, kept for imports)
 
 
 def self_supervised_refusal(scorer: Scorer, what: str) -> DP4TLError:
     return DP4TLError(f"{scorer.name} needs a supervised surrogate with a source-class head "
                       f"(class logits), but {what}; use one that reads "
                       f"features only: {', '.join(self_supervised_alternatives())}")
-
-
-TARGET_CROPS = ("center", "none")
 
 
 def _load_surrogate(scorer: Scorer, ctx: ScoringContext, checkpoint: Path, device: str,
@@ -51,22 +37,19 @@ def _load_surrogate(scorer: Scorer, ctx: ScoringContext, checkpoint: Path, devic
 
     dev = torch.device(device)
     model, ckpt = load_pretrained(checkpoint, dev)
-    ssl = ckpt.get("self_supervised")
+    ssl = ckpt.self_supervised
     if ssl and scorer.needs_class_head:
         raise self_supervised_refusal(scorer, f"{checkpoint} was trained self-supervised ({ssl})")
     source = ctx.source
-    if not ssl and ckpt.get("num_classes") != source.num_classes:
-        raise DP4TLError(f"{checkpoint} predicts {ckpt.get('num_classes')} classes but "
+    if not ssl and ckpt.num_classes != source.num_classes:
+        raise DP4TLError(f"{checkpoint} predicts {ckpt.num_classes} classes but "
                          f"{ctx.source_dir} has {source.num_classes}; use a surrogate trained "
                          "on this source")
-    recipe = ckpt.get("recipe", {}) or {}
-    res = resolution or int(recipe.get("eval", {}).get("resolution", 224))
+    res = resolution or ckpt.eval_resolution or 224
     # target input: the arguments, else the surrogate recipe's [scoring] (absent = fast defaults)
-    sc = recipe.get("scoring", {}) or {}
-    t_res = target_resolution if target_resolution is not None else int(sc.get("target_resolution", 0))
-    t_crop = target_crop or sc.get("target_crop", "center")
-    if t_crop not in TARGET_CROPS:
-        raise DP4TLError(f"target crop must be one of {', '.join(TARGET_CROPS)}, got {t_crop!r}")
+    sc = ckpt.training_recipe().scoring
+    t_res = target_resolution if target_resolution is not None else sc.target_resolution
+    t_crop = TargetCrop.check(target_crop or sc.target_crop, "target crop")
     if t_res < 0:
         raise DP4TLError(f"target resolution must be >= 0 (0 = the surrogate's), got {t_res}")
     return Surrogate(path=Path(checkpoint), model=model, head=get_head(model), checkpoint=ckpt,
@@ -114,7 +97,9 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     ctx = ScoringContext(method=method, source_dir=Path(source_dir), out_dir=out_dir,
                          targets=targets, trajectory=tuple(Path(p) for p in trajectory),
                          fmt=fmt, device=device, batch_size=batch_size, num_workers=num_workers,
-                         resolution=resolution, k=k, iters=iters, seed=seed, backend=backend,
+                         resolution=resolution, iters=iters, backend=backend,
+                         # only the settings the scorer declares it reads (its stage key's)
+                         **{**dict.fromkeys(SETTINGS), **scorer.key_settings(k=k, seed=seed)},
                          progress=progress, options=opts,
                          train_recipe=None if train_recipe is None else str(train_recipe),
                          train_overrides=tuple(train_overrides),
@@ -129,7 +114,8 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     if scorer.needs_target and not targets:
         raise DP4TLError(f"--target is needed for {method}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx.meta.update({"source_fingerprint": ctx.source.fingerprint, "seed": seed})
+    ctx.meta.update({"source_fingerprint": ctx.source.fingerprint,
+                     **({"seed": seed} if SEED in scorer.reads else {})})
     if opts:
         ctx.meta["options"] = opts
     if ctx.target_weights:
@@ -138,7 +124,7 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
         ctx.checkpoint = chosen
         ctx.surrogate = _load_surrogate(scorer, ctx, chosen, device, resolution,
                                         target_resolution, target_crop)
-        ctx.meta.update({"surrogate": str(chosen), "surrogate_hash": file_hash(chosen),
+        ctx.meta.update({"surrogate": str(chosen), "surrogate_hash": file_sha256(chosen),
                          "resolution": ctx.surrogate.resolution})
         if scorer.needs_target:
             ctx.meta.update({"target_resolution": ctx.surrogate.target_resolution

@@ -14,16 +14,16 @@ from typing import Any
 
 import numpy as np
 
-from ..contracts import SCORE_UNITS, ScoresMeta
+from ..contracts import Scores, ScoresMeta
 from ..errors import DataError
 from ..fsutil import atomic_save_npy, atomic_write_json, read_json
-
-UNITS = SCORE_UNITS
 
 
 def write_scores(out: Path, *, method: str, unit: str, scores: np.ndarray,
                  tiebreak: np.ndarray | None = None, train_units: np.ndarray | None = None,
                  val_units: np.ndarray | None = None, meta: dict[str, Any]) -> None:
+    """Write a scores directory: the arrays first, ``scores.json`` (the contract, with
+    the arrays' digests) last."""
     arrays = {"scores": np.asarray(scores)}
     for name, arr in (("tiebreak", tiebreak), ("train_units", train_units), ("val_units", val_units)):
         if arr is not None:
@@ -52,13 +52,14 @@ def array_sha256(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def load_scores(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(metadata, arrays) of a scores directory; arrays has 'scores' and the optional ones."""
+def load_scores(path: str | Path) -> Scores:
+    """The typed scores directory (:class:`~ffcv_dp4tl.contracts.Scores`): its metadata and
+    ``scores`` plus the optional arrays (None when absent), each checked against the digest
+    ``scores.json`` records."""
     path = Path(path)
-    meta = ScoresMeta.from_json(read_json(path / "scores.json", "scores metadata"),
-                                path / "scores.json").to_json()
+    meta = load_scores_meta(path)
     arrays = {}
-    for name in ("scores", "tiebreak", "train_units", "val_units"):
+    for name in Scores.ARRAYS:
         p = path / f"{name}.npy"
         if p.exists():
             try:
@@ -68,7 +69,7 @@ def load_scores(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]
                                 f"{_RESCORE.format(path=path)}") from None
     if "scores" not in arrays:
         raise DataError(f"{path / 'scores.npy'} is missing; {_RESCORE.format(path=path)}")
-    recorded = meta.get(DIGESTS) or {}
+    recorded = meta.meta.get(DIGESTS) or {}
     for name, want in recorded.items():
         if name not in arrays:
             raise DataError(f"{path / (name + '.npy')} is missing; {_RESCORE.format(path=path)}")
@@ -76,7 +77,7 @@ def load_scores(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]
             raise DataError(f"{path / (name + '.npy')} differs from the file `dp4tl score` wrote "
                             f"(scores.json records its digest): it was replaced or edited; "
                             f"{_RESCORE.format(path=path)}")
-    return meta, arrays
+    return Scores(meta=meta, **arrays)
 
 
 _RESCORE = ("rerun `dp4tl score` into {path} (a pipeline's cached score stage: delete the stage "

@@ -20,16 +20,14 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ..contracts import Order
 from ..errors import DP4TLError
 
-ORDERS = ("ordered", "reversed")
 
 
 def check_order(order: str) -> bool:
     """``True`` for ``reversed``; a one-line error for anything but the two orders."""
-    if order not in ORDERS:
-        raise DP4TLError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
-    return order == "reversed"
+    return Order.check(order, "order") == Order.reversed
 
 
 def split_targets(values: str | Iterable[str]) -> list[str]:

@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
+from ..contracts import Order, check_k
 from ..errors import DP4TLError
 from ..scoring.registry import PlotStyle, get_scorer, is_registered
-from .targets import ORDERS
 
 _SPELLING = re.compile(r"^([A-Za-z0-9_.-]+)(?:\[([^\]]*)\])?$")
 #: line styles of the variants of one method (same colour, told apart by line and marker)
@@ -77,7 +77,7 @@ def parse_variant(text: str) -> Variant:
     method, mods = m.group(1), m.group(2)
     k, order = None, "ordered"
     for mod in (p.strip() for p in (mods or "").split(",") if p.strip()):
-        if mod in ORDERS:
+        if mod in Order.values():
             order = mod
         elif mod.startswith("k="):
             try:
@@ -89,7 +89,7 @@ def parse_variant(text: str) -> Variant:
                                  f"clusters, got {mod[2:]!r}")
         else:
             raise DP4TLError(f"--methods: {text!r}: unknown modifier {mod!r} (use k=K, "
-                             f"{' or '.join(ORDERS)})")
+                             f"{' or '.join(Order.values())})")
     return Variant(method, k, order)
 
 
@@ -100,11 +100,9 @@ def expand(methods: Sequence[str], ks: Iterable[int] = (), orders: Iterable[str]
     with a K or an order keeps it. Order kept, duplicates dropped."""
     ks, orders = [int(k) for k in ks], list(orders)
     for o in orders:
-        if o not in ORDERS:
-            raise DP4TLError(f"--orders must name {', '.join(ORDERS)}, got {o!r}")
+        Order.check(o, "--orders")
     for k in ks:
-        if k <= 0:
-            raise DP4TLError(f"--ks must be positive numbers of clusters, got {k}")
+        check_k(k, "--ks")
     out: list[str] = []
     for text in methods:
         v = parse_variant(text)

@@ -22,7 +22,7 @@ class Surrogate:
     path: Path
     model: Any  # torch.nn.Module, on ``device``
     head: Any  # its classification layer (its inputs are the features)
-    checkpoint: dict[str, Any]
+    checkpoint: Any  # training.checkpoint.Checkpoint
     resolution: int  # inference resolution of the source images (eval transform)
     device: Any  # torch.device
     autocast_dtype: Any = None  # torch.bfloat16 on CUDA
@@ -34,7 +34,7 @@ class Surrogate:
 
     @property
     def self_supervised(self) -> str | None:
-        return self.checkpoint.get("self_supervised")
+        return self.checkpoint.self_supervised
 
 
 @dataclass
@@ -50,9 +50,9 @@ class ScoringContext:
     batch_size: int = 256
     num_workers: int = 2
     resolution: int | None = None
-    k: int = 2000
+    k: int | None = 2000  # k-means clusters (None: the scorer does not read it, Scorer.reads)
     iters: int = 20
-    seed: int = 0
+    seed: int | None = 0  # (None: the scorer does not read it)
     backend: str = "auto"
     progress: bool = True
     meta: dict[str, Any] = field(default_factory=dict)  # → scores.json
@@ -121,7 +121,7 @@ class ScoringContext:
             out.append(predict(s.model, self.loader(t, "train", target=True), head=s.head,
                                want_logits=not features, want_features=features,
                                num_samples=tm.split("train").num_samples,
-                               desc=f"target {tm.data.get('name')}", progress=self.progress,
+                               desc=f"target {tm.name}", progress=self.progress,
                                autocast_dtype=s.autocast_dtype))
         self.meta["target_fingerprint"] = self.meta["target_fingerprints"][0] if len(out) == 1 else None
         return out

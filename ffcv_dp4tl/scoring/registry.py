@@ -14,6 +14,10 @@ declares, as class attributes, everything the rest of the project needs to know 
 * ``cost`` — a :class:`Cost` record of what the selection runs (for the cost table), including
   the training runs the method makes itself (``Cost.training``; their wall time is in the
   score stage's ``selection_seconds`` and listed in ``scores.json``'s ``training_runs``);
+* ``reads`` — the shared run settings the method reads, a subset of :data:`SETTINGS`: ``k``
+  (``ctx.k``, k-means clusters) and ``seed`` (``ctx.seed``). Only these enter the score
+  stage's cache key (:meth:`Scorer.key_settings`), so LM is not rescored when ``--k`` changes;
+  an undeclared setting reaches ``score`` as ``None``;
 * ``options`` — the method's knobs, ``{name: Option(default, help)}``, set with
   ``--opt NAME=VALUE`` (``dp4tl score`` / ``dp4tl pipeline``) and read as ``ctx.opt(name)``;
 * ``trains`` — True when the method trains models itself (FORGET, GraNd/EL2N with several
@@ -31,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..contracts import SCORE_UNITS
 from ..errors import DP4TLError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,15 +43,18 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .context import ScoringContext
 
-#: Units a scorer can rank, with their plural (for reports).
-UNITS: dict[str, str] = {"class": "classes", "cluster": "clusters", "sample": "samples"}
-UNIT_PLURAL = UNITS
+#: Units a scorer can rank (``contracts.SCORE_UNITS``), with their plural (for reports).
+UNIT_PLURAL: dict[str, str] = {"class": "classes", "cluster": "clusters", "sample": "samples"}
 
 LOGITS, FEATURES, TRAJECTORY, TARGET = "logits", "features", "trajectory", "target"
 #: What a scorer may need: surrogate class logits, surrogate features, an early-training
 #: checkpoint of the surrogate, the target train split.
 NEEDS = (LOGITS, FEATURES, TRAJECTORY, TARGET)
 _SURROGATE_NEEDS = frozenset({LOGITS, FEATURES, TRAJECTORY})
+
+K, SEED = "k", "seed"
+#: Run settings shared by every scorer's context that a scorer may read (``Scorer.reads``).
+SETTINGS = (K, SEED)
 
 
 @dataclass(frozen=True)
@@ -118,9 +126,19 @@ class Scorer:
     order: ClassVar[int] = 100  # position in listings (built-ins 0-99, then by name)
     options: ClassVar[dict[str, Option]] = {}  # knobs: --opt NAME=VALUE, ctx.opt(NAME)
     trains: ClassVar[bool] = False  # trains models itself (gets the surrogate's recipe)
-    uses_k: ClassVar[bool] = False  # clusters the source into ``k`` (checked against its size)
+    reads: ClassVar[frozenset[str]] = frozenset()  # settings of SETTINGS read (ctx.k, ctx.seed)
 
     # ------------------------------------------------------------------ derived facts
+    @property
+    def uses_k(self) -> bool:
+        """Clusters the source into ``k`` (so ``k`` is checked against the source's size)."""
+        return K in self.reads
+
+    def key_settings(self, **values: Any) -> dict[str, Any]:
+        """The settings among ``values`` (``k=..., seed=...``) this scorer reads: what its
+        score stage's key holds besides its inputs."""
+        return {name: values[name] for name in SETTINGS if name in self.reads}
+
     @property
     def needs_class_head(self) -> bool:
         return LOGITS in self.needs
@@ -207,12 +225,17 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
     if not name or any(c.isspace() or c in ",@" for c in name):
         raise ValueError(f"{cls.__qualname__}: scorer name {name!r} must be non-empty, without "
                          "spaces, ',' or '@'")
-    if cls.unit not in UNITS:
-        raise ValueError(f"scorer {name!r}: unit {cls.unit!r} is not one of {', '.join(UNITS)}")
+    if cls.unit not in SCORE_UNITS:
+        raise ValueError(f"scorer {name!r}: unit {cls.unit!r} is not one of "
+                         f"{', '.join(SCORE_UNITS)}")
     unknown = set(cls.needs) - set(NEEDS)
     if unknown:
         raise ValueError(f"scorer {name!r}: unknown needs {sorted(unknown)}; choose from "
                          f"{', '.join(NEEDS)}")
+    unknown = set(cls.reads) - set(SETTINGS)
+    if unknown:
+        raise ValueError(f"scorer {name!r}: unknown reads {sorted(unknown)}; choose from "
+                         f"{', '.join(SETTINGS)}")
     if not cls.__module__.startswith(f"{__package__}.methods"):
         _load_builtins()  # a clash with a built-in is caught whatever was imported first
     for opt_name, opt in dict(cls.options).items():
@@ -224,6 +247,7 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
             cls.__module__, cls.__qualname__):
         raise ValueError(f"scorer {name!r} is registered already (by {type(old).__module__})")
     cls.needs = frozenset(cls.needs)
+    cls.reads = frozenset(cls.reads)
     _REGISTRY[name] = cls()
     return cls
 

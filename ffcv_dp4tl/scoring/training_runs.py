@@ -133,14 +133,13 @@ def training_recipe(ctx, arch: str = ""):
     """The recipe a scorer's own runs use: ``ctx.train_recipe`` (+ ``ctx.train_overrides``), else
     the loaded surrogate's recipe; ``arch`` overrides ``model.arch`` (checked against the
     model registry)."""
-    from ..training.recipe import Recipe, load_recipe
+    from ..training.recipe import load_recipe
 
     if ctx.train_recipe:
         recipe = load_recipe(ctx.train_recipe, list(ctx.train_overrides))
-    elif ctx.surrogate is not None and ctx.surrogate.checkpoint.get("recipe"):
-        ck = ctx.surrogate.checkpoint
-        recipe = Recipe.from_dict(dict(ck.get("recipe")), f"{ctx.surrogate.path} recipe")
-        recipe.name = ck.get("recipe_name") or "surrogate"
+    elif ctx.surrogate is not None and ctx.surrogate.checkpoint.recipe:
+        recipe = ctx.surrogate.checkpoint.training_recipe(str(ctx.surrogate.path))
+        recipe.name = recipe.name or "surrogate"
     else:
         raise DP4TLError(f"{ctx.method} trains its own runs: pass --recipe (a training recipe "
                          "for the source, e.g. the surrogate's)")
@@ -211,17 +210,17 @@ def early_training_checkpoints(ctx, runs: int, epoch: int, arch: str = "") -> li
     paths: list[Path] = []
     s = ctx.surrogate
     if s is not None and ctx.checkpoint is not None:
-        same_arch = not arch or arch == s.checkpoint.get("arch")
+        same_arch = not arch or arch == s.checkpoint.arch
         # the checkpoint given is reused when it stopped at the same epoch; with runs=1 and no
         # epoch asked for, whatever it is (the single-checkpoint score of before, also when
         # the surrogate recipe keeps no early checkpoint and the final one is given)
-        same_epoch = (int(s.checkpoint.get("epoch", -1)) == stop
+        same_epoch = (s.checkpoint.epoch == stop
                       or (runs == 1 and epoch <= 0))
         if same_arch and same_epoch:
             paths.append(Path(ctx.checkpoint))
             record_run(ctx, {"run": 0, "dir": str(Path(ctx.checkpoint).parent),
-                             "checkpoint": str(ctx.checkpoint), "arch": s.checkpoint.get("arch"),
-                             "epochs": int(s.checkpoint.get("epoch", 0)),
+                             "checkpoint": str(ctx.checkpoint), "arch": s.checkpoint.arch,
+                             "epochs": int(s.checkpoint.epoch),
                              "reused": "surrogate", "seconds": 0.0})
     for run in range(len(paths), runs):
         ckpt, _ = train_run(ctx, recipe, run, stop_after=stop)

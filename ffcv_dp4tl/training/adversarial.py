@@ -45,10 +45,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..contracts import AdvNorm
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugSpec
-
-NORMS = ("linf", "l2")
-
 
 def default_step_size(eps: float, steps: int) -> float:
     """2.5 × eps / steps: the step size Madry et al. and the robustness library recommend, so
@@ -63,8 +61,8 @@ class PGDAttack:
     def __init__(self, steps: int, eps: float, step_size: float = 0.0, norm: str = "linf",
                  random_start: bool = True,
                  mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if norm not in AdvNorm.values():
+            raise ValueError(f"norm must be one of {AdvNorm.values()}, got {norm!r}")
         self.steps, self.eps, self.norm, self.random_start = int(steps), float(eps), norm, random_start
         self.step_size = float(step_size) if step_size > 0 else default_step_size(eps, steps)
         # the loaders' normalisation is in 0-255 units: pixel01 = (x * std + mean) / 255

@@ -9,9 +9,9 @@ silently continuing another run's weights on other data is the worst kind of wro
 **The contract** is :class:`Checkpoint`: typed fields and a ``format_version``. On disk it is
 still a plain dict (``Checkpoint.to_dict()``, the keys checkpoints always had plus
 ``format_version``), so files stay loadable with ``torch.load`` alone and old files (dicts
-without a version, format 0) load through :meth:`Checkpoint.load` unchanged. Code outside
-``training/`` that reads the dict form keeps working: :func:`load_checkpoint` returns it, and a
-``Checkpoint`` answers ``ckpt["epoch"]`` / ``ckpt.get("recipe", {})`` as the dict did.
+without a version, format 0) load through :meth:`Checkpoint.load` unchanged. Readers use the
+typed fields (``ckpt.epoch``, ``ckpt.eval_resolution``, ``ckpt.training_recipe()``), never the
+dict.
 """
 from __future__ import annotations
 
@@ -98,9 +98,19 @@ class Checkpoint:
 
     @property
     def eval_resolution(self) -> int | None:
-        """The recipe's ``eval.resolution`` (what scoring feeds the model by default)."""
+        """The recipe's ``eval.resolution`` (what scoring feeds the model by default); None when
+        the checkpoint records no recipe."""
         res = self.recipe.get("eval", {}).get("resolution")
         return None if res is None else int(res)
+
+    def training_recipe(self, source: str = "checkpoint"):
+        """The :class:`~.recipe.Recipe` the model was trained with (validated; named
+        ``recipe_name``); the defaults for a checkpoint that records no recipe."""
+        from .recipe import Recipe
+
+        recipe = Recipe.from_dict(dict(self.recipe), f"{source} recipe")
+        recipe.name = self.recipe_name
+        return recipe
 
     # -- the dict form ----------------------------------------------------------------------------
     _DERIVED = ("dataset_fingerprint", "mask_hash")
@@ -140,29 +150,6 @@ class Checkpoint:
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "Checkpoint":
         return cls.from_dict(_load_dict(path, map_location), str(path))
 
-    # -- read-only mapping access, for code written against the dict form ------------------------
-    def __getitem__(self, key: str) -> Any:
-        if key in self.extra:
-            return self.extra[key]
-        if key in self._DERIVED or key in {f.name for f in dataclasses.fields(self)} - {"extra"}:
-            return getattr(self, key)
-        raise KeyError(key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.get(key, _MISSING) is not _MISSING
-
-    def keys(self):
-        return self.to_dict().keys()
-
-
-_MISSING = object()
-
 
 def save_checkpoint(path: str | Path, state: dict[str, Any] | Checkpoint) -> None:
     """Write atomically: a file named checkpoint.pt is always complete."""
@@ -193,12 +180,6 @@ def _load_dict(path: str | Path, map_location: str | torch.device = "cpu") -> An
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling problem is a user-facing error
         raise DP4TLError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Compatibility reader: the checkpoint as the plain dict it always was (any format version,
-    validated through :class:`Checkpoint`). New code: ``Checkpoint.load(path)``."""
-    return Checkpoint.load(path, map_location).to_dict()
 
 
 def check_identity(path: Path, found: dict[str, Any], expected: dict[str, Any]) -> None:

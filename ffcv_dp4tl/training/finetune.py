@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ..contracts import FinetuneMode
 from ..data import AugSpec, load_manifest, make_loader
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
@@ -115,8 +116,7 @@ class FrozenFeatureLoader:
 
 
 def load_pretrained(checkpoint: str | Path, device: torch.device) -> tuple[nn.Module, Checkpoint]:
-    """Rebuild the source model of a training checkpoint (architecture from the checkpoint).
-    The :class:`Checkpoint` also answers dict-style reads (``ckpt.get("num_classes")``)."""
+    """Rebuild the source model of a training checkpoint (architecture from the checkpoint)."""
     ckpt = Checkpoint.load(checkpoint)
     model = create_model(ckpt.arch, ckpt.num_classes, **ckpt.model_kwargs)
     model.load_state_dict(ckpt.model)
@@ -150,8 +150,7 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
     mode = mode or recipe.finetune.mode
-    if mode not in ("lp", "ff"):
-        raise DP4TLError(f"finetune mode must be lp or ff, got {mode!r}")
+    mode = FinetuneMode.check(mode, "finetune mode")
     if recipe.adv.steps > 0:  # (Tab. 5 attacks the source pretraining only; LP/FF stay clean)
         raise DP4TLError(f"finetune recipe {recipe.name or '<recipe>'}: adv.steps = "
                          f"{recipe.adv.steps}, but adversarial training applies to pretraining "

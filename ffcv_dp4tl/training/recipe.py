@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..contracts import AdvNorm, Decode, FinetuneMode, TargetCrop
 from ..errors import DP4TLError
 
 #: the recipes folder of a source checkout (used when the package data is not importable)
@@ -335,11 +336,11 @@ _CHOICES = {
     ("optim", "name"): ("sgd", "adam", "adamw"),
     ("lr", "schedule"): ("triangular", "step", "cosine", "multistep", "constant"),
     ("train", "precision"): ("bf16", "fp16", "fp32"),
-    ("finetune", "mode"): ("lp", "ff"),
+    ("finetune", "mode"): FinetuneMode.values(),
     ("ssl", "method"): ("none", "moco_v2"),
-    ("data", "decode"): ("cpu", "gpu", "auto"),
-    ("scoring", "target_crop"): ("center", "none"),
-    ("adv", "norm"): ("linf", "l2"),
+    ("data", "decode"): Decode.values(),
+    ("scoring", "target_crop"): TargetCrop.values(),
+    ("adv", "norm"): AdvNorm.values(),
 }
 
 

@@ -69,12 +69,10 @@ from ..data import (AugSpec, IndexMask, load_manifest, load_mask, make_loader, m
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
 from . import distributed as dist_
-from .callbacks import TB_SCALARS  # noqa: F401 (re-export)
 from .callbacks import ConsoleLogger, MetricsWriter, RecordSeen, TensorBoardLogger, call
 from .checkpoint import (CHECKPOINT_NAME, Checkpoint, check_identity, mask_hash, rng_states,
                          set_rng_states)
-# (evaluate / train_step / train_one_epoch lived here; importable from here still)
-from .engine import CrossEntropyObjective, evaluate, train_one_epoch, train_step  # noqa: F401
+from .engine import CrossEntropyObjective, evaluate, train_one_epoch, train_step
 from .models import create_model, get_head, unwrap
 from .recipe import Recipe, load_recipe
 from .schedule import lr_for_iteration, peak_lr, resolution

@@ -62,8 +62,8 @@ def test_reversed_keeps_the_lowest_scored_classes(base):
     assert rev["stages"]["prune"].ran  # a new mask downstream, so a different pretraining
     # (keyed by the mask's content: it may already exist if another run chose the same mask)
     assert _stage_dir(base, rev, "pretrain") != _stage_dir(base, ordered, "pretrain")
-    meta, arrays = load_scores(_stage_dir(base, ordered, "score"))
-    s, t = arrays["scores"], arrays["tiebreak"]
+    sc = load_scores(_stage_dir(base, ordered, "score"))
+    s, t = sc.scores, sc.tiebreak
     n_keep = round(0.5 * len(s))
     lowest = np.sort(rank(-s, -t)[:n_keep])
     highest = np.sort(rank(s, t)[:n_keep])
@@ -94,7 +94,7 @@ def test_two_targets_select_once_and_report_each_accuracy(base):
     assert "Target `warm` test top-1" in report and "Target `paper` test top-1" in report
     # the combined scores are combine_target_scores of each target's own scores
     sc_dir = _stage_dir(cfg, res, "score")
-    _, arrays = load_scores(sc_dir)
+    combined_scores = load_scores(sc_dir).scores
     src, tdirs = Path(res["source"]), [Path(res["targets"][n]) for n in TARGETS]
     ckpt = sorted(Path(cfg.runs_root).glob("surrogate-*/checkpoint.pt"))[0]
     singles = []
@@ -102,10 +102,10 @@ def test_two_targets_select_once_and_report_each_accuracy(base):
         out = Path(cfg.runs_root) / f"single-{i}"
         score("lm", source_dir=src, target_dir=td, checkpoint=ckpt, out_dir=out, fmt="wds",
               num_workers=0, progress=False)
-        singles.append(load_scores(out)[1])
-    combined = combine_target_scores([a["scores"] for a in singles])
-    np.testing.assert_allclose(arrays["scores"], combined)
-    tie = combine_target_scores([a["tiebreak"] for a in singles])
+        singles.append(load_scores(out))
+    combined = combine_target_scores([a.scores for a in singles])
+    np.testing.assert_allclose(combined_scores, combined)
+    tie = combine_target_scores([a.tiebreak for a in singles])
     n_keep = round(0.5 * len(combined))
     np.testing.assert_array_equal(res["stages"]["prune"]["kept_units"],
                                   np.sort(rank(combined, tie)[:n_keep]))
@@ -113,9 +113,9 @@ def test_two_targets_select_once_and_report_each_accuracy(base):
     w = replace(cfg, target_weights=(1.0, 3.0))
     res_w = _quiet(w)
     assert res_w["stages"]["score"].ran and res_w["report"] != res["report"]
-    _, arrays_w = load_scores(_stage_dir(w, res_w, "score"))
-    np.testing.assert_allclose(arrays_w["scores"], combine_target_scores(
-        [a["scores"] for a in singles], weights=[1.0, 3.0]))
+    np.testing.assert_allclose(load_scores(_stage_dir(w, res_w, "score")).scores,
+                               combine_target_scores([a.scores for a in singles],
+                                                     weights=[1.0, 3.0]))
 
 
 def test_target_sets_and_orders_have_their_own_stage_keys(base):
@@ -161,7 +161,7 @@ def test_bench_variants_and_targets_are_labelled_rows(base, tmp_path):
     for k in (3, 5):
         res = _quiet(parse_variant(f"fm[k={k}]").apply(replace(cfg, ratio=0.5)))
         assert not any(st.ran for st in res["stages"].values())
-        assert len(load_scores(_stage_dir(cfg, res, "score"))[1]["scores"]) == k
+        assert len(load_scores(_stage_dir(cfg, res, "score")).scores) == k
     assert set(t["targets"]) == set(TARGETS)
     for name in TARGETS:
         assert set(t["targets"][name]["accuracy"]["lp"]["methods"]) == set(t["methods"])

@@ -67,8 +67,8 @@ def _whole_share(top1: float, n: int) -> bool:
 
 def _related_vote_share(votes: np.ndarray, unit_class: np.ndarray, source: Path, target: Path) -> float:
     """Share of target votes on units (classes/clusters) of the target's related superclasses."""
-    sup = np.asarray(load_manifest(source).data["extra"]["superclass_of_class"])
-    related = np.isin(sup[unit_class], load_manifest(target).data["extra"]["related_superclasses"])
+    sup = np.asarray(load_manifest(source).extra["superclass_of_class"])
+    related = np.isin(sup[unit_class], load_manifest(target).extra["related_superclasses"])
     return float(votes[related].sum() / votes.sum())
 
 
@@ -100,8 +100,7 @@ def test_mask_keeps_exactly_the_selected_classes(first_run):
 
 def test_lm_keeps_the_superclasses_the_target_relates_to(first_run):
     tmp, res, _ = first_run
-    _, arrays = load_scores(first_run.dirs["score"])
-    votes = arrays["scores"]
+    votes = load_scores(first_run.dirs["score"]).scores
     share = _related_vote_share(votes, np.arange(len(votes)), Path(res["source"]), Path(res["target"]))
     assert share >= MIN_SHARE
     # and what is kept at 60 % pruning is dominated by related classes
@@ -118,8 +117,8 @@ def test_fm_keeps_the_superclasses_the_target_relates_to(first_run):
         out = tmp / f"scores-{method}"
         score(method, source_dir=source, target_dir=target, checkpoint=ckpt, out_dir=out,
               fmt="wds", num_workers=0, progress=False, **kw)
-        _, arrays = load_scores(out)
-        units, votes = arrays["train_units"], arrays["scores"]
+        sc = load_scores(out)
+        units, votes = sc.train_units, sc.scores
         # a cluster stands for the majority source class of its members
         unit_class = np.array([np.bincount(labels[units == c]).argmax() if (units == c).any() else 0
                                for c in range(len(votes))])
@@ -180,12 +179,12 @@ def test_several_targets_share_one_pruned_source(first_run, tmp_path):
     targets = [Path(res["target"]), Path(res["target"]).parent / "blur"]
     score("lm", source_dir=res["source"], target_dir=targets, checkpoint=ckpt, out_dir=tmp_path,
           fmt="wds", num_workers=0, progress=False)
-    meta, arrays = load_scores(tmp_path)
-    assert len(meta["target_fingerprints"]) == 2
-    assert arrays["scores"].sum() == pytest.approx(2.0)  # each target contributes mass 1
-    sup = np.asarray(load_manifest(res["source"]).data["extra"]["superclass_of_class"])
-    related = {s for t in targets for s in load_manifest(t).data["extra"]["related_superclasses"]}
-    share = arrays["scores"][np.isin(sup, list(related))].sum() / 2.0
+    sc = load_scores(tmp_path)
+    assert len(sc.meta.target_fingerprints) == 2
+    assert sc.scores.sum() == pytest.approx(2.0)  # each target contributes mass 1
+    sup = np.asarray(load_manifest(res["source"]).extra["superclass_of_class"])
+    related = {s for t in targets for s in load_manifest(t).extra["related_superclasses"]}
+    share = sc.scores[np.isin(sup, list(related))].sum() / 2.0
     assert share >= MIN_SHARE
 
 
@@ -221,9 +220,9 @@ def test_scoring_and_pruning_errors_are_clear(first_run, tmp_path):
 def test_el2n_scores_the_early_surrogate_and_prunes_samples(first_run):
     tmp, _, _ = first_run
     res = run_pipeline(_cfg(tmp, method="el2n", finetune=()), log=lambda s: None)
-    meta, arrays = load_scores(next(p for p in (tmp / "runs").glob("score-*")
-                                    if json.loads((p / "scores.json").read_text())["method"] == "el2n"))
-    assert meta["unit"] == "sample" and meta["surrogate"].endswith("checkpoint_e2.pt")
+    sc = load_scores(next(p for p in (tmp / "runs").glob("score-*")
+                          if json.loads((p / "scores.json").read_text())["method"] == "el2n"))
+    assert sc.unit == "sample" and sc.meta.surrogate.endswith("checkpoint_e2.pt")
     info = load_manifest(res["source"]).split("train")
     assert res["stages"]["prune"]["train_kept"] == round(0.4 * info.num_samples)
 

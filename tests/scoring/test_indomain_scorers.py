@@ -46,8 +46,7 @@ def _score(env, method, name=None, **kw):
     kw.setdefault("checkpoint", sur / "checkpoint.pt")
     meta = score(method, source_dir=source, out_dir=out, fmt="wds", num_workers=0,
                  progress=False, **kw)
-    m, arrays = load_scores(out)
-    return meta, arrays["scores"], out
+    return meta, load_scores(out).scores, out
 
 
 def _labels(source, split="train"):
@@ -214,7 +213,7 @@ def test_pipeline_runs_forget_without_a_surrogate_and_fm_with_a_sample_budget(en
     pr = res["stages"]["prune"]
     assert pr["budget"] == "samples" and pr["unit"] == "cluster"
     assert abs(pr["train_kept"] - n / 2) <= max(np.bincount(
-        load_scores(next(runs.glob("score-*/train_units.npy")).parent)[1]["train_units"]))
+        load_scores(next(runs.glob("score-*/train_units.npy")).parent).train_units))
     report = Path(res["report"]).read_text()
     assert f"{pr['kept_sample_fraction']:.3f} of the train samples" in report
     assert "budget: samples" in report

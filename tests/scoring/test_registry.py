@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ffcv_dp4tl.contracts import SCORE_UNITS
 from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.scoring.context import ScoringContext
-from ffcv_dp4tl.scoring.registry import (FEATURES, LOGITS, NEEDS, TARGET, TRAJECTORY, UNITS, Cost,
-                                        PlotStyle, Scorer, ScoreResult, get_scorer, list_scorers,
+from ffcv_dp4tl.scoring.registry import (FEATURES, LOGITS, NEEDS, TARGET, TRAJECTORY, UNIT_PLURAL,
+                                        Cost, PlotStyle, Scorer, ScoreResult, get_scorer, list_scorers,
                                         methods_help, register_scorer, scorers,
                                         self_supervised_alternatives, unregister_scorer)
 
@@ -76,18 +77,13 @@ def test_builtin_names_units_and_needs():
     assert [n for n in BUILTINS if get_scorer(n).needs_class_head] == ["lm", "el2n", "grand"]
     assert [n for n in BUILTINS if not get_scorer(n).needs_surrogate] == ["random"]
     assert self_supervised_alternatives() == ["fm", "fm-sup", "moderate", "ssp"]
-    # the names older code imported keep working, read from the registry
-    from ffcv_dp4tl.pipeline import score as score_mod
-
-    assert score_mod.METHODS == tuple(list_scorers())
-    assert score_mod.NEEDS_CLASS_HEAD == ("lm", "el2n", "grand", "sp", "infmax", "infsum")
 
 
 def test_every_method_has_help_cost_and_its_own_plot_style():
     styles = {}
     for s in scorers():
         assert s.help and "\n" not in s.help, s.name
-        assert s.unit in UNITS
+        assert s.unit in SCORE_UNITS
         assert s.style is not None and s.style.color and s.style.marker and s.style.label, s.name
         assert "|" not in s.cost_summary()  # it goes into a Markdown table cell
         styles[s.name] = (s.style.color, s.style.marker)
@@ -110,9 +106,8 @@ def test_trajectory_methods_score_the_earliest_kept_checkpoint():
 
 def test_units_are_the_ones_scores_files_and_prune_know():
     from ffcv_dp4tl.pipeline.prune import PRUNE_BY_UNIT
-    from ffcv_dp4tl.pipeline.scores_io import UNITS as SCORE_UNITS
 
-    assert set(UNITS) == set(SCORE_UNITS) == set(PRUNE_BY_UNIT)
+    assert set(UNIT_PLURAL) == set(SCORE_UNITS) == set(PRUNE_BY_UNIT)
 
 
 # ------------------------------------------------------------------------------- errors
@@ -187,8 +182,8 @@ def test_a_registered_toy_scorer_runs_through_score_prune_and_the_pipeline(toy, 
                        log=lambda s: None)
     # needs nothing: no surrogate is trained for it
     assert list(res["stages"]) == ["score", "prune", "pretrain"]
-    meta, arrays = load_scores(next((tmp_path / "runs").glob("score-*")))
-    assert meta["method"] == "toy" and meta["unit"] == "class" and meta["toy"] is True
+    sc = load_scores(next((tmp_path / "runs").glob("score-*")))
+    assert sc.method == "toy" and sc.unit == "class" and sc.meta.meta["toy"] is True
     source = load_manifest(res["source"])
     n = source.num_classes
     assert res["stages"]["prune"]["kept_units"] == list(range(n - n // 2, n))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ffcv_dp4tl.errors import DP4TLError
-from ffcv_dp4tl.training.checkpoint import (CHECKPOINT_VERSION, Checkpoint, load_checkpoint,
+from ffcv_dp4tl.training.checkpoint import (CHECKPOINT_VERSION, Checkpoint,
                                             save_checkpoint)
 from ffcv_dp4tl.training.finetune import load_pretrained
 from ffcv_dp4tl.training.models import create_model
@@ -39,12 +39,11 @@ def test_legacy_dict_loads_into_typed_fields(tmp_path):
     model, again = load_pretrained(path, torch.device("cpu"))  # rebuilds the same weights
     for k, v in model.state_dict().items():
         assert torch.equal(v, ck.model[k]), k
-    # code written against the dict form keeps working
-    assert again.get("recipe", {}).get("eval", {}).get("resolution") == 48
-    assert again["num_classes"] == 5 and again.get("self_supervised") is None
-    assert "mask_hash" in again and "nope" not in again and again.get("nope", 7) == 7
-    with pytest.raises(KeyError):
-        again["nope"]
+    assert again.num_classes == 5 and again.self_supervised is None
+    # the recipe it records, as the typed Recipe (defaults for what the old file lacks)
+    recipe = again.training_recipe()
+    assert recipe.eval.resolution == 48 and recipe.name == "resnet18_tiny_cpu"
+    assert recipe.scoring.target_crop == "center"
 
 
 def test_save_writes_the_current_version_and_the_old_keys(tmp_path):
@@ -57,8 +56,8 @@ def test_save_writes_the_current_version_and_the_old_keys(tmp_path):
     assert isinstance(raw, dict) and raw["format_version"] == CHECKPOINT_VERSION
     assert set(legacy) <= set(raw)
     assert raw["something_new"] == [1, 2] and raw["dataset_fingerprint"] == "d" * 64
-    d = load_checkpoint(tmp_path / "new.pt")  # the compatibility reader: a dict
-    assert isinstance(d, dict) and d["epoch"] == 3 and d["identity"] == IDENTITY
+    back = Checkpoint.load(tmp_path / "new.pt")
+    assert back.epoch == 3 and back.identity == IDENTITY
     assert Checkpoint.load(tmp_path / "new.pt").format_version == CHECKPOINT_VERSION
 
 
@@ -67,7 +66,7 @@ def test_unreadable_foreign_and_newer_files_are_refused(tmp_path):
         Checkpoint.load(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a pickle")
     with pytest.raises(DP4TLError, match="not a readable checkpoint"):
-        load_checkpoint(tmp_path / "junk.pt")
+        Checkpoint.load(tmp_path / "junk.pt")
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
     with pytest.raises(DP4TLError, match="not an ffcv-dp4tl checkpoint"):
         Checkpoint.load(tmp_path / "foreign.pt")

@@ -18,7 +18,7 @@ import torch
 
 from ffcv_dp4tl.data import Batch
 from ffcv_dp4tl.training import engine, trainer
-from ffcv_dp4tl.training.checkpoint import load_checkpoint
+from ffcv_dp4tl.training.checkpoint import Checkpoint
 from ffcv_dp4tl.training.distributed import DistContext
 from ffcv_dp4tl.training.finetune import finetune
 from ffcv_dp4tl.training.recipe import load_recipe
@@ -118,12 +118,12 @@ def test_supervised_epoch_bf16_channels_last(device, fmt, compiled, source_dir, 
     benchmark_before = torch.backends.cudnn.benchmark
     kw = dict(fmt=fmt, device=device, progress=True)
     row = trainer.train(r, source_dir, out_dir=tmp_path, stop_after=1, **kw)
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+    assert Checkpoint.load(tmp_path / "checkpoint.pt").epoch == 1
     assert math.isfinite(row["loss"]) and _whole_share(row["top1_val"], row["val_samples"])
     steps = len(probe.losses)
     assert steps == row["samples"] // 16 > 0
     row = trainer.train(r, source_dir, out_dir=tmp_path, **kw)  # resumes at epoch 1
-    assert row["epoch"] == 1 and load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 2
+    assert row["epoch"] == 1 and Checkpoint.load(tmp_path / "checkpoint.pt").epoch == 2
     assert len(probe.losses) == 2 * steps
     losses = probe.loss_values()
     assert torch.isfinite(losses).all()
@@ -205,9 +205,9 @@ def test_moco_epoch_on_device(device, source_dir, tmp_path, monkeypatch):
     # query and key encoder both ran in bf16 on channels_last views (the augmentations keep
     # the loader's memory format)
     assert probe.conv_dtypes == {torch.bfloat16} and probe.conv_channels_last == {True}
-    ck = load_checkpoint(tmp_path / "checkpoint.pt")
-    queue = ck["objective"]["queue"]
-    assert ck["epoch"] == 1 and queue.device.type == "cpu" and torch.isfinite(queue).all()
+    ck = Checkpoint.load(tmp_path / "checkpoint.pt")
+    queue = ck.objective["queue"]
+    assert ck.epoch == 1 and queue.device.type == "cpu" and torch.isfinite(queue).all()
 
 
 # ----------------------------------------------------------------------------- the step itself

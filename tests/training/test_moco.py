@@ -11,7 +11,7 @@ import torch
 
 from ffcv_dp4tl.data import AugSpec, load_manifest, make_loader, make_mask
 from ffcv_dp4tl.errors import DataError, DP4TLError
-from ffcv_dp4tl.training.checkpoint import load_checkpoint
+from ffcv_dp4tl.training.checkpoint import Checkpoint
 from ffcv_dp4tl.training.distributed import DistContext
 from ffcv_dp4tl.training.finetune import finetune, load_pretrained
 from ffcv_dp4tl.training.models import create_model
@@ -144,20 +144,20 @@ def test_moco_trains_on_the_mask_without_labels_or_val(moco_run):
     assert np.isfinite(row["loss"]) and _whole_share(row["top1_train"], row["samples"])
     # epoch cost follows the mask: batches of 16 over half the split, last partial one dropped
     assert row["samples"] == (len(mask) // 16) * 16
-    ckpt = load_checkpoint(tmp / "full" / "checkpoint.pt")
-    assert ckpt["self_supervised"] == "moco_v2" and ckpt["num_classes"] == 16
-    assert ckpt["objective"]["queue"].shape == (40, 16)
+    ckpt = Checkpoint.load(tmp / "full" / "checkpoint.pt")
+    assert ckpt.self_supervised == "moco_v2" and ckpt.num_classes == 16
+    assert ckpt.objective["queue"].shape == (40, 16)
 
 
 def test_moco_resume_is_bit_identical(moco_run):
     tmp, _, _ = moco_run
-    a = load_checkpoint(tmp / "full" / "checkpoint.pt")
-    b = load_checkpoint(tmp / "resumed" / "checkpoint.pt")
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    assert torch.equal(a["objective"]["queue"], b["objective"]["queue"])
-    for key in a["objective"]["key"]:
-        assert torch.equal(a["objective"]["key"][key], b["objective"]["key"][key]), key
+    a = Checkpoint.load(tmp / "full" / "checkpoint.pt")
+    b = Checkpoint.load(tmp / "resumed" / "checkpoint.pt")
+    for key in a.model:
+        assert torch.equal(a.model[key], b.model[key]), key
+    assert torch.equal(a.objective["queue"], b.objective["queue"])
+    for key in a.objective["key"]:
+        assert torch.equal(a.objective["key"][key], b.objective["key"][key]), key
 
 
 def test_lp_and_fm_scoring_read_the_moco_checkpoint(moco_run, source_dir, target_dir, tmp_path):
@@ -207,5 +207,5 @@ def test_moco_under_ddp_shuffles_keys_across_ranks_and_keeps_ranks_in_step(sourc
     row = [r for r in (out / "metrics.jsonl").read_text().splitlines() if r]
     assert len(row) == 1
     assert json.loads(row[0])["samples"] == 2 * 16
-    ckpt = load_checkpoint(out / "checkpoint.pt")
-    assert ckpt["world_size"] == 2 and ckpt["objective"]["ptr"] == (2 * 16) % 40
+    ckpt = Checkpoint.load(out / "checkpoint.pt")
+    assert ckpt.world_size == 2 and ckpt.objective["ptr"] == (2 * 16) % 40

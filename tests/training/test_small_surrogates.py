@@ -122,8 +122,7 @@ def test_trains_one_step_and_scores_lm(arch, source_dir, target_dir, test_recipe
     meta = score("lm", source_dir=source_dir, target_dir=target_dir, out_dir=tmp_path / "sc",
                  checkpoint=run / "checkpoint.pt", fmt="wds", device="cpu", num_workers=0,
                  progress=False)
-    _, arrays = load_scores(tmp_path / "sc")
-    s = np.asarray(arrays["scores"])
+    s = np.asarray(load_scores(tmp_path / "sc").scores)
     assert s.shape == (8,) and meta["unit"] == "class"
     # LM: one vote (the surrogate's argmax source class) per target train image
     from ffcv_dp4tl.data import load_manifest

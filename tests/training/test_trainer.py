@@ -10,7 +10,7 @@ from ffcv_dp4tl.data import load_manifest, make_mask, save_mask
 from ffcv_dp4tl.data.masks import IndexMask
 from ffcv_dp4tl.errors import DP4TLError, MaskError
 from ffcv_dp4tl.training.callbacks import Callback, RecordSeen
-from ffcv_dp4tl.training.checkpoint import load_checkpoint
+from ffcv_dp4tl.training.checkpoint import Checkpoint
 from ffcv_dp4tl.training.trainer import train
 
 FIELDS = {"epoch", "loss", "top1_train", "top1_val", "img_per_s", "epoch_seconds", "resolution", "lr"}
@@ -23,12 +23,12 @@ def test_metrics_timings_and_checkpoint(trained_run, source_dir):
         assert FIELDS <= set(r) and r["top1_val"] is not None and r["resolution"] == 16
     timings = json.loads((trained_run / "timings.json").read_text())
     assert {"setup", "data", "step", "eval", "checkpoint"} <= set(timings["stages"])
-    ck = load_checkpoint(trained_run / "checkpoint.pt")
-    assert ck["epoch"] == 2 and ck["arch"] == "resnet18" and ck["mask_hash"] == "full"
-    assert ck["dataset_fingerprint"] == load_manifest(source_dir).fingerprint
-    assert {"torch", "numpy", "python"} <= set(ck["rng"])
+    ck = Checkpoint.load(trained_run / "checkpoint.pt")
+    assert ck.epoch == 2 and ck.arch == "resnet18" and ck.mask_hash == "full"
+    assert ck.dataset_fingerprint == load_manifest(source_dir).fingerprint
+    assert {"torch", "numpy", "python"} <= set(ck.rng)
     # Head keeps the full source label space.
-    assert ck["model"]["fc.weight"].shape[0] == load_manifest(source_dir).num_classes
+    assert ck.model["fc.weight"].shape[0] == load_manifest(source_dir).num_classes
 
 
 def test_rerun_finished_run_is_noop(trained_run, source_dir, test_recipe):
@@ -72,10 +72,10 @@ def test_resume_is_bit_identical(source_dir, tmp_path, test_recipe):
     kw = dict(fmt="wds", device="cpu", progress=False)
     train(r, source_dir, mask=mask, out_dir=tmp_path / "a", **kw)
     train(r, source_dir, mask=mask, out_dir=tmp_path / "b", stop_after=1, **kw)
-    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 1
+    assert Checkpoint.load(tmp_path / "b" / "checkpoint.pt").epoch == 1
     train(r, source_dir, mask=mask, out_dir=tmp_path / "b", **kw)
-    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
-    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
+    a = Checkpoint.load(tmp_path / "a" / "checkpoint.pt").model
+    b = Checkpoint.load(tmp_path / "b" / "checkpoint.pt").model
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k

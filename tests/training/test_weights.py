@@ -38,7 +38,7 @@ def test_both_naming_styles_import_and_reload_identically(tmp_path, style):
     info = import_weights(path, tmp_path / "ckpt.pt", recipe=_recipe(), classes=CLASSES)
     assert info["brought"] and info["num_classes"] == 5
     model, ckpt = load_pretrained(tmp_path / "ckpt.pt", torch.device("cpu"))
-    assert ckpt.get("brought_weights") == str(path) and ckpt.classes == CLASSES
+    assert ckpt.extra["brought_weights"] == str(path) and ckpt.classes == CLASSES
     x = torch.randn(2, 3, 16, 16)
     m.eval(), model.eval()
     torch.testing.assert_close(model(x), m(x))

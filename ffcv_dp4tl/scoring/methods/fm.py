@@ -9,7 +9,7 @@ import numpy as np
 
 from ..context import ScoringContext
 from ..feature_mapping import feature_mapping_scores, kmeans
-from ..registry import FEATURES, TARGET, Cost, PlotStyle, Scorer, ScoreResult, register_scorer
+from ..registry import FEATURES, K, SEED, TARGET, Cost, PlotStyle, Scorer, ScoreResult, register_scorer
 
 
 def vote_clusters(ctx: ScoringContext, target_feats: list[np.ndarray], centroids: np.ndarray,
@@ -33,7 +33,7 @@ class FeatureMapping(Scorer):
                 steps=("k-means on source train features", "nearest-centroid votes"))
     style = PlotStyle("tab:blue", "s", "FM")
     order = 1
-    uses_k = True
+    reads = frozenset({K, SEED})  # k-means: K clusters, seeded
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
         from ...kernels import assign_nearest

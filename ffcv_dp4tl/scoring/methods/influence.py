@@ -10,7 +10,7 @@ import numpy as np
 
 from ..context import ScoringContext, softmax
 from ..influence import influence_scores
-from ..registry import (FEATURES, LOGITS, Cost, Option, PlotStyle, Scorer, ScoreResult,
+from ..registry import (FEATURES, LOGITS, SEED, Cost, Option, PlotStyle, Scorer, ScoreResult,
                         register_scorer)
 
 OPTIONS = {
@@ -31,6 +31,7 @@ class _Influence(Scorer):
     cost = COST
     options = OPTIONS
     aggregate = "max"
+    reads = frozenset({SEED})  # the seeded val subset (--opt eval_samples)
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
         if "val" not in ctx.source.split_names:

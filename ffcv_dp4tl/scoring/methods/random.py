@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..baselines import random_scores
 from ..context import ScoringContext
-from ..registry import Cost, PlotStyle, Scorer, ScoreResult, register_scorer
+from ..registry import SEED, Cost, PlotStyle, Scorer, ScoreResult, register_scorer
 
 
 @register_scorer
@@ -14,6 +14,7 @@ class Random(Scorer):
     cost = Cost(steps=("seeded permutation",))
     style = PlotStyle("tab:gray", "^", "RANDOM")
     order = 3
+    reads = frozenset({SEED})
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
         return ScoreResult(scores=random_scores(ctx.source.split("train").num_samples, ctx.seed))
