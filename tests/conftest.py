@@ -110,3 +110,67 @@ def index_copy(index_dataset, tmp_path):
     dst = tmp_path / "ds"
     shutil.copytree(index_dataset.root, dst)
     return dst
+
+
+# ------------------------------------------------------------------ shared end-to-end fixtures
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """ONE data root for the session: a pipeline (``PipelineConfig(data_root=...)``) builds each
+    SOURCE there once, whichever test asks first (content-keyed folders, a build lock)."""
+    return tmp_path_factory.mktemp("shared") / "data"
+
+
+@pytest.fixture(scope="session")
+def runs_root(tmp_path_factory) -> Path:
+    """ONE runs root for the session: stages are keyed by the content of their inputs, so tests
+    asking for the same stage share it and tests asking for another never see it. (Tests that
+    count or damage stage folders use their own.)"""
+    return tmp_path_factory.mktemp("shared") / "runs"
+
+
+@pytest.fixture(scope="session")
+def synth_root(data_root: Path) -> Path:
+    """:data:`tiny_data.SYNTH` built in the shared data root (``source/``, ``targets/warm``)."""
+    from tiny_data import SYNTH
+
+    from ffcv_dp4tl.pipeline.run import _ensure_built
+
+    return _ensure_built(SYNTH, data_root, lambda s: None)
+
+
+@pytest.fixture(scope="session")
+def source_dir(synth_root: Path) -> Path:
+    return synth_root / "source"
+
+
+@pytest.fixture(scope="session")
+def target_dir(synth_root: Path) -> Path:
+    return next(p for p in sorted((synth_root / "targets").iterdir()) if p.is_dir())
+
+
+@pytest.fixture
+def test_recipe():
+    """A factory: ``test_recipe("train.epochs=3")`` → validated small Recipe."""
+    from tiny_data import TEST_OVERRIDES
+
+    from ffcv_dp4tl.training.recipe import load_recipe
+
+    def make(*extra: str, base: str = "resnet18_tiny_cpu"):
+        return load_recipe(base, TEST_OVERRIDES + list(extra))
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(source_dir: Path, tmp_path_factory) -> Path:
+    """ONE finished 2-epoch training run of the tiny recipe on :data:`tiny_data.SYNTH` (early
+    checkpoint after epoch 1 kept): the surrogate of the scoring tests, the source model of the
+    finetuning tests. Read it, never write into it."""
+    from tiny_data import SURROGATE_OVERRIDES
+
+    from ffcv_dp4tl.training.recipe import load_recipe
+    from ffcv_dp4tl.training.trainer import train
+
+    out = tmp_path_factory.mktemp("run")
+    train(load_recipe("resnet18_tiny_cpu", SURROGATE_OVERRIDES), source_dir, out_dir=out,
+          fmt="wds", device="cpu", progress=False)
+    return out

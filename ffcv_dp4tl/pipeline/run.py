@@ -287,7 +287,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     # Every key holds the content fingerprints of its inputs (source, target, mask, recipes),
     # never names: the same inputs under another path reuse a stage, other data never does.
     if cfg.surrogate_weights:
-        from ..training.weights import file_sha256, import_weights
+        from ..training.weights import import_weights
 
         w = Path(cfg.surrogate_weights).expanduser()
         sur = stage(root, "surrogate", {"weights_sha256": file_sha256(w), "recipe": rs["surrogate"],
@@ -400,7 +400,7 @@ def _brought_source(cfg: PipelineConfig, root: Path, recipe, rs: dict, src, sour
                     results: dict, log) -> dict[int, Any]:
     """``source_weights``: import the user's source model as the (only) pretrain stage; every
     seed finetunes it (the seeds then vary the finetuning only)."""
-    from ..training.weights import file_sha256, import_weights
+    from ..training.weights import import_weights
 
     w = Path(cfg.source_weights).expanduser()
     pt = stage(root, "pretrain", {"weights_sha256": file_sha256(w), "recipe": rs["pretrain"],

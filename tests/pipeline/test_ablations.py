@@ -19,23 +19,14 @@ from ffcv_dp4tl.pipeline.variants import parse_variant
 from ffcv_dp4tl.pipeline.score import score
 from ffcv_dp4tl.scoring import combine_target_scores
 from ffcv_dp4tl.scoring.ranking import rank
-
-SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
-         "val_per_class=4,image_size=16,num_targets=2,target_classes=3,"
-         "target_train_per_class=8,target_test_per_class=4")
-TRAIN = ("model.width=8", "model.stem_stride=1", "train.epochs=1", "train.batch_size=16",
-         "train.min_res=16", "train.max_res=16", "eval.resolution=16", "eval.batch_size=64",
-         "data.num_workers=0", "eval.every=1")
-FINETUNE = ("train.epochs=1", "finetune.resolution=16", "eval.resolution=16",
-            "data.num_workers=0", "eval.every=1")
-TARGETS = ("warm", "paper")  # the two targets of SYNTH (num_targets=2)
+from tiny_data import FINETUNE, SYNTH_TWO_TARGETS, TRAIN, TWO_TARGETS
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> PipelineConfig:
+def base(tmp_path_factory, data_root) -> PipelineConfig:
     tmp = tmp_path_factory.mktemp("ablations")
-    return PipelineConfig(ratio=0.5, source=SYNTH, target="warm", method="lm", fmt="wds",
-                          device="cpu", k=4, finetune=("lp",), data_root=tmp / "data",
+    return PipelineConfig(ratio=0.5, source=SYNTH_TWO_TARGETS, target="warm", method="lm",
+                          fmt="wds", device="cpu", k=4, finetune=("lp",), data_root=data_root,
                           runs_root=tmp / "runs", overrides=TRAIN, surrogate_overrides=TRAIN,
                           finetune_overrides=FINETUNE)
 
@@ -82,11 +73,11 @@ def test_reversed_keeps_the_lowest_scored_classes(base):
 
 
 def test_two_targets_select_once_and_report_each_accuracy(base):
-    cfg = replace(base, target="", targets=TARGETS)
+    cfg = replace(base, target="", targets=TWO_TARGETS)
     res = _quiet(cfg)
-    assert set(res["per_target"]) == set(TARGETS) and res["summary"] == {}
+    assert set(res["per_target"]) == set(TWO_TARGETS) and res["summary"] == {}
     assert {"finetune-lp@warm", "finetune-lp@paper"} <= set(res["stages"])
-    for name in TARGETS:
+    for name in TWO_TARGETS:
         lp = res["per_target"][name]["lp"]
         assert lp["n"] == 1 and 0.0 <= lp["final_mean"] <= 1.0
         assert res["stages"][f"finetune-lp@{name}"]["test_top1"] == lp["final_mean"]
@@ -95,7 +86,7 @@ def test_two_targets_select_once_and_report_each_accuracy(base):
     # the combined scores are combine_target_scores of each target's own scores
     sc_dir = _stage_dir(cfg, res, "score")
     combined_scores = load_scores(sc_dir).scores
-    src, tdirs = Path(res["source"]), [Path(res["targets"][n]) for n in TARGETS]
+    src, tdirs = Path(res["source"]), [Path(res["targets"][n]) for n in TWO_TARGETS]
     ckpt = sorted(Path(cfg.runs_root).glob("surrogate-*/checkpoint.pt"))[0]
     singles = []
     for i, td in enumerate(tdirs):
@@ -128,7 +119,7 @@ def test_target_sets_and_orders_have_their_own_stage_keys(base):
             ((["a"], ()), (["a", "b"], ()), (["a", "c"], ()), (["a", "b"], (1.0, 2.0)))}
     assert len(keys) == 4
     single = _quiet(base)
-    multi = _quiet(replace(base, target="", targets=TARGETS))
+    multi = _quiet(replace(base, target="", targets=TWO_TARGETS))
     assert _stage_dir(base, single, "score") != _stage_dir(base, multi, "score")
     assert single["report"] != multi["report"]
 
@@ -136,8 +127,8 @@ def test_target_sets_and_orders_have_their_own_stage_keys(base):
 @pytest.mark.parametrize("change, message", [
     ({"targets": ("warm", "nosuch")}, r"unknown target 'nosuch'; the embedded data .* has: paper, warm"),
     ({"target": "nosuch"}, r"unknown target 'nosuch'.*paper, warm"),
-    ({"targets": TARGETS, "target_weights": (1.0,)}, r"1 given for 2 targets"),
-    ({"targets": TARGETS, "target_weights": (1.0, -1.0)}, r"weight 2 is -1.0"),
+    ({"targets": TWO_TARGETS, "target_weights": (1.0,)}, r"1 given for 2 targets"),
+    ({"targets": TWO_TARGETS, "target_weights": (1.0, -1.0)}, r"weight 2 is -1.0"),
     ({"targets": ("warm", "warm")}, r"'warm' is given twice"),
     ({"order": "backwards"}, r"order must be one of ordered, reversed"),
 ])
@@ -149,7 +140,7 @@ def test_bad_target_and_order_values_are_one_line_errors(base, change, message):
 
 
 def test_bench_variants_and_targets_are_labelled_rows(base, tmp_path):
-    cfg = replace(base, target="", targets=TARGETS)
+    cfg = replace(base, target="", targets=TWO_TARGETS)
     out = tmp_path / "report"
     t = run_cost_table(cfg, out, ratios=(0.0, 0.5), methods=("lm", "lm[reversed]", "fm[k=3]",
                                                              "fm[k=5]"),
@@ -162,8 +153,8 @@ def test_bench_variants_and_targets_are_labelled_rows(base, tmp_path):
         res = _quiet(parse_variant(f"fm[k={k}]").apply(replace(cfg, ratio=0.5)))
         assert not any(st.ran for st in res["stages"].values())
         assert len(load_scores(_stage_dir(cfg, res, "score")).scores) == k
-    assert set(t["targets"]) == set(TARGETS)
-    for name in TARGETS:
+    assert set(t["targets"]) == set(TWO_TARGETS)
+    for name in TWO_TARGETS:
         assert set(t["targets"][name]["accuracy"]["lp"]["methods"]) == set(t["methods"])
     assert len(t["target_rows"]) == 2 * len(t["rows"])
     report = (out / "report.md").read_text()

@@ -9,18 +9,10 @@ import pytest
 from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.pipeline.bench_adversarial import adv_overrides, run_adversarial
 from ffcv_dp4tl.pipeline.run import PipelineConfig
-
-SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
-         "val_per_class=4,image_size=16,num_targets=1,target_classes=3,"
-         "target_train_per_class=8,target_test_per_class=4")
-TRAIN = ("model.width=8", "model.stem_stride=1", "train.epochs=1", "train.batch_size=16",
-         "train.min_res=16", "train.max_res=16", "eval.resolution=16", "eval.batch_size=64",
-         "data.num_workers=0", "eval.every=1")
-FINETUNE = ("train.epochs=1", "finetune.resolution=16", "eval.resolution=16",
-            "data.num_workers=0", "eval.every=1")
+from tiny_data import FINETUNE, SYNTH, TRAIN
 
 
-def test_bench_adversarial_cli_end_to_end(tmp_path):
+def test_bench_adversarial_cli_end_to_end(tmp_path, data_root):
     from typer.testing import CliRunner
 
     from ffcv_dp4tl.cli import app
@@ -29,7 +21,7 @@ def test_bench_adversarial_cli_end_to_end(tmp_path):
     bench_md.write_text("# Benchmarks\n\n## Other\n\nkeep me\n")
     args = ["bench", "adversarial", "--data", SYNTH, "--ratio", "0.5", "--steps", "2",
             "--eps", "8/255", "--format", "wds", "--device", "cpu", "--k", "4",
-            "--data-root", str(tmp_path / "data"), "--runs-root", str(tmp_path / "runs"),
+            "--data-root", str(data_root), "--runs-root", str(tmp_path / "runs"),
             "--out", str(out), "--report", str(bench_md)]
     for flag, overs in (("--set", TRAIN), ("--set-surrogate", TRAIN), ("--set-finetune", FINETUNE)):
         for o in overs:

@@ -10,27 +10,20 @@ from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.pipeline.bench_surrogates import parse_arch_overrides, run_surrogate_bench
 from ffcv_dp4tl.pipeline.run import PipelineConfig
 from ffcv_dp4tl.training.models import create_model, num_params
-
-SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
-         "val_per_class=4,image_size=16,num_targets=1,target_classes=3,"
-         "target_train_per_class=8,target_test_per_class=4")
-TRAIN = ("model.width=8", "model.stem_stride=1", "train.epochs=1", "train.batch_size=16",
-         "train.min_res=16", "train.max_res=16", "eval.resolution=16", "eval.batch_size=64",
-         "data.num_workers=0", "eval.every=1", "train.keep_epochs=[]")
-FINETUNE = ("train.epochs=1", "finetune.resolution=16", "eval.resolution=16",
-            "data.num_workers=0", "eval.every=1")
+from tiny_data import FINETUNE, SYNTH, TRAIN
 
 
-def _base(tmp_path) -> PipelineConfig:
+def _base(tmp_path, data_root) -> PipelineConfig:
+    train = (*TRAIN, "train.keep_epochs=[]")
     return PipelineConfig(source=SYNTH, target="", fmt="wds", device="cpu",
-                          data_root=tmp_path / "data", runs_root=tmp_path / "runs",
-                          overrides=TRAIN, surrogate_overrides=TRAIN, finetune_overrides=FINETUNE)
+                          data_root=data_root, runs_root=tmp_path / "runs",
+                          overrides=train, surrogate_overrides=train, finetune_overrides=FINETUNE)
 
 
-def test_end_to_end_two_surrogates(tmp_path):
+def test_end_to_end_two_surrogates(tmp_path, data_root):
     logs: list[str] = []
     out = tmp_path / "report"
-    t = run_surrogate_bench(_base(tmp_path), out, archs=["resnet20s"], ratio=0.5,
+    t = run_surrogate_bench(_base(tmp_path, data_root), out, archs=["resnet20s"], ratio=0.5,
                             arch_overrides={"resnet20s": ["model.width=16"]}, command="pytest",
                             notes=["shrunk for the test"], log=logs.append)
     assert t["archs"] == ["resnet20s", "resnet18"]  # the reference is added
@@ -64,15 +57,15 @@ def test_end_to_end_two_surrogates(tmp_path):
     assert saved["runs"]["resnet18"]["overlap"] == 1.0 and saved["command"] == "pytest"
 
 
-def test_arch_overrides_and_refusals(tmp_path):
+def test_arch_overrides_and_refusals(tmp_path, data_root):
     assert parse_arch_overrides(["vgg2:model.width=32", "vgg2:train.epochs=2", "rn:a.b=1"]) == \
         {"vgg2": ["model.width=32", "train.epochs=2"], "rn": ["a.b=1"]}
     with pytest.raises(DP4TLError, match="ARCH:SECTION.KEY=VALUE"):
         parse_arch_overrides(["model.width=32"])
     with pytest.raises(DP4TLError, match="unknown model"):
-        run_surrogate_bench(_base(tmp_path), archs=["resnet21s"], log=lambda s: None)
+        run_surrogate_bench(_base(tmp_path, data_root), archs=["resnet21s"], log=lambda s: None)
     with pytest.raises(DP4TLError, match="not among the archs"):
-        run_surrogate_bench(_base(tmp_path), archs=["vgg2"], arch_overrides={"vgg4": ["a.b=1"]},
+        run_surrogate_bench(_base(tmp_path, data_root), archs=["vgg2"], arch_overrides={"vgg4": ["a.b=1"]},
                             log=lambda s: None)
     with pytest.raises(DP4TLError, match=r"\(0, 1\)"):
-        run_surrogate_bench(_base(tmp_path), archs=["vgg2"], ratio=0.0, log=lambda s: None)
+        run_surrogate_bench(_base(tmp_path, data_root), archs=["vgg2"], ratio=0.0, log=lambda s: None)

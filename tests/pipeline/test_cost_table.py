@@ -12,15 +12,7 @@ from ffcv_dp4tl.pipeline.cost_table import (REFERENCE, best_winning_subset, mark
                                             run_cost_table, summarize)
 from ffcv_dp4tl.pipeline.run import PipelineConfig
 from ffcv_dp4tl.reporting import write_section
-
-SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
-         "val_per_class=4,image_size=16,num_targets=1,target_classes=3,"
-         "target_train_per_class=8,target_test_per_class=4")
-TRAIN = ("model.width=8", "model.stem_stride=1", "train.epochs=1", "train.batch_size=16",
-         "train.min_res=16", "train.max_res=16", "eval.resolution=16", "eval.batch_size=64",
-         "data.num_workers=0", "eval.every=1")
-FINETUNE = ("train.epochs=1", "finetune.resolution=16", "eval.resolution=16",
-            "data.num_workers=0", "eval.every=1")
+from tiny_data import FINETUNE, SYNTH, TRAIN
 
 
 def test_best_winning_subset_on_hand_made_numbers():
@@ -63,9 +55,9 @@ def test_summary_reductions_and_selection_cost():
     assert "| LM | 10.0 | 2.0 | 2.0 | 12.0 | 52.0 | 2.4 |" in md  # Tab. 4: selection + pretraining
 
 
-def test_cost_table_end_to_end_smallest_scale(tmp_path):
+def test_cost_table_end_to_end_smallest_scale(tmp_path, data_root):
     base = PipelineConfig(source=SYNTH, target="", fmt="wds", device="cpu", k=4,
-                          data_root=tmp_path / "data", runs_root=tmp_path / "runs",
+                          data_root=data_root, runs_root=tmp_path / "runs",
                           overrides=TRAIN, surrogate_overrides=TRAIN, finetune_overrides=FINETUNE)
     logs: list[str] = []
     out = tmp_path / "report"

@@ -13,10 +13,8 @@ from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.pipeline.run import (PAPER_RECIPES, RECIPE_SETS, PipelineConfig, recipe_set,
                                      run_pipeline)
 from ffcv_dp4tl.training.models import create_model
+from tiny_data import SYNTH
 
-SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
-         "val_per_class=4,image_size=16,num_targets=1,target_classes=3,"
-         "target_train_per_class=8,target_test_per_class=4")
 TINY_MODEL = ("model.width=8", "model.small_input=true", "model.stem_stride=1")
 #: the paper recipes shrunk to seconds (the values under test are the recipe *choice* and the
 #: protocol's knobs that survive: no TTA, eval every epoch, target read at 224 with no crop)
@@ -44,12 +42,12 @@ def _tiny_state_dict(num_classes: int, seed: int = 0) -> dict[str, torch.Tensor]
 
 
 @pytest.fixture(scope="module")
-def paper_run(tmp_path_factory):
+def paper_run(tmp_path_factory, data_root):
     """--protocol paper with a brought surrogate (timm-style file) and 2 seeds, LP only."""
     tmp = tmp_path_factory.mktemp("paper")
     cfg0 = PipelineConfig(source=SYNTH, target="", fmt="wds", device="cpu", k=4, method="lm",
                           ratio=0.5, protocol="paper", finetune=("lp",),
-                          data_root=tmp / "data", runs_root=tmp / "runs", overrides=PRETRAIN,
+                          data_root=data_root, runs_root=tmp / "runs", overrides=PRETRAIN,
                           surrogate_overrides=SURROGATE, finetune_overrides=FINETUNE,
                           seeds=(0, 1))
     from ffcv_dp4tl.pipeline.run import _resolve_data

@@ -1,5 +1,5 @@
-"""The paper's in-domain baselines as registered scorers, end to end on tiny synthetic data: a
-surrogate (2 epochs, early checkpoint after 1) is trained once per module; every method scores
+"""The paper's in-domain baselines as registered scorers, end to end on tiny synthetic data: the
+session's surrogate (2 epochs, early checkpoint after 1: ``trained_run``); every method scores
 the source through ``pipeline.score`` and is checked against a recomputation from its inputs."""
 from __future__ import annotations
 
@@ -17,27 +17,14 @@ from ffcv_dp4tl.scoring import select_samples
 from ffcv_dp4tl.scoring.baselines import (class_mean_prototypes, moderate_distances,
                                           prototype_distances)
 from ffcv_dp4tl.scoring.registry import FEATURES, LOGITS, get_scorer, list_scorers
-
-SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
-         "val_per_class=4,image_size=16,num_targets=1,target_classes=3,"
-         "target_train_per_class=8,target_test_per_class=4")
-TRAIN = ("model.width=8", "model.stem_stride=1", "train.epochs=2", "train.keep_epochs=[1]",
-         "train.batch_size=16", "train.min_res=16", "train.max_res=16", "eval.resolution=16",
-         "eval.batch_size=64", "data.num_workers=0", "eval.every=2")
+from tiny_data import SYNTH, TRAIN
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    from ffcv_dp4tl.pipeline.run import _ensure_built
-    from ffcv_dp4tl.training.trainer import train
-
-    tmp = tmp_path_factory.mktemp("indomain")
-    root = _ensure_built(SYNTH, tmp / "data", lambda s: None)
-    source = next(root.glob("**/source"))
-    sur = tmp / "surrogate"
-    train("resnet18_tiny_cpu", source, out_dir=sur, fmt="wds", device="cpu", progress=False,
-          overrides=TRAIN)
-    return tmp, source, sur
+def env(tmp_path_factory, source_dir, trained_run):
+    """(a scratch folder, the shared tiny source, the shared surrogate run: 2 epochs, early
+    checkpoint after 1)."""
+    return tmp_path_factory.mktemp("indomain"), source_dir, trained_run
 
 
 def _score(env, method, name=None, **kw):
@@ -189,13 +176,13 @@ def test_per_sample_grad_norms_match_a_backward_loop():
         assert got[order[i]] == pytest.approx(float(ref), rel=1e-5)
 
 
-def test_pipeline_runs_forget_without_a_surrogate_and_fm_with_a_sample_budget(env):
+def test_pipeline_runs_forget_without_a_surrogate_and_fm_with_a_sample_budget(env, data_root):
     from ffcv_dp4tl.pipeline.run import PipelineConfig, run_pipeline
 
     tmp, source, _ = env
     runs = tmp / "runs"
     base = dict(ratio=0.5, source=SYNTH, target="", fmt="wds", finetune=(), device="cpu",
-                data_root=tmp / "data", runs_root=runs, overrides=TRAIN,
+                data_root=data_root, runs_root=runs, overrides=TRAIN,
                 surrogate_overrides=TRAIN)
     with pytest.raises(DP4TLError, match="el2n has no option nope"):
         run_pipeline(PipelineConfig(method="el2n", scorer_options=("nope=1",), **base),

@@ -18,18 +18,12 @@ from ffcv_dp4tl.scoring.registry import (FEATURES, LOGITS, NEEDS, TARGET, TRAJEC
                                         Cost, PlotStyle, Scorer, ScoreResult, get_scorer, list_scorers,
                                         methods_help, register_scorer, scorers,
                                         self_supervised_alternatives, unregister_scorer)
+from tiny_data import SYNTH, TRAIN
 
 BUILTINS = ["lm", "fm", "fm-sup", "random", "moderate", "el2n", "grand"]
 #: the paper's other in-domain baselines (registered after the ones above)
 INDOMAIN = ["sp", "ssp", "forget", "infmax", "infsum"]
 ALL_BUILTINS = BUILTINS + INDOMAIN
-
-SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
-         "val_per_class=4,image_size=16,num_targets=1,target_classes=3,"
-         "target_train_per_class=8,target_test_per_class=4")
-TRAIN = ("model.width=8", "model.stem_stride=1", "train.epochs=1", "train.batch_size=16",
-         "train.min_res=16", "train.max_res=16", "eval.resolution=16", "eval.batch_size=64",
-         "data.num_workers=0", "eval.every=1")
 
 
 class ToyScorer(Scorer):
@@ -50,15 +44,6 @@ def toy():
     register_scorer(ToyScorer)
     yield get_scorer("toy")
     unregister_scorer("toy")
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    from ffcv_dp4tl.pipeline.run import _ensure_built
-
-    root = tmp_path_factory.mktemp("registry") / "data"
-    _ensure_built(SYNTH, root, lambda s: None)
-    return root
 
 
 # ------------------------------------------------------------------------ built-in methods
@@ -137,6 +122,9 @@ def test_registration_is_checked():
     class BadNeeds(Scorer):
         name, needs = "bad-needs", frozenset({"labels"})
 
+    class BadReads(Scorer):
+        name, reads = "bad-reads", frozenset({"batch_size"})
+
     class Nameless(Scorer):
         pass
 
@@ -147,6 +135,8 @@ def test_registration_is_checked():
         register_scorer(BadUnit)
     with pytest.raises(ValueError, match="unknown needs"):
         register_scorer(BadNeeds)
+    with pytest.raises(ValueError, match="unknown reads"):
+        register_scorer(BadReads)
     with pytest.raises(ValueError, match="name"):
         register_scorer(Nameless)
     with pytest.raises(ValueError, match="registered already"):
@@ -194,11 +184,12 @@ def test_a_registered_toy_scorer_runs_through_score_prune_and_the_pipeline(toy, 
     assert "TOY at ratio 0.5" in Path(res["report"]).read_text()
 
 
-def test_a_registered_toy_scorer_is_a_cli_choice(data_root, tmp_path):
+def test_a_registered_toy_scorer_is_a_cli_choice(source_dir, tmp_path):
     """In a fresh process: register the toy (as importing its file would), then the CLI lists
     it in --help, scores with it and prunes its scores; unknown names stay one-line errors."""
-    source = next(data_root.glob("*/source"))
+    source = source_dir
     prog = ("import importlib.util, sys\n"
+            f"sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"  # tests/: tiny_data
             f"spec = importlib.util.spec_from_file_location('toy_module', {str(Path(__file__))!r})\n"
             "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
             "from ffcv_dp4tl.scoring.registry import register_scorer\n"
@@ -226,3 +217,94 @@ def test_a_registered_toy_scorer_is_a_cli_choice(data_root, tmp_path):
     assert r.stderr.strip() == ("error: unknown scoring method 'zz'; choose one of "
                                 f"{', '.join(ALL_BUILTINS)}, toy")
     assert not (tmp_path / "z").exists()
+
+
+# ------------------------------------------------------------- every registered scorer, for real
+def _score_all(method: str, out: Path, source_dir: Path, target_dir: Path, run: Path,
+               **settings):
+    """``score(method)`` as the pipeline calls it, on the session's tiny data and surrogate;
+    knobs that multiply work (``runs``, ``epochs``) at 1 where a scorer has them."""
+    from tiny_data import TEST_OVERRIDES
+
+    from ffcv_dp4tl.pipeline.score import score
+
+    s = get_scorer(method)
+    opts = {name: 1 for name in ("runs", "epochs") if name in s.options}
+    own_recipe = s.trains and not s.needs_surrogate  # (FORGET: trains from the recipe alone)
+    return score(method, source_dir=source_dir, out_dir=out,
+                 target_dir=target_dir if s.needs_target else None,
+                 checkpoint=run / "checkpoint.pt" if s.needs_surrogate else None,
+                 trajectory=[run / "checkpoint_e1.pt"], fmt="wds", device="cpu",
+                 num_workers=0, progress=False, options=opts,
+                 train_recipe="resnet18_tiny_cpu" if own_recipe else None,
+                 train_overrides=TEST_OVERRIDES if own_recipe else (), **settings)
+
+
+@pytest.mark.parametrize("method", list_scorers())
+def test_every_registered_scorer_scores_its_units_deterministically_and_prunes(
+        method, source_dir, target_dir, trained_run, tmp_path):
+    """As timm runs every ``list_models()`` entry: each scorer, through the score stage, gives
+    one finite score per unit of its declared unit, the same scores again for the same seed,
+    scores that settings it does not declare (``Scorer.reads``: k, seed) cannot change (what
+    lets its stage key leave them out), and scores that ``prune`` turns into masks."""
+    from ffcv_dp4tl.data import load_manifest, load_mask
+    from ffcv_dp4tl.pipeline.prune import prune
+    from ffcv_dp4tl.pipeline.scores_io import load_scores
+
+    s = get_scorer(method)
+    src = load_manifest(source_dir)
+    train = src.split("train")
+    _score_all(method, tmp_path / "a", source_dir, target_dir, trained_run, k=4, seed=0)
+    a = load_scores(tmp_path / "a")
+    assert a.method == method and a.unit == s.unit and a.meta.num_units == len(a.scores)
+    assert a.meta.source_fingerprint == src.fingerprint
+    assert np.isfinite(a.scores).all() and (a.tiebreak is None or np.isfinite(a.tiebreak).all())
+    if s.unit == "class":
+        assert len(a.scores) == src.num_classes
+    elif s.unit == "cluster":
+        assert a.train_units.shape == (train.num_samples,)
+        assert 0 <= a.train_units.min() and a.train_units.max() < len(a.scores)
+    else:
+        assert len(a.scores) == train.num_samples
+    # again: the same settings → the same scores; other values of settings it does not read
+    # (k, seed) → the same scores too
+    again = {"k": 4, "seed": 0} if s.reads else {"k": 5, "seed": 1}
+    _score_all(method, tmp_path / "b", source_dir, target_dir, trained_run, **again)
+    b = load_scores(tmp_path / "b")
+    np.testing.assert_array_equal(a.scores, b.scores)
+    for name in ("tiebreak", "train_units", "val_units"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            np.testing.assert_array_equal(x, y)
+    # prune takes them: half the units (or samples) go, a consistent mask is written
+    summary = prune(tmp_path / "a", source_dir, 0.5, tmp_path / "mask")
+    mask = load_mask(tmp_path / "mask" / "train.npy", train)
+    assert 0 < len(mask) == summary["train_kept"] < train.num_samples
+    assert summary["unit"] == s.unit and summary["method"] == method
+
+
+def test_score_keys_hold_only_the_settings_a_scorer_reads(data_root, tmp_path):
+    """``--k`` changes FM's clusters but not LM's votes: rerunning with another k reuses LM's
+    score stage (and every stage after it: same scores, same mask) but rescores FM."""
+    from ffcv_dp4tl.pipeline.run import PipelineConfig, run_pipeline
+
+    assert get_scorer("lm").key_settings(k=4, seed=1) == {}
+    assert get_scorer("fm").key_settings(k=4, seed=1) == {"k": 4, "seed": 1}
+    assert get_scorer("random").key_settings(k=4, seed=1) == {"seed": 1}
+
+    def run(method: str, k: int) -> dict:
+        return run_pipeline(PipelineConfig(ratio=0.5, source=SYNTH, method=method, k=k,
+                                           fmt="wds", finetune=(), device="cpu",
+                                           data_root=data_root, runs_root=tmp_path / "runs",
+                                           overrides=TRAIN, surrogate_overrides=TRAIN),
+                            log=lambda s: None)
+
+    lm3, lm5 = run("lm", 3), run("lm", 5)
+    assert lm3["stages"]["score"].ran and not lm5["stages"]["score"].ran
+    assert not lm5["stages"]["prune"].ran and not lm5["stages"]["pretrain"].ran
+    assert lm5["stages"]["prune"]["kept_units"] == lm3["stages"]["prune"]["kept_units"]
+    fm3, fm5 = run("fm", 3), run("fm", 5)
+    assert not fm3["stages"]["surrogate"].ran  # the surrogate is LM's: shared
+    assert fm3["stages"]["score"].ran and fm5["stages"]["score"].ran
+    assert (fm3["stages"]["score"]["k"], fm5["stages"]["score"]["k"]) == (3, 5)

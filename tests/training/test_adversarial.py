@@ -21,7 +21,7 @@ from ffcv_dp4tl.training.engine import CrossEntropyObjective, train_step
 from ffcv_dp4tl.training.recipe import load_recipe
 from ffcv_dp4tl.training.schedule import lr_for_iteration
 
-from .conftest import TEST_OVERRIDES
+from tiny_data import TEST_OVERRIDES
 from .test_gpu import DEVICES, GPU_PATH, _batches, _no_host_sync
 
 ADV = ["adv.steps=3", "adv.eps=8/255"]

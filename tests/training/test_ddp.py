@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 
 from ffcv_dp4tl.data import load_manifest, make_mask, save_mask
 
-from .conftest import TEST_OVERRIDES
+from tiny_data import TEST_OVERRIDES
 
 
 def _free_port() -> int:

@@ -24,7 +24,7 @@ from ffcv_dp4tl.training.finetune import finetune
 from ffcv_dp4tl.training.recipe import load_recipe
 from ffcv_dp4tl.training.schedule import lr_for_iteration
 
-from .conftest import TEST_OVERRIDES
+from tiny_data import TEST_OVERRIDES
 from .test_moco import MOCO_OVERRIDES, _whole_share
 
 CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(

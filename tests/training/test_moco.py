@@ -20,7 +20,7 @@ from ffcv_dp4tl.training.recipe import load_recipe
 from ffcv_dp4tl.training.ssl_augment import MoCoAugment
 from ffcv_dp4tl.training.trainer import train
 
-from .conftest import TEST_OVERRIDES
+from tiny_data import TEST_OVERRIDES
 
 #: the tiny MoCo recipe shrunk like TEST_OVERRIDES shrinks the supervised one
 MOCO_OVERRIDES = [o for o in TEST_OVERRIDES if not o.startswith("eval.every")] + [
