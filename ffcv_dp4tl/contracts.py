@@ -36,9 +36,9 @@ from .errors import DataError, DP4TLError, MaskError
 
 __all__ = [
     "AdvNorm", "Backend", "BetonMode", "Budget", "Choice", "Decode", "FinetuneMode", "Format", "Order", "Protocol",
-    "RecipeSet", "TargetCrop", "TargetSplit", "check_k", "check_ratio",
+    "RecipeSet", "TargetCrop", "TargetSplit", "check_k", "check_ratio", "check_stage_values",
     "DatasetManifest", "FORMAT", "INDEX_DTYPE", "ImageSettings", "MANIFEST_NAME", "MaskMeta",
-    "SCORE_UNITS", "STAGE_KINDS", "Scores", "ScoresMeta", "SplitEntry", "StageResult",
+    "SCORE_UNITS", "STAGE_KINDS", "STAGE_VALUES", "Scores", "ScoresMeta", "SplitEntry", "StageResult",
     "UnsupportedFormatError", "check_version", "dataset_fingerprint", "split_fingerprint",
     "stage_kind",
 ]
@@ -527,10 +527,48 @@ def stage_kind(name: str) -> str:
     return _KIND_OF_NAME.get(name.split("-", 1)[0], "other")
 
 
+_NUMBER = (int, float)
+#: The schema of ``StageResult.values`` per kind: the fields every result of that kind holds
+#: (what the reports, benches and the cost table read), with their JSON types. A stage may
+#: record more (kept as they are). ``train``: the last epoch's metrics row of ``trainer.train``
+#: (``epoch``, ``loss``, ``top1_train``, ``top1_val`` …), or, for brought weights,
+#: ``brought = true`` with ``weights``/``arch``; ``score``: the scores' metadata
+#: (:class:`ScoresMeta`: ``method``, ``unit``, ``selection_seconds`` …); ``prune``: the prune
+#: summary (``unit``, ``train_kept``, ``kept_units``, ``kept_sample_fraction`` …);
+#: ``finetune``: ``result.json`` of ``training.finetune`` (``test_top1``, ``best_test_top1`` …).
+#: Checked when a result is made and when ``DONE.json`` is read.
+STAGE_VALUES: dict[str, dict[str, tuple[type, ...]]] = {
+    "train": {"epoch": (int,)},
+    "score": {"method": (str,), "unit": (str,)},
+    "prune": {"unit": (str,), "train_kept": (int,)},
+    "finetune": {"test_top1": _NUMBER + (type(None),)},
+    "build": {},
+    "other": {},
+}
+
+
+def check_stage_values(kind: str, values: Mapping[str, Any], source: object = "stage result"
+                       ) -> None:
+    """A one-line :class:`DataError` naming ``source`` and the field when ``values`` do not
+    follow :data:`STAGE_VALUES` for ``kind`` (brought weights: ``brought`` instead of a row)."""
+    schema = STAGE_VALUES.get(kind, {})
+    if kind == "train" and values.get("brought"):
+        schema = {"weights": (str,), "arch": (str,)}
+    for name, types in schema.items():
+        if name not in values:
+            raise DataError(f"{source}: a {kind} stage result lacks field {name!r}; delete its "
+                            "stage folder to rerun the stage")
+        v = values[name]
+        if isinstance(v, bool) or not isinstance(v, types):
+            raise DataError(f"{source}: field {name!r} of a {kind} stage result is "
+                            f"{type(v).__name__} {v!r}, not {' or '.join(t.__name__ for t in types)}")
+
+
 @dataclass(frozen=True)
 class StageResult:
     """``DONE.json`` of a finished stage: its name, explicit ``kind``, wall time and the
-    values its function returned (``values``, flat in the file)."""
+    values its function returned (``values``, flat in the file; their fields per kind:
+    :data:`STAGE_VALUES`)."""
 
     VERSION: ClassVar[int] = 1
     RESERVED: ClassVar[tuple[str, ...]] = ("stage", "kind", "seconds", "format_version")
@@ -544,6 +582,7 @@ class StageResult:
     def __post_init__(self) -> None:
         if self.kind not in STAGE_KINDS:
             raise ValueError(f"stage kind must be one of {STAGE_KINDS}, got {self.kind!r}")
+        check_stage_values(self.kind, self.values, f"stage {self.stage!r}")
 
     def to_json(self) -> dict[str, Any]:
         return {**self.values, "seconds": float(self.seconds), "stage": self.stage,
@@ -556,6 +595,8 @@ class StageResult:
         version = check_version(data, cls.VERSION, "stage result", source)
         name = str(data.get("stage", ""))
         kind = data.get("kind") or stage_kind(name)  # version-1 files from before 'kind'
-        return cls(stage=name, kind=kind if kind in STAGE_KINDS else "other",
-                   seconds=float(data.get("seconds", 0.0)), format_version=version,
-                   values={k: v for k, v in data.items() if k not in cls.RESERVED})
+        kind = kind if kind in STAGE_KINDS else "other"
+        values = {k: v for k, v in data.items() if k not in cls.RESERVED}
+        check_stage_values(kind, values, source)
+        return cls(stage=name, kind=kind, seconds=float(data.get("seconds", 0.0)),
+                   format_version=version, values=values)

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ffcv_dp4tl.contracts import (FORMAT, DatasetManifest, ImageSettings, MaskMeta, ScoresMeta,
-                                  SplitEntry, StageResult, UnsupportedFormatError, stage_kind)
+from ffcv_dp4tl.contracts import (FORMAT, STAGE_KINDS, DatasetManifest, ImageSettings, MaskMeta,
+                                  ScoresMeta, SplitEntry, StageResult, UnsupportedFormatError,
+                                  stage_kind)
 from ffcv_dp4tl.errors import DataError, MaskError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -174,6 +175,34 @@ def test_bad_versions_and_missing_fields_are_named():
 
 # --- stage results carry an explicit kind ----------------------------------------------------
 
+#: the least a result of each kind holds (contracts.STAGE_VALUES)
+VALID_VALUES = {"train": {"epoch": 0}, "score": {"method": "lm", "unit": "class"},
+                "prune": {"unit": "class", "train_kept": 1}, "finetune": {"test_top1": 0.5},
+                "other": {}}
+
+
+def test_stage_values_follow_their_kinds_schema(tmp_path):
+    from ffcv_dp4tl.contracts import STAGE_VALUES, check_stage_values
+    from ffcv_dp4tl.pipeline.stages import DONE, stage
+
+    assert set(VALID_VALUES) | {"build"} == set(STAGE_VALUES) == set(STAGE_KINDS)
+    for kind, values in VALID_VALUES.items():
+        check_stage_values(kind, values)
+    check_stage_values("train", {"brought": True, "weights": "w.pth", "arch": "resnet18"})
+    with pytest.raises(DataError, match="a score stage result lacks field 'unit'"):
+        StageResult(stage="score", kind="score", values={"method": "lm"})
+    with pytest.raises(DataError, match="field 'train_kept' of a prune stage result is str"):
+        check_stage_values("prune", {"unit": "class", "train_kept": "5"})
+    # a DONE.json that lost a field is refused on read, naming the file and the way out
+    st = stage(tmp_path, "finetune-lp", {"x": 1})
+    st.dir.mkdir(parents=True)
+    (st.dir / DONE).write_text(json.dumps({"stage": "finetune-lp", "kind": "finetune",
+                                           "seconds": 1.0}))
+    with pytest.raises(DataError, match="DONE.json: a finetune stage result lacks field "
+                                        "'test_top1'; delete its stage folder"):
+        st.typed_result()
+
+
 @pytest.mark.parametrize("name, kind", [("surrogate", "train"), ("pretrain", "train"),
                                         ("score", "score"), ("prune", "prune"),
                                         ("finetune-lp", "finetune"), ("finetune-ff", "finetune"),
@@ -183,7 +212,8 @@ def test_stage_kinds(name, kind, tmp_path):
 
     assert stage_kind(name) == kind
     st = stage(tmp_path, name, {"a": 1})
-    res = run_stage(st, lambda d: {"value": 3, "kind": "ignored"}, log=lambda _: None)
+    res = run_stage(st, lambda d: {"value": 3, "kind": "ignored", **VALID_VALUES[kind]},
+                    log=lambda _: None)
     assert res["kind"] == kind and res["stage"] == name and res["value"] == 3
     assert json.loads((st.dir / "DONE.json").read_text()) == res
     again = run_stage(st, lambda d: pytest.fail("a finished stage must not rerun"),
@@ -196,14 +226,15 @@ def test_describe_dispatches_on_kind():
 
     assert describe({"stage": "finetune-lp", "kind": "finetune", "test_top1": 0.5,
                      "top1_val": 0.1}) == "target test top-1 0.5000"
-    assert describe({"stage": "score", "selection_seconds": 2.25}) == "selection 2.2s"
-    assert describe({"stage": "pretrain", "top1_val": 0.75}) == "val top-1 0.7500"
-    assert describe({"stage": "surrogate", "top1_val": None, "objective": "moco_v2",
+    assert describe({"stage": "score", "method": "lm", "unit": "class",
+                     "selection_seconds": 2.25}) == "selection 2.2s"
+    assert describe({"stage": "pretrain", "epoch": 0, "top1_val": 0.75}) == "val top-1 0.7500"
+    assert describe({"stage": "surrogate", "epoch": 0, "top1_val": None, "objective": "moco_v2",
                      "loss": 1.5, "top1_train": 0.25}) == \
         "moco_v2 loss 1.500, instance top-1 0.250"
     assert describe({"stage": "prune", "unit": "class", "train_kept": 5}) == ""
     # a train result that happens to hold a key of another kind is not misread as that kind
-    assert describe({"stage": "pretrain", "top1_val": 0.5,
+    assert describe({"stage": "pretrain", "epoch": 0, "top1_val": 0.5,
                      "selection_seconds": 9.0}) == "val top-1 0.5000"
 
 

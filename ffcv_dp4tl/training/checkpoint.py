@@ -182,11 +182,88 @@ def _load_dict(path: str | Path, map_location: str | torch.device = "cpu") -> An
         raise DP4TLError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
 
 
-def check_identity(path: Path, found: dict[str, Any], expected: dict[str, Any]) -> None:
-    """Raise a DP4TLError listing every identity field that differs."""
+def check_identity(path: Path, found: dict[str, Any], expected: dict[str, Any],
+                   what: str = "run", hint: str = " (or pass --no-resume)") -> None:
+    """Raise a DP4TLError listing every identity field of ``expected`` that differs."""
     diffs = [f"{k}: checkpoint has {str(found.get(k))[:16]!s}, this run has {str(expected[k])[:16]}"
-             for k in IDENTITY_KEYS if found.get(k) != expected[k]]
+             for k in expected if found.get(k) != expected[k]]
     if diffs:
         raise DP4TLError(
-            f"{path} belongs to a different run ({'; '.join(diffs)}). Use another --out "
-            "directory, or delete the checkpoint to start over (or pass --no-resume).")
+            f"{path} belongs to a different {what} ({'; '.join(diffs)}). Use another --out "
+            f"directory, or delete {Path(path).name} to start over{hint}.")
+
+
+def resume_from(state_cls, path: Path, identity: dict[str, Any], *, resume: bool = True,
+                what: str = "run", hint: str = " (or pass --no-resume)"):
+    """The one resume rule of every resumable run (training: :class:`Checkpoint`, finetuning:
+    :class:`FinetuneState`): ``None`` (start at epoch 0) when ``resume`` is off or ``path`` does
+    not exist; else the state read from ``path`` (``state_cls.load``), after checking that it
+    belongs to this run — every field of ``identity`` equal, or a one-line DP4TLError naming
+    the fields that differ. The caller continues at ``state.epoch`` (completed epochs)."""
+    path = Path(path)
+    if not resume or not path.exists():
+        return None
+    state = state_cls.load(path)
+    check_identity(path, state.identity, identity, what, hint)
+    return state
+
+
+#: 0: the unversioned dicts written before :class:`FinetuneState` existed; 1: + format_version
+FINETUNE_STATE_VERSION = 1
+
+
+@dataclasses.dataclass
+class FinetuneState:
+    """``finetune_state.pt``: what an interrupted LP/FF run continues from, written atomically
+    after every epoch. ``net``: the trained weights (LP: the head; FF: the whole model);
+    ``generator``: LP's feature-shuffling generator state (None when not used); ``rows``: the
+    metric rows so far; ``seconds``: wall time of the earlier segments; ``identity``: what the
+    run belongs to (mode, recipe and source fingerprints, target, format). On disk a plain dict
+    (``to_dict``), like :class:`Checkpoint`."""
+    identity: dict[str, Any]
+    epoch: int                                  # completed epochs
+    net: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any]
+    rng: dict[str, Any]
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+    generator: Any = None
+    format_version: int = FINETUNE_STATE_VERSION  # as read (0 = legacy dict)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)   # unknown keys, kept
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        d["format_version"] = FINETUNE_STATE_VERSION
+        return {**self.extra, **d}
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "<dict>") -> "FinetuneState":
+        required = ("identity", "epoch", "net", "optimizer", "scaler", "rng")
+        missing = [k for k in required if not isinstance(d, dict) or k not in d]
+        if missing:
+            raise DP4TLError(f"{source} is not a finetune state (no {missing[0]!r} entry); "
+                             "delete it to start over")
+        version = int(d.get("format_version", 0))
+        if version > FINETUNE_STATE_VERSION:
+            raise DP4TLError(f"{source} has finetune state format {version}; this ffcv-dp4tl "
+                             f"reads up to {FINETUNE_STATE_VERSION}: upgrade ffcv-dp4tl")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kw = {k: v for k, v in d.items() if k in names}
+        kw.update(format_version=version, epoch=int(d["epoch"]), rows=list(d.get("rows") or []),
+                  seconds=float(d.get("seconds", 0.0)),
+                  extra={k: v for k, v in d.items() if k not in names})
+        return cls(**kw)
+
+    def save(self, path: str | Path) -> None:
+        save_checkpoint(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FinetuneState":
+        path = Path(path)
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - a damaged state file is a user-facing error
+            raise DP4TLError(f"{path} is not a readable finetune state ({type(e).__name__}: "
+                             f"{e}); delete it to start over") from None
+        return cls.from_dict(d, str(path))

@@ -24,8 +24,10 @@ whole model —, optimiser, grad scaler, RNG states, LP's shuffling generator, t
 the wall time so far) is written atomically to ``finetune_state.pt``; rerunning the same call
 continues from the last finished epoch, and (with the WebDataset loader, or ffcv with
 ``data.deterministic``) ends with the same weights and numbers as an uninterrupted run. The
-state records what it belongs to (mode, recipe, pretrained checkpoint, target); another run's
-state is refused. ``seconds`` in the result sums the wall time of every segment.
+state is the typed, versioned :class:`~.checkpoint.FinetuneState`; it records what it belongs to
+(mode, recipe, pretrained checkpoint, target), and :func:`~.checkpoint.resume_from` — the rule
+``trainer.train`` resumes by too — refuses another run's state. ``seconds`` in the result sums the wall time of every
+segment.
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from ..data import AugSpec, load_manifest, make_loader
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
 from .callbacks import MetricsWriter, call
-from .checkpoint import Checkpoint, rng_states, save_checkpoint, set_rng_states
+from .checkpoint import Checkpoint, FinetuneState, resume_from, rng_states, set_rng_states
 from .distributed import DistContext, resolve_device
 from .engine import CrossEntropyObjective, evaluate, train_one_epoch
 from .models import backbone, create_model, get_head
@@ -184,11 +186,10 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
                 "source_epoch": ckpt.epoch, "target_fingerprint": manifest.fingerprint,
                 "format": fmt}
     state_path = out_dir / STATE_NAME
-    state: dict[str, Any] | None = None
-    if resume and state_path.exists():
-        state = _load_state(state_path, identity)
-    start_epoch = state["epoch"] if state else 0
-    rows: list[dict] = list(state["rows"]) if state else []
+    state = resume_from(FinetuneState, state_path, identity, resume=resume,
+                        what="finetune run", hint="")
+    start_epoch = state.epoch if state else 0
+    rows: list[dict] = list(state.rows) if state else []
     atomic_write_text(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
     torch.manual_seed(recipe.train.seed)
@@ -233,18 +234,18 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     opt = build_optimizer(recipe, param_groups(net, recipe.optim.weight_decay, wd_on_bn_bias), peak)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp is torch.float16)
     if state:
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        if state.get("generator") is not None and mode == "lp" and not lp_augmented:
-            train_loader.generator.set_state(state["generator"])
-        set_rng_states(state["rng"])
+        net.load_state_dict(state.net)
+        opt.load_state_dict(state.optimizer)
+        scaler.load_state_dict(state.scaler)
+        if state.generator is not None and mode == "lp" and not lp_augmented:
+            train_loader.generator.set_state(state.generator)
+        set_rng_states(state.rng)
     callbacks = [MetricsWriter(metrics_path)] + ([_FinetuneConsole(mode)] if progress else [])
 
     def schedule(epoch: int, it: int, iters: int) -> float:
         return lr_for_iteration(recipe.lr, epoch, it, iters, tc.epochs, peak)
 
-    earlier_seconds = float(state.get("seconds", 0.0)) if state else 0.0
+    earlier_seconds = state.seconds if state else 0.0
     end_epoch = tc.epochs if stop_after is None else min(tc.epochs, stop_after)
     for epoch in range(start_epoch, end_epoch):
         if mode == "ff" or lp_augmented:  # cached LP features reshuffle from their own generator
@@ -258,12 +259,12 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
             row["top1_test"] = evaluate(net, eval_loader, ctx, amp, flip_tta)["top1"]
         rows.append(row)
         call(callbacks, "on_epoch_end", row)
-        save_checkpoint(state_path, {
-            "identity": identity, "epoch": epoch + 1, "net": net.state_dict(),
-            "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": rng_states(),
-            "generator": (train_loader.generator.get_state()
-                          if mode == "lp" and not lp_augmented else None),
-            "rows": rows, "seconds": earlier_seconds + time.perf_counter() - t0})
+        FinetuneState(
+            identity=identity, epoch=epoch + 1, net=net.state_dict(),
+            optimizer=opt.state_dict(), scaler=scaler.state_dict(), rng=rng_states(),
+            generator=(train_loader.generator.get_state()
+                       if mode == "lp" and not lp_augmented else None),
+            rows=rows, seconds=earlier_seconds + time.perf_counter() - t0).save(state_path)
     if end_epoch < tc.epochs:
         return {"stopped_after": end_epoch}
     if not rows:
@@ -287,21 +288,6 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
               "format": fmt, "device": str(dev)}
     atomic_write_json(out_dir / RESULT_NAME, result)
     return result
-
-
-def _load_state(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - a damaged state file is a user-facing error
-        raise DP4TLError(f"{path} is not a readable finetune state ({type(e).__name__}: {e}); "
-                         "delete it to start over") from None
-    found = state.get("identity", {}) if isinstance(state, dict) else {}
-    diffs = [k for k in identity if found.get(k) != identity[k]]
-    if diffs:
-        raise DP4TLError(f"{path} belongs to a different finetune run (differs in "
-                         f"{', '.join(diffs)}). Use another --out directory, or delete it to "
-                         "start over.")
-    return state
 
 
 class _FinetuneConsole:

@@ -70,7 +70,7 @@ from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
 from . import distributed as dist_
 from .callbacks import ConsoleLogger, MetricsWriter, RecordSeen, TensorBoardLogger, call
-from .checkpoint import (CHECKPOINT_NAME, Checkpoint, check_identity, mask_hash, rng_states,
+from .checkpoint import (CHECKPOINT_NAME, Checkpoint, mask_hash, resume_from, rng_states,
                          set_rng_states)
 from .engine import CrossEntropyObjective, evaluate, train_one_epoch, train_step
 from .models import create_model, get_head, unwrap
@@ -350,11 +350,8 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
                 "mask_hash": mask_hash(None if mask_obj is None else mask_obj.indices,
                                        split.fingerprint),
                 "num_classes": num_classes}
-    ckpt_path = out_dir / CHECKPOINT_NAME
-    ckpt: Checkpoint | None = None
-    if ckpt_path.exists() and resume:
-        ckpt = Checkpoint.load(ckpt_path)
-        check_identity(ckpt_path, ckpt.identity, identity)
+    ckpt: Checkpoint | None = resume_from(Checkpoint, out_dir / CHECKPOINT_NAME, identity,
+                                          resume=resume)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -148,7 +148,7 @@ def test_target_with_fewer_images_than_classes_warns(tmp_path):
 
 
 def test_resumed_stage_reports_the_wall_time_of_every_segment(tmp_path):
-    st = stage(tmp_path, "prune", {"x": 1})
+    st = stage(tmp_path, "work", {"x": 1})
 
     def killed(d):
         time.sleep(0.3)

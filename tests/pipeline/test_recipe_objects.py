@@ -36,7 +36,8 @@ def test_each_recipe_loaded_once_and_passed_as_an_object(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tr_mod, "train", fake_train)
     monkeypatch.setattr(ft_mod, "finetune", fake_finetune)
-    monkeypatch.setattr(run_mod, "score", lambda *a, **k: {"selection_seconds": 0.0})
+    monkeypatch.setattr(run_mod, "score", lambda *a, **k: {"method": "random", "unit": "sample",
+                                                         "selection_seconds": 0.0})
     def fake_prune(scores, source, ratio, out, **k):
         (out / "train.npy").write_bytes(b"mask")  # the pretrain key hashes the mask file
         return {"unit": "class", "kept_units": [0], "train_kept": 1}

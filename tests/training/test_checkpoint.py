@@ -84,3 +84,37 @@ def test_trained_run_writes_a_versioned_checkpoint(trained_run):
     assert ck.format_version == CHECKPOINT_VERSION and ck.epoch == 2 and ck.extra == {}
     assert ck.identity["arch"] == ck.arch == "resnet18" and ck.self_supervised is None
     assert ck.eval_resolution == 16 and ck.recipe_name == "resnet18_tiny_cpu"
+
+
+def test_finetune_state_is_a_versioned_contract_resumed_by_the_one_rule(tmp_path):
+    from ffcv_dp4tl.training.checkpoint import (FINETUNE_STATE_VERSION, FinetuneState,
+                                                resume_from)
+
+    ident = {"mode": "lp", "recipe_fingerprint": "r" * 64}
+    st = FinetuneState(identity=ident, epoch=2, net={"w": torch.ones(2)}, optimizer={},
+                       scaler={}, rng={"torch": torch.get_rng_state()}, rows=[{"epoch": 0}],
+                       seconds=1.5)
+    path = tmp_path / "finetune_state.pt"
+    st.save(path)
+    raw = torch.load(path, weights_only=False)  # a plain dict on disk, with its version
+    assert raw["format_version"] == FINETUNE_STATE_VERSION and raw["epoch"] == 2
+    back = resume_from(FinetuneState, path, ident, what="finetune run")
+    assert back.epoch == 2 and back.rows == [{"epoch": 0}] and back.seconds == 1.5
+    assert torch.equal(back.net["w"], torch.ones(2))
+    assert resume_from(FinetuneState, path, ident, resume=False) is None
+    assert resume_from(FinetuneState, tmp_path / "none.pt", ident) is None
+    # another run's state, an old unversioned dict, a newer version and junk
+    with pytest.raises(DP4TLError, match="different finetune run.*mode: checkpoint has lp"):
+        resume_from(FinetuneState, path, {**ident, "mode": "ff"}, what="finetune run")
+    old = {k: v for k, v in raw.items() if k != "format_version"}
+    torch.save(old, tmp_path / "old.pt")
+    assert FinetuneState.load(tmp_path / "old.pt").format_version == 0
+    torch.save({**raw, "format_version": FINETUNE_STATE_VERSION + 1}, tmp_path / "new.pt")
+    with pytest.raises(DP4TLError, match="upgrade ffcv-dp4tl"):
+        FinetuneState.load(tmp_path / "new.pt")
+    torch.save({"identity": ident}, tmp_path / "part.pt")
+    with pytest.raises(DP4TLError, match="not a finetune state.*'epoch'"):
+        FinetuneState.load(tmp_path / "part.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(DP4TLError, match="not a readable finetune state"):
+        FinetuneState.load(tmp_path / "junk.pt")

@@ -6,8 +6,8 @@ import json
 import torch
 
 from ffcv_dp4tl.data import load_manifest
-from ffcv_dp4tl.training.checkpoint import Checkpoint
-from ffcv_dp4tl.training.finetune import finetune
+from ffcv_dp4tl.training.checkpoint import Checkpoint, FinetuneState
+from ffcv_dp4tl.training.finetune import STATE_NAME, finetune
 
 # (the package exports a function of the same name)
 finetune_module = importlib.import_module("ffcv_dp4tl.training.finetune")
@@ -110,8 +110,8 @@ def test_augmented_lp_recomputes_features_keeps_backbone_frozen_and_resumes(
     done = finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path / "b",
                     fmt="wds", device="cpu", progress=False, overrides=over)
     assert done["resumed_from"] == 2 and done["test_top1"] == full["test_top1"]
-    assert torch.equal(torch.load(tmp_path / "a" / "finetune_state.pt", weights_only=False)["net"]["weight"],
-                       torch.load(tmp_path / "b" / "finetune_state.pt", weights_only=False)["net"]["weight"])
+    assert torch.equal(FinetuneState.load(tmp_path / "a" / STATE_NAME).net["weight"],
+                       FinetuneState.load(tmp_path / "b" / STATE_NAME).net["weight"])
 
 
 def test_lp_augment_knob_leaves_old_fingerprints_alone():

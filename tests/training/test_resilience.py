@@ -11,7 +11,7 @@ import torch
 
 from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.training import checkpoint as ckpt_mod
-from ffcv_dp4tl.training.checkpoint import Checkpoint
+from ffcv_dp4tl.training.checkpoint import Checkpoint, FinetuneState
 from ffcv_dp4tl.training.finetune import STATE_NAME, finetune
 from ffcv_dp4tl.training.recipe import load_recipe
 from ffcv_dp4tl.training.trainer import train
@@ -20,7 +20,7 @@ FT = ["finetune.resolution=16", "eval.resolution=16", "data.num_workers=0", "eva
 
 
 def _state_weights(out):
-    return torch.load(out / STATE_NAME, map_location="cpu", weights_only=False)["net"]
+    return FinetuneState.load(out / STATE_NAME).net
 
 
 @pytest.mark.parametrize("mode,recipe,epochs", [("lp", "lp_tiny_cpu", 4), ("ff", "ff_tiny_cpu", 2)])
@@ -31,7 +31,7 @@ def test_killed_finetune_resumes_to_the_uninterrupted_result(trained_run, target
     whole = finetune(recipe, ckpt, target_dir, tmp_path / "a", **kw)
     stopped = finetune(recipe, ckpt, target_dir, tmp_path / "b", stop_after=1, **kw)
     assert stopped == {"stopped_after": 1} and not (tmp_path / "b" / "result.json").exists()
-    first_segment = torch.load(tmp_path / "b" / STATE_NAME, weights_only=False)["seconds"]
+    first_segment = FinetuneState.load(tmp_path / "b" / STATE_NAME).seconds
     resumed = finetune(recipe, ckpt, target_dir, tmp_path / "b", **kw)
     assert resumed["resumed_from"] == 1 and whole["resumed_from"] == 0
     for key in ("test_top1", "train_top1", "epochs"):
