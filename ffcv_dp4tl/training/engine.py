@@ -62,16 +62,26 @@ class CrossEntropyObjective:
         pass
 
 
+#: The running sums of a training epoch (one float64 device tensor, :func:`metric_sums`):
+#: loss × n, correct predictions, samples, batches whose input images held NaN/Inf.
+METRIC_SUMS = ("loss_x_n", "correct", "n", "bad_inputs")
+
+
+def metric_sums(device: torch.device | str) -> torch.Tensor:
+    """A zeroed tensor of the :data:`METRIC_SUMS` for :func:`train_step` to accumulate into."""
+    return torch.zeros(len(METRIC_SUMS), dtype=torch.float64, device=device)
+
+
 def train_step(train_model: nn.Module, batch, opt: torch.optim.Optimizer, objective, *,
                amp: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
                grad_clip: float = 0.0, clip_params: list[torch.Tensor] | None = None,
                sums: torch.Tensor | None = None) -> torch.Tensor:
     """One optimisation step of ``objective`` on ``batch``; returns the (detached) loss tensor.
 
-    ``sums`` (float64, on the device) accumulates (loss × n, correct, n) for the epoch's
-    metrics and, when it has a 4th entry, the number of batches whose input images held NaN/Inf
-    (one fused reduction, no sync): a diverged run can then say whether the data or the
-    optimisation produced the NaN. The step never synchronises the host with the device — no
+    ``sums`` (:func:`metric_sums`) accumulates the :data:`METRIC_SUMS` for the epoch's metrics:
+    (loss × n, correct, n) and the number of batches whose input images held NaN/Inf (one fused
+    reduction, no sync), so a diverged run can say whether the data or the optimisation
+    produced the NaN. The step never synchronises the host with the device — no
     ``.item()``, no Python-side branching on tensor values, no blocking host→device copies — so
     on a GPU the Python loop runs ahead and keeps the kernel queue full
     (``tests/training/test_gpu.py`` checks this under ``torch.cuda.set_sync_debug_mode("error")``).
@@ -98,8 +108,7 @@ def train_step(train_model: nn.Module, batch, opt: torch.optim.Optimizer, object
         sums[0] += loss.double() * n
         sums[1] += correct
         sums[2] += n
-        if sums.numel() > 3:
-            sums[3] += (~torch.isfinite(batch.images)).any()
+        sums[3] += (~torch.isfinite(batch.images)).any()
     return loss
 
 
@@ -134,7 +143,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, objective, optimizer: to
     hooks = [cb.on_batch for cb in callbacks if hasattr(cb, "on_batch")]
     stage = timer if timer is not None else (lambda name: contextlib.nullcontext())
     model.train()
-    sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss*n, correct, n, bad inputs
+    sums = metric_sums(dev)
     lr = 0.0
     bar = None
     if progress is not None:

@@ -26,8 +26,8 @@ continues from the last finished epoch, and (with the WebDataset loader, or ffcv
 ``data.deterministic``) ends with the same weights and numbers as an uninterrupted run. The
 state is the typed, versioned :class:`~.checkpoint.FinetuneState`; it records what it belongs to
 (mode, recipe, pretrained checkpoint, target), and :func:`~.checkpoint.resume_from` — the rule
-``trainer.train`` resumes by too — refuses another run's state. ``seconds`` in the result sums the wall time of every
-segment.
+``trainer.train`` resumes by too — refuses another run's state. ``seconds`` in the result sums
+the wall time of every segment.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.training import trainer
 from ffcv_dp4tl.training.adversarial import AdversarialObjective, PGDAttack, default_step_size
 from ffcv_dp4tl.training.distributed import DistContext
-from ffcv_dp4tl.training.engine import CrossEntropyObjective, train_step
+from ffcv_dp4tl.training.engine import CrossEntropyObjective, metric_sums, train_step
 from ffcv_dp4tl.training.recipe import load_recipe
 from ffcv_dp4tl.training.schedule import lr_for_iteration
 
@@ -172,7 +172,7 @@ def test_adversarial_step_never_syncs(device):
     assert isinstance(parts.objective, AdversarialObjective) and parts.objective.attack_model is parts.net
     assert not isinstance(parts.objective, CrossEntropyObjective)
     batches = _batches(parts, device, 4)
-    sums = torch.zeros(3, dtype=torch.float64, device=dev)
+    sums = metric_sums(dev)
     with trainer.cudnn_benchmark(dev):
         for it, batch in enumerate(batches):
             with _no_host_sync(device) if it >= 2 else contextlib.nullcontext():

@@ -263,7 +263,7 @@ def test_train_step_never_syncs(device, kind, compiled, fresh_dynamo):
     parts = trainer.build_step_parts(r, CLASSES, DistContext(device=dev))
     warmup, total = 2, 5
     batches = _batches(parts, device, total)
-    sums = torch.zeros(3, dtype=torch.float64, device=dev)
+    sums = engine.metric_sums(dev)  # the epoch loop's sums: loss × n, correct, n, bad inputs
     bar = tqdm(total=total, leave=False)
     losses = []
     with trainer.cudnn_benchmark(dev):
@@ -276,7 +276,7 @@ def test_train_step_never_syncs(device, kind, compiled, fresh_dynamo):
                 bar.update(1)
     bar.close()
     assert torch.isfinite(torch.stack(losses)).all()
-    assert sums[2].item() == total * BATCH
+    assert sums[2].item() == total * BATCH and sums[3].item() == 0  # every input finite
     if kind == "moco":
         assert parts.objective.ptr == (total * BATCH) % r.ssl.queue_size
 
