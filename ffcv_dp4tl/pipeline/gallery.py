@@ -46,10 +46,10 @@ def kept_class_ranking(labels: np.ndarray, kept: np.ndarray, scores_dir: str | P
     counts = np.bincount(kept_labels, minlength=int(labels.max()) + 1 if labels.size else 0)
     present = np.flatnonzero(counts)
     if scores_dir is not None:
-        meta, arrays = load_scores(scores_dir)
-        if meta.get("unit") == "class" and len(arrays["scores"]) == len(counts):
-            order = rank(np.asarray(arrays["scores"], float),
-                         None if "tiebreak" not in arrays else np.asarray(arrays["tiebreak"], float))
+        sc = load_scores(scores_dir)
+        if sc.unit == "class" and len(sc.scores) == len(counts):
+            order = rank(np.asarray(sc.scores, float),
+                         None if sc.tiebreak is None else np.asarray(sc.tiebreak, float))
             return [int(c) for c in order if counts[c]]
     order = np.lexsort((present, -counts[present]))
     return [int(c) for c in present[order]]
