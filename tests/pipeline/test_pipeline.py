@@ -44,8 +44,10 @@ class FirstRun:
 
 
 @pytest.fixture(scope="module")
-def first_run(tmp_path_factory) -> FirstRun:
+def first_run(tmp_path_factory, data_root) -> FirstRun:
     tmp = tmp_path_factory.mktemp("pipe")
+    data_root.mkdir(parents=True, exist_ok=True)
+    (tmp / "data").symlink_to(data_root)  # the session's data root: synth:tiny is built once
     res = run_pipeline(_cfg(tmp), log=lambda s: None)
     assert all(st.ran for st in res["stages"].values())
     dirs = {}

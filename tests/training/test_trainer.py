@@ -31,10 +31,14 @@ def test_metrics_timings_and_checkpoint(trained_run, source_dir):
     assert ck.model["fc.weight"].shape[0] == load_manifest(source_dir).num_classes
 
 
-def test_rerun_finished_run_is_noop(trained_run, source_dir, test_recipe):
+def test_rerun_finished_run_is_noop(trained_run, source_dir):
+    from tiny_data import SURROGATE_OVERRIDES
+
+    from ffcv_dp4tl.training.recipe import load_recipe
+
     before = (trained_run / "checkpoint.pt").stat().st_mtime_ns
-    row = train(test_recipe(), source_dir, out_dir=trained_run, fmt="wds", device="cpu",
-                progress=False)
+    row = train(load_recipe("resnet18_tiny_cpu", SURROGATE_OVERRIDES), source_dir,
+                out_dir=trained_run, fmt="wds", device="cpu", progress=False)
     assert row["epoch"] == 1
     assert (trained_run / "checkpoint.pt").stat().st_mtime_ns == before
 
