@@ -19,7 +19,7 @@ import typer
 
 # the CLI's choice sets are the project's (defined once in contracts; typer lists them in --help)
 from ..contracts import (AdvNorm, Backend, BetonMode, Budget, FinetuneMode, Format, Order,  # noqa: F401
-                         Protocol, RecipeSet, TargetCrop, TargetSplit, check_k)
+                         Protocol, RecipeSet, TargetCrop, TargetSplit, check_k, check_ratio)
 from ..errors import DP4TLError
 
 
@@ -86,6 +86,15 @@ def list_callback(choices: Sequence[str], what: str):
                                      f"comma-separated list of {', '.join(choices)}")
         return value
     return check
+
+
+def ratio_callback(value: float) -> float:
+    """``--ratio`` callback: :func:`~ffcv_dp4tl.contracts.check_ratio`, as a usage error."""
+    try:
+        check_ratio(value, "--ratio")
+    except DP4TLError as e:
+        raise typer.BadParameter(str(e)) from None
+    return value
 
 
 def floats_callback(what: str):

@@ -10,7 +10,7 @@ from ..scoring.registry import methods_help
 from .app import app
 from .options import (FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order, Protocol, RecipeSet, TargetSplit,
                       check_arch, default_k, device_option, ints_callback, list_callback,
-                      pick_data, split_list)
+                      pick_data, ratio_callback, split_list)
 
 PROTOCOL_HELP = ("fast: today's recipes (tiny on synth data, ffcv-imagenet-style otherwise); "
                  "paper: recipes/paper/, the paper's App. A.1 / Tab. A1 protocol (RN-18 surrogate, "
@@ -50,7 +50,8 @@ def target_config(target: List[str], target_weights: str) -> dict:
 
 @app.command()
 def pipeline(
-    ratio: float = typer.Option(0.6, help="Fraction of source classes (or clusters) to prune"),
+    ratio: float = typer.Option(0.6, help="Fraction of source classes (or clusters) to prune",
+                                callback=ratio_callback),
     data: str = typer.Option("", "--data", help="Source: a built dataset dir or a `dp4tl build` "
                              "SOURCE (e.g. imagenet:/data/ILSVRC2012; default: synth:tiny, the "
                              "embedded data)"),

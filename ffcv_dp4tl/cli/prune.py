@@ -9,7 +9,7 @@ import typer
 from ..scoring.registry import methods_help
 from .app import app
 from .options import (DATA_HELP, FORMAT_HELP, PAPER_K, Backend, Budget, Format, TargetCrop, device_option,
-                      paths, pick_data, resolve_device)
+                      paths, pick_data, ratio_callback, resolve_device)
 
 
 @app.command()
@@ -78,7 +78,8 @@ def prune(
     data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP + ": the scored source",
                                         show_default=False),
     source: Optional[Path] = typer.Option(None, "--source", hidden=True, help="Old name of --data"),
-    ratio: float = typer.Option(..., help="Fraction of classes/clusters (or samples) to remove, in [0, 1)"),
+    ratio: float = typer.Option(..., help="Fraction of classes/clusters (or samples) to remove, in [0, 1)",
+                                callback=ratio_callback),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for train.npy/val.npy masks"),
     reverse: bool = typer.Option(False, help="Keep the lowest-scored units (ablation)"),
     budget: Budget = typer.Option(Budget.units, help="units: --ratio of the method's classes/clusters "
