@@ -17,7 +17,7 @@ from ffcv_dp4tl.scoring import select_samples
 from ffcv_dp4tl.scoring.baselines import (class_mean_prototypes, moderate_distances,
                                           prototype_distances)
 from ffcv_dp4tl.scoring.registry import FEATURES, LOGITS, get_scorer, list_scorers
-from tiny_data import SYNTH, TRAIN
+from tiny_data import SURROGATE_OVERRIDES, SYNTH, TRAIN
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_grand_full_gradient_and_another_arch(env):
 def test_forget_trains_its_own_run_and_counts_forgetting(env):
     tmp, source, sur = env
     meta, s, _ = _score(env, "forget", checkpoint=None, train_recipe="resnet18_tiny_cpu",
-                        train_overrides=TRAIN)
+                        train_overrides=SURROGATE_OVERRIDES)  # 2 epochs
     (run,) = meta["training_runs"]
     assert run["epochs"] == 2 and run["seconds"] > 0
     assert s.shape == (len(_labels(source)),) and (s >= 0).all()
