@@ -350,8 +350,8 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
                 "mask_hash": mask_hash(None if mask_obj is None else mask_obj.indices,
                                        split.fingerprint),
                 "num_classes": num_classes}
-    ckpt: Checkpoint | None = resume_from(Checkpoint, out_dir / CHECKPOINT_NAME, identity,
-                                          resume=resume)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    ckpt: Checkpoint | None = resume_from(Checkpoint, ckpt_path, identity, resume=resume)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -50,4 +50,4 @@ def test_scores_written_before_the_digests_still_load(tmp_path):
     del meta[DIGESTS]
     (sd / "scores.json").write_text(json.dumps(meta))
     np.save(sd / "scores.npy", np.arange(4.0) * 2)  # nothing recorded to check against
-    assert load_scores(sd)[1]["scores"].tolist() == [0, 2, 4, 6]
+    assert load_scores(sd).scores.tolist() == [0, 2, 4, 6]
