@@ -35,8 +35,8 @@ import numpy as np
 from .errors import DataError, DP4TLError, MaskError
 
 __all__ = [
-    "AdvNorm", "Backend", "BetonMode", "Budget", "Choice", "Decode", "FinetuneMode", "Format", "Order", "Protocol",
-    "RecipeSet", "TargetCrop", "TargetSplit", "check_k", "check_ratio", "check_stage_values",
+    "AdvNorm", "AdvUnits", "Backend", "BetonMode", "Budget", "Choice", "Criterion", "Decode", "FinetuneMode", "Format", "Order", "Protocol",
+    "RecipeSet", "StartFrom", "TargetCrop", "TargetSplit", "check_k", "check_ratio", "check_stage_values",
     "DatasetManifest", "FORMAT", "INDEX_DTYPE", "ImageSettings", "MANIFEST_NAME", "MaskMeta",
     "SCORE_UNITS", "STAGE_KINDS", "STAGE_VALUES", "Scores", "ScoresMeta", "SplitEntry", "StageResult",
     "UnsupportedFormatError", "check_version", "dataset_fingerprint", "split_fingerprint",
@@ -121,9 +121,11 @@ class Backend(Choice):
 
 
 class Protocol(Choice):
-    """Recipe protocol of the pipeline: today's fast recipes, or the paper's (recipes/paper/)."""
+    """Recipe protocol of the pipeline: today's fast recipes, the paper's text (recipes/paper/),
+    or the authors' released code (recipes/paper_code/); docs/deviations.md."""
     fast = "fast"
     paper = "paper"
+    paper_code = "paper-code"
 
 
 class RecipeSet(Choice):
@@ -173,6 +175,27 @@ class AdvNorm(Choice):
     """PGD threat model of adversarial pretraining (recipe ``adv.norm``)."""
     linf = "linf"
     l2 = "l2"
+
+
+class AdvUnits(Choice):
+    """Units of a PGD step and random start (recipe ``adv.units``): [0, 1] pixels, or the
+    normalised model input as the authors' released script (docs/deviations.md)."""
+    pixel = "pixel"
+    normalized = "normalized"
+
+
+class StartFrom(Choice):
+    """Which pretraining checkpoint finetuning starts from (recipe ``finetune.start_from``): the
+    final epoch's, or the best val top-1's (the authors' best.ckpt)."""
+    final = "final"
+    best = "best"
+
+
+class Criterion(Choice):
+    """Which epoch's target test top-1 decides a winning subset (``--criterion``): the final
+    epoch, or the best epoch on the test set (the authors' ``best_test_top1``)."""
+    final = "final"
+    best = "best"
 
 
 class BetonMode(Choice):

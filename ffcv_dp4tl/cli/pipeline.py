@@ -14,7 +14,9 @@ from .options import (FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order, 
 
 PROTOCOL_HELP = ("fast: today's recipes (tiny on synth data, ffcv-imagenet-style otherwise); "
                  "paper: recipes/paper/, the paper's App. A.1 / Tab. A1 protocol (RN-18 surrogate, "
-                 "RN-101 source, LP/FF as published, target read at 224 with no crop for scoring)")
+                 "RN-101 source, LP/FF as published, target read at 224 with no crop for scoring); "
+                 "paper-code: recipes/paper_code/, the authors' released configs (per-target LP/FF, "
+                 "finetuning from best.ckpt, fp16; docs/deviations.md)")
 SURROGATE_WEIGHTS_HELP = ("A torchvision/timm state dict (.pth) of the surrogate recipe's "
                           "architecture, e.g. torchvision's ImageNet ResNet-18: used instead of "
                           "training a surrogate (checked against the source's classes; nothing "

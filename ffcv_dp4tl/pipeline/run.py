@@ -62,17 +62,37 @@ PAPER_RECIPES = {"surrogate": "paper/resnet18_surrogate", "pretrain": "paper/res
 PAPER_TARGET_RECIPES = {"cifar10": {"lp": "paper/lp_cifar10", "ff": "paper/ff_cifar10"}}
 #: MoCo's linear classification protocol, the paper's LP for self-supervised source models
 PAPER_SSL_LP = "paper/lp_moco"
+#: The authors' released code (recipes/paper_code/, OPTML-Group/DP4TL configs and scripts): the
+#: RN-18 surrogate and RN-101 source as released, LP and FF per target as the released
+#: configs/imagenet_transfer_to_downstream/<target>_rn101{,_ff}.json (docs/deviations.md)
+PAPER_CODE_RECIPES = {"surrogate": "paper_code/resnet18_surrogate",
+                      "pretrain": "paper_code/resnet101_16ep",
+                      "lp": "paper_code/lp", "ff": "paper_code/ff"}
+#: per target (the manifest's dataset name): FF is Adam lr 1e-4 (paper_code/ff) except the three
+#: SGD lr 0.1 targets; CIFAR-10 at 160 px
+PAPER_CODE_TARGET_RECIPES = {
+    "oxfordpets": {}, "flowers102": {}, "dtd": {}, "ucf101": {},
+    "cifar10": {"lp": "paper_code/lp_cifar10", "ff": "paper_code/ff_cifar10"},
+    "food101": {"ff": "paper_code/ff_sgd"}, "stanfordcars": {"ff": "paper_code/ff_sgd"},
+    "sun397": {"ff": "paper_code/ff_sgd"}}
+#: the protocols that run a recipes/paper*/ set (one set each: no fast-protocol scale)
+PAPER_PROTOCOLS = (Protocol.paper.value, Protocol.paper_code.value)
 
 
 def recipe_set(protocol: str, scale: str, target_name: str | None = None) -> dict[str, str]:
     """The recipes a protocol runs: ``fast`` → :data:`RECIPE_SETS` [scale]; ``paper`` →
     :data:`PAPER_RECIPES` with Tab. A1's per-target LP/FF (``target_name`` = the target
-    manifest's name, e.g. ``cifar10``)."""
+    manifest's name, e.g. ``cifar10``); ``paper-code`` → :data:`PAPER_CODE_RECIPES` with the
+    released per-target LP/FF (a target the authors did not release, e.g. the embedded data's:
+    the majority FF recipe, Adam lr 1e-4)."""
     if Protocol.check(protocol, "protocol") == Protocol.fast:
         if scale not in RECIPE_SETS:
             raise DP4TLError(f"recipes= must be one of {', '.join(RECIPE_SETS)}")
         return dict(RECIPE_SETS[scale])
-    return {**PAPER_RECIPES, **PAPER_TARGET_RECIPES.get(str(target_name or "").lower(), {})}
+    name = str(target_name or "").lower()
+    if protocol == "paper-code":
+        return {**PAPER_CODE_RECIPES, **PAPER_CODE_TARGET_RECIPES.get(name, {})}
+    return {**PAPER_RECIPES, **PAPER_TARGET_RECIPES.get(name, {})}
 
 
 PLURAL = UNIT_PLURAL  # unit → plural (kept for older imports)
@@ -202,9 +222,10 @@ def _check_inputs(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], No
 def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     check_ratio(cfg.ratio)
     Protocol.check(cfg.protocol, "protocol")
-    if cfg.protocol == "paper" and cfg.recipes:
-        raise DP4TLError(f"recipes={cfg.recipes} picks a fast-protocol set; the paper protocol "
-                         "has one set (recipes/paper/): drop one of the two")
+    if cfg.protocol in PAPER_PROTOCOLS and cfg.recipes:
+        raise DP4TLError(f"recipes={cfg.recipes} picks a fast-protocol set; the {cfg.protocol} "
+                         f"protocol has one set (recipes/{cfg.protocol.replace('-', '_')}/): "
+                         "drop one of the two")
     if cfg.source_weights and cfg.ratio != 0:
         raise DP4TLError(f"source weights are the unpruned source model (ratio 0), but ratio is "
                          f"{cfg.ratio}: a pruned run pretrains on its mask")
@@ -247,7 +268,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     from ..training.recipe import load_recipe
     from ..training.trainer import train
 
-    ssl_source = cfg.protocol == "paper" and not cfg.lp_recipe and \
+    ssl_source = cfg.protocol in PAPER_PROTOCOLS and not cfg.lp_recipe and \
         load_recipe(rs["pretrain"], pre_overrides).ssl.method != "none"
     if ssl_source:
         rs["lp"] = PAPER_SSL_LP  # self-supervised source: MoCo's linear classification protocol
@@ -270,6 +291,15 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
                                load_recipe(name, list(cfg.finetune_overrides)))
                            for m, name in rt.items()})
     sur_recipe = loaded["surrogate"]
+    # the protocol's scorer options (surrogate recipe scoring.scorer_options), under --opt
+    recipe_options = recipe_scorer_options(sur_recipe.scoring.scorer_options, cfg.method)
+    if recipe_options:
+        options = scorer.parse_options({**recipe_options, **given_options})
+        log(f"[score] {rs['surrogate']} sets {cfg.method} options "
+            f"{', '.join(f'{k}={v}' for k, v in recipe_options.items())} (--opt overrides them)")
+    for rec in ft_recipes:
+        for r_name, r in rec.values():
+            _check_start_from(r_name, r, rs["pretrain"], loaded["pretrain"], cfg.source_weights)
     if sur_recipe.ssl.method != "none" and scorer.needs_class_head:
         raise self_supervised_refusal(scorer, f"the surrogate recipe {rs['surrogate']} is "
                                               f"self-supervised ({sur_recipe.ssl.method})")
@@ -310,8 +340,8 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
                     if (sc_in.target_resolution, sc_in.target_crop) != (0, "center") else {})
     # options and the training recipe enter the key only where they apply (old keys stay valid)
     extra_key: dict[str, Any] = {}
-    if given_options:
-        extra_key["options"] = {k: options[k] for k in sorted(given_options)}
+    if given_options or recipe_options:
+        extra_key["options"] = {k: options[k] for k in sorted({*given_options, *recipe_options})}
     if scorer.trains:
         extra_key.update({"train_recipe": fp["surrogate"], "source": src.fingerprint})
     device = "cuda" if cfg.device == "auto" and _cuda() else ("cpu" if cfg.device == "auto" else cfg.device)
@@ -376,7 +406,8 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
                     + stage_suffix(t_name)
                 results["stages"][name] = run_stage(ft, lambda d, m=mode, r=ft_recipe, p=pt,
                                                     td=t_dir: finetune(
-                    r, p.output("checkpoint.pt"), td, d, mode=m, fmt=cfg.fmt,
+                    r, _start_checkpoint(p, r, bool(cfg.source_weights)), td, d, mode=m,
+                    fmt=cfg.fmt,
                     device=cfg.device), log)
     results["seeds"] = list(seeds)
     if multi:  # one accuracy summary per target (Fig. A5); no single-target summary
@@ -394,6 +425,37 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
     results["report"] = str(report_dir / "report.md")
     log(f"[report] {results['report']}")
     return results
+
+
+def recipe_scorer_options(entries: list[str], method: str) -> dict[str, str]:
+    """``["grand.grad=full", "moderate.band=class"]`` (a recipe's scoring.scorer_options) →
+    the options of ``method``: ``{"grad": "full"}`` for grand."""
+    out: dict[str, str] = {}
+    for text in entries:
+        name, _, value = text.partition("=")
+        m, _, key = name.partition(".")
+        if m.strip() == method:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _check_start_from(name: str, recipe, pre_name: str, pre_recipe, brought: str) -> None:
+    """finetune.start_from = "best" needs a pretraining that keeps best.pt (train.keep_best);
+    checked before any work. Brought source weights are the model itself: nothing to choose."""
+    if recipe.finetune.start_from == "best" and not brought and not pre_recipe.train.keep_best:
+        raise DP4TLError(f"finetune recipe {name}: finetune.start_from = \"best\", but the "
+                         f"pretraining recipe {pre_name} does not keep it: set train.keep_best = "
+                         "true there (--set train.keep_best=true) or finetune.start_from = \"final\"")
+
+
+def _start_checkpoint(pretrain, recipe, brought: bool) -> Path:
+    """The checkpoint of the ``pretrain`` stage finetuning starts from (finetune.start_from):
+    the final epoch's, or the best pruned-val top-1's (best.pt, the authors' best.ckpt; kept
+    when the pretraining recipe says train.keep_best, checked before any work)."""
+    from ..training.trainer import BEST_CHECKPOINT_NAME
+
+    best = recipe.finetune.start_from == "best" and not brought
+    return pretrain.output(BEST_CHECKPOINT_NAME if best else "checkpoint.pt")
 
 
 def _brought_source(cfg: PipelineConfig, root: Path, recipe, rs: dict, src, source_dir: Path,

@@ -52,10 +52,13 @@ def _load_surrogate(scorer: Scorer, ctx: ScoringContext, checkpoint: Path, devic
     t_crop = TargetCrop.check(target_crop or sc.target_crop, "target crop")
     if t_res < 0:
         raise DP4TLError(f"target resolution must be >= 0 (0 = the surrogate's), got {t_res}")
+    # source images behind source features: the recipe's [scoring] (validated when it loaded)
+    s_res, s_crop = int(sc.get("source_resolution", 0)), sc.get("source_crop", "center")
     return Surrogate(path=Path(checkpoint), model=model, head=get_head(model), checkpoint=ckpt,
                      resolution=res, device=dev,
                      autocast_dtype=torch.bfloat16 if dev.type == "cuda" else None,
-                     target_resolution=t_res or None, target_crop=t_crop)
+                     target_resolution=t_res or None, target_crop=t_crop,
+                     source_resolution=s_res or None, source_crop=s_crop)
 
 
 def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
@@ -126,6 +129,10 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
                                         target_resolution, target_crop)
         ctx.meta.update({"surrogate": str(chosen), "surrogate_hash": file_sha256(chosen),
                          "resolution": ctx.surrogate.resolution})
+        if (ctx.surrogate.source_resolution, ctx.surrogate.source_crop) != (None, "center"):
+            ctx.meta["source_feature_input"] = [ctx.surrogate.source_resolution
+                                                or ctx.surrogate.resolution,
+                                                ctx.surrogate.source_crop]
         if scorer.needs_target:
             ctx.meta.update({"target_resolution": ctx.surrogate.target_resolution
                              or ctx.surrogate.resolution,

@@ -112,6 +112,31 @@ def moderate_rank_scores(features: Any, labels: Any | None = None, *,
     return -(2.0 * np.abs(off) + (off > 0)).astype(np.float64)
 
 
+def moderate_class_band_scores(distances: Any, labels: Any) -> np.ndarray:
+    """MODERATE with a band *per class*, as the authors' ImageNet script selects
+    (OPTML-Group/DP4TL src/auxiliary/data_wise_moderate_selection.py: in every class, the ranks
+    ``[round(n_c·(1-f)/2), round(n_c·(1+f)/2))`` of the distances to the class median).
+
+    The score is the distance of a sample's rank from its class's median rank as a fraction of
+    the class size, ``|2r - (n_c - 1)| / n_c`` (negated; the nearer side first on a tie), so
+    keeping the top ``m`` scores keeps the same middle fraction of every class (up to one sample
+    of rounding per class), where :func:`moderate_rank_scores`' global band may keep more of the
+    classes whose distances sit near the global median."""
+    d = as_vector(distances, "distances")
+    lab = _labels_for(labels, d.shape[0], "distances")
+    out = np.empty(d.shape[0], dtype=np.float64)
+    order = np.lexsort((d, lab))  # by class, then distance (stable)
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(lab))])
+    for c in range(bounds.size - 1):
+        rows = order[bounds[c]:bounds[c + 1]]
+        n = rows.size
+        if n == 0:
+            continue
+        off = 2 * np.arange(n) - (n - 1)
+        out[rows] = -(np.abs(off) + 0.5 * (off > 0)) / n
+    return out
+
+
 def _l2_normalise(x: np.ndarray) -> np.ndarray:
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))
     return x / np.maximum(norms, 1e-12)[:, None]

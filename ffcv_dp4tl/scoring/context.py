@@ -31,6 +31,11 @@ class Surrogate:
     # the paper's resize to the source resolution)
     target_resolution: int | None = None
     target_crop: str = "center"
+    # how the source images behind source *features* are read (FM, MODERATE, SP, SSP, INF*;
+    # recipe scoring.source_resolution / source_crop): None / "center" = the eval transform as
+    # above; the paper protocols: 224 and "none", like the target (the authors' feature_gen.py)
+    source_resolution: int | None = None
+    source_crop: str = "center"
 
     @property
     def self_supervised(self) -> str | None:
@@ -87,17 +92,19 @@ class ScoringContext:
                              "name logits, features or trajectory)")
         return self.surrogate
 
-    def loader(self, dataset_dir: str | Path, split: str, target: bool = False):
+    def loader(self, dataset_dir: str | Path, split: str, target: bool = False,
+               features: bool = False):
         """Eval-transform loader (no shuffle, no drop) at the surrogate's resolution; for a
-        ``target`` at the surrogate's target resolution and crop (see :class:`Surrogate`)."""
+        ``target`` at the surrogate's target resolution and crop, for source ``features`` at its
+        source-feature resolution and crop (see :class:`Surrogate`)."""
         from ..data.loaders import make_loader
         from ..data.transforms import AugSpec
 
         s = self._need_surrogate()
         res, aug = s.resolution, AugSpec.for_eval()
-        if target:
-            res = s.target_resolution or s.resolution
-            if s.target_crop == "none":
+        if target or features:
+            res = (s.target_resolution if target else s.source_resolution) or s.resolution
+            if (s.target_crop if target else s.source_crop) == "none":
                 aug = AugSpec.for_eval(center_crop_ratio=1.0)
         return make_loader(dataset_dir, split, fmt=self.fmt, aug=aug, shuffle=False,
                            drop_last=False, batch_size=self.batch_size, resolution=res,
@@ -132,7 +139,7 @@ class ScoringContext:
 
         s = self._need_surrogate()
         info = self.source.split(split)
-        return extract_to_store(s.model, s.head, self.loader(self.source_dir, split),
+        return extract_to_store(s.model, s.head, self.loader(self.source_dir, split, features=True),
                                 Path(self.out_dir) / f"source_{split}_features.npy",
                                 info.num_samples, dataset_fingerprint=info.fingerprint,
                                 surrogate_hash=self.meta.get("surrogate_hash"),
@@ -140,11 +147,12 @@ class ScoringContext:
                                 autocast_dtype=s.autocast_dtype)
 
     def source_predictions(self, features: bool = False, split: str = "train"):
-        """Surrogate logits (and features if asked) of every sample of a source split."""
+        """Surrogate logits (and features if asked: then read like :meth:`source_features`) of
+        every sample of a source split."""
         from .inference import predict
 
         s = self._need_surrogate()
-        return predict(s.model, self.loader(self.source_dir, split), head=s.head,
+        return predict(s.model, self.loader(self.source_dir, split, features=features), head=s.head,
                        want_logits=True, want_features=features,
                        num_samples=self.source.split(split).num_samples, desc=f"source {split}",
                        progress=self.progress, autocast_dtype=s.autocast_dtype)

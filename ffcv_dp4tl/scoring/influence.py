@@ -4,9 +4,12 @@ INFSUM), in closed form.
 DP4TL compares against INFMAX and INFSUM, citing Feldman & Zhang (NeurIPS 2020, "What neural
 networks memorize and why"), whose influence of training sample ``i`` on test sample ``j`` is
 the change of ``j``'s correctness when ``i`` is left out of training, aggregated per training
-sample by its max (INFMAX) or sum (INFSUM) over test samples. Estimating it by subsampled
-retraining needs thousands of models; as the paper does for its influence baselines
-(influence functions, Koh & Liang 2017, ref. [19]), we use the closed-form influence function
+sample by its max (INFMAX) or sum (INFSUM) over test samples. The paper does not say how it
+estimated them: it cites Feldman & Zhang [53] for both and nothing else (Koh & Liang 2017, its
+ref. [19], appears only among the influence-function DP methods of its introduction and related
+work), and the authors' released code has no INFMAX/INFSUM. Estimating Feldman & Zhang's
+influence by subsampled retraining needs thousands of models, so — our choice, not the paper's
+(docs/deviations.md) — we use the closed-form influence function of Koh & Liang (2017)
 restricted to the last linear layer ``z = W h + b`` of the surrogate, whose cross-entropy loss is
 convex in ``θ = [W b]``:
 

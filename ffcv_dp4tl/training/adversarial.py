@@ -13,7 +13,10 @@ Choices, and why:
   ``(uint8 - mean) / std``). The attack un-normalises to [0, 1] pixels, perturbs there, clamps to
   [0, 1] (a valid image) and normalises again, so ``eps`` means what it means in the literature
   (``3/255`` = three grey levels) for every channel alike. (The authors' released code takes its
-  sign step in normalised units and projects in pixel units; ours is consistent in pixels.)
+  sign step and its random start in normalised units and projects in pixel units; ours is
+  consistent in pixels. ``units="normalized"`` — recipe ``adv.units``, the ``paper-code``
+  protocol — reproduces theirs: step and start scaled by each channel's std, ~0.225, so the
+  3-step attack reaches at most ~2/255 with ~0.45/255 steps; docs/deviations.md.)
 * **Model in eval mode during the attack** — what the robustness library does
   (``AttackerModel.forward``: ``self.eval()`` around the attacker, the training mode restored
   after), so BatchNorm uses and does *not* update its running statistics while the attack runs:
@@ -45,7 +48,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..contracts import AdvNorm
+from ..contracts import AdvNorm, AdvUnits
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugSpec
 
 def default_step_size(eps: float, steps: int) -> float:
@@ -60,9 +63,14 @@ class PGDAttack:
 
     def __init__(self, steps: int, eps: float, step_size: float = 0.0, norm: str = "linf",
                  random_start: bool = True,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                 units: str = "pixel"):
         if norm not in AdvNorm.values():
             raise ValueError(f"norm must be one of {AdvNorm.values()}, got {norm!r}")
+        if units not in AdvUnits.values() or (units == "normalized" and norm != "linf"):
+            raise ValueError(f"units must be one of {AdvUnits.values()} (normalized: linf only), "
+                             f"got {units!r}")
+        self.units = units
         self.steps, self.eps, self.norm, self.random_start = int(steps), float(eps), norm, random_start
         self.step_size = float(step_size) if step_size > 0 else default_step_size(eps, steps)
         # the loaders' normalisation is in 0-255 units: pixel01 = (x * std + mean) / 255
@@ -73,7 +81,8 @@ class PGDAttack:
     @classmethod
     def from_recipe(cls, adv) -> "PGDAttack":
         """From a recipe's ``[adv]`` section (:class:`~.recipe.AdvCfg`)."""
-        return cls(adv.steps, adv.eps, adv.step_size, adv.norm, adv.random_start)
+        return cls(adv.steps, adv.eps, adv.step_size, adv.norm, adv.random_start,
+                   units=adv.units)
 
     # ---------------------------------------------------------------- pixel space <-> model input
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,11 +121,16 @@ class PGDAttack:
             delta = delta * (self.eps / self._per_sample_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
         return (pixels + delta).clamp_(0.0, 1.0) - pixels
 
+    def _unit(self, like: torch.Tensor) -> torch.Tensor | float:
+        """One step/start unit in pixels: 1, or each channel's std (a unit of the normalised
+        input, as the authors' script steps)."""
+        return self._stats(like)[1] if self.units == "normalized" else 1.0
+
     def _start(self, pixels: torch.Tensor) -> torch.Tensor:
         if not self.random_start:
             return torch.zeros_like(pixels)
         if self.norm == "linf":  # uniform in the cube
-            delta = (torch.rand_like(pixels) * 2 - 1) * self.eps
+            delta = (torch.rand_like(pixels) * 2 - 1) * self.eps * self._unit(pixels)
         else:  # a random direction at radius eps (the robustness library's L2 random start)
             g = torch.randn_like(pixels)
             delta = g * (self.eps / self._per_sample_norm(g).clamp_min(1e-12))
@@ -124,7 +138,7 @@ class PGDAttack:
 
     def _ascend(self, delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         if self.norm == "linf":
-            return delta + self.step_size * grad.sign()
+            return delta + self.step_size * grad.sign() * self._unit(delta)
         return delta + self.step_size * grad / self._per_sample_norm(grad).clamp_min(1e-12)
 
     # ---------------------------------------------------------------- the attack

@@ -5,7 +5,8 @@ finetuning (FF), the two downstream protocols of the DP4TL paper.
   computed once and a fresh linear head is trained on the cached features (Adam, multi-step
   lr). Caching makes 50 LP epochs cost about one forward pass over the target set, which is
   what lets the CPU pipeline finetune every pruning ratio; the price is no augmentation
-  during LP, the usual linear-probe protocol. ``finetune.lp_augment = true`` (the paper
+  during LP, the usual linear-probe protocol (``finetune.lp_crop``: the 224/256 centre crop, or
+  the whole short side as the authors' released LP). ``finetune.lp_augment = true`` (the paper
   protocol: A.1 applies RRC + flip to "all finetuning experiments") instead recomputes the
   frozen backbone's features of augmented train images every epoch (:class:`FrozenFeatureLoader`);
   test features are still computed once.
@@ -215,7 +216,10 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
                                  drop_last=False, **common)
             train_loader = FrozenFeatureLoader(model, images)
         else:
-            feat_loader = make_loader(target_dir, train_split.name, aug=AugSpec.for_eval(),
+            # lp_crop: the eval transform's 224/256 centre crop, or the whole short side (the
+            # authors' released LP loader: RRC with scale and ratio (1, 1), no flip)
+            crop = AugSpec.for_eval(center_crop_ratio=1.0) if fc.lp_crop == "none" else AugSpec.for_eval()
+            feat_loader = make_loader(target_dir, train_split.name, aug=crop,
                                       batch_size=ec.batch_size, resolution=fc.resolution, **common)
             xtr, ytr = extract_features(model, feat_loader)
             train_loader = FeatureLoader(xtr, ytr, tc.batch_size, shuffle=True,

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..contracts import AdvNorm, Decode, FinetuneMode, TargetCrop
+from ..contracts import AdvNorm, AdvUnits, Decode, FinetuneMode, StartFrom, TargetCrop
 from ..errors import DP4TLError
 
 #: the recipes folder of a source checkout (used when the package data is not importable)
@@ -112,6 +112,11 @@ class LRCfg:
     milestones: list[int] = field(default_factory=list)  # multistep (epochs)
     gamma: float = 0.1         # multistep factor
     min_lr: float = 0.0        # cosine floor (absolute)
+    # SGD + triangular only: cycle the momentum against the lr as torch's CyclicLR does by
+    # default (the authors' released pretraining: momentum optim.momentum at lr 0, base_momentum
+    # at the peak, linear in the lr in between)
+    cycle_momentum: bool = False
+    base_momentum: float = 0.8  # CyclicLR's default base_momentum
 
 
 @dataclass
@@ -146,6 +151,9 @@ class TrainCfg:
     # use it so target domains with another brightness/contrast still map (docs/synth.md).
     color_jitter: list[float] = field(default_factory=list)
     p_color_jitter: float = 0.8
+    # also keep best.pt: the checkpoint of the evaluated epoch with the best val top-1 (the
+    # authors' released trainer keeps best.ckpt, and finetunes from it; finetune.start_from)
+    keep_best: bool = False
 
 
 @dataclass
@@ -164,6 +172,15 @@ class FinetuneCfg:
     #: LP on augmented images (RRC + flip, the paper's A.1 "all finetuning experiments"): the frozen
     #: backbone's features are recomputed every epoch (a forward pass per epoch) instead of cached
     lp_augment: bool = False
+    #: how LP's cached train features read the images (lp_augment off): "center" = the eval
+    #: transform's 224/256 centre crop; "none" = the whole short side (the largest centred
+    #: square) at finetune.resolution — the authors' released LP loader (RRC with scale and
+    #: ratio (1, 1), no flip). The test images are always read with the 224/256 centre crop.
+    lp_crop: str = "center"
+    #: which checkpoint of the source pretraining finetuning starts from: "final" (the last
+    #: epoch) or "best" (the epoch with the best pruned-val top-1: the pretraining recipe must
+    #: keep it, train.keep_best = true) — the authors' released configs load best.ckpt
+    start_from: str = "final"
 
 
 @dataclass
@@ -178,6 +195,14 @@ class ScoringCfg:
     side, never any zoom) resized to 224. Source images are always read with the eval transform."""
     target_resolution: int = 0   # 0 = the surrogate's eval.resolution
     target_crop: str = "center"  # center (224/256 centre crop) | none (whole short side)
+    #: how the surrogate reads the *source* images whose features FM, MODERATE, SP, SSP and
+    #: INFMAX/INFSUM use (same meaning as target_*): the fast protocol keeps the surrogate's eval
+    #: transform; the authors' feature_gen.py reads them at 224 with no crop, like the target
+    source_resolution: int = 0
+    source_crop: str = "center"
+    #: scorer options this recipe's protocol sets, METHOD.NAME=VALUE (e.g. "grand.grad=full");
+    #: the pipeline applies those of its method under the user's --opt
+    scorer_options: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -215,6 +240,11 @@ class AdvCfg:
     step_size: float = 0.0     # 0 = 2.5 * eps / steps (Madry et al.; the robustness library)
     norm: str = "linf"         # linf | l2
     random_start: bool = True  # start from a random point of the ball (Madry et al.)
+    #: units of the step and the random start: "pixel" ([0, 1] pixels, like eps) or
+    #: "normalized" (the model's normalised input, i.e. x std per channel in pixels, ~0.225:
+    #: the authors' released adv_imagenet_train_from_scratch.py); the projection onto the eps
+    #: ball and the [0, 1] box is in pixels either way. Linf only.
+    units: str = "pixel"
 
 
 @dataclass
@@ -251,6 +281,15 @@ class Recipe:
             d["train"].pop("p_color_jitter")
         if not d["finetune"]["lp_augment"]:
             d["finetune"].pop("lp_augment")  # and from before finetune.lp_augment existed
+        # and from before the paper-code protocol's knobs existed (each at its default)
+        for sec, key, default in (("lr", "cycle_momentum", False), ("lr", "base_momentum", 0.8),
+                                  ("train", "keep_best", False), ("finetune", "lp_crop", "center"),
+                                  ("finetune", "start_from", "final"),
+                                  ("scoring", "source_resolution", 0),
+                                  ("scoring", "source_crop", "center"),
+                                  ("scoring", "scorer_options", []), ("adv", "units", "pixel")):
+            if sec in d and d[sec].get(key) == default:
+                d[sec].pop(key)
         return d
 
     def fingerprint(self) -> str:
@@ -340,7 +379,11 @@ _CHOICES = {
     ("ssl", "method"): ("none", "moco_v2"),
     ("data", "decode"): Decode.values(),
     ("scoring", "target_crop"): TargetCrop.values(),
+    ("scoring", "source_crop"): TargetCrop.values(),  # (the same two crops, for source images)
+    ("finetune", "lp_crop"): TargetCrop.values(),
+    ("finetune", "start_from"): StartFrom.values(),
     ("adv", "norm"): AdvNorm.values(),
+    ("adv", "units"): AdvUnits.values(),
 }
 
 
@@ -375,8 +418,14 @@ def _validate_choices(r: Recipe, source: str) -> None:
         raise DP4TLError(f"{source}: train.color_jitter needs 4 values [brightness, contrast, "
                          f"saturation, hue] with hue <= 0.5 (or [] for none), got "
                          f"{r.train.color_jitter}")
-    if r.scoring.target_resolution < 0:
-        raise DP4TLError(f"{source}: scoring.target_resolution must be >= 0 (0 = eval.resolution)")
+    if r.scoring.target_resolution < 0 or r.scoring.source_resolution < 0:
+        raise DP4TLError(f"{source}: scoring.target_resolution and scoring.source_resolution "
+                         "must be >= 0 (0 = eval.resolution)")
+    for text in r.scoring.scorer_options:
+        method, dot, rest = text.partition(".")
+        if not dot or "=" not in rest or not method or rest.startswith("="):
+            raise DP4TLError(f"{source}: scoring.scorer_options entry {text!r} must look like "
+                             "METHOD.NAME=VALUE, e.g. \"grand.grad=full\"")
     _validate_lr(r, source)
     _validate_adv(r, source)
     if r.train.min_res > r.train.max_res:
@@ -390,6 +439,13 @@ def _validate_lr(r: Recipe, source: str) -> None:
     train.epochs are allowed: they never fire, which is what a shortened run — `--set
     train.epochs=1` — wants.)"""
     lr = r.lr  # (value ranges of lr, gamma, min_lr, warmup: _RANGES)
+    if lr.cycle_momentum and (lr.schedule != "triangular" or r.optim.name != "sgd"):
+        raise DP4TLError(f"{source}: lr.cycle_momentum cycles SGD's momentum with the triangular "
+                         f"schedule (torch's CyclicLR), but optim.name = {r.optim.name!r} and "
+                         f"lr.schedule = {lr.schedule!r}; set lr.cycle_momentum = false")
+    if lr.cycle_momentum and lr.base_momentum > r.optim.momentum:
+        raise DP4TLError(f"{source}: lr.base_momentum ({lr.base_momentum}) is the momentum at the "
+                         f"lr peak and must be <= optim.momentum ({r.optim.momentum})")
     if lr.schedule == "multistep":
         ms = lr.milestones
         if not ms:
@@ -412,6 +468,9 @@ def _validate_adv(r: Recipe, source: str) -> None:
     if a.norm == "linf" and a.eps > 1:
         raise DP4TLError(f"{source}: adv.eps = {a.eps} is in [0, 1] pixel units for linf; for "
                          f"{a.eps:g}/255 write adv.eps = \"{a.eps:g}/255\"")
+    if a.units == "normalized" and a.norm != "linf":
+        raise DP4TLError(f"{source}: adv.units = \"normalized\" reproduces the authors' Linf "
+                         f"script; with adv.norm = {a.norm!r} use adv.units = \"pixel\"")
     if r.ssl.method != "none":
         raise DP4TLError(f"{source}: adv.steps = {a.steps} attacks the classification loss, but "
                          f"ssl.method = {r.ssl.method!r} has no labels; set adv.steps = 0")
@@ -429,6 +488,8 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
     ("lr", "gamma"): (0, 1, False, True),
     ("lr", "milestones"): (0, None, True, True),
     ("optim", "momentum"): (0, 1, True, False),
+    ("lr", "base_momentum"): (0, 1, True, False),
+    ("scoring", "source_resolution"): (0, None, True, True),
     ("optim", "betas"): (0, 1, True, False),
     ("optim", "weight_decay"): (0, None, True, True),
     ("optim", "label_smoothing"): (0, 1, True, False),
@@ -505,8 +566,9 @@ def _shipped(name: str | Path) -> Path | None:
     return cand if cand.is_file() else None
 
 
-#: shipped recipe sets in subfolders of recipes/ (recipes/paper/: the paper's protocol)
-RECIPE_SETS_DIRS = ("paper",)
+#: shipped recipe sets in subfolders of recipes/ (recipes/paper/: the paper's protocol, as its
+#: text states it; recipes/paper_code/: as the authors' released code runs it)
+RECIPE_SETS_DIRS = ("paper", "paper_code")
 
 
 def list_recipes(sets: bool = False) -> list[str]:

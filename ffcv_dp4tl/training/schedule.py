@@ -47,6 +47,17 @@ def lr_for_iteration(cfg: LRCfg, epoch: int, it: int, iters_per_epoch: int, epoc
     return lr_at(cfg, epoch + it / max(iters_per_epoch, 1), epochs, peak)
 
 
+def momentum_for_lr(cfg: LRCfg, lr: float, peak: float, max_momentum: float) -> float:
+    """SGD momentum that cycles against the lr (``lr.cycle_momentum``), as torch's ``CyclicLR``
+    does by default and the authors' released pretraining therefore does
+    (src/experiment/imagenet_train_from_scratch.py: ``CyclicLR(..., cycle_momentum=True)`` with
+    its defaults base_momentum 0.8, max_momentum 0.9): ``max_momentum`` where the lr is 0,
+    ``base_momentum`` at the peak, linear in the lr in between. A pure function of the lr, so a
+    resumed run recomputes it."""
+    frac = min(max(lr / peak, 0.0), 1.0) if peak > 0 else 0.0
+    return max_momentum - (max_momentum - cfg.base_momentum) * frac
+
+
 def resolution(cfg: TrainCfg, epoch: int) -> int:
     """Progressive resizing: ``min_res`` until ``start_ramp``, linear to ``max_res`` at
     ``end_ramp``, rounded to a multiple of ``res_multiple`` (32 in ffcv-imagenet: keeps

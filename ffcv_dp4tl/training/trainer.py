@@ -75,18 +75,34 @@ from .checkpoint import (CHECKPOINT_NAME, Checkpoint, mask_hash, resume_from, rn
 from .engine import CrossEntropyObjective, evaluate, train_one_epoch, train_step
 from .models import create_model, get_head, unwrap
 from .recipe import Recipe, load_recipe
-from .schedule import lr_for_iteration, peak_lr, resolution
+from .schedule import lr_for_iteration, momentum_for_lr, peak_lr, resolution
 from .timing import StageTimer
 
 METRICS_NAME = "metrics.jsonl"
 LOCK_NAME = ".train.lock"
 TIMINGS_NAME = "timings.json"
+#: train.keep_best: the checkpoint of the best evaluated val top-1 (the authors' best.ckpt) and
+#: its epoch and top-1 (read on resume, so "best" spans every segment of the run)
+BEST_CHECKPOINT_NAME = "best.pt"
+BEST_META_NAME = "best.json"
 
 
 # --------------------------------------------------------------------------- building blocks
 def early_checkpoint_name(epoch: int) -> str:
     """File kept after ``epoch`` completed epochs when the recipe lists it in train.keep_epochs."""
     return f"checkpoint_e{epoch}.pt"
+
+
+def _improves_best(out_dir: Path, top1_val: float | None) -> bool:
+    """``top1_val`` beats the best kept so far (strictly, as the authors' ``>``: the earliest of
+    equal epochs stays). An epoch without validation never does. A best.pt written just before an
+    interruption without its record is overwritten by the next epoch as good as the record's."""
+    if top1_val is None:
+        return False
+    meta = out_dir / BEST_META_NAME
+    if not meta.exists():
+        return True
+    return top1_val > float(json.loads(meta.read_text())["top1_val"])
 
 
 def model_kwargs(recipe: Recipe) -> dict[str, Any]:
@@ -428,7 +444,12 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
     global_batch = tc.batch_size
 
     def schedule(epoch: int, it: int, iters: int) -> float:
-        return lr_for_iteration(recipe.lr, epoch, it, iters, tc.epochs, parts.peak)
+        lr = lr_for_iteration(recipe.lr, epoch, it, iters, tc.epochs, parts.peak)
+        if recipe.lr.cycle_momentum:  # SGD + triangular (validated): momentum against the lr
+            m = momentum_for_lr(recipe.lr, lr, parts.peak, recipe.optim.momentum)
+            for g in parts.opt.param_groups:
+                g["momentum"] = m
+        return lr
 
     last_row: dict[str, Any] = {}
     end_epoch = tc.epochs if stop_after is None else min(tc.epochs, stop_after)
@@ -478,10 +499,14 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
                     self_supervised=None if objective.supervised else objective.name,
                     objective=objective.state_dict(), timings=timer.totals,
                     world_size=ctx.world_size, format=fmt)
-                # the early checkpoint first: a kill between the two saves then resumes from the
-                # previous epoch and rewrites it, never past an epoch whose copy is missing
+                # the early (and best) checkpoint first: a kill between the saves then resumes
+                # from the previous epoch and rewrites it, never past an epoch whose copy is missing
                 if epoch + 1 in tc.keep_epochs:
                     state.save(out_dir / early_checkpoint_name(epoch + 1))
+                if tc.keep_best and _improves_best(out_dir, row.get("top1_val")):
+                    state.save(out_dir / BEST_CHECKPOINT_NAME)  # then its record: see below
+                    atomic_write_json(out_dir / BEST_META_NAME,
+                                      {"epoch": epoch + 1, "top1_val": row["top1_val"]})
                 state.save(out_dir / CHECKPOINT_NAME)
             atomic_write_json(out_dir / TIMINGS_NAME, {
                 "stages": timer.totals, "epochs_done": epoch + 1, "device": str(ctx.device),

@@ -55,6 +55,33 @@ def test_moderate_rank_scores_match_the_reference_on_features(rng):
     assert moderate_scores(feats, labels).shape == (40,)  # the value variant is still there
 
 
+def _authors_class_band_keep(distance: np.ndarray, labels: np.ndarray, ratio: float) -> np.ndarray:
+    """OPTML-Group/DP4TL src/auxiliary/data_wise_moderate_selection.py, kept indices: in every
+    class the ranks [round(n_c·low), round(n_c·high)) of the distances (argsort)."""
+    low, high = 0.5 - ratio / 2, 0.5 + ratio / 2
+    kept = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        order = distance[idx].argsort(kind="stable")
+        kept += idx[order[round(idx.size * low):round(idx.size * high)]].tolist()
+    return np.sort(np.asarray(kept))
+
+
+@pytest.mark.parametrize("keep", [0.2, 0.5, 0.8])
+def test_moderate_class_band_keeps_the_middle_of_every_class_as_the_authors(rng, keep):
+    """band=class (paper-code): one band per class, where the global rank band takes classes
+    unevenly when their distances differ in scale."""
+    from ffcv_dp4tl.scoring.baselines import moderate_class_band_scores
+
+    labels = np.repeat([0, 1, 2], [20, 20, 20])
+    d = rng.random(60) * np.repeat([1.0, 10.0, 100.0], 20)  # class scales differ 100x
+    kept = select_samples(moderate_class_band_scores(d, labels), keep)
+    np.testing.assert_array_equal(kept, _authors_class_band_keep(d, labels, keep))
+    assert np.bincount(labels[kept]).tolist() == [round(20 * keep)] * 3
+    glob = select_samples(moderate_rank_scores(None, distances=d), keep)
+    assert np.bincount(labels[glob], minlength=3).tolist() != [round(20 * keep)] * 3
+
+
 # ------------------------------------------------------------------------------ SP / SSP
 def test_prototype_distances_match_brute_force(rng):
     f = rng.standard_normal((30, 4)) + 3

@@ -59,6 +59,32 @@ def test_perturbation_stays_in_the_ball_and_the_pixel_box(norm, eps, random_star
     assert attack.step_size == pytest.approx(default_step_size(eps, 4)) == pytest.approx(2.5 * eps / 4)
 
 
+def test_normalized_units_step_and_start_by_the_channel_std_as_the_authors():
+    """adv.units = normalized (paper-code): the sign step and the random start are taken on the
+    normalised input (x each channel's std in pixels, ~0.225), the ball and box stay in pixels:
+    the released script's 2/255 step moves a pixel by ~0.45/255, a quarter of ours."""
+    from ffcv_dp4tl.data.transforms import IMAGENET_STD
+
+    x, y, _ = _batch()
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) / 255.0
+    moved = {}
+    for units in ("pixel", "normalized"):
+        atk = PGDAttack(steps=1, eps=0.5, step_size=2 / 255, random_start=False, units=units)
+        pix = atk.to_pixels(x)
+        d = (atk.to_pixels(atk.perturb(_net(), x, y)) - pix).abs()
+        free = (pix > 0.02) & (pix < 0.98) & (d > 1e-7)  # no box clamp, a nonzero gradient
+        moved[units] = torch.where(free, d, torch.nan)
+    assert torch.allclose(moved["pixel"].nan_to_num(2 / 255), torch.tensor(2 / 255), atol=1e-5)
+    expect = (2 / 255) * std.expand_as(moved["normalized"])
+    got = moved["normalized"]
+    assert torch.allclose(got.nan_to_num(0.0), torch.where(got.isnan(), 0.0, expect), atol=1e-5)
+    start = PGDAttack(steps=0, eps=3 / 255, units="normalized")._start(torch.full((64, 3, 8, 8), 0.5))
+    assert (start.abs() <= 3 / 255 * std + 1e-7).all()  # uniform in [-eps, eps] x std
+    assert (start.abs().amax(dim=(0, 2, 3)) > 0.9 * 3 / 255 * std.flatten()).all()
+    with pytest.raises(ValueError, match="linf only"):
+        PGDAttack(steps=1, eps=0.5, norm="l2", units="normalized")
+
+
 def test_attack_raises_the_loss_over_clean_and_random_noise():
     x, y, _ = _batch(n=32)
     net = _net().eval()

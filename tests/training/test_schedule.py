@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from ffcv_dp4tl.training.recipe import LRCfg, TrainCfg
-from ffcv_dp4tl.training.schedule import lr_at, lr_for_iteration, peak_lr, resolution
+from ffcv_dp4tl.training.schedule import (lr_at, lr_for_iteration, momentum_for_lr, peak_lr,
+                                          resolution)
 
 
 def test_triangular():
@@ -41,3 +42,29 @@ def test_progressive_resolution():
     cfg8 = TrainCfg(min_res=160, max_res=192, start_ramp=11, end_ramp=13, res_multiple=8)
     assert resolution(cfg8, 12) == 176
     assert all(resolution(cfg, e) % 32 == 0 for e in range(16))
+
+
+def test_cycled_momentum_follows_torch_cyclic_lr():
+    """lr.cycle_momentum (paper-code): SGD momentum against the triangular lr, what the authors'
+    torch CyclicLR(cycle_momentum=True; base 0.8, max 0.9) gives at every iteration."""
+    import torch
+
+    cfg = LRCfg(schedule="triangular", lr=0.5, scale_with_batch=False, lr_peak_epoch=2,
+                cycle_momentum=True, base_momentum=0.8)
+    iters, epochs = 5, 6
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.0, max_lr=0.5,
+                                              step_size_up=2 * iters,
+                                              step_size_down=(epochs - 2) * iters,
+                                              cycle_momentum=True)
+    seen = []
+    for e in range(epochs):
+        for it in range(iters):
+            lr = lr_for_iteration(cfg, e, it, iters, epochs, 0.5)
+            g = opt.param_groups[0]
+            assert lr == pytest.approx(g["lr"], abs=1e-9)
+            assert momentum_for_lr(cfg, lr, 0.5, 0.9) == pytest.approx(g["momentum"], abs=1e-9)
+            seen.append(g["momentum"])
+            opt.step()
+            sched.step()
+    assert min(seen) == pytest.approx(0.8) and max(seen) == pytest.approx(0.9)

@@ -1,0 +1,132 @@
+"""recipes/paper_code/ (``--protocol paper-code``) against the authors' released configs, and
+against recipes/paper/ (the paper's text) wherever the two sources differ — per target.
+
+The expected values are copied from OPTML-Group/DP4TL: configs/imagenet_transfer_to_downstream/
+<target>_rn101{,_ff}.json, configs/imagenet_train_from_scratch/rn101_16.json and the scripts
+named in docs/deviations.md."""
+from __future__ import annotations
+
+import pytest
+
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.pipeline.run import (PAPER_CODE_TARGET_RECIPES, recipe_scorer_options,
+                                     recipe_set)
+from ffcv_dp4tl.scoring.registry import get_scorer
+from ffcv_dp4tl.training.recipe import (SOURCE_RECIPES_DIR, list_recipes, load_recipe,
+                                        recipe_description)
+
+#: the released FF optimiser per target: (optimizer, lr, weight decay)
+RELEASED_FF = {"oxfordpets": ("adam", 1e-4, 0.0), "flowers102": ("adam", 1e-4, 0.0),
+               "dtd": ("adam", 1e-4, 0.0), "ucf101": ("adam", 1e-4, 0.0),
+               "cifar10": ("adam", 1e-4, 0.0), "food101": ("sgd", 0.1, 5e-4),
+               "stanfordcars": ("sgd", 0.1, 5e-4), "sun397": ("sgd", 0.1, 5e-4)}
+TARGETS = sorted(RELEASED_FF)
+
+
+def _ft(protocol: str, target: str, mode: str):
+    return load_recipe(recipe_set(protocol, "full", target)[mode])
+
+
+def test_every_released_target_has_its_recipes():
+    assert sorted(PAPER_CODE_TARGET_RECIPES) == TARGETS
+    names = [n for n in list_recipes(sets=True) if n.startswith("paper_code/")]
+    assert sorted(names) == sorted(f"paper_code/{p.stem}"
+                                   for p in (SOURCE_RECIPES_DIR / "paper_code").glob("*.toml"))
+    for n in names:
+        assert load_recipe(n).name == n and recipe_description(n)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_ff_per_target_as_released_and_unlike_the_text(target):
+    code, text = _ft("paper-code", target, "ff"), _ft("paper", target, "ff")
+    name, lr, wd = RELEASED_FF[target]
+    assert (code.optim.name, code.lr.lr, code.optim.weight_decay) == (name, lr, wd)
+    assert (code.train.batch_size, code.train.epochs, code.lr.schedule) == (128, 200, "cosine")
+    assert code.optim.wd_on_bn_bias and code.train.precision == "fp16"
+    assert code.finetune.start_from == "best" and code.finetune.train_augment
+    if name == "sgd":
+        assert code.optim.momentum == 0.9 and not code.optim.nesterov
+    # the text: Adam, lr 0.01, wd 5e-4, batch 256 for every target
+    assert (text.optim.name, text.lr.lr, text.optim.weight_decay, text.train.batch_size) == \
+        ("adam", 0.01, 5e-4, 256)
+    assert code.lr.lr != text.lr.lr and code.train.batch_size != text.train.batch_size
+    assert (code.optim.name != text.optim.name) == (name == "sgd")
+    assert (code.optim.weight_decay != text.optim.weight_decay) == (wd == 0.0)
+    assert text.finetune.start_from == "final"
+    res = 160 if target == "cifar10" else 224
+    assert code.finetune.resolution == text.finetune.resolution == res
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_lp_as_released_and_unlike_the_text(target):
+    code, text = _ft("paper-code", target, "lp"), _ft("paper", target, "lp")
+    assert (code.optim.name, code.lr.lr, code.lr.schedule, code.optim.weight_decay,
+            code.train.batch_size, code.train.epochs) == ("adam", 0.01, "cosine", 0.0, 128, 50)
+    assert not code.finetune.lp_augment and code.finetune.lp_crop == "none"
+    assert code.finetune.start_from == "best"
+    assert (text.lr.lr, text.lr.schedule, text.train.batch_size, text.finetune.lp_augment) == \
+        (0.1, "multistep", 256, True)
+    assert code.finetune.resolution == (160 if target == "cifar10" else 224)
+
+
+def test_unreleased_target_gets_the_majority_ff_recipe():
+    rs = recipe_set("paper-code", "tiny", "warm")  # an embedded synth target
+    assert (rs["lp"], rs["ff"]) == ("paper_code/lp", "paper_code/ff")
+
+
+def test_pretraining_as_released_and_unlike_the_text():
+    code, text = load_recipe("paper_code/resnet101_16ep"), load_recipe("paper/resnet101_16ep")
+    assert (code.train.batch_size, code.optim.weight_decay) == (256, 5e-5)  # rn101_16.json
+    assert (text.train.batch_size, text.optim.weight_decay) == (1024, 5e-4)  # A.1
+    assert code.optim.wd_on_bn_bias and not text.optim.wd_on_bn_bias
+    assert code.lr.cycle_momentum and code.lr.base_momentum == 0.8 and not text.lr.cycle_momentum
+    assert (code.train.precision, text.train.precision) == ("fp16", "bf16")
+    assert code.train.keep_best and not text.train.keep_best and code.eval.every == 1
+    for r in (code, text):
+        assert (r.lr.lr, r.lr.lr_peak_epoch, r.train.epochs, r.model.arch) == \
+            (0.5, 2.0, 16, "resnet101")
+
+
+def test_adversarial_steps_in_normalised_units_only_in_the_released_variant():
+    code, text = load_recipe("paper_code/resnet101_16ep_adv"), load_recipe("paper/resnet101_16ep_adv")
+    assert (code.adv.units, text.adv.units) == ("normalized", "pixel")
+    for r in (code, text):
+        assert (r.adv.steps, r.adv.eps, r.adv.step_size) == pytest.approx((3, 3 / 255, 2 / 255))
+
+
+@pytest.mark.parametrize("protocol", ["paper", "paper-code"])
+def test_surrogates_score_like_the_authors(protocol):
+    """Both paper protocols: GraNd over every parameter, 5 runs after one epoch; source features
+    read at 224 without crop like the target. MODERATE per class: the released script only."""
+    s = load_recipe(recipe_set(protocol, "full")["surrogate"])
+    assert (s.scoring.source_resolution, s.scoring.source_crop) == (224, "none")
+    assert (s.scoring.target_resolution, s.scoring.target_crop) == (224, "none")
+    grand = get_scorer("grand").parse_options(recipe_scorer_options(s.scoring.scorer_options, "grand"))
+    assert (grand["grad"], int(grand["runs"]), int(grand["epoch"])) == ("full", 5, 1)
+    band = recipe_scorer_options(s.scoring.scorer_options, "moderate").get("band", "rank")
+    assert band == ("class" if protocol == "paper-code" else "rank")
+    fast = load_recipe(recipe_set("fast", "tiny")["surrogate"])
+    assert fast.scoring.scorer_options == [] and fast.scoring.source_crop == "center"
+
+
+def test_every_shipped_scorer_option_names_a_real_option():
+    for name in list_recipes(sets=True):
+        for entry in load_recipe(name).scoring.scorer_options:
+            method = entry.split(".", 1)[0]
+            get_scorer(method).parse_options(recipe_scorer_options([entry], method))
+
+
+@pytest.mark.parametrize("over, msg", [
+    (["lr.cycle_momentum=true", "optim.name=adam"], "lr.cycle_momentum"),
+    (["lr.cycle_momentum=true", "lr.schedule=cosine"], "lr.cycle_momentum"),
+    (["lr.cycle_momentum=true", "lr.base_momentum=0.95"], "lr.base_momentum"),
+    (["finetune.start_from=middle"], "finetune.start_from"),
+    (["finetune.lp_crop=squash"], "finetune.lp_crop"),
+    (["scoring.source_crop=squash"], "scoring.source_crop"),
+    (["scoring.scorer_options=[\"grad=full\"]"], "METHOD.NAME=VALUE"),
+    (["adv.steps=3", "adv.eps=0.5", "adv.norm=l2", "adv.units=normalized"], "adv.units"),
+])
+def test_new_knobs_are_validated(over, msg):
+    with pytest.raises(DP4TLError) as e:
+        load_recipe("paper_code/resnet101_16ep", over)
+    assert msg in str(e.value) and "\n" not in str(e.value)
