@@ -18,20 +18,15 @@ from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.pipeline.run import PipelineConfig, _check_inputs, recipe_scale, run_pipeline
 from ffcv_dp4tl.pipeline.stages import run_stage, stage, stage_seconds
 from ffcv_dp4tl.scoring.registry import get_scorer
+from tiny_data import SYNTH, TRAIN
 
-SMALL = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
-         "val_per_class=4,image_size=16,num_targets=1,target_classes=3,"
-         "target_train_per_class=8,target_test_per_class=4")
-TINY = ("model.width=8", "model.stem_stride=1", "train.epochs=1", "train.batch_size=16",
-        "train.min_res=16", "train.max_res=16", "eval.resolution=16", "eval.batch_size=64",
-        "data.num_workers=0", "eval.every=1")
 FT = ("finetune.resolution=16", "eval.resolution=16", "data.num_workers=0", "train.epochs=3")
 
 
 def _cfg(tmp: Path, **kw) -> PipelineConfig:
-    base = dict(ratio=0.5, source=SMALL, target="", method="lm", fmt="wds", finetune=("lp",),
+    base = dict(ratio=0.5, source=SYNTH, target="", method="lm", fmt="wds", finetune=("lp",),
                 data_root=tmp / "data", runs_root=tmp / "runs", device="cpu", k=4,
-                overrides=TINY, surrogate_overrides=TINY, finetune_overrides=FT)
+                overrides=TRAIN, surrogate_overrides=TRAIN, finetune_overrides=FT)
     base.update(kw)
     return PipelineConfig(**base)
 
@@ -87,18 +82,19 @@ def test_two_concurrent_pipelines_on_one_runs_folder_match_a_lone_run(tmp_path):
     assert m.read_bytes() == lm.read_bytes()
 
 
-def test_random_scores_of_another_source_are_never_reused(tmp_path):
+def test_random_scores_of_another_source_are_never_reused(tmp_path, data_root):
     """The score key holds the source's content fingerprint: `method=random` (no surrogate) on
     a second source scores it anew, and pretraining on it succeeds."""
-    other = SMALL.replace("synth:tiny,", "synth:tiny,seed=1,")
-    first = run_pipeline(_cfg(tmp_path, method="random", finetune=()), log=lambda s: None)
-    second = run_pipeline(_cfg(tmp_path, method="random", source=other, finetune=()),
-                          log=lambda s: None)
+    other = SYNTH.replace("synth:tiny,", "synth:tiny,seed=1,")
+    first = run_pipeline(_cfg(tmp_path, method="random", finetune=(), data_root=data_root),
+                         log=lambda s: None)
+    second = run_pipeline(_cfg(tmp_path, method="random", source=other, finetune=(),
+                               data_root=data_root), log=lambda s: None)
     assert load_manifest(first["source"]).fingerprint != load_manifest(second["source"]).fingerprint
     assert all(st.ran for st in second["stages"].values())
     assert len(list((tmp_path / "runs").glob("score-*"))) == 2
-    again = run_pipeline(_cfg(tmp_path, method="random", source=other, finetune=()),
-                         log=lambda s: None)
+    again = run_pipeline(_cfg(tmp_path, method="random", source=other, finetune=(),
+                              data_root=data_root), log=lambda s: None)
     assert not any(st.ran for st in again["stages"].values())
 
 
@@ -108,9 +104,9 @@ def test_recipes_follow_the_manifest_not_the_source_text(tmp_path, index_dataset
     from beton_builders.writer import BuildOptions, build_dataset
 
     built = tmp_path / "my-data"
-    for sub, spec in resolve_source(SMALL).items():
+    for sub, spec in resolve_source(SYNTH).items():
         build_dataset(spec, built / sub, BuildOptions(max_side=16, workers=1, progress=False),
-                      source=SMALL)
+                      source=SYNTH)
     assert recipe_scale(load_manifest(built / "source")) == "tiny"
     assert recipe_scale(load_manifest(index_dataset.root)) == "full"
     logs: list[str] = []
@@ -123,12 +119,12 @@ def test_recipes_follow_the_manifest_not_the_source_text(tmp_path, index_dataset
     assert default_k(None, str(built)) == SYNTH_K  # the CLI's default K reads the manifest too
 
 
-def test_bad_k_is_refused_before_the_surrogate_trains(tmp_path):
+def test_bad_k_is_refused_before_the_surrogate_trains(tmp_path, data_root):
     with pytest.raises(DP4TLError, match="k must be a positive"):
         run_pipeline(_cfg(tmp_path, k=0))
     with pytest.raises(DP4TLError, match=r"k=100000 clusters requested but the source train split "
                                          r"has only \d+ samples"):
-        run_pipeline(_cfg(tmp_path, method="fm", k=100_000))
+        run_pipeline(_cfg(tmp_path, method="fm", k=100_000, data_root=data_root))
     assert not (tmp_path / "runs").exists()
 
 
