@@ -13,7 +13,7 @@ import pytest
 from ffcv_dp4tl.contracts import (FORMAT, STAGE_KINDS, DatasetManifest, ImageSettings, MaskMeta,
                                   ScoresMeta, SplitEntry, StageResult, UnsupportedFormatError,
                                   stage_kind)
-from ffcv_dp4tl.errors import DataError, MaskError
+from ffcv_dp4tl.errors import DataError, DP4TLError, MaskError
 
 REPO = Path(__file__).resolve().parents[1]
 FP = "ab" * 32
@@ -370,3 +370,35 @@ def test_importing_beton_builders_first_stays_light():
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# --- choice sets: defined once ------------------------------------------------------------------
+
+def test_choice_sets_are_the_contracts_enums_everywhere():
+    from ffcv_dp4tl import contracts as C
+    from ffcv_dp4tl.cli import options
+    from ffcv_dp4tl.pipeline.run import RECIPE_SETS
+    from ffcv_dp4tl.training import recipe
+
+    # the CLI's option types are the contracts' enums, not copies
+    for name in ("Format", "Backend", "Protocol", "RecipeSet", "TargetCrop", "TargetSplit",
+                 "Budget", "Order", "FinetuneMode", "AdvNorm", "BetonMode"):
+        assert getattr(options, name) is getattr(C, name), name
+    # the recipe validates with the same sets
+    assert recipe._CHOICES[("finetune", "mode")] == C.FinetuneMode.values()
+    assert recipe._CHOICES[("scoring", "target_crop")] == C.TargetCrop.values()
+    assert recipe._CHOICES[("data", "decode")] == C.Decode.values()
+    assert recipe._CHOICES[("adv", "norm")] == C.AdvNorm.values()
+    assert set(RECIPE_SETS) == set(C.RecipeSet.values()) - {"auto"}
+    # values travel as plain strings; a bad one is a one-line error naming what and the choices
+    assert C.Budget.check(C.Budget.samples, "budget") == "samples"
+    assert f"{C.Order.reversed}" == str(C.Order.reversed) == "reversed"
+    with pytest.raises(DataError, match=r"--budget must be one of units, samples, got 'all'"):
+        C.Budget.check("all", "--budget", DataError)
+    assert C.check_ratio(0) == 0.0 and C.check_k(3) == 3
+    for bad in (1.0, -0.1, float("nan"), "x"):
+        with pytest.raises(DP4TLError, match="ratio must be"):
+            C.check_ratio(bad)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(DP4TLError, match="k must be a positive number of clusters"):
+            C.check_k(bad)
