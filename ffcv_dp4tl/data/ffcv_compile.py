@@ -37,6 +37,7 @@ import os
 import re
 import threading
 import types
+import weakref
 from typing import Any
 
 import numpy as np
@@ -97,8 +98,9 @@ def _fingerprint(obj: Any, depth: int = 0) -> Any:
 
 _TABLE: dict[Any, Any] = {}
 _TABLE_LOCK = threading.RLock()
-#: hits / misses / unkeyed closures of the table, for benchmarks and tests
-STATS = {"hits": 0, "misses": 0, "unkeyed": 0}
+#: hits / misses / unkeyed closures of the table, and epoch buffer sets allocated / reused,
+#: for benchmarks and tests
+STATS = {"hits": 0, "misses": 0, "unkeyed": 0, "buffers_allocated": 0, "buffers_reused": 0}
 
 
 def clear_code_cache() -> None:
@@ -128,15 +130,54 @@ def _compiled(fn):
 
 
 # --------------------------------------------------------------------------- ffcv subclasses
+def source_image_decoder(mem_read):
+    """The numba helper every checked decoder's ``generate_code`` calls (ours and the seeded
+    one in ``ffcv_loader``): ``decode_source(source_ix, dst_ix, metadata, storage_state,
+    temp_storage, status)`` returns sample ``source_ix``'s full image as an HWC uint8 array
+    (a JPEG decoded into ``temp_storage[dst_ix]``, raw pixels viewed in place) and writes
+    ``imdecode``'s status to ``status[dst_ix, 0]`` (0 = decoded; raw pixels are always 0).
+
+    A closure over ``mem_read`` (the Loader's page reader) like ffcv's own code, so the compiled
+    code table (:func:`_fingerprint`) keys the decoders that call it by what it captured."""
+    from ffcv.fields.rgb_image import IMAGE_MODES
+    from ffcv.libffcv import imdecode
+    from ffcv.pipeline.compiler import Compiler
+
+    jpg = IMAGE_MODES["jpg"]
+    imdecode_c = Compiler.compile(imdecode)
+
+    def decode_source(source_ix, dst_ix, metadata, storage_state, temp_storage, status):
+        field = metadata[source_ix]
+        image_data = mem_read(field["data_ptr"], storage_state)
+        height = np.uint32(field["height"])
+        width = np.uint32(field["width"])
+        if field["mode"] == jpg:
+            temp_buffer = temp_storage[dst_ix]
+            status[dst_ix, 0] = imdecode_c(image_data, temp_buffer, height, width, height, width,
+                                           0, 0, 1, 1, False, False)
+            selected_size = 3 * height * width
+            temp_buffer = temp_buffer.reshape(-1)[:selected_size]
+            return temp_buffer.reshape(height, width, 3)
+        status[dst_ix, 0] = 0
+        return image_data.reshape(height, width, 3)
+
+    return Compiler.compile(decode_source)
+
+
 _CLASSES: dict[str, type] | None = None
 
 
 def _build_classes() -> dict[str, type]:
-    from ffcv.fields.rgb_image import (IMAGE_MODES, CenterCropRGBImageDecoder,
-                                       RandomResizedCropRGBImageDecoder)
-    from ffcv.libffcv import imdecode, resize_crop
+    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+    from ffcv.libffcv import resize_crop
+    from queue import Queue
+    from threading import Event, Thread
+
+    import torch
     from ffcv.loader import Loader
+    from ffcv.loader import epoch_iterator as ffcv_epoch_iterator
     from ffcv.loader.epoch_iterator import EpochIterator
+    from ffcv.utils import chunks
     from ffcv.pipeline.allocation_query import AllocationQuery
     from ffcv.pipeline.compiler import Compiler
     from ffcv.pipeline.graph import DecoderNode
@@ -155,10 +196,8 @@ def _build_classes() -> dict[str, type]:
     class CheckedResizedCropMixin(StatusDecoderMixin):
         def generate_code(self):
             # ffcv 1.0.2's ResizedCropRGBImageDecoder.generate_code, plus the status store
-            jpg = IMAGE_MODES["jpg"]
-            mem_read = self.memory_read
+            decode_source = source_image_decoder(self.memory_read)
             my_range = Compiler.get_iterator()
-            imdecode_c = Compiler.compile(imdecode)
             resize_crop_c = Compiler.compile(resize_crop)
             get_crop_c = Compiler.compile(self.get_crop_generator)
             scale, ratio = self.scale, self.ratio
@@ -170,23 +209,11 @@ def _build_classes() -> dict[str, type]:
             def decode(batch_indices, my_storage, metadata, storage_state):
                 destination, temp_storage, status = my_storage
                 for dst_ix in my_range(len(batch_indices)):
-                    source_ix = batch_indices[dst_ix]
-                    field = metadata[source_ix]
-                    image_data = mem_read(field["data_ptr"], storage_state)
-                    height = np.uint32(field["height"])
-                    width = np.uint32(field["width"])
-                    if field["mode"] == jpg:
-                        temp_buffer = temp_storage[dst_ix]
-                        status[dst_ix, 0] = imdecode_c(image_data, temp_buffer, height, width,
-                                                       height, width, 0, 0, 1, 1, False, False)
-                        selected_size = 3 * height * width
-                        temp_buffer = temp_buffer.reshape(-1)[:selected_size]
-                        temp_buffer = temp_buffer.reshape(height, width, 3)
-                    else:
-                        status[dst_ix, 0] = 0
-                        temp_buffer = image_data.reshape(height, width, 3)
+                    image = decode_source(batch_indices[dst_ix], dst_ix, metadata,
+                                          storage_state, temp_storage, status)
+                    height, width = np.uint32(image.shape[0]), np.uint32(image.shape[1])
                     i, j, h, w = get_crop_c(height, width, scale, ratio)
-                    resize_crop_c(temp_buffer, i, i + h, j, j + w, destination[dst_ix])
+                    resize_crop_c(image, i, i + h, j, j + w, destination[dst_ix])
                 return destination[:len(batch_indices)]
 
             decode.is_parallel = True
@@ -206,7 +233,31 @@ def _build_classes() -> dict[str, type]:
         """ffcv's epoch thread, with two guards: an exception while running the pipeline is
         handed to the consumer (ffcv 1.0.2's thread dies and ``__next__`` waits forever), and
         a sample whose decoder reported a failed ``imdecode`` ends the epoch. Either way the
-        consumer gets :class:`PipelineFailure` for that batch."""
+        consumer gets :class:`PipelineFailure` for that batch.
+
+        Its batch buffers (pinned host memory, device memory) and CUDA streams come from the
+        loader (:meth:`ReusingLoader.epoch_buffers`): ffcv allocates and pins them afresh at
+        every ``iter(loader)``, on the training thread (~1.2 GB at batch 1024, 160 px)."""
+
+        def __init__(self, loader, order):
+            # ffcv 1.0.2's EpochIterator.__init__, with buffers and streams from the loader
+            Thread.__init__(self, daemon=True)
+            self.loader = loader
+            self.order = order
+            self.metadata = loader.reader.metadata
+            self.current_batch_slot = 0
+            batches = list(chunks(order, loader.batch_size))
+            self.iter_ixes = iter(batches)
+            self.closed = False
+            self.output_queue = Queue(loader.batches_ahead)
+            self.terminate_event = Event()
+            self.memory_context = loader.memory_manager.schedule_epoch(batches)
+            if ffcv_epoch_iterator.IS_CUDA:
+                self.current_stream = torch.cuda.current_stream()
+            self.memory_context.__enter__()
+            self.storage_state = self.memory_context.state
+            self.cuda_streams, self.memory_allocations = loader.epoch_buffers(self)
+            self.start()
 
         def run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event):
             try:
@@ -264,8 +315,36 @@ def _build_classes() -> dict[str, type]:
                     Compiler.set_enabled(True)
 
         def __init__(self, *args, **kw):
+            self._epoch_buffers = None
             with _TABLE_LOCK:  # no other thread's Loader may be built while the Compiler is off
                 super().__init__(*args, **kw)
+
+        def epoch_buffers(self, iterator) -> tuple[list, dict]:
+            """(CUDA streams, batch buffers) for ``iterator``'s epoch: those of the previous
+            epoch when its shapes are the same (same resolution, batch, pipelines) and its
+            iterator has stopped; else freshly allocated (and pinned on a CUDA machine) as
+            ffcv does, replacing the previous set. Batches are copied out by
+            :class:`~ffcv_dp4tl.data.ffcv_loader.FFCVMaskedLoader` (normalised images, cloned
+            labels), so reuse never changes what a consumer holds."""
+            requirements, _ = self.graph.collect_requirements()
+            key = (self.batch_size, self.batches_ahead, _frozen(requirements))
+            cached = self._epoch_buffers
+            if cached is not None and cached[0] == key:
+                previous = cached[3]()
+                if previous is not None and previous.is_alive():
+                    previous.join(timeout=0.5)  # a finished epoch's thread is about to end
+                if previous is None or not previous.is_alive():
+                    STATS["buffers_reused"] += 1
+                    self._epoch_buffers = (*cached[:3], weakref.ref(iterator))
+                    return cached[1], cached[2]
+            slots = self.batches_ahead + 2
+            streams = [torch.cuda.Stream() if ffcv_epoch_iterator.IS_CUDA else None
+                       for _ in range(slots)]
+            self._epoch_buffers = None  # let the old set go before allocating the new one
+            allocations = self.graph.allocate_memory(self.batch_size, slots)
+            STATS["buffers_allocated"] += 1
+            self._epoch_buffers = (key, streams, allocations, weakref.ref(iterator))
+            return streams, allocations
 
         def __iter__(self):
             # ffcv 1.0.2's Loader.__iter__ with our iterator
@@ -283,6 +362,15 @@ def _build_classes() -> dict[str, type]:
     for c in out.values():
         c.__qualname__ = c.__name__
     return out
+
+
+def _frozen(requirements: dict) -> tuple:
+    """A hashable, comparable form of ffcv's memory requirements (kind -> node -> queries)."""
+    def query(q):
+        return tuple(q) if isinstance(q, (list, tuple)) else q
+
+    return tuple((kind, tuple((nid, query(q)) for nid, q in sorted(reqs.items())))
+                 for kind, reqs in sorted(requirements.items()))
 
 
 def ffcv_classes() -> dict[str, type]:

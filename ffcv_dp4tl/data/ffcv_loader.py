@@ -139,12 +139,11 @@ def _seeded_crop_flip_class():
     Any number of decode threads therefore gives the same pixels. Cost: one generator reseed
     per image (microseconds, next to a JPEG decode) and the flip done in the decoder; with
     ``shuffle=False`` the crops repeat every epoch."""
-    from ffcv.fields.rgb_image import (IMAGE_MODES, RandomResizedCropRGBImageDecoder,
-                                       get_random_crop)
-    from ffcv.libffcv import imdecode, resize_crop
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder, get_random_crop
+    from ffcv.libffcv import resize_crop
     from ffcv.pipeline.compiler import Compiler
 
-    from .ffcv_compile import ffcv_classes
+    from .ffcv_compile import ffcv_classes, source_image_decoder
 
     class SeededRandomResizedCrop(ffcv_classes()["StatusDecoderMixin"],
                                   RandomResizedCropRGBImageDecoder):
@@ -154,10 +153,8 @@ def _seeded_crop_flip_class():
             self.seed, self.view, self.flip = int(seed), int(view), bool(flip)
 
         def generate_code(self):
-            jpg = IMAGE_MODES["jpg"]
-            mem_read = self.memory_read
+            decode_source = source_image_decoder(self.memory_read)
             my_range = Compiler.get_iterator()
-            imdecode_c = Compiler.compile(imdecode)
             resize_crop_c = Compiler.compile(resize_crop)
             get_crop_c = Compiler.compile(get_random_crop)
             scale, ratio = np.array(self.scale), np.array(self.ratio)
@@ -172,20 +169,9 @@ def _seeded_crop_flip_class():
                 last = np.uint64(batch_indices[n - 1])
                 for dst_ix in my_range(n):
                     source_ix = batch_indices[dst_ix]
-                    field = metadata[source_ix]
-                    image_data = mem_read(field["data_ptr"], storage_state)
-                    height = np.uint32(field["height"])
-                    width = np.uint32(field["width"])
-                    if field["mode"] == jpg:
-                        temp_buffer = temp_storage[dst_ix]
-                        status[dst_ix, 0] = imdecode_c(image_data, temp_buffer, height, width,
-                                                       height, width, 0, 0, 1, 1, False, False)
-                        selected_size = 3 * height * width
-                        temp_buffer = temp_buffer.reshape(-1)[:selected_size]
-                        temp_buffer = temp_buffer.reshape(height, width, 3)
-                    else:
-                        status[dst_ix, 0] = 0
-                        temp_buffer = image_data.reshape(height, width, 3)
+                    image = decode_source(source_ix, dst_ix, metadata, storage_state,
+                                          temp_storage, status)
+                    height, width = np.uint32(image.shape[0]), np.uint32(image.shape[1])
                     # splitmix64 of (base, sample, batch, position) → a 32-bit seed
                     z = (base + np.uint64(source_ix) * np.uint64(0x9E3779B97F4A7C15)
                          + first * np.uint64(0xBF58476D1CE4E5B9)
@@ -196,7 +182,7 @@ def _seeded_crop_flip_class():
                     np.random.seed(np.uint32(z & np.uint64(0xFFFFFFFF)))
                     i, j, h, w = get_crop_c(height, width, scale, ratio)
                     out = destination[dst_ix]
-                    resize_crop_c(temp_buffer, i, i + h, j, j + w, out)
+                    resize_crop_c(image, i, i + h, j, j + w, out)
                     if do_flip and np.random.random() < 0.5:
                         wd = out.shape[1]
                         for c in range(wd // 2):
@@ -318,7 +304,9 @@ class FFCVMaskedLoader(PlanLoaderBase):
             for b, (images, labels, *rest) in enumerate(self.loader):
                 idx = torch.from_numpy(np.asarray(
                     order[b * self.batch_size:(b + 1) * self.batch_size], dtype=np.int64))
-                yield Batch(self.normalize(images), labels.long(), idx,
+                # normalise = a new tensor, labels cloned: nothing refers to ffcv's buffers,
+                # which the next epoch reuses (ReusingLoader.epoch_buffers)
+                yield Batch(self.normalize(images), labels.to(torch.int64, copy=True), idx,
                             self.normalize(rest[0]) if rest else None)
         except PipelineFailure as failure:
             raise self._damage_error(failure) from None

@@ -2,26 +2,29 @@
 
 Why: on the GPU host stock ffcv fed ResNet-18 at ~4.8k img/s because CPU JPEG decoding is the
 limit, while nvJPEG decodes ~26k small JPEGs/s when given whole batches. This loader therefore
-keeps only byte reading on the host and does everything else on the device, batched:
+keeps only byte reading and crop draws on the host and does the pixel work on the device,
+batched:
 
-* **Host** (a small background thread pool, bounded read-ahead): for batch ``b`` of the epoch
-  take ``plan.order(epoch)[b*B:(b+1)*B]`` (the same :class:`EpochPlan` as the other loaders,
-  so it visits exactly their samples in their order), read each sample's JPEG bytes with
-  ``os.pread`` (position-free, so threads share one descriptor per file) from the beton (the
-  image field's ``data_ptr`` + ffcv's allocation table give offset and size) or from the
-  WebDataset shards (the shard index gives them), draw the crop boxes and flips, and turn them
-  into a few numbers per image (one small tensor per view).
-* **Device**: ``torchvision.io.decode_jpeg(list, device=...)`` (batched nvJPEG on CUDA; the
-  same call decodes on the CPU, which is how the tests run), pad the batch into one
-  ``(B, 3, Hmax, Wmax)`` canvas (nested tensor → padded), then one ``F.grid_sample``
-  (bilinear) per pyramid level does crop + flip + resize for the whole batch.
+* **Read-ahead threads** (a small pool, bounded read-ahead; each thread first makes the
+  loader's device its current one and decodes on a CUDA stream of its own): for batch ``b`` of
+  the epoch take ``plan.order(epoch)[b*B:(b+1)*B]`` (the same :class:`EpochPlan` as the other
+  loaders, so it visits exactly their samples in their order), read each sample's JPEG bytes
+  with ``os.pread`` (position-free, so threads share one descriptor per file) from the beton
+  (the image field's ``data_ptr`` + ffcv's allocation table give offset and size) or from the
+  WebDataset shards (the shard index gives them), draw every crop box and flip of the batch at
+  once (numpy), turn them into a few numbers per image, then ``torchvision.io.decode_jpeg(list,
+  device=...)`` (batched nvJPEG on CUDA; the same call decodes on the CPU, which is how the tests
+  run) and pad the batch into one ``(B, 3, Hmax, Wmax)`` uint8 canvas (nested tensor → padded),
+  refused with a clear error beyond :data:`MAX_CANVAS_BYTES`.
+* **Iterating thread**: one ``F.grid_sample`` (bilinear) per pyramid level does crop + flip +
+  resize for the whole batch, then the normalisation.
 
-Geometry matches the CPU loaders: crop boxes follow :func:`random_crop_box` /
-:func:`center_crop_box` and the sampling grid puts output pixel centres where PIL's and
-OpenCV's resize put them, clamped to the image (edge replication, as their filters do).
-Train crops are drawn exactly like the WebDataset loader draws them (per-epoch seed from
-``(plan.seed, epoch)``, then one generator per ``(epoch seed, sample)``, box then flip per view),
-so for the same seed both loaders crop the same boxes.
+Geometry matches the CPU loaders: crop boxes and flips come from
+:func:`~ffcv_dp4tl.data.transforms.crop_draws` with the epoch's
+:meth:`~ffcv_dp4tl.data.sampling.EpochPlan.aug_seed`, the rule the WebDataset loader uses too, so
+for the same seed both loaders crop the same boxes; the sampling grid puts output pixel centres
+where PIL's and OpenCV's resize put them, clamped to the image (edge replication, as their
+filters do).
 
 Antialiasing: bilinear sampling aliases when shrinking by much more than 2×. Instead of
 per-image ``F.interpolate(antialias=True)`` (one call per distinct size), the padded canvas gets
@@ -41,7 +44,7 @@ import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
@@ -55,11 +58,16 @@ from beton_builders.beton import beton_images
 from .manifest import SplitInfo
 from .interface import PlanLoaderBase
 from .sampling import Batch, EpochPlan
-from .transforms import AugSpec, Normalize, center_crop_box, random_crop_box
+from .transforms import AugSpec, Normalize, crop_draws
 
 #: Name prefix of the read-ahead threads (tests check none outlive an iteration).
 THREAD_PREFIX = "dp4tl-jpeg-read"
 SOURCES = ("ffcv", "wds")
+#: Largest padded decode canvas of one batch, in bytes of its float copy (the uint8 canvas, its
+#: float32 copy and the mipmap levels are alive together: about 6.3x the uint8 size). At batch
+#: 1024 this allows images up to ~800 px on the longer side; images built at up to 4096 px
+#: (``--max-side``) would need ~200 GB at batch 1024.
+MAX_CANVAS_BYTES = 8 << 30
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,30 +180,6 @@ def jpeg_hw(data: bytes | memoryview) -> tuple[int, int]:
 # Per-batch host work: bytes, crop boxes, sampling parameters
 # ---------------------------------------------------------------------------------------------
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Per-epoch augmentation seed, the WebDataset loader's rule (``_PlanSampler``), so both
-    loaders draw the same crops for the same ``(seed, epoch)``."""
-    return int(np.random.default_rng([seed, epoch, 7]).integers(2**31))
-
-
-def crop_draws(hw: np.ndarray, indices: np.ndarray, *, eseed: int, aug: AugSpec
-               ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per view: (boxes (B, 4) = top, left, h, w; flips (B,) bool). Train: generator
-    ``default_rng([eseed, sample])`` draws box then flip for each view in turn, as the
-    WebDataset loader does; eval: the center crop, no flip."""
-    n = len(indices)
-    out = [(np.empty((n, 4), np.int64), np.zeros(n, bool)) for _ in range(aug.views)]
-    for k, (i, (h, w)) in enumerate(zip(indices.tolist(), hw.tolist())):
-        if not aug.train:
-            out[0][0][k] = center_crop_box(h, w, aug.center_crop_ratio)
-            continue
-        rng = np.random.default_rng([eseed, i])
-        for boxes, flips in out:
-            boxes[k] = random_crop_box(h, w, rng, scale=aug.crop_scale, ratio=aug.crop_ratio)
-            flips[k] = (rng.random() < 0.5) and aug.flip  # coin drawn either way: same crops
-    return out
-
-
 def mip_level(boxes: np.ndarray, resolution: int) -> np.ndarray:
     """Pyramid level each crop samples: ``floor(log2(shrink))`` for a shrink of 2× or more
     (by the less-shrunk axis, so nothing is blurred more than needed), else 0."""
@@ -255,6 +239,8 @@ class _HostBatch:
     hw_t: torch.Tensor           # (B, 2) image sizes, for the pyramid's masks
     labels: torch.Tensor         # (B,) int64
     # host tensors are pinned when the device is CUDA, so the copies are asynchronous
+    decoded: torch.Tensor | None = None  # (B, 3, H, W) uint8 canvas on the device
+    ready: "torch.cuda.Event | None" = None  # recorded after the decode + pad (CUDA)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,9 +252,11 @@ class _ReadAhead:
     threads (inline when ``workers == 0``). ``close`` cancels what is queued and joins the
     threads; the loader calls it when iteration ends, stops early or the loader is closed."""
 
-    def __init__(self, fn: Callable[[int], _HostBatch], n: int, workers: int, depth: int):
+    def __init__(self, fn: Callable[[int], _HostBatch], n: int, workers: int, depth: int,
+                 initializer: Callable[[], None] | None = None):
         self._fn, self._n, self._depth = fn, n, max(1, depth)
-        self._pool = (ThreadPoolExecutor(workers, thread_name_prefix=THREAD_PREFIX)
+        self._pool = (ThreadPoolExecutor(workers, thread_name_prefix=THREAD_PREFIX,
+                                         initializer=initializer)
                       if workers > 0 else None)
         self._pending: deque[Future] = deque()
         self._next = 0
@@ -316,8 +304,9 @@ class DeviceDecodeLoader(PlanLoaderBase):
                  resolution: int, aug: AugSpec, device: str | torch.device = "cpu",
                  num_workers: int = 2, drop_last: bool | None = None,
                  dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                 prefetch: int | None = None):
-        """``aug`` says how images are cropped and flipped."""
+                 prefetch: int | None = None, max_canvas_bytes: int = MAX_CANVAS_BYTES):
+        """``aug`` says how images are cropped and flipped. ``max_canvas_bytes``: the largest
+        padded batch canvas (:func:`check_canvas`) before a clear error."""
         if source not in SOURCES:
             raise DataError(f"unknown byte source {source!r}; choose one of {', '.join(SOURCES)}")
         aug = aug.validate()
@@ -332,6 +321,7 @@ class DeviceDecodeLoader(PlanLoaderBase):
         self.source = source
         self.num_workers = max(0, int(num_workers))
         self.prefetch = prefetch if prefetch is not None else max(2, 2 * self.num_workers)
+        self.max_canvas_bytes = int(max_canvas_bytes)
         self.epoch = 0
         self.labels = np.asarray(split.load_labels(), dtype=np.int64)
         self._split_name, self._root = split.name, split.root
@@ -343,16 +333,16 @@ class DeviceDecodeLoader(PlanLoaderBase):
             self._locations = _shard_locations(split)
         self.normalize = Normalize(dtype, channels_last).to(self.device)
         self._pin = self.device.type == "cuda"
-        self._stream: torch.cuda.Stream | None = None  # nvJPEG's own stream, made on first use
 
     # -- interface shared with the other loaders (MaskedLoader) ----------------------------------
 
     def __iter__(self) -> Iterator[Batch]:
         epoch, resolution = self.epoch, self.resolution
         order = self.plan.order(epoch)
-        eseed = epoch_seed(self.plan.seed, epoch)
+        eseed = self.plan.aug_seed(epoch)
         reader = _ReadAhead(lambda b: self._host_batch(order, b, resolution, eseed), len(self),
-                            self.num_workers, self.prefetch)
+                            self.num_workers, self.prefetch,
+                            initializer=partial(thread_device_setup, self.device))
         self._readers.add(reader)
         try:
             for host in reader:
@@ -388,8 +378,12 @@ class DeviceDecodeLoader(PlanLoaderBase):
                   for (boxes, flips), lv in zip(draws, levels)]
         groups = [[(lv, None if pos is None else pin(pos)) for lv, pos in level_groups(view)]
                   for view in levels]
-        return _HostBatch(idx, data, hw, canvas, top, groups, params,
+        check_canvas(idx, hw, canvas, top, self.max_canvas_bytes)
+        host = _HostBatch(idx, data, hw, canvas, top, groups, params,
                           pin(torch.from_numpy(hw)), pin(torch.from_numpy(self.labels[idx])))
+        host.decoded, host.ready = self._decode_padded(host)
+        host.data = []  # the JPEG bytes are no longer needed
+        return host
 
     def _header_sizes(self, idx: np.ndarray, data: list[torch.Tensor]) -> np.ndarray:
         hw = np.empty((len(idx), 2), np.int64)
@@ -411,8 +405,14 @@ class DeviceDecodeLoader(PlanLoaderBase):
     # -- device side (the iterating thread) -----------------------------------------------------
 
     def _device_batch(self, host: _HostBatch, resolution: int) -> Batch:
+        """Crop, flip, resize and normalise a decoded batch (on the iterating thread's stream)."""
         dev, nb = self.device, self._pin
-        canvas = self._decode_padded(host)
+        canvas = host.decoded
+        if host.ready is not None:
+            main = torch.cuda.current_stream(dev)
+            main.wait_event(host.ready)
+            canvas.record_stream(main)  # its block is not reused before main's kernels ran
+        canvas = canvas.float()
         pyramid = [canvas]
         if host.top_level:
             pyramid += _mip_levels(canvas, host.hw_t.to(dev, non_blocking=nb), host.top_level)
@@ -425,24 +425,29 @@ class DeviceDecodeLoader(PlanLoaderBase):
         return Batch(images[0], host.labels.to(dev, non_blocking=nb),
                      torch.from_numpy(host.indices), images[1] if len(images) > 1 else None)
 
-    def _decode_padded(self, host: _HostBatch) -> torch.Tensor:
-        """Decode the batch on the device into one zero-padded float (B, 3, H, W) canvas."""
+    def _decode_padded(self, host: _HostBatch
+                       ) -> tuple[torch.Tensor, "torch.cuda.Event | None"]:
+        """Decode the batch on the device into one zero-padded uint8 (B, 3, H, W) canvas: on a
+        read-ahead thread (its own CUDA stream, :meth:`_decode_on_side_stream`), so the
+        iterating thread only crops and resizes. Returns the canvas and, on CUDA, the event
+        the iterating thread waits on."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
         try:
             if self.device.type == "cuda":
-                images = self._decode_on_side_stream(host.data)
-            else:
-                images = decode_jpeg(host.data, device=self.device, mode=ImageReadMode.RGB)
+                return self._decode_on_side_stream(host)
+            images = decode_jpeg(host.data, device=self.device, mode=ImageReadMode.RGB)
         except RuntimeError as e:
             raise DataError(self._decode_failure(host, e)) from None
+        self._check_sizes(host, images)
+        return _pad(images, host.canvas), None
+
+    def _check_sizes(self, host: _HostBatch, images: list[torch.Tensor]) -> None:
         got = np.array([img.shape[1:] for img in images], np.int64).reshape(-1, 2)
         if not np.array_equal(got, host.hw):
             bad = host.indices[(got != host.hw).any(axis=1)].tolist()
             raise DataError(f"samples {bad}: decoded size differs from the stored size; "
                             "rebuild the dataset")
-        return _pad(images, host.canvas).float()
-
 
     def _decode_failure(self, host: _HostBatch, error: Exception) -> str:
         """One line naming the first sample of the batch that does not decode on its own, its
@@ -466,32 +471,74 @@ class DeviceDecodeLoader(PlanLoaderBase):
                 f"({int(loc.size[bad])} bytes); run `dp4tl verify {self._root} --deep` to list "
                 "every damaged sample, then rebuild the dataset")
 
-    def _decode_on_side_stream(self, data: list[torch.Tensor]) -> list[torch.Tensor]:
-        """nvJPEG decode on a stream of its own, never the training stream.
+    def _decode_on_side_stream(self, host: _HostBatch
+                               ) -> tuple[torch.Tensor, "torch.cuda.Event"]:
+        """nvJPEG decode and padding on this read-ahead thread's own stream, never the
+        training stream.
 
         nvJPEG's hardware engine writes its output buffers without waiting for work already
         queued on the stream it is given (pytorch/vision#9606, meta-pytorch/torchcodec#1634).
         Decoding on the training stream, the caching allocator can hand the decoder a block that
         queued kernels (the previous step's backward) still read, and the decoder overwrites it:
         wrong numbers or NaN in code that never touched the decoder. The first GPU check saw
-        exactly that: training from this loader diverged at epoch 0 while the same loader alone
-        ran clean. On a dedicated stream only decode outputs are allocated, and each is marked
-        as used by the training stream (``record_stream``), so a block comes back to this
-        stream's pool only after every kernel that read it has finished: nothing the decoder is
-        handed is still in use. torchvision returns after the decode stream finished; the
-        training stream still waits on it, which costs nothing then.
+        exactly that. Here each read-ahead thread decodes and pads on a stream of its own and
+        waits for it before letting the decoded images go, so no queued kernel still reads a
+        block the next decode may get; the canvas is marked as used by the training stream
+        (``record_stream`` in :meth:`_device_batch`), so its block returns to this stream's pool
+        only after every kernel that read it has finished.
         """
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(device=self.device)
-        main = torch.cuda.current_stream(self.device)
-        with torch.cuda.stream(self._stream):
-            images = decode_jpeg(data, device=self.device, mode=ImageReadMode.RGB)
-        main.wait_stream(self._stream)
-        for img in images:
-            img.record_stream(main)
-        return images
+        stream = _thread_stream(self.device)
+        with torch.cuda.stream(stream):
+            try:
+                images = decode_jpeg(host.data, device=self.device, mode=ImageReadMode.RGB)
+            except RuntimeError as e:
+                raise DataError(self._decode_failure(host, e)) from None
+            self._check_sizes(host, images)
+            canvas = _pad(images, host.canvas)
+            ready = torch.cuda.Event()
+            ready.record(stream)
+        stream.synchronize()  # before `images` is freed back to this stream's pool
+        del images
+        return canvas, ready
+
+
+_THREAD_STATE = threading.local()
+
+
+def _thread_stream(device: torch.device) -> "torch.cuda.Stream":
+    """This thread's own CUDA stream on ``device`` (made on first use)."""
+    streams = getattr(_THREAD_STATE, "streams", None)
+    if streams is None:
+        streams = _THREAD_STATE.streams = {}
+    s = streams.get(device)
+    if s is None:
+        s = streams[device] = torch.cuda.Stream(device=device)
+    return s
+
+
+def thread_device_setup(device: torch.device) -> None:
+    """Run first in every read-ahead thread: on CUDA, make ``device`` the thread's current
+    device, so nothing the thread does (pinning, streams, events) creates a context on GPU 0
+    (each DDP rank would otherwise hold one there)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+
+def check_canvas(indices: np.ndarray, hw: np.ndarray, canvas: tuple[int, int], top_level: int,
+                 limit: int = MAX_CANVAS_BYTES) -> None:
+    """Raise a one-line :class:`DataError` when one batch's padded canvas (every image padded to
+    the batch's largest height and width) would take more than ``limit`` bytes as floats."""
+    need = len(indices) * 3 * canvas[0] * canvas[1] * 4
+    if need <= limit:
+        return
+    k = int(np.argmax(hw[:, 0].astype(np.int64) * hw[:, 1]))
+    raise DataError(
+        f"decode='gpu': a batch of {len(indices)} images is padded to {canvas[0]}x{canvas[1]} px "
+        f"(sample {int(indices[k])} is {int(hw[k, 0])}x{int(hw[k, 1])} px), a {need / 2**30:.1f} "
+        f"GiB canvas, over the {limit / 2**30:.1f} GiB limit; rebuild the dataset with a smaller "
+        "--max-side, lower the batch size, or decode on the CPU (decode='cpu')")
 
 
 def _pad(images: list[torch.Tensor], canvas: tuple[int, int]) -> torch.Tensor:
@@ -561,6 +608,6 @@ def device_decode_available(device: str) -> bool:
         return False
 
 
-__all__ = ["DeviceDecodeLoader", "SOURCES", "THREAD_PREFIX", "crop_draws",
-           "device_decode_available", "epoch_seed", "grid_params", "jpeg_hw", "level_groups",
-           "mip_level"]
+__all__ = ["DeviceDecodeLoader", "MAX_CANVAS_BYTES", "SOURCES", "THREAD_PREFIX", "check_canvas",
+           "device_decode_available", "grid_params", "jpeg_hw", "level_groups", "mip_level",
+           "thread_device_setup"]

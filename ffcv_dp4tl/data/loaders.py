@@ -42,11 +42,20 @@ def available_cores() -> int:
 _NOTED: set[tuple[int, int]] = set()
 
 
+def reserved_cores(cores: int) -> int:
+    """Cores kept free of loader workers for the training thread (and the CUDA launch / pin
+    threads): none on up to 4 cores (a small CPU machine needs every core for the loader and
+    trains on the same threads), 1 on 5-8 cores, 2 above (a GPU node: the first GPU check ran
+    16 decode threads on 16 cores beside the training thread)."""
+    return 0 if cores <= 4 else 1 if cores <= 8 else 2
+
+
 def effective_workers(requested: int) -> int:
-    """``min(requested, cores)``: more loader workers than cores only slows the loader down, and
-    ffcv's numba pool refuses them ("number of threads must be between 1 and N"). The full
-    recipes ask for 8–12 workers (a GPU node); on a smaller machine they run with what it has,
-    with a one-time note on stderr. (``0`` = in-process loading, kept.)"""
+    """``min(requested, cores - reserved_cores(cores))``: more loader workers than cores only
+    slows the loader and the training thread down, and ffcv's numba pool refuses more than the
+    cores ("number of threads must be between 1 and N"). The full recipes ask for 8-12 workers
+    (a GPU node); on a smaller machine they run with what it leaves, with a one-time note on
+    stderr. (``0`` = in-process loading, kept.)"""
     cores = available_cores()
     try:
         import numba
@@ -54,13 +63,17 @@ def effective_workers(requested: int) -> int:
         cores = min(cores, int(numba.config.NUMBA_NUM_THREADS))
     except ImportError:  # pragma: no cover - numba comes with ffcv
         pass
-    if requested <= cores:
+    usable = max(1, cores - reserved_cores(cores))
+    if requested <= usable:
         return requested
-    if (requested, cores) not in _NOTED:
-        _NOTED.add((requested, cores))
+    if (requested, usable) not in _NOTED:
+        _NOTED.add((requested, usable))
+        spare = cores - usable
         print(f"[note] data.num_workers = {requested} but this machine gives the process {cores} "
-              f"cores: loading with {cores} workers", file=sys.stderr, flush=True)
-    return max(cores, 1)
+              f"cores: loading with {usable} workers"
+              + (f" ({spare} left for the training thread)" if spare else ""),
+              file=sys.stderr, flush=True)
+    return usable
 
 
 def resolve_decode(decode: str, device: str | torch.device) -> str:

@@ -52,6 +52,12 @@ class EpochPlan:
             self._cached = cached = (epoch, shard_for_rank(full, self.rank, self.world_size))
         return cached[1]
 
+    def aug_seed(self, epoch: int) -> int:
+        """The epoch's augmentation seed: loaders that draw their own crops and flips
+        (WebDataset, GPU decode) feed it to :func:`~ffcv_dp4tl.data.transforms.crop_draws`,
+        so every loader and rank crops a sample the same way in a given (seed, epoch)."""
+        return int(np.random.default_rng([self.seed, epoch, 7]).integers(2**31))
+
     def samples_per_epoch(self) -> int:
         n = len(self.indices)
         return n // self.world_size + (1 if self.rank < n % self.world_size else 0)

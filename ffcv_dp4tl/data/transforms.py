@@ -1,4 +1,4 @@
-"""Image geometry shared by both loaders, plus normalisation.
+"""Image geometry shared by every loader, the crop/flip draws, plus normalisation.
 
 The WebDataset path reproduces ffcv's decoders (``RandomResizedCropRGBImageDecoder`` and
 ``CenterCropRGBImageDecoder`` with ratio 224/256) so that a model sees the same kind of input
@@ -67,31 +67,91 @@ class AugSpec:
         return self
 
 
-def random_crop_box(height: int, width: int, rng: np.random.Generator,
-                    scale=RRC_SCALE, ratio=RRC_RATIO) -> tuple[int, int, int, int]:
-    """(top, left, h, w) of a random-resized crop; same rule as torchvision/ffcv."""
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
+# ---------------------------------------------------------------------------------------------
+# Crop and flip draws: one rule for every loader that draws its own (WebDataset, GPU decode)
+# ---------------------------------------------------------------------------------------------
+#: random-resized-crop attempts before the centre fallback (torchvision's and ffcv's rule)
+CROP_ATTEMPTS = 10
+_MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 
 
-def center_crop_box(height: int, width: int, ratio: float = CENTER_CROP_RATIO):
-    c = int(ratio * min(height, width))
+def _splitmix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on a uint64 array (wrapping arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * _MIX[1]
+    z = (z ^ (z >> np.uint64(27))) * _MIX[2]
+    return z ^ (z >> np.uint64(31))
+
+
+def sample_uniforms(eseed: int, samples: np.ndarray, count: int) -> np.ndarray:
+    """(len(samples), count) float64 uniforms in [0, 1), a pure function of (eseed, sample, k).
+
+    Counter-based (splitmix64 of the triple), so a sample's draws do not depend on which batch,
+    worker or thread handles it, and a whole batch is drawn in a few numpy operations."""
+    s = np.asarray(samples, dtype=np.int64).astype(np.uint64)[:, None]
+    k = np.arange(count, dtype=np.uint64)[None, :]
+    with np.errstate(over="ignore"):
+        base = _splitmix(np.full(1, np.uint64(int(eseed) % (1 << 64))) * _MIX[0] + _MIX[1])
+        z = _splitmix(_splitmix(base + s * _MIX[0]) + (k + np.uint64(1)) * _MIX[2])
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def center_crop_box(height, width, ratio: float = CENTER_CROP_RATIO):
+    """(top, left, h, w) of the centre square of ``ratio`` × the short side (ints or arrays)."""
+    c = np.floor(ratio * np.minimum(height, width)).astype(np.int64)
     return (height - c) // 2, (width - c) // 2, c, c
+
+
+def random_crop_boxes(hw: np.ndarray, u: np.ndarray, scale=RRC_SCALE, ratio=RRC_RATIO
+                      ) -> np.ndarray:
+    """(B, 4) random-resized crops (top, left, h, w) of images of sizes ``hw`` (B, 2), from
+    ``u`` (B, 4 * CROP_ATTEMPTS) uniforms: torchvision's/ffcv's rule, vectorised. Attempt ``a``
+    draws an area in ``scale`` × the image area and a log-aspect in log ``ratio``; the first
+    attempt that fits is placed uniformly; if none fits, the image clamped to ``ratio``, centred."""
+    height, width = hw[:, 0].astype(np.float64), hw[:, 1].astype(np.float64)
+    u = u.reshape(len(hw), CROP_ATTEMPTS, 4)
+    area = (height * width)[:, None] * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = np.exp(lo + (hi - lo) * u[..., 1])
+    w = np.round(np.sqrt(area * aspect))
+    h = np.round(np.sqrt(area / aspect))
+    fits = (w > 0) & (w <= width[:, None]) & (h > 0) & (h <= height[:, None])
+    rows, first = np.arange(len(hw)), np.argmax(fits, axis=1)
+    ok = fits[rows, first]
+    h, w = h[rows, first], w[rows, first]
+    top = np.floor(u[rows, first, 2] * (height - h + 1))
+    left = np.floor(u[rows, first, 3] * (width - w + 1))
+    in_ratio = width / height
+    narrow, wide = in_ratio < min(ratio), in_ratio > max(ratio)
+    fw = np.where(wide, np.round(height * max(ratio)), width)
+    fh = np.where(narrow, np.round(width / min(ratio)), height)
+    boxes = np.stack([np.where(ok, top, (height - fh) // 2), np.where(ok, left, (width - fw) // 2),
+                      np.where(ok, h, fh), np.where(ok, w, fw)], axis=1)
+    return boxes.astype(np.int64)
+
+
+def crop_draws(hw: np.ndarray, indices: np.ndarray, *, eseed: int, aug: AugSpec
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per view: (boxes (B, 4) = top, left, h, w; flips (B,) bool) for samples ``indices`` of
+    sizes ``hw`` (B, 2). ``eseed`` is the epoch's :meth:`EpochPlan.aug_seed`.
+
+    Train: view ``v`` of sample ``i`` reads ``4 * CROP_ATTEMPTS + 1`` uniforms of
+    :func:`sample_uniforms` (the crop attempts, then the flip coin, drawn even when flips are
+    off so crops do not depend on ``flip``). Eval: the centre crop, no flip. The one rule of
+    every loader that draws its own crops (WebDataset workers, GPU decode): for the same
+    (seed, epoch, sample) they crop the same box, whatever the batching or thread."""
+    hw = np.asarray(hw, dtype=np.int64).reshape(-1, 2)
+    n = len(hw)
+    if not aug.train:
+        box = center_crop_box(hw[:, 0], hw[:, 1], aug.center_crop_ratio)
+        return [(np.stack(np.broadcast_arrays(*box), axis=1).astype(np.int64), np.zeros(n, bool))]
+    per_view = 4 * CROP_ATTEMPTS + 1
+    u = sample_uniforms(eseed, np.asarray(indices), per_view * aug.views)
+    out = []
+    for v in range(aug.views):
+        uv = u[:, v * per_view:(v + 1) * per_view]
+        boxes = random_crop_boxes(hw, uv[:, :-1], aug.crop_scale, aug.crop_ratio)
+        out.append((boxes, (uv[:, -1] < 0.5) & aug.flip))
+    return out
 
 
 def crop_resize(img: Image.Image, box, size: int, flip: bool = False) -> np.ndarray:

@@ -14,6 +14,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from beton_builders.beton import beton_images
 from ffcv_dp4tl.data import AugSpec, load_manifest, make_loader
@@ -43,6 +44,32 @@ def test_second_loader_of_the_same_shape_compiles_nothing(index_dataset, monkeyp
     for (i1, x1), (i2, x2), (i3, x3) in zip(first, second, fresh, strict=True):
         assert np.array_equal(i1, i2) and np.array_equal(i1, i3)
         assert x1.tobytes() == x2.tobytes() == x3.tobytes()
+
+
+def test_epoch_buffers_are_reused_until_the_shapes_change(index_dataset, pixel_codec):
+    """ffcv allocates (and on CUDA pins) every batch buffer at each ``iter(loader)``; ours keeps
+    them across epochs of one shape, reallocates on a resolution change, and what a consumer
+    kept from an earlier epoch is not overwritten by the next one."""
+    _, _, decode_batch = pixel_codec
+    loader = make_loader(index_dataset.root, "train", aug=AugSpec.for_train(), batch_size=16,
+                         resolution=16, num_workers=1, drop_last=False)
+    stats = ffcv_compile.STATS
+    kept = []
+    for epoch, res in enumerate((16, 16, 16, 24)):
+        loader.set_epoch(epoch, res)
+        allocated, reused = stats["buffers_allocated"], stats["buffers_reused"]
+        batches = list(loader)
+        fresh = epoch in (0, 3)  # the first epoch, and a new resolution
+        assert (stats["buffers_allocated"] - allocated, stats["buffers_reused"] - reused) \
+            == ((1, 0) if fresh else (0, 1)), epoch
+        for b in batches:
+            assert decode_batch(b.images)[0] == b.indices.tolist()  # right pixels every epoch
+            assert tuple(b.images.shape[2:]) == (res, res)
+        kept.append([(b.images.clone(), b.labels.clone(), b) for b in batches])
+    for epoch_batches in kept:  # batches held from earlier epochs were not overwritten
+        for images, labels, b in epoch_batches:
+            assert torch.equal(b.images, images) and torch.equal(b.labels, labels)
+            assert b.labels.tolist() == index_dataset.labels[b.indices.numpy()].tolist()
 
 
 def test_compiled_operations_are_keyed_by_what_they_capture():

@@ -15,6 +15,7 @@ or one shifted by 2 px, is 0.15-0.85 away.
 from __future__ import annotations
 
 import gc
+from functools import partial
 import threading
 import weakref
 
@@ -25,6 +26,7 @@ import torch
 from ffcv_dp4tl.data import (AugSpec, DeviceDecodeLoader, EpochPlan, load_manifest, make_loader,
                              mask_from_classes)
 from ffcv_dp4tl.data import gpu_decode as gd
+from ffcv_dp4tl.data import transforms
 from ffcv_dp4tl.data.transforms import center_crop_box
 from ffcv_dp4tl.errors import DataError, DP4TLError
 
@@ -176,7 +178,7 @@ def test_eval_pixels_match_the_cpu_loaders(tex, monkeypatch):
     # ... and a wrong crop: ratio 0.8 instead of 224/256, or the right one shifted by 2 px
     for box in (lambda h, w, *_: center_crop_box(h, w, 0.8),
                 lambda h, w, *_: (lambda t, l, ch, cw: (t, l + 2, ch, cw))(*center_crop_box(h, w))):
-        monkeypatch.setattr(gd, "center_crop_box", box)
+        monkeypatch.setattr(transforms, "center_crop_box", box)
         assert _mad(run("wds", 64, "gpu")[0], pil) > FAR
         assert _mad(run("ffcv", 32, "gpu")[0], refs[32][0]) > FAR
 
@@ -185,6 +187,11 @@ def _train(tex, fmt="wds", decode="gpu", **kw):
     args = dict(aug=AugSpec.for_train(), batch_size=8, resolution=64, num_workers=1, seed=5,
                 drop_last=False)
     args.update(kw)
+    if "max_canvas_bytes" in args:  # a DeviceDecodeLoader option make_loader does not take
+        split = load_manifest(tex).split("train")
+        plan = EpochPlan(np.arange(split.num_samples), True, args.pop("seed"))
+        args.pop("drop_last")
+        return DeviceDecodeLoader(split, plan, source=fmt, **args)
     return make_loader(tex, "train", fmt=fmt, decode=decode, **args)
 
 
@@ -223,8 +230,8 @@ def test_flip_in_about_half_the_samples(tex):
         red = images[:, 0]
         flipped += (red[:, :, -1] - red[:, :, 0]).mean(dim=1).lt(0).tolist()  # red falls → flip
         hw = np.array([SIZES[i % len(SIZES)] for i in idx])
-        draws = gd.crop_draws(hw, np.array(idx), aug=loader.aug,
-                              eseed=gd.epoch_seed(loader.plan.seed, epoch))
+        draws = transforms.crop_draws(hw, np.array(idx), aug=loader.aug,
+                                      eseed=loader.plan.aug_seed(epoch))
         expected += draws[0][1].tolist()
     assert flipped == expected
     assert 0.3 < np.mean(flipped) < 0.7, np.mean(flipped)
@@ -340,6 +347,65 @@ def test_threads_stop_on_early_break_close_and_drop(tex):
     assert ref() is None and not _live_reader_threads()
     gc.collect()
     assert not _live_reader_threads()
+
+
+def test_decode_and_pad_run_on_the_read_ahead_threads(tex, monkeypatch):
+    """The iterating thread only crops and resizes: every batch was decoded and padded on a
+    read-ahead thread (with workers; inline without)."""
+    threads = []
+    real = DeviceDecodeLoader._decode_padded
+
+    def spy(self, host):
+        threads.append(threading.current_thread().name)
+        return real(self, host)
+
+    monkeypatch.setattr(DeviceDecodeLoader, "_decode_padded", spy)
+    x, _, _, idx = _epoch(_train(tex, num_workers=2, batch_size=4))
+    assert len(threads) == -(-TEX_N // 4) and all(t.startswith(gd.THREAD_PREFIX) for t in threads)
+    assert sorted(idx) == list(range(TEX_N)) and x.shape[0] == TEX_N
+    threads.clear()
+    _epoch(_train(tex, num_workers=0, batch_size=4))
+    assert threads and set(threads) == {threading.current_thread().name}
+
+
+def test_every_read_ahead_thread_sets_the_device_first(monkeypatch):
+    """On CUDA each read-ahead thread calls ``torch.cuda.set_device`` before its first batch
+    (else every rank creates a context on GPU 0). No GPU here: set_device is recorded."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device",
+                        lambda d: calls.append((threading.current_thread().name, torch.device(d))))
+    seen = []
+
+    def work(b):
+        name = threading.current_thread().name
+        assert (name, torch.device("cuda", 1)) in calls  # the device was set in this thread
+        seen.append(b)
+        return b
+
+    reader = gd._ReadAhead(work, 12, workers=3, depth=4,
+                           initializer=partial(gd.thread_device_setup, torch.device("cuda", 1)))
+    assert list(reader) == list(range(12))
+    reader.close()
+    names = {n for n, _ in calls}
+    assert len(calls) == len(names) <= 3 and all(n.startswith(gd.THREAD_PREFIX) for n in names)
+    calls.clear()
+    gd.thread_device_setup(torch.device("cpu"))  # nothing to set for a CPU loader
+    assert calls == []
+
+
+def test_oversized_canvas_is_a_clear_error(tex):
+    """The batch canvas is padded to the largest image: too large is refused before decoding."""
+    idx, hw = np.arange(1024), np.full((1024, 2), 300)
+    hw[17] = (4096, 3000)
+    with pytest.raises(DataError, match=r"batch of 1024 images is padded to 4096x3000 px \(sample "
+                       r"17 is 4096x3000 px\), a 140.6 GiB canvas, over the 8.0 GiB limit; "
+                       r"rebuild the dataset with a smaller --max-side, lower the batch size"):
+        gd.check_canvas(idx, hw, (4096, 3000), 0)
+    gd.check_canvas(idx, hw[:, :] * 0 + 300, (300, 300), 0)  # 1.0 GiB: fine
+    small = _train(tex, batch_size=8, max_canvas_bytes=1000)
+    with pytest.raises(DataError, match="over the 0.0 GiB limit"):
+        next(iter(small))
+    small.close()
 
 
 def test_set_epoch_changes_resolution(tex):

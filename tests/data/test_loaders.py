@@ -295,14 +295,23 @@ def test_augspec_errors_and_no_old_flags(index_dataset, mask):
             make_loader(index_dataset.root, "train", fmt="wds", aug=AugSpec.for_train(), **old, **kw)
 
 
-def test_flip_off_keeps_the_crops():
-    from ffcv_dp4tl.data import gpu_decode as gd
+@pytest.mark.parametrize("cores,requested,expected", [
+    (2, 2, 2), (2, 8, 2), (4, 16, 4), (8, 12, 7), (8, 7, 7), (16, 16, 14), (16, 12, 12),
+    (64, 64, 62), (1, 4, 1), (16, 0, 0)])
+def test_loader_workers_leave_cores_for_the_training_thread(monkeypatch, capsys, cores,
+                                                            requested, expected):
+    import numba
 
-    hw, idx = np.array([[40, 30], [32, 48], [24, 24]] * 8), np.arange(24)
-    on = gd.crop_draws(hw, idx, eseed=5, aug=AugSpec.for_train(views=2))
-    off = gd.crop_draws(hw, idx, eseed=5, aug=AugSpec.for_train(views=2, flip=False))
-    for (b1, f1), (b2, f2) in zip(on, off):
-        assert (b1 == b2).all() and f1.any() and not f2.any()
+    from ffcv_dp4tl.data import loaders
+
+    monkeypatch.setattr(loaders, "available_cores", lambda: cores)
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", max(cores, 1))
+    loaders._NOTED.clear()
+    assert loaders.effective_workers(requested) == expected
+    err = capsys.readouterr().err
+    assert ("data.num_workers" in err) == (requested > expected)
+    if requested > expected and cores > 4:
+        assert f"{cores - expected} left for the training thread" in err
 
 
 def test_plan_order_is_a_traversal_order_ffcv_constructs(index_dataset, mask, ffcv_train):

@@ -1,0 +1,102 @@
+"""Crop/flip draws shared by the WebDataset and GPU-decode loaders (``data.transforms``), and the
+per-epoch augmentation seed (``EpochPlan.aug_seed``)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ffcv_dp4tl.data import AugSpec, EpochPlan
+from ffcv_dp4tl.data.transforms import (CROP_ATTEMPTS, RRC_RATIO, RRC_SCALE, center_crop_box,
+                                        crop_draws, random_crop_boxes, sample_uniforms)
+
+HW = np.array([[40, 30], [32, 48], [24, 24], [10, 200], [300, 7], [1, 1], [64, 64]] * 9)
+
+
+def _reference_box(height, width, u, scale=RRC_SCALE, ratio=RRC_RATIO):
+    """torchvision's RandomResizedCrop.get_params, one image at a time, reading the given
+    uniforms (area, log-aspect, top, left per attempt) instead of its own generator."""
+    area = height * width
+    for a in range(CROP_ATTEMPTS):
+        ua, ur, ut, ul = u[4 * a:4 * a + 4]
+        target = area * (scale[0] + (scale[1] - scale[0]) * ua)
+        aspect = math.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * ur)
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(ut * (height - h + 1)), int(ul * (width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+@pytest.mark.parametrize("scale", [RRC_SCALE, (0.2, 1.0), (0.9, 1.0)])
+def test_vectorised_boxes_follow_the_torchvision_rule(scale):
+    u = sample_uniforms(3, np.arange(len(HW)), 4 * CROP_ATTEMPTS)
+    got = random_crop_boxes(HW, u, scale, RRC_RATIO)
+    want = [_reference_box(int(h), int(w), row, scale) for (h, w), row in zip(HW, u)]
+    assert got.tolist() == [list(b) for b in want]
+    top, left, h, w = got.T
+    assert (top >= 0).all() and (left >= 0).all() and (h >= 1).all() and (w >= 1).all()
+    assert (top + h <= HW[:, 0]).all() and (left + w <= HW[:, 1]).all()
+
+
+def test_no_fit_falls_back_to_the_clamped_centre():
+    # 10x200: no crop of >= 8 % of the area with aspect in [3/4, 4/3] fits in 10 rows
+    boxes = random_crop_boxes(np.array([[10, 200], [200, 10]]),
+                              sample_uniforms(0, np.arange(2), 4 * CROP_ATTEMPTS))
+    assert boxes.tolist() == [[0, 93, 10, 13], [93, 0, 13, 10]]  # h or w = 10 / (3/4) = 13
+
+
+def test_draws_are_per_sample_not_per_batch():
+    """A sample's crop and flip depend on (seed, epoch, sample) only: any batching, order or
+    worker split of the same samples gives the same draws (the two loaders rely on it)."""
+    aug = AugSpec.for_train(views=2)
+    idx = np.arange(100, 100 + len(HW))
+    full = crop_draws(HW, idx, eseed=9, aug=aug)
+    perm = np.random.default_rng(0).permutation(len(HW))[:20]
+    part = crop_draws(HW[perm], idx[perm], eseed=9, aug=aug)
+    for (b_full, f_full), (b_part, f_part) in zip(full, part):
+        assert np.array_equal(b_full[perm], b_part) and np.array_equal(f_full[perm], f_part)
+    other = crop_draws(HW, idx, eseed=10, aug=aug)
+    assert not np.array_equal(full[0][0], other[0][0])  # another epoch, other crops
+    assert not np.array_equal(full[0][0], full[1][0])  # the two views differ
+
+
+def test_flip_off_keeps_the_crops_and_flips_about_half():
+    hw = np.tile([[40, 30]], (400, 1))
+    on = crop_draws(hw, np.arange(400), eseed=5, aug=AugSpec.for_train(views=2))
+    off = crop_draws(hw, np.arange(400), eseed=5, aug=AugSpec.for_train(views=2, flip=False))
+    for (b1, f1), (b2, f2) in zip(on, off):
+        assert np.array_equal(b1, b2) and not f2.any()
+        assert 0.4 < f1.mean() < 0.6
+
+
+def test_eval_is_the_centre_crop_without_flip():
+    [(boxes, flips)] = crop_draws(HW, np.arange(len(HW)), eseed=1, aug=AugSpec.for_eval())
+    assert boxes.tolist() == [[int(x) for x in center_crop_box(int(h), int(w))] for h, w in HW]
+    assert boxes[0].tolist() == [(40 - 26) // 2, (30 - 26) // 2, 26, 26]  # int(224/256 * 30)
+    assert not flips.any()
+
+
+def test_uniforms_are_uniform_and_independent():
+    u = sample_uniforms(3, np.arange(200_000), 3)
+    assert u.min() >= 0 and u.max() < 1
+    assert np.allclose(u.mean(axis=0), 0.5, atol=0.005)
+    assert np.allclose(np.histogram(u[:, 0], bins=10, range=(0, 1))[0] / len(u), 0.1, atol=0.003)
+    assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.01
+    assert abs(np.corrcoef(u[:-1, 0], u[1:, 0])[0, 1]) < 0.01  # neighbouring samples
+
+
+def test_aug_seed_is_a_function_of_seed_and_epoch():
+    a = EpochPlan(np.arange(10), shuffle=True, seed=4)
+    b = EpochPlan(np.arange(3), shuffle=False, seed=4, rank=1, world_size=2)
+    assert a.aug_seed(2) == b.aug_seed(2)  # ranks and masks share it
+    assert len({a.aug_seed(e) for e in range(5)}) == 5
+    assert a.aug_seed(0) != EpochPlan(np.arange(10), shuffle=True, seed=5).aug_seed(0)
