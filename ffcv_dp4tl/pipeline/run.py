@@ -36,8 +36,8 @@ from ..contracts import Budget, Protocol, check_k, check_ratio
 from ..data.manifest import MANIFEST_NAME, load_manifest
 from ..data.masks import load_mask
 from ..errors import DP4TLError
-from ..fsutil import (atomic_write_json, atomic_write_text, directory_lock, file_sha256,
-                      is_unwritable)
+from ..fsutil import (atomic_write_json, atomic_write_text, check_out_dir, directory_lock,
+                      file_sha256, is_unwritable)
 from ..scoring.registry import TRAJECTORY, UNIT_PLURAL, get_scorer, parse_option_pairs
 from .prune import prune
 from .score import score, self_supervised_refusal
@@ -203,8 +203,37 @@ def recipe_scale(manifest) -> str:
     return "bench" if (extra.get("synth_config") or {}).get("preset") == "bench" else "tiny"
 
 
+def _check_config(cfg: PipelineConfig, seeds: tuple[int, ...]) -> None:
+    """Checks of the config alone (issue 21: these failed after surrogate, score and prune)."""
+    negative = [s for s in seeds if s < 0]
+    if negative:  # (train.seed >= 0: a recipe check that would fail only at pretraining)
+        raise DP4TLError(f"--seeds: {negative[0]} is negative; seeds are integers >= 0")
+    if cfg.seed < 0:
+        raise DP4TLError(f"--seed must be >= 0 (the scorer's seed, e.g. random's draw), got {cfg.seed}")
+    # output roots: a file in the way is refused here, not after the data are built; a
+    # read-only data root is fine when it already holds the builds (_ensure_built reuses them)
+    check_out_dir(cfg.runs_root, "--runs-root")
+    check_out_dir(cfg.data_root, "--data-root", must_write=False)
+
+
+def _check_target_splits(tgt, mode: str, recipe_name: str, recipe) -> None:
+    """The splits a finetuning recipe reads (``data.train_split``/``data.test_split``) exist in
+    the target: else the run fails at finetuning, after surrogate, score, prune and pretraining."""
+    for key in ("train_split", "test_split"):
+        split = getattr(recipe.data, key)
+        if split not in tgt.split_names:
+            raise DP4TLError(f"target {tgt.root} has no {split!r} split (it has: "
+                             f"{', '.join(tgt.split_names)}), which the {mode} recipe {recipe_name} "
+                             f"reads (data.{key}); build the target with that split or set "
+                             f"--set-finetune data.{key}=...")
+
+
 def _check_inputs(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]) -> None:
     """Checks that need no work, before the surrogate trains."""
+    if tgt.fingerprint == src.fingerprint:
+        raise DP4TLError(f"--target {tgt.root} is the source dataset ({src.root}, same content "
+                         "fingerprint): transfer needs another dataset as target; pass the "
+                         "target's build or LAYOUT:PATH")
     if scorer.uses_k:
         n = src.split("train").num_samples
         if cfg.k > n:
@@ -233,6 +262,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
         if w and not Path(w).expanduser().is_file():
             raise DP4TLError(f"{what} weights not found: {w}")
     seeds = tuple(dict.fromkeys(int(x) for x in cfg.seeds)) or (0,)
+    _check_config(cfg, seeds)
     scorer = get_scorer(cfg.method)  # unknown method: one line listing the registered ones
     given_options = parse_option_pairs(cfg.scorer_options)
     options = scorer.parse_options(given_options)  # bad --opt: before any work
@@ -290,6 +320,8 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
         ft_recipes.append({m: (name, loaded[m] if name == rs[m] else
                                load_recipe(name, list(cfg.finetune_overrides)))
                            for m, name in rt.items()})
+        for m, (name, rec) in ft_recipes[-1].items():
+            _check_target_splits(t, m, name, rec)
     sur_recipe = loaded["surrogate"]
     # the protocol's scorer options (surrogate recipe scoring.scorer_options), under --opt
     recipe_options = recipe_scorer_options(sur_recipe.scoring.scorer_options, cfg.method)
