@@ -228,12 +228,15 @@ def _check_target_splits(tgt, mode: str, recipe_name: str, recipe) -> None:
                              f"--set-finetune data.{key}=...")
 
 
-def _check_inputs(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]) -> None:
-    """Checks that need no work, before the surrogate trains."""
+def _check_not_the_source(src, tgt) -> None:
     if tgt.fingerprint == src.fingerprint:
         raise DP4TLError(f"--target {tgt.root} is the source dataset ({src.root}, same content "
                          "fingerprint): transfer needs another dataset as target; pass the "
                          "target's build or LAYOUT:PATH")
+
+
+def _check_inputs(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]) -> None:
+    """Checks that need no work, before the surrogate trains."""
     if scorer.uses_k:
         n = src.split("train").num_samples
         if cfg.k > n:
@@ -286,6 +289,7 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
         log(f"[recipes] {scale} recipes ({'real' if scale == 'full' else 'embedded synthetic'} "
             f"data per {source_dir / MANIFEST_NAME}; recipes= to choose)")
     for t in tgts:
+        _check_not_the_source(src, t)
         _check_inputs(cfg, scorer, src, t, log)
     rs = recipe_set(cfg.protocol, scale, tgt.name)
     rs["surrogate"] = cfg.surrogate_recipe or rs["surrogate"]
