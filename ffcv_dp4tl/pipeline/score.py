@@ -53,7 +53,7 @@ def _load_surrogate(scorer: Scorer, ctx: ScoringContext, checkpoint: Path, devic
     if t_res < 0:
         raise DP4TLError(f"target resolution must be >= 0 (0 = the surrogate's), got {t_res}")
     # source images behind source features: the recipe's [scoring] (validated when it loaded)
-    s_res, s_crop = int(sc.get("source_resolution", 0)), sc.get("source_crop", "center")
+    s_res, s_crop = sc.source_resolution, sc.source_crop
     return Surrogate(path=Path(checkpoint), model=model, head=get_head(model), checkpoint=ckpt,
                      resolution=res, device=dev,
                      autocast_dtype=torch.bfloat16 if dev.type == "cuda" else None,
