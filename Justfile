@@ -21,7 +21,7 @@ build source="synth" out="data/synth" *args="":
     {{dp4tl}} build {{source}} --out {{out}} {{args}}
 
 # the end-to-end job: just pretrain ratio=0.6 [method=fm] [data=imagenet:/data/ILSVRC target=flowers102:/data/flowers arch=resnet50]
-# (key=value pairs become `dp4tl pipeline --key value`; embedded default data when no data= is given; the old source= still works)
+# (key=value pairs become `dp4tl pipeline --key value`; embedded default data when no data= is given)
 [positional-arguments]
 pretrain *args:
     #!/usr/bin/env bash

@@ -589,18 +589,22 @@ def check_stage_values(kind: str, values: Mapping[str, Any], source: object = "s
 
 @dataclass(frozen=True)
 class StageResult:
-    """``DONE.json`` of a finished stage: its name, explicit ``kind``, wall time and the
-    values its function returned (``values``, flat in the file; their fields per kind:
-    :data:`STAGE_VALUES`)."""
+    """``DONE.json`` of a finished stage: its name, explicit ``kind``, wall time, CPU time and
+    the 1-min load average when it finished (both measured by ``run_stage`` around the stage's
+    function; ``None`` in files from before they were recorded), and the values its function
+    returned (``values``, flat in the file; their fields per kind: :data:`STAGE_VALUES`)."""
 
     VERSION: ClassVar[int] = 1
-    RESERVED: ClassVar[tuple[str, ...]] = ("stage", "kind", "seconds", "format_version")
+    RESERVED: ClassVar[tuple[str, ...]] = ("stage", "kind", "seconds", "cpu_seconds",
+                                           "loadavg_1min", "format_version")
 
     stage: str
     kind: str
     seconds: float = 0.0
     values: dict[str, Any] = field(default_factory=dict)
     format_version: int = VERSION
+    cpu_seconds: float | None = None  # this process + its reaped children (loader workers)
+    loadavg_1min: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in STAGE_KINDS:
@@ -608,7 +612,10 @@ class StageResult:
         check_stage_values(self.kind, self.values, f"stage {self.stage!r}")
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.values, "seconds": float(self.seconds), "stage": self.stage,
+        measured = {k: float(v) for k, v in (("cpu_seconds", self.cpu_seconds),
+                                             ("loadavg_1min", self.loadavg_1min))
+                    if v is not None}
+        return {**self.values, "seconds": float(self.seconds), **measured, "stage": self.stage,
                 "kind": self.kind, "format_version": self.format_version}
 
     @classmethod
@@ -621,5 +628,9 @@ class StageResult:
         kind = kind if kind in STAGE_KINDS else "other"
         values = {k: v for k, v in data.items() if k not in cls.RESERVED}
         check_stage_values(kind, values, source)
+
+        def opt(key: str) -> float | None:
+            return None if data.get(key) is None else float(data[key])
         return cls(stage=name, kind=kind, seconds=float(data.get("seconds", 0.0)),
-                   format_version=version, values=values)
+                   format_version=version, cpu_seconds=opt("cpu_seconds"),
+                   loadavg_1min=opt("loadavg_1min"), values=values)

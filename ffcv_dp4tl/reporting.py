@@ -1,9 +1,12 @@
-"""Replace one ``## `` section of a Markdown report (BENCHMARKS.md): shared by the benchmark
-scripts under ``benchmarks/`` and ``dp4tl bench``."""
+"""Replace one ``## `` section of a Markdown report (BENCHMARKS.md), and describe the machine a
+report was made on: shared by the benchmark scripts under ``benchmarks/`` and ``dp4tl bench``."""
 from __future__ import annotations
 
+import os
+import platform
+import shlex
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 from .fsutil import atomic_write_text
 
@@ -52,3 +55,30 @@ def publish_section(report: str | Path, title: str, out: str | Path,
     gets the link prefix (:func:`link_prefix`) its links and images need."""
     write_section(report, title, body(link_prefix(out, report)))
     log(f"[bench] wrote section '{title}' of {report}")
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, usable cores, Python / torch versions and platform: a report's header."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        cores = os.cpu_count()
+    import torch
+
+    return {"cpu": cpu, "cores": cores, "python": platform.python_version(),
+            "torch": torch.__version__, "platform": platform.platform(terse=True)}
+
+
+def command_line(prog: str, opts: Iterable[tuple[str, Any]]) -> str:
+    """``prog --name value ...``: the exact command of a bench, every option spelled out (defaults
+    included, empty ones left out) so the line in its report reproduces the run."""
+    return prog + " " + " ".join(f"--{name} {shlex.quote(str(v))}" for name, v in opts
+                                 if v not in ("", None))

@@ -133,9 +133,9 @@ def synth_root(data_root: Path) -> Path:
     """:data:`tiny_data.SYNTH` built in the shared data root (``source/``, ``targets/warm``)."""
     from tiny_data import SYNTH
 
-    from ffcv_dp4tl.pipeline.run import _ensure_built
+    from ffcv_dp4tl.pipeline.resolve import ensure_built
 
-    return _ensure_built(SYNTH, data_root, lambda s: None)
+    return ensure_built(SYNTH, data_root, lambda s: None)
 
 
 @pytest.fixture(scope="session")

@@ -112,8 +112,7 @@ def test_old_files_still_load_through_the_readers(index_dataset, index_split, tm
     (st.dir / DONE).write_text(json.dumps({"test_top1": 0.25, "seconds": 1.0,
                                            "stage": "finetune-ff"}))
     res = st.result()
-    assert res["kind"] == "finetune" and res["test_top1"] == 0.25
-    assert st.typed_result().kind == "finetune"
+    assert res.kind == "finetune" and res.values["test_top1"] == 0.25
 
 
 # --- files from a newer release ---------------------------------------------------------------
@@ -200,7 +199,7 @@ def test_stage_values_follow_their_kinds_schema(tmp_path):
                                            "seconds": 1.0}))
     with pytest.raises(DataError, match="DONE.json: a finetune stage result lacks field "
                                         "'test_top1'; delete its stage folder"):
-        st.typed_result()
+        st.result()
 
 
 @pytest.mark.parametrize("name, kind", [("surrogate", "train"), ("pretrain", "train"),
@@ -214,11 +213,11 @@ def test_stage_kinds(name, kind, tmp_path):
     st = stage(tmp_path, name, {"a": 1})
     res = run_stage(st, lambda d: {"value": 3, "kind": "ignored", **VALID_VALUES[kind]},
                     log=lambda _: None)
-    assert res["kind"] == kind and res["stage"] == name and res["value"] == 3
-    assert json.loads((st.dir / "DONE.json").read_text()) == res
+    assert res.kind == kind and res.name == name and res.values["value"] == 3
+    assert json.loads((st.dir / "DONE.json").read_text()) == res.result.to_json()
     again = run_stage(st, lambda d: pytest.fail("a finished stage must not rerun"),
                       log=lambda _: None)
-    assert again == res
+    assert again.result == res.result and res.ran and not again.ran
 
 
 def test_describe_dispatches_on_kind():
@@ -377,7 +376,7 @@ def test_importing_beton_builders_first_stays_light():
 def test_choice_sets_are_the_contracts_enums_everywhere():
     from ffcv_dp4tl import contracts as C
     from ffcv_dp4tl.cli import options
-    from ffcv_dp4tl.pipeline.run import RECIPE_SETS
+    from ffcv_dp4tl.pipeline.recipes import RECIPE_SETS
     from ffcv_dp4tl.training import recipe
 
     # the CLI's option types are the contracts' enums, not copies

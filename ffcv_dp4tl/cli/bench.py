@@ -1,18 +1,17 @@
 """``dp4tl bench ...``: benchmarks that write Markdown reports (``just bench`` calls them)."""
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from ..errors import DP4TLError
+from ..bench.embedded import EMBEDDED_SECTION, EMBEDDED_TARGETS
+from ..reporting import command_line
 from ..scoring.registry import methods_help
 from .app import app
 from .options import (Budget, FORMAT_HELP, K_HELP, Format, Protocol, RecipeSet, check_arch, default_k,
-                      device_option, floats_callback, ints_callback, list_callback, pick_data,
-                      split_list)
+                      device_option, floats_callback, ints_callback, list_callback, split_list)
 from .pipeline import FINETUNE_MODES, PROTOCOL_HELP, SURROGATE_WEIGHTS_HELP
 
 bench_app = typer.Typer(help="Benchmarks that write a report (and a BENCHMARKS.md section).",
@@ -24,21 +23,6 @@ SECTION = "Cost table (CPU, embedded data)"
 
 def _floats(text: str) -> list[float]:
     return [float(x) for x in split_list(text)]
-
-
-def _method_ratios(names: list[str]) -> dict[str, list[float]]:
-    """``grand@0.6/0.8`` → ``{"grand": [0.6, 0.8]}`` (a bad ratio is a one-line error)."""
-    out = {}
-    for n in names:
-        if "@" in n:
-            m, _, rs = n.partition("@")
-            try:
-                out[m] = [float(r) for r in rs.split("/") if r]
-            except ValueError:
-                raise DP4TLError(f"--methods: {n!r} must look like METHOD@R1/R2 with ratios in "
-                                 "(0, 1), e.g. grand@0.6/0.8 (settings go in brackets: "
-                                 "fm[k=16]@0.4, lm[reversed])") from None
-    return out
 
 
 @bench_app.command("cost-table")
@@ -59,7 +43,6 @@ def cost_table(
                              help="report.md, PNGs, results.json"),
     data: str = typer.Option("", "--data", help="Source: a built dataset dir or a `dp4tl build` "
                              "SOURCE (default: synth:tiny, the embedded data)"),
-    source: str = typer.Option("", "--source", hidden=True, help="Old name of --data"),
     target: List[str] = typer.Option([], help="Built target dir, SOURCE, or synth target name "
                                      "(default: warm); several (comma-separated or repeated): "
                                      "one selection for all, accuracy per target (Fig. A5)"),
@@ -100,12 +83,12 @@ def cost_table(
     section: str = typer.Option(SECTION, help="Title of that section"),
 ) -> None:
     """Pipeline for every (method, ratio, seed) → cost table (Tab. 3/4) + accuracy plots (Fig. 4)."""
-    from ..pipeline.cost_table import run_cost_table
-    from ..pipeline.run import PipelineConfig
+    from ..bench.cost_table import run_cost_table
+    from ..pipeline.config import PipelineConfig
 
     from .pipeline import target_config
 
-    data = pick_data(data, source, "--source", required=False) or "synth:tiny"
+    data = data or "synth:tiny"
     recipes_ = "" if recipes is RecipeSet.auto else recipes.value
     k = default_k(k, data)
     tcfg = target_config(target or ["warm"], target_weights)
@@ -128,24 +111,21 @@ def cost_table(
             *(("set-finetune", v) for v in set_finetune), *(("opt", v) for v in opt),
             ("budget", budget.value if budget is not Budget.units else ""), ("out", out),
             ("report", report)]
-    command = "dp4tl bench cost-table " + " ".join(
-        f"--{name} {shlex.quote(str(v))}" for name, v in opts if v not in ("", None))
-    from ..pipeline.variants import expand_specs, split_methods
+    from ..bench.variants import plan_methods
 
-    names = split_methods(methods)
-    variant_names, method_ratios = expand_specs(names, _method_ratios(names),
-                                                [int(x) for x in split_list(ks)], split_list(orders))
+    variant_names, method_ratios = plan_methods(methods, [int(x) for x in split_list(ks)],
+                                                split_list(orders))
     t = run_cost_table(base, out, ratios=_floats(ratios), methods=variant_names,
                        method_ratios=method_ratios,
                        seeds=[int(s) for s in split_list(seeds)], finetune=split_list(finetune),
                        ff_methods=split_list(ff_methods) or None, tol=tol,
-                       command=command, log=typer.echo)
+                       command=command_line("dp4tl bench cost-table", opts), log=typer.echo)
     _publish(t, out, report, section)
 
 
 def _publish(t: dict, out: Path, report: Optional[Path], section: str) -> None:
     """Print the report and (``report``) write its section into a Markdown file."""
-    from ..pipeline.cost_table import header_lines, markdown_tables
+    from ..bench.markdown import header_lines, markdown_tables
     from ..reporting import publish_section
 
     typer.echo((out / "report.md").read_text())
@@ -155,25 +135,14 @@ def _publish(t: dict, out: Path, report: Optional[Path], section: str) -> None:
              markdown_tables(t, plots_prefix=prefix)]), typer.echo)
 
 
-#: The embedded benchmark (issue: "can the CPU machine answer the paper's question?"): LM, FM and
-#: RANDOM at 0/40/60/80 %, the paper's eight in-domain baselines at 60 %, three seeds, LP (every
-#: epoch evaluated) on each 500-test-image target of the `synth:bench` preset, in <= 90 min on 2
-#: cores. The in-domain selections, RANDOM and the 0 % reference do not depend on the target:
-#: their pretrainings are cached stages shared by the three targets (only LM/FM pretrain anew).
-EMBEDDED_METHODS = ("lm,fm,random,sp@0.6,ssp@0.6,grand@0.6,el2n@0.6,moderate@0.6,forget@0.6,"
-                    "infmax@0.6,infsum@0.6")
-EMBEDDED_TARGETS = "warm,paper,blur"
-EMBEDDED_SECTION = "Embedded benchmark (CPU): do LM and FM beat RANDOM?"
-
-
 @bench_app.command("embedded")
 def embedded(
     out: Path = typer.Option(Path("docs/embedded-benchmark"), "--out", "-o",
                              help="OUT/<target>/ (report.md, PNGs, results.json) + OUT/README.md"),
     seeds: str = typer.Option("0,1,2", help="Seeds (mean ± std over them)",
                               callback=ints_callback("--seeds")),
-    targets: str = typer.Option(EMBEDDED_TARGETS, "--targets", help="Targets of synth:bench "
-                                "(paper | warm | blur), each its own table"),
+    targets: str = typer.Option(",".join(EMBEDDED_TARGETS), "--targets", help="Targets of "
+                                "synth:bench (paper | warm | blur), each its own table"),
     data_root: Path = typer.Option(Path("data")),
     runs_root: Path = typer.Option(Path("runs/embedded-benchmark")),
     format: Format = typer.Option(Format.wds, "--format", help=FORMAT_HELP),
@@ -184,50 +153,13 @@ def embedded(
     """The paper's question on the embedded data, sized for 2 CPU cores (<= 90 min): LM/FM/RANDOM
     at 0/40/60/80 %, the eight in-domain baselines at 60 %, 3 seeds, LP, per target; rerunning
     resumes (every finished stage is cached)."""
-    import time
+    from ..bench.embedded import EmbeddedBench, run_embedded
 
-    t0 = time.perf_counter()
-    names = split_list(targets)
-    for name in names:
-        if name not in ("paper", "warm", "blur"):
-            raise DP4TLError(f"--targets: {name!r} is not a target of synth:bench "
-                             "(paper, warm, blur)")
-    tables = {}
-    for name in names:
-        typer.echo(f"[bench embedded] target {name}")
-        cost_table(ratios="0,0.4,0.6,0.8", methods=EMBEDDED_METHODS, seeds=seeds, finetune="lp",
-                   ff_methods="", out=out / name, data="synth:bench", source="", target=[name],
-                   target_weights="", ks="", orders="", protocol=Protocol.fast, recipes=RecipeSet.bench, surrogate_weights=None,
-                   arch="", data_root=data_root, runs_root=runs_root, format=format,
-                   device=device, k=None, tol=0.0, set_=[], set_surrogate=[], set_finetune=[],
-                   opt=["el2n.runs=4", "grand.runs=4"], budget=Budget.units, report=None,
-                   section=EMBEDDED_SECTION)
-        tables[name] = (out / name / "results.json")
-    command = (f"dp4tl bench embedded --targets {','.join(names)} --seeds {seeds} --out {out} "
-               f"--data-root {data_root} --runs-root {runs_root} --format {format.value} "
-               f"--device {device}" + (f" --report {report}" if report else ""))
-    _embedded_publish(out, tables, command, time.perf_counter() - t0,
-                      Path(report) if report else None)
-
-
-def _embedded_publish(out: Path, tables: dict, command: str, seconds: float | None,
-                      report: Optional[Path]) -> None:
-    from ..fsutil import atomic_write_text
-    from ..pipeline.cost_table import embedded_summary, rerender_table, stage_seconds
-    from ..reporting import publish_section
-
-    loaded = {name: rerender_table(path) for name, path in tables.items()}
-    stages = stage_seconds(Path(next(iter(loaded.values()))["config"]["runs_root"]))
-
-    def summary(prefix: str) -> str:
-        return embedded_summary(loaded, command=command, seconds=seconds, link_prefix=prefix,
-                                stages=stages)
-
-    body = summary("")
-    atomic_write_text(out / "README.md", "# " + EMBEDDED_SECTION + "\n\n" + body)
-    typer.echo(body)
-    if report is not None:
-        publish_section(report, EMBEDDED_SECTION, out, summary, typer.echo)
+    bench = EmbeddedBench(k=default_k(None, EmbeddedBench.DATA),
+                          seeds=tuple(int(s) for s in split_list(seeds)),
+                          targets=tuple(split_list(targets)), data_root=data_root,
+                          runs_root=runs_root, fmt=format.value, device=device)
+    run_embedded(bench, out, report=Path(report) if report else None, log=typer.echo)
 
 
 @bench_app.command("render")
@@ -239,7 +171,7 @@ def render(
 ) -> None:
     """Rebuild report.md, the plots and the BENCHMARKS.md section from results.json (nothing
     reruns): for a report written by an older version."""
-    from ..pipeline.cost_table import rerender
+    from ..bench.cost_table import rerender
 
     _publish(rerender(out), out, report, section)
 
@@ -287,9 +219,9 @@ def surrogates(
 ) -> None:
     """LM with surrogates of different sizes (paper Tab. A6 / Fig. 5): params, source accuracy,
     class overlap with the RN-18 selection, target accuracy per ratio, largest winning ratio."""
-    from ..pipeline.bench_surrogates import (header_lines, markdown_tables, parse_arch_overrides,
+    from ..bench.surrogates import (header_lines, markdown_tables, parse_arch_overrides,
                                              run_surrogate_bench)
-    from ..pipeline.run import PipelineConfig
+    from ..pipeline.config import PipelineConfig
     from ..reporting import publish_section
 
     for a in split_list(archs):
@@ -308,8 +240,7 @@ def surrogates(
             *(("set", v) for v in set_), *(("set-surrogate", v) for v in set_surrogate),
             *(("set-arch", v) for v in set_arch), *(("set-finetune", v) for v in set_finetune),
             *(("note", v) for v in note), ("out", out), ("report", report)]
-    command = "dp4tl bench surrogates " + " ".join(
-        f"--{name} {shlex.quote(str(v))}" for name, v in opts if v not in ("", None))
+    command = command_line("dp4tl bench surrogates", opts)
     t = run_surrogate_bench(base, out, archs=split_list(archs), ratio=ratio,
                             ratios=_floats(ratios), reference=reference,
                             arch_overrides=parse_arch_overrides(set_arch),

@@ -56,8 +56,8 @@ def adversarial(
     section: str = typer.Option(SECTION, help="Title of that section"),
 ) -> None:
     """DENSE, DENSE-ADV, LM and LM-ADV source models → LP/FF accuracy and pretraining time (Tab. 5)."""
-    from ..pipeline.bench_adversarial import adv_overrides, header_lines, markdown_tables, run_adversarial
-    from ..pipeline.run import PipelineConfig
+    from ..bench.adversarial import adv_overrides, header_lines, markdown_tables, run_adversarial
+    from ..pipeline.config import PipelineConfig
     from ..reporting import publish_section
 
     data = data or "synth:tiny"

@@ -10,7 +10,7 @@ from ..scoring.registry import methods_help
 from .app import app
 from .options import (FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order, Protocol, RecipeSet, TargetSplit,
                       check_arch, default_k, device_option, ints_callback, list_callback,
-                      pick_data, ratio_callback, split_list)
+                      ratio_callback, split_list)
 
 PROTOCOL_HELP = ("fast: today's recipes (tiny on synth data, ffcv-imagenet-style otherwise); "
                  "paper: recipes/paper/, the paper's App. A.1 / Tab. A1 protocol (RN-18 surrogate, "
@@ -57,7 +57,6 @@ def pipeline(
     data: str = typer.Option("", "--data", help="Source: a built dataset dir or a `dp4tl build` "
                              "SOURCE (e.g. imagenet:/data/ILSVRC2012; default: synth:tiny, the "
                              "embedded data)"),
-    source: str = typer.Option("", "--source", hidden=True, help="Old name of --data"),
     target: List[str] = typer.Option([], help=TARGET_HELP),
     target_weights: str = typer.Option("", help=TARGET_WEIGHTS_HELP),
     order: Order = typer.Option(Order.ordered, help=ORDER_HELP),
@@ -103,9 +102,10 @@ def pipeline(
                                "is closest to 1 - ratio"),
 ) -> None:
     """build → surrogate → score → prune → pretrain on the mask → LP/FF on the target → report."""
-    from ..pipeline.run import PipelineConfig, run_pipeline
+    from ..pipeline.config import PipelineConfig
+    from ..pipeline.run import run_pipeline
 
-    data = pick_data(data, source, "--source", required=False) or "synth:tiny"
+    data = data or "synth:tiny"
     cfg = PipelineConfig(ratio=ratio, source=data, **target_config(target, target_weights),
                          order=order.value, method=method,
                          protocol=protocol.value,
@@ -122,4 +122,4 @@ def pipeline(
                          source_weights=str(source_weights or ""), split=split.value,
                          scorer_options=tuple(opt), budget=budget.value)
     res = run_pipeline(cfg, log=typer.echo)
-    typer.echo(Path(res["report"]).read_text())
+    typer.echo(Path(res.report).read_text())

@@ -9,7 +9,9 @@ of silently reusing stale output.
 ``DONE.json`` holds a :class:`~ffcv_dp4tl.contracts.StageResult`: the values the stage's
 function returned, plus its name, explicit ``kind`` (train / score / prune / finetune / ...;
 readers such as the report dispatch on it instead of guessing from which keys exist), wall
-time and format version.
+time, CPU time, load average and format version. :func:`run_stage` measures the times itself
+and returns a :class:`StageRun` (the result, its folder, and whether this call ran it): the
+benches read these fields, never the log.
 """
 from __future__ import annotations
 
@@ -17,9 +19,10 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,13 +50,18 @@ class Stage:
     def done(self) -> bool:
         return (self.dir / DONE).exists()
 
-    def result(self) -> dict[str, Any]:
-        """The stage's result as its JSON dict (``kind`` filled in for files from before it)."""
-        return self.typed_result().to_json()
-
-    def typed_result(self) -> StageResult:
-        return StageResult.from_json(read_json(self.dir / DONE, f"stage {self.name} result"),
-                                     self.dir / DONE)
+    def result(self) -> StageResult:
+        """The recorded result (``kind`` filled in for files from before it; the CPU seconds a
+        stage of an older version recorded beside it, in ``cpu_seconds.json``, when its
+        ``DONE.json`` has none)."""
+        res = StageResult.from_json(read_json(self.dir / DONE, f"stage {self.name} result"),
+                                    self.dir / DONE)
+        legacy = self.dir / LEGACY_CPU_FILE
+        if res.cpu_seconds is None and legacy.exists():
+            old = read_json(legacy, "cpu seconds")
+            res = replace(res, cpu_seconds=old.get("cpu_seconds"),
+                          loadavg_1min=old.get("loadavg_1min"))
+        return res
 
     def output(self, name: str) -> Path:
         """``dir / name``, a file this finished stage wrote and a later stage reads; missing (deleted
@@ -66,6 +74,10 @@ class Stage:
         return path
 
 
+#: where the cost table's CPU meter kept a stage's CPU seconds before ``DONE.json`` held them
+LEGACY_CPU_FILE = "cpu_seconds.json"
+
+
 def stage(root: Path, name: str, inputs: dict[str, Any], kind: str | None = None) -> Stage:
     """A stage of ``kind`` (default: from its name, e.g. ``finetune-lp`` → ``finetune``).
     The kind is not part of the key: it describes the result, it does not change it."""
@@ -76,16 +88,39 @@ def stage(root: Path, name: str, inputs: dict[str, Any], kind: str | None = None
     return Stage(name, Path(root) / f"{name}-{key}", key, inputs, kind)
 
 
-class StageRun(dict):
-    """A stage's result dict (what ``DONE.json`` holds) plus ``ran``: True when this call ran
-    the stage, False when it was skipped as already done. ``ran`` is not part of the result
-    (not saved, not compared): a skipped stage returns the result its run recorded."""
+@dataclass(frozen=True)
+class StageRun:
+    """A stage as one pipeline call met it: its recorded :class:`StageResult`, its folder, and
+    ``ran`` — True when this call ran the stage, False when it was skipped as already done (a
+    skipped stage has the result, times included, that its run recorded)."""
 
-    ran: bool = False
+    result: StageResult
+    dir: Path
+    ran: bool
 
-    def __init__(self, result: dict[str, Any], ran: bool):
-        super().__init__(result)
-        self.ran = ran
+    @property
+    def name(self) -> str:
+        return self.result.stage
+
+    @property
+    def kind(self) -> str:
+        return self.result.kind
+
+    @property
+    def values(self) -> dict[str, Any]:
+        return self.result.values
+
+    @property
+    def seconds(self) -> float:
+        return self.result.seconds
+
+    @property
+    def cpu_seconds(self) -> float | None:
+        return self.result.cpu_seconds
+
+    @property
+    def loadavg_1min(self) -> float | None:
+        return self.result.loadavg_1min
 
 
 LOCK = ".stage.lock"
@@ -99,8 +134,8 @@ HEARTBEAT_S = 2.0
 
 def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[str], None] = print
               ) -> StageRun:
-    """Run ``fn(stage_dir)`` unless the stage is done; record its result and wall time.
-    The returned dict's ``.ran`` says which happened.
+    """Run ``fn(stage_dir)`` unless the stage is done; record its result, wall time, CPU time
+    and load average. The returned :class:`StageRun`'s ``ran`` says which happened.
 
     **Concurrency.** The stage runs under an ``fcntl`` lock on ``DIR/.stage.lock``. A second
     process reaching the same stage (two pipelines on one runs/ folder, e.g. two ratios sharing
@@ -108,7 +143,10 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
     result; different stages run in parallel. Temporary files a killed run left in the stage
     folder are removed under the lock before the stage (re)starts.
 
-    **Wall time** (``seconds``) sums every segment of a resumed stage, not only the last."""
+    **Wall time** (``seconds``) sums every segment of a resumed stage, not only the last; so
+    does the **CPU time** (``cpu_seconds``: this process and its reaped children, i.e. finished
+    data-loader workers — far less sensitive than wall time to other jobs on a shared machine;
+    a killed segment's CPU time is lost)."""
     if st.done:
         return _skipped(st, log)
     st.dir.mkdir(parents=True, exist_ok=True)
@@ -123,27 +161,41 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
             values = {k: v for k, v in dict(fn(st.dir) or {}).items()
                       if k not in StageResult.RESERVED}
         earlier = stage_seconds(st.dir, exclude=seg.path)
+        earlier_cpu = _segments_cpu(st.dir, exclude=seg.path)
         res = StageResult(stage=st.name, kind=st.kind, seconds=earlier + seg.seconds,
-                          values=values).to_json()
-        atomic_write_json(st.dir / DONE, res)
+                          cpu_seconds=earlier_cpu + seg.cpu_seconds, loadavg_1min=_loadavg(),
+                          values=values)
+        atomic_write_json(st.dir / DONE, res.to_json())
     resumed = f" (+{earlier:.1f}s in earlier runs)" if earlier else ""
     log(f"[{st.name}] finished in {seg.seconds:.1f}s{resumed}")
-    return StageRun(res, ran=True)
+    return StageRun(res, st.dir, ran=True)
 
 
 def _skipped(st: Stage, log: Callable[[str], None]) -> StageRun:
     res = st.result()
-    log(f"[{st.name}] done already ({st.dir.name}, {res.get('seconds', 0):.1f}s) — skipped")
-    return StageRun(res, ran=False)
+    log(f"[{st.name}] done already ({st.dir.name}, {res.seconds:.1f}s) — skipped")
+    return StageRun(res, st.dir, ran=False)
+
+
+def cpu_now() -> float:
+    """CPU seconds used so far by this process and its reaped children (user + system)."""
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def _loadavg() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 class _Segment:
     """One run segment of a stage: a ``.segment-*`` file touched every :data:`HEARTBEAT_S`
-    seconds by a daemon thread, holding its exact seconds when the segment ends (also by an
-    exception or Ctrl-C)."""
+    seconds by a daemon thread, holding its exact wall and CPU seconds when the segment ends
+    (also by an exception or Ctrl-C)."""
 
     def __init__(self, stage_dir: Path):
         self.t0 = time.perf_counter()
+        self.cpu0 = cpu_now()
+        self.cpu_seconds = 0.0
         self.start = time.time()
         self.path = stage_dir / f".segment-{time.time_ns()}-{os.getpid()}"
         self.seconds = 0.0
@@ -162,8 +214,10 @@ class _Segment:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self.seconds = time.perf_counter() - self.t0
+        self.cpu_seconds = cpu_now() - self.cpu0
         with contextlib.suppress(OSError):
-            self.path.write_text(json.dumps({"start": self.start, "seconds": self.seconds}))
+            self.path.write_text(json.dumps({"start": self.start, "seconds": self.seconds,
+                                             "cpu_seconds": self.cpu_seconds}))
 
 
 def stage_seconds(stage_dir: Path, exclude: Path | None = None) -> float:
@@ -181,6 +235,20 @@ def stage_seconds(stage_dir: Path, exclude: Path | None = None) -> float:
                 start_ns = int(p.name.split("-")[1])
                 total += max(0.0, p.stat().st_mtime - start_ns / 1e9)
         except (OSError, ValueError, KeyError, IndexError):
+            continue
+    return total
+
+
+def _segments_cpu(stage_dir: Path, exclude: Path | None = None) -> float:
+    """CPU seconds of the run segments in ``stage_dir`` that ended (see :class:`_Segment`)."""
+    total = 0.0
+    for p in Path(stage_dir).glob(SEGMENT_GLOB):
+        if p == exclude:
+            continue
+        try:
+            text = p.read_text().strip()
+            total += float(json.loads(text).get("cpu_seconds") or 0.0) if text else 0.0
+        except (OSError, ValueError, AttributeError):
             continue
     return total
 

@@ -119,8 +119,9 @@ def record(monkeypatch):
     from importlib import import_module
 
     # modules, not the same-named functions some package __init__ files re-export
-    ct, pr, run, sc = (import_module(f"ffcv_dp4tl.pipeline.{m}")
-                       for m in ("cost_table", "prune", "run", "score"))
+    ct, pr, run, sc = (import_module(f"ffcv_dp4tl.{m}")
+                       for m in ("bench.cost_table", "pipeline.prune", "pipeline.run",
+                                 "pipeline.score"))
     ft, tr = (import_module(f"ffcv_dp4tl.training.{m}") for m in ("finetune", "trainer"))
 
     seen: dict = {}
@@ -156,21 +157,21 @@ def record(monkeypatch):
 
 def test_new_names_and_old_aliases_reach_the_same_call(record, capsys, tmp_path):
     d, t1, t2 = tmp_path / "src", tmp_path / "t1", tmp_path / "t2"
-    # pipeline: --data / --source, defaults: embedded data, auto device, K by data size
+    # pipeline: --data, defaults: embedded data, auto device, K by data size
     _, (cfg,), _ = record(capsys, "pipeline")
     assert (cfg.source, cfg.device, cfg.k, cfg.finetune, cfg.fmt, cfg.recipes) == \
         ("synth:tiny", "auto", 64, ("lp", "ff"), "ffcv", "")
-    _, (cfg,), _ = record(capsys, "pipeline", "--source", "imagenet:/x", "--target", "t",
+    _, (cfg,), _ = record(capsys, "pipeline", "--data", "imagenet:/x", "--target", "t",
                          "--finetune", " lp ,", "--recipes", "full", "--format", "wds")
     assert (cfg.source, cfg.k, cfg.finetune, cfg.recipes, cfg.fmt) == \
         ("imagenet:/x", 2000, ("lp",), "full", "wds")
     _, (cfg,), _ = record(capsys, "pipeline", "--data", "imagenet:/x", "--k", "500")
     assert (cfg.source, cfg.k) == ("imagenet:/x", 500)
-    # bench: same K rule and --data alias
+    # bench: same K rule
     _, (base, _out), kw = record(capsys, "bench", "cost-table", "-o", tmp_path / "o")
     assert (base.source, base.k, base.device, _out) == ("synth:tiny", 64, "auto", tmp_path / "o")
     assert "--data synth:tiny" in kw["command"] and "--k 64" in kw["command"]
-    _, (base, _), _ = record(capsys, "bench", "cost-table", "--source", "imagenet:/x")
+    _, (base, _), _ = record(capsys, "bench", "cost-table", "--data", "imagenet:/x")
     assert (base.source, base.k) == ("imagenet:/x", 2000)
     # score: --data / --source, targets comma-separated or repeated, device auto → concrete
     for flag in ("--data", "--source"):

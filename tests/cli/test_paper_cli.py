@@ -35,7 +35,7 @@ def recorded(monkeypatch):
             raise Stop
         return f
     monkeypatch.setattr(import_module("ffcv_dp4tl.pipeline.run"), "run_pipeline", fake("pipeline"))
-    monkeypatch.setattr(import_module("ffcv_dp4tl.pipeline.cost_table"), "run_cost_table",
+    monkeypatch.setattr(import_module("ffcv_dp4tl.bench.cost_table"), "run_cost_table",
                         fake("bench"))
 
     def call(capsys, *args):

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from ffcv_dp4tl.errors import DP4TLError
-from ffcv_dp4tl.pipeline.run import PAPER_CODE_RECIPES, PipelineConfig, run_pipeline
+from ffcv_dp4tl.pipeline.config import PipelineConfig
+from ffcv_dp4tl.pipeline.recipes import PAPER_CODE_RECIPES
+from ffcv_dp4tl.pipeline.run import run_pipeline
 
 #: the embedded source/target and the tiny model of tests/pipeline/test_paper_protocol.py
 SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
@@ -44,14 +46,14 @@ def code_run(tmp_path_factory):
 
 def test_paper_code_runs_the_released_recipes(code_run):
     _, res, _ = code_run
-    assert res["protocol"] == "paper-code" and res["recipes"] == PAPER_CODE_RECIPES
-    assert res["stages"]["finetune-lp"]["recipe"] == "paper_code/lp"
-    assert res["stages"]["finetune-ff"]["recipe"] == "paper_code/ff"
+    assert res.protocol == "paper-code" and res.recipes == PAPER_CODE_RECIPES
+    assert res.stages["finetune-lp"].values["recipe"] == "paper_code/lp"
+    assert res.stages["finetune-ff"].values["recipe"] == "paper_code/ff"
 
 
 def test_the_surrogate_recipe_sets_grand_as_the_authors(code_run):
     _, res, logs = code_run
-    sc = res["stages"]["score"]
+    sc = res.stages["score"].values
     assert (sc["options"]["grad"], int(sc["options"]["runs"]), int(sc["options"]["epoch"])) == \
         ("full", 5, 1)
     assert len(sc["runs_scored"]) == 5
@@ -61,7 +63,7 @@ def test_the_surrogate_recipe_sets_grand_as_the_authors(code_run):
 
 def test_pretraining_cycles_momentum_keeps_best_and_finetuning_starts_from_it(code_run):
     _, res, _ = code_run
-    starts = {Path(res["stages"][f"finetune-{m}"]["checkpoint"]) for m in ("lp", "ff")}
+    starts = {Path(res.stages[f"finetune-{m}"].values["checkpoint"]) for m in ("lp", "ff")}
     assert len(starts) == 1
     start = starts.pop()
     pre = start.parent

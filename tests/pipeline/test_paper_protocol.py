@@ -10,8 +10,9 @@ import torch
 
 from ffcv_dp4tl.data import load_manifest
 from ffcv_dp4tl.errors import DP4TLError
-from ffcv_dp4tl.pipeline.run import (PAPER_RECIPES, RECIPE_SETS, PipelineConfig, recipe_set,
-                                     run_pipeline)
+from ffcv_dp4tl.pipeline.config import PipelineConfig
+from ffcv_dp4tl.pipeline.recipes import PAPER_RECIPES, RECIPE_SETS, recipe_set
+from ffcv_dp4tl.pipeline.run import run_pipeline
 from ffcv_dp4tl.training.models import create_model
 from tiny_data import SYNTH
 
@@ -50,9 +51,9 @@ def paper_run(tmp_path_factory, data_root):
                           data_root=data_root, runs_root=tmp / "runs", overrides=PRETRAIN,
                           surrogate_overrides=SURROGATE, finetune_overrides=FINETUNE,
                           seeds=(0, 1))
-    from ffcv_dp4tl.pipeline.run import _resolve_data
+    from ffcv_dp4tl.pipeline.resolve import resolve_data
 
-    src_dir, _ = _resolve_data(cfg0, lambda s: None)
+    src_dir, _ = resolve_data(cfg0, lambda s: None)
     n = load_manifest(src_dir).num_classes
     weights = tmp / "resnet18_timm.pth"  # timm's checkpoint layout: wrapped, DDP-prefixed
     torch.save({"state_dict": {f"module.{k}": v for k, v in _tiny_state_dict(n).items()},
@@ -65,47 +66,52 @@ def paper_run(tmp_path_factory, data_root):
     return tmp, cfg, res, logs
 
 
+@pytest.mark.slow
 def test_paper_protocol_runs_the_paper_recipes(paper_run):
     tmp, cfg, res, _ = paper_run
-    assert res["protocol"] == "paper"
-    assert res["recipes"] == {**PAPER_RECIPES}
-    lp = res["stages"]["finetune-lp"]
+    assert res.protocol == "paper"
+    assert res.recipes == {**PAPER_RECIPES}
+    lp = res.stages["finetune-lp"].values
     assert lp["recipe"] == "paper/lp" and lp["flip_tta"] is False
     # eval.every = 1 in paper/lp: every epoch is a candidate for "best"
     assert lp["evaluated_epochs"] == 3 and 1 <= lp["best_epoch"] <= 3
     assert lp["best_test_top1"] >= lp["final_test_top1"] == lp["test_top1"]
 
 
+@pytest.mark.slow
 def test_paper_protocol_reads_the_target_at_224_without_crop(paper_run):
     _, _, res, _ = paper_run
-    sc = res["stages"]["score"]
+    sc = res.stages["score"].values
     assert (sc["target_resolution"], sc["target_crop"]) == (224, "none")
 
 
+@pytest.mark.slow
 def test_brought_surrogate_is_imported_not_trained_and_reported(paper_run):
     tmp, cfg, res, logs = paper_run
-    sur = res["stages"]["surrogate"]
+    sur = res.stages["surrogate"].values
     assert sur["brought"] and sur["weights"] == cfg.surrogate_weights and sur["arch"] == "resnet18"
-    assert not any("epoch" in s and "surrogate" in s for s in logs if s.startswith("[surrogate]"))
-    report = Path(res["report"]).read_text()
+    sur_dir = res.stages["surrogate"].dir  # imported: a checkpoint, no training epoch written
+    assert (sur_dir / "checkpoint.pt").exists() and not (sur_dir / "metrics.jsonl").exists()
+    report = Path(res.report).read_text()
     assert "brought weights" in report and "not trained" in report
-    from ffcv_dp4tl.pipeline.cost_table import _row
+    from ffcv_dp4tl.bench.cost_table import cost_row
 
-    assert _row(res, "lm", 0.5, 0, 0.0)["surrogate_brought"] is True
+    assert cost_row(res, "lm", 0.5, 0, 0.0)["surrogate_brought"] is True
 
 
+@pytest.mark.slow
 def test_several_seeds_report_final_and_best_mean_std(paper_run):
     _, _, res, _ = paper_run
-    assert res["seeds"] == [0, 1]
-    assert {"pretrain", "pretrain-seed1", "finetune-lp", "finetune-lp-seed1"} <= set(res["stages"])
-    sm = res["summary"]["lp"]
+    assert res.seeds == [0, 1]
+    assert {"pretrain", "pretrain-seed1", "finetune-lp", "finetune-lp-seed1"} <= set(res.stages)
+    sm = res.summary["lp"]
     finals = [p["final"] for p in sm["seeds"]]
     assert sm["n"] == 2 and sm["final_mean"] == pytest.approx(sum(finals) / 2)
     assert sm["final_std"] == pytest.approx(abs(finals[0] - finals[1]) / 2 ** 0.5)
     assert sm["best_mean"] >= sm["final_mean"]
-    saved = json.loads((Path(res["report"]).parent / "results.json").read_text())
+    saved = json.loads((Path(res.report).parent / "results.json").read_text())
     assert saved["summary"]["lp"]["n"] == 2
-    assert "mean ± std over 2 seeds" in Path(res["report"]).read_text()
+    assert "mean ± std over 2 seeds" in Path(res.report).read_text()
 
 
 def test_bad_protocol_combinations_fail_before_work(tmp_path):
@@ -123,20 +129,21 @@ def test_bad_protocol_combinations_fail_before_work(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_brought_source_model_is_finetuned_at_ratio_0(paper_run, tmp_path):
     tmp, cfg, _, _ = paper_run
     from dataclasses import replace
 
-    from ffcv_dp4tl.pipeline.run import _resolve_data
+    from ffcv_dp4tl.pipeline.resolve import resolve_data
 
-    src_dir, _ = _resolve_data(cfg, lambda s: None)
+    src_dir, _ = resolve_data(cfg, lambda s: None)
     weights = tmp_path / "source.pth"  # torchvision style: the plain state dict
     torch.save(_tiny_state_dict(load_manifest(src_dir).num_classes, seed=1), weights)
     res = run_pipeline(replace(cfg, ratio=0.0, surrogate_weights="", source_weights=str(weights),
                                seeds=(0,), runs_root=tmp_path / "runs"), log=lambda s: None)
-    assert set(res["stages"]) == {"pretrain", "finetune-lp"}
-    assert res["stages"]["pretrain"]["brought"]
-    assert "source model: brought weights" in Path(res["report"]).read_text()
+    assert set(res.stages) == {"pretrain", "finetune-lp"}
+    assert res.stages["pretrain"].values["brought"]
+    assert "source model: brought weights" in Path(res.report).read_text()
 
 
 @pytest.mark.parametrize("mode", ["fast", "paper"])
@@ -164,14 +171,15 @@ def test_lm_target_input_fast_crop_vs_paper_resize(mode, monkeypatch, tmp_path):
         assert (t_res, t_aug.center_crop_ratio, t_aug.train) == (224, 1.0, False)
 
 
+@pytest.mark.slow
 def test_score_reads_the_target_input_from_the_surrogate_recipe(paper_run, tmp_path):
     """A surrogate checkpoint carries its recipe's [scoring]; arguments override it."""
     tmp, cfg, res, _ = paper_run
-    from ffcv_dp4tl.pipeline.run import _resolve_data
+    from ffcv_dp4tl.pipeline.resolve import resolve_data
     from ffcv_dp4tl.pipeline.score import score
 
-    src_dir, tgt_dir = _resolve_data(cfg, lambda s: None)
-    ckpt = Path(res["stages"]["surrogate"]["checkpoint"])
+    src_dir, tgt_dir = resolve_data(cfg, lambda s: None)
+    ckpt = Path(res.stages["surrogate"].values["checkpoint"])
     meta = score("lm", source_dir=src_dir, target_dir=tgt_dir, checkpoint=ckpt,
                  out_dir=tmp_path / "a", fmt="wds", num_workers=0, progress=False)
     assert (meta["target_resolution"], meta["target_crop"]) == (224, "none")

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 from ffcv_dp4tl.data import load_manifest, load_mask
 from ffcv_dp4tl.errors import DP4TLError
-from ffcv_dp4tl.pipeline.run import PipelineConfig, run_pipeline
+from ffcv_dp4tl.pipeline.config import PipelineConfig
+from ffcv_dp4tl.pipeline.result import PipelineResult
+from ffcv_dp4tl.pipeline.run import run_pipeline
 from ffcv_dp4tl.pipeline.score import score
 from ffcv_dp4tl.pipeline.scores_io import load_scores
 
@@ -36,7 +38,7 @@ def _cfg(tmp: Path, **kw) -> PipelineConfig:
 @dataclass(frozen=True)
 class FirstRun:
     tmp: Path
-    res: dict
+    res: PipelineResult
     dirs: dict[str, Path]  # stage name → its folder (the first run's own)
 
     def __iter__(self):  # tmp, res, dirs = first_run
@@ -49,16 +51,13 @@ def first_run(tmp_path_factory, data_root) -> FirstRun:
     data_root.mkdir(parents=True, exist_ok=True)
     (tmp / "data").symlink_to(data_root)  # the session's data root: synth:tiny is built once
     res = run_pipeline(_cfg(tmp), log=lambda s: None)
-    assert all(st.ran for st in res["stages"].values())
-    dirs = {}
-    for name in res["stages"]:
-        (d,) = (tmp / "runs").glob(f"{name}-*")  # a fresh run folder: exactly one each
-        dirs[name] = d
+    assert all(st.ran for st in res.stages.values())
+    dirs = {name: st.dir for name, st in res.stages.items()}
     return FirstRun(tmp, res, dirs)
 
 
-def _ran(res: dict) -> dict[str, bool]:
-    return {name: st.ran for name, st in res["stages"].items()}
+def _ran(res: PipelineResult) -> dict[str, bool]:
+    return {name: st.ran for name, st in res.stages.items()}
 
 
 def _whole_share(top1: float, n: int) -> bool:
@@ -78,42 +77,46 @@ def _related_vote_share(votes: np.ndarray, unit_class: np.ndarray, source: Path,
 MIN_SHARE = 0.6
 
 
+@pytest.mark.slow
 def test_pipeline_writes_every_stage_and_a_report(first_run):
     tmp, res, _ = first_run
-    assert list(res["stages"]) == ["surrogate", "score", "prune", "pretrain", "finetune-lp"]
-    report = Path(res["report"]).read_text()
+    assert list(res.stages) == ["surrogate", "score", "prune", "pretrain", "finetune-lp"]
+    report = Path(res.report).read_text()
     assert "LM at ratio 0.6" in report and "finetune-lp" in report
-    lp = res["stages"]["finetune-lp"]
+    lp = res.stages["finetune-lp"].values
     assert lp["mode"] == "lp" and _whole_share(lp["test_top1"], lp["test_samples"])
-    assert json.loads((Path(res["report"]).parent / "results.json").read_text())["stages"]
+    assert json.loads((Path(res.report).parent / "results.json").read_text())["stages"]
 
 
+@pytest.mark.slow
 def test_mask_keeps_exactly_the_selected_classes(first_run):
     tmp, res, _ = first_run
-    source = Path(res["source"])
+    source = Path(res.source)
     info = load_manifest(source).split("train")
     prune_dir = first_run.dirs["prune"]
     mask = load_mask(prune_dir / "train.npy", info)
-    kept = res["stages"]["prune"]["kept_units"]
+    kept = res.stages["prune"].values["kept_units"]
     assert len(kept) == round(0.4 * load_manifest(source).num_classes)
     labels = np.asarray(info.load_labels())
     np.testing.assert_array_equal(mask.indices, np.flatnonzero(np.isin(labels, kept)))
 
 
+@pytest.mark.slow
 def test_lm_keeps_the_superclasses_the_target_relates_to(first_run):
     tmp, res, _ = first_run
     votes = load_scores(first_run.dirs["score"]).scores
-    share = _related_vote_share(votes, np.arange(len(votes)), Path(res["source"]), Path(res["target"]))
+    share = _related_vote_share(votes, np.arange(len(votes)), Path(res.source), Path(res.target))
     assert share >= MIN_SHARE
     # and what is kept at 60 % pruning is dominated by related classes
-    kept = np.asarray(res["stages"]["prune"]["kept_units"])
-    assert _related_vote_share(votes[kept], kept, Path(res["source"]), Path(res["target"])) >= MIN_SHARE
+    kept = np.asarray(res.stages["prune"].values["kept_units"])
+    assert _related_vote_share(votes[kept], kept, Path(res.source), Path(res.target)) >= MIN_SHARE
 
 
+@pytest.mark.slow
 def test_fm_keeps_the_superclasses_the_target_relates_to(first_run):
     tmp, res, _ = first_run
     ckpt = first_run.dirs["surrogate"] / "checkpoint.pt"
-    source, target = Path(res["source"]), Path(res["target"])
+    source, target = Path(res.source), Path(res.target)
     labels = np.asarray(load_manifest(source).split("train").load_labels())
     for method, kw in (("fm-sup", {}), ("fm", {"k": 32})):
         out = tmp / f"scores-{method}"
@@ -127,15 +130,17 @@ def test_fm_keeps_the_superclasses_the_target_relates_to(first_run):
         assert _related_vote_share(votes, unit_class, source, target) >= MIN_SHARE, method
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_stages_and_new_ratio_reuses_surrogate(first_run):
     tmp, res, _ = first_run
     again = run_pipeline(_cfg(tmp), log=lambda s: None)
     assert _ran(again) == dict.fromkeys(["surrogate", "score", "prune", "pretrain", "finetune-lp"], False)
-    assert again["stages"]["finetune-lp"] == res["stages"]["finetune-lp"]  # the recorded result
+    assert again.stages["finetune-lp"].result == res.stages["finetune-lp"].result  # the recorded result
     other = run_pipeline(_cfg(tmp, ratio=0.8, finetune=()), log=lambda s: None)
     assert _ran(other) == {"surrogate": False, "score": False, "prune": True, "pretrain": True}
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_at_the_unfinished_stage(first_run, monkeypatch):
     tmp, _, _ = first_run
     import sys
@@ -150,7 +155,7 @@ def test_killed_run_resumes_at_the_unfinished_stage(first_run, monkeypatch):
     res = run_pipeline(_cfg(tmp, ratio=0.4), log=lambda s: None)
     assert _ran(res) == {"surrogate": False, "score": False, "prune": False, "pretrain": False,
                          "finetune-lp": True}
-    lp = res["stages"]["finetune-lp"]
+    lp = res.stages["finetune-lp"].values
     assert _whole_share(lp["test_top1"], lp["test_samples"])
 
 
@@ -164,32 +169,35 @@ def test_bad_inputs_fail_before_any_work(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_same_scores_and_ratio_give_identical_mask_bytes(first_run, tmp_path):
     tmp, res, _ = first_run
     from ffcv_dp4tl.pipeline.prune import prune
 
     score_dir = first_run.dirs["score"]
     for out in ("a", "b"):
-        prune(score_dir, res["source"], 0.6, tmp_path / out)
+        prune(score_dir, res.source, 0.6, tmp_path / out)
     for split in ("train", "val"):
         assert (tmp_path / "a" / f"{split}.npy").read_bytes() == (tmp_path / "b" / f"{split}.npy").read_bytes()
 
 
+@pytest.mark.slow
 def test_several_targets_share_one_pruned_source(first_run, tmp_path):
     tmp, res, _ = first_run
     ckpt = first_run.dirs["surrogate"] / "checkpoint.pt"
-    targets = [Path(res["target"]), Path(res["target"]).parent / "blur"]
-    score("lm", source_dir=res["source"], target_dir=targets, checkpoint=ckpt, out_dir=tmp_path,
+    targets = [Path(res.target), Path(res.target).parent / "blur"]
+    score("lm", source_dir=res.source, target_dir=targets, checkpoint=ckpt, out_dir=tmp_path,
           fmt="wds", num_workers=0, progress=False)
     sc = load_scores(tmp_path)
     assert len(sc.meta.target_fingerprints) == 2
     assert sc.scores.sum() == pytest.approx(2.0)  # each target contributes mass 1
-    sup = np.asarray(load_manifest(res["source"]).extra["superclass_of_class"])
+    sup = np.asarray(load_manifest(res.source).extra["superclass_of_class"])
     related = {s for t in targets for s in load_manifest(t).extra["related_superclasses"]}
     share = sc.scores[np.isin(sup, list(related))].sum() / 2.0
     assert share >= MIN_SHARE
 
 
+@pytest.mark.slow
 def test_scoring_and_pruning_errors_are_clear(first_run, tmp_path):
     import shutil
 
@@ -199,36 +207,38 @@ def test_scoring_and_pruning_errors_are_clear(first_run, tmp_path):
     tmp, res, _ = first_run
     ckpt = first_run.dirs["surrogate"] / "checkpoint.pt"
     with pytest.raises(DP4TLError, match=r"k=1000000 clusters requested but x has only \d+ rows"):
-        score("fm", source_dir=res["source"], target_dir=res["target"], checkpoint=ckpt,
+        score("fm", source_dir=res.source, target_dir=res.target, checkpoint=ckpt,
               out_dir=tmp_path / "fm", fmt="wds", num_workers=0, progress=False, k=10**6)
     with pytest.raises(DP4TLError, match="unknown scoring method"):
-        score("nope", source_dir=res["source"], out_dir=tmp_path / "x")
+        score("nope", source_dir=res.source, out_dir=tmp_path / "x")
     with pytest.raises(DP4TLError, match="checkpoint"):
-        score("lm", source_dir=res["source"], target_dir=res["target"], out_dir=tmp_path / "x")
+        score("lm", source_dir=res.source, target_dir=res.target, out_dir=tmp_path / "x")
     score_dir = tmp_path / "scores"
     shutil.copytree(first_run.dirs["score"], score_dir)
     with pytest.raises(DP4TLError, match="ratio"):
-        prune(score_dir, res["source"], 1.0, tmp_path / "m")
+        prune(score_dir, res.source, 1.0, tmp_path / "m")
     meta = json.loads((score_dir / "scores.json").read_text())
     (score_dir / "scores.json").write_text(json.dumps({**meta, "source_fingerprint": "f" * 64}))
     with pytest.raises(MaskError, match="another source"):
-        prune(score_dir, res["source"], 0.5, tmp_path / "m")
+        prune(score_dir, res.source, 0.5, tmp_path / "m")
     np.save(score_dir / "scores.npy", np.ones(5))
     (score_dir / "scores.json").write_text(json.dumps(meta))
     with pytest.raises(MaskError, match="5 class scores"):
-        prune(score_dir, res["source"], 0.5, tmp_path / "m")
+        prune(score_dir, res.source, 0.5, tmp_path / "m")
 
 
+@pytest.mark.slow
 def test_el2n_scores_the_early_surrogate_and_prunes_samples(first_run):
     tmp, _, _ = first_run
     res = run_pipeline(_cfg(tmp, method="el2n", finetune=()), log=lambda s: None)
     sc = load_scores(next(p for p in (tmp / "runs").glob("score-*")
                           if json.loads((p / "scores.json").read_text())["method"] == "el2n"))
     assert sc.unit == "sample" and sc.meta.surrogate.endswith("checkpoint_e2.pt")
-    info = load_manifest(res["source"]).split("train")
-    assert res["stages"]["prune"]["train_kept"] == round(0.4 * info.num_samples)
+    info = load_manifest(res.source).split("train")
+    assert res.stages["prune"].values["train_kept"] == round(0.4 * info.num_samples)
 
 
+@pytest.mark.slow
 def test_self_supervised_fm_pipeline(first_run):
     """The paper's FM setting end to end: a MoCo v2 surrogate (no labels) → FM clusters → MoCo
     pretraining on the kept clusters → LP on the target; LM with it is refused up front."""
@@ -237,15 +247,16 @@ def test_self_supervised_fm_pipeline(first_run):
     res = run_pipeline(_cfg(tmp, method="fm", k=16, surrogate_recipe="moco_v2_tiny_cpu",
                             recipe="moco_v2_tiny_cpu", surrogate_overrides=quick, overrides=quick),
                        log=lambda s: None)
-    assert list(res["stages"]) == ["surrogate", "score", "prune", "pretrain", "finetune-lp"]
-    assert res["stages"]["prune"]["unit"] == "cluster"
-    assert res["stages"]["pretrain"]["objective"] == "moco_v2"
-    lp = res["stages"]["finetune-lp"]
+    assert list(res.stages) == ["surrogate", "score", "prune", "pretrain", "finetune-lp"]
+    assert res.stages["prune"].values["unit"] == "cluster"
+    assert res.stages["pretrain"].values["objective"] == "moco_v2"
+    lp = res.stages["finetune-lp"].values
     assert _whole_share(lp["test_top1"], lp["test_samples"])
     with pytest.raises(DP4TLError, match="supervised surrogate"):
         run_pipeline(_cfg(tmp, method="lm", surrogate_recipe="moco_v2_tiny_cpu"), log=lambda s: None)
 
 
+@pytest.mark.slow
 def test_editing_a_recipe_file_reruns_the_stages_that_use_it(first_run, tmp_path):
     """Stage keys hash recipe *contents*: a cached stage is never reused for a changed recipe."""
     tmp, _, _ = first_run
@@ -254,9 +265,9 @@ def test_editing_a_recipe_file_reruns_the_stages_that_use_it(first_run, tmp_path
     recipe = tmp_path / "my_pretrain.toml"
     recipe.write_text(resolve_recipe_path("resnet34_tiny_cpu").read_text())
     first = run_pipeline(_cfg(tmp, recipe=str(recipe), finetune=()), log=lambda s: None)
-    assert first["stages"]["pretrain"].ran  # (this recipe file is new: never trained before)
+    assert first.stages["pretrain"].ran  # (this recipe file is new: never trained before)
     again = run_pipeline(_cfg(tmp, recipe=str(recipe), finetune=()), log=lambda s: None)
-    assert not again["stages"]["pretrain"].ran
+    assert not again.stages["pretrain"].ran
     recipe.write_text(recipe.read_text().replace("width = 16", "width = 8"))
     edited = run_pipeline(_cfg(tmp, recipe=str(recipe), finetune=()), log=lambda s: None)
-    assert edited["stages"]["pretrain"].ran and not edited["stages"]["surrogate"].ran
+    assert edited.stages["pretrain"].ran and not edited.stages["surrogate"].ran

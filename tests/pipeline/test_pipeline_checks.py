@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 from ffcv_dp4tl.errors import DP4TLError
-from ffcv_dp4tl.pipeline.run import PipelineConfig, run_pipeline
+from ffcv_dp4tl.pipeline.config import PipelineConfig
+from ffcv_dp4tl.pipeline.run import run_pipeline
 
 
 def validate(cfg):  # the run stops at its first check; nothing else may have happened

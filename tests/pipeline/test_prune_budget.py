@@ -109,8 +109,8 @@ def test_cli_prune_budget_and_score_options(index_dataset, tmp_path):
 
 def test_cost_table_gives_each_method_only_its_own_options():
     from ffcv_dp4tl.errors import DP4TLError
-    from ffcv_dp4tl.pipeline.cost_table import options_for, run_cost_table
-    from ffcv_dp4tl.pipeline.run import PipelineConfig
+    from ffcv_dp4tl.bench.cost_table import options_for, run_cost_table
+    from ffcv_dp4tl.pipeline.config import PipelineConfig
 
     opts = ("runs=2", "grad=full", "band=value")
     assert options_for("grand", opts) == ("runs=2", "grad=full")

@@ -8,6 +8,7 @@ import numpy as np
 
 import ffcv_dp4tl.pipeline.run as run_mod
 from ffcv_dp4tl.data.masks import IndexMask
+from ffcv_dp4tl.pipeline.config import PipelineConfig
 from ffcv_dp4tl.training import recipe as recipe_mod
 from ffcv_dp4tl.training.recipe import Recipe
 
@@ -44,9 +45,9 @@ def test_each_recipe_loaded_once_and_passed_as_an_object(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(run_mod, "prune", fake_prune)
     monkeypatch.setattr(run_mod, "load_mask", lambda path: IndexMask(np.arange(3), {}))
-    cfg = run_mod.PipelineConfig(ratio=0.6, source="synth:tiny", target="warm", method="random",
-                                 finetune=("lp", "ff"), data_root=data_root,
-                                 runs_root=tmp_path / "runs", device="cpu", fmt="wds")
+    cfg = PipelineConfig(ratio=0.6, source="synth:tiny", target="warm", method="random",
+                         finetune=("lp", "ff"), data_root=data_root,
+                         runs_root=tmp_path / "runs", device="cpu", fmt="wds")
     run_mod.run_pipeline(cfg, log=lambda s: None)
     assert sorted(loads) == sorted(set(loads)) and len(loads) == 4  # surrogate, pretrain, lp, ff
     assert len(got) == 3 and all(isinstance(r, Recipe) for r in got)  # pretrain, lp, ff (random: no surrogate)

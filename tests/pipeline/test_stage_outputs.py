@@ -63,20 +63,20 @@ def test_the_data_root_read_only_with_the_build_is_used_and_clashes_name_pipelin
 
     import beton_builders.writer as writer
     from ffcv_dp4tl.errors import DataError
-    from ffcv_dp4tl.pipeline import run
+    from ffcv_dp4tl.pipeline import resolve
 
     src = _folder(tmp_path / "imgs")
     source = f"folder:{src}"
     logged: list[str] = []
-    built = run._ensure_built(source, tmp_path / "data", logged.append)
+    built = resolve.ensure_built(source, tmp_path / "data", logged.append)
     assert (built / "manifest.json").exists() and any("built" in m for m in logged)
 
     def erofs(path, *a, **k):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
-    monkeypatch.setattr(run, "directory_lock", erofs)  # as on a read-only mount: no lock file
+    monkeypatch.setattr(resolve, "directory_lock", erofs)  # as on a read-only mount: no lock file
     monkeypatch.setattr(writer, "directory_lock", erofs)
     logged.clear()
-    assert run._ensure_built(source, tmp_path / "data", logged.append) == built
+    assert resolve.ensure_built(source, tmp_path / "data", logged.append) == built
     assert not any("built" in m for m in logged), logged  # reused, nothing rebuilt
     monkeypatch.undo()
 
@@ -85,4 +85,4 @@ def test_the_data_root_read_only_with_the_build_is_used_and_clashes_name_pipelin
     with pytest.raises(DataError, match=r"already holds a different build \(source or settings "
                                         r"differ\); delete .* to rebuild it there, or pass another "
                                         r"--data-root$"):
-        run._ensure_built(source, tmp_path / "data", logged.append)
+        resolve.ensure_built(source, tmp_path / "data", logged.append)

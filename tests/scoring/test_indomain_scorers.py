@@ -177,7 +177,8 @@ def test_per_sample_grad_norms_match_a_backward_loop():
 
 
 def test_pipeline_runs_forget_without_a_surrogate_and_fm_with_a_sample_budget(env, data_root):
-    from ffcv_dp4tl.pipeline.run import PipelineConfig, run_pipeline
+    from ffcv_dp4tl.pipeline.config import PipelineConfig
+    from ffcv_dp4tl.pipeline.run import run_pipeline
 
     tmp, source, _ = env
     runs = tmp / "runs"
@@ -190,17 +191,17 @@ def test_pipeline_runs_forget_without_a_surrogate_and_fm_with_a_sample_budget(en
     assert not runs.exists()  # refused before any work
     res = run_pipeline(PipelineConfig(method="forget", scorer_options=("epochs=1",), **base),
                        log=lambda s: None)
-    assert list(res["stages"]) == ["score", "prune", "pretrain"]  # it trains its own run
-    (run,) = res["stages"]["score"]["training_runs"]
-    assert run["epochs"] == 1 and res["stages"]["score"]["options"]["epochs"] == 1
+    assert list(res.stages) == ["score", "prune", "pretrain"]  # it trains its own run
+    (run,) = res.stages["score"].values["training_runs"]
+    assert run["epochs"] == 1 and res.stages["score"].values["options"]["epochs"] == 1
     n = len(_labels(source))
-    assert res["stages"]["prune"]["kept_sample_fraction"] == pytest.approx(round(0.5 * n) / n)
+    assert res.stages["prune"].values["kept_sample_fraction"] == pytest.approx(round(0.5 * n) / n)
     res = run_pipeline(PipelineConfig(method="fm", k=6, budget="samples", **base),
                        log=lambda s: None)
-    pr = res["stages"]["prune"]
+    pr = res.stages["prune"].values
     assert pr["budget"] == "samples" and pr["unit"] == "cluster"
     assert abs(pr["train_kept"] - n / 2) <= max(np.bincount(
         load_scores(next(runs.glob("score-*/train_units.npy")).parent).train_units))
-    report = Path(res["report"]).read_text()
+    report = Path(res.report).read_text()
     assert f"{pr['kept_sample_fraction']:.3f} of the train samples" in report
     assert "budget: samples" in report

@@ -97,8 +97,9 @@ def test_units_are_the_ones_scores_files_and_prune_know():
 
 # ------------------------------------------------------------------------------- errors
 def test_unknown_method_is_one_line_listing_the_registered_names(tmp_path):
-    from ffcv_dp4tl.pipeline.cost_table import run_cost_table
-    from ffcv_dp4tl.pipeline.run import PipelineConfig, run_pipeline
+    from ffcv_dp4tl.bench.cost_table import run_cost_table
+    from ffcv_dp4tl.pipeline.config import PipelineConfig
+    from ffcv_dp4tl.pipeline.run import run_pipeline
     from ffcv_dp4tl.pipeline.score import score
 
     with pytest.raises(DP4TLError) as e:
@@ -159,8 +160,9 @@ def test_self_supervised_refusal_names_the_alternatives():
 def test_a_registered_toy_scorer_runs_through_score_prune_and_the_pipeline(toy, data_root,
                                                                            tmp_path):
     from ffcv_dp4tl.data import load_manifest, load_mask
-    from ffcv_dp4tl.pipeline.cost_table import method_cost, method_label, method_style
-    from ffcv_dp4tl.pipeline.run import PipelineConfig, run_pipeline
+    from ffcv_dp4tl.bench.markdown import method_cost, method_label, method_style
+    from ffcv_dp4tl.pipeline.config import PipelineConfig
+    from ffcv_dp4tl.pipeline.run import run_pipeline
     from ffcv_dp4tl.pipeline.scores_io import load_scores
 
     assert "toy" in list_scorers() and "toy" in methods_help() and toy.label == "TOY"
@@ -171,17 +173,17 @@ def test_a_registered_toy_scorer_runs_through_score_prune_and_the_pipeline(toy, 
                                       runs_root=tmp_path / "runs", overrides=TRAIN),
                        log=lambda s: None)
     # needs nothing: no surrogate is trained for it
-    assert list(res["stages"]) == ["score", "prune", "pretrain"]
+    assert list(res.stages) == ["score", "prune", "pretrain"]
     sc = load_scores(next((tmp_path / "runs").glob("score-*")))
     assert sc.method == "toy" and sc.unit == "class" and sc.meta.meta["toy"] is True
-    source = load_manifest(res["source"])
+    source = load_manifest(res.source)
     n = source.num_classes
-    assert res["stages"]["prune"]["kept_units"] == list(range(n - n // 2, n))
+    assert res.stages["prune"].values["kept_units"] == list(range(n - n // 2, n))
     info = source.split("train")
     mask = load_mask(next((tmp_path / "runs").glob("prune-*")) / "train.npy", info)
     labels = np.asarray(info.load_labels())
     np.testing.assert_array_equal(mask.indices, np.flatnonzero(labels >= n - n // 2))
-    assert "TOY at ratio 0.5" in Path(res["report"]).read_text()
+    assert "TOY at ratio 0.5" in Path(res.report).read_text()
 
 
 def test_a_registered_toy_scorer_is_a_cli_choice(source_dir, tmp_path):
@@ -287,13 +289,15 @@ def test_every_registered_scorer_scores_its_units_deterministically_and_prunes(
 def test_score_keys_hold_only_the_settings_a_scorer_reads(data_root, tmp_path):
     """``--k`` changes FM's clusters but not LM's votes: rerunning with another k reuses LM's
     score stage (and every stage after it: same scores, same mask) but rescores FM."""
-    from ffcv_dp4tl.pipeline.run import PipelineConfig, run_pipeline
+    from ffcv_dp4tl.pipeline.config import PipelineConfig
+    from ffcv_dp4tl.pipeline.result import PipelineResult
+    from ffcv_dp4tl.pipeline.run import run_pipeline
 
     assert get_scorer("lm").key_settings(k=4, seed=1) == {}
     assert get_scorer("fm").key_settings(k=4, seed=1) == {"k": 4, "seed": 1}
     assert get_scorer("random").key_settings(k=4, seed=1) == {"seed": 1}
 
-    def run(method: str, k: int) -> dict:
+    def run(method: str, k: int) -> PipelineResult:
         return run_pipeline(PipelineConfig(ratio=0.5, source=SYNTH, method=method, k=k,
                                            fmt="wds", finetune=(), device="cpu",
                                            data_root=data_root, runs_root=tmp_path / "runs",
@@ -301,10 +305,10 @@ def test_score_keys_hold_only_the_settings_a_scorer_reads(data_root, tmp_path):
                             log=lambda s: None)
 
     lm3, lm5 = run("lm", 3), run("lm", 5)
-    assert lm3["stages"]["score"].ran and not lm5["stages"]["score"].ran
-    assert not lm5["stages"]["prune"].ran and not lm5["stages"]["pretrain"].ran
-    assert lm5["stages"]["prune"]["kept_units"] == lm3["stages"]["prune"]["kept_units"]
+    assert lm3.stages["score"].ran and not lm5.stages["score"].ran
+    assert not lm5.stages["prune"].ran and not lm5.stages["pretrain"].ran
+    assert lm5.stages["prune"].values["kept_units"] == lm3.stages["prune"].values["kept_units"]
     fm3, fm5 = run("fm", 3), run("fm", 5)
-    assert not fm3["stages"]["surrogate"].ran  # the surrogate is LM's: shared
-    assert fm3["stages"]["score"].ran and fm5["stages"]["score"].ran
-    assert (fm3["stages"]["score"]["k"], fm5["stages"]["score"]["k"]) == (3, 5)
+    assert not fm3.stages["surrogate"].ran  # the surrogate is LM's: shared
+    assert fm3.stages["score"].ran and fm5.stages["score"].ran
+    assert (fm3.stages["score"].values["k"], fm5.stages["score"].values["k"]) == (3, 5)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from ffcv_dp4tl.errors import DP4TLError
-from ffcv_dp4tl.pipeline.run import (PAPER_CODE_TARGET_RECIPES, recipe_scorer_options,
+from ffcv_dp4tl.pipeline.recipes import (PAPER_CODE_TARGET_RECIPES, recipe_scorer_options,
                                      recipe_set)
 from ffcv_dp4tl.scoring.registry import get_scorer
 from ffcv_dp4tl.training.recipe import (SOURCE_RECIPES_DIR, list_recipes, load_recipe,

@@ -2,7 +2,7 @@
 
 For every surrogate architecture (default: the paper's RN-20s, VGG-2, RN-32s, VGG-4, RN-44s,
 RN-56s, VGG-8 and the default RN-18; :mod:`..training.models`), :func:`run_surrogate_bench` runs
-the ordinary pipeline (:func:`.run.run_pipeline`) with the surrogate recipe's ``model.arch``
+the ordinary pipeline (:func:`~ffcv_dp4tl.pipeline.run.run_pipeline`) with the surrogate recipe's ``model.arch``
 overridden, method LM, at each pruning ratio, and collects per architecture:
 
 * its parameter count — as run (the recipe's width, the source's classes) and as in the paper
@@ -14,7 +14,7 @@ overridden, method LM, at each pruning ratio, and collects per architecture:
 * the target accuracy (LP, and FF if asked) of the source model pretrained on each pruned
   subset, beside the unpruned (0 %) reference shared by all surrogates (Fig. 5);
 * the largest pruning ratio of a winning subset (accuracy ≥ the 0 % accuracy − ``tol``), as in
-  the cost table (:func:`.cost_table.best_winning_subset`).
+  the cost table (:func:`.stats.best_winning_subset`).
 
 Every run is a cached pipeline stage chain: the 0 % reference, and each surrogate's scores, are
 shared across ratios; a rerun with more ratios trains only what is new.
@@ -29,9 +29,13 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text
-from .compare import overlap
-from .cost_table import _plt, best_winning_subset, machine_info
-from .run import PipelineConfig, run_pipeline
+from ..pipeline.compare import overlap
+from ..pipeline.config import PipelineConfig
+from ..pipeline.result import PipelineResult
+from ..pipeline.run import run_pipeline
+from ..reporting import machine_info
+from .plots import pyplot
+from .stats import best_winning_subset
 
 #: Paper Tab. A6 (ImageNet source, OxfordPets target, RN-101 source model): params (M, as
 #: printed; RN-20s's 0.236 is 0.326 with two digits swapped — docs/surrogates.md), source top-1
@@ -85,8 +89,8 @@ def _params(recipe, num_classes: int) -> dict[str, int]:
             "params_paper": num_params(create_model(arch, 1000))}
 
 
-def _acc(res: dict[str, Any], mode: str, key: str = "final_mean") -> float | None:
-    sm = (res.get("summary") or {}).get(mode)
+def _acc(res: PipelineResult, mode: str, key: str = "final_mean") -> float | None:
+    sm = (res.summary or {}).get(mode)
     return None if sm is None or sm.get(key) is None else 100.0 * float(sm[key])
 
 
@@ -129,7 +133,7 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
                                scorer_options=()), log=log)
     reference_acc = {m: _acc(ref, m) for m in finetune}
     runs: dict[str, dict[str, Any]] = {}
-    recipes: dict[str, str] = dict(ref.get("recipes", {}))
+    recipes: dict[str, str] = dict(ref.recipes)
     # the reference first: every other row's overlap needs its selection (a run cut short
     # still has it); the table keeps the order asked for
     for arch in [reference, *(a for a in archs if a != reference)]:
@@ -141,23 +145,23 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
             log(f"[surrogates] run {i}/{n_runs}: LM with surrogate {arch} at {100 * r:.0f} %")
             res = run_pipeline(replace(base, ratio=r, method="lm", finetune=finetune,
                                        surrogate_overrides=over), log=log)
-            st = res["stages"]
-            if "surrogate" in st and "surrogate" not in rec:
-                sur = st["surrogate"]
-                rec["surrogate"] = {"top1_val": sur.get("top1_val"),
-                                    "seconds": sur.get("seconds"), "brought": sur.get("brought")}
-                recipe = load_recipe(res["recipes"]["surrogate"], list(over))
+            sur = res.find("surrogate")
+            if sur is not None and "surrogate" not in rec:
+                rec["surrogate"] = {"top1_val": sur.values.get("top1_val"),
+                                    "seconds": sur.seconds, "brought": sur.values.get("brought")}
+                recipe = load_recipe(res.recipes["surrogate"], list(over))
                 from ..data.manifest import load_manifest
 
-                rec.update(_params(recipe, load_manifest(res["source"]).num_classes))
-                rec["recipe"] = res["recipes"]["surrogate"]
+                rec.update(_params(recipe, load_manifest(res.source).num_classes))
+                rec["recipe"] = res.recipes["surrogate"]
                 recipes["surrogate"] = rec["recipe"]
-            pr = st["prune"]
+            pr = res.find("prune").values
+            score_run, pretrain_run = res.find("score"), res.pretrain(res.seeds[0])
             rec["by_ratio"][str(r)] = {
                 "kept_classes": list(pr.get("kept_units", [])),
                 "kept_sample_fraction": pr.get("kept_sample_fraction"),
-                "score_s": st.get("score", {}).get("seconds"),
-                "pretrain_s": st.get("pretrain", {}).get("seconds"),
+                "score_s": score_run.seconds if score_run is not None else None,
+                "pretrain_s": pretrain_run.seconds if pretrain_run is not None else None,
                 **{f"{m}_top1": _acc(res, m) for m in finetune},
                 **{f"{m}_best_top1": _acc(res, m, "best_mean") for m in finetune}}
         runs[arch] = rec
@@ -176,7 +180,8 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
     cfg = {**asdict(base), "data_root": str(base.data_root), "runs_root": str(base.runs_root)}
     table = {"archs": archs, "reference": reference, "ratio": ratio, "ratios": all_ratios,
              "finetune": list(finetune), "tol": tol, "reference_acc": reference_acc,
-             "reference_pretrain_s": ref["stages"].get("pretrain", {}).get("seconds"),
+             "reference_pretrain_s": (ref.pretrain(ref.seeds[0]).seconds
+                                      if ref.pretrain(ref.seeds[0]) is not None else None),
              "runs": runs, "paper": PAPER_TAB_A6, "recipes": recipes, "config": cfg,
              "command": command, "notes": list(notes), "machine": machine_info(),
              "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
@@ -289,7 +294,7 @@ def write_outputs(t: dict[str, Any], out: Path) -> None:
 def plot(t: dict[str, Any], path: Path) -> None:
     """Left: target top-1 vs pruning ratio per surrogate, from the shared 0 % point (Fig. 5);
     right: class overlap with the reference vs surrogate size, ours and the paper's."""
-    plt = _plt()
+    plt = pyplot()
     mode = t["finetune"][0]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11.5, 4.4))
     cmap = plt.get_cmap("tab10")

@@ -1,6 +1,6 @@
 """Paper Tab. 5: dataset pruning for adversarial pretraining (``dp4tl bench adversarial``).
 
-Four source models, each through :func:`~.run.run_pipeline` (so every stage is cached and shared
+Four source models, each through :func:`~ffcv_dp4tl.pipeline.run.run_pipeline` (so every stage is cached and shared
 with other runs of the same inputs), then LP (and optionally FF) on the target:
 
 * **DENSE** — clean pretraining on the full source (``random`` at ratio 0 keeps every sample,
@@ -27,9 +27,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import DP4TLError
-from ..fsutil import atomic_write_json, atomic_write_text, read_json
-from .cost_table import CPU_FILE, CpuMeter, machine_info
-from .run import PipelineConfig, run_pipeline
+from ..fsutil import atomic_write_json, atomic_write_text
+from ..pipeline.config import PipelineConfig
+from ..pipeline.result import PipelineResult
+from ..pipeline.report import mean_std
+from ..pipeline.run import run_pipeline
+from ..reporting import machine_info
 
 #: Paper Tab. 5 (ResNet-101 on ImageNet, ratio in %, accuracy in %, time in hours).
 PAPER_TAB5: dict[str, dict[str, dict[str, float | None]]] = {
@@ -68,51 +71,27 @@ def _number(what: str, text: str) -> float:
         raise DP4TLError(f"{what} must be a number or a fraction such as 3/255, got {text!r}") from None
 
 
-class _PretrainDirs:
-    """A ``log`` hook around :class:`CpuMeter` that also remembers every pretrain stage folder in
-    the order the seeds ran (the meter keeps only the last per stage name)."""
-
-    def __init__(self, meter: CpuMeter):
-        self.meter, self.dirs = meter, []
-
-    def __call__(self, line: str) -> None:
-        self.meter(line)
-        d = self.meter.dirs.get("pretrain")
-        if d is not None and d not in self.dirs:
-            self.dirs.append(d)
-
-
-def _mean_std(xs: Sequence[float | None]) -> tuple[float, float]:
-    xs = [float(x) for x in xs if x is not None and not math.isnan(float(x))]
-    if not xs:
-        return math.nan, math.nan
-    m = sum(xs) / len(xs)
-    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
-
-
-def _row(variant: str, ratio: float, res: dict[str, Any], pre_dirs: list[Path],
-         seeds: Sequence[int], finetune: Sequence[str]) -> dict[str, Any]:
-    st = res["stages"]
-    names = ["pretrain" if i == 0 else f"pretrain-seed{s}" for i, s in enumerate(seeds)]
-    pre = [st[n] for n in names if n in st]
-    cpu = [read_json(d / CPU_FILE, "cpu seconds").get("cpu_seconds") if (d / CPU_FILE).exists()
-           else None for d in pre_dirs]
-    selection = sum(float(st[n]["seconds"]) for n in SELECTION_STAGES if n in st) \
+def _row(variant: str, ratio: float, res: PipelineResult, seeds: Sequence[int],
+         finetune: Sequence[str]) -> dict[str, Any]:
+    pre = [p for p in (res.pretrain(s) for s in seeds) if p is not None]
+    selection = sum(s.seconds for s in (res.find(n) for n in SELECTION_STAGES) if s is not None) \
         if variant.startswith("LM") else 0.0
+    prune = res.find("prune")
+    prune_v = prune.values if prune is not None else {}
     row: dict[str, Any] = {
         "variant": variant, "adv": variant.endswith("ADV"), "ratio": ratio,
-        "objective": pre[0].get("objective") if pre else None,
-        "pretrain_s": _mean_std([p.get("seconds") for p in pre]),
-        "pretrain_cpu_s": _mean_std(cpu),
+        "objective": pre[0].values.get("objective") if pre else None,
+        "pretrain_s": mean_std([p.seconds for p in pre]),
+        "pretrain_cpu_s": mean_std([p.cpu_seconds for p in pre]),
         "selection_s": selection,
-        "source_top1_val": _mean_std([p.get("top1_val") for p in pre]),
-        "source_top1_train": _mean_std([p.get("top1_train") for p in pre]),
-        "train_kept": st.get("prune", {}).get("train_kept"),
-        "kept_sample_fraction": st.get("prune", {}).get("kept_sample_fraction"),
-        "report": res.get("report"), "recipes": res.get("recipes"),
+        "source_top1_val": mean_std([p.values.get("top1_val") for p in pre]),
+        "source_top1_train": mean_std([p.values.get("top1_train") for p in pre]),
+        "train_kept": prune_v.get("train_kept"),
+        "kept_sample_fraction": prune_v.get("kept_sample_fraction"),
+        "report": res.report, "recipes": res.recipes,
     }
     row["total_s"] = (row["pretrain_s"][0] + selection, row["pretrain_s"][1])
-    summary = res.get("summary") or {}
+    summary = res.summary or {}
     for mode in finetune:
         sm = summary.get(mode)
         row[mode] = None if sm is None else {
@@ -136,19 +115,16 @@ def run_adversarial(base: PipelineConfig, out_dir: str | Path | None = None, *, 
         raise DP4TLError("the ADV overrides must set adv.steps (e.g. adv.steps=3)")
     seeds = tuple(dict.fromkeys(int(s) for s in seeds)) or (0,)
     finetune = tuple(finetune)
-    meter = CpuMeter(log, base.runs_root)
     rows = []
     plan = [("DENSE", 0.0, "random", ()), ("DENSE-ADV", 0.0, "random", tuple(adv)),
             ("LM", ratio, method, ()), ("LM-ADV", ratio, method, tuple(adv))]
     for i, (variant, r, m, extra) in enumerate(plan, 1):
         log(f"[adversarial] {i}/{len(plan)}: {variant} (ratio {r:g}, seeds {list(seeds)})")
-        meter.dirs.clear()
-        hook = _PretrainDirs(meter)
         cfg = replace(base, ratio=r, method=m, seeds=seeds, finetune=finetune,
                       overrides=tuple(base.overrides) + extra,
                       scorer_options=base.scorer_options if m == method else ())
-        res = run_pipeline(cfg, log=hook)
-        rows.append(_row(variant, r, res, hook.dirs, seeds, finetune))
+        res = run_pipeline(cfg, log=log)
+        rows.append(_row(variant, r, res, seeds, finetune))
     dense = rows[0]
     for row in rows:
         for key in ("pretrain_s", "pretrain_cpu_s", "total_s"):

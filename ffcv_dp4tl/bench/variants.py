@@ -153,3 +153,26 @@ def variant_style(name: str, siblings: Sequence[str]) -> tuple[PlotStyle, str]:
     marker = base.marker if v.k is None else _MARKERS[i % len(_MARKERS)]
     dash = "--" if v.order == "reversed" else _DASHES[i % len(_DASHES)]
     return PlotStyle(base.color, marker, v.label(base.label)), dash
+
+
+def parse_method_ratios(names: Sequence[str]) -> dict[str, list[float]]:
+    """``grand@0.6/0.8`` → ``{"grand": [0.6, 0.8]}`` (a bad ratio is a one-line error)."""
+    out = {}
+    for n in names:
+        if "@" in n:
+            m, _, rs = n.partition("@")
+            try:
+                out[m] = [float(r) for r in rs.split("/") if r]
+            except ValueError:
+                raise DP4TLError(f"--methods: {n!r} must look like METHOD@R1/R2 with ratios in "
+                                 "(0, 1), e.g. grand@0.6/0.8 (settings go in brackets: "
+                                 "fm[k=16]@0.4, lm[reversed])") from None
+    return out
+
+
+def plan_methods(methods: str, ks: Iterable[int] = (), orders: Iterable[str] = ()
+                 ) -> tuple[list[str], dict[str, list[float]]]:
+    """A ``--methods`` text (``lm,fm[k=16],grand@0.6``) with ``--ks`` / ``--orders`` → the cost
+    table's method/variant names and the ratios of those limited to some (``method_ratios``)."""
+    names = split_methods(methods)
+    return expand_specs(names, parse_method_ratios(names), list(ks), list(orders))

@@ -4,7 +4,6 @@ models, 1 epoch). One runs folder per module: the surrogate trains once; every t
 pipelines it needs (finished stages are skipped), so the tests run in any order."""
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,10 +11,13 @@ import numpy as np
 import pytest
 
 from ffcv_dp4tl.errors import DP4TLError
-from ffcv_dp4tl.pipeline.cost_table import REFERENCE, run_cost_table
-from ffcv_dp4tl.pipeline.run import PipelineConfig, run_pipeline
+from ffcv_dp4tl.bench.cost_table import run_cost_table
+from ffcv_dp4tl.bench.stats import REFERENCE
+from ffcv_dp4tl.pipeline.config import PipelineConfig
+from ffcv_dp4tl.pipeline.result import PipelineResult
+from ffcv_dp4tl.pipeline.run import run_pipeline
 from ffcv_dp4tl.pipeline.scores_io import load_scores
-from ffcv_dp4tl.pipeline.variants import parse_variant
+from ffcv_dp4tl.bench.variants import parse_variant
 from ffcv_dp4tl.pipeline.score import score
 from ffcv_dp4tl.scoring import combine_target_scores
 from ffcv_dp4tl.scoring.ranking import rank
@@ -31,26 +33,23 @@ def base(tmp_path_factory, data_root) -> PipelineConfig:
                           finetune_overrides=FINETUNE)
 
 
-def _quiet(cfg: PipelineConfig) -> dict:
+def _quiet(cfg: PipelineConfig) -> PipelineResult:
     return run_pipeline(cfg, log=lambda s: None)
 
 
-def _stage_dir(cfg: PipelineConfig, res: dict, name: str) -> Path:
-    """A stage's folder, from the key its run recorded (the report folder names the pretrain
-    key; the others are found through their DONE.json's inputs)."""
-    root = Path(cfg.runs_root)
-    for d in root.glob(f"{name}-*"):
-        if (d / "DONE.json").exists() and json.loads((d / "DONE.json").read_text()) == \
-                {k: v for k, v in res["stages"][name].items()}:
-            return d
-    raise AssertionError(f"no {name} folder with this result")
+def _stage_dir(cfg: PipelineConfig, res: PipelineResult, name: str) -> Path:
+    """A stage's folder, as the run recorded it."""
+    d = res.stages[name].dir
+    assert d.parent == Path(cfg.runs_root) and (d / "DONE.json").exists()
+    return d
 
 
+@pytest.mark.slow
 def test_reversed_keeps_the_lowest_scored_classes(base):
     ordered = _quiet(base)
     rev = _quiet(replace(base, order="reversed"))
-    assert not rev["stages"]["score"].ran  # the scores are shared by both orders
-    assert rev["stages"]["prune"].ran  # a new mask downstream, so a different pretraining
+    assert not rev.stages["score"].ran  # the scores are shared by both orders
+    assert rev.stages["prune"].ran  # a new mask downstream, so a different pretraining
     # (keyed by the mask's content: it may already exist if another run chose the same mask)
     assert _stage_dir(base, rev, "pretrain") != _stage_dir(base, ordered, "pretrain")
     sc = load_scores(_stage_dir(base, ordered, "score"))
@@ -58,35 +57,36 @@ def test_reversed_keeps_the_lowest_scored_classes(base):
     n_keep = round(0.5 * len(s))
     lowest = np.sort(rank(-s, -t)[:n_keep])
     highest = np.sort(rank(s, t)[:n_keep])
-    np.testing.assert_array_equal(rev["stages"]["prune"]["kept_units"], lowest)
-    np.testing.assert_array_equal(ordered["stages"]["prune"]["kept_units"], highest)
+    np.testing.assert_array_equal(rev.stages["prune"].values["kept_units"], lowest)
+    np.testing.assert_array_equal(ordered.stages["prune"].values["kept_units"], highest)
     if len(set(zip(s.tolist(), t.tolist()))) == len(s):  # no full ties: exact complements
         assert set(lowest) | set(highest) == set(range(len(s)))
-    kept_rev = rev["stages"]["prune"]["kept_units"]
-    assert max(s[kept_rev]) <= min(s[ordered["stages"]["prune"]["kept_units"]])
-    assert "LM (reversed) at ratio 0.5" in Path(rev["report"]).read_text()
-    assert "LM at ratio 0.5" in Path(ordered["report"]).read_text()
+    kept_rev = rev.stages["prune"].values["kept_units"]
+    assert max(s[kept_rev]) <= min(s[ordered.stages["prune"].values["kept_units"]])
+    assert "LM (reversed) at ratio 0.5" in Path(rev.report).read_text()
+    assert "LM at ratio 0.5" in Path(ordered.report).read_text()
     # the keys differ where the order matters, and a rerun of the reversed run reuses them all
     again = _quiet(replace(base, order="reversed"))
-    assert not any(st.ran for st in again["stages"].values())
-    assert again["report"] != ordered["report"]
+    assert not any(st.ran for st in again.stages.values())
+    assert again.report != ordered.report
 
 
+@pytest.mark.slow
 def test_two_targets_select_once_and_report_each_accuracy(base):
     cfg = replace(base, target="", targets=TWO_TARGETS)
     res = _quiet(cfg)
-    assert set(res["per_target"]) == set(TWO_TARGETS) and res["summary"] == {}
-    assert {"finetune-lp@warm", "finetune-lp@paper"} <= set(res["stages"])
+    assert set(res.per_target) == set(TWO_TARGETS) and res.summary == {}
+    assert {"finetune-lp@warm", "finetune-lp@paper"} <= set(res.stages)
     for name in TWO_TARGETS:
-        lp = res["per_target"][name]["lp"]
+        lp = res.per_target[name]["lp"]
         assert lp["n"] == 1 and 0.0 <= lp["final_mean"] <= 1.0
-        assert res["stages"][f"finetune-lp@{name}"]["test_top1"] == lp["final_mean"]
-    report = Path(res["report"]).read_text()
+        assert res.stages[f"finetune-lp@{name}"].values["test_top1"] == lp["final_mean"]
+    report = Path(res.report).read_text()
     assert "Target `warm` test top-1" in report and "Target `paper` test top-1" in report
     # the combined scores are combine_target_scores of each target's own scores
     sc_dir = _stage_dir(cfg, res, "score")
     combined_scores = load_scores(sc_dir).scores
-    src, tdirs = Path(res["source"]), [Path(res["targets"][n]) for n in TWO_TARGETS]
+    src, tdirs = Path(res.source), [Path(res.targets[n]) for n in TWO_TARGETS]
     ckpt = sorted(Path(cfg.runs_root).glob("surrogate-*/checkpoint.pt"))[0]
     singles = []
     for i, td in enumerate(tdirs):
@@ -98,17 +98,18 @@ def test_two_targets_select_once_and_report_each_accuracy(base):
     np.testing.assert_allclose(combined_scores, combined)
     tie = combine_target_scores([a.tiebreak for a in singles])
     n_keep = round(0.5 * len(combined))
-    np.testing.assert_array_equal(res["stages"]["prune"]["kept_units"],
+    np.testing.assert_array_equal(res.stages["prune"].values["kept_units"],
                                   np.sort(rank(combined, tie)[:n_keep]))
     # weights: another key, the weighted sum
     w = replace(cfg, target_weights=(1.0, 3.0))
     res_w = _quiet(w)
-    assert res_w["stages"]["score"].ran and res_w["report"] != res["report"]
+    assert res_w.stages["score"].ran and res_w.report != res.report
     np.testing.assert_allclose(load_scores(_stage_dir(w, res_w, "score")).scores,
                                combine_target_scores([a.scores for a in singles],
                                                      weights=[1.0, 3.0]))
 
 
+@pytest.mark.slow
 def test_target_sets_and_orders_have_their_own_stage_keys(base):
     from ffcv_dp4tl.pipeline.stages import key_of
     from ffcv_dp4tl.pipeline.targets import score_key
@@ -121,7 +122,7 @@ def test_target_sets_and_orders_have_their_own_stage_keys(base):
     single = _quiet(base)
     multi = _quiet(replace(base, target="", targets=TWO_TARGETS))
     assert _stage_dir(base, single, "score") != _stage_dir(base, multi, "score")
-    assert single["report"] != multi["report"]
+    assert single.report != multi.report
 
 
 @pytest.mark.parametrize("change, message", [
@@ -139,6 +140,7 @@ def test_bad_target_and_order_values_are_one_line_errors(base, change, message):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_bench_variants_and_targets_are_labelled_rows(base, tmp_path):
     cfg = replace(base, target="", targets=TWO_TARGETS)
     out = tmp_path / "report"
@@ -151,7 +153,7 @@ def test_bench_variants_and_targets_are_labelled_rows(base, tmp_path):
     # each K is its own clustering: the (cached) runs scored K clusters
     for k in (3, 5):
         res = _quiet(parse_variant(f"fm[k={k}]").apply(replace(cfg, ratio=0.5)))
-        assert not any(st.ran for st in res["stages"].values())
+        assert not any(st.ran for st in res.stages.values())
         assert len(load_scores(_stage_dir(cfg, res, "score")).scores) == k
     assert set(t["targets"]) == set(TWO_TARGETS)
     for name in TWO_TARGETS:
@@ -168,7 +170,7 @@ def test_bench_variants_and_targets_are_labelled_rows(base, tmp_path):
 def test_cli_spells_variants_targets_and_order(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import ffcv_dp4tl.pipeline.cost_table as ct
+    import ffcv_dp4tl.bench.cost_table as ct
     import ffcv_dp4tl.pipeline.run as run
     from ffcv_dp4tl.cli import app
 
@@ -219,6 +221,7 @@ def _error(res) -> str:
     return res.output
 
 
+@pytest.mark.slow
 def test_target_independent_stages_are_shared_by_every_target(base):
     """RANDOM, the 0 % reference and the in-domain baselines never read the target: one score
     stage and one pretraining (keyed by the mask's content) serve every target, and only the
@@ -226,12 +229,12 @@ def test_target_independent_stages_are_shared_by_every_target(base):
     for method, ratio in (("random", 0.5), ("random", 0.0), ("sp", 0.5)):
         first = _quiet(replace(base, method=method, ratio=ratio, target="warm"))
         second = _quiet(replace(base, method=method, ratio=ratio, target="paper"))
-        assert not second["stages"]["score"].ran, method
-        assert not second["stages"]["pretrain"].ran, (method, ratio)
-        assert Path(second["stages"]["finetune-lp"]["target"]).name == "paper"  # per target
-        assert Path(first["stages"]["finetune-lp"]["target"]).name == "warm"
-        assert first["stages"]["pretrain"]["seconds"] == second["stages"]["pretrain"]["seconds"]
+        assert not second.stages["score"].ran, method
+        assert not second.stages["pretrain"].ran, (method, ratio)
+        assert Path(second.stages["finetune-lp"].values["target"]).name == "paper"  # per target
+        assert Path(first.stages["finetune-lp"].values["target"]).name == "warm"
+        assert first.stages["pretrain"].seconds == second.stages["pretrain"].seconds
     lm_warm = _quiet(replace(base, method="lm", target="warm"))
     lm_paper = _quiet(replace(base, method="lm", target="paper"))
-    assert lm_paper["stages"]["score"].ran or lm_warm["stages"]["score"].ran
+    assert lm_paper.stages["score"].ran or lm_warm.stages["score"].ran
     assert _stage_dir(base, lm_warm, "score") != _stage_dir(base, lm_paper, "score")

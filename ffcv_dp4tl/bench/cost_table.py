@@ -1,0 +1,258 @@
+"""The cost table and the accuracy-vs-pruning-ratio report (paper Tab. 3, Tab. 4, Fig. 4).
+
+``run_cost_table`` runs :func:`run_pipeline` for every (method, ratio, seed) and collects
+
+* per-stage wall and CPU times (the ``seconds`` and ``cpu_seconds`` each stage recorded in its
+  ``DONE.json``, read from the :class:`~ffcv_dp4tl.pipeline.result.PipelineResult`'s fields);
+* the **total cost** of a run = surrogate + score + prune + pretrain seconds (finetuning is
+  the same downstream work for every source model and is reported separately). The surrogate
+  is trained once and cached, but its (once measured) time is charged to *every* pruned run
+  whose method needs it (its registered scorer's ``needs``; all but RANDOM), like the paper's
+  Tab. 3 which counts surrogate training and scoring;
+* the 0 % reference: one full-data pretraining per seed, shared by all methods (``random`` at
+  ratio 0 keeps every sample); its cost is its pretraining time only (nothing is selected);
+* the reduction of the total (and of the pretraining-only) time vs the 0 % reference;
+* the **selection cost** per method (paper Tab. 4): score-stage seconds (feature extraction,
+  k-means, voting), + the surrogate's training time for the methods that need a trained model
+  (the registered scorer says which, and what it runs: ``Scorer.cost_summary``). The
+  score stage does not depend on the ratio, so the selection cost is that of every ratio; it is
+  tabulated at the ratio closest to 60 %;
+* target test top-1 after LP and FF — the final epoch's (the accuracy and winner tables) and the
+  best evaluated epoch's (``accuracy_best``; what the authors' code reports) — as mean ± std over
+  seeds, and the "best winning subset" per method and mode: the largest ratio whose (mean)
+  accuracy is ≥ the 0 % (mean) accuracy − ``tol`` points (default 0: no lower than unpruned).
+* a surrogate *brought* as weights (``surrogate_weights``) was not trained: its import time is
+  charged instead, and the report says so.
+* **variants** (:mod:`.variants`): a method name may carry settings, ``fm[k=16]`` (Fig. A2) or
+  ``lm[reversed]`` (Fig. A3); each variant is its own row, column and curve.
+* **several targets** (``base.targets``, Fig. A5): every run selects once for all targets and
+  finetunes on each; the cost and main accuracy tables are the first target's, and
+  ``targets`` holds the accuracy / winner tables of every target (``accuracy-targets.png``:
+  one panel per target).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from ..errors import DP4TLError
+from ..fsutil import atomic_write_json, atomic_write_text, read_json
+from ..pipeline.config import PipelineConfig
+from ..pipeline.result import PipelineResult
+from ..pipeline.run import run_pipeline
+from ..reporting import machine_info
+from ..scoring.registry import get_scorer
+from .markdown import header_lines, markdown_tables, ratio_label
+from .plots import plot_accuracy, plot_cost, plot_targets
+from .stats import COST_STAGES, REFERENCE, summarize
+from .variants import base_method, parse_variant
+
+def cost_row(res: PipelineResult, method: str, ratio: float, seed: int,
+             charged_surrogate: float, charged_surrogate_cpu: float | None = None,
+             target: str | None = None) -> dict[str, Any]:
+    """One row of the table: a run's stage wall and CPU seconds (as its stages recorded them),
+    kept samples and target top-1 (of ``target`` among several); ``charged_surrogate`` is the
+    surrogate time charged to this run (0 for a method that needs none)."""
+    run_seed = res.seeds[0] if res.seeds else 0
+    st = {"surrogate": res.find("surrogate"), "score": res.find("score"),
+          "prune": res.find("prune"), "pretrain": res.pretrain(run_seed)}
+    sec = {name: run.seconds if run is not None else 0.0 for name, run in st.items()}
+    sec["surrogate"] = charged_surrogate
+    prune_v = st["prune"].values
+    row: dict[str, Any] = {"method": method, "ratio": ratio, "seed": seed,
+                           **{f"{k}_s": v for k, v in sec.items()},
+                           "selection_s": float((st["score"].values if st["score"] else {})
+                                                .get("selection_seconds", 0.0)),
+                           "train_kept": prune_v.get("train_kept"),
+                           # the sample share kept: ≠ 1 - ratio for cluster/class units
+                           "kept_sample_fraction": prune_v.get("kept_sample_fraction"),
+                           "total_s": sum(sec[k] for k in COST_STAGES)}
+    row["surrogate_brought"] = bool(st["surrogate"] and st["surrogate"].values.get("brought"))
+    for mode in ("lp", "ff"):
+        ft = res.finetune(mode, run_seed, target)
+        v = ft.values if ft is not None else None
+        row[f"{mode}_s"] = float(ft.seconds) if ft else None
+        row[f"{mode}_top1"] = 100.0 * float(v["test_top1"]) if ft else None
+        best = v.get("best_test_top1", v["test_top1"]) if ft else None  # older results: final
+        row[f"{mode}_best_top1"] = 100.0 * float(best) if best is not None else None
+    cpu = {k: (st[k].cpu_seconds if st[k] is not None else None)
+           for k in ("score", "prune", "pretrain")}
+    cpu["surrogate"] = charged_surrogate_cpu if charged_surrogate else 0.0
+    row.update({f"{k}_cpu_s": v for k, v in cpu.items()})
+    # load average when this run's pretraining finished (when it ran, not when it was cached)
+    row["loadavg_1min"] = st["pretrain"].loadavg_1min if st["pretrain"] is not None else None
+    row["total_cpu_s"] = (None if any(cpu[k] is None for k in COST_STAGES)
+                          else sum(cpu[k] for k in COST_STAGES))
+    return row
+
+
+def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
+                   ratios: Iterable[float] = (0.0, 0.2, 0.4, 0.6, 0.8),
+                   methods: Iterable[str] = ("lm", "fm", "random", "moderate", "grand", "el2n"),
+                   seeds: Iterable[int] = (0,), finetune: Iterable[str] = ("lp", "ff"),
+                   ff_methods: Iterable[str] | None = None,
+                   method_ratios: dict[str, Iterable[float]] | None = None, tol: float = 0.0,
+                   command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every (method, ratio, seed) pipeline and return (and, with ``out_dir``, write) the
+    table: ``results.json``, ``report.md``, ``accuracy.png`` and ``cost.png``.
+
+    ``ff_methods``: run FF only for these methods (default: all; LP always runs) — a way to cut
+    the FF cost. ``method_ratios``: run a method only at these pruned ratios (default: all of
+    ``ratios``) — e.g. the costly baselines only at 60 % for the selection-cost table.
+    Seed ``s`` sets the scoring seed and, for ``s != 0``, ``train.seed=s`` of the pretraining
+    (and finetune) recipes; the surrogate is the same for every seed.
+    """
+    ratios = sorted({round(float(r), 6) for r in ratios})
+    methods, seeds, finetune = list(methods), [int(s) for s in seeds], tuple(finetune)
+    ff_set = set(methods if ff_methods is None else ff_methods)
+    method_ratios = {m: sorted({round(float(r), 6) for r in rs})
+                     for m, rs in (method_ratios or {}).items()}
+    for m in methods:
+        get_scorer(base_method(m))  # unknown method: one line listing the registered ones
+    for p in base.scorer_options:  # an option no method of the table has is a typo
+        if not any(options_for(m, [p]) for m in methods):
+            raise DP4TLError(f"--opt {p}: none of the methods {', '.join(methods)} has that "
+                             "option (NAME=VALUE for every method that has it, METHOD.NAME=VALUE "
+                             "for one; docs/scorers.md lists them)")
+    if not ratios or any(not 0.0 <= r < 1.0 for r in ratios):
+        raise DP4TLError(f"ratios must lie in [0, 1), got {ratios}")
+    pruned = [r for r in ratios if r > 0]
+    rows: list[dict[str, Any]] = []
+    surrogate_s: float | None = None
+    surrogate_cpu: float | None = None
+    recipes: dict[str, str] = {}
+    data: dict[str, Any] = {}
+    for m, rs in method_ratios.items():
+        if any(not 0.0 < r < 1.0 for r in rs):
+            raise DP4TLError(f"ratios of {m} must lie in (0, 1), got {rs}")
+    plan = [(m, r) for m in methods for r in method_ratios.get(m, pruned) if r > 0]
+    n_runs = len(seeds) * (1 + len(plan))
+    i = 0
+    target_rows: dict[str, list[dict[str, Any]]] = {}
+
+    def add(res: PipelineResult, make) -> None:
+        """One row per target of a run (``make(target)``): the first target's go to ``rows``."""
+        for j, name in enumerate(res.target_names):
+            row = make(name)
+            if name is not None:
+                row["target"] = name
+                target_rows.setdefault(name, []).append(row)
+            if j == 0:
+                rows.append(row)
+    for seed in seeds:
+        seed_over = (f"train.seed={seed}",) if seed else ()
+        cfg_s = replace(base, seed=seed, overrides=tuple(base.overrides) + seed_over,
+                        finetune_overrides=tuple(base.finetune_overrides) + seed_over)
+        i += 1
+        log(f"[cost-table] run {i}/{n_runs}: 0 % reference, seed {seed}")
+        ref = run_pipeline(replace(cfg_s, ratio=0.0, method="random", finetune=finetune,
+                                   scorer_options=()), log=log)
+        recipes = dict(ref.recipes)
+        data = {"source": ref.source,  # the built folders (their manifests describe the data)
+                "targets": ref.targets or {base.target or Path(ref.target).name: ref.target}}
+
+        def ref_row(target: str | None) -> dict[str, Any]:
+            row = cost_row(ref, REFERENCE, 0.0, seed, 0.0, target=target)
+            row["score_s"] = row["prune_s"] = 0.0  # nothing is selected for the full dataset
+            row["score_cpu_s"] = row["prune_cpu_s"] = 0.0
+            row["selection_s"] = 0.0
+            row["total_s"], row["total_cpu_s"] = row["pretrain_s"], row["pretrain_cpu_s"]
+            return row
+
+        add(ref, ref_row)
+        for method, r in plan:
+            i += 1
+            log(f"[cost-table] run {i}/{n_runs}: {method} at {ratio_label(r)}, seed {seed}")
+            modes = tuple(m for m in finetune if m != "ff" or method in ff_set
+                          or base_method(method) in ff_set)  # fm covers fm[k=16]
+            res = run_pipeline(parse_variant(method).apply(
+                replace(cfg_s, ratio=r, finetune=modes,
+                        scorer_options=options_for(method, base.scorer_options))), log=log)
+            sur = res.find("surrogate")
+            if sur is not None:
+                surrogate_s, surrogate_cpu = float(sur.seconds), sur.cpu_seconds
+            charged = (surrogate_s if get_scorer(base_method(method)).needs_surrogate
+                       and surrogate_s else 0.0)
+            add(res, lambda target: cost_row(res, method, r, seed, charged, surrogate_cpu,
+                                             target=target))
+    cfg = {**asdict(base), "data_root": str(base.data_root), "runs_root": str(base.runs_root)}
+    ratios = sorted(set(ratios) | {r for _, r in plan})
+    table = summarize(rows, methods=methods, ratios=ratios, seeds=seeds, finetune=finetune,
+                      tol=tol)
+    if target_rows:  # several targets: the accuracy tables of each (Fig. A5)
+        table["targets"] = {}
+        for name, trows in target_rows.items():
+            ts = summarize(trows, methods=methods, ratios=ratios, seeds=seeds, finetune=finetune,
+                           tol=tol)
+            table["targets"][name] = {k: ts[k] for k in ("accuracy", "accuracy_best", "winners")}
+        table["target_rows"] = [r for trows in target_rows.values() for r in trows]
+        table["target_weights"] = list(base.target_weights)
+    table.update({"config": cfg, "surrogate_s": surrogate_s, "command": command, "recipes": recipes,
+                  "data": data,
+                  "surrogate_brought": base.surrogate_weights or None,
+                  "machine": machine_info(),
+                  "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds")})
+    if out_dir is not None:
+        write_outputs(table, Path(out_dir))
+    return table
+
+
+def options_for(method: str, pairs: Sequence[str]) -> tuple[str, ...]:
+    """The ``NAME=VALUE`` options (``--opt``) that ``method`` has: one list serves every method
+    of the table (e.g. ``runs=2`` reaches EL2N/GraNd/FORGET, not LM). ``METHOD.NAME=VALUE``
+    reaches that method only (e.g. ``el2n.runs=4`` leaves FORGET's ``runs`` alone)."""
+    from ..scoring.registry import parse_option_pairs
+
+    known = get_scorer(base_method(method)).options
+    out = []
+    for p in pairs:
+        name, value = next(iter(parse_option_pairs([p]).items()))
+        owner, dot, bare = name.partition(".")
+        if dot:
+            if owner in (method, base_method(method)) and bare in known:
+                out.append(f"{bare}={value}")
+        elif name in known:
+            out.append(p)
+    return tuple(out)
+
+
+
+
+def write_outputs(t: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "results.json", t)
+    plot_accuracy(t, out / "accuracy.png")
+    plot_cost(t, out / "cost.png")
+    if t.get("targets"):
+        plot_targets(t, out / "accuracy-targets.png")
+    text = ["# DP4TL cost table and accuracy vs pruning ratio", "", *header_lines(t), "",
+            markdown_tables(t)]
+    atomic_write_text(out / "report.md", "\n".join(text))
+
+
+def rerender(out: Path) -> dict[str, Any]:
+    """Rebuild the tables, plots and report of ``out/results.json`` from its raw rows with this
+    version's code (e.g. after the report gained a table), without running anything."""
+    path = Path(out) / "results.json"
+    if not path.is_file():
+        raise DP4TLError(f"{path} not found: point at the --out folder of a cost-table run")
+    t = rerender_table(path)
+    write_outputs(t, Path(out))
+    return t
+
+
+
+def rerender_table(results_json: Path) -> dict[str, Any]:
+    """The summary of a cost-table ``results.json`` recomputed from its rows (see :func:`rerender`)."""
+    old = read_json(results_json)
+    try:
+        t = summarize(old["rows"], methods=old["methods"], ratios=old["ratios"],
+                      seeds=old["seeds"], finetune=old["finetune"], tol=old.get("tol", 0.0))
+    except KeyError as e:
+        raise DP4TLError(f"{results_json} lacks {e}: not a cost-table results file") from None
+    for key in ("config", "surrogate_s", "command", "recipes", "data", "surrogate_brought",
+                "machine", "date"):
+        t[key] = old.get(key)
+    return t

@@ -1,0 +1,302 @@
+"""The Markdown of the cost-table report: its tables (cost, selection cost, accuracy, versus
+RANDOM, winning subsets, several targets), header lines, and the labels and styles of methods
+and variants that the plots share."""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from ..errors import DP4TLError
+from ..scoring.registry import PlotStyle, get_scorer, is_registered
+from ..pipeline.report import mean_std
+from .stats import PAPER_TOTAL_HOURS, REFERENCE, paper_reduction
+from .variants import base_method, variant_style
+
+def _pct(x: float | None, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x * 100:+.0f} %" if signed else f"{x * 100:.0f} %"
+
+
+def _share(x: float | None) -> str:
+    return "–" if x is None else f"{x * 100:.1f} %"
+
+
+def _f(x: float | None) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"
+
+
+def ratio_label(ratio: float) -> str:
+    """``0.6`` → ``60 %``."""
+    return f"{ratio * 100:.0f} %"
+
+
+def _acc(ms: tuple[float, float] | list[float] | None, n_seeds: int) -> str:
+    if not ms or math.isnan(ms[0]):
+        return "–"
+    return f"{ms[0]:.1f} ± {ms[1]:.1f}" if n_seeds > 1 else f"{ms[0]:.1f}"
+
+
+def method_style(m: str, siblings: Sequence[str] = ()) -> PlotStyle:
+    """Colour, marker and label of a method or variant (from its registered scorer; a variant
+    such as ``fm[k=16]`` gets its method's colour and a label with its settings)."""
+    try:
+        return variant_style(m, siblings)[0]
+    except DP4TLError:  # not a method spelling (an old results file): its name upper-cased
+        return PlotStyle(None, "o", m.upper())
+
+
+def method_dash(m: str, siblings: Sequence[str]) -> str:
+    try:
+        return variant_style(m, siblings)[1]
+    except DP4TLError:
+        return "-"
+
+
+def method_label(m: str) -> str:
+    return method_style(m).label
+
+
+def _base_or_name(m: str) -> str:
+    try:
+        return base_method(m)
+    except DP4TLError:
+        return m
+
+
+def no_surrogate_labels(methods: Sequence[str]) -> str:
+    """Labels of the methods that train no surrogate (e.g. RANDOM)."""
+    return ", ".join(method_label(m) for m in methods
+                     if is_registered(_base_or_name(m)) and not get_scorer(_base_or_name(m)).needs_surrogate)
+
+
+def _but(names: str, prefix: str) -> str:
+    return prefix + names if names else ""
+
+
+def method_cost(m: str) -> str:
+    return get_scorer(_base_or_name(m)).cost_summary() if is_registered(_base_or_name(m)) else "–"
+
+
+def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
+    """The tables of the report (no title): cost, selection cost, accuracy, winners, raw runs."""
+    methods, ns = t["methods"], len(t["seeds"])
+    pruned = [r for r in t["ratios"] if r > 0]
+    cost = {(c["method"], c["ratio"]): c for c in t["cost"]}
+    ref = cost[(REFERENCE, 0.0)]
+    L = ["### Cost (Tab. 3)", "",
+         "Total cost = surrogate + score + prune + pretrain wall seconds (finetuning excluded; "
+         "the cached surrogate's one measured training time is charged to every pruned run of a "
+         f"method that needs it{_but(no_surrogate_labels(methods), ' — all but ')}). 0 % = one full-data "
+         "pretraining, no selection. "
+         f"Means over {ns} seed(s). Paper: Tab. 3's hours are **totals** too (RN-18 surrogate "
+         "training + LM/FM pruning + RN-101 pretraining on ImageNet): compare them with the "
+         "LM/FM total columns. The pretrain-only columns (ours) show the data-size effect alone.",
+         "",
+         "| ratio | paper total h (Tab. 3) | paper total reduction | "
+         + " | ".join(f"{method_label(m)} total s (Δ vs 0 %)" for m in methods)
+         + " | pretrain s (mean of methods) | pretrain-only reduction | pretrain CPU-s | "
+         "pretrain-only reduction (CPU-s) |",
+         "|---:|---:|---:|" + "---:|" * len(methods) + "---:|---:|---:|---:|"]
+    L.append(f"| 0 % | {PAPER_TOTAL_HOURS[0.0]} | – | "
+             + " | ".join(f"{ref['total_s']:.1f}" for _ in methods)
+             + f" | {ref['pretrain_s']:.1f} | – | {_f(ref.get('pretrain_cpu_s'))} | – |")
+    for r in pruned:
+        cs = [cost[(m, r)] for m in methods if (m, r) in cost]
+        pre = mean_std([c["pretrain_s"] for c in cs])[0]
+        pre_cpu = mean_std([c.get("pretrain_cpu_s") for c in cs])[0]
+        ref_cpu = ref.get("pretrain_cpu_s") or math.nan
+        ph = PAPER_TOTAL_HOURS.get(round(r, 4))
+        cells = [f"{cost[(m, r)]['total_s']:.1f} ({_pct(-cost[(m, r)]['reduction'], True)})"
+                 if (m, r) in cost else "–" for m in methods]
+        L.append(f"| {ratio_label(r)} | {ph if ph is not None else '–'} | {_pct(paper_reduction(r))} | "
+                 + " | ".join(cells)
+                 + f" | {pre:.1f} | {_pct(1 - pre / ref['pretrain_s'])} | {_f(pre_cpu)} | "
+                 f"{_pct(1 - pre_cpu / ref_cpu)} |")
+    sur = t.get("surrogate_s")
+    if t.get("surrogate_brought"):
+        L += ["", f"The surrogate was **brought** (`{t['surrogate_brought']}`, imported, not "
+              f"trained): its {_f(sur)} s are the import, not a training run; the paper's totals "
+              "include training it."]
+    elif sur and ref["pretrain_s"]:
+        share = sur / ref["pretrain_s"]
+        rec = t.get("recipes") or {}
+        L += ["", f"The surrogate (`{rec.get('surrogate', '?')}`) took {sur:.1f} s = {share:.2f}× "
+              f"the 0 % pretraining (`{rec.get('pretrain', '?')}`). A selection method's total at "
+              f"ratio r is about (1 − r) + {share:.2f} of the 0 % cost, so it saves time once "
+              f"r > {share:.2f}"
+              + (" — here the surrogate costs about as much as a full pretraining, so pruned "
+                 "totals exceed the 0 % cost" if share > 0.8 else "")
+              + ". In the paper the ResNet-18 surrogate is a small share of ResNet-101 "
+              "pretraining and is shared by every ratio and target, so its totals fall almost "
+              "as fast as the kept fraction; here a larger surrogate share pushes the totals "
+              "above the pretrain-only line."]
+    L += ["", "Stage breakdown (wall seconds, mean over seeds; CPU-s = CPU seconds of this "
+          "process + its finished loader workers, less sensitive to other jobs; kept samples = "
+          "the share of source train samples kept — for class/cluster methods the ratio counts "
+          "classes/clusters, so it is not 1 − ratio unless `--budget samples`):", "",
+          "| method | ratio | kept samples | surrogate | score | prune | pretrain | total | "
+          "reduction | total CPU-s | reduction (CPU-s) |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+          f"| {REFERENCE} | 0 % | 100 % | 0 | 0 | 0 | {ref['pretrain_s']:.1f} | "
+          f"{ref['total_s']:.1f} | – | {_f(ref.get('total_cpu_s'))} | – |"]
+    for c in t["cost"][1:]:
+        L.append(f"| {method_label(c['method'])} | {ratio_label(c['ratio'])} | "
+                 f"{_share(c.get('kept_sample_fraction'))} | {c['surrogate_s']:.1f} | "
+                 f"{c['score_s']:.1f} | {c['prune_s']:.2f} | {c['pretrain_s']:.1f} | "
+                 f"{c['total_s']:.1f} | {_pct(c['reduction'])} | {_f(c.get('total_cpu_s'))} | "
+                 f"{_pct(c.get('cpu_reduction'))} |")
+    if t["selection"]:
+        r = t["selection"][0]["ratio"]
+        L += ["", f"### Selection cost (Tab. 4) at {ratio_label(r)}", "",
+              "Selection = score stage (surrogate inference, feature extraction, k-means, voting "
+              "or per-sample scores) + the surrogate's training time where the method needs a "
+              "trained model; the last column is each method's registered cost record. The "
+              "score stage includes the training runs a method makes itself (EL2N/GraNd: N − 1 "
+              "early-training runs beside the surrogate's early checkpoint; FORGET: its own "
+              "training run), as the paper's Tab. 4 costs do; the other baselines use the "
+              "surrogate LM/FM use. The score stage is ratio-independent. Tab. 4 itself reports "
+              "selection + pretraining at 60 % (its \"ours\" 2.4 h is Tab. 3's LM total): the "
+              "column \"+ pretrain s\", beside the paper's hours.", "",
+              "| method | surrogate s | score s | of which selection_seconds | selection total s "
+              "| + pretrain s (Tab. 4) | paper h (Tab. 4) | what it runs |",
+              "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for s in t["selection"]:
+            ph = s.get("paper_h")
+            L.append(f"| {method_label(s['method'])} | {s['surrogate_s']:.1f} | {s['score_s']:.1f} | "
+                     f"{s['selection_inner_s']:.1f} | {s['total_s']:.1f} | "
+                     f"{_f(s.get('with_pretrain_s'))} | {ph if ph is not None else '–'} | "
+                     f"{method_cost(s['method'])} |")
+    for mode in t["finetune"]:
+        acc = t["accuracy"].get(mode)
+        if not acc:
+            continue
+        def table(a: dict) -> list[str]:  # ratio x method accuracies of one result set
+            ms = [m for m in methods if m in a["methods"]]
+            return (["| ratio | " + " | ".join(method_label(m) for m in ms) + " |",
+                     "|---:|" + "---:|" * len(ms)]
+                    + [f"| {ratio_label(r)} | " + " | ".join(_acc(a["methods"][m].get(str(r)), ns)
+                                                    for m in ms) + " |" for r in pruned])
+
+        L += ["", f"### Target test top-1 % — {mode.upper()} (Fig. 4)", "",
+              f"0 % reference: **{_acc(acc['reference'], ns)}**", "", *table(acc)]
+        best = (t.get("accuracy_best") or {}).get(mode)
+        if best and best["methods"] and best != acc:
+            L += ["", f"Best evaluated epoch (final-epoch numbers above; eval.every sets the "
+                  f"candidates) — 0 % reference: **{_acc(best['reference'], ns)}**", "", *table(best)]
+    for mode, vs in (t.get("versus_random") or {}).items():
+        if not vs:
+            continue
+        L += ["", f"### Versus RANDOM — {mode.upper()}: beyond the seeds' spread?", "",
+              "Final-epoch target top-1, mean ± std over seeds, against RANDOM at the same ratio. "
+              "**better** / **worse**: the two mean ± std intervals do not overlap; seeds won: "
+              "seed by seed (both runs pretrain with the same seed).", "",
+              "| ratio | method | top-1 % | RANDOM top-1 % | Δ points | seeds won | verdict |",
+              "|---:|---|---:|---:|---:|---:|---|"]
+        for v in vs:
+            L.append(f"| {ratio_label(v['ratio'])} | {method_label(v['method'])} | "
+                     f"{_acc((v['mean'], v['std']), ns)} | "
+                     f"{_acc((v['random_mean'], v['random_std']), ns)} | "
+                     f"{v['delta']:+.1f} | {v['wins']}/{v['paired']} | "
+                     f"{'**' + v['verdict'] + '**' if v['verdict'] in ('better', 'worse') else v['verdict']} |")
+        L += ["", versus_random_summary(vs)]
+    if any(t["winners"].values()):
+        L += ["", f"### Best winning subset (largest ratio with accuracy ≥ 0 % − {t['tol']} points)",
+              "", "| mode | method | best ratio | accuracy % | 0 % accuracy % |", "|---|---|---:|---:|---:|"]
+        for mode, ws in t["winners"].items():
+            for m, w in ws.items():
+                br = f"{ratio_label(w['ratio'])}" if w["ratio"] > 0 else "none (0 %)"
+                L.append(f"| {mode.upper()} | {method_label(m)} | {br} | "
+                         f"{_acc((w['mean'], w['std']), ns)} | {_acc((w['ref_mean'], w['ref_std']), ns)} |")
+    L += _target_tables(t, methods, pruned, ns)
+    if plots_prefix is not None:
+        L += ["", f"![accuracy vs ratio]({plots_prefix}accuracy.png)",
+              f"![cost vs ratio]({plots_prefix}cost.png)"]
+        if t.get("targets"):
+            L.append(f"![accuracy per target]({plots_prefix}accuracy-targets.png)")
+    return "\n".join(L) + "\n"
+
+
+def versus_random_summary(vs: list[dict[str, Any]]) -> str:
+    """One sentence per method: at which ratios it beats (or loses to) RANDOM beyond the spread."""
+    parts = []
+    for m in dict.fromkeys(v["method"] for v in vs):
+        mine = [v for v in vs if v["method"] == m]
+        better = [ratio_label(v["ratio"]) for v in mine if v["verdict"] == "better"]
+        worse = [ratio_label(v["ratio"]) for v in mine if v["verdict"] == "worse"]
+        rest = [ratio_label(v["ratio"]) for v in mine if v["verdict"] not in ("better", "worse")]
+        bits = ([f"better at {', '.join(better)}"] if better else []) + \
+               ([f"worse at {', '.join(worse)}"] if worse else []) + \
+               ([f"within the spread at {', '.join(rest)}"] if rest else [])
+        parts.append(f"{method_label(m)}: {'; '.join(bits)}")
+    return "**Verdict:** " + ". ".join(parts) + "."
+
+
+def _target_tables(t: dict[str, Any], methods: Sequence[str], pruned: Sequence[float],
+                   ns: int) -> list[str]:
+    """Several targets (Fig. A5): per mode, one grouped table — a column per (target, method),
+    a row per ratio, the 0 % reference first — and the best winning subset per target."""
+    targets = t.get("targets") or {}
+    if not targets:
+        return []
+    w = t.get("target_weights") or []
+    L = ["", "### Several targets (Fig. A5): one selection for all targets, accuracy per target",
+         "", f"The source is scored once for the {len(targets)} targets "
+         f"({', '.join(f'`{n}`' for n in targets)}; each target's votes sum to 1"
+         + (f", weights {', '.join(f'{x:g}' for x in w)}" if w else ", equal weights")
+         + "), pretrained once per ratio, then finetuned on each target. The tables above are "
+         f"the first target's (`{next(iter(targets))}`)."]
+    for mode in t["finetune"]:
+        cols = [(n, m) for n, tt in targets.items() for m in methods
+                if m in tt["accuracy"].get(mode, {}).get("methods", {})]
+        if not cols:
+            continue
+        L += ["", f"Target test top-1 % — {mode.upper()}, final epoch", "",
+              "| ratio | " + " | ".join(f"{n}: {method_label(m)}" for n, m in cols) + " |",
+              "|---:|" + "---:|" * len(cols),
+              "| 0 % | " + " | ".join(_acc(targets[n]["accuracy"][mode]["reference"], ns)
+                                     for n, _ in cols) + " |"]
+        for r in pruned:
+            L.append(f"| {ratio_label(r)} | " + " | ".join(
+                _acc(targets[n]["accuracy"][mode]["methods"][m].get(str(r)), ns)
+                for n, m in cols) + " |")
+        L += ["", "| target | method | best winning ratio | accuracy % | 0 % accuracy % |",
+              "|---|---|---:|---:|---:|"]
+        for n, tt in targets.items():
+            for m, win in tt["winners"].get(mode, {}).items():
+                br = ratio_label(win["ratio"]) if win["ratio"] > 0 else "none (0 %)"
+                L.append(f"| {n} | {method_label(m)} | {br} | "
+                         f"{_acc((win['mean'], win['std']), ns)} | "
+                         f"{_acc((win['ref_mean'], win['ref_std']), ns)} |")
+    return L
+
+
+def header_lines(t: dict[str, Any]) -> list[str]:
+    cfg, mach = t["config"], t["machine"]
+    loads = [r["loadavg_1min"] for r in t["rows"] if r.get("loadavg_1min") is not None]
+    return [f"- **CPU** run, {mach['cores']} cores ({mach['cpu']}), Python {mach['python']}, "
+            f"torch {mach['torch']}, {mach['platform']}; date {t['date']}",
+            f"- command: `{t['command'] or '(library call)'}`",
+            f"- data: source `{cfg['source']}`, "
+            + (f"targets {', '.join(f'`{x}`' for x in cfg['targets'])} (one selection for all)"
+               if len(cfg.get("targets") or ()) > 1 else f"target `{cfg['target'] or '(first)'}`")
+            + f", format "
+            f"`{cfg['fmt']}`; recipes `{cfg['recipes'] or 'tiny'}` ("
+            + (", ".join(f"{k} `{v}`" for k, v in t["recipes"].items()) if t.get("recipes")
+               else "the recipe set's defaults") + f"), FM k={cfg['k']}"
+            + "".join(f"; {name} overrides `{' '.join(cfg[key])}`" for name, key in (
+                ("pretrain", "overrides"), ("surrogate", "surrogate_overrides"),
+                ("finetune", "finetune_overrides")) if cfg.get(key)),
+            f"- ratios {', '.join(f'{ratio_label(r)}' for r in t['ratios'])}; methods "
+            f"{', '.join(method_label(m) for m in t['methods'])}; finetune "
+            f"{', '.join(m.upper() for m in t['finetune'])}; seeds {t['seeds']}",
+            "- These are wall times and accuracies on the small embedded synthetic data: read the "
+            "*ratios* (reductions, relative accuracy), not absolute numbers; absolute GPU numbers "
+            "come later from the GPU machine. Timings are of a shared 2-core machine (other jobs "
+            "ran concurrently), so single stage times are noisy by ±20 % or more"
+            + (f" (1-min load average when each pretraining finished: "
+               f"{min(loads):.1f}–{max(loads):.1f} on "
+               f"{mach['cores']} cores)" if loads else "") + ".",
+            "- Stage times are read from each stage's `DONE.json` (measured when the stage ran; a "
+            "rerun that finds a stage cached reports the same numbers)."]
+

@@ -1,0 +1,169 @@
+"""The cost table's plots: accuracy vs pruning ratio (Fig. 4), per target (Fig. A5), and cost /
+time reduction vs ratio beside the paper's Tab. 3."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from .markdown import method_dash, method_style, no_surrogate_labels
+from ..pipeline.report import mean_std
+from .stats import PAPER_TOTAL_HOURS, paper_reduction
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_accuracy(t: dict[str, Any], path: Path) -> None:
+    """Fig. 4 style: x = pruning ratio %, y = target test top-1 %, LP and FF side by side."""
+    plt = pyplot()
+    modes = [m for m in t["finetune"] if t["accuracy"].get(m, {}).get("methods")]
+    fig, axes = plt.subplots(1, max(1, len(modes)), figsize=(5.2 * max(1, len(modes)), 4.2),
+                             squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        acc = t["accuracy"][mode]
+        _curves(ax, t, acc)
+        ref = acc["reference"][0]
+        if not math.isnan(ref):
+            ax.axhline(ref, color="black", ls="--", lw=1.2, label="0 % (unpruned source)")
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(lo, max(hi, ref + 0.08 * (hi - lo)))  # room for the label above the line
+            ax.annotate(f"0 %: {ref:.1f}", (1.0, ref), xycoords=("axes fraction", "data"),
+                        xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=8)
+        ax.set_title(f"{mode.upper()} on target `{_first_target(t)}`")
+        ax.set_xlabel("pruning ratio (%)")
+        ax.set_ylabel("target test top-1 (%)")
+        ax.set_xticks([100 * r for r in t["ratios"] if r > 0])
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    # as many legend columns as fit the figure's width (~1.1 in per entry), then more rows
+    ncol = max(1, min(len(labels), int(fig.get_figwidth() / 1.1)))
+    rows = -(-len(labels) // ncol)
+    fig.set_figheight(4.2 + 0.22 * (rows - 1))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.suptitle("Transfer accuracy vs source pruning ratio (cf. paper Fig. 4)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.045 + 0.05 * rows, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _first_target(t: dict[str, Any]) -> str:
+    if t.get("targets"):
+        return next(iter(t["targets"]))
+    return t["config"].get("target") or "first"
+
+
+def _curves(ax, t: dict[str, Any], acc: dict[str, Any]) -> None:
+    """One accuracy-vs-ratio curve per method/variant of ``acc`` (and the 0 % line)."""
+    ms = [m for m in t["methods"] if m in acc["methods"]]
+    n = len(ms)
+    for j, m in enumerate(ms):
+        by = acc["methods"][m]
+        rs = sorted(float(r) for r in by)
+        dx = (j - (n - 1) / 2) * 0.6 if len(t["seeds"]) > 1 else 0.0  # keep error bars apart
+        ys = [by[str(r)][0] for r in rs]
+        es = [by[str(r)][1] for r in rs]
+        st = method_style(m, t["methods"])
+        ax.errorbar([100 * r + dx for r in rs], ys, yerr=es if len(t["seeds"]) > 1 else None,
+                    color=st.color, marker=st.marker, ls=method_dash(m, t["methods"]), ms=6, lw=1.6,
+                    capsize=3, label=st.label)
+
+
+def plot_targets(t: dict[str, Any], path: Path) -> None:
+    """Fig. A5 style: one panel per target (columns) and finetuning mode (rows), accuracy vs
+    pruning ratio of the one selection made for all targets."""
+    plt = pyplot()
+    targets = t["targets"]
+    modes = [m for m in t["finetune"] if any(tt["accuracy"].get(m, {}).get("methods")
+                                            for tt in targets.values())]
+    nr, nc = max(1, len(modes)), len(targets)
+    fig, axes = plt.subplots(nr, nc, figsize=(4.4 * nc, 3.8 * nr), squeeze=False)
+    for i, mode in enumerate(modes):
+        for j, (name, tt) in enumerate(targets.items()):
+            ax, acc = axes[i][j], tt["accuracy"][mode]
+            _curves(ax, t, acc)
+            ref = acc["reference"][0]
+            if not math.isnan(ref):
+                ax.axhline(ref, color="black", ls="--", lw=1.2, label="0 % (unpruned source)")
+            ax.set_title(f"{mode.upper()} on `{name}`", fontsize=9)
+            ax.set_xlabel("pruning ratio (%)")
+            ax.set_ylabel("target test top-1 (%)")
+            ax.set_xticks([100 * r for r in t["ratios"] if r > 0])
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8,
+               frameon=False)
+    fig.suptitle(f"One pruned source for {nc} targets: accuracy per target (cf. paper Fig. A5)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_cost(t: dict[str, Any], path: Path) -> None:
+    """Left: total cost (s) vs ratio per method; right: reduction vs 0 %, ours beside the paper's."""
+    plt = pyplot()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    cost = t["cost"]
+    ref = cost[0]
+    for m in t["methods"]:
+        cs = sorted((c for c in cost if c["method"] == m), key=lambda c: c["ratio"])
+        if not cs:
+            continue
+        st, dash = method_style(m, t["methods"]), method_dash(m, t["methods"])
+        color, marker = st.color, st.marker
+        xs = [0] + [100 * c["ratio"] for c in cs]
+        a1.plot(xs, [ref["total_s"]] + [c["total_s"] for c in cs], color=color, marker=marker,
+                ls=dash, label=st.label)
+        a2.plot(xs, [0] + [100 * c["reduction"] for c in cs], color=color, marker=marker,
+                ls=dash, lw=1, alpha=0.8, label=f"{st.label} total")
+    pruned = sorted({c["ratio"] for c in cost[1:]})
+    pre = [mean_std([c["pretrain_s"] for c in cost[1:] if c["ratio"] == r])[0] for r in pruned]
+    a1.plot([0] + [100 * r for r in pruned], [ref["pretrain_s"]] + pre, color="black", ls=":",
+            marker=".", label="pretrain only (mean)")
+    a1.set_title("cost = surrogate + score + prune + pretrain (s)")
+    a1.set_xlabel("pruning ratio (%)")
+    a1.set_ylabel("wall seconds (CPU)")
+    a1.set_ylim(bottom=0)
+    a1.grid(alpha=0.3)
+    a1.legend(fontsize=7, loc="center right", ncol=2, framealpha=0.9)
+    sur = t.get("surrogate_s")
+    if sur and ref["pretrain_s"]:
+        a1.text(0.02, 0.02, f"surrogate {sur:.1f} s = {sur / ref['pretrain_s']:.2f}× the 0 % "
+                f"pretraining\n(charged to every pruned run"
+                f"{_except(no_surrogate_labels(t['methods']))})",
+                fontsize=8,
+                transform=a1.transAxes, va="bottom")
+    a2.plot([0] + [100 * r for r in pruned], [0] + [100 * (1 - p / ref["pretrain_s"]) for p in pre],
+            color="black", ls=":", marker=".", lw=2, label="ours, pretrain only, wall (mean)")
+    pre_cpu = [mean_std([c.get("pretrain_cpu_s") for c in cost[1:] if c["ratio"] == r])[0]
+               for r in pruned]
+    if ref.get("pretrain_cpu_s") and not any(math.isnan(p) for p in pre_cpu):
+        a2.plot([0] + [100 * r for r in pruned],
+                [0] + [100 * (1 - p / ref["pretrain_cpu_s"]) for p in pre_cpu], color="brown",
+                ls="-.", marker=".", lw=2, label="ours, pretrain only, CPU-s (mean)")
+    pr = [r for r in sorted(PAPER_TOTAL_HOURS)]
+    a2.plot([100 * r for r in pr], [100 * paper_reduction(r) for r in pr], color="black", ls="--",
+            marker="*", ms=10, lw=2, label="paper Tab. 3 (total: surrogate + LM/FM + RN-101)")
+    a2.plot([0, 80], [0, 80], color="lightgray", lw=1, label="ideal (= ratio)")
+    a2.set_title("time reduction vs 0 % (%)")
+    a2.set_xlabel("pruning ratio (%)")
+    a2.set_ylabel("reduction (%)")
+    a2.grid(alpha=0.3)
+    fig.legend(*a2.get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=7,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+
+def _except(names: str) -> str:
+    return " except " + names if names else ""

@@ -1,0 +1,159 @@
+"""The statistics of the cost table (paper Tab. 3, Tab. 4, Fig. 4): rows of runs → cost,
+selection, accuracy, winning-subset and versus-RANDOM tables; means ± sample std over seeds."""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+from ..pipeline.report import mean_std
+
+#: Paper Tab. 3: hours "to obtain the pretrained model" per pruning ratio — a *total* that covers
+#: RN-18 surrogate training, LM/FM pruning and RN-101 source pretraining (Tab. 3's caption).
+PAPER_TOTAL_HOURS = {0.0: 5.4, 0.2: 4.6, 0.4: 3.5, 0.6: 2.4, 0.8: 1.3}
+#: Paper Tab. 4: hours at a 60 % ratio (selection + RN-101 pretraining); "ours" = LM's Tab. 3 total
+PAPER_TAB4_HOURS = {"moderate": 7.6, "grand": 18.4, "lm": 2.4}
+REFERENCE = "0 %"
+COST_STAGES = ("surrogate", "score", "prune", "pretrain")
+
+
+def paper_reduction(ratio: float) -> float | None:
+    h = PAPER_TOTAL_HOURS.get(round(ratio, 4))
+    return None if h is None else 1.0 - h / PAPER_TOTAL_HOURS[0.0]
+
+
+def best_winning_subset(acc: dict[float, Sequence[float]], reference: Sequence[float],
+                        tol: float = 0.0) -> dict[str, Any]:
+    """The largest pruning ratio whose mean accuracy is ≥ mean(reference) − ``tol``.
+
+    ``acc`` maps a ratio (> 0) to the accuracies (in %, one per seed) at that ratio. Returns
+    ``{"ratio", "mean", "std", "ref_mean", "ref_std", "tol"}``; ``ratio`` is 0.0 (and mean/std
+    those of the reference) when no pruned ratio qualifies.
+    """
+    ref_m, ref_s = mean_std(reference)
+    best = {"ratio": 0.0, "mean": ref_m, "std": ref_s}
+    for r in sorted(acc):
+        m, s = mean_std(acc[r])
+        if r > 0 and not math.isnan(m) and m >= ref_m - tol - 1e-9:
+            best = {"ratio": r, "mean": m, "std": s}
+    return {**best, "ref_mean": ref_m, "ref_std": ref_s, "tol": tol}
+
+
+
+def versus_random(rows: list[dict[str, Any]], mode: str, methods: Sequence[str],
+                  ratios: Sequence[float], key: str = "top1") -> list[dict[str, Any]]:
+    """Each method against RANDOM at the same ratio, on ``{mode}_{key}`` (final-epoch top-1 by
+    default): mean ± std over seeds, the difference of means, seeds won (paired by seed: seed
+    ``s`` of both pretrains with the same ``train.seed``), and a verdict — ``better`` / ``worse``
+    when the two mean ± std intervals do not overlap (beyond the seeds' spread), ``within
+    spread`` otherwise (also with a single seed, where no spread is known: ``n/a``)."""
+    col = f"{mode}_{key}"
+
+    def by_seed(m: str, r: float) -> dict[int, float]:
+        return {int(x["seed"]): float(x[col]) for x in rows
+                if x["method"] == m and x["ratio"] == r and x.get(col) is not None}
+
+    out = []
+    for r in (r for r in ratios if r > 0):
+        rnd = by_seed("random", r)
+        if not rnd:
+            continue
+        rm, rs = mean_std(list(rnd.values()))
+        for m in methods:
+            if m == "random":
+                continue
+            got = by_seed(m, r)
+            if not got:
+                continue
+            mm, ms = mean_std(list(got.values()))
+            paired = [s for s in got if s in rnd]
+            wins = sum(got[s] > rnd[s] for s in paired)
+            if len(got) < 2 or len(rnd) < 2:
+                verdict = "n/a (one seed)"
+            elif mm - ms > rm + rs:
+                verdict = "better"
+            elif mm + ms < rm - rs:
+                verdict = "worse"
+            else:
+                verdict = "within spread"
+            out.append({"method": m, "ratio": r, "mean": mm, "std": ms, "random_mean": rm,
+                        "random_std": rs, "delta": mm - rm, "wins": wins, "paired": len(paired),
+                        "verdict": verdict})
+    return out
+
+
+def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Sequence[float],
+              seeds: Sequence[int], finetune: Sequence[str], tol: float = 0.0) -> dict[str, Any]:
+    """Aggregate raw rows into cost / selection / accuracy / winning-subset tables."""
+    ref_rows = [r for r in rows if r["method"] == REFERENCE]
+    ref_total = mean_std([r["total_s"] for r in ref_rows])[0]
+    ref_pre = mean_std([r["pretrain_s"] for r in ref_rows])[0]
+    ref_total_cpu = mean_std([r.get("total_cpu_s") for r in ref_rows])[0]
+    ref_pre_cpu = mean_std([r.get("pretrain_cpu_s") for r in ref_rows])[0]
+    cost: list[dict[str, Any]] = [{"method": REFERENCE, "ratio": 0.0, "total_s": ref_total,
+                                   "pretrain_s": ref_pre, "reduction": 0.0,
+                                   "total_cpu_s": ref_total_cpu, "pretrain_cpu_s": ref_pre_cpu,
+                                   "cpu_reduction": 0.0, "pretrain_cpu_reduction": 0.0,
+                                   "pretrain_reduction": 0.0, "paper_reduction": 0.0,
+                                   "paper_total_h": PAPER_TOTAL_HOURS[0.0]}]
+    for m in methods:
+        for r in ratios:
+            sel = [x for x in rows if x["method"] == m and x["ratio"] == r]
+            if not sel or r == 0:
+                continue
+            agg = {k: mean_std([x.get(k) for x in sel])[0]
+                   for k in ("surrogate_s", "score_s", "prune_s", "pretrain_s", "total_s",
+                             "pretrain_cpu_s", "total_cpu_s")}
+            fr = [x.get("kept_sample_fraction") for x in sel
+                  if x.get("kept_sample_fraction") is not None]
+            agg["kept_sample_fraction"] = mean_std(fr)[0] if fr else None
+            cost.append({"method": m, "ratio": r, **agg,
+                         "cpu_reduction": 1.0 - agg["total_cpu_s"] / ref_total_cpu,
+                         "pretrain_cpu_reduction": 1.0 - agg["pretrain_cpu_s"] / ref_pre_cpu,
+                         "reduction": 1.0 - agg["total_s"] / ref_total,
+                         "pretrain_reduction": 1.0 - agg["pretrain_s"] / ref_pre,
+                         "paper_reduction": paper_reduction(r),
+                         "paper_total_h": PAPER_TOTAL_HOURS.get(round(r, 4))})
+    pruned = [r for r in ratios if r > 0]
+    sel_ratio = min(pruned, key=lambda r: abs(r - 0.6)) if pruned else None
+    selection = []
+    for m in methods:
+        sel = [x for x in rows if x["method"] == m and x["ratio"] == sel_ratio]
+        if sel:
+            sur, sc = (mean_std([x[k] for x in sel])[0] for k in ("surrogate_s", "score_s"))
+            pr, pre = (mean_std([x.get(k) for x in sel])[0] for k in ("prune_s", "pretrain_s"))
+            selection.append({"method": m, "ratio": sel_ratio, "surrogate_s": sur, "score_s": sc,
+                              "selection_inner_s": mean_std([x["selection_s"] for x in sel])[0],
+                              "total_s": sur + sc, "pretrain_s": pre,
+                              "with_pretrain_s": sur + sc + (0.0 if math.isnan(pr) else pr) + pre,
+                              "paper_h": PAPER_TAB4_HOURS.get(m)})
+    accuracy: dict[str, Any] = {}
+    accuracy_best: dict[str, Any] = {}
+    winners: dict[str, Any] = {}
+    for mode in finetune:
+        bkey = f"{mode}_best_top1"
+        ref_best = [x[bkey] for x in ref_rows if x.get(bkey) is not None]
+        accuracy_best[mode] = {"reference": mean_std(ref_best), "methods": {}}
+        for m in methods:
+            by = {r: [x[bkey] for x in rows if x["method"] == m and x["ratio"] == r
+                      and x.get(bkey) is not None] for r in pruned}
+            if any(by.values()):
+                accuracy_best[mode]["methods"][m] = {str(r): mean_std(v) for r, v in by.items() if v}
+        key = f"{mode}_top1"
+        ref_acc = [x[key] for x in ref_rows if x.get(key) is not None]
+        accuracy[mode] = {"reference": mean_std(ref_acc), "methods": {}}
+        winners[mode] = {}
+        for m in methods:
+            by_ratio = {r: [x[key] for x in rows if x["method"] == m and x["ratio"] == r
+                            and x.get(key) is not None] for r in pruned}
+            by_ratio = {r: v for r, v in by_ratio.items() if v}
+            if not by_ratio:
+                continue
+            accuracy[mode]["methods"][m] = {str(r): mean_std(v) for r, v in by_ratio.items()}
+            if ref_acc:
+                winners[mode][m] = best_winning_subset(by_ratio, ref_acc, tol)
+    vs_random = {mode: versus_random(rows, mode, methods, ratios) for mode in finetune}
+    return {"rows": rows, "cost": cost, "selection": selection, "accuracy": accuracy,
+            "accuracy_best": accuracy_best, "winners": winners, "versus_random": vs_random, "methods": list(methods), "ratios": list(ratios),
+            "seeds": list(seeds), "finetune": list(finetune), "tol": tol,
+            "reference_total_s": ref_total, "reference_pretrain_s": ref_pre}
+

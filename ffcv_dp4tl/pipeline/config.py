@@ -1,0 +1,100 @@
+"""What a pipeline run is asked to do (:class:`PipelineConfig`) and the checks that need no data
+(:func:`validate`): the first step of :func:`~ffcv_dp4tl.pipeline.run.run_pipeline`, run before
+anything is built or trained, so a bad value is a one-line error at once."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..contracts import Budget, Protocol, check_k, check_ratio
+from ..errors import DP4TLError
+from ..fsutil import check_out_dir
+from ..scoring.registry import Scorer, get_scorer, parse_option_pairs
+from .recipes import PAPER_PROTOCOLS
+from .targets import check_order, check_weights, target_list
+
+
+@dataclass
+class PipelineConfig:
+    ratio: float = 0.6
+    source: str = "synth:tiny"  # a built dataset dir, or a `dp4tl build` SOURCE
+    target: str = ""  # a built dir, a `dp4tl build` SOURCE, or a synth target name ('' = first)
+    method: str = "lm"
+    protocol: str = "fast"  # fast (today's recipes: tiny | bench | full) | paper (recipes/paper/)
+    recipes: str = ""  # fast protocol: tiny | bench | full ('' = from the data's manifest)
+    surrogate_recipe: str = ""
+    recipe: str = ""  # source-model pretraining recipe
+    lp_recipe: str = ""  # finetuning recipes (e.g. a per-target file that `extends` lp / ff)
+    ff_recipe: str = ""
+    arch: str = ""  # override the pretraining recipe's model.arch
+    finetune: tuple[str, ...] = ("lp", "ff")
+    data_root: Path = Path("data")
+    runs_root: Path = Path("runs")
+    fmt: str = "ffcv"
+    device: str = "auto"
+    k: int = 2000
+    seed: int = 0
+    scorer_options: tuple[str, ...] = field(default_factory=tuple)  # NAME=VALUE (--opt)
+    budget: str = "units"  # prune: units (ratio of classes/clusters) | samples (kept fraction)
+    overrides: tuple[str, ...] = field(default_factory=tuple)  # for the pretraining recipe
+    surrogate_overrides: tuple[str, ...] = field(default_factory=tuple)
+    finetune_overrides: tuple[str, ...] = field(default_factory=tuple)  # for the LP and FF recipes
+    seeds: tuple[int, ...] = ()  # pretrain + finetune per seed (train.seed); () = (0,)
+    surrogate_weights: str = ""  # a torchvision/timm state dict: the surrogate, not trained
+    source_weights: str = ""  # a state dict: the source model LP/FF start from (ratio 0 only)
+    split: str = "auto"  # targets the pipeline builds: auto (CoOp JSON if beside the data) | coop | official
+    order: str = "ordered"  # ordered: keep the top-scored units | reversed: the lowest (Fig. A3)
+    targets: tuple[str, ...] = ()  # several targets (Fig. A5): one combined selection, LP/FF on each
+    target_weights: tuple[float, ...] = ()  # one per target in `targets` ('' = equal weights)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What :func:`validate` worked out from a config, so no later step works it out again."""
+
+    seeds: tuple[int, ...]  # distinct, in order; (0,) when none given
+    scorer: Scorer
+    given_options: dict[str, str]  # the --opt pairs as given (they enter the score key)
+    options: dict[str, Any]  # every option of the scorer, parsed (defaults filled in)
+    reverse: bool  # order == "reversed"
+    target_specs: tuple[str, ...]
+    weights: tuple[float, ...]  # () = equal
+
+
+def validate(cfg: PipelineConfig) -> Checked:
+    """Every check of ``cfg`` that needs no data and no work: one :class:`DP4TLError` line for
+    the first bad value. Checks that need the built data follow in the run's resolve step
+    (:func:`~ffcv_dp4tl.pipeline.run.check_data`). A new up-front check goes here."""
+    check_ratio(cfg.ratio)
+    Protocol.check(cfg.protocol, "protocol")
+    if cfg.protocol in PAPER_PROTOCOLS and cfg.recipes:
+        raise DP4TLError(f"recipes={cfg.recipes} picks a fast-protocol set; the {cfg.protocol} "
+                         f"protocol has one set (recipes/{cfg.protocol.replace('-', '_')}/): "
+                         "drop one of the two")
+    if cfg.source_weights and cfg.ratio != 0:
+        raise DP4TLError(f"source weights are the unpruned source model (ratio 0), but ratio is "
+                         f"{cfg.ratio}: a pruned run pretrains on its mask")
+    for what, w in (("surrogate", cfg.surrogate_weights), ("source", cfg.source_weights)):
+        if w and not Path(w).expanduser().is_file():
+            raise DP4TLError(f"{what} weights not found: {w}")
+    seeds = tuple(dict.fromkeys(int(x) for x in cfg.seeds)) or (0,)
+    negative = [s for s in seeds if s < 0]
+    if negative:  # (train.seed >= 0: a recipe check that would fail only at pretraining)
+        raise DP4TLError(f"--seeds: {negative[0]} is negative; seeds are integers >= 0")
+    if cfg.seed < 0:
+        raise DP4TLError(f"--seed must be >= 0 (the scorer's seed, e.g. random's draw), got {cfg.seed}")
+    # output roots: a file in the way is refused here, not after the data are built; a
+    # read-only data root is fine when it already holds the builds (ensure_built reuses them)
+    check_out_dir(cfg.runs_root, "--runs-root")
+    check_out_dir(cfg.data_root, "--data-root", must_write=False)
+    scorer = get_scorer(cfg.method)  # unknown method: one line listing the registered ones
+    given_options = parse_option_pairs(cfg.scorer_options)
+    options = scorer.parse_options(given_options)  # bad --opt: before any work
+    Budget.check(cfg.budget, "budget")
+    check_k(cfg.k)
+    reverse = check_order(cfg.order)
+    target_specs = target_list(cfg.target, cfg.targets)
+    weights = check_weights(cfg.target_weights, len(target_specs))
+    return Checked(seeds=seeds, scorer=scorer, given_options=given_options, options=options,
+                   reverse=reverse, target_specs=target_specs, weights=weights)

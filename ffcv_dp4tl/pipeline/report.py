@@ -1,0 +1,119 @@
+"""The pipeline's last step: the per-seed accuracy statistics and the run's ``report.md`` +
+``results.json`` (the :class:`~.result.PipelineResult` as JSON, with its schema version)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..errors import DP4TLError
+from ..fsutil import atomic_write_json, atomic_write_text
+from ..scoring.registry import UNIT_PLURAL, get_scorer
+from .result import PipelineResult
+from .stages import describe
+from .targets import method_title
+
+
+def mean_std(xs: Iterable[float | None]) -> tuple[float, float]:
+    """Mean and sample std (0 for one value; NaN, NaN for none) of the values that are not
+    None or NaN: the one rule every table of seeds uses."""
+    vals = [float(x) for x in xs if x is not None and not math.isnan(float(x))]
+    if not vals:
+        return math.nan, math.nan
+    m = sum(vals) / len(vals)
+    sd = math.sqrt(sum((x - m) ** 2 for x in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return m, sd
+
+
+def summarize_seeds(res: PipelineResult, modes: Sequence[str], target: str | None = None
+                    ) -> dict[str, Any]:
+    """Per finetuning mode: final- and best-epoch target top-1 per seed and their mean ± std
+    (sample std; 0 for one seed). ``target``: one target's results among several."""
+    out: dict[str, Any] = {}
+    for mode in modes:
+        per = []
+        for seed in res.seeds:
+            r = res.finetune(mode, seed, target)
+            if r is None:
+                continue
+            v = r.values
+            final = v.get("final_test_top1", v.get("test_top1"))
+            per.append({"seed": seed, "final": final, "best": v.get("best_test_top1", final),
+                        "best_epoch": v.get("best_epoch")})
+        if per:
+            fm, fs = mean_std([p["final"] for p in per])
+            bm, bs = mean_std([p["best"] for p in per])
+            out[mode] = {"seeds": per, "final_mean": fm, "final_std": fs, "best_mean": bm,
+                         "best_std": bs, "n": len(per)}
+    return out
+
+
+def _label(method: str) -> str:
+    try:
+        return get_scorer(method).label
+    except DP4TLError:  # a report of a method no longer registered
+        return method.upper()
+
+
+def _fraction(pr: dict[str, Any]) -> str:
+    """" (kept sample fraction 0.412 at ratio 0.6 of clusters)" — the sample share beside the
+    unit ratio (they differ for class/cluster units of unequal sizes)."""
+    f = pr.get("kept_sample_fraction")
+    if f is None:
+        return ""
+    budget = " (budget: samples)" if pr.get("budget") == "samples" else ""
+    return (f" = {f:.3f} of the train samples (ratio {pr.get('ratio')} of "
+            f"{UNIT_PLURAL[pr['unit']]}{budget}; samples removed {1 - f:.3f})")
+
+
+def write_report(res: PipelineResult, out: Path) -> None:
+    """``out/report.md`` (stages, kept units, accuracy per target over seeds) and
+    ``out/results.json`` (:meth:`PipelineResult.to_json`)."""
+    st = res.stages
+    cfg = res.config
+    pr = res.find("prune")
+    pr = pr.values if pr is not None else None
+    title = method_title(_label(cfg["method"]), cfg.get("order", "ordered"))
+    per_target = res.per_target
+    tlines = ([f"- target: `{res.target}`"] if not res.targets else
+              [f"- targets ({len(per_target)}, one selection for all, weights "
+               f"{', '.join(f'{w:g}' for w in res.target_weights)}): "
+               + ", ".join(f"{n} `{d}`" for n, d in res.targets.items())])
+    lines = [f"# DP4TL run: {title} at ratio {cfg['ratio']}", "",
+             f"- source: `{res.source}`", *tlines,
+             f"- protocol: `{res.protocol}`",
+             f"- recipes: {', '.join(f'{k}=`{v}`' for k, v in res.recipes.items())}"]
+    for role, what in (("surrogate", "surrogate"), ("pretrain", "source model")):
+        r = res.find(role)
+        if r is not None and r.values.get("brought"):
+            v = r.values
+            lines.append(f"- {what}: brought weights `{v['weights']}` ({v['arch']}, "
+                         "imported, not trained)")
+    if pr is not None:
+        lines.append(f"- kept: {len(pr.get('kept_units', [])) or '-'} {UNIT_PLURAL[pr['unit']]}, "
+                     f"{pr['train_kept']} train samples" + _fraction(pr))
+    lines += ["", "| stage | wall s | result |", "|---|---:|---|"]
+    for name, run in st.items():
+        lines.append(f"| {name} | {run.seconds:.1f} | {describe(run.result)} |")
+    total = sum(r.seconds for r in st.values())
+    lines += [f"| **total** | {total:.1f} | |", ""]
+    groups = {None: res.summary} if not res.targets else per_target
+    for group, summary in groups.items():
+        if not summary:
+            continue
+        n = len(res.seeds or [0])
+        lines += [("Target" if group is None else f"Target `{group}`")
+                  + f" test top-1 (%), {'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}"
+                  ": final epoch and best evaluated epoch", "",
+                  "| mode | final epoch | best epoch | per seed (final / best) |", "|---|---:|---:|---|"]
+        for mode, sm in summary.items():
+            cell = (lambda m, s_: f"{100 * m:.2f} ± {100 * s_:.2f}" if n > 1 else f"{100 * m:.2f}")
+            per = ", ".join(f"s{p['seed']}: {100 * p['final']:.2f} / {100 * p['best']:.2f}"
+                            for p in sm["seeds"] if p["final"] is not None and p["best"] is not None)
+            lines.append(f"| {mode.upper()} | {cell(sm['final_mean'], sm['final_std'])} | "
+                         f"{cell(sm['best_mean'], sm['best_std'])} | {per} |")
+        lines.append("")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
+    atomic_write_json(out / "results.json", json.loads(json.dumps(res.to_json(), default=str)))

@@ -1,0 +1,238 @@
+"""The pipeline's second step: from a validated config to what the stages need — the built
+source and target datasets (built here when given as a SOURCE), their manifests, and every
+recipe, each read **once** (the per-seed pretraining/finetuning recipes are the loaded object
+with another ``train.seed``, the LP/FF choice of each target is worked out here and nowhere
+else). Checks that need the data (``k`` vs the source's samples, a target with fewer train
+images than classes) run here, before the surrogate trains.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from ..data.manifest import MANIFEST_NAME, load_manifest
+from ..errors import DP4TLError
+from ..fsutil import directory_lock, is_unwritable
+from .config import Checked, PipelineConfig
+from .recipes import (PAPER_PROTOCOLS, PAPER_SSL_LP, recipe_scale, recipe_scorer_options,
+                      recipe_set)
+from .score import self_supervised_refusal
+from .targets import check_synth_target, display_names
+
+FINETUNE_MODES = ("lp", "ff")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The data and recipes of one run, each worked out once."""
+
+    source_dir: Path
+    target_dirs: tuple[Path, ...]
+    target_names: tuple[str | None, ...]  # display names with several targets, else (None,)
+    src: Any  # the source Manifest
+    tgts: tuple[Any, ...]  # one Manifest per target
+    recipe_names: dict[str, str]  # surrogate, pretrain, lp, ff (the first target's LP/FF)
+    surrogate: Any  # the loaded Recipe objects
+    pretrain: Any
+    # per target: mode → (recipe name, loaded Recipe without a seed override)
+    finetune: tuple[dict[str, tuple[str, Any]], ...]
+    options: dict[str, Any]  # the scorer's options: --opt over the surrogate recipe's
+    recipe_options: dict[str, str]  # those the surrogate recipe sets (scoring.scorer_options)
+
+    @property
+    def multi(self) -> bool:
+        return len(self.target_dirs) > 1
+
+    @property
+    def target_dir(self) -> Path:
+        return self.target_dirs[0]
+
+
+def with_seed(recipe: Any, seed: int) -> Any:
+    """``recipe`` with ``train.seed = seed`` (the same object as loading it with the override
+    ``train.seed=SEED``: same values, same fingerprint), without reading its file again."""
+    return replace(recipe, train=dataclasses.replace(recipe.train, seed=seed))
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")[:60]
+
+
+def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
+                 split: str = "auto") -> Path:
+    """A built dataset dir for ``source`` (a dir with a manifest, or a SOURCE to build)."""
+    p = Path(source).expanduser()
+    if (p / MANIFEST_NAME).exists():
+        return p
+    if p.exists() and p.is_dir() and not (":" in source or source.startswith("synth")):
+        raise DP4TLError(f"{p} is not a built dataset (no {MANIFEST_NAME}); build it with "
+                         f"`dp4tl build LAYOUT:{p} --out DIR` and pass DIR")
+    from beton_builders.sources import default_max_side, resolve_source, split_note
+    from beton_builders.writer import BuildOptions, build_dataset
+
+    specs = resolve_source(source, split=split)
+    # a CoOp-split build gets its own folder: an official-split build made before CoOp became the
+    # default stays valid where it is
+    coop = any(str(sp.extra.get("split", "")).startswith("coop") for sp in specs.values())
+    out = data_root / (_slug(source) + ("-coop" if coop else ""))
+    # Pipelines sharing a data root wait for each other here (a lone `dp4tl build` of the same
+    # folder is still refused by the build's own lock): the second one finds the data built.
+    with contextlib.ExitStack() as lock:
+        try:
+            lock.enter_context(directory_lock(data_root / f".{out.name}.pipeline.lock", f"data {out}",
+                                              wait=True, on_wait=lambda m: log(f"[data] {m}")))
+        except OSError as e:  # a read-only data root: nobody builds there; a finished build is used
+            if not is_unwritable(e):
+                raise
+        for sub, spec in specs.items():
+            if split_note(spec):
+                log(f"[data] {source}: {split_note(spec)}")
+            summary = build_dataset(spec, out / sub if sub else out,
+                                    BuildOptions(max_side=default_max_side(spec)), source=source,
+                                    remedy=f"delete {out} to rebuild it there, or pass another --data-root")
+            if not summary.skipped:
+                log(f"[data] built {out / sub if sub else out}: " + "; ".join(summary.lines()))
+            for line in summary.warnings:
+                log(f"[data] warning: {line}")
+    return out
+
+
+def resolve_data(cfg: PipelineConfig, log) -> tuple[Path, Path]:
+    """The (source dir, target dir) of ``cfg`` (its one ``target``), built when missing."""
+    root = ensure_built(cfg.source, cfg.data_root, log)
+    if (root / "source" / MANIFEST_NAME).exists():  # synth: source + targets/<name>
+        targets = sorted(p.parent.name for p in (root / "targets").glob(f"*/{MANIFEST_NAME}"))
+        check_synth_target(root, cfg.target, MANIFEST_NAME)
+        if cfg.target and (root / "targets" / cfg.target / MANIFEST_NAME).exists():
+            return root / "source", root / "targets" / cfg.target
+        if not cfg.target:
+            if not targets:
+                raise DP4TLError(f"{root} has no targets/*; pass target=")
+            return root / "source", root / "targets" / targets[0]
+        return root / "source", ensure_built(cfg.target, cfg.data_root, log, cfg.split)
+    if not cfg.target:
+        raise DP4TLError("target= is required with a real source (a built target dir or "
+                         "LAYOUT:PATH such as flowers102:/data/flowers-102)")
+    return root, ensure_built(cfg.target, cfg.data_root, log, cfg.split)
+
+
+def check_data(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]) -> None:
+    """Checks that need the built data but no work, before the surrogate trains."""
+    if scorer.uses_k:
+        n = src.split("train").num_samples
+        if cfg.k > n:
+            raise DP4TLError(f"k={cfg.k} clusters requested but the source train split has only "
+                             f"{n} samples; pass a smaller --k")
+    if "train" in tgt.split_names:
+        n = tgt.split("train").num_samples
+        if n < tgt.num_classes:
+            msg = (f"[warning] the target {tgt.root} has {n} train images for {tgt.num_classes} "
+                   "classes: some classes have no example, finetuning cannot learn them")
+            log(msg)
+            warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+def _check_target_splits(tgt, mode: str, recipe_name: str, recipe) -> None:
+    """The splits a finetuning recipe reads (``data.train_split``/``data.test_split``) exist in
+    the target: else the run fails at finetuning, after surrogate, score, prune and pretraining."""
+    for key in ("train_split", "test_split"):
+        split = getattr(recipe.data, key)
+        if split not in tgt.split_names:
+            raise DP4TLError(f"target {tgt.root} has no {split!r} split (it has: "
+                             f"{', '.join(tgt.split_names)}), which the {mode} recipe {recipe_name} "
+                             f"reads (data.{key}); build the target with that split or set "
+                             f"--set-finetune data.{key}=...")
+
+
+def _check_not_the_source(src, tgt) -> None:
+    if tgt.fingerprint == src.fingerprint:
+        raise DP4TLError(f"--target {tgt.root} is the source dataset ({src.root}, same content "
+                         "fingerprint): transfer needs another dataset as target; pass the "
+                         "target's build or LAYOUT:PATH")
+
+
+def _check_start_from(name: str, recipe, pre_name: str, pre_recipe, brought: str) -> None:
+    """finetune.start_from = "best" needs a pretraining that keeps best.pt (train.keep_best);
+    checked before any work. Brought source weights are the model itself: nothing to choose."""
+    if recipe.finetune.start_from == "best" and not brought and not pre_recipe.train.keep_best:
+        raise DP4TLError(f"finetune recipe {name}: finetune.start_from = \"best\", but the "
+                         f"pretraining recipe {pre_name} does not keep it: set train.keep_best = "
+                         "true there (--set train.keep_best=true) or finetune.start_from = \"final\"")
+
+
+def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Resolved:
+    """Build or find the data, check it, and load every recipe once (bad recipes fail here,
+    before any work). The stages get the loaded objects: their keys hash the recipes'
+    *contents*, and what trains is exactly what the key records, even if a recipe file is
+    edited while the pipeline runs."""
+    from ..training.recipe import load_recipe
+
+    resolved = [resolve_data(replace(cfg, target=t), log) for t in ok.target_specs]
+    source_dir, target_dirs = resolved[0][0], tuple(d for _, d in resolved)
+    multi = len(target_dirs) > 1
+    if multi and len({str(d.resolve()) for d in target_dirs}) < len(target_dirs):
+        raise DP4TLError(f"targets {list(ok.target_specs)} name the same dataset twice; list each "
+                         "target once")
+    names = tuple(display_names(target_dirs)) if multi else (None,)
+    src = load_manifest(source_dir)
+    tgts = tuple(load_manifest(d) for d in target_dirs)
+    scale = cfg.recipes or recipe_scale(src)
+    if not cfg.recipes and cfg.protocol == "fast":
+        log(f"[recipes] {scale} recipes ({'real' if scale == 'full' else 'embedded synthetic'} "
+            f"data per {source_dir / MANIFEST_NAME}; recipes= to choose)")
+    for t in tgts:
+        _check_not_the_source(src, t)
+        check_data(cfg, ok.scorer, src, t, log)
+
+    cache: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+    def load(name: str, overrides) -> Any:  # each (file, overrides) read once
+        key = (name, tuple(overrides))
+        if key not in cache:
+            cache[key] = load_recipe(name, list(overrides))
+        return cache[key]
+
+    base = recipe_set(cfg.protocol, scale, tgts[0].name)
+    sur_name = cfg.surrogate_recipe or base["surrogate"]
+    pre_name = cfg.recipe or base["pretrain"]
+    pre_overrides = list(cfg.overrides) + ([f"model.arch={cfg.arch}"] if cfg.arch else [])
+    surrogate = load(sur_name, cfg.surrogate_overrides)
+    pretrain = load(pre_name, pre_overrides)
+    # a self-supervised source under the paper protocol: MoCo's linear classification protocol
+    ssl_source = (cfg.protocol in PAPER_PROTOCOLS and not cfg.lp_recipe
+                  and pretrain.ssl.method != "none")
+
+    def finetune_names(target_name: str | None) -> dict[str, str]:
+        rt = recipe_set(cfg.protocol, scale, target_name)  # Tab. A1: per target (paper)
+        return {"lp": cfg.lp_recipe or (PAPER_SSL_LP if ssl_source else rt["lp"]),
+                "ff": cfg.ff_recipe or rt["ff"]}
+
+    per_target = []
+    for t in tgts:
+        ft = finetune_names(t.name)
+        per_target.append({m: (ft[m], load(ft[m], cfg.finetune_overrides)) for m in cfg.finetune})
+        for m, (name, rec) in per_target[-1].items():
+            _check_target_splits(t, m, name, rec)
+    names_first = finetune_names(tgts[0].name)
+    # the protocol's scorer options (surrogate recipe scoring.scorer_options), under --opt
+    recipe_options = recipe_scorer_options(surrogate.scoring.scorer_options, cfg.method)
+    options = ok.options
+    if recipe_options:
+        options = ok.scorer.parse_options({**recipe_options, **ok.given_options})
+        log(f"[score] {sur_name} sets {cfg.method} options "
+            f"{', '.join(f'{k}={v}' for k, v in recipe_options.items())} (--opt overrides them)")
+    for rec in per_target:
+        for r_name, r in rec.values():
+            _check_start_from(r_name, r, pre_name, pretrain, cfg.source_weights)
+    if surrogate.ssl.method != "none" and ok.scorer.needs_class_head:
+        raise self_supervised_refusal(ok.scorer, f"the surrogate recipe {sur_name} is "
+                                                 f"self-supervised ({surrogate.ssl.method})")
+    return Resolved(source_dir=source_dir, target_dirs=target_dirs, target_names=names, src=src,
+                    tgts=tgts, recipe_names={"surrogate": sur_name, "pretrain": pre_name,
+                                             **names_first},
+                    surrogate=surrogate, pretrain=pretrain, finetune=tuple(per_target),
+                    options=options, recipe_options=recipe_options)
