@@ -1,7 +1,6 @@
 """``dp4tl bench adversarial``: paper Tab. 5 (DENSE / DENSE-ADV / LM / LM-ADV)."""
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import List, Optional
 
@@ -58,7 +57,7 @@ def adversarial(
     """DENSE, DENSE-ADV, LM and LM-ADV source models → LP/FF accuracy and pretraining time (Tab. 5)."""
     from ..bench.adversarial import adv_overrides, header_lines, markdown_tables, run_adversarial
     from ..pipeline.config import PipelineConfig
-    from ..reporting import publish_section
+    from ..reporting import command_line, publish_section
 
     data = data or "synth:tiny"
     recipes_ = "" if recipes is RecipeSet.auto else recipes.value
@@ -76,8 +75,7 @@ def adversarial(
             ("format", format.value), ("device", device), ("k", k),
             *(("set", v) for v in set_), *(("set-surrogate", v) for v in set_surrogate),
             *(("set-finetune", v) for v in set_finetune), ("out", out), ("report", report)]
-    command = "dp4tl bench adversarial " + " ".join(
-        f"--{name} {shlex.quote(str(v))}" for name, v in opts if v not in ("", None)) + \
+    command = command_line("dp4tl bench adversarial", opts) + \
         ("" if random_start else " --no-random-start")
     t = run_adversarial(base, out, ratio=ratio, seeds=[int(s) for s in split_list(seeds)],
                         finetune=split_list(finetune), adv=adv, method=method, command=command,
