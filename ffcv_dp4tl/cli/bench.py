@@ -155,25 +155,33 @@ def _publish(t: dict, out: Path, report: Optional[Path], section: str) -> None:
              markdown_tables(t, plots_prefix=prefix)]), typer.echo)
 
 
-#: The embedded benchmark (issue: "can the CPU machine answer the paper's question?"): LM, FM and
-#: RANDOM at 0/40/60/80 %, the paper's eight in-domain baselines at 60 %, three seeds, LP (every
-#: epoch evaluated) on each 500-test-image target of the `synth:bench` preset, in <= 90 min on 2
-#: cores. The in-domain selections, RANDOM and the 0 % reference do not depend on the target:
-#: their pretrainings are cached stages shared by the three targets (only LM/FM pretrain anew).
-EMBEDDED_METHODS = ("lm,fm,random,sp@0.6,ssp@0.6,grand@0.6,el2n@0.6,moderate@0.6,forget@0.6,"
-                    "infmax@0.6,infsum@0.6")
-EMBEDDED_TARGETS = "warm,paper,blur"
+#: The embedded benchmark (issue 18: "a benchmark that separates LM/FM from RANDOM"): on
+#: `synth:hard` (targets off the LP ceiling, with ground truth), LM and FM against RANDOM at the
+#: same ratio, LP and FF, >= 5 pretraining seeds; verdict = paired differences over seeds x
+#: targets with a 95 % t interval (pipeline/separation.py). Sized for 2 CPU cores.
+EMBEDDED_TARGETS = "paper,warm,blur"
 EMBEDDED_SECTION = "Embedded benchmark (CPU): do LM and FM beat RANDOM?"
 
 
 @bench_app.command("embedded")
 def embedded(
     out: Path = typer.Option(Path("docs/embedded-benchmark"), "--out", "-o",
-                             help="OUT/<target>/ (report.md, PNGs, results.json) + OUT/README.md"),
-    seeds: str = typer.Option("0,1,2", help="Seeds (mean ± std over them)",
+                             help="README.md (verdict, reference, ground truth), paired.png, "
+                             "rows.jsonl (one line per finished run: a rerun resumes), summary.json"),
+    seeds: str = typer.Option("0,1,2,3,4", help="Pretraining/finetuning seeds; a method and "
+                              "RANDOM of one seed and target form a pair",
                               callback=ints_callback("--seeds")),
-    targets: str = typer.Option(EMBEDDED_TARGETS, "--targets", help="Targets of synth:bench "
-                                "(paper | warm | blur), each its own table"),
+    reference_seeds: str = typer.Option("0,1", help="Seeds of the unpruned reference (is the "
+                                        "target off the ceiling?); '' = every seed"),
+    targets: str = typer.Option(EMBEDDED_TARGETS, "--targets", help="Targets of the data "
+                                "(paper | warm | blur)"),
+    methods: str = typer.Option("lm,fm", help="Methods compared with RANDOM"),
+    ratios: str = typer.Option("0.8", help="Pruning ratios (each method and RANDOM at each)",
+                               callback=floats_callback("--ratios")),
+    finetune: str = typer.Option("lp,ff", help="Finetuning modes",
+                                 callback=list_callback(FINETUNE_MODES, "a finetuning mode")),
+    data: str = typer.Option("synth:hard", "--data", help="A synth SOURCE with ground truth "
+                             "(default: the benchmark preset, targets off the LP ceiling)"),
     data_root: Path = typer.Option(Path("data")),
     runs_root: Path = typer.Option(Path("runs/embedded-benchmark")),
     format: Format = typer.Option(Format.wds, "--format", help=FORMAT_HELP),
@@ -181,53 +189,56 @@ def embedded(
     report: str = typer.Option("BENCHMARKS.md", help="Markdown file that gets the section "
                                "('' = none)"),
 ) -> None:
-    """The paper's question on the embedded data, sized for 2 CPU cores (<= 90 min): LM/FM/RANDOM
-    at 0/40/60/80 %, the eight in-domain baselines at 60 %, 3 seeds, LP, per target; rerunning
-    resumes (every finished stage is cached)."""
+    """Do LM and FM beat RANDOM? Paired test over seeds x targets on data with a known answer
+    (LP and FF; ground truth of every selection); rerunning resumes (stages are cached)."""
+    import os
+    import platform
     import time
 
+    import torch
+
+    from ..pipeline.run import PipelineConfig
+    from ..pipeline.separation import run_separation, write_outputs
+    from ..reporting import publish_section
+
     t0 = time.perf_counter()
+    load0 = os.getloadavg()
     names = split_list(targets)
     for name in names:
         if name not in ("paper", "warm", "blur"):
-            raise DP4TLError(f"--targets: {name!r} is not a target of synth:bench "
+            raise DP4TLError(f"--targets: {name!r} is not a target of the embedded data "
                              "(paper, warm, blur)")
-    tables = {}
-    for name in names:
-        typer.echo(f"[bench embedded] target {name}")
-        cost_table(ratios="0,0.4,0.6,0.8", methods=EMBEDDED_METHODS, seeds=seeds, finetune="lp",
-                   ff_methods="", out=out / name, data="synth:bench", source="", target=[name],
-                   target_weights="", ks="", orders="", protocol=Protocol.fast, recipes=RecipeSet.bench, surrogate_weights=None,
-                   arch="", data_root=data_root, runs_root=runs_root, format=format,
-                   device=device, k=None, tol=0.0, set_=[], set_surrogate=[], set_finetune=[],
-                   opt=["el2n.runs=4", "grand.runs=4"], budget=Budget.units, report=None,
-                   section=EMBEDDED_SECTION)
-        tables[name] = (out / name / "results.json")
-    command = (f"dp4tl bench embedded --targets {','.join(names)} --seeds {seeds} --out {out} "
-               f"--data-root {data_root} --runs-root {runs_root} --format {format.value} "
-               f"--device {device}" + (f" --report {report}" if report else ""))
-    _embedded_publish(out, tables, command, time.perf_counter() - t0,
-                      Path(report) if report else None)
+    seed_list = [int(s) for s in split_list(seeds)]
+    ref_seeds = [int(s) for s in split_list(reference_seeds)] or seed_list
+    base = PipelineConfig(source=data, recipes="bench", data_root=data_root, runs_root=runs_root,
+                          fmt=format.value, device=device, k=default_k(None, data))
+    command = (f"dp4tl bench embedded --seeds {seeds} --reference-seeds {','.join(map(str, ref_seeds))} "
+               f"--targets {','.join(names)} --methods {methods} --ratios {ratios} --finetune "
+               f"{finetune} --data {data} --out {out} --data-root {data_root} --runs-root "
+               f"{runs_root} --format {format.value} --device {device}"
+               + (f" --report {report}" if report else ""))
+    rows = run_separation(base, out, targets=names, seeds=seed_list, methods=split_list(methods),
+                          ratios=_floats(ratios), finetune=split_list(finetune),
+                          reference_seeds=ref_seeds, log=typer.echo)
+    minutes = (time.perf_counter() - t0) / 60
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    header = [f"- machine: {platform.processor() or platform.machine()}, {cores} cores; Python "
+              f"{platform.python_version()}, torch {torch.__version__}; finished "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+              f"- this invocation: {minutes:.1f} min (runs already in `rows.jsonl` are not "
+              f"rerun); 1-min load average {load0[0]:.1f} at the start, "
+              f"{os.getloadavg()[0]:.1f} at the end (a shared machine)",
+              f"- data `{data}`, recipes `bench` (surrogate `resnet18_bench_surrogate_cpu`, "
+              "pretraining `resnet18_bench_cpu`, LP `lp_bench_cpu`, FF `ff_tiny_cpu`); FM "
+              f"k={base.k}; {len(rows)} runs in `rows.jsonl`"]
 
+    def body(prefix: str) -> str:
+        return write_outputs(rows, out, command=command, header=header)[1].replace(
+            "](paired.png)", f"]({prefix}paired.png)")
 
-def _embedded_publish(out: Path, tables: dict, command: str, seconds: float | None,
-                      report: Optional[Path]) -> None:
-    from ..fsutil import atomic_write_text
-    from ..pipeline.cost_table import embedded_summary, rerender_table, stage_seconds
-    from ..reporting import publish_section
-
-    loaded = {name: rerender_table(path) for name, path in tables.items()}
-    stages = stage_seconds(Path(next(iter(loaded.values()))["config"]["runs_root"]))
-
-    def summary(prefix: str) -> str:
-        return embedded_summary(loaded, command=command, seconds=seconds, link_prefix=prefix,
-                                stages=stages)
-
-    body = summary("")
-    atomic_write_text(out / "README.md", "# " + EMBEDDED_SECTION + "\n\n" + body)
-    typer.echo(body)
-    if report is not None:
-        publish_section(report, EMBEDDED_SECTION, out, summary, typer.echo)
+    typer.echo(body(""))
+    if report:
+        publish_section(Path(report), EMBEDDED_SECTION, out, body, typer.echo)
 
 
 @bench_app.command("render")

@@ -27,7 +27,10 @@ from ..scoring.ground_truth import GroundTruth, load_ground_truth, selection_qua
 from ..scoring.ranking import rank
 from .scores_io import load_scores
 
-__all__ = ["kept_class_ranking", "selection_gallery"]
+__all__ = ["GALLERY", "kept_class_ranking", "selection_gallery"]
+
+#: the gallery's file name in a run's report folder (linked from report.md)
+GALLERY = "selection.png"
 
 
 def _read_images(split, indices: Sequence[int]) -> list[np.ndarray]:

@@ -39,9 +39,11 @@ from ..errors import DP4TLError
 from ..fsutil import (atomic_write_json, atomic_write_text, check_out_dir, directory_lock,
                       file_sha256, is_unwritable)
 from ..scoring.registry import TRAJECTORY, UNIT_PLURAL, get_scorer, parse_option_pairs
+from .gallery import GALLERY, selection_gallery
 from .prune import prune
 from .score import score, self_supervised_refusal
 from .stages import describe, key_of, run_stage, stage
+from .truth import selection_truth, truth_lines
 from .targets import (check_order, check_synth_target, check_weights, display_names,
                       method_title, score_key, stage_suffix, target_list)
 
@@ -200,7 +202,7 @@ def recipe_scale(manifest) -> str:
     extra = manifest.contract.extra
     if extra.get("generator") != "synth":
         return "full"
-    return "bench" if (extra.get("synth_config") or {}).get("preset") == "bench" else "tiny"
+    return "bench" if (extra.get("synth_config") or {}).get("preset") in ("bench", "hard") else "tiny"
 
 
 def _check_config(cfg: PipelineConfig, seeds: tuple[int, ...]) -> None:
@@ -410,6 +412,13 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
         results["stages"]["prune"] = run_stage(pr, lambda d: prune(sc.dir, source_dir, cfg.ratio, d,
                                                                    budget=cfg.budget,
                                                                    reverse=reverse), log)
+        # synth data knows the answer: how right the selection is (None on real data)
+        truth = selection_truth(source_dir, target_dirs, sc.dir, pr.dir / "train.npy")
+        if truth is not None:
+            results["ground_truth"] = truth
+        if cfg.ratio > 0:
+            results["selection"] = {"source": str(source_dir), "target": str(target_dir),
+                                    "mask": str(pr.dir / "train.npy"), "scores": str(sc.dir)}
         pt_dirs = {}
         for i, seed in enumerate(seeds):
             seed_over = [f"train.seed={seed}"] if seed else []
@@ -457,6 +466,10 @@ def run_pipeline(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dic
                                                   "-seeds" + "_".join(map(str, seeds)))
                          + ("" if not multi else "-targets" + key_of(
                              {"targets": [t.fingerprint for t in tgts], "weights": list(weights)})))
+    if results.get("selection") and not (report_dir / GALLERY).exists():
+        sel = results["selection"]  # the paper's Fig. A7: what was kept, beside the target
+        selection_gallery(sel["source"], sel["target"], sel["mask"], report_dir / GALLERY,
+                          scores_dir=sel["scores"], title=f"{_label(cfg.method)} at ratio {cfg.ratio}")
     write_report(results, report_dir)
     results["report"] = str(report_dir / "report.md")
     log(f"[report] {results['report']}")
@@ -602,6 +615,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     if pr is not None:
         lines.append(f"- kept: {len(pr.get('kept_units', [])) or '-'} {UNIT_PLURAL[pr['unit']]}, "
                      f"{pr['train_kept']} train samples" + _fraction(pr))
+    lines += truth_lines(results.get("ground_truth"))
+    if (out / GALLERY).exists():
+        lines += ["", f"![what was kept, beside the target (Fig. A7)]({GALLERY})"]
     lines += ["", "| stage | wall s | result |", "|---|---:|---|"]
     for name, res in st.items():
         lines.append(f"| {name} | {res.get('seconds', 0):.1f} | {describe(res)} |")
