@@ -37,9 +37,9 @@ def selection_truth(source_dir: str | Path, target_dirs: Sequence[str | Path],
                            "chance": q["chance"], "mapped_classes": len(gt.mapped_classes),
                            "recall": None, "recall_chance": random_topk_recall(gt)}
     if scores_dir is not None and (Path(scores_dir) / "scores.json").exists():
-        meta, arrays = load_scores(scores_dir)
-        if meta.get("unit") == "class" and len(arrays["scores"]) == gt.num_classes:
-            out["recall"] = topk_recall(arrays["scores"], gt, arrays.get("tiebreak"))
+        sc = load_scores(scores_dir)
+        if sc.meta.unit == "class" and len(sc.scores) == gt.num_classes:
+            out["recall"] = topk_recall(sc.scores, gt, sc.tiebreak)
     return out
 
 
