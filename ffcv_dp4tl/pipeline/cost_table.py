@@ -44,6 +44,7 @@ from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, read_json
 from ..scoring.registry import PlotStyle, get_scorer, is_registered
 from .run import PipelineConfig, run_pipeline
+from .truth import truth_table
 from .variants import base_method, parse_variant, variant_style
 
 #: Paper Tab. 3: hours "to obtain the pretrained model" per pruning ratio — a *total* that covers
@@ -149,6 +150,7 @@ def _row(res: dict[str, Any], method: str, ratio: float, seed: int, charged_surr
                            "kept_sample_fraction": st["prune"].get("kept_sample_fraction"),
                            "total_s": sum(sec[k] for k in COST_STAGES)}
     row["surrogate_brought"] = bool(st.get("surrogate", {}).get("brought"))
+    row["truth"] = res.get("ground_truth")  # synth data: the selection against its answer
     for mode in ("lp", "ff"):
         ft = st.get(f"finetune-{mode}")
         row[f"{mode}_s"] = float(ft["seconds"]) if ft else None
@@ -643,6 +645,7 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
                 L.append(f"| {mode.upper()} | {method_label(m)} | {br} | "
                          f"{_acc((w['mean'], w['std']), ns)} | {_acc((w['ref_mean'], w['ref_std']), ns)} |")
     L += _target_tables(t, methods, pruned, ns)
+    L += truth_table(t.get("rows", []), [method_label(m) for m in methods], methods, pruned)
     if plots_prefix is not None:
         L += ["", f"![accuracy vs ratio]({plots_prefix}accuracy.png)",
               f"![cost vs ratio]({plots_prefix}cost.png)"]

@@ -63,3 +63,30 @@ def truth_lines(t: dict[str, Any] | None) -> list[str]:
             "|---:|---:|---:|---:|---:|",
             f"| {rec} | {t['mapped_kept']:.2f} | {t['related_samples']:.2f} | "
             f"{t['related_classes']:.2f} ({t['kept_classes']} classes) | {t['chance']:.2f} |"]
+
+
+def truth_table(rows: Sequence[dict[str, Any]], labels: Sequence[str], methods: Sequence[str],
+                ratios: Sequence[float]) -> list[str]:
+    """The cost table's "Selection against the ground truth" section: per method and ratio, the
+    mean over seeds of :data:`TRUTH_COLUMNS` (rows carry ``truth``; none without ground truth)."""
+    cells = []
+    for label, m in zip(labels, methods):
+        for r in ratios:
+            ts = [x["truth"] for x in rows if x.get("method") == m and x.get("ratio") == r
+                  and x.get("truth")]
+            if ts:
+                mean = {k: (None if any(t.get(k) is None for t in ts)
+                            else sum(t[k] for t in ts) / len(ts)) for k, _ in TRUTH_COLUMNS}
+                cells.append((label, r, mean, ts[0].get("chance"), len(ts)))
+    if not cells:
+        return []
+    out = ["", "### Selection against the ground truth (synth data)", "",
+           "Mean over seeds. top-k recall: the target's mapped source classes among the k "
+           "best-scored (class units); related samples / classes: share of the kept ones from the "
+           "target's related superclasses (RANDOM keeps them at the source's share).", "",
+           "| method | ratio | " + " | ".join(h for _, h in TRUTH_COLUMNS) + " | source share | seeds |",
+           "|---|---:|" + "---:|" * (len(TRUTH_COLUMNS) + 2)]
+    for label, r, mean, chance, n in cells:
+        out.append(f"| {label} | {r:.0%} | " + " | ".join(truth_cells(mean))
+                   + f" | {'–' if chance is None else f'{chance:.2f}'} | {n} |")
+    return out

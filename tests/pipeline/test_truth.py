@@ -44,3 +44,18 @@ def test_unrelated_selection_scores_zero_and_no_truth_is_none(small_synth, tmp_p
     assert full["recall"] is None and full["related_samples"] == full["chance"]
     assert selection_truth(tmp_path, ["paper"], None, None) is None  # no ground truth
     assert truth_cells(None) == ["–"] * 4 and truth_lines(None) == []
+
+
+def test_cost_table_section_averages_over_seeds():
+    from ffcv_dp4tl.pipeline.truth import truth_table
+
+    t = lambda rec, rel: {"recall": rec, "related_samples": rel, "related_classes": rel,  # noqa: E731
+                          "mapped_kept": 1.0, "chance": 0.25}
+    rows = [{"method": "lm", "ratio": 0.6, "seed": 0, "truth": t(1.0, 0.9)},
+            {"method": "lm", "ratio": 0.6, "seed": 1, "truth": t(0.5, 0.7)},
+            {"method": "random", "ratio": 0.6, "seed": 0, "truth": t(None, 0.25)},
+            {"method": "0 %", "ratio": 0.0, "seed": 0, "truth": None}]
+    lines = truth_table(rows, ["LM", "RANDOM"], ["lm", "random"], [0.6])
+    assert "| LM | 60 % | 0.75 | 0.80 | 0.80 | 1.00 | 0.25 | 2 |" in lines
+    assert "| RANDOM | 60 % | – | 0.25 | 0.25 | 1.00 | 0.25 | 1 |" in lines
+    assert truth_table([r for r in rows if r["truth"] is None], ["LM"], ["lm"], [0.6]) == []
