@@ -35,7 +35,7 @@ def test_unrelated_selection_scores_zero_and_no_truth_is_none(small_synth, tmp_p
 
     gt = load_ground_truth(small_synth / "source", "paper")
     unrelated = [k for k in range(gt.num_classes) if not gt.related[k]]
-    mask = _select(small_synth, tmp_path / "u", -np.isin(np.arange(gt.num_classes), unrelated).astype(float),
+    mask = _select(small_synth, tmp_path / "u", np.isin(np.arange(gt.num_classes), unrelated).astype(float),
                    unrelated)
     t = selection_truth(small_synth / "source", ["paper"], tmp_path / "u", mask)
     assert t["recall"] == 0.0 and t["related_samples"] == 0.0 and t["mapped_kept"] == 0.0
