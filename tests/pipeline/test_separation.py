@@ -81,3 +81,33 @@ def test_run_resumes_from_rows(tmp_path, monkeypatch):
                                ratios=[0.8], finetune=["lp"], log=lambda m: None)
     assert calls == [(2, "warm", "random", 0.0), (2, "warm", "random", 0.8), (2, "warm", "lm", 0.8)]
     assert len(again) == 9 and again[0]["lp"] == 50.0
+
+
+def test_embedded_command_runs_the_paired_design(tmp_path, monkeypatch):
+    """`dp4tl bench embedded`: synth:hard with the bench recipes, 5 seeds, LM/FM vs RANDOM,
+    LP and FF; the section holds the paired verdict (the pipeline runs are replaced here by
+    rows with a known answer: the CLI's wiring is under test, run_separation above)."""
+    from typer.testing import CliRunner
+
+    from ffcv_dp4tl.cli import app
+
+    seen = {}
+
+    def fake(base, out, **kw):
+        seen.update(kw, base=base)
+        return _rows(gap=2.0)
+
+    monkeypatch.setattr(sep, "run_separation", fake)
+    bench_md = tmp_path / "B.md"
+    res = CliRunner().invoke(app, ["bench", "embedded", "--out", str(tmp_path / "o"),
+                                   "--report", str(bench_md)])
+    assert res.exit_code == 0, res.output
+    assert seen["base"].source == "synth:hard" and seen["base"].recipes == "bench"
+    assert seen["seeds"] == [0, 1, 2, 3, 4] and seen["targets"] == ["paper", "warm", "blur"]
+    assert seen["methods"] == ["lm", "fm"] and seen["finetune"] == ["lp", "ff"]
+    text = bench_md.read_text()
+    assert "## Embedded benchmark (CPU): do LM and FM beat RANDOM?" in text
+    assert "**better**" in text and "](o/paired.png)" in text
+    assert (tmp_path / "o" / "README.md").exists()
+    bad = CliRunner().invoke(app, ["bench", "embedded", "--targets", "dusk"])
+    assert bad.exit_code != 0
