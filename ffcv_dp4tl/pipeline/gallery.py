@@ -132,8 +132,8 @@ def selection_gallery(source_dir: str | Path, target_dir: str | Path, mask: str 
     head = title or "Selection"
     if gt is not None:
         q = selection_quality(gt, kept_labels)
-        head += (f" — mapped classes kept {q['mapped_recall']:.0%}, related samples "
-                 f"{q['related_samples']:.0%} (chance {gt.chance(labels):.0%})")
+        head += (f" — mapped classes kept {100 * q['mapped_recall']:.0f} %, related samples "
+                 f"{100 * q['related_samples']:.0f} % (chance {100 * gt.chance(labels):.0f} %)")
     fig.suptitle(head, fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")

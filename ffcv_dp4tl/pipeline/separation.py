@@ -108,7 +108,7 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
                                                              and seed not in ref_seeds):
                     continue
                 log(f"[bench embedded] {i}/{total}: seed {seed}, target {target}, {method} at "
-                    f"{ratio:.0%}")
+                    f"{100 * ratio:.0f} %")
                 res = run_pipeline(replace(cfg_s, target=target, ratio=ratio,
                                            method="random" if method == REFERENCE else method),
                                    log=log)
@@ -200,7 +200,7 @@ def markdown(summary: dict[str, Any], *, command: str = "", header: Sequence[str
     for t in s["tests"]:
         p = t["pooled"]
         pv = "–" if p["p"] is None else (f"{p['p']:.3f}" if p["p"] >= 0.001 else "<0.001")
-        lines.append(f"| {t['mode'].upper()} | {t['ratio']:.0%} | {t['method'].upper()} | {_ci(p)} | "
+        lines.append(f"| {t['mode'].upper()} | {100 * t['ratio']:.0f} % | {t['method'].upper()} | {_ci(p)} | "
                      f"{pv} | {p['wins']}/{p['n']} | {verdict(p)} | "
                      + " | ".join(_ci(t['per_target'][x]) for x in s["targets"]) + " |")
     if plot:
@@ -223,8 +223,8 @@ def markdown(summary: dict[str, Any], *, command: str = "", header: Sequence[str
                   + " | ".join(h for _, h in TRUTH_COLUMNS) + " | source share |",
                   "|---:|---|---|---:|" + "---:|" * (len(TRUTH_COLUMNS) + 1)]
         for c in s["truth"]:
-            ks = "–" if c.get("kept_sample_fraction") is None else f"{c['kept_sample_fraction']:.0%}"
-            lines.append(f"| {c['ratio']:.0%} | {c['method'].upper()} | `{c['target']}` | {ks} | "
+            ks = "–" if c.get("kept_sample_fraction") is None else f"{100 * c['kept_sample_fraction']:.0f} %"
+            lines.append(f"| {100 * c['ratio']:.0f} % | {c['method'].upper()} | `{c['target']}` | {ks} | "
                          + " | ".join("–" if c.get(k) is None else f"{c[k]:.2f}"
                                       for k, _ in TRUTH_COLUMNS)
                          + f" | {c['chance']:.2f} |")
@@ -246,7 +246,7 @@ def plot_tests(summary: dict[str, Any], path: Path) -> Path:
         ax.errorbar(p["mean"], i, xerr=[[p["mean"] - p["lo"]], [p["hi"] - p["mean"]]], fmt="o",
                     color=colour, capsize=3)
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(range(len(tests)), [f"{t['mode'].upper()} {t['ratio']:.0%} {t['method'].upper()}"
+    ax.set_yticks(range(len(tests)), [f"{t['mode'].upper()} {100 * t['ratio']:.0f} % {t['method'].upper()}"
                                       for t in tests])
     ax.invert_yaxis()
     ax.set_xlabel("target top-1 minus RANDOM's, points (mean, 95 % CI over seeds × targets)")

@@ -87,6 +87,6 @@ def truth_table(rows: Sequence[dict[str, Any]], labels: Sequence[str], methods: 
            "| method | ratio | " + " | ".join(h for _, h in TRUTH_COLUMNS) + " | source share | seeds |",
            "|---|---:|" + "---:|" * (len(TRUTH_COLUMNS) + 2)]
     for label, r, mean, chance, n in cells:
-        out.append(f"| {label} | {r:.0%} | " + " | ".join(truth_cells(mean))
+        out.append(f"| {label} | {100 * r:.0f} % | " + " | ".join(truth_cells(mean))
                    + f" | {'–' if chance is None else f'{chance:.2f}'} | {n} |")
     return out
