@@ -422,6 +422,12 @@ PRESETS: dict[str, SynthConfig] = {
                         train_per_class=64, val_per_class=10, image_size=32,
                         target_classes=30, target_train_per_class=6, target_test_per_class=16,
                         light_background=30),
+    # The GPU check's cost table (scripts/gpu_check.sh, issue 20): ImageNet-like JPEGs (256 px,
+    # q90) for 100 classes x 400 = 40,000 train images, small enough to build on 16 cores and
+    # train one RN-101 epoch per pruning ratio inside one device call; one target for LM.
+    "costtable": SynthConfig(preset="costtable", num_superclasses=20, classes_per_superclass=5,
+                             train_per_class=400, val_per_class=10, image_size=256, num_targets=1,
+                             target_classes=10, target_train_per_class=40, target_test_per_class=20),
     # ImageNet-sized (1000 classes x 1280 + 50 at 256 px): GPU benchmarks only.
     "imagenet": SynthConfig(preset="imagenet", num_superclasses=100, classes_per_superclass=10,
                             train_per_class=1280, val_per_class=50, image_size=256,
