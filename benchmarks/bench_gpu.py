@@ -306,7 +306,7 @@ def models(args) -> str:
     rows = []
     for arch, res, bs in parse_model_specs(args.models):
         try:
-            model = create_model(arch, 1000).to(dev)
+            model = create_model(arch, 1000, **({"image_size": res} if arch.startswith("vit") else {})).to(dev)
             x = torch.randn(bs, 3, res, res, device=dev)
             if dev.type == "cuda":
                 model = model.to(memory_format=torch.channels_last)
@@ -340,6 +340,9 @@ def models(args) -> str:
         except torch.cuda.OutOfMemoryError as e:
             rows.append(f"| {arch} | {bs} | {res} | **out of memory** | | {str(e).splitlines()[0]} |")
             torch.cuda.empty_cache()
+        except Exception as e:  # noqa: BLE001 - one broken model must not hide the others
+            rows.append(f"| {arch} | {bs} | {res} | **failed: {type(e).__name__}: {str(e).splitlines()[0]}** | | |")
+            args.exit_code = 1
         print(rows[-1], flush=True)
     lines = [f"### Training steps per model (bf16 autocast, channels_last, SGD, cudnn.benchmark; {dev.type})", "",
              f"{args.warmup} warm-up steps, then {args.steps} timed steps; peak = torch.cuda.max_memory_allocated.", "",
@@ -384,9 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--steps", type=int, default=10)
     args = p.parse_args(argv)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    args.exit_code = 0
     body = args.fn(args)
     _emit(args.md, f"{body}\n\n_{stamp}; `python benchmarks/bench_gpu.py {' '.join(sys.argv[1:] if argv is None else argv)}`_")
-    return 0
+    return args.exit_code
 
 
 if __name__ == "__main__":
