@@ -119,3 +119,17 @@ def test_publish_refuses_other_files(tmp_path):
         _publish().main([str(bad), "--report", str(tmp_path / "B.md")])
     with pytest.raises(SystemExit, match="does not exist"):
         _publish().main([str(tmp_path / "missing.md"), "--report", str(tmp_path / "B.md")])
+
+
+def test_costtable_preset_is_imagenet_like():
+    """Issue 20's cost-table source: >= 100 classes, 40-60k train JPEGs at ~256 px, one target
+    (LM scores for it), q90 (the builder's default quality)."""
+    from beton_builders.synth import PRESETS, parse_synth
+    from beton_builders.writer import BuildOptions
+
+    cfg = parse_synth("synth:costtable")
+    assert cfg == PRESETS["costtable"]
+    assert cfg.num_classes >= 100 and 40_000 <= cfg.num_classes * cfg.train_per_class <= 60_000
+    assert cfg.image_size == 256 and cfg.num_targets == 1 and cfg.target_names() == ["paper"]
+    assert "targets/paper" in SCRIPT.read_text()  # the check script reads that target
+    assert BuildOptions().quality == 90 and BuildOptions().max_side >= 256  # stored as rendered, q90
