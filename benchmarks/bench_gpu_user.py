@@ -238,10 +238,14 @@ def race(args) -> str:
     _sync(dev)
     side = torch.cuda.Stream(device=dev) if dev.type == "cuda" else None
 
+    loader_side, side_what = _loader_side_decode(dev)
+
     def decode(mode: str) -> list[torch.Tensor]:
         if mode == "training stream" or side is None:
             return decode_jpeg(jpegs, device=dev, mode=ImageReadMode.RGB)
-        main = torch.cuda.current_stream(dev)  # the loader's protocol (DeviceDecodeLoader)
+        if loader_side is not None:
+            return loader_side(jpegs)
+        main = torch.cuda.current_stream(dev)  # the loader's documented protocol
         with torch.cuda.stream(side):
             images = decode_jpeg(jpegs, device=dev, mode=ImageReadMode.RGB)
         main.wait_stream(side)
@@ -281,8 +285,26 @@ def race(args) -> str:
         f"### GPU decode: stream race probe ({dev.type})", "",
         f"{len(ref)} JPEGs from `{args.data}` decoded {args.rounds} times per mode; before each decode, blocks of the "
         f"decoded images' sizes are freed while {args.busy} queued {args.matmul}x{args.matmul} matmuls and then fills "
-        "that write them are still pending. `corrupted` = decoded images not bit-equal to an isolated reference decode.",
+        "that write them are still pending. `corrupted` = decoded images not bit-equal to an isolated reference decode. "
+        f"Side stream: {side_what}.",
         "", "| decode on | images | corrupted | seconds |", "| --- | ---: | ---: | ---: |", *rows, "", f"Verdict: {verdict}."])
+
+
+def _loader_side_decode(dev: torch.device):
+    """The GPU-decode loader's own side-stream decode (``DeviceDecodeLoader._decode_on_side_stream``)
+    bound to a fresh state, so the control runs the loader's code, not a copy; a replica of its
+    documented protocol when that method is not there (the loader was restructured)."""
+    if dev.type != "cuda":
+        return None, "n/a on the CPU"
+    import types
+
+    from ffcv_dp4tl.data.gpu_decode import DeviceDecodeLoader
+
+    fn = getattr(DeviceDecodeLoader, "_decode_on_side_stream", None)
+    if fn is None:
+        return None, "a replica of the loader's protocol (own stream, wait_stream, record_stream)"
+    state = types.SimpleNamespace(_stream=None, device=dev)
+    return (lambda data: fn(state, data)), "the loader's own `DeviceDecodeLoader._decode_on_side_stream`"
 
 
 def _sample_jpegs(data: Path, count: int) -> list[torch.Tensor]:
