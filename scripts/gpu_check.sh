@@ -29,8 +29,8 @@ REPO=$PWD
 BUDGET=${GPU_CHECK_BUDGET:-540}
 INSTALL_S=10  # wheel install + summary writing, outside the stages
 ORDER="env pytest build pipeline costtable train models fm loaders compile"
-declare -A LIMIT=([env]=20 [pytest]=55 [build]=80 [pipeline]=110 [costtable]=110 [train]=60 [models]=25
-                  [fm]=35 [loaders]=20 [compile]=15)
+declare -A LIMIT=([env]=20 [pytest]=70 [build]=80 [pipeline]=110 [costtable]=105 [train]=60 [models]=25
+                  [fm]=35 [loaders]=15 [compile]=10)
 limits_sum() { local s=0 st; for st in $ORDER; do s=$(( s + LIMIT[$st] )); done; echo "$s"; }
 SUM=$(limits_sum)
 STAGES=$ORDER
