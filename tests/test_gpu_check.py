@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -53,13 +55,18 @@ def test_script_refuses_limits_over_the_budget(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("gpu_check")
-    env = dict(os.environ, OUT=str(tmp / "out"), GPU_CHECK_WORK=str(tmp / "work"), GPU_CHECK_SMOKE="1",
-               PYTHON=sys.executable)
-    res = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=5400)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return tmp / "out"
+def smoke_run():
+    # Not under pytest's basetemp: the rehearsal runs for many minutes, and a concurrent pytest
+    # session of the same user rotates (deletes) old numbered basetemp folders meanwhile.
+    tmp = Path(tempfile.mkdtemp(prefix="gpu-check-smoke-"))
+    try:
+        env = dict(os.environ, OUT=str(tmp / "out"), GPU_CHECK_WORK=str(tmp / "work"), GPU_CHECK_SMOKE="1",
+                   PYTHON=sys.executable)
+        res = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=5400)
+        assert res.returncode == 0, res.stdout + res.stderr
+        yield tmp / "out"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.mark.slow
