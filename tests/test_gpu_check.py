@@ -70,6 +70,7 @@ def smoke_run():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(6000)  # the whole rehearsal on a CPU (pyproject's default is 600 s)
 def test_every_stage_ran_and_reported(smoke_run):
     summary = (smoke_run / "summary.md").read_text()
     logs = (smoke_run / "logs.txt").read_text()
@@ -100,6 +101,7 @@ def test_every_stage_ran_and_reported(smoke_run):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(6000)
 def test_publish_files_the_summary_and_settles_pending_points(smoke_run, tmp_path):
     report = tmp_path / "BENCH.md"
     report.write_text("# Benchmarks\n\n## GPU check (Old GPU)\n\n- Lloyd 0.4 s. Pending a GPU re-measure.\n"
