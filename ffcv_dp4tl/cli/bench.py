@@ -10,6 +10,7 @@ import typer
 from ..errors import DP4TLError
 from ..scoring.registry import methods_help
 from .app import app
+from ..contracts import Criterion
 from .options import (Budget, FORMAT_HELP, K_HELP, Format, Protocol, RecipeSet, check_arch, default_k,
                       device_option, floats_callback, ints_callback, list_callback, pick_data,
                       split_list)
@@ -20,6 +21,9 @@ bench_app = typer.Typer(help="Benchmarks that write a report (and a BENCHMARKS.m
 app.add_typer(bench_app, name="bench")
 
 SECTION = "Cost table (CPU, embedded data)"
+CRITERION_HELP = ("Which epoch's target test top-1 decides a winning subset: final (the last "
+                  "epoch) | best (the best epoch on the test set, the authors' best_test_top1; "
+                  "docs/deviations.md); named in every table header")
 
 
 def _floats(text: str) -> list[float]:
@@ -88,6 +92,7 @@ def cost_table(
     tol: float = typer.Option(0.0, help="Winning subset tolerance in accuracy points: a ratio "
                               "wins when its mean top-1 is >= the unpruned mean - tol (the "
                               "paper: 0, no lower than unpruned)"),
+    criterion: Criterion = typer.Option(Criterion.final, help=CRITERION_HELP),
     set_: List[str] = typer.Option([], "--set", help="Pretraining recipe override (repeatable)"),
     set_surrogate: List[str] = typer.Option([], "--set-surrogate", help="Surrogate recipe override"),
     set_finetune: List[str] = typer.Option([], "--set-finetune", help="LP/FF recipe override"),
@@ -124,7 +129,8 @@ def cost_table(
             ("protocol", protocol.value), ("recipes", recipes_),
             ("surrogate-weights", surrogate_weights or ""), ("arch", arch), ("data-root", data_root),
             ("runs-root", runs_root), ("format", format.value), ("device", device), ("k", k),
-            ("tol", tol), *(("set", v) for v in set_), *(("set-surrogate", v) for v in set_surrogate),
+            ("tol", tol), ("criterion", criterion.value),
+            *(("set", v) for v in set_), *(("set-surrogate", v) for v in set_surrogate),
             *(("set-finetune", v) for v in set_finetune), *(("opt", v) for v in opt),
             ("budget", budget.value if budget is not Budget.units else ""), ("out", out),
             ("report", report)]
@@ -139,7 +145,7 @@ def cost_table(
                        method_ratios=method_ratios,
                        seeds=[int(s) for s in split_list(seeds)], finetune=split_list(finetune),
                        ff_methods=split_list(ff_methods) or None, tol=tol,
-                       command=command, log=typer.echo)
+                       criterion=criterion.value, command=command, log=typer.echo)
     _publish(t, out, report, section)
 
 
@@ -247,12 +253,15 @@ def render(
     report: Path = typer.Option(None, help="Also rewrite the section in this Markdown file"),
     section: str = typer.Option(SECTION, help="Title of that section (embedded: "
                                 f"'{EMBEDDED_SECTION}')"),
+    criterion: Optional[Criterion] = typer.Option(None, help="Judge the winning subsets again "
+                                                  "with this criterion (default: the run's)",
+                                                  show_default=False),
 ) -> None:
     """Rebuild report.md, the plots and the BENCHMARKS.md section from results.json (nothing
     reruns): for a report written by an older version."""
     from ..pipeline.cost_table import rerender
 
-    _publish(rerender(out), out, report, section)
+    _publish(rerender(out, criterion.value if criterion else None), out, report, section)
 
 
 @bench_app.command("surrogates")

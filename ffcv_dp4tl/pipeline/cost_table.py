@@ -19,7 +19,9 @@
 * target test top-1 after LP and FF — the final epoch's (the accuracy and winner tables) and the
   best evaluated epoch's (``accuracy_best``; what the authors' code reports) — as mean ± std over
   seeds, and the "best winning subset" per method and mode: the largest ratio whose (mean)
-  accuracy is ≥ the 0 % (mean) accuracy − ``tol`` points (default 0: no lower than unpruned).
+  accuracy is ≥ the 0 % (mean) accuracy − ``tol`` points (default 0: no lower than unpruned),
+  judged on the epoch ``criterion`` names (:data:`CRITERIA`: ``final`` = the last epoch, or
+  ``best`` = the best epoch on the test set, the authors' ``best_test_top1``; docs/deviations.md).
 * a surrogate *brought* as weights (``surrogate_weights``) was not trained: its import time is
   charged instead, and the report says so.
 * **variants** (:mod:`.variants`): a method name may carry settings, ``fm[k=16]`` (Fig. A2) or
@@ -40,6 +42,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ..contracts import Criterion
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, read_json
 from ..scoring.registry import PlotStyle, get_scorer, is_registered
@@ -69,6 +72,15 @@ def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
     m = sum(xs) / len(xs)
     sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
     return m, sd
+
+
+#: which epoch's test top-1 decides a winning subset: the last one, or the best one on the test
+#: set (the authors' released code logs ``best_test_top1`` and Tab. 1's ratios come from it)
+CRITERIA = {Criterion.final.value: "final-epoch", Criterion.best.value: "best-epoch (on the test set)"}
+
+
+def _criterion(criterion: str) -> str:
+    return Criterion.check(criterion, "criterion")
 
 
 def best_winning_subset(acc: dict[float, Sequence[float]], reference: Sequence[float],
@@ -173,7 +185,8 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
                    seeds: Iterable[int] = (0,), finetune: Iterable[str] = ("lp", "ff"),
                    ff_methods: Iterable[str] | None = None,
                    method_ratios: dict[str, Iterable[float]] | None = None, tol: float = 0.0,
-                   command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
+                   criterion: str = "final", command: str = "",
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every (method, ratio, seed) pipeline and return (and, with ``out_dir``, write) the
     table: ``results.json``, ``report.md``, ``accuracy.png`` and ``cost.png``.
 
@@ -181,8 +194,10 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     the FF cost. ``method_ratios``: run a method only at these pruned ratios (default: all of
     ``ratios``) — e.g. the costly baselines only at 60 % for the selection-cost table.
     Seed ``s`` sets the scoring seed and, for ``s != 0``, ``train.seed=s`` of the pretraining
-    (and finetune) recipes; the surrogate is the same for every seed.
+    (and finetune) recipes; the surrogate is the same for every seed. ``criterion``: which
+    epoch's accuracy decides the winning subsets (:data:`CRITERIA`).
     """
+    _criterion(criterion)  # before any work
     ratios = sorted({round(float(r), 6) for r in ratios})
     methods, seeds, finetune = list(methods), [int(s) for s in seeds], tuple(finetune)
     ff_set = set(methods if ff_methods is None else ff_methods)
@@ -258,12 +273,12 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     cfg = {**asdict(base), "data_root": str(base.data_root), "runs_root": str(base.runs_root)}
     ratios = sorted(set(ratios) | {r for _, r in plan})
     table = summarize(rows, methods=methods, ratios=ratios, seeds=seeds, finetune=finetune,
-                      tol=tol)
+                      tol=tol, criterion=criterion)
     if target_rows:  # several targets: the accuracy tables of each (Fig. A5)
         table["targets"] = {}
         for name, trows in target_rows.items():
             ts = summarize(trows, methods=methods, ratios=ratios, seeds=seeds, finetune=finetune,
-                           tol=tol)
+                           tol=tol, criterion=criterion)
             table["targets"][name] = {k: ts[k] for k in ("accuracy", "accuracy_best", "winners")}
         table["target_rows"] = [r for trows in target_rows.values() for r in trows]
         table["target_weights"] = list(base.target_weights)
@@ -353,8 +368,11 @@ def versus_random(rows: list[dict[str, Any]], mode: str, methods: Sequence[str],
 
 
 def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Sequence[float],
-              seeds: Sequence[int], finetune: Sequence[str], tol: float = 0.0) -> dict[str, Any]:
-    """Aggregate raw rows into cost / selection / accuracy / winning-subset tables."""
+              seeds: Sequence[int], finetune: Sequence[str], tol: float = 0.0,
+              criterion: str = "final") -> dict[str, Any]:
+    """Aggregate raw rows into cost / selection / accuracy / winning-subset tables; the winning
+    subsets are judged on the ``criterion`` epoch's accuracy (:data:`CRITERIA`)."""
+    _criterion(criterion)
     ref_rows = [r for r in rows if r["method"] == REFERENCE]
     ref_total = _mean_std([r["total_s"] for r in ref_rows])[0]
     ref_pre = _mean_std([r["pretrain_s"] for r in ref_rows])[0]
@@ -420,12 +438,17 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
             if not by_ratio:
                 continue
             accuracy[mode]["methods"][m] = {str(r): _mean_std(v) for r, v in by_ratio.items()}
-            if ref_acc:
-                winners[mode][m] = best_winning_subset(by_ratio, ref_acc, tol)
+            wkey = key if criterion == "final" else bkey
+            ref_w = [x[wkey] for x in ref_rows if x.get(wkey) is not None]
+            by_w = {r: [x[wkey] for x in rows if x["method"] == m and x["ratio"] == r
+                        and x.get(wkey) is not None] for r in pruned}
+            by_w = {r: v for r, v in by_w.items() if v}
+            if ref_w and by_w:
+                winners[mode][m] = best_winning_subset(by_w, ref_w, tol)
     vs_random = {mode: versus_random(rows, mode, methods, ratios) for mode in finetune}
     return {"rows": rows, "cost": cost, "selection": selection, "accuracy": accuracy,
             "accuracy_best": accuracy_best, "winners": winners, "versus_random": vs_random, "methods": list(methods), "ratios": list(ratios),
-            "seeds": list(seeds), "finetune": list(finetune), "tol": tol,
+            "seeds": list(seeds), "finetune": list(finetune), "tol": tol, "criterion": criterion,
             "reference_total_s": ref_total, "reference_pretrain_s": ref_pre}
 
 
@@ -637,7 +660,8 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
                      f"{'**' + v['verdict'] + '**' if v['verdict'] in ('better', 'worse') else v['verdict']} |")
         L += ["", versus_random_summary(vs)]
     if any(t["winners"].values()):
-        L += ["", f"### Best winning subset (largest ratio with accuracy ≥ 0 % − {t['tol']} points)",
+        L += ["", f"### Best winning subset (largest ratio with {_crit_text(t)} accuracy ≥ 0 % − "
+                  f"{t['tol']} points; criterion `{t.get('criterion', 'final')}`)",
               "", "| mode | method | best ratio | accuracy % | 0 % accuracy % |", "|---|---|---:|---:|---:|"]
         for mode, ws in t["winners"].items():
             for m, w in ws.items():
@@ -697,7 +721,9 @@ def _target_tables(t: dict[str, Any], methods: Sequence[str], pruned: Sequence[f
             L.append(f"| {_r(r)} | " + " | ".join(
                 _acc(targets[n]["accuracy"][mode]["methods"][m].get(str(r)), ns)
                 for n, m in cols) + " |")
-        L += ["", "| target | method | best winning ratio | accuracy % | 0 % accuracy % |",
+        L += ["", f"Best winning subsets ({_crit_text(t)} accuracy, criterion "
+              f"`{t.get('criterion', 'final')}`):", "",
+              "| target | method | best winning ratio | accuracy % | 0 % accuracy % |",
               "|---|---|---:|---:|---:|"]
         for n, tt in targets.items():
             for m, win in tt["winners"].get(mode, {}).items():
@@ -706,6 +732,18 @@ def _target_tables(t: dict[str, Any], methods: Sequence[str], pruned: Sequence[f
                          f"{_acc((win['mean'], win['std']), ns)} | "
                          f"{_acc((win['ref_mean'], win['ref_std']), ns)} |")
     return L
+
+
+def _crit_text(t: dict[str, Any]) -> str:
+    return CRITERIA[t.get("criterion", "final")]
+
+
+def criterion_line(t: dict[str, Any]) -> str:
+    """The header line naming the winning-subset criterion (every cost-table header has it)."""
+    c = t.get("criterion", "final")
+    return (f"- winning-subset criterion: `{c}` — the {_crit_text(t)} target test top-1 decides "
+            "whether a pruned ratio wins (`--criterion final|best`; `best` is the authors' "
+            "`best_test_top1`, chosen on the test set: docs/deviations.md)")
 
 
 def header_lines(t: dict[str, Any]) -> list[str]:
@@ -727,6 +765,7 @@ def header_lines(t: dict[str, Any]) -> list[str]:
             f"- ratios {', '.join(f'{_r(r)}' for r in t['ratios'])}; methods "
             f"{', '.join(method_label(m) for m in t['methods'])}; finetune "
             f"{', '.join(m.upper() for m in t['finetune'])}; seeds {t['seeds']}",
+            criterion_line(t),
             "- These are wall times and accuracies on the small embedded synthetic data: read the "
             "*ratios* (reductions, relative accuracy), not absolute numbers; absolute GPU numbers "
             "come later from the GPU machine. Timings are of a shared 2-core machine (other jobs "
@@ -750,13 +789,14 @@ def write_outputs(t: dict[str, Any], out: Path) -> None:
     atomic_write_text(out / "report.md", "\n".join(text))
 
 
-def rerender(out: Path) -> dict[str, Any]:
+def rerender(out: Path, criterion: str | None = None) -> dict[str, Any]:
     """Rebuild the tables, plots and report of ``out/results.json`` from its raw rows with this
-    version's code (e.g. after the report gained a table), without running anything."""
+    version's code (e.g. after the report gained a table), without running anything;
+    ``criterion`` judges the winning subsets again (default: the run's)."""
     path = Path(out) / "results.json"
     if not path.is_file():
         raise DP4TLError(f"{path} not found: point at the --out folder of a cost-table run")
-    t = rerender_table(path)
+    t = rerender_table(path, criterion)
     write_outputs(t, Path(out))
     return t
 
@@ -958,7 +998,7 @@ def embedded_summary(tables: dict[str, dict[str, Any]], *, command: str,
             f"on {mach['cores']} cores (a shared machine)" if loads else ""),
          "- accuracy: final-epoch LP target test top-1 %, mean ± std over seeds; **better** / "
          "**worse** = the mean ± std intervals of the method and of RANDOM at the same ratio do "
-         "not overlap.", ""]
+         "not overlap.", criterion_line(first), ""]
     L += ["### Verdict per target", "",
           "| target | LM vs RANDOM | FM vs RANDOM | baselines at 60 % vs RANDOM | best winning "
           "ratio LM / FM / RANDOM |", "|---|---|---|---|---|"]
@@ -989,12 +1029,14 @@ def embedded_summary(tables: dict[str, dict[str, Any]], *, command: str,
     return "\n".join(L) + "\n"
 
 
-def rerender_table(results_json: Path) -> dict[str, Any]:
-    """The summary of a cost-table ``results.json`` recomputed from its rows (see :func:`rerender`)."""
+def rerender_table(results_json: Path, criterion: str | None = None) -> dict[str, Any]:
+    """The summary of a cost-table ``results.json`` recomputed from its rows (see :func:`rerender`),
+    its winning subsets judged by ``criterion`` (default: the run's; older files: final)."""
     old = read_json(results_json)
     try:
         t = summarize(old["rows"], methods=old["methods"], ratios=old["ratios"],
-                      seeds=old["seeds"], finetune=old["finetune"], tol=old.get("tol", 0.0))
+                      seeds=old["seeds"], finetune=old["finetune"], tol=old.get("tol", 0.0),
+                      criterion=criterion or old.get("criterion", "final"))
     except KeyError as e:
         raise DP4TLError(f"{results_json} lacks {e}: not a cost-table results file") from None
     for key in ("config", "surrogate_s", "command", "recipes", "surrogate_brought", "machine",
