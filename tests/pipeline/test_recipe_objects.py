@@ -25,6 +25,7 @@ def test_each_recipe_loaded_once_and_passed_as_an_object(tmp_path, monkeypatch, 
     def fake_train(recipe, *a, **k):
         got.append(recipe)
         masks.append(k.get("mask"))
+        (k["out_dir"] / "checkpoint.pt").write_bytes(b"ckpt")  # what later stages read
         return {"epoch": 0}
 
     def fake_finetune(recipe, *a, **k):
