@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from tqdm import tqdm
 
-from ..data import make_loader
+from ..data import AugSpec, make_loader
 from ..data.corruptions import CorruptedLoader, CorruptionOp
 from ..training.distributed import DistContext
 from ..training.engine import evaluate
@@ -30,8 +30,9 @@ def corruption_accuracy(ft: Finetuned, corruptions: Sequence[tuple[str, int]], *
     severity, top1, count}], "per_corruption": {name: mean top-1}, "mean_corruption_top1"}``."""
     dev = next(ft.model.parameters()).device
     ctx = DistContext(device=dev)
-    loader = make_loader(ft.target, split, fmt=fmt, train=False, batch_size=batch_size,
-                         resolution=ft.resolution, device=dev, num_workers=num_workers)
+    loader = make_loader(ft.target, split, fmt=fmt, aug=AugSpec.for_eval(),
+                         batch_size=batch_size, resolution=ft.resolution, device=dev,
+                         num_workers=num_workers)
     clean = evaluate(ft.model, loader, ctx, None, ft.flip_tta)
     rows = []
     bar = tqdm(corruptions, desc=f"corruptions {ft.name}", disable=not progress, leave=False)

@@ -179,10 +179,10 @@ def model_flatness(ft, *, split: str = "train", fmt: str = "ffcv", batch_size: i
                    num_workers: int = 2) -> dict:
     """ε-sharpness and λ_max(H) of a finetuned model (:class:`~.finetuned.Finetuned`) on the
     first ``num_batches`` batches of its target's ``split`` (eval transform, file order)."""
-    from ..data import make_loader
+    from ..data import AugSpec, make_loader
 
     dev = next(ft.model.parameters()).device
-    loader = make_loader(ft.target, split, fmt=fmt, train=False, shuffle=False,
+    loader = make_loader(ft.target, split, fmt=fmt, aug=AugSpec.for_eval(), shuffle=False,
                          batch_size=batch_size, resolution=ft.resolution, device=dev,
                          num_workers=num_workers)
     batches = fixed_batches(loader, num_batches)
