@@ -238,8 +238,9 @@ def _build_classes() -> dict[str, type]:
     class ScaledRandomResizedCrop(StatusDecoderMixin, RandomResizedCropRGBImageDecoder):
         """Random-resized crop that decodes less: the crop box is drawn first (from the
         stored height and width, ffcv's rule), then the JPEG is decoded at the smallest DCT
-        scale ``n/8`` at which the crop still covers the output size (libjpeg-turbo's scaled
-        decode: ~``(n/8)**2`` of the pixel work), the box is mapped onto the scaled image and
+        scale of 1/1, 1/2, 1/4, 1/8 at which the crop still covers the output size
+        (libjpeg-turbo's scaled decode; those four have SIMD IDCTs, the other n/8 do not and
+        measured slower than a full decode), the box is mapped onto the scaled image and
         resized (INTER_AREA) as usual; the horizontal flip happens in the decoder (no separate
         pass over the batch). Output differs from the full decode by the DCT-domain downscale
         (tests/data/test_ffcv_startup.py bounds it); with crops at or below the output size it
@@ -267,9 +268,9 @@ def _build_classes() -> dict[str, type]:
                     height = np.int64(field["height"])
                     width = np.int64(field["width"])
                     i, j, h, w = get_crop_c(np.uint32(height), np.uint32(width), scale, ratio)
-                    num = 8
-                    while num > 1 and h * (num - 1) >= 8 * out_h and w * (num - 1) >= 8 * out_w:
-                        num -= 1
+                    num = 8  # 8/8, 4/8, 2/8, 1/8: libjpeg-turbo's SIMD IDCTs (3/8 etc. are C)
+                    while num > 1 and h * (num // 2) >= 8 * out_h and w * (num // 2) >= 8 * out_w:
+                        num //= 2
                     image = decode_source(source_ix, dst_ix, metadata, storage_state,
                                           temp_storage, status, num)
                     sh, sw = image.shape[0], image.shape[1]
@@ -280,7 +281,13 @@ def _build_classes() -> dict[str, type]:
                     out = destination[dst_ix]
                     resize_crop_c(image, top, bottom, left, right, out)
                     if do_flip and np.random.random() < 0.5:
-                        out[:] = out[:, ::-1].copy()
+                        wd = out.shape[1]
+                        for r in range(out.shape[0]):
+                            for c in range(wd // 2):
+                                for ch in range(3):
+                                    t = out[r, c, ch]
+                                    out[r, c, ch] = out[r, wd - 1 - c, ch]
+                                    out[r, wd - 1 - c, ch] = t
                 return destination[:n]
 
             decode.is_parallel = True

@@ -90,11 +90,10 @@ def tex64(tmp_path_factory):
     return root
 
 
-#: mean |scaled - full| in uint8 levels on a whole-image crop 64 -> 24 px (DCT-domain 3/8
-#: downscale vs INTER_AREA): measured 3.4 on these textures (2.2 at 32 px; the blue sine, ~7
-#: output px per period, differs most), 4.6 on synth:tiny's shapes at 32 -> 12 px; a flipped
-#: image is ~56 levels off
-SCALED_DECODE_MAD = 5.0
+#: mean |scaled - full| in uint8 levels on a whole-image crop 64 -> 24 px (DCT-domain 1/2
+#: decode, then INTER_AREA 32 -> 24, vs INTER_AREA 64 -> 24): measured 1.5 on these textures
+#: (p99 7, max 10; the blue sine differs most); a flipped image is ~55 levels off
+SCALED_DECODE_MAD = 3.0
 
 
 def test_scaled_decode_stays_within_its_bound_of_ffcvs_decode(tex64):
@@ -117,7 +116,7 @@ def test_scaled_decode_stays_within_its_bound_of_ffcvs_decode(tex64):
     full, scaled = images(24, False), images(24, True)
     mad = float((full - scaled).abs().mean())
     assert mad < SCALED_DECODE_MAD, mad
-    assert float((full - scaled.flip(-1)).abs().mean()) > 5 * SCALED_DECODE_MAD  # sees a flip
+    assert float((full - scaled.flip(-1)).abs().mean()) > 10 * SCALED_DECODE_MAD  # sees a flip
     assert torch.equal(images(64, False), images(64, True))  # no downscale: ffcv's decode
     flipping = images(24, True, AugSpec.for_train(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0)))
     mirrored = [float((f - s.flip(-1)).abs().mean()) < float((f - s).abs().mean())
