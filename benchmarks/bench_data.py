@@ -595,7 +595,7 @@ def markdown(args, build_res: BuildResult, results: list[LoadResult], extra: dic
                 if other is not None:
                     lines.append(f"- Full-epoch time per image, {FORMAT_NAMES[fmt]} / FFCV, {t} "
                                  f"thread(s): {(other.best / other.images) / (ffcv_full.best / ffcv_full.images):.2f}×.")
-    if extra.get("extract_s") == extra.get("extract_s"):
+    if extra.get("extract_s") is not None and extra["extract_s"] == extra["extract_s"]:
         lines.append(f"- Baseline preparation (one-time, not in the table): extracting "
                      f"{meta['num_train']:,} JPEG files took {extra.get('extract_s', float('nan')):.1f}s.")
     sd = extra.get("scaled_decode")
