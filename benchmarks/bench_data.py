@@ -421,8 +421,8 @@ def scaled_decode_timing(args, out: Path) -> dict:
     m = load_manifest(ddir)
     return {"images": images, "full_s": best[False], "scaled_s": best[True],
             "mad": float(diff.mean()), "p99": float(diff.flatten().quantile(0.99)),
-            "max": float(diff.max()), "synth": m.data.get("extra", {}).get("synth", args.decode_synth),
-            "px": m.data.get("extra", {}).get("synth_config", {}).get("image_size")}
+            "max": float(diff.max()), "synth": m.extra.get("synth", args.decode_synth),
+            "px": m.extra.get("synth_config", {}).get("image_size")}
 
 
 def mask_timing(repeats: int = 7, n: int = 1_281_167, classes: int = 1000) -> list[tuple[str, float]]:
