@@ -48,7 +48,7 @@ bench-data *args:
 bench-cost *args:
     {{dp4tl}} bench cost-table --out docs/cost-table --report BENCHMARKS.md --runs-root runs/cost-table {{args}}
 
-# the paper's question on 2 CPU cores (<= 90 min): LM/FM/RANDOM at 0/40/60/80 %, the 8 baselines at
-# 60 %, 3 seeds, LP, synth:bench → docs/embedded-benchmark/ + BENCHMARKS.md (rerun resumes)
+# do LM and FM beat RANDOM? paired test over seeds x targets on synth:hard (LP and FF, ground
+# truth of every selection) → docs/embedded-benchmark/ + BENCHMARKS.md (rerun resumes)
 bench-embedded *args:
     {{dp4tl}} bench embedded --out docs/embedded-benchmark --report BENCHMARKS.md {{args}}

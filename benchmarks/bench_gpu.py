@@ -45,6 +45,8 @@ from ffcv_dp4tl.training.trainer import train  # noqa: E402
 #: (format, decode) pairs: ffcv CPU decode is stock ffcv, ``gpu`` is batched nvJPEG + device crops.
 DEFAULT_LOADERS = "ffcv:cpu,ffcv:gpu,wds:cpu,wds:gpu"
 DEFAULT_KEPT = "1.0,0.4,0.2"
+#: Issue 20: RN-50/101 at the paper's 192 px and batch 1024, ViT-B/16 at 224 px.
+DEFAULT_MODELS = "resnet50:192:1024,resnet101:192:1024,vit_b_16:224:512"
 
 
 def _sync(dev: torch.device) -> None:
@@ -120,6 +122,16 @@ def env(args) -> str:
             mod.get_function(name)
         rows.append(("FM kernels (NVRTC compile)", f"{len(kcuda.KERNEL_NAMES)} kernels in {time.perf_counter() - t0:.1f} s"))
         rows.append(("kernels.cuda_available()", str(kernels.cuda_available())))
+        try:  # own module: mma.sync needs sm_80+, and a failure must not hide the others
+            from ffcv_dp4tl.kernels import fused as kfused
+
+            t0 = time.perf_counter()
+            fmod = kfused._module()
+            for name in kfused.FUSED_KERNELS:
+                fmod.get_function(name)
+            rows.append(("fused BF16 mma kernels (NVRTC)", f"{len(kfused.FUSED_KERNELS)} kernels in {time.perf_counter() - t0:.1f} s"))
+        except Exception as e:  # noqa: BLE001
+            rows.append(("fused BF16 mma kernels", f"**failed**: {type(e).__name__}: {e}"))
     except Exception as e:  # noqa: BLE001
         rows.append(("CuPy kernels", f"**failed**: {type(e).__name__}: {e}"))
     try:
@@ -140,11 +152,16 @@ def _time_loader(ld, dev: torch.device, max_batches: int | None) -> dict[str, An
     from ``iter()`` to its last batch. Timing a whole steady epoch matters: workers prefetch
     while the first batch is awaited (WebDataset: 4 batches per worker), so "after the first
     batch" would hide most of a small masked epoch (the first GPU check did exactly that)."""
+    first = [0.0]
+
     def epoch(e: int) -> tuple[int, float]:
         ld.set_epoch(e)
         n, batches = 0, 0
         t0 = time.perf_counter()
         for batch in ld:
+            if batches == 0:  # epoch set-up: iter() (buffers, threads) + the first batch
+                _sync(dev)
+                first[0] = time.perf_counter() - t0
             n += len(batch.labels)
             batches += 1
             if max_batches and batches >= max_batches:
@@ -154,7 +171,8 @@ def _time_loader(ld, dev: torch.device, max_batches: int | None) -> dict[str, An
 
     _, warm = epoch(0)
     n, dt = epoch(1)
-    return {"warmup_s": warm, "images": n, "seconds": dt, "img_per_s": n / dt if n and dt > 0 else None}
+    return {"warmup_s": warm, "images": n, "seconds": dt, "img_per_s": n / dt if n and dt > 0 else None,
+            "first_batch_s": first[0]}
 
 
 def loaders(args) -> str:
@@ -177,87 +195,124 @@ def loaders(args) -> str:
                 r = _time_loader(ld, dev, args.max_batches)
                 del ld
             except Exception as e:  # noqa: BLE001 - one broken loader must not hide the others
-                rows.append(f"| {fmt} | {decode} | {kept:.0%} | {frac:.3f} | **failed: {type(e).__name__}: {e}** | | | | |")
+                rows.append(f"| {fmt} | {decode} | {kept:.0%} | {frac:.3f} | **failed: {type(e).__name__}: {e}** | | | | | |")
                 continue
             per_img = r["seconds"] / max(r["images"], 1)
             if kept >= 1.0:
                 full = per_img
             ratio = per_img / full if full else None  # masked s/img over full s/img
             rows.append(f"| {fmt} | {decode} | {kept:.0%} | {frac:.3f} | {r['images']:,} | {r['warmup_s']:.1f} | "
-                        f"{r['seconds']:.2f} | {_f(r['img_per_s'])} | {_f(ratio, '.3f')} |")
+                        f"{r['first_batch_s']:.2f} | {r['seconds']:.2f} | {_f(r['img_per_s'])} | {_f(ratio, '.3f')} |")
             print(rows[-1], flush=True)
     lines = [f"### Loaders alone (no model), {args.resolution} px train crops, batch {args.batch_size}, "
              f"{args.workers} workers, {dev.type}", "",
              f"Data `{data}`: {split.num_samples:,} train images, {manifest.num_classes} classes. Each row is one "
              "loader built for its mask; `warm-up s` = its first epoch (pipeline compile, workers, page "
-             "cache), then the second epoch is timed whole. `ratio` = (s/image masked) / (s/image full): the goal "
+             "cache), then the second epoch is timed whole; `epoch setup s` = its iter() to first batch. `ratio` = (s/image masked) / (s/image full): the goal "
              "`masked epoch <= 1.05 x kept fraction x full epoch` is `ratio <= 1.05`.", "",
-             "| format | decode | classes kept | kept fraction | images timed | warm-up s | seconds | img/s | ratio |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", *rows]
+             "| format | decode | classes kept | kept fraction | images timed | warm-up s | epoch setup s | seconds | img/s | ratio |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", *rows]
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------- train
 def train_stage(args) -> str:
+    """ResNet-18 from each loader vs the synthetic ceiling (cudnn.benchmark on in both), with
+    the trainer's own time split (data wait, step, setup) and the count of batches with
+    NaN/Inf images; CPU-decode loaders once per ``--workers-list`` entry (cores left for the
+    training thread or not). GPU decode must end within 2 points of CPU decode's val top-1."""
     dev = resolve_device(args.device)
     data = Path(args.data)
     manifest = load_manifest(data)
     base = [f"train.epochs={args.epochs}", f"train.min_res={args.resolution}", f"train.max_res={args.resolution}",
-            "train.keep_epochs=[]", f"eval.every={args.epochs}", f"data.num_workers={args.workers}",
-            f"train.batch_size={args.batch_size}", *args.set]
-    recipe = load_recipe(args.recipe, base)
+            "train.keep_epochs=[]", f"eval.every={args.epochs}", f"train.batch_size={args.batch_size}", *args.set]
+    workers = [int(w) for w in str(args.workers_list).split(",")] if args.workers_list else [args.workers]
+    recipe = load_recipe(args.recipe, base + [f"data.num_workers={workers[0]}"])
     ceil = ceiling(recipe, manifest.num_classes, dev, args.ceiling_steps, args.ceiling_warmup)
     print(f"[train] ceiling {ceil}", flush=True)
-    rows = [f"| synthetic input on the device (ceiling) | – | {_f(ceil['img_per_s'])} | 100 % | – | – |"]
-    goal = []
+    rows = [f"| synthetic input on the device (ceiling) | – | – | {_f(ceil['img_per_s'])} | 100 % | – | – | – | – | – |"]
+    goal, top1, bad_total = [], {}, 0
     for fmt, decode in _parse_loaders(args.loaders):
-        r = load_recipe(args.recipe, base + [f"data.decode={decode}"])
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        try:
-            with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-                train(r, data, out_dir=Path(tmp) / "run", fmt=fmt, device=dev, progress=False)
-                metrics = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines() if line]
-        except Exception as e:  # noqa: BLE001
-            rows.append(f"| {fmt} + {decode} decode | – | **failed: {type(e).__name__}: {e}** | | | |")
-            continue
-        steady = [m["img_per_s"] for m in metrics if m["epoch"] >= 1] or [metrics[-1]["img_per_s"]]
-        ips = float(np.mean(steady))
-        peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
-        frac = ips / ceil["img_per_s"] if ceil.get("img_per_s") else None
-        goal.append((f"{fmt}+{decode}", ips, frac))
-        rows.append(f"| {fmt} + {decode} decode | {metrics[0]['img_per_s']:,.0f} | {ips:,.0f} | "
-                    f"{_f(None if frac is None else 100 * frac, '.0f')} % | {_f(peak, '.1f')} | "
-                    f"{metrics[-1].get('top1_val') if metrics[-1].get('top1_val') is not None else '–'} |")
-        print(rows[-1], flush=True)
+        for nw in (workers if decode == "cpu" else workers[:1]):
+            r = load_recipe(args.recipe, base + [f"data.decode={decode}", f"data.num_workers={nw}"])
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            try:
+                with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+                    train(r, data, out_dir=Path(tmp) / "run", fmt=fmt, device=dev, progress=False)
+                    run = Path(tmp) / "run"
+                    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+                    timings = json.loads((run / "timings.json").read_text()).get("stages", {})
+            except Exception as e:  # noqa: BLE001
+                rows.append(f"| {fmt} + {decode} decode | {nw} | – | **failed: {type(e).__name__}: {e}** | | | | | | |")
+                continue
+            steady = [m["img_per_s"] for m in metrics if m["epoch"] >= 1] or [metrics[-1]["img_per_s"]]
+            ips = float(np.mean(steady))
+            peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
+            frac = ips / ceil["img_per_s"] if ceil.get("img_per_s") else None
+            bad = sum(int(m.get("bad_inputs", 0)) for m in metrics)
+            bad_total += bad
+            acc = metrics[-1].get("top1_val")
+            top1.setdefault((fmt, decode), acc)
+            goal.append((f"{fmt}+{decode} ({nw} workers)", ips, frac))
+            rows.append(f"| {fmt} + {decode} decode | {nw} | {metrics[0]['img_per_s']:,.0f} | {ips:,.0f} | "
+                        f"{_f(None if frac is None else 100 * frac, '.0f')} % | {timings.get('data', 0.0):.1f} | "
+                        f"{timings.get('setup', 0.0):.1f} | {bad} | {_f(peak, '.1f')} | "
+                        f"{'–' if acc is None else format(acc, '.4f')} |")
+            print(rows[-1], flush=True)
     best = max(goal, key=lambda g: g[1]) if goal else None
-    verdict = ("no loader trained" if best is None else
-               f"best: {best[0]} at {best[1]:,.0f} img/s = {100 * (best[2] or 0):.0f} % of the ceiling; goal >= 20,000 img/s "
-               f"and >= 90 %: **{'met' if best[1] >= 20000 and (best[2] or 0) >= 0.9 else 'not met'}**")
+    verdict = ["no loader trained" if best is None else
+               f"best: {best[0]} at {best[1]:,.0f} img/s = {100 * (best[2] or 0):.0f} % of the ceiling; goal >= 90 %: "
+               f"**{'met' if (best[2] or 0) >= 0.9 else 'not met'}**"]
+    verdict.append(f"bad input batches, all runs: {bad_total}")
+    for fmt in ("ffcv", "wds"):
+        a, b = top1.get((fmt, "cpu")), top1.get((fmt, "gpu"))
+        if a is not None and b is not None:
+            gap = 100 * abs(a - b)
+            verdict.append(f"{fmt}: val top-1 GPU decode {100 * b:.2f} % vs CPU decode {100 * a:.2f} %: "
+                           f"{gap:.2f} points apart, goal <= 2: **{'met' if gap <= 2 else 'not met'}**")
     lines = [f"### {recipe.model.arch} trained from each loader vs the synthetic ceiling ({dev.type})", "",
              f"Recipe `{args.recipe}` with {', '.join(f'`{o}`' for o in base)}: {recipe.train.precision}, "
              f"channels_last={recipe.train.channels_last}, compile={recipe.train.compile}, batch {recipe.train.batch_size}, "
              f"{args.resolution} px. Steady state = mean img/s of epochs 2..{args.epochs} (epoch 1 pays pipeline "
-             "compile and cudnn autotuning). Ceiling: the same model/step on random tensors already on the device.", "",
-             "| input | epoch 1 img/s | steady img/s | vs ceiling | peak GiB | val top-1 |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |", *rows, "", verdict]
+             "compile and cudnn autotuning). Ceiling: the same model/step on random tensors already on the device, "
+             f"cudnn.benchmark={ceil.get('cudnn_benchmark')} (the trainer's setting). `data s` = the trainer's time "
+             "waiting for batches, `setup s` = its setup (loaders, model), both from timings.json over the run; "
+             "`bad` = training batches holding NaN/Inf images.", "",
+             "| input | workers | epoch 1 img/s | steady img/s | vs ceiling | data s | setup s | bad | peak GiB | val top-1 |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", *rows, "",
+             *(f"- {v}" for v in verdict)]
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------- models
+def parse_model_specs(text: str) -> list[tuple[str, int, int]]:
+    """``arch:px:batch,...`` -> [(arch, resolution, batch)]."""
+    out = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            raise SystemExit(f"bad model spec {item!r}: expected ARCH:PX:BATCH, e.g. resnet50:192:1024")
+        out.append((parts[0], int(parts[1]), int(parts[2])))
+    return out
+
+
 def models(args) -> str:
-    """One bf16 channels_last SGD step per model at the given batch/resolution: memory check."""
+    """bf16 channels_last SGD steps per model (cudnn.benchmark on, as the trainer runs):
+    warm-up steps, then ``--steps`` timed steps: img/s and peak memory."""
+    from ffcv_dp4tl.training.trainer import cudnn_benchmark
+
     dev = resolve_device(args.device)
     rows = []
-    for arch in args.archs.split(","):
+    for arch, res, bs in parse_model_specs(args.models):
         try:
-            model = create_model(arch, 1000).to(dev)
-            x = torch.randn(args.batch_size, 3, args.resolution, args.resolution, device=dev)
+            model = create_model(arch, 1000, **({"image_size": res} if arch.startswith("vit") else {})).to(dev)
+            x = torch.randn(bs, 3, res, res, device=dev)
             if dev.type == "cuda":
                 model = model.to(memory_format=torch.channels_last)
                 x = x.contiguous(memory_format=torch.channels_last)
                 torch.cuda.reset_peak_memory_stats(dev)
-            y = torch.randint(0, 1000, (args.batch_size,), device=dev)
+            y = torch.randint(0, 1000, (bs,), device=dev)
             opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
             crit = nn.CrossEntropyLoss()
 
@@ -268,25 +323,29 @@ def models(args) -> str:
                 loss.backward()
                 opt.step()
 
-            step()
-            _sync(dev)
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            _sync(dev)
+            with cudnn_benchmark(dev):
+                for _ in range(args.warmup):
+                    step()
+                _sync(dev)
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    step()
+                _sync(dev)
             dt = (time.perf_counter() - t0) / args.steps
             peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
-            rows.append(f"| {arch} | {args.batch_size} | {args.resolution} | {dt * 1e3:.0f} | "
-                        f"{args.batch_size / dt:,.0f} | {_f(peak, '.1f')} |")
+            rows.append(f"| {arch} | {bs} | {res} | {dt * 1e3:.0f} | {bs / dt:,.0f} | {_f(peak, '.1f')} |")
             del model, x, y, opt
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
         except torch.cuda.OutOfMemoryError as e:
-            rows.append(f"| {arch} | {args.batch_size} | {args.resolution} | **out of memory** | | {e} |")
+            rows.append(f"| {arch} | {bs} | {res} | **out of memory** | | {str(e).splitlines()[0]} |")
             torch.cuda.empty_cache()
+        except Exception as e:  # noqa: BLE001 - one broken model must not hide the others
+            rows.append(f"| {arch} | {bs} | {res} | **failed: {type(e).__name__}: {str(e).splitlines()[0]}** | | |")
+            args.exit_code = 1
         print(rows[-1], flush=True)
-    lines = [f"### One training step per model (bf16 autocast, channels_last, SGD; {dev.type})", "",
-             f"{args.steps} timed steps after one warm-up; peak = torch.cuda.max_memory_allocated.", "",
+    lines = [f"### Training steps per model (bf16 autocast, channels_last, SGD, cudnn.benchmark; {dev.type})", "",
+             f"{args.warmup} warm-up steps, then {args.steps} timed steps; peak = torch.cuda.max_memory_allocated.", "",
              "| model | batch | px | ms/step | img/s | peak GiB |", "| --- | ---: | ---: | ---: | ---: | ---: |", *rows]
     return "\n".join(lines)
 
@@ -316,20 +375,22 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.choices["train"]
     sp.add_argument("--recipe", default="resnet18_surrogate")
     sp.add_argument("--epochs", type=int, default=3)
+    sp.add_argument("--workers-list", default=None,
+                    help="CPU-decode worker counts to compare, e.g. 16,14 (default: --workers)")
     sp.add_argument("--set", action="append", default=[], help="extra recipe override section.key=value")
     sp.add_argument("--ceiling-steps", type=int, default=40)
     sp.add_argument("--ceiling-warmup", type=int, default=10)
     sp.add_argument("--workdir", default=None)
     sp = add("models", models)
-    sp.add_argument("--archs", default="resnet50,resnet101")
-    sp.add_argument("--batch-size", type=int, default=1024)
-    sp.add_argument("--resolution", type=int, default=192)
-    sp.add_argument("--steps", type=int, default=3)
+    sp.add_argument("--models", default=DEFAULT_MODELS, help=f"ARCH:PX:BATCH list (default {DEFAULT_MODELS})")
+    sp.add_argument("--warmup", type=int, default=3, help="untimed steps first (cuDNN autotuning)")
+    sp.add_argument("--steps", type=int, default=10)
     args = p.parse_args(argv)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    args.exit_code = 0
     body = args.fn(args)
     _emit(args.md, f"{body}\n\n_{stamp}; `python benchmarks/bench_gpu.py {' '.join(sys.argv[1:] if argv is None else argv)}`_")
-    return 0
+    return args.exit_code
 
 
 if __name__ == "__main__":

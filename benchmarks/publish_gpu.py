@@ -6,11 +6,17 @@
 The summary already names the device, versions (its Environment table), command and date; this
 puts it under one ``## GPU check (<device>)`` section (headings demoted one level), replacing the
 previous run's section of the same device and leaving every other section untouched.
+
+It then **settles the "pending" bullets** of earlier GPU-check sections (another device's): a
+bullet ending in ``Pending a GPU re-measure.`` (Lloyd) or ``Pending: the next device run.`` (the
+GPU-decode fix) gets the new run's numbers in place of that sentence, with the run's device and
+date, so the old section says what became of its open points.
 """
 from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path as _Path
 import sys
 from pathlib import Path
 
@@ -35,6 +41,46 @@ def section(summary: str) -> tuple[str, str]:
     return f"GPU check ({device})", "\n".join(body).strip() + "\n"
 
 
+#: The sentences that mark an open point of an earlier run, and what settles each.
+PENDING = {"lloyd": "Pending a GPU re-measure.", "decode": "Pending: the next device run."}
+
+
+def outcomes(summary: str) -> dict[str, str]:
+    """What the run showed for each pending point, as one sentence (or 'not measured ...')."""
+    m = re.search(r"Lloyd after a warm-up: (\d+) iterations.*?, (\d+) empty clusters re-seeded \| [0-9.]+ "
+                  r"\(\*\*([0-9.]+)/iter\*\*\)", summary)
+    lloyd = (f"{float(m.group(3)):.4f} s per Lloyd iteration after a warm-up ({m.group(1)} iterations, "
+             f"{m.group(2)} empty clusters re-seeded)") if m else "Lloyd not measured (fm stage missing or failed)"
+    race = re.search(r"^Verdict: (.*)$", summary, re.M)
+    bad = re.search(r"^- bad input batches, all runs: (\d+)", summary, re.M)
+    gap = re.search(r"^- ffcv: (val top-1 GPU decode .*)$", summary, re.M)
+    parts = [f"race probe: {race.group(1).rstrip('.')}" if race else "race probe not run",
+             f"{bad.group(1)} training batches with NaN/Inf inputs" if bad else "bad-input count not reported",
+             gap.group(1) if gap else "GPU vs CPU decode top-1 not compared"]
+    return {"lloyd": lloyd, "decode": "; ".join(parts)}
+
+
+def settle_pending(report: _Path, title: str, summary: str, stamp: str) -> int:
+    """Replace the pending sentences of the other ``## GPU check (...)`` sections; returns how many."""
+    text = report.read_text(encoding="utf-8")
+    got = outcomes(summary)
+    out, section, count = [], "", 0
+    for line in text.splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+        if section.startswith("GPU check (") and section != title:
+            for key, sentence in PENDING.items():
+                if sentence in line:
+                    line = line.replace(sentence, f"Settled by the {title} run of {stamp}: {got[key]}.")
+                    count += 1
+        out.append(line)
+    if count:
+        from ffcv_dp4tl.fsutil import atomic_write_text
+
+        atomic_write_text(report, "\n".join(out) + "\n")
+    return count
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("summary", type=Path)
@@ -42,9 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.summary.is_file():
         raise SystemExit(f"publish_gpu: {args.summary} does not exist; run scripts/gpu_check.sh first")
-    title, body = section(args.summary.read_text(encoding="utf-8"))
+    summary = args.summary.read_text(encoding="utf-8")
+    title, body = section(summary)
     write_section(args.report, title, body)
-    print(f"publish_gpu: wrote '## {title}' to {args.report}")
+    m = re.search(r"date (\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC)", summary)
+    n = settle_pending(args.report, title, summary, m.group(1) if m else "unknown date")
+    print(f"publish_gpu: wrote '## {title}' to {args.report}; settled {n} pending point(s) of earlier runs")
     return 0
 
 

@@ -138,8 +138,8 @@ def infer(model, x: torch.Tensor, bs: int = 512) -> tuple[np.ndarray, np.ndarray
     return torch.cat(logits).numpy(), torch.cat(feats).numpy()
 
 
-def study(preset: str, seed: int, configs: list[str], log) -> None:
-    cfg = parse_synth(f"synth:{preset},seed={seed}")
+def study(preset: str, seed: int, configs: list[str], log, data_extra: str = "") -> None:
+    cfg = parse_synth(f"synth:{preset},seed={seed}" + (f",{data_extra}" if data_extra else ""))
     specs = synth_all(cfg)
     src = specs["source"]
     t0 = time.perf_counter()
@@ -158,7 +158,7 @@ def study(preset: str, seed: int, configs: list[str], log) -> None:
         vlog, _ = infer(model, XV)
         _, sfeat = infer(model, X)
         km = kmeans(sfeat.astype(np.float32), 64, iters=20, seed=0, backend="cpu")
-        row = {"preset": preset, "seed": seed, "config": name, "epochs": epochs,
+        row = {"preset": preset, "data": data_extra, "seed": seed, "config": name, "epochs": epochs,
                "jitter": jitter, "val_top1": float((vlog.argmax(1) == yv).mean()),
                "train_s": round(train_s, 1), "render_s": round(render_s, 1), "targets": {}}
         for tname, tx in T.items():
@@ -188,9 +188,11 @@ def table(rows: list[dict]) -> str:
     lines = ["| preset | config | crop | val top-1 | " + " | ".join(
         f"LM recall {t} (min–mean)" for t in ("paper", "warm", "blur")) + " | FM related (mean) | seeds |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    keys = sorted({(r["preset"], r["config"]) for r in rows}, key=lambda k: (k[0], list(CONFIGS).index(k[1])))
+    def pname(r):
+        return r["preset"] + (f",{r['data']}" if r.get("data") else "")
+    keys = sorted({(pname(r), r["config"]) for r in rows}, key=lambda k: (k[0], list(CONFIGS).index(k[1])))
     for preset, config in keys:
-        rs = [r for r in rows if r["preset"] == preset and r["config"] == config]
+        rs = [r for r in rows if pname(r) == preset and r["config"] == config]
         for crop in ("center", "none"):
             cells = []
             for t in ("paper", "warm", "blur"):
@@ -208,9 +210,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--out", type=Path, default=Path("surrogate-study.jsonl"))
+    ap.add_argument("--data-extra", default="", help="extra synth keys, e.g. light_background=30")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a loaded machine)")
     ap.add_argument("--table", action="store_true", help="only print the table of --out")
     a = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     if not a.table:
         with a.out.open("a") as f:
             def log(line: str) -> None:
@@ -219,7 +223,7 @@ def main(argv=None) -> int:
                 f.flush()
             for seed in [int(s) for s in a.seeds.split(",")]:
                 for preset in a.presets.split(","):
-                    study(preset, seed, a.configs.split(","), log)
+                    study(preset, seed, a.configs.split(","), log, a.data_extra)
     rows = [json.loads(l) for l in a.out.read_text().splitlines() if l.strip()]
     print(table(rows))
     return 0

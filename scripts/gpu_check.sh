@@ -1,74 +1,99 @@
 #!/usr/bin/env bash
 # The one command to run on a GPU host: install the carried wheels, then measure and test.
 #
-#   bash scripts/gpu_check.sh                 # all stages, results in $OUT (or ./gpu-out)
-#   bash scripts/gpu_check.sh --only fm,train # some stages (names below)
-#   GPU_CHECK_BUDGET=300 bash scripts/gpu_check.sh
+#   bash scripts/gpu_check.sh                  # all stages, results in $OUT (or ./gpu-out)
+#   bash scripts/gpu_check.sh --only fm,train  # some stages (names below)
+#   bash scripts/gpu_check.sh --limits         # print the stage limits and their sum, run nothing
+#   GPU_CHECK_SMOKE=1 bash scripts/gpu_check.sh  # rehearse every stage on a CPU at toy sizes
 #
-# Stages (each under its own timeout, all under one budget, default 480 s, so a hung stage
-# cannot eat the machine's lease):
-#   env      GPU, driver, versions, glibc, ffcv import, our CUDA kernels compiled via NVRTC
-#   pytest   pytest -m gpu (kernels, training, GPU decode)
-#   fm       benchmarks/bench_kmeans.py at 1.28M x 512, K=2000 (SIMT vs tensor-core GEMM vs torch)
-#            plus full FM (k-means, 20 Lloyd iterations, voting)
-#   build    synth source of 42,000 train images at 160 px (16 workers)
-#   loaders  ffcv CPU decode / GPU decode / WebDataset, full and 40 % / 20 % of classes kept
-#   train    ResNet-18 at 160 px from each loader vs the synthetic-input ceiling (same run)
-#   models   one ResNet-50 and ResNet-101 step at batch 1024 / 192 px (memory check)
+# One decisive call: what is still pending runs first, every stage under its own timeout, and
+# the limits add up to no more than the budget (540 s; checked at start, tests/test_gpu_check.py):
+#   env       GPU, driver, versions, glibc, ffcv import, our CUDA kernels compiled via NVRTC
+#   pytest    pytest -m gpu, compile tests excluded, with --durations
+#   build     synth:costtable (100 classes, 40k train JPEGs at 256 px, q90), all cores
+#   pipeline  dp4tl pipeline --device cuda on it: RN-18 surrogate, LM and FM (CuPy), prune,
+#             RN-50 pretraining, LP + FF; each run's report goes into the summary
+#   costtable Tab. 3 at reduced scale: surrogate, LM, paper RN-101 1 epoch at 0/20/40/60/80 %
+#   train     nvJPEG race probe + control; ResNet-18 at 160 px from each loader vs the ceiling
+#             (cudnn.benchmark), 16 vs 14 workers, data wait, bad inputs, GPU vs CPU top-1
+#   models    RN-50 / RN-101 at 192 px batch 1024, ViT-B/16 at 224 px: >= 10 steps, img/s, GiB
+#   fm        bench_kmeans: fused tensor-core kernel vs GEMM + re-check vs torch; Lloyd/iter
+#   loaders   ffcv CPU / GPU decode, full and 20 % of classes, epoch set-up time
+#   compile   the torch.compile GPU tests
 #
 # Output ($OUT): summary.md (every stage's status and Markdown section; publish it here with
 # `python benchmarks/publish_gpu.py summary.md`) and logs.txt (every stage's full output).
-# At most 8 files come back from the device tool, so everything else stays in $WORK.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
-OUT=${OUT:-$REPO/gpu-out}
-WORK=${GPU_CHECK_WORK:-/tmp/gpu-check}
-BUDGET=${GPU_CHECK_BUDGET:-480}
-STAGES="env fm build loaders train pytest models"
+BUDGET=${GPU_CHECK_BUDGET:-540}
+INSTALL_S=10  # wheel install + summary writing, outside the stages
+ORDER="env pytest build pipeline costtable train models fm loaders compile"
+declare -A LIMIT=([env]=20 [pytest]=70 [build]=80 [pipeline]=110 [costtable]=105 [train]=60 [models]=25
+                  [fm]=35 [loaders]=15 [compile]=10)
+limits_sum() { local s=0 st; for st in $ORDER; do s=$(( s + LIMIT[$st] )); done; echo "$s"; }
+SUM=$(limits_sum)
+STAGES=$ORDER
 while [ $# -gt 0 ]; do
   case "$1" in
     --only) STAGES=${2//,/ }; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    --limits) for st in $ORDER; do echo "$st ${LIMIT[$st]}"; done
+              echo "sum $SUM"; echo "install $INSTALL_S"; echo "budget $BUDGET"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+if [ $(( SUM + INSTALL_S )) -gt "$BUDGET" ]; then
+  echo "gpu_check: stage limits add up to ${SUM} s + ${INSTALL_S} s install > budget ${BUDGET} s; fix LIMIT" >&2
+  exit 2
+fi
+# the smoke rehearsal runs on a slow shared CPU (2 cores, many jobs): same limits, stretched 25x
+# (the sum check above is on the device limits)
+SCALE=${GPU_CHECK_LIMIT_SCALE:-$( [ "${GPU_CHECK_SMOKE:-0}" = 1 ] && echo 25 || echo 1 )}
+if [ "$SCALE" != 1 ]; then
+  for st in $ORDER; do LIMIT[$st]=$(( LIMIT[$st] * SCALE )); done
+  BUDGET=$(( BUDGET * SCALE ))
+fi
+OUT=${OUT:-$REPO/gpu-out}
+WORK=${GPU_CHECK_WORK:-/tmp/gpu-check}
 mkdir -p "$OUT" "$WORK/md" "$WORK/logs"
 rm -f "$WORK"/md/* "$WORK"/logs/*
 export PYTHONUNBUFFERED=1
 T0=$(date +%s)
 PY=${PYTHON:-python3}
 DATA=$WORK/data
+SMOKE=${GPU_CHECK_SMOKE:-0}
 
 # -- wheels carried in .whl (ffcv, webdataset, ...): no network on the host ---------------
-if [ "${GPU_CHECK_SMOKE:-0}" != 1 ] && ls .whl/*.whl >/dev/null 2>&1; then
+if [ "$SMOKE" != 1 ] && ls .whl/*.whl >/dev/null 2>&1; then
   if ! $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target "$WORK/site" .whl/*.whl > "$WORK/logs/00-install.log" 2>&1; then
     echo "gpu_check: installing .whl/*.whl failed (see logs.txt)" >&2
   fi
   export PYTHONPATH=$REPO:$WORK/site${PYTHONPATH:+:$PYTHONPATH}
 else
-  echo "gpu_check: no .whl/ here; run scripts/gpu_wheels.sh on the CPU machine and carry .whl" \
+  echo "gpu_check: no .whl/ here (or smoke); run scripts/gpu_wheels.sh on the CPU machine and carry .whl" \
     > "$WORK/logs/00-install.log"
   export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 fi
 
 STATUS=()
-run_stage() {  # name limit_s command...
-  local name=$1 limit=$2; shift 2
-  local left=$(( BUDGET - ($(date +%s) - T0) ))
-  if [ "$left" -lt 20 ]; then STATUS+=("| $name | skipped (budget spent) | 0 |"); return; fi
+run_stage() {  # name command...  (limit from LIMIT[name], capped by what is left of the budget)
+  local name=$1; shift
+  local limit=${LIMIT[$name]}
+  local left=$(( BUDGET - INSTALL_S / 2 - ($(date +%s) - T0) ))
+  if [ "$left" -lt 15 ]; then STATUS+=("| $name | skipped (budget spent) | 0 | $limit |"); write_summary; return; fi
   [ "$limit" -gt "$left" ] && limit=$left
   echo "== $name (limit ${limit}s)"
   local s=$(date +%s)
   # the running stage logs straight into $OUT, so a lease that ends mid-stage still returns it
-  timeout --kill-after=10 "$limit" "$@" > "$OUT/current-stage.log" 2>&1
+  timeout --kill-after=5 "$limit" "$@" > "$OUT/current-stage.log" 2>&1
   local rc=$? dt=$(( $(date +%s) - s ))
   mv "$OUT/current-stage.log" "$WORK/logs/$name.log"
   local what="ok"
   [ $rc -ne 0 ] && what="**failed (rc $rc)**"
   [ $rc -eq 124 ] && what="**timed out after ${limit}s**"
-  STATUS+=("| $name | $what | $dt |")
+  STATUS+=("| $name | $what | $dt | ${LIMIT[$name]} |")
   echo "   $what in ${dt}s"
   tail -n 3 "$WORK/logs/$name.log" | sed 's/^/   /'
   write_summary
@@ -78,10 +103,10 @@ write_summary() {  # rewritten after every stage: a lease cut short still return
     echo "# GPU check"
     echo
     echo "Host: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n1 || echo 'no nvidia-smi'); $(nproc) cores; $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")."
-    echo "Command: \`bash scripts/gpu_check.sh${STAGES:+ --only ${STAGES// /,}}\`; date $(date -u '+%Y-%m-%d %H:%M UTC'); total $(( $(date +%s) - T0 )) s of a ${BUDGET} s budget."
+    echo "Command: \`$( [ "$SMOKE" = 1 ] && echo 'GPU_CHECK_SMOKE=1 ')bash scripts/gpu_check.sh --only ${STAGES// /,}\`; date $(date -u '+%Y-%m-%d %H:%M UTC'); total $(( $(date +%s) - T0 )) s of a ${BUDGET} s budget (stage limits sum to ${SUM} s)."
     echo
-    echo "| stage | result | seconds |"
-    echo "| --- | --- | ---: |"
+    echo "| stage | result | seconds | limit |"
+    echo "| --- | --- | ---: | ---: |"
     printf '%s\n' "${STATUS[@]}"
     echo
     for f in "$WORK"/md/*.md; do [ -f "$f" ] && { cat "$f"; echo; }; done
@@ -90,29 +115,51 @@ write_summary() {  # rewritten after every stage: a lease cut short still return
 }
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 B="$PY benchmarks/bench_gpu.py"
-SYNTH="synth:num_superclasses=20,classes_per_superclass=5,train_per_class=400,val_per_class=10,image_size=160,num_targets=0"
-FM_ARGS=(--iters 20 --repeats ${FM_REPEATS:-5})
-LOADER_ARGS=(--loaders "${GPU_CHECK_LOADERS:-ffcv:cpu,ffcv:gpu,wds:cpu,wds:gpu}")
-TRAIN_ARGS=(--epochs ${TRAIN_EPOCHS:-3} --loaders "${GPU_CHECK_LOADERS:-ffcv:cpu,ffcv:gpu,wds:cpu,wds:gpu}")
+U="$PY benchmarks/bench_gpu_user.py"
+NPROC=$(nproc)
+# synth:costtable = 100 classes x 400 train + 10 val at 256 px, one target (LM needs one)
+SYNTH="synth:costtable"
+TARGET=$DATA/targets/paper  # the first synth target domain (beton_builders/synth.py)
+PYTEST_ARGS=(tests)
+PIPE_ARGS=(--device cuda --method lm,fm -- --target "$TARGET" --recipes full --arch resnet50 --k 500 --finetune lp,ff
+           --set train.epochs=1 --set-surrogate train.epochs=1 --set-surrogate 'train.keep_epochs=[]'
+           --set-finetune train.epochs=2 --format ffcv)
+COST_ARGS=(--device cuda --workers "$NPROC")
+RACE_ARGS=(--device cuda)
+TRAIN_ARGS=(--epochs 2 --loaders ffcv:cpu,ffcv:gpu --workers-list "$NPROC,$(( NPROC > 2 ? NPROC - 2 : 1 ))")
 MODEL_ARGS=()
-if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then
+FM_ARGS=(--iters 20 --warmup 1 --repeats 3 --gemm-chunk-mb 128 --check-rows 1024 --max-materialize-gb 0)
+LOADER_ARGS=(--loaders ffcv:cpu,ffcv:gpu --kept 1.0,0.2)
+if [ "$SMOKE" = 1 ]; then
   # CPU rehearsal of every stage at toy sizes (tests/test_gpu_check.py): same plumbing, no GPU.
-  SYNTH="synth:tiny,num_targets=0"
+  SYNTH="synth:costtable,num_superclasses=4,classes_per_superclass=2,train_per_class=12,val_per_class=2,image_size=48"
+  PYTEST_ARGS=(tests/scoring/test_kernels_gemm.py)
+  PIPE_ARGS=(--device cpu --method lm,fm -- --target "$TARGET" --recipes tiny --k 4 --finetune lp
+             --set train.epochs=1 --set-surrogate train.epochs=1 --set-finetune train.epochs=1)
+  TINY=(--set train.batch_size=8 --set train.min_res=32 --set train.max_res=32 --set eval.resolution=32
+        --set model.arch=resnet18 --set model.width=8 --set data.num_workers=1)
+  COST_ARGS=(--device cpu --workers 1 --ratios 0,0.5 "${TINY[@]}"
+             --set-surrogate train.batch_size=8 --set-surrogate train.min_res=32 --set-surrogate train.max_res=32
+             --set-surrogate eval.resolution=32 --set-surrogate model.width=8 --set-surrogate data.num_workers=1)
+  RACE_ARGS=(--device cpu --images 8 --rounds 2 --busy 1 --matmul 64)
+  TRAIN_ARGS=(--device cpu --recipe resnet18_tiny_cpu --batch-size 8 --resolution 32 --workers 1 --workers-list 1,2
+              --epochs 2 --ceiling-steps 2 --ceiling-warmup 1 --set model.width=8 --loaders ffcv:cpu,ffcv:gpu)
+  MODEL_ARGS=(--device cpu --models resnet18:32:4,vit_b_16:32:2 --warmup 1 --steps 1)
   FM_ARGS=(--cpu-smoke --n 3000 --k 16 --targets 200 --iters 3)
-  LOADER_ARGS=(--device cpu --batch-size 32 --resolution 32 --workers 1)
-  TRAIN_ARGS=(--device cpu --recipe resnet18_tiny_cpu --batch-size 32 --resolution 32 --workers 1
-              --epochs 2 --ceiling-steps 2 --ceiling-warmup 1 --set model.width=8)
-  MODEL_ARGS=(--device cpu --archs resnet18 --batch-size 4 --resolution 32 --steps 1)
+  LOADER_ARGS=(--device cpu --batch-size 8 --resolution 32 --workers 1 --loaders ffcv:cpu,ffcv:gpu --kept 1.0,0.5)
 fi
 
-want env && run_stage env 60 $B env --md "$WORK/md/1-env.md"
-: > "$WORK/md/3-fm.md"  # exists, so bench_kmeans adds only its section (no report header)
-want fm && run_stage fm 90 $PY benchmarks/bench_kmeans.py "${FM_ARGS[@]}" --output "$WORK/md/3-fm.md"
-want build && run_stage build 90 $PY -m ffcv_dp4tl build "$SYNTH" --out "$DATA" --workers "$(nproc)" --no-progress
-want loaders && run_stage loaders 100 $B loaders --data "$DATA/source" --md "$WORK/md/4-loaders.md" "${LOADER_ARGS[@]}"
-want train && run_stage train 120 $B train --data "$DATA/source" --md "$WORK/md/5-train.md" --workdir "$WORK" "${TRAIN_ARGS[@]}"
-want pytest && run_stage pytest 100 bash -c "$PY -m pytest -q -p no:cacheprovider -m gpu -rs tests 2>&1 | tee $WORK/pytest.txt; rc=\${PIPESTATUS[0]}; [ \$rc -eq 5 ] && rc=0; { echo '### pytest -m gpu'; echo; echo '\`\`\`'; tail -n 25 $WORK/pytest.txt; echo '\`\`\`'; } > $WORK/md/6-pytest.md; exit \$rc"
-want models && run_stage models 40 $B models --md "$WORK/md/7-models.md" "${MODEL_ARGS[@]}"
+want env && run_stage env $B env --md "$WORK/md/01-env.md"
+want pytest && run_stage pytest bash -c "$PY -m pytest -q -p no:cacheprovider -m gpu -k 'not compile' -rs --durations=15 ${PYTEST_ARGS[*]} 2>&1 | tee $WORK/pytest.txt; rc=\${PIPESTATUS[0]}; [ \$rc -eq 5 ] && rc=0; { echo '### pytest -m gpu (compile tests excluded)'; echo; echo '\`\`\`'; tail -n 40 $WORK/pytest.txt; echo '\`\`\`'; } > $WORK/md/02-pytest.md; exit \$rc"
+want build && run_stage build $PY -m ffcv_dp4tl build "$SYNTH" --out "$DATA" --workers "$NPROC" --no-progress
+want pipeline && run_stage pipeline $U pipeline --data "$DATA/source" --workdir "$WORK/pipeline" --md "$WORK/md/03-pipeline.md" "${PIPE_ARGS[@]}"
+want costtable && run_stage costtable $U costtable --data "$DATA/source" --target "$TARGET" --workdir "$WORK/costtable" --md "$WORK/md/04-costtable.md" "${COST_ARGS[@]}"
+want train && run_stage train bash -c "$U race --data '$DATA/source' --workdir '$WORK/race' --md '$WORK/md/05-race.md' ${RACE_ARGS[*]}; r1=\$?; $B train --data '$DATA/source' --md '$WORK/md/06-train.md' --workdir '$WORK' ${TRAIN_ARGS[*]}; r2=\$?; exit \$(( r1 | r2 ))"
+want models && run_stage models $B models --md "$WORK/md/07-models.md" "${MODEL_ARGS[@]}"
+: > "$WORK/md/08-fm.md"  # exists, so bench_kmeans adds only its section (no report header)
+want fm && run_stage fm $PY benchmarks/bench_kmeans.py "${FM_ARGS[@]}" --output "$WORK/md/08-fm.md"
+want loaders && run_stage loaders $B loaders --data "$DATA/source" --md "$WORK/md/09-loaders.md" "${LOADER_ARGS[@]}"
+want compile && run_stage compile bash -c "$PY -m pytest -q -p no:cacheprovider -m gpu -k compile -rs --durations=5 ${PYTEST_ARGS[*]} 2>&1 | tee $WORK/compile.txt; rc=\${PIPESTATUS[0]}; [ \$rc -eq 5 ] && rc=0; { echo '### pytest -m gpu -k compile'; echo; echo '\`\`\`'; tail -n 15 $WORK/compile.txt; echo '\`\`\`'; } > $WORK/md/10-compile.md; exit \$rc"
 
 write_summary
 echo "gpu_check: wrote $OUT/summary.md and $OUT/logs.txt"

@@ -20,7 +20,9 @@
 * target test top-1 after LP and FF — the final epoch's (the accuracy and winner tables) and the
   best evaluated epoch's (``accuracy_best``; what the authors' code reports) — as mean ± std over
   seeds, and the "best winning subset" per method and mode: the largest ratio whose (mean)
-  accuracy is ≥ the 0 % (mean) accuracy − ``tol`` points (default 0: no lower than unpruned).
+  accuracy is ≥ the 0 % (mean) accuracy − ``tol`` points (default 0: no lower than unpruned),
+  judged on the epoch ``criterion`` names (:data:`~.stats.CRITERIA`: ``final`` = the last epoch,
+  or ``best`` = the best epoch on the test set, the authors' ``best_test_top1``; docs/deviations.md).
 * a surrogate *brought* as weights (``surrogate_weights``) was not trained: its import time is
   charged instead, and the report says so.
 * **variants** (:mod:`.variants`): a method name may carry settings, ``fm[k=16]`` (Fig. A2) or
@@ -46,7 +48,7 @@ from ..reporting import machine_info
 from ..scoring.registry import get_scorer
 from .markdown import header_lines, markdown_tables, ratio_label
 from .plots import plot_accuracy, plot_cost, plot_targets
-from .stats import COST_STAGES, REFERENCE, summarize
+from .stats import COST_STAGES, REFERENCE, check_criterion, summarize
 from .variants import base_method, parse_variant
 
 def cost_row(res: PipelineResult, method: str, ratio: float, seed: int,
@@ -70,6 +72,7 @@ def cost_row(res: PipelineResult, method: str, ratio: float, seed: int,
                            "kept_sample_fraction": prune_v.get("kept_sample_fraction"),
                            "total_s": sum(sec[k] for k in COST_STAGES)}
     row["surrogate_brought"] = bool(st["surrogate"] and st["surrogate"].values.get("brought"))
+    row["truth"] = res.ground_truth  # synth data: the selection against its answer
     for mode in ("lp", "ff"):
         ft = res.finetune(mode, run_seed, target)
         v = ft.values if ft is not None else None
@@ -94,7 +97,8 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
                    seeds: Iterable[int] = (0,), finetune: Iterable[str] = ("lp", "ff"),
                    ff_methods: Iterable[str] | None = None,
                    method_ratios: dict[str, Iterable[float]] | None = None, tol: float = 0.0,
-                   command: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
+                   criterion: str = "final", command: str = "",
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every (method, ratio, seed) pipeline and return (and, with ``out_dir``, write) the
     table: ``results.json``, ``report.md``, ``accuracy.png`` and ``cost.png``.
 
@@ -102,8 +106,10 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     the FF cost. ``method_ratios``: run a method only at these pruned ratios (default: all of
     ``ratios``) — e.g. the costly baselines only at 60 % for the selection-cost table.
     Seed ``s`` sets the scoring seed and, for ``s != 0``, ``train.seed=s`` of the pretraining
-    (and finetune) recipes; the surrogate is the same for every seed.
+    (and finetune) recipes; the surrogate is the same for every seed. ``criterion``: which
+    epoch's accuracy decides the winning subsets (:data:`~.stats.CRITERIA`).
     """
+    check_criterion(criterion)  # before any work
     ratios = sorted({round(float(r), 6) for r in ratios})
     methods, seeds, finetune = list(methods), [int(s) for s in seeds], tuple(finetune)
     ff_set = set(methods if ff_methods is None else ff_methods)
@@ -180,12 +186,12 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     cfg = {**asdict(base), "data_root": str(base.data_root), "runs_root": str(base.runs_root)}
     ratios = sorted(set(ratios) | {r for _, r in plan})
     table = summarize(rows, methods=methods, ratios=ratios, seeds=seeds, finetune=finetune,
-                      tol=tol)
+                      tol=tol, criterion=criterion)
     if target_rows:  # several targets: the accuracy tables of each (Fig. A5)
         table["targets"] = {}
         for name, trows in target_rows.items():
             ts = summarize(trows, methods=methods, ratios=ratios, seeds=seeds, finetune=finetune,
-                           tol=tol)
+                           tol=tol, criterion=criterion)
             table["targets"][name] = {k: ts[k] for k in ("accuracy", "accuracy_best", "winners")}
         table["target_rows"] = [r for trows in target_rows.values() for r in trows]
         table["target_weights"] = list(base.target_weights)
@@ -232,24 +238,27 @@ def write_outputs(t: dict[str, Any], out: Path) -> None:
     atomic_write_text(out / "report.md", "\n".join(text))
 
 
-def rerender(out: Path) -> dict[str, Any]:
+def rerender(out: Path, criterion: str | None = None) -> dict[str, Any]:
     """Rebuild the tables, plots and report of ``out/results.json`` from its raw rows with this
-    version's code (e.g. after the report gained a table), without running anything."""
+    version's code (e.g. after the report gained a table), without running anything;
+    ``criterion`` judges the winning subsets again (default: the run's)."""
     path = Path(out) / "results.json"
     if not path.is_file():
         raise DP4TLError(f"{path} not found: point at the --out folder of a cost-table run")
-    t = rerender_table(path)
+    t = rerender_table(path, criterion)
     write_outputs(t, Path(out))
     return t
 
 
 
-def rerender_table(results_json: Path) -> dict[str, Any]:
-    """The summary of a cost-table ``results.json`` recomputed from its rows (see :func:`rerender`)."""
+def rerender_table(results_json: Path, criterion: str | None = None) -> dict[str, Any]:
+    """The summary of a cost-table ``results.json`` recomputed from its rows (see :func:`rerender`),
+    its winning subsets judged by ``criterion`` (default: the run's; older files: final)."""
     old = read_json(results_json)
     try:
         t = summarize(old["rows"], methods=old["methods"], ratios=old["ratios"],
-                      seeds=old["seeds"], finetune=old["finetune"], tol=old.get("tol", 0.0))
+                      seeds=old["seeds"], finetune=old["finetune"], tol=old.get("tol", 0.0),
+                      criterion=criterion or old.get("criterion", "final"))
     except KeyError as e:
         raise DP4TLError(f"{results_json} lacks {e}: not a cost-table results file") from None
     for key in ("config", "surrogate_s", "command", "recipes", "data", "surrogate_brought",

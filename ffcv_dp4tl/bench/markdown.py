@@ -9,7 +9,8 @@ from typing import Any, Sequence
 from ..errors import DP4TLError
 from ..scoring.registry import PlotStyle, get_scorer, is_registered
 from ..pipeline.report import mean_std
-from .stats import PAPER_TOTAL_HOURS, REFERENCE, paper_reduction
+from ..pipeline.truth import truth_table
+from .stats import CRITERIA, PAPER_TOTAL_HOURS, REFERENCE, paper_reduction
 from .variants import base_method, variant_style
 
 def _pct(x: float | None, signed: bool = False) -> str:
@@ -201,7 +202,8 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
                      f"{'**' + v['verdict'] + '**' if v['verdict'] in ('better', 'worse') else v['verdict']} |")
         L += ["", versus_random_summary(vs)]
     if any(t["winners"].values()):
-        L += ["", f"### Best winning subset (largest ratio with accuracy ≥ 0 % − {t['tol']} points)",
+        L += ["", f"### Best winning subset (largest ratio with {_crit_text(t)} accuracy ≥ 0 % − "
+                  f"{t['tol']} points; criterion `{t.get('criterion', 'final')}`)",
               "", "| mode | method | best ratio | accuracy % | 0 % accuracy % |", "|---|---|---:|---:|---:|"]
         for mode, ws in t["winners"].items():
             for m, w in ws.items():
@@ -209,6 +211,7 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
                 L.append(f"| {mode.upper()} | {method_label(m)} | {br} | "
                          f"{_acc((w['mean'], w['std']), ns)} | {_acc((w['ref_mean'], w['ref_std']), ns)} |")
     L += _target_tables(t, methods, pruned, ns)
+    L += truth_table(t.get("rows", []), [method_label(m) for m in methods], methods, pruned)
     if plots_prefix is not None:
         L += ["", f"![accuracy vs ratio]({plots_prefix}accuracy.png)",
               f"![cost vs ratio]({plots_prefix}cost.png)"]
@@ -260,7 +263,9 @@ def _target_tables(t: dict[str, Any], methods: Sequence[str], pruned: Sequence[f
             L.append(f"| {ratio_label(r)} | " + " | ".join(
                 _acc(targets[n]["accuracy"][mode]["methods"][m].get(str(r)), ns)
                 for n, m in cols) + " |")
-        L += ["", "| target | method | best winning ratio | accuracy % | 0 % accuracy % |",
+        L += ["", f"Best winning subsets ({_crit_text(t)} accuracy, criterion "
+              f"`{t.get('criterion', 'final')}`):", "",
+              "| target | method | best winning ratio | accuracy % | 0 % accuracy % |",
               "|---|---|---:|---:|---:|"]
         for n, tt in targets.items():
             for m, win in tt["winners"].get(mode, {}).items():
@@ -269,6 +274,18 @@ def _target_tables(t: dict[str, Any], methods: Sequence[str], pruned: Sequence[f
                          f"{_acc((win['mean'], win['std']), ns)} | "
                          f"{_acc((win['ref_mean'], win['ref_std']), ns)} |")
     return L
+
+
+def _crit_text(t: dict[str, Any]) -> str:
+    return CRITERIA[t.get("criterion", "final")]
+
+
+def criterion_line(t: dict[str, Any]) -> str:
+    """The header line naming the winning-subset criterion (every cost-table header has it)."""
+    c = t.get("criterion", "final")
+    return (f"- winning-subset criterion: `{c}` — the {_crit_text(t)} target test top-1 decides "
+            "whether a pruned ratio wins (`--criterion final|best`; `best` is the authors' "
+            "`best_test_top1`, chosen on the test set: docs/deviations.md)")
 
 
 def header_lines(t: dict[str, Any]) -> list[str]:
@@ -290,6 +307,7 @@ def header_lines(t: dict[str, Any]) -> list[str]:
             f"- ratios {', '.join(f'{ratio_label(r)}' for r in t['ratios'])}; methods "
             f"{', '.join(method_label(m) for m in t['methods'])}; finetune "
             f"{', '.join(m.upper() for m in t['finetune'])}; seeds {t['seeds']}",
+            criterion_line(t),
             "- These are wall times and accuracies on the small embedded synthetic data: read the "
             "*ratios* (reductions, relative accuracy), not absolute numbers; absolute GPU numbers "
             "come later from the GPU machine. Timings are of a shared 2-core machine (other jobs "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+from ..contracts import Criterion
 from ..pipeline.report import mean_std
 
 #: Paper Tab. 3: hours "to obtain the pretrained model" per pruning ratio — a *total* that covers
@@ -19,6 +20,16 @@ COST_STAGES = ("surrogate", "score", "prune", "pretrain")
 def paper_reduction(ratio: float) -> float | None:
     h = PAPER_TOTAL_HOURS.get(round(ratio, 4))
     return None if h is None else 1.0 - h / PAPER_TOTAL_HOURS[0.0]
+
+
+#: which epoch's test top-1 decides a winning subset: the last one, or the best one on the test
+#: set (the authors' released code logs ``best_test_top1`` and Tab. 1's ratios come from it)
+CRITERIA = {Criterion.final.value: "final-epoch", Criterion.best.value: "best-epoch (on the test set)"}
+
+
+def check_criterion(criterion: str) -> str:
+    """``criterion`` if it is one of :data:`CRITERIA`, else a clear error naming the choices."""
+    return Criterion.check(criterion, "criterion")
 
 
 def best_winning_subset(acc: dict[float, Sequence[float]], reference: Sequence[float],
@@ -82,8 +93,11 @@ def versus_random(rows: list[dict[str, Any]], mode: str, methods: Sequence[str],
 
 
 def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Sequence[float],
-              seeds: Sequence[int], finetune: Sequence[str], tol: float = 0.0) -> dict[str, Any]:
-    """Aggregate raw rows into cost / selection / accuracy / winning-subset tables."""
+              seeds: Sequence[int], finetune: Sequence[str], tol: float = 0.0,
+              criterion: str = "final") -> dict[str, Any]:
+    """Aggregate raw rows into cost / selection / accuracy / winning-subset tables; the winning
+    subsets are judged on the ``criterion`` epoch's accuracy (:data:`CRITERIA`)."""
+    check_criterion(criterion)
     ref_rows = [r for r in rows if r["method"] == REFERENCE]
     ref_total = mean_std([r["total_s"] for r in ref_rows])[0]
     ref_pre = mean_std([r["pretrain_s"] for r in ref_rows])[0]
@@ -149,11 +163,16 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
             if not by_ratio:
                 continue
             accuracy[mode]["methods"][m] = {str(r): mean_std(v) for r, v in by_ratio.items()}
-            if ref_acc:
-                winners[mode][m] = best_winning_subset(by_ratio, ref_acc, tol)
+            wkey = key if criterion == "final" else bkey
+            ref_w = [x[wkey] for x in ref_rows if x.get(wkey) is not None]
+            by_w = {r: [x[wkey] for x in rows if x["method"] == m and x["ratio"] == r
+                        and x.get(wkey) is not None] for r in pruned}
+            by_w = {r: v for r, v in by_w.items() if v}
+            if ref_w and by_w:
+                winners[mode][m] = best_winning_subset(by_w, ref_w, tol)
     vs_random = {mode: versus_random(rows, mode, methods, ratios) for mode in finetune}
     return {"rows": rows, "cost": cost, "selection": selection, "accuracy": accuracy,
             "accuracy_best": accuracy_best, "winners": winners, "versus_random": vs_random, "methods": list(methods), "ratios": list(ratios),
-            "seeds": list(seeds), "finetune": list(finetune), "tol": tol,
+            "seeds": list(seeds), "finetune": list(finetune), "tol": tol, "criterion": criterion,
             "reference_total_s": ref_total, "reference_pretrain_s": ref_pre}
 

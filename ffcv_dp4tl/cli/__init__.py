@@ -3,6 +3,7 @@ from . import build as _build  # noqa: F401  (registers commands)
 from . import bench as _bench  # noqa: F401
 from . import bench_adversarial as _bench_adversarial  # noqa: F401
 from . import catalog as _catalog  # noqa: F401
+from . import evaluate as _evaluate  # noqa: F401
 from . import masks as _masks  # noqa: F401
 from . import pipeline as _pipeline  # noqa: F401
 from . import prune as _prune  # noqa: F401

@@ -6,7 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from ..bench.embedded import EMBEDDED_SECTION, EMBEDDED_TARGETS
+from ..contracts import Criterion
+from ..errors import DP4TLError
 from ..reporting import command_line
 from ..scoring.registry import methods_help
 from .app import app
@@ -19,6 +20,9 @@ bench_app = typer.Typer(help="Benchmarks that write a report (and a BENCHMARKS.m
 app.add_typer(bench_app, name="bench")
 
 SECTION = "Cost table (CPU, embedded data)"
+CRITERION_HELP = ("Which epoch's target test top-1 decides a winning subset: final (the last "
+                  "epoch) | best (the best epoch on the test set, the authors' best_test_top1; "
+                  "docs/deviations.md); named in every table header")
 
 
 def _floats(text: str) -> list[float]:
@@ -71,6 +75,7 @@ def cost_table(
     tol: float = typer.Option(0.0, help="Winning subset tolerance in accuracy points: a ratio "
                               "wins when its mean top-1 is >= the unpruned mean - tol (the "
                               "paper: 0, no lower than unpruned)"),
+    criterion: Criterion = typer.Option(Criterion.final, help=CRITERION_HELP),
     set_: List[str] = typer.Option([], "--set", help="Pretraining recipe override (repeatable)"),
     set_surrogate: List[str] = typer.Option([], "--set-surrogate", help="Surrogate recipe override"),
     set_finetune: List[str] = typer.Option([], "--set-finetune", help="LP/FF recipe override"),
@@ -107,7 +112,8 @@ def cost_table(
             ("protocol", protocol.value), ("recipes", recipes_),
             ("surrogate-weights", surrogate_weights or ""), ("arch", arch), ("data-root", data_root),
             ("runs-root", runs_root), ("format", format.value), ("device", device), ("k", k),
-            ("tol", tol), *(("set", v) for v in set_), *(("set-surrogate", v) for v in set_surrogate),
+            ("tol", tol), ("criterion", criterion.value),
+            *(("set", v) for v in set_), *(("set-surrogate", v) for v in set_surrogate),
             *(("set-finetune", v) for v in set_finetune), *(("opt", v) for v in opt),
             ("budget", budget.value if budget is not Budget.units else ""), ("out", out),
             ("report", report)]
@@ -119,6 +125,7 @@ def cost_table(
                        method_ratios=method_ratios,
                        seeds=[int(s) for s in split_list(seeds)], finetune=split_list(finetune),
                        ff_methods=split_list(ff_methods) or None, tol=tol,
+                       criterion=criterion.value,
                        command=command_line("dp4tl bench cost-table", opts), log=typer.echo)
     _publish(t, out, report, section)
 
@@ -135,14 +142,33 @@ def _publish(t: dict, out: Path, report: Optional[Path], section: str) -> None:
              markdown_tables(t, plots_prefix=prefix)]), typer.echo)
 
 
+#: The embedded benchmark (issue 18: "a benchmark that separates LM/FM from RANDOM"): on
+#: `synth:hard` (targets off the LP ceiling, with ground truth), LM and FM against RANDOM at the
+#: same ratio, LP and FF, >= 5 pretraining seeds; verdict = paired differences over seeds x
+#: targets with a 95 % t interval (bench/separation.py). Sized for 2 CPU cores.
+EMBEDDED_TARGETS = "paper,warm,blur"
+EMBEDDED_SECTION = "Embedded benchmark (CPU): do LM and FM beat RANDOM?"
+
+
 @bench_app.command("embedded")
 def embedded(
     out: Path = typer.Option(Path("docs/embedded-benchmark"), "--out", "-o",
-                             help="OUT/<target>/ (report.md, PNGs, results.json) + OUT/README.md"),
-    seeds: str = typer.Option("0,1,2", help="Seeds (mean ± std over them)",
+                             help="README.md (verdict, reference, ground truth), paired.png, "
+                             "rows.jsonl (one line per finished run: a rerun resumes), summary.json"),
+    seeds: str = typer.Option("0,1,2,3,4", help="Pretraining/finetuning seeds; a method and "
+                              "RANDOM of one seed and target form a pair",
                               callback=ints_callback("--seeds")),
-    targets: str = typer.Option(",".join(EMBEDDED_TARGETS), "--targets", help="Targets of "
-                                "synth:bench (paper | warm | blur), each its own table"),
+    reference_seeds: str = typer.Option("0,1", help="Seeds of the unpruned reference (is the "
+                                        "target off the ceiling?); '' = every seed"),
+    targets: str = typer.Option(EMBEDDED_TARGETS, "--targets", help="Targets of the data "
+                                "(paper | warm | blur)"),
+    methods: str = typer.Option("lm,fm", help="Methods compared with RANDOM"),
+    ratios: str = typer.Option("0.8", help="Pruning ratios (each method and RANDOM at each)",
+                               callback=floats_callback("--ratios")),
+    finetune: str = typer.Option("lp,ff", help="Finetuning modes",
+                                 callback=list_callback(FINETUNE_MODES, "a finetuning mode")),
+    data: str = typer.Option("synth:hard", "--data", help="A synth SOURCE with ground truth "
+                             "(default: the benchmark preset, targets off the LP ceiling)"),
     data_root: Path = typer.Option(Path("data")),
     runs_root: Path = typer.Option(Path("runs/embedded-benchmark")),
     format: Format = typer.Option(Format.wds, "--format", help=FORMAT_HELP),
@@ -150,16 +176,56 @@ def embedded(
     report: str = typer.Option("BENCHMARKS.md", help="Markdown file that gets the section "
                                "('' = none)"),
 ) -> None:
-    """The paper's question on the embedded data, sized for 2 CPU cores (<= 90 min): LM/FM/RANDOM
-    at 0/40/60/80 %, the eight in-domain baselines at 60 %, 3 seeds, LP, per target; rerunning
-    resumes (every finished stage is cached)."""
-    from ..bench.embedded import EmbeddedBench, run_embedded
+    """Do LM and FM beat RANDOM? Paired test over seeds x targets on data with a known answer
+    (LP and FF; ground truth of every selection); rerunning resumes (stages are cached)."""
+    import os
+    import platform
+    import time
 
-    bench = EmbeddedBench(k=default_k(None, EmbeddedBench.DATA),
-                          seeds=tuple(int(s) for s in split_list(seeds)),
-                          targets=tuple(split_list(targets)), data_root=data_root,
-                          runs_root=runs_root, fmt=format.value, device=device)
-    run_embedded(bench, out, report=Path(report) if report else None, log=typer.echo)
+    import torch
+
+    from ..bench.separation import run_separation, write_outputs
+    from ..pipeline.config import PipelineConfig
+    from ..reporting import publish_section
+
+    t0 = time.perf_counter()
+    load0 = os.getloadavg()
+    names = split_list(targets)
+    for name in names:
+        if name not in ("paper", "warm", "blur"):
+            raise DP4TLError(f"--targets: {name!r} is not a target of the embedded data "
+                             "(paper, warm, blur)")
+    seed_list = [int(s) for s in split_list(seeds)]
+    ref_seeds = [int(s) for s in split_list(reference_seeds)] or seed_list
+    base = PipelineConfig(source=data, recipes="bench", data_root=data_root, runs_root=runs_root,
+                          fmt=format.value, device=device, k=default_k(None, data))
+    command = (f"dp4tl bench embedded --seeds {seeds} --reference-seeds {','.join(map(str, ref_seeds))} "
+               f"--targets {','.join(names)} --methods {methods} --ratios {ratios} --finetune "
+               f"{finetune} --data {data} --out {out} --data-root {data_root} --runs-root "
+               f"{runs_root} --format {format.value} --device {device}"
+               + (f" --report {report}" if report else ""))
+    rows = run_separation(base, out, targets=names, seeds=seed_list, methods=split_list(methods),
+                          ratios=_floats(ratios), finetune=split_list(finetune),
+                          reference_seeds=ref_seeds, log=typer.echo)
+    minutes = (time.perf_counter() - t0) / 60
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    header = [f"- machine: {platform.processor() or platform.machine()}, {cores} cores; Python "
+              f"{platform.python_version()}, torch {torch.__version__}; finished "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+              f"- this invocation: {minutes:.1f} min (runs already in `rows.jsonl` are not "
+              f"rerun); 1-min load average {load0[0]:.1f} at the start, "
+              f"{os.getloadavg()[0]:.1f} at the end (a shared machine)",
+              f"- data `{data}`, recipes `bench` (surrogate `resnet18_bench_surrogate_cpu`, "
+              "pretraining `resnet18_bench_cpu`, LP `lp_bench_cpu`, FF `ff_tiny_cpu`); FM "
+              f"k={base.k}; {len(rows)} runs in `rows.jsonl`"]
+
+    def body(prefix: str) -> str:
+        return write_outputs(rows, out, command=command, header=header)[1].replace(
+            "](paired.png)", f"]({prefix}paired.png)")
+
+    typer.echo(body(""))
+    if report:
+        publish_section(Path(report), EMBEDDED_SECTION, out, body, typer.echo)
 
 
 @bench_app.command("render")
@@ -168,12 +234,15 @@ def render(
     report: Path = typer.Option(None, help="Also rewrite the section in this Markdown file"),
     section: str = typer.Option(SECTION, help="Title of that section (embedded: "
                                 f"'{EMBEDDED_SECTION}')"),
+    criterion: Optional[Criterion] = typer.Option(None, help="Judge the winning subsets again "
+                                                  "with this criterion (default: the run's)",
+                                                  show_default=False),
 ) -> None:
     """Rebuild report.md, the plots and the BENCHMARKS.md section from results.json (nothing
     reruns): for a report written by an older version."""
     from ..bench.cost_table import rerender
 
-    _publish(rerender(out), out, report, section)
+    _publish(rerender(out, criterion.value if criterion else None), out, report, section)
 
 
 @bench_app.command("surrogates")

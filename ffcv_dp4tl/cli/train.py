@@ -65,6 +65,12 @@ def finetune(
     set_: List[str] = typer.Option([], "--set", help="Recipe override section.key=value (repeatable)"),
     device: str = device_option(),
     progress: bool = typer.Option(True, help="Print per-epoch lines"),
+    train_mask: Optional[Path] = typer.Option(
+        None, "--train-mask", help="Index mask .npy over the target's train split (e.g. VTAB-1k's "
+        "train800.npy from `dp4tl evaluate vtab-splits`)", show_default=False),
+    test_mask: Optional[Path] = typer.Option(
+        None, "--test-mask", help="Index mask .npy over the evaluated split (e.g. val200.npy with "
+        "--set data.test_split=train)", show_default=False),
 ) -> None:
     """Linear-probe (lp) or fully finetune (ff) a source checkpoint on a target dataset."""
     from ..training.finetune import finetune as run_finetune
@@ -89,5 +95,6 @@ def finetune(
         typer.echo(f"[source] brought weights {source_weights} ({arch}, {info['num_classes']} "
                    "outputs; imported, not trained)")
     res = run_finetune(r, checkpoint, target_dir, out, mode=mode.value if mode else None,
-                       fmt=fmt.value, device=device, progress=progress)
+                       fmt=fmt.value, device=device, progress=progress, train_mask=train_mask,
+                       test_mask=test_mask)
     typer.echo(f"{out}: {res['mode']} test top-1 {res['test_top1']:.4f}")

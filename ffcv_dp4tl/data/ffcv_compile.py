@@ -136,6 +136,9 @@ def source_image_decoder(mem_read):
     temp_storage, status)`` returns sample ``source_ix``'s full image as an HWC uint8 array
     (a JPEG decoded into ``temp_storage[dst_ix]``, raw pixels viewed in place) and writes
     ``imdecode``'s status to ``status[dst_ix, 0]`` (0 = decoded; raw pixels are always 0).
+    ``decode_source(..., scale_num)`` decodes a JPEG at ``scale_num / 8`` of its size in the
+    DCT domain (libjpeg-turbo's scaled decode: ``ceil(side * scale_num / 8)`` per side, less
+    work the smaller it is); raw pixels are returned at full size whatever ``scale_num``.
 
     A closure over ``mem_read`` (the Loader's page reader) like ffcv's own code, so the compiled
     code table (:func:`_fingerprint`) keys the decoders that call it by what it captured."""
@@ -146,15 +149,22 @@ def source_image_decoder(mem_read):
     jpg = IMAGE_MODES["jpg"]
     imdecode_c = Compiler.compile(imdecode)
 
-    def decode_source(source_ix, dst_ix, metadata, storage_state, temp_storage, status):
+    def decode_source(source_ix, dst_ix, metadata, storage_state, temp_storage, status,
+                      scale_num=8):
         field = metadata[source_ix]
         image_data = mem_read(field["data_ptr"], storage_state)
         height = np.uint32(field["height"])
         width = np.uint32(field["width"])
         if field["mode"] == jpg:
             temp_buffer = temp_storage[dst_ix]
-            status[dst_ix, 0] = imdecode_c(image_data, temp_buffer, height, width, height, width,
-                                           0, 0, 1, 1, False, False)
+            if scale_num >= 8:  # ffcv's own call
+                status[dst_ix, 0] = imdecode_c(image_data, temp_buffer, height, width, height,
+                                               width, 0, 0, 1, 1, False, False)
+            else:
+                status[dst_ix, 0] = imdecode_c(image_data, temp_buffer, height, width, height,
+                                               width, 0, 0, np.uint32(scale_num), 8, False, False)
+                height = np.uint32((height * scale_num + 7) // 8)
+                width = np.uint32((width * scale_num + 7) // 8)
             selected_size = 3 * height * width
             temp_buffer = temp_buffer.reshape(-1)[:selected_size]
             return temp_buffer.reshape(height, width, 3)
@@ -224,6 +234,64 @@ def _build_classes() -> dict[str, type]:
 
     class CheckedCenterCrop(CheckedResizedCropMixin, CenterCropRGBImageDecoder):
         """ffcv's ``CenterCropRGBImageDecoder`` that reports undecodable JPEGs."""
+
+    class ScaledRandomResizedCrop(StatusDecoderMixin, RandomResizedCropRGBImageDecoder):
+        """Random-resized crop that decodes less: the crop box is drawn first (from the
+        stored height and width, ffcv's rule), then the JPEG is decoded at the smallest DCT
+        scale of 1/1, 1/2, 1/4, 1/8 at which the crop still covers the output size
+        (libjpeg-turbo's scaled decode; those four have SIMD IDCTs, the other n/8 do not and
+        measured slower than a full decode), the box is mapped onto the scaled image and
+        resized (INTER_AREA) as usual; the horizontal flip happens in the decoder (no separate
+        pass over the batch). Output differs from the full decode by the DCT-domain downscale
+        (tests/data/test_ffcv_startup.py bounds it); with crops at or below the output size it
+        is ffcv's decode exactly."""
+
+        def __init__(self, output_size, scale=(0.08, 1.0), ratio=(0.75, 4 / 3), flip=True):
+            super().__init__(output_size, scale=scale, ratio=ratio)
+            self.flip = bool(flip)
+
+        def generate_code(self):
+            decode_source = source_image_decoder(self.memory_read)
+            my_range = Compiler.get_iterator()
+            resize_crop_c = Compiler.compile(resize_crop)
+            get_crop_c = Compiler.compile(self.get_crop_generator)
+            scale, ratio = np.array(self.scale), np.array(self.ratio)
+            do_flip = self.flip
+
+            def decode(batch_indices, my_storage, metadata, storage_state):
+                destination, temp_storage, status = my_storage
+                n = len(batch_indices)
+                out_h, out_w = destination.shape[1], destination.shape[2]
+                for dst_ix in my_range(n):
+                    source_ix = batch_indices[dst_ix]
+                    field = metadata[source_ix]
+                    height = np.int64(field["height"])
+                    width = np.int64(field["width"])
+                    i, j, h, w = get_crop_c(np.uint32(height), np.uint32(width), scale, ratio)
+                    num = 8  # 8/8, 4/8, 2/8, 1/8: libjpeg-turbo's SIMD IDCTs (3/8 etc. are C)
+                    while num > 1 and h * (num // 2) >= 8 * out_h and w * (num // 2) >= 8 * out_w:
+                        num //= 2
+                    image = decode_source(source_ix, dst_ix, metadata, storage_state,
+                                          temp_storage, status, num)
+                    sh, sw = image.shape[0], image.shape[1]
+                    top = (i * sh) // height
+                    left = (j * sw) // width
+                    bottom = min(sh, ((i + h) * sh + height - 1) // height)
+                    right = min(sw, ((j + w) * sw + width - 1) // width)
+                    out = destination[dst_ix]
+                    resize_crop_c(image, top, bottom, left, right, out)
+                    if do_flip and np.random.random() < 0.5:
+                        wd = out.shape[1]
+                        for r in range(out.shape[0]):
+                            for c in range(wd // 2):
+                                for ch in range(3):
+                                    t = out[r, c, ch]
+                                    out[r, c, ch] = out[r, wd - 1 - c, ch]
+                                    out[r, wd - 1 - c, ch] = t
+                return destination[:n]
+
+            decode.is_parallel = True
+            return decode
 
     class _Failed:
         def __init__(self, failure: PipelineFailure):
@@ -358,6 +426,7 @@ def _build_classes() -> dict[str, type]:
 
     out = {c.__name__: c for c in (StatusDecoderMixin, CheckedResizedCropMixin,
                                   CheckedRandomResizedCrop, CheckedCenterCrop,
+                                  ScaledRandomResizedCrop,
                                   GuardedEpochIterator, ReusingLoader)}
     for c in out.values():
         c.__qualname__ = c.__name__

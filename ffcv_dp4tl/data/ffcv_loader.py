@@ -218,11 +218,14 @@ class FFCVMaskedLoader(PlanLoaderBase):
                  resolution: int, aug: AugSpec, device: str | torch.device = "cpu",
                  num_workers: int = 2, drop_last: bool | None = None, os_cache: bool = True,
                  dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                 deterministic: bool = False, split: str | None = None):
+                 deterministic: bool = False, split: str | None = None,
+                 scaled_decode: bool = False):
         """``aug`` says how images are cropped and flipped. ``deterministic``: random crops
         and flips seeded per sample and batch (:func:`_seeded_crop_flip_class`), so two runs
         give identical batches whatever the number of decode threads. ``split``: the split's
-        name in error messages (default: the beton's file stem).
+        name in error messages (default: the beton's file stem). ``scaled_decode`` (train,
+        not deterministic): crop first, decode each JPEG at reduced DCT scale, flip in the
+        decoder (``ffcv_compile.ScaledRandomResizedCrop``; off by default: it changes pixels).
 
         Building one costs little once a Loader of the same shape (aug, views, workers, device)
         ran in this process: the compiled decoders are shared (module ``ffcv_compile``)."""
@@ -251,7 +254,16 @@ class FFCVMaskedLoader(PlanLoaderBase):
             return [RandomHorizontalFlip()] if aug.flip else []
 
         self.deterministic = bool(deterministic)
-        if aug.train and self.deterministic:  # the flip happens inside the seeded decoder
+        self.scaled_decode = bool(scaled_decode) and aug.train and not self.deterministic
+        if self.scaled_decode:  # crop first, decode at reduced scale, flip in the decoder
+            self.decoders = [classes["ScaledRandomResizedCrop"](
+                (resolution, resolution), scale=aug.crop_scale, ratio=aug.crop_ratio,
+                flip=aug.flip) for _ in range(aug.views)]
+            image_ops = [self.decoders[0]] + to_torch()
+
+            def flip() -> list:  # noqa: F811 - flipped in the decoder
+                return []
+        elif aug.train and self.deterministic:  # the flip happens inside the seeded decoder
             self.decoders = [seeded_crop_decoder((resolution, resolution), scale=aug.crop_scale,
                                                  ratio=aug.crop_ratio, seed=plan.seed, view=v,
                                                  flip=aug.flip)

@@ -107,6 +107,7 @@ def make_loader(
     channels_last: bool = False,
     decode: Literal["cpu", "gpu", "auto"] = "cpu",
     deterministic: bool = False,
+    scaled_decode: bool = False,
 ) -> MaskedLoader:
     """Loader over the samples of ``split`` kept by ``mask`` (all samples if None).
 
@@ -131,6 +132,11 @@ def make_loader(
     flips a function of (seed, epoch, sample), so two runs give identical batches (ffcv's own
     augmentations draw from numba's per-thread generator, which Python cannot seed). The
     WebDataset loader is deterministic already (augmentation seeded per (seed, epoch, sample)).
+
+    ``scaled_decode`` (ffcv train loaders): draw each crop first and decode the JPEG at the
+    smallest DCT scale that still covers the output (libjpeg-turbo), flipping in the decoder;
+    a CPU speed-up for images much larger than the output, at a bounded pixel difference
+    (``ffcv_compile.ScaledRandomResizedCrop``). Off by default.
     """
     if fmt not in Format.values():
         raise DataError(f"unknown loader format {fmt!r}; choose one of {', '.join(Format.values())}")
@@ -160,5 +166,5 @@ def make_loader(
         if not info.beton.exists():
             raise DataError(f"{info.beton} is missing; rebuild {dataset_dir}")
         return FFCVMaskedLoader(info.beton, plan, deterministic=deterministic, split=split,
-                                **common)
+                                scaled_decode=scaled_decode, **common)
     return WdsMaskedLoader(info, plan, **common)

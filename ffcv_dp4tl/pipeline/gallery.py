@@ -27,7 +27,10 @@ from ..scoring.ground_truth import GroundTruth, load_ground_truth, selection_qua
 from ..scoring.ranking import rank
 from .scores_io import load_scores
 
-__all__ = ["kept_class_ranking", "selection_gallery"]
+__all__ = ["GALLERY", "kept_class_ranking", "selection_gallery"]
+
+#: the gallery's file name in a run's report folder (linked from report.md)
+GALLERY = "selection.png"
 
 
 def _read_images(split, indices: Sequence[int]) -> list[np.ndarray]:
@@ -129,8 +132,8 @@ def selection_gallery(source_dir: str | Path, target_dir: str | Path, mask: str 
     head = title or "Selection"
     if gt is not None:
         q = selection_quality(gt, kept_labels)
-        head += (f" — mapped classes kept {q['mapped_recall']:.0%}, related samples "
-                 f"{q['related_samples']:.0%} (chance {gt.chance(labels):.0%})")
+        head += (f" — mapped classes kept {100 * q['mapped_recall']:.0f} %, related samples "
+                 f"{100 * q['related_samples']:.0f} % (chance {100 * gt.chance(labels):.0f} %)")
     fig.suptitle(head, fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")

@@ -74,4 +74,4 @@ def recipe_scale(manifest) -> str:
     extra = manifest.contract.extra
     if extra.get("generator") != "synth":
         return "full"
-    return "bench" if (extra.get("synth_config") or {}).get("preset") == "bench" else "tiny"
+    return "bench" if (extra.get("synth_config") or {}).get("preset") in ("bench", "hard") else "tiny"

@@ -10,9 +10,11 @@ from typing import Any, Iterable, Sequence
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text
 from ..scoring.registry import UNIT_PLURAL, get_scorer
+from .gallery import GALLERY
 from .result import PipelineResult
 from .stages import describe
 from .targets import method_title
+from .truth import truth_lines
 
 
 def mean_std(xs: Iterable[float | None]) -> tuple[float, float]:
@@ -49,7 +51,8 @@ def summarize_seeds(res: PipelineResult, modes: Sequence[str], target: str | Non
     return out
 
 
-def _label(method: str) -> str:
+def method_label(method: str) -> str:
+    """The method's display label (its registered ``label``; the name upper-cased otherwise)."""
     try:
         return get_scorer(method).label
     except DP4TLError:  # a report of a method no longer registered
@@ -74,7 +77,7 @@ def write_report(res: PipelineResult, out: Path) -> None:
     cfg = res.config
     pr = res.find("prune")
     pr = pr.values if pr is not None else None
-    title = method_title(_label(cfg["method"]), cfg.get("order", "ordered"))
+    title = method_title(method_label(cfg["method"]), cfg.get("order", "ordered"))
     per_target = res.per_target
     tlines = ([f"- target: `{res.target}`"] if not res.targets else
               [f"- targets ({len(per_target)}, one selection for all, weights "
@@ -93,6 +96,9 @@ def write_report(res: PipelineResult, out: Path) -> None:
     if pr is not None:
         lines.append(f"- kept: {len(pr.get('kept_units', [])) or '-'} {UNIT_PLURAL[pr['unit']]}, "
                      f"{pr['train_kept']} train samples" + _fraction(pr))
+    lines += truth_lines(res.ground_truth)
+    if (out / GALLERY).exists():
+        lines += ["", f"![what was kept, beside the target (Fig. A7)]({GALLERY})"]
     lines += ["", "| stage | wall s | result |", "|---|---:|---|"]
     for name, run in st.items():
         lines.append(f"| {name} | {run.seconds:.1f} | {describe(run.result)} |")

@@ -74,6 +74,10 @@ class PipelineResult:
     summary: dict[str, Any] = field(default_factory=dict)
     per_target: dict[str, dict[str, Any]] = field(default_factory=dict)
     report: str = ""  # report.md's path
+    #: synth data knows the answer: how right the selection is (pipeline/truth.py; None on real data)
+    ground_truth: dict[str, Any] | None = None
+    #: a pruned run's selection (source, target, mask, scores dirs) for the gallery
+    selection: dict[str, str] | None = None
     format_version: int = VERSION
 
     # ------------------------------------------------------------------------- building
@@ -125,6 +129,10 @@ class PipelineResult:
         out["summary"] = self.summary
         if self.targets:
             out["per_target"] = self.per_target
+        if self.ground_truth is not None:
+            out["ground_truth"] = self.ground_truth
+        if self.selection is not None:
+            out["selection"] = self.selection
         if self.report:
             out["report"] = self.report
         return out
@@ -142,7 +150,8 @@ class PipelineResult:
                   targets=dict(data.get("targets") or {}),
                   target_weights=list(data.get("target_weights") or []),
                   summary=data.get("summary") or {}, per_target=data.get("per_target") or {},
-                  report=str(data.get("report", "")), format_version=version)
+                  report=str(data.get("report", "")), ground_truth=data.get("ground_truth"),
+                  selection=data.get("selection"), format_version=version)
         places = {p["name"]: StagePlace.from_json(p) for p in data.get("stage_places") or []}
         for label, d in data["stages"].items():
             if label not in places:

@@ -39,13 +39,15 @@ from ..data.masks import load_mask
 from ..fsutil import file_sha256
 from ..scoring.registry import TRAJECTORY
 from .config import Checked, PipelineConfig, validate
+from .gallery import GALLERY, selection_gallery
 from .prune import prune
-from .report import summarize_seeds, write_report
+from .report import method_label, summarize_seeds, write_report
 from .resolve import Resolved, resolve, with_seed
 from .result import PipelineResult, StagePlace, stage_label
 from .score import score
 from .stages import Stage, key_of, run_stage, stage
 from .targets import score_key
+from .truth import selection_truth
 
 Log = Callable[[str], None]
 
@@ -160,6 +162,11 @@ def prune_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, sc: Stage, res: P
         **({"order": cfg.order} if ok.reverse else {})})
     res.add(StagePlace("prune", "prune"), run_stage(pr, lambda d: prune(
         sc.dir, r.source_dir, cfg.ratio, d, budget=cfg.budget, reverse=ok.reverse), log))
+    # synth data knows the answer: how right the selection is (None on real data)
+    res.ground_truth = selection_truth(r.source_dir, r.target_dirs, sc.dir, pr.dir / "train.npy")
+    if cfg.ratio > 0:  # what the report's gallery shows (Fig. A7)
+        res.selection = {"source": str(r.source_dir), "target": str(r.target_dir),
+                         "mask": str(pr.dir / "train.npy"), "scores": str(sc.dir)}
     return pr
 
 
@@ -249,6 +256,11 @@ def report_step(cfg: PipelineConfig, ok: Checked, r: Resolved, pretrained: dict[
         f"report-{first.key}" + ("" if len(seeds) == 1 else "-seeds" + "_".join(map(str, seeds)))
         + ("" if not r.multi else "-targets" + key_of(
             {"targets": [t.fingerprint for t in r.tgts], "weights": list(ok.weights)})))
+    if res.selection and not (report_dir / GALLERY).exists():
+        sel = res.selection  # the paper's Fig. A7: what was kept, beside the target
+        selection_gallery(sel["source"], sel["target"], sel["mask"], report_dir / GALLERY,
+                          scores_dir=sel["scores"],
+                          title=f"{method_label(cfg.method)} at ratio {cfg.ratio}")
     write_report(res, report_dir)
     res.report = str(report_dir / "report.md")
     log(f"[report] {res.report}")

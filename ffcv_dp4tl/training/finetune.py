@@ -32,6 +32,7 @@ the wall time of every segment.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import warnings
@@ -42,7 +43,7 @@ import torch
 from torch import nn
 
 from ..contracts import FinetuneMode
-from ..data import AugSpec, load_manifest, make_loader
+from ..data import AugSpec, load_manifest, load_mask, make_loader
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
 from .callbacks import MetricsWriter, call
@@ -143,8 +144,13 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
              out_dir: str | Path, mode: str | None = None, fmt: str = "ffcv",
              device: str | torch.device = "auto", progress: bool = True,
              overrides: list[str] | tuple[str, ...] = (), resume: bool = True,
-             stop_after: int | None = None) -> dict[str, Any]:
+             stop_after: int | None = None, train_mask: str | Path | None = None,
+             test_mask: str | Path | None = None) -> dict[str, Any]:
     """Finetune ``checkpoint`` on ``target_dir``; returns (and writes) the result dict.
+
+    ``train_mask`` / ``test_mask``: index masks (.npy + .json) over the recipe's train / test
+    split, e.g. VTAB-1k's ``train800`` and ``val200`` (``ffcv_dp4tl.evaluation.vtab``); all
+    samples when None.
 
     Resumes from ``out_dir/finetune_state.pt`` unless ``resume=False``. ``stop_after``: stop
     once this many epochs are complete (after saving the state), as an interruption would;
@@ -166,15 +172,19 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
     with directory_lock(out_dir / ".finetune.lock", f"finetune run {out_dir}"), \
             cudnn_benchmark(dev):  # FF trains at one fixed resolution: see cudnn_benchmark
         return _finetune(recipe, mode, checkpoint, Path(target_dir), out_dir, fmt, dev,
-                         progress, t0, resume, stop_after)
+                         progress, t0, resume, stop_after, train_mask, test_mask)
 
 
 def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Path, out_dir: Path,
               fmt: str, dev: torch.device, progress: bool, t0: float, resume: bool = True,
-              stop_after: int | None = None) -> dict[str, Any]:
+              stop_after: int | None = None, train_mask: str | Path | None = None,
+              test_mask: str | Path | None = None) -> dict[str, Any]:
     manifest = load_manifest(target_dir)
     train_split = manifest.split(recipe.data.train_split)
     test_split = manifest.split(recipe.data.test_split)
+    masks = {k: load_mask(m, split) for k, m, split in (("train_mask", train_mask, train_split),
+                                                        ("test_mask", test_mask, test_split))
+             if m is not None}
     if train_split.num_samples < manifest.num_classes:
         warnings.warn(f"the target {target_dir} has {train_split.num_samples} {train_split.name} "
                       f"images for {manifest.num_classes} classes: some classes have no example, "
@@ -185,7 +195,8 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     identity = {"mode": mode, "recipe_fingerprint": recipe.fingerprint(),
                 "source_arch": ckpt.arch, "source_identity": dict(ckpt.identity),
                 "source_epoch": ckpt.epoch, "target_fingerprint": manifest.fingerprint,
-                "format": fmt}
+                "format": fmt,
+                **{k: hashlib.sha256(m.indices.tobytes()).hexdigest()[:16] for k, m in masks.items()}}
     state_path = out_dir / STATE_NAME
     state = resume_from(FinetuneState, state_path, identity, resume=resume,
                         what="finetune run", hint="")
@@ -200,7 +211,9 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers, seed=recipe.data.seed,
                   deterministic=recipe.data.deterministic)
     test_loader = make_loader(target_dir, test_split.name, aug=AugSpec.for_eval(),
-                              batch_size=ec.batch_size, resolution=fc.resolution, **common)
+                              batch_size=ec.batch_size, resolution=fc.resolution,
+                              mask=masks.get("test_mask"), **common)
+    train_mask_ = masks.get("train_mask")
     peak = peak_lr(recipe.lr, tc.batch_size)
     objective = CrossEntropyObjective(recipe.optim.label_smoothing)
 
@@ -213,14 +226,15 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
         if lp_augmented:
             images = make_loader(target_dir, train_split.name, aug=AugSpec.for_train(),
                                  batch_size=tc.batch_size, resolution=fc.resolution,
-                                 drop_last=False, **common)
+                                 drop_last=False, mask=train_mask_, **common)
             train_loader = FrozenFeatureLoader(model, images)
         else:
             # lp_crop: the eval transform's 224/256 centre crop, or the whole short side (the
             # authors' released LP loader: RRC with scale and ratio (1, 1), no flip)
             crop = AugSpec.for_eval(center_crop_ratio=1.0) if fc.lp_crop == "none" else AugSpec.for_eval()
             feat_loader = make_loader(target_dir, train_split.name, aug=crop,
-                                      batch_size=ec.batch_size, resolution=fc.resolution, **common)
+                                      batch_size=ec.batch_size, resolution=fc.resolution,
+                                      mask=train_mask_, **common)
             xtr, ytr = extract_features(model, feat_loader)
             train_loader = FeatureLoader(xtr, ytr, tc.batch_size, shuffle=True,
                                          generator=torch.Generator().manual_seed(tc.seed))
@@ -233,7 +247,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
         train_loader = make_loader(target_dir, train_split.name,
                                    aug=AugSpec.for_train() if fc.train_augment else AugSpec.for_eval(),
                                    batch_size=tc.batch_size, resolution=fc.resolution,
-                                   drop_last=False, **common)
+                                   drop_last=False, mask=train_mask_, **common)
         eval_loader = test_loader
     opt = build_optimizer(recipe, param_groups(net, recipe.optim.weight_decay, wd_on_bn_bias), peak)
     scaler = torch.amp.GradScaler(dev.type, enabled=amp is torch.float16)
@@ -283,11 +297,17 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
               "final_test_top1": rows[-1]["top1_test"], "best_test_top1": best["top1_test"],
               "best_epoch": best["epoch"] + 1, "evaluated_epochs": len(evaluated),
               "flip_tta": bool(flip_tta), "lp_augment": bool(lp_augmented),
+              "resolution": fc.resolution,
               "epochs": tc.epochs, "recipe": recipe.name, "checkpoint": str(checkpoint),
               "source_arch": ckpt.arch, "source_dataset_fingerprint": ckpt.dataset_fingerprint,
               "source_mask_hash": ckpt.mask_hash, "target": str(target_dir),
               "target_fingerprint": manifest.fingerprint, "target_classes": manifest.num_classes,
-              "test_samples": test_split.num_samples,
+              "test_samples": (len(masks["test_mask"]) if "test_mask" in masks
+                               else test_split.num_samples),
+              "test_split": test_split.name,
+              **{k: str(v) for k, v in (("train_mask", train_mask), ("test_mask", test_mask))
+                 if v is not None},
+              **({"train_samples": len(masks["train_mask"])} if "train_mask" in masks else {}),
               "seconds": earlier_seconds + time.perf_counter() - t0, "resumed_from": start_epoch,
               "format": fmt, "device": str(dev)}
     atomic_write_json(out_dir / RESULT_NAME, result)

@@ -471,7 +471,8 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
         bad_inputs = stats.pop("bad_inputs")
         row: dict[str, Any] = {"epoch": epoch, **stats, "resolution": res,
                                "img_per_s": stats["samples"] / max(stats["train_seconds"], 1e-9),
-                               "top1_val": None, "loss_val": None, "objective": objective.name}
+                               "top1_val": None, "loss_val": None, "objective": objective.name,
+                               "bad_inputs": bad_inputs}  # batches with NaN/Inf images (GPU check)
         if not math.isfinite(row["loss"]):
             if bad_inputs:
                 raise DP4TLError(

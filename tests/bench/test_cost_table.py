@@ -208,59 +208,6 @@ def test_method_scoped_options_reach_one_method():
     assert options_for("lm", opts) == ()
 
 
-def test_embedded_benchmark_command_runs_the_issue_protocol(tmp_path, monkeypatch):
-    """`dp4tl bench embedded`: per target the issue's grid (LM/FM/RANDOM at 0/40/60/80 %, the
-    eight baselines at 60 %, 3 seeds, LP, synth:bench with its recipes), then one section with a
-    verdict row per target and the per-target tables."""
-    from typer.testing import CliRunner
-
-    import ffcv_dp4tl.bench.cost_table as ct
-    import ffcv_dp4tl.bench.embedded as emb
-    from ffcv_dp4tl.cli import app
-
-    calls = []
-
-    def fake(base, out, **kw):
-        calls.append(dict(kw, base=base, out=out))
-        rows = [_row(REFERENCE, 0.0, s, 0, 0, 100.0, 60.0) for s in (0, 1, 2)]
-        for s in (0, 1, 2):
-            rows += [_row("lm", r, s, 1, 1, 40.0, 70.0 + s) for r in (0.4, 0.6, 0.8)]
-            rows += [_row("random", r, s, 0, 0, 40.0, 50.0 + s) for r in (0.4, 0.6, 0.8)]
-            rows += [_row("sp", 0.6, s, 1, 1, 40.0, 40.0 + s)]
-        t = summarize(rows, methods=["lm", "random", "sp"], ratios=[0.0, 0.4, 0.6, 0.8],
-                      seeds=[0, 1, 2], finetune=["lp"])
-        t.update(config={"source": "synth:bench", "target": base.target, "fmt": "wds",
-                         "recipes": "bench", "k": 64, "overrides": [],
-                         "runs_root": str(tmp_path / "runs")},
-                 surrogate_s=1.0, command=kw["command"], recipes={"lp": "lp_bench_cpu"},
-                 machine=machine_info(), date="today")
-        ct.write_outputs(t, out)
-        return t
-
-    monkeypatch.setattr(emb, "run_cost_table", fake)
-    bench_md = tmp_path / "B.md"
-    res = CliRunner().invoke(app, ["bench", "embedded", "--out", str(tmp_path / "o"),
-                                   "--targets", "warm,blur", "--report", str(bench_md)])
-    assert res.exit_code == 0, res.output
-    assert [c["base"].target for c in calls] == ["warm", "blur"]
-    for c in calls:
-        base = c["base"]
-        assert base.source == "synth:bench" and base.recipes == "bench"
-        assert c["ratios"] == [0.0, 0.4, 0.6, 0.8] and c["seeds"] == [0, 1, 2]
-        assert c["finetune"] == ["lp"] and c["methods"][:3] == ["lm", "fm", "random"]
-        baselines = {"sp", "ssp", "grand", "el2n", "moderate", "forget", "infmax", "infsum"}
-        assert set(c["methods"][3:]) == baselines
-        assert c["method_ratios"] == {m: [0.6] for m in baselines}
-        assert "el2n.runs=4" in base.scorer_options
-    text = bench_md.read_text()
-    assert "## Embedded benchmark (CPU): do LM and FM beat RANDOM?" in text
-    assert "| `warm` | 40 %: +20.0 (3/3, better)" in text and "| `blur` |" in text
-    assert "0/1 above RANDOM's mean; beyond the spread: none better, SP worse" in text
-    assert "](o/warm/accuracy.png)" in text and (tmp_path / "o" / "README.md").exists()
-    bad = CliRunner().invoke(app, ["bench", "embedded", "--targets", "dusk"])
-    assert bad.exit_code != 0
-
-
 def test_bench_preset_picks_the_bench_recipes():
     from beton_builders.synth import parse_synth
     from ffcv_dp4tl.pipeline.recipes import RECIPE_SETS, recipe_scale
@@ -273,6 +220,8 @@ def test_bench_preset_picks_the_bench_recipes():
     cfg = parse_synth("synth:bench")
     assert cfg.num_classes == 64 and cfg.target_test_per_class * cfg.target_classes >= 500
     assert recipe_scale(_M({"generator": "synth", "synth_config": cfg.to_dict()})) == "bench"
+    hard = parse_synth("synth:hard").to_dict()  # the embedded benchmark's data
+    assert recipe_scale(_M({"generator": "synth", "synth_config": hard})) == "bench"
     tiny = parse_synth("synth:tiny").to_dict()
     assert recipe_scale(_M({"generator": "synth", "synth_config": tiny})) == "tiny"
     assert recipe_scale(_M({})) == "full"

@@ -329,3 +329,28 @@ def test_families_cover_max_superclasses():
     assert MAX_SUPERCLASSES == len(FAMILIES) * 9
     names = [superclass_name(s) for s in range(MAX_SUPERCLASSES)]
     assert len(set(names)) == MAX_SUPERCLASSES
+
+
+def test_light_background_puts_a_share_of_source_images_on_light_grounds():
+    """light_background=P: about P % of source images on a light ground (the `paper` target's
+    shift); 0 leaves every pixel as it was, targets never change."""
+    from beton_builders.synth import synth_all
+
+    base = parse_synth("synth:tiny,train_per_class=10,val_per_class=0")
+    light = parse_synth("synth:tiny,train_per_class=10,val_per_class=0,light_background=50")
+    assert parse_synth(light.to_text()) == light and "light_background=50" in light.to_text()
+    a, b = synth_all(base), synth_all(light)
+
+    def corner(sample) -> float:  # background grey level: the mean of a 3x3 corner
+        return float(np.asarray(sample.ref())[:3, :3].mean())
+
+    src_a = [corner(s) for s in a["source"].splits["train"][:120]]
+    src_b = [corner(s) for s in b["source"].splits["train"][:120]]
+    assert max(src_a) < 0.62 * 255  # the original source: dark grounds only
+    share = np.mean([v > 0.62 * 255 for v in src_b])
+    assert 0.35 < share < 0.65
+    ta = np.asarray(a["targets/paper"].splits["train"][0].ref())
+    tb = np.asarray(b["targets/paper"].splits["train"][0].ref())
+    assert np.array_equal(ta, tb)
+    with pytest.raises(DataError, match="light_background"):
+        parse_synth("synth:tiny,light_background=101")

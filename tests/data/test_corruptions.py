@@ -124,10 +124,10 @@ def test_normalisation_round_trip_is_exact():
 
 
 def test_corrupted_loader_corrupts_each_decoded_sample(index_dataset):
-    from ffcv_dp4tl.data import make_loader
+    from ffcv_dp4tl.data import AugSpec, make_loader
     from ffcv_dp4tl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-    kw = dict(fmt="wds", train=False, batch_size=16, resolution=32, num_workers=0)
+    kw = dict(fmt="wds", aug=AugSpec.for_eval(), batch_size=16, resolution=32, num_workers=0)
     clean = list(make_loader(index_dataset.root, "train", **kw))
     op = CorruptionOp("gaussian_noise", 2, seed=7)
     corrupt = CorruptedLoader(make_loader(index_dataset.root, "train", **kw), op)

@@ -7,21 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=6,val_per_class=0,"
-         "image_size=16,num_targets=1,target_classes=3,target_train_per_class=3,"
-         "target_test_per_class=1")
-
-
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    from beton_builders.sources import resolve_source
-    from beton_builders.writer import BuildOptions, build_dataset
-
-    root = tmp_path_factory.mktemp("gallery")
-    for sub, spec in resolve_source(SYNTH).items():
-        build_dataset(spec, root / sub, BuildOptions(max_side=16, shard_size=64, workers=1,
-                                                     progress=False), source=SYNTH)
-    return root
+def synth(small_synth) -> Path:
+    return small_synth
 
 
 def _class_selection(synth: Path, root: Path, scores: np.ndarray, keep: list[int], name: str):

@@ -1,0 +1,274 @@
+"""Do LM and FM beat RANDOM? A paired test over seeds x targets (``dp4tl bench embedded``).
+
+The run is a loop over :func:`~ffcv_dp4tl.pipeline.run.run_pipeline`, seeds outermost (so an interrupted run still
+holds whole seeds, and a rerun resumes: every stage is cached and ``rows.jsonl`` is appended row
+by row). For every seed and target it runs the unpruned reference, RANDOM and each method at
+each ratio, with LP and FF, and records the target test top-1 and the selection's ground truth
+(:mod:`ffcv_dp4tl.pipeline.truth`).
+
+**Verdict.** A method and RANDOM at the same ratio, seed and target form a pair (same
+pretraining seed, same target split, same finetuning recipe); the verdict is the mean of the
+paired differences over all seeds x targets with a two-sided 95 % Student-t confidence interval:
+**better** when the whole interval lies above 0, **worse** below, else **no difference
+detected**. Pairs of one seed share RANDOM's pretraining across targets (RANDOM does not read the
+target), so they are not fully independent; the per-target rows (pairs = seeds) show whether one
+target carries the result.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from ..fsutil import atomic_write_json, atomic_write_text
+from ..pipeline.config import PipelineConfig
+from ..pipeline.report import mean_std
+from ..pipeline.result import PipelineResult
+from ..pipeline.run import run_pipeline
+from ..pipeline.truth import TRUTH_COLUMNS
+
+REFERENCE = "0 %"
+MODES = ("lp", "ff")
+
+
+def paired_test(diffs: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
+    """Mean of paired differences with a two-sided Student-t interval and p-value (H0: mean 0);
+    ``wins``/``losses`` count pairs above/below 0."""
+    from scipy import stats
+
+    d = [float(x) for x in diffs]
+    n = len(d)
+    out: dict[str, Any] = {"n": n, "mean": (sum(d) / n) if n else None, "lo": None, "hi": None,
+                           "p": None, "wins": sum(x > 0 for x in d), "losses": sum(x < 0 for x in d)}
+    if n < 2:
+        return out
+    mean = out["mean"]
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+    if sd == 0:
+        out.update(lo=mean, hi=mean, p=0.0 if mean != 0 else 1.0)
+        return out
+    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
+    t = mean / (sd / math.sqrt(n))
+    out.update(lo=mean - half, hi=mean + half, p=float(2 * stats.t.sf(abs(t), n - 1)))
+    return out
+
+
+def verdict(test: dict[str, Any]) -> str:
+    if test.get("lo") is None:
+        return "too few pairs"
+    if test["lo"] > 0:
+        return "**better**"
+    if test["hi"] < 0:
+        return "**worse**"
+    return "no difference detected"
+
+
+def _row(res: PipelineResult, seed: int, target: str, method: str, ratio: float) -> dict[str, Any]:
+    run_seed = res.seeds[0] if res.seeds else seed
+    pr, pt = res.find("prune"), res.pretrain(run_seed)
+    row: dict[str, Any] = {"seed": seed, "target": target, "method": method, "ratio": ratio,
+                           "kept_sample_fraction": pr.values.get("kept_sample_fraction")
+                           if pr is not None else None,
+                           "pretrain_s": float(pt.seconds) if pt is not None else 0.0}
+    for mode in MODES:
+        ft = res.finetune(mode, run_seed)
+        v = ft.values if ft is not None else None
+        row[mode] = None if v is None else 100.0 * float(v["test_top1"])
+        row[f"{mode}_best"] = None if v is None else 100.0 * float(v.get("best_test_top1",
+                                                                         v["test_top1"]))
+    row["truth"] = res.ground_truth
+    row["report"] = res.report or None
+    return row
+
+
+def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[str],
+                   seeds: Iterable[int], methods: Sequence[str] = ("lm", "fm"),
+                   ratios: Sequence[float] = (0.6, 0.8), finetune: Sequence[str] = MODES,
+                   reference_seeds: Iterable[int] | None = None,
+                   log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run (or resume) every (seed, target, method, ratio); returns the rows (``rows.jsonl``).
+    The unpruned reference (not part of any pair) runs for ``reference_seeds`` only (default:
+    every seed): it answers "is the target off the ceiling?" and costs a full pretraining."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "rows.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
+        if path.exists() else []
+    done = {(r["seed"], r["target"], r["method"], r["ratio"]) for r in rows}
+    plan = [(REFERENCE, 0.0)] + [(m, r) for r in ratios for m in ("random", *methods)]
+    seeds = [int(s) for s in seeds]
+    ref_seeds = set(seeds if reference_seeds is None else (int(s) for s in reference_seeds))
+    total, i = len(seeds) * len(targets) * len(plan), 0
+    for seed in seeds:
+        over = (f"train.seed={seed}",) if seed else ()
+        cfg_s = replace(base, seed=seed, overrides=tuple(base.overrides) + over,
+                        finetune_overrides=tuple(base.finetune_overrides) + over,
+                        finetune=tuple(finetune))
+        for target in targets:
+            for method, ratio in plan:
+                i += 1
+                if (seed, target, method, ratio) in done or (method == REFERENCE
+                                                             and seed not in ref_seeds):
+                    continue
+                log(f"[bench embedded] {i}/{total}: seed {seed}, target {target}, {method} at "
+                    f"{100 * ratio:.0f} %")
+                res = run_pipeline(replace(cfg_s, target=target, ratio=ratio,
+                                           method="random" if method == REFERENCE else method),
+                                   log=log)
+                row = _row(res, seed, target, method, ratio)
+                row["loadavg_1min"] = os.getloadavg()[0]
+                rows.append(row)
+                with path.open("a") as f:  # one line per finished run: resumable, never rewritten
+                    f.write(json.dumps(row, default=str) + "\n")
+    return rows
+
+
+# ------------------------------------------------------------------ summary
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Reference accuracies, paired tests (pooled and per target) and ground truth per cell."""
+    targets = list(dict.fromkeys(r["target"] for r in rows))
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in (REFERENCE, "random")]
+    ratios = sorted({r["ratio"] for r in rows if r["ratio"] > 0})
+    modes = [m for m in MODES if any(r.get(m) is not None for r in rows)]
+    by = {(r["seed"], r["target"], r["method"], r["ratio"]): r for r in rows}
+    seeds = sorted({r["seed"] for r in rows})
+    ref = {}
+    for t in targets:
+        for mode in modes:
+            xs = [r[mode] for r in rows if r["target"] == t and r["method"] == REFERENCE
+                  and r.get(mode) is not None]
+            if xs:
+                ref[(t, mode)] = (*mean_std(xs), len(xs))
+    tests = []
+    for mode in modes:
+        for ratio in ratios:
+            for m in methods:
+                pairs = {t: [] for t in targets}
+                for s in seeds:
+                    for t in targets:
+                        a, b = by.get((s, t, m, ratio)), by.get((s, t, "random", ratio))
+                        if a and b and a.get(mode) is not None and b.get(mode) is not None:
+                            pairs[t].append(a[mode] - b[mode])
+                pooled = [d for t in targets for d in pairs[t]]
+                tests.append({"mode": mode, "ratio": ratio, "method": m,
+                              "pooled": paired_test(pooled),
+                              "per_target": {t: paired_test(pairs[t]) for t in targets}})
+    truth = []
+    for ratio in ratios:
+        for m in ("random", *methods):
+            for t in targets:
+                ts = [by[k]["truth"] for k in by if k[1:] == (t, m, ratio) and by[k].get("truth")]
+                if not ts:
+                    continue
+                cell = {"ratio": ratio, "method": m, "target": t, "n": len(ts)}
+                for key, _ in TRUTH_COLUMNS:
+                    vals = [x[key] for x in ts if x.get(key) is not None]
+                    cell[key] = sum(vals) / len(vals) if vals else None
+                cell["chance"] = ts[0].get("chance")
+                kept = [by[k]["kept_sample_fraction"] for k in by if k[1:] == (t, m, ratio)
+                        and by[k].get("kept_sample_fraction") is not None]
+                cell["kept_sample_fraction"] = sum(kept) / len(kept) if kept else None
+                truth.append(cell)
+    return {"targets": targets, "methods": methods, "ratios": ratios, "modes": modes,
+            "seeds": seeds, "reference": {f"{t}/{m}": v for (t, m), v in ref.items()},
+            "tests": tests, "truth": truth}
+
+
+def _ci(t: dict[str, Any]) -> str:
+    if t["mean"] is None:
+        return "–"
+    if t["lo"] is None:
+        return f"{t['mean']:+.1f}"
+    return f"{t['mean']:+.1f} [{t['lo']:+.1f}, {t['hi']:+.1f}]"
+
+
+def markdown(summary: dict[str, Any], *, command: str = "", header: Sequence[str] = (),
+             plot: str = "") -> str:
+    s = summary
+    lines = [*header]
+    if command:
+        lines.append(f"- command: `{command}`")
+    lines += ["", "### Verdict: paired differences to RANDOM (top-1 points)", "",
+              f"Pairs = seeds × targets ({len(s['seeds'])} × {len(s['targets'])}); cell = mean "
+              "difference [95 % t interval]; **better** / **worse** = the interval excludes 0.", "",
+              "| mode | ratio | method | Δ vs RANDOM [95 % CI] | p | pairs won | verdict | "
+              + " | ".join(f"`{t}`" for t in s["targets"]) + " |",
+              "|---|---:|---|---:|---:|---:|---|" + "---:|" * len(s["targets"])]
+    for t in s["tests"]:
+        p = t["pooled"]
+        pv = "–" if p["p"] is None else (f"{p['p']:.3f}" if p["p"] >= 0.001 else "<0.001")
+        lines.append(f"| {t['mode'].upper()} | {100 * t['ratio']:.0f} % | {t['method'].upper()} | {_ci(p)} | "
+                     f"{pv} | {p['wins']}/{p['n']} | {verdict(p)} | "
+                     + " | ".join(_ci(t['per_target'][x]) for x in s["targets"]) + " |")
+    if plot:
+        lines += ["", f"![paired differences to RANDOM]({plot})"]
+    lines += ["", "### Unpruned reference (is the target off the ceiling?)", "",
+              "| target | " + " | ".join(f"{m.upper()} top-1 %" for m in s["modes"]) + " |",
+              "|---|" + "---:|" * len(s["modes"])]
+    for t in s["targets"]:
+        cells = []
+        for m in s["modes"]:
+            v = s["reference"].get(f"{t}/{m}")
+            cells.append("–" if v is None else f"{v[0]:.1f} ± {v[1]:.1f}")
+        lines.append(f"| `{t}` | " + " | ".join(cells) + " |")
+    if s["truth"]:
+        lines += ["", "### Selection against the ground truth (mean over seeds)", "",
+                  "top-k recall: mapped source classes among the k best-scored (class units); "
+                  "related samples / classes: share of the kept ones from the target's related "
+                  "superclasses (RANDOM keeps them at the source's share, the last column).", "",
+                  "| ratio | method | target | kept samples | "
+                  + " | ".join(h for _, h in TRUTH_COLUMNS) + " | source share |",
+                  "|---:|---|---|---:|" + "---:|" * (len(TRUTH_COLUMNS) + 1)]
+        for c in s["truth"]:
+            ks = "–" if c.get("kept_sample_fraction") is None else f"{100 * c['kept_sample_fraction']:.0f} %"
+            lines.append(f"| {100 * c['ratio']:.0f} % | {c['method'].upper()} | `{c['target']}` | {ks} | "
+                         + " | ".join("–" if c.get(k) is None else f"{c[k]:.2f}"
+                                      for k, _ in TRUTH_COLUMNS)
+                         + f" | {c['chance']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_tests(summary: dict[str, Any], path: Path) -> Path:
+    """Forest plot: each (mode, ratio, method)'s mean paired difference with its 95 % CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tests = [t for t in summary["tests"] if t["pooled"]["lo"] is not None]
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(tests) + 1.2))
+    for i, t in enumerate(tests):
+        p = t["pooled"]
+        colour = "tab:green" if p["lo"] > 0 else ("tab:red" if p["hi"] < 0 else "tab:gray")
+        ax.errorbar(p["mean"], i, xerr=[[p["mean"] - p["lo"]], [p["hi"] - p["mean"]]], fmt="o",
+                    color=colour, capsize=3)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(tests)), [f"{t['mode'].upper()} {100 * t['ratio']:.0f} % {t['method'].upper()}"
+                                      for t in tests])
+    ax.invert_yaxis()
+    ax.set_xlabel("target top-1 minus RANDOM's, points (mean, 95 % CI over seeds × targets)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(rows: list[dict[str, Any]], out: Path, *, command: str, header: Sequence[str]
+                  ) -> tuple[dict[str, Any], str]:
+    """``summary.json``, ``paired.png`` and the Markdown body (returned, for README/BENCHMARKS)."""
+    summary = summarize(rows)
+    summary.update({"command": command,
+                    "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds")})
+    atomic_write_json(out / "summary.json", json.loads(json.dumps(summary, default=str)))
+    plot = plot_tests(summary, out / "paired.png").name if summary["tests"] else ""
+    body = markdown(summary, command=command, header=header, plot=plot)
+    atomic_write_text(out / "README.md", body)
+    return summary, body
+
+
+__all__ = ["paired_test", "verdict", "run_separation", "summarize", "markdown", "write_outputs",
+           "plot_tests"]

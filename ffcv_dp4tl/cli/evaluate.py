@@ -1,0 +1,168 @@
+"""``dp4tl evaluate``: the paper's appendix evaluations of finetuned models (docs/evaluations.md).
+
+* ``corruptions`` — Tab. A4: top-1 on the target's test split under CIFAR-10-C corruptions;
+* ``flatness`` — Fig. A4: ε-sharpness and the top Hessian eigenvalue of the target train loss;
+* ``vtab-splits`` / ``vtab`` — Tab. A5: VTAB-1k 800/200 masks of a target, and the protocol
+  (select the lr on 200, final on 1000, test split).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .app import app
+from ..errors import DP4TLError
+from .options import FORMAT_HELP, Format, device_option, resolve_device
+
+evaluate_app = typer.Typer(help="Appendix evaluations of finetuned models: corruptions (Tab. A4), "
+                           "flatness (Fig. A4), VTAB-1k splits (Tab. A5).", no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
+
+RUNS_HELP = ("Finished finetune run directories (`dp4tl finetune --out`, or a pipeline's "
+             "runs/finetune-lp-*/, finetune-ff-*/), each optionally LABEL=DIR (the table's column)")
+
+
+def _runs(args: list[str]) -> dict[str, Path]:
+    runs: dict[str, Path] = {}
+    for a in args:
+        label, sep, path = a.partition("=")
+        p = Path(path if sep else a)
+        label = label if sep else p.name
+        if not p.is_dir():
+            raise DP4TLError(f"run directory {p} does not exist")
+        if label in runs:
+            raise DP4TLError(f"two runs are labelled {label!r}; label them LABEL=DIR")
+        runs[label] = p
+    if not runs:
+        raise DP4TLError("give at least one finetune run directory")
+    return runs
+
+
+def _write(out: Path, stem: str, data: dict, table: str, title: str) -> None:
+    from ..fsutil import atomic_write_json, atomic_write_text
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{stem}.json", data)
+    atomic_write_text(out / f"{stem}.md", f"# {title}\n\n{table}")
+    typer.echo(table)
+    typer.echo(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
+
+
+@evaluate_app.command("corruptions")
+def corruptions_cmd(
+    runs: List[str] = typer.Argument(..., help=RUNS_HELP),
+    corrupt: List[str] = typer.Option(["paper"], "--corrupt", help="NAME[:SEVERITY] (repeatable or "
+                                      "comma-separated; no severity = 1-5); `paper` = Tab. A4's "
+                                      "five, `all` = all 16 provided"),
+    out: Path = typer.Option(..., "--out", "-o", help="Writes corruptions.json and corruptions.md"),
+    split: str = typer.Option("test", help="Split of the target to corrupt"),
+    seed: int = typer.Option(0, help="Corruption seed (a sample's noise depends on seed and index)"),
+    corrupt_resolution: Optional[int] = typer.Option(
+        None, help="Corrupt at this side length (e.g. 32: CIFAR-10-C's parameters for a model "
+        "reading CIFAR-10 at 160 px); default: the loaded resolution", show_default=False),
+    resolution: Optional[int] = typer.Option(None, help="Input resolution (default: the run "
+                                             "recipe's finetune.resolution)", show_default=False),
+    batch_size: int = typer.Option(256, help="Evaluation batch size"),
+    workers: int = typer.Option(2, help="Loader workers"),
+    fmt: Format = typer.Option(Format.ffcv, "--format", help=FORMAT_HELP),
+    device: str = device_option(),
+    progress: bool = typer.Option(True, help="Show a progress bar"),
+) -> None:
+    """Tab. A4: clean and corrupted test top-1 of finetuned models (CIFAR-10-C corruptions)."""
+    from ..data.corruptions import parse_corruptions
+    from ..evaluation.corruption import corruption_table, evaluate_corruptions
+
+    which = parse_corruptions(corrupt)
+    res = evaluate_corruptions(_runs(runs), which, device=resolve_device(device),
+                               resolution=resolution, split=split, fmt=fmt.value,
+                               batch_size=batch_size, num_workers=workers, seed=seed,
+                               corrupt_resolution=corrupt_resolution, progress=progress)
+    _write(out, "corruptions", res, corruption_table(res), "Corruption robustness (Tab. A4)")
+
+
+@evaluate_app.command("flatness")
+def flatness_cmd(
+    runs: List[str] = typer.Argument(..., help=RUNS_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Writes flatness.json and flatness.md"),
+    eps: float = typer.Option(1e-3, help="ε of ε-sharpness (Keskar et al. report 1e-3 and 5e-4)"),
+    steps: int = typer.Option(10, help="Projected gradient-ascent steps for the ε-box maximum "
+                              "(Keskar et al.: 10 L-BFGS-B iterations)"),
+    iters: int = typer.Option(20, help="Power iterations (Hessian-vector products) at most"),
+    tol: float = typer.Option(1e-3, help="Stop power iteration at this relative change"),
+    batches: int = typer.Option(4, help="Fixed batches of the split the loss is measured on "
+                                "(0 = the whole split)"),
+    batch_size: int = typer.Option(64, help="Samples per batch"),
+    split: str = typer.Option("train", help="Target split (the paper: the downstream train loss)"),
+    seed: int = typer.Option(0, help="Seed of the power iteration's start vector"),
+    resolution: Optional[int] = typer.Option(None, help="Input resolution (default: the run "
+                                             "recipe's finetune.resolution)", show_default=False),
+    workers: int = typer.Option(2, help="Loader workers"),
+    fmt: Format = typer.Option(Format.ffcv, "--format", help=FORMAT_HELP),
+    device: str = device_option(),
+) -> None:
+    """Fig. A4: ε-sharpness and λ_max of the Hessian of each finetuned model's train loss."""
+    from ..evaluation.finetuned import load_finetuned
+    from ..evaluation.flatness import flatness_table, model_flatness
+
+    if eps <= 0 or steps < 1 or iters < 1:
+        raise DP4TLError("--eps must be > 0, --steps and --iters >= 1")
+    res = {}
+    for label, run in _runs(runs).items():
+        ft = load_finetuned(run, resolve_device(device), resolution=resolution)
+        res[label] = model_flatness(ft, split=split, fmt=fmt.value, batch_size=batch_size,
+                                    num_batches=batches or None, eps=eps, steps=steps, iters=iters,
+                                    tol=tol, seed=seed, num_workers=workers)
+        typer.echo(f"{label}: ε-sharpness {res[label]['eps_sharpness']:.4f} %, λ_max "
+                   f"{res[label]['lambda_max']:.4g}")
+    _write(out, "flatness", res, flatness_table(res), "Flatness of the finetuned models (Fig. A4)")
+
+
+@evaluate_app.command("vtab-splits")
+def vtab_splits_cmd(
+    data: Path = typer.Option(..., "--data", help="Built target dataset directory"),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for train800/val200/"
+                             "train800val200 .npy + .json"),
+    seed: int = typer.Option(0, help="Which random 1000 (per seed, reproducible)"),
+    train_size: int = typer.Option(800, help="Training samples (VTAB-1k: 800)"),
+    val_size: int = typer.Option(200, help="Validation samples (VTAB-1k: 200)"),
+    split: str = typer.Option("train", help="The split the samples are drawn from"),
+) -> None:
+    """Tab. A5: VTAB-1k masks (train / val / train+val) over a target's train split."""
+    from ..evaluation.vtab import write_vtab_masks
+
+    paths = write_vtab_masks(data, out, seed=seed, train_size=train_size, val_size=val_size,
+                             split=split)
+    for k, p in paths.items():
+        typer.echo(f"{k}: {p}")
+
+
+@evaluate_app.command("vtab")
+def vtab_cmd(
+    recipe: str = typer.Argument(..., help="LP/FF recipe (name or .toml)"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Source checkpoint.pt"),
+    data: Path = typer.Option(..., "--data", help="Built target dataset directory"),
+    out: Path = typer.Option(..., "--out", "-o", help="Protocol directory (masks, one run per lr, "
+                             "vtab.json)"),
+    lr: str = typer.Option("0.001,0.01,0.1", "--lr", help="Learning rates selected from on val"),
+    seed: int = typer.Option(0, help="VTAB split seed"),
+    train_size: int = typer.Option(800, help="Training samples (VTAB-1k: 800)"),
+    val_size: int = typer.Option(200, help="Validation samples (VTAB-1k: 200)"),
+    set_: List[str] = typer.Option([], "--set", help="Recipe override section.key=value"),
+    fmt: Format = typer.Option(Format.ffcv, "--format", help=FORMAT_HELP),
+    device: str = device_option(),
+    progress: bool = typer.Option(True, help="Print per-epoch lines"),
+) -> None:
+    """Tab. A5: VTAB-1k protocol: pick the lr on 800/200, retrain on 1000, top-1 on test."""
+    from ..evaluation.vtab import vtab_protocol
+
+    try:
+        lrs = [float(x) for x in lr.split(",") if x.strip()]
+    except ValueError:
+        raise DP4TLError(f"--lr must be comma-separated numbers, got {lr!r}") from None
+    res = vtab_protocol(recipe, checkpoint, data, out, lrs=lrs, seed=seed, train_size=train_size,
+                        val_size=val_size, overrides=set_, fmt=fmt.value, device=device,
+                        progress=progress)
+    typer.echo(json.dumps({k: res[k] for k in ("sweep", "selected_lr", "test_top1")}))

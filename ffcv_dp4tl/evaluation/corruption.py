@@ -1,0 +1,88 @@
+"""Tab. A4: top-1 of finetuned models on a target's test split under common corruptions.
+
+The paper prunes ImageNet for CIFAR-10, finetunes, and reports top-1 on CIFAR-10-C for five
+corruptions (Gaussian / impulse / shot / speckle noise, defocus blur). Here any finished LP/FF
+run is evaluated on its target's test split, corrupted at load time
+(:mod:`ffcv_dp4tl.data.corruptions`) for every requested (corruption, severity); the clean
+accuracy is measured by the same code and checked against the run's own ``test_top1``.
+Each cell of the table is the mean top-1 over the requested severities (CIFAR-10-C's
+convention), and "mean corruption accuracy" the mean over every corrupted evaluation.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm import tqdm
+
+from ..data import AugSpec, make_loader
+from ..data.corruptions import CorruptedLoader, CorruptionOp
+from ..training.distributed import DistContext
+from ..training.engine import evaluate
+from .finetuned import Finetuned, load_finetuned
+
+
+def corruption_accuracy(ft: Finetuned, corruptions: Sequence[tuple[str, int]], *, split: str = "test",
+                        fmt: str = "ffcv", batch_size: int = 256, num_workers: int = 2, seed: int = 0,
+                        corrupt_resolution: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Clean and corrupted top-1 of one finetuned model; ``{"clean_top1", "rows": [{corruption,
+    severity, top1, count}], "per_corruption": {name: mean top-1}, "mean_corruption_top1"}``."""
+    dev = next(ft.model.parameters()).device
+    ctx = DistContext(device=dev)
+    loader = make_loader(ft.target, split, fmt=fmt, aug=AugSpec.for_eval(),
+                         batch_size=batch_size, resolution=ft.resolution, device=dev,
+                         num_workers=num_workers)
+    clean = evaluate(ft.model, loader, ctx, None, ft.flip_tta)
+    rows = []
+    bar = tqdm(corruptions, desc=f"corruptions {ft.name}", disable=not progress, leave=False)
+    for name, severity in bar:
+        op = CorruptionOp(name, severity, seed=seed, resolution=corrupt_resolution)
+        r = evaluate(ft.model, CorruptedLoader(loader, op), ctx, None, ft.flip_tta)
+        rows.append({"corruption": name, "severity": severity, "top1": r["top1"],
+                     "loss": r["loss"], "count": r["count"]})
+    per: dict[str, list[float]] = {}
+    for row in rows:
+        per.setdefault(row["corruption"], []).append(row["top1"])
+    return {"run": str(ft.run_dir), "mode": ft.mode, "target": str(ft.target), "split": split,
+            "resolution": ft.resolution, "flip_tta": ft.flip_tta, "seed": seed,
+            "corrupt_resolution": corrupt_resolution,
+            "clean_top1": clean["top1"], "clean_loss": clean["loss"], "count": clean["count"],
+            "reported_test_top1": ft.result.get("test_top1"),
+            "rows": rows, "per_corruption": {k: sum(v) / len(v) for k, v in per.items()},
+            "mean_corruption_top1": (sum(r["top1"] for r in rows) / len(rows)) if rows else None}
+
+
+def evaluate_corruptions(runs: dict[str, str | Path], corruptions: Sequence[tuple[str, int]], *,
+                         device: str | torch.device = "cpu", resolution: int | None = None,
+                         **kw) -> dict[str, dict[str, Any]]:
+    """:func:`corruption_accuracy` of every ``{label: run_dir}``."""
+    return {label: corruption_accuracy(load_finetuned(run, device, resolution=resolution),
+                                       corruptions, **kw)
+            for label, run in runs.items()}
+
+
+def _pretty(name: str) -> str:
+    return name.replace("_", " ").title().replace("Jpeg", "JPEG")
+
+
+def corruption_table(results: dict[str, dict[str, Any]]) -> str:
+    """Tab. A4's layout: one column per run, rows clean / + each corruption / mean (top-1 %)."""
+    labels = list(results)
+    names = list(dict.fromkeys(n for r in results.values() for n in r["per_corruption"]))
+    sevs = sorted({row["severity"] for r in results.values() for row in r["rows"]})
+
+    def fmt(v):
+        return "–" if v is None else f"{100 * v:.2f}"
+
+    lines = ["| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|",
+             "| clean | " + " | ".join(fmt(results[k]["clean_top1"]) for k in labels) + " |"]
+    for n in names:
+        lines.append(f"| + {_pretty(n)} | "
+                     + " | ".join(fmt(results[k]["per_corruption"].get(n)) for k in labels) + " |")
+    lines.append("| **mean corruption top-1** | "
+                 + " | ".join(fmt(results[k]["mean_corruption_top1"]) for k in labels) + " |")
+    lines.append("")
+    lines.append(f"Cells: top-1 (%) on the test split, mean over severities {sevs}; "
+                 f"test images per evaluation: {', '.join(str(results[k]['count']) for k in labels)}.")
+    return "\n".join(lines) + "\n"

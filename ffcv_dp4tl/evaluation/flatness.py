@@ -1,0 +1,210 @@
+"""Flatness of a finetuned model's downstream training loss (the paper's Fig. A4).
+
+Fig. A4 compares source models pretrained on differently pruned data, then linear-probed on
+the target, by five sharpness measures of the *target training loss*; two of them are here:
+
+* **ε-sharpness** (Keskar et al., ICLR 2017, Metric 2.1 — the paper's [120]): with weights
+  ``w`` and loss ``L``, ``max_{y ∈ C_ε} (L(w + y) − L(w)) / (1 + L(w)) × 100`` over the box
+  ``C_ε = {y : |y_i| ≤ ε (|w_i| + 1)}`` (the full parameter space, A = I). Keskar et al. solve
+  the inner maximisation with 10 L-BFGS-B iterations and report ε = 1e-3 and 5e-4; here it is
+  approximated by ``steps`` of projected sign-gradient ascent inside the box (PGD; per
+  coordinate step ``2.5 · bound / steps``, Madry et al.'s rule, from ``y = 0``). The largest
+  loss seen is the maximum (a lower bound of the true one).
+* **λ_max(H)**, the top eigenvalue of the Hessian of the loss w.r.t. all weights (Maddox et al.
+  2020 — the paper's [122]), by power iteration on Hessian-vector products (double backward,
+  never forming H). Power iteration converges to the eigenvalue of largest *magnitude*; at a
+  trained minimum that is the top (positive) one.
+
+Both use the same fixed set of batches (the target train split, eval transform, in file
+order) with the model in eval mode (BatchNorm statistics frozen), so the loss is a
+deterministic function of the weights and a repeated call gives the same numbers. The loss is
+the sample-weighted mean over the whole batch set, exactly as one big batch.
+
+The paper normalises each measure over the compared methods ("100 % = flattest");
+:func:`relative_flatness` does that for a set of models: ``min(sharpness) / sharpness × 100``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+LossFn = Callable[[nn.Module, tuple], torch.Tensor]
+
+
+def cross_entropy(model: nn.Module, batch: tuple) -> torch.Tensor:
+    """Mean cross-entropy of ``model`` on ``(images, labels)``."""
+    images, labels = batch[0], batch[1]
+    return nn.functional.cross_entropy(model(images).float(), labels)
+
+
+def fixed_batches(loader, num_batches: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``num_batches`` (None: all) ``(images, labels)`` of an (unshuffled) loader."""
+    out = []
+    for batch in loader:
+        out.append((batch.images, batch.labels))
+        if num_batches is not None and len(out) >= num_batches:
+            break
+    return out
+
+
+def _weights(batches: Sequence[tuple]) -> list[float]:
+    sizes = [len(b[1]) if b[1] is not None else 1 for b in batches]
+    total = float(sum(sizes))
+    return [s / total for s in sizes]
+
+
+def _params(model: nn.Module, params: Iterable[nn.Parameter] | None) -> list[nn.Parameter]:
+    ps = list(params) if params is not None else [p for p in model.parameters()]
+    if not ps:
+        raise ValueError("no parameters to measure flatness over")
+    return ps
+
+
+def mean_loss(model: nn.Module, batches: Sequence[tuple], loss_fn: LossFn = cross_entropy) -> float:
+    """Sample-weighted mean loss over ``batches`` (no gradients)."""
+    with torch.no_grad():
+        return float(sum(w * float(loss_fn(model, b)) for w, b in zip(_weights(batches), batches)))
+
+
+def _loss_and_grad(model, batches, loss_fn, params) -> tuple[float, list[torch.Tensor]]:
+    grads = [torch.zeros_like(p) for p in params]
+    total = 0.0
+    for w, b in zip(_weights(batches), batches):
+        loss = loss_fn(model, b) * w
+        for g, gi in zip(grads, torch.autograd.grad(loss, params)):
+            g += gi
+        total += float(loss.detach())
+    return total, grads
+
+
+def hessian_vector_product(model: nn.Module, batches: Sequence[tuple], vec: Sequence[torch.Tensor],
+                           loss_fn: LossFn = cross_entropy,
+                           params: Sequence[nn.Parameter] | None = None) -> list[torch.Tensor]:
+    """``H v`` of the mean loss over ``batches`` (double backward, batch by batch)."""
+    params = _params(model, params)
+    out = [torch.zeros_like(p) for p in params]
+    for w, b in zip(_weights(batches), batches):
+        grads = torch.autograd.grad(loss_fn(model, b) * w, params, create_graph=True)
+        dot = sum((g * v).sum() for g, v in zip(grads, vec))
+        for o, h in zip(out, torch.autograd.grad(dot, params)):
+            o += h
+    return out
+
+
+def _norm(vec: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.sqrt(sum((v.double() ** 2).sum() for v in vec))
+
+
+def hessian_top_eigenvalue(model: nn.Module, batches: Sequence[tuple], *, iters: int = 20,
+                           tol: float = 1e-3, seed: int = 0, loss_fn: LossFn = cross_entropy,
+                           params: Sequence[nn.Parameter] | None = None) -> dict:
+    """Power iteration for the Hessian's eigenvalue of largest magnitude.
+
+    Starts from a seeded Gaussian vector; stops after ``iters`` products or when the Rayleigh
+    quotient changes by less than ``tol`` (relative). Returns ``{"lambda_max", "iterations",
+    "converged", "history"}``."""
+    model.eval()
+    params = _params(model, params)
+    gen = torch.Generator().manual_seed(seed)
+    v = [torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p) for p in params]
+    n = _norm(v)
+    v = [x / n.to(x.dtype) for x in v]
+    history: list[float] = []
+    lam, converged = float("nan"), False
+    for _ in range(iters):
+        hv = hessian_vector_product(model, batches, v, loss_fn, params)
+        new = float(sum((h.double() * x.double()).sum() for h, x in zip(hv, v)))
+        history.append(new)
+        n = _norm(hv)
+        if float(n) == 0.0:
+            lam, converged = 0.0, True
+            break
+        v = [h / n.to(h.dtype) for h in hv]
+        if history[:-1] and abs(new - lam) <= tol * max(abs(new), 1e-12):
+            lam, converged = new, True
+            break
+        lam = new
+    return {"lambda_max": lam, "iterations": len(history), "converged": converged,
+            "history": history}
+
+
+def epsilon_sharpness(model: nn.Module, batches: Sequence[tuple], *, eps: float = 1e-3,
+                      steps: int = 10, loss_fn: LossFn = cross_entropy,
+                      params: Sequence[nn.Parameter] | None = None) -> dict:
+    """Keskar et al.'s ε-sharpness (in %) by projected sign-gradient ascent in the box
+    ``|y_i| ≤ ε(|w_i| + 1)``. The weights are restored afterwards. Returns ``{"sharpness",
+    "loss", "max_loss", "eps", "steps"}``."""
+    if eps <= 0 or steps < 1:
+        raise ValueError(f"eps must be > 0 and steps >= 1 (got eps={eps}, steps={steps})")
+    model.eval()
+    params = _params(model, params)
+    w0 = [p.detach().clone() for p in params]
+    bound = [eps * (w.abs() + 1) for w in w0]
+    y = [torch.zeros_like(w) for w in w0]
+    base = mean_loss(model, batches, loss_fn)
+    best = base
+    try:
+        for _ in range(steps):
+            loss, grads = _loss_and_grad(model, batches, loss_fn, params)
+            best = max(best, loss)
+            with torch.no_grad():
+                for p, w, yi, g, b in zip(params, w0, y, grads, bound):
+                    yi.add_(2.5 * b / steps * g.sign())
+                    torch.maximum(torch.minimum(yi, b), -b, out=yi)
+                    p.copy_(w + yi)
+        best = max(best, mean_loss(model, batches, loss_fn))
+    finally:
+        with torch.no_grad():
+            for p, w in zip(params, w0):
+                p.copy_(w)
+    return {"sharpness": (best - base) / (1 + base) * 100, "loss": base, "max_loss": best,
+            "eps": eps, "steps": steps}
+
+
+def relative_flatness(sharpness: dict[str, float]) -> dict[str, float]:
+    """Fig. A4's normalisation of one measure over compared models: the flattest (smallest
+    sharpness) is 100 %, a model twice as sharp 50 %."""
+    positive = [s for s in sharpness.values() if s > 0]
+    if not positive:
+        return {k: float("nan") for k in sharpness}
+    lo = min(positive)
+    return {k: (100.0 * lo / s if s > 0 else float("nan")) for k, s in sharpness.items()}
+
+
+def model_flatness(ft, *, split: str = "train", fmt: str = "ffcv", batch_size: int = 64,
+                   num_batches: int | None = 4, eps: float = 1e-3, steps: int = 10,
+                   iters: int = 20, tol: float = 1e-3, seed: int = 0,
+                   num_workers: int = 2) -> dict:
+    """ε-sharpness and λ_max(H) of a finetuned model (:class:`~.finetuned.Finetuned`) on the
+    first ``num_batches`` batches of its target's ``split`` (eval transform, file order)."""
+    from ..data import AugSpec, make_loader
+
+    dev = next(ft.model.parameters()).device
+    loader = make_loader(ft.target, split, fmt=fmt, aug=AugSpec.for_eval(), shuffle=False,
+                         batch_size=batch_size, resolution=ft.resolution, device=dev,
+                         num_workers=num_workers)
+    batches = fixed_batches(loader, num_batches)
+    model = ft.model.float()
+    sharp = epsilon_sharpness(model, batches, eps=eps, steps=steps)
+    hess = hessian_top_eigenvalue(model, batches, iters=iters, tol=tol, seed=seed)
+    return {"run": str(ft.run_dir), "mode": ft.mode, "target": str(ft.target), "split": split,
+            "samples": sum(len(b[1]) for b in batches), "loss": sharp["loss"],
+            "eps_sharpness": sharp["sharpness"], "eps": eps, "ascent_steps": steps,
+            "max_loss": sharp["max_loss"], "lambda_max": hess["lambda_max"],
+            "power_iterations": hess["iterations"], "converged": hess["converged"],
+            "seed": seed, "params": sum(p.numel() for p in model.parameters())}
+
+
+def flatness_table(results: dict[str, dict]) -> str:
+    """Per model: the two sharpness numbers and Fig. A4's relative flatness (100 % = flattest)."""
+    rel_e = relative_flatness({k: r["eps_sharpness"] for k, r in results.items()})
+    rel_h = relative_flatness({k: r["lambda_max"] for k, r in results.items()})
+    lines = ["| model | train loss | ε-sharpness (%) | λ_max(H) | flatness ε (rel. %) | "
+             "flatness λ_max (rel. %) | power it. |", "|---|---|---|---|---|---|---|"]
+    for k, r in results.items():
+        lines.append(f"| {k} | {r['loss']:.4f} | {r['eps_sharpness']:.4f} | {r['lambda_max']:.4g} | "
+                     f"{rel_e[k]:.1f} | {rel_h[k]:.1f} | {r['power_iterations']}"
+                     f"{'' if r['converged'] else ' (not converged)'} |")
+    return "\n".join(lines) + "\n"

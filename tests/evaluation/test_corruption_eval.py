@@ -1,0 +1,37 @@
+"""Tab. A4 end to end: a finished LP/FF run rebuilt, evaluated clean and corrupted."""
+from __future__ import annotations
+
+import pytest
+
+from ffcv_dp4tl.evaluation.corruption import corruption_accuracy, corruption_table
+from ffcv_dp4tl.evaluation.finetuned import load_finetuned
+
+
+@pytest.mark.parametrize("run", ["lp_run", "ff_run"])
+def test_clean_accuracy_is_the_runs_own_and_corruptions_are_evaluated(run, request):
+    ft = load_finetuned(request.getfixturevalue(run), "cpu")
+    assert ft.resolution == 16  # the run's own (a --set override), from result.json
+    res = corruption_accuracy(ft, [("gaussian_noise", 1), ("gaussian_noise", 5), ("contrast", 5)],
+                              fmt="wds", batch_size=5, num_workers=0, progress=False)
+    # the rebuilt model scores exactly what the finetuning reported on the clean test split
+    assert res["clean_top1"] == pytest.approx(ft.result["test_top1"], abs=1e-9)
+    assert res["count"] == ft.result["test_samples"] == 12
+    assert [(r["corruption"], r["severity"]) for r in res["rows"]] == \
+        [("gaussian_noise", 1), ("gaussian_noise", 5), ("contrast", 5)]
+    assert res["per_corruption"]["gaussian_noise"] == pytest.approx(
+        (res["rows"][0]["top1"] + res["rows"][1]["top1"]) / 2)
+    assert res["mean_corruption_top1"] == pytest.approx(sum(r["top1"] for r in res["rows"]) / 3)
+    # the corruption really reaches the model: contrast 0.15 changes its loss
+    assert res["rows"][2]["loss"] != pytest.approx(res["clean_loss"])
+    again = corruption_accuracy(ft, [("gaussian_noise", 5)], fmt="wds", batch_size=12,
+                                num_workers=0, progress=False)
+    assert again["rows"][0]["top1"] == res["rows"][1]["top1"]  # batching does not matter
+    table = corruption_table({"0%": res})
+    assert "+ Gaussian Noise" in table and "mean corruption top-1" in table
+
+
+def test_a_directory_that_is_no_run_is_refused(tmp_path):
+    from ffcv_dp4tl.errors import DP4TLError
+
+    with pytest.raises(DP4TLError, match="not a finished finetune run"):
+        load_finetuned(tmp_path)

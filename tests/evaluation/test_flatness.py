@@ -1,0 +1,119 @@
+"""Fig. A4's sharpness measures on models whose answer is known in closed form."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ffcv_dp4tl.evaluation.flatness import (epsilon_sharpness, hessian_top_eigenvalue,
+                                            hessian_vector_product, mean_loss, relative_flatness)
+
+
+class Quadratic(nn.Module):
+    """L(w) = ½ wᵀAw + bᵀw with a known Hessian A."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, w: torch.Tensor):
+        super().__init__()
+        self.register_buffer("a", a)
+        self.register_buffer("b", b)
+        self.w = nn.Parameter(w.clone())
+
+
+def quad_loss(model: Quadratic, batch) -> torch.Tensor:
+    return 0.5 * model.w @ model.a @ model.w + model.b @ model.w
+
+
+ONE = [(None, None)]  # the quadratic ignores its batch
+
+
+def _sym(eigs, seed=0) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(len(eigs), len(eigs), generator=torch.Generator().manual_seed(seed),
+                                       dtype=torch.float64))
+    return (q @ torch.diag(torch.tensor(eigs, dtype=torch.float64)) @ q.T)
+
+
+def test_power_iteration_finds_the_top_eigenvalue_of_a_quadratic():
+    eigs = [7.5, 3.0, 2.0, 1.0, 0.5, 0.1, -0.2, 0.0]
+    a = _sym(eigs)
+    model = Quadratic(a, torch.zeros(8, dtype=torch.float64), torch.ones(8, dtype=torch.float64))
+    out = hessian_top_eigenvalue(model, ONE, iters=200, tol=1e-10, loss_fn=quad_loss)
+    assert out["converged"]
+    assert out["lambda_max"] == pytest.approx(7.5, rel=1e-6)
+    again = hessian_top_eigenvalue(model, ONE, iters=200, tol=1e-10, loss_fn=quad_loss)
+    assert again["history"] == out["history"]  # seeded start: same numbers every call
+
+
+def test_hessian_of_a_small_net_over_batches_matches_the_explicit_hessian():
+    """Batches of unequal size weighted as one big batch; compared with the full Hessian."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    x, y = torch.randn(11, 3, dtype=torch.float64), torch.randint(0, 3, (11,))
+    batches = [(x[:7], y[:7]), (x[7:], y[7:])]
+
+    def ce(model, batch):
+        return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    params = list(net.parameters())
+    shapes = [p.shape for p in params]
+    flat0 = torch.cat([p.detach().reshape(-1) for p in params])
+
+    def loss_of(flat):
+        out, i = [], 0
+        for s in shapes:
+            n = int(np.prod(s))
+            out.append(flat[i:i + n].reshape(s))
+            i += n
+        h = torch.tanh(x @ out[0].T + out[1])
+        return nn.functional.cross_entropy(h @ out[2].T + out[3], y)
+
+    hess = torch.autograd.functional.hessian(loss_of, flat0)
+    top = torch.linalg.eigvalsh(hess)
+    want = float(top[top.abs().argmax()])
+    v = torch.randn(flat0.numel(), dtype=torch.float64)
+    vs, i = [], 0
+    for p in params:
+        vs.append(v[i:i + p.numel()].reshape(p.shape))
+        i += p.numel()
+    hv = torch.cat([h.reshape(-1) for h in hessian_vector_product(net, batches, vs, ce)])
+    torch.testing.assert_close(hv, hess @ v)
+    got = hessian_top_eigenvalue(net, batches, iters=500, tol=1e-12, loss_fn=ce)
+    assert got["lambda_max"] == pytest.approx(want, rel=1e-5)
+
+
+def test_epsilon_sharpness_is_keskars_box_maximum():
+    """For a quadratic the box maximum is at the corner the gradient points to: closed form."""
+    a = torch.diag(torch.tensor([4.0, 1.0, 0.5, 2.0], dtype=torch.float64))
+    b = torch.tensor([0.3, -0.2, 0.1, 0.0], dtype=torch.float64)
+    w = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    model = Quadratic(a, b, w)
+    eps = 1e-2
+    r = eps * (w.abs() + 1)
+    g = a @ w + b
+    y = r * torch.sign(g)
+    base = float(0.5 * w @ a @ w + b @ w)
+    top = float(0.5 * (w + y) @ a @ (w + y) + b @ (w + y))
+    out = epsilon_sharpness(model, ONE, eps=eps, steps=10, loss_fn=quad_loss)
+    assert out["loss"] == pytest.approx(base)
+    assert out["max_loss"] == pytest.approx(top, rel=1e-9)
+    assert out["sharpness"] == pytest.approx((top - base) / (1 + base) * 100, rel=1e-9)
+    torch.testing.assert_close(model.w.detach(), w)  # weights restored
+    smaller = epsilon_sharpness(model, ONE, eps=eps / 2, steps=10, loss_fn=quad_loss)
+    assert 0 < smaller["sharpness"] < out["sharpness"]
+    sharper = Quadratic(a * 3, b, w)
+    assert epsilon_sharpness(sharper, ONE, eps=eps, loss_fn=quad_loss)["sharpness"] \
+        > out["sharpness"]
+    with pytest.raises(ValueError):
+        epsilon_sharpness(model, ONE, eps=0.0, loss_fn=quad_loss)
+
+
+def test_mean_loss_weights_batches_by_size():
+    net = nn.Linear(2, 2).double()
+    x, y = torch.randn(5, 2, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1])
+    whole = float(nn.functional.cross_entropy(net(x), y).detach())
+    assert mean_loss(net, [(x[:4], y[:4]), (x[4:], y[4:])]) == pytest.approx(whole)
+
+
+def test_relative_flatness_puts_the_flattest_at_100():
+    rel = relative_flatness({"lm": 2.0, "random": 4.0, "dense": 8.0})
+    assert rel == {"lm": 100.0, "random": 50.0, "dense": 25.0}

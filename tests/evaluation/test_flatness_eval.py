@@ -1,0 +1,25 @@
+"""Fig. A4 on a real finetuned model: finite, deterministic, and the weights are untouched."""
+from __future__ import annotations
+
+import torch
+
+from ffcv_dp4tl.evaluation.finetuned import load_finetuned
+from ffcv_dp4tl.evaluation.flatness import flatness_table, model_flatness
+
+
+def test_flatness_of_a_finetuned_model(lp_run):
+    ft = load_finetuned(lp_run, "cpu")
+    before = {k: v.clone() for k, v in ft.model.state_dict().items()}
+    kw = dict(fmt="wds", batch_size=8, num_batches=2, eps=1e-3, steps=2, iters=3, num_workers=0)
+    res = model_flatness(ft, **kw)
+    assert res["samples"] == 16 and res["split"] == "train"
+    assert res["eps_sharpness"] > 0 and res["max_loss"] > res["loss"] > 0
+    assert res["lambda_max"] > 0 and 1 <= res["power_iterations"] <= 3
+    for k, v in ft.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    again = model_flatness(load_finetuned(lp_run, "cpu"), **kw)
+    assert again["eps_sharpness"] == res["eps_sharpness"]
+    assert again["lambda_max"] == res["lambda_max"]
+    wider = model_flatness(load_finetuned(lp_run, "cpu"), **{**kw, "eps": 5e-3, "iters": 1})
+    assert wider["eps_sharpness"] > res["eps_sharpness"]
+    assert "100.0" in flatness_table({"a": res, "b": wider})

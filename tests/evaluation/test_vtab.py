@@ -1,0 +1,77 @@
+"""Tab. A5: VTAB-1k masks over a target's train split, and finetuning on them."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ffcv_dp4tl.data import load_manifest, load_mask
+from ffcv_dp4tl.errors import DataError
+from ffcv_dp4tl.evaluation.vtab import mask_names, vtab_masks, write_vtab_masks
+
+
+def test_masks_are_disjoint_sized_subsets_reproducible_per_seed(eval_target, tmp_path):
+    info = load_manifest(eval_target).split("train")  # 24 samples: a 16 / 4 split
+    m = vtab_masks(eval_target, seed=3, train_size=16, val_size=4)
+    tr, va, tv = (m[k].indices for k in ("train", "val", "trainval"))
+    assert (len(tr), len(va), len(tv)) == (16, 4, 20)
+    assert not set(tr) & set(va)
+    np.testing.assert_array_equal(tv, np.union1d(tr, va))
+    assert tv.min() >= 0 and tv.max() < info.num_samples
+    again = vtab_masks(eval_target, seed=3, train_size=16, val_size=4)
+    for k in m:
+        np.testing.assert_array_equal(again[k].indices, m[k].indices)
+    other = vtab_masks(eval_target, seed=4, train_size=16, val_size=4)
+    assert not np.array_equal(other["train"].indices, tr)
+    paths = write_vtab_masks(eval_target, tmp_path, seed=3, train_size=16, val_size=4)
+    assert {p.stem for p in paths.values()} == set(mask_names(16, 4).values()) \
+        == {"train16", "val4", "train16val4"}
+    loaded = load_mask(paths["val"], info)  # validated against the split's fingerprint
+    np.testing.assert_array_equal(loaded.indices, va)
+    meta = json.loads(paths["val"].with_suffix(".json").read_text())
+    assert meta["method"] == "vtab1k" and meta["seed"] == 3 and meta["part"] == "val"
+    assert meta["fingerprint"] == info.fingerprint and meta["num_kept"] == 4
+
+
+def test_vtab_defaults_are_800_200_and_too_small_a_split_is_refused(eval_target):
+    with pytest.raises(DataError, match=r"24 samples, fewer than the 800 \+ 200"):
+        vtab_masks(eval_target)
+
+
+def test_finetune_reads_only_the_masks(eval_source_ckpt, eval_target, tmp_path):
+    """LP on train16, evaluated on val4 of the *train* split: counts follow the masks."""
+    from ffcv_dp4tl.training.finetune import finetune
+    from ffcv_dp4tl.training.recipe import load_recipe
+
+    from .conftest import FT_OVERRIDES
+
+    paths = write_vtab_masks(eval_target, tmp_path / "m", seed=0, train_size=16, val_size=4)
+    r = load_recipe("lp_tiny_cpu", FT_OVERRIDES + ["data.test_split=train"])
+    res = finetune(r, eval_source_ckpt, eval_target, tmp_path / "sel", fmt="wds", device="cpu",
+                   progress=False, train_mask=paths["train"], test_mask=paths["val"])
+    assert res["train_samples"] == 16 and res["test_samples"] == 4
+    assert res["test_split"] == "train" and res["test_mask"] == str(paths["val"])
+    assert res["test_top1"] in {k / 4 for k in range(5)}  # 4 evaluated images
+    # another mask is another run: its state is refused, not silently resumed
+    from ffcv_dp4tl.errors import DP4TLError
+    with pytest.raises(DP4TLError, match="train_mask"):
+        finetune(r, eval_source_ckpt, eval_target, tmp_path / "sel", fmt="wds", device="cpu",
+                 progress=False, train_mask=paths["trainval"], test_mask=paths["val"],
+                 stop_after=1)
+
+
+def test_vtab_protocol_selects_on_val_and_reports_test(eval_source_ckpt, eval_target, tmp_path):
+    from ffcv_dp4tl.evaluation.vtab import vtab_protocol
+
+    from .conftest import FT_OVERRIDES
+
+    res = vtab_protocol("lp_tiny_cpu", eval_source_ckpt, eval_target, tmp_path, lrs=[1e-4, 0.05],
+                        train_size=16, val_size=4, overrides=FT_OVERRIDES, fmt="wds",
+                        device="cpu", progress=False)
+    vals = {r["lr"]: r["val_top1"] for r in res["sweep"]}
+    assert res["selected_lr"] == max(vals, key=lambda k: (vals[k], -[1e-4, 0.05].index(k)))
+    final = json.loads((tmp_path / f"final-lr{res['selected_lr']:g}" / "result.json").read_text())
+    assert final["train_samples"] == 20 and final["test_split"] == "test"
+    assert res["test_top1"] == final["test_top1"]
+    assert json.loads((tmp_path / "vtab.json").read_text())["selected_lr"] == res["selected_lr"]
