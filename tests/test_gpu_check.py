@@ -87,7 +87,7 @@ def test_every_stage_ran_and_reported(smoke_run):
     assert re.search(r"^\| lm \| ok \|", summary, re.M) and re.search(r"^\| fm \| ok \|", summary, re.M)
     assert summary.count("<summary>report of the") == 2
     # the cost table has a row per ratio, the paper's reduction beside the measured one
-    cost_rows = re.findall(r"^\| (\d+) % \| [0-9.]+ \| [\d,]+ \| [0-9.]+ \|", summary, re.M)
+    cost_rows = re.findall(r"^\| (\d+)% \| [0-9.]+ \| [\d,]+ \| [0-9.]+ \|", summary, re.M)
     assert cost_rows[:2] == ["0", "50"]
     # every loader x kept-fraction row and every training run produced numbers
     loader_rows = [ln for ln in summary.splitlines() if re.match(r"^\| ffcv \| (cpu|gpu) \|", ln)]
