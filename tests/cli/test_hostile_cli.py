@@ -9,25 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from ffcv_dp4tl.cli import main
-
-
-def cli(capsys, monkeypatch, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["dp4tl", *map(str, args)])
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
-    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
-    with pytest.raises(SystemExit) as e:
-        main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def one_line(code, err, *needles):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for n in needles:
-        assert n in err, err
+from cli_runner import cli, one_line
 
 
 @pytest.fixture

@@ -6,17 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from cli_runner import cli as _cli
 from ffcv_dp4tl.cli import main
-
-
-def _cli(capsys, monkeypatch, *args):
-    monkeypatch.setattr(sys, "argv", ["dp4tl", *map(str, args)])
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
-    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
-    with pytest.raises(SystemExit) as e:
-        main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 @pytest.fixture

@@ -2,27 +2,8 @@
 from __future__ import annotations
 
 import json
-import sys
 
-import pytest
-
-from ffcv_dp4tl.cli import main
-
-
-def cli(capsys, monkeypatch, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["dp4tl", *map(str, args)])
-    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
-    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
-    with pytest.raises(SystemExit) as e:
-        main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
-
-
-def one_line(code, err, *needles):
-    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
-    for n in needles:
-        assert n in err, err
+from cli_runner import cli, one_line
 
 
 def test_corruptions_and_flatness_write_their_tables(lp_run, capsys, monkeypatch, tmp_path):
