@@ -22,7 +22,7 @@ from ffcv_dp4tl.pipeline.config import PipelineConfig
 from ffcv_dp4tl.pipeline.result import PipelineResult
 from ffcv_dp4tl.pipeline.run import run_pipeline
 from ffcv_dp4tl.pipeline.score import score
-from ffcv_dp4tl.pipeline.scores_io import load_scores
+from ffcv_dp4tl.pipeline.scores_io import DIGESTS, array_sha256, load_scores
 
 QUICK = ("train.epochs=1", "eval.every=1", "data.num_workers=0")
 
@@ -223,6 +223,11 @@ def test_scoring_and_pruning_errors_are_clear(first_run, tmp_path):
         prune(score_dir, res.source, 0.5, tmp_path / "m")
     np.save(score_dir / "scores.npy", np.ones(5))
     (score_dir / "scores.json").write_text(json.dumps(meta))
+    with pytest.raises(DP4TLError, match="replaced or edited"):  # the recorded digest catches it first
+        prune(score_dir, res.source, 0.5, tmp_path / "m")
+    # a consistent (re-digested) scores file of the wrong length: the unit count is checked too
+    (score_dir / "scores.json").write_text(json.dumps(
+        {**meta, DIGESTS: {**meta[DIGESTS], "scores": array_sha256(np.ones(5))}}))
     with pytest.raises(MaskError, match="5 class scores"):
         prune(score_dir, res.source, 0.5, tmp_path / "m")
 
