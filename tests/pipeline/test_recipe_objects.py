@@ -46,6 +46,9 @@ def test_each_recipe_loaded_once_and_passed_as_an_object(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(run_mod, "prune", fake_prune)
     monkeypatch.setattr(run_mod, "load_mask", lambda path: IndexMask(np.arange(3), {}))
+    # the fake stages write no real scores/mask: the ground-truth table and gallery are not under test here
+    monkeypatch.setattr(run_mod, "selection_truth", lambda *a, **k: None)
+    monkeypatch.setattr(run_mod, "selection_gallery", lambda *a, **k: None)
     cfg = PipelineConfig(ratio=0.6, source="synth:tiny", target="warm", method="random",
                          finetune=("lp", "ff"), data_root=data_root,
                          runs_root=tmp_path / "runs", device="cpu", fmt="wds")
