@@ -19,8 +19,9 @@ def recipes(
     A recipe argument or option (train, finetune, pipeline --recipe, ...) takes one of these
     names or the path of your own .toml file, which may `extends = "NAME"` a shipped recipe.
     """
-    from ..training.recipe import (list_recipes, load_recipe, recipe_description, recipes_dir,
-                                   resolve_recipe_path)
+    from ..training.recipe import load_recipe
+    from ..training.recipe_files import (list_recipes, recipe_description, recipes_dir,
+                                         resolve_recipe_path)
 
     if recipe is None:
         names = list_recipes(sets=True)  # paper/*: the `--protocol paper` set
@@ -54,7 +55,7 @@ def _toml(value) -> str:
 def models() -> None:
     """List the registered model architectures (a recipe's model.arch, pipeline --arch)."""
     from ..training.models import list_models
-    from ..training.recipe import list_recipes, recipe_tables
+    from ..training.recipe_files import list_recipes, recipe_tables
 
     used: dict[str, list[str]] = {}  # recipes naming the model (finetune recipes name none)
     for name in list_recipes(sets=True):

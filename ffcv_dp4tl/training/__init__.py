@@ -4,7 +4,8 @@ from .checkpoint import Checkpoint
 from .engine import CrossEntropyObjective, evaluate, train_one_epoch
 from .finetune import finetune
 from .models import Backbone, create_model, feature_dim, features, list_models
-from .recipe import Recipe, list_recipes, load_recipe
+from .recipe import Recipe, load_recipe
+from .recipe_files import list_recipes
 from .trainer import train
 
 __all__ = ["Backbone", "Callback", "Checkpoint", "CrossEntropyObjective", "Recipe", "RecordSeen",

@@ -48,7 +48,7 @@ def test_version(capsys, monkeypatch):
 
 
 def test_recipes_lists_every_name_with_its_description(capsys, monkeypatch):
-    from ffcv_dp4tl.training.recipe import list_recipes, recipe_description
+    from ffcv_dp4tl.training.recipe_files import list_recipes, recipe_description
 
     code, out, _ = cli(capsys, monkeypatch, "recipes")
     assert code == 0

@@ -1,7 +1,7 @@
 """The wheel carries the recipes: `pip wheel .` installed elsewhere finds every recipe by name.
 
 The top-level ``recipes/`` folder is mapped into the wheel as ``ffcv_dp4tl/recipes/*.toml``
-(pyproject ``package-dir``); ``training/recipe.py`` finds it through ``importlib.resources``.
+(pyproject ``package-dir``); ``training/recipe_files.py`` finds it through ``importlib.resources``.
 Packages are listed by hand in pyproject.toml, so this also fails when a new subpackage or
 module is missing from the wheel.
 """
@@ -69,7 +69,8 @@ from pathlib import Path
 repo = Path({str(REPO)!r})
 assert not any(Path(p or '.').resolve() == repo for p in sys.path), sys.path
 import ffcv_dp4tl
-from ffcv_dp4tl.training.recipe import list_recipes, load_recipe, recipes_dir
+from ffcv_dp4tl.training.recipe import load_recipe
+from ffcv_dp4tl.training.recipe_files import list_recipes, recipes_dir
 site = Path({str(site)!r}).resolve()
 assert Path(ffcv_dp4tl.__file__).resolve().is_relative_to(site), ffcv_dp4tl.__file__
 assert recipes_dir().resolve() == site / "ffcv_dp4tl" / "recipes", recipes_dir()
@@ -93,7 +94,7 @@ print("ok", len(names))
 
 def test_wheel_contains_the_recipe_sets(wheel, tmp_path):
     """recipes/paper/ (the `--protocol paper` set) ships too and loads by its set name."""
-    from ffcv_dp4tl.training.recipe import RECIPE_SETS_DIRS
+    from ffcv_dp4tl.training.recipe_files import RECIPE_SETS_DIRS
 
     names = set(zipfile.ZipFile(wheel).namelist())
     for d in RECIPE_SETS_DIRS:
@@ -106,7 +107,7 @@ def test_wheel_contains_the_recipe_sets(wheel, tmp_path):
     r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
                         str(site), str(wheel)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    code = ("from ffcv_dp4tl.training.recipe import list_recipes, load_recipe\n"
+    code = ("from ffcv_dp4tl.training import list_recipes, load_recipe\n"
             "names = [n for n in list_recipes(sets=True) if '/' in n]\n"
             "assert 'paper/lp' in names, names\n"
             "assert load_recipe('paper/resnet18_surrogate').optim.weight_decay == 5e-4\n"

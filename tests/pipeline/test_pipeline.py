@@ -265,7 +265,7 @@ def test_self_supervised_fm_pipeline(first_run):
 def test_editing_a_recipe_file_reruns_the_stages_that_use_it(first_run, tmp_path):
     """Stage keys hash recipe *contents*: a cached stage is never reused for a changed recipe."""
     tmp, _, _ = first_run
-    from ffcv_dp4tl.training.recipe import resolve_recipe_path
+    from ffcv_dp4tl.training.recipe_files import resolve_recipe_path
 
     recipe = tmp_path / "my_pretrain.toml"
     recipe.write_text(resolve_recipe_path("resnet34_tiny_cpu").read_text())

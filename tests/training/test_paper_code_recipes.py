@@ -12,8 +12,8 @@ from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.pipeline.recipes import (PAPER_CODE_TARGET_RECIPES, recipe_scorer_options,
                                      recipe_set)
 from ffcv_dp4tl.scoring.registry import get_scorer
-from ffcv_dp4tl.training.recipe import (SOURCE_RECIPES_DIR, list_recipes, load_recipe,
-                                        recipe_description)
+from ffcv_dp4tl.training.recipe import load_recipe
+from ffcv_dp4tl.training.recipe_files import SOURCE_RECIPES_DIR, list_recipes, recipe_description
 
 #: the released FF optimiser per target: (optimizer, lr, weight decay)
 RELEASED_FF = {"oxfordpets": ("adam", 1e-4, 0.0), "flowers102": ("adam", 1e-4, 0.0),

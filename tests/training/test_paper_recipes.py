@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ffcv_dp4tl.errors import DP4TLError
-from ffcv_dp4tl.training.recipe import (SOURCE_RECIPES_DIR, Recipe, list_recipes, load_recipe,
-                                        recipe_description)
+from ffcv_dp4tl.training.recipe import Recipe, load_recipe
+from ffcv_dp4tl.training.recipe_files import SOURCE_RECIPES_DIR, list_recipes, recipe_description
 
 
 def test_paper_set_is_listed_by_set_name_and_loads():

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from ffcv_dp4tl.errors import DP4TLError
-from ffcv_dp4tl.training.recipe import Recipe, list_recipes, load_recipe
+from ffcv_dp4tl.training.recipe import Recipe, load_recipe
+from ffcv_dp4tl.training.recipe_files import list_recipes
 
 
 def test_all_shipped_recipes_load():

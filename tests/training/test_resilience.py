@@ -109,7 +109,7 @@ def test_impossible_recipe_values_are_one_line_errors_at_load(override, message)
 
 
 def test_every_shipped_recipe_passes_the_range_checks():
-    from ffcv_dp4tl.training.recipe import list_recipes
+    from ffcv_dp4tl.training.recipe_files import list_recipes
 
     for name in list_recipes():
         load_recipe(name)

@@ -1,0 +1,155 @@
+"""Choice sets: each defined once here, used by the CLI (typer takes these Enum types), the
+pipeline's config, the recipes and the files. Values travel as plain strings (``check``), so
+stage keys, fingerprints and JSON files hold exactly the strings they always held."""
+from __future__ import annotations
+
+import math
+from enum import Enum
+from typing import Any
+
+from ..errors import DP4TLError
+
+class Choice(str, Enum):
+    """A closed set of string values. ``str(member)`` / f-strings give the value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        return tuple(m.value for m in cls)
+
+    @classmethod
+    def check(cls, value: Any, what: str, error: type[DP4TLError] = DP4TLError) -> str:
+        """``value`` (a member or its string) as the plain string; anything else is a one-line
+        ``error`` naming ``what`` and the choices."""
+        v = value.value if isinstance(value, cls) else value
+        if v not in cls.values():
+            raise error(f"{what} must be one of {', '.join(cls.values())}, got {value!r}")
+        return str(v)
+
+
+class Format(Choice):
+    """Which on-disk copy of a built dataset the loaders read."""
+    ffcv = "ffcv"
+    wds = "wds"
+
+
+class Decode(Choice):
+    """Where JPEGs are decoded and augmented (recipe ``data.decode``); ``auto``: GPU when
+    possible (``data.loaders.resolve_decode``)."""
+    cpu = "cpu"
+    gpu = "gpu"
+    auto = "auto"
+
+
+class Backend(Choice):
+    """Scoring kernels (k-means, feature mapping)."""
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Protocol(Choice):
+    """Recipe protocol of the pipeline: today's fast recipes, the paper's text (recipes/paper/),
+    or the authors' released code (recipes/paper_code/); docs/deviations.md."""
+    fast = "fast"
+    paper = "paper"
+    paper_code = "paper-code"
+
+
+class RecipeSet(Choice):
+    """Fast-protocol recipe set: tiny CPU recipes, the embedded benchmark's (bench) or the full
+    ones; ``auto`` (``""`` in ``PipelineConfig.recipes``): from the data's manifest."""
+    auto = "auto"
+    tiny = "tiny"
+    bench = "bench"
+    full = "full"
+
+
+class TargetCrop(Choice):
+    """How the surrogate reads target images when scoring (recipe ``scoring.target_crop``): the
+    eval transform's 224/256 centre crop, or the whole short side."""
+    center = "center"
+    none = "none"
+
+
+class TargetSplit(Choice):
+    """Target splits: the CoOp split JSON when found beside the data (auto), required (coop),
+    or the dataset's official splits."""
+    auto = "auto"
+    coop = "coop"
+    official = "official"
+
+
+class Budget(Choice):
+    """What a pruning ratio counts for class/cluster methods: units, or kept train samples."""
+    units = "units"
+    samples = "samples"
+
+
+class Order(Choice):
+    """Which end of the ranking is kept: the top-scored units (the method as published) or the
+    lowest (paper Fig. A3)."""
+    ordered = "ordered"
+    reversed = "reversed"
+
+
+class FinetuneMode(Choice):
+    """Downstream protocol: linear probing or full finetuning."""
+    lp = "lp"
+    ff = "ff"
+
+
+class AdvNorm(Choice):
+    """PGD threat model of adversarial pretraining (recipe ``adv.norm``)."""
+    linf = "linf"
+    l2 = "l2"
+
+
+class AdvUnits(Choice):
+    """Units of a PGD step and random start (recipe ``adv.units``): [0, 1] pixels, or the
+    normalised model input as the authors' released script (docs/deviations.md)."""
+    pixel = "pixel"
+    normalized = "normalized"
+
+
+class StartFrom(Choice):
+    """Which pretraining checkpoint finetuning starts from (recipe ``finetune.start_from``): the
+    final epoch's, or the best val top-1's (the authors' best.ckpt)."""
+    final = "final"
+    best = "best"
+
+
+class Criterion(Choice):
+    """Which epoch's target test top-1 decides a winning subset (``--criterion``): the final
+    epoch, or the best epoch on the test set (the authors' ``best_test_top1``)."""
+    final = "final"
+    best = "best"
+
+
+class BetonMode(Choice):
+    """How a build stores images in the beton: all JPEG, or a share raw."""
+    jpg = "jpg"
+    proportion = "proportion"
+
+
+def check_ratio(ratio: Any, what: str = "ratio", error: type[DP4TLError] = DP4TLError) -> float:
+    """A pruning ratio: the fraction of units removed, in [0, 1) (1 would keep nothing)."""
+    try:
+        r = float(ratio)
+    except (TypeError, ValueError):
+        raise error(f"{what} must be a number in [0, 1), got {ratio!r}") from None
+    if not (math.isfinite(r) and 0.0 <= r < 1.0):
+        raise error(f"{what} must be in [0, 1), got {ratio}")
+    return r
+
+
+def check_k(k: Any, what: str = "k") -> int:
+    """A number of k-means clusters: a positive integer."""
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise DP4TLError(f"{what} must be a positive number of clusters, got {k!r}")
+    return k

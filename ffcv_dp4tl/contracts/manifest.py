@@ -1,0 +1,170 @@
+"""Dataset manifest (``DATASET/manifest.json``): written by ``beton_builders``, read by ``data``."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+from ..errors import DataError
+from .versions import check_version, _known
+
+MANIFEST_NAME = "manifest.json"
+#: Identity tag of a manifest (kept from the first release; the version is ``format_version``).
+FORMAT = "ffcv-dp4tl/1"
+
+#: Per-sample record of the WebDataset random-access index (``wds/SPLIT.index.npy``).
+#: ``shard``: shard number; ``offset``/``size``: byte range of the ``.jpg`` member's data in the
+#: tar; ``label``: class id; ``key``: the sample's ``__key__`` in the shard (source ordinal).
+INDEX_DTYPE = np.dtype(
+    [("shard", "<u4"), ("offset", "<u8"), ("size", "<u4"), ("label", "<i8"), ("key", "<u8")]
+)
+
+
+def split_fingerprint(sample_digests: bytes, labels: np.ndarray, classes: list[str]) -> str:
+    """Content fingerprint of one split: hash of every sample's JPEG digest and label, in order."""
+    h = hashlib.sha256()
+    h.update("\n".join(classes).encode())
+    h.update(sample_digests)
+    h.update(np.ascontiguousarray(labels, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+def dataset_fingerprint(split_fingerprints: list[str]) -> str:
+    """Fingerprint of a whole dataset: hash of its splits' fingerprints, in split order."""
+    return hashlib.sha256("".join(split_fingerprints).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SplitEntry:
+    """One split of a built dataset; paths are relative to the dataset directory."""
+
+    num_samples: int
+    fingerprint: str
+    beton: str
+    labels: str
+    index: str
+    shards: list[str]
+    num_rejected: int = 0
+    class_counts: list[int] | None = None
+    #: content fingerprint of the beton: per sample its storage mode, shape and the SHA-1 of the
+    #: stored bytes (beton_builders.integrity.beton_fingerprint); None in builds before it existed
+    beton_fingerprint: str | None = None
+    #: cheap per-file checksums checked when a loader opens the files: ``{"scheme", "beton":
+    #: {"size", "digest"}, "shards": [{"size", "digest"}, ...]}``; None in older builds
+    checksums: dict[str, Any] | None = None
+    unknown: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        d = {"num_samples": int(self.num_samples), "num_rejected": int(self.num_rejected)}
+        if self.class_counts is not None:
+            d["class_counts"] = [int(c) for c in self.class_counts]
+        d.update({"fingerprint": self.fingerprint, "beton": self.beton, "labels": self.labels,
+                  "index": self.index, "shards": list(self.shards)})
+        if self.beton_fingerprint is not None:
+            d["beton_fingerprint"] = self.beton_fingerprint
+        if self.checksums is not None:
+            d["checksums"] = self.checksums
+        return {**d, **self.unknown}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str = "split") -> "SplitEntry":
+        missing = [k for k in ("num_samples", "fingerprint", "beton", "labels", "index", "shards")
+                   if k not in d]
+        if missing:
+            raise DataError(f"{where} lacks field {missing[0]!r}; rebuild the dataset")
+        known = _known(cls) - {"unknown"}
+        cc = d.get("class_counts")
+        return cls(num_samples=int(d["num_samples"]), fingerprint=str(d["fingerprint"]),
+                   beton=d["beton"], labels=d["labels"], index=d["index"],
+                   shards=list(d["shards"]), num_rejected=int(d.get("num_rejected", 0)),
+                   class_counts=None if cc is None else [int(c) for c in cc],
+                   beton_fingerprint=d.get("beton_fingerprint"),
+                   checksums=dict(d["checksums"]) if isinstance(d.get("checksums"), dict) else None,
+                   unknown={k: v for k, v in d.items() if k not in known})
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """How the images of a build were stored."""
+
+    max_side: int
+    quality: int
+    beton_mode: str = "jpg"
+    raw_fraction: float = 0.0
+    color: str = "RGB"
+    encoding: str = "JPEG"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"max_side": self.max_side, "quality": self.quality, "beton_mode": self.beton_mode,
+                "raw_fraction": self.raw_fraction, "color": self.color, "encoding": self.encoding}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "ImageSettings":
+        return cls(**{k: d[k] for k in _known(cls) if k in d})
+
+
+@dataclass(frozen=True)
+class DatasetManifest:
+    """``manifest.json``: what a built dataset directory contains (written last by the builder)."""
+
+    VERSION: ClassVar[int] = 1
+
+    classes: list[str]
+    splits: dict[str, SplitEntry]
+    fingerprint: str
+    name: str = ""
+    image: ImageSettings | None = None
+    shard_size: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: the build's settings (source, options, listing digest): a rerun compares them
+    build: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    #: hash of the splits' beton fingerprints (None for builds before they were recorded)
+    beton_fingerprint: str | None = None
+    format: str = FORMAT
+    format_version: int = VERSION
+    #: top-level fields this version does not know, kept so a rewrite loses nothing
+    unknown: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"format": self.format, "format_version": self.format_version,
+                             "name": self.name, "classes": list(self.classes),
+                             "splits": {k: s.to_json() for k, s in self.splits.items()}}
+        if self.image is not None:
+            d["image"] = self.image.to_json()
+        if self.shard_size is not None:
+            d["shard_size"] = self.shard_size
+        d.update({"fingerprint": self.fingerprint, "extra": self.extra, "build": self.build,
+                  "created": self.created})
+        if self.beton_fingerprint is not None:
+            d["beton_fingerprint"] = self.beton_fingerprint
+        return {**d, **self.unknown}
+
+    @classmethod
+    def from_json(cls, data: Any, source: object = MANIFEST_NAME) -> "DatasetManifest":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            got = data.get("format") if isinstance(data, dict) else None
+            raise DataError(f"{source} is not an ffcv-dp4tl manifest (format {got!r}, "
+                            f"expected {FORMAT!r}); rebuild the dataset")
+        version = check_version(data, cls.VERSION, "dataset manifest", source)
+        for key in ("classes", "splits", "fingerprint"):
+            if key not in data:
+                raise DataError(f"{source} lacks field {key!r}; rebuild the dataset")
+        known = _known(cls) - {"unknown"}
+        return cls(
+            classes=[str(c) for c in data["classes"]],
+            splits={k: SplitEntry.from_json(v, f"{source} split {k!r}")
+                    for k, v in data["splits"].items()},
+            fingerprint=str(data["fingerprint"]), name=str(data.get("name", "")),
+            image=ImageSettings.from_json(data["image"]) if data.get("image") else None,
+            shard_size=data.get("shard_size"), extra=dict(data.get("extra") or {}),
+            build=dict(data.get("build") or {}), created=str(data.get("created", "")),
+            beton_fingerprint=data.get("beton_fingerprint"),
+            format=data["format"], format_version=version,
+            unknown={k: v for k, v in data.items() if k not in known})

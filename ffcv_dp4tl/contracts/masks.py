@@ -1,0 +1,47 @@
+"""Index mask sidecar (``NAME.json`` beside a mask's ``NAME.npy``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..errors import MaskError
+from .versions import check_version
+
+@dataclass(frozen=True)
+class MaskMeta:
+    """``NAME.json`` beside a mask's ``NAME.npy``: which split of which dataset it indexes (by
+    content fingerprint) and how it was made (``provenance``: method, ratio, scores, ...)."""
+
+    VERSION: ClassVar[int] = 1
+    #: fields of the file that are not provenance
+    FIELDS: ClassVar[tuple[str, ...]] = ("split", "fingerprint", "num_samples", "num_kept",
+                                         "created")
+
+    fingerprint: str | None
+    split: str | None = None
+    num_samples: int | None = None
+    num_kept: int | None = None
+    created: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format_version: int = VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        """The sidecar's flat dict (the shape ``IndexMask.meta`` has always had)."""
+        d: dict[str, Any] = {"format_version": self.format_version}
+        for k in self.FIELDS:
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = v
+        return {**d, **self.provenance}
+
+    @classmethod
+    def from_json(cls, data: Any, source: object = "mask metadata",
+                  require_fingerprint: bool = True) -> "MaskMeta":
+        if not isinstance(data, dict) or (require_fingerprint and "fingerprint" not in data):
+            raise MaskError(f"{source} lacks field 'fingerprint'; recompute the mask")
+        version = check_version(data, cls.VERSION, "mask", source, error=MaskError)
+        return cls(fingerprint=data.get("fingerprint"), split=data.get("split"),
+                   num_samples=data.get("num_samples"), num_kept=data.get("num_kept"),
+                   created=data.get("created"), format_version=version,
+                   provenance={k: v for k, v in data.items()
+                               if k not in cls.FIELDS and k != "format_version"})

@@ -1,0 +1,108 @@
+"""Scores directory (``SCORES/scores.json`` + arrays): written by ``pipeline.score``, read by ``pipeline.prune``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import DataError
+from .versions import check_version
+
+#: What one score is about: a source class, a k-means cluster, or a source sample.
+SCORE_UNITS = ("class", "cluster", "sample")
+
+
+@dataclass(frozen=True)
+class ScoresMeta:
+    """``scores.json`` of a scores directory (``scores.npy`` + optional ``tiebreak.npy``,
+    ``train_units.npy``, ``val_units.npy``): the method, its unit, the number of units, and
+    everything else the method recorded (``meta``: ``source_fingerprint``, ``seed``,
+    ``surrogate_hash``, ``selection_seconds``, ``higher_is_better``, ...)."""
+
+    VERSION: ClassVar[int] = 1
+
+    method: str
+    unit: str
+    num_units: int
+    meta: dict[str, Any] = field(default_factory=dict)
+    format_version: int = VERSION
+
+    def __post_init__(self) -> None:
+        if self.unit not in SCORE_UNITS:
+            raise ValueError(f"unit must be one of {SCORE_UNITS}")
+
+    @property
+    def source_fingerprint(self) -> str | None:
+        return self.meta.get("source_fingerprint")
+
+    @property
+    def selection_seconds(self) -> float | None:
+        return self.meta.get("selection_seconds")
+
+    @property
+    def seed(self) -> int | None:
+        """The seed the method read (None for methods that read none: ``Scorer.reads``)."""
+        return self.meta.get("seed")
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Sample unit: keep the highest scores (``False``: the lowest); absent = ``True``."""
+        return bool(self.meta.get("higher_is_better", True))
+
+    @property
+    def surrogate(self) -> str | None:
+        """The surrogate checkpoint scored (None for methods without one)."""
+        return self.meta.get("surrogate")
+
+    @property
+    def target_fingerprints(self) -> list[str]:
+        """The fingerprints of the targets scored, in order (``[]`` for in-domain methods)."""
+        fps = self.meta.get("target_fingerprints")
+        if fps is None:
+            one = self.meta.get("target_fingerprint")
+            return [] if one is None else [one]
+        return list(fps)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format_version": self.format_version, "method": self.method, "unit": self.unit,
+                "num_units": int(self.num_units), **self.meta}
+
+    @classmethod
+    def from_json(cls, data: Any, source: object = "scores.json") -> "ScoresMeta":
+        if (not isinstance(data, dict) or data.get("unit") not in SCORE_UNITS
+                or "method" not in data):
+            raise DataError(f"{source} is not a dp4tl scores file (field 'unit'/'method')")
+        version = check_version(data, cls.VERSION, "scores file", source)
+        return cls(method=data["method"], unit=data["unit"],
+                   num_units=int(data.get("num_units", 0)), format_version=version,
+                   meta={k: v for k, v in data.items()
+                         if k not in ("method", "unit", "num_units", "format_version")})
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A whole scores directory: its :class:`ScoresMeta` and its arrays (``scores`` one per
+    unit; ``tiebreak`` orders equal scores (LM/FM); ``train_units`` / ``val_units`` the cluster
+    id of every source train / val sample (cluster unit)). Written by ``pipeline.scores_io``."""
+
+    #: the arrays of a scores directory, one ``NAME.npy`` each (``scores`` is required)
+    ARRAYS: ClassVar[tuple[str, ...]] = ("scores", "tiebreak", "train_units", "val_units")
+
+    meta: ScoresMeta
+    scores: np.ndarray
+    tiebreak: np.ndarray | None = None
+    train_units: np.ndarray | None = None
+    val_units: np.ndarray | None = None
+
+    @property
+    def method(self) -> str:
+        return self.meta.method
+
+    @property
+    def unit(self) -> str:
+        return self.meta.unit
+
+    def units_of(self, split: str) -> np.ndarray | None:
+        """Cluster id of every sample of ``split`` (``train``/``val``), None when not stored."""
+        return {"train": self.train_units, "val": self.val_units}.get(split)

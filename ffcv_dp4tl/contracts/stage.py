@@ -1,0 +1,106 @@
+"""Pipeline stage result (``runs/STAGE-KEY/DONE.json``): written by ``pipeline.stages``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+from ..errors import DataError
+from .versions import check_version
+
+#: What a stage does, and so what its result holds: train (surrogate, pretraining: top1_val or
+#: an SSL objective's loss), score (selection_seconds), prune (unit, kept units, *_kept),
+#: finetune (test_top1), build (a dataset).
+STAGE_KINDS = ("train", "score", "prune", "finetune", "build", "other")
+_KIND_OF_NAME = {"surrogate": "train", "pretrain": "train", "train": "train", "score": "score",
+                 "prune": "prune", "finetune": "finetune", "build": "build", "data": "build"}
+
+
+def stage_kind(name: str) -> str:
+    """The kind of the pipeline's stage called ``name`` (``finetune-lp`` → ``finetune``)."""
+    return _KIND_OF_NAME.get(name.split("-", 1)[0], "other")
+
+
+_NUMBER = (int, float)
+#: The schema of ``StageResult.values`` per kind: the fields every result of that kind holds
+#: (what the reports, benches and the cost table read), with their JSON types. A stage may
+#: record more (kept as they are). ``train``: the last epoch's metrics row of ``trainer.train``
+#: (``epoch``, ``loss``, ``top1_train``, ``top1_val`` …), or, for brought weights,
+#: ``brought = true`` with ``weights``/``arch``; ``score``: the scores' metadata
+#: (:class:`ScoresMeta`: ``method``, ``unit``, ``selection_seconds`` …); ``prune``: the prune
+#: summary (``unit``, ``train_kept``, ``kept_units``, ``kept_sample_fraction`` …);
+#: ``finetune``: ``result.json`` of ``training.finetune`` (``test_top1``, ``best_test_top1`` …).
+#: Checked when a result is made and when ``DONE.json`` is read.
+STAGE_VALUES: dict[str, dict[str, tuple[type, ...]]] = {
+    "train": {"epoch": (int,)},
+    "score": {"method": (str,), "unit": (str,)},
+    "prune": {"unit": (str,), "train_kept": (int,)},
+    "finetune": {"test_top1": _NUMBER + (type(None),)},
+    "build": {},
+    "other": {},
+}
+
+
+def check_stage_values(kind: str, values: Mapping[str, Any], source: object = "stage result"
+                       ) -> None:
+    """A one-line :class:`DataError` naming ``source`` and the field when ``values`` do not
+    follow :data:`STAGE_VALUES` for ``kind`` (brought weights: ``brought`` instead of a row)."""
+    schema = STAGE_VALUES.get(kind, {})
+    if kind == "train" and values.get("brought"):
+        schema = {"weights": (str,), "arch": (str,)}
+    for name, types in schema.items():
+        if name not in values:
+            raise DataError(f"{source}: a {kind} stage result lacks field {name!r}; delete its "
+                            "stage folder to rerun the stage")
+        v = values[name]
+        if isinstance(v, bool) or not isinstance(v, types):
+            raise DataError(f"{source}: field {name!r} of a {kind} stage result is "
+                            f"{type(v).__name__} {v!r}, not {' or '.join(t.__name__ for t in types)}")
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """``DONE.json`` of a finished stage: its name, explicit ``kind``, wall time, CPU time and
+    the 1-min load average when it finished (both measured by ``run_stage`` around the stage's
+    function; ``None`` in files from before they were recorded), and the values its function
+    returned (``values``, flat in the file; their fields per kind: :data:`STAGE_VALUES`)."""
+
+    VERSION: ClassVar[int] = 1
+    RESERVED: ClassVar[tuple[str, ...]] = ("stage", "kind", "seconds", "cpu_seconds",
+                                           "loadavg_1min", "format_version")
+
+    stage: str
+    kind: str
+    seconds: float = 0.0
+    values: dict[str, Any] = field(default_factory=dict)
+    format_version: int = VERSION
+    cpu_seconds: float | None = None  # this process + its reaped children (loader workers)
+    loadavg_1min: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in STAGE_KINDS:
+            raise ValueError(f"stage kind must be one of {STAGE_KINDS}, got {self.kind!r}")
+        check_stage_values(self.kind, self.values, f"stage {self.stage!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        measured = {k: float(v) for k, v in (("cpu_seconds", self.cpu_seconds),
+                                             ("loadavg_1min", self.loadavg_1min))
+                    if v is not None}
+        return {**self.values, "seconds": float(self.seconds), **measured, "stage": self.stage,
+                "kind": self.kind, "format_version": self.format_version}
+
+    @classmethod
+    def from_json(cls, data: Any, source: object = "stage result") -> "StageResult":
+        if not isinstance(data, dict):
+            raise DataError(f"{source} is not a stage result (a JSON object)")
+        version = check_version(data, cls.VERSION, "stage result", source)
+        name = str(data.get("stage", ""))
+        kind = data.get("kind") or stage_kind(name)  # version-1 files from before 'kind'
+        kind = kind if kind in STAGE_KINDS else "other"
+        values = {k: v for k, v in data.items() if k not in cls.RESERVED}
+        check_stage_values(kind, values, source)
+
+        def opt(key: str) -> float | None:
+            return None if data.get(key) is None else float(data[key])
+        return cls(stage=name, kind=kind, seconds=float(data.get("seconds", 0.0)),
+                   format_version=version, cpu_seconds=opt("cpu_seconds"),
+                   loadavg_1min=opt("loadavg_1min"), values=values)

@@ -1,0 +1,153 @@
+"""Finding and reading recipe files: the shipped recipes (package data ``ffcv_dp4tl.recipes``, or
+a checkout's ``recipes/``), names → paths, ``extends`` chains and ``section.key=value`` overrides.
+
+:mod:`.recipe` turns what this reads into a validated :class:`~.recipe.Recipe`; this module knows
+files only, so ``dp4tl recipes`` lists and describes recipes without building one.
+"""
+from __future__ import annotations
+
+import importlib.resources
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from ..errors import DP4TLError
+
+#: the recipes folder of a source checkout (used when the package data is not importable)
+SOURCE_RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def _resource_dir(root: Any) -> Path | None:
+    """A directory on disk for an ``importlib.resources`` root (plain or namespace package)."""
+    if isinstance(root, Path):
+        return root if root.is_dir() else None
+    for child in root.iterdir():  # a namespace package's MultiplexedPath yields real paths
+        if isinstance(child, Path):
+            return child.parent
+    return None  # e.g. a zipped install: not supported
+
+
+def recipes_dir() -> Path:
+    """Where the shipped recipes live: the package data ``ffcv_dp4tl.recipes`` found through
+    ``importlib.resources`` (a wheel installs the top-level ``recipes/`` folder there; an editable
+    install maps it), else — a plain checkout on ``PYTHONPATH`` — the checkout's ``recipes/``."""
+    try:
+        found = _resource_dir(importlib.resources.files("ffcv_dp4tl.recipes"))
+    except ModuleNotFoundError:
+        found = None
+    installed = Path(__file__).resolve().parents[1] / "recipes"  # the wheel's layout
+    if found is not None and found.resolve() == installed:
+        return found
+    if SOURCE_RECIPES_DIR.is_dir():  # this module is a checkout's (maybe another install's
+        return SOURCE_RECIPES_DIR    # editable mapping answered): use the checkout's recipes
+    if found is not None:
+        return found
+    raise DP4TLError("the shipped recipes are missing: ffcv_dp4tl.recipes is not installed and "
+                     f"{SOURCE_RECIPES_DIR} does not exist; reinstall ffcv-dp4tl")
+
+
+def _looks_like_path(path_or_name: str | Path) -> bool:
+    text = str(path_or_name)
+    return text.endswith(".toml") or "/" in text or os.sep in text or text.startswith("~")
+
+
+def resolve_recipe_path(path_or_name: str | Path) -> Path:
+    """A path to a .toml file, or a bare registry name → the shipped ``NAME.toml``."""
+    p = Path(path_or_name).expanduser()
+    shipped = _shipped(path_or_name)
+    if shipped is not None and not p.is_file():
+        return shipped  # a shipped recipe set's member, e.g. "paper/lp"
+    if _looks_like_path(path_or_name) or p.is_file():
+        if not p.is_file():
+            raise DP4TLError(f"recipe file not found: {p} (pass an existing .toml file or a "
+                             "recipe name; `dp4tl recipes` lists the names)")
+        return p
+    root = recipes_dir()
+    cand = root / f"{path_or_name}.toml"
+    if cand.is_file():
+        return cand
+    raise DP4TLError(f"unknown recipe {str(path_or_name)!r}: not a .toml file and not a shipped "
+                     f"recipe (available: {', '.join(list_recipes())}; or pass a .toml path)")
+
+
+def _shipped(name: str | Path) -> Path | None:
+    """``"paper/lp"`` → the shipped ``recipes/paper/lp.toml`` (a recipe set's member), else None."""
+    text = str(name)
+    if text.endswith(".toml") or text.startswith(("~", "/", ".")) or "/" not in text:
+        return None
+    cand = recipes_dir() / f"{text}.toml"
+    return cand if cand.is_file() else None
+
+
+#: shipped recipe sets in subfolders of recipes/ (recipes/paper/: the paper's protocol, as its
+#: text states it; recipes/paper_code/: as the authors' released code runs it)
+RECIPE_SETS_DIRS = ("paper", "paper_code")
+
+
+def list_recipes(sets: bool = False) -> list[str]:
+    """Names of the shipped recipes (``dp4tl recipes`` shows them with their descriptions): the
+    top-level ones, and with ``sets`` also the recipe sets' members, named ``SET/NAME`` (e.g.
+    ``paper/lp``, the paper protocol's LP recipe)."""
+    root = recipes_dir()
+    names = sorted(q.stem for q in root.glob("*.toml"))
+    if sets:
+        names += sorted(f"{d}/{q.stem}" for d in RECIPE_SETS_DIRS for q in (root / d).glob("*.toml"))
+    return names
+
+
+def recipe_description(path_or_name: str | Path) -> str:
+    """The first comment line of a recipe file (its one-line description), or ``""``."""
+    for line in resolve_recipe_path(path_or_name).read_text().splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            return line.lstrip("#").strip().rstrip(",;/ ")
+        if line:
+            break
+    return ""
+
+
+def recipe_tables(path_or_name: str | Path) -> dict[str, Any]:
+    """A recipe's TOML tables with ``extends`` resolved, before defaults and validation (what
+    the file itself sets: e.g. whether it names a ``model.arch`` at all)."""
+    return read_toml(resolve_recipe_path(path_or_name))
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    key, sep, raw = text.partition("=")
+    sec, dot, name = key.strip().partition(".")
+    if not sep or not dot or not sec or not name:
+        raise DP4TLError(f"override {text!r} must look like section.key=value")
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare word → string
+    return sec, name, value
+
+
+def read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file's tables, with ``extends = "BASE"`` resolved (base first, this file on top,
+    section by section), so a per-target recipe is a few lines over ``lp`` or ``ff``."""
+    if path.resolve() in chain:
+        raise DP4TLError(f"{path}: `extends` loops back to itself "
+                         f"({' -> '.join(str(p) for p in (*chain, path))})")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise DP4TLError(f"{path}: invalid TOML ({e})") from None
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise DP4TLError(f"{path}: extends must be a recipe name or path, got {base!r}")
+    # a name → a shipped recipe; a path (ends in .toml or has a /) → relative to this file
+    base_path = resolve_recipe_path(path.parent / Path(base).expanduser()
+                                    if _looks_like_path(base) else base)
+    merged = read_toml(base_path, (*chain, path.resolve()))
+    for sec, body in data.items():
+        if isinstance(body, dict) and isinstance(merged.get(sec), dict):
+            merged[sec] = {**merged[sec], **body}
+        else:
+            merged[sec] = body
+    return merged
