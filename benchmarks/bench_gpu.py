@@ -113,14 +113,15 @@ def env(args) -> str:
 
         from ffcv_dp4tl import kernels
         from ffcv_dp4tl.kernels import cuda as kcuda
+        from ffcv_dp4tl.kernels.cuda_source import KERNEL_NAMES
 
         rows += [("CUDA driver / runtime (CuPy)",
                   f"{cp.cuda.runtime.driverGetVersion()} / {cp.cuda.runtime.runtimeGetVersion()}")]
         t0 = time.perf_counter()
         mod = kcuda._module()
-        for name in kcuda.KERNEL_NAMES:
+        for name in KERNEL_NAMES:
             mod.get_function(name)
-        rows.append(("FM kernels (NVRTC compile)", f"{len(kcuda.KERNEL_NAMES)} kernels in {time.perf_counter() - t0:.1f} s"))
+        rows.append(("FM kernels (NVRTC compile)", f"{len(KERNEL_NAMES)} kernels in {time.perf_counter() - t0:.1f} s"))
         rows.append(("kernels.cuda_available()", str(kernels.cuda_available())))
         try:  # own module: mma.sync needs sm_80+, and a failure must not hide the others
             from ffcv_dp4tl.kernels import fused as kfused

@@ -44,7 +44,8 @@ from typing import Any
 import numpy as np
 
 from .checks import KernelInputError, array_module
-from .cuda import DEVICE_HELPERS, THREADS, _assign_inputs, _cupy, _i32, accumulation_bound, assign_nearest_gemm
+from .cuda import _assign_inputs, _cupy, _i32, accumulation_bound, assign_nearest_gemm
+from .cuda_source import DEVICE_HELPERS, THREADS
 
 #: Rows per block (4 warps x 16 rows), centroids per tile, D step of one mma.
 FBM, FBN, FBK = 64, 64, 16

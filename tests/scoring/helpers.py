@@ -40,14 +40,14 @@ def assert_assignment_matches(labels, min_d2, x, c, rel_tol=1e-5) -> None:
 
 
 def compile_emulator(main_cpp: str, workdir: Path, source: str | None = None, name: str = "kernels.cu") -> Path:
-    """Compile a kernel source (default ``ffcv_dp4tl.kernels.cuda.SOURCE``; the driver includes
+    """Compile a kernel source (default ``ffcv_dp4tl.kernels.cuda_source.SOURCE``; the driver includes
     it as ``name``) for the CPU against cuda_emu.h with the host driver ``main_cpp`` (a file
     beside this one); skips when g++ or C++20 <barrier> is missing."""
-    from ffcv_dp4tl.kernels import cuda
+    from ffcv_dp4tl.kernels import cuda_source
 
     if shutil.which("g++") is None:
         pytest.skip("g++ not installed")
-    (workdir / name).write_text(cuda.SOURCE if source is None else source)
+    (workdir / name).write_text(cuda_source.SOURCE if source is None else source)
     exe = workdir / "emu"
     res = subprocess.run(
         ["g++", "-std=c++20", "-O1", "-pthread", f"-I{HERE}", f"-I{workdir}", str(HERE / main_cpp), "-o", str(exe)],

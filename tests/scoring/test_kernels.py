@@ -10,7 +10,7 @@ import pytest
 
 from ffcv_dp4tl import kernels
 from ffcv_dp4tl.errors import DP4TLError
-from ffcv_dp4tl.kernels import cpu, cuda
+from ffcv_dp4tl.kernels import cpu, cuda, cuda_source
 from ffcv_dp4tl.kernels.checks import KernelInputError
 
 from .helpers import assert_assignment_matches, compile_emulator, reference_assign, requires_cuda
@@ -157,20 +157,20 @@ def test_cuda_launch_config():
     # many rows: one split; few rows: centroids split so >= 4 blocks per SM where possible
     assert cuda.assign_launch_config(1_280_000, 2000, 132) == (20000, 1, 2048)
     gx, splits, kps = cuda.assign_launch_config(5000, 2000, 132)
-    assert gx == 79 and splits > 1 and kps % cuda.BN == 0 and (splits - 1) * kps < 2000 <= splits * kps
+    assert gx == 79 and splits > 1 and kps % cuda_source.BN == 0 and (splits - 1) * kps < 2000 <= splits * kps
     assert cuda.assign_launch_config(10, 3, 132) == (1, 1, 64)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
 def test_cuda_source_compiles_for_hopper(tmp_path):
     src = tmp_path / "kernels.cu"
-    src.write_text(cuda.SOURCE)
+    src.write_text(cuda_source.SOURCE)
     res = subprocess.run(
         ["nvcc", "-cubin", "-arch=sm_90", "-Xptxas", "-v", str(src), "-o", str(tmp_path / "k.cubin")],
         capture_output=True, text=True, timeout=120,
     )
     assert res.returncode == 0, res.stderr
-    for name in cuda.KERNEL_NAMES:
+    for name in cuda_source.KERNEL_NAMES:
         assert f"Function properties for {name}" in res.stderr
     spill_lines = [line for line in res.stderr.splitlines() if "spill" in line]
     assert spill_lines and all("0 bytes spill stores, 0 bytes spill loads" in line for line in spill_lines)
