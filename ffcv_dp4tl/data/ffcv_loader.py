@@ -143,7 +143,7 @@ def _seeded_crop_flip_class():
     from ffcv.libffcv import resize_crop
     from ffcv.pipeline.compiler import Compiler
 
-    from .ffcv_compile import ffcv_classes, source_image_decoder
+    from .ffcv_compile import ffcv_classes, mirror_columns, source_image_decoder
 
     class SeededRandomResizedCrop(ffcv_classes()["StatusDecoderMixin"],
                                   RandomResizedCropRGBImageDecoder):
@@ -157,6 +157,7 @@ def _seeded_crop_flip_class():
             my_range = Compiler.get_iterator()
             resize_crop_c = Compiler.compile(resize_crop)
             get_crop_c = Compiler.compile(get_random_crop)
+            mirror_c = Compiler.compile(mirror_columns)
             scale, ratio = np.array(self.scale), np.array(self.ratio)
             base = np.uint64((self.seed * 0x2545F4914F6CDD1D + _VIEW_SALT[self.view % 2])
                              % (1 << 63))
@@ -184,13 +185,7 @@ def _seeded_crop_flip_class():
                     out = destination[dst_ix]
                     resize_crop_c(image, i, i + h, j, j + w, out)
                     if do_flip and np.random.random() < 0.5:
-                        wd = out.shape[1]
-                        for c in range(wd // 2):
-                            for r in range(out.shape[0]):
-                                for ch in range(3):
-                                    t = out[r, c, ch]
-                                    out[r, c, ch] = out[r, wd - 1 - c, ch]
-                                    out[r, wd - 1 - c, ch] = t
+                        mirror_c(out)
                 return destination[:n]
 
             decode.is_parallel = True
@@ -250,28 +245,25 @@ class FFCVMaskedLoader(PlanLoaderBase):
         def to_torch() -> list:  # fresh op instances per pipeline
             return [ToTensor(), ToDevice(self.device, non_blocking=non_blocking), ToTorchImage()]
 
-        def flip() -> list:
-            return [RandomHorizontalFlip()] if aug.flip else []
-
         self.deterministic = bool(deterministic)
         self.scaled_decode = bool(scaled_decode) and aug.train and not self.deterministic
+        # the scaled and the seeded decoders flip inside the decoder; the stock crop needs ffcv's op
+        separate_flip = aug.flip and aug.train and not (self.scaled_decode or self.deterministic)
+
+        def flip() -> list:  # a fresh op per pipeline
+            return [RandomHorizontalFlip()] if separate_flip else []
+
         if self.scaled_decode:  # crop first, decode at reduced scale, flip in the decoder
             self.decoders = [classes["ScaledRandomResizedCrop"](
                 (resolution, resolution), scale=aug.crop_scale, ratio=aug.crop_ratio,
                 flip=aug.flip) for _ in range(aug.views)]
             image_ops = [self.decoders[0]] + to_torch()
-
-            def flip() -> list:  # noqa: F811 - flipped in the decoder
-                return []
         elif aug.train and self.deterministic:  # the flip happens inside the seeded decoder
             self.decoders = [seeded_crop_decoder((resolution, resolution), scale=aug.crop_scale,
                                                  ratio=aug.crop_ratio, seed=plan.seed, view=v,
                                                  flip=aug.flip)
                              for v in range(aug.views)]
             image_ops = [self.decoders[0]] + to_torch()
-
-            def flip() -> list:  # noqa: F811 - no separate (unseeded) flip op
-                return []
         elif aug.train:
             self.decoders = [RandomResizedCropRGBImageDecoder((resolution, resolution),
                                                               scale=aug.crop_scale,

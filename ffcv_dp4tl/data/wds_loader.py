@@ -12,7 +12,6 @@ import io
 import re
 import os
 import weakref
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np

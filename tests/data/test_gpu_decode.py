@@ -26,6 +26,7 @@ import torch
 from ffcv_dp4tl.data import (AugSpec, DeviceDecodeLoader, EpochPlan, load_manifest, make_loader,
                              mask_from_classes)
 from ffcv_dp4tl.data import gpu_decode as gd
+from ffcv_dp4tl.data import gpu_resample as gr
 from ffcv_dp4tl.data import transforms
 from ffcv_dp4tl.data.transforms import center_crop_box
 from ffcv_dp4tl.errors import DataError, DP4TLError
@@ -273,12 +274,12 @@ def test_antialiased_shrink_is_batched_and_does_not_alias():
     for k, (h, w) in enumerate(hw):
         canvas[k, :, h:] = 0
         canvas[k, :, :, w:] = 0
-    levels = gd.mip_level(boxes, res)
+    levels = gr.mip_level(boxes, res)
     assert levels.tolist() == [2, 2]
     for lv, flat in ((levels, True), (np.zeros(2, np.int64), False)):
-        pyramid = [canvas] + gd._mip_levels(canvas, torch.from_numpy(hw), int(lv.max()))
-        params = torch.from_numpy(gd.grid_params(boxes, flips, hw, lv, res, (128, 136)))
-        out = gd._resample(pyramid, params, gd.level_groups(lv), res)
+        pyramid = [canvas] + gr.mip_pyramid(canvas, torch.from_numpy(hw), int(lv.max()))
+        params = torch.from_numpy(gr.grid_params(boxes, flips, hw, lv, res, (128, 136)))
+        out = gr.resample(pyramid, params, gr.level_groups(lv), res)
         assert out.shape == (2, 3, res, res)
         spread = float((out - 127.5).abs().mean())
         assert (spread < 1) if flat else (spread > 40), (lv, spread)
@@ -400,8 +401,8 @@ def test_oversized_canvas_is_a_clear_error(tex):
     with pytest.raises(DataError, match=r"batch of 1024 images is padded to 4096x3000 px \(sample "
                        r"17 is 4096x3000 px\), a 140.6 GiB canvas, over the 8.0 GiB limit; "
                        r"rebuild the dataset with a smaller --max-side, lower the batch size"):
-        gd.check_canvas(idx, hw, (4096, 3000), 0)
-    gd.check_canvas(idx, hw[:, :] * 0 + 300, (300, 300), 0)  # 1.0 GiB: fine
+        gr.check_canvas(idx, hw, (4096, 3000), 0)
+    gr.check_canvas(idx, hw[:, :] * 0 + 300, (300, 300), 0)  # 1.0 GiB: fine
     small = _train(tex, batch_size=8, max_canvas_bytes=1000)
     with pytest.raises(DataError, match="over the 0.0 GiB limit"):
         next(iter(small))
