@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .app import app
-from .options import DATA_HELP, BetonMode, TargetSplit, pick_data
+from .options import DATA_HELP, BetonMode, TargetSplit, require_data
 
 
 @app.command()
@@ -67,12 +67,11 @@ def build(
 @app.command()
 def info(
     data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP, show_default=False),
-    dataset: Optional[Path] = typer.Argument(None, hidden=True, help="Old spelling of --data"),
 ) -> None:
     """Show classes, splits, counts and fingerprints of a built dataset."""
     from ..data.manifest import load_manifest
 
-    m = load_manifest(pick_data(data, dataset, "the positional DATASET"))
+    m = load_manifest(require_data(data))
     typer.echo(f"{m.root}: {m.name} — {m.num_classes} classes, fingerprint {m.fingerprint[:16]}")
     img = m.contract.image
     typer.echo(f"  images: JPEG q{img and img.quality}, max side {img and img.max_side}, "

@@ -8,7 +8,7 @@ import typer
 
 from .app import app
 from ..errors import MaskError
-from .options import DATA_HELP, pick_data
+from .options import DATA_HELP, require_data
 
 mask_app = typer.Typer(help="Create and check index masks (sorted sample indices + JSON).",
                        no_args_is_help=True)
@@ -42,7 +42,6 @@ def _ranges(ids: list[int]) -> str:
 @mask_app.command("classes")
 def classes_cmd(
     data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP, show_default=False),
-    dataset: Optional[Path] = typer.Argument(None, hidden=True, help="Old spelling of --data"),
     classes: str = typer.Option(..., help="Class ids to keep, e.g. '0,3,10-19'"),
     out: Path = typer.Option(..., "--out", "-o", help="Mask file to write (.npy; .json beside)"),
     split: str = typer.Option("train", help="Split the mask indexes"),
@@ -55,7 +54,7 @@ def classes_cmd(
 
     ids = _parse_ids(classes)  # a bad id fails before the dataset is read
     check_out_dir(Path(out).parent, "--out's folder")
-    manifest = load_manifest(pick_data(data, dataset, "the positional DATASET"))
+    manifest = load_manifest(require_data(data))
     outside = sorted({i for i in ids if not 0 <= i < manifest.num_classes})
     if outside:  # never clamp silently: 0-999 on 32 classes is a typo or the wrong dataset
         shown = _ranges(outside)
@@ -71,7 +70,6 @@ def classes_cmd(
 @mask_app.command("check")
 def check_cmd(
     mask: Path = typer.Argument(..., help="Mask .npy file"),
-    dataset: Optional[Path] = typer.Argument(None, hidden=True, help="Old spelling of --data"),
     data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP, show_default=False),
     split: Optional[str] = typer.Option(None, help="Split (default: the one named in the mask)"),
 ) -> None:
@@ -79,7 +77,7 @@ def check_cmd(
     from ..data.manifest import load_manifest
     from ..data.masks import load_mask
 
-    dataset = pick_data(data, dataset, "the positional DATASET")
+    dataset = require_data(data)
     m = load_mask(mask)
     info = load_manifest(dataset).split(split or m.meta.get("split", "train"))
     load_mask(mask, info)

@@ -1,7 +1,6 @@
 """Options shared by every command, so each concept has one name, one syntax and one default.
 
-- the dataset a command reads is ``--data`` (old spellings such as ``--source`` or a positional
-  DATASET stay accepted as hidden aliases: :func:`pick_data`);
+- the dataset a command reads is ``--data`` (:func:`require_data`; no second spelling);
 - what it writes is ``--out/-o``; the device is ``--device`` (``auto`` by default everywhere);
 - lists are comma-separated (``--finetune lp,ff``); ``--set`` stays repeatable because a TOML
   value may itself contain commas;
@@ -133,15 +132,12 @@ def check_arch(value: Optional[str]) -> Optional[str]:
     return value
 
 
-def pick_data(data, alias, alias_name: str, *, required: bool = True):
-    """The dataset from ``--data`` or its old spelling ``alias_name`` (hidden, still accepted)."""
-    if data not in (None, "") and alias not in (None, ""):
-        raise DP4TLError(f"--data and {alias_name} (its old name) are both given; pass only --data")
-    value = data if data not in (None, "") else alias
-    if required and value in (None, ""):
+def require_data(data):
+    """``--data``, or a one-line error saying what to pass when it is missing."""
+    if data in (None, ""):
         raise DP4TLError("--data is required: pass the built dataset directory (from "
                          "`dp4tl build`)")
-    return value
+    return data
 
 
 def default_k(k: Optional[int], data: str) -> int:

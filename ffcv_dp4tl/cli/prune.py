@@ -9,7 +9,7 @@ import typer
 from ..scoring.registry import methods_help
 from .app import app
 from .options import (DATA_HELP, FORMAT_HELP, PAPER_K, Backend, Budget, Format, TargetCrop, device_option,
-                      paths, pick_data, ratio_callback, resolve_device)
+                      paths, require_data, ratio_callback, resolve_device)
 
 
 @app.command()
@@ -17,7 +17,6 @@ def score(
     method: str = typer.Option("lm", help=f"Scoring method — {methods_help(detailed=True)}"),
     data: Optional[Path] = typer.Option(None, "--data", help="Built source dataset directory",
                                         show_default=False),
-    source: Optional[Path] = typer.Option(None, "--source", hidden=True, help="Old name of --data"),
     target: List[Path] = typer.Option([], help="Built target dataset directory (for "
                                       f"{methods_help(needing='target')}); several "
                                       "targets comma-separated (or repeated): normalised score sum"),
@@ -58,7 +57,7 @@ def score(
     from ..scoring.registry import parse_option_pairs
 
     check_out_dir(out)
-    source_dir = pick_data(data, source, "--source")
+    source_dir = require_data(data)
     targets = paths(target)
     meta = run(method, source_dir=source_dir, target_dir=targets or None, checkpoint=checkpoint,
                out_dir=out, fmt=format.value, device=resolve_device(device),
@@ -77,7 +76,6 @@ def prune(
     scores: Path = typer.Option(..., help="Scores directory from `dp4tl score`"),
     data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP + ": the scored source",
                                         show_default=False),
-    source: Optional[Path] = typer.Option(None, "--source", hidden=True, help="Old name of --data"),
     ratio: float = typer.Option(..., help="Fraction of classes/clusters (or samples) to remove, in [0, 1)",
                                 callback=ratio_callback),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for train.npy/val.npy masks"),
@@ -91,7 +89,7 @@ def prune(
     from ..pipeline.prune import prune as run
 
     check_out_dir(out)
-    s = run(scores, pick_data(data, source, "--source"), ratio, out, reverse=reverse,
+    s = run(scores, require_data(data), ratio, out, reverse=reverse,
             budget=budget.value)
     from ..scoring.registry import UNIT_PLURAL
 

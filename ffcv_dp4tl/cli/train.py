@@ -8,7 +8,7 @@ import typer
 
 from .app import app
 from ..errors import DP4TLError
-from .options import FORMAT_HELP, Format, FinetuneMode, check_arch, device_option, pick_data
+from .options import FORMAT_HELP, Format, FinetuneMode, check_arch, device_option, require_data
 
 RECIPE_HELP = "Recipe name (`dp4tl recipes` lists them, e.g. {example}) or a path to a .toml file"
 
@@ -57,7 +57,6 @@ def finetune(
                              "(`dp4tl models`)", callback=check_arch),
     data: Optional[Path] = typer.Option(None, "--data", help="Built target dataset directory",
                                         show_default=False),
-    target: Optional[Path] = typer.Option(None, "--target", hidden=True, help="Old name of --data"),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (metrics.jsonl, result.json)"),
     mode: Optional[FinetuneMode] = typer.Option(None, "--mode", help="lp or ff (default: the "
                                                 "recipe's)", show_default=False),
@@ -76,7 +75,7 @@ def finetune(
     from ..training.finetune import finetune as run_finetune
     from ..training.recipe import load_recipe
 
-    target_dir = pick_data(data, target, "--target")
+    target_dir = require_data(data)
     r = load_recipe(recipe, set_)
     if (checkpoint is None) == (source_weights is None):
         raise DP4TLError("pass exactly one of --checkpoint (a dp4tl checkpoint) and "

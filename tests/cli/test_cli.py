@@ -40,7 +40,7 @@ def built(tmp_path_factory) -> Path:
 
 
 def test_build_info_and_class_mask(built):
-    r = dp4tl("info", str(built / "ds"))
+    r = dp4tl("info", "--data", str(built / "ds"))
     assert r.returncode == 0 and "2 classes" in r.stdout and "train: 10 samples" in r.stdout
     r = dp4tl("mask", "classes", str(built / "ds"), "--classes", "1", "--out", str(built / "m.npy"))
     assert r.returncode == 0 and "5 of 10 samples" in r.stdout, r.stderr
@@ -56,12 +56,12 @@ def test_user_errors_are_one_line(built, tmp_path):
                        "error:", "missing")
     _assert_user_error(dp4tl("build", "nosuchlayout:/x", "--out", str(tmp_path / "o")),
                        "unknown SOURCE kind")
-    _assert_user_error(dp4tl("info", str(tmp_path)), "not a built dataset")
+    _assert_user_error(dp4tl("info", "--data", str(tmp_path)), "not a built dataset")
     np.save(tmp_path / "bad.npy", np.array([0, 99], dtype=np.int64))
     (tmp_path / "bad.json").write_text('{"fingerprint": "0000", "split": "train"}')
-    _assert_user_error(dp4tl("mask", "check", str(tmp_path / "bad.npy"), str(built / "ds")),
+    _assert_user_error(dp4tl("mask", "check", str(tmp_path / "bad.npy"), "--data", str(built / "ds")),
                        "another dataset")
-    _assert_user_error(dp4tl("prune", "--scores", str(tmp_path), "--source", str(built / "ds"),
+    _assert_user_error(dp4tl("prune", "--scores", str(tmp_path), "--data", str(built / "ds"),
                              "--ratio", "1.5", "--out", str(tmp_path / "m")), "ratio")
     _assert_user_error(dp4tl("train", "resnet18_tiny_cpu", "--data", str(built / "ds"), "--out",
                              str(tmp_path / "r"), "--set", "train.epochz=3"), "epochz")

@@ -173,32 +173,30 @@ def test_new_names_and_old_aliases_reach_the_same_call(record, capsys, tmp_path)
     assert "--data synth:tiny" in kw["command"] and "--k 64" in kw["command"]
     _, (base, _), _ = record(capsys, "bench", "cost-table", "--data", "imagenet:/x")
     assert (base.source, base.k) == ("imagenet:/x", 2000)
-    # score: --data / --source, targets comma-separated or repeated, device auto → concrete
-    for flag in ("--data", "--source"):
-        _, (method,), kw = record(capsys, "score", "--method", "fm", flag, d, "--target",
-                                  f"{t1},{t2}", "-o", tmp_path / "s")
-        assert method == "fm" and kw["source_dir"] == d and kw["target_dir"] == [t1, t2]
-        assert kw["device"] in ("cpu", "cuda") and kw["k"] == 2000 and kw["fmt"] == "ffcv"
+    # score: --data, targets comma-separated or repeated, device auto → concrete
+    _, (method,), kw = record(capsys, "score", "--method", "fm", "--data", d, "--target",
+                              f"{t1},{t2}", "-o", tmp_path / "s")
+    assert method == "fm" and kw["source_dir"] == d and kw["target_dir"] == [t1, t2]
+    assert kw["device"] in ("cpu", "cuda") and kw["k"] == 2000 and kw["fmt"] == "ffcv"
     _, _, kw = record(capsys, "score", "--data", d, "--target", t1, "--target", t2, "-o", tmp_path)
     assert kw["target_dir"] == [t1, t2]
-    # prune: --data / --source
-    for flag in ("--data", "--source"):
-        _, a, _ = record(capsys, "prune", "--scores", tmp_path, flag, d, "--ratio", "0.5",
-                         "-o", tmp_path / "m")
-        assert a[1] == d and a[3] == tmp_path / "m"
-    # train: -o; finetune: --data / --target, --mode enum → plain string
+    # prune: --data
+    _, a, _ = record(capsys, "prune", "--scores", tmp_path, "--data", d, "--ratio", "0.5",
+                     "-o", tmp_path / "m")
+    assert a[1] == d and a[3] == tmp_path / "m"
+    # train: -o; finetune: --data, --mode enum → plain string
     _, (r, data), kw = record(capsys, "train", "resnet18_tiny_cpu", "--data", d, "-o", tmp_path / "r",
                               "--format", "wds")
     assert r.name == "resnet18_tiny_cpu" and data == d and kw["fmt"] == "wds" and kw["device"] == "auto"
-    for flag in ("--data", "--target"):
-        _, (r, ckpt, target, out), kw = record(capsys, "finetune", "lp_tiny_cpu", "--checkpoint",
-                                               tmp_path / "c.pt", flag, t1, "-o", tmp_path / "f",
-                                               "--mode", "ff")
-        assert target == t1 and out == tmp_path / "f" and kw["mode"] == "ff" and kw["fmt"] == "ffcv"
+    _, (r, ckpt, target, out), kw = record(capsys, "finetune", "lp_tiny_cpu", "--checkpoint",
+                                           tmp_path / "c.pt", "--data", t1, "-o", tmp_path / "f",
+                                           "--mode", "ff")
+    assert target == t1 and out == tmp_path / "f" and kw["mode"] == "ff" and kw["fmt"] == "ffcv"
 
 
-def test_positional_dataset_still_accepted(capsys, monkeypatch, tmp_path):
-    """info / mask take --data; the old positional DATASET keeps working (hidden)."""
+def test_the_dataset_is_always_data(capsys, monkeypatch, tmp_path):
+    """info / mask read the dataset from --data, one spelling: a missing --data and the old
+    spellings (a positional DATASET, --source, --target) are one-line usage errors."""
     import ffcv_dp4tl.data.manifest as manifest
     from ffcv_dp4tl.errors import DP4TLError
 
@@ -208,14 +206,19 @@ def test_positional_dataset_still_accepted(capsys, monkeypatch, tmp_path):
         seen.append(Path(path))
         raise DP4TLError("stop")
     monkeypatch.setattr(manifest, "load_manifest", fake)
-    for args in (("info", tmp_path), ("info", "--data", tmp_path),
-                 ("mask", "classes", tmp_path, "--classes", "1", "-o", tmp_path / "m.npy"),
+    for args in (("info", "--data", tmp_path),
                  ("mask", "classes", "--data", tmp_path, "--classes", "1", "-o", tmp_path / "m.npy")):
         code, _, err = cli(capsys, monkeypatch, *args)
         one_line_error(code, err, "stop")
-    assert seen == [tmp_path] * 4
+    assert seen == [tmp_path] * 2
     code, _, err = cli(capsys, monkeypatch, "info")
     one_line_error(code, err, "--data is required")
+    for args in (("info", tmp_path), ("prune", "--scores", tmp_path, "--source", tmp_path, "--ratio", "0.5",
+                                      "-o", tmp_path / "m"),
+                 ("finetune", "lp_tiny_cpu", "--checkpoint", tmp_path / "c.pt", "--target", tmp_path,
+                  "-o", tmp_path / "f")):
+        code, _, err = cli(capsys, monkeypatch, *args)
+        assert code == 2 and seen == [tmp_path] * 2, err  # typer's usage error, before any work
 
 
 def test_user_toml_path_works_where_a_name_does(record, capsys, monkeypatch, tmp_path):

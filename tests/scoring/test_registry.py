@@ -208,13 +208,13 @@ def test_a_registered_toy_scorer_is_a_cli_choice(source_dir, tmp_path):
     assert r.returncode == 0 and "toy: toy: highest class ids first" in r.stdout, r.stderr
     r = dp4tl("pipeline", "--help")
     assert r.returncode == 0 and f"{ALL_BUILTINS[-1]} | toy" in r.stdout, r.stderr
-    r = dp4tl("score", "--method", "toy", "--source", str(source), "--out", str(tmp_path / "s"))
+    r = dp4tl("score", "--method", "toy", "--data", str(source), "--out", str(tmp_path / "s"))
     assert r.returncode == 0 and "toy scores per class" in r.stdout, r.stderr
     assert json.loads((tmp_path / "s" / "scores.json").read_text())["unit"] == "class"
-    r = dp4tl("prune", "--scores", str(tmp_path / "s"), "--source", str(source), "--ratio", "0.5",
+    r = dp4tl("prune", "--scores", str(tmp_path / "s"), "--data", str(source), "--ratio", "0.5",
               "--out", str(tmp_path / "m"))
     assert r.returncode == 0 and "4 classes kept" in r.stdout, r.stderr
-    r = dp4tl("score", "--method", "zz", "--source", str(source), "--out", str(tmp_path / "z"))
+    r = dp4tl("score", "--method", "zz", "--data", str(source), "--out", str(tmp_path / "z"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == ("error: unknown scoring method 'zz'; choose one of "
                                 f"{', '.join(ALL_BUILTINS)}, toy")
