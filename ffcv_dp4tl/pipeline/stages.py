@@ -160,8 +160,7 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
         with _Segment(st.dir) as seg:
             values = {k: v for k, v in dict(fn(st.dir) or {}).items()
                       if k not in StageResult.RESERVED}
-        earlier = stage_seconds(st.dir, exclude=seg.path)
-        earlier_cpu = _segments_cpu(st.dir, exclude=seg.path)
+        earlier, earlier_cpu = segment_totals(st.dir, exclude=seg.path)
         res = StageResult(stage=st.name, kind=st.kind, seconds=earlier + seg.seconds,
                           cpu_seconds=earlier_cpu + seg.cpu_seconds, loadavg_1min=_loadavg(),
                           values=values)
@@ -220,37 +219,31 @@ class _Segment:
                                              "cpu_seconds": self.cpu_seconds}))
 
 
-def stage_seconds(stage_dir: Path, exclude: Path | None = None) -> float:
-    """Wall seconds of the recorded run segments in ``stage_dir`` (see :class:`_Segment`): the
-    exact time of segments that ended, start → last heartbeat of segments that were killed."""
-    total = 0.0
+def segment_totals(stage_dir: Path, exclude: Path | None = None) -> tuple[float, float]:
+    """``(wall, cpu)`` seconds of the recorded run segments in ``stage_dir`` (see
+    :class:`_Segment`): the exact times of segments that ended; for a killed segment, its start
+    (in the name) to its last heartbeat as wall time and no CPU time (unknown)."""
+    wall = cpu = 0.0
     for p in Path(stage_dir).glob(SEGMENT_GLOB):
         if p == exclude:
             continue
         try:
             text = p.read_text().strip()
             if text:
-                total += float(json.loads(text)["seconds"])
-            else:  # killed: from its start (in the name) to its last heartbeat
+                rec = json.loads(text)
+                wall += float(rec["seconds"])
+                cpu += float(rec.get("cpu_seconds") or 0.0)
+            else:
                 start_ns = int(p.name.split("-")[1])
-                total += max(0.0, p.stat().st_mtime - start_ns / 1e9)
-        except (OSError, ValueError, KeyError, IndexError):
+                wall += max(0.0, p.stat().st_mtime - start_ns / 1e9)
+        except (OSError, ValueError, KeyError, IndexError, AttributeError, TypeError):
             continue
-    return total
+    return wall, cpu
 
 
-def _segments_cpu(stage_dir: Path, exclude: Path | None = None) -> float:
-    """CPU seconds of the run segments in ``stage_dir`` that ended (see :class:`_Segment`)."""
-    total = 0.0
-    for p in Path(stage_dir).glob(SEGMENT_GLOB):
-        if p == exclude:
-            continue
-        try:
-            text = p.read_text().strip()
-            total += float(json.loads(text).get("cpu_seconds") or 0.0) if text else 0.0
-        except (OSError, ValueError, AttributeError):
-            continue
-    return total
+def stage_seconds(stage_dir: Path, exclude: Path | None = None) -> float:
+    """Wall seconds of the recorded run segments in ``stage_dir`` (:func:`segment_totals`)."""
+    return segment_totals(stage_dir, exclude)[0]
 
 
 def describe(result: dict[str, Any] | StageResult) -> str:
