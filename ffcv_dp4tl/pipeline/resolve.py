@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -59,7 +60,12 @@ def with_seed(recipe: Any, seed: int) -> Any:
 
 
 def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")[:60]
+    """A folder name for a SOURCE spec: readable, and distinct for distinct specs (a long spec,
+    e.g. synth with many overrides, keeps 48 characters plus a hash of the whole spec)."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")
+    if len(slug) <= 60:
+        return slug
+    return f"{slug[:48]}-{hashlib.sha256(text.encode()).hexdigest()[:11]}"
 
 
 def ensure_built(source: str, data_root: Path, log: Callable[[str], None],

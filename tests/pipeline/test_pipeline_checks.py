@@ -67,3 +67,16 @@ def test_a_target_without_the_split_finetuning_reads_fails_before_the_surrogate(
                                          r"which the lp recipe .* reads \(data.test_split\)"):
         resolve(cfg, None, print)
     assert not (tmp_path / "runs").exists()
+
+
+def test_built_data_folders_of_distinct_sources_never_clash():
+    """``--data SOURCE`` is built under ``data_root/<slug>``: a short spec keeps its readable name
+    (existing folders stay found); two long specs that agree on their first 60 characters get
+    different folders (they used to be cut to the same name and share one dataset)."""
+    from ffcv_dp4tl.pipeline.resolve import _slug
+
+    assert _slug("synth:tiny") == "synth-tiny"
+    base = "synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12"
+    a, b = _slug(base + ",val_per_class=2"), _slug(base + ",val_per_class=3")
+    assert a != b and len(a) <= 60 and len(b) <= 60 and a.startswith("synth-tiny-num_superclasses")
+    assert _slug(base + ",val_per_class=2") == a  # stable: the same spec finds its folder again
