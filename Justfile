@@ -16,6 +16,10 @@ setup:
 test *args:
     {{py}} -m pytest -q -p no:cacheprovider {{args}}
 
+# the whole scripts/gpu_check.sh rehearsed on the CPU at toy sizes (~5 min): run before every device call
+rehearse-gpu-check:
+    GPU_CHECK_REHEARSAL=1 {{py}} -m pytest -q -p no:cacheprovider tests/test_gpu_check.py
+
 # convert a dataset once into betons + shards: just build synth data/synth | just build imagenet:/data/ILSVRC data/imagenet
 build source="synth" out="data/synth" *args="":
     {{dp4tl}} build {{source}} --out {{out}} {{args}}

@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import run_cli
 from PIL import Image
 
 
 def dp4tl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ffcv_dp4tl", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+    """The CLI as a user runs it, in this process (``cli_runner.run_cli``: exit code, stdout,
+    stderr, and a traceback on stderr if an exception escapes)."""
+    return run_cli(*args, cwd=cwd)
 
 
 def _assert_user_error(r: subprocess.CompletedProcess, *needles: str) -> None:
@@ -42,9 +43,9 @@ def built(tmp_path_factory) -> Path:
 def test_build_info_and_class_mask(built):
     r = dp4tl("info", "--data", str(built / "ds"))
     assert r.returncode == 0 and "2 classes" in r.stdout and "train: 10 samples" in r.stdout
-    r = dp4tl("mask", "classes", str(built / "ds"), "--classes", "1", "--out", str(built / "m.npy"))
+    r = dp4tl("mask", "classes", "--data", str(built / "ds"), "--classes", "1", "--out", str(built / "m.npy"))
     assert r.returncode == 0 and "5 of 10 samples" in r.stdout, r.stderr
-    r = dp4tl("mask", "check", str(built / "m.npy"), str(built / "ds"))
+    r = dp4tl("mask", "check", str(built / "m.npy"), "--data", str(built / "ds"))
     assert r.returncode == 0 and "OK" in r.stdout
     r = dp4tl("build", f"folder:{built / 'in'}", "--out", str(built / "ds"), "--workers", "1",
               "--shard-size", "4", "--no-progress")

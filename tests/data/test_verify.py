@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from cli_runner import run_cli
 from ffcv_dp4tl.data import load_manifest
 from beton_builders.beton import beton_images
 from ffcv_dp4tl.data.verify import verify_dataset
@@ -93,12 +92,12 @@ def test_counts_differing_from_the_manifest(copy):
 
 
 def test_cli_exit_codes(copy):
-    cmd = [sys.executable, "-m", "ffcv_dp4tl", "verify", str(copy), "--deep", "--no-progress"]
-    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    cmd = ["verify", str(copy), "--deep", "--no-progress"]
+    ok = run_cli(*cmd)  # in-process (cli_runner): exit code, stdout, stderr
     assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr
     split = _split(copy)
     _flip(split.beton, int(beton_images(split.beton).data_ptr[3]) + 30)
-    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    bad = run_cli(*cmd)
     assert bad.returncode == 1
     lines = bad.stderr.strip().splitlines()
     assert lines[0].startswith("problem: ") and "sample(s) 3" in lines[0] and "Traceback" not in bad.stderr

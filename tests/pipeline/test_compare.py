@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cli_runner import run_cli
 from ffcv_dp4tl.data.manifest import SplitInfo
 from ffcv_dp4tl.data.masks import make_mask, mask_from_classes, save_mask
 from ffcv_dp4tl.errors import DP4TLError, MaskError
@@ -70,8 +70,7 @@ def test_masks_of_other_datasets_are_refused(split):
 
 
 def _dp4tl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ffcv_dp4tl", *args], capture_output=True,
-                          text=True, timeout=120)
+    return run_cli(*args)  # in-process (cli_runner): exit code, stdout, stderr
 
 
 def test_cli(split, tmp_path):

@@ -188,36 +188,40 @@ def test_a_registered_toy_scorer_runs_through_score_prune_and_the_pipeline(toy, 
 
 def test_a_registered_toy_scorer_is_a_cli_choice(source_dir, tmp_path):
     """In a fresh process: register the toy (as importing its file would), then the CLI lists
-    it in --help, scores with it and prunes its scores; unknown names stay one-line errors."""
+    it in --help, scores with it and prunes its scores; unknown names stay one-line errors.
+    One process runs every command (``cli_runner.run_cli``), since a start costs seconds."""
     source = source_dir
-    prog = ("import importlib.util, sys\n"
-            f"sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"  # tests/: tiny_data
+    commands = [
+        ["score", "--help"],
+        ["pipeline", "--help"],
+        ["score", "--method", "toy", "--data", str(source), "--out", str(tmp_path / "s")],
+        ["prune", "--scores", str(tmp_path / "s"), "--data", str(source), "--ratio", "0.5",
+         "--out", str(tmp_path / "m")],
+        ["score", "--method", "zz", "--data", str(source), "--out", str(tmp_path / "z")],
+    ]
+    prog = ("import importlib.util, json, sys\n"
+            f"sys.path.insert(0, {str(Path(__file__).parents[1])!r})\n"  # tests/: tiny_data, cli_runner
             f"spec = importlib.util.spec_from_file_location('toy_module', {str(Path(__file__))!r})\n"
             "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
             "from ffcv_dp4tl.scoring.registry import register_scorer\n"
             "register_scorer(mod.ToyScorer)\n"
-            "from ffcv_dp4tl.cli import main\n"
-            "sys.argv = ['dp4tl', *sys.argv[1:]]\n"
-            "main()\n")
+            "from cli_runner import run_cli\n"
+            "res = [run_cli(*args) for args in json.loads(sys.argv[1])]\n"
+            "print(json.dumps([[r.returncode, r.stdout, r.stderr] for r in res]))\n")
+    proc = subprocess.run([sys.executable, "-c", prog, json.dumps(commands)], capture_output=True,
+                          text=True, timeout=600, env={**__import__("os").environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    (h_score, h_pipe, score, prune, unknown) = [
+        subprocess.CompletedProcess(c, *r) for c, r in zip(commands, json.loads(proc.stdout.splitlines()[-1]))]
 
-    def dp4tl(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", prog, *args], capture_output=True, text=True,
-                              timeout=300, env={**__import__("os").environ, "COLUMNS": "200"})
-
-    r = dp4tl("score", "--help")
-    assert r.returncode == 0 and "toy: toy: highest class ids first" in r.stdout, r.stderr
-    r = dp4tl("pipeline", "--help")
-    assert r.returncode == 0 and f"{ALL_BUILTINS[-1]} | toy" in r.stdout, r.stderr
-    r = dp4tl("score", "--method", "toy", "--data", str(source), "--out", str(tmp_path / "s"))
-    assert r.returncode == 0 and "toy scores per class" in r.stdout, r.stderr
+    assert h_score.returncode == 0 and "toy: toy: highest class ids first" in h_score.stdout, h_score.stderr
+    assert h_pipe.returncode == 0 and f"{ALL_BUILTINS[-1]} | toy" in h_pipe.stdout, h_pipe.stderr
+    assert score.returncode == 0 and "toy scores per class" in score.stdout, score.stderr
     assert json.loads((tmp_path / "s" / "scores.json").read_text())["unit"] == "class"
-    r = dp4tl("prune", "--scores", str(tmp_path / "s"), "--data", str(source), "--ratio", "0.5",
-              "--out", str(tmp_path / "m"))
-    assert r.returncode == 0 and "4 classes kept" in r.stdout, r.stderr
-    r = dp4tl("score", "--method", "zz", "--data", str(source), "--out", str(tmp_path / "z"))
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == ("error: unknown scoring method 'zz'; choose one of "
-                                f"{', '.join(ALL_BUILTINS)}, toy")
+    assert prune.returncode == 0 and "4 classes kept" in prune.stdout, prune.stderr
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert unknown.stderr.strip() == ("error: unknown scoring method 'zz'; choose one of "
+                                      f"{', '.join(ALL_BUILTINS)}, toy")
     assert not (tmp_path / "z").exists()
 
 
