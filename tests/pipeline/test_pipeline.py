@@ -235,10 +235,15 @@ def test_scoring_and_pruning_errors_are_clear(first_run, tmp_path):
 @pytest.mark.slow
 def test_el2n_scores_the_early_surrogate_and_prunes_samples(first_run):
     tmp, _, _ = first_run
-    res = run_pipeline(_cfg(tmp, method="el2n", finetune=()), log=lambda s: None)
+    # runs=2: the surrogate's early checkpoint plus one early-training run, averaged (the default
+    # 10 runs would train 9 more surrogates for the same assertions)
+    res = run_pipeline(_cfg(tmp, method="el2n", finetune=(), scorer_options=("runs=2",)),
+                       log=lambda s: None)
     sc = load_scores(next(p for p in (tmp / "runs").glob("score-*")
                           if json.loads((p / "scores.json").read_text())["method"] == "el2n"))
     assert sc.unit == "sample" and sc.meta.surrogate.endswith("checkpoint_e2.pt")
+    runs = sc.meta.meta.get("runs_scored", [])
+    assert len(runs) == 2 and runs[0] == sc.meta.surrogate
     info = load_manifest(res.source).split("train")
     assert res.stages["prune"].values["train_kept"] == round(0.4 * info.num_samples)
 
