@@ -41,6 +41,16 @@ def wheel(tmp_path_factory) -> Path:
     return whl
 
 
+@pytest.fixture(scope="module")
+def site(wheel, tmp_path_factory) -> Path:
+    """The wheel installed once (pip --target) into a folder that is not the checkout."""
+    site = tmp_path_factory.mktemp("site") / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+                        str(site), str(wheel)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return site
+
+
 def test_wheel_contains_every_recipe_and_module(wheel):
     import ffcv_dp4tl
 
@@ -57,12 +67,8 @@ def test_wheel_contains_every_recipe_and_module(wheel):
                          f"[tool.setuptools] packages in pyproject.toml): {missing}")
 
 
-def test_installed_wheel_finds_recipes_by_name(wheel, tmp_path):
+def test_installed_wheel_finds_recipes_by_name(site, tmp_path):
     """Installed into a --target dir and imported with the checkout NOT on sys.path."""
-    site = tmp_path / "site"
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
-                        str(site), str(wheel)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
     code = f"""
 import sys
 from pathlib import Path
@@ -92,7 +98,7 @@ print("ok", len(names))
     assert "lp_tiny_cpu" in r.stdout and os.path.join("site", "ffcv_dp4tl", "recipes") in r.stdout
 
 
-def test_wheel_contains_the_recipe_sets(wheel, tmp_path):
+def test_wheel_contains_the_recipe_sets(wheel, site, tmp_path):
     """recipes/paper/ (the `--protocol paper` set) ships too and loads by its set name."""
     from ffcv_dp4tl.training.recipe_files import RECIPE_SETS_DIRS
 
@@ -103,10 +109,6 @@ def test_wheel_contains_the_recipe_sets(wheel, tmp_path):
         missing = [f for f in files if f"ffcv_dp4tl/recipes/{d}/{f}" not in names]
         assert not missing, (f"recipes/{d} missing from the wheel (add \"{d}/*.toml\" to "
                              f"[tool.setuptools.package-data]): {missing}")
-    site = tmp_path / "site"
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
-                        str(site), str(wheel)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
     code = ("from ffcv_dp4tl.training import list_recipes, load_recipe\n"
             "names = [n for n in list_recipes(sets=True) if '/' in n]\n"
             "assert 'paper/lp' in names, names\n"
