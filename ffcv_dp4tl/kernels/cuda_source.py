@@ -47,6 +47,33 @@ __device__ __forceinline__ float as_float(float r) { return r; }
 __device__ __forceinline__ void round_to(float v, unsigned short* out) { *out = round_bf16_bits(v); }
 __device__ __forceinline__ float as_float(unsigned short b) { return bf16_bits_to_float(b); }
 
+/* One warp per row: the row rounded to the GEMM format into a row of `ld` >= d entries (columns
+   d..ld-1 zero), ||a||^2 and ||a - round(a)|| (FP64 sums). The SIMT/GEMM path's prep_rows_* (ld = d)
+   and the fused kernel's prep_pad_bf16 (ld padded to its tile) share it. */
+template <class Out>
+__device__ __forceinline__ void prep_rows(const float* __restrict__ a, Out* __restrict__ out,
+                                          float* __restrict__ norm2, float* __restrict__ dnorm,
+                                          int n, int d, int ld) {
+    const int lane = threadIdx.x & 31;
+    const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= n) return;
+    const float* p = a + row * (long long)d;
+    Out* q = out + row * (long long)ld;
+    double s = 0.0, e = 0.0;
+    for (int j = lane; j < ld; j += 32) {
+        if (j >= d) { q[j] = 0; continue; }
+        const float v = p[j];
+        round_to(v, &q[j]);
+        s += (double)v * (double)v;
+        const double t = (double)v - (double)as_float(q[j]);
+        e += t * t;
+    }
+    s = warp_sum(s);
+    e = warp_sum(e);
+    if (lane == 0) { norm2[row] = (float)s; dnorm[row] = (float)sqrt(e); }
+}
+
+
 """
 
 SOURCE = r"""
@@ -203,39 +230,16 @@ extern "C" __global__ void segment_sum(const float* __restrict__ x,
    lowest index), and min_d2 is the exact distance, whatever precision the GEMM used. */
 
 """ + DEVICE_HELPERS + r"""
-/* One warp per row: write the rounded row, ||a||^2 and ||a - round(a)|| (FP64 sums). */
-template <class Out>
-__device__ __forceinline__ void prep_rows(const float* __restrict__ a, Out* __restrict__ out,
-                                          float* __restrict__ norm2, float* __restrict__ dnorm,
-                                          int n, int d) {
-    const int lane = threadIdx.x & 31;
-    const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (row >= n) return;
-    const float* p = a + row * (long long)d;
-    Out* q = out + row * (long long)d;
-    double s = 0.0, e = 0.0;
-    for (int j = lane; j < d; j += 32) {
-        const float v = p[j];
-        round_to(v, &q[j]);
-        s += (double)v * (double)v;
-        const double t = (double)v - (double)as_float(q[j]);
-        e += t * t;
-    }
-    s = warp_sum(s);
-    e = warp_sum(e);
-    if (lane == 0) { norm2[row] = (float)s; dnorm[row] = (float)sqrt(e); }
-}
-
 extern "C" __global__ void prep_rows_tf32(const float* __restrict__ a, float* __restrict__ out,
                                           float* __restrict__ norm2, float* __restrict__ dnorm,
                                           int n, int d) {
-    prep_rows(a, out, norm2, dnorm, n, d);
+    prep_rows(a, out, norm2, dnorm, n, d, d);
 }
 
 extern "C" __global__ void prep_rows_bf16(const float* __restrict__ a, unsigned short* __restrict__ out,
                                           float* __restrict__ norm2, float* __restrict__ dnorm,
                                           int n, int d) {
-    prep_rows(a, out, norm2, dnorm, n, d);
+    prep_rows(a, out, norm2, dnorm, n, d, d);
 }
 
 /* One warp per row of a chunk. scores[r * ld + k] = x~_r . c~_k from the GEMM.

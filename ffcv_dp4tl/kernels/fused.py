@@ -73,27 +73,11 @@ __device__ __forceinline__ void mma_bf16_16816(float* d, const unsigned* a, cons
 #endif
 
 /* One warp per row: BF16 copy into a (rows, ld) buffer (columns d..ld-1 zero), ||a||^2 and
-   ||a - a~|| (FP64 sums). Rows n..n_pad-1 of the buffer are zeroed by the caller. */
+   ||a - a~|| (FP64 sums): DEVICE_HELPERS' prep_rows. Rows n..n_pad-1 are zeroed by the caller. */
 extern "C" __global__ void prep_pad_bf16(const float* __restrict__ a, unsigned short* __restrict__ out,
                                          float* __restrict__ norm2, float* __restrict__ dnorm,
                                          int n, int d, int ld) {
-    const int lane = threadIdx.x & 31;
-    const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (row >= n) return;
-    const float* p = a + row * (long long)d;
-    unsigned short* q = out + row * (long long)ld;
-    double s = 0.0, e = 0.0;
-    for (int j = lane; j < ld; j += 32) {
-        if (j >= d) { q[j] = 0; continue; }
-        const float v = p[j];
-        q[j] = round_bf16_bits(v);
-        s += (double)v * (double)v;
-        const double t = (double)v - (double)bf16_bits_to_float(q[j]);
-        e += t * t;
-    }
-    s = warp_sum(s);
-    e = warp_sum(e);
-    if (lane == 0) { norm2[row] = (float)s; dnorm[row] = (float)sqrt(e); }
+    prep_rows(a, out, norm2, dnorm, n, d, ld);
 }
 
 struct RowState { float l1, l2, u; int i1; };
