@@ -9,6 +9,8 @@ tests with the same inputs reuse a stage, tests with other inputs never see it.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 #: 8 source classes (4 superclasses × 2), 12 train + 4 val images each at 16 px; one target
 #: ("warm") of 3 classes with 8 train + 4 test images each
 SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
@@ -35,3 +37,17 @@ TEST_OVERRIDES = ["model.width=8", "model.stem_stride=1", "train.epochs=2", "tra
 #: the session's trained surrogate (``trained_run``): TEST_OVERRIDES, keeping the early
 #: checkpoint after epoch 1 (what trajectory scorers such as EL2N/GraNd score)
 SURROGATE_OVERRIDES = [*TEST_OVERRIDES, "train.keep_epochs=[1]"]
+
+
+def build_synth(spec: str, root: Path, max_side: int = 16) -> Path:
+    """Build the synth SOURCE ``spec`` (every part: ``ROOT/source``, ``ROOT/targets/NAME``) into
+    ``root`` with one worker and no progress bars: the data of tests that need their own (a size
+    or a target the session's :data:`SYNTH` does not have). Returns ``root``."""
+    from beton_builders.sources import resolve_source
+    from beton_builders.writer import BuildOptions, build_dataset
+
+    for sub, s in resolve_source(spec).items():
+        build_dataset(s, root / sub if sub else root,
+                      BuildOptions(max_side=max_side, shard_size=64, workers=1, progress=False),
+                      source=spec)
+    return root

@@ -18,14 +18,9 @@ FT_OVERRIDES = ["train.epochs=2", "finetune.resolution=16", "eval.resolution=16"
 
 @pytest.fixture(scope="session")
 def eval_synth(tmp_path_factory) -> Path:
-    from beton_builders.sources import resolve_source
-    from beton_builders.writer import BuildOptions, build_dataset
+    from tiny_data import build_synth
 
-    root = tmp_path_factory.mktemp("eval_synth")
-    for sub, spec in resolve_source(SYNTH).items():
-        opts = BuildOptions(max_side=16, shard_size=64, workers=1, progress=False)
-        build_dataset(spec, root / sub if sub else root, opts, source=SYNTH)
-    return root
+    return build_synth(SYNTH, tmp_path_factory.mktemp("eval_synth"))
 
 
 @pytest.fixture(scope="session")

@@ -14,11 +14,6 @@ SMALL_SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per
 @pytest.fixture(scope="session")
 def small_synth(tmp_path_factory) -> Path:
     """Built ``SMALL_SYNTH``: ``ROOT/source`` and ``ROOT/targets/paper``."""
-    from beton_builders.sources import resolve_source
-    from beton_builders.writer import BuildOptions, build_dataset
+    from tiny_data import build_synth
 
-    root = tmp_path_factory.mktemp("small_synth")
-    for sub, spec in resolve_source(SMALL_SYNTH).items():
-        build_dataset(spec, root / sub, BuildOptions(max_side=16, shard_size=64, workers=1,
-                                                     progress=False), source=SMALL_SYNTH)
-    return root
+    return build_synth(SMALL_SYNTH, tmp_path_factory.mktemp("small_synth"))

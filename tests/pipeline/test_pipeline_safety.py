@@ -110,13 +110,9 @@ def test_random_scores_of_another_source_are_never_reused(tmp_path, data_root):
 
 def test_recipes_follow_the_manifest_not_the_source_text(tmp_path, index_dataset):
     """A built folder of the embedded data (any name) gets the tiny recipes; real data the full."""
-    from beton_builders.sources import resolve_source
-    from beton_builders.writer import BuildOptions, build_dataset
+    from tiny_data import build_synth
 
-    built = tmp_path / "my-data"
-    for sub, spec in resolve_source(SYNTH).items():
-        build_dataset(spec, built / sub, BuildOptions(max_side=16, workers=1, progress=False),
-                      source=SYNTH)
+    built = build_synth(SYNTH, tmp_path / "my-data")
     assert recipe_scale(load_manifest(built / "source")) == "tiny"
     assert recipe_scale(load_manifest(index_dataset.root)) == "full"
     logs: list[str] = []

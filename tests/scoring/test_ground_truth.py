@@ -19,14 +19,9 @@ SYNTH = ("synth:tiny,num_superclasses=6,classes_per_superclass=3,train_per_class
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> Path:
-    from beton_builders.sources import resolve_source
-    from beton_builders.writer import BuildOptions, build_dataset
+    from tiny_data import build_synth
 
-    root = tmp_path_factory.mktemp("gt")
-    for sub, spec in resolve_source(SYNTH).items():
-        build_dataset(spec, root / sub, BuildOptions(max_side=16, shard_size=64, workers=1,
-                                                     progress=False), source=SYNTH)
-    return root
+    return build_synth(SYNTH, tmp_path_factory.mktemp("gt"))
 
 
 @pytest.fixture(scope="module")
