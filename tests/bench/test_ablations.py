@@ -25,12 +25,12 @@ from tiny_data import FINETUNE, SYNTH_TWO_TARGETS, TRAIN, TWO_TARGETS
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> PipelineConfig:
-    # its own data root: pipeline._slug cuts a SOURCE's folder name at 60 characters, which
-    # SYNTH and SYNTH_TWO_TARGETS share (they differ after that)
+def base(tmp_path_factory, data_root) -> PipelineConfig:
+    # the session's data root (long SOURCE specs get distinct folders: resolve._slug), its own
+    # runs root: the tests count which stages ran
     tmp = tmp_path_factory.mktemp("ablations")
     return PipelineConfig(ratio=0.5, source=SYNTH_TWO_TARGETS, target="warm", method="lm",
-                          fmt="wds", device="cpu", k=4, finetune=("lp",), data_root=tmp / "data",
+                          fmt="wds", device="cpu", k=4, finetune=("lp",), data_root=data_root,
                           runs_root=tmp / "runs", overrides=TRAIN, surrogate_overrides=TRAIN,
                           finetune_overrides=FINETUNE)
 
