@@ -47,6 +47,18 @@ __device__ __forceinline__ float as_float(float r) { return r; }
 __device__ __forceinline__ void round_to(float v, unsigned short* out) { *out = round_bf16_bits(v); }
 __device__ __forceinline__ float as_float(unsigned short b) { return bf16_bits_to_float(b); }
 
+/* ||x - c||^2 of one row and one centroid in FP64, summed over the warp (every lane gets it):
+   the exact distance both re-check paths decide with. */
+__device__ __forceinline__ double warp_exact_d2(const float* __restrict__ xp,
+                                                const float* __restrict__ cp, int d) {
+    double acc = 0.0;
+    for (int j = threadIdx.x & 31; j < d; j += 32) {
+        const double t = (double)xp[j] - (double)cp[j];
+        acc += t * t;
+    }
+    return warp_sum(acc);
+}
+
 /* One warp per row: the row rounded to the GEMM format into a row of `ld` >= d entries (columns
    d..ld-1 zero), ||a||^2 and ||a - round(a)|| (FP64 sums). The SIMT/GEMM path's prep_rows_* (ld = d)
    and the fused kernel's prep_pad_bf16 (ld padded to its tile) share it. */
@@ -287,13 +299,7 @@ extern "C" __global__ void gemm_epilogue(const float* __restrict__ scores, int l
         while (m) {                     /* warp-uniform: candidates in increasing index order */
             const int qc = base + __ffs(m) - 1;
             m &= m - 1;
-            const float* cp = c + (long long)qc * d;
-            double acc = 0.0;
-            for (int j = lane; j < d; j += 32) {
-                const double t = (double)xp[j] - (double)cp[j];
-                acc += t * t;
-            }
-            acc = warp_sum(acc);
+            const double acc = warp_exact_d2(xp, c + (long long)qc * d, d);
             if (acc < best_d) { best_d = acc; best_k = qc; }   /* strict: lowest index wins ties */
             ++count;
         }

@@ -189,14 +189,7 @@ extern "C" __global__ void fused_finalize(const float* __restrict__ x, const flo
         if (lane == 0) labels[row] = -1;
         return;
     }
-    const float* xp = x + row * (long long)d;
-    const float* cp = c + (long long)k * d;
-    double acc = 0.0;
-    for (int j = lane; j < d; j += 32) {
-        const double v = (double)xp[j] - (double)cp[j];
-        acc += v * v;
-    }
-    acc = warp_sum(acc);
+    const double acc = warp_exact_d2(x + row * (long long)d, c + (long long)k * d, d);
     if (lane == 0) {
         labels[row] = k;
         min_d2[row] = (float)acc;
