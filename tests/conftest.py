@@ -130,7 +130,7 @@ def runs_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def synth_root(data_root: Path) -> Path:
-    """:data:`tiny_data.SYNTH` built in the shared data root (``source/``, ``targets/warm``)."""
+    """:data:`tiny_data.SYNTH` built in the shared data root (``source/``, ``targets/paper``)."""
     from tiny_data import SYNTH
 
     from ffcv_dp4tl.pipeline.resolve import ensure_built

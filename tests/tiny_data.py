@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 #: 8 source classes (4 superclasses × 2), 12 train + 4 val images each at 16 px; one target
-#: ("warm") of 3 classes with 8 train + 4 test images each
+#: (the first target, "paper", whose light background this small surrogate handles worst) of
+#: 3 classes with 8 train + 4 test images each
 SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=12,"
          "val_per_class=4,image_size=16,num_targets=1,target_classes=3,"
          "target_train_per_class=8,target_test_per_class=4")

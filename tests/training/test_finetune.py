@@ -35,7 +35,11 @@ def test_lp_keeps_the_backbone_frozen_and_beats_chance(trained_run, target_dir, 
                                                        monkeypatch):
     """LP trains only the new head: every other tensor of the model (weights and BN running
     statistics) is bitwise the checkpoint's afterwards; and the probe beats chance on the
-    tiny target (3 classes, 12 test samples: chance is 4/12; measured 8/12 after 20 epochs)."""
+    tiny target (3 classes, 12 test samples: chance is 4/12; measured 6/12) and fits its own
+    24 train images (measured 20/24). The recipe's 50 epochs are one Adam step each here (24
+    images, batch 64) and cost little (features are cached). With today's session surrogate
+    the probe underfits at 20 steps (11/24 measured), which is why this bar was lowered for a
+    while; at 50 it fits (20/24)."""
     models = []
     real = finetune_module.load_pretrained
 
@@ -46,7 +50,7 @@ def test_lp_keeps_the_backbone_frozen_and_beats_chance(trained_run, target_dir, 
 
     monkeypatch.setattr(finetune_module, "load_pretrained", spy)
     res = finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path,
-                   fmt="wds", device="cpu", progress=False, overrides=LP + ["train.epochs=20"])
+                   fmt="wds", device="cpu", progress=False, overrides=LP)
     (model,) = models
     before = Checkpoint.load(trained_run / "checkpoint.pt").model
     after = model.state_dict()
@@ -58,9 +62,7 @@ def test_lp_keeps_the_backbone_frozen_and_beats_chance(trained_run, target_dir, 
     assert all(not p.requires_grad for n, p in model.named_parameters() if not n.startswith("fc."))
     chance = 1 / res["target_classes"]
     assert res["test_top1"] >= chance + 1.5 / res["test_samples"], res
-    # the probe also fits its own train split beyond chance (was >= 0.75 before the shared 2-epoch
-    # session surrogate and the new WebDataset crop rule; measured 0.46 since: see the 2026-12-02 note)
-    assert res["train_top1"] >= chance + 0.1, res
+    assert res["train_top1"] >= 0.75, res
 
 
 def test_ff_runs(trained_run, target_dir, tmp_path):
