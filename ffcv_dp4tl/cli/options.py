@@ -64,11 +64,9 @@ def device_option(help: str = DEVICE_HELP):
 
 def resolve_device(device: str) -> str:
     """``auto`` → ``cuda`` when available, else ``cpu`` (for code that takes a concrete device)."""
-    if device != "auto":
-        return device
-    import torch
+    from ..training.distributed import resolve_device as resolve  # imports torch: only when called
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return device if device != "auto" else str(resolve(device))
 
 
 def split_list(text: str) -> list[str]:

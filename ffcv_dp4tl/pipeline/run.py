@@ -128,8 +128,9 @@ def score_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, sur: Stage, res: 
     if scorer.trains:
         extra_key.update({"train_recipe": r.surrogate.fingerprint(),
                           "source": r.src.fingerprint})
-    device = "cuda" if cfg.device == "auto" and _cuda() else ("cpu" if cfg.device == "auto"
-                                                               else cfg.device)
+    from ..training.distributed import resolve_device
+
+    device = str(resolve_device(cfg.device))  # "auto" → the concrete device the scorer runs on
     sc = stage(cfg.runs_root, "score", {
         "method": cfg.method, "surrogate": sur.key if needs_surrogate else None,
         "source": r.src.fingerprint,
@@ -288,9 +289,3 @@ def _trajectory(method: str, sur: Stage, keep_epochs, log: Log) -> tuple[Path, .
         log(f"[score] {method}: the surrogate recipe keeps no early checkpoint "
             "(train.keep_epochs); scoring the final surrogate instead")
     return tuple(sur.output(early_checkpoint_name(e)) for e in sorted(keep_epochs))
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
