@@ -24,8 +24,6 @@ from .recipes import (PAPER_PROTOCOLS, PAPER_SSL_LP, recipe_scale, recipe_scorer
 from .score import self_supervised_refusal
 from .targets import check_synth_target, display_names
 
-FINETUNE_MODES = ("lp", "ff")
-
 
 @dataclass(frozen=True)
 class Resolved:
@@ -39,6 +37,7 @@ class Resolved:
     recipe_names: dict[str, str]  # surrogate, pretrain, lp, ff (the first target's LP/FF)
     surrogate: Any  # the loaded Recipe objects
     pretrain: Any
+    pretrain_overrides: tuple[str, ...]  # what `pretrain` was loaded with (--set, --arch)
     # per target: mode → (recipe name, loaded Recipe without a seed override)
     finetune: tuple[dict[str, tuple[str, Any]], ...]
     options: dict[str, Any]  # the scorer's options: --opt over the surrogate recipe's
@@ -240,5 +239,6 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
     return Resolved(source_dir=source_dir, target_dirs=target_dirs, target_names=names, src=src,
                     tgts=tgts, recipe_names={"surrogate": sur_name, "pretrain": pre_name,
                                              **names_first},
-                    surrogate=surrogate, pretrain=pretrain, finetune=tuple(per_target),
+                    surrogate=surrogate, pretrain=pretrain,
+                    pretrain_overrides=tuple(pre_overrides), finetune=tuple(per_target),
                     options=options, recipe_options=recipe_options)

@@ -16,8 +16,6 @@ from ..contracts import StageResult, check_version
 from ..errors import DataError
 from .stages import StageRun
 
-ROLES = ("surrogate", "score", "prune", "pretrain", "finetune")
-
 
 @dataclass(frozen=True)
 class StagePlace:

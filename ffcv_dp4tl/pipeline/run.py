@@ -182,10 +182,9 @@ def pretrain_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, pr: Stage,
     in-domain baseline — for any target) is one pretraining."""
     from ..training.trainer import train
 
-    pre_overrides = list(cfg.overrides) + ([f"model.arch={cfg.arch}"] if cfg.arch else [])
     out = {}
     for i, seed in enumerate(ok.seeds):
-        over = pre_overrides + _seed_overrides(seed)
+        over = list(r.pretrain_overrides) + _seed_overrides(seed)
         rec = with_seed(r.pretrain, seed) if seed else r.pretrain
         pt = stage(cfg.runs_root, "pretrain", {
             "recipe": r.recipe_names["pretrain"], "overrides": over,
