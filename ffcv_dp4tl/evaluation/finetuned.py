@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import DP4TLError
 from ..fsutil import read_json
+from ..training.checkpoint import FinetuneState
 from ..training.finetune import RESULT_NAME, STATE_NAME, load_pretrained
 from ..training.models import backbone, get_head
 
@@ -76,11 +77,11 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
     dev = torch.device(device)
     model, _ = load_pretrained(ckpt, dev)
     backbone(model).reset_classifier(int(result["target_classes"]))
-    state = torch.load(state_path, map_location=dev, weights_only=False)
+    state = FinetuneState.load(state_path)  # the typed contract: damaged or newer files refused
     net = get_head(model) if result["mode"] == "lp" else model
     try:
-        net.load_state_dict(state["net"])
-    except (RuntimeError, KeyError) as e:
+        net.load_state_dict(state.net)
+    except RuntimeError as e:
         raise DP4TLError(f"{state_path} does not fit {ckpt} ({type(e).__name__}); the source "
                          "checkpoint was replaced after finetuning, rerun the finetuning") from None
     model.eval()
