@@ -23,8 +23,9 @@ def _share(x: float | None) -> str:
     return "–" if x is None else f"{x * 100:.1f} %"
 
 
-def _f(x: float | None) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"
+def num(x: float | None, fmt: str = "{:.1f}") -> str:
+    """A table cell: ``x`` formatted, or "–" when it is missing (None or NaN)."""
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
 
 def ratio_label(ratio: float) -> str:
@@ -101,7 +102,7 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
          "|---:|---:|---:|" + "---:|" * len(methods) + "---:|---:|---:|---:|"]
     L.append(f"| 0 % | {PAPER_TOTAL_HOURS[0.0]} | – | "
              + " | ".join(f"{ref['total_s']:.1f}" for _ in methods)
-             + f" | {ref['pretrain_s']:.1f} | – | {_f(ref.get('pretrain_cpu_s'))} | – |")
+             + f" | {ref['pretrain_s']:.1f} | – | {num(ref.get('pretrain_cpu_s'))} | – |")
     for r in pruned:
         cs = [cost[(m, r)] for m in methods if (m, r) in cost]
         pre = mean_std([c["pretrain_s"] for c in cs])[0]
@@ -112,12 +113,12 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
                  if (m, r) in cost else "–" for m in methods]
         L.append(f"| {ratio_label(r)} | {ph if ph is not None else '–'} | {_pct(paper_reduction(r))} | "
                  + " | ".join(cells)
-                 + f" | {pre:.1f} | {_pct(1 - pre / ref['pretrain_s'])} | {_f(pre_cpu)} | "
+                 + f" | {pre:.1f} | {_pct(1 - pre / ref['pretrain_s'])} | {num(pre_cpu)} | "
                  f"{_pct(1 - pre_cpu / ref_cpu)} |")
     sur = t.get("surrogate_s")
     if t.get("surrogate_brought"):
         L += ["", f"The surrogate was **brought** (`{t['surrogate_brought']}`, imported, not "
-              f"trained): its {_f(sur)} s are the import, not a training run; the paper's totals "
+              f"trained): its {num(sur)} s are the import, not a training run; the paper's totals "
               "include training it."]
     elif sur and ref["pretrain_s"]:
         share = sur / ref["pretrain_s"]
@@ -140,12 +141,12 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
           "reduction | total CPU-s | reduction (CPU-s) |",
           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
           f"| {REFERENCE} | 0 % | 100 % | 0 | 0 | 0 | {ref['pretrain_s']:.1f} | "
-          f"{ref['total_s']:.1f} | – | {_f(ref.get('total_cpu_s'))} | – |"]
+          f"{ref['total_s']:.1f} | – | {num(ref.get('total_cpu_s'))} | – |"]
     for c in t["cost"][1:]:
         L.append(f"| {method_label(c['method'])} | {ratio_label(c['ratio'])} | "
                  f"{_share(c.get('kept_sample_fraction'))} | {c['surrogate_s']:.1f} | "
                  f"{c['score_s']:.1f} | {c['prune_s']:.2f} | {c['pretrain_s']:.1f} | "
-                 f"{c['total_s']:.1f} | {_pct(c['reduction'])} | {_f(c.get('total_cpu_s'))} | "
+                 f"{c['total_s']:.1f} | {_pct(c['reduction'])} | {num(c.get('total_cpu_s'))} | "
                  f"{_pct(c.get('cpu_reduction'))} |")
     if t["selection"]:
         r = t["selection"][0]["ratio"]
@@ -166,7 +167,7 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
             ph = s.get("paper_h")
             L.append(f"| {method_label(s['method'])} | {s['surrogate_s']:.1f} | {s['score_s']:.1f} | "
                      f"{s['selection_inner_s']:.1f} | {s['total_s']:.1f} | "
-                     f"{_f(s.get('with_pretrain_s'))} | {ph if ph is not None else '–'} | "
+                     f"{num(s.get('with_pretrain_s'))} | {ph if ph is not None else '–'} | "
                      f"{method_cost(s['method'])} |")
     for mode in t["finetune"]:
         acc = t["accuracy"].get(mode)

@@ -22,7 +22,6 @@ shared across ratios; a rerun with more ratios trains only what is new.
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -34,6 +33,7 @@ from ..pipeline.config import PipelineConfig
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import run_pipeline
 from ..reporting import machine_info
+from .markdown import num, ratio_label
 from .plots import pyplot
 from .stats import best_winning_subset
 
@@ -191,20 +191,12 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
 
 
 # ---------------------------------------------------------------------------------- report
-def _f(x: float | None, fmt: str = "{:.1f}") -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
-
-
-def _r(r: float) -> str:
-    return f"{100 * r:.0f} %"
-
-
 def markdown_tables(t: dict[str, Any], plot_prefix: str = "") -> str:
     """The report's tables (no title): the Tab. A6 analogue beside the paper, accuracy per
     ratio (Fig. 5), and what each surrogate cost."""
     ref_label, r0 = arch_label(t["reference"]), t["ratio"]
     mode = t["finetune"][0]
-    L = [f"### Surrogate size vs selection (Tab. A6): LM at {_r(r0)}", "",
+    L = [f"### Surrogate size vs selection (Tab. A6): LM at {ratio_label(r0)}", "",
          f"Overlap = share of the {ref_label} surrogate's kept source classes that this "
          f"surrogate's LM selection keeps too (|A ∩ B| / |B|, B = {ref_label}'s). Largest "
          f"winning ratio = the largest pruning ratio tried whose {mode.upper()} accuracy is ≥ "
@@ -212,51 +204,51 @@ def markdown_tables(t: dict[str, Any], plot_prefix: str = "") -> str:
          "OxfordPets, RN-101 source model).", "",
          "| surrogate | params as run (M) | params, paper size (M) | *paper* (M) | source val "
          "top-1 (%) | *paper* (%) | class overlap w/ " + ref_label + " (%) | *paper* (%) | "
-         f"{mode.upper()} top-1 at {_r(r0)} (%) | largest winning ratio | *paper* |",
+         f"{mode.upper()} top-1 at {ratio_label(r0)} (%) | largest winning ratio | *paper* |",
          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for arch in t["archs"]:
         rec, p = t["runs"][arch], t["paper"].get(arch, {})
         sur = rec.get("surrogate", {})
         top1 = sur.get("top1_val")
         w = rec["winners"].get(mode)
-        win = ("–" if w is None else (_r(w["ratio"]) if w["ratio"] > 0 else "none"))
+        win = ("–" if w is None else (ratio_label(w["ratio"]) if w["ratio"] > 0 else "none"))
         L.append(f"| {rec['label']}{' (reference)' if arch == t['reference'] else ''} | "
-                 f"{_f(rec.get('params', 0) / 1e6, '{:.3f}')} | "
-                 f"{_f(rec.get('params_paper', 0) / 1e6, '{:.3f}')} | "
-                 f"{_f(p.get('params_m'), '{:.3f}')} | "
-                 f"{_f(None if top1 is None else 100 * top1)} | {_f(p.get('source_top1'))} | "
-                 f"{_f(100 * rec['overlap'])} | {_f(p.get('overlap'))} | "
-                 f"{_f(rec['by_ratio'][str(r0)].get(f'{mode}_top1'))} | {win} | "
-                 f"{_r(p['winning']) if 'winning' in p else '–'} |")
+                 f"{num(rec.get('params', 0) / 1e6, '{:.3f}')} | "
+                 f"{num(rec.get('params_paper', 0) / 1e6, '{:.3f}')} | "
+                 f"{num(p.get('params_m'), '{:.3f}')} | "
+                 f"{num(None if top1 is None else 100 * top1)} | {num(p.get('source_top1'))} | "
+                 f"{num(100 * rec['overlap'])} | {num(p.get('overlap'))} | "
+                 f"{num(rec['by_ratio'][str(r0)].get(f'{mode}_top1'))} | {win} | "
+                 f"{ratio_label(p['winning']) if 'winning' in p else '–'} |")
     for m in t["finetune"]:
         L += ["", f"### Target top-1 (%) vs pruning ratio — {m.upper()} (Fig. 5)", "",
               f"0 % = the source model pretrained on the full source (shared by all surrogates): "
-              f"**{_f(t['reference_acc'].get(m))}**. Final-epoch accuracy (best evaluated epoch "
+              f"**{num(t['reference_acc'].get(m))}**. Final-epoch accuracy (best evaluated epoch "
               "in results.json).", "",
-              "| surrogate | " + " | ".join(_r(r) for r in t["ratios"]) + " |",
+              "| surrogate | " + " | ".join(ratio_label(r) for r in t["ratios"]) + " |",
               "|---|" + "---:|" * len(t["ratios"])]
         for arch in t["archs"]:
             rec = t["runs"][arch]
             L.append(f"| {rec['label']} | " + " | ".join(
-                _f(rec["by_ratio"][str(r)].get(f"{m}_top1")) for r in t["ratios"]) + " |")
+                num(rec["by_ratio"][str(r)].get(f"{m}_top1")) for r in t["ratios"]) + " |")
     if len(t["ratios"]) > 1:
         L += ["", f"Class overlap with {ref_label} (%) at each ratio:", "",
-              "| surrogate | " + " | ".join(_r(r) for r in t["ratios"]) + " |",
+              "| surrogate | " + " | ".join(ratio_label(r) for r in t["ratios"]) + " |",
               "|---|" + "---:|" * len(t["ratios"])]
         for arch in t["archs"]:
             rec = t["runs"][arch]
             L.append(f"| {rec['label']} | " + " | ".join(
-                _f(100 * rec["by_ratio"][str(r)]["overlap"]["share"]) for r in t["ratios"]) + " |")
+                num(100 * rec["by_ratio"][str(r)]["overlap"]["share"]) for r in t["ratios"]) + " |")
     L += ["", "What each surrogate cost (wall seconds on this machine; cached stages report the "
           "time measured when they ran) and its recipe overrides:", "",
-          "| surrogate | train s | LM score s | kept samples at " + _r(r0) + " | overrides |",
+          "| surrogate | train s | LM score s | kept samples at " + ratio_label(r0) + " | overrides |",
           "|---|---:|---:|---:|---|"]
     for arch in t["archs"]:
         rec = t["runs"][arch]
         br = rec["by_ratio"][str(r0)]
         frac = br.get("kept_sample_fraction")
-        L.append(f"| {rec['label']} | {_f(rec.get('surrogate', {}).get('seconds'))} | "
-                 f"{_f(br.get('score_s'))} | {_f(None if frac is None else 100 * frac)} % | "
+        L.append(f"| {rec['label']} | {num(rec.get('surrogate', {}).get('seconds'))} | "
+                 f"{num(br.get('score_s'))} | {num(None if frac is None else 100 * frac)} % | "
                  f"`{' '.join(rec['surrogate_overrides'])}` |")
     if plot_prefix is not None:
         L += ["", f"![accuracy vs pruning ratio per surrogate]({plot_prefix}surrogates.png)"]
@@ -277,8 +269,8 @@ def header_lines(t: dict[str, Any]) -> list[str]:
             + "".join(f"; {name} overrides `{' '.join(cfg[key])}`" for name, key in (
                 ("pretrain", "overrides"), ("surrogate", "surrogate_overrides"),
                 ("finetune", "finetune_overrides")) if cfg.get(key)),
-            f"- method LM, ratios {', '.join(_r(r) for r in t['ratios'])}, overlap at "
-            f"{_r(t['ratio'])} vs `{t['reference']}`; seeds {cfg.get('seeds') or [cfg['seed']]}",
+            f"- method LM, ratios {', '.join(ratio_label(r) for r in t['ratios'])}, overlap at "
+            f"{ratio_label(t['ratio'])} vs `{t['reference']}`; seeds {cfg.get('seeds') or [cfg['seed']]}",
             *(f"- note: {n}" for n in t.get("notes") or ())]
 
 
@@ -333,7 +325,7 @@ def plot(t: dict[str, Any], path: Path) -> None:
                    label="paper Tab. A6 (ImageNet)")
     a2.set_xscale("log")
     a2.set_xlabel("surrogate parameters (M, log)")
-    a2.set_ylabel(f"class overlap with {arch_label(t['reference'])} at {_r(t['ratio'])} (%)")
+    a2.set_ylabel(f"class overlap with {arch_label(t['reference'])} at {ratio_label(t['ratio'])} (%)")
     a2.set_title("source class selection overlap (Tab. A6)", fontsize=9)
     a2.grid(alpha=0.3)
     a2.legend(fontsize=7)
