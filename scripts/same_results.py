@@ -7,9 +7,10 @@ and a changed key shows as a stage that ran again), then:
 
     python scripts/same_results.py BEFORE/results.json AFTER/results.json
 
-Prints every difference outside wall/CPU times, dates, load and run-folder paths (fields that
-only AFTER has are listed as additions, not differences); exit status 0 when there is none,
-1 otherwise, 2 on unreadable input. ARCHITECTURE.md, "Changing the shape", shows a run.
+Prints every difference outside wall/CPU times, dates and load (paths under either file's
+``config.runs_root`` compare relative to it; fields that only AFTER has are listed as
+additions, not differences); exit status 0 when there is none, 1 otherwise, 2 on unreadable
+input. ARCHITECTURE.md, "Changing the shape", shows a run.
 """
 from __future__ import annotations
 
@@ -25,11 +26,19 @@ IGNORED = re.compile(r"(^|_)(s|seconds|cpu_s|cpu_seconds|time|date|created|finis
                      r"loadavg_1min|load1|machine|command|runs_root|reduction|cpu_reduction)$")
 
 
-def _is_path(v: Any) -> bool:
-    return isinstance(v, str) and v.startswith("/") and ("/runs" in v or "/ct-" in v or "/tmp/" in v)
+def _in_runs(v: Any, roots: tuple[str, ...]) -> Any:
+    """A path under either file's runs root, written relative to it: the AFTER run works on a
+    copy of BEFORE's runs folder, and stages it reused still name files under BEFORE's root.
+    Anything else unchanged."""
+    for root in roots:
+        root = root.rstrip("/")
+        if root and isinstance(v, str) and v.startswith(root + "/"):
+            return "RUNS/" + v[len(root) + 1:]
+    return v
 
 
-def diff(a: Any, b: Any, path: str, out: dict[str, list[str]]) -> None:
+def diff(a: Any, b: Any, path: str, out: dict[str, list[str]], roots: tuple[str, ...] = ()
+         ) -> None:
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b), key=str):
             p = f"{path}/{k}"
@@ -40,11 +49,11 @@ def diff(a: Any, b: Any, path: str, out: dict[str, list[str]]) -> None:
             elif k not in b:
                 out["removed"].append(f"{p} (was {json.dumps(a[k])[:120]})")
             else:
-                diff(a[k], b[k], p, out)
+                diff(a[k], b[k], p, out, roots)
     elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         for i, (u, v) in enumerate(zip(a, b)):
-            diff(u, v, f"{path}[{i}]", out)
-    elif a != b and not (_is_path(a) and _is_path(b) and Path(a).name == Path(b).name):
+            diff(u, v, f"{path}[{i}]", out, roots)
+    elif _in_runs(a, roots) != _in_runs(b, roots):
         out["changed"].append(f"{path}: {json.dumps(a)[:120]} -> {json.dumps(b)[:120]}")
 
 
@@ -59,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out: dict[str, list[str]] = {"changed": [], "removed": [], "added": []}
-    diff(a, b, "", out)
+    roots = tuple(str((d.get("config") or {}).get("runs_root", "")) if isinstance(d, dict) else ""
+                  for d in (a, b))
+    diff(a, b, "", out, roots)
     for kind in ("changed", "removed", "added"):
         for line in out[kind]:
             print(f"{kind}: {line}")

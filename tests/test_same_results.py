@@ -42,8 +42,11 @@ def test_times_dates_and_run_folders_are_not_differences(tmp_path, capsys):
 def test_a_changed_accuracy_or_a_lost_field_is_a_difference(tmp_path, capsys):
     after = json.loads(json.dumps(BEFORE))
     after["rows"][0]["top1"] = 55.5
+    after["config"]["runs_root"] = "/tmp/b/runs"
+    after["rows"][0]["mask"] = "/tmp/b/runs/prune-2/train.npy"  # another stage key: another mask
     del after["config"]["ratio"]
     assert _main()([str(_write(tmp_path, "a.json", BEFORE)), str(_write(tmp_path, "b.json", after))]) == 1
     out = capsys.readouterr().out
     assert "changed: /rows[0]/top1: 55.6 -> 55.5" in out and "removed: /config/ratio" in out
+    assert "changed: /rows[0]/mask" in out
     assert _main()([str(tmp_path / "missing.json"), str(tmp_path / "b.json")]) == 2
