@@ -288,8 +288,10 @@ class FFCVMaskedLoader(PlanLoaderBase):
         self.normalize = Normalize(dtype, channels_last).to(self.device)
         self.epoch = 0
 
-    def set_epoch(self, epoch: int, resolution: int | None = None) -> None:
-        """Select the epoch (order) and, for progressive resizing, the output resolution."""
+    def set_epoch(self, epoch: int, resolution: int | None = None,
+                  next_resolution: int | None = None) -> None:
+        """Select the epoch (order) and, for progressive resizing, the output resolution
+        (``next_resolution``, a hint about the next epoch, is not used)."""
         self.epoch = epoch
         self.loader.next_epoch = epoch
         if resolution is not None:

@@ -33,8 +33,11 @@ class MaskedLoader(Protocol):
         """Output side length in pixels of the next epoch."""
         ...
 
-    def set_epoch(self, epoch: int, resolution: int | None = None) -> None:
-        """Select the epoch (order, crops) and, for progressive resizing, the resolution."""
+    def set_epoch(self, epoch: int, resolution: int | None = None,
+                  next_resolution: int | None = None) -> None:
+        """Select the epoch (order, crops) and, for progressive resizing, the resolution.
+        ``next_resolution``: epoch ``epoch + 1`` follows at that resolution (a loader may start
+        building its first batches early; the WebDataset loader does); None: no promise."""
         ...
 
     def __len__(self) -> int:
@@ -69,8 +72,10 @@ class PlanLoaderBase:
     def crop_scale(self) -> tuple[float, float]:
         return self.aug.crop_scale
 
-    def set_epoch(self, epoch: int, resolution: int | None = None) -> None:
-        """Select the epoch (order, crops) and, for progressive resizing, the resolution."""
+    def set_epoch(self, epoch: int, resolution: int | None = None,
+                  next_resolution: int | None = None) -> None:
+        """Select the epoch (order, crops) and, for progressive resizing, the resolution
+        (``next_resolution``, a hint about the next epoch, is not used here)."""
         self.epoch = epoch
         if resolution is not None:
             self.resolution = resolution

@@ -5,19 +5,28 @@ epoch seeks straight to the kept JPEGs: the bytes read scale with the mask, not 
 dataset. Decoding runs in torch DataLoader worker processes (PIL), one whole batch per worker
 task, and the sampler hands each worker ``(sample indices, resolution, aug seed)`` so
 progressive resizing and per-epoch seeds need no state shared with workers.
+
+Across epochs the workers see one stream of batches: when the caller says which epoch comes
+next (``set_epoch(epoch, resolution, next_resolution=...)``, as the trainer does), the sampler
+runs on into that epoch's first batches while this one drains, so an epoch does not begin with
+idle workers filling the pipeline (issue 21: on a 10-batch epoch that fill cost 20-30 %). Every
+batch is still a pure function of ``(sample indices, resolution, aug seed)``; a speculative
+batch that the next ``set_epoch`` does not match is dropped (torch restarts the stream).
 """
 from __future__ import annotations
 
 import io
+import math
 import re
 import os
 import weakref
+from collections import deque
 from typing import Iterator
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from ..errors import DataError
 from .manifest import SplitInfo
@@ -78,12 +87,18 @@ class _MaskedShardDataset(Dataset):
     the output), draws every crop and flip of the batch at once (:func:`crop_draws`, the rule
     the GPU-decode loader shares), resizes into one uint8 array and, when the loader's device is
     the CPU, normalises it here (``normalize``): the main process then only receives finished
-    batches. Returns ``(images, labels, indices[, images2])`` or :class:`_Failed`."""
+    batches. Returns ``(images, labels, indices[, images2])`` or :class:`_Failed`.
+
+    In a worker the returned images are written straight into shared memory (torch would copy
+    them there to send them) and normalised in place, the uint8 pixels going to a buffer
+    reused from batch to batch: about a quarter of the fresh pages per batch, whose page
+    faults were a large part of a worker's CPU time on small images."""
 
     def __init__(self, split: SplitInfo, aug: AugSpec, normalize: Normalize | None):
         self.reader = ShardReader(split)
         self.aug = aug
         self.normalize = normalize
+        self._scratch: dict[torch.dtype, torch.Tensor] = {}  # per-process reusable buffers
 
     def __len__(self) -> int:
         return len(self.reader.index)
@@ -113,7 +128,12 @@ class _MaskedShardDataset(Dataset):
         opened = [self._open(int(i), resolution) for i in indices]
         hw = np.array([(img.height, img.width) for img, _ in opened], np.int64).reshape(n, 2)
         draws = crop_draws(hw, indices, eseed=eseed, aug=aug)
-        out = np.empty((len(draws), n, resolution, resolution, 3), np.uint8)
+        shape = (len(draws), n, resolution, resolution, 3)
+        shared = get_worker_info() is not None  # in a worker: the batch goes to the main process
+        # uint8 pixels: scratch when normalised here, else sent as is (the device normalises)
+        u8 = (self._buffer(torch.uint8, shape) if self.normalize is not None
+              else _new_tensor(shape, torch.uint8, shared))
+        out = u8.numpy()
         for k, (i, (img, _)) in enumerate(zip(indices.tolist(), opened)):
             try:
                 img = img.convert("RGB")  # decodes: a damaged JPEG raises here
@@ -122,18 +142,51 @@ class _MaskedShardDataset(Dataset):
             for v, (boxes, flips) in enumerate(draws):
                 out[v, k] = crop_resize(img, tuple(boxes[k].tolist()), resolution,
                                         flip=bool(flips[k]))
-        views = [torch.from_numpy(x) for x in out]
+        views = list(u8.unbind(0))
         if self.normalize is not None:
-            views = [self.normalize(x) for x in views]
+            views = [self._normalized(x, shared) for x in views]
         labels = torch.tensor([label for _, label in opened], dtype=torch.int64)
         return (views[0], labels, torch.from_numpy(np.asarray(indices, np.int64)), *views[1:])
 
+    def _buffer(self, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        """This process's scratch tensor of ``dtype`` and ``shape`` (reused while it holds)."""
+        buf = self._scratch.get(dtype)
+        if buf is None or tuple(buf.shape) != shape:
+            buf = self._scratch[dtype] = torch.empty(shape, dtype=dtype)
+        return buf
+
+    def _normalized(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
+        """What :class:`Normalize` gives for the uint8 NHWC batch ``x`` (the same floats: the
+        same subtraction and division, in place), in a new tensor of the loader's dtype that is
+        NHWC in memory as :class:`Normalize`'s output is, in shared memory when ``shared``."""
+        norm = self.normalize
+        dtype = norm.dtype
+        out = _new_tensor(tuple(x.shape), dtype, shared).permute(0, 3, 1, 2)
+        f = (out if dtype == torch.float32
+             else self._buffer(torch.float32, tuple(x.shape)).permute(0, 3, 1, 2))
+        f.copy_(x.permute(0, 3, 1, 2))
+        f.sub_(norm.mean).div_(norm.std)
+        if f is not out:
+            out.copy_(f)
+        return out
+
+
+def _new_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """An uninitialised tensor; with ``shared``, in shared memory (how torch's own collate
+    allocates batches in workers, so sending it copies nothing)."""
+    if not shared:
+        return torch.empty(shape, dtype=dtype)
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    return torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(nbytes)).view(shape)
+
 
 class _PlanSampler(Sampler):
-    """One item per batch of the epoch: ``(sample indices, resolution, aug seed)``, the plan's
-    order cut into ``batch_size`` pieces (the last one dropped or short per ``drop_last``).
+    """The workers' items, ``(sample indices, resolution, aug seed)``: an epoch's plan order
+    cut into ``batch_size`` pieces (the last one dropped or short per ``drop_last``), then, if
+    the loader announced the next epoch for it (``set_epoch(..., next_resolution=)``), straight
+    on into the next epoch's batches (see :class:`_Stream`).
 
-    Reads epoch/resolution from its loader through a weak reference: a strong one would make
+    Reads the loader through a weak reference: a strong one would make
     loader -> DataLoader -> sampler -> loader a cycle, freed only by the cyclic GC, whose
     teardown of persistent workers then stalls ~5 s (torch's worker join timeout) per loader."""
 
@@ -148,15 +201,53 @@ class _PlanSampler(Sampler):
         ld = self.loader
         return ld.plan.num_batches(ld.batch_size, ld.drop_last)
 
-    def __iter__(self):
-        # Read the epoch's settings up front: a paused generator must not hold the loader either.
-        ld = self.loader
-        order, resolution = ld.plan.order(ld.epoch), ld.resolution
-        eseed, b, drop_last = ld.plan.aug_seed(ld.epoch), ld.batch_size, ld.drop_last
-        del ld
-        n = len(order) - (len(order) % b if drop_last else 0)
-        for start in range(0, n, b):
-            yield np.asarray(order[start:min(start + b, n)], np.int64), resolution, eseed
+    def __iter__(self) -> "_Stream":
+        return _Stream(self._loader, self.loader._stream_start)
+
+
+class _Stream:
+    """The sampler's iterator: the items of epoch ``key``, then of the epoch the loader
+    announced to follow it. The announcement is read when ``key``'s items run out, from the
+    loader's ``_follows`` (``(epoch, announced next)``, set when an epoch's iteration begins);
+    each epoch taken on is appended to the loader's ``_queued``. With no announcement (yet) it
+    raises StopIteration but is not finished: torch's multi-worker iterator just dispatches
+    nothing then, and asks again when the next batch comes in, by which time the loader may
+    have announced more (an epoch shorter than what is in flight is dispatched whole before its
+    own iteration begins). The loader reads exactly one epoch of batches per iteration, so
+    torch keeps the workers busy across the boundary.
+
+    Holds the loader weakly, and only inside ``__next__`` strongly (see :class:`_PlanSampler`)."""
+
+    def __init__(self, loader_ref: "weakref.ref[WdsMaskedLoader]", key: tuple[int, int]):
+        self._loader = loader_ref
+        self.key = key
+        self._items: Iterator | None = None
+
+    def __iter__(self) -> "_Stream":
+        return self
+
+    def __next__(self) -> tuple[np.ndarray, int, int]:
+        while True:
+            if self._items is not None:
+                item = next(self._items, None)
+                if item is not None:
+                    return item
+            ld = self._loader()
+            if ld is None:
+                raise StopIteration
+            if self._items is not None:  # this epoch's items are out: on to the announced one
+                follows = ld._follows
+                if follows is None or follows[0] != self.key or follows[1] is None:
+                    raise StopIteration  # nothing announced (yet)
+                self.key = follows[1]
+                ld._queued.append(self.key)
+            epoch, resolution = self.key
+            order, eseed = ld.plan.order(epoch), ld.plan.aug_seed(epoch)
+            b, drop_last = ld.batch_size, ld.drop_last
+            del ld
+            n = len(order) - (len(order) % b if drop_last else 0)
+            self._items = ((np.asarray(order[i:min(i + b, n)], np.int64), resolution, eseed)
+                           for i in range(0, n, b))
 
 
 def _as_is(item):
@@ -169,7 +260,14 @@ class WdsMaskedLoader(PlanLoaderBase):
     Each DataLoader worker builds whole batches (decode, crop, and on a CPU device the
     normalisation), so the training process does no per-image or per-pixel work: on a 2-core
     machine that work used to compete with the workers (issue 21). On CUDA the uint8 batch is
-    sent (pinned) and normalised on the device, which moves 4x fewer bytes."""
+    sent (pinned) and normalised on the device, which moves 4x fewer bytes.
+
+    ``set_epoch(epoch, resolution, next_resolution=r)`` announces that epoch ``epoch + 1`` at
+    resolution ``r`` follows: the workers start on its first batches while this epoch drains (at
+    most ``prefetch_factor x num_workers`` batches, as many as are in flight within an epoch).
+    The next iteration uses them if it is that (epoch, resolution); otherwise they are dropped
+    and the workers restart on what was asked, so batches never depend on the look-ahead.
+    Without the announcement (the default, e.g. evaluation loaders) nothing is built ahead."""
 
     def __init__(self, split: SplitInfo, plan: EpochPlan, *, batch_size: int,
                  resolution: int, aug: AugSpec, device: str | torch.device = "cpu",
@@ -184,6 +282,15 @@ class WdsMaskedLoader(PlanLoaderBase):
         self.device = torch.device(device)
         self.drop_last = aug.train if drop_last is None else drop_last
         self.epoch = 0
+        #: (epoch, resolution) announced by set_epoch's next_resolution, or None
+        self._next: tuple[int, int] | None = None
+        # the stream of batches (one live DataLoader iterator across epochs; see _PlanSampler)
+        self._stream = None
+        self._stream_start: tuple[int, int] | None = None  # where a (re)started stream begins
+        self._follows: tuple[tuple[int, int], tuple[int, int] | None] | None = None
+        self._queued: deque[tuple[int, int]] = deque()  # epochs the stream took on, not yet read
+        self._stream_ok = False  # the stream stands at the start of _queued[0]
+        self.restarts = 0  #: epochs whose iteration (re)started the stream (no look-ahead used)
         self.normalize = Normalize(dtype, channels_last).to(self.device)
         on_cpu = self.device.type == "cpu"
         #: the workers normalise (CPU device); else the device does, after the uint8 copy
@@ -197,9 +304,31 @@ class WdsMaskedLoader(PlanLoaderBase):
             prefetch_factor=2 if num_workers > 0 else None,  # batches in flight per worker
         )
 
+    def set_epoch(self, epoch: int, resolution: int | None = None,
+                  next_resolution: int | None = None) -> None:
+        """Select the epoch (order, crops) and resolution; ``next_resolution``: epoch
+        ``epoch + 1`` follows at that resolution, so its first batches may be built early."""
+        super().set_epoch(epoch, resolution)
+        self._next = None if next_resolution is None else (epoch + 1, int(next_resolution))
+
     def __iter__(self) -> Iterator[Batch]:
-        nb = self.device.type == "cuda"
-        for out in self.dataloader:
+        key = (self.epoch, int(self.resolution))
+        workers = self.dataloader.num_workers > 0
+        nxt = self._next if workers and self._next and self._next[0] == key[0] + 1 else None
+        if workers and self._stream_ok and self._queued and self._queued[0] == key:
+            self._queued.popleft()  # its first batches are built or in flight already
+        else:  # (re)start the stream at this epoch; torch drops whatever was in flight
+            self._queued.clear()
+            self._stream_start = key
+            self._stream = None
+            self.restarts += 1
+        self._stream_ok = False
+        self._follows = (key, nxt)  # read by the sampler when this epoch's batches run out
+        if self._stream is None:
+            self._stream = iter(self.dataloader)
+        stream, nb = self._stream, self.device.type == "cuda"
+        for _ in range(len(self)):
+            out = next(stream)
             if isinstance(out, _Failed):
                 raise SampleError(out.message)
             images, labels, idx, *rest = out
@@ -208,4 +337,5 @@ class WdsMaskedLoader(PlanLoaderBase):
                 views = [self.normalize(v.to(self.device, non_blocking=nb)) for v in views]
             yield Batch(views[0], labels.to(self.device, non_blocking=nb), idx,
                         views[1] if len(views) > 1 else None)
+        self._stream_ok = workers
         self.epoch += 1

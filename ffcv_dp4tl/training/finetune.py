@@ -104,8 +104,9 @@ class FrozenFeatureLoader:
     def __len__(self) -> int:
         return len(self.images)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.images.set_epoch(epoch)
+    def set_epoch(self, epoch: int, resolution: int | None = None,
+                  next_resolution: int | None = None) -> None:
+        self.images.set_epoch(epoch, resolution, next_resolution=next_resolution)
 
     def __iter__(self):
         head = get_head(self.model)
@@ -268,7 +269,9 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     for epoch in range(start_epoch, end_epoch):
         if mode == "ff" or lp_augmented:  # cached LP features reshuffle from their own generator
             seed_epoch(tc.seed, epoch)
-            train_loader.set_epoch(epoch)
+            # the next epoch announced: the WebDataset loader's workers start on it early
+            train_loader.set_epoch(epoch, next_resolution=fc.resolution
+                                   if epoch + 1 < end_epoch else None)
         stats = train_one_epoch(net, train_loader, objective, opt, scaler, schedule, epoch=epoch,
                                 amp=amp, ctx=ctx, callbacks=callbacks)
         row = {"epoch": epoch, "loss": stats["loss"], "top1_train": stats["top1_train"],

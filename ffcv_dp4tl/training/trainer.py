@@ -456,7 +456,10 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
     for epoch in range(start_epoch, end_epoch):
         seed_epoch(tc.seed, epoch)
         res = resolution(tc, epoch)
-        train_loader.set_epoch(epoch, res)
+        # announcing the next epoch lets the WebDataset loader's workers start on it while this
+        # one drains (none after the last epoch of this call: nothing is built for nothing)
+        train_loader.set_epoch(epoch, res, next_resolution=resolution(tc, epoch + 1)
+                               if epoch + 1 < end_epoch else None)
         steps = None
         if ctx.enabled and objective.collective:
             # The objective communicates across ranks each step (MoCo gathers keys): all ranks

@@ -117,3 +117,149 @@ def test_dtype_and_channels_last_are_applied_in_the_workers(tex):
         assert b.images.dtype == torch.bfloat16
         assert b.images.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(a.images.to(torch.bfloat16), b.images)
+
+
+# ---------------------------------------------------------------------------------------------
+# Look-ahead across epochs: set_epoch(..., next_resolution=) lets the workers start on the
+# next epoch while one drains; the batches must be exactly those of a loader without it.
+# ---------------------------------------------------------------------------------------------
+
+RES = [16, 16, 20, 24, 24]  # progressive resizing: a resolution per epoch
+
+
+def _batches(loader):
+    """One epoch as a list of (indices, labels, images, images2) per batch."""
+    return [(b.indices.tolist(), b.labels.tolist(), b.images,
+             b.images2 if b.images2 is not None else torch.empty(0)) for b in loader]
+
+
+def _same(got, want, what):
+    assert len(got) == len(want), what
+    for k, (g, w) in enumerate(zip(got, want)):
+        assert g[0] == w[0] and g[1] == w[1], (what, k)
+        assert torch.equal(g[2], w[2]) and torch.equal(g[3], w[3]), (what, k)
+
+
+def _reference_epochs(tex, settings, **kw):
+    """The batches of each (epoch, resolution) from a fresh in-process loader (no look-ahead)."""
+    ref = make_loader(tex, "train", fmt="wds", num_workers=0, **kw)
+    out = []
+    for epoch, res in settings:
+        ref.set_epoch(epoch, res)
+        out.append(_batches(ref))
+    return out
+
+
+@pytest.mark.parametrize("batch_size,workers,views", [(3, 2, 1), (7, 2, 2), (5, 1, 1)])
+def test_look_ahead_gives_the_batches_of_a_loader_without_it(tex, batch_size, workers, views):
+    """Epoch after epoch with the next one announced, the stream is started once and never
+    restarted, and every batch (indices, labels, pixels of both views) equals the in-process
+    loader's. batch 7: an epoch of 3 batches is shorter than what is in flight (2 x workers),
+    so the whole next epoch is dispatched before its set_epoch."""
+    split = load_manifest(tex).split("train")
+    kw = dict(aug=AugSpec.for_train(views=views), batch_size=batch_size, seed=5,
+              mask=make_mask([i for i in range(N) if i % 5 != 2], split), resolution=RES[0])
+    want = _reference_epochs(tex, list(enumerate(RES)), **kw)
+    loader = make_loader(tex, "train", fmt="wds", num_workers=workers, **kw)
+    kept = set(loader.plan.indices.tolist())
+    for epoch, res in enumerate(RES):
+        nxt = RES[epoch + 1] if epoch + 1 < len(RES) else None
+        loader.set_epoch(epoch, res, next_resolution=nxt)
+        got = _batches(loader)
+        _same(got, want[epoch], epoch)
+        assert {i for b in got for i in b[0]} <= kept  # the mask holds for speculative batches too
+        assert all(b[2].shape[-1] == res for b in got)
+        # the workers already took on the announced epoch (none after the last)
+        assert list(loader._queued) == ([(epoch + 1, nxt)] if nxt else [])
+    assert loader.restarts == 1
+
+
+def test_a_different_set_epoch_drops_the_look_ahead(tex):
+    """Announced (epoch + 1, resolution) but then asked for something else: another
+    resolution, another epoch, the same epoch again, or the next epoch without set_epoch at a
+    resolution other than announced. Each time the stream restarts and the batches are those
+    asked for; the announced one, asked for, is used without a restart."""
+    kw = dict(aug=AugSpec.for_train(), batch_size=4, seed=8, resolution=16)
+    steps = [  # (set_epoch arguments or None = iterate without set_epoch, restarts expected)
+        ((0, 16, 16), 1),
+        ((1, 20, 20), 2),   # announced res 16, asked 20: dropped
+        ((5, 20, 20), 3),   # announced epoch 2, asked 5: dropped
+        ((5, 20, 24), 4),   # the same epoch again: dropped
+        (None, 5),          # epoch 6 at 20 (announced 24): dropped
+        ((7, 20, 20), 6),   # epoch 7 (no announcement from the implicit epoch 6)
+        ((8, 20, None), 6),  # announced by epoch 7 and used
+        ((9, 20, None), 7),  # nothing announced
+    ]
+    settings, epoch, res = [], None, None
+    for args, _ in steps:
+        epoch, res = (args[0], args[1]) if args else (epoch + 1, res)
+        settings.append((epoch, res))
+    want = _reference_epochs(tex, settings, **kw)
+    loader = make_loader(tex, "train", fmt="wds", num_workers=2, **kw)
+    for k, (args, restarts) in enumerate(steps):
+        if args:
+            loader.set_epoch(args[0], args[1], next_resolution=args[2])
+        _same(_batches(loader), want[k], settings[k])
+        assert loader.restarts == restarts, settings[k]
+
+
+def test_an_epoch_left_early_restarts_the_stream(tex):
+    """A consumer that stops mid-epoch (break, an error): the next iteration starts the epoch
+    asked for from its first batch, not from where the stream stood."""
+    kw = dict(aug=AugSpec.for_train(), batch_size=3, seed=1, resolution=16)
+    want = _reference_epochs(tex, [(0, 16), (1, 16), (1, 16)], **kw)
+    loader = make_loader(tex, "train", fmt="wds", num_workers=2, **kw)
+    loader.set_epoch(0, next_resolution=16)
+    _same(_batches(loader), want[0], 0)
+    loader.set_epoch(1, next_resolution=16)
+    for k, b in enumerate(loader):
+        if k == 2:
+            break
+    assert loader.epoch == 1  # not a full pass
+    loader.set_epoch(1, next_resolution=16)
+    _same(_batches(loader), want[2], "after a partial epoch")
+    assert loader.restarts == 2
+
+
+def test_look_ahead_keeps_ranks_disjoint(tex):
+    """Two ranks with look-ahead: each epoch they cover the kept samples exactly once."""
+    split = load_manifest(tex).split("train")
+    mask = make_mask(range(1, N, 2), split)
+    kw = dict(fmt="wds", aug=AugSpec.for_train(), batch_size=2, seed=3, resolution=16,
+              drop_last=False, mask=mask, num_workers=2, world_size=2)
+    ranks = [make_loader(tex, "train", rank=r, **kw) for r in range(2)]
+    for epoch in range(3):
+        seen = []
+        for ld in ranks:
+            ld.set_epoch(epoch, next_resolution=16)
+            idx = [i for b in ld for i in b.indices.tolist()]
+            assert idx == ld.plan.order(epoch).tolist()
+            seen += idx
+        assert sorted(seen) == mask.indices.tolist(), epoch
+    assert [ld.restarts for ld in ranks] == [1, 1]  # (3 batches an epoch, 4 in flight)
+
+
+def test_a_loader_with_batches_built_ahead_shuts_down_at_once(tex):
+    """Dropped with the next epoch's batches in flight: freed without the cyclic GC, and its
+    worker processes exit."""
+    import gc
+    import time
+    import weakref
+
+    loader = make_loader(tex, "train", fmt="wds", aug=AugSpec.for_train(), batch_size=3,
+                         resolution=16, num_workers=2)
+    loader.set_epoch(0, next_resolution=16)
+    assert sum(len(b.indices) for b in loader) == (N // 3) * 3
+    assert list(loader._queued) == [(1, 16)]
+    workers = list(loader.dataloader._iterator._workers)
+    ref = weakref.ref(loader)
+    gc.disable()
+    try:
+        del loader
+        assert ref() is None, "loader kept alive by a reference cycle"
+    finally:
+        gc.enable()
+    deadline = time.monotonic() + 20
+    while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(w.is_alive() for w in workers)

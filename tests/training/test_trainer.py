@@ -145,3 +145,39 @@ def test_tensorboard_logs_every_epoch_once_also_after_resume(source_dir, tmp_pat
         assert [e.step for e in acc.Scalars(tag)] == [1, 2, 3], tag
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [e.value for e in acc.Scalars("loss")] == pytest.approx([x["loss"] for x in rows])
+
+
+def test_workers_building_the_next_epoch_early_change_no_weight(source_dir, tmp_path, test_recipe,
+                                                                 monkeypatch):
+    """The trainer announces each next epoch and its resolution (progressive resizing here), so
+    the WebDataset loader's workers start on it while one drains: the weights are bit-identical
+    to a run whose announcements are withheld (each epoch starting the workers afresh), and the
+    look-ahead was used (one stream for the 3 epochs)."""
+    from ffcv_dp4tl.data.wds_loader import WdsMaskedLoader
+
+    calls, withhold = [], [True]
+    orig = WdsMaskedLoader.set_epoch
+
+    def spy(self, epoch, resolution=None, next_resolution=None):
+        calls.append((epoch, resolution, next_resolution, self.restarts))
+        orig(self, epoch, resolution, None if withhold[0] else next_resolution)
+
+    monkeypatch.setattr(WdsMaskedLoader, "set_epoch", spy)
+    split = load_manifest(source_dir).split("train")
+    mask = make_mask(np.arange(0, split.num_samples, 2), split, method="test")
+    r = test_recipe("train.epochs=3", "train.min_res=16", "train.max_res=24",
+                    "train.res_multiple=4", "train.start_ramp=0", "train.end_ramp=2",
+                    "data.num_workers=2")
+    kw = dict(mask=mask, fmt="wds", device="cpu", progress=False)
+    train(r, source_dir, out_dir=tmp_path / "a", **kw)
+    # announced: epoch 1 at 20 px, epoch 2 at 24 px, nothing after the last; withheld: a
+    # restart each epoch
+    assert calls == [(0, 16, 20, 0), (1, 20, 24, 1), (2, 24, None, 2)]
+    calls.clear()
+    withhold[0] = False
+    train(r, source_dir, out_dir=tmp_path / "b", **kw)
+    assert calls == [(0, 16, 20, 0), (1, 20, 24, 1), (2, 24, None, 1)]  # one stream, 3 epochs
+    a = Checkpoint.load(tmp_path / "a" / "checkpoint.pt").model
+    b = Checkpoint.load(tmp_path / "b" / "checkpoint.pt").model
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
