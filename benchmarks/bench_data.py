@@ -10,7 +10,9 @@
    created once; then all loaders run interleaved rounds of one epoch each: a warm-up round
    (JIT compile, worker start, page cache) and ``--epochs`` timed rounds; the best timed epoch
    is reported. All formats use the same resolution, batch size, workers, train augmentation
-   (random-resized crop + horizontal flip) and ImageNet normalisation.
+   (random-resized crop + horizontal flip) and ImageNet normalisation. The project's
+   WebDataset loader is timed in its training steady state (the next epoch announced, so its
+   workers start on it while one drains), after an untimed lead-in epoch in each timed round.
    ``ratio = masked epoch time / (kept fraction x full epoch time)``: 1.0 means a masked epoch
    costs exactly its share of a full one.
 
@@ -306,9 +308,21 @@ def class_masks(ddir: Path, split: str, ratios: list[float], seed: int):
     return info, out
 
 
-def run_epoch(loader, epoch: int) -> tuple[float, int]:
-    """One epoch on a live loader: (seconds, images delivered)."""
-    loader.set_epoch(epoch)
+def looks_ahead(loader) -> bool:
+    """Whether ``loader`` builds the next epoch's first batches while one drains when it is
+    announced (``set_epoch(..., next_resolution=)``: the project's WebDataset loader)."""
+    from ffcv_dp4tl.data.wds_loader import WdsMaskedLoader
+
+    return isinstance(loader, WdsMaskedLoader) and loader.dataloader.num_workers > 0
+
+
+def run_epoch(loader, epoch: int, next_resolution: int | None = None) -> tuple[float, int]:
+    """One epoch on a live loader: (seconds, images delivered). ``next_resolution``: announce
+    that the loader's next epoch follows at once (only for loaders that :func:`looks_ahead`)."""
+    if next_resolution is None:
+        loader.set_epoch(epoch)
+    else:
+        loader.set_epoch(epoch, next_resolution=next_resolution)
     n = 0
     t0 = time.perf_counter()
     for batch in loader:
@@ -323,7 +337,14 @@ def run_loads(args, ddir: Path, files_dir: Path) -> tuple[list[LoadResult], dict
     epoch per main-process thread setting (``torch.set_num_threads``: the trainer pins it to
     its worker count). Interleaving the configurations round by round exposes them all to the
     same background load, which matters on a shared machine; the best (shortest) timed epoch of
-    each configuration is reported."""
+    each configuration is reported. Each loader's epochs are numbered 0, 1, 2, ... in the order
+    it runs them, as in training.
+
+    A loader that :func:`looks_ahead` (the WebDataset loader) is timed in its training steady
+    state, where each epoch follows the previous one at once and the workers start on it while
+    that one drains: in a timed round it first runs an untimed lead-in epoch that announces the
+    next, then its timed epochs, each announcing the next but the last, which announces none,
+    so no batches are built for it while other loaders are timed."""
     import torch
 
     from ffcv_dp4tl.data import AugSpec, load_manifest, make_loader
@@ -358,14 +379,25 @@ def run_loads(args, ddir: Path, files_dir: Path) -> tuple[list[LoadResult], dict
                 res.setup_s = setup
                 configs.append((res, loader))
     loads: dict[int, list[float]] = {}
+    epochs_run: dict[int, int] = {}  # per loader: the number of its next epoch
     before = torch.get_num_threads()
     try:
         for rnd in range(1 + args.epochs):
             what = "warm-up round" if rnd == 0 else f"timed round {rnd}/{args.epochs}"
             log(f"{what}: one epoch of each of {len(configs)} configurations (load {load1():.2f})")
             for j, (res, loader) in enumerate(configs):
+                lid = id(loader)
+                ahead = rnd > 0 and looks_ahead(loader)
+                first = j == 0 or configs[j - 1][1] is not loader
+                last = j + 1 == len(configs) or configs[j + 1][1] is not loader
+                if ahead and first:  # untimed lead-in: this loader's steady state
+                    torch.set_num_threads(res.threads)
+                    run_epoch(loader, epochs_run.get(lid, 0), next_resolution=args.resolution)
+                    epochs_run[lid] = epochs_run.get(lid, 0) + 1
                 torch.set_num_threads(res.threads)
-                dt, n = run_epoch(loader, rnd)
+                dt, n = run_epoch(loader, epochs_run.get(lid, 0),
+                                  next_resolution=args.resolution if ahead and not last else None)
+                epochs_run[lid] = epochs_run.get(lid, 0) + 1
                 if rnd == 0:
                     res.warmup_s = min(dt, res.warmup_s) if res.warmup_s == res.warmup_s else dt
                 else:
@@ -544,7 +576,11 @@ def markdown(args, build_res: BuildResult, results: list[LoadResult], extra: dic
         "one loader created once; all loaders run in interleaved rounds of one epoch each "
         f"(round 0 = warm-up: JIT compile, worker start, page cache; then {args.epochs} timed "
         "round(s)), so all rows see the same background load; `epoch s` is the best timed "
-        f"epoch. Classes pruned by a seeded random choice (seed {args.seed}); kept fraction = "
+        "epoch. The project's WebDataset loader is timed in its training steady state: in a "
+        "timed round it first runs an untimed lead-in epoch, and each of its epochs announces "
+        "the next one (`set_epoch(..., next_resolution=)`, as the trainer does) except its "
+        "last of the round, so its workers start on the next epoch while one drains but build "
+        f"nothing while other loaders are timed. Classes pruned by a seeded random choice (seed {args.seed}); kept fraction = "
         "kept images / all train images. `ratio = masked epoch s / (kept fraction × full "
         "epoch s)`; `per-image` = (s/image masked) / (s/image full), which removes the "
         "drop_last rounding of images/epoch. `spread` = slowest / fastest timed epoch of the "
