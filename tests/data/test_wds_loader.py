@@ -263,3 +263,22 @@ def test_a_loader_with_batches_built_ahead_shuts_down_at_once(tex):
     while any(w.is_alive() for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(w.is_alive() for w in workers)
+
+
+def test_uint8_batches_for_a_device_come_through_shared_memory_unchanged(tex):
+    """The CUDA path's worker output (uint8 NHWC, the device normalises) allocated in shared
+    memory in a worker: the same pixels as built in-process, both views."""
+    from torch.utils.data import DataLoader
+
+    from ffcv_dp4tl.data.wds_loader import _as_is, _MaskedShardDataset
+
+    split = load_manifest(tex).split("train")
+    ds = _MaskedShardDataset(split, AugSpec.for_train(views=2), None)
+    items = [(np.arange(k, k + 6, dtype=np.int64), 20, 99 + k) for k in (0, 6, 12)]
+    want = [ds[it] for it in items]
+    got = list(DataLoader(ds, sampler=items, batch_size=None, collate_fn=_as_is, num_workers=1))
+    for g, w in zip(got, want):
+        assert g[0].dtype == torch.uint8 and g[0].shape == (6, 20, 20, 3)
+        for a, b in zip(g, w):
+            assert torch.equal(a, b)
+    assert not torch.equal(got[0][0], got[0][3])  # two different views
