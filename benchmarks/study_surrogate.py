@@ -42,12 +42,28 @@ from ffcv_dp4tl.scoring.label_mapping import kept_sample_indices, select_classes
 from ffcv_dp4tl.training.models import create_model
 from ffcv_dp4tl.training.ssl_augment import MoCoAugment
 
-#: configurations: (name, epochs multiplier, color jitter [b, c, s, h] or None)
+JIT = [0.4, 0.4, 0.4, 0.0]
+#: configurations: epochs multiplier, colour jitter [b, c, s, h] or None, random-resized-crop
+#: area range, batch size (lr per 256 images as the recipe)
 CONFIGS = {
-    "recipe": (1, None),
-    "jitter": (1, [0.4, 0.4, 0.4, 0.0]),
-    "jitter-strong": (1, [0.6, 0.6, 0.4, 0.0]),
-    "jitter-2x-epochs": (2, [0.4, 0.4, 0.4, 0.0]),
+    "recipe": dict(mult=1, jitter=None),
+    "jitter": dict(mult=1, jitter=JIT),
+    "jitter-strong": dict(mult=1, jitter=[0.6, 0.6, 0.4, 0.0]),
+    "jitter-2x-epochs": dict(mult=2, jitter=JIT),
+    "scale35": dict(mult=1, jitter=None, scale=(0.35, 1.0)),
+    "scale35-bs32": dict(mult=1, jitter=None, scale=(0.35, 1.0), bs=32),
+    "scale35-jitter": dict(mult=1, jitter=JIT, scale=(0.35, 1.0)),
+    "scale35-jitter-bs32": dict(mult=1, jitter=JIT, scale=(0.35, 1.0), bs=32),
+    "scale35-jitter-2x-bs32": dict(mult=2, jitter=JIT, scale=(0.35, 1.0), bs=32),
+    "3x": dict(mult=3, jitter=None),
+    "3x-lr0.25": dict(mult=3, jitter=None, lr=0.25),
+    "3x-scale35": dict(mult=3, jitter=None, scale=(0.35, 1.0)),
+    "3x-scale35-lr0.25": dict(mult=3, jitter=None, scale=(0.35, 1.0), lr=0.25),
+    "3x-jitter-lr0.25": dict(mult=3, jitter=JIT, lr=0.25),
+    "3x-scale35-lr0.25-jitter": dict(mult=3, jitter=JIT, scale=(0.35, 1.0), lr=0.25),
+    "5x-scale35-lr0.25": dict(mult=5, jitter=None, scale=(0.35, 1.0), lr=0.25),
+    "3x-scale35-lr0.1": dict(mult=3, jitter=None, scale=(0.35, 1.0), lr=0.1),
+    "3x-scale35-lr0.25-bs64": dict(mult=3, jitter=None, scale=(0.35, 1.0), lr=0.25, bs=64),
 }
 EPOCHS = {"tiny": 10, "bench": 6}  # resnet18_tiny_cpu / resnet18_bench_surrogate_cpu
 
@@ -69,10 +85,10 @@ def to_tensor(x: np.ndarray) -> torch.Tensor:
     return (t - mean) / std
 
 
-def rrc_flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Batched random-resized crop (area 0.08-1, aspect 3/4-4/3) + flip via affine grids."""
+def rrc_flip(x: torch.Tensor, g: torch.Generator, scale=(0.08, 1.0)) -> torch.Tensor:
+    """Batched random-resized crop (area ``scale``, aspect 3/4-4/3) + flip via affine grids."""
     n = x.shape[0]
-    area = torch.empty(n).uniform_(0.08, 1.0, generator=g)
+    area = torch.empty(n).uniform_(scale[0], scale[1], generator=g)
     logr = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=g)
     r = torch.exp(logr)
     w = torch.sqrt(area * r).clamp(max=1.0)
@@ -95,7 +111,8 @@ def centre_crop(x: torch.Tensor, ratio: float = 224 / 256) -> torch.Tensor:
                          align_corners=False, antialias=True)
 
 
-def train(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, jitter, seed: int):
+def train(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, jitter, seed: int,
+          scale=(0.08, 1.0), bs: int = 128, lr: float = 1.0):
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model = create_model("resnet18", num_classes, small_input=True, stem_stride=2, width=8,
@@ -106,9 +123,9 @@ def train(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, jitte
                            {"params": rest, "weight_decay": 5e-5}], lr=0.5, momentum=0.9)
     crit = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     aug = MoCoAugment(jitter, p_jitter=0.8, p_gray=0.0, p_blur=0.0) if jitter else None
-    bs, n = 128, x.shape[0]
+    n = x.shape[0]
     steps = n // bs
-    peak = 1.0 * bs / 256
+    peak = lr * bs / 256
     for ep in range(epochs):
         model.train()
         perm = torch.randperm(n, generator=g)
@@ -118,7 +135,7 @@ def train(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, jitte
             for grp in opt.param_groups:
                 grp["lr"] = lr
             idx = perm[it * bs:(it + 1) * bs]
-            xb = rrc_flip(x[idx], g)
+            xb = rrc_flip(x[idx], g, scale)
             if aug is not None:
                 xb = aug(xb)
             loss = crit(model(xb), y[idx])
@@ -150,16 +167,19 @@ def study(preset: str, seed: int, configs: list[str], log, data_extra: str = "")
     X, Y, XV = to_tensor(xs), torch.from_numpy(ys), to_tensor(xv)
     T = {n: to_tensor(v) for n, v in targets.items()}
     for name in configs:
-        mult, jitter = CONFIGS[name]
-        epochs = EPOCHS[preset] * mult
+        c = CONFIGS[name]
+        jitter, epochs = c["jitter"], EPOCHS[preset] * c["mult"]
         t1 = time.perf_counter()
-        model = train(X, Y, cfg.num_classes, epochs, jitter, seed)
+        model = train(X, Y, cfg.num_classes, epochs, jitter, seed,
+                      scale=c.get("scale", (0.08, 1.0)), bs=c.get("bs", 128),
+                      lr=c.get("lr", 1.0))
         train_s = time.perf_counter() - t1
         vlog, _ = infer(model, XV)
         _, sfeat = infer(model, X)
         km = kmeans(sfeat.astype(np.float32), 64, iters=20, seed=0, backend="cpu")
         row = {"preset": preset, "data": data_extra, "seed": seed, "config": name, "epochs": epochs,
-               "jitter": jitter, "val_top1": float((vlog.argmax(1) == yv).mean()),
+               "jitter": jitter, "scale": list(c.get("scale", (0.08, 1.0))),
+               "batch": c.get("bs", 128), "lr": c.get("lr", 1.0), "val_top1": float((vlog.argmax(1) == yv).mean()),
                "train_s": round(train_s, 1), "render_s": round(render_s, 1), "targets": {}}
         for tname, tx in T.items():
             gt = ground_truth_from_extra(src.extra, [tname])

@@ -63,3 +63,8 @@ class DatasetSpec:
     splits: dict[str, list[Sample]]
     #: Free-form metadata copied into ``manifest.json`` (e.g. the synthetic ground truth).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: What identifies the pixels beyond the listing (names and labels), for a generator that can
+    #: give the same names other pixels (``synth``'s light source grounds); part of the build
+    #: settings, so a build of other pixels is never taken for "already built". Empty = none
+    #: (every folder layout, where names identify files; and the builds made before it existed).
+    content: dict[str, Any] = field(default_factory=dict)

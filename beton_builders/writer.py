@@ -154,8 +154,11 @@ def _check_spec(spec: DatasetSpec) -> None:
 
 
 def _settings(spec: DatasetSpec, opts: BuildOptions, source: str) -> dict:
-    return {"format": FORMAT, "source": source, "options": opts.content_settings(),
-            "listing": _listing_digest(spec)}
+    settings = {"format": FORMAT, "source": source, "options": opts.content_settings(),
+                "listing": _listing_digest(spec)}
+    if spec.content:
+        settings["content"] = spec.content
+    return settings
 
 
 def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: str,

@@ -49,7 +49,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..contracts import AdvNorm, AdvUnits
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugSpec
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .engine import train_aug_for
 
 def default_step_size(eps: float, steps: int) -> float:
     """2.5 × eps / steps: the step size Madry et al. and the robustness library recommend, so
@@ -174,9 +175,10 @@ class AdversarialObjective:
     collective = False
     drop_last = False
     loader_views = 1
-    train_aug = AugSpec.for_train()
 
-    def __init__(self, attack_model: nn.Module, attack: PGDAttack, label_smoothing: float = 0.0):
+    def __init__(self, attack_model: nn.Module, attack: PGDAttack, label_smoothing: float = 0.0,
+                 crop_scale: tuple[float, float] | None = None):
+        self.train_aug = train_aug_for(crop_scale)  # as the clean objective's
         self.attack_model = attack_model
         self.attack = attack
         self.crit = nn.CrossEntropyLoss(label_smoothing=label_smoothing)

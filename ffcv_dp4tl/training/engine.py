@@ -31,6 +31,12 @@ from . import distributed as dist_
 Schedule = Callable[[int, int, int], float]
 
 
+def train_aug_for(crop_scale: tuple[float, float] | list[float] | None) -> AugSpec:
+    """The supervised objectives' train augmentation for a recipe's ``train.crop_scale``."""
+    return AugSpec.for_train() if crop_scale is None else \
+        AugSpec.for_train(crop_scale=(float(crop_scale[0]), float(crop_scale[1])))
+
+
 class CrossEntropyObjective:
     """Supervised objective: cross-entropy of ``train_model(batch.images)`` against
     ``batch.labels``; "correct" = top-1 hits."""
@@ -40,10 +46,13 @@ class CrossEntropyObjective:
     collective = False    # steps need no cross-rank communication beyond DDP's gradients
     drop_last = False     # no need for full batches (the recipe's train.drop_last decides)
     loader_views = 1
-    train_aug = AugSpec.for_train()  # the train loader's augmentation (one view, standard RRC)
 
-    def __init__(self, label_smoothing: float = 0.0, augment: nn.Module | None = None):
+    def __init__(self, label_smoothing: float = 0.0, augment: nn.Module | None = None,
+                 crop_scale: tuple[float, float] | None = None):
         self.crit = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        #: the train loader's augmentation: one view, random-resized crop (area ``crop_scale``,
+        #: the recipe's train.crop_scale; default the standard [0.08, 1]) + flip
+        self.train_aug = train_aug_for(crop_scale)
         #: batched photometric augmentation of the (normalised) images, e.g. the recipe's
         #: train.color_jitter (:func:`~.ssl_augment.color_jitter_augment`); None = none
         self.augment = augment

@@ -116,6 +116,11 @@ class TrainCfg:
     # use it so target domains with another brightness/contrast still map (docs/synth.md).
     color_jitter: list[float] = field(default_factory=list)
     p_color_jitter: float = 0.8
+    # Supervised training only: the random-resized crop's area range [min, max] (a fraction of
+    # the image). [0.08, 1] is the ImageNet recipes' (and ffcv-imagenet's); the embedded 32 px
+    # surrogates use [0.35, 1], since an 8 % crop of a 32 px image often misses the object
+    # (docs/synth.md, "What limits the surrogate").
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
     # also keep best.pt: the checkpoint of the evaluated epoch with the best val top-1 (the
     # authors' released trainer keeps best.ckpt, and finetunes from it; finetune.start_from)
     keep_best: bool = False
@@ -252,7 +257,8 @@ class Recipe:
                                   ("finetune", "start_from", "final"),
                                   ("scoring", "source_resolution", 0),
                                   ("scoring", "source_crop", "center"),
-                                  ("scoring", "scorer_options", []), ("adv", "units", "pixel")):
+                                  ("scoring", "scorer_options", []), ("adv", "units", "pixel"),
+                                  ("train", "crop_scale", [0.08, 1.0])):
             if sec in d and d[sec].get(key) == default:
                 d[sec].pop(key)
         return d
@@ -379,6 +385,10 @@ def _validate_choices(r: Recipe, source: str) -> None:
         if r.train.batch_size % ssl.bn_splits:
             raise DP4TLError(f"{source}: train.batch_size ({r.train.batch_size}) must be "
                              f"divisible by ssl.bn_splits ({ssl.bn_splits})")
+    cs = r.train.crop_scale
+    if len(cs) != 2 or not 0 < cs[0] <= cs[1] <= 1:
+        raise DP4TLError(f"{source}: train.crop_scale must be [min, max] with 0 < min <= max <= 1, "
+                         f"got {cs}")
     if r.train.color_jitter and (len(r.train.color_jitter) != 4 or r.train.color_jitter[3] > 0.5):
         raise DP4TLError(f"{source}: train.color_jitter needs 4 values [brightness, contrast, "
                          f"saturation, hue] with hue <= 0.5 (or [] for none), got "

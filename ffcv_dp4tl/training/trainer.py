@@ -268,11 +268,11 @@ def build_step_parts(recipe: Recipe, num_classes: int, ctx: dist_.DistContext,
     elif recipe.adv.steps > 0:  # PGD adversarial training: the plain net attacks (adversarial.py)
         from .adversarial import AdversarialObjective, PGDAttack
         objective = AdversarialObjective(net, PGDAttack.from_recipe(recipe.adv),
-                                         recipe.optim.label_smoothing)
+                                         recipe.optim.label_smoothing, tc.crop_scale)
     else:
         from .ssl_augment import color_jitter_augment
         objective = CrossEntropyObjective(recipe.optim.label_smoothing,
-                                          color_jitter_augment(recipe.train))
+                                          color_jitter_augment(recipe.train), tc.crop_scale)
     if ckpt:
         objective.load_state_dict(ckpt.objective)
     train_model: nn.Module = net

@@ -336,7 +336,7 @@ def test_light_background_puts_a_share_of_source_images_on_light_grounds():
     shift); 0 leaves every pixel as it was, targets never change."""
     from beton_builders.synth import synth_all
 
-    base = parse_synth("synth:tiny,train_per_class=10,val_per_class=0")
+    base = parse_synth("synth:tiny,train_per_class=10,val_per_class=0,light_background=0")
     light = parse_synth("synth:tiny,train_per_class=10,val_per_class=0,light_background=50")
     assert parse_synth(light.to_text()) == light and "light_background=50" in light.to_text()
     a, b = synth_all(base), synth_all(light)

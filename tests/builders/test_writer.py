@@ -514,3 +514,19 @@ def test_ffcv_progress_is_silenced_for_one_write_only(tmp_path):
     with pytest.raises(RuntimeError), _ffcv_progress(False):
         raise RuntimeError("write failed")
     assert ffcv.writer.tqdm is original
+
+
+def test_same_names_other_pixels_is_not_taken_for_already_built(tmp_path):
+    """A generator that gives the same names other pixels (synth's light_background) declares it
+    in ``DatasetSpec.content``: a build of the old pixels is refused, never reused as "already
+    built" (the stale-pixels hole when a preset's light_background changed)."""
+    import dataclasses
+
+    out = tmp_path / "out"
+    build_dataset(_spec(n=12), out, OPTS)
+    assert build_dataset(_spec(n=12), out, OPTS).skipped  # same spec: already built
+    light = dataclasses.replace(_spec(n=12), content={"light_background": 30})
+    with pytest.raises(DataError, match="already holds a different build"):
+        build_dataset(light, out, OPTS)
+    assert not build_dataset(light, out, OPTS, overwrite=True).skipped
+    assert build_dataset(light, out, OPTS).skipped
