@@ -134,3 +134,26 @@ def test_color_jitter_is_off_by_default_and_in_the_fingerprint_only_when_on():
     for bad in ("[0.4,0.4]", "[0.4,0.4,0.4,0.7]", "[-0.1,0,0,0]"):
         with pytest.raises(DP4TLError, match="color_jitter"):
             load_recipe("resnet18_tiny_cpu", [f"train.color_jitter={bad}"])
+
+
+@pytest.mark.parametrize("adv", [False, True], ids=["clean", "adversarial"])
+def test_train_crop_scale_reaches_the_train_loader(adv):
+    """train.crop_scale is the supervised train loader's random-resized-crop area range (clean
+    and adversarial objectives); the embedded surrogates use [0.35, 1], the rest the standard
+    [0.08, 1], which stays out of the fingerprint; a bad range is a one-line recipe error."""
+    import torch
+
+    from ffcv_dp4tl.training import trainer
+    from ffcv_dp4tl.training.distributed import DistContext
+
+    extra = ["adv.steps=1"] if adv else []
+    tiny = load_recipe("resnet18_tiny_cpu", extra)
+    std = load_recipe("resnet18_tiny_cpu", extra + ["train.crop_scale=[0.08, 1]"])
+    for r, want in ((tiny, (0.35, 1.0)), (std, (0.08, 1.0))):
+        parts = trainer.build_step_parts(r, 4, DistContext(device=torch.device("cpu")))
+        assert parts.objective.train_aug.crop_scale == want and parts.objective.train_aug.train
+    assert load_recipe("resnet34_tiny_cpu", ["train.crop_scale=[0.08, 1]"]).fingerprint() == \
+        load_recipe("resnet34_tiny_cpu").fingerprint()  # the default stays out of the key
+    for bad in ("[0.5, 0.2]", "[0, 1]", "[0.3]"):
+        with pytest.raises(DP4TLError, match=r"train\.crop_scale must be \[min, max\]"):
+            load_recipe("resnet18_tiny_cpu", [f"train.crop_scale={bad}"])
