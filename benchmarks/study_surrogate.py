@@ -206,7 +206,7 @@ def study(preset: str, seed: int, configs: list[str], log, data_extra: str = "")
 
 def table(rows: list[dict]) -> str:
     lines = ["| preset | config | crop | val top-1 | " + " | ".join(
-        f"LM recall {t} (min–mean)" for t in ("paper", "warm", "blur")) + " | FM related (mean) | seeds |",
+        f"LM recall {t} (min–mean)" for t in ("paper", "warm", "blur")) + " | FM related (mean) | runs (generator seeds) |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     def pname(r):
         return r["preset"] + (f",{r['data']}" if r.get("data") else "")
@@ -220,7 +220,7 @@ def table(rows: list[dict]) -> str:
                 cells.append(f"{min(v):.2f}–{np.mean(v):.2f}")
             fm = np.mean([r["targets"][t][crop]["fm_related_samples"] for r in rs for t in r["targets"]])
             lines.append(f"| {preset} | {config} | {crop} | {np.mean([r['val_top1'] for r in rs]):.2f} | "
-                         + " | ".join(cells) + f" | {fm:.2f} | {len(rs)} |")
+                         + " | ".join(cells) + f" | {fm:.2f} | {len(rs)} ({','.join(str(r['seed']) for r in rs)}) |")
     return "\n".join(lines)
 
 

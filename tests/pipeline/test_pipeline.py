@@ -20,6 +20,7 @@ from ffcv_dp4tl.data import load_manifest, load_mask
 from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.pipeline.config import PipelineConfig
 from ffcv_dp4tl.pipeline.result import PipelineResult
+from ffcv_dp4tl.training.recipe import load_recipe
 from ffcv_dp4tl.pipeline.run import run_pipeline
 from ffcv_dp4tl.pipeline.score import score
 from ffcv_dp4tl.pipeline.scores_io import DIGESTS, array_sha256, load_scores
@@ -241,7 +242,8 @@ def test_el2n_scores_the_early_surrogate_and_prunes_samples(first_run):
                        log=lambda s: None)
     sc = load_scores(next(p for p in (tmp / "runs").glob("score-*")
                           if json.loads((p / "scores.json").read_text())["method"] == "el2n"))
-    assert sc.unit == "sample" and sc.meta.surrogate.endswith("checkpoint_e2.pt")
+    early = load_recipe("resnet18_tiny_cpu").train.keep_epochs[0]  # the recipe's early checkpoint
+    assert sc.unit == "sample" and sc.meta.surrogate.endswith(f"checkpoint_e{early}.pt")
     runs = sc.meta.meta.get("runs_scored", [])
     assert len(runs) == 2 and runs[0] == sc.meta.surrogate
     info = load_manifest(res.source).split("train")

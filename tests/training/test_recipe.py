@@ -146,7 +146,7 @@ def test_train_crop_scale_reaches_the_train_loader(adv):
     from ffcv_dp4tl.training import trainer
     from ffcv_dp4tl.training.distributed import DistContext
 
-    extra = ["adv.steps=1"] if adv else []
+    extra = ["adv.steps=1", "adv.eps=8/255"] if adv else []
     tiny = load_recipe("resnet18_tiny_cpu", extra)
     std = load_recipe("resnet18_tiny_cpu", extra + ["train.crop_scale=[0.08, 1]"])
     for r, want in ((tiny, (0.35, 1.0)), (std, (0.08, 1.0))):
