@@ -17,6 +17,7 @@ target carries the result.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text
 from ..pipeline.config import PipelineConfig
 from ..pipeline.report import mean_std
@@ -85,6 +87,21 @@ def _row(res: PipelineResult, seed: int, target: str, method: str, ratio: float)
     return row
 
 
+def settings_key(base: PipelineConfig, finetune: Sequence[str]) -> str:
+    """What every row of one benchmark shares: the data, the recipes' contents (fingerprints),
+    FM's K, the format, the overrides and the finetuning modes. A resumed run only reuses rows of
+    the same key: rows of an older surrogate recipe would otherwise pair silently with new ones."""
+    from ..pipeline.recipes import recipe_set
+    from ..training.recipe import load_recipe
+
+    names = recipe_set(base.protocol, base.recipes or "tiny")
+    return hashlib.sha256(json.dumps({
+        "data": base.source, "k": base.k, "format": base.fmt, "finetune": sorted(finetune),
+        "recipes": {role: load_recipe(n).fingerprint() for role, n in sorted(names.items())},
+        "overrides": list(base.overrides), "finetune_overrides": list(base.finetune_overrides),
+    }, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[str],
                    seeds: Iterable[int], methods: Sequence[str] = ("lm", "fm"),
                    ratios: Sequence[float] = (0.6, 0.8), finetune: Sequence[str] = MODES,
@@ -98,6 +115,12 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
     path = out / "rows.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
         if path.exists() else []
+    key = settings_key(base, finetune)
+    stale = sum(r.get("settings_key") != key for r in rows)
+    if stale:
+        raise DP4TLError(f"{path}: {stale} of its {len(rows)} rows ran with other settings (data, "
+                         "recipes, K, format, overrides or finetuning changed since); move the "
+                         "file away to start over, or pass another --out")
     done = {(r["seed"], r["target"], r["method"], r["ratio"]) for r in rows}
     plan = [(REFERENCE, 0.0)] + [(m, r) for r in ratios for m in ("random", *methods)]
     seeds = [int(s) for s in seeds]
@@ -121,6 +144,7 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
                                    log=log)
                 row = _row(res, seed, target, method, ratio)
                 row["loadavg_1min"] = os.getloadavg()[0]
+                row["settings_key"] = key
                 rows.append(row)
                 with path.open("a") as f:  # one line per finished run: resumable, never rewritten
                     f.write(json.dumps(row, default=str) + "\n")

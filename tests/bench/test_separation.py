@@ -89,6 +89,14 @@ def test_run_resumes_from_rows(tmp_path, monkeypatch):
                                ratios=[0.8], finetune=["lp"], log=lambda m: None)
     assert calls == [(2, "warm", "random", 0.0), (2, "warm", "random", 0.8), (2, "warm", "lm", 0.8)]
     assert len(again) == 9 and again[0]["lp"] == 50.0
+    # rows of other settings (here another surrogate recipe content) are never paired with new ones
+    calls.clear()
+    other = sep.PipelineConfig(source="synth:tiny", overrides=("train.epochs=2",))
+    with pytest.raises(sep.DP4TLError, match=r"rows.jsonl: 9 of its 9 rows ran with other settings"):
+        sep.run_separation(other, tmp_path, targets=["warm"], seeds=[0], methods=["lm"],
+                           ratios=[0.8], finetune=["lp"], log=lambda m: None)
+    assert calls == []
+    assert sep.settings_key(base, ["lp"]) != sep.settings_key(base, ["lp", "ff"])
 
 
 def test_embedded_command_runs_the_paired_design(tmp_path, monkeypatch):
