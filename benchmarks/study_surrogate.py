@@ -155,7 +155,46 @@ def infer(model, x: torch.Tensor, bs: int = 512) -> tuple[np.ndarray, np.ndarray
     return torch.cat(logits).numpy(), torch.cat(feats).numpy()
 
 
-def study(preset: str, seed: int, configs: list[str], log, data_extra: str = "") -> None:
+#: one factor of a target's domain shift set back to the source's value (``--ablate TARGET``)
+ABLATIONS = {"scale": ("scale",), "temperature": ("temperature",), "gradient": ("gradient",),
+             "softness": ("softness",), "ground": ("bg_lo", "bg_hi"), "noise": ("noise",),
+             "waves": ("waves",), "value": ("value",), "all": ()}
+
+
+def ablate(model, cfg, gt, target: str) -> dict[str, float]:
+    """LM top-k recall on ``target`` rendered with each factor of its domain shift set back to
+    the source's value (``all``: every factor: the source's own domain), the surrogate fixed."""
+    import dataclasses
+
+    from beton_builders import synth
+
+    idx = cfg.target_names().index(target)
+    shifted = synth.TARGET_DOMAINS[idx % len(synth.TARGET_DOMAINS)]
+    out = {}
+    saved = synth.TARGET_DOMAINS
+    try:
+        for name, fields in ABLATIONS.items():
+            keep = {f.name: getattr(synth.SOURCE_DOMAIN, f.name) for f in dataclasses.fields(shifted)
+                    if f.name != "name" and (not fields or f.name in fields)}
+            if fields and all(getattr(shifted, k) == v for k, v in keep.items()):
+                continue  # this shift does not change that factor
+            doms = list(saved)
+            doms[idx % len(saved)] = dataclasses.replace(shifted, **keep)
+            synth.TARGET_DOMAINS = tuple(doms)
+            specs = {f"targets/{k}": v for k, v in synth.synth_targets(cfg).items()}
+            tx = to_tensor(render(specs, f"targets/{target}", "train")[0])
+            tlog, _ = infer(model, centre_crop(tx))
+            votes = np.bincount(tlog.argmax(1), minlength=cfg.num_classes)
+            soft = torch.softmax(torch.from_numpy(tlog).double(), 1).sum(0).numpy()
+            out[name] = {"recall": topk_recall(votes, gt, soft),
+                         "vote_share": float(gt.related[tlog.argmax(1)].mean())}
+    finally:
+        synth.TARGET_DOMAINS = saved
+    return out
+
+
+def study(preset: str, seed: int, configs: list[str], log, data_extra: str = "",
+          ablate_target: str = "") -> None:
     cfg = parse_synth(f"synth:{preset},seed={seed}" + (f",{data_extra}" if data_extra else ""))
     specs = synth_all(cfg)
     src = specs["source"]
@@ -201,6 +240,9 @@ def study(preset: str, seed: int, configs: list[str], log, data_extra: str = "")
                     "chance": gt.chance(ys),
                 }
             row["targets"][tname] = res
+        if ablate_target:
+            row["ablation"] = {ablate_target: ablate(model, cfg, ground_truth_from_extra(
+                src.extra, [ablate_target]), ablate_target)}
         log(json.dumps(row))
 
 
@@ -232,6 +274,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("surrogate-study.jsonl"))
     ap.add_argument("--data-extra", default="", help="extra synth keys, e.g. light_background=30")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 on a loaded machine)")
+    ap.add_argument("--ablate", default="", help="a target: also its LM recall with each factor "
+                    "of its domain shift set back to the source's (the surrogate fixed)")
     ap.add_argument("--table", action="store_true", help="only print the table of --out")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -243,7 +287,7 @@ def main(argv=None) -> int:
                 f.flush()
             for seed in [int(s) for s in a.seeds.split(",")]:
                 for preset in a.presets.split(","):
-                    study(preset, seed, a.configs.split(","), log, a.data_extra)
+                    study(preset, seed, a.configs.split(","), log, a.data_extra, a.ablate)
     rows = [json.loads(l) for l in a.out.read_text().splitlines() if l.strip()]
     print(table(rows))
     return 0
