@@ -62,6 +62,10 @@ CONFIGS = {
     "3x-jitter-lr0.25": dict(mult=3, jitter=JIT, lr=0.25),
     "3x-scale35-lr0.25-jitter": dict(mult=3, jitter=JIT, scale=(0.35, 1.0), lr=0.25),
     "5x-scale35-lr0.25": dict(mult=5, jitter=None, scale=(0.35, 1.0), lr=0.25),
+    # + white-balance jitter: each image's R, G, B scaled by exp(U(-0.2, 0.2)) each (a colour
+    # temperature such as the `warm` target's R x1.15, B x0.8 lies inside that range)
+    "3x-scale35-lr0.25-bs64-wb": dict(mult=3, jitter=None, scale=(0.35, 1.0), lr=0.25, bs=64,
+                                      wb=0.2),
     "3x-scale35-lr0.1": dict(mult=3, jitter=None, scale=(0.35, 1.0), lr=0.1),
     "3x-scale35-lr0.25-bs64": dict(mult=3, jitter=None, scale=(0.35, 1.0), lr=0.25, bs=64),
 }
@@ -103,6 +107,14 @@ def rrc_flip(x: torch.Tensor, g: torch.Generator, scale=(0.08, 1.0)) -> torch.Te
     return F.grid_sample(x, grid, mode="bilinear", align_corners=False)
 
 
+def white_balance(x: torch.Tensor, amount: float, g: torch.Generator) -> torch.Tensor:
+    """Per-image, per-channel gains exp(U(-amount, amount)) in pixel space (normalised in/out)."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    gains = torch.exp(torch.empty(x.shape[0], 3, 1, 1).uniform_(-amount, amount, generator=g))
+    return (((x * std + mean) * gains).clamp(0, 255) - mean) / std
+
+
 def centre_crop(x: torch.Tensor, ratio: float = 224 / 256) -> torch.Tensor:
     n = x.shape[-1]
     c = int(ratio * n)
@@ -112,7 +124,7 @@ def centre_crop(x: torch.Tensor, ratio: float = 224 / 256) -> torch.Tensor:
 
 
 def train(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, jitter, seed: int,
-          scale=(0.08, 1.0), bs: int = 128, lr: float = 1.0):
+          scale=(0.08, 1.0), bs: int = 128, lr: float = 1.0, wb: float = 0.0):
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model = create_model("resnet18", num_classes, small_input=True, stem_stride=2, width=8,
@@ -138,6 +150,8 @@ def train(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, jitte
             xb = rrc_flip(x[idx], g, scale)
             if aug is not None:
                 xb = aug(xb)
+            if wb:
+                xb = white_balance(xb, wb, g)
             loss = crit(model(xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -211,7 +225,7 @@ def study(preset: str, seed: int, configs: list[str], log, data_extra: str = "",
         t1 = time.perf_counter()
         model = train(X, Y, cfg.num_classes, epochs, jitter, seed,
                       scale=c.get("scale", (0.08, 1.0)), bs=c.get("bs", 128),
-                      lr=c.get("lr", 1.0))
+                      lr=c.get("lr", 1.0), wb=c.get("wb", 0.0))
         train_s = time.perf_counter() - t1
         vlog, _ = infer(model, XV)
         _, sfeat = infer(model, X)

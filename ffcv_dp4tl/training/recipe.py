@@ -121,6 +121,11 @@ class TrainCfg:
     # surrogates use [0.35, 1], since an 8 % crop of a 32 px image often misses the object
     # (docs/synth.md, "What limits the surrogate").
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    # Supervised training only: white-balance jitter, every image's R, G, B scaled by
+    # exp(U(-w, w)) each (0 = off, the default and out of the fingerprint). A colour temperature
+    # moves hues, and a surrogate that reads classes from hue then maps a warm-toned target to
+    # the wrong classes; 0.2 covers R x1.15 / B x0.8 (docs/synth.md: synth's `warm` target).
+    white_balance: float = 0.0
     # also keep best.pt: the checkpoint of the evaluated epoch with the best val top-1 (the
     # authors' released trainer keeps best.ckpt, and finetunes from it; finetune.start_from)
     keep_best: bool = False
@@ -258,7 +263,8 @@ class Recipe:
                                   ("scoring", "source_resolution", 0),
                                   ("scoring", "source_crop", "center"),
                                   ("scoring", "scorer_options", []), ("adv", "units", "pixel"),
-                                  ("train", "crop_scale", [0.08, 1.0])):
+                                  ("train", "crop_scale", [0.08, 1.0]),
+                                  ("train", "white_balance", 0.0)):
             if sec in d and d[sec].get(key) == default:
                 d[sec].pop(key)
         return d
@@ -472,6 +478,7 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
     ("train", "seed"): (0, None, True, True),
     ("train", "color_jitter"): (0, None, True, True),
     ("train", "p_color_jitter"): (0, 1, True, True),
+    ("train", "white_balance"): (0, 1, True, True),
     ("train", "start_ramp"): (0, None, True, True),
     ("train", "end_ramp"): (0, None, True, True),
     ("train", "keep_epochs"): (1, None, True, True),

@@ -82,8 +82,12 @@ class MoCoAugment(nn.Module):
     """
 
     def __init__(self, jitter=(0.4, 0.4, 0.4, 0.1), p_jitter: float = 0.8, p_gray: float = 0.2,
-                 p_blur: float = 0.5, blur_sigma=(0.1, 2.0), blur_kernel_frac: float = 0.1):
+                 p_blur: float = 0.5, blur_sigma=(0.1, 2.0), blur_kernel_frac: float = 0.1,
+                 white_balance: float = 0.0):
         super().__init__()
+        #: every image's R, G, B scaled by exp(U(-wb, wb)) each, before the rest (0 = off, and
+        #: no draws: the other augmentations' random stream is as before)
+        self.white_balance = float(white_balance)
         self.jitter = tuple(float(v) for v in jitter)
         self.p_jitter, self.p_gray, self.p_blur = p_jitter, p_gray, p_blur
         self.blur_sigma = tuple(float(v) for v in blur_sigma)
@@ -121,6 +125,9 @@ class MoCoAugment(nn.Module):
         mean, std, gw = self.mean, self.std, self.gray_weights
         x = (x.float() * std + mean).clamp_(0, 1)
         n = x.shape[0]
+        if self.white_balance > 0:
+            wb = self.white_balance
+            x = (x * torch.exp(torch.empty(n, 3, 1, 1, device=x.device).uniform_(-wb, wb))).clamp_(0, 1)
         b, c, s, h = self.jitter
         y = x
         if b > 0:
@@ -147,8 +154,11 @@ class MoCoAugment(nn.Module):
 
 def color_jitter_augment(train_cfg) -> MoCoAugment | None:
     """The supervised recipes' photometric jitter (``train.color_jitter``, with probability
-    ``train.p_color_jitter``; no grayscale, no blur), or None when the recipe has none."""
+    ``train.p_color_jitter``; no grayscale, no blur) and white-balance gains
+    (``train.white_balance``, every image), or None when the recipe has neither."""
     jitter = list(getattr(train_cfg, "color_jitter", []) or [])
-    if not jitter:
+    wb = float(getattr(train_cfg, "white_balance", 0.0) or 0.0)
+    if not jitter and not wb:
         return None
-    return MoCoAugment(jitter, p_jitter=float(train_cfg.p_color_jitter), p_gray=0.0, p_blur=0.0)
+    return MoCoAugment(jitter or (0.0, 0.0, 0.0, 0.0), p_jitter=float(train_cfg.p_color_jitter),
+                       p_gray=0.0, p_blur=0.0, white_balance=wb)

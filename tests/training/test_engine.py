@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -103,8 +104,8 @@ def test_cross_entropy_objective_trains_on_the_augmented_batch():
     from ffcv_dp4tl.training.recipe import load_recipe
     from ffcv_dp4tl.training.ssl_augment import color_jitter_augment
 
-    assert color_jitter_augment(load_recipe("resnet18_tiny_cpu").train) is None
-    aug = color_jitter_augment(load_recipe("resnet18_tiny_cpu",
+    assert color_jitter_augment(load_recipe("resnet34_tiny_cpu").train) is None
+    aug = color_jitter_augment(load_recipe("resnet34_tiny_cpu",
                                            ["train.color_jitter=[0.5,0.5,0.0,0.0]",
                                             "train.p_color_jitter=1.0"]).train)
     seen = []
@@ -121,3 +122,31 @@ def test_cross_entropy_objective_trains_on_the_augmented_batch():
     assert seen[0].shape == batch.images.shape and not torch.allclose(seen[0], batch.images)
     CrossEntropyObjective()(Spy(), batch)
     assert torch.equal(seen[1], batch.images)
+
+
+def test_white_balance_scales_each_images_channels_by_a_bounded_gain():
+    """train.white_balance = w: every image's R, G, B multiplied by its own gain in
+    [exp(-w), exp(w)] (pixel space, clipped to [0, 1]); other photometric knobs stay off, and
+    0 (the default) builds no augmentation and stays out of the recipe's fingerprint."""
+    from ffcv_dp4tl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from ffcv_dp4tl.errors import DP4TLError
+    from ffcv_dp4tl.training.recipe import load_recipe
+    from ffcv_dp4tl.training.ssl_augment import color_jitter_augment
+
+    base = load_recipe("resnet34_tiny_cpu")
+    assert load_recipe("resnet34_tiny_cpu", ["train.white_balance=0"]).fingerprint() == base.fingerprint()
+    assert color_jitter_augment(base.train) is None
+    r = load_recipe("resnet34_tiny_cpu", ["train.white_balance=0.2"])
+    assert r.fingerprint() != base.fingerprint()
+    aug = color_jitter_augment(r.train)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    pix = torch.full((64, 3, 4, 4), 0.5 * 255)  # mid grey: no clipping at gains <= 2
+    torch.manual_seed(0)
+    out = aug((pix - mean) / std) * std + mean
+    gain = out[:, :, 0, 0] / (0.5 * 255)
+    assert torch.allclose(out, gain[:, :, None, None] * 0.5 * 255, atol=1e-3)  # one gain per channel
+    assert gain.min() >= math.exp(-0.2) - 1e-4 and gain.max() <= math.exp(0.2) + 1e-4
+    assert (gain[:, 0] - gain[:, 2]).abs().max() > 0.1  # channels drawn independently
+    with pytest.raises(DP4TLError, match="train.white_balance"):
+        load_recipe("resnet34_tiny_cpu", ["train.white_balance=-0.1"])
