@@ -186,10 +186,12 @@ def embedded(
 
     from ..bench.separation import run_separation, write_outputs
     from ..pipeline.config import PipelineConfig
+    from ..pipeline.recipes import RECIPE_SETS
     from ..reporting import publish_section
 
     t0 = time.perf_counter()
     load0 = os.getloadavg()
+    bench_set = RECIPE_SETS["bench"]
     names = split_list(targets)
     for name in names:
         if name not in ("paper", "warm", "blur"):
@@ -215,9 +217,9 @@ def embedded(
               f"- this invocation: {minutes:.1f} min (runs already in `rows.jsonl` are not "
               f"rerun); 1-min load average {load0[0]:.1f} at the start, "
               f"{os.getloadavg()[0]:.1f} at the end (a shared machine)",
-              f"- data `{data}`, recipes `bench` (surrogate `resnet18_bench_surrogate_cpu`, "
-              "pretraining `resnet18_bench_cpu`, LP `lp_bench_cpu`, FF `ff_tiny_cpu`); FM "
-              f"k={base.k}; {len(rows)} runs in `rows.jsonl`"]
+              f"- data `{data}`, recipes `bench` (surrogate `{bench_set['surrogate']}`, "
+              f"pretraining `{bench_set['pretrain']}`, LP `{bench_set['lp']}`, FF "
+              f"`{bench_set['ff']}`); FM k={base.k}; {len(rows)} runs in `rows.jsonl`"]
 
     def body(prefix: str) -> str:
         return write_outputs(rows, out, command=command, header=header)[1].replace(

@@ -11,9 +11,10 @@ RECIPE_SETS = {
     "tiny": {"surrogate": "resnet18_tiny_cpu", "pretrain": "resnet34_tiny_cpu",
              "lp": "lp_tiny_cpu", "ff": "ff_tiny_cpu"},
     "full": {"surrogate": "resnet18_surrogate", "pretrain": "resnet50_16ep", "lp": "lp", "ff": "ff"},
-    # the embedded benchmark (`dp4tl bench embedded`, data synth:bench): sized for 2 CPU cores
+    # the embedded benchmark (`dp4tl bench embedded`, data synth:hard or synth:bench): sized for
+    # 2 CPU cores
     "bench": {"surrogate": "resnet18_bench_surrogate_cpu", "pretrain": "resnet18_bench_cpu",
-              "lp": "lp_bench_cpu", "ff": "ff_tiny_cpu"},
+              "lp": "lp_bench_cpu", "ff": "ff_bench_cpu"},
 }
 #: The paper's protocol (recipes/paper/, App. A.1 and Tab. A1), whatever the data's scale.
 PAPER_RECIPES = {"surrogate": "paper/resnet18_surrogate", "pretrain": "paper/resnet101_16ep",

@@ -354,3 +354,52 @@ def test_light_background_puts_a_share_of_source_images_on_light_grounds():
     assert np.array_equal(ta, tb)
     with pytest.raises(DataError, match="light_background"):
         parse_synth("synth:tiny,light_background=101")
+
+
+def _object_hue(img) -> float:
+    """Circular mean hue (degrees) of an image's most saturated pixels (the object)."""
+    hsv = np.asarray(img.convert("HSV"), dtype=np.float64)
+    sat = hsv[..., 1]
+    sel = sat >= np.quantile(sat, 0.9)
+    ang = hsv[..., 0][sel] / 255.0 * 2 * np.pi
+    return float(np.degrees(np.arctan2(np.sin(ang).mean(), np.cos(ang).mean())) % 360.0)
+
+
+def test_target_hue_jitter_widens_target_hues_only():
+    """target_hue_jitter (the `hard` preset's knob that moves a target's LP reference off the
+    ceiling): per target or for all, target images of one class spread over a wider hue range,
+    the source keeps every pixel, and the changed targets declare it (DatasetSpec.content)."""
+    from beton_builders.synth import synth_all
+
+    text = "synth:tiny,train_per_class=4,val_per_class=0,target_train_per_class=24,light_background=0"
+    base = parse_synth(text + ",target_hue_jitter=none")
+    wide = parse_synth(text + ",target_hue_jitter=40/0/0")
+    assert parse_synth(wide.to_text()) == wide and "target_hue_jitter=40/0/0" in wide.to_text()
+    assert [wide.target_domain(t).hue_jitter for t in range(3)] == [40.0, 4.0, 4.0]
+    assert parse_synth(text + ",target_hue_jitter=12").hue_jitter_of_target(2) == 12
+    a, b = synth_all(base), synth_all(wide)
+    for x, y in zip(a["source"].splits["train"], b["source"].splits["train"]):
+        assert np.array_equal(np.asarray(x.ref()), np.asarray(y.ref()))
+    assert a["targets/paper"].content == {} and b["targets/paper"].content == {"hue_jitter": 40}
+    assert b["targets/warm"].content == {} and b["targets/paper"].extra["domain"]["hue_jitter"] == 40
+
+    def spread(spec) -> float:  # circular spread of one class's object hues
+        hues = [_object_hue(s.ref()) for s in spec.splits["train"] if s.label == 0]
+        ang = np.radians(hues)
+        return float(1.0 - np.hypot(np.sin(ang).mean(), np.cos(ang).mean()))
+
+    assert spread(b["targets/paper"]) > 4 * spread(a["targets/paper"])
+    assert np.array_equal(np.asarray(a["targets/warm"].splits["train"][0].ref()),
+                          np.asarray(b["targets/warm"].splits["train"][0].ref()))
+
+
+@pytest.mark.parametrize("value", ["x", "200", "1/2"])
+def test_target_hue_jitter_errors_name_the_key(value):
+    with pytest.raises(DataError, match="'target_hue_jitter'"):
+        parse_synth(f"synth:tiny,target_hue_jitter={value}")
+
+
+def test_hard_preset_jitters_per_target():
+    hard = parse_synth("synth:hard")
+    assert [hard.hue_jitter_of_target(t) for t in range(3)] == [10, 0, 20]
+    assert parse_synth("synth:hard,num_targets=2").num_targets == 2  # extra values unused

@@ -99,6 +99,7 @@ def test_cpu_autocast_is_in_the_fingerprint_only_when_on():
 #: orphans every existing run of that recipe. Change this table only with a deliberate recipe edit.
 SHIPPED_FINGERPRINTS = {
     "ff": "0070fd3cce009e3e8b1d76cf7977300677749baab33fb3eb10e9e3c0578e80f0",
+    "ff_bench_cpu": "ceb82dc42bbb5f1e04519bcafff14b52bdb1c5d18071e01339613d5b283dc32f",  # issue 18
     "ff_tiny_cpu": "e360ee320c39bfabeb9dc36c576af6d71b1a42684f8648839203229219472ecf",
     "lp": "fc4e4bfb48488f500aaefeb2b63baa4270baf6c9da234bddd02d524dd6abfcc1",
     "lp_tiny_cpu": "a2da368ce6cc5de7579f6b852820076389cd420e9b033be06922f8c22ea8106f",
