@@ -90,16 +90,22 @@ def _row(res: PipelineResult, seed: int, target: str, method: str, ratio: float)
 def settings_key(base: PipelineConfig, finetune: Sequence[str]) -> str:
     """What every row of one benchmark shares: the data, the recipes' contents (fingerprints),
     FM's K, the format, the overrides and the finetuning modes. A resumed run only reuses rows of
-    the same key: rows of an older surrogate recipe would otherwise pair silently with new ones."""
-    from ..pipeline.recipes import recipe_set
+    the same key: rows of an older surrogate recipe would otherwise pair silently with new ones.
+    The recipes are the ones the pipeline will run: ``base.recipes``, else the data's scale by
+    the pipeline's own rule, with any recipe named per role."""
+    from ..pipeline.recipes import recipe_set, scale_of_source
     from ..training.recipe import load_recipe
 
-    names = recipe_set(base.protocol, base.recipes or "tiny")
-    return hashlib.sha256(json.dumps({
-        "data": base.source, "k": base.k, "format": base.fmt, "finetune": sorted(finetune),
-        "recipes": {role: load_recipe(n).fingerprint() for role, n in sorted(names.items())},
-        "overrides": list(base.overrides), "finetune_overrides": list(base.finetune_overrides),
-    }, sort_keys=True).encode()).hexdigest()[:16]
+    names = recipe_set(base.protocol, base.recipes or scale_of_source(base.source))
+    names.update({role: n for role, n in (("surrogate", base.surrogate_recipe),
+                                          ("pretrain", base.recipe), ("lp", base.lp_recipe),
+                                          ("ff", base.ff_recipe)) if n})
+    key = {"data": base.source, "k": base.k, "format": base.fmt, "finetune": sorted(finetune),
+           "recipes": {role: load_recipe(n).fingerprint() for role, n in sorted(names.items())},
+           "overrides": list(base.overrides), "finetune_overrides": list(base.finetune_overrides)}
+    if base.surrogate_overrides:  # only when set: the keys of published rows stay valid
+        key["surrogate_overrides"] = list(base.surrogate_overrides)
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[str],

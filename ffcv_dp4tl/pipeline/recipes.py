@@ -70,9 +70,32 @@ def recipe_scorer_options(entries: list[str], method: str) -> dict[str, str]:
 
 def recipe_scale(manifest) -> str:
     """``tiny`` for the embedded generated data (its manifest says ``extra.generator = synth``,
-    however it was named or where it was built), ``bench`` for its benchmark preset
-    (``synth:bench``), ``full`` for real data."""
+    however it was named or where it was built), ``bench`` for its benchmark presets
+    (``synth:bench``, ``synth:hard``), ``full`` for real data."""
     extra = manifest.contract.extra
     if extra.get("generator") != "synth":
         return "full"
-    return "bench" if (extra.get("synth_config") or {}).get("preset") in ("bench", "hard") else "tiny"
+    return _synth_scale(extra.get("synth_config") or {})
+
+
+def _synth_scale(synth_config: dict) -> str:
+    return "bench" if synth_config.get("preset") in ("bench", "hard") else "tiny"
+
+
+def scale_of_source(source: str) -> str:
+    """The scale :func:`recipe_scale` gives SOURCE's data, known before it is built: a ``synth``
+    spec by its preset, a built folder (or a synth build's ``source/``) by its manifest, anything
+    else is real data (``full``). For keys that must name the recipes a run will use."""
+    from pathlib import Path
+
+    from ..data.manifest import MANIFEST_NAME, load_manifest
+
+    if source.strip().lower().split(":", 1)[0] == "synth":
+        from beton_builders.synth import parse_synth
+
+        return _synth_scale(parse_synth(source).to_dict())
+    p = Path(source).expanduser()
+    for d in (p / "source", p):
+        if (d / MANIFEST_NAME).exists():
+            return recipe_scale(load_manifest(d))
+    return "full"

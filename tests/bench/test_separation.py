@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -127,3 +128,24 @@ def test_embedded_command_runs_the_paired_design(tmp_path, monkeypatch):
     assert (tmp_path / "o" / "README.md").exists()
     bad = CliRunner().invoke(app, ["bench", "embedded", "--targets", "dusk"])
     assert bad.exit_code != 0
+
+
+def test_settings_key_follows_the_recipes_the_pipeline_runs():
+    """The key names the recipes a run will use: the data's scale by the pipeline's rule when
+    recipes= is not given (synth:hard -> bench, like its manifest), and a recipe named per role."""
+    hard = sep.PipelineConfig(source="synth:hard")
+    assert sep.settings_key(hard, ["lp"]) == sep.settings_key(replace(hard, recipes="bench"), ["lp"])
+    assert sep.settings_key(hard, ["lp"]) != sep.settings_key(replace(hard, recipes="tiny"), ["lp"])
+    tiny = sep.PipelineConfig(source="synth:tiny")
+    assert sep.settings_key(tiny, ["ff"]) != sep.settings_key(replace(tiny, ff_recipe="ff_bench_cpu"), ["ff"])
+    assert sep.settings_key(tiny, ["lp"]) != sep.settings_key(
+        replace(tiny, surrogate_overrides=("train.epochs=2",)), ["lp"])
+
+
+def test_scale_of_source_agrees_with_the_manifest_rule(tmp_path, synth_root):
+    from ffcv_dp4tl.pipeline.recipes import scale_of_source
+
+    assert [scale_of_source(s) for s in ("synth", "synth:tiny", "synth:bench", "synth:hard,seed=2")] \
+        == ["tiny", "tiny", "bench", "bench"]
+    assert scale_of_source(str(tmp_path)) == "full"  # not built: real data's recipes
+    assert scale_of_source(str(synth_root)) == scale_of_source(str(synth_root / "source")) == "tiny"
