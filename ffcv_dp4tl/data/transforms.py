@@ -180,3 +180,20 @@ class Normalize(torch.nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x.to(self.dtype)
+
+    def into(self, images: torch.Tensor, out: torch.Tensor,
+             scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`forward`'s values written into ``out`` (NCHW-shaped, of ``self.dtype``, any
+        memory layout: e.g. a view of a shared-memory batch), allocating nothing when ``out`` is
+        float32 or a float32 ``scratch`` of the same shape is given. The same subtraction and
+        division as :meth:`forward`, in place, so both give the same floats (the WebDataset
+        loader's workers normalise into the batch they send)."""
+        if images.shape[-1] == 3 and images.shape[1] != 3:
+            images = images.permute(0, 3, 1, 2)
+        f = out if out.dtype == torch.float32 else (
+            scratch if scratch is not None else torch.empty(out.shape, dtype=torch.float32))
+        f.copy_(images)
+        f.sub_(self.mean.to(f.device)).div_(self.std.to(f.device))
+        if f is not out:
+            out.copy_(f)
+        return out

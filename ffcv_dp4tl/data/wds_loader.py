@@ -156,19 +156,14 @@ class _MaskedShardDataset(Dataset):
         return buf
 
     def _normalized(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
-        """What :class:`Normalize` gives for the uint8 NHWC batch ``x`` (the same floats: the
-        same subtraction and division, in place), in a new tensor of the loader's dtype that is
-        NHWC in memory as :class:`Normalize`'s output is, in shared memory when ``shared``."""
-        norm = self.normalize
-        dtype = norm.dtype
+        """:class:`Normalize` of the uint8 NHWC batch ``x`` (:meth:`Normalize.into`: the same
+        floats) in a new tensor of the loader's dtype that is NHWC in memory as
+        :class:`Normalize`'s output is, in shared memory when ``shared``."""
+        dtype = self.normalize.dtype
         out = _new_tensor(tuple(x.shape), dtype, shared).permute(0, 3, 1, 2)
-        f = (out if dtype == torch.float32
-             else self._buffer(torch.float32, tuple(x.shape)).permute(0, 3, 1, 2))
-        f.copy_(x.permute(0, 3, 1, 2))
-        f.sub_(norm.mean).div_(norm.std)
-        if f is not out:
-            out.copy_(f)
-        return out
+        scratch = (None if dtype == torch.float32
+                   else self._buffer(torch.float32, tuple(x.shape)).permute(0, 3, 1, 2))
+        return self.normalize.into(x, out, scratch)
 
 
 def _new_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:

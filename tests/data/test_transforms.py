@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from ffcv_dp4tl.data import AugSpec, EpochPlan
 from ffcv_dp4tl.data.transforms import (CROP_ATTEMPTS, RRC_RATIO, RRC_SCALE, center_crop_box,
@@ -100,3 +101,20 @@ def test_aug_seed_is_a_function_of_seed_and_epoch():
     assert a.aug_seed(2) == b.aug_seed(2)  # ranks and masks share it
     assert len({a.aug_seed(e) for e in range(5)}) == 5
     assert a.aug_seed(0) != EpochPlan(np.arange(10), shuffle=True, seed=5).aug_seed(0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_normalize_into_gives_forwards_floats_without_allocating_the_output(dtype):
+    """Normalize.into (what the WebDataset loader's workers write into shared memory) gives
+    exactly forward's values, in the caller's tensor, for NHWC uint8 input."""
+    from ffcv_dp4tl.data.transforms import Normalize
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (3, 5, 4, 3), generator=g, dtype=torch.uint8)  # NHWC
+    norm = Normalize(dtype=dtype)
+    out = torch.empty((3, 5, 4, 3), dtype=dtype).permute(0, 3, 1, 2)  # NHWC memory, NCHW shape
+    scratch = torch.empty((3, 3, 5, 4))
+    got = norm.into(x, out, None if dtype == torch.float32 else scratch)
+    assert got is out and got.dtype == dtype
+    assert torch.equal(got, norm(x))
+    assert not torch.equal(got.float(), torch.zeros_like(got.float()))
