@@ -155,7 +155,7 @@ def embedded(
     out: Path = typer.Option(Path("docs/embedded-benchmark"), "--out", "-o",
                              help="README.md (verdict, reference, ground truth), paired.png, "
                              "rows.jsonl (one line per finished run: a rerun resumes), summary.json"),
-    seeds: str = typer.Option("0,1,2,3,4", help="Pretraining/finetuning seeds; a method and "
+    seeds: str = typer.Option("0,1,2,3,4,5,6,7,8,9", help="Pretraining/finetuning seeds; a method and "
                               "RANDOM of one seed and target form a pair",
                               callback=ints_callback("--seeds")),
     reference_seeds: str = typer.Option("0,1", help="Seeds of the unpruned reference (is the "
