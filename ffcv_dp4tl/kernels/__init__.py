@@ -31,10 +31,22 @@ __all__ = [
     "assign_nearest_reference",
     "assigner",
     "cuda_available",
+    "cuda_modules",
     "histogram",
     "resolve_backend",
     "update_centroids",
 ]
+
+
+def cuda_modules() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """Every CUDA C module this package compiles at run time (NVRTC, through CuPy ``RawModule``):
+    name -> (source, kernel names the launchers use). A new module is registered here, so the CPU
+    tests compile it for sm_80 and sm_90 with ptxas (tests/scoring/test_kernels_nvrtc.py) before
+    any GPU meets it."""
+    from . import cuda_source, fused
+
+    return {"cuda": (cuda_source.SOURCE, cuda_source.KERNEL_NAMES),
+            "fused": (fused.FUSED_SOURCE, fused.FUSED_KERNELS)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -109,7 +121,8 @@ def assign_nearest(x: Any, centroids: Any, *, backend: str = "auto", method: str
     ``(labels int64 (N,), min_dist2 float32 (N,))``; exact ties go to the lowest index.
     ``method`` picks the CUDA algorithm (``cuda.ASSIGN_METHODS``: ``auto`` measures once per
     problem size; ``simt`` fused kernel; ``gemm-tf32``/``gemm-bf16`` tensor cores with exact
-    near-tie re-check); the CPU backend ignores it.
+    near-tie re-check; ``fused-bf16``/``fused-bf16-tiled`` one BF16 mma GEMM keeping each row's
+    best candidates, flagged rows re-checked exactly); the CPU backend ignores it.
     """
     b = resolve_backend(backend)
     if b == "cpu":

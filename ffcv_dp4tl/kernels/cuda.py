@@ -192,8 +192,10 @@ def histogram(labels: Any, k: int, weights: Any = None) -> Any:
 #: Assignment methods on CUDA. ``simt`` is the fused kernel above; ``gemm-*`` round the inputs to
 #: TF32/BF16, run cuBLAS on tensor cores and decide near-ties exactly in ``gemm_epilogue``;
 #: ``fused-bf16`` (:mod:`.fused`) is one mma.sync GEMM whose epilogue keeps each row's best
-#: candidates (no N x K matrix) and re-decides only the flagged rows with ``gemm-bf16``.
-ASSIGN_METHODS = ("auto", "simt", "gemm-tf32", "gemm-bf16", "fused-bf16")
+#: candidates (no N x K matrix) and re-decides only the flagged rows with ``gemm-bf16``;
+#: ``fused-bf16-tiled`` is the same decision with operands staged through shared memory.
+ASSIGN_METHODS = ("auto", "simt", "gemm-tf32", "gemm-bf16", "fused-bf16", "fused-bf16-tiled")
+FUSED_METHODS = {"fused-bf16": "direct", "fused-bf16-tiled": "tiled"}
 #: Bytes of the (rows x K) FP32 score block per GEMM chunk. Measured on an H100 (BENCHMARKS.md,
 #: GPU check; 1.28M x 512, K=2000): 8 / 32 / 128 MiB chunks took 112 / 33 / 21 ms (BF16), so the
 #: per-chunk launch cost outweighs keeping the block in L2; 128 MiB is the fastest size measured.
@@ -346,10 +348,10 @@ def _n_bucket(n: int) -> int:
 def _run_method(method: str, x, centroids, prepared=None):
     if method == "simt":
         return assign_nearest(x, centroids)
-    if method == "fused-bf16":
+    if method in FUSED_METHODS:
         from .fused import assign_nearest_fused
 
-        return assign_nearest_fused(x, centroids, prepared=prepared)
+        return assign_nearest_fused(x, centroids, prepared=prepared, kernel=FUSED_METHODS[method])
     return assign_nearest_gemm(x, centroids, precision=method.split("-")[1])
 
 
@@ -366,7 +368,7 @@ def assigner(x: Any, method: str = "auto"):
         xx, c = _assign_inputs(x, centroids)
         if "method" not in state:
             state["method"] = choose_method(xx, c) if method == "auto" else method
-            if state["method"] == "fused-bf16":
+            if state["method"] in FUSED_METHODS:
                 from .fused import prepare_rows
 
                 state["prepared"] = prepare_rows(xx)

@@ -30,9 +30,18 @@ terms vanish and only accumulation remains.
 ``prepare_rows`` rounds ``x`` once (padded BF16 copy, norms): :func:`..scoring.kmeans` keeps it
 for all Lloyd iterations instead of rebuilding it every call.
 
+**Two kernels, same decisions.** ``fused_assign_bf16`` (``kernel="direct"``) loads every mma
+fragment straight from global memory, relying on L1/L2. ``fused_assign_bf16_tiled``
+(``kernel="tiled"``, method ``fused-bf16-tiled``) is the usual next step for a tensor-core GEMM:
+a block keeps its 128 rows of ``x~`` in shared memory for the whole run and streams 128-centroid
+tiles of ``c~`` through two ``cp.async`` stages, with ``ldmatrix`` feeding the mma fragments, so
+global/L2 traffic is ``c~`` once per 128 rows instead of fragment-sized scattered loads. Which
+is faster is a GPU measurement (the ``fm`` stage of scripts/gpu_check.sh times both; ``auto``
+measures both); the tiled kernel needs D <= 560 on sm_80, 816 on sm_90 (shared memory).
+
 Tested on the CPU by compiling this very source under ``tests/scoring/cuda_emu.h``, which
-emulates ``mma.sync`` warp-collectively with the PTX fragment layout
-(tests/scoring/test_kernels_fused.py).
+emulates ``mma.sync`` and ``ldmatrix`` warp-collectively with the PTX fragment layout and
+``cp.async`` as a copy deferred to the wait (tests/scoring/test_kernels_fused.py).
 """
 from __future__ import annotations
 
@@ -50,6 +59,20 @@ from .cuda_source import DEVICE_HELPERS, THREADS
 #: Rows per block (4 warps x 16 rows), centroids per tile, D step of one mma.
 FBM, FBN, FBK = 64, 64, 16
 FUSED_THREADS = 128
+#: The tiled kernel: rows per block (x~ resident in shared memory), centroids per streamed tile,
+#: D columns per stage, padding halves per shared row, threads (8 warps).
+TBM, TBN, TBK, TPAD = 128, 128, 32, 8
+TILED_THREADS = 256
+#: The two kernels of :func:`assign_nearest_fused`: ``direct`` loads mma fragments straight from
+#: global memory (L1/L2); ``tiled`` stages them through shared memory (ldmatrix, cp.async).
+FUSED_KERNEL_KINDS = ("direct", "tiled")
+#: ``x~`` is padded to a multiple of this many rows, so either kernel can use one prepared copy.
+ROWS_MULTIPLE = max(FBM, TBM)
+
+
+def centroid_multiple(kernel: str) -> int:
+    """``c~`` is padded to a multiple of this many rows (the kernel's centroid tile)."""
+    return TBN if kernel == "tiled" else FBN
 #: 1 + margin for the bound's own FP32 arithmetic.
 BOUND_SLACK = 1.001
 
@@ -88,14 +111,40 @@ __device__ __forceinline__ void take(RowState& st, float lo, float hi, int col) 
     else if (lo < st.l2) st.l2 = lo;
 }
 
+/* Fold another partial state (other columns of the same row) into st. */
+__device__ __forceinline__ void merge_state(RowState& st, float l1, float l2, float u, int i1) {
+    st.u = fminf(st.u, u);
+    if (l1 < st.l1 || (l1 == st.l1 && i1 < st.i1)) { st.l2 = fminf(st.l1, l2); st.l1 = l1; st.i1 = i1; }
+    else st.l2 = fminf(st.l2, l1);
+}
+
 __device__ __forceinline__ void merge_lanes(RowState& st, int mask) {
     const float l1 = __shfl_xor_sync(0xffffffffu, st.l1, mask);
     const float l2 = __shfl_xor_sync(0xffffffffu, st.l2, mask);
     const float u = __shfl_xor_sync(0xffffffffu, st.u, mask);
     const int i1 = __shfl_xor_sync(0xffffffffu, st.i1, mask);
-    st.u = fminf(st.u, u);
-    if (l1 < st.l1 || (l1 == st.l1 && i1 < st.i1)) { st.l2 = fminf(st.l1, l2); st.l1 = l1; st.i1 = i1; }
-    else st.l2 = fminf(st.l2, l1);
+    merge_state(st, l1, l2, u, i1);
+}
+
+/* The bound's per-row coefficients (B_rk = P ca_k + Q dc_k + E ||c_k||^2) and an empty state. */
+__device__ __forceinline__ void row_setup(const float* __restrict__ x_norm2, const float* __restrict__ x_dnorm,
+                                          long long row, int n, float gamma, float scale,
+                                          float& P, float& Q, RowState& st) {
+    const long long r = row < n ? row : n - 1;              /* padding rows: any finite values */
+    const float xn = sqrtf(x_norm2[r]), dx = x_dnorm[r];
+    const float xa = xn * 1.0000002f + dx;                  /* >= ||x~|| */
+    P = scale * (2.f * (dx + gamma * xa) + 4.7683716e-7f * xa);   /* 2 * 2^-22 * xa */
+    Q = scale * 2.f * xn;
+    st.l1 = st.l2 = st.u = __int_as_float(0x7f800000);
+    st.i1 = -1;
+}
+
+/* Fold one accumulator value (x~.c~ of a row and centroid col) into the row's state. */
+__device__ __forceinline__ void fold(RowState& st, float dot, float P, float Q, float E,
+                                     float cn2, float ca, float dc, int col) {
+    const float s = fmaf(-2.f, dot, cn2);
+    const float b = fmaf(P, ca, fmaf(Q, dc, E * cn2));
+    take(st, s - b, s + b, col);
 }
 
 /* grid = n_pad / 64, block = 128 (4 warps x 16 rows). xr: (n_pad, ld) BF16, cr: (k_pad, ld) BF16
@@ -113,18 +162,10 @@ extern "C" __global__ void fused_assign_bf16(const unsigned short* __restrict__ 
     const int g = lane >> 2, t = lane & 3;
     const long long rows[2] = {(long long)blockIdx.x * FBM + warp * 16 + g,
                                (long long)blockIdx.x * FBM + warp * 16 + g + 8};
-    float P[2], Q[2], E[2];
+    const float E = scale * 2.3841858e-7f;                       /* 2^-22 */
+    float P[2], Q[2];
     RowState st[2];
-    for (int h = 0; h < 2; ++h) {
-        const long long r = rows[h] < n ? rows[h] : n - 1;     /* padding rows: any finite values */
-        const float xn = sqrtf(x_norm2[r]), dx = x_dnorm[r];
-        const float xa = xn * 1.0000002f + dx;                  /* >= ||x~|| */
-        P[h] = scale * (2.f * (dx + gamma * xa) + 4.7683716e-7f * xa);   /* 2 * 2^-22 * xa */
-        Q[h] = scale * 2.f * xn;
-        E[h] = scale * 2.3841858e-7f;                                    /* 2^-22 */
-        st[h].l1 = st[h].l2 = st[h].u = __int_as_float(0x7f800000);
-        st[h].i1 = -1;
-    }
+    for (int h = 0; h < 2; ++h) row_setup(x_norm2, x_dnorm, rows[h], n, gamma, scale, P[h], Q[h], st[h]);
     const unsigned* X = (const unsigned*)xr;
     const unsigned* C = (const unsigned*)cr;
     const long long ldw = ld / 2;                                /* 32-bit words per row */
@@ -151,11 +192,7 @@ extern "C" __global__ void fused_assign_bf16(const unsigned short* __restrict__ 
                 const int col = c0 + 8 * j + 2 * t + e;
                 if (col >= k) continue;
                 const float cn2 = c_norm2[col], ca = c_abs[col], dc = c_dnorm[col];
-                for (int h = 0; h < 2; ++h) {
-                    const float s = fmaf(-2.f, acc[j][2 * h + e], cn2);
-                    const float b = fmaf(P[h], ca, fmaf(Q[h], dc, E[h] * cn2));
-                    take(st[h], s - b, s + b, col);
-                }
+                for (int h = 0; h < 2; ++h) fold(st[h], acc[j][2 * h + e], P[h], Q[h], E, cn2, ca, dc, col);
             }
         }
     }
@@ -167,6 +204,151 @@ extern "C" __global__ void fused_assign_bf16(const unsigned short* __restrict__ 
             tie[rows[h]] = !(st[h].l2 > st[h].u);      /* NaN-safe: anything unclear is re-checked */
         }
     }
+}
+
+/* ---- The tiled variant: shared-memory staging, ldmatrix, cp.async double buffering ----------
+   Block = 256 threads = 8 warps, 128 rows (TBM); the block's rows of x~ (whole D) are copied to
+   shared memory ONCE and stay there, while 128-centroid tiles of c~ stream through two
+   TBN x TBK stages (cp.async; the next stage loads while the tensor cores work on this one). Warp
+   (wr, wc) = (warp & 3, warp >> 2) owns rows wr*32..+31 and centroids wc*64..+63 of each tile:
+   per 16-wide D step, 2 + 4 ldmatrix.x4 feed 16 mma. The two column halves of a row are merged
+   through shared memory at the end. Shared rows are padded by TPAD halves so the 8 row addresses
+   of one ldmatrix fall in distinct banks. Needs TBM * (ld + TPAD) * 2 + 2 * TBN * TLDB * 2 bytes
+   of dynamic shared memory (150 KiB at D = 512; D <= 560 on sm_80, 816 on sm_90); x~ and c~ are
+   padded to 128 rows. */
+@TILED_DEFINES@
+#ifndef CUDA_EMU
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;\n" : "=l"(a) : "l"(p));
+    return (unsigned)a;
+}
+/* Four 8x8 BF16 matrices: lanes 8i..8i+7 give matrix i's row addresses; each lane gets, per
+   matrix, the two halves at row lane/4, columns 2*(lane%4) and +1 (the mma fragment layout). */
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const unsigned short* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void cp_async16(unsigned short* s, const unsigned short* g) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"(smem_u32(s)), "l"(g) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_0() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+#endif
+
+/* Stage rows c0..c0+TBN-1, columns k0..k0+min(TBK, ld-k0)-1 of c~ into dst (TBN x TLDB). */
+__device__ __forceinline__ void load_c_stage(unsigned short* dst, const unsigned short* __restrict__ cr,
+                                             int ld, int c0, int k0, int tid) {
+    const int segs = min(TBK, ld - k0) / 8;                    /* 16-byte pieces per row */
+    for (int i = tid; i < TBN * (TBK / 8); i += TTHREADS) {
+        const int r = i / (TBK / 8), s = i % (TBK / 8);
+        if (s < segs) cp_async16(dst + r * TLDB + s * 8, cr + (long long)(c0 + r) * ld + k0 + s * 8);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(TTHREADS, 1)
+fused_assign_bf16_tiled(const unsigned short* __restrict__ xr, const unsigned short* __restrict__ cr, int ld,
+                        const float* __restrict__ x_norm2, const float* __restrict__ x_dnorm,
+                        const float* __restrict__ c_norm2, const float* __restrict__ c_abs,
+                        const float* __restrict__ c_dnorm, int* __restrict__ guess, int* __restrict__ tie,
+                        int n, int k, float gamma, float scale) {
+#ifdef CUDA_EMU
+    unsigned short* As = (unsigned short*)emu_dynamic_smem();
+#else
+    extern __shared__ unsigned long long smem_words[];        /* no static shared: base is aligned */
+    unsigned short* As = (unsigned short*)smem_words;
+#endif
+    const int lda = ld + TPAD;
+    unsigned short* Bs = As + TBM * lda;                        /* two stages of TBN x TLDB */
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wr = warp & 3, wc = warp >> 2, g = lane >> 2, t = lane & 3;
+    const long long row0 = (long long)blockIdx.x * TBM;
+    const float E = scale * 2.3841858e-7f;                       /* 2^-22 */
+    float P[2][2], Q[2][2];
+    RowState st[2][2];                                           /* [16-row half][g or g + 8] */
+    for (int mi = 0; mi < 2; ++mi)
+        for (int h = 0; h < 2; ++h)
+            row_setup(x_norm2, x_dnorm, row0 + wr * 32 + mi * 16 + h * 8 + g, n, gamma, scale,
+                      P[mi][h], Q[mi][h], st[mi][h]);
+
+    const int segs = ld / 8;                                     /* x~: all of D, once */
+    for (int i = tid; i < TBM * segs; i += TTHREADS) {
+        const int r = i / segs, s = i % segs;
+        cp_async16(As + r * lda + s * 8, xr + (row0 + r) * ld + s * 8);
+    }
+    const int nch = (ld + TBK - 1) / TBK;
+    const int steps = ((k + TBN - 1) / TBN) * nch;
+    load_c_stage(Bs, cr, ld, 0, 0, tid);
+    cp_async_commit();                                           /* group 0: x~ and stage 0 */
+
+    float acc[2][8][4];
+    for (int mi = 0; mi < 2; ++mi)
+        for (int j = 0; j < 8; ++j)
+            for (int q = 0; q < 4; ++q) acc[mi][j][q] = 0.f;
+    const int li = lane >> 3, lr = lane & 7;                     /* ldmatrix: matrix, row */
+    for (int s = 0; s < steps; ++s) {
+        if (s + 1 < steps) {
+            load_c_stage(Bs + ((s + 1) & 1) * TBN * TLDB, cr, ld, ((s + 1) / nch) * TBN, ((s + 1) % nch) * TBK, tid);
+            cp_async_commit();
+            cp_async_wait_1();                                   /* stage s (and x~) landed */
+        } else {
+            cp_async_wait_0();
+        }
+        __syncthreads();
+        const unsigned short* B = Bs + (s & 1) * TBN * TLDB + wc * 64 * TLDB;
+        const int ch = s % nch, k0 = ch * TBK, kw = min(TBK, ld - k0);
+        for (int kk = 0; kk < kw; kk += 16) {
+            unsigned a[2][4], b[4][4];
+            for (int mi = 0; mi < 2; ++mi)   /* a0..a3: rows +0/+8 (li & 1), columns +0/+8 (li >> 1) */
+                ldsm_x4(a[mi], As + (wr * 32 + mi * 16 + (li & 1) * 8 + lr) * lda + k0 + kk + (li >> 1) * 8);
+            for (int jp = 0; jp < 4; ++jp)   /* b0, b1 of centroids 16jp..+7, then of 16jp+8..+15 */
+                ldsm_x4(b[jp], B + (jp * 16 + (li >> 1) * 8 + lr) * TLDB + kk + (li & 1) * 8);
+            for (int mi = 0; mi < 2; ++mi)
+                for (int j = 0; j < 8; ++j) mma_bf16_16816(acc[mi][j], a[mi], &b[j >> 1][(j & 1) * 2]);
+        }
+        if (ch == nch - 1) {                                     /* this tile's dots are complete */
+            const int cbase = (s / nch) * TBN + wc * 64;
+            for (int j = 0; j < 8; ++j)
+                for (int e = 0; e < 2; ++e) {
+                    const int col = cbase + 8 * j + 2 * t + e;
+                    if (col < k) {
+                        const float cn2 = c_norm2[col], ca = c_abs[col], dc = c_dnorm[col];
+                        for (int mi = 0; mi < 2; ++mi)
+                            for (int h = 0; h < 2; ++h)
+                                fold(st[mi][h], acc[mi][j][2 * h + e], P[mi][h], Q[mi][h], E, cn2, ca, dc, col);
+                    }
+                }
+            for (int mi = 0; mi < 2; ++mi)
+                for (int j = 0; j < 8; ++j)
+                    for (int q = 0; q < 4; ++q) acc[mi][j][q] = 0.f;
+        }
+        __syncthreads();                                         /* stage s may now be refilled */
+    }
+    /* the 4 lanes of a row, then the two column halves (through the now idle stage buffers) */
+    float* xs = (float*)Bs;
+    int* xi = (int*)(xs + 3 * TBM);
+    for (int mi = 0; mi < 2; ++mi)
+        for (int h = 0; h < 2; ++h) {
+            merge_lanes(st[mi][h], 1);
+            merge_lanes(st[mi][h], 2);
+            const int rb = wr * 32 + mi * 16 + h * 8 + g;
+            if (wc == 1 && t == 0) {
+                xs[3 * rb] = st[mi][h].l1; xs[3 * rb + 1] = st[mi][h].l2; xs[3 * rb + 2] = st[mi][h].u;
+                xi[rb] = st[mi][h].i1;
+            }
+        }
+    __syncthreads();
+    if (wc == 0 && t == 0)
+        for (int mi = 0; mi < 2; ++mi)
+            for (int h = 0; h < 2; ++h) {
+                const int rb = wr * 32 + mi * 16 + h * 8 + g;
+                merge_state(st[mi][h], xs[3 * rb], xs[3 * rb + 1], xs[3 * rb + 2], xi[rb]);
+                if (row0 + rb < n) {
+                    guess[row0 + rb] = st[mi][h].i1;
+                    tie[row0 + rb] = !(st[mi][h].l2 > st[mi][h].u);
+                }
+            }
 }
 
 /* One warp per row: label and exact distance (FP64 sum of (x - c)^2) of the unique candidate;
@@ -198,11 +380,22 @@ extern "C" __global__ void fused_finalize(const float* __restrict__ x, const flo
 }
 """
 
-FUSED_KERNELS = ("prep_pad_bf16", "fused_assign_bf16", "fused_finalize")
+FUSED_SOURCE = FUSED_SOURCE.replace("@TILED_DEFINES@", "".join(
+    f"#define {name} {value}\n" for name, value in
+    (("TBM", TBM), ("TBN", TBN), ("TBK", TBK), ("TPAD", TPAD), ("TLDB", TBK + TPAD), ("TTHREADS", TILED_THREADS))))
+
+FUSED_KERNELS = ("prep_pad_bf16", "fused_assign_bf16", "fused_assign_bf16_tiled", "fused_finalize")
 
 
 def padded(n: int, multiple: int) -> int:
     return max(multiple, -(-n // multiple) * multiple)
+
+
+def tiled_smem_bytes(ld: int) -> int:
+    """Dynamic shared memory of one tiled block: the block's rows of ``x~`` (whole padded D) and
+    two centroid stages. 153,600 bytes at D = 512: fits sm_80 (163 KiB opt-in, D <= 560) and sm_90
+    (227 KiB, D <= 816); sm_86/89 (99 KiB) take D <= 304."""
+    return 2 * (TBM * (ld + TPAD) + 2 * TBN * (TBK + TPAD))
 
 
 def centroid_terms(c_norm2: Any, c_dnorm: Any) -> Any:
@@ -257,23 +450,41 @@ def _prep_pad(a, rows_pad: int, ld: int):
 
 
 def prepare_rows(x: Any) -> PreparedRows:
-    """Round ``x`` (N, D) to BF16 once (the GEMM's format), padded to 64 rows / 16 columns."""
+    """Round ``x`` (N, D) to BF16 once (the GEMM's format), padded to 128 rows (both kernels'
+    blocks) and 16 columns."""
     cp = _cupy()
     x = cp.ascontiguousarray(cp.asarray(x, dtype=cp.float32))
     n, d = x.shape
     ld = padded(d, FBK)
-    xr, norm2, dnorm = _prep_pad(x, padded(n, FBM), ld)
+    xr, norm2, dnorm = _prep_pad(x, padded(n, ROWS_MULTIPLE), ld)
     return PreparedRows(x, xr, norm2, dnorm, ld)
 
 
+def _launch_tiled(args: tuple, rows_pad: int, ld: int) -> None:
+    cp = _cupy()
+    smem = tiled_smem_bytes(ld)
+    limit = cp.cuda.Device().attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024)
+    if smem > limit:
+        raise KernelInputError(f"the tiled fused kernel keeps 128 rows of x in shared memory: D = {ld} needs "
+                               f"{smem} bytes, this GPU allows {limit}; use method 'fused-bf16' (direct loads)")
+    fn = _kernel("fused_assign_bf16_tiled")
+    if smem > 48 * 1024 and getattr(fn, "_dp4tl_smem", 0) < smem:
+        fn.max_dynamic_shared_size_bytes = smem
+        fn._dp4tl_smem = smem
+    fn((rows_pad // TBM,), (TILED_THREADS,), args, shared_mem=smem)
+
+
 def assign_nearest_fused(x: Any, centroids: Any, *, prepared: PreparedRows | None = None, votes: Any = None,
-                         bound_scale: float = 1.0, return_ties: bool = False):
+                         bound_scale: float = 1.0, return_ties: bool = False, kernel: str = "direct"):
     """Same contract as :func:`.cuda.assign_nearest_gemm` (labels equal a float64 reference, exact
     ties to the lowest index, exact distances, NaN for non-finite rows), without an N x K matrix.
 
     ``prepared``: :func:`prepare_rows` of ``x`` (k-means passes it every iteration, so ``x`` is
-    rounded once). ``return_ties`` adds the number of rows re-decided exactly.
+    rounded once). ``return_ties`` adds the number of rows re-decided exactly. ``kernel``: one of
+    :data:`FUSED_KERNEL_KINDS` (same labels; which is faster is measured on the GPU).
     """
+    if kernel not in FUSED_KERNEL_KINDS:
+        raise ValueError(f"kernel must be one of {', '.join(FUSED_KERNEL_KINDS)}, got {kernel!r}")
     cp = _cupy()
     x, centroids = _assign_inputs(x, centroids)
     n, d = x.shape
@@ -283,15 +494,17 @@ def assign_nearest_fused(x: Any, centroids: Any, *, prepared: PreparedRows | Non
     elif prepared.x.shape != x.shape or prepared.x.data.ptr != x.data.ptr:
         raise KernelInputError("prepared rows belong to another x; call prepare_rows(x) for this one")
     ld = prepared.ld
-    cr, c_norm2, c_dnorm = _prep_pad(centroids, padded(k, FBN), ld)
+    cr, c_norm2, c_dnorm = _prep_pad(centroids, padded(k, centroid_multiple(kernel)), ld)
     c_abs = centroid_terms(c_norm2, c_dnorm)
     guess = cp.empty(n, dtype=cp.int32)
     tie = cp.empty(n, dtype=cp.int32)
     scale = np.float32(bound_scale * BOUND_SLACK)
-    _kernel("fused_assign_bf16")(
-        (prepared.xr.shape[0] // FBM,), (FUSED_THREADS,),
-        (prepared.xr, cr, _i32(ld), prepared.norm2, prepared.dnorm, c_norm2, c_abs, c_dnorm, guess, tie,
-         _i32(n), _i32(k), np.float32(accumulation_bound(d)), scale))
+    args = (prepared.xr, cr, _i32(ld), prepared.norm2, prepared.dnorm, c_norm2, c_abs, c_dnorm, guess, tie,
+            _i32(n), _i32(k), np.float32(accumulation_bound(d)), scale)
+    if kernel == "tiled":
+        _launch_tiled(args, prepared.xr.shape[0], ld)
+    else:
+        _kernel("fused_assign_bf16")((prepared.xr.shape[0] // FBM,), (FUSED_THREADS,), args)
     labels = cp.empty(n, dtype=cp.int64)
     min_d2 = cp.empty(n, dtype=cp.float32)
     warps = THREADS // 32

@@ -2,10 +2,12 @@
 // kernel source can be compiled with g++ and executed on machines without a GPU.
 //
 // Every CUDA thread of a block is a std::thread; blocks run one after another, so function-
-// local `static` arrays behave like __shared__ memory. __syncthreads is a block-wide barrier,
-// warp shuffles exchange through a buffer guarded by a per-warp barrier (all lanes of a warp
-// must call them together, as CUDA requires), atomics take a global mutex. This checks the
-// kernels' indexing, tiling, reductions and tie rules, not their performance or memory model.
+// local `static` arrays behave like __shared__ memory (dynamic shared memory: one poisoned
+// buffer, see emu_dynamic_smem). __syncthreads is a block-wide barrier, warp shuffles, mma.sync
+// and ldmatrix exchange through buffers guarded by a per-warp barrier (all lanes of a warp must
+// call them together, as CUDA requires), cp.async copies are deferred to the thread's wait,
+// atomics take a global mutex. This checks the kernels' indexing, tiling, staging, reductions
+// and tie rules, not their performance or memory model.
 #pragma once
 #include <barrier>
 #include <cmath>
@@ -32,6 +34,7 @@ inline dim3 gridDim;
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static
+#define __launch_bounds__(...)
 
 using std::max;
 using std::min;
@@ -41,6 +44,13 @@ inline std::vector<std::unique_ptr<std::barrier<>>> emu_warp_barriers;
 inline std::vector<uint64_t> emu_shfl_buf;
 inline std::mutex emu_atomic_mu;
 inline std::vector<uint32_t> emu_mma_buf;  // 6 words (a0..a3, b0, b1) per thread
+inline std::vector<const unsigned short*> emu_ptr_buf;  // ldmatrix row addresses, one per thread
+// Dynamic shared memory (extern __shared__): one buffer, refilled with a poison pattern (BF16
+// NaN 0x7fc0 in every half) before each block, so a read of anything the block did not write
+// gives NaN products instead of the previous block's data.
+inline std::vector<uint16_t> emu_dyn_smem_buf;
+inline void emu_set_dynamic_smem(size_t bytes) { emu_dyn_smem_buf.assign((bytes + 1) / 2, 0x7fc0); }
+inline void* emu_dynamic_smem() { return emu_dyn_smem_buf.data(); }
 
 // Kernels test CUDA_EMU to swap inline PTX for the emulations below.
 #define CUDA_EMU 1
@@ -114,6 +124,42 @@ inline void mma_bf16_16816(float* d, const unsigned* a, const unsigned* b) {
     emu_warp_barriers[warp]->arrive_and_wait();
 }
 
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16, warp-collective: lanes 8i..8i+7 give the row
+// addresses (8 halves each) of matrix i; every lane receives, for each matrix i, the word at row
+// lane / 4, halves 2 (lane % 4) and 2 (lane % 4) + 1 (the mma fragment layout).
+inline void ldsm_x4(unsigned* r, const unsigned short* p) {
+    const int warp = emu_tid / 32, lane = emu_tid & 31, base = emu_tid & ~31;
+    emu_ptr_buf[emu_tid] = p;
+    emu_warp_barriers[warp]->arrive_and_wait();
+    for (int i = 0; i < 4; ++i) {
+        const unsigned short* row = emu_ptr_buf[base + 8 * i + lane / 4];
+        uint32_t w;
+        std::memcpy(&w, row + 2 * (lane % 4), 4);
+        r[i] = w;
+    }
+    emu_warp_barriers[warp]->arrive_and_wait();
+}
+
+// cp.async (16 bytes) with commit_group / wait_group: the copy is *deferred* until this thread
+// waits for its group, as on the GPU nothing guarantees it landed before; a kernel that reads
+// shared memory before cp_async_wait_* + __syncthreads reads the poison pattern.
+struct EmuCopy { void* dst; const void* src; };
+inline thread_local std::vector<EmuCopy> emu_cp_pending;
+inline thread_local std::vector<std::vector<EmuCopy>> emu_cp_groups;
+inline void cp_async16(unsigned short* s, const unsigned short* g) { emu_cp_pending.push_back({s, g}); }
+inline void cp_async_commit() {
+    emu_cp_groups.push_back(std::move(emu_cp_pending));
+    emu_cp_pending.clear();
+}
+inline void emu_cp_wait(size_t keep) {
+    while (emu_cp_groups.size() > keep) {
+        for (const EmuCopy& c : emu_cp_groups.front()) std::memcpy(c.dst, c.src, 16);
+        emu_cp_groups.erase(emu_cp_groups.begin());
+    }
+}
+inline void cp_async_wait_1() { emu_cp_wait(1); }
+inline void cp_async_wait_0() { emu_cp_wait(0); }
+
 inline int __ffs(unsigned x) { return x ? __builtin_ctz(x) + 1 : 0; }
 
 template <class T>
@@ -163,6 +209,8 @@ void emu_launch(F kernel, dim3 grid, dim3 block, A... args) {
                     emu_warp_barriers.emplace_back(new std::barrier<>(std::min(32, nthreads - 32 * w)));
                 emu_shfl_buf.assign(nthreads, 0);
                 emu_mma_buf.assign(6 * size_t(nthreads), 0);
+                emu_ptr_buf.assign(nthreads, nullptr);
+                std::fill(emu_dyn_smem_buf.begin(), emu_dyn_smem_buf.end(), uint16_t(0x7fc0));
                 std::vector<std::thread> threads;
                 threads.reserve(nthreads);
                 for (int t = 0; t < nthreads; ++t) {
@@ -170,6 +218,8 @@ void emu_launch(F kernel, dim3 grid, dim3 block, A... args) {
                         emu_tid = t;
                         threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
                         blockIdx = dim3(bx, by, bz);
+                        emu_cp_pending.clear();
+                        emu_cp_groups.clear();
                         kernel(args...);
                     });
                 }

@@ -40,11 +40,12 @@ def prep(emu, wd, a: np.ndarray, rows_pad: int, ld: int):
             np.fromfile(wd / "norm2.bin", np.float32), np.fromfile(wd / "dnorm.bin", np.float32))
 
 
-def fused_emulated(emu, emu_gemm, wd, x, c, bound_scale=1.0):
+def fused_emulated(emu, emu_gemm, wd, x, c, bound_scale=1.0, kernel="direct"):
     """assign_nearest_fused step by step: prep x and c, the fused kernel, finalize, re-check."""
     n, d = x.shape
     k = c.shape[0]
-    ld, rows_pad, k_pad = fused.padded(d, fused.FBK), fused.padded(n, fused.FBM), fused.padded(k, fused.FBN)
+    ld, rows_pad = fused.padded(d, fused.FBK), fused.padded(n, fused.ROWS_MULTIPLE)
+    k_pad = fused.padded(k, fused.centroid_multiple(kernel))
     xr, xn2, xdn = prep(emu, wd, x, rows_pad, ld)
     cr, cn2, cdn = prep(emu, wd, c, k_pad, ld)
     cabs = fused.centroid_terms(cn2, cdn)
@@ -52,7 +53,7 @@ def fused_emulated(emu, emu_gemm, wd, x, c, bound_scale=1.0):
                       ("x", x.astype(np.float32)), ("c", c.astype(np.float32))):
         np.ascontiguousarray(arr).tofile(wd / f"{name}.bin")
     scale = np.float32(bound_scale * fused.BOUND_SLACK)
-    run(emu, "assign", wd, n, k, ld, d, repr(cuda.accumulation_bound(d)), repr(float(scale)), rows_pad)
+    run(emu, "assign", wd, n, k, ld, d, repr(cuda.accumulation_bound(d)), repr(float(scale)), rows_pad, kernel)
     run(emu, "final", wd, n, d, k)
     out = {"guess": np.fromfile(wd / "guess.bin", np.int32), "tie": np.fromfile(wd / "tie.bin", np.int32),
            "labels": np.fromfile(wd / "labels.bin", np.int64), "d2": np.fromfile(wd / "d2.bin", np.float32),
@@ -74,12 +75,13 @@ def test_prep_pad_rounds_once_and_zero_pads(emu_fused, tmp_path, rng):
     np.testing.assert_allclose(norm2, (a.astype(np.float64) ** 2).sum(1), rtol=1e-6)
 
 
+@pytest.mark.parametrize("kernel", fused.FUSED_KERNEL_KINDS)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_fused_labels_equal_float64_with_near_ties(emu_fused, emu_gemm, tmp_path, seed):
+def test_fused_labels_equal_float64_with_near_ties(emu_fused, emu_gemm, tmp_path, seed, kernel):
     rng = np.random.default_rng(seed)
     x, c = near_tie_data(rng, n=150, d=45, k=70)  # D, K, N not multiples of the tiles
     x[5, 7] = np.nan
-    out = fused_emulated(emu_fused, emu_gemm, tmp_path, x, c)
+    out = fused_emulated(emu_fused, emu_gemm, tmp_path, x, c, kernel=kernel)
     ok = np.arange(x.shape[0]) != 5
     ref_labels, ref_d2, _ = reference_assign(x[ok], c)
     np.testing.assert_array_equal(out["labels"][ok], ref_labels)  # equal, near-ties included
@@ -97,22 +99,29 @@ def test_fused_labels_equal_float64_with_near_ties(emu_fused, emu_gemm, tmp_path
     np.testing.assert_array_equal(out["guess"][plain], reference_assign(x[plain], c)[0])
 
 
-def test_fused_mma_fragment_layout_gives_the_gemm(emu_fused, tmp_path):
+@pytest.mark.parametrize(("kernel", "n", "d", "k"), [
+    ("direct", 64, 32, 80),
+    ("tiled", 64, 32, 80),
+    # several D stages (TBK = 32) with a partial last one, and several centroid tiles and row blocks
+    ("tiled", 300, 176, 300),
+])
+def test_fused_mma_fragment_layout_gives_the_gemm(emu_fused, tmp_path, kernel, n, d, k):
     """Exact small integers: BF16 and FP32 are exact, so the bound is only the accumulation term
     and every row whose best is unique is decided by the GEMM alone, with the right label; a
-    fragment element in the wrong lane/register would pick wrong centroids here."""
+    fragment element in the wrong lane/register (or, tiled, a shared-memory stage read before it
+    landed) would pick wrong centroids here."""
     rng = np.random.default_rng(3)
-    c = rng.integers(-8, 9, size=(80, 32)).astype(np.float32)
-    x = rng.integers(-8, 9, size=(64, 32)).astype(np.float32)
-    n, d = x.shape
-    ld, k_pad = fused.padded(d, fused.FBK), fused.padded(c.shape[0], fused.FBN)
-    xr, xn2, xdn = prep(emu_fused, tmp_path, x, 64, ld)
+    c = rng.integers(-8, 9, size=(k, d)).astype(np.float32)
+    x = rng.integers(-8, 9, size=(n, d)).astype(np.float32)
+    ld, k_pad = fused.padded(d, fused.FBK), fused.padded(k, fused.centroid_multiple(kernel))
+    rows_pad = fused.padded(n, fused.ROWS_MULTIPLE)
+    xr, xn2, xdn = prep(emu_fused, tmp_path, x, rows_pad, ld)
     cr, cn2, cdn = prep(emu_fused, tmp_path, c, k_pad, ld)
     assert not xdn.any() and not cdn.any()  # stored exactly in the GEMM format
     for name, arr in (("xr", xr), ("cr", cr), ("xn2", xn2), ("xdn", xdn), ("cn2", cn2),
                       ("cabs", fused.centroid_terms(cn2, cdn)), ("cdn", cdn)):
         np.ascontiguousarray(arr).tofile(tmp_path / f"{name}.bin")
-    run(emu_fused, "assign", tmp_path, n, c.shape[0], ld, d, repr(cuda.accumulation_bound(d)), "1.001", 64)
+    run(emu_fused, "assign", tmp_path, n, k, ld, d, repr(cuda.accumulation_bound(d)), "1.001", rows_pad, kernel)
     guess, tie = np.fromfile(tmp_path / "guess.bin", np.int32), np.fromfile(tmp_path / "tie.bin", np.int32)
     _, _, dist = reference_assign(x, c)
     srt = np.sort(dist, axis=1)
@@ -122,10 +131,11 @@ def test_fused_mma_fragment_layout_gives_the_gemm(emu_fused, tmp_path):
     assert tie[~unique].all()  # exact ties are always flagged
 
 
-def test_fused_bound_is_needed(emu_fused, emu_gemm, tmp_path, rng):
+@pytest.mark.parametrize("kernel", fused.FUSED_KERNEL_KINDS)
+def test_fused_bound_is_needed(emu_fused, emu_gemm, tmp_path, rng, kernel):
     """With the bound switched off, BF16 scores alone mislabel near-tie rows."""
     x, c = near_tie_data(rng, n=150, d=45, k=70)
-    out = fused_emulated(emu_fused, emu_gemm, tmp_path, x, c, bound_scale=0.0)
+    out = fused_emulated(emu_fused, emu_gemm, tmp_path, x, c, bound_scale=0.0, kernel=kernel)
     ref_labels, _, _ = reference_assign(x, c)
     assert (out["labels"] != ref_labels).sum() > 5
 
@@ -144,10 +154,21 @@ def test_per_centroid_bound_flags_fewer_rows_than_the_max_bound(emu_fused, emu_g
     assert out["tie"].sum() < 0.25 * (old["ncand"] > 1).sum()
 
 
+def test_fused_kernel_choice_is_checked_and_methods_name_both():
+    with pytest.raises(ValueError, match="kernel must be one of direct, tiled"):
+        fused.assign_nearest_fused(np.zeros((2, 2), np.float32), np.zeros((1, 2), np.float32), kernel="smem")
+    assert set(cuda.FUSED_METHODS.values()) == set(fused.FUSED_KERNEL_KINDS)
+    assert set(cuda.FUSED_METHODS) <= set(cuda.ASSIGN_METHODS)
+    # 128 rows of x~ (D = 512 padded by 8) + two 128 x 40 centroid stages, BF16: fits the opt-in
+    # shared memory of sm_80 (166,912 bytes) as well as sm_90 (232,448)
+    assert fused.tiled_smem_bytes(512) == 2 * (128 * 520 + 2 * 128 * 40) <= 166_912
+
+
 # -- real GPU ------------------------------------------------------------------------------
 @pytest.mark.gpu
 @requires_cuda
-def test_gpu_fused_assign_equals_float64(rng):
+@pytest.mark.parametrize("kernel", fused.FUSED_KERNEL_KINDS)
+def test_gpu_fused_assign_equals_float64(rng, kernel):
     import cupy as cp
 
     x, c = near_tie_data(rng, n=5000, d=96, k=300)
@@ -155,7 +176,7 @@ def test_gpu_fused_assign_equals_float64(rng):
     xd = cp.asarray(x)
     prepared = fused.prepare_rows(xd)
     labels, d2, ties = fused.assign_nearest_fused(xd, cp.asarray(c), prepared=prepared, votes=votes,
-                                                  return_ties=True)
+                                                  return_ties=True, kernel=kernel)
     ref_labels, ref_d2, _ = reference_assign(x, c)
     np.testing.assert_array_equal(labels.get(), ref_labels)
     np.testing.assert_allclose(d2.get(), ref_d2, rtol=1e-6)
