@@ -460,10 +460,15 @@ def prepare_rows(x: Any) -> PreparedRows:
     return PreparedRows(x, xr, norm2, dnorm, ld)
 
 
+@functools.lru_cache(maxsize=None)
+def _smem_optin(device_id: int) -> int:
+    return int(_cupy().cuda.Device(device_id).attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
+
+
 def _launch_tiled(args: tuple, rows_pad: int, ld: int) -> None:
     cp = _cupy()
     smem = tiled_smem_bytes(ld)
-    limit = cp.cuda.Device().attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024)
+    limit = _smem_optin(cp.cuda.Device().id)
     if smem > limit:
         raise KernelInputError(f"the tiled fused kernel keeps 128 rows of x in shared memory: D = {ld} needs "
                                f"{smem} bytes, this GPU allows {limit}; use method 'fused-bf16' (direct loads)")
