@@ -16,7 +16,7 @@ setup:
 test *args:
     {{py}} -m pytest -q -p no:cacheprovider {{args}}
 
-# the whole scripts/gpu_check.sh rehearsed on the CPU at toy sizes (~5 min): run before every device call
+# the whole scripts/gpu_check.sh rehearsed on the CPU at toy sizes (~3 min idle): run before every device call
 rehearse-gpu-check:
     GPU_CHECK_REHEARSAL=1 {{py}} -m pytest -q -p no:cacheprovider tests/test_gpu_check.py
 
