@@ -108,7 +108,7 @@ SHIPPED_FINGERPRINTS = {
     "resnet101_16ep": "e6f8c47f5ffe5dedc3ce2cb9bf7eac7448023b4f2cb5ee380da4ca6370f0786f",
     "resnet18_surrogate": "84ce0a821ddf541ac1d8f3bd48af45bb45fb60a7f5dd21288b94aa40eb05b2cb",
     "resnet18_tiny_cpu": "3de48877acbc2062f5b691b14efe1c8a351547eaaf4bda181f500407669bde9a",  # issue 18
-    "resnet34_tiny_cpu": "94da5e3c19081d63909d14322b8a670ccb3c1f2a29fcae02dcfbf287f95750d1",
+    "resnet34_tiny_cpu": "1c2dac1c02d2f74ac113e712e666b8f241f85627287a6fdfd2efa68d525e8ea1",  # lr 1.0 -> 0.2
     "resnet50_16ep": "67ca9db2e496a61cff26b538b16e97e71b14a88df463ca7f1f94a74783f80ea8",
     "vit_b16": "40b63dd3d92f095ceb5dd13adacdf7c94be87ab3ef352c59167caf33de0809da",
 }
