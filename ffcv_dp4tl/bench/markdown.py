@@ -123,12 +123,15 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
     elif sur and ref["pretrain_s"]:
         share = sur / ref["pretrain_s"]
         rec = t.get("recipes") or {}
+        if share >= 1:
+            when = (f"so no ratio can save time: the surrogate alone costs {share:.2f}× a full "
+                    "pretraining, and every pruned total exceeds the 0 % cost")
+        else:
+            when = f"so it saves time once r > {share:.2f}" + (
+                " — here the surrogate costs almost as much as a full pretraining" if share > 0.8 else "")
         L += ["", f"The surrogate (`{rec.get('surrogate', '?')}`) took {sur:.1f} s = {share:.2f}× "
               f"the 0 % pretraining (`{rec.get('pretrain', '?')}`). A selection method's total at "
-              f"ratio r is about (1 − r) + {share:.2f} of the 0 % cost, so it saves time once "
-              f"r > {share:.2f}"
-              + (" — here the surrogate costs about as much as a full pretraining, so pruned "
-                 "totals exceed the 0 % cost" if share > 0.8 else "")
+              f"ratio r is about (1 − r) + {share:.2f} of the 0 % cost, {when}"
               + ". In the paper the ResNet-18 surrogate is a small share of ResNet-101 "
               "pretraining and is shared by every ratio and target, so its totals fall almost "
               "as fast as the kept fraction; here a larger surrogate share pushes the totals "

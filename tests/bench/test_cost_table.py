@@ -61,6 +61,13 @@ def test_summary_reductions_and_selection_cost():
     assert "| 60 % | 2.4 | 56 % |" in md and "52.0 (-48 %)" in md
     assert sel["lm"]["with_pretrain_s"] == pytest.approx(52.0) and sel["lm"]["paper_h"] == 2.4
     assert "| LM | 10.0 | 2.0 | 2.0 | 12.0 | 52.0 | 2.4 |" in md  # Tab. 4: selection + pretraining
+    # the surrogate's share of a full pretraining decides from which ratio a method saves time
+    t.update(surrogate_s=10.0, recipes={})
+    assert "so it saves time once r > 0.10." in markdown_tables(t)
+    t.update(surrogate_s=183.0)
+    md = markdown_tables(t)
+    assert "so no ratio can save time: the surrogate alone costs 1.83× a full pretraining" in md
+    assert "saves time once" not in md
 
 
 @pytest.mark.slow
