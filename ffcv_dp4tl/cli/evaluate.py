@@ -67,7 +67,8 @@ def corruptions_cmd(
                                              "recipe's finetune.resolution)", show_default=False),
     batch_size: int = typer.Option(256, help="Evaluation batch size"),
     workers: int = typer.Option(2, help="Loader workers"),
-    fmt: Format = typer.Option(Format.ffcv, "--format", help=FORMAT_HELP),
+    fmt: Optional[Format] = typer.Option(None, "--format", help=FORMAT_HELP + "; default: the format "
+                                         "the run was finetuned from", show_default=False),
     device: str = device_option(),
     progress: bool = typer.Option(True, help="Show a progress bar"),
 ) -> None:
@@ -77,7 +78,7 @@ def corruptions_cmd(
 
     which = parse_corruptions(corrupt)
     res = evaluate_corruptions(_runs(runs), which, device=resolve_device(device),
-                               resolution=resolution, split=split, fmt=fmt.value,
+                               resolution=resolution, split=split, fmt=fmt.value if fmt else None,
                                batch_size=batch_size, num_workers=workers, seed=seed,
                                corrupt_resolution=corrupt_resolution, progress=progress)
     _write(out, "corruptions", res, corruption_table(res), "Corruption robustness (Tab. A4)")
@@ -100,7 +101,8 @@ def flatness_cmd(
     resolution: Optional[int] = typer.Option(None, help="Input resolution (default: the run "
                                              "recipe's finetune.resolution)", show_default=False),
     workers: int = typer.Option(2, help="Loader workers"),
-    fmt: Format = typer.Option(Format.ffcv, "--format", help=FORMAT_HELP),
+    fmt: Optional[Format] = typer.Option(None, "--format", help=FORMAT_HELP + "; default: the format "
+                                         "the run was finetuned from", show_default=False),
     device: str = device_option(),
 ) -> None:
     """Fig. A4: ε-sharpness and λ_max of the Hessian of each finetuned model's train loss."""
@@ -112,7 +114,7 @@ def flatness_cmd(
     res = {}
     for label, run in _runs(runs).items():
         ft = load_finetuned(run, resolve_device(device), resolution=resolution)
-        res[label] = model_flatness(ft, split=split, fmt=fmt.value, batch_size=batch_size,
+        res[label] = model_flatness(ft, split=split, fmt=fmt.value if fmt else None, batch_size=batch_size,
                                     num_batches=batches or None, eps=eps, steps=steps, iters=iters,
                                     tol=tol, seed=seed, num_workers=workers)
         typer.echo(f"{label}: ε-sharpness {res[label]['eps_sharpness']:.4f} %, λ_max "

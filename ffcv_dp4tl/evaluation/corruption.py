@@ -24,12 +24,14 @@ from .finetuned import Finetuned, load_finetuned
 
 
 def corruption_accuracy(ft: Finetuned, corruptions: Sequence[tuple[str, int]], *, split: str = "test",
-                        fmt: str = "ffcv", batch_size: int = 256, num_workers: int = 2, seed: int = 0,
+                        fmt: str | None = None, batch_size: int = 256, num_workers: int = 2, seed: int = 0,
                         corrupt_resolution: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Clean and corrupted top-1 of one finetuned model; ``{"clean_top1", "rows": [{corruption,
-    severity, top1, count}], "per_corruption": {name: mean top-1}, "mean_corruption_top1"}``."""
+    severity, top1, count}], "per_corruption": {name: mean top-1}, "mean_corruption_top1"}``.
+    ``fmt``: the target's format, default the one the run was finetuned from (``ft.fmt``)."""
     dev = next(ft.model.parameters()).device
     ctx = DistContext(device=dev)
+    fmt = fmt or ft.fmt
     loader = make_loader(ft.target, split, fmt=fmt, aug=AugSpec.for_eval(),
                          batch_size=batch_size, resolution=ft.resolution, device=dev,
                          num_workers=num_workers)
@@ -45,7 +47,7 @@ def corruption_accuracy(ft: Finetuned, corruptions: Sequence[tuple[str, int]], *
     for row in rows:
         per.setdefault(row["corruption"], []).append(row["top1"])
     return {"run": str(ft.run_dir), "mode": ft.mode, "target": str(ft.target), "split": split,
-            "resolution": ft.resolution, "flip_tta": ft.flip_tta, "seed": seed,
+            "resolution": ft.resolution, "flip_tta": ft.flip_tta, "format": fmt, "seed": seed,
             "corrupt_resolution": corrupt_resolution,
             "clean_top1": clean["top1"], "clean_loss": clean["loss"], "count": clean["count"],
             "reported_test_top1": ft.result.get("test_top1"),

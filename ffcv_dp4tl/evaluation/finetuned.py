@@ -34,6 +34,10 @@ class Finetuned:
     resolution: int
     #: the run's own evaluation used flip TTA (FF with ``eval.flip_tta``)
     flip_tta: bool
+    #: the data format the run read its target from (``ffcv`` / ``wds``): evaluations load the
+    #: same one by default, since the two decode paths differ by a few pixel levels and would
+    #: not reproduce the run's ``test_top1`` exactly
+    fmt: str = "ffcv"
 
     @property
     def name(self) -> str:
@@ -87,4 +91,4 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
     model.eval()
     return Finetuned(model=model, run_dir=run_dir, result=result, mode=result["mode"], target=tgt,
                      resolution=resolution or _resolution(result, run_dir),
-                     flip_tta=bool(result.get("flip_tta", False)))
+                     flip_tta=bool(result.get("flip_tta", False)), fmt=str(result.get("format") or "ffcv"))

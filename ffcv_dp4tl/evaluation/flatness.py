@@ -173,15 +173,17 @@ def relative_flatness(sharpness: dict[str, float]) -> dict[str, float]:
     return {k: (100.0 * lo / s if s > 0 else float("nan")) for k, s in sharpness.items()}
 
 
-def model_flatness(ft, *, split: str = "train", fmt: str = "ffcv", batch_size: int = 64,
+def model_flatness(ft, *, split: str = "train", fmt: str | None = None, batch_size: int = 64,
                    num_batches: int | None = 4, eps: float = 1e-3, steps: int = 10,
                    iters: int = 20, tol: float = 1e-3, seed: int = 0,
                    num_workers: int = 2) -> dict:
     """ε-sharpness and λ_max(H) of a finetuned model (:class:`~.finetuned.Finetuned`) on the
-    first ``num_batches`` batches of its target's ``split`` (eval transform, file order)."""
+    first ``num_batches`` batches of its target's ``split`` (eval transform, file order), read in
+    ``fmt`` (default: the format the run was finetuned from)."""
     from ..data import AugSpec, make_loader
 
     dev = next(ft.model.parameters()).device
+    fmt = fmt or ft.fmt
     loader = make_loader(ft.target, split, fmt=fmt, aug=AugSpec.for_eval(), shuffle=False,
                          batch_size=batch_size, resolution=ft.resolution, device=dev,
                          num_workers=num_workers)
@@ -190,7 +192,7 @@ def model_flatness(ft, *, split: str = "train", fmt: str = "ffcv", batch_size: i
     sharp = epsilon_sharpness(model, batches, eps=eps, steps=steps)
     hess = hessian_top_eigenvalue(model, batches, iters=iters, tol=tol, seed=seed)
     return {"run": str(ft.run_dir), "mode": ft.mode, "target": str(ft.target), "split": split,
-            "samples": sum(len(b[1]) for b in batches), "loss": sharp["loss"],
+            "format": fmt, "samples": sum(len(b[1]) for b in batches), "loss": sharp["loss"],
             "eps_sharpness": sharp["sharpness"], "eps": eps, "ascent_steps": steps,
             "max_loss": sharp["max_loss"], "lambda_max": hess["lambda_max"],
             "power_iterations": hess["iterations"], "converged": hess["converged"],

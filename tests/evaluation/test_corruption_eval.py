@@ -11,8 +11,11 @@ from ffcv_dp4tl.evaluation.finetuned import load_finetuned
 def test_clean_accuracy_is_the_runs_own_and_corruptions_are_evaluated(run, request):
     ft = load_finetuned(request.getfixturevalue(run), "cpu")
     assert ft.resolution == 16  # the run's own (a --set override), from result.json
+    assert ft.fmt == "wds"  # the format the run read its target from, also from result.json
+    # no format given: the run's own, so the pixels are the ones the run was scored on
     res = corruption_accuracy(ft, [("gaussian_noise", 1), ("gaussian_noise", 5), ("contrast", 5)],
-                              fmt="wds", batch_size=5, num_workers=0, progress=False)
+                              batch_size=5, num_workers=0, progress=False)
+    assert res["format"] == "wds"
     # the rebuilt model scores exactly what the finetuning reported on the clean test split
     assert res["clean_top1"] == pytest.approx(ft.result["test_top1"], abs=1e-9)
     assert res["count"] == ft.result["test_samples"] == 12

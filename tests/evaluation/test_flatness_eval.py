@@ -10,9 +10,10 @@ from ffcv_dp4tl.evaluation.flatness import flatness_table, model_flatness
 def test_flatness_of_a_finetuned_model(lp_run):
     ft = load_finetuned(lp_run, "cpu")
     before = {k: v.clone() for k, v in ft.model.state_dict().items()}
-    kw = dict(fmt="wds", batch_size=8, num_batches=2, eps=1e-3, steps=2, iters=3, num_workers=0)
+    kw = dict(batch_size=8, num_batches=2, eps=1e-3, steps=2, iters=3, num_workers=0)
     res = model_flatness(ft, **kw)
     assert res["samples"] == 16 and res["split"] == "train"
+    assert res["format"] == "wds"  # the run's own format, from result.json
     assert res["eps_sharpness"] > 0 and res["max_loss"] > res["loss"] > 0
     assert res["lambda_max"] > 0 and 1 <= res["power_iterations"] <= 3
     for k, v in ft.model.state_dict().items():
