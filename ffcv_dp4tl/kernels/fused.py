@@ -470,7 +470,7 @@ def _launch_tiled(args: tuple, rows_pad: int, ld: int) -> None:
     smem = tiled_smem_bytes(ld)
     limit = _smem_optin(cp.cuda.Device().id)
     if smem > limit:
-        raise KernelInputError(f"the tiled fused kernel keeps 128 rows of x in shared memory: D = {ld} needs "
+        raise KernelInputError(f"the tiled fused kernel keeps {TBM} rows of x in shared memory: D = {ld} needs "
                                f"{smem} bytes, this GPU allows {limit}; use method 'fused-bf16' (direct loads)")
     fn = _kernel("fused_assign_bf16_tiled")
     if smem > 48 * 1024:  # opt in above 48 KiB (cudaFuncSetAttribute; microseconds, so every call)

@@ -40,6 +40,11 @@ def prep(emu, wd, a: np.ndarray, rows_pad: int, ld: int):
             np.fromfile(wd / "norm2.bin", np.float32), np.fromfile(wd / "dnorm.bin", np.float32))
 
 
+def kernel_args(kernel: str, ld: int) -> tuple:
+    """The driver's kernel choice; the tiled kernel gets the shared memory the launcher asks for."""
+    return ("tiled", fused.tiled_smem_bytes(ld)) if kernel == "tiled" else ()
+
+
 def fused_emulated(emu, emu_gemm, wd, x, c, bound_scale=1.0, kernel="direct"):
     """assign_nearest_fused step by step: prep x and c, the fused kernel, finalize, re-check."""
     n, d = x.shape
@@ -53,7 +58,7 @@ def fused_emulated(emu, emu_gemm, wd, x, c, bound_scale=1.0, kernel="direct"):
                       ("x", x.astype(np.float32)), ("c", c.astype(np.float32))):
         np.ascontiguousarray(arr).tofile(wd / f"{name}.bin")
     scale = np.float32(bound_scale * fused.BOUND_SLACK)
-    run(emu, "assign", wd, n, k, ld, d, repr(cuda.accumulation_bound(d)), repr(float(scale)), rows_pad, kernel)
+    run(emu, "assign", wd, n, k, ld, d, repr(cuda.accumulation_bound(d)), repr(float(scale)), rows_pad, *kernel_args(kernel, ld))
     run(emu, "final", wd, n, d, k)
     out = {"guess": np.fromfile(wd / "guess.bin", np.int32), "tie": np.fromfile(wd / "tie.bin", np.int32),
            "labels": np.fromfile(wd / "labels.bin", np.int64), "d2": np.fromfile(wd / "d2.bin", np.float32),
@@ -121,7 +126,7 @@ def test_fused_mma_fragment_layout_gives_the_gemm(emu_fused, tmp_path, kernel, n
     for name, arr in (("xr", xr), ("cr", cr), ("xn2", xn2), ("xdn", xdn), ("cn2", cn2),
                       ("cabs", fused.centroid_terms(cn2, cdn)), ("cdn", cdn)):
         np.ascontiguousarray(arr).tofile(tmp_path / f"{name}.bin")
-    run(emu_fused, "assign", tmp_path, n, k, ld, d, repr(cuda.accumulation_bound(d)), "1.001", rows_pad, kernel)
+    run(emu_fused, "assign", tmp_path, n, k, ld, d, repr(cuda.accumulation_bound(d)), "1.001", rows_pad, *kernel_args(kernel, ld))
     guess, tie = np.fromfile(tmp_path / "guess.bin", np.int32), np.fromfile(tmp_path / "tie.bin", np.int32)
     _, _, dist = reference_assign(x, c)
     srt = np.sort(dist, axis=1)
