@@ -11,7 +11,7 @@ from ..errors import DP4TLError
 from ..reporting import command_line
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (Budget, FORMAT_HELP, K_HELP, Format, Protocol, RecipeSet, check_arch, default_k,
+from .options import (RECIPES_HELP, Budget, FORMAT_HELP, K_HELP, Format, Protocol, RecipeSet, check_arch, default_k,
                       device_option, floats_callback, ints_callback, list_callback, split_list)
 from .pipeline import FINETUNE_MODES, PROTOCOL_HELP, SURROGATE_WEIGHTS_HELP
 
@@ -60,9 +60,7 @@ def cost_table(
                                "method in both; reversed keeps the lowest-scored units "
                                "(variant lm[reversed], labelled \"LM (reversed)\")"),
     protocol: Protocol = typer.Option(Protocol.fast, help=PROTOCOL_HELP),
-    recipes: RecipeSet = typer.Option(RecipeSet.auto, help="fast protocol: tiny | bench | full (auto: per the data's "
-                                      "manifest: bench for synth:bench, tiny for other synth "
-                                      "data, full otherwise)"),
+    recipes: RecipeSet = typer.Option(RecipeSet.auto, help=RECIPES_HELP),
     surrogate_weights: Optional[Path] = typer.Option(None, help=SURROGATE_WEIGHTS_HELP,
                                                      show_default=False),
     arch: str = typer.Option("", help="Override the pretraining model (`dp4tl models`)",

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from .bench import bench_app
-from .options import (FORMAT_HELP, K_HELP, AdvNorm, Format, Protocol, RecipeSet, check_arch, default_k,
+from .options import (RECIPES_HELP, FORMAT_HELP, K_HELP, AdvNorm, Format, Protocol, RecipeSet, check_arch, default_k,
                       device_option, ints_callback, list_callback, split_list)
 from .pipeline import FINETUNE_MODES, PROTOCOL_HELP
 
@@ -37,8 +37,7 @@ def adversarial(
     target: str = typer.Option("", help="Built target dir, SOURCE, or synth target name "
                                "(default: the first)"),
     protocol: Protocol = typer.Option(Protocol.fast, help=PROTOCOL_HELP),
-    recipes: RecipeSet = typer.Option(RecipeSet.auto, help="fast protocol: tiny | full (auto: tiny "
-                                      "for synth, full otherwise)"),
+    recipes: RecipeSet = typer.Option(RecipeSet.auto, help=RECIPES_HELP),
     arch: str = typer.Option("", help="Override the pretraining model (`dp4tl models`)",
                              callback=check_arch),
     data_root: Path = typer.Option(Path("data")),

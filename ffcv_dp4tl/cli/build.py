@@ -13,7 +13,7 @@ from .options import DATA_HELP, BetonMode, TargetSplit, require_data
 
 @app.command()
 def build(
-    source: str = typer.Argument(..., help="synth[:tiny|bench|default|imagenet][,key=value...], or "
+    source: str = typer.Argument(..., help="synth[:tiny|bench|hard|default|costtable|imagenet][,key=value...], or "
                                  "LAYOUT:PATH with LAYOUT one of imagenet, folder, flowers102, "
                                  "dtd, ucf101, food101, oxfordpets, stanfordcars, sun397, cifar10"),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (synth: DIR/source and "

@@ -26,6 +26,8 @@ FORMAT_HELP = "ffcv (betons) or wds (WebDataset shards)"
 DEVICE_HELP = "auto (CUDA when available, else CPU) | cpu | cuda | cuda:N"
 DATA_HELP = "Built dataset directory (from `dp4tl build`)"
 OUT_HELP = "Output directory"
+RECIPES_HELP = ("fast protocol: tiny | bench | full (auto: per the data's manifest: bench for "
+                "synth:bench and synth:hard, tiny for other synth data, full otherwise)")
 
 #: the paper's number of k-means clusters (FM); the embedded synth data uses fewer
 PAPER_K = 2000

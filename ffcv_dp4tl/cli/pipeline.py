@@ -8,7 +8,7 @@ import typer
 
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order, Protocol, RecipeSet, TargetSplit,
+from .options import (RECIPES_HELP, FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order, Protocol, RecipeSet, TargetSplit,
                       check_arch, default_k, device_option, ints_callback, list_callback,
                       ratio_callback, split_list)
 
@@ -52,7 +52,7 @@ def target_config(target: List[str], target_weights: str) -> dict:
 
 @app.command()
 def pipeline(
-    ratio: float = typer.Option(0.6, help="Fraction of source classes (or clusters) to prune",
+    ratio: float = typer.Option(0.6, help="Fraction of the method's units to prune: source classes (lm), clusters (fm, fm-sup) or samples (random and the baselines)",
                                 callback=ratio_callback),
     data: str = typer.Option("", "--data", help="Source: a built dataset dir or a `dp4tl build` "
                              "SOURCE (e.g. imagenet:/data/ILSVRC2012; default: synth:tiny, the "
@@ -62,9 +62,7 @@ def pipeline(
     order: Order = typer.Option(Order.ordered, help=ORDER_HELP),
     method: str = typer.Option("lm", help=f"Scoring method: {methods_help()} (see `dp4tl score --help`)"),
     protocol: Protocol = typer.Option(Protocol.fast, help=PROTOCOL_HELP),
-    recipes: RecipeSet = typer.Option(RecipeSet.auto, help="fast protocol: tiny | bench | full (auto: per the data's "
-                                      "manifest: bench for synth:bench, tiny for other synth "
-                                      "data, full otherwise)"),
+    recipes: RecipeSet = typer.Option(RecipeSet.auto, help=RECIPES_HELP),
     surrogate_recipe: str = typer.Option("", help="Override the surrogate recipe (name or .toml)"),
     recipe: str = typer.Option("", help="Override the source-model pretraining recipe (name or "
                                ".toml)"),

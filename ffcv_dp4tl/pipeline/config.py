@@ -65,7 +65,7 @@ class Checked:
 def validate(cfg: PipelineConfig) -> Checked:
     """Every check of ``cfg`` that needs no data and no work: one :class:`DP4TLError` line for
     the first bad value. Checks that need the built data follow in the run's resolve step
-    (:func:`~ffcv_dp4tl.pipeline.run.check_data`). A new up-front check goes here."""
+    (:func:`~ffcv_dp4tl.pipeline.resolve.check_data`). A new up-front check goes here."""
     check_ratio(cfg.ratio)
     Protocol.check(cfg.protocol, "protocol")
     if cfg.protocol in PAPER_PROTOCOLS and cfg.recipes:
