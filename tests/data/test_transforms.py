@@ -118,3 +118,24 @@ def test_normalize_into_gives_forwards_floats_without_allocating_the_output(dtyp
     assert got is out and got.dtype == dtype
     assert torch.equal(got, norm(x))
     assert not torch.equal(got.float(), torch.zeros_like(got.float()))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_normalize_uses_the_published_imagenet_statistics_in_rgb_order(layout):
+    """Every loader, the corruption evaluation, PGD and MoCo's augmentations normalise through
+    these constants, and imported torchvision/timm weights expect exactly torchvision's
+    ImageNet mean/std in RGB order. The expected values are written out here (not imported from
+    the module under test), so a changed or BGR-ordered constant fails."""
+    from torchvision.transforms import Normalize as TVNormalize
+
+    from ffcv_dp4tl.data.transforms import Normalize
+
+    g = torch.Generator().manual_seed(1)
+    nchw = torch.randint(0, 256, (2, 3, 6, 5), generator=g, dtype=torch.uint8)
+    want = TVNormalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])(nchw.float() / 255)
+    x = nchw if layout == "nchw" else nchw.permute(0, 2, 3, 1).contiguous()
+    assert torch.allclose(Normalize()(x), want, atol=1e-5)
+    red = torch.zeros(1, 3, 1, 1, dtype=torch.uint8)
+    red[0, 0] = 255  # pure red: only the first channel sits above its mean
+    assert Normalize()(red).flatten().tolist() == pytest.approx(
+        [(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225], abs=1e-5)

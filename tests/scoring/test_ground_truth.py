@@ -71,6 +71,22 @@ def test_oracle_scores_one(synth, gt):
     assert full["chance"] == pytest.approx(len(gt.related_classes) / gt.num_classes)
 
 
+def test_selection_quality_counts_samples_and_classes_separately(gt):
+    """``related_samples`` weighs each kept sample, ``related_classes`` each kept class once:
+    a selection of many samples of one related class and one sample each of two unrelated
+    classes is mostly related by samples but a third related by classes. Hand-counted values,
+    so swapping the two measures (or counting a class per sample) fails."""
+    related = [int(c) for c in gt.related_classes]
+    unrelated = [c for c in range(gt.num_classes) if c not in set(related)]
+    mapped = set(gt.mapped_classes)
+    kept = [related[0]] * 8 + unrelated[:2]
+    q = selection_quality(gt, kept)
+    assert q["related_samples"] == pytest.approx(8 / 10)
+    assert q["related_classes"] == pytest.approx(1 / 3)
+    assert q["kept_classes"] == 3
+    assert q["mapped_recall"] == pytest.approx(len(mapped & set(kept)) / len(mapped))
+
+
 def test_random_class_ranking_recall_is_k_over_c(gt):
     recalls = [topk_recall(random_scores(gt.num_classes, s), gt) for s in range(2000)]
     expect = random_topk_recall(gt)

@@ -112,6 +112,34 @@ def test_key_encoder_is_a_moving_average_of_the_query():
         assert not pk.requires_grad
 
 
+def test_each_query_s_positive_is_the_key_of_its_own_sample():
+    """InfoNCE's positive for sample i must be the key of sample i's other view: the keys are
+    computed on a shuffled batch (shuffle-BN) and must be put back in order. With one BN group
+    batch statistics do not depend on the order, so the keys must equal the key encoder on the
+    unshuffled batch row for row, and the loss must equal InfoNCE computed here from scratch
+    (positive q_i·k_i, negatives against the queue as it was before the step)."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    obj, q = _objective(bn_splits=1, p_jitter=0.0, p_gray=0.0, p_blur=0.0)
+    aug = obj.augment  # switched off: identity on normalised images of real pixels
+    im_q, im_k = [(torch.rand(8, 3, 16, 16) - aug.mean) / aug.std for _ in range(2)]
+    keys, _ = obj._keys(im_k)
+    with torch.no_grad():
+        torch.testing.assert_close(keys, obj.key(im_k), atol=1e-5, rtol=1e-5)
+    queue = obj.queue.clone()
+    loss, correct, n = obj(q, SimpleNamespace(images=im_q, images2=im_k))
+    with torch.no_grad():
+        qv = q(im_q)
+        kv = obj.key(im_k)  # after the step's momentum update, as the step used it
+        logits = torch.cat([(qv * kv).sum(1, keepdim=True), qv @ queue.T], 1) / obj.cfg.temperature
+        want = F.cross_entropy(logits, torch.zeros(8, dtype=torch.long))
+    torch.testing.assert_close(loss.detach(), want, atol=1e-5, rtol=1e-5)
+    assert int(correct) == int((logits.argmax(1) == 0).sum()) and n == 8
+
+
 def test_ssl_recipe_errors():
     with pytest.raises(DP4TLError, match="ssl.method"):
         load_recipe("moco_v2_tiny_cpu", ["ssl.method=simclr"])
