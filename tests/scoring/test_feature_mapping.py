@@ -191,3 +191,46 @@ def test_gpu_kmeans_matches_cpu(rng):
     np.testing.assert_allclose(gpu.centroids, cpu.centroids, rtol=1e-4, atol=1e-4)
     votes_gpu = feature_mapping_scores(x[:500], gpu.centroids, backend="cuda")
     np.testing.assert_array_equal(votes_gpu, feature_mapping_scores(x[:500], cpu.centroids, backend="cpu"))
+
+
+def test_fm_val_samples_join_their_nearest_centroid_and_prune_keeps_their_clusters(
+        source_dir, target_dir, trained_run, tmp_path):
+    """FM prunes the source val split with the clusters it keeps for train, so the pretraining
+    is validated on the same part of the source: every val sample's cluster id is its nearest
+    k-means centroid (float64 brute force on the val features), and the pruned ``val.npy``
+    holds exactly the val samples of the kept clusters."""
+    from ffcv_dp4tl.data import load_manifest, load_mask
+    from ffcv_dp4tl.pipeline.prune import prune
+    from ffcv_dp4tl.pipeline.score import _load_surrogate, score
+    from ffcv_dp4tl.pipeline.scores_io import load_scores
+    from ffcv_dp4tl.scoring.context import ScoringContext
+    from ffcv_dp4tl.scoring.registry import get_scorer
+
+    from .helpers import assert_assignment_matches, reference_assign
+
+    out = tmp_path / "fm"
+    score("fm", source_dir=source_dir, out_dir=out, target_dir=target_dir,
+          checkpoint=trained_run / "checkpoint.pt", fmt="wds", num_workers=0, progress=False,
+          k=4, seed=0)
+    sc = load_scores(out)
+    train_f = np.load(out / "source_train_features.npy")
+    # the val features, extracted by the test itself through the same surrogate
+    ctx = ScoringContext(method="fm", source_dir=source_dir, out_dir=tmp_path / "ref",
+                         fmt="wds", num_workers=0, progress=False)
+    ctx.surrogate = _load_surrogate(get_scorer("fm"), ctx, trained_run / "checkpoint.pt", "cpu",
+                                    None)
+    val_f = np.asarray(ctx.source_features("val"))
+    # the clusters: the project's k-means on the train features, as FM ran it
+    res = kmeans(train_f, 4, iters=sc.meta.meta["iters"], seed=0, backend="cpu")
+    np.testing.assert_array_equal(sc.train_units, res.labels)
+    near, _, d = reference_assign(val_f, res.centroids)
+    assert sc.val_units.shape == (len(val_f),)
+    assert_assignment_matches(sc.val_units, d[np.arange(len(val_f)), sc.val_units], val_f,
+                              res.centroids)
+    summary = prune(out, source_dir, 0.5, tmp_path / "mask")
+    val = load_manifest(source_dir).split("val")
+    mask = load_mask(tmp_path / "mask" / "val.npy", val)
+    expect = np.flatnonzero(np.isin(near, summary["kept_units"]))
+    assert 0 < len(expect) < val.num_samples  # the kept clusters hold some val samples, not all
+    np.testing.assert_array_equal(mask.indices, expect)
+    assert summary["val_kept"] == len(expect)

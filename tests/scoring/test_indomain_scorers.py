@@ -42,6 +42,21 @@ def _labels(source, split="train"):
     return np.asarray(load_manifest(source).split(split).load_labels())
 
 
+def _surrogate_ctx(env, method, name, checkpoint=None, **kw):
+    """The test's own :class:`ScoringContext` over the shared source with ``checkpoint``
+    (default: the session surrogate) loaded the way ``pipeline.score`` loads it: what the scorer
+    saw, for recomputing its result independently."""
+    from ffcv_dp4tl.pipeline.score import _load_surrogate
+    from ffcv_dp4tl.scoring.context import ScoringContext
+
+    tmp, source, sur = env
+    ctx = ScoringContext(method=method, source_dir=source, out_dir=tmp / name, fmt="wds",
+                         num_workers=0, progress=False, **kw)
+    ctx.surrogate = _load_surrogate(get_scorer(method), ctx,
+                                    Path(checkpoint or sur / "checkpoint.pt"), "cpu", None)
+    return ctx
+
+
 def test_registered_with_units_needs_options():
     s = {n: get_scorer(n) for n in ("sp", "ssp", "forget", "infmax", "infsum")}
     assert all(x.unit == "sample" for x in s.values())
@@ -89,6 +104,26 @@ def test_sp_ssp_moderate_match_brute_force(env):
     np.testing.assert_allclose(mod_v, -np.abs(dist - np.median(dist)))
 
 
+def test_ssp_centroids_are_the_kmeans_of_the_normalised_features(env):
+    """SSP measures distances on the unit sphere, so its prototypes must be the k-means
+    centroids of the L2-normalised features (Sorscher et al.), not of the raw ones: the saved
+    centroids equal the project's k-means rerun here on the normalised features, lie in the unit
+    ball (means of unit vectors) and each is the mean of the normalised samples nearest to it."""
+    from ffcv_dp4tl.scoring import kmeans
+
+    meta, ssp, out = _score(env, "ssp", "ssp-centroids", options={"k": "4"})
+    feats = np.load(out / "source_train_features.npy").astype(np.float64)
+    f = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    cent = np.load(out / "ssp_centroids.npy").astype(np.float64)
+    ref = kmeans(f.astype(np.float32), 4, iters=meta["iters"], seed=0, backend="cpu")
+    assert ref.converged  # (so the centroids are the means of their members)
+    np.testing.assert_allclose(cent, ref.centroids, atol=1e-5)
+    assert (np.linalg.norm(cent, axis=1) <= 1 + 1e-5).all()
+    near = np.linalg.norm(f[:, None] - cent[None], axis=2).argmin(1)
+    np.testing.assert_allclose(cent, [f[near == j].mean(0) for j in range(4)], atol=1e-5)
+    np.testing.assert_allclose(ssp, np.linalg.norm(f - cent[near], axis=1), atol=1e-5)
+
+
 def test_el2n_averages_runs_and_runs_1_scores_the_early_checkpoint(env):
     from ffcv_dp4tl.scoring.baselines import el2n_scores
     from ffcv_dp4tl.scoring.context import ScoringContext, softmax
@@ -130,6 +165,30 @@ def test_grand_full_gradient_and_another_arch(env):
     assert "reused" not in meta["training_runs"][0]
 
 
+def test_grand_last_layer_is_the_true_label_gradient_norm_of_the_head(env):
+    """GraNd's default score (``grad=last``) of a sample is the norm of the cross-entropy
+    gradient of its TRUE label w.r.t. the classifier's weight and bias: recomputed here by
+    autograd through the scored checkpoint's own head on its penultimate features (the gradient
+    for the predicted label would rank the samples the surrogate gets wrong differently)."""
+    import copy
+
+    _, source, _ = env
+    meta, s, _ = _score(env, "grand", "grand-autograd", options={"runs": 1})
+    (ckpt,) = meta["runs_scored"]
+    ctx = _surrogate_ctx(env, "grand", "grand-autograd-ref", ckpt)
+    p = ctx.model_predictions(ctx.surrogate.model, ctx.surrogate.head, features=True)
+    labels = _labels(source)
+    assert 0 < (p.logits.argmax(1) != labels).sum() < len(labels)  # some are misclassified
+    head = copy.deepcopy(ctx.surrogate.head).double()
+    h = torch.as_tensor(p.features, dtype=torch.float64)
+    ref = []
+    for i, y in enumerate(labels):
+        head.zero_grad()
+        torch.nn.functional.cross_entropy(head(h[i:i + 1]), torch.tensor([int(y)])).backward()
+        ref.append(float(torch.sqrt(head.weight.grad.pow(2).sum() + head.bias.grad.pow(2).sum())))
+    np.testing.assert_allclose(s, ref, rtol=1e-4, atol=1e-7)
+
+
 def test_forget_trains_its_own_run_and_counts_forgetting(env):
     tmp, source, sur = env
     meta, s, _ = _score(env, "forget", checkpoint=None, train_recipe="resnet18_tiny_cpu",
@@ -143,6 +202,61 @@ def test_forget_trains_its_own_run_and_counts_forgetting(env):
         _score(env, "forget", "forget-x", checkpoint=None)
 
 
+def test_forgetting_recorder_in_a_real_run_matches_every_training_steps_logits(env):
+    """FORGET's counts come from the training forward pass itself (the recorder hooks the
+    model's forward and is fed each batch's indices): in a real 2-epoch run on the tiny source
+    it must agree with forgetting events recomputed from the logits of every training step and
+    the samples' true labels. A recorder that got correct/incorrect the wrong way round, or paired
+    the logits with another batch's indices, disagrees."""
+    from tiny_data import TEST_OVERRIDES
+
+    from ffcv_dp4tl.scoring.training_runs import ForgettingRecorder
+    from ffcv_dp4tl.training.callbacks import Callback
+    from ffcv_dp4tl.training.recipe import load_recipe
+    from ffcv_dp4tl.training.trainer import train
+
+    tmp, source, _ = env
+    labels = _labels(source)
+    n = len(labels)
+
+    class StepLogits(Callback):
+        """(sample indices, argmax of the training forward's logits) of every step."""
+
+        def __init__(self):
+            self.steps, self._pending, self._hook = [], None, None
+
+        def on_train_begin(self, model):
+            self._hook = model.register_forward_hook(self._forward)
+
+        def on_batch(self, epoch, batch):
+            self._pending = batch.indices.cpu().numpy().copy()
+
+        def _forward(self, module, args, output):
+            if self._pending is not None and module.training:
+                self.steps.append((self._pending, output.detach().float().argmax(1).numpy()))
+                self._pending = None
+
+        def on_train_end(self):
+            self._hook.remove()
+
+    rec, spy = ForgettingRecorder(n), StepLogits()
+    train(load_recipe("resnet18_tiny_cpu", TEST_OVERRIDES), source, out_dir=tmp / "forget-hook",
+          fmt="wds", device="cpu", progress=False, callbacks=[rec, spy])
+    prev, learned = np.zeros(n, bool), np.zeros(n, bool)
+    events, seen = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    for idx, pred in spy.steps:
+        ok = pred == labels[idx]
+        events[idx] += prev[idx] & ~ok
+        learned[idx] |= ok
+        prev[idx] = ok
+        seen[idx] += 1
+    assert learned.any() and not learned.all() and events.any()  # a case that tells them apart
+    got_events, got_learned, got_seen = rec.result()
+    np.testing.assert_array_equal(got_seen, seen)
+    np.testing.assert_array_equal(got_learned, learned)
+    np.testing.assert_array_equal(got_events, events)
+
+
 def test_infmax_infsum_on_the_val_split(env):
     meta, imax, _ = _score(env, "infmax")
     _, isum, _ = _score(env, "infsum")
@@ -152,6 +266,30 @@ def test_infmax_infsum_on_the_val_split(env):
     assert not np.allclose(isum, isub)
     # a train sample's max over val points is at least its mean (= sum / M)
     assert (imax >= isum / meta["influence_eval_samples"] - 1e-9).all()
+
+
+def test_influence_hessian_option_reaches_the_solver(env):
+    """``--opt hessian=exact|kfac`` picks the last-layer Hessian the influence is solved with:
+    INFSUM/INFMAX equal the array-level ``influence_scores`` with that Hessian on the
+    surrogate's own train/val logits and features, and the two solvers give different scores
+    here, so a scorer ignoring the option cannot pass."""
+    from ffcv_dp4tl.scoring.context import softmax
+    from ffcv_dp4tl.scoring.influence import influence_scores
+
+    _, source, _ = env
+    ctx = _surrogate_ctx(env, "infsum", "infsum-ref")
+    tr = ctx.source_predictions(features=True)
+    ev = ctx.source_predictions(features=True, split="val")
+    args = (tr.features, softmax(tr.logits.astype(np.float64)), _labels(source), ev.features,
+            softmax(ev.logits.astype(np.float64)), _labels(source, "val"))
+    damping = get_scorer("infsum").options["damping"].default
+    ref = {}
+    for method, hessian in (("infsum", "exact"), ("infsum", "kfac"), ("infmax", "exact")):
+        _, got, _ = _score(env, method, f"{method}-{hessian}", options={"hessian": hessian})
+        ref[method, hessian] = influence_scores(*args, damping=damping, hessian=hessian,
+                                                aggregate=method[3:])
+        np.testing.assert_allclose(got, ref[method, hessian], rtol=1e-6, atol=1e-12)
+    assert not np.allclose(ref["infsum", "exact"], ref["infsum", "kfac"], rtol=1e-2)
 
 
 def test_per_sample_grad_norms_match_a_backward_loop():

@@ -124,3 +124,45 @@ def test_combine_target_scores_normalised_sum():
         combine_target_scores([a, -b])
     with pytest.raises(ScoringError, match="no target scores"):
         combine_target_scores([])
+
+
+def test_lm_breaks_vote_ties_by_softmax_mass_when_pruning(source_dir, target_dir, trained_run,
+                                                          tmp_path):
+    """Source classes with the same number of target votes (on the tiny target several get
+    none) are ranked by the target's summed softmax mass on them, so the class that is the
+    runner-up for more target images is kept: LM's tie-break equals that mass, recomputed here
+    from the surrogate's target logits, and prune keeps the classes in (votes, mass) order at a
+    ratio whose cut falls inside a tie where the mass order is not the class-id order."""
+    from ffcv_dp4tl.data import load_manifest, load_mask
+    from ffcv_dp4tl.pipeline.prune import prune
+    from ffcv_dp4tl.pipeline.score import _load_surrogate, score
+    from ffcv_dp4tl.pipeline.scores_io import load_scores
+    from ffcv_dp4tl.scoring.context import ScoringContext
+    from ffcv_dp4tl.scoring.registry import get_scorer
+
+    out = tmp_path / "lm"
+    ckpt = trained_run / "checkpoint.pt"
+    score("lm", source_dir=source_dir, out_dir=out, target_dir=target_dir, checkpoint=ckpt,
+          fmt="wds", num_workers=0, progress=False)
+    sc = load_scores(out)
+    ctx = ScoringContext(method="lm", source_dir=source_dir, out_dir=tmp_path / "ref",
+                         targets=(target_dir,), fmt="wds", num_workers=0, progress=False)
+    ctx.surrogate = _load_surrogate(get_scorer("lm"), ctx, ckpt, "cpu", None)
+    logits = ctx.target_predictions()[0].logits.astype(np.float64)
+    c = logits.shape[1]
+    votes = np.bincount(logits.argmax(1), minlength=c)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    mass = (e / e.sum(1, keepdims=True)).sum(0)
+    np.testing.assert_array_equal(sc.scores, votes)
+    assert sc.tiebreak is not None
+    np.testing.assert_allclose(sc.tiebreak, mass, rtol=1e-6)
+    by_mass = np.lexsort((np.arange(c), -mass, -votes))  # votes, then mass, then id
+    by_id = np.lexsort((np.arange(c), -votes))  # votes, then id
+    m = next((m for m in range(1, c) if set(by_mass[:m]) != set(by_id[:m])), None)
+    assert m is not None, f"no cut where the tie-break matters: votes {votes}, mass {mass}"
+    summary = prune(out, source_dir, (c - m) / c, tmp_path / "mask")
+    assert summary["kept_units"] == sorted(by_mass[:m].tolist())
+    train = load_manifest(source_dir).split("train")
+    mask = load_mask(tmp_path / "mask" / "train.npy", train)
+    labels = np.asarray(train.load_labels())
+    np.testing.assert_array_equal(mask.indices, np.flatnonzero(np.isin(labels, by_mass[:m])))
