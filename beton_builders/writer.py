@@ -281,8 +281,14 @@ def _sigint_guard() -> Iterator[None]:
         yield
         return
     previous = signal.getsignal(signal.SIGINT)
+    parent = os.getpid()
 
     def handler(signum, frame):
+        if os.getpid() != parent:
+            # A forked worker (ffcv's beton writer, the shard pool) inherits this handler; Ctrl-C
+            # reaches the whole process group, and the parent reports the interrupt once. A
+            # worker raising here would print its own traceback (one per worker).
+            os._exit(130)
         _Interrupted.flag = True
         raise KeyboardInterrupt
 

@@ -209,10 +209,20 @@ def _read_only_fs(path: Path) -> bool:
         return False
 
 
+def final_name(path: str | os.PathLike) -> str:
+    """The file a temporary name of :func:`atomic_path` stands for (``.x.npy.k3j.tmp.npy`` →
+    ``x.npy``), so an error names what the user asked for; other paths unchanged."""
+    import re
+
+    p = Path(path)
+    m = re.fullmatch(r"\.(.+)\.[^.]+\.tmp(\.[^.]*)?", p.name)
+    return str(p.with_name(m.group(1))) if m else str(path)
+
+
 def os_error_line(e: OSError) -> str:
     """One line for an environment error (read-only folder, a file where a folder should be,
     no permission) that reached the CLI: what failed, on which path, and what to do."""
-    where = f" {e.filename}" if e.filename else ""
+    where = f" {final_name(e.filename)}" if e.filename else ""
     what = e.strerror or str(e)
     if is_disk_full(e):
         return (f"disk full{' writing' + where if where else ''} ({what}); free some space, then "

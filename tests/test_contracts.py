@@ -172,6 +172,47 @@ def test_bad_versions_and_missing_fields_are_named():
         StageResult(stage="x", kind="guess")
 
 
+def _set(d: dict, path: str, value) -> dict:
+    """``d`` (a contract's JSON) with the dotted field ``path`` replaced by ``value``."""
+    d = json.loads(json.dumps(d))
+    *outer, last = path.split(".")
+    node = d
+    for k in outer:
+        node = node[k]
+    node[last] = value
+    return d
+
+
+@pytest.mark.parametrize("name,path,value,needle", [
+    ("manifest", "classes", 5, "field 'classes' must be a list of names, got 5"),
+    ("manifest", "splits", [], "field 'splits' must be a JSON object, got []"),
+    ("manifest", "splits.train", "x", "split 'train' must be a JSON object"),
+    ("manifest", "splits.train.num_samples", "abc", "'num_samples' must be a non-negative integer, got 'abc'"),
+    ("manifest", "splits.train.num_samples", -3, "'num_samples' must be a non-negative integer"),
+    ("manifest", "splits.train.labels", None, "split 'train' lacks field 'labels'"),
+    ("manifest", "splits.train.shards", "wds/x.tar", "'shards' must be a list of strings"),
+    ("manifest", "splits.train.class_counts", [1, "2"], "'class_counts' must be a list of non-negative integers"),
+    ("manifest", "image", {"quality": 90}, "'image' lacks field 'max_side'"),
+    ("manifest", "image.quality", "high", "'quality' must be a non-negative integer"),
+    ("manifest", "extra", [1], "'extra' must be a JSON object"),
+    ("mask", "num_kept", "x", "'num_kept' must be a non-negative integer, got 'x'"),
+    ("mask", "fingerprint", 7, "'fingerprint' must be a string"),
+    ("scores", "num_units", "x", "'num_units' must be a non-negative integer, got 'x'"),
+    ("scores", "method", None, "lacks field 'method'"),
+    ("scores", "source_fingerprint", None, "lacks field 'source_fingerprint'"),
+    ("scores", "options", 5, "'options' must be a JSON object, got 5"),
+    ("stage", "seconds", "fast", "'seconds' must be a number, got 'fast'"),
+])
+def test_a_wrongly_typed_field_is_one_line_naming_it(name, path, value, needle):
+    """A hand-edited or damaged contract file: one DataError line naming the file, the field
+    and what it must be (never int("abc") or iterating an int deep inside a reader)."""
+    cls = type(CONTRACTS[name])
+    with pytest.raises(DataError) as e:
+        cls.from_json(_set(CONTRACTS[name].to_json(), path, value), source="F.json")
+    assert needle in str(e.value) and str(e.value).startswith("F.json")
+    assert "\n" not in str(e.value)
+
+
 # --- stage results carry an explicit kind ----------------------------------------------------
 
 #: the least a result of each kind holds (contracts.STAGE_VALUES)

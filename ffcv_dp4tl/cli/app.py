@@ -73,6 +73,10 @@ def _quiet_numba_exit_noise() -> None:
     sys.excepthook, sys.unraisablehook = hook, unraisable
 
 
+#: what Ctrl-C prints (every write is atomic and every long stage checkpoints)
+INTERRUPTED = "interrupted: rerun the same command to resume where it stopped"
+
+
 def run() -> None:
     """Console entry point: user errors become one clear line and exit status 2."""
     _quiet_numba_exit_noise()
@@ -92,7 +96,7 @@ def run() -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume where it stopped", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         raise SystemExit(130) from None
     except OSError as e:
         from ..fsutil import os_error_line
@@ -102,4 +106,6 @@ def run() -> None:
         # every write is atomic (temp file + rename), so nothing finished was damaged
         print(f"error: {os_error_line(e)}", file=sys.stderr)
         raise SystemExit(2) from None
+    if code == 130:  # typer turns Ctrl-C inside a command into exit code 130 itself
+        print(INTERRUPTED, file=sys.stderr)
     raise SystemExit(code if isinstance(code, int) else 0)

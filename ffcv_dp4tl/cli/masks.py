@@ -53,6 +53,8 @@ def classes_cmd(
     from ..fsutil import check_out_dir
 
     ids = _parse_ids(classes)  # a bad id fails before the dataset is read
+    if Path(out).is_dir():
+        raise MaskError(f"--out {out} is a folder; give the mask file's name, e.g. {Path(out) / 'keep.npy'}")
     check_out_dir(Path(out).parent, "--out's folder")
     manifest = load_manifest(require_data(data))
     outside = sorted({i for i in ids if not 0 <= i < manifest.num_classes})

@@ -24,7 +24,7 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="Recipe override section.key=value (repeatable)"),
     device: str = device_option(),
     resume: bool = typer.Option(True, help="Resume from OUT/checkpoint.pt if present"),
-    stop_after: Optional[int] = typer.Option(None, help="Stop after this many completed epochs "
+    stop_after: Optional[int] = typer.Option(None, min=1, help="Stop after this many completed epochs "
                                              "(resume later by rerunning)"),
     progress: bool = typer.Option(True, help="Show progress bars"),
 ) -> None:

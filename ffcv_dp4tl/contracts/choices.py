@@ -153,3 +153,13 @@ def check_k(k: Any, what: str = "k") -> int:
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
         raise DP4TLError(f"{what} must be a positive number of clusters, got {k!r}")
     return k
+
+
+def check_k_fits(k: Any, num_samples: int) -> int:
+    """K for k-means over the source train split: positive, and at most its samples (checked
+    from the manifest before any feature is extracted)."""
+    k = check_k(k)
+    if k > num_samples:
+        raise DP4TLError(f"k={k} clusters requested but the source train split has only "
+                         f"{num_samples} samples; pass a smaller --k")
+    return k

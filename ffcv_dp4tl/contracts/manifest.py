@@ -8,7 +8,11 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from ..errors import DataError
+from .fields import REQUIRED, typed
 from .versions import check_version, _known
+
+#: what a damaged manifest's error says to do
+_REBUILD = "rebuild the dataset"
 
 MANIFEST_NAME = "manifest.json"
 #: Identity tag of a manifest (kept from the first release; the version is ``format_version``).
@@ -73,14 +77,21 @@ class SplitEntry:
         missing = [k for k in ("num_samples", "fingerprint", "beton", "labels", "index", "shards")
                    if k not in d]
         if missing:
-            raise DataError(f"{where} lacks field {missing[0]!r}; rebuild the dataset")
+            raise DataError(f"{where} lacks field {missing[0]!r}; {_REBUILD}")
         known = _known(cls) - {"unknown"}
-        cc = d.get("class_counts")
-        return cls(num_samples=int(d["num_samples"]), fingerprint=str(d["fingerprint"]),
-                   beton=d["beton"], labels=d["labels"], index=d["index"],
-                   shards=list(d["shards"]), num_rejected=int(d.get("num_rejected", 0)),
-                   class_counts=None if cc is None else [int(c) for c in cc],
-                   beton_fingerprint=d.get("beton_fingerprint"),
+
+        def get(key: str, kind: str, default: Any = None) -> Any:
+            return typed(d, key, kind, where, _REBUILD, default)
+        cc = get("class_counts", "counts")
+        return cls(num_samples=get("num_samples", "count", REQUIRED),
+                   fingerprint=get("fingerprint", "str", REQUIRED),
+                   beton=get("beton", "str", REQUIRED),
+                   labels=get("labels", "str", REQUIRED),
+                   index=get("index", "str", REQUIRED),
+                   shards=list(get("shards", "strs", REQUIRED)),
+                   num_rejected=get("num_rejected", "count", 0),
+                   class_counts=None if cc is None else list(cc),
+                   beton_fingerprint=get("beton_fingerprint", "str"),
                    checksums=dict(d["checksums"]) if isinstance(d.get("checksums"), dict) else None,
                    unknown={k: v for k, v in d.items() if k not in known})
 
@@ -101,8 +112,15 @@ class ImageSettings:
                 "raw_fraction": self.raw_fraction, "color": self.color, "encoding": self.encoding}
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "ImageSettings":
-        return cls(**{k: d[k] for k in _known(cls) if k in d})
+    def from_json(cls, d: Any, where: object = "image settings") -> "ImageSettings":
+        if not isinstance(d, dict):
+            raise DataError(f"{where}: field 'image' must be a JSON object, got {d!r}; {_REBUILD}")
+        kinds = {"max_side": "count", "quality": "count", "beton_mode": "str",
+                 "raw_fraction": "number", "color": "str", "encoding": "str"}
+        fixed = {k: typed(d, k, kind, f"{where} 'image'", _REBUILD,
+                          REQUIRED if k in ("max_side", "quality") else None)
+                 for k, kind in kinds.items()}
+        return cls(**{k: v for k, v in fixed.items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -153,18 +171,21 @@ class DatasetManifest:
             raise DataError(f"{source} is not an ffcv-dp4tl manifest (format {got!r}, "
                             f"expected {FORMAT!r}); rebuild the dataset")
         version = check_version(data, cls.VERSION, "dataset manifest", source)
-        for key in ("classes", "splits", "fingerprint"):
-            if key not in data:
-                raise DataError(f"{source} lacks field {key!r}; rebuild the dataset")
+        def get(key: str, kind: str, default: Any = None) -> Any:
+            return typed(data, key, kind, source, _REBUILD, default)
+        classes = get("classes", "names", REQUIRED)
+        splits = get("splits", "object", REQUIRED)
+        for k, v in splits.items():
+            if not isinstance(v, dict):
+                raise DataError(f"{source}: split {k!r} must be a JSON object, got {v!r}; {_REBUILD}")
         known = _known(cls) - {"unknown"}
         return cls(
-            classes=[str(c) for c in data["classes"]],
-            splits={k: SplitEntry.from_json(v, f"{source} split {k!r}")
-                    for k, v in data["splits"].items()},
-            fingerprint=str(data["fingerprint"]), name=str(data.get("name", "")),
-            image=ImageSettings.from_json(data["image"]) if data.get("image") else None,
-            shard_size=data.get("shard_size"), extra=dict(data.get("extra") or {}),
-            build=dict(data.get("build") or {}), created=str(data.get("created", "")),
-            beton_fingerprint=data.get("beton_fingerprint"),
+            classes=[str(c) for c in classes],
+            splits={k: SplitEntry.from_json(v, f"{source} split {k!r}") for k, v in splits.items()},
+            fingerprint=get("fingerprint", "str", REQUIRED), name=get("name", "str", ""),
+            image=ImageSettings.from_json(data["image"], source) if data.get("image") else None,
+            shard_size=get("shard_size", "count"), extra=dict(get("extra", "object", {})),
+            build=dict(get("build", "object", {})), created=get("created", "str", ""),
+            beton_fingerprint=get("beton_fingerprint", "str"),
             format=data["format"], format_version=version,
             unknown={k: v for k, v in data.items() if k not in known})

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..errors import MaskError
+from .fields import typed
 from .versions import check_version
 
 @dataclass(frozen=True)
@@ -40,8 +41,11 @@ class MaskMeta:
         if not isinstance(data, dict) or (require_fingerprint and "fingerprint" not in data):
             raise MaskError(f"{source} lacks field 'fingerprint'; recompute the mask")
         version = check_version(data, cls.VERSION, "mask", source, error=MaskError)
-        return cls(fingerprint=data.get("fingerprint"), split=data.get("split"),
-                   num_samples=data.get("num_samples"), num_kept=data.get("num_kept"),
-                   created=data.get("created"), format_version=version,
+
+        def get(key: str, kind: str) -> Any:
+            return typed(data, key, kind, source, "recompute the mask", None, error=MaskError)
+        return cls(fingerprint=get("fingerprint", "str"), split=get("split", "str"),
+                   num_samples=get("num_samples", "count"), num_kept=get("num_kept", "count"),
+                   created=get("created", "str"), format_version=version,
                    provenance={k: v for k, v in data.items()
                                if k not in cls.FIELDS and k != "format_version"})

@@ -7,7 +7,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import DataError
+from .fields import REQUIRED, typed
 from .versions import check_version
+
+_RESCORE = "rerun `dp4tl score` into that folder"
 
 #: What one score is about: a source class, a k-means cluster, or a source sample.
 SCORE_UNITS = ("class", "cluster", "sample")
@@ -74,8 +77,14 @@ class ScoresMeta:
                 or "method" not in data):
             raise DataError(f"{source} is not a dp4tl scores file (field 'unit'/'method')")
         version = check_version(data, cls.VERSION, "scores file", source)
-        return cls(method=data["method"], unit=data["unit"],
-                   num_units=int(data.get("num_units", 0)), format_version=version,
+        method = typed(data, "method", "str", source, _RESCORE, REQUIRED)
+        num_units = typed(data, "num_units", "count", source, _RESCORE, REQUIRED)
+        # read by prune: a damaged value must not silently skip its check
+        for key, kind in (("source_fingerprint", "str"), ("options", "object"),
+                          ("array_sha256", "object")):
+            if key in data:
+                typed(data, key, kind, source, _RESCORE, REQUIRED)
+        return cls(method=method, unit=data["unit"], num_units=num_units, format_version=version,
                    meta={k: v for k, v in data.items()
                          if k not in ("method", "unit", "num_units", "format_version")})
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 from ..errors import DataError
+from .fields import typed
 from .versions import check_version
 
 #: What a stage does, and so what its result holds: train (surrogate, pretraining: top1_val or
@@ -100,7 +101,8 @@ class StageResult:
         check_stage_values(kind, values, source)
 
         def opt(key: str) -> float | None:
-            return None if data.get(key) is None else float(data[key])
-        return cls(stage=name, kind=kind, seconds=float(data.get("seconds", 0.0)),
+            value = typed(data, key, "number", source, "delete the stage folder and rerun", None)
+            return None if value is None else float(value)
+        return cls(stage=name, kind=kind, seconds=opt("seconds") or 0.0,
                    format_version=version, cpu_seconds=opt("cpu_seconds"),
                    loadavg_1min=opt("loadavg_1min"), values=values)

@@ -26,6 +26,21 @@ __all__ = ["FORMAT", "INDEX_DTYPE", "MANIFEST_NAME", "Manifest", "SplitInfo", "l
            "split_fingerprint"]
 
 
+def read_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    """A build's ``.npy`` file (labels, index), or one :class:`DataError` line naming it when it
+    is truncated, not an array file or holds pickled objects (never loaded: a damaged file must
+    not run code)."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; rebuild the dataset") from None
+    except (OSError, ValueError, EOFError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "pickled" in why:  # numpy's guess for any file without the .npy magic
+            why = "not a .npy array file"
+        raise DataError(f"{path}: unreadable ({why}); rebuild the dataset") from None
+
+
 @dataclass(frozen=True)
 class SplitInfo:
     name: str
@@ -60,12 +75,12 @@ class SplitInfo:
         recorded in ``manifest.json`` (a permuted file has the right size and class counts)."""
         from beton_builders.integrity import check_labels
 
-        labels = np.load(self.labels, mmap_mode="r")
+        labels = read_npy(self.labels, mmap=True)
         check_labels(self.labels, labels, self.checksums, self.root, self.name)
         return labels
 
     def load_index(self) -> np.ndarray:
-        return np.load(self.index)
+        return read_npy(self.index)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from beton_builders.integrity import (SCHEME, beton_checksum, beton_fingerprint,
 
 from ..errors import DataError
 
-from .manifest import SplitInfo, load_manifest, split_fingerprint
+from .manifest import SplitInfo, load_manifest, read_npy, split_fingerprint
 
 #: Problems listed per kind before the rest are counted ("... and N more").
 MAX_LISTED = 10
@@ -59,9 +59,9 @@ def _listed(kind: str, where: str, idx: np.ndarray) -> str:
 
 def _check_labels(split: SplitInfo, num_classes: int, counts: list[int] | None, out: list[str]) -> None:
     try:
-        labels = np.asarray(np.load(split.labels, mmap_mode="r"))
-    except (OSError, ValueError) as e:
-        out.append(f"{split.labels}: unreadable ({e}); rebuild the dataset")
+        labels = np.asarray(read_npy(split.labels, mmap=True))
+    except DataError as e:
+        out.append(str(e))
         return
     if labels.shape != (split.num_samples,):
         out.append(f"{split.labels}: {labels.shape[0] if labels.ndim else 0} labels for "
@@ -81,8 +81,8 @@ def _check_shards(split: SplitInfo, out: list[str]) -> np.ndarray | None:
     """The index, checked against the shard files; returns it (None if unusable)."""
     try:
         index = split.load_index()
-    except (OSError, ValueError) as e:
-        out.append(f"{split.index}: unreadable ({e}); rebuild the dataset")
+    except DataError as e:
+        out.append(str(e))
         return None
     if len(index) != split.num_samples:
         out.append(f"{split.index}: {len(index)} entries for {split.num_samples} samples; rebuild the dataset")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from ..contracts import check_k_fits
 from ..data.manifest import MANIFEST_NAME, load_manifest
 from ..errors import DP4TLError
 from ..fsutil import directory_lock, is_unwritable
@@ -128,10 +129,7 @@ def resolve_data(cfg: PipelineConfig, log) -> tuple[Path, Path]:
 def check_data(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]) -> None:
     """Checks that need the built data but no work, before the surrogate trains."""
     if scorer.uses_k:
-        n = src.split("train").num_samples
-        if cfg.k > n:
-            raise DP4TLError(f"k={cfg.k} clusters requested but the source train split has only "
-                             f"{n} samples; pass a smaller --k")
+        check_k_fits(cfg.k, src.split("train").num_samples)
     if "train" in tgt.split_names:
         n = tgt.split("train").num_samples
         if n < tgt.num_classes:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..contracts import TargetCrop
+from ..contracts import TargetCrop, check_k_fits
 from ..errors import DP4TLError
 from ..fsutil import file_sha256
 from ..scoring.context import ScoringContext, Surrogate
@@ -116,6 +116,8 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
         raise DP4TLError(f"--checkpoint (a surrogate trained with `dp4tl train`) is needed for {method}")
     if scorer.needs_target and not targets:
         raise DP4TLError(f"--target is needed for {method}")
+    if scorer.uses_k:  # before any feature is extracted
+        check_k_fits(k, ctx.source.split("train").num_samples)
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx.meta.update({"source_fingerprint": ctx.source.fingerprint,
                      **({"seed": seed} if SEED in scorer.reads else {})})

@@ -23,7 +23,9 @@ def write_scores(out: Path, *, method: str, unit: str, scores: np.ndarray,
                  tiebreak: np.ndarray | None = None, train_units: np.ndarray | None = None,
                  val_units: np.ndarray | None = None, meta: dict[str, Any]) -> None:
     """Write a scores directory: the arrays first, ``scores.json`` (the contract, with
-    the arrays' digests) last."""
+    the arrays' digests) last. Rewriting a folder first removes its ``scores.json`` (so a crash
+    half-way leaves no folder that looks complete) and then every array this write does not
+    produce (FM's cluster ids must not outlive FM's scores)."""
     arrays = {"scores": np.asarray(scores)}
     for name, arr in (("tiebreak", tiebreak), ("train_units", train_units), ("val_units", val_units)):
         if arr is not None:
@@ -33,8 +35,11 @@ def write_scores(out: Path, *, method: str, unit: str, scores: np.ndarray,
     meta = {**meta, DIGESTS: {name: array_sha256(a) for name, a in arrays.items()}}
     contract = ScoresMeta(method=method, unit=unit, num_units=int(len(scores)), meta=meta)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "scores.json").unlink(missing_ok=True)
     for name, arr in arrays.items():
         atomic_save_npy(out / f"{name}.npy", arr)
+    for name in set(Scores.ARRAYS) - set(arrays):
+        (out / f"{name}.npy").unlink(missing_ok=True)
     atomic_write_json(out / "scores.json", contract.to_json())
 
 
@@ -69,6 +74,9 @@ def load_scores(path: str | Path) -> Scores:
                                 f"{_RESCORE.format(path=path)}") from None
     if "scores" not in arrays:
         raise DataError(f"{path / 'scores.npy'} is missing; {_RESCORE.format(path=path)}")
+    if len(arrays["scores"]) != meta.num_units:
+        raise DataError(f"{path / 'scores.npy'} holds {len(arrays['scores'])} scores but scores.json "
+                        f"says num_units {meta.num_units}; {_RESCORE.format(path=path)}")
     recorded = meta.meta.get(DIGESTS) or {}
     for name, want in recorded.items():
         if name not in arrays:

@@ -330,6 +330,7 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
     if out_dir.exists() and not out_dir.is_dir():
         raise DP4TLError(f"--out {out_dir} is a file; choose a directory")
     ctx = dist_.setup(device)
+    created = not out_dir.exists()
     # one process writes a run folder: a second `train --out` of the same folder is refused
     lock = (directory_lock(out_dir / LOCK_NAME, f"training run {out_dir}") if ctx.is_main
             else contextlib.nullcontext())
@@ -337,8 +338,26 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
         with lock, cudnn_benchmark(ctx.device):
             return _train(recipe, Path(dataset_dir), mask, out_dir, fmt, ctx, resume, progress,
                           stop_after, list(callbacks), t_start)
+    except BaseException:
+        if created and ctx.is_main:
+            _remove_unused_run_dir(out_dir)
+        raise
     finally:
         dist_.teardown(ctx)
+
+
+def _remove_unused_run_dir(out_dir: Path) -> None:
+    """A run folder this call made and that holds nothing but its lock and empty files (bad
+    data, mask or model refused before the first epoch) is removed, so a typo leaves no stray
+    folder behind. Anything with content (a checkpoint, a metrics line) stays: resuming needs it."""
+    try:
+        files = list(out_dir.iterdir())
+        if all(f.is_file() and (f.name == LOCK_NAME or f.stat().st_size == 0) for f in files):
+            for f in files:
+                f.unlink()
+            out_dir.rmdir()
+    except OSError:
+        pass  # best effort: never mask the error that ended the run
 
 
 def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,

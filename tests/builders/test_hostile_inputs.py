@@ -7,6 +7,7 @@ import errno
 import os
 import signal
 import struct
+import time
 import zlib
 from collections import namedtuple
 from pathlib import Path
@@ -136,6 +137,29 @@ def test_a_ctrl_c_swallowed_by_native_code_still_stops_the_build(tmp_path, monke
     assert signal.getsignal(signal.SIGINT) == before  # the caller's handler restored
     monkeypatch.setattr(writer, "write_beton", real)
     assert build_dataset(_spec(), out, OPTS).splits[0].num_samples == 8
+
+
+def _sleep_until_killed():
+    import time
+
+    time.sleep(30)
+
+
+def test_a_ctrl_c_ends_forked_writer_workers_quietly():
+    """Ctrl-C reaches the whole process group, ffcv's forked beton writers included. They
+    inherit the build's SIGINT handler; raising KeyboardInterrupt there printed one traceback
+    per worker (~130 lines). A forked worker now exits at once, silently, with status 130,
+    and only the parent reports the interrupt."""
+    import multiprocessing as mp
+
+    with writer._sigint_guard():
+        child = mp.get_context("fork").Process(target=_sleep_until_killed)
+        child.start()
+        time.sleep(0.5)
+        os.kill(child.pid, signal.SIGINT)
+        child.join(timeout=20)
+    assert child.exitcode == 130  # a KeyboardInterrupt traceback would exit with 1
+    assert not writer._Interrupted.flag
 
 
 def test_free_space_needed_does_not_grow_with_workers(tmp_path, monkeypatch):

@@ -100,3 +100,106 @@ def test_just_pretrain_passes_options_written_as_options(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "pipeline --ratio=0.5 --method fm --data-root d"
+
+
+def test_ctrl_c_inside_a_command_says_how_to_resume(capsys, monkeypatch, index_dataset):
+    """typer turns a KeyboardInterrupt inside a command into exit code 130 itself, so the
+    CLI's own handler never sees it: the user must still get the one line that says a rerun
+    resumes, and no traceback."""
+    import ffcv_dp4tl.data.manifest as manifest_mod
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(manifest_mod, "load_manifest", interrupted)
+    code, _, err = cli(capsys, monkeypatch, "info", "--data", index_dataset.root)
+    assert code == 130
+    assert err.strip().splitlines() == ["interrupted: rerun the same command to resume where it stopped"]
+
+
+def test_ctrl_c_while_the_cli_is_still_importing_is_one_line(capsys, monkeypatch):
+    """The console script imports torch, ffcv and numba (seconds) inside its entry function, so
+    a Ctrl-C during those imports is one line, not an import-machinery traceback."""
+    import types
+
+    from ffcv_dp4tl.__main__ import main as entry
+
+    class Importing(types.ModuleType):
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+    monkeypatch.setitem(sys.modules, "ffcv_dp4tl.cli", Importing("ffcv_dp4tl.cli"))
+    with pytest.raises(SystemExit) as e:
+        entry()
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "interrupted before the command started: nothing was written"]
+
+
+@pytest.mark.parametrize("damage,needle", [
+    (lambda p: p.write_bytes(p.read_bytes()[:100]), "unreadable (EOF"),
+    (lambda p: p.write_text("garbage\n"), "unreadable (not a .npy array file)"),
+    (lambda p: p.unlink(), "train.labels.npy: missing"),
+])
+def test_a_damaged_labels_file_is_one_line_in_every_reader(capsys, monkeypatch, tmp_path, index_copy,
+                                                           damage, needle):
+    """Every command that reads labels (mask classes, prune, train --mask, score) goes through
+    SplitInfo.load_labels: a truncated, foreign or missing file is one line that names it and
+    says to rebuild (never numpy's advice to load it with allow_pickle)."""
+    damage(index_copy / "train.labels.npy")
+    code, _, err = cli(capsys, monkeypatch, "mask", "classes", "--data", index_copy, "--classes", "0",
+                       "--out", tmp_path / "m.npy")
+    one_line(code, err, "train.labels.npy", needle, "rebuild the dataset")
+    assert "allow_pickle" not in err
+
+
+def test_score_never_replaces_another_method_s_scores(capsys, monkeypatch, tmp_path, index_dataset):
+    """Finished scores of another method in --out are kept (one line says to pick another
+    folder); a rewrite of a scores folder leaves no array of the earlier method behind."""
+    from ffcv_dp4tl.pipeline.scores_io import load_scores, write_scores
+
+    out = tmp_path / "s"
+    write_scores(out, method="fm", unit="cluster", scores=np.ones(3), tiebreak=np.ones(3),
+                 train_units=np.zeros(70, dtype=np.int64), meta={"source_fingerprint": "x"})
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = cli(capsys, monkeypatch, "score", "--method", "random", "--data",
+                       index_dataset.root, "--out", out)
+    one_line(code, err, f"--out {out} holds fm scores", "pass another --out for random")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    write_scores(out, method="random", unit="sample", scores=np.arange(70.0), meta={})
+    sc = load_scores(out)
+    assert sc.method == "random" and sc.tiebreak is None and sc.train_units is None
+    assert not (out / "train_units.npy").exists() and not (out / "tiebreak.npy").exists()
+
+
+def test_mask_classes_to_an_existing_folder_asks_for_a_file_name(capsys, monkeypatch, tmp_path,
+                                                                index_dataset):
+    code, _, err = cli(capsys, monkeypatch, "mask", "classes", "--data", index_dataset.root,
+                       "--classes", "0", "--out", tmp_path)
+    one_line(code, err, f"--out {tmp_path} is a folder", "keep.npy")
+    assert not (tmp_path.parent / f"{tmp_path.name}.npy").exists()
+
+
+@pytest.mark.parametrize("k,needle", [("0", "k must be a positive number of clusters, got 0"),
+                                      ("99999", "k=99999 clusters requested but the source train "
+                                       "split has only")])
+def test_score_refuses_an_impossible_k_before_extracting_features(capsys, monkeypatch, tmp_path,
+                                                                  source_dir, target_dir,
+                                                                  trained_run, k, needle):
+    out = tmp_path / "s"
+    code, _, err = cli(capsys, monkeypatch, "score", "--method", "fm", "--k", k, "--data", source_dir,
+                       "--target", target_dir, "--checkpoint", trained_run / "checkpoint.pt",
+                       "--out", out, "--device", "cpu")
+    one_line(code, err, needle)
+    assert not out.exists()  # no feature file was extracted first
+
+
+def test_a_refused_training_run_leaves_no_folder(capsys, monkeypatch, tmp_path):
+    """Bad data refused before the first epoch: the run folder this command made (with its lock)
+    is removed again, so a typo leaves nothing to clean up."""
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, monkeypatch, "train", "resnet18_tiny_cpu", "--data",
+                       tmp_path / "nosuch", "--out", out, "--device", "cpu")
+    one_line(code, err, "is not a built dataset")
+    assert not out.exists()
+    code, _, err = cli(capsys, monkeypatch, "train", "resnet18_tiny_cpu", "--data",
+                       tmp_path / "nosuch", "--out", out, "--stop-after", "0")
+    assert code == 2 and "--stop-after" in err

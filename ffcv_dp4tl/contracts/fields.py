@@ -1,0 +1,62 @@
+"""Typed fields of the contract files: the one rule for a field that is missing or of the wrong
+type. A hand-edited or damaged ``manifest.json`` / ``scores.json`` / mask sidecar must give one
+line naming the file, the field, what it must be and what to do, never a ``TypeError`` from deep
+inside a reader (``int("abc")``, iterating an ``int``, ``Path / None``)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from ..errors import DataError
+
+#: the sentinel for "no default: the field is required"
+REQUIRED = object()
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_count(v: Any) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and not isinstance(v, bool)
+
+
+#: kind → (what the message says it must be, the check)
+KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "count": ("a non-negative integer", _is_count),
+    "int": ("an integer", _is_int),
+    "number": ("a number", _is_number),
+    "str": ("a string", lambda v: isinstance(v, str)),
+    "names": ("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v)),
+    "strs": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "counts": ("a list of non-negative integers", lambda v: isinstance(v, list) and all(_is_count(x) for x in v)),
+    "object": ("a JSON object", lambda v: isinstance(v, dict)),
+}
+
+
+def _show(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def typed(data: Mapping[str, Any], key: str, kind: str, where: object, fix: str,
+          default: Any = REQUIRED, error: type[DataError] = DataError) -> Any:
+    """``data[key]`` checked against ``kind`` (a key of :data:`KINDS`).
+
+    A missing field, or one that is ``null``, gives ``default``; without a default it is an
+    error. A value of the wrong type is always an error: ``error`` with one line, e.g.
+    ``DATA/manifest.json split 'train': field 'num_samples' must be a non-negative integer,
+    got 'abc'; rebuild the dataset``.
+    """
+    value = data.get(key)
+    if value is None:
+        if default is REQUIRED:
+            raise error(f"{where} lacks field {key!r}; {fix}")
+        return default
+    what, ok = KINDS[kind]
+    if not ok(value):
+        raise error(f"{where}: field {key!r} must be {what}, got {_show(value)}; {fix}")
+    return value
