@@ -150,3 +150,31 @@ def test_white_balance_scales_each_images_channels_by_a_bounded_gain():
     assert (gain[:, 0] - gain[:, 2]).abs().max() > 0.1  # channels drawn independently
     with pytest.raises(DP4TLError, match="train.white_balance"):
         load_recipe("resnet34_tiny_cpu", ["train.white_balance=-0.1"])
+
+
+def test_flip_tta_averages_the_logits_of_the_image_and_its_horizontal_mirror():
+    """``eval.flip_tta`` is ffcv-imagenet's TTA: logits of each image and of its left-right
+    mirror (width axis), averaged; top-1 and loss of evaluate() equal that computed by hand
+    for a model that tells left from right and top from bottom (a linear map of the pixels),
+    and differ from what a vertical flip or no TTA would give."""
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 6, 5))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(40, 3, 4, 6, generator=g)  # N, C, H, W: not square, H != W
+    y = torch.randint(0, 5, (40,), generator=g)
+    got = evaluate(model, FeatureLoader(x, y, 16), DistContext(), None, flip_tta=True)
+
+    def by_hand(flipped):
+        with torch.no_grad():
+            logits = (model(x) + model(flipped)) / 2
+        return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
+
+    mirror = x[:, :, :, torch.arange(5, -1, -1)]  # column j <- column W-1-j
+    loss, top1 = by_hand(mirror)
+    assert got["count"] == 40
+    assert got["loss"] == pytest.approx(loss, rel=1e-5) and got["top1"] == pytest.approx(top1)
+    upside_down = by_hand(x[:, :, torch.arange(3, -1, -1), :])
+    plain = evaluate(model, FeatureLoader(x, y, 16), DistContext(), None, flip_tta=False)
+    assert abs(upside_down[0] - loss) > 1e-3 and abs(plain["loss"] - loss) > 1e-3

@@ -181,3 +181,47 @@ def test_workers_building_the_next_epoch_early_change_no_weight(source_dir, tmp_
     b = Checkpoint.load(tmp_path / "b" / "checkpoint.pt").model
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_training_runs_the_recipes_lr_schedule_and_label_smoothing(source_dir, tmp_path,
+                                                                   test_recipe, monkeypatch):
+    """The pretraining recipe (what is fingerprinted and published) is what trains: every
+    optimiser step runs at the recipe's triangular lr of its iteration (peak = lr.lr · batch /
+    256, reached at lr.lr_peak_epoch, 0 at the end; recomputed here by hand), in every param
+    group, and the loss it backpropagates is the cross-entropy with the recipe's
+    ``optim.label_smoothing`` (0.3 here) of that batch. (train.white_balance = 0: the objective
+    then sees the loader's batch as is, so the loss can be recomputed.)"""
+    from torch.nn import functional as F
+
+    from ffcv_dp4tl.training import engine
+
+    real_step = engine.train_step
+    steps = []
+
+    def spy(model, batch, opt, objective, **kw):
+        with torch.no_grad():  # train mode as the step's forward (BN on batch statistics)
+            out = model(batch.images)
+        loss = real_step(model, batch, opt, objective, **kw)
+        steps.append(([g["lr"] for g in opt.param_groups], float(loss),
+                      float(F.cross_entropy(out, batch.labels, label_smoothing=0.3)),
+                      float(F.cross_entropy(out, batch.labels))))
+        return loss
+
+    monkeypatch.setattr(engine, "train_step", spy)
+    r = test_recipe("lr.lr_peak_epoch=1", "optim.label_smoothing=0.3", "train.white_balance=0")
+    assert (r.lr.schedule, r.lr.lr, r.train.epochs, r.train.batch_size) == ("triangular", 0.25, 2, 16)
+    train(r, source_dir, out_dir=tmp_path, fmt="wds", device="cpu", progress=False)
+    iters = load_manifest(source_dir).split("train").num_samples // 16  # drop_last
+    peak = 0.25 * 16 / 256
+    expect = []
+    for e in range(2):
+        for i in range(iters):
+            t = e + i / iters
+            expect.append(peak * (t if t <= 1 else 2 - t))
+    assert len(steps) == len(expect) == 2 * iters and iters >= 3
+    for (lrs, loss, smoothed, plain), lr in zip(steps, expect):
+        assert len(lrs) == 2 and lrs == pytest.approx([lr, lr], rel=1e-9, abs=1e-15)
+        assert loss == pytest.approx(smoothed, rel=0, abs=1e-6)
+        assert abs(smoothed - plain) > 1e-4  # the smoothing is visible in this loss
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["lr"] for x in rows] == pytest.approx([expect[iters - 1], expect[-1]])
