@@ -41,6 +41,27 @@ CONTRACTS = {
 }
 
 
+def test_split_fingerprint_covers_digests_labels_and_class_names():
+    """A dataset's fingerprint is what masks, scores and every pipeline stage are checked and
+    keyed against ("never reused on other data"). The same images under other labels, or other
+    class names or class order, are other data: each must give another split fingerprint, and so
+    another dataset fingerprint. The same content gives the same one (labels of any int dtype)."""
+    from ffcv_dp4tl.contracts import dataset_fingerprint, split_fingerprint
+
+    digests = bytes(range(60))  # 3 samples' 20-byte SHA-1 digests
+    labels, classes = np.array([0, 1, 1]), ["ant", "bee"]
+    fp = split_fingerprint(digests, labels, classes)
+    assert split_fingerprint(digests, labels.astype(np.int32), list(classes)) == fp
+    others = {"digests": split_fingerprint(bytes(range(1, 61)), labels, classes),
+              "labels": split_fingerprint(digests, np.array([1, 0, 1]), classes),
+              "class names": split_fingerprint(digests, labels, ["ant", "cow"]),
+              "class order": split_fingerprint(digests, labels, ["bee", "ant"])}
+    for what, other in others.items():
+        assert other != fp, f"other {what}, same fingerprint"
+        assert dataset_fingerprint([other]) != dataset_fingerprint([fp]), what
+    assert len(set(others.values())) == len(others)
+
+
 @pytest.mark.parametrize("name", sorted(CONTRACTS))
 def test_round_trip_through_json(name):
     obj = CONTRACTS[name]

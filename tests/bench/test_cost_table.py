@@ -205,6 +205,24 @@ def test_versus_random_verdicts_on_hand_made_numbers():
     assert "Versus RANDOM — LP" in md and "| 60 % | LM | 71.0 ± 1.0 | 51.0 ± 1.0 | +20.0 | 3/3 | **better** |" in md
 
 
+def test_versus_random_counts_seeds_won_pair_by_pair():
+    """"Seeds won (paired by seed)": seed s of a method is compared with seed s of RANDOM (the
+    same ``train.seed``), not with RANDOM's mean. RANDOM's seeds spread widely here (50, 70,
+    60; mean 60) and rows come in no particular seed order: a method 1 point above RANDOM on
+    every seed wins 3/3 (2 against the mean), 1 point below wins 0/3 (1 against the mean); a
+    seed RANDOM lacks is not paired."""
+    from ffcv_dp4tl.bench.stats import versus_random
+
+    rnd = {2: 60.0, 0: 50.0, 1: 70.0}
+    rows = [_row("random", 0.6, s, 0, 0, 40.0, v) for s, v in rnd.items()]
+    rows += [_row("lm", 0.6, s, 1, 1, 40.0, v + 1.0) for s, v in rnd.items()]
+    rows += [_row("fm", 0.6, s, 1, 1, 40.0, v - 1.0) for s, v in rnd.items()]
+    rows += [_row("fm", 0.6, 3, 1, 1, 40.0, 99.0)]  # seed 3: RANDOM has no run to pair it with
+    vs = {v["method"]: v for v in versus_random(rows, "lp", ["lm", "fm"], [0.6])}
+    assert (vs["lm"]["wins"], vs["lm"]["paired"]) == (3, 3)
+    assert (vs["fm"]["wins"], vs["fm"]["paired"]) == (0, 3)
+
+
 def test_method_scoped_options_reach_one_method():
     from ffcv_dp4tl.bench.cost_table import options_for
 

@@ -169,3 +169,48 @@ def test_seed_level_test_guards_against_pairs_that_share_randoms_pretraining():
     assert sep.verdict(lp["pooled"], lp["by_seed"]) == "better over pairs, not shown over seeds"
     body = sep.markdown(sep.summarize(rows))
     assert "p (seeds)" in body and "not shown over seeds" in body
+
+
+def test_seed_level_test_guards_a_worse_verdict_too():
+    """The conservative seed-level guard works both ways: a pooled "worse" whose seed-level
+    interval straddles 0 (one RANDOM seed far better than the others, moving every target's
+    pair of that seed) is reported as "worse over pairs, not shown over seeds", not **worse**;
+    a seed-level interval wholly below 0 confirms **worse**."""
+    pooled = {"mean": -2.0, "lo": -3.0, "hi": -1.0}
+    assert sep.verdict(pooled, {"mean": -1.0, "lo": -4.0, "hi": 2.0}) \
+        == "worse over pairs, not shown over seeds"
+    assert sep.verdict(pooled, {"mean": -2.0, "lo": -2.5, "hi": -0.5}) == "**worse**"
+    # the mirror of the "better" guard test: seed 1's RANDOM run is far better than the others
+    rows = []
+    for seed, rnd in enumerate((70.0, 100.0, 69.0, 71.0, 70.0)):
+        for t, jitter in (("paper", 0.0), ("warm", 0.3), ("blur", -0.3), ("a", 0.1), ("b", -0.1)):
+            rows.append({"seed": seed, "target": t, "method": "random", "ratio": 0.8,
+                         "lp": rnd + jitter, "ff": None})
+            rows.append({"seed": seed, "target": t, "method": "lm", "ratio": 0.8,
+                         "lp": 69.5 + jitter - 0.05 * seed, "ff": None})
+    (lp,) = [t for t in sep.summarize(rows)["tests"] if t["mode"] == "lp"]
+    assert lp["pooled"]["n"] == 25 and lp["pooled"]["hi"] < 0
+    assert lp["by_seed"]["n"] == 5 and lp["by_seed"]["lo"] < 0 <= lp["by_seed"]["hi"]
+    assert sep.verdict(lp["pooled"], lp["by_seed"]) == "worse over pairs, not shown over seeds"
+
+
+def test_seed_level_differences_are_each_seeds_mean_over_its_targets():
+    """The "by seed" column (and the seed-level verdict) tests one difference per seed: the
+    mean of that seed's method − RANDOM differences over every target, by hand here. A seed
+    missing a target's pair has no seed-level difference (the pooled test still counts its
+    pairs)."""
+    diffs = {0: {"warm": 1.0, "paper": 3.0}, 1: {"warm": 2.0, "paper": 6.0},
+             2: {"warm": -1.0, "paper": 0.0}, 3: {"warm": 4.0}}  # seed 3: no "paper" pair
+    rows = []
+    for seed, per_target in diffs.items():
+        for t in ("warm", "paper"):
+            rows.append({"seed": seed, "target": t, "method": "random", "ratio": 0.5,
+                         "lp": 50.0 + seed, "ff": None})
+            if t in per_target:
+                rows.append({"seed": seed, "target": t, "method": "lm", "ratio": 0.5,
+                             "lp": 50.0 + seed + per_target[t], "ff": None})
+    (lp,) = [t for t in sep.summarize(rows)["tests"] if t["mode"] == "lp"]
+    seed_means = [2.0, 4.0, -0.5]  # (1+3)/2, (2+6)/2, (-1+0)/2; seed 3 left out
+    assert lp["by_seed"] == sep.paired_test(seed_means)
+    assert lp["by_seed"]["n"] == 3 and lp["by_seed"]["mean"] == pytest.approx(5.5 / 3)
+    assert lp["pooled"]["n"] == 7 and lp["per_target"]["warm"]["n"] == 4

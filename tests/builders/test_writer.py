@@ -158,6 +158,37 @@ def test_changed_image_changes_fingerprint_and_only_its_shard(builds):
     assert same == [True, True, False, True, True]  # sample 21 lives in shard 2
 
 
+def test_same_images_other_labels_or_class_names_are_other_data(tmp_path):
+    """Two builds of the same images that differ only in their labels, or only in their class
+    names, are different datasets: their manifest fingerprints differ, so a mask (and any
+    score or stage keyed by the fingerprint) made on one is refused on the other instead of
+    being silently reused."""
+    from ffcv_dp4tl.data import load_manifest, load_mask, make_mask, save_mask
+    from ffcv_dp4tl.errors import MaskError
+
+    n, opts = 6, BuildOptions(max_side=32, quality=90, shard_size=8, workers=1, progress=False)
+
+    def build(name: str, labels: list[int], classes: list[str]) -> Path:
+        samples = [Sample(_image(i), labels[i], name=f"mem/{i:03d}") for i in range(n)]
+        build_dataset(DatasetSpec("tiny", classes, {"train": samples}), tmp_path / name, opts,
+                      source="mem")
+        return tmp_path / name
+
+    base = build("base", [0, 1, 2, 0, 1, 2], list(CLASSES))
+    builds = {"labels": build("labels", [1, 2, 0, 1, 2, 0], list(CLASSES)),
+              "class names": build("names", [0, 1, 2, 0, 1, 2], ["ant", "bee", "cow"])}
+    split = load_manifest(base).split("train")
+    npy = save_mask(tmp_path / "mask", make_mask([0, 2, 4], split, method="manual"))
+    for what, d in builds.items():
+        assert _shard_jpegs(d) == _shard_jpegs(base), what  # the very same image bytes
+        assert _manifest(d)["splits"]["train"]["fingerprint"] \
+            != _manifest(base)["splits"]["train"]["fingerprint"], what
+        assert _manifest(d)["fingerprint"] != _manifest(base)["fingerprint"], what
+        with pytest.raises(MaskError, match="made for another dataset"):
+            load_mask(npy, load_manifest(d).split("train"))
+    assert load_mask(npy, split).indices.tolist() == [0, 2, 4]
+
+
 # ---------------------------------------------------------------------------------------------
 # Stock tools read the outputs
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,16 @@ def test_make_mask_sorts_and_deduplicates(split):
     assert make_mask((i for i in (9, 8)), split).indices.tolist() == [8, 9]
 
 
+def test_make_mask_deduplicates_already_sorted_input(split):
+    """Masks are "sorted + unique" whatever order the indices come in: an already-sorted list
+    with repeats (a scorer's kept samples concatenated per unit, say) is deduplicated like an
+    unsorted one, never kept twice (which would train a sample twice per epoch and inflate
+    ``num_kept``) nor refused."""
+    m = make_mask([1, 2, 2, 3], split)
+    assert m.indices.tolist() == [1, 2, 3] and m.meta["num_kept"] == 3
+    assert make_mask(np.array([0, 0, 29, 29], np.int64), split).indices.tolist() == [0, 29]
+
+
 def test_make_mask_rejects_bad_input(split):
     with pytest.raises(MaskError, match="must be integers"):
         make_mask(np.array([0.5, 1.0]), split)
@@ -156,14 +166,15 @@ def test_mask_errors_are_data_errors(split):
         validate_mask(IndexMask(np.array([], np.int64), {}), split)
 
 
-@pytest.mark.parametrize("case", ["sorted", "shuffled", "dups", "empty", "one", "negative",
-                                  "uint"])
+@pytest.mark.parametrize("case", ["sorted", "shuffled", "dups", "sorted-dups", "empty", "one",
+                                  "negative", "uint"])
 def test_sorted_unique_equals_np_unique(case):
     from ffcv_dp4tl.data.masks import sorted_unique
 
     rng = np.random.default_rng(3)
     x = {"sorted": np.arange(0, 5000, 3), "shuffled": rng.permutation(4000),
-         "dups": rng.integers(0, 50, 1000), "empty": np.array([], np.int64),
+         "dups": rng.integers(0, 50, 1000), "sorted-dups": np.array([1, 2, 2, 3, 7, 7]),
+         "empty": np.array([], np.int64),
          "one": np.array([7]), "negative": np.array([3, -2, 3, -9]),
          "uint": np.array([9, 2, 2], np.uint32)}[case]
     got = sorted_unique(x)
