@@ -74,9 +74,6 @@ def load_scores(path: str | Path) -> Scores:
                                 f"{_RESCORE.format(path=path)}") from None
     if "scores" not in arrays:
         raise DataError(f"{path / 'scores.npy'} is missing; {_RESCORE.format(path=path)}")
-    if len(arrays["scores"]) != meta.num_units:
-        raise DataError(f"{path / 'scores.npy'} holds {len(arrays['scores'])} scores but scores.json "
-                        f"says num_units {meta.num_units}; {_RESCORE.format(path=path)}")
     recorded = meta.meta.get(DIGESTS) or {}
     for name, want in recorded.items():
         if name not in arrays:
@@ -85,6 +82,10 @@ def load_scores(path: str | Path) -> Scores:
             raise DataError(f"{path / (name + '.npy')} differs from the file `dp4tl score` wrote "
                             f"(scores.json records its digest): it was replaced or edited; "
                             f"{_RESCORE.format(path=path)}")
+    # after the digests: an edited file is named as such; then a damaged scores.json
+    if len(arrays["scores"]) != meta.num_units:
+        raise DataError(f"{path / 'scores.npy'} holds {len(arrays['scores'])} scores but scores.json "
+                        f"says num_units {meta.num_units}; {_RESCORE.format(path=path)}")
     return Scores(meta=meta, **arrays)
 
 

@@ -207,9 +207,11 @@ def test_scoring_and_pruning_errors_are_clear(first_run, tmp_path):
 
     tmp, res, _ = first_run
     ckpt = first_run.dirs["surrogate"] / "checkpoint.pt"
-    with pytest.raises(DP4TLError, match=r"k=1000000 clusters requested but x has only \d+ rows"):
+    with pytest.raises(DP4TLError, match=r"k=1000000 clusters requested but the source train "
+                       r"split has only \d+ samples; pass a smaller --k"):
         score("fm", source_dir=res.source, target_dir=res.target, checkpoint=ckpt,
               out_dir=tmp_path / "fm", fmt="wds", num_workers=0, progress=False, k=10**6)
+    assert not (tmp_path / "fm").exists()  # refused before any feature was extracted
     with pytest.raises(DP4TLError, match="unknown scoring method"):
         score("nope", source_dir=res.source, out_dir=tmp_path / "x")
     with pytest.raises(DP4TLError, match="checkpoint"):
@@ -226,9 +228,14 @@ def test_scoring_and_pruning_errors_are_clear(first_run, tmp_path):
     (score_dir / "scores.json").write_text(json.dumps(meta))
     with pytest.raises(DP4TLError, match="replaced or edited"):  # the recorded digest catches it first
         prune(score_dir, res.source, 0.5, tmp_path / "m")
-    # a consistent (re-digested) scores file of the wrong length: the unit count is checked too
+    # re-digested but scores.json still counts 32 units: the file disagrees with itself
     (score_dir / "scores.json").write_text(json.dumps(
         {**meta, DIGESTS: {**meta[DIGESTS], "scores": array_sha256(np.ones(5))}}))
+    with pytest.raises(DP4TLError, match="holds 5 scores but scores.json says num_units 32"):
+        prune(score_dir, res.source, 0.5, tmp_path / "m")
+    # a consistent scores file of the wrong length for this source: the unit count is checked too
+    (score_dir / "scores.json").write_text(json.dumps(
+        {**meta, "num_units": 5, DIGESTS: {**meta[DIGESTS], "scores": array_sha256(np.ones(5))}}))
     with pytest.raises(MaskError, match="5 class scores"):
         prune(score_dir, res.source, 0.5, tmp_path / "m")
 
