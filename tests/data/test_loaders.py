@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from ffcv_dp4tl.data import (AugSpec, EpochPlan, load_manifest, make_loader, make_mask,
+from ffcv_dp4tl.data import (AugSpec, EpochPlan, make_loader, make_mask,
                              mask_from_classes, save_mask)
 from ffcv_dp4tl.errors import DataError, MaskError
 

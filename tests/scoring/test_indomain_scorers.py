@@ -10,12 +10,10 @@ import pytest
 import torch
 
 from ffcv_dp4tl.errors import DP4TLError
-from ffcv_dp4tl.pipeline.prune import prune
 from ffcv_dp4tl.pipeline.score import score
 from ffcv_dp4tl.pipeline.scores_io import load_scores
 from ffcv_dp4tl.scoring import select_samples
-from ffcv_dp4tl.scoring.baselines import (class_mean_prototypes, moderate_distances,
-                                          prototype_distances)
+from ffcv_dp4tl.scoring.baselines import (moderate_distances)
 from ffcv_dp4tl.scoring.registry import FEATURES, LOGITS, get_scorer, list_scorers
 from tiny_data import SURROGATE_OVERRIDES, SYNTH, TRAIN
 

@@ -1,2 +1,34 @@
 """The training tests use the session fixtures of ``tests/conftest.py`` (``source_dir``,
 ``target_dir``, ``test_recipe``, ``trained_run``) and the constants of ``tests/tiny_data.py``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def step_spy(monkeypatch):
+    """Records every ``engine.train_step`` the trainer or finetune() runs: per step (the lr of
+    each param group, the loss it returned, the cross-entropy of the same forward pass with
+    label smoothing 0.3, and without). The forward is rerun in train mode, as the step's (BN on
+    batch statistics), so a test can tell which loss was backpropagated."""
+    import importlib
+
+    from torch.nn import functional as F
+
+    engine = importlib.import_module("ffcv_dp4tl.training.engine")
+    real_step = engine.train_step
+    steps: list = []
+
+    def spy(model, batch, opt, objective, **kw):
+        with torch.no_grad():
+            out = model(batch.images)
+        loss = real_step(model, batch, opt, objective, **kw)
+        steps.append(([g["lr"] for g in opt.param_groups], float(loss),
+                      float(F.cross_entropy(out, batch.labels, label_smoothing=0.3)),
+                      float(F.cross_entropy(out, batch.labels))))
+        return loss
+
+    monkeypatch.setattr(engine, "train_step", spy)
+    return steps

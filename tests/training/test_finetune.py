@@ -41,15 +41,7 @@ def test_lp_keeps_the_backbone_frozen_and_beats_chance(trained_run, target_dir, 
     images, batch 64) and cost little (features are cached). With today's session surrogate
     the probe underfits at 20 steps (11/24 measured), which is why this bar was lowered for a
     while; at 50 it fits (20/24)."""
-    models = []
-    real = finetune_module.load_pretrained
-
-    def spy(*a, **k):
-        model, ckpt = real(*a, **k)
-        models.append(model)
-        return model, ckpt
-
-    monkeypatch.setattr(finetune_module, "load_pretrained", spy)
+    models = _keep_model(monkeypatch)
     res = finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path,
                    fmt="wds", device="cpu", progress=False, overrides=LP)
     (model,) = models
@@ -190,29 +182,14 @@ def test_best_test_top1_is_the_best_evaluated_epoch_not_the_last(trained_run, ta
 
 
 def test_ff_trains_with_the_recipes_lr_schedule_and_label_smoothing(trained_run, target_dir,
-                                                                    tmp_path, monkeypatch):
+                                                                    tmp_path, step_spy):
     """The FF recipe (what is fingerprinted and published) is what trains: every optimiser step
     runs at the recipe's cosine lr of its iteration (0.001 · ½(1 + cos(π t / epochs)), t =
     epoch + it / iters; recomputed here by hand), and the loss it backpropagates is the
     cross-entropy with the recipe's ``optim.label_smoothing`` (0.3 here) of that batch."""
     import math
 
-    from torch.nn import functional as F
-
-    engine = importlib.import_module("ffcv_dp4tl.training.engine")
-    real_step = engine.train_step
-    steps = []
-
-    def spy(model, batch, opt, objective, **kw):
-        with torch.no_grad():  # train mode as the step's forward (BN on batch statistics)
-            out = model(batch.images)
-        loss = real_step(model, batch, opt, objective, **kw)
-        steps.append(([g["lr"] for g in opt.param_groups], float(loss),
-                      float(F.cross_entropy(out, batch.labels, label_smoothing=0.3)),
-                      float(F.cross_entropy(out, batch.labels))))
-        return loss
-
-    monkeypatch.setattr(engine, "train_step", spy)
+    steps = step_spy
     # 24 train images, batch 8: 3 steps per epoch, 2 epochs
     finetune("ff_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path,
              fmt="wds", device="cpu", progress=False,

@@ -184,30 +184,14 @@ def test_workers_building_the_next_epoch_early_change_no_weight(source_dir, tmp_
 
 
 def test_training_runs_the_recipes_lr_schedule_and_label_smoothing(source_dir, tmp_path,
-                                                                   test_recipe, monkeypatch):
+                                                                   test_recipe, step_spy):
     """The pretraining recipe (what is fingerprinted and published) is what trains: every
     optimiser step runs at the recipe's triangular lr of its iteration (peak = lr.lr · batch /
     256, reached at lr.lr_peak_epoch, 0 at the end; recomputed here by hand), in every param
     group, and the loss it backpropagates is the cross-entropy with the recipe's
     ``optim.label_smoothing`` (0.3 here) of that batch. (train.white_balance = 0: the objective
     then sees the loader's batch as is, so the loss can be recomputed.)"""
-    from torch.nn import functional as F
-
-    from ffcv_dp4tl.training import engine
-
-    real_step = engine.train_step
-    steps = []
-
-    def spy(model, batch, opt, objective, **kw):
-        with torch.no_grad():  # train mode as the step's forward (BN on batch statistics)
-            out = model(batch.images)
-        loss = real_step(model, batch, opt, objective, **kw)
-        steps.append(([g["lr"] for g in opt.param_groups], float(loss),
-                      float(F.cross_entropy(out, batch.labels, label_smoothing=0.3)),
-                      float(F.cross_entropy(out, batch.labels))))
-        return loss
-
-    monkeypatch.setattr(engine, "train_step", spy)
+    steps = step_spy
     r = test_recipe("lr.lr_peak_epoch=1", "optim.label_smoothing=0.3", "train.white_balance=0")
     assert (r.lr.schedule, r.lr.lr, r.train.epochs, r.train.batch_size) == ("triangular", 0.25, 2, 16)
     train(r, source_dir, out_dir=tmp_path, fmt="wds", device="cpu", progress=False)
