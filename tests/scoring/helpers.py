@@ -1,4 +1,5 @@
-"""Helpers shared by the scoring tests (reference implementations, skip markers)."""
+"""Helpers shared by the scoring tests (reference implementations, skip markers, the surrogate
+as a scorer sees it)."""
 from __future__ import annotations
 
 import shutil
@@ -57,3 +58,17 @@ def compile_emulator(main_cpp: str, workdir: Path, source: str | None = None, na
         pytest.skip("compiler lacks C++20 <barrier>")
     assert res.returncode == 0, res.stderr
     return exe
+
+
+def surrogate_context(method: str, source_dir: Path, out_dir: Path, checkpoint: Path, **kw):
+    """A test's own :class:`~ffcv_dp4tl.scoring.context.ScoringContext` over ``source_dir`` with
+    ``checkpoint`` loaded the way ``pipeline.score`` loads it (CPU, wds, no workers): what the
+    scorer saw, so a test can recompute its result independently."""
+    from ffcv_dp4tl.pipeline.score import _load_surrogate
+    from ffcv_dp4tl.scoring.context import ScoringContext
+    from ffcv_dp4tl.scoring.registry import get_scorer
+
+    ctx = ScoringContext(method=method, source_dir=source_dir, out_dir=out_dir, fmt="wds",
+                         num_workers=0, progress=False, **kw)
+    ctx.surrogate = _load_surrogate(get_scorer(method), ctx, Path(checkpoint), "cpu", None)
+    return ctx

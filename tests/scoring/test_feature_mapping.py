@@ -201,12 +201,10 @@ def test_fm_val_samples_join_their_nearest_centroid_and_prune_keeps_their_cluste
     holds exactly the val samples of the kept clusters."""
     from ffcv_dp4tl.data import load_manifest, load_mask
     from ffcv_dp4tl.pipeline.prune import prune
-    from ffcv_dp4tl.pipeline.score import _load_surrogate, score
+    from ffcv_dp4tl.pipeline.score import score
     from ffcv_dp4tl.pipeline.scores_io import load_scores
-    from ffcv_dp4tl.scoring.context import ScoringContext
-    from ffcv_dp4tl.scoring.registry import get_scorer
 
-    from .helpers import assert_assignment_matches, reference_assign
+    from .helpers import assert_assignment_matches, reference_assign, surrogate_context
 
     out = tmp_path / "fm"
     score("fm", source_dir=source_dir, out_dir=out, target_dir=target_dir,
@@ -215,10 +213,7 @@ def test_fm_val_samples_join_their_nearest_centroid_and_prune_keeps_their_cluste
     sc = load_scores(out)
     train_f = np.load(out / "source_train_features.npy")
     # the val features, extracted by the test itself through the same surrogate
-    ctx = ScoringContext(method="fm", source_dir=source_dir, out_dir=tmp_path / "ref",
-                         fmt="wds", num_workers=0, progress=False)
-    ctx.surrogate = _load_surrogate(get_scorer("fm"), ctx, trained_run / "checkpoint.pt", "cpu",
-                                    None)
+    ctx = surrogate_context("fm", source_dir, tmp_path / "ref", trained_run / "checkpoint.pt")
     val_f = np.asarray(ctx.source_features("val"))
     # the clusters: the project's k-means on the train features, as FM ran it
     res = kmeans(train_f, 4, iters=sc.meta.meta["iters"], seed=0, backend="cpu")

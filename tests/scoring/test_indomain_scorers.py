@@ -13,9 +13,11 @@ from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.pipeline.score import score
 from ffcv_dp4tl.pipeline.scores_io import load_scores
 from ffcv_dp4tl.scoring import select_samples
-from ffcv_dp4tl.scoring.baselines import (moderate_distances)
+from ffcv_dp4tl.scoring.baselines import moderate_distances
 from ffcv_dp4tl.scoring.registry import FEATURES, LOGITS, get_scorer, list_scorers
 from tiny_data import SURROGATE_OVERRIDES, SYNTH, TRAIN
+
+from .helpers import surrogate_context
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +46,8 @@ def _surrogate_ctx(env, method, name, checkpoint=None, **kw):
     """The test's own :class:`ScoringContext` over the shared source with ``checkpoint``
     (default: the session surrogate) loaded the way ``pipeline.score`` loads it: what the scorer
     saw, for recomputing its result independently."""
-    from ffcv_dp4tl.pipeline.score import _load_surrogate
-    from ffcv_dp4tl.scoring.context import ScoringContext
-
     tmp, source, sur = env
-    ctx = ScoringContext(method=method, source_dir=source, out_dir=tmp / name, fmt="wds",
-                         num_workers=0, progress=False, **kw)
-    ctx.surrogate = _load_surrogate(get_scorer(method), ctx,
-                                    Path(checkpoint or sur / "checkpoint.pt"), "cpu", None)
-    return ctx
+    return surrogate_context(method, source, tmp / name, checkpoint or sur / "checkpoint.pt", **kw)
 
 
 def test_registered_with_units_needs_options():
@@ -124,7 +119,7 @@ def test_ssp_centroids_are_the_kmeans_of_the_normalised_features(env):
 
 def test_el2n_averages_runs_and_runs_1_scores_the_early_checkpoint(env):
     from ffcv_dp4tl.scoring.baselines import el2n_scores
-    from ffcv_dp4tl.scoring.context import ScoringContext, softmax
+    from ffcv_dp4tl.scoring.context import softmax
     from ffcv_dp4tl.training.finetune import load_pretrained
     from ffcv_dp4tl.training.models import get_head
 
@@ -141,11 +136,7 @@ def test_el2n_averages_runs_and_runs_1_scores_the_early_checkpoint(env):
     # recompute run 1 independently: the average is (run0 + run1) / 2
     model, _ = load_pretrained(meta2["runs_scored"][1], torch.device("cpu"))
     assert torch.load(meta2["runs_scored"][1], weights_only=False)["epoch"] == 1
-    ctx = ScoringContext(method="el2n", source_dir=source, out_dir=out, fmt="wds",
-                         num_workers=0, progress=False)
-    from ffcv_dp4tl.pipeline.score import _load_surrogate
-
-    ctx.surrogate = _load_surrogate(get_scorer("el2n"), ctx, early, "cpu", None)
+    ctx = surrogate_context("el2n", source, out, early)
     p = ctx.model_predictions(model, get_head(model))
     e1 = el2n_scores(softmax(p.logits.astype(np.float64)), _labels(source))
     np.testing.assert_allclose(s2, (s1 + e1) / 2, rtol=1e-5)

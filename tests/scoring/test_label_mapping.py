@@ -135,19 +135,17 @@ def test_lm_breaks_vote_ties_by_softmax_mass_when_pruning(source_dir, target_dir
     ratio whose cut falls inside a tie where the mass order is not the class-id order."""
     from ffcv_dp4tl.data import load_manifest, load_mask
     from ffcv_dp4tl.pipeline.prune import prune
-    from ffcv_dp4tl.pipeline.score import _load_surrogate, score
+    from ffcv_dp4tl.pipeline.score import score
     from ffcv_dp4tl.pipeline.scores_io import load_scores
-    from ffcv_dp4tl.scoring.context import ScoringContext
-    from ffcv_dp4tl.scoring.registry import get_scorer
+
+    from .helpers import surrogate_context
 
     out = tmp_path / "lm"
     ckpt = trained_run / "checkpoint.pt"
     score("lm", source_dir=source_dir, out_dir=out, target_dir=target_dir, checkpoint=ckpt,
           fmt="wds", num_workers=0, progress=False)
     sc = load_scores(out)
-    ctx = ScoringContext(method="lm", source_dir=source_dir, out_dir=tmp_path / "ref",
-                         targets=(target_dir,), fmt="wds", num_workers=0, progress=False)
-    ctx.surrogate = _load_surrogate(get_scorer("lm"), ctx, ckpt, "cpu", None)
+    ctx = surrogate_context("lm", source_dir, tmp_path / "ref", ckpt, targets=(target_dir,))
     logits = ctx.target_predictions()[0].logits.astype(np.float64)
     c = logits.shape[1]
     votes = np.bincount(logits.argmax(1), minlength=c)
