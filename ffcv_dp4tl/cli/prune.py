@@ -57,7 +57,6 @@ def score(
     from ..scoring.registry import parse_option_pairs
 
     check_out_dir(out)
-    _refuse_other_scores(out, method)
     source_dir = require_data(data)
     targets = paths(target)
     meta = run(method, source_dir=source_dir, target_dir=targets or None, checkpoint=checkpoint,
@@ -70,23 +69,6 @@ def score(
     cost = meta.get("selection_seconds")
     typer.echo(f"{out}: {method} scores per {unit}"
                + (f" ({cost:.1f}s selection cost)" if cost is not None else ""))
-
-
-def _refuse_other_scores(out: Path, method: str) -> None:
-    """Scores of another method in ``--out`` are someone's finished work: never replaced
-    silently (rescoring the same method into its own folder is a rerun, and allowed)."""
-    from ..errors import DataError
-    from ..pipeline.scores_io import load_scores_meta
-
-    if not (out / "scores.json").exists():
-        return
-    try:
-        held = load_scores_meta(out).method
-    except DataError:
-        held = None  # damaged: nothing to lose that load_scores would accept
-    if held is not None and held != method:
-        raise DataError(f"--out {out} holds {held} scores; pass another --out for {method} "
-                        f"(or delete {out} to replace them)")
 
 
 @app.command()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -73,7 +73,9 @@ class SplitEntry:
         return {**d, **self.unknown}
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any], where: str = "split") -> "SplitEntry":
+    def from_json(cls, d: Any, where: str = "split") -> "SplitEntry":
+        if not isinstance(d, dict):
+            raise DataError(f"{where} must be a JSON object, got {d!r}; {_REBUILD}")
         missing = [k for k in ("num_samples", "fingerprint", "beton", "labels", "index", "shards")
                    if k not in d]
         if missing:
@@ -175,9 +177,6 @@ class DatasetManifest:
             return typed(data, key, kind, source, _REBUILD, default)
         classes = get("classes", "names", REQUIRED)
         splits = get("splits", "object", REQUIRED)
-        for k, v in splits.items():
-            if not isinstance(v, dict):
-                raise DataError(f"{source}: split {k!r} must be a JSON object, got {v!r}; {_REBUILD}")
         known = _known(cls) - {"unknown"}
         return cls(
             classes=[str(c) for c in classes],

@@ -219,8 +219,8 @@ def _build_labels(split: SplitInfo, index: np.ndarray) -> np.ndarray | None:
     from beton_builders.integrity import array_digest
 
     try:
-        labels = np.asarray(np.load(split.labels, mmap_mode="r"))
-    except (OSError, ValueError):  # (reported by the quick check)
+        labels = np.asarray(read_npy(split.labels, mmap=True))
+    except DataError:  # (reported by the quick check)
         labels = None
     if labels is not None and labels_intact(split.labels, labels, split.checksums) is not False:
         return labels

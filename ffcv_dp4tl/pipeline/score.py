@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from ..contracts import TargetCrop, check_k_fits
-from ..errors import DP4TLError
+from ..errors import DataError, DP4TLError
 from ..fsutil import file_sha256
 from ..scoring.context import ScoringContext, Surrogate
 from ..scoring.registry import SEED, SETTINGS, Scorer, get_scorer, self_supervised_alternatives
-from .scores_io import write_scores
+from .scores_io import load_scores_meta, write_scores
 
 
 def self_supervised_refusal(scorer: Scorer, what: str) -> DP4TLError:
@@ -61,6 +61,20 @@ def _load_surrogate(scorer: Scorer, ctx: ScoringContext, checkpoint: Path, devic
                      source_resolution=s_res or None, source_crop=s_crop)
 
 
+def _refuse_other_scores(out: Path, method: str) -> None:
+    """Scores of another method in ``out`` are someone's finished work: never replaced
+    silently (rescoring the same method into its own folder is a rerun, and allowed)."""
+    if not (out / "scores.json").exists():
+        return
+    try:
+        held = load_scores_meta(out).method
+    except DataError:
+        return  # damaged: nothing to lose that load_scores would accept
+    if held != method:
+        raise DataError(f"--out {out} holds {held} scores; pass another --out for {method} "
+                        f"(or delete {out} to replace them)")
+
+
 def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
           checkpoint: str | Path | None = None,
           target_dir: str | Path | list[str | Path] | None = None,
@@ -90,6 +104,7 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     """
     scorer = get_scorer(method)
     opts = scorer.parse_options(options)  # bad options fail before any work
+    _refuse_other_scores(Path(out_dir), method)
     t0 = time.perf_counter()
     from ..training.trainer import pin_cpu_threads
 
