@@ -10,7 +10,8 @@ from ..errors import DataError
 from .fields import REQUIRED, typed
 from .versions import check_version
 
-_RESCORE = "rerun `dp4tl score` into that folder"
+#: what a damaged scores.json says to do (the reader that knows the folder passes a better one)
+RESCORE = "rerun `dp4tl score` into that folder"
 
 #: What one score is about: a source class, a k-means cluster, or a source sample.
 SCORE_UNITS = ("class", "cluster", "sample")
@@ -72,18 +73,18 @@ class ScoresMeta:
                 "num_units": int(self.num_units), **self.meta}
 
     @classmethod
-    def from_json(cls, data: Any, source: object = "scores.json") -> "ScoresMeta":
+    def from_json(cls, data: Any, source: object = "scores.json", fix: str = RESCORE) -> "ScoresMeta":
         if (not isinstance(data, dict) or data.get("unit") not in SCORE_UNITS
                 or "method" not in data):
             raise DataError(f"{source} is not a dp4tl scores file (field 'unit'/'method')")
         version = check_version(data, cls.VERSION, "scores file", source)
-        method = typed(data, "method", "str", source, _RESCORE, REQUIRED)
-        num_units = typed(data, "num_units", "count", source, _RESCORE, REQUIRED)
+        method = typed(data, "method", "str", source, fix, REQUIRED)
+        num_units = typed(data, "num_units", "count", source, fix, REQUIRED)
         # read by prune: a damaged value must not silently skip its check
         for key, kind in (("source_fingerprint", "str"), ("options", "object"),
                           ("array_sha256", "object")):
             if key in data:
-                typed(data, key, kind, source, _RESCORE, REQUIRED)
+                typed(data, key, kind, source, fix, REQUIRED)
         return cls(method=method, unit=data["unit"], num_units=num_units, format_version=version,
                    meta={k: v for k, v in data.items()
                          if k not in ("method", "unit", "num_units", "format_version")})

@@ -97,4 +97,4 @@ def load_scores_meta(path: str | Path) -> ScoresMeta:
     """The typed ``scores.json`` of a scores directory."""
     path = Path(path)
     return ScoresMeta.from_json(read_json(path / "scores.json", "scores metadata"),
-                                path / "scores.json")
+                                path / "scores.json", _RESCORE.format(path=path))
