@@ -16,6 +16,10 @@ setup:
 test *args:
     {{py}} -m pytest -q -p no:cacheprovider {{args}}
 
+# pyflakes-class checks (unused imports, undefined names, syntax errors); also run by the suite (tests/test_lint.py)
+lint *args:
+    {{justfile_directory()}}/.venv/bin/ruff check {{args}}
+
 # the whole scripts/gpu_check.sh rehearsed on the CPU at toy sizes (~3 min idle): run before every device call
 rehearse-gpu-check:
     GPU_CHECK_REHEARSAL=1 {{py}} -m pytest -q -p no:cacheprovider tests/test_gpu_check.py

@@ -636,7 +636,7 @@ def markdown(args, build_res: BuildResult, results: list[LoadResult], extra: dic
                      f"{meta['num_train']:,} JPEG files took {extra.get('extract_s', float('nan')):.1f}s.")
     sd = extra.get("scaled_decode")
     if sd:
-        lines += ["", f"### ffcv: decode at reduced scale (`scaled_decode=True`) vs full decode",
+        lines += ["", "### ffcv: decode at reduced scale (`scaled_decode=True`) vs full decode",
                   "", f"`{sd['synth']}` ({sd['px']} px JPEGs), train random-resized crop + flip to "
                   f"{args.decode_resolution} px, batch {args.batch_size}, {args.workers} workers; "
                   f"interleaved epochs, best of {args.epochs}.", "",

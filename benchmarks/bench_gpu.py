@@ -335,14 +335,16 @@ def models(args) -> str:
             dt = (time.perf_counter() - t0) / args.steps
             peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
             rows.append(f"| {arch} | {bs} | {res} | {dt * 1e3:.0f} | {bs / dt:,.0f} | {_f(peak, '.1f')} |")
-            del model, x, y, opt
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
         except torch.cuda.OutOfMemoryError as e:
             rows.append(f"| {arch} | {bs} | {res} | **out of memory** | | {str(e).splitlines()[0]} |")
-            torch.cuda.empty_cache()
         except Exception as e:  # noqa: BLE001 - one broken model must not hide the others
             rows.append(f"| {arch} | {bs} | {res} | **failed: {type(e).__name__}: {str(e).splitlines()[0]}** | | |")
+        finally:
+            # After the except clause has dropped its traceback (which holds step()'s activations):
+            # free this model before the next one, also when it ran out of memory.
+            model = x = y = opt = None
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
             args.exit_code = 1
         print(rows[-1], flush=True)
     lines = [f"### Training steps per model (bf16 autocast, channels_last, SGD, cudnn.benchmark; {dev.type})", "",

@@ -45,7 +45,7 @@ from .beton import (ShardBytesDataset, beton_images, beton_workers, check_beton,
 from .input_stats import save_input_stats, stale_inputs
 from .integrity import beton_fingerprint, split_checksums, stored_digests
 from .shards import write_shard
-from .spec import DatasetSpec, Sample
+from .spec import DatasetSpec
 
 BUILD_DIR = ".build"
 #: fcntl lock held by the build writing a folder (see ffcv_dp4tl.fsutil.directory_lock)
@@ -313,7 +313,7 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
         return _complete_build(spec, out_dir, opts, source)
 
     # 1. Shards (parallel, resumable)
-    tasks, timings = [], {}
+    tasks = []
     for split, samples in spec.splits.items():
         for shard_id, first in enumerate(range(0, len(samples), opts.shard_size)):
             if not (out_dir / BUILD_DIR / f"{split}-{shard_id:06d}.json").exists():

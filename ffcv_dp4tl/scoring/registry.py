@@ -39,8 +39,6 @@ from ..contracts import SCORE_UNITS
 from ..errors import DP4TLError
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
-
     from .context import ScoringContext
 
 #: Units a scorer can rank (``contracts.SCORE_UNITS``), with their plural (for reports).

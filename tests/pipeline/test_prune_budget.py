@@ -3,7 +3,6 @@ clusters/classes until that fraction matches 1 − ratio (closest prefix of the 
 shorter prefix on a tie)."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
