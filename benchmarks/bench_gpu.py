@@ -339,13 +339,13 @@ def models(args) -> str:
             rows.append(f"| {arch} | {bs} | {res} | **out of memory** | | {str(e).splitlines()[0]} |")
         except Exception as e:  # noqa: BLE001 - one broken model must not hide the others
             rows.append(f"| {arch} | {bs} | {res} | **failed: {type(e).__name__}: {str(e).splitlines()[0]}** | | |")
+            args.exit_code = 1
         finally:
             # After the except clause has dropped its traceback (which holds step()'s activations):
             # free this model before the next one, also when it ran out of memory.
             model = x = y = opt = None
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-            args.exit_code = 1
         print(rows[-1], flush=True)
     lines = [f"### Training steps per model (bf16 autocast, channels_last, SGD, cudnn.benchmark; {dev.type})", "",
              f"{args.warmup} warm-up steps, then {args.steps} timed steps; peak = torch.cuda.max_memory_allocated.", "",

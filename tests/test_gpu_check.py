@@ -165,3 +165,25 @@ def test_costtable_preset_is_imagenet_like():
     assert cfg.image_size == 256 and cfg.num_targets == 1 and cfg.target_names() == ["paper"]
     assert "targets/paper" in SCRIPT.read_text()  # the check script reads that target
     assert BuildOptions().quality == 90 and BuildOptions().max_side >= 256  # stored as rendered, q90
+
+
+def _bench_gpu():
+    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "benchmarks" / "bench_gpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_models_stage_fails_only_for_a_model_that_failed(tmp_path):
+    """The `models` stage's exit status says whether a model broke: 0 when each ran (a measured
+    row), 1 when one raised (its row says why), the others still measured."""
+    bench = _bench_gpu()
+    args = ["models", "--device", "cpu", "--warmup", "0", "--steps", "1"]
+    ok = tmp_path / "ok.md"
+    assert bench.main([*args, "--models", "resnet20s:16:2", "--md", str(ok)]) == 0
+    assert "| resnet20s | 2 | 16 |" in ok.read_text() and "failed" not in ok.read_text()
+    bad = tmp_path / "bad.md"
+    assert bench.main([*args, "--models", "nosuchnet:16:2,resnet20s:16:2", "--md", str(bad)]) == 1
+    rows = [r for r in bad.read_text().splitlines() if r.startswith(("| nosuchnet", "| resnet20s"))]
+    assert rows[0].startswith("| nosuchnet | 2 | 16 | **failed: DP4TLError") and len(rows) == 2
+    assert rows[1].startswith("| resnet20s | 2 | 16 | ") and "failed" not in rows[1]
