@@ -291,20 +291,40 @@ def race(args) -> str:
 
 
 def _loader_side_decode(dev: torch.device):
-    """The GPU-decode loader's own side-stream decode (``DeviceDecodeLoader._decode_on_side_stream``)
-    bound to a fresh state, so the control runs the loader's code, not a copy; a replica of its
-    documented protocol when that method is not there (the loader was restructured)."""
+    """The GPU-decode loader's own side-stream decode (``DeviceDecodeLoader._decode_on_side_stream``),
+    so the control runs the loader's code, not a copy; a replica of its documented protocol when
+    that method is not there (the loader was restructured)."""
     if dev.type != "cuda":
         return None, "n/a on the CPU"
-    import types
-
     from ffcv_dp4tl.data.gpu_decode import DeviceDecodeLoader
 
-    fn = getattr(DeviceDecodeLoader, "_decode_on_side_stream", None)
-    if fn is None:
+    if getattr(DeviceDecodeLoader, "_decode_on_side_stream", None) is None:
         return None, "a replica of the loader's protocol (own stream, wait_stream, record_stream)"
-    state = types.SimpleNamespace(_stream=None, device=dev)
-    return (lambda data: fn(state, data)), "the loader's own `DeviceDecodeLoader._decode_on_side_stream`"
+    return side_decoder(dev), "the loader's own `DeviceDecodeLoader._decode_on_side_stream`"
+
+
+def side_decoder(dev: torch.device):
+    """JPEG tensors -> decoded images, through the loader's side-stream decode and its handover
+    to the training stream (``_device_batch``: wait on the ready event, ``record_stream``), then
+    cut out of the padded canvas. The loader shell has only what the decode reads: ``device``."""
+    from types import SimpleNamespace
+
+    from ffcv_dp4tl.data.gpu_decode import DeviceDecodeLoader, jpeg_hw, with_index
+
+    loader = object.__new__(DeviceDecodeLoader)
+    loader.device = with_index(dev)
+
+    def decode(jpegs: list[torch.Tensor]) -> list[torch.Tensor]:
+        hw = np.array([jpeg_hw(memoryview(j.numpy())) for j in jpegs], np.int64).reshape(-1, 2)
+        host = SimpleNamespace(data=jpegs, hw=hw, indices=np.arange(len(jpegs)),
+                               canvas=(int(hw[:, 0].max()), int(hw[:, 1].max())))
+        canvas, ready = loader._decode_on_side_stream(host)
+        main = torch.cuda.current_stream(loader.device)
+        main.wait_event(ready)
+        canvas.record_stream(main)
+        return [canvas[i, :, :h, :w] for i, (h, w) in enumerate(hw.tolist())]
+
+    return decode
 
 
 def _sample_jpegs(data: Path, count: int) -> list[torch.Tensor]:

@@ -187,3 +187,31 @@ def test_models_stage_fails_only_for_a_model_that_failed(tmp_path):
     rows = [r for r in bad.read_text().splitlines() if r.startswith(("| nosuchnet", "| resnet20s"))]
     assert rows[0].startswith("| nosuchnet | 2 | 16 | **failed: DP4TLError") and len(rows) == 2
     assert rows[1].startswith("| resnet20s | 2 | 16 | ") and "failed" not in rows[1]
+
+
+def test_race_probe_control_runs_the_loaders_side_stream_decode(monkeypatch):
+    """The race probe's control decodes through the loader's own ``_decode_on_side_stream``
+    (fed a batch the way the loader feeds it) and returns the images uncut from the padded
+    canvas. No GPU here: the CUDA stream/event calls are stand-ins and the decode runs on the
+    CPU, so what is checked is the calling convention and the cut-out, pixel for pixel."""
+    import types
+
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
+    spec = importlib.util.spec_from_file_location("bench_gpu_user", REPO / "benchmarks" / "bench_gpu_user.py")
+    user = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(user)
+    stream = types.SimpleNamespace(synchronize=lambda: None, wait_event=lambda e: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(torch.cuda, "Event", lambda: types.SimpleNamespace(record=lambda s: None))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: None, raising=False)
+    gen = torch.Generator().manual_seed(0)
+    jpegs = [encode_jpeg(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen))
+             for h, w in ((24, 40), (37, 16), (8, 8), (40, 24))]  # tall, wide: a padded canvas
+    got = user.side_decoder(torch.device("cpu"))(jpegs)
+    want = decode_jpeg(jpegs, mode=ImageReadMode.RGB)
+    assert [tuple(g.shape) for g in got] == [(3, 24, 40), (3, 37, 16), (3, 8, 8), (3, 40, 24)]
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

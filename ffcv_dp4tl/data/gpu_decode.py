@@ -264,7 +264,7 @@ class DeviceDecodeLoader(PlanLoaderBase):
         self.plan = plan
         self.batch_size = batch_size
         self.resolution = resolution
-        self.device = torch.device(device)
+        self.device = with_index(torch.device(device))
         self.drop_last = aug.train if drop_last is None else drop_last
         self.source = source
         self.num_workers = max(0, int(num_workers))
@@ -466,6 +466,18 @@ def _thread_stream(device: torch.device) -> "torch.cuda.Stream":
     return s
 
 
+def with_index(device: torch.device) -> torch.device:
+    """``cuda`` → ``cuda:N``, N the calling thread's current device (others unchanged).
+
+    Why: a read-ahead thread starts on device 0 whatever the loader was made for, so
+    :func:`thread_device_setup` must name the device, and ``torch.cuda.set_device`` refuses one
+    without an index. Called on the thread that makes the loader, whose current device is the
+    one meant (``resolve_device("cuda")`` gives no index)."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def thread_device_setup(device: torch.device) -> None:
     """Run first in every read-ahead thread: on CUDA, make ``device`` the thread's current
     device, so nothing the thread does (pinning, streams, events) creates a context on GPU 0
@@ -488,4 +500,4 @@ def device_decode_available(device: str) -> bool:
 
 
 __all__ = ["DeviceDecodeLoader", "SOURCES", "THREAD_PREFIX", "device_decode_available", "jpeg_hw",
-           "thread_device_setup"]
+           "thread_device_setup", "with_index"]

@@ -42,6 +42,10 @@ def setup(device: str | torch.device | None = "auto") -> DistContext:
     dev = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
+        if dev.type == "cuda" and dev.index is not None:
+            # `--device cuda:N`: make N current, so what uses the current device (CuPy's FM
+            # kernels, ffcv's streams, torch.cuda.synchronize()) works on N, not on GPU 0
+            torch.cuda.set_device(dev)
         return DistContext(device=dev)
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))

@@ -187,7 +187,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, objective, optimizer: to
     if bar is not None:
         bar.close()
     if dev.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
     if ctx is not None:
         dist_.all_reduce_sum(sums, ctx)

@@ -371,15 +371,16 @@ def test_decode_and_pad_run_on_the_read_ahead_threads(tex, monkeypatch):
 
 def test_every_read_ahead_thread_sets_the_device_first(monkeypatch):
     """On CUDA each read-ahead thread calls ``torch.cuda.set_device`` before its first batch
-    (else every rank creates a context on GPU 0). No GPU here: set_device is recorded."""
+    (else every rank creates a context on GPU 0). No GPU here: only the C call at the bottom of
+    ``set_device`` is replaced, so torch's own argument check (an index is required) runs."""
     calls = []
-    monkeypatch.setattr(torch.cuda, "set_device",
-                        lambda d: calls.append((threading.current_thread().name, torch.device(d))))
+    monkeypatch.setattr(torch._C, "_cuda_setDevice",
+                        lambda i: calls.append((threading.current_thread().name, i)))
     seen = []
 
     def work(b):
         name = threading.current_thread().name
-        assert (name, torch.device("cuda", 1)) in calls  # the device was set in this thread
+        assert (name, 1) in calls  # the device was set in this thread
         seen.append(b)
         return b
 
@@ -448,3 +449,17 @@ def test_cuda_decode_matches_the_cpu_loaders(tex):
         assert _mad(x, y) < CUDA_MAD and _worst(x, y) < CUDA_WORST
         assert _mad(x.flip(-1), y) > FAR
     assert not _live_reader_threads()
+
+
+def test_a_loader_made_for_cuda_names_its_device_index(monkeypatch):
+    """``device="cuda"`` (what ``--device cuda``/``auto`` resolve to) becomes ``cuda:N``, N the
+    current device of the thread that makes the loader: a read-ahead thread starts on device 0
+    and ``torch.cuda.set_device`` refuses a device without an index."""
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert gd.with_index(torch.device("cuda")) == torch.device("cuda", 3)
+    assert gd.with_index(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert gd.with_index(torch.device("cpu")) == torch.device("cpu")
+    monkeypatch.setattr(torch._C, "_cuda_setDevice", lambda i: None)
+    with pytest.raises(ValueError, match="index"):  # what the threads hit without with_index
+        gd.thread_device_setup(torch.device("cuda"))
+    gd.thread_device_setup(gd.with_index(torch.device("cuda")))

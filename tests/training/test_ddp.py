@@ -50,3 +50,19 @@ def test_ddp_ranks_cover_mask_once(source_dir, tmp_path):
         assert len(both) == len(mask) and np.array_equal(np.sort(both), mask.indices)
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # only rank 0 writes
+
+
+def test_a_single_process_on_cuda_n_makes_n_current(monkeypatch):
+    """``--device cuda:N`` without torchrun: N becomes the current device, so CuPy's FM
+    kernels, ffcv's streams and ``torch.cuda.synchronize()`` work on N (not on GPU 0). No GPU
+    here: the C call under ``torch.cuda.set_device`` is recorded."""
+    import torch
+
+    from ffcv_dp4tl.training import distributed
+
+    calls = []
+    monkeypatch.setattr(torch._C, "_cuda_setDevice", calls.append)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.setup("cuda:1").device == torch.device("cuda", 1) and calls == [1]
+    calls.clear()
+    assert distributed.setup("cpu").device == torch.device("cpu") and calls == []
