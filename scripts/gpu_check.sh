@@ -7,7 +7,8 @@
 #   GPU_CHECK_SMOKE=1 bash scripts/gpu_check.sh  # rehearse every stage on a CPU at toy sizes
 #
 # One decisive call: what is still pending runs first, every stage under its own timeout, and
-# the limits add up to no more than the budget (540 s; checked at start, tests/test_gpu_check.py):
+# the limits add up to no more than the budget (540 s; checked at start, tests/test_gpu_check.py).
+# A stage may also use what the stages before it left unused (those after it keep their limits):
 #   env       GPU, driver, versions, glibc, ffcv import, our CUDA kernels compiled via NVRTC
 #   pytest    pytest -m gpu, compile tests excluded, with --durations
 #   build     synth:costtable (100 classes, 40k train JPEGs at 256 px, q90), all cores
@@ -39,7 +40,7 @@ while [ $# -gt 0 ]; do
     --only) STAGES=${2//,/ }; shift 2 ;;
     --limits) for st in $ORDER; do echo "$st ${LIMIT[$st]}"; done
               echo "sum $SUM"; echo "install $INSTALL_S"; echo "budget $BUDGET"; exit 0 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -uo/{/^set -uo/d;p}' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -78,11 +79,23 @@ else
 fi
 
 STATUS=()
-run_stage() {  # name command...  (limit from LIMIT[name], capped by what is left of the budget)
+reserve_after() {  # the limits of the wanted stages after stage $1: time this stage must leave them
+  local after=0 r=0 st
+  for st in $ORDER; do
+    [ "$after" = 1 ] && want "$st" && r=$(( r + LIMIT[$st] ))
+    [ "$st" = "$1" ] && after=1
+  done
+  echo "$r"
+}
+run_stage() {  # name command...
+  # limit: LIMIT[name] plus what the stages before it left unused (the stages after it keep their
+  # own limits), capped by what is left of the budget; so the last stage (the cold compiles) gets
+  # the slack of the whole run, and a slow stage never starves one after it
   local name=$1; shift
-  local limit=${LIMIT[$name]}
   local left=$(( BUDGET - INSTALL_S / 2 - ($(date +%s) - T0) ))
-  if [ "$left" -lt 15 ]; then STATUS+=("| $name | skipped (budget spent) | 0 | $limit |"); write_summary; return; fi
+  local limit=$(( left - $(reserve_after "$name") ))
+  [ "$limit" -lt "${LIMIT[$name]}" ] && limit=${LIMIT[$name]}
+  if [ "$left" -lt 15 ]; then STATUS+=("| $name | skipped (budget spent) | 0 | ${LIMIT[$name]} |"); write_summary; return; fi
   [ "$limit" -gt "$left" ] && limit=$left
   echo "== $name (limit ${limit}s)"
   local s=$(date +%s)
@@ -93,7 +106,7 @@ run_stage() {  # name command...  (limit from LIMIT[name], capped by what is lef
   local what="ok"
   [ $rc -ne 0 ] && what="**failed (rc $rc)**"
   [ $rc -eq 124 ] && what="**timed out after ${limit}s**"
-  STATUS+=("| $name | $what | $dt | ${LIMIT[$name]} |")
+  STATUS+=("| $name | $what | $dt | $limit |")
   echo "   $what in ${dt}s"
   tail -n 3 "$WORK/logs/$name.log" | sed 's/^/   /'
   write_summary
@@ -105,7 +118,7 @@ write_summary() {  # rewritten after every stage: a lease cut short still return
     echo "Host: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n1 || echo 'no nvidia-smi'); $(nproc) cores; $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")."
     echo "Command: \`$( [ "$SMOKE" = 1 ] && echo 'GPU_CHECK_SMOKE=1 ')bash scripts/gpu_check.sh --only ${STAGES// /,}\`; date $(date -u '+%Y-%m-%d %H:%M UTC'); total $(( $(date +%s) - T0 )) s of a ${BUDGET} s budget (stage limits sum to ${SUM} s)."
     echo
-    echo "| stage | result | seconds | limit |"
+    echo "| stage | result | seconds | limit (own + unused before) |"
     echo "| --- | --- | ---: | ---: |"
     printf '%s\n' "${STATUS[@]}"
     echo

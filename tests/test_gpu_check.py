@@ -63,15 +63,24 @@ REHEARSE = os.environ.get("GPU_CHECK_REHEARSAL") == "1"
 
 def test_the_script_runs_a_stage_and_writes_its_summary(tmp_path):
     """The plumbing every stage shares, on the CPU in seconds: argument parsing, the stage runner,
-    the status row and the section in summary.md, logs.txt."""
+    the status row and the section in summary.md, logs.txt; and the limits a stage runs under:
+    its own plus what the stages before it left unused, minus what the stages after it keep."""
     env = dict(os.environ, OUT=str(tmp_path / "out"), GPU_CHECK_WORK=str(tmp_path / "work"),
-               GPU_CHECK_SMOKE="1", PYTHON=sys.executable)
-    res = subprocess.run(["bash", str(SCRIPT), "--only", "env"], env=env, capture_output=True, text=True,
-                         timeout=600)
+               GPU_CHECK_SMOKE="1", GPU_CHECK_LIMIT_SCALE="1", PYTHON=sys.executable)
+    res = subprocess.run(["bash", str(SCRIPT), "--only", "env,compile"], env=env, capture_output=True,
+                         text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     summary = (tmp_path / "out" / "summary.md").read_text()
-    assert re.search(r"^\| env \| ok \| \d+ \| \d+ \|$", summary, re.M), summary
-    assert "### Environment" in summary and "--only env" in summary
+    lim = _limits()
+    rows = {m[0]: (m[1], int(m[2]), int(m[3]))
+            for m in re.findall(r"^\| (\w+) \| (.+?) \| (\d+) \| (\d+) \|$", summary, re.M)}
+    assert rows["env"][0] == rows["compile"][0] == "ok", summary
+    # env: the whole budget but compile's own limit (nothing ran before it to leave slack)
+    full = lim["budget"] - lim["install"] // 2 - lim["compile"]
+    assert full - 3 <= rows["env"][2] <= full, summary  # (less the seconds the script took to start)
+    # compile, last: its own limit and all that env left unused
+    assert rows["compile"][2] >= lim["budget"] - lim["install"] // 2 - rows["env"][1] - 2, summary
+    assert "### Environment" in summary and "--only env,compile" in summary
     assert (tmp_path / "out" / "logs.txt").is_file()
 
 
