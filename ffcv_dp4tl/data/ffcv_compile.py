@@ -410,6 +410,12 @@ def _build_classes() -> dict[str, type]:
                 if previous is not None and previous.is_alive():
                     previous.join(timeout=0.5)  # a finished epoch's thread is about to end
                 if previous is None or not previous.is_alive():
+                    if ffcv_epoch_iterator.IS_CUDA:
+                        # ffcv's per-slot events start afresh with each epoch, so nothing else
+                        # makes this epoch's first batches wait for the consumer's stream, which
+                        # may still be copying the previous epoch's last batches out of these
+                        # slots (a caller that did not sync at epoch end): once per epoch
+                        torch.cuda.current_stream().synchronize()
                     STATS["buffers_reused"] += 1
                     self._epoch_buffers = (*cached[:3], weakref.ref(iterator))
                     return cached[1], cached[2]

@@ -36,10 +36,12 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Any
 
 import numpy as np
 
+from ..errors import DP4TLError
 from .checks import (
     array_module,
     as_float32_matrix,
@@ -378,14 +380,47 @@ def assigner(x: Any, method: str = "auto"):
     return run
 
 
+#: Environment variable that fixes the method ``auto`` takes (no measurement), e.g. ``simt``
+#: after a fused kernel faulted on a GPU it was never run on.
+METHOD_ENV = "DP4TL_FM_METHOD"
+
+#: Words of CUDA errors after which the process's CUDA context is unusable (a kernel fault:
+#: every later call fails too, with unrelated messages), as CuPy's driver/runtime errors spell them.
+_FAULTS = ("illegal", "misaligned", "launch_failed", "launch failure", "unspecified launch",
+           "hardware_stack", "hardware stack", "invalid_pc", "invalid program counter",
+           "address_space", "address space", "assert")
+
+
+def is_fault(error: BaseException) -> bool:
+    """Whether ``error`` is a CUDA kernel fault that leaves the context unusable."""
+    return (type(error).__module__.startswith("cupy")
+            and any(w in str(error).lower() for w in _FAULTS))
+
+
+def forced_method() -> str | None:
+    """The method ``$DP4TL_FM_METHOD`` names (checked), or None when it is unset."""
+    name = os.environ.get(METHOD_ENV, "").strip()
+    if not name:
+        return None
+    if name not in ASSIGN_METHODS[1:]:
+        raise DP4TLError(f"{METHOD_ENV}={name!r} is not an FM assignment method; choose one of "
+                         f"{', '.join(ASSIGN_METHODS[1:])} (or unset it to measure)")
+    return name
+
+
 def choose_method(x: Any, centroids: Any) -> str:
     """The fastest assignment method for this problem size on this GPU, measured once.
 
     Times every method on the first ``AUTO_PROBE_ROWS`` rows (one warm-up, then the best of
     two CUDA-event timings) and caches the winner per (device, power-of-two N, K, D). Tiny
-    problems take ``simt`` unmeasured. A method that fails (e.g. no cuBLAS GemmEx in this
-    CuPy) is skipped, so ``auto`` always returns a working method.
+    problems take ``simt`` unmeasured; ``$DP4TL_FM_METHOD`` fixes the choice. A method that
+    fails (e.g. no cuBLAS GemmEx in this CuPy) is skipped, so ``auto`` returns a working
+    method; one that faults (illegal address, ...) ends the run with a one-line error naming
+    it, since nothing else can run on that CUDA context afterwards.
     """
+    forced = forced_method()
+    if forced is not None:
+        return forced
     cp = _cupy()
     n, d = x.shape
     k = centroids.shape[0]
@@ -407,7 +442,13 @@ def choose_method(x: Any, centroids: Any) -> str:
                 end.record()
                 end.synchronize()
                 times.append(cp.cuda.get_elapsed_time(start, end))
-        except Exception:  # noqa: BLE001 - a method unavailable here is simply not chosen
+        except Exception as e:  # noqa: BLE001 - a method unavailable here is simply not chosen
+            if is_fault(e):
+                raise DP4TLError(
+                    f"FM assignment method {method!r} faulted on this GPU "
+                    f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); the CUDA context "
+                    f"cannot be used after a fault: rerun with {METHOD_ENV}=simt (or another of "
+                    f"{', '.join(ASSIGN_METHODS[1:])}) and report it") from None
             continue
         if min(times) < best_t:
             best, best_t = method, min(times)

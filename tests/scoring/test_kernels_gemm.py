@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from ffcv_dp4tl import kernels
+from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.kernels import cuda
 
 from .helpers import compile_emulator, reference_assign, requires_cuda
@@ -186,3 +187,68 @@ def test_gpu_auto_method_and_sorted_update(rng):
     ref_sums, ref_counts = kernels.update_centroids(xi, li, 21, backend="cpu")
     np.testing.assert_array_equal(sums.get(), ref_sums)
     np.testing.assert_array_equal(counts.get(), ref_counts)
+
+
+class _FakeCudaError(RuntimeError):
+    """Stands in for CuPy's driver/runtime errors (the module is what ``is_fault`` reads)."""
+
+
+_FakeCudaError.__module__ = "cupy_backends.cuda.api.driver"
+
+
+def _fake_cupy():
+    from types import SimpleNamespace
+
+    event = SimpleNamespace(record=lambda: None, synchronize=lambda: None)
+    return SimpleNamespace(cuda=SimpleNamespace(Device=lambda: SimpleNamespace(id=0), Event=lambda: event,
+                                                get_elapsed_time=lambda a, b: 1.0))
+
+
+def test_auto_skips_an_unavailable_method_but_stops_at_a_kernel_fault(monkeypatch):
+    """``auto`` measures every method: one that is merely unavailable is skipped, but a kernel
+    fault (after which the CUDA context is unusable) ends the run with one line naming the
+    method and the way round it, instead of a later, unrelated error. No GPU: CuPy and the
+    methods are stand-ins."""
+    monkeypatch.setattr(cuda, "_cupy", _fake_cupy)
+    monkeypatch.setattr(cuda, "_METHOD_CACHE", {})
+    monkeypatch.delenv(cuda.METHOD_ENV, raising=False)
+    x, c = np.zeros((cuda.AUTO_MIN_WORK // 64, 8), np.float32), np.zeros((64, 8), np.float32)
+
+    def run(method, *a, **k):
+        if method == "gemm-tf32":
+            raise _FakeCudaError("CUBLAS_STATUS_NOT_SUPPORTED: no GemmEx here")
+        if method == "fused-bf16":
+            raise _FakeCudaError("CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access was encountered")
+
+    monkeypatch.setattr(cuda, "_run_method", run)
+    with pytest.raises(DP4TLError, match=r"'fused-bf16' faulted on this GPU \(CUDA_ERROR_ILLEGAL_ADDRESS.*"
+                                         r"DP4TL_FM_METHOD=simt"):
+        cuda.choose_method(x, c)
+    # unavailable gemm-* (which would be fastest) are skipped; the fastest of the rest is taken
+    ms = {"simt": 3.0, "gemm-tf32": 0.5, "gemm-bf16": 0.5, "fused-bf16": 2.0, "fused-bf16-tiled": 1.0}
+    last = []
+
+    def run_ok(method, *a, **k):
+        if method.startswith("gemm"):
+            raise _FakeCudaError("CUBLAS_STATUS_NOT_SUPPORTED")
+        last.append(method)
+
+    fake = _fake_cupy()
+    fake.cuda.get_elapsed_time = lambda a, b: ms[last[-1]]
+    monkeypatch.setattr(cuda, "_cupy", lambda: fake)
+    monkeypatch.setattr(cuda, "_run_method", run_ok)
+    assert cuda.choose_method(x, c) == "fused-bf16-tiled"
+    assert set(last) == {"simt", "fused-bf16", "fused-bf16-tiled"}
+    assert not cuda.is_fault(RuntimeError("illegal memory access"))  # not CuPy's: not a CUDA fault
+
+
+def test_the_environment_fixes_autos_choice(monkeypatch):
+    """``DP4TL_FM_METHOD`` makes ``auto`` take that method without measuring (no CuPy call);
+    a name that is not a method is a one-line error listing them."""
+    monkeypatch.setattr(cuda, "_cupy", lambda: pytest.fail("auto measured despite DP4TL_FM_METHOD"))
+    monkeypatch.setenv(cuda.METHOD_ENV, "simt")
+    assert cuda.choose_method(np.zeros((10, 4)), np.zeros((3, 4))) == "simt"
+    monkeypatch.setenv(cuda.METHOD_ENV, "fastest")
+    with pytest.raises(DP4TLError, match="DP4TL_FM_METHOD='fastest' is not an FM assignment method; "
+                                         "choose one of simt, gemm-tf32"):
+        cuda.choose_method(np.zeros((10, 4)), np.zeros((3, 4)))
