@@ -202,6 +202,19 @@ def check_out_dir(path: str | os.PathLike, what: str = "--out", *, must_write: b
     return path
 
 
+def check_out_file(path: str | os.PathLike, what: str) -> Path:
+    """Refuse, before any work, an output file that cannot be one: a folder, or a file whose
+    folder :func:`check_out_dir` refuses (e.g. ``--report`` pointing at a directory)."""
+    from .errors import DataError
+
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{what} {path} is a folder, not a file; give a file such as "
+                        f"{path / 'BENCHMARKS.md'}")
+    check_out_dir(path.parent, what)
+    return path
+
+
 def _read_only_fs(path: Path) -> bool:
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)

@@ -31,7 +31,7 @@ from ..fsutil import atomic_write_json, atomic_write_text
 from ..pipeline.config import PipelineConfig
 from ..pipeline.result import PipelineResult
 from ..pipeline.report import mean_std
-from ..pipeline.run import run_pipeline
+from ..pipeline.run import preflight, run_pipeline
 from ..reporting import machine_info
 
 #: Paper Tab. 5 (ResNet-101 on ImageNet, ratio in %, accuracy in %, time in hours).
@@ -113,17 +113,29 @@ def run_adversarial(base: PipelineConfig, out_dir: str | Path | None = None, *, 
         raise DP4TLError(f"--ratio must lie in (0, 1) (the pruned models' ratio), got {ratio}")
     if not any(str(a).strip().startswith("adv.steps=") for a in adv):
         raise DP4TLError("the ADV overrides must set adv.steps (e.g. adv.steps=3)")
-    seeds = tuple(dict.fromkeys(int(s) for s in seeds)) or (0,)
+    seeds = tuple(dict.fromkeys(int(s) for s in seeds))
     finetune = tuple(finetune)
+    if not seeds or not finetune:
+        raise DP4TLError(f"{'--seeds' if not seeds else '--finetune'} is empty: give at least one")
     rows = []
     plan = [("DENSE", 0.0, "random", ()), ("DENSE-ADV", 0.0, "random", tuple(adv)),
             ("LM", ratio, method, ()), ("LM-ADV", ratio, method, tuple(adv))]
+
+    def config(r: float, m: str, extra: tuple[str, ...]) -> PipelineConfig:
+        return replace(base, ratio=r, method=m, seeds=seeds, finetune=finetune,
+                       overrides=tuple(base.overrides) + extra,
+                       scorer_options=base.scorer_options if m == method else ())
+
+    # every run's checks before DENSE trains: the method, and the ADV recipe (--eps, --step-size)
+    try:
+        preflight([config(r, m, extra) for _, r, m, extra in plan], log)
+    except DP4TLError as e:
+        if "adv." in str(e):
+            raise DP4TLError(f"the ADV models' recipe (--steps, --eps, --step-size, --norm): {e}") from None
+        raise
     for i, (variant, r, m, extra) in enumerate(plan, 1):
         log(f"[adversarial] {i}/{len(plan)}: {variant} (ratio {r:g}, seeds {list(seeds)})")
-        cfg = replace(base, ratio=r, method=m, seeds=seeds, finetune=finetune,
-                      overrides=tuple(base.overrides) + extra,
-                      scorer_options=base.scorer_options if m == method else ())
-        res = run_pipeline(cfg, log=log)
+        res = run_pipeline(config(r, m, extra), log=log)
         rows.append(_row(variant, r, res, seeds, finetune))
     dense = rows[0]
     for row in rows:

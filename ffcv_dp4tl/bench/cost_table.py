@@ -35,6 +35,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -43,7 +44,7 @@ from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, read_json
 from ..pipeline.config import PipelineConfig
 from ..pipeline.result import PipelineResult
-from ..pipeline.run import run_pipeline
+from ..pipeline.run import preflight, run_pipeline
 from ..reporting import machine_info
 from ..scoring.registry import get_scorer
 from .markdown import header_lines, markdown_tables, ratio_label
@@ -112,7 +113,20 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     check_criterion(criterion)  # before any work
     ratios = sorted({round(float(r), 6) for r in ratios})
     methods, seeds, finetune = list(methods), [int(s) for s in seeds], tuple(finetune)
+    for what, items in (("--methods", methods), ("--seeds", seeds), ("--finetune", finetune)):
+        if not items:  # an empty table would replace the results of an earlier run
+            raise DP4TLError(f"{what} is empty: give at least one")
+        if len(set(items)) < len(items):
+            raise DP4TLError(f"{what} lists {next(x for x in items if items.count(x) > 1)!r} twice; "
+                             "list each once")
+    if not (math.isfinite(tol) and tol >= 0):
+        raise DP4TLError(f"--tol must be a number of accuracy points >= 0, got {tol}")
     ff_set = set(methods if ff_methods is None else ff_methods)
+    known = set(methods) | {base_method(m) for m in methods}
+    unknown = sorted(ff_set - known)
+    if unknown:
+        raise DP4TLError(f"--ff-methods: {', '.join(unknown)} not among --methods "
+                         f"({', '.join(methods)}); FF runs only for methods of the table")
     method_ratios = {m: sorted({round(float(r), 6) for r in rs})
                      for m, rs in (method_ratios or {}).items()}
     for m in methods:
@@ -134,6 +148,18 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
         if any(not 0.0 < r < 1.0 for r in rs):
             raise DP4TLError(f"ratios of {m} must lie in (0, 1), got {rs}")
     plan = [(m, r) for m in methods for r in method_ratios.get(m, pruned) if r > 0]
+
+    def config(cfg_s: PipelineConfig, method: str, r: float, modes: tuple[str, ...]) -> PipelineConfig:
+        return parse_variant(method).apply(replace(cfg_s, ratio=r, finetune=modes,
+                                                   scorer_options=options_for(method, base.scorer_options)))
+
+    def modes_of(method: str) -> tuple[str, ...]:
+        return tuple(m for m in finetune if m != "ff" or method in ff_set
+                     or base_method(method) in ff_set)  # fm covers fm[k=16]
+
+    # every run's checks before the first trains (one seed: the seeds differ only in train.seed)
+    preflight([replace(base, ratio=0.0, method="random", finetune=finetune, scorer_options=()),
+               *(config(base, m, r, modes_of(m)) for m, r in plan)], log)
     n_runs = len(seeds) * (1 + len(plan))
     i = 0
     target_rows: dict[str, list[dict[str, Any]]] = {}
@@ -171,11 +197,7 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
         for method, r in plan:
             i += 1
             log(f"[cost-table] run {i}/{n_runs}: {method} at {ratio_label(r)}, seed {seed}")
-            modes = tuple(m for m in finetune if m != "ff" or method in ff_set
-                          or base_method(method) in ff_set)  # fm covers fm[k=16]
-            res = run_pipeline(parse_variant(method).apply(
-                replace(cfg_s, ratio=r, finetune=modes,
-                        scorer_options=options_for(method, base.scorer_options))), log=log)
+            res = run_pipeline(config(cfg_s, method, r, modes_of(method)), log=log)
             sur = res.find("surrogate")
             if sur is not None:
                 surrogate_s, surrogate_cpu = float(sur.seconds), sur.cpu_seconds
@@ -243,6 +265,10 @@ def rerender(out: Path, criterion: str | None = None) -> dict[str, Any]:
     version's code (e.g. after the report gained a table), without running anything;
     ``criterion`` judges the winning subsets again (default: the run's)."""
     path = Path(out) / "results.json"
+    if not path.is_file() and (Path(out) / "rows.jsonl").is_file():
+        raise DP4TLError(f"{out} is a `bench embedded` folder (rows.jsonl, no results.json): rerun "
+                         "the same `dp4tl bench embedded` command to rewrite its report (it "
+                         "resumes from rows.jsonl and reruns nothing that finished)")
     if not path.is_file():
         raise DP4TLError(f"{path} not found: point at the --out folder of a cost-table run")
     t = rerender_table(path, criterion)
@@ -255,12 +281,19 @@ def rerender_table(results_json: Path, criterion: str | None = None) -> dict[str
     """The summary of a cost-table ``results.json`` recomputed from its rows (see :func:`rerender`),
     its winning subsets judged by ``criterion`` (default: the run's; older files: final)."""
     old = read_json(results_json)
+    if not isinstance(old, dict):
+        raise DP4TLError(f"{results_json} holds a JSON {type(old).__name__}, not a cost-table "
+                         "results file (an object with rows, methods, ratios, seeds, finetune)")
     try:
         t = summarize(old["rows"], methods=old["methods"], ratios=old["ratios"],
                       seeds=old["seeds"], finetune=old["finetune"], tol=old.get("tol", 0.0),
                       criterion=criterion or old.get("criterion", "final"))
     except KeyError as e:
         raise DP4TLError(f"{results_json} lacks {e}: not a cost-table results file") from None
+    except (TypeError, ValueError, AttributeError) as e:  # a field or row of the wrong type
+        raise DP4TLError(f"{results_json} is damaged: a field or row has the wrong type "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                         "restore it or rerun the cost table (its stages are cached)") from None
     for key in ("config", "surrogate_s", "command", "recipes", "data", "surrogate_brought",
                 "machine", "date"):
         t[key] = old.get(key)

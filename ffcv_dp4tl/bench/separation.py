@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -30,7 +31,7 @@ from ..fsutil import atomic_write_json, atomic_write_text
 from ..pipeline.config import PipelineConfig
 from ..pipeline.report import mean_std
 from ..pipeline.result import PipelineResult
-from ..pipeline.run import run_pipeline
+from ..pipeline.run import preflight, run_pipeline
 from ..pipeline.truth import TRUTH_COLUMNS
 
 REFERENCE = "0 %"
@@ -123,10 +124,23 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
     The unpruned reference (not part of any pair) runs for ``reference_seeds`` only (default:
     every seed): it answers "is the target off the ceiling?" and costs a full pretraining."""
     out = Path(out)
+    seeds = [int(s) for s in seeds]
+    for what, items in (("--seeds", seeds), ("--targets", list(targets)), ("--methods", list(methods)),
+                        ("--ratios", list(ratios)), ("--finetune", list(finetune))):
+        if not items:
+            raise DP4TLError(f"{what} is empty: give at least one")
+    if any(not 0.0 < float(r) < 1.0 for r in ratios):
+        raise DP4TLError(f"--ratios must lie in (0, 1) (RANDOM and each method are paired at each), "
+                         f"got {list(ratios)}")
+    plan = [(REFERENCE, 0.0)] + [(m, r) for r in ratios for m in ("random", *methods)]
+    # every check of every run before the first trains (a bad method is refused now, not at
+    # run 3 of 3): one seed is enough, the seeds differ only in train.seed
+    preflight([replace(base, seed=seeds[0], target=target, ratio=ratio, finetune=tuple(finetune),
+                       method="random" if method == REFERENCE else method)
+               for target in targets for method, ratio in plan], log)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "rows.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
-        if path.exists() else []
+    rows = read_rows(path)
     key = settings_key(base, finetune)
     stale = sum(r.get("settings_key") != key for r in rows)
     if stale:
@@ -134,8 +148,6 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
                          "recipes, K, format, overrides or finetuning changed since); move the "
                          "file away to start over, or pass another --out")
     done = {(r["seed"], r["target"], r["method"], r["ratio"]) for r in rows}
-    plan = [(REFERENCE, 0.0)] + [(m, r) for r in ratios for m in ("random", *methods)]
-    seeds = [int(s) for s in seeds]
     ref_seeds = set(seeds if reference_seeds is None else (int(s) for s in reference_seeds))
     total, i = len(seeds) * len(targets) * len(plan), 0
     for seed in seeds:
@@ -158,9 +170,54 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
                 row["loadavg_1min"] = os.getloadavg()[0]
                 row["settings_key"] = key
                 rows.append(row)
-                with path.open("a") as f:  # one line per finished run: resumable, never rewritten
-                    f.write(json.dumps(row, default=str) + "\n")
+                append_row(path, row)
     return rows
+
+
+#: the fields of a rows.jsonl line that the resume and the summary read, with their types
+_ROW_FIELDS = {"seed": int, "target": str, "method": str, "ratio": (int, float)}
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The finished runs of ``rows.jsonl``. A last line cut short (a crash during its append)
+    is dropped with a warning, and that run reruns; any other damaged line is a one-line
+    error naming the file and line, since dropping it silently would lose a finished run."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    lines = text.splitlines()
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines) and not text.endswith("\n"):  # a torn append: rerun that run
+                warnings.warn(f"{path}: line {n} was cut short (an interrupted write); its run "
+                              "runs again", UserWarning, stacklevel=2)
+                atomic_write_text(path, "".join(f"{x}\n" for x in lines[:-1]))
+                break
+            raise DP4TLError(f"{path} line {n} is not JSON; fix or delete that line (its run then "
+                             "reruns), or move the file away to start over") from None
+        bad = [k for k, t in _ROW_FIELDS.items() if not isinstance(row, dict)
+               or not isinstance(row.get(k), t) or isinstance(row.get(k), bool)]
+        if bad:
+            raise DP4TLError(f"{path} line {n}: field {bad[0]!r} is missing or of the wrong type; "
+                             "fix or delete that line (its run then reruns), or move the file "
+                             "away to start over")
+        rows.append(row)
+    return rows
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one finished run as one line, in one write, flushed to disk before the next run
+    starts: an interruption leaves at most a cut-short last line, which :func:`read_rows`
+    drops. (One line per run: the file is never rewritten, so finished runs cannot be lost.)"""
+    with path.open("a") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 # ------------------------------------------------------------------ summary

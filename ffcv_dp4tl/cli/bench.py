@@ -11,8 +11,9 @@ from ..errors import DP4TLError
 from ..reporting import command_line
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (RECIPES_HELP, Budget, FORMAT_HELP, K_HELP, Format, Protocol, RecipeSet, check_arch, default_k,
-                      device_option, floats_callback, ints_callback, list_callback, split_list)
+from .options import (RECIPES_HELP, REPORT_HELP, Budget, FORMAT_HELP, K_HELP, Format, Protocol, RecipeSet,
+                      check_arch, default_k, device_option, floats_callback, ints_callback, list_callback,
+                      out_callback, ratios_callback, report_callback, seeds_callback, split_list)
 from .pipeline import FINETUNE_MODES, PROTOCOL_HELP, SURROGATE_WEIGHTS_HELP
 
 bench_app = typer.Typer(help="Benchmarks that write a report (and a BENCHMARKS.md section).",
@@ -32,19 +33,19 @@ def _floats(text: str) -> list[float]:
 @bench_app.command("cost-table")
 def cost_table(
     ratios: str = typer.Option("0,0.2,0.4,0.6,0.8", help="Pruning ratios (0 = the shared reference)",
-                               callback=floats_callback("--ratios")),
+                               callback=ratios_callback("--ratios")),
     methods: str = typer.Option("lm,fm,random,moderate,grand,el2n", help="Selection methods ("
                                 f"{methods_help()}); METHOD@R1/R2 runs that method only at those ratios "
                                 "(e.g. grand@0.6)"),
     seeds: str = typer.Option("0,1,2", help="Seeds (scoring seed; train.seed for seeds != 0); "
                               "accuracies are mean ± std over them (the paper: 3 trials)",
-                              callback=ints_callback("--seeds")),
+                              callback=seeds_callback()),
     finetune: str = typer.Option("lp,ff", help="Finetuning modes (comma-separated: lp, ff)",
-                                 callback=list_callback(FINETUNE_MODES, "a finetuning mode")),
+                                 callback=list_callback(FINETUNE_MODES, "a finetuning mode", required=True)),
     ff_methods: str = typer.Option("", help="Run FF only for these methods (default: all; LP "
                                    "always runs; the 0 % reference runs every mode)"),
     out: Path = typer.Option(Path("docs/cost-table"), "--out", "-o",
-                             help="report.md, PNGs, results.json"),
+                             help="report.md, PNGs, results.json", callback=out_callback),
     data: str = typer.Option("", "--data", help="Source: a built dataset dir or a `dp4tl build` "
                              "SOURCE (default: synth:tiny, the embedded data)"),
     target: List[str] = typer.Option([], help="Built target dir, SOURCE, or synth target name "
@@ -81,8 +82,9 @@ def cost_table(
                                   "to every method that has it, e.g. runs=2 for el2n/grand"),
     budget: Budget = typer.Option(Budget.units, help="units | samples: what the ratio counts for "
                                   "class/cluster methods (see `dp4tl prune --help`)"),
-    report: Path = typer.Option(None, help="Also write a `## Cost table` section into this "
-                                "Markdown file (e.g. BENCHMARKS.md)"),
+    report: Optional[str] = typer.Option(None, help="Also write a `## Cost table` section into this "
+                                         "Markdown file (e.g. BENCHMARKS.md; '' = none)",
+                                         callback=report_callback),
     section: str = typer.Option(SECTION, help="Title of that section"),
 ) -> None:
     """Pipeline for every (method, ratio, seed) → cost table (Tab. 3/4) + accuracy plots (Fig. 4)."""
@@ -125,7 +127,7 @@ def cost_table(
                        ff_methods=split_list(ff_methods) or None, tol=tol,
                        criterion=criterion.value,
                        command=command_line("dp4tl bench cost-table", opts), log=typer.echo)
-    _publish(t, out, report, section)
+    _publish(t, out, Path(report) if report else None, section)
 
 
 def _publish(t: dict, out: Path, report: Optional[Path], section: str) -> None:
@@ -152,27 +154,29 @@ EMBEDDED_SECTION = "Embedded benchmark (CPU): do LM and FM beat RANDOM?"
 def embedded(
     out: Path = typer.Option(Path("docs/embedded-benchmark"), "--out", "-o",
                              help="README.md (verdict, reference, ground truth), paired.png, "
-                             "rows.jsonl (one line per finished run: a rerun resumes), summary.json"),
+                             "rows.jsonl (one line per finished run: a rerun resumes), summary.json",
+                             callback=out_callback),
     seeds: str = typer.Option("0,1,2,3,4,5,6,7,8,9", help="Pretraining/finetuning seeds; a method and "
                               "RANDOM of one seed and target form a pair",
-                              callback=ints_callback("--seeds")),
+                              callback=seeds_callback()),
     reference_seeds: str = typer.Option("0,1", help="Seeds of the unpruned reference (is the "
-                                        "target off the ceiling?); '' = every seed"),
+                                        "target off the ceiling?); '' = every seed",
+                                        callback=seeds_callback("--reference-seeds", required=False)),
     targets: str = typer.Option(EMBEDDED_TARGETS, "--targets", help="Targets of the data "
                                 "(paper | warm | blur)"),
     methods: str = typer.Option("lm,fm", help="Methods compared with RANDOM"),
-    ratios: str = typer.Option("0.8", help="Pruning ratios (each method and RANDOM at each)",
-                               callback=floats_callback("--ratios")),
+    ratios: str = typer.Option("0.8", help="Pruning ratios in (0, 1) (each method and RANDOM at each)",
+                               callback=ratios_callback("--ratios", zero=False)),
     finetune: str = typer.Option("lp,ff", help="Finetuning modes",
-                                 callback=list_callback(FINETUNE_MODES, "a finetuning mode")),
+                                 callback=list_callback(FINETUNE_MODES, "a finetuning mode", required=True)),
     data: str = typer.Option("synth:hard", "--data", help="A synth SOURCE with ground truth "
                              "(default: the benchmark preset, targets off the LP ceiling)"),
     data_root: Path = typer.Option(Path("data")),
     runs_root: Path = typer.Option(Path("runs/embedded-benchmark")),
     format: Format = typer.Option(Format.wds, "--format", help=FORMAT_HELP),
     device: str = device_option(),
-    report: str = typer.Option("BENCHMARKS.md", help="Markdown file that gets the section "
-                               "('' = none)"),
+    report: Optional[str] = typer.Option("BENCHMARKS.md", help="Markdown file that gets the section "
+                                         "('' = none)", callback=report_callback),
 ) -> None:
     """Do LM and FM beat RANDOM? Paired test over seeds x targets on data with a known answer
     (LP and FF; ground truth of every selection); rerunning resumes (stages are cached)."""
@@ -230,10 +234,11 @@ def embedded(
 
 @bench_app.command("render")
 def render(
-    out: Path = typer.Argument(..., help="The --out folder of a cost-table/embedded run"),
-    report: Path = typer.Option(None, help="Also rewrite the section in this Markdown file"),
-    section: str = typer.Option(SECTION, help="Title of that section (embedded: "
-                                f"'{EMBEDDED_SECTION}')"),
+    out: Path = typer.Argument(..., help="The --out folder of a `bench cost-table` run (a `bench "
+                               "embedded` report is rewritten by rerunning its command: it resumes)"),
+    report: Optional[str] = typer.Option(None, help="Also rewrite the section in this Markdown file "
+                                         "('' = none)", callback=report_callback),
+    section: str = typer.Option(SECTION, help="Title of that section"),
     criterion: Optional[Criterion] = typer.Option(None, help="Judge the winning subsets again "
                                                   "with this criterion (default: the run's)",
                                                   show_default=False),
@@ -242,7 +247,8 @@ def render(
     reruns): for a report written by an older version."""
     from ..bench.cost_table import rerender
 
-    _publish(rerender(out, criterion.value if criterion else None), out, report, section)
+    _publish(rerender(out, criterion.value if criterion else None), out,
+             Path(report) if report else None, section)
 
 
 @bench_app.command("surrogates")
@@ -258,11 +264,11 @@ def surrogates(
     reference: str = typer.Option("resnet18", help="Surrogate the overlaps are measured against "
                                   "(run even if not in --archs)", callback=check_arch),
     finetune: str = typer.Option("lp", help="Finetuning modes (lp, ff); the first one is tabulated",
-                                 callback=list_callback(FINETUNE_MODES, "a finetuning mode")),
+                                 callback=list_callback(FINETUNE_MODES, "a finetuning mode", required=True)),
     seeds: str = typer.Option("0", help="Seeds of pretraining + finetuning (accuracies: their mean)",
-                              callback=ints_callback("--seeds")),
+                              callback=seeds_callback()),
     out: Path = typer.Option(Path("docs/surrogates"), "--out", "-o",
-                             help="report.md, surrogates.png, results.json"),
+                             help="report.md, surrogates.png, results.json", callback=out_callback),
     data: str = typer.Option("synth:tiny", "--data", help="Source: a built dataset dir or a "
                              "`dp4tl build` SOURCE"),
     target: str = typer.Option("warm", help="Built target dir, SOURCE, or synth target name"),
@@ -280,8 +286,7 @@ def surrogates(
                                        "arch, ARCH:KEY=VALUE (repeatable), e.g. "
                                        "resnet56s:model.width=32"),
     set_finetune: List[str] = typer.Option([], "--set-finetune", help="LP/FF recipe override"),
-    report: Path = typer.Option(None, help="Also write a section into this Markdown file "
-                                "(e.g. BENCHMARKS.md)"),
+    report: Optional[str] = typer.Option(None, help=REPORT_HELP, callback=report_callback),
     section: str = typer.Option("Surrogate size (Tab. A6, Fig. 5)", help="Title of that section"),
     note: List[str] = typer.Option([], "--note", help="A line for the report's header, e.g. why "
                                    "the recipes were shrunk (repeatable)"),
@@ -293,6 +298,9 @@ def surrogates(
     from ..pipeline.config import PipelineConfig
     from ..reporting import publish_section
 
+    if not split_list(archs):
+        raise typer.BadParameter(f"got {archs!r}: give at least one surrogate architecture",
+                                 param_hint="--archs")
     for a in split_list(archs):
         check_arch(a)
     recipes_ = "" if recipes is RecipeSet.auto else recipes.value
@@ -317,6 +325,6 @@ def surrogates(
                             notes=note, log=typer.echo)
     typer.echo((out / "report.md").read_text())
     if report is not None:
-        publish_section(report, section, out, lambda prefix: "\n".join(
+        publish_section(Path(report), section, out, lambda prefix: "\n".join(
             [*header_lines(t), f"- full report: `{prefix}report.md`", "",
              markdown_tables(t, plot_prefix=prefix)]), typer.echo)

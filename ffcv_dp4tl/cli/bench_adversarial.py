@@ -7,8 +7,9 @@ from typing import List, Optional
 import typer
 
 from .bench import bench_app
-from .options import (RECIPES_HELP, FORMAT_HELP, K_HELP, AdvNorm, Format, Protocol, RecipeSet, check_arch, default_k,
-                      device_option, ints_callback, list_callback, split_list)
+from .options import (RECIPES_HELP, REPORT_HELP, FORMAT_HELP, K_HELP, AdvNorm, Format, Protocol, RecipeSet,
+                      check_arch, default_k, device_option, list_callback, out_callback, report_callback,
+                      seeds_callback, split_list)
 from .pipeline import FINETUNE_MODES, PROTOCOL_HELP
 
 SECTION = "Adversarial pretraining (Tab. 5)"
@@ -19,9 +20,9 @@ def adversarial(
     ratio: float = typer.Option(0.6, help="LM pruning ratio of the pruned models (the paper: the "
                                 "best winning ratio per target, 0.7 for SUN397 and 0.5 for DTD)"),
     seeds: str = typer.Option("0", help="Seeds (train.seed of pretraining and finetuning); "
-                              "accuracies are mean ± std over them", callback=ints_callback("--seeds")),
+                              "accuracies are mean ± std over them", callback=seeds_callback()),
     finetune: str = typer.Option("lp", help="Finetuning modes (comma-separated: lp, ff)",
-                                 callback=list_callback(FINETUNE_MODES, "a finetuning mode")),
+                                 callback=list_callback(FINETUNE_MODES, "a finetuning mode", required=True)),
     steps: int = typer.Option(3, help="PGD steps of the ADV models (the paper: 3)"),
     eps: str = typer.Option("3/255", help="PGD radius in [0, 1] pixel units, a number or N/D "
                             "(authors' code: Linf 3/255; Salman et al.: L2 3 or Linf 4/255)"),
@@ -31,7 +32,7 @@ def adversarial(
     random_start: bool = typer.Option(True, help="Start the attack at a random point of the ball"),
     method: str = typer.Option("lm", help="Selection method of the pruned models"),
     out: Path = typer.Option(Path("docs/adversarial"), "--out", "-o",
-                             help="report.md and results.json"),
+                             help="report.md and results.json", callback=out_callback),
     data: str = typer.Option("", "--data", help="Source: a built dataset dir or a `dp4tl build` "
                              "SOURCE (default: synth:tiny, the embedded data)"),
     target: str = typer.Option("", help="Built target dir, SOURCE, or synth target name "
@@ -49,8 +50,7 @@ def adversarial(
                                    "models; repeatable)"),
     set_surrogate: List[str] = typer.Option([], "--set-surrogate", help="Surrogate recipe override"),
     set_finetune: List[str] = typer.Option([], "--set-finetune", help="LP/FF recipe override"),
-    report: Optional[Path] = typer.Option(None, help="Also write a section into this Markdown "
-                                          "file (e.g. BENCHMARKS.md)"),
+    report: Optional[str] = typer.Option(None, help=REPORT_HELP, callback=report_callback),
     section: str = typer.Option(SECTION, help="Title of that section"),
 ) -> None:
     """DENSE, DENSE-ADV, LM and LM-ADV source models → LP/FF accuracy and pretraining time (Tab. 5)."""
@@ -81,6 +81,6 @@ def adversarial(
                         log=typer.echo)
     typer.echo((out / "report.md").read_text())
     if report is not None:
-        publish_section(report, section, out, lambda prefix: "\n".join(
+        publish_section(Path(report), section, out, lambda prefix: "\n".join(
             [*header_lines(t), f"- full report: `{prefix}report.md`", "", markdown_tables(t)]),
             typer.echo)

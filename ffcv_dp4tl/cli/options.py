@@ -76,13 +76,29 @@ def split_list(text: str) -> list[str]:
     return [x.strip() for x in (text or "").split(",") if x.strip()]
 
 
-def list_callback(choices: Sequence[str], what: str):
-    """A callback refusing any comma-separated item not in ``choices`` (before any work)."""
+def _nonempty(items: list[str], value: str, required: bool, example: str) -> None:
+    if required and not items:
+        raise typer.BadParameter(f"got {value!r}: give at least one, e.g. {example}")
+
+
+def _distinct(items: list, value: str) -> None:
+    seen = set()
+    for x in items:
+        if x in seen:
+            raise typer.BadParameter(f"{x!r} appears twice in {value!r}; list each once")
+        seen.add(x)
+
+
+def list_callback(choices: Sequence[str], what: str, required: bool = False):
+    """A callback refusing any comma-separated item not in ``choices`` (before any work), and
+    with ``required`` an empty list."""
     def check(value: str) -> str:
-        bad = [x for x in split_list(value) if x not in choices]
+        items = split_list(value)
+        bad = [x for x in items if x not in choices]
         if bad:
             raise typer.BadParameter(f"{', '.join(map(repr, bad))} not {what}; use a "
                                      f"comma-separated list of {', '.join(choices)}")
+        _nonempty(items, value, required, ",".join(choices))
         return value
     return check
 
@@ -108,6 +124,27 @@ def floats_callback(what: str):
     return check
 
 
+def ratios_callback(what: str, zero: bool = True):
+    """Pruning ratios: at least one, each in [0, 1) (``check_ratio``; ``zero=False``: in (0, 1),
+    for benches that pair pruned runs), each once."""
+    def check(value: str) -> str:
+        items = split_list(floats_callback(what)(value))
+        _nonempty(items, value, True, "0.2,0.6" if zero else "0.8")
+        ratios = []
+        for x in items:
+            try:
+                r = check_ratio(x, what)
+            except DP4TLError as e:
+                raise typer.BadParameter(str(e)) from None
+            if r == 0 and not zero:
+                raise typer.BadParameter(f"{what}: 0 prunes nothing (the unpruned reference runs "
+                                         "anyway); give ratios in (0, 1)")
+            ratios.append(r)
+        _distinct(ratios, value)
+        return value
+    return check
+
+
 def ints_callback(what: str):
     def check(value: str) -> str:
         for x in split_list(value):
@@ -118,6 +155,50 @@ def ints_callback(what: str):
                                          "comma-separated list like 0,1,2") from None
         return value
     return check
+
+
+def seeds_callback(what: str = "--seeds", required: bool = True):
+    """Seeds: integers >= 0, each once (a repeated seed would count one run twice in a mean ±
+    std); at least one unless ``required`` is False (then '' has a documented meaning)."""
+    def check(value: str) -> str:
+        seeds = [int(x) for x in split_list(ints_callback(what)(value))]
+        _nonempty(seeds, value, required, "0,1,2")
+        negative = [s for s in seeds if s < 0]
+        if negative:
+            raise typer.BadParameter(f"{negative[0]} is negative; seeds are integers >= 0")
+        _distinct(seeds, value)
+        return value
+    return check
+
+
+def out_callback(value: Optional[Path]) -> Optional[Path]:
+    """``--out`` folder callback: a file in the way or an unwritable place is refused before
+    any work (``fsutil.check_out_dir``)."""
+    from ..fsutil import check_out_dir
+
+    if value is not None:
+        try:
+            check_out_dir(value, "--out")
+        except DP4TLError as e:
+            raise typer.BadParameter(str(e)) from None
+    return value
+
+
+def report_callback(value: Optional[str]) -> Optional[str]:
+    """``--report`` callback: '' = no report (None); a folder or an unwritable place is refused
+    before any work (``fsutil.check_out_file``), not after the bench ran."""
+    from ..fsutil import check_out_file
+
+    if value is None or not value.strip():
+        return None
+    try:
+        check_out_file(value, "--report")
+    except DP4TLError as e:
+        raise typer.BadParameter(str(e)) from None
+    return value
+
+
+REPORT_HELP = "Also write a section into this Markdown file (e.g. BENCHMARKS.md; '' = none)"
 
 
 def check_arch(value: Optional[str]) -> Optional[str]:

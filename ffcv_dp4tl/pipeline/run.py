@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..data.masks import load_mask
 from ..fsutil import file_sha256
@@ -73,6 +73,21 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print) -> PipelineResult:
         pretrained = pretrain_stages(cfg, ok, r, pr, res, log)
     finetune_stages(cfg, ok, r, pretrained, res, log)
     return report_step(cfg, ok, r, pretrained, res, log)
+
+
+def preflight(cfgs: Iterable[PipelineConfig], log: Log = print) -> None:
+    """The checks :func:`run_pipeline` makes before its first stage (:func:`validate`, then
+    :func:`resolve`: the data built or found and checked, every recipe loaded with its
+    overrides) for every config of a plan, so a bench refuses a bad value of its last run
+    before its first run trains anything. The first config may build the data (as its run
+    would, with ``log``); the others are checked quietly."""
+    seen: set[str] = set()
+    for cfg in cfgs:
+        key = repr(cfg)
+        if key in seen:
+            continue
+        resolve(cfg, validate(cfg), log if not seen else (lambda _: None))
+        seen.add(key)
 
 
 def _common(cfg: PipelineConfig) -> dict[str, Any]:

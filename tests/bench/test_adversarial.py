@@ -71,3 +71,19 @@ def test_bad_bench_inputs_fail_before_work(tmp_path):
     with pytest.raises(DP4TLError, match="--eps"):
         adv_overrides(eps="three")
     assert not (tmp_path / "d").exists() and not (tmp_path / "r").exists()
+
+
+def test_a_bad_adv_recipe_is_refused_before_dense_trains(tmp_path, monkeypatch, data_root):
+    """The ADV models' recipe (here eps 2 > 1 for linf) and the method are checked for all four
+    models before DENSE trains; the message names the bench's options."""
+    import ffcv_dp4tl.bench.adversarial as adv
+
+    monkeypatch.setattr(adv, "run_pipeline", lambda *a, **k: pytest.fail("a model trained"))
+    base = PipelineConfig(source=SYNTH, data_root=data_root, runs_root=tmp_path / "r")
+    with pytest.raises(DP4TLError, match=r"the ADV models' recipe \(--steps, --eps.*adv.eps"):
+        run_adversarial(base, adv=adv_overrides(steps=3, eps="2"), log=lambda m: None)
+    with pytest.raises(DP4TLError, match="nosuch"):
+        run_adversarial(base, method="nosuch", log=lambda m: None)
+    with pytest.raises(DP4TLError, match="--seeds is empty"):
+        run_adversarial(base, seeds=(), log=lambda m: None)
+    assert not (tmp_path / "r").exists()

@@ -282,3 +282,74 @@ def test_render_rebuilds_the_report_from_results_json(tmp_path):
     assert "## Embedded" in bench_md.read_text() and "dp4tl bench embedded" in bench_md.read_text()
     with pytest.raises(DP4TLError, match="results.json not found"):  # main() prints one line
         ct.rerender(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("change,where", [
+    ({"rows": "abc"}, "wrong type"), ({"ratios": "0.6"}, "wrong type"), ({"methods": 5}, "wrong type"),
+    ({"finetune": None}, "wrong type"), ("list", "holds a JSON list"), ("lp_top1", "wrong type"),
+])
+def test_render_refuses_a_damaged_results_file_in_one_line(tmp_path, change, where):
+    """A results.json of the wrong shape (hand-edited, another tool's) is one DP4TLError line
+    naming the file, not a TypeError from deep inside the summary; an embedded folder (no
+    results.json, a rows.jsonl) is told how its report is rewritten."""
+    import ffcv_dp4tl.bench.cost_table as ct
+
+    rows = [_row(REFERENCE, 0.0, 0, 0, 0, 100.0, 60.0), _row("lm", 0.6, 0, 1, 1, 40.0, 70.0)]
+    t = {"rows": rows, "methods": ["lm"], "ratios": [0.0, 0.6], "seeds": [0], "finetune": ["lp"]}
+    if change == "list":
+        t = [t]
+    elif change == "lp_top1":
+        rows[1]["lp_top1"] = "x"
+    else:
+        t.update(change)
+    (tmp_path / "results.json").write_text(json.dumps(t))
+    with pytest.raises(DP4TLError, match=f"results.json .*{where}"):
+        ct.rerender(tmp_path)
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    (emb / "rows.jsonl").write_text("")
+    with pytest.raises(DP4TLError, match="is a `bench embedded` folder.*rerun the same"):
+        ct.rerender(emb)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"methods": []}, "--methods is empty"), ({"seeds": []}, "--seeds is empty"),
+    ({"seeds": [0, 1, 0]}, "--seeds lists 0 twice"), ({"finetune": ()}, "--finetune is empty"),
+    ({"ff_methods": ["el2n"]}, "--ff-methods: el2n not among --methods"),
+    ({"tol": float("nan")}, "--tol must be"),
+])
+def test_cost_table_refuses_bad_plans_before_any_run(tmp_path, monkeypatch, kw, msg):
+    """An empty list would write an empty table over an earlier run's results.json; a repeated
+    seed would count one run twice. Refused before anything runs or is written."""
+    import ffcv_dp4tl.bench.cost_table as ct
+
+    monkeypatch.setattr(ct, "preflight", lambda *a, **k: pytest.fail("checked the runs"))
+    args = {"methods": ["random", "lm"], "seeds": [0], "finetune": ("lp",), **kw}
+    with pytest.raises(DP4TLError, match=msg):
+        ct.run_cost_table(PipelineConfig(source=SYNTH), tmp_path / "out", ratios=[0.0, 0.6], **args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cost_table_checks_every_run_before_the_first(monkeypatch, tmp_path):
+    """Each (method, ratio) run's checks (its scorer options, its variant's K, its recipes)
+    happen before the reference trains: preflight gets the whole plan first."""
+    import ffcv_dp4tl.bench.cost_table as ct
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def fake_preflight(cfgs, log):
+        seen.extend((c.method, c.ratio, c.k, c.finetune) for c in cfgs)
+        raise Stop
+
+    monkeypatch.setattr(ct, "preflight", fake_preflight)
+    monkeypatch.setattr(ct, "run_pipeline", lambda *a, **k: pytest.fail("ran before the checks"))
+    with pytest.raises(Stop):
+        ct.run_cost_table(PipelineConfig(source=SYNTH, k=8), tmp_path, ratios=[0.0, 0.4, 0.6],
+                          methods=["random", "fm[k=16]"], seeds=[0, 1], finetune=("lp", "ff"),
+                          ff_methods=["fm"])
+    assert seen == [("random", 0.0, 8, ("lp", "ff")), ("random", 0.4, 8, ("lp",)),
+                    ("random", 0.6, 8, ("lp",)), ("fm", 0.4, 16, ("lp", "ff")),
+                    ("fm", 0.6, 16, ("lp", "ff"))]

@@ -82,10 +82,14 @@ def test_run_resumes_from_rows(tmp_path, monkeypatch):
         return res
 
     monkeypatch.setattr(sep, "run_pipeline", fake_run)
+    checked = []
+    monkeypatch.setattr(sep, "preflight", lambda cfgs, log: checked.extend(cfgs))
     base = sep.PipelineConfig(source="synth:tiny")
     rows = sep.run_separation(base, tmp_path, targets=["warm"], seeds=[0, 1], methods=["lm"],
                               ratios=[0.8], finetune=["lp"], log=lambda m: None)
     assert len(rows) == len(calls) == 2 * 3
+    # every run was checked before the first ran: one seed's, per target x (method, ratio)
+    assert [(c.seed, c.target, c.method, c.ratio) for c in checked] == calls[:3]
     calls.clear()
     again = sep.run_separation(base, tmp_path, targets=["warm"], seeds=[0, 1, 2], methods=["lm"],
                                ratios=[0.8], finetune=["lp"], log=lambda m: None)
@@ -214,3 +218,43 @@ def test_seed_level_differences_are_each_seeds_mean_over_its_targets():
     assert lp["by_seed"] == sep.paired_test(seed_means)
     assert lp["by_seed"]["n"] == 3 and lp["by_seed"]["mean"] == pytest.approx(5.5 / 3)
     assert lp["pooled"]["n"] == 7 and lp["per_target"]["warm"]["n"] == 4
+
+
+def test_rows_file_survives_a_torn_append_and_names_a_damaged_line(tmp_path):
+    """rows.jsonl is the resume record: a last line cut short by a crash mid-append is dropped
+    (that run reruns) and the file repaired; a damaged line elsewhere, or a row whose fields
+    have the wrong type, is one line naming the file and line (dropping it would lose a run)."""
+    good = [{"seed": s, "target": "warm", "method": "lm", "ratio": 0.8, "lp": 50.0} for s in (0, 1)]
+    path = tmp_path / "rows.jsonl"
+    for row in good:
+        sep.append_row(path, row)
+    assert sep.read_rows(path) == good
+    path.write_text(path.read_text() + json.dumps(good[0])[:-12])  # torn: no closing, no newline
+    with pytest.warns(UserWarning, match="line 3 was cut short"):
+        assert sep.read_rows(path) == good
+    assert sep.read_rows(path) == good and path.read_text().count("\n") == 2  # repaired
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "garbage", lines[1]]) + "\n")
+    with pytest.raises(sep.DP4TLError, match=r"rows.jsonl line 2 is not JSON"):
+        sep.read_rows(path)
+    path.write_text("\n".join([lines[0], lines[1].replace('"seed": 1', '"seed": "one"')]) + "\n")
+    with pytest.raises(sep.DP4TLError, match=r"rows.jsonl line 2: field 'seed' is missing or of"):
+        sep.read_rows(path)
+
+
+def test_a_bad_method_or_empty_list_is_refused_before_any_run(tmp_path, monkeypatch, data_root):
+    """Every run of the plan is checked first (the real preflight): an unknown method fails
+    before the reference and RANDOM train, not at run 3 of 3; empty lists before anything."""
+    from tiny_data import SYNTH
+
+    monkeypatch.setattr(sep, "run_pipeline", lambda *a, **k: pytest.fail("a run started"))
+    base = sep.PipelineConfig(source=SYNTH, data_root=data_root, runs_root=tmp_path / "runs")
+    with pytest.raises(sep.DP4TLError, match="bogus"):
+        sep.run_separation(base, tmp_path / "out", targets=["paper"], seeds=[0], methods=["bogus"],
+                           ratios=[0.8], finetune=["lp"], log=lambda m: None)
+    for kw, what in (({"seeds": []}, "--seeds"), ({"targets": []}, "--targets"),
+                     ({"methods": []}, "--methods"), ({"ratios": [0.0]}, "--ratios")):
+        args = {"targets": ["paper"], "seeds": [0], "methods": ["lm"], "ratios": [0.8], **kw}
+        with pytest.raises(sep.DP4TLError, match=what):
+            sep.run_separation(base, tmp_path / "out", finetune=["lp"], log=lambda m: None, **args)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()

@@ -86,6 +86,20 @@ BAD = [
     (("bench", "cost-table", "--ratios", "0,x"), "--ratios"),
     (("bench", "cost-table", "--seeds", "0,1.5"), "--seeds"),
     (("bench", "cost-table", "--methods", "grand@0.6/x"), "--methods"),
+    # an empty or repeated list would overwrite a report with an empty or skewed table
+    (("bench", "cost-table", "--seeds", ""), "--seeds"),
+    (("bench", "cost-table", "--seeds", "0,0"), "--seeds"),
+    (("bench", "cost-table", "--ratios", "0.2,0.2"), "--ratios"),
+    (("bench", "cost-table", "--ratios", ""), "--ratios"),
+    (("bench", "cost-table", "--finetune", ""), "--finetune"),
+    (("bench", "cost-table", "--report", "DATA"), "--report"),
+    (("bench", "embedded", "--seeds", "-1"), "--seeds"),
+    (("bench", "embedded", "--reference-seeds", "x"), "--reference-seeds"),
+    (("bench", "embedded", "--ratios", "0"), "--ratios"),
+    (("bench", "embedded", "--report", "DATA"), "--report"),
+    (("bench", "adversarial", "--seeds", ""), "--seeds"),
+    (("bench", "surrogates", "--archs", ""), "--archs"),
+    (("bench", "surrogates", "--seeds", "1,1"), "--seeds"),
     (("score", "--data", "DATA", "--out", "OUT/s", "--backend", "tpu"), "--backend"),
     (("score", "--out", "OUT/s"), "--data"),
     (("train", "resnet18_tiny_cpu", "--data", "DATA", "--out", "OUT/t", "--format", "zz"), "--format"),
@@ -268,3 +282,15 @@ def test_disk_full_anywhere_is_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: disk full writing /runs/x/checkpoint.pt (No space left on device); free some "
                    "space, then rerun the same command: finished work is kept and it resumes"]
+
+
+@pytest.mark.parametrize("bench", ["cost-table", "embedded", "surrogates", "adversarial"])
+def test_a_bench_out_that_is_a_file_is_refused_first(bench, capsys, monkeypatch, tmp_path):
+    """--out naming a file is one line before any data is built or run trained (it used to
+    fail only when the report was written, after all the work)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("a file")
+    code, _, err = cli(capsys, monkeypatch, "bench", bench, "--out", str(tmp_path / "taken"),
+                       "--data-root", str(tmp_path / "data"), "--runs-root", str(tmp_path / "runs"))
+    one_line_error(code, err, "--out", "is a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
