@@ -465,3 +465,15 @@ def test_choice_sets_are_the_contracts_enums_everywhere():
     for bad in (0, -2, 1.5, True):
         with pytest.raises(DP4TLError, match="k must be a positive number of clusters"):
             C.check_k(bad)
+
+
+def test_check_tol_takes_finite_points_at_or_above_zero():
+    """The winning-subset tolerance: NaN would make every comparison false (no subset could
+    win) and a negative one demands more than the unpruned accuracy; both refused in one line."""
+    from ffcv_dp4tl.contracts import check_tol
+    from ffcv_dp4tl.errors import DP4TLError
+
+    assert check_tol(0) == 0.0 and check_tol("0.5") == 0.5
+    for bad in (float("nan"), float("inf"), -0.1, "x"):
+        with pytest.raises(DP4TLError, match="--tol must be a number of accuracy points >= 0"):
+            check_tol(bad)

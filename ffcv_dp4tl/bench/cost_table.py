@@ -35,11 +35,11 @@
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ..contracts import check_tol
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, read_json
 from ..pipeline.config import PipelineConfig
@@ -119,8 +119,7 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
         if len(set(items)) < len(items):
             raise DP4TLError(f"{what} lists {next(x for x in items if items.count(x) > 1)!r} twice; "
                              "list each once")
-    if not (math.isfinite(tol) and tol >= 0):
-        raise DP4TLError(f"--tol must be a number of accuracy points >= 0, got {tol}")
+    tol = check_tol(tol)
     ff_set = set(methods if ff_methods is None else ff_methods)
     known = set(methods) | {base_method(m) for m in methods}
     unknown = sorted(ff_set - known)

@@ -108,6 +108,9 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
     from ..training.models import list_models
     from ..training.recipe import load_recipe
 
+    from ..contracts import check_tol
+
+    tol = check_tol(tol)
     archs = list(dict.fromkeys(archs))
     if reference not in archs:
         archs.append(reference)

@@ -148,6 +148,18 @@ def check_ratio(ratio: Any, what: str = "ratio", error: type[DP4TLError] = DP4TL
     return r
 
 
+def check_tol(tol: Any, what: str = "--tol") -> float:
+    """A winning-subset tolerance: accuracy points a pruned subset may lose and still win,
+    a finite number >= 0 (NaN would make every comparison false: no subset would ever win)."""
+    try:
+        t = float(tol)
+    except (TypeError, ValueError):
+        raise DP4TLError(f"{what} must be a number of accuracy points >= 0, got {tol!r}") from None
+    if not (math.isfinite(t) and t >= 0):
+        raise DP4TLError(f"{what} must be a number of accuracy points >= 0, got {tol}")
+    return t
+
+
 def check_k(k: Any, what: str = "k") -> int:
     """A number of k-means clusters: a positive integer."""
     if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
