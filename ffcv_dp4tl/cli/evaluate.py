@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import List, Optional
 
@@ -31,14 +32,23 @@ def _runs(args: list[str]) -> dict[str, Path]:
         label, sep, path = a.partition("=")
         p = Path(path if sep else a)
         label = label if sep else p.name
-        if not p.is_dir():
+        if not p.exists():
             raise DP4TLError(f"run directory {p} does not exist")
+        if not p.is_dir():
+            raise DP4TLError(f"run directory {p} is a file, not a directory; pass a finetune "
+                             "run's --out folder")
         if label in runs:
             raise DP4TLError(f"two runs are labelled {label!r}; label them LABEL=DIR")
         runs[label] = p
     if not runs:
         raise DP4TLError("give at least one finetune run directory")
     return runs
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder (or not exist yet): refused before any model is evaluated."""
+    if out.exists() and not out.is_dir():
+        raise DP4TLError(f"--out {out} is a file; choose a directory")
 
 
 def _write(out: Path, stem: str, data: dict, table: str, title: str) -> None:
@@ -59,14 +69,14 @@ def corruptions_cmd(
                                       "five, `all` = all 16 provided"),
     out: Path = typer.Option(..., "--out", "-o", help="Writes corruptions.json and corruptions.md"),
     split: str = typer.Option("test", help="Split of the target to corrupt"),
-    seed: int = typer.Option(0, help="Corruption seed (a sample's noise depends on seed and index)"),
+    seed: int = typer.Option(0, min=0, help="Corruption seed (a sample's noise depends on seed and index)"),
     corrupt_resolution: Optional[int] = typer.Option(
-        None, help="Corrupt at this side length (e.g. 32: CIFAR-10-C's parameters for a model "
+        None, min=1, help="Corrupt at this side length (e.g. 32: CIFAR-10-C's parameters for a model "
         "reading CIFAR-10 at 160 px); default: the loaded resolution", show_default=False),
-    resolution: Optional[int] = typer.Option(None, help="Input resolution (default: the run "
-                                             "recipe's finetune.resolution)", show_default=False),
-    batch_size: int = typer.Option(256, help="Evaluation batch size"),
-    workers: int = typer.Option(2, help="Loader workers"),
+    resolution: Optional[int] = typer.Option(None, min=1, help="Input resolution (default: the "
+                                             "run recipe's finetune.resolution)", show_default=False),
+    batch_size: int = typer.Option(256, min=1, help="Evaluation batch size"),
+    workers: int = typer.Option(2, min=0, help="Loader workers"),
     fmt: Optional[Format] = typer.Option(None, "--format", help=FORMAT_HELP + "; default: the format "
                                          "the run was finetuned from", show_default=False),
     device: str = device_option(),
@@ -77,6 +87,7 @@ def corruptions_cmd(
     from ..evaluation.corruption import corruption_table, evaluate_corruptions
 
     which = parse_corruptions(corrupt)
+    _check_out(out)
     res = evaluate_corruptions(_runs(runs), which, device=resolve_device(device),
                                resolution=resolution, split=split, fmt=fmt.value if fmt else None,
                                batch_size=batch_size, num_workers=workers, seed=seed,
@@ -92,15 +103,15 @@ def flatness_cmd(
     steps: int = typer.Option(10, help="Projected gradient-ascent steps for the ε-box maximum "
                               "(Keskar et al.: 10 L-BFGS-B iterations)"),
     iters: int = typer.Option(20, help="Power iterations (Hessian-vector products) at most"),
-    tol: float = typer.Option(1e-3, help="Stop power iteration at this relative change"),
-    batches: int = typer.Option(4, help="Fixed batches of the split the loss is measured on "
+    tol: float = typer.Option(1e-3, min=0, help="Stop power iteration at this relative change"),
+    batches: int = typer.Option(4, min=0, help="Fixed batches of the split the loss is measured on "
                                 "(0 = the whole split)"),
-    batch_size: int = typer.Option(64, help="Samples per batch"),
+    batch_size: int = typer.Option(64, min=1, help="Samples per batch"),
     split: str = typer.Option("train", help="Target split (the paper: the downstream train loss)"),
-    seed: int = typer.Option(0, help="Seed of the power iteration's start vector"),
-    resolution: Optional[int] = typer.Option(None, help="Input resolution (default: the run "
-                                             "recipe's finetune.resolution)", show_default=False),
-    workers: int = typer.Option(2, help="Loader workers"),
+    seed: int = typer.Option(0, min=0, help="Seed of the power iteration's start vector"),
+    resolution: Optional[int] = typer.Option(None, min=1, help="Input resolution (default: the "
+                                             "run recipe's finetune.resolution)", show_default=False),
+    workers: int = typer.Option(2, min=0, help="Loader workers"),
     fmt: Optional[Format] = typer.Option(None, "--format", help=FORMAT_HELP + "; default: the format "
                                          "the run was finetuned from", show_default=False),
     device: str = device_option(),
@@ -109,11 +120,17 @@ def flatness_cmd(
     from ..evaluation.finetuned import load_finetuned
     from ..evaluation.flatness import flatness_table, model_flatness
 
-    if eps <= 0 or steps < 1 or iters < 1:
-        raise DP4TLError("--eps must be > 0, --steps and --iters >= 1")
+    if not (math.isfinite(eps) and eps > 0) or steps < 1 or iters < 1:
+        raise DP4TLError(f"--eps must be a finite number > 0 (got {eps}), --steps and --iters >= 1")
+    if not math.isfinite(tol):
+        raise DP4TLError(f"--tol must be a finite number >= 0, got {tol}")
+    _check_out(out)
+    dev = resolve_device(device)
+    # every run loaded (and so checked) before any is measured: a bad last run fails at once
+    models = {label: load_finetuned(run, dev, resolution=resolution)
+              for label, run in _runs(runs).items()}
     res = {}
-    for label, run in _runs(runs).items():
-        ft = load_finetuned(run, resolve_device(device), resolution=resolution)
+    for label, ft in models.items():
         res[label] = model_flatness(ft, split=split, fmt=fmt.value if fmt else None, batch_size=batch_size,
                                     num_batches=batches or None, eps=eps, steps=steps, iters=iters,
                                     tol=tol, seed=seed, num_workers=workers)
@@ -127,7 +144,7 @@ def vtab_splits_cmd(
     data: Path = typer.Option(..., "--data", help="Built target dataset directory"),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for train800/val200/"
                              "train800val200 .npy + .json"),
-    seed: int = typer.Option(0, help="Which random 1000 (per seed, reproducible)"),
+    seed: int = typer.Option(0, min=0, help="Which random 1000 (per seed, reproducible)"),
     train_size: int = typer.Option(800, help="Training samples (VTAB-1k: 800)"),
     val_size: int = typer.Option(200, help="Validation samples (VTAB-1k: 200)"),
     split: str = typer.Option("train", help="The split the samples are drawn from"),
@@ -149,7 +166,7 @@ def vtab_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Protocol directory (masks, one run per lr, "
                              "vtab.json)"),
     lr: str = typer.Option("0.001,0.01,0.1", "--lr", help="Learning rates selected from on val"),
-    seed: int = typer.Option(0, help="VTAB split seed"),
+    seed: int = typer.Option(0, min=0, help="VTAB split seed"),
     train_size: int = typer.Option(800, help="Training samples (VTAB-1k: 800)"),
     val_size: int = typer.Option(200, help="Validation samples (VTAB-1k: 200)"),
     set_: List[str] = typer.Option([], "--set", help="Recipe override section.key=value"),

@@ -360,6 +360,9 @@ def parse_corruptions(specs: list[str] | tuple[str, ...]) -> list[tuple[str, int
                 for s in levels:
                     if (n, s) not in out:
                         out.append((n, s))
+    if not out:
+        raise DataError(f"--corrupt {', '.join(map(repr, map(str, specs)))} names no corruption; "
+                        "give NAME[:SEVERITY] (comma-separated), `paper` or `all`")
     return out
 
 
@@ -374,6 +377,11 @@ class CorruptionOp:
         self.corruption = corruption(name)
         if severity not in SEVERITIES:
             raise DataError(f"corruption {name!r}: severity must be one of 1-5, got {severity}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise DataError(f"corruption seed must be a non-negative integer, got {seed!r}")
+        if resolution is not None and (isinstance(resolution, bool) or not isinstance(
+                resolution, (int, np.integer)) or resolution < 1):
+            raise DataError(f"corruption resolution must be a positive integer, got {resolution!r}")
         self.name, self.severity, self.seed, self.resolution = self.corruption.name, severity, seed, resolution
         self._key = zlib.crc32(self.name.encode())
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ..data import AugSpec, make_loader
 from ..data.corruptions import CorruptedLoader, CorruptionOp
+from ..errors import DataError
 from ..training.distributed import DistContext
 from ..training.engine import evaluate
 from .finetuned import Finetuned, load_finetuned
@@ -58,10 +59,12 @@ def corruption_accuracy(ft: Finetuned, corruptions: Sequence[tuple[str, int]], *
 def evaluate_corruptions(runs: dict[str, str | Path], corruptions: Sequence[tuple[str, int]], *,
                          device: str | torch.device = "cpu", resolution: int | None = None,
                          **kw) -> dict[str, dict[str, Any]]:
-    """:func:`corruption_accuracy` of every ``{label: run_dir}``."""
-    return {label: corruption_accuracy(load_finetuned(run, device, resolution=resolution),
-                                       corruptions, **kw)
-            for label, run in runs.items()}
+    """:func:`corruption_accuracy` of every ``{label: run_dir}``. Every run is loaded (and so
+    checked) before any is evaluated: a bad last run fails at once, not after the others."""
+    if not corruptions:
+        raise DataError("no corruption to evaluate; give --corrupt NAME[:SEVERITY], `paper` or `all`")
+    models = {label: load_finetuned(run, device, resolution=resolution) for label, run in runs.items()}
+    return {label: corruption_accuracy(ft, corruptions, **kw) for label, ft in models.items()}
 
 
 def _pretty(name: str) -> str:

@@ -16,7 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import DP4TLError
+from ..contracts import FinetuneMode, Format
+from ..contracts.fields import REQUIRED, typed
+from ..errors import DataError, DP4TLError
 from ..fsutil import read_json
 from ..training.checkpoint import FinetuneState
 from ..training.finetune import RESULT_NAME, STATE_NAME, load_pretrained
@@ -44,18 +46,56 @@ class Finetuned:
         return self.run_dir.name
 
 
+_FIX = ("fix it, or rerun the finetuning that made this run with the same settings and output "
+        f"folder (it rewrites {RESULT_NAME} from {STATE_NAME} without training again)")
+_STATE_FIX = ("it holds this finished run's weights: restore it from a backup, or rerun the "
+              "finetuning into a new output folder")
+
+
+def _read_result(run_dir: Path) -> dict[str, Any]:
+    """``result.json`` of a finished run, checked to be an object (each field is checked where
+    it is read, with :func:`~ffcv_dp4tl.contracts.fields.typed`)."""
+    path = run_dir / RESULT_NAME
+    result = read_json(path, "finetune result")
+    if not isinstance(result, dict):
+        raise DataError(f"{path} is not a finetune result (a JSON {type(result).__name__}, not an "
+                        f"object); {_FIX}")
+    return result
+
+
+def _field(result: dict[str, Any], key: str, kind: str, run_dir: Path, default: Any = REQUIRED):
+    return typed(result, key, kind, run_dir / RESULT_NAME, _FIX, default)
+
+
 def _resolution(result: dict[str, Any], run_dir: Path) -> int:
     """The recorded input resolution; runs from before it was recorded: the named recipe's
     (without the run's ``--set`` overrides, which ``--resolution`` must then repeat)."""
     from ..training.recipe import load_recipe
 
-    if result.get("resolution"):
-        return int(result["resolution"])
+    recorded = _field(result, "resolution", "int", run_dir, None)
+    if recorded is not None:
+        if recorded < 1:
+            raise DataError(f"{run_dir / RESULT_NAME}: field 'resolution' must be >= 1, got "
+                            f"{recorded}; {_FIX}")
+        return recorded
+    recipe = _field(result, "recipe", "str", run_dir, None)
     try:
-        return int(load_recipe(result["recipe"]).finetune.resolution)
+        return int(load_recipe(recipe).finetune.resolution)
     except Exception as e:  # noqa: BLE001 - any failure: ask the user
-        raise DP4TLError(f"{run_dir}: cannot read the resolution of recipe {result.get('recipe')!r} "
+        raise DP4TLError(f"{run_dir}: cannot read the resolution of recipe {recipe!r} "
                          f"({type(e).__name__}); pass --resolution") from None
+
+
+def _path(result: dict[str, Any], key: str, what: str, run_dir: Path,
+          given: str | Path | None) -> Path:
+    """A path recorded in ``result.json`` (``given`` overrides it), which must exist."""
+    path = Path(given) if given is not None else Path(_field(result, key, "str", run_dir))
+    if not path.exists():
+        where = ("run from the directory the finetuning ran in (the path is relative to it) or "
+                 if not path.is_absolute() else "")
+        raise DataError(f"{run_dir}: the {what} {path} recorded in {RESULT_NAME} (field {key!r}) "
+                        f"is missing; {where}put it back at that path")
+    return path
 
 
 def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
@@ -64,31 +104,65 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
     """The model of the finished finetune run ``run_dir`` on ``device`` (eval mode).
 
     ``target`` / ``checkpoint`` override the paths recorded in ``result.json`` (a moved run);
-    ``resolution`` the recipe's ``finetune.resolution``."""
+    ``resolution`` the recipe's ``finetune.resolution``. Every field of ``result.json`` is
+    checked before the checkpoint is loaded; any problem is a one-line :class:`DP4TLError`."""
     run_dir = Path(run_dir)
     res_path, state_path = run_dir / RESULT_NAME, run_dir / STATE_NAME
+    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int)
+                                   or resolution < 1):
+        raise DP4TLError(f"--resolution must be a positive integer, got {resolution!r}")
     if not res_path.exists() or not state_path.exists():
         raise DP4TLError(f"{run_dir} is not a finished finetune run (needs {RESULT_NAME} and "
                          f"{STATE_NAME}); pass the --out of `dp4tl finetune` or a pipeline's "
                          "runs/finetune-lp-*/ or finetune-ff-*/ directory")
-    result = read_json(res_path, "finetune result")
-    ckpt = Path(checkpoint or result.get("checkpoint", ""))
-    tgt = Path(target or result.get("target", ""))
-    for what, path, flag in (("source checkpoint", ckpt, "--checkpoint"), ("target", tgt, "--target")):
-        if not path.exists():
-            raise DP4TLError(f"{run_dir}: the {what} {path} recorded in {RESULT_NAME} is missing; "
-                             f"run from where the run was made or pass {flag}")
+    result = _read_result(run_dir)
+    mode = _field(result, "mode", "str", run_dir)
+    if mode not in FinetuneMode.values():
+        raise DataError(f"{res_path}: field 'mode' must be one of {', '.join(FinetuneMode.values())}"
+                        f", got {mode!r}; {_FIX}")
+    classes = _field(result, "target_classes", "count", run_dir)
+    if classes < 1:
+        raise DataError(f"{res_path}: field 'target_classes' must be >= 1, got {classes}; {_FIX}")
+    fmt = _field(result, "format", "str", run_dir, "ffcv")
+    if fmt not in Format.values():
+        raise DataError(f"{res_path}: field 'format' must be one of {', '.join(Format.values())}, "
+                        f"got {fmt!r}; {_FIX}")
+    flip_tta = result.get("flip_tta")
+    if flip_tta is not None and not isinstance(flip_tta, bool):  # typed() has no boolean kind
+        raise DataError(f"{res_path}: field 'flip_tta' must be true or false, got {flip_tta!r}; "
+                        f"{_FIX}")
+    res = resolution if resolution is not None else _resolution(result, run_dir)
+    ckpt = _path(result, "checkpoint", "source checkpoint", run_dir, checkpoint)
+    tgt = _path(result, "target", "target", run_dir, target)
+    try:
+        state = FinetuneState.load(state_path)  # the typed contract: damaged or newer files refused
+    except DP4TLError as e:  # its advice ("delete it to start over") is for an unfinished run
+        msg = str(e)
+        if msg.endswith("; delete it to start over"):
+            msg = f"{msg[:-len('; delete it to start over')]}; {_STATE_FIX}"
+        raise DataError(msg) from None
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{state_path} is not a readable finetune state ({type(e).__name__}); "
+                        f"{_STATE_FIX}") from None
+    ident = state.identity if isinstance(state.identity, dict) else {}
+    if ident.get("mode", mode) != mode:
+        raise DataError(f"{res_path}: field 'mode' is {mode!r} but {state_path} holds the weights "
+                        f"of a {ident['mode']!r} run; {_FIX}")
     dev = torch.device(device)
-    model, _ = load_pretrained(ckpt, dev)
-    backbone(model).reset_classifier(int(result["target_classes"]))
-    state = FinetuneState.load(state_path)  # the typed contract: damaged or newer files refused
-    net = get_head(model) if result["mode"] == "lp" else model
+    model, source = load_pretrained(ckpt, dev)
+    if "source_identity" in ident and ident["source_identity"] != dict(source.identity):
+        raise DataError(f"the source checkpoint {ckpt} is not the one {run_dir} was finetuned "
+                        f"from (its identity differs from the one in {STATE_NAME}): it was replaced "
+                        "after finetuning; put the original back or rerun the finetuning")
+    backbone(model).reset_classifier(classes)
+    net = get_head(model) if mode == "lp" else model
     try:
         net.load_state_dict(state.net)
-    except RuntimeError as e:
-        raise DP4TLError(f"{state_path} does not fit {ckpt} ({type(e).__name__}); the source "
-                         "checkpoint was replaced after finetuning, rerun the finetuning") from None
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise DataError(f"{state_path} does not fit the {mode} model with {classes} classes on "
+                        f"{ckpt} that {RESULT_NAME} describes ({type(e).__name__}); restore the "
+                        f"run's original {RESULT_NAME} (fields 'mode', 'target_classes', "
+                        "'checkpoint') or rerun the finetuning") from None
     model.eval()
-    return Finetuned(model=model, run_dir=run_dir, result=result, mode=result["mode"], target=tgt,
-                     resolution=resolution or _resolution(result, run_dir),
-                     flip_tta=bool(result.get("flip_tta", False)), fmt=str(result.get("format") or "ffcv"))
+    return Finetuned(model=model, run_dir=run_dir, result=result, mode=mode, target=tgt,
+                     resolution=res, flip_tta=bool(flip_tta), fmt=fmt)

@@ -17,12 +17,16 @@ bytes. Finetune on them with ``dp4tl finetune --train-mask`` and ``--test-split 
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from ..data import IndexMask, load_manifest, make_mask, save_mask
-from ..errors import DataError
+from ..errors import DataError, DP4TLError
 
 TRAIN_SIZE, VAL_SIZE = 800, 200
 NAMES = ("train", "val", "trainval")
@@ -37,6 +41,8 @@ def mask_names(train_size: int = TRAIN_SIZE, val_size: int = VAL_SIZE) -> dict[s
 def vtab_masks(dataset_dir: str | Path, *, split: str = "train", seed: int = 0,
                train_size: int = TRAIN_SIZE, val_size: int = VAL_SIZE) -> dict[str, IndexMask]:
     """``{"train", "val", "trainval"}`` masks over ``split`` of the built dataset."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"--seed must be a non-negative integer, got {seed!r}")
     if train_size < 1 or val_size < 1:
         raise DataError(f"VTAB split sizes must be >= 1 (got train {train_size}, val {val_size})")
     info = load_manifest(dataset_dir).split(split)
@@ -61,6 +67,97 @@ def write_vtab_masks(dataset_dir: str | Path, out_dir: str | Path, **kw) -> dict
     return {k: save_mask(out / f"{names[k]}.npy", m) for k, m in masks.items()}
 
 
+#: the settings a VTAB protocol folder was made with (written before its first run)
+SETTINGS_NAME = "vtab_settings.json"
+#: the settings every run of a protocol folder shares: key → how the message names it
+_SAME = {"recipe": "recipe", "recipe_fingerprint": "recipe settings (--set)",
+         "checkpoint_identity": "--checkpoint", "target_fingerprint": "--data", "mode": "mode",
+         "format": "--format", "seed": "--seed", "train_size": "--train-size",
+         "val_size": "--val-size"}
+
+
+def _lr_names(lrs: list[float]) -> list[str]:
+    """The run-directory names of the learning rates (``select-lr{name}``); refuses what is not
+    a positive finite number and two lrs that would share a directory."""
+    names = []
+    for lr in lrs:
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) \
+                or lr <= 0:
+            raise DataError(f"--lr: every learning rate must be a positive number, got {lr!r}")
+        name = f"{lr:g}"
+        if name in names:
+            raise DataError(f"--lr lists {name} twice; give each learning rate once")
+        names.append(name)
+    return names
+
+
+#: identity fields of a run's ``finetune_state.pt`` → the setting the message names
+_IDENTITY = {"mode": "mode", "format": "--format", "target_fingerprint": "--data",
+             "source_arch": "--checkpoint", "source_identity": "--checkpoint",
+             "source_epoch": "--checkpoint", "recipe_fingerprint": "recipe settings (--set)",
+             "train_mask": "--seed/--train-size/--val-size",
+             "test_mask": "--seed/--train-size/--val-size"}
+
+
+def _legacy_diffs(out: Path, expected: Callable[[str], dict | None]) -> list[str]:
+    """A folder from before ``SETTINGS_NAME``: what its runs' recorded identities (each
+    ``finetune_state.pt``) say differs from ``expected(run name)``."""
+    from ..training.checkpoint import FinetuneState
+    from ..training.finetune import STATE_NAME
+
+    diffs: list[str] = []
+    for d in sorted(out.glob("*-lr*")):
+        want = expected(d.name) if (d / STATE_NAME).is_file() else None
+        if want is None:
+            continue
+        have = FinetuneState.load(d / STATE_NAME).identity
+        have = have if isinstance(have, dict) else {}
+        for k, label in _IDENTITY.items():
+            if k in have and k in want and have[k] != want[k] and f"{label} differs" not in diffs:
+                diffs.append(f"{label} differs")
+    return diffs
+
+
+def _check_settings(out: Path, settings: dict,
+                    expected: Callable[[str], dict | None] = lambda name: None) -> None:
+    """Refuse a protocol folder made with other settings (its finished runs would be reused
+    under the new ones); write ``SETTINGS_NAME`` when there is none yet. A folder from before
+    that file: the settings its ``vtab.json`` names and its runs' identities
+    (``expected(run name)``: the identity that run would have now) are compared instead."""
+    from ..fsutil import atomic_write_json, read_json
+
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file; choose a directory")
+    path = out / SETTINGS_NAME
+    fix = (f"use another --out, or delete {out} if its runs are not needed (or rerun with the "
+           "settings it was made with)")
+    if path.exists():
+        old = read_json(path, "VTAB settings")
+        if not isinstance(old, dict):
+            raise DataError(f"{path} is damaged (not a JSON object); {fix}")
+        keys = list(_SAME)
+    elif (out / "vtab.json").exists():
+        # a folder from before SETTINGS_NAME: vtab.json names some of the settings
+        old = read_json(out / "vtab.json", "VTAB result")
+        if not isinstance(old, dict):
+            raise DataError(f"{out / 'vtab.json'} is damaged (not a JSON object); {fix}")
+        keys = [k for k in ("recipe", "mode", "seed", "train_size", "val_size") if k in old]
+    else:
+        old, keys = {}, []
+    if not path.exists() or keys:
+        diffs = [f"{_SAME[k]} {old.get(k)!r} -> {settings[k]!r}" if k not in
+                 ("recipe_fingerprint", "checkpoint_identity", "target_fingerprint")
+                 else f"{_SAME[k]} differs" for k in keys if old.get(k) != settings[k]]
+        if not path.exists() and out.is_dir():
+            diffs += [d for d in _legacy_diffs(out, expected) if d not in diffs]
+        if diffs:
+            raise DataError(f"--out {out} holds VTAB runs made with other settings "
+                            f"({'; '.join(diffs)}); {fix}")
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, settings)
+
+
 def vtab_protocol(recipe: str | Path, checkpoint: str | Path, target_dir: str | Path,
                   out_dir: str | Path, *, lrs: list[float], seed: int = 0,
                   train_size: int = TRAIN_SIZE, val_size: int = VAL_SIZE,
@@ -69,36 +166,87 @@ def vtab_protocol(recipe: str | Path, checkpoint: str | Path, target_dir: str | 
     """VTAB-1k on one target: masks (seed), one finetuning per learning rate on ``train`` scored
     on ``val`` (final-epoch top-1), then the chosen lr on ``train ∪ val`` scored on the test
     split. Every finetuning is its own resumable run directory under ``out_dir``; rerunning
-    skips finished ones. Writes and returns ``out_dir/vtab.json``."""
+    with the same settings skips finished ones. The settings every run shares (recipe and
+    ``overrides``, checkpoint, target, mode, format, seed, sizes) are recorded in
+    ``out_dir/vtab_settings.json`` before the first run, and a rerun with other ones is refused
+    (its finished runs would otherwise be reported under the new settings); other lrs may be
+    added. Everything is checked before any mask is written or model trained. Writes and
+    returns ``out_dir/vtab.json``."""
+    from ..contracts import FinetuneMode
+    from ..contracts.fields import typed
     from ..fsutil import atomic_write_json, read_json
+    from ..training.checkpoint import Checkpoint
     from ..training.finetune import RESULT_NAME, finetune
     from ..training.recipe import load_recipe
 
     if not lrs:
         raise DataError("give at least one learning rate to select from (--lr)")
+    names = _lr_names(lrs)
     out = Path(out_dir)
-    masks = write_vtab_masks(target_dir, out / "masks", seed=seed, train_size=train_size,
-                             val_size=val_size)
     base = load_recipe(recipe, overrides)  # validates before any work
+    split = base.data.train_split
+    for lr in lrs:  # each run's recipe too (an impossible lr is refused now, not after the others)
+        load_recipe(recipe, list(overrides) + [f"lr.lr={lr}", f"data.test_split={split}"])
+    mode = FinetuneMode.check(mode or base.finetune.mode, "finetune mode")
+    in_memory = vtab_masks(target_dir, seed=seed, train_size=train_size, val_size=val_size,
+                           split=split)
+    source = Checkpoint.load(checkpoint)
+    ident = json.dumps({**source.identity, "epoch": source.epoch}, sort_keys=True, default=str)
+    settings = {"recipe": base.name, "recipe_fingerprint": base.fingerprint(),
+                "overrides": list(overrides), "checkpoint": str(checkpoint),
+                "checkpoint_identity": hashlib.sha256(ident.encode()).hexdigest()[:16],
+                "target": str(target_dir),
+                "target_fingerprint": load_manifest(target_dir).fingerprint, "mode": mode,
+                "format": fmt, "seed": seed, "train_size": train_size, "val_size": val_size}
+    hashes = {k: hashlib.sha256(m.indices.tobytes()).hexdigest()[:16] for k, m in in_memory.items()}
+
+    def expected(name: str) -> dict | None:
+        """The identity (as ``finetune`` records it) the run ``name`` would have now."""
+        kind, _, lr = name.partition("-lr")
+        try:
+            lr_ = float(lr)
+        except ValueError:
+            return None
+        if kind not in ("select", "final"):
+            return None
+        extra = [f"lr.lr={lr_}"] + ([f"data.test_split={split}"] if kind == "select" else [])
+        try:
+            fp = load_recipe(recipe, list(overrides) + extra).fingerprint()
+        except DP4TLError:
+            return None
+        return {"mode": mode, "format": fmt, "target_fingerprint": settings["target_fingerprint"],
+                "source_arch": source.arch, "source_identity": dict(source.identity),
+                "source_epoch": source.epoch, "recipe_fingerprint": fp,
+                "train_mask": hashes["train" if kind == "select" else "trainval"],
+                **({"test_mask": hashes["val"]} if kind == "select" else {})}
+
+    _check_settings(out, settings, expected)
+    masks = write_vtab_masks(target_dir, out / "masks", seed=seed, train_size=train_size,
+                             val_size=val_size, split=split)
 
     def run(sub: str, extra: list[str], **kw) -> dict:
         d = out / sub
         if (d / RESULT_NAME).exists():
-            return read_json(d / RESULT_NAME, "finetune result")
+            res = read_json(d / RESULT_NAME, "finetune result")
+            fix = f"delete {d} to rerun that finetuning"
+            if not isinstance(res, dict):
+                raise DataError(f"{d / RESULT_NAME} is not a finetune result (not a JSON "
+                                f"object); {fix}")
+            typed(res, "test_top1", "number", d / RESULT_NAME, fix)
+            return res
         r = load_recipe(recipe, list(overrides) + extra)
         return finetune(r, checkpoint, target_dir, d, mode=mode, fmt=fmt, device=device,
                         progress=progress, **kw)
 
-    split = base.data.train_split
     sweep = []
-    for lr in lrs:
-        res = run(f"select-lr{lr:g}", [f"lr.lr={lr}", f"data.test_split={split}"],
+    for lr, name in zip(lrs, names):
+        res = run(f"select-lr{name}", [f"lr.lr={lr}", f"data.test_split={split}"],
                   train_mask=masks["train"], test_mask=masks["val"])
         sweep.append({"lr": lr, "val_top1": res["test_top1"]})
     best = max(sweep, key=lambda r: (r["val_top1"], -lrs.index(r["lr"])))  # first of equals
     final = run(f"final-lr{best['lr']:g}", [f"lr.lr={best['lr']}"], train_mask=masks["trainval"])
     summary = {"protocol": "vtab1k", "target": str(target_dir), "checkpoint": str(checkpoint),
-               "recipe": base.name, "mode": final["mode"], "seed": seed, "train_size": train_size,
+               "recipe": base.name, "mode": mode, "seed": seed, "train_size": train_size,
                "val_size": val_size, "masks": {k: str(v) for k, v in masks.items()},
                "sweep": sweep, "selected_lr": best["lr"], "test_top1": final["test_top1"],
                "best_test_top1": final.get("best_test_top1"),

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cli_runner import cli, one_line
 
 
@@ -33,3 +35,143 @@ def test_bad_input_is_one_line(eval_target, capsys, monkeypatch, tmp_path):
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
         "train16.json", "train16.npy", "train16val4.json", "train16val4.npy", "val4.json", "val4.npy"]
+
+
+def _copy_run(run, dest, **fields):
+    """A copy of a finished run whose result.json has ``fields`` changed (None: removed)."""
+    import shutil
+
+    shutil.copytree(run, dest)
+    res = json.loads((dest / "result.json").read_text())
+    for k, v in fields.items():
+        if v is None:
+            res.pop(k, None)
+        else:
+            res[k] = v
+    (dest / "result.json").write_text(json.dumps(res))
+    return dest
+
+
+CORRUPT = ("--corrupt", "gaussian_noise:1", "--workers", "0", "--device", "cpu", "--no-progress")
+
+
+@pytest.mark.parametrize("fields, needles", [
+    ({"target_classes": "six"}, ("result.json", "'target_classes'", "'six'")),
+    ({"target_classes": None}, ("result.json", "lacks field 'target_classes'")),
+    ({"mode": None}, ("lacks field 'mode'",)),
+    ({"mode": 5}, ("'mode'", "must be a string")),
+    ({"mode": "xx"}, ("'mode'", "lp, ff")),
+    ({"mode": "ff"}, ("'mode' is 'ff'", "'lp' run")),      # an LP run's weights
+    ({"resolution": "abc"}, ("'resolution'", "'abc'")),
+    ({"resolution": -32}, ("'resolution' must be >= 1",)),
+    ({"checkpoint": 5}, ("'checkpoint'", "must be a string")),
+    ({"target": None}, ("lacks field 'target'",)),
+    ({"format": "tar"}, ("'format'",)),
+    ({"flip_tta": "no"}, ("'flip_tta'",)),
+])
+def test_a_damaged_result_json_is_one_line(lp_run, capsys, monkeypatch, tmp_path, fields, needles):
+    bad = _copy_run(lp_run, tmp_path / "bad", **fields)
+    for cmd in ("corruptions", "flatness"):
+        extra = CORRUPT if cmd == "corruptions" else ("--workers", "0", "--device", "cpu")
+        one_line(*cli(capsys, monkeypatch, "evaluate", cmd, bad, *extra, "-o", tmp_path / "o")[::2],
+                 *needles)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_result_json_that_is_no_object_is_one_line(lp_run, capsys, monkeypatch, tmp_path):
+    bad = _copy_run(lp_run, tmp_path / "bad")
+    (bad / "result.json").write_text("[1, 2]")
+    one_line(*cli(capsys, monkeypatch, "evaluate", "corruptions", bad, *CORRUPT, "-o",
+                  tmp_path / "o")[::2], "result.json", "not a finetune result")
+
+
+def test_advice_fits_the_command(lp_run, capsys, monkeypatch, tmp_path):
+    """No --checkpoint to pass; a finished run's weights are not to be deleted; a replaced
+    source is not blamed for an edited result.json."""
+    bad = _copy_run(lp_run, tmp_path / "gone", checkpoint=str(tmp_path / "nope.pt"))
+    code, _, err = cli(capsys, monkeypatch, "evaluate", "corruptions", bad, *CORRUPT, "-o", tmp_path)
+    one_line(code, err, "nope.pt", "'checkpoint'", "put it back")
+    assert "--checkpoint" not in err
+    bad = _copy_run(lp_run, tmp_path / "state")
+    (bad / "finetune_state.pt").write_bytes(b"not a state")
+    code, _, err = cli(capsys, monkeypatch, "evaluate", "flatness", bad, "-o", tmp_path)
+    one_line(code, err, "finetune_state.pt", "restore it from a backup")
+    assert "delete" not in err
+    bad = _copy_run(lp_run, tmp_path / "classes", target_classes=10)
+    code, _, err = cli(capsys, monkeypatch, "evaluate", "flatness", bad, "-o", tmp_path)
+    one_line(code, err, "does not fit", "10 classes", "'target_classes'")
+    assert "replaced" not in err
+
+
+def test_a_file_as_run_directory_is_named_a_file(capsys, monkeypatch, tmp_path):
+    (tmp_path / "f").write_text("x")
+    one_line(*cli(capsys, monkeypatch, "evaluate", "corruptions", tmp_path / "f", "-o",
+                  tmp_path)[::2], "is a file, not a directory")
+
+
+@pytest.mark.parametrize("cmd, args, needle", [
+    ("corruptions", ("--batch-size", "0"), "--batch-size"),
+    ("corruptions", ("--batch-size", "-5"), "--batch-size"),
+    ("flatness", ("--batch-size", "0"), "--batch-size"),
+    ("corruptions", ("--resolution", "-8"), "--resolution"),
+    ("corruptions", ("--resolution", "0"), "--resolution"),
+    ("flatness", ("--resolution", "0"), "--resolution"),
+    ("corruptions", ("--corrupt-resolution", "0"), "--corrupt-resolution"),
+    ("corruptions", ("--corrupt-resolution", "-4"), "--corrupt-resolution"),
+    ("corruptions", ("--seed", "-1"), "--seed"),
+    ("corruptions", ("--workers", "-1"), "--workers"),
+    ("flatness", ("--workers", "-1"), "--workers"),
+    ("corruptions", ("--corrupt", ""), "--corrupt"),
+    ("corruptions", ("--corrupt", ","), "--corrupt"),
+    ("flatness", ("--eps", "nan"), "--eps"),
+    ("flatness", ("--eps", "inf"), "--eps"),
+    ("flatness", ("--batches", "-1"), "--batches"),
+    ("flatness", ("--tol", "-1"), "--tol"),
+    ("flatness", ("--tol", "nan"), "--tol"),
+])
+def test_bad_options_are_refused_before_any_work(lp_run, capsys, monkeypatch, tmp_path, cmd, args,
+                                                 needle):
+    import ffcv_dp4tl.evaluation.corruption as corruption
+    import ffcv_dp4tl.evaluation.finetuned as finetuned
+
+    def no_load(*a, **k):
+        raise AssertionError("a run was loaded before the options were checked")
+
+    monkeypatch.setattr(finetuned, "load_finetuned", no_load)
+    monkeypatch.setattr(corruption, "load_finetuned", no_load)
+    one_line(*cli(capsys, monkeypatch, "evaluate", cmd, lp_run, *args, "--device", "cpu", "-o",
+                  tmp_path / "o")[::2], needle)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args", [("vtab-splits", "--data", "D", "-o", "O"),
+                                  ("vtab", "lp_tiny_cpu", "--checkpoint", "C", "--data", "D",
+                                   "-o", "O")])
+def test_negative_seeds_are_refused(eval_target, capsys, monkeypatch, tmp_path, args):
+    args = [eval_target if a == "D" else tmp_path / "o" if a == "O" else tmp_path / "c.pt"
+            if a == "C" else a for a in args]
+    one_line(*cli(capsys, monkeypatch, "evaluate", *args, "--seed", "-1")[::2], "--seed")
+    assert not (tmp_path / "o").exists()
+
+
+def test_vtab_refuses_a_repeated_lr(eval_source_ckpt, eval_target, capsys, monkeypatch, tmp_path):
+    one_line(*cli(capsys, monkeypatch, "evaluate", "vtab", "lp_tiny_cpu", "--checkpoint",
+                  eval_source_ckpt, "--data", eval_target, "--lr", "0.01,0.010", "-o",
+                  tmp_path / "o")[::2], "--lr", "0.01 twice")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("cmd", ["corruptions", "flatness"])
+def test_every_run_is_checked_before_any_is_evaluated(lp_run, capsys, monkeypatch, tmp_path, cmd):
+    import ffcv_dp4tl.evaluation.corruption as corruption
+    import ffcv_dp4tl.evaluation.flatness as flatness
+
+    def no_work(*a, **k):
+        raise AssertionError("the good run was evaluated before the bad one was checked")
+
+    monkeypatch.setattr(corruption, "corruption_accuracy", no_work)
+    monkeypatch.setattr(flatness, "model_flatness", no_work)
+    bad = _copy_run(lp_run, tmp_path / "bad", target_classes="six")
+    extra = CORRUPT if cmd == "corruptions" else ("--workers", "0", "--device", "cpu")
+    one_line(*cli(capsys, monkeypatch, "evaluate", cmd, f"good={lp_run}", f"bad={bad}", *extra,
+                  "-o", tmp_path / "o")[::2], "bad/result.json", "'target_classes'")

@@ -38,3 +38,33 @@ def test_a_directory_that_is_no_run_is_refused(tmp_path):
 
     with pytest.raises(DP4TLError, match="not a finished finetune run"):
         load_finetuned(tmp_path)
+
+
+def test_resolution_below_one_is_refused_not_replaced_by_the_recipes(lp_run):
+    from ffcv_dp4tl.errors import DP4TLError
+
+    for bad in (0, -8):
+        with pytest.raises(DP4TLError, match="--resolution must be a positive integer"):
+            load_finetuned(lp_run, resolution=bad)
+
+
+def test_corruption_op_and_parse_refuse_bad_values():
+    from ffcv_dp4tl.data.corruptions import CorruptionOp, parse_corruptions
+    from ffcv_dp4tl.errors import DataError
+
+    with pytest.raises(DataError, match="seed"):
+        CorruptionOp("gaussian_noise", 1, seed=-1)
+    for bad in (0, -4):
+        with pytest.raises(DataError, match="resolution"):
+            CorruptionOp("gaussian_noise", 1, resolution=bad)
+    for specs in ([""], [","], [" , "]):
+        with pytest.raises(DataError, match="names no corruption"):
+            parse_corruptions(specs)
+
+
+def test_evaluate_corruptions_refuses_an_empty_list(lp_run):
+    from ffcv_dp4tl.errors import DataError
+    from ffcv_dp4tl.evaluation.corruption import evaluate_corruptions
+
+    with pytest.raises(DataError, match="no corruption"):
+        evaluate_corruptions({"lp": lp_run}, [])

@@ -75,3 +75,64 @@ def test_vtab_protocol_selects_on_val_and_reports_test(eval_source_ckpt, eval_ta
     assert final["train_samples"] == 20 and final["test_split"] == "test"
     assert res["test_top1"] == final["test_top1"]
     assert json.loads((tmp_path / "vtab.json").read_text())["selected_lr"] == res["selected_lr"]
+
+
+def test_vtab_rerun_resumes_with_the_same_settings_and_refuses_others(eval_source_ckpt, eval_target,
+                                                                       tmp_path, monkeypatch):
+    """A finished folder is reused only under the settings its runs were made with: another seed,
+    size or --set is refused before any mask is rewritten, also in a folder from before
+    vtab_settings.json (its runs' recorded identities are compared)."""
+    import importlib
+    import shutil
+
+    from ffcv_dp4tl.evaluation.vtab import SETTINGS_NAME, vtab_protocol
+
+    from .conftest import FT_OVERRIDES
+
+    kw = dict(lrs=[0.05], train_size=16, val_size=4, overrides=FT_OVERRIDES, fmt="wds",
+              device="cpu", progress=False)
+    first = vtab_protocol("lp_tiny_cpu", eval_source_ckpt, eval_target, tmp_path / "v", **kw)
+    masks = {p.name: p.read_bytes() for p in (tmp_path / "v" / "masks").iterdir()}
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    # (the package re-exports the function under the module's name)
+    monkeypatch.setattr(importlib.import_module("ffcv_dp4tl.training.finetune"), "finetune",
+                        no_training)
+    assert vtab_protocol("lp_tiny_cpu", eval_source_ckpt, eval_target, tmp_path / "v", **kw) == first
+    legacy = tmp_path / "legacy"
+    shutil.copytree(tmp_path / "v", legacy)
+    (legacy / SETTINGS_NAME).unlink()
+    (legacy / "vtab.json").unlink()
+    for out in (tmp_path / "v", legacy):
+        for change, needle in (({"seed": 1}, "--seed"), ({"train_size": 12}, "--train-size"),
+                               ({"overrides": FT_OVERRIDES + ["train.epochs=3"]}, "--set")):
+            with pytest.raises(DataError, match=f"--out {out} holds VTAB runs made with other "
+                               f"settings.*{needle}.*use another --out"):
+                vtab_protocol("lp_tiny_cpu", eval_source_ckpt, eval_target, out, **{**kw, **change})
+        assert {p.name: p.read_bytes() for p in (out / "masks").iterdir()} == masks
+    vtab = json.loads((tmp_path / "v" / "vtab.json").read_text())
+    assert (vtab["seed"], vtab["train_size"]) == (0, 16)  # never claims the refused settings
+    # the same settings on the legacy folder: resumed (no training) and recorded from now on
+    assert vtab_protocol("lp_tiny_cpu", eval_source_ckpt, eval_target, legacy, **kw) == {
+        **first, "masks": {k: v.replace(str(tmp_path / "v"), str(legacy))
+                           for k, v in first["masks"].items()}}
+    assert (legacy / SETTINGS_NAME).exists()
+
+
+@pytest.mark.parametrize("lrs, needle", [([0.01, 0.01], "0.01 twice"),
+                                         ([0.001, 0.0010000001], "0.001 twice"),
+                                         ([float("nan")], "positive number"), ([0.0], "positive")])
+def test_vtab_lrs_are_checked_before_any_work(eval_source_ckpt, eval_target, tmp_path, lrs, needle):
+    from ffcv_dp4tl.evaluation.vtab import vtab_protocol
+
+    with pytest.raises(DataError, match=needle):
+        vtab_protocol("lp_tiny_cpu", eval_source_ckpt, eval_target, tmp_path / "v", lrs=lrs,
+                      train_size=16, val_size=4)
+    assert not (tmp_path / "v").exists()
+
+
+def test_vtab_masks_refuse_a_negative_seed(eval_target):
+    with pytest.raises(DataError, match="--seed"):
+        vtab_masks(eval_target, seed=-1, train_size=16, val_size=4)
