@@ -30,6 +30,7 @@ KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "int": ("an integer", _is_int),
     "number": ("a number", _is_number),
     "str": ("a string", lambda v: isinstance(v, str)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
     "names": ("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v)),
     "strs": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
     "counts": ("a list of non-negative integers", lambda v: isinstance(v, list) and all(_is_count(x) for x in v)),

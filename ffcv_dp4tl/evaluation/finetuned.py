@@ -127,10 +127,7 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
     if fmt not in Format.values():
         raise DataError(f"{res_path}: field 'format' must be one of {', '.join(Format.values())}, "
                         f"got {fmt!r}; {_FIX}")
-    flip_tta = result.get("flip_tta")
-    if flip_tta is not None and not isinstance(flip_tta, bool):  # typed() has no boolean kind
-        raise DataError(f"{res_path}: field 'flip_tta' must be true or false, got {flip_tta!r}; "
-                        f"{_FIX}")
+    flip_tta = _field(result, "flip_tta", "bool", run_dir, False)
     res = resolution if resolution is not None else _resolution(result, run_dir)
     ckpt = _path(result, "checkpoint", "source checkpoint", run_dir, checkpoint)
     tgt = _path(result, "target", "target", run_dir, target)
