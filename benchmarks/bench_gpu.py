@@ -16,6 +16,7 @@ tested before it meets a GPU (tests/test_bench_gpu.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import importlib
 import importlib.metadata
@@ -205,8 +206,12 @@ def loaders(args) -> str:
             rows.append(f"| {fmt} | {decode} | {kept:.0%} | {frac:.3f} | {r['images']:,} | {r['warmup_s']:.1f} | "
                         f"{r['first_batch_s']:.2f} | {r['seconds']:.2f} | {_f(r['img_per_s'])} | {_f(ratio, '.3f')} |")
             print(rows[-1], flush=True)
+    from ffcv_dp4tl.data.loaders import effective_workers
+
+    nw = effective_workers(args.workers)
     lines = [f"### Loaders alone (no model), {args.resolution} px train crops, batch {args.batch_size}, "
-             f"{args.workers} workers, {dev.type}", "",
+             f"{nw} workers{f' (of {args.workers} asked: the loaders keep cores free)' if nw != args.workers else ''}, "
+             f"{dev.type}", "",
              f"Data `{data}`: {split.num_samples:,} train images, {manifest.num_classes} classes. Each row is one "
              "loader built for its mask; `warm-up s` = its first epoch (pipeline compile, workers, page "
              "cache), then the second epoch is timed whole; `epoch setup s` = its iter() to first batch. `ratio` = (s/image masked) / (s/image full): the goal "
@@ -217,6 +222,31 @@ def loaders(args) -> str:
 
 
 # ------------------------------------------------------------------------------- train
+def _cores() -> int:
+    """The cores loader workers may use (the loaders' own rule: affinity, capped by numba)."""
+    import numba
+
+    from ffcv_dp4tl.data.loaders import available_cores
+
+    return min(available_cores(), int(numba.config.NUMBA_NUM_THREADS))
+
+
+@contextlib.contextmanager
+def _reserve(free: int):
+    """Keep ``free`` cores free of loader workers while the block runs (``DP4TL_RESERVED_CORES``)."""
+    from ffcv_dp4tl.data.loaders import RESERVED_ENV
+
+    old = os.environ.get(RESERVED_ENV)
+    os.environ[RESERVED_ENV] = str(free)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(RESERVED_ENV, None)
+        else:
+            os.environ[RESERVED_ENV] = old
+
+
 def train_stage(args) -> str:
     """ResNet-18 from each loader vs the synthetic ceiling (cudnn.benchmark on in both), with
     the trainer's own time split (data wait, step, setup) and the count of batches with
@@ -238,14 +268,17 @@ def train_stage(args) -> str:
             r = load_recipe(args.recipe, base + [f"data.decode={decode}", f"data.num_workers={nw}"])
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
+            free = _cores() - nw
             try:
-                with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+                # exactly nw workers, the rest of the cores free for the training thread (the
+                # loaders' default keeps 2 free on a GPU node, so 16 would silently run as 14)
+                with tempfile.TemporaryDirectory(dir=args.workdir) as tmp, _reserve(max(free, 0)):
                     train(r, data, out_dir=Path(tmp) / "run", fmt=fmt, device=dev, progress=False)
                     run = Path(tmp) / "run"
                     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
                     timings = json.loads((run / "timings.json").read_text()).get("stages", {})
             except Exception as e:  # noqa: BLE001
-                rows.append(f"| {fmt} + {decode} decode | {nw} | – | **failed: {type(e).__name__}: {e}** | | | | | | |")
+                rows.append(f"| {fmt} + {decode} decode | {nw} ({max(free, 0)} free) | – | **failed: {type(e).__name__}: {e}** | | | | | | |")
                 continue
             steady = [m["img_per_s"] for m in metrics if m["epoch"] >= 1] or [metrics[-1]["img_per_s"]]
             ips = float(np.mean(steady))
@@ -256,7 +289,7 @@ def train_stage(args) -> str:
             acc = metrics[-1].get("top1_val")
             top1.setdefault((fmt, decode), acc)
             goal.append((f"{fmt}+{decode} ({nw} workers)", ips, frac))
-            rows.append(f"| {fmt} + {decode} decode | {nw} | {metrics[0]['img_per_s']:,.0f} | {ips:,.0f} | "
+            rows.append(f"| {fmt} + {decode} decode | {nw} ({max(free, 0)} free) | {metrics[0]['img_per_s']:,.0f} | {ips:,.0f} | "
                         f"{_f(None if frac is None else 100 * frac, '.0f')} % | {timings.get('data', 0.0):.1f} | "
                         f"{timings.get('setup', 0.0):.1f} | {bad} | {_f(peak, '.1f')} | "
                         f"{'–' if acc is None else format(acc, '.4f')} |")

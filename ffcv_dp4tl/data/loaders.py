@@ -42,11 +42,22 @@ def available_cores() -> int:
 _NOTED: set[tuple[int, int]] = set()
 
 
+#: Environment variable that sets :func:`reserved_cores` (e.g. 0 to give the loader every core)
+RESERVED_ENV = "DP4TL_RESERVED_CORES"
+
+
 def reserved_cores(cores: int) -> int:
     """Cores kept free of loader workers for the training thread (and the CUDA launch / pin
     threads): none on up to 4 cores (a small CPU machine needs every core for the loader and
     trains on the same threads), 1 on 5-8 cores, 2 above (a GPU node: the first GPU check ran
-    16 decode threads on 16 cores beside the training thread)."""
+    16 decode threads on 16 cores beside the training thread). ``$DP4TL_RESERVED_CORES`` sets
+    the number instead (the GPU check measures 16 workers against 14 with it)."""
+    text = os.environ.get(RESERVED_ENV, "").strip()
+    if text:
+        if not text.isdigit():
+            raise DataError(f"{RESERVED_ENV}={text!r}: give a number of cores >= 0 to keep free of "
+                            "loader workers (or unset it for the default)")
+        return min(int(text), max(cores - 1, 0))
     return 0 if cores <= 4 else 1 if cores <= 8 else 2
 
 

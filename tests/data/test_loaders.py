@@ -306,12 +306,36 @@ def test_loader_workers_leave_cores_for_the_training_thread(monkeypatch, capsys,
 
     monkeypatch.setattr(loaders, "available_cores", lambda: cores)
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", max(cores, 1))
+    monkeypatch.delenv(loaders.RESERVED_ENV, raising=False)
     loaders._NOTED.clear()
     assert loaders.effective_workers(requested) == expected
     err = capsys.readouterr().err
     assert ("data.num_workers" in err) == (requested > expected)
     if requested > expected and cores > 4:
         assert f"{cores - expected} left for the training thread" in err
+
+
+def test_the_environment_sets_the_cores_kept_free(monkeypatch, capsys):
+    """``DP4TL_RESERVED_CORES`` replaces the default reservation (the GPU check runs 16 workers
+    on 16 cores with 0, against 14 with the default); at least one core stays for the loader;
+    a value that is not a count is one line naming the variable."""
+    import numba
+
+    from ffcv_dp4tl.data import loaders
+    from ffcv_dp4tl.errors import DataError
+
+    monkeypatch.setattr(loaders, "available_cores", lambda: 16)
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 16)
+    monkeypatch.setenv(loaders.RESERVED_ENV, "0")
+    assert loaders.effective_workers(16) == 16
+    monkeypatch.setenv(loaders.RESERVED_ENV, "4")
+    assert loaders.effective_workers(16) == 12
+    monkeypatch.setenv(loaders.RESERVED_ENV, "99")
+    assert loaders.effective_workers(16) == 1
+    monkeypatch.setenv(loaders.RESERVED_ENV, "two")
+    with pytest.raises(DataError, match="DP4TL_RESERVED_CORES='two'"):
+        loaders.effective_workers(16)
+    capsys.readouterr()
 
 
 def test_plan_order_is_a_traversal_order_ffcv_constructs(index_dataset, mask, ffcv_train):
