@@ -54,7 +54,10 @@ def set_rng_states(st: dict[str, Any]) -> None:
     np.random.set_state(st["numpy"])
     random.setstate(st["python"])
     if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+        # one state per GPU the saving process saw; a resume may see fewer (another node, a
+        # smaller CUDA_VISIBLE_DEVICES), where set_rng_state_all would fail on a missing device
+        for i, state in enumerate(st["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, i)
 
 
 @dataclasses.dataclass

@@ -118,3 +118,21 @@ def test_finetune_state_is_a_versioned_contract_resumed_by_the_one_rule(tmp_path
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(DP4TLError, match="not a readable finetune state"):
         FinetuneState.load(tmp_path / "junk.pt")
+
+
+def test_resume_on_fewer_gpus_restores_the_states_it_can(monkeypatch):
+    """A checkpoint saved where 2 GPUs were visible resumes where 1 is: device 0 gets its RNG
+    state, the missing device is skipped (``set_rng_state_all`` would fail). No GPU here: the
+    CUDA calls are recorded."""
+    import torch
+
+    from ffcv_dp4tl.training import checkpoint
+
+    st = checkpoint.rng_states()
+    st["cuda"] = [torch.ByteTensor([1]), torch.ByteTensor([2])]
+    set_calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: set_calls.append((int(s[0]), i)))
+    checkpoint.set_rng_states(st)
+    assert set_calls == [(1, 0)]
