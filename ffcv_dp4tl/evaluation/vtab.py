@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..data import IndexMask, load_manifest, make_mask, save_mask
+from ..data import IndexMask, load_manifest, load_mask, make_mask, save_mask
 from ..errors import DataError, DP4TLError
 
 TRAIN_SIZE, VAL_SIZE = 800, 200
@@ -59,12 +59,28 @@ def vtab_masks(dataset_dir: str | Path, *, split: str = "train", seed: int = 0,
 
 
 def write_vtab_masks(dataset_dir: str | Path, out_dir: str | Path, **kw) -> dict[str, Path]:
-    """Write the three masks (atomic, .npy + .json) into ``out_dir``; returns their paths."""
+    """Write the three masks (atomic, .npy + .json) into ``out_dir``; returns their paths. A
+    mask already there with the same samples of the same data is kept as it is (a resumed
+    protocol leaves its files, ``created`` stamp included, untouched)."""
     masks = vtab_masks(dataset_dir, **kw)
     names = mask_names(kw.get("train_size", TRAIN_SIZE), kw.get("val_size", VAL_SIZE))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return {k: save_mask(out / f"{names[k]}.npy", m) for k, m in masks.items()}
+    paths = {}
+    for k, m in masks.items():
+        path = out / f"{names[k]}.npy"
+        paths[k] = path if _same_mask(path, m) else save_mask(path, m)
+    return paths
+
+
+def _same_mask(path: Path, mask: IndexMask) -> bool:
+    """Whether ``path`` already holds ``mask``: the same indices over the same split content."""
+    try:
+        old = load_mask(path)
+    except DP4TLError:  # missing or damaged: write it
+        return False
+    return (old.info.fingerprint == mask.info.fingerprint and old.info.split == mask.info.split
+            and np.array_equal(old.indices, mask.indices))
 
 
 #: the settings a VTAB protocol folder was made with (written before its first run)
