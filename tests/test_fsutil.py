@@ -58,3 +58,17 @@ def test_environment_errors_read_as_one_line():
         "cannot use afile/source (Not a directory): a file is where a folder should be")
     assert os_error_line(OSError(errno.ENOSPC, "No space left on device", "/r/x.npy")).startswith(
         "disk full writing /r/x.npy (No space left on device); free some space")
+
+
+def test_check_out_file_refuses_a_folder_or_a_bad_parent(tmp_path):
+    """An output file (--report) that is a folder, or whose folder cannot be one (a file in the
+    path), is refused before any work, naming the option."""
+    from ffcv_dp4tl.errors import DataError
+    from ffcv_dp4tl.fsutil import check_out_file
+
+    assert check_out_file(tmp_path / "new" / "B.md", "--report") == tmp_path / "new" / "B.md"
+    with pytest.raises(DataError, match="--report .* is a folder, not a file"):
+        check_out_file(tmp_path, "--report")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataError, match="--report .*afile is a file"):
+        check_out_file(tmp_path / "afile" / "B.md", "--report")

@@ -211,16 +211,40 @@ def test_race_probe_control_runs_the_loaders_side_stream_decode(monkeypatch):
     spec = importlib.util.spec_from_file_location("bench_gpu_user", REPO / "benchmarks" / "bench_gpu_user.py")
     user = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(user)
-    stream = types.SimpleNamespace(synchronize=lambda: None, wait_event=lambda e: None)
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: stream)
+    handover = []  # what the training stream is told: wait for the decode, keep the canvas
+    side = types.SimpleNamespace(synchronize=lambda: None)
+    main = types.SimpleNamespace(wait_event=lambda e: handover.append(("wait", e)))
+    event = types.SimpleNamespace(record=lambda s: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: side)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: __import__("contextlib").nullcontext())
-    monkeypatch.setattr(torch.cuda, "Event", lambda: types.SimpleNamespace(record=lambda s: None))
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)
-    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, s: None, raising=False)
+    monkeypatch.setattr(torch.cuda, "Event", lambda: event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: main)
+    monkeypatch.setattr(torch.Tensor, "record_stream",
+                        lambda self, s: handover.append(("keep", tuple(self.shape), s)), raising=False)
     gen = torch.Generator().manual_seed(0)
+    sizes = ((24, 40), (37, 16), (8, 8), (30, 24))  # tallest 37, widest 40: a padded canvas
     jpegs = [encode_jpeg(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen))
-             for h, w in ((24, 40), (37, 16), (8, 8), (40, 24))]  # tall, wide: a padded canvas
+             for h, w in sizes]
     got = user.side_decoder(torch.device("cpu"))(jpegs)
     want = decode_jpeg(jpegs, mode=ImageReadMode.RGB)
-    assert [tuple(g.shape) for g in got] == [(3, 24, 40), (3, 37, 16), (3, 8, 8), (3, 40, 24)]
+    assert [tuple(g.shape) for g in got] == [(3, h, w) for h, w in sizes]
+    assert handover == [("wait", event), ("keep", (4, 3, 37, 40), main)]
     assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_reserve_sets_the_free_cores_for_its_block_only(monkeypatch):
+    """The train stage's worker comparison runs each loader with exactly N workers by setting
+    DP4TL_RESERVED_CORES for that run; the caller's own setting (or its absence) comes back."""
+    from ffcv_dp4tl.data.loaders import RESERVED_ENV
+
+    bench = _bench_gpu()
+    monkeypatch.setenv(RESERVED_ENV, "3")
+    with bench._reserve(0):
+        assert os.environ[RESERVED_ENV] == "0"
+    assert os.environ[RESERVED_ENV] == "3"
+    monkeypatch.delenv(RESERVED_ENV)
+    with pytest.raises(RuntimeError):
+        with bench._reserve(2):
+            assert os.environ[RESERVED_ENV] == "2"
+            raise RuntimeError("a failed run")
+    assert RESERVED_ENV not in os.environ

@@ -87,3 +87,32 @@ def test_a_bad_adv_recipe_is_refused_before_dense_trains(tmp_path, monkeypatch, 
     with pytest.raises(DP4TLError, match="--seeds is empty"):
         run_adversarial(base, seeds=(), log=lambda m: None)
     assert not (tmp_path / "r").exists()
+
+
+def test_the_four_models_carry_the_bench_settings(tmp_path, monkeypatch):
+    """DENSE, DENSE-ADV, LM, LM-ADV: each with the bench's seeds and finetuning modes, the ADV
+    overrides only on the ADV models, and the method's --opt options only on the pruned ones
+    (DENSE is RANDOM at 0 %, which has no such options)."""
+    import ffcv_dp4tl.bench.adversarial as adv
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def record(cfgs, log):
+        seen.extend(cfgs)
+        raise Stop
+
+    monkeypatch.setattr(adv, "preflight", record)
+    base = PipelineConfig(source=SYNTH, finetune=("lp", "ff"), scorer_options=("a=1",),
+                          overrides=("train.epochs=1",))
+    with pytest.raises(Stop):
+        run_adversarial(base, ratio=0.6, seeds=(0, 2), finetune=("lp",), method="lm",
+                        adv=adv_overrides(steps=2, eps="2/255"), log=lambda m: None)
+    assert [(c.method, c.ratio) for c in seen] == [("random", 0.0), ("random", 0.0), ("lm", 0.6), ("lm", 0.6)]
+    assert all(c.finetune == ("lp",) and c.seeds == (0, 2) for c in seen)
+    assert [c.scorer_options for c in seen] == [(), (), ("a=1",), ("a=1",)]
+    adv_set = [any(o.startswith("adv.steps=2") for o in c.overrides) for c in seen]
+    assert adv_set == [False, True, False, True]
+    assert all(c.overrides[0] == "train.epochs=1" for c in seen)

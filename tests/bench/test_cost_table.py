@@ -315,6 +315,8 @@ def test_render_refuses_a_damaged_results_file_in_one_line(tmp_path, change, whe
 @pytest.mark.parametrize("kw,msg", [
     ({"methods": []}, "--methods is empty"), ({"seeds": []}, "--seeds is empty"),
     ({"seeds": [0, 1, 0]}, "--seeds lists 0 twice"), ({"finetune": ()}, "--finetune is empty"),
+    ({"finetune": ("lp", "lp")}, "--finetune lists 'lp' twice"),
+    ({"methods": ["lm", "random", "lm"]}, "--methods lists 'lm' twice"),
     ({"ff_methods": ["el2n"]}, "--ff-methods: el2n not among --methods"),
     ({"tol": float("nan")}, "--tol must be"),
 ])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -232,14 +233,23 @@ def test_rows_file_survives_a_torn_append_and_names_a_damaged_line(tmp_path):
     path.write_text(path.read_text() + json.dumps(good[0])[:-12])  # torn: no closing, no newline
     with pytest.warns(UserWarning, match="line 3 was cut short"):
         assert sep.read_rows(path) == good
-    assert sep.read_rows(path) == good and path.read_text().count("\n") == 2  # repaired
+    whole = "".join(json.dumps(r) + "\n" for r in good)
+    assert path.read_text() == whole  # repaired: the fragment is gone, so the next append
+    third = {**good[0], "seed": 2}  # starts a line of its own and the resume after it reads
+    sep.append_row(path, third)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sep.read_rows(path) == good + [third]
     lines = path.read_text().splitlines()
-    path.write_text("\n".join([lines[0], "garbage", lines[1]]) + "\n")
-    with pytest.raises(sep.DP4TLError, match=r"rows.jsonl line 2 is not JSON"):
-        sep.read_rows(path)
-    path.write_text("\n".join([lines[0], lines[1].replace('"seed": 1', '"seed": "one"')]) + "\n")
-    with pytest.raises(sep.DP4TLError, match=r"rows.jsonl line 2: field 'seed' is missing or of"):
-        sep.read_rows(path)
+    for damaged, n in (([lines[0], "garbage", lines[1]], 2), ([lines[0], "garbage"], 2)):
+        path.write_text("\n".join(damaged) + "\n")  # a whole damaged line, even the last one
+        with pytest.raises(sep.DP4TLError, match=rf"rows.jsonl line {n} is not JSON"):
+            sep.read_rows(path)
+        assert path.read_text() == "\n".join(damaged) + "\n"  # left as it was
+    for bad in ('"seed": "one"', '"seed": true'):
+        path.write_text("\n".join([lines[0], lines[1].replace('"seed": 1', bad)]) + "\n")
+        with pytest.raises(sep.DP4TLError, match=r"rows.jsonl line 2: field 'seed' is missing or of"):
+            sep.read_rows(path)
 
 
 def test_a_bad_method_or_empty_list_is_refused_before_any_run(tmp_path, monkeypatch, data_root):

@@ -294,3 +294,21 @@ def test_a_bench_out_that_is_a_file_is_refused_first(bench, capsys, monkeypatch,
                        "--data-root", str(tmp_path / "data"), "--runs-root", str(tmp_path / "runs"))
     one_line_error(code, err, "--out", "is a file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_list_callbacks_and_report_blank(tmp_path):
+    """The shared callbacks on their own: a required list refuses '' (bench --finetune), an
+    optional one takes it; --report '' means no report (None) in every bench; seeds '' is
+    allowed only where it has a meaning (--reference-seeds: every seed)."""
+    import typer
+
+    from ffcv_dp4tl.cli.options import list_callback, report_callback, seeds_callback
+
+    with pytest.raises(typer.BadParameter, match="give at least one"):
+        list_callback(("lp", "ff"), "a finetuning mode", required=True)("")
+    assert list_callback(("lp", "ff"), "a finetuning mode")("") == ""
+    assert report_callback("") is None and report_callback("  ") is None and report_callback(None) is None
+    assert report_callback(str(tmp_path / "B.md")) == str(tmp_path / "B.md")
+    assert seeds_callback("--reference-seeds", required=False)("") == ""
+    with pytest.raises(typer.BadParameter, match="give at least one"):
+        seeds_callback()("")

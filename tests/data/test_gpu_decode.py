@@ -463,3 +463,16 @@ def test_a_loader_made_for_cuda_names_its_device_index(monkeypatch):
     with pytest.raises(ValueError, match="index"):  # what the threads hit without with_index
         gd.thread_device_setup(torch.device("cuda"))
     gd.thread_device_setup(gd.with_index(torch.device("cuda")))
+
+
+def test_the_loader_takes_its_device_through_with_index(tex, monkeypatch):
+    """The loader's constructor (the thread that makes it) resolves ``cuda`` to ``cuda:N``,
+    so the read-ahead threads get an index. No GPU: with_index is recorded and answers CPU."""
+    seen = []
+    monkeypatch.setattr(gd, "with_index", lambda d: (seen.append(d), torch.device("cpu"))[1])
+    split = load_manifest(tex).split("train")
+    ld = DeviceDecodeLoader(split, EpochPlan(np.arange(4), False, 0), source="wds",
+                            aug=AugSpec.for_eval(), batch_size=4, resolution=32, device="cuda",
+                            num_workers=0)
+    assert seen == [torch.device("cuda")] and ld.device == torch.device("cpu")
+    ld.close()

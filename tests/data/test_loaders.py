@@ -331,7 +331,7 @@ def test_the_environment_sets_the_cores_kept_free(monkeypatch, capsys):
     monkeypatch.setenv(loaders.RESERVED_ENV, "4")
     assert loaders.effective_workers(16) == 12
     monkeypatch.setenv(loaders.RESERVED_ENV, "99")
-    assert loaders.effective_workers(16) == 1
+    assert loaders.effective_workers(16) == 1 and loaders.reserved_cores(16) == 15  # one stays
     monkeypatch.setenv(loaders.RESERVED_ENV, "two")
     with pytest.raises(DataError, match="DP4TL_RESERVED_CORES='two'"):
         loaders.effective_workers(16)

@@ -68,6 +68,9 @@ CORRUPT = ("--corrupt", "gaussian_noise:1", "--workers", "0", "--device", "cpu",
     ({"target": None}, ("lacks field 'target'",)),
     ({"format": "tar"}, ("'format'",)),
     ({"flip_tta": "no"}, ("'flip_tta'",)),
+    ({"flip_tta": 1}, ("'flip_tta' must be true or false",)),
+    ({"target_classes": 0}, ("'target_classes' must be >= 1",)),
+    ({"resolution": 0}, ("'resolution' must be >= 1",)),
 ])
 def test_a_damaged_result_json_is_one_line(lp_run, capsys, monkeypatch, tmp_path, fields, needles):
     bad = _copy_run(lp_run, tmp_path / "bad", **fields)
@@ -128,6 +131,9 @@ def test_a_file_as_run_directory_is_named_a_file(capsys, monkeypatch, tmp_path):
     ("flatness", ("--batches", "-1"), "--batches"),
     ("flatness", ("--tol", "-1"), "--tol"),
     ("flatness", ("--tol", "nan"), "--tol"),
+    ("flatness", ("--tol", "inf"), "--tol"),
+    ("corruptions", ("-o", "FILE"), "is a file"),
+    ("flatness", ("-o", "FILE"), "is a file"),
 ])
 def test_bad_options_are_refused_before_any_work(lp_run, capsys, monkeypatch, tmp_path, cmd, args,
                                                  needle):
@@ -139,8 +145,10 @@ def test_bad_options_are_refused_before_any_work(lp_run, capsys, monkeypatch, tm
 
     monkeypatch.setattr(finetuned, "load_finetuned", no_load)
     monkeypatch.setattr(corruption, "load_finetuned", no_load)
-    one_line(*cli(capsys, monkeypatch, "evaluate", cmd, lp_run, *args, "--device", "cpu", "-o",
-                  tmp_path / "o")[::2], needle)
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    args = tuple(str(tmp_path / "FILE") if a == "FILE" else a for a in args)
+    one_line(*cli(capsys, monkeypatch, "evaluate", cmd, lp_run, "--device", "cpu", "-o",
+                  tmp_path / "o", *args)[::2], needle)
     assert not (tmp_path / "o").exists()
 
 

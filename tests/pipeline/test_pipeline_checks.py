@@ -80,3 +80,17 @@ def test_built_data_folders_of_distinct_sources_never_clash():
     a, b = _slug(base + ",val_per_class=2"), _slug(base + ",val_per_class=3")
     assert a != b and len(a) <= 60 and len(b) <= 60 and a.startswith("synth-tiny-num_superclasses")
     assert _slug(base + ",val_per_class=2") == a  # stable: the same spec finds its folder again
+
+
+def test_preflight_checks_every_distinct_config_once(monkeypatch):
+    """A bench's plan goes through the checks run_pipeline makes before its first stage
+    (validate, then resolve), each distinct config once, a repeated one skipped, not the end."""
+    from ffcv_dp4tl.pipeline import run
+    from ffcv_dp4tl.pipeline.config import PipelineConfig
+
+    checked = []
+    monkeypatch.setattr(run, "validate", lambda cfg: ("ok", cfg.method))
+    monkeypatch.setattr(run, "resolve", lambda cfg, ok, log: checked.append((ok[1], cfg.ratio)))
+    a, b = PipelineConfig(method="random", ratio=0.0), PipelineConfig(method="lm", ratio=0.6)
+    run.preflight([a, a, b, a], log=lambda m: None)
+    assert checked == [("random", 0.0), ("lm", 0.6)]

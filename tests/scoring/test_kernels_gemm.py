@@ -248,6 +248,9 @@ def test_the_environment_fixes_autos_choice(monkeypatch):
     monkeypatch.setattr(cuda, "_cupy", lambda: pytest.fail("auto measured despite DP4TL_FM_METHOD"))
     monkeypatch.setenv(cuda.METHOD_ENV, "simt")
     assert cuda.choose_method(np.zeros((10, 4)), np.zeros((3, 4))) == "simt"
+    monkeypatch.setenv(cuda.METHOD_ENV, "auto")  # a method, not the measurement again
+    with pytest.raises(DP4TLError, match="DP4TL_FM_METHOD='auto' is not an FM assignment method"):
+        cuda.choose_method(np.zeros((10, 4)), np.zeros((3, 4)))
     monkeypatch.setenv(cuda.METHOD_ENV, "fastest")
     with pytest.raises(DP4TLError, match="DP4TL_FM_METHOD='fastest' is not an FM assignment method; "
                                          "choose one of simt, gemm-tf32"):

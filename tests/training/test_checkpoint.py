@@ -136,3 +136,7 @@ def test_resume_on_fewer_gpus_restores_the_states_it_can(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: set_calls.append((int(s[0]), i)))
     checkpoint.set_rng_states(st)
     assert set_calls == [(1, 0)]
+    set_calls.clear()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # as many as saved: each its own
+    checkpoint.set_rng_states(st)
+    assert set_calls == [(1, 0), (2, 1)]

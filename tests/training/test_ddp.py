@@ -65,4 +65,6 @@ def test_a_single_process_on_cuda_n_makes_n_current(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert distributed.setup("cuda:1").device == torch.device("cuda", 1) and calls == [1]
     calls.clear()
+    assert distributed.setup("cuda:0").device == torch.device("cuda", 0) and calls == [0]
+    calls.clear()
     assert distributed.setup("cpu").device == torch.device("cpu") and calls == []
