@@ -119,6 +119,12 @@ def test_vtab_rerun_resumes_with_the_same_settings_and_refuses_others(eval_sourc
         **first, "masks": {k: v.replace(str(tmp_path / "v"), str(legacy))
                            for k, v in first["masks"].items()}}
     assert (legacy / SETTINGS_NAME).exists()
+    # a finished run's result.json damaged since: named, with the way to redo that run
+    res = next((tmp_path / "v").glob("select-lr*")) / "result.json"
+    res.write_text(json.dumps({**json.loads(res.read_text()), "test_top1": "x"}))
+    with pytest.raises(DataError, match=r"select-lr.*result.json: field 'test_top1' must be a number"
+                                        r".*delete .*select-lr.* to rerun"):
+        vtab_protocol("lp_tiny_cpu", eval_source_ckpt, eval_target, tmp_path / "v", **kw)
 
 
 @pytest.mark.parametrize("lrs, needle", [([0.01, 0.01], "0.01 twice"),
