@@ -38,6 +38,7 @@ from torch import nn  # noqa: E402
 
 from benchmarks.bench_train import ceiling  # noqa: E402
 from ffcv_dp4tl.data import AugSpec, load_manifest, make_loader, mask_from_classes  # noqa: E402
+from ffcv_dp4tl.data.loaders import loader_cores  # noqa: E402
 from ffcv_dp4tl.training.distributed import resolve_device  # noqa: E402
 from ffcv_dp4tl.training.models import create_model  # noqa: E402
 from ffcv_dp4tl.training.recipe import load_recipe  # noqa: E402
@@ -222,15 +223,6 @@ def loaders(args) -> str:
 
 
 # ------------------------------------------------------------------------------- train
-def _cores() -> int:
-    """The cores loader workers may use (the loaders' own rule: affinity, capped by numba)."""
-    import numba
-
-    from ffcv_dp4tl.data.loaders import available_cores
-
-    return min(available_cores(), int(numba.config.NUMBA_NUM_THREADS))
-
-
 @contextlib.contextmanager
 def _reserve(free: int):
     """Keep ``free`` cores free of loader workers while the block runs (``DP4TL_RESERVED_CORES``)."""
@@ -268,7 +260,7 @@ def train_stage(args) -> str:
             r = load_recipe(args.recipe, base + [f"data.decode={decode}", f"data.num_workers={nw}"])
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
-            free = _cores() - nw
+            free = loader_cores() - nw
             try:
                 # exactly nw workers, the rest of the cores free for the training thread (the
                 # loaders' default keeps 2 free on a GPU node, so 16 would silently run as 14)

@@ -477,3 +477,16 @@ def test_check_tol_takes_finite_points_at_or_above_zero():
     for bad in (float("nan"), float("inf"), -0.1, "x"):
         with pytest.raises(DP4TLError, match="--tol must be a number of accuracy points >= 0"):
             check_tol(bad)
+
+
+def test_check_items_wants_at_least_one_each_once():
+    """The one rule of list options (bench --seeds/--methods/--targets/--finetune/--ratios):
+    an empty list would write an empty table, a repeated item count one run twice."""
+    from ffcv_dp4tl.contracts import check_items
+    from ffcv_dp4tl.errors import DP4TLError
+
+    assert check_items("--seeds", iter([0, 2])) == [0, 2]
+    with pytest.raises(DP4TLError, match="--seeds is empty: give at least one"):
+        check_items("--seeds", [])
+    with pytest.raises(DP4TLError, match="--methods lists 'lm' twice; list each once"):
+        check_items("--methods", ["lm", "random", "lm"])

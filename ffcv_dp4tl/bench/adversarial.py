@@ -26,6 +26,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..contracts import check_items
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text
 from ..pipeline.config import PipelineConfig
@@ -113,10 +114,8 @@ def run_adversarial(base: PipelineConfig, out_dir: str | Path | None = None, *, 
         raise DP4TLError(f"--ratio must lie in (0, 1) (the pruned models' ratio), got {ratio}")
     if not any(str(a).strip().startswith("adv.steps=") for a in adv):
         raise DP4TLError("the ADV overrides must set adv.steps (e.g. adv.steps=3)")
-    seeds = tuple(dict.fromkeys(int(s) for s in seeds))
-    finetune = tuple(finetune)
-    if not seeds or not finetune:
-        raise DP4TLError(f"{'--seeds' if not seeds else '--finetune'} is empty: give at least one")
+    seeds = tuple(check_items("--seeds", (int(s) for s in seeds)))
+    finetune = tuple(check_items("--finetune", finetune))
     rows = []
     plan = [("DENSE", 0.0, "random", ()), ("DENSE-ADV", 0.0, "random", tuple(adv)),
             ("LM", ratio, method, ()), ("LM-ADV", ratio, method, tuple(adv))]
@@ -126,13 +125,13 @@ def run_adversarial(base: PipelineConfig, out_dir: str | Path | None = None, *, 
                        overrides=tuple(base.overrides) + extra,
                        scorer_options=base.scorer_options if m == method else ())
 
-    # every run's checks before DENSE trains: the method, and the ADV recipe (--eps, --step-size)
+    # every run's checks before DENSE trains: the plain models (the method, --set), then the
+    # ADV models, whose only difference is the ADV recipe (--steps, --eps, --step-size, --norm)
+    preflight([config(r, m, extra) for _, r, m, extra in plan if not extra], log)
     try:
-        preflight([config(r, m, extra) for _, r, m, extra in plan], log)
+        preflight([config(r, m, extra) for _, r, m, extra in plan if extra], log)
     except DP4TLError as e:
-        if "adv." in str(e):
-            raise DP4TLError(f"the ADV models' recipe (--steps, --eps, --step-size, --norm): {e}") from None
-        raise
+        raise DP4TLError(f"the ADV models' recipe (--steps, --eps, --step-size, --norm): {e}") from None
     for i, (variant, r, m, extra) in enumerate(plan, 1):
         log(f"[adversarial] {i}/{len(plan)}: {variant} (ratio {r:g}, seeds {list(seeds)})")
         res = run_pipeline(config(r, m, extra), log=log)

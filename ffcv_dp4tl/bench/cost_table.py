@@ -39,7 +39,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..contracts import check_tol
+from ..contracts import check_items, check_tol
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, read_json
 from ..pipeline.config import PipelineConfig
@@ -114,11 +114,7 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     ratios = sorted({round(float(r), 6) for r in ratios})
     methods, seeds, finetune = list(methods), [int(s) for s in seeds], tuple(finetune)
     for what, items in (("--methods", methods), ("--seeds", seeds), ("--finetune", finetune)):
-        if not items:  # an empty table would replace the results of an earlier run
-            raise DP4TLError(f"{what} is empty: give at least one")
-        if len(set(items)) < len(items):
-            raise DP4TLError(f"{what} lists {next(x for x in items if items.count(x) > 1)!r} twice; "
-                             "list each once")
+        check_items(what, items)  # an empty table would replace the results of an earlier run
     tol = check_tol(tol)
     ff_set = set(methods if ff_methods is None else ff_methods)
     known = set(methods) | {base_method(m) for m in methods}

@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from ..contracts import check_items
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text
 from ..pipeline.config import PipelineConfig
@@ -125,20 +126,15 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
     every seed): it answers "is the target off the ceiling?" and costs a full pretraining."""
     out = Path(out)
     seeds = [int(s) for s in seeds]
-    for what, items in (("--seeds", seeds), ("--targets", list(targets)), ("--methods", list(methods)),
-                        ("--ratios", list(ratios)), ("--finetune", list(finetune))):
-        if not items:
-            raise DP4TLError(f"{what} is empty: give at least one")
+    for what, items in (("--seeds", seeds), ("--targets", targets), ("--methods", methods),
+                        ("--ratios", ratios), ("--finetune", finetune)):
+        check_items(what, items)
     if any(not 0.0 < float(r) < 1.0 for r in ratios):
         raise DP4TLError(f"--ratios must lie in (0, 1) (RANDOM and each method are paired at each), "
                          f"got {list(ratios)}")
     plan = [(REFERENCE, 0.0)] + [(m, r) for r in ratios for m in ("random", *methods)]
     # every check of every run before the first trains (a bad method is refused now, not at
     # run 3 of 3): one seed is enough, the seeds differ only in train.seed
-    preflight([replace(base, seed=seeds[0], target=target, ratio=ratio, finetune=tuple(finetune),
-                       method="random" if method == REFERENCE else method)
-               for target in targets for method, ratio in plan], log)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "rows.jsonl"
     rows = read_rows(path)
     key = settings_key(base, finetune)
@@ -147,6 +143,10 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
         raise DP4TLError(f"{path}: {stale} of its {len(rows)} rows ran with other settings (data, "
                          "recipes, K, format, overrides or finetuning changed since); move the "
                          "file away to start over, or pass another --out")
+    preflight([replace(base, seed=seeds[0], target=target, ratio=ratio, finetune=tuple(finetune),
+                       method="random" if method == REFERENCE else method)
+               for target in targets for method, ratio in plan], log)
+    out.mkdir(parents=True, exist_ok=True)
     done = {(r["seed"], r["target"], r["method"], r["ratio"]) for r in rows}
     ref_seeds = set(seeds if reference_seeds is None else (int(s) for s in reference_seeds))
     total, i = len(seeds) * len(targets) * len(plan), 0
@@ -214,8 +214,14 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
     """Append one finished run as one line, in one write, flushed to disk before the next run
     starts: an interruption leaves at most a cut-short last line, which :func:`read_rows`
     drops. (One line per run: the file is never rewritten, so finished runs cannot be lost.)"""
-    with path.open("a") as f:
-        f.write(json.dumps(row, default=str) + "\n")
+    line = json.dumps(row, default=str) + "\n"
+    with path.open("a+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell():  # a last line without its newline (an editor, a cut write): end it first
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+        f.write(line.encode())
         f.flush()
         os.fsync(f.fileno())
 

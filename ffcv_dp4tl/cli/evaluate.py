@@ -16,7 +16,7 @@ import typer
 
 from .app import app
 from ..errors import DP4TLError
-from .options import FORMAT_HELP, Format, device_option, resolve_device
+from .options import FORMAT_HELP, Format, device_option, out_callback, resolve_device
 
 evaluate_app = typer.Typer(help="Appendix evaluations of finetuned models: corruptions (Tab. A4), "
                            "flatness (Fig. A4), VTAB-1k splits (Tab. A5).", no_args_is_help=True)
@@ -45,12 +45,6 @@ def _runs(args: list[str]) -> dict[str, Path]:
     return runs
 
 
-def _check_out(out: Path) -> None:
-    """``--out`` must be a folder (or not exist yet): refused before any model is evaluated."""
-    if out.exists() and not out.is_dir():
-        raise DP4TLError(f"--out {out} is a file; choose a directory")
-
-
 def _write(out: Path, stem: str, data: dict, table: str, title: str) -> None:
     from ..fsutil import atomic_write_json, atomic_write_text
 
@@ -67,7 +61,8 @@ def corruptions_cmd(
     corrupt: List[str] = typer.Option(["paper"], "--corrupt", help="NAME[:SEVERITY] (repeatable or "
                                       "comma-separated; no severity = 1-5); `paper` = Tab. A4's "
                                       "five, `all` = all 16 provided"),
-    out: Path = typer.Option(..., "--out", "-o", help="Writes corruptions.json and corruptions.md"),
+    out: Path = typer.Option(..., "--out", "-o", help="Writes corruptions.json and corruptions.md",
+                             callback=out_callback),
     split: str = typer.Option("test", help="Split of the target to corrupt"),
     seed: int = typer.Option(0, min=0, help="Corruption seed (a sample's noise depends on seed and index)"),
     corrupt_resolution: Optional[int] = typer.Option(
@@ -87,7 +82,6 @@ def corruptions_cmd(
     from ..evaluation.corruption import corruption_table, evaluate_corruptions
 
     which = parse_corruptions(corrupt)
-    _check_out(out)
     res = evaluate_corruptions(_runs(runs), which, device=resolve_device(device),
                                resolution=resolution, split=split, fmt=fmt.value if fmt else None,
                                batch_size=batch_size, num_workers=workers, seed=seed,
@@ -98,7 +92,8 @@ def corruptions_cmd(
 @evaluate_app.command("flatness")
 def flatness_cmd(
     runs: List[str] = typer.Argument(..., help=RUNS_HELP),
-    out: Path = typer.Option(..., "--out", "-o", help="Writes flatness.json and flatness.md"),
+    out: Path = typer.Option(..., "--out", "-o", help="Writes flatness.json and flatness.md",
+                             callback=out_callback),
     eps: float = typer.Option(1e-3, help="ε of ε-sharpness (Keskar et al. report 1e-3 and 5e-4)"),
     steps: int = typer.Option(10, help="Projected gradient-ascent steps for the ε-box maximum "
                               "(Keskar et al.: 10 L-BFGS-B iterations)"),
@@ -124,7 +119,6 @@ def flatness_cmd(
         raise DP4TLError(f"--eps must be a finite number > 0 (got {eps}), --steps and --iters >= 1")
     if not math.isfinite(tol):
         raise DP4TLError(f"--tol must be a finite number >= 0, got {tol}")
-    _check_out(out)
     dev = resolve_device(device)
     # every run loaded (and so checked) before any is measured: a bad last run fails at once
     models = {label: load_finetuned(run, dev, resolution=resolution)
@@ -143,7 +137,7 @@ def flatness_cmd(
 def vtab_splits_cmd(
     data: Path = typer.Option(..., "--data", help="Built target dataset directory"),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for train800/val200/"
-                             "train800val200 .npy + .json"),
+                             "train800val200 .npy + .json", callback=out_callback),
     seed: int = typer.Option(0, min=0, help="Which random 1000 (per seed, reproducible)"),
     train_size: int = typer.Option(800, help="Training samples (VTAB-1k: 800)"),
     val_size: int = typer.Option(200, help="Validation samples (VTAB-1k: 200)"),
@@ -164,7 +158,7 @@ def vtab_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Source checkpoint.pt"),
     data: Path = typer.Option(..., "--data", help="Built target dataset directory"),
     out: Path = typer.Option(..., "--out", "-o", help="Protocol directory (masks, one run per lr, "
-                             "vtab.json)"),
+                             "vtab.json)", callback=out_callback),
     lr: str = typer.Option("0.001,0.01,0.1", "--lr", help="Learning rates selected from on val"),
     seed: int = typer.Option(0, min=0, help="VTAB split seed"),
     train_size: int = typer.Option(800, help="Training samples (VTAB-1k: 800)"),

@@ -18,7 +18,8 @@ import typer
 
 # the CLI's choice sets are the project's (defined once in contracts; typer lists them in --help)
 from ..contracts import (AdvNorm, Backend, BetonMode, Budget, FinetuneMode, Format, Order,  # noqa: F401
-                         Protocol, RecipeSet, TargetCrop, TargetSplit, check_k, check_ratio)
+                         Protocol, RecipeSet, TargetCrop, TargetSplit, check_items, check_k,
+                         check_ratio)
 from ..errors import DP4TLError
 
 
@@ -76,17 +77,14 @@ def split_list(text: str) -> list[str]:
     return [x.strip() for x in (text or "").split(",") if x.strip()]
 
 
-def _nonempty(items: list[str], value: str, required: bool, example: str) -> None:
-    if required and not items:
-        raise typer.BadParameter(f"got {value!r}: give at least one, e.g. {example}")
-
-
-def _distinct(items: list, value: str) -> None:
-    seen = set()
-    for x in items:
-        if x in seen:
-            raise typer.BadParameter(f"{x!r} appears twice in {value!r}; list each once")
-        seen.add(x)
+def _items(items: list, required: bool, example: str, what: str = "the list") -> None:
+    """``contracts.check_items`` (at least one, each once) as a usage error; an empty list
+    passes where ``required`` is False (it has a meaning there)."""
+    if items or required:
+        try:
+            check_items(what, items)
+        except DP4TLError as e:
+            raise typer.BadParameter(f"{e}{f', e.g. {example}' if not items else ''}") from None
 
 
 def list_callback(choices: Sequence[str], what: str, required: bool = False):
@@ -98,7 +96,8 @@ def list_callback(choices: Sequence[str], what: str, required: bool = False):
         if bad:
             raise typer.BadParameter(f"{', '.join(map(repr, bad))} not {what}; use a "
                                      f"comma-separated list of {', '.join(choices)}")
-        _nonempty(items, value, required, ",".join(choices))
+        if required:
+            _items(items, True, ",".join(choices))
         return value
     return check
 
@@ -129,7 +128,7 @@ def ratios_callback(what: str, zero: bool = True):
     for benches that pair pruned runs), each once."""
     def check(value: str) -> str:
         items = split_list(floats_callback(what)(value))
-        _nonempty(items, value, True, "0.2,0.6" if zero else "0.8")
+        _items(items, True, "0.2,0.6" if zero else "0.8", what)
         ratios = []
         for x in items:
             try:
@@ -140,7 +139,7 @@ def ratios_callback(what: str, zero: bool = True):
                 raise typer.BadParameter(f"{what}: 0 prunes nothing (the unpruned reference runs "
                                          "anyway); give ratios in (0, 1)")
             ratios.append(r)
-        _distinct(ratios, value)
+        _items(ratios, True, "", what)
         return value
     return check
 
@@ -162,11 +161,10 @@ def seeds_callback(what: str = "--seeds", required: bool = True):
     std); at least one unless ``required`` is False (then '' has a documented meaning)."""
     def check(value: str) -> str:
         seeds = [int(x) for x in split_list(ints_callback(what)(value))]
-        _nonempty(seeds, value, required, "0,1,2")
         negative = [s for s in seeds if s < 0]
         if negative:
             raise typer.BadParameter(f"{negative[0]} is negative; seeds are integers >= 0")
-        _distinct(seeds, value)
+        _items(seeds, required, "0,1,2", what)
         return value
     return check
 

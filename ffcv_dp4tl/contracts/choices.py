@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import Any
+from typing import Any, Iterable
 
 from ..errors import DP4TLError
 
@@ -146,6 +146,19 @@ def check_ratio(ratio: Any, what: str = "ratio", error: type[DP4TLError] = DP4TL
     if not (math.isfinite(r) and 0.0 <= r < 1.0):
         raise error(f"{what} must be in [0, 1), got {ratio}")
     return r
+
+
+def check_items(what: str, items: Iterable[Any]) -> list[Any]:
+    """A list option's items: at least one, each once. An empty list would run nothing and
+    write an empty table over an earlier one; a repeated seed or method would count one run
+    twice in a mean or a pairing."""
+    items = list(items)
+    if not items:
+        raise DP4TLError(f"{what} is empty: give at least one")
+    for i, x in enumerate(items):
+        if x in items[:i]:
+            raise DP4TLError(f"{what} lists {x!r} twice; list each once")
+    return items
 
 
 def check_tol(tol: Any, what: str = "--tol") -> float:

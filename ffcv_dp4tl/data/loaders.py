@@ -61,12 +61,9 @@ def reserved_cores(cores: int) -> int:
     return 0 if cores <= 4 else 1 if cores <= 8 else 2
 
 
-def effective_workers(requested: int) -> int:
-    """``min(requested, cores - reserved_cores(cores))``: more loader workers than cores only
-    slows the loader and the training thread down, and ffcv's numba pool refuses more than the
-    cores ("number of threads must be between 1 and N"). The full recipes ask for 8-12 workers
-    (a GPU node); on a smaller machine they run with what it leaves, with a one-time note on
-    stderr. (``0`` = in-process loading, kept.)"""
+def loader_cores() -> int:
+    """The cores loader workers may use: this process's (:func:`available_cores`), no more than
+    numba's thread pool allows (ffcv's workers are numba threads)."""
     cores = available_cores()
     try:
         import numba
@@ -74,6 +71,16 @@ def effective_workers(requested: int) -> int:
         cores = min(cores, int(numba.config.NUMBA_NUM_THREADS))
     except ImportError:  # pragma: no cover - numba comes with ffcv
         pass
+    return cores
+
+
+def effective_workers(requested: int) -> int:
+    """``min(requested, cores - reserved_cores(cores))``: more loader workers than cores only
+    slows the loader and the training thread down, and ffcv's numba pool refuses more than the
+    cores ("number of threads must be between 1 and N"). The full recipes ask for 8-12 workers
+    (a GPU node); on a smaller machine they run with what it leaves, with a one-time note on
+    stderr. (``0`` = in-process loading, kept.)"""
+    cores = loader_cores()
     usable = max(1, cores - reserved_cores(cores))
     if requested <= usable:
         return requested

@@ -140,10 +140,9 @@ def _check_settings(out: Path, settings: dict,
     under the new ones); write ``SETTINGS_NAME`` when there is none yet. A folder from before
     that file: the settings its ``vtab.json`` names and its runs' identities
     (``expected(run name)``: the identity that run would have now) are compared instead."""
-    from ..fsutil import atomic_write_json, read_json
+    from ..fsutil import atomic_write_json, check_out_dir, read_json
 
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file; choose a directory")
+    check_out_dir(out, "--out")
     path = out / SETTINGS_NAME
     fix = (f"use another --out, or delete {out} if its runs are not needed (or rerun with the "
            "settings it was made with)")
@@ -219,11 +218,9 @@ def vtab_protocol(recipe: str | Path, checkpoint: str | Path, target_dir: str | 
     def expected(name: str) -> dict | None:
         """The identity (as ``finetune`` records it) the run ``name`` would have now."""
         kind, _, lr = name.partition("-lr")
-        try:
-            lr_ = float(lr)
-        except ValueError:
-            return None
-        if kind not in ("select", "final"):
+        # the run folders name lrs with :g (6 digits): take the lr that named it, not the name
+        lr_ = next((x for x, n in zip(lrs, names) if n == lr), None)
+        if kind not in ("select", "final") or lr_ is None:
             return None
         extra = [f"lr.lr={lr_}"] + ([f"data.test_split={split}"] if kind == "select" else [])
         try:

@@ -100,19 +100,20 @@ def test_the_four_models_carry_the_bench_settings(tmp_path, monkeypatch):
 
     seen = []
 
-    def record(cfgs, log):
-        seen.extend(cfgs)
+    def stop(*a, **k):
         raise Stop
 
-    monkeypatch.setattr(adv, "preflight", record)
+    monkeypatch.setattr(adv, "preflight", lambda cfgs, log: seen.extend(cfgs))
+    monkeypatch.setattr(adv, "run_pipeline", stop)
     base = PipelineConfig(source=SYNTH, finetune=("lp", "ff"), scorer_options=("a=1",),
                           overrides=("train.epochs=1",))
     with pytest.raises(Stop):
         run_adversarial(base, ratio=0.6, seeds=(0, 2), finetune=("lp",), method="lm",
                         adv=adv_overrides(steps=2, eps="2/255"), log=lambda m: None)
-    assert [(c.method, c.ratio) for c in seen] == [("random", 0.0), ("random", 0.0), ("lm", 0.6), ("lm", 0.6)]
+    # checked before the first trains: the plain models, then the ADV ones
+    assert [(c.method, c.ratio) for c in seen] == [("random", 0.0), ("lm", 0.6), ("random", 0.0), ("lm", 0.6)]
     assert all(c.finetune == ("lp",) and c.seeds == (0, 2) for c in seen)
-    assert [c.scorer_options for c in seen] == [(), (), ("a=1",), ("a=1",)]
+    assert [c.scorer_options for c in seen] == [(), ("a=1",), (), ("a=1",)]
     adv_set = [any(o.startswith("adv.steps=2") for o in c.overrides) for c in seen]
-    assert adv_set == [False, True, False, True]
+    assert adv_set == [False, False, True, True]
     assert all(c.overrides[0] == "train.epochs=1" for c in seen)

@@ -240,6 +240,10 @@ def test_rows_file_survives_a_torn_append_and_names_a_damaged_line(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert sep.read_rows(path) == good + [third]
+    path.write_text(path.read_text().rstrip("\n"))  # a whole last line that lost its newline
+    fourth = {**good[0], "seed": 3}
+    sep.append_row(path, fourth)  # starts its own line: nothing finished is lost
+    assert sep.read_rows(path) == good + [third, fourth]
     lines = path.read_text().splitlines()
     for damaged, n in (([lines[0], "garbage", lines[1]], 2), ([lines[0], "garbage"], 2)):
         path.write_text("\n".join(damaged) + "\n")  # a whole damaged line, even the last one
@@ -263,7 +267,9 @@ def test_a_bad_method_or_empty_list_is_refused_before_any_run(tmp_path, monkeypa
         sep.run_separation(base, tmp_path / "out", targets=["paper"], seeds=[0], methods=["bogus"],
                            ratios=[0.8], finetune=["lp"], log=lambda m: None)
     for kw, what in (({"seeds": []}, "--seeds"), ({"targets": []}, "--targets"),
-                     ({"methods": []}, "--methods"), ({"ratios": [0.0]}, "--ratios")):
+                     ({"methods": []}, "--methods"), ({"ratios": [0.0]}, "--ratios"),
+                     ({"targets": ["paper", "paper"]}, "--targets lists 'paper' twice"),
+                     ({"methods": ["lm", "lm"]}, "--methods lists 'lm' twice")):
         args = {"targets": ["paper"], "seeds": [0], "methods": ["lm"], "ratios": [0.8], **kw}
         with pytest.raises(sep.DP4TLError, match=what):
             sep.run_separation(base, tmp_path / "out", finetune=["lp"], log=lambda m: None, **args)
