@@ -131,13 +131,8 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
     res = resolution if resolution is not None else _resolution(result, run_dir)
     ckpt = _path(result, "checkpoint", "source checkpoint", run_dir, checkpoint)
     tgt = _path(result, "target", "target", run_dir, target)
-    try:
-        state = FinetuneState.load(state_path)  # the typed contract: damaged or newer files refused
-    except DP4TLError as e:  # its advice ("delete it to start over") is for an unfinished run
-        msg = str(e)
-        if msg.endswith("; delete it to start over"):
-            msg = f"{msg[:-len('; delete it to start over')]}; {_STATE_FIX}"
-        raise DataError(msg) from None
+    try:  # the typed contract: damaged or newer files refused, with a finished run's advice
+        state = FinetuneState.load(state_path, fix=_STATE_FIX)
     except (TypeError, ValueError) as e:
         raise DataError(f"{state_path} is not a readable finetune state ({type(e).__name__}); "
                         f"{_STATE_FIX}") from None

@@ -241,12 +241,14 @@ class FinetuneState:
         return {**self.extra, **d}
 
     @classmethod
-    def from_dict(cls, d: Any, source: str = "<dict>") -> "FinetuneState":
+    def from_dict(cls, d: Any, source: str = "<dict>",
+                  fix: str = "delete it to start over") -> "FinetuneState":
+        """``fix``: what to do with a damaged file (the default suits an unfinished run; a
+        finished run's state holds its weights: evaluation passes its own advice)."""
         required = ("identity", "epoch", "net", "optimizer", "scaler", "rng")
         missing = [k for k in required if not isinstance(d, dict) or k not in d]
         if missing:
-            raise DP4TLError(f"{source} is not a finetune state (no {missing[0]!r} entry); "
-                             "delete it to start over")
+            raise DP4TLError(f"{source} is not a finetune state (no {missing[0]!r} entry); {fix}")
         version = int(d.get("format_version", 0))
         if version > FINETUNE_STATE_VERSION:
             raise DP4TLError(f"{source} has finetune state format {version}; this ffcv-dp4tl "
@@ -262,11 +264,11 @@ class FinetuneState:
         save_checkpoint(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | Path) -> "FinetuneState":
+    def load(cls, path: str | Path, fix: str = "delete it to start over") -> "FinetuneState":
         path = Path(path)
         try:
             d = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:  # noqa: BLE001 - a damaged state file is a user-facing error
             raise DP4TLError(f"{path} is not a readable finetune state ({type(e).__name__}: "
-                             f"{e}); delete it to start over") from None
-        return cls.from_dict(d, str(path))
+                             f"{e}); {fix}") from None
+        return cls.from_dict(d, str(path), fix)
