@@ -133,8 +133,6 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
         raise DP4TLError(f"--ratios must lie in (0, 1) (RANDOM and each method are paired at each), "
                          f"got {list(ratios)}")
     plan = [(REFERENCE, 0.0)] + [(m, r) for r in ratios for m in ("random", *methods)]
-    # every check of every run before the first trains (a bad method is refused now, not at
-    # run 3 of 3): one seed is enough, the seeds differ only in train.seed
     path = out / "rows.jsonl"
     rows = read_rows(path)
     key = settings_key(base, finetune)
@@ -143,6 +141,8 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
         raise DP4TLError(f"{path}: {stale} of its {len(rows)} rows ran with other settings (data, "
                          "recipes, K, format, overrides or finetuning changed since); move the "
                          "file away to start over, or pass another --out")
+    # every check of every run before the first trains (a bad method is refused now, not at
+    # run 3 of 3): one seed is enough, the seeds differ only in train.seed
     preflight([replace(base, seed=seeds[0], target=target, ratio=ratio, finetune=tuple(finetune),
                        method="random" if method == REFERENCE else method)
                for target in targets for method, ratio in plan], log)

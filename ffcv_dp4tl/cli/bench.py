@@ -166,7 +166,7 @@ def embedded(
                                 "(paper | warm | blur)"),
     methods: str = typer.Option("lm,fm", help="Methods compared with RANDOM"),
     ratios: str = typer.Option("0.8", help="Pruning ratios in (0, 1) (each method and RANDOM at each)",
-                               callback=ratios_callback("--ratios", zero=False)),
+                               callback=ratios_callback("--ratios")),
     finetune: str = typer.Option("lp,ff", help="Finetuning modes",
                                  callback=list_callback(FINETUNE_MODES, "a finetuning mode", required=True)),
     data: str = typer.Option("synth:hard", "--data", help="A synth SOURCE with ground truth "

@@ -19,7 +19,7 @@ import typer
 # the CLI's choice sets are the project's (defined once in contracts; typer lists them in --help)
 from ..contracts import (AdvNorm, Backend, BetonMode, Budget, FinetuneMode, Format, Order,  # noqa: F401
                          Protocol, RecipeSet, TargetCrop, TargetSplit, check_items, check_k,
-                         check_ratio)
+                         check_ratio, check_seeds)
 from ..errors import DP4TLError
 
 
@@ -123,23 +123,15 @@ def floats_callback(what: str):
     return check
 
 
-def ratios_callback(what: str, zero: bool = True):
-    """Pruning ratios: at least one, each in [0, 1) (``check_ratio``; ``zero=False``: in (0, 1),
-    for benches that pair pruned runs), each once."""
+def ratios_callback(what: str):
+    """Pruning ratios: at least one, each in [0, 1) (``check_ratio``), each once. (A bench that
+    pairs pruned runs refuses 0 itself: ``run_separation``.)"""
     def check(value: str) -> str:
-        items = split_list(floats_callback(what)(value))
-        _items(items, True, "0.2,0.6" if zero else "0.8", what)
-        ratios = []
-        for x in items:
-            try:
-                r = check_ratio(x, what)
-            except DP4TLError as e:
-                raise typer.BadParameter(str(e)) from None
-            if r == 0 and not zero:
-                raise typer.BadParameter(f"{what}: 0 prunes nothing (the unpruned reference runs "
-                                         "anyway); give ratios in (0, 1)")
-            ratios.append(r)
-        _items(ratios, True, "", what)
+        try:
+            ratios = [check_ratio(x, what) for x in split_list(floats_callback(what)(value))]
+        except DP4TLError as e:
+            raise typer.BadParameter(str(e)) from None
+        _items(ratios, True, "0.2,0.6", what)
         return value
     return check
 
@@ -160,10 +152,10 @@ def seeds_callback(what: str = "--seeds", required: bool = True):
     """Seeds: integers >= 0, each once (a repeated seed would count one run twice in a mean ±
     std); at least one unless ``required`` is False (then '' has a documented meaning)."""
     def check(value: str) -> str:
-        seeds = [int(x) for x in split_list(ints_callback(what)(value))]
-        negative = [s for s in seeds if s < 0]
-        if negative:
-            raise typer.BadParameter(f"{negative[0]} is negative; seeds are integers >= 0")
+        try:
+            seeds = check_seeds(split_list(ints_callback(what)(value)), what)
+        except DP4TLError as e:
+            raise typer.BadParameter(str(e)) from None
         _items(seeds, required, "0,1,2", what)
         return value
     return check

@@ -161,6 +161,16 @@ def check_items(what: str, items: Iterable[Any]) -> list[Any]:
     return items
 
 
+def check_seeds(seeds: Iterable[int], what: str = "--seeds") -> list[int]:
+    """Seeds are integers >= 0 (train.seed; a recipe check that would otherwise fail only at
+    pretraining)."""
+    seeds = [int(s) for s in seeds]
+    negative = [s for s in seeds if s < 0]
+    if negative:
+        raise DP4TLError(f"{what}: {negative[0]} is negative; seeds are integers >= 0")
+    return seeds
+
+
 def check_tol(tol: Any, what: str = "--tol") -> float:
     """A winning-subset tolerance: accuracy points a pruned subset may lose and still win,
     a finite number >= 0 (NaN would make every comparison false: no subset would ever win)."""

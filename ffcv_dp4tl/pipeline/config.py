@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..contracts import Budget, Protocol, check_k, check_ratio
+from ..contracts import Budget, Protocol, check_k, check_ratio, check_seeds
 from ..errors import DP4TLError
 from ..fsutil import check_out_dir
 from ..scoring.registry import Scorer, get_scorer, parse_option_pairs
@@ -78,10 +78,7 @@ def validate(cfg: PipelineConfig) -> Checked:
     for what, w in (("surrogate", cfg.surrogate_weights), ("source", cfg.source_weights)):
         if w and not Path(w).expanduser().is_file():
             raise DP4TLError(f"{what} weights not found: {w}")
-    seeds = tuple(dict.fromkeys(int(x) for x in cfg.seeds)) or (0,)
-    negative = [s for s in seeds if s < 0]
-    if negative:  # (train.seed >= 0: a recipe check that would fail only at pretraining)
-        raise DP4TLError(f"--seeds: {negative[0]} is negative; seeds are integers >= 0")
+    seeds = tuple(dict.fromkeys(check_seeds(cfg.seeds))) or (0,)
     if cfg.seed < 0:
         raise DP4TLError(f"--seed must be >= 0 (the scorer's seed, e.g. random's draw), got {cfg.seed}")
     # output roots: a file in the way is refused here, not after the data are built; a
