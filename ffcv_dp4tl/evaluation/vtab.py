@@ -59,11 +59,17 @@ def vtab_masks(dataset_dir: str | Path, *, split: str = "train", seed: int = 0,
 
 
 def write_vtab_masks(dataset_dir: str | Path, out_dir: str | Path, **kw) -> dict[str, Path]:
+    """Draw the three masks (:func:`vtab_masks`) and save them (:func:`save_vtab_masks`)."""
+    return save_vtab_masks(vtab_masks(dataset_dir, **kw), out_dir,
+                           kw.get("train_size", TRAIN_SIZE), kw.get("val_size", VAL_SIZE))
+
+
+def save_vtab_masks(masks: dict[str, IndexMask], out_dir: str | Path, train_size: int,
+                    val_size: int) -> dict[str, Path]:
     """Write the three masks (atomic, .npy + .json) into ``out_dir``; returns their paths. A
     mask already there with the same samples of the same data is kept as it is (a resumed
     protocol leaves its files, ``created`` stamp included, untouched)."""
-    masks = vtab_masks(dataset_dir, **kw)
-    names = mask_names(kw.get("train_size", TRAIN_SIZE), kw.get("val_size", VAL_SIZE))
+    names = mask_names(train_size, val_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -191,7 +197,7 @@ def vtab_protocol(recipe: str | Path, checkpoint: str | Path, target_dir: str | 
     from ..contracts.fields import typed
     from ..fsutil import atomic_write_json, read_json
     from ..training.checkpoint import Checkpoint
-    from ..training.finetune import RESULT_NAME, finetune
+    from ..training.finetune import RESULT_NAME, finetune, mask_digest
     from ..training.recipe import load_recipe
 
     if not lrs:
@@ -213,7 +219,7 @@ def vtab_protocol(recipe: str | Path, checkpoint: str | Path, target_dir: str | 
                 "target": str(target_dir),
                 "target_fingerprint": load_manifest(target_dir).fingerprint, "mode": mode,
                 "format": fmt, "seed": seed, "train_size": train_size, "val_size": val_size}
-    hashes = {k: hashlib.sha256(m.indices.tobytes()).hexdigest()[:16] for k, m in in_memory.items()}
+    hashes = {k: mask_digest(m) for k, m in in_memory.items()}
 
     def expected(name: str) -> dict | None:
         """The identity (as ``finetune`` records it) the run ``name`` would have now."""
@@ -234,8 +240,7 @@ def vtab_protocol(recipe: str | Path, checkpoint: str | Path, target_dir: str | 
                 **({"test_mask": hashes["val"]} if kind == "select" else {})}
 
     _check_settings(out, settings, expected)
-    masks = write_vtab_masks(target_dir, out / "masks", seed=seed, train_size=train_size,
-                             val_size=val_size, split=split)
+    masks = save_vtab_masks(in_memory, out / "masks", train_size, val_size)
 
     def run(sub: str, extra: list[str], **kw) -> dict:
         d = out / sub

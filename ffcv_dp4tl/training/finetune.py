@@ -141,6 +141,12 @@ def extract_features(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tens
     return torch.cat(feats), torch.cat(labels)
 
 
+def mask_digest(mask) -> str:
+    """How a finetune run's identity records a train/test mask: its indices' sha256 (16 hex
+    digits). A resume (and a VTAB protocol's check of its runs) compares these."""
+    return hashlib.sha256(mask.indices.tobytes()).hexdigest()[:16]
+
+
 def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: str | Path,
              out_dir: str | Path, mode: str | None = None, fmt: str = "ffcv",
              device: str | torch.device = "auto", progress: bool = True,
@@ -197,7 +203,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
                 "source_arch": ckpt.arch, "source_identity": dict(ckpt.identity),
                 "source_epoch": ckpt.epoch, "target_fingerprint": manifest.fingerprint,
                 "format": fmt,
-                **{k: hashlib.sha256(m.indices.tobytes()).hexdigest()[:16] for k, m in masks.items()}}
+                **{k: mask_digest(m) for k, m in masks.items()}}
     state_path = out_dir / STATE_NAME
     state = resume_from(FinetuneState, state_path, identity, resume=resume,
                         what="finetune run", hint="")
