@@ -260,17 +260,17 @@ def train_stage(args) -> str:
             r = load_recipe(args.recipe, base + [f"data.decode={decode}", f"data.num_workers={nw}"])
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
-            free = loader_cores() - nw
+            free = max(loader_cores() - nw, 0)
             try:
                 # exactly nw workers, the rest of the cores free for the training thread (the
                 # loaders' default keeps 2 free on a GPU node, so 16 would silently run as 14)
-                with tempfile.TemporaryDirectory(dir=args.workdir) as tmp, _reserve(max(free, 0)):
+                with tempfile.TemporaryDirectory(dir=args.workdir) as tmp, _reserve(free):
                     train(r, data, out_dir=Path(tmp) / "run", fmt=fmt, device=dev, progress=False)
                     run = Path(tmp) / "run"
                     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
                     timings = json.loads((run / "timings.json").read_text()).get("stages", {})
             except Exception as e:  # noqa: BLE001
-                rows.append(f"| {fmt} + {decode} decode | {nw} ({max(free, 0)} free) | – | **failed: {type(e).__name__}: {e}** | | | | | | |")
+                rows.append(f"| {fmt} + {decode} decode | {nw} ({free} free) | – | **failed: {type(e).__name__}: {e}** | | | | | | |")
                 continue
             steady = [m["img_per_s"] for m in metrics if m["epoch"] >= 1] or [metrics[-1]["img_per_s"]]
             ips = float(np.mean(steady))
@@ -281,7 +281,7 @@ def train_stage(args) -> str:
             acc = metrics[-1].get("top1_val")
             top1.setdefault((fmt, decode), acc)
             goal.append((f"{fmt}+{decode} ({nw} workers)", ips, frac))
-            rows.append(f"| {fmt} + {decode} decode | {nw} ({max(free, 0)} free) | {metrics[0]['img_per_s']:,.0f} | {ips:,.0f} | "
+            rows.append(f"| {fmt} + {decode} decode | {nw} ({free} free) | {metrics[0]['img_per_s']:,.0f} | {ips:,.0f} | "
                         f"{_f(None if frac is None else 100 * frac, '.0f')} % | {timings.get('data', 0.0):.1f} | "
                         f"{timings.get('setup', 0.0):.1f} | {bad} | {_f(peak, '.1f')} | "
                         f"{'–' if acc is None else format(acc, '.4f')} |")
