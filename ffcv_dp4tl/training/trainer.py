@@ -200,9 +200,15 @@ def pin_cpu_threads(num_workers: int) -> int:
     return n
 
 
-def seed_epoch(seed: int, epoch: int) -> None:
-    """Reseed every RNG from (seed, epoch): augmentation randomness never depends on history."""
-    s = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+def seed_epoch(seed: int, epoch: int, rank: int = 0) -> None:
+    """Reseed every RNG from (seed, epoch, rank): augmentation randomness never depends on history.
+
+    Each DDP rank gets its own stream: the draws made on the device (MoCo's colour jitter,
+    grayscale and blur, PGD's random starts) would otherwise repeat on every rank, so a global
+    batch of 8 × 32 images would see only 32 distinct draws. Rank 0 keeps the single-process
+    stream (same results as before on one GPU); what must agree across ranks (MoCo's batch
+    shuffle) is broadcast from rank 0."""
+    s = int(np.random.SeedSequence([seed, epoch] + ([rank] if rank else [])).generate_state(1)[0])
     random.seed(s)
     np.random.seed(s)
     torch.manual_seed(s)
@@ -473,7 +479,7 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
     last_row: dict[str, Any] = {}
     end_epoch = tc.epochs if stop_after is None else min(tc.epochs, stop_after)
     for epoch in range(start_epoch, end_epoch):
-        seed_epoch(tc.seed, epoch)
+        seed_epoch(tc.seed, epoch, ctx.rank)
         res = resolution(tc, epoch)
         # announcing the next epoch lets the WebDataset loader's workers start on it while this
         # one drains (none after the last epoch of this call: nothing is built for nothing)

@@ -1,14 +1,17 @@
 """Two gloo ranks on CPU (torchrun-style env vars): together they cover each masked sample
-exactly once per epoch, and ranks with one batch more/less finish thanks to Join."""
+exactly once per epoch, ranks with one batch more/less finish thanks to Join, and each rank
+draws its own augmentation randomness."""
 from __future__ import annotations
 
 import os
 import socket
 
 import numpy as np
+import torch
 import torch.multiprocessing as mp
 
 from ffcv_dp4tl.data import load_manifest, make_mask, save_mask
+from ffcv_dp4tl.training.trainer import seed_epoch
 
 from tiny_data import TEST_OVERRIDES
 
@@ -25,14 +28,22 @@ def _worker(rank: int, world: int, port: int, data: str, mask: str, out: str) ->
     import torch
 
     torch.set_num_threads(1)
-    from ffcv_dp4tl.training.callbacks import RecordSeen
+    from ffcv_dp4tl.training.callbacks import Callback, RecordSeen
     from ffcv_dp4tl.training.recipe import load_recipe
     from ffcv_dp4tl.training.trainer import train
 
     r = load_recipe("resnet18_tiny_cpu", TEST_OVERRIDES + [
         "train.drop_last=false", "train.batch_size=16"])
+
+    class FirstDraws(Callback):  # what torch's RNG gives at each epoch's first batch
+        def on_batch(self, epoch, batch):
+            path = os.path.join(out, f"draws_rank{rank}_epoch{epoch}.npy")
+            if not os.path.exists(path):
+                np.save(path, torch.rand(8, generator=torch.Generator().set_state(
+                    torch.get_rng_state())).numpy())
+
     train(r, data, mask=mask, out_dir=out, fmt="wds", device="cpu", progress=False,
-          callbacks=[RecordSeen(out)])  # each rank writes seen/rank{r}_epoch{e}.npy
+          callbacks=[RecordSeen(out), FirstDraws()])  # seen/rank{r}_epoch{e}.npy per rank
 
 
 def test_ddp_ranks_cover_mask_once(source_dir, tmp_path):
@@ -50,6 +61,21 @@ def test_ddp_ranks_cover_mask_once(source_dir, tmp_path):
         assert len(both) == len(mask) and np.array_equal(np.sort(both), mask.indices)
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # only rank 0 writes
+    # Each rank its own random stream (MoCo's jitter, PGD's starts are drawn on the device from
+    # it), a new one each epoch.
+    draws = {(r, e): np.load(out / f"draws_rank{r}_epoch{e}.npy") for r in (0, 1) for e in (0, 1)}
+    assert not np.array_equal(draws[0, 0], draws[1, 0])
+    assert not np.array_equal(draws[0, 0], draws[0, 1])
+
+
+def test_epoch_seeds_differ_by_rank_and_rank_0_keeps_the_single_process_stream():
+    def first(*args):
+        seed_epoch(*args)
+        return torch.rand(4)
+
+    assert torch.equal(first(3, 5), first(3, 5, 0))  # one GPU: the same numbers as before ranks
+    assert not torch.equal(first(3, 5, 0), first(3, 5, 1))
+    assert not torch.equal(first(3, 5, 1), first(3, 6, 1))
 
 
 def test_a_single_process_on_cuda_n_makes_n_current(monkeypatch):
