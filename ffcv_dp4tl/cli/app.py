@@ -1,6 +1,7 @@
 """The typer application object and the error handling shared by every command."""
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional
 
@@ -28,6 +29,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True,
                                            help="Print the version and exit"),
 ) -> None:
@@ -37,6 +39,24 @@ def _main(
     (auto | cpu | cuda | cuda:N, default auto); lists are comma-separated. `dp4tl recipes` and
     `dp4tl models` list what a recipe name and --arch can be.
     """
+    if "WORLD_SIZE" in os.environ:
+        _refuse_torchrun(ctx.invoked_subcommand)
+
+
+def _refuse_torchrun(command: str | None) -> None:
+    """Under torchrun only the DDP commands run: any other would run once per rank, every copy
+    writing the same folder. Rank 0 says so; the other ranks exit with the same status quietly."""
+    from ..training.distributed import DDP_COMMANDS, launch_env
+
+    rank, world = launch_env()
+    if world <= 1 or command in DDP_COMMANDS:
+        return
+    if rank:
+        raise typer.Exit(2)
+    raise DP4TLError(f"dp4tl {command} runs in one process; launch it without torchrun (here "
+                     f"WORLD_SIZE={world}). Under torchrun only "
+                     f"{', '.join(f'`dp4tl {c}`' for c in DDP_COMMANDS)} uses the ranks (DDP); "
+                     "the other commands use one device (--device cuda:N)")
 
 
 def _usage_error_line(e: Exception) -> str:

@@ -32,12 +32,15 @@ def train(
 
     Under torchrun every rank trains on a disjoint part of the mask (DDP; rank 0 writes files).
     """
+    from ..training.distributed import launch_env
     from ..training.recipe import load_recipe
     from ..training.trainer import train as run_train
 
     r = load_recipe(recipe, set_)  # validate the recipe before anything else
     row = run_train(r, data, mask=mask, out_dir=out, fmt=fmt.value, device=device, resume=resume,
                     progress=progress, stop_after=stop_after)
+    if launch_env()[0]:  # under torchrun rank 0 reports the run
+        return
     if row.get("top1_val") is not None:
         typer.echo(f"{out}: epoch {row['epoch'] + 1}/{r.train.epochs}, val top-1 {row['top1_val']:.4f}")
     else:

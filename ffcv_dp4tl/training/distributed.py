@@ -37,17 +37,26 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+#: the commands that run one process per GPU under torchrun (the others refuse it: see the CLI)
+DDP_COMMANDS = ("train",)
+
+
+def launch_env() -> tuple[int, int]:
+    """(rank, world size) as torchrun set them in the environment; (0, 1) without torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")) if world > 1 else 0), world
+
+
 def setup(device: str | torch.device | None = "auto") -> DistContext:
     """Initialise DDP when launched by torchrun (WORLD_SIZE > 1), else a single-process context."""
     dev = resolve_device(device)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world = launch_env()
     if world <= 1:
         if dev.type == "cuda" and dev.index is not None:
             # `--device cuda:N`: make N current, so what uses the current device (CuPy's FM
             # kernels, ffcv's streams, torch.cuda.synchronize()) works on N, not on GPU 0
             torch.cuda.set_device(dev)
         return DistContext(device=dev)
-    rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank)

@@ -203,3 +203,20 @@ def test_a_refused_training_run_leaves_no_folder(capsys, monkeypatch, tmp_path):
     code, _, err = cli(capsys, monkeypatch, "train", "resnet18_tiny_cpu", "--data",
                        tmp_path / "nosuch", "--out", out, "--stop-after", "0")
     assert code == 2 and "--stop-after" in err
+
+
+@pytest.mark.parametrize("command", [["finetune", "lp", "--out", "x"], ["pipeline", "--out", "x"],
+                                     ["evaluate", "vtab-splits", "--help"], ["score", "--help"]])
+def test_commands_that_run_in_one_process_refuse_torchrun(capsys, monkeypatch, tmp_path, command):
+    """Under torchrun every rank would run the whole command into the same folder: rank 0 says
+    one line naming the command, the others exit with the same status without a word."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    one_line(*cli(capsys, monkeypatch, *command)[::2], f"dp4tl {command[0]} runs in one process",
+             "without torchrun", "`dp4tl train`")
+    monkeypatch.setenv("RANK", "1")
+    assert cli(capsys, monkeypatch, *command)[::2] == (2, "")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc_per_node=1: a plain process
+    assert "one process" not in cli(capsys, monkeypatch, command[0], "--help")[2]

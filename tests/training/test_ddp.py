@@ -3,8 +3,11 @@ exactly once per epoch, ranks with one batch more/less finish thanks to Join, an
 draws its own augmentation randomness."""
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -94,3 +97,28 @@ def test_a_single_process_on_cuda_n_makes_n_current(monkeypatch):
     assert distributed.setup("cuda:0").device == torch.device("cuda", 0) and calls == [0]
     calls.clear()
     assert distributed.setup("cpu").device == torch.device("cpu") and calls == []
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", "-m", "ffcv_dp4tl", *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_torchrun_launches_dp4tl_train_and_a_rerun_resumes(source_dir, tmp_path):
+    """The README's multi-GPU command, as a user types it (CPU ranks, gloo): it trains on both
+    ranks, stops, resumes when rerun, and reports once (rank 0). WebDataset: ffcv's pipeline
+    compile would cost each rank ~20 s here."""
+    out = tmp_path / "rn"
+    args = ["train", "resnet18_tiny_cpu", "--data", str(source_dir), "--out", str(out),
+            "--device", "cpu", "--no-progress", "--format", "wds", *[a for o in TEST_OVERRIDES for a in ("--set", o)]]
+    first = _torchrun(*args, "--stop-after", "1")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.splitlines() == [f"{out}: epoch 1/2, val top-1 " + first.stdout.split()[-1]]
+    second = _torchrun(*args)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert len(second.stdout.splitlines()) == 1 and f"{out}: epoch 2/2, val top-1" in second.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert json.loads((out / "timings.json").read_text())["world_size"] == 2
