@@ -85,6 +85,42 @@ def test_the_script_runs_a_stage_and_writes_its_summary(tmp_path):
     assert (tmp_path / "out" / "logs.txt").is_file()
 
 
+def test_a_stage_after_an_overrun_still_gets_its_own_limit(tmp_path):
+    """The stages before one overran (the clock says most of the budget is gone): the stage
+    still runs under its own limit, not under the little the stages after it would leave it
+    (``limit = left - reserve_after`` is floored at ``LIMIT[stage]``), and the summary's limit
+    column says so. The clock is a stand-in ``date`` that jumps after the script's start, and
+    the stage commands are ``true``, so this takes a second."""
+    lim = _limits()
+    real_date = shutil.which("date")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # budget left when env starts: its own limit plus half of compile's (which runs after it)
+    left = lim["env"] + lim["compile"] // 2
+    jump = lim["budget"] - lim["install"] // 2 - left
+    assert left - lim["compile"] < lim["env"] <= left  # without the floor env would get less
+    (bin_dir / "date").write_text(
+        "#!/usr/bin/env bash\n"  # every `date +%s` after the first (the script's T0) jumps
+        f'if [ "$1" = "+%s" ]; then\n'
+        f'  n=$(cat "{tmp_path}/calls" 2>/dev/null || echo 0); echo $((n + 1)) > "{tmp_path}/calls"\n'
+        f'  now=$("{real_date}" +%s); [ "$n" -gt 0 ] && now=$((now + {jump})); echo "$now"\n'
+        f'else exec "{real_date}" "$@"; fi\n')
+    (bin_dir / "date").chmod(0o755)
+    env = dict(os.environ, OUT=str(tmp_path / "out"), GPU_CHECK_WORK=str(tmp_path / "work"),
+               GPU_CHECK_SMOKE="1", GPU_CHECK_LIMIT_SCALE="1", PYTHON=shutil.which("true"),
+               PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    res = subprocess.run(["bash", str(SCRIPT), "--only", "env,compile"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    rows = {m[0]: (m[1], int(m[2])) for m in re.findall(r"^\| (\w+) \| (.+?) \| \d+ \| (\d+) \|$", summary, re.M)}
+    assert rows["env"] == ("ok", lim["env"]), summary  # its own limit, not left - compile's
+    assert f"== env (limit {lim['env']}s)" in res.stdout
+    # compile, last, keeps at least its own limit and gets what is left (a loaded machine: a
+    # few seconds less)
+    assert rows["compile"][0] == "ok" and left - 5 <= rows["compile"][1] <= left, summary
+
+
 @pytest.fixture(scope="module")
 def smoke_run():
     if not REHEARSE:
@@ -249,3 +285,58 @@ def test_reserve_sets_the_free_cores_for_its_block_only(monkeypatch):
             assert os.environ[RESERVED_ENV] == "2"
             raise RuntimeError("a failed run")
     assert RESERVED_ENV not in os.environ
+
+
+def test_train_stage_runs_16_and_14_workers_as_asked_and_says_how_many_cores_were_free(
+        monkeypatch, tmp_path):
+    """On a 16-core GPU node the train stage's ``--workers-list 16,14`` must compare 16 loader
+    workers with 14: each run sees ``DP4TL_RESERVED_CORES`` = the cores its workers leave free
+    (0 and 2), so the loaders really start 16 and 14 (the default keeps 2 free: both rows would
+    be 14), and each row's workers column says how many were free. Training, the ceiling and
+    the data are stand-ins that record what each run saw; the caller's own setting comes back."""
+    import json
+    import types
+
+    from ffcv_dp4tl.data import loaders as loaders_mod
+    from ffcv_dp4tl.data.loaders import RESERVED_ENV, effective_workers
+
+    bench = _bench_gpu()
+    monkeypatch.setattr(bench, "loader_cores", lambda: 16)
+    monkeypatch.setattr(loaders_mod, "loader_cores", lambda: 16)  # what the loaders count too
+    monkeypatch.setattr(bench, "load_manifest", lambda data: types.SimpleNamespace(num_classes=8))
+    monkeypatch.setattr(bench, "ceiling", lambda *a: {"img_per_s": 1000.0, "cudnn_benchmark": False})
+    monkeypatch.setenv(RESERVED_ENV, "7")
+    seen = []
+
+    def fake_train(recipe, data, out_dir, fmt, device, progress):
+        nw = recipe.data.num_workers
+        seen.append((fmt, recipe.data.decode, nw, os.environ.get(RESERVED_ENV), effective_workers(nw)))
+        out_dir.mkdir(parents=True)
+        (out_dir / "metrics.jsonl").write_text("".join(
+            json.dumps({"epoch": e, "img_per_s": 500.0, "top1_val": 0.5}) + "\n" for e in (0, 1)))
+        (out_dir / "timings.json").write_text(json.dumps({"stages": {"data": 1.0, "setup": 0.5}}))
+
+    monkeypatch.setattr(bench, "train", fake_train)
+
+    def stage(name: str) -> list[list[str]]:
+        md = tmp_path / f"{name}.md"
+        assert bench.main(["train", "--data", str(tmp_path / "data"), "--md", str(md), "--device", "cpu",
+                           "--recipe", "resnet18_tiny_cpu", "--workers-list", "16,14", "--epochs", "2",
+                           "--loaders", "ffcv:cpu,ffcv:gpu", "--workdir", str(tmp_path)]) == 0
+        return [ln.split(" | ")[:2] for ln in md.read_text().splitlines() if ln.startswith("| ffcv + ")]
+
+    rows = stage("16cores")
+    # (format, decode, workers asked, DP4TL_RESERVED_CORES in the run, workers the loaders start)
+    assert seen == [("ffcv", "cpu", 16, "0", 16), ("ffcv", "cpu", 14, "2", 14), ("ffcv", "gpu", 16, "0", 16)]
+    assert rows == [["| ffcv + cpu decode", "16 (0 free)"], ["| ffcv + cpu decode", "14 (2 free)"],
+                    ["| ffcv + gpu decode", "16 (0 free)"]]
+    assert os.environ[RESERVED_ENV] == "7"
+    # more workers asked than cores (8): none free, never a negative count (which the loaders
+    # refuse, failing the run); the loaders start what the cores allow
+    monkeypatch.setattr(bench, "loader_cores", lambda: 8)
+    monkeypatch.setattr(loaders_mod, "loader_cores", lambda: 8)
+    seen.clear()
+    rows = stage("8cores")
+    assert seen == [("ffcv", "cpu", 16, "0", 8), ("ffcv", "cpu", 14, "0", 8), ("ffcv", "gpu", 16, "0", 8)]
+    assert [r[1] for r in rows] == ["16 (0 free)", "14 (0 free)", "16 (0 free)"]
+    assert os.environ[RESERVED_ENV] == "7"

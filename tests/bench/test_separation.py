@@ -256,6 +256,32 @@ def test_rows_file_survives_a_torn_append_and_names_a_damaged_line(tmp_path):
             sep.read_rows(path)
 
 
+def test_an_appended_row_is_on_disk_before_append_row_returns(tmp_path, monkeypatch):
+    """rows.jsonl is the resume record: a finished run's row must survive a crash or power loss
+    right after it, so append_row flushes the line and fsyncs that file's descriptor, after the
+    write, before it returns (os.fsync stands in: it records the file it was given and what the
+    file held then)."""
+    import os
+
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        synced.append(((st.st_dev, st.st_ino), path.read_text()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "rows.jsonl"
+    first = {"seed": 0, "target": "warm", "method": "lm", "ratio": 0.8, "lp": 50.0}
+    second = {**first, "seed": 1}
+    sep.append_row(path, first)
+    ident = (path.stat().st_dev, path.stat().st_ino)
+    assert synced == [(ident, json.dumps(first) + "\n")]  # this file, the row already in it
+    sep.append_row(path, second)
+    assert synced[1:] == [(ident, json.dumps(first) + "\n" + json.dumps(second) + "\n")]
+
+
 def test_a_bad_method_or_empty_list_is_refused_before_any_run(tmp_path, monkeypatch, data_root):
     """Every run of the plan is checked first (the real preflight): an unknown method fails
     before the reference and RANDOM train, not at run 3 of 3; empty lists before anything."""

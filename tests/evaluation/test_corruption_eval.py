@@ -48,6 +48,35 @@ def test_resolution_below_one_is_refused_not_replaced_by_the_recipes(lp_run):
             load_finetuned(lp_run, resolution=bad)
 
 
+def test_a_replaced_source_checkpoint_of_the_same_arch_is_refused(lp_run, tmp_path):
+    """The run's finetune_state.pt records the source checkpoint's whole identity. A checkpoint
+    put at the recorded path after finetuning is refused when that identity differs, even with
+    the same arch, class count and weight shapes (the run's head would load into it and report
+    numbers of a network it was never trained on): here the same network retrained under other
+    recipe settings on other data. A byte copy of the original at another path is accepted."""
+    import json
+    import re
+    import shutil
+
+    from ffcv_dp4tl.errors import DataError
+    from ffcv_dp4tl.training.checkpoint import Checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(lp_run, run)
+    res = json.loads((run / "result.json").read_text())
+    ckpt = tmp_path / "source.pt"
+    shutil.copyfile(res["checkpoint"], ckpt)
+    (run / "result.json").write_text(json.dumps({**res, "checkpoint": str(ckpt)}))
+    assert load_finetuned(run).mode == "lp"  # the original, moved: accepted
+    other = Checkpoint.load(ckpt)
+    other.identity = {**other.identity, "recipe_fingerprint": "0" * 16, "dataset_fingerprint": "1" * 16}
+    other.save(ckpt)  # same arch, classes and weights; another run's identity
+    assert Checkpoint.load(ckpt).arch == Checkpoint.load(res["checkpoint"]).arch
+    with pytest.raises(DataError, match=rf"source checkpoint {re.escape(str(ckpt))} is not the one "
+                                        rf"{re.escape(str(run))} was finetuned from .*replaced after"):
+        load_finetuned(run)
+
+
 def test_corruption_op_and_parse_refuse_bad_values():
     from ffcv_dp4tl.data.corruptions import CorruptionOp, parse_corruptions
     from ffcv_dp4tl.errors import DataError

@@ -139,6 +139,40 @@ def test_vtab_lrs_are_checked_before_any_work(eval_source_ckpt, eval_target, tmp
     assert not (tmp_path / "v").exists()
 
 
+def test_every_lrs_recipe_is_checked_before_the_first_finetuning(eval_source_ckpt, eval_target,
+                                                                tmp_path, monkeypatch):
+    """Each learning rate's run recipe (the recipe, --set, that lr.lr and the select runs'
+    test split) is loaded and validated before any mask or settings file is written and before
+    the first finetuning: a recipe that refuses the second lr fails the protocol at once, not
+    after the first lr's finetuning. (No positive finite lr is refused by today's validation,
+    so a stand-in validator refuses one; finetune records any call.)"""
+    import importlib
+
+    from ffcv_dp4tl.errors import DP4TLError
+    from ffcv_dp4tl.evaluation.vtab import vtab_protocol
+
+    from .conftest import FT_OVERRIDES
+
+    recipe_mod = importlib.import_module("ffcv_dp4tl.training.recipe")
+    real_load = recipe_mod.load_recipe
+
+    def load_recipe(name, overrides=()):
+        if "lr.lr=0.07" in overrides:
+            raise DP4TLError("lp_tiny_cpu: lr.lr = 0.07 is impossible (stand-in validator)")
+        return real_load(name, overrides)
+
+    started = []
+    monkeypatch.setattr(recipe_mod, "load_recipe", load_recipe)
+    monkeypatch.setattr(importlib.import_module("ffcv_dp4tl.training.finetune"), "finetune",
+                        lambda *a, **k: started.append(k) or pytest.fail("a finetuning started"))
+    with pytest.raises(DP4TLError, match="lr.lr = 0.07 is impossible"):
+        vtab_protocol("lp_tiny_cpu", eval_source_ckpt, eval_target, tmp_path / "v", lrs=[0.05, 0.07],
+                      train_size=16, val_size=4, overrides=FT_OVERRIDES, fmt="wds", device="cpu",
+                      progress=False)
+    assert started == []
+    assert not (tmp_path / "v").exists()  # no masks, no vtab_settings.json
+
+
 def test_vtab_masks_refuse_a_negative_seed(eval_target):
     with pytest.raises(DataError, match="--seed"):
         vtab_masks(eval_target, seed=-1, train_size=16, val_size=4)
