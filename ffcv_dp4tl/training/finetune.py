@@ -51,7 +51,7 @@ from .checkpoint import Checkpoint, FinetuneState, resume_from, rng_states, set_
 from .distributed import DistContext, resolve_device
 from .engine import CrossEntropyObjective, evaluate, train_one_epoch
 from .models import backbone, create_model, get_head
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe, as_recipe
 from .schedule import lr_for_iteration, peak_lr
 from .trainer import (autocast_dtype, build_optimizer, cudnn_benchmark, param_groups, pin_cpu_threads,
                       seed_epoch)
@@ -163,8 +163,7 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
     once this many epochs are complete (after saving the state), as an interruption would;
     returns ``{"stopped_after": N}`` and the next call resumes."""
     t0 = time.perf_counter()
-    if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe, overrides)
+    recipe = as_recipe(recipe, overrides)  # overrides apply to a Recipe object too
     mode = mode or recipe.finetune.mode
     mode = FinetuneMode.check(mode, "finetune mode")
     if recipe.adv.steps > 0:  # (Tab. 5 attacks the source pretraining only; LP/FF stay clean)

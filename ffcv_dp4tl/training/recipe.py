@@ -515,18 +515,40 @@ def _validate_ranges(r: Recipe, source: str) -> None:
         raise DP4TLError(f"{source}: optim.betas needs 2 values, got {r.optim.betas!r}")
 
 
-def load_recipe(path_or_name: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read, override and validate a recipe; every problem is a DP4TLError naming file and key."""
-    path = resolve_recipe_path(path_or_name)
-    data = read_toml(path)
+def _apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...], where: str) -> str:
+    """Apply ``section.key=value`` overrides to a recipe's tables; returns the source name
+    errors quote."""
+    if isinstance(overrides, (str, bytes)):  # iterating it would apply it letter by letter
+        raise DP4TLError(f"{where}: overrides must be a list of 'section.key=value' strings, "
+                         f"not the string {overrides!r}: pass [{overrides!r}]")
     for text in overrides:
         sec, key, value = parse_override(text)
         data.setdefault(sec, {})
         if not isinstance(data[sec], dict):
-            raise DP4TLError(f"{path}: [{sec}] is not a table")
+            raise DP4TLError(f"{where}: [{sec}] is not a table")
         data[sec][key] = value
-    source = str(path) + (f" (with overrides {list(overrides)})" if overrides else "")
-    recipe = _build(data, source)
+    return where + (f" (with overrides {list(overrides)})" if overrides else "")
+
+
+def as_recipe(recipe: "Recipe | str | Path", overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """What ``train``/``finetune`` take: a :class:`Recipe`, a shipped name or a .toml file, with
+    ``overrides`` applied in every case (to a Recipe object too: a copy, validated again)."""
+    if not isinstance(recipe, Recipe):
+        return load_recipe(recipe, overrides)
+    if isinstance(overrides, (str, bytes)) or overrides:
+        where = recipe.name or "<recipe>"
+        data = recipe.to_dict()
+        built = _build(data, _apply_overrides(data, overrides, where))
+        built.name = recipe.name
+        return built
+    return recipe
+
+
+def load_recipe(path_or_name: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, override and validate a recipe; every problem is a DP4TLError naming file and key."""
+    path = resolve_recipe_path(path_or_name)
+    data = read_toml(path)
+    recipe = _build(data, _apply_overrides(data, overrides, str(path)))
     recipe.name = path.stem
     try:  # a recipe set's member keeps its set in its name ("paper/lp")
         rel = path.resolve().relative_to(recipes_dir().resolve())

@@ -74,7 +74,7 @@ from .checkpoint import (CHECKPOINT_NAME, Checkpoint, mask_hash, resume_from, rn
                          set_rng_states)
 from .engine import CrossEntropyObjective, evaluate, train_one_epoch, train_step
 from .models import create_model, get_head, unwrap
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe, as_recipe
 from .schedule import lr_for_iteration, momentum_for_lr, peak_lr, resolution
 from .timing import StageTimer
 
@@ -329,8 +329,7 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
     metrics/TensorBoard/console writers.
     """
     t_start = time.perf_counter()
-    if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe, overrides)
+    recipe = as_recipe(recipe, overrides)  # overrides apply to a Recipe object too
     pin_cpu_threads(recipe.data.num_workers)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():

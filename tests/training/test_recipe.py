@@ -158,3 +158,24 @@ def test_train_crop_scale_reaches_the_train_loader(adv):
     for bad in ("[0.5, 0.2]", "[0, 1]", "[0.3]"):
         with pytest.raises(DP4TLError, match=r"train\.crop_scale must be \[min, max\]"):
             load_recipe("resnet18_tiny_cpu", [f"train.crop_scale={bad}"])
+
+
+def test_overrides_apply_to_a_recipe_object_too():
+    """``train(recipe_object, overrides=[...])`` and ``finetune(...)`` go through ``as_recipe``:
+    the overrides were dropped silently when the recipe was already a Recipe."""
+    from ffcv_dp4tl.training.recipe import as_recipe
+
+    base = load_recipe("resnet18_tiny_cpu")
+    got = as_recipe(base, ["train.epochs=3", "data.val_split=test"])
+    assert (got.train.epochs, got.data.val_split, got.name) == (3, "test", base.name)
+    assert base.train.epochs != 3  # a copy: the caller's object is unchanged
+    assert as_recipe(base) is base
+    # the same recipe as overriding the file by name
+    assert as_recipe("resnet18_tiny_cpu", ["train.epochs=3", "data.val_split=test"]).fingerprint() \
+        == got.fingerprint()
+    with pytest.raises(DP4TLError, match=r"lr.lr = -1.0 is impossible"):
+        as_recipe(base, ["lr.lr=-1.0"])  # validated again
+    with pytest.raises(DP4TLError, match=r"a list of 'section.key=value' strings.*\['train.epochs=3'\]"):
+        as_recipe(base, "train.epochs=3")
+    with pytest.raises(DP4TLError, match="a list of"):
+        load_recipe("resnet18_tiny_cpu", "train.epochs=3")
