@@ -45,8 +45,14 @@ def _json_path(path: Path) -> Path:
 
 
 def _npy_path(path: str | Path) -> Path:
+    """The mask's .npy file: ``path`` itself, or ``path`` + ``.npy``. Appended, never swapped:
+    ``lm_0.2`` and ``lm_0.8`` are two masks (a swapped suffix made both ``lm_0.npy``)."""
     path = Path(path)
-    return path if path.suffix == ".npy" else path.with_suffix(".npy")
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.npy"))
+        raise MaskError(f"{path} is a folder; pass the mask file in it"
+                        + (f" (it holds {', '.join(found[:4])})" if found else ""))
+    return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
 
 
 def sorted_unique(idx: np.ndarray) -> np.ndarray:
@@ -70,6 +76,7 @@ def sorted_unique(idx: np.ndarray) -> np.ndarray:
 
 def make_mask(indices: Iterable[int] | np.ndarray, split: SplitInfo, **provenance: Any) -> IndexMask:
     """Build a validated mask over ``split`` from any iterable of sample indices."""
+    _check_split(split)
     idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices)
     if idx.size and not np.issubdtype(idx.dtype, np.integer):
         raise MaskError(f"mask indices must be integers, got dtype {idx.dtype}")
@@ -83,14 +90,26 @@ def make_mask(indices: Iterable[int] | np.ndarray, split: SplitInfo, **provenanc
     return mask
 
 
+def _check_split(split: Any) -> None:
+    if isinstance(split, (str, bytes, Path)):  # the split's name (or a dataset folder)
+        raise MaskError(f"split must be the split's SplitInfo, not {split!r}: pass "
+                        "load_manifest(DATASET).split(NAME)")
+
+
 def full_mask(split: SplitInfo) -> IndexMask:
     return make_mask(np.arange(split.num_samples), split, method="full")
 
 
 def mask_from_classes(split: SplitInfo, classes: Iterable[int], **provenance: Any) -> IndexMask:
     """All samples whose label is in ``classes`` — from ``labels.npy`` alone, no image read."""
+    _check_split(split)
+    if isinstance(classes, (str, bytes)):  # iterated, "13" would keep classes 1 and 3
+        raise MaskError(f"classes must be a list of class ids, not the string {classes!r}")
+    asked = np.asarray(list(classes))
+    if asked.size and not np.issubdtype(asked.dtype, np.integer):
+        raise MaskError(f"class ids must be integers, got {asked[:5].tolist()} (dtype {asked.dtype})")
     labels = split.load_labels()
-    keep = sorted_unique(np.fromiter((int(c) for c in classes), dtype=np.int64))
+    keep = sorted_unique(asked.astype(np.int64))
     if keep.size and keep[0] < 0:
         raise MaskError(f"class ids must be >= 0, got {keep[keep < 0][:5].tolist()}")
     idx = samples_with_labels(labels, keep)

@@ -214,3 +214,29 @@ def test_class_mask_at_imagenet_scale_equals_isin(tmp_path):
     mask = mask_from_classes(split, classes)
     assert np.array_equal(mask.indices, np.flatnonzero(np.isin(labels, classes)))
     assert np.array_equal(full_mask(split).indices, np.arange(n))
+
+
+def test_masks_whose_names_hold_a_dot_are_two_files(split, tmp_path):
+    """``lm_0.2`` and ``lm_0.8``: the suffix is appended, not swapped (both were ``lm_0.npy``,
+    the second overwriting the first)."""
+    a, b = make_mask([1, 2], split), make_mask([3, 4, 5], split)
+    pa, pb = save_mask(tmp_path / "lm_0.2", a), save_mask(tmp_path / "lm_0.8", b)
+    assert (pa.name, pb.name) == ("lm_0.2.npy", "lm_0.8.npy")
+    assert load_mask(tmp_path / "lm_0.2", split).indices.tolist() == [1, 2]
+    assert load_mask(tmp_path / "lm_0.8.npy", split).indices.tolist() == [3, 4, 5]
+    (tmp_path / "folder").mkdir()
+    save_mask(tmp_path / "folder" / "train.npy", a)
+    for fn in (lambda p: save_mask(p, a), load_mask):  # a folder is not a mask file
+        with pytest.raises(MaskError, match=r"folder is a folder; pass the mask file in it \(it holds train.npy\)"):
+            fn(tmp_path / "folder")
+
+
+def test_class_and_split_arguments_of_the_wrong_kind_are_refused(split):
+    with pytest.raises(MaskError, match="not the string '13'"):
+        mask_from_classes(split, "13")  # iterated, it kept classes 1 and 3
+    with pytest.raises(MaskError, match="must be integers"):
+        mask_from_classes(split, [1.7])  # it was truncated to class 1
+    for fn in (lambda s: make_mask([1], s), lambda s: mask_from_classes(s, [1])):
+        with pytest.raises(MaskError, match=r"not 'train': pass load_manifest\(DATASET\).split\(NAME\)"):
+            fn("train")
+    assert mask_from_classes(split, np.array([1], np.int32)).meta["kept_classes"] == [1]
