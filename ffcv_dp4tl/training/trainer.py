@@ -293,6 +293,25 @@ def build_step_parts(recipe: Recipe, num_classes: int, ctx: dist_.DistContext,
                      clip_params=[p for p in net.parameters() if p.requires_grad])
 
 
+def _check_steps(recipe: Recipe, objective, num_samples: int, ctx: dist_.DistContext) -> None:
+    """Refuse a run in which some rank would take no step per epoch: it would "finish" with
+    loss 0 and write a checkpoint of the untrained model. Decided from the global count, so
+    every rank decides the same (a rank that raised alone would leave the others waiting)."""
+    drop_last = recipe.train.drop_last or objective.drop_last
+    per_rank, batch = num_samples // ctx.world_size, recipe.train.batch_size // ctx.world_size
+    if per_rank >= (batch if drop_last else 1):
+        return
+    ranks = f" on each of {ctx.world_size} ranks" if ctx.enabled else ""
+    if not drop_last:
+        raise DP4TLError(f"the training set keeps {num_samples} samples, fewer than the "
+                         f"{ctx.world_size} ranks: launch fewer ranks")
+    fix = ("lower train.batch_size" if objective.drop_last  # (MoCo's queue takes full batches)
+           else "lower train.batch_size or set train.drop_last=false")
+    raise DP4TLError(f"the training set keeps {num_samples} samples, fewer than one batch of "
+                     f"{batch}{ranks} (train.batch_size {recipe.train.batch_size}, "
+                     f"train.drop_last): no step would run; {fix}")
+
+
 def _read_metrics(path: Path) -> list[dict]:
     """The rows of ``metrics.jsonl``; a line that is not valid JSON (the torn last line of a run
     killed while writing it) is dropped with a note: the checkpoint, not this log, says which
@@ -422,6 +441,7 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers,
                   channels_last=parts.channels_last, seed=recipe.data.seed, decode=recipe.data.decode,
                   deterministic=recipe.data.deterministic)
+    _check_steps(recipe, objective, split.num_samples if mask_obj is None else len(mask_obj), ctx)
     train_loader = make_loader(dataset_dir, split.name, mask=mask_obj, aug=objective.train_aug,
                                batch_size=global_batch // ctx.world_size,
                                drop_last=tc.drop_last or objective.drop_last,

@@ -56,6 +56,21 @@ def test_checkpoint_from_other_arch_or_recipe_is_refused(trained_run, source_dir
               progress=False)
 
 
+def test_a_mask_smaller_than_one_batch_is_refused_not_trained_for_zero_steps(source_dir, tmp_path,
+                                                                             test_recipe):
+    """A high pruning ratio on a small source: 10 kept samples, batches of 16 with drop_last.
+    The run took no step, reported loss 0 and wrote a checkpoint of the untrained model."""
+    mask = make_mask(np.arange(10), load_manifest(source_dir).split("train"))
+    with pytest.raises(DP4TLError, match=r"keeps 10 samples, fewer than one batch of 16 .*"
+                                         r"lower train.batch_size or set train.drop_last=false"):
+        train(test_recipe(), source_dir, mask=mask, out_dir=tmp_path / "run", fmt="wds",
+              device="cpu", progress=False)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    row = train(test_recipe("train.drop_last=false", "train.epochs=1"), source_dir, mask=mask,
+                out_dir=tmp_path / "run", fmt="wds", device="cpu", progress=False)
+    assert row["samples"] == 10  # what the message offers works
+
+
 def test_mask_for_other_dataset_fails_before_training(source_dir, tmp_path, test_recipe):
     split = load_manifest(source_dir).split("train")
     foreign = IndexMask(np.arange(10, dtype=np.int64),
