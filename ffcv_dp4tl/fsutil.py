@@ -246,6 +246,10 @@ def os_error_line(e: OSError) -> str:
         return f"cannot write{where} ({what}); choose a writable folder or fix its permissions"
     if e.errno == errno.ENOENT:
         return f"not found:{where} ({what}); check the path"
+    if e.errno in (errno.EMFILE, errno.ENFILE):
+        return (f"too many open files{' opening' + where if where else ''} ({what}); raise the "
+                "limit (`ulimit -n 65536`) or use fewer loader workers, then rerun the same "
+                "command: it resumes")
     return f"{what}{':' + where if where else ''}; check the path and its permissions"
 
 

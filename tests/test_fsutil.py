@@ -58,6 +58,9 @@ def test_environment_errors_read_as_one_line():
         "cannot use afile/source (Not a directory): a file is where a folder should be")
     assert os_error_line(OSError(errno.ENOSPC, "No space left on device", "/r/x.npy")).startswith(
         "disk full writing /r/x.npy (No space left on device); free some space")
+    assert os_error_line(OSError(errno.EMFILE, "Too many open files", "ds/wds/val-000003.tar")) == (
+        "too many open files opening ds/wds/val-000003.tar (Too many open files); raise the limit "
+        "(`ulimit -n 65536`) or use fewer loader workers, then rerun the same command: it resumes")
 
 
 def test_check_out_file_refuses_a_folder_or_a_bad_parent(tmp_path):

@@ -282,3 +282,29 @@ def test_uint8_batches_for_a_device_come_through_shared_memory_unchanged(tex):
         for a, b in zip(g, w):
             assert torch.equal(a, b)
     assert not torch.equal(got[0][0], got[0][3])  # two different views
+
+
+def test_a_reader_keeps_at_most_max_open_shards_files_open(tex, monkeypatch):
+    """A masked epoch visits shards in random order: one handle per shard ran past the usual
+    1,024 open files on ImageNet's 1,282 shards ("Too many open files"). Past the cap the least
+    recently used handle is closed; the bytes read are the same."""
+    import os
+
+    from ffcv_dp4tl.data import wds_loader
+
+    split = load_manifest(tex).split("train")
+    assert len(split.shards) == 3
+    want = [ShardReader(split).read(i) for i in range(N)]
+    monkeypatch.setattr(wds_loader, "MAX_OPEN_SHARDS", 2)
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = fds()
+    reader = ShardReader(split)
+    order = [0, 8, 16, 1, 9, 17, 23, 2, 15]  # shards 0, 1, 2, 0, 1, 2, ...
+    assert [reader.read(i) for i in order] == [want[i] for i in order]
+    assert len(reader._files) == 2 and fds() - before == 2
+    assert list(reader._files) == [0, 1]  # the last two used
+    reader.read(16)  # shard 2: shard 0, the least recently used, is closed
+    assert list(reader._files) == [1, 2]
+    reader.close()
+    assert fds() == before and reader.read(5) == want[5]  # reading again reopens
+    reader.close()
