@@ -45,12 +45,14 @@ def _runs(args: list[str]) -> dict[str, Path]:
     return runs
 
 
-def _write(out: Path, stem: str, data: dict, table: str, title: str) -> None:
+def _write(out: Path, stem: str, data: dict, table: str, title: str, echo: bool = True) -> None:
     from ..fsutil import atomic_write_json, atomic_write_text
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / f"{stem}.json", data)
     atomic_write_text(out / f"{stem}.md", f"# {title}\n\n{table}")
+    if not echo:
+        return
     typer.echo(table)
     typer.echo(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
 
@@ -123,6 +125,7 @@ def flatness_cmd(
     # every run loaded (and so checked) before any is measured: a bad last run fails at once
     models = {label: load_finetuned(run, dev, resolution=resolution)
               for label, run in _runs(runs).items()}
+    title = "Flatness of the finetuned models (Fig. A4)"
     res = {}
     for label, ft in models.items():
         res[label] = model_flatness(ft, split=split, fmt=fmt.value if fmt else None, batch_size=batch_size,
@@ -130,7 +133,10 @@ def flatness_cmd(
                                     tol=tol, seed=seed, num_workers=workers)
         typer.echo(f"{label}: ε-sharpness {res[label]['eps_sharpness']:.4f} %, λ_max "
                    f"{res[label]['lambda_max']:.4g}")
-    _write(out, "flatness", res, flatness_table(res), "Flatness of the finetuned models (Fig. A4)")
+        if len(res) < len(models):  # a later model's failure keeps the finished ones' numbers
+            _write(out, "flatness", res, flatness_table(res) + f"\nPartial: {len(res)} of "
+                   f"{len(models)} models measured so far.\n", title, echo=False)
+    _write(out, "flatness", res, flatness_table(res), title)
 
 
 @evaluate_app.command("vtab-splits")

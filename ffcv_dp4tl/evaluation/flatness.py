@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 LossFn = Callable[[nn.Module, tuple], torch.Tensor]
 
@@ -82,14 +83,19 @@ def _loss_and_grad(model, batches, loss_fn, params) -> tuple[float, list[torch.T
 def hessian_vector_product(model: nn.Module, batches: Sequence[tuple], vec: Sequence[torch.Tensor],
                            loss_fn: LossFn = cross_entropy,
                            params: Sequence[nn.Parameter] | None = None) -> list[torch.Tensor]:
-    """``H v`` of the mean loss over ``batches`` (double backward, batch by batch)."""
+    """``H v`` of the mean loss over ``batches`` (double backward, batch by batch).
+
+    Attention runs on ``scaled_dot_product_attention``'s math kernel here: the fused ones
+    (flash / memory-efficient, what a ViT gets by default on CPU and CUDA) have no double
+    backward."""
     params = _params(model, params)
     out = [torch.zeros_like(p) for p in params]
-    for w, b in zip(_weights(batches), batches):
-        grads = torch.autograd.grad(loss_fn(model, b) * w, params, create_graph=True)
-        dot = sum((g * v).sum() for g, v in zip(grads, vec))
-        for o, h in zip(out, torch.autograd.grad(dot, params)):
-            o += h
+    with sdpa_kernel(SDPBackend.MATH):
+        for w, b in zip(_weights(batches), batches):
+            grads = torch.autograd.grad(loss_fn(model, b) * w, params, create_graph=True)
+            dot = sum((g * v).sum() for g, v in zip(grads, vec))
+            for o, h in zip(out, torch.autograd.grad(dot, params)):
+                o += h
     return out
 
 

@@ -183,3 +183,34 @@ def test_every_run_is_checked_before_any_is_evaluated(lp_run, capsys, monkeypatc
     extra = CORRUPT if cmd == "corruptions" else ("--workers", "0", "--device", "cpu")
     one_line(*cli(capsys, monkeypatch, "evaluate", cmd, f"good={lp_run}", f"bad={bad}", *extra,
                   "-o", tmp_path / "o")[::2], "bad/result.json", "'target_classes'")
+
+
+def test_flatness_keeps_the_finished_models_when_a_later_one_fails(lp_run, capsys, monkeypatch,
+                                                                   tmp_path):
+    """flatness.json/.md are rewritten after every model: a failure in the second model (out of
+    memory, a kill) leaves the first model's numbers, marked partial in the table."""
+    import ffcv_dp4tl.evaluation.flatness as flatness
+    from ffcv_dp4tl.errors import DP4TLError
+
+    real, calls = flatness.model_flatness, []
+
+    def second_fails(ft, **kw):
+        calls.append(ft)
+        if len(calls) == 2:
+            raise DP4TLError("the second model failed")
+        return real(ft, **kw)
+
+    monkeypatch.setattr(flatness, "model_flatness", second_fails)
+    one_line(*cli(capsys, monkeypatch, "evaluate", "flatness", f"first={lp_run}",
+                  f"second={lp_run}", "--batches", "1", "--batch-size", "8", "--steps", "1",
+                  "--iters", "1", "--workers", "0", "--device", "cpu", "-o", tmp_path)[::2],
+             "the second model failed")
+    assert list(json.loads((tmp_path / "flatness.json").read_text())) == ["first"]
+    assert "Partial: 1 of 2 models" in (tmp_path / "flatness.md").read_text()
+    monkeypatch.setattr(flatness, "model_flatness", real)
+    code, _, err = cli(capsys, monkeypatch, "evaluate", "flatness", f"first={lp_run}",
+                       f"second={lp_run}", "--batches", "1", "--batch-size", "8", "--steps", "1",
+                       "--iters", "1", "--workers", "0", "--device", "cpu", "-o", tmp_path)
+    assert code == 0, err
+    assert list(json.loads((tmp_path / "flatness.json").read_text())) == ["first", "second"]
+    assert "Partial" not in (tmp_path / "flatness.md").read_text()

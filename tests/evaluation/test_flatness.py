@@ -117,3 +117,42 @@ def test_mean_loss_weights_batches_by_size():
 def test_relative_flatness_puts_the_flattest_at_100():
     rel = relative_flatness({"lm": 2.0, "random": 4.0, "dense": 8.0})
     assert rel == {"lm": 100.0, "random": 50.0, "dense": 25.0}
+
+
+def test_hessian_of_a_vit_matches_finite_differences():
+    """A ViT (the registered vit_b_16's class at a tiny size): its attention's fused kernels
+    have no double backward, so the Hessian-vector product runs on the math kernel. H v is
+    checked against central differences of the gradient (float64)."""
+    from ffcv_dp4tl.training.models import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16,
+                            mlp_dim=32, num_classes=3).double().eval()
+    x, y = torch.randn(5, 3, 16, 16, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1])
+    batches = [(x[:3], y[:3]), (x[3:], y[3:])]
+
+    def ce(model, batch):
+        return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    params = list(vit.parameters())
+    v = [torch.randn(p.shape, dtype=torch.float64) for p in params]
+    hv = hessian_vector_product(vit, batches, v, ce)
+
+    def grad_at(step: float) -> list[torch.Tensor]:
+        with torch.no_grad():
+            for p, d in zip(params, v):
+                p.add_(step * d)
+        g = torch.autograd.grad(ce(vit, (x, y)), params)
+        with torch.no_grad():
+            for p, d in zip(params, v):
+                p.sub_(step * d)
+        return g
+
+    h = 1e-5
+    fd = [(a - b) / (2 * h) for a, b in zip(grad_at(h), grad_at(-h))]
+    got, want = (torch.cat([t.reshape(-1) for t in ts]) for ts in (hv, fd))
+    assert float(want.abs().max()) > 0.1  # (a product worth comparing)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+    top = hessian_top_eigenvalue(vit, batches, iters=3, loss_fn=ce)
+    assert top["iterations"] >= 1 and np.isfinite(top["lambda_max"]) and top["lambda_max"] != 0
+    assert epsilon_sharpness(vit, batches, steps=2, loss_fn=ce)["sharpness"] > 0
