@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -102,6 +103,10 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
 _TEMP_GLOB = ".*.tmp*"
 
 
+#: what flock() says on a file system that has no locks
+_NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
+
+
 @contextlib.contextmanager
 def directory_lock(lock_file: str | os.PathLike, what: str, *, wait: bool = False,
                    on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
@@ -109,7 +114,8 @@ def directory_lock(lock_file: str | os.PathLike, what: str, *, wait: bool = Fals
 
     Two processes writing one dataset or runs folder corrupt each other's files; the second
     one is refused with a one-line message instead. The lock dies with its process (kill -9
-    included), so a crashed run never leaves a stale lock behind.
+    included), so a crashed run never leaves a stale lock behind. On a file system without
+    locks (Lustre without ``-o flock``) the block runs unguarded, with a warning saying so.
 
     ``wait=True`` blocks until the holder finishes instead of refusing (``on_wait`` gets one
     "another run (pid N) is using ...; waiting" line first): pipeline stages use it, so a
@@ -123,6 +129,7 @@ def directory_lock(lock_file: str | os.PathLike, what: str, *, wait: bool = Fals
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
     try:
+        locked = True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -133,8 +140,18 @@ def directory_lock(lock_file: str | os.PathLike, what: str, *, wait: bool = Fals
             if on_wait is not None:
                 on_wait(f"another dp4tl run (pid {holder}) is using {what}; waiting for it")
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as e:
+            if e.errno not in _NO_LOCKS:
+                raise
+            # a file system without locks (Lustre mounted without -o flock, some FUSE and
+            # object-store mounts): run without the guard rather than not at all
+            warnings.warn(f"{lock_file.parent} does not support file locks ({e.strerror}): "
+                          f"nothing stops a second dp4tl process from writing {what} at the same "
+                          "time; run one at a time there", RuntimeWarning, stacklevel=3)
+            locked = False
+        if locked:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         os.close(fd)

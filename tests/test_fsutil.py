@@ -75,3 +75,32 @@ def test_check_out_file_refuses_a_folder_or_a_bad_parent(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(DataError, match="--report .*afile is a file"):
         check_out_file(tmp_path / "afile" / "B.md", "--report")
+
+
+@pytest.mark.parametrize("code", [errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP])
+def test_a_file_system_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch, code):
+    """Lustre without ``-o flock`` (and some FUSE mounts) answer flock() with ENOSYS/ENOLCK:
+    every command writing there failed with "Function not implemented; check the path". It
+    now runs, saying that nothing guards against a second writer. Other errors still raise."""
+    import fcntl
+
+    from ffcv_dp4tl.fsutil import directory_lock
+
+    def no_locks(fd, op):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    ran = []
+    with pytest.warns(RuntimeWarning, match=r"does not support file locks .* a second dp4tl "
+                                            r"process from writing run r at the same time"):
+        with directory_lock(tmp_path / "r" / ".lock", "run r"):
+            ran.append(True)
+    assert ran == [True]
+
+    def denied(fd, op):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(fcntl, "flock", denied)
+    with pytest.raises(PermissionError):
+        with directory_lock(tmp_path / "r" / ".lock", "run r"):
+            pass
