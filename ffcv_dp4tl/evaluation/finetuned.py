@@ -21,7 +21,7 @@ from ..contracts.fields import REQUIRED, typed
 from ..errors import DataError, DP4TLError
 from ..fsutil import read_json
 from ..training.checkpoint import FinetuneState
-from ..training.finetune import RESULT_NAME, STATE_NAME, load_pretrained
+from ..training.finetune import PRECISIONS, RESULT_NAME, STATE_NAME, load_pretrained
 from ..training.models import backbone, get_head
 
 
@@ -40,6 +40,14 @@ class Finetuned:
     #: same one by default, since the two decode paths differ by a few pixel levels and would
     #: not reproduce the run's ``test_top1`` exactly
     fmt: str = "ffcv"
+    #: the autocast the run's test evaluation ran under (``fp32`` / ``bf16`` / ``fp16``; a
+    #: ``result.json`` from before the field: ``fp32``): evaluations use it too
+    precision: str = "fp32"
+
+    @property
+    def amp(self) -> torch.dtype | None:
+        """The autocast dtype of :attr:`precision` (None: fp32)."""
+        return PRECISIONS[self.precision]
 
     @property
     def name(self) -> str:
@@ -128,6 +136,10 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
         raise DataError(f"{res_path}: field 'format' must be one of {', '.join(Format.values())}, "
                         f"got {fmt!r}; {_FIX}")
     flip_tta = _field(result, "flip_tta", "bool", run_dir, False)
+    precision = _field(result, "test_precision", "str", run_dir, "fp32")
+    if precision not in PRECISIONS:
+        raise DataError(f"{res_path}: field 'test_precision' must be one of "
+                        f"{', '.join(PRECISIONS)}, got {precision!r}; {_FIX}")
     res = resolution if resolution is not None else _resolution(result, run_dir)
     ckpt = _path(result, "checkpoint", "source checkpoint", run_dir, checkpoint)
     tgt = _path(result, "target", "target", run_dir, target)
@@ -157,4 +169,4 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
                         "'checkpoint') or rerun the finetuning") from None
     model.eval()
     return Finetuned(model=model, run_dir=run_dir, result=result, mode=mode, target=tgt,
-                     resolution=res, flip_tta=bool(flip_tta), fmt=fmt)
+                     resolution=res, flip_tta=bool(flip_tta), fmt=fmt, precision=precision)

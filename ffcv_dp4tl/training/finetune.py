@@ -18,7 +18,10 @@ Both train with the shared engine (:func:`~.engine.train_one_epoch` with a
 report target *test* top-1 per evaluated epoch (``eval.every``; :func:`~.engine.evaluate`; flip TTA
 for FF when ``eval.flip_tta``, never on LP's cached features) to ``metrics.jsonl``, and to
 ``result.json`` the final epoch's top-1 (``test_top1`` = ``final_test_top1``) beside the best
-evaluated epoch's (``best_test_top1``, ``best_epoch``).
+evaluated epoch's (``best_test_top1``, ``best_epoch``). ``test_precision`` records the autocast
+the test evaluation ran under (``fp32``; FF: ``train.precision`` on CUDA, or on CPU with
+``train.cpu_autocast``), so evaluations after finetuning (``ffcv_dp4tl.evaluation``) measure the
+same network the same way.
 
 **Resuming.** After every epoch the run state (the trained weights — LP: the head; FF: the
 whole model —, optimiser, grad scaler, RNG states, LP's shuffling generator, the metric rows and
@@ -58,6 +61,15 @@ from .trainer import (autocast_dtype, build_optimizer, cudnn_benchmark, param_gr
 
 RESULT_NAME = "result.json"
 STATE_NAME = "finetune_state.pt"
+
+#: ``result.json``'s ``test_precision`` ↔ the autocast dtype of the test evaluation
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16,
+                                             "fp16": torch.float16}
+
+
+def precision_name(amp: torch.dtype | None) -> str:
+    """``fp32`` / ``bf16`` / ``fp16`` of an autocast dtype (None: no autocast, fp32)."""
+    return next(k for k, v in PRECISIONS.items() if v is amp)
 
 
 class FeatureBatch(NamedTuple):
@@ -283,6 +295,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
                "lr": stats["lr"], "top1_test": None}
         if (epoch + 1) % ec.every == 0 or epoch + 1 == tc.epochs:
             row["top1_test"] = evaluate(net, eval_loader, ctx, amp, flip_tta)["top1"]
+            row["test_precision"] = precision_name(amp)
         rows.append(row)
         call(callbacks, "on_epoch_end", row)
         FinetuneState(
@@ -305,6 +318,9 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
               "final_test_top1": rows[-1]["top1_test"], "best_test_top1": best["top1_test"],
               "best_epoch": best["epoch"] + 1, "evaluated_epochs": len(evaluated),
               "flip_tta": bool(flip_tta), "lp_augment": bool(lp_augmented),
+              # the autocast the final test evaluation ran under (evaluations repeat it); rows
+              # of a state from before the field: this segment's, the same recipe's
+              "test_precision": rows[-1].get("test_precision") or precision_name(amp),
               "resolution": fc.resolution,
               "epochs": tc.epochs, "recipe": recipe.name, "checkpoint": str(checkpoint),
               "source_arch": ckpt.arch, "source_dataset_fingerprint": ckpt.dataset_fingerprint,

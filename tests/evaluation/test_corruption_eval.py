@@ -97,3 +97,69 @@ def test_evaluate_corruptions_refuses_an_empty_list(lp_run):
 
     with pytest.raises(DataError, match="no corruption"):
         evaluate_corruptions({"lp": lp_run}, [])
+
+
+def test_a_bf16_evaluated_run_is_reevaluated_in_bf16(eval_source_ckpt, eval_target, tmp_path,
+                                                     monkeypatch):
+    """FF under autocast (``train.cpu_autocast``: the CPU takes the CUDA path, bf16 as with the
+    paper's FF recipe on a GPU): result.json records the precision of the test evaluation and
+    the evaluation repeats it, so the clean top-1 is the run's test_top1 and even the loss is
+    the run's own, bit for bit (fp32 would give another loss)."""
+    import importlib
+
+    from ffcv_dp4tl.training.distributed import DistContext
+    from ffcv_dp4tl.training.engine import evaluate
+    from ffcv_dp4tl.training.recipe import load_recipe
+
+    # (the package exports a function of the same name)
+    finetune_module = importlib.import_module("ffcv_dp4tl.training.finetune")
+    measured, real = [], finetune_module.evaluate
+
+    def spy(*a, **k):
+        measured.append(real(*a, **k))
+        return measured[-1]
+
+    monkeypatch.setattr(finetune_module, "evaluate", spy)
+    recipe = load_recipe("ff_tiny_cpu", [
+        "train.epochs=1", "train.batch_size=8", "finetune.resolution=16", "eval.resolution=16",
+        "data.num_workers=0", "eval.batch_size=64", "train.precision=bf16",
+        "train.cpu_autocast=true"])
+    finetune_module.finetune(recipe, eval_source_ckpt, eval_target, tmp_path / "bf16", fmt="wds",
+                             device="cpu", progress=False)
+    ft = load_finetuned(tmp_path / "bf16", "cpu")
+    assert ft.result["test_precision"] == ft.precision == "bf16"
+    res = corruption_accuracy(ft, [("contrast", 5)], batch_size=64, num_workers=0,
+                              progress=False)
+    assert res["precision"] == "bf16"
+    assert res["clean_top1"] == ft.result["test_top1"]
+    assert res["clean_loss"] == measured[-1]["loss"]
+    from ffcv_dp4tl.data import AugSpec, make_loader
+
+    loader = make_loader(ft.target, "test", fmt="wds", aug=AugSpec.for_eval(), batch_size=64,
+                         resolution=16, device="cpu", num_workers=0)
+    fp32 = evaluate(ft.model, loader, DistContext(), None, ft.flip_tta)
+    assert fp32["loss"] != res["clean_loss"]  # (so the precision is what made them equal)
+    assert "Note" not in corruption_table({"bf16": res})
+    elsewhere = {**res, "clean_top1": res["clean_top1"] + 1 / 12, "device": "cuda:0"}
+    assert "Note: bf16's clean top-1" in corruption_table({"bf16": elsewhere})  # said, not hidden
+
+
+def test_a_result_json_without_test_precision_is_read_as_fp32(lp_run, tmp_path):
+    """Runs from before result.json recorded ``test_precision`` were evaluated without
+    autocast on CPU and LP; they load as fp32. A value that is no precision is refused."""
+    import json
+    import shutil
+
+    from ffcv_dp4tl.errors import DataError
+
+    assert load_finetuned(lp_run).precision == "fp32"
+    run = tmp_path / "old"
+    shutil.copytree(lp_run, run)
+    res = json.loads((run / "result.json").read_text())
+    assert res.pop("test_precision") == "fp32"
+    (run / "result.json").write_text(json.dumps(res))
+    ft = load_finetuned(run)
+    assert ft.precision == "fp32" and ft.amp is None
+    (run / "result.json").write_text(json.dumps({**res, "test_precision": "fp8"}))
+    with pytest.raises(DataError, match="'test_precision' must be one of fp32, bf16, fp16"):
+        load_finetuned(run)

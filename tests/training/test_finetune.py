@@ -25,6 +25,7 @@ def test_lp_writes_result(trained_run, target_dir, tmp_path):
     assert saved["mode"] == "lp" and saved["test_top1"] is not None
     assert saved["target_classes"] == load_manifest(target_dir).num_classes
     assert res["test_top1"] == saved["test_top1"]
+    assert saved["test_precision"] == "fp32"  # LP: cached fp32 features, no autocast
     lines = (tmp_path / "lp" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 5 and json.loads(lines[-1])["top1_test"] == saved["test_top1"]
     # top-1 is a share of the test samples: a whole number of them
@@ -66,6 +67,7 @@ def test_ff_runs(trained_run, target_dir, tmp_path):
     assert res["mode"] == "ff" and (tmp_path / "ff" / "result.json").exists()
     rows = [json.loads(x) for x in (tmp_path / "ff" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0] and rows[0]["top1_test"] == res["test_top1"]
+    assert res["test_precision"] == rows[0]["test_precision"] == "fp32"  # CPU: no autocast
 
 
 def test_augmented_lp_recomputes_features_keeps_backbone_frozen_and_resumes(
