@@ -22,8 +22,8 @@ from tqdm import tqdm
 from ..data import AugSpec, make_loader
 from ..data.corruptions import CorruptedLoader, CorruptionOp
 from ..errors import DataError
-from ..training.distributed import DistContext
 from ..training.engine import evaluate
+from ..training.finetune import single_process_context
 from .finetuned import Finetuned, load_finetuned
 
 
@@ -34,7 +34,7 @@ def corruption_accuracy(ft: Finetuned, corruptions: Sequence[tuple[str, int]], *
     severity, top1, count}], "per_corruption": {name: mean top-1}, "mean_corruption_top1"}``.
     ``fmt``: the target's format, default the one the run was finetuned from (``ft.fmt``)."""
     dev = next(ft.model.parameters()).device
-    ctx = DistContext(device=dev)
+    ctx = single_process_context(dev)  # `cuda:N` current before the loader is made
     fmt = fmt or ft.fmt
     loader = make_loader(ft.target, split, fmt=fmt, aug=AugSpec.for_eval(),
                          batch_size=batch_size, resolution=ft.resolution, device=dev,

@@ -187,8 +187,10 @@ def model_flatness(ft, *, split: str = "train", fmt: str | None = None, batch_si
     first ``num_batches`` batches of its target's ``split`` (eval transform, file order), read in
     ``fmt`` (default: the format the run was finetuned from)."""
     from ..data import AugSpec, make_loader
+    from ..training.finetune import single_process_context
 
     dev = next(ft.model.parameters()).device
+    single_process_context(dev)  # `cuda:N` current before the loader is made
     fmt = fmt or ft.fmt
     loader = make_loader(ft.target, split, fmt=fmt, aug=AugSpec.for_eval(), shuffle=False,
                          batch_size=batch_size, resolution=ft.resolution, device=dev,

@@ -1,7 +1,10 @@
 """Tab. A4 end to end: a finished LP/FF run rebuilt, evaluated clean and corrupted."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+import torch
 
 from ffcv_dp4tl.evaluation.corruption import corruption_accuracy, corruption_table
 from ffcv_dp4tl.evaluation.finetuned import load_finetuned
@@ -163,3 +166,45 @@ def test_a_result_json_without_test_precision_is_read_as_fp32(lp_run, tmp_path):
     (run / "result.json").write_text(json.dumps({**res, "test_precision": "fp8"}))
     with pytest.raises(DataError, match="'test_precision' must be one of fp32, bf16, fp16"):
         load_finetuned(run)
+
+
+class _OnCuda1(torch.nn.Module):
+    """A model that says it lives on cuda:1 (no GPU here)."""
+
+    def parameters(self, recurse=True):
+        yield SimpleNamespace(device=torch.device("cuda", 1))
+
+
+class _FirstLoader(Exception):
+    pass
+
+
+@pytest.mark.parametrize("what", ["corruptions", "flatness"])
+def test_evaluating_on_cuda_n_makes_n_current_before_the_loader(lp_run, monkeypatch, what):
+    """``dp4tl evaluate --device cuda:N``: the model is on N, and N is the current CUDA device
+    before the loader is made, so ffcv's streams and epoch buffers live on N, not on GPU 0. No
+    GPU here: the C call under ``torch.cuda.set_device`` is recorded, the first loader stops."""
+    import dataclasses
+
+    import ffcv_dp4tl.data
+    import ffcv_dp4tl.evaluation.corruption as corruption
+    from ffcv_dp4tl.evaluation.flatness import model_flatness
+
+    calls = []
+    monkeypatch.setattr(torch._C, "_cuda_setDevice", calls.append)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+    def first_loader(*a, **k):
+        raise _FirstLoader(list(calls), k["device"])
+
+    monkeypatch.setattr(corruption, "make_loader", first_loader)
+    monkeypatch.setattr(ffcv_dp4tl.data, "make_loader", first_loader)
+    ft = dataclasses.replace(load_finetuned(lp_run), model=_OnCuda1())
+    with pytest.raises(_FirstLoader) as e:
+        if what == "corruptions":
+            corruption_accuracy(ft, [("contrast", 5)], num_workers=0, progress=False)
+        else:
+            model_flatness(ft, num_workers=0)
+    assert e.value.args == ([1], torch.device("cuda", 1))

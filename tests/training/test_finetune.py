@@ -204,3 +204,31 @@ def test_ff_trains_with_the_recipes_lr_schedule_and_label_smoothing(trained_run,
         assert loss == pytest.approx(smoothed, rel=0, abs=1e-6)
         assert abs(smoothed - plain) > 1e-4  # the smoothing is visible in this loss
     assert len({round(lr, 12) for lr in expect}) == 6  # a schedule, not a constant
+
+
+def test_finetune_on_cuda_n_makes_n_current_before_any_loader(trained_run, target_dir, tmp_path,
+                                                              monkeypatch):
+    """``--device cuda:N``: N is the current CUDA device before the first loader is made, so
+    ffcv's streams and the epoch buffers live on N, not on GPU 0 (the rule of a single-process
+    ``dp4tl train``). No GPU here: the C call under ``torch.cuda.set_device`` is recorded, the
+    source model stays on the CPU and the first loader stops the run."""
+    calls = []
+    monkeypatch.setattr(torch._C, "_cuda_setDevice", calls.append)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    real_load = finetune_module.load_pretrained
+    monkeypatch.setattr(finetune_module, "load_pretrained",
+                        lambda ckpt, dev: real_load(ckpt, torch.device("cpu")))
+
+    class FirstLoader(Exception):
+        pass
+
+    def first_loader(*a, **k):
+        raise FirstLoader(list(calls), k["device"])
+
+    monkeypatch.setattr(finetune_module, "make_loader", first_loader)
+    with pytest.raises(FirstLoader) as e:
+        finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path, fmt="wds",
+                 device="cuda:1", progress=False, overrides=LP)
+    assert e.value.args == ([1], torch.device("cuda", 1))
