@@ -16,9 +16,13 @@ the target, by five sharpness measures of the *target training loss*; two of the
   trained minimum that is the top (positive) one.
 
 Both use the same fixed set of batches (the target train split, eval transform, in file
-order) with the model in eval mode (BatchNorm statistics frozen), so the loss is a
-deterministic function of the weights and a repeated call gives the same numbers. The loss is
-the sample-weighted mean over the whole batch set, exactly as one big batch.
+order) with the model in eval mode (BatchNorm statistics frozen), so the loss is a function of
+the weights alone (no batch statistics, no augmentation draws). On the CPU a repeated call gives
+the same numbers bit for bit (``tests/evaluation/test_flatness_eval.py``); on CUDA the gradient
+kernels are not deterministic (cuDNN's weight-gradient algorithms, the atomic adds of e.g.
+adaptive average pooling's backward), so repeated calls agree to float rounding, not bit for bit,
+and a power iteration may stop one product earlier or later. The loss is the sample-weighted mean
+over the whole batch set, exactly as one big batch.
 
 The paper normalises each measure over the compared methods ("100 % = flattest");
 :func:`relative_flatness` does that for a set of models: ``min(sharpness) / sharpness × 100``.
