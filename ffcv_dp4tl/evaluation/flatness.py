@@ -29,11 +29,15 @@ The paper normalises each measure over the compared methods ("100 % = flattest")
 """
 from __future__ import annotations
 
+import math
+import operator
 from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ..errors import DP4TLError
 
 LossFn = Callable[[nn.Module, tuple], torch.Tensor]
 
@@ -44,8 +48,24 @@ def cross_entropy(model: nn.Module, batch: tuple) -> torch.Tensor:
     return nn.functional.cross_entropy(model(images).float(), labels)
 
 
+def _count(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum`` (a bool, a float or a smaller number: ValueError)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        n = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}") from None
+    if n < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return n
+
+
 def fixed_batches(loader, num_batches: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first ``num_batches`` (None: all) ``(images, labels)`` of an (unshuffled) loader."""
+    """The first ``num_batches`` (an integer >= 1; None: all) ``(images, labels)`` of an
+    (unshuffled) loader."""
+    if num_batches is not None:
+        num_batches = _count(num_batches, "num_batches (None for all batches)")
     out = []
     for batch in loader:
         out.append((batch.images, batch.labels))
@@ -54,10 +74,31 @@ def fixed_batches(loader, num_batches: int | None) -> list[tuple[torch.Tensor, t
     return out
 
 
+def _batches(batches: Iterable[tuple]) -> list[tuple]:
+    """``batches`` as a list, refused when empty or without a single sample (the loss of no
+    data is no loss: measuring it would report a perfectly flat 0)."""
+    out = list(batches)
+    if not out:
+        raise ValueError("batches is empty: give at least one (images, labels) batch "
+                         "(fixed_batches(loader, n) of a loader over a non-empty split)")
+    if not sum(len(b[1]) if b[1] is not None else 1 for b in out):
+        raise ValueError("batches hold no sample (every labels tensor is empty): give at least "
+                         "one non-empty (images, labels) batch")
+    return out
+
+
 def _weights(batches: Sequence[tuple]) -> list[float]:
     sizes = [len(b[1]) if b[1] is not None else 1 for b in batches]
     total = float(sum(sizes))
     return [s / total for s in sizes]
+
+
+def _finite(value: float, what: str) -> float:
+    if not math.isfinite(value):
+        raise DP4TLError(f"{what} is not finite ({value}): the model's loss overflows or its "
+                         "weights or inputs hold NaN/inf there, so no sharpness can be measured; "
+                         "check the run (and for the ε-box ascent try a smaller --eps)")
+    return value
 
 
 def _params(model: nn.Module, params: Iterable[nn.Parameter] | None) -> list[nn.Parameter]:
@@ -69,6 +110,7 @@ def _params(model: nn.Module, params: Iterable[nn.Parameter] | None) -> list[nn.
 
 def mean_loss(model: nn.Module, batches: Sequence[tuple], loss_fn: LossFn = cross_entropy) -> float:
     """Sample-weighted mean loss over ``batches`` (no gradients)."""
+    batches = _batches(batches)
     with torch.no_grad():
         return float(sum(w * float(loss_fn(model, b)) for w, b in zip(_weights(batches), batches)))
 
@@ -93,6 +135,11 @@ def hessian_vector_product(model: nn.Module, batches: Sequence[tuple], vec: Sequ
     (flash / memory-efficient, what a ViT gets by default on CPU and CUDA) have no double
     backward."""
     params = _params(model, params)
+    batches = _batches(batches)
+    vec = list(vec)
+    if len(vec) != len(params) or any(v.shape != p.shape for v, p in zip(vec, params)):
+        raise ValueError(f"vec must hold one tensor of each parameter's shape ({len(params)} "
+                         f"tensors), got {len(vec)} of shapes {[tuple(v.shape) for v in vec]}")
     out = [torch.zeros_like(p) for p in params]
     with sdpa_kernel(SDPBackend.MATH):
         for w, b in zip(_weights(batches), batches):
@@ -115,8 +162,13 @@ def hessian_top_eigenvalue(model: nn.Module, batches: Sequence[tuple], *, iters:
     Starts from a seeded Gaussian vector; stops after ``iters`` products or when the Rayleigh
     quotient changes by less than ``tol`` (relative). Returns ``{"lambda_max", "iterations",
     "converged", "history"}``."""
+    iters = _count(iters, "iters")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) \
+            or tol < 0:
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     model.eval()
     params = _params(model, params)
+    batches = _batches(batches)
     gen = torch.Generator().manual_seed(seed)
     v = [torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p) for p in params]
     n = _norm(v)
@@ -125,7 +177,8 @@ def hessian_top_eigenvalue(model: nn.Module, batches: Sequence[tuple], *, iters:
     lam, converged = float("nan"), False
     for _ in range(iters):
         hv = hessian_vector_product(model, batches, v, loss_fn, params)
-        new = float(sum((h.double() * x.double()).sum() for h, x in zip(hv, v)))
+        new = _finite(float(sum((h.double() * x.double()).sum() for h, x in zip(hv, v))),
+                      f"the Hessian's Rayleigh quotient at power iteration {len(history) + 1}")
         history.append(new)
         n = _norm(hv)
         if float(n) == 0.0:
@@ -146,25 +199,30 @@ def epsilon_sharpness(model: nn.Module, batches: Sequence[tuple], *, eps: float 
     """Keskar et al.'s ε-sharpness (in %) by projected sign-gradient ascent in the box
     ``|y_i| ≤ ε(|w_i| + 1)``. The weights are restored afterwards. Returns ``{"sharpness",
     "loss", "max_loss", "eps", "steps"}``."""
-    if eps <= 0 or steps < 1:
-        raise ValueError(f"eps must be > 0 and steps >= 1 (got eps={eps}, steps={steps})")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) \
+            or eps <= 0:
+        raise ValueError(f"eps must be a finite number > 0 (Keskar et al.: 1e-3, 5e-4), got {eps!r}")
+    steps = _count(steps, "steps")
     model.eval()
     params = _params(model, params)
+    batches = _batches(batches)
     w0 = [p.detach().clone() for p in params]
     bound = [eps * (w.abs() + 1) for w in w0]
     y = [torch.zeros_like(w) for w in w0]
-    base = mean_loss(model, batches, loss_fn)
+    base = _finite(mean_loss(model, batches, loss_fn), "the loss at the model's own weights")
     best = base
     try:
-        for _ in range(steps):
+        for step in range(steps):
             loss, grads = _loss_and_grad(model, batches, loss_fn, params)
-            best = max(best, loss)
+            best = max(best, _finite(loss, f"the loss at ε-box ascent step {step + 1} of {steps} "
+                                           f"(eps={eps})"))
             with torch.no_grad():
                 for p, w, yi, g, b in zip(params, w0, y, grads, bound):
                     yi.add_(2.5 * b / steps * g.sign())
                     torch.maximum(torch.minimum(yi, b), -b, out=yi)
                     p.copy_(w + yi)
-        best = max(best, mean_loss(model, batches, loss_fn))
+        best = max(best, _finite(mean_loss(model, batches, loss_fn),
+                                 f"the loss after the last ε-box ascent step (eps={eps})"))
     finally:
         with torch.no_grad():
             for p, w in zip(params, w0):
@@ -191,6 +249,7 @@ def model_flatness(ft, *, split: str = "train", fmt: str | None = None, batch_si
     first ``num_batches`` batches of its target's ``split`` (eval transform, file order), read in
     ``fmt`` (default: the format the run was finetuned from)."""
     from ..data import AugSpec, make_loader
+    from ..errors import DataError
     from ..training.finetune import single_process_context
 
     dev = next(ft.model.parameters()).device
@@ -200,6 +259,9 @@ def model_flatness(ft, *, split: str = "train", fmt: str | None = None, batch_si
                          batch_size=batch_size, resolution=ft.resolution, device=dev,
                          num_workers=num_workers)
     batches = fixed_batches(loader, num_batches)
+    if not batches:
+        raise DataError(f"{ft.target} split {split!r} gave no batch to measure the loss on; "
+                        "choose a split with samples (--split)")
     model = ft.model.float()
     sharp = epsilon_sharpness(model, batches, eps=eps, steps=steps)
     hess = hessian_top_eigenvalue(model, batches, iters=iters, tol=tol, seed=seed)

@@ -1,6 +1,8 @@
 """Fig. A4's sharpness measures on models whose answer is known in closed form."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -156,3 +158,66 @@ def test_hessian_of_a_vit_matches_finite_differences():
     top = hessian_top_eigenvalue(vit, batches, iters=3, loss_fn=ce)
     assert top["iterations"] >= 1 and np.isfinite(top["lambda_max"]) and top["lambda_max"] != 0
     assert epsilon_sharpness(vit, batches, steps=2, loss_fn=ce)["sharpness"] > 0
+
+
+def _net_and_batches():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3))
+    x, y = torch.randn(6, 3), torch.tensor([0, 1, 2, 0, 1, 2])
+    return net, [(x[:4], y[:4]), (x[4:], y[4:])]
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda m, b: epsilon_sharpness(m, b, eps=float("nan")), "eps must be a finite number > 0"),
+    (lambda m, b: epsilon_sharpness(m, b, eps=float("inf")), "eps must be a finite number > 0"),
+    (lambda m, b: epsilon_sharpness(m, b, eps=-1e-3), "eps must be a finite number > 0"),
+    (lambda m, b: epsilon_sharpness(m, b, steps=2.5), "steps must be an integer >= 1, got 2.5"),
+    (lambda m, b: epsilon_sharpness(m, b, steps=0), "steps must be an integer >= 1"),
+    (lambda m, b: epsilon_sharpness(m, []), "batches is empty"),
+    (lambda m, b: hessian_top_eigenvalue(m, []), "batches is empty"),
+    (lambda m, b: hessian_top_eigenvalue(m, b, iters=0), "iters must be an integer >= 1"),
+    (lambda m, b: hessian_top_eigenvalue(m, b, iters=True), "iters must be an integer >= 1"),
+    (lambda m, b: hessian_top_eigenvalue(m, b, tol=float("nan")), "tol must be a finite"),
+    (lambda m, b: hessian_top_eigenvalue(m, b, tol=-1.0), "tol must be a finite"),
+    (lambda m, b: mean_loss(m, []), "batches is empty"),
+    (lambda m, b: mean_loss(m, [(b[0][0][:0], b[0][1][:0])]), "no sample"),
+    (lambda m, b: hessian_vector_product(m, b, [torch.ones(1)]), "vec must hold one tensor"),
+], ids=["eps-nan", "eps-inf", "eps-negative", "steps-fraction", "steps-0", "sharpness-no-batch",
+        "hessian-no-batch", "iters-0", "iters-bool", "tol-nan", "tol-negative", "loss-no-batch",
+        "loss-no-sample", "vec-short"])
+def test_bad_arguments_are_refused_not_measured_as_flat(call, needle):
+    """NaN/inf ε gave sharpness 0 (max ignores NaN), no batches a flat 0 and λ_max 0
+    'converged', iters=0 NaN, a fractional step count a raw TypeError: each is now a
+    ValueError that names the argument."""
+    net, batches = _net_and_batches()
+    with pytest.raises(ValueError, match=needle):
+        call(net, batches)
+
+
+@pytest.mark.parametrize("n", [0, -1, 1.5, True])
+def test_fixed_batches_refuses_a_count_below_one(n):
+    """0 and -1 returned one batch (the CLI's --batches 0, "all", passes None)."""
+    from ffcv_dp4tl.evaluation.flatness import fixed_batches
+
+    loader = [SimpleNamespace(images=torch.zeros(1), labels=torch.zeros(1)) for _ in range(3)]
+    with pytest.raises(ValueError, match="num_batches"):
+        fixed_batches(loader, n)
+    assert len(fixed_batches(loader, None)) == 3 and len(fixed_batches(loader, 2)) == 2
+
+
+def test_a_loss_that_turns_non_finite_in_the_box_is_an_error_not_flat():
+    """A loss that overflows inside the ε-box was skipped by max() and reported as sharpness
+    0 (perfectly flat); it is an error naming the ascent step, and the weights are restored."""
+    from ffcv_dp4tl.errors import DP4TLError
+
+    w0 = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    model = Quadratic(torch.eye(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64), w0)
+
+    def blows_up(m, batch):  # finite at w0, NaN as soon as the weights move
+        return quad_loss(m, batch) + torch.log(1 - 1e3 * (m.w - w0).abs().sum())
+
+    with pytest.raises(DP4TLError, match="ε-box ascent step 2 of 3 .* not finite"):
+        epsilon_sharpness(model, ONE, steps=3, loss_fn=blows_up)
+    torch.testing.assert_close(model.w.detach(), w0)
+    with pytest.raises(DP4TLError, match="own weights is not finite"):
+        epsilon_sharpness(model, ONE, loss_fn=lambda m, b: quad_loss(m, b) * float("inf"))
