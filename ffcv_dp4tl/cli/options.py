@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -37,27 +36,17 @@ SYNTH_K = 64
 K_HELP = (f"fm: k-means clusters K (default: the paper's {PAPER_K}; {SYNTH_K} on the embedded "
           "synth:* data, which has fewer samples than that)")
 
-_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-
-
 def check_device(value: str) -> str:
-    """``--device`` callback: the syntax, and that CUDA exists when it is asked for."""
+    """``--device`` callback: the syntax, and that CUDA exists when it is asked for (the rule
+    of the Python API too: ``training.distributed.resolve_device``), as a usage error."""
     if value is None:
         return value
-    if not _DEVICE.match(value):
-        raise typer.BadParameter(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N "
-                                 "(e.g. cuda:1)")
-    if value.startswith("cuda"):
-        import torch
+    from ..training.distributed import resolve_device as resolve  # imports torch: only when called
 
-        if not torch.cuda.is_available():
-            raise typer.BadParameter(f"{value}: CUDA is not available on this machine; use "
-                                     "--device cpu (or auto)")
-        index = int(value.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise typer.BadParameter(f"{value}: this machine has {torch.cuda.device_count()} "
-                                     f"CUDA device(s); use cuda:0 .. cuda:"
-                                     f"{torch.cuda.device_count() - 1}")
+    try:
+        resolve(value, "--device")
+    except DP4TLError as e:
+        raise typer.BadParameter(str(e)) from None
     return value
 
 

@@ -127,6 +127,66 @@ def test_bad_values_are_refused_before_any_work(args, field, capsys, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["DATA"], list(tmp_path.iterdir())
 
 
+DEVICE_CASES = [
+    ("gpu", True, "{what} 'gpu' is not a device; use auto, cpu, cuda or cuda:N (e.g. cuda:1)"),
+    ("cuda", False, "{what} 'cuda': no CUDA device is visible on this machine"),
+    ("cuda:0", False, "{what} 'cuda:0': no CUDA device is visible on this machine"),
+    ("cuda:2", True, "{what} 'cuda:2': this machine has 2 CUDA device(s); use cuda:0 .. cuda:1"),
+]
+
+
+@pytest.mark.parametrize("device,gpus,message", DEVICE_CASES, ids=[d for d, _, _ in DEVICE_CASES])
+def test_one_device_rule_for_the_cli_and_the_python_api(device, gpus, message, capsys,
+                                                         monkeypatch, tmp_path):
+    """``--device`` and the Python API's ``device=`` (train, finetune, ...: through
+    ``resolve_device``) refuse the same values in one line naming the value and the choices.
+    Before, the API gave torch's 'Expected one of cpu, cuda, ipu, xpu, ...' for "gpu" and
+    'Found no NVIDIA driver' for cuda on a CPU machine."""
+    import re
+
+    import torch
+
+    from ffcv_dp4tl.errors import DP4TLError
+    from ffcv_dp4tl.training import finetune, train
+    from ffcv_dp4tl.training.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2 if gpus else 0)
+    monkeypatch.chdir(tmp_path)
+    api = re.escape(message.format(what="device"))
+    with pytest.raises(DP4TLError, match=api):
+        resolve_device(device)
+    with pytest.raises(DP4TLError, match=api):
+        resolve_device(torch.device(device) if device != "gpu" else device)
+    with pytest.raises(DP4TLError, match=api):
+        train("resnet18_tiny_cpu", tmp_path / "DATA", out_dir=tmp_path / "run", device=device,
+              progress=False)
+    with pytest.raises(DP4TLError, match=api):
+        finetune("lp_tiny_cpu", tmp_path / "c.pt", tmp_path / "DATA", tmp_path / "ft",
+                 device=device, progress=False)
+    code, _, err = cli(capsys, monkeypatch, "pipeline", "--device", device, "--data-root",
+                       tmp_path / "data", "--runs-root", tmp_path / "runs")
+    one_line_error(code, err, message.format(what="--device"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+
+
+def test_the_device_rule_lets_every_documented_value_through(monkeypatch):
+    import torch
+
+    from ffcv_dp4tl.cli.options import check_device
+    from ffcv_dp4tl.training.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for value, dev in [("auto", "cuda"), ("cpu", "cpu"), ("cuda", "cuda"), ("cuda:1", "cuda:1"),
+                       (None, "cuda"), (torch.device("cuda", 1), "cuda:1")]:
+        assert resolve_device(value) == torch.device(dev)
+        if isinstance(value, str):
+            assert check_device(value) == value
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+
+
 @pytest.fixture
 def record(monkeypatch):
     """Replace the work behind pipeline/bench/score/prune/train/finetune by a recorder."""

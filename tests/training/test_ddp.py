@@ -84,13 +84,16 @@ def test_epoch_seeds_differ_by_rank_and_rank_0_keeps_the_single_process_stream()
 def test_a_single_process_on_cuda_n_makes_n_current(monkeypatch):
     """``--device cuda:N`` without torchrun: N becomes the current device, so CuPy's FM
     kernels, ffcv's streams and ``torch.cuda.synchronize()`` work on N (not on GPU 0). No GPU
-    here: the C call under ``torch.cuda.set_device`` is recorded."""
+    here: the C call under ``torch.cuda.set_device`` is recorded (and two GPUs are visible, so
+    the device rule, ``resolve_device``, lets cuda:1 through)."""
     import torch
 
     from ffcv_dp4tl.training import distributed
 
     calls = []
     monkeypatch.setattr(torch._C, "_cuda_setDevice", calls.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert distributed.setup("cuda:1").device == torch.device("cuda", 1) and calls == [1]
     calls.clear()
