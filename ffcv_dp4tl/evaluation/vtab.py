@@ -89,6 +89,15 @@ def _same_mask(path: Path, mask: IndexMask) -> bool:
             and np.array_equal(old.indices, mask.indices))
 
 
+def split_override(split: str) -> str:
+    """The recipe override ``data.test_split=<split>`` with the name as a TOML string: an
+    override's value is parsed as TOML, so a bare split named like another value (``true``,
+    ``1``, ``2024-01-01``) would become a bool, a number or a date."""
+    # a JSON string is a TOML basic string, except that TOML wants DEL escaped too
+    quoted = json.dumps(split, ensure_ascii=False).replace("\x7f", "\\u007f")
+    return f"data.test_split={quoted}"
+
+
 #: the settings a VTAB protocol folder was made with (written before its first run)
 SETTINGS_NAME = "vtab_settings.json"
 #: the settings every run of a protocol folder shares: key → how the message names it
@@ -207,7 +216,7 @@ def vtab_protocol(recipe: str | Path, checkpoint: str | Path, target_dir: str | 
     base = load_recipe(recipe, overrides)  # validates before any work
     split = base.data.train_split
     for lr in lrs:  # each run's recipe too (an impossible lr is refused now, not after the others)
-        load_recipe(recipe, list(overrides) + [f"lr.lr={lr}", f"data.test_split={split}"])
+        load_recipe(recipe, list(overrides) + [f"lr.lr={lr}", split_override(split)])
     mode = FinetuneMode.check(mode or base.finetune.mode, "finetune mode")
     in_memory = vtab_masks(target_dir, seed=seed, train_size=train_size, val_size=val_size,
                            split=split)
@@ -228,7 +237,7 @@ def vtab_protocol(recipe: str | Path, checkpoint: str | Path, target_dir: str | 
         lr_ = next((x for x, n in zip(lrs, names) if n == lr), None)
         if kind not in ("select", "final") or lr_ is None:
             return None
-        extra = [f"lr.lr={lr_}"] + ([f"data.test_split={split}"] if kind == "select" else [])
+        extra = [f"lr.lr={lr_}"] + ([split_override(split)] if kind == "select" else [])
         try:
             fp = load_recipe(recipe, list(overrides) + extra).fingerprint()
         except DP4TLError:
@@ -258,7 +267,7 @@ def vtab_protocol(recipe: str | Path, checkpoint: str | Path, target_dir: str | 
 
     sweep = []
     for lr, name in zip(lrs, names):
-        res = run(f"select-lr{name}", [f"lr.lr={lr}", f"data.test_split={split}"],
+        res = run(f"select-lr{name}", [f"lr.lr={lr}", split_override(split)],
                   train_mask=masks["train"], test_mask=masks["val"])
         sweep.append({"lr": lr, "val_top1": res["test_top1"]})
     best = max(sweep, key=lambda r: (r["val_top1"], -lrs.index(r["lr"])))  # first of equals

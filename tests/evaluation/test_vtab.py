@@ -176,3 +176,36 @@ def test_every_lrs_recipe_is_checked_before_the_first_finetuning(eval_source_ckp
 def test_vtab_masks_refuse_a_negative_seed(eval_target):
     with pytest.raises(DataError, match="--seed"):
         vtab_masks(eval_target, seed=-1, train_size=16, val_size=4)
+
+
+@pytest.mark.parametrize("name", ["true", "1", "2024-01-01", "inf", "[x]", 'a "b" \\c', "x\x7fy",
+                                  " pad "])
+def test_the_split_override_keeps_any_split_name_a_string(name):
+    """An override's value is TOML: a bare ``data.test_split=true`` was the bool True (refused
+    as 'must be str'), ``2024-01-01`` a date."""
+    from ffcv_dp4tl.evaluation.vtab import split_override
+    from ffcv_dp4tl.training.recipe import load_recipe
+
+    assert load_recipe("lp_tiny_cpu", [split_override(name)]).data.test_split == name
+
+
+def test_vtab_on_a_split_named_like_a_toml_date(eval_source_ckpt, eval_target, tmp_path):
+    """A target whose train split is named ``2024-01-01`` (the built target with its split
+    renamed in manifest.json): the protocol selects on it (its val part) and reports test."""
+    import shutil
+
+    from ffcv_dp4tl.evaluation.vtab import vtab_protocol
+
+    from .conftest import FT_OVERRIDES
+
+    target = tmp_path / "target"
+    shutil.copytree(eval_target, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["splits"]["2024-01-01"] = manifest["splits"].pop("train")
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    res = vtab_protocol("lp_tiny_cpu", eval_source_ckpt, target, tmp_path / "v", lrs=[0.05],
+                        train_size=16, val_size=4, fmt="wds", device="cpu", progress=False,
+                        overrides=FT_OVERRIDES + ['data.train_split="2024-01-01"'])
+    select = json.loads((tmp_path / "v" / "select-lr0.05" / "result.json").read_text())
+    assert select["test_split"] == "2024-01-01" and select["test_samples"] == 4
+    assert res["test_samples"] == 12 and res["selected_lr"] == 0.05
