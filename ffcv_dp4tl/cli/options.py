@@ -19,6 +19,7 @@ import typer
 from ..contracts import (AdvNorm, Backend, BetonMode, Budget, FinetuneMode, Format, Order,  # noqa: F401
                          Protocol, RecipeSet, TargetCrop, TargetSplit, check_items, check_k,
                          check_ratio, check_seeds)
+from ..contracts import check_device as contracts_check_device
 from ..errors import DP4TLError
 
 
@@ -37,14 +38,13 @@ K_HELP = (f"fm: k-means clusters K (default: the paper's {PAPER_K}; {SYNTH_K} on
           "synth:* data, which has fewer samples than that)")
 
 def check_device(value: str) -> str:
-    """``--device`` callback: the syntax, and that CUDA exists when it is asked for (the rule
-    of the Python API too: ``training.distributed.resolve_device``), as a usage error."""
+    """``--device`` callback: the syntax, and that CUDA exists when it is asked for
+    (:func:`~ffcv_dp4tl.contracts.check_device`, the rule of the Python API too), as a usage
+    error."""
     if value is None:
         return value
-    from ..training.distributed import resolve_device as resolve  # imports torch: only when called
-
     try:
-        resolve(value, "--device")
+        contracts_check_device(value, "--device")
     except DP4TLError as e:
         raise typer.BadParameter(str(e)) from None
     return value

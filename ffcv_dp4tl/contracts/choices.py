@@ -4,6 +4,7 @@ stage keys, fingerprints and JSON files hold exactly the strings they always hel
 from __future__ import annotations
 
 import math
+import re
 from enum import Enum
 from typing import Any, Iterable
 
@@ -135,6 +136,39 @@ class BetonMode(Choice):
     """How a build stores images in the beton: all JPEG, or a share raw."""
     jpg = "jpg"
     proportion = "proportion"
+
+
+#: the devices a command runs on (``--device``, ``device=`` of the Python API)
+DEVICE_SYNTAX = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def check_device(device: Any, what: str = "device") -> str:
+    """The one device rule (``--device``; ``device=`` of train, finetune, make_loader and
+    PipelineConfig): ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (a string or a torch.device),
+    CUDA only when a CUDA device is visible and N below their count. Returns the device as a
+    string, ``auto`` resolved (``cuda`` when a CUDA device is visible, else ``cpu``); anything
+    else is a one-line :class:`DP4TLError` naming ``what``. (torch is imported here only when
+    called, so the contracts still import without it.)"""
+    text = device if isinstance(device, str) else str(device)
+    if not DEVICE_SYNTAX.match(text):
+        raise DP4TLError(f"{what} {device!r} is not a device; use auto, cpu, cuda or cuda:N "
+                         "(e.g. cuda:1)")
+    if text == "cpu":
+        return text
+    import torch
+
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    cpu = "--device cpu (or auto)" if what.startswith("--") else f"{what}='cpu' (or 'auto')"
+    if not torch.cuda.is_available():
+        raise DP4TLError(f"{what} {text!r}: no CUDA device is visible on this machine (CUDA is "
+                         f"not available); use {cpu}")
+    count = torch.cuda.device_count()
+    index = text.partition(":")[2]
+    if index and int(index) >= count:
+        raise DP4TLError(f"{what} {text!r}: this machine has {count} CUDA device(s); use "
+                         f"cuda:0 .. cuda:{count - 1}")
+    return text
 
 
 def check_ratio(ratio: Any, what: str = "ratio", error: type[DP4TLError] = DP4TLError) -> float:

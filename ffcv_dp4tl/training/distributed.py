@@ -8,13 +8,12 @@ each rank a disjoint stride of the mask, so nothing here touches sampling.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from ..errors import DP4TLError
+from ..contracts import check_device
 
 
 @dataclass(frozen=True)
@@ -34,32 +33,11 @@ class DistContext:
         return self.world_size > 1
 
 
-_DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-
-
 def resolve_device(device: str | torch.device | None, what: str = "device") -> torch.device:
-    """The device to run on: ``auto`` (or None) → ``cuda`` when available, else ``cpu``.
-
-    The one device rule, for the Python API (train, finetune, make_loader, PipelineConfig) and
-    the CLI's ``--device`` (``cli.options.check_device``): ``auto``, ``cpu``, ``cuda`` or
-    ``cuda:N`` (a string or a ``torch.device``), CUDA only when a CUDA device is visible and N
-    below their count. Anything else is a one-line :class:`DP4TLError` naming ``what``."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not isinstance(device, (str, torch.device)) or not _DEVICE.match(str(device)):
-        raise DP4TLError(f"{what} {device!r} is not a device; use auto, cpu, cuda or cuda:N "
-                         "(e.g. cuda:1)")
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        cpu = "--device cpu (or auto)" if what.startswith("--") else f"{what}='cpu' (or 'auto')"
-        if not torch.cuda.is_available():
-            raise DP4TLError(f"{what} {str(device)!r}: no CUDA device is visible on this machine "
-                             f"(CUDA is not available); use {cpu}")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise DP4TLError(f"{what} {str(device)!r}: this machine has {count} CUDA device(s); "
-                             f"use cuda:0 .. cuda:{count - 1}")
-    return dev
+    """The device to run on: ``auto`` (or None) → ``cuda`` when available, else ``cpu``; a bad
+    value or CUDA without a visible CUDA device is a one-line error naming ``what``
+    (``contracts.check_device``, the rule of the CLI's ``--device`` too)."""
+    return torch.device(check_device("auto" if device is None else device, what))
 
 
 #: the commands that run one process per GPU under torchrun (the others refuse it: see the CLI)
