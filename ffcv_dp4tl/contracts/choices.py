@@ -4,6 +4,7 @@ stage keys, fingerprints and JSON files hold exactly the strings they always hel
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from enum import Enum
 from typing import Any, Iterable
@@ -195,14 +196,26 @@ def check_items(what: str, items: Iterable[Any]) -> list[Any]:
     return items
 
 
-def check_seeds(seeds: Iterable[int], what: str = "--seeds") -> list[int]:
+def check_seeds(seeds: Iterable[int], what: str = "--seeds",
+                error: type[DP4TLError] = DP4TLError) -> list[int]:
     """Seeds are integers >= 0 (train.seed; a recipe check that would otherwise fail only at
-    pretraining)."""
-    seeds = [int(s) for s in seeds]
-    negative = [s for s in seeds if s < 0]
+    pretraining): a list of ints (the CLI's digit strings too). A float, a bool, or one number
+    or string instead of a list is refused (0.7 would become seed 0, "01" the seeds 0 and 1).
+    One seed: ``check_seeds([seed], "seed")[0]``."""
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
+        raise error(f"{what} must be a list of integers >= 0 such as (0, 1, 2), got {seeds!r}")
+    out = []
+    for s in seeds:
+        try:
+            if isinstance(s, bool) or not isinstance(s, (numbers.Integral, str)):
+                raise ValueError(s)
+            out.append(int(s))
+        except ValueError:
+            raise error(f"{what}: {s!r} is not an integer; seeds are integers >= 0") from None
+    negative = [s for s in out if s < 0]
     if negative:
-        raise DP4TLError(f"{what}: {negative[0]} is negative; seeds are integers >= 0")
-    return seeds
+        raise error(f"{what}: {negative[0]} is negative; seeds are integers >= 0")
+    return out
 
 
 def check_tol(tol: Any, what: str = "--tol") -> float:

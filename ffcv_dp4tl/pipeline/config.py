@@ -3,11 +3,14 @@
 anything is built or trained, so a bad value is a one-line error at once."""
 from __future__ import annotations
 
+import numbers
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..contracts import Budget, Protocol, check_k, check_ratio, check_seeds
+from ..contracts import (Budget, FinetuneMode, Format, Protocol, check_device, check_k,
+                         check_ratio, check_seeds)
 from ..errors import DP4TLError
 from ..fsutil import check_out_dir
 from ..scoring.registry import Scorer, get_scorer, parse_option_pairs
@@ -28,7 +31,7 @@ class PipelineConfig:
     lp_recipe: str = ""  # finetuning recipes (e.g. a per-target file that `extends` lp / ff)
     ff_recipe: str = ""
     arch: str = ""  # override the pretraining recipe's model.arch
-    finetune: tuple[str, ...] = ("lp", "ff")
+    finetune: tuple[str, ...] = ("lp", "ff")  # a tuple: ("lp",) alone (a plain "lp" is refused)
     data_root: Path = Path("data")
     runs_root: Path = Path("runs")
     fmt: str = "ffcv"
@@ -66,8 +69,18 @@ def validate(cfg: PipelineConfig) -> Checked:
     """Every check of ``cfg`` that needs no data and no work: one :class:`DP4TLError` line for
     the first bad value. Checks that need the built data follow in the run's resolve step
     (:func:`~ffcv_dp4tl.pipeline.resolve.check_data`). A new up-front check goes here."""
-    check_ratio(cfg.ratio)
+    if isinstance(cfg.ratio, bool) or not isinstance(cfg.ratio, numbers.Real):
+        raise DP4TLError(f"ratio must be a number in [0, 1), got {type(cfg.ratio).__name__} "
+                         f"{cfg.ratio!r}")
+    cfg.ratio = check_ratio(cfg.ratio)  # a float: ratio=0 and --ratio 0 give the same stage keys
     Protocol.check(cfg.protocol, "protocol")
+    Format.check(cfg.fmt, "fmt")
+    check_device(cfg.device)
+    if isinstance(cfg.finetune, (str, bytes)) or not isinstance(cfg.finetune, Iterable):
+        raise DP4TLError(f"finetune must be a tuple of modes such as ('lp', 'ff') or ('lp',), "
+                         f"got {cfg.finetune!r}")
+    for mode in cfg.finetune:
+        FinetuneMode.check(mode, "finetune")
     if cfg.protocol in PAPER_PROTOCOLS and cfg.recipes:
         raise DP4TLError(f"recipes={cfg.recipes} picks a fast-protocol set; the {cfg.protocol} "
                          f"protocol has one set (recipes/{cfg.protocol.replace('-', '_')}/): "
@@ -78,9 +91,8 @@ def validate(cfg: PipelineConfig) -> Checked:
     for what, w in (("surrogate", cfg.surrogate_weights), ("source", cfg.source_weights)):
         if w and not Path(w).expanduser().is_file():
             raise DP4TLError(f"{what} weights not found: {w}")
-    seeds = tuple(dict.fromkeys(check_seeds(cfg.seeds))) or (0,)
-    if cfg.seed < 0:
-        raise DP4TLError(f"--seed must be >= 0 (the scorer's seed, e.g. random's draw), got {cfg.seed}")
+    seeds = tuple(dict.fromkeys(check_seeds(cfg.seeds, "--seeds"))) or (0,)
+    check_seeds([cfg.seed], "--seed (the scorer's seed, e.g. random's draw)")
     # output roots: a file in the way is refused here, not after the data are built; a
     # read-only data root is fine when it already holds the builds (ensure_built reuses them)
     check_out_dir(cfg.runs_root, "--runs-root")

@@ -4,8 +4,10 @@ negative seeds, output roots that cannot be folders. Each is one line, no stage 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
+import numpy as np
 import pytest
 
 from ffcv_dp4tl.errors import DP4TLError
@@ -28,12 +30,50 @@ def _cfg(tmp_path, **kw):
 
 @pytest.mark.parametrize("kw,message", [
     ({"seeds": (0, -1)}, "--seeds: -1 is negative; seeds are integers >= 0"),
-    ({"seed": -1}, "--seed must be >= 0 (the scorer's seed, e.g. random's draw), got -1"),
+    ({"seed": -1}, "--seed (the scorer's seed, e.g. random's draw): -1 is negative; seeds are "
+                   "integers >= 0"),
 ])
 def test_negative_seeds_fail_before_any_work(tmp_path, kw, message):
-    with pytest.raises(DP4TLError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(DP4TLError, match="^" + re.escape(message)):
         validate(_cfg(tmp_path, **kw))
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+BAD_CONFIG = [
+    # each failed only after the data were built (KeyError 'l' / 'xx' in resolve), late in a
+    # stage (fmt, device, ratio as a string), with a raw TypeError (seeds=3), or not at all:
+    # "01" ran seeds 0 and 1, (0.7,) ran seed 0, seed=1.5 reached the scorer
+    ({"finetune": "lp"}, "finetune must be a tuple of modes such as ('lp', 'ff') or ('lp',), "
+                         "got 'lp'"),
+    ({"finetune": ("lp", "xx")}, "finetune must be one of lp, ff, got 'xx'"),
+    ({"fmt": "tfrecord"}, "fmt must be one of ffcv, wds, got 'tfrecord'"),
+    ({"device": "gpu"}, "device 'gpu' is not a device; use auto, cpu, cuda or cuda:N"),
+    ({"ratio": "0.5"}, "ratio must be a number in [0, 1), got str '0.5'"),
+    ({"ratio": True}, "ratio must be a number in [0, 1), got bool True"),
+    ({"seeds": 3}, "--seeds must be a list of integers >= 0 such as (0, 1, 2), got 3"),
+    ({"seeds": "01"}, "--seeds must be a list of integers >= 0 such as (0, 1, 2), got '01'"),
+    ({"seeds": (0.7,)}, "--seeds: 0.7 is not an integer; seeds are integers >= 0"),
+    ({"seed": 1.5}, "--seed (the scorer's seed, e.g. random's draw): 1.5 is not an integer"),
+]
+
+
+@pytest.mark.parametrize("kw,message", BAD_CONFIG, ids=[repr(kw) for kw, _ in BAD_CONFIG])
+def test_bad_config_values_fail_in_one_line_before_any_work(tmp_path, kw, message):
+    with pytest.raises(DP4TLError, match="^" + re.escape(message)):
+        validate(_cfg(tmp_path, **kw))
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("ratio", [0, np.float32(0.5), np.int64(0)])
+def test_validate_stores_the_ratio_as_a_float(tmp_path, ratio):
+    """ratio=0 and --ratio 0 (a float) enter the stage keys alike, and a NumPy ratio (a sweep
+    over np.linspace) becomes a float the JSON stage keys can hold."""
+    from ffcv_dp4tl.pipeline.config import validate as check
+
+    cfg = _cfg(tmp_path, ratio=ratio)
+    check(cfg)
+    assert type(cfg.ratio) is float and cfg.ratio == float(ratio)
+    json.dumps({"ratio": cfg.ratio})
 
 
 def test_roots_that_cannot_be_folders_fail_before_any_work(tmp_path):
