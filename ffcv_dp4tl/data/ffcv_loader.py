@@ -33,7 +33,7 @@ import torch
 from ..errors import DataError
 from .ffcv_compile import PipelineFailure, damaged_samples, ffcv_classes
 from .interface import PlanLoaderBase
-from .sampling import Batch, EpochPlan
+from .sampling import Batch, EpochPlan, check_size
 from .transforms import AugSpec, Normalize
 
 
@@ -292,6 +292,8 @@ class FFCVMaskedLoader(PlanLoaderBase):
                   next_resolution: int | None = None) -> None:
         """Select the epoch (order) and, for progressive resizing, the output resolution
         (``next_resolution``, a hint about the next epoch, is not used)."""
+        if resolution is not None:
+            resolution = check_size(resolution, "resolution")
         self.epoch = epoch
         self.loader.next_epoch = epoch
         if resolution is not None:

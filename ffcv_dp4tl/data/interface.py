@@ -11,7 +11,7 @@ from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 
-from .sampling import Batch, EpochPlan
+from .sampling import Batch, EpochPlan, check_size
 from .transforms import AugSpec
 
 
@@ -76,6 +76,8 @@ class PlanLoaderBase:
                   next_resolution: int | None = None) -> None:
         """Select the epoch (order, crops) and, for progressive resizing, the resolution
         (``next_resolution``, a hint about the next epoch, is not used here)."""
+        if resolution is not None:
+            resolution = check_size(resolution, "resolution")
         self.epoch = epoch
         if resolution is not None:
             self.resolution = resolution

@@ -1,6 +1,7 @@
 """One entry point for masked loading from either file format."""
 from __future__ import annotations
 
+import numbers
 import os
 import sys
 from pathlib import Path
@@ -9,14 +10,14 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..contracts import Decode, Format
-from ..errors import DataError
+from ..contracts import Decode, Format, check_device, check_seeds
+from ..errors import DataError, MaskError
 from .ffcv_loader import FFCVMaskedLoader
 from .gpu_decode import DeviceDecodeLoader, device_decode_available
 from .interface import MaskedLoader
 from .manifest import load_manifest
 from .masks import IndexMask, full_mask, load_mask, validate_mask
-from .sampling import EpochPlan, dist_info
+from .sampling import EpochPlan, check_size, dist_info
 from .transforms import AugSpec
 from .wds_loader import WdsMaskedLoader
 
@@ -129,6 +130,11 @@ def make_loader(
 ) -> MaskedLoader:
     """Loader over the samples of ``split`` kept by ``mask`` (all samples if None).
 
+    ``mask`` is an :class:`IndexMask` (``make_mask(indices, split_info)``,
+    ``mask_from_classes``) or the path of a saved one; a bare index array or list is refused
+    (a mask records which dataset its indices belong to). ``batch_size`` and ``resolution``
+    are positive integers, ``dtype`` a floating dtype, ``device`` auto, cpu, cuda or cuda:N.
+
     Reads only masked samples. ``aug`` (:class:`AugSpec`) says what is done to each image:
     train (``AugSpec.for_train()``): random-resized crop + flip at ``resolution`` (change it
     per epoch with ``set_epoch(epoch, resolution)``); eval (``AugSpec.for_eval()``): center
@@ -160,15 +166,29 @@ def make_loader(
         raise DataError(f"unknown loader format {fmt!r}; choose one of {', '.join(Format.values())}")
     if decode not in Decode.values():
         raise DataError(f"unknown decode {decode!r}; choose one of {', '.join(Decode.values())}")
+    batch_size = check_size(batch_size, "batch_size")
+    resolution = check_size(resolution, "resolution")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
+        raise DataError(f"num_workers must be an integer >= 0 (0 = load in this process), got "
+                        f"{num_workers!r}")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise DataError(f"dtype={dtype!r}: images are normalised floats; use a floating dtype "
+                        "(torch.float32, torch.float16 or torch.bfloat16)")
+    seed = check_seeds([seed], "seed", DataError)[0]
+    device = torch.device(check_device(device))  # auto: cuda when visible, else cpu
     aug = aug.validate()
     manifest = load_manifest(dataset_dir)
     info = manifest.split(split)
     if mask is None:
         mask = full_mask(info)
-    elif not isinstance(mask, IndexMask):
+    elif isinstance(mask, IndexMask):
+        validate_mask(mask, info)
+    elif isinstance(mask, (str, os.PathLike)):
         mask = load_mask(mask, info)
     else:
-        validate_mask(mask, info)
+        raise MaskError(f"mask must be an IndexMask or the path of a saved mask (.npy), got "
+                        f"{type(mask).__name__}; make one from sample indices with "
+                        f"make_mask(indices, load_manifest(dataset_dir).split({split!r}))")
     r, w = dist_info(rank, world_size)
     plan = EpochPlan(np.asarray(mask.indices, dtype=np.int64),
                      shuffle=aug.train if shuffle is None else shuffle, seed=seed, rank=r,

@@ -6,12 +6,14 @@ exactly once per epoch across ranks.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from ..errors import DataError
 from .masks import epoch_order, shard_for_rank
 
 
@@ -22,6 +24,17 @@ class Batch(NamedTuple):
     # a second, independently augmented view of the same samples (loaders made with views=2,
     # for two-view self-supervised recipes such as MoCo); None otherwise
     images2: torch.Tensor | None = None
+
+
+def check_size(value: Any, what: str) -> int:
+    """A loader's ``batch_size`` or ``resolution`` (output side in pixels, also when
+    ``set_epoch`` changes it): a positive integer; a bool, a float or a string is none.
+    Checked before any worker runs: 0 crashed ffcv's decoders (an OpenCV abort) and the
+    WebDataset loader blamed the data."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        unit = " number of pixels" if what == "resolution" else ""
+        raise DataError(f"{what} must be a positive integer{unit}, got {value!r}")
+    return int(value)
 
 
 def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:

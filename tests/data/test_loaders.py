@@ -8,6 +8,8 @@ whatever crop, flip or resolution was applied. For ffcv this verifies our index 
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -120,6 +122,82 @@ def test_make_loader_errors(index_dataset, index_split, tmp_path):
         make_loader(index_dataset.root, "train", fmt="wds", mask=foreign, **kw)
     with pytest.raises(MaskError, match="mask file not found"):
         make_loader(index_dataset.root, "train", fmt="ffcv", mask=tmp_path / "none.npy", **kw)
+
+
+BAD_LOADER_ARGS = [
+    # resolution 0 aborted the process (OpenCV assert in an ffcv worker) or, with wds, blamed the
+    # data ("cannot decode the JPEG ... run dp4tl verify"); -32, 32.0: raw torch/ffcv errors
+    ("resolution", 0, "resolution must be a positive integer number of pixels, got 0"),
+    ("resolution", -32, "resolution must be a positive integer number of pixels, got -32"),
+    ("resolution", 32.0, "resolution must be a positive integer number of pixels, got 32.0"),
+    ("resolution", True, "resolution must be a positive integer number of pixels, got True"),
+    # batch size 0: ZeroDivisionError in ffcv; -1: "__len__() should return >= 0"
+    ("batch_size", 0, "batch_size must be a positive integer, got 0"),
+    ("batch_size", -1, "batch_size must be a positive integer, got -1"),
+    ("batch_size", 2.5, "batch_size must be a positive integer, got 2.5"),
+    ("batch_size", "8", "batch_size must be a positive integer, got '8'"),
+    ("num_workers", -1, "num_workers must be an integer >= 0"),
+    # an integer dtype truncated the normalised images to 0/±1/±2 without a word
+    ("dtype", torch.int64, "dtype=torch.int64: images are normalised floats; use a floating dtype"),
+    ("seed", -1, "seed: -1 is negative; seeds are integers >= 0"),
+    ("seed", 1.5, "seed: 1.5 is not an integer"),
+]
+
+
+@pytest.mark.parametrize("fmt", ["ffcv", "wds"])
+@pytest.mark.parametrize("arg,value,message", BAD_LOADER_ARGS,
+                         ids=[f"{a}={v!r}" for a, v, _ in BAD_LOADER_ARGS])
+def test_make_loader_refuses_bad_sizes_in_one_line(fmt, arg, value, message, index_dataset):
+    kw = dict(aug=AugSpec.for_train(), batch_size=BS, resolution=16, num_workers=0)
+    with pytest.raises(DataError, match=re.escape(message)):
+        make_loader(index_dataset.root, "train", fmt=fmt, **{**kw, arg: value})
+
+
+@pytest.mark.parametrize("device,message", [
+    ("gpu", "device 'gpu' is not a device; use auto, cpu, cuda or cuda:N"),
+    ("cuda", "device 'cuda': no CUDA device is visible on this machine"),
+])
+def test_make_loader_takes_the_device_rule(device, message, index_dataset, monkeypatch):
+    """The CLI's device rule (contracts.check_device), not torch's 'Expected one of cpu, cuda,
+    ipu, ...' or 'Found no NVIDIA driver'; auto loads on the CPU here."""
+    from ffcv_dp4tl.errors import DP4TLError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    kw = dict(aug=AugSpec.for_eval(), batch_size=BS, resolution=16, num_workers=0)
+    with pytest.raises(DP4TLError, match=re.escape(message)):
+        make_loader(index_dataset.root, "train", fmt="wds", device=device, **kw)
+    assert make_loader(index_dataset.root, "train", fmt="wds", device="auto", **kw).device.type == "cpu"
+
+
+@pytest.mark.parametrize("fmt", ["ffcv", "wds"])
+def test_set_epoch_refuses_a_bad_resolution_and_keeps_the_loader(fmt, index_dataset, mask,
+                                                                  ffcv_train, pixel_codec):
+    """A live loader's resolution (progressive resizing) follows make_loader's rule: refused in
+    one line, and the loader still reads its epochs at the resolution it had."""
+    loader = ffcv_train if fmt == "ffcv" else _wds_train(index_dataset, mask)
+    loader.set_epoch(0, TRAIN_RES[0])
+    for bad in (0, -8, 8.0, True):
+        with pytest.raises(DataError, match="resolution must be a positive integer"):
+            loader.set_epoch(1, bad)
+        assert loader.resolution == TRAIN_RES[0] and loader.epoch == 0
+    idx, px, _, _ = _collect(loader, pixel_codec[2], expect_res=TRAIN_RES[0])
+    assert sorted(idx) == sorted(px) == mask.indices.tolist()
+
+
+@pytest.mark.parametrize("bad", [np.array([0, 1, 2]), [0, 1], (3,)], ids=["ndarray", "list", "tuple"])
+def test_a_bare_index_array_is_refused_pointing_to_make_mask(bad, index_dataset, index_split,
+                                                             pixel_codec):
+    """``mask=`` takes an IndexMask or a saved mask's path: bare indices carry no dataset
+    fingerprint, so they are refused (pathlib's 'expected str, bytes or os.PathLike object'
+    before) with the call that makes a mask of them, which then loads."""
+    kw = dict(aug=AugSpec.for_eval(), batch_size=BS, resolution=16, num_workers=0)
+    with pytest.raises(MaskError, match=r"mask must be an IndexMask or the path of a saved mask "
+                                        r"\(\.npy\), got (ndarray|list|tuple); make one from "
+                                        r"sample indices with make_mask\("):
+        make_loader(index_dataset.root, "train", fmt="wds", mask=bad, **kw)
+    loader = make_loader(index_dataset.root, "train", fmt="wds", mask=make_mask(bad, index_split), **kw)
+    idx, px, _, _ = _collect(loader, pixel_codec[2])
+    assert idx == px == sorted(np.asarray(bad).tolist())
 
 
 # ---------------------------------------------------------------------------------------------
