@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..contracts import check_seeds
 from ..kernels.checks import as_float32_matrix
 from .ranking import (
     ScoringError,
@@ -47,7 +48,7 @@ _CHUNK = 65536
 def random_scores(n: int, seed: int) -> np.ndarray:
     """Uniform [0, 1) scores; keeping the top fraction is a seeded random subset."""
     n = check_positive_int(n, "n")
-    return np.random.default_rng(seed).random(n)
+    return np.random.default_rng(check_seeds([seed], "seed", ScoringError)[0]).random(n)
 
 
 def _labels_for(labels: Any, n: int, what: str) -> np.ndarray:
@@ -306,6 +307,7 @@ def select_samples(
     s = as_vector(scores, "scores")
     frac = check_fraction(keep_fraction, "keep_fraction", low_open=True, high_open=False)
     m = keep_count(s.shape[0], frac, "samples")
-    tie = None if seed is None else np.random.default_rng(seed).permutation(s.shape[0])
+    tie = None if seed is None else np.random.default_rng(
+        check_seeds([seed], "seed", ScoringError)[0]).permutation(s.shape[0])
     order = rank(s if higher_is_better else -s, None, tie)
     return np.sort(order[:m]).astype(np.int64)

@@ -18,7 +18,8 @@ from typing import Any, Literal
 import numpy as np
 
 from .. import kernels
-from ..kernels.checks import as_float32_matrix, is_cupy
+from ..contracts import check_seeds
+from ..kernels.checks import array_module, as_float32_matrix, is_cupy
 from .ranking import ScoringError, as_vector, check_ids, check_positive_int
 
 
@@ -55,6 +56,31 @@ def _take_rows(x: Any, rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x)[rows], dtype=np.float32)
 
 
+def check_finite_rows(x: Any, name: str) -> None:
+    """Features with a NaN/Inf entry are refused (k-means++ seeding and the target votes alike):
+    a NaN row compares false with every centroid, so the nearest-centroid search gave it
+    cluster 0, and FM counted NaN target features as votes for cluster 0."""
+    xp = array_module(x)
+    bad = ~xp.isfinite(x).all(axis=1)
+    if bool(bad.any()):
+        first = int(xp.flatnonzero(bad)[0])
+        raise ScoringError(f"{name} contains NaN/Inf rows ({int(bad.sum())} of {x.shape[0]}, "
+                           f"the first at row {first}); clean the features (or recompute them)")
+
+
+def _check_seed(seed: Any) -> int:
+    """Seeds of k-means: integers >= 0 (contracts.check_seeds, the project's seed rule)."""
+    return check_seeds([seed], "seed", ScoringError)[0]
+
+
+def _check_clusters(k: Any, n: int) -> int:
+    """K: a positive integer, at most the ``n`` rows to cluster."""
+    k = check_positive_int(k, "k")
+    if k > n:
+        raise ScoringError(f"k={k} clusters requested but x has only {n} rows; use k <= {n}")
+    return k
+
+
 def _default_init_sample(n: int, k: int) -> int:
     return min(n, max(20 * k, 10_000))
 
@@ -69,16 +95,18 @@ def kmeans_plus_plus(
     never a Python loop over points. If fewer than K distinct points exist, the remaining
     centroids are drawn uniformly from the not-yet-chosen rows (still deterministic).
     """
+    x = as_float32_matrix(x, "x")
     n = x.shape[0]
+    k = _check_clusters(k, n)
+    seed = _check_seed(seed)
     m = _default_init_sample(n, k) if sample is None else min(n, check_positive_int(sample, "init_sample"))
     if m < k:
         raise ScoringError(f"init_sample={m} is smaller than k={k}; use at least k rows for seeding")
     rng = np.random.default_rng(seed)
     rows = np.arange(n) if m == n else np.sort(rng.choice(n, size=m, replace=False))
     s = _take_rows(x, rows)
+    check_finite_rows(s, "x")
     s_norm = np.einsum("ij,ij->i", s.astype(np.float64), s.astype(np.float64))
-    if not np.isfinite(s_norm).all():
-        raise ScoringError("x contains NaN/Inf rows; clean the features before clustering")
     chosen = np.empty(k, dtype=np.int64)
     chosen[0] = rng.integers(m)
     taken = np.zeros(m, dtype=bool)
@@ -156,9 +184,8 @@ def kmeans(
 
         x = cupy.asarray(x)
     n = x.shape[0]
-    k = check_positive_int(k, "k")
-    if k > n:
-        raise ScoringError(f"k={k} clusters requested but x has only {n} rows; use k <= {n}")
+    k = _check_clusters(k, n)
+    seed = _check_seed(seed)
     iters = check_positive_int(iters, "iters")
     if tol is not None and not (isinstance(tol, (int, float)) and tol >= 0):
         raise ScoringError(f"tol must be None or a number >= 0, got {tol!r}")
@@ -219,6 +246,7 @@ def feature_mapping_votes(
     sit closer ranks higher (pass it as ``select_classes(..., tiebreak=...)``).
     """
     t = as_float32_matrix(target_features, "target_features")
+    check_finite_rows(t, "target_features")
     c = as_float32_matrix(centroids, "centroids")
     labels, d2 = kernels.assign_nearest(t, c, backend=backend)
     k = c.shape[0]
@@ -240,6 +268,7 @@ def class_centroids(features: Any, labels: Any, num_classes: int, *, backend: st
     """
     num_classes = check_positive_int(num_classes, "num_classes")
     f = as_float32_matrix(features, "features")
+    check_finite_rows(f, "features")
     lab = as_vector(labels, "labels", kind="i")
     if lab.shape[0] != f.shape[0]:
         raise ScoringError(f"labels has {lab.shape[0]} entries but features has {f.shape[0]} rows; they must match")

@@ -95,6 +95,21 @@ def test_select_samples_fraction_direction_and_ties():
     np.testing.assert_array_equal(select_samples(np.zeros(10), 0.3), [0, 1, 2])
 
 
+@pytest.mark.parametrize("call,message", [
+    (lambda: random_scores(5, -1), "seed: -1 is negative; seeds are integers >= 0"),
+    (lambda: random_scores(5, 1.5), "seed: 1.5 is not an integer"),
+    (lambda: random_scores(5, None), "seed: None is not an integer"),  # drew unseeded scores
+    (lambda: select_samples(np.arange(5.0), 0.4, seed=-1), "seed: -1 is negative"),
+], ids=["random-negative", "random-float", "random-none", "select-negative"])
+def test_seeds_are_checked_by_the_seed_rule(call, message):
+    """numpy's bare 'expected non-negative integer' before (and random_scores(n, None) drew an
+    unseeded, unreproducible selection)."""
+    with pytest.raises(ScoringError, match="^" + message.replace("(", r"\(")):
+        call()
+    np.testing.assert_array_equal(select_samples(np.zeros(5), 0.4, seed=np.int64(1)),
+                                  select_samples(np.zeros(5), 0.4, seed=1))
+
+
 def test_select_samples_errors():
     with pytest.raises(ScoringError, match=r"keep_fraction must be in \(0, 1\], got 0"):
         select_samples([1.0, 2.0], 0)

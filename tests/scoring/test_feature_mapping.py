@@ -1,6 +1,8 @@
 """k-means (vs a plain NumPy Lloyd), empty clusters, FM votes, supervised centroids."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -165,6 +167,49 @@ def test_feature_mapping_votes_hand_made():
     np.testing.assert_array_equal(select_classes(votes, 0.5, tiebreak=tiebreak), [0, 2])
     with pytest.raises(KernelInputError, match="centroids has D=2 but x has D=3"):
         feature_mapping_scores(np.zeros((2, 3), np.float32), centroids, backend="cpu")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_target_features_are_refused_not_counted_as_votes(bad):
+    """A NaN target feature matched no centroid and was counted as a vote for cluster 0 (five
+    NaN rows + one real row at cluster 2 gave [5 0 1]); refused like k-means refuses NaN."""
+    centroids = np.eye(3, 4, dtype=np.float32)
+    targets = np.full((6, 4), bad, np.float32)
+    targets[5] = centroids[2]
+    for votes in (feature_mapping_scores, feature_mapping_votes):
+        with pytest.raises(ScoringError, match=r"^target_features contains NaN/Inf rows \(5 of 6, "
+                                               r"the first at row 0\); clean the features"):
+            votes(targets, centroids, backend="cpu")
+    one = targets[4:].copy()
+    one[0, 1] = 0.0  # one bad entry is enough: the row still has a NaN/Inf
+    with pytest.raises(ScoringError, match="target_features contains NaN/Inf rows"):
+        feature_mapping_scores(one, centroids, backend="cpu")
+    np.testing.assert_array_equal(feature_mapping_scores(targets[5:], centroids, backend="cpu"),
+                                  [0, 0, 1])
+    feats = np.eye(3, 4, dtype=np.float32)
+    feats[1, 2] = bad  # class 1's mean would be NaN: named here, not as a "diverged" centroid
+    with pytest.raises(ScoringError, match=r"^features contains NaN/Inf rows \(1 of 3, the "
+                                           r"first at row 1\)"):
+        class_centroids(feats, [0, 1, 2], 3, backend="cpu")
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda x: kmeans(x, 2, seed=-1, backend="cpu"), "seed: -1 is negative"),
+    (lambda x: kmeans(x, 2, seed=-1, init="random", backend="cpu"), "seed: -1 is negative"),
+    (lambda x: kmeans(x, 2, seed=1.5, backend="cpu"), "seed: 1.5 is not an integer"),
+    (lambda x: kmeans_plus_plus(x, 2, seed=-1), "seed: -1 is negative"),
+    (lambda x: kmeans_plus_plus(x, 0), "k must be a positive int, got 0"),
+    (lambda x: kmeans_plus_plus(x, -2), "k must be a positive int, got -2"),
+    (lambda x: kmeans_plus_plus(x, 2.0), "k must be a positive int, got 2.0"),
+    (lambda x: kmeans_plus_plus(x, 21), "k=21 clusters requested but x has only 20 rows"),
+], ids=["kmeans-seed", "kmeans-random-init-seed", "kmeans-float-seed", "kmeans++-seed",
+        "kmeans++-k0", "kmeans++-k-neg", "kmeans++-k-float", "kmeans++-k-above-n"])
+def test_kmeans_arguments_are_refused_in_one_line(rng, call, message):
+    """numpy's bare 'expected non-negative integer' (negative seed), an IndexError (k=0) or an
+    init_sample message for a K above the rows before."""
+    x, _ = _blobs(rng, n=20)
+    with pytest.raises(ScoringError, match="^" + re.escape(message)):
+        call(x)
 
 
 def test_class_centroids(rng):
