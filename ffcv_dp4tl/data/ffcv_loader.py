@@ -32,8 +32,8 @@ import torch
 
 from ..errors import DataError
 from .ffcv_compile import PipelineFailure, damaged_samples, ffcv_classes
-from .interface import PlanLoaderBase
-from .sampling import Batch, EpochPlan, check_size
+from .interface import PlanLoaderBase, checked_sizes
+from .sampling import Batch, EpochPlan
 from .transforms import AugSpec, Normalize
 
 
@@ -292,8 +292,7 @@ class FFCVMaskedLoader(PlanLoaderBase):
                   next_resolution: int | None = None) -> None:
         """Select the epoch (order) and, for progressive resizing, the output resolution
         (``next_resolution``, a hint about the next epoch, is not used)."""
-        if resolution is not None:
-            resolution = check_size(resolution, "resolution")
+        resolution, _ = checked_sizes(resolution, next_resolution)
         self.epoch = epoch
         self.loader.next_epoch = epoch
         if resolution is not None:

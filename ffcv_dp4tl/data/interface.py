@@ -48,6 +48,13 @@ class MaskedLoader(Protocol):
         ...
 
 
+def checked_sizes(resolution: int | None, next_resolution: int | None) -> tuple[int | None, int | None]:
+    """``set_epoch``'s resolution and next-epoch hint, each None or a positive integer
+    (:func:`~.sampling.check_size`), checked before a loader changes anything."""
+    return tuple(None if v is None else check_size(v, what)  # type: ignore[return-value]
+                 for v, what in ((resolution, "resolution"), (next_resolution, "next_resolution")))
+
+
 class PlanLoaderBase:
     """What the three loaders share: batches per epoch from the plan, the AugSpec's flags as
     attributes, and a ``set_epoch`` that records epoch and resolution (ffcv extends it to reach
@@ -76,8 +83,7 @@ class PlanLoaderBase:
                   next_resolution: int | None = None) -> None:
         """Select the epoch (order, crops) and, for progressive resizing, the resolution
         (``next_resolution``, a hint about the next epoch, is not used here)."""
-        if resolution is not None:
-            resolution = check_size(resolution, "resolution")
+        resolution, _ = checked_sizes(resolution, next_resolution)
         self.epoch = epoch
         if resolution is not None:
             self.resolution = resolution

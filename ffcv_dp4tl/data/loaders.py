@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..contracts import Decode, Format, check_device, check_seeds
-from ..errors import DataError, MaskError
+from ..errors import DataError
 from .ffcv_loader import FFCVMaskedLoader
 from .gpu_decode import DeviceDecodeLoader, device_decode_available
 from .interface import MaskedLoader
@@ -183,12 +183,8 @@ def make_loader(
         mask = full_mask(info)
     elif isinstance(mask, IndexMask):
         validate_mask(mask, info)
-    elif isinstance(mask, (str, os.PathLike)):
+    else:  # a saved mask's path (anything else is refused there, pointing to make_mask)
         mask = load_mask(mask, info)
-    else:
-        raise MaskError(f"mask must be an IndexMask or the path of a saved mask (.npy), got "
-                        f"{type(mask).__name__}; make one from sample indices with "
-                        f"make_mask(indices, load_manifest(dataset_dir).split({split!r}))")
     r, w = dist_info(rank, world_size)
     plan = EpochPlan(np.asarray(mask.indices, dtype=np.int64),
                      shuffle=aug.train if shuffle is None else shuffle, seed=seed, rank=r,

@@ -7,6 +7,7 @@ against the dataset's manifest before any sample is read.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +172,11 @@ def save_mask(path: str | Path, mask: IndexMask) -> Path:
 
 def load_mask(path: str | Path, split: SplitInfo | None = None) -> IndexMask:
     """Load a mask (and validate it against ``split`` if given)."""
+    if not isinstance(path, (str, os.PathLike)):  # e.g. an index array where a path belongs
+        name = split.name if split is not None else "train"
+        raise MaskError(f"mask must be an IndexMask or the path of a saved mask (.npy), got "
+                        f"{type(path).__name__}; make one from sample indices with "
+                        f"make_mask(indices, load_manifest(dataset_dir).split({name!r}))")
     npy = _npy_path(path)
     if not npy.exists():
         raise MaskError(f"mask file not found: {npy}")

@@ -324,7 +324,7 @@ class WdsMaskedLoader(PlanLoaderBase):
                   next_resolution: int | None = None) -> None:
         """Select the epoch (order, crops) and resolution; ``next_resolution``: epoch
         ``epoch + 1`` follows at that resolution, so its first batches may be built early."""
-        super().set_epoch(epoch, resolution)
+        super().set_epoch(epoch, resolution, next_resolution)  # (checks both first)
         self._next = None if next_resolution is None else (epoch + 1, int(next_resolution))
 
     def __iter__(self) -> Iterator[Batch]:

@@ -180,6 +180,8 @@ def test_set_epoch_refuses_a_bad_resolution_and_keeps_the_loader(fmt, index_data
         with pytest.raises(DataError, match="resolution must be a positive integer"):
             loader.set_epoch(1, bad)
         assert loader.resolution == TRAIN_RES[0] and loader.epoch == 0
+        with pytest.raises(DataError, match="next_resolution must be a positive integer"):
+            loader.set_epoch(0, TRAIN_RES[0], next_resolution=bad)  # (8.7 was read as 8)
     idx, px, _, _ = _collect(loader, pixel_codec[2], expect_res=TRAIN_RES[0])
     assert sorted(idx) == sorted(px) == mask.indices.tolist()
 

@@ -71,6 +71,13 @@ def test_a_mask_smaller_than_one_batch_is_refused_not_trained_for_zero_steps(sou
     assert row["samples"] == 10  # what the message offers works
 
 
+def test_bare_indices_as_the_mask_are_refused_pointing_to_make_mask(source_dir, tmp_path,
+                                                                    test_recipe):
+    with pytest.raises(MaskError, match=r"got ndarray; make one from sample indices with make_mask"):
+        train(test_recipe(), source_dir, mask=np.arange(20), out_dir=tmp_path / "run", fmt="wds",
+              device="cpu", progress=False)  # (pathlib's TypeError before)
+
+
 def test_mask_for_other_dataset_fails_before_training(source_dir, tmp_path, test_recipe):
     split = load_manifest(source_dir).split("train")
     foreign = IndexMask(np.arange(10, dtype=np.int64),
