@@ -62,10 +62,21 @@ def reserved_cores(cores: int) -> int:
     return 0 if cores <= 4 else 1 if cores <= 8 else 2
 
 
+def local_ranks() -> int:
+    """Processes torchrun started on this node (``LOCAL_WORLD_SIZE``; 1 without torchrun)."""
+    text = os.environ.get("LOCAL_WORLD_SIZE", "1").strip()
+    return max(1, int(text)) if text.isdigit() else 1
+
+
 def loader_cores() -> int:
     """The cores loader workers may use: this process's (:func:`available_cores`), no more than
-    numba's thread pool allows (ffcv's workers are numba threads)."""
+    numba's thread pool allows (ffcv's workers are numba threads). Under torchrun, ranks that
+    were not pinned to their own cores share the node's: each gets its part (8 ranks with 12
+    workers each on 64 cores ran 96 decode threads)."""
     cores = available_cores()
+    ranks = local_ranks()
+    if ranks > 1 and cores >= (os.cpu_count() or cores):  # every rank sees every core
+        cores = max(1, cores // ranks)
     try:
         import numba
 
@@ -88,8 +99,9 @@ def effective_workers(requested: int) -> int:
     if (requested, usable) not in _NOTED:
         _NOTED.add((requested, usable))
         spare = cores - usable
+        share = f" (its part of the node, shared by {local_ranks()} ranks)" if local_ranks() > 1 else ""
         print(f"[note] data.num_workers = {requested} but this machine gives the process {cores} "
-              f"cores: loading with {usable} workers"
+              f"cores{share}: loading with {usable} workers"
               + (f" ({spare} left for the training thread)" if spare else ""),
               file=sys.stderr, flush=True)
     return usable

@@ -456,3 +456,26 @@ def test_plan_order_is_a_traversal_order_ffcv_constructs(index_dataset, mask, ff
     assert type(made) is fl.PlanOrder and isinstance(made.loader, FakeLoader)
     assert np.array_equal(made.sample_order(2), plan.order(2))
     assert fl.loader_takes_order_kwargs(NewLoader) and not fl.loader_takes_order_kwargs(OldLoader)
+
+
+def test_ranks_on_one_node_share_its_cores(monkeypatch, capsys):
+    """torchrun's ranks on one node, not pinned to cores of their own, each take their part of
+    the node's cores (8 ranks × 12 workers on 64 cores ran 96 decode threads); ranks already
+    pinned (their affinity is a part of the node) keep what they were given."""
+    import numba
+
+    from ffcv_dp4tl.data import loaders
+
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 64)
+    monkeypatch.setattr(loaders.os, "cpu_count", lambda: 64)
+    monkeypatch.delenv(loaders.RESERVED_ENV, raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    loaders._NOTED.clear()
+    monkeypatch.setattr(loaders, "available_cores", lambda: 64)  # every rank sees every core
+    assert loaders.loader_cores() == 8 and loaders.effective_workers(12) == 7
+    assert "gives the process 8 cores (its part of the node, shared by 8 ranks)" in capsys.readouterr().err
+    monkeypatch.setattr(loaders, "available_cores", lambda: 16)  # pinned: 16 cores of its own
+    assert loaders.loader_cores() == 16 and loaders.effective_workers(12) == 12
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    monkeypatch.setattr(loaders, "available_cores", lambda: 64)
+    assert loaders.loader_cores() == 64
