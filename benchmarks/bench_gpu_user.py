@@ -78,9 +78,41 @@ def pipeline(args) -> str:
         if report is not None:
             reports.append((method, report.read_text()))
         _write(args.md, _pipeline_md(args, rows, reports) + "\n\n_(partial: more runs follow)_")
+    if not failed:
+        row, ok = _recheck_clean(args)
+        if row:
+            rows.append(row)
+            failed |= not ok
     if failed:
         args.exit_code = 1
     return _pipeline_md(args, rows, reports)
+
+
+def _recheck_clean(args) -> tuple[str | None, bool]:
+    """The newest finetuned run (FF first) re-evaluated on the device by `dp4tl evaluate
+    corruptions`: its clean top-1 must equal the top-1 the run reported, at the run's recorded
+    test precision (bf16 autocast for FF on CUDA). One mild corruption keeps it to seconds."""
+    runs = args.workdir / "runs"
+    found = [p for mode in ("ff", "lp") for p in sorted(runs.rglob(f"finetune-{mode}-*/result.json"),
+                                                       key=lambda p: p.stat().st_mtime)[-1:]]
+    if not found:
+        return None, True
+    run, out = found[0].parent, args.workdir / "recheck"
+    cmd = [sys.executable, "-m", "ffcv_dp4tl", "evaluate", "corruptions", f"run={run}",
+           "--corrupt", "gaussian_noise:1", "-o", str(out), "--device", args.device, "--no-progress"]
+    t0 = time.perf_counter()
+    print(f"[pipeline] {' '.join(shlex.quote(a) for a in cmd)}", flush=True)
+    rc, tail = _stream(cmd)
+    dt = time.perf_counter() - t0
+    what = f"`dp4tl evaluate corruptions` of {run.name}"
+    if rc != 0:
+        return f"| {what} | **failed (rc {rc})**: {_last_line(tail)} | {dt:.0f} | – |", False
+    r = json.loads((out / "corruptions.json").read_text())["run"]
+    same = r["clean_top1"] == r["reported_test_top1"]
+    verdict = "**equal**" if same else "**differs**"
+    return (f"| {what} | clean top-1 {r['clean_top1']:.4f} vs the run's {r['reported_test_top1']:.4f} "
+            f"({r['precision']}, {r['device']}): {verdict} | {dt:.0f} | {out.relative_to(args.workdir)} |",
+            same)
 
 
 def _pipeline_md(args, rows: list[str], reports: list[tuple[str, str]]) -> str:

@@ -147,8 +147,10 @@ if [ "$SMOKE" = 1 ]; then
   # CPU rehearsal of every stage at toy sizes (tests/test_gpu_check.py): same plumbing, no GPU.
   SYNTH="synth:costtable,num_superclasses=4,classes_per_superclass=2,train_per_class=12,val_per_class=2,image_size=48"
   PYTEST_ARGS=(tests/scoring/test_kernels_gemm.py)
+  # (batch 8: the smoke source keeps ~40 samples, fewer than one batch of the tiny recipe's 128)
   PIPE_ARGS=(--device cpu --method lm,fm -- --target "$TARGET" --recipes tiny --k 4 --finetune lp
-             --set train.epochs=1 --set-surrogate train.epochs=1 --set-finetune train.epochs=1)
+             --set train.epochs=1 --set train.batch_size=8 --set-surrogate train.epochs=1
+             --set-finetune train.epochs=1)
   TINY=(--set train.batch_size=8 --set train.min_res=32 --set train.max_res=32 --set eval.resolution=32
         --set model.arch=resnet18 --set model.width=8 --set data.num_workers=1)
   COST_ARGS=(--device cpu --workers 1 --ratios 0,0.5 "${TINY[@]}"
