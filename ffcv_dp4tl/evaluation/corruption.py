@@ -23,7 +23,7 @@ from ..data import AugSpec, make_loader
 from ..data.corruptions import CorruptedLoader, CorruptionOp
 from ..errors import DataError
 from ..training.engine import evaluate
-from ..training.finetune import single_process_context
+from ..training.distributed import single_process_context
 from .finetuned import Finetuned, load_finetuned
 
 

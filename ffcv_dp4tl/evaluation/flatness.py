@@ -250,7 +250,7 @@ def model_flatness(ft, *, split: str = "train", fmt: str | None = None, batch_si
     ``fmt`` (default: the format the run was finetuned from)."""
     from ..data import AugSpec, make_loader
     from ..errors import DataError
-    from ..training.finetune import single_process_context
+    from ..training.distributed import single_process_context
 
     dev = next(ft.model.parameters()).device
     single_process_context(dev)  # `cuda:N` current before the loader is made

@@ -71,6 +71,15 @@ def setup(device: str | torch.device | None = "auto") -> DistContext:
     return DistContext(rank, world, local_rank, dev, here)
 
 
+def single_process_context(dev: str | torch.device) -> DistContext:
+    """The context of a one-process run on ``dev`` (finetuning, evaluations): :func:`setup`'s
+    single-process rule, so ``cuda:N`` becomes the current CUDA device and what uses the current
+    device (ffcv's streams, the loaders' epoch buffers) works on N, not on GPU 0. Under a
+    torchrun environment only the context (these never join a process group)."""
+    dev = torch.device(dev)
+    return DistContext(device=dev) if launch_env()[1] > 1 else setup(dev)
+
+
 def teardown(ctx: DistContext) -> None:
     if ctx.initialized_here and dist.is_initialized():
         dist.destroy_process_group()

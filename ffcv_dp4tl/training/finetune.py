@@ -51,7 +51,7 @@ from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
 from .callbacks import MetricsWriter, call
 from .checkpoint import Checkpoint, FinetuneState, resume_from, rng_states, set_rng_states
-from .distributed import DistContext, launch_env, resolve_device, setup
+from .distributed import resolve_device, single_process_context
 from .engine import CrossEntropyObjective, evaluate, train_one_epoch
 from .models import backbone, create_model, get_head
 from .recipe import Recipe, as_recipe
@@ -65,15 +65,6 @@ STATE_NAME = "finetune_state.pt"
 #: ``result.json``'s ``test_precision`` ↔ the autocast dtype of the test evaluation
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16,
                                              "fp16": torch.float16}
-
-
-def single_process_context(dev: torch.device) -> DistContext:
-    """The context of a one-process run on ``dev`` (finetuning, evaluations):
-    :func:`~.distributed.setup`'s single-process rule, so ``cuda:N`` becomes the current CUDA
-    device and what uses the current device (ffcv's streams, the loaders' epoch buffers) works
-    on N, not on GPU 0. Under a torchrun environment only the context (these never join a
-    process group)."""
-    return DistContext(device=dev) if launch_env()[1] > 1 else setup(dev)
 
 
 def precision_name(amp: torch.dtype | None) -> str:
