@@ -167,6 +167,23 @@ def _check_start_from(name: str, recipe, pre_name: str, pre_recipe, brought: str
                          "true there (--set train.keep_best=true) or finetune.start_from = \"final\"")
 
 
+def _warn_full_scale_on_cpu(cfg: PipelineConfig, scale: str, src, pre_name: str, pretrain,
+                            log: Callable[[str], None]) -> None:
+    """Real-data recipes on the CPU (a login node, `--device auto` without a GPU) would run for
+    days: say so before the surrogate starts, not after an hour of it."""
+    from ..contracts import check_device
+
+    if scale != "full" and cfg.protocol not in PAPER_PROTOCOLS:
+        return
+    if check_device(cfg.device) != "cpu":
+        return
+    n = src.split(pretrain.data.train_split).num_samples
+    log(f"[warning] {scale if cfg.protocol == 'fast' else cfg.protocol} recipes on the CPU: "
+        f"{pre_name} trains {pretrain.model.arch} for {pretrain.train.epochs} epochs over up to "
+        f"{n:,} images (the surrogate likewise) at CPU speed, tens of images/s (ImageNet: days); "
+        "run on a GPU (--device cuda), or choose recipes=tiny|bench for a CPU check")
+
+
 def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Resolved:
     """Build or find the data, check it, and load every recipe once (bad recipes fail here,
     before any work). The stages get the loaded objects: their keys hash the recipes'
@@ -205,6 +222,7 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
     pre_overrides = list(cfg.overrides) + ([f"model.arch={cfg.arch}"] if cfg.arch else [])
     surrogate = load(sur_name, cfg.surrogate_overrides)
     pretrain = load(pre_name, pre_overrides)
+    _warn_full_scale_on_cpu(cfg, scale, src, pre_name, pretrain, log)
     # a self-supervised source under the paper protocol: MoCo's linear classification protocol
     ssl_source = (cfg.protocol in PAPER_PROTOCOLS and not cfg.lp_recipe
                   and pretrain.ssl.method != "none")
