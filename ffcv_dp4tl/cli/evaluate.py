@@ -84,11 +84,22 @@ def corruptions_cmd(
     from ..evaluation.corruption import corruption_table, evaluate_corruptions
 
     which = parse_corruptions(corrupt)
-    res = evaluate_corruptions(_runs(runs), which, device=resolve_device(device),
-                               resolution=resolution, split=split, fmt=fmt.value if fmt else None,
-                               batch_size=batch_size, num_workers=workers, seed=seed,
-                               corrupt_resolution=corrupt_resolution, progress=progress)
-    _write(out, "corruptions", res, corruption_table(res), "Corruption robustness (Tab. A4)")
+    labelled, title = _runs(runs), "Corruption robustness (Tab. A4)"
+    res = evaluate_corruptions(
+        labelled, which, device=resolve_device(device), resolution=resolution, split=split,
+        fmt=fmt.value if fmt else None, batch_size=batch_size, num_workers=workers, seed=seed,
+        corrupt_resolution=corrupt_resolution, progress=progress,
+        on_result=lambda done: _write_partial(out, "corruptions", done, corruption_table, title,
+                                              len(labelled)))
+    _write(out, "corruptions", res, corruption_table(res), title)
+
+
+def _write_partial(out: Path, stem: str, res: dict, table, title: str, total: int) -> None:
+    """After each finished model but the last: a later model's failure keeps the finished
+    ones' numbers (marked partial)."""
+    if len(res) < total:
+        _write(out, stem, res, table(res) + f"\nPartial: {len(res)} of {total} models measured "
+               "so far.\n", title, echo=False)
 
 
 @evaluate_app.command("flatness")
@@ -133,9 +144,7 @@ def flatness_cmd(
                                     tol=tol, seed=seed, num_workers=workers)
         typer.echo(f"{label}: ε-sharpness {res[label]['eps_sharpness']:.4f} %, λ_max "
                    f"{res[label]['lambda_max']:.4g}")
-        if len(res) < len(models):  # a later model's failure keeps the finished ones' numbers
-            _write(out, "flatness", res, flatness_table(res) + f"\nPartial: {len(res)} of "
-                   f"{len(models)} models measured so far.\n", title, echo=False)
+        _write_partial(out, "flatness", res, flatness_table, title, len(models))
     _write(out, "flatness", res, flatness_table(res), title)
 
 

@@ -14,7 +14,7 @@ convention), and "mean corruption accuracy" the mean over every corrupted evalua
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm import tqdm
@@ -64,13 +64,20 @@ def corruption_accuracy(ft: Finetuned, corruptions: Sequence[tuple[str, int]], *
 
 def evaluate_corruptions(runs: dict[str, str | Path], corruptions: Sequence[tuple[str, int]], *,
                          device: str | torch.device = "cpu", resolution: int | None = None,
+                         on_result: Callable[[dict[str, dict[str, Any]]], None] | None = None,
                          **kw) -> dict[str, dict[str, Any]]:
     """:func:`corruption_accuracy` of every ``{label: run_dir}``. Every run is loaded (and so
-    checked) before any is evaluated: a bad last run fails at once, not after the others."""
+    checked) before any is evaluated: a bad last run fails at once, not after the others.
+    ``on_result(results so far)`` after each run (the CLI saves them: a later failure keeps them)."""
     if not corruptions:
         raise DataError("no corruption to evaluate; give --corrupt NAME[:SEVERITY], `paper` or `all`")
     models = {label: load_finetuned(run, device, resolution=resolution) for label, run in runs.items()}
-    return {label: corruption_accuracy(ft, corruptions, **kw) for label, ft in models.items()}
+    results: dict[str, dict[str, Any]] = {}
+    for label, ft in models.items():
+        results[label] = corruption_accuracy(ft, corruptions, **kw)
+        if on_result is not None:
+            on_result(results)
+    return results
 
 
 def _pretty(name: str) -> str:

@@ -216,3 +216,26 @@ def test_flatness_keeps_the_finished_models_when_a_later_one_fails(lp_run, capsy
     assert code == 0, err
     assert list(json.loads((tmp_path / "flatness.json").read_text())) == ["first", "second"]
     assert "Partial" not in (tmp_path / "flatness.md").read_text()
+
+
+def test_corruptions_keep_the_finished_models_when_a_later_one_fails(lp_run, capsys, monkeypatch,
+                                                                     tmp_path):
+    """As flatness: corruptions.json/.md are rewritten after every model, so a failure in the
+    second (out of memory, a kill) keeps the first model's numbers, marked partial."""
+    import ffcv_dp4tl.evaluation.corruption as corruption
+    from ffcv_dp4tl.errors import DP4TLError
+
+    real, calls = corruption.corruption_accuracy, []
+
+    def second_fails(ft, *a, **kw):
+        calls.append(ft)
+        if len(calls) == 2:
+            raise DP4TLError("the second model failed")
+        return real(ft, *a, **kw)
+
+    monkeypatch.setattr(corruption, "corruption_accuracy", second_fails)
+    args = ("evaluate", "corruptions", f"first={lp_run}", f"second={lp_run}", "--corrupt",
+            "gaussian_noise:1", "--workers", "0", "--device", "cpu", "--no-progress", "-o", tmp_path)
+    one_line(*cli(capsys, monkeypatch, *args)[::2], "the second model failed")
+    assert list(json.loads((tmp_path / "corruptions.json").read_text())) == ["first"]
+    assert "Partial: 1 of 2 models" in (tmp_path / "corruptions.md").read_text()
