@@ -1,6 +1,7 @@
 """One entry point for masked loading from either file format."""
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 import sys
@@ -62,6 +63,28 @@ def reserved_cores(cores: int) -> int:
     return 0 if cores <= 4 else 1 if cores <= 8 else 2
 
 
+_LIMIT_RAISED = False
+
+
+def raise_open_files_limit(cap: int = 1 << 20) -> None:
+    """Raise this process's soft limit on open files to its hard limit (at most ``cap``), once.
+    Loader workers keep shard files open (WebDataset: up to ``MAX_OPEN_SHARDS`` each; GPU
+    decode: one per shard, 1,282 on ImageNet), and many systems start at a soft 1,024."""
+    global _LIMIT_RAISED
+    if _LIMIT_RAISED:
+        return
+    _LIMIT_RAISED = True
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):  # a sandbox may forbid it: keep the limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def local_ranks() -> int:
     """Processes torchrun started on this node (``LOCAL_WORLD_SIZE``; 1 without torchrun)."""
     text = os.environ.get("LOCAL_WORLD_SIZE", "1").strip()
@@ -75,7 +98,10 @@ def loader_cores() -> int:
     workers each on 64 cores ran 96 decode threads)."""
     cores = available_cores()
     ranks = local_ranks()
-    if ranks > 1 and cores >= (os.cpu_count() or cores):  # every rank sees every core
+    # shared unless the ranks were pinned to disjoint parts of the node (then each one's set
+    # times the ranks fits in it); a job-wide set smaller than the node (Slurm, --cpuset-cpus)
+    # is shared too
+    if ranks > 1 and cores * ranks > (os.cpu_count() or cores):
         cores = max(1, cores // ranks)
     try:
         import numba
@@ -189,6 +215,7 @@ def make_loader(
     seed = check_seeds([seed], "seed", DataError)[0]
     device = torch.device(check_device(device))  # auto: cuda when visible, else cpu
     aug = aug.validate()
+    raise_open_files_limit()
     manifest = load_manifest(dataset_dir)
     info = manifest.split(split)
     if mask is None:

@@ -129,6 +129,12 @@ class _MaskedShardDataset(Dataset):
             return self._batch(*item)
         except SampleError as e:
             return _Failed(str(e))
+        except OSError as e:  # the environment (too many open files, a lost network mount):
+            if e.errno is None:  # torch would re-raise it errno-less, as a traceback
+                raise
+            from ..fsutil import os_error_line
+
+            return _Failed(os_error_line(e))
 
     def _open(self, i: int, resolution: int) -> tuple[Image.Image, int]:
         data, label = self.reader.read(i)

@@ -460,8 +460,8 @@ def test_plan_order_is_a_traversal_order_ffcv_constructs(index_dataset, mask, ff
 
 def test_ranks_on_one_node_share_its_cores(monkeypatch, capsys):
     """torchrun's ranks on one node, not pinned to cores of their own, each take their part of
-    the node's cores (8 ranks × 12 workers on 64 cores ran 96 decode threads); ranks already
-    pinned (their affinity is a part of the node) keep what they were given."""
+    the node's cores (8 ranks × 12 workers on 64 cores ran 96 decode threads), also when the
+    job's CPU set is only a part of the node; ranks pinned to disjoint parts keep theirs."""
     import numba
 
     from ffcv_dp4tl.data import loaders
@@ -474,8 +474,37 @@ def test_ranks_on_one_node_share_its_cores(monkeypatch, capsys):
     monkeypatch.setattr(loaders, "available_cores", lambda: 64)  # every rank sees every core
     assert loaders.loader_cores() == 8 and loaders.effective_workers(12) == 7
     assert "gives the process 8 cores (its part of the node, shared by 8 ranks)" in capsys.readouterr().err
-    monkeypatch.setattr(loaders, "available_cores", lambda: 16)  # pinned: 16 cores of its own
-    assert loaders.loader_cores() == 16 and loaders.effective_workers(12) == 12
+    monkeypatch.setattr(loaders, "available_cores", lambda: 32)  # a job's 32 cores (Slurm), shared
+    assert loaders.loader_cores() == 4
+    monkeypatch.setattr(loaders, "available_cores", lambda: 8)  # pinned: 8 cores of its own
+    assert loaders.loader_cores() == 8 and loaders.effective_workers(12) == 7
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     monkeypatch.setattr(loaders, "available_cores", lambda: 64)
     assert loaders.loader_cores() == 64
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_limit_once(monkeypatch):
+    """GPU decode keeps one descriptor per shard (ImageNet: 1,282) and many systems start at a
+    soft limit of 1,024: the loader raises the soft limit to the hard one (capped), once."""
+    import resource
+
+    from ffcv_dp4tl.data import loaders
+
+    calls = []
+    monkeypatch.setattr(loaders, "_LIMIT_RAISED", False)
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (1024, 524288))
+    monkeypatch.setattr(resource, "setrlimit", lambda what, lim: calls.append(lim))
+    loaders.raise_open_files_limit()
+    loaders.raise_open_files_limit()
+    assert calls == [(524288, 524288)]
+    monkeypatch.setattr(loaders, "_LIMIT_RAISED", False)
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (1024, resource.RLIM_INFINITY))
+    loaders.raise_open_files_limit()
+    assert calls[-1] == (1 << 20, resource.RLIM_INFINITY)
+
+    def forbidden(what, lim):
+        raise ValueError("not allowed")
+
+    monkeypatch.setattr(loaders, "_LIMIT_RAISED", False)
+    monkeypatch.setattr(resource, "setrlimit", forbidden)
+    loaders.raise_open_files_limit()  # a sandbox that forbids it: the limit stays, no error

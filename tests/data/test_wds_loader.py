@@ -308,3 +308,22 @@ def test_a_reader_keeps_at_most_max_open_shards_files_open(tex, monkeypatch):
     reader.close()
     assert fds() == before and reader.read(5) == want[5]  # reading again reopens
     reader.close()
+
+
+def test_an_environment_error_in_a_worker_is_one_line_not_a_traceback(tex, monkeypatch):
+    """"Too many open files" (or a lost network mount) inside a DataLoader worker: torch re-raises
+    it without its errno, which the CLI would print as a traceback. The worker hands back the
+    one-line advice instead."""
+    import errno
+
+    from ffcv_dp4tl.data.wds_loader import SampleError
+
+    def emfile(self, i):
+        raise OSError(errno.EMFILE, "Too many open files", "tex/wds/train-000001.tar")
+
+    monkeypatch.setattr(ShardReader, "read", emfile)
+    loader = make_loader(tex, "train", fmt="wds", aug=AugSpec.for_eval(), batch_size=4,
+                         resolution=16, num_workers=1)
+    with pytest.raises(SampleError, match=r"too many open files opening .*train-000001.tar .*"
+                                          r"raise the limit \(`ulimit -n 65536`\)"):
+        next(iter(loader))
