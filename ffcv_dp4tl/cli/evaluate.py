@@ -72,7 +72,8 @@ def corruptions_cmd(
         "reading CIFAR-10 at 160 px); default: the loaded resolution", show_default=False),
     resolution: Optional[int] = typer.Option(None, min=1, help="Input resolution (default: the "
                                              "run recipe's finetune.resolution)", show_default=False),
-    batch_size: int = typer.Option(256, min=1, help="Evaluation batch size"),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Evaluation batch size (default: "
+                                             "the run's test batch size)", show_default=False),
     workers: int = typer.Option(2, min=0, help="Loader workers"),
     fmt: Optional[Format] = typer.Option(None, "--format", help=FORMAT_HELP + "; default: the format "
                                          "the run was finetuned from", show_default=False),

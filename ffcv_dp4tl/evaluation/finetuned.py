@@ -43,6 +43,9 @@ class Finetuned:
     #: the autocast the run's test evaluation ran under (``fp32`` / ``bf16`` / ``fp16``; a
     #: ``result.json`` from before the field: ``fp32``): evaluations use it too
     precision: str = "fp32"
+    #: the batch size of the run's test evaluation (None: from before the field); evaluations
+    #: use it by default, so the device runs the same kernel shapes
+    test_batch_size: int | None = None
 
     @property
     def amp(self) -> torch.dtype | None:
@@ -140,6 +143,10 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
     if precision not in PRECISIONS:
         raise DataError(f"{res_path}: field 'test_precision' must be one of "
                         f"{', '.join(PRECISIONS)}, got {precision!r}; {_FIX}")
+    test_batch_size = _field(result, "test_batch_size", "int", run_dir, None)
+    if test_batch_size is not None and test_batch_size < 1:
+        raise DataError(f"{res_path}: field 'test_batch_size' must be >= 1, got "
+                        f"{test_batch_size}; {_FIX}")
     res = resolution if resolution is not None else _resolution(result, run_dir)
     ckpt = _path(result, "checkpoint", "source checkpoint", run_dir, checkpoint)
     tgt = _path(result, "target", "target", run_dir, target)
@@ -169,4 +176,5 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
                         "'checkpoint') or rerun the finetuning") from None
     model.eval()
     return Finetuned(model=model, run_dir=run_dir, result=result, mode=mode, target=tgt,
-                     resolution=res, flip_tta=bool(flip_tta), fmt=fmt, precision=precision)
+                     resolution=res, flip_tta=bool(flip_tta), fmt=fmt, precision=precision,
+                     test_batch_size=test_batch_size)

@@ -321,6 +321,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
               # the autocast the final test evaluation ran under (evaluations repeat it); rows
               # of a state from before the field: this segment's, the same recipe's
               "test_precision": rows[-1].get("test_precision") or precision_name(amp),
+              "test_batch_size": ec.batch_size,  # (evaluations repeat it: same kernels' shapes)
               "resolution": fc.resolution,
               "epochs": tc.epochs, "recipe": recipe.name, "checkpoint": str(checkpoint),
               "source_arch": ckpt.arch, "source_dataset_fingerprint": ckpt.dataset_fingerprint,

@@ -71,6 +71,8 @@ CORRUPT = ("--corrupt", "gaussian_noise:1", "--workers", "0", "--device", "cpu",
     ({"flip_tta": 1}, ("'flip_tta' must be true or false",)),
     ({"test_precision": "fp8"}, ("'test_precision' must be one of fp32, bf16, fp16",)),
     ({"test_precision": 16}, ("'test_precision'", "must be a string")),
+    ({"test_batch_size": 0}, ("'test_batch_size' must be >= 1, got 0",)),
+    ({"test_batch_size": "64"}, ("'test_batch_size'", "must be")),
     ({"target_classes": 0}, ("'target_classes' must be >= 1",)),
     ({"resolution": 0}, ("'resolution' must be >= 1",)),
 ])

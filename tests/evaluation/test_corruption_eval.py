@@ -32,6 +32,10 @@ def test_clean_accuracy_is_the_runs_own_and_corruptions_are_evaluated(run, reque
     again = corruption_accuracy(ft, [("gaussian_noise", 5)], fmt="wds", batch_size=12,
                                 num_workers=0, progress=False)
     assert again["rows"][0]["top1"] == res["rows"][1]["top1"]  # batching does not matter
+    # by default the run's own test batch size (recorded in result.json), as the run evaluated
+    assert ft.result["test_batch_size"] == ft.test_batch_size == 64
+    default = corruption_accuracy(ft, [("contrast", 5)], num_workers=0, progress=False)
+    assert default["batch_size"] == 64 and default["clean_top1"] == res["clean_top1"]
     table = corruption_table({"0%": res})
     assert "+ Gaussian Noise" in table and "mean corruption top-1" in table
 
