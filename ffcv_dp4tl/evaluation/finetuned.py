@@ -21,6 +21,7 @@ from ..contracts.fields import REQUIRED, typed
 from ..errors import DataError, DP4TLError
 from ..fsutil import read_json
 from ..training.checkpoint import FinetuneState
+from ..training.distributed import resolve_device
 from ..training.finetune import PRECISIONS, RESULT_NAME, STATE_NAME, load_pretrained
 from ..training.models import backbone, get_head
 
@@ -159,7 +160,7 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
     if ident.get("mode", mode) != mode:
         raise DataError(f"{res_path}: field 'mode' is {mode!r} but {state_path} holds the weights "
                         f"of a {ident['mode']!r} run; {_FIX}")
-    dev = torch.device(device)
+    dev = resolve_device(device)  # the one device rule (auto, cpu, cuda, cuda:N)
     model, source = load_pretrained(ckpt, dev)
     if "source_identity" in ident and ident["source_identity"] != dict(source.identity):
         raise DataError(f"the source checkpoint {ckpt} is not the one {run_dir} was finetuned "

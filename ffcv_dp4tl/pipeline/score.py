@@ -32,10 +32,11 @@ def _load_surrogate(scorer: Scorer, ctx: ScoringContext, checkpoint: Path, devic
                     target_crop: str | None = None) -> Surrogate:
     import torch
 
+    from ..training.distributed import resolve_device
     from ..training.finetune import load_pretrained
     from ..training.models import get_head
 
-    dev = torch.device(device)
+    dev = resolve_device(device)  # the one device rule (auto, cpu, cuda, cuda:N)
     model, ckpt = load_pretrained(checkpoint, dev)
     ssl = ckpt.self_supervised
     if ssl and scorer.needs_class_head:

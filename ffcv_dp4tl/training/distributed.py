@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import DP4TLError
+
 from ..contracts import check_device
 
 
@@ -45,9 +47,27 @@ DDP_COMMANDS = ("train",)
 
 
 def launch_env() -> tuple[int, int]:
-    """(rank, world size) as torchrun set them in the environment; (0, 1) without torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return (int(os.environ.get("RANK", "0")) if world > 1 else 0), world
+    """(rank, world size) as torchrun set them in the environment; (0, 1) without torchrun.
+    Values torchrun would never set are one line naming the variable (a rank missing under
+    WORLD_SIZE > 1 would make every process rank 0 and hang the process group)."""
+    world = _env_int("WORLD_SIZE", "1", 1)
+    if world <= 1:
+        return 0, world
+    if "RANK" not in os.environ:
+        raise DP4TLError(f"WORLD_SIZE={world} but RANK is not set: launch with torchrun (it sets "
+                         "both), or unset WORLD_SIZE for one process")
+    rank = _env_int("RANK", "0", 0)
+    if rank >= world:
+        raise DP4TLError(f"RANK={rank} is not below WORLD_SIZE={world}: launch with torchrun")
+    return rank, world
+
+
+def _env_int(name: str, default: str, lowest: int) -> int:
+    text = os.environ.get(name, default).strip()
+    if not text.isdigit() or int(text) < lowest:
+        raise DP4TLError(f"{name}={os.environ.get(name)!r} is not a whole number >= {lowest} "
+                         f"(torchrun sets it); unset it to run one process")
+    return int(text)
 
 
 def setup(device: str | torch.device | None = "auto") -> DistContext:

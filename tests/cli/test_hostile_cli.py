@@ -206,7 +206,7 @@ def test_a_refused_training_run_leaves_no_folder(capsys, monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("command", [["finetune", "lp", "--out", "x"], ["pipeline", "--out", "x"],
-                                     ["evaluate", "vtab-splits", "--help"], ["score", "--help"]])
+                                     ["evaluate", "vtab-splits", "--out", "x"], ["score"]])
 def test_commands_that_run_in_one_process_refuse_torchrun(capsys, monkeypatch, tmp_path, command):
     """Under torchrun every rank would run the whole command into the same folder: rank 0 says
     one line naming the command, the others exit with the same status without a word."""
@@ -218,5 +218,23 @@ def test_commands_that_run_in_one_process_refuse_torchrun(capsys, monkeypatch, t
     monkeypatch.setenv("RANK", "1")
     assert cli(capsys, monkeypatch, *command)[::2] == (2, "")
     assert list(tmp_path.iterdir()) == []
+    code, out, err = cli(capsys, monkeypatch, *command[:1], "--help")  # help is still given
+    assert code == 0 and "Usage:" in out and not err
     monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc_per_node=1: a plain process
     assert "one process" not in cli(capsys, monkeypatch, command[0], "--help")[2]
+
+
+@pytest.mark.parametrize("env,needle", [
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a whole number >= 1"),
+    ({"WORLD_SIZE": ""}, "WORLD_SIZE='' is not a whole number"),
+    ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 but RANK is not set: launch with torchrun"),
+    ({"WORLD_SIZE": "2", "RANK": "x"}, "RANK='x' is not a whole number >= 0"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 is not below WORLD_SIZE=2"),
+])
+def test_a_torchrun_environment_torchrun_never_sets_is_one_line(capsys, monkeypatch, env, needle):
+    """A stray WORLD_SIZE in a shell (or one without RANK, which would make every process rank
+    0 and hang the process group) is one line naming the variable, for any command."""
+    monkeypatch.delenv("RANK", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    one_line(*cli(capsys, monkeypatch, "recipes")[::2], needle)

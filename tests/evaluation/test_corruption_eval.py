@@ -212,3 +212,13 @@ def test_evaluating_on_cuda_n_makes_n_current_before_the_loader(lp_run, monkeypa
         else:
             model_flatness(ft, num_workers=0)
     assert e.value.args == ([1], torch.device("cuda", 1))
+
+
+def test_the_evaluation_api_takes_the_device_rule(lp_run):
+    """``load_finetuned(run, "gpu")`` (and so ``evaluate_corruptions(..., device=)``) gave torch's
+    'Expected one of cpu, cuda, ipu, ...'; ``auto`` was not understood."""
+    from ffcv_dp4tl.errors import DP4TLError
+
+    with pytest.raises(DP4TLError, match=r"device 'gpu' is not a device; use auto, cpu, cuda or cuda:N"):
+        load_finetuned(lp_run, "gpu")
+    assert next(load_finetuned(lp_run, "auto").model.parameters()).device.type == "cpu"
