@@ -459,9 +459,12 @@ def test_choice_sets_are_the_contracts_enums_everywhere():
     with pytest.raises(DataError, match=r"--budget must be one of units, samples, got 'all'"):
         C.Budget.check("all", "--budget", DataError)
     assert C.check_ratio(0) == 0.0 and C.check_k(3) == 3
-    for bad in (1.0, -0.1, float("nan"), "x"):
+    for bad in (1.0, -0.1, float("nan"), "x", "0.5", False, None):
         with pytest.raises(DP4TLError, match="ratio must be"):
-            C.check_ratio(bad)
+            C.check_ratio(bad)  # a string or a bool was read as a number (False as 0.0)
+    assert C.check_ratio("0.5", text=True) == 0.5  # what a user typed in a CLI list
+    with pytest.raises(DP4TLError, match="ratio must be"):
+        C.check_ratio(True, text=True)
     for bad in (0, -2, 1.5, True):
         with pytest.raises(DP4TLError, match="k must be a positive number of clusters"):
             C.check_k(bad)

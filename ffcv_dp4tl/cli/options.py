@@ -117,7 +117,7 @@ def ratios_callback(what: str):
     pairs pruned runs refuses 0 itself: ``run_separation``.)"""
     def check(value: str) -> str:
         try:
-            ratios = [check_ratio(x, what) for x in split_list(floats_callback(what)(value))]
+            ratios = [check_ratio(x, what, text=True) for x in split_list(floats_callback(what)(value))]
         except DP4TLError as e:
             raise typer.BadParameter(str(e)) from None
         _items(ratios, True, "0.2,0.6", what)

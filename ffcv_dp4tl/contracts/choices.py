@@ -172,8 +172,13 @@ def check_device(device: Any, what: str = "device") -> str:
     return text
 
 
-def check_ratio(ratio: Any, what: str = "ratio", error: type[DP4TLError] = DP4TLError) -> float:
-    """A pruning ratio: the fraction of units removed, in [0, 1) (1 would keep nothing)."""
+def check_ratio(ratio: Any, what: str = "ratio", error: type[DP4TLError] = DP4TLError, *,
+                text: bool = False) -> float:
+    """A pruning ratio: the fraction of units removed, in [0, 1) (1 would keep nothing). A
+    number (not a bool); a string only where the user typed it (``text``: a CLI list)."""
+    if isinstance(ratio, bool) or not (isinstance(ratio, numbers.Real)
+                                       or (text and isinstance(ratio, str))):
+        raise error(f"{what} must be a number in [0, 1), got {type(ratio).__name__} {ratio!r}")
     try:
         r = float(ratio)
     except (TypeError, ValueError):

@@ -3,7 +3,6 @@
 anything is built or trained, so a bad value is a one-line error at once."""
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,9 +68,6 @@ def validate(cfg: PipelineConfig) -> Checked:
     """Every check of ``cfg`` that needs no data and no work: one :class:`DP4TLError` line for
     the first bad value. Checks that need the built data follow in the run's resolve step
     (:func:`~ffcv_dp4tl.pipeline.resolve.check_data`). A new up-front check goes here."""
-    if isinstance(cfg.ratio, bool) or not isinstance(cfg.ratio, numbers.Real):
-        raise DP4TLError(f"ratio must be a number in [0, 1), got {type(cfg.ratio).__name__} "
-                         f"{cfg.ratio!r}")
     cfg.ratio = check_ratio(cfg.ratio)  # a float: ratio=0 and --ratio 0 give the same stage keys
     Protocol.check(cfg.protocol, "protocol")
     Format.check(cfg.fmt, "fmt")
