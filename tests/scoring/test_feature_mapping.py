@@ -274,3 +274,29 @@ def test_fm_val_samples_join_their_nearest_centroid_and_prune_keeps_their_cluste
     assert 0 < len(expect) < val.num_samples  # the kept clusters hold some val samples, not all
     np.testing.assert_array_equal(mask.indices, expect)
     assert summary["val_kept"] == len(expect)
+
+
+def test_the_finite_check_works_in_blocks_and_counts_every_bad_row(monkeypatch):
+    """The check reads the features in blocks (a whole-matrix mask is 2.6 GB at 1.28M x 2048):
+    the count and the first row are those of the whole matrix, across block edges."""
+    from ffcv_dp4tl.scoring.feature_mapping import check_finite_rows
+
+    x = np.zeros((10, 4), np.float32)
+    x[[3, 4, 9], 1] = np.nan
+    monkeypatch.setattr(np, "isfinite", _counting(np.isfinite, calls := []))
+    with pytest.raises(ScoringError, match=r"\(3 of 10, the first at row 3\)"):
+        check_finite_rows(x, "features")
+    assert len(calls) == 1  # one block at this size
+    calls.clear()
+    big = np.zeros(((1 << 22) + 5, 4), np.float32)  # 2 blocks of (1 << 22) rows at 4 columns
+    big[-1, 0] = np.inf
+    with pytest.raises(ScoringError, match=rf"\(1 of {big.shape[0]}, the first at row {big.shape[0] - 1}\)"):
+        check_finite_rows(big, "features")
+    assert [c for c in calls] == [1 << 22, 5]
+
+
+def _counting(fn, calls):
+    def wrapped(a, *args, **kw):
+        calls.append(a.shape[0])
+        return fn(a, *args, **kw)
+    return wrapped
