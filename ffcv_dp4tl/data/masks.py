@@ -53,6 +53,8 @@ def _npy_path(path: str | Path) -> Path:
         found = sorted(p.name for p in path.glob("*.npy"))
         raise MaskError(f"{path} is a folder; pass the mask file in it"
                         + (f" (it holds {', '.join(found[:4])})" if found else ""))
+    if path.suffix == ".json":  # the sidecar named instead of the mask
+        return path.with_suffix(".npy")
     return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
 
 

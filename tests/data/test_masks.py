@@ -224,6 +224,7 @@ def test_masks_whose_names_hold_a_dot_are_two_files(split, tmp_path):
     assert (pa.name, pb.name) == ("lm_0.2.npy", "lm_0.8.npy")
     assert load_mask(tmp_path / "lm_0.2", split).indices.tolist() == [1, 2]
     assert load_mask(tmp_path / "lm_0.8.npy", split).indices.tolist() == [3, 4, 5]
+    assert load_mask(tmp_path / "lm_0.8.json", split).indices.tolist() == [3, 4, 5]  # the sidecar
     (tmp_path / "folder").mkdir()
     save_mask(tmp_path / "folder" / "train.npy", a)
     for fn in (lambda p: save_mask(p, a), load_mask):  # a folder is not a mask file
