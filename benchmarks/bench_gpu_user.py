@@ -90,8 +90,10 @@ def pipeline(args) -> str:
 
 def _recheck_clean(args) -> tuple[str | None, bool]:
     """The newest finetuned run (FF first) re-evaluated on the device by `dp4tl evaluate
-    corruptions`: its clean top-1 must equal the top-1 the run reported, at the run's recorded
-    test precision (bf16 autocast for FF on CUDA). One mild corruption keeps it to seconds."""
+    corruptions`, at the run's recorded test precision (bf16 autocast for FF on CUDA) and batch
+    size: the row says whether its clean top-1 equals the top-1 the run reported (a difference
+    is a finding, e.g. cuDNN choosing other kernels, not a failure of the stage). One mild
+    corruption keeps it to seconds."""
     runs = args.workdir / "runs"
     found = [p for mode in ("ff", "lp") for p in sorted(runs.rglob(f"finetune-{mode}-*/result.json"),
                                                        key=lambda p: p.stat().st_mtime)[-1:]]

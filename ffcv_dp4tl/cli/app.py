@@ -39,7 +39,7 @@ def _main(
     (auto | cpu | cuda | cuda:N, default auto); lists are comma-separated. `dp4tl recipes` and
     `dp4tl models` list what a recipe name and --arch can be.
     """
-    if "WORLD_SIZE" in os.environ and not {"--help", "-h"} & set(sys.argv[1:]):
+    if "WORLD_SIZE" in os.environ and "--help" not in sys.argv[1:]:
         _refuse_torchrun(ctx.invoked_subcommand)  # (help is still given)
 
 

@@ -56,7 +56,7 @@ def reserved_cores(cores: int) -> int:
     the number instead (the GPU check measures 16 workers against 14 with it)."""
     text = os.environ.get(RESERVED_ENV, "").strip()
     if text:
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise DataError(f"{RESERVED_ENV}={text!r}: give a number of cores >= 0 to keep free of "
                             "loader workers (or unset it for the default)")
         return min(int(text), max(cores - 1, 0))
@@ -81,14 +81,33 @@ def raise_open_files_limit(cap: int = 1 << 20) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
     if soft != resource.RLIM_INFINITY and soft < target:
-        with contextlib.suppress(ValueError, OSError):  # a sandbox may forbid it: keep the limit
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        for want in (target, min(target, 10240)):  # (macOS: an unlimited hard limit, capped lower)
+            with contextlib.suppress(ValueError, OSError):  # a sandbox may forbid it: keep it
+                resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), hard))
+                return
 
 
 def local_ranks() -> int:
     """Processes torchrun started on this node (``LOCAL_WORLD_SIZE``; 1 without torchrun)."""
     text = os.environ.get("LOCAL_WORLD_SIZE", "1").strip()
-    return max(1, int(text)) if text.isdigit() else 1
+    return max(1, int(text)) if text.isascii() and text.isdigit() else 1
+
+
+def _launcher_cores() -> int:
+    """Cores of the process that started this one (torchrun's agent holds the job's CPU set);
+    the machine's when that cannot be read."""
+    try:
+        return len(os.sched_getaffinity(os.getppid()))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def ranks_sharing(cores: int, ranks: int) -> int:
+    """How many of this node's ``ranks`` share this process's ``cores``, assuming the launcher's
+    CPU set is split evenly: all of them when each sees the launcher's whole set (a node, or a
+    Slurm / ``--cpuset-cpus`` job set), one when they were pinned to disjoint parts, four when 8
+    ranks are bound to the 2 sockets of a node."""
+    return max(1, min(ranks, round(ranks * cores / max(_launcher_cores(), cores))))
 
 
 def loader_cores() -> int:
@@ -98,11 +117,8 @@ def loader_cores() -> int:
     workers each on 64 cores ran 96 decode threads)."""
     cores = available_cores()
     ranks = local_ranks()
-    # shared unless the ranks were pinned to disjoint parts of the node (then each one's set
-    # times the ranks fits in it); a job-wide set smaller than the node (Slurm, --cpuset-cpus)
-    # is shared too
-    if ranks > 1 and cores * ranks > (os.cpu_count() or cores):
-        cores = max(1, cores // ranks)
+    if ranks > 1:
+        cores = max(1, cores // ranks_sharing(cores, ranks))
     try:
         import numba
 

@@ -40,7 +40,8 @@ def corruption_accuracy(ft: Finetuned, corruptions: Sequence[tuple[str, int]], *
     dev = next(ft.model.parameters()).device
     ctx = single_process_context(dev)  # `cuda:N` current before the loader is made
     fmt = fmt or ft.fmt
-    batch_size = batch_size or ft.test_batch_size or 256
+    if batch_size is None:  # (0 is refused by make_loader, not replaced)
+        batch_size = ft.test_batch_size or 256
     loader = make_loader(ft.target, split, fmt=fmt, aug=AugSpec.for_eval(),
                          batch_size=batch_size, resolution=ft.resolution, device=dev,
                          num_workers=num_workers)

@@ -167,24 +167,24 @@ def _check_start_from(name: str, recipe, pre_name: str, pre_recipe, brought: str
                          "true there (--set train.keep_best=true) or finetune.start_from = \"final\"")
 
 
-def _warn_full_scale_on_cpu(cfg: PipelineConfig, scale: str, src, sur_name: str, surrogate,
-                            pre_name: str, pretrain, log: Callable[[str], None]) -> None:
+def _warn_full_scale_on_cpu(cfg: PipelineConfig, ok: Checked, scale: str, src, pre_name: str,
+                            pretrain, log: Callable[[str], None]) -> None:
     """Real-data recipes on the CPU (a login node, `--device auto` without a GPU) would run for
-    days: say so before the surrogate starts, not after an hour of it."""
+    days: say so before the surrogate starts, not after an hour of it. (Brought source weights
+    skip the surrogate and the pretraining: nothing to announce.)"""
     from ..contracts import check_device
 
-    if scale != "full" and cfg.protocol not in PAPER_PROTOCOLS:
+    if scale != "full" and cfg.protocol not in PAPER_PROTOCOLS or cfg.source_weights:
         return
     if check_device(cfg.device) != "cpu":
         return
     n = src.split(pretrain.data.train_split).num_samples
-    what = (f"the surrogate {sur_name} trains {surrogate.model.arch} for "
-            f"{surrogate.train.epochs} epochs over {n:,} images" if cfg.source_weights else  # (no pretraining)
-            f"{pre_name} trains {pretrain.model.arch} for {pretrain.train.epochs} epochs over up to "
-            f"{n:,} images (the surrogate likewise)")
+    surrogate_trains = ok.scorer.needs_surrogate and not cfg.surrogate_weights
     log(f"[warning] {scale if cfg.protocol == 'fast' else cfg.protocol} recipes on the CPU: "
-        f"{what} at CPU speed, tens of images/s (ImageNet: days); run on a GPU (--device cuda), "
-        "or choose recipes=tiny|bench for a CPU check")
+        f"{pre_name} trains {pretrain.model.arch} for {pretrain.train.epochs} epochs over up to "
+        f"{n:,} images{' (the surrogate likewise)' if surrogate_trains else ''} at CPU speed, "
+        "tens of images/s (ImageNet: days); run on a GPU (--device cuda), or choose "
+        "recipes=tiny|bench for a CPU check")
 
 
 def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Resolved:
@@ -225,7 +225,7 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
     pre_overrides = list(cfg.overrides) + ([f"model.arch={cfg.arch}"] if cfg.arch else [])
     surrogate = load(sur_name, cfg.surrogate_overrides)
     pretrain = load(pre_name, pre_overrides)
-    _warn_full_scale_on_cpu(cfg, scale, src, sur_name, surrogate, pre_name, pretrain, log)
+    _warn_full_scale_on_cpu(cfg, ok, scale, src, pre_name, pretrain, log)
     # a self-supervised source under the paper protocol: MoCo's linear classification protocol
     ssl_source = (cfg.protocol in PAPER_PROTOCOLS and not cfg.lp_recipe
                   and pretrain.ssl.method != "none")

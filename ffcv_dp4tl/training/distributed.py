@@ -64,7 +64,7 @@ def launch_env() -> tuple[int, int]:
 
 def _env_int(name: str, default: str, lowest: int) -> int:
     text = os.environ.get(name, default).strip()
-    if not text.isdigit() or int(text) < lowest:
+    if not (text.isascii() and text.isdigit()) or int(text) < lowest:  # ('²'.isdigit() too)
         raise DP4TLError(f"{name}={os.environ.get(name)!r} is not a whole number >= {lowest} "
                          f"(torchrun sets it); unset it to run one process")
     return int(text)

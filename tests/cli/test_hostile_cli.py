@@ -227,6 +227,7 @@ def test_commands_that_run_in_one_process_refuse_torchrun(capsys, monkeypatch, t
 @pytest.mark.parametrize("env,needle", [
     ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a whole number >= 1"),
     ({"WORLD_SIZE": ""}, "WORLD_SIZE='' is not a whole number"),
+    ({"WORLD_SIZE": "²"}, "WORLD_SIZE='²' is not a whole number"),  # (str.isdigit says yes)
     ({"WORLD_SIZE": "2"}, "WORLD_SIZE=2 but RANK is not set: launch with torchrun"),
     ({"WORLD_SIZE": "2", "RANK": "x"}, "RANK='x' is not a whole number >= 0"),
     ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 is not below WORLD_SIZE=2"),

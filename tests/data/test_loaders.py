@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -459,28 +461,36 @@ def test_plan_order_is_a_traversal_order_ffcv_constructs(index_dataset, mask, ff
 
 
 def test_ranks_on_one_node_share_its_cores(monkeypatch, capsys):
-    """torchrun's ranks on one node, not pinned to cores of their own, each take their part of
-    the node's cores (8 ranks × 12 workers on 64 cores ran 96 decode threads), also when the
-    job's CPU set is only a part of the node; ranks pinned to disjoint parts keep theirs."""
+    """torchrun's ranks on one node split the CPU set they share between their loaders (8 ranks
+    × 12 workers on 64 cores ran 96 decode threads): the whole node, a Slurm job's set smaller
+    than it, or a socket each 4 ranks are bound to; ranks pinned apart keep theirs."""
     import numba
 
     from ffcv_dp4tl.data import loaders
 
     monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 64)
-    monkeypatch.setattr(loaders.os, "cpu_count", lambda: 64)
     monkeypatch.delenv(loaders.RESERVED_ENV, raising=False)
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     loaders._NOTED.clear()
-    monkeypatch.setattr(loaders, "available_cores", lambda: 64)  # every rank sees every core
-    assert loaders.loader_cores() == 8 and loaders.effective_workers(12) == 7
+
+    def node(ranks: int, launcher: int, mine: int) -> int:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
+        monkeypatch.setattr(loaders, "_launcher_cores", lambda: launcher)
+        monkeypatch.setattr(loaders, "available_cores", lambda: mine)
+        return loaders.loader_cores()
+
+    assert node(8, 64, 64) == 8  # every rank sees the whole node
+    assert loaders.effective_workers(12) == 7
     assert "gives the process 8 cores (its part of the node, shared by 8 ranks)" in capsys.readouterr().err
-    monkeypatch.setattr(loaders, "available_cores", lambda: 32)  # a job's 32 cores (Slurm), shared
-    assert loaders.loader_cores() == 4
-    monkeypatch.setattr(loaders, "available_cores", lambda: 8)  # pinned: 8 cores of its own
-    assert loaders.loader_cores() == 8 and loaders.effective_workers(12) == 7
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    monkeypatch.setattr(loaders, "available_cores", lambda: 64)
-    assert loaders.loader_cores() == 64
+    assert node(2, 16, 16) == 8  # a 16-core job set shared by 2 ranks on a 64-core node
+    assert node(8, 64, 32) == 8  # 4 ranks bound to each 32-core socket
+    assert node(8, 64, 8) == 8  # pinned apart: 8 cores each, kept
+    assert node(1, 64, 64) == 64  # no torchrun
+
+
+def test_the_launchers_cpu_set_is_read_from_the_parent_process():
+    from ffcv_dp4tl.data import loaders
+
+    assert loaders._launcher_cores() == len(os.sched_getaffinity(os.getppid()))
 
 
 def test_the_open_files_limit_is_raised_to_the_hard_limit_once(monkeypatch):
