@@ -10,8 +10,9 @@
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import typer
 
@@ -37,16 +38,24 @@ SYNTH_K = 64
 K_HELP = (f"fm: k-means clusters K (default: the paper's {PAPER_K}; {SYNTH_K} on the embedded "
           "synth:* data, which has fewer samples than that)")
 
+@contextlib.contextmanager
+def usage_error() -> Iterator[None]:
+    """A :class:`DP4TLError` raised by a check inside becomes a click usage error (one line
+    naming the option, before any work): how every callback here reuses the project's rules."""
+    try:
+        yield
+    except DP4TLError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 def check_device(value: str) -> str:
     """``--device`` callback: the syntax, and that CUDA exists when it is asked for
     (:func:`~ffcv_dp4tl.contracts.check_device`, the rule of the Python API too), as a usage
     error."""
     if value is None:
         return value
-    try:
+    with usage_error():
         contracts_check_device(value, "--device")
-    except DP4TLError as e:
-        raise typer.BadParameter(str(e)) from None
     return value
 
 
@@ -93,10 +102,8 @@ def list_callback(choices: Sequence[str], what: str, required: bool = False):
 
 def ratio_callback(value: float) -> float:
     """``--ratio`` callback: :func:`~ffcv_dp4tl.contracts.check_ratio`, as a usage error."""
-    try:
+    with usage_error():
         check_ratio(value, "--ratio")
-    except DP4TLError as e:
-        raise typer.BadParameter(str(e)) from None
     return value
 
 
@@ -116,10 +123,8 @@ def ratios_callback(what: str):
     """Pruning ratios: at least one, each in [0, 1) (``check_ratio``), each once. (A bench that
     pairs pruned runs refuses 0 itself: ``run_separation``.)"""
     def check(value: str) -> str:
-        try:
+        with usage_error():
             ratios = [check_ratio(x, what, text=True) for x in split_list(floats_callback(what)(value))]
-        except DP4TLError as e:
-            raise typer.BadParameter(str(e)) from None
         _items(ratios, True, "0.2,0.6", what)
         return value
     return check
@@ -141,10 +146,8 @@ def seeds_callback(what: str = "--seeds", required: bool = True):
     """Seeds: integers >= 0, each once (a repeated seed would count one run twice in a mean ±
     std); at least one unless ``required`` is False (then '' has a documented meaning)."""
     def check(value: str) -> str:
-        try:
+        with usage_error():
             seeds = check_seeds(split_list(ints_callback(what)(value)), what)
-        except DP4TLError as e:
-            raise typer.BadParameter(str(e)) from None
         _items(seeds, required, "0,1,2", what)
         return value
     return check
@@ -156,10 +159,8 @@ def out_callback(value: Optional[Path]) -> Optional[Path]:
     from ..fsutil import check_out_dir
 
     if value is not None:
-        try:
+        with usage_error():
             check_out_dir(value, "--out")
-        except DP4TLError as e:
-            raise typer.BadParameter(str(e)) from None
     return value
 
 
@@ -170,10 +171,8 @@ def report_callback(value: Optional[str]) -> Optional[str]:
 
     if value is None or not value.strip():
         return None
-    try:
+    with usage_error():
         check_out_file(value, "--report")
-    except DP4TLError as e:
-        raise typer.BadParameter(str(e)) from None
     return value
 
 
