@@ -37,7 +37,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ..errors import DataError
-from .sampling import Batch
+from .sampling import Batch, check_size
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -379,9 +379,8 @@ class CorruptionOp:
             raise DataError(f"corruption {name!r}: severity must be one of 1-5, got {severity}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise DataError(f"corruption seed must be a non-negative integer, got {seed!r}")
-        if resolution is not None and (isinstance(resolution, bool) or not isinstance(
-                resolution, (int, np.integer)) or resolution < 1):
-            raise DataError(f"corruption resolution must be a positive integer, got {resolution!r}")
+        if resolution is not None:
+            resolution = check_size(resolution, "corruption resolution")
         self.name, self.severity, self.seed, self.resolution = self.corruption.name, severity, seed, resolution
         self._key = zlib.crc32(self.name.encode())
 
