@@ -293,11 +293,11 @@ def build_step_parts(recipe: Recipe, num_classes: int, ctx: dist_.DistContext,
                      clip_params=[p for p in net.parameters() if p.requires_grad])
 
 
-def _check_steps(recipe: Recipe, objective, num_samples: int, ctx: dist_.DistContext) -> None:
+def _check_steps(recipe: Recipe, objective, num_samples: int, drop_last: bool,
+                 ctx: dist_.DistContext) -> None:
     """Refuse a run in which some rank would take no step per epoch: it would "finish" with
     loss 0 and write a checkpoint of the untrained model. Decided from the global count, so
     every rank decides the same (a rank that raised alone would leave the others waiting)."""
-    drop_last = recipe.train.drop_last or objective.drop_last
     per_rank, batch = num_samples // ctx.world_size, recipe.train.batch_size // ctx.world_size
     if per_rank >= (batch if drop_last else 1):
         return
@@ -441,10 +441,11 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers,
                   channels_last=parts.channels_last, seed=recipe.data.seed, decode=recipe.data.decode,
                   deterministic=recipe.data.deterministic)
-    _check_steps(recipe, objective, split.num_samples if mask_obj is None else len(mask_obj), ctx)
+    drop_last = tc.drop_last or objective.drop_last
+    _check_steps(recipe, objective, split.num_samples if mask_obj is None else len(mask_obj),
+                 drop_last, ctx)
     train_loader = make_loader(dataset_dir, split.name, mask=mask_obj, aug=objective.train_aug,
-                               batch_size=global_batch // ctx.world_size,
-                               drop_last=tc.drop_last or objective.drop_last,
+                               batch_size=global_batch // ctx.world_size, drop_last=drop_last,
                                resolution=resolution(tc, start_epoch), **common)
     val_loader = None  # an objective without a classifier (MoCo) has nothing to validate
     if objective.supervised:
