@@ -75,8 +75,20 @@ def _read_result(run_dir: Path) -> dict[str, Any]:
     return result
 
 
-def _field(result: dict[str, Any], key: str, kind: str, run_dir: Path, default: Any = REQUIRED):
-    return typed(result, key, kind, run_dir / RESULT_NAME, _FIX, default)
+def _field(result: dict[str, Any], key: str, kind: str, run_dir: Path, default: Any = REQUIRED, *,
+           choices: Any = None, at_least: int | None = None):
+    """``result[key]`` of ``kind`` (:func:`~ffcv_dp4tl.contracts.fields.typed`), and, when
+    given, one of ``choices`` or ``>= at_least``: each a one-line error naming the field."""
+    value = typed(result, key, kind, run_dir / RESULT_NAME, _FIX, default)
+    if value is None:  # (absent, with a None default)
+        return value
+    if choices is not None and value not in choices:
+        raise DataError(f"{run_dir / RESULT_NAME}: field {key!r} must be one of "
+                        f"{', '.join(choices)}, got {value!r}; {_FIX}")
+    if at_least is not None and value < at_least:
+        raise DataError(f"{run_dir / RESULT_NAME}: field {key!r} must be >= {at_least}, got "
+                        f"{value}; {_FIX}")
+    return value
 
 
 def _resolution(result: dict[str, Any], run_dir: Path) -> int:
@@ -84,11 +96,8 @@ def _resolution(result: dict[str, Any], run_dir: Path) -> int:
     (without the run's ``--set`` overrides, which ``--resolution`` must then repeat)."""
     from ..training.recipe import load_recipe
 
-    recorded = _field(result, "resolution", "int", run_dir, None)
+    recorded = _field(result, "resolution", "int", run_dir, None, at_least=1)
     if recorded is not None:
-        if recorded < 1:
-            raise DataError(f"{run_dir / RESULT_NAME}: field 'resolution' must be >= 1, got "
-                            f"{recorded}; {_FIX}")
         return recorded
     recipe = _field(result, "recipe", "str", run_dir, None)
     try:
@@ -128,26 +137,12 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
                          f"{STATE_NAME}); pass the --out of `dp4tl finetune` or a pipeline's "
                          "runs/finetune-lp-*/ or finetune-ff-*/ directory")
     result = _read_result(run_dir)
-    mode = _field(result, "mode", "str", run_dir)
-    if mode not in FinetuneMode.values():
-        raise DataError(f"{res_path}: field 'mode' must be one of {', '.join(FinetuneMode.values())}"
-                        f", got {mode!r}; {_FIX}")
-    classes = _field(result, "target_classes", "count", run_dir)
-    if classes < 1:
-        raise DataError(f"{res_path}: field 'target_classes' must be >= 1, got {classes}; {_FIX}")
-    fmt = _field(result, "format", "str", run_dir, "ffcv")
-    if fmt not in Format.values():
-        raise DataError(f"{res_path}: field 'format' must be one of {', '.join(Format.values())}, "
-                        f"got {fmt!r}; {_FIX}")
+    mode = _field(result, "mode", "str", run_dir, choices=FinetuneMode.values())
+    classes = _field(result, "target_classes", "count", run_dir, at_least=1)
+    fmt = _field(result, "format", "str", run_dir, "ffcv", choices=Format.values())
     flip_tta = _field(result, "flip_tta", "bool", run_dir, False)
-    precision = _field(result, "test_precision", "str", run_dir, "fp32")
-    if precision not in PRECISIONS:
-        raise DataError(f"{res_path}: field 'test_precision' must be one of "
-                        f"{', '.join(PRECISIONS)}, got {precision!r}; {_FIX}")
-    test_batch_size = _field(result, "test_batch_size", "int", run_dir, None)
-    if test_batch_size is not None and test_batch_size < 1:
-        raise DataError(f"{res_path}: field 'test_batch_size' must be >= 1, got "
-                        f"{test_batch_size}; {_FIX}")
+    precision = _field(result, "test_precision", "str", run_dir, "fp32", choices=PRECISIONS)
+    test_batch_size = _field(result, "test_batch_size", "int", run_dir, None, at_least=1)
     res = resolution if resolution is not None else _resolution(result, run_dir)
     ckpt = _path(result, "checkpoint", "source checkpoint", run_dir, checkpoint)
     tgt = _path(result, "target", "target", run_dir, target)
