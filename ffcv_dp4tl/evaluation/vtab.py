@@ -206,7 +206,7 @@ def vtab_protocol(recipe: str | Path, checkpoint: str | Path, target_dir: str | 
     from ..contracts.fields import typed
     from ..fsutil import atomic_write_json, read_json
     from ..training.checkpoint import Checkpoint
-    from ..training.finetune import RESULT_NAME, finetune, mask_digest
+    from ..training.finetune import RESULT_NAME, finetune, run_identity
     from ..training.recipe import load_recipe
 
     if not lrs:
@@ -228,7 +228,6 @@ def vtab_protocol(recipe: str | Path, checkpoint: str | Path, target_dir: str | 
                 "target": str(target_dir),
                 "target_fingerprint": load_manifest(target_dir).fingerprint, "mode": mode,
                 "format": fmt, "seed": seed, "train_size": train_size, "val_size": val_size}
-    hashes = {k: mask_digest(m) for k, m in in_memory.items()}
 
     def expected(name: str) -> dict | None:
         """The identity (as ``finetune`` records it) the run ``name`` would have now."""
@@ -239,14 +238,13 @@ def vtab_protocol(recipe: str | Path, checkpoint: str | Path, target_dir: str | 
             return None
         extra = [f"lr.lr={lr_}"] + ([split_override(split)] if kind == "select" else [])
         try:
-            fp = load_recipe(recipe, list(overrides) + extra).fingerprint()
+            run_recipe = load_recipe(recipe, list(overrides) + extra)
         except DP4TLError:
             return None
-        return {"mode": mode, "format": fmt, "target_fingerprint": settings["target_fingerprint"],
-                "source_arch": source.arch, "source_identity": dict(source.identity),
-                "source_epoch": source.epoch, "recipe_fingerprint": fp,
-                "train_mask": hashes["train" if kind == "select" else "trainval"],
-                **({"test_mask": hashes["val"]} if kind == "select" else {})}
+        run_masks = ({"train_mask": in_memory["train"], "test_mask": in_memory["val"]}
+                     if kind == "select" else {"train_mask": in_memory["trainval"]})
+        return run_identity(run_recipe, source, settings["target_fingerprint"], mode, fmt,
+                            run_masks)
 
     _check_settings(out, settings, expected)
     masks = save_vtab_masks(in_memory, out / "masks", train_size, val_size)

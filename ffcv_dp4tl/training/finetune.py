@@ -155,8 +155,19 @@ def extract_features(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tens
 
 def mask_digest(mask) -> str:
     """How a finetune run's identity records a train/test mask: its indices' sha256 (16 hex
-    digits). A resume (and a VTAB protocol's check of its runs) compares these."""
+    digits)."""
     return hashlib.sha256(mask.indices.tobytes()).hexdigest()[:16]
+
+
+def run_identity(recipe: Recipe, source: Checkpoint, target_fingerprint: str, mode: str,
+                 fmt: str, masks: dict) -> dict:
+    """What a finetune run records as its identity in ``finetune_state.pt``: a resume must
+    match it, and a VTAB protocol checks its runs against it. ``masks``: ``{"train_mask",
+    "test_mask"}`` (those given)."""
+    return {"mode": mode, "recipe_fingerprint": recipe.fingerprint(),
+            "source_arch": source.arch, "source_identity": dict(source.identity),
+            "source_epoch": source.epoch, "target_fingerprint": target_fingerprint,
+            "format": fmt, **{k: mask_digest(m) for k, m in masks.items()}}
 
 
 def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: str | Path,
@@ -210,11 +221,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     model, ckpt = load_pretrained(checkpoint, dev)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.jsonl"
-    identity = {"mode": mode, "recipe_fingerprint": recipe.fingerprint(),
-                "source_arch": ckpt.arch, "source_identity": dict(ckpt.identity),
-                "source_epoch": ckpt.epoch, "target_fingerprint": manifest.fingerprint,
-                "format": fmt,
-                **{k: mask_digest(m) for k, m in masks.items()}}
+    identity = run_identity(recipe, ckpt, manifest.fingerprint, mode, fmt, masks)
     state_path = out_dir / STATE_NAME
     state = resume_from(FinetuneState, state_path, identity, resume=resume,
                         what="finetune run", hint="")
