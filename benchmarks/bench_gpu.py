@@ -38,7 +38,7 @@ from torch import nn  # noqa: E402
 
 from benchmarks.bench_train import ceiling  # noqa: E402
 from ffcv_dp4tl.data import AugSpec, load_manifest, make_loader, mask_from_classes  # noqa: E402
-from ffcv_dp4tl.data.loaders import loader_cores  # noqa: E402
+from ffcv_dp4tl.data.resources import loader_cores  # noqa: E402
 from ffcv_dp4tl.training.distributed import resolve_device  # noqa: E402
 from ffcv_dp4tl.training.models import create_model  # noqa: E402
 from ffcv_dp4tl.training.recipe import load_recipe  # noqa: E402
@@ -207,7 +207,7 @@ def loaders(args) -> str:
             rows.append(f"| {fmt} | {decode} | {kept:.0%} | {frac:.3f} | {r['images']:,} | {r['warmup_s']:.1f} | "
                         f"{r['first_batch_s']:.2f} | {r['seconds']:.2f} | {_f(r['img_per_s'])} | {_f(ratio, '.3f')} |")
             print(rows[-1], flush=True)
-    from ffcv_dp4tl.data.loaders import effective_workers
+    from ffcv_dp4tl.data.resources import effective_workers
 
     nw = effective_workers(args.workers)
     lines = [f"### Loaders alone (no model), {args.resolution} px train crops, batch {args.batch_size}, "
@@ -226,7 +226,7 @@ def loaders(args) -> str:
 @contextlib.contextmanager
 def _reserve(free: int):
     """Keep ``free`` cores free of loader workers while the block runs (``DP4TL_RESERVED_CORES``)."""
-    from ffcv_dp4tl.data.loaders import RESERVED_ENV
+    from ffcv_dp4tl.data.resources import RESERVED_ENV
 
     old = os.environ.get(RESERVED_ENV)
     os.environ[RESERVED_ENV] = str(free)

@@ -272,7 +272,7 @@ def test_race_probe_control_runs_the_loaders_side_stream_decode(monkeypatch):
 def test_reserve_sets_the_free_cores_for_its_block_only(monkeypatch):
     """The train stage's worker comparison runs each loader with exactly N workers by setting
     DP4TL_RESERVED_CORES for that run; the caller's own setting (or its absence) comes back."""
-    from ffcv_dp4tl.data.loaders import RESERVED_ENV
+    from ffcv_dp4tl.data.resources import RESERVED_ENV
 
     bench = _bench_gpu()
     monkeypatch.setenv(RESERVED_ENV, "3")
@@ -297,12 +297,12 @@ def test_train_stage_runs_16_and_14_workers_as_asked_and_says_how_many_cores_wer
     import json
     import types
 
-    from ffcv_dp4tl.data import loaders as loaders_mod
-    from ffcv_dp4tl.data.loaders import RESERVED_ENV, effective_workers
+    from ffcv_dp4tl.data import resources
+    from ffcv_dp4tl.data.resources import RESERVED_ENV, effective_workers
 
     bench = _bench_gpu()
     monkeypatch.setattr(bench, "loader_cores", lambda: 16)
-    monkeypatch.setattr(loaders_mod, "loader_cores", lambda: 16)  # what the loaders count too
+    monkeypatch.setattr(resources, "loader_cores", lambda: 16)  # what the loaders count too
     monkeypatch.setattr(bench, "load_manifest", lambda data: types.SimpleNamespace(num_classes=8))
     monkeypatch.setattr(bench, "ceiling", lambda *a: {"img_per_s": 1000.0, "cudnn_benchmark": False})
     monkeypatch.setenv(RESERVED_ENV, "7")
@@ -334,7 +334,7 @@ def test_train_stage_runs_16_and_14_workers_as_asked_and_says_how_many_cores_wer
     # more workers asked than cores (8): none free, never a negative count (which the loaders
     # refuse, failing the run); the loaders start what the cores allow
     monkeypatch.setattr(bench, "loader_cores", lambda: 8)
-    monkeypatch.setattr(loaders_mod, "loader_cores", lambda: 8)
+    monkeypatch.setattr(resources, "loader_cores", lambda: 8)
     seen.clear()
     rows = stage("8cores")
     assert seen == [("ffcv", "cpu", 16, "0", 8), ("ffcv", "cpu", 14, "0", 8), ("ffcv", "gpu", 16, "0", 8)]

@@ -1,10 +1,7 @@
 """One entry point for masked loading from either file format."""
 from __future__ import annotations
 
-import contextlib
 import numbers
-import os
-import sys
 from pathlib import Path
 from typing import Literal
 
@@ -18,6 +15,7 @@ from .gpu_decode import DeviceDecodeLoader, device_decode_available
 from .interface import MaskedLoader
 from .manifest import load_manifest
 from .masks import IndexMask, full_mask, load_mask, validate_mask
+from .resources import available_cores, effective_workers, raise_open_files_limit
 from .sampling import EpochPlan, check_size, dist_info
 from .transforms import AugSpec
 from .wds_loader import WdsMaskedLoader
@@ -34,119 +32,6 @@ AUTO_GPU_DECODE_MAX_CORES = 8
 
 def _cores_per_gpu() -> float:
     return available_cores() / max(1, torch.cuda.device_count())
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. a Slurm or container limit)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-_NOTED: set[tuple[int, int]] = set()
-
-
-#: Environment variable that sets :func:`reserved_cores` (e.g. 0 to give the loader every core)
-RESERVED_ENV = "DP4TL_RESERVED_CORES"
-
-
-def reserved_cores(cores: int) -> int:
-    """Cores kept free of loader workers for the training thread (and the CUDA launch / pin
-    threads): none on up to 4 cores (a small CPU machine needs every core for the loader and
-    trains on the same threads), 1 on 5-8 cores, 2 above (a GPU node: the first GPU check ran
-    16 decode threads on 16 cores beside the training thread). ``$DP4TL_RESERVED_CORES`` sets
-    the number instead (the GPU check measures 16 workers against 14 with it)."""
-    text = os.environ.get(RESERVED_ENV, "").strip()
-    if text:
-        if not (text.isascii() and text.isdigit()):
-            raise DataError(f"{RESERVED_ENV}={text!r}: give a number of cores >= 0 to keep free of "
-                            "loader workers (or unset it for the default)")
-        return min(int(text), max(cores - 1, 0))
-    return 0 if cores <= 4 else 1 if cores <= 8 else 2
-
-
-_LIMIT_RAISED = False
-
-
-def raise_open_files_limit(cap: int = 1 << 20) -> None:
-    """Raise this process's soft limit on open files to its hard limit (at most ``cap``), once.
-    Loader workers keep shard files open (WebDataset: up to ``MAX_OPEN_SHARDS`` each; GPU
-    decode: one per shard, 1,282 on ImageNet), and many systems start at a soft 1,024."""
-    global _LIMIT_RAISED
-    if _LIMIT_RAISED:
-        return
-    _LIMIT_RAISED = True
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not POSIX
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        for want in (target, min(target, 10240)):  # (macOS: an unlimited hard limit, capped lower)
-            with contextlib.suppress(ValueError, OSError):  # a sandbox may forbid it: keep it
-                resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), hard))
-                return
-
-
-def local_ranks() -> int:
-    """Processes torchrun started on this node (``LOCAL_WORLD_SIZE``; 1 without torchrun)."""
-    text = os.environ.get("LOCAL_WORLD_SIZE", "1").strip()
-    return max(1, int(text)) if text.isascii() and text.isdigit() else 1
-
-
-def _launcher_cores() -> int:
-    """Cores of the process that started this one (torchrun's agent holds the job's CPU set);
-    the machine's when that cannot be read."""
-    try:
-        return len(os.sched_getaffinity(os.getppid()))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def ranks_sharing(cores: int, ranks: int) -> int:
-    """How many of this node's ``ranks`` share this process's ``cores``, assuming the launcher's
-    CPU set is split evenly: all of them when each sees the launcher's whole set (a node, or a
-    Slurm / ``--cpuset-cpus`` job set), one when they were pinned to disjoint parts, four when 8
-    ranks are bound to the 2 sockets of a node."""
-    return max(1, min(ranks, round(ranks * cores / max(_launcher_cores(), cores))))
-
-
-def loader_cores() -> int:
-    """The cores loader workers may use: this process's (:func:`available_cores`), no more than
-    numba's thread pool allows (ffcv's workers are numba threads). Under torchrun, ranks that
-    were not pinned to their own cores share the node's: each gets its part (8 ranks with 12
-    workers each on 64 cores ran 96 decode threads)."""
-    cores = available_cores()
-    ranks = local_ranks()
-    if ranks > 1:
-        cores = max(1, cores // ranks_sharing(cores, ranks))
-    try:
-        import numba
-
-        cores = min(cores, int(numba.config.NUMBA_NUM_THREADS))
-    except ImportError:  # pragma: no cover - numba comes with ffcv
-        pass
-    return cores
-
-
-def effective_workers(requested: int) -> int:
-    """``min(requested, cores - reserved_cores(cores))``: more loader workers than cores only
-    slows the loader and the training thread down, and ffcv's numba pool refuses more than the
-    cores ("number of threads must be between 1 and N"). The full recipes ask for 8-12 workers
-    (a GPU node); on a smaller machine they run with what it leaves, with a one-time note on
-    stderr. (``0`` = in-process loading, kept.)"""
-    cores = loader_cores()
-    usable = max(1, cores - reserved_cores(cores))
-    if requested <= usable:
-        return requested
-    if (requested, usable) not in _NOTED:
-        _NOTED.add((requested, usable))
-        spare = cores - usable
-        share = f" (its part of the node, shared by {local_ranks()} ranks)" if local_ranks() > 1 else ""
-        print(f"[note] data.num_workers = {requested} but this machine gives the process {cores} "
-              f"cores{share}: loading with {usable} workers"
-              + (f" ({spare} left for the training thread)" if spare else ""),
-              file=sys.stderr, flush=True)
-    return usable
 
 
 def resolve_decode(decode: str, device: str | torch.device) -> str:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import DP4TLError
-
 from ..contracts import check_device
+from ..data.resources import env_int
+from ..errors import DP4TLError
 
 
 @dataclass(frozen=True)
@@ -46,28 +46,23 @@ def resolve_device(device: str | torch.device | None, what: str = "device") -> t
 DDP_COMMANDS = ("train",)
 
 
+_TORCHRUN_SETS_IT = "torchrun sets it; unset it to run one process"
+
+
 def launch_env() -> tuple[int, int]:
     """(rank, world size) as torchrun set them in the environment; (0, 1) without torchrun.
     Values torchrun would never set are one line naming the variable (a rank missing under
     WORLD_SIZE > 1 would make every process rank 0 and hang the process group)."""
-    world = _env_int("WORLD_SIZE", "1", 1)
+    world = env_int("WORLD_SIZE", 1, 1, _TORCHRUN_SETS_IT)
     if world <= 1:
         return 0, world
     if "RANK" not in os.environ:
         raise DP4TLError(f"WORLD_SIZE={world} but RANK is not set: launch with torchrun (it sets "
                          "both), or unset WORLD_SIZE for one process")
-    rank = _env_int("RANK", "0", 0)
+    rank = env_int("RANK", 0, 0, _TORCHRUN_SETS_IT)
     if rank >= world:
         raise DP4TLError(f"RANK={rank} is not below WORLD_SIZE={world}: launch with torchrun")
     return rank, world
-
-
-def _env_int(name: str, default: str, lowest: int) -> int:
-    text = os.environ.get(name, default).strip()
-    if not (text.isascii() and text.isdigit()) or int(text) < lowest:  # ('²'.isdigit() too)
-        raise DP4TLError(f"{name}={os.environ.get(name)!r} is not a whole number >= {lowest} "
-                         f"(torchrun sets it); unset it to run one process")
-    return int(text)
 
 
 def setup(device: str | torch.device | None = "auto") -> DistContext:
@@ -80,7 +75,7 @@ def setup(device: str | torch.device | None = "auto") -> DistContext:
             # kernels, ffcv's streams, torch.cuda.synchronize()) works on N, not on GPU 0
             torch.cuda.set_device(dev)
         return DistContext(device=dev)
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    local_rank = env_int("LOCAL_RANK", rank, 0, _TORCHRUN_SETS_IT)
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)

@@ -193,7 +193,7 @@ def pin_cpu_threads(num_workers: int) -> int:
     pinning it depends on history: importing ffcv sets it to 1, each ffcv loader to its worker
     count, so a pipeline stage that built data first and one that found it built trained
     differently under the same stage key."""
-    from ..data.loaders import effective_workers
+    from ..data.resources import effective_workers
 
     n = max(1, effective_workers(num_workers))
     torch.set_num_threads(n)

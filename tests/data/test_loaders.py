@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -377,49 +375,6 @@ def test_augspec_errors_and_no_old_flags(index_dataset, mask):
             make_loader(index_dataset.root, "train", fmt="wds", aug=AugSpec.for_train(), **old, **kw)
 
 
-@pytest.mark.parametrize("cores,requested,expected", [
-    (2, 2, 2), (2, 8, 2), (4, 16, 4), (8, 12, 7), (8, 7, 7), (16, 16, 14), (16, 12, 12),
-    (64, 64, 62), (1, 4, 1), (16, 0, 0)])
-def test_loader_workers_leave_cores_for_the_training_thread(monkeypatch, capsys, cores,
-                                                            requested, expected):
-    import numba
-
-    from ffcv_dp4tl.data import loaders
-
-    monkeypatch.setattr(loaders, "available_cores", lambda: cores)
-    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", max(cores, 1))
-    monkeypatch.delenv(loaders.RESERVED_ENV, raising=False)
-    loaders._NOTED.clear()
-    assert loaders.effective_workers(requested) == expected
-    err = capsys.readouterr().err
-    assert ("data.num_workers" in err) == (requested > expected)
-    if requested > expected and cores > 4:
-        assert f"{cores - expected} left for the training thread" in err
-
-
-def test_the_environment_sets_the_cores_kept_free(monkeypatch, capsys):
-    """``DP4TL_RESERVED_CORES`` replaces the default reservation (the GPU check runs 16 workers
-    on 16 cores with 0, against 14 with the default); at least one core stays for the loader;
-    a value that is not a count is one line naming the variable."""
-    import numba
-
-    from ffcv_dp4tl.data import loaders
-    from ffcv_dp4tl.errors import DataError
-
-    monkeypatch.setattr(loaders, "available_cores", lambda: 16)
-    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 16)
-    monkeypatch.setenv(loaders.RESERVED_ENV, "0")
-    assert loaders.effective_workers(16) == 16
-    monkeypatch.setenv(loaders.RESERVED_ENV, "4")
-    assert loaders.effective_workers(16) == 12
-    monkeypatch.setenv(loaders.RESERVED_ENV, "99")
-    assert loaders.effective_workers(16) == 1 and loaders.reserved_cores(16) == 15  # one stays
-    monkeypatch.setenv(loaders.RESERVED_ENV, "two")
-    with pytest.raises(DataError, match="DP4TL_RESERVED_CORES='two'"):
-        loaders.effective_workers(16)
-    capsys.readouterr()
-
-
 def test_plan_order_is_a_traversal_order_ffcv_constructs(index_dataset, mask, ffcv_train):
     """PlanOrder is installed through ffcv's own extension point, whichever ffcv is installed:
     ``order=<subclass>, order_kwargs=`` (ffcv >= 1.1) or a TraversalOrder that ffcv 1.0.x calls
@@ -458,63 +413,3 @@ def test_plan_order_is_a_traversal_order_ffcv_constructs(index_dataset, mask, ff
     assert type(made) is fl.PlanOrder and isinstance(made.loader, FakeLoader)
     assert np.array_equal(made.sample_order(2), plan.order(2))
     assert fl.loader_takes_order_kwargs(NewLoader) and not fl.loader_takes_order_kwargs(OldLoader)
-
-
-def test_ranks_on_one_node_share_its_cores(monkeypatch, capsys):
-    """torchrun's ranks on one node split the CPU set they share between their loaders (8 ranks
-    × 12 workers on 64 cores ran 96 decode threads): the whole node, a Slurm job's set smaller
-    than it, or a socket each 4 ranks are bound to; ranks pinned apart keep theirs."""
-    import numba
-
-    from ffcv_dp4tl.data import loaders
-
-    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 64)
-    monkeypatch.delenv(loaders.RESERVED_ENV, raising=False)
-    loaders._NOTED.clear()
-
-    def node(ranks: int, launcher: int, mine: int) -> int:
-        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
-        monkeypatch.setattr(loaders, "_launcher_cores", lambda: launcher)
-        monkeypatch.setattr(loaders, "available_cores", lambda: mine)
-        return loaders.loader_cores()
-
-    assert node(8, 64, 64) == 8  # every rank sees the whole node
-    assert loaders.effective_workers(12) == 7
-    assert "gives the process 8 cores (its part of the node, shared by 8 ranks)" in capsys.readouterr().err
-    assert node(2, 16, 16) == 8  # a 16-core job set shared by 2 ranks on a 64-core node
-    assert node(8, 64, 32) == 8  # 4 ranks bound to each 32-core socket
-    assert node(8, 64, 8) == 8  # pinned apart: 8 cores each, kept
-    assert node(1, 64, 64) == 64  # no torchrun
-
-
-def test_the_launchers_cpu_set_is_read_from_the_parent_process():
-    from ffcv_dp4tl.data import loaders
-
-    assert loaders._launcher_cores() == len(os.sched_getaffinity(os.getppid()))
-
-
-def test_the_open_files_limit_is_raised_to_the_hard_limit_once(monkeypatch):
-    """GPU decode keeps one descriptor per shard (ImageNet: 1,282) and many systems start at a
-    soft limit of 1,024: the loader raises the soft limit to the hard one (capped), once."""
-    import resource
-
-    from ffcv_dp4tl.data import loaders
-
-    calls = []
-    monkeypatch.setattr(loaders, "_LIMIT_RAISED", False)
-    monkeypatch.setattr(resource, "getrlimit", lambda what: (1024, 524288))
-    monkeypatch.setattr(resource, "setrlimit", lambda what, lim: calls.append(lim))
-    loaders.raise_open_files_limit()
-    loaders.raise_open_files_limit()
-    assert calls == [(524288, 524288)]
-    monkeypatch.setattr(loaders, "_LIMIT_RAISED", False)
-    monkeypatch.setattr(resource, "getrlimit", lambda what: (1024, resource.RLIM_INFINITY))
-    loaders.raise_open_files_limit()
-    assert calls[-1] == (1 << 20, resource.RLIM_INFINITY)
-
-    def forbidden(what, lim):
-        raise ValueError("not allowed")
-
-    monkeypatch.setattr(loaders, "_LIMIT_RAISED", False)
-    monkeypatch.setattr(resource, "setrlimit", forbidden)
-    loaders.raise_open_files_limit()  # a sandbox that forbids it: the limit stays, no error

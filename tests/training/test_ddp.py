@@ -102,6 +102,28 @@ def test_a_single_process_on_cuda_n_makes_n_current(monkeypatch):
     assert distributed.setup("cpu").device == torch.device("cpu") and calls == []
 
 
+def test_a_local_rank_torchrun_never_sets_is_one_line_before_the_process_group(monkeypatch):
+    """``LOCAL_RANK`` picks each rank's GPU: a value torchrun never sets names the variable
+    (``int()`` raised a traceback), before any process group is joined; unset, it is the rank."""
+    import pytest
+    import torch.distributed as dist
+
+    from ffcv_dp4tl.errors import DP4TLError
+    from ffcv_dp4tl.training import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "gpu1")
+    with pytest.raises(DP4TLError, match="^LOCAL_RANK='gpu1' is not a whole number >= 0: torchrun sets it"):
+        distributed.setup("cpu")
+    assert not dist.is_initialized()
+    monkeypatch.delenv("LOCAL_RANK")
+    joined = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: joined.append(backend))
+    ctx = distributed.setup("cpu")
+    assert (ctx.rank, ctx.world_size, ctx.local_rank, joined) == (1, 2, 1, ["gloo"])
+
+
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",

@@ -116,15 +116,15 @@ def test_every_shipped_recipe_passes_the_range_checks():
 
 
 def test_more_workers_than_cores_is_capped_with_one_note(capsys):
-    from ffcv_dp4tl.data import loaders
+    from ffcv_dp4tl.data import resources
 
-    cores = loaders.available_cores()
-    usable = max(1, cores - loaders.reserved_cores(cores))
-    loaders._NOTED.clear()
-    assert loaders.effective_workers(usable) == usable
-    assert loaders.effective_workers(0) == 0
-    assert loaders.effective_workers(cores + 62) <= cores
-    assert loaders.effective_workers(cores + 62) <= cores
+    cores = resources.available_cores()
+    usable = max(1, cores - resources.reserved_cores(cores))
+    resources._NOTED.clear()
+    assert resources.effective_workers(usable) == usable
+    assert resources.effective_workers(0) == 0
+    assert resources.effective_workers(cores + 62) <= cores
+    assert resources.effective_workers(cores + 62) <= cores
     err = capsys.readouterr().err
     assert err.count(f"data.num_workers = {cores + 62}") == 1, err
 
@@ -135,9 +135,9 @@ def test_deterministic_ffcv_training_gives_identical_weights(source_dir, tmp_pat
     also with several decode threads; the recipe asks for 64 workers, more than any test
     machine has, and runs with the machine's cores (ffcv's numba pool would refuse 64)."""
     r = test_recipe("data.deterministic=true", "data.num_workers=64", "eval.every=2")
-    from ffcv_dp4tl.data import loaders
+    from ffcv_dp4tl.data import resources
 
-    loaders._NOTED.clear()
+    resources._NOTED.clear()
     models = []
     for out in ("a", "b"):
         t0 = time.perf_counter()

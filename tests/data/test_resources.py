@@ -1,0 +1,129 @@
+"""What a process may use (data/resources.py): loader workers against its cores, the cores
+torchrun's ranks share, the open-files limit, and the environment variables read for them."""
+from __future__ import annotations
+
+import os
+
+import numba
+import pytest
+
+from ffcv_dp4tl.data import resources
+from ffcv_dp4tl.errors import DataError, DP4TLError
+
+
+@pytest.fixture
+def cores(monkeypatch):
+    """Pretend this process runs on N cores (numba's pool as large), with the default
+    reservation and no torchrun; returns the setter."""
+    monkeypatch.delenv(resources.RESERVED_ENV, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    resources._NOTED.clear()
+
+    def set_cores(n: int) -> None:
+        monkeypatch.setattr(resources, "available_cores", lambda: n)
+        monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", max(n, 1))
+
+    return set_cores
+
+
+@pytest.mark.parametrize("n,requested,expected", [
+    (2, 2, 2), (2, 8, 2), (4, 16, 4), (8, 12, 7), (8, 7, 7), (16, 16, 14), (16, 12, 12),
+    (64, 64, 62), (1, 4, 1), (16, 0, 0)])
+def test_loader_workers_leave_cores_for_the_training_thread(cores, capsys, n, requested, expected):
+    cores(n)
+    assert resources.effective_workers(requested) == expected
+    err = capsys.readouterr().err
+    assert ("data.num_workers" in err) == (requested > expected)
+    if requested > expected and n > 4:
+        assert f"{n - expected} left for the training thread" in err
+
+
+def test_the_environment_sets_the_cores_kept_free(cores, monkeypatch, capsys):
+    """``DP4TL_RESERVED_CORES`` replaces the default reservation (the GPU check runs 16 workers
+    on 16 cores with 0, against 14 with the default); at least one core stays for the loader;
+    a blank value is the default; a value that is not a count is one line naming the variable."""
+    cores(16)
+    monkeypatch.setenv(resources.RESERVED_ENV, "0")
+    assert resources.effective_workers(16) == 16
+    monkeypatch.setenv(resources.RESERVED_ENV, " 4 ")
+    assert resources.effective_workers(16) == 12
+    monkeypatch.setenv(resources.RESERVED_ENV, "99")
+    assert resources.effective_workers(16) == 1 and resources.reserved_cores(16) == 15  # one stays
+    monkeypatch.setenv(resources.RESERVED_ENV, "")
+    assert resources.reserved_cores(16) == 2
+    for bad in ("two", "-1", "1.5", "²"):
+        monkeypatch.setenv(resources.RESERVED_ENV, bad)
+        with pytest.raises(DataError, match=f"DP4TL_RESERVED_CORES={bad!r} is not a whole number"):
+            resources.effective_workers(16)
+    capsys.readouterr()
+
+
+def test_ranks_on_one_node_share_its_cores(cores, monkeypatch, capsys):
+    """torchrun's ranks on one node split the CPU set they share between their loaders (8 ranks
+    × 12 workers on 64 cores ran 96 decode threads): the whole node, a Slurm job's set smaller
+    than it, or a socket each 4 ranks are bound to; ranks pinned apart keep theirs."""
+    cores(64)
+
+    def node(ranks: int, launcher: int, mine: int) -> int:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
+        monkeypatch.setattr(resources, "_launcher_cores", lambda: launcher)
+        monkeypatch.setattr(resources, "available_cores", lambda: mine)
+        return resources.loader_cores()
+
+    assert node(8, 64, 64) == 8  # every rank sees the whole node
+    assert resources.effective_workers(12) == 7
+    assert "gives the process 8 cores (its part of the node, shared by 8 ranks)" in capsys.readouterr().err
+    assert node(2, 16, 16) == 8  # a 16-core job set shared by 2 ranks on a 64-core node
+    assert node(8, 64, 32) == 8  # 4 ranks bound to each 32-core socket
+    assert node(8, 64, 8) == 8  # pinned apart: 8 cores each, kept
+    assert node(1, 64, 64) == 64  # one process on this node
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert resources.local_ranks() == 1  # no torchrun
+
+
+@pytest.mark.parametrize("value", ["abc", "", "0", "²", "-2"])
+def test_a_local_world_size_torchrun_would_not_set_is_one_line(monkeypatch, value):
+    """The loaders size their workers by ``LOCAL_WORLD_SIZE``; a value torchrun never sets names
+    the variable (it used to be read as 1, silently)."""
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", value)
+    with pytest.raises(DP4TLError, match=f"LOCAL_WORLD_SIZE={value!r} is not a whole number >= 1: torchrun sets it"):
+        resources.local_ranks()
+
+
+def test_env_int_reads_the_default_only_when_unset(monkeypatch):
+    monkeypatch.delenv("DP4TL_TEST_INT", raising=False)
+    assert resources.env_int("DP4TL_TEST_INT", 7, 0, "fix it") == 7
+    monkeypatch.setenv("DP4TL_TEST_INT", " 12\n")
+    assert resources.env_int("DP4TL_TEST_INT", 7, 0, "fix it") == 12
+    monkeypatch.setenv("DP4TL_TEST_INT", "3")
+    with pytest.raises(DataError, match=r"^DP4TL_TEST_INT='3' is not a whole number >= 4: fix it$"):
+        resources.env_int("DP4TL_TEST_INT", 7, 4, "fix it", DataError)
+
+
+def test_the_launchers_cpu_set_is_read_from_the_parent_process():
+    assert resources._launcher_cores() == len(os.sched_getaffinity(os.getppid()))
+
+
+def test_the_open_files_limit_is_raised_to_the_hard_limit_once(monkeypatch):
+    """GPU decode keeps one descriptor per shard (ImageNet: 1,282) and many systems start at a
+    soft limit of 1,024: the loader raises the soft limit to the hard one (capped), once."""
+    import resource
+
+    calls = []
+    monkeypatch.setattr(resources, "_LIMIT_RAISED", False)
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (1024, 524288))
+    monkeypatch.setattr(resource, "setrlimit", lambda what, lim: calls.append(lim))
+    resources.raise_open_files_limit()
+    resources.raise_open_files_limit()
+    assert calls == [(524288, 524288)]
+    monkeypatch.setattr(resources, "_LIMIT_RAISED", False)
+    monkeypatch.setattr(resource, "getrlimit", lambda what: (1024, resource.RLIM_INFINITY))
+    resources.raise_open_files_limit()
+    assert calls[-1] == (1 << 20, resource.RLIM_INFINITY)
+
+    def forbidden(what, lim):
+        raise ValueError("not allowed")
+
+    monkeypatch.setattr(resources, "_LIMIT_RAISED", False)
+    monkeypatch.setattr(resource, "setrlimit", forbidden)
+    resources.raise_open_files_limit()  # a sandbox that forbids it: the limit stays, no error
