@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from ..contracts import check_seeds
 from ..errors import DataError
 from .sampling import Batch, check_size
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -377,8 +378,7 @@ class CorruptionOp:
         self.corruption = corruption(name)
         if severity not in SEVERITIES:
             raise DataError(f"corruption {name!r}: severity must be one of 1-5, got {severity}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise DataError(f"corruption seed must be a non-negative integer, got {seed!r}")
+        seed = check_seeds([seed], "corruption seed", DataError)[0]
         if resolution is not None:
             resolution = check_size(resolution, "corruption resolution")
         self.name, self.severity, self.seed, self.resolution = self.corruption.name, severity, seed, resolution

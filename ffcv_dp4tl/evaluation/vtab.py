@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..contracts import check_seeds
 from ..data import IndexMask, load_manifest, load_mask, make_mask, save_mask
 from ..errors import DataError, DP4TLError
 
@@ -41,8 +42,7 @@ def mask_names(train_size: int = TRAIN_SIZE, val_size: int = VAL_SIZE) -> dict[s
 def vtab_masks(dataset_dir: str | Path, *, split: str = "train", seed: int = 0,
                train_size: int = TRAIN_SIZE, val_size: int = VAL_SIZE) -> dict[str, IndexMask]:
     """``{"train", "val", "trainval"}`` masks over ``split`` of the built dataset."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DataError(f"--seed must be a non-negative integer, got {seed!r}")
+    seed = check_seeds([seed], "--seed", DataError)[0]
     if train_size < 1 or val_size < 1:
         raise DataError(f"VTAB split sizes must be >= 1 (got train {train_size}, val {val_size})")
     info = load_manifest(dataset_dir).split(split)

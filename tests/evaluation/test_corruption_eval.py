@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,8 +89,10 @@ def test_corruption_op_and_parse_refuse_bad_values():
     from ffcv_dp4tl.data.corruptions import CorruptionOp, parse_corruptions
     from ffcv_dp4tl.errors import DataError
 
-    with pytest.raises(DataError, match="seed"):
-        CorruptionOp("gaussian_noise", 1, seed=-1)
+    for seed, why in ((-1, "-1 is negative"), (True, "True is not an integer"), (1.5, "1.5 is not an integer")):
+        with pytest.raises(DataError, match=f"^corruption seed: {why}; seeds are integers >= 0"):
+            CorruptionOp("gaussian_noise", 1, seed=seed)  # (contracts.check_seeds: the one rule)
+    assert CorruptionOp("gaussian_noise", 1, seed=np.int64(3)).seed == 3
     for bad in (0, -4):
         with pytest.raises(DataError, match="resolution"):
             CorruptionOp("gaussian_noise", 1, resolution=bad)

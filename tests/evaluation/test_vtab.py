@@ -173,9 +173,10 @@ def test_every_lrs_recipe_is_checked_before_the_first_finetuning(eval_source_ckp
     assert not (tmp_path / "v").exists()  # no masks, no vtab_settings.json
 
 
-def test_vtab_masks_refuse_a_negative_seed(eval_target):
-    with pytest.raises(DataError, match="--seed"):
-        vtab_masks(eval_target, seed=-1, train_size=16, val_size=4)
+def test_vtab_masks_refuse_a_seed_that_is_not_one(eval_target):
+    for seed, why in ((-1, "-1 is negative"), (True, "True is not an integer"), (0.5, "0.5 is not an integer")):
+        with pytest.raises(DataError, match=f"^--seed: {why}; seeds are integers >= 0"):
+            vtab_masks(eval_target, seed=seed, train_size=16, val_size=4)
 
 
 @pytest.mark.parametrize("name", ["true", "1", "2024-01-01", "inf", "[x]", 'a "b" \\c', "x\x7fy",
