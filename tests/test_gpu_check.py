@@ -54,10 +54,10 @@ def test_script_refuses_limits_over_the_budget(tmp_path):
     assert not (tmp_path / "o").exists()  # refused before running anything
 
 
-#: The whole rehearsal takes ~5 minutes of the 2-core CI machine (a fifth of the suite), so it
+#: The whole rehearsal takes ~3 minutes of the idle 2-core CI machine (half the suite), so it
 #: runs on request: ``just rehearse-gpu-check`` (sets this) before every device call, as
-#: docs/gpu.md's checklist says. The default suite still runs the script itself (the env stage,
-#: below), its limits and its refusal, and publish_gpu.py's checks.
+#: docs/gpu.md's checklist says. The default suite still runs the script itself (its env and
+#: compile stages in smoke mode, below), its limits and its refusal, and publish_gpu.py's checks.
 REHEARSE = os.environ.get("GPU_CHECK_REHEARSAL") == "1"
 
 
@@ -124,7 +124,7 @@ def test_a_stage_after_an_overrun_still_gets_its_own_limit(tmp_path):
 @pytest.fixture(scope="module")
 def smoke_run():
     if not REHEARSE:
-        pytest.skip("the whole GPU-check rehearsal (~5 min) runs on request: just rehearse-gpu-check")
+        pytest.skip("the whole GPU-check rehearsal (~3 min) runs on request: just rehearse-gpu-check")
     # Not under pytest's basetemp: the rehearsal runs for many minutes, and a concurrent pytest
     # session of the same user rotates (deletes) old numbered basetemp folders meanwhile.
     tmp = Path(tempfile.mkdtemp(prefix="gpu-check-smoke-"))

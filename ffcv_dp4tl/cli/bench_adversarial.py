@@ -36,7 +36,7 @@ def adversarial(
     data: str = typer.Option("", "--data", help="Source: a built dataset dir or a `dp4tl build` "
                              "SOURCE (default: synth:tiny, the embedded data)"),
     target: str = typer.Option("", help="Built target dir, SOURCE, or synth target name "
-                               "(default: the first)"),
+                               "(default: the alphabetically first, blur on synth data)"),
     protocol: Protocol = typer.Option(Protocol.fast, help=PROTOCOL_HELP),
     recipes: RecipeSet = typer.Option(RecipeSet.auto, help=RECIPES_HELP),
     arch: str = typer.Option("", help="Override the pretraining model (`dp4tl models`)",

@@ -29,8 +29,9 @@ SPLIT_HELP = ("Targets built here: auto = the CoOp split_zhou_*.json when it lie
 
 FINETUNE_MODES = [m.value for m in FinetuneMode]
 TARGET_HELP = ("Built target dir, a SOURCE like flowers102:/data/flowers, or a synth target name "
-               "(default: the first); several (comma-separated or repeated, e.g. --target "
-               "warm,blur): one selection scored on all of them (Fig. A5), LP/FF on each")
+               "(default: the alphabetically first, blur on synth data); several "
+               "(comma-separated or repeated, e.g. --target warm,blur): one selection scored on "
+               "all of them (Fig. A5), LP/FF on each")
 ORDER_HELP = ("ordered: keep the highest-scored classes/clusters/samples (the method); "
               "reversed: keep the lowest-scored ones, pruning the top first (Fig. A3)")
 TARGET_WEIGHTS_HELP = ("With several targets: one weight per target, comma-separated, in "
