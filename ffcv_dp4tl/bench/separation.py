@@ -97,11 +97,12 @@ def _row(res: PipelineResult, seed: int, target: str, method: str, ratio: float)
 
 def settings_key(base: PipelineConfig, finetune: Sequence[str]) -> str:
     """What every row of one benchmark shares: the data, the recipes' contents (fingerprints),
-    FM's K, the format, the overrides and the finetuning modes. A resumed run only reuses rows of
+    FM's K, the format, the device (CUDA), the overrides and the finetuning modes. A resumed run only reuses rows of
     the same key: rows of an older surrogate recipe would otherwise pair silently with new ones.
     The recipes are the ones the pipeline will run: ``base.recipes``, else the data's scale by
     the pipeline's own rule, with any recipe named per role."""
     from ..pipeline.recipes import recipe_set, scale_of_source
+    from ..pipeline.run import device_key
     from ..training.recipe import load_recipe
 
     names = recipe_set(base.protocol, base.recipes or scale_of_source(base.source))
@@ -113,6 +114,7 @@ def settings_key(base: PipelineConfig, finetune: Sequence[str]) -> str:
            "overrides": list(base.overrides), "finetune_overrides": list(base.finetune_overrides)}
     if base.surrogate_overrides:  # only when set: the keys of published rows stay valid
         key["surrogate_overrides"] = list(base.surrogate_overrides)
+    key.update(device_key(base.device))  # CUDA rows never pair with CPU rows (CPU: unchanged)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -139,7 +141,7 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
     stale = sum(r.get("settings_key") != key for r in rows)
     if stale:
         raise DP4TLError(f"{path}: {stale} of its {len(rows)} rows ran with other settings (data, "
-                         "recipes, K, format, overrides or finetuning changed since); move the "
+                         "recipes, K, format, device, overrides or finetuning changed since); move the "
                          "file away to start over, or pass another --out")
     # every check of every run before the first trains (a bad method is refused now, not at
     # run 3 of 3): one seed is enough, the seeds differ only in train.seed

@@ -91,7 +91,18 @@ def preflight(cfgs: Iterable[PipelineConfig], log: Log = print) -> None:
 
 
 def _common(cfg: PipelineConfig) -> dict[str, Any]:
-    return {"fmt": cfg.fmt}
+    """What every training or scoring stage's key holds besides its own inputs: the file format,
+    and the device where it changes results (CUDA trains and scores in the recipes' bf16 with
+    channels_last, the CPU in fp32), so a CPU run's cached stages never stand in for a GPU
+    run's, or the reverse. Only CUDA is written, so the keys of CPU runs stay valid."""
+    return {"fmt": cfg.fmt, **device_key(cfg.device)}
+
+
+def device_key(device: str) -> dict[str, str]:
+    """``{"device": "cuda"}`` when ``device`` (``auto`` resolved) is CUDA, else ``{}``."""
+    from ..training.distributed import resolve_device
+
+    return {"device": "cuda"} if resolve_device(device).type == "cuda" else {}
 
 
 def surrogate_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, res: PipelineResult,

@@ -108,3 +108,61 @@ def test_target_input_enters_the_score_key(base, monkeypatch):
     assert "target_input" not in a["score"].inputs  # the default: older keys stay valid
     assert b["score"].inputs["target_input"] == [24, "center"]
     assert c["score"].inputs["target_input"] == [0, "none"]
+
+
+def _training_keys(cfg: PipelineConfig, monkeypatch) -> dict[str, Stage]:
+    """:func:`_keys` and the pretraining and finetuning stages after them (a stand-in mask
+    file in the prune stage's folder: the pretraining key holds the mask's bytes)."""
+    keys = _keys(cfg, monkeypatch)
+    pr = keys["prune"]
+    pr.dir.mkdir(parents=True)
+    (pr.dir / "train.npy").write_bytes(b"the same mask for every device")
+    log = lambda s: None  # noqa: E731
+    ok = validate(cfg)
+    r = resolve(cfg, ok, log)
+    res = _Res()
+    pts = run_mod.pretrain_stages(cfg, ok, r, pr, res, log)
+    finetunes: list[Stage] = []
+    monkeypatch.setattr(run_mod, "run_stage", lambda st, fn, log=print: finetunes.append(st))
+    run_mod.finetune_stages(cfg, ok, r, pts, res, log)
+    (pr.dir / "train.npy").unlink()
+    pr.dir.rmdir()
+    return {**keys, "pretrain": pts[cfg.seed], **{f.name: f for f in finetunes}}
+
+
+def test_the_device_enters_every_key_it_changes(base, monkeypatch):
+    """CUDA trains and scores in bf16 with channels_last, the CPU in fp32: a CPU run's cached
+    surrogate, scores, pretraining or finetuning must never stand in for a GPU run's in the same
+    runs folder (nor the reverse). ``auto`` keys as the device it resolves to; CPU keys hold no
+    device, so the CPU runs cached before the device entered the keys stay valid. No GPU here:
+    torch is told one is visible, and nothing runs."""
+    import torch
+
+    cfg = dataclasses.replace(base, finetune=("lp", "ff"))
+    cpu = _training_keys(cfg, monkeypatch)
+    auto_cpu = _training_keys(dataclasses.replace(cfg, device="auto"), monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cuda = _training_keys(dataclasses.replace(cfg, device="cuda"), monkeypatch)
+    auto_cuda = _training_keys(dataclasses.replace(cfg, device="auto"), monkeypatch)
+    assert set(cpu) == {"surrogate", "score", "prune", "pretrain", "finetune-lp", "finetune-ff"}
+    for name in ("surrogate", "score", "pretrain", "finetune-lp", "finetune-ff"):
+        assert cpu[name].key != cuda[name].key, name
+        assert "device" not in cpu[name].inputs and cuda[name].inputs["device"] == "cuda"
+    assert {n: s.key for n, s in auto_cpu.items()} == {n: s.key for n, s in cpu.items()}
+    assert {n: s.key for n, s in auto_cuda.items()} == {n: s.key for n, s in cuda.items()}
+    assert "device" not in cuda["prune"].inputs  # a mask is a mask: other scores, other key
+
+
+def test_the_embedded_benchmarks_rows_carry_the_device(base, monkeypatch):
+    """``bench embedded`` resumes from rows.jsonl only under the same settings key: rows run on
+    the CPU never pair with CUDA rows (the CPU key is the one of the rows published before)."""
+    import torch
+
+    from ffcv_dp4tl.bench.separation import settings_key
+
+    cpu = settings_key(base, ["lp"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert settings_key(base, ["lp"]) == cpu
+    assert settings_key(dataclasses.replace(base, device="cuda"), ["lp"]) != cpu
