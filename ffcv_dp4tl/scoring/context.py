@@ -101,14 +101,20 @@ class ScoringContext:
         from ..data.transforms import AugSpec
 
         s = self._need_surrogate()
-        res, aug = s.resolution, AugSpec.for_eval()
-        if target or features:
-            res = (s.target_resolution if target else s.source_resolution) or s.resolution
-            if (s.target_crop if target else s.source_crop) == "none":
-                aug = AugSpec.for_eval(center_crop_ratio=1.0)
+        res, crop = self._input(target, features)
+        aug = AugSpec.for_eval(center_crop_ratio=1.0) if crop == "none" else AugSpec.for_eval()
         return make_loader(dataset_dir, split, fmt=self.fmt, aug=aug, shuffle=False,
                            drop_last=False, batch_size=self.batch_size, resolution=res,
                            device=s.device, num_workers=self.num_workers, rank=0, world_size=1)
+
+    def _input(self, target: bool = False, features: bool = False) -> tuple[int, str]:
+        """(resolution, crop) at which :meth:`loader` reads images: the surrogate's eval
+        transform, or its target / source-feature resolution and crop."""
+        s = self._need_surrogate()
+        if not (target or features):
+            return s.resolution, "center"
+        res = (s.target_resolution if target else s.source_resolution) or s.resolution
+        return res, (s.target_crop if target else s.source_crop)
 
     # ------------------------------------------------------------------ surrogate passes
     def target_predictions(self, features: bool = False) -> list:
@@ -143,8 +149,18 @@ class ScoringContext:
                                 Path(self.out_dir) / f"source_{split}_features.npy",
                                 info.num_samples, dataset_fingerprint=info.fingerprint,
                                 surrogate_hash=self.meta.get("surrogate_hash"),
+                                settings=self._feature_settings(),
                                 desc=f"source {split}", progress=self.progress,
                                 autocast_dtype=s.autocast_dtype)
+
+    def _feature_settings(self) -> dict[str, Any]:
+        """How source features are read (:meth:`loader` with ``features=True``), recorded in
+        the feature store: a store extracted at another resolution, crop, format or precision
+        into the same folder (``dp4tl score`` rerun into its ``--out``) is recomputed."""
+        s = self._need_surrogate()
+        res, crop = self._input(features=True)
+        return {"resolution": int(res), "crop": str(crop), "format": self.fmt,
+                "autocast": str(s.autocast_dtype)}
 
     def source_predictions(self, features: bool = False, split: str = "train"):
         """Surrogate logits (and features if asked: then read like :meth:`source_features`) of

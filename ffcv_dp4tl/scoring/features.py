@@ -265,17 +265,24 @@ def load_features(
     *,
     expect_dataset_fingerprint: str | None = None,
     expect_surrogate_hash: str | None = None,
+    expect_extra: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """Open a complete feature store as an (N, D) array (read-only memmap by default).
 
     With ``mmap=True`` nothing is read until used, so a 1.28M x 512 store costs no RAM up
-    front and is never duplicated. Pass the ``expect_*`` values to reject stale features.
+    front and is never duplicated. Pass the ``expect_*`` values to reject stale features
+    (``expect_extra``: each of its keys must hold that value in the store's ``extra``, e.g. the
+    resolution and crop the features were extracted at).
     """
     meta = read_feature_meta(path)
-    for key, want in (("dataset_fingerprint", expect_dataset_fingerprint), ("surrogate_hash", expect_surrogate_hash)):
-        if want is not None and meta.get(key) != want:
+    extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
+    expected = [("dataset_fingerprint", meta.get("dataset_fingerprint"), expect_dataset_fingerprint),
+                ("surrogate_hash", meta.get("surrogate_hash"), expect_surrogate_hash)]
+    expected += [(k, extra.get(k), v) for k, v in sorted((expect_extra or {}).items())]
+    for key, have, want in expected:
+        if want is not None and have != want:
             raise DataError(
-                f"feature store {path} was built with {key}={meta.get(key)!r}, expected {want!r}; "
+                f"feature store {path} was built with {key}={have!r}, expected {want!r}; "
                 "the features are stale: delete the store and re-extract"
             )
     try:

@@ -82,25 +82,28 @@ def predict(model: torch.nn.Module, loader: Iterable[Batch], *, head: torch.nn.M
 @torch.no_grad()
 def extract_to_store(model: torch.nn.Module, head: torch.nn.Module, loader: Iterable[Batch],
                      path, num_samples: int, *, dataset_fingerprint: str | None = None,
-                     surrogate_hash: str | None = None, desc: str = "features",
-                     progress: bool = True, autocast_dtype: torch.dtype | None = None) -> np.ndarray:
+                     surrogate_hash: str | None = None, settings: dict | None = None,
+                     desc: str = "features", progress: bool = True,
+                     autocast_dtype: torch.dtype | None = None) -> np.ndarray:
     """Penultimate features of every sample straight into a resumable memmap feature store.
 
     Rows are placed by sample index, so nothing bigger than one batch is ever held in RAM;
-    the returned array is the finalised store opened as a read-only memmap.
+    the returned array is the finalised store opened as a read-only memmap. A complete store
+    is reused only when it was extracted from the same data, surrogate and ``settings`` (how
+    ``loader`` reads the images: resolution, crop, format, precision); else it is recomputed.
     """
     from ..errors import DataError
-    from .features import FeatureWriter, is_complete, load_features
+    from .features import FeatureWriter, is_complete, load_features, meta_path
 
     if is_complete(path):
         try:
             return load_features(path, expect_dataset_fingerprint=dataset_fingerprint,
-                                 expect_surrogate_hash=surrogate_hash)
-        except DataError:  # stale store (other data or surrogate): recompute it below
-            pass
+                                 expect_surrogate_hash=surrogate_hash, expect_extra=settings)
+        except DataError:  # stale (other data, surrogate or settings): derived data, redone
+            meta_path(path).unlink()  # (the store is then incomplete: the writer starts afresh)
     with _eval_with_head_inputs(model, head) as captured, FeatureWriter(
             path, num_samples, head.in_features, dataset_fingerprint=dataset_fingerprint,
-            surrogate_hash=surrogate_hash, resume=False) as writer:
+            surrogate_hash=surrogate_hash, extra=settings, resume=False) as writer:
         for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
             captured.clear()
             _forward(model, batch.images, autocast_dtype)

@@ -170,16 +170,18 @@ def early_epoch(recipe, epoch: int) -> int:
 def train_run(ctx, recipe, run: int, *, stop_after: int | None, callbacks=(),
               resume: bool = True) -> tuple[Path, dict[str, Any]]:
     """Train run ``run`` of ``recipe`` on the full source train split (seed = the recipe's
-    ``train.seed`` + ``run``, same for data order) into ``<out>/runs/run<run>``, stopping after
-    ``stop_after`` epochs; returns its checkpoint and a record for ``ctx.meta["training_runs"]``
-    (also appended there)."""
+    ``train.seed`` + ``run``, same for data order) into ``<out>/runs/run<run>-e<stop_after>``
+    (``run<run>`` when it runs to the end), stopping after ``stop_after`` epochs; returns its
+    checkpoint and a record for ``ctx.meta["training_runs"]`` (also appended there). One folder
+    per stop epoch: ``dp4tl score`` rerun into its ``--out`` with an earlier ``epoch`` would
+    otherwise resume a run already past it and score the later checkpoint."""
     from ..training.trainer import train
 
     r = copy.deepcopy(recipe)
     r.train.seed = recipe.train.seed + run
     r.data.seed = recipe.data.seed + run
     r.train.keep_epochs = []
-    out = Path(ctx.out_dir) / "runs" / f"run{run}"
+    out = Path(ctx.out_dir) / "runs" / (f"run{run}" if stop_after is None else f"run{run}-e{stop_after}")
     t0 = time.perf_counter()
     train(r, ctx.source_dir, out_dir=out, fmt=ctx.fmt, device=ctx.device, resume=resume,
           progress=ctx.progress, stop_after=stop_after, callbacks=list(callbacks))

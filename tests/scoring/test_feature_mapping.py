@@ -300,3 +300,28 @@ def _counting(fn, calls):
         calls.append(a.shape[0])
         return fn(a, *args, **kw)
     return wrapped
+
+
+def test_rescoring_into_the_same_folder_at_another_resolution_extracts_the_features_again(
+        source_dir, target_dir, trained_run, tmp_path):
+    """``dp4tl score`` rerun into its ``--out`` at another ``--resolution``: FM's source feature
+    store records how it was extracted (resolution, crop, format, precision) and is extracted
+    again, giving the features (and scores) of a fresh folder, not those of the first call."""
+    from ffcv_dp4tl.pipeline.score import score
+    from ffcv_dp4tl.pipeline.scores_io import load_scores
+    from ffcv_dp4tl.scoring.features import read_feature_meta
+
+    def run(out, resolution):
+        score("fm", source_dir=source_dir, out_dir=out, target_dir=target_dir,
+              checkpoint=trained_run / "checkpoint.pt", fmt="wds", num_workers=0,
+              progress=False, k=4, seed=0, resolution=resolution)
+        store = out / "source_train_features.npy"
+        return np.load(store), load_scores(out).scores, read_feature_meta(store)["extra"]
+
+    first, _, _ = run(tmp_path / "shared", 32)
+    again, again_scores, settings = run(tmp_path / "shared", 16)
+    fresh, fresh_scores, _ = run(tmp_path / "fresh", 16)
+    assert not np.array_equal(first, fresh)  # the resolution changes the features
+    np.testing.assert_array_equal(again, fresh)
+    np.testing.assert_array_equal(again_scores, fresh_scores)
+    assert settings == {"resolution": 16, "crop": "center", "format": "wds", "autocast": "None"}

@@ -143,6 +143,20 @@ def test_el2n_averages_runs_and_runs_1_scores_the_early_checkpoint(env):
     assert not np.allclose(s1, e1)
 
 
+def test_rescoring_into_the_same_folder_at_an_earlier_epoch_trains_to_that_epoch(env):
+    """``dp4tl score`` rerun into its ``--out`` with an earlier ``epoch``: each training run
+    stops at the asked epoch (one folder per stop epoch), instead of resuming the folder of the
+    first call, already past it, and scoring that later checkpoint."""
+    tmp, source, sur = env
+    early = sur / "checkpoint_e1.pt"
+    late, _, _ = _score(env, "el2n", "el2n-rerun", trajectory=[early], options={"runs": 2, "epoch": 2})
+    again, _, _ = _score(env, "el2n", "el2n-rerun", trajectory=[early], options={"runs": 2, "epoch": 1})
+    for meta, epoch in ((late, 2), (again, 1)):
+        assert [r["epochs"] for r in meta["training_runs"]] == [epoch, epoch]
+        for ckpt in meta["runs_scored"]:
+            assert torch.load(ckpt, weights_only=False)["epoch"] == epoch, ckpt
+
+
 def test_grand_full_gradient_and_another_arch(env):
     _, s_last, _ = _score(env, "grand", "grand-last", options={"runs": 1})
     meta, s_full, _ = _score(env, "grand", "grand-full", options={"runs": 1, "grad": "full"})
