@@ -72,7 +72,7 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print) -> PipelineResult:
         pr = prune_stage(cfg, ok, r, sc, res, log)
         pretrained = pretrain_stages(cfg, ok, r, pr, res, log)
     finetune_stages(cfg, ok, r, pretrained, res, log)
-    return report_step(cfg, ok, r, pretrained, res, log)
+    return report_step(cfg, ok, r, res, log)
 
 
 def preflight(cfgs: Iterable[PipelineConfig], log: Log = print) -> None:
@@ -267,21 +267,21 @@ def finetune_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, pretrained: d
                     fmt=cfg.fmt, device=cfg.device), log))
 
 
-def report_step(cfg: PipelineConfig, ok: Checked, r: Resolved, pretrained: dict[int, Stage],
-                res: PipelineResult, log: Log) -> PipelineResult:
+def report_step(cfg: PipelineConfig, ok: Checked, r: Resolved, res: PipelineResult,
+                log: Log) -> PipelineResult:
     """Seed statistics (one summary per target with several, Fig. A5) and the report folder,
-    keyed by the first seed's source model (+ the seeds, + the targets and weights)."""
+    keyed by every stage it reports (their folders hold their keys) and the targets: two runs
+    that share a source model (RANDOM for two targets, a 0 % reference for two methods) write
+    two reports, not one over the other with the first run's picture."""
     if r.multi:
         res.summary = {}
         res.per_target = {n: summarize_seeds(res, cfg.finetune, n) for n in r.target_names}
     else:
         res.summary = summarize_seeds(res, cfg.finetune)
-    seeds = ok.seeds
-    first = pretrained[seeds[0]]
-    report_dir = cfg.runs_root / (
-        f"report-{first.key}" + ("" if len(seeds) == 1 else "-seeds" + "_".join(map(str, seeds)))
-        + ("" if not r.multi else "-targets" + key_of(
-            {"targets": [t.fingerprint for t in r.tgts], "weights": list(ok.weights)})))
+    report_dir = cfg.runs_root / ("report-" + key_of({
+        "stages": [run.dir.name for run in res.stages.values()], "seeds": list(ok.seeds),
+        "targets": [t.fingerprint for t in r.tgts], "weights": list(ok.weights),
+        "ratio": cfg.ratio, "method": cfg.method}))
     if res.selection and not (report_dir / GALLERY).exists():
         sel = res.selection  # the paper's Fig. A7: what was kept, beside the target
         selection_gallery(sel["source"], sel["target"], sel["mask"], report_dir / GALLERY,

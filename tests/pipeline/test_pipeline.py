@@ -9,6 +9,7 @@ globbing, and check caching through ``run_stage``'s ``ran`` flag, not log text.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,24 @@ def test_several_targets_share_one_pruned_source(first_run, tmp_path):
     related = {s for t in targets for s in load_manifest(t).extra["related_superclasses"]}
     share = sc.scores[np.isin(sup, list(related))].sum() / 2.0
     assert share >= MIN_SHARE
+
+
+def test_runs_sharing_a_source_model_write_their_own_reports(first_run):
+    """RANDOM never reads the target, so its runs for two targets share the score, mask and
+    pretraining stages; each still gets its own report folder, whose report and picture (the
+    target beside what was kept) are its own target's, not the first run's. A rerun writes to
+    the same folder."""
+    tmp = first_run.tmp
+    runs = {t: run_pipeline(_cfg(tmp, method="random", target=t), log=lambda s: None)
+            for t in ("warm", "blur")}
+    warm, blur = runs["warm"], runs["blur"]
+    assert warm.find("pretrain").dir == blur.find("pretrain").dir  # one source model
+    assert Path(warm.report).parent != Path(blur.report).parent
+    for name, res in runs.items():
+        assert re.search(rf"^- target: `.*/targets/{name}`$", Path(res.report).read_text(), re.M)
+    pictures = [(Path(r.report).parent / "selection.png").read_bytes() for r in (warm, blur)]
+    assert pictures[0] != pictures[1]
+    assert run_pipeline(_cfg(tmp, method="random", target="warm"), log=lambda s: None).report == warm.report
 
 
 @pytest.mark.slow
