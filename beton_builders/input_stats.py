@@ -29,21 +29,27 @@ def _paths(spec: DatasetSpec) -> list[Sample]:
     return [s for samples in spec.splits.values() for s in samples]
 
 
-def input_stats(spec: DatasetSpec) -> np.ndarray | None:
-    """(N, 2) int64 ``(size, mtime_ns)`` per sample in spec order (-1 for in-memory samples and
-    missing files); None when no sample is a file (synth, CIFAR arrays)."""
-    samples = _paths(spec)
+def sample_stats(samples: list[Sample]) -> list[list[int]] | None:
+    """``[size, mtime_ns]`` of each sample's input file (``-1``s for in-memory samples and
+    files that cannot be read); None when no sample is a file (synth, CIFAR arrays). A finished
+    build records them for all its inputs (:func:`save_input_stats`), each shard for its own
+    (a resumed build re-encodes a shard whose inputs changed)."""
     if not any(isinstance(s.ref, (str, Path)) for s in samples):
         return None
-    out = np.full((len(samples), 2), -1, np.int64)
-    for i, s in enumerate(samples):
-        if isinstance(s.ref, (str, Path)):
-            try:
-                st = os.stat(s.ref)
-            except OSError:
-                continue
-            out[i] = (st.st_size, st.st_mtime_ns)
+    out = []
+    for s in samples:
+        try:
+            st = os.stat(s.ref) if isinstance(s.ref, (str, Path)) else None
+        except OSError:
+            st = None
+        out.append([st.st_size, st.st_mtime_ns] if st is not None else [-1, -1])
     return out
+
+
+def input_stats(spec: DatasetSpec) -> np.ndarray | None:
+    """(N, 2) int64 ``(size, mtime_ns)`` per sample in spec order (:func:`sample_stats`)."""
+    stats = sample_stats(_paths(spec))
+    return None if stats is None else np.asarray(stats, np.int64).reshape(-1, 2)
 
 
 def save_input_stats(spec: DatasetSpec, build_dir: Path) -> None:

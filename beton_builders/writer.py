@@ -38,11 +38,12 @@ from ffcv_dp4tl.contracts import (FORMAT, BetonMode, INDEX_DTYPE, MANIFEST_NAME,
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import (atomic_path, atomic_save_npy, atomic_write_json,
                                atomic_write_text, check_free_space, check_out_dir, directory_lock,
-                               is_disk_full, is_unwritable, read_json, remove_orphan_temps)
+                               fsync_path, is_disk_full, is_unwritable, read_json,
+                               remove_orphan_temps)
 
 from .beton import (ShardBytesDataset, beton_images, beton_workers, check_beton, keep_as_jpeg,
                     write_beton)
-from .input_stats import save_input_stats, stale_inputs
+from .input_stats import sample_stats, save_input_stats, stale_inputs
 from .integrity import beton_fingerprint, split_checksums, stored_digests
 from .shards import write_shard
 from .spec import DatasetSpec
@@ -131,10 +132,37 @@ def _shard_task(args: tuple) -> tuple[str, int, int, int]:
     out_dir, split, shard_id, samples, first, max_side, quality = args
     tar_path = out_dir / "wds" / f"{split}-{shard_id:06d}.tar"
     meta_path = out_dir / BUILD_DIR / f"{split}-{shard_id:06d}.json"
+    meta_path.unlink(missing_ok=True)  # (a shard encoded again: its old metadata goes first)
+    stats = sample_stats(samples)  # before reading them: an edit during encoding is seen later
     with atomic_path(tar_path, suffix=".tar") as tmp:
         meta = write_shard(tmp, samples, first, max_side, quality)
+        fsync_path(tmp)
+    meta["tar_size"] = tar_path.stat().st_size
+    if stats is not None:
+        meta["inputs"] = stats
     atomic_write_json(meta_path, meta)
     return split, shard_id, len(meta["samples"]), len(meta["rejects"])
+
+
+def _shard_done(out_dir: Path, split: str, shard_id: int, samples: list) -> bool:
+    """A shard a killed build finished, intact, from inputs that have not changed since: its
+    metadata exists, its tar exists with the size recorded, and its inputs have the size and
+    modification time they had when it was encoded. Otherwise it is encoded again (a resumed
+    build mixed old pixels of edited inputs with new ones, and a truncated or deleted tar was
+    checksummed as it was, or hung ffcv's beton writer). Metadata from before these fields were
+    recorded is trusted on the tar's presence alone."""
+    meta_path = out_dir / BUILD_DIR / f"{split}-{shard_id:06d}.json"
+    tar_path = out_dir / "wds" / f"{split}-{shard_id:06d}.tar"
+    if not meta_path.exists():
+        return False
+    try:
+        meta = json.loads(meta_path.read_text())
+        size = tar_path.stat().st_size
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict) or ("tar_size" in meta and meta["tar_size"] != size):
+        return False
+    return "inputs" not in meta or meta["inputs"] == sample_stats(samples)
 
 
 def _check_spec(spec: DatasetSpec) -> None:
@@ -161,13 +189,37 @@ def _settings(spec: DatasetSpec, opts: BuildOptions, source: str) -> dict:
     return settings
 
 
+def _is_build(out_dir: Path) -> bool:
+    """``out_dir`` holds a dp4tl build, finished (its manifest) or not (its settings, the first
+    file a build writes)."""
+    return (out_dir / MANIFEST_NAME).exists() or (out_dir / BUILD_DIR / "settings.json").exists()
+
+
+def _is_fresh(out_dir: Path) -> bool:
+    """Nothing in ``out_dir`` but a build's lock and an empty ``.build/`` (a build killed while
+    writing its first file; its temporary file is removed before this is asked)."""
+    if not out_dir.exists():
+        return True
+    for p in out_dir.iterdir():
+        if p.name == LOCK_NAME or (p.name == BUILD_DIR and p.is_dir() and not any(p.iterdir())):
+            continue
+        return False
+    return True
+
+
 def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: str,
                  overwrite: bool, remedy: str = REMEDY) -> tuple[dict, bool]:
-    """Check/record build settings. Returns (settings, already_complete)."""
+    """Check/record build settings. Returns (settings, already_complete). ``overwrite``
+    replaces a dp4tl build only: a folder holding anything else is refused before a file is
+    touched (its files could be the user's own betons, shards or notes)."""
     settings = _settings(spec, opts, source)
     manifest_path = out_dir / MANIFEST_NAME
     settings_path = out_dir / BUILD_DIR / "settings.json"
-    if overwrite and out_dir.exists():
+    if not _is_build(out_dir) and not _is_fresh(out_dir):
+        raise DataError(f"{out_dir} is not empty and is not a dp4tl build: choose another --out "
+                        "(an empty or new folder; --overwrite replaces only a dp4tl build, never "
+                        "other files)")
+    if overwrite and _is_build(out_dir):
         for name in [MANIFEST_NAME, "rejects.txt", BUILD_DIR, "wds"]:
             p = out_dir / name
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
@@ -185,8 +237,6 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
             changed = [k for k in settings if old.get(k) != settings[k]]
             raise DataError(f"{out_dir} holds an interrupted build with different {', '.join(changed)}; "
                             f"rerun with the same source and options to resume, or {remedy}")
-    elif out_dir.exists() and any(p.name != LOCK_NAME for p in out_dir.iterdir()):
-        raise DataError(f"{out_dir} is not empty and is not a dp4tl build; {remedy}")
     atomic_write_json(settings_path, settings)
     return settings, False
 
@@ -316,9 +366,10 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
     tasks = []
     for split, samples in spec.splits.items():
         for shard_id, first in enumerate(range(0, len(samples), opts.shard_size)):
-            if not (out_dir / BUILD_DIR / f"{split}-{shard_id:06d}.json").exists():
-                chunk = samples[first:first + opts.shard_size]
+            chunk = samples[first:first + opts.shard_size]
+            if not _shard_done(out_dir, split, shard_id, chunk):
                 tasks.append((out_dir, split, shard_id, chunk, first, opts.max_side, opts.quality))
+    encoded = {t[1] for t in tasks}  # splits whose shards this run writes
     todo = sum(len(t[3]) for t in tasks)
     start = time.perf_counter()
     if tasks:
@@ -364,8 +415,10 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
         labels = index["label"].astype(np.int64)
         shard_names = [f"wds/{split}-{i:06d}.tar" for i in range(n_shards)]
         beton_path = out_dir / f"{split}.beton"
-        if beton_path.exists() and check_beton(beton_path, len(records))[1]:
-            beton_path.unlink()  # damaged (e.g. truncated after the manifest was lost): rewrite it
+        if beton_path.exists() and (split in encoded or check_beton(beton_path, len(records))[1]):
+            # damaged (e.g. truncated after the manifest was lost), or made from shards this
+            # run encoded again (their inputs changed, or they were damaged): rewrite it
+            beton_path.unlink()
         if not beton_path.exists():
             needed = int(index["size"].sum())
             if opts.raw_fraction > 0:  # raw samples take height x width x 3 bytes instead
@@ -379,6 +432,7 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
             with atomic_path(beton_path, suffix=".beton") as tmp:
                 write_beton(tmp, dataset, opts.quality, opts.max_side, opts.workers, opts.progress)
                 _check_interrupt()  # (a Ctrl-C swallowed inside ffcv's writer: no beton)
+                fsync_path(tmp)
         # what the beton stores, per sample (JPEG samples: the shards' bytes, digests known)
         sha1 = np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 20)
         images = beton_images(beton_path)

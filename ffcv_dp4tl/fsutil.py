@@ -70,6 +70,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file written by another library (a tar, ffcv's beton) to the disk before it is
+    renamed into place: the manifest that names it is fsynced, so after a power cut it must not
+    point at data that never reached the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

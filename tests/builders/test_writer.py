@@ -492,6 +492,70 @@ def test_interrupted_beton_write_resumes(tmp_path, shard_calls, monkeypatch, bui
     assert (out / "train.beton").is_file()
 
 
+def _file_spec(folder: Path, salt: int = 0) -> DatasetSpec:
+    """``_spec``'s images as PNG files (what a folder layout lists): same names, ``salt`` other
+    pixels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = _labels()
+    samples = []
+    for i in range(N):
+        path = folder / f"{i:03d}.png"
+        Image.fromarray(_image(i, salt)).save(path)
+        samples.append(Sample(str(path), int(labels[i])))
+    return DatasetSpec("tiny", list(CLASSES), {"train": samples})
+
+
+def test_a_resumed_build_encodes_again_the_shards_whose_inputs_changed(tmp_path, monkeypatch):
+    """Inputs edited between a kill and the rerun (same names, other pixels): the finished
+    shards made from the old files are encoded again, and the result equals a clean build of
+    the new files (it used to keep the old pixels in the finished shards, silently)."""
+    import os
+
+    src = tmp_path / "src"
+    spec = _file_spec(src)
+    out = tmp_path / "out"
+    real = writer_mod.write_shard
+
+    def stop_at_shard_2(path, samples, first, *a):
+        if first == 2 * SHARD:
+            raise KeyboardInterrupt
+        return real(path, samples, first, *a)
+
+    monkeypatch.setattr(writer_mod, "write_shard", stop_at_shard_2)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(spec, out, OPTS, source="folder:src")
+    monkeypatch.undo()
+    assert len(_shards(out)) == 2
+    new = _file_spec(src, salt=1)  # the same files rewritten with other pixels
+    for i, sample in enumerate(new.splits["train"]):  # (and a later mtime, even on coarse clocks)
+        os.utime(sample.ref, ns=(10**18 + i, 10**18 + i))
+    build_dataset(new, out, OPTS, source="folder:src")
+    clean = tmp_path / "clean"
+    build_dataset(new, clean, OPTS, source="folder:src")
+    assert [p.read_bytes() for p in _shards(out)] == [p.read_bytes() for p in _shards(clean)]
+    assert _manifest(out)["fingerprint"] == _manifest(clean)["fingerprint"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_resumed_build_encodes_again_a_damaged_or_missing_shard(tmp_path, shard_calls, builds,
+                                                                  damage):
+    """A finished shard of a killed build that was truncated or deleted before the rerun is
+    encoded again (a truncated one was checksummed as it was and the build declared complete;
+    a deleted one hung ffcv's beton writer)."""
+    flag, spec, out = _interrupted_build(tmp_path)
+    shard = _shards(out)[1]
+    if damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:1000])
+    else:
+        shard.unlink()
+    flag.unlink()
+    shard_calls.clear()
+    build_dataset(spec, out, OPTS, source="mem")
+    assert shard_calls == [8, 16, 24, 32]  # shard 1 again, then the unfinished ones
+    assert [p.read_bytes() for p in _shards(out)] == [p.read_bytes() for p in _shards(builds["a"])]
+    assert _manifest(out)["fingerprint"] == _manifest(builds["a"])["fingerprint"]
+
+
 def test_partial_dir_with_other_options_is_refused_then_overwritten(tmp_path):
     flag, spec, out = _interrupted_build(tmp_path)
     flag.unlink()
@@ -527,6 +591,40 @@ def test_foreign_nonempty_dir_is_refused(tmp_path):
     with pytest.raises(DataError, match="not empty and is not a dp4tl build"):
         build_dataset(_spec(n=3), tmp_path, OPTS)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_never_deletes_a_folder_that_is_no_build(tmp_path):
+    """``--overwrite`` replaces a dp4tl build only: a folder of the user's own shards, betons
+    and notes is refused before any file is touched (it used to delete wds/, the betons and
+    the labels, then refuse because of the notes), and the message does not suggest
+    ``--overwrite``."""
+    out = tmp_path / "mine"
+    (out / "wds").mkdir(parents=True)
+    files = {out / "wds" / "my-shard.tar": b"tar", out / "imagenet_train.beton": b"beton",
+             out / "imagenet.labels.npy": b"labels", out / "notes.txt": b"notes"}
+    for path, data in files.items():
+        path.write_bytes(data)
+    for overwrite in (False, True):
+        with pytest.raises(DataError, match="is not empty and is not a dp4tl build: choose another --out") as e:
+            build_dataset(_spec(n=3), out, OPTS, overwrite=overwrite)
+        assert "pass --overwrite" not in str(e.value)
+        assert all(path.read_bytes() == data for path, data in files.items())
+    (out / "notes.txt").unlink()  # only build-like files left: still not a build, still kept
+    with pytest.raises(DataError, match="is not a dp4tl build"):
+        build_dataset(_spec(n=3), out, OPTS, overwrite=True)
+    assert (out / "imagenet_train.beton").read_bytes() == b"beton"
+
+
+def test_a_build_killed_writing_its_first_file_is_resumed_not_refused(tmp_path):
+    """A kill during the first atomic write leaves the lock and ``.build/`` holding only a
+    temporary file (removed by the next run): that folder is a fresh build's, not a foreign
+    one (which led users to --overwrite)."""
+    out = tmp_path / "out"
+    (out / ".build").mkdir(parents=True)
+    (out / ".build.lock").write_text("")
+    (out / ".build" / ".settings.json.x1y2.tmp").write_text("{")  # what atomic_write_json leaves
+    summary = build_dataset(_spec(n=6), out, OPTS)
+    assert not summary.skipped and _manifest(out)["splits"]["train"]["num_samples"] == 6
 
 
 def test_ffcv_progress_is_silenced_for_one_write_only(tmp_path):
