@@ -59,6 +59,13 @@ def beton_regions(path: Path) -> tuple[int, int, int]:
     return meta_end, int(header["alloc_table_ptr"]), size
 
 
+def beton_num_samples(path: Path) -> int:
+    """Samples a beton holds, from its header (24 bytes read)."""
+    from ffcv.types import HeaderType
+
+    return int(np.fromfile(path, dtype=HeaderType, count=1)[0]["num_samples"])
+
+
 def beton_checksum(path: Path) -> dict[str, Any]:
     """``{"size", "digest"}`` of a beton (see the module docstring for what is hashed)."""
     path = Path(path)
@@ -175,14 +182,61 @@ def stored_digests(beton: Path, images, known_jpeg_sha1: np.ndarray | None = Non
     return out
 
 
+def check_count(root: Path, split_name: str, path: Path, count: int, num_samples: int) -> None:
+    """Refuse (one-line :class:`DataError`) a file whose sample count differs from the split's
+    ``num_samples`` in ``manifest.json``. Loaders, masks and scores size everything from
+    ``num_samples``: a hand-edited count would silently drop (or invent) samples while every
+    file still matches its checksum."""
+    if count != num_samples:
+        raise DataError(f"{root}/manifest.json says split {split_name!r} has {num_samples} samples "
+                        f"but {path} holds {count}: manifest.json disagrees with the file; restore "
+                        f"manifest.json or rebuild {root}")
+
+
+def beton_problem(path: Path, want: dict[str, Any], split_name: str, hint: str) -> str | None:
+    """Why the beton at ``path`` fails its recorded checksum ``want`` (one line ending in
+    ``hint``), or None when it matches. The one rule for loaders (:func:`check_split_files`) and
+    ``dp4tl verify``, so whatever a loader refuses, verify reports first."""
+    size = path.stat().st_size
+    if size != want["size"]:
+        return (f"{path}: {size} bytes, but the build wrote {want['size']} "
+                f"(truncated or replaced, split {split_name!r}); {hint}")
+    try:
+        got = beton_checksum(path)["digest"]
+    except DataError as e:
+        return f"{e}; {hint}"
+    except Exception as e:  # noqa: BLE001 - ffcv/numpy on a damaged header
+        return f"{path}: unreadable header ({type(e).__name__}: {e}); {hint}"
+    if got != want["digest"]:
+        return (f"{path}: header/metadata checksum differs from the one recorded "
+                f"at build time (split {split_name!r}); {hint}")
+    return None
+
+
+def shard_problem(path: Path, want: dict[str, Any], split_name: str, hint: str) -> str | None:
+    """Why the shard at ``path`` fails its recorded checksum ``want`` (size, then the digest of
+    its first and last ``SHARD_EDGE`` bytes; one line ending in ``hint``), or None when it
+    matches. Shared by loaders and ``dp4tl verify`` like :func:`beton_problem`."""
+    size = path.stat().st_size
+    if size != want["size"]:
+        return (f"{path}: {size} bytes, but the build wrote {want['size']} "
+                f"(truncated or replaced, split {split_name!r}); {hint}")
+    if shard_checksum(path)["digest"] != want["digest"]:
+        return (f"{path}: checksum of its first/last {SHARD_EDGE} bytes differs from "
+                f"the one recorded at build time (split {split_name!r}); {hint}")
+    return None
+
+
 def check_split_files(root: Path, split_name: str, beton: Path | None, shards: list[Path] | None,
                       checksums: dict[str, Any] | None, num_samples: int) -> None:
     """Refuse (one-line :class:`DataError`) a split's files that do not match the build.
 
     ``beton``/``shards``: the files a loader is about to read (None: not read). With recorded
     ``checksums`` (builds since this check exists) every named file's size and digest must
-    match; without them (older builds) the beton's structure is checked instead
-    (:func:`beton_builders.beton.check_beton`, no image bytes read) and shards by existence.
+    match, and the beton's header must hold ``num_samples`` samples (the checksums cannot see
+    an edited ``manifest.json``); without them (older builds) the beton's structure is checked
+    instead (:func:`beton_builders.beton.check_beton`, no image bytes read, its sample count
+    included) and shards by existence.
     """
     hint = VERIFY_HINT.format(root=root)
     rec = checksums if checksums and checksums.get("scheme") == SCHEME else None
@@ -190,20 +244,10 @@ def check_split_files(root: Path, split_name: str, beton: Path | None, shards: l
         if not beton.is_file():
             raise DataError(f"{beton} is missing; rebuild {root}")
         if rec is not None:
-            want = rec["beton"]
-            size = beton.stat().st_size
-            if size != want["size"]:
-                raise DataError(f"{beton}: {size} bytes, but the build wrote {want['size']} "
-                                f"(truncated or replaced, split {split_name!r}); {hint}")
-            try:
-                got = beton_checksum(beton)["digest"]
-            except DataError as e:
-                raise DataError(f"{e}; {hint}") from None
-            except Exception as e:  # noqa: BLE001 - ffcv/numpy on a damaged header
-                raise DataError(f"{beton}: unreadable header ({type(e).__name__}: {e}); {hint}") from None
-            if got != want["digest"]:
-                raise DataError(f"{beton}: header/metadata checksum differs from the one recorded "
-                                f"at build time (split {split_name!r}); {hint}")
+            problem = beton_problem(beton, rec["beton"], split_name, hint)
+            if problem is not None:
+                raise DataError(problem)
+            check_count(root, split_name, beton, beton_num_samples(beton), num_samples)
         else:
             from .beton import check_beton
 
@@ -219,12 +263,6 @@ def check_split_files(root: Path, split_name: str, beton: Path | None, shards: l
         for p, want in zip(shards, recorded):
             if not p.is_file():
                 raise DataError(f"{p} is missing (split {split_name!r}); rebuild {root}")
-            if want is None:
-                continue
-            size = p.stat().st_size
-            if size != want["size"]:
-                raise DataError(f"{p}: {size} bytes, but the build wrote {want['size']} "
-                                f"(truncated or replaced, split {split_name!r}); {hint}")
-            if shard_checksum(p)["digest"] != want["digest"]:
-                raise DataError(f"{p}: checksum of its first/last {SHARD_EDGE} bytes differs from "
-                                f"the one recorded at build time (split {split_name!r}); {hint}")
+            problem = None if want is None else shard_problem(p, want, split_name, hint)
+            if problem is not None:
+                raise DataError(problem)

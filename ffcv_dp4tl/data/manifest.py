@@ -63,20 +63,30 @@ class SplitInfo:
 
     def check_files(self, fmt: str) -> None:
         """Refuse (one-line DataError) files of this split that do not match the build: the
-        beton (``fmt="ffcv"``) or the shards (``"wds"``); cheap, no image bytes are read
-        (:func:`beton_builders.integrity.check_split_files`)."""
-        from beton_builders.integrity import check_split_files
+        beton (``fmt="ffcv"``) or the shards and their index (``"wds"``); cheap, no image bytes
+        are read (:func:`beton_builders.integrity.check_split_files`). Each format's sample
+        count (the beton's header, the index's length) must equal ``num_samples``: loaders draw
+        their samples from it, so a hand-edited ``manifest.json`` would silently change them."""
+        from beton_builders.integrity import check_count, check_split_files
 
         check_split_files(self.root, self.name, self.beton if fmt == "ffcv" else None,
                           self.shards if fmt == "wds" else None, self.checksums, self.num_samples)
+        if fmt == "wds":
+            index = read_npy(self.index, mmap=True)  # the length only: its header is read
+            check_count(self.root, self.name, self.index, len(index) if index.ndim else 0,
+                        self.num_samples)
 
     def load_labels(self) -> np.ndarray:
         """The split's labels, refused (one line) when they differ from the ones the build
-        recorded in ``manifest.json`` (a permuted file has the right size and class counts)."""
-        from beton_builders.integrity import check_labels
+        recorded in ``manifest.json`` (a permuted file has the right size and class counts), or
+        when their number is not the manifest's ``num_samples`` (an edited manifest: masks and
+        class scores would index past, or short of, the labels)."""
+        from beton_builders.integrity import check_count, check_labels
 
         labels = read_npy(self.labels, mmap=True)
         check_labels(self.labels, labels, self.checksums, self.root, self.name)
+        check_count(self.root, self.name, self.labels, len(labels) if labels.ndim else 0,
+                    self.num_samples)
         return labels
 
     def load_index(self) -> np.ndarray:

@@ -9,13 +9,16 @@ shard gave silently different images. This module checks a built directory again
   whose per-class counts match the manifest; every shard exists and each sample's byte range
   lies inside its shard; the beton's header opens with ffcv, holds the manifest's sample count,
   and every image points at an allocation of the right size inside the file; for builds that
-  recorded them (``checksums`` in the manifest), every file's size and the beton's
-  header/metadata digest (beton_builders.integrity).
+  recorded them (``checksums`` in the manifest), every file's size, the beton's
+  header/metadata digest and each shard's first/last 4 KiB digest: the loaders' own rules
+  (beton_builders.integrity), so a file a loader would refuse is reported here first.
 * **deep** (``deep=True``; reads every image once per format): every sample's shard bytes
   hash back to the manifest's fingerprint, and every JPEG sample of the beton holds exactly
   the bytes of the shard (raw-pixel samples of ``--beton-mode proportion`` builds: size
   ``h * w * 3``), and the stored bytes hash back to the split's ``beton_fingerprint``
-  (builds that recorded it). Failures name the split, the sample index and the file.
+  (builds that recorded it). Failures name the split, the sample index and the file; when
+  every sample's bytes and the labels are proven intact but the split fingerprint still
+  differs, the edited ``manifest.json`` (its class names) is named instead of the shards.
 
 Every problem is one line; :func:`verify_dataset` returns them all rather than stopping at the
 first, so one run tells the whole story.
@@ -30,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from beton_builders.beton import check_beton, listed_samples
-from beton_builders.integrity import (SCHEME, beton_checksum, beton_fingerprint, index_digest,
-                                      labels_intact)
+from beton_builders.integrity import (SCHEME, beton_fingerprint, beton_problem, index_digest,
+                                      labels_intact, shard_problem)
 
 from ..errors import DataError
 
@@ -116,30 +119,25 @@ def _check_beton(split: SplitInfo, out: list[str]):
 
 
 def _check_checksums(split: SplitInfo, out: list[str]) -> None:
-    """What the build recorded (builds that recorded it): every file's size, and the beton's
-    header/metadata digest (no image bytes; shard bytes are the deep check's: a loader also
-    hashes each shard's first and last bytes when it opens them)."""
+    """What the build recorded (builds that recorded it): every file's size, the beton's
+    header/metadata digest and each shard's edge digest (no image bytes). The rules are the
+    loaders' own (``beton_problem``, ``shard_problem``), so whatever a loader would refuse at
+    open, the quick check reports first."""
     rec = split.checksums
     if not rec or rec.get("scheme") != SCHEME:
         return
     want = rec.get("beton")
+    problems = []
+    if len(rec.get("shards", [])) != len(split.shards):
+        problems.append(f"{split.root}/manifest.json lists {len(split.shards)} shards for split "
+                        f"{split.name!r} but checksums for {len(rec.get('shards', []))}; "
+                        "rebuild the dataset")
     if want is not None and split.beton.is_file():
-        try:
-            got = beton_checksum(split.beton)
-        except Exception as e:  # noqa: BLE001 - damaged header
-            got = None
-            out.append(f"{split.beton}: cannot compute its checksum ({type(e).__name__}: {e}); "
-                       "rebuild the dataset")
-        if got is not None and got["size"] != want["size"]:
-            out.append(f"{split.beton}: {got['size']} bytes, the build wrote {want['size']}; "
-                       "rebuild the dataset")
-        elif got is not None and got["digest"] != want["digest"]:
-            out.append(f"{split.beton}: header/metadata checksum differs from the one recorded "
-                       "at build time; rebuild the dataset")
+        problems.append(beton_problem(split.beton, want, split.name, "rebuild the dataset"))
     for path, w in zip(split.shards, rec.get("shards", [])):
-        if path.is_file() and path.stat().st_size != w["size"]:
-            out.append(f"{path}: {path.stat().st_size} bytes, the build wrote {w['size']}; "
-                       "rebuild the dataset")
+        if path.is_file():  # (a missing shard is _check_shards')
+            problems.append(shard_problem(path, w, split.name, "rebuild the dataset"))
+    out.extend(p for p in problems if p is not None)
 
 
 class _Reader:
@@ -197,7 +195,13 @@ def _deep(split: SplitInfo, classes: list[str], index: np.ndarray, images, progr
                  split_fingerprint(digests.tobytes(), labels, classes) == split.fingerprint)
     beton_ok = (None if images is None or split.beton_fingerprint is None else
                 beton_fingerprint(images.mode, images.hw, stored_sha1.tobytes()) == split.beton_fingerprint)
-    if shards_ok is False:
+    if shards_ok is False and _only_manifest_changed(split, images, labels, beton_ok,
+                                                     mismatch or truncated):
+        out.append(f"{split.name}: manifest.json's classes (or this split's fingerprint) were "
+                   "edited: the shards' bytes and the labels are the build's (every sample matches "
+                   "the beton, which hashes to its fingerprint) but no longer hash to the split "
+                   "fingerprint; restore manifest.json or rebuild the dataset")
+    elif shards_ok is False:
         files = _shard_files(split, index, np.array(mismatch, dtype=np.int64)) if beton_ok else ""
         out.append(f"{split.name}: the shards' bytes do not hash to the fingerprint in manifest.json "
                    f"(a shard was modified or damaged{files}); rebuild the dataset")
@@ -211,6 +215,22 @@ def _deep(split: SplitInfo, classes: list[str], index: np.ndarray, images, progr
     if beton_ok is False and not mismatch:
         out.append(f"{split.beton}: stored images do not hash to the beton fingerprint in "
                    "manifest.json (raw pixels, shapes or modes changed); rebuild the dataset")
+
+
+def _only_manifest_changed(split: SplitInfo, images, labels: np.ndarray | None, beton_ok: bool | None,
+                           differing: list[int]) -> bool:
+    """Are the split fingerprint's inputs other than ``manifest.json`` (every sample's shard
+    bytes, the labels) proven to be the build's? Then a fingerprint mismatch comes from the
+    manifest itself (the fingerprint also hashes the class names), not from a shard. Proven:
+    every sample is a JPEG whose shard bytes equal the beton's copy (none ``differing``), the
+    beton hashes to its recorded fingerprint, and the labels hash to their recorded digest.
+    Raw-pixel samples (``--beton-mode proportion``) cannot be compared, so they prove nothing."""
+    from beton_builders.integrity import array_digest
+
+    want_labels = (split.checksums or {}).get("labels")
+    return bool(beton_ok and not differing and images is not None and images.is_jpeg.all()
+                and (images.size >= 0).all() and labels is not None and want_labels is not None
+                and array_digest(labels) == want_labels)
 
 
 def _build_labels(split: SplitInfo, index: np.ndarray) -> np.ndarray | None:

@@ -38,16 +38,33 @@ def test_intact_build_passes_quick_and_deep(copy):
 
 def test_flipped_shard_byte_fails_the_fingerprint_and_names_the_sample(copy):
     split = _split(copy)
-    rec = split.load_index()[17]
+    rec = split.load_index()[20]  # (samples 16..31 are shard 1; 20 lies past its first/last 4 KiB)
     _flip(split.shards[int(rec["shard"])], int(rec["offset"]) + int(rec["size"]) // 2)
-    assert verify_dataset(copy).ok  # sizes are unchanged: only --deep reads bytes
+    assert verify_dataset(copy).ok  # sizes and edges are unchanged: only --deep reads the rest
     problems = verify_dataset(copy, deep=True).problems
     shard = str(split.shards[int(rec["shard"])])
     # the shard is to blame (the beton's copy still hashes to its fingerprint), not the beton
     assert problems == [
         f"train: the shards' bytes do not hash to the fingerprint in manifest.json (a shard was "
         f"modified or damaged: {shard}); rebuild the dataset",
-        f"{shard}: shard bytes differ from the build's (the beton's copy is intact) at sample(s) 17"]
+        f"{shard}: shard bytes differ from the build's (the beton's copy is intact) at sample(s) 20"]
+
+
+def test_quick_verify_reports_a_shard_edge_the_loader_refuses(copy):
+    """One byte in a shard's first 4 KiB (its first member's JPEG header): the WebDataset loader
+    refuses the shard at open, so the quick check (no image bytes read) must not say OK."""
+    from ffcv_dp4tl.data import AugSpec, make_loader
+    from ffcv_dp4tl.errors import DataError
+
+    split = _split(copy)
+    _flip(split.shards[2], 600)
+    with pytest.raises(DataError) as e:
+        make_loader(copy, "train", fmt="wds", aug=AugSpec.for_eval(), batch_size=8, resolution=16,
+                    num_workers=0)
+    assert "checksum of its first/last 4096 bytes differs" in str(e.value)
+    want = (f"{split.shards[2]}: checksum of its first/last 4096 bytes differs from the one "
+            "recorded at build time (split 'train'); rebuild the dataset")
+    assert verify_dataset(copy).problems == [want]
 
 
 def test_flipped_beton_byte_is_named_and_shards_stay_clean(copy):

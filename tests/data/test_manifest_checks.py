@@ -1,0 +1,59 @@
+"""A hand-edited ``manifest.json`` is refused, not silently obeyed.
+
+Loaders, masks and scores size everything from a split's ``num_samples``; the per-file
+checksums cannot see an edited manifest (every file still matches). So the cheap checks each
+load runs (``SplitInfo.check_files``, ``SplitInfo.load_labels``) compare each file's own
+sample count with the manifest's, and ``dp4tl verify --deep`` names the manifest, not the
+shards, when only its class names changed.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ffcv_dp4tl.data import AugSpec, load_manifest, make_loader
+from ffcv_dp4tl.data.verify import verify_dataset
+from ffcv_dp4tl.errors import DataError
+
+
+def _edit_manifest(root, edit):
+    p = root / "manifest.json"
+    m = json.loads(p.read_text())
+    edit(m)
+    p.write_text(json.dumps(m))
+
+
+def _one_line(e) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg and "Traceback" not in msg, msg
+    return msg
+
+
+@pytest.mark.parametrize("num_samples", [60, 80])  # the files hold 70
+def test_edited_num_samples_is_refused_by_both_loaders_and_the_labels(index_copy, num_samples):
+    root = index_copy
+    _edit_manifest(root, lambda m: m["splits"]["train"].update(num_samples=num_samples))
+    split = load_manifest(root).split("train")
+    held = {"ffcv": split.beton, "wds": split.index}
+    for fmt, path in held.items():
+        with pytest.raises(DataError) as e:
+            make_loader(root, "train", fmt=fmt, aug=AugSpec.for_eval(), batch_size=8, resolution=16,
+                        num_workers=0)
+        assert _one_line(e) == (f"{root}/manifest.json says split 'train' has {num_samples} samples "
+                                f"but {path} holds 70: manifest.json disagrees with the file; "
+                                f"restore manifest.json or rebuild {root}")
+    with pytest.raises(DataError, match=r"train\.labels\.npy holds 70: manifest\.json disagrees") as e:
+        split.load_labels()  # what masks, prune and scoring read
+    _one_line(e)
+    assert not verify_dataset(root).ok
+
+
+def test_renamed_class_is_blamed_on_the_manifest_not_the_shards(index_copy):
+    root = index_copy
+    _edit_manifest(root, lambda m: m["classes"].__setitem__(0, "renamed"))
+    assert verify_dataset(root, deep=True).problems == [
+        "train: manifest.json's classes (or this split's fingerprint) were edited: the shards' "
+        "bytes and the labels are the build's (every sample matches the beton, which hashes to its "
+        "fingerprint) but no longer hash to the split fingerprint; restore manifest.json or "
+        "rebuild the dataset"]
