@@ -33,7 +33,8 @@ from ffcv_dp4tl.errors import DataError
 SHARD_EDGE = 4096
 #: checksum scheme tag stored with the checksums (a future scheme can be told apart)
 SCHEME = "size+blake2b-edges/1"
-VERIFY_HINT = "run `dp4tl verify {root} --deep` to see what is damaged, then rebuild the dataset"
+VERIFY_HINT = ("run `dp4tl verify {root} --deep` to see what is damaged, then rerun the `dp4tl "
+               "build` that made it (it repairs damaged files from the inputs)")
 
 
 def _blake(*parts: bytes) -> str:

@@ -23,6 +23,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -359,8 +360,12 @@ def _check_interrupt() -> None:
 def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: str,
                   overwrite: bool, remedy: str = REMEDY) -> BuildSummary:
     settings, done = _prepare_dir(spec, out_dir, opts, source, overwrite, remedy)
+    expect = None  # the fingerprint a repaired build must come back with
     if done:
-        return _complete_build(spec, out_dir, opts, source)
+        damaged = _damaged_files(out_dir)
+        if not damaged:
+            return _complete_build(spec, out_dir, opts, source)
+        expect = _start_repair(out_dir, damaged)
 
     # 1. Shards (parallel, resumable)
     tasks = []
@@ -475,5 +480,66 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
         build=settings,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
+    if expect is not None and manifest.fingerprint != expect:
+        raise DataError(f"repairing {out_dir} gave other data than it was built with (inputs "
+                        "changed or missing since); rebuild it with --overwrite")
     atomic_write_json(out_dir / MANIFEST_NAME, manifest.to_json())
     return BuildSummary(out_dir, summaries)
+
+
+def _damaged_files(out_dir: Path) -> list[tuple[Path, str]]:
+    """``(file, problem)`` for each file of a finished build that no longer matches what the
+    build recorded (the cheap checks the loaders run: sizes, header and edge digests, the
+    labels' and index's digests); empty when all match or the build recorded no checksums."""
+    from .integrity import (SCHEME, VERIFY_HINT, array_digest, beton_problem, index_digest,
+                            shard_problem)
+
+    manifest = DatasetManifest.from_json(read_json(out_dir / MANIFEST_NAME, "manifest"),
+                                         out_dir / MANIFEST_NAME)
+    hint = VERIFY_HINT.format(root=out_dir)
+    out = []
+    for name, entry in manifest.splits.items():
+        rec = entry.checksums
+        if not rec or rec.get("scheme") != SCHEME:
+            continue
+        files = [(out_dir / entry.beton, rec["beton"], beton_problem)]
+        files += [(out_dir / p, want, shard_problem) for p, want in zip(entry.shards, rec["shards"])]
+        for path, want, problem in files:
+            why = f"{path} is missing" if not path.is_file() else problem(path, want, name, hint)
+            if why:
+                out.append((path, why))
+        for rel, key, digest in ((entry.labels, "labels", array_digest),
+                                 (entry.index, "index", index_digest)):
+            path = out_dir / rel
+            if key in rec:
+                try:
+                    ok = digest(np.load(path, allow_pickle=False)) == rec[key]
+                except (OSError, ValueError):
+                    ok = False
+                if not ok:
+                    out.append((path, f"{path} is missing or differs from the build's"))
+    return out
+
+
+def _start_repair(out_dir: Path, damaged: list[tuple[Path, str]]) -> str:
+    """Turn a finished build with ``damaged`` files back into an interrupted one that the
+    normal resume completes: a damaged shard loses its metadata (so it is encoded again from
+    its inputs), a damaged beton is deleted (written again from the shards), the labels and
+    index are always written again; the manifest goes first. Returns the fingerprint the
+    repaired build must have (else inputs changed or vanished since: refused before a new
+    manifest is written). Needs the build's ``.build/`` records; without them, --overwrite."""
+    manifest_path = out_dir / MANIFEST_NAME
+    if not (out_dir / BUILD_DIR / "settings.json").is_file():
+        raise DataError(f"{damaged[0][1]}; {out_dir}'s build records (.build/) are gone, so it "
+                        "cannot be repaired in place: rebuild it with --overwrite")
+    expect = DatasetManifest.from_json(read_json(manifest_path, "manifest"), manifest_path).fingerprint
+    more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+    print(f"[build] {out_dir} is damaged: {damaged[0][1].split('; ')[0]}{more}; repairing it from "
+          "its inputs", file=sys.stderr, flush=True)
+    manifest_path.unlink()
+    for path, _ in damaged:
+        if path.suffix == ".tar":
+            (out_dir / BUILD_DIR / f"{path.stem}.json").unlink(missing_ok=True)
+        elif path.suffix == ".beton":
+            path.unlink(missing_ok=True)
+    return expect

@@ -556,6 +556,49 @@ def test_a_resumed_build_encodes_again_a_damaged_or_missing_shard(tmp_path, shar
     assert _manifest(out)["fingerprint"] == _manifest(builds["a"])["fingerprint"]
 
 
+def test_rerunning_the_build_repairs_damaged_files_from_the_inputs(tmp_path, builds, capsys):
+    """Loaders and ``verify`` say "rebuild the dataset" about a damaged file; rerunning the same
+    ``dp4tl build`` (which said "already built") repairs it: a damaged shard is encoded again, a
+    damaged beton written again, lost labels and index rewritten, and the result equals the
+    build it was, with one line on stderr saying so."""
+    from ffcv_dp4tl.data.verify import verify_dataset
+
+    out = tmp_path / "out"
+    shutil.copytree(builds["a"], out)
+    ref = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()
+           and p.suffix in (".tar", ".npy")}
+    shard = _shards(out)[2]
+    shard.write_bytes(shard.read_bytes()[:2000])
+    beton = out / "train.beton"
+    data = bytearray(beton.read_bytes())
+    data[30] ^= 0xFF  # in the header: the beton's checksum differs
+    beton.write_bytes(bytes(data))
+    (out / "train.labels.npy").unlink()
+    assert not verify_dataset(out).ok  # problems listed
+    summary = build_dataset(_spec(), out, OPTS, source="mem")
+    assert not summary.skipped
+    assert "is damaged" in capsys.readouterr().err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()
+            and p.suffix in (".tar", ".npy")} == ref
+    assert verify_dataset(out).ok
+    assert _manifest(out)["fingerprint"] == _manifest(builds["a"])["fingerprint"]
+    assert build_dataset(_spec(), out, OPTS, source="mem").skipped  # intact: nothing to do
+
+
+def test_a_repair_that_would_give_other_data_is_refused(tmp_path):
+    """The inputs of a damaged shard changed since the build: repairing would change the data,
+    so no manifest is written and the message says to rebuild with --overwrite."""
+    src = tmp_path / "src"
+    spec = _file_spec(src)
+    out = tmp_path / "out"
+    build_dataset(spec, out, OPTS, source="folder:src")
+    shard = _shards(out)[0]
+    shard.write_bytes(shard.read_bytes()[:2000])
+    with pytest.raises(DataError, match="gave other data than it was built with.*--overwrite"):
+        build_dataset(_file_spec(src, salt=1), out, OPTS, source="folder:src")
+    assert not (out / "manifest.json").exists()
+
+
 def test_partial_dir_with_other_options_is_refused_then_overwritten(tmp_path):
     flag, spec, out = _interrupted_build(tmp_path)
     flag.unlink()
