@@ -242,6 +242,21 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
     return settings, False
 
 
+def remove_stale_parts(out_dir: Path, parts: list[str]) -> list[Path]:
+    """After ``--overwrite`` of a SOURCE made of several datasets (synth: ``source`` and
+    ``targets/<name>``), delete the dp4tl builds under ``out_dir/targets/`` that the new SOURCE
+    no longer makes: the pipeline pairs every ``targets/*`` with the source, so a target of the
+    old build would be taken as one of the new. Other files are left alone. Returns what went."""
+    gone = []
+    targets = out_dir / "targets"
+    keep = {Path(p) for p in parts}
+    for d in sorted(targets.iterdir()) if targets.is_dir() else []:
+        if d.is_dir() and d.relative_to(out_dir) not in keep and _is_build(d):
+            shutil.rmtree(d)
+            gone.append(d)
+    return gone
+
+
 def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | None = None,
                   *, source: str = "", overwrite: bool = False,
                   remedy: str = REMEDY) -> BuildSummary:

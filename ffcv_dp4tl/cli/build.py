@@ -38,7 +38,7 @@ def build(
 ) -> None:
     """Convert SOURCE into FFCV betons + WebDataset shards + labels + manifest (resumable)."""
     from beton_builders.sources import default_max_side, resolve_source, split_note
-    from beton_builders.writer import BuildOptions, build_dataset
+    from beton_builders.writer import BuildOptions, build_dataset, remove_stale_parts
 
     from ..fsutil import check_out_dir
 
@@ -62,6 +62,9 @@ def build(
         rejected = sum(s.num_rejected for s in summary.splits)
         if rejected:
             typer.echo(f"  {rejected} inputs skipped; reasons in {target / 'rejects.txt'}")
+    if overwrite and len(specs) > 1:
+        for gone in remove_stale_parts(out, [sub for sub in specs if sub]):
+            typer.echo(f"{gone}: removed (a part of the replaced build that {source} does not make)")
 
 
 @app.command()

@@ -702,3 +702,26 @@ def test_same_names_other_pixels_is_not_taken_for_already_built(tmp_path):
         build_dataset(light, out, OPTS)
     assert not build_dataset(light, out, OPTS, overwrite=True).skipped
     assert build_dataset(light, out, OPTS).skipped
+
+
+def test_overwriting_synth_with_fewer_targets_removes_the_old_ones(tmp_path, capsys, monkeypatch):
+    """``dp4tl build synth:... --overwrite`` with fewer targets than the build it replaces: the
+    targets the new SOURCE does not make are removed (the pipeline pairs every ``targets/*``
+    with the source, so an old target would pass for one of the new data); a folder the user
+    put there that is no build stays."""
+    from cli_runner import cli
+
+    small = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=4,"
+             "val_per_class=0,image_size=16,target_classes=3,target_train_per_class=2,"
+             "target_test_per_class=1")
+    out = tmp_path / "s"
+    assert cli(capsys, monkeypatch, "build", small, "--out", str(out), "--workers", "1",
+               "--no-progress")[0] == 0
+    assert sorted(p.name for p in (out / "targets").iterdir()) == ["blur", "paper", "warm"]
+    (out / "targets" / "mine").mkdir()
+    (out / "targets" / "mine" / "notes.txt").write_text("kept")
+    code, stdout, _ = cli(capsys, monkeypatch, "build", small + ",num_targets=1,seed=1", "--out",
+                          str(out), "--workers", "1", "--no-progress", "--overwrite")
+    assert code == 0
+    assert sorted(p.name for p in (out / "targets").iterdir()) == ["mine", "paper"]
+    assert "targets/blur: removed" in stdout and "targets/warm: removed" in stdout
