@@ -208,6 +208,24 @@ def _is_fresh(out_dir: Path) -> bool:
     return True
 
 
+def _differing(old: dict, new: dict) -> str:
+    """What differs between two builds' settings, for the refusal: the source (as written),
+    the option names (``quality 90 -> 80``), the input listing or the generated content."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = (old or {}).get(key), new.get(key)
+        if a == b:
+            continue
+        if key == "options" and isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                    if a.get(k) != b.get(k)]
+        elif key == "source":
+            out.append(f"source {a!r} -> {b!r}")
+        else:
+            out.append({"listing": "input listing (file names or labels)"}.get(key, key))
+    return ", ".join(out) or "settings"
+
+
 def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: str,
                  overwrite: bool, remedy: str = REMEDY) -> tuple[dict, bool]:
     """Check/record build settings. Returns (settings, already_complete). ``overwrite``
@@ -230,14 +248,14 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
         old = DatasetManifest.from_json(read_json(manifest_path, "manifest"), manifest_path).build
         if old == settings:
             return settings, True
-        raise DataError(f"{out_dir} already holds a different build (source or settings differ); "
-                        f"{remedy}")
+        raise DataError(f"{out_dir} already holds a different build (other "
+                        f"{_differing(old, settings)}); {remedy}")
     if settings_path.exists():
         old = read_json(settings_path, "build settings")
         if old != settings:
-            changed = [k for k in settings if old.get(k) != settings[k]]
-            raise DataError(f"{out_dir} holds an interrupted build with different {', '.join(changed)}; "
-                            f"rerun with the same source and options to resume, or {remedy}")
+            raise DataError(f"{out_dir} holds an interrupted build with different "
+                            f"{_differing(old, settings)}; rerun with the same source and options "
+                            f"to resume, or {remedy}")
     atomic_write_json(settings_path, settings)
     return settings, False
 
@@ -413,7 +431,7 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
     _check_interrupt()
 
     # 2. Per split: gather shard metadata -> index, labels, fingerprint, beton
-    split_entries, summaries, all_rejects = {}, [], []
+    split_entries, summaries, all_rejects, emptied = {}, [], [], []
     for split, samples in spec.splits.items():
         t0 = time.perf_counter()
         n_shards = (len(samples) + opts.shard_size - 1) // opts.shard_size
@@ -461,10 +479,15 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
         atomic_save_npy(out_dir / "wds" / f"{split}.index.npy", index)
         atomic_save_npy(out_dir / f"{split}.labels.npy", labels)
         n_rej = sum(1 for r in all_rejects if r[0] == split)
+        listed = np.bincount([int(x.label) for x in samples], minlength=len(spec.classes))
+        kept = np.bincount(labels, minlength=len(spec.classes))
+        emptied += [f"split {split!r}: class {spec.classes[c]!r} has no image left (its {listed[c]} "
+                    f"input(s) were all rejected; reasons in {out_dir / 'rejects.txt'})"
+                    for c in np.flatnonzero((listed > 0) & (kept == 0))]
         split_entries[split] = SplitEntry(
             num_samples=len(records),
             num_rejected=n_rej,
-            class_counts=np.bincount(labels, minlength=len(spec.classes)).tolist(),
+            class_counts=kept.tolist(),
             fingerprint=split_fingerprint(b"".join(digests), labels, spec.classes),
             beton=f"{split}.beton",
             labels=f"{split}.labels.npy",
@@ -480,7 +503,7 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
     # 3. Rejects list and manifest (the manifest last: it marks the build complete)
     _check_interrupt()
     save_input_stats(spec, out_dir / BUILD_DIR)
-    lines = ["# split\tinput\treason"] + [f"{s}\t{n}\t{r}" for s, n, r in all_rejects]
+    lines = ["# split\tinput\treason"] + [f"{s}\t{_tsv(n)}\t{_tsv(r)}" for s, n, r in all_rejects]
     atomic_write_text(out_dir / "rejects.txt", "\n".join(lines) + "\n")
     manifest = DatasetManifest(
         name=spec.name,
@@ -499,7 +522,13 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
         raise DataError(f"repairing {out_dir} gave other data than it was built with (inputs "
                         "changed or missing since); rebuild it with --overwrite")
     atomic_write_json(out_dir / MANIFEST_NAME, manifest.to_json())
-    return BuildSummary(out_dir, summaries)
+    return BuildSummary(out_dir, summaries, warnings=emptied)
+
+
+def _tsv(text: str) -> str:
+    """A ``rejects.txt`` field: a tab or line break inside a file name (legal on POSIX) written
+    as ``\\t`` / ``\\n`` / ``\\r``, so every line stays one reject of three fields."""
+    return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def _damaged_files(out_dir: Path) -> list[tuple[Path, str]]:

@@ -98,8 +98,20 @@ def _scandir(path: Path) -> list[os.DirEntry]:
 
 
 def subdirs(path: Path) -> list[Path]:
-    """Sorted non-hidden sub-folders of ``path``."""
-    return [Path(e.path) for e in _scandir(path) if not is_hidden(e.name) and _is_dir(e)]
+    """Sorted non-hidden sub-folders of ``path`` (class folders). A symlink whose target is gone
+    is a one-line error: it is most likely a class folder, and dropping it silently would
+    renumber every class after it."""
+    out = []
+    for e in _scandir(path):
+        if is_hidden(e.name):
+            continue
+        if _is_dir(e):
+            out.append(Path(e.path))
+        elif e.is_symlink() and not os.path.exists(e.path):
+            raise bad(e.path, f"a symlink to {os.readlink(e.path)}, which leads nowhere (missing, "
+                      "or a loop)",
+                      hint="fix or remove the link (a class folder it names would be missing)")
+    return out
 
 
 def list_images(path: Path, recursive: bool = True, _parents: frozenset = frozenset()) -> list[Path]:

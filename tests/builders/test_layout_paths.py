@@ -89,3 +89,20 @@ def test_non_utf8_names_are_read_and_shown_escaped(tmp_path):
     # the same listing again resumes as the same build (the listing digest is stable)
     assert build_dataset(read_layout("folder", root), out,
                          BuildOptions(max_side=32, shard_size=4, workers=1, progress=False)).skipped
+
+
+@pytest.mark.parametrize("layout", ["folder", "imagenet"])
+def test_a_dangling_symlink_among_the_class_folders_is_one_line(tmp_path, layout):
+    """A class folder reached through a symlink whose target is gone was dropped silently,
+    renumbering the classes after it: it is one line naming the link."""
+    root = tmp_path / "ds"
+    base = root / "train" if layout == "imagenet" else root
+    _tree(base)
+    if layout == "imagenet":
+        _tree(root / "val")
+    link = base / "bird"
+    os.symlink(tmp_path / "gone", link)
+    with pytest.raises(DataError) as e:
+        read_layout(layout, root)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{link}: a symlink to {tmp_path / 'gone'}, which leads nowhere"), msg

@@ -604,11 +604,11 @@ def test_partial_dir_with_other_options_is_refused_then_overwritten(tmp_path):
     flag.unlink()
 
     other = BuildOptions(**{**OPTS.__dict__, "quality": 80})
-    with pytest.raises(DataError, match="interrupted build with different options"):
+    with pytest.raises(DataError, match="interrupted build with different quality 90 -> 80;"):
         build_dataset(spec, out, other, source="mem")
-    with pytest.raises(DataError, match="interrupted build with different source"):
+    with pytest.raises(DataError, match="interrupted build with different source 'mem' -> 'elsewhere';"):
         build_dataset(spec, out, OPTS, source="elsewhere")
-    with pytest.raises(DataError, match="different listing"):
+    with pytest.raises(DataError, match=r"different input listing \(file names or labels\)"):
         build_dataset(_spec(n=N - 1), out, OPTS, source="mem")
 
     summary = build_dataset(spec, out, other, source="mem", overwrite=True)
@@ -621,7 +621,7 @@ def test_complete_dir_with_other_options_is_refused_then_overwritten(tmp_path):
     out = tmp_path / "out"
     build_dataset(_spec(n=12), out, OPTS)
     other = BuildOptions(**{**OPTS.__dict__, "shard_size": 5})
-    with pytest.raises(DataError, match="already holds a different build.*--overwrite"):
+    with pytest.raises(DataError, match=r"already holds a different build \(other shard_size 8 -> 5\); .*--overwrite"):
         build_dataset(_spec(n=12), out, other)
     build_dataset(_spec(n=12), out, other, overwrite=True)
     assert [p.name for p in _shards(out)] == [f"train-{i:06d}.tar" for i in range(3)]
@@ -725,3 +725,32 @@ def test_overwriting_synth_with_fewer_targets_removes_the_old_ones(tmp_path, cap
     assert code == 0
     assert sorted(p.name for p in (out / "targets").iterdir()) == ["mine", "paper"]
     assert "targets/blur: removed" in stdout and "targets/warm: removed" in stdout
+
+
+def test_a_class_whose_inputs_were_all_rejected_is_a_warning(tmp_path):
+    """A class left without images (every input rejected) still builds, with ``class_counts``
+    0, but the summary says so (it used to say only "1 inputs skipped")."""
+    (tmp_path / "t.jpg").write_text("not an image")
+    spec = DatasetSpec("half", ["ok", "broken"], {"train": [Sample(_image(0), 0, "a"),
+                                                            Sample(_image(1), 0, "b"),
+                                                            Sample(tmp_path / "t.jpg", 1)]})
+    summary = build_dataset(spec, tmp_path / "o", OPTS)
+    assert _manifest(tmp_path / "o")["splits"]["train"]["class_counts"] == [2, 0]
+    assert summary.warnings == [f"split 'train': class 'broken' has no image left (its 1 input(s) "
+                                f"were all rejected; reasons in {tmp_path / 'o' / 'rejects.txt'})"]
+
+
+def test_rejects_txt_keeps_one_line_per_reject_for_names_with_tabs_and_newlines(tmp_path):
+    """File names may hold a tab or a line break (POSIX allows both): ``rejects.txt`` escapes
+    them, so each line is still one reject of three tab-separated fields."""
+    odd = tmp_path / "in"
+    odd.mkdir()
+    names = ["tab\there.jpg", "line\nbreak.jpg"]
+    for n in names:
+        (odd / n).write_text("not an image")
+    spec = DatasetSpec("odd", ["a"], {"train": [Sample(_image(0), 0, "ok")]
+                                      + [Sample(odd / n, 0) for n in names]})
+    build_dataset(spec, tmp_path / "o", OPTS)
+    rows = [line.split("\t") for line in (tmp_path / "o" / "rejects.txt").read_text().splitlines()[1:]]
+    assert [len(r) for r in rows] == [3, 3]
+    assert sorted(Path(r[1]).name for r in rows) == ["line\\nbreak.jpg", "tab\\there.jpg"]

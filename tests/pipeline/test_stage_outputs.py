@@ -82,7 +82,7 @@ def test_the_data_root_read_only_with_the_build_is_used_and_clashes_name_pipelin
 
     (src / "c").mkdir()  # another listing, same folder name in the data root
     (src / "a" / "0.png").rename(src / "c" / "0.png")
-    with pytest.raises(DataError, match=r"already holds a different build \(source or settings "
-                                        r"differ\); delete .* to rebuild it there, or pass another "
-                                        r"--data-root$"):
+    with pytest.raises(DataError, match=r"already holds a different build \(other input listing "
+                                        r"\(file names or labels\)\); delete .* to rebuild it "
+                                        r"there, or pass another --data-root$"):
         resolve.ensure_built(source, tmp_path / "data", logged.append)
