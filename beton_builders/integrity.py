@@ -33,6 +33,11 @@ from ffcv_dp4tl.errors import DataError
 SHARD_EDGE = 4096
 #: checksum scheme tag stored with the checksums (a future scheme can be told apart)
 SCHEME = "size+blake2b-edges/1"
+#: what to do about damage inside a sample (a changed byte that only ``verify --deep`` or a
+#: decode finds): the build's own repair covers missing files, so deleting the damaged one works
+DAMAGED_SAMPLE_HINT = ("run `dp4tl verify {root} --deep` to list every damaged sample, then delete "
+                       "the shard or beton it names and rerun the `dp4tl build` that made the "
+                       "dataset (it makes the deleted file again from the inputs)")
 VERIFY_HINT = ("run `dp4tl verify {root} --deep` to see what is damaged, then rerun the `dp4tl "
                "build` that made it (it repairs damaged files from the inputs)")
 

@@ -17,6 +17,7 @@ finished shards, each atomically. A directory without ``manifest.json`` is never
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import multiprocessing as mp
@@ -39,7 +40,7 @@ from ffcv_dp4tl.contracts import (FORMAT, BetonMode, INDEX_DTYPE, MANIFEST_NAME,
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import (atomic_path, atomic_save_npy, atomic_write_json,
                                atomic_write_text, check_free_space, check_out_dir, directory_lock,
-                               fsync_path, is_disk_full, is_unwritable, read_json,
+                               TEMP_GLOB, fsync_path, is_disk_full, is_unwritable, read_json,
                                remove_orphan_temps)
 
 from .beton import (ShardBytesDataset, beton_images, beton_workers, check_beton, keep_as_jpeg,
@@ -197,15 +198,25 @@ def _is_build(out_dir: Path) -> bool:
 
 
 def _is_fresh(out_dir: Path) -> bool:
-    """Nothing in ``out_dir`` but a build's lock and an empty ``.build/`` (a build killed while
-    writing its first file; its temporary file is removed before this is asked)."""
+    """Nothing in ``out_dir`` but a build's lock and a ``.build/`` holding at most temporary
+    files (a build killed while writing its first file)."""
     if not out_dir.exists():
         return True
     for p in out_dir.iterdir():
-        if p.name == LOCK_NAME or (p.name == BUILD_DIR and p.is_dir() and not any(p.iterdir())):
+        if p.name == LOCK_NAME or (p.name == BUILD_DIR and p.is_dir() and all(
+                fnmatch.fnmatch(q.name, TEMP_GLOB) for q in p.iterdir())):
             continue
         return False
     return True
+
+
+def _check_ours(out_dir: Path) -> None:
+    """Refuse a folder that holds anything but a dp4tl build (finished or not) or a fresh one,
+    before a lock is taken or a temporary file removed there: it could be the user's."""
+    if out_dir.is_dir() and not _is_build(out_dir) and not _is_fresh(out_dir):
+        raise DataError(f"{out_dir} is not empty and is not a dp4tl build: choose another --out "
+                        "(an empty or new folder; --overwrite replaces only a dp4tl build, never "
+                        "other files)")
 
 
 def _differing(old: dict, new: dict) -> str:
@@ -234,10 +245,7 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
     settings = _settings(spec, opts, source)
     manifest_path = out_dir / MANIFEST_NAME
     settings_path = out_dir / BUILD_DIR / "settings.json"
-    if not _is_build(out_dir) and not _is_fresh(out_dir):
-        raise DataError(f"{out_dir} is not empty and is not a dp4tl build: choose another --out "
-                        "(an empty or new folder; --overwrite replaces only a dp4tl build, never "
-                        "other files)")
+    _check_ours(out_dir)  # (again under the lock)
     if overwrite and _is_build(out_dir):
         for name in [MANIFEST_NAME, "rejects.txt", BUILD_DIR, "wds"]:
             p = out_dir / name
@@ -293,6 +301,7 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
     out_dir = Path(out_dir)
     check_out_dir(out_dir, "--out", must_write=False)
     _check_out_outside_input(source, out_dir)
+    _check_ours(out_dir)
     with contextlib.ExitStack() as stack:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -393,12 +402,13 @@ def _check_interrupt() -> None:
 def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: str,
                   overwrite: bool, remedy: str = REMEDY) -> BuildSummary:
     settings, done = _prepare_dir(spec, out_dir, opts, source, overwrite, remedy)
-    expect = None  # the fingerprint a repaired build must come back with
     if done:
         damaged = _damaged_files(out_dir)
         if not damaged:
             return _complete_build(spec, out_dir, opts, source)
-        expect = _start_repair(out_dir, damaged)
+        _start_repair(out_dir, damaged)
+    # a repair (begun now or by an earlier run that stopped): the fingerprints it must restore
+    repair = _read_repair(out_dir)
 
     # 1. Shards (parallel, resumable)
     tasks = []
@@ -407,7 +417,10 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
             chunk = samples[first:first + opts.shard_size]
             if not _shard_done(out_dir, split, shard_id, chunk):
                 tasks.append((out_dir, split, shard_id, chunk, first, opts.max_side, opts.quality))
-    encoded = {t[1] for t in tasks}  # splits whose shards this run writes
+    # splits whose shards this run writes: their beton is written again, except in a repair,
+    # where the split's fingerprint (checked below, before the beton) proves the shards
+    # encoded again hold the bytes they held
+    encoded = set() if repair else {t[1] for t in tasks}
     todo = sum(len(t[3]) for t in tasks)
     start = time.perf_counter()
     if tasks:
@@ -451,6 +464,12 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
         for j, name in enumerate(("shard", "offset", "size", "label", "key")):
             index[name] = arr[:, j]
         labels = index["label"].astype(np.int64)
+        fingerprint = split_fingerprint(b"".join(digests), labels, spec.classes)
+        if repair and repair["splits"].get(split) not in (None, fingerprint):
+            raise DataError(f"repairing {out_dir} would give other data than it was built with "
+                            f"(split {split!r}: inputs changed or missing since); its beton, labels "
+                            "and index were left as they were: restore the inputs and rerun, or "
+                            "rebuild it with --overwrite")
         shard_names = [f"wds/{split}-{i:06d}.tar" for i in range(n_shards)]
         beton_path = out_dir / f"{split}.beton"
         if beton_path.exists() and (split in encoded or check_beton(beton_path, len(records))[1]):
@@ -488,7 +507,7 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
             num_samples=len(records),
             num_rejected=n_rej,
             class_counts=kept.tolist(),
-            fingerprint=split_fingerprint(b"".join(digests), labels, spec.classes),
+            fingerprint=fingerprint,
             beton=f"{split}.beton",
             labels=f"{split}.labels.npy",
             index=f"wds/{split}.index.npy",
@@ -518,10 +537,8 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
         build=settings,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
-    if expect is not None and manifest.fingerprint != expect:
-        raise DataError(f"repairing {out_dir} gave other data than it was built with (inputs "
-                        "changed or missing since); rebuild it with --overwrite")
     atomic_write_json(out_dir / MANIFEST_NAME, manifest.to_json())
+    (out_dir / BUILD_DIR / REPAIR_NAME).unlink(missing_ok=True)  # (repaired: the record goes)
     return BuildSummary(out_dir, summaries, warnings=emptied)
 
 
@@ -546,10 +563,16 @@ def _damaged_files(out_dir: Path) -> list[tuple[Path, str]]:
         rec = entry.checksums
         if not rec or rec.get("scheme") != SCHEME:
             continue
+        shards = rec.get("shards") or []
+        if not isinstance(rec.get("beton"), dict) or len(shards) != len(entry.shards):
+            raise DataError(f"{out_dir / MANIFEST_NAME}: split {name!r}'s checksums do not fit its "
+                            "files (edited by hand?); restore manifest.json, or rebuild with "
+                            "--overwrite")
         files = [(out_dir / entry.beton, rec["beton"], beton_problem)]
-        files += [(out_dir / p, want, shard_problem) for p, want in zip(entry.shards, rec["shards"])]
+        files += [(out_dir / p, want, shard_problem) for p, want in zip(entry.shards, shards)]
         for path, want, problem in files:
-            why = f"{path} is missing" if not path.is_file() else problem(path, want, name, hint)
+            why = (f"{path} is missing" if not path.is_file() else
+                   None if want is None else problem(path, want, name, hint))
             if why:
                 out.append((path, why))
         for rel, key, digest in ((entry.labels, "labels", array_digest),
@@ -565,18 +588,26 @@ def _damaged_files(out_dir: Path) -> list[tuple[Path, str]]:
     return out
 
 
-def _start_repair(out_dir: Path, damaged: list[tuple[Path, str]]) -> str:
+#: under ``.build/``: the split fingerprints a repair must restore (see :func:`_start_repair`)
+REPAIR_NAME = "repair.json"
+
+
+def _start_repair(out_dir: Path, damaged: list[tuple[Path, str]]) -> None:
     """Turn a finished build with ``damaged`` files back into an interrupted one that the
     normal resume completes: a damaged shard loses its metadata (so it is encoded again from
     its inputs), a damaged beton is deleted (written again from the shards), the labels and
-    index are always written again; the manifest goes first. Returns the fingerprint the
-    repaired build must have (else inputs changed or vanished since: refused before a new
-    manifest is written). Needs the build's ``.build/`` records; without them, --overwrite."""
+    index are always written again. First the split fingerprints of the manifest are recorded
+    in ``.build/repair.json``, then the manifest goes: until a repair restores them, every run
+    refuses a split whose shards would give other data (inputs changed or vanished since)
+    before it touches that split's beton, and no manifest is written. Needs the build's
+    ``.build/`` records; without them, --overwrite."""
     manifest_path = out_dir / MANIFEST_NAME
     if not (out_dir / BUILD_DIR / "settings.json").is_file():
         raise DataError(f"{damaged[0][1]}; {out_dir}'s build records (.build/) are gone, so it "
                         "cannot be repaired in place: rebuild it with --overwrite")
-    expect = DatasetManifest.from_json(read_json(manifest_path, "manifest"), manifest_path).fingerprint
+    manifest = DatasetManifest.from_json(read_json(manifest_path, "manifest"), manifest_path)
+    atomic_write_json(out_dir / BUILD_DIR / REPAIR_NAME,
+                      {"splits": {n: e.fingerprint for n, e in manifest.splits.items()}})
     more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
     print(f"[build] {out_dir} is damaged: {damaged[0][1].split('; ')[0]}{more}; repairing it from "
           "its inputs", file=sys.stderr, flush=True)
@@ -586,4 +617,14 @@ def _start_repair(out_dir: Path, damaged: list[tuple[Path, str]]) -> str:
             (out_dir / BUILD_DIR / f"{path.stem}.json").unlink(missing_ok=True)
         elif path.suffix == ".beton":
             path.unlink(missing_ok=True)
-    return expect
+
+
+def _read_repair(out_dir: Path) -> dict | None:
+    """The record of a repair under way (:func:`_start_repair`), else None."""
+    path = out_dir / BUILD_DIR / REPAIR_NAME
+    if not path.is_file():
+        return None
+    rec = read_json(path, "repair record")
+    if not isinstance(rec, dict) or not isinstance(rec.get("splits"), dict):
+        raise DataError(f"{path} is damaged; rebuild {out_dir} with --overwrite")
+    return rec

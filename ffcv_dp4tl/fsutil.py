@@ -111,7 +111,8 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
 
 
 #: Name pattern of atomic_path's temporary files: ".<final name>.<random>.tmp[<suffix>]".
-_TEMP_GLOB = ".*.tmp*"
+#: the names :func:`atomic_path` gives its temporary files
+TEMP_GLOB = ".*.tmp*"
 
 
 #: what flock() says on a file system that has no locks
@@ -173,7 +174,7 @@ def remove_orphan_temps(directory: str | os.PathLike) -> int:
     process was killed before its cleanup ran (a beton-sized file at ImageNet scale). Call it
     only under :func:`directory_lock`, when no other writer can own them. Returns the count."""
     n = 0
-    for p in Path(directory).rglob(_TEMP_GLOB):
+    for p in Path(directory).rglob(TEMP_GLOB):
         if p.is_file():
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()

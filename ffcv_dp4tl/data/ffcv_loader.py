@@ -30,6 +30,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from beton_builders.integrity import DAMAGED_SAMPLE_HINT
+
 from ..errors import DataError
 from .ffcv_compile import PipelineFailure, damaged_samples, ffcv_classes
 from .interface import PlanLoaderBase, checked_sizes
@@ -326,8 +328,7 @@ class FFCVMaskedLoader(PlanLoaderBase):
         not the data)."""
         suspects = failure.failed if failure.failed.size else failure.indices
         bad = damaged_samples(self.beton, suspects)
-        advice = (f"run `dp4tl verify {self.beton.parent} --deep` to list every damaged sample, "
-                  "then rebuild the dataset")
+        advice = DAMAGED_SAMPLE_HINT.format(root=self.beton.parent)
         if bad:
             (i, why), more = bad[0], [j for j, _ in bad[1:]]
             also = f" (also damaged in this batch: samples {more})" if more else ""

@@ -52,6 +52,7 @@ import torch
 
 from ..errors import DataError
 from beton_builders.beton import beton_images
+from beton_builders.integrity import DAMAGED_SAMPLE_HINT
 
 from .manifest import SplitInfo
 from .gpu_resample import (MAX_CANVAS_BYTES, LevelGroups, check_canvas, grid_params, level_groups, mip_level,
@@ -342,9 +343,8 @@ class DeviceDecodeLoader(PlanLoaderBase):
                 loc = self._locations
                 raise DataError(
                     f"split {self._split_name!r} sample {i}: {e} in {loc.paths[int(loc.file_id[i])]} "
-                    f"at byte offset {int(loc.offset[i])} ({int(loc.size[i])} bytes); run `dp4tl "
-                    f"verify {self._root} --deep` to list every damaged sample, then rebuild the "
-                    "dataset") from None
+                    f"at byte offset {int(loc.offset[i])} ({int(loc.size[i])} bytes); "
+                    + DAMAGED_SAMPLE_HINT.format(root=self._root)) from None
         return hw
 
     def _host_tensor(self, t: torch.Tensor) -> torch.Tensor:
@@ -416,8 +416,7 @@ class DeviceDecodeLoader(PlanLoaderBase):
                     f"{self._root} --deep` to check the data")
         return (f"split {self._split_name!r} sample {bad}: cannot decode the JPEG ({why}) in "
                 f"{loc.paths[int(loc.file_id[bad])]} at byte offset {int(loc.offset[bad])} "
-                f"({int(loc.size[bad])} bytes); run `dp4tl verify {self._root} --deep` to list "
-                "every damaged sample, then rebuild the dataset")
+                f"({int(loc.size[bad])} bytes); " + DAMAGED_SAMPLE_HINT.format(root=self._root))
 
     def _decode_on_side_stream(self, host: _HostBatch
                                ) -> tuple[torch.Tensor, "torch.cuda.Event"]:

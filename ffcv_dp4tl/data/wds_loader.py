@@ -28,6 +28,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
+from beton_builders.integrity import DAMAGED_SAMPLE_HINT
+
 from ..errors import DataError
 from .manifest import SplitInfo
 from .interface import PlanLoaderBase
@@ -85,8 +87,8 @@ class ShardReader:
         """One line naming the split, sample, shard file and byte offset, with the advice."""
         rec = self.index[i]
         return (f"split {self.split!r} sample {i}: {what} in {self.paths[int(rec['shard'])]} at "
-                f"byte offset {int(rec['offset'])} ({int(rec['size'])} bytes); run `dp4tl verify "
-                f"{self.root} --deep` to list every damaged sample, then rebuild the dataset")
+                f"byte offset {int(rec['offset'])} ({int(rec['size'])} bytes); "
+                + DAMAGED_SAMPLE_HINT.format(root=self.root))
 
 
 class SampleError(DataError):
