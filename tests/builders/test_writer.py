@@ -619,6 +619,12 @@ def test_repairing_a_shard_keeps_an_intact_beton(tmp_path, builds):
     build_dataset(_spec(), out, OPTS, source="mem")
     assert (out / "train.beton").stat().st_mtime_ns == before
     assert verify_ok(out)
+    # what the loaders advise for damage inside a sample: delete the file named, rerun the build
+    (out / "train.beton").unlink()
+    _shards(out)[1].unlink()
+    build_dataset(_spec(), out, OPTS, source="mem")
+    assert verify_ok(out) and len(_shards(out)) == 5
+    assert _manifest(out)["fingerprint"] == _manifest(builds["a"])["fingerprint"]
 
 
 def verify_ok(out: Path) -> bool:
