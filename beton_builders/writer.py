@@ -164,6 +164,10 @@ def _shard_done(out_dir: Path, split: str, shard_id: int, samples: list) -> bool
         return False
     if not isinstance(meta, dict) or ("tar_size" in meta and meta["tar_size"] != size):
         return False
+    if "tar_size" not in meta:  # (older metadata: the samples must at least lie inside the tar)
+        ends = [r.get("offset", 0) + r.get("size", 0) for r in meta.get("samples", [])]
+        if ends and max(ends) > size:
+            return False
     return "inputs" not in meta or meta["inputs"] == sample_stats(samples)
 
 
@@ -247,11 +251,7 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
     settings_path = out_dir / BUILD_DIR / "settings.json"
     _check_ours(out_dir)  # (again under the lock)
     if overwrite and _is_build(out_dir):
-        for name in [MANIFEST_NAME, "rejects.txt", BUILD_DIR, "wds"]:
-            p = out_dir / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        for p in list(out_dir.glob("*.beton")) + list(out_dir.glob("*.labels.npy")):
-            p.unlink()
+        _remove_build(out_dir)
     if manifest_path.exists():
         old = DatasetManifest.from_json(read_json(manifest_path, "manifest"), manifest_path).build
         if old == settings:
@@ -266,6 +266,35 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
                             f"to resume, or {remedy}")
     atomic_write_json(settings_path, settings)
     return settings, False
+
+
+def _remove_build(out_dir: Path) -> None:
+    """Delete the files a build writes in ``out_dir`` (``--overwrite``), nothing else."""
+    for name in [MANIFEST_NAME, "rejects.txt", BUILD_DIR, "wds"]:
+        p = out_dir / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    for p in list(out_dir.glob("*.beton")) + list(out_dir.glob("*.labels.npy")):
+        p.unlink()
+
+
+def clear_for_overwrite(out_dir: Path, parts: list[str]) -> list[Path]:
+    """``--overwrite`` across the two shapes of ``--out``: a SOURCE of several datasets
+    (``parts``: synth's ``source``, ``targets/<name>``) over a single build removes that build's
+    files, and a single dataset (``parts == []``) over a synth build removes its ``source`` and
+    ``targets/*`` builds; otherwise the two would be mixed in one folder, or the folder refused
+    as no build. Only dp4tl builds are removed. Returns what went."""
+    gone: list[Path] = []
+    if parts and _is_build(out_dir):
+        _remove_build(out_dir)
+        gone.append(out_dir / MANIFEST_NAME)
+    elif not parts and _is_build(out_dir / "source"):
+        for d in [out_dir / "source", *sorted((out_dir / "targets").glob("*"))]:
+            if d.is_dir() and _is_build(d):
+                shutil.rmtree(d)
+                gone.append(d)
+        with contextlib.suppress(OSError):
+            (out_dir / "targets").rmdir()  # (only when empty)
+    return gone
 
 
 def remove_stale_parts(out_dir: Path, parts: list[str]) -> list[Path]:
@@ -312,6 +341,11 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
             # nobody can write a read-only folder, so a finished build there is safe to use
             done = _complete_build(spec, out_dir, opts, source)
             if done is not None:
+                damaged = _damaged_files(out_dir, remedy)
+                if damaged:
+                    raise DataError(f"{damaged[0][1].split('; ')[0]}: {out_dir} is damaged and "
+                                    "read-only, so the build cannot repair it; rerun it where the "
+                                    "folder is writable, or restore the files") from None
                 return done
             raise DataError(f"cannot write to {out_dir} ({e.strerror}) and it holds no finished "
                             f"build of this source; choose a writable --out") from None
@@ -403,19 +437,22 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
                   overwrite: bool, remedy: str = REMEDY) -> BuildSummary:
     settings, done = _prepare_dir(spec, out_dir, opts, source, overwrite, remedy)
     if done:
-        damaged = _damaged_files(out_dir)
+        damaged = _damaged_files(out_dir, remedy)
         if not damaged:
             return _complete_build(spec, out_dir, opts, source)
-        _start_repair(out_dir, damaged)
-    # a repair (begun now or by an earlier run that stopped): the fingerprints it must restore
-    repair = _read_repair(out_dir)
+        _start_repair(out_dir, damaged, remedy)
+    # a repair (begun now or by an earlier run that stopped): what it must restore
+    repair = _read_repair(out_dir, remedy)
 
-    # 1. Shards (parallel, resumable)
+    # 1. Shards (parallel, resumable; a repair encodes only the shards it marked as damaged,
+    # by removing their metadata: an intact shard whose inputs were merely touched stays)
     tasks = []
     for split, samples in spec.splits.items():
         for shard_id, first in enumerate(range(0, len(samples), opts.shard_size)):
             chunk = samples[first:first + opts.shard_size]
-            if not _shard_done(out_dir, split, shard_id, chunk):
+            kept = ((out_dir / BUILD_DIR / f"{split}-{shard_id:06d}.json").exists()
+                    and (out_dir / "wds" / f"{split}-{shard_id:06d}.tar").is_file())
+            if not (kept if repair else _shard_done(out_dir, split, shard_id, chunk)):
                 tasks.append((out_dir, split, shard_id, chunk, first, opts.max_side, opts.quality))
     # splits whose shards this run writes: their beton is written again, except in a repair,
     # where the split's fingerprint (checked below, before the beton) proves the shards
@@ -466,10 +503,11 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
         labels = index["label"].astype(np.int64)
         fingerprint = split_fingerprint(b"".join(digests), labels, spec.classes)
         if repair and repair["splits"].get(split) not in (None, fingerprint):
+            _undo_repair(out_dir, repair)
             raise DataError(f"repairing {out_dir} would give other data than it was built with "
-                            f"(split {split!r}: inputs changed or missing since); its beton, labels "
-                            "and index were left as they were: restore the inputs and rerun, or "
-                            "rebuild it with --overwrite")
+                            f"(split {split!r}: inputs changed or missing since); its manifest and "
+                            "intact files are back as they were and the damaged files stay "
+                            f"damaged: restore the inputs and rerun, or {remedy}")
         shard_names = [f"wds/{split}-{i:06d}.tar" for i in range(n_shards)]
         beton_path = out_dir / f"{split}.beton"
         if beton_path.exists() and (split in encoded or check_beton(beton_path, len(records))[1]):
@@ -548,10 +586,12 @@ def _tsv(text: str) -> str:
     return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def _damaged_files(out_dir: Path) -> list[tuple[Path, str]]:
+def _damaged_files(out_dir: Path, remedy: str = REMEDY) -> list[tuple[Path, str]]:
     """``(file, problem)`` for each file of a finished build that no longer matches what the
-    build recorded (the cheap checks the loaders run: sizes, header and edge digests, the
-    labels' and index's digests); empty when all match or the build recorded no checksums."""
+    build recorded: the cheap checks the loaders run (sizes, header and edge digests, the
+    labels' and index's digests), or for a build from before checksums were recorded, files
+    missing and the beton's structure (:func:`~.beton.check_beton`). Empty when all match."""
+    from .beton import check_beton
     from .integrity import (SCHEME, VERIFY_HINT, array_digest, beton_problem, index_digest,
                             shard_problem)
 
@@ -560,16 +600,20 @@ def _damaged_files(out_dir: Path) -> list[tuple[Path, str]]:
     hint = VERIFY_HINT.format(root=out_dir)
     out = []
     for name, entry in manifest.splits.items():
-        rec = entry.checksums
-        if not rec or rec.get("scheme") != SCHEME:
+        beton = out_dir / entry.beton
+        shards = [out_dir / p for p in entry.shards]
+        rec = entry.checksums if entry.checksums and entry.checksums.get("scheme") == SCHEME else None
+        if rec is None:  # an older build: what can be checked without recorded digests
+            out += [(p, f"{p} is missing") for p in [beton, *shards] if not p.is_file()]
+            if beton.is_file() and check_beton(beton, entry.num_samples)[1]:
+                out.append((beton, f"{beton}: damaged ({check_beton(beton, entry.num_samples)[1][0]})"))
             continue
-        shards = rec.get("shards") or []
-        if not isinstance(rec.get("beton"), dict) or len(shards) != len(entry.shards):
+        wants = rec.get("shards") or []
+        if not isinstance(rec.get("beton"), dict) or len(wants) != len(shards):
             raise DataError(f"{out_dir / MANIFEST_NAME}: split {name!r}'s checksums do not fit its "
-                            "files (edited by hand?); restore manifest.json, or rebuild with "
-                            "--overwrite")
-        files = [(out_dir / entry.beton, rec["beton"], beton_problem)]
-        files += [(out_dir / p, want, shard_problem) for p, want in zip(entry.shards, shards)]
+                            f"files (edited by hand?); restore manifest.json, or {remedy}")
+        files = [(beton, rec["beton"], beton_problem)]
+        files += [(p, want, shard_problem) for p, want in zip(shards, wants)]
         for path, want, problem in files:
             why = (f"{path} is missing" if not path.is_file() else
                    None if want is None else problem(path, want, name, hint))
@@ -581,50 +625,61 @@ def _damaged_files(out_dir: Path) -> list[tuple[Path, str]]:
             if key in rec:
                 try:
                     ok = digest(np.load(path, allow_pickle=False)) == rec[key]
-                except (OSError, ValueError):
+                except (OSError, ValueError, EOFError):  # (an empty file: EOFError)
                     ok = False
                 if not ok:
                     out.append((path, f"{path} is missing or differs from the build's"))
     return out
 
 
-#: under ``.build/``: the split fingerprints a repair must restore (see :func:`_start_repair`)
+#: under ``.build/``: what a repair must restore (see :func:`_start_repair`)
 REPAIR_NAME = "repair.json"
 
 
-def _start_repair(out_dir: Path, damaged: list[tuple[Path, str]]) -> None:
+def _start_repair(out_dir: Path, damaged: list[tuple[Path, str]], remedy: str = REMEDY) -> None:
     """Turn a finished build with ``damaged`` files back into an interrupted one that the
-    normal resume completes: a damaged shard loses its metadata (so it is encoded again from
-    its inputs), a damaged beton is deleted (written again from the shards), the labels and
-    index are always written again. First the split fingerprints of the manifest are recorded
-    in ``.build/repair.json``, then the manifest goes: until a repair restores them, every run
-    refuses a split whose shards would give other data (inputs changed or vanished since)
-    before it touches that split's beton, and no manifest is written. Needs the build's
-    ``.build/`` records; without them, --overwrite."""
+    normal resume completes: a damaged shard loses its metadata (so it alone is encoded again
+    from its inputs), a damaged beton is deleted (written again from the shards), the labels
+    and index are always written again. Order, so that a kill at any point leaves a state the
+    next run handles: ``.build/repair.json`` first (the manifest and its split fingerprints),
+    then the damaged files' metadata, the manifest last. Until a repair restores the
+    fingerprints, a split whose shards would give other data (inputs changed or vanished
+    since) is refused before its beton is touched, and the manifest is put back
+    (:func:`_undo_repair`). Needs the build's ``.build/`` records; without them, ``remedy``."""
     manifest_path = out_dir / MANIFEST_NAME
     if not (out_dir / BUILD_DIR / "settings.json").is_file():
         raise DataError(f"{damaged[0][1]}; {out_dir}'s build records (.build/) are gone, so it "
-                        "cannot be repaired in place: rebuild it with --overwrite")
-    manifest = DatasetManifest.from_json(read_json(manifest_path, "manifest"), manifest_path)
+                        f"cannot be repaired in place: {remedy}")
+    old = read_json(manifest_path, "manifest")
+    manifest = DatasetManifest.from_json(old, manifest_path)
     atomic_write_json(out_dir / BUILD_DIR / REPAIR_NAME,
-                      {"splits": {n: e.fingerprint for n, e in manifest.splits.items()}})
+                      {"splits": {n: e.fingerprint for n, e in manifest.splits.items()},
+                       "manifest": old})
     more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
     print(f"[build] {out_dir} is damaged: {damaged[0][1].split('; ')[0]}{more}; repairing it from "
           "its inputs", file=sys.stderr, flush=True)
-    manifest_path.unlink()
     for path, _ in damaged:
         if path.suffix == ".tar":
             (out_dir / BUILD_DIR / f"{path.stem}.json").unlink(missing_ok=True)
         elif path.suffix == ".beton":
             path.unlink(missing_ok=True)
+    manifest_path.unlink()
 
 
-def _read_repair(out_dir: Path) -> dict | None:
+def _undo_repair(out_dir: Path, repair: dict) -> None:
+    """A repair refused: the manifest it removed goes back (the intact files, all but the
+    damaged ones, are usable again, as before the repair) and its record goes."""
+    if isinstance(repair.get("manifest"), dict):
+        atomic_write_json(out_dir / MANIFEST_NAME, repair["manifest"])
+    (out_dir / BUILD_DIR / REPAIR_NAME).unlink(missing_ok=True)
+
+
+def _read_repair(out_dir: Path, remedy: str = REMEDY) -> dict | None:
     """The record of a repair under way (:func:`_start_repair`), else None."""
     path = out_dir / BUILD_DIR / REPAIR_NAME
     if not path.is_file():
         return None
     rec = read_json(path, "repair record")
     if not isinstance(rec, dict) or not isinstance(rec.get("splits"), dict):
-        raise DataError(f"{path} is damaged; rebuild {out_dir} with --overwrite")
+        raise DataError(f"{path} is damaged; {remedy}")
     return rec

@@ -38,12 +38,16 @@ def build(
 ) -> None:
     """Convert SOURCE into FFCV betons + WebDataset shards + labels + manifest (resumable)."""
     from beton_builders.sources import default_max_side, resolve_source, split_note
-    from beton_builders.writer import BuildOptions, build_dataset, remove_stale_parts
+    from beton_builders.writer import (BuildOptions, build_dataset, clear_for_overwrite,
+                                       remove_stale_parts)
 
     from ..fsutil import check_out_dir
 
     check_out_dir(out, "--out", must_write=False)  # (a read-only finished build is reused)
     specs = resolve_source(source, split_json, split.value)
+    if overwrite:
+        for gone in clear_for_overwrite(out, [sub for sub in specs if sub]):
+            typer.echo(f"{gone}: removed (the replaced build, of another shape than {source})")
     for sub, spec in specs.items():
         side = max_side if max_side is not None else default_max_side(spec)
         opts = BuildOptions(max_side=side, quality=quality, shard_size=shard_size,

@@ -135,7 +135,7 @@ def _check_checksums(split: SplitInfo, out: list[str]) -> None:
     if want is not None and split.beton.is_file():
         problems.append(beton_problem(split.beton, want, split.name, "rebuild the dataset"))
     for path, w in zip(split.shards, rec.get("shards", [])):
-        if path.is_file():  # (a missing shard is _check_shards')
+        if path.is_file() and w is not None:  # (a missing shard is _check_shards')
             problems.append(shard_problem(path, w, split.name, "rebuild the dataset"))
     out.extend(p for p in problems if p is not None)
 

@@ -597,12 +597,18 @@ def test_a_repair_that_would_give_other_data_is_refused_on_every_rerun(tmp_path)
     beton = (out / "train.beton").read_bytes()
     shard = _shards(out)[0]
     shard.write_bytes(shard.read_bytes()[:2000])
+    manifest = (out / "manifest.json").read_bytes()
+    intact = {p.name: p.read_bytes() for p in _shards(out)[1:]}
     for _ in range(2):
         with pytest.raises(DataError, match="would give other data than it was built with.*its "
-                                            "beton, labels and index were left as they were"):
+                                            "manifest and intact files are back as they were"):
             build_dataset(_file_spec(src, salt=1), out, OPTS, source="folder:src")
-        assert not (out / "manifest.json").exists()
+        # the build is as usable as before the repair: its manifest is back, the intact shards
+        # (whose inputs changed too) and the beton untouched
+        assert (out / "manifest.json").read_bytes() == manifest
+        assert {p.name: p.read_bytes() for p in _shards(out)[1:]} == intact
         assert (out / "train.beton").read_bytes() == beton
+        assert not (out / ".build" / "repair.json").exists()
     build_dataset(_file_spec(src), out, OPTS, source="folder:src")  # the original pixels again
     assert verify_ok(out) and not (out / ".build" / "repair.json").exists()
     assert (out / "train.beton").read_bytes() == beton
@@ -795,3 +801,57 @@ def test_rejects_txt_keeps_one_line_per_reject_for_names_with_tabs_and_newlines(
     rows = [line.split("\t") for line in (tmp_path / "o" / "rejects.txt").read_text().splitlines()[1:]]
     assert [len(r) for r in rows] == [3, 3]
     assert sorted(Path(r[1]).name for r in rows) == ["line\\nbreak.jpg", "tab\\there.jpg"]
+
+
+def test_an_empty_labels_file_is_repaired_not_an_abort(tmp_path, builds):
+    """An emptied labels file (``np.load``: EOFError) is one more damaged file to repair."""
+    out = tmp_path / "out"
+    shutil.copytree(builds["a"], out)
+    labels = (out / "train.labels.npy").read_bytes()
+    (out / "train.labels.npy").write_bytes(b"")
+    build_dataset(_spec(), out, OPTS, source="mem")
+    assert (out / "train.labels.npy").read_bytes() == labels and verify_ok(out)
+
+
+def test_a_damaged_read_only_build_is_one_line_not_already_built(tmp_path, builds, monkeypatch):
+    """A finished build in a folder nobody can write is reused as it is, unless it is damaged:
+    then one line says so (the loaders' advice to rerun the build could not repair it there)."""
+    import errno
+
+    out = tmp_path / "out"
+    shutil.copytree(builds["a"], out)
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(writer_mod, "directory_lock", read_only)
+    assert build_dataset(_spec(), out, OPTS, source="mem").skipped
+    shard = _shards(out)[0]
+    shard.write_bytes(shard.read_bytes()[:500])
+    with pytest.raises(DataError, match="is damaged and read-only, so the build cannot repair it"):
+        build_dataset(_spec(), out, OPTS, source="mem")
+
+
+def test_overwrite_across_a_single_build_and_a_synth_build(tmp_path, capsys, monkeypatch):
+    """``--overwrite`` with a synth SOURCE over a single build removes that build's files (they
+    were left beside the new source/ and targets/), and a single SOURCE over a synth build
+    removes its source/ and targets/ (it was refused as no build)."""
+    from cli_runner import cli
+
+    small = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=4,"
+             "val_per_class=0,image_size=16,target_classes=3,target_train_per_class=2,"
+             "target_test_per_class=1,num_targets=1")
+    src = tmp_path / "src"
+    for c in ("a", "b"):
+        (src / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(_image(i + 3 * (c == "b"))).save(src / c / f"{i}.png")
+    out = tmp_path / "o"
+    args = ("--workers", "1", "--no-progress")
+    assert cli(capsys, monkeypatch, "build", f"folder:{src}", "--out", str(out), *args)[0] == 0
+    assert cli(capsys, monkeypatch, "build", small, "--out", str(out), "--overwrite", *args)[0] == 0
+    assert sorted(p.name for p in out.iterdir() if p.name != ".build.lock") == ["source", "targets"]
+    assert cli(capsys, monkeypatch, "build", f"folder:{src}", "--out", str(out), "--overwrite",
+               *args)[0] == 0
+    assert not (out / "source").exists() and not (out / "targets").exists()
+    assert (out / "manifest.json").is_file()
