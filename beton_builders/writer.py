@@ -218,9 +218,23 @@ def _check_ours(out_dir: Path) -> None:
     """Refuse a folder that holds anything but a dp4tl build (finished or not) or a fresh one,
     before a lock is taken or a temporary file removed there: it could be the user's."""
     if out_dir.is_dir() and not _is_build(out_dir) and not _is_fresh(out_dir):
+        if _is_build(out_dir / "source"):
+            raise DataError(f"{out_dir} holds a synth build (source/, targets/), which a build of "
+                            "one dataset does not replace: choose another --out")
         raise DataError(f"{out_dir} is not empty and is not a dp4tl build: choose another --out "
                         "(an empty or new folder; --overwrite replaces only a dp4tl build, never "
                         "other files)")
+
+
+def check_parts_fit(out_dir: Path, parts: list[str]) -> None:
+    """A SOURCE of several datasets (synth: ``parts`` ``source``, ``targets/<name>``) is built
+    into sub-folders: refused when ``out_dir`` itself holds a build of one dataset, before
+    anything is written (the two would be mixed in one folder; ``--overwrite`` replaces a build
+    of the same shape only)."""
+    if parts and _is_build(out_dir):
+        raise DataError(f"{out_dir} holds a build of one dataset; a synth SOURCE builds source/ "
+                        "and targets/ beside it, which --overwrite does not replace: choose "
+                        "another --out")
 
 
 def _differing(old: dict, new: dict) -> str:
@@ -275,26 +289,6 @@ def _remove_build(out_dir: Path) -> None:
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     for p in list(out_dir.glob("*.beton")) + list(out_dir.glob("*.labels.npy")):
         p.unlink()
-
-
-def clear_for_overwrite(out_dir: Path, parts: list[str]) -> list[Path]:
-    """``--overwrite`` across the two shapes of ``--out``: a SOURCE of several datasets
-    (``parts``: synth's ``source``, ``targets/<name>``) over a single build removes that build's
-    files, and a single dataset (``parts == []``) over a synth build removes its ``source`` and
-    ``targets/*`` builds; otherwise the two would be mixed in one folder, or the folder refused
-    as no build. Only dp4tl builds are removed. Returns what went."""
-    gone: list[Path] = []
-    if parts and _is_build(out_dir):
-        _remove_build(out_dir)
-        gone.append(out_dir / MANIFEST_NAME)
-    elif not parts and _is_build(out_dir / "source"):
-        for d in [out_dir / "source", *sorted((out_dir / "targets").glob("*"))]:
-            if d.is_dir() and _is_build(d):
-                shutil.rmtree(d)
-                gone.append(d)
-        with contextlib.suppress(OSError):
-            (out_dir / "targets").rmdir()  # (only when empty)
-    return gone
 
 
 def remove_stale_parts(out_dir: Path, parts: list[str]) -> list[Path]:
@@ -559,7 +553,8 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
 
     # 3. Rejects list and manifest (the manifest last: it marks the build complete)
     _check_interrupt()
-    save_input_stats(spec, out_dir / BUILD_DIR)
+    if not repair:  # (a repair keeps the stats of the build: intact shards keep their pixels,
+        save_input_stats(spec, out_dir / BUILD_DIR)  # so inputs changed since stay a warning)
     lines = ["# split\tinput\treason"] + [f"{s}\t{_tsv(n)}\t{_tsv(r)}" for s, n, r in all_rejects]
     atomic_write_text(out_dir / "rejects.txt", "\n".join(lines) + "\n")
     manifest = DatasetManifest(
@@ -604,12 +599,14 @@ def _damaged_files(out_dir: Path, remedy: str = REMEDY) -> list[tuple[Path, str]
         shards = [out_dir / p for p in entry.shards]
         rec = entry.checksums if entry.checksums and entry.checksums.get("scheme") == SCHEME else None
         if rec is None:  # an older build: what can be checked without recorded digests
-            out += [(p, f"{p} is missing") for p in [beton, *shards] if not p.is_file()]
+            listed = [beton, *shards, out_dir / entry.labels, out_dir / entry.index]
+            out += [(p, f"{p} is missing") for p in listed if not p.is_file()]
             if beton.is_file() and check_beton(beton, entry.num_samples)[1]:
                 out.append((beton, f"{beton}: damaged ({check_beton(beton, entry.num_samples)[1][0]})"))
             continue
         wants = rec.get("shards") or []
-        if not isinstance(rec.get("beton"), dict) or len(wants) != len(shards):
+        if (not isinstance(rec.get("beton"), dict) or len(wants) != len(shards)
+                or not all(w is None or isinstance(w, dict) for w in wants)):
             raise DataError(f"{out_dir / MANIFEST_NAME}: split {name!r}'s checksums do not fit its "
                             f"files (edited by hand?); restore manifest.json, or {remedy}")
         files = [(beton, rec["beton"], beton_problem)]

@@ -38,16 +38,14 @@ def build(
 ) -> None:
     """Convert SOURCE into FFCV betons + WebDataset shards + labels + manifest (resumable)."""
     from beton_builders.sources import default_max_side, resolve_source, split_note
-    from beton_builders.writer import (BuildOptions, build_dataset, clear_for_overwrite,
+    from beton_builders.writer import (BuildOptions, build_dataset, check_parts_fit,
                                        remove_stale_parts)
 
     from ..fsutil import check_out_dir
 
     check_out_dir(out, "--out", must_write=False)  # (a read-only finished build is reused)
     specs = resolve_source(source, split_json, split.value)
-    if overwrite:
-        for gone in clear_for_overwrite(out, [sub for sub in specs if sub]):
-            typer.echo(f"{gone}: removed (the replaced build, of another shape than {source})")
+    check_parts_fit(out, [sub for sub in specs if sub])
     for sub, spec in specs.items():
         side = max_side if max_side is not None else default_max_side(spec)
         opts = BuildOptions(max_side=side, quality=quality, shard_size=shard_size,

@@ -587,9 +587,10 @@ def test_rerunning_the_build_repairs_damaged_files_from_the_inputs(tmp_path, bui
 
 def test_a_repair_that_would_give_other_data_is_refused_on_every_rerun(tmp_path):
     """The inputs of a damaged shard changed since the build: repairing would change the data,
-    so the beton (intact) is left as it was, no manifest is written, and every later rerun
-    refuses too (the fingerprints to restore are kept in ``.build/repair.json``, not in memory);
-    with the inputs restored the repair completes."""
+    so the beton (intact) is left as it was, and every later rerun
+    refuses too, each time putting the manifest back so that the intact files stay usable (the
+    intact shards, whose inputs changed too, are not encoded again); with the inputs restored
+    the repair completes."""
     src = tmp_path / "src"
     spec = _file_spec(src)
     out = tmp_path / "out"
@@ -832,10 +833,11 @@ def test_a_damaged_read_only_build_is_one_line_not_already_built(tmp_path, build
         build_dataset(_spec(), out, OPTS, source="mem")
 
 
-def test_overwrite_across_a_single_build_and_a_synth_build(tmp_path, capsys, monkeypatch):
-    """``--overwrite`` with a synth SOURCE over a single build removes that build's files (they
-    were left beside the new source/ and targets/), and a single SOURCE over a synth build
-    removes its source/ and targets/ (it was refused as no build)."""
+def test_a_build_of_the_other_shape_is_refused_before_anything_is_touched(tmp_path, capsys,
+                                                                          monkeypatch):
+    """A synth SOURCE (source/ + targets/) over a build of one dataset, or the reverse, even
+    with ``--overwrite``: one line saying what the folder holds, and every file stays (a synth
+    SOURCE used to build beside the old build, mixing the two)."""
     from cli_runner import cli
 
     small = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=4,"
@@ -846,12 +848,46 @@ def test_overwrite_across_a_single_build_and_a_synth_build(tmp_path, capsys, mon
         (src / c).mkdir(parents=True)
         for i in range(3):
             Image.fromarray(_image(i + 3 * (c == "b"))).save(src / c / f"{i}.png")
-    out = tmp_path / "o"
-    args = ("--workers", "1", "--no-progress")
-    assert cli(capsys, monkeypatch, "build", f"folder:{src}", "--out", str(out), *args)[0] == 0
-    assert cli(capsys, monkeypatch, "build", small, "--out", str(out), "--overwrite", *args)[0] == 0
-    assert sorted(p.name for p in out.iterdir() if p.name != ".build.lock") == ["source", "targets"]
-    assert cli(capsys, monkeypatch, "build", f"folder:{src}", "--out", str(out), "--overwrite",
-               *args)[0] == 0
-    assert not (out / "source").exists() and not (out / "targets").exists()
-    assert (out / "manifest.json").is_file()
+    args = ("--workers", "1", "--no-progress", "--overwrite")
+    single, synth = tmp_path / "single", tmp_path / "synth"
+    assert cli(capsys, monkeypatch, "build", f"folder:{src}", "--out", str(single), *args)[0] == 0
+    assert cli(capsys, monkeypatch, "build", small, "--out", str(synth), *args)[0] == 0
+    for out, source, says in ((single, small, "holds a build of one dataset"),
+                              (synth, f"folder:{src}", "holds a synth build")):
+        before = sorted(p.relative_to(out) for p in out.rglob("*"))
+        code, _, err = cli(capsys, monkeypatch, "build", source, "--out", str(out), *args)
+        assert code != 0 and says in err and "Traceback" not in err
+        assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_a_repair_keeps_the_warning_about_inputs_changed_since_the_build(tmp_path):
+    """A repair keeps the intact shards (old pixels) of inputs edited since the build, so the
+    "input file(s) changed" warning must survive it (recording the new stats hid it)."""
+    import os
+
+    src = tmp_path / "src"
+    spec = _file_spec(src)
+    out = tmp_path / "out"
+    build_dataset(spec, out, OPTS, source="folder:src")
+    edited = Path(spec.splits["train"][20].ref)
+    Image.fromarray(_image(20, salt=1)).save(edited)
+    os.utime(edited, ns=(10**18, 10**18))
+    assert build_dataset(spec, out, OPTS, source="folder:src").warnings  # stale: warned
+    (out / "train.labels.npy").write_bytes(b"")
+    assert not build_dataset(spec, out, OPTS, source="folder:src").skipped  # repaired
+    again = build_dataset(spec, out, OPTS, source="folder:src")
+    assert again.skipped and any("changed size or modification time" in w for w in again.warnings)
+
+
+def test_an_older_build_without_checksums_is_repaired_when_its_labels_are_gone(tmp_path, builds):
+    """A build from before checksums were recorded: a missing labels file (what verify
+    reports) is repaired by the rerun, not "already built"."""
+    out = tmp_path / "out"
+    shutil.copytree(builds["a"], out)
+    m = _manifest(out)
+    m["splits"]["train"].pop("checksums", None)
+    (out / "manifest.json").write_text(json.dumps(m))
+    labels = (out / "train.labels.npy").read_bytes()
+    (out / "train.labels.npy").unlink()
+    assert not build_dataset(_spec(), out, OPTS, source="mem").skipped
+    assert (out / "train.labels.npy").read_bytes() == labels
