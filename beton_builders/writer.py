@@ -295,13 +295,17 @@ def remove_stale_parts(out_dir: Path, parts: list[str]) -> list[Path]:
     """After ``--overwrite`` of a SOURCE made of several datasets (synth: ``source`` and
     ``targets/<name>``), delete the dp4tl builds under ``out_dir/targets/`` that the new SOURCE
     no longer makes: the pipeline pairs every ``targets/*`` with the source, so a target of the
-    old build would be taken as one of the new. Other files are left alone. Returns what went."""
+    old build would be taken as one of the new. Only the files a build writes are deleted (a
+    folder left with other files stays, without a manifest). Returns what went."""
     gone = []
     targets = out_dir / "targets"
     keep = {Path(p) for p in parts}
     for d in sorted(targets.iterdir()) if targets.is_dir() else []:
         if d.is_dir() and d.relative_to(out_dir) not in keep and _is_build(d):
-            shutil.rmtree(d)
+            _remove_build(d)  # the build's own files only; the folder too when that empties it
+            (d / LOCK_NAME).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                d.rmdir()
             gone.append(d)
     return gone
 
