@@ -25,6 +25,16 @@ def _tree(root: Path) -> None:
             _img(root / c / f"{k}.jpg", 40 * k + 10)
 
 
+def _layout_tree(root: Path, layout: str) -> tuple[Path, Path]:
+    """(root, the folder of class folders): ``_tree`` as the folder layout or as ImageNet's
+    train/ (+ val/)."""
+    base = root / "train" if layout == "imagenet" else root
+    _tree(base)
+    if layout == "imagenet":
+        _tree(root / "val")
+    return root, base
+
+
 def _odd(name: bytes) -> str:
     return os.fsdecode(name)  # surrogate-escaped str, as os.scandir returns it
 
@@ -32,11 +42,7 @@ def _odd(name: bytes) -> str:
 @pytest.mark.parametrize("kind", ["link-pair", "self", "ancestor"])
 @pytest.mark.parametrize("layout", ["folder", "imagenet"])
 def test_symlink_loop_is_one_line_naming_the_link(tmp_path, kind, layout):
-    root = tmp_path / "ds"
-    base = root / "train" if layout == "imagenet" else root
-    _tree(base)
-    if layout == "imagenet":
-        _tree(root / "val")
+    root, base = _layout_tree(tmp_path / "ds", layout)
     where = base / "cat"
     if kind == "link-pair":
         os.symlink("b", where / "a")
@@ -95,11 +101,7 @@ def test_non_utf8_names_are_read_and_shown_escaped(tmp_path):
 def test_a_dangling_symlink_among_the_class_folders_is_one_line(tmp_path, layout):
     """A class folder reached through a symlink whose target is gone was dropped silently,
     renumbering the classes after it: it is one line naming the link."""
-    root = tmp_path / "ds"
-    base = root / "train" if layout == "imagenet" else root
-    _tree(base)
-    if layout == "imagenet":
-        _tree(root / "val")
+    root, base = _layout_tree(tmp_path / "ds", layout)
     link = base / "bird"
     os.symlink(tmp_path / "gone", link)
     with pytest.raises(DataError) as e:
