@@ -302,7 +302,8 @@ def remove_stale_parts(out_dir: Path, parts: list[str]) -> list[Path]:
     keep = {Path(p) for p in parts}
     for d in sorted(targets.iterdir()) if targets.is_dir() else []:
         if d.is_dir() and d.relative_to(out_dir) not in keep and _is_build(d):
-            _remove_build(d)  # the build's own files only; the folder too when that empties it
+            with directory_lock(d / LOCK_NAME, f"dataset folder {d}"):  # (a build writing it: refused)
+                _remove_build(d)  # the build's own files only; the folder too when that empties it
             (d / LOCK_NAME).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 d.rmdir()
