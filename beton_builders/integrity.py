@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -231,6 +231,24 @@ def shard_problem(path: Path, want: dict[str, Any], split_name: str, hint: str) 
         return (f"{path}: checksum of its first/last {SHARD_EDGE} bytes differs from "
                 f"the one recorded at build time (split {split_name!r}); {hint}")
     return None
+
+
+def recorded_problems(beton: Path, shards: list[Path], checksums: dict[str, Any], split_name: str,
+                      hint: str) -> Iterator[tuple[Path, str]]:
+    """``(file, problem)`` for each present file of a split that fails the checksum the build
+    recorded for it (:func:`beton_problem`, :func:`shard_problem`; a missing file or a missing
+    record is the caller's to report): every problem, for ``dp4tl verify`` and the build's
+    repair. (Loaders stop at the first: :func:`check_split_files`.)"""
+    want = checksums.get("beton")
+    if want is not None and beton.is_file():
+        problem = beton_problem(beton, want, split_name, hint)
+        if problem is not None:
+            yield beton, problem
+    for path, want in zip(shards, checksums.get("shards") or []):
+        if want is not None and path.is_file():
+            problem = shard_problem(path, want, split_name, hint)
+            if problem is not None:
+                yield path, problem
 
 
 def check_split_files(root: Path, split_name: str, beton: Path | None, shards: list[Path] | None,

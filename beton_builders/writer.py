@@ -129,11 +129,16 @@ def _listing_digest(spec: DatasetSpec) -> str:
     return h.hexdigest()
 
 
+def _shard_files(out_dir: Path, split: str, shard_id: int) -> tuple[Path, Path]:
+    """(tar, metadata) of one shard: ``wds/S-NNNNNN.tar`` and ``.build/S-NNNNNN.json``."""
+    name = f"{split}-{shard_id:06d}"
+    return out_dir / "wds" / f"{name}.tar", out_dir / BUILD_DIR / f"{name}.json"
+
+
 def _shard_task(args: tuple) -> tuple[str, int, int, int]:
     """Worker: encode one shard, write tar then metadata, both atomically."""
     out_dir, split, shard_id, samples, first, max_side, quality = args
-    tar_path = out_dir / "wds" / f"{split}-{shard_id:06d}.tar"
-    meta_path = out_dir / BUILD_DIR / f"{split}-{shard_id:06d}.json"
+    tar_path, meta_path = _shard_files(out_dir, split, shard_id)
     meta_path.unlink(missing_ok=True)  # (a shard encoded again: its old metadata goes first)
     stats = sample_stats(samples)  # before reading them: an edit during encoding is seen later
     with atomic_path(tar_path, suffix=".tar") as tmp:
@@ -153,8 +158,7 @@ def _shard_done(out_dir: Path, split: str, shard_id: int, samples: list) -> bool
     build mixed old pixels of edited inputs with new ones, and a truncated or deleted tar was
     checksummed as it was, or hung ffcv's beton writer). Metadata from before these fields were
     recorded is trusted on the tar's presence alone."""
-    meta_path = out_dir / BUILD_DIR / f"{split}-{shard_id:06d}.json"
-    tar_path = out_dir / "wds" / f"{split}-{shard_id:06d}.tar"
+    tar_path, meta_path = _shard_files(out_dir, split, shard_id)
     if not meta_path.exists():
         return False
     try:
@@ -449,9 +453,9 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
     for split, samples in spec.splits.items():
         for shard_id, first in enumerate(range(0, len(samples), opts.shard_size)):
             chunk = samples[first:first + opts.shard_size]
-            kept = ((out_dir / BUILD_DIR / f"{split}-{shard_id:06d}.json").exists()
-                    and (out_dir / "wds" / f"{split}-{shard_id:06d}.tar").is_file())
-            if not (kept if repair else _shard_done(out_dir, split, shard_id, chunk)):
+            tar, meta = _shard_files(out_dir, split, shard_id)
+            finished = meta.exists() and tar.is_file()
+            if not (finished if repair else _shard_done(out_dir, split, shard_id, chunk)):
                 tasks.append((out_dir, split, shard_id, chunk, first, opts.max_side, opts.quality))
     # splits whose shards this run writes: their beton is written again, except in a repair,
     # where the split's fingerprint (checked below, before the beton) proves the shards
@@ -486,7 +490,7 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
         n_shards = (len(samples) + opts.shard_size - 1) // opts.shard_size
         records, digests = [], []
         for shard_id in range(n_shards):
-            meta = read_json(out_dir / BUILD_DIR / f"{split}-{shard_id:06d}.json", "shard metadata")
+            meta = read_json(_shard_files(out_dir, split, shard_id)[1], "shard metadata")
             for rec in meta["samples"]:
                 records.append((shard_id, rec["offset"], rec["size"], rec["label"], rec["key"],
                                 rec["height"], rec["width"]))
@@ -507,7 +511,8 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
                             f"(split {split!r}: inputs changed or missing since); its manifest and "
                             "intact files are back as they were and the damaged files stay "
                             f"damaged: restore the inputs and rerun, or {remedy}")
-        shard_names = [f"wds/{split}-{i:06d}.tar" for i in range(n_shards)]
+        shard_names = [_shard_files(out_dir, split, i)[0].relative_to(out_dir).as_posix()
+                       for i in range(n_shards)]
         beton_path = out_dir / f"{split}.beton"
         if beton_path.exists() and (split in encoded or check_beton(beton_path, len(records))[1]):
             # damaged (e.g. truncated after the manifest was lost), or made from shards this
@@ -592,8 +597,7 @@ def _damaged_files(out_dir: Path, remedy: str = REMEDY) -> list[tuple[Path, str]
     labels' and index's digests), or for a build from before checksums were recorded, files
     missing and the beton's structure (:func:`~.beton.check_beton`). Empty when all match."""
     from .beton import check_beton
-    from .integrity import (SCHEME, VERIFY_HINT, array_digest, beton_problem, index_digest,
-                            shard_problem)
+    from .integrity import SCHEME, VERIFY_HINT, array_digest, index_digest, recorded_problems
 
     manifest = DatasetManifest.from_json(read_json(out_dir / MANIFEST_NAME, "manifest"),
                                          out_dir / MANIFEST_NAME)
@@ -606,21 +610,16 @@ def _damaged_files(out_dir: Path, remedy: str = REMEDY) -> list[tuple[Path, str]
         if rec is None:  # an older build: what can be checked without recorded digests
             listed = [beton, *shards, out_dir / entry.labels, out_dir / entry.index]
             out += [(p, f"{p} is missing") for p in listed if not p.is_file()]
-            if beton.is_file() and check_beton(beton, entry.num_samples)[1]:
-                out.append((beton, f"{beton}: damaged ({check_beton(beton, entry.num_samples)[1][0]})"))
+            problems = check_beton(beton, entry.num_samples)[1] if beton.is_file() else []
+            out += [(beton, f"{beton}: damaged ({problems[0]})")] if problems else []
             continue
         wants = rec.get("shards") or []
         if (not isinstance(rec.get("beton"), dict) or len(wants) != len(shards)
                 or not all(w is None or isinstance(w, dict) for w in wants)):
             raise DataError(f"{out_dir / MANIFEST_NAME}: split {name!r}'s checksums do not fit its "
                             f"files (edited by hand?); restore manifest.json, or {remedy}")
-        files = [(beton, rec["beton"], beton_problem)]
-        files += [(p, want, shard_problem) for p, want in zip(shards, wants)]
-        for path, want, problem in files:
-            why = (f"{path} is missing" if not path.is_file() else
-                   None if want is None else problem(path, want, name, hint))
-            if why:
-                out.append((path, why))
+        out += [(p, f"{p} is missing") for p in [beton, *shards] if not p.is_file()]
+        out += recorded_problems(beton, shards, rec, name, hint)
         for rel, key, digest in ((entry.labels, "labels", array_digest),
                                  (entry.index, "index", index_digest)):
             path = out_dir / rel

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from beton_builders.beton import check_beton, listed_samples
-from beton_builders.integrity import (SCHEME, beton_fingerprint, beton_problem, index_digest,
-                                      labels_intact, shard_problem)
+from beton_builders.integrity import (SCHEME, beton_fingerprint, index_digest, labels_intact,
+                                      recorded_problems)
 
 from ..errors import DataError
 
@@ -126,18 +126,13 @@ def _check_checksums(split: SplitInfo, out: list[str]) -> None:
     rec = split.checksums
     if not rec or rec.get("scheme") != SCHEME:
         return
-    want = rec.get("beton")
-    problems = []
     if len(rec.get("shards", [])) != len(split.shards):
-        problems.append(f"{split.root}/manifest.json lists {len(split.shards)} shards for split "
-                        f"{split.name!r} but checksums for {len(rec.get('shards', []))}; "
-                        "rebuild the dataset")
-    if want is not None and split.beton.is_file():
-        problems.append(beton_problem(split.beton, want, split.name, "rebuild the dataset"))
-    for path, w in zip(split.shards, rec.get("shards", [])):
-        if path.is_file() and w is not None:  # (a missing shard is _check_shards')
-            problems.append(shard_problem(path, w, split.name, "rebuild the dataset"))
-    out.extend(p for p in problems if p is not None)
+        out.append(f"{split.root}/manifest.json lists {len(split.shards)} shards for split "
+                   f"{split.name!r} but checksums for {len(rec.get('shards', []))}; "
+                   "rebuild the dataset")
+    # (a missing file is _check_shards' and _check_beton's)
+    out.extend(why for _, why in recorded_problems(split.beton, split.shards, rec, split.name,
+                                                   "rebuild the dataset"))
 
 
 class _Reader:
