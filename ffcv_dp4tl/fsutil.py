@@ -111,7 +111,6 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
 
 
 #: Name pattern of atomic_path's temporary files: ".<final name>.<random>.tmp[<suffix>]".
-#: the names :func:`atomic_path` gives its temporary files
 TEMP_GLOB = ".*.tmp*"
 
 
