@@ -13,18 +13,17 @@ Resumability: shards are encoded in parallel, one task per shard, and each shard
 visible only by an atomic rename followed by its metadata file in ``.build/``. A rerun of the
 same command skips finished shards; the beton, labels and manifest are produced from the
 finished shards, each atomically. A directory without ``manifest.json`` is never complete.
+What may be written or removed in ``out_dir`` is decided in :mod:`.out_dir`; a rerun on a finished
+build whose files were damaged since repairs it (:mod:`.repair`).
 """
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import hashlib
 import json
 import multiprocessing as mp
 import os
-import shutil
 import signal
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,23 +39,20 @@ from ffcv_dp4tl.contracts import (FORMAT, BetonMode, INDEX_DTYPE, MANIFEST_NAME,
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import (atomic_path, atomic_save_npy, atomic_write_json,
                                atomic_write_text, check_free_space, check_out_dir, directory_lock,
-                               TEMP_GLOB, fsync_path, is_disk_full, is_unwritable, read_json,
+                               fsync_path, is_disk_full, is_unwritable, read_json,
                                remove_orphan_temps)
 
 from .beton import (ShardBytesDataset, beton_images, beton_workers, check_beton, keep_as_jpeg,
                     write_beton)
+from .out_dir import BUILD_DIR, LOCK_NAME, REMEDY, check_ours, is_build, remove_build, shard_files
 from .input_stats import sample_stats, save_input_stats, stale_inputs
 from .integrity import beton_fingerprint, split_checksums, stored_digests
+from .repair import damaged_files, end_repair, read_repair, start_repair, undo_repair
 from .shards import write_shard
 from .spec import DatasetSpec
 
-BUILD_DIR = ".build"
-#: fcntl lock held by the build writing a folder (see ffcv_dp4tl.fsutil.directory_lock)
-LOCK_NAME = ".build.lock"
 #: ffcv DatasetWriter's default page size (4 * MIN_PAGE_SIZE = 8 MiB in ffcv 1.0.2)
 BETON_PAGE_SIZE = 8 * 2**20
-#: what the user can do when ``--out`` holds something else (the pipeline passes its own words)
-REMEDY = "pass --overwrite to replace it, or choose another --out"
 
 
 @dataclass(frozen=True)
@@ -129,16 +125,10 @@ def _listing_digest(spec: DatasetSpec) -> str:
     return h.hexdigest()
 
 
-def _shard_files(out_dir: Path, split: str, shard_id: int) -> tuple[Path, Path]:
-    """(tar, metadata) of one shard: ``wds/S-NNNNNN.tar`` and ``.build/S-NNNNNN.json``."""
-    name = f"{split}-{shard_id:06d}"
-    return out_dir / "wds" / f"{name}.tar", out_dir / BUILD_DIR / f"{name}.json"
-
-
 def _shard_task(args: tuple) -> tuple[str, int, int, int]:
     """Worker: encode one shard, write tar then metadata, both atomically."""
     out_dir, split, shard_id, samples, first, max_side, quality = args
-    tar_path, meta_path = _shard_files(out_dir, split, shard_id)
+    tar_path, meta_path = shard_files(out_dir, split, shard_id)
     meta_path.unlink(missing_ok=True)  # (a shard encoded again: its old metadata goes first)
     stats = sample_stats(samples)  # before reading them: an edit during encoding is seen later
     with atomic_path(tar_path, suffix=".tar") as tmp:
@@ -158,7 +148,7 @@ def _shard_done(out_dir: Path, split: str, shard_id: int, samples: list) -> bool
     build mixed old pixels of edited inputs with new ones, and a truncated or deleted tar was
     checksummed as it was, or hung ffcv's beton writer). Metadata from before these fields were
     recorded is trusted on the tar's presence alone."""
-    tar_path, meta_path = _shard_files(out_dir, split, shard_id)
+    tar_path, meta_path = shard_files(out_dir, split, shard_id)
     if not meta_path.exists():
         return False
     try:
@@ -199,48 +189,6 @@ def _settings(spec: DatasetSpec, opts: BuildOptions, source: str) -> dict:
     return settings
 
 
-def _is_build(out_dir: Path) -> bool:
-    """``out_dir`` holds a dp4tl build, finished (its manifest) or not (its settings, the first
-    file a build writes)."""
-    return (out_dir / MANIFEST_NAME).exists() or (out_dir / BUILD_DIR / "settings.json").exists()
-
-
-def _is_fresh(out_dir: Path) -> bool:
-    """Nothing in ``out_dir`` but a build's lock and a ``.build/`` holding at most temporary
-    files (a build killed while writing its first file)."""
-    if not out_dir.exists():
-        return True
-    for p in out_dir.iterdir():
-        if p.name == LOCK_NAME or (p.name == BUILD_DIR and p.is_dir() and all(
-                fnmatch.fnmatch(q.name, TEMP_GLOB) for q in p.iterdir())):
-            continue
-        return False
-    return True
-
-
-def _check_ours(out_dir: Path) -> None:
-    """Refuse a folder that holds anything but a dp4tl build (finished or not) or a fresh one,
-    before a lock is taken or a temporary file removed there: it could be the user's."""
-    if out_dir.is_dir() and not _is_build(out_dir) and not _is_fresh(out_dir):
-        if _is_build(out_dir / "source"):
-            raise DataError(f"{out_dir} holds a synth build (source/, targets/), which a build of "
-                            "one dataset does not replace: choose another --out")
-        raise DataError(f"{out_dir} is not empty and is not a dp4tl build: choose another --out "
-                        "(an empty or new folder; --overwrite replaces only a dp4tl build, never "
-                        "other files)")
-
-
-def check_parts_fit(out_dir: Path, parts: list[str]) -> None:
-    """A SOURCE of several datasets (synth: ``parts`` ``source``, ``targets/<name>``) is built
-    into sub-folders: refused when ``out_dir`` itself holds a build of one dataset, before
-    anything is written (the two would be mixed in one folder; ``--overwrite`` replaces a build
-    of the same shape only)."""
-    if parts and _is_build(out_dir):
-        raise DataError(f"{out_dir} holds a build of one dataset; a synth SOURCE builds source/ "
-                        "and targets/ beside it, which --overwrite does not replace: choose "
-                        "another --out")
-
-
 def _differing(old: dict, new: dict) -> str:
     """What differs between two builds' settings, for the refusal: the source (as written),
     the option names (``quality 90 -> 80``), the input listing or the generated content."""
@@ -267,9 +215,9 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
     settings = _settings(spec, opts, source)
     manifest_path = out_dir / MANIFEST_NAME
     settings_path = out_dir / BUILD_DIR / "settings.json"
-    _check_ours(out_dir)  # (again under the lock)
-    if overwrite and _is_build(out_dir):
-        _remove_build(out_dir)
+    check_ours(out_dir)  # (again under the lock)
+    if overwrite and is_build(out_dir):
+        remove_build(out_dir)
     if manifest_path.exists():
         old = DatasetManifest.from_json(read_json(manifest_path, "manifest"), manifest_path).build
         if old == settings:
@@ -284,35 +232,6 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
                             f"to resume, or {remedy}")
     atomic_write_json(settings_path, settings)
     return settings, False
-
-
-def _remove_build(out_dir: Path) -> None:
-    """Delete the files a build writes in ``out_dir`` (``--overwrite``), nothing else."""
-    for name in [MANIFEST_NAME, "rejects.txt", BUILD_DIR, "wds"]:
-        p = out_dir / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    for p in list(out_dir.glob("*.beton")) + list(out_dir.glob("*.labels.npy")):
-        p.unlink()
-
-
-def remove_stale_parts(out_dir: Path, parts: list[str]) -> list[Path]:
-    """After ``--overwrite`` of a SOURCE made of several datasets (synth: ``source`` and
-    ``targets/<name>``), delete the dp4tl builds under ``out_dir/targets/`` that the new SOURCE
-    no longer makes: the pipeline pairs every ``targets/*`` with the source, so a target of the
-    old build would be taken as one of the new. Only the files a build writes are deleted (a
-    folder left with other files stays, without a manifest). Returns what went."""
-    gone = []
-    targets = out_dir / "targets"
-    keep = {Path(p) for p in parts}
-    for d in sorted(targets.iterdir()) if targets.is_dir() else []:
-        if d.is_dir() and d.relative_to(out_dir) not in keep and _is_build(d):
-            with directory_lock(d / LOCK_NAME, f"dataset folder {d}"):  # (a build writing it: refused)
-                _remove_build(d)  # the build's own files only; the folder too when that empties it
-            (d / LOCK_NAME).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                d.rmdir()
-            gone.append(d)
-    return gone
 
 
 def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | None = None,
@@ -333,7 +252,7 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
     out_dir = Path(out_dir)
     check_out_dir(out_dir, "--out", must_write=False)
     _check_out_outside_input(source, out_dir)
-    _check_ours(out_dir)
+    check_ours(out_dir)
     with contextlib.ExitStack() as stack:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -344,7 +263,7 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
             # nobody can write a read-only folder, so a finished build there is safe to use
             done = _complete_build(spec, out_dir, opts, source)
             if done is not None:
-                damaged = _damaged_files(out_dir, remedy)
+                damaged = damaged_files(out_dir, remedy)
                 if damaged:
                     raise DataError(f"{damaged[0][1].split('; ')[0]}: {out_dir} is damaged and "
                                     "read-only, so the build cannot repair it; rerun it where the "
@@ -440,12 +359,12 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
                   overwrite: bool, remedy: str = REMEDY) -> BuildSummary:
     settings, done = _prepare_dir(spec, out_dir, opts, source, overwrite, remedy)
     if done:
-        damaged = _damaged_files(out_dir, remedy)
+        damaged = damaged_files(out_dir, remedy)
         if not damaged:
             return _complete_build(spec, out_dir, opts, source)
-        _start_repair(out_dir, damaged, remedy)
+        start_repair(out_dir, damaged, remedy)
     # a repair (begun now or by an earlier run that stopped): what it must restore
-    repair = _read_repair(out_dir, remedy)
+    repair = read_repair(out_dir, remedy)
 
     # 1. Shards (parallel, resumable; a repair encodes only the shards it marked as damaged,
     # by removing their metadata: an intact shard whose inputs were merely touched stays)
@@ -453,7 +372,7 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
     for split, samples in spec.splits.items():
         for shard_id, first in enumerate(range(0, len(samples), opts.shard_size)):
             chunk = samples[first:first + opts.shard_size]
-            tar, meta = _shard_files(out_dir, split, shard_id)
+            tar, meta = shard_files(out_dir, split, shard_id)
             finished = meta.exists() and tar.is_file()
             if not (finished if repair else _shard_done(out_dir, split, shard_id, chunk)):
                 tasks.append((out_dir, split, shard_id, chunk, first, opts.max_side, opts.quality))
@@ -490,7 +409,7 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
         n_shards = (len(samples) + opts.shard_size - 1) // opts.shard_size
         records, digests = [], []
         for shard_id in range(n_shards):
-            meta = read_json(_shard_files(out_dir, split, shard_id)[1], "shard metadata")
+            meta = read_json(shard_files(out_dir, split, shard_id)[1], "shard metadata")
             for rec in meta["samples"]:
                 records.append((shard_id, rec["offset"], rec["size"], rec["label"], rec["key"],
                                 rec["height"], rec["width"]))
@@ -506,12 +425,12 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
         labels = index["label"].astype(np.int64)
         fingerprint = split_fingerprint(b"".join(digests), labels, spec.classes)
         if repair and repair["splits"].get(split) not in (None, fingerprint):
-            _undo_repair(out_dir, repair)
+            undo_repair(out_dir, repair)
             raise DataError(f"repairing {out_dir} would give other data than it was built with "
                             f"(split {split!r}: inputs changed or missing since); its manifest and "
                             "intact files are back as they were and the damaged files stay "
                             f"damaged: restore the inputs and rerun, or {remedy}")
-        shard_names = [_shard_files(out_dir, split, i)[0].relative_to(out_dir).as_posix()
+        shard_names = [shard_files(out_dir, split, i)[0].relative_to(out_dir).as_posix()
                        for i in range(n_shards)]
         beton_path = out_dir / f"{split}.beton"
         if beton_path.exists() and (split in encoded or check_beton(beton_path, len(records))[1]):
@@ -581,7 +500,7 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     atomic_write_json(out_dir / MANIFEST_NAME, manifest.to_json())
-    (out_dir / BUILD_DIR / REPAIR_NAME).unlink(missing_ok=True)  # (repaired: the record goes)
+    end_repair(out_dir)  # (repaired, if it was a repair: its record goes)
     return BuildSummary(out_dir, summaries, warnings=emptied)
 
 
@@ -591,96 +510,3 @@ def _tsv(text: str) -> str:
     return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def _damaged_files(out_dir: Path, remedy: str = REMEDY) -> list[tuple[Path, str]]:
-    """``(file, problem)`` for each file of a finished build that no longer matches what the
-    build recorded: the cheap checks the loaders run (sizes, header and edge digests, the
-    labels' and index's digests), or for a build from before checksums were recorded, files
-    missing and the beton's structure (:func:`~.beton.check_beton`). Empty when all match."""
-    from .beton import check_beton
-    from .integrity import SCHEME, VERIFY_HINT, array_digest, index_digest, recorded_problems
-
-    manifest = DatasetManifest.from_json(read_json(out_dir / MANIFEST_NAME, "manifest"),
-                                         out_dir / MANIFEST_NAME)
-    hint = VERIFY_HINT.format(root=out_dir)
-    out = []
-    for name, entry in manifest.splits.items():
-        beton = out_dir / entry.beton
-        shards = [out_dir / p for p in entry.shards]
-        rec = entry.checksums if entry.checksums and entry.checksums.get("scheme") == SCHEME else None
-        if rec is None:  # an older build: what can be checked without recorded digests
-            listed = [beton, *shards, out_dir / entry.labels, out_dir / entry.index]
-            out += [(p, f"{p} is missing") for p in listed if not p.is_file()]
-            problems = check_beton(beton, entry.num_samples)[1] if beton.is_file() else []
-            out += [(beton, f"{beton}: damaged ({problems[0]})")] if problems else []
-            continue
-        wants = rec.get("shards") or []
-        if (not isinstance(rec.get("beton"), dict) or len(wants) != len(shards)
-                or not all(w is None or isinstance(w, dict) for w in wants)):
-            raise DataError(f"{out_dir / MANIFEST_NAME}: split {name!r}'s checksums do not fit its "
-                            f"files (edited by hand?); restore manifest.json, or {remedy}")
-        out += [(p, f"{p} is missing") for p in [beton, *shards] if not p.is_file()]
-        out += recorded_problems(beton, shards, rec, name, hint)
-        for rel, key, digest in ((entry.labels, "labels", array_digest),
-                                 (entry.index, "index", index_digest)):
-            path = out_dir / rel
-            if key in rec:
-                try:
-                    ok = digest(np.load(path, allow_pickle=False)) == rec[key]
-                except (OSError, ValueError, EOFError):  # (an empty file: EOFError)
-                    ok = False
-                if not ok:
-                    out.append((path, f"{path} is missing or differs from the build's"))
-    return out
-
-
-#: under ``.build/``: what a repair must restore (see :func:`_start_repair`)
-REPAIR_NAME = "repair.json"
-
-
-def _start_repair(out_dir: Path, damaged: list[tuple[Path, str]], remedy: str = REMEDY) -> None:
-    """Turn a finished build with ``damaged`` files back into an interrupted one that the
-    normal resume completes: a damaged shard loses its metadata (so it alone is encoded again
-    from its inputs), a damaged beton is deleted (written again from the shards), the labels
-    and index are always written again. Order, so that a kill at any point leaves a state the
-    next run handles: ``.build/repair.json`` first (the manifest and its split fingerprints),
-    then the damaged files' metadata, the manifest last. Until a repair restores the
-    fingerprints, a split whose shards would give other data (inputs changed or vanished
-    since) is refused before its beton is touched, and the manifest is put back
-    (:func:`_undo_repair`). Needs the build's ``.build/`` records; without them, ``remedy``."""
-    manifest_path = out_dir / MANIFEST_NAME
-    if not (out_dir / BUILD_DIR / "settings.json").is_file():
-        raise DataError(f"{damaged[0][1]}; {out_dir}'s build records (.build/) are gone, so it "
-                        f"cannot be repaired in place: {remedy}")
-    old = read_json(manifest_path, "manifest")
-    manifest = DatasetManifest.from_json(old, manifest_path)
-    atomic_write_json(out_dir / BUILD_DIR / REPAIR_NAME,
-                      {"splits": {n: e.fingerprint for n, e in manifest.splits.items()},
-                       "manifest": old})
-    more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
-    print(f"[build] {out_dir} is damaged: {damaged[0][1].split('; ')[0]}{more}; repairing it from "
-          "its inputs", file=sys.stderr, flush=True)
-    for path, _ in damaged:
-        if path.suffix == ".tar":
-            (out_dir / BUILD_DIR / f"{path.stem}.json").unlink(missing_ok=True)
-        elif path.suffix == ".beton":
-            path.unlink(missing_ok=True)
-    manifest_path.unlink()
-
-
-def _undo_repair(out_dir: Path, repair: dict) -> None:
-    """A repair refused: the manifest it removed goes back (the intact files, all but the
-    damaged ones, are usable again, as before the repair) and its record goes."""
-    if isinstance(repair.get("manifest"), dict):
-        atomic_write_json(out_dir / MANIFEST_NAME, repair["manifest"])
-    (out_dir / BUILD_DIR / REPAIR_NAME).unlink(missing_ok=True)
-
-
-def _read_repair(out_dir: Path, remedy: str = REMEDY) -> dict | None:
-    """The record of a repair under way (:func:`_start_repair`), else None."""
-    path = out_dir / BUILD_DIR / REPAIR_NAME
-    if not path.is_file():
-        return None
-    rec = read_json(path, "repair record")
-    if not isinstance(rec, dict) or not isinstance(rec.get("splits"), dict):
-        raise DataError(f"{path} is damaged; {remedy}")
-    return rec

@@ -38,8 +38,8 @@ def build(
 ) -> None:
     """Convert SOURCE into FFCV betons + WebDataset shards + labels + manifest (resumable)."""
     from beton_builders.sources import default_max_side, resolve_source, split_note
-    from beton_builders.writer import (BuildOptions, build_dataset, check_parts_fit,
-                                       remove_stale_parts)
+    from beton_builders.out_dir import check_parts_fit, remove_stale_parts
+    from beton_builders.writer import BuildOptions, build_dataset
 
     from ..fsutil import check_out_dir
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from beton_builders import BuildOptions, DatasetSpec, Sample, build_dataset
-from beton_builders.writer import LOCK_NAME
+from beton_builders.out_dir import LOCK_NAME
 from ffcv_dp4tl import fsutil
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import directory_lock

@@ -1,0 +1,102 @@
+"""What a build's ``--out`` folder holds, and what tells a dp4tl build from anyone else's files.
+
+A build writes into ``--out`` (see :mod:`.writer` for the layout): its manifest last, its
+records under ``.build/`` first (``settings.json``, one metadata file per finished shard), a
+lock while it runs. The rules here decide what a build may touch: a folder that is neither a
+build nor fresh is refused before any file is written or removed, since it could be the
+user's; ``--overwrite`` removes a build's own files and never anything else.
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import shutil
+from pathlib import Path
+
+from ffcv_dp4tl.contracts import MANIFEST_NAME
+from ffcv_dp4tl.errors import DataError
+from ffcv_dp4tl.fsutil import TEMP_GLOB, directory_lock
+
+#: the build's records: ``settings.json``, ``S-NNNNNN.json`` per finished shard, input stats
+BUILD_DIR = ".build"
+#: fcntl lock held by the build writing a folder (see ffcv_dp4tl.fsutil.directory_lock)
+LOCK_NAME = ".build.lock"
+#: what the user can do when ``--out`` holds something else (the pipeline passes its own words)
+REMEDY = "pass --overwrite to replace it, or choose another --out"
+
+
+def shard_files(out_dir: Path, split: str, shard_id: int) -> tuple[Path, Path]:
+    """(tar, metadata) of one shard: ``wds/S-NNNNNN.tar`` and ``.build/S-NNNNNN.json``."""
+    name = f"{split}-{shard_id:06d}"
+    return out_dir / "wds" / f"{name}.tar", out_dir / BUILD_DIR / f"{name}.json"
+
+
+def is_build(out_dir: Path) -> bool:
+    """``out_dir`` holds a dp4tl build, finished (its manifest) or not (its settings, the first
+    file a build writes)."""
+    return (out_dir / MANIFEST_NAME).exists() or (out_dir / BUILD_DIR / "settings.json").exists()
+
+
+def is_fresh(out_dir: Path) -> bool:
+    """Nothing in ``out_dir`` but a build's lock and a ``.build/`` holding at most temporary
+    files (a build killed while writing its first file)."""
+    if not out_dir.exists():
+        return True
+    for p in out_dir.iterdir():
+        if p.name == LOCK_NAME or (p.name == BUILD_DIR and p.is_dir() and all(
+                fnmatch.fnmatch(q.name, TEMP_GLOB) for q in p.iterdir())):
+            continue
+        return False
+    return True
+
+
+def check_ours(out_dir: Path) -> None:
+    """Refuse a folder that holds anything but a dp4tl build (finished or not) or a fresh one,
+    before a lock is taken or a temporary file removed there: it could be the user's."""
+    if out_dir.is_dir() and not is_build(out_dir) and not is_fresh(out_dir):
+        if is_build(out_dir / "source"):
+            raise DataError(f"{out_dir} holds a synth build (source/, targets/), which a build of "
+                            "one dataset does not replace: choose another --out")
+        raise DataError(f"{out_dir} is not empty and is not a dp4tl build: choose another --out "
+                        "(an empty or new folder; --overwrite replaces only a dp4tl build, never "
+                        "other files)")
+
+
+def check_parts_fit(out_dir: Path, parts: list[str]) -> None:
+    """A SOURCE of several datasets (synth: ``parts`` ``source``, ``targets/<name>``) is built
+    into sub-folders: refused when ``out_dir`` itself holds a build of one dataset, before
+    anything is written (the two would be mixed in one folder; ``--overwrite`` replaces a build
+    of the same shape only)."""
+    if parts and is_build(out_dir):
+        raise DataError(f"{out_dir} holds a build of one dataset; a synth SOURCE builds source/ "
+                        "and targets/ beside it, which --overwrite does not replace: choose "
+                        "another --out")
+
+
+def remove_build(out_dir: Path) -> None:
+    """Delete the files a build writes in ``out_dir`` (``--overwrite``), nothing else."""
+    for name in [MANIFEST_NAME, "rejects.txt", BUILD_DIR, "wds"]:
+        p = out_dir / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    for p in list(out_dir.glob("*.beton")) + list(out_dir.glob("*.labels.npy")):
+        p.unlink()
+
+
+def remove_stale_parts(out_dir: Path, parts: list[str]) -> list[Path]:
+    """After ``--overwrite`` of a SOURCE made of several datasets (synth: ``source`` and
+    ``targets/<name>``), delete the dp4tl builds under ``out_dir/targets/`` that the new SOURCE
+    no longer makes: the pipeline pairs every ``targets/*`` with the source, so a target of the
+    old build would be taken as one of the new. Only the files a build writes are deleted (a
+    folder left with other files stays, without a manifest). Returns what went."""
+    gone = []
+    targets = out_dir / "targets"
+    keep = {Path(p) for p in parts}
+    for d in sorted(targets.iterdir()) if targets.is_dir() else []:
+        if d.is_dir() and d.relative_to(out_dir) not in keep and is_build(d):
+            with directory_lock(d / LOCK_NAME, f"dataset folder {d}"):  # (a build writing it: refused)
+                remove_build(d)  # the build's own files only; the folder too when that empties it
+            (d / LOCK_NAME).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                d.rmdir()
+            gone.append(d)
+    return gone
