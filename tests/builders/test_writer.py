@@ -1,4 +1,5 @@
-"""Dataset builder (beton_builders.writer/shards/beton/encode) on tiny generated inputs.
+"""Dataset builder (beton_builders.writer/shards/beton/encode) on tiny generated inputs
+(tiny_builds.py; repair: test_repair.py; what --out may hold: test_out_dir.py).
 
 What users rely on: the output files exist and agree with each other (labels.npy, index,
 shards, beton, manifest); stock tools (tar, webdataset, ffcv) read them; equal inputs give equal
@@ -8,7 +9,6 @@ converted; interrupted builds resume without redoing finished shards.
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import subprocess
 import tarfile
@@ -23,47 +23,21 @@ from beton_builders import BuildOptions, DatasetSpec, Sample, build_dataset
 from ffcv_dp4tl.data.manifest import INDEX_DTYPE
 from ffcv_dp4tl.errors import DataError
 
+try:  # rootdir-relative import (no tests/__init__.py) or package-relative
+    from tiny_builds import (CLASSES, N, OPTS, SHARD, file_spec, image, labels_of, manifest_of,
+                             mem_spec, shards_of)
+except ImportError:  # pragma: no cover
+    from .tiny_builds import (CLASSES, N, OPTS, SHARD, file_spec, image,  # type: ignore[no-redef]
+                              labels_of, manifest_of, mem_spec, shards_of)
+
 # numba's dispatcher finalizer may log a KeyError when ffcv's generated code is collected.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-
-N = 40
-CLASSES = ["ant", "bee", "cat"]
-SHARD = 8  # -> 5 shards
-OPTS = BuildOptions(max_side=32, quality=90, shard_size=SHARD, workers=1, progress=False)
-
-
-def _image(i: int, salt: int = 0) -> np.ndarray:
-    """A 32x32 image with structure (gradient + blocks + noise), different for every i."""
-    rng = np.random.default_rng([i, salt])
-    y, x = np.mgrid[0:32, 0:32]
-    img = np.stack([(x * 8 + i * 5) % 256, (y * 8 + i * 11) % 256, ((x // 8 + y // 8) * 40) % 256], -1)
-    img = img + rng.integers(-10, 11, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def _labels(n: int = N) -> np.ndarray:
-    return (np.arange(n) * 7 // 3) % len(CLASSES)
-
-
-def _spec(changed: int | None = None, n: int = N) -> DatasetSpec:
-    labels = _labels(n)
-    samples = [Sample(_image(i, salt=int(i == changed)), int(labels[i]), name=f"mem/{i:03d}")
-               for i in range(n)]
-    return DatasetSpec("tiny", list(CLASSES), {"train": samples})
-
-
-def _manifest(d: Path) -> dict:
-    return json.loads((d / "manifest.json").read_text())
-
-
-def _shards(d: Path, split: str = "train") -> list[Path]:
-    return sorted((d / "wds").glob(f"{split}-*.tar"))
 
 
 def _shard_jpegs(d: Path, split: str = "train") -> list[bytes]:
     """JPEG bytes of every sample via the random-access index (as the wds loader reads them)."""
     index = np.load(d / "wds" / f"{split}.index.npy")
-    shards = [d / s for s in _manifest(d)["splits"][split]["shards"]]
+    shards = [d / s for s in manifest_of(d)["splits"][split]["shards"]]
     out = []
     for rec in index:
         with open(shards[rec["shard"]], "rb") as f:
@@ -94,17 +68,6 @@ def _stock_ffcv_read(beton: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(labels).ravel()
 
 
-@pytest.fixture(scope="module")
-def builds(tmp_path_factory):
-    """Same input built twice (serial and with 2 workers), once with one image changed."""
-    base = tmp_path_factory.mktemp("writer")
-    a, b, c = base / "a", base / "b", base / "c"
-    summary = build_dataset(_spec(), a, OPTS, source="mem")
-    build_dataset(_spec(), b, BuildOptions(**{**OPTS.__dict__, "workers": 2}), source="mem")
-    build_dataset(_spec(changed=21), c, OPTS, source="mem")
-    return {"a": a, "b": b, "c": c, "summary": summary}
-
-
 # ---------------------------------------------------------------------------------------------
 # Outputs and their consistency
 # ---------------------------------------------------------------------------------------------
@@ -114,22 +77,22 @@ def test_build_writes_all_outputs(builds):
     for name in ["train.beton", "train.labels.npy", "wds/train.index.npy", "manifest.json",
                  "rejects.txt"]:
         assert (d / name).is_file(), name
-    assert [p.name for p in _shards(d)] == [f"train-{i:06d}.tar" for i in range(5)]
+    assert [p.name for p in shards_of(d)] == [f"train-{i:06d}.tar" for i in range(5)]
     assert not _temp_leftovers(d)
 
     labels = np.load(d / "train.labels.npy")
-    assert labels.dtype == np.int64 and labels.tolist() == _labels().tolist()
+    assert labels.dtype == np.int64 and labels.tolist() == labels_of().tolist()
     index = np.load(d / "wds" / "train.index.npy")
     assert index.dtype == INDEX_DTYPE
     assert index["key"].tolist() == list(range(N))
     assert index["shard"].tolist() == [i // SHARD for i in range(N)]
     assert (index["label"] == labels).all()
 
-    m = _manifest(d)
+    m = manifest_of(d)
     s = m["splits"]["train"]
     assert m["classes"] == CLASSES and m["name"] == "tiny"
     assert s["num_samples"] == N and s["num_rejected"] == 0
-    assert s["class_counts"] == np.bincount(_labels(), minlength=3).tolist()
+    assert s["class_counts"] == np.bincount(labels_of(), minlength=3).tolist()
     assert s["shards"] == [f"wds/train-{i:06d}.tar" for i in range(5)]
     assert m["image"]["max_side"] == 32 and m["image"]["color"] == "RGB"
     assert (d / "rejects.txt").read_text().splitlines() == ["# split\tinput\treason"]
@@ -142,9 +105,9 @@ def test_build_writes_all_outputs(builds):
 
 def test_equal_inputs_equal_fingerprints_and_identical_shards(builds):
     a, b = builds["a"], builds["b"]
-    assert _manifest(a)["fingerprint"] == _manifest(b)["fingerprint"]
-    assert _manifest(a)["splits"]["train"]["fingerprint"] == _manifest(b)["splits"]["train"]["fingerprint"]
-    for sa, sb in zip(_shards(a), _shards(b), strict=True):
+    assert manifest_of(a)["fingerprint"] == manifest_of(b)["fingerprint"]
+    assert manifest_of(a)["splits"]["train"]["fingerprint"] == manifest_of(b)["splits"]["train"]["fingerprint"]
+    for sa, sb in zip(shards_of(a), shards_of(b), strict=True):
         assert sa.read_bytes() == sb.read_bytes(), sa.name
     assert (a / "wds/train.index.npy").read_bytes() == (b / "wds/train.index.npy").read_bytes()
     assert (a / "train.labels.npy").read_bytes() == (b / "train.labels.npy").read_bytes()
@@ -152,9 +115,9 @@ def test_equal_inputs_equal_fingerprints_and_identical_shards(builds):
 
 def test_changed_image_changes_fingerprint_and_only_its_shard(builds):
     a, c = builds["a"], builds["c"]
-    assert _manifest(a)["fingerprint"] != _manifest(c)["fingerprint"]
-    assert _manifest(a)["splits"]["train"]["fingerprint"] != _manifest(c)["splits"]["train"]["fingerprint"]
-    same = [sa.read_bytes() == sc.read_bytes() for sa, sc in zip(_shards(a), _shards(c))]
+    assert manifest_of(a)["fingerprint"] != manifest_of(c)["fingerprint"]
+    assert manifest_of(a)["splits"]["train"]["fingerprint"] != manifest_of(c)["splits"]["train"]["fingerprint"]
+    same = [sa.read_bytes() == sc.read_bytes() for sa, sc in zip(shards_of(a), shards_of(c))]
     assert same == [True, True, False, True, True]  # sample 21 lives in shard 2
 
 
@@ -169,7 +132,7 @@ def test_same_images_other_labels_or_class_names_are_other_data(tmp_path):
     n, opts = 6, BuildOptions(max_side=32, quality=90, shard_size=8, workers=1, progress=False)
 
     def build(name: str, labels: list[int], classes: list[str]) -> Path:
-        samples = [Sample(_image(i), labels[i], name=f"mem/{i:03d}") for i in range(n)]
+        samples = [Sample(image(i), labels[i], name=f"mem/{i:03d}") for i in range(n)]
         build_dataset(DatasetSpec("tiny", classes, {"train": samples}), tmp_path / name, opts,
                       source="mem")
         return tmp_path / name
@@ -181,9 +144,9 @@ def test_same_images_other_labels_or_class_names_are_other_data(tmp_path):
     npy = save_mask(tmp_path / "mask", make_mask([0, 2, 4], split, method="manual"))
     for what, d in builds.items():
         assert _shard_jpegs(d) == _shard_jpegs(base), what  # the very same image bytes
-        assert _manifest(d)["splits"]["train"]["fingerprint"] \
-            != _manifest(base)["splits"]["train"]["fingerprint"], what
-        assert _manifest(d)["fingerprint"] != _manifest(base)["fingerprint"], what
+        assert manifest_of(d)["splits"]["train"]["fingerprint"] \
+            != manifest_of(base)["splits"]["train"]["fingerprint"], what
+        assert manifest_of(d)["fingerprint"] != manifest_of(base)["fingerprint"], what
         with pytest.raises(MaskError, match="made for another dataset"):
             load_mask(npy, load_manifest(d).split("train"))
     assert load_mask(npy, split).indices.tolist() == [0, 2, 4]
@@ -196,26 +159,26 @@ def test_same_images_other_labels_or_class_names_are_other_data(tmp_path):
 def test_shards_are_plain_tars(builds):
     d = builds["a"]
     names = []
-    for shard in _shards(d):
+    for shard in shards_of(d):
         with tarfile.open(shard) as tar:
             names += tar.getnames()
     assert names == [f"{i:09d}.{ext}" for i in range(N) for ext in ("jpg", "cls")]
     if shutil.which("tar"):
-        out = subprocess.run(["tar", "tf", str(_shards(d)[0])], capture_output=True, text=True,
+        out = subprocess.run(["tar", "tf", str(shards_of(d)[0])], capture_output=True, text=True,
                              check=True).stdout.split()
         assert out == [f"{i:09d}.{ext}" for i in range(SHARD) for ext in ("jpg", "cls")]
-    with tarfile.open(_shards(d)[1]) as tar:
-        assert tar.extractfile(f"{SHARD:09d}.cls").read() == str(_labels()[SHARD]).encode()
+    with tarfile.open(shards_of(d)[1]) as tar:
+        assert tar.extractfile(f"{SHARD:09d}.cls").read() == str(labels_of()[SHARD]).encode()
 
 
 def test_webdataset_reads_all_samples(builds):
     import webdataset as wds
 
     d = builds["a"]
-    ds = wds.WebDataset([str(p) for p in _shards(d)], shardshuffle=False, empty_check=True).decode("pil")
+    ds = wds.WebDataset([str(p) for p in shards_of(d)], shardshuffle=False, empty_check=True).decode("pil")
     samples = list(ds)
     assert [s["__key__"] for s in samples] == [f"{i:09d}" for i in range(N)]
-    assert [int(s["cls"]) for s in samples] == _labels().tolist()
+    assert [int(s["cls"]) for s in samples] == labels_of().tolist()
     jpegs = _shard_jpegs(d)
     for s, jpeg in zip(samples, jpegs):
         assert s["jpg"].mode == "RGB" and s["jpg"].size == (32, 32)
@@ -231,7 +194,7 @@ def test_stock_ffcv_loader_reads_beton(builds):
     diff = np.abs(images.astype(int) - ref)
     assert diff.mean() < 2.0 and diff.max() <= 10, (diff.mean(), diff.max())  # decoder differences
     # and every decoded image is nearest to its own original input (right image, right order)
-    orig = np.stack([_image(i) for i in range(N)]).astype(int)
+    orig = np.stack([image(i) for i in range(N)]).astype(int)
     dist = np.abs(images.astype(int)[:, None] - orig[None]).mean(axis=(2, 3, 4))
     assert dist.argmin(axis=1).tolist() == list(range(N))
 
@@ -245,7 +208,7 @@ def test_beton_stores_exactly_the_shard_jpegs(builds):
     assert reader.num_samples == N and list(reader.handlers) == ["image", "label"]
     meta = reader.metadata
     assert (meta["f0"]["mode"] == IMAGE_MODES["jpg"]).all()
-    assert meta["f1"].tolist() == _labels().tolist()
+    assert meta["f1"].tolist() == labels_of().tolist()
     sizes = dict(zip(reader.alloc_table["ptr"].tolist(), reader.alloc_table["size"].tolist()))
     raw = np.fromfile(d / "train.beton", dtype=np.uint8)
     for i, jpeg in enumerate(_shard_jpegs(d)):
@@ -261,16 +224,16 @@ def test_proportion_mode_beton_read_by_stock_ffcv(builds, tmp_path):
 
     d = tmp_path / "prop"
     opts = BuildOptions(**{**OPTS.__dict__, "beton_mode": "proportion", "raw_fraction": 0.5})
-    build_dataset(_spec(), d, opts, source="mem")
+    build_dataset(mem_spec(), d, opts, source="mem")
     modes = Reader(str(d / "train.beton")).metadata["f0"]["mode"]
     n_raw = int((modes == IMAGE_MODES["raw"]).sum())
     assert 5 <= n_raw <= N - 5, n_raw  # a real mix (deterministic per sample index)
     # Same samples, same content fingerprint as the all-JPEG build: masks carry over.
-    assert _manifest(d)["fingerprint"] == _manifest(builds["a"])["fingerprint"]
-    assert [p.read_bytes() for p in _shards(d)] == [p.read_bytes() for p in _shards(builds["a"])]
+    assert manifest_of(d)["fingerprint"] == manifest_of(builds["a"])["fingerprint"]
+    assert [p.read_bytes() for p in shards_of(d)] == [p.read_bytes() for p in shards_of(builds["a"])]
 
     images, labels = _stock_ffcv_read(d / "train.beton", 32)
-    assert labels.tolist() == _labels().tolist()
+    assert labels.tolist() == labels_of().tolist()
     ref = np.stack([_decode(j) for j in _shard_jpegs(d)]).astype(int)
     diff = np.abs(images.astype(int) - ref)
     assert diff.mean() < 2.0 and diff.max() <= 10, (diff.mean(), diff.max())  # decoder differences
@@ -280,7 +243,7 @@ def test_invalid_options_rejected(tmp_path):
     for bad in [dict(quality=0), dict(max_side=4), dict(shard_size=0), dict(beton_mode="png"),
                 dict(raw_fraction=0.5), dict(beton_mode="proportion", raw_fraction=1.0)]:
         with pytest.raises(DataError, match="--"):
-            build_dataset(_spec(n=3), tmp_path / "x", BuildOptions(**{**OPTS.__dict__, **bad}))
+            build_dataset(mem_spec(n=3), tmp_path / "x", BuildOptions(**{**OPTS.__dict__, **bad}))
     assert not (tmp_path / "x").exists()
 
 
@@ -332,7 +295,7 @@ def test_bad_inputs_skipped_and_odd_modes_converted(tmp_path):
     summary = build_dataset(spec, out, BuildOptions(**{**OPTS.__dict__, "shard_size": 4}))
 
     assert [(s.num_samples, s.num_rejected) for s in summary.splits] == [(7, 4)]
-    m = _manifest(out)
+    m = manifest_of(out)
     assert m["splits"]["train"]["num_samples"] == 7 and m["splits"]["train"]["num_rejected"] == 4
 
     rows = [line.split("\t") for line in (out / "rejects.txt").read_text().splitlines()[1:]]
@@ -363,7 +326,7 @@ def test_bad_inputs_skipped_and_odd_modes_converted(tmp_path):
 
 
 def test_empty_split_is_an_error(tmp_path):
-    spec = DatasetSpec("e", ["a"], {"train": [Sample(_image(0), 0, "x")], "val": []})
+    spec = DatasetSpec("e", ["a"], {"train": [Sample(image(0), 0, "x")], "val": []})
     with pytest.raises(DataError, match="split 'val' of dataset 'e' is empty"):
         build_dataset(spec, tmp_path / "o", OPTS)
 
@@ -379,8 +342,8 @@ def test_all_inputs_bad_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("label", [3, -1])
 def test_label_out_of_range_is_an_error(tmp_path, label):
-    spec = DatasetSpec("lab", ["a", "b", "c"], {"train": [Sample(_image(0), 0, "ok"),
-                                                          Sample(_image(1), label, "img/bad")]})
+    spec = DatasetSpec("lab", ["a", "b", "c"], {"train": [Sample(image(0), 0, "ok"),
+                                                          Sample(image(1), label, "img/bad")]})
     with pytest.raises(DataError, match=r"img/bad: label -?\d outside \[0, 3\)"):
         build_dataset(spec, tmp_path / "o", OPTS)
     assert not (tmp_path / "o").exists()
@@ -399,14 +362,14 @@ class _InterruptOnce:
     def __call__(self) -> Image.Image:
         if self.flag.exists():
             raise KeyboardInterrupt
-        return Image.fromarray(_image(self.i))
+        return Image.fromarray(image(self.i))
 
 
 INTERRUPT_AT = 20  # in shard 2
 
 
 def _interruptible_spec(flag: Path) -> DatasetSpec:
-    spec = _spec()
+    spec = mem_spec()
     samples = list(spec.splits["train"])
     samples[INTERRUPT_AT] = Sample(_InterruptOnce(flag, INTERRUPT_AT), samples[INTERRUPT_AT].label,
                                    name=samples[INTERRUPT_AT].name)
@@ -444,9 +407,9 @@ def test_interrupted_encode_resumes_without_reencoding(tmp_path, shard_calls, bu
     assert shard_calls == [0, 8, 16]
     assert not (out / "manifest.json").exists()
     assert not list(out.glob("*.beton")) and not list(out.glob("*.labels.npy"))
-    assert [p.name for p in _shards(out)] == ["train-000000.tar", "train-000001.tar"]
+    assert [p.name for p in shards_of(out)] == ["train-000000.tar", "train-000001.tar"]
     assert not _temp_leftovers(out)  # the half-written shard 2 is gone, not renamed
-    mtimes = {p.name: p.stat().st_mtime_ns for p in _shards(out)}
+    mtimes = {p.name: p.stat().st_mtime_ns for p in shards_of(out)}
     with pytest.raises(DataError, match="not a built dataset"):
         from ffcv_dp4tl.data import load_manifest
         load_manifest(out)
@@ -456,10 +419,10 @@ def test_interrupted_encode_resumes_without_reencoding(tmp_path, shard_calls, bu
     summary = build_dataset(spec, out, OPTS, source="mem")
     assert not summary.skipped
     assert shard_calls == [16, 24, 32]  # finished shards 0 and 1 were not re-encoded
-    assert {p.name: p.stat().st_mtime_ns for p in _shards(out)[:2]} == mtimes
+    assert {p.name: p.stat().st_mtime_ns for p in shards_of(out)[:2]} == mtimes
     ref = builds["a"]  # uninterrupted build of the same content
-    assert _manifest(out)["fingerprint"] == _manifest(ref)["fingerprint"]
-    assert [p.read_bytes() for p in _shards(out)] == [p.read_bytes() for p in _shards(ref)]
+    assert manifest_of(out)["fingerprint"] == manifest_of(ref)["fingerprint"]
+    assert [p.read_bytes() for p in shards_of(out)] == [p.read_bytes() for p in shards_of(ref)]
     assert (out / "train.beton").is_file() and not _temp_leftovers(out)
 
     shard_calls.clear()
@@ -477,8 +440,8 @@ def test_interrupted_beton_write_resumes(tmp_path, shard_calls, monkeypatch, bui
 
     monkeypatch.setattr(writer_mod, "write_beton", crash)
     with pytest.raises(KeyboardInterrupt):
-        build_dataset(_spec(), out, OPTS, source="mem")
-    assert len(_shards(out)) == 5
+        build_dataset(mem_spec(), out, OPTS, source="mem")
+    assert len(shards_of(out)) == 5
     assert not (out / "manifest.json").exists() and not list(out.glob("*.beton"))
     assert not _temp_leftovers(out)
 
@@ -486,23 +449,10 @@ def test_interrupted_beton_write_resumes(tmp_path, shard_calls, monkeypatch, bui
     calls: list[int] = []
     real = writer_mod.write_shard
     monkeypatch.setattr(writer_mod, "write_shard", lambda p, s, first, *a: calls.append(first) or real(p, s, first, *a))
-    build_dataset(_spec(), out, OPTS, source="mem")
+    build_dataset(mem_spec(), out, OPTS, source="mem")
     assert calls == []  # every shard was already done
-    assert _manifest(out)["fingerprint"] == _manifest(builds["a"])["fingerprint"]
+    assert manifest_of(out)["fingerprint"] == manifest_of(builds["a"])["fingerprint"]
     assert (out / "train.beton").is_file()
-
-
-def _file_spec(folder: Path, salt: int = 0) -> DatasetSpec:
-    """``_spec``'s images as PNG files (what a folder layout lists): same names, ``salt`` other
-    pixels."""
-    folder.mkdir(parents=True, exist_ok=True)
-    labels = _labels()
-    samples = []
-    for i in range(N):
-        path = folder / f"{i:03d}.png"
-        Image.fromarray(_image(i, salt)).save(path)
-        samples.append(Sample(str(path), int(labels[i])))
-    return DatasetSpec("tiny", list(CLASSES), {"train": samples})
 
 
 def test_a_resumed_build_encodes_again_the_shards_whose_inputs_changed(tmp_path, monkeypatch):
@@ -512,7 +462,7 @@ def test_a_resumed_build_encodes_again_the_shards_whose_inputs_changed(tmp_path,
     import os
 
     src = tmp_path / "src"
-    spec = _file_spec(src)
+    spec = file_spec(src)
     out = tmp_path / "out"
     real = writer_mod.write_shard
 
@@ -525,15 +475,15 @@ def test_a_resumed_build_encodes_again_the_shards_whose_inputs_changed(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         build_dataset(spec, out, OPTS, source="folder:src")
     monkeypatch.undo()
-    assert len(_shards(out)) == 2
-    new = _file_spec(src, salt=1)  # the same files rewritten with other pixels
+    assert len(shards_of(out)) == 2
+    new = file_spec(src, salt=1)  # the same files rewritten with other pixels
     for i, sample in enumerate(new.splits["train"]):  # (and a later mtime, even on coarse clocks)
         os.utime(sample.ref, ns=(10**18 + i, 10**18 + i))
     build_dataset(new, out, OPTS, source="folder:src")
     clean = tmp_path / "clean"
     build_dataset(new, clean, OPTS, source="folder:src")
-    assert [p.read_bytes() for p in _shards(out)] == [p.read_bytes() for p in _shards(clean)]
-    assert _manifest(out)["fingerprint"] == _manifest(clean)["fingerprint"]
+    assert [p.read_bytes() for p in shards_of(out)] == [p.read_bytes() for p in shards_of(clean)]
+    assert manifest_of(out)["fingerprint"] == manifest_of(clean)["fingerprint"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "delete"])
@@ -543,7 +493,7 @@ def test_a_resumed_build_encodes_again_a_damaged_or_missing_shard(tmp_path, shar
     encoded again (a truncated one was checksummed as it was and the build declared complete;
     a deleted one hung ffcv's beton writer)."""
     flag, spec, out = _interrupted_build(tmp_path)
-    shard = _shards(out)[1]
+    shard = shards_of(out)[1]
     if damage == "truncate":
         shard.write_bytes(shard.read_bytes()[:1000])
     else:
@@ -552,92 +502,8 @@ def test_a_resumed_build_encodes_again_a_damaged_or_missing_shard(tmp_path, shar
     shard_calls.clear()
     build_dataset(spec, out, OPTS, source="mem")
     assert shard_calls == [8, 16, 24, 32]  # shard 1 again, then the unfinished ones
-    assert [p.read_bytes() for p in _shards(out)] == [p.read_bytes() for p in _shards(builds["a"])]
-    assert _manifest(out)["fingerprint"] == _manifest(builds["a"])["fingerprint"]
-
-
-def test_rerunning_the_build_repairs_damaged_files_from_the_inputs(tmp_path, builds, capsys):
-    """Loaders and ``verify`` say "rebuild the dataset" about a damaged file; rerunning the same
-    ``dp4tl build`` (which said "already built") repairs it: a damaged shard is encoded again, a
-    damaged beton written again, lost labels and index rewritten, and the result equals the
-    build it was, with one line on stderr saying so."""
-    from ffcv_dp4tl.data.verify import verify_dataset
-
-    out = tmp_path / "out"
-    shutil.copytree(builds["a"], out)
-    ref = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()
-           and p.suffix in (".tar", ".npy")}
-    shard = _shards(out)[2]
-    shard.write_bytes(shard.read_bytes()[:2000])
-    beton = out / "train.beton"
-    data = bytearray(beton.read_bytes())
-    data[30] ^= 0xFF  # in the header: the beton's checksum differs
-    beton.write_bytes(bytes(data))
-    (out / "train.labels.npy").unlink()
-    assert not verify_dataset(out).ok  # problems listed
-    summary = build_dataset(_spec(), out, OPTS, source="mem")
-    assert not summary.skipped
-    assert "is damaged" in capsys.readouterr().err
-    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()
-            and p.suffix in (".tar", ".npy")} == ref
-    assert verify_dataset(out).ok
-    assert _manifest(out)["fingerprint"] == _manifest(builds["a"])["fingerprint"]
-    assert build_dataset(_spec(), out, OPTS, source="mem").skipped  # intact: nothing to do
-
-
-def test_a_repair_that_would_give_other_data_is_refused_on_every_rerun(tmp_path):
-    """The inputs of a damaged shard changed since the build: repairing would change the data,
-    so the beton (intact) is left as it was, and every later rerun
-    refuses too, each time putting the manifest back so that the intact files stay usable (the
-    intact shards, whose inputs changed too, are not encoded again); with the inputs restored
-    the repair completes."""
-    src = tmp_path / "src"
-    spec = _file_spec(src)
-    out = tmp_path / "out"
-    build_dataset(spec, out, OPTS, source="folder:src")
-    beton = (out / "train.beton").read_bytes()
-    shard = _shards(out)[0]
-    shard.write_bytes(shard.read_bytes()[:2000])
-    manifest = (out / "manifest.json").read_bytes()
-    intact = {p.name: p.read_bytes() for p in _shards(out)[1:]}
-    for _ in range(2):
-        with pytest.raises(DataError, match="would give other data than it was built with.*its "
-                                            "manifest and intact files are back as they were"):
-            build_dataset(_file_spec(src, salt=1), out, OPTS, source="folder:src")
-        # the build is as usable as before the repair: its manifest is back, the intact shards
-        # (whose inputs changed too) and the beton untouched
-        assert (out / "manifest.json").read_bytes() == manifest
-        assert {p.name: p.read_bytes() for p in _shards(out)[1:]} == intact
-        assert (out / "train.beton").read_bytes() == beton
-        assert not (out / ".build" / "repair.json").exists()
-    build_dataset(_file_spec(src), out, OPTS, source="folder:src")  # the original pixels again
-    assert verify_ok(out) and not (out / ".build" / "repair.json").exists()
-    assert (out / "train.beton").read_bytes() == beton
-
-
-def test_repairing_a_shard_keeps_an_intact_beton(tmp_path, builds):
-    """One damaged shard is encoded again; the beton, which passed its checksum, is not written
-    again (at ImageNet scale that is a 70 GB write for one 100 MB shard)."""
-    out = tmp_path / "out"
-    shutil.copytree(builds["a"], out)
-    before = (out / "train.beton").stat().st_mtime_ns
-    shard = _shards(out)[3]
-    shard.write_bytes(shard.read_bytes()[:1000])
-    build_dataset(_spec(), out, OPTS, source="mem")
-    assert (out / "train.beton").stat().st_mtime_ns == before
-    assert verify_ok(out)
-    # what the loaders advise for damage inside a sample: delete the file named, rerun the build
-    (out / "train.beton").unlink()
-    _shards(out)[1].unlink()
-    build_dataset(_spec(), out, OPTS, source="mem")
-    assert verify_ok(out) and len(_shards(out)) == 5
-    assert _manifest(out)["fingerprint"] == _manifest(builds["a"])["fingerprint"]
-
-
-def verify_ok(out: Path) -> bool:
-    from ffcv_dp4tl.data.verify import verify_dataset
-
-    return verify_dataset(out).ok
+    assert [p.read_bytes() for p in shards_of(out)] == [p.read_bytes() for p in shards_of(builds["a"])]
+    assert manifest_of(out)["fingerprint"] == manifest_of(builds["a"])["fingerprint"]
 
 
 def test_partial_dir_with_other_options_is_refused_then_overwritten(tmp_path):
@@ -650,72 +516,24 @@ def test_partial_dir_with_other_options_is_refused_then_overwritten(tmp_path):
     with pytest.raises(DataError, match="interrupted build with different source 'mem' -> 'elsewhere';"):
         build_dataset(spec, out, OPTS, source="elsewhere")
     with pytest.raises(DataError, match=r"different input listing \(file names or labels\)"):
-        build_dataset(_spec(n=N - 1), out, OPTS, source="mem")
+        build_dataset(mem_spec(n=N - 1), out, OPTS, source="mem")
 
     summary = build_dataset(spec, out, other, source="mem", overwrite=True)
     assert not summary.skipped
-    assert _manifest(out)["image"]["quality"] == 80
-    assert len(_shards(out)) == 5
+    assert manifest_of(out)["image"]["quality"] == 80
+    assert len(shards_of(out)) == 5
 
 
 def test_complete_dir_with_other_options_is_refused_then_overwritten(tmp_path):
     out = tmp_path / "out"
-    build_dataset(_spec(n=12), out, OPTS)
+    build_dataset(mem_spec(n=12), out, OPTS)
     other = BuildOptions(**{**OPTS.__dict__, "shard_size": 5})
     with pytest.raises(DataError, match=r"already holds a different build \(other shard_size 8 -> 5\); .*--overwrite"):
-        build_dataset(_spec(n=12), out, other)
-    build_dataset(_spec(n=12), out, other, overwrite=True)
-    assert [p.name for p in _shards(out)] == [f"train-{i:06d}.tar" for i in range(3)]
-    assert _manifest(out)["shard_size"] == 5
+        build_dataset(mem_spec(n=12), out, other)
+    build_dataset(mem_spec(n=12), out, other, overwrite=True)
+    assert [p.name for p in shards_of(out)] == [f"train-{i:06d}.tar" for i in range(3)]
+    assert manifest_of(out)["shard_size"] == 5
     assert not (out / ".build" / "train-000003.json").exists()  # old shard metadata removed
-
-
-def test_foreign_nonempty_dir_is_refused(tmp_path):
-    (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(DataError, match="not empty and is not a dp4tl build"):
-        build_dataset(_spec(n=3), tmp_path, OPTS)
-    assert (tmp_path / "notes.txt").read_text() == "mine"
-
-
-def test_overwrite_never_deletes_a_folder_that_is_no_build(tmp_path):
-    """``--overwrite`` replaces a dp4tl build only: a folder of the user's own shards, betons
-    and notes is refused before any file is touched (it used to delete wds/, the betons and
-    the labels, then refuse because of the notes), and the message does not suggest
-    ``--overwrite``."""
-    out = tmp_path / "mine"
-    (out / "wds").mkdir(parents=True)
-    files = {out / "wds" / "my-shard.tar": b"tar", out / "imagenet_train.beton": b"beton",
-             out / "imagenet.labels.npy": b"labels", out / "notes.txt": b"notes"}
-    for path, data in files.items():
-        path.write_bytes(data)
-    for overwrite in (False, True):
-        with pytest.raises(DataError, match="is not empty and is not a dp4tl build: choose another --out") as e:
-            build_dataset(_spec(n=3), out, OPTS, overwrite=overwrite)
-        assert "pass --overwrite" not in str(e.value)
-        assert all(path.read_bytes() == data for path, data in files.items())
-    (out / "d").mkdir()  # temporary-looking files of the user's are not ours either
-    (out / ".report.md.tmp").write_text("draft")
-    (out / "d" / ".draft.tmp.txt").write_text("draft")
-    with pytest.raises(DataError, match="is not a dp4tl build"):
-        build_dataset(_spec(n=3), out, OPTS, overwrite=True)
-    assert (out / ".report.md.tmp").exists() and (out / "d" / ".draft.tmp.txt").exists()
-    assert not (out / ".build.lock").exists()
-    (out / "notes.txt").unlink()  # only build-like files left: still not a build, still kept
-    with pytest.raises(DataError, match="is not a dp4tl build"):
-        build_dataset(_spec(n=3), out, OPTS, overwrite=True)
-    assert (out / "imagenet_train.beton").read_bytes() == b"beton"
-
-
-def test_a_build_killed_writing_its_first_file_is_resumed_not_refused(tmp_path):
-    """A kill during the first atomic write leaves the lock and ``.build/`` holding only a
-    temporary file (removed by the next run): that folder is a fresh build's, not a foreign
-    one (which led users to --overwrite)."""
-    out = tmp_path / "out"
-    (out / ".build").mkdir(parents=True)
-    (out / ".build.lock").write_text("")
-    (out / ".build" / ".settings.json.x1y2.tmp").write_text("{")  # what atomic_write_json leaves
-    summary = build_dataset(_spec(n=6), out, OPTS)
-    assert not summary.skipped and _manifest(out)["splits"]["train"]["num_samples"] == 6
 
 
 def test_ffcv_progress_is_silenced_for_one_write_only(tmp_path):
@@ -743,47 +561,24 @@ def test_same_names_other_pixels_is_not_taken_for_already_built(tmp_path):
     import dataclasses
 
     out = tmp_path / "out"
-    build_dataset(_spec(n=12), out, OPTS)
-    assert build_dataset(_spec(n=12), out, OPTS).skipped  # same spec: already built
-    light = dataclasses.replace(_spec(n=12), content={"light_background": 30})
+    build_dataset(mem_spec(n=12), out, OPTS)
+    assert build_dataset(mem_spec(n=12), out, OPTS).skipped  # same spec: already built
+    light = dataclasses.replace(mem_spec(n=12), content={"light_background": 30})
     with pytest.raises(DataError, match="already holds a different build"):
         build_dataset(light, out, OPTS)
     assert not build_dataset(light, out, OPTS, overwrite=True).skipped
     assert build_dataset(light, out, OPTS).skipped
 
 
-def test_overwriting_synth_with_fewer_targets_removes_the_old_ones(tmp_path, capsys, monkeypatch):
-    """``dp4tl build synth:... --overwrite`` with fewer targets than the build it replaces: the
-    targets the new SOURCE does not make are removed (the pipeline pairs every ``targets/*``
-    with the source, so an old target would pass for one of the new data); a folder the user
-    put there that is no build stays."""
-    from cli_runner import cli
-
-    small = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=4,"
-             "val_per_class=0,image_size=16,target_classes=3,target_train_per_class=2,"
-             "target_test_per_class=1")
-    out = tmp_path / "s"
-    assert cli(capsys, monkeypatch, "build", small, "--out", str(out), "--workers", "1",
-               "--no-progress")[0] == 0
-    assert sorted(p.name for p in (out / "targets").iterdir()) == ["blur", "paper", "warm"]
-    (out / "targets" / "mine").mkdir()
-    (out / "targets" / "mine" / "notes.txt").write_text("kept")
-    code, stdout, _ = cli(capsys, monkeypatch, "build", small + ",num_targets=1,seed=1", "--out",
-                          str(out), "--workers", "1", "--no-progress", "--overwrite")
-    assert code == 0
-    assert sorted(p.name for p in (out / "targets").iterdir()) == ["mine", "paper"]
-    assert "targets/blur: removed" in stdout and "targets/warm: removed" in stdout
-
-
 def test_a_class_whose_inputs_were_all_rejected_is_a_warning(tmp_path):
     """A class left without images (every input rejected) still builds, with ``class_counts``
     0, but the summary says so (it used to say only "1 inputs skipped")."""
     (tmp_path / "t.jpg").write_text("not an image")
-    spec = DatasetSpec("half", ["ok", "broken"], {"train": [Sample(_image(0), 0, "a"),
-                                                            Sample(_image(1), 0, "b"),
+    spec = DatasetSpec("half", ["ok", "broken"], {"train": [Sample(image(0), 0, "a"),
+                                                            Sample(image(1), 0, "b"),
                                                             Sample(tmp_path / "t.jpg", 1)]})
     summary = build_dataset(spec, tmp_path / "o", OPTS)
-    assert _manifest(tmp_path / "o")["splits"]["train"]["class_counts"] == [2, 0]
+    assert manifest_of(tmp_path / "o")["splits"]["train"]["class_counts"] == [2, 0]
     assert summary.warnings == [f"split 'train': class 'broken' has no image left (its 1 input(s) "
                                 f"were all rejected; reasons in {tmp_path / 'o' / 'rejects.txt'})"]
 
@@ -796,7 +591,7 @@ def test_rejects_txt_keeps_one_line_per_reject_for_names_with_tabs_and_newlines(
     names = ["tab\there.jpg", "line\nbreak.jpg"]
     for n in names:
         (odd / n).write_text("not an image")
-    spec = DatasetSpec("odd", ["a"], {"train": [Sample(_image(0), 0, "ok")]
+    spec = DatasetSpec("odd", ["a"], {"train": [Sample(image(0), 0, "ok")]
                                       + [Sample(odd / n, 0) for n in names]})
     build_dataset(spec, tmp_path / "o", OPTS)
     rows = [line.split("\t") for line in (tmp_path / "o" / "rejects.txt").read_text().splitlines()[1:]]
@@ -804,90 +599,3 @@ def test_rejects_txt_keeps_one_line_per_reject_for_names_with_tabs_and_newlines(
     assert sorted(Path(r[1]).name for r in rows) == ["line\\nbreak.jpg", "tab\\there.jpg"]
 
 
-def test_an_empty_labels_file_is_repaired_not_an_abort(tmp_path, builds):
-    """An emptied labels file (``np.load``: EOFError) is one more damaged file to repair."""
-    out = tmp_path / "out"
-    shutil.copytree(builds["a"], out)
-    labels = (out / "train.labels.npy").read_bytes()
-    (out / "train.labels.npy").write_bytes(b"")
-    build_dataset(_spec(), out, OPTS, source="mem")
-    assert (out / "train.labels.npy").read_bytes() == labels and verify_ok(out)
-
-
-def test_a_damaged_read_only_build_is_one_line_not_already_built(tmp_path, builds, monkeypatch):
-    """A finished build in a folder nobody can write is reused as it is, unless it is damaged:
-    then one line says so (the loaders' advice to rerun the build could not repair it there)."""
-    import errno
-
-    out = tmp_path / "out"
-    shutil.copytree(builds["a"], out)
-
-    def read_only(*a, **k):
-        raise OSError(errno.EROFS, "Read-only file system")
-
-    monkeypatch.setattr(writer_mod, "directory_lock", read_only)
-    assert build_dataset(_spec(), out, OPTS, source="mem").skipped
-    shard = _shards(out)[0]
-    shard.write_bytes(shard.read_bytes()[:500])
-    with pytest.raises(DataError, match="is damaged and read-only, so the build cannot repair it"):
-        build_dataset(_spec(), out, OPTS, source="mem")
-
-
-def test_a_build_of_the_other_shape_is_refused_before_anything_is_touched(tmp_path, capsys,
-                                                                          monkeypatch):
-    """A synth SOURCE (source/ + targets/) over a build of one dataset, or the reverse, even
-    with ``--overwrite``: one line saying what the folder holds, and every file stays (a synth
-    SOURCE used to build beside the old build, mixing the two)."""
-    from cli_runner import cli
-
-    small = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=4,"
-             "val_per_class=0,image_size=16,target_classes=3,target_train_per_class=2,"
-             "target_test_per_class=1,num_targets=1")
-    src = tmp_path / "src"
-    for c in ("a", "b"):
-        (src / c).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(_image(i + 3 * (c == "b"))).save(src / c / f"{i}.png")
-    args = ("--workers", "1", "--no-progress", "--overwrite")
-    single, synth = tmp_path / "single", tmp_path / "synth"
-    assert cli(capsys, monkeypatch, "build", f"folder:{src}", "--out", str(single), *args)[0] == 0
-    assert cli(capsys, monkeypatch, "build", small, "--out", str(synth), *args)[0] == 0
-    for out, source, says in ((single, small, "holds a build of one dataset"),
-                              (synth, f"folder:{src}", "holds a synth build")):
-        before = sorted(p.relative_to(out) for p in out.rglob("*"))
-        code, _, err = cli(capsys, monkeypatch, "build", source, "--out", str(out), *args)
-        assert code != 0 and says in err and "Traceback" not in err
-        assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
-
-
-def test_a_repair_keeps_the_warning_about_inputs_changed_since_the_build(tmp_path):
-    """A repair keeps the intact shards (old pixels) of inputs edited since the build, so the
-    "input file(s) changed" warning must survive it (recording the new stats hid it)."""
-    import os
-
-    src = tmp_path / "src"
-    spec = _file_spec(src)
-    out = tmp_path / "out"
-    build_dataset(spec, out, OPTS, source="folder:src")
-    edited = Path(spec.splits["train"][20].ref)
-    Image.fromarray(_image(20, salt=1)).save(edited)
-    os.utime(edited, ns=(10**18, 10**18))
-    assert build_dataset(spec, out, OPTS, source="folder:src").warnings  # stale: warned
-    (out / "train.labels.npy").write_bytes(b"")
-    assert not build_dataset(spec, out, OPTS, source="folder:src").skipped  # repaired
-    again = build_dataset(spec, out, OPTS, source="folder:src")
-    assert again.skipped and any("changed size or modification time" in w for w in again.warnings)
-
-
-def test_an_older_build_without_checksums_is_repaired_when_its_labels_are_gone(tmp_path, builds):
-    """A build from before checksums were recorded: a missing labels file (what verify
-    reports) is repaired by the rerun, not "already built"."""
-    out = tmp_path / "out"
-    shutil.copytree(builds["a"], out)
-    m = _manifest(out)
-    m["splits"]["train"].pop("checksums", None)
-    (out / "manifest.json").write_text(json.dumps(m))
-    labels = (out / "train.labels.npy").read_bytes()
-    (out / "train.labels.npy").unlink()
-    assert not build_dataset(_spec(), out, OPTS, source="mem").skipped
-    assert (out / "train.labels.npy").read_bytes() == labels

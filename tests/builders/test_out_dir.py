@@ -1,0 +1,120 @@
+"""What a build may touch in ``--out`` (beton_builders.out_dir).
+
+What users rely on: a folder that is not a dp4tl build is never written or emptied, even with
+``--overwrite``; a build killed at its first file resumes; a SOURCE of several datasets and a
+build of one are never mixed in one folder; ``--overwrite`` of a synth SOURCE removes the old
+targets it no longer makes, and nothing else.
+"""
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from beton_builders import build_dataset
+from ffcv_dp4tl.errors import DataError
+
+try:  # rootdir-relative import (no tests/__init__.py) or package-relative
+    from tiny_builds import OPTS, image, manifest_of, mem_spec
+except ImportError:  # pragma: no cover
+    from .tiny_builds import OPTS, image, manifest_of, mem_spec  # type: ignore[no-redef]
+
+# numba's dispatcher finalizer may log a KeyError when ffcv's generated code is collected.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+def test_foreign_nonempty_dir_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="not empty and is not a dp4tl build"):
+        build_dataset(mem_spec(n=3), tmp_path, OPTS)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_never_deletes_a_folder_that_is_no_build(tmp_path):
+    """``--overwrite`` replaces a dp4tl build only: a folder of the user's own shards, betons
+    and notes is refused before any file is touched (it used to delete wds/, the betons and
+    the labels, then refuse because of the notes), and the message does not suggest
+    ``--overwrite``."""
+    out = tmp_path / "mine"
+    (out / "wds").mkdir(parents=True)
+    files = {out / "wds" / "my-shard.tar": b"tar", out / "imagenet_train.beton": b"beton",
+             out / "imagenet.labels.npy": b"labels", out / "notes.txt": b"notes"}
+    for path, data in files.items():
+        path.write_bytes(data)
+    for overwrite in (False, True):
+        with pytest.raises(DataError, match="is not empty and is not a dp4tl build: choose another --out") as e:
+            build_dataset(mem_spec(n=3), out, OPTS, overwrite=overwrite)
+        assert "pass --overwrite" not in str(e.value)
+        assert all(path.read_bytes() == data for path, data in files.items())
+    (out / "d").mkdir()  # temporary-looking files of the user's are not ours either
+    (out / ".report.md.tmp").write_text("draft")
+    (out / "d" / ".draft.tmp.txt").write_text("draft")
+    with pytest.raises(DataError, match="is not a dp4tl build"):
+        build_dataset(mem_spec(n=3), out, OPTS, overwrite=True)
+    assert (out / ".report.md.tmp").exists() and (out / "d" / ".draft.tmp.txt").exists()
+    assert not (out / ".build.lock").exists()
+    (out / "notes.txt").unlink()  # only build-like files left: still not a build, still kept
+    with pytest.raises(DataError, match="is not a dp4tl build"):
+        build_dataset(mem_spec(n=3), out, OPTS, overwrite=True)
+    assert (out / "imagenet_train.beton").read_bytes() == b"beton"
+
+
+def test_a_build_killed_writing_its_first_file_is_resumed_not_refused(tmp_path):
+    """A kill during the first atomic write leaves the lock and ``.build/`` holding only a
+    temporary file (removed by the next run): that folder is a fresh build's, not a foreign
+    one (which led users to --overwrite)."""
+    out = tmp_path / "out"
+    (out / ".build").mkdir(parents=True)
+    (out / ".build.lock").write_text("")
+    (out / ".build" / ".settings.json.x1y2.tmp").write_text("{")  # what atomic_write_json leaves
+    summary = build_dataset(mem_spec(n=6), out, OPTS)
+    assert not summary.skipped and manifest_of(out)["splits"]["train"]["num_samples"] == 6
+
+
+def test_a_build_of_the_other_shape_is_refused_before_anything_is_touched(tmp_path, capsys,
+                                                                          monkeypatch):
+    """A synth SOURCE (source/ + targets/) over a build of one dataset, or the reverse, even
+    with ``--overwrite``: one line saying what the folder holds, and every file stays (a synth
+    SOURCE used to build beside the old build, mixing the two)."""
+    from cli_runner import cli
+
+    small = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=4,"
+             "val_per_class=0,image_size=16,target_classes=3,target_train_per_class=2,"
+             "target_test_per_class=1,num_targets=1")
+    src = tmp_path / "src"
+    for c in ("a", "b"):
+        (src / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(image(i + 3 * (c == "b"))).save(src / c / f"{i}.png")
+    args = ("--workers", "1", "--no-progress", "--overwrite")
+    single, synth = tmp_path / "single", tmp_path / "synth"
+    assert cli(capsys, monkeypatch, "build", f"folder:{src}", "--out", str(single), *args)[0] == 0
+    assert cli(capsys, monkeypatch, "build", small, "--out", str(synth), *args)[0] == 0
+    for out, source, says in ((single, small, "holds a build of one dataset"),
+                              (synth, f"folder:{src}", "holds a synth build")):
+        before = sorted(p.relative_to(out) for p in out.rglob("*"))
+        code, _, err = cli(capsys, monkeypatch, "build", source, "--out", str(out), *args)
+        assert code != 0 and says in err and "Traceback" not in err
+        assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_overwriting_synth_with_fewer_targets_removes_the_old_ones(tmp_path, capsys, monkeypatch):
+    """``dp4tl build synth:... --overwrite`` with fewer targets than the build it replaces: the
+    targets the new SOURCE does not make are removed (the pipeline pairs every ``targets/*``
+    with the source, so an old target would pass for one of the new data); a folder the user
+    put there that is no build stays."""
+    from cli_runner import cli
+
+    small = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=4,"
+             "val_per_class=0,image_size=16,target_classes=3,target_train_per_class=2,"
+             "target_test_per_class=1")
+    out = tmp_path / "s"
+    assert cli(capsys, monkeypatch, "build", small, "--out", str(out), "--workers", "1",
+               "--no-progress")[0] == 0
+    assert sorted(p.name for p in (out / "targets").iterdir()) == ["blur", "paper", "warm"]
+    (out / "targets" / "mine").mkdir()
+    (out / "targets" / "mine" / "notes.txt").write_text("kept")
+    code, stdout, _ = cli(capsys, monkeypatch, "build", small + ",num_targets=1,seed=1", "--out",
+                          str(out), "--workers", "1", "--no-progress", "--overwrite")
+    assert code == 0
+    assert sorted(p.name for p in (out / "targets").iterdir()) == ["mine", "paper"]
+    assert "targets/blur: removed" in stdout and "targets/warm: removed" in stdout
