@@ -12,7 +12,8 @@ one function per stage (:func:`surrogate_stage`, :func:`score_stage`, :func:`pru
 Every stage writes into ``runs/<stage>-<key>/`` where the key hashes everything the stage
 depends on (upstream keys included), and is skipped once its ``DONE.json`` exists: the
 surrogate and its scores are shared by all ratios, a rerun does nothing, and a killed run
-resumes at the stage (and, for training, the epoch) where it stopped.
+resumes at the stage (and, for training, the epoch) where it stopped. A stage computed from an
+upstream stage that was deleted and computed again since runs again (``upstream=``).
 
 **Protocols.** ``protocol="fast"`` (default) runs today's recipes: the tiny CPU set on the
 embedded data, ffcv-imagenet-style ones on real data. ``protocol="paper"`` runs ``recipes/paper/``,
@@ -176,7 +177,8 @@ def score_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, sur: Stage, res: 
         device=device, k=cfg.k, seed=cfg.seed,
         target_resolution=sc_in.target_resolution, target_crop=sc_in.target_crop,
         options=r.options, train_recipe=r.recipe_names["surrogate"] if scorer.trains else None,
-        train_overrides=list(cfg.surrogate_overrides) if scorer.trains else ()), log))
+        train_overrides=list(cfg.surrogate_overrides) if scorer.trains else ()), log,
+        upstream=[sur] if needs_surrogate else []))
     return sc
 
 
@@ -188,7 +190,8 @@ def prune_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, sc: Stage, res: P
         **({"budget": cfg.budget} if cfg.budget != "units" else {}),
         **({"order": cfg.order} if ok.reverse else {})})
     res.add(StagePlace("prune", "prune"), run_stage(pr, lambda d: prune(
-        sc.dir, r.source_dir, cfg.ratio, d, budget=cfg.budget, reverse=ok.reverse), log))
+        sc.dir, r.source_dir, cfg.ratio, d, budget=cfg.budget, reverse=ok.reverse), log,
+        upstream=[sc]))
     # synth data knows the answer: how right the selection is (None on real data)
     res.ground_truth = selection_truth(r.source_dir, r.target_dirs, sc.dir, pr.dir / "train.npy")
     if cfg.ratio > 0:  # what the report's gallery shows (Fig. A7)
@@ -264,7 +267,7 @@ def finetune_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, pretrained: d
                                    "finetune", seed=seed, target=t_name, mode=mode)
                 res.add(place, run_stage(ft, lambda d, m=mode, rec=rec, p=pt, td=t_dir: finetune(
                     rec, _start_checkpoint(p, rec, bool(cfg.source_weights)), td, d, mode=m,
-                    fmt=cfg.fmt, device=cfg.device), log))
+                    fmt=cfg.fmt, device=cfg.device), log, upstream=[pt]))
 
 
 def report_step(cfg: PipelineConfig, ok: Checked, r: Resolved, res: PipelineResult,

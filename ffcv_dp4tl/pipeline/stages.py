@@ -20,11 +20,12 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..contracts import STAGE_KINDS, StageResult, stage_kind
 from ..errors import DP4TLError
@@ -132,8 +133,43 @@ SEGMENT_GLOB = ".segment-*"
 HEARTBEAT_S = 2.0
 
 
-def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[str], None] = print
-              ) -> StageRun:
+#: what a stage was computed from: ``{upstream folder name: sha256 of its DONE.json}``
+UPSTREAM = "upstream.json"
+
+
+def upstream_record(upstream: Iterable[Stage]) -> dict[str, str]:
+    """How a stage records the finished stages it reads (:data:`UPSTREAM`). Keys hold upstream
+    *keys*, not contents; an upstream folder deleted and computed again (the advice of
+    :meth:`Stage.output`; most recipes are not bit-deterministic) has the same key but another
+    result, and its ``DONE.json`` (times included) differs, so this record tells them apart."""
+    return {u.dir.name: hashlib.sha256((u.dir / DONE).read_bytes()).hexdigest() for u in upstream}
+
+
+def _stale(st: Stage, record: dict[str, str]) -> list[str]:
+    """The upstream stages that were computed again since the stage folder was computed from
+    them (its content is then stale). A folder without the record (a stage run before it
+    existed) is trusted, and adopts ``record``."""
+    path = st.dir / UPSTREAM
+    if not record:
+        return []
+    if not path.exists():
+        if st.done:  # best effort: a later recomputation upstream is then noticed
+            with contextlib.suppress(OSError):
+                atomic_write_json(path, record)
+        return []
+    old = read_json(path, f"stage {st.name} upstream record")
+    return sorted(k for k in record if not isinstance(old, dict) or old.get(k) != record[k])
+
+
+def _clear(stage_dir: Path) -> None:
+    """Empty a stale stage folder (all of it is the stage's own output) but its lock."""
+    for p in stage_dir.iterdir():
+        if p.name != LOCK:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[str], None] = print,
+              upstream: Iterable[Stage] = ()) -> StageRun:
     """Run ``fn(stage_dir)`` unless the stage is done; record its result, wall time, CPU time
     and load average. The returned :class:`StageRun`'s ``ran`` says which happened.
 
@@ -146,16 +182,28 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
     **Wall time** (``seconds``) sums every segment of a resumed stage, not only the last; so
     does the **CPU time** (``cpu_seconds``: this process and its reaped children, i.e. finished
     data-loader workers — far less sensitive than wall time to other jobs on a shared machine;
-    a killed segment's CPU time is lost)."""
-    if st.done:
+    a killed segment's CPU time is lost).
+
+    **Upstream.** ``upstream``: the finished stages ``fn`` reads. A stage folder computed from
+    other results of them (one was deleted and computed again since) is stale: emptied and
+    run again, finished or not (see :func:`upstream_record`)."""
+    record = upstream_record(upstream)
+    if st.done and not _stale(st, record):
         return _skipped(st, log)
     st.dir.mkdir(parents=True, exist_ok=True)
     with directory_lock(st.dir / LOCK, f"stage {st.dir}", wait=True,
                         on_wait=lambda m: log(f"[{st.name}] {m}")):
-        if st.done:  # finished by the run we waited for
+        changed = _stale(st, record)
+        if changed:
+            log(f"[{st.name}] {', '.join(changed)} was computed again since this stage ran "
+                f"from it: running the stage again")
+            _clear(st.dir)
+        elif st.done:  # finished earlier, or by the run we waited for
             return _skipped(st, log)
         remove_orphan_temps(st.dir)
         atomic_write_json(st.dir / "inputs.json", st.inputs)
+        if record:
+            atomic_write_json(st.dir / UPSTREAM, record)
         log(f"[{st.name}] running in {st.dir}")
         with _Segment(st.dir) as seg:
             values = {k: v for k, v in dict(fn(st.dir) or {}).items()

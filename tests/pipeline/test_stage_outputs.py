@@ -3,6 +3,8 @@ stage folder to delete, never a silent substitute (issue 21: EL2N/GraNd fell bac
 surrogate under the same stage key when the early checkpoint was missing)."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from ffcv_dp4tl.errors import DP4TLError
@@ -86,3 +88,52 @@ def test_the_data_root_read_only_with_the_build_is_used_and_clashes_name_pipelin
                                         r"\(file names or labels\)\); delete .* to rebuild it "
                                         r"there, or pass another --data-root$"):
         resolve.ensure_built(source, tmp_path / "data", logged.append)
+
+
+def test_a_stage_runs_again_when_its_upstream_was_computed_again(tmp_path):
+    """Keys hold upstream *keys*: an upstream stage folder deleted and computed again (the
+    advice for a damaged cached file) keeps its key but has another result. The stages
+    computed from the old one (finished, or half-done with files a resume would trust) run
+    again from an empty folder; with the upstream unchanged they are reused."""
+    from ffcv_dp4tl.pipeline.stages import run_stage
+
+    quiet = lambda s: None  # noqa: E731
+    results = iter([1, 2])
+    up = stage(tmp_path, "surrogate", {"x": 1}, kind="other")
+    run_stage(up, lambda d: {"weights": next(results)}, log=quiet)
+    down = stage(tmp_path, "score", {"surrogate": up.key}, kind="other")
+    calls = []
+
+    def score(d):
+        calls.append(sorted(p.name for p in d.iterdir() if not p.name.startswith(".")))
+        (d / "scores.npy").write_text(str(up.result().values["weights"]))
+        return {}
+
+    run_stage(down, score, log=quiet, upstream=[up])
+    assert run_stage(down, score, log=quiet, upstream=[up]).ran is False  # same upstream
+    shutil.rmtree(up.dir)
+    run_stage(up, lambda d: {"weights": next(results)}, log=quiet)  # computed again: other result
+    said = []
+    assert run_stage(down, score, log=said.append, upstream=[up]).ran is True
+    assert any("surrogate-" in s and "computed again" in s for s in said)
+    assert calls[-1] == ["inputs.json", "upstream.json"]  # emptied before it ran again
+    assert (down.dir / "scores.npy").read_text() == "2"
+    assert run_stage(down, score, log=quiet, upstream=[up]).ran is False
+
+
+def test_a_stage_finished_before_the_upstream_record_is_trusted_and_adopts_it(tmp_path):
+    """A stage folder from before ``upstream.json`` existed is reused (nothing tells it is
+    stale) and records its upstream, so a later recomputation upstream is noticed."""
+    from ffcv_dp4tl.pipeline.stages import UPSTREAM, run_stage
+
+    quiet = lambda s: None  # noqa: E731
+    up = stage(tmp_path, "pretrain", {"x": 1}, kind="other")
+    run_stage(up, lambda d: {"v": 1}, log=quiet)
+    down = stage(tmp_path, "finetune-lp", {"pretrain": up.key}, kind="other")
+    run_stage(down, lambda d: {"top1": 0.5}, log=quiet)  # (no upstream: as an older version ran it)
+    assert not (down.dir / UPSTREAM).exists()
+    assert run_stage(down, lambda d: pytest.fail("reused"), log=quiet, upstream=[up]).ran is False
+    assert (down.dir / UPSTREAM).exists()
+    shutil.rmtree(up.dir)
+    run_stage(up, lambda d: {"v": 2}, log=quiet)
+    assert run_stage(down, lambda d: {"top1": 0.7}, log=quiet, upstream=[up]).values == {"top1": 0.7}
