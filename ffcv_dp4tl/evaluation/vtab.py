@@ -104,7 +104,10 @@ SETTINGS_NAME = "vtab_settings.json"
 _SAME = {"recipe": "recipe", "recipe_fingerprint": "recipe settings (--set)",
          "checkpoint_identity": "--checkpoint", "target_fingerprint": "--data", "mode": "mode",
          "format": "--format", "seed": "--seed", "train_size": "--train-size",
-         "val_size": "--val-size"}
+         "val_size": "--val-size", "source_weights": "--checkpoint's weights"}
+#: settings a folder's ``vtab_settings.json`` lacks when written before them: compared when
+#: present, and recorded by the next run
+_ADDED = ("source_weights",)
 
 
 def _lr_names(lrs: list[float]) -> list[str]:
@@ -125,7 +128,8 @@ def _lr_names(lrs: list[float]) -> list[str]:
 #: identity fields of a run's ``finetune_state.pt`` → the setting the message names
 _IDENTITY = {"mode": "mode", "format": "--format", "target_fingerprint": "--data",
              "source_arch": "--checkpoint", "source_identity": "--checkpoint",
-             "source_epoch": "--checkpoint", "recipe_fingerprint": "recipe settings (--set)",
+             "source_epoch": "--checkpoint", "source_weights": "--checkpoint",
+             "recipe_fingerprint": "recipe settings (--set)",
              "train_mask": "--seed/--train-size/--val-size",
              "test_mask": "--seed/--train-size/--val-size"}
 
@@ -165,7 +169,7 @@ def _check_settings(out: Path, settings: dict,
         old = read_json(path, "VTAB settings")
         if not isinstance(old, dict):
             raise DataError(f"{path} is damaged (not a JSON object); {fix}")
-        keys = list(_SAME)
+        keys = [k for k in _SAME if k in old or k not in _ADDED]
     elif (out / "vtab.json").exists():
         # a folder from before SETTINGS_NAME: vtab.json names some of the settings
         old = read_json(out / "vtab.json", "VTAB result")
@@ -176,14 +180,15 @@ def _check_settings(out: Path, settings: dict,
         old, keys = {}, []
     if not path.exists() or keys:
         diffs = [f"{_SAME[k]} {old.get(k)!r} -> {settings[k]!r}" if k not in
-                 ("recipe_fingerprint", "checkpoint_identity", "target_fingerprint")
+                 ("recipe_fingerprint", "checkpoint_identity", "target_fingerprint",
+                  "source_weights")
                  else f"{_SAME[k]} differs" for k in keys if old.get(k) != settings[k]]
         if not path.exists() and out.is_dir():
             diffs += [d for d in _legacy_diffs(out, expected) if d not in diffs]
         if diffs:
             raise DataError(f"--out {out} holds VTAB runs made with other settings "
                             f"({'; '.join(diffs)}); {fix}")
-    if not path.exists():
+    if not path.exists() or any(k not in old for k in _ADDED):
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, settings)
 
@@ -206,7 +211,7 @@ def vtab_protocol(recipe: str | Path, checkpoint: str | Path, target_dir: str | 
     from ..contracts.fields import typed
     from ..fsutil import atomic_write_json, read_json
     from ..training.checkpoint import Checkpoint
-    from ..training.finetune import RESULT_NAME, finetune, run_identity
+    from ..training.finetune import RESULT_NAME, finetune, run_identity, weights_digest
     from ..training.recipe import load_recipe
 
     if not lrs:
@@ -227,7 +232,8 @@ def vtab_protocol(recipe: str | Path, checkpoint: str | Path, target_dir: str | 
                 "checkpoint_identity": hashlib.sha256(ident.encode()).hexdigest()[:16],
                 "target": str(target_dir),
                 "target_fingerprint": load_manifest(target_dir).fingerprint, "mode": mode,
-                "format": fmt, "seed": seed, "train_size": train_size, "val_size": val_size}
+                "format": fmt, "seed": seed, "train_size": train_size, "val_size": val_size,
+                "source_weights": weights_digest(source.model)}
 
     def expected(name: str) -> dict | None:
         """The identity (as ``finetune`` records it) the run ``name`` would have now."""

@@ -185,11 +185,25 @@ def _load_dict(path: str | Path, map_location: str | torch.device = "cpu") -> An
         raise DP4TLError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
 
 
+def _differences(found: Any, expected: Any, name: str) -> list[str]:
+    """``name: checkpoint has A, this run has B`` per differing field; a dict field (e.g. the
+    source's identity) names its differing entries (``source_identity.arch``), each value cut
+    to 16 characters (hashes) — a whole dict cut there named nothing."""
+    if isinstance(found, dict) and isinstance(expected, dict):
+        return [d for k in sorted(set(found) | set(expected), key=str)
+                for d in _differences(found.get(k), expected.get(k), f"{name}.{k}")]
+    if found == expected:
+        return []
+    return [f"{name}: checkpoint has {str(found)[:16]}, this run has {str(expected)[:16]}"]
+
+
 def check_identity(path: Path, found: dict[str, Any], expected: dict[str, Any],
-                   what: str = "run", hint: str = " (or pass --no-resume)") -> None:
-    """Raise a DP4TLError listing every identity field of ``expected`` that differs."""
-    diffs = [f"{k}: checkpoint has {str(found.get(k))[:16]!s}, this run has {str(expected[k])[:16]}"
-             for k in expected if found.get(k) != expected[k]]
+                   what: str = "run", hint: str = " (or pass --no-resume)",
+                   added_later: tuple[str, ...] = ()) -> None:
+    """Raise a DP4TLError listing every identity field of ``expected`` that differs.
+    ``added_later``: fields a run recorded before they existed lacks; not compared then."""
+    diffs = [d for k in expected if not (k in added_later and k not in found)
+             for d in _differences(found.get(k), expected[k], k)]
     if diffs:
         raise DP4TLError(
             f"{path} belongs to a different {what} ({'; '.join(diffs)}). Use another --out "
@@ -197,7 +211,8 @@ def check_identity(path: Path, found: dict[str, Any], expected: dict[str, Any],
 
 
 def resume_from(state_cls, path: Path, identity: dict[str, Any], *, resume: bool = True,
-                what: str = "run", hint: str = " (or pass --no-resume)"):
+                what: str = "run", hint: str = " (or pass --no-resume)",
+                added_later: tuple[str, ...] = ()):
     """The one resume rule of every resumable run (training: :class:`Checkpoint`, finetuning:
     :class:`FinetuneState`): ``None`` (start at epoch 0) when ``resume`` is off or ``path`` does
     not exist; else the state read from ``path`` (``state_cls.load``), after checking that it
@@ -207,7 +222,7 @@ def resume_from(state_cls, path: Path, identity: dict[str, Any], *, resume: bool
     if not resume or not path.exists():
         return None
     state = state_cls.load(path)
-    check_identity(path, state.identity, identity, what, hint)
+    check_identity(path, state.identity, identity, what, hint, added_later)
     return state
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -159,6 +160,23 @@ def mask_digest(mask) -> str:
     return hashlib.sha256(mask.indices.tobytes()).hexdigest()[:16]
 
 
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """The source model's weights (sha256 of every tensor's bytes, 16 hex digits): a source
+    checkpoint trained again (same arch, recipe, data and epoch; most recipes are not
+    bit-deterministic) is another source, whose finetuning must not be resumed or reused."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name]
+        h.update(name.encode())
+        if isinstance(t, torch.Tensor):
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+#: identity fields a run from before them lacks: not compared then (the run is resumed as before)
+ADDED_IDENTITY = ("source_weights",)
+
+
 def run_identity(recipe: Recipe, source: Checkpoint, target_fingerprint: str, mode: str,
                  fmt: str, masks: dict) -> dict:
     """What a finetune run records as its identity in ``finetune_state.pt``: a resume must
@@ -166,7 +184,8 @@ def run_identity(recipe: Recipe, source: Checkpoint, target_fingerprint: str, mo
     "test_mask"}`` (those given)."""
     return {"mode": mode, "recipe_fingerprint": recipe.fingerprint(),
             "source_arch": source.arch, "source_identity": dict(source.identity),
-            "source_epoch": source.epoch, "target_fingerprint": target_fingerprint,
+            "source_epoch": source.epoch, "source_weights": weights_digest(source.model),
+            "target_fingerprint": target_fingerprint,
             "format": fmt, **{k: mask_digest(m) for k, m in masks.items()}}
 
 
@@ -224,7 +243,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     identity = run_identity(recipe, ckpt, manifest.fingerprint, mode, fmt, masks)
     state_path = out_dir / STATE_NAME
     state = resume_from(FinetuneState, state_path, identity, resume=resume,
-                        what="finetune run", hint="")
+                        what="finetune run", hint="", added_later=ADDED_IDENTITY)
     start_epoch = state.epoch if state else 0
     rows: list[dict] = list(state.rows) if state else []
     atomic_write_text(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
@@ -300,6 +319,9 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
                                 amp=amp, ctx=ctx, callbacks=callbacks)
         row = {"epoch": epoch, "loss": stats["loss"], "top1_train": stats["top1_train"],
                "lr": stats["lr"], "top1_test": None}
+        if not math.isfinite(row["loss"]):  # (it used to finish, reporting chance as the result)
+            raise DP4TLError(f"{mode} finetuning diverged at epoch {epoch} (loss {row['loss']}); "
+                             f"lower lr.lr (now {recipe.lr.lr}; the pipeline's --set-finetune)")
         if (epoch + 1) % ec.every == 0 or epoch + 1 == tc.epochs:
             row["top1_test"] = evaluate(net, eval_loader, ctx, amp, flip_tta)["top1"]
             row["test_precision"] = precision_name(amp)

@@ -93,6 +93,9 @@ def early_checkpoint_name(epoch: int) -> str:
     return f"checkpoint_e{epoch}.pt"
 
 
+EARLY_CHECKPOINT_GLOB = early_checkpoint_name("*")  # type: ignore[arg-type]
+
+
 def _improves_best(out_dir: Path, top1_val: float | None) -> bool:
     """``top1_val`` beats the best kept so far (strictly, as the authors' ``>``: the earliest of
     equal epochs stays). An epoch without validation never does. A best.pt written just before an
@@ -103,6 +106,17 @@ def _improves_best(out_dir: Path, top1_val: float | None) -> bool:
     if not meta.exists():
         return True
     return top1_val > float(json.loads(meta.read_text())["top1_val"])
+
+
+def _remove_earlier_run(out_dir: Path) -> None:
+    """A run starting at epoch 0 (``--no-resume``, or its ``checkpoint.pt`` deleted as a refusal
+    advises) removes what an earlier run in the folder kept beside its checkpoint: its best.pt
+    and record (the new run's epochs were compared with the old record and, not beating it,
+    left the old model as "best") and its early checkpoints (scored by EL2N/GraNd as if they
+    were this run's)."""
+    for p in [out_dir / BEST_CHECKPOINT_NAME, out_dir / BEST_META_NAME,
+              *out_dir.glob(EARLY_CHECKPOINT_GLOB)]:
+        p.unlink(missing_ok=True)
 
 
 def model_kwargs(recipe: Recipe) -> dict[str, Any]:
@@ -413,6 +427,8 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     ckpt: Checkpoint | None = resume_from(Checkpoint, ckpt_path, identity, resume=resume)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt is None:
+            _remove_earlier_run(out_dir)
 
     timer = StageTimer(ckpt.timings if ckpt else None, sync_cuda=False)
     start_epoch = ckpt.epoch if ckpt else 0

@@ -210,3 +210,31 @@ def test_vtab_on_a_split_named_like_a_toml_date(eval_source_ckpt, eval_target, t
     select = json.loads((tmp_path / "v" / "select-lr0.05" / "result.json").read_text())
     assert select["test_split"] == "2024-01-01" and select["test_samples"] == 4
     assert res["test_samples"] == 12 and res["selected_lr"] == 0.05
+
+
+def test_vtab_refuses_its_runs_for_a_checkpoint_trained_again_in_place(eval_source_ckpt, eval_target,
+                                                                      tmp_path):
+    """The checkpoint at the same path trained again (other weights, same identity): the
+    finished runs belong to the old model and are refused, not reported for the new one; a
+    settings file from before the weights were recorded is accepted and completed."""
+    from ffcv_dp4tl.evaluation.vtab import SETTINGS_NAME, vtab_protocol
+    from ffcv_dp4tl.training.checkpoint import Checkpoint
+
+    from .conftest import FT_OVERRIDES
+
+    kw = dict(lrs=[0.05], train_size=16, val_size=4, overrides=FT_OVERRIDES, fmt="wds",
+              device="cpu", progress=False)
+    src, out = tmp_path / "source.pt", tmp_path / "v"
+    ckpt = Checkpoint.load(eval_source_ckpt)
+    ckpt.save(src)
+    vtab_protocol("lp_tiny_cpu", src, eval_target, out, **kw)
+    settings = json.loads((out / SETTINGS_NAME).read_text())
+    del settings["source_weights"]  # as written before the field
+    (out / SETTINGS_NAME).write_text(json.dumps(settings))
+    vtab_protocol("lp_tiny_cpu", src, eval_target, out, **kw)
+    assert "source_weights" in json.loads((out / SETTINGS_NAME).read_text())
+    name = next(k for k, v in ckpt.model.items() if v.is_floating_point())
+    ckpt.model[name] = ckpt.model[name] * 1.01
+    ckpt.save(src)
+    with pytest.raises(DataError, match="made with other settings \\(--checkpoint's weights differs\\)"):
+        vtab_protocol("lp_tiny_cpu", src, eval_target, out, **kw)

@@ -140,3 +140,16 @@ def test_resume_on_fewer_gpus_restores_the_states_it_can(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # as many as saved: each its own
     checkpoint.set_rng_states(st)
     assert set_calls == [(1, 0), (2, 1)]
+
+
+def test_a_resume_refusal_names_the_differing_entries_of_a_dict_field(tmp_path):
+    """The source's identity is a dict: the refusal names its entries that differ with their
+    values (it used to cut both dicts at 16 characters, e.g. ``{'arch': 'resnet``)."""
+    from ffcv_dp4tl.training.checkpoint import check_identity
+
+    found = {"mode": "lp", "source_identity": {"arch": "resnet18", "recipe_fingerprint": "ab12"}}
+    want = {"mode": "lp", "source_identity": {"arch": "resnet50", "recipe_fingerprint": "ab12"}}
+    with pytest.raises(DP4TLError) as e:
+        check_identity(tmp_path / "finetune_state.pt", found, want, "finetune run")
+    assert ("source_identity.arch: checkpoint has resnet18, this run has resnet50"
+            in str(e.value)) and "recipe_fingerprint" not in str(e.value)

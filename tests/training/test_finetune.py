@@ -232,3 +232,51 @@ def test_finetune_on_cuda_n_makes_n_current_before_any_loader(trained_run, targe
         finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path, fmt="wds",
                  device="cuda:1", progress=False, overrides=LP)
     assert e.value.args == ([1], torch.device("cuda", 1))
+
+
+def test_a_source_trained_again_is_another_finetune_run(trained_run, target_dir, tmp_path):
+    """A source checkpoint trained again in the same place (same arch, recipe, data, epoch;
+    most recipes are not bit-deterministic) is another source: resuming or reusing the
+    finetuning of the old one is refused, naming the weights; the same weights resume."""
+    from ffcv_dp4tl.errors import DP4TLError
+
+    kw = dict(fmt="wds", device="cpu", progress=False, overrides=LP + ["train.epochs=2"])
+    src = tmp_path / "source.pt"
+    ckpt = Checkpoint.load(trained_run / "checkpoint.pt")
+    ckpt.save(src)
+    assert finetune("lp_tiny_cpu", src, target_dir, tmp_path / "ft", stop_after=1,
+                    **kw) == {"stopped_after": 1}
+    first = next(k for k, v in ckpt.model.items() if v.is_floating_point())
+    ckpt.model[first] = ckpt.model[first] + 1e-3  # "trained again": other weights
+    ckpt.save(src)
+    with pytest.raises(DP4TLError, match="different finetune run.*source_weights"):
+        finetune("lp_tiny_cpu", src, target_dir, tmp_path / "ft", **kw)
+    ckpt.model[first] = ckpt.model[first] - 1e-3
+    Checkpoint.load(trained_run / "checkpoint.pt").save(src)  # the first weights: resumed
+    assert finetune("lp_tiny_cpu", src, target_dir, tmp_path / "ft", **kw)["resumed_from"] == 1
+
+
+def test_a_finetune_state_from_before_the_weights_were_recorded_still_resumes(
+        trained_run, target_dir, tmp_path):
+    """``finetune_state.pt`` written before ``source_weights`` was part of the identity: the
+    run resumes as it did (nothing tells which weights it started from)."""
+    kw = dict(fmt="wds", device="cpu", progress=False, overrides=LP + ["train.epochs=2"])
+    out = tmp_path / "ft"
+    finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, out, stop_after=1, **kw)
+    state = FinetuneState.load(out / STATE_NAME)
+    del state.identity["source_weights"]
+    state.save(out / STATE_NAME)
+    assert finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, out,
+                    **kw)["resumed_from"] == 1
+
+
+def test_a_diverged_finetune_is_refused_not_reported_as_a_result(trained_run, target_dir,
+                                                                 tmp_path):
+    """A loss gone NaN (lr far too high) is one line saying to lower lr.lr, as pretraining
+    says; it used to finish with chance accuracy as the result and NaN in metrics.jsonl."""
+    from ffcv_dp4tl.errors import DP4TLError
+
+    with pytest.raises(DP4TLError, match=r"ff finetuning diverged at epoch [01] \(loss (nan|inf)\); lower lr.lr"):
+        finetune("ff_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path, fmt="wds",
+                 device="cpu", progress=False, overrides=LP + ["train.epochs=2", "lr.lr=1e30"])
+    assert not (tmp_path / "result.json").exists()

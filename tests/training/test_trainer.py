@@ -231,3 +231,25 @@ def test_training_runs_the_recipes_lr_schedule_and_label_smoothing(source_dir, t
         assert abs(smoothed - plain) > 1e-4  # the smoothing is visible in this loss
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["lr"] for x in rows] == pytest.approx([expect[iters - 1], expect[-1]])
+
+
+def test_a_run_started_over_keeps_no_best_or_early_checkpoint_of_the_old_run(source_dir, tmp_path,
+                                                                            test_recipe):
+    """``--no-resume`` (or ``checkpoint.pt`` deleted, as a refusal advises) in a folder of an
+    earlier run: that run's best.pt, best.json and early checkpoints go. The new run's epochs
+    used to be compared with the old record and, not beating it, left the old model as "best"
+    (what finetuning starts from with finetune.start_from = "best")."""
+    kw = dict(fmt="wds", device="cpu", progress=False)
+    r = test_recipe("train.epochs=2", "train.keep_best=true", "eval.every=1", "train.keep_epochs=[1]")
+    train(r, source_dir, out_dir=tmp_path, **kw)
+    (tmp_path / "best.json").write_text(json.dumps({"epoch": 9, "top1_val": 2.0}))  # unbeatable
+    old_early = (tmp_path / "checkpoint_e1.pt").read_bytes()
+    train(test_recipe("train.epochs=1", "train.keep_best=true", "eval.every=1"), source_dir,
+          out_dir=tmp_path, resume=False, **kw)
+    best = json.loads((tmp_path / "best.json").read_text())
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert best["top1_val"] == rows[0]["top1_val"] and best["epoch"] != 9
+    assert torch.equal(Checkpoint.load(tmp_path / "best.pt").model["fc.weight"],
+                       Checkpoint.load(tmp_path / "checkpoint.pt").model["fc.weight"])
+    assert not (tmp_path / "checkpoint_e1.pt").exists() or \
+        (tmp_path / "checkpoint_e1.pt").read_bytes() != old_early
