@@ -165,8 +165,12 @@ def validate_mask(mask: IndexMask, split: SplitInfo, source: str | Path = "mask"
 
 
 def save_mask(path: str | Path, mask: IndexMask) -> Path:
-    """Write ``path`` (.npy) and its ``.json`` sidecar atomically; returns the .npy path."""
+    """Write ``path`` (.npy) and its ``.json`` sidecar atomically; returns the .npy path. A mask
+    written over another loses the old sidecar first: interrupted between the two files, it is
+    a .npy without a sidecar (refused by :func:`load_mask`), never new indices under the old
+    mask's description (its ratio, method, count)."""
     npy = _npy_path(path)
+    _json_path(npy).unlink(missing_ok=True)
     atomic_save_npy(npy, mask.indices.astype(np.int64))
     atomic_write_json(_json_path(npy), mask.info.to_json())
     return npy
@@ -196,6 +200,11 @@ def load_mask(path: str | Path, split: SplitInfo | None = None) -> IndexMask:
         raise MaskError(f"mask metadata not found: {meta_path} (every mask .npy needs its .json "
                         "sidecar that names the dataset fingerprint)")
     meta = MaskMeta.from_json(read_json(meta_path, "mask metadata"), meta_path)
+    if meta.num_kept is not None and indices.ndim == 1 and meta.num_kept != len(indices):
+        raise MaskError(f"{meta_path} says {meta.num_kept} samples are kept but {npy} holds "
+                        f"{len(indices)}: the two files were not written together (edited, or "
+                        "copied from two masks); recreate the mask with `dp4tl prune` or "
+                        "`dp4tl mask classes`")
     mask = IndexMask(indices, meta.to_json())
     if split is not None:
         validate_mask(mask, split, source=npy)

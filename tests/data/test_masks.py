@@ -241,3 +241,29 @@ def test_class_and_split_arguments_of_the_wrong_kind_are_refused(split):
         with pytest.raises(MaskError, match=r"not 'train': pass load_manifest\(DATASET\).split\(NAME\)"):
             fn("train")
     assert mask_from_classes(split, np.array([1], np.int32)).meta["kept_classes"] == [1]
+
+
+def test_a_mask_written_over_another_never_pairs_new_indices_with_the_old_sidecar(split, tmp_path,
+                                                                                  monkeypatch):
+    """``dp4tl prune --ratio 0.6`` into the folder of a 0.2 mask, interrupted between the two
+    files: the new .npy is refused for lack of a sidecar (it used to be read with the old one,
+    ``mask check`` saying OK at the old ratio). A sidecar whose count disagrees with the
+    indices (edited, or copied from another mask) is refused, naming both files."""
+    import ffcv_dp4tl.data.masks as masks_mod
+
+    path = save_mask(tmp_path / "train.npy", make_mask(np.arange(0, 8), split, method="a"))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(masks_mod, "atomic_write_json", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_mask(path, make_mask(np.arange(0, 4), split, method="b"))
+    monkeypatch.undo()
+    with pytest.raises(MaskError, match="mask metadata not found"):
+        load_mask(path, split)
+    save_mask(path, make_mask(np.arange(0, 8), split, method="a"))
+    meta = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({**meta, "num_kept": 5}))
+    with pytest.raises(MaskError, match=r"train.json says 5 samples are kept but .*train.npy holds 8"):
+        load_mask(path, split)
