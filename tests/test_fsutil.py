@@ -104,3 +104,21 @@ def test_a_file_system_without_locks_runs_unguarded_with_a_warning(tmp_path, mon
     with pytest.raises(PermissionError):
         with directory_lock(tmp_path / "r" / ".lock", "run r"):
             pass
+
+
+def test_atomically_written_files_get_the_umask_permissions(tmp_path):
+    """A file written atomically ends with the permissions a plain ``open`` would give it
+    (0o666 minus the umask), not the temporary file's private 0o600: datasets, masks and
+    reports built by one user stay readable by the others on a shared cluster."""
+    import stat
+
+    from ffcv_dp4tl.fsutil import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        atomic_save_npy(tmp_path / "m.npy", np.arange(3))
+    finally:
+        os.umask(old)
+    for name in ("a.json", "m.npy"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name

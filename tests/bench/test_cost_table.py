@@ -355,3 +355,15 @@ def test_cost_table_checks_every_run_before_the_first(monkeypatch, tmp_path):
     assert seen == [("random", 0.0, 8, ("lp", "ff")), ("random", 0.4, 8, ("lp",)),
                     ("random", 0.6, 8, ("lp",)), ("fm", 0.4, 16, ("lp", "ff")),
                     ("fm", 0.6, 16, ("lp", "ff"))]
+
+
+def test_a_tied_seed_is_not_a_win():
+    """"Seeds won" counts seeds where the method is strictly above RANDOM: a seed on which the
+    two reach the same top-1 is not a win (else a method that changes nothing would win every
+    seed)."""
+    from ffcv_dp4tl.bench.stats import versus_random
+
+    rows = [_row(m, 0.6, s, 0, 0, 40.0, 50.0 + s) for m in ("random", "lm") for s in (0, 1, 2)]
+    rows[-1]["lp_top1"] = 53.0  # seed 2: LM 53 vs RANDOM 52, the only win
+    (v,) = versus_random(rows, "lp", ["lm"], [0.6])
+    assert (v["wins"], v["paired"]) == (1, 3)

@@ -300,3 +300,30 @@ def test_a_bad_method_or_empty_list_is_refused_before_any_run(tmp_path, monkeypa
         with pytest.raises(sep.DP4TLError, match=what):
             sep.run_separation(base, tmp_path / "out", finetune=["lp"], log=lambda m: None, **args)
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+
+
+def test_zero_spread_differences_have_an_exact_p_value():
+    """With no spread the t statistic is undefined; the p-value is then exact: 1.0 when every
+    difference is 0 (nothing to detect), 0.0 when every pair differs by the same non-zero
+    amount (the interval is that single value)."""
+    zero = sep.paired_test([0.0, 0.0, 0.0])
+    assert zero["p"] == 1.0 and (zero["lo"], zero["hi"]) == (0.0, 0.0)
+    one = sep.paired_test([1.0, 1.0, 1.0])
+    assert one["p"] == 0.0 and (one["lo"], one["hi"]) == (1.0, 1.0)
+
+
+def test_a_method_identical_to_random_is_no_difference_detected():
+    """A method that scores exactly what RANDOM scores on every pair (interval [0, 0]) is
+    "no difference detected", never **better** or **worse**: an interval touching 0 does not
+    exclude it."""
+    zero = sep.paired_test([0.0, 0.0, 0.0])
+    assert sep.verdict(zero) == "no difference detected"
+    assert sep.verdict(zero, zero) == "no difference detected"
+
+
+def test_a_tied_pair_is_neither_won_nor_lost():
+    """"pairs won" counts pairs where the method beat RANDOM; a pair with a difference of exactly
+    0 is a tie: neither a win nor a loss."""
+    t = sep.paired_test([0.0, 1.0, 2.0])
+    assert (t["wins"], t["losses"]) == (2, 0)
+    assert (sep.paired_test([0.0, -1.0])["wins"], sep.paired_test([0.0, -1.0])["losses"]) == (0, 1)

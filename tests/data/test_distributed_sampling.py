@@ -123,3 +123,12 @@ def test_two_process_gloo_run_partitions_the_mask(index_dataset, index_split, tm
             assert set(index_dataset.labels[part].tolist()) <= {0, 2, 4}
         orders.append(parts)
     assert orders[0] != orders[1]  # reshuffled across epochs
+
+
+def test_every_epoch_gets_its_own_order():
+    """Shuffling gives each epoch its own visiting order, not just one that differs from the
+    previous epoch: no two of epochs 0-5 repeat an order (an order that cycles every other
+    epoch would train on the same sequence again and again)."""
+    plan = EpochPlan(MASK, shuffle=True, seed=7)
+    orders = [plan.order(e).tobytes() for e in range(6)]
+    assert len(set(orders)) == 6

@@ -119,3 +119,21 @@ def test_cost_table_gives_each_method_only_its_own_options():
     with pytest.raises(DP4TLError, match="--opt nope=1: none of the methods lm, random"):
         run_cost_table(PipelineConfig(scorer_options=("nope=1",)), None,
                        methods=("lm", "random"), log=lambda s: None)
+
+
+def test_prune_reverse_keeps_the_other_end_of_a_sample_ranking(index_dataset, tmp_path):
+    """``dp4tl prune --reverse`` with a sample-wise method (the paper's ablation) keeps the
+    *lowest*-scored samples where a plain prune keeps the highest, for the same ratio."""
+    src = index_dataset.root
+    info = load_manifest(src).split("train")
+    n = info.num_samples
+    out = tmp_path / "s"
+    write_scores(out, method="random", unit="sample", scores=np.arange(n, dtype=float),
+                 meta={"higher_is_better": True})
+    keep = round(0.5 * n)
+    prune(out, src, 0.5, tmp_path / "fwd")
+    prune(out, src, 0.5, tmp_path / "rev", reverse=True)
+    fwd = load_mask(tmp_path / "fwd" / "train.npy", info).indices
+    rev = load_mask(tmp_path / "rev" / "train.npy", info).indices
+    np.testing.assert_array_equal(fwd, np.arange(n - keep, n))
+    np.testing.assert_array_equal(rev, np.arange(keep))

@@ -325,3 +325,33 @@ def test_rescoring_into_the_same_folder_at_another_resolution_extracts_the_featu
     np.testing.assert_array_equal(again, fresh)
     np.testing.assert_array_equal(again_scores, fresh_scores)
     assert settings == {"resolution": 16, "crop": "center", "format": "wds", "autocast": "None"}
+
+
+def test_the_first_kmeans_pp_centre_depends_on_the_seed(rng):
+    """k-means++ draws its first centre at random with the seed: FM's clusters (and so its
+    selection) change with ``--seed``, rather than every seed starting from row 0 and all seeds
+    agreeing on the first centre."""
+    x, _ = _blobs(rng, n=300)
+    firsts = [kmeans_plus_plus(x, 1, seed=s)[0] for s in range(8)]
+    assert len({r.tobytes() for r in firsts}) > 1
+    assert any(not np.array_equal(f, x[0]) for f in firsts)
+
+
+def test_fm_breaks_equal_votes_by_cluster_size_larger_first():
+    """FM's tie-break is each cluster's number of source train samples: of clusters with equal
+    target votes, pruning keeps the larger one first (more data kept per kept cluster), not the
+    smaller one."""
+    from types import SimpleNamespace
+
+    from ffcv_dp4tl.scoring.methods.fm import vote_clusters
+
+    ctx = SimpleNamespace(combine=lambda per_target: per_target[0], backend="cpu",
+                          source=SimpleNamespace(split_names=("train",)))
+    centroids = np.array([[0, 0], [10, 0], [0, 10]], dtype=np.float32)
+    train_units = np.array([0, 1, 1, 1, 2, 2])  # sizes 1, 3, 2
+    one_vote_each = np.array([[0.5, 0], [9, 0], [0, 9]], dtype=np.float32)
+    r = vote_clusters(ctx, [one_vote_each], centroids, train_units, lambda: None)
+    np.testing.assert_array_equal(r.scores, [1, 1, 1])
+    np.testing.assert_array_equal(r.tiebreak, [1, 3, 2])
+    np.testing.assert_array_equal(select_classes(r.scores, 2 / 3, tiebreak=r.tiebreak), [1])
+    np.testing.assert_array_equal(select_classes(r.scores, 1 / 3, tiebreak=r.tiebreak), [1, 2])

@@ -164,3 +164,17 @@ def test_lm_breaks_vote_ties_by_softmax_mass_when_pruning(source_dir, target_dir
     mask = load_mask(tmp_path / "mask" / "train.npy", train)
     labels = np.asarray(train.load_labels())
     np.testing.assert_array_equal(mask.indices, np.flatnonzero(np.isin(labels, by_mass[:m])))
+
+
+def test_an_exact_half_keeps_the_even_count():
+    """The kept count is Python's ``round(fraction * n)``, as select_classes and select_samples
+    promise: an exact half goes to the even count (2.5 -> 2, 3.5 -> 4, 7.5 -> 8), not always up,
+    so a ratio that lands on a half keeps the same number of units on every machine and in the
+    paper's tables."""
+    from ffcv_dp4tl.scoring import select_samples
+
+    scores = np.arange(10)
+    assert select_classes(scores, 0.75).size == 2  # (1 - 0.75) * 10 = 2.5
+    assert select_classes(scores, 0.25).size == 8  # 7.5
+    assert select_classes(np.arange(7), 0.5).size == 4  # 3.5
+    np.testing.assert_array_equal(select_samples(np.arange(10.0), 0.25), [8, 9])  # 2.5 -> 2

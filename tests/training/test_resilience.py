@@ -108,13 +108,6 @@ def test_impossible_recipe_values_are_one_line_errors_at_load(override, message)
     assert "\n" not in str(e.value)
 
 
-def test_every_shipped_recipe_passes_the_range_checks():
-    from ffcv_dp4tl.training.recipe_files import list_recipes
-
-    for name in list_recipes():
-        load_recipe(name)
-
-
 def test_more_workers_than_cores_is_capped_with_one_note(capsys):
     from ffcv_dp4tl.data import resources
 

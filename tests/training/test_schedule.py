@@ -68,3 +68,16 @@ def test_cycled_momentum_follows_torch_cyclic_lr():
             opt.step()
             sched.step()
     assert min(seen) == pytest.approx(0.8) and max(seen) == pytest.approx(0.9)
+
+
+def test_cosine_after_warmup_decays_over_the_remaining_epochs():
+    """With a linear warmup, the half-cosine starts at the peak when warmup ends and runs
+    over the epochs left after it: warmup 2 of 10 epochs gives the peak at epoch 2, the midpoint
+    between peak and min_lr at epoch 6 (half of the 8 cosine epochs), min_lr at epoch 10."""
+    import math
+
+    cfg = LRCfg(schedule="cosine", warmup_epochs=2, min_lr=0.1, scale_with_batch=False)
+    assert lr_at(cfg, 2, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(cfg, 6, 10, 1.0) == pytest.approx(0.55)  # 0.1 + 0.9 / 2
+    assert lr_at(cfg, 4, 10, 1.0) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 4)))
+    assert lr_at(cfg, 10, 10, 1.0) == pytest.approx(0.1)
