@@ -270,6 +270,9 @@ def os_error_line(e: OSError) -> str:
                 "rerun the same command: finished work is kept and it resumes")
     if e.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
         return f"cannot use{where} ({what}): a file is where a folder should be (or the reverse); choose another path"
+    if e.errno in (errno.EACCES, errno.EPERM) and e.filename and os.path.exists(e.filename) \
+            and not os.access(e.filename, os.R_OK):  # (a file or folder we may not even read)
+        return f"cannot read{where} ({what}); fix its permissions, or run as a user who may read it"
     if is_unwritable(e):
         return f"cannot write{where} ({what}); choose a writable folder or fix its permissions"
     if e.errno == errno.ENOENT:

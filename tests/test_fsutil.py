@@ -50,6 +50,19 @@ def test_output_folders_that_cannot_be_are_refused(tmp_path):
     assert not (tmp_path / "new").exists()  # checking creates nothing
 
 
+def test_a_file_that_may_not_be_read_is_not_called_unwritable(tmp_path, monkeypatch):
+    """EACCES on a file the user may not read (``chmod 000 manifest.json``) says "cannot read"
+    and to fix its permissions; it used to say "cannot write ... choose a writable folder"."""
+    import ffcv_dp4tl.fsutil as fsutil
+
+    f = tmp_path / "manifest.json"
+    f.write_text("{}")
+    monkeypatch.setattr(fsutil.os, "access", lambda p, mode: mode != os.R_OK)  # (tests run as root)
+    assert os_error_line(OSError(errno.EACCES, "Permission denied", str(f))) == (
+        f"cannot read {f} (Permission denied); fix its permissions, or run as a user who may "
+        "read it")
+
+
 def test_environment_errors_read_as_one_line():
     assert os_error_line(OSError(errno.EROFS, "Read-only file system", "/data/ds/.build.lock")) == \
         ("cannot write /data/ds/.build.lock (Read-only file system); choose a writable folder or fix "

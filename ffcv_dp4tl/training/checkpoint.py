@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import DP4TLError
-from ..fsutil import atomic_path, is_disk_full
+from ..fsutil import atomic_path, is_disk_full, os_error_line
 
 CHECKPOINT_NAME = "checkpoint.pt"
 IDENTITY_KEYS = ("arch", "recipe_fingerprint", "dataset_fingerprint", "mask_hash", "num_classes")
@@ -182,7 +182,12 @@ def _load_dict(path: str | Path, map_location: str | torch.device = "cpu") -> An
         # weights_only=False: RNG states contain numpy/python objects. Only load your own runs.
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling problem is a user-facing error
-        raise DP4TLError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+        if isinstance(e, OSError):
+            raise DP4TLError(os_error_line(e)) from None
+        why = str(e).splitlines()[0][:120] if str(e) else ""
+        raise DP4TLError(f"{path} is not a readable checkpoint ({type(e).__name__}: {why}); it is "
+                         "damaged (truncated?) or not a checkpoint: delete it and rerun what wrote "
+                         "it (a pipeline stage: delete its stage folder and rerun)") from None
 
 
 def _differences(found: Any, expected: Any, name: str) -> list[str]:

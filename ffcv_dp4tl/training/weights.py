@@ -50,9 +50,11 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling problem is a user-facing error
+        why = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines()[0][:160] if str(e) else ""
         raise DP4TLError(f"{path} is not a state dict torch can read safely (weights_only): "
-                         f"{type(e).__name__}: {str(e).splitlines()[0][:160]}; save it with "
-                         "torch.save(model.state_dict(), PATH)") from None
+                         f"{type(e).__name__}: {why}; save it with torch.save(model.state_dict(), "
+                         "PATH) (a dp4tl checkpoint.pt is used as it is: dp4tl score/finetune "
+                         "--checkpoint)") from None
     classes = None
     if isinstance(obj, dict) and not _is_state_dict(obj):
         classes = obj.get("classes")

@@ -65,7 +65,8 @@ def test_unreadable_foreign_and_newer_files_are_refused(tmp_path):
     with pytest.raises(DP4TLError, match="checkpoint not found"):
         Checkpoint.load(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a pickle")
-    with pytest.raises(DP4TLError, match="not a readable checkpoint"):
+    with pytest.raises(DP4TLError, match="not a readable checkpoint .*delete it and rerun what "
+                                         "wrote it .*delete its stage folder"):
         Checkpoint.load(tmp_path / "junk.pt")
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
     with pytest.raises(DP4TLError, match="not an ffcv-dp4tl checkpoint"):

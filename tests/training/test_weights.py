@@ -77,6 +77,14 @@ def test_wrong_architecture_or_file_is_clear(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     with pytest.raises(DP4TLError, match="not a state dict"):
         read_state_dict(tmp_path / "junk.pth")
+    # a dp4tl training checkpoint (Python objects beside the weights): torch's refusal without
+    # its terminal colour codes, and where such a file goes instead
+    from pathlib import Path
+
+    torch.save({"model": _model().state_dict(), "source": Path("x")}, tmp_path / "ours.pt")
+    with pytest.raises(DP4TLError, match=r"not a state dict.*--checkpoint\)$") as e:
+        read_state_dict(tmp_path / "ours.pt")
+    assert "\x1b" not in str(e.value)
     torch.save({"epoch": 3}, tmp_path / "nosd.pth")
     with pytest.raises(DP4TLError, match="holds no state dict"):
         read_state_dict(tmp_path / "nosd.pth")
