@@ -285,7 +285,10 @@ def report_step(cfg: PipelineConfig, ok: Checked, r: Resolved, res: PipelineResu
         "stages": [run.dir.name for run in res.stages.values()], "seeds": list(ok.seeds),
         "targets": [t.fingerprint for t in r.tgts], "weights": list(ok.weights),
         "ratio": cfg.ratio, "method": cfg.method}))
-    if res.selection and not (report_dir / GALLERY).exists():
+    # (drawn again when a stage ran: its folder name, hence this key, stays when an upstream
+    # stage computed again made it run again, with another selection)
+    if res.selection and (not (report_dir / GALLERY).exists()
+                          or any(run.ran for run in res.stages.values())):
         sel = res.selection  # the paper's Fig. A7: what was kept, beside the target
         selection_gallery(sel["source"], sel["target"], sel["mask"], report_dir / GALLERY,
                           scores_dir=sel["scores"],
