@@ -1,32 +1,38 @@
 # ffcv-dp4tl tasks. First run `bash scripts/setup.sh` (apt + .venv), then `.venv/bin/just TASK`.
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
+# Paths and arguments reach bash quoted: {{quote(x)}} for a value, "$@" for the arguments of a
+# [positional-arguments] recipe (each one word, e.g. `just build synth "my data"`, `just test -m "not slow"`)
 py := justfile_directory() / ".venv/bin/python"
 dp4tl := justfile_directory() / ".venv/bin/dp4tl"
+ruff := justfile_directory() / ".venv/bin/ruff"
 
 # list tasks
 default:
-    @{{just_executable()}} --list --justfile {{justfile()}}
+    @{{quote(just_executable())}} --list --justfile {{quote(justfile())}}
 
 # install apt packages + the pinned .venv (idempotent)
 setup:
     bash scripts/setup.sh
 
 # CPU test suite (what CI runs)
+[positional-arguments]
 test *args:
-    {{py}} -m pytest -q -p no:cacheprovider {{args}}
+    {{quote(py)}} -m pytest -q -p no:cacheprovider "$@"
 
 # pyflakes-class checks (unused imports, undefined names, syntax errors); also run by the suite (tests/test_lint.py)
+[positional-arguments]
 lint *args:
-    {{justfile_directory()}}/.venv/bin/ruff check {{args}}
+    {{quote(ruff)}} check "$@"
 
 # the whole scripts/gpu_check.sh rehearsed on the CPU at toy sizes (~3 min idle): run before every device call
 rehearse-gpu-check:
-    GPU_CHECK_REHEARSAL=1 {{py}} -m pytest -q -p no:cacheprovider tests/test_gpu_check.py
+    GPU_CHECK_REHEARSAL=1 {{quote(py)}} -m pytest -q -p no:cacheprovider tests/test_gpu_check.py
 
 # convert a dataset once into betons + shards: just build synth data/synth | just build imagenet:/data/ILSVRC data/imagenet
-build source="synth" out="data/synth" *args="":
-    {{dp4tl}} build {{source}} --out {{out}} {{args}}
+[positional-arguments]
+build source="synth" out="data/synth" *args:
+    {{quote(dp4tl)}} build {{quote(source)}} --out {{quote(out)}} "${@:3}"
 
 # the end-to-end job: just pretrain ratio=0.6 [method=fm] [data=imagenet:/data/ILSVRC target=flowers102:/data/flowers arch=resnet50]
 # (key=value pairs become `dp4tl pipeline --key value`; embedded default data when no data= is given)
@@ -42,21 +48,27 @@ pretrain *args:
         *) opts+=("$a") ;;
       esac
     done
-    exec "{{dp4tl}}" pipeline "${opts[@]}"
+    exec {{quote(dp4tl)}} pipeline "${opts[@]}"
 
 # CPU benchmarks → BENCHMARKS.md: the data layer (args go to bench_data.py), then the cost table
-bench *args: (bench-data args) bench-cost
+[positional-arguments]
+bench *args:  # (not `: (bench-data args)`: a dependency gets the args joined into one word)
+    {{quote(just_executable())}} --justfile {{quote(justfile())}} --set py {{quote(py)}} --set dp4tl {{quote(dp4tl)}} bench-data "$@"
+    {{quote(just_executable())}} --justfile {{quote(justfile())}} --set py {{quote(py)}} --set dp4tl {{quote(dp4tl)}} bench-cost
 
 # CPU data-layer benchmark → BENCHMARKS.md
+[positional-arguments]
 bench-data *args:
-    {{py}} benchmarks/bench_data.py {{args}}
+    {{quote(py)}} benchmarks/bench_data.py "$@"
 
 # cost table + accuracy vs ratio on the embedded data → docs/cost-table/ + BENCHMARKS.md
 # (args go to `dp4tl bench cost-table`, e.g. just bench-cost --methods lm,random --seeds 0,1)
+[positional-arguments]
 bench-cost *args:
-    {{dp4tl}} bench cost-table --out docs/cost-table --report BENCHMARKS.md --runs-root runs/cost-table {{args}}
+    {{quote(dp4tl)}} bench cost-table --out docs/cost-table --report BENCHMARKS.md --runs-root runs/cost-table "$@"
 
 # do LM and FM beat RANDOM? paired test over seeds x targets on synth:hard (LP and FF, ground
 # truth of every selection) → docs/embedded-benchmark/ + BENCHMARKS.md (rerun resumes)
+[positional-arguments]
 bench-embedded *args:
-    {{dp4tl}} bench embedded --out docs/embedded-benchmark --report BENCHMARKS.md {{args}}
+    {{quote(dp4tl)}} bench embedded --out docs/embedded-benchmark --report BENCHMARKS.md "$@"

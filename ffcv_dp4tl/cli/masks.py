@@ -15,27 +15,36 @@ mask_app = typer.Typer(help="Create and check index masks (sorted sample indices
 app.add_typer(mask_app, name="mask")
 
 
-def _parse_ids(text: str) -> list[int]:
-    ids: list[int] = []
+def _parse_ranges(text: str) -> list[tuple[int, int]]:
+    """``--classes`` as inclusive (low, high) ranges, never expanded here: ``0-999999999999``
+    must be refused by the bounds check, not first built as a list in memory."""
+    ranges: list[tuple[int, int]] = []
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
         lo, sep, hi = part.partition("-")
         try:
-            ids.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+            low, high = (int(lo), int(hi)) if sep else (int(lo), int(lo))
         except ValueError:
             raise MaskError(f"--classes: {part!r} is not a class id or range like 3-7") from None
-    return ids
+        if low > high:
+            raise MaskError(f"--classes: {part!r} is a reversed range (it starts after it ends); "
+                            f"write it low-high, e.g. {high}-{low}")
+        ranges.append((low, high))
+    return ranges
 
 
-def _ranges(ids: list[int]) -> str:
-    """Sorted ids as compact ranges: [32, 33, ..., 999] -> '32-999'."""
-    parts, start = [], ids[0]
-    for prev, cur in zip(ids, ids[1:] + [None]):
-        if cur is None or cur != prev + 1:
-            parts.append(f"{start}" if start == prev else f"{start}-{prev}")
-            start = cur
+def _outside(ranges: list[tuple[int, int]], num_classes: int) -> str:
+    """The requested ids past the last class, as merged compact ranges ('5-999, 2000')."""
+    beyond = sorted((max(lo, num_classes), hi) for lo, hi in ranges if hi >= num_classes)
+    merged: list[list[int]] = []
+    for lo, hi in beyond:
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    parts = [f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in merged]
     return ", ".join(parts[:5]) + (f" and {len(parts) - 5} more ranges" if len(parts) > 5 else "")
 
 
@@ -52,16 +61,16 @@ def classes_cmd(
 
     from ..fsutil import check_out_dir
 
-    ids = _parse_ids(classes)  # a bad id fails before the dataset is read
+    ranges = _parse_ranges(classes)  # a bad id fails before the dataset is read
     if Path(out).is_dir():
         raise MaskError(f"--out {out} is a folder; give the mask file's name, e.g. {Path(out) / 'keep.npy'}")
     check_out_dir(Path(out).parent, "--out's folder")
     manifest = load_manifest(require_data(data))
-    outside = sorted({i for i in ids if not 0 <= i < manifest.num_classes})
-    if outside:  # never clamp silently: 0-999 on 32 classes is a typo or the wrong dataset
-        shown = _ranges(outside)
+    shown = _outside(ranges, manifest.num_classes)  # ids are >= 0: "-" only separates
+    if shown:  # never clamp silently: 0-999 on 32 classes is a typo or the wrong dataset
         raise MaskError(f"--classes: {shown} outside the {manifest.num_classes} classes of "
                         f"{manifest.root} (ids 0-{manifest.num_classes - 1}); `dp4tl info` lists them")
+    ids = [i for lo, hi in ranges for i in range(lo, hi + 1)]  # each range within the classes
     info = manifest.split(split)
     mask = mask_from_classes(info, ids, method="classes")
     path = save_mask(out, mask)

@@ -9,6 +9,7 @@ included) is recorded as ``selection_seconds`` for the cost table.
 """
 from __future__ import annotations
 
+import numbers
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,23 @@ from ..fsutil import file_sha256
 from ..scoring.context import ScoringContext, Surrogate
 from ..scoring.registry import SEED, SETTINGS, Scorer, get_scorer, self_supervised_alternatives
 from .scores_io import load_scores_meta, write_scores
+
+
+#: the largest side (pixels) scoring reads images at: far above any protocol's (the paper: 224),
+#: far below what would exhaust memory in the loader's batch buffers (100000 px asked for 38 TB)
+MAX_RESOLUTION = 2048
+
+
+def check_resolution(value: Any, what: str, *, zero: str | None = None) -> int:
+    """A scoring resolution in pixels: an integer in [1, MAX_RESOLUTION], or 0 where ``zero``
+    says what 0 means; anything else is a one-line DP4TLError naming ``what``."""
+    low = 0 if zero else 1
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or not low <= value <= MAX_RESOLUTION):
+        meaning = f" (0 = {zero})" if zero else ""
+        raise DP4TLError(f"{what} must be an integer number of pixels from {low} to "
+                         f"{MAX_RESOLUTION}{meaning}, got {value!r}")
+    return int(value)
 
 
 def self_supervised_refusal(scorer: Scorer, what: str) -> DP4TLError:
@@ -46,13 +64,14 @@ def _load_surrogate(scorer: Scorer, ctx: ScoringContext, checkpoint: Path, devic
         raise DP4TLError(f"{checkpoint} predicts {ckpt.num_classes} classes but "
                          f"{ctx.source_dir} has {source.num_classes}; use a surrogate trained "
                          "on this source")
-    res = resolution or ckpt.eval_resolution or 224
+    res = resolution if resolution is not None else (ckpt.eval_resolution or 224)
     # target input: the arguments, else the surrogate recipe's [scoring] (absent = fast defaults)
     sc = ckpt.training_recipe().scoring
     t_res = target_resolution if target_resolution is not None else sc.target_resolution
     t_crop = TargetCrop.check(target_crop or sc.target_crop, "target crop")
-    if t_res < 0:
-        raise DP4TLError(f"target resolution must be >= 0 (0 = the surrogate's), got {t_res}")
+    if target_resolution is None:  # the recipe's (>= 0 when it loaded): bounded like the option
+        check_resolution(t_res, f"{checkpoint}: recipe scoring.target_resolution",
+                         zero="the surrogate's eval resolution")
     # source images behind source features: the recipe's [scoring] (validated when it loaded)
     s_res, s_crop = sc.source_resolution, sc.source_crop
     return Surrogate(path=Path(checkpoint), model=model, head=get_head(model), checkpoint=ckpt,
@@ -105,6 +124,11 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     """
     scorer = get_scorer(method)
     opts = scorer.parse_options(options)  # bad options fail before any work
+    if resolution is not None:  # 0 is no "default": omit the option for the surrogate's
+        check_resolution(resolution, "--resolution")
+    if target_resolution is not None:
+        check_resolution(target_resolution, "--target-resolution (scoring.target_resolution)",
+                         zero="the surrogate's eval resolution")
     _refuse_other_scores(Path(out_dir), method)
     t0 = time.perf_counter()
     from ..training.trainer import pin_cpu_threads

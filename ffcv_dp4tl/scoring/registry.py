@@ -74,10 +74,11 @@ class Cost:
 @dataclass(frozen=True)
 class Option:
     """One knob of a scorer: its default (whose type the CLI value is converted to), a one-line
-    help and, optionally, the allowed values."""
+    help and, optionally, the allowed values or the smallest allowed number."""
     default: Any
     help: str = ""
     choices: tuple[Any, ...] = ()
+    minimum: int | float | None = None  # numbers below are refused (e.g. epoch=-1)
 
     def parse(self, method: str, name: str, value: Any) -> Any:
         d = self.default
@@ -99,6 +100,9 @@ class Option:
         if self.choices and v not in self.choices:
             raise DP4TLError(f"{method}: option {name}={value!r} must be one of "
                              f"{', '.join(map(str, self.choices))}")
+        if self.minimum is not None and not isinstance(v, bool) and v < self.minimum:
+            raise DP4TLError(f"{method}: option {name}={value!r} must be >= {self.minimum}"
+                             + (f"; {name}: {self.help}" if self.help else ""))
         return v
 
 

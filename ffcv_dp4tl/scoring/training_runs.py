@@ -159,7 +159,11 @@ def training_recipe(ctx, arch: str = ""):
 
 def early_epoch(recipe, epoch: int) -> int:
     """``epoch`` if > 0; else the recipe's earliest ``train.keep_epochs`` (the early checkpoint
-    the surrogate keeps), else 10 % of its epochs (Paul et al.: epoch 20 of 200), at least 1."""
+    the surrogate keeps), else 10 % of its epochs (Paul et al.: epoch 20 of 200), at least 1.
+    A negative ``epoch`` is refused (it used to run as 0 and be recorded as asked)."""
+    if epoch < 0:
+        raise DP4TLError(f"option epoch={epoch} must be >= 0 (epochs into training the runs "
+                         "stop; 0: the recipe's train.keep_epochs, else 10 % of its epochs)")
     if epoch > 0:
         return min(int(epoch), recipe.train.epochs)
     if recipe.train.keep_epochs:

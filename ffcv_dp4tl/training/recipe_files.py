@@ -96,9 +96,23 @@ def list_recipes(sets: bool = False) -> list[str]:
     return names
 
 
+def read_recipe_text(path: Path) -> str:
+    """A recipe file's text; one that cannot be read or is not UTF-8 (what TOML requires) is a
+    DP4TLError naming the file, not a traceback."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DP4TLError(f"{path}: cannot read the recipe file ({e.strerror or e})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DP4TLError(f"{path}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); "
+                         "save the recipe as UTF-8") from None
+
+
 def recipe_description(path_or_name: str | Path) -> str:
     """The first comment line of a recipe file (its one-line description), or ``""``."""
-    for line in resolve_recipe_path(path_or_name).read_text().splitlines():
+    for line in read_recipe_text(resolve_recipe_path(path_or_name)).splitlines():
         line = line.strip()
         if line.startswith("#"):
             return line.lstrip("#").strip().rstrip(",;/ ")
@@ -133,9 +147,12 @@ def read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise DP4TLError(f"{path}: `extends` loops back to itself "
                          f"({' -> '.join(str(p) for p in (*chain, path))})")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_recipe_text(path))
     except tomllib.TOMLDecodeError as e:
         raise DP4TLError(f"{path}: invalid TOML ({e})") from None
+    if not data:  # 0 bytes, blanks or comments only: most likely truncated, never "all defaults"
+        raise DP4TLError(f"{path}: the recipe file sets nothing (it is empty or only comments); "
+                         "give it its settings or `extends = \"NAME\"` a shipped recipe")
     base = data.pop("extends", None)
     if base is None:
         return data

@@ -68,6 +68,19 @@ def test_class_ids_beyond_the_dataset_are_an_error_not_clamped(capsys, monkeypat
     assert not (tmp_path / "m.npy").exists()
 
 
+@pytest.mark.parametrize("classes,needles", [
+    # checked as ranges: never a list of 10^12 ids in memory first (a MemoryError before)
+    ("0-999999999999", ["--classes: 5-999999999999 outside the 5 classes of", "(ids 0-4)"]),
+    ("5-2", ["--classes: '5-2' is a reversed range", "e.g. 2-5"]),  # was "mask is empty"
+])
+def test_class_ranges_are_checked_as_ranges(capsys, monkeypatch, tmp_path, index_dataset,
+                                            classes, needles):
+    code, _, err = cli(capsys, monkeypatch, "mask", "classes", "--data", index_dataset.root,
+                       "--classes", classes, "--out", tmp_path / "m.npy")
+    one_line(code, err, *needles)
+    assert not (tmp_path / "m.npy").exists()
+
+
 def test_mask_classes_refuses_permuted_labels(capsys, monkeypatch, tmp_path, index_copy):
     labels = np.load(index_copy / "train.labels.npy")
     np.save(index_copy / "train.labels.npy", np.roll(labels, 1))
@@ -100,6 +113,36 @@ def test_just_pretrain_passes_options_written_as_options(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "pipeline --ratio=0.5 --method fm --data-root d"
+
+
+def test_just_recipes_pass_paths_with_spaces_as_one_argument(tmp_path):
+    """`just build synth:tiny "my data"` split the path in two (unquoted {{out}}); so did the
+    tools' own paths (a checkout under a folder with a space) and `just test -m "not slow"`."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    just = Path(sys.executable).parent / "just"
+    if not just.exists() and shutil.which("just") is None:
+        pytest.skip("just is not installed")
+    repo = Path(__file__).resolve().parents[2]
+    argv = tmp_path / "bin dir" / "argv"  # stands in for dp4tl / python: prints [each][argument]
+    argv.parent.mkdir()
+    argv.write_text('#!/bin/sh\nfor a; do printf "[%s]" "$a"; done\n')
+    argv.chmod(0o755)
+
+    def run(*args):
+        r = subprocess.run([str(just if just.exists() else "just"), "--justfile", str(repo / "Justfile"),
+                            "--set", "dp4tl", str(argv), "--set", "py", str(argv), *args],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    assert run("build", "synth:tiny", "my data") == "[build][synth:tiny][--out][my data]"
+    assert (run("build", "folder:/in put", "my data", "--workers", "1", "x y")
+            == "[build][folder:/in put][--out][my data][--workers][1][x y]")
+    assert run("test", "-m", "not slow") == "[-m][pytest][-q][-p][no:cacheprovider][-m][not slow]"
+    assert run("bench-data", "a b") == "[benchmarks/bench_data.py][a b]"
 
 
 def test_ctrl_c_inside_a_command_says_how_to_resume(capsys, monkeypatch, index_dataset):

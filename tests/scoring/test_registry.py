@@ -116,6 +116,20 @@ def test_unknown_method_is_one_line_listing_the_registered_names(tmp_path):
     assert not (tmp_path / "s").exists() and not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("method", ["el2n", "grand"])
+def test_negative_early_training_epoch_is_refused_not_run_as_the_default(method):
+    """--opt epoch=-1 ran as epoch 0 (the recipe's early checkpoint) and was recorded as -1."""
+    from ffcv_dp4tl.scoring.training_runs import early_epoch
+    from ffcv_dp4tl.training.recipe import load_recipe
+
+    scorer = get_scorer(method)
+    assert scorer.parse_options({"epoch": "0"})["epoch"] == 0
+    with pytest.raises(DP4TLError, match=rf"^{method}: option epoch='-1' must be >= 0; epoch: "):
+        scorer.parse_options({"epoch": "-1"})
+    with pytest.raises(DP4TLError, match=r"epoch=-1 must be >= 0"):  # the API path too
+        early_epoch(load_recipe("resnet18_tiny_cpu"), -1)
+
+
 def test_registration_is_checked():
     class BadUnit(Scorer):
         name, unit = "bad-unit", "pixel"

@@ -13,9 +13,10 @@ from ..training_runs import early_training_checkpoints
 #: Paul et al. (2021) average EL2N/GraNd over 10 independent runs, scored early in training
 RUN_OPTIONS = {
     "runs": Option(10, "early-training runs averaged (Paul et al.: 10); run 0 is the "
-                       "surrogate's early checkpoint when it matches; runs=1 scores only that"),
+                       "surrogate's early checkpoint when it matches; runs=1 scores only that",
+                   minimum=1),
     "epoch": Option(0, "epochs into training the runs stop (0: the surrogate recipe's "
-                       "train.keep_epochs, else 10 % of its epochs)"),
+                       "train.keep_epochs, else 10 % of its epochs)", minimum=0),
     "arch": Option("", "architecture of the runs ('' = the surrogate's; see `dp4tl models`)"),
 }
 

@@ -1,0 +1,25 @@
+"""Reading recipe files (:mod:`ffcv_dp4tl.training.recipe_files`): a file that cannot be a recipe
+is a one-line DP4TLError naming it, never a traceback nor a silent all-defaults recipe."""
+from __future__ import annotations
+
+import pytest
+
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.training.recipe import load_recipe
+from ffcv_dp4tl.training.recipe_files import recipe_description
+
+
+def test_non_utf8_recipe_is_a_clear_error(tmp_path):
+    p = tmp_path / "latin1.toml"
+    p.write_bytes(b"# lr f\xfcr\n[train]\nepochs = 2\n")
+    for read in (load_recipe, recipe_description):
+        with pytest.raises(DP4TLError, match=r"latin1\.toml: not UTF-8.*save the recipe as UTF-8"):
+            read(p)
+
+
+@pytest.mark.parametrize("text", ["", "  \n\n", "# just a comment\n"])
+def test_empty_recipe_is_refused_not_all_defaults(tmp_path, text):
+    p = tmp_path / "empty.toml"
+    p.write_text(text)
+    with pytest.raises(DP4TLError, match=r"empty\.toml: the recipe file sets nothing"):
+        load_recipe(p)
