@@ -81,17 +81,24 @@ def _load_surrogate(scorer: Scorer, ctx: ScoringContext, checkpoint: Path, devic
                      source_resolution=s_res or None, source_crop=s_crop)
 
 
-def _refuse_other_scores(out: Path, method: str) -> None:
-    """Scores of another method in ``out`` are someone's finished work: never replaced
-    silently (rescoring the same method into its own folder is a rerun, and allowed)."""
+def _refuse_other_scores(out: Path, method: str, source: str | None = None,
+                         targets: list[str] | None = None) -> None:
+    """Scores of another method, source or target(s) in ``out`` are someone's finished work:
+    never replaced silently (rescoring the same method of the same data into its own folder is
+    a rerun, and allowed). ``source`` / ``targets``: the fingerprints of this run's data
+    (``targets`` None: the method reads no target)."""
     if not (out / "scores.json").exists():
         return
     try:
-        held = load_scores_meta(out).method
+        meta = load_scores_meta(out)
     except DataError:
         return  # damaged: nothing to lose that load_scores would accept
-    if held != method:
-        raise DataError(f"--out {out} holds {held} scores; pass another --out for {method} "
+    other = (["source"] if source and meta.source_fingerprint not in (None, source) else []) + \
+        (["target"] if targets is not None and meta.target_fingerprints
+         and meta.target_fingerprints != targets else [])
+    if meta.method != method or other:
+        what = f"{meta.method} scores" + (f" of another {' and '.join(other)}" if other else "")
+        raise DataError(f"--out {out} holds {what}; pass another --out for {method} "
                         f"(or delete {out} to replace them)")
 
 
@@ -129,7 +136,7 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     if target_resolution is not None:
         check_resolution(target_resolution, "--target-resolution (scoring.target_resolution)",
                          zero="the surrogate's eval resolution")
-    _refuse_other_scores(Path(out_dir), method)
+    _refuse_other_scores(Path(out_dir), method)  # (before the data is read; again below)
     t0 = time.perf_counter()
     from ..training.trainer import pin_cpu_threads
 
@@ -158,6 +165,11 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
         raise DP4TLError(f"--target is needed for {method}")
     if scorer.uses_k:  # before any feature is extracted
         check_k_fits(k, ctx.source.split("train").num_samples)
+    from ..data.manifest import load_manifest
+
+    _refuse_other_scores(out_dir, method, ctx.source.fingerprint,
+                         [load_manifest(t).fingerprint for t in targets]
+                         if scorer.needs_target else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx.meta.update({"source_fingerprint": ctx.source.fingerprint,
                      **({"seed": seed} if SEED in scorer.reads else {})})

@@ -21,3 +21,35 @@ def test_impossible_resolutions_are_refused_before_work(tmp_path, kw, needle):
         score("lm", source_dir=tmp_path / "no_source", out_dir=out, target_dir=tmp_path / "t",
               checkpoint=tmp_path / "c.pt", **kw)
     assert not out.exists()
+
+
+def test_scores_of_another_source_or_target_are_never_replaced(tmp_path, source_dir, target_dir,
+                                                               trained_run):
+    """``dp4tl score`` into a folder holding the same method's scores of other data (another
+    target, another source) refuses, keeping them (it used to replace LM scores for one target
+    with another target's silently); the same data is a rerun."""
+    import numpy as np
+
+    from ffcv_dp4tl.data import load_manifest
+    from ffcv_dp4tl.errors import DataError
+    from ffcv_dp4tl.pipeline.scores_io import write_scores
+
+    src = load_manifest(source_dir)
+    out = tmp_path / "lm"
+    kw = dict(source_dir=source_dir, out_dir=out, target_dir=target_dir,
+              checkpoint=trained_run / "checkpoint.pt", fmt="wds", device="cpu", progress=False)
+    for meta, needle in (({"source_fingerprint": src.fingerprint, "target_fingerprints": ["warm?"]},
+                          "another target"),
+                         ({"source_fingerprint": "elsewhere",
+                           "target_fingerprints": [load_manifest(target_dir).fingerprint]},
+                          "another source")):
+        write_scores(out, method="lm", unit="class", scores=np.ones(src.num_classes), meta=meta)
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        with pytest.raises(DataError, match=f"--out {out} holds lm scores of {needle}; pass "
+                                            "another --out"):
+            score("lm", **kw)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    write_scores(out, method="lm", unit="class", scores=np.ones(src.num_classes),
+                 meta={"source_fingerprint": src.fingerprint,
+                       "target_fingerprints": [load_manifest(target_dir).fingerprint]})
+    assert score("lm", **kw)["method"] == "lm"  # the same data: rescored in place
