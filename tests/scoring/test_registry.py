@@ -130,6 +130,20 @@ def test_negative_early_training_epoch_is_refused_not_run_as_the_default(method)
         early_epoch(load_recipe("resnet18_tiny_cpu"), -1)
 
 
+@pytest.mark.parametrize("method", list_scorers())
+def test_every_numeric_option_declares_and_enforces_its_minimum(method):
+    """Counts, epochs and dampings below their minimum are refused when options are parsed,
+    before any work (a negative value used to run as the default, or fail deep inside)."""
+    scorer = get_scorer(method)
+    for name, opt in scorer.options.items():
+        if isinstance(opt.default, bool) or not isinstance(opt.default, (int, float)):
+            continue
+        assert opt.minimum is not None, f"{method}: option {name} has no minimum"
+        assert scorer.parse_options({name: str(opt.minimum)})[name] == opt.minimum
+        with pytest.raises(DP4TLError, match=rf"^{method}: option {name}=.* must be >= "):
+            scorer.parse_options({name: str(opt.minimum - 1)})
+
+
 def test_registration_is_checked():
     class BadUnit(Scorer):
         name, unit = "bad-unit", "pixel"

@@ -24,8 +24,8 @@ class Forget(Scorer):
                 steps=("count correct → incorrect transitions per sample",))
     style = PlotStyle("tab:pink", "d", "FORGET")
     order = 9
-    options = {"runs": Option(1, "training runs (seeds) averaged"),
-               "epochs": Option(0, "epochs per run (0: the recipe's train.epochs)"),
+    options = {"runs": Option(1, "training runs (seeds) averaged", minimum=1),
+               "epochs": Option(0, "epochs per run (0: the recipe's train.epochs)", minimum=0),
                "arch": Option("", "architecture of the runs ('' = the recipe's)")}
     trains = True
 

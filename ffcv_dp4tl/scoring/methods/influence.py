@@ -14,11 +14,12 @@ from ..registry import (FEATURES, LOGITS, SEED, Cost, Option, PlotStyle, Scorer,
                         register_scorer)
 
 OPTIONS = {
-    "damping": Option(0.01, "λ added to the last-layer Hessian (K-FAC: √λ on each factor)"),
+    "damping": Option(0.01, "λ added to the last-layer Hessian (K-FAC: √λ on each factor)",
+                      minimum=0),
     "hessian": Option("auto", "exact | kfac | auto (exact up to 4096 head parameters)",
                       ("auto", "exact", "kfac")),
     "eval_samples": Option(0, "val samples the influence is measured on (0: all; else a "
-                              "seeded subset)"),
+                              "seeded subset)", minimum=0),
 }
 COST = Cost(forward=("source train", "source val"),
             steps=("last-layer Hessian (exact or K-FAC)", "influence of every train sample on "

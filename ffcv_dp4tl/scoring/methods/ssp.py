@@ -27,7 +27,7 @@ class SelfSupervisedPrototypes(Scorer):
     style = PlotStyle("tab:brown", ">", "SSP")
     order = 8
     reads = frozenset({SEED})  # k-means seed (its K is --opt k)
-    options = {"k": Option(0, "k-means clusters (0: the number of source classes)"),
+    options = {"k": Option(0, "k-means clusters (0: the number of source classes)", minimum=0),
                "keep": KEEP, "normalize": NORMALIZE}
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
