@@ -151,6 +151,10 @@ def test_missing_files_and_sidecar(split, tmp_path):
     _write_raw(tmp_path / "nofp.npy", np.array([1], np.int64), {"split": "train"})
     with pytest.raises(MaskError, match=r"nofp\.json lacks field 'fingerprint'"):
         load_mask(tmp_path / "nofp.npy", split)
+    # a null fingerprint (hand edit) is no fingerprint: it switched the dataset check off
+    _write_raw(tmp_path / "nullfp.npy", np.array([1], np.int64), {"split": "train", "fingerprint": None})
+    with pytest.raises(MaskError, match=r"nullfp\.json lacks field 'fingerprint'"):
+        load_mask(tmp_path / "nullfp.npy", split)
     (tmp_path / "corrupt.npy").write_bytes(b"not numpy")
     (tmp_path / "corrupt.json").write_text(json.dumps({"fingerprint": split.fingerprint}))
     with pytest.raises(MaskError, match=r"corrupt\.npy is not a readable \.npy mask"):
