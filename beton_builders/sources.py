@@ -41,7 +41,11 @@ def resolve_source(text: str, split_json: str | Path | None = None,
         return dict(synth_all(parse_synth(text)))
     name, sep, path = text.partition(":")
     if not sep or not path:
-        raise DataError(f"SOURCE {text!r} must look like {source_help()}")
+        where = Path(text).expanduser()
+        said = ("is a folder but names no layout: write LAYOUT:PATH, e.g. folder:" + text if
+                where.is_dir() and text else "is no such folder" if not where.exists() and text
+                else "is no SOURCE")
+        raise DataError(f"SOURCE {text!r} {said}; SOURCE must look like {source_help()}")
     if name not in LAYOUTS:
         raise DataError(f"unknown SOURCE kind {name!r}; choose one of: synth, "
                         + ", ".join(sorted(LAYOUTS)))

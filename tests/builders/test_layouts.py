@@ -396,3 +396,17 @@ def test_wrong_dataset_folder(tmp_path: Path) -> None:
     F.make_food101(tmp_path)
     with pytest.raises(DataError, match=r"jpg: not found.*Flowers-102"):
         read_layout("flowers102", tmp_path)
+
+
+def test_a_source_without_a_layout_says_what_it_is(tmp_path, monkeypatch):
+    """A bare path as SOURCE: a missing folder says so; an existing folder says to name its
+    layout (``folder:PATH``); both used to say only that SOURCE must look like ..."""
+    from beton_builders.sources import resolve_source
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"SOURCE 'nonexist' is no such folder; SOURCE must look like"):
+        resolve_source("nonexist")
+    (tmp_path / "imgs").mkdir()
+    with pytest.raises(DataError, match=r"SOURCE 'imgs' is a folder but names no layout: write "
+                                        r"LAYOUT:PATH, e\.g\. folder:imgs"):
+        resolve_source("imgs")
