@@ -35,7 +35,7 @@ class _Res:
 def _keys(cfg: PipelineConfig, monkeypatch) -> dict[str, Stage]:
     """The surrogate, score and prune stages of ``cfg``, as a run would key them; none is run."""
     ran: list[str] = []
-    monkeypatch.setattr(run_mod, "run_stage", lambda st, fn, log=print: ran.append(st.name))
+    monkeypatch.setattr(run_mod, "run_stage", lambda st, fn, log=print, upstream=(): ran.append(st.name))
     monkeypatch.setattr(run_mod, "selection_truth", lambda *a, **k: None)
     log = lambda s: None  # noqa: E731
     ok = validate(cfg)
@@ -123,7 +123,7 @@ def _training_keys(cfg: PipelineConfig, monkeypatch) -> dict[str, Stage]:
     res = _Res()
     pts = run_mod.pretrain_stages(cfg, ok, r, pr, res, log)
     finetunes: list[Stage] = []
-    monkeypatch.setattr(run_mod, "run_stage", lambda st, fn, log=print: finetunes.append(st))
+    monkeypatch.setattr(run_mod, "run_stage", lambda st, fn, log=print, upstream=(): finetunes.append(st))
     run_mod.finetune_stages(cfg, ok, r, pts, res, log)
     (pr.dir / "train.npy").unlink()
     pr.dir.rmdir()
