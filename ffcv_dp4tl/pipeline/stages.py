@@ -157,7 +157,10 @@ def _stale(st: Stage, record: dict[str, str]) -> list[str]:
             with contextlib.suppress(OSError):
                 atomic_write_json(path, record)
         return []
-    old = read_json(path, f"stage {st.name} upstream record")
+    try:
+        old = read_json(path, f"stage {st.name} upstream record")
+    except DP4TLError:  # damaged: nothing tells what the stage was computed from
+        old = None
     return sorted(k for k in record if not isinstance(old, dict) or old.get(k) != record[k])
 
 

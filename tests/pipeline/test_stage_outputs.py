@@ -119,6 +119,8 @@ def test_a_stage_runs_again_when_its_upstream_was_computed_again(tmp_path):
     assert calls[-1] == ["inputs.json", "upstream.json"]  # emptied before it ran again
     assert (down.dir / "scores.npy").read_text() == "2"
     assert run_stage(down, score, log=quiet, upstream=[up]).ran is False
+    (down.dir / "upstream.json").write_text("{")  # damaged record: run again, no traceback
+    assert run_stage(down, score, log=quiet, upstream=[up]).ran is True
 
 
 def test_a_stage_finished_before_the_upstream_record_is_trusted_and_adopts_it(tmp_path):
