@@ -464,6 +464,10 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
         emptied += [f"split {split!r}: class {spec.classes[c]!r} has no image left (its {listed[c]} "
                     f"input(s) were all rejected; reasons in {out_dir / 'rejects.txt'})"
                     for c in np.flatnonzero((listed > 0) & (kept == 0))]
+        if split == "train":  # (a class only in test/ or val/: no model trained here learns it)
+            emptied += [f"split 'train': class {spec.classes[c]!r} has no input at all (it is "
+                        "only in the other splits); check the input layout"
+                        for c in np.flatnonzero(listed == 0)]
         split_entries[split] = SplitEntry(
             num_samples=len(records),
             num_rejected=n_rej,

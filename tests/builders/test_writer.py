@@ -599,3 +599,14 @@ def test_rejects_txt_keeps_one_line_per_reject_for_names_with_tabs_and_newlines(
     assert sorted(Path(r[1]).name for r in rows) == ["line\\nbreak.jpg", "tab\\there.jpg"]
 
 
+
+
+def test_a_class_missing_from_train_is_a_warning(tmp_path):
+    """A folder dataset whose test/ has a class that train/ lacks builds, but says so: no
+    model trained on this build can learn that class (it used to build without a word)."""
+    spec = DatasetSpec("gap", ["ok", "only_test"], {"train": [Sample(image(0), 0, "a")],
+                                                    "test": [Sample(image(1), 0, "b"),
+                                                             Sample(image(2), 1, "c")]})
+    summary = build_dataset(spec, tmp_path / "o", OPTS)
+    assert summary.warnings == ["split 'train': class 'only_test' has no input at all (it is only "
+                                "in the other splits); check the input layout"]
