@@ -372,9 +372,12 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
     for split, samples in spec.splits.items():
         for shard_id, first in enumerate(range(0, len(samples), opts.shard_size)):
             chunk = samples[first:first + opts.shard_size]
-            tar, meta = shard_files(out_dir, split, shard_id)
-            finished = meta.exists() and tar.is_file()
-            if not (finished if repair else _shard_done(out_dir, split, shard_id, chunk)):
+            if repair:
+                tar, meta = shard_files(out_dir, split, shard_id)
+                finished = meta.exists() and tar.is_file()
+            else:
+                finished = _shard_done(out_dir, split, shard_id, chunk)
+            if not finished:
                 tasks.append((out_dir, split, shard_id, chunk, first, opts.max_side, opts.quality))
     # splits whose shards this run writes: their beton is written again, except in a repair,
     # where the split's fingerprint (checked below, before the beton) proves the shards
@@ -403,7 +406,7 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
     _check_interrupt()
 
     # 2. Per split: gather shard metadata -> index, labels, fingerprint, beton
-    split_entries, summaries, all_rejects, emptied = {}, [], [], []
+    split_entries, summaries, all_rejects, warnings = {}, [], [], []
     for split, samples in spec.splits.items():
         t0 = time.perf_counter()
         n_shards = (len(samples) + opts.shard_size - 1) // opts.shard_size
@@ -461,11 +464,11 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
         n_rej = sum(1 for r in all_rejects if r[0] == split)
         listed = np.bincount([int(x.label) for x in samples], minlength=len(spec.classes))
         kept = np.bincount(labels, minlength=len(spec.classes))
-        emptied += [f"split {split!r}: class {spec.classes[c]!r} has no image left (its {listed[c]} "
+        warnings += [f"split {split!r}: class {spec.classes[c]!r} has no image left (its {listed[c]} "
                     f"input(s) were all rejected; reasons in {out_dir / 'rejects.txt'})"
                     for c in np.flatnonzero((listed > 0) & (kept == 0))]
         if split == "train":  # (a class only in test/ or val/: no model trained here learns it)
-            emptied += [f"split 'train': class {spec.classes[c]!r} has no input at all (it is "
+            warnings += [f"split 'train': class {spec.classes[c]!r} has no input at all (it is "
                         "only in the other splits); check the input layout"
                         for c in np.flatnonzero(listed == 0)]
         split_entries[split] = SplitEntry(
@@ -505,12 +508,10 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
     )
     atomic_write_json(out_dir / MANIFEST_NAME, manifest.to_json())
     end_repair(out_dir)  # (repaired, if it was a repair: its record goes)
-    return BuildSummary(out_dir, summaries, warnings=emptied)
+    return BuildSummary(out_dir, summaries, warnings=warnings)
 
 
 def _tsv(text: str) -> str:
     """A ``rejects.txt`` field: a tab or line break inside a file name (legal on POSIX) written
     as ``\\t`` / ``\\n`` / ``\\r``, so every line stays one reject of three fields."""
     return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
