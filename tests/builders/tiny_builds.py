@@ -61,4 +61,3 @@ def verify_ok(out: Path) -> bool:
     from ffcv_dp4tl.data.verify import verify_dataset
 
     return verify_dataset(out).ok
-
