@@ -25,16 +25,27 @@ LOCK_NAME = ".build.lock"
 REMEDY = "pass --overwrite to replace it, or choose another --out"
 
 
+def settings_file(out_dir: Path) -> Path:
+    """``.build/settings.json``: the build's source and options, the first file a build writes."""
+    return out_dir / BUILD_DIR / "settings.json"
+
+
+def shard_meta(out_dir: Path, tar: Path) -> Path:
+    """The metadata file of the shard ``tar``: ``.build/S-NNNNNN.json`` (written after the tar;
+    a shard without it is not finished)."""
+    return out_dir / BUILD_DIR / f"{tar.stem}.json"
+
+
 def shard_files(out_dir: Path, split: str, shard_id: int) -> tuple[Path, Path]:
     """(tar, metadata) of one shard: ``wds/S-NNNNNN.tar`` and ``.build/S-NNNNNN.json``."""
-    name = f"{split}-{shard_id:06d}"
-    return out_dir / "wds" / f"{name}.tar", out_dir / BUILD_DIR / f"{name}.json"
+    tar = out_dir / "wds" / f"{split}-{shard_id:06d}.tar"
+    return tar, shard_meta(out_dir, tar)
 
 
 def is_build(out_dir: Path) -> bool:
     """``out_dir`` holds a dp4tl build, finished (its manifest) or not (its settings, the first
     file a build writes)."""
-    return (out_dir / MANIFEST_NAME).exists() or (out_dir / BUILD_DIR / "settings.json").exists()
+    return (out_dir / MANIFEST_NAME).exists() or settings_file(out_dir).exists()
 
 
 def is_fresh(out_dir: Path) -> bool:

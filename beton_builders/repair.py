@@ -18,7 +18,7 @@ from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import atomic_write_json, read_json
 
 from .beton import check_beton
-from .out_dir import BUILD_DIR, REMEDY
+from .out_dir import BUILD_DIR, REMEDY, settings_file, shard_meta
 from .integrity import SCHEME, VERIFY_HINT, array_digest, index_digest, recorded_problems
 
 #: under ``.build/``: what a repair must restore (see :func:`start_repair`)
@@ -75,7 +75,7 @@ def start_repair(out_dir: Path, damaged: list[tuple[Path, str]], remedy: str = R
     since) is refused before its beton is touched, and the manifest is put back
     (:func:`undo_repair`). Needs the build's ``.build/`` records; without them, ``remedy``."""
     manifest_path = out_dir / MANIFEST_NAME
-    if not (out_dir / BUILD_DIR / "settings.json").is_file():
+    if not settings_file(out_dir).is_file():
         raise DataError(f"{damaged[0][1]}; {out_dir}'s build records (.build/) are gone, so it "
                         f"cannot be repaired in place: {remedy}")
     old = read_json(manifest_path, "manifest")
@@ -88,7 +88,7 @@ def start_repair(out_dir: Path, damaged: list[tuple[Path, str]], remedy: str = R
           "its inputs", file=sys.stderr, flush=True)
     for path, _ in damaged:
         if path.suffix == ".tar":
-            (out_dir / BUILD_DIR / f"{path.stem}.json").unlink(missing_ok=True)
+            shard_meta(out_dir, path).unlink(missing_ok=True)
         elif path.suffix == ".beton":
             path.unlink(missing_ok=True)
     manifest_path.unlink()

@@ -44,7 +44,8 @@ from ffcv_dp4tl.fsutil import (atomic_path, atomic_save_npy, atomic_write_json,
 
 from .beton import (ShardBytesDataset, beton_images, beton_workers, check_beton, keep_as_jpeg,
                     write_beton)
-from .out_dir import BUILD_DIR, LOCK_NAME, REMEDY, check_ours, is_build, remove_build, shard_files
+from .out_dir import (BUILD_DIR, LOCK_NAME, REMEDY, check_ours, is_build, remove_build,
+                      settings_file, shard_files)
 from .input_stats import sample_stats, save_input_stats, stale_inputs
 from .integrity import beton_fingerprint, split_checksums, stored_digests
 from .repair import damaged_files, end_repair, read_repair, start_repair, undo_repair
@@ -214,7 +215,7 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
     touched (its files could be the user's own betons, shards or notes)."""
     settings = _settings(spec, opts, source)
     manifest_path = out_dir / MANIFEST_NAME
-    settings_path = out_dir / BUILD_DIR / "settings.json"
+    settings_path = settings_file(out_dir)
     check_ours(out_dir)  # (again under the lock)
     if overwrite and is_build(out_dir):
         remove_build(out_dir)
