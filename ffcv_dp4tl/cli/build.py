@@ -45,7 +45,8 @@ def build(
 
     check_out_dir(out, "--out", must_write=False)  # (a read-only finished build is reused)
     specs = resolve_source(source, split_json, split.value)
-    check_parts_fit(out, [sub for sub in specs if sub])
+    parts = [sub for sub in specs if sub]  # a SOURCE of several datasets: its sub-folders
+    check_parts_fit(out, parts)
     for sub, spec in specs.items():
         side = max_side if max_side is not None else default_max_side(spec)
         opts = BuildOptions(max_side=side, quality=quality, shard_size=shard_size,
@@ -65,7 +66,7 @@ def build(
         if rejected:
             typer.echo(f"  {rejected} inputs skipped; reasons in {target / 'rejects.txt'}")
     if overwrite and len(specs) > 1:
-        for gone in remove_stale_parts(out, [sub for sub in specs if sub]):
+        for gone in remove_stale_parts(out, parts):
             typer.echo(f"{gone}: removed (a part of the replaced build that {source} does not make)")
 
 
