@@ -38,7 +38,7 @@ from scipy import ndimage
 
 from ..contracts import check_seeds
 from ..errors import DataError
-from .sampling import Batch, check_size
+from .sampling import Batch, check_resolution
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 SEVERITIES = (1, 2, 3, 4, 5)
@@ -380,7 +380,7 @@ class CorruptionOp:
             raise DataError(f"corruption {name!r}: severity must be one of 1-5, got {severity}")
         seed = check_seeds([seed], "corruption seed", DataError)[0]
         if resolution is not None:
-            resolution = check_size(resolution, "corruption resolution")
+            resolution = check_resolution(resolution, "corruption resolution")
         self.name, self.severity, self.seed, self.resolution = self.corruption.name, severity, seed, resolution
         self._key = zlib.crc32(self.name.encode())
 

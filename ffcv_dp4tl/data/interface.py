@@ -11,7 +11,7 @@ from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 
-from .sampling import Batch, EpochPlan, check_size
+from .sampling import Batch, EpochPlan, check_resolution
 from .transforms import AugSpec
 
 
@@ -49,9 +49,9 @@ class MaskedLoader(Protocol):
 
 
 def checked_sizes(resolution: int | None, next_resolution: int | None) -> tuple[int | None, int | None]:
-    """``set_epoch``'s resolution and next-epoch hint, each None or a positive integer
-    (:func:`~.sampling.check_size`), checked before a loader changes anything."""
-    return tuple(None if v is None else check_size(v, what)  # type: ignore[return-value]
+    """``set_epoch``'s resolution and next-epoch hint, each None or a number of pixels
+    (:func:`~.sampling.check_resolution`), checked before a loader changes anything."""
+    return tuple(None if v is None else check_resolution(v, what)  # type: ignore[return-value]
                  for v, what in ((resolution, "resolution"), (next_resolution, "next_resolution")))
 
 

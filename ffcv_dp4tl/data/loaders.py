@@ -16,7 +16,7 @@ from .interface import MaskedLoader
 from .manifest import load_manifest
 from .masks import IndexMask, full_mask, load_mask, validate_mask
 from .resources import available_cores, effective_workers, raise_open_files_limit
-from .sampling import EpochPlan, check_size, dist_info
+from .sampling import EpochPlan, check_resolution, check_size, dist_info
 from .transforms import AugSpec
 from .wds_loader import WdsMaskedLoader
 
@@ -106,7 +106,7 @@ def make_loader(
     if decode not in Decode.values():
         raise DataError(f"unknown decode {decode!r}; choose one of {', '.join(Decode.values())}")
     batch_size = check_size(batch_size, "batch_size")
-    resolution = check_size(resolution, "resolution")
+    resolution = check_resolution(resolution, "resolution")
     if isinstance(num_workers, bool) or not isinstance(num_workers, numbers.Integral) or num_workers < 0:
         raise DataError(f"num_workers must be an integer >= 0 (0 = load in this process), got "
                         f"{num_workers!r}")

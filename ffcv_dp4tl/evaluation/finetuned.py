@@ -18,6 +18,7 @@ from torch import nn
 
 from ..contracts import FinetuneMode, Format
 from ..contracts.fields import REQUIRED, typed
+from ..data.sampling import check_resolution
 from ..errors import DataError, DP4TLError
 from ..fsutil import read_json
 from ..training.checkpoint import FinetuneState
@@ -129,9 +130,8 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
     checked before the checkpoint is loaded; any problem is a one-line :class:`DP4TLError`."""
     run_dir = Path(run_dir)
     res_path, state_path = run_dir / RESULT_NAME, run_dir / STATE_NAME
-    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int)
-                                   or resolution < 1):
-        raise DP4TLError(f"--resolution must be a positive integer, got {resolution!r}")
+    if resolution is not None:
+        resolution = check_resolution(resolution, "--resolution")
     if not res_path.exists() or not state_path.exists():
         raise DP4TLError(f"{run_dir} is not a finished finetune run (needs {RESULT_NAME} and "
                          f"{STATE_NAME}); pass the --out of `dp4tl finetune` or a pipeline's "

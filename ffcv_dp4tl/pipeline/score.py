@@ -9,34 +9,17 @@ included) is recorded as ``selection_seconds`` for the cost table.
 """
 from __future__ import annotations
 
-import numbers
 import time
 from pathlib import Path
 from typing import Any
 
 from ..contracts import TargetCrop, check_k_fits
+from ..data.sampling import check_resolution
 from ..errors import DataError, DP4TLError
 from ..fsutil import file_sha256
 from ..scoring.context import ScoringContext, Surrogate
 from ..scoring.registry import SEED, SETTINGS, Scorer, get_scorer, self_supervised_alternatives
 from .scores_io import load_scores_meta, write_scores
-
-
-#: the largest side (pixels) scoring reads images at: far above any protocol's (the paper: 224),
-#: far below what would exhaust memory in the loader's batch buffers (100000 px asked for 38 TB)
-MAX_RESOLUTION = 2048
-
-
-def check_resolution(value: Any, what: str, *, zero: str | None = None) -> int:
-    """A scoring resolution in pixels: an integer in [1, MAX_RESOLUTION], or 0 where ``zero``
-    says what 0 means; anything else is a one-line DP4TLError naming ``what``."""
-    low = 0 if zero else 1
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-            or not low <= value <= MAX_RESOLUTION):
-        meaning = f" (0 = {zero})" if zero else ""
-        raise DP4TLError(f"{what} must be an integer number of pixels from {low} to "
-                         f"{MAX_RESOLUTION}{meaning}, got {value!r}")
-    return int(value)
 
 
 def self_supervised_refusal(scorer: Scorer, what: str) -> DP4TLError:

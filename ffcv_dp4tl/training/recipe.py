@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..contracts import AdvNorm, AdvUnits, Decode, FinetuneMode, StartFrom, TargetCrop
+from ..data.sampling import MAX_RESOLUTION
 from ..errors import DP4TLError
 from .recipe_files import parse_override, read_toml, recipes_dir, resolve_recipe_path
 
@@ -399,9 +400,6 @@ def _validate_choices(r: Recipe, source: str) -> None:
         raise DP4TLError(f"{source}: train.color_jitter needs 4 values [brightness, contrast, "
                          f"saturation, hue] with hue <= 0.5 (or [] for none), got "
                          f"{r.train.color_jitter}")
-    if r.scoring.target_resolution < 0 or r.scoring.source_resolution < 0:
-        raise DP4TLError(f"{source}: scoring.target_resolution and scoring.source_resolution "
-                         "must be >= 0 (0 = eval.resolution)")
     for text in r.scoring.scorer_options:
         method, dot, rest = text.partition(".")
         if not dot or "=" not in rest or not method or rest.startswith("="):
@@ -470,7 +468,12 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
     ("lr", "milestones"): (0, None, True, True),
     ("optim", "momentum"): (0, 1, True, False),
     ("lr", "base_momentum"): (0, 1, True, False),
-    ("scoring", "source_resolution"): (0, None, True, True),
+    # image sides in pixels (0 = eval.resolution for scoring's): bounded like every loader's
+    ("scoring", "source_resolution"): (0, MAX_RESOLUTION, True, True),
+    ("scoring", "target_resolution"): (0, MAX_RESOLUTION, True, True),
+    ("train", "min_res"): (0, MAX_RESOLUTION, False, True),
+    ("train", "max_res"): (0, MAX_RESOLUTION, False, True),
+    ("eval", "resolution"): (0, MAX_RESOLUTION, False, True),
     ("optim", "betas"): (0, 1, True, False),
     ("optim", "weight_decay"): (0, None, True, True),
     ("optim", "label_smoothing"): (0, 1, True, False),
@@ -486,8 +489,8 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
     ("data", "num_workers"): (0, None, True, True),
     ("model", "width"): (0, None, False, True),
     ("model", "stem_stride"): (0, None, False, True),
-    ("model", "image_size"): (0, None, False, True),
-    ("finetune", "resolution"): (0, None, False, True),
+    ("model", "image_size"): (0, MAX_RESOLUTION, False, True),
+    ("finetune", "resolution"): (0, MAX_RESOLUTION, False, True),
     ("adv", "steps"): (0, None, True, True),
     ("adv", "eps"): (0, None, True, True),
     ("adv", "step_size"): (0, None, True, True),

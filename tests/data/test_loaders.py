@@ -127,10 +127,12 @@ def test_make_loader_errors(index_dataset, index_split, tmp_path):
 BAD_LOADER_ARGS = [
     # resolution 0 aborted the process (OpenCV assert in an ffcv worker) or, with wds, blamed the
     # data ("cannot decode the JPEG ... run dp4tl verify"); -32, 32.0: raw torch/ffcv errors
-    ("resolution", 0, "resolution must be a positive integer number of pixels, got 0"),
-    ("resolution", -32, "resolution must be a positive integer number of pixels, got -32"),
-    ("resolution", 32.0, "resolution must be a positive integer number of pixels, got 32.0"),
-    ("resolution", True, "resolution must be a positive integer number of pixels, got True"),
+    ("resolution", 0, "resolution must be an integer number of pixels from 1 to 2048, got 0"),
+    ("resolution", -32, "resolution must be an integer number of pixels from 1 to 2048, got -32"),
+    ("resolution", 32.0, "resolution must be an integer number of pixels from 1 to 2048, got 32.0"),
+    ("resolution", True, "resolution must be an integer number of pixels from 1 to 2048, got True"),
+    # 100000: batch buffers of terabytes, a torch allocation traceback
+    ("resolution", 100000, "resolution must be an integer number of pixels from 1 to 2048, got 100000"),
     # batch size 0: ZeroDivisionError in ffcv; -1: "__len__() should return >= 0"
     ("batch_size", 0, "batch_size must be a positive integer, got 0"),
     ("batch_size", -1, "batch_size must be a positive integer, got -1"),
@@ -176,11 +178,11 @@ def test_set_epoch_refuses_a_bad_resolution_and_keeps_the_loader(fmt, index_data
     one line, and the loader still reads its epochs at the resolution it had."""
     loader = ffcv_train if fmt == "ffcv" else _wds_train(index_dataset, mask)
     loader.set_epoch(0, TRAIN_RES[0])
-    for bad in (0, -8, 8.0, True):
-        with pytest.raises(DataError, match="resolution must be a positive integer"):
+    for bad in (0, -8, 8.0, True, 4096):
+        with pytest.raises(DataError, match="resolution must be an integer number of pixels"):
             loader.set_epoch(1, bad)
         assert loader.resolution == TRAIN_RES[0] and loader.epoch == 0
-        with pytest.raises(DataError, match="next_resolution must be a positive integer"):
+        with pytest.raises(DataError, match="next_resolution must be an integer number of pixels"):
             loader.set_epoch(0, TRAIN_RES[0], next_resolution=bad)  # (8.7 was read as 8)
     idx, px, _, _ = _collect(loader, pixel_codec[2], expect_res=TRAIN_RES[0])
     assert sorted(idx) == sorted(px) == mask.indices.tolist()

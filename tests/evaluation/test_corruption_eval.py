@@ -48,11 +48,12 @@ def test_a_directory_that_is_no_run_is_refused(tmp_path):
         load_finetuned(tmp_path)
 
 
-def test_resolution_below_one_is_refused_not_replaced_by_the_recipes(lp_run):
+def test_impossible_resolutions_are_refused_not_replaced_by_the_recipes(lp_run):
     from ffcv_dp4tl.errors import DP4TLError
 
-    for bad in (0, -8):
-        with pytest.raises(DP4TLError, match="--resolution must be a positive integer"):
+    for bad in (0, -8, 100000):  # 100000: terabytes of batch buffers
+        with pytest.raises(DP4TLError, match="--resolution must be an integer number of pixels "
+                                             "from 1 to 2048"):
             load_finetuned(lp_run, resolution=bad)
 
 

@@ -101,6 +101,13 @@ def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, mo
     ("train.keep_epochs=[0]", "train.keep_epochs"),
     ("lr.gamma=0", "lr.gamma"),
     ("model.width=0", "model.width"),
+    # image sides: bounded like every loader's (100000 px were terabytes of batch buffers)
+    ("train.max_res=100000", r"train\.max_res = 100000 is impossible; it must be in \(0, 2048\]"),
+    ("eval.resolution=4096", r"eval\.resolution = 4096 is impossible"),
+    ("finetune.resolution=100000", "finetune.resolution"),
+    ("scoring.target_resolution=100000", r"scoring\.target_resolution = 100000 .* \[0, 2048\]"),
+    ("scoring.source_resolution=-1", "scoring.source_resolution"),
+    ("model.image_size=4096", "model.image_size"),
 ])
 def test_impossible_recipe_values_are_one_line_errors_at_load(override, message):
     with pytest.raises(DP4TLError, match=message) as e:
