@@ -74,7 +74,13 @@ def load_scores(path: str | Path) -> Scores:
                                 f"{_RESCORE.format(path=path)}") from None
     if "scores" not in arrays:
         raise DataError(f"{path / 'scores.npy'} is missing; {_RESCORE.format(path=path)}")
+    # absent: written before the digests (2026-12-02), nothing to check against
     recorded = meta.meta.get(DIGESTS) or {}
+    unrecorded = sorted(arrays.keys() - recorded.keys()) if DIGESTS in meta.meta else []
+    if unrecorded:  # an array added later, or its digest deleted from scores.json
+        raise DataError(f"{path / (unrecorded[0] + '.npy')} has no digest in scores.json, which "
+                        f"records those of the files `dp4tl score` wrote: the file was added or "
+                        f"scores.json edited; {_RESCORE.format(path=path)}")
     for name, want in recorded.items():
         if name not in arrays:
             raise DataError(f"{path / (name + '.npy')} is missing; {_RESCORE.format(path=path)}")

@@ -51,3 +51,23 @@ def test_scores_written_before_the_digests_still_load(tmp_path):
     (sd / "scores.json").write_text(json.dumps(meta))
     np.save(sd / "scores.npy", np.arange(4.0) * 2)  # nothing recorded to check against
     assert load_scores(sd).scores.tolist() == [0, 2, 4, 6]
+
+
+@pytest.mark.parametrize("edit", ["digest deleted", "all digests deleted", "array added"])
+def test_an_array_without_its_recorded_digest_is_refused(tmp_path, edit):
+    """Where scores.json records digests, every array file needs one: deleting a replaced
+    file's entry (or adding a file) must not switch its check off (it did)."""
+    sd = tmp_path / "s"
+    write_scores(sd, method="lm", unit="class", scores=np.zeros(3), tiebreak=np.ones(3), meta={})
+    meta = json.loads((sd / "scores.json").read_text())
+    name = "tiebreak"
+    if edit == "array added":
+        name = "val_units"
+        np.save(sd / "val_units.npy", np.zeros(4, dtype=np.int64))
+    else:
+        np.save(sd / "tiebreak.npy", np.zeros(3))
+        meta[DIGESTS] = {} if edit == "all digests deleted" else {"scores": meta[DIGESTS]["scores"]}
+        name = "scores" if edit == "all digests deleted" else name  # (the first named)
+    (sd / "scores.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=rf"{name}\.npy has no digest in scores\.json"):
+        load_scores(sd)
