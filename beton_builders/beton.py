@@ -21,6 +21,7 @@ import numpy as np
 
 from ffcv_dp4tl.contracts import INDEX_DTYPE
 from ffcv_dp4tl.errors import DataError
+from ffcv_dp4tl.fsutil import os_error_line
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,8 @@ def check_beton(path: Path, num_samples: int) -> tuple["BetonImages | None", lis
         images = beton_images(path)
     except DataError as e:
         return None, [str(e)]
+    except PermissionError as e:  # the file is fine: rebuilding would not help
+        return None, [os_error_line(e, reading=True)]
     except Exception as e:  # noqa: BLE001 - ffcv raises assorted errors on damaged headers
         return None, [f"{path}: ffcv cannot read its header ({type(e).__name__}: {e}); rebuild the dataset"]
     if len(images.mode) != num_samples:

@@ -260,11 +260,15 @@ def final_name(path: str | os.PathLike) -> str:
     return str(p.with_name(m.group(1))) if m else str(path)
 
 
-def os_error_line(e: OSError) -> str:
+def os_error_line(e: OSError, *, reading: bool = False) -> str:
     """One line for an environment error (read-only folder, a file where a folder should be,
-    no permission) that reached the CLI: what failed, on which path, and what to do."""
+    no permission) that reached the CLI: what failed, on which path, and what to do.
+    ``reading``: the caller knows ``e`` came from reading (no permission is then "cannot read"
+    even where ``os.access`` cannot tell, e.g. root on an NFS mount with root_squash)."""
     where = f" {final_name(e.filename)}" if e.filename else ""
     what = e.strerror or str(e)
+    if reading and e.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot read{where} ({what}); fix its permissions, or run as a user who may read it"
     if is_disk_full(e):
         return (f"disk full{' writing' + where if where else ''} ({what}); free some space, then "
                 "rerun the same command: finished work is kept and it resumes")

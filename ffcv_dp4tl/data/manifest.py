@@ -20,7 +20,7 @@ import numpy as np
 from ..contracts import (FORMAT, INDEX_DTYPE, MANIFEST_NAME, DatasetManifest, SplitEntry,
                          split_fingerprint)
 from ..errors import DataError
-from ..fsutil import read_json
+from ..fsutil import os_error_line, read_json
 
 __all__ = ["FORMAT", "INDEX_DTYPE", "MANIFEST_NAME", "Manifest", "SplitInfo", "load_manifest",
            "split_fingerprint"]
@@ -34,6 +34,8 @@ def read_npy(path: Path, mmap: bool = False) -> np.ndarray:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"{path}: missing; rebuild the dataset") from None
+    except PermissionError as e:  # the file is fine: rebuilding would not help
+        raise DataError(os_error_line(e, reading=True)) from None
     except (OSError, ValueError, EOFError) as e:
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "pickled" in why:  # numpy's guess for any file without the .npy magic

@@ -57,3 +57,30 @@ def test_renamed_class_is_blamed_on_the_manifest_not_the_shards(index_copy):
         "bytes and the labels are the build's (every sample matches the beton, which hashes to its "
         "fingerprint) but no longer hash to the split fingerprint; restore manifest.json or "
         "rebuild the dataset"]
+
+
+def test_a_file_we_may_not_read_names_its_permissions_not_a_rebuild(index_dataset, monkeypatch):
+    """No permission to read labels.npy or the beton (another user's build; root on an NFS mount
+    with root_squash) is not damage: the line says to fix permissions; "rebuild the dataset"
+    would send the user to redo hours of conversion for nothing (it did)."""
+    import numpy as np
+
+    import beton_builders.beton as beton_mod
+    from beton_builders.beton import check_beton
+    from ffcv_dp4tl.data.manifest import read_npy
+
+    split = load_manifest(index_dataset.root).split("train")
+
+    def denied(path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(np, "load", denied)
+    with pytest.raises(DataError) as e:
+        read_npy(split.labels)
+    assert _one_line(e) == (f"cannot read {split.labels} (Permission denied); fix its "
+                            "permissions, or run as a user who may read it")
+    monkeypatch.setattr(beton_mod, "beton_images", denied)
+    layout, problems = check_beton(split.beton, split.num_samples)
+    assert layout is None and problems == [
+        f"cannot read {split.beton} (Permission denied); fix its permissions, or run as a user "
+        "who may read it"]
