@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DP4TLError
+from ..fsutil import os_error_line
 
 #: the recipes folder of a source checkout (used when the package data is not importable)
 SOURCE_RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
@@ -102,7 +103,7 @@ def read_recipe_text(path: Path) -> str:
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise DP4TLError(f"{path}: cannot read the recipe file ({e.strerror or e})") from None
+        raise DP4TLError(f"recipe file: {os_error_line(e, reading=True)}") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -23,3 +23,19 @@ def test_empty_recipe_is_refused_not_all_defaults(tmp_path, text):
     p.write_text(text)
     with pytest.raises(DP4TLError, match=r"empty\.toml: the recipe file sets nothing"):
         load_recipe(p)
+
+
+def test_a_recipe_we_may_not_read_names_the_file_and_what_to_do(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    p = tmp_path / "theirs.toml"
+    p.write_text("[train]\nepochs = 2\n")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(DP4TLError) as e:
+        load_recipe(p)
+    assert str(e.value) == (f"recipe file: cannot read {p} (Permission denied); fix its "
+                            "permissions, or run as a user who may read it")
