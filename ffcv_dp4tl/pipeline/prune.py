@@ -6,7 +6,8 @@ fraction of *units* removed: source classes (``class``, e.g. LM) or clusters wit
 per sample (``cluster``, e.g. FM). Sample-wise methods (``sample``: RANDOM, MODERATE, GraNd,
 EL2N) remove the same fraction of *samples* (``keep_fraction = 1 - ratio``; equal to the
 class-wise sample fraction on class-balanced sources such as ImageNet), and keep the full val
-split since every class stays.
+split since every class stays. Equal sample scores are ordered by a permutation seeded with the
+scores' seed (the same for every ratio, so the selections still nest).
 
 **Kept sample fraction.** A class/cluster ratio is not a sample ratio: FM's clusters differ in
 size (and its tie-break favours big clusters), LM's classes do on unbalanced sources. Every
@@ -157,7 +158,11 @@ def _prune_samples(j: _Job) -> dict[str, Any]:
         raise MaskError(f"{j.scores_dir}: {len(scores)} sample scores but train has "
                         f"{info.num_samples} samples")
     higher = j.scores.meta.higher_is_better != j.reverse
-    idx = select_samples(scores, 1.0 - j.ratio, higher_is_better=higher)
+    # equal scores in a seeded random order, never by sample index: builds store samples class
+    # by class, so index order cut the low class ids' samples last (FORGET's integer counts tie
+    # in large blocks; Toneva et al. remove unforgettable samples at random)
+    idx = select_samples(scores, 1.0 - j.ratio, higher_is_better=higher,
+                         seed=j.scores.meta.seed or 0)
     save_mask(j.out_dir / "train.npy", make_mask(idx, info, **j.prov,
                                                  **j.train_fraction_prov(len(idx))))
     out: dict[str, Any] = {"train_kept": int(len(idx))}

@@ -187,6 +187,8 @@ def prune_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, sc: Stage, res: P
     """The mask: keep the top-scored units (or the lowest, ``order=reversed``) at ``ratio``."""
     pr = stage(cfg.runs_root, "prune", {
         "score": sc.key, "ratio": cfg.ratio, "source": r.src.fingerprint,
+        # sample units: equal scores in a seeded order since 2026-12-03 (was: lower index first)
+        **({"ties": "seeded"} if ok.scorer.unit == "sample" else {}),
         **({"budget": cfg.budget} if cfg.budget != "units" else {}),
         **({"order": cfg.order} if ok.reverse else {})})
     res.add(StagePlace("prune", "prune"), run_stage(pr, lambda d: prune(

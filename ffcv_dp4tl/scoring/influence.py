@@ -17,7 +17,7 @@ convex in ``θ = [W b]``:
 
 ``I(i, j) > 0`` means up-weighting (keeping) training sample ``i`` lowers the loss of held-out
 sample ``j``: ``I = -dℓ_j/dε`` for ``θ_ε = argmin (1/n) Σ ℓ + (λ/2)|θ|² + ε ℓ_i`` (exact for a
-model trained to that optimum; ``tests/scoring/test_influence.py`` checks it by finite
+model trained to that optimum; ``tests/scoring/test_indomain_baselines.py`` checks it by finite
 differences). Per sample, with ``p`` the softmax output, ``e = p - onehot(y)`` and
 ``a = [h, 1]``: ``∇ℓ = e ⊗ a`` and ``∇²ℓ = (diag p - p pᵀ) ⊗ a aᵀ``.
 

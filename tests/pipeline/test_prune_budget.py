@@ -137,3 +137,27 @@ def test_prune_reverse_keeps_the_other_end_of_a_sample_ranking(index_dataset, tm
     rev = load_mask(tmp_path / "rev" / "train.npy", info).indices
     np.testing.assert_array_equal(fwd, np.arange(n - keep, n))
     np.testing.assert_array_equal(rev, np.arange(keep))
+
+
+def test_equal_sample_scores_are_cut_in_a_seeded_order_not_by_index(index_dataset, tmp_path):
+    """FORGET's integer counts tie in large blocks, and builds store samples class by class: a
+    cut by lower index first kept every sample of the low class ids and dropped the high ones
+    (audit: kept per class 100,100,100,54,...,32 on class-ordered data). Ties now follow a
+    permutation seeded by the scores' seed: spread over the indices, reproducible, and the
+    same order at every ratio, so selections nest."""
+    src = index_dataset.root
+
+    def kept(seed, ratio, name):
+        out = tmp_path / f"forget-{seed}"
+        if not out.exists():  # all unforgettable: one block of ties
+            write_scores(out, method="forget", unit="sample", scores=np.zeros(70),
+                         meta={"seed": seed, "higher_is_better": True})
+        prune(out, src, ratio, tmp_path / name)
+        return set(load_mask(tmp_path / name / "train.npy").indices.tolist())
+
+    half = kept(0, 0.5, "a")
+    assert len(half) == 35 and half != set(range(35))
+    assert 25 < np.mean(sorted(half)) < 45  # spread (index order: mean 17)
+    assert kept(0, 0.5, "again") == half  # reproducible
+    assert half < kept(0, 0.3, "more")  # nested across ratios
+    assert kept(1, 0.5, "other-seed") != half
