@@ -57,6 +57,24 @@ def test_paper_finetuning_matches_appendix_a1_and_table_a1():
     assert load_recipe("paper/moco_v2_resnet18_surrogate").ssl.method == "moco_v2"
 
 
+def _surrogates() -> list[str]:
+    from ffcv_dp4tl.training.recipe_files import recipes_dir
+
+    root = recipes_dir()
+    return sorted(str(p.relative_to(root).with_suffix("")) for d in ("paper", "paper_code")
+                  for p in (root / d).glob("*surrogate*.toml"))
+
+
+@pytest.mark.parametrize("name", _surrogates())
+def test_paper_surrogates_read_source_and_target_alike(name):
+    """Sec. 3 resizes the target to the source resolution; FM's votes compare target features
+    with centroids of source features, so both are read at 224 with no crop (the authors'
+    feature_gen.py). The MoCo surrogate read the source with the 256-px 224/256 eval crop."""
+    sc = load_recipe(name).scoring
+    assert (sc.target_resolution, sc.target_crop) == (sc.source_resolution, sc.source_crop) \
+        == (224, "none")
+
+
 def test_scoring_section_defaults_keep_fingerprints_and_validate(tmp_path):
     r = load_recipe("resnet18_tiny_cpu")
     assert "scoring" not in r.to_dict()  # default [scoring]: the fingerprint is unchanged
