@@ -92,7 +92,29 @@ def _row(res: PipelineResult, seed: int, target: str, method: str, ratio: float)
                                                                          v["test_top1"]))
     row["truth"] = res.ground_truth
     row["report"] = res.report or None
+    if _revision(method):  # the rule the method scored by (absent: 0)
+        row["revision"] = _revision(method)
     return row
+
+
+def _revision(method: str) -> int:
+    """The registered scorer's revision (0 for the unpruned reference and unknown names)."""
+    from ..scoring.registry import get_scorer, list_scorers
+
+    return get_scorer(method).revision if method in list_scorers() else 0
+
+
+def _older_rule(rows: list[dict[str, Any]], path: Path) -> DP4TLError | None:
+    """Rows of a method scored by an older rule of it (its revision since changed, e.g. FM's
+    tie-break): pairing them with new rows would mix two methods under one name."""
+    old = [r for r in rows if r.get("revision", 0) != _revision(r["method"])]
+    if not old:
+        return None
+    methods = sorted({r["method"] for r in old})
+    return DP4TLError(f"{path}: {len(old)} of its {len(rows)} rows ({', '.join(methods)}) were "
+                      f"scored by an older rule of the method (revision "
+                      f"{old[0].get('revision', 0)}, now {_revision(old[0]['method'])}); move the "
+                      "file away to start over, or pass another --out")
 
 
 def settings_key(base: PipelineConfig, finetune: Sequence[str]) -> str:
@@ -143,6 +165,9 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
         raise DP4TLError(f"{path}: {stale} of its {len(rows)} rows ran with other settings (data, "
                          "recipes, K, format, device, overrides or finetuning changed since); move the "
                          "file away to start over, or pass another --out")
+    older = _older_rule(rows, path)
+    if older is not None:
+        raise older
     # every check of every run before the first trains (a bad method is refused now, not at
     # run 3 of 3): one seed is enough, the seeds differ only in train.seed
     preflight([replace(base, seed=seeds[0], target=target, ratio=ratio, finetune=tuple(finetune),

@@ -10,7 +10,7 @@ split since every class stays. Equal sample scores are ordered by a permutation 
 scores' seed (the same for every ratio, so the selections still nest).
 
 **Kept sample fraction.** A class/cluster ratio is not a sample ratio: FM's clusters differ in
-size (and its tie-break favours big clusters), LM's classes do on unbalanced sources. Every
+size, LM's classes do on unbalanced sources. Every
 summary, mask provenance and report therefore carries ``kept_sample_fraction`` (kept train
 samples / train samples) beside the ratio.
 

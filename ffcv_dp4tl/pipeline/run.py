@@ -165,7 +165,7 @@ def score_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, sur: Stage, res: 
         # serves every target
         **(score_key([t.fingerprint for t in r.tgts], ok.weights) if scorer.needs_target else {}),
         # only the settings the scorer reads (LM: neither k nor seed)
-        **scorer.key_settings(k=cfg.k, seed=cfg.seed), **_common(cfg), **target_input,
+        **scorer.stage_key(k=cfg.k, seed=cfg.seed), **_common(cfg), **target_input,
         **extra_key})
     res.add(StagePlace("score", "score"), run_stage(sc, lambda d: score(
         cfg.method, source_dir=r.source_dir,

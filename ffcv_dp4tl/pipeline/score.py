@@ -155,7 +155,8 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
                          if scorer.needs_target else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx.meta.update({"source_fingerprint": ctx.source.fingerprint,
-                     **({"seed": seed} if SEED in scorer.reads else {})})
+                     **({"seed": seed} if SEED in scorer.reads else {}),
+                     **({"revision": scorer.revision} if scorer.revision else {})})
     if opts:
         ctx.meta["options"] = opts
     if ctx.target_weights:

@@ -16,8 +16,11 @@ declares, as class attributes, everything the rest of the project needs to know 
   score stage's ``selection_seconds`` and listed in ``scores.json``'s ``training_runs``);
 * ``reads`` — the shared run settings the method reads, a subset of :data:`SETTINGS`: ``k``
   (``ctx.k``, k-means clusters) and ``seed`` (``ctx.seed``). Only these enter the score
-  stage's cache key (:meth:`Scorer.key_settings`), so LM is not rescored when ``--k`` changes;
+  stage's cache key (:meth:`Scorer.stage_key`), so LM is not rescored when ``--k`` changes;
   an undeclared setting reaches ``score`` as ``None``;
+* ``revision`` — bumped when a fixed rule changes the method's scores for the same inputs
+  (FM's tie-break, 2026-12-03): it enters the score stage's key and ``scores.json``, so cached
+  scores of the older rule are computed again;
 * ``options`` — the method's knobs, ``{name: Option(default, help)}``, set with
   ``--opt NAME=VALUE`` (``dp4tl score`` / ``dp4tl pipeline``) and read as ``ctx.opt(name)``;
 * ``trains`` — True when the method trains models itself (FORGET, GraNd/EL2N with several
@@ -129,6 +132,9 @@ class Scorer:
     options: ClassVar[dict[str, Option]] = {}  # knobs: --opt NAME=VALUE, ctx.opt(NAME)
     trains: ClassVar[bool] = False  # trains models itself (gets the surrogate's recipe)
     reads: ClassVar[frozenset[str]] = frozenset()  # settings of SETTINGS read (ctx.k, ctx.seed)
+    #: bumped when the method's scores change for the same inputs (a fixed rule), so cached
+    #: score stages run again; 0 stays out of the key (older keys stay valid)
+    revision: ClassVar[int] = 0
 
     # ------------------------------------------------------------------ derived facts
     @property
@@ -137,9 +143,13 @@ class Scorer:
         return K in self.reads
 
     def key_settings(self, **values: Any) -> dict[str, Any]:
-        """The settings among ``values`` (``k=..., seed=...``) this scorer reads: what its
-        score stage's key holds besides its inputs."""
+        """The settings among ``values`` (``k=..., seed=...``) this scorer reads."""
         return {name: values[name] for name in SETTINGS if name in self.reads}
+
+    def stage_key(self, **values: Any) -> dict[str, Any]:
+        """What its score stage's key holds besides its inputs: the settings it reads
+        (:meth:`key_settings`) and its ``revision`` when not 0."""
+        return {**self.key_settings(**values), **({"revision": self.revision} if self.revision else {})}
 
     @property
     def needs_class_head(self) -> bool:
@@ -238,6 +248,8 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
     if unknown:
         raise ValueError(f"scorer {name!r}: unknown reads {sorted(unknown)}; choose from "
                          f"{', '.join(SETTINGS)}")
+    if isinstance(cls.revision, bool) or not isinstance(cls.revision, int) or cls.revision < 0:
+        raise ValueError(f"scorer {name!r}: revision must be an integer >= 0, got {cls.revision!r}")
     if not cls.__module__.startswith(f"{__package__}.methods"):
         _load_builtins()  # a clash with a built-in is caught whatever was imported first
     for opt_name, opt in dict(cls.options).items():

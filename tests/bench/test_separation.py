@@ -106,6 +106,38 @@ def test_run_resumes_from_rows(tmp_path, monkeypatch):
     assert sep.settings_key(base, ["lp"]) != sep.settings_key(base, ["lp", "ff"])
 
 
+def test_rows_of_an_older_rule_of_a_method_are_not_paired_with_new_ones(tmp_path, monkeypatch):
+    """FM's tie-break changed (revision 1): a resumed benchmark holding FM rows of the older
+    rule refuses (resuming used to add new-rule rows beside them under one name); rows record
+    the revision they ran under, methods without one record none."""
+    import json
+
+    def fake_run(cfg, log=print):
+        res = PipelineResult(config={}, source="s", target="t", protocol="standard", recipes={},
+                             seeds=[cfg.seed])
+        ft = StageResult(stage="finetune", kind="finetune", values={"test_top1": 0.5})
+        res.add(StagePlace("finetune-lp", "finetune", seed=cfg.seed, mode="lp"),
+                StageRun(ft, tmp_path, ran=True))
+        return res
+
+    monkeypatch.setattr(sep, "run_pipeline", fake_run)
+    monkeypatch.setattr(sep, "preflight", lambda cfgs, log: None)
+    base = sep.PipelineConfig(source="synth:tiny")
+    kw = dict(targets=["warm"], seeds=[0], methods=["lm", "fm"], ratios=[0.8], finetune=["lp"],
+              log=lambda m: None)
+    rows = sep.run_separation(base, tmp_path, **kw)
+    assert {r["method"]: r.get("revision") for r in rows} == {
+        "0 %": None, "random": None, "lm": None, "fm": 1}
+    path = tmp_path / "rows.jsonl"
+    old = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in old:
+        r.pop("revision", None)  # as written before the fix
+    path.write_text("".join(json.dumps(r) + "\n" for r in old))
+    with pytest.raises(sep.DP4TLError, match=r"rows.jsonl: 1 of its 4 rows \(fm\) were scored by "
+                                             r"an older rule of the method \(revision 0, now 1\)"):
+        sep.run_separation(base, tmp_path, **{**kw, "seeds": [0, 1]})
+
+
 def test_embedded_command_runs_the_paired_design(tmp_path, monkeypatch):
     """`dp4tl bench embedded`: synth:hard with the bench recipes, 10 seeds, LM/FM vs RANDOM,
     LP and FF; the section holds the paired verdict (the pipeline runs are replaced here by

@@ -30,7 +30,7 @@ def _fm_scores(tmp, scores, units, name="s"):
 
 def test_select_units_by_samples_hand_made():
     units = _units()
-    votes = np.zeros(5)  # all tied: big clusters first (tie-break = sizes), as FM's
+    votes = np.zeros(5)  # all tied: the tie-break (here the sizes) orders them
     sizes = np.bincount(units).astype(float)
     # cumulative sizes in rank order 0, 2, 3, 1, 4: 30, 50, 60, 65, 70
     assert select_units_by_samples(votes, units, 0.6, sizes).tolist() == [0]  # 28 → 30

@@ -12,6 +12,7 @@ from ffcv_dp4tl.scoring import (
     class_centroids,
     feature_mapping_scores,
     feature_mapping_votes,
+    kept_sample_indices,
     kmeans,
     kmeans_plus_plus,
     select_classes,
@@ -337,21 +338,47 @@ def test_the_first_kmeans_pp_centre_depends_on_the_seed(rng):
     assert any(not np.array_equal(f, x[0]) for f in firsts)
 
 
-def test_fm_breaks_equal_votes_by_cluster_size_larger_first():
-    """FM's tie-break is each cluster's number of source train samples: of clusters with equal
-    target votes, pruning keeps the larger one first (more data kept per kept cluster), not the
-    smaller one."""
+def test_reciprocal_rank_votes_hand_made():
+    """Each target feature gives every centroid 1 / its rank (nearest = 1)."""
+    from ffcv_dp4tl.scoring.feature_mapping import reciprocal_rank_votes
+
+    centroids = np.array([[0, 0], [10, 0], [0, 10]], dtype=np.float32)
+    np.testing.assert_allclose(reciprocal_rank_votes(np.array([[1, 0]], np.float32), centroids),
+                               [1, 1 / 2, 1 / 3])
+    two = np.array([[1, 0], [0, 9]], dtype=np.float32)  # the second: c2, then c0, then c1
+    np.testing.assert_allclose(reciprocal_rank_votes(two, centroids, rows=1),
+                               [1 + 1 / 2, 1 / 2 + 1 / 3, 1 / 3 + 1])
+    equal = np.array([[5, 0]], dtype=np.float32)  # c0 and c1 equally near: lower id first
+    np.testing.assert_allclose(reciprocal_rank_votes(equal, centroids), [1, 1 / 2, 1 / 3])
+
+
+def test_fm_breaks_equal_votes_by_nearness_to_the_target_not_cluster_size():
+    """Clusters without votes (most of them with K = 2000 and a small target) are kept nearest
+    to the target first. The tie-break used to be the cluster's size, which filled the kept
+    slots with the largest unvoted clusters: FM kept far more samples than 1 - ratio, for
+    reasons unrelated to the target (scorer audit: 0.89 kept at ratio 0.5)."""
     from types import SimpleNamespace
 
     from ffcv_dp4tl.scoring.methods.fm import vote_clusters
 
     ctx = SimpleNamespace(combine=lambda per_target: per_target[0], backend="cpu",
                           source=SimpleNamespace(split_names=("train",)))
-    centroids = np.array([[0, 0], [10, 0], [0, 10]], dtype=np.float32)
-    train_units = np.array([0, 1, 1, 1, 2, 2])  # sizes 1, 3, 2
-    one_vote_each = np.array([[0.5, 0], [9, 0], [0, 9]], dtype=np.float32)
-    r = vote_clusters(ctx, [one_vote_each], centroids, train_units, lambda: None)
-    np.testing.assert_array_equal(r.scores, [1, 1, 1])
-    np.testing.assert_array_equal(r.tiebreak, [1, 3, 2])
-    np.testing.assert_array_equal(select_classes(r.scores, 2 / 3, tiebreak=r.tiebreak), [1])
-    np.testing.assert_array_equal(select_classes(r.scores, 1 / 3, tiebreak=r.tiebreak), [1, 2])
+    centroids = np.array([[0, 0], [3, 0], [100, 0]], dtype=np.float32)
+    train_units = np.array([0, 0, 1] + [2] * 10)  # sizes 2, 1 (near the target), 10 (far)
+    target = np.array([[0.1, 0], [0.2, 0]], dtype=np.float32)
+    r = vote_clusters(ctx, [target], centroids, train_units, lambda: None)
+    np.testing.assert_array_equal(r.scores, [2, 0, 0])
+    np.testing.assert_allclose(r.tiebreak, [2, 1, 2 / 3])
+    np.testing.assert_array_equal(select_classes(r.scores, 1 / 3, tiebreak=r.tiebreak), [0, 1])
+    kept = kept_sample_indices(train_units, select_classes(r.scores, 1 / 3, tiebreak=r.tiebreak))
+    assert len(kept) == 3  # (by size: clusters 0 and 2, 12 of 13 samples)
+
+
+def test_fm_revision_enters_its_score_key_only():
+    """The tie-break fix recomputes cached FM scores (revision 1 in the stage key); methods
+    without a revision keep their keys."""
+    from ffcv_dp4tl.scoring.registry import get_scorer
+
+    assert get_scorer("fm").stage_key(k=64, seed=0) == {"k": 64, "seed": 0, "revision": 1}
+    assert get_scorer("fm-sup").stage_key(k=64, seed=0) == {"revision": 1}
+    assert get_scorer("lm").stage_key(k=64, seed=0) == {}

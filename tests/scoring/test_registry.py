@@ -157,6 +157,9 @@ def test_registration_is_checked():
     class Nameless(Scorer):
         pass
 
+    class BadRevision(Scorer):
+        name, revision = "bad-revision", "2"
+
     class Clash(Scorer):
         name = "lm"
 
@@ -168,6 +171,8 @@ def test_registration_is_checked():
         register_scorer(BadReads)
     with pytest.raises(ValueError, match="name"):
         register_scorer(Nameless)
+    with pytest.raises(ValueError, match="revision must be an integer >= 0, got '2'"):
+        register_scorer(BadRevision)
     with pytest.raises(ValueError, match="registered already"):
         register_scorer(Clash)
     with pytest.raises(TypeError):

@@ -1,6 +1,7 @@
 """FM, feature mapping (the paper's self-supervised method): k-means (K clusters) on surrogate
 features of the source train split; every target train image votes for its nearest centroid;
-score = votes per cluster, tie-break = number of source samples in the cluster, then cluster id."""
+score = votes per cluster, tie-break = how near the cluster lies to the target
+(:func:`~ffcv_dp4tl.scoring.feature_mapping.reciprocal_rank_votes`), then cluster id."""
 from __future__ import annotations
 
 from typing import Callable
@@ -8,17 +9,19 @@ from typing import Callable
 import numpy as np
 
 from ..context import ScoringContext
-from ..feature_mapping import feature_mapping_scores, kmeans
+from ..feature_mapping import feature_mapping_scores, kmeans, reciprocal_rank_votes
 from ..registry import FEATURES, K, SEED, TARGET, Cost, PlotStyle, Scorer, ScoreResult, register_scorer
 
 
 def vote_clusters(ctx: ScoringContext, target_feats: list[np.ndarray], centroids: np.ndarray,
                   train_units: np.ndarray, val_units: Callable[[], np.ndarray]) -> ScoreResult:
-    """Target votes per centroid; tie-break = cluster sizes; cluster ids of source train/val."""
+    """Target votes per centroid; tie-break = the target's reciprocal-rank votes (not the
+    cluster's size, which filled the kept slots of unvoted clusters with the largest); cluster
+    ids of source train/val."""
     scores = ctx.combine([feature_mapping_scores(f, centroids, backend=ctx.backend)
                           for f in target_feats])
     return ScoreResult(scores=scores,
-                       tiebreak=np.bincount(train_units, minlength=len(centroids)).astype(np.float64),
+                       tiebreak=ctx.combine([reciprocal_rank_votes(f, centroids) for f in target_feats]),
                        train_units=train_units,
                        val_units=val_units() if "val" in ctx.source.split_names else None)
 
@@ -34,6 +37,7 @@ class FeatureMapping(Scorer):
     style = PlotStyle("tab:blue", "s", "FM")
     order = 1
     reads = frozenset({K, SEED})  # k-means: K clusters, seeded
+    revision = 1  # 1: ties by the target's reciprocal-rank votes (0: by cluster size)
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
         from ...kernels import assign_nearest

@@ -19,6 +19,7 @@ class FeatureMappingSupervised(Scorer):
                 steps=("class-mean centroids", "nearest-centroid votes"))
     style = PlotStyle("tab:cyan", "D", "FM-sup")
     order = 2
+    revision = 1  # 1: ties by the target's reciprocal-rank votes (0: by class size)
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
         target_feats = [p.features for p in ctx.target_predictions(features=True)]
