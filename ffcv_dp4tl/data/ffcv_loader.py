@@ -277,7 +277,9 @@ class FFCVMaskedLoader(PlanLoaderBase):
                                                        aug.center_crop_ratio)]
             image_ops = [self.decoders[0]] + to_torch()
         self.decoder = self.decoders[0]
-        label_ops = [IntDecoder(), ToTensor(), Squeeze(), ToDevice(self.device, non_blocking=non_blocking)]
+        # Squeeze(1), not Squeeze(): a batch of one sample keeps labels of shape (1,) (a bare
+        # Squeeze made them 0-d, and ToDevice raised IndexError)
+        label_ops = [IntDecoder(), ToTensor(), Squeeze(1), ToDevice(self.device, non_blocking=non_blocking)]
         pipelines = {"image": image_ops, "label": label_ops}
         if aug.views == 2:
             pipelines["image2"] = PipelineSpec("image", decoder=self.decoders[1],

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from ffcv_dp4tl.data import (AugSpec, EpochPlan, make_loader, make_mask,
+from ffcv_dp4tl.data import (AugSpec, EpochPlan, load_manifest, make_loader, make_mask,
                              mask_from_classes, save_mask)
 from ffcv_dp4tl.errors import DataError, MaskError
 
@@ -415,3 +415,20 @@ def test_plan_order_is_a_traversal_order_ffcv_constructs(index_dataset, mask, ff
     assert type(made) is fl.PlanOrder and isinstance(made.loader, FakeLoader)
     assert np.array_equal(made.sample_order(2), plan.order(2))
     assert fl.loader_takes_order_kwargs(NewLoader) and not fl.loader_takes_order_kwargs(OldLoader)
+
+
+@pytest.mark.parametrize("fmt", ["ffcv", "wds"])
+@pytest.mark.parametrize("aug", ["train", "eval"])
+def test_a_last_batch_of_one_sample_keeps_its_label_vector(fmt, aug, index_dataset):
+    """A batch of one sample (a mask of 2·BS + 1, or one rank's share under torchrun) has
+    labels of shape (1,): ffcv's bare Squeeze() made them 0-d and ToDevice raised IndexError
+    (distributed audit: any rank with count % batch == 1 crashed in training or validation)."""
+    split = load_manifest(index_dataset.root).split("train")
+    mask = make_mask(np.arange(2 * BS + 1), split, method="t")
+    loader = make_loader(index_dataset.root, "train", fmt=fmt, mask=mask, batch_size=BS,
+                         resolution=16, num_workers=0, drop_last=False,
+                         aug=AugSpec.for_train() if aug == "train" else AugSpec.for_eval())
+    batches = list(loader)
+    assert [b.labels.shape for b in batches] == [(BS,), (BS,), (1,)]
+    got = {int(i): int(y) for b in batches for i, y in zip(b.indices, b.labels)}
+    assert got == {i: int(index_dataset.labels[i]) for i in range(2 * BS + 1)}
