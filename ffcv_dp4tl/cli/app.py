@@ -96,6 +96,20 @@ def _quiet_numba_exit_noise() -> None:
 #: what Ctrl-C prints (every write is atomic and every long stage checkpoints)
 INTERRUPTED = "interrupted: rerun the same command to resume where it stopped"
 
+#: what gloo and NCCL raise on the ranks left behind when one rank's process ended
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def _peer_stopped_line(e: RuntimeError) -> str | None:
+    """Under torchrun, the collective error of a rank whose peer stopped first (its own error
+    is printed by that rank): one line instead of a gloo/NCCL traceback; None otherwise."""
+    if os.environ.get("WORLD_SIZE", "1") in ("", "0", "1"):
+        return None
+    if type(e).__name__ != "DistBackendError" and not any(p in str(e) for p in _PEER_GONE):
+        return None
+    return (f"rank {os.environ.get('RANK', '?')}: another rank stopped first (its error is above); "
+            "fix that and rerun the same command: it resumes")
+
 
 def run() -> None:
     """Console entry point: user errors become one clear line and exit status 2."""
@@ -125,6 +139,12 @@ def run() -> None:
             raise
         # every write is atomic (temp file + rename), so nothing finished was damaged
         print(f"error: {os_error_line(e)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except RuntimeError as e:
+        line = _peer_stopped_line(e)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
     if code == 130:  # typer turns Ctrl-C inside a command into exit code 130 itself
         print(INTERRUPTED, file=sys.stderr)

@@ -1,6 +1,6 @@
 """torchrun integration: process group setup, rank-0-only file writes, metric reduction.
 
-Launching ``torchrun --nproc_per_node=K -m ffcv_dp4tl.cli ...`` (or ``dp4tl train`` under
+Launching ``torchrun --nproc_per_node=K -m ffcv_dp4tl train ...`` (or ``dp4tl train`` under
 torchrun) sets RANK/WORLD_SIZE/LOCAL_RANK; :func:`setup` then initialises the process group
 (NCCL on CUDA, gloo on CPU). The data loaders read the rank from ``torch.distributed`` and give
 each rank a disjoint stride of the mask, so nothing here touches sampling.
@@ -8,7 +8,9 @@ each rank a disjoint stride of the mask, so nothing here touches sampling.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -77,13 +79,36 @@ def setup(device: str | torch.device | None = "auto") -> DistContext:
         return DistContext(device=dev)
     local_rank = env_int("LOCAL_RANK", rank, 0, _TORCHRUN_SETS_IT)
     if dev.type == "cuda":
+        if dev.index is not None and dev.index != local_rank:
+            raise DP4TLError(f"--device {dev} under torchrun: every rank uses its own GPU, "
+                             f"cuda:LOCAL_RANK (this rank: cuda:{local_rank}); pass --device "
+                             "cuda or auto, and choose GPUs with CUDA_VISIBLE_DEVICES")
+        visible = torch.cuda.device_count()
+        if local_rank >= visible:
+            raise DP4TLError(f"LOCAL_RANK={local_rank} but {visible} CUDA device(s) are visible: "
+                             f"launch at most {visible} rank(s) per node (--nproc_per_node)")
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     here = False
     if not dist.is_initialized():
+        _check_rendezvous(rank, world)
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
         here = True
     return DistContext(rank, world, local_rank, dev, here)
+
+
+def _check_rendezvous(rank: int, world: int) -> None:
+    """torch's env:// rendezvous needs MASTER_ADDR and MASTER_PORT (a traceback without them);
+    a process not started by torchrun (variables set by hand or by a scheduler) says what it
+    waits for, since it waits silently for up to 30 minutes for ranks that may never come."""
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise DP4TLError(f"WORLD_SIZE={world} but {name} is not set: launch with torchrun "
+                             "(it sets it), or unset WORLD_SIZE for one process")
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        print(f"rank {rank} of {world}: waiting for the other ranks at "
+              f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}", file=sys.stderr,
+              flush=True)
 
 
 def single_process_context(dev: str | torch.device) -> DistContext:
@@ -110,3 +135,28 @@ def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()
+
+
+def all_gather(ctx: DistContext, value: Any) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order; ``[value]`` single-process."""
+    if not ctx.enabled:
+        return [value]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, value)
+    return out
+
+
+def fail_together(ctx: DistContext, error: BaseException | None) -> None:
+    """Raise on every rank when any rank failed a check (``error``: this rank's, or None).
+
+    A check that fails on one rank only (rank 0's run-folder lock, a checkpoint one rank cannot
+    read) used to leave the other ranks running into the DDP constructor, where they died with
+    a gloo/NCCL "connection closed by peer" traceback, or waited there. Every rank calls this at
+    the same point; the failing rank raises its own error, the others a one-line DP4TLError
+    naming it."""
+    errors = all_gather(ctx, None if error is None else str(error))
+    if error is not None:
+        raise error
+    for rank, message in enumerate(errors):
+        if message is not None:
+            raise DP4TLError(f"rank {rank} stopped: {message}")

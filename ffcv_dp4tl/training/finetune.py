@@ -49,7 +49,7 @@ from torch import nn
 from ..contracts import FinetuneMode
 from ..data import AugSpec, load_manifest, load_mask, make_loader
 from ..errors import DP4TLError
-from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
+from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
 from .callbacks import MetricsWriter, call
 from .checkpoint import Checkpoint, FinetuneState, resume_from, rng_states, set_rng_states
 from .distributed import resolve_device, single_process_context
@@ -219,6 +219,7 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
         raise DP4TLError(f"--out {out_dir} is a file; choose a directory")
     with directory_lock(out_dir / ".finetune.lock", f"finetune run {out_dir}"), \
             cudnn_benchmark(dev):  # FF trains at one fixed resolution: see cudnn_benchmark
+        remove_orphan_temps(out_dir)  # a state save a kill cut short (checkpoint-sized for FF)
         return _finetune(recipe, mode, checkpoint, Path(target_dir), out_dir, fmt, dev,
                          progress, t0, resume, stop_after, train_mask, test_mask)
 

@@ -67,7 +67,7 @@ from torch import nn
 from ..data import (AugSpec, IndexMask, load_manifest, load_mask, make_loader, mask_from_classes,
                     validate_mask)
 from ..errors import DP4TLError
-from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
+from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
 from . import distributed as dist_
 from .callbacks import ConsoleLogger, MetricsWriter, RecordSeen, TensorBoardLogger, call
 from .checkpoint import (CHECKPOINT_NAME, Checkpoint, mask_hash, resume_from, rng_states,
@@ -108,13 +108,26 @@ def _improves_best(out_dir: Path, top1_val: float | None) -> bool:
     return top1_val > float(json.loads(meta.read_text())["top1_val"])
 
 
+def _check_same_start(ctx: dist_.DistContext, start_epoch: int, out_dir: Path) -> None:
+    """Every rank resumes at the same epoch, or none starts: a rank that sees another
+    checkpoint (``--out`` on node-local disks, a stale view of a shared file system) trained
+    other epochs with its own schedule and order while the gradients were averaged together,
+    and rank 0 reported success."""
+    starts = dist_.all_gather(ctx, start_epoch)
+    if len(set(starts)) > 1:
+        where = ", ".join(f"rank {r}: epoch {e}" for r, e in enumerate(starts))
+        raise DP4TLError(f"the ranks see different checkpoints in {out_dir} ({where}): --out "
+                         "must be one folder every rank shares (not a node-local disk)")
+
+
 def _remove_earlier_run(out_dir: Path) -> None:
     """A run starting at epoch 0 (``--no-resume``, or its ``checkpoint.pt`` deleted as a refusal
     advises) removes what an earlier run in the folder kept beside its checkpoint: its best.pt
     and record (the new run's epochs were compared with the old record and, not beating it,
     left the old model as "best") and its early checkpoints (scored by EL2N/GraNd as if they
-    were this run's)."""
-    for p in [out_dir / BEST_CHECKPOINT_NAME, out_dir / BEST_META_NAME,
+    were this run's), and, under ``--no-resume``, its checkpoint (a run killed before its first
+    epoch's checkpoint left the old one, which the next run resumed with its metrics gone)."""
+    for p in [out_dir / CHECKPOINT_NAME, out_dir / BEST_CHECKPOINT_NAME, out_dir / BEST_META_NAME,
               *out_dir.glob(EARLY_CHECKPOINT_GLOB)]:
         p.unlink(missing_ok=True)
 
@@ -369,11 +382,18 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
         raise DP4TLError(f"--out {out_dir} is a file; choose a directory")
     ctx = dist_.setup(device)
     created = not out_dir.exists()
-    # one process writes a run folder: a second `train --out` of the same folder is refused
-    lock = (directory_lock(out_dir / LOCK_NAME, f"training run {out_dir}") if ctx.is_main
-            else contextlib.nullcontext())
     try:
-        with lock, cudnn_benchmark(ctx.device):
+        with contextlib.ExitStack() as lock, cudnn_benchmark(ctx.device):
+            # one process writes a run folder: a second `train --out` of the same folder is
+            # refused, on every rank (the others used to run on into the DDP constructor)
+            refusal = None
+            if ctx.is_main:
+                try:
+                    lock.enter_context(directory_lock(out_dir / LOCK_NAME, f"training run {out_dir}"))
+                    remove_orphan_temps(out_dir)  # a checkpoint save a kill cut short
+                except DP4TLError as e:
+                    refusal = e
+            dist_.fail_together(ctx, refusal)
             return _train(recipe, Path(dataset_dir), mask, out_dir, fmt, ctx, resume, progress,
                           stop_after, list(callbacks), t_start)
     except BaseException:
@@ -424,14 +444,20 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
                                        split.fingerprint),
                 "num_classes": num_classes}
     ckpt_path = out_dir / CHECKPOINT_NAME
-    ckpt: Checkpoint | None = resume_from(Checkpoint, ckpt_path, identity, resume=resume)
+    ckpt, refusal = None, None
+    try:
+        ckpt = resume_from(Checkpoint, ckpt_path, identity, resume=resume)
+    except DP4TLError as e:
+        refusal = e
+    dist_.fail_together(ctx, refusal)
+    start_epoch = ckpt.epoch if ckpt else 0
+    _check_same_start(ctx, start_epoch, out_dir)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if ckpt is None:
             _remove_earlier_run(out_dir)
 
     timer = StageTimer(ckpt.timings if ckpt else None, sync_cuda=False)
-    start_epoch = ckpt.epoch if ckpt else 0
     lost = [e for e in sorted(tc.keep_epochs)
             if e <= start_epoch and not (out_dir / early_checkpoint_name(e)).exists()]
     if lost:  # resuming cannot recreate it: the run is past that epoch
@@ -444,7 +470,9 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
         # Drop metric lines of epochs the checkpoint does not contain (crash between the two).
         rows = [r for r in _read_metrics(metrics_path) if r.get("epoch", 0) < start_epoch] if ckpt else []
         atomic_write_text(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    if start_epoch >= tc.epochs:
+    if start_epoch >= (tc.epochs if stop_after is None else min(tc.epochs, stop_after)):
+        # nothing to train (finished, or --stop-after at or below where it is): the last row,
+        # so the caller reports the epoch the run is at (not "epoch 0")
         rows = _read_metrics(metrics_path)
         return rows[-1] if rows else {"epoch": start_epoch - 1}
 

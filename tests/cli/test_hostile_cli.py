@@ -282,3 +282,27 @@ def test_a_torchrun_environment_torchrun_never_sets_is_one_line(capsys, monkeypa
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     one_line(*cli(capsys, monkeypatch, "recipes")[::2], needle)
+
+
+@pytest.mark.parametrize("world", ["2", "1"])
+def test_a_rank_whose_peer_stopped_first_prints_one_line(capsys, monkeypatch, world):
+    """Under torchrun, a rank left behind when another stopped (its own one-line error) got
+    gloo's 'Connection closed by peer' traceback; one process keeps the traceback (a bug)."""
+    app_mod = importlib.import_module("ffcv_dp4tl.cli.app")
+
+    def peer_gone(**kw):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection "
+                           "closed by peer [127.0.0.1]:31619")
+    monkeypatch.setattr(app_mod, "app", peer_gone)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.setenv("RANK", "1")
+    if world == "1":
+        with pytest.raises(RuntimeError, match="Connection closed by peer"):
+            app_mod.run()
+        return
+    with pytest.raises(SystemExit) as e:
+        app_mod.run()
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: rank 1: another rank stopped first (its error is above); fix that and rerun the "
+        "same command: it resumes"]

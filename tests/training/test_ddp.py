@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -118,6 +119,8 @@ def test_a_local_rank_torchrun_never_sets_is_one_line_before_the_process_group(m
         distributed.setup("cpu")
     assert not dist.is_initialized()
     monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
     joined = []
     monkeypatch.setattr(dist, "init_process_group", lambda backend: joined.append(backend))
     ctx = distributed.setup("cpu")
@@ -147,3 +150,110 @@ def test_torchrun_launches_dp4tl_train_and_a_rerun_resumes(source_dir, tmp_path)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     assert json.loads((out / "timings.json").read_text())["world_size"] == 2
+
+
+def _torchrun_env(monkeypatch, rank: int = 1, **extra: str) -> None:
+    for k, v in {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
+                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", **extra}.items():
+        monkeypatch.setenv(k, v)
+
+
+def test_a_launch_torch_cannot_join_is_one_line_before_the_process_group(monkeypatch, capsys):
+    """Variables set by hand or by a scheduler: MASTER_ADDR/PORT missing was torch's
+    traceback; a rank waiting for the others says so (it waited silently for 30 minutes); more
+    ranks than visible GPUs was "invalid device ordinal"; ``--device cuda:N`` was silently
+    replaced by cuda:LOCAL_RANK."""
+    import pytest
+    import torch
+    import torch.distributed as dist
+
+    from ffcv_dp4tl.errors import DP4TLError
+    from ffcv_dp4tl.training import distributed
+
+    joined = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: joined.append(backend))
+    _torchrun_env(monkeypatch)
+    monkeypatch.delenv("MASTER_ADDR")
+    with pytest.raises(DP4TLError, match="^WORLD_SIZE=2 but MASTER_ADDR is not set: launch with "
+                                         "torchrun"):
+        distributed.setup("cpu")
+    _torchrun_env(monkeypatch)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    distributed.setup("cpu")
+    assert joined == ["gloo"]
+    assert capsys.readouterr().err == "rank 1 of 2: waiting for the other ranks at 127.0.0.1:29500\n"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")  # torchrun's own launch: no line
+    distributed.setup("cpu")
+    assert capsys.readouterr().err == ""
+
+    monkeypatch.setattr(torch._C, "_cuda_setDevice", lambda i: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(DP4TLError, match=r"^LOCAL_RANK=1 but 1 CUDA device\(s\) are visible: "
+                                         r"launch at most 1 rank\(s\) per node"):
+        distributed.setup("cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(DP4TLError, match=r"^--device cuda:0 under torchrun: every rank uses its "
+                                         r"own GPU, cuda:LOCAL_RANK \(this rank: cuda:1\)"):
+        distributed.setup("cuda:0")
+    assert distributed.setup("cuda").device == torch.device("cuda", 1)
+
+
+def test_a_check_failed_on_one_rank_stops_every_rank_in_one_line(monkeypatch):
+    """The others used to run on into the DDP constructor and die there with a gloo traceback
+    (rank 0's lock refused a second run; a checkpoint only one rank could read)."""
+    import pytest
+
+    from ffcv_dp4tl.errors import DP4TLError
+    from ffcv_dp4tl.training import distributed
+
+    ctx = distributed.DistContext(rank=1, world_size=2)
+    monkeypatch.setattr(distributed, "all_gather", lambda c, v: ["another process holds it", v])
+    with pytest.raises(DP4TLError, match="^rank 0 stopped: another process holds it$"):
+        distributed.fail_together(ctx, None)
+    mine = DP4TLError("my own")
+    with pytest.raises(DP4TLError, match="^my own$"):
+        distributed.fail_together(ctx, mine)
+    monkeypatch.setattr(distributed, "all_gather", lambda c, v: [None, None])
+    distributed.fail_together(ctx, None)
+
+
+def test_ranks_that_see_other_checkpoints_never_train(monkeypatch, tmp_path):
+    """``--out`` on node-local disks: rank 1 saw no checkpoint and trained epochs 0-1 while
+    rank 0 trained 2-3, gradients averaged together, and rank 0 reported success."""
+    import pytest
+
+    from ffcv_dp4tl.errors import DP4TLError
+    from ffcv_dp4tl.training import distributed, trainer
+
+    ctx = distributed.DistContext(rank=0, world_size=2)
+    monkeypatch.setattr(distributed, "all_gather", lambda c, v: [2, 0])
+    with pytest.raises(DP4TLError, match=r"the ranks see different checkpoints in .* \(rank 0: "
+                                         r"epoch 2, rank 1: epoch 0\): --out must be one folder "
+                                         r"every rank shares"):
+        trainer._check_same_start(ctx, 2, tmp_path)
+    monkeypatch.setattr(distributed, "all_gather", lambda c, v: [2, 2])
+    trainer._check_same_start(ctx, 2, tmp_path)
+
+
+def test_torchrun_into_a_folder_another_run_holds_is_one_line_on_every_rank(source_dir, tmp_path):
+    """Rank 0's lock refusal used to reach rank 1 as a ~50-line gloo traceback from the DDP
+    constructor, 20 s later; now every rank stops at the lock with one line."""
+    from ffcv_dp4tl.fsutil import directory_lock
+    from ffcv_dp4tl.training.trainer import LOCK_NAME
+
+    out = tmp_path / "held"
+    with directory_lock(out / LOCK_NAME, "the test's run"):
+        run = _torchrun("train", "resnet18_tiny_cpu", "--data", str(source_dir), "--out", str(out),
+                        "--device", "cpu", "--no-progress", "--format", "wds",
+                        *[a for o in TEST_OVERRIDES for a in ("--set", o)])
+    assert run.returncode != 0
+    # (the ranks write at once: one line may follow the other without its newline)
+    errors = re.findall(r"error: .*?use another folder", run.stderr)
+    assert sorted(errors) == sorted([
+        f"error: another dp4tl process (pid {os.getpid()}) is using training run {out}; wait for it "
+        "to finish or use another folder",
+        f"error: rank 0 stopped: another dp4tl process (pid {os.getpid()}) is using training run "
+        f"{out}; wait for it to finish or use another folder"]), run.stderr[-3000:]
+    # no rank printed a traceback (torchrun's launcher prints its own ChildFailedError block)
+    assert "[rank" not in run.stderr and "DistributedDataParallel" not in run.stderr

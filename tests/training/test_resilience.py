@@ -190,3 +190,12 @@ def test_a_deleted_early_checkpoint_is_an_error_naming_the_folder_to_delete(sour
     with pytest.raises(DP4TLError, match=r"checkpoint_e1.pt \(train.keep_epochs\) is missing but .* "
                                           r"epoch 2, past it.*delete the folder .* and rerun"):
         train(r, source_dir, out_dir=tmp_path, **kw)
+
+
+def test_a_finetune_rerun_removes_a_state_save_cut_short(trained_run, target_dir, tmp_path):
+    kw = dict(fmt="wds", device="cpu", progress=False, overrides=FT + ["train.epochs=2"])
+    finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path, stop_after=1, **kw)
+    torn = tmp_path / f".{STATE_NAME}.x1y2z3.tmp.pt"
+    torn.write_bytes(b"\0" * 1024)
+    finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path, **kw)
+    assert not torn.exists()

@@ -253,3 +253,37 @@ def test_a_run_started_over_keeps_no_best_or_early_checkpoint_of_the_old_run(sou
                        Checkpoint.load(tmp_path / "checkpoint.pt").model["fc.weight"])
     assert not (tmp_path / "checkpoint_e1.pt").exists() or \
         (tmp_path / "checkpoint_e1.pt").read_bytes() != old_early
+
+
+def test_a_no_resume_run_killed_before_its_first_checkpoint_leaves_no_old_checkpoint(
+        source_dir, tmp_path, test_recipe):
+    """``--no-resume`` empties the old run's metrics; killed before its first epoch's checkpoint,
+    it used to leave the old checkpoint.pt, which the next run resumed with its metrics gone."""
+    kw = dict(fmt="wds", device="cpu", progress=False)
+    train(test_recipe("train.epochs=2"), source_dir, out_dir=tmp_path, **kw)
+
+    class Killed(Callback):
+        def on_batch(self, epoch, batch):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(test_recipe("train.epochs=2"), source_dir, out_dir=tmp_path, resume=False,
+              callbacks=[Killed()], **kw)
+    assert not (tmp_path / "checkpoint.pt").exists()
+    train(test_recipe("train.epochs=2"), source_dir, out_dir=tmp_path, **kw)  # from epoch 0
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+
+
+def test_a_rerun_removes_a_checkpoint_save_cut_short_and_reports_where_it_is(
+        source_dir, tmp_path, test_recipe):
+    """A kill during a checkpoint save leaves its temp file (checkpoint-sized); the next
+    `dp4tl train` into the folder removes it. ``--stop-after`` at or below the run's epoch
+    returns the run's last row (the CLI printed "epoch 0/N" for a run at epoch 2)."""
+    kw = dict(fmt="wds", device="cpu", progress=False)
+    r = test_recipe("train.epochs=3")
+    train(r, source_dir, out_dir=tmp_path, stop_after=2, **kw)
+    torn = tmp_path / ".checkpoint.pt.k3vv1f36.tmp.pt"
+    torn.write_bytes(b"\0" * 1024)
+    row = train(r, source_dir, out_dir=tmp_path, stop_after=1, **kw)
+    assert row["epoch"] == 1 and not torn.exists()
