@@ -10,7 +10,8 @@
 4. **LM selection**: prediction histogram + softmax tie-break over ``--targets`` target images
    x 1000 classes, class selection, then the sample mask from ``labels.npy``.
 5. **FM selection**: ``--targets`` target features vote for the nearest of ``--k`` centroids,
-   cluster selection, then the sample mask from per-sample cluster ids.
+   the reciprocal-rank tie-break FM uses, cluster selection, then the sample mask from
+   per-sample cluster ids.
 6. **k-means**: one assignment pass (nearest of ``--k`` centroids, CPU backend) over
    ``--kmeans-n`` x ``--dim`` float32 features (default 1,281,167 x 512, K=2000).
 
@@ -108,7 +109,8 @@ def steps(args, ddir: Path) -> list:
     from ffcv_dp4tl.data.masks import full_mask, load_mask, mask_from_classes, save_mask
     from ffcv_dp4tl.data.sampling import EpochPlan
     from ffcv_dp4tl.kernels import assign_nearest
-    from ffcv_dp4tl.scoring import feature_mapping_votes
+    from ffcv_dp4tl.scoring import feature_mapping_scores
+    from ffcv_dp4tl.scoring.feature_mapping import reciprocal_rank_votes
     from ffcv_dp4tl.scoring.label_mapping import (kept_sample_indices, label_mapping_scores,
                                                   select_classes, softmax_mass)
 
@@ -146,15 +148,15 @@ def steps(args, ddir: Path) -> list:
 
     k, d = args.k, args.dim
     # compile the numba kernels outside the timed steps (a process pays it once)
-    feature_mapping_votes(rng.standard_normal((64, d), dtype=np.float32),
-                          rng.standard_normal((8, d), dtype=np.float32), backend="cpu")
+    feature_mapping_scores(rng.standard_normal((64, d), dtype=np.float32),
+                           rng.standard_normal((8, d), dtype=np.float32), backend="cpu")
     centroids = rng.standard_normal((k, d), dtype=np.float32)
     targets = rng.standard_normal((t, d), dtype=np.float32)
     clusters = rng.integers(0, k, n)
     with Step(rows, f"FM selection (votes over K={k:,}, 50% clusters, sample mask)",
               f"{t:,} targets x {d}, {n:,} samples"):
-        votes, tb = feature_mapping_votes(targets, centroids, backend="cpu")
-        kept = select_classes(votes, 0.5, tb)
+        votes = feature_mapping_scores(targets, centroids, backend="cpu")
+        kept = select_classes(votes, 0.5, reciprocal_rank_votes(targets, centroids))
         kept_sample_indices(clusters, kept)
     del targets, clusters
 

@@ -112,9 +112,10 @@ def _older_rule(rows: list[dict[str, Any]], path: Path) -> DP4TLError | None:
         return None
     methods = sorted({r["method"] for r in old})
     return DP4TLError(f"{path}: {len(old)} of its {len(rows)} rows ({', '.join(methods)}) were "
-                      f"scored by an older rule of the method (revision "
-                      f"{old[0].get('revision', 0)}, now {_revision(old[0]['method'])}); move the "
-                      "file away to start over, or pass another --out")
+                      f"scored by another rule of the method (revision "
+                      f"{old[0].get('revision', 0)}, this code: {_revision(old[0]['method'])}); "
+                      f"delete those lines (the other rows stay valid; the deleted runs rerun), "
+                      "or pass another --out")
 
 
 def settings_key(base: PipelineConfig, finetune: Sequence[str]) -> str:

@@ -96,19 +96,22 @@ def _quiet_numba_exit_noise() -> None:
 #: what Ctrl-C prints (every write is atomic and every long stage checkpoints)
 INTERRUPTED = "interrupted: rerun the same command to resume where it stopped"
 
-#: what gloo and NCCL raise on the ranks left behind when one rank's process ended
-_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+#: what gloo raises on the ranks left behind when one rank's process ended
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
 
 
 def _peer_stopped_line(e: RuntimeError) -> str | None:
     """Under torchrun, the collective error of a rank whose peer stopped first (its own error
-    is printed by that rank): one line instead of a gloo/NCCL traceback; None otherwise."""
+    is printed by that rank): one line instead of a gloo traceback, still quoting the error
+    (a firewall resets connections too); None otherwise, so any other backend failure (an NCCL
+    or network setup error every rank hits) keeps its traceback."""
     if os.environ.get("WORLD_SIZE", "1") in ("", "0", "1"):
         return None
-    if type(e).__name__ != "DistBackendError" and not any(p in str(e) for p in _PEER_GONE):
+    said = next((line for line in str(e).splitlines() if any(p in line for p in _PEER_GONE)), None)
+    if said is None:
         return None
-    return (f"rank {os.environ.get('RANK', '?')}: another rank stopped first (its error is above); "
-            "fix that and rerun the same command: it resumes")
+    return (f"rank {os.environ.get('RANK', '?')}: another rank stopped first, its error is above "
+            f"({said.strip()[:160]}); fix that and rerun the same command: it resumes")
 
 
 def run() -> None:

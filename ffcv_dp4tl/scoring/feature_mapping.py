@@ -278,7 +278,8 @@ def reciprocal_rank_votes(target_features: Any, centroids: Any, *, rows: int = 2
     reasons unrelated to the target. Like LM's softmax mass, this orders the ties by the target
     itself, and it is scale-free (features are not normalised) and positive, so several
     targets' values combine as their scores do. Distances in float64 on the host, ``rows``
-    target features at a time (N_t x K x D: 75k x 2000 x 512 is a few seconds)."""
+    target features at a time (N_t x K x D = 75k x 2000 x 512, Food-101's train split: about
+    half a minute on 2 CPU cores, beside minutes of feature extraction)."""
     t = np.asarray(_to_host(as_float32_matrix(target_features, "target_features")), np.float64)
     check_finite_rows(t, "target_features")
     c = np.asarray(_to_host(as_float32_matrix(centroids, "centroids")), np.float64)

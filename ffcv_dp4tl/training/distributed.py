@@ -85,8 +85,11 @@ def setup(device: str | torch.device | None = "auto") -> DistContext:
                              "cuda or auto, and choose GPUs with CUDA_VISIBLE_DEVICES")
         visible = torch.cuda.device_count()
         if local_rank >= visible:
-            raise DP4TLError(f"LOCAL_RANK={local_rank} but {visible} CUDA device(s) are visible: "
-                             f"launch at most {visible} rank(s) per node (--nproc_per_node)")
+            raise DP4TLError(f"LOCAL_RANK={local_rank} but this process sees {visible} CUDA "
+                             f"device(s): launch at most {visible} rank(s) per node "
+                             "(--nproc_per_node), each seeing every GPU of the node (a scheduler "
+                             "that binds one GPU per task hides the others: start one torchrun "
+                             "per node instead)")
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     here = False

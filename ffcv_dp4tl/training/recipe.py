@@ -410,6 +410,14 @@ def _validate_choices(r: Recipe, source: str) -> None:
     if r.train.min_res > r.train.max_res:
         raise DP4TLError(f"{source}: train.min_res ({r.train.min_res}) > train.max_res "
                          f"({r.train.max_res})")
+    from .schedule import resolution  # (imports this module)
+
+    largest = max(resolution(r.train, e) for e in range(r.train.epochs))
+    if largest > MAX_RESOLUTION:  # rounding to res_multiple can pass max_res (it failed mid-run)
+        raise DP4TLError(f"{source}: the resolution schedule (train.min_res {r.train.min_res}, "
+                         f"max_res {r.train.max_res}, rounded to a multiple of train.res_multiple "
+                         f"{r.train.res_multiple}) reaches {largest} px, above {MAX_RESOLUTION}; "
+                         "lower them")
 
 
 def _validate_lr(r: Recipe, source: str) -> None:

@@ -391,7 +391,7 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
                 try:
                     lock.enter_context(directory_lock(out_dir / LOCK_NAME, f"training run {out_dir}"))
                     remove_orphan_temps(out_dir)  # a checkpoint save a kill cut short
-                except DP4TLError as e:
+                except (DP4TLError, OSError) as e:  # (an unwritable --out: OSError)
                     refusal = e
             dist_.fail_together(ctx, refusal)
             return _train(recipe, Path(dataset_dir), mask, out_dir, fmt, ctx, resume, progress,
@@ -418,12 +418,11 @@ def _remove_unused_run_dir(out_dir: Path) -> None:
         pass  # best effort: never mask the error that ended the run
 
 
-def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
-           ctx: dist_.DistContext, resume: bool, progress: bool, stop_after: int | None,
-           user_callbacks: list, t_start: float) -> dict[str, Any]:
-    dev = ctx.device
-    tc, ec = recipe.train, recipe.eval
-    # ---- validate everything before any work -------------------------------------------
+def _read_inputs(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path,
+                 ctx: dist_.DistContext, resume: bool) -> tuple:
+    """The run's data, mask, identity and the checkpoint it resumes from (None: epoch 0), each
+    checked: (manifest, train split, val split, mask or None, identity, checkpoint or None)."""
+    tc = recipe.train
     manifest = load_manifest(dataset_dir)
     split = manifest.split(recipe.data.train_split)
     val_split = manifest.split(recipe.data.val_split)
@@ -437,19 +436,30 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     if tc.batch_size % ctx.world_size:
         raise DP4TLError(f"train.batch_size {tc.batch_size} is not divisible by the "
                          f"{ctx.world_size} ranks")
-    num_classes = manifest.num_classes
     identity = {"arch": recipe.model.arch, "recipe_fingerprint": recipe.fingerprint(),
                 "dataset_fingerprint": manifest.fingerprint,
                 "mask_hash": mask_hash(None if mask_obj is None else mask_obj.indices,
                                        split.fingerprint),
-                "num_classes": num_classes}
-    ckpt_path = out_dir / CHECKPOINT_NAME
-    ckpt, refusal = None, None
+                "num_classes": manifest.num_classes}
+    ckpt = resume_from(Checkpoint, out_dir / CHECKPOINT_NAME, identity, resume=resume)
+    return manifest, split, val_split, mask_obj, identity, ckpt
+
+
+def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
+           ctx: dist_.DistContext, resume: bool, progress: bool, stop_after: int | None,
+           user_callbacks: list, t_start: float) -> dict[str, Any]:
+    dev = ctx.device
+    tc, ec = recipe.train, recipe.eval
+    # ---- validate everything before any work (a failure on any rank stops every rank) -----
     try:
-        ckpt = resume_from(Checkpoint, ckpt_path, identity, resume=resume)
-    except DP4TLError as e:
+        manifest, split, val_split, mask_obj, identity, ckpt = _read_inputs(
+            recipe, dataset_dir, mask, out_dir, ctx, resume)
+        refusal = None
+    except (DP4TLError, OSError) as e:
         refusal = e
     dist_.fail_together(ctx, refusal)
+    num_classes = manifest.num_classes
+    ckpt_path = out_dir / CHECKPOINT_NAME
     start_epoch = ckpt.epoch if ckpt else 0
     _check_same_start(ctx, start_epoch, out_dir)
     if ctx.is_main:

@@ -134,8 +134,16 @@ def test_rows_of_an_older_rule_of_a_method_are_not_paired_with_new_ones(tmp_path
         r.pop("revision", None)  # as written before the fix
     path.write_text("".join(json.dumps(r) + "\n" for r in old))
     with pytest.raises(sep.DP4TLError, match=r"rows.jsonl: 1 of its 4 rows \(fm\) were scored by "
-                                             r"an older rule of the method \(revision 0, now 1\)"):
+                                             r"another rule of the method \(revision 0, this "
+                                             r"code: 1\); delete those lines"):
         sep.run_separation(base, tmp_path, **{**kw, "seeds": [0, 1]})
+    # as advised: the fm line deleted, only fm runs again
+    path.write_text("".join(json.dumps(r) + "\n" for r in old if r["method"] != "fm"))
+    calls = []
+    monkeypatch.setattr(sep, "run_pipeline", lambda cfg, log=print: calls.append(cfg.method)
+                        or fake_run(cfg))
+    sep.run_separation(base, tmp_path, **kw)
+    assert calls == ["fm"]
 
 
 def test_embedded_command_runs_the_paired_design(tmp_path, monkeypatch):

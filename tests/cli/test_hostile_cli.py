@@ -304,5 +304,12 @@ def test_a_rank_whose_peer_stopped_first_prints_one_line(capsys, monkeypatch, wo
         app_mod.run()
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: rank 1: another rank stopped first (its error is above); fix that and rerun the "
-        "same command: it resumes"]
+        "error: rank 1: another rank stopped first, its error is above ([../third_party/gloo/"
+        "gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:31619); fix that "
+        "and rerun the same command: it resumes"]
+
+    def backend_failure(**kw):  # every rank's own problem: its traceback stays
+        raise RuntimeError("NCCL error: unhandled system error")
+    monkeypatch.setattr(app_mod, "app", backend_failure)
+    with pytest.raises(RuntimeError, match="unhandled system error"):
+        app_mod.run()

@@ -189,8 +189,8 @@ def test_a_launch_torch_cannot_join_is_one_line_before_the_process_group(monkeyp
     monkeypatch.setattr(torch._C, "_cuda_setDevice", lambda i: None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(DP4TLError, match=r"^LOCAL_RANK=1 but 1 CUDA device\(s\) are visible: "
-                                         r"launch at most 1 rank\(s\) per node"):
+    with pytest.raises(DP4TLError, match=r"^LOCAL_RANK=1 but this process sees 1 CUDA "
+                                         r"device\(s\): launch at most 1 rank\(s\) per node"):
         distributed.setup("cuda")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(DP4TLError, match=r"^--device cuda:0 under torchrun: every rank uses its "
@@ -257,3 +257,31 @@ def test_torchrun_into_a_folder_another_run_holds_is_one_line_on_every_rank(sour
         f"{out}; wait for it to finish or use another folder"]), run.stderr[-3000:]
     # no rank printed a traceback (torchrun's launcher prints its own ChildFailedError block)
     assert "[rank" not in run.stderr and "DistributedDataParallel" not in run.stderr
+
+
+def test_every_input_check_and_the_lock_go_through_fail_together(source_dir, tmp_path,
+                                                                  monkeypatch):
+    """The data, mask and checkpoint checks and the lock raise only after every rank has been
+    told: an OSError too (a labels file one node cannot read, an unwritable --out), which used
+    to leave the other ranks waiting in the next collective."""
+    import pytest
+
+    from ffcv_dp4tl.training import distributed, trainer
+
+    told = []
+
+    def record(ctx, error):
+        told.append(type(error).__name__ if error is not None else None)
+        if error is not None:
+            raise error
+
+    monkeypatch.setattr(distributed, "fail_together", record)
+
+    def unreadable(*a, **k):
+        raise PermissionError(13, "Permission denied", "train.labels.npy")
+
+    monkeypatch.setattr(trainer, "_read_inputs", unreadable)
+    with pytest.raises(PermissionError):
+        trainer.train("resnet18_tiny_cpu", source_dir, out_dir=tmp_path / "r", device="cpu",
+                      fmt="wds", progress=False, overrides=TEST_OVERRIDES)
+    assert told == [None, "PermissionError"]  # the lock (fine), then the inputs

@@ -115,6 +115,17 @@ def test_impossible_recipe_values_are_one_line_errors_at_load(override, message)
     assert "\n" not in str(e.value)
 
 
+def test_a_resolution_the_schedule_rounds_past_the_bound_is_refused_at_load():
+    """max_res in range, rounded by res_multiple past it: the loader refused it at the ramp's
+    end, possibly hours into the run, without naming res_multiple."""
+    ramp = ["train.epochs=4", "train.start_ramp=1", "train.end_ramp=2", "train.max_res=2040"]
+    with pytest.raises(DP4TLError, match=r"the resolution schedule \(.*max_res 2040, rounded to "
+                                         r"a multiple of train\.res_multiple 80\) reaches 2080 "
+                                         r"px, above 2048"):
+        load_recipe("resnet18_tiny_cpu", ramp + ["train.res_multiple=80"])
+    assert load_recipe("resnet18_tiny_cpu", ramp + ["train.res_multiple=64"])
+
+
 def test_more_workers_than_cores_is_capped_with_one_note(capsys):
     from ffcv_dp4tl.data import resources
 
