@@ -69,18 +69,23 @@ def test_summary_pairs_by_seed_and_target(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["seeds"] == [0, 1, 2, 3, 4]
 
 
+def _lp_result(cfg, folder) -> PipelineResult:
+    """A finished run of ``cfg`` with LP top-1 0.5 (what the benchmark's loop reads)."""
+    res = PipelineResult(config={}, source="s", target="t", protocol="standard", recipes={},
+                         seeds=[cfg.seed])
+    ft = StageResult(stage="finetune", kind="finetune", values={"test_top1": 0.5})
+    res.add(StagePlace("finetune-lp", "finetune", seed=cfg.seed, mode="lp"),
+            StageRun(ft, folder, ran=True))
+    return res
+
+
 def test_run_resumes_from_rows(tmp_path, monkeypatch):
     """A finished (seed, target, method, ratio) is never run again: rows.jsonl is the record."""
     calls = []
 
     def fake_run(cfg, log=print):  # the loop's bookkeeping only; run_pipeline has its own tests
         calls.append((cfg.seed, cfg.target, cfg.method, cfg.ratio))
-        res = PipelineResult(config={}, source="s", target="t", protocol="standard", recipes={},
-                             seeds=[cfg.seed])
-        ft = StageResult(stage="finetune", kind="finetune", values={"test_top1": 0.5})
-        res.add(StagePlace("finetune-lp", "finetune", seed=cfg.seed, mode="lp"),
-                StageRun(ft, tmp_path, ran=True))
-        return res
+        return _lp_result(cfg, tmp_path)
 
     monkeypatch.setattr(sep, "run_pipeline", fake_run)
     checked = []
@@ -113,12 +118,7 @@ def test_rows_of_an_older_rule_of_a_method_are_not_paired_with_new_ones(tmp_path
     import json
 
     def fake_run(cfg, log=print):
-        res = PipelineResult(config={}, source="s", target="t", protocol="standard", recipes={},
-                             seeds=[cfg.seed])
-        ft = StageResult(stage="finetune", kind="finetune", values={"test_top1": 0.5})
-        res.add(StagePlace("finetune-lp", "finetune", seed=cfg.seed, mode="lp"),
-                StageRun(ft, tmp_path, ran=True))
-        return res
+        return _lp_result(cfg, tmp_path)
 
     monkeypatch.setattr(sep, "run_pipeline", fake_run)
     monkeypatch.setattr(sep, "preflight", lambda cfgs, log: None)
