@@ -34,6 +34,13 @@ def score(
         None, help="center: the eval 224/256 centre crop (fast); none: the whole short side, i.e. "
         "the paper's resize to the source resolution (default: the surrogate recipe's "
         "scoring.target_crop, else center)", show_default=False),
+    source_resolution: Optional[int] = typer.Option(
+        None, help="Resolution the surrogate reads source images at for source features (fm, "
+        "moderate, sp, ssp, inf*; default: the surrogate recipe's scoring.source_resolution, else "
+        "--resolution; the paper: 224)", show_default=False),
+    source_crop: Optional[TargetCrop] = typer.Option(
+        None, help="As --target-crop, for those source images (default: the surrogate recipe's "
+        "scoring.source_crop, else center; the paper: none)", show_default=False),
     k: int = typer.Option(PAPER_K, help="fm: k-means clusters K (the paper's; at most the "
                           "number of source train samples)"),
     iters: int = typer.Option(20, help="fm: Lloyd iterations"),
@@ -64,6 +71,8 @@ def score(
                batch_size=batch_size, num_workers=workers, resolution=resolution, k=k,
                iters=iters, seed=seed, backend=backend.value, target_resolution=target_resolution,
                target_crop=None if target_crop is None else target_crop.value,
+               source_resolution=source_resolution,
+               source_crop=None if source_crop is None else source_crop.value,
                options=parse_option_pairs(opt), train_recipe=recipe, train_overrides=tuple(set_))
     unit = meta.get("unit", "sample")  # random's metadata names neither (it scores samples)
     cost = meta.get("selection_seconds")

@@ -30,7 +30,8 @@ def self_supervised_refusal(scorer: Scorer, what: str) -> DP4TLError:
 
 def _load_surrogate(scorer: Scorer, ctx: ScoringContext, checkpoint: Path, device: str,
                     resolution: int | None, target_resolution: int | None = None,
-                    target_crop: str | None = None) -> Surrogate:
+                    target_crop: str | None = None, source_resolution: int | None = None,
+                    source_crop: str | None = None) -> Surrogate:
     import torch
 
     from ..training.distributed import resolve_device
@@ -55,8 +56,10 @@ def _load_surrogate(scorer: Scorer, ctx: ScoringContext, checkpoint: Path, devic
     if target_resolution is None:  # the recipe's (>= 0 when it loaded): bounded like the option
         check_resolution(t_res, f"{checkpoint}: recipe scoring.target_resolution",
                          zero="the surrogate's eval resolution")
-    # source images behind source features: the recipe's [scoring] (validated when it loaded)
-    s_res, s_crop = sc.source_resolution, sc.source_crop
+    # source images behind source features: the arguments, else the recipe's [scoring]
+    # (validated when it loaded)
+    s_res = source_resolution if source_resolution is not None else sc.source_resolution
+    s_crop = TargetCrop.check(source_crop or sc.source_crop, "source crop")
     return Surrogate(path=Path(checkpoint), model=model, head=get_head(model), checkpoint=ckpt,
                      resolution=res, device=dev,
                      autocast_dtype=torch.bfloat16 if dev.type == "cuda" else None,
@@ -93,6 +96,7 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
           backend: str = "auto", progress: bool = True,
           trajectory: list[str | Path] | tuple[str | Path, ...] = (),
           target_resolution: int | None = None, target_crop: str | None = None,
+          source_resolution: int | None = None, source_crop: str | None = None,
           options: dict[str, Any] | None = None, train_recipe: str | Path | None = None,
           train_overrides: list[str] | tuple[str, ...] = (),
           target_weights: list[float] | tuple[float, ...] = ()) -> dict[str, Any]:
@@ -107,6 +111,9 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     ``target_resolution`` / ``target_crop``: how the surrogate reads the target images (default:
     the surrogate recipe's ``[scoring]`` section; without one, the surrogate's eval resolution
     with the 224/256 centre crop). The paper protocol: 224 and ``"none"``.
+    ``source_resolution`` / ``source_crop``: the same for the source images behind source
+    features (FM, MODERATE, SP, SSP, INF*): a surrogate trained before its recipe set them can
+    still be read as the paper reads them.
     ``options``: the scorer's knobs
     (``Scorer.options``; strings are converted). ``train_recipe`` / ``train_overrides``: the
     recipe of the runs a scorer trains itself (FORGET, GraNd/EL2N with several runs; default:
@@ -118,6 +125,9 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
         check_resolution(resolution, "--resolution")
     if target_resolution is not None:
         check_resolution(target_resolution, "--target-resolution (scoring.target_resolution)",
+                         zero="the surrogate's eval resolution")
+    if source_resolution is not None:
+        check_resolution(source_resolution, "--source-resolution (scoring.source_resolution)",
                          zero="the surrogate's eval resolution")
     _refuse_other_scores(Path(out_dir), method)  # (before the data is read; again below)
     t0 = time.perf_counter()
@@ -164,7 +174,8 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     if scorer.needs_surrogate:
         ctx.checkpoint = chosen
         ctx.surrogate = _load_surrogate(scorer, ctx, chosen, device, resolution,
-                                        target_resolution, target_crop)
+                                        target_resolution, target_crop, source_resolution,
+                                        source_crop)
         ctx.meta.update({"surrogate": str(chosen), "surrogate_hash": file_sha256(chosen),
                          "resolution": ctx.surrogate.resolution})
         if (ctx.surrogate.source_resolution, ctx.surrogate.source_crop) != (None, "center"):

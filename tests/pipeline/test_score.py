@@ -13,6 +13,7 @@ from ffcv_dp4tl.pipeline.score import score
     ({"resolution": 100000}, "--resolution"),  # a torch allocation traceback before
     ({"target_resolution": 100000}, "--target-resolution"),
     ({"target_resolution": -1}, "--target-resolution"),
+    ({"source_resolution": 100000}, "--source-resolution"),
 ])
 def test_impossible_resolutions_are_refused_before_work(tmp_path, kw, needle):
     out = tmp_path / "scores"
@@ -53,3 +54,16 @@ def test_scores_of_another_source_or_target_are_never_replaced(tmp_path, source_
                  meta={"source_fingerprint": src.fingerprint,
                        "target_fingerprints": [load_manifest(target_dir).fingerprint]})
     assert score("lm", **kw)["method"] == "lm"  # the same data: rescored in place
+
+
+def test_source_input_can_be_set_for_a_surrogate_trained_without_it(tmp_path, source_dir,
+                                                                     trained_run):
+    """A surrogate whose recipe set no [scoring] source pair (the paper MoCo recipe before
+    2026-12-03) can still read the source as the paper does: the options win over the
+    checkpoint's embedded recipe, and scores.json records what was read."""
+    import json
+
+    out = tmp_path / "moderate"
+    score("moderate", source_dir=source_dir, out_dir=out, checkpoint=trained_run / "checkpoint.pt",
+          fmt="wds", device="cpu", progress=False, source_resolution=24, source_crop="none")
+    assert json.loads((out / "scores.json").read_text())["source_feature_input"] == [24, "none"]
