@@ -90,9 +90,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit samples (PNG, TIFF) on the fixed scale value / 257, as OpenCV and other tools
+        # read them and as 16-bit RGB arrives: a per-image stretch to the brightest pixel made a
+        # flat mid-grey white, and one hot pixel darkened the rest. 32-bit integers ("I" beyond
+        # 0..65535) have no fixed range: stretched from their minimum to their maximum.
         arr = np.asarray(img, dtype=np.float64)
-        hi = arr.max() or 1.0
-        return Image.fromarray((arr * (255.0 / hi)).clip(0, 255).astype(np.uint8)).convert("RGB")
+        if img.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
+            arr = (arr - arr.min()) / ((arr.max() - arr.min()) or 1.0) * 65535.0
+        return Image.fromarray(np.rint(arr / 257.0).clip(0, 255).astype(np.uint8)).convert("RGB")
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = arr.min(), arr.max()

@@ -8,6 +8,9 @@ or without (``root`` itself is the class tree; one split ``train``)::
 
     <class>/**/*.jpg
 
+A ``train``/``val``/``test`` folder beside other folders is a class when it holds images and
+no sub-folders (CIFAR-100's class "train"); otherwise such a mixed tree is refused.
+
 Classes are the sorted union of class folders over all splits, so labels agree across
 splits. Files are selected by (case-insensitive) extension only; unreadable images are left
 for the writer to reject. Hidden files/folders and loose files next to class folders are
@@ -26,14 +29,35 @@ SPLITS = ("train", "val", "test")
 HINT = "expected <class>/*.jpg folders, or train/ val/ test/ folders each holding <class>/*.jpg"
 
 
+def _split_dirs(root: Path) -> dict[str, Path]:
+    """The split folders of ``root``, or ``{"train": root}`` for a flat class tree. A folder
+    named train/val/test beside other folders is a *class* when it holds images and no
+    sub-folders (CIFAR-100 has a class "train"); it used to make the whole tree a split layout,
+    refused as "no class folders" or, worse, with the other classes dropped."""
+    found = {s: root / s for s in SPLITS if (root / s).is_dir()}
+    others = [d.name for d in subdirs(root) if d.name not in SPLITS] if found else []
+    if not found:
+        return {"train": root}
+    if not others:
+        return found
+
+    def is_class(d: Path) -> bool:
+        return not subdirs(d) and bool(list_images(d, recursive=False))
+
+    if all(is_class(d) for d in found.values()):
+        return {"train": root}
+    raise bad(root, f"holds split folders ({', '.join(found)}) beside other folders "
+              f"({', '.join(others[:5])}{', ...' if len(others) > 5 else ''}), so it is neither "
+              "layout", hint="put every class folder inside train/ (val/, test/), or, if "
+              f"{'/'.join(found)} are classes, give them their images directly")
+
+
 def read(root: Path, split_json: Path | None = None) -> DatasetSpec:
     """Enumerate an ImageFolder tree (see module docstring for the layout)."""
     root = Path(root)
     if split_json is not None:
         return coop.read_split_json(NAME, Path(split_json), root, {"layout": NAME})
-    split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
-    if not split_dirs:
-        split_dirs = {"train": root}
+    split_dirs = _split_dirs(root)
     per_split = {s: {d.name: list_images(d) for d in subdirs(p)} for s, p in split_dirs.items()}
     for s, classes in per_split.items():
         if not classes:

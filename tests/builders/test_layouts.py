@@ -110,6 +110,23 @@ def test_folder_with_splits(tmp_path: Path) -> None:
     assert [s.label for s in spec.splits["test"]] == [0, 0, 2, 2]
 
 
+def test_a_class_named_train_is_a_class_and_a_mixed_tree_is_named(tmp_path: Path) -> None:
+    """CIFAR-100 has a class "train": a flat tree with it was taken for a split layout and
+    refused as "no class folders" (or, with sub-folders in it, built without the other classes)."""
+    flat = tmp_path / "cifar100like"
+    for c in ("apple", "bus", "train", "tulip"):
+        F.img(flat / c / "1.png")
+    spec = read_layout("folder", flat)
+    assert spec.classes == ["apple", "bus", "train", "tulip"] and counts(spec) == {"train": 4}
+    mixed = tmp_path / "mixed"
+    F.img(mixed / "train" / "a" / "1.jpg")
+    F.img(mixed / "b" / "1.jpg")
+    with pytest.raises(DataError, match=r"mixed: holds split folders \(train\) beside other folders "
+                                        r"\(b\), so it is neither layout; put every class folder "
+                                        r"inside train/"):
+        read_layout("folder", mixed)
+
+
 def test_folder_empty_class_and_split(tmp_path: Path) -> None:
     F.img(tmp_path / "a" / "1.jpg")
     (tmp_path / "b").mkdir()

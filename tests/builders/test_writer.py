@@ -270,7 +270,7 @@ def _write_inputs(root: Path) -> tuple[list[Sample], dict[str, tuple], list[str]
     rgba = np.zeros((32, 32, 4), np.uint8)
     rgba[..., 1] = 255  # green, fully transparent -> composited on white
     save("rgba.png", Image.fromarray(rgba, "RGBA"), (255, 255, 255))
-    save("i16.png", Image.fromarray(np.full((32, 32), 1000, np.uint16)), (255, 255, 255))
+    save("i16.png", Image.fromarray(np.full((32, 32), 20000, np.uint16)), (78, 78, 78))  # /257
     save("large.png", Image.new("RGB", (80, 60), (10, 120, 240)), (10, 120, 240))
 
     noisy = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
@@ -323,6 +323,23 @@ def test_bad_inputs_skipped_and_odd_modes_converted(tmp_path):
         else:
             assert img.size == (32, 32)
         assert np.abs(px - np.array(expect[name])).max() <= 6, (name, px[5, 5])
+
+
+def test_16_bit_samples_keep_their_brightness():
+    """16-bit images map value / 257, as OpenCV and 16-bit RGB do: a per-image stretch to the
+    brightest pixel made a flat mid-grey white (255) and one hot pixel darkened the rest."""
+    from beton_builders.encode import to_rgb
+
+    flat = np.full((8, 8), 20000, np.uint16)
+    hot = flat.copy()
+    hot[0, 0] = 65535
+    for arr in (flat, hot):
+        rgb = np.asarray(to_rgb(Image.fromarray(arr)))
+        assert rgb.shape == (8, 8, 3) and int(np.median(rgb)) == 78
+    dark = np.asarray(to_rgb(Image.fromarray(np.full((8, 8), 4000, np.uint16))))
+    assert int(dark.max()) == 16  # not stretched to 255
+    wide = np.asarray(to_rgb(Image.fromarray(np.array([[-5, 200000]], np.int32), "I")))
+    assert wide[0, :, 0].tolist() == [0, 255]  # 32-bit: no fixed range, stretched
 
 
 def test_empty_split_is_an_error(tmp_path):
