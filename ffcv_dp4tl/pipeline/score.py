@@ -49,15 +49,12 @@ def _load_surrogate(scorer: Scorer, ctx: ScoringContext, checkpoint: Path, devic
                          f"{ctx.source_dir} has {source.num_classes}; use a surrogate trained "
                          "on this source")
     res = resolution if resolution is not None else (ckpt.eval_resolution or 224)
-    # target input: the arguments, else the surrogate recipe's [scoring] (absent = fast defaults)
+    # how the target and the source images behind source features are read: the arguments
+    # (checked in score()), else the surrogate recipe's [scoring] (absent = fast defaults;
+    # bounded like the options when the recipe loaded)
     sc = ckpt.training_recipe().scoring
     t_res = target_resolution if target_resolution is not None else sc.target_resolution
     t_crop = TargetCrop.check(target_crop or sc.target_crop, "target crop")
-    if target_resolution is None:  # the recipe's (>= 0 when it loaded): bounded like the option
-        check_resolution(t_res, f"{checkpoint}: recipe scoring.target_resolution",
-                         zero="the surrogate's eval resolution")
-    # source images behind source features: the arguments, else the recipe's [scoring]
-    # (validated when it loaded)
     s_res = source_resolution if source_resolution is not None else sc.source_resolution
     s_crop = TargetCrop.check(source_crop or sc.source_crop, "source crop")
     return Surrogate(path=Path(checkpoint), model=model, head=get_head(model), checkpoint=ckpt,
