@@ -267,15 +267,14 @@ def os_error_line(e: OSError, *, reading: bool = False) -> str:
     even where ``os.access`` cannot tell, e.g. root on an NFS mount with root_squash)."""
     where = f" {final_name(e.filename)}" if e.filename else ""
     what = e.strerror or str(e)
-    if reading and e.errno in (errno.EACCES, errno.EPERM):
-        return f"cannot read{where} ({what}); fix its permissions, or run as a user who may read it"
     if is_disk_full(e):
         return (f"disk full{' writing' + where if where else ''} ({what}); free some space, then "
                 "rerun the same command: finished work is kept and it resumes")
     if e.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
         return f"cannot use{where} ({what}): a file is where a folder should be (or the reverse); choose another path"
-    if e.errno in (errno.EACCES, errno.EPERM) and e.filename and os.path.exists(e.filename) \
-            and not os.access(e.filename, os.R_OK):  # (a file or folder we may not even read)
+    if e.errno in (errno.EACCES, errno.EPERM) and (reading or (
+            e.filename and os.path.exists(e.filename) and not os.access(e.filename, os.R_OK))):
+        # (a file or folder we may not even read)
         return f"cannot read{where} ({what}); fix its permissions, or run as a user who may read it"
     if is_unwritable(e):
         return f"cannot write{where} ({what}); choose a writable folder or fix its permissions"
