@@ -35,9 +35,9 @@ def _split_dirs(root: Path) -> dict[str, Path]:
     sub-folders (CIFAR-100 has a class "train"); it used to make the whole tree a split layout,
     refused as "no class folders" or, worse, with the other classes dropped."""
     found = {s: root / s for s in SPLITS if (root / s).is_dir()}
-    others = [d.name for d in subdirs(root) if d.name not in SPLITS] if found else []
     if not found:
         return {"train": root}
+    others = [d.name for d in subdirs(root) if d.name not in SPLITS]
     if not others:
         return found
 
