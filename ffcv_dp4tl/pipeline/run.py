@@ -112,10 +112,13 @@ def surrogate_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, res: Pipeline
     Every key holds the content fingerprints of its inputs (source, target, mask, recipes),
     never names: the same inputs under another path reuse a stage, other data never does. The
     stage is returned even when the method needs no surrogate (it is then not run)."""
+    from ..training.recipe import training_overrides
     from ..training.trainer import train
 
     needs = ok.scorer.needs_surrogate and not cfg.source_weights
-    name, rec, fp = r.recipe_names["surrogate"], r.surrogate, r.surrogate.fingerprint()
+    # what trains the surrogate: its [scoring] section (how it reads the images it scores)
+    # enters the score stage's key instead, so changing the scoring protocol reuses it
+    name, rec, fp = r.recipe_names["surrogate"], r.surrogate, r.surrogate.training_fingerprint()
     place = StagePlace("surrogate", "surrogate")
     if cfg.surrogate_weights:
         from ..training.weights import import_weights
@@ -130,7 +133,8 @@ def surrogate_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, res: Pipeline
                 source=str(r.source_dir), dataset_fingerprint=r.src.fingerprint), log))
         return sur
     sur = stage(cfg.runs_root, "surrogate", {"recipe": name,
-                                             "overrides": list(cfg.surrogate_overrides),
+                                             "overrides": training_overrides(
+                                                 cfg.surrogate_overrides),
                                              "recipe_fingerprint": fp,
                                              "source": r.src.fingerprint, **_common(cfg)})
     if needs:
@@ -145,9 +149,12 @@ def score_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, sur: Stage, res: 
     the target enter the key only where they apply, so older keys stay valid)."""
     scorer, multi = ok.scorer, r.multi
     needs_surrogate = scorer.needs_surrogate
-    sc_in = r.surrogate.scoring  # how the surrogate reads the target (recipe [scoring])
-    target_input = ({"target_input": [sc_in.target_resolution, sc_in.target_crop]}
-                    if (sc_in.target_resolution, sc_in.target_crop) != (0, "center") else {})
+    # how the surrogate reads the target and the source (recipe [scoring]; each pair enters the
+    # key only off its default, so older keys stay valid)
+    sc_in = r.surrogate.scoring
+    image_input = {name: [res, crop] for name, res, crop in (
+        ("target_input", sc_in.target_resolution, sc_in.target_crop),
+        ("source_input", sc_in.source_resolution, sc_in.source_crop)) if (res, crop) != (0, "center")}
     extra_key: dict[str, Any] = {}
     if ok.given_options or r.recipe_options:
         extra_key["options"] = {k: r.options[k]
@@ -165,7 +172,7 @@ def score_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, sur: Stage, res: 
         # serves every target
         **(score_key([t.fingerprint for t in r.tgts], ok.weights) if scorer.needs_target else {}),
         # only the settings the scorer reads (LM: neither k nor seed)
-        **scorer.stage_key(k=cfg.k, seed=cfg.seed), **_common(cfg), **target_input,
+        **scorer.stage_key(k=cfg.k, seed=cfg.seed), **_common(cfg), **image_input,
         **extra_key})
     res.add(StagePlace("score", "score"), run_stage(sc, lambda d: score(
         cfg.method, source_dir=r.source_dir,
@@ -176,6 +183,7 @@ def score_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, sur: Stage, res: 
         if TRAJECTORY in scorer.needs and not cfg.surrogate_weights else (), fmt=cfg.fmt,
         device=device, k=cfg.k, seed=cfg.seed,
         target_resolution=sc_in.target_resolution, target_crop=sc_in.target_crop,
+        source_resolution=sc_in.source_resolution, source_crop=sc_in.source_crop,
         options=r.options, train_recipe=r.recipe_names["surrogate"] if scorer.trains else None,
         train_overrides=list(cfg.surrogate_overrides) if scorer.trains else ()), log,
         upstream=[sur] if needs_surrogate else []))
@@ -211,15 +219,16 @@ def pretrain_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, pr: Stage,
     """Pretrain the source model on the mask, once per seed (``train.seed``). The key holds what
     is trained, not how the mask was chosen: the same mask (the 0 % reference, RANDOM, an
     in-domain baseline — for any target) is one pretraining."""
+    from ..training.recipe import training_overrides
     from ..training.trainer import train
 
     out = {}
     for i, seed in enumerate(ok.seeds):
-        over = list(r.pretrain_overrides) + _seed_overrides(seed)
+        over = training_overrides(r.pretrain_overrides) + _seed_overrides(seed)
         rec = with_seed(r.pretrain, seed) if seed else r.pretrain
         pt = stage(cfg.runs_root, "pretrain", {
             "recipe": r.recipe_names["pretrain"], "overrides": over,
-            "recipe_fingerprint": rec.fingerprint(), "source": r.src.fingerprint,
+            "recipe_fingerprint": rec.training_fingerprint(), "source": r.src.fingerprint,
             "mask": file_sha256(pr.output("train.npy")), **_common(cfg)})
         res.add(StagePlace(stage_label("pretrain", first_seed=i == 0, seed=seed), "pretrain",
                            seed=seed),
@@ -240,7 +249,7 @@ def brought_source_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, res: Pip
     rec = r.pretrain
     pt = stage(cfg.runs_root, "pretrain", {
         "weights_sha256": file_sha256(w), "recipe": r.recipe_names["pretrain"],
-        "recipe_fingerprint": rec.fingerprint(), "source": r.src.fingerprint})
+        "recipe_fingerprint": rec.training_fingerprint(), "source": r.src.fingerprint})
     res.add(StagePlace("pretrain", "pretrain"), run_stage(pt, lambda d: import_weights(
         w, d / "checkpoint.pt", recipe=rec, classes=r.src.classes, source=str(r.source_dir),
         dataset_fingerprint=r.src.fingerprint), log))

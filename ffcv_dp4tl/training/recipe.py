@@ -271,12 +271,26 @@ class Recipe:
         return d
 
     def fingerprint(self) -> str:
-        """Hash of every knob that can change the result: a checkpoint only resumes under the
-        identical recipe. Pure logging switches (:data:`NOT_IN_FINGERPRINT`) are left out, so
+        """Hash of every knob that can change a result (benchmark rows and VTAB settings pair
+        only under it). Pure logging switches (:data:`NOT_IN_FINGERPRINT`) are left out, so
         turning TensorBoard on for a resumed run (or a cached pipeline stage) changes nothing."""
+        return self._hash(drop_sections=())
+
+    def training_fingerprint(self) -> str:
+        """Hash of every knob that can change the *trained weights*: a checkpoint only resumes,
+        and a pipeline's surrogate or pretraining stage is only reused, under the same one. It
+        leaves out :data:`NOT_IN_TRAINING` ([scoring]: how a trained surrogate reads the images
+        it scores), so moving a surrogate recipe from the fast scoring protocol to the paper's
+        reuses the trained surrogate; the score stage's key and ``scores.json`` hold those
+        knobs instead. Equal to :meth:`fingerprint` for a recipe at the [scoring] defaults."""
+        return self._hash(drop_sections=NOT_IN_TRAINING)
+
+    def _hash(self, drop_sections: tuple[str, ...]) -> str:
         d = self.to_dict()
         for sec, key in NOT_IN_FINGERPRINT:
             d.get(sec, {}).pop(key, None)
+        for sec in drop_sections:
+            d.pop(sec, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     @classmethod
@@ -286,6 +300,25 @@ class Recipe:
 
 #: (section, key) pairs that only change logging, not training
 NOT_IN_FINGERPRINT = (("train", "tensorboard"),)
+#: sections read only after training (by the score stage), never by the trainer: out of
+#: :meth:`Recipe.training_fingerprint`
+NOT_IN_TRAINING = ("scoring",)
+
+
+def training_overrides(overrides: typing.Iterable[str]) -> list[str]:
+    """The ``section.key=value`` overrides that can change the trained weights (those of
+    :data:`NOT_IN_TRAINING` sections left out), in order: a stage key of trained weights holds
+    these, like :meth:`Recipe.training_fingerprint`. Overrides are checked when the recipe
+    loads; one that does not parse is kept (it never reaches a key unchecked)."""
+    kept = []
+    for text in overrides:
+        try:
+            section = parse_override(text)[0]
+        except DP4TLError:
+            section = None
+        if section not in NOT_IN_TRAINING:
+            kept.append(text)
+    return kept
 
 SECTIONS: dict[str, type] = {k: v for k, v in typing.get_type_hints(Recipe).items() if k != "name"}
 

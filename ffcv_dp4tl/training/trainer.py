@@ -436,7 +436,7 @@ def _read_inputs(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path,
     if tc.batch_size % ctx.world_size:
         raise DP4TLError(f"train.batch_size {tc.batch_size} is not divisible by the "
                          f"{ctx.world_size} ranks")
-    identity = {"arch": recipe.model.arch, "recipe_fingerprint": recipe.fingerprint(),
+    identity = {"arch": recipe.model.arch, "recipe_fingerprint": recipe.training_fingerprint(),
                 "dataset_fingerprint": manifest.fingerprint,
                 "mask_hash": mask_hash(None if mask_obj is None else mask_obj.indices,
                                        split.fingerprint),

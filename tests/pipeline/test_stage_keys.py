@@ -110,6 +110,30 @@ def test_target_input_enters_the_score_key(base, monkeypatch):
     assert c["score"].inputs["target_input"] == [0, "none"]
 
 
+@pytest.mark.parametrize("method", ["lm", "fm"])
+def test_the_scoring_protocol_rescores_with_the_same_surrogate(base, method, monkeypatch):
+    """[scoring] says how a *trained* surrogate reads the images it scores: moving from the fast
+    protocol to the paper's (``source_*``/``target_*`` = 224, no crop) must score again — each
+    pair named in the score stage's inputs — but reuse the trained surrogate (hours of GPU on
+    ImageNet), whether the change comes as an override or in the recipe file."""
+    cfg = dataclasses.replace(base, method=method)
+    a = _keys(cfg, monkeypatch)
+    paper = ("scoring.source_resolution=24", "scoring.source_crop=none",
+             "scoring.target_resolution=24", "scoring.target_crop=none")
+    b = _keys(dataclasses.replace(cfg, surrogate_overrides=paper), monkeypatch)
+    c = _keys(dataclasses.replace(cfg, surrogate_overrides=paper[:2]), monkeypatch)
+    assert a["surrogate"].key == b["surrogate"].key == c["surrogate"].key
+    assert len({a["score"].key, b["score"].key, c["score"].key}) == 3
+    assert a["prune"].key != b["prune"].key
+    assert "source_input" not in a["score"].inputs  # the default: older keys stay valid
+    assert b["score"].inputs["source_input"] == [24, "none"]
+    assert c["score"].inputs["source_input"] == [24, "none"] and "target_input" not in c["score"].inputs
+    # a training knob beside them still trains another surrogate
+    d = _keys(dataclasses.replace(cfg, surrogate_overrides=paper + ("train.epochs=2",)),
+              monkeypatch)
+    assert d["surrogate"].key != a["surrogate"].key
+
+
 def _training_keys(cfg: PipelineConfig, monkeypatch) -> dict[str, Stage]:
     """:func:`_keys` and the pretraining and finetuning stages after them (a stand-in mask
     file in the prune stage's folder: the pretraining key holds the mask's bytes)."""

@@ -81,6 +81,11 @@ def test_scoring_section_defaults_keep_fingerprints_and_validate(tmp_path):
     changed = load_recipe("resnet18_tiny_cpu", ["scoring.target_crop=none"])
     assert changed.to_dict()["scoring"]["target_crop"] == "none"
     assert changed.fingerprint() != r.fingerprint()
+    # the trained weights do not depend on it: a surrogate trained under one resumes and is
+    # reused under the other (the score stage's key holds [scoring])
+    assert changed.training_fingerprint() == r.training_fingerprint() == r.fingerprint()
+    assert load_recipe("resnet18_tiny_cpu", ["scoring.target_crop=none", "train.epochs=2"]) \
+        .training_fingerprint() != r.training_fingerprint()
     with pytest.raises(DP4TLError, match="scoring.target_crop"):
         load_recipe("resnet18_tiny_cpu", ["scoring.target_crop=squash"])
     with pytest.raises(DP4TLError, match="scoring.target_resolution"):

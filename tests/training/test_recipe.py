@@ -116,6 +116,9 @@ SHIPPED_FINGERPRINTS = {
 
 def test_shipped_recipe_fingerprints_are_stable():
     assert {name: load_recipe(name).fingerprint() for name in SHIPPED_FINGERPRINTS} == SHIPPED_FINGERPRINTS
+    # none sets [scoring]: what trains them keeps the same hash (their checkpoints resume)
+    assert {name: load_recipe(name).training_fingerprint() for name in SHIPPED_FINGERPRINTS} \
+        == SHIPPED_FINGERPRINTS
 
 
 def test_deprecated_record_seen_key_still_loads():
@@ -179,3 +182,14 @@ def test_overrides_apply_to_a_recipe_object_too():
         as_recipe(base, "train.epochs=3")
     with pytest.raises(DP4TLError, match="a list of"):
         load_recipe("resnet18_tiny_cpu", "train.epochs=3")
+
+
+def test_training_overrides_leave_out_the_scoring_section_only():
+    """A stage key of trained weights holds the overrides that can change them: scoring.* ones
+    (read after training) are left out, every other one stays, in order."""
+    from ffcv_dp4tl.training.recipe import training_overrides
+
+    given = ["train.epochs=2", "scoring.target_crop=none", " scoring.source_resolution = 24",
+             "lr.lr=0.1", "scoringx.a=1"]
+    assert training_overrides(given) == ["train.epochs=2", "lr.lr=0.1", "scoringx.a=1"]
+    assert training_overrides([]) == []

@@ -210,3 +210,20 @@ def test_a_finetune_rerun_removes_a_state_save_cut_short(trained_run, target_dir
     torn.write_bytes(b"\0" * 1024)
     finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path, **kw)
     assert not torn.exists()
+
+
+def test_a_surrogate_resumes_when_only_its_scoring_protocol_changed(source_dir, tmp_path,
+                                                                   test_recipe):
+    """[scoring] is read after training (how the surrogate reads what it scores): a run killed
+    under the fast protocol resumes under the paper's, and the resumed checkpoint carries the
+    recipe it finished under; a training knob still refuses the old checkpoint."""
+    kw = dict(fmt="wds", device="cpu", progress=False)
+    train(test_recipe("train.epochs=2"), source_dir, out_dir=tmp_path, stop_after=1, **kw)
+    paper = test_recipe("train.epochs=2", "scoring.target_crop=none", "scoring.source_crop=none")
+    last = train(paper, source_dir, out_dir=tmp_path, **kw)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [0, 1] and last["epoch"] == 1
+    sc = Checkpoint.load(tmp_path / "checkpoint.pt").training_recipe().scoring
+    assert (sc.target_crop, sc.source_crop) == ("none", "none")
+    with pytest.raises(DP4TLError, match="recipe"):
+        train(test_recipe("train.epochs=3", "lr.lr=0.05"), source_dir, out_dir=tmp_path, **kw)
