@@ -13,7 +13,7 @@ import fnmatch
 import shutil
 from pathlib import Path
 
-from ffcv_dp4tl.contracts import MANIFEST_NAME
+from ffcv_dp4tl.contracts import MANIFEST_NAME, ORIGINS_SUFFIX
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import TEMP_GLOB, directory_lock
 
@@ -89,7 +89,8 @@ def remove_build(out_dir: Path) -> None:
     for name in [MANIFEST_NAME, "rejects.txt", BUILD_DIR, "wds"]:
         p = out_dir / name
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    for p in list(out_dir.glob("*.beton")) + list(out_dir.glob("*.labels.npy")):
+    for p in [*out_dir.glob("*.beton"), *out_dir.glob("*.labels.npy"),
+              *out_dir.glob(f"*{ORIGINS_SUFFIX}")]:
         p.unlink()
 
 

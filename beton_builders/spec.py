@@ -45,6 +45,14 @@ class Sample:
             return printable(str(self.ref))
         return repr(self.ref)
 
+    def origin(self) -> str:
+        """Where the sample came from, for ``S.files.txt``: :meth:`display_name`, with a file
+        path made absolute (a relative one means nothing once the build's working folder is
+        forgotten)."""
+        if not self.name and isinstance(self.ref, (str, Path)):
+            return printable(os.path.abspath(self.ref))
+        return self.display_name()
+
     def name_bytes(self) -> bytes:
         """The exact origin (file names: their bytes on disk), for digests."""
         if self.name:

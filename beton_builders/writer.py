@@ -4,6 +4,7 @@ Layout of ``out_dir`` (per split ``S``)::
 
     S.beton               FFCV file (RGB image field in JPEG/proportion mode, int label)
     S.labels.npy          int64 label of every sample, in file order
+    S.files.txt           where each sample came from (its input file), one line per sample
     wds/S-000000.tar ...  WebDataset shards (KEY.jpg, KEY.cls)
     wds/S.index.npy       random-access index (shard, byte offset, size, label, key)
     rejects.txt           inputs that were skipped, with the reason
@@ -33,8 +34,8 @@ from typing import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from ffcv_dp4tl.contracts import (FORMAT, BetonMode, INDEX_DTYPE, MANIFEST_NAME, DatasetManifest,
-                                  ImageSettings, SplitEntry, dataset_fingerprint,
+from ffcv_dp4tl.contracts import (FORMAT, BetonMode, INDEX_DTYPE, MANIFEST_NAME, ORIGINS_SUFFIX,
+                                  DatasetManifest, ImageSettings, SplitEntry, dataset_fingerprint,
                                   split_fingerprint)
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import (atomic_path, atomic_save_npy, atomic_write_json,
@@ -362,7 +363,9 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
     if done:
         damaged = damaged_files(out_dir, remedy)
         if not damaged:
-            return _complete_build(spec, out_dir, opts, source)
+            summary = _complete_build(spec, out_dir, opts, source)
+            _add_missing_origins(spec, out_dir)
+            return summary
         start_repair(out_dir, damaged, remedy)
     # a repair (begun now or by an earlier run that stopped): what it must restore
     repair = read_repair(out_dir, remedy)
@@ -462,6 +465,7 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
         checksums = split_checksums(beton_path, [out_dir / s for s in shard_names], labels, index)
         atomic_save_npy(out_dir / "wds" / f"{split}.index.npy", index)
         atomic_save_npy(out_dir / f"{split}.labels.npy", labels)
+        write_origins(out_dir, split, samples, index["key"])
         n_rej = sum(1 for r in all_rejects if r[0] == split)
         listed = np.bincount([int(x.label) for x in samples], minlength=len(spec.classes))
         kept = np.bincount(labels, minlength=len(spec.classes))
@@ -510,6 +514,27 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
     atomic_write_json(out_dir / MANIFEST_NAME, manifest.to_json())
     end_repair(out_dir)  # (repaired, if it was a repair: its record goes)
     return BuildSummary(out_dir, summaries, warnings=warnings)
+
+
+def write_origins(out_dir: Path, split: str, samples: list, keys: np.ndarray) -> None:
+    """``S.files.txt``: sample ``i``'s origin (:meth:`~.spec.Sample.origin`: its input file's
+    absolute path, or the generator's name for it) on line ``i``. ``keys``: each sample's
+    ordinal in the layout's listing (the index's ``key``; rejected inputs have none), so the
+    lines follow the samples, not the listing."""
+    lines = [_tsv(samples[int(k)].origin()) for k in keys]
+    atomic_write_text(out_dir / f"{split}{ORIGINS_SUFFIX}", "".join(f"{x}\n" for x in lines))
+
+
+def _add_missing_origins(spec: DatasetSpec, out_dir: Path) -> None:
+    """A finished build made before ``S.files.txt`` existed gets it when the same build command
+    runs again: the listing is the one it was built from (the settings' digest), and the index
+    names each sample's ordinal in it."""
+    manifest = DatasetManifest.from_json(read_json(out_dir / MANIFEST_NAME, "manifest"),
+                                         out_dir / MANIFEST_NAME)
+    for name, entry in manifest.splits.items():
+        if not (out_dir / f"{name}{ORIGINS_SUFFIX}").is_file():
+            index = np.load(out_dir / entry.index, allow_pickle=False)
+            write_origins(out_dir, name, spec.splits[name], index["key"])
 
 
 def _tsv(text: str) -> str:

@@ -135,6 +135,9 @@ def run() -> None:
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         raise SystemExit(130) from None
+    except BrokenPipeError:  # `dp4tl mask files … | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no flush error at exit)
+        raise SystemExit(141) from None  # 128 + SIGPIPE, as a shell reports a piped tool
     except OSError as e:
         from ..fsutil import os_error_line
 

@@ -95,6 +95,47 @@ def check_cmd(
     typer.echo(f"{mask}: OK — {len(m)} of {info.num_samples} samples of {info.name!r}")
 
 
+@mask_app.command("files")
+def files_cmd(
+    mask: Path = typer.Argument(..., help="Mask .npy file"),
+    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP, show_default=False),
+    split: Optional[str] = typer.Option(None, help="Split (default: the one named in the mask)"),
+    pruned: bool = typer.Option(False, "--pruned", help="List the samples the mask removes "
+                                "instead of those it keeps"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the list to this file "
+                                       "(default: print it)", show_default=False),
+) -> None:
+    """Where the kept samples came from: their input files, one per line in sample order
+    (the build's SPLIT.files.txt), for tools that read a file list."""
+    import numpy as np
+
+    from ..data.manifest import load_manifest
+    from ..data.masks import load_mask
+    from ..fsutil import atomic_write_text, check_out_dir
+
+    if out is not None:
+        if out.is_dir():
+            raise MaskError(f"--out {out} is a folder; give the list's file name, e.g. "
+                            f"{out / 'kept.txt'}")
+        check_out_dir(out.parent, "--out's folder")
+    dataset = require_data(data)
+    m = load_mask(mask)
+    info = load_manifest(dataset).split(split or m.meta.get("split", "train"))
+    load_mask(mask, info)  # made for this split of this dataset (fingerprint), indices in range
+    origins = info.load_origins()
+    kept = np.zeros(info.num_samples, dtype=bool)
+    kept[m.indices] = True
+    chosen = np.flatnonzero(~kept if pruned else kept)
+    text = "".join(f"{origins[i]}\n" for i in chosen)
+    what = "removed" if pruned else "kept"
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    atomic_write_text(out, text)
+    typer.echo(f"{out}: the {len(chosen)} {what} of {info.num_samples} samples of "
+               f"{info.name!r}", err=True)
+
+
 @mask_app.command("overlap")
 def overlap_cmd(
     mask: Path = typer.Argument(..., help="Mask .npy file (selection A)"),

@@ -15,6 +15,11 @@ from .versions import check_version, _known
 _REBUILD = "rebuild the dataset"
 
 MANIFEST_NAME = "manifest.json"
+#: ``DATASET/SPLIT.files.txt``: where each sample came from (its input file, or the generator's
+#: name for it), one line per sample in sample order — line ``i`` is sample ``i``, the index a
+#: mask holds; a tab or line break inside a name is written ``\t``/``\n``/``\r``. A plain
+#: sidecar, outside the manifest and its fingerprints (builds made before it lack it).
+ORIGINS_SUFFIX = ".files.txt"
 #: Identity tag of a manifest (kept from the first release; the version is ``format_version``).
 FORMAT = "ffcv-dp4tl/1"
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ..contracts import (FORMAT, INDEX_DTYPE, MANIFEST_NAME, DatasetManifest, SplitEntry,
-                         split_fingerprint)
+from ..contracts import (FORMAT, INDEX_DTYPE, MANIFEST_NAME, ORIGINS_SUFFIX, DatasetManifest,
+                         SplitEntry, split_fingerprint)
 from ..errors import DataError
 from ..fsutil import os_error_line, read_json
 
@@ -93,6 +93,37 @@ class SplitInfo:
 
     def load_index(self) -> np.ndarray:
         return read_npy(self.index)
+
+    @property
+    def origins(self) -> Path:
+        """``S.files.txt``: where each sample came from (:data:`~..contracts.ORIGINS_SUFFIX`)."""
+        return self.root / f"{self.name}{ORIGINS_SUFFIX}"
+
+    def load_origins(self) -> list[str]:
+        """Sample ``i``'s origin (its input file) at position ``i``, or one DataError line: a
+        build made before the file existed gets it from the command that built it (a finished
+        build then writes only this file)."""
+        path = self.origins
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise DataError(f"{path}: missing (built before per-sample origins were recorded); "
+                            "run the command that built the dataset again (`dp4tl build` with "
+                            "the same SOURCE and --out, or the pipeline for synth data): a "
+                            "finished build writes only this file") from None
+        except PermissionError as e:
+            raise DataError(os_error_line(e, reading=True)) from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: unreadable ({str(e).splitlines()[0]}); delete it and run "
+                            "the command that built the dataset again") from None
+        lines = text.split("\n")
+        if lines[-1] == "":
+            lines.pop()
+        if len(lines) != self.num_samples:
+            raise DataError(f"{path}: {len(lines)} line(s) for the {self.num_samples} samples of "
+                            f"split {self.name!r}; delete it and run the command that built the "
+                            "dataset again")
+        return lines
 
 
 @dataclass(frozen=True)

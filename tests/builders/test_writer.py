@@ -312,6 +312,9 @@ def test_bad_inputs_skipped_and_odd_modes_converted(tmp_path):
     assert index["key"].tolist() == kept  # keys keep the source ordinal
     labels = np.load(out / "train.labels.npy")
     assert labels.tolist() == [samples[k].label for k in kept]
+    # where each sample came from: line i = sample i (rejects have no line), absolute paths
+    origins = (out / "train.files.txt").read_text().splitlines()
+    assert origins == [str(Path(samples[k].ref).resolve()) for k in kept]
 
     for k, jpeg in zip(kept, _shard_jpegs(out)):
         name = Path(samples[k].ref).name
@@ -614,6 +617,29 @@ def test_rejects_txt_keeps_one_line_per_reject_for_names_with_tabs_and_newlines(
     rows = [line.split("\t") for line in (tmp_path / "o" / "rejects.txt").read_text().splitlines()[1:]]
     assert [len(r) for r in rows] == [3, 3]
     assert sorted(Path(r[1]).name for r in rows) == ["line\\nbreak.jpg", "tab\\there.jpg"]
+
+
+def test_files_txt_names_each_sample_and_a_rerun_adds_it_to_an_older_build(tmp_path):
+    """``S.files.txt`` holds one line per sample (a name with a line break stays one line), so
+    ``dp4tl mask files`` can map a mask's indices to inputs; a finished build made before the
+    file existed gets it from the same build command (nothing else is written again), and
+    ``--overwrite`` removes it with the build's other files."""
+    odd = tmp_path / "in"
+    odd.mkdir()
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(odd / "line\nbreak.png")
+    spec = DatasetSpec("odd", ["a"], {"train": [Sample(image(0), 0, "first"),
+                                                Sample(odd / "line\nbreak.png", 0)]})
+    out = tmp_path / "o"
+    build_dataset(spec, out, OPTS)
+    files = out / "train.files.txt"
+    assert files.read_text().splitlines() == ["first", str(odd.resolve() / "line\\nbreak.png")]
+    files.unlink()  # as a build from before 2026-12-04
+    beton_mtime = (out / "train.beton").stat().st_mtime_ns
+    assert build_dataset(spec, out, OPTS).skipped
+    assert files.read_text().splitlines()[0] == "first"
+    assert (out / "train.beton").stat().st_mtime_ns == beton_mtime
+    writer_mod.remove_build(out)
+    assert not files.exists()
 
 
 

@@ -52,6 +52,26 @@ def test_build_info_and_class_mask(built):
     assert r.returncode == 0 and "already built" in r.stdout
 
 
+def test_mask_files_lists_the_inputs_a_mask_keeps_or_removes(built, tmp_path):
+    """``dp4tl mask files``: the kept (or removed) samples' input files, one per line in sample
+    order, for tools that read file lists; the rejected input is no sample, so never listed."""
+    ds, m = built / "ds", tmp_path / "dog.npy"
+    assert dp4tl("mask", "classes", "--data", str(ds), "--classes", "1", "--out", str(m)).returncode == 0
+    r = dp4tl("mask", "files", str(m), "--data", str(ds))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [str(built / "in" / "train" / "dog" / f"{i}.png") for i in range(5)]
+    r = dp4tl("mask", "files", str(m), "--data", str(ds), "--pruned", "--out", str(tmp_path / "cat.txt"))
+    assert r.returncode == 0 and "the 5 removed of 10 samples" in r.stderr, r.stderr
+    assert (tmp_path / "cat.txt").read_text().splitlines() == \
+        [str(built / "in" / "train" / "cat" / f"{i}.png") for i in range(5)]
+    _assert_user_error(dp4tl("mask", "files", str(m), "--data", str(ds), "--out", str(tmp_path)),
+                       "is a folder")
+    np.save(tmp_path / "bad.npy", np.array([0, 99], dtype=np.int64))
+    (tmp_path / "bad.json").write_text('{"fingerprint": "0000", "split": "train"}')
+    _assert_user_error(dp4tl("mask", "files", str(tmp_path / "bad.npy"), "--data", str(ds)),
+                       "another dataset")
+
+
 def test_user_errors_are_one_line(built, tmp_path):
     _assert_user_error(dp4tl("build", f"folder:{tmp_path / 'missing'}", "--out", str(tmp_path / "o")),
                        "error:", "missing")

@@ -84,3 +84,20 @@ def test_a_file_we_may_not_read_names_its_permissions_not_a_rebuild(index_datase
     assert layout is None and problems == [
         f"cannot read {split.beton} (Permission denied); fix its permissions, or run as a user "
         "who may read it"]
+
+
+def test_sample_origins_are_read_line_per_sample_or_refused_in_one_line(index_copy):
+    """``SplitInfo.load_origins`` (what ``dp4tl mask files`` prints): one origin per sample;
+    a missing file says how to get it without a rebuild, a file of another length is refused
+    (its lines would name the wrong inputs)."""
+    split = load_manifest(index_copy).split("train")
+    origins = split.load_origins()
+    assert len(origins) == split.num_samples == 70 and len(set(origins)) == 70
+    split.origins.write_text("".join(f"{x}\n" for x in origins[:-1]))
+    with pytest.raises(DataError) as e:
+        split.load_origins()
+    assert "69 line(s) for the 70 samples" in _one_line(e)
+    split.origins.unlink()
+    with pytest.raises(DataError) as e:
+        split.load_origins()
+    assert "run the command that built the dataset again" in _one_line(e)
