@@ -43,6 +43,7 @@ from ..contracts import check_items, check_tol
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, read_json
 from ..pipeline.config import PipelineConfig
+from ..pipeline.resolve import seed_overrides
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
 from ..reporting import machine_info
@@ -106,8 +107,9 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     ``ff_methods``: run FF only for these methods (default: all; LP always runs) — a way to cut
     the FF cost. ``method_ratios``: run a method only at these pruned ratios (default: all of
     ``ratios``) — e.g. the costly baselines only at 60 % for the selection-cost table.
-    Seed ``s`` sets the scoring seed and, for ``s != 0``, ``train.seed=s`` of the pretraining
-    (and finetune) recipes; the surrogate is the same for every seed. ``criterion``: which
+    Seed ``s`` sets the scoring seed and, for ``s != 0``, the pretraining and finetune recipes'
+    ``train.seed`` and ``data.seed`` (:func:`~..pipeline.resolve.seed_overrides`); the
+    surrogate is the same for every seed. ``criterion``: which
     epoch's accuracy decides the winning subsets (:data:`~.stats.CRITERIA`).
     """
     check_criterion(criterion)  # before any work
@@ -152,7 +154,8 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
         return tuple(m for m in finetune if m != "ff" or method in ff_set
                      or base_method(method) in ff_set)  # fm covers fm[k=16]
 
-    # every run's checks before the first trains (one seed: the seeds differ only in train.seed)
+    # every run's checks before the first trains (one seed: the seeds differ only in their
+    # seed overrides)
     preflight([replace(base, ratio=0.0, method="random", finetune=finetune, scorer_options=()),
                *(config(base, m, r, modes_of(m)) for m, r in plan)], log)
     n_runs = len(seeds) * (1 + len(plan))
@@ -169,7 +172,7 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
             if j == 0:
                 rows.append(row)
     for seed in seeds:
-        seed_over = (f"train.seed={seed}",) if seed else ()
+        seed_over = tuple(seed_overrides(seed))
         cfg_s = replace(base, seed=seed, overrides=tuple(base.overrides) + seed_over,
                         finetune_overrides=tuple(base.finetune_overrides) + seed_over)
         i += 1

@@ -31,6 +31,7 @@ from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text
 from ..pipeline.config import PipelineConfig
 from ..pipeline.report import mean_std
+from ..pipeline.resolve import seed_overrides
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
 from ..pipeline.truth import TRUTH_COLUMNS
@@ -135,6 +136,9 @@ def settings_key(base: PipelineConfig, finetune: Sequence[str]) -> str:
     key = {"data": base.source, "k": base.k, "format": base.fmt, "finetune": sorted(finetune),
            "recipes": {role: load_recipe(n).fingerprint() for role, n in sorted(names.items())},
            "overrides": list(base.overrides), "finetune_overrides": list(base.finetune_overrides)}
+    # a seed varies the data order too since 2026-12-04 (seed_overrides): rows of seeds that
+    # varied the initialisation only are other trials, never paired with these
+    key["seeds_vary"] = "init+data"
     if base.surrogate_overrides:  # only when set: the keys of published rows stay valid
         key["surrogate_overrides"] = list(base.surrogate_overrides)
     key.update(device_key(base.device))  # CUDA rows never pair with CPU rows (CPU: unchanged)
@@ -170,7 +174,7 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
     if older is not None:
         raise older
     # every check of every run before the first trains (a bad method is refused now, not at
-    # run 3 of 3): one seed is enough, the seeds differ only in train.seed
+    # run 3 of 3): one seed is enough, the seeds differ only in their seed overrides
     preflight([replace(base, seed=seeds[0], target=target, ratio=ratio, finetune=tuple(finetune),
                        method="random" if method == REFERENCE else method)
                for target in targets for method, ratio in plan], log)
@@ -179,7 +183,7 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
     ref_seeds = set(seeds if reference_seeds is None else (int(s) for s in reference_seeds))
     total, i = len(seeds) * len(targets) * len(plan), 0
     for seed in seeds:
-        over = (f"train.seed={seed}",) if seed else ()
+        over = tuple(seed_overrides(seed))
         cfg_s = replace(base, seed=seed, overrides=tuple(base.overrides) + over,
                         finetune_overrides=tuple(base.finetune_overrides) + over,
                         finetune=tuple(finetune))

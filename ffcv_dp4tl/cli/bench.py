@@ -37,7 +37,7 @@ def cost_table(
     methods: str = typer.Option("lm,fm,random,moderate,grand,el2n", help="Selection methods ("
                                 f"{methods_help()}); METHOD@R1/R2 runs that method only at those ratios "
                                 "(e.g. grand@0.6)"),
-    seeds: str = typer.Option("0,1,2", help="Seeds (scoring seed; train.seed for seeds != 0); "
+    seeds: str = typer.Option("0,1,2", help="Seeds (scoring seed; train.seed and data.seed for seeds != 0); "
                               "accuracies are mean ± std over them (the paper: 3 trials)",
                               callback=seeds_callback()),
     finetune: str = typer.Option("lp,ff", help="Finetuning modes (comma-separated: lp, ff)",

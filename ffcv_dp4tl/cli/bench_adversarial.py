@@ -19,7 +19,7 @@ SECTION = "Adversarial pretraining (Tab. 5)"
 def adversarial(
     ratio: float = typer.Option(0.6, help="LM pruning ratio of the pruned models (the paper: the "
                                 "best winning ratio per target, 0.7 for SUN397 and 0.5 for DTD)"),
-    seeds: str = typer.Option("0", help="Seeds (train.seed of pretraining and finetuning); "
+    seeds: str = typer.Option("0", help="Seeds (train.seed and data.seed of pretraining and finetuning); "
                               "accuracies are mean ± std over them", callback=seeds_callback()),
     finetune: str = typer.Option("lp", help="Finetuning modes (comma-separated: lp, ff)",
                                  callback=list_callback(FINETUNE_MODES, "a finetuning mode", required=True)),

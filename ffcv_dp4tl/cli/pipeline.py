@@ -80,7 +80,7 @@ def pipeline(
     device: str = device_option(),
     k: Optional[int] = typer.Option(None, help=K_HELP, show_default=False),
     seed: int = typer.Option(0, help="Scoring seed (RANDOM, k-means)"),
-    seeds: str = typer.Option("0", help="Pretraining + finetuning seeds (train.seed), comma-"
+    seeds: str = typer.Option("0", help="Pretraining + finetuning seeds (train.seed: init; data.seed: data order), comma-"
                               "separated; several: final/best top-1 as mean ± std in the report",
                               callback=ints_callback("--seeds")),
     surrogate_weights: Optional[Path] = typer.Option(None, help=SURROGATE_WEIGHTS_HELP,

@@ -1,7 +1,7 @@
 """The pipeline's second step: from a validated config to what the stages need — the built
 source and target datasets (built here when given as a SOURCE), their manifests, and every
 recipe, each read **once** (the per-seed pretraining/finetuning recipes are the loaded object
-with another ``train.seed``, the LP/FF choice of each target is worked out here and nowhere
+with another ``train.seed`` and ``data.seed``: :func:`seed_overrides`), the LP/FF choice of each target is worked out here and nowhere
 else). Checks that need the data (``k`` vs the source's samples, a target with fewer train
 images than classes) run here, before the surrogate trains.
 """
@@ -53,10 +53,23 @@ class Resolved:
         return self.target_dirs[0]
 
 
+def seed_overrides(seed: int) -> list[str]:
+    """What trial seed ``seed`` sets in the pretraining and finetuning recipes: the model's
+    initialisation (``train.seed``) **and** the data order and augmentation draws
+    (``data.seed``), so seeds are independent trials, as the paper's repeated runs are. Seed 0
+    keeps the recipes' own values (its stages keep their keys). The one rule of the pipeline's
+    ``--seeds``, ``bench embedded`` and ``bench cost-table``; until 2026-12-04 a seed set
+    ``train.seed`` only, so every seed saw the same data order."""
+    return [f"train.seed={seed}", f"data.seed={seed}"] if seed else []
+
+
 def with_seed(recipe: Any, seed: int) -> Any:
-    """``recipe`` with ``train.seed = seed`` (the same object as loading it with the override
-    ``train.seed=SEED``: same values, same fingerprint), without reading its file again."""
-    return replace(recipe, train=dataclasses.replace(recipe.train, seed=seed))
+    """``recipe`` with :func:`seed_overrides` applied (the same object as loading it with those
+    overrides: same values, same fingerprint), without reading its file again."""
+    if not seed:
+        return recipe
+    return replace(recipe, train=dataclasses.replace(recipe.train, seed=seed),
+                   data=dataclasses.replace(recipe.data, seed=seed))
 
 
 def _slug(text: str) -> str:

@@ -22,8 +22,9 @@ wd 5e-4, no label smoothing / BlurPool / TTA, LP Adam 0.1 × 50 epochs, FF Adam 
 CIFAR-10 at 160 px, MoCo's linear protocol for self-supervised sources, the target read at 224
 with no crop for scoring); every value's source is a comment in its file.
 
-**Seeds.** ``seeds=(0, 1, 2)`` repeats pretraining and finetuning per seed (``train.seed``; the
-surrogate, scores and mask are shared) and reports final- and best-epoch top-1 as mean ± std.
+**Seeds.** ``seeds=(0, 1, 2)`` repeats pretraining and finetuning per seed (model init and
+data order: :func:`~.resolve.seed_overrides`; the surrogate, scores and mask are shared) and
+reports final- and best-epoch top-1 as mean ± std.
 
 **Brought weights.** ``surrogate_weights`` imports a torchvision/timm state dict as the surrogate
 (:mod:`..training.weights`: checked against the source's classes) instead of training one;
@@ -43,7 +44,7 @@ from .config import Checked, PipelineConfig, validate
 from .gallery import GALLERY, selection_gallery
 from .prune import prune
 from .report import method_label, summarize_seeds, write_report
-from .resolve import Resolved, resolve, with_seed
+from .resolve import Resolved, resolve, seed_overrides, with_seed
 from .result import PipelineResult, StagePlace, stage_label
 from .score import score
 from .stages import Stage, key_of, run_stage, stage
@@ -210,10 +211,6 @@ def prune_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, sc: Stage, res: P
     return pr
 
 
-def _seed_overrides(seed: int) -> list[str]:
-    return [f"train.seed={seed}"] if seed else []
-
-
 def pretrain_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, pr: Stage,
                     res: PipelineResult, log: Log) -> dict[int, Stage]:
     """Pretrain the source model on the mask, once per seed (``train.seed``). The key holds what
@@ -224,7 +221,7 @@ def pretrain_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, pr: Stage,
 
     out = {}
     for i, seed in enumerate(ok.seeds):
-        over = training_overrides(r.pretrain_overrides) + _seed_overrides(seed)
+        over = training_overrides(r.pretrain_overrides) + seed_overrides(seed)
         rec = with_seed(r.pretrain, seed) if seed else r.pretrain
         pt = stage(cfg.runs_root, "pretrain", {
             "recipe": r.recipe_names["pretrain"], "overrides": over,
@@ -264,7 +261,7 @@ def finetune_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, pretrained: d
 
     for i, seed in enumerate(ok.seeds):
         pt = pretrained[seed]
-        ft_overrides = list(cfg.finetune_overrides) + _seed_overrides(seed)
+        ft_overrides = list(cfg.finetune_overrides) + seed_overrides(seed)
         for t, t_dir, t_name, t_rec in zip(r.tgts, r.target_dirs, r.target_names, r.finetune):
             for mode in cfg.finetune:
                 r_name, loaded = t_rec[mode]

@@ -112,6 +112,12 @@ def test_several_seeds_report_final_and_best_mean_std(paper_run):
     saved = json.loads((Path(res.report).parent / "results.json").read_text())
     assert saved["summary"]["lp"]["n"] == 2
     assert "mean ± std over 2 seeds" in Path(res.report).read_text()
+    # seed 1 is another trial: another init and another data order / augmentation draws
+    from ffcv_dp4tl.training.checkpoint import Checkpoint
+
+    trained = {s: Checkpoint.load(res.pretrain(s).dir / "checkpoint.pt").training_recipe()
+               for s in (0, 1)}
+    assert [(trained[s].train.seed, trained[s].data.seed) for s in (0, 1)] == [(0, 0), (1, 1)]
 
 
 def test_bad_protocol_combinations_fail_before_work(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 import numpy as np
+import pytest
 
 import ffcv_dp4tl.pipeline.run as run_mod
 from ffcv_dp4tl.data.masks import IndexMask
@@ -56,3 +57,19 @@ def test_each_recipe_loaded_once_and_passed_as_an_object(tmp_path, monkeypatch, 
     assert sorted(loads) == sorted(set(loads)) and len(loads) == 4  # surrogate, pretrain, lp, ff
     assert len(got) == 3 and all(isinstance(r, Recipe) for r in got)  # pretrain, lp, ff (random: no surrogate)
     assert isinstance(masks[0], IndexMask)  # the mask, too, is an object by the time it reaches train()
+
+
+@pytest.mark.parametrize("name", ["resnet18_tiny_cpu", "lp_tiny_cpu", "paper/ff"])
+def test_a_trial_seed_sets_init_and_data_order_like_its_overrides(name):
+    """A trial seed (``--seeds``, ``bench embedded``, ``bench cost-table``) varies the model's
+    initialisation and the data order: ``with_seed`` equals loading with ``seed_overrides``
+    (same values, same fingerprint: the bench's overrides and the pipeline's object agree), and
+    seed 0 leaves the recipe as it is (its stages keep their keys)."""
+    from ffcv_dp4tl.pipeline.resolve import seed_overrides, with_seed
+    from ffcv_dp4tl.training.recipe import load_recipe
+
+    base = load_recipe(name)
+    seeded = with_seed(base, 3)
+    assert (seeded.train.seed, seeded.data.seed) == (3, 3)
+    assert seeded.fingerprint() == load_recipe(name, seed_overrides(3)).fingerprint()
+    assert with_seed(base, 0) is base and seed_overrides(0) == []
