@@ -66,14 +66,18 @@ def verdict(test: dict[str, Any], by_seed: dict[str, Any] | None = None) -> str:
     """**better** / **worse** when the pooled interval excludes 0 and so does the seed-level one
     (``by_seed``: one difference per seed, the mean over its targets). The pairs of one seed
     share RANDOM's pretraining, so they are not independent: the seed-level test is the
-    conservative one, and a result only the pooled test shows is said so."""
+    conservative one, and a result only the pooled test shows is said so — also when there
+    are too few seeds (one) to test at the seed level: the bold words need both intervals."""
     if test.get("lo") is None:
         return "too few pairs"
     word = "better" if test["lo"] > 0 else "worse" if test["hi"] < 0 else ""
     if not word:
         return "no difference detected"
-    if by_seed is None or by_seed.get("lo") is None or (
-            by_seed["lo"] > 0 if word == "better" else by_seed["hi"] < 0):
+    if by_seed is None:  # (pairs without a seed structure: the pooled test is the test)
+        return f"**{word}**"
+    if by_seed.get("lo") is None:
+        return f"{word} over pairs, too few seeds to test"
+    if by_seed["lo"] > 0 if word == "better" else by_seed["hi"] < 0:
         return f"**{word}**"
     return f"{word} over pairs, not shown over seeds"
 

@@ -216,6 +216,19 @@ def test_seed_level_test_guards_against_pairs_that_share_randoms_pretraining():
     assert "p (seeds)" in body and "not shown over seeds" in body
 
 
+def test_one_seed_never_gives_a_bold_verdict():
+    """With one seed the seed-level test cannot run; the pooled test over targets alone (pairs
+    that share RANDOM's pretraining) must not earn the bold **better** the legend reserves for
+    both intervals excluding 0."""
+    pooled = sep.paired_test([1.0, 1.5, 0.8, 1.2])
+    one_seed = sep.paired_test([1.1])
+    assert pooled["lo"] > 0 and one_seed["lo"] is None
+    assert sep.verdict(pooled, one_seed) == "better over pairs, too few seeds to test"
+    assert sep.verdict(sep.paired_test([-1.0, -1.5, -0.8, -1.2]), one_seed) == \
+        "worse over pairs, too few seeds to test"
+    assert sep.verdict(pooled, sep.paired_test([1.0, 1.2, 1.1])) == "**better**"
+
+
 def test_seed_level_test_guards_a_worse_verdict_too():
     """The conservative seed-level guard works both ways: a pooled "worse" whose seed-level
     interval straddles 0 (one RANDOM seed far better than the others, moving every target's
