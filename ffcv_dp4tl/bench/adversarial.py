@@ -51,17 +51,21 @@ SELECTION_STAGES = ("surrogate", "score", "prune")
 
 
 def adv_overrides(steps: int = 3, eps: str = "3/255", step_size: str = "", norm: str = "linf",
-                  random_start: bool = True) -> tuple[str, ...]:
+                  random_start: bool = True, units: str = "pixel") -> tuple[str, ...]:
     """The recipe overrides that turn a pretraining recipe adversarial (defaults: the authors'
     released script, see recipes/paper/resnet101_16ep_adv.toml). ``step_size`` "" = 2 × eps /
     steps (the authors' script), "0" = the engine's default 2.5 × eps / steps (Madry et al.);
-    ``eps`` and ``step_size`` may be fractions such as "3/255"."""
+    ``eps`` and ``step_size`` may be fractions such as "3/255". ``units``: of the step and the
+    random start (``adv.units``; "normalized" = the authors' released script, as
+    recipes/paper_code/resnet101_16ep_adv.toml); it enters the overrides only off "pixel", so
+    the keys of earlier runs stay valid."""
     if steps <= 0:
         raise DP4TLError(f"--steps must be >= 1 for the ADV models, got {steps}")
     if not str(step_size).strip():
         step_size = repr(2 * _number("--eps", eps) / steps)
     return (f"adv.steps={steps}", f"adv.eps={eps}", f"adv.step_size={step_size}",
-            f"adv.norm={norm}", f"adv.random_start={str(random_start).lower()}")
+            f"adv.norm={norm}", f"adv.random_start={str(random_start).lower()}",
+            *((f"adv.units={units}",) if units != "pixel" else ()))
 
 
 def _number(what: str, text: str) -> float:

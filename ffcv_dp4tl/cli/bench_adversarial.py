@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from .bench import bench_app
-from .options import (RECIPES_HELP, REPORT_HELP, FORMAT_HELP, K_HELP, AdvNorm, Format, Protocol, RecipeSet,
+from .options import (RECIPES_HELP, REPORT_HELP, FORMAT_HELP, K_HELP, AdvNorm, AdvUnits, Format, Protocol, RecipeSet,
                       check_arch, default_k, device_option, list_callback, out_callback, report_callback,
                       seeds_callback, split_list)
 from .pipeline import FINETUNE_MODES, PROTOCOL_HELP
@@ -30,6 +30,10 @@ def adversarial(
                                   "steps, the authors' code; 0 = 2.5 × eps / steps, Madry et al.)"),
     norm: AdvNorm = typer.Option(AdvNorm.linf, help="PGD norm"),
     random_start: bool = typer.Option(True, help="Start the attack at a random point of the ball"),
+    units: Optional[AdvUnits] = typer.Option(None, help="Units of the PGD step and random start "
+                                             "(default: normalized under --protocol paper-code, "
+                                             "as the authors' released script; pixel otherwise)",
+                                             show_default=False),
     method: str = typer.Option("lm", help="Selection method of the pruned models"),
     out: Path = typer.Option(Path("docs/adversarial"), "--out", "-o",
                              help="report.md and results.json", callback=out_callback),
@@ -61,14 +65,17 @@ def adversarial(
     data = data or "synth:tiny"
     recipes_ = "" if recipes is RecipeSet.auto else recipes.value
     k = default_k(k, data)
-    adv = adv_overrides(steps, eps, step_size, norm.value, random_start)
+    units_ = units.value if units is not None else (
+        AdvUnits.normalized.value if protocol is Protocol.paper_code else AdvUnits.pixel.value)
+    adv = adv_overrides(steps, eps, step_size, norm.value, random_start, units_)
     base = PipelineConfig(source=data, target=target, recipes=recipes_, arch=arch,
                           protocol=protocol.value, data_root=data_root, runs_root=runs_root,
                           fmt=format.value, device=device, k=k, overrides=tuple(set_),
                           surrogate_overrides=tuple(set_surrogate),
                           finetune_overrides=tuple(set_finetune))
     opts = [("ratio", ratio), ("seeds", seeds), ("finetune", finetune), ("steps", steps),
-            ("eps", eps), ("step-size", step_size), ("norm", norm.value), ("method", method),
+            ("eps", eps), ("step-size", step_size), ("norm", norm.value),
+            *((("units", units.value),) if units is not None else ()), ("method", method),
             ("data", data), ("target", target), ("protocol", protocol.value), ("recipes", recipes_),
             ("arch", arch), ("data-root", data_root), ("runs-root", runs_root),
             ("format", format.value), ("device", device), ("k", k),

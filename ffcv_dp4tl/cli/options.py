@@ -17,7 +17,7 @@ from typing import Iterator, Optional, Sequence
 import typer
 
 # the CLI's choice sets are the project's (defined once in contracts; typer lists them in --help)
-from ..contracts import (AdvNorm, Backend, BetonMode, Budget, FinetuneMode, Format, Order,  # noqa: F401
+from ..contracts import (AdvNorm, AdvUnits, Backend, BetonMode, Budget, FinetuneMode, Format, Order,  # noqa: F401
                          Protocol, RecipeSet, TargetCrop, TargetSplit, check_items, check_k,
                          check_ratio, check_seeds)
 from ..contracts import check_device as contracts_check_device

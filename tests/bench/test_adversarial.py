@@ -117,3 +117,31 @@ def test_the_four_models_carry_the_bench_settings(tmp_path, monkeypatch):
     adv_set = [any(o.startswith("adv.steps=2") for o in c.overrides) for c in seen]
     assert adv_set == [False, False, True, True]
     assert all(c.overrides[0] == "train.epochs=1" for c in seen)
+
+
+@pytest.mark.parametrize("protocol, extra, units", [("paper-code", [], "normalized"),
+                                                    ("fast", [], "pixel"),
+                                                    ("paper-code", ["--units", "pixel"], "pixel")])
+def test_paper_code_bench_runs_the_authors_attack(monkeypatch, tmp_path, protocol, extra, units):
+    """``--protocol paper-code`` must train the ADV models with the authors' released attack
+    (steps and random start in normalised units), i.e. the recipe the paper-code ADV file
+    spells out; it used to run pixel-unit steps (about 4x stronger) under that name."""
+    from typer.testing import CliRunner
+
+    import ffcv_dp4tl.bench.adversarial as adv_mod
+    from ffcv_dp4tl.cli import app
+    from ffcv_dp4tl.training.recipe import load_recipe
+
+    seen = {}
+
+    def fake_run(base, out, **kw):
+        seen["adv"] = kw["adv"]
+        raise SystemExit(0)
+
+    monkeypatch.setattr(adv_mod, "run_adversarial", fake_run)
+    CliRunner().invoke(app, ["bench", "adversarial", "--protocol", protocol, "--out",
+                             str(tmp_path / "o"), *extra])
+    assert load_recipe("paper_code/resnet101_16ep", list(seen["adv"])).adv.units == units
+    if units == "normalized":
+        assert load_recipe("paper_code/resnet101_16ep", list(seen["adv"])).adv == \
+            load_recipe("paper_code/resnet101_16ep_adv").adv
