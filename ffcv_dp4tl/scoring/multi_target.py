@@ -22,7 +22,8 @@ def combine_target_scores(
     names: Sequence[str] | None = None,
     weights: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """Sum of ``weight_t * scores_t / scores_t.sum()`` over targets ``t``: float64 (N,).
+    """Sum of ``weight_t * scores_t / scores_t.sum()`` over targets ``t``: float64 (N,),
+    rounded to 12 decimals so that equal vote shares tie exactly.
 
     All vectors must have the same length (the same source classes/clusters), be
     non-negative, and not sum to zero. ``names`` only label targets in error messages.
@@ -55,4 +56,8 @@ def combine_target_scores(
             raise ScoringError(f"weight of {name} must be a finite number >= 0, got {w!r}")
         part = float(w) * v / mass
         total = part if total is None else total + part
-    return total
+    # Equal shares reached by other sums (6/144 from one target vs 1/144 + 5/144 from two)
+    # differ in the last bit, and the ranking compares scores exactly: a rounding step would
+    # decide the tie before the documented tie-break. Shares are multiples of 1/size, so 12
+    # decimals keep every genuinely different share apart (sizes up to ~1e11 images).
+    return np.round(total, 12)

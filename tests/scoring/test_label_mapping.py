@@ -126,6 +126,20 @@ def test_combine_target_scores_normalised_sum():
         combine_target_scores([])
 
 
+def test_equal_vote_shares_of_several_targets_tie_exactly_for_the_tie_break():
+    """Class 0 gets 6 of target A's 144 votes; class 1 gets 1 of A's and 5 of B's: both hold
+    6/144 of the votes, so the ranking must reach the tie-break, not let the last bit of two
+    float sums decide (they put class 1 first whatever the tie-break said)."""
+    from ffcv_dp4tl.scoring.ranking import rank
+
+    a = np.array([6, 1, 137, 0])
+    b = np.array([0, 5, 0, 139])
+    combined = combine_target_scores([a, b])
+    assert combined[0] == combined[1]
+    order = rank(combined, np.array([2.0, 1.0, 0.0, 0.0]))  # the tie-break favours class 0
+    assert list(order).index(0) < list(order).index(1)
+
+
 def test_lm_breaks_vote_ties_by_softmax_mass_when_pruning(source_dir, target_dir, trained_run,
                                                           tmp_path):
     """Source classes with the same number of target votes (on the tiny target several get
