@@ -14,7 +14,9 @@ fails in a second, not after an epoch of training.
 
 Learning-rate convention (ffcv-imagenet style): ``lr.lr`` is the peak learning rate *per 256
 images*; the optimiser uses ``lr.lr × global_batch / 256`` when ``lr.scale_with_batch`` is true.
-ffcv-imagenet's ResNet-18 value 1.7 at batch 1024 is therefore ``lr = 0.425`` here.
+ffcv-imagenet's values are absolute (its ``train_imagenet.py`` never rescales them): ResNet-18's
+0.5 at batch 1024 is ``lr = 0.125`` here, ResNet-50's 1.7 at its global batch 4096 (512 per GPU
+× 8) is ``lr = 0.10625``.
 """
 from __future__ import annotations
 

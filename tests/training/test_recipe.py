@@ -17,9 +17,25 @@ def test_all_shipped_recipes_load():
         assert isinstance(load_recipe(name), Recipe)
 
 
+@pytest.mark.parametrize("name, ffcv_lr, ffcv_batch", [
+    ("resnet18_surrogate", 0.5, 1024),  # rn18_16_epochs.yaml: lr 0.5, batch_size 1024, 1 GPU
+    ("resnet50_16ep", 1.7, 512 * 8),    # rn50_16_epochs.yaml: lr 1.7, batch_size 512 × world_size 8
+    ("resnet101_16ep", 1.7, 512 * 8),   # (the rn50 config applied to ResNet-101)
+])
+def test_fast_recipes_train_at_ffcv_imagenets_learning_rate(name, ffcv_lr, ffcv_batch):
+    """ffcv-imagenet's lr is absolute (train_imagenet.py never rescales it), per its global
+    batch: ours, written per 256 images and scaled to our batch, must give the same lr per
+    image. The recipes used 1.7 at batch 1024 (3.4x the RN-18 config, 4x the RN-50 one)."""
+    from ffcv_dp4tl.training.schedule import peak_lr
+
+    r = load_recipe(name)
+    assert peak_lr(r.lr, r.train.batch_size) / r.train.batch_size == \
+        pytest.approx(ffcv_lr / ffcv_batch)
+
+
 def test_surrogate_matches_ffcv_imagenet():
     r = load_recipe("resnet18_surrogate")
-    assert r.train.batch_size == 1024 and r.lr.lr * 1024 / 256 == pytest.approx(1.7)
+    assert r.train.batch_size == 1024 and r.lr.lr * 1024 / 256 == pytest.approx(0.5)
     assert (r.train.min_res, r.train.max_res, r.train.end_ramp, r.eval.resolution) == (160, 192, 13, 256)
     assert r.model.blurpool and r.optim.label_smoothing == 0.1
 
@@ -105,11 +121,11 @@ SHIPPED_FINGERPRINTS = {
     "lp_tiny_cpu": "a2da368ce6cc5de7579f6b852820076389cd420e9b033be06922f8c22ea8106f",
     "moco_v2_resnet50": "fae43eedb6f960eaed50579783874f11dbbb7142f96e42dc195b3fe1b96832f3",
     "moco_v2_tiny_cpu": "895b8ca23c78f7a550ffbbc61705141943673e2db44966901d354df6471a06f7",
-    "resnet101_16ep": "e6f8c47f5ffe5dedc3ce2cb9bf7eac7448023b4f2cb5ee380da4ca6370f0786f",
-    "resnet18_surrogate": "84ce0a821ddf541ac1d8f3bd48af45bb45fb60a7f5dd21288b94aa40eb05b2cb",
+    "resnet101_16ep": "945a3b71c14b076d8c5f3b38538a5448e5617bbf57db9d2c50c073ee2b7e7240",  # lr per ffcv-imagenet (2026-12-04)
+    "resnet18_surrogate": "2acc3d6aa6d5a7ddb0a719e313258a5950b9d6e4e00e8b2a458371c28b1feccf",  # lr per ffcv-imagenet (2026-12-04)
     "resnet18_tiny_cpu": "3de48877acbc2062f5b691b14efe1c8a351547eaaf4bda181f500407669bde9a",  # issue 18
     "resnet34_tiny_cpu": "1c2dac1c02d2f74ac113e712e666b8f241f85627287a6fdfd2efa68d525e8ea1",  # lr 1.0 -> 0.2
-    "resnet50_16ep": "67ca9db2e496a61cff26b538b16e97e71b14a88df463ca7f1f94a74783f80ea8",
+    "resnet50_16ep": "178c521aad6edc58e84e16287339f77dd38fd5ff94b6dc501dd8af49b0dbc005",  # lr per ffcv-imagenet (2026-12-04)
     "vit_b16": "40b63dd3d92f095ceb5dd13adacdf7c94be87ab3ef352c59167caf33de0809da",
 }
 
