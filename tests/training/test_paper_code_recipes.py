@@ -85,6 +85,15 @@ def test_pretraining_as_released_and_unlike_the_text():
     for r in (code, text):
         assert (r.lr.lr, r.lr.lr_peak_epoch, r.train.epochs, r.model.arch) == \
             (0.5, 2.0, 16, "resnet101")
+    assert not code.train.drop_last  # src/data/imagenet.py: drop_last=False
+
+
+def test_the_released_surrogate_trains_at_its_own_batch_size():
+    """rn18_16.json is rn101_16.json but the architecture *and* the batch sizes (train 1024,
+    validation 512) at the same unscaled lr 0.5; the surrogate trained at 256 (4x the steps)."""
+    s, pre = load_recipe("paper_code/resnet18_surrogate"), load_recipe("paper_code/resnet101_16ep")
+    assert (s.model.arch, s.train.batch_size, s.eval.batch_size) == ("resnet18", 1024, 512)
+    assert (s.lr.lr, s.lr.scale_with_batch) == (pre.lr.lr, False) == (0.5, False)
 
 
 def test_adversarial_steps_in_normalised_units_only_in_the_released_variant():
