@@ -119,6 +119,15 @@ class AdvUnits(Choice):
     normalized = "normalized"
 
 
+class FinetuneHead(Choice):
+    """The classifier finetuning trains (recipe ``finetune.head``): a new target-sized linear
+    head, or the source model's own (its pretrained weights as the start; target labels are its
+    first outputs and a prediction is the argmax over all of them), as the authors' released
+    ``imagenet_transfer_to_downstream.py``."""
+    new = "new"
+    source = "source"
+
+
 class StartFrom(Choice):
     """Which pretraining checkpoint finetuning starts from (recipe ``finetune.start_from``): the
     final epoch's, or the best val top-1's (the authors' best.ckpt)."""

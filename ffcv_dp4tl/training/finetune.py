@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ..contracts import FinetuneMode
+from ..contracts import FinetuneHead, FinetuneMode
 from ..data import AugSpec, load_manifest, load_mask, make_loader
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
@@ -224,6 +224,27 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
                          progress, t0, resume, stop_after, train_mask, test_mask)
 
 
+def classifier_for(model: nn.Module, ckpt: Checkpoint, head: str, num_classes: int,
+                   checkpoint: str | Path) -> nn.Linear:
+    """The linear classifier finetuning trains (recipe ``finetune.head``): a new
+    ``num_classes``-way one, or the source model's own (``"source"``: its pretrained weights
+    are the start, target label ``c`` is its output ``c``, a prediction the argmax over all its
+    outputs — the authors' released transfer script keeps the 1000-way ImageNet head). The one
+    rule for finetuning and for evaluations that rebuild a finetuned model."""
+    if head != FinetuneHead.source.value:
+        return backbone(model).reset_classifier(num_classes)
+    if ckpt.self_supervised:
+        raise DP4TLError(f"finetune.head = \"source\" needs a source model with a class head; "
+                         f"{checkpoint} was trained self-supervised ({ckpt.self_supervised}): "
+                         "use finetune.head = \"new\"")
+    own = backbone(model).get_classifier()
+    if own.out_features < num_classes:
+        raise DP4TLError(f"finetune.head = \"source\": the source model {checkpoint} has "
+                         f"{own.out_features} outputs for the target's {num_classes} classes; use "
+                         "finetune.head = \"new\"")
+    return own
+
+
 def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Path, out_dir: Path,
               fmt: str, dev: torch.device, progress: bool, t0: float, resume: bool = True,
               stop_after: int | None = None, train_mask: str | Path | None = None,
@@ -238,7 +259,14 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
         warnings.warn(f"the target {target_dir} has {train_split.num_samples} {train_split.name} "
                       f"images for {manifest.num_classes} classes: some classes have no example, "
                       "finetuning cannot learn them", UserWarning, stacklevel=3)
+    if recipe.eval.resolution != recipe.finetune.resolution:  # (a knob set for nothing)
+        warnings.warn(f"eval.resolution {recipe.eval.resolution} is not used by finetuning: its "
+                      f"train and test images are read at finetune.resolution "
+                      f"{recipe.finetune.resolution}; set finetune.resolution", UserWarning,
+                      stacklevel=3)
     model, ckpt = load_pretrained(checkpoint, dev)
+    torch.manual_seed(recipe.train.seed)  # (the new head's initialisation)
+    head = classifier_for(model, ckpt, recipe.finetune.head, manifest.num_classes, checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.jsonl"
     identity = run_identity(recipe, ckpt, manifest.fingerprint, mode, fmt, masks)
@@ -249,8 +277,6 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     rows: list[dict] = list(state.rows) if state else []
     atomic_write_text(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
-    torch.manual_seed(recipe.train.seed)
-    head = backbone(model).reset_classifier(manifest.num_classes)
     tc, fc, ec = recipe.train, recipe.finetune, recipe.eval
     ctx = single_process_context(dev)  # before any loader: `cuda:N` current
     common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers, seed=recipe.data.seed,
@@ -357,6 +383,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
               "source_arch": ckpt.arch, "source_dataset_fingerprint": ckpt.dataset_fingerprint,
               "source_mask_hash": ckpt.mask_hash, "target": str(target_dir),
               "target_fingerprint": manifest.fingerprint, "target_classes": manifest.num_classes,
+              **({"head": fc.head} if fc.head != FinetuneHead.new.value else {}),
               "test_samples": (len(masks["test_mask"]) if "test_mask" in masks
                                else test_split.num_samples),
               "test_split": test_split.name,

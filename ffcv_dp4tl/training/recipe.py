@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..contracts import AdvNorm, AdvUnits, Decode, FinetuneMode, StartFrom, TargetCrop
+from ..contracts import AdvNorm, AdvUnits, Decode, FinetuneHead, FinetuneMode, StartFrom, TargetCrop
 from ..data.sampling import MAX_RESOLUTION
 from ..errors import DP4TLError
 from .recipe_files import parse_override, read_toml, recipes_dir, resolve_recipe_path
@@ -155,6 +155,11 @@ class FinetuneCfg:
     #: square) at finetune.resolution — the authors' released LP loader (RRC with scale and
     #: ratio (1, 1), no flip). The test images are always read with the 224/256 centre crop.
     lp_crop: str = "center"
+    #: the classifier finetuning trains: "new" (a freshly initialised target-sized linear head)
+    #: or "source" (the source model's own head and weights: target label c is its output c and
+    #: a prediction is the argmax over all its outputs — the authors' released transfer script
+    #: keeps the 1000-way ImageNet head). LP trains that head alone, FF everything.
+    head: str = "new"
     #: which checkpoint of the source pretraining finetuning starts from: "final" (the last
     #: epoch) or "best" (the epoch with the best pruned-val top-1: the pretraining recipe must
     #: keep it, train.keep_best = true) — the authors' released configs load best.ckpt
@@ -262,7 +267,7 @@ class Recipe:
         # and from before the paper-code protocol's knobs existed (each at its default)
         for sec, key, default in (("lr", "cycle_momentum", False), ("lr", "base_momentum", 0.8),
                                   ("train", "keep_best", False), ("finetune", "lp_crop", "center"),
-                                  ("finetune", "start_from", "final"),
+                                  ("finetune", "start_from", "final"), ("finetune", "head", "new"),
                                   ("scoring", "source_resolution", 0),
                                   ("scoring", "source_crop", "center"),
                                   ("scoring", "scorer_options", []), ("adv", "units", "pixel"),
@@ -395,6 +400,7 @@ _CHOICES = {
     ("scoring", "source_crop"): TargetCrop.values(),  # (the same two crops, for source images)
     ("finetune", "lp_crop"): TargetCrop.values(),
     ("finetune", "start_from"): StartFrom.values(),
+    ("finetune", "head"): FinetuneHead.values(),
     ("adv", "norm"): AdvNorm.values(),
     ("adv", "units"): AdvUnits.values(),
 }

@@ -280,3 +280,50 @@ def test_a_diverged_finetune_is_refused_not_reported_as_a_result(trained_run, ta
         finetune("ff_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path, fmt="wds",
                  device="cpu", progress=False, overrides=LP + ["train.epochs=2", "lr.lr=1e30"])
     assert not (tmp_path / "result.json").exists()
+
+
+@pytest.mark.parametrize("mode", ["lp", "ff"])
+def test_the_source_head_is_finetuned_as_the_authors_release_does(trained_run, target_dir,
+                                                                 tmp_path, mode):
+    """``finetune.head = "source"`` (paper_code LP/FF): the source model's own classifier, with
+    its pretrained weights, is what trains — target label c is its output c and predictions are
+    the argmax over all its outputs, as imagenet_transfer_to_downstream.py keeps the 1000-way
+    head — instead of a new target-sized head; the run says so in result.json."""
+    source = Checkpoint.load(trained_run / "checkpoint.pt")
+    targets = load_manifest(target_dir).num_classes
+    assert source.num_classes > targets
+    out = tmp_path / mode
+    finetune(f"{mode}_tiny_cpu", trained_run / "checkpoint.pt", target_dir, out, fmt="wds",
+             device="cpu", progress=False,
+             overrides=LP + ["train.epochs=1", "finetune.head=source"])
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["head"] == "source" and saved["test_top1"] is not None
+    net = FinetuneState.load(out / STATE_NAME).net
+    weight = net["weight"] if mode == "lp" else net["fc.weight"]
+    assert weight.shape[0] == source.num_classes  # every source output, not `targets`
+    # the head started from the source's weights: one epoch moved them only a little
+    start = source.model["fc.weight"]
+    moved = (weight - start).norm() / start.norm()
+    assert moved < 0.5, float(moved)
+
+
+def test_the_source_head_is_refused_where_it_cannot_serve(trained_run):
+    """A source with fewer outputs than the target has classes cannot hold its labels; the
+    refusal names the recipe key to change instead of failing inside the loss."""
+    from ffcv_dp4tl.errors import DP4TLError
+
+    model, ckpt = finetune_module.load_pretrained(trained_run / "checkpoint.pt", torch.device("cpu"))
+    assert finetune_module.classifier_for(model, ckpt, "source", 3, "ck") is model.fc
+    with pytest.raises(DP4TLError, match=r'finetune.head = "new"'):
+        finetune_module.classifier_for(model, ckpt, "source", ckpt.num_classes + 1, "ck")
+    new = finetune_module.classifier_for(model, ckpt, "new", 3, "ck")
+    assert new is model.fc and new.out_features == 3
+
+
+def test_an_eval_resolution_finetuning_does_not_read_is_named(trained_run, target_dir, tmp_path):
+    """Finetuning reads train and test images at finetune.resolution; an eval.resolution that
+    differs was set for nothing, and the user hears so (it was silently ignored)."""
+    with pytest.warns(UserWarning, match="eval.resolution 32 is not used by finetuning"):
+        finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path / "lp",
+                 fmt="wds", device="cpu", progress=False,
+                 overrides=["finetune.resolution=16", "train.epochs=1", "data.num_workers=0"])

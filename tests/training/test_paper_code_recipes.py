@@ -139,3 +139,13 @@ def test_new_knobs_are_validated(over, msg):
     with pytest.raises(DP4TLError) as e:
         load_recipe("paper_code/resnet101_16ep", over)
     assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_only_the_released_finetuning_keeps_the_source_head():
+    """imagenet_transfer_to_downstream.py finetunes the 1000-way ImageNet head it loads; the
+    paper's text and the fast protocol train a new target-sized head."""
+    for name in ("paper_code/lp", "paper_code/ff", "paper_code/ff_sgd", "paper_code/lp_cifar10",
+                 "paper_code/ff_cifar10"):
+        assert load_recipe(name).finetune.head == "source", name
+    for name in ("paper/lp", "paper/ff", "paper/lp_moco", "lp", "ff"):
+        assert load_recipe(name).finetune.head == "new", name
