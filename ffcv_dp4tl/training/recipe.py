@@ -502,6 +502,12 @@ def _validate_adv(r: Recipe, source: str) -> None:
     if r.ssl.method != "none":
         raise DP4TLError(f"{source}: adv.steps = {a.steps} attacks the classification loss, but "
                          f"ssl.method = {r.ssl.method!r} has no labels; set adv.steps = 0")
+    jitter = [k for k, on in (("train.color_jitter", r.train.color_jitter),
+                              ("train.white_balance", r.train.white_balance)) if on]
+    if jitter:  # (the adversarial objective augments with the crop and flip only)
+        raise DP4TLError(f"{source}: adversarial training (adv.steps = {a.steps}) does not apply "
+                         f"{' or '.join(jitter)}; turn {'them' if len(jitter) > 1 else 'it'} off "
+                         "(the paper's ADV recipes use the crop and flip only)")
 
 
 #: (section, key) → (low, high, low inclusive, high inclusive); None = unbounded. Lists are

@@ -158,6 +158,10 @@ def test_fingerprint_changes_with_adv_only_when_it_is_on(test_recipe):
     (["adv.steps=3", "adv.eps=0.03", "adv.step_size=-1"], "adv.step_size"),
     (["adv.steps=3", "adv.eps=0.03", "adv.random_start=1"], "adv.random_start"),
     (["adv.iters=3"], "unknown key adv.iters"),
+    # the adversarial objective augments with crop + flip only: a jitter would be ignored
+    (["adv.steps=3", "adv.eps=0.03", "train.color_jitter=[0.4, 0.4, 0.4, 0.0]"],
+     "does not apply train.color_jitter"),
+    (["adv.steps=3", "adv.eps=0.03", "train.white_balance=0.2"], "does not apply train.white_balance"),
 ])
 def test_bad_adv_values_are_one_line_errors(over, msg, test_recipe):
     with pytest.raises(DP4TLError) as e:
