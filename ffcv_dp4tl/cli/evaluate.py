@@ -1,7 +1,9 @@
 """``dp4tl evaluate``: the paper's appendix evaluations of finetuned models (docs/evaluations.md).
 
-* ``corruptions`` — Tab. A4: top-1 on the target's test split under CIFAR-10-C corruptions;
-* ``flatness`` — Fig. A4: ε-sharpness and the top Hessian eigenvalue of the target train loss;
+* ``corruptions`` — Tab. A4: top-1 on the run's test images (its test split and mask) under
+  CIFAR-10-C corruptions;
+* ``flatness`` — Fig. A4: ε-sharpness and the top Hessian eigenvalue of the target train loss
+  (the run's train split and mask);
 * ``vtab-splits`` / ``vtab`` — Tab. A5: VTAB-1k 800/200 masks of a target, and the protocol
   (select the lr on 200, final on 1000, test split).
 """
@@ -65,11 +67,16 @@ def corruptions_cmd(
                                       "five, `all` = all 16 provided"),
     out: Path = typer.Option(..., "--out", "-o", help="Writes corruptions.json and corruptions.md",
                              callback=out_callback),
-    split: str = typer.Option("test", help="Split of the target to corrupt"),
+    split: Optional[str] = typer.Option(
+        None, help="Split of the target to corrupt, read whole; default: the run's own test "
+        "split under its test mask (what its test_top1 was measured on, e.g. VTAB's train split "
+        "under val200)", show_default=False),
     seed: int = typer.Option(0, min=0, help="Corruption seed (a sample's noise depends on seed and index)"),
     corrupt_resolution: Optional[int] = typer.Option(
-        None, min=1, help="Corrupt at this side length (e.g. 32: CIFAR-10-C's parameters for a model "
-        "reading CIFAR-10 at 160 px); default: the loaded resolution", show_default=False),
+        None, min=1, help="Corrupt at this side length: area-downsample, corrupt, upsample back. "
+        "The corruption parameters are CIFAR-10-C's, for 32 px images: pass 32 for a model reading "
+        "CIFAR-10 at 160 px (a CIFAR target corrupted at another side is warned about); default: "
+        "the loaded resolution", show_default=False),
     resolution: Optional[int] = typer.Option(None, min=1, help="Input resolution (default: the "
                                              "run recipe's finetune.resolution)", show_default=False),
     batch_size: Optional[int] = typer.Option(None, min=1, help="Evaluation batch size (default: "
@@ -90,6 +97,7 @@ def corruptions_cmd(
         labelled, which, device=resolve_device(device), resolution=resolution, split=split,
         fmt=fmt.value if fmt else None, batch_size=batch_size, num_workers=workers, seed=seed,
         corrupt_resolution=corrupt_resolution, progress=progress,
+        on_warning=lambda line: typer.echo(f"warning: {line}", err=True),
         on_result=lambda done: _write_partial(out, "corruptions", done, corruption_table, title,
                                               len(labelled)))
     _write(out, "corruptions", res, corruption_table(res), title)
@@ -116,7 +124,10 @@ def flatness_cmd(
     batches: int = typer.Option(4, min=0, help="Fixed batches of the split the loss is measured on "
                                 "(0 = the whole split)"),
     batch_size: int = typer.Option(64, min=1, help="Samples per batch"),
-    split: str = typer.Option("train", help="Target split (the paper: the downstream train loss)"),
+    split: Optional[str] = typer.Option(
+        None, help="Target split, read whole; default: the run's own train split under its train "
+        "mask (the paper: the downstream training loss, of the samples the model trained on)",
+        show_default=False),
     seed: int = typer.Option(0, min=0, help="Seed of the power iteration's start vector"),
     resolution: Optional[int] = typer.Option(None, min=1, help="Input resolution (default: the "
                                              "run recipe's finetune.resolution)", show_default=False),

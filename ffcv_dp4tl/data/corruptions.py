@@ -142,16 +142,20 @@ def _motion_kernel_blur(x: np.ndarray, radius: float, sigma: float, angle: float
 
 @numba.njit(cache=False)
 def _local_shuffle(x, offsets, delta):  # pragma: no cover - compiled
-    """glass blur's sequential pixel swaps, bottom-right to top-left (swap order matters)."""
+    """glass blur's sequential pixel "swaps", bottom-right to top-left (order matters), as the
+    published generator really does them: ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` on numpy
+    row views evaluates both right-hand views first, then writes ``x[h', w']`` into ``x[h, w]``
+    and writes back into ``x[h', w']`` the view of ``x[h, w]``, which by then already holds
+    ``x[h', w']``'s value. The net effect is a copy of the pixel at ``(h', w')`` onto ``(h, w)``,
+    not a swap; CIFAR-10-C's images were made that way, so it is reproduced here
+    (``tests/data/test_corruptions.py`` checks it against that numpy idiom)."""
     h, w = x.shape[0], x.shape[1]
     for it in range(offsets.shape[0]):
         for a, hh in enumerate(range(h - delta, delta, -1)):
             for b, ww in enumerate(range(w - delta, delta, -1)):
                 hp, wp = hh + offsets[it, a, b, 1], ww + offsets[it, a, b, 0]
                 for ch in range(x.shape[2]):
-                    t = x[hh, ww, ch]
                     x[hh, ww, ch] = x[hp, wp, ch]
-                    x[hp, wp, ch] = t
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +193,7 @@ def glass_blur(x, c, rng):
     x = np.uint8(_gaussian(x, sigma) * 255)
     h, w = x.shape[:2]
     n_h, n_w = max(h - 2 * delta, 0), max(w - 2 * delta, 0)
-    # offsets in [-delta, delta) as the published np.random.randint(-d, d)
+    # offsets (dx, dy) in [-delta, delta) as the published np.random.randint(-d, d, size=(2,))
     offsets = rng.integers(-delta, delta, size=(iterations, n_h, n_w, 2))
     _local_shuffle(x, offsets, delta)
     return _gaussian(x / 255.0, sigma)

@@ -3,9 +3,16 @@
 A finetune run directory (``dp4tl finetune --out DIR`` or a pipeline's
 ``runs/finetune-{lp,ff}-<key>/``) holds ``result.json`` (mode, the source checkpoint, the
 target) and ``finetune_state.pt`` (the trained weights after the last epoch: LP's head, FF's
-whole model). The model is the source checkpoint's architecture with a fresh
-``target_classes``-way head into which those weights are loaded — the exact network whose
+whole model). The model is the source checkpoint's architecture with the head the run trained
+(a fresh ``target_classes``-way one, or the source's own for ``finetune.head = "source"``:
+``result.json``'s ``head``) into which those weights are loaded — the exact network whose
 ``test_top1`` the run reported.
+
+The run's ``test_top1`` is measured on its ``test_split`` under its ``test_mask`` (a VTAB-1k
+selection run: the *train* split under ``val200``), and it was trained on its ``train_mask``:
+:class:`Finetuned` carries both masks (loaded, checked against the target and against the
+digests the run's ``finetune_state.pt`` recorded), so evaluations measure the images the run
+was scored and trained on, not the whole split under the same name.
 """
 from __future__ import annotations
 
@@ -16,15 +23,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..contracts import FinetuneMode, Format
+from ..contracts import FinetuneHead, FinetuneMode, Format
 from ..contracts.fields import REQUIRED, typed
+from ..data import IndexMask, load_manifest, load_mask
 from ..data.sampling import check_resolution
 from ..errors import DataError, DP4TLError
 from ..fsutil import read_json
 from ..training.checkpoint import FinetuneState
 from ..training.distributed import resolve_device
-from ..training.finetune import PRECISIONS, RESULT_NAME, STATE_NAME, load_pretrained
-from ..training.models import backbone, get_head
+from ..training.finetune import (PRECISIONS, RESULT_NAME, STATE_NAME, classifier_for,
+                                 load_pretrained, mask_digest)
+from ..training.models import get_head
 
 
 @dataclass
@@ -48,6 +57,24 @@ class Finetuned:
     #: the batch size of the run's test evaluation (None: from before the field); evaluations
     #: use it by default, so the device runs the same kernel shapes
     test_batch_size: int | None = None
+    #: the split the run's ``test_top1`` was measured on (``result.json``'s ``test_split``;
+    #: ``test`` for a result from before the field, as evaluations read it then)
+    test_split: str = "test"
+    #: the mask over :attr:`test_split` the run was scored under (``test_mask``; VTAB-1k's
+    #: ``val200``), None: the whole split. Evaluations default to it, so their clean numbers
+    #: are of the run's own test images
+    test_mask: IndexMask | None = None
+    #: where :attr:`test_mask` was read from (as ``result.json`` names it)
+    test_mask_path: Path | None = None
+    #: the split the run trained on: its train mask's split (the mask records it), else
+    #: ``result.json``'s ``train_split``, else ``train`` (runs from before that field)
+    train_split: str = "train"
+    #: the mask over :attr:`train_split` the run trained on (``train_mask``; VTAB-1k's
+    #: ``train800``, ``train800val200``), None: the whole split. The flatness evaluation's
+    #: "training loss" is over it
+    train_mask: IndexMask | None = None
+    #: where :attr:`train_mask` was read from (as ``result.json`` names it)
+    train_mask_path: Path | None = None
 
     @property
     def amp(self) -> torch.dtype | None:
@@ -120,6 +147,33 @@ def _path(result: dict[str, Any], key: str, what: str, run_dir: Path,
     return path
 
 
+def _mask(result: dict[str, Any], key: str, run_dir: Path, target: Path, split: str | None,
+          ident: dict[str, Any]) -> tuple[IndexMask | None, Path | None, str | None]:
+    """The run's ``key`` mask (``train_mask`` / ``test_mask``), its path and its split (None for
+    all three: the run used the whole split). Checked against ``split`` of the target (None:
+    the split the mask's sidecar names, else ``train``) and against the digest the run's
+    ``finetune_state.pt`` recorded, so a mask edited or replaced after finetuning is refused
+    instead of silently measuring other images."""
+    if _field(result, key, "str", run_dir, None) is None:
+        return None, None, None
+    what = key.replace("_", " ")
+    path = _path(result, key, what, run_dir, None)
+    try:
+        mask = load_mask(path)
+        split = split or mask.info.split or "train"
+        info = load_manifest(target).split(split)
+        mask = load_mask(path, info)
+    except DataError as e:
+        raise DataError(f"{run_dir}: the {what} recorded in {RESULT_NAME} cannot be used: "
+                        f"{e}") from None
+    digest = ident.get(key)
+    if digest is not None and digest != mask_digest(mask):
+        raise DataError(f"the {what} {path} is not the one {run_dir} was finetuned with (its "
+                        f"indices differ from the digest in {STATE_NAME}): it was replaced after "
+                        "finetuning; put the original back or rerun the finetuning")
+    return mask, path, split
+
+
 def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
                    resolution: int | None = None, target: str | Path | None = None,
                    checkpoint: str | Path | None = None) -> Finetuned:
@@ -127,7 +181,9 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
 
     ``target`` / ``checkpoint`` override the paths recorded in ``result.json`` (a moved run);
     ``resolution`` the recipe's ``finetune.resolution``. Every field of ``result.json`` is
-    checked before the checkpoint is loaded; any problem is a one-line :class:`DP4TLError`."""
+    checked before the checkpoint is loaded; any problem is a one-line :class:`DP4TLError`.
+    The run's test split and masks are read too (:func:`_mask`): a missing or replaced mask file
+    is refused here, before any evaluation starts."""
     run_dir = Path(run_dir)
     res_path, state_path = run_dir / RESULT_NAME, run_dir / STATE_NAME
     if resolution is not None:
@@ -143,6 +199,7 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
     flip_tta = _field(result, "flip_tta", "bool", run_dir, False)
     precision = _field(result, "test_precision", "str", run_dir, "fp32", choices=PRECISIONS)
     test_batch_size = _field(result, "test_batch_size", "int", run_dir, None, at_least=1)
+    test_split = _field(result, "test_split", "str", run_dir, "test")
     res = resolution if resolution is not None else _resolution(result, run_dir)
     ckpt = _path(result, "checkpoint", "source checkpoint", run_dir, checkpoint)
     tgt = _path(result, "target", "target", run_dir, target)
@@ -155,13 +212,19 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
     if ident.get("mode", mode) != mode:
         raise DataError(f"{res_path}: field 'mode' is {mode!r} but {state_path} holds the weights "
                         f"of a {ident['mode']!r} run; {_FIX}")
+    test_mask, test_mask_path, _ = _mask(result, "test_mask", run_dir, tgt, test_split, ident)
+    recorded_train_split = _field(result, "train_split", "str", run_dir, None)
+    train_mask, train_mask_path, train_split = _mask(result, "train_mask", run_dir, tgt,
+                                                     recorded_train_split, ident)
     dev = resolve_device(device)  # the one device rule (auto, cpu, cuda, cuda:N)
     model, source = load_pretrained(ckpt, dev)
     if "source_identity" in ident and ident["source_identity"] != dict(source.identity):
         raise DataError(f"the source checkpoint {ckpt} is not the one {run_dir} was finetuned "
                         f"from (its identity differs from the one in {STATE_NAME}): it was replaced "
                         "after finetuning; put the original back or rerun the finetuning")
-    backbone(model).reset_classifier(classes)
+    head = _field(result, "head", "str", run_dir, FinetuneHead.new.value,
+                  choices=FinetuneHead.values())
+    classifier_for(model, source, head, classes, ckpt)  # the head the run trained (its rule)
     net = get_head(model) if mode == "lp" else model
     try:
         net.load_state_dict(state.net)
@@ -173,4 +236,8 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
     model.eval()
     return Finetuned(model=model, run_dir=run_dir, result=result, mode=mode, target=tgt,
                      resolution=res, flip_tta=bool(flip_tta), fmt=fmt, precision=precision,
-                     test_batch_size=test_batch_size)
+                     test_batch_size=test_batch_size, test_split=test_split,
+                     test_mask=test_mask, test_mask_path=test_mask_path,
+                     train_split=train_split or recorded_train_split or "train",
+                     train_mask=train_mask,
+                     train_mask_path=train_mask_path)

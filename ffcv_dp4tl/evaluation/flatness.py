@@ -15,8 +15,9 @@ the target, by five sharpness measures of the *target training loss*; two of the
   never forming H). Power iteration converges to the eigenvalue of largest *magnitude*; at a
   trained minimum that is the top (positive) one.
 
-Both use the same fixed set of batches (the target train split, eval transform, in file
-order) with the model in eval mode (BatchNorm statistics frozen), so the loss is a function of
+Both use the same fixed set of batches (the images the run trained on — the target's train
+split under the run's ``train_mask``, e.g. VTAB-1k's ``train800val200``, so the "training loss"
+is not measured on images the model never saw —, eval transform, in file order) with the model in eval mode (BatchNorm statistics frozen), so the loss is a function of
 the weights alone (no batch statistics, no augmentation draws). On the CPU a repeated call gives
 the same numbers bit for bit (``tests/evaluation/test_flatness_eval.py``); on CUDA the gradient
 kernels are not deterministic (cuDNN's weight-gradient algorithms, the atomic adds of e.g.
@@ -241,13 +242,15 @@ def relative_flatness(sharpness: dict[str, float]) -> dict[str, float]:
     return {k: (100.0 * lo / s if s > 0 else float("nan")) for k, s in sharpness.items()}
 
 
-def model_flatness(ft, *, split: str = "train", fmt: str | None = None, batch_size: int = 64,
+def model_flatness(ft, *, split: str | None = None, fmt: str | None = None, batch_size: int = 64,
                    num_batches: int | None = 4, eps: float = 1e-3, steps: int = 10,
                    iters: int = 20, tol: float = 1e-3, seed: int = 0,
                    num_workers: int = 2) -> dict:
     """ε-sharpness and λ_max(H) of a finetuned model (:class:`~.finetuned.Finetuned`) on the
-    first ``num_batches`` batches of its target's ``split`` (eval transform, file order), read in
-    ``fmt`` (default: the format the run was finetuned from)."""
+    first ``num_batches`` batches of its training images (eval transform, file order), read in
+    ``fmt`` (default: the format the run was finetuned from). ``split``: None (default) is the
+    run's own train split under its ``train_mask`` (the paper's "downstream training loss": of
+    the samples the model was trained on); a split named here is read whole (no mask)."""
     from ..data import AugSpec, make_loader
     from ..errors import DataError
     from ..training.distributed import single_process_context
@@ -255,8 +258,10 @@ def model_flatness(ft, *, split: str = "train", fmt: str | None = None, batch_si
     dev = next(ft.model.parameters()).device
     single_process_context(dev)  # `cuda:N` current before the loader is made
     fmt = fmt or ft.fmt
+    mask, mask_path = (ft.train_mask, ft.train_mask_path) if split is None else (None, None)
+    split = ft.train_split if split is None else split
     loader = make_loader(ft.target, split, fmt=fmt, aug=AugSpec.for_eval(), shuffle=False,
-                         batch_size=batch_size, resolution=ft.resolution, device=dev,
+                         mask=mask, batch_size=batch_size, resolution=ft.resolution, device=dev,
                          num_workers=num_workers)
     batches = fixed_batches(loader, num_batches)
     if not batches:
@@ -266,6 +271,7 @@ def model_flatness(ft, *, split: str = "train", fmt: str | None = None, batch_si
     sharp = epsilon_sharpness(model, batches, eps=eps, steps=steps)
     hess = hessian_top_eigenvalue(model, batches, iters=iters, tol=tol, seed=seed)
     return {"run": str(ft.run_dir), "mode": ft.mode, "target": str(ft.target), "split": split,
+            "mask": None if mask_path is None else str(mask_path),
             "format": fmt, "samples": sum(len(b[1]) for b in batches), "loss": sharp["loss"],
             "eps_sharpness": sharp["sharpness"], "eps": eps, "ascent_steps": steps,
             "max_loss": sharp["max_loss"], "lambda_max": hess["lambda_max"],
@@ -283,4 +289,9 @@ def flatness_table(results: dict[str, dict]) -> str:
         lines.append(f"| {k} | {r['loss']:.4f} | {r['eps_sharpness']:.4f} | {r['lambda_max']:.4g} | "
                      f"{rel_e[k]:.1f} | {rel_h[k]:.1f} | {r['power_iterations']}"
                      f"{'' if r['converged'] else ' (not converged)'} |")
+    where = {k: f"split {r.get('split', 'train')!r}"
+             + (f" under mask {r['mask']}" if r.get("mask") else " (all samples)")
+             + f", {r['samples']} samples" for k, r in results.items()}
+    lines.append("")
+    lines.append("Loss over: " + "; ".join(f"{k}: {w}" for k, w in where.items()) + ".")
     return "\n".join(lines) + "\n"

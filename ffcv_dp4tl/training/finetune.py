@@ -43,6 +43,7 @@ import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -255,10 +256,17 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     masks = {k: load_mask(m, split) for k, m, split in (("train_mask", train_mask, train_split),
                                                         ("test_mask", test_mask, test_split))
              if m is not None}
-    if train_split.num_samples < manifest.num_classes:
-        warnings.warn(f"the target {target_dir} has {train_split.num_samples} {train_split.name} "
-                      f"images for {manifest.num_classes} classes: some classes have no example, "
-                      "finetuning cannot learn them", UserWarning, stacklevel=3)
+    # the classes the run trains on: the train split's, under its mask (VTAB-1k's 800 images)
+    labels = train_split.load_labels()
+    if "train_mask" in masks:
+        labels = labels[masks["train_mask"].indices]
+    seen = int(np.unique(labels).size)
+    if seen < manifest.num_classes:
+        where = f"{len(labels)} images of {train_split.name}" + (
+            f" under {train_mask}" if "train_mask" in masks else "")
+        warnings.warn(f"the target {target_dir}: the {where} hold {seen} of its "
+                      f"{manifest.num_classes} classes; finetuning cannot learn the "
+                      f"{manifest.num_classes - seen} others", UserWarning, stacklevel=3)
     if recipe.eval.resolution != recipe.finetune.resolution:  # (a knob set for nothing)
         warnings.warn(f"eval.resolution {recipe.eval.resolution} is not used by finetuning: its "
                       f"train and test images are read at finetune.resolution "
@@ -386,7 +394,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
               **({"head": fc.head} if fc.head != FinetuneHead.new.value else {}),
               "test_samples": (len(masks["test_mask"]) if "test_mask" in masks
                                else test_split.num_samples),
-              "test_split": test_split.name,
+              "test_split": test_split.name, "train_split": train_split.name,
               **{k: str(v) for k, v in (("train_mask", train_mask), ("test_mask", test_mask))
                  if v is not None},
               **({"train_samples": len(masks["train_mask"])} if "train_mask" in masks else {}),

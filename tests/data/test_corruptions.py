@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ffcv_dp4tl.data.corruptions import (CORRUPTIONS, PAPER_TAB_A4, CorruptedLoader, CorruptionOp,
-                                         _hsv2rgb, _rgb2hsv, parse_corruptions)
+                                         _gaussian, _hsv2rgb, _local_shuffle, _rgb2hsv,
+                                         glass_blur, parse_corruptions)
 from ffcv_dp4tl.errors import DataError
 
 #: corruptions that draw random numbers (the others are deterministic image filters)
@@ -140,3 +141,41 @@ def test_corrupted_loader_corrupts_each_decoded_sample(index_dataset):
         want = torch.from_numpy(op(u8, a.indices.numpy())).permute(0, 3, 1, 2).float()
         torch.testing.assert_close(b.images, (want - mean) / std, rtol=0, atol=1e-5)
         assert not torch.allclose(a.images, b.images)
+
+
+def _published_shuffle(x: np.ndarray, offsets: np.ndarray, delta: int) -> np.ndarray:
+    """make_cifar_c.py's glass-blur loop, transcribed (its 32 replaced by the image's size): the
+    tuple assignment on numpy row views, with ``dx, dy = offsets[...]``."""
+    x = x.copy()
+    h, w = x.shape[:2]
+    for i in range(offsets.shape[0]):
+        for a, hh in enumerate(range(h - delta, delta, -1)):
+            for b, ww in enumerate(range(w - delta, delta, -1)):
+                dx, dy = offsets[i, a, b]
+                h_prime, w_prime = hh + dy, ww + dx
+                # swap
+                x[hh, ww], x[h_prime, w_prime] = x[h_prime, w_prime], x[hh, ww]
+    return x
+
+
+def test_glass_blur_moves_pixels_as_the_published_generator_does():
+    """The published "swap" copies the neighbour's pixel over (numpy views: the second write
+    puts back what the first wrote), so pixels are duplicated, not permuted; CIFAR-10-C was made
+    that way and glass blur here must do the same, for its loop and for the whole corruption."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)
+    for delta, its in ((1, 1), (1, 2), (2, 2)):
+        offsets = rng.integers(-delta, delta, size=(its, 9 - 2 * delta, 9 - 2 * delta, 2))
+        mine = x.copy()
+        _local_shuffle(mine, offsets, delta)
+        want = _published_shuffle(x, offsets, delta)
+        np.testing.assert_array_equal(mine, want)
+        pixels = sorted(map(tuple, x.reshape(-1, 3)))
+        assert sorted(map(tuple, want.reshape(-1, 3))) != pixels  # (a copy, not a permutation)
+    img = rng.random((32, 32, 3))
+    for sev, (sigma, delta, its) in enumerate(CORRUPTIONS["glass_blur"].params, start=1):
+        got = glass_blur(img, (sigma, delta, its), np.random.default_rng(sev))
+        ref = np.uint8(_gaussian(img, sigma) * 255)
+        offsets = np.random.default_rng(sev).integers(-delta, delta, size=(its, 30, 30, 2))
+        want = _gaussian(_published_shuffle(ref, offsets, delta) / 255.0, sigma)
+        np.testing.assert_array_equal(got, want)

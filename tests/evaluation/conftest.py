@@ -57,3 +57,19 @@ def lp_run(eval_source_ckpt, eval_target, tmp_path_factory) -> Path:
 def ff_run(eval_source_ckpt, eval_target, tmp_path_factory) -> Path:
     return _finetune("ff_tiny_cpu", eval_source_ckpt, eval_target, tmp_path_factory.mktemp("ff"),
                      ["train.batch_size=8"])
+
+
+@pytest.fixture(scope="session")
+def masked_lp_run(eval_source_ckpt, eval_target, tmp_path_factory) -> Path:
+    """A VTAB-1k selection run: LP trained on train16 and scored on val4, both masks over the
+    *train* split (``data.test_split=train``), as ``dp4tl evaluate vtab`` makes them."""
+    from ffcv_dp4tl.evaluation.vtab import write_vtab_masks
+    from ffcv_dp4tl.training.finetune import finetune
+    from ffcv_dp4tl.training.recipe import load_recipe
+
+    root = tmp_path_factory.mktemp("masked")
+    masks = write_vtab_masks(eval_target, root / "masks", seed=0, train_size=16, val_size=4)
+    finetune(load_recipe("lp_tiny_cpu", FT_OVERRIDES + ["data.test_split=train"]),
+             eval_source_ckpt, eval_target, root / "run", fmt="wds", device="cpu",
+             progress=False, train_mask=masks["train"], test_mask=masks["val"])
+    return root / "run"

@@ -241,3 +241,28 @@ def test_corruptions_keep_the_finished_models_when_a_later_one_fails(lp_run, cap
     one_line(*cli(capsys, monkeypatch, *args)[::2], "the second model failed")
     assert list(json.loads((tmp_path / "corruptions.json").read_text())) == ["first"]
     assert "Partial: 1 of 2 models" in (tmp_path / "corruptions.md").read_text()
+
+
+def test_corruptions_name_the_split_read_and_warn_about_a_cifar_resolution(
+        lp_run, eval_target, capsys, monkeypatch, tmp_path):
+    """The footer names the split actually read (``--split train`` here; it used to say "on the
+    test split" whatever was read), and a CIFAR target corrupted at a side other than 32 px is
+    warned about on stderr (one line) and in the table."""
+    import shutil
+
+    cifar = tmp_path / "cifar10"
+    shutil.copytree(eval_target, cifar)
+    manifest = json.loads((cifar / "manifest.json").read_text())
+    (cifar / "manifest.json").write_text(json.dumps({**manifest, "name": "cifar10"}))
+    run = _copy_run(lp_run, tmp_path / "run", target=str(cifar))
+    code, out, err = cli(capsys, monkeypatch, "evaluate", "corruptions", f"LP={run}", "--split",
+                         "train", "--corrupt", "contrast:5", "--workers", "0", "--device", "cpu",
+                         "--no-progress", "-o", tmp_path / "o")
+    assert code == 0, err
+    md = (tmp_path / "o" / "corruptions.md").read_text()
+    assert "on split 'train' (all samples)" in md and "test split" not in md
+    assert json.loads((tmp_path / "o" / "corruptions.json").read_text())["LP"]["count"] == 24
+    warned = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 1 and "LP: the CIFAR target" in warned[0], err
+    assert "corrupted at 16 px" in warned[0] and "--corrupt-resolution 32" in warned[0]
+    assert "Warning: LP: the CIFAR target" in md

@@ -226,3 +226,134 @@ def test_the_evaluation_api_takes_the_device_rule(lp_run):
     with pytest.raises(DP4TLError, match=r"device 'gpu' is not a device; use auto, cpu, cuda or cuda:N"):
         load_finetuned(lp_run, "gpu")
     assert next(load_finetuned(lp_run, "auto").model.parameters()).device.type == "cpu"
+
+
+def test_a_masked_run_is_evaluated_on_the_images_its_test_top1_was_measured_on(masked_lp_run):
+    """A VTAB-1k selection run is scored on val4 of the *train* split. The evaluation reads the
+    run's own test split and mask by default (not the whole test split), so its clean top-1 is
+    the run's; the footer names that split and mask; a split given explicitly is read whole,
+    and the note then names the difference instead of blaming kernels."""
+    ft = load_finetuned(masked_lp_run, "cpu")
+    assert ft.test_split == "train" and len(ft.test_mask) == 4 and len(ft.train_mask) == 16
+    assert str(ft.test_mask_path) == ft.result["test_mask"]
+    res = corruption_accuracy(ft, [("contrast", 5)], num_workers=0, progress=False)
+    assert (res["split"], res["mask"]) == ("train", ft.result["test_mask"])
+    assert res["count"] == ft.result["test_samples"] == 4
+    assert res["clean_top1"] == ft.result["test_top1"]
+    table = corruption_table({"sel": res})
+    assert f"on split 'train' under mask {ft.result['test_mask']};" in table
+    assert "test split" not in table and "Note" not in table
+    whole = corruption_accuracy(ft, [("contrast", 5)], split="test", num_workers=0,
+                                progress=False)
+    assert (whole["split"], whole["mask"], whole["count"]) == ("test", None, 12)
+    off = {**whole, "clean_top1": ft.result["test_top1"] + 0.25}  # (however the numbers fall)
+    note = corruption_table({"sel": off}).splitlines()[-1]
+    assert note.startswith("Note: sel's clean top-1") and "other kernels" not in note
+    assert ("measured on split 'test' (all samples) (12 images), the run's test top-1 on split "
+            f"'train' under mask {ft.result['test_mask']} (4 images)") in note
+
+
+def test_a_result_without_the_split_and_mask_fields_reads_as_before(masked_lp_run, tmp_path):
+    """result.json from before ``test_split``/``test_mask``/``train_mask`` were read: the whole
+    ``test`` split, as evaluations always read it then."""
+    import json
+    import shutil
+
+    run = tmp_path / "old"
+    shutil.copytree(masked_lp_run, run)
+    res = json.loads((run / "result.json").read_text())
+    for k in ("test_split", "test_mask", "train_mask"):
+        res.pop(k)
+    (run / "result.json").write_text(json.dumps(res))
+    ft = load_finetuned(run)
+    assert (ft.test_split, ft.test_mask, ft.train_split, ft.train_mask) == ("test", None,
+                                                                           "train", None)
+    assert corruption_accuracy(ft, [("contrast", 5)], num_workers=0, progress=False)["count"] == 12
+
+
+def test_a_missing_or_replaced_mask_is_refused(masked_lp_run, tmp_path):
+    """The run's masks are checked when it is loaded: a replaced mask file (other indices than
+    the digest finetune_state.pt recorded) would silently score other images."""
+    import json
+    import re
+    import shutil
+
+    from ffcv_dp4tl.data import load_manifest, make_mask, save_mask
+    from ffcv_dp4tl.errors import DataError
+
+    run = tmp_path / "run"
+    shutil.copytree(masked_lp_run, run)
+    res = json.loads((run / "result.json").read_text())
+    mask = tmp_path / "val.npy"
+    (run / "result.json").write_text(json.dumps({**res, "test_mask": str(mask)}))
+    with pytest.raises(DataError, match=rf"test mask {re.escape(str(mask))} .*'test_mask'.* is "
+                                        "missing; put it back"):
+        load_finetuned(run)
+    info = load_manifest(res["target"]).split("train")
+    save_mask(mask, make_mask(np.arange(4), info))  # a valid mask, but not the run's val4
+    with pytest.raises(DataError, match="not the one .* was finetuned with .*replaced after"):
+        load_finetuned(run)
+    shutil.copyfile(res["test_mask"], mask)
+    shutil.copyfile(res["test_mask"].removesuffix(".npy") + ".json", mask.with_suffix(".json"))
+    assert len(load_finetuned(run).test_mask) == 4  # the original, moved: accepted
+
+
+def test_the_footer_names_each_corruptions_severities():
+    """``--corrupt gaussian_noise:5,defocus_blur:1`` ran each corruption at one severity: the
+    footer says which (it used to say "mean over severities [1, 5]" for both)."""
+    def result(rows):
+        return {"clean_top1": 0.5, "count": 12, "split": "test", "mask": None, "rows": rows,
+                "per_corruption": {r["corruption"]: r["top1"] for r in rows},
+                "mean_corruption_top1": 0.5}
+
+    rows = [{"corruption": "gaussian_noise", "severity": 5, "top1": 0.4},
+            {"corruption": "defocus_blur", "severity": 1, "top1": 0.6}]
+    footer = corruption_table({"a": result(rows)}).splitlines()[-1]
+    assert "over its severities (Gaussian Noise 5; Defocus Blur 1)" in footer
+    assert "[1, 5]" not in footer and "on split 'test' (all samples)" in footer
+    every = [{"corruption": n, "severity": s, "top1": 0.5} for n in ("fog", "contrast")
+             for s in range(1, 6)]
+    assert "mean over severities 1-5;" in corruption_table({"a": result(every)})
+    assert "each corruption at severity 5;" in corruption_table({"a": result(rows[:1])})
+
+
+def test_a_cifar_target_corrupted_at_another_side_is_warned_about(eval_target, tmp_path):
+    """CIFAR-10-C's parameters are for 32 px: a CIFAR target read at another resolution and
+    corrupted there is not CIFAR-10-C, which is said (not silently done)."""
+    import json
+    import shutil
+
+    from ffcv_dp4tl.evaluation.corruption import resolution_warning
+
+    cifar = tmp_path / "cifar10"
+    shutil.copytree(eval_target, cifar)
+    manifest = json.loads((cifar / "manifest.json").read_text())
+    (cifar / "manifest.json").write_text(json.dumps({**manifest, "name": "cifar10"}))
+    ft = SimpleNamespace(target=cifar, resolution=160, name="run")
+    line = resolution_warning(ft, None)
+    assert "corrupted at 160 px" in line and "pass --corrupt-resolution 32" in line
+    assert "\n" not in line
+    assert resolution_warning(ft, 32) is None
+    assert "at 64 px" in resolution_warning(ft, 64)
+    assert resolution_warning(SimpleNamespace(target=eval_target, resolution=160, name="r"),
+                              None) is None  # (not CIFAR: no CIFAR-10-C resolution to keep)
+
+
+@pytest.mark.parametrize("recipe", ["lp_tiny_cpu", "ff_tiny_cpu"])
+def test_a_run_that_finetuned_the_source_head_is_rebuilt_with_it(eval_source_ckpt, eval_target,
+                                                                tmp_path, recipe):
+    """``finetune.head = "source"`` (paper_code LP/FF) trains the source's own classifier: an
+    evaluation must rebuild that head, not a target-sized one (the weights would not load, or
+    would score other logits), and measure exactly the run's reported test top-1."""
+    from ffcv_dp4tl.training.finetune import finetune
+    from ffcv_dp4tl.training.recipe import load_recipe
+
+    over = ["train.epochs=1", "finetune.resolution=16", "eval.resolution=16",
+            "data.num_workers=0", "eval.batch_size=64", "finetune.head=source"]
+    finetune(load_recipe(recipe, over + (["train.batch_size=8"] if recipe.startswith("ff") else [])),
+             eval_source_ckpt, eval_target, tmp_path / "run", fmt="wds", device="cpu",
+             progress=False)
+    ft = load_finetuned(tmp_path / "run", "cpu")
+    assert ft.result["head"] == "source"
+    res = corruption_accuracy(ft, [("contrast", 5)], num_workers=0, progress=False)
+    assert res["clean_top1"] == pytest.approx(ft.result["test_top1"], abs=1e-9)

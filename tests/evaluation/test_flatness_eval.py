@@ -24,3 +24,15 @@ def test_flatness_of_a_finetuned_model(lp_run):
     wider = model_flatness(load_finetuned(lp_run, "cpu"), **{**kw, "eps": 5e-3, "iters": 1})
     assert wider["eps_sharpness"] > res["eps_sharpness"]
     assert "100.0" in flatness_table({"a": res, "b": wider})
+
+
+def test_flatness_of_a_masked_run_is_over_its_training_images(masked_lp_run):
+    """A run trained on train16 (of 24 train images): the "training loss" is over those 16, not
+    the whole train split (8 of which the model never trained on); a split given is read whole."""
+    ft = load_finetuned(masked_lp_run, "cpu")
+    kw = dict(batch_size=8, num_batches=None, steps=1, iters=1, num_workers=0)
+    res = model_flatness(ft, **kw)
+    assert (res["split"], res["mask"], res["samples"]) == ("train", ft.result["train_mask"], 16)
+    assert f"under mask {ft.result['train_mask']}, 16 samples" in flatness_table({"a": res})
+    whole = model_flatness(ft, split="train", **kw)
+    assert (whole["mask"], whole["samples"]) == (None, 24)

@@ -327,3 +327,17 @@ def test_an_eval_resolution_finetuning_does_not_read_is_named(trained_run, targe
         finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path / "lp",
                  fmt="wds", device="cpu", progress=False,
                  overrides=["finetune.resolution=16", "train.epochs=1", "data.num_workers=0"])
+
+
+def test_a_train_mask_without_some_classes_is_named(trained_run, target_dir, tmp_path):
+    """The classes a run can learn are those of its train images *under its mask* (VTAB-1k
+    trains on 800): a mask holding one of the target's classes is named, as a whole split
+    with too few images always was."""
+    from ffcv_dp4tl.data.masks import mask_from_classes, save_mask
+
+    split = load_manifest(target_dir).split("train")
+    mask = save_mask(tmp_path / "one_class.npy", mask_from_classes(split, [0], method="classes"))
+    with pytest.warns(UserWarning, match=r"hold 1 of its 3 classes; finetuning cannot learn the 2 others"):
+        finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path / "lp",
+                 fmt="wds", device="cpu", progress=False, train_mask=mask,
+                 overrides=LP + ["train.epochs=1"])
