@@ -84,7 +84,8 @@ def test_hessian_of_a_small_net_over_batches_matches_the_explicit_hessian():
 
 
 def test_epsilon_sharpness_is_keskars_box_maximum():
-    """For a quadratic the box maximum is at the corner the gradient points to: closed form."""
+    """For a separable convex quadratic whose gradient keeps its sign over the box, the box
+    maximum is at the corner the gradient points to: closed form."""
     a = torch.diag(torch.tensor([4.0, 1.0, 0.5, 2.0], dtype=torch.float64))
     b = torch.tensor([0.3, -0.2, 0.1, 0.0], dtype=torch.float64)
     w = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
