@@ -286,6 +286,8 @@ def rerender_table(results_json: Path, criterion: str | None = None) -> dict[str
         t = summarize(old["rows"], methods=old["methods"], ratios=old["ratios"],
                       seeds=old["seeds"], finetune=old["finetune"], tol=old.get("tol", 0.0),
                       criterion=criterion or old.get("criterion", "final"))
+        if old.get("target_rows"):  # several targets: each target's tables, judged again too
+            t.update(_target_summaries(old, t["criterion"]))
     except KeyError as e:
         raise DP4TLError(f"{results_json} lacks {e}: not a cost-table results file") from None
     except (TypeError, ValueError, AttributeError) as e:  # a field or row of the wrong type
@@ -296,3 +298,19 @@ def rerender_table(results_json: Path, criterion: str | None = None) -> dict[str
                 "machine", "date"):
         t[key] = old.get(key)
     return t
+
+
+def _target_summaries(old: dict[str, Any], criterion: str) -> dict[str, Any]:
+    """``targets`` / ``target_rows`` / ``target_weights`` of a several-target table, its
+    per-target tables recomputed from its ``target_rows`` (as :func:`run_cost_table` made them;
+    the rows keep the order the targets were given in, which the report reads)."""
+    by_target: dict[str, list[dict[str, Any]]] = {}
+    for row in old["target_rows"]:
+        by_target.setdefault(row["target"], []).append(row)
+    targets = {}
+    for name, trows in by_target.items():
+        ts = summarize(trows, methods=old["methods"], ratios=old["ratios"], seeds=old["seeds"],
+                       finetune=old["finetune"], tol=old.get("tol", 0.0), criterion=criterion)
+        targets[name] = {k: ts[k] for k in ("accuracy", "accuracy_best", "winners")}
+    return {"targets": targets, "target_rows": list(old["target_rows"]),
+            "target_weights": list(old.get("target_weights") or [])}

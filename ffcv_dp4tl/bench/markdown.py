@@ -246,16 +246,17 @@ def _target_tables(t: dict[str, Any], methods: Sequence[str], pruned: Sequence[f
     targets = t.get("targets") or {}
     if not targets:
         return []
+    order = target_order(t)
     w = t.get("target_weights") or []
     L = ["", "### Several targets (Fig. A5): one selection for all targets, accuracy per target",
          "", f"The source is scored once for the {len(targets)} targets "
-         f"({', '.join(f'`{n}`' for n in targets)}; each target's votes sum to 1"
+         f"({', '.join(f'`{n}`' for n in order)}; each target's votes sum to 1"
          + (f", weights {', '.join(f'{x:g}' for x in w)}" if w else ", equal weights")
          + "), pretrained once per ratio, then finetuned on each target. The tables above are "
-         f"the first target's (`{next(iter(targets))}`)."]
+         f"the first target's (`{order[0]}`)."]
     for mode in t["finetune"]:
-        cols = [(n, m) for n, tt in targets.items() for m in methods
-                if m in tt["accuracy"].get(mode, {}).get("methods", {})]
+        cols = [(n, m) for n in order for m in methods
+                if m in targets[n]["accuracy"].get(mode, {}).get("methods", {})]
         if not cols:
             continue
         L += ["", f"Target test top-1 % — {mode.upper()}, final epoch", "",
@@ -271,13 +272,23 @@ def _target_tables(t: dict[str, Any], methods: Sequence[str], pruned: Sequence[f
               f"`{t.get('criterion', 'final')}`):", "",
               "| target | method | best winning ratio | accuracy % | 0 % accuracy % |",
               "|---|---|---:|---:|---:|"]
-        for n, tt in targets.items():
-            for m, win in tt["winners"].get(mode, {}).items():
+        for n in order:
+            for m, win in targets[n]["winners"].get(mode, {}).items():
                 br = ratio_label(win["ratio"]) if win["ratio"] > 0 else "none (0 %)"
                 L.append(f"| {n} | {method_label(m)} | {br} | "
                          f"{_acc((win['mean'], win['std']), ns)} | "
                          f"{_acc((win['ref_mean'], win['ref_std']), ns)} |")
     return L
+
+
+def target_order(t: dict[str, Any]) -> list[str]:
+    """The names of a cost table's targets (``t["targets"]``) in the order given (``--target``):
+    the first is the one the main tables show. ``results.json`` is written with sorted keys, so
+    the order is read from ``target_rows`` (a list: every run's rows, target by target in the
+    order given); targets without rows follow in the object's order."""
+    names = list(t.get("targets") or {})
+    rows = [r.get("target") for r in t.get("target_rows") or [] if isinstance(r, dict)]
+    return [n for n in dict.fromkeys(rows) if n in names] + [n for n in names if n not in rows]
 
 
 def _crit_text(t: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .markdown import method_dash, method_style, no_surrogate_labels
+from .markdown import method_dash, method_style, no_surrogate_labels, target_order
 from ..pipeline.report import mean_std
 from .stats import PAPER_TOTAL_HOURS, paper_reduction
 
@@ -56,7 +56,7 @@ def plot_accuracy(t: dict[str, Any], path: Path) -> None:
 
 def _first_target(t: dict[str, Any]) -> str:
     if t.get("targets"):
-        return next(iter(t["targets"]))
+        return target_order(t)[0]
     return t["config"].get("target") or "first"
 
 
@@ -86,8 +86,8 @@ def plot_targets(t: dict[str, Any], path: Path) -> None:
     nr, nc = max(1, len(modes)), len(targets)
     fig, axes = plt.subplots(nr, nc, figsize=(4.4 * nc, 3.8 * nr), squeeze=False)
     for i, mode in enumerate(modes):
-        for j, (name, tt) in enumerate(targets.items()):
-            ax, acc = axes[i][j], tt["accuracy"][mode]
+        for j, name in enumerate(target_order(t)):
+            ax, acc = axes[i][j], targets[name]["accuracy"][mode]
             _curves(ax, t, acc)
             ref = acc["reference"][0]
             if not math.isnan(ref):

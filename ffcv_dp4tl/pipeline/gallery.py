@@ -7,6 +7,8 @@ RANDOM, the baselines) by how many train samples of the class the mask kept. Row
 class name from the manifest (the wnid on ImageNet, with its description when the build recorded
 one); on data with ground truth (``synth``) a row is marked **related** (green) or not (red), and
 the title gives the recall of the mapped classes, so a wrong selection is visible at a glance.
+With several targets the left side shows each target's classes in turn, and related / mapped
+means to any of them: the union of their ground truths that report.md measures.
 
 Images are read straight from the WebDataset shards (one JPEG per image, by index), so the
 gallery costs a few dozen decodes whatever the dataset's size.
@@ -14,8 +16,9 @@ gallery costs a few dozen decodes whatever the dataset's size.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -26,8 +29,9 @@ from ..fsutil import atomic_write_bytes
 from ..scoring.ground_truth import GroundTruth, load_ground_truth, selection_quality
 from ..scoring.ranking import rank
 from .scores_io import load_scores
+from .targets import display_names
 
-__all__ = ["GALLERY", "kept_class_ranking", "selection_gallery"]
+__all__ = ["GALLERY", "GalleryPlan", "gallery_plan", "kept_class_ranking", "selection_gallery"]
 
 #: the gallery's file name in a run's report folder (linked from report.md)
 GALLERY = "selection.png"
@@ -66,37 +70,93 @@ def _class_label(manifest, k: int) -> str:
     return name if len(name) <= 30 else name[:29] + "…"
 
 
-def selection_gallery(source_dir: str | Path, target_dir: str | Path, mask: str | Path,
-                      out_png: str | Path, *, scores_dir: str | Path | None = None,
-                      top: int = 8, per_class: int = 4, title: str = "",
-                      ground_truth: GroundTruth | None | bool = True) -> Path:
+@dataclass
+class GalleryPlan:
+    """What :func:`selection_gallery` draws, before any image is read: the headings, one row per
+    target class (label, that target's train split, image indices) and one per kept source
+    class (label, mark, colour, image indices). ``colour``/``mark`` come from the ground truth
+    of *all* targets (None without one)."""
+
+    title: str
+    target_heading: str
+    source_heading: str
+    target_rows: list[tuple[str, Any, np.ndarray]]
+    source_rows: list[tuple[str, str, str | None, np.ndarray]]
+    source_split: Any
+
+
+def gallery_plan(source_dir: str | Path, target_dir: str | Path | Sequence[str | Path],
+                 mask: str | Path, *, scores_dir: str | Path | None = None, top: int = 8,
+                 per_class: int = 4, title: str = "",
+                 ground_truth: GroundTruth | None | bool = True) -> GalleryPlan:
+    """The :class:`GalleryPlan` of :func:`selection_gallery` (same arguments)."""
+    target_dirs = ([target_dir] if isinstance(target_dir, (str, Path)) else list(target_dir))
+    src = load_manifest(source_dir)
+    tgts = [load_manifest(d) for d in target_dirs]
+    split = src.split("train")
+    labels = np.asarray(split.load_labels(), dtype=np.int64)
+    kept = load_mask(mask, split).indices
+    # every target's truth: the union report.md's ground truth measures (truth.selection_truth)
+    gt = (load_ground_truth(source_dir, target_dirs) if ground_truth is True
+          else (ground_truth or None))
+    ranked = kept_class_ranking(labels, kept, scores_dir)
+    kept_labels = labels[kept]
+    mapped = set(gt.mapped_classes) if gt is not None else set()
+    related = gt.related if gt is not None else None
+    source_rows = []
+    for r, k in enumerate(ranked[:top]):
+        mark = "" if gt is None else ("  ✓ mapped" if k in mapped else
+                                      ("  related" if related[k] else "  unrelated"))
+        colour = None if gt is None else ("tab:green" if related[k] else "tab:red")
+        source_rows.append((f"#{r + 1} {_class_label(src, k)}{mark}", mark, colour,
+                            kept[kept_labels == k][:per_class]))
+    # the targets' classes, one of each target in turn (a single target: its first ``top``)
+    multi = len(tgts) > 1
+    names = display_names([Path(d) for d in target_dirs]) if multi else [
+        tgts[0].name or Path(target_dirs[0]).name]
+    tsplits = [t.split("train") for t in tgts]
+    tlabels = [np.asarray(ts.load_labels(), dtype=np.int64) for ts in tsplits]
+    target_rows = []
+    for c in range(max(t.num_classes for t in tgts)):
+        for name, t, ts, tl in zip(names, tgts, tsplits, tlabels):
+            if c < t.num_classes and len(target_rows) < top:
+                label = _class_label(t, c)
+                target_rows.append((f"{name}: {label}" if multi else label, ts,
+                                    np.flatnonzero(tl == c)[:per_class]))
+    head = title or "Selection"
+    if multi:
+        head += f" — targets {', '.join(names)}"
+    if gt is not None:
+        q = selection_quality(gt, kept_labels)
+        head += (f" — mapped classes kept {100 * q['mapped_recall']:.0f} %, related samples "
+                 f"{100 * q['related_samples']:.0f} % (chance {100 * gt.chance(labels):.0f} %)")
+    return GalleryPlan(title=head,
+                       target_heading=f"target{'s' if multi else ''} {', '.join(names)}",
+                       source_heading=f"top kept source classes ({len(ranked)} kept)",
+                       target_rows=target_rows, source_rows=source_rows, source_split=split)
+
+
+def selection_gallery(source_dir: str | Path, target_dir: str | Path | Sequence[str | Path],
+                      mask: str | Path, out_png: str | Path, *,
+                      scores_dir: str | Path | None = None, top: int = 8, per_class: int = 4,
+                      title: str = "", ground_truth: GroundTruth | None | bool = True) -> Path:
     """Write ``out_png``: the target's classes (left) beside the ``top`` best kept source
-    classes (right), ``per_class`` images each. ``mask``: the train mask of the selection;
-    ``scores_dir``: its scores (ranks class-unit selections). ``ground_truth``: True = load it
-    from the manifests when the data has it, None/False = none, or a :class:`GroundTruth`."""
+    classes (right), ``per_class`` images each. ``target_dir``: one target, or the several a
+    run selected for (their classes in turn on the left; related / mapped then means to any of
+    them, as in report.md). ``mask``: the train mask of the selection; ``scores_dir``: its
+    scores (ranks class-unit selections). ``ground_truth``: True = load it from the manifests
+    when the data has it, None/False = none, or a :class:`GroundTruth`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    src, tgt = load_manifest(source_dir), load_manifest(target_dir)
-    split = src.split("train")
-    labels = np.asarray(split.load_labels(), dtype=np.int64)
-    kept = load_mask(mask, split).indices
-    gt = load_ground_truth(source_dir, target_dir) if ground_truth is True else (ground_truth or None)
-    ranked = kept_class_ranking(labels, kept, scores_dir)
-    rows_src = ranked[:top]
-    kept_labels = labels[kept]
-    src_imgs = []
-    for k in rows_src:
-        idx = kept[kept_labels == k][:per_class]
-        src_imgs.append(_read_images(split, idx))
-    tsplit = tgt.split("train")
-    tlabels = np.asarray(tsplit.load_labels(), dtype=np.int64)
-    rows_tgt = list(range(min(top, tgt.num_classes)))
-    tgt_imgs = [_read_images(tsplit, np.flatnonzero(tlabels == c)[:per_class]) for c in rows_tgt]
+    plan = gallery_plan(source_dir, target_dir, mask, scores_dir=scores_dir, top=top,
+                        per_class=per_class, title=title, ground_truth=ground_truth)
+    src_imgs = [_read_images(plan.source_split, idx) for *_, idx in plan.source_rows]
+    tgt_imgs = [_read_images(ts, idx) for _, ts, idx in plan.target_rows]
 
-    nrows = max(len(rows_src), len(rows_tgt), 1)
+    nrows = max(len(plan.source_rows), len(plan.target_rows), 1)
     ncols = 2 * per_class + 1
     fig, axes = plt.subplots(nrows, ncols, figsize=(0.95 * ncols + 3.2, 0.95 * nrows + 1.0),
                              squeeze=False, gridspec_kw={"wspace": 0.05, "hspace": 0.12,
@@ -105,36 +165,24 @@ def selection_gallery(source_dir: str | Path, target_dir: str | Path, mask: str 
         ax.set_xticks([]), ax.set_yticks([])
         for s in ax.spines.values():
             s.set_visible(False)
-    for r, (c, imgs) in enumerate(zip(rows_tgt, tgt_imgs)):
+    for r, ((label, _, _), imgs) in enumerate(zip(plan.target_rows, tgt_imgs)):
         for j, im in enumerate(imgs):
             axes[r, j].imshow(im, interpolation="nearest")
-        axes[r, 0].set_ylabel(_class_label(tgt, c), rotation=0, ha="right", va="center", fontsize=7)
-    mapped = set(gt.mapped_classes) if gt is not None else set()
-    related = gt.related if gt is not None else None
-    for r, (k, imgs) in enumerate(zip(rows_src, src_imgs)):
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    for r, ((label, _, colour, _), imgs) in enumerate(zip(plan.source_rows, src_imgs)):
         for j, im in enumerate(imgs):
             ax = axes[r, per_class + 1 + j]
             ax.imshow(im, interpolation="nearest")
-            if related is not None:
-                colour = "tab:green" if related[k] else "tab:red"
+            if colour is not None:
                 for s in ax.spines.values():
                     s.set_visible(True), s.set_color(colour), s.set_linewidth(2)
         ax = axes[r, ncols - 1]
         ax.yaxis.set_label_position("right")
-        mark = "" if gt is None else ("  ✓ mapped" if k in mapped else
-                                      ("  related" if related[k] else "  unrelated"))
-        ax.set_ylabel(f"#{r + 1} {_class_label(src, k)}{mark}", rotation=0, ha="left",
-                      va="center", fontsize=7,
-                      color="black" if gt is None else ("tab:green" if related[k] else "tab:red"))
-    axes[0, 0].set_title(f"target {tgt.name or Path(target_dir).name}", loc="left", fontsize=8)
-    axes[0, per_class + 1].set_title(f"top kept source classes ({len(ranked)} kept)", loc="left",
-                                     fontsize=8)
-    head = title or "Selection"
-    if gt is not None:
-        q = selection_quality(gt, kept_labels)
-        head += (f" — mapped classes kept {100 * q['mapped_recall']:.0f} %, related samples "
-                 f"{100 * q['related_samples']:.0f} % (chance {100 * gt.chance(labels):.0f} %)")
-    fig.suptitle(head, fontsize=9)
+        ax.set_ylabel(label, rotation=0, ha="left", va="center", fontsize=7,
+                      color=colour or "black")
+    axes[0, 0].set_title(plan.target_heading, loc="left", fontsize=8)
+    axes[0, per_class + 1].set_title(plan.source_heading, loc="left", fontsize=8)
+    fig.suptitle(plan.title, fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -59,6 +59,27 @@ def method_label(method: str) -> str:
         return method.upper()
 
 
+def run_title(cfg: dict[str, Any]) -> str:
+    """``LM (reversed) at ratio 0.6``: how report.md and the selection gallery name a run."""
+    return (f"{method_title(method_label(cfg['method']), cfg.get('order', 'ordered'))} "
+            f"at ratio {cfg['ratio']}")
+
+
+def recipes_line(res: PipelineResult) -> str:
+    """report.md's ``recipes:`` line; with several targets whose LP/FF recipes differ (the
+    paper-code protocol picks them per dataset, Tab. A1), those of each target."""
+    def cell(recipes: dict[str, str]) -> str:  # in the stages' order (results.json sorts keys)
+        roles = ("surrogate", "pretrain", "lp", "ff")
+        return ", ".join(f"{k}=`{v}`" for k, v in sorted(
+            recipes.items(), key=lambda kv: roles.index(kv[0]) if kv[0] in roles else len(roles)))
+
+    per = {n: res.target_recipes[n] for n in res.targets if n in res.target_recipes}
+    if len({tuple(sorted(r.items())) for r in per.values()}) <= 1:
+        return "- recipes: " + cell(res.recipes)
+    shared = {k: v for k, v in res.recipes.items() if k not in ("lp", "ff")}
+    return "- recipes: " + cell(shared) + "".join(f"; `{n}`: {cell(r)}" for n, r in per.items())
+
+
 def _fraction(pr: dict[str, Any]) -> str:
     """" (kept sample fraction 0.412 at ratio 0.6 of clusters)" — the sample share beside the
     unit ratio (they differ for class/cluster units of unequal sizes)."""
@@ -77,16 +98,15 @@ def write_report(res: PipelineResult, out: Path) -> None:
     cfg = res.config
     pr = res.find("prune")
     pr = pr.values if pr is not None else None
-    title = method_title(method_label(cfg["method"]), cfg.get("order", "ordered"))
     per_target = res.per_target
     tlines = ([f"- target: `{res.target}`"] if not res.targets else
-              [f"- targets ({len(per_target)}, one selection for all, weights "
+              [f"- targets ({len(res.targets)}, one selection for all, weights "
                f"{', '.join(f'{w:g}' for w in res.target_weights)}): "
                + ", ".join(f"{n} `{d}`" for n, d in res.targets.items())])
-    lines = [f"# DP4TL run: {title} at ratio {cfg['ratio']}", "",
+    lines = [f"# DP4TL run: {run_title(cfg)}", "",
              f"- source: `{res.source}`", *tlines,
              f"- protocol: `{res.protocol}`",
-             f"- recipes: {', '.join(f'{k}=`{v}`' for k, v in res.recipes.items())}"]
+             recipes_line(res)]
     for role, what in (("surrogate", "surrogate"), ("pretrain", "source model")):
         r = res.find(role)
         if r is not None and r.values.get("brought"):
@@ -96,7 +116,7 @@ def write_report(res: PipelineResult, out: Path) -> None:
     if pr is not None:
         lines.append(f"- kept: {len(pr.get('kept_units', [])) or '-'} {UNIT_PLURAL[pr['unit']]}, "
                      f"{pr['train_kept']} train samples" + _fraction(pr))
-    lines += truth_lines(res.ground_truth)
+    lines += truth_lines(res.ground_truth, cfg.get("order", "ordered"))
     if (out / GALLERY).exists():
         lines += ["", f"![what was kept, beside the target (Fig. A7)]({GALLERY})"]
     lines += ["", "| stage | wall s | result |", "|---|---:|---|"]
@@ -104,7 +124,8 @@ def write_report(res: PipelineResult, out: Path) -> None:
         lines.append(f"| {name} | {run.seconds:.1f} | {describe(run.result)} |")
     total = sum(r.seconds for r in st.values())
     lines += [f"| **total** | {total:.1f} | |", ""]
-    groups = {None: res.summary} if not res.targets else per_target
+    groups = ({None: res.summary} if not res.targets else  # in the order the targets were given
+              {n: per_target.get(n) for n in res.targets})
     for group, summary in groups.items():
         if not summary:
             continue

@@ -171,6 +171,19 @@ def _check_not_the_source(src, tgt) -> None:
                          "target's build or LAYOUT:PATH")
 
 
+def _check_distinct_targets(specs, tgts) -> None:
+    """Two targets with one content fingerprint (one folder given twice, or a copy of it under
+    another path) are one dataset: it would vote twice in the selection and be reported under
+    two names."""
+    seen: dict[str, str] = {}
+    for spec, t in zip(specs, tgts):
+        if t.fingerprint in seen:
+            raise DP4TLError(f"targets {seen[t.fingerprint]!r} and {spec!r} are the same dataset "
+                             "(same content fingerprint); list each target once (to count one "
+                             "more, use --target-weights)")
+        seen[t.fingerprint] = spec
+
+
 def _check_start_from(name: str, recipe, pre_name: str, pre_recipe, brought: str) -> None:
     """finetune.start_from = "best" needs a pretraining that keeps best.pt (train.keep_best);
     checked before any work. Brought source weights are the model itself: nothing to choose."""
@@ -210,12 +223,10 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
     resolved = [resolve_data(replace(cfg, target=t), log) for t in ok.target_specs]
     source_dir, target_dirs = resolved[0][0], tuple(d for _, d in resolved)
     multi = len(target_dirs) > 1
-    if multi and len({str(d.resolve()) for d in target_dirs}) < len(target_dirs):
-        raise DP4TLError(f"targets {list(ok.target_specs)} name the same dataset twice; list each "
-                         "target once")
-    names = tuple(display_names(target_dirs)) if multi else (None,)
     src = load_manifest(source_dir)
     tgts = tuple(load_manifest(d) for d in target_dirs)
+    _check_distinct_targets(ok.target_specs, tgts)
+    names = tuple(display_names(target_dirs)) if multi else (None,)
     scale = cfg.recipes or recipe_scale(src)
     if not cfg.recipes and cfg.protocol == "fast":
         log(f"[recipes] {scale} recipes ({'real' if scale == 'full' else 'embedded synthetic'} "

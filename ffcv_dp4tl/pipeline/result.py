@@ -67,15 +67,18 @@ class PipelineResult:
     seeds: list[int] = field(default_factory=list)
     stages: dict[str, StageRun] = field(default_factory=dict)  # label → stage, in run order
     places: dict[str, StagePlace] = field(default_factory=dict)  # label → its place
-    targets: dict[str, str] = field(default_factory=dict)  # several targets: name → dir
+    #: several targets: name → dir, in the order given (``target_weights`` follow that order)
+    targets: dict[str, str] = field(default_factory=dict)
     target_weights: list[float] = field(default_factory=list)
+    #: several targets: name → {mode: LP/FF recipe name} (``recipes`` holds the first target's)
+    target_recipes: dict[str, dict[str, str]] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     per_target: dict[str, dict[str, Any]] = field(default_factory=dict)
     report: str = ""  # report.md's path
     #: synth data knows the answer: how right the selection is (pipeline/truth.py; None on real data)
     ground_truth: dict[str, Any] | None = None
-    #: a pruned run's selection (source, target, mask, scores dirs) for the gallery
-    selection: dict[str, str] | None = None
+    #: a pruned run's selection (source, target, mask, scores dirs; several targets: targets) for the gallery
+    selection: dict[str, Any] | None = None
     format_version: int = VERSION
 
     # ------------------------------------------------------------------------- building
@@ -121,8 +124,12 @@ class PipelineResult:
             "stage_places": [p.to_json() for p in self.places.values()],
             "stage_dirs": {k: str(r.dir) for k, r in self.stages.items()}}
         if self.targets:
-            out["targets"] = dict(self.targets)
+            # a list, not a dict: results.json is written with sorted keys, which would lose the
+            # order the weights (and "the first target") refer to
+            out["targets"] = [{"name": n, "dir": d} for n, d in self.targets.items()]
             out["target_weights"] = list(self.target_weights)
+            if self.target_recipes:
+                out["target_recipes"] = self.target_recipes
         out["seeds"] = list(self.seeds)
         out["summary"] = self.summary
         if self.targets:
@@ -145,8 +152,9 @@ class PipelineResult:
         res = cls(config=data.get("config") or {}, source=str(data.get("source", "")),
                   target=str(data.get("target", "")), protocol=str(data.get("protocol", "")),
                   recipes=dict(data.get("recipes") or {}), seeds=list(data.get("seeds") or []),
-                  targets=dict(data.get("targets") or {}),
+                  targets=_targets_from_json(data, source),
                   target_weights=list(data.get("target_weights") or []),
+                  target_recipes=dict(data.get("target_recipes") or {}),
                   summary=data.get("summary") or {}, per_target=data.get("per_target") or {},
                   report=str(data.get("report", "")), ground_truth=data.get("ground_truth"),
                   selection=data.get("selection"), format_version=version)
@@ -157,3 +165,23 @@ class PipelineResult:
             res.add(places[label], StageRun(StageResult.from_json(d, source),
                                             Path(dirs.get(label, "")), ran=False))
         return res
+
+
+def _targets_from_json(data: dict[str, Any], source: object) -> dict[str, str]:
+    """``targets`` in the order given: the list :meth:`PipelineResult.to_json` writes, or the
+    name → dir object of files written before 2026-12-04 (its keys sorted by the writer), put
+    back in run order: the order the targets' finetuning stages ran (``stage_places`` is a
+    list, in run order), so ``target_weights`` attach to the right targets again."""
+    raw = data.get("targets") or []
+    bad = DataError(f"{source}: \"targets\" must be a list of {{name, dir}} objects; restore "
+                    "the file or rerun the pipeline (its stages are cached)")
+    if isinstance(raw, list):
+        try:
+            return {str(t["name"]): str(t["dir"]) for t in raw}
+        except (TypeError, KeyError):
+            raise bad from None
+    if not isinstance(raw, dict):
+        raise bad
+    run_order = [p.get("target") for p in data.get("stage_places") or [] if isinstance(p, dict)]
+    order = [n for n in dict.fromkeys(run_order) if n in raw] + [n for n in raw if n not in run_order]
+    return {str(n): str(raw[n]) for n in order}

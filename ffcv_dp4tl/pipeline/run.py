@@ -43,7 +43,7 @@ from ..scoring.registry import TRAJECTORY
 from .config import Checked, PipelineConfig, validate
 from .gallery import GALLERY, selection_gallery
 from .prune import prune
-from .report import method_label, summarize_seeds, write_report
+from .report import run_title, summarize_seeds, write_report
 from .resolve import Resolved, resolve, seed_overrides, with_seed
 from .result import PipelineResult, StagePlace, stage_label
 from .score import score
@@ -66,6 +66,8 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print) -> PipelineResult:
     if r.multi:
         res.targets = {n: str(d) for n, d in zip(r.target_names, r.target_dirs)}
         res.target_weights = list(ok.weights) or [1.0] * len(r.target_dirs)
+        res.target_recipes = {n: {m: name for m, (name, _) in ft.items()}
+                              for n, ft in zip(r.target_names, r.finetune)}
     sur = surrogate_stage(cfg, ok, r, res, log)
     if cfg.source_weights:
         pretrained = brought_source_stage(cfg, ok, r, res, log)
@@ -208,6 +210,8 @@ def prune_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, sc: Stage, res: P
     if cfg.ratio > 0:  # what the report's gallery shows (Fig. A7)
         res.selection = {"source": str(r.source_dir), "target": str(r.target_dir),
                          "mask": str(pr.dir / "train.npy"), "scores": str(sc.dir)}
+        if r.multi:  # the gallery's truth is every target's, as the report's (selection_truth)
+            res.selection["targets"] = [str(d) for d in r.target_dirs]
     return pr
 
 
@@ -298,9 +302,9 @@ def report_step(cfg: PipelineConfig, ok: Checked, r: Resolved, res: PipelineResu
     if res.selection and (not (report_dir / GALLERY).exists()
                           or any(run.ran for run in res.stages.values())):
         sel = res.selection  # the paper's Fig. A7: what was kept, beside the target
-        selection_gallery(sel["source"], sel["target"], sel["mask"], report_dir / GALLERY,
-                          scores_dir=sel["scores"],
-                          title=f"{method_label(cfg.method)} at ratio {cfg.ratio}")
+        selection_gallery(sel["source"], sel.get("targets") or sel["target"], sel["mask"],
+                          report_dir / GALLERY, scores_dir=sel["scores"],
+                          title=run_title(res.config))
     write_report(res, report_dir)
     res.report = str(report_dir / "report.md")
     log(f"[report] {res.report}")

@@ -5,7 +5,9 @@ of :mod:`ffcv_dp4tl.scoring.ground_truth` as one flat dict (``None`` when the da
 ground truth, e.g. real datasets, or when nothing was selected):
 
 * ``recall`` — class units only: the recall of the mapped source classes in the top-k classes
-  (k = the number of mapped classes), ``recall_chance`` = k / C (a random ranking);
+  of the scores' ranking (k = the number of mapped classes), ``recall_chance`` = k / C (a random
+  ranking). It measures the *ranking*, whichever end the prune kept: under ``order=reversed``
+  the selection is the other end, measured by the columns below;
 * ``mapped_kept`` — share of mapped classes with >= 1 kept sample (every unit);
 * ``related_samples`` / ``related_classes`` — share of kept samples / kept classes from the
   target's related superclasses; ``chance`` — the related share of the whole source (RANDOM's
@@ -20,7 +22,7 @@ from ..scoring.ground_truth import load_ground_truth, mask_quality, random_topk_
 from .scores_io import load_scores
 
 #: the columns reports show, in order, with their headers
-TRUTH_COLUMNS = (("recall", "top-k recall"), ("related_samples", "related samples"),
+TRUTH_COLUMNS = (("recall", "ranking top-k recall"), ("related_samples", "related samples"),
                  ("related_classes", "related classes"), ("mapped_kept", "mapped kept"))
 
 
@@ -50,19 +52,24 @@ def truth_cells(t: dict[str, Any] | None) -> list[str]:
     return ["–" if t.get(k) is None else f"{t[k]:.2f}" for k, _ in TRUTH_COLUMNS]
 
 
-def truth_lines(t: dict[str, Any] | None) -> list[str]:
-    """report.md lines for one run's ground truth (none without it)."""
+def truth_lines(t: dict[str, Any] | None, order: str = "ordered") -> list[str]:
+    """report.md lines for one run's ground truth (none without it). ``order``: the run's
+    pruning order; a reversed run says that the recall is of the ranking, not of its selection."""
     if not t:
         return []
     rec = ("–" if t.get("recall") is None else
            f"{t['recall']:.2f} (random ranking: {t['recall_chance']:.2f})")
+    note = ([] if order == "ordered" or t.get("recall") is None else
+            ["", f"(order {order}: the ranking's top-k recall is of the scores' best end; this run "
+             "kept the other end, which the kept columns measure)"])
     return ["", "Selection against the ground truth (synth data: the target's classes were drawn "
             f"from {t['mapped_classes']} known source classes):", "",
-            "| top-k recall of the mapped classes | mapped classes kept | related samples kept "
+            "| ranking's top-k recall of the mapped classes | mapped classes kept | related samples kept "
             "| related classes kept | related share of the source (RANDOM) |",
             "|---:|---:|---:|---:|---:|",
             f"| {rec} | {t['mapped_kept']:.2f} | {t['related_samples']:.2f} | "
-            f"{t['related_classes']:.2f} ({t['kept_classes']} classes) | {t['chance']:.2f} |"]
+            f"{t['related_classes']:.2f} ({t['kept_classes']} classes) | {t['chance']:.2f} |",
+            *note]
 
 
 def truth_table(rows: Sequence[dict[str, Any]], labels: Sequence[str], methods: Sequence[str],
@@ -81,8 +88,9 @@ def truth_table(rows: Sequence[dict[str, Any]], labels: Sequence[str], methods: 
     if not cells:
         return []
     out = ["", "### Selection against the ground truth (synth data)", "",
-           "Mean over seeds. top-k recall: the target's mapped source classes among the k "
-           "best-scored (class units); related samples / classes: share of the kept ones from the "
+           "Mean over seeds. ranking top-k recall: the target's mapped source classes among the "
+           "k best-scored (class units; of the ranking, also for a reversed order, which keeps "
+           "the other end); related samples / classes: share of the kept ones from the "
            "target's related superclasses (RANDOM keeps them at the source's share).", "",
            "| method | ratio | " + " | ".join(h for _, h in TRUTH_COLUMNS) + " | source share | seeds |",
            "|---|---:|" + "---:|" * (len(TRUTH_COLUMNS) + 2)]

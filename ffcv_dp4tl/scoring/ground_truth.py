@@ -87,23 +87,38 @@ def ground_truth_from_extra(source_extra: dict[str, Any], targets: Sequence[str]
                        mapped_classes=tuple(sorted(mapped)), class_names=tuple(class_names))
 
 
-def _target_name(target: str | Path) -> str:
-    """A synth target's name: from its manifest (``extra.target``) when ``target`` is a built
-    directory, else the string itself (``warm``)."""
-    p = Path(target)
-    if (p / "manifest.json").exists():
-        from ..data.manifest import load_manifest
+def _target_name(target: str | Path, source_extra: dict[str, Any]) -> str | None:
+    """The name under which the source's manifest records ``target``'s ground truth, or None.
 
-        name = load_manifest(p).contract.extra.get("target")
-        if name:
-            return str(name)
-    return p.name
+    A built directory: its manifest's ``extra.target``, and only when the target records the
+    synth build the source records (same ``synth_config`` where both have one) and the class
+    mapping the source records for that name — a target from another synth build (synth:bench's
+    ``warm`` beside a synth:tiny source) shares the name, not the answer. Any other string is a
+    synth target's name (``warm``), looked up in the source's own record."""
+    p = Path(target)
+    if not (p / "manifest.json").exists():
+        return p.name
+    from ..data.manifest import load_manifest
+
+    extra = load_manifest(p).contract.extra
+    name = extra.get("target")
+    known = (source_extra.get("targets") or {}).get(name) if name else None
+    if not known:
+        return None
+    src_cfg, tgt_cfg = source_extra.get("synth_config"), extra.get("synth_config")
+    if src_cfg is not None and tgt_cfg is not None and src_cfg != tgt_cfg:
+        return None
+    if any(extra.get(k) != known.get(k) for k in ("source_classes_of_class",
+                                                  "related_superclasses")):
+        return None
+    return str(name)
 
 
 def load_ground_truth(source_dir: str | Path, targets: str | Path | Iterable[str | Path]
                       ) -> GroundTruth | None:
     """Ground truth for the built ``source_dir`` and one or several targets (built target
-    directories or synth target names); ``None`` when the data carries none (real data)."""
+    directories or synth target names); ``None`` when the data carries none (real data) or a
+    target is not the one the source's record describes (:func:`_target_name`)."""
     from ..data.manifest import load_manifest
 
     if isinstance(targets, (str, Path)):
@@ -112,8 +127,11 @@ def load_ground_truth(source_dir: str | Path, targets: str | Path | Iterable[str
         m = load_manifest(source_dir)
     except DataError:
         return None
-    return ground_truth_from_extra(m.contract.extra, [_target_name(t) for t in targets],
-                                   m.classes)
+    extra = m.contract.extra
+    names = [_target_name(t, extra) for t in targets]
+    if any(n is None for n in names):
+        return None
+    return ground_truth_from_extra(extra, names, m.classes)
 
 
 # ------------------------------------------------------------------ measures

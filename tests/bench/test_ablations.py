@@ -112,6 +112,36 @@ def test_two_targets_select_once_and_report_each_accuracy(base):
 
 
 @pytest.mark.slow
+def test_two_targets_reversed_outputs_name_every_target_in_order(base, monkeypatch):
+    """``--target warm,paper --target-weights 3,1 --order reversed``: the gallery gets both
+    targets and report.md's title; results.json keeps the targets' order (so their weights)
+    and each target's recipes."""
+    import json
+
+    import ffcv_dp4tl.pipeline.run as run_mod
+
+    drawn = []
+    real = run_mod.selection_gallery
+    monkeypatch.setattr(run_mod, "selection_gallery",
+                        lambda *a, **k: drawn.append((a, k)) or real(*a, **k))
+    cfg = replace(base, target="", targets=TWO_TARGETS, target_weights=(3.0, 1.0),
+                  order="reversed")
+    res = _quiet(cfg)
+    (args, kw), = drawn
+    assert [Path(p).name for p in args[1]] == list(TWO_TARGETS)
+    assert kw["title"] == "LM (reversed) at ratio 0.5"
+    report = Path(res.report).read_text()
+    assert "# DP4TL run: LM (reversed) at ratio 0.5" in report
+    assert "weights 3, 1): warm `" in report and "kept the other end" in report
+    back = PipelineResult.from_json(json.loads((Path(res.report).parent / "results.json")
+                                               .read_text()))
+    assert list(back.targets) == list(TWO_TARGETS) and back.target_weights == [3.0, 1.0]
+    assert back.selection["targets"] == [back.targets[n] for n in TWO_TARGETS]
+    assert set(back.target_recipes) == set(TWO_TARGETS)
+    assert all(set(r) == {"lp"} for r in back.target_recipes.values())
+
+
+@pytest.mark.slow
 def test_target_sets_and_orders_have_their_own_stage_keys(base):
     from ffcv_dp4tl.pipeline.stages import key_of
     from ffcv_dp4tl.pipeline.targets import score_key

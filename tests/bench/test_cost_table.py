@@ -367,3 +367,57 @@ def test_a_tied_seed_is_not_a_win():
     rows[-1]["lp_top1"] = 53.0  # seed 2: LM 53 vs RANDOM 52, the only win
     (v,) = versus_random(rows, "lp", ["lm"], [0.6])
     assert (v["wins"], v["paired"]) == (1, 3)
+
+
+def _two_target_table() -> dict:
+    """A cost table of two targets as run_cost_table makes it: given as ``warm,blur`` (not in
+    sorted order) with weights 3, 1; LM wins on warm, loses on blur."""
+    methods, ratios, seeds = ["lm", "random"], [0.0, 0.6], [0, 1]
+    target_rows = {}
+    for name, lm in (("warm", 70.0), ("blur", 40.0)):
+        rows = [_row(REFERENCE, 0.0, s, 0, 0, 100.0, 60.0) for s in seeds]
+        rows += [_row("lm", 0.6, s, 1, 1, 40.0, lm + s) for s in seeds]
+        rows += [_row("random", 0.6, s, 0, 0, 40.0, 50.0 + s) for s in seeds]
+        target_rows[name] = [{**r, "target": name} for r in rows]
+    t = summarize(target_rows["warm"], methods=methods, ratios=ratios, seeds=seeds,
+                  finetune=["lp"])
+    t["targets"] = {}
+    for name, trows in target_rows.items():
+        ts = summarize(trows, methods=methods, ratios=ratios, seeds=seeds, finetune=["lp"])
+        t["targets"][name] = {k: ts[k] for k in ("accuracy", "accuracy_best", "winners")}
+    t["target_rows"] = [r for trows in target_rows.values() for r in trows]
+    t["target_weights"] = [3.0, 1.0]
+    t.update(config={"source": "synth:bench", "target": "", "targets": ["warm", "blur"],
+                     "fmt": "wds", "recipes": "bench", "k": 64, "overrides": []},
+             surrogate_s=1.0, command="dp4tl bench cost-table", recipes={},
+             machine=machine_info(), date="today")
+    return t
+
+
+def test_render_keeps_several_targets_in_the_order_given(tmp_path):
+    """`dp4tl bench render` of a several-target table keeps its per-target section and data
+    (targets, target_rows, target_weights), and the first target stays the first given, though
+    results.json sorts its keys."""
+    import ffcv_dp4tl.bench.cost_table as ct
+    from ffcv_dp4tl.bench.markdown import target_order
+    from ffcv_dp4tl.bench.plots import _first_target
+
+    out = tmp_path / "out"
+    ct.write_outputs(_two_target_table(), out)
+    saved = json.loads((out / "results.json").read_text())
+    assert list(saved["targets"]) == ["blur", "warm"]  # the writer sorts keys
+    assert target_order(saved) == ["warm", "blur"] and _first_target(saved) == "warm"
+    t = ct.rerender(out)
+    again = json.loads((out / "results.json").read_text())
+    for key in ("targets", "target_rows", "target_weights"):
+        assert again[key] == saved[key], key
+    report = (out / "report.md").read_text()
+    assert "Several targets (Fig. A5)" in report and "weights 3, 1" in report
+    assert "(`warm`, `blur`;" in report and "the first target's (`warm`)" in report
+    assert report.index("warm: LM") < report.index("blur: LM")
+    assert (out / "accuracy-targets.png").read_bytes()[:4] == b"\x89PNG"
+    assert t["targets"]["warm"]["winners"]["lp"]["lm"]["ratio"] == 0.6
+    assert t["targets"]["blur"]["winners"]["lp"]["lm"]["ratio"] == 0.0
+    # another criterion judges every target's winners again
+    best = ct.rerender(out, "best")
+    assert best["criterion"] == "best" and set(best["targets"]) == {"warm", "blur"}

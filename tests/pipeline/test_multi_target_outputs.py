@@ -1,0 +1,175 @@
+"""What several targets (and a reversed order) show in a run's outputs: the gallery's ground
+truth covers every target, results.json keeps the order the targets were given in, a target
+given twice under two paths is refused, the recipes line names each target's recipes, and a
+target from another synth build gets no ground truth. Tiny built data, no training."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.fsutil import atomic_write_json
+from ffcv_dp4tl.pipeline.result import PipelineResult, StagePlace
+from ffcv_dp4tl.scoring.ground_truth import load_ground_truth
+
+
+@pytest.fixture(scope="module")
+def two(data_root) -> Path:
+    """:data:`tiny_data.SYNTH_TWO_TARGETS` in the session's data root (``targets/warm``,
+    ``targets/paper``; the ablation tests use the same build)."""
+    from tiny_data import SYNTH_TWO_TARGETS
+
+    from ffcv_dp4tl.pipeline.resolve import ensure_built
+
+    return ensure_built(SYNTH_TWO_TARGETS, data_root, lambda s: None)
+
+
+def _mask(root: Path, out: Path, classes) -> Path:
+    from ffcv_dp4tl.data.manifest import load_manifest
+    from ffcv_dp4tl.data.masks import mask_from_classes, save_mask
+
+    split = load_manifest(root / "source").split("train")
+    return save_mask(out, mask_from_classes(split, list(classes)))
+
+
+# ----------------------------------------------------------------------------- gallery
+def test_the_gallery_of_two_targets_marks_classes_related_to_either(two, tmp_path):
+    """A class related to the second target only is drawn "mapped"/"related", not "unrelated",
+    and the title's related-samples share is report.md's (selection_truth over both)."""
+    from ffcv_dp4tl.pipeline.gallery import gallery_plan, selection_gallery
+    from ffcv_dp4tl.pipeline.truth import selection_truth
+
+    src, warm, paper = two / "source", two / "targets" / "warm", two / "targets" / "paper"
+    first = load_ground_truth(src, warm)
+    both = load_ground_truth(src, [warm, paper])
+    only_second = [k for k in range(both.num_classes) if both.related[k] and not first.related[k]]
+    assert only_second, "the two targets' related superclasses should differ"
+    mask = _mask(two, tmp_path / "m.npy", only_second)
+    plan = gallery_plan(src, [warm, paper], mask, top=8, per_class=1, title="LM at ratio 0.5")
+    assert plan.source_rows and all(mark in ("  ✓ mapped", "  related")
+                                    for _, mark, _, _ in plan.source_rows)
+    truth = selection_truth(src, [warm, paper], None, mask)
+    assert f"related samples {100 * truth['related_samples']:.0f} %" in plan.title
+    assert "targets warm, paper" in plan.title and plan.target_heading == "targets warm, paper"
+    assert [label.split(":")[0] for label, _, _ in plan.target_rows[:2]] == ["warm", "paper"]
+    png = selection_gallery(src, [warm, paper], mask, tmp_path / "g.png", top=3, per_class=1)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    # one target: as before (its manifest name, no target prefix on the rows)
+    one = gallery_plan(src, warm, mask, top=2, per_class=1)
+    assert one.target_heading == "target synth-warm" and "targets" not in one.title
+    assert ":" not in one.target_rows[0][0]
+
+
+# ------------------------------------------------------------------- ground truth match
+def test_a_target_from_another_synth_build_gets_no_ground_truth(small_synth, tmp_path_factory):
+    """synth:bench's ``warm`` beside a synth:tiny source shares the name, not the answer."""
+    from tiny_data import build_synth
+
+    from ffcv_dp4tl.data.manifest import load_manifest
+    from ffcv_dp4tl.pipeline.truth import selection_truth
+
+    src = small_synth / "source"
+    spec = load_manifest(src).contract.extra["synth"]  # the build's canonical SOURCE text
+    other = build_synth(spec + ",seed=3", tmp_path_factory.mktemp("other_synth"))
+    assert load_ground_truth(src, other / "targets" / "paper") is None
+    assert selection_truth(src, [other / "targets" / "paper"], None, None) is None
+    assert load_ground_truth(src, [small_synth / "targets" / "paper",
+                                   other / "targets" / "paper"]) is None
+    # the source's own target, by folder, by a copy of it, or by name, keeps its truth
+    copy = tmp_path_factory.mktemp("copy") / "paper-copy"
+    shutil.copytree(small_synth / "targets" / "paper", copy)
+    for t in (small_synth / "targets" / "paper", copy, "paper"):
+        assert load_ground_truth(src, t) is not None
+
+
+# -------------------------------------------------------------------- the same target twice
+def test_one_target_given_twice_under_two_paths_is_refused(two, data_root, tmp_path):
+    from tiny_data import SYNTH_TWO_TARGETS
+
+    from ffcv_dp4tl.pipeline.config import PipelineConfig, validate
+    from ffcv_dp4tl.pipeline.resolve import resolve
+
+    copy = tmp_path / "paper-copy"
+    shutil.copytree(two / "targets" / "paper", copy)
+    cfg = PipelineConfig(source=SYNTH_TWO_TARGETS, targets=("paper", str(copy)), fmt="wds",
+                         device="cpu", k=4, finetune=("lp",), data_root=data_root,
+                         runs_root=tmp_path / "runs")
+    with pytest.raises(DP4TLError, match=r"targets 'paper' and '.*paper-copy' are the same "
+                                         r"dataset .*list each target once") as e:
+        resolve(cfg, validate(cfg), lambda s: None)
+    assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ results.json order
+def _multi_result(targets: dict[str, str], weights: list[float]) -> PipelineResult:
+    res = PipelineResult(config={"method": "lm", "ratio": 0.5, "order": "ordered"},
+                         source="src", target=next(iter(targets.values())), protocol="fast",
+                         recipes={"surrogate": "s", "pretrain": "p", "lp": "lp_a", "ff": "ff_a"},
+                         seeds=[0], targets=dict(targets), target_weights=list(weights))
+    res.per_target = {n: {} for n in targets}
+    return res
+
+
+def test_results_json_keeps_the_target_order_and_weights(tmp_path):
+    """``--target warm,blur --target-weights 3,1``: after a save and a load, warm is still the
+    first target and weighs 3 (results.json is written with sorted keys)."""
+    from ffcv_dp4tl.pipeline.report import write_report
+
+    res = _multi_result({"warm": "/d/warm", "blur": "/d/blur"}, [3.0, 1.0])
+    write_report(res, tmp_path / "a")
+    back = PipelineResult.from_json(json.loads((tmp_path / "a" / "results.json").read_text()))
+    assert list(back.targets) == ["warm", "blur"] and back.target_weights == [3.0, 1.0]
+    assert back.target_names == ["warm", "blur"]
+    write_report(back, tmp_path / "b")
+    assert "weights 3, 1): warm `/d/warm`, blur `/d/blur`" in (tmp_path / "b" / "report.md").read_text()
+
+
+def test_results_json_of_older_versions_get_the_run_order_back(tmp_path):
+    """Files written before the fix hold ``targets`` as an object with sorted keys; the order
+    is read back from the stages (a list, in run order)."""
+    data = {"format_version": 1, "config": {}, "source": "s", "target": "/d/warm",
+            "protocol": "fast", "recipes": {}, "stages": {},
+            "stage_places": [StagePlace("finetune-lp@warm", "finetune", 0, "warm", "lp").to_json(),
+                             StagePlace("finetune-lp@blur", "finetune", 0, "blur", "lp").to_json()],
+            "targets": {"warm": "/d/warm", "blur": "/d/blur"}, "target_weights": [3.0, 1.0]}
+    atomic_write_json(tmp_path / "r.json", data)
+    back = PipelineResult.from_json(json.loads((tmp_path / "r.json").read_text()))
+    assert list(back.targets) == ["warm", "blur"]
+    with pytest.raises(Exception, match="list of {name, dir} objects"):
+        PipelineResult.from_json({**data, "targets": ["warm"]}, "r.json")
+
+
+# ------------------------------------------------------------------------ recipes line
+def test_the_recipes_line_names_each_targets_recipes_when_they_differ(tmp_path):
+    from ffcv_dp4tl.pipeline.report import recipes_line, write_report
+
+    res = _multi_result({"warm": "/d/warm", "food101": "/d/food"}, [1.0, 1.0])
+    res.target_recipes = {"warm": {"lp": "lp_a", "ff": "ff_a"},
+                          "food101": {"lp": "lp_a", "ff": "ff_sgd"}}
+    write_report(res, tmp_path)
+    line = recipes_line(PipelineResult.from_json(
+        json.loads((tmp_path / "results.json").read_text())))
+    assert line == ("- recipes: surrogate=`s`, pretrain=`p`; `warm`: lp=`lp_a`, ff=`ff_a`; "
+                    "`food101`: lp=`lp_a`, ff=`ff_sgd`")
+    assert line in (tmp_path / "report.md").read_text()
+    res.target_recipes["food101"]["ff"] = "ff_a"  # the same recipes: one list, as before
+    assert recipes_line(res) == "- recipes: surrogate=`s`, pretrain=`p`, lp=`lp_a`, ff=`ff_a`"
+
+
+# ---------------------------------------------------------------------- reversed order
+def test_a_reversed_run_is_titled_and_its_recall_explained(tmp_path):
+    """The gallery's title is report.md's (``LM (reversed)``), and the ranking's top-k recall
+    is labelled as the ranking's, with a note that a reversed run kept the other end."""
+    from ffcv_dp4tl.pipeline.report import run_title
+    from ffcv_dp4tl.pipeline.truth import truth_lines
+
+    assert run_title({"method": "lm", "order": "reversed", "ratio": 0.6}) == \
+        "LM (reversed) at ratio 0.6"
+    t = {"recall": 1.0, "recall_chance": 0.25, "mapped_classes": 2, "mapped_kept": 0.0,
+         "related_samples": 0.0, "related_classes": 0.0, "kept_classes": 4, "chance": 0.25}
+    rev = "\n".join(truth_lines(t, "reversed"))
+    assert "ranking's top-k recall" in rev and "kept the other end" in rev
+    assert "kept the other end" not in "\n".join(truth_lines(t))
