@@ -88,6 +88,11 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
     if (p / MANIFEST_NAME).exists():
         return p
     if p.exists() and p.is_dir() and not (":" in source or source.startswith("synth")):
+        if (p / "source" / MANIFEST_NAME).exists():  # a synth build: source/ + targets/<name>/
+            targets = sorted(m.parent.name for m in (p / "targets").glob(f"*/{MANIFEST_NAME}"))
+            raise DP4TLError(f"{p} holds a synth build (source/ and targets/): pass --data "
+                             f"{p / 'source'} and --target {p / 'targets'}/NAME"
+                             + (f" (NAME: {', '.join(targets)})" if targets else ""))
         raise DP4TLError(f"{p} is not a built dataset (no {MANIFEST_NAME}); build it with "
                          f"`dp4tl build LAYOUT:{p} --out DIR` and pass DIR")
     from beton_builders.sources import default_max_side, resolve_source, split_note

@@ -162,3 +162,14 @@ def test_real_data_recipes_on_the_cpu_are_announced_before_the_surrogate(
         assert ("(the surrogate likewise)" in warning[0]) == (warned == "likewise")
         assert "resnet50_16ep trains resnet50 for 16 epochs over up to 96 images" in warning[0]
         assert "run on a GPU (--device cuda)" in warning[0]
+
+
+def test_a_synth_build_folder_as_data_says_which_folders_to_pass(small_synth, tmp_path):
+    """A synth build holds source/ and targets/<name>/: given as --data, the line names the two
+    folders to pass (it said "not a built dataset; build it with dp4tl build", wrong advice)."""
+    with pytest.raises(DP4TLError) as e:
+        validate(PipelineConfig(source=str(small_synth), ratio=0.5, runs_root=tmp_path / "r",
+                                data_root=tmp_path / "d"))
+    msg = str(e.value)
+    assert f"--data {small_synth / 'source'}" in msg and "(NAME: paper)" in msg, msg
+    assert "\n" not in msg and not (tmp_path / "r").exists()
