@@ -177,14 +177,19 @@ class AdversarialObjective:
     loader_views = 1
 
     def __init__(self, attack_model: nn.Module, attack: PGDAttack, label_smoothing: float = 0.0,
-                 crop_scale: tuple[float, float] | None = None):
+                 crop_scale: tuple[float, float] | None = None, augment: nn.Module | None = None):
         self.train_aug = train_aug_for(crop_scale)  # as the clean objective's
         self.attack_model = attack_model
         self.attack = attack
         self.crit = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        #: the recipe's photometric augmentation (train.color_jitter / white_balance), applied
+        #: to the clean batch before the attack, as a loader's augmentation would be: the model
+        #: is attacked on, and trains on, the images the clean objective would see
+        self.augment = augment
 
     def __call__(self, train_model: nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor, int]:
-        adv = self.attack.perturb(self.attack_model, batch.images, batch.labels)
+        images = batch.images if self.augment is None else self.augment(batch.images)
+        adv = self.attack.perturb(self.attack_model, images, batch.labels)
         out = train_model(adv)
         loss = self.crit(out, batch.labels)
         correct = (out.detach().argmax(1) == batch.labels).sum()

@@ -433,6 +433,13 @@ def _validate_choices(r: Recipe, source: str) -> None:
         if r.train.batch_size % ssl.bn_splits:
             raise DP4TLError(f"{source}: train.batch_size ({r.train.batch_size}) must be "
                              f"divisible by ssl.bn_splits ({ssl.bn_splits})")
+        jitter = [k for k, on in (("train.color_jitter", r.train.color_jitter),
+                                  ("train.white_balance", r.train.white_balance)) if on]
+        if jitter:  # (MoCo's views take their photometric augmentation from [ssl])
+            raise DP4TLError(f"{source}: {' and '.join(jitter)} apply to supervised training "
+                             f"only; ssl.method = {ssl.method!r} augments its views with "
+                             "ssl.jitter, ssl.p_gray and ssl.p_blur: turn "
+                             f"{'them' if len(jitter) > 1 else 'it'} off")
     cs = r.train.crop_scale
     if len(cs) != 2 or not 0 < cs[0] <= cs[1] <= 1:
         raise DP4TLError(f"{source}: train.crop_scale must be [min, max] with 0 < min <= max <= 1, "
@@ -502,12 +509,6 @@ def _validate_adv(r: Recipe, source: str) -> None:
     if r.ssl.method != "none":
         raise DP4TLError(f"{source}: adv.steps = {a.steps} attacks the classification loss, but "
                          f"ssl.method = {r.ssl.method!r} has no labels; set adv.steps = 0")
-    jitter = [k for k, on in (("train.color_jitter", r.train.color_jitter),
-                              ("train.white_balance", r.train.white_balance)) if on]
-    if jitter:  # (the adversarial objective augments with the crop and flip only)
-        raise DP4TLError(f"{source}: adversarial training (adv.steps = {a.steps}) does not apply "
-                         f"{' or '.join(jitter)}; turn {'them' if len(jitter) > 1 else 'it'} off "
-                         "(the paper's ADV recipes use the crop and flip only)")
 
 
 #: (section, key) → (low, high, low inclusive, high inclusive); None = unbounded. Lists are

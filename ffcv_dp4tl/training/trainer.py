@@ -295,15 +295,16 @@ def build_step_parts(recipe: Recipe, num_classes: int, ctx: dist_.DistContext,
         model.load_state_dict(ckpt.model)
         opt.load_state_dict(ckpt.optimizer)
         scaler.load_state_dict(ckpt.scaler)
+    from .ssl_augment import color_jitter_augment
     if ssl:
         from .moco import MoCoObjective
         objective = MoCoObjective(net, recipe.ssl, ctx)
     elif recipe.adv.steps > 0:  # PGD adversarial training: the plain net attacks (adversarial.py)
         from .adversarial import AdversarialObjective, PGDAttack
         objective = AdversarialObjective(net, PGDAttack.from_recipe(recipe.adv),
-                                         recipe.optim.label_smoothing, tc.crop_scale)
+                                         recipe.optim.label_smoothing, tc.crop_scale,
+                                         color_jitter_augment(recipe.train))
     else:
-        from .ssl_augment import color_jitter_augment
         objective = CrossEntropyObjective(recipe.optim.label_smoothing,
                                           color_jitter_augment(recipe.train), tc.crop_scale)
     if ckpt:

@@ -158,10 +158,6 @@ def test_fingerprint_changes_with_adv_only_when_it_is_on(test_recipe):
     (["adv.steps=3", "adv.eps=0.03", "adv.step_size=-1"], "adv.step_size"),
     (["adv.steps=3", "adv.eps=0.03", "adv.random_start=1"], "adv.random_start"),
     (["adv.iters=3"], "unknown key adv.iters"),
-    # the adversarial objective augments with crop + flip only: a jitter would be ignored
-    (["adv.steps=3", "adv.eps=0.03", "train.color_jitter=[0.4, 0.4, 0.4, 0.0]"],
-     "does not apply train.color_jitter"),
-    (["adv.steps=3", "adv.eps=0.03", "train.white_balance=0.2"], "does not apply train.white_balance"),
 ])
 def test_bad_adv_values_are_one_line_errors(over, msg, test_recipe):
     with pytest.raises(DP4TLError) as e:
@@ -235,3 +231,37 @@ def test_dp4tl_train_cli_reaches_adv_through_set(source_dir, tmp_path):
     # a DP4TLError (the console entry point prints it as one line, exit 2) before any work
     assert isinstance(bad.exception, DP4TLError) and "adv.norm = 'l3'" in str(bad.exception)
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_adversarial_objective_attacks_the_photometrically_augmented_batch():
+    """train.color_jitter / white_balance reach adversarial training too (they were silently
+    dropped): the batch is augmented first, as a loader would, then attacked; the attack sees
+    the augmented images and the clean objective's images are the same ones."""
+    seen = {}
+
+    class Tint(nn.Module):
+        def forward(self, x):
+            return x + 0.5
+
+    class Spy(PGDAttack):
+        def perturb(self, model, images, labels):
+            seen["images"] = images.clone()
+            return images
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    obj = AdversarialObjective(net, Spy(steps=1, eps=0.01, step_size=0.01, norm="linf",
+                                        random_start=False), augment=Tint())
+    images, labels = torch.zeros(2, 3, 2, 2), torch.tensor([0, 1])
+    obj(net, Batch(images, labels, torch.arange(2)))
+    torch.testing.assert_close(seen["images"], images + 0.5)
+    # the trainer builds it with the recipe's augmentation, as the clean objective
+    r = load_recipe("resnet18_tiny_cpu", TEST_OVERRIDES + ["adv.steps=2", "adv.eps=8/255"])
+    assert r.train.white_balance > 0
+    parts = trainer.build_step_parts(r, 8, DistContext(device=torch.device("cpu")))
+    assert isinstance(parts.objective, AdversarialObjective) and parts.objective.augment is not None
+
+
+def test_a_self_supervised_recipe_refuses_the_supervised_jitters():
+    """MoCo augments its views from [ssl]; train.color_jitter / white_balance would be ignored."""
+    with pytest.raises(DP4TLError, match="apply to supervised training only"):
+        load_recipe("moco_v2_tiny_cpu", ["train.white_balance=0.2"])
