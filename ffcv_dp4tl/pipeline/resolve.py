@@ -198,6 +198,25 @@ def _check_start_from(name: str, recipe, pre_name: str, pre_recipe, brought: str
                          "true there (--set train.keep_best=true) or finetune.start_from = \"final\"")
 
 
+def _check_source_head(name: str, recipe, pre_name: str, pre_recipe, src, tgt,
+                       brought: str) -> None:
+    """finetune.head = "source" (the paper_code recipes) finetunes the source model's own
+    classifier: refused before any work when the source has none (self-supervised) or fewer
+    outputs (its classes) than the target has classes — finetuning would stop there, after the
+    surrogate and the pretraining (:func:`~..training.finetune.classifier_for` is the rule)."""
+    if recipe.finetune.head != "source":
+        return
+    fix = "use finetune.head = \"new\" (--set-finetune finetune.head=new)"
+    if not brought and pre_recipe.ssl.method != "none":
+        raise DP4TLError(f"finetune recipe {name} finetunes the source model's own classifier "
+                         f"(finetune.head = \"source\"), but the pretraining recipe {pre_name} is "
+                         f"self-supervised ({pre_recipe.ssl.method}) and has none; {fix}")
+    if src.num_classes < tgt.num_classes:
+        raise DP4TLError(f"finetune recipe {name} finetunes the source model's own classifier "
+                         f"(finetune.head = \"source\"): its {src.num_classes} outputs cannot "
+                         f"hold the {tgt.num_classes} classes of {tgt.root}; {fix}")
+
+
 def _warn_full_scale_on_cpu(cfg: PipelineConfig, ok: Checked, scale: str, src, pre_name: str,
                             pretrain, log: Callable[[str], None]) -> None:
     """Real-data recipes on the CPU (a login node, `--device auto` without a GPU) would run for
@@ -261,8 +280,11 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
 
     def finetune_names(target_name: str | None) -> dict[str, str]:
         rt = recipe_set(cfg.protocol, scale, target_name)  # Tab. A1: per target (paper)
+        # a self-supervised source: no released code, so both paper protocols finetune it with
+        # the paper's recipes (docs/deviations.md #13; the released FF keeps a class head)
+        ff = recipe_set("paper", scale, target_name)["ff"] if ssl_source else rt["ff"]
         return {"lp": cfg.lp_recipe or (PAPER_SSL_LP if ssl_source else rt["lp"]),
-                "ff": cfg.ff_recipe or rt["ff"]}
+                "ff": cfg.ff_recipe or ff}
 
     per_target = []
     for t in tgts:
@@ -278,9 +300,10 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
         options = ok.scorer.parse_options({**recipe_options, **ok.given_options})
         log(f"[score] {sur_name} sets {cfg.method} options "
             f"{', '.join(f'{k}={v}' for k, v in recipe_options.items())} (--opt overrides them)")
-    for rec in per_target:
+    for t, rec in zip(tgts, per_target):
         for r_name, r in rec.values():
             _check_start_from(r_name, r, pre_name, pretrain, cfg.source_weights)
+            _check_source_head(r_name, r, pre_name, pretrain, src, t, cfg.source_weights)
     if surrogate.ssl.method != "none" and ok.scorer.needs_class_head:
         raise self_supervised_refusal(ok.scorer, f"the surrogate recipe {sur_name} is "
                                                  f"self-supervised ({surrogate.ssl.method})")

@@ -173,3 +173,35 @@ def test_a_synth_build_folder_as_data_says_which_folders_to_pass(small_synth, tm
     msg = str(e.value)
     assert f"--data {small_synth / 'source'}" in msg and "(NAME: paper)" in msg, msg
     assert "\n" not in msg and not (tmp_path / "r").exists()
+
+
+def test_a_source_head_finetuning_that_cannot_run_is_refused_before_any_work(small_synth,
+                                                                            tmp_path):
+    """finetune.head = "source" (paper_code LP/FF) needs a source classifier with room for the
+    target's classes: a self-supervised source is refused before the surrogate trains (it used
+    to fail at finetuning, after the pretraining); under paper-code such a source is finetuned
+    with the paper's FF instead (no released SSL code), which trains a new head."""
+    from types import SimpleNamespace
+
+    from ffcv_dp4tl.pipeline.resolve import _check_source_head, resolve
+    from ffcv_dp4tl.pipeline.config import validate as check
+    from ffcv_dp4tl.training.recipe import load_recipe
+
+    base = dict(source=str(small_synth / "source"), target=str(small_synth / "targets" / "paper"),
+                ratio=0.5, method="fm", k=3, fmt="wds", finetune=("ff",),
+                runs_root=tmp_path / "r", data_root=tmp_path / "d",
+                recipe="moco_v2_tiny_cpu", overrides=("train.keep_best=true",))
+    with pytest.raises(DP4TLError, match="self-supervised .* has none; use finetune.head"):
+        validate(PipelineConfig(**base, ff_recipe="paper_code/ff"))
+    assert not (tmp_path / "r").exists()
+    cfg = PipelineConfig(**base, protocol="paper-code")
+    r = resolve(cfg, check(cfg), lambda m: None)
+    assert r.finetune[0]["ff"][0] == "paper/ff"
+    # a source with fewer outputs than the target's classes
+    ff = load_recipe("paper_code/ff")
+    sup = load_recipe("paper_code/resnet101_16ep")
+    with pytest.raises(DP4TLError, match="its 3 outputs cannot hold the 5 classes"):
+        _check_source_head("paper_code/ff", ff, "p", sup, SimpleNamespace(num_classes=3),
+                           SimpleNamespace(num_classes=5, root="T"), "")
+    _check_source_head("paper_code/ff", ff, "p", sup, SimpleNamespace(num_classes=5),
+                       SimpleNamespace(num_classes=5, root="T"), "")
