@@ -68,6 +68,15 @@ def adv_overrides(steps: int = 3, eps: str = "3/255", step_size: str = "", norm:
             *((f"adv.units={units}",) if units != "pixel" else ()))
 
 
+def _attack_space(adv: Sequence[str]) -> str:
+    """How the header describes the attack of ``adv`` (the overrides :func:`adv_overrides`
+    made): where its steps are taken."""
+    if "adv.units=normalized" in [a.replace(" ", "") for a in adv]:
+        return ("PGD steps and random start on the normalised image, the eps ball and [0, 1] "
+                "box in pixels: the authors' released script")
+    return "PGD in [0, 1] pixel space"
+
+
 def _number(what: str, text: str) -> float:
     num, sep, den = str(text).partition("/")
     try:
@@ -193,8 +202,8 @@ def header_lines(t: dict[str, Any]) -> list[str]:
             + "".join(f"; {name} overrides `{' '.join(cfg[key])}`" for name, key in (
                 ("pretrain", "overrides"), ("surrogate", "surrogate_overrides"),
                 ("finetune", "finetune_overrides")) if cfg.get(key)),
-            f"- ADV models: recipe overrides `{' '.join(t['adv'])}` (PGD in [0, 1] pixel space, the "
-            "model in eval mode while attacking: ffcv_dp4tl/training/adversarial.py)",
+            f"- ADV models: recipe overrides `{' '.join(t['adv'])}` ({_attack_space(t['adv'])}, "
+            "the model in eval mode while attacking: ffcv_dp4tl/training/adversarial.py)",
             f"- pruned models: {t['method'].upper()} at ratio {t['ratio']:g}"
             + (f" (kept {t['rows'][2]['kept_sample_fraction']:.3f} of the train samples)"
                if t["rows"][2].get("kept_sample_fraction") is not None else "")

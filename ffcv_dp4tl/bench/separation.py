@@ -172,8 +172,9 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
     stale = sum(r.get("settings_key") != key for r in rows)
     if stale:
         raise DP4TLError(f"{path}: {stale} of its {len(rows)} rows ran with other settings (data, "
-                         "recipes, K, format, device, overrides or finetuning changed since); move the "
-                         "file away to start over, or pass another --out")
+                         "recipes, K, format, device, overrides or finetuning changed since, or the "
+                         "rows predate 2026-12-04, when a seed began to vary the data order too); "
+                         "move the file away to start over, or pass another --out")
     older = _older_rule(rows, path)
     if older is not None:
         raise older

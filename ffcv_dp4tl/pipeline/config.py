@@ -42,7 +42,7 @@ class PipelineConfig:
     overrides: tuple[str, ...] = field(default_factory=tuple)  # for the pretraining recipe
     surrogate_overrides: tuple[str, ...] = field(default_factory=tuple)
     finetune_overrides: tuple[str, ...] = field(default_factory=tuple)  # for the LP and FF recipes
-    seeds: tuple[int, ...] = ()  # pretrain + finetune per seed (train.seed); () = (0,)
+    seeds: tuple[int, ...] = ()  # pretrain + finetune per seed (train.seed, data.seed); () = (0,)
     surrogate_weights: str = ""  # a torchvision/timm state dict: the surrogate, not trained
     source_weights: str = ""  # a state dict: the source model LP/FF start from (ratio 0 only)
     split: str = "auto"  # targets the pipeline builds: auto (CoOp JSON if beside the data) | coop | official

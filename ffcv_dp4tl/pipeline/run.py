@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable
 
 from ..data.masks import load_mask
 from ..fsutil import file_sha256
-from ..scoring.registry import TRAJECTORY
+from ..scoring.registry import FEATURES, TRAJECTORY
 from .config import Checked, PipelineConfig, validate
 from .gallery import GALLERY, selection_gallery
 from .prune import prune
@@ -155,9 +155,11 @@ def score_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, sur: Stage, res: 
     # how the surrogate reads the target and the source (recipe [scoring]; each pair enters the
     # key only off its default, so older keys stay valid)
     sc_in = r.surrogate.scoring
-    image_input = {name: [res, crop] for name, res, crop in (
-        ("target_input", sc_in.target_resolution, sc_in.target_crop),
-        ("source_input", sc_in.source_resolution, sc_in.source_crop)) if (res, crop) != (0, "center")}
+    image_input = {name: [res, crop] for name, res, crop, read in (
+        ("target_input", sc_in.target_resolution, sc_in.target_crop, True),
+        # (source images are read only by the methods of source features: FM, MODERATE, ...)
+        ("source_input", sc_in.source_resolution, sc_in.source_crop, FEATURES in scorer.needs))
+        if read and (res, crop) != (0, "center")}
     extra_key: dict[str, Any] = {}
     if ok.given_options or r.recipe_options:
         extra_key["options"] = {k: r.options[k]
@@ -217,7 +219,8 @@ def prune_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, sc: Stage, res: P
 
 def pretrain_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, pr: Stage,
                     res: PipelineResult, log: Log) -> dict[int, Stage]:
-    """Pretrain the source model on the mask, once per seed (``train.seed``). The key holds what
+    """Pretrain the source model on the mask, once per seed (:func:`~.resolve.seed_overrides`:
+    ``train.seed`` and ``data.seed``). The key holds what
     is trained, not how the mask was chosen: the same mask (the 0 % reference, RANDOM, an
     in-domain baseline — for any target) is one pretraining."""
     from ..training.recipe import training_overrides

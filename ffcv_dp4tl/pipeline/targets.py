@@ -126,10 +126,13 @@ def stage_suffix(name: str | None) -> str:
 def score_key(target_fps: Sequence[str], weights: Sequence[float]) -> dict[str, Any]:
     """The target part of the score stage's key: ``{"target": fp}`` for one target (the key of
     every run before several targets existed), else every target's fingerprint in order plus
-    the weights when given."""
+    the weights when given, and the combination rule: since 2026-12-04 the combined shares are
+    rounded so equal shares tie exactly (:func:`~..scoring.combine_target_scores`); scores of
+    several targets cached before that are computed again, single-target keys are unchanged."""
     if len(target_fps) == 1:
         return {"target": target_fps[0]}
-    return {"targets": list(target_fps), **({"target_weights": list(weights)} if weights else {})}
+    return {"targets": list(target_fps), **({"target_weights": list(weights)} if weights else {}),
+            "combine": "rounded"}
 
 
 def method_title(label: str, order: str) -> str:

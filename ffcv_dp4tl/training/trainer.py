@@ -147,7 +147,9 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
 
 def param_groups(model: nn.Module, weight_decay: float, wd_on_bn_bias: bool) -> list[dict]:
     """Two groups: weight decay on conv/linear weights only (BN scales/shifts and biases —
-    every parameter with ndim ≤ 1 — excluded unless ``wd_on_bn_bias``), as ffcv-imagenet."""
+    every parameter with ndim ≤ 1 — excluded unless ``wd_on_bn_bias``). ffcv-imagenet's
+    ``bn_wd = 0`` is close but filters by name, so it still decays the downsample BN and the
+    classifier's bias (docs/deviations.md #8d)."""
     decay, no_decay = [], []
     for p in model.parameters():
         if not p.requires_grad:

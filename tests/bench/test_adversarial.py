@@ -145,3 +145,12 @@ def test_paper_code_bench_runs_the_authors_attack(monkeypatch, tmp_path, protoco
     if units == "normalized":
         assert load_recipe("paper_code/resnet101_16ep", list(seen["adv"])).adv == \
             load_recipe("paper_code/resnet101_16ep_adv").adv
+
+
+def test_the_report_header_names_where_the_attack_steps():
+    """The header described every attack as pixel-space PGD, also the paper-code one whose steps
+    and random start are on the normalised image."""
+    from ffcv_dp4tl.bench.adversarial import _attack_space
+
+    assert _attack_space(adv_overrides()) == "PGD in [0, 1] pixel space"
+    assert "normalised image" in _attack_space(adv_overrides(units="normalized"))
