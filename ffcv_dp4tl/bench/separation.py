@@ -263,6 +263,57 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+
+def pool_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows of several ``bench embedded`` runs of one design (replicates over other seeds),
+    for one verdict over all their seeds, and a line per folder for the report's header.
+    Refused, with the folder named: a folder without ``rows.jsonl``, rows of other settings
+    (another settings key: data, recipes, K, format, device, seed rule) or of an older rule of
+    a method, and a (seed, target, method, ratio) present twice, which would count one trial
+    twice and narrow the interval falsely."""
+    if len(folders) < 2:
+        raise DP4TLError("pool needs two or more `bench embedded` --out folders")
+    rows: list[dict[str, Any]] = []
+    lines: list[str] = []
+    seen: dict[tuple, Path] = {}
+    key = None
+    for folder in map(Path, folders):
+        path = folder / "rows.jsonl"
+        if not path.is_file():
+            raise DP4TLError(f"{path} does not exist: pass the --out folder of a `dp4tl bench "
+                             "embedded` run")
+        these = read_rows(path)
+        if not these:
+            raise DP4TLError(f"{path} holds no finished run; run its `bench embedded` first")
+        keys = {r.get("settings_key") for r in these}
+        if len(keys) > 1 or (key is not None and keys != {key}):
+            raise DP4TLError(f"{path}: its rows ran with other settings than "
+                             f"{Path(folders[0]) / 'rows.jsonl'} (settings key {sorted(map(str, keys))} "
+                             f"vs {key or sorted(map(str, keys))}: data, recipes, K, format, device "
+                             "or the seed rule differ); only replicates of one design are pooled")
+        key = next(iter(keys))
+        older = _older_rule(these, path)
+        if older is not None:
+            raise older
+        for r in these:
+            cell = (r["seed"], r["target"], r["method"], r["ratio"])
+            if cell in seen:
+                raise DP4TLError(f"{path}: seed {cell[0]}, target {cell[1]}, {cell[2]} at "
+                                 f"{100 * cell[3]:.0f} % is also in {seen[cell]}: pooling would "
+                                 "count one trial twice; pool runs of disjoint --seeds")
+            seen[cell] = path
+        rows.extend(these)
+        seeds = sorted({r["seed"] for r in these})
+        lines.append(f"  - `{folder}`: {len(these)} runs, seeds {_span(seeds)}")
+    return rows, lines
+
+
+def _span(seeds: Sequence[int]) -> str:
+    """0–9 for a consecutive run of seeds, else the list."""
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}–{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
 # ------------------------------------------------------------------ summary
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Reference accuracies, paired tests (pooled and per target) and ground truth per cell."""
@@ -421,5 +472,5 @@ def write_outputs(rows: list[dict[str, Any]], out: Path, *, command: str, header
     return summary, body
 
 
-__all__ = ["paired_test", "verdict", "run_separation", "summarize", "markdown", "write_outputs",
-           "plot_tests"]
+__all__ = ["paired_test", "verdict", "run_separation", "pool_rows", "summarize", "markdown",
+           "write_outputs", "plot_tests"]

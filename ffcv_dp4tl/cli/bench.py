@@ -232,6 +232,42 @@ def embedded(
         publish_section(Path(report), EMBEDDED_SECTION, out, body, typer.echo)
 
 
+
+@bench_app.command("embedded-pool")
+def embedded_pool(
+    folders: List[Path] = typer.Argument(..., help="Two or more `bench embedded` --out folders "
+                                         "of one design over disjoint seeds (replicates)"),
+    out: Path = typer.Option(..., "--out", "-o", help="README.md, paired.png, summary.json of "
+                             "the pooled verdict (the rows stay in their folders)",
+                             callback=out_callback),
+    report: Optional[str] = typer.Option(None, help="Also write the embedded section of this "
+                                         "Markdown file ('' = none)", callback=report_callback),
+) -> None:
+    """One verdict over the seeds of several `bench embedded` runs (a replicate over new seeds
+    pooled with the first): the same paired and seed-level tests, n = all their seeds. Nothing
+    reruns; runs of other settings, or one trial in two folders, are refused."""
+    import time
+
+    from ..bench.separation import pool_rows, write_outputs
+    from ..reporting import publish_section
+
+    rows, lines = pool_rows(folders)
+    command = ("dp4tl bench embedded-pool " + " ".join(map(str, folders)) + f" --out {out}"
+               + (f" --report {report}" if report else ""))
+    header = [f"- pooled {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from {len(folders)} "
+              f"runs of one design ({len(rows)} runs; each folder's README has its machine, "
+              "recipes and timing):", *lines]
+    out.mkdir(parents=True, exist_ok=True)
+
+    def body(prefix: str) -> str:
+        return write_outputs(rows, out, command=command, header=header)[1].replace(
+            "](paired.png)", f"]({prefix}paired.png)")
+
+    typer.echo(body(""))
+    if report:
+        publish_section(Path(report), EMBEDDED_SECTION, out, body, typer.echo)
+
+
 @bench_app.command("render")
 def render(
     out: Path = typer.Argument(..., help="The --out folder of a `bench cost-table` run (a `bench "

@@ -380,3 +380,63 @@ def test_a_tied_pair_is_neither_won_nor_lost():
     t = sep.paired_test([0.0, 1.0, 2.0])
     assert (t["wins"], t["losses"]) == (2, 0)
     assert (sep.paired_test([0.0, -1.0])["wins"], sep.paired_test([0.0, -1.0])["losses"]) == (0, 1)
+
+
+def _write_run(folder, rows, key="k1"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        sep.append_row(folder / "rows.jsonl", {**r, "settings_key": key})
+    return folder
+
+
+def test_replicates_over_disjoint_seeds_pool_into_one_verdict(tmp_path):
+    """`bench embedded-pool`: a replicate over new seeds and the first run give one test with n =
+    all their seeds, the same as one run over those seeds would (the rows are not changed)."""
+    rows = _rows(gap=1.0)
+    later = [{**r, "seed": r["seed"] + 10} for r in rows]
+    a, b = _write_run(tmp_path / "a", rows), _write_run(tmp_path / "b", later)
+    pooled, lines = sep.pool_rows([a, b])
+    assert len(pooled) == 60 and lines == [f"  - `{a}`: 30 runs, seeds 0–4",
+                                           f"  - `{b}`: 30 runs, seeds 10–14"]
+    (lp,) = [t for t in sep.summarize(pooled)["tests"] if t["mode"] == "lp"]
+    (one,) = [t for t in sep.summarize(rows + later)["tests"] if t["mode"] == "lp"]
+    assert lp["by_seed"]["n"] == 10 and lp["pooled"]["n"] == 20
+    assert lp["pooled"]["mean"] == pytest.approx(one["pooled"]["mean"])
+
+
+def test_pooling_refuses_one_trial_twice_other_settings_and_a_missing_folder(tmp_path):
+    rows = _rows(gap=1.0)
+    a = _write_run(tmp_path / "a", rows)
+    twice = _write_run(tmp_path / "twice", [r for r in rows if r["seed"] == 3])
+    with pytest.raises(sep.DP4TLError, match=r"twice.rows.jsonl: seed 3, target warm, 0 % at "
+                                             r"0 % is also in .*a.rows.jsonl: pooling would count "
+                                             r"one trial twice"):
+        sep.pool_rows([a, twice])
+    other = _write_run(tmp_path / "other", [{**r, "seed": 20} for r in rows[:3]], key="k2")
+    with pytest.raises(sep.DP4TLError, match=r"other.rows.jsonl: its rows ran with other settings"):
+        sep.pool_rows([a, other])
+    with pytest.raises(sep.DP4TLError, match=r"nowhere.rows.jsonl does not exist"):
+        sep.pool_rows([a, tmp_path / "nowhere"])
+    with pytest.raises(sep.DP4TLError, match="two or more"):
+        sep.pool_rows([a])
+
+
+def test_embedded_pool_command_writes_the_pooled_report(tmp_path, capsys, monkeypatch):
+    from cli_runner import cli, one_line
+    from typer.testing import CliRunner
+
+    from ffcv_dp4tl.cli import app
+
+    rows = _rows(gap=2.0)
+    a = _write_run(tmp_path / "a", rows)
+    b = _write_run(tmp_path / "b", [{**r, "seed": r["seed"] + 5} for r in rows])
+    bench_md = tmp_path / "B.md"
+    res = CliRunner().invoke(app, ["bench", "embedded-pool", str(a), str(b), "--out",
+                                   str(tmp_path / "pooled"), "--report", str(bench_md)])
+    assert res.exit_code == 0, res.output
+    readme = (tmp_path / "pooled" / "README.md").read_text()
+    assert "Pairs = seeds × targets (10 × 2)" in readme and "seeds 5–9" in readme
+    assert "**better**" in bench_md.read_text() and "](pooled/paired.png)" in bench_md.read_text()
+    assert not (tmp_path / "pooled" / "rows.jsonl").exists()
+    code, _, err = cli(capsys, monkeypatch, "bench", "embedded-pool", a, a, "--out", tmp_path / "p2")
+    one_line(code, err, "count one trial twice", str(a / "rows.jsonl"))
