@@ -208,13 +208,10 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     table = summarize(rows, methods=methods, ratios=ratios, seeds=seeds, finetune=finetune,
                       tol=tol, criterion=criterion)
     if target_rows:  # several targets: the accuracy tables of each (Fig. A5)
-        table["targets"] = {}
-        for name, trows in target_rows.items():
-            ts = summarize(trows, methods=methods, ratios=ratios, seeds=seeds, finetune=finetune,
-                           tol=tol, criterion=criterion)
-            table["targets"][name] = {k: ts[k] for k in ("accuracy", "accuracy_best", "winners")}
-        table["target_rows"] = [r for trows in target_rows.values() for r in trows]
-        table["target_weights"] = list(base.target_weights)
+        table.update(_target_summaries(
+            {"target_rows": [r for trows in target_rows.values() for r in trows],
+             "methods": methods, "ratios": ratios, "seeds": seeds, "finetune": finetune,
+             "tol": tol, "target_weights": list(base.target_weights)}, criterion))
     table.update({"config": cfg, "surrogate_s": surrogate_s, "command": command, "recipes": recipes,
                   "data": data,
                   "surrogate_brought": base.surrogate_weights or None,
@@ -244,8 +241,6 @@ def options_for(method: str, pairs: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-
-
 def write_outputs(t: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", t)
@@ -272,7 +267,6 @@ def rerender(out: Path, criterion: str | None = None) -> dict[str, Any]:
     t = rerender_table(path, criterion)
     write_outputs(t, Path(out))
     return t
-
 
 
 def rerender_table(results_json: Path, criterion: str | None = None) -> dict[str, Any]:

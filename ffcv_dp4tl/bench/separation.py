@@ -109,7 +109,9 @@ def _revision(method: str) -> int:
     return get_scorer(method).revision if method in list_scorers() else 0
 
 
-def _older_rule(rows: list[dict[str, Any]], path: Path) -> DP4TLError | None:
+def _older_rule(rows: list[dict[str, Any]], path: Path, hint: str = "delete those lines (the "
+                "other rows stay valid; the deleted runs rerun), or pass another --out"
+                ) -> DP4TLError | None:
     """Rows of a method scored by an older rule of it (its revision since changed, e.g. FM's
     tie-break): pairing them with new rows would mix two methods under one name."""
     old = [r for r in rows if r.get("revision", 0) != _revision(r["method"])]
@@ -119,8 +121,12 @@ def _older_rule(rows: list[dict[str, Any]], path: Path) -> DP4TLError | None:
     return DP4TLError(f"{path}: {len(old)} of its {len(rows)} rows ({', '.join(methods)}) were "
                       f"scored by another rule of the method (revision "
                       f"{old[0].get('revision', 0)}, this code: {_revision(old[0]['method'])}); "
-                      f"delete those lines (the other rows stay valid; the deleted runs rerun), "
-                      "or pass another --out")
+                      f"{hint}")
+
+
+#: why two runs' settings keys differ (the parts of :func:`settings_key`)
+_SETTINGS = ("data, recipes, K, format, device, overrides or finetuning changed since, or the rows "
+             "predate 2026-12-04, when a seed began to vary the data order too")
 
 
 def settings_key(base: PipelineConfig, finetune: Sequence[str]) -> str:
@@ -171,10 +177,8 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
     key = settings_key(base, finetune)
     stale = sum(r.get("settings_key") != key for r in rows)
     if stale:
-        raise DP4TLError(f"{path}: {stale} of its {len(rows)} rows ran with other settings (data, "
-                         "recipes, K, format, device, overrides or finetuning changed since, or the "
-                         "rows predate 2026-12-04, when a seed began to vary the data order too); "
-                         "move the file away to start over, or pass another --out")
+        raise DP4TLError(f"{path}: {stale} of its {len(rows)} rows ran with other settings "
+                         f"({_SETTINGS}); move the file away to start over, or pass another --out")
     older = _older_rule(rows, path)
     if older is not None:
         raise older
@@ -215,10 +219,12 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
 _ROW_FIELDS = {"seed": int, "target": str, "method": str, "ratio": (int, float)}
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
+def read_rows(path: Path, *, repair: bool = True) -> list[dict[str, Any]]:
     """The finished runs of ``rows.jsonl``. A last line cut short (a crash during its append)
     is dropped with a warning, and that run reruns; any other damaged line is a one-line
-    error naming the file and line, since dropping it silently would lose a finished run."""
+    error naming the file and line, since dropping it silently would lose a finished run.
+    ``repair=False`` (a reader that runs nothing, e.g. pooling): the cut-short line is an
+    error too, and the file is left as it is."""
     if not path.exists():
         return []
     text = path.read_text()
@@ -230,6 +236,9 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
+            if n == len(lines) and not text.endswith("\n") and not repair:
+                raise DP4TLError(f"{path}: its last line was cut short (an interrupted run); "
+                                 "rerun its `bench embedded` command (it resumes) first") from None
             if n == len(lines) and not text.endswith("\n"):  # a torn append: rerun that run
                 warnings.warn(f"{path}: line {n} was cut short (an interrupted write); its run "
                               "runs again", UserWarning, stacklevel=2)
@@ -267,34 +276,60 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
 def pool_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list[str]]:
     """The rows of several ``bench embedded`` runs of one design (replicates over other seeds),
     for one verdict over all their seeds, and a line per folder for the report's header.
-    Refused, with the folder named: a folder without ``rows.jsonl``, rows of other settings
-    (another settings key: data, recipes, K, format, device, seed rule) or of an older rule of
-    a method, and a (seed, target, method, ratio) present twice, which would count one trial
-    twice and narrow the interval falsely."""
+    Nothing is written to the folders. Refused, with the folder named: a folder without
+    ``rows.jsonl`` or with a cut-short line; rows of other settings (:func:`settings_key`) or
+    without a key; rows of an older rule of a method; another design (targets x methods x
+    ratios, finetuning modes) or a seed missing some of its runs, since the verdict's "seeds x
+    targets" would then misstate its n; and a (seed, target, method, ratio) present twice,
+    which would count one trial twice and narrow the interval falsely."""
     if len(folders) < 2:
         raise DP4TLError("pool needs two or more `bench embedded` --out folders")
     rows: list[dict[str, Any]] = []
     lines: list[str] = []
     seen: dict[tuple, Path] = {}
-    key = None
+    first: tuple[Path, str, frozenset, frozenset] | None = None  # path, key, design, modes
     for folder in map(Path, folders):
         path = folder / "rows.jsonl"
         if not path.is_file():
             raise DP4TLError(f"{path} does not exist: pass the --out folder of a `dp4tl bench "
                              "embedded` run")
-        these = read_rows(path)
+        these = read_rows(path, repair=False)
         if not these:
             raise DP4TLError(f"{path} holds no finished run; run its `bench embedded` first")
         keys = {r.get("settings_key") for r in these}
-        if len(keys) > 1 or (key is not None and keys != {key}):
-            raise DP4TLError(f"{path}: its rows ran with other settings than "
-                             f"{Path(folders[0]) / 'rows.jsonl'} (settings key {sorted(map(str, keys))} "
-                             f"vs {key or sorted(map(str, keys))}: data, recipes, K, format, device "
-                             "or the seed rule differ); only replicates of one design are pooled")
-        key = next(iter(keys))
-        older = _older_rule(these, path)
+        if None in keys:
+            raise DP4TLError(f"{path}: {sum(r.get('settings_key') is None for r in these)} rows "
+                             "have no settings key (written by older code): rerun that benchmark "
+                             "into a new --out before pooling it")
+        if len(keys) > 1:
+            raise DP4TLError(f"{path} mixes rows of {len(keys)} settings ({_SETTINGS}); "
+                             "keep one run's rows in one folder")
+        older = _older_rule(these, path, hint="rerun those runs (`bench embedded` with the "
+                            "same --out) before pooling")
         if older is not None:
             raise older
+        key = next(iter(keys))
+        by_seed: dict[int, set] = {}
+        for r in these:
+            if r["method"] != REFERENCE:
+                by_seed.setdefault(r["seed"], set()).add((r["target"], r["method"], r["ratio"]))
+        design = frozenset().union(*by_seed.values()) if by_seed else frozenset()
+        short = sorted(s for s, cells in by_seed.items() if cells != design)
+        if short:
+            raise DP4TLError(f"{path}: seed {short[0]} lacks some of the runs its other seeds "
+                             "have (an interrupted benchmark?); finish it (rerun its `bench "
+                             "embedded` command: it resumes) before pooling")
+        modes = frozenset(m for m in MODES if any(r.get(m) is not None for r in these
+                                                  if r["method"] != REFERENCE))
+        if first is None:
+            first = (path, key, design, modes)
+        elif key != first[1]:
+            raise DP4TLError(f"{path}: its rows ran with other settings than {first[0]} "
+                             f"({_SETTINGS}); only replicates of one design are pooled")
+        elif design != first[2] or modes != first[3]:
+            raise DP4TLError(f"{path} is another design than {first[0]} (its targets, methods, "
+                             "ratios or finetuning modes differ); only replicates of one design "
+                             "are pooled")
         for r in these:
             cell = (r["seed"], r["target"], r["method"], r["ratio"])
             if cell in seen:
@@ -313,6 +348,7 @@ def _span(seeds: Sequence[int]) -> str:
     if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
         return f"{seeds[0]}–{seeds[-1]}"
     return ", ".join(map(str, seeds))
+
 
 # ------------------------------------------------------------------ summary
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -251,6 +251,11 @@ def embedded_pool(
     from ..bench.separation import pool_rows, write_outputs
     from ..reporting import publish_section
 
+    for folder in folders:
+        if folder.resolve() == out.resolve():
+            raise DP4TLError(f"--out {out} is one of the pooled folders: its README.md and "
+                             "summary.json (the run's own record) would be overwritten; pass a "
+                             "new folder")
     rows, lines = pool_rows(folders)
     command = ("dp4tl bench embedded-pool " + " ".join(map(str, folders)) + f" --out {out}"
                + (f" --report {report}" if report else ""))

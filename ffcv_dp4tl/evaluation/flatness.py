@@ -234,7 +234,8 @@ def epsilon_sharpness(model: nn.Module, batches: Sequence[tuple], *, eps: float 
 
 def relative_flatness(sharpness: dict[str, float]) -> dict[str, float]:
     """Fig. A4's normalisation of one measure over compared models: the flattest (smallest
-    sharpness) is 100 %, a model twice as sharp 50 %."""
+    sharpness) is 100 %, a model twice as sharp 50 %. A sharpness ≤ 0 gets NaN: no ratio to the
+    flattest expresses it (:func:`flatness_table` shows "–" and says why)."""
     positive = [s for s in sharpness.values() if s > 0]
     if not positive:
         return {k: float("nan") for k in sharpness}
@@ -285,13 +286,20 @@ def flatness_table(results: dict[str, dict]) -> str:
     rel_h = relative_flatness({k: r["lambda_max"] for k, r in results.items()})
     lines = ["| model | train loss | ε-sharpness (%) | λ_max(H) | flatness ε (rel. %) | "
              "flatness λ_max (rel. %) | power it. |", "|---|---|---|---|---|---|---|"]
+    def rel(x: float) -> str:
+        return "–" if math.isnan(x) else f"{x:.1f}"
+
     for k, r in results.items():
         lines.append(f"| {k} | {r['loss']:.4f} | {r['eps_sharpness']:.4f} | {r['lambda_max']:.4g} | "
-                     f"{rel_e[k]:.1f} | {rel_h[k]:.1f} | {r['power_iterations']}"
+                     f"{rel(rel_e[k])} | {rel(rel_h[k])} | {r['power_iterations']}"
                      f"{'' if r['converged'] else ' (not converged)'} |")
     where = {k: f"split {r.get('split', 'train')!r}"
              + (f" under mask {r['mask']}" if r.get("mask") else " (all samples)")
              + f", {r['samples']} samples" for k, r in results.items()}
     lines.append("")
+    if any(math.isnan(x) for x in (*rel_e.values(), *rel_h.values())):
+        lines.append("–: a sharpness ≤ 0 (no loss rise within ε, or λ_max ≤ 0 away from a "
+                     "minimum) has no ratio to the flattest model.")
+        lines.append("")
     lines.append("Loss over: " + "; ".join(f"{k}: {w}" for k, w in where.items()) + ".")
     return "\n".join(lines) + "\n"

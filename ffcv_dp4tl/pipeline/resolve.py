@@ -274,9 +274,9 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
     surrogate = load(sur_name, cfg.surrogate_overrides)
     pretrain = load(pre_name, pre_overrides)
     _warn_full_scale_on_cpu(cfg, ok, scale, src, pre_name, pretrain, log)
-    # a self-supervised source under the paper protocol: MoCo's linear classification protocol
-    ssl_source = (cfg.protocol in PAPER_PROTOCOLS and not cfg.lp_recipe
-                  and pretrain.ssl.method != "none")
+    # a self-supervised source under a paper protocol: MoCo's linear classification protocol
+    # for LP, the paper's FF (one rule per mode: a recipe named for one mode leaves the other's)
+    ssl_source = cfg.protocol in PAPER_PROTOCOLS and pretrain.ssl.method != "none"
 
     def finetune_names(target_name: str | None) -> dict[str, str]:
         rt = recipe_set(cfg.protocol, scale, target_name)  # Tab. A1: per target (paper)

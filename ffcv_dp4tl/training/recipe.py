@@ -434,12 +434,14 @@ def _validate_choices(r: Recipe, source: str) -> None:
             raise DP4TLError(f"{source}: train.batch_size ({r.train.batch_size}) must be "
                              f"divisible by ssl.bn_splits ({ssl.bn_splits})")
         jitter = [k for k, on in (("train.color_jitter", r.train.color_jitter),
-                                  ("train.white_balance", r.train.white_balance)) if on]
-        if jitter:  # (MoCo's views take their photometric augmentation from [ssl])
+                                  ("train.white_balance", r.train.white_balance),
+                                  ("train.crop_scale", list(r.train.crop_scale) != [0.08, 1.0]))
+                  if on]
+        if jitter:  # (MoCo's views take their crops and photometric augmentation from [ssl])
             raise DP4TLError(f"{source}: {' and '.join(jitter)} apply to supervised training "
                              f"only; ssl.method = {ssl.method!r} augments its views with "
-                             "ssl.jitter, ssl.p_gray and ssl.p_blur: turn "
-                             f"{'them' if len(jitter) > 1 else 'it'} off")
+                             "ssl.crop_scale, ssl.jitter, ssl.p_gray and ssl.p_blur: leave "
+                             f"{'them at their defaults' if len(jitter) > 1 else 'it at its default'}")
     cs = r.train.crop_scale
     if len(cs) != 2 or not 0 < cs[0] <= cs[1] <= 1:
         raise DP4TLError(f"{source}: train.crop_scale must be [min, max] with 0 < min <= max <= 1, "

@@ -393,15 +393,21 @@ def test_replicates_over_disjoint_seeds_pool_into_one_verdict(tmp_path):
     """`bench embedded-pool`: a replicate over new seeds and the first run give one test with n =
     all their seeds, the same as one run over those seeds would (the rows are not changed)."""
     rows = _rows(gap=1.0)
-    later = [{**r, "seed": r["seed"] + 10} for r in rows]
+    later = [{**r, "seed": r["seed"] + 10} for r in _rows(gap=2.0)]
     a, b = _write_run(tmp_path / "a", rows), _write_run(tmp_path / "b", later)
     pooled, lines = sep.pool_rows([a, b])
     assert len(pooled) == 60 and lines == [f"  - `{a}`: 30 runs, seeds 0–4",
                                            f"  - `{b}`: 30 runs, seeds 10–14"]
     (lp,) = [t for t in sep.summarize(pooled)["tests"] if t["mode"] == "lp"]
-    (one,) = [t for t in sep.summarize(rows + later)["tests"] if t["mode"] == "lp"]
+    (alone,) = [t for t in sep.summarize(rows)["tests"] if t["mode"] == "lp"]
     assert lp["by_seed"]["n"] == 10 and lp["pooled"]["n"] == 20
-    assert lp["pooled"]["mean"] == pytest.approx(one["pooled"]["mean"])
+    # the gap is gap + 0.1 x seed (_rows, seeds 0-4): 1.2 in the first run, 2.2 in the second
+    assert alone["pooled"]["mean"] == pytest.approx(1.2)
+    assert lp["pooled"]["mean"] == pytest.approx((1.2 + 2.2) / 2)
+    assert lp["by_seed"]["hi"] - lp["by_seed"]["lo"] > 0  # a spread: the seeds differ
+    assert (tmp_path / "a" / "rows.jsonl").read_text() == "".join(
+        json.dumps({**r, "settings_key": "k1"}) + "\n" for r in rows)  # nothing written back
+    assert alone["by_seed"]["n"] == 5
 
 
 def test_pooling_refuses_one_trial_twice_other_settings_and_a_missing_folder(tmp_path):
@@ -419,6 +425,42 @@ def test_pooling_refuses_one_trial_twice_other_settings_and_a_missing_folder(tmp
         sep.pool_rows([a, tmp_path / "nowhere"])
     with pytest.raises(sep.DP4TLError, match="two or more"):
         sep.pool_rows([a])
+
+
+def test_pooling_refuses_another_design_an_unfinished_seed_and_keyless_rows(tmp_path):
+    """Pooled n must be what the header says (seeds x targets): another set of targets,
+    methods, ratios or modes, or a seed without all its runs, is refused; so are rows without a
+    settings key (whatever folder comes first) and a cut-short line, which is not repaired."""
+    rows = _rows(gap=1.0)
+    a = _write_run(tmp_path / "a", rows)
+    later = [{**r, "seed": r["seed"] + 10} for r in rows]
+    fewer = _write_run(tmp_path / "fewer", [r for r in later if r["target"] == "warm"])
+    with pytest.raises(sep.DP4TLError, match=r"fewer.rows.jsonl is another design than .*a.rows"):
+        sep.pool_rows([a, fewer])
+    ff = _write_run(tmp_path / "ff", [{**r, "ff": 1.0} for r in later])
+    with pytest.raises(sep.DP4TLError, match=r"ff.rows.jsonl is another design"):
+        sep.pool_rows([a, ff])
+    cut = _write_run(tmp_path / "cut", [r for r in later
+                                        if not (r["seed"] == 12 and r["method"] == "lm")])
+    with pytest.raises(sep.DP4TLError, match=r"cut.rows.jsonl: seed 12 lacks some of the runs"):
+        sep.pool_rows([a, cut])
+    keyless = tmp_path / "keyless"
+    keyless.mkdir()
+    for r in later:
+        sep.append_row(keyless / "rows.jsonl", r)
+    for order in ([keyless, a], [a, keyless]):
+        with pytest.raises(sep.DP4TLError, match=r"keyless.rows.jsonl: 30 rows have no settings key"):
+            sep.pool_rows(order)
+    mixed = _write_run(tmp_path / "mixed", later[:3], key="k1")
+    _write_run(mixed, later[3:], key="k2")
+    with pytest.raises(sep.DP4TLError, match=r"mixed.rows.jsonl mixes rows of 2 settings"):
+        sep.pool_rows([a, mixed])
+    torn = _write_run(tmp_path / "torn", later)
+    text = (torn / "rows.jsonl").read_text()
+    (torn / "rows.jsonl").write_text(text + '{"seed": 1')
+    with pytest.raises(sep.DP4TLError, match=r"torn.rows.jsonl: its last line was cut short"):
+        sep.pool_rows([a, torn])
+    assert (torn / "rows.jsonl").read_text() == text + '{"seed": 1'
 
 
 def test_embedded_pool_command_writes_the_pooled_report(tmp_path, capsys, monkeypatch):
@@ -440,3 +482,7 @@ def test_embedded_pool_command_writes_the_pooled_report(tmp_path, capsys, monkey
     assert not (tmp_path / "pooled" / "rows.jsonl").exists()
     code, _, err = cli(capsys, monkeypatch, "bench", "embedded-pool", a, a, "--out", tmp_path / "p2")
     one_line(code, err, "count one trial twice", str(a / "rows.jsonl"))
+    before = (a / "README.md").exists()
+    code, _, err = cli(capsys, monkeypatch, "bench", "embedded-pool", a, b, "--out", b)
+    one_line(code, err, f"--out {b} is one of the pooled folders")
+    assert not (b / "README.md").exists() and (a / "README.md").exists() == before

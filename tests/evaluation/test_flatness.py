@@ -122,6 +122,19 @@ def test_relative_flatness_puts_the_flattest_at_100():
     assert rel == {"lm": 100.0, "random": 50.0, "dense": 25.0}
 
 
+def test_a_zero_sharpness_is_shown_as_no_ratio_and_said_why():
+    """A model with no loss rise within ε has no ratio to the flattest: the table shows "–" and
+    a line saying why (it printed "nan"); the others keep their ratio to the smallest positive."""
+    from ffcv_dp4tl.evaluation.flatness import flatness_table
+
+    row = {"loss": 0.1, "power_iterations": 3, "converged": True, "samples": 4}
+    table = flatness_table({"flat": {**row, "eps_sharpness": 0.0, "lambda_max": 2.0},
+                            "sharp": {**row, "eps_sharpness": 4.0, "lambda_max": 4.0}})
+    assert "| flat | 0.1000 | 0.0000 | 2 | – | 100.0 |" in table
+    assert "| sharp | 0.1000 | 4.0000 | 4 | 100.0 | 50.0 |" in table
+    assert "nan" not in table and "has no ratio to the flattest" in table
+
+
 def test_hessian_of_a_vit_matches_finite_differences():
     """A ViT (the registered vit_b_16's class at a tiny size): its attention's fused kernels
     have no double backward, so the Hessian-vector product runs on the math kernel. H v is

@@ -197,6 +197,11 @@ def test_a_source_head_finetuning_that_cannot_run_is_refused_before_any_work(sma
     cfg = PipelineConfig(**base, protocol="paper-code")
     r = resolve(cfg, check(cfg), lambda m: None)
     assert r.finetune[0]["ff"][0] == "paper/ff"
+    # an LP recipe named by hand leaves FF's rule alone (it fell back to paper_code/ff, refused)
+    cfg = PipelineConfig(**{**base, "finetune": ("lp", "ff")}, protocol="paper-code",
+                         lp_recipe="paper/lp")
+    r = resolve(cfg, check(cfg), lambda m: None)
+    assert r.finetune[0]["ff"][0] == "paper/ff" and r.finetune[0]["lp"][0] == "paper/lp"
     # a source with fewer outputs than the target's classes
     ff = load_recipe("paper_code/ff")
     sup = load_recipe("paper_code/resnet101_16ep")

@@ -262,6 +262,11 @@ def test_the_adversarial_objective_attacks_the_photometrically_augmented_batch()
 
 
 def test_a_self_supervised_recipe_refuses_the_supervised_jitters():
-    """MoCo augments its views from [ssl]; train.color_jitter / white_balance would be ignored."""
+    """MoCo augments its views from [ssl]; train.color_jitter / white_balance / crop_scale
+    would be ignored."""
     with pytest.raises(DP4TLError, match="apply to supervised training only"):
         load_recipe("moco_v2_tiny_cpu", ["train.white_balance=0.2"])
+    with pytest.raises(DP4TLError, match=r"train.crop_scale apply to supervised training only; "
+                                         r".*ssl.crop_scale"):
+        load_recipe("moco_v2_tiny_cpu", ["train.crop_scale=[0.35,1.0]"])
+    assert load_recipe("moco_v2_tiny_cpu").ssl.crop_scale == [0.2, 1.0]
