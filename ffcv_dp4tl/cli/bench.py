@@ -150,6 +150,22 @@ EMBEDDED_TARGETS = "paper,warm,blur"
 EMBEDDED_SECTION = "Embedded benchmark (CPU): do LM and FM beat RANDOM?"
 
 
+def _publish_embedded(rows: list, out: Path, command: str, header: list[str],
+                      report: Optional[str]) -> None:
+    """README.md, paired.png and summary.json in ``out``, the body on stdout and, with
+    ``report``, its embedded-benchmark section (links relative to that file)."""
+    from ..bench.separation import write_outputs
+    from ..reporting import publish_section
+
+    def body(prefix: str) -> str:
+        return write_outputs(rows, out, command=command, header=header)[1].replace(
+            "](paired.png)", f"]({prefix}paired.png)")
+
+    typer.echo(body(""))
+    if report:
+        publish_section(Path(report), EMBEDDED_SECTION, out, body, typer.echo)
+
+
 @bench_app.command("embedded")
 def embedded(
     out: Path = typer.Option(Path("docs/embedded-benchmark"), "--out", "-o",
@@ -186,10 +202,9 @@ def embedded(
 
     import torch
 
-    from ..bench.separation import run_separation, write_outputs
+    from ..bench.separation import run_separation
     from ..pipeline.config import PipelineConfig
     from ..pipeline.recipes import RECIPE_SETS
-    from ..reporting import publish_section
 
     t0 = time.perf_counter()
     load0 = os.getloadavg()
@@ -222,14 +237,7 @@ def embedded(
               f"- data `{data}`, recipes `bench` (surrogate `{bench_set['surrogate']}`, "
               f"pretraining `{bench_set['pretrain']}`, LP `{bench_set['lp']}`, FF "
               f"`{bench_set['ff']}`); FM k={base.k}; {len(rows)} runs in `rows.jsonl`"]
-
-    def body(prefix: str) -> str:
-        return write_outputs(rows, out, command=command, header=header)[1].replace(
-            "](paired.png)", f"]({prefix}paired.png)")
-
-    typer.echo(body(""))
-    if report:
-        publish_section(Path(report), EMBEDDED_SECTION, out, body, typer.echo)
+    _publish_embedded(rows, out, command, header, report)
 
 
 
@@ -248,8 +256,7 @@ def embedded_pool(
     reruns; runs of other settings, or one trial in two folders, are refused."""
     import time
 
-    from ..bench.separation import pool_rows, write_outputs
-    from ..reporting import publish_section
+    from ..bench.separation import pool_rows
 
     for folder in folders:
         if folder.resolve() == out.resolve():
@@ -263,14 +270,7 @@ def embedded_pool(
               f"runs of one design ({len(rows)} runs; each folder's README has its machine, "
               "recipes and timing):", *lines]
     out.mkdir(parents=True, exist_ok=True)
-
-    def body(prefix: str) -> str:
-        return write_outputs(rows, out, command=command, header=header)[1].replace(
-            "](paired.png)", f"]({prefix}paired.png)")
-
-    typer.echo(body(""))
-    if report:
-        publish_section(Path(report), EMBEDDED_SECTION, out, body, typer.echo)
+    _publish_embedded(rows, out, command, header, report)
 
 
 @bench_app.command("render")
