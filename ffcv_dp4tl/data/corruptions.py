@@ -39,7 +39,7 @@ from scipy import ndimage
 from ..contracts import check_seeds
 from ..errors import DataError
 from .sampling import Batch, check_resolution
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .transforms import NORMALIZATIONS
 
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -414,8 +414,9 @@ class CorruptedLoader:
     """A test-time loader whose images are corrupted by ``op`` after decoding: wraps any
     :class:`~.interface.MaskedLoader` (ffcv, WebDataset, GPU decode) without touching it.
 
-    The wrapped loader yields ImageNet-normalised float32 images; they are mapped back to the
-    decoded uint8 pixels exactly (the normalisation is invertible at float32 precision, which
+    The wrapped loader yields normalised float32 images (its AugSpec's statistics: ImageNet's by
+    default); they are mapped back to the decoded uint8 pixels exactly (the normalisation is
+    invertible at float32 precision, which
     ``tests/data/test_corruptions.py`` checks for all 256 levels), corrupted per sample, and
     normalised again. Single-view float32 loaders only (what evaluation uses)."""
 
@@ -423,8 +424,11 @@ class CorruptedLoader:
         if getattr(loader, "views", 1) != 1:
             raise DataError("corruptions apply to single-view (evaluation) loaders")
         self.loader, self.op = loader, op
-        self.mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(1, 3, 1, 1)
+        # the statistics the wrapped loader normalised with (ImageNet's unless its AugSpec says)
+        aug = getattr(loader, "aug", None)
+        mean, std = NORMALIZATIONS[getattr(aug, "normalize", "imagenet")]
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
     def __getattr__(self, name):  # plan, aug, batch_size, set_epoch, resolution, ...
         return getattr(self.loader, name)

@@ -289,7 +289,7 @@ class FFCVMaskedLoader(PlanLoaderBase):
             indices=plan.indices, drop_last=self.drop_last, pipelines=pipelines, seed=plan.seed,
             **plan_order_arguments(plan, Loader),
         )
-        self.normalize = Normalize(dtype, channels_last).to(self.device)
+        self.normalize = Normalize(dtype, channels_last, aug.normalize).to(self.device)
         self.epoch = 0
 
     def set_epoch(self, epoch: int, resolution: int | None = None,

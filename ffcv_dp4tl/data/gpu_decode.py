@@ -280,7 +280,7 @@ class DeviceDecodeLoader(PlanLoaderBase):
             self._locations = _beton_locations(split.beton, np.asarray(plan.indices))
         else:
             self._locations = _shard_locations(split)
-        self.normalize = Normalize(dtype, channels_last).to(self.device)
+        self.normalize = Normalize(dtype, channels_last, aug.normalize).to(self.device)
         self._pin = self.device.type == "cuda"
 
     # -- interface shared with the other loaders (MaskedLoader) ----------------------------------

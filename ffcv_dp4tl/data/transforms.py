@@ -16,6 +16,12 @@ from PIL import Image
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+#: CIFAR-10's channel statistics as the authors' released CIFAR loader normalises with
+#: (`src/data/cifar10.py`: ``Normalize(mean=[0.4914, 0.4822, 0.4465], std=[0.247, 0.243, 0.261])``)
+CIFAR10_MEAN = (0.4914 * 255, 0.4822 * 255, 0.4465 * 255)
+CIFAR10_STD = (0.247 * 255, 0.243 * 255, 0.261 * 255)
+#: the normalisations a loader can apply (``AugSpec.normalize``), per-channel (mean, std) on 0-255
+NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "cifar10": (CIFAR10_MEAN, CIFAR10_STD)}
 CENTER_CROP_RATIO = 224 / 256
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3 / 4, 4 / 3)
@@ -29,6 +35,8 @@ class AugSpec:
     flip with probability 1/2 when ``flip``; ``views`` independent such crops per sample
     (``views=2`` for two-view self-supervised recipes: ``Batch.images2``). Eval (``train=False``):
     one center crop of ``center_crop_ratio`` of the short side (224/256), no flip.
+    ``normalize``: the channel statistics the float images are normalised with
+    (:data:`NORMALIZATIONS`: ImageNet's by default, CIFAR-10's for the authors' CIFAR loader).
     """
 
     train: bool = False
@@ -37,6 +45,7 @@ class AugSpec:
     flip: bool = True
     views: int = 1
     center_crop_ratio: float = CENTER_CROP_RATIO
+    normalize: str = "imagenet"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crop_scale", (float(self.crop_scale[0]), float(self.crop_scale[1])))
@@ -48,8 +57,9 @@ class AugSpec:
         return cls(train=True, views=views, crop_scale=crop_scale, **kw)
 
     @classmethod
-    def for_eval(cls, center_crop_ratio: float = CENTER_CROP_RATIO) -> "AugSpec":
-        return cls(train=False, center_crop_ratio=center_crop_ratio)
+    def for_eval(cls, center_crop_ratio: float = CENTER_CROP_RATIO,
+                 normalize: str = "imagenet") -> "AugSpec":
+        return cls(train=False, center_crop_ratio=center_crop_ratio, normalize=normalize)
 
     def validate(self) -> "AugSpec":
         """Raise :class:`~ffcv_dp4tl.errors.DataError` for settings no loader can honour."""
@@ -64,6 +74,9 @@ class AugSpec:
             raise DataError(f"crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}")
         if not 0.0 < self.center_crop_ratio <= 1.0:
             raise DataError(f"center_crop_ratio must be in (0, 1], got {self.center_crop_ratio}")
+        if self.normalize not in NORMALIZATIONS:
+            raise DataError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got "
+                            f"{self.normalize!r}")
         return self
 
 
@@ -163,12 +176,15 @@ def crop_resize(img: Image.Image, box, size: int, flip: bool = False) -> np.ndar
 
 
 class Normalize(torch.nn.Module):
-    """uint8 NCHW (or NHWC) batch → float, ImageNet-normalised, optionally channels_last."""
+    """uint8 NCHW (or NHWC) batch → float, normalised with ``stats`` (:data:`NORMALIZATIONS`,
+    ImageNet's by default), optionally channels_last."""
 
-    def __init__(self, dtype: torch.dtype = torch.float32, channels_last: bool = False):
+    def __init__(self, dtype: torch.dtype = torch.float32, channels_last: bool = False,
+                 stats: str = "imagenet"):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = NORMALIZATIONS[stats]
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.dtype = dtype
         self.channels_last = channels_last
 

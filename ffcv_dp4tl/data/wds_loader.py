@@ -315,11 +315,11 @@ class WdsMaskedLoader(PlanLoaderBase):
         self._queued: deque[tuple[int, int]] = deque()  # epochs the stream took on, not yet read
         self._stream_ok = False  # the stream stands at the start of _queued[0]
         self.restarts = 0  #: epochs whose iteration (re)started the stream (no look-ahead used)
-        self.normalize = Normalize(dtype, channels_last).to(self.device)
+        self.normalize = Normalize(dtype, channels_last, aug.normalize).to(self.device)
         on_cpu = self.device.type == "cpu"
         #: the workers normalise (CPU device); else the device does, after the uint8 copy
         self.normalize_in_workers = on_cpu
-        self.dataset = _MaskedShardDataset(split, aug, Normalize(dtype, channels_last)
+        self.dataset = _MaskedShardDataset(split, aug, Normalize(dtype, channels_last, aug.normalize)
                                            if on_cpu else None)
         self.dataloader = DataLoader(
             self.dataset, sampler=_PlanSampler(self), batch_size=None, collate_fn=_as_is,

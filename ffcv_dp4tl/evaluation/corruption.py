@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm import tqdm
 
-from ..data import AugSpec, load_manifest, make_loader
+from ..data import load_manifest, make_loader
 from ..data.corruptions import CorruptedLoader, CorruptionOp
 from ..errors import DataError
 from ..training.engine import evaluate
@@ -84,7 +84,7 @@ def corruption_accuracy(ft: Finetuned, corruptions: Sequence[tuple[str, int]], *
         batch_size = ft.test_batch_size or 256
     mask, mask_path = (ft.test_mask, ft.test_mask_path) if split is None else (None, None)
     split = ft.test_split if split is None else split
-    loader = make_loader(ft.target, split, fmt=fmt, aug=AugSpec.for_eval(), mask=mask,
+    loader = make_loader(ft.target, split, fmt=fmt, aug=ft.eval_aug(), mask=mask,
                          batch_size=batch_size, resolution=ft.resolution, device=dev,
                          num_workers=num_workers)
     # the run's own test precision (autocast dtype), on this device: the clean top-1 is then

@@ -17,22 +17,24 @@ was scored and trained on, not the whole split under the same name.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..contracts import FinetuneHead, FinetuneMode, Format
+from ..contracts import FinetuneHead, FinetuneMode, Format, TargetCrop
 from ..contracts.fields import REQUIRED, typed
-from ..data import IndexMask, load_manifest, load_mask
+from ..data import AugSpec, IndexMask, load_manifest, load_mask
+from ..data.transforms import NORMALIZATIONS
 from ..data.sampling import check_resolution
 from ..errors import DataError, DP4TLError
 from ..fsutil import read_json
 from ..training.checkpoint import FinetuneState
 from ..training.distributed import resolve_device
 from ..training.finetune import (PRECISIONS, RESULT_NAME, STATE_NAME, classifier_for,
-                                 load_pretrained, mask_digest)
+                                 load_pretrained, mask_digest, target_test_aug)
 from ..training.models import get_head
 
 
@@ -57,6 +59,10 @@ class Finetuned:
     #: the batch size of the run's test evaluation (None: from before the field); evaluations
     #: use it by default, so the device runs the same kernel shapes
     test_batch_size: int | None = None
+    #: how the run read its test images (``result.json``'s ``normalize`` / ``test_crop``;
+    #: absent: the defaults): evaluations read images the same way (:meth:`eval_aug`)
+    normalize: str = "imagenet"
+    test_crop: str = "center"
     #: the split the run's ``test_top1`` was measured on (``result.json``'s ``test_split``;
     #: ``test`` for a result from before the field, as evaluations read it then)
     test_split: str = "test"
@@ -84,6 +90,11 @@ class Finetuned:
     @property
     def name(self) -> str:
         return self.run_dir.name
+
+    def eval_aug(self) -> AugSpec:
+        """How the run read its test images (its crop and normalisation): evaluations read
+        images this way, so a clean evaluation repeats the run's ``test_top1``."""
+        return target_test_aug(SimpleNamespace(test_crop=self.test_crop, normalize=self.normalize))
 
 
 _FIX = ("fix it, or rerun the finetuning that made this run with the same settings and output "
@@ -200,6 +211,9 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
     precision = _field(result, "test_precision", "str", run_dir, "fp32", choices=PRECISIONS)
     test_batch_size = _field(result, "test_batch_size", "int", run_dir, None, at_least=1)
     test_split = _field(result, "test_split", "str", run_dir, "test")
+    normalize = _field(result, "normalize", "str", run_dir, "imagenet",
+                       choices=tuple(NORMALIZATIONS))
+    test_crop = _field(result, "test_crop", "str", run_dir, "center", choices=TargetCrop.values())
     res = resolution if resolution is not None else _resolution(result, run_dir)
     ckpt = _path(result, "checkpoint", "source checkpoint", run_dir, checkpoint)
     tgt = _path(result, "target", "target", run_dir, target)
@@ -237,6 +251,7 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
     return Finetuned(model=model, run_dir=run_dir, result=result, mode=mode, target=tgt,
                      resolution=res, flip_tta=bool(flip_tta), fmt=fmt, precision=precision,
                      test_batch_size=test_batch_size, test_split=test_split,
+                     normalize=normalize, test_crop=test_crop,
                      test_mask=test_mask, test_mask_path=test_mask_path,
                      train_split=train_split or recorded_train_split or "train",
                      train_mask=train_mask,

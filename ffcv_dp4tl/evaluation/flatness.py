@@ -252,7 +252,7 @@ def model_flatness(ft, *, split: str | None = None, fmt: str | None = None, batc
     ``fmt`` (default: the format the run was finetuned from). ``split``: None (default) is the
     run's own train split under its ``train_mask`` (the paper's "downstream training loss": of
     the samples the model was trained on); a split named here is read whole (no mask)."""
-    from ..data import AugSpec, make_loader
+    from ..data import make_loader
     from ..errors import DataError
     from ..training.distributed import single_process_context
 
@@ -261,7 +261,7 @@ def model_flatness(ft, *, split: str | None = None, fmt: str | None = None, batc
     fmt = fmt or ft.fmt
     mask, mask_path = (ft.train_mask, ft.train_mask_path) if split is None else (None, None)
     split = ft.train_split if split is None else split
-    loader = make_loader(ft.target, split, fmt=fmt, aug=AugSpec.for_eval(), shuffle=False,
+    loader = make_loader(ft.target, split, fmt=fmt, aug=ft.eval_aug(), shuffle=False,
                          mask=mask, batch_size=batch_size, resolution=ft.resolution, device=dev,
                          num_workers=num_workers)
     batches = fixed_batches(loader, num_batches)

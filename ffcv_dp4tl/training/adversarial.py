@@ -177,8 +177,9 @@ class AdversarialObjective:
     loader_views = 1
 
     def __init__(self, attack_model: nn.Module, attack: PGDAttack, label_smoothing: float = 0.0,
-                 crop_scale: tuple[float, float] | None = None, augment: nn.Module | None = None):
-        self.train_aug = train_aug_for(crop_scale)  # as the clean objective's
+                 crop_scale: tuple[float, float] | None = None, augment: nn.Module | None = None,
+                 crop_ratio: tuple[float, float] | None = None):
+        self.train_aug = train_aug_for(crop_scale, crop_ratio)  # as the clean objective's
         self.attack_model = attack_model
         self.attack = attack
         self.crit = nn.CrossEntropyLoss(label_smoothing=label_smoothing)

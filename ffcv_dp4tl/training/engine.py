@@ -31,10 +31,18 @@ from . import distributed as dist_
 Schedule = Callable[[int, int, int], float]
 
 
-def train_aug_for(crop_scale: tuple[float, float] | list[float] | None) -> AugSpec:
-    """The supervised objectives' train augmentation for a recipe's ``train.crop_scale``."""
-    return AugSpec.for_train() if crop_scale is None else \
-        AugSpec.for_train(crop_scale=(float(crop_scale[0]), float(crop_scale[1])))
+def train_aug_for(crop_scale: tuple[float, float] | list[float] | None,
+                  crop_ratio: tuple[float, float] | list[float] | None = None,
+                  normalize: str = "imagenet") -> AugSpec:
+    """The supervised train augmentation for a recipe's ``train.crop_scale`` and
+    ``train.crop_ratio`` (None: the standard [0.08, 1] and [3/4, 4/3]): the objectives' and
+    FF's."""
+    kw: dict[str, Any] = {"normalize": normalize}
+    if crop_scale is not None:
+        kw["crop_scale"] = (float(crop_scale[0]), float(crop_scale[1]))
+    if crop_ratio is not None:
+        kw["crop_ratio"] = (float(crop_ratio[0]), float(crop_ratio[1]))
+    return AugSpec.for_train(**kw)
 
 
 class CrossEntropyObjective:
@@ -48,11 +56,13 @@ class CrossEntropyObjective:
     loader_views = 1
 
     def __init__(self, label_smoothing: float = 0.0, augment: nn.Module | None = None,
-                 crop_scale: tuple[float, float] | None = None):
+                 crop_scale: tuple[float, float] | None = None,
+                 crop_ratio: tuple[float, float] | None = None):
         self.crit = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         #: the train loader's augmentation: one view, random-resized crop (area ``crop_scale``,
-        #: the recipe's train.crop_scale; default the standard [0.08, 1]) + flip
-        self.train_aug = train_aug_for(crop_scale)
+        #: aspect ``crop_ratio``: the recipe's train.crop_scale / crop_ratio; default the standard
+        #: [0.08, 1] and [3/4, 4/3]) + flip
+        self.train_aug = train_aug_for(crop_scale, crop_ratio)
         #: batched photometric augmentation of the (normalised) images, e.g. the recipe's
         #: train.color_jitter (:func:`~.ssl_augment.color_jitter_augment`); None = none
         self.augment = augment

@@ -49,12 +49,13 @@ from torch import nn
 
 from ..contracts import FinetuneHead, FinetuneMode
 from ..data import AugSpec, load_manifest, load_mask, make_loader
+from ..data.transforms import CENTER_CROP_RATIO
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
 from .callbacks import MetricsWriter, call
 from .checkpoint import Checkpoint, FinetuneState, resume_from, rng_states, set_rng_states
 from .distributed import resolve_device, single_process_context
-from .engine import CrossEntropyObjective, evaluate, train_one_epoch
+from .engine import CrossEntropyObjective, evaluate, train_aug_for, train_one_epoch
 from .models import backbone, create_model, get_head
 from .recipe import Recipe, as_recipe
 from .schedule import lr_for_iteration, peak_lr
@@ -190,6 +191,20 @@ def run_identity(recipe: Recipe, source: Checkpoint, target_fingerprint: str, mo
             "format": fmt, **{k: mask_digest(m) for k, m in masks.items()}}
 
 
+def target_test_aug(fc) -> AugSpec:
+    """How a finetuning recipe (``[finetune]``: test_crop, normalize) reads the target's test
+    images: the run's test loader and every later evaluation of the run use this one rule."""
+    return AugSpec.for_eval(center_crop_ratio=1.0 if fc.test_crop == "none" else CENTER_CROP_RATIO,
+                            normalize=fc.normalize)
+
+
+def target_train_aug(recipe: Recipe) -> AugSpec:
+    """FF's (and augmented LP's) train augmentation: the recipe's train.crop_scale and
+    crop_ratio, normalised as ``finetune.normalize`` says."""
+    return train_aug_for(recipe.train.crop_scale, recipe.train.crop_ratio,
+                         recipe.finetune.normalize)
+
+
 def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: str | Path,
              out_dir: str | Path, mode: str | None = None, fmt: str = "ffcv",
              device: str | torch.device = "auto", progress: bool = True,
@@ -289,7 +304,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     ctx = single_process_context(dev)  # before any loader: `cuda:N` current
     common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers, seed=recipe.data.seed,
                   deterministic=recipe.data.deterministic)
-    test_loader = make_loader(target_dir, test_split.name, aug=AugSpec.for_eval(),
+    test_loader = make_loader(target_dir, test_split.name, aug=target_test_aug(fc),
                               batch_size=ec.batch_size, resolution=fc.resolution,
                               mask=masks.get("test_mask"), **common)
     train_mask_ = masks.get("train_mask")
@@ -303,14 +318,15 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
         model.requires_grad_(False)
         xte, yte = extract_features(model, test_loader)
         if lp_augmented:
-            images = make_loader(target_dir, train_split.name, aug=AugSpec.for_train(),
+            images = make_loader(target_dir, train_split.name, aug=target_train_aug(recipe),
                                  batch_size=tc.batch_size, resolution=fc.resolution,
                                  drop_last=False, mask=train_mask_, **common)
             train_loader = FrozenFeatureLoader(model, images)
         else:
             # lp_crop: the eval transform's 224/256 centre crop, or the whole short side (the
             # authors' released LP loader: RRC with scale and ratio (1, 1), no flip)
-            crop = AugSpec.for_eval(center_crop_ratio=1.0) if fc.lp_crop == "none" else AugSpec.for_eval()
+            crop = AugSpec.for_eval(center_crop_ratio=1.0 if fc.lp_crop == "none" else
+                                    CENTER_CROP_RATIO, normalize=fc.normalize)
             feat_loader = make_loader(target_dir, train_split.name, aug=crop,
                                       batch_size=ec.batch_size, resolution=fc.resolution,
                                       mask=train_mask_, **common)
@@ -324,7 +340,8 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
         net, amp, flip_tta, wd_on_bn_bias = model, autocast_dtype(recipe, dev), ec.flip_tta, \
             recipe.optim.wd_on_bn_bias
         train_loader = make_loader(target_dir, train_split.name,
-                                   aug=AugSpec.for_train() if fc.train_augment else AugSpec.for_eval(),
+                                   aug=target_train_aug(recipe) if fc.train_augment else
+                                   AugSpec.for_eval(normalize=fc.normalize),
                                    batch_size=tc.batch_size, resolution=fc.resolution,
                                    drop_last=False, mask=train_mask_, **common)
         eval_loader = test_loader
@@ -392,6 +409,10 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
               "source_mask_hash": ckpt.mask_hash, "target": str(target_dir),
               "target_fingerprint": manifest.fingerprint, "target_classes": manifest.num_classes,
               **({"head": fc.head} if fc.head != FinetuneHead.new.value else {}),
+              # how the test images were read (evaluations read them the same way); only when
+              # not the default, so results of before the fields read as they always did
+              **({"normalize": fc.normalize} if fc.normalize != "imagenet" else {}),
+              **({"test_crop": fc.test_crop} if fc.test_crop != "center" else {}),
               "test_samples": (len(masks["test_mask"]) if "test_mask" in masks
                                else test_split.num_samples),
               "test_split": test_split.name, "train_split": train_split.name,

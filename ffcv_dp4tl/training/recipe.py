@@ -30,6 +30,7 @@ from typing import Any
 
 from ..contracts import AdvNorm, AdvUnits, Decode, FinetuneHead, FinetuneMode, StartFrom, TargetCrop
 from ..data.sampling import MAX_RESOLUTION
+from ..data.transforms import NORMALIZATIONS
 from ..errors import DP4TLError
 from .recipe_files import parse_override, read_toml, recipes_dir, resolve_recipe_path
 
@@ -124,6 +125,11 @@ class TrainCfg:
     # surrogates use [0.35, 1], since an 8 % crop of a 32 px image often misses the object
     # (docs/synth.md, "What limits the surrogate").
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    # Supervised training only: the random-resized crop's aspect range [min, max] (w / h).
+    # [3/4, 4/3] is torchvision's and ffcv's; [1, 1] with a fixed crop_scale [a, a] is a random
+    # square crop of side sqrt(a) at a random position (the authors' CIFAR FF: Resize(182) +
+    # RandomCrop(160), paper_code/ff_cifar10). FF reads both too.
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     # Supervised training only: white-balance jitter, every image's R, G, B scaled by
     # exp(U(-w, w)) each (0 = off, the default and out of the fingerprint). A colour temperature
     # moves hues, and a surrogate that reads classes from hue then maps a warm-toned target to
@@ -153,7 +159,7 @@ class FinetuneCfg:
     #: how LP's cached train features read the images (lp_augment off): "center" = the eval
     #: transform's 224/256 centre crop; "none" = the whole short side (the largest centred
     #: square) at finetune.resolution — the authors' released LP loader (RRC with scale and
-    #: ratio (1, 1), no flip). The test images are always read with the 224/256 centre crop.
+    #: ratio (1, 1), no flip). The test images: finetune.test_crop.
     lp_crop: str = "center"
     #: the classifier finetuning trains: "new" (a freshly initialised target-sized linear head)
     #: or "source" (the source model's own head and weights: target label c is its output c and
@@ -164,6 +170,14 @@ class FinetuneCfg:
     #: epoch) or "best" (the epoch with the best pruned-val top-1: the pretraining recipe must
     #: keep it, train.keep_best = true) — the authors' released configs load best.ckpt
     start_from: str = "final"
+    #: the channel statistics the target images are normalised with (LP and FF, train and
+    #: test): "imagenet" (the source's, the default) or "cifar10" (the authors' released CIFAR
+    #: loader, `src/data/cifar10.py`: paper_code/*_cifar10)
+    normalize: str = "imagenet"
+    #: how the target's test images are read: "center" (the eval transform's 224/256 centre
+    #: crop) or "none" (the whole short side at finetune.resolution: the released CIFAR loader's
+    #: Resize((160, 160)), the same for CIFAR's square images)
+    test_crop: str = "center"
 
 
 @dataclass
@@ -272,6 +286,9 @@ class Recipe:
                                   ("scoring", "source_crop", "center"),
                                   ("scoring", "scorer_options", []), ("adv", "units", "pixel"),
                                   ("train", "crop_scale", [0.08, 1.0]),
+                                  ("train", "crop_ratio", [3 / 4, 4 / 3]),
+                                  ("finetune", "normalize", "imagenet"),
+                                  ("finetune", "test_crop", "center"),
                                   ("train", "white_balance", 0.0)):
             if sec in d and d[sec].get(key) == default:
                 d[sec].pop(key)
@@ -399,6 +416,8 @@ _CHOICES = {
     ("scoring", "target_crop"): TargetCrop.values(),
     ("scoring", "source_crop"): TargetCrop.values(),  # (the same two crops, for source images)
     ("finetune", "lp_crop"): TargetCrop.values(),
+    ("finetune", "test_crop"): TargetCrop.values(),
+    ("finetune", "normalize"): tuple(NORMALIZATIONS),
     ("finetune", "start_from"): StartFrom.values(),
     ("finetune", "head"): FinetuneHead.values(),
     ("adv", "norm"): AdvNorm.values(),
@@ -435,7 +454,8 @@ def _validate_choices(r: Recipe, source: str) -> None:
                              f"divisible by ssl.bn_splits ({ssl.bn_splits})")
         jitter = [k for k, on in (("train.color_jitter", r.train.color_jitter),
                                   ("train.white_balance", r.train.white_balance),
-                                  ("train.crop_scale", list(r.train.crop_scale) != [0.08, 1.0]))
+                                  ("train.crop_scale", list(r.train.crop_scale) != [0.08, 1.0]),
+                                  ("train.crop_ratio", list(r.train.crop_ratio) != [3 / 4, 4 / 3]))
                   if on]
         if jitter:  # (MoCo's views take their crops and photometric augmentation from [ssl])
             raise DP4TLError(f"{source}: {' and '.join(jitter)} apply to supervised training "
@@ -446,6 +466,10 @@ def _validate_choices(r: Recipe, source: str) -> None:
     if len(cs) != 2 or not 0 < cs[0] <= cs[1] <= 1:
         raise DP4TLError(f"{source}: train.crop_scale must be [min, max] with 0 < min <= max <= 1, "
                          f"got {cs}")
+    cr = r.train.crop_ratio
+    if len(cr) != 2 or not 0 < cr[0] <= cr[1]:
+        raise DP4TLError(f"{source}: train.crop_ratio must be [min, max] with 0 < min <= max, "
+                         f"got {cr}")
     if r.train.color_jitter and (len(r.train.color_jitter) != 4 or r.train.color_jitter[3] > 0.5):
         raise DP4TLError(f"{source}: train.color_jitter needs 4 values [brightness, contrast, "
                          f"saturation, hue] with hue <= 0.5 (or [] for none), got "

@@ -305,10 +305,11 @@ def build_step_parts(recipe: Recipe, num_classes: int, ctx: dist_.DistContext,
         from .adversarial import AdversarialObjective, PGDAttack
         objective = AdversarialObjective(net, PGDAttack.from_recipe(recipe.adv),
                                          recipe.optim.label_smoothing, tc.crop_scale,
-                                         color_jitter_augment(recipe.train))
+                                         color_jitter_augment(recipe.train), tc.crop_ratio)
     else:
         objective = CrossEntropyObjective(recipe.optim.label_smoothing,
-                                          color_jitter_augment(recipe.train), tc.crop_scale)
+                                          color_jitter_augment(recipe.train), tc.crop_scale,
+                                          tc.crop_ratio)
     if ckpt:
         objective.load_state_dict(ckpt.objective)
     train_model: nn.Module = net

@@ -358,6 +358,32 @@ def test_augspec_reaches_every_loader(index_dataset, mask):
     loaders["gpu-decode"].close()
 
 
+def test_every_loader_normalises_with_the_augspecs_statistics(index_dataset, mask):
+    """AugSpec.normalize (the released CIFAR loader's mean/std, paper_code/*_cifar10) reaches
+    every loader: the same pixels come back from both normalisations, and the floats differ."""
+    from ffcv_dp4tl.data.transforms import NORMALIZATIONS
+
+    def pixels(batch, stats):
+        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATIONS[stats])
+        return batch.images * std + mean
+
+    out = {}
+    for stats in ("imagenet", "cifar10"):
+        loaders = _three_loaders(index_dataset, mask, aug=AugSpec.for_eval(normalize=stats))
+        for name, ld in loaders.items():
+            out[name, stats] = next(iter(ld))
+        loaders["gpu-decode"].close()
+    for name in ("ffcv", "wds", "gpu-decode"):
+        a, b = out[name, "imagenet"], out[name, "cifar10"]
+        assert torch.equal(a.indices, b.indices), name
+        torch.testing.assert_close(pixels(a, "imagenet"), pixels(b, "cifar10"), atol=1e-3,
+                                   rtol=0, msg=name)
+        assert not torch.allclose(a.images, b.images), name
+    with pytest.raises(DataError, match="normalize must be one of imagenet, cifar10, got 'svhn'"):
+        make_loader(index_dataset.root, "train", fmt="wds", aug=AugSpec.for_eval(normalize="svhn"),
+                    batch_size=BS, resolution=16, num_workers=0)
+
+
 def test_augspec_errors_and_no_old_flags(index_dataset, mask):
     from ffcv_dp4tl.data import AugSpec
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from ffcv_dp4tl.data import AugSpec
 from ffcv_dp4tl.evaluation.corruption import corruption_accuracy, corruption_table
 from ffcv_dp4tl.evaluation.finetuned import load_finetuned
 
@@ -357,3 +358,55 @@ def test_a_run_that_finetuned_the_source_head_is_rebuilt_with_it(eval_source_ckp
     assert ft.result["head"] == "source"
     res = corruption_accuracy(ft, [("contrast", 5)], num_workers=0, progress=False)
     assert res["clean_top1"] == pytest.approx(ft.result["test_top1"], abs=1e-9)
+
+
+@pytest.mark.parametrize("recipe", ["lp_tiny_cpu", "ff_tiny_cpu"])
+def test_a_run_that_read_its_images_as_the_cifar_loader_is_evaluated_the_same_way(
+        eval_source_ckpt, eval_target, tmp_path, recipe):
+    """``finetune.normalize`` / ``test_crop`` (paper_code/*_cifar10: CIFAR-10's mean/std, the
+    whole image at test): result.json records them and an evaluation reads the test images the
+    same way, so its clean top-1 is the run's exactly; the corruptions are applied to the
+    pixels the CIFAR statistics decode back to."""
+    from ffcv_dp4tl.training.finetune import finetune
+    from ffcv_dp4tl.training.recipe import load_recipe
+
+    over = ["train.epochs=1", "finetune.resolution=16", "eval.resolution=16",
+            "data.num_workers=0", "eval.batch_size=64", "finetune.normalize=cifar10",
+            "finetune.test_crop=none"]
+    finetune(load_recipe(recipe, over + (["train.batch_size=8", "train.crop_ratio=[1.0,1.0]"]
+                                         if recipe.startswith("ff") else [])),
+             eval_source_ckpt, eval_target, tmp_path / "run", fmt="wds", device="cpu",
+             progress=False)
+    ft = load_finetuned(tmp_path / "run", "cpu")
+    assert (ft.result["normalize"], ft.result["test_crop"]) == ("cifar10", "none")
+    aug = ft.eval_aug()
+    assert (aug.normalize, aug.center_crop_ratio, aug.train) == ("cifar10", 1.0, False)
+    res = corruption_accuracy(ft, [("contrast", 5)], num_workers=0, progress=False)
+    assert res["clean_top1"] == pytest.approx(ft.result["test_top1"], abs=1e-9)
+    # a run with the defaults records neither field and reads as before
+    finetune(load_recipe(recipe, over[:5] + (["train.batch_size=8"] if recipe.startswith("ff")
+                                             else [])),
+             eval_source_ckpt, eval_target, tmp_path / "plain", fmt="wds", device="cpu",
+             progress=False)
+    plain = load_finetuned(tmp_path / "plain", "cpu")
+    assert "normalize" not in plain.result and "test_crop" not in plain.result
+    assert plain.eval_aug() == AugSpec.for_eval()
+
+
+def test_corrupted_loader_inverts_the_wrapped_loaders_statistics():
+    """CorruptedLoader maps a batch back to uint8 pixels with the statistics the wrapped loader
+    normalised with (CIFAR-10's here; it used ImageNet's for every loader), exactly for every
+    level, and a loader without an AugSpec keeps ImageNet's."""
+    from ffcv_dp4tl.data.corruptions import CorruptedLoader
+    from ffcv_dp4tl.data.transforms import Normalize
+
+    levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16).expand(1, 3, 16, 16)
+    op = object()
+    loader = CorruptedLoader(SimpleNamespace(aug=AugSpec.for_eval(normalize="cifar10"), views=1), op)
+    norm = Normalize(stats="cifar10")
+    torch.testing.assert_close(loader.mean, norm.mean)
+    torch.testing.assert_close(loader.std, norm.std)
+    back = (norm(levels) * loader.std + loader.mean).round().to(torch.uint8)
+    assert torch.equal(back, levels)
+    plain = CorruptedLoader(SimpleNamespace(views=1), op)
+    torch.testing.assert_close(plain.mean, Normalize().mean)

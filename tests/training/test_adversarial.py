@@ -270,3 +270,19 @@ def test_a_self_supervised_recipe_refuses_the_supervised_jitters():
                                          r".*ssl.crop_scale"):
         load_recipe("moco_v2_tiny_cpu", ["train.crop_scale=[0.35,1.0]"])
     assert load_recipe("moco_v2_tiny_cpu").ssl.crop_scale == [0.2, 1.0]
+    with pytest.raises(DP4TLError, match=r"train.crop_ratio apply to supervised training only"):
+        load_recipe("moco_v2_tiny_cpu", ["train.crop_ratio=[1.0,1.0]"])
+
+
+@pytest.mark.parametrize("adv", [[], ["adv.steps=2", "adv.eps=8/255"]], ids=["clean", "adversarial"])
+def test_the_train_crop_of_a_recipe_reaches_the_objective(adv):
+    """train.crop_scale and train.crop_ratio (a fixed-area square crop: the released CIFAR FF's
+    RandomCrop) set the train loader's AugSpec, in clean and adversarial pretraining alike."""
+    r = load_recipe("resnet18_tiny_cpu", TEST_OVERRIDES + adv + ["train.crop_scale=[0.5,0.5]",
+                                                                 "train.crop_ratio=[1.0,1.0]"])
+    parts = trainer.build_step_parts(r, 8, DistContext(device=torch.device("cpu")))
+    aug = parts.objective.train_aug
+    assert (aug.crop_scale, aug.crop_ratio, aug.train) == ((0.5, 0.5), (1.0, 1.0), True)
+    default = trainer.build_step_parts(load_recipe("resnet18_tiny_cpu", TEST_OVERRIDES + adv), 8,
+                                       DistContext(device=torch.device("cpu"))).objective.train_aug
+    assert default.crop_ratio == (3 / 4, 4 / 3)

@@ -134,6 +134,9 @@ def test_every_shipped_scorer_option_names_a_real_option():
     (["scoring.source_crop=squash"], "scoring.source_crop"),
     (["scoring.scorer_options=[\"grad=full\"]"], "METHOD.NAME=VALUE"),
     (["adv.steps=3", "adv.eps=0.5", "adv.norm=l2", "adv.units=normalized"], "adv.units"),
+    (["finetune.normalize=svhn"], "finetune.normalize"),
+    (["finetune.test_crop=squash"], "finetune.test_crop"),
+    (["train.crop_ratio=[2.0,1.0]"], "train.crop_ratio"),
 ])
 def test_new_knobs_are_validated(over, msg):
     with pytest.raises(DP4TLError) as e:
@@ -149,3 +152,31 @@ def test_only_the_released_finetuning_keeps_the_source_head():
         assert load_recipe(name).finetune.head == "source", name
     for name in ("paper/lp", "paper/ff", "paper/lp_moco", "lp", "ff"):
         assert load_recipe(name).finetune.head == "new", name
+
+
+@pytest.mark.parametrize("mode", ["lp", "ff"])
+def test_cifar10_images_are_read_as_the_released_loader_reads_them(mode):
+    """src/data/cifar10.py (docs/deviations.md #15): CIFAR-10's mean/std; test Resize((160, 160))
+    = the whole (square) image; LP train Resize((160, 160)) = lp_crop none without augmentation;
+    FF train Resize(182) + RandomCrop(160) + flip = a random square of side 160/182 of the image.
+    Every other target keeps ImageNet's statistics and the 224/256 centre crop."""
+    from ffcv_dp4tl.data.transforms import CENTER_CROP_RATIO, NORMALIZATIONS
+    from ffcv_dp4tl.training.finetune import target_test_aug, target_train_aug
+
+    r = _ft("paper-code", "cifar10", mode)
+    assert NORMALIZATIONS[r.finetune.normalize] == (
+        tuple(v * 255 for v in (0.4914, 0.4822, 0.4465)), tuple(v * 255 for v in (0.247, 0.243, 0.261)))
+    test = target_test_aug(r.finetune)
+    assert (test.train, test.center_crop_ratio, test.normalize) == (False, 1.0, "cifar10")
+    if mode == "lp":
+        assert r.finetune.lp_crop == "none" and not r.finetune.lp_augment
+    else:
+        train = target_train_aug(r)
+        assert train.train and train.flip and train.normalize == "cifar10"
+        side = int(160 * 256 / 224)  # cifar10.py: bigger_resolution
+        assert side == 182 and train.crop_scale == pytest.approx(((160 / side) ** 2,) * 2)
+        assert train.crop_ratio == (1.0, 1.0)
+    other = _ft("paper-code", "oxfordpets", mode)
+    assert target_test_aug(other.finetune).center_crop_ratio == CENTER_CROP_RATIO
+    assert (other.finetune.normalize, other.finetune.test_crop) == ("imagenet", "center")
+    assert target_train_aug(other).crop_ratio == (3 / 4, 4 / 3)
