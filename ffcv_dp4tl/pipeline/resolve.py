@@ -292,6 +292,11 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
         per_target.append({m: (ft[m], load(ft[m], cfg.finetune_overrides)) for m in cfg.finetune})
         for m, (name, rec) in per_target[-1].items():
             _check_target_splits(t, m, name, rec)
+            if rec.finetune.normalize == "cifar10" and cfg.fmt == "ffcv":
+                # ffcv resizes with OpenCV's INTER_AREA: 32 px images upsample in blocks
+                log(f"[finetune] note: {name} reads {t.name} as the authors' CIFAR loader does "
+                    "(torchvision's bilinear Resize) only with --format wds; ffcv upsamples "
+                    "small images with INTER_AREA (blocks of pixels)")
     names_first = finetune_names(tgts[0].name)
     # the protocol's scorer options (surrogate recipe scoring.scorer_options), under --opt
     recipe_options = recipe_scorer_options(surrogate.scoring.scorer_options, cfg.method)

@@ -210,3 +210,21 @@ def test_a_source_head_finetuning_that_cannot_run_is_refused_before_any_work(sma
                            SimpleNamespace(num_classes=5, root="T"), "")
     _check_source_head("paper_code/ff", ff, "p", sup, SimpleNamespace(num_classes=5),
                        SimpleNamespace(num_classes=5, root="T"), "")
+
+
+def test_a_cifar_normalised_finetuning_on_ffcv_is_told_the_resampling_differs(small_synth,
+                                                                             tmp_path):
+    """paper_code/*_cifar10 match the released loader's bilinear Resize on WebDataset only:
+    ffcv upsamples with INTER_AREA, so a run on ffcv is told (once per recipe and target)."""
+    from ffcv_dp4tl.pipeline.config import validate as check
+    from ffcv_dp4tl.pipeline.resolve import resolve
+
+    base = dict(source=str(small_synth / "source"), target=str(small_synth / "targets" / "paper"),
+                ratio=0.5, method="random", finetune=("lp",), runs_root=tmp_path / "r",
+                data_root=tmp_path / "d", finetune_overrides=("finetune.normalize=cifar10",))
+    for fmt, told in (("ffcv", True), ("wds", False)):
+        logs = []
+        cfg = PipelineConfig(**base, fmt=fmt)
+        resolve(cfg, check(cfg), logs.append)
+        notes = [m for m in logs if "INTER_AREA" in m]
+        assert len(notes) == (1 if told else 0), logs

@@ -341,3 +341,37 @@ def test_a_train_mask_without_some_classes_is_named(trained_run, target_dir, tmp
         finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path / "lp",
                  fmt="wds", device="cpu", progress=False, train_mask=mask,
                  overrides=LP + ["train.epochs=1"])
+
+
+@pytest.mark.parametrize("mode,extra", [
+    ("lp", []), ("lp", ["finetune.lp_augment=true"]),
+    ("ff", ["train.crop_scale=[0.5,0.5]", "train.crop_ratio=[1.0,1.0]"])],
+    ids=["lp-cached", "lp-augmented", "ff"])
+def test_every_finetune_loader_reads_the_images_as_the_recipe_says(trained_run, target_dir,
+                                                                   tmp_path, monkeypatch, mode,
+                                                                   extra):
+    """finetune.normalize / test_crop and train.crop_scale / crop_ratio (paper_code/*_cifar10:
+    the released CIFAR loader) reach every loader a finetuning makes: the test loader, LP's
+    cached-feature and augmented train loaders, FF's train loader."""
+    made = []
+    real = finetune_module.make_loader
+
+    def spy(target, split, **kw):
+        made.append((split, kw["aug"]))
+        return real(target, split, **kw)
+
+    monkeypatch.setattr(finetune_module, "make_loader", spy)
+    finetune(f"{mode}_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path / mode,
+             fmt="wds", device="cpu", progress=False,
+             overrides=LP + ["train.epochs=1", "finetune.normalize=cifar10",
+                             "finetune.test_crop=none", "finetune.lp_crop=none"] + extra)
+    assert {aug.normalize for _, aug in made} == {"cifar10"} and len(made) == 2
+    (test,) = [aug for split, aug in made if split == "test"]
+    (train,) = [aug for split, aug in made if split == "train"]
+    assert (test.train, test.center_crop_ratio) == (False, 1.0)
+    if mode == "ff":
+        assert train.train and (train.crop_scale, train.crop_ratio) == ((0.5, 0.5), (1.0, 1.0))
+    elif extra:  # augmented LP: the train augmentation
+        assert train.train and train.crop_ratio == (3 / 4, 4 / 3)
+    else:  # cached LP features: the whole short side (lp_crop none), no augmentation
+        assert (train.train, train.center_crop_ratio) == (False, 1.0)
