@@ -61,6 +61,17 @@ class AugSpec:
                  normalize: str = "imagenet") -> "AugSpec":
         return cls(train=False, center_crop_ratio=center_crop_ratio, normalize=normalize)
 
+    @classmethod
+    def for_crop(cls, crop: str, normalize: str = "imagenet") -> "AugSpec":
+        """The eval transform a recipe's crop setting names (``scoring.target_crop`` /
+        ``source_crop``, ``finetune.lp_crop`` / ``test_crop``): "center" = the 224/256 centre
+        crop, "none" = the whole short side."""
+        from ..errors import DataError
+
+        if crop not in ("center", "none"):
+            raise DataError(f"crop must be center or none, got {crop!r}")
+        return cls.for_eval(1.0 if crop == "none" else CENTER_CROP_RATIO, normalize)
+
     def validate(self) -> "AugSpec":
         """Raise :class:`~ffcv_dp4tl.errors.DataError` for settings no loader can honour."""
         from ..errors import DataError

@@ -17,7 +17,6 @@ was scored and trained on, not the whole split under the same name.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from ..fsutil import read_json
 from ..training.checkpoint import FinetuneState
 from ..training.distributed import resolve_device
 from ..training.finetune import (PRECISIONS, RESULT_NAME, STATE_NAME, classifier_for,
-                                 load_pretrained, mask_digest, target_test_aug)
+                                 load_pretrained, mask_digest)
 from ..training.models import get_head
 
 
@@ -94,7 +93,7 @@ class Finetuned:
     def eval_aug(self) -> AugSpec:
         """How the run read its test images (its crop and normalisation): evaluations read
         images this way, so a clean evaluation repeats the run's ``test_top1``."""
-        return target_test_aug(SimpleNamespace(test_crop=self.test_crop, normalize=self.normalize))
+        return AugSpec.for_crop(self.test_crop, self.normalize)
 
 
 _FIX = ("fix it, or rerun the finetuning that made this run with the same settings and output "

@@ -102,7 +102,7 @@ class ScoringContext:
 
         s = self._need_surrogate()
         res, crop = self._input(target, features)
-        aug = AugSpec.for_eval(center_crop_ratio=1.0) if crop == "none" else AugSpec.for_eval()
+        aug = AugSpec.for_crop(crop)
         return make_loader(dataset_dir, split, fmt=self.fmt, aug=aug, shuffle=False,
                            drop_last=False, batch_size=self.batch_size, resolution=res,
                            device=s.device, num_workers=self.num_workers, rank=0, world_size=1)

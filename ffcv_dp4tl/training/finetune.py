@@ -49,7 +49,6 @@ from torch import nn
 
 from ..contracts import FinetuneHead, FinetuneMode
 from ..data import AugSpec, load_manifest, load_mask, make_loader
-from ..data.transforms import CENTER_CROP_RATIO
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
 from .callbacks import MetricsWriter, call
@@ -191,13 +190,6 @@ def run_identity(recipe: Recipe, source: Checkpoint, target_fingerprint: str, mo
             "format": fmt, **{k: mask_digest(m) for k, m in masks.items()}}
 
 
-def target_test_aug(fc) -> AugSpec:
-    """How a finetuning recipe (``[finetune]``: test_crop, normalize) reads the target's test
-    images: the run's test loader and every later evaluation of the run use this one rule."""
-    return AugSpec.for_eval(center_crop_ratio=1.0 if fc.test_crop == "none" else CENTER_CROP_RATIO,
-                            normalize=fc.normalize)
-
-
 def target_train_aug(recipe: Recipe) -> AugSpec:
     """FF's (and augmented LP's) train augmentation: the recipe's train.crop_scale and
     crop_ratio, normalised as ``finetune.normalize`` says."""
@@ -304,7 +296,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     ctx = single_process_context(dev)  # before any loader: `cuda:N` current
     common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers, seed=recipe.data.seed,
                   deterministic=recipe.data.deterministic)
-    test_loader = make_loader(target_dir, test_split.name, aug=target_test_aug(fc),
+    test_loader = make_loader(target_dir, test_split.name, aug=AugSpec.for_crop(fc.test_crop, fc.normalize),
                               batch_size=ec.batch_size, resolution=fc.resolution,
                               mask=masks.get("test_mask"), **common)
     train_mask_ = masks.get("train_mask")
@@ -325,8 +317,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
         else:
             # lp_crop: the eval transform's 224/256 centre crop, or the whole short side (the
             # authors' released LP loader: RRC with scale and ratio (1, 1), no flip)
-            crop = AugSpec.for_eval(center_crop_ratio=1.0 if fc.lp_crop == "none" else
-                                    CENTER_CROP_RATIO, normalize=fc.normalize)
+            crop = AugSpec.for_crop(fc.lp_crop, fc.normalize)
             feat_loader = make_loader(target_dir, train_split.name, aug=crop,
                                       batch_size=ec.batch_size, resolution=fc.resolution,
                                       mask=train_mask_, **common)

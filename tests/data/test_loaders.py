@@ -396,6 +396,10 @@ def test_augspec_errors_and_no_old_flags(index_dataset, mask):
                     aug=AugSpec.for_train(crop_scale=(0.5, 0.2)), **kw)
     with pytest.raises(DataError, match="center_crop_ratio"):
         make_loader(index_dataset.root, "train", fmt="wds", aug=AugSpec.for_eval(1.5), **kw)
+    with pytest.raises(DataError, match="crop must be center or none, got 'squash'"):
+        AugSpec.for_crop("squash")
+    assert AugSpec.for_crop("none", "cifar10") == AugSpec.for_eval(1.0, "cifar10")
+    assert AugSpec.for_crop("center") == AugSpec.for_eval()
     with pytest.raises(TypeError, match="aug"):  # the augmentation is always stated
         make_loader(index_dataset.root, "train", fmt="wds", **kw)
     for old in ({"train": True}, {"views": 2}, {"crop_scale": (0.2, 1.0)}):  # one spelling only

@@ -161,12 +161,13 @@ def test_cifar10_images_are_read_as_the_released_loader_reads_them(mode):
     FF train Resize(182) + RandomCrop(160) + flip = a random square of side 160/182 of the image.
     Every other target keeps ImageNet's statistics and the 224/256 centre crop."""
     from ffcv_dp4tl.data.transforms import CENTER_CROP_RATIO, NORMALIZATIONS
-    from ffcv_dp4tl.training.finetune import target_test_aug, target_train_aug
+    from ffcv_dp4tl.data import AugSpec
+    from ffcv_dp4tl.training.finetune import target_train_aug
 
     r = _ft("paper-code", "cifar10", mode)
     assert NORMALIZATIONS[r.finetune.normalize] == (
         tuple(v * 255 for v in (0.4914, 0.4822, 0.4465)), tuple(v * 255 for v in (0.247, 0.243, 0.261)))
-    test = target_test_aug(r.finetune)
+    test = AugSpec.for_crop(r.finetune.test_crop, r.finetune.normalize)
     assert (test.train, test.center_crop_ratio, test.normalize) == (False, 1.0, "cifar10")
     if mode == "lp":
         assert r.finetune.lp_crop == "none" and not r.finetune.lp_augment
@@ -177,6 +178,6 @@ def test_cifar10_images_are_read_as_the_released_loader_reads_them(mode):
         assert side == 182 and train.crop_scale == pytest.approx(((160 / side) ** 2,) * 2)
         assert train.crop_ratio == (1.0, 1.0)
     other = _ft("paper-code", "oxfordpets", mode)
-    assert target_test_aug(other.finetune).center_crop_ratio == CENTER_CROP_RATIO
+    assert AugSpec.for_crop(other.finetune.test_crop).center_crop_ratio == CENTER_CROP_RATIO
     assert (other.finetune.normalize, other.finetune.test_crop) == ("imagenet", "center")
     assert target_train_aug(other).crop_ratio == (3 / 4, 4 / 3)
