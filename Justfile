@@ -34,8 +34,8 @@ rehearse-gpu-check:
 build source="synth" out="data/synth" *args:
     {{quote(dp4tl)}} build {{quote(source)}} --out {{quote(out)}} "${@:3}"
 
-# the end-to-end job: just pretrain ratio=0.6 [method=fm] [data=imagenet:/data/ILSVRC target=flowers102:/data/flowers arch=resnet50]
-# (key=value pairs become `dp4tl pipeline --key value`; embedded default data when no data= is given)
+# key=value pairs become `dp4tl pipeline --key value`; embedded default data when no data= is given
+[doc("the end-to-end job: just pretrain ratio=0.6 [method=fm] [data=imagenet:/data/ILSVRC target=flowers102:/data/flowers arch=resnet50]")]
 [positional-arguments]
 pretrain *args:
     #!/usr/bin/env bash
@@ -61,14 +61,14 @@ bench *args:  # (not `: (bench-data args)`: a dependency gets the args joined in
 bench-data *args:
     {{quote(py)}} benchmarks/bench_data.py "$@"
 
-# cost table + accuracy vs ratio on the embedded data → docs/cost-table/ + BENCHMARKS.md
-# (args go to `dp4tl bench cost-table`, e.g. just bench-cost --methods lm,random --seeds 0,1)
+# args go to `dp4tl bench cost-table`, e.g. just bench-cost --methods lm,random --seeds 0,1
+[doc("cost table + accuracy vs ratio on the embedded data → docs/cost-table/ + BENCHMARKS.md")]
 [positional-arguments]
 bench-cost *args:
     {{quote(dp4tl)}} bench cost-table --out docs/cost-table --report BENCHMARKS.md --runs-root runs/cost-table "$@"
 
-# do LM and FM beat RANDOM? paired test over seeds x targets on synth:hard (LP and FF, ground
-# truth of every selection) → docs/embedded-benchmark/ + BENCHMARKS.md (rerun resumes)
+# LP and FF, with the ground truth of every selection; a rerun resumes
+[doc("do LM and FM beat RANDOM? paired test over seeds x targets on synth:hard → docs/embedded-benchmark/ + BENCHMARKS.md")]
 [positional-arguments]
 bench-embedded *args:
     {{quote(dp4tl)}} bench embedded --out docs/embedded-benchmark --report BENCHMARKS.md "$@"

@@ -67,7 +67,11 @@ class BuildOptions:
     #: "jpg": every image stored as JPEG; "proportion": ``raw_fraction`` stored as raw pixels.
     beton_mode: str = "jpg"
     raw_fraction: float = 0.0
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    #: Encoder processes; default every core this process may run on (its affinity mask, a Slurm
+    #: or container limit), the rule of ``ffcv_dp4tl.data.resources.available_cores``, spelled
+    #: here because ``beton_builders`` sits below the data layer.
+    workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0))
+                         if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
     progress: bool = True
 
     def validate(self) -> None:

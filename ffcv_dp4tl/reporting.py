@@ -2,7 +2,6 @@
 report was made on: shared by the benchmark scripts under ``benchmarks/`` and ``dp4tl bench``."""
 from __future__ import annotations
 
-import os
 import platform
 import shlex
 from pathlib import Path
@@ -67,11 +66,11 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        cores = os.cpu_count()
     import torch
+
+    from .data.resources import available_cores
+
+    cores = available_cores()
 
     return {"cpu": cpu, "cores": cores, "python": platform.python_version(),
             "torch": torch.__version__, "platform": platform.platform(terse=True)}

@@ -11,7 +11,8 @@ from ..errors import DP4TLError
 from ..reporting import command_line
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (RECIPES_HELP, REPORT_HELP, Budget, FORMAT_HELP, K_HELP, Format, Protocol, RecipeSet,
+from .options import (BENCH_TARGET_HELP, RECIPES_HELP, REPORT_HELP, Budget, FORMAT_HELP, K_HELP, Format, Protocol,
+                      RecipeSet, bench_target,
                       check_arch, default_k, device_option, floats_callback, ints_callback, list_callback,
                       out_callback, ratios_callback, report_callback, seeds_callback, split_list)
 from .pipeline import FINETUNE_MODES, PROTOCOL_HELP, SURROGATE_WEIGHTS_HELP
@@ -49,17 +50,18 @@ def cost_table(
     data: str = typer.Option("", "--data", help="Source: a built dataset dir or a `dp4tl build` "
                              "SOURCE (default: synth:tiny, the embedded data)"),
     target: List[str] = typer.Option([], help="Built target dir, SOURCE, or synth target name "
-                                     "(default: warm); several (comma-separated or repeated): "
-                                     "one selection for all, accuracy per target (Fig. A5)"),
+                                     f"{BENCH_TARGET_HELP}; several (comma-separated or "
+                                     "repeated): one selection for all, accuracy per target "
+                                     "(Fig. A5)"),
     target_weights: str = typer.Option("", help="With several targets: one weight each "
                                        "(default: equal)"),
     ks: str = typer.Option("", help="FM at several K (Fig. A2): every method that clusters "
-                           "(fm) becomes one variant per K, e.g. 16,32,64 → fm[k=16], ...; "
+                           "(fm) becomes one variant per K, e.g. 16,32,64 → fm\\[k=16], ...; "
                            "or spell variants in --methods",
                            callback=ints_callback("--ks")),
     orders: str = typer.Option("", help="Pruning orders (Fig. A3): ordered,reversed runs every "
                                "method in both; reversed keeps the lowest-scored units "
-                               "(variant lm[reversed], labelled \"LM (reversed)\")"),
+                               "(variant lm\\[reversed], labelled \"LM (reversed)\")"),
     protocol: Protocol = typer.Option(Protocol.fast, help=PROTOCOL_HELP),
     recipes: RecipeSet = typer.Option(RecipeSet.auto, help=RECIPES_HELP),
     surrogate_weights: Optional[Path] = typer.Option(None, help=SURROGATE_WEIGHTS_HELP,
@@ -96,7 +98,7 @@ def cost_table(
     data = data or "synth:tiny"
     recipes_ = "" if recipes is RecipeSet.auto else recipes.value
     k = default_k(k, data)
-    tcfg = target_config(target or ["warm"], target_weights)
+    tcfg = target_config(target or [bench_target("", data)], target_weights)
     target_text = ",".join(tcfg.get("targets") or [tcfg["target"]])
     base = PipelineConfig(source=data, **tcfg, recipes=recipes_, arch=arch,
                           protocol=protocol.value, surrogate_weights=str(surrogate_weights or ""),
@@ -203,6 +205,7 @@ def embedded(
     import torch
 
     from ..bench.separation import run_separation
+    from ..data.resources import available_cores
     from ..pipeline.config import PipelineConfig
     from ..pipeline.recipes import RECIPE_SETS
 
@@ -227,7 +230,7 @@ def embedded(
                           ratios=_floats(ratios), finetune=split_list(finetune),
                           reference_seeds=ref_seeds, log=typer.echo)
     minutes = (time.perf_counter() - t0) / 60
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = available_cores()
     header = [f"- machine: {platform.processor() or platform.machine()}, {cores} cores; Python "
               f"{platform.python_version()}, torch {torch.__version__}; finished "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
@@ -312,7 +315,8 @@ def surrogates(
                              help="report.md, surrogates.png, results.json", callback=out_callback),
     data: str = typer.Option("synth:tiny", "--data", help="Source: a built dataset dir or a "
                              "`dp4tl build` SOURCE"),
-    target: str = typer.Option("warm", help="Built target dir, SOURCE, or synth target name"),
+    target: str = typer.Option("", help="Built target dir, SOURCE, or synth target name "
+                               + BENCH_TARGET_HELP, show_default=False),
     protocol: Protocol = typer.Option(Protocol.fast, help=PROTOCOL_HELP),
     recipes: RecipeSet = typer.Option(RecipeSet.auto, help="fast protocol: tiny | bench | full"),
     data_root: Path = typer.Option(Path("data")),
@@ -345,7 +349,8 @@ def surrogates(
     for a in split_list(archs):
         check_arch(a)
     recipes_ = "" if recipes is RecipeSet.auto else recipes.value
-    base = PipelineConfig(source=data, target=target, recipes=recipes_, protocol=protocol.value,
+    base = PipelineConfig(source=data, target=bench_target(target, data), recipes=recipes_,
+                          protocol=protocol.value,
                           data_root=data_root, runs_root=runs_root, fmt=format.value,
                           device=device, overrides=tuple(set_),
                           surrogate_overrides=tuple(set_surrogate),

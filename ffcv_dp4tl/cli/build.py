@@ -1,14 +1,13 @@
 """``dp4tl build`` and ``dp4tl info``: convert datasets once, inspect what was built."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from .app import app
-from .options import DATA_HELP, BetonMode, TargetSplit, require_data
+from .options import DATA_HELP, BetonMode, TargetSplit
 
 
 @app.command()
@@ -27,7 +26,8 @@ def build(
                                          "--raw-fraction of the images stored as raw pixels "
                                          "(faster decode, more disk)"),
     raw_fraction: float = typer.Option(0.0, help="With --beton-mode proportion"),
-    workers: int = typer.Option(os.cpu_count() or 1, help="Parallel encoder processes"),
+    workers: Optional[int] = typer.Option(None, min=1, help="Parallel encoder processes (default: every core "
+                                          "this process may run on)", show_default=False),
     split: TargetSplit = typer.Option(TargetSplit.auto, help="auto: the layout's CoOp split_zhou_*.json when it "
                                 "lies beside the data (the paper's Tab. A1 splits), else the "
                                 "official splits; coop: require it; official: never use it"),
@@ -50,7 +50,8 @@ def build(
     for sub, spec in specs.items():
         side = max_side if max_side is not None else default_max_side(spec)
         opts = BuildOptions(max_side=side, quality=quality, shard_size=shard_size,
-                            beton_mode=beton_mode.value, raw_fraction=raw_fraction, workers=workers,
+                            beton_mode=beton_mode.value, raw_fraction=raw_fraction,
+                            **({} if workers is None else {"workers": workers}),
                             progress=progress)
         target = out / sub if sub else out
         summary = build_dataset(spec, target, opts, source=source, overwrite=overwrite)
@@ -72,12 +73,12 @@ def build(
 
 @app.command()
 def info(
-    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP, show_default=False),
+    data: Path = typer.Option(..., "--data", help=DATA_HELP),
 ) -> None:
     """Show classes, splits, counts and fingerprints of a built dataset."""
     from ..data.manifest import load_manifest
 
-    m = load_manifest(require_data(data))
+    m = load_manifest(data)
     typer.echo(f"{m.root}: {m.name} — {m.num_classes} classes, fingerprint {m.fingerprint[:16]}")
     img = m.contract.image
     typer.echo(f"  images: JPEG q{img and img.quality}, max side {img and img.max_side}, "

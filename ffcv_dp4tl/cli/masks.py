@@ -8,7 +8,7 @@ import typer
 
 from .app import app
 from ..errors import MaskError
-from .options import DATA_HELP, require_data
+from .options import DATA_HELP
 
 mask_app = typer.Typer(help="Create and check index masks (sorted sample indices + JSON).",
                        no_args_is_help=True)
@@ -50,7 +50,7 @@ def _outside(ranges: list[tuple[int, int]], num_classes: int) -> str:
 
 @mask_app.command("classes")
 def classes_cmd(
-    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP, show_default=False),
+    data: Path = typer.Option(..., "--data", help=DATA_HELP),
     classes: str = typer.Option(..., help="Class ids to keep, e.g. '0,3,10-19'"),
     out: Path = typer.Option(..., "--out", "-o", help="Mask file to write (.npy; .json beside)"),
     split: str = typer.Option("train", help="Split the mask indexes"),
@@ -65,7 +65,7 @@ def classes_cmd(
     if Path(out).is_dir():
         raise MaskError(f"--out {out} is a folder; give the mask file's name, e.g. {Path(out) / 'keep.npy'}")
     check_out_dir(Path(out).parent, "--out's folder")
-    manifest = load_manifest(require_data(data))
+    manifest = load_manifest(data)
     shown = _outside(ranges, manifest.num_classes)  # ids are >= 0: "-" only separates
     if shown:  # never clamp silently: 0-999 on 32 classes is a typo or the wrong dataset
         raise MaskError(f"--classes: {shown} outside the {manifest.num_classes} classes of "
@@ -81,14 +81,14 @@ def classes_cmd(
 @mask_app.command("check")
 def check_cmd(
     mask: Path = typer.Argument(..., help="Mask .npy file"),
-    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP, show_default=False),
+    data: Path = typer.Option(..., "--data", help=DATA_HELP),
     split: Optional[str] = typer.Option(None, help="Split (default: the one named in the mask)"),
 ) -> None:
     """Validate a mask against a dataset: range, order, duplicates, fingerprint."""
     from ..data.manifest import load_manifest
     from ..data.masks import load_mask
 
-    dataset = require_data(data)
+    dataset = data
     m = load_mask(mask)
     info = load_manifest(dataset).split(split or m.meta.get("split", "train"))
     load_mask(mask, info)
@@ -98,7 +98,7 @@ def check_cmd(
 @mask_app.command("files")
 def files_cmd(
     mask: Path = typer.Argument(..., help="Mask .npy file"),
-    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP, show_default=False),
+    data: Path = typer.Option(..., "--data", help=DATA_HELP),
     split: Optional[str] = typer.Option(None, help="Split (default: the one named in the mask)"),
     pruned: bool = typer.Option(False, "--pruned", help="List the samples the mask removes "
                                 "instead of those it keeps"),
@@ -118,7 +118,7 @@ def files_cmd(
             raise MaskError(f"--out {out} is a folder; give the list's file name, e.g. "
                             f"{out / 'kept.txt'}")
         check_out_dir(out.parent, "--out's folder")
-    dataset = require_data(data)
+    dataset = data
     m = load_mask(mask)
     info = load_manifest(dataset).split(split or m.meta.get("split", "train"))
     load_mask(mask, info)  # made for this split of this dataset (fingerprint), indices in range

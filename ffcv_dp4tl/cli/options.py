@@ -1,6 +1,7 @@
 """Options shared by every command, so each concept has one name, one syntax and one default.
 
-- the dataset a command reads is ``--data`` (:func:`require_data`; no second spelling);
+- the dataset a command reads is ``--data`` (required wherever a command cannot do without it,
+  so ``--help`` marks it; no second spelling);
 - what it writes is ``--out/-o``; the device is ``--device`` (``auto`` by default everywhere);
 - lists are comma-separated (``--finetune lp,ff``); ``--set`` stays repeatable because a TOML
   value may itself contain commas;
@@ -35,6 +36,8 @@ RECIPES_HELP = ("fast protocol: tiny | bench | full (auto: per the data's manife
 PAPER_K = 2000
 #: K on the embedded synth data (1.9k source images: K = 2000 would exceed the sample count)
 SYNTH_K = 64
+ORDER_HELP = ("ordered: keep the highest-scored classes/clusters/samples (the method); "
+              "reversed: keep the lowest-scored ones, pruning the top first (Fig. A3)")
 K_HELP = (f"fm: k-means clusters K (default: the paper's {PAPER_K}; {SYNTH_K} on the embedded "
           "synth:* data, which has fewer samples than that)")
 
@@ -191,19 +194,29 @@ def check_arch(value: Optional[str]) -> Optional[str]:
     return value
 
 
-def require_data(data):
-    """``--data``, or a one-line error saying what to pass when it is missing."""
-    if data in (None, ""):
-        raise DP4TLError("--data is required: pass the built dataset directory (from "
-                         "`dp4tl build`)")
-    return data
-
-
 def default_k(k: Optional[int], data: str) -> int:
     """``--k`` when given, else :data:`SYNTH_K` on the embedded synth data and the paper's K."""
     if k is not None:
         return check_k(k, "--k")
-    return SYNTH_K if str(data).startswith("synth") or _is_embedded(data) else PAPER_K
+    return SYNTH_K if is_synth(data) else PAPER_K
+
+
+#: The target the benchmarks score on the embedded synth data (the published cost table's);
+#: on other data they take the pipeline's default, the alphabetically first built target.
+BENCH_SYNTH_TARGET = "warm"
+BENCH_TARGET_HELP = (f"(default: {BENCH_SYNTH_TARGET} on the embedded synth data, else the "
+                     "alphabetically first)")
+
+
+def bench_target(target: str, data: str) -> str:
+    """A benchmark's ``--target``: as given, else :data:`BENCH_SYNTH_TARGET` on synth data and
+    "" (the pipeline's alphabetically-first rule) on any other data."""
+    return target or (BENCH_SYNTH_TARGET if is_synth(data) else "")
+
+
+def is_synth(data: str) -> bool:
+    """``data`` is the embedded synth data: a ``synth:*`` SOURCE or a folder built from one."""
+    return str(data).startswith("synth") or _is_embedded(data)
 
 
 def _is_embedded(data: str) -> bool:

@@ -8,7 +8,7 @@ import typer
 
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (RECIPES_HELP, FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order, Protocol, RecipeSet, TargetSplit,
+from .options import (ORDER_HELP, RECIPES_HELP, FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order, Protocol, RecipeSet, TargetSplit,
                       check_arch, default_k, device_option, ints_callback, list_callback,
                       ratio_callback, split_list)
 
@@ -32,8 +32,6 @@ TARGET_HELP = ("Built target dir, a SOURCE like flowers102:/data/flowers, or a s
                "(default: the alphabetically first, blur on synth data); several "
                "(comma-separated or repeated, e.g. --target warm,blur): one selection scored on "
                "all of them (Fig. A5), LP/FF on each")
-ORDER_HELP = ("ordered: keep the highest-scored classes/clusters/samples (the method); "
-              "reversed: keep the lowest-scored ones, pruning the top first (Fig. A3)")
 TARGET_WEIGHTS_HELP = ("With several targets: one weight per target, comma-separated, in "
                        "--target's order (each target's votes sum to 1 before weighting; "
                        "default: equal)")

@@ -8,15 +8,14 @@ import typer
 
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (DATA_HELP, FORMAT_HELP, PAPER_K, Backend, Budget, Format, TargetCrop, device_option,
-                      paths, require_data, ratio_callback, resolve_device)
+from .options import (DATA_HELP, FORMAT_HELP, K_HELP, ORDER_HELP, Backend, Budget, Format, Order, TargetCrop,
+                      default_k, device_option, paths, ratio_callback, resolve_device)
 
 
 @app.command()
 def score(
     method: str = typer.Option("lm", help=f"Scoring method — {methods_help(detailed=True)}"),
-    data: Optional[Path] = typer.Option(None, "--data", help="Built source dataset directory",
-                                        show_default=False),
+    data: Path = typer.Option(..., "--data", help="Built source dataset directory"),
     target: List[Path] = typer.Option([], help="Built target dataset directory (for "
                                       f"{methods_help(needing='target')}); several "
                                       "targets comma-separated (or repeated): normalised score sum"),
@@ -41,8 +40,8 @@ def score(
     source_crop: Optional[TargetCrop] = typer.Option(
         None, help="As --target-crop, for those source images (default: the surrogate recipe's "
         "scoring.source_crop, else center; the paper: none)", show_default=False),
-    k: int = typer.Option(PAPER_K, help="fm: k-means clusters K (the paper's; at most the "
-                          "number of source train samples)"),
+    k: Optional[int] = typer.Option(None, help=K_HELP + "; at most the number of source train "
+                                    "samples", show_default=False),
     iters: int = typer.Option(20, help="fm: Lloyd iterations"),
     seed: int = typer.Option(0, min=0, help="Random seed (random, fm's k-means, the runs a method "
                              "trains)"),
@@ -64,11 +63,11 @@ def score(
     from ..scoring.registry import parse_option_pairs
 
     check_out_dir(out)
-    source_dir = require_data(data)
+    source_dir = data
     targets = paths(target)
     meta = run(method, source_dir=source_dir, target_dir=targets or None, checkpoint=checkpoint,
                out_dir=out, fmt=format.value, device=resolve_device(device),
-               batch_size=batch_size, num_workers=workers, resolution=resolution, k=k,
+               batch_size=batch_size, num_workers=workers, resolution=resolution, k=default_k(k, str(data)),
                iters=iters, seed=seed, backend=backend.value, target_resolution=target_resolution,
                target_crop=None if target_crop is None else target_crop.value,
                source_resolution=source_resolution,
@@ -83,12 +82,11 @@ def score(
 @app.command()
 def prune(
     scores: Path = typer.Option(..., help="Scores directory from `dp4tl score`"),
-    data: Optional[Path] = typer.Option(None, "--data", help=DATA_HELP + ": the scored source",
-                                        show_default=False),
+    data: Path = typer.Option(..., "--data", help=DATA_HELP + ": the scored source"),
     ratio: float = typer.Option(..., help="Fraction of classes/clusters (or samples) to remove, in [0, 1)",
                                 callback=ratio_callback),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for train.npy/val.npy masks"),
-    reverse: bool = typer.Option(False, help="Keep the lowest-scored units (ablation)"),
+    order: Order = typer.Option(Order.ordered, help=ORDER_HELP),
     budget: Budget = typer.Option(Budget.units, help="units: --ratio of the method's classes/clusters "
                                "(or samples); samples: prune classes/clusters until the kept "
                                "sample fraction is closest to 1 - ratio"),
@@ -98,7 +96,7 @@ def prune(
     from ..pipeline.prune import prune as run
 
     check_out_dir(out)
-    s = run(scores, require_data(data), ratio, out, reverse=reverse,
+    s = run(scores, data, ratio, out, reverse=order is Order.reversed,
             budget=budget.value)
     from ..scoring.registry import UNIT_PLURAL
 

@@ -8,7 +8,7 @@ import typer
 
 from .app import app
 from ..errors import DP4TLError
-from .options import FORMAT_HELP, Format, FinetuneMode, check_arch, device_option, require_data
+from .options import FORMAT_HELP, Format, FinetuneMode, check_arch, device_option
 
 RECIPE_HELP = "Recipe name (`dp4tl recipes` lists them, e.g. {example}) or a path to a .toml file"
 
@@ -58,8 +58,7 @@ def finetune(
         show_default=False),
     arch: str = typer.Option("", help="With --source-weights: the registered architecture "
                              "(`dp4tl models`)", callback=check_arch),
-    data: Optional[Path] = typer.Option(None, "--data", help="Built target dataset directory",
-                                        show_default=False),
+    data: Path = typer.Option(..., "--data", help="Built target dataset directory"),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (metrics.jsonl, result.json)"),
     mode: Optional[FinetuneMode] = typer.Option(None, "--mode", help="lp or ff (default: the "
                                                 "recipe's)", show_default=False),
@@ -78,7 +77,7 @@ def finetune(
     from ..training.finetune import finetune as run_finetune
     from ..training.recipe import load_recipe
 
-    target_dir = require_data(data)
+    target_dir = data
     r = load_recipe(recipe, set_)
     if (checkpoint is None) == (source_weights is None):
         raise DP4TLError("pass exactly one of --checkpoint (a dp4tl checkpoint) and "

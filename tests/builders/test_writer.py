@@ -653,3 +653,16 @@ def test_a_class_missing_from_train_is_a_warning(tmp_path):
     summary = build_dataset(spec, tmp_path / "o", OPTS)
     assert summary.warnings == ["split 'train': class 'only_test' has no input at all (it is only "
                                 "in the other splits); check the input layout"]
+
+
+def test_default_workers_are_the_cores_this_process_may_use(monkeypatch):
+    """A build on a Slurm node or in a container limited to 4 of 128 cores starts 4 encoders, not
+    128: the default follows the affinity mask (`dp4tl build` showed os.cpu_count() instead)."""
+    import os
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no affinity masks on this platform")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)
+    assert BuildOptions().workers == 1
+    assert BuildOptions(workers=5).workers == 5

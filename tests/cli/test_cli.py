@@ -86,3 +86,34 @@ def test_user_errors_are_one_line(built, tmp_path):
                              "--ratio", "1.5", "--out", str(tmp_path / "m")), "ratio")
     _assert_user_error(dp4tl("train", "resnet18_tiny_cpu", "--data", str(built / "ds"), "--out",
                              str(tmp_path / "r"), "--set", "train.epochz=3"), "epochz")
+
+
+def _all_commands():
+    """Every ``dp4tl`` command and sub-command as its argument path, with its help texts."""
+    import typer.main
+
+    from ffcv_dp4tl.cli import app
+
+    def walk(command, path):
+        yield path, command
+        for name, sub in sorted((getattr(command, "commands", None) or {}).items()):
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+@pytest.mark.parametrize("path,command", _all_commands(), ids=lambda x: " ".join(x) if isinstance(x, list) else "")
+def test_help_shows_bracketed_spellings_as_written(path, command, monkeypatch):
+    """`--help` prints every ``[...]`` a help text holds: rich markup reads ``[reversed]`` as a
+    style tag and drops it, so ``lm[reversed]`` (a variant's spelling) would read ``lm``."""
+    import re
+
+    texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+    wanted = {" ".join(t.replace("\\[", "[").split())
+              for text in texts for t in re.findall(r"\\?\[[^\]]*\]", text)}
+    monkeypatch.setenv("COLUMNS", "400")  # (rich folds a long word such as build's SOURCE spelling)
+    r = dp4tl(*path, "--help")
+    assert r.returncode == 0, r.stderr
+    shown = " ".join(r.stdout.replace("│", " ").split())
+    for token in wanted:
+        assert token in shown, f"`{' '.join(['dp4tl', *path])} --help` lost {token!r}"

@@ -145,6 +145,31 @@ def test_just_recipes_pass_paths_with_spaces_as_one_argument(tmp_path):
     assert run("bench-data", "a b") == "[benchmarks/bench_data.py][a b]"
 
 
+def test_just_list_shows_each_recipes_whole_description():
+    """`just --list` shows only the comment line right above a recipe: a two-line comment listed
+    `pretrain` (the README's main job) as "(key=value pairs become ...)". A recipe is described
+    by one comment line or by a [doc("...")] attribute, with any further note above it."""
+    import re
+    from pathlib import Path
+
+    lines = (Path(__file__).resolve().parents[2] / "Justfile").read_text().splitlines()
+    recipes = 0
+    for i, line in enumerate(lines):
+        if not re.match(r"[A-Za-z][\w-]*( [^:=]*)?:(?!=)", line):
+            continue  # not a recipe header (indented body, assignment, setting, comment)
+        recipes += 1
+        j, has_doc = i - 1, False
+        while j >= 0 and lines[j].startswith("["):
+            has_doc |= lines[j].startswith("[doc(")
+            j -= 1
+        comments = 0
+        while j >= 0 and lines[j].startswith("#") and not lines[j].startswith("#!"):
+            comments, j = comments + 1, j - 1
+        assert has_doc or comments == 1, (f"Justfile:{i + 1} `{line.split(':')[0]}`: "
+                                          f"{comments} comment lines and no [doc(...)]")
+    assert recipes >= 10
+
+
 def test_ctrl_c_inside_a_command_says_how_to_resume(capsys, monkeypatch, index_dataset):
     """typer turns a KeyboardInterrupt inside a command into exit code 130 itself, so the
     CLI's own handler never sees it: the user must still get the one line that says a rerun

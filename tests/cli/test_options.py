@@ -245,19 +245,31 @@ def test_new_names_and_old_aliases_reach_the_same_call(record, capsys, tmp_path)
     _, (base, _out), kw = record(capsys, "bench", "cost-table", "-o", tmp_path / "o")
     assert (base.source, base.k, base.device, _out) == ("synth:tiny", 64, "auto", tmp_path / "o")
     assert "--data synth:tiny" in kw["command"] and "--k 64" in kw["command"]
+    assert base.target == "warm"  # the published table's target, on the embedded data only
     _, (base, _), _ = record(capsys, "bench", "cost-table", "--data", "imagenet:/x")
-    assert (base.source, base.k) == ("imagenet:/x", 2000)
+    assert (base.source, base.k, base.target) == ("imagenet:/x", 2000, "")  # pipeline's default
     # score: --data, targets comma-separated or repeated, device auto → concrete
     _, (method,), kw = record(capsys, "score", "--method", "fm", "--data", d, "--target",
                               f"{t1},{t2}", "-o", tmp_path / "s")
     assert method == "fm" and kw["source_dir"] == d and kw["target_dir"] == [t1, t2]
     assert kw["device"] in ("cpu", "cuda") and kw["k"] == 2000 and kw["fmt"] == "ffcv"
+    embedded = tmp_path / "synth-built"  # score: the same K rule as pipeline and bench
+    embedded.mkdir()
+    (embedded / "manifest.json").write_text('{"extra": {"generator": "synth"}}')
+    _, _, kw = record(capsys, "score", "--method", "fm", "--data", embedded, "-o", tmp_path / "s2")
+    assert kw["k"] == 64
+    _, _, kw = record(capsys, "score", "--method", "fm", "--data", embedded, "--k", "16", "-o",
+                      tmp_path / "s3")
+    assert kw["k"] == 16
     _, _, kw = record(capsys, "score", "--data", d, "--target", t1, "--target", t2, "-o", tmp_path)
     assert kw["target_dir"] == [t1, t2]
     # prune: --data
-    _, a, _ = record(capsys, "prune", "--scores", tmp_path, "--data", d, "--ratio", "0.5",
-                     "-o", tmp_path / "m")
-    assert a[1] == d and a[3] == tmp_path / "m"
+    _, a, kw = record(capsys, "prune", "--scores", tmp_path, "--data", d, "--ratio", "0.5",
+                      "-o", tmp_path / "m")
+    assert a[1] == d and a[3] == tmp_path / "m" and kw["reverse"] is False
+    _, _, kw = record(capsys, "prune", "--scores", tmp_path, "--data", d, "--ratio", "0.5",
+                      "--order", "reversed", "-o", tmp_path / "m")  # pipeline's spelling
+    assert kw["reverse"] is True
     # train: -o; finetune: --data, --mode enum → plain string
     _, (r, data), kw = record(capsys, "train", "resnet18_tiny_cpu", "--data", d, "-o", tmp_path / "r",
                               "--format", "wds")
@@ -286,7 +298,7 @@ def test_the_dataset_is_always_data(capsys, monkeypatch, tmp_path):
         one_line_error(code, err, "stop")
     assert seen == [tmp_path] * 2
     code, _, err = cli(capsys, monkeypatch, "info")
-    one_line_error(code, err, "--data is required")
+    one_line_error(code, err, "Missing option '--data'")
     for args in (("info", tmp_path), ("prune", "--scores", tmp_path, "--source", tmp_path, "--ratio", "0.5",
                                       "-o", tmp_path / "m"),
                  ("finetune", "lp_tiny_cpu", "--checkpoint", tmp_path / "c.pt", "--target", tmp_path,
@@ -372,3 +384,29 @@ def test_list_callbacks_and_report_blank(tmp_path):
     assert seeds_callback("--reference-seeds", required=False)("") == ""
     with pytest.raises(typer.BadParameter, match="give at least one"):
         seeds_callback()("")
+
+
+def test_help_marks_data_required_wherever_it_is():
+    """A command that cannot run without --data says [required] in its --help (info, score,
+    prune, finetune and the mask commands showed it as optional, then stopped without it);
+    --data with a default (pipeline, bench: the embedded data) or one a command reads only in
+    some cases (mask overlap) stays optional."""
+    import typer.main
+
+    from ffcv_dp4tl.cli import app
+
+    def walk(command, path):
+        yield path, command
+        for name, sub in (getattr(command, "commands", None) or {}).items():
+            yield from walk(sub, [*path, name])
+
+    optional = {("mask", "overlap")}
+    seen = 0
+    for path, command in walk(typer.main.get_command(app), []):
+        for p in command.params:
+            if "--data" in getattr(p, "opts", ()) and p.default in (None, "") and tuple(path) not in optional:
+                if p.default == "" and "default" in (p.help or ""):
+                    continue  # the embedded data by default
+                seen += 1
+                assert p.required, f"dp4tl {' '.join(path)}: --data is optional in --help"
+    assert seen >= 8

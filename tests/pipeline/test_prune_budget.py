@@ -122,7 +122,7 @@ def test_cost_table_gives_each_method_only_its_own_options():
 
 
 def test_prune_reverse_keeps_the_other_end_of_a_sample_ranking(index_dataset, tmp_path):
-    """``dp4tl prune --reverse`` with a sample-wise method (the paper's ablation) keeps the
+    """``dp4tl prune --order reversed`` with a sample-wise method (the paper's ablation) keeps the
     *lowest*-scored samples where a plain prune keeps the highest, for the same ratio."""
     src = index_dataset.root
     info = load_manifest(src).split("train")
