@@ -62,11 +62,15 @@ def _sync(dev: torch.device) -> None:
 # ------------------------------------------------------------------------------- pipeline
 def pipeline(args) -> str:
     """``dp4tl pipeline`` per method, same runs root: the user's path, timed whole."""
+    from ffcv_dp4tl.scoring.registry import get_scorer
+
     rows, reports, failed = [], [], False
     for method in args.method.split(","):
+        # --k only for a method that clusters: `dp4tl pipeline` refuses a --k it would ignore
+        k = ["--k", str(args.k)] if args.k is not None and get_scorer(method).uses_k else []
         cmd = [sys.executable, "-m", "ffcv_dp4tl", "pipeline", "--data", args.data, "--device", args.device,
                "--method", method, "--ratio", str(args.ratio), "--data-root", str(args.workdir / "data"),
-               "--runs-root", str(args.workdir / "runs"), *args.extra]
+               "--runs-root", str(args.workdir / "runs"), *k, *args.extra]
         t0 = time.perf_counter()
         print(f"[pipeline] {' '.join(shlex.quote(a) for a in cmd)}", flush=True)
         rc, tail = _stream(cmd)
@@ -394,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     sp = add("pipeline", pipeline)
     sp.add_argument("--method", default="lm,fm")
     sp.add_argument("--ratio", type=float, default=0.6)
+    sp.add_argument("--k", type=int, default=None, help="FM's K, passed to the methods that cluster")
     sp.add_argument("extra", nargs=argparse.REMAINDER, help="after --: more `dp4tl pipeline` options")
     sp = add("costtable", costtable)
     sp.add_argument("--target", required=True, help="built target dir (LM scores for it)")

@@ -97,8 +97,10 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
             os.fsync(f.fileno())
 
 
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """Read JSON, turning missing/corrupt files into a :class:`DataError` naming the file."""
+def read_json(path: str | os.PathLike, what: str = "file", fix: str = "rebuild or replace it") -> Any:
+    """Read JSON, turning missing/corrupt files into a :class:`DataError` naming the file and,
+    for a corrupt one, ``fix``: the step that rewrites it (callers that know it say it, e.g.
+    "delete the stage folder and rerun"; the default fits a file the user made)."""
     from .errors import DataError
 
     path = Path(path)
@@ -107,7 +109,7 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     except FileNotFoundError:
         raise DataError(f"{what} not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{what} {path} is not valid JSON ({e}); rebuild or replace it") from None
+        raise DataError(f"{what} {path} is not valid JSON ({e}); {fix}") from None
 
 
 #: Name pattern of atomic_path's temporary files: ".<final name>.<random>.tmp[<suffix>]".

@@ -134,7 +134,7 @@ NPROC=$(nproc)
 SYNTH="synth:costtable"
 TARGET=$DATA/targets/paper  # the first synth target domain (beton_builders/synth.py)
 PYTEST_ARGS=(tests)
-PIPE_ARGS=(--device cuda --method lm,fm -- --target "$TARGET" --recipes full --arch resnet50 --k 500 --finetune lp,ff
+PIPE_ARGS=(--device cuda --method lm,fm --k 500 -- --target "$TARGET" --recipes full --arch resnet50 --finetune lp,ff
            --set train.epochs=1 --set-surrogate train.epochs=1 --set-surrogate 'train.keep_epochs=[]'
            --set-finetune train.epochs=2 --format ffcv)
 COST_ARGS=(--device cuda --workers "$NPROC")
@@ -148,7 +148,7 @@ if [ "$SMOKE" = 1 ]; then
   SYNTH="synth:costtable,num_superclasses=4,classes_per_superclass=2,train_per_class=12,val_per_class=2,image_size=48"
   PYTEST_ARGS=(tests/scoring/test_kernels_gemm.py)
   # (batch 8: the smoke source keeps ~40 samples, fewer than one batch of the tiny recipe's 128)
-  PIPE_ARGS=(--device cpu --method lm,fm -- --target "$TARGET" --recipes tiny --k 4 --finetune lp
+  PIPE_ARGS=(--device cpu --method lm,fm --k 4 -- --target "$TARGET" --recipes tiny --finetune lp
              --set train.epochs=1 --set train.batch_size=8 --set-surrogate train.epochs=1
              --set-finetune train.epochs=1)
   TINY=(--set train.batch_size=8 --set train.min_res=32 --set train.max_res=32 --set eval.resolution=32

@@ -114,9 +114,25 @@ def _peer_stopped_line(e: RuntimeError) -> str | None:
             f"({said.strip()[:160]}); fix that and rerun the same command: it resumes")
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as one ``warning: ...`` line, like the errors: Python's default format adds the
+    warning's source file and the code line that raised it, which tell a user nothing."""
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    return f"warning: {message}{kind}\n"
+
+
+#: what a file that ends early (EOFError from numpy, pickle, torch) says when no reader named it
+_CUT_SHORT = ("a file this command reads ended early ({why}): it is empty or was cut short (a "
+              "run killed while writing, a full disk); find it with `dp4tl verify` for data, or "
+              "rerun the step that wrote it")
+
+
 def run() -> None:
     """Console entry point: user errors become one clear line and exit status 2."""
+    import warnings
+
     _quiet_numba_exit_noise()
+    warnings.formatwarning = _warning_line
     try:
         code = app(standalone_mode=False)
     except _ClickException as e:  # bad option / choice / missing value: refused before any work
@@ -126,7 +142,13 @@ def run() -> None:
         else:
             print(_usage_error_line(e), file=sys.stderr)
         raise SystemExit(e.exit_code) from None
-    except typer.Abort:
+    except typer.Abort as e:
+        # click turns an EOFError escaping a command into Abort ("aborted", naming nothing); the
+        # readers name their file, this is the last resort for one that does not
+        if isinstance(e.__cause__ or e.__context__, EOFError):
+            eof = e.__cause__ or e.__context__
+            print(f"error: {_CUT_SHORT.format(why=f'EOFError: {eof}'.rstrip(': '))}", file=sys.stderr)
+            raise SystemExit(2) from None
         print("aborted", file=sys.stderr)
         raise SystemExit(1) from None
     except DP4TLError as e:

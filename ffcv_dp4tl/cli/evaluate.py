@@ -29,9 +29,16 @@ RUNS_HELP = ("Finished finetune run directories (`dp4tl finetune --out`, or a pi
 
 
 def _runs(args: list[str]) -> dict[str, Path]:
+    """``{label: run directory}`` of the RUNS arguments (``DIR`` or ``LABEL=DIR``). A label is
+    a column header of the tables: a blank one (``=DIR``) would be a column without a name."""
     runs: dict[str, Path] = {}
     for a in args:
         label, sep, path = a.partition("=")
+        if sep and not label.strip():
+            raise DP4TLError(f"run argument {a!r} has an empty label before '='; write "
+                             "LABEL=DIR (the label names the table's column), or just DIR")
+        if sep and not path:
+            raise DP4TLError(f"run argument {a!r} names no directory after '='; write LABEL=DIR")
         p = Path(path if sep else a)
         label = label if sep else p.name
         if not p.exists():
@@ -117,9 +124,10 @@ def flatness_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Writes flatness.json and flatness.md",
                              callback=out_callback),
     eps: float = typer.Option(1e-3, help="ε of ε-sharpness (Keskar et al. report 1e-3 and 5e-4)"),
-    steps: int = typer.Option(10, help="Projected gradient-ascent steps for the ε-box maximum "
-                              "(Keskar et al.: 10 L-BFGS-B iterations)"),
-    iters: int = typer.Option(20, help="Power iterations (Hessian-vector products) at most"),
+    steps: int = typer.Option(10, min=1, help="Projected gradient-ascent steps for the ε-box "
+                              "maximum (Keskar et al.: 10 L-BFGS-B iterations)"),
+    iters: int = typer.Option(20, min=1, help="Power iterations (Hessian-vector products) at "
+                              "most"),
     tol: float = typer.Option(1e-3, min=0, help="Stop power iteration at this relative change"),
     batches: int = typer.Option(4, min=0, help="Fixed batches of the split the loss is measured on "
                                 "(0 = the whole split)"),
@@ -140,8 +148,8 @@ def flatness_cmd(
     from ..evaluation.finetuned import load_finetuned
     from ..evaluation.flatness import flatness_table, model_flatness
 
-    if not (math.isfinite(eps) and eps > 0) or steps < 1 or iters < 1:
-        raise DP4TLError(f"--eps must be a finite number > 0 (got {eps}), --steps and --iters >= 1")
+    if not (math.isfinite(eps) and eps > 0):
+        raise DP4TLError(f"--eps must be a finite number > 0, got {eps}")
     if not math.isfinite(tol):
         raise DP4TLError(f"--tol must be a finite number >= 0, got {tol}")
     dev = resolve_device(device)
@@ -164,7 +172,8 @@ def flatness_cmd(
 def vtab_splits_cmd(
     data: Path = typer.Option(..., "--data", help="Built target dataset directory"),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for train800/val200/"
-                             "train800val200 .npy + .json", callback=out_callback),
+                             "train800val200 .npy + .json (one draw per directory: another "
+                             "seed or size is refused there)", callback=out_callback),
     seed: int = typer.Option(0, min=0, help="Which random 1000 (per seed, reproducible)"),
     train_size: int = typer.Option(800, help="Training samples (VTAB-1k: 800)"),
     val_size: int = typer.Option(200, help="Validation samples (VTAB-1k: 200)"),

@@ -9,8 +9,8 @@ import typer
 from ..scoring.registry import methods_help
 from .app import app
 from .options import (ORDER_HELP, RECIPES_HELP, FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order, Protocol, RecipeSet, TargetSplit,
-                      check_arch, default_k, device_option, ints_callback, list_callback,
-                      ratio_callback, split_list)
+                      check_arch, default_k, device_option, list_callback,
+                      ratio_callback, seeds_callback, split_list)
 
 PROTOCOL_HELP = ("fast: today's recipes (tiny on synth data, ffcv-imagenet-style otherwise); "
                  "paper: recipes/paper/, the paper's App. A.1 / Tab. A1 protocol (RN-18 surrogate, "
@@ -43,10 +43,24 @@ def target_config(target: List[str], target_weights: str) -> dict:
     from ..pipeline.targets import check_weights, parse_weights, split_targets
 
     ts = split_targets(target)
+    if target_weights.strip() and len(ts) <= 1:
+        raise typer.BadParameter(f"{target_weights!r} weighs several targets against each other, "
+                                 f"but {'one target is' if ts else 'no --target is'} given; drop "
+                                 "it, or give several targets", param_hint="--target-weights")
     ws = check_weights(parse_weights(target_weights), max(1, len(ts)))
     if len(ts) <= 1:
         return {"target": ts[0] if ts else ""}
     return {"targets": tuple(ts), "target_weights": ws}
+
+
+def _check_k_is_read(k: Optional[int], method: str) -> None:
+    """``--k`` given for a method that never clusters the source would be ignored in silence."""
+    from ..scoring.registry import get_scorer, is_registered, scorers
+
+    if k is not None and is_registered(method) and not get_scorer(method).uses_k:
+        users = ", ".join(s.name for s in scorers() if s.uses_k)
+        raise typer.BadParameter(f"{k}: method {method} does not cluster the source (--k is "
+                                 f"read by {users} only); drop --k", param_hint="--k")
 
 
 @app.command()
@@ -71,7 +85,8 @@ def pipeline(
     ff_recipe: str = typer.Option("", help="Override the FF recipe (e.g. a per-target file extending ff)"),
     finetune: str = typer.Option("lp,ff", help="Finetuning modes to run on the target "
                                  "(comma-separated: lp, ff)",
-                                 callback=list_callback(FINETUNE_MODES, "a finetuning mode")),
+                                 callback=list_callback(FINETUNE_MODES, "a finetuning mode",
+                                                        required=True)),
     data_root: Path = typer.Option(Path("data"), help="Where SOURCE/target builds go"),
     runs_root: Path = typer.Option(Path("runs"), help="Where stage outputs go"),
     format: Format = typer.Option(Format.ffcv, "--format", help=FORMAT_HELP),
@@ -80,7 +95,7 @@ def pipeline(
     seed: int = typer.Option(0, help="Scoring seed (RANDOM, k-means)"),
     seeds: str = typer.Option("0", help="Pretraining + finetuning seeds (train.seed: init; data.seed: data order), comma-"
                               "separated; several: final/best top-1 as mean ± std in the report",
-                              callback=ints_callback("--seeds")),
+                              callback=seeds_callback()),
     surrogate_weights: Optional[Path] = typer.Option(None, help=SURROGATE_WEIGHTS_HELP,
                                                      show_default=False),
     source_weights: Optional[Path] = typer.Option(None, help=SOURCE_WEIGHTS_HELP,
@@ -103,6 +118,7 @@ def pipeline(
     from ..pipeline.run import run_pipeline
 
     data = data or "synth:tiny"
+    _check_k_is_read(k, method)
     cfg = PipelineConfig(ratio=ratio, source=data, **target_config(target, target_weights),
                          order=order.value, method=method,
                          protocol=protocol.value,

@@ -82,17 +82,27 @@ def finetune(
     if (checkpoint is None) == (source_weights is None):
         raise DP4TLError("pass exactly one of --checkpoint (a dp4tl checkpoint) and "
                          "--source-weights (a torchvision/timm state dict, with --arch)")
+    if checkpoint is not None and arch:
+        raise DP4TLError(f"--arch {arch} goes with --source-weights: a --checkpoint records its "
+                         "own architecture; drop --arch")
     if source_weights is not None:
         if not arch:
             raise DP4TLError("--source-weights needs --arch (e.g. resnet101)")
         from ..training.recipe import Recipe
+        from ..training.trainer import remove_unused_run_dir
         from ..training.weights import import_weights
 
         src = Recipe()
         src.model.arch, src.model.blurpool = arch, False
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         checkpoint = out / "source_checkpoint.pt"
-        info = import_weights(source_weights, checkpoint, recipe=src)
+        try:
+            info = import_weights(source_weights, checkpoint, recipe=src)
+        except BaseException:
+            if created:  # refused weights leave no stray folder behind
+                remove_unused_run_dir(out)
+            raise
         typer.echo(f"[source] brought weights {source_weights} ({arch}, {info['num_classes']} "
                    "outputs; imported, not trained)")
     res = run_finetune(r, checkpoint, target_dir, out, mode=mode.value if mode else None,

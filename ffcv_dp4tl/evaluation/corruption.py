@@ -9,7 +9,8 @@ clean accuracy is measured by the same code, under the autocast the run's own te
 used (``result.json``'s ``test_precision``: FF on CUDA is bf16 with the paper recipes), so on
 the device type the run was evaluated on it equals the run's ``test_top1``. When it does not,
 the table says why under the numbers: the images or settings that differ from the run's (another
-split or mask, format, resolution), else the other kernels of another device type.
+split or mask, format, resolution), else the other kernels of another device type (for a run
+that recorded no target fingerprint, also that its target may be other data).
 Each cell of the table is the mean top-1 over the severities evaluated for that corruption
 (CIFAR-10-C's convention; the footer names them per corruption), and "mean corruption
 accuracy" the mean over every corrupted evaluation.
@@ -114,6 +115,8 @@ def corruption_accuracy(ft: Finetuned, corruptions: Sequence[tuple[str, int]], *
             "run_mask": None if ft.test_mask_path is None else str(ft.test_mask_path),
             "run_test_samples": ft.result.get("test_samples"), "run_format": ft.fmt,
             "run_resolution": ft.result.get("resolution"),
+            # None: the run recorded no target fingerprint, so its target went unchecked
+            "run_target_fingerprint": ft.target_fingerprint,
             "warning": resolution_warning(ft, corrupt_resolution),
             "rows": rows, "per_corruption": {k: sum(v) / len(v) for k, v in per.items()},
             "mean_corruption_top1": (sum(r["top1"] for r in rows) / len(rows)) if rows else None}
@@ -223,6 +226,9 @@ def corruption_table(results: dict[str, dict[str, Any]]) -> str:
                    f"other kernels ran (the run evaluated on {r.get('run_device')}, this "
                    f"evaluation on {r.get('device')} at batch {r.get('batch_size')}, both at "
                    f"{r.get('precision')})")
+            if "run_target_fingerprint" in r and r["run_target_fingerprint"] is None:
+                why += ("; or the target is not the data the run was finetuned on (the run "
+                        "recorded no target fingerprint to check it against)")
             lines.append(f"Note: {k}'s clean top-1 {fmt(r['clean_top1'])} is not the run's "
                          f"reported test top-1 {fmt(rep)}: {why}.")
     return "\n".join(lines) + "\n"

@@ -80,6 +80,9 @@ class Finetuned:
     train_mask: IndexMask | None = None
     #: where :attr:`train_mask` was read from (as ``result.json`` names it)
     train_mask_path: Path | None = None
+    #: the fingerprint of the data the run was finetuned on, which :attr:`target` was checked
+    #: to have; None: the run recorded none (from before the field), so it could not be checked
+    target_fingerprint: str | None = None
 
     @property
     def amp(self) -> torch.dtype | None:
@@ -106,7 +109,7 @@ def _read_result(run_dir: Path) -> dict[str, Any]:
     """``result.json`` of a finished run, checked to be an object (each field is checked where
     it is read, with :func:`~ffcv_dp4tl.contracts.fields.typed`)."""
     path = run_dir / RESULT_NAME
-    result = read_json(path, "finetune result")
+    result = read_json(path, "finetune result", _FIX)
     if not isinstance(result, dict):
         raise DataError(f"{path} is not a finetune result (a JSON {type(result).__name__}, not an "
                         f"object); {_FIX}")
@@ -184,6 +187,35 @@ def _mask(result: dict[str, Any], key: str, run_dir: Path, target: Path, split: 
     return mask, path, split
 
 
+def _check_target(result: dict[str, Any], run_dir: Path, target: Path, classes: int,
+                  ident: dict[str, Any]) -> str | None:
+    """The fingerprint the run recorded of its target (``result.json``'s
+    ``target_fingerprint``, else the one its ``finetune_state.pt`` recorded), checked to be
+    ``target``'s: a ``target`` edited or pointed at another built dataset would be evaluated
+    with a model trained on other data (its classes, its images), with nothing to say so.
+    None: the run recorded none (older runs): then only the class count is checked (labels
+    beyond the model's outputs would fail in the middle of an evaluation)."""
+    recorded = _field(result, "target_fingerprint", "str", run_dir, None)
+    if recorded is None and isinstance(ident.get("target_fingerprint"), str):
+        recorded = ident["target_fingerprint"]
+    try:
+        manifest = load_manifest(target)
+    except DataError as e:
+        raise DataError(f"{run_dir}: the target recorded in {RESULT_NAME} (field 'target') cannot "
+                        f"be used: {e}") from None
+    fix = (f"point field 'target' back at the target it was trained on, or rerun the finetuning "
+           f"on {target}")
+    if recorded is not None and manifest.fingerprint != recorded:
+        raise DataError(f"{run_dir / RESULT_NAME}: the target {target} (fingerprint "
+                        f"{manifest.fingerprint[:12]}…) is not the data this run was finetuned on "
+                        f"(fingerprint {recorded[:12]}…, field 'target_fingerprint'); {fix}")
+    if recorded is None and manifest.num_classes != classes:
+        raise DataError(f"{run_dir / RESULT_NAME}: the target {target} has {manifest.num_classes} "
+                        f"classes, not the {classes} this run was finetuned on (field "
+                        f"'target_classes'); {fix}")
+    return recorded
+
+
 def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
                    resolution: int | None = None, target: str | Path | None = None,
                    checkpoint: str | Path | None = None) -> Finetuned:
@@ -193,7 +225,8 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
     ``resolution`` the recipe's ``finetune.resolution``. Every field of ``result.json`` is
     checked before the checkpoint is loaded; any problem is a one-line :class:`DP4TLError`.
     The run's test split and masks are read too (:func:`_mask`): a missing or replaced mask file
-    is refused here, before any evaluation starts."""
+    is refused here, before any evaluation starts, as is a target that is not the data the run
+    was finetuned on (:func:`_check_target`)."""
     run_dir = Path(run_dir)
     res_path, state_path = run_dir / RESULT_NAME, run_dir / STATE_NAME
     if resolution is not None:
@@ -225,6 +258,7 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
     if ident.get("mode", mode) != mode:
         raise DataError(f"{res_path}: field 'mode' is {mode!r} but {state_path} holds the weights "
                         f"of a {ident['mode']!r} run; {_FIX}")
+    target_fingerprint = _check_target(result, run_dir, tgt, classes, ident)
     test_mask, test_mask_path, _ = _mask(result, "test_mask", run_dir, tgt, test_split, ident)
     recorded_train_split = _field(result, "train_split", "str", run_dir, None)
     train_mask, train_mask_path, train_split = _mask(result, "train_mask", run_dir, tgt,
@@ -254,4 +288,4 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
                      test_mask=test_mask, test_mask_path=test_mask_path,
                      train_split=train_split or recorded_train_split or "train",
                      train_mask=train_mask,
-                     train_mask_path=train_mask_path)
+                     train_mask_path=train_mask_path, target_fingerprint=target_fingerprint)

@@ -12,7 +12,7 @@ Here the three subsets are **index masks over the target's own train split** (ne
 replacement by ``numpy.random.default_rng(seed)`` (VTAB's own split is a fixed random one;
 it is not class-stratified either): one permutation of the split, its first ``train_size``
 samples are train, the next ``val_size`` val. The same dataset, seed and sizes give the same
-bytes. Finetune on them with ``dp4tl finetune --train-mask`` and ``--test-split train
+bytes; a folder holds one draw (another is refused there: :func:`save_vtab_masks`). Finetune on them with ``dp4tl finetune --train-mask`` and ``--test-split train
 --test-mask val200.npy`` (docs/evaluations.md has the full protocol).
 """
 from __future__ import annotations
@@ -68,15 +68,49 @@ def save_vtab_masks(masks: dict[str, IndexMask], out_dir: str | Path, train_size
                     val_size: int) -> dict[str, Path]:
     """Write the three masks (atomic, .npy + .json) into ``out_dir``; returns their paths. A
     mask already there with the same samples of the same data is kept as it is (a resumed
-    protocol leaves its files, ``created`` stamp included, untouched)."""
+    protocol leaves its files, ``created`` stamp included, untouched). A folder holding masks of
+    another draw is refused before any file is written (:func:`_check_draw`)."""
     names = mask_names(train_size, val_size)
     out = Path(out_dir)
+    _check_draw(out, masks)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for k, m in masks.items():
         path = out / f"{names[k]}.npy"
         paths[k] = path if _same_mask(path, m) else save_mask(path, m)
     return paths
+
+
+#: the settings a VTAB mask's sidecar records of its draw → how the message names them
+_DRAW = {"fingerprint": "--data", "source_split": "--split", "seed": "--seed",
+         "train_size": "--train-size", "val_size": "--val-size"}
+
+
+def _check_draw(out: Path, masks: dict[str, IndexMask]) -> None:
+    """Refuse a folder that holds VTAB masks of another draw (other seed, sizes, split or
+    data). The masks are named by their sizes only, so a second draw would replace some of the
+    first's files and keep others: ``val20`` of a 60/20 draw next to ``train80`` of an 80/20
+    one overlap, and finetuning on them scores the model on its own training images."""
+    from ..fsutil import read_json
+
+    new = masks["trainval"].meta
+    for sidecar in sorted(out.glob("*.json")) if out.is_dir() else ():
+        try:
+            old = read_json(sidecar, "mask metadata")
+        except DP4TLError:  # damaged: not a draw anyone can use (rewritten if it is one of ours)
+            continue
+        if not isinstance(old, dict) or old.get("method") != "vtab1k":
+            continue
+        # (the fingerprint is the split's: another split differs in it too, say it once)
+        same_split = old.get("source_split") == new.get("source_split")
+        diffs = _diffs({k: v for k, v in old.items() if k in _DRAW
+                        and (same_split or k != "fingerprint")}, new, _DRAW)
+        if diffs:
+            raise DataError(f"{out} holds VTAB masks drawn with other settings "
+                            f"({'; '.join(diffs)}, as {sidecar.name} records): a new draw next "
+                            f"to them would mix the two; use another --out, or delete {out} if "
+                            "its masks are not needed (or rerun with the settings they were "
+                            "drawn with)")
 
 
 def _same_mask(path: Path, mask: IndexMask) -> bool:
@@ -108,6 +142,19 @@ _SAME = {"recipe": "recipe", "recipe_fingerprint": "recipe settings (--set)",
 #: settings a folder's ``vtab_settings.json`` lacks when written before them: compared when
 #: present, and recorded by the next run
 _ADDED = ("source_weights",)
+
+
+#: settings recorded as digests: a message says that they differ, not their values
+_DIGESTS = ("recipe_fingerprint", "checkpoint_identity", "target_fingerprint", "source_weights",
+            "fingerprint")
+
+
+def _diffs(old: dict, new: dict, labels: dict[str, str]) -> list[str]:
+    """How the settings ``old`` (those it records of ``labels``) differ from ``new``:
+    ``--train-size 80 -> 60`` per setting (a digest: ``--data differs``). The one wording of
+    every "made with other settings" refusal of a VTAB folder."""
+    return [f"{labels[k]} differs" if k in _DIGESTS else f"{labels[k]} {old[k]!r} -> {new.get(k)!r}"
+            for k in labels if k in old and old[k] != new.get(k)]
 
 
 def _lr_names(lrs: list[float]) -> list[str]:
@@ -179,10 +226,7 @@ def _check_settings(out: Path, settings: dict,
     else:
         old, keys = {}, []
     if not path.exists() or keys:
-        diffs = [f"{_SAME[k]} {old.get(k)!r} -> {settings[k]!r}" if k not in
-                 ("recipe_fingerprint", "checkpoint_identity", "target_fingerprint",
-                  "source_weights")
-                 else f"{_SAME[k]} differs" for k in keys if old.get(k) != settings[k]]
+        diffs = _diffs({k: old.get(k) for k in keys}, settings, _SAME)
         if not path.exists() and out.is_dir():
             diffs += [d for d in _legacy_diffs(out, expected) if d not in diffs]
         if diffs:
@@ -258,8 +302,8 @@ def vtab_protocol(recipe: str | Path, checkpoint: str | Path, target_dir: str | 
     def run(sub: str, extra: list[str], **kw) -> dict:
         d = out / sub
         if (d / RESULT_NAME).exists():
-            res = read_json(d / RESULT_NAME, "finetune result")
             fix = f"delete {d} to rerun that finetuning"
+            res = read_json(d / RESULT_NAME, "finetune result", fix)
             if not isinstance(res, dict):
                 raise DataError(f"{d / RESULT_NAME} is not a finetune result (not a JSON "
                                 f"object); {fix}")

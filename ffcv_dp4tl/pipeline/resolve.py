@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from ..contracts import check_k_fits
 from ..data.manifest import MANIFEST_NAME, load_manifest
-from ..errors import DP4TLError
+from ..errors import DataError, DP4TLError
 from ..fsutil import directory_lock, is_unwritable
 from .config import Checked, PipelineConfig
 from .recipes import (PAPER_PROTOCOLS, PAPER_SSL_LP, recipe_scale, recipe_scorer_options,
@@ -82,8 +82,9 @@ def _slug(text: str) -> str:
 
 
 def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
-                 split: str = "auto") -> Path:
-    """A built dataset dir for ``source`` (a dir with a manifest, or a SOURCE to build)."""
+                 split: str = "auto", option: str = "--data") -> Path:
+    """A built dataset dir for ``source`` (a dir with a manifest, or a SOURCE to build);
+    ``option`` (--data or --target) is the option a refusal of ``source`` names."""
     p = Path(source).expanduser()
     if (p / MANIFEST_NAME).exists():
         return p
@@ -93,12 +94,15 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
             raise DP4TLError(f"{p} holds a synth build (source/ and targets/): pass --data "
                              f"{p / 'source'} and --target {p / 'targets'}/NAME"
                              + (f" (NAME: {', '.join(targets)})" if targets else ""))
-        raise DP4TLError(f"{p} is not a built dataset (no {MANIFEST_NAME}); build it with "
-                         f"`dp4tl build LAYOUT:{p} --out DIR` and pass DIR")
+        raise DP4TLError(f"{option} {p} is not a built dataset (no {MANIFEST_NAME}); build it "
+                         f"with `dp4tl build LAYOUT:{p} --out DIR` and pass DIR")
     from beton_builders.sources import default_max_side, resolve_source, split_note
     from beton_builders.writer import BuildOptions, build_dataset
 
-    specs = resolve_source(source, split=split)
+    try:
+        specs = resolve_source(source, split=split)
+    except DataError as e:  # (its messages say SOURCE: say which option held it)
+        raise DataError(f"{option}: {e}") from None
     # a CoOp-split build gets its own folder: an official-split build made before CoOp became the
     # default stays valid where it is
     coop = any(str(sp.extra.get("split", "")).startswith("coop") for sp in specs.values())
@@ -135,13 +139,13 @@ def resolve_data(cfg: PipelineConfig, log) -> tuple[Path, Path]:
             return root / "source", root / "targets" / cfg.target
         if not cfg.target:
             if not targets:
-                raise DP4TLError(f"{root} has no targets/*; pass target=")
+                raise DP4TLError(f"{root} has no targets/*; pass --target")
             return root / "source", root / "targets" / targets[0]
-        return root / "source", ensure_built(cfg.target, cfg.data_root, log, cfg.split)
+        return root / "source", ensure_built(cfg.target, cfg.data_root, log, cfg.split, "--target")
     if not cfg.target:
-        raise DP4TLError("target= is required with a real source (a built target dir or "
+        raise DP4TLError("--target is required with a real source (a built target dir or "
                          "LAYOUT:PATH such as flowers102:/data/flowers-102)")
-    return root, ensure_built(cfg.target, cfg.data_root, log, cfg.split)
+    return root, ensure_built(cfg.target, cfg.data_root, log, cfg.split, "--target")
 
 
 def check_data(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]) -> None:
@@ -242,7 +246,7 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
     before any work). The stages get the loaded objects: their keys hash the recipes'
     *contents*, and what trains is exactly what the key records, even if a recipe file is
     edited while the pipeline runs."""
-    from ..training.recipe import load_recipe
+    from ..training.recipe import check_kind, load_recipe
 
     resolved = [resolve_data(replace(cfg, target=t), log) for t in ok.target_specs]
     source_dir, target_dirs = resolved[0][0], tuple(d for _, d in resolved)
@@ -273,6 +277,8 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
     pre_overrides = list(cfg.overrides) + ([f"model.arch={cfg.arch}"] if cfg.arch else [])
     surrogate = load(sur_name, cfg.surrogate_overrides)
     pretrain = load(pre_name, pre_overrides)
+    check_kind(surrogate, "train", "the surrogate (--surrogate-recipe)")
+    check_kind(pretrain, "train", "pretraining (--recipe)")
     _warn_full_scale_on_cpu(cfg, ok, scale, src, pre_name, pretrain, log)
     # a self-supervised source under a paper protocol: MoCo's linear classification protocol
     # for LP, the paper's FF (one rule per mode: a recipe named for one mode leaves the other's)
@@ -291,6 +297,7 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
         ft = finetune_names(t.name)
         per_target.append({m: (ft[m], load(ft[m], cfg.finetune_overrides)) for m in cfg.finetune})
         for m, (name, rec) in per_target[-1].items():
+            check_kind(rec, "finetune", f"{m.upper()} (--{m}-recipe)")
             _check_target_splits(t, m, name, rec)
             if rec.finetune.normalize == "cifar10" and cfg.fmt == "ffcv":
                 # ffcv resizes with OpenCV's INTER_AREA: 32 px images upsample in blocks

@@ -55,7 +55,8 @@ class Stage:
         """The recorded result (``kind`` filled in for files from before it; the CPU seconds a
         stage of an older version recorded beside it, in ``cpu_seconds.json``, when its
         ``DONE.json`` has none)."""
-        res = StageResult.from_json(read_json(self.dir / DONE, f"stage {self.name} result"),
+        res = StageResult.from_json(read_json(self.dir / DONE, f"stage {self.name} result",
+                                              f"delete the stage folder {self.dir} and rerun"),
                                     self.dir / DONE)
         legacy = self.dir / LEGACY_CPU_FILE
         if res.cpu_seconds is None and legacy.exists():

@@ -143,7 +143,7 @@ class FeatureWriter:
             del header
             bits = np.load(self._progress, allow_pickle=False)
             return ok and bits.dtype == np.uint8 and bits.shape == ((self.n + 7) // 8,)
-        except (DataError, ValueError, OSError):
+        except (DataError, ValueError, OSError, EOFError):  # (EOFError: an empty progress file)
             return False
 
     def _start_fresh(self) -> None:
@@ -287,8 +287,9 @@ def load_features(
             )
     try:
         arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read feature store {path} ({e}); delete it and re-extract") from None
+    except (OSError, ValueError, EOFError) as e:  # (EOFError: an empty file)
+        raise DataError(f"cannot read feature store {path} ({type(e).__name__}: {e}); delete it "
+                        "and re-extract") from None
     if arr.shape != (meta["n"], meta["d"]) or arr.dtype != np.dtype(meta["dtype"]):
         raise DataError(
             f"feature store {path} holds {arr.shape} {arr.dtype} but its metadata says "

@@ -56,13 +56,15 @@ from .checkpoint import Checkpoint, FinetuneState, resume_from, rng_states, set_
 from .distributed import resolve_device, single_process_context
 from .engine import CrossEntropyObjective, evaluate, train_aug_for, train_one_epoch
 from .models import backbone, create_model, get_head
-from .recipe import Recipe, as_recipe
+from .recipe import Recipe, as_recipe, check_kind
 from .schedule import lr_for_iteration, peak_lr
 from .trainer import (autocast_dtype, build_optimizer, cudnn_benchmark, param_groups, pin_cpu_threads,
-                      seed_epoch)
+                      remove_unused_run_dir, seed_epoch)
 
 RESULT_NAME = "result.json"
 STATE_NAME = "finetune_state.pt"
+#: The lock a finetuning run holds on its folder (one process writes a run folder)
+FINETUNE_LOCK = ".finetune.lock"
 
 #: ``result.json``'s ``test_precision`` ↔ the autocast dtype of the test evaluation
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16,
@@ -214,6 +216,7 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
     returns ``{"stopped_after": N}`` and the next call resumes."""
     t0 = time.perf_counter()
     recipe = as_recipe(recipe, overrides)  # overrides apply to a Recipe object too
+    check_kind(recipe, "finetune", "finetuning")
     mode = mode or recipe.finetune.mode
     mode = FinetuneMode.check(mode, "finetune mode")
     if recipe.adv.steps > 0:  # (Tab. 5 attacks the source pretraining only; LP/FF stay clean)
@@ -225,11 +228,17 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DP4TLError(f"--out {out_dir} is a file; choose a directory")
-    with directory_lock(out_dir / ".finetune.lock", f"finetune run {out_dir}"), \
-            cudnn_benchmark(dev):  # FF trains at one fixed resolution: see cudnn_benchmark
-        remove_orphan_temps(out_dir)  # a state save a kill cut short (checkpoint-sized for FF)
-        return _finetune(recipe, mode, checkpoint, Path(target_dir), out_dir, fmt, dev,
-                         progress, t0, resume, stop_after, train_mask, test_mask)
+    created = not out_dir.exists()
+    try:
+        with directory_lock(out_dir / FINETUNE_LOCK, f"finetune run {out_dir}"), \
+                cudnn_benchmark(dev):  # FF trains at one fixed resolution: see cudnn_benchmark
+            remove_orphan_temps(out_dir)  # a state save a kill cut short (checkpoint-sized for FF)
+            return _finetune(recipe, mode, checkpoint, Path(target_dir), out_dir, fmt, dev,
+                             progress, t0, resume, stop_after, train_mask, test_mask)
+    except BaseException:
+        if created:  # a refused checkpoint, target or mask leaves no stray folder behind
+            remove_unused_run_dir(out_dir, FINETUNE_LOCK)
+        raise
 
 
 def classifier_for(model: nn.Module, ckpt: Checkpoint, head: str, num_classes: int,

@@ -257,10 +257,13 @@ class Recipe:
     scoring: ScoringCfg = field(default_factory=ScoringCfg)
     adv: AdvCfg = field(default_factory=AdvCfg)
     name: str = ""             # recipe file stem (not a TOML key)
+    #: what its file is for, read from it (not a TOML key): "finetune" when the file (with its
+    #: `extends`) has a [finetune] section, "train" otherwise; "" for a Recipe built in code
+    kind: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d.pop("name")
+        d.pop("name"), d.pop("kind")
         if d["ssl"] == dataclasses.asdict(SSLCfg()):
             d.pop("ssl")  # supervised recipes keep the fingerprints they had before [ssl] existed
         if d["data"]["decode"] == "cpu":
@@ -344,7 +347,7 @@ def training_overrides(overrides: typing.Iterable[str]) -> list[str]:
             kept.append(text)
     return kept
 
-SECTIONS: dict[str, type] = {k: v for k, v in typing.get_type_hints(Recipe).items() if k != "name"}
+SECTIONS: dict[str, type] = {k: v for k, v in typing.get_type_hints(Recipe).items() if k not in ("name", "kind")}
 
 
 def _section_types(section_cls) -> dict[str, Any]:
@@ -486,7 +489,9 @@ def _validate_choices(r: Recipe, source: str) -> None:
                          f"({r.train.max_res})")
     from .schedule import resolution  # (imports this module)
 
-    largest = max(resolution(r.train, e) for e in range(r.train.epochs))
+    # the schedule never shrinks (min_res <= max_res, checked above), so its last epoch is its
+    # largest: no loop over epochs, which hung on a huge train.epochs
+    largest = resolution(r.train, r.train.epochs - 1)
     if largest > MAX_RESOLUTION:  # rounding to res_multiple can pass max_res (it failed mid-run)
         raise DP4TLError(f"{source}: the resolution schedule (train.min_res {r.train.min_res}, "
                          f"max_res {r.train.max_res}, rounded to a multiple of train.res_multiple "
@@ -624,17 +629,34 @@ def as_recipe(recipe: "Recipe | str | Path", overrides: list[str] | tuple[str, .
         where = recipe.name or "<recipe>"
         data = recipe.to_dict()
         built = _build(data, _apply_overrides(data, overrides, where))
-        built.name = recipe.name
+        built.name, built.kind = recipe.name, recipe.kind
         return built
     return recipe
+
+
+def check_kind(recipe: Recipe, kind: str, use: str) -> None:
+    """Refuse a recipe file made for the other job: a pretraining recipe given to finetuning
+    ran an LP with every [finetune] default, and an LP recipe given as the surrogate trained
+    the default ResNet-50 for its 50 LP epochs, both in silence. ``use`` names the job (e.g.
+    "finetuning", "--surrogate-recipe (training)")."""
+    if not recipe.kind or recipe.kind == kind:
+        return
+    if kind == "finetune":
+        raise DP4TLError(f"recipe {recipe.name} is a pretraining recipe (no [finetune] section) "
+                         f"and cannot be used for {use}: use lp, ff or a recipe that extends "
+                         "them (`dp4tl recipes`)")
+    raise DP4TLError(f"recipe {recipe.name} is a finetuning recipe (it has a [finetune] "
+                     f"section) and cannot be used for {use}: use a pretraining recipe such as "
+                     "resnet50_16ep (`dp4tl recipes`)")
 
 
 def load_recipe(path_or_name: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read, override and validate a recipe; every problem is a DP4TLError naming file and key."""
     path = resolve_recipe_path(path_or_name)
     data = read_toml(path)
+    kind = "finetune" if "finetune" in data else "train"  # (before --set can add a section)
     recipe = _build(data, _apply_overrides(data, overrides, str(path)))
-    recipe.name = path.stem
+    recipe.name, recipe.kind = path.stem, kind
     try:  # a recipe set's member keeps its set in its name ("paper/lp")
         rel = path.resolve().relative_to(recipes_dir().resolve())
         if len(rel.parts) > 1:

@@ -74,7 +74,7 @@ from .checkpoint import (CHECKPOINT_NAME, Checkpoint, mask_hash, resume_from, rn
                          set_rng_states)
 from .engine import CrossEntropyObjective, evaluate, train_one_epoch, train_step
 from .models import create_model, get_head, unwrap
-from .recipe import Recipe, as_recipe
+from .recipe import Recipe, as_recipe, check_kind
 from .schedule import lr_for_iteration, momentum_for_lr, peak_lr, resolution
 from .timing import StageTimer
 
@@ -380,6 +380,7 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
     """
     t_start = time.perf_counter()
     recipe = as_recipe(recipe, overrides)  # overrides apply to a Recipe object too
+    check_kind(recipe, "train", "training")
     pin_cpu_threads(recipe.data.num_workers)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -402,19 +403,20 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
                           stop_after, list(callbacks), t_start)
     except BaseException:
         if created and ctx.is_main:
-            _remove_unused_run_dir(out_dir)
+            remove_unused_run_dir(out_dir)
         raise
     finally:
         dist_.teardown(ctx)
 
 
-def _remove_unused_run_dir(out_dir: Path) -> None:
+def remove_unused_run_dir(out_dir: Path, lock_name: str = LOCK_NAME) -> None:
     """A run folder this call made and that holds nothing but its lock and empty files (bad
     data, mask or model refused before the first epoch) is removed, so a typo leaves no stray
-    folder behind. Anything with content (a checkpoint, a metrics line) stays: resuming needs it."""
+    folder behind. Anything with content (a checkpoint, a metrics line) stays: resuming needs it.
+    (Finetuning and ``dp4tl finetune --source-weights`` clean up the same way.)"""
     try:
         files = list(out_dir.iterdir())
-        if all(f.is_file() and (f.name == LOCK_NAME or f.stat().st_size == 0) for f in files):
+        if all(f.is_file() and (f.name == lock_name or f.stat().st_size == 0) for f in files):
             for f in files:
                 f.unlink()
             out_dir.rmdir()

@@ -338,3 +338,38 @@ def test_a_rank_whose_peer_stopped_first_prints_one_line(capsys, monkeypatch, wo
     monkeypatch.setattr(app_mod, "app", backend_failure)
     with pytest.raises(RuntimeError, match="unhandled system error"):
         app_mod.run()
+
+
+def test_a_file_cut_short_is_one_line_not_aborted(capsys, monkeypatch, tmp_path):
+    """click turns an EOFError (numpy or torch reading an empty file) into its Abort, which
+    printed "aborted" and named nothing; a reader that does not name its file still gets one
+    line saying what happened and what to do."""
+    import ffcv_dp4tl.data.manifest as manifest
+
+    def empty(path):
+        raise EOFError("No data left in file")
+    monkeypatch.setattr(manifest, "load_manifest", empty)
+    code, _, err = cli(capsys, monkeypatch, "info", "--data", tmp_path)
+    one_line(code, err, "ended early (EOFError: No data left in file)", "empty or was cut short")
+    assert "aborted" not in err
+
+
+def test_warnings_are_one_line_without_source_code(tmp_path):
+    """A warning reads like an error line: `warning: ...`, not Python's default two lines that
+    quote the package's file, line number and source (`.../cli/train.py:98: UserWarning: ...`)."""
+    import subprocess
+
+    probe = ("import sys, warnings\n"
+             "from ffcv_dp4tl.cli import app, main\n"
+             "@app.command('warn-probe')\n"
+             "def _probe():\n"
+             "    warnings.warn('eval.resolution 32 is not used')\n"
+             "    warnings.warn('old spelling', DeprecationWarning)\n"
+             "sys.argv = ['dp4tl', 'warn-probe']\n"
+             "main()\n")
+    r = subprocess.run([sys.executable, "-W", "always", "-c", probe], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines == ["warning: eval.resolution 32 is not used",
+                     "warning: old spelling (DeprecationWarning)"], r.stderr

@@ -80,6 +80,15 @@ BAD = [
     (("pipeline", "--recipes", "huge"), "--recipes"),
     (("pipeline", "--arch", "resnet9"), "--arch"),
     (("pipeline", "--k", "0"), "--k"),
+    # silently ignored before: no transfer result, seed 0 for '', one run counted twice, K for lm
+    (("pipeline", "--finetune", ""), "--finetune"),
+    (("pipeline", "--seeds", ""), "--seeds"),
+    (("pipeline", "--seeds", "0,0"), "--seeds"),
+    (("pipeline", "--method", "lm", "--k", "5"), "method lm does not cluster the source"),
+    (("pipeline", "--target", "warm", "--target-weights", "2"), "--target-weights"),
+    (("bench", "cost-table", "--target-weights", "1"), "--target-weights"),
+    (("prune", "--scores", "DATA", "--data", "DATA", "--ratio", "0.5", "--order", "up",
+      "--out", "OUT/p"), "--order"),
     (("pipeline", "--data", "synth:tiny", "--source", "synth:tiny"), "--source"),
     (("bench", "cost-table", "--format", "xyz"), "--format"),
     (("bench", "cost-table", "--finetune", "ff,xx"), "--finetune"),
@@ -239,7 +248,7 @@ def test_new_names_and_old_aliases_reach_the_same_call(record, capsys, tmp_path)
                          "--finetune", " lp ,", "--recipes", "full", "--format", "wds")
     assert (cfg.source, cfg.k, cfg.finetune, cfg.recipes, cfg.fmt) == \
         ("imagenet:/x", 2000, ("lp",), "full", "wds")
-    _, (cfg,), _ = record(capsys, "pipeline", "--data", "imagenet:/x", "--k", "500")
+    _, (cfg,), _ = record(capsys, "pipeline", "--data", "imagenet:/x", "--method", "fm", "--k", "500")
     assert (cfg.source, cfg.k) == ("imagenet:/x", 500)
     # bench: same K rule
     _, (base, _out), kw = record(capsys, "bench", "cost-table", "-o", tmp_path / "o")

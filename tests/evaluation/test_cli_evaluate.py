@@ -37,6 +37,30 @@ def test_bad_input_is_one_line(eval_target, capsys, monkeypatch, tmp_path):
         "train16.json", "train16.npy", "train16val4.json", "train16val4.npy", "val4.json", "val4.npy"]
 
 
+def test_vtab_splits_refuse_another_draw_into_the_same_out(eval_target, capsys, monkeypatch,
+                                                          tmp_path):
+    """A rerun with other sizes kept the first draw's train16 next to a new val4: overlapping
+    masks, and rc 0."""
+    args = ("evaluate", "vtab-splits", "--data", eval_target, "--val-size", "4", "-o", tmp_path)
+    assert cli(capsys, monkeypatch, *args, "--train-size", "16")[0] == 0
+    one_line(*cli(capsys, monkeypatch, *args, "--train-size", "12")[::2],
+             str(tmp_path), "--train-size 16 -> 12", "use another --out")
+    assert not (tmp_path / "train12.npy").exists()
+
+
+@pytest.mark.parametrize("cmd", ["corruptions", "flatness"])
+@pytest.mark.parametrize("arg, needle", [("=RUN", "empty label"), (" =RUN", "empty label"),
+                                         ("LP=", "names no directory")])
+def test_a_run_argument_without_label_or_directory_is_one_line(lp_run, capsys, monkeypatch,
+                                                               tmp_path, cmd, arg, needle):
+    """``=DIR`` was accepted and wrote a column with a blank header into the table."""
+    arg = arg.replace("RUN", str(lp_run))
+    extra = CORRUPT if cmd == "corruptions" else ("--workers", "0", "--device", "cpu")
+    one_line(*cli(capsys, monkeypatch, "evaluate", cmd, arg, *extra, "-o", tmp_path / "o")[::2],
+             repr(arg), needle, "LABEL=DIR")
+    assert not (tmp_path / "o").exists()
+
+
 def _copy_run(run, dest, **fields):
     """A copy of a finished run whose result.json has ``fields`` changed (None: removed)."""
     import shutil
@@ -82,6 +106,23 @@ def test_a_damaged_result_json_is_one_line(lp_run, capsys, monkeypatch, tmp_path
         extra = CORRUPT if cmd == "corruptions" else ("--workers", "0", "--device", "cpu")
         one_line(*cli(capsys, monkeypatch, "evaluate", cmd, bad, *extra, "-o", tmp_path / "o")[::2],
                  *needles)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("cmd", ["corruptions", "flatness"])
+def test_a_run_pointed_at_another_target_is_one_line(lp_run, eval_synth, capsys, monkeypatch,
+                                                     tmp_path, cmd):
+    """result.json's target edited to another built dataset ran with rc 0 (corruptions blamed
+    "other kernels", flatness said nothing): the recorded fingerprint is compared."""
+    from ffcv_dp4tl.data import load_manifest
+
+    other = eval_synth / "source"
+    bad = _copy_run(lp_run, tmp_path / "bad", target=str(other))
+    want = json.loads((lp_run / "result.json").read_text())["target_fingerprint"][:12]
+    extra = CORRUPT if cmd == "corruptions" else ("--workers", "0", "--device", "cpu")
+    one_line(*cli(capsys, monkeypatch, "evaluate", cmd, bad, *extra, "-o", tmp_path / "o")[::2],
+             "bad/result.json", load_manifest(other).fingerprint[:12], want,
+             "'target_fingerprint'", "rerun the finetuning")
     assert not (tmp_path / "o").exists()
 
 
@@ -153,6 +194,21 @@ def test_bad_options_are_refused_before_any_work(lp_run, capsys, monkeypatch, tm
     args = tuple(str(tmp_path / "FILE") if a == "FILE" else a for a in args)
     one_line(*cli(capsys, monkeypatch, "evaluate", cmd, lp_run, "--device", "cpu", "-o",
                   tmp_path / "o", *args)[::2], needle)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, named, not_named", [
+    (("--steps", "-1"), "'--steps'", "--eps"), (("--iters", "0"), "'--iters'", "--eps"),
+    (("--iters", "-3"), "'--iters'", "--eps"), (("--eps", "0"), "--eps", "--steps"),
+    (("--eps", "-1e-3"), "got -0.001", "--iters")])
+def test_flatness_names_the_option_that_is_wrong(lp_run, capsys, monkeypatch, tmp_path, args,
+                                                 named, not_named):
+    """A bad --steps or --iters was reported as "--eps must be a finite number > 0 (got
+    0.001), --steps and --iters >= 1": the wrong option blamed, with another's value."""
+    code, _, err = cli(capsys, monkeypatch, "evaluate", "flatness", lp_run, "--device", "cpu",
+                       "-o", tmp_path / "o", *args)
+    one_line(code, err, named)
+    assert not_named not in err
     assert not (tmp_path / "o").exists()
 
 

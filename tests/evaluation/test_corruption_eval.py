@@ -177,6 +177,52 @@ def test_a_result_json_without_test_precision_is_read_as_fp32(lp_run, tmp_path):
         load_finetuned(run)
 
 
+def test_a_target_that_is_not_the_runs_data_is_refused(lp_run, eval_synth, tmp_path):
+    """result.json's ``target`` pointed at another built dataset was evaluated with rc 0 (a
+    model on data it never saw; the table blamed "other kernels"). Its fingerprint is compared
+    with the recorded one: result.json's, else (a result.json without it) finetune_state.pt's.
+    A run that recorded none still loads (its class count is checked), and the table's note
+    says its target went unchecked."""
+    import json
+    import re
+    import shutil
+
+    from ffcv_dp4tl.data import load_manifest
+    from ffcv_dp4tl.errors import DataError
+    from ffcv_dp4tl.training.checkpoint import FinetuneState
+
+    other = eval_synth / "source"
+    run = tmp_path / "run"
+    shutil.copytree(lp_run, run)
+    res = json.loads((run / "result.json").read_text())
+    want, have = res["target_fingerprint"][:12], load_manifest(other).fingerprint[:12]
+    refused = (rf"{re.escape(str(run / 'result.json'))}: the target {re.escape(str(other))} "
+               rf"\(fingerprint {have}…\) is not the data this run was finetuned on \(fingerprint "
+               rf"{want}….*rerun the finetuning")
+    (run / "result.json").write_text(json.dumps({**res, "target": str(other)}))
+    with pytest.raises(DataError, match=refused):
+        load_finetuned(run)
+    old = {k: v for k, v in res.items() if k != "target_fingerprint"}
+    (run / "result.json").write_text(json.dumps({**old, "target": str(other)}))
+    with pytest.raises(DataError, match=refused):  # finetune_state.pt's fingerprint
+        load_finetuned(run)
+    state = FinetuneState.load(run / "finetune_state.pt")
+    del state.identity["target_fingerprint"]
+    state.save(run / "finetune_state.pt")
+    with pytest.raises(DataError, match=r"has 8 classes, not the 3 this run was finetuned on"):
+        load_finetuned(run)
+    (run / "result.json").write_text(json.dumps(old))
+    ft = load_finetuned(run)  # an older run: loads, unchecked
+    assert ft.target_fingerprint is None
+    r = corruption_accuracy(ft, [("contrast", 5)], num_workers=0, progress=False)
+    note = "the run recorded no target fingerprint"
+    assert note in corruption_table({"old": {**r, "reported_test_top1": r["clean_top1"] + 0.25}})
+    checked = corruption_accuracy(load_finetuned(lp_run), [("contrast", 5)], num_workers=0,
+                                  progress=False)
+    assert note not in corruption_table({"new": {**checked,
+                                                 "reported_test_top1": r["clean_top1"] + 0.25}})
+
+
 class _OnCuda1(torch.nn.Module):
     """A model that says it lives on cuda:1 (no GPU here)."""
 

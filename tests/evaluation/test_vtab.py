@@ -34,6 +34,26 @@ def test_masks_are_disjoint_sized_subsets_reproducible_per_seed(eval_target, tmp
     assert meta["fingerprint"] == info.fingerprint and meta["num_kept"] == 4
 
 
+def test_masks_of_another_draw_are_refused_in_the_same_folder(eval_synth, eval_target, tmp_path):
+    """The masks are named by their sizes only: a 12/4 draw into a folder holding a 16/4 one
+    would replace val4 and keep train16, which then overlap (a leaked, perfect score). Another
+    size, seed, split or dataset is refused before any file changes; the same draw is kept."""
+    out, same = tmp_path / "m", {"seed": 0, "train_size": 16, "val_size": 4}
+    paths = write_vtab_masks(eval_target, out, **same)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for data, change, needle in (
+            (eval_target, {"train_size": 12}, "--train-size 16 -> 12"),
+            (eval_target, {"seed": 1}, "--seed 0 -> 1"),
+            (eval_target, {"split": "test", "train_size": 8}, "--split 'train' -> 'test'"),
+            (eval_synth / "source", {}, "--data differs")):
+        with pytest.raises(DataError, match=f"^{out} holds VTAB masks drawn with other settings "
+                           f"\\({needle}.*train16.*json records\\).*use another --out"):
+            write_vtab_masks(data, out, **{**same, **change})
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert write_vtab_masks(eval_target, out, **same) == paths
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_vtab_defaults_are_800_200_and_too_small_a_split_is_refused(eval_target):
     with pytest.raises(DataError, match=r"24 samples, fewer than the 800 \+ 200"):
         vtab_masks(eval_target)

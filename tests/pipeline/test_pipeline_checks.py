@@ -95,6 +95,19 @@ def test_the_source_as_target_fails_before_the_surrogate(tmp_path, index_dataset
     assert not (tmp_path / "runs").exists()
 
 
+
+def test_a_bad_target_or_source_names_its_option(tmp_path, index_dataset):
+    """The SOURCE parser's words ("SOURCE '/x' is no such folder") and "target= is required"
+    did not say which pipeline option was wrong."""
+    src = str(index_dataset.root)
+    with pytest.raises(DP4TLError, match=r"^--target: SOURCE '/no/such' is no such folder"):
+        resolve(_cfg(tmp_path, source=src, target="/no/such"), None, print)
+    with pytest.raises(DP4TLError, match=r"^--target is required with a real source"):
+        resolve(_cfg(tmp_path, source=src, target=""), None, print)
+    with pytest.raises(DP4TLError, match=r"^--data: SOURCE '/no/such' is no such folder"):
+        resolve(_cfg(tmp_path, source="/no/such", target=src), None, print)
+    assert not (tmp_path / "runs").exists()
+
 def test_a_target_without_the_split_finetuning_reads_fails_before_the_surrogate(tmp_path,
                                                                                 index_dataset):
     target = tmp_path / "tgt"
@@ -228,3 +241,20 @@ def test_a_cifar_normalised_finetuning_on_ffcv_is_told_the_resampling_differs(sm
         resolve(cfg, check(cfg), logs.append)
         notes = [m for m in logs if "INTER_AREA" in m]
         assert len(notes) == (1 if told else 0), logs
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"lp_recipe": "resnet18_tiny_cpu"}, r"resnet18_tiny_cpu is a pretraining recipe .* LP \(--lp-recipe\)"),
+    ({"surrogate_recipe": "lp_tiny_cpu"}, r"lp_tiny_cpu is a finetuning recipe .* the surrogate"),
+    ({"recipe": "ff_tiny_cpu"}, r"ff_tiny_cpu is a finetuning recipe .* pretraining \(--recipe\)"),
+])
+def test_a_recipe_for_the_other_job_is_refused_before_any_work(small_synth, tmp_path, kw, message):
+    """--lp-recipe resnet18_tiny_cpu finetuned with every [finetune] default, and
+    --surrogate-recipe lp_tiny_cpu trained a default model for 50 epochs, in silence."""
+    cfg = PipelineConfig(source=str(small_synth / "source"),
+                         target=str(small_synth / "targets" / "paper"), ratio=0.5,
+                         method="random", finetune=("lp",), fmt="wds", runs_root=tmp_path / "r",
+                         data_root=tmp_path / "d", **kw)
+    with pytest.raises(DP4TLError, match=message):
+        validate(cfg)
+    assert not (tmp_path / "r").exists()

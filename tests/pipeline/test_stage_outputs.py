@@ -47,6 +47,17 @@ def test_a_deleted_cached_file_names_the_stage_folder(tmp_path):
         pr.output("val.npy")
 
 
+
+def test_a_torn_done_file_says_to_delete_the_stage_folder(tmp_path):
+    """A DONE.json cut short (a disk filled, a hand edit) names the one step that rewrites it,
+    not "rebuild or replace it", which fits a file the user made."""
+    sc = stage(tmp_path, "score", {"x": 1})
+    sc.dir.mkdir(parents=True)
+    (sc.dir / "DONE.json").write_text('{"broken')
+    with pytest.raises(DP4TLError, match=r"DONE.json is not valid JSON .*; delete the stage folder "
+                                         r".*score-.* and rerun"):
+        sc.result()
+
 def _folder(root, n=3):
     import numpy as np
     from PIL import Image

@@ -118,6 +118,12 @@ def test_corrupt_or_mismatched_store(tmp_path, rng):
     meta_path(path).write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
         load_features(path)
+    meta["n"] = 10
+    meta_path(path).write_text(json.dumps(meta))
+    path.write_bytes(b"")  # emptied (a full disk): numpy raises EOFError, which click made "aborted"
+    with pytest.raises(DataError, match=r"cannot read feature store .*f.npy \(EOFError: .*\); "
+                                        r"delete it and re-extract"):
+        load_features(path)
 
 
 def test_writer_input_errors(tmp_path, rng):

@@ -375,3 +375,28 @@ def test_every_finetune_loader_reads_the_images_as_the_recipe_says(trained_run, 
         assert train.train and train.crop_ratio == (3 / 4, 4 / 3)
     else:  # cached LP features: the whole short side (lp_crop none), no augmentation
         assert (train.train, train.center_crop_ratio) == (False, 1.0)
+
+
+def test_a_refused_input_leaves_no_stray_run_folder(trained_run, target_dir, tmp_path, capsys,
+                                                    monkeypatch):
+    """A missing or empty checkpoint, or weights that cannot be imported, left `-o DIR` behind
+    holding only a lock (pretraining already removed its unused folder); and --arch beside
+    --checkpoint was silently ignored."""
+    from cli_runner import cli, one_line
+
+    from ffcv_dp4tl.errors import DP4TLError
+
+    with pytest.raises(DP4TLError):
+        finetune("lp_tiny_cpu", tmp_path / "missing.pt", target_dir, tmp_path / "a", fmt="wds",
+                 device="cpu", progress=False)
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "zero.pt").write_bytes(b"")
+    code, _, err = cli(capsys, monkeypatch, "finetune", "lp_tiny_cpu", "--source-weights",
+                       tmp_path / "zero.pt", "--arch", "resnet18", "--data", target_dir,
+                       "-o", tmp_path / "b", "--device", "cpu")
+    assert code == 2 and "zero.pt" in err and not (tmp_path / "b").exists(), err
+    code, _, err = cli(capsys, monkeypatch, "finetune", "lp_tiny_cpu", "--checkpoint",
+                       trained_run / "checkpoint.pt", "--arch", "resnet50", "--data", target_dir,
+                       "-o", tmp_path / "c")
+    one_line(code, err, "--arch resnet50 goes with --source-weights", "drop --arch")
+    assert not (tmp_path / "c").exists()

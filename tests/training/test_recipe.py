@@ -209,3 +209,38 @@ def test_training_overrides_leave_out_the_scoring_section_only():
              "lr.lr=0.1", "scoringx.a=1"]
     assert training_overrides(given) == ["train.epochs=2", "lr.lr=0.1", "scoringx.a=1"]
     assert training_overrides([]) == []
+
+
+def test_a_huge_epoch_count_loads_at_once_and_the_schedule_is_still_checked():
+    """`--set train.epochs=99999999999999999999` hung: the resolution check looped over every
+    epoch. The schedule never shrinks, so its last epoch is its largest."""
+    import time
+
+    t0 = time.perf_counter()
+    r = load_recipe("resnet18_tiny_cpu", ["train.epochs=99999999999999999999"])
+    assert r.train.epochs == 99999999999999999999 and time.perf_counter() - t0 < 30
+    with pytest.raises(DP4TLError, match="reaches 2080 px"):  # rounding lifts 2040 past 2048
+        load_recipe("resnet18_tiny_cpu", ["train.epochs=99999999999999999999", "train.end_ramp=2",
+                                          "train.max_res=2040", "train.res_multiple=80"])
+
+
+def test_a_recipe_made_for_the_other_job_is_refused(tmp_path):
+    """A pretraining recipe given to finetuning ran an LP with every [finetune] default, and an
+    LP recipe given as a surrogate trained the default model for 50 epochs, both silently: the
+    file's [finetune] section (with its `extends`) says which job it is for."""
+    from ffcv_dp4tl.training.recipe import check_kind
+
+    lp, pre = load_recipe("lp_tiny_cpu"), load_recipe("resnet18_tiny_cpu")
+    assert (lp.kind, pre.kind) == ("finetune", "train")
+    assert load_recipe("paper/lp_cifar10").kind == "finetune"  # [finetune] through extends
+    assert load_recipe("resnet18_tiny_cpu", ["finetune.resolution=64"]).kind == "train"  # (--set)
+    check_kind(lp, "finetune", "finetuning")
+    check_kind(pre, "train", "training")
+    with pytest.raises(DP4TLError, match=r"recipe resnet18_tiny_cpu is a pretraining recipe .* "
+                                         r"cannot be used for finetuning: use lp, ff"):
+        check_kind(pre, "finetune", "finetuning")
+    with pytest.raises(DP4TLError, match=r"recipe lp_tiny_cpu is a finetuning recipe .* cannot "
+                                         r"be used for the surrogate \(--surrogate-recipe\)"):
+        check_kind(lp, "train", "the surrogate (--surrogate-recipe)")
+    assert lp.fingerprint() == load_recipe("lp_tiny_cpu").fingerprint()
+    check_kind(Recipe(), "finetune", "finetuning")  # built in code: no file says what it is for
