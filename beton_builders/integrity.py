@@ -27,17 +27,25 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ffcv_dp4tl.contracts.manifest import CHECKSUM_SCHEME
 from ffcv_dp4tl.errors import DataError
 
 #: bytes hashed at each end of a shard
 SHARD_EDGE = 4096
 #: checksum scheme tag stored with the checksums (a future scheme can be told apart)
-SCHEME = "size+blake2b-edges/1"
+SCHEME = CHECKSUM_SCHEME
 #: what to do about damage inside a sample (a changed byte that only ``verify --deep`` or a
 #: decode finds): the build's own repair covers missing files, so deleting the damaged one works
 DAMAGED_SAMPLE_HINT = ("run `dp4tl verify {root} --deep` to list every damaged sample, then delete "
                        "the shard or beton it names and rerun the `dp4tl build` that made the "
                        "dataset (it makes the deleted file again from the inputs)")
+#: what to do about one damaged file that only ``dp4tl verify --deep`` finds (a sample's bytes,
+#: a tar header): the rerun's repair runs the cheap checks only, so the file must go first
+REMAKE_HINT = ("delete {file} and rerun the `dp4tl build` that made {root} (it makes the deleted "
+               "file again from the inputs)")
+#: ... and about damage that only ``--deep`` finds but cannot pin on one file
+OVERWRITE_HINT = ("rebuild it with `dp4tl build SOURCE --out DIR --overwrite` (a rerun without "
+                  "--overwrite checks only what loaders check, so it keeps this damage)")
 VERIFY_HINT = ("run `dp4tl verify {root} --deep` to see what is damaged, then rerun the `dp4tl "
                "build` that made it (it repairs damaged files from the inputs)")
 
@@ -124,6 +132,19 @@ def split_checksums(beton: Path, shards: list[Path], labels: np.ndarray | None =
     if index is not None:
         rec["index"] = index_digest(index)
     return rec
+
+
+def labels_dtype_problem(path: Path, labels: np.ndarray) -> str | None:
+    """Why the array read from a labels file cannot be class ids (one line naming ``path``), or
+    None. The one rule for loaders (:meth:`~ffcv_dp4tl.data.manifest.SplitInfo.load_labels`),
+    ``dp4tl verify`` and the build's repair: float labels of whole values hash like the build's
+    (:func:`array_digest` casts), so the digest alone passes a file that masks then index with
+    (IndexError) or verify counts with (casting TypeError)."""
+    if np.issubdtype(labels.dtype, np.integer) and labels.ndim == 1:
+        return None
+    what = (f"dtype {labels.dtype}" if labels.ndim == 1 else f"shape {labels.shape}")
+    return (f"{path}: labels must be a 1-D array of integer class ids, got {what} (converted or "
+            "replaced since the build)")
 
 
 #: (path, size, mtime_ns) -> digest of labels files already checked in this process

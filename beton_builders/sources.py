@@ -36,6 +36,9 @@ def resolve_source(text: str, split_json: str | Path | None = None,
     if text == "synth" or text.startswith("synth:"):
         if split_json:
             raise DataError("--split-json does not apply to synth data")
+        if split == "coop":  # ("coop" means require it: ignoring it would build other splits)
+            raise DataError("--split coop: synth data has no CoOp split (the generator makes its "
+                            "own splits); drop --split")
         from .synth import parse_synth, synth_all
 
         return dict(synth_all(parse_synth(text)))

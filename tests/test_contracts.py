@@ -216,12 +216,29 @@ def _set(d: dict, path: str, value) -> dict:
     ("manifest", "image", {"quality": 90}, "'image' lacks field 'max_side'"),
     ("manifest", "image.quality", "high", "'quality' must be a non-negative integer"),
     ("manifest", "extra", [1], "'extra' must be a JSON object"),
+    ("manifest", "splits.train.checksums", "x", "split 'train': field 'checksums' must be a JSON object"),
+    ("manifest", "splits.train.checksums", {"scheme": "size+blake2b-edges/1", "beton": 5, "shards": "x",
+                                            "labels": 7, "index": [1]},
+     "'checksums': field 'beton' must be a JSON object"),
+    ("manifest", "splits.train.checksums", {"scheme": "size+blake2b-edges/1", "beton": {"size": 1, "digest": "d"},
+                                            "shards": "x"}, "'checksums': field 'shards' must be a list"),
+    ("manifest", "splits.train.checksums", {"scheme": "size+blake2b-edges/1", "beton": {"size": "1", "digest": "d"},
+                                            "shards": []}, "'checksums' 'beton': field 'size' must be a non-negative"),
+    ("manifest", "splits.train.checksums", {"scheme": "size+blake2b-edges/1", "beton": {"size": 1, "digest": "d"},
+                                            "shards": [{"size": 1, "digest": "d"}], "labels": 7},
+     "'checksums': field 'labels' must be a string, got 7"),
+    ("manifest", "splits.train.checksums", {"scheme": 9}, "'checksums': field 'scheme' must be a string"),
     ("mask", "num_kept", "x", "'num_kept' must be a non-negative integer, got 'x'"),
     ("mask", "fingerprint", 7, "'fingerprint' must be a string"),
     ("scores", "num_units", "x", "'num_units' must be a non-negative integer, got 'x'"),
     ("scores", "method", None, "lacks field 'method'"),
     ("scores", "source_fingerprint", None, "lacks field 'source_fingerprint'"),
     ("scores", "options", 5, "'options' must be a JSON object, got 5"),
+    ("scores", "higher_is_better", "false", "'higher_is_better' must be true or false, got 'false'"),
+    ("scores", "higher_is_better", None, "lacks field 'higher_is_better'"),  # bool(None): False
+    ("scores", "seed", "abc", "'seed' must be a non-negative integer, got 'abc'"),
+    ("scores", "selection_seconds", "fast", "'selection_seconds' must be a number"),
+    ("scores", "target_fingerprints", "ab", "'target_fingerprints' must be a list of strings"),
     ("stage", "seconds", "fast", "'seconds' must be a number, got 'fast'"),
 ])
 def test_a_wrongly_typed_field_is_one_line_naming_it(name, path, value, needle):
@@ -232,6 +249,21 @@ def test_a_wrongly_typed_field_is_one_line_naming_it(name, path, value, needle):
         cls.from_json(_set(CONTRACTS[name].to_json(), path, value), source="F.json")
     assert needle in str(e.value) and str(e.value).startswith("F.json")
     assert "\n" not in str(e.value)
+
+
+def test_a_fingerprint_that_does_not_match_its_splits_is_named():
+    """The dataset fingerprint is what masks, scores and stages are keyed on: one that is not
+    the builder's hash of the splits' fingerprints (a split deleted, a fingerprint pasted) or a
+    manifest with no split at all is a problem naming the file; the builder's own is not."""
+    from ffcv_dp4tl.contracts import dataset_fingerprint
+
+    m = _manifest()
+    good = DatasetManifest.from_json({**m.to_json(), "fingerprint": dataset_fingerprint([FP])})
+    assert good.fingerprint_problem("F.json") is None
+    assert "does not match its splits" in m.fingerprint_problem("F.json")  # "cd" * 32
+    assert m.fingerprint_problem("F.json").startswith("F.json: the dataset fingerprint cdcdcdcdcdcd")
+    empty = DatasetManifest.from_json({**good.to_json(), "splits": {}})
+    assert empty.fingerprint_problem("F.json").startswith("F.json lists no splits")
 
 
 # --- stage results carry an explicit kind ----------------------------------------------------

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import DataError
-from .fields import REQUIRED, typed
+from .fields import REQUIRED, _show, typed
 from .versions import check_version, _known
 
 #: what a damaged manifest's error says to do
@@ -22,6 +23,9 @@ MANIFEST_NAME = "manifest.json"
 ORIGINS_SUFFIX = ".files.txt"
 #: Identity tag of a manifest (kept from the first release; the version is ``format_version``).
 FORMAT = "ffcv-dp4tl/1"
+#: the ``checksums`` scheme this version writes and checks (beton_builders.integrity); a record
+#: of another scheme (a newer release) is kept as read but not checked
+CHECKSUM_SCHEME = "size+blake2b-edges/1"
 
 #: Per-sample record of the WebDataset random-access index (``wds/SPLIT.index.npy``).
 #: ``shard``: shard number; ``offset``/``size``: byte range of the ``.jpg`` member's data in the
@@ -43,6 +47,42 @@ def split_fingerprint(sample_digests: bytes, labels: np.ndarray, classes: list[s
 def dataset_fingerprint(split_fingerprints: list[str]) -> str:
     """Fingerprint of a whole dataset: hash of its splits' fingerprints, in split order."""
     return hashlib.sha256("".join(split_fingerprints).encode()).hexdigest()
+
+
+def _checked_checksums(d: dict[str, Any], where: str) -> dict[str, Any] | None:
+    """A split's ``checksums`` record, its shape checked (one DataError line naming the field):
+    every reader (loaders' ``check_split_files``, ``dp4tl verify``, the build's repair) indexes
+    it as ``rec["beton"]["size"]``, so a hand-edited ``"beton": 5`` must be refused here, not
+    as a TypeError deep inside one of them. A record of an unknown (newer) scheme is kept
+    unchecked: its shape is the newer release's."""
+    rec = d.get("checksums")
+    if rec is None:
+        return None
+    if not isinstance(rec, dict):
+        raise DataError(f"{where}: field 'checksums' must be a JSON object, got {_show(rec)}; "
+                        f"{_REBUILD}")
+    ck = f"{where} 'checksums'"
+    if typed(rec, "scheme", "str", ck, _REBUILD) != CHECKSUM_SCHEME:
+        return dict(rec)
+
+    def file_record(v: Any, field_name: str) -> None:
+        if not isinstance(v, dict):
+            raise DataError(f"{ck}: field {field_name!r} must be a JSON object "
+                            f"{{\"size\", \"digest\"}}, got {_show(v)}; {_REBUILD}")
+        typed(v, "size", "count", f"{ck} {field_name!r}", _REBUILD)
+        typed(v, "digest", "str", f"{ck} {field_name!r}", _REBUILD)
+
+    file_record(rec.get("beton"), "beton")
+    shards = rec.get("shards")
+    if not isinstance(shards, list):
+        raise DataError(f"{ck}: field 'shards' must be a list of {{\"size\", \"digest\"}} "
+                        f"objects, got {_show(shards)}; {_REBUILD}")
+    for i, v in enumerate(shards):
+        if v is not None:  # (no record for that shard: checked by existence)
+            file_record(v, f"shards[{i}]")
+    for key in ("labels", "index"):
+        typed(rec, key, "str", ck, _REBUILD, None)
+    return dict(rec)
 
 
 @dataclass(frozen=True)
@@ -99,7 +139,7 @@ class SplitEntry:
                    num_rejected=get("num_rejected", "count", 0),
                    class_counts=None if cc is None else list(cc),
                    beton_fingerprint=get("beton_fingerprint", "str"),
-                   checksums=dict(d["checksums"]) if isinstance(d.get("checksums"), dict) else None,
+                   checksums=_checked_checksums(d, where),
                    unknown={k: v for k, v in d.items() if k not in known})
 
 
@@ -156,6 +196,28 @@ class DatasetManifest:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def fingerprint_problem(self, source: object = MANIFEST_NAME) -> str | None:
+        """Why the recorded dataset ``fingerprint`` cannot be trusted (one line naming
+        ``source``), or None. It is what masks, scores and every pipeline stage are keyed on, and
+        :func:`dataset_fingerprint` of the splits' fingerprints (the builder's rule, reused
+        here): a split removed from the manifest, or a fingerprint pasted from another dataset,
+        leaves every file intact but makes it no longer match. Without any split the manifest
+        describes no data at all."""
+        if not self.splits:
+            return f"{source} lists no splits (emptied by hand?); restore manifest.json or {_REBUILD}"
+        # the builder hashes its splits in the order it built them (train, then test or val),
+        # which manifest.json does not keep (its keys are written sorted): any order that
+        # gives the recorded fingerprint is the build's (at most a few splits)
+        fps = [s.fingerprint for s in self.splits.values()]
+        want = dataset_fingerprint(fps)
+        orders = itertools.islice(itertools.permutations(fps), 720)  # (6 splits; more: unchecked)
+        if len(fps) <= 6 and not any(dataset_fingerprint(list(o)) == self.fingerprint
+                                     for o in orders):
+            return (f"{source}: the dataset fingerprint {self.fingerprint[:12]}… does not match its "
+                    f"splits ({', '.join(self.splits)}: {want[:12]}…): a split was removed or the "
+                    f"fingerprint edited; restore manifest.json or {_REBUILD}")
+        return None
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"format": self.format, "format_version": self.format_version,

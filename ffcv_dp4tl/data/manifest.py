@@ -37,10 +37,34 @@ def read_npy(path: Path, mmap: bool = False) -> np.ndarray:
     except PermissionError as e:  # the file is fine: rebuilding would not help
         raise DataError(os_error_line(e, reading=True)) from None
     except (OSError, ValueError, EOFError) as e:
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "pickled" in why:  # numpy's guess for any file without the .npy magic
-            why = "not a .npy array file"
-        raise DataError(f"{path}: unreadable ({why}); rebuild the dataset") from None
+        raise DataError(f"{path}: unreadable ({npy_error_reason(e)}); rebuild the dataset") from None
+
+
+def npy_error_reason(e: BaseException, wanted: str = "plain numbers") -> str:
+    """What a ``np.load(..., allow_pickle=False)`` error says about the file, in the user's words
+    (the one rule for build files and masks): numpy's own words point at ``allow_pickle``, a
+    switch the user must not flip (a damaged file must not run code), and it says "pickled" for
+    any file without the ``.npy`` magic, a text file included."""
+    why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if "Object arrays" in why:  # a real .npy of Python objects
+        return f"it holds Python objects (pickled data), not {wanted}"
+    if "pickled" in why:  # numpy's guess for any file without the .npy magic
+        return "not a .npy array file"
+    return why
+
+
+def read_labels(path: Path, root: Path | None = None) -> np.ndarray:
+    """A split's labels file (memory-mapped), refused in one :class:`DataError` line when it is
+    no 1-D array of integer class ids (:func:`beton_builders.integrity.labels_dtype_problem`):
+    float labels crash every reader that indexes or counts with them."""
+    from beton_builders.integrity import labels_dtype_problem
+
+    labels = read_npy(path, mmap=True)
+    problem = labels_dtype_problem(path, labels)
+    if problem is not None:  # (the build's repair finds it too: beton_builders.repair)
+        raise DataError(f"{problem}; rerun the `dp4tl build` that made {root or path.parent} "
+                        "(it writes the labels again from its inputs)")
+    return labels
 
 
 @dataclass(frozen=True)
@@ -85,7 +109,7 @@ class SplitInfo:
         class scores would index past, or short of, the labels)."""
         from beton_builders.integrity import check_count, check_labels
 
-        labels = read_npy(self.labels, mmap=True)
+        labels = read_labels(self.labels, self.root)
         check_labels(self.labels, labels, self.checksums, self.root, self.name)
         check_count(self.root, self.name, self.labels, len(labels) if labels.ndim else 0,
                     self.num_samples)
@@ -193,8 +217,27 @@ def load_manifest(root: str | Path) -> Manifest:
         root = root.parent
     path = root / MANIFEST_NAME
     if not path.exists():
+        _not_a_dataset(root)
         raise DataError(
             f"{root} is not a built dataset (no {MANIFEST_NAME}); build it with "
             f"`dp4tl build SOURCE --out {root}` or finish an interrupted build by rerunning it"
         )
     return Manifest(root=root, contract=DatasetManifest.from_json(read_json(path, "manifest"), path))
+
+
+def _not_a_dataset(root: Path) -> None:
+    """Refuse, in words that fit, a ``root`` that is no built dataset but is not to be built
+    either: a file (a built dataset is a folder), or the root of a ``synth`` build, whose
+    datasets are ``source/`` and ``targets/NAME`` below it (building over it again would not
+    help). Returns for anything else (the caller says how to build it)."""
+    if root.is_file():
+        raise DataError(f"{root} is a file, but a built dataset is a directory (holding "
+                        f"{MANIFEST_NAME}); pass the directory `dp4tl build` wrote")
+    targets = sorted(p.name for p in (root / "targets").glob("*") if (p / MANIFEST_NAME).is_file())
+    parts = [str(root / "source")] if (root / "source" / MANIFEST_NAME).is_file() else []
+    if targets:
+        parts.append(f"{root / 'targets'}/NAME ({', '.join(targets[:4])}"
+                     f"{' …' if len(targets) > 4 else ''})")
+    if parts:
+        raise DataError(f"{root} holds several built datasets, not one: pass "
+                        f"{' or '.join(parts)}")

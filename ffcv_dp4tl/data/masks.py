@@ -16,9 +16,9 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..contracts import MaskMeta
-from ..errors import MaskError
+from ..errors import DataError, MaskError
 from ..fsutil import atomic_save_npy, atomic_write_json, read_json
-from .manifest import SplitInfo
+from .manifest import SplitInfo, npy_error_reason
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,12 @@ def validate_mask(mask: IndexMask, split: SplitInfo, source: str | Path = "mask"
         raise MaskError(f"{source}: indices must be int64, got {idx.dtype}")
     fp = mask.meta.get("fingerprint")
     if fp is not None and fp != split.fingerprint:
+        other = _sibling_split(split, fp)
+        if other is not None:
+            drop = " (or drop --split)" if other == "train" else ""
+            raise MaskError(f"{source} indexes split {other!r} of this dataset, not split "
+                            f"{split.name!r}: pass `--split {other}`{drop} to use it, or make a "
+                            f"mask of split {split.name!r}")
         raise MaskError(
             f"{source} was made for another dataset (fingerprint {str(fp)[:12]}…, split "
             f"{mask.meta.get('split')!r}) but is used with split {split.name!r} whose fingerprint "
@@ -162,6 +168,22 @@ def validate_mask(mask: IndexMask, split: SplitInfo, source: str | Path = "mask"
         what = "duplicate" if d[j] == 0 else "unsorted"
         raise MaskError(f"{source}: {what} index {int(idx[j + 1])} at position {j + 1}; masks "
                         "must be sorted and unique (use make_mask to normalise)")
+
+
+def _sibling_split(split: SplitInfo, fingerprint: str) -> str | None:
+    """The other split of ``split``'s dataset whose fingerprint is ``fingerprint`` (a mask made
+    for it), or None: a mask used with the wrong ``--split`` is the user's slip, not another
+    dataset, and "recompute the mask for this dataset" sent them to redo right work."""
+    from .manifest import load_manifest
+
+    if split.dataset_root is None:
+        return None
+    try:
+        splits = load_manifest(split.dataset_root).contract.splits
+    except DataError:  # (no readable manifest: nothing to tell)
+        return None
+    return next((n for n, e in splits.items() if n != split.name and e.fingerprint == fingerprint),
+                None)
 
 
 def save_mask(path: str | Path, mask: IndexMask) -> Path:
@@ -188,13 +210,9 @@ def load_mask(path: str | Path, split: SplitInfo | None = None) -> IndexMask:
         raise MaskError(f"mask file not found: {npy}")
     try:
         indices = np.load(npy, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        # numpy's own words for a pickled/object file point at allow_pickle, a loading switch
-        # the user cannot (and must not) flip: say what the file is instead
-        why = ("it holds Python objects (pickled data), not sample indices" if "pickle" in str(e)
-               or "Object arrays" in str(e) else str(e).splitlines()[0] if str(e) else type(e).__name__)
-        raise MaskError(f"{npy} is not a readable .npy mask ({why}); recreate it with `dp4tl prune` "
-                        "or `dp4tl mask classes`") from None
+    except (ValueError, OSError, EOFError) as e:  # (what numpy says, in the user's words)
+        raise MaskError(f"{npy} is not a readable .npy mask ({npy_error_reason(e, 'sample indices')}); recreate it "
+                        "with `dp4tl prune` or `dp4tl mask classes`") from None
     meta_path = _json_path(npy)
     if not meta_path.exists():
         raise MaskError(f"mask metadata not found: {meta_path} (every mask .npy needs its .json "

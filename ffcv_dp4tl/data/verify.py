@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from beton_builders.beton import check_beton, listed_samples
-from beton_builders.integrity import (SCHEME, beton_fingerprint, index_digest, labels_intact,
-                                      recorded_problems)
+from beton_builders.integrity import (OVERWRITE_HINT, REMAKE_HINT, SCHEME, beton_fingerprint, index_digest,
+                                      labels_intact, recorded_problems)
 
 from ..errors import DataError
 
-from .manifest import SplitInfo, load_manifest, read_npy, split_fingerprint
+from .manifest import MANIFEST_NAME, SplitInfo, load_manifest, read_labels, split_fingerprint
 
 #: Problems listed per kind before the rest are counted ("... and N more").
 MAX_LISTED = 10
@@ -62,7 +62,7 @@ def _listed(kind: str, where: str, idx: np.ndarray) -> str:
 
 def _check_labels(split: SplitInfo, num_classes: int, counts: list[int] | None, out: list[str]) -> None:
     try:
-        labels = np.asarray(read_npy(split.labels, mmap=True))
+        labels = np.asarray(read_labels(split.labels, split.root))
     except DataError as e:
         out.append(str(e))
         return
@@ -124,7 +124,16 @@ def _check_checksums(split: SplitInfo, out: list[str]) -> None:
     loaders' own (``beton_problem``, ``shard_problem``), so whatever a loader would refuse at
     open, the quick check reports first."""
     rec = split.checksums
-    if not rec or rec.get("scheme") != SCHEME:
+    if not rec:
+        return
+    if rec.get("scheme") != SCHEME:
+        # (contracts/versions.py's rule: what a newer release wrote is refused, never skipped
+        # in silence; loaders still open the files, checking their structure only)
+        out.append(f"{split.root / MANIFEST_NAME}: split {split.name!r} records checksums of "
+                   f"scheme {rec.get('scheme')!r}, which this ffcv-dp4tl does not know (expected "
+                   f"{SCHEME!r}), so its files' checksums were not checked; upgrade ffcv-dp4tl "
+                   "(pip install -U ffcv-dp4tl), or rebuild the dataset with this one (`dp4tl build "
+                   "SOURCE --out DIR --overwrite`)")
         return
     if len(rec.get("shards", [])) != len(split.shards):
         out.append(f"{split.root}/manifest.json lists {len(split.shards)} shards for split "
@@ -195,21 +204,84 @@ def _deep(split: SplitInfo, classes: list[str], index: np.ndarray, images, progr
         out.append(f"{split.name}: manifest.json's classes (or this split's fingerprint) were "
                    "edited: the shards' bytes and the labels are the build's (every sample matches "
                    "the beton, which hashes to its fingerprint) but no longer hash to the split "
-                   "fingerprint; restore manifest.json or rebuild the dataset")
+                   f"fingerprint; restore manifest.json or {OVERWRITE_HINT}")
     elif shards_ok is False:
-        files = _shard_files(split, index, np.array(mismatch, dtype=np.int64)) if beton_ok else ""
+        files = _shard_files(split, index, np.array(mismatch, dtype=np.int64), bare=True) if beton_ok else ""
         out.append(f"{split.name}: the shards' bytes do not hash to the fingerprint in manifest.json "
-                   f"(a shard was modified or damaged{files}); rebuild the dataset")
+                   f"(a shard was modified or damaged{': ' + files if files else ''}); "
+                   f"{_remake(split, files) if files else OVERWRITE_HINT}")
     if mismatch:
         idx = np.array(mismatch)
         if beton_ok and shards_ok is False:
             out.append(_listed("shard bytes differ from the build's (the beton's copy is intact)",
                                _shard_files(split, index, idx, bare=True), idx))
-        else:
-            out.append(_listed("beton JPEG bytes differ from the shard's", str(split.beton), idx))
+        else:  # (the beton is rewritten from the shards when they are the build's)
+            out.append(_listed("beton JPEG bytes differ from the shard's", str(split.beton), idx)
+                       + f"; {_remake(split, split.beton) if shards_ok else OVERWRITE_HINT}")
     if beton_ok is False and not mismatch:
         out.append(f"{split.beton}: stored images do not hash to the beton fingerprint in "
-                   "manifest.json (raw pixels, shapes or modes changed); rebuild the dataset")
+                   "manifest.json (raw pixels, shapes or modes changed); "
+                   f"{_remake(split, split.beton) if shards_ok else OVERWRITE_HINT}")
+
+
+def _check_tars(split: SplitInfo, index: np.ndarray, out: list[str]) -> None:
+    """Each shard read as a standard tar reader reads it (Python's ``tarfile``, what
+    ``webdataset`` uses): its members, in order, must be the index's samples of that shard,
+    ``KEY.jpg`` at the index's byte range then ``KEY.cls`` holding the label the build wrote
+    (the labels file's, unless that fails its recorded digest: the quick check's problem). The
+    random-access index never reads a tar header, so a damaged header (a standard reader stops
+    there: every later sample is lost) or a changed ``.cls`` (a garbled label for a WebDataset
+    user) is invisible to the byte hashes of :func:`_deep`. One line per damaged shard, naming
+    the first bad sample."""
+    import tarfile
+
+    labels = _build_labels(split, index)  # (a damaged labels file is the quick check's)
+    if labels is None or labels.shape != (len(index),):
+        labels = index["label"]
+    labels = np.asarray(labels, dtype=np.int64)
+    shard_of = index["shard"].astype(np.int64)
+    for s, path in enumerate(split.shards):
+        if not path.is_file():
+            continue  # (reported by the quick check)
+        want = iter(np.flatnonzero(shard_of == s).tolist())
+        i = next(want, None)
+        cls_of = None  # the sample whose .cls comes next
+        why = None
+        try:
+            with tarfile.open(path, "r:") as tar:
+                for m in tar:
+                    if cls_of is not None:
+                        key = f"{int(index[cls_of]['key']):09d}"
+                        data = tar.extractfile(m).read() if m.isreg() else b""
+                        if m.name != f"{key}.cls":
+                            why = f"member {m.name!r} where {key}.cls belongs", cls_of
+                        elif data.strip() != str(int(labels[cls_of])).encode():
+                            why = (f"label {data[:20].decode('latin-1')!r} in {m.name}, but the build wrote "
+                                   f"{int(labels[cls_of])}"), cls_of
+                        cls_of = None
+                    elif i is None:
+                        why = f"member {m.name!r} after the last sample of the shard", None
+                    else:
+                        key, rec = f"{int(index[i]['key']):09d}", index[i]
+                        if m.name != f"{key}.jpg" or not m.isreg():
+                            why = f"member {m.name!r} where {key}.jpg belongs", i
+                        elif (m.offset_data, m.size) != (int(rec["offset"]), int(rec["size"])):
+                            why = (f"{m.name} at bytes {m.offset_data}+{m.size}, but the index "
+                                   f"says {int(rec['offset'])}+{int(rec['size'])}"), i
+                        cls_of, i = i, next(want, None)
+                    if why is not None:
+                        break
+        except (tarfile.TarError, OSError, EOFError) as e:
+            why = f"no readable tar header ({type(e).__name__}: {e})", cls_of if cls_of is not None else i
+        if why is None and (cls_of is not None or i is not None):
+            first = cls_of if cls_of is not None else i
+            why = ("the archive ending early (a damaged tar header: a reader stops there and "
+                   "loses every later sample)"), first
+        if why is not None:
+            what, at = why
+            where = f", sample {at} (key {int(index[at]['key']):09d})" if at is not None else ""
+            out.append(f"{path}{where}: a standard tar reader (tarfile, webdataset) finds {what}; "
+                       f"{_remake(split, path)}")
 
 
 def _only_manifest_changed(split: SplitInfo, images, labels: np.ndarray | None, beton_ok: bool | None,
@@ -234,13 +306,21 @@ def _build_labels(split: SplitInfo, index: np.ndarray) -> np.ndarray | None:
     from beton_builders.integrity import array_digest
 
     try:
-        labels = np.asarray(read_npy(split.labels, mmap=True))
+        labels = np.asarray(read_labels(split.labels, split.root))
     except DataError:  # (reported by the quick check)
         labels = None
     if labels is not None and labels_intact(split.labels, labels, split.checksums) is not False:
         return labels
     from_index = np.asarray(index["label"], dtype=np.int64)
     return from_index if array_digest(from_index) == (split.checksums or {}).get("labels") else None
+
+
+def _remake(split: SplitInfo, path: Path | str) -> str:
+    """What to do about a damaged file that only ``--deep`` finds: the build's own repair checks
+    only what loaders check (sizes, edges, digests: no image bytes, no tar headers), so a rerun
+    alone says "already built"; without the file, the rerun makes it again from the inputs
+    (:data:`beton_builders.integrity.REMAKE_HINT`)."""
+    return REMAKE_HINT.format(file=path, root=split.root)
 
 
 def _shard_files(split: SplitInfo, index: np.ndarray, idx: np.ndarray, bare: bool = False) -> str:
@@ -260,6 +340,9 @@ def verify_dataset(root: str | Path, *, deep: bool = False, progress: bool = Fal
     except DataError as e:
         report.problems.append(str(e))
         return report
+    problem = manifest.contract.fingerprint_problem(root / MANIFEST_NAME)
+    if problem is not None:
+        report.problems.append(problem)
     for name in manifest.split_names:
         split = manifest.split(name)
         _check_labels(split, manifest.num_classes, manifest.class_counts(name), report.problems)
@@ -268,5 +351,6 @@ def verify_dataset(root: str | Path, *, deep: bool = False, progress: bool = Fal
         _check_checksums(split, report.problems)
         if deep and index is not None:
             _deep(split, manifest.classes, index, images, progress, report.problems)
+            _check_tars(split, index, report.problems)
         report.samples[name] = split.num_samples
     return report

@@ -62,3 +62,12 @@ def test_explicit_split_json_wins(tmp_path):
                                  "test": [["banded/banded_0002.jpg", 0, "banded"]]}))
     (spec,) = resolve_source(f"dtd:{root}", other).values()
     assert len(spec.splits["train"]) == 2 and split_note(spec).endswith(str(other))
+
+
+def test_split_coop_is_refused_for_synth_data():
+    """``--split coop`` means "require the CoOp split": synth data has none, and it was ignored
+    in silence (a build of other splits than asked for)."""
+    with pytest.raises(DataError) as e:
+        resolve_source("synth:tiny", split="coop")
+    assert str(e.value) == ("--split coop: synth data has no CoOp split (the generator makes its "
+                            "own splits); drop --split")

@@ -166,3 +166,42 @@ def test_an_older_build_without_checksums_is_repaired_when_its_labels_are_gone(t
     (out / "train.labels.npy").unlink()
     assert not build_dataset(mem_spec(), out, OPTS, source="mem").skipped
     assert (out / "train.labels.npy").read_bytes() == labels
+
+
+def test_deep_verify_damage_is_repaired_by_following_its_advice(tmp_path, builds):
+    """A changed byte inside a shard's sample (away from its edges) is found by ``verify --deep``
+    only; a rerun alone says "already built" (its checks are the loaders' cheap ones), so verify
+    says to delete the file first, and doing exactly that restores the build."""
+    import numpy as np
+
+    from ffcv_dp4tl.data.verify import verify_dataset
+
+    out = tmp_path / "out"
+    shutil.copytree(builds["a"], out)
+    index = np.load(out / "wds" / "train.index.npy")
+    shard = out / manifest_of(out)["splits"]["train"]["shards"][int(index[12]["shard"])]
+    data = bytearray(shard.read_bytes())
+    data[int(index[12]["offset"]) + int(index[12]["size"]) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    problems = verify_dataset(out, deep=True).problems
+    assert f"delete {shard} and rerun the `dp4tl build` that made {out}" in problems[0], problems
+    assert build_dataset(mem_spec(), out, OPTS, source="mem").skipped  # why the advice says delete
+    shard.unlink()
+    assert not build_dataset(mem_spec(), out, OPTS, source="mem").skipped
+    assert verify_dataset(out, deep=True).ok
+
+
+def test_float_labels_are_repaired_by_a_rerun(tmp_path, builds):
+    """Float labels of whole values hash like the build's (the digest casts to int64): the
+    loaders refuse them saying "rerun the build", so the rerun's repair must see them too."""
+    import numpy as np
+
+    from ffcv_dp4tl.data.verify import verify_dataset
+
+    out = tmp_path / "out"
+    shutil.copytree(builds["a"], out)
+    labels = out / "train.labels.npy"
+    np.save(labels, np.load(labels).astype(np.float32))
+    assert not verify_dataset(out).ok
+    assert not build_dataset(mem_spec(), out, OPTS, source="mem").skipped
+    assert np.load(labels).dtype == np.int64 and verify_dataset(out).ok

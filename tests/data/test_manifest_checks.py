@@ -56,7 +56,8 @@ def test_renamed_class_is_blamed_on_the_manifest_not_the_shards(index_copy):
         "train: manifest.json's classes (or this split's fingerprint) were edited: the shards' "
         "bytes and the labels are the build's (every sample matches the beton, which hashes to its "
         "fingerprint) but no longer hash to the split fingerprint; restore manifest.json or "
-        "rebuild the dataset"]
+        "rebuild it with `dp4tl build SOURCE --out DIR --overwrite` (a rerun without --overwrite "
+        "checks only what loaders check, so it keeps this damage)"]
 
 
 def test_a_file_we_may_not_read_names_its_permissions_not_a_rebuild(index_dataset, monkeypatch):
@@ -101,3 +102,38 @@ def test_sample_origins_are_read_line_per_sample_or_refused_in_one_line(index_co
     with pytest.raises(DataError) as e:
         split.load_origins()
     assert "run the command that built the dataset again" in _one_line(e)
+
+
+def test_float_labels_are_refused_by_load_labels(index_copy):
+    """What masks, prune and scoring read: float labels (IndexError in `mask classes`) are one
+    line naming the file, and the advice (rerun the build) works: its repair finds them too
+    (tests/builders/test_repair.py)."""
+    import numpy as np
+
+    split = load_manifest(index_copy).split("train")
+    np.save(split.labels, np.load(split.labels).astype(np.float32))
+    with pytest.raises(DataError) as e:
+        split.load_labels()
+    assert _one_line(e) == (f"{split.labels}: labels must be a 1-D array of integer class ids, got "
+                            "dtype float32 (converted or replaced since the build); rerun the "
+                            f"`dp4tl build` that made {index_copy} (it writes the labels again "
+                            "from its inputs)")
+
+
+def test_a_file_or_a_synth_root_is_not_told_to_be_built(index_dataset, tmp_path):
+    """``--data FILE`` and the root of a synth build (source/ + targets/NAME) were told
+    `dp4tl build SOURCE --out <that path>`: building there again would not help."""
+    root = tmp_path / "synth-tiny"
+    for d in (root / "source", root / "targets" / "paper"):
+        d.mkdir(parents=True)
+        (d / "manifest.json").write_text((index_dataset.root / "manifest.json").read_text())
+    with pytest.raises(DataError) as e:
+        load_manifest(root)
+    assert _one_line(e) == (f"{root} holds several built datasets, not one: pass {root}/source "
+                            f"or {root}/targets/NAME (paper)")
+    label_file = index_dataset.root / "train.labels.npy"
+    with pytest.raises(DataError) as e:
+        load_manifest(label_file)
+    assert _one_line(e) == (f"{label_file} is a file, but a built dataset is a directory "
+                            "(holding manifest.json); pass the directory `dp4tl build` wrote")
+    assert "dp4tl build SOURCE --out" in str(verify_dataset(tmp_path / "nothing").problems)

@@ -271,3 +271,36 @@ def test_a_mask_written_over_another_never_pairs_new_indices_with_the_old_sideca
     path.with_suffix(".json").write_text(json.dumps({**meta, "num_kept": 5}))
     with pytest.raises(MaskError, match=r"train.json says 5 samples are kept but .*train.npy holds 8"):
         load_mask(path, split)
+
+
+def test_a_file_that_is_no_npy_is_not_called_pickled_data(split, tmp_path):
+    """numpy says "pickled" about any file without the .npy magic: a text file named g.npy was
+    described as "Python objects (pickled data)". One rule (manifest.npy_error_reason) tells a
+    file that is no .npy from a real .npy of Python objects."""
+    (tmp_path / "g.npy").write_text("not numpy at all")
+    (tmp_path / "g.json").write_text(json.dumps({"fingerprint": split.fingerprint}))
+    with pytest.raises(MaskError) as e:
+        load_mask(tmp_path / "g.npy", split)
+    assert "(not a .npy array file)" in str(e.value) and "pickled" not in str(e.value)
+    np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "o.json").write_text(json.dumps({"fingerprint": split.fingerprint}))
+    with pytest.raises(MaskError, match=r"it holds Python objects \(pickled data\)"):
+        load_mask(tmp_path / "o.npy", split)
+
+
+def test_a_mask_of_another_split_of_the_same_dataset_names_the_split_to_pass(index_copy, tmp_path):
+    """A mask of split 'train' used with ``--split val`` of the same dataset was said to be "made
+    for another dataset ... recompute the mask": it is right, only the split option is wrong."""
+    from ffcv_dp4tl.contracts import dataset_fingerprint
+    from ffcv_dp4tl.data import load_manifest
+
+    m = json.loads((index_copy / "manifest.json").read_text())
+    m["splits"]["val"] = {**m["splits"]["train"], "fingerprint": "e" * 64}  # (same files)
+    m["fingerprint"] = dataset_fingerprint([s["fingerprint"] for s in m["splits"].values()])
+    (index_copy / "manifest.json").write_text(json.dumps(m))
+    manifest = load_manifest(index_copy)
+    npy = save_mask(tmp_path / "t.npy", make_mask([1, 2], manifest.split("train")))
+    with pytest.raises(MaskError) as e:
+        load_mask(npy, manifest.split("val"))
+    assert str(e.value) == (f"{npy} indexes split 'train' of this dataset, not split 'val': pass "
+                            "`--split train` (or drop --split) to use it, or make a mask of split 'val'")

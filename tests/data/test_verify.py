@@ -1,6 +1,7 @@
 """dp4tl verify: an intact build passes; damage in either format is found and named."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -36,6 +37,19 @@ def test_intact_build_passes_quick_and_deep(copy):
         assert report.samples == {"train": 70}
 
 
+
+def test_every_built_synth_split_set_passes_quick_and_deep(synth_root):
+    """Targets hold train and test, hashed in that build order while manifest.json keeps its
+    keys sorted (test, train): the fingerprint check must accept the builder's own order
+    (it failed every synth target, whose order is not alphabetical)."""
+    roots = [synth_root / "source", *sorted(p for p in (synth_root / "targets").iterdir() if p.is_dir())]
+    assert any(list(load_manifest(r).contract.splits) != sorted(load_manifest(r).contract.splits)
+               or "test" in load_manifest(r).contract.splits for r in roots)
+    for root in roots:
+        for deep in (False, True):
+            report = verify_dataset(root, deep=deep)
+            assert report.ok, (root, report.problems)
+
 def test_flipped_shard_byte_fails_the_fingerprint_and_names_the_sample(copy):
     split = _split(copy)
     rec = split.load_index()[20]  # (samples 16..31 are shard 1; 20 lies past its first/last 4 KiB)
@@ -44,9 +58,12 @@ def test_flipped_shard_byte_fails_the_fingerprint_and_names_the_sample(copy):
     problems = verify_dataset(copy, deep=True).problems
     shard = str(split.shards[int(rec["shard"])])
     # the shard is to blame (the beton's copy still hashes to its fingerprint), not the beton
+    # ... and the advice is one that works: a rerun alone says "already built" (its repair runs
+    # the loaders' cheap checks only), so the damaged file must go first
     assert problems == [
         f"train: the shards' bytes do not hash to the fingerprint in manifest.json (a shard was "
-        f"modified or damaged: {shard}); rebuild the dataset",
+        f"modified or damaged: {shard}); delete {shard} and rerun the `dp4tl build` that made "
+        f"{copy} (it makes the deleted file again from the inputs)",
         f"{shard}: shard bytes differ from the build's (the beton's copy is intact) at sample(s) 20"]
 
 
@@ -143,3 +160,107 @@ def test_an_edited_index_is_named(copy):
     np.save(split.index, index)
     assert verify_dataset(copy).problems == [f"{split.index}: entries differ from the ones the build "
                                              "wrote (edited or replaced); rebuild the dataset"]
+
+
+def _edit_manifest(root, edit):
+    p = root / "manifest.json"
+    m = json.loads(p.read_text())
+    edit(m)
+    p.write_text(json.dumps(m))
+
+
+def test_checksums_of_the_wrong_type_are_one_line_for_verify_and_loaders(copy):
+    """A hand-edited ``checksums`` record (``"beton": 5``) gave a TypeError traceback from deep
+    inside the checksum comparison; verify and every loader now get one line naming the field."""
+    from ffcv_dp4tl.errors import DataError
+
+    _edit_manifest(copy, lambda m: m["splits"]["train"].update(checksums={
+        "scheme": "size+blake2b-edges/1", "beton": 5, "shards": "x", "labels": 7, "index": [1]}))
+    (problem,) = verify_dataset(copy).problems
+    assert problem.startswith(f"{copy / 'manifest.json'} split 'train' 'checksums': field 'beton' "
+                              "must be a JSON object"), problem
+    with pytest.raises(DataError, match=r"manifest.json split 'train' 'checksums': field 'beton'"):
+        _split(copy).check_files("wds")
+
+
+def test_float_labels_are_one_line_naming_the_labels_file(copy):
+    """Labels saved as float32 (whole values: their digest even matches the build's) crashed
+    verify with a casting TypeError and ``mask classes`` with an IndexError."""
+    from ffcv_dp4tl.data import mask_from_classes
+    from ffcv_dp4tl.errors import DataError
+
+    split = _split(copy)
+    np.save(split.labels, np.load(split.labels).astype(np.float32))
+    want = (f"{split.labels}: labels must be a 1-D array of integer class ids, got dtype float32")
+    for deep in (False, True):
+        (problem,) = verify_dataset(copy, deep=deep).problems
+        assert problem.startswith(want), problem
+    with pytest.raises(DataError, match=r"train.labels.npy: labels must be a 1-D array of integer"):
+        mask_from_classes(split, [0, 1])
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda m: m.update(splits={}), "manifest.json lists no splits"),
+    (lambda m: m.update(fingerprint="0" * 64), "the dataset fingerprint 000000000000… does not "
+                                               "match its splits"),
+    # a two-split dataset whose second split was deleted: its fingerprint no longer matches
+    (lambda m: m.update(fingerprint=hashlib.sha256((m["splits"]["train"]["fingerprint"] + "f" * 64)
+                                                   .encode()).hexdigest()), "does not match its splits"),
+])
+def test_a_manifest_whose_fingerprint_does_not_match_its_splits_fails(copy, edit, needle):
+    """verify said OK (quick and deep) about a manifest listing no split, one with a split
+    deleted, or a dataset fingerprint replaced: the fingerprint masks, scores and stages trust."""
+    _edit_manifest(copy, edit)
+    for deep in (False, True):
+        report = verify_dataset(copy, deep=deep)
+        assert not report.ok and sum(needle in p for p in report.problems) == 1, report.problems
+
+
+def test_an_unknown_checksum_scheme_is_said_not_skipped(copy):
+    """A newer release's checksum scheme made verify skip every checksum in silence (and say OK);
+    like a newer format_version (contracts/versions.py) it is refused, saying to upgrade."""
+    _edit_manifest(copy, lambda m: m["splits"]["train"]["checksums"].update(scheme="future/9"))
+    (problem,) = verify_dataset(copy).problems  # (the record itself loads: a newer shape is kept)
+    assert "records checksums of scheme 'future/9', which this ffcv-dp4tl does not know" in problem
+    assert "upgrade ffcv-dp4tl" in problem and "--overwrite" in problem
+
+
+def _member(shard, name):
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        return tar.getmember(name)
+
+
+def test_a_damaged_tar_header_is_found_by_deep_verify(copy):
+    """Garbage over a shard's tar header (away from its first/last 4 KiB): the index still finds
+    every JPEG, so the byte hashes pass, but a standard tar reader (webdataset) stops there and
+    loses every later sample of the shard. Deep verify reads each shard as tarfile does."""
+    split = _split(copy)
+    shard = split.shards[1]  # samples 16..31
+    m = _member(shard, "000000020.jpg")
+    with open(shard, "r+b") as f:
+        f.seek(m.offset)
+        f.write(np.random.default_rng(0).integers(0, 256, 512, dtype=np.uint8).tobytes())
+    assert verify_dataset(copy).ok  # sizes and edges unchanged
+    (problem,) = verify_dataset(copy, deep=True).problems
+    assert problem.startswith(f"{shard}, sample 20 (key 000000020): a standard tar reader "
+                              "(tarfile, webdataset) finds the archive ending early"), problem
+    assert problem.endswith(f"delete {shard} and rerun the `dp4tl build` that made {copy} (it makes "
+                            "the deleted file again from the inputs)")
+
+
+def test_a_changed_cls_label_is_found_by_deep_verify(copy):
+    """A ``.cls`` member is what a WebDataset user reads as the label; the random-access index
+    never reads it, so a changed one gave a garbled label while deep verify said OK."""
+    split = _split(copy)
+    shard = split.shards[1]
+    m = _member(shard, "000000021.cls")
+    label = int(np.load(split.labels)[21])
+    with open(shard, "r+b") as f:
+        f.seek(m.offset_data)
+        f.write(str((label + 1) % 5).encode())
+    (problem,) = verify_dataset(copy, deep=True).problems
+    assert problem.startswith(f"{shard}, sample 21 (key 000000021): a standard tar reader "
+                              f"(tarfile, webdataset) finds label '{(label + 1) % 5}' in "
+                              f"000000021.cls, but the build wrote {label}; delete {shard}"), problem
