@@ -62,6 +62,9 @@ def classes_cmd(
     from ..fsutil import check_out_dir
 
     ranges = _parse_ranges(classes)  # a bad id fails before the dataset is read
+    if not ranges:  # (it reached the dataset and was refused as an empty mask of the split)
+        raise MaskError(f"--classes is empty ({classes!r}): give the class ids to keep, e.g. "
+                        "'0,3,10-19'")
     if Path(out).is_dir():
         raise MaskError(f"--out {out} is a folder; give the mask file's name, e.g. {Path(out) / 'keep.npy'}")
     check_out_dir(Path(out).parent, "--out's folder")

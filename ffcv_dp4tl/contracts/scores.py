@@ -17,6 +17,18 @@ RESCORE = "rerun `dp4tl score` into that folder"
 SCORE_UNITS = ("class", "cluster", "sample")
 
 
+#: the optional fields of ``scores.json`` its readers use: (key, kind of
+#: :data:`~ffcv_dp4tl.contracts.fields.KINDS`, default when null: ``REQUIRED`` = null refused
+#: where null would read as another value, e.g. ``bool(None)`` is a false ``higher_is_better``)
+_KNOWN_FIELDS: tuple[tuple[str, str, Any], ...] = (
+    ("source_fingerprint", "str", REQUIRED), ("options", "object", REQUIRED),
+    ("array_sha256", "object", REQUIRED), ("higher_is_better", "bool", REQUIRED),
+    ("seed", "count", REQUIRED), ("selection_seconds", "number", None),
+    ("training_seconds", "number", None), ("surrogate", "str", None),
+    ("surrogate_hash", "str", None), ("target_fingerprint", "str", None),
+    ("target_fingerprints", "strs", None), ("revision", "count", None))
+
+
 @dataclass(frozen=True)
 class ScoresMeta:
     """``scores.json`` of a scores directory (``scores.npy`` + optional ``tiebreak.npy``,
@@ -80,11 +92,11 @@ class ScoresMeta:
         version = check_version(data, cls.VERSION, "scores file", source)
         method = typed(data, "method", "str", source, fix, REQUIRED)
         num_units = typed(data, "num_units", "count", source, fix, REQUIRED)
-        # read by prune: a damaged value must not silently skip its check
-        for key, kind in (("source_fingerprint", "str"), ("options", "object"),
-                          ("array_sha256", "object")):
+        # read by prune, the cost table and the rescoring check: a damaged value must neither
+        # skip its check nor be read as something else ("false" was a true higher_is_better)
+        for key, kind, default in _KNOWN_FIELDS:
             if key in data:
-                typed(data, key, kind, source, fix, REQUIRED)
+                typed(data, key, kind, source, fix, default)
         return cls(method=method, unit=data["unit"], num_units=num_units, format_version=version,
                    meta={k: v for k, v in data.items()
                          if k not in ("method", "unit", "num_units", "format_version")})

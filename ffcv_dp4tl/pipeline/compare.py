@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..data.manifest import SplitInfo
-from ..data.masks import IndexMask, load_mask, sorted_unique, validate_mask
+from ..data.masks import IndexMask, _npy_path, load_mask, sorted_unique, validate_mask
 from ..errors import DP4TLError, MaskError
 
 
@@ -101,11 +101,47 @@ def compare_mask_files(path: str | Path, reference: str | Path, data: str | Path
     """:func:`compare_masks` of two mask files (``data``: the dataset dir they index, needed
     only when a mask does not record its classes; checked against the masks' fingerprint)."""
     a, b = load_mask(path), load_mask(reference)
-    split = None
+    split, num_classes = None, None
     if data is not None:
         from ..data.manifest import load_manifest
 
-        split = load_manifest(data).split(str(b.meta.get("split", "train")))
-        validate_mask(a, split, path)
-        validate_mask(b, split, reference)
+        manifest = load_manifest(data)
+        split, num_classes = manifest.split(str(b.meta.get("split", "train"))), manifest.num_classes
+    for m, p in ((a, _npy_path(path)), (b, _npy_path(reference))):
+        validate_mask(m, split if split is not None else _own_split(m, p), p)
+        _check_kept_classes(m, p, num_classes)
     return compare_masks(a, b, split)
+
+
+def _own_split(mask: IndexMask, npy: Path) -> SplitInfo:
+    """The split a mask's sidecar describes (its name, size and fingerprint; no files): without
+    ``--data`` a mask is still checked, against its own sidecar, before it is counted (an index
+    past the split, a duplicate counted twice, an empty mask gave a number and exit 0)."""
+    n = mask.meta.get("num_samples")
+    if n is None:
+        raise MaskError(f"{npy.with_suffix('.json')} records no num_samples, so {npy} "
+                        "cannot be checked alone; pass --data DIR (the dataset it indexes)")
+    return SplitInfo(name=str(mask.meta.get("split", "train")), num_samples=int(n),
+                     fingerprint=str(mask.meta.get("fingerprint")), beton=Path(),
+                     labels=Path(), index=Path(), shards=[])
+
+
+def _check_kept_classes(mask: IndexMask, npy: Path, num_classes: int | None) -> None:
+    """A sidecar's ``kept_classes`` is what the class overlap counts: class ids (integers >= 0,
+    below the dataset's class count when known), and some class when the mask keeps a sample."""
+    recorded = mask.meta.get("kept_classes")
+    if recorded is None:
+        return
+    sidecar = npy.with_suffix(".json")
+    fix = "recreate the mask with `dp4tl prune` or `dp4tl mask classes`"
+    if not isinstance(recorded, list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in recorded):
+        raise MaskError(f"{sidecar}: field 'kept_classes' must be a list of class ids (integers "
+                        f">= 0), got {str(recorded)[:40]}; {fix}")
+    limit = num_classes if num_classes is not None else mask.meta.get("num_classes")
+    if isinstance(limit, int) and any(c >= limit for c in recorded):
+        raise MaskError(f"{sidecar}: kept_classes holds class {max(recorded)} but the dataset "
+                        f"has {limit} classes (ids 0-{limit - 1}); {fix}")
+    if not recorded and len(mask):
+        raise MaskError(f"{sidecar} keeps no class but {npy} keeps {len(mask)} samples: the two "
+                        f"files do not belong together; {fix}")

@@ -34,7 +34,7 @@ from ..contracts import Budget, Scores, check_ratio
 from ..data.masks import make_mask, mask_from_classes, save_mask
 from ..errors import DataError, MaskError
 from ..scoring import kept_sample_indices, select_classes, select_samples
-from ..scoring.ranking import as_vector, rank
+from ..scoring.ranking import as_vector, check_ids, rank
 from .scores_io import load_scores
 
 def prune(scores_dir: str | Path, source_dir: str | Path, ratio: float, out_dir: str | Path,
@@ -103,6 +103,7 @@ def select_units_by_samples(scores: Any, sample_units: Any, ratio: float, tiebre
     :func:`~ffcv_dp4tl.scoring.select_classes`'s (scores, then tie-break, then lower id)."""
     s = as_vector(scores, "scores")
     units = as_vector(sample_units, "sample_units", kind="i")
+    check_ids(units, s.shape[0], "sample_units", "number of scores")  # else bincount drops them
     check_ratio(ratio, "ratio", DataError)
     t = None if tiebreak is None else as_vector(tiebreak, "tiebreak")
     order = rank(-s, None if t is None else -t) if reverse else rank(s, t)
@@ -133,10 +134,12 @@ def _prune_classes(j: _Job) -> dict[str, Any]:
 def _prune_clusters(j: _Job) -> dict[str, Any]:
     def units_of(split: str) -> np.ndarray:
         units = j.scores.units_of(split)
-        info = j.manifest.split(split)
+        info, file = j.manifest.split(split), j.scores_dir / f"{split}_units.npy"
         if units is None or len(units) != info.num_samples:
-            raise MaskError(f"{j.scores_dir}: cluster ids for split {split!r} missing or of the "
-                            f"wrong length (need {info.num_samples})")
+            what = "is missing" if units is None else f"holds {len(units)} cluster ids"
+            raise MaskError(f"{file} {what} but split {split!r} of {j.source_dir} has "
+                            f"{info.num_samples} samples (one cluster id each); rerun "
+                            f"`dp4tl score` on this source into {j.scores_dir}")
         return units
 
     kept = j.kept_units(units_of("train"))

@@ -20,6 +20,7 @@ from ..fsutil import file_sha256
 from ..scoring.context import ScoringContext, Surrogate
 from ..scoring.registry import SEED, SETTINGS, Scorer, get_scorer, self_supervised_alternatives
 from .scores_io import load_scores_meta, write_scores
+from .targets import check_distinct_targets
 
 
 def self_supervised_refusal(scorer: Scorer, what: str) -> DP4TLError:
@@ -134,6 +135,7 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     out_dir = Path(out_dir)
     targets = () if target_dir is None else tuple(Path(t) for t in (
         target_dir if isinstance(target_dir, (list, tuple)) else [target_dir]))
+    check_distinct_targets(targets)  # (before any data is read)
     ctx = ScoringContext(method=method, source_dir=Path(source_dir), out_dir=out_dir,
                          targets=targets, trajectory=tuple(Path(p) for p in trajectory),
                          fmt=fmt, device=device, batch_size=batch_size, num_workers=num_workers,

@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 
 from ..contracts import Scores, ScoresMeta
+from ..data.manifest import npy_error_reason
 from ..errors import DataError
 from ..fsutil import atomic_save_npy, atomic_write_json, read_json
+from ..scoring.ranking import ScoringError, as_vector
 
 
 def write_scores(out: Path, *, method: str, unit: str, scores: np.ndarray,
@@ -69,8 +71,8 @@ def load_scores(path: str | Path) -> Scores:
         if p.exists():
             try:
                 arrays[name] = np.load(p, allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise DataError(f"{p} is not a readable .npy file ({str(e).splitlines()[0]}); "
+            except (OSError, ValueError, EOFError) as e:  # (EOFError: an emptied file)
+                raise DataError(f"{p} is not a readable .npy file ({npy_error_reason(e, 'scores')}); "
                                 f"{_RESCORE.format(path=path)}") from None
     if "scores" not in arrays:
         raise DataError(f"{path / 'scores.npy'} is missing; {_RESCORE.format(path=path)}")
@@ -88,11 +90,40 @@ def load_scores(path: str | Path) -> Scores:
             raise DataError(f"{path / (name + '.npy')} differs from the file `dp4tl score` wrote "
                             f"(scores.json records its digest): it was replaced or edited; "
                             f"{_RESCORE.format(path=path)}")
-    # after the digests: an edited file is named as such; then a damaged scores.json
-    if len(arrays["scores"]) != meta.num_units:
-        raise DataError(f"{path / 'scores.npy'} holds {len(arrays['scores'])} scores but scores.json "
-                        f"says num_units {meta.num_units}; {_RESCORE.format(path=path)}")
+    # after the digests: an edited file is named as such; then a damaged file's content
+    _check_arrays(path, arrays, meta)
     return Scores(meta=meta, **arrays)
+
+
+def _check_arrays(path: Path, arrays: dict[str, np.ndarray], meta: ScoresMeta) -> None:
+    """The arrays' content, checked here where the files are known, so that a damaged file is
+    named with what to do (the selection functions' own messages name their parameters:
+    ``sample_labels must hold integer ids``). ``scores`` / ``tiebreak``: finite numbers, one per
+    unit; ``train_units`` / ``val_units``: ids of units ``0 .. num_units - 1`` (a larger id
+    matched no score: its samples were silently dropped)."""
+    fix = _RESCORE.format(path=path)
+
+    def vector(name: str, kind: str) -> np.ndarray:
+        try:  # the one rule for a score / id vector, with the file in place of the parameter
+            return as_vector(arrays[name], str(path / f"{name}.npy"), kind=kind,
+                             allow_empty=name != "scores")
+        except ScoringError as e:
+            raise DataError(f"{str(e).split('; ')[0]}; {fix}") from None
+
+    n = len(vector("scores", "f"))
+    if n != meta.num_units:
+        raise DataError(f"{path / 'scores.npy'} holds {n} scores but scores.json says num_units "
+                        f"{meta.num_units}; {fix}")
+    if "tiebreak" in arrays and len(vector("tiebreak", "f")) != n:
+        raise DataError(f"{path / 'tiebreak.npy'} holds {len(arrays['tiebreak'])} entries but "
+                        f"scores.npy holds {n} scores; {fix}")
+    for name in ("train_units", "val_units"):
+        if name in arrays:
+            ids = vector(name, "i")
+            if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= n):
+                bad = ids[(ids < 0) | (ids >= n)]
+                raise DataError(f"{path / (name + '.npy')}: {bad.size} unit ids outside [0, {n}) "
+                                f"(scores.npy scores {n} units; e.g. {bad[:3].tolist()}); {fix}")
 
 
 _RESCORE = ("rerun `dp4tl score` into {path} (a pipeline's cached score stage: delete the stage "

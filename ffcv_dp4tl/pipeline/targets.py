@@ -17,6 +17,7 @@ stage keys are the targets' content fingerprints (in :mod:`.run`), never these d
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -64,12 +65,21 @@ def target_list(target: str, targets: Sequence[str]) -> tuple[str, ...]:
     if target and target not in ts:
         raise DP4TLError(f"target={target!r} and targets={list(ts)} disagree; give the "
                          "targets in one of the two")
-    seen = set()
-    for t in ts:
-        if t in seen:
-            raise DP4TLError(f"target {t!r} is given twice; list each target once")
-        seen.add(t)
+    check_distinct_targets(ts)
     return ts
+
+
+def check_distinct_targets(targets: Iterable[str | Path]) -> None:
+    """Each target once (``warm``, ``./warm`` and ``warm/`` are one): scored twice, a target's
+    votes count twice, i.e. a silent double weight. Shared by the config (pipeline, bench) and
+    :func:`~.score.score` (``dp4tl score --target``)."""
+    seen: set[str] = set()
+    for t in targets:
+        key = os.path.normpath(str(t))
+        if key in seen:
+            raise DP4TLError(f"target {str(t)!r} is given twice; list each target once "
+                             "(--target-weights weighs targets against each other)")
+        seen.add(key)
 
 
 def check_weights(weights: Sequence[float], n_targets: int) -> tuple[float, ...]:

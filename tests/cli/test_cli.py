@@ -117,3 +117,14 @@ def test_help_shows_bracketed_spellings_as_written(path, command, monkeypatch):
     shown = " ".join(r.stdout.replace("│", " ").split())
     for token in wanted:
         assert token in shown, f"`{' '.join(['dp4tl', *path])} --help` lost {token!r}"
+
+
+@pytest.mark.parametrize("classes", ["", " , "])
+def test_mask_classes_refuses_empty_classes_naming_the_option(classes, tmp_path):
+    """``--classes ""`` reached the dataset and was refused as "mask is empty: it keeps no
+    sample of split 'train'", naming neither the option nor the fix; now before any work (the
+    dataset is not even read: it does not exist here)."""
+    r = dp4tl("mask", "classes", "--data", str(tmp_path / "no_data"), "--classes", classes,
+              "--out", str(tmp_path / "m.npy"))
+    _assert_user_error(r, "--classes is empty", "give the class ids to keep")
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "m.npy").exists()

@@ -87,3 +87,48 @@ def test_cli(split, tmp_path):
     s = save_mask(tmp_path / "s.npy", make_mask([0, 9], split, method="random"))
     r = _dp4tl("mask", "overlap", str(s), str(b))
     assert r.returncode == 2 and "Traceback" not in r.stderr and "--data" in r.stderr
+
+
+def _damage(path: Path, indices=None, **sidecar) -> None:
+    """Rewrite a saved mask's indices and/or sidecar fields (num_kept kept consistent)."""
+    meta = json.loads(path.with_suffix(".json").read_text())
+    if indices is not None:
+        np.save(path, np.asarray(indices, dtype=np.int64))
+        meta["num_kept"] = len(indices)
+    path.with_suffix(".json").write_text(json.dumps({**meta, **sidecar}))
+
+
+@pytest.mark.parametrize("damage,needle", [
+    ({"indices": [0, 1, 5000]}, "a.npy: 1 indices out of range [0, 10)"),
+    ({"indices": [0, 1, 1, 2]}, "a.npy: duplicate index 1"),
+    ({"kept_classes": [999, -4]}, "a.json: field 'kept_classes' must be a list of class ids"),
+    ({"kept_classes": [1, 2], "num_classes": 2}, "a.json: kept_classes holds class 2 but the "
+                                                 "dataset has 2 classes"),
+    ({"kept_classes": []}, "a.json keeps no class but"),
+    ({"indices": []}, "a.npy is empty"),  # its sidecar still lists classes: "100 %" before
+])
+def test_without_data_each_mask_is_checked_against_its_own_sidecar(split, tmp_path, damage,
+                                                                   needle):
+    """Without --data the masks were counted unchecked: an index past the split, a duplicate
+    counted twice, invented class ids, an empty mask gave numbers and exit 0."""
+    a = save_mask(tmp_path / "a.npy", mask_from_classes(split, [0, 1, 2], method="lm"))
+    b = save_mask(tmp_path / "b.npy", mask_from_classes(split, [1, 2, 3], method="lm"))
+    _damage(a, **damage)
+    for args in ((str(a), str(b)), (str(b), str(a))):  # as the selection and as the reference
+        r = _dp4tl("mask", "overlap", *args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith(f"error: {tmp_path}/{needle}") and r.stderr.count("\n") == 1
+
+
+def test_with_data_kept_classes_must_be_classes_of_the_dataset(index_dataset, tmp_path):
+    """--data knows the class count: a sidecar naming class 999 of a 5-class dataset counted it
+    as a kept class (0 % class overlap, exit 0)."""
+    from ffcv_dp4tl.data import load_manifest
+
+    info = load_manifest(index_dataset.root).split("train")
+    a = save_mask(tmp_path / "a.npy", mask_from_classes(info, [0, 1], method="lm"))
+    b = save_mask(tmp_path / "b.npy", mask_from_classes(info, [1, 2], method="lm"))
+    _damage(a, kept_classes=[999])
+    r = _dp4tl("mask", "overlap", str(a), str(b), "--data", str(index_dataset.root))
+    assert r.returncode == 2, r.stdout
+    assert f"{tmp_path}/a.json: kept_classes holds class 999 but the dataset has 5 classes" in r.stderr

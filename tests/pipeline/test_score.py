@@ -67,3 +67,13 @@ def test_source_input_can_be_set_for_a_surrogate_trained_without_it(tmp_path, so
     score("moderate", source_dir=source_dir, out_dir=out, checkpoint=trained_run / "checkpoint.pt",
           fmt="wds", device="cpu", progress=False, source_resolution=24, source_crop="none")
     assert json.loads((out / "scores.json").read_text())["source_feature_input"] == [24, "none"]
+
+
+def test_a_target_given_twice_is_refused_before_work(tmp_path):
+    """``--target warm,warm`` (or ``warm`` and ``warm/``) scored the same target twice: its votes
+    counted double, in silence. One line naming it, before any data is read."""
+    out, t = tmp_path / "scores", tmp_path / "warm"
+    with pytest.raises(DP4TLError, match=rf"^target '{t}' is given twice; list each target once"):
+        score("lm", source_dir=tmp_path / "no_source", out_dir=out,
+              target_dir=[t, tmp_path / "other", f"{t}/"], checkpoint=tmp_path / "c.pt")
+    assert not out.exists()

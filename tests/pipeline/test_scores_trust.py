@@ -71,3 +71,70 @@ def test_an_array_without_its_recorded_digest_is_refused(tmp_path, edit):
     (sd / "scores.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match=rf"{name}\.npy has no digest in scores\.json"):
         load_scores(sd)
+
+
+def test_a_string_higher_is_better_is_refused_not_read_as_true(index_dataset, tmp_path):
+    """``"higher_is_better": "false"`` (a string) was read as true: prune kept the wrong end of
+    the ranking with exit 0. A wrongly typed field of scores.json is one line naming it."""
+    sd = tmp_path / "s"
+    write_scores(sd, method="el2n", unit="sample", scores=np.arange(70.0),
+                 meta={"seed": 0, "higher_is_better": False})
+    kept = prune(sd, index_dataset.root, 0.5, tmp_path / "m")["train_kept"]
+    assert kept == 35
+    meta = json.loads((sd / "scores.json").read_text())
+    (sd / "scores.json").write_text(json.dumps({**meta, "higher_is_better": "false"}))
+    with pytest.raises(DataError) as e:
+        prune(sd, index_dataset.root, 0.5, tmp_path / "m2")
+    assert str(e.value).startswith(f"{sd / 'scores.json'}: field 'higher_is_better' must be true "
+                                   "or false, got 'false'; rerun `dp4tl score` into")
+    assert not (tmp_path / "m2").exists()
+
+
+@pytest.mark.parametrize("bad", [99, -1])
+def test_cluster_ids_outside_the_scored_units_are_refused_naming_the_file(index_dataset,
+                                                                         tmp_path, bad):
+    """A cluster id past ``num_units`` matched no score, so its samples were dropped in silence
+    (exit 0); a negative one failed naming an internal parameter (``sample_labels``)."""
+    units = np.arange(70) % 5
+    units[0] = bad
+    sd = tmp_path / "s"
+    write_scores(sd, method="fm", unit="cluster", scores=np.arange(5.0), train_units=units,
+                 meta={})
+    with pytest.raises(DataError) as e:
+        prune(sd, index_dataset.root, 0.4, tmp_path / "m")
+    assert str(e.value).startswith(f"{sd / 'train_units.npy'}: 1 unit ids outside [0, 5) "
+                                   f"(scores.npy scores 5 units; e.g. [{bad}]); rerun `dp4tl score`")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("arrays,needle", [
+    ({"scores": np.array([np.nan, 1.0, 2.0])}, "scores.npy contains NaN/Inf (first at index 0)"),
+    ({"scores": np.zeros((3, 1))}, "scores.npy must be 1-D, got shape (3, 1)"),
+    ({"scores": np.array(list("abc"))}, "scores.npy must be numeric, got dtype <U1"),
+    ({"scores": np.zeros(3), "tiebreak": np.ones(5)},
+     "tiebreak.npy holds 5 entries but scores.npy holds 3 scores"),
+    ({"scores": np.zeros(3), "val_units": np.zeros(4)},
+     "val_units.npy must hold integer ids, got dtype float64"),
+    ({"scores": np.zeros(3), "val_units": np.array([0, 3])}, "val_units.npy: 1 unit ids outside"),
+])
+def test_a_damaged_array_is_named_with_what_to_do(tmp_path, arrays, needle):
+    """The selection functions' checks named their parameters (``scores must be 1-D``,
+    ``tiebreak has 5 entries``, ``sample_labels must hold integer ids``) but not the file:
+    the reader names it, and says to rescore."""
+    sd = tmp_path / "s"
+    write_scores(sd, method="fm", unit="cluster", meta={}, **arrays)  # digests match: content
+    with pytest.raises(DataError) as e:
+        load_scores(sd)
+    assert str(e.value).startswith(f"{sd}/{needle}") and f"rerun `dp4tl score` into {sd}" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_an_emptied_scores_file_is_one_line_naming_it(tmp_path):
+    """A scores.npy emptied by a full disk: numpy raises EOFError, which click turned into a
+    bare "aborted" (the pipeline's prune stage printed nothing else)."""
+    sd = tmp_path / "s"
+    write_scores(sd, method="random", unit="sample", meta={}, scores=np.zeros(4))
+    (sd / "scores.npy").write_bytes(b"")
+    with pytest.raises(DataError, match=rf"^{sd}/scores.npy is not a readable .npy file \(.*\); "
+                                        rf"rerun `dp4tl score` into {sd}"):
+        load_scores(sd)
