@@ -241,6 +241,27 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
         raise
 
 
+def _check_no_test_leak(train_split, test_split, masks: dict, train_mask, test_mask) -> None:
+    """Test images the run also trains on make its test top-1 a training accuracy. VTAB-1k's
+    selection runs train and test on one split under disjoint masks (train800, val200); masks
+    of two draws, or one side left unmasked (the whole split), overlap and scored 100 %."""
+    if train_split.name != test_split.name:
+        return
+    every = np.arange(train_split.num_samples)
+    train = masks["train_mask"].indices if "train_mask" in masks else every
+    test = masks["test_mask"].indices if "test_mask" in masks else every
+    shared = np.intersect1d(train, test, assume_unique=True)
+    if shared.size:
+        def given(flag: str, m) -> str:
+            return f"{flag} {m}" if m is not None else f"no {flag} (the whole split)"
+
+        raise DP4TLError(f"the run trains and tests on split {train_split.name!r} and "
+                         f"{given('--train-mask', train_mask)} and {given('--test-mask', test_mask)} "
+                         f"share {shared.size} samples (e.g. {shared[0]}): its test top-1 would "
+                         "count images it trains on; give disjoint masks of one draw (`dp4tl "
+                         "evaluate vtab-splits`) or test on another split")
+
+
 def classifier_for(model: nn.Module, ckpt: Checkpoint, head: str, num_classes: int,
                    checkpoint: str | Path) -> nn.Linear:
     """The linear classifier finetuning trains (recipe ``finetune.head``): a new
@@ -272,6 +293,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     masks = {k: load_mask(m, split) for k, m, split in (("train_mask", train_mask, train_split),
                                                         ("test_mask", test_mask, test_split))
              if m is not None}
+    _check_no_test_leak(train_split, test_split, masks, train_mask, test_mask)
     # the classes the run trains on: the train split's, under its mask (VTAB-1k's 800 images)
     labels = train_split.load_labels()
     if "train_mask" in masks:

@@ -74,11 +74,24 @@ def test_finetune_reads_only_the_masks(eval_source_ckpt, eval_target, tmp_path):
     assert res["test_split"] == "train" and res["test_mask"] == str(paths["val"])
     assert res["test_top1"] in {k / 4 for k in range(5)}  # 4 evaluated images
     # another mask is another run: its state is refused, not silently resumed
+    from ffcv_dp4tl.data import make_mask, save_mask
     from ffcv_dp4tl.errors import DP4TLError
+
+    split = load_manifest(eval_target).split("train")
+    fewer = save_mask(tmp_path / "m" / "train8.npy",
+                      make_mask(load_mask(paths["train"], split).indices[:8], split))
     with pytest.raises(DP4TLError, match="train_mask"):
         finetune(r, eval_source_ckpt, eval_target, tmp_path / "sel", fmt="wds", device="cpu",
-                 progress=False, train_mask=paths["trainval"], test_mask=paths["val"],
-                 stop_after=1)
+                 progress=False, train_mask=fewer, test_mask=paths["val"], stop_after=1)
+    # masks that share images (trainval holds val; no mask is the whole split) are refused
+    # before any work: the test top-1 would count trained-on images
+    for train_mask, test_mask, shared in ((paths["trainval"], paths["val"], 4),
+                                          (None, paths["val"], 4), (paths["train"], None, 16)):
+        with pytest.raises(DP4TLError, match=rf"trains and tests on split 'train' .* share "
+                                             rf"{shared} samples"):
+            finetune(r, eval_source_ckpt, eval_target, tmp_path / "leak", fmt="wds",
+                     device="cpu", progress=False, train_mask=train_mask, test_mask=test_mask)
+        assert not (tmp_path / "leak").exists()
 
 
 def test_vtab_protocol_selects_on_val_and_reports_test(eval_source_ckpt, eval_target, tmp_path):

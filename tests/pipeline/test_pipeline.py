@@ -253,8 +253,12 @@ def test_scoring_and_pruning_errors_are_clear(first_run, tmp_path):
     with pytest.raises(DP4TLError, match="holds 5 scores but scores.json says num_units 32"):
         prune(score_dir, res.source, 0.5, tmp_path / "m")
     # a consistent scores file of the wrong length for this source: the unit count is checked too
-    (score_dir / "scores.json").write_text(json.dumps(
-        {**meta, "num_units": 5, DIGESTS: {**meta[DIGESTS], "scores": array_sha256(np.ones(5))}}))
+    # (its tiebreak, one per unit, shortened with it: a longer one is named first)
+    digests = {**meta[DIGESTS], "scores": array_sha256(np.ones(5))}
+    if (score_dir / "tiebreak.npy").exists():
+        np.save(score_dir / "tiebreak.npy", np.ones(5))
+        digests["tiebreak"] = array_sha256(np.ones(5))
+    (score_dir / "scores.json").write_text(json.dumps({**meta, "num_units": 5, DIGESTS: digests}))
     with pytest.raises(MaskError, match="5 class scores"):
         prune(score_dir, res.source, 0.5, tmp_path / "m")
 
