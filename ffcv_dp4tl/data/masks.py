@@ -167,7 +167,8 @@ def validate_mask(mask: IndexMask, split: SplitInfo, source: str | Path = "mask"
         j = int(np.flatnonzero(d <= 0)[0])
         what = "duplicate" if d[j] == 0 else "unsorted"
         raise MaskError(f"{source}: {what} index {int(idx[j + 1])} at position {j + 1}; masks "
-                        "must be sorted and unique (use make_mask to normalise)")
+                        "must be sorted and unique: recreate it with `dp4tl prune` or `dp4tl mask "
+                        "classes` (in Python, `make_mask` sorts and deduplicates)")
 
 
 def _sibling_split(split: SplitInfo, fingerprint: str) -> str | None:
