@@ -23,7 +23,7 @@ from .config import Checked, PipelineConfig
 from .recipes import (PAPER_PROTOCOLS, PAPER_SSL_LP, recipe_scale, recipe_scorer_options,
                       recipe_set)
 from .score import self_supervised_refusal
-from .targets import check_synth_target, display_names
+from .targets import check_distinct_datasets, check_synth_target, display_names
 
 
 @dataclass(frozen=True)
@@ -173,26 +173,6 @@ def _check_target_splits(tgt, mode: str, recipe_name: str, recipe) -> None:
                              f"--set-finetune data.{key}=...")
 
 
-def _check_not_the_source(src, tgt) -> None:
-    if tgt.fingerprint == src.fingerprint:
-        raise DP4TLError(f"--target {tgt.root} is the source dataset ({src.root}, same content "
-                         "fingerprint): transfer needs another dataset as target; pass the "
-                         "target's build or LAYOUT:PATH")
-
-
-def _check_distinct_targets(specs, tgts) -> None:
-    """Two targets with one content fingerprint (one folder given twice, or a copy of it under
-    another path) are one dataset: it would vote twice in the selection and be reported under
-    two names."""
-    seen: dict[str, str] = {}
-    for spec, t in zip(specs, tgts):
-        if t.fingerprint in seen:
-            raise DP4TLError(f"targets {seen[t.fingerprint]!r} and {spec!r} are the same dataset "
-                             "(same content fingerprint); list each target once (to count one "
-                             "more, use --target-weights)")
-        seen[t.fingerprint] = spec
-
-
 def _check_start_from(name: str, recipe, pre_name: str, pre_recipe, brought: str) -> None:
     """finetune.start_from = "best" needs a pretraining that keeps best.pt (train.keep_best);
     checked before any work. Brought source weights are the model itself: nothing to choose."""
@@ -253,14 +233,14 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
     multi = len(target_dirs) > 1
     src = load_manifest(source_dir)
     tgts = tuple(load_manifest(d) for d in target_dirs)
-    _check_distinct_targets(ok.target_specs, tgts)
+    check_distinct_datasets(ok.target_specs, [t.fingerprint for t in tgts],
+                            source=(str(src.root), src.fingerprint))
     names = tuple(display_names(target_dirs)) if multi else (None,)
     scale = cfg.recipes or recipe_scale(src)
     if not cfg.recipes and cfg.protocol == "fast":
         log(f"[recipes] {scale} recipes ({'real' if scale == 'full' else 'embedded synthetic'} "
             f"data per {source_dir / MANIFEST_NAME}; recipes= to choose)")
     for t in tgts:
-        _check_not_the_source(src, t)
         check_data(cfg, ok.scorer, src, t, log)
 
     cache: dict[tuple[str, tuple[str, ...]], Any] = {}

@@ -20,7 +20,7 @@ from ..fsutil import file_sha256
 from ..scoring.context import ScoringContext, Surrogate
 from ..scoring.registry import SEED, SETTINGS, Scorer, get_scorer, self_supervised_alternatives
 from .scores_io import load_scores_meta, write_scores
-from .targets import check_distinct_targets
+from .targets import check_distinct_datasets, check_distinct_targets
 
 
 def self_supervised_refusal(scorer: Scorer, what: str) -> DP4TLError:
@@ -159,9 +159,11 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
         check_k_fits(k, ctx.source.split("train").num_samples)
     from ..data.manifest import load_manifest
 
-    _refuse_other_scores(out_dir, method, ctx.source.fingerprint,
-                         [load_manifest(t).fingerprint for t in targets]
-                         if scorer.needs_target else None)
+    target_fps = [load_manifest(t).fingerprint for t in targets] if scorer.needs_target else None
+    if target_fps is not None:  # a copy under another path, or the source itself
+        check_distinct_datasets([str(t) for t in targets], target_fps,
+                                source=(str(source_dir), ctx.source.fingerprint))
+    _refuse_other_scores(out_dir, method, ctx.source.fingerprint, target_fps)
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx.meta.update({"source_fingerprint": ctx.source.fingerprint,
                      **({"seed": seed} if SEED in scorer.reads else {}),

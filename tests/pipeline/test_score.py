@@ -77,3 +77,23 @@ def test_a_target_given_twice_is_refused_before_work(tmp_path):
         score("lm", source_dir=tmp_path / "no_source", out_dir=out,
               target_dir=[t, tmp_path / "other", f"{t}/"], checkpoint=tmp_path / "c.pt")
     assert not out.exists()
+
+
+def test_a_copied_target_or_the_source_as_target_is_refused_before_work(tmp_path, source_dir,
+                                                                        target_dir, trained_run):
+    """A target folder copied under another path passed the path check: its votes counted
+    twice. The source passed as its own target scored transfer to itself. Both are caught by
+    content fingerprint (as the pipeline does), before the surrogate is loaded."""
+    import shutil
+
+    copy = tmp_path / "copy_of_target"
+    shutil.copytree(target_dir, copy)
+    kw = dict(source_dir=source_dir, checkpoint=trained_run / "checkpoint.pt", fmt="wds",
+              device="cpu", progress=False)
+    out = tmp_path / "scores"
+    with pytest.raises(DP4TLError, match=rf"^targets '{target_dir}' and '{copy}' are the same "
+                                         r"dataset \(same content fingerprint\)"):
+        score("lm", out_dir=out, target_dir=[target_dir, copy], **kw)
+    with pytest.raises(DP4TLError, match=rf"^--target {source_dir} is the source dataset"):
+        score("lm", out_dir=out, target_dir=source_dir, **kw)
+    assert not out.exists()
