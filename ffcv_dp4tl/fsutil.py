@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -36,7 +37,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     # datasets and masks built by one user are readable by the others on a shared cluster.
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    try:  # a file replaced keeps its mode (a group-writable report stays so)
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = 0o666 & ~umask
+    os.chmod(tmp_path, mode)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -241,6 +246,16 @@ def check_out_file(path: str | os.PathLike, what: str) -> Path:
     if path.is_dir():
         raise DataError(f"{what} {path} is a folder, not a file; give a file such as "
                         f"{path / 'BENCHMARKS.md'}")
+    probe = path.parent
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise DataError(f"{what} {path}: {probe} is a file, so no file can be made there; "
+                        "choose another path")
+    if path.exists() and not path.stat().st_mode & 0o222:
+        # an atomic replace would bypass the protection (the folder is what is writable)
+        raise DataError(f"{what} {path} is read-only; make it writable (chmod u+w) or choose "
+                        "another file")
     check_out_dir(path.parent, what)
     return path
 

@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .errors import DP4TLError
 from .fsutil import atomic_write_text
 
 DEFAULT_HEADER = ("# Benchmarks\n\nEach `## ` section is written by one script under `benchmarks/` "
@@ -21,8 +22,12 @@ def write_section(path: str | Path, title: str, body: str) -> None:
     The write is atomic (temporary file + rename).
     """
     path = Path(path)
-    header = f"## {title}"
-    text = path.read_text(encoding="utf-8") if path.exists() else DEFAULT_HEADER
+    header = f"## {check_section_title(title).strip()}"  # (lines are compared stripped)
+    try:
+        text = path.read_text(encoding="utf-8") if path.exists() else DEFAULT_HEADER
+    except UnicodeDecodeError:
+        raise DP4TLError(f"{path} is not UTF-8 text, so no Markdown section can be written "
+                         "into it; choose another --report file") from None
     lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if line.rstrip() == header), None)
     block = [header, "", *body.rstrip("\n").splitlines()]
@@ -36,6 +41,14 @@ def write_section(path: str | Path, title: str, body: str) -> None:
         tail = lines[end:]
         lines = lines[:start] + block + ([""] + tail if tail else [])
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def check_section_title(title: str) -> str:
+    """A section title is one non-empty line: an empty one wrote a bare ``## `` that the next
+    run could not find (a second copy), a line break an extra heading into the file."""
+    if not str(title).strip() or "\n" in str(title) or "\r" in str(title):
+        raise DP4TLError(f"--section {title!r}: a section title is one non-empty line")
+    return title
 
 
 def link_prefix(out: str | Path, report: str | Path) -> str:

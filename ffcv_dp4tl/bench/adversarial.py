@@ -34,6 +34,7 @@ from ..pipeline.result import PipelineResult
 from ..pipeline.report import mean_std
 from ..pipeline.run import preflight, run_pipeline
 from ..reporting import machine_info
+from .outputs import claim_out_dir
 
 #: Paper Tab. 5 (ResNet-101 on ImageNet, ratio in %, accuracy in %, time in hours).
 PAPER_TAB5: dict[str, dict[str, dict[str, float | None]]] = {
@@ -125,6 +126,8 @@ def run_adversarial(base: PipelineConfig, out_dir: str | Path | None = None, *, 
     ``results.json``) the Tab. 5-like table."""
     if not 0.0 < ratio < 1.0:
         raise DP4TLError(f"--ratio must lie in (0, 1) (the pruned models' ratio), got {ratio}")
+    if out_dir is not None:
+        claim_out_dir(out_dir, "adversarial")
     if not any(str(a).strip().startswith("adv.steps=") for a in adv):
         raise DP4TLError("the ADV overrides must set adv.steps (e.g. adv.steps=3)")
     seeds = tuple(check_items("--seeds", (int(s) for s in seeds)))
@@ -154,7 +157,7 @@ def run_adversarial(base: PipelineConfig, out_dir: str | Path | None = None, *, 
         for key in ("pretrain_s", "pretrain_cpu_s", "total_s"):
             ref = dense[key][0]
             row[f"{key}_x_dense"] = row[key][0] / ref if ref and not math.isnan(ref) else None
-    table = {"rows": rows, "ratio": ratio, "method": method, "seeds": list(seeds),
+    table = {"bench": "adversarial", "rows": rows, "ratio": ratio, "method": method, "seeds": list(seeds),
              "finetune": list(finetune), "adv": list(adv), "command": command,
              "config": {**asdict(base), "data_root": str(base.data_root),
                         "runs_root": str(base.runs_root)},

@@ -48,6 +48,7 @@ from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
 from ..reporting import machine_info
 from ..scoring.registry import get_scorer
+from .outputs import claim_out_dir
 from .markdown import header_lines, markdown_tables, ratio_label
 from .plots import plot_accuracy, plot_cost, plot_targets
 from .stats import COST_STAGES, REFERENCE, check_criterion, summarize
@@ -113,6 +114,8 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     epoch's accuracy decides the winning subsets (:data:`~.stats.CRITERIA`).
     """
     check_criterion(criterion)  # before any work
+    if out_dir is not None:
+        claim_out_dir(out_dir, "cost-table")
     ratios = sorted({round(float(r), 6) for r in ratios})
     methods, seeds, finetune = list(methods), [int(s) for s in seeds], tuple(finetune)
     for what, items in (("--methods", methods), ("--seeds", seeds), ("--finetune", finetune)):
@@ -124,6 +127,9 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     if unknown:
         raise DP4TLError(f"--ff-methods: {', '.join(unknown)} not among --methods "
                          f"({', '.join(methods)}); FF runs only for methods of the table")
+    if ff_methods and "ff" not in finetune:
+        raise DP4TLError(f"--ff-methods {','.join(ff_methods)} limits FF, but --finetune "
+                         f"{','.join(finetune)} runs no FF; drop --ff-methods or add ff")
     method_ratios = {m: sorted({round(float(r), 6) for r in rs})
                      for m, rs in (method_ratios or {}).items()}
     for m in methods:
@@ -145,6 +151,10 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
         if any(not 0.0 < r < 1.0 for r in rs):
             raise DP4TLError(f"ratios of {m} must lie in (0, 1), got {rs}")
     plan = [(m, r) for m in methods for r in method_ratios.get(m, pruned) if r > 0]
+    if not plan:  # only the reference: an empty table, written over an earlier one
+        raise DP4TLError(f"--ratios {','.join(f'{r:g}' for r in ratios)}: no pruned ratio "
+                         "(above 0) to run; give at least one, e.g. 0,0.5 (0 is the shared "
+                         "reference)")
 
     def config(cfg_s: PipelineConfig, method: str, r: float, modes: tuple[str, ...]) -> PipelineConfig:
         return parse_variant(method).apply(replace(cfg_s, ratio=r, finetune=modes,
@@ -212,7 +222,7 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
             {"target_rows": [r for trows in target_rows.values() for r in trows],
              "methods": methods, "ratios": ratios, "seeds": seeds, "finetune": finetune,
              "tol": tol, "target_weights": list(base.target_weights)}, criterion))
-    table.update({"config": cfg, "surrogate_s": surrogate_s, "command": command, "recipes": recipes,
+    table.update({"bench": "cost-table", "config": cfg, "surrogate_s": surrogate_s, "command": command, "recipes": recipes,
                   "data": data,
                   "surrogate_brought": base.surrogate_weights or None,
                   "machine": machine_info(),
@@ -242,14 +252,17 @@ def options_for(method: str, pairs: Sequence[str]) -> tuple[str, ...]:
 
 
 def write_outputs(t: dict[str, Any], out: Path) -> None:
+    """results.json, the plots and report.md. The report is composed before anything is
+    written, so a table that cannot be rendered (a damaged field) rewrites nothing; the record
+    then comes first, so a plot that fails after a long run loses no result."""
+    text = ["# DP4TL cost table and accuracy vs pruning ratio", "", *header_lines(t), "",
+            markdown_tables(t)]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", t)
     plot_accuracy(t, out / "accuracy.png")
     plot_cost(t, out / "cost.png")
     if t.get("targets"):
         plot_targets(t, out / "accuracy-targets.png")
-    text = ["# DP4TL cost table and accuracy vs pruning ratio", "", *header_lines(t), "",
-            markdown_tables(t)]
     atomic_write_text(out / "report.md", "\n".join(text))
 
 
@@ -264,8 +277,14 @@ def rerender(out: Path, criterion: str | None = None) -> dict[str, Any]:
                          "resumes from rows.jsonl and reruns nothing that finished)")
     if not path.is_file():
         raise DP4TLError(f"{path} not found: point at the --out folder of a cost-table run")
+    claim_out_dir(out, "cost-table", "folder")
     t = rerender_table(path, criterion)
-    write_outputs(t, Path(out))
+    try:
+        write_outputs(t, Path(out))
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise DP4TLError(f"{path} cannot be rendered: a field is missing or of the wrong type "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                         "rerun the cost table (its stages are cached) to rewrite it") from None
     return t
 
 
@@ -288,6 +307,12 @@ def rerender_table(results_json: Path, criterion: str | None = None) -> dict[str
         raise DP4TLError(f"{results_json} is damaged: a field or row has the wrong type "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                          "restore it or rerun the cost table (its stages are cached)") from None
+    missing = [k for k in ("config", "machine") if not isinstance(old.get(k), dict)]
+    if missing:  # the header reads them: an older or hand-made file without them
+        raise DP4TLError(f"{results_json} has no {missing[0]!r} object (its run's settings): "
+                         "not a whole cost-table results file; rerun the cost table (its stages "
+                         "are cached) to rewrite it")
+    t["bench"] = "cost-table"
     for key in ("config", "surrogate_s", "command", "recipes", "data", "surrogate_brought",
                 "machine", "date"):
         t[key] = old.get(key)

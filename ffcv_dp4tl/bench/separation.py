@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..contracts import check_items
+from ..contracts import check_items, check_pruned_ratios
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text
 from ..pipeline.config import PipelineConfig
@@ -35,6 +35,7 @@ from ..pipeline.resolve import seed_overrides
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
 from ..pipeline.truth import TRUTH_COLUMNS
+from .outputs import claim_out_dir
 
 REFERENCE = "0 %"
 MODES = ("lp", "ff")
@@ -168,9 +169,17 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
     for what, items in (("--seeds", seeds), ("--targets", targets), ("--methods", methods),
                         ("--ratios", ratios), ("--finetune", finetune)):
         check_items(what, items)
-    if any(not 0.0 < float(r) < 1.0 for r in ratios):
-        raise DP4TLError(f"--ratios must lie in (0, 1) (RANDOM and each method are paired at each), "
-                         f"got {list(ratios)}")
+    check_pruned_ratios(ratios, "--ratios", "RANDOM and each method are paired at each")
+    if "random" in methods:  # it is the baseline: paired with itself, its difference is 0
+        raise DP4TLError("--methods: random is the baseline every method is paired with; list "
+                         "only the methods to compare with it (e.g. lm,fm)")
+    if reference_seeds is not None:
+        stray = [int(s) for s in reference_seeds if int(s) not in seeds]
+        if stray:  # it never ran: the reference runs inside the loop over --seeds
+            raise DP4TLError(f"--reference-seeds: {stray[0]} is not among --seeds "
+                             f"({','.join(map(str, seeds))}); reference seeds are a subset of "
+                             "them ('' = every seed)")
+    claim_out_dir(out, "embedded")
     plan = [(REFERENCE, 0.0)] + [(m, r) for r in ratios for m in ("random", *methods)]
     path = out / "rows.jsonl"
     rows = read_rows(path)
@@ -217,6 +226,9 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
 
 #: the fields of a rows.jsonl line that the resume and the summary read, with their types
 _ROW_FIELDS = {"seed": int, "target": str, "method": str, "ratio": (int, float)}
+#: fields the summary reads that may be null (a mode not run, data without ground truth)
+_OPTIONAL_FIELDS = {**{m: (int, float) for m in MODES}, **{f"{m}_best": (int, float) for m in MODES},
+                    "kept_sample_fraction": (int, float), "truth": dict}
 
 
 def read_rows(path: Path, *, repair: bool = True) -> list[dict[str, Any]]:
@@ -227,7 +239,13 @@ def read_rows(path: Path, *, repair: bool = True) -> list[dict[str, Any]]:
     error too, and the file is left as it is."""
     if not path.exists():
         return []
-    text = path.read_text()
+    if not path.is_file():
+        raise DP4TLError(f"{path} is not a file (a folder?); move it away, or pass another --out")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DP4TLError(f"{path} is not UTF-8 text (damaged, or not a rows file); restore it, "
+                         "or move it away to start over") from None
     lines = text.splitlines()
     rows = []
     for n, line in enumerate(lines, 1):
@@ -248,6 +266,8 @@ def read_rows(path: Path, *, repair: bool = True) -> list[dict[str, Any]]:
                              "reruns), or move the file away to start over") from None
         bad = [k for k, t in _ROW_FIELDS.items() if not isinstance(row, dict)
                or not isinstance(row.get(k), t) or isinstance(row.get(k), bool)]
+        bad += [k for k, t in _OPTIONAL_FIELDS.items() if not bad and row.get(k) is not None
+                and (not isinstance(row[k], t) or isinstance(row[k], bool))]
         if bad:
             raise DP4TLError(f"{path} line {n}: field {bad[0]!r} is missing or of the wrong type; "
                              "fix or delete that line (its run then reruns), or move the file "
@@ -288,9 +308,10 @@ def pool_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list
     lines: list[str] = []
     seen: dict[tuple, Path] = {}
     first: tuple[Path, str, frozenset, frozenset] | None = None  # path, key, design, modes
+    truth_seen: bool | None = None  # the folders so far have ground truth
     for folder in map(Path, folders):
         path = folder / "rows.jsonl"
-        if not path.is_file():
+        if not path.exists():
             raise DP4TLError(f"{path} does not exist: pass the --out folder of a `dp4tl bench "
                              "embedded` run")
         these = read_rows(path, repair=False)
@@ -309,6 +330,17 @@ def pool_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list
         if older is not None:
             raise older
         key = next(iter(keys))
+        pruned = [r for r in these if r["method"] != REFERENCE]
+        blind = sum(not r.get("truth") for r in pruned)
+        if 0 < blind < len(pruned) or (truth_seen is not None and truth_seen != (blind == 0)):
+            why = (f"{blind} of its {len(pruned)} pruned runs have no ground truth (`truth`)"
+                   + (" while its other runs have it" if blind < len(pruned)
+                      else " while the folders before it have it") if blind else
+                   "its runs have ground truth (`truth`) but the folders before it have none")
+            raise DP4TLError(f"{path}: {why}; the pooled ground-truth table would cover only "
+                             "some seeds: pool runs that all have it (rerun the others: delete "
+                             "their lines, then rerun their `bench embedded` command)")
+        truth_seen = blind == 0
         by_seed: dict[int, set] = {}
         for r in these:
             if r["method"] != REFERENCE:

@@ -34,6 +34,7 @@ from ..pipeline.result import PipelineResult
 from ..pipeline.run import run_pipeline
 from ..reporting import machine_info
 from .markdown import num, ratio_label
+from .outputs import claim_out_dir
 from .plots import pyplot
 from .stats import best_winning_subset
 
@@ -108,10 +109,12 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
     from ..training.models import list_models
     from ..training.recipe import load_recipe
 
-    from ..contracts import check_tol
+    from ..contracts import check_items, check_pruned_ratios, check_tol
 
     tol = check_tol(tol)
-    archs = list(dict.fromkeys(archs))
+    if out_dir is not None:
+        claim_out_dir(out_dir, "surrogates")
+    archs = check_items("--archs", archs)  # one arch twice would train and tabulate it twice
     if reference not in archs:
         archs.append(reference)
     unknown = [a for a in archs if a not in list_models()]
@@ -123,10 +126,9 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
     if stray:
         raise DP4TLError(f"--set-arch names {', '.join(stray)}, which is not among the archs "
                          f"{', '.join(archs)}")
+    for what, rs in (("--ratio", [ratio]), ("--ratios", list(ratios))):
+        check_pruned_ratios(rs, what, "0 % is the shared reference")
     all_ratios = sorted({round(float(r), 6) for r in (ratio, *ratios)})
-    if any(not 0.0 < r < 1.0 for r in all_ratios):
-        raise DP4TLError(f"pruning ratios must lie in (0, 1) (0 % is the shared reference), "
-                         f"got {all_ratios}")
     ratio, finetune = round(float(ratio), 6), tuple(finetune)
     if not finetune:
         raise DP4TLError("--finetune: give at least one mode (lp, ff)")
@@ -181,7 +183,7 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
             if reference_acc.get(m) is not None and acc:
                 rec["winners"][m] = best_winning_subset(acc, [reference_acc[m]], tol)
     cfg = {**asdict(base), "data_root": str(base.data_root), "runs_root": str(base.runs_root)}
-    table = {"archs": archs, "reference": reference, "ratio": ratio, "ratios": all_ratios,
+    table = {"bench": "surrogates", "archs": archs, "reference": reference, "ratio": ratio, "ratios": all_ratios,
              "finetune": list(finetune), "tol": tol, "reference_acc": reference_acc,
              "reference_pretrain_s": (ref.pretrain(ref.seeds[0]).seconds
                                       if ref.pretrain(ref.seeds[0]) is not None else None),

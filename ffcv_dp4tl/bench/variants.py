@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
-from ..contracts import Order, check_k
+from ..contracts import Order, check_items, check_k, check_pruned_ratios
 from ..errors import DP4TLError
 from ..scoring.registry import PlotStyle, get_scorer, is_registered
 
@@ -106,7 +106,7 @@ def expand(methods: Sequence[str], ks: Iterable[int] = (), orders: Iterable[str]
     out: list[str] = []
     for text in methods:
         v = parse_variant(text)
-        uses_k = is_registered(v.method) and getattr(get_scorer(v.method), "uses_k", False)
+        uses_k = _clusters(v.method)
         k_list = [v.k] if v.k is not None or not ks or not uses_k else ks
         o_list = [v.order] if v.order != "ordered" or not orders else orders
         for k in k_list:
@@ -117,12 +117,22 @@ def expand(methods: Sequence[str], ks: Iterable[int] = (), orders: Iterable[str]
     return out
 
 
+def _clusters(method: str) -> bool:
+    """The registered method reads K (k-means clusters: FM)."""
+    return is_registered(method) and bool(getattr(get_scorer(method), "uses_k", False))
+
+
 def expand_specs(names: Sequence[str], ratios_of: dict[str, list[float]], ks: Iterable[int] = (),
                  orders: Iterable[str] = ()) -> tuple[list[str], dict[str, list[float]]]:
     """``--methods`` entries (``fm[k=16]@0.4/0.8``; ``ratios_of`` maps each entry's part before
     ``@`` to its ratios) → the variant names and their own ratios, after ``--ks`` / ``--orders``
     (every variant of ``fm@0.4`` runs at 0.4 only)."""
     ks, orders = list(ks), list(orders)
+    heads = [n.partition("@")[0] for n in names]
+    if ks and not any(_clusters(parse_variant(h).method) for h in heads):
+        raise DP4TLError(f"--ks {','.join(map(str, ks))}: none of the methods "
+                         f"({', '.join(heads)}) clusters; --ks makes variants of methods "
+                         "that do (fm)")
     methods: list[str] = []
     own: dict[str, list[float]] = {}
     for n in names:
@@ -163,10 +173,14 @@ def parse_method_ratios(names: Sequence[str]) -> dict[str, list[float]]:
             m, _, rs = n.partition("@")
             try:
                 out[m] = [float(r) for r in rs.split("/") if r]
+                if not out[m]:  # "random@" ran nothing for that method, in silence
+                    raise ValueError(rs)
             except ValueError:
                 raise DP4TLError(f"--methods: {n!r} must look like METHOD@R1/R2 with ratios in "
                                  "(0, 1), e.g. grand@0.6/0.8 (settings go in brackets: "
                                  "fm[k=16]@0.4, lm[reversed])") from None
+            check_pruned_ratios(out[m], f"--methods {n!r}: ratio",
+                                "0 % is the shared reference")
     return out
 
 
@@ -174,5 +188,5 @@ def plan_methods(methods: str, ks: Iterable[int] = (), orders: Iterable[str] = (
                  ) -> tuple[list[str], dict[str, list[float]]]:
     """A ``--methods`` text (``lm,fm[k=16],grand@0.6``) with ``--ks`` / ``--orders`` → the cost
     table's method/variant names and the ratios of those limited to some (``method_ratios``)."""
-    names = split_methods(methods)
+    names = check_items("--methods", split_methods(methods))
     return expand_specs(names, parse_method_ratios(names), list(ks), list(orders))

@@ -13,8 +13,9 @@ from ..scoring.registry import methods_help
 from .app import app
 from .options import (BENCH_TARGET_HELP, RECIPES_HELP, REPORT_HELP, Budget, FORMAT_HELP, K_HELP, Format, Protocol,
                       RecipeSet, bench_target,
-                      check_arch, default_k, device_option, floats_callback, ints_callback, list_callback,
-                      out_callback, ratios_callback, report_callback, seeds_callback, split_list)
+                      check_arch, default_k, device_option, ints_callback, list_callback,
+                      out_callback, pruned_ratio_callback, pruned_ratios_callback, ratios_callback,
+                      report_callback, section_callback, seeds_callback, split_list)
 from .pipeline import FINETUNE_MODES, PROTOCOL_HELP, SURROGATE_WEIGHTS_HELP
 
 bench_app = typer.Typer(help="Benchmarks that write a report (and a BENCHMARKS.md section).",
@@ -87,7 +88,7 @@ def cost_table(
     report: Optional[str] = typer.Option(None, help="Also write a `## Cost table` section into this "
                                          "Markdown file (e.g. BENCHMARKS.md; '' = none)",
                                          callback=report_callback),
-    section: str = typer.Option(SECTION, help="Title of that section"),
+    section: str = typer.Option(SECTION, help="Title of that section", callback=section_callback),
 ) -> None:
     """Pipeline for every (method, ratio, seed) → cost table (Tab. 3/4) + accuracy plots (Fig. 4)."""
     from ..bench.cost_table import run_cost_table
@@ -184,7 +185,8 @@ def embedded(
                                 "(paper | warm | blur)"),
     methods: str = typer.Option("lm,fm", help="Methods compared with RANDOM"),
     ratios: str = typer.Option("0.8", help="Pruning ratios in (0, 1) (each method and RANDOM at each)",
-                               callback=ratios_callback("--ratios")),
+                               callback=pruned_ratios_callback(
+                                   "--ratios", "RANDOM and each method are paired at each")),
     finetune: str = typer.Option("lp,ff", help="Finetuning modes",
                                  callback=list_callback(FINETUNE_MODES, "a finetuning mode", required=True)),
     data: str = typer.Option("synth:hard", "--data", help="A synth SOURCE with ground truth "
@@ -261,11 +263,14 @@ def embedded_pool(
 
     from ..bench.separation import pool_rows
 
+    from ..bench.outputs import claim_out_dir
+
     for folder in folders:
         if folder.resolve() == out.resolve():
             raise DP4TLError(f"--out {out} is one of the pooled folders: its README.md and "
                              "summary.json (the run's own record) would be overwritten; pass a "
                              "new folder")
+    claim_out_dir(out, "embedded-pool")  # e.g. another run's folder: its record, half replaced
     rows, lines = pool_rows(folders)
     command = ("dp4tl bench embedded-pool " + " ".join(map(str, folders)) + f" --out {out}"
                + (f" --report {report}" if report else ""))
@@ -282,7 +287,7 @@ def render(
                                "embedded` report is rewritten by rerunning its command: it resumes)"),
     report: Optional[str] = typer.Option(None, help="Also rewrite the section in this Markdown file "
                                          "('' = none)", callback=report_callback),
-    section: str = typer.Option(SECTION, help="Title of that section"),
+    section: str = typer.Option(SECTION, help="Title of that section", callback=section_callback),
     criterion: Optional[Criterion] = typer.Option(None, help="Judge the winning subsets again "
                                                   "with this criterion (default: the run's)",
                                                   show_default=False),
@@ -301,10 +306,12 @@ def surrogates(
                                         "resnet56s", "vgg8", "resnet18"]),
                               help="Surrogate architectures (`dp4tl models`), each put into the "
                               "surrogate recipe's model.arch"),
-    ratio: float = typer.Option(0.5, help="Pruning ratio of the class-overlap comparison (paper: 0.5)"),
+    ratio: float = typer.Option(0.5, help="Pruning ratio of the class-overlap comparison (paper: 0.5)",
+                                callback=pruned_ratio_callback("--ratio", "0 % is the shared reference")),
     ratios: str = typer.Option("", help="More pruning ratios for the Fig. 5 trajectory and the "
                                "largest winning ratio (e.g. 0.6,0.7,0.8)",
-                               callback=floats_callback("--ratios")),
+                               callback=pruned_ratios_callback(
+                                   "--ratios", "0 % is the shared reference", required=False)),
     reference: str = typer.Option("resnet18", help="Surrogate the overlaps are measured against "
                                   "(run even if not in --archs)", callback=check_arch),
     finetune: str = typer.Option("lp", help="Finetuning modes (lp, ff); the first one is tabulated",
@@ -332,7 +339,8 @@ def surrogates(
                                        "resnet56s:model.width=32"),
     set_finetune: List[str] = typer.Option([], "--set-finetune", help="LP/FF recipe override"),
     report: Optional[str] = typer.Option(None, help=REPORT_HELP, callback=report_callback),
-    section: str = typer.Option("Surrogate size (Tab. A6, Fig. 5)", help="Title of that section"),
+    section: str = typer.Option("Surrogate size (Tab. A6, Fig. 5)", help="Title of that section",
+                                callback=section_callback),
     note: List[str] = typer.Option([], "--note", help="A line for the report's header, e.g. why "
                                    "the recipes were shrunk (repeatable)"),
 ) -> None:
@@ -347,7 +355,13 @@ def surrogates(
         raise typer.BadParameter(f"got {archs!r}: give at least one surrogate architecture",
                                  param_hint="--archs")
     for a in split_list(archs):
-        check_arch(a)
+        try:
+            check_arch(a)
+        except typer.BadParameter as e:
+            raise typer.BadParameter(e.message, param_hint="--archs") from None
+    if len(set(split_list(archs))) < len(split_list(archs)):
+        raise typer.BadParameter(f"{archs!r} lists an architecture twice; list each once",
+                                 param_hint="--archs")
     recipes_ = "" if recipes is RecipeSet.auto else recipes.value
     base = PipelineConfig(source=data, target=bench_target(target, data), recipes=recipes_,
                           protocol=protocol.value,

@@ -9,7 +9,7 @@ import typer
 from .bench import bench_app
 from .options import (RECIPES_HELP, REPORT_HELP, FORMAT_HELP, K_HELP, AdvNorm, AdvUnits, Format, Protocol, RecipeSet,
                       check_arch, default_k, device_option, list_callback, out_callback, report_callback,
-                      seeds_callback, split_list)
+                      pruned_ratio_callback, section_callback, seeds_callback, split_list)
 from .pipeline import FINETUNE_MODES, PROTOCOL_HELP
 
 SECTION = "Adversarial pretraining (Tab. 5)"
@@ -18,14 +18,15 @@ SECTION = "Adversarial pretraining (Tab. 5)"
 @bench_app.command("adversarial")
 def adversarial(
     ratio: float = typer.Option(0.6, help="LM pruning ratio of the pruned models (the paper: the "
-                                "best winning ratio per target, 0.7 for SUN397 and 0.5 for DTD)"),
+                                "best winning ratio per target, 0.7 for SUN397 and 0.5 for DTD)",
+                                callback=pruned_ratio_callback("--ratio", "the pruned models' ratio")),
     seeds: str = typer.Option("0", help="Seeds (train.seed and data.seed of pretraining and finetuning); "
                               "accuracies are mean ± std over them", callback=seeds_callback()),
     finetune: str = typer.Option("lp", help="Finetuning modes (comma-separated: lp, ff)",
                                  callback=list_callback(FINETUNE_MODES, "a finetuning mode", required=True)),
     steps: int = typer.Option(3, help="PGD steps of the ADV models (the paper: 3)"),
-    eps: str = typer.Option("3/255", help="PGD radius in [0, 1] pixel units, a number or N/D "
-                            "(authors' code: Linf 3/255; Salman et al.: L2 3 or Linf 4/255)"),
+    eps: str = typer.Option("3/255", help="PGD radius > 0 in pixel units (images in [0, 1]; "
+                            "at most 1 for linf), a number or N/D (authors' code: Linf 3/255; Salman et al.: L2 3 or Linf 4/255)"),
     step_size: str = typer.Option("", help="PGD step size in pixel units (default: 2 × eps / "
                                   "steps, the authors' code; 0 = 2.5 × eps / steps, Madry et al.)"),
     norm: AdvNorm = typer.Option(AdvNorm.linf, help="PGD norm"),
@@ -55,7 +56,7 @@ def adversarial(
     set_surrogate: List[str] = typer.Option([], "--set-surrogate", help="Surrogate recipe override"),
     set_finetune: List[str] = typer.Option([], "--set-finetune", help="LP/FF recipe override"),
     report: Optional[str] = typer.Option(None, help=REPORT_HELP, callback=report_callback),
-    section: str = typer.Option(SECTION, help="Title of that section"),
+    section: str = typer.Option(SECTION, help="Title of that section", callback=section_callback),
 ) -> None:
     """DENSE, DENSE-ADV, LM and LM-ADV source models → LP/FF accuracy and pretraining time (Tab. 5)."""
     from ..bench.adversarial import adv_overrides, header_lines, markdown_tables, run_adversarial

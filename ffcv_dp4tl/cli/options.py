@@ -20,7 +20,7 @@ import typer
 # the CLI's choice sets are the project's (defined once in contracts; typer lists them in --help)
 from ..contracts import (AdvNorm, AdvUnits, Backend, BetonMode, Budget, FinetuneMode, Format, Order,  # noqa: F401
                          Protocol, RecipeSet, TargetCrop, TargetSplit, check_items, check_k,
-                         check_ratio, check_seeds)
+                         check_pruned_ratios, check_ratio, check_seeds)
 from ..contracts import check_device as contracts_check_device
 from ..errors import DP4TLError
 
@@ -133,6 +133,26 @@ def ratios_callback(what: str):
     return check
 
 
+def pruned_ratios_callback(what: str, why: str, required: bool = True):
+    """Ratios of pruned runs only (:func:`~ffcv_dp4tl.contracts.check_pruned_ratios`: each in
+    (0, 1), ``why`` says why 0 is not one), each once; '' passes where ``required`` is False."""
+    def check(value: str) -> str:
+        with usage_error():
+            ratios = check_pruned_ratios(split_list(floats_callback(what)(value)), what, why)
+        _items(ratios, required, "0.6,0.8", what)
+        return value
+    return check
+
+
+def pruned_ratio_callback(what: str, why: str):
+    """One pruned ratio (a float option): in (0, 1)."""
+    def check(value: float) -> float:
+        with usage_error():
+            check_pruned_ratios([value], what, why)
+        return value
+    return check
+
+
 def ints_callback(what: str):
     def check(value: str) -> str:
         for x in split_list(value):
@@ -175,7 +195,22 @@ def report_callback(value: Optional[str]) -> Optional[str]:
     if value is None or not value.strip():
         return None
     with usage_error():
-        check_out_file(value, "--report")
+        path = check_out_file(value, "--report")
+    if path.is_file():  # the section is written into it after the bench ran: read it now
+        try:
+            path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise typer.BadParameter(f"{value} is not UTF-8 text, so no Markdown section can be "
+                                     "written into it; choose another file") from None
+    return value
+
+
+def section_callback(value: str) -> str:
+    """``--section``: one non-empty line (:func:`~ffcv_dp4tl.reporting.check_section_title`)."""
+    from ..reporting import check_section_title
+
+    with usage_error():
+        check_section_title(value)
     return value
 
 

@@ -43,6 +43,10 @@ def target_config(target: List[str], target_weights: str) -> dict:
     from ..pipeline.targets import check_weights, parse_weights, split_targets
 
     ts = split_targets(target)
+    if not ts and any(str(t).strip() for t in target):  # ',' ran the default target, silently
+        raise typer.BadParameter(f"{','.join(target)!r} names no target; give a built target "
+                                 "dir, SOURCE or synth target name (or omit --target)",
+                                 param_hint="--target")
     if target_weights.strip() and len(ts) <= 1:
         raise typer.BadParameter(f"{target_weights!r} weighs several targets against each other, "
                                  f"but {'one target is' if ts else 'no --target is'} given; drop "

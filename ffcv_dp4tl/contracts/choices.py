@@ -181,6 +181,10 @@ def check_device(device: Any, what: str = "device") -> str:
     return text
 
 
+#: ratios are rounded to this many decimals in stage keys and tables
+RATIO_DECIMALS = 6
+
+
 def check_ratio(ratio: Any, what: str = "ratio", error: type[DP4TLError] = DP4TLError, *,
                 text: bool = False) -> float:
     """A pruning ratio: the fraction of units removed, in [0, 1) (1 would keep nothing). A
@@ -194,7 +198,28 @@ def check_ratio(ratio: Any, what: str = "ratio", error: type[DP4TLError] = DP4TL
         raise error(f"{what} must be a number in [0, 1), got {ratio!r}") from None
     if not (math.isfinite(r) and 0.0 <= r < 1.0):
         raise error(f"{what} must be in [0, 1), got {ratio}")
+    if (r > 0 and round(r, RATIO_DECIMALS) == 0) or round(r, RATIO_DECIMALS) >= 1:
+        # 1e-9 became the unpruned reference, 0.9999999 a ratio of 1 (nothing kept)
+        raise error(f"{what}: {ratio} is within 1e-{RATIO_DECIMALS} of {round(r)}; ratios are "
+                    f"kept to {RATIO_DECIMALS} decimals, so give one in [1e-{RATIO_DECIMALS}, "
+                    f"{1 - 10 ** -RATIO_DECIMALS:.{RATIO_DECIMALS}f}] (or 0)")
     return r
+
+
+def check_pruned_ratios(ratios: Iterable[Any], what: str, why: str,
+                        error: type[DP4TLError] = DP4TLError) -> list[float]:
+    """Ratios of pruned runs: each a :func:`check_ratio` above 0 (``why`` says why 0 is not
+    one of them, e.g. "0 % is the shared reference")."""
+    out = []
+    for x in ratios:
+        try:
+            r: float | None = None if isinstance(x, bool) else float(x)
+        except (TypeError, ValueError):
+            r = None  # not a number: check_ratio says so
+        if r is not None and not 0.0 < r < 1.0:  # (NaN too)
+            raise error(f"{what} must lie in (0, 1) ({why}), got {x}")
+        out.append(check_ratio(x, what, error, text=True))
+    return out
 
 
 def check_items(what: str, items: Iterable[Any]) -> list[Any]:
@@ -208,6 +233,9 @@ def check_items(what: str, items: Iterable[Any]) -> list[Any]:
         if x in items[:i]:
             raise DP4TLError(f"{what} lists {x!r} twice; list each once")
     return items
+
+
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding and torch's generators all take it
 
 
 def check_seeds(seeds: Iterable[int], what: str = "--seeds",
@@ -229,6 +257,9 @@ def check_seeds(seeds: Iterable[int], what: str = "--seeds",
     negative = [s for s in out if s < 0]
     if negative:
         raise error(f"{what}: {negative[0]} is negative; seeds are integers >= 0")
+    huge = [s for s in out if s > MAX_SEED]
+    if huge:  # torch.manual_seed overflowed only at pretraining, after the selection ran
+        raise error(f"{what}: {huge[0]} is too large; seeds are integers from 0 to {MAX_SEED}")
     return out
 
 

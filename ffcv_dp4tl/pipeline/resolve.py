@@ -132,6 +132,12 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
 def resolve_data(cfg: PipelineConfig, log) -> tuple[Path, Path]:
     """The (source dir, target dir) of ``cfg`` (its one ``target``), built when missing."""
     root = ensure_built(cfg.source, cfg.data_root, log)
+    if root.name == "source" and (root.parent / "targets").is_dir():  # a synth root's source:
+        root = root.parent  # its targets are found by name, as with the root itself
+    elif root.parent.name == "targets" and (root.parent.parent / "source" / MANIFEST_NAME).exists():
+        raise DP4TLError(f"--data {root} is a target of the built data {root.parent.parent}, "
+                         f"not a source; pass --data {root.parent.parent} (its source and "
+                         "targets) and name the target with --target")
     if (root / "source" / MANIFEST_NAME).exists():  # synth: source + targets/<name>
         targets = sorted(p.parent.name for p in (root / "targets").glob(f"*/{MANIFEST_NAME}"))
         check_synth_target(root, cfg.target, MANIFEST_NAME)

@@ -258,3 +258,21 @@ def test_a_recipe_for_the_other_job_is_refused_before_any_work(small_synth, tmp_
     with pytest.raises(DP4TLError, match=message):
         validate(cfg)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_built_synth_source_folder_finds_its_targets_by_name(tmp_path, synth_root, target_dir):
+    """``--data ROOT/source`` (the built synth data's source) finds a target named like
+    ``warm`` as its sibling ``ROOT/targets/warm``, as the SOURCE ``synth:...`` does (it was
+    "--target: SOURCE 'warm' is no such folder": the benches' default target on synth data).
+    A target folder as --data is refused naming --data."""
+    from ffcv_dp4tl.pipeline.resolve import resolve_data
+
+    name = target_dir.name
+    cfg = PipelineConfig(source=str(synth_root / "source"), target=name,
+                         data_root=tmp_path / "data", runs_root=tmp_path / "runs")
+    assert resolve_data(cfg, print) == (synth_root / "source", target_dir)
+    cfg = PipelineConfig(source=str(target_dir), target=name, data_root=tmp_path / "data")
+    with pytest.raises(DP4TLError, match=rf"^--data {target_dir} is a target of the built data "
+                                         rf"{synth_root}, not a source; pass --data {synth_root}"):
+        resolve_data(cfg, print)
+    assert not (tmp_path / "data").exists()

@@ -1,0 +1,59 @@
+"""Which bench wrote an output folder, so that no bench writes over another one's record.
+
+Every bench writes its own files into its ``--out`` folder (``results.json`` + ``report.md``
+and plots; ``rows.jsonl`` + ``README.md`` + ``summary.json`` for the embedded benchmark). A
+folder given to the wrong bench would end up half replaced: a cost table's ``results.json``
+beside a surrogates plot, a pooled verdict over a run's own ``README.md`` beside its
+``rows.jsonl``. Each bench therefore claims its folder (:func:`claim_out_dir`) before any work:
+an empty or new folder, or one of the same bench (a rerun, which resumes or re-renders), is
+taken; a folder of another bench is refused with one line.
+
+``results.json`` records its bench in its ``bench`` field; folders written before that field
+existed are told apart by the files only one bench writes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import DP4TLError
+
+#: the benches with an output folder (``dp4tl bench NAME``)
+BENCH_KINDS = ("cost-table", "surrogates", "adversarial", "embedded", "embedded-pool")
+#: files only one bench writes (for folders whose results.json predates its ``bench`` field)
+_SIGNATURES = (("rows.jsonl", "embedded"), ("summary.json", "embedded-pool"),
+               ("surrogates.png", "surrogates"), ("cost.png", "cost-table"),
+               ("accuracy.png", "cost-table"))
+
+
+def folder_kind(folder: str | Path) -> str | None:
+    """The bench whose outputs ``folder`` holds, or ``None`` (absent, empty, or unknown)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    try:
+        recorded = json.loads((folder / "results.json").read_text(encoding="utf-8")).get("bench")
+    except (OSError, ValueError, AttributeError):  # none, torn or not an object: the files say
+        recorded = None
+    if recorded in BENCH_KINDS:
+        return recorded
+    for name, kind in _SIGNATURES:
+        if (folder / name).exists():
+            return kind
+    try:  # an adversarial results.json from before the field: its ADV overrides
+        if "adv" in json.loads((folder / "results.json").read_text(encoding="utf-8")):
+            return "adversarial"
+    except (OSError, ValueError, TypeError):
+        pass
+    return None
+
+
+def claim_out_dir(folder: str | Path, kind: str, what: str = "--out") -> None:
+    """Refuse ``folder`` as the output of bench ``kind`` when it holds another bench's outputs
+    (checked before any work; :func:`folder_kind`)."""
+    if kind not in BENCH_KINDS:
+        raise ValueError(f"unknown bench {kind!r}")
+    found = folder_kind(folder)
+    if found is not None and found != kind:
+        raise DP4TLError(f"{what} {folder} holds the outputs of `dp4tl bench {found}`; this "
+                         f"`bench {kind}` would overwrite part of them: pass another {what}")
