@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..contracts import check_items, check_pruned_ratios
 from ..errors import DP4TLError
-from ..fsutil import atomic_write_json, atomic_write_text
+from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
 from ..pipeline.config import PipelineConfig
 from ..pipeline.report import mean_std
 from ..pipeline.resolve import seed_overrides
@@ -197,32 +197,38 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
                        method="random" if method == REFERENCE else method)
                for target in targets for method, ratio in plan], log)
     out.mkdir(parents=True, exist_ok=True)
-    done = {(r["seed"], r["target"], r["method"], r["ratio"]) for r in rows}
-    ref_seeds = set(seeds if reference_seeds is None else (int(s) for s in reference_seeds))
-    total, i = len(seeds) * len(targets) * len(plan), 0
-    for seed in seeds:
-        over = tuple(seed_overrides(seed))
-        cfg_s = replace(base, seed=seed, overrides=tuple(base.overrides) + over,
-                        finetune_overrides=tuple(base.finetune_overrides) + over,
-                        finetune=tuple(finetune))
-        for target in targets:
-            for method, ratio in plan:
-                i += 1
-                if (seed, target, method, ratio) in done or (method == REFERENCE
-                                                             and seed not in ref_seeds):
-                    continue
-                log(f"[bench embedded] {i}/{total}: seed {seed}, target {target}, {method} at "
-                    f"{100 * ratio:.0f} %")
-                res = run_pipeline(replace(cfg_s, target=target, ratio=ratio,
-                                           method="random" if method == REFERENCE else method),
-                                   log=log)
-                row = _row(res, seed, target, method, ratio)
-                row["loadavg_1min"] = os.getloadavg()[0]
-                row["settings_key"] = key
-                rows.append(row)
-                append_row(path, row)
-    return rows
+    # one run per folder: two at once appended every row twice (a trial counted twice)
+    with directory_lock(out / EMBEDDED_LOCK, f"benchmark folder {out}"):
+        rows = read_rows(path)  # again, under the lock: another run may have finished since
+        done = {(r["seed"], r["target"], r["method"], r["ratio"]) for r in rows}
+        ref_seeds = set(seeds if reference_seeds is None else (int(s) for s in reference_seeds))
+        total, i = len(seeds) * len(targets) * len(plan), 0
+        for seed in seeds:
+            over = tuple(seed_overrides(seed))
+            cfg_s = replace(base, seed=seed, overrides=tuple(base.overrides) + over,
+                            finetune_overrides=tuple(base.finetune_overrides) + over,
+                            finetune=tuple(finetune))
+            for target in targets:
+                for method, ratio in plan:
+                    i += 1
+                    if (seed, target, method, ratio) in done or (method == REFERENCE
+                                                                 and seed not in ref_seeds):
+                        continue
+                    log(f"[bench embedded] {i}/{total}: seed {seed}, target {target}, {method} at "
+                        f"{100 * ratio:.0f} %")
+                    res = run_pipeline(replace(cfg_s, target=target, ratio=ratio,
+                                               method="random" if method == REFERENCE else method),
+                                       log=log)
+                    row = _row(res, seed, target, method, ratio)
+                    row["loadavg_1min"] = os.getloadavg()[0]
+                    row["settings_key"] = key
+                    rows.append(row)
+                    append_row(path, row)
+        return rows
 
+
+#: held while a run appends to its folder's rows.jsonl
+EMBEDDED_LOCK = ".embedded.lock"
 
 #: the fields of a rows.jsonl line that the resume and the summary read, with their types
 _ROW_FIELDS = {"seed": int, "target": str, "method": str, "ratio": (int, float)}

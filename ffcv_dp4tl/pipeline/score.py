@@ -16,11 +16,14 @@ from typing import Any
 from ..contracts import TargetCrop, check_k_fits
 from ..data.sampling import check_resolution
 from ..errors import DataError, DP4TLError
-from ..fsutil import file_sha256
+from ..fsutil import directory_lock, file_sha256
 from ..scoring.context import ScoringContext, Surrogate
 from ..scoring.registry import SEED, SETTINGS, Scorer, get_scorer, self_supervised_alternatives
 from .scores_io import load_scores_meta, write_scores
 from .targets import check_distinct_datasets, check_distinct_targets
+
+#: held while scores are written into a folder (`dp4tl score --out`; a pipeline stage holds its own too)
+SCORE_LOCK = ".score.lock"
 
 
 def self_supervised_refusal(scorer: Scorer, what: str) -> DP4TLError:
@@ -165,34 +168,37 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
                                 source=(str(source_dir), ctx.source.fingerprint))
     _refuse_other_scores(out_dir, method, ctx.source.fingerprint, target_fps)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx.meta.update({"source_fingerprint": ctx.source.fingerprint,
-                     **({"seed": seed} if SEED in scorer.reads else {}),
-                     **({"revision": scorer.revision} if scorer.revision else {})})
-    if opts:
-        ctx.meta["options"] = opts
-    if ctx.target_weights:
-        ctx.meta["target_weights"] = list(ctx.target_weights)
-    if scorer.needs_surrogate:
-        ctx.checkpoint = chosen
-        ctx.surrogate = _load_surrogate(scorer, ctx, chosen, device, resolution,
-                                        target_resolution, target_crop, source_resolution,
-                                        source_crop)
-        ctx.meta.update({"surrogate": str(chosen), "surrogate_hash": file_sha256(chosen),
-                         "resolution": ctx.surrogate.resolution})
-        if (ctx.surrogate.source_resolution, ctx.surrogate.source_crop) != (None, "center"):
-            ctx.meta["source_feature_input"] = [ctx.surrogate.source_resolution
-                                                or ctx.surrogate.resolution,
-                                                ctx.surrogate.source_crop]
-        if scorer.needs_target:
-            ctx.meta.update({"target_resolution": ctx.surrogate.target_resolution
-                             or ctx.surrogate.resolution,
-                             "target_crop": ctx.surrogate.target_crop})
-    result = scorer.score(ctx)
-    meta = ctx.meta
-    if not scorer.higher_is_better:
-        meta["higher_is_better"] = False
-    meta["selection_seconds"] = time.perf_counter() - t0
-    write_scores(out_dir, method=method, unit=scorer.unit, scores=result.scores, meta=meta,
-                 tiebreak=result.tiebreak, train_units=result.train_units,
-                 val_units=result.val_units)
-    return {**meta, "method": method, "unit": scorer.unit}
+    # one writer per folder: a second `dp4tl score --out` of it deleted the features the
+    # first was writing and the first published scores of half a file (exit 0)
+    with directory_lock(out_dir / SCORE_LOCK, f"scores folder {out_dir}"):
+        ctx.meta.update({"source_fingerprint": ctx.source.fingerprint,
+                         **({"seed": seed} if SEED in scorer.reads else {}),
+                         **({"revision": scorer.revision} if scorer.revision else {})})
+        if opts:
+            ctx.meta["options"] = opts
+        if ctx.target_weights:
+            ctx.meta["target_weights"] = list(ctx.target_weights)
+        if scorer.needs_surrogate:
+            ctx.checkpoint = chosen
+            ctx.surrogate = _load_surrogate(scorer, ctx, chosen, device, resolution,
+                                            target_resolution, target_crop, source_resolution,
+                                            source_crop)
+            ctx.meta.update({"surrogate": str(chosen), "surrogate_hash": file_sha256(chosen),
+                             "resolution": ctx.surrogate.resolution})
+            if (ctx.surrogate.source_resolution, ctx.surrogate.source_crop) != (None, "center"):
+                ctx.meta["source_feature_input"] = [ctx.surrogate.source_resolution
+                                                    or ctx.surrogate.resolution,
+                                                    ctx.surrogate.source_crop]
+            if scorer.needs_target:
+                ctx.meta.update({"target_resolution": ctx.surrogate.target_resolution
+                                 or ctx.surrogate.resolution,
+                                 "target_crop": ctx.surrogate.target_crop})
+        result = scorer.score(ctx)
+        meta = ctx.meta
+        if not scorer.higher_is_better:
+            meta["higher_is_better"] = False
+        meta["selection_seconds"] = time.perf_counter() - t0
+        write_scores(out_dir, method=method, unit=scorer.unit, scores=result.scores, meta=meta,
+                     tiebreak=result.tiebreak, train_units=result.train_units,
+                     val_units=result.val_units)
+        return {**meta, "method": method, "unit": scorer.unit}

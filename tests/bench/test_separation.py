@@ -111,6 +111,47 @@ def test_run_resumes_from_rows(tmp_path, monkeypatch):
     assert sep.settings_key(base, ["lp"]) != sep.settings_key(base, ["lp", "ff"])
 
 
+def test_a_second_run_into_a_folder_being_run_is_refused_and_a_later_one_resumes(tmp_path,
+                                                                                monkeypatch):
+    """Two `bench embedded --out D` at once appended every row twice (each trial counted twice
+    in the verdict). The folder is locked while a run appends; a run started after another
+    finished reads the rows under the lock, so it reruns nothing."""
+    import os
+
+    from ffcv_dp4tl.fsutil import directory_lock
+
+    calls = []
+
+    def fake_run(cfg, log=print):
+        calls.append(cfg.seed)
+        return _lp_result(cfg, tmp_path)
+
+    monkeypatch.setattr(sep, "run_pipeline", fake_run)
+    monkeypatch.setattr(sep, "preflight", lambda cfgs, log: None)
+    kw = dict(targets=["warm"], seeds=[0], methods=["lm"], ratios=[0.8], finetune=["lp"],
+              log=lambda m: None)
+    base = sep.PipelineConfig(source="synth:tiny")
+    with directory_lock(tmp_path / sep.EMBEDDED_LOCK, "the test's run"):
+        with pytest.raises(sep.DP4TLError, match=rf"another dp4tl process \(pid {os.getpid()}\) "
+                                                 rf"is using benchmark folder {tmp_path}"):
+            sep.run_separation(base, tmp_path, **kw)
+    assert calls == [] and not (tmp_path / "rows.jsonl").exists()
+    real_read = sep.read_rows
+
+    def read_rows(path, **k):  # another run finishes between this run's first read and its lock
+        if not calls and not path.exists():
+            for m, r in ((sep.REFERENCE, 0.0), ("random", 0.8), ("lm", 0.8)):
+                sep.append_row(path, {"seed": 0, "target": "warm", "method": m, "ratio": r,
+                                      "lp": 50.0, "settings_key": sep.settings_key(base, ["lp"])})
+            return []
+        return real_read(path, **k)
+
+    monkeypatch.setattr(sep, "read_rows", read_rows)
+    rows = sep.run_separation(base, tmp_path, **kw)
+    assert calls == [] and len(rows) == 3
+    assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 3
+
+
 def test_rows_of_an_older_rule_of_a_method_are_not_paired_with_new_ones(tmp_path, monkeypatch):
     """FM's tie-break changed (revision 1): a resumed benchmark holding FM rows of the older
     rule refuses (resuming used to add new-rule rows beside them under one name); rows record

@@ -97,3 +97,24 @@ def test_a_copied_target_or_the_source_as_target_is_refused_before_work(tmp_path
     with pytest.raises(DP4TLError, match=rf"^--target {source_dir} is the source dataset"):
         score("lm", out_dir=out, target_dir=source_dir, **kw)
     assert not out.exists()
+
+
+def test_a_second_score_into_a_folder_being_scored_is_refused(tmp_path, source_dir, target_dir,
+                                                              trained_run):
+    """Two `dp4tl score --out S` at once: the second deleted the feature file the first was
+    writing, and the first published scores of half a file with exit 0. The folder is locked
+    while scores are written; the second is one line and writes nothing."""
+    import os
+
+    from ffcv_dp4tl.errors import DataError
+    from ffcv_dp4tl.fsutil import directory_lock
+    from ffcv_dp4tl.pipeline.score import SCORE_LOCK
+
+    out = tmp_path / "fm"
+    with directory_lock(out / SCORE_LOCK, "the test's scoring"):
+        with pytest.raises(DataError, match=rf"another dp4tl process \(pid {os.getpid()}\) is "
+                                            rf"using scores folder {out}"):
+            score("fm", source_dir=source_dir, out_dir=out, target_dir=target_dir, k=4,
+                  checkpoint=trained_run / "checkpoint.pt", fmt="wds", device="cpu",
+                  progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [SCORE_LOCK]
