@@ -25,6 +25,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -347,12 +348,23 @@ def _sigint_guard() -> Iterator[None]:
         _Interrupted.flag = True
         raise KeyboardInterrupt
 
+    previous_hook = sys.unraisablehook
+
+    def unraisable(info):
+        # The KeyboardInterrupt raised where Python cannot propagate it (logging's at-fork
+        # hook while ffcv forks its writers) printed "Exception ignored in ..." and a
+        # traceback; the flag set with it stops the build at the next check, with one line.
+        if not (_Interrupted.flag and isinstance(info.exc_value, KeyboardInterrupt)):
+            previous_hook(info)
+
     _Interrupted.flag = False
     signal.signal(signal.SIGINT, handler)
+    sys.unraisablehook = unraisable
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = previous_hook
         _Interrupted.flag = False
 
 

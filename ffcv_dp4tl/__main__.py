@@ -5,6 +5,7 @@ while those imports run prints one line instead of a ``KeyboardInterrupt`` trace
 deep inside an import; this module imports nothing heavy."""
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -14,7 +15,37 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted before the command started: nothing was written", file=sys.stderr)
         raise SystemExit(130) from None
-    run()
+    try:
+        run()
+    except SystemExit as e:
+        _quiet_interrupt_at_exit(finished=e.code != 130)
+        raise
+
+
+def _quiet_interrupt_at_exit(finished: bool) -> None:
+    """Once the command's outcome is decided (outputs written, its line printed), a Ctrl-C
+    during interpreter shutdown (torch's atexit hooks, worker joins) printed an "Exception
+    ignored in atexit callback" traceback, or killed the process without a word. Now it ends
+    the process at once, with one line when the command had ended (none when it was itself
+    interrupted: that line is printed already). Only here, at the process's real exit: the
+    CLI's ``main`` also runs inside other programs (tests), whose Ctrl-C stays theirs."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        try:
+            sys.stdout.flush()
+            if finished:
+                sys.stderr.write("interrupted while exiting, after the command had ended: "
+                                 "nothing was cut short\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(130)
+
+    signal.signal(signal.SIGINT, handler)
 
 
 if __name__ == "__main__":

@@ -99,3 +99,38 @@ def test_rebuild_after_a_lost_manifest_rewrites_a_damaged_beton(tmp_path):
     build_dataset(_spec(), out, OPTS)  # must not keep the truncated file and declare success
     assert (out / "train.beton").read_bytes() == good
     assert verify_dataset(out, deep=True).ok
+
+
+def test_ctrl_c_that_python_cannot_raise_during_a_build_prints_no_traceback(monkeypatch):
+    """Ctrl-C while ffcv forks its beton writers lands in logging's at-fork hook, where Python
+    can only print "Exception ignored in ..." and a traceback before the build's own line. The
+    build's interrupt flag stops it at the next check, so such a KeyboardInterrupt is silent;
+    any other unraisable error still reaches the hook, which is restored after the build."""
+    import gc
+    import sys
+
+    from beton_builders import writer
+
+    class RaisesOnDelete:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __del__(self):
+            raise self.exc
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: seen.append(type(info.exc_value)))
+    before = sys.unraisablehook
+    with writer._sigint_guard():
+        writer._Interrupted.flag = True  # what the SIGINT handler sets before raising
+        RaisesOnDelete(KeyboardInterrupt())
+        gc.collect()
+        assert seen == []
+        RaisesOnDelete(ValueError("a real bug"))
+        gc.collect()
+        assert seen == [ValueError]
+        writer._Interrupted.flag = False
+        RaisesOnDelete(KeyboardInterrupt())  # not the build's Ctrl-C: reported as before
+        gc.collect()
+        assert seen == [ValueError, KeyboardInterrupt]
+    assert sys.unraisablehook is before

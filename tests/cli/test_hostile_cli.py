@@ -202,6 +202,31 @@ def test_ctrl_c_while_the_cli_is_still_importing_is_one_line(capsys, monkeypatch
         "interrupted before the command started: nothing was written"]
 
 
+@pytest.mark.parametrize("argv", [["models"], ["info", "--data", "/nowhere"]])
+def test_ctrl_c_while_a_finished_command_exits_is_one_line(tmp_path, argv):
+    """Ctrl-C during interpreter shutdown (torch's atexit hooks run after the command's last
+    line) printed "Exception ignored in atexit callback" and a traceback, or killed the
+    process without a word: now exit 130 and one line saying nothing was cut short. A
+    fresh process: the handler belongs to the console entry point's real exit."""
+    import subprocess
+
+    script = tmp_path / "entry.py"
+    script.write_text(
+        "import atexit, os, signal, sys, time\n"
+        # registered first, so it runs last: after the CLI's own exit hooks
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))\n"
+        f"sys.argv = ['dp4tl', *{argv!r}]\n"
+        "from ffcv_dp4tl.__main__ import main\n"
+        "main()\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 130, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert lines[-1] == ("interrupted while exiting, after the command had ended: nothing was "
+                         "cut short"), run.stderr
+    assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr
+
+
 @pytest.mark.parametrize("damage,needle", [
     (lambda p: p.write_bytes(p.read_bytes()[:100]), "unreadable (EOF"),
     (lambda p: p.write_text("garbage\n"), "unreadable (not a .npy array file)"),
