@@ -26,6 +26,10 @@ IGNORED = re.compile(r"(^|_)(s|seconds|cpu_s|cpu_seconds|time|date|created|finis
                      r"loadavg_1min|load1|machine|command|runs_root|reduction|cpu_reduction)$")
 
 
+#: fields holding a file's sha256 (``surrogate_hash``: the checkpoint that was scored)
+_FILE_HASH = re.compile(r"_hash$")
+
+
 def _in_runs(v: Any, roots: tuple[str, ...]) -> Any:
     """A path under either file's runs root, written relative to it: the AFTER run works on a
     copy of BEFORE's runs folder, and stages it reused still name files under BEFORE's root.
@@ -75,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         for line in out[kind]:
             print(f"{kind}: {line}")
     same = not out["changed"] and not out["removed"]
+    if out["changed"] and all(_FILE_HASH.search(line.split(":")[0]) for line in out["changed"]):
+        print("(only file hashes differ: a checkpoint records its own wall times, so two runs "
+              "that each trained theirs never hash alike, even with equal weights; rerun AFTER "
+              "on a copy of BEFORE's runs folder to reuse them, or compare the weights)")
     print("same apart from times" + (" (plus the additions above)" if out["added"] else "")
           if same else f"DIFFERENT: {len(out['changed'])} changed, {len(out['removed'])} removed")
     return 0 if same else 1

@@ -50,3 +50,16 @@ def test_a_changed_accuracy_or_a_lost_field_is_a_difference(tmp_path, capsys):
     assert "changed: /rows[0]/top1: 55.6 -> 55.5" in out and "removed: /config/ratio" in out
     assert "changed: /rows[0]/mask" in out
     assert _main()([str(tmp_path / "missing.json"), str(tmp_path / "b.json")]) == 2
+
+
+def test_a_difference_of_file_hashes_only_says_why(tmp_path, capsys):
+    """Two deterministic runs that each trained their surrogate differ only in its checkpoint's
+    sha256 (the file records wall times): still a difference, with the reason and the fix."""
+    a = {**BEFORE, "stages": {"score": {"surrogate_hash": "aa"}}}
+    b = {**BEFORE, "stages": {"score": {"surrogate_hash": "bb"}}}
+    assert _main()([str(_write(tmp_path, "a.json", a)), str(_write(tmp_path, "b.json", b))]) == 1
+    out = capsys.readouterr().out
+    assert "changed: /stages/score/surrogate_hash" in out and "only file hashes differ" in out
+    c = {**b, "rows": [{**BEFORE["rows"][0], "top1": 50.0}]}
+    assert _main()([str(_write(tmp_path, "a.json", a)), str(_write(tmp_path, "c.json", c))]) == 1
+    assert "only file hashes differ" not in capsys.readouterr().out
