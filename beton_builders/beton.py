@@ -131,13 +131,32 @@ def write_beton(path: Path, dataset: ShardBytesDataset, quality: int, max_side: 
     import multiprocessing
 
     before = set(multiprocessing.active_children())
-    with _ffcv_progress(progress):
-        writer.from_indexed_dataset(dataset, chunksize=WRITE_CHUNK)
+    try:
+        with _ffcv_progress(progress):
+            writer.from_indexed_dataset(dataset, chunksize=WRITE_CHUNK)
+    except BaseException:  # Ctrl-C, a full disk: the caller removes the partial beton
+        _free_metadata_memory(writer)
+        raise
     # ffcv returns without joining its writer processes; each holds a copy of the build's lock
     # descriptor (fork), so a build of the same folder right after would be refused as
     # "another dp4tl process". They have finished their work: wait for them to exit.
     for p in set(multiprocessing.active_children()) - before:
         p.join(timeout=60)
+
+
+def _free_metadata_memory(writer) -> None:
+    """Release the shared-memory block ffcv 1.0.2's ``DatasetWriter`` allocates for its
+    metadata (``metadata_sm``) and frees only when a write completes: an interrupted build
+    left it to the resource tracker, which printed "There appear to be 1 leaked shared_memory
+    objects" after the build's one-line message."""
+    from multiprocessing import shared_memory
+
+    sm = getattr(writer, "metadata_sm", None)
+    if isinstance(sm, shared_memory.SharedMemory):
+        with contextlib.suppress(OSError):
+            sm.close()
+        with contextlib.suppress(OSError):
+            sm.unlink()
 
 
 #: ffcv's IMAGE_MODES["jpg"]: the sample's bytes are a JPEG file (else raw pixels)
