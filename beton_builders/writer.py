@@ -368,6 +368,33 @@ def _sigint_guard() -> Iterator[None]:
         _Interrupted.flag = False
 
 
+@contextlib.contextmanager
+def _interrupt_watchdog(every: float = 1.0) -> Iterator[None]:
+    """Ctrl-C that lands in an at-fork hook while ffcv forks its beton writers cannot be
+    raised there (Python ignores it); the same Ctrl-C ends the writers already forked, and
+    ffcv's main loop then waits forever for their samples. While the block runs, a thread
+    re-sends SIGINT to the main thread every ``every`` seconds once the interrupt flag is set,
+    so the interrupt is raised where it can be (in ffcv's wait loop) and the build stops."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    done = threading.Event()
+    main_id = threading.main_thread().ident
+
+    def watch() -> None:
+        while not done.wait(every):
+            if _Interrupted.flag and not done.is_set():
+                signal.pthread_kill(main_id, signal.SIGINT)
+
+    thread = threading.Thread(target=watch, name="dp4tl-interrupt-watchdog", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 def _check_interrupt() -> None:
     if _Interrupted.flag:
         raise KeyboardInterrupt
@@ -471,7 +498,9 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
             dataset = ShardBytesDataset(index, [out_dir / s for s in shard_names], arr[:, 5],
                                         arr[:, 6], opts.raw_fraction)
             with atomic_path(beton_path, suffix=".beton") as tmp:
-                write_beton(tmp, dataset, opts.quality, opts.max_side, opts.workers, opts.progress)
+                with _interrupt_watchdog():
+                    write_beton(tmp, dataset, opts.quality, opts.max_side, opts.workers,
+                                opts.progress)
                 _check_interrupt()  # (a Ctrl-C swallowed inside ffcv's writer: no beton)
                 fsync_path(tmp)
         # what the beton stores, per sample (JPEG samples: the shards' bytes, digests known)

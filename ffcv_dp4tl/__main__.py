@@ -37,11 +37,14 @@ def _quiet_interrupt_at_exit(finished: bool) -> None:
 
     def handler(signum, frame):
         try:
-            sys.stdout.flush()
-            if finished:
-                sys.stderr.write("interrupted while exiting, after the command had ended: "
-                                 "nothing was cut short\n")
-            sys.stderr.flush()
+            for stream in (sys.stdout, sys.stderr):  # (None or closed in the teardown)
+                try:
+                    stream.flush()
+                except (AttributeError, ValueError, OSError):
+                    pass
+            if finished:  # to the descriptor: sys.stderr may be gone by now
+                os.write(2, b"interrupted while exiting, after the command had ended: nothing "
+                            b"was cut short\n")
         finally:
             os._exit(130)
 

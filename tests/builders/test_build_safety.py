@@ -167,3 +167,22 @@ def test_an_interrupted_beton_write_frees_ffcv_shared_memory(tmp_path, monkeypat
     assert len(names) == 1
     with pytest.raises(FileNotFoundError):
         shared_memory.SharedMemory(name=names[0])
+
+
+def test_a_ctrl_c_swallowed_while_ffcv_forks_does_not_leave_the_build_waiting(monkeypatch):
+    """The swallowed Ctrl-C above also ended the writers already forked, and ffcv's main loop
+    waited for their samples forever (seen: a build still waiting 10 minutes after Ctrl-C).
+    While a beton is written, a watchdog re-raises the interrupt in the main thread once the
+    flag is set, so the wait ends with the build's KeyboardInterrupt."""
+    import time
+
+    from beton_builders import writer
+
+    with writer._sigint_guard():
+        with pytest.raises(KeyboardInterrupt):
+            with writer._interrupt_watchdog(every=0.05):
+                writer._Interrupted.flag = True  # set by the handler, its raise swallowed
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:  # ffcv's `while previous != n: sleep(0.1)`
+                    time.sleep(0.01)
+                pytest.fail("the build kept waiting after Ctrl-C")
