@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -127,8 +127,65 @@ _CUT_SHORT = ("a file this command reads ended early ({why}): it is empty or was
               "rerun the step that wrote it")
 
 
+def _interrupts_are_not_lost(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """An unraisable-exception hook: a Ctrl-C that lands where Python cannot raise it (an
+    at-fork hook while a data loader forks its workers, a ``__del__`` run by the garbage
+    collector) printed "Exception ignored in ..." with a traceback, and the command ran on
+    (training carried on to the next epoch; a finished run exited 0). Here the signal is
+    raised again, so the handler raises KeyboardInterrupt at the next point where it can
+    propagate, and the command stops with its one line. Any other unraisable error is
+    reported as before. (Sent from a thread a moment later: raised now, it would land in this
+    hook, which cannot raise either; swallowed again, it is sent again.)"""
+    import signal
+    import threading
+
+    pid = os.getpid()
+
+    def resend(main_id: int) -> None:
+        threading.Event().wait(0.05)
+        signal.pthread_kill(main_id, signal.SIGINT)
+
+    def hook(unraisable) -> None:
+        if (isinstance(unraisable.exc_value, KeyboardInterrupt) and os.getpid() == pid
+                and threading.current_thread() is threading.main_thread()):
+            threading.Thread(target=resend, args=(threading.main_thread().ident,),
+                             name="dp4tl-interrupt-resend", daemon=True).start()
+            return
+        previous(unraisable)
+    return hook
+
+
+def _quiet_dead_peer(previous: Callable[..., None]) -> Callable[..., None]:
+    """A ``sys.excepthook`` wrapper: multiprocessing's resource-sharer thread (which hands file
+    descriptors to data-loader workers) reports a worker that died mid-handshake with a
+    traceback (BrokenPipeError) of its own. The workers die with the command on Ctrl-C (the
+    signal reaches the whole process group), whose one line follows; a worker that crashed
+    is reported by the loader in the main thread. Everything else goes to ``previous``."""
+    def hook(kind, value, tb) -> None:
+        if issubclass(kind, (BrokenPipeError, ConnectionResetError, EOFError)):
+            files, frame = [], tb
+            while frame is not None:
+                files.append(frame.tb_frame.f_code.co_filename)
+                frame = frame.tb_next
+            if any(f.endswith(os.path.join("multiprocessing", "resource_sharer.py"))
+                   for f in files):
+                return
+        previous(kind, value, tb)
+    return hook
+
+
 def run() -> None:
     """Console entry point: user errors become one clear line and exit status 2."""
+    previous = sys.unraisablehook, sys.excepthook
+    sys.unraisablehook = _interrupts_are_not_lost(previous[0])
+    sys.excepthook = _quiet_dead_peer(previous[1])
+    try:
+        _run()
+    finally:
+        sys.unraisablehook, sys.excepthook = previous
+
+
+def _run() -> None:
     import warnings
 
     _quiet_numba_exit_noise()

@@ -202,6 +202,37 @@ def test_ctrl_c_while_the_cli_is_still_importing_is_one_line(capsys, monkeypatch
         "interrupted before the command started: nothing was written"]
 
 
+def test_a_ctrl_c_python_could_only_ignore_still_stops_the_command(tmp_path, index_dataset):
+    """Ctrl-C landing where Python cannot raise it (an at-fork hook while a data loader forks
+    its workers; a ``__del__`` run by the collector) printed "Exception ignored in ..." and a
+    traceback, and the command ran on (a training run carried on to its next epoch). A fresh
+    process whose command meets such an interrupt, then works on: exit 130, the one line."""
+    import subprocess
+
+    script = tmp_path / "entry.py"
+    script.write_text(
+        "import sys, time\n"
+        "import ffcv_dp4tl.data.manifest as manifest\n"
+        "class Dropped:\n"
+        "    def __del__(self):\n"
+        "        raise KeyboardInterrupt  # where no exception can propagate\n"
+        "def load_manifest(*a, **k):\n"
+        "    Dropped()\n"
+        "    for _ in range(50):  # the command's work goes on\n"
+        "        time.sleep(0.1)\n"
+        "    print('ran on', file=sys.stderr)\n"
+        "    raise SystemExit(0)\n"
+        "manifest.load_manifest = load_manifest\n"
+        f"sys.argv = ['dp4tl', 'info', '--data', {str(index_dataset.root)!r}]\n"
+        "from ffcv_dp4tl.__main__ import main\n"
+        "main()\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 130, run.stderr
+    assert run.stderr.strip().splitlines() == [
+        "interrupted: rerun the same command to resume where it stopped"], run.stderr
+
+
 @pytest.mark.parametrize("argv", [["models"], ["info", "--data", "/nowhere"]])
 def test_ctrl_c_while_a_finished_command_exits_is_one_line(tmp_path, argv):
     """Ctrl-C during interpreter shutdown (torch's atexit hooks run after the command's last
