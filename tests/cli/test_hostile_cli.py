@@ -202,15 +202,25 @@ def test_ctrl_c_while_the_cli_is_still_importing_is_one_line(capsys, monkeypatch
         "interrupted before the command started: nothing was written"]
 
 
+def _entry_point_process(tmp_path, argv, setup: str):
+    """``dp4tl ARGV`` through the console entry point in a fresh process, after the Python
+    ``setup`` (the signal handlers under test belong to the process's real exit)."""
+    import subprocess
+
+    script = tmp_path / "entry.py"
+    script.write_text(f"{setup}import sys\nsys.argv = ['dp4tl', *{list(argv)!r}]\n"
+                      "from ffcv_dp4tl.__main__ import main\nmain()\n")
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300)
+
+
 def test_a_ctrl_c_python_could_only_ignore_still_stops_the_command(tmp_path, index_dataset):
     """Ctrl-C landing where Python cannot raise it (an at-fork hook while a data loader forks
     its workers; a ``__del__`` run by the collector) printed "Exception ignored in ..." and a
     traceback, and the command ran on (a training run carried on to its next epoch). A fresh
     process whose command meets such an interrupt, then works on: exit 130, the one line."""
-    import subprocess
-
-    script = tmp_path / "entry.py"
-    script.write_text(
+    run = _entry_point_process(
+        tmp_path, ["info", "--data", str(index_dataset.root)],
         "import sys, time\n"
         "import ffcv_dp4tl.data.manifest as manifest\n"
         "class Dropped:\n"
@@ -222,12 +232,7 @@ def test_a_ctrl_c_python_could_only_ignore_still_stops_the_command(tmp_path, ind
         "        time.sleep(0.1)\n"
         "    print('ran on', file=sys.stderr)\n"
         "    raise SystemExit(0)\n"
-        "manifest.load_manifest = load_manifest\n"
-        f"sys.argv = ['dp4tl', 'info', '--data', {str(index_dataset.root)!r}]\n"
-        "from ffcv_dp4tl.__main__ import main\n"
-        "main()\n")
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=300)
+        "manifest.load_manifest = load_manifest\n")
     assert run.returncode == 130, run.stderr
     assert run.stderr.strip().splitlines() == [
         "interrupted: rerun the same command to resume where it stopped"], run.stderr
@@ -239,18 +244,11 @@ def test_ctrl_c_while_a_finished_command_exits_is_one_line(tmp_path, argv):
     line) printed "Exception ignored in atexit callback" and a traceback, or killed the
     process without a word: now exit 130 and one line saying nothing was cut short. A
     fresh process: the handler belongs to the console entry point's real exit."""
-    import subprocess
-
-    script = tmp_path / "entry.py"
-    script.write_text(
-        "import atexit, os, signal, sys, time\n"
+    run = _entry_point_process(
+        tmp_path, argv,
+        "import atexit, os, signal, time\n"
         # registered first, so it runs last: after the CLI's own exit hooks
-        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))\n"
-        f"sys.argv = ['dp4tl', *{argv!r}]\n"
-        "from ffcv_dp4tl.__main__ import main\n"
-        "main()\n")
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                         timeout=300)
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))\n")
     assert run.returncode == 130, run.stderr
     lines = run.stderr.strip().splitlines()
     assert lines[-1] == ("interrupted while exiting, after the command had ended: nothing was "
