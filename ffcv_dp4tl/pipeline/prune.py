@@ -33,9 +33,13 @@ from ..data.manifest import load_manifest
 from ..contracts import Budget, Scores, check_ratio
 from ..data.masks import make_mask, mask_from_classes, save_mask
 from ..errors import DataError, MaskError
+from ..fsutil import directory_lock
 from ..scoring import kept_sample_indices, select_classes, select_samples
 from ..scoring.ranking import as_vector, check_ids, rank
 from .scores_io import load_scores
+
+#: held while masks are written into a folder (`dp4tl prune --out`, the prune stage)
+PRUNE_LOCK = ".prune.lock"
 
 def prune(scores_dir: str | Path, source_dir: str | Path, ratio: float, out_dir: str | Path,
           *, reverse: bool = False, budget: str = "units") -> dict[str, Any]:
@@ -61,7 +65,10 @@ def prune(scores_dir: str | Path, source_dir: str | Path, ratio: float, out_dir:
     job = _Job(Path(scores_dir), Path(source_dir), manifest, sc, ratio, reverse,
                Path(out_dir), prov, [s for s in ("train", "val") if s in manifest.split_names],
                budget)
-    summary.update(PRUNE_BY_UNIT[unit](job))
+    # one writer per folder: two prunes of other ratios at once could leave train.npy of one
+    # beside val.npy of the other (each mask is atomic, the pair is not)
+    with directory_lock(Path(out_dir) / PRUNE_LOCK, f"mask folder {out_dir}"):
+        summary.update(PRUNE_BY_UNIT[unit](job))
     n = manifest.split("train").num_samples
     summary["kept_sample_fraction"] = summary["train_kept"] / n if n else 0.0
     if "kept_units" in summary:

@@ -161,3 +161,22 @@ def test_equal_sample_scores_are_cut_in_a_seeded_order_not_by_index(index_datase
     assert kept(0, 0.5, "again") == half  # reproducible
     assert half < kept(0, 0.3, "more")  # nested across ratios
     assert kept(1, 0.5, "other-seed") != half
+
+
+def test_a_second_prune_into_a_folder_being_written_is_refused(index_dataset, tmp_path):
+    """Two prunes of other ratios into one --out at once could leave one's train.npy beside the
+    other's val.npy (each mask is written atomically, the pair is not): the folder is locked
+    while its masks are written, and the second is one line that writes nothing."""
+    import os
+
+    from ffcv_dp4tl.fsutil import directory_lock
+    from ffcv_dp4tl.pipeline.prune import PRUNE_LOCK
+
+    sd = _fm_scores(tmp_path, np.zeros(5), _units())
+    out = tmp_path / "masks"
+    with directory_lock(out / PRUNE_LOCK, "the test's prune"):
+        with pytest.raises(DataError, match=rf"another dp4tl process \(pid {os.getpid()}\) is "
+                                            rf"using mask folder {out}"):
+            prune(sd, index_dataset.root, 0.6, out)
+    assert sorted(p.name for p in out.iterdir()) == [PRUNE_LOCK]
+    assert prune(sd, index_dataset.root, 0.6, out)["train_kept"] == 50  # free again
