@@ -223,17 +223,20 @@ def check_out_dir(path: str | os.PathLike, what: str = "--out", *, must_write: b
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise DataError(f"{what} {path} is a file, not a folder; choose a folder")
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
+    probe = _nearest_existing(path)
     if probe.exists() and not probe.is_dir():
         raise DataError(f"{what} {path}: {probe} is a file, so no folder can be made there; "
                         "choose another path")
     if must_write and probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         why = "read-only file system" if _read_only_fs(probe) else "no write permission"
         raise DataError(f"{what} {path}: cannot write in {probe} ({why}); choose a writable folder")
+    return path
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest existing ancestor (the root when none exists)."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
     return path
 
 
@@ -246,9 +249,7 @@ def check_out_file(path: str | os.PathLike, what: str) -> Path:
     if path.is_dir():
         raise DataError(f"{what} {path} is a folder, not a file; give a file such as "
                         f"{path / 'BENCHMARKS.md'}")
-    probe = path.parent
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
+    probe = _nearest_existing(path.parent)
     if probe.exists() and not probe.is_dir():
         raise DataError(f"{what} {path}: {probe} is a file, so no file can be made there; "
                         "choose another path")

@@ -32,20 +32,18 @@ def folder_kind(folder: str | Path) -> str | None:
     if not folder.is_dir():
         return None
     try:
-        recorded = json.loads((folder / "results.json").read_text(encoding="utf-8")).get("bench")
-    except (OSError, ValueError, AttributeError):  # none, torn or not an object: the files say
-        recorded = None
-    if recorded in BENCH_KINDS:
-        return recorded
+        results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none or torn: the files say
+        results = None
+    if not isinstance(results, dict):
+        results = {}
+    if results.get("bench") in BENCH_KINDS:
+        return results["bench"]
     for name, kind in _SIGNATURES:
         if (folder / name).exists():
             return kind
-    try:  # an adversarial results.json from before the field: its ADV overrides
-        if "adv" in json.loads((folder / "results.json").read_text(encoding="utf-8")):
-            return "adversarial"
-    except (OSError, ValueError, TypeError):
-        pass
-    return None
+    # an adversarial results.json from before the field: its ADV overrides
+    return "adversarial" if "adv" in results else None
 
 
 def claim_out_dir(folder: str | Path, kind: str, what: str = "--out") -> None:

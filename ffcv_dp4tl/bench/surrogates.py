@@ -109,7 +109,7 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
     from ..training.models import list_models
     from ..training.recipe import load_recipe
 
-    from ..contracts import check_items, check_pruned_ratios, check_tol
+    from ..contracts import RATIO_DECIMALS, check_items, check_pruned_ratios, check_tol
 
     tol = check_tol(tol)
     if out_dir is not None:
@@ -128,8 +128,8 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
                          f"{', '.join(archs)}")
     for what, rs in (("--ratio", [ratio]), ("--ratios", list(ratios))):
         check_pruned_ratios(rs, what, "0 % is the shared reference")
-    all_ratios = sorted({round(float(r), 6) for r in (ratio, *ratios)})
-    ratio, finetune = round(float(ratio), 6), tuple(finetune)
+    all_ratios = sorted({round(float(r), RATIO_DECIMALS) for r in (ratio, *ratios)})
+    ratio, finetune = round(float(ratio), RATIO_DECIMALS), tuple(finetune)
     if not finetune:
         raise DP4TLError("--finetune: give at least one mode (lp, ff)")
     n_runs, i = 1 + len(archs) * len(all_ratios), 1
