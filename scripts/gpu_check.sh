@@ -2,12 +2,16 @@
 # The one command to run on a GPU host: install the carried wheels, then measure and test.
 #
 #   bash scripts/gpu_check.sh                  # all stages, results in $OUT (or ./gpu-out)
-#   bash scripts/gpu_check.sh --only fm,train  # some stages (names below)
+#   bash scripts/gpu_check.sh --only fm,train  # some stages (names below), in the order given
+#   bash scripts/gpu_check.sh --only build,train --limit train=150   # a follow-up call: own limits
+#   bash scripts/gpu_check.sh --only pytest --pytest-k 'moco'        # some GPU tests only
+#   bash scripts/gpu_check.sh --only models --models vit_b_16:224:512
 #   bash scripts/gpu_check.sh --limits         # print the stage limits and their sum, run nothing
 #   GPU_CHECK_SMOKE=1 bash scripts/gpu_check.sh  # rehearse every stage on a CPU at toy sizes
 #
 # One decisive call: what is still pending runs first, every stage under its own timeout, and
-# the limits add up to no more than the budget (540 s; checked at start, tests/test_gpu_check.py).
+# the limits of the stages that run add up to no more than the budget (540 s, GPU_CHECK_BUDGET;
+# checked at start, tests/test_gpu_check.py).
 # A stage may also use what the stages before it left unused (those after it keep their limits):
 #   env       GPU, driver, versions, glibc, ffcv import, our CUDA kernels compiled via NVRTC
 #   pytest    pytest -m gpu, compile tests excluded, with --durations
@@ -15,7 +19,8 @@
 #   pipeline  dp4tl pipeline --device cuda on it: RN-18 surrogate, LM and FM (CuPy), prune,
 #             RN-50 pretraining, LP + FF; each run's report goes into the summary
 #   costtable Tab. 3 at reduced scale: surrogate, LM, paper RN-101 1 epoch at 0/20/40/60/80 %
-#   train     nvJPEG race probe + control; ResNet-18 at 160 px from each loader vs the ceiling
+#   race      nvJPEG race probe + control: the GPU-decode fix shown or not
+#   train     ResNet-18 at 160 px from each loader vs the ceiling
 #             (cudnn.benchmark), 16 vs 14 workers, data wait, bad inputs, GPU vs CPU top-1
 #   models    RN-50 / RN-101 at 192 px batch 1024, ViT-B/16 at 224 px: >= 10 steps, img/s, GiB
 #   fm        bench_kmeans: fused tensor-core kernel vs GEMM + re-check vs torch; Lloyd/iter
@@ -29,21 +34,35 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 BUDGET=${GPU_CHECK_BUDGET:-540}
 INSTALL_S=10  # wheel install + summary writing, outside the stages
-ORDER="env pytest build pipeline costtable train models fm loaders compile"
-declare -A LIMIT=([env]=20 [pytest]=70 [build]=80 [pipeline]=110 [costtable]=105 [train]=60 [models]=25
-                  [fm]=35 [loaders]=15 [compile]=10)
-limits_sum() { local s=0 st; for st in $ORDER; do s=$(( s + LIMIT[$st] )); done; echo "$s"; }
-SUM=$(limits_sum)
+ORDER="env pytest build pipeline costtable race train models fm loaders compile"
+declare -A LIMIT=([env]=20 [pytest]=70 [build]=80 [pipeline]=110 [costtable]=105 [race]=15 [train]=45
+                  [models]=25 [fm]=35 [loaders]=15 [compile]=10)
+ARGS_TEXT="$*"
 STAGES=$ORDER
+PYTEST_K="not compile"
+MODELS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --only) STAGES=${2//,/ }; shift 2 ;;
-    --limits) for st in $ORDER; do echo "$st ${LIMIT[$st]}"; done
-              echo "sum $SUM"; echo "install $INSTALL_S"; echo "budget $BUDGET"; exit 0 ;;
+    --limit) st=${2%%=*}; v=${2#*=}
+             if [ -z "${LIMIT[$st]+x}" ] || ! [[ "$v" =~ ^[0-9]+$ ]]; then
+               echo "gpu_check: --limit $2: expected STAGE=SECONDS with a stage of: $ORDER" >&2; exit 2; fi
+             LIMIT[$st]=$v; shift 2 ;;
+    --pytest-k) PYTEST_K="($2) and not compile"; shift 2 ;;
+    --models) MODELS=$2; shift 2 ;;
+    --limits) SHOW_LIMITS=1; shift ;;
     -h|--help) sed -n '2,/^set -uo/{/^set -uo/d;p}' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+for st in $STAGES; do
+  [ -n "${LIMIT[$st]+x}" ] || { echo "gpu_check: --only: unknown stage $st (stages: $ORDER)" >&2; exit 2; }
+done
+SUM=0; for st in $STAGES; do SUM=$(( SUM + LIMIT[$st] )); done
+if [ "${SHOW_LIMITS:-0}" = 1 ]; then
+  for st in $STAGES; do echo "$st ${LIMIT[$st]}"; done
+  echo "sum $SUM"; echo "install $INSTALL_S"; echo "budget $BUDGET"; exit 0
+fi
 if [ $(( SUM + INSTALL_S )) -gt "$BUDGET" ]; then
   echo "gpu_check: stage limits add up to ${SUM} s + ${INSTALL_S} s install > budget ${BUDGET} s; fix LIMIT" >&2
   exit 2
@@ -81,8 +100,8 @@ fi
 STATUS=()
 reserve_after() {  # the limits of the wanted stages after stage $1: time this stage must leave them
   local after=0 r=0 st
-  for st in $ORDER; do
-    [ "$after" = 1 ] && want "$st" && r=$(( r + LIMIT[$st] ))
+  for st in $STAGES; do
+    [ "$after" = 1 ] && r=$(( r + LIMIT[$st] ))
     [ "$st" = "$1" ] && after=1
   done
   echo "$r"
@@ -116,7 +135,7 @@ write_summary() {  # rewritten after every stage: a lease cut short still return
     echo "# GPU check"
     echo
     echo "Host: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n1 || echo 'no nvidia-smi'); $(nproc) cores; $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")."
-    echo "Command: \`$( [ "$SMOKE" = 1 ] && echo 'GPU_CHECK_SMOKE=1 ')bash scripts/gpu_check.sh --only ${STAGES// /,}\`; date $(date -u '+%Y-%m-%d %H:%M UTC'); total $(( $(date +%s) - T0 )) s of a ${BUDGET} s budget (stage limits sum to ${SUM} s)."
+    echo "Command: \`$( [ "$SMOKE" = 1 ] && echo 'GPU_CHECK_SMOKE=1 ')bash scripts/gpu_check.sh${ARGS_TEXT:+ $ARGS_TEXT}\` (stages: ${STAGES// /, }); date $(date -u '+%Y-%m-%d %H:%M UTC'); total $(( $(date +%s) - T0 )) s of a ${BUDGET} s budget (stage limits sum to ${SUM} s)."
     echo
     echo "| stage | result | seconds | limit (own + unused before) |"
     echo "| --- | --- | ---: | ---: |"
@@ -126,7 +145,6 @@ write_summary() {  # rewritten after every stage: a lease cut short still return
   } > "$OUT/summary.md"
   for f in "$WORK"/logs/*.log; do echo "######## $(basename "$f")"; cat "$f"; done > "$OUT/logs.txt"
 }
-want() { [[ " $STAGES " == *" $1 "* ]]; }
 B="$PY benchmarks/bench_gpu.py"
 U="$PY benchmarks/bench_gpu_user.py"
 NPROC=$(nproc)
@@ -164,17 +182,24 @@ if [ "$SMOKE" = 1 ]; then
   LOADER_ARGS=(--device cpu --batch-size 8 --resolution 32 --workers 1 --loaders ffcv:cpu,ffcv:gpu --kept 1.0,0.5)
 fi
 
-want env && run_stage env $B env --md "$WORK/md/01-env.md"
-want pytest && run_stage pytest bash -c "$PY -m pytest -q -p no:cacheprovider -m gpu -k 'not compile' -rs --durations=15 ${PYTEST_ARGS[*]} 2>&1 | tee $WORK/pytest.txt; rc=\${PIPESTATUS[0]}; [ \$rc -eq 5 ] && rc=0; { echo '### pytest -m gpu (compile tests excluded)'; echo; echo '\`\`\`'; tail -n 40 $WORK/pytest.txt; echo '\`\`\`'; } > $WORK/md/02-pytest.md; exit \$rc"
-want build && run_stage build $PY -m ffcv_dp4tl build "$SYNTH" --out "$DATA" --workers "$NPROC" --no-progress
-want pipeline && run_stage pipeline $U pipeline --data "$DATA/source" --workdir "$WORK/pipeline" --md "$WORK/md/03-pipeline.md" "${PIPE_ARGS[@]}"
-want costtable && run_stage costtable $U costtable --data "$DATA/source" --target "$TARGET" --workdir "$WORK/costtable" --md "$WORK/md/04-costtable.md" "${COST_ARGS[@]}"
-want train && run_stage train bash -c "$U race --data '$DATA/source' --workdir '$WORK/race' --md '$WORK/md/05-race.md' ${RACE_ARGS[*]}; r1=\$?; $B train --data '$DATA/source' --md '$WORK/md/06-train.md' --workdir '$WORK' ${TRAIN_ARGS[*]}; r2=\$?; exit \$(( r1 | r2 ))"
-want models && run_stage models $B models --md "$WORK/md/07-models.md" "${MODEL_ARGS[@]}"
+[ -n "$MODELS" ] && MODEL_ARGS=(--models "$MODELS" "${MODEL_ARGS[@]}")
 : > "$WORK/md/08-fm.md"  # exists, so bench_kmeans adds only its section (no report header)
-want fm && run_stage fm $PY benchmarks/bench_kmeans.py "${FM_ARGS[@]}" --output "$WORK/md/08-fm.md"
-want loaders && run_stage loaders $B loaders --data "$DATA/source" --md "$WORK/md/09-loaders.md" "${LOADER_ARGS[@]}"
-want compile && run_stage compile bash -c "$PY -m pytest -q -p no:cacheprovider -m gpu -k compile -rs --durations=5 ${PYTEST_ARGS[*]} 2>&1 | tee $WORK/compile.txt; rc=\${PIPESTATUS[0]}; [ \$rc -eq 5 ] && rc=0; { echo '### pytest -m gpu -k compile'; echo; echo '\`\`\`'; tail -n 15 $WORK/compile.txt; echo '\`\`\`'; } > $WORK/md/10-compile.md; exit \$rc"
+stage() {  # run one stage by name
+  case "$1" in
+    env) run_stage env $B env --md "$WORK/md/01-env.md" ;;
+    pytest) run_stage pytest bash -c "$PY -m pytest -v -p no:cacheprovider -m gpu -k '$PYTEST_K' -rs --durations=15 ${PYTEST_ARGS[*]} 2>&1 | tee $WORK/pytest.txt; rc=\${PIPESTATUS[0]}; [ \$rc -eq 5 ] && rc=0; { echo '### pytest -m gpu -k \"$PYTEST_K\"'; echo; echo '\`\`\`'; tail -n 40 $WORK/pytest.txt; echo '\`\`\`'; } > $WORK/md/02-pytest.md; exit \$rc" ;;
+    build) run_stage build $PY -m ffcv_dp4tl build "$SYNTH" --out "$DATA" --workers "$NPROC" --no-progress ;;
+    pipeline) run_stage pipeline $U pipeline --data "$DATA/source" --workdir "$WORK/pipeline" --md "$WORK/md/03-pipeline.md" "${PIPE_ARGS[@]}" ;;
+    costtable) run_stage costtable $U costtable --data "$DATA/source" --target "$TARGET" --workdir "$WORK/costtable" --md "$WORK/md/04-costtable.md" "${COST_ARGS[@]}" ;;
+    race) run_stage race $U race --data "$DATA/source" --workdir "$WORK/race" --md "$WORK/md/05-race.md" "${RACE_ARGS[@]}" ;;
+    train) run_stage train $B train --data "$DATA/source" --md "$WORK/md/06-train.md" --workdir "$WORK" "${TRAIN_ARGS[@]}" ;;
+    models) run_stage models $B models --md "$WORK/md/07-models.md" "${MODEL_ARGS[@]}" ;;
+    fm) run_stage fm $PY benchmarks/bench_kmeans.py "${FM_ARGS[@]}" --output "$WORK/md/08-fm.md" ;;
+    loaders) run_stage loaders $B loaders --data "$DATA/source" --md "$WORK/md/09-loaders.md" "${LOADER_ARGS[@]}" ;;
+    compile) run_stage compile bash -c "$PY -m pytest -v -p no:cacheprovider -m gpu -k compile -rs --durations=5 ${PYTEST_ARGS[*]} 2>&1 | tee $WORK/compile.txt; rc=\${PIPESTATUS[0]}; [ \$rc -eq 5 ] && rc=0; { echo '### pytest -m gpu -k compile'; echo; echo '\`\`\`'; tail -n 15 $WORK/compile.txt; echo '\`\`\`'; } > $WORK/md/10-compile.md; exit \$rc" ;;
+  esac
+}
+for st in $STAGES; do stage "$st"; done
 
 write_summary
 echo "gpu_check: wrote $OUT/summary.md and $OUT/logs.txt"

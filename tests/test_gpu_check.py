@@ -21,7 +21,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
-ORDER = ["env", "pytest", "build", "pipeline", "costtable", "train", "models", "fm", "loaders", "compile"]
+ORDER = ["env", "pytest", "build", "pipeline", "costtable", "race", "train", "models", "fm", "loaders", "compile"]
 
 
 def _publish():
@@ -49,9 +49,26 @@ def test_stage_limits_fit_the_budget_in_priority_order():
 
 def test_script_refuses_limits_over_the_budget(tmp_path):
     env = dict(os.environ, GPU_CHECK_BUDGET="300", OUT=str(tmp_path / "o"), GPU_CHECK_WORK=str(tmp_path / "w"))
-    res = subprocess.run(["bash", str(SCRIPT), "--only", "env"], capture_output=True, text=True, timeout=30, env=env)
+    res = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=30, env=env)
     assert res.returncode == 2 and "> budget 300 s" in res.stderr
     assert not (tmp_path / "o").exists()  # refused before running anything
+    # a follow-up call's stages are checked on their own limits, --limit included
+    res = subprocess.run(["bash", str(SCRIPT), "--only", "train,models", "--limit", "train=290"],
+                         capture_output=True, text=True, timeout=30, env=env)
+    assert res.returncode == 2 and "315 s + 10 s install > budget 300 s" in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_follow_up_call_runs_its_stages_in_the_order_given_with_its_own_limits():
+    lim = _limits()
+    res = subprocess.run(["bash", str(SCRIPT), "--only", "compile,env", "--limit", "env=7", "--limits"],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[:3] == ["compile %d" % lim["compile"], "env 7", "sum %d" % (lim["compile"] + 7)]
+    for bad, named in ((["--only", "env,nope"], "unknown stage nope"), (["--limit", "nope=3"], "--limit nope=3"),
+                       (["--limit", "env=soon"], "--limit env=soon")):
+        res = subprocess.run(["bash", str(SCRIPT), *bad, "--limits"], capture_output=True, text=True, timeout=30)
+        assert res.returncode == 2 and res.stderr.startswith("gpu_check: ") and named in res.stderr, res.stderr
 
 
 #: The whole rehearsal takes ~3 minutes of the idle 2-core CI machine (half the suite), so it
@@ -147,7 +164,7 @@ def test_every_stage_ran_and_reported(smoke_run):
         row = re.search(rf"^\| {stage} \| (.*?) \| (\d+) \| (\d+) \|$", summary, re.M)
         assert row, f"no status row for {stage}"
         assert row.group(1) == "ok", f"{stage}: {row.group(1)}\n{logs[-3000:]}"
-    for heading in ("### Environment", "### pytest -m gpu (compile tests excluded)", "### The user's path",
+    for heading in ("### Environment", "### pytest -m gpu -k \"not compile\"", "### The user's path",
                     "### Cost table (Tab. 3) at reduced scale", "**Extrapolation, not a measurement:**",
                     "### GPU decode: stream race probe", "vs the synthetic ceiling", "### Training steps per model",
                     "## FM kernels (CPU smoke)", "### Loaders alone", "### pytest -m gpu -k compile"):
