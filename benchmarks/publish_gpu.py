@@ -2,10 +2,15 @@
 """Publish a GPU check: ``summary.md`` from ``scripts/gpu_check.sh`` → BENCHMARKS.md.
 
     python benchmarks/publish_gpu.py gpu-out/summary.md [--report BENCHMARKS.md]
+    python benchmarks/publish_gpu.py call1/summary.md call2/summary.md --notes docs/gpu-notes.md
 
 The summary already names the device, versions (its Environment table), command and date; this
 puts it under one ``## GPU check (<device>)`` section (headings demoted one level), replacing the
-previous run's section of the same device and leaving every other section untouched.
+previous run's section of the same device and leaving every other section untouched. A task's
+device time may go to more than one call (a follow-up ``gpu_check.sh --only ...`` for what the
+first call's limits cut): several summaries of one device become one section, a ``### Call i of
+n`` part each, in the order given. ``--notes`` puts a Markdown file (what the numbers mean, read
+by a person) at the top of the section, so a re-publish keeps it.
 
 It then **settles the "pending" bullets** of earlier GPU-check sections (another device's): a
 bullet ending in ``Pending a GPU re-measure.`` (Lloyd) or ``Pending: the next device run.`` (the
@@ -16,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import re
-from pathlib import Path as _Path
 import sys
 from pathlib import Path
 
@@ -27,8 +31,8 @@ from benchmarks._report import write_section  # noqa: E402
 from ffcv_dp4tl.reporting import DEFAULT_HEADER  # noqa: E402
 
 
-def section(summary: str) -> tuple[str, str]:
-    """(section title, body) from the text of a summary.md."""
+def section(summary: str, demote: int = 1) -> tuple[str, str]:
+    """(section title, body) from the text of a summary.md; headings demoted ``demote`` levels."""
     # a stage's Markdown made by write_section into a new file starts with the report header
     summary = summary.replace(DEFAULT_HEADER, "")
     lines = summary.splitlines()
@@ -37,8 +41,27 @@ def section(summary: str) -> tuple[str, str]:
     host = next((ln for ln in lines if ln.startswith("Host: ")), "")
     m = re.match(r"Host: ([^,;]+)", host)
     device = m.group(1).strip() if m else "unknown device"
-    body = [("#" + ln) if ln.startswith("#") else ln for ln in lines[1:]]
+    body = [("#" * demote + ln) if ln.startswith("#") else ln for ln in lines[1:]]
     return f"GPU check ({device})", "\n".join(body).strip() + "\n"
+
+
+def sections(summaries: list[tuple[str, str]], notes: str | None = None) -> tuple[str, str]:
+    """One section from the summaries ``(name, text)`` of one device's calls, in call order."""
+    if len(summaries) == 1:
+        title, body = section(summaries[0][1])
+    else:
+        parts, titles = [], []
+        for i, (name, text) in enumerate(summaries, 1):
+            t, b = section(text, demote=2)
+            titles.append(t)
+            parts.append(f"### Call {i} of {len(summaries)}\n\n{b}")
+        if len(set(titles)) > 1:
+            raise SystemExit("publish_gpu: the summaries come from different devices "
+                             f"({', '.join(sorted(set(titles)))}); publish each device on its own")
+        title, body = titles[0], "\n".join(parts)
+    if notes:
+        body = notes.strip() + "\n\n" + body
+    return title, body
 
 
 #: The sentences that mark an open point of an earlier run, and what settles each.
@@ -60,7 +83,7 @@ def outcomes(summary: str) -> dict[str, str]:
     return {"lloyd": lloyd, "decode": "; ".join(parts)}
 
 
-def settle_pending(report: _Path, title: str, summary: str, stamp: str) -> int:
+def settle_pending(report: Path, title: str, summary: str, stamp: str) -> int:
     """Replace the pending sentences of the other ``## GPU check (...)`` sections; returns how many."""
     text = report.read_text(encoding="utf-8")
     got = outcomes(summary)
@@ -83,15 +106,24 @@ def settle_pending(report: _Path, title: str, summary: str, stamp: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("summary", type=Path)
+    p.add_argument("summary", type=Path, nargs="+", help="summary.md of each call, in call order")
     p.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md")
+    p.add_argument("--notes", type=Path, default=None, help="Markdown put at the top of the section")
     args = p.parse_args(argv)
-    if not args.summary.is_file():
-        raise SystemExit(f"publish_gpu: {args.summary} does not exist; run scripts/gpu_check.sh first")
-    summary = args.summary.read_text(encoding="utf-8")
-    title, body = section(summary)
+    texts = []
+    for path in [*args.summary, *([args.notes] if args.notes else [])]:
+        if not path.is_file():
+            raise SystemExit(f"publish_gpu: {path} does not exist; run scripts/gpu_check.sh first")
+        try:
+            texts.append(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise SystemExit(f"publish_gpu: {path} is not UTF-8 text") from None
+    notes = texts.pop() if args.notes else None
+    title, body = sections(list(zip(map(str, args.summary), texts)), notes)
     write_section(args.report, title, body)
-    m = re.search(r"date (\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC)", summary)
+    # the latest call first: a point measured again later is settled by its latest measurement
+    summary = "\n".join(reversed(texts))
+    m = re.search(r"date (\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC)", texts[-1])
     n = settle_pending(args.report, title, summary, m.group(1) if m else "unknown date")
     print(f"publish_gpu: wrote '## {title}' to {args.report}; settled {n} pending point(s) of earlier runs")
     return 0
