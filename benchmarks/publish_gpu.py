@@ -42,6 +42,9 @@ def section(summary: str, demote: int = 1) -> tuple[str, str]:
     m = re.match(r"Host: ([^,;]+)", host)
     device = m.group(1).strip() if m else "unknown device"
     body = [("#" * demote + ln) if ln.startswith("#") else ln for ln in lines[1:]]
+    # a run report's figures stay on the GPU host (only summary.md and logs.txt come back)
+    body = [re.sub(r"!\[([^\]]*)\]\((?!https?://)[^)]*\)", r"(figure on the GPU host, not carried back: \1)", ln)
+            for ln in body]
     return f"GPU check ({device})", "\n".join(body).strip() + "\n"
 
 
@@ -77,9 +80,15 @@ def outcomes(summary: str) -> dict[str, str]:
     race = re.search(r"^Verdict: (.*)$", summary, re.M)
     bad = re.search(r"^- bad input batches, all runs: (\d+)", summary, re.M)
     gap = re.search(r"^- ffcv: (val top-1 GPU decode .*)$", summary, re.M)
+    compared = "GPU vs CPU decode top-1 not compared"
+    if gap:
+        compared = gap.group(1)
+        if "of one model" not in compared:  # a run before 2026-12-04: separately trained models
+            compared += (" (two separately trained runs, not one model through both decoders: at a few "
+                         "epochs their gap is run-to-run noise, not the decoder's)")
     parts = [f"race probe: {race.group(1).rstrip('.')}" if race else "race probe not run",
              f"{bad.group(1)} training batches with NaN/Inf inputs" if bad else "bad-input count not reported",
-             gap.group(1) if gap else "GPU vs CPU decode top-1 not compared"]
+             compared]
     return {"lloyd": lloyd, "decode": "; ".join(parts)}
 
 

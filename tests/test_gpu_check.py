@@ -230,7 +230,8 @@ def test_publish_puts_several_calls_of_one_device_in_one_section_with_notes(tmp_
                                  "| Lloyd after a warm-up: 19 iterations (converged early), 64 empty clusters "
                                  "re-seeded | 0.58 (**0.0305/iter**) |"))
     two = tmp_path / "two.md"
-    two.write_text(_fake_summary("NVIDIA H9", "train", "### resnet18 trained\n\n- bad input batches, all runs: 0\n"
+    two.write_text(_fake_summary("NVIDIA H9", "train", "### resnet18 trained\n\n![kept](selection.png)\n"
+                                 "- bad input batches, all runs: 0\n"
                                  "- ffcv: val top-1 GPU decode 55.00 % vs CPU decode 55.50 %: 0.50 points apart"))
     notes = tmp_path / "notes.md"
     notes.write_text("**What this run showed.** The loader is the bottleneck.\n")
@@ -243,10 +244,12 @@ def test_publish_puts_several_calls_of_one_device_in_one_section_with_notes(tmp_
     new = text.split("## GPU check (NVIDIA H9)")[1]
     assert new.index("**What this run showed.**") < new.index("### Call 1 of 2") < new.index("### Call 2 of 2")
     assert "##### GPU decode: stream race probe" in new and "##### resnet18 trained" in new
+    assert "(selection.png)" not in new and "(figure on the GPU host, not carried back: kept)" in new
     old = text.split("## GPU check (NVIDIA H9)")[0]
     assert "Pending" not in old
     assert "0.0305 s per Lloyd iteration" in old  # from call 1
     assert "race probe: the race is real here" in old and "0 training batches with NaN/Inf" in old  # 1 and 2
+    assert "0.50 points apart (two separately trained runs, not one model" in old  # an old-style gap says so
     assert pub.main([str(one), str(two), "--notes", str(notes), "--report", str(report)]) == 0
     assert report.read_text() == text  # republishing replaces, never duplicates
     other = tmp_path / "other.md"
