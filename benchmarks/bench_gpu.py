@@ -56,11 +56,35 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _emit(md: Path | None, text: str) -> None:
+def _write_at(md: Path, offset: int, text: str) -> None:
+    """Replace what follows ``offset`` in ``md`` (this command's own section) with ``text``."""
+    with open(md, "r+" if md.exists() else "w") as f:
+        f.seek(offset)
+        f.truncate()
+        f.write(text.rstrip() + "\n\n")
+
+
+def _emit(args, text: str) -> None:
+    """Print the section and put it in ``--md`` (appended: in place of this command's partial)."""
     print(text, flush=True)
-    if md is not None:
-        with open(md, "a") as f:
-            f.write(text.rstrip() + "\n\n")
+    if args.md is not None:
+        _write_at(args.md, args.md_offset, text)
+
+
+#: The tables' heads, shared by the final section and the partial one written after every row.
+LOADER_TABLE = ["| format | decode | classes kept | kept fraction | images timed | warm-up s | epoch setup s | seconds | img/s | ratio |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+TRAIN_TABLE = ["| input | workers | epoch 1 img/s | steady img/s | vs ceiling | data s | setup s | bad | peak GiB | val top-1 |",
+               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+MODEL_TABLE = ["| model | batch | px | ms/step | img/s | peak GiB |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+
+
+def _partial(args, title: str, table: list[str], rows: list[str]) -> None:
+    """The rows so far in ``--md``: a stage its time limit cuts still leaves them in the summary
+    (the first H200 check lost the models and loaders rows that had run to this)."""
+    if getattr(args, "md", None) is not None:
+        _write_at(args.md, args.md_offset, "\n".join(
+            [f"{title} (partial: cut before the end)", "", *table, *rows]))
 
 
 def _f(x: float | None, fmt: str = ",.0f") -> str:
@@ -207,6 +231,7 @@ def loaders(args) -> str:
             rows.append(f"| {fmt} | {decode} | {kept:.0%} | {frac:.3f} | {r['images']:,} | {r['warmup_s']:.1f} | "
                         f"{r['first_batch_s']:.2f} | {r['seconds']:.2f} | {_f(r['img_per_s'])} | {_f(ratio, '.3f')} |")
             print(rows[-1], flush=True)
+            _partial(args, "### Loaders alone", LOADER_TABLE, rows)
     from ffcv_dp4tl.data.resources import effective_workers
 
     nw = effective_workers(args.workers)
@@ -217,8 +242,7 @@ def loaders(args) -> str:
              "loader built for its mask; `warm-up s` = its first epoch (pipeline compile, workers, page "
              "cache), then the second epoch is timed whole; `epoch setup s` = its iter() to first batch. `ratio` = (s/image masked) / (s/image full): the goal "
              "`masked epoch <= 1.05 x kept fraction x full epoch` is `ratio <= 1.05`.", "",
-             "| format | decode | classes kept | kept fraction | images timed | warm-up s | epoch setup s | seconds | img/s | ratio |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", *rows]
+             *LOADER_TABLE, *rows]
     return "\n".join(lines)
 
 
@@ -372,6 +396,8 @@ def train_stage(args) -> str:
                         f"{timings.get('setup', 0.0):.1f} | {bad} | {_f(peak, '.1f')} | "
                         f"{'–' if acc is None else format(acc, '.4f')} |")
             print(rows[-1], flush=True)
+            _partial(args, f"### {recipe.model.arch} trained from each loader vs the synthetic ceiling ({dev.type})",
+                     TRAIN_TABLE, rows)
     best = max(goal, key=lambda g: g[1]) if goal else None
     verdict = ["no loader trained" if best is None else
                f"best: {best[0]} at {best[1]:,.0f} img/s = {100 * (best[2] or 0):.0f} % of the ceiling; goal >= 90 %: "
@@ -400,8 +426,7 @@ def train_stage(args) -> str:
              "below: the model of the first CPU-decode run, evaluated on the val split through the CPU-decode "
              "and the GPU-decode val loader (the trainer's eval: center crop at eval.resolution, flip TTA), "
              "so only the decoder differs.", "",
-             "| input | workers | epoch 1 img/s | steady img/s | vs ceiling | data s | setup s | bad | peak GiB | val top-1 |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", *rows, "",
+             *TRAIN_TABLE, *rows, "",
              *(f"- {v}" for v in verdict)]
     return "\n".join(lines)
 
@@ -467,9 +492,10 @@ def models(args) -> str:
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
         print(rows[-1], flush=True)
+        _partial(args, f"### Training steps per model ({dev.type})", MODEL_TABLE, rows)
     lines = [f"### Training steps per model (bf16 autocast, channels_last, SGD, cudnn.benchmark; {dev.type})", "",
              f"{args.warmup} warm-up steps, then {args.steps} timed steps; peak = torch.cuda.max_memory_allocated.", "",
-             "| model | batch | px | ms/step | img/s | peak GiB |", "| --- | ---: | ---: | ---: | ---: | ---: |", *rows]
+             *MODEL_TABLE, *rows]
     return "\n".join(lines)
 
 
@@ -511,8 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     args.exit_code = 0
+    args.md_offset = args.md.stat().st_size if args.md is not None and args.md.exists() else 0
     body = args.fn(args)
-    _emit(args.md, f"{body}\n\n_{stamp}; `python benchmarks/bench_gpu.py {' '.join(sys.argv[1:] if argv is None else argv)}`_")
+    _emit(args, f"{body}\n\n_{stamp}; `python benchmarks/bench_gpu.py {' '.join(sys.argv[1:] if argv is None else argv)}`_")
     return args.exit_code
 
 

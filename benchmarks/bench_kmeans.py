@@ -28,6 +28,7 @@ without a GPU; it only writes a Markdown file when ``--output`` is given.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import platform
 import shlex
@@ -446,6 +447,114 @@ def host_phases(n: int, d: int, k: int, empty: int, repeats: int, seed: int = 0)
     return out
 
 
+def _auto_choice_cached(targets, centroids, backend: str) -> bool | None:
+    """Whether ``method="auto"`` already has a choice cached for voting ``targets`` against
+    ``centroids`` (``kernels.cuda._METHOD_CACHE``, keyed by device, power-of-two N bucket, K, D);
+    None off the CUDA backend (no methods there)."""
+    from ffcv_dp4tl import kernels
+
+    if kernels.resolve_backend(backend) != "cuda":
+        return None
+    import cupy
+
+    from ffcv_dp4tl.kernels import cuda as kcuda
+
+    (n, d), k = targets.shape, centroids.shape[0]
+    return (cupy.cuda.Device().id, kcuda._n_bucket(n), k, d) in kcuda._METHOD_CACHE
+
+
+@contextlib.contextmanager
+def _split_call(backend: str, sync: Callable[[], None]):
+    """Time the parts of ``scoring.feature_mapping_votes`` *in the call made inside the block*
+    (so a one-time cost paid only by that call is located too): the functions it calls are
+    wrapped, each followed by a sync, and restored after. Yields the seconds per part: ``checks``
+    (as_float32_matrix + check_finite_rows), ``assign`` (kernels.assign_nearest, method choice
+    included), ``method choice`` (kernels.cuda.choose_method, CUDA only), ``histograms``."""
+    from ffcv_dp4tl import kernels
+    from ffcv_dp4tl.scoring import feature_mapping as fm
+
+    spent: dict[str, float] = {}
+    patched = [(fm, "as_float32_matrix", "checks"), (fm, "check_finite_rows", "checks"),
+               (kernels, "assign_nearest", "assign"), (kernels, "histogram", "histograms")]
+    if kernels.resolve_backend(backend) == "cuda":
+        from ffcv_dp4tl.kernels import cuda as kcuda
+
+        patched.append((kcuda, "choose_method", "method choice"))
+    saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patched]
+
+    def wrap(fn, part):
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            sync()
+            spent[part] = spent.get(part, 0.0) + time.perf_counter() - t0
+            return out
+        return timed
+
+    for (mod, name, part), (_, _, fn) in zip(patched, saved):
+        setattr(mod, name, wrap(fn, part))
+    try:
+        yield spent
+    finally:
+        for mod, name, fn in saved:
+            setattr(mod, name, fn)
+
+
+def vote_phases(targets, centroids, backend: str, sync: Callable[[], None]) -> dict[str, Any]:
+    """One ``scoring.feature_mapping_votes`` call written out with the same primitives, a device
+    sync after each phase: ``checks`` (as_float32_matrix + check_finite_rows), on CUDA ``to device``
+    (kernels.cuda._assign_inputs: copy + centroid checks) and the method choice
+    (kernels.cuda.choose_method) twice, first with this problem's ``_METHOD_CACHE`` entry removed
+    (what a call that finds no cached choice pays: ``auto`` times every method when N x K >=
+    AUTO_MIN_WORK) then cached, ``assign`` (the chosen method; on the CPU kernels.assign_nearest),
+    the two histograms and ``to host``. Then the whole call once more, the choice cached.
+    """
+    from ffcv_dp4tl import kernels
+    from ffcv_dp4tl.kernels.checks import as_float32_matrix
+    from ffcv_dp4tl.scoring.feature_mapping import _to_host, check_finite_rows
+
+    phases: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        phases[name] = time.perf_counter() - t0
+        return out
+
+    def checks():
+        t = as_float32_matrix(targets, "target_features")
+        check_finite_rows(t, "target_features")
+        return t, as_float32_matrix(centroids, "centroids")
+
+    t, c = timed("checks", checks)
+    k, out = c.shape[0], {"method": None, "measures": False}
+    if kernels.resolve_backend(backend) == "cuda":
+        import cupy
+
+        from ffcv_dp4tl.kernels import cuda as kcuda
+
+        tt, cc = timed("to device", lambda: kcuda._assign_inputs(t, c))
+        (n, d) = tt.shape
+        kcuda._METHOD_CACHE.pop((cupy.cuda.Device().id, kcuda._n_bucket(n), k, d), None)
+        method = timed("method choice (cache cleared)", lambda: kcuda.choose_method(tt, cc))
+        timed("method choice (cached)", lambda: kcuda.choose_method(tt, cc))
+        out.update(method=method, measures=kcuda.forced_method() is None and n * k >= kcuda.AUTO_MIN_WORK,
+                   forced=kcuda.forced_method() is not None, work=n * k, min_work=kcuda.AUTO_MIN_WORK)
+        labels, d2 = timed("assign", lambda: kernels._like(t, *kcuda._run_method(method, tt, cc)))
+    else:
+        labels, d2 = timed("assign", lambda: kernels.assign_nearest(t, c, backend=backend))
+    votes = timed("histogram votes", lambda: kernels.histogram(labels, k, backend=backend))
+    spread = timed("histogram distances",
+                   lambda: kernels.histogram(labels, k, weights=d2.astype(np.float64), backend=backend))
+    out["votes"], _ = timed("to host", lambda: (_to_host(votes).astype(np.int64), -_to_host(spread).astype(np.float64)))
+    t0 = time.perf_counter()
+    feature_mapping_votes(targets, centroids, backend=backend)
+    sync()
+    out.update(phases=phases, again=time.perf_counter() - t0)
+    return out
+
+
 def run_fm(args, x, targets, backend: str, sync: Callable[[], None]) -> list[str]:
     """Full FM, each part timed on its own after a warm-up (nothing is subtracted):
 
@@ -456,7 +565,10 @@ def run_fm(args, x, targets, backend: str, sync: Callable[[], None]) -> list[str
       more assignment than updates), with the number of empty clusters re-seeded;
     * the same loop written out phase by phase (:func:`lloyd_phases`), which must reproduce
       kmeans's inertia history exactly, to say where an iteration goes;
-    * target voting, after a 2-target warm-up call.
+    * target voting, after a 2-target warm-up call (which, N x K < AUTO_MIN_WORK, takes ``simt``
+      unmeasured, so it warms nothing of the method choice); the timed call's parts (checks,
+      method choice, assign, histograms) timed by wrapping the library calls it makes, then one
+      more call written out phase by phase (:func:`vote_phases`).
     """
     from ffcv_dp4tl.scoring.feature_mapping import _take_rows
 
@@ -474,11 +586,28 @@ def run_fm(args, x, targets, backend: str, sync: Callable[[], None]) -> list[str
     same = ph["history"] == res.inertia
     feature_mapping_votes(targets[:2], res.centroids, backend=backend)  # warm-up (compiles)
     sync()
-    t0 = time.perf_counter()
-    votes, _ = feature_mapping_votes(targets, res.centroids, backend=backend)
-    sync()
-    t_vote = time.perf_counter() - t0
+    cached = _auto_choice_cached(targets, res.centroids, backend)  # (the 2-target warm-up takes simt unmeasured)
+    with _split_call(backend, sync) as first:  # its parts, each with a sync after it
+        t0 = time.perf_counter()
+        votes, _ = feature_mapping_votes(targets, res.centroids, backend=backend)
+        sync()
+        t_vote = time.perf_counter() - t0
+    if "method choice" in first:
+        first["assign"] -= first["method choice"]  # (the choice runs inside assign_nearest)
+    first["rest"] = t_vote - sum(first.values())
+    first_split = ", ".join(f"{name} {sec:.4f}" for name, sec in first.items())
     assert int(votes.sum()) == targets.shape[0], "every target must cast exactly one vote"
+    vp = vote_phases(targets, res.centroids, backend, sync)
+    vsplit = ", ".join(f"{name} {sec:.4f}" for name, sec in vp["phases"].items())
+    if vp["method"] is None:
+        choice = "no method choice on the CPU backend"
+    elif vp.get("forced"):
+        choice = f"method {vp['method']} (forced by $DP4TL_FM_METHOD, not measured)"
+    elif vp["measures"]:
+        choice = (f"auto chose {vp['method']}, measuring every method (N x K = {vp['work']:,} >= AUTO_MIN_WORK "
+                  f"{vp['min_work']:,}); the timed call {'found it cached' if cached else 'found no cached choice, so it measured too'}")
+    else:
+        choice = f"auto took {vp['method']} unmeasured (N x K = {vp['work']:,} < AUTO_MIN_WORK {vp['min_work']:,})"
     per_iter = t_lloyd / max(1, res.n_iter)
     steps = max(1, ph["n_iter"])
     split = ", ".join(f"{name} {1e3 * sec / steps:.1f}" for name, sec in ph["phases"].items())
@@ -495,6 +624,13 @@ def run_fm(args, x, targets, backend: str, sync: Callable[[], None]) -> list[str
         f"the same loop phase by phase with a sync after each; inertia history "
         f"{'identical to kmeans' if same else '**differs from kmeans**'}): {split}; "
         f"{ph['reseeded']} re-seeded.",
+        "",
+        f"Where the voting goes (seconds, a sync after each part): the timed call above, its library calls "
+        f"wrapped: {first_split}{' (assign without the method choice)' if 'method choice' in first else ''}; "
+        f"one more call of {targets.shape[0]:,} "
+        f"targets written out phase by phase: {vsplit}; {choice}; votes "
+        f"{'identical to the timed call' if np.array_equal(vp['votes'], votes) else '**differ from the timed call**'}; "
+        f"the whole call again{', choice cached' if vp['method'] else ''}: {vp['again']:.4f} s.",
     ]
 
 

@@ -20,7 +20,8 @@
 #   build     synth:costtable (100 classes, 40k train JPEGs at 256 px, q90), all cores
 #   pipeline  dp4tl pipeline --device cuda on it: RN-18 surrogate, LM and FM (CuPy), prune,
 #             RN-50 pretraining, LP + FF; each run's report goes into the summary
-#   costtable Tab. 3 at reduced scale: surrogate, LM, paper RN-101 1 epoch at 0/20/40/60/80 %
+#   costtable Tab. 3 at reduced scale: surrogate 2 epochs (steady rate), LM, paper RN-101 1 epoch
+#             at 0/20/40/60/80 %
 #   race      nvJPEG race probe + control: the GPU-decode fix shown or not
 #   train     ResNet-18 at 160 px from each loader vs the ceiling
 #             (cudnn.benchmark), 16 vs 14 workers, data wait, bad inputs, GPU vs CPU decode

@@ -304,6 +304,39 @@ def test_models_stage_fails_only_for_a_model_that_failed(tmp_path):
     assert rows[1].startswith("| resnet20s | 2 | 16 | ") and "failed" not in rows[1]
 
 
+def test_a_stage_cut_mid_way_leaves_its_rows_in_the_summary(tmp_path, monkeypatch):
+    """The first H200 check lost the models and loaders rows that had run when their limits cut
+    them (only logs.txt kept them): every finished row is now in the stage's Markdown at once,
+    under a heading that says it is partial, and the finished section replaces that partial one
+    without touching what the file held before."""
+    bench = _bench_gpu()
+    md = tmp_path / "07-models.md"
+    md.write_text("earlier section\n\n")
+    real = bench.create_model
+    calls = []
+
+    def cut_at_second(*a, **k):  # the stage's timeout kills it during the second model
+        calls.append(a[0])
+        if len(calls) == 2:
+            raise SystemExit(124)
+        return real(*a, **k)
+
+    monkeypatch.setattr(bench, "create_model", cut_at_second)
+    args = ["models", "--device", "cpu", "--warmup", "0", "--steps", "1", "--md", str(md)]
+    with pytest.raises(SystemExit):
+        bench.main([*args, "--models", "resnet20s:16:2,resnet20s:16:3"])
+    text = md.read_text()
+    assert text.startswith("earlier section\n\n")
+    assert "### Training steps per model (cpu) (partial: cut before the end)" in text
+    assert "| resnet20s | 2 | 16 |" in text and "| resnet20s | 3 |" not in text
+    monkeypatch.setattr(bench, "create_model", real)
+    md.write_text("earlier section\n\n")
+    assert bench.main([*args, "--models", "resnet20s:16:2,resnet20s:16:3"]) == 0
+    text = md.read_text()
+    assert text.startswith("earlier section\n\n") and "partial" not in text
+    assert text.count("| resnet20s | 2 | 16 |") == 1 and "| resnet20s | 3 | 16 |" in text
+
+
 def test_race_probe_control_runs_the_loaders_side_stream_decode(monkeypatch):
     """The race probe's control decodes through the loader's own ``_decode_on_side_stream``
     (fed a batch the way the loader feeds it) and returns the images uncut from the padded
