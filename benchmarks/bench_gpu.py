@@ -243,7 +243,43 @@ def loaders(args) -> str:
              "cache), then the second epoch is timed whole; `epoch setup s` = its iter() to first batch. `ratio` = (s/image masked) / (s/image full): the goal "
              "`masked epoch <= 1.05 x kept fraction x full epoch` is `ratio <= 1.05`.", "",
              *LOADER_TABLE, *rows]
+    if args.scaling:
+        lines += ["", *_scaling(args, dev, data)]
     return "\n".join(lines)
+
+
+def _scaling(args, dev: torch.device, data: Path) -> list[str]:
+    """ffcv CPU decode with 1, 2, 4, ... workers (exactly that many: the rest of the cores are
+    kept free), ``--scaling-batches`` batches of ``--scaling-batch`` per timed epoch.
+
+    Why: the H200 host gave ~600 img/s per worker with 16 workers, where one thread of a 2-core
+    CPU machine gives ~1,400-1,800 img/s on the same kind of images (benchmarks/bench_decode.py).
+    Per-worker rates that fall as workers are added point at the loader's serial part or the
+    host (hyperthreads, memory); a flat per-worker rate points at the decode itself."""
+    rows, one = [], None
+    for nw in [int(v) for v in args.scaling.split(",")]:
+        try:
+            with _reserve(max(loader_cores() - nw, 0)):
+                ld = make_loader(data, "train", fmt="ffcv", decode="cpu", aug=AugSpec.for_train(),
+                                 batch_size=args.scaling_batch, resolution=args.resolution, device=dev,
+                                 num_workers=nw, channels_last=dev.type == "cuda")
+                r = _time_loader(ld, dev, args.scaling_batches)
+                del ld
+        except Exception as e:  # noqa: BLE001
+            rows.append(f"| {nw} | **failed: {type(e).__name__}: {e}** | | | | |")
+            continue
+        # after the first batch: a short timed epoch would otherwise be mostly its set-up
+        after = r["seconds"] - r["first_batch_s"]
+        ips = (r["images"] - args.scaling_batch) / after if after > 0 and r["images"] > args.scaling_batch else 0.0
+        one = one or (ips / nw if ips else None)
+        rows.append(f"| {nw} | {r['images']:,} | {r['first_batch_s']:.2f} | {ips:,.0f} | {ips / nw:,.0f} | "
+                    f"{_f(None if not one else ips / nw / one, '.2f')} |")
+        print(rows[-1], flush=True)
+    return [f"#### Scaling: ffcv CPU decode by worker count ({args.resolution} px, batch {args.scaling_batch}, "
+            f"{args.scaling_batches} batches per timed epoch, {dev.type})", "",
+            "img/s counts the batches after the first (`first batch s`: the epoch's set-up and first batch).", "",
+            "| workers | images timed | first batch s | img/s | img/s per worker | per worker vs the first row |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |", *rows]
 
 
 # ------------------------------------------------------------------------------- train
@@ -521,6 +557,10 @@ def main(argv: list[str] | None = None) -> int:
     sp = sub.choices["loaders"]
     sp.add_argument("--kept", default=DEFAULT_KEPT, help="kept class fractions (first must be 1.0)")
     sp.add_argument("--max-batches", type=int, default=None)
+    sp.add_argument("--scaling", default=None, metavar="N,N,...",
+                    help="also time ffcv CPU decode with each of these worker counts, e.g. 1,2,4,8,16")
+    sp.add_argument("--scaling-batch", type=int, default=256)
+    sp.add_argument("--scaling-batches", type=int, default=24, help="batches per timed epoch of the scaling rows")
     sp = sub.choices["train"]
     sp.add_argument("--recipe", default="resnet18_surrogate")
     sp.add_argument("--epochs", type=int, default=3)

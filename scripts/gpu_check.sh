@@ -27,7 +27,8 @@
 #             (cudnn.benchmark), 16 vs 14 workers, data wait, bad inputs, GPU vs CPU decode
 #   models    RN-50 / RN-101 at 192 px batch 1024, ViT-B/16 at 224 px: >= 10 steps, img/s, GiB
 #   fm        bench_kmeans: fused tensor-core kernel vs GEMM + re-check vs torch; Lloyd/iter
-#   loaders   ffcv CPU / GPU decode, full and 20 % of classes, epoch set-up time
+#   loaders   ffcv CPU / GPU decode, full and 20 % of classes, epoch set-up time; CPU decode
+#             with 2/4/8/16 workers (does the rate per worker hold?)
 #   compile   the torch.compile GPU tests
 #
 # Output ($OUT): summary.md (every stage's status and Markdown section; publish it here with
@@ -188,7 +189,7 @@ RACE_ARGS=(--device cuda)
 TRAIN_ARGS=(--epochs 2 --loaders ffcv:cpu,ffcv:gpu --workers-list "$NPROC,$(( NPROC > 2 ? NPROC - 2 : 1 ))")
 MODEL_ARGS=()
 FM_ARGS=(--iters 20 --warmup 1 --repeats 3 --gemm-chunk-mb 128 --check-rows 1024 --max-materialize-gb 0)
-LOADER_ARGS=(--loaders ffcv:cpu,ffcv:gpu --kept 1.0,0.2)
+LOADER_ARGS=(--loaders ffcv:cpu,ffcv:gpu --kept 1.0,0.2 --scaling 2,4,8,16 --scaling-batches 16)
 if [ "$SMOKE" = 1 ]; then
   # CPU rehearsal of every stage at toy sizes (tests/test_gpu_check.py): same plumbing, no GPU.
   SYNTH="synth:costtable,num_superclasses=4,classes_per_superclass=2,train_per_class=12,val_per_class=2,image_size=48"
@@ -207,7 +208,8 @@ if [ "$SMOKE" = 1 ]; then
               --epochs 2 --ceiling-steps 2 --ceiling-warmup 1 --set model.width=8 --loaders ffcv:cpu,ffcv:gpu)
   MODEL_ARGS=(--device cpu --models resnet18:32:4,vit_b_16:32:2 --warmup 1 --steps 1)
   FM_ARGS=(--cpu-smoke --n 3000 --k 16 --targets 200 --iters 3)
-  LOADER_ARGS=(--device cpu --batch-size 8 --resolution 32 --workers 1 --loaders ffcv:cpu,ffcv:gpu --kept 1.0,0.5)
+  LOADER_ARGS=(--device cpu --batch-size 8 --resolution 32 --workers 1 --loaders ffcv:cpu,ffcv:gpu --kept 1.0,0.5
+               --scaling 1,2 --scaling-batch 8 --scaling-batches 2)
 fi
 
 [ -n "$MODELS" ] && MODEL_ARGS=(--models "$MODELS" "${MODEL_ARGS[@]}")

@@ -186,6 +186,9 @@ def test_every_stage_ran_and_reported(smoke_run):
     # every loader x kept-fraction row and every training run produced numbers
     loader_rows = [ln for ln in summary.splitlines() if re.match(r"^\| ffcv \| (cpu|gpu) \|", ln)]
     assert len(loader_rows) == 2 * 2 and not any("failed" in ln for ln in loader_rows)
+    scaling = summary.split("#### Scaling: ffcv CPU decode by worker count")[1].split("\n\n_")[0]
+    assert [ln.split("|")[1].strip() for ln in scaling.splitlines() if re.match(r"^\| \d+ \|", ln)] == ["1", "2"]
+    assert "failed" not in scaling
     train_rows = [ln for ln in summary.splitlines() if re.match(r"^\| ffcv \+ (cpu|gpu) decode \|", ln)]
     assert len(train_rows) == 3 and not any("failed" in ln for ln in train_rows)  # cpu x 2 worker counts + gpu
     assert "cudnn.benchmark=" in summary and "val top-1 GPU decode" in summary
