@@ -578,7 +578,8 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
     ("model", "stem_stride"): (0, None, False, True),
     ("model", "image_size"): (0, MAX_RESOLUTION, False, True),
     ("finetune", "resolution"): (0, MAX_RESOLUTION, False, True),
-    ("adv", "steps"): (0, None, True, True),
+    ("adv", "steps"): (0, 100, True, True),  # PGD steps per training step: 3 in the paper; over 100 is a typo
+                                           # that multiplies the pretraining cost (PGD-100 is an eval attack)
     ("adv", "eps"): (0, None, True, True),
     ("adv", "step_size"): (0, None, True, True),
 }

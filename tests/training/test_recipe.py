@@ -200,6 +200,15 @@ def test_overrides_apply_to_a_recipe_object_too():
         load_recipe("resnet18_tiny_cpu", "train.epochs=3")
 
 
+def test_adversarial_steps_are_bounded():
+    """PGD steps per training step multiply the pretraining cost (the paper uses 3): a typo like
+    300 is refused at load with the range, before any work; 100 still loads."""
+    extra = ["adv.eps=3/255"]
+    assert load_recipe("resnet18_tiny_cpu", ["adv.steps=100", *extra]).adv.steps == 100
+    with pytest.raises(DP4TLError, match=r"adv.steps = 101 is impossible; it must be in \[0, 100\]"):
+        load_recipe("resnet18_tiny_cpu", ["adv.steps=101", *extra])
+
+
 def test_training_overrides_leave_out_the_scoring_section_only():
     """A stage key of trained weights holds the overrides that can change them: scoring.* ones
     (read after training) are left out, every other one stays, in order."""
