@@ -1,0 +1,31 @@
+"""benchmarks/bench_kmeans.py helpers that run on the CPU: ``bf16_exact`` rounds float32 the way
+a bf16 autocast forward pass does (the FM features whose re-check share the GPU row measures),
+ties to even, so that row times the product's case and not an approximation of it."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_kmeans_under_test", REPO / "benchmarks" / "bench_kmeans.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bf16_exact_equals_torchs_bfloat16_rounding():
+    x = np.random.default_rng(0).standard_normal((512, 64)).astype(np.float32) * 30
+    x[0, :4] = [1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 0.0]  # ties: to even, both signs
+    got = _bench().bf16_exact(x)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    assert np.array_equal(got, torch.from_numpy(x).to(torch.bfloat16).float().numpy())
+    assert got[0, 0] == 1.0 and got[0, 1] == 1 + 2**-6 and got[0, 2] == -1.0
+    assert np.array_equal(_bench().bf16_exact(got), got)  # already exact: unchanged
