@@ -4,17 +4,12 @@ rate), and the decode share is decode time over the loader's time per image."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
+from repo_scripts import load_script
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_decode", REPO / "benchmarks" / "bench_decode.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/bench_decode.py")
 
 
 def test_prediction_scales_the_hosts_per_worker_rate_by_this_machines_ratio():

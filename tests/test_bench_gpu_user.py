@@ -4,21 +4,16 @@ a fresh loader's first), and the "surrogate reused" total is pretraining + LM se
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 import types
-from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _user():
-    spec = importlib.util.spec_from_file_location("bench_gpu_user", REPO / "benchmarks" / "bench_gpu_user.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/bench_gpu_user.py")
 
 
 def _run(epoch_s: list[float], epoch_samples: list[int], **extra) -> dict:

@@ -3,22 +3,15 @@ a bf16 autocast forward pass does (the FM features whose re-check share the GPU 
 ties to even, so that row times the product's case and not an approximation of it."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
+from repo_scripts import load_script
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_kmeans_under_test", REPO / "benchmarks" / "bench_kmeans.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/bench_kmeans.py")
 
 
 def test_bf16_exact_equals_torchs_bfloat16_rounding():

@@ -8,7 +8,6 @@ callers included; the limits test holds the one-call budget.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -18,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from repo_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
@@ -25,10 +25,7 @@ ORDER = ["env", "pytest", "build", "pipeline", "costtable", "race", "train", "mo
 
 
 def _publish():
-    spec = importlib.util.spec_from_file_location("publish_gpu", REPO / "benchmarks" / "publish_gpu.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/publish_gpu.py")
 
 
 def _limits(env: dict | None = None, plan: str = "--all") -> dict[str, int]:
@@ -286,10 +283,7 @@ def test_costtable_preset_is_imagenet_like():
 
 
 def _bench_gpu():
-    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "benchmarks" / "bench_gpu.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/bench_gpu.py")
 
 
 def test_models_stage_fails_only_for_a_model_that_failed(tmp_path):
@@ -350,9 +344,7 @@ def test_race_probe_control_runs_the_loaders_side_stream_decode(monkeypatch):
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
-    spec = importlib.util.spec_from_file_location("bench_gpu_user", REPO / "benchmarks" / "bench_gpu_user.py")
-    user = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(user)
+    user = load_script("benchmarks/bench_gpu_user.py")
     handover = []  # what the training stream is told: wait for the decode, keep the canvas
     side = types.SimpleNamespace(synchronize=lambda: None)
     main = types.SimpleNamespace(wait_event=lambda e: handover.append(("wait", e)))

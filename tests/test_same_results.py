@@ -2,18 +2,14 @@
 folders, and catches any other change."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+from repo_scripts import load_script
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _main():
-    spec = importlib.util.spec_from_file_location("same_results", REPO / "scripts" / "same_results.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
+    return load_script("scripts/same_results.py").main
 
 
 BEFORE = {"config": {"runs_root": "/tmp/a/runs", "ratio": 0.6},

@@ -1,16 +1,13 @@
 """benchmarks/bench_scale.py at a tiny size: every step runs and the section is written."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+from repo_scripts import load_script
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_bench_scale_smoke(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "benchmarks" / "bench_scale.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("benchmarks/bench_scale.py")
     report = tmp_path / "B.md"
     report.write_text("# Benchmarks\n\n## Other\n\nkept\n")
     assert mod.main(["--smoke", "--report", str(report), "--out", str(tmp_path / "ds")]) == 0

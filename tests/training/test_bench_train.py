@@ -1,17 +1,12 @@
 """benchmarks/bench_train.py runs end to end (CPU smoke) and writes its Markdown section."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from repo_scripts import load_script
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_train", REPO / "benchmarks" / "bench_train.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/bench_train.py")
 
 
 def test_cpu_smoke_writes_ceiling_loader_and_training_rows(source_dir, tmp_path):
