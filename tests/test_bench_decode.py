@@ -4,8 +4,8 @@ rate), and the decode share is decode time over the loader's time per image."""
 from __future__ import annotations
 
 import argparse
-from repo_scripts import load_script
 
+from repo_scripts import load_script
 
 
 def _bench():

@@ -8,8 +8,8 @@ import re
 import types
 
 import pytest
-from repo_scripts import load_script
 
+from repo_scripts import load_script
 
 
 def _user():

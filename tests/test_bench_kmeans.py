@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from repo_scripts import load_script
 
+from repo_scripts import load_script
 
 
 def _bench():

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from repo_scripts import load_script
 
 REPO = Path(__file__).resolve().parents[1]

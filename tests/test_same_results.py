@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from repo_scripts import load_script
 
+from repo_scripts import load_script
 
 
 def _main():

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from repo_scripts import load_script
 
+from repo_scripts import load_script
 
 
 def test_bench_scale_smoke(tmp_path, capsys):

@@ -4,7 +4,6 @@ from __future__ import annotations
 from repo_scripts import load_script
 
 
-
 def _load():
     return load_script("benchmarks/bench_train.py")
 
