@@ -121,8 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     texts = []
     for path in [*args.summary, *([args.notes] if args.notes else [])]:
+        what = "--notes file" if path is args.notes else "summary"
+        if path.is_dir():
+            raise SystemExit(f"publish_gpu: {what} {path} is a folder; give the file (summary.md, notes .md)")
         if not path.is_file():
-            raise SystemExit(f"publish_gpu: {path} does not exist; run scripts/gpu_check.sh first")
+            hint = "write it first" if path is args.notes else "run scripts/gpu_check.sh first"
+            raise SystemExit(f"publish_gpu: {what} {path} does not exist; {hint}")
         try:
             texts.append(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError:

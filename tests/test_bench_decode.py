@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from repo_scripts import load_script
 
 
@@ -31,3 +33,14 @@ def test_prediction_scales_the_hosts_per_worker_rate_by_this_machines_ratio():
     assert "| 2,000 |" in rows["ffcv loader, JPEG only/1"] and "| 115 |" in rows["ffcv loader, 50% stored raw/1"]
     assert "The decode alone is 50% of the JPEG-only loader's time per image" in text
     assert text.startswith(f"## {bd.SECTION}\n")
+
+
+@pytest.mark.parametrize("text, ok", [("0.5,0.9", [0.5, 0.9]), ("0.25", [0.25]), ("1", None), ("0", None),
+                                      ("x", None), ("0.5,", None)])
+def test_raw_fractions_are_checked_where_they_are_parsed(text, ok):
+    parse = _bench().raw_fractions
+    if ok is None:
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)
+    else:
+        assert parse(text) == ok

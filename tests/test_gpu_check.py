@@ -265,8 +265,15 @@ def test_publish_refuses_other_files(tmp_path):
     bad.write_text("hello\n")
     with pytest.raises(SystemExit, match="not a gpu_check summary"):
         _publish().main([str(bad), "--report", str(tmp_path / "B.md")])
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(SystemExit, match="summary .*missing.md does not exist; run scripts/gpu_check.sh"):
         _publish().main([str(tmp_path / "missing.md"), "--report", str(tmp_path / "B.md")])
+    good = tmp_path / "summary.md"
+    good.write_text(_fake_summary("NVIDIA H9", "env", ""))
+    with pytest.raises(SystemExit, match="--notes file .*nope.md does not exist; write it first"):
+        _publish().main([str(good), "--notes", str(tmp_path / "nope.md"), "--report", str(tmp_path / "B.md")])
+    with pytest.raises(SystemExit, match="--notes file .* is a folder"):
+        _publish().main([str(good), "--notes", str(tmp_path), "--report", str(tmp_path / "B.md")])
+    assert not (tmp_path / "B.md").exists()  # refused before writing
 
 
 def test_costtable_preset_is_imagenet_like():
