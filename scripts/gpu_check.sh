@@ -61,6 +61,10 @@ MODELS=""
 declare -A LIMIT_ARG=()
 while [ $# -gt 0 ]; do
   case "$1" in
+    --only|--limit|--pytest-k|--pipeline-methods|--models)
+      if [ $# -lt 2 ] || [ -z "$2" ]; then echo "gpu_check: $1 needs a value (see --help)" >&2; exit 2; fi ;;
+  esac
+  case "$1" in
     --all) MODE=all; STAGES=$ORDER; shift ;;
     --only) MODE=only; STAGES=${2//,/ }; shift 2 ;;
     --limit) st=${2%%=*}; v=${2#*=}

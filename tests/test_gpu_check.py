@@ -71,8 +71,9 @@ def test_a_follow_up_call_runs_its_stages_in_the_order_given_with_its_own_limits
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[:3] == ["compile %d" % lim["compile"], "env 7", "sum %d" % (lim["compile"] + 7)]
     for bad, named in ((["--only", "env,nope"], "unknown stage nope"), (["--limit", "nope=3"], "--limit nope=3"),
-                       (["--limit", "env=soon"], "--limit env=soon")):
-        res = subprocess.run(["bash", str(SCRIPT), *bad, "--limits"], capture_output=True, text=True, timeout=30)
+                       (["--limit", "env=soon"], "--limit env=soon"), (["--only", ""], "--only needs a value"),
+                       (["--pytest-k"], "--pytest-k needs a value")):
+        res = subprocess.run(["bash", str(SCRIPT), "--limits", *bad], capture_output=True, text=True, timeout=30)
         assert res.returncode == 2 and res.stderr.startswith("gpu_check: ") and named in res.stderr, res.stderr
 
 
