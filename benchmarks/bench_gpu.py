@@ -18,11 +18,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import importlib
-import importlib.metadata
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -109,68 +106,11 @@ def kept_classes(num_classes: int, kept: float, seed: int = 0) -> list[int]:
 
 # ------------------------------------------------------------------------------- env
 def env(args) -> str:
-    """Device, driver, versions, glibc, ffcv import, and our CUDA kernels compiled via NVRTC."""
-    rows: list[tuple[str, str]] = [("python", platform.python_version()),
-                                   ("glibc", " ".join(platform.libc_ver())),
-                                   ("cpu cores", str(os.cpu_count()))]
-    for mod in ("torch", "torchvision", "numpy", "numba", "cupy", "cv2", "ffcv", "webdataset"):
-        try:
-            m = importlib.import_module(mod)
-            try:  # ffcv 1.0.2's __version__ still says 0.0.3rc1: trust the installed metadata
-                version = importlib.metadata.version(mod)
-            except importlib.metadata.PackageNotFoundError:
-                version = str(getattr(m, "__version__", "imported"))
-            rows.append((mod, version))
-        except Exception as e:  # noqa: BLE001 - the point is to report it
-            rows.append((mod, f"**import failed**: {type(e).__name__}: {e}"))
-    try:
-        importlib.import_module("ffcv.loader")
-        rows.append(("ffcv.loader", "imports"))
-    except Exception as e:  # noqa: BLE001
-        rows.append(("ffcv.loader", f"**import failed**: {type(e).__name__}: {e}"))
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        rows += [("gpu", f"{p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs"),
-                 ("torch CUDA", str(torch.version.cuda)), ("cuDNN", str(torch.backends.cudnn.version()))]
-    else:
-        rows.append(("gpu", "none visible to torch"))
-    try:
-        import cupy as cp
+    """Device, driver, versions, glibc, ffcv import, cores and loader workers, and our CUDA
+    kernels compiled via NVRTC: ``ffcv_dp4tl.environment`` (what ``dp4tl env`` prints)."""
+    from ffcv_dp4tl.environment import as_markdown, report
 
-        from ffcv_dp4tl import kernels
-        from ffcv_dp4tl.kernels import cuda as kcuda
-        from ffcv_dp4tl.kernels.cuda_source import KERNEL_NAMES
-
-        rows += [("CUDA driver / runtime (CuPy)",
-                  f"{cp.cuda.runtime.driverGetVersion()} / {cp.cuda.runtime.runtimeGetVersion()}")]
-        t0 = time.perf_counter()
-        mod = kcuda._module()
-        for name in KERNEL_NAMES:
-            mod.get_function(name)
-        rows.append(("FM kernels (NVRTC compile)", f"{len(KERNEL_NAMES)} kernels in {time.perf_counter() - t0:.1f} s"))
-        rows.append(("kernels.cuda_available()", str(kernels.cuda_available())))
-        try:  # own module: mma.sync needs sm_80+, and a failure must not hide the others
-            from ffcv_dp4tl.kernels import fused as kfused
-
-            t0 = time.perf_counter()
-            fmod = kfused._module()
-            for name in kfused.FUSED_KERNELS:
-                fmod.get_function(name)
-            rows.append(("fused BF16 mma kernels (NVRTC)", f"{len(kfused.FUSED_KERNELS)} kernels in {time.perf_counter() - t0:.1f} s"))
-        except Exception as e:  # noqa: BLE001
-            rows.append(("fused BF16 mma kernels", f"**failed**: {type(e).__name__}: {e}"))
-    except Exception as e:  # noqa: BLE001
-        rows.append(("CuPy kernels", f"**failed**: {type(e).__name__}: {e}"))
-    try:
-        from torchvision.io import decode_jpeg, encode_jpeg
-
-        img = torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)
-        out = decode_jpeg([encode_jpeg(img)], device="cuda" if torch.cuda.is_available() else "cpu")
-        rows.append(("torchvision decode_jpeg (batched, device)", f"ok, {tuple(out[0].shape)} on {out[0].device}"))
-    except Exception as e:  # noqa: BLE001
-        rows.append(("torchvision decode_jpeg", f"**failed**: {type(e).__name__}: {e}"))
-    lines = ["### Environment", "", "| what | value |", "| --- | --- |", *(f"| {a} | {b} |" for a, b in rows)]
-    return "\n".join(lines)
+    return "\n".join(["### Environment", "", as_markdown(report())])
 
 
 # ------------------------------------------------------------------------------- loaders

@@ -1,4 +1,5 @@
-"""``dp4tl recipes`` and ``dp4tl models``: what a recipe name or ``--arch`` can be."""
+"""``dp4tl recipes`` and ``dp4tl models``: what a recipe name or ``--arch`` can be; ``dp4tl env``:
+what this machine offers a run."""
 from __future__ import annotations
 
 from typing import List, Optional
@@ -67,3 +68,15 @@ def models() -> None:
     for name in names:
         rs = used.get(name)
         typer.echo(f"{name:<{width}}  {'recipes: ' + ', '.join(rs) if rs else ''}".rstrip())
+
+
+@app.command()
+def env(
+    kernels: bool = typer.Option(True, "--kernels/--no-kernels",
+                                 help="Also compile our CUDA kernels (NVRTC) and try nvJPEG (seconds)"),
+) -> None:
+    """Show what this machine offers a run: versions, GPUs, cores and loader workers, where
+    decode=auto decodes, the CUDA kernels and nvJPEG. Paste it into a bug report."""
+    from ..environment import as_text, report
+
+    typer.echo(as_text(report(check_kernels=kernels)))
