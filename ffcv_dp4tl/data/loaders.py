@@ -26,7 +26,10 @@ __all__ = ["AugSpec", "MaskedLoader", "make_loader", "resolve_decode"]
 #: CPU cores per GPU below which ``decode="auto"`` decodes on the GPU. Measured on the H100
 #: host (BENCHMARKS.md, GPU check): ffcv's CPU decode gave ~1,230 img/s per core (19.7k img/s on
 #: 16 cores, 160 px crops) and the batched nvJPEG path ~9.8k img/s, so the GPU only pays off
-#: with fewer than ~8 cores feeding each GPU.
+#: with fewer than ~8 cores feeding each GPU. The H200 host (2026-12-04, 256 px q90 JPEGs) is a
+#: data point against it: at 16 cores nvJPEG fed 11.4k img/s and CPU decode 9.8k (~600 img/s per
+#: worker). Kept until the GPU check's scaling rows say why that host's rate per worker was low
+#: (docs/gpu.md); ``data.decode=gpu`` chooses the GPU there.
 AUTO_GPU_DECODE_MAX_CORES = 8
 
 
