@@ -5,8 +5,9 @@
     python benchmarks/publish_gpu.py call1/summary.md call2/summary.md --notes docs/gpu-notes.md
 
 The summary already names the device, versions (its Environment table), command and date; this
-puts it under one ``## GPU check (<device>)`` section (headings demoted one level), replacing the
-previous run's section of the same device and leaving every other section untouched. A task's
+puts it under one ``## GPU check (<device>, <date>)`` section (headings demoted one level),
+replacing a section of the same device and date (a re-publish) and leaving every other section
+untouched: a later run on the same device gets its own section, beside the earlier one. A task's
 device time may go to more than one call (a follow-up ``gpu_check.sh --only ...`` for what the
 first call's limits cut): several summaries of one device become one section, a ``### Call i of
 n`` part each, in the order given. ``--notes`` puts a Markdown file (what the numbers mean, read
@@ -41,6 +42,9 @@ def section(summary: str, demote: int = 1) -> tuple[str, str]:
     host = next((ln for ln in lines if ln.startswith("Host: ")), "")
     m = re.match(r"Host: ([^,;]+)", host)
     device = m.group(1).strip() if m else "unknown device"
+    when = re.search(r"date (\d{4}-\d{2}-\d{2}) ", summary)
+    if when:
+        device += f", {when.group(1)}"
     body = [("#" * demote + ln) if ln.startswith("#") else ln for ln in lines[1:]]
     # a run report's figures stay on the GPU host (only summary.md and logs.txt come back)
     body = [re.sub(r"!\[([^\]]*)\]\((?!https?://)[^)]*\)", r"(figure on the GPU host, not carried back: \1)", ln)
@@ -58,9 +62,10 @@ def sections(summaries: list[tuple[str, str]], notes: str | None = None) -> tupl
             t, b = section(text, demote=2)
             titles.append(t)
             parts.append(f"### Call {i} of {len(summaries)}\n\n{b}")
-        if len(set(titles)) > 1:
+        devices = {re.sub(r", \d{4}-\d{2}-\d{2}\)$", ")", t) for t in titles}  # calls may cross midnight
+        if len(devices) > 1:
             raise SystemExit("publish_gpu: the summaries come from different devices "
-                             f"({', '.join(sorted(set(titles)))}); publish each device on its own")
+                             f"({', '.join(sorted(devices))}); publish each device on its own")
         title, body = titles[0], "\n".join(parts)
     if notes:
         body = notes.strip() + "\n\n" + body

@@ -243,19 +243,30 @@ def test_publish_puts_several_calls_of_one_device_in_one_section_with_notes(tmp_
     pub = _publish()
     assert pub.main([str(one), str(two), "--notes", str(notes), "--report", str(report)]) == 0
     text = report.read_text()
-    new = text.split("## GPU check (NVIDIA H9)")[1]
+    new = text.split("## GPU check (NVIDIA H9, 2026-12-04)")[1]
     assert new.index("**What this run showed.**") < new.index("### Call 1 of 2") < new.index("### Call 2 of 2")
     assert "##### GPU decode: stream race probe" in new and "##### resnet18 trained" in new
     assert "(selection.png)" not in new and "(figure on the GPU host, not carried back: kept)" in new
-    old = text.split("## GPU check (NVIDIA H9)")[0]
+    old = text.split("## GPU check (NVIDIA H9, 2026-12-04)")[0]
     assert "Pending" not in old
     assert "0.0305 s per Lloyd iteration" in old  # from call 1
     assert "race probe: the race is real here" in old and "0 training batches with NaN/Inf" in old  # 1 and 2
     assert "0.50 points apart (two separately trained runs, not one model" in old  # an old-style gap says so
     assert pub.main([str(one), str(two), "--notes", str(notes), "--report", str(report)]) == 0
     assert report.read_text() == text  # republishing replaces, never duplicates
+    later = tmp_path / "later.md"  # the same device another day: a section of its own beside this one
+    later.write_text(_fake_summary("NVIDIA H9", "fm", "### later").replace("2026-12-04", "2026-12-09"))
+    assert pub.main([str(later), "--report", str(report)]) == 0
+    titles = [ln for ln in report.read_text().splitlines() if ln.startswith("## GPU check")]
+    assert titles == ["## GPU check (Old GPU)", "## GPU check (NVIDIA H9, 2026-12-04)",
+                      "## GPU check (NVIDIA H9, 2026-12-09)"]
+    text = report.read_text()
     other = tmp_path / "other.md"
     other.write_text(_fake_summary("NVIDIA A1", "env", ""))
+    past_midnight = tmp_path / "next_day.md"  # a task's second call after midnight: still one device
+    past_midnight.write_text(_fake_summary("NVIDIA H9", "train", "### more").replace("2026-12-04", "2026-12-05"))
+    assert pub.main([str(one), str(past_midnight), "--report", str(tmp_path / "midnight.md")]) == 0
+    assert "## GPU check (NVIDIA H9, 2026-12-04)" in (tmp_path / "midnight.md").read_text()
     with pytest.raises(SystemExit, match="different devices"):
         pub.main([str(one), str(other), "--report", str(report)])
     assert report.read_text() == text
