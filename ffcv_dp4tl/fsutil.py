@@ -223,10 +223,7 @@ def check_out_dir(path: str | os.PathLike, what: str = "--out", *, must_write: b
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise DataError(f"{what} {path} is a file, not a folder; choose a folder")
-    probe = _nearest_existing(path)
-    if probe.exists() and not probe.is_dir():
-        raise DataError(f"{what} {path}: {probe} is a file, so no folder can be made there; "
-                        "choose another path")
+    probe = _through_no_file(path, path, what, "folder")
     if must_write and probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
         why = "read-only file system" if _read_only_fs(probe) else "no write permission"
         raise DataError(f"{what} {path}: cannot write in {probe} ({why}); choose a writable folder")
@@ -240,6 +237,18 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
+def _through_no_file(path: Path, folder: Path, what: str, made: str) -> Path:
+    """The nearest existing of ``folder`` and its ancestors, refused when it is a file: no
+    ``made`` (file or folder) at ``path`` could be created through it."""
+    from .errors import DataError
+
+    probe = _nearest_existing(folder)
+    if probe.exists() and not probe.is_dir():
+        raise DataError(f"{what} {path}: {probe} is a file, so no {made} can be made there; "
+                        "choose another path")
+    return probe
+
+
 def check_out_file(path: str | os.PathLike, what: str) -> Path:
     """Refuse, before any work, an output file that cannot be one: a folder, or a file whose
     folder :func:`check_out_dir` refuses (e.g. ``--report`` pointing at a directory)."""
@@ -249,10 +258,7 @@ def check_out_file(path: str | os.PathLike, what: str) -> Path:
     if path.is_dir():
         raise DataError(f"{what} {path} is a folder, not a file; give a file such as "
                         f"{path / 'BENCHMARKS.md'}")
-    probe = _nearest_existing(path.parent)
-    if probe.exists() and not probe.is_dir():
-        raise DataError(f"{what} {path}: {probe} is a file, so no file can be made there; "
-                        "choose another path")
+    _through_no_file(path, path.parent, what, "file")
     if path.exists() and not path.stat().st_mode & 0o222:
         # an atomic replace would bypass the protection (the folder is what is writable)
         raise DataError(f"{what} {path} is read-only; make it writable (chmod u+w) or choose "
