@@ -72,14 +72,14 @@ def loading() -> list[Row]:
     import torch
 
     from .data.loaders import AUTO_GPU_DECODE_MAX_CORES, resolve_decode
-    from .data.resources import RESERVED_ENV, available_cores, loader_cores, reserved_cores
+    from .data.resources import RESERVED_ENV, available_cores, loader_cores, reserved_cores, usable_workers
 
     rows: list[Row] = [("cpu cores", f"{os.cpu_count()} on the machine, {available_cores()} for this process "
                                      "(affinity: Slurm, containers)")]
     try:
         cores = loader_cores()
         free = reserved_cores(cores)
-        rows.append(("loader workers", f"at most {max(1, cores - free)}: {cores} cores for this process's "
+        rows.append(("loader workers", f"at most {usable_workers(cores)}: {cores} cores for this process's "
                                        f"loaders, {free} kept free for the training thread "
                                        f"(${RESERVED_ENV} sets that)"))
     except Exception as e:  # noqa: BLE001 - e.g. a bad $DP4TL_RESERVED_CORES

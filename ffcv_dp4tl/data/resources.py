@@ -14,7 +14,7 @@ import sys
 from ..errors import DataError, DP4TLError
 
 __all__ = ["RESERVED_ENV", "available_cores", "effective_workers", "env_int", "loader_cores",
-           "local_ranks", "raise_open_files_limit", "ranks_sharing", "reserved_cores"]
+           "local_ranks", "raise_open_files_limit", "ranks_sharing", "reserved_cores", "usable_workers"]
 
 
 def env_int(name: str, default: int, lowest: int, fix: str,
@@ -122,6 +122,13 @@ def loader_cores() -> int:
 _NOTED: set[tuple[int, int]] = set()
 
 
+def usable_workers(cores: int | None = None) -> int:
+    """The most loader workers this process runs: its loader cores (:func:`loader_cores`, or
+    ``cores``) less the :func:`reserved_cores`, at least 1."""
+    cores = loader_cores() if cores is None else cores
+    return max(1, cores - reserved_cores(cores))
+
+
 def effective_workers(requested: int) -> int:
     """``min(requested, cores - reserved_cores(cores))``: more loader workers than cores only
     slows the loader and the training thread down, and ffcv's numba pool refuses more than the
@@ -129,7 +136,7 @@ def effective_workers(requested: int) -> int:
     (a GPU node); on a smaller machine they run with what it leaves, with a one-time note on
     stderr. (``0`` = in-process loading, kept.)"""
     cores = loader_cores()
-    usable = max(1, cores - reserved_cores(cores))
+    usable = usable_workers(cores)
     if requested <= usable:
         return requested
     if (requested, usable) not in _NOTED:
