@@ -82,7 +82,9 @@ def dataset_dir(out: Path) -> Path:
     return out if (out / "manifest.json").exists() else out / "source"
 
 
-def build(synth: str, out: Path) -> tuple[Path, BuildResult]:
+def build(synth: str, out: Path, raw_fraction: float = 0.0) -> tuple[Path, BuildResult]:
+    """Build ``synth`` into ``out`` (reused when complete), as ``dp4tl build`` would; with
+    ``raw_fraction`` that share of the beton's images stored as raw pixels (proportion mode)."""
     from beton_builders import BuildOptions, build_dataset
     from beton_builders import writer as writer_mod
     from beton_builders.synth import parse_synth, synth_source
@@ -105,7 +107,8 @@ def build(synth: str, out: Path) -> tuple[Path, BuildResult]:
     resumed = (ddir / ".build").exists()
     # Same options as `dp4tl build SOURCE` (max side = the synth image size), so --out may
     # also point at a directory that command built.
-    opts = BuildOptions(max_side=cfg.image_size, workers=os.cpu_count() or 1, progress=True)
+    opts = BuildOptions(max_side=cfg.image_size, workers=os.cpu_count() or 1, progress=True,
+                        beton_mode="proportion" if raw_fraction else "jpg", raw_fraction=raw_fraction)
     beton_s = [0.0]
     orig = writer_mod.write_beton
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -40,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks._report import write_section  # noqa: E402
+from benchmarks.bench_data import build, machine_info, run_epoch, versions  # noqa: E402
 
 #: ImageNet-like JPEGs as the GPU check's cost table builds them (256 px, q90), fewer of them.
 DEFAULT_SYNTH = "synth:costtable,num_superclasses=4,classes_per_superclass=5,train_per_class=100,val_per_class=2"
@@ -50,20 +50,6 @@ H200_PER_WORKER = 9781 / 16
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def build(synth: str, out: Path, raw_fraction: float, workers: int) -> Path:
-    """Build ``synth`` into ``out`` (reused when complete) with ``raw_fraction`` stored raw."""
-    from beton_builders import BuildOptions, build_dataset
-    from beton_builders.synth import parse_synth, synth_source
-
-    cfg = parse_synth(synth)
-    opts = BuildOptions(max_side=cfg.image_size, workers=workers, progress=False,
-                        beton_mode="proportion" if raw_fraction else "jpg", raw_fraction=raw_fraction)
-    t0 = time.perf_counter()
-    build_dataset(synth_source(cfg), out, opts, source=synth)
-    log(f"built {out} (raw fraction {raw_fraction:g}) in {time.perf_counter() - t0:.1f} s")
-    return out
 
 
 def jpeg_bytes(ddir: Path) -> list[bytes]:
@@ -83,14 +69,6 @@ def decode_all(blobs: list[bytes], flag: int) -> float:
     return time.perf_counter() - t0
 
 
-def loader_epoch(ld, epoch: int) -> tuple[float, int]:
-    ld.set_epoch(epoch)
-    n, t0 = 0, time.perf_counter()
-    for batch in ld:
-        n += len(batch.labels)
-    return time.perf_counter() - t0, n
-
-
 def beton_bytes_per_image(ddir: Path) -> float:
     from ffcv_dp4tl.data.manifest import load_manifest
 
@@ -107,7 +85,7 @@ def measure(args, out: Path) -> dict:
 
     torch.set_num_threads(1)
     fractions = [0.0, *args.raw_fractions]
-    dirs = {f: build(args.synth, out / f"raw{f:g}", f, args.workers) for f in fractions}
+    dirs = {f: build(args.synth, out / f"raw{f:g}", f)[0] for f in fractions}
     blobs = jpeg_bytes(dirs[0.0])
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     kw = dict(aug=AugSpec.for_train(), batch_size=args.batch_size, resolution=args.resolution, seed=0)
@@ -132,7 +110,7 @@ def measure(args, out: Path) -> dict:
             if rnd:
                 best[key] = min(best.get(key, float("inf")), dt)
         for key, ld in loaders.items():
-            dt, n = loader_epoch(ld, rnd)
+            dt, n = run_epoch(ld, rnd)
             images[key] = n
             if rnd:
                 best[key] = min(best.get(key, float("inf")), dt)
@@ -141,7 +119,8 @@ def measure(args, out: Path) -> dict:
     sizes = {f: beton_bytes_per_image(d) for f, d in dirs.items()}
     h, w = cv2.imdecode(np.frombuffer(blobs[0], np.uint8), cv2.IMREAD_COLOR).shape[:2]
     return {"best": best, "images": images, "sizes": sizes, "cores": cores, "fractions": fractions,
-            "jpeg_bytes": float(np.mean([len(b) for b in blobs])), "px": (h, w)}
+            "jpeg_bytes": float(np.mean([len(b) for b in blobs])), "px": (h, w),
+            "machine": machine_info(), "versions": versions()}
 
 
 def markdown(args, r: dict) -> str:
@@ -168,8 +147,9 @@ def markdown(args, r: dict) -> str:
     h, w = r["px"]
     lines = [
         f"## {SECTION}", "",
-        f"**CPU** run, {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}. Machine: {platform.processor() or platform.machine()}, "
+        f"**CPU** run, {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}. Machine: {r['machine']['cpu']}, "
         f"{r['cores']} cores; load average {os.getloadavg()[0]:.2f} at the end.", "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".", "",
         f"Command: `python benchmarks/bench_decode.py {shlex.join(sys.argv[1:])}`", "",
         f"Data: `{args.synth}` train split ({r['images'][('decode', 'full')]:,} JPEGs of {w}x{h} px, q90, "
         f"{r['jpeg_bytes'] / 1024:.1f} KiB each on average), ffcv's train pipeline (random-resized crop to "
@@ -211,7 +191,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resolution", type=int, default=160)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="build processes")
     p.add_argument("--out", type=Path, default=None, help="keep (and reuse) the built data here")
     p.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md")
     p.add_argument("--no-report", action="store_true")

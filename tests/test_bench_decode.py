@@ -21,7 +21,8 @@ def test_prediction_scales_the_hosts_per_worker_rate_by_this_machines_ratio():
             ("loader", 0.0, 1): 0.5, ("loader", 0.5, 1): 0.4, ("normalised", 0.0, 1): 0.6,
             ("loader", 0.0, 2): 0.3}  # 2,000 / 2,500 / ... img/s
     r = {"best": best, "images": dict.fromkeys(best, n), "sizes": {0.0: 30 * 1024, 0.5: 115 * 1024},
-         "cores": 2, "fractions": [0.0, 0.5], "jpeg_bytes": 20 * 1024, "px": (256, 256)}
+         "cores": 2, "fractions": [0.0, 0.5], "jpeg_bytes": 20 * 1024, "px": (256, 256),
+         "machine": {"cpu": "Test CPU"}, "versions": {"python": "3.x", "ffcv": "1.0.2"}}
     args = argparse.Namespace(synth="synth:x", resolution=160, batch_size=128, rounds=3)
     text = bd.markdown(args, r)
     rows = {ln.split("|")[1].strip() + "/" + ln.split("|")[2].strip(): ln for ln in text.splitlines()
@@ -33,6 +34,7 @@ def test_prediction_scales_the_hosts_per_worker_rate_by_this_machines_ratio():
     assert "| 2,000 |" in rows["ffcv loader, JPEG only/1"] and "| 115 |" in rows["ffcv loader, 50% stored raw/1"]
     assert "The decode alone is 50% of the JPEG-only loader's time per image" in text
     assert text.startswith(f"## {bd.SECTION}\n")
+    assert "Machine: Test CPU, 2 cores" in text and "Versions: python 3.x, ffcv 1.0.2." in text
 
 
 @pytest.mark.parametrize("text, ok", [("0.5,0.9", [0.5, 0.9]), ("0.25", [0.25]), ("1", None), ("0", None),
