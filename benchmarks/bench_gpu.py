@@ -331,6 +331,7 @@ def train_stage(args) -> str:
     recipe = load_recipe(args.recipe, base + [f"data.num_workers={workers[0]}"])
     ceil = ceiling(recipe, manifest.num_classes, dev, args.ceiling_steps, args.ceiling_warmup)
     print(f"[train] ceiling {ceil}", flush=True)
+    title = f"### {recipe.model.arch} trained from each loader vs the synthetic ceiling ({dev.type})"
     rows = [f"| synthetic input on the device (ceiling) | – | – | {_f(ceil['img_per_s'])} | 100 % | – | – | – | – | – |"]
     goal, top1, bad_total = [], [], 0
     held: dict[str, tuple | str] = {}  # fmt -> its first CPU-decode run's model (or why none)
@@ -372,8 +373,7 @@ def train_stage(args) -> str:
                         f"{timings.get('setup', 0.0):.1f} | {bad} | {_f(peak, '.1f')} | "
                         f"{'–' if acc is None else format(acc, '.4f')} |")
             print(rows[-1], flush=True)
-            _partial(args, f"### {recipe.model.arch} trained from each loader vs the synthetic ceiling ({dev.type})",
-                     TRAIN_TABLE, rows)
+            _partial(args, title, TRAIN_TABLE, rows)
     best = max(goal, key=lambda g: g[1]) if goal else None
     verdict = ["no loader trained" if best is None else
                f"best: {best[0]} at {best[1]:,.0f} img/s = {100 * (best[2] or 0):.0f} % of the ceiling; goal >= 90 %: "
@@ -389,7 +389,7 @@ def train_stage(args) -> str:
             verdict.append(_decode_comparison(fmt, held.get(fmt), data, dev))
             print(f"[train] {verdict[-1]}", flush=True)
     held.clear()
-    lines = [f"### {recipe.model.arch} trained from each loader vs the synthetic ceiling ({dev.type})", "",
+    lines = [title, "",
              f"Recipe `{args.recipe}` with {', '.join(f'`{o}`' for o in base)}: {recipe.train.precision}, "
              f"channels_last={recipe.train.channels_last}, compile={recipe.train.compile}, batch {recipe.train.batch_size}, "
              f"{args.resolution} px. Steady state = mean img/s of epochs 2..{args.epochs} (epoch 1 pays pipeline "

@@ -84,19 +84,12 @@ def time_cpu(fn: Callable[[], Any], warmup: int, repeats: int) -> tuple[list[flo
 def bf16_exact(x):
     """``x`` (float32, CuPy or NumPy) rounded to the nearest BF16 value (ties to even), still
     float32: the values a bf16-autocast forward pass hands back."""
-    xp = cp_or_np(x)
+    from ffcv_dp4tl.kernels.checks import array_module
+
+    xp = array_module(x)
     u = x.view(xp.uint32)
     u = (u + (((u >> 16) & 1) + 0x7FFF)) & xp.uint32(0xFFFF0000)
     return u.view(xp.float32)
-
-
-def cp_or_np(x):
-    try:
-        import cupy
-
-        return cupy.get_array_module(x)
-    except ImportError:
-        return np
 
 
 def time_cupy(fn: Callable[[], Any], warmup: int, repeats: int) -> tuple[list[float], Any]:

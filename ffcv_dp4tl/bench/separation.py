@@ -38,6 +38,8 @@ from ..pipeline.truth import TRUTH_COLUMNS
 from .outputs import claim_out_dir
 
 REFERENCE = "0 %"
+#: held while a run appends to its folder's rows.jsonl
+EMBEDDED_LOCK = ".embedded.lock"
 MODES = ("lp", "ff")
 
 
@@ -226,9 +228,6 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
                     append_row(path, row)
         return rows
 
-
-#: held while a run appends to its folder's rows.jsonl
-EMBEDDED_LOCK = ".embedded.lock"
 
 #: the fields of a rows.jsonl line that the resume and the summary read, with their types
 _ROW_FIELDS = {"seed": int, "target": str, "method": str, "ratio": (int, float)}
