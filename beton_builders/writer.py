@@ -69,8 +69,9 @@ class BuildOptions:
     beton_mode: str = "jpg"
     raw_fraction: float = 0.0
     #: Encoder processes; default every core this process may run on (its affinity mask, a Slurm
-    #: or container limit), the rule of ``ffcv_dp4tl.data.resources.available_cores``, spelled
-    #: here because ``beton_builders`` sits below the data layer.
+    #: or ``--cpuset-cpus`` limit), the affinity part of ``ffcv_dp4tl.data.resources.available_cores``
+    #: (which also caps by a cgroup CPU quota), spelled here because ``beton_builders`` sits below
+    #: the data layer.
     workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0))
                          if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
     progress: bool = True

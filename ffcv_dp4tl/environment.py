@@ -2,10 +2,11 @@
 GPU check's ``env`` stage (``benchmarks/bench_gpu.py env``) publishes them.
 
 Why one place: on a cluster node the first questions are the same every time. Which versions
-are installed? Does ffcv import? Which GPUs does torch see? How many cores may the loaders use
-here (affinity, Slurm, torchrun's ranks, the cores kept free)? Where would ``decode="auto"``
-decode? Do our CUDA kernels compile through NVRTC, and does nvJPEG decode? A row that fails
-says why; nothing here raises.
+are installed? Does ffcv import? Which GPUs does torch see? What CPU is it (SMT, clock)? How
+many cores may the loaders use here (affinity, Slurm, a container's CPU quota, torchrun's ranks,
+the cores kept free), and which numba threading layer runs ffcv's loops? Where would
+``decode="auto"`` decode? Do our CUDA kernels compile through NVRTC, and does nvJPEG decode? A
+row that fails says why; nothing here raises.
 
 It imports the data layer and the kernels (not the pipeline), and only when asked.
 """
@@ -16,7 +17,10 @@ import importlib.metadata
 import os
 import platform
 import shutil
+import statistics
 import time
+from collections import Counter
+from pathlib import Path
 
 #: the packages whose versions a report lists, in this order
 PACKAGES = ("torch", "torchvision", "numpy", "numba", "cupy", "cv2", "ffcv", "webdataset")
@@ -67,15 +71,101 @@ def devices() -> list[Row]:
     return rows
 
 
+def _cpuinfo(path: str | Path = "/proc/cpuinfo") -> list[dict[str, str]]:
+    """``/proc/cpuinfo``, one ``{field: value}`` per logical CPU; [] where it cannot be read."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, ValueError):
+        return []
+    cpus = []
+    for block in text.split("\n\n"):
+        fields = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in block.splitlines())}
+        if "processor" in fields:  # (ARM adds a block about the board)
+            cpus.append(fields)
+    return cpus
+
+
+def _topology(cpus: list[dict[str, str]],
+              sysfs: str | Path = "/sys/devices/system/cpu") -> tuple[int, int, int] | None:
+    """(logical CPUs, physical cores, most threads on one core) as the kernel shows them: the CPUs
+    that list the same ``thread_siblings_list`` share a core; else /proc/cpuinfo's
+    ``(physical id, core id)`` pairs. None where neither is there (a VM shows its vCPUs' topology)."""
+    siblings = []
+    for f in Path(sysfs).glob("cpu[0-9]*/topology/thread_siblings_list"):
+        try:
+            siblings.append(f.read_text().strip())
+        except OSError:
+            pass
+    if not siblings and cpus and all("core id" in c for c in cpus):
+        siblings = [f"{c.get('physical id')}/{c['core id']}" for c in cpus]
+    if not siblings:
+        return None
+    per_core = Counter(siblings)
+    return len(siblings), len(per_core), max(per_core.values())
+
+
+def _cpu(cpuinfo: str | Path = "/proc/cpuinfo", sysfs: str | Path = "/sys/devices/system/cpu") -> str:
+    """The CPU model, logical CPUs against physical cores (two SMT threads of a core decode at
+    well under twice one thread's rate), the current clock (median over CPUs) and the cgroup CPU
+    quota: what makes one loader worker decode slower here than on another machine."""
+    from .data.resources import cpu_quota
+
+    cpus = _cpuinfo(cpuinfo)
+    model = next((c["model name"] for c in cpus if c.get("model name")), "") \
+        or platform.processor() or platform.machine()
+    topo = _topology(cpus, sysfs)
+    if topo is None:
+        parts = [f"{model}: {os.cpu_count()} logical CPUs (cores unknown)"]
+    else:
+        logical, cores, threads = topo
+        smt = f"SMT: {threads} threads per core" if threads > 1 else "no SMT"
+        parts = [f"{model}: {logical} logical CPUs on {cores} cores ({smt})"]
+    mhz = [float(c["cpu MHz"]) for c in cpus if c.get("cpu MHz", "").replace(".", "", 1).isdigit()]
+    if mhz:
+        parts.append(f"{statistics.median(mhz):.0f} MHz now (median over CPUs)")
+    quota = cpu_quota()
+    parts.append("no CPU quota" if quota is None else f"CPU quota: {quota:.1f} CPUs (cgroup)")
+    return ", ".join(parts)
+
+
+def _numba_threading() -> str:
+    """The threading layer numba runs ffcv's parallel loops on (its workers are numba threads):
+    the ``THREADING_LAYER`` setting, and the layer a trivial parallel function then loads (numba
+    picks one once per process: TBB, OpenMP, or its own ``workqueue`` when neither loads)."""
+    import numba
+
+    @numba.njit(parallel=True)
+    def total(n):  # pragma: no cover - compiled
+        s = 0
+        for i in numba.prange(n):
+            s += i
+        return s
+
+    setting = numba.config.THREADING_LAYER
+    total(8)
+    layer = numba.threading_layer()
+    fallback = ""
+    if layer == "workqueue" and setting != "workqueue":
+        fallback = " (numba's own pool: neither TBB nor OpenMP loaded)"
+    return (f"{layer}{fallback}; setting {setting!r} ($NUMBA_THREADING_LAYER), "
+            f"{numba.config.NUMBA_NUM_THREADS} threads at most ($NUMBA_NUM_THREADS)")
+
+
 def loading() -> list[Row]:
-    """What the loaders get here: cores, workers, where ``decode="auto"`` decodes, file limits."""
+    """What the loaders get here: the CPU, cores, workers, numba's threading layer, where
+    ``decode="auto"`` decodes, file limits."""
     import torch
 
     from .data.loaders import AUTO_GPU_DECODE_MAX_CORES, resolve_decode
     from .data.resources import RESERVED_ENV, available_cores, loader_cores, reserved_cores, usable_workers
 
-    rows: list[Row] = [("cpu cores", f"{os.cpu_count()} on the machine, {available_cores()} for this process "
-                                     "(affinity: Slurm, containers)")]
+    rows: list[Row] = []
+    try:
+        rows.append(("cpu", _cpu()))
+    except Exception as e:  # noqa: BLE001 - the point is to report it
+        rows.append(("cpu", _failed(e)))
+    rows.append(("cpu cores", f"{os.cpu_count()} on the machine, {available_cores()} for this process "
+                              "(affinity and cgroup CPU quota: Slurm, containers)"))
     try:
         cores = loader_cores()
         free = reserved_cores(cores)
@@ -84,6 +174,10 @@ def loading() -> list[Row]:
                                        f"(${RESERVED_ENV} sets that)"))
     except Exception as e:  # noqa: BLE001 - e.g. a bad $DP4TL_RESERVED_CORES
         rows.append(("loader workers", _failed(e)))
+    try:
+        rows.append(("numba threading layer", _numba_threading()))
+    except Exception as e:  # noqa: BLE001 - e.g. $NUMBA_THREADING_LAYER names a layer that does not load
+        rows.append(("numba threading layer", _failed(e)))
     if torch.cuda.is_available():
         per_gpu = available_cores() / torch.cuda.device_count()
         where = resolve_decode("auto", "cuda:0")
