@@ -27,6 +27,8 @@
 #             (cudnn.benchmark), 16 vs 14 workers, data wait, bad inputs, GPU vs CPU decode
 #   models    RN-50 / RN-101 at 192 px batch 1024, ViT-B/16 at 224 px: >= 10 steps, img/s, GiB
 #   fm        bench_kmeans: fused tensor-core kernel vs GEMM + re-check vs torch; Lloyd/iter
+#   kernels   the fused FM kernels under Nsight Compute (ncu: occupancy, stalls, throughput) and
+#             what the device's compiler made of every kernel (benchmarks/kernel_report.py)
 #   loaders   ffcv CPU / GPU decode, full and 20 % of classes, epoch set-up time; CPU decode
 #             with 2/4/8/16 workers (does the rate per worker hold?)
 #   compile   the torch.compile GPU tests
@@ -36,22 +38,23 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
-BUDGET=${GPU_CHECK_BUDGET:-540}
+BUDGET=${GPU_CHECK_BUDGET:-550}
 INSTALL_S=10  # wheel install + summary writing, outside the stages
-ORDER="env pytest build pipeline costtable race train models fm loaders compile"
+ORDER="env pytest build pipeline costtable race train models fm kernels loaders compile"
 # Stage limits from the H200 run of 2026-12-04 (seconds taken there in brackets; docs/gpu.md):
-# env [23], pytest [~125 for all 20 tests: 16 in 72 s, 3 more in 42 s], build [35, 42],
+# env [23; +numba's parallel-layer probe since], pytest [~125 for all 20 tests: 16 in 72 s, 3 more in 42 s], build [35, 42],
 # pipeline [141 per method run incl. the surrogate, ~100 with it cached], costtable [99],
 # race [~15], train [83], models [~25 for RN-50 + RN-101, 15 for ViT-B/16], fm [27, before the voting split],
-# loaders [> 23: cut], compile [never reached]. All of them (~900 s) take two device calls.
-declare -A LIMIT=([env]=25 [pytest]=130 [build]=50 [pipeline]=260 [costtable]=120 [race]=20 [train]=100
-                  [models]=45 [fm]=45 [loaders]=70 [compile]=45)
+# loaders [> 23: cut], compile [never reached]; kernels [new: ncu ~15 s + the compiler report ~5 s].
+# All of them (~920 s) take two device calls.
+declare -A LIMIT=([env]=30 [pytest]=130 [build]=50 [pipeline]=260 [costtable]=120 [race]=20 [train]=100
+                  [models]=45 [fm]=45 [kernels]=25 [loaders]=70 [compile]=45)
 # What the next device run must show (docs/gpu.md, "What the device runs showed"), what a plain
 # call runs: edit after each run.
-PENDING_STAGES="build pipeline train loaders fm pytest compile"
+PENDING_STAGES="build pipeline train loaders fm kernels pytest compile"
 PENDING_PIPELINE_METHODS="fm"                  # LM ran on the H200; FM (CuPy k-means) has not
 PENDING_PYTEST_K="test_finetune_on_device"     # the only non-compile GPU test a limit cut
-declare -A PENDING_LIMIT=([pipeline]=180 [pytest]=40)
+declare -A PENDING_LIMIT=([pipeline]=165 [pytest]=40)
 ARGS_TEXT="$*"
 MODE=pending
 STAGES=$PENDING_STAGES
@@ -194,6 +197,7 @@ TRAIN_ARGS=(--epochs 2 --loaders ffcv:cpu,ffcv:gpu --workers-list "$NPROC,$(( NP
 MODEL_ARGS=()
 FM_ARGS=(--iters 20 --warmup 1 --repeats 3 --gemm-chunk-mb 128 --check-rows 1024 --max-materialize-gb 0)
 LOADER_ARGS=(--loaders ffcv:cpu,ffcv:gpu --kept 1.0,0.2 --scaling 2,4,8,16 --scaling-batches 16)
+NCU_ARGS=(--n 524288 --timeout 60)  # 4,096 tiled blocks: every SM busy for ~30 waves
 if [ "$SMOKE" = 1 ]; then
   # CPU rehearsal of every stage at toy sizes (tests/test_gpu_check.py): same plumbing, no GPU.
   SYNTH="synth:costtable,num_superclasses=4,classes_per_superclass=2,train_per_class=12,val_per_class=2,image_size=48"
@@ -212,6 +216,7 @@ if [ "$SMOKE" = 1 ]; then
               --epochs 2 --ceiling-steps 2 --ceiling-warmup 1 --set model.width=8 --loaders ffcv:cpu,ffcv:gpu)
   MODEL_ARGS=(--device cpu --models resnet18:32:4,vit_b_16:32:2 --warmup 1 --steps 1)
   FM_ARGS=(--cpu-smoke --n 3000 --k 16 --targets 200 --iters 3)
+  NCU_ARGS=(--n 3000 --k 16 --timeout 60)
   LOADER_ARGS=(--device cpu --batch-size 8 --resolution 32 --workers 1 --loaders ffcv:cpu,ffcv:gpu --kept 1.0,0.5
                --scaling 1,2 --scaling-batch 8 --scaling-batches 2)
 fi
@@ -229,6 +234,7 @@ stage() {  # run one stage by name
     train) run_stage train $B train --data "$DATA/source" --md "$WORK/md/06-train.md" --workdir "$WORK" "${TRAIN_ARGS[@]}" ;;
     models) run_stage models $B models --md "$WORK/md/07-models.md" "${MODEL_ARGS[@]}" ;;
     fm) run_stage fm $PY benchmarks/bench_kmeans.py "${FM_ARGS[@]}" --output "$WORK/md/08-fm.md" ;;
+    kernels) run_stage kernels $PY benchmarks/profile_fused.py "${NCU_ARGS[@]}" --md "$WORK/md/08b-kernels.md" ;;
     loaders) run_stage loaders $B loaders --data "$DATA/source" --md "$WORK/md/09-loaders.md" "${LOADER_ARGS[@]}" ;;
     compile) run_stage compile bash -c "$PY -m pytest -v -p no:cacheprovider -m gpu -k compile -rs --durations=5 ${PYTEST_ARGS[*]} 2>&1 | tee $WORK/compile.txt; rc=\${PIPESTATUS[0]}; [ \$rc -eq 5 ] && rc=0; { echo '### pytest -m gpu -k compile'; echo; echo '\`\`\`'; tail -n 15 $WORK/compile.txt; echo '\`\`\`'; } > $WORK/md/10-compile.md; exit \$rc" ;;
   esac
