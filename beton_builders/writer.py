@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from ffcv_dp4tl.contracts import (FORMAT, BetonMode, INDEX_DTYPE, MANIFEST_NAME, ORIGINS_SUFFIX,
                                   DatasetManifest, ImageSettings, SplitEntry, dataset_fingerprint,
                                   split_fingerprint)
+from ffcv_dp4tl.cpus import available_cores
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import (atomic_path, atomic_save_npy, atomic_write_json,
                                atomic_write_text, check_free_space, check_out_dir, directory_lock,
@@ -68,12 +69,9 @@ class BuildOptions:
     #: "jpg": every image stored as JPEG; "proportion": ``raw_fraction`` stored as raw pixels.
     beton_mode: str = "jpg"
     raw_fraction: float = 0.0
-    #: Encoder processes; default every core this process may run on (its affinity mask, a Slurm
-    #: or ``--cpuset-cpus`` limit), the affinity part of ``ffcv_dp4tl.data.resources.available_cores``
-    #: (which also caps by a cgroup CPU quota), spelled here because ``beton_builders`` sits below
-    #: the data layer.
-    workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0))
-                         if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    #: Encoder processes; default every core this process may run on: its affinity mask (a Slurm
+    #: or ``--cpuset-cpus`` set) within its cgroup CPU quota (``ffcv_dp4tl.cpus``, the loaders' rule).
+    workers: int = field(default_factory=available_cores)
     progress: bool = True
 
     def validate(self) -> None:

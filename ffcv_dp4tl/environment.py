@@ -108,7 +108,7 @@ def _cpu(cpuinfo: str | Path = "/proc/cpuinfo", sysfs: str | Path = "/sys/device
     """The CPU model, logical CPUs against physical cores (two SMT threads of a core decode at
     well under twice one thread's rate), the current clock (median over CPUs) and the cgroup CPU
     quota: what makes one loader worker decode slower here than on another machine."""
-    from .data.resources import cpu_quota
+    from .cpus import cpu_quota
 
     cpus = _cpuinfo(cpuinfo)
     model = next((c["model name"] for c in cpus if c.get("model name")), "") \

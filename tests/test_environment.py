@@ -35,7 +35,7 @@ def test_the_cpu_and_numba_rows_say_what_runs_the_loaders_here(monkeypatch):
     one loader worker decoding at a third of another machine's rate."""
     import numba
 
-    from ffcv_dp4tl.data.resources import cpu_quota
+    from ffcv_dp4tl.cpus import cpu_quota
 
     rows = dict(environment.loading())
     cpu = rows["cpu"]
@@ -51,7 +51,7 @@ def test_the_cpu_and_numba_rows_say_what_runs_the_loaders_here(monkeypatch):
 def test_the_cpu_row_counts_smt_threads(tmp_path, monkeypatch):
     """Two logical CPUs per core (hyperthreads, or a VM's vCPU pairs) read "SMT: 2 threads per
     core"; sysfs topology first, /proc/cpuinfo's (physical id, core id) pairs without it."""
-    monkeypatch.setattr("ffcv_dp4tl.data.resources.cpu_quota", lambda: 8.0)
+    monkeypatch.setattr("ffcv_dp4tl.cpus.cpu_quota", lambda: 8.0)
     sysfs = tmp_path / "sys"
     for cpu in range(8):  # cpu0/cpu4 share a core, ...
         (sysfs / f"cpu{cpu}" / "topology").mkdir(parents=True)

@@ -9,11 +9,10 @@ whichever part of the program reads it first.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import sys
-from pathlib import Path, PurePosixPath
 
+from ..cpus import available_cores, cpu_quota, within_quota
 from ..errors import DataError, DP4TLError
 
 __all__ = ["RESERVED_ENV", "available_cores", "cpu_quota", "effective_workers", "env_int", "loader_cores",
@@ -32,74 +31,6 @@ def env_int(name: str, default: int, lowest: int, fix: str,
     if not (text.isascii() and text.isdigit()) or int(text) < lowest:
         raise error(f"{name}={raw!r} is not a whole number >= {lowest}: {fix}")
     return int(text)
-
-
-def _quota_in(cgroup: Path) -> float | None:
-    """The CPUs one cgroup directory's own limit allows: cgroup v2 ``cpu.max`` ("QUOTA PERIOD"
-    or "max PERIOD"), else v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (quota -1: none).
-    None when it sets none, or the files are missing, unreadable or not numbers."""
-    try:
-        if (cgroup / "cpu.max").is_file():
-            quota, period = (cgroup / "cpu.max").read_text().split()
-        else:
-            quota = (cgroup / "cpu.cfs_quota_us").read_text().strip()
-            period = (cgroup / "cpu.cfs_period_us").read_text().strip()
-        if quota in ("max", "-1"):
-            return None
-        q, p = int(quota), int(period)
-    except (OSError, ValueError):  # missing, unreadable, garbage (ValueError: also bad UTF-8)
-        return None
-    return q / p if q > 0 and p > 0 else None
-
-
-def _up_to(base: Path, own: str) -> list[Path]:
-    """``base/own`` and each of its parents up to ``base`` (just ``base`` when ``own`` is not
-    an absolute path below it, e.g. "/../.." for a process outside its cgroup namespace)."""
-    path = PurePosixPath(own)
-    if not path.is_absolute() or ".." in path.parts:
-        return [base]
-    return [base / p.relative_to("/") for p in (path, *path.parents)]
-
-
-def cpu_quota(root: str | Path = "/sys/fs/cgroup",
-              self_cgroup: str | Path = "/proc/self/cgroup") -> float | None:
-    """The CPUs this process's cgroup CPU quota allows (``quota / period``: 2.0 for Docker's
-    ``--cpus 2`` or a Kubernetes CPU limit of 2), or None when there is none or it cannot be read;
-    never raises. Why: a container sees every core of the host in its affinity mask, so one loader
-    worker per visible core would be throttled by the quota, each worker running a fraction of the
-    time. (``root`` and ``self_cgroup`` are parameters for the tests; the program uses the defaults.)
-
-    cgroup v2: ``<root>/<own path>/cpu.max``, the own path from ``self_cgroup``'s "0::/path" line,
-    then each parent up to ``<root>`` (a parent's limit applies too: the smallest wins; inside a
-    container the own path is usually "/" and ``<root>`` the container's cgroup). cgroup v1: the
-    same walk under ``<root>/cpu,cpuacct`` and ``<root>/cpu``, from the "N:cpu,...:/path" line."""
-    root = Path(root)
-    own: dict[str, str] = {}  # controller -> this process's cgroup path ("": the v2 hierarchy)
-    try:
-        for line in Path(self_cgroup).read_text().splitlines():
-            _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-            for controller in controllers.split(","):
-                own.setdefault(controller, path)
-    except (OSError, ValueError):
-        pass
-    dirs = _up_to(root, own.get("", "/"))
-    for v1 in ("cpu,cpuacct", "cpu"):
-        dirs += _up_to(root / v1, own.get("cpu", "/"))
-    return min((q for d in dirs if (q := _quota_in(d)) is not None), default=None)
-
-
-def _within_quota(cores: int) -> int:
-    """``cores``, no more than the cgroup CPU quota rounded up (:func:`cpu_quota`), at least 1."""
-    quota = cpu_quota()
-    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on: its affinity mask (a Slurm job's or ``--cpuset-cpus``
-    set), no more than its cgroup CPU quota allows (Docker ``--cpus``, a Kubernetes CPU limit:
-    2.5 CPUs give 3), at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return _within_quota(cores)
 
 
 #: Environment variable that sets :func:`reserved_cores` (e.g. 0 to give the loader every core)
@@ -159,7 +90,7 @@ def _launcher_cores() -> int:
         cores = len(os.sched_getaffinity(os.getppid()))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    return _within_quota(cores)
+    return within_quota(cores)
 
 
 def ranks_sharing(cores: int, ranks: int) -> int:

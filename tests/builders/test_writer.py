@@ -666,3 +666,9 @@ def test_default_workers_are_the_cores_this_process_may_use(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 128)
     assert BuildOptions().workers == 1
     assert BuildOptions(workers=5).workers == 5
+    # and, as the loaders, within the cgroup CPU quota (a container on a 128-core host, --cpus 4)
+    from ffcv_dp4tl import cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(128)))
+    monkeypatch.setattr(cpus, "cpu_quota", lambda: 4.0)
+    assert BuildOptions().workers == 4

@@ -7,6 +7,7 @@ import os
 import numba
 import pytest
 
+from ffcv_dp4tl import cpus
 from ffcv_dp4tl.data import resources
 from ffcv_dp4tl.errors import DataError, DP4TLError
 
@@ -101,75 +102,10 @@ def test_env_int_reads_the_default_only_when_unset(monkeypatch):
 
 
 def test_the_launchers_cpu_set_is_read_from_the_parent_process(monkeypatch):
-    monkeypatch.setattr(resources, "cpu_quota", lambda: None)
+    monkeypatch.setattr(cpus, "cpu_quota", lambda: None)
     assert resources._launcher_cores() == len(os.sched_getaffinity(os.getppid()))
-    monkeypatch.setattr(resources, "cpu_quota", lambda: 1.5)  # the ranks share the container's quota
+    monkeypatch.setattr(cpus, "cpu_quota", lambda: 1.5)  # the ranks share the container's quota
     assert resources._launcher_cores() == min(2, len(os.sched_getaffinity(os.getppid())))
-
-
-def _cgroup(tmp_path, own: str, files: dict[str, str]):
-    """A cgroup tree under ``tmp_path/cg`` (``files``: path below it -> contents) and a
-    /proc/self/cgroup naming ``own``; returns ``cpu_quota`` reading them."""
-    root = tmp_path / "cg"
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    (tmp_path / "self_cgroup").write_text(own)
-    return lambda: resources.cpu_quota(root, tmp_path / "self_cgroup")
-
-
-def test_the_cgroup_v2_quota_is_read_from_the_own_cgroup_and_its_parents(tmp_path):
-    """Docker ``--cpus`` / a Kubernetes CPU limit: cpu.max "QUOTA PERIOD" in the process's own
-    cgroup (/proc/self/cgroup's "0::/path"); a parent's smaller limit applies too; "max" is none."""
-    own = "0::/kubepods/pod1/ctr\n"
-    assert _cgroup(tmp_path / "a", own, {"kubepods/pod1/ctr/cpu.max": "250000 100000\n"})() == 2.5
-    assert _cgroup(tmp_path / "b", own, {"kubepods/pod1/ctr/cpu.max": "800000 100000\n",
-                                         "kubepods/pod1/cpu.max": "max 100000\n",
-                                         "kubepods/cpu.max": "300000 100000\n"})() == 3.0
-    assert _cgroup(tmp_path / "c", own, {"kubepods/pod1/ctr/cpu.max": "200000 100000",
-                                         "kubepods/cpu.max": "1600000 100000"})() == 2.0  # own smaller
-    assert _cgroup(tmp_path / "d", "0::/\n", {"cpu.max": "50000 100000\n"})() == 0.5  # in a container
-    assert _cgroup(tmp_path / "e", own, {"kubepods/pod1/ctr/cpu.max": "max 100000\n"})() is None
-    assert _cgroup(tmp_path / "f", "0::/../../elsewhere\n", {"cpu.max": "400000 100000"})() == 4.0
-
-
-@pytest.mark.parametrize("text", ["banana", "", "200000", "1.5 100000", "200000 0", "-5 100000",
-                                  "200000 100000 7", "\xff\xfe"])
-def test_a_cgroup_v2_file_that_is_not_a_quota_is_none(tmp_path, text):
-    assert _cgroup(tmp_path, "0::/ctr\n", {"ctr/cpu.max": text})() is None
-
-
-@pytest.mark.parametrize("quota,period", [("banana", "100000"), ("", "100000"), ("1.5", "100000"),
-                                          ("200000", "0"), ("200000", "x"), ("-5", "100000")])
-def test_a_cgroup_v1_file_that_is_not_a_quota_is_none(tmp_path, quota, period):
-    assert _cgroup(tmp_path, "4:cpu,cpuacct:/\n", {"cpu/cpu.cfs_quota_us": quota,
-                                                    "cpu/cpu.cfs_period_us": period})() is None
-
-
-def test_the_cgroup_v1_quota_is_read_from_the_cpu_controller(tmp_path):
-    """cgroup v1: cpu.cfs_quota_us / cpu.cfs_period_us under cpu,cpuacct/ or cpu/; -1 is none."""
-    v1 = "4:cpu,cpuacct:/docker/abc\n3:memory:/docker/abc\n0::/\n"
-    assert _cgroup(tmp_path / "a", v1, {"cpu,cpuacct/cpu.cfs_quota_us": "200000\n",
-                                        "cpu,cpuacct/cpu.cfs_period_us": "100000\n"})() == 2.0
-    assert _cgroup(tmp_path / "b", v1, {"cpu/docker/abc/cpu.cfs_quota_us": "150000\n",
-                                        "cpu/docker/abc/cpu.cfs_period_us": "100000\n"})() == 1.5
-    assert _cgroup(tmp_path / "c", v1, {"cpu/cpu.cfs_quota_us": "-1\n",
-                                        "cpu/cpu.cfs_period_us": "100000\n"})() is None
-
-
-def test_no_cgroup_files_is_no_quota(tmp_path):
-    assert resources.cpu_quota(tmp_path / "nothing", tmp_path / "no_self_cgroup") is None
-    assert isinstance(resources.cpu_quota(), (float, type(None)))  # this machine's: never raises
-
-
-@pytest.mark.parametrize("affinity,quota,expected", [
-    (16, None, 16), (16, 8.0, 8), (16, 2.5, 3), (16, 0.5, 1), (4, 8.0, 4), (16, 16.0, 16)])
-def test_available_cores_are_the_affinity_mask_within_the_cpu_quota(monkeypatch, affinity, quota, expected):
-    """A container sees every host core in its affinity mask; its CPU quota (rounded up) caps
-    the loader's workers, or they run throttled."""
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(affinity)), raising=False)
-    monkeypatch.setattr(resources, "cpu_quota", lambda: quota)
-    assert resources.available_cores() == expected
 
 
 def test_the_open_files_limit_is_raised_to_the_hard_limit_once(monkeypatch):
