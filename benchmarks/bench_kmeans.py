@@ -243,14 +243,14 @@ def run_gpu(args) -> tuple[list[Result], list[str], dict[str, str]]:
 
     # Fused tensor-core kernel: one mma.sync GEMM, per-row best candidates in the epilogue, no
     # N x K matrix; x rounded to BF16 once (as k-means does), flagged rows re-decided exactly.
-    # Two kernels, same decisions: fragments loaded from global memory (direct) or staged through
-    # shared memory with ldmatrix / cp.async (tiled).
+    # Several kernels, same decisions: fragments loaded from global memory (direct) or staged
+    # through shared memory with ldmatrix and a ring of 2 / 3 cp.async stages (tiled / tiled3).
+    from ffcv_dp4tl.kernels import fused as kfused
+
     prepared = None
-    for kind in ("direct", "tiled"):
+    for kind in kfused.FUSED_KERNEL_KINDS:
         name = f"fused BF16 mma, {kind} + exact re-check (ours, no N x K)"
         try:
-            from ffcv_dp4tl.kernels import fused as kfused
-
             if prepared is None:
                 t_prep, prepared = time_cupy(lambda: kfused.prepare_rows(x), 1, 1)
             fn = lambda: kfused.assign_nearest_fused(x, c, prepared=prepared, return_ties=True, kernel=kind)  # noqa: E731

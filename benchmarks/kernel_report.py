@@ -367,8 +367,9 @@ def launch(name: str, d: int) -> tuple[int, int]:
 
     if name == "fused_assign_bf16":
         return fused.FUSED_THREADS, 0
-    if name == "fused_assign_bf16_tiled":
-        return fused.TILED_THREADS, fused.tiled_smem_bytes(fused.padded(d, fused.FBK))
+    kinds = {v: k for k, v in fused.TILED_KERNEL_NAMES.items()}
+    if name in kinds:
+        return fused.TILED_THREADS, fused.tiled_smem_bytes(fused.padded(d, fused.FBK), fused.TILED_STAGES[kinds[name]])
     if name.startswith("segment_sum"):
         return (128 if d <= 128 else 256), 0
     return THREADS, 0
@@ -454,27 +455,34 @@ def markdown(reports: list[KernelReport], d: int, nvrtc_version: str, tools: Too
 
 def findings(reports: list[KernelReport], d: int) -> list[str]:
     """What the numbers say about the fused FM kernels, computed from them."""
+    from ffcv_dp4tl.kernels import fused
+
     out = ["What this says about the fused FM kernels (computed from the tables above):", ""]
     for arch in sorted({r.arch for r in reports}):
         by = {r.name: r for r in reports if r.arch == arch}
-        tiled, direct = by.get("fused_assign_bf16_tiled"), by.get("fused_assign_bf16")
-        if tiled:
-            t = TARGETS[arch]
-            per_sp = tiled.occ.warps / t.sub_partitions
-            out.append(f"- {arch}: `tiled` keeps {tiled.occ.blocks} block of {tiled.threads // 32} warps per SM "
-                       f"({tiled.occ.warps} warps, {tiled.occ.fraction:.1%} occupancy, {per_sp:g} warps per "
-                       f"sub-partition), limited by {tiled.occ.limited_by} ({tiled.res.registers} registers a "
-                       f"thread, {tiled.dynamic_smem / 1024:.0f} KiB of shared memory a block at D = {d}); "
-                       f"{'no spills' if not (tiled.res.spill_stores or tiled.res.spill_loads) else 'it spills'}."
-                       + (f" `direct`: {direct.occ.warps} warps per SM ({direct.occ.fraction:.1%}), limited by "
-                          f"{direct.occ.limited_by}." if direct else ""))
-        if tiled and tiled.loop:
-            lp = tiled.loop
-            out.append(f"  Its innermost loop issues {lp['mma']} mma and {lp['ldmatrix']} ldmatrix in "
-                       f"{lp['total']} instructions; the kernel holds {tiled.mix['barrier']} barrier instructions "
-                       "(in the source, two run per D stage: after the wait and before the refill).")
+        direct = by.get("fused_assign_bf16")
+        if direct:
+            out.append(f"- {arch}: `direct` keeps {direct.occ.warps} warps per SM ({direct.occ.fraction:.1%}), "
+                       f"limited by {direct.occ.limited_by}, and loads its fragments from global memory.")
+        for kind, name in fused.TILED_KERNEL_NAMES.items():
+            tiled = by.get(name)
+            if not tiled:
+                continue
+            per_sp = tiled.occ.warps / TARGETS[arch].sub_partitions
+            spills = "no spills" if not (tiled.res.spill_stores or tiled.res.spill_loads) else "**it spills**"
+            line = (f"- {arch}: `{kind}` ({fused.TILED_STAGES[kind]} cp.async stages) keeps {tiled.occ.blocks} "
+                    f"block of {tiled.threads // 32} warps per SM ({tiled.occ.warps} warps, "
+                    f"{tiled.occ.fraction:.1%} occupancy, {per_sp:g} warps per sub-partition), limited by "
+                    f"{tiled.occ.limited_by} ({tiled.res.registers} registers a thread, "
+                    f"{tiled.dynamic_smem / 1024:.0f} KiB of shared memory a block at D = {d}); {spills}.")
+            if tiled.loop:
+                lp = tiled.loop
+                line += (f" Innermost loop: {lp['mma']} mma and {lp['ldmatrix']} ldmatrix in {lp['total']} "
+                         f"instructions; {tiled.mix['total']:,} instructions and {tiled.mix['barrier']} barrier "
+                         "instructions in the kernel (one barrier runs per D stage).")
+            out.append(line)
     out += ["",
-            "So `tiled` runs with few warps per sub-partition: while one waits on its `cp.async` stage, "
+            "So the tiled kernels run with few warps per sub-partition: while one waits on its `cp.async` stage, "
             "a barrier or an `ldmatrix`, at most one other can issue. Whether that, the stage depth or the "
             "epilogue is what costs the 4x is for the profiler to say (the GPU check's `kernels` stage, "
             "`benchmarks/profile_fused.py`: achieved occupancy, eligible warps, stall diagnoses)."]

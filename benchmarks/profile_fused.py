@@ -34,8 +34,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-#: The kernels profiled (their names in ``kernels.fused``; the regex ncu filters launches by).
-KERNELS = {"direct": "fused_assign_bf16", "tiled": "fused_assign_bf16_tiled"}
+from ffcv_dp4tl.kernels.fused import FUSED_KERNEL_KINDS, TILED_KERNEL_NAMES  # noqa: E402
+
+#: The kernels profiled, by kind (their names in ``kernels.fused``; the regex ncu filters by).
+KERNELS = {kind: TILED_KERNEL_NAMES.get(kind, "fused_assign_bf16") for kind in FUSED_KERNEL_KINDS}
 KERNEL_FILTER = "regex:^fused_assign_bf16"
 #: ncu sections (documented identifiers, stable across versions: an unknown *metric* name would
 #: make ncu refuse the whole run, so no raw metrics are asked for).

@@ -53,7 +53,9 @@ declare -A LIMIT=([env]=30 [pytest]=130 [build]=50 [pipeline]=260 [costtable]=12
 # call runs: edit after each run.
 PENDING_STAGES="build pipeline train loaders fm kernels pytest compile"
 PENDING_PIPELINE_METHODS="fm"                  # LM ran on the H200; FM (CuPy k-means) has not
-PENDING_PYTEST_K="test_finetune_on_device"     # the only non-compile GPU test a limit cut
+# the only non-compile GPU test a limit cut, and the fused kernels' labels vs float64 (the tiled
+# kernels changed after the H200 run: one barrier per stage; tiled3 is new)
+PENDING_PYTEST_K="test_finetune_on_device or test_gpu_fused_assign_equals_float64"
 declare -A PENDING_LIMIT=([pipeline]=165 [pytest]=40)
 ARGS_TEXT="$*"
 MODE=pending

@@ -121,7 +121,7 @@ def assign_nearest(x: Any, centroids: Any, *, backend: str = "auto", method: str
     ``(labels int64 (N,), min_dist2 float32 (N,))``; exact ties go to the lowest index.
     ``method`` picks the CUDA algorithm (``cuda.ASSIGN_METHODS``: ``auto`` measures once per
     problem size; ``simt`` fused kernel; ``gemm-tf32``/``gemm-bf16`` tensor cores with exact
-    near-tie re-check; ``fused-bf16``/``fused-bf16-tiled`` one BF16 mma GEMM keeping each row's
+    near-tie re-check; ``fused-bf16``/``fused-bf16-tiled``/``fused-bf16-tiled3`` one BF16 mma GEMM keeping each row's
     best candidates, flagged rows re-checked exactly); the CPU backend ignores it.
     """
     b = resolve_backend(backend)

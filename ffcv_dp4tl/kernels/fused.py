@@ -30,14 +30,19 @@ terms vanish and only accumulation remains.
 ``prepare_rows`` rounds ``x`` once (padded BF16 copy, norms): :func:`..scoring.kmeans` keeps it
 for all Lloyd iterations instead of rebuilding it every call.
 
-**Two kernels, same decisions.** ``fused_assign_bf16`` (``kernel="direct"``) loads every mma
+**Three kernels, same decisions.** ``fused_assign_bf16`` (``kernel="direct"``) loads every mma
 fragment straight from global memory, relying on L1/L2. ``fused_assign_bf16_tiled``
 (``kernel="tiled"``, method ``fused-bf16-tiled``) is the usual next step for a tensor-core GEMM:
 a block keeps its 128 rows of ``x~`` in shared memory for the whole run and streams 128-centroid
-tiles of ``c~`` through two ``cp.async`` stages, with ``ldmatrix`` feeding the mma fragments, so
-global/L2 traffic is ``c~`` once per 128 rows instead of fragment-sized scattered loads. Which
-is faster is a GPU measurement (the ``fm`` stage of scripts/gpu_check.sh times both; ``auto``
-measures both); the tiled kernel needs D <= 560 on sm_80, 816 on sm_90 (shared memory).
+tiles of ``c~`` through a ring of ``cp.async`` stages, with ``ldmatrix`` feeding the mma
+fragments, so global/L2 traffic is ``c~`` once per 128 rows instead of fragment-sized scattered
+loads. ``fused_assign_bf16_tiled3`` (``kernel="tiled3"``, method ``fused-bf16-tiled3``) is the
+same with three stages instead of two: each stage's copy is issued two stages ahead. Why both:
+the compiler's report (benchmarks/kernel_report.py) gives the tiled kernels one block of 8 warps
+per SM, 2 per scheduler, so little else can issue while a warp waits for its stage; whether a
+deeper ring pays is a GPU measurement (the ``fm`` stage of scripts/gpu_check.sh times every kernel,
+``kernels`` profiles them; ``auto`` measures them all). Shared memory limits D: ``tiled`` D <= 560
+on sm_80, 816 on sm_90; ``tiled3`` D <= 512 on sm_80, 768 on sm_90 (:func:`tiled_smem_bytes`).
 
 Tested on the CPU by compiling this very source under ``tests/scoring/cuda_emu.h``, which
 emulates ``mma.sync`` and ``ldmatrix`` warp-collectively with the PTX fragment layout and
@@ -63,16 +68,20 @@ FUSED_THREADS = 128
 #: D columns per stage, padding halves per shared row, threads (8 warps).
 TBM, TBN, TBK, TPAD = 128, 128, 32, 8
 TILED_THREADS = 256
-#: The two kernels of :func:`assign_nearest_fused`: ``direct`` loads mma fragments straight from
-#: global memory (L1/L2); ``tiled`` stages them through shared memory (ldmatrix, cp.async).
-FUSED_KERNEL_KINDS = ("direct", "tiled")
+#: The kernels of :func:`assign_nearest_fused`: ``direct`` loads mma fragments straight from
+#: global memory (L1/L2); ``tiled`` / ``tiled3`` stage them through shared memory (ldmatrix, a
+#: ring of 2 / 3 cp.async stages).
+FUSED_KERNEL_KINDS = ("direct", "tiled", "tiled3")
+#: cp.async stages of each tiled kernel (its template instance in FUSED_SOURCE) and its name.
+TILED_STAGES = {"tiled": 2, "tiled3": 3}
+TILED_KERNEL_NAMES = {"tiled": "fused_assign_bf16_tiled", "tiled3": "fused_assign_bf16_tiled3"}
 #: ``x~`` is padded to a multiple of this many rows, so either kernel can use one prepared copy.
 ROWS_MULTIPLE = max(FBM, TBM)
 
 
 def centroid_multiple(kernel: str) -> int:
     """``c~`` is padded to a multiple of this many rows (the kernel's centroid tile)."""
-    return TBN if kernel == "tiled" else FBN
+    return TBN if kernel in TILED_STAGES else FBN
 #: 1 + margin for the bound's own FP32 arithmetic.
 BOUND_SLACK = 1.001
 
@@ -206,16 +215,17 @@ extern "C" __global__ void fused_assign_bf16(const unsigned short* __restrict__ 
     }
 }
 
-/* ---- The tiled variant: shared-memory staging, ldmatrix, cp.async double buffering ----------
+/* ---- The tiled variants: shared-memory staging, ldmatrix, a ring of cp.async stages ---------
    Block = 256 threads = 8 warps, 128 rows (TBM); the block's rows of x~ (whole D) are copied to
-   shared memory ONCE and stay there, while 128-centroid tiles of c~ stream through two
-   TBN x TBK stages (cp.async; the next stage loads while the tensor cores work on this one). Warp
-   (wr, wc) = (warp & 3, warp >> 2) owns rows wr*32..+31 and centroids wc*64..+63 of each tile:
-   per 16-wide D step, 2 + 4 ldmatrix.x4 feed 16 mma. The two column halves of a row are merged
-   through shared memory at the end. Shared rows are padded by TPAD halves so the 8 row addresses
-   of one ldmatrix fall in distinct banks. Needs TBM * (ld + TPAD) * 2 + 2 * TBN * TLDB * 2 bytes
-   of dynamic shared memory (150 KiB at D = 512; D <= 560 on sm_80, 816 on sm_90); x~ and c~ are
-   padded to 128 rows. */
+   shared memory ONCE and stay there, while 128-centroid tiles of c~ stream through a ring of NST
+   TBN x TBK stages (cp.async): stage s + NST - 1 loads while the tensor cores work on stage s.
+   Warp (wr, wc) = (warp & 3, warp >> 2) owns rows wr*32..+31 and centroids wc*64..+63 of each
+   tile: per 16-wide D step, 2 + 4 ldmatrix.x4 feed 16 mma. One barrier per stage: after it, stage
+   s is visible to every thread AND every warp has finished stage s - 1, whose buffer is the one
+   refilled next. The two column halves of a row are merged through shared memory at the end.
+   Shared rows are padded by TPAD halves so the 8 row addresses of one ldmatrix fall in distinct
+   banks. Needs TBM * (ld + TPAD) * 2 + NST * TBN * TLDB * 2 bytes of dynamic shared memory
+   (tiled_smem_bytes). Two instantiations: NST = 2 (kernel "tiled") and NST = 3 ("tiled3"). */
 @TILED_DEFINES@
 #ifndef CUDA_EMU
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
@@ -233,26 +243,34 @@ __device__ __forceinline__ void cp_async16(unsigned short* s, const unsigned sho
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" :: "r"(smem_u32(s)), "l"(g) : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_0() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+/* Wait until at most N of this thread's committed groups are still in flight. */
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
+}
 #endif
 
-/* Stage rows c0..c0+TBN-1, columns k0..k0+min(TBK, ld-k0)-1 of c~ into dst (TBN x TLDB). */
+/* Stage rows c0..c0+TBN-1, columns k0..k0+TBK-1 of c~ into dst (TBN x TLDB): thread (crow, seg)
+   copies the 16-byte piece seg of rows crow, crow + TROWS, ... (TBN / TROWS rows); on a partial
+   last D stage (ld - k0 = 16) the pieces past ld are skipped. */
+#define TSEGS (TBK / 8)
+#define TROWS (TTHREADS / TSEGS)
 __device__ __forceinline__ void load_c_stage(unsigned short* dst, const unsigned short* __restrict__ cr,
-                                             int ld, int c0, int k0, int tid) {
-    const int segs = min(TBK, ld - k0) / 8;                    /* 16-byte pieces per row */
-    for (int i = tid; i < TBN * (TBK / 8); i += TTHREADS) {
-        const int r = i / (TBK / 8), s = i % (TBK / 8);
-        if (s < segs) cp_async16(dst + r * TLDB + s * 8, cr + (long long)(c0 + r) * ld + k0 + s * 8);
+                                             int ld, int c0, int k0, int crow, int seg) {
+    if (k0 + seg * 8 < ld) {
+        const unsigned short* src = cr + (long long)(c0 + crow) * ld + k0 + seg * 8;
+        unsigned short* d = dst + crow * TLDB + seg * 8;
+        for (int p = 0; p < TBN / TROWS; ++p)
+            cp_async16(d + p * TROWS * TLDB, src + (long long)p * TROWS * ld);
     }
 }
 
-extern "C" __global__ void __launch_bounds__(TTHREADS, 1)
-fused_assign_bf16_tiled(const unsigned short* __restrict__ xr, const unsigned short* __restrict__ cr, int ld,
-                        const float* __restrict__ x_norm2, const float* __restrict__ x_dnorm,
-                        const float* __restrict__ c_norm2, const float* __restrict__ c_abs,
-                        const float* __restrict__ c_dnorm, int* __restrict__ guess, int* __restrict__ tie,
-                        int n, int k, float gamma, float scale) {
+template <int NST>
+__device__ __forceinline__ void tiled_assign(const unsigned short* __restrict__ xr, const unsigned short* __restrict__ cr,
+                                             int ld, const float* __restrict__ x_norm2,
+                                             const float* __restrict__ x_dnorm, const float* __restrict__ c_norm2,
+                                             const float* __restrict__ c_abs, const float* __restrict__ c_dnorm,
+                                             int* __restrict__ guess, int* __restrict__ tie,
+                                             int n, int k, float gamma, float scale) {
 #ifdef CUDA_EMU
     unsigned short* As = (unsigned short*)emu_dynamic_smem();
 #else
@@ -260,9 +278,10 @@ fused_assign_bf16_tiled(const unsigned short* __restrict__ xr, const unsigned sh
     unsigned short* As = (unsigned short*)smem_words;
 #endif
     const int lda = ld + TPAD;
-    unsigned short* Bs = As + TBM * lda;                        /* two stages of TBN x TLDB */
+    unsigned short* Bs = As + TBM * lda;                        /* NST stages of TBN x TLDB */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wr = warp & 3, wc = warp >> 2, g = lane >> 2, t = lane & 3;
+    const int crow = tid / TSEGS, seg = tid % TSEGS;             /* this thread's pieces of a stage */
     const long long row0 = (long long)blockIdx.x * TBM;
     const float E = scale * 2.3841858e-7f;                       /* 2^-22 */
     float P[2][2], Q[2][2];
@@ -279,25 +298,31 @@ fused_assign_bf16_tiled(const unsigned short* __restrict__ xr, const unsigned sh
     }
     const int nch = (ld + TBK - 1) / TBK;
     const int steps = ((k + TBN - 1) / TBN) * nch;
-    load_c_stage(Bs, cr, ld, 0, 0, tid);
-    cp_async_commit();                                           /* group 0: x~ and stage 0 */
+    int lch = 0, lc0 = 0;                                        /* the next stage to load */
+    for (int p = 0; p < NST - 1; ++p) {                          /* group p: stage p (group 0: and x~) */
+        if (p < steps) {
+            load_c_stage(Bs + p * TBN * TLDB, cr, ld, lc0, lch * TBK, crow, seg);
+            if (++lch == nch) { lch = 0; lc0 += TBN; }
+        }
+        cp_async_commit();
+    }
 
     float acc[2][8][4];
     for (int mi = 0; mi < 2; ++mi)
         for (int j = 0; j < 8; ++j)
             for (int q = 0; q < 4; ++q) acc[mi][j][q] = 0.f;
     const int li = lane >> 3, lr = lane & 7;                     /* ldmatrix: matrix, row */
+    int ch = 0, c0 = 0;                                          /* the stage computed: D chunk, tile */
     for (int s = 0; s < steps; ++s) {
-        if (s + 1 < steps) {
-            load_c_stage(Bs + ((s + 1) & 1) * TBN * TLDB, cr, ld, ((s + 1) / nch) * TBN, ((s + 1) % nch) * TBK, tid);
-            cp_async_commit();
-            cp_async_wait_1();                                   /* stage s (and x~) landed */
-        } else {
-            cp_async_wait_0();
+        cp_async_wait<NST - 2>();                                /* stage s (and x~) landed */
+        __syncthreads();                                         /* for all; stage s - 1 is done */
+        if (s + NST - 1 < steps) {
+            load_c_stage(Bs + ((s + NST - 1) % NST) * TBN * TLDB, cr, ld, lc0, lch * TBK, crow, seg);
+            if (++lch == nch) { lch = 0; lc0 += TBN; }
         }
-        __syncthreads();
-        const unsigned short* B = Bs + (s & 1) * TBN * TLDB + wc * 64 * TLDB;
-        const int ch = s % nch, k0 = ch * TBK, kw = min(TBK, ld - k0);
+        cp_async_commit();                                       /* (empty at the end: counts stay uniform) */
+        const unsigned short* B = Bs + (s % NST) * TBN * TLDB + wc * 64 * TLDB;
+        const int k0 = ch * TBK, kw = min(TBK, ld - k0);
         for (int kk = 0; kk < kw; kk += 16) {
             unsigned a[2][4], b[4][4];
             for (int mi = 0; mi < 2; ++mi)   /* a0..a3: rows +0/+8 (li & 1), columns +0/+8 (li >> 1) */
@@ -307,8 +332,8 @@ fused_assign_bf16_tiled(const unsigned short* __restrict__ xr, const unsigned sh
             for (int mi = 0; mi < 2; ++mi)
                 for (int j = 0; j < 8; ++j) mma_bf16_16816(acc[mi][j], a[mi], &b[j >> 1][(j & 1) * 2]);
         }
-        if (ch == nch - 1) {                                     /* this tile's dots are complete */
-            const int cbase = (s / nch) * TBN + wc * 64;
+        if (++ch == nch) {                                       /* this tile's dots are complete */
+            const int cbase = c0 + wc * 64;
             for (int j = 0; j < 8; ++j)
                 for (int e = 0; e < 2; ++e) {
                     const int col = cbase + 8 * j + 2 * t + e;
@@ -322,9 +347,11 @@ fused_assign_bf16_tiled(const unsigned short* __restrict__ xr, const unsigned sh
             for (int mi = 0; mi < 2; ++mi)
                 for (int j = 0; j < 8; ++j)
                     for (int q = 0; q < 4; ++q) acc[mi][j][q] = 0.f;
+            ch = 0;
+            c0 += TBN;
         }
-        __syncthreads();                                         /* stage s may now be refilled */
     }
+    __syncthreads();                                             /* every warp is done with the stages */
     /* the 4 lanes of a row, then the two column halves (through the now idle stage buffers) */
     float* xs = (float*)Bs;
     int* xi = (int*)(xs + 3 * TBM);
@@ -350,6 +377,18 @@ fused_assign_bf16_tiled(const unsigned short* __restrict__ xr, const unsigned sh
                 }
             }
 }
+
+#define TILED_KERNEL(NAME, NST)                                                                          \
+extern "C" __global__ void __launch_bounds__(TTHREADS, 1)                                                \
+NAME(const unsigned short* __restrict__ xr, const unsigned short* __restrict__ cr, int ld,               \
+     const float* __restrict__ x_norm2, const float* __restrict__ x_dnorm,                               \
+     const float* __restrict__ c_norm2, const float* __restrict__ c_abs,                                 \
+     const float* __restrict__ c_dnorm, int* __restrict__ guess, int* __restrict__ tie,                  \
+     int n, int k, float gamma, float scale) {                                                           \
+    tiled_assign<NST>(xr, cr, ld, x_norm2, x_dnorm, c_norm2, c_abs, c_dnorm, guess, tie, n, k, gamma, scale); \
+}
+TILED_KERNEL(fused_assign_bf16_tiled, 2)
+TILED_KERNEL(fused_assign_bf16_tiled3, 3)
 
 /* One warp per row: label and exact distance (FP64 sum of (x - c)^2) of the unique candidate;
    rows with a tie get label -1 (the caller re-decides them exactly); NaN/Inf rows label 0, NaN. */
@@ -384,18 +423,19 @@ FUSED_SOURCE = FUSED_SOURCE.replace("@TILED_DEFINES@", "".join(
     f"#define {name} {value}\n" for name, value in
     (("TBM", TBM), ("TBN", TBN), ("TBK", TBK), ("TPAD", TPAD), ("TLDB", TBK + TPAD), ("TTHREADS", TILED_THREADS))))
 
-FUSED_KERNELS = ("prep_pad_bf16", "fused_assign_bf16", "fused_assign_bf16_tiled", "fused_finalize")
+FUSED_KERNELS = ("prep_pad_bf16", "fused_assign_bf16", *TILED_KERNEL_NAMES.values(), "fused_finalize")
 
 
 def padded(n: int, multiple: int) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
 
-def tiled_smem_bytes(ld: int) -> int:
+def tiled_smem_bytes(ld: int, stages: int = 2) -> int:
     """Dynamic shared memory of one tiled block: the block's rows of ``x~`` (whole padded D) and
-    two centroid stages. 153,600 bytes at D = 512: fits sm_80 (163 KiB opt-in, D <= 560) and sm_90
-    (227 KiB, D <= 816); sm_86/89 (99 KiB) take D <= 304."""
-    return 2 * (TBM * (ld + TPAD) + 2 * TBN * (TBK + TPAD))
+    ``stages`` centroid stages. Two stages: 153,600 bytes at D = 512, which fits sm_80 (163 KiB
+    opt-in, D <= 560) and sm_90 (227 KiB, D <= 816), while sm_86/89 (99 KiB) take D <= 304. Three
+    stages: 163,840 bytes at D = 512 (sm_80: D <= 512; sm_90: D <= 768)."""
+    return 2 * (TBM * (ld + TPAD) + stages * TBN * (TBK + TPAD))
 
 
 def centroid_terms(c_norm2: Any, c_dnorm: Any) -> Any:
@@ -465,14 +505,14 @@ def _smem_optin(device_id: int) -> int:
     return int(_cupy().cuda.Device(device_id).attributes.get("MaxSharedMemoryPerBlockOptin", 48 * 1024))
 
 
-def _launch_tiled(args: tuple, rows_pad: int, ld: int) -> None:
+def _launch_tiled(kernel: str, args: tuple, rows_pad: int, ld: int) -> None:
     cp = _cupy()
-    smem = tiled_smem_bytes(ld)
+    smem = tiled_smem_bytes(ld, TILED_STAGES[kernel])
     limit = _smem_optin(cp.cuda.Device().id)
     if smem > limit:
-        raise KernelInputError(f"the tiled fused kernel keeps {TBM} rows of x in shared memory: D = {ld} needs "
+        raise KernelInputError(f"the {kernel} fused kernel keeps {TBM} rows of x in shared memory: D = {ld} needs "
                                f"{smem} bytes, this GPU allows {limit}; use method 'fused-bf16' (direct loads)")
-    fn = _kernel("fused_assign_bf16_tiled")
+    fn = _kernel(TILED_KERNEL_NAMES[kernel])
     if smem > 48 * 1024:  # opt in above 48 KiB (cudaFuncSetAttribute; microseconds, so every call)
         fn.max_dynamic_shared_size_bytes = smem
     fn((rows_pad // TBM,), (TILED_THREADS,), args, shared_mem=smem)
@@ -505,8 +545,8 @@ def assign_nearest_fused(x: Any, centroids: Any, *, prepared: PreparedRows | Non
     scale = np.float32(bound_scale * BOUND_SLACK)
     args = (prepared.xr, cr, _i32(ld), prepared.norm2, prepared.dnorm, c_norm2, c_abs, c_dnorm, guess, tie,
             _i32(n), _i32(k), np.float32(accumulation_bound(d)), scale)
-    if kernel == "tiled":
-        _launch_tiled(args, prepared.xr.shape[0], ld)
+    if kernel in TILED_STAGES:
+        _launch_tiled(kernel, args, prepared.xr.shape[0], ld)
     else:
         _kernel("fused_assign_bf16")((prepared.xr.shape[0] // FBM,), (FUSED_THREADS,), args)
     labels = cp.empty(n, dtype=cp.int64)

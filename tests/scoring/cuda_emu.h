@@ -157,8 +157,7 @@ inline void emu_cp_wait(size_t keep) {
         emu_cp_groups.erase(emu_cp_groups.begin());
     }
 }
-inline void cp_async_wait_1() { emu_cp_wait(1); }
-inline void cp_async_wait_0() { emu_cp_wait(0); }
+template <int N> inline void cp_async_wait() { emu_cp_wait(N); }
 
 inline int __ffs(unsigned x) { return x ? __builtin_ctz(x) + 1 : 0; }
 

@@ -1,7 +1,7 @@
 // Host driver for the fused tensor-core assignment (ffcv_dp4tl/kernels/fused.py, FUSED_SOURCE)
 // under cuda_emu.h, whose mma_bf16_16816 emulates the PTX mma.sync warp-collectively.
 // usage: emu prep DIR n d ld rows_pad          a.bin -> out.bin norm2.bin dnorm.bin
-//        emu assign DIR n k ld d gamma scale rows_pad [tiled SMEM_BYTES]
+//        emu assign DIR n k ld d gamma scale rows_pad [tiled|tiled3 SMEM_BYTES]
 //                                               xr cr xn2 xdn cn2 cabs cdn -> guess.bin tie.bin
 //        emu final DIR n d k                    x c xn2 guess tie -> labels.bin d2.bin votes.bin
 #include "cuda_emu.h"
@@ -31,7 +31,8 @@ int main(int argc, char** argv) {
         const int n = std::atoi(argv[3]), k = std::atoi(argv[4]), ld = std::atoi(argv[5]), d = std::atoi(argv[6]);
         const float gamma = std::atof(argv[7]), scale = std::atof(argv[8]);
         const int rows_pad = std::atoi(argv[9]);
-        const bool tiled = argc == 12 && std::string(argv[10]) == "tiled";
+        const std::string kind = argc == 12 ? argv[10] : "direct";
+        const bool tiled = kind == "tiled" || kind == "tiled3";
         const int tile = tiled ? TBN : FBN;
         const int k_pad = (k + tile - 1) / tile * tile;
         (void)d;
@@ -45,7 +46,7 @@ int main(int argc, char** argv) {
         std::vector<int> guess(n, -7), tie(n, -7);
         if (tiled) {
             emu_set_dynamic_smem(std::strtoull(argv[11], nullptr, 10));  // fused.tiled_smem_bytes(ld)
-            emu_launch(fused_assign_bf16_tiled, dim3(rows_pad / TBM), dim3(TTHREADS), (const unsigned short*)xr.data(),
+            emu_launch(kind == "tiled" ? fused_assign_bf16_tiled : fused_assign_bf16_tiled3, dim3(rows_pad / TBM), dim3(TTHREADS), (const unsigned short*)xr.data(),
                        (const unsigned short*)cr.data(), ld, (const float*)xn2.data(), (const float*)xdn.data(),
                        (const float*)cn2.data(), (const float*)cabs.data(), (const float*)cdn.data(), guess.data(),
                        tie.data(), n, k, gamma, scale);

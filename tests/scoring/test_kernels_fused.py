@@ -42,7 +42,8 @@ def prep(emu, wd, a: np.ndarray, rows_pad: int, ld: int):
 
 def kernel_args(kernel: str, ld: int) -> tuple:
     """The driver's kernel choice; the tiled kernel gets the shared memory the launcher asks for."""
-    return ("tiled", fused.tiled_smem_bytes(ld)) if kernel == "tiled" else ()
+    return ((kernel, fused.tiled_smem_bytes(ld, fused.TILED_STAGES[kernel])) if kernel in fused.TILED_STAGES
+            else ())
 
 
 def fused_emulated(emu, emu_gemm, wd, x, c, bound_scale=1.0, kernel="direct"):
@@ -109,6 +110,10 @@ def test_fused_labels_equal_float64_with_near_ties(emu_fused, emu_gemm, tmp_path
     ("tiled", 64, 32, 80),
     # several D stages (TBK = 32) with a partial last one, and several centroid tiles and row blocks
     ("tiled", 300, 176, 300),
+    # the 3-stage ring: fewer stages than the ring (1), exactly 2, and many with a partial last one
+    ("tiled3", 64, 32, 80),
+    ("tiled3", 64, 48, 80),
+    ("tiled3", 300, 176, 300),
 ])
 def test_fused_mma_fragment_layout_gives_the_gemm(emu_fused, tmp_path, kernel, n, d, k):
     """Exact small integers: BF16 and FP32 are exact, so the bound is only the accumulation term
@@ -159,14 +164,17 @@ def test_per_centroid_bound_flags_fewer_rows_than_the_max_bound(emu_fused, emu_g
     assert out["tie"].sum() < 0.25 * (old["ncand"] > 1).sum()
 
 
-def test_fused_kernel_choice_is_checked_and_methods_name_both():
+def test_fused_kernel_choice_is_checked_and_methods_name_every_kernel():
     with pytest.raises(ValueError, match="kernel must be one of direct, tiled"):
         fused.assign_nearest_fused(np.zeros((2, 2), np.float32), np.zeros((1, 2), np.float32), kernel="smem")
     assert set(cuda.FUSED_METHODS.values()) == set(fused.FUSED_KERNEL_KINDS)
     assert set(cuda.FUSED_METHODS) <= set(cuda.ASSIGN_METHODS)
-    # 128 rows of x~ (D = 512 padded by 8) + two 128 x 40 centroid stages, BF16: fits the opt-in
-    # shared memory of sm_80 (166,912 bytes) as well as sm_90 (232,448)
+    # 128 rows of x~ (D = 512 padded by 8) + two (three) 128 x 40 centroid stages, BF16: fits the
+    # opt-in shared memory of sm_80 (166,912 bytes) as well as sm_90 (232,448)
     assert fused.tiled_smem_bytes(512) == 2 * (128 * 520 + 2 * 128 * 40) <= 166_912
+    assert fused.tiled_smem_bytes(512, 3) == 2 * (128 * 520 + 3 * 128 * 40) <= 166_912
+    assert set(fused.TILED_STAGES) == set(fused.TILED_KERNEL_NAMES) == set(fused.FUSED_KERNEL_KINDS) - {"direct"}
+    assert set(fused.TILED_KERNEL_NAMES.values()) < set(fused.FUSED_KERNELS)
 
 
 # -- real GPU ------------------------------------------------------------------------------
