@@ -335,7 +335,9 @@ def test_describe_dispatches_on_kind():
 
 PACKAGES = ("ffcv_dp4tl", "beton_builders")
 #: ffcv_dp4tl's dependency-free base: what beton_builders may import from it
-CORE = {"ffcv_dp4tl", "ffcv_dp4tl.contracts", "ffcv_dp4tl.errors", "ffcv_dp4tl.fsutil"}
+#: What beton_builders may import: the package root, its contracts, errors, files, and cpus (the
+#: cores a process may use, which the encoders count as the loaders do); each stdlib-only or nearly.
+CORE = {"ffcv_dp4tl", "ffcv_dp4tl.contracts", "ffcv_dp4tl.cpus", "ffcv_dp4tl.errors", "ffcv_dp4tl.fsutil"}
 
 
 def _module_name(path: Path) -> str:
@@ -413,8 +415,9 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def _package_node(name: str) -> str:
-    """Top-level packages, with ffcv_dp4tl's core (its ``__init__``, contracts, errors, fsutil:
-    what importing any ffcv_dp4tl module runs) apart from the rest of it (``ffcv_dp4tl.*``)."""
+    """Top-level packages, with ffcv_dp4tl's core (its ``__init__``, contracts, errors, fsutil: what
+    importing any ffcv_dp4tl module runs; and the stdlib-only cpus) apart from the rest of it
+    (``ffcv_dp4tl.*``)."""
     if name in CORE:
         return name
     if name.startswith("ffcv_dp4tl.contracts."):  # the contracts package's modules: one node
@@ -458,7 +461,7 @@ def test_importing_beton_builders_first_stays_light():
             "beton_builders.layouts, beton_builders.sources, beton_builders.synth\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ffcv') "
             "or (m.startswith('ffcv_dp4tl.') and m.split('.')[1] not in "
-            "('contracts', 'errors', 'fsutil')))\n"
+            "('contracts', 'cpus', 'errors', 'fsutil')))\n"
             "print(heavy)\n"
             "import ffcv_dp4tl.data, ffcv_dp4tl.cli\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
