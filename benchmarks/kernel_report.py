@@ -15,6 +15,9 @@ configuration (the CUDA occupancy calculator's rules, per target), and disassemb
 with ``nvdisasm`` to count instructions, including those of the innermost loop that issues the
 ``mma``.
 
+The CPU tests compile every registered module through the same NVRTC binding
+(tests/scoring/test_kernels_nvrtc.py: no spills, the launches fit).
+
 Tools: NVRTC (``nvidia-cuda-nvrtc``, which torch's CUDA build already brings) and ``nvdisasm``
 (``nvidia-cuda-nvdisasm``), both pip packages that run without a GPU (scripts/setup.sh installs
 them; requirements/cpu.txt pins them), or a CUDA toolkit (``--cuda-home`` / ``$CUDA_HOME``, as on
@@ -352,11 +355,11 @@ def disassemble(cubin: bytes, nvdisasm: Path) -> str:
 
 # -- our kernels -------------------------------------------------------------------------------
 def modules() -> dict[str, str]:
-    """The CUDA sources CuPy compiles on the device, by the module that launches them."""
-    from ffcv_dp4tl.kernels.cuda_source import SOURCE
-    from ffcv_dp4tl.kernels.fused import FUSED_SOURCE
+    """The CUDA sources CuPy compiles on the device (``kernels.cuda_modules()``, the registry every
+    module is added to), by the module that launches them."""
+    from ffcv_dp4tl import kernels
 
-    return {"kernels.cuda": SOURCE, "kernels.fused": FUSED_SOURCE}
+    return {f"kernels.{name}": source for name, (source, _) in kernels.cuda_modules().items()}
 
 
 def launch(name: str, d: int) -> tuple[int, int]:
