@@ -244,7 +244,7 @@ def run_gpu(args) -> tuple[list[Result], list[str], dict[str, str]]:
     # Fused tensor-core kernel: one mma.sync GEMM, per-row best candidates in the epilogue, no
     # N x K matrix; x rounded to BF16 once (as k-means does), flagged rows re-decided exactly.
     # Several kernels, same decisions: fragments loaded from global memory (direct) or staged
-    # through shared memory with ldmatrix and a ring of 2 / 3 cp.async stages (tiled / tiled3).
+    # through shared memory with ldmatrix and a ring of cp.async stages (kfused.TILED_KERNELS).
     from ffcv_dp4tl.kernels import fused as kfused
 
     prepared = None

@@ -370,9 +370,9 @@ def launch(name: str, d: int) -> tuple[int, int]:
 
     if name == "fused_assign_bf16":
         return fused.FUSED_THREADS, 0
-    kinds = {v: k for k, v in fused.TILED_KERNEL_NAMES.items()}
+    kinds = {t.name: kind for kind, t in fused.TILED_KERNELS.items()}
     if name in kinds:
-        return fused.TILED_THREADS, fused.tiled_smem_bytes(fused.padded(d, fused.FBK), fused.TILED_STAGES[kinds[name]])
+        return fused.TILED_THREADS, fused.tiled_kernel_smem(kinds[name], fused.padded(d, fused.FBK))
     if name.startswith("segment_sum"):
         return (128 if d <= 128 else 256), 0
     return THREADS, 0
@@ -467,14 +467,14 @@ def findings(reports: list[KernelReport], d: int) -> list[str]:
         if direct:
             out.append(f"- {arch}: `direct` keeps {direct.occ.warps} warps per SM ({direct.occ.fraction:.1%}), "
                        f"limited by {direct.occ.limited_by}, and loads its fragments from global memory.")
-        for kind, name in fused.TILED_KERNEL_NAMES.items():
-            tiled = by.get(name)
+        for kind, t in fused.TILED_KERNELS.items():
+            tiled = by.get(t.name)
             if not tiled:
                 continue
             per_sp = tiled.occ.warps / TARGETS[arch].sub_partitions
             spills = "no spills" if not (tiled.res.spill_stores or tiled.res.spill_loads) else "**it spills**"
-            line = (f"- {arch}: `{kind}` ({fused.TILED_STAGES[kind]} cp.async stages) keeps {tiled.occ.blocks} "
-                    f"block of {tiled.threads // 32} warps per SM ({tiled.occ.warps} warps, "
+            line = (f"- {arch}: `{kind}` ({t.rows} rows, {t.stages} cp.async stages) keeps {tiled.occ.blocks} "
+                    f"block{'s' if tiled.occ.blocks != 1 else ''} of {tiled.threads // 32} warps per SM ({tiled.occ.warps} warps, "
                     f"{tiled.occ.fraction:.1%} occupancy, {per_sp:g} warps per sub-partition), limited by "
                     f"{tiled.occ.limited_by} ({tiled.res.registers} registers a thread, "
                     f"{tiled.dynamic_smem / 1024:.0f} KiB of shared memory a block at D = {d}); {spills}.")

@@ -34,10 +34,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ffcv_dp4tl.kernels.fused import FUSED_KERNEL_KINDS, TILED_KERNEL_NAMES  # noqa: E402
+from ffcv_dp4tl.kernels.fused import FUSED_KERNEL_KINDS, TILED_KERNELS  # noqa: E402
 
 #: The kernels profiled, by kind (their names in ``kernels.fused``; the regex ncu filters by).
-KERNELS = {kind: TILED_KERNEL_NAMES.get(kind, "fused_assign_bf16") for kind in FUSED_KERNEL_KINDS}
+KERNELS = {kind: TILED_KERNELS[kind].name if kind in TILED_KERNELS else "fused_assign_bf16"
+           for kind in FUSED_KERNEL_KINDS}
 KERNEL_FILTER = "regex:^fused_assign_bf16"
 #: ncu sections (documented identifiers, stable across versions: an unknown *metric* name would
 #: make ncu refuse the whole run, so no raw metrics are asked for).

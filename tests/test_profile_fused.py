@@ -65,7 +65,7 @@ NCU_TEXT = """\
 def test_parse_ncu_reads_metrics_launches_and_diagnoses_per_kernel():
     p = pf.parse_ncu(NCU_TEXT)
     assert set(p) == {"fused_assign_bf16", "fused_assign_bf16_tiled"}  # (the two in the sample)
-    assert set(pf.KERNELS) == {"direct", "tiled", "tiled3"} and set(p) < set(pf.KERNELS.values())
+    assert set(pf.KERNELS) == {"direct", "tiled", "tiled3", "tiled64"} and set(p) < set(pf.KERNELS.values())
     d, t = p["fused_assign_bf16"], p["fused_assign_bf16_tiled"]
     assert d["launch"] == "grid 8192, block 128" and t["launch"] == "grid 4096, block 256"
     assert d["metrics"]["Duration"] == ("ms", "26.57")

@@ -195,10 +195,11 @@ def histogram(labels: Any, k: int, weights: Any = None) -> Any:
 #: TF32/BF16, run cuBLAS on tensor cores and decide near-ties exactly in ``gemm_epilogue``;
 #: ``fused-bf16`` (:mod:`.fused`) is one mma.sync GEMM whose epilogue keeps each row's best
 #: candidates (no N x K matrix) and re-decides only the flagged rows with ``gemm-bf16``;
-#: ``fused-bf16-tiled`` / ``-tiled3`` are the same decision with operands staged through shared
-#: memory (2 / 3 cp.async stages).
-ASSIGN_METHODS = ("auto", "simt", "gemm-tf32", "gemm-bf16", "fused-bf16", "fused-bf16-tiled", "fused-bf16-tiled3")
-FUSED_METHODS = {"fused-bf16": "direct", "fused-bf16-tiled": "tiled", "fused-bf16-tiled3": "tiled3"}
+#: ``fused-bf16-tiled`` / ``-tiled3`` / ``-tiled64`` are the same decision with operands staged
+#: through shared memory (:data:`.fused.TILED_KERNELS`: 2 / 3 cp.async stages, 128 / 64 rows a block).
+FUSED_METHODS = {"fused-bf16": "direct", "fused-bf16-tiled": "tiled", "fused-bf16-tiled3": "tiled3",
+                 "fused-bf16-tiled64": "tiled64"}
+ASSIGN_METHODS = ("auto", "simt", "gemm-tf32", "gemm-bf16", *FUSED_METHODS)
 #: Bytes of the (rows x K) FP32 score block per GEMM chunk. Measured on an H100 (BENCHMARKS.md,
 #: GPU check; 1.28M x 512, K=2000): 8 / 32 / 128 MiB chunks took 112 / 33 / 21 ms (BF16), so the
 #: per-chunk launch cost outweighs keeping the block in L2; 128 MiB is the fastest size measured.

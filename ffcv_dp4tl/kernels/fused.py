@@ -30,19 +30,23 @@ terms vanish and only accumulation remains.
 ``prepare_rows`` rounds ``x`` once (padded BF16 copy, norms): :func:`..scoring.kmeans` keeps it
 for all Lloyd iterations instead of rebuilding it every call.
 
-**Three kernels, same decisions.** ``fused_assign_bf16`` (``kernel="direct"``) loads every mma
+**Four kernels, same decisions.** ``fused_assign_bf16`` (``kernel="direct"``) loads every mma
 fragment straight from global memory, relying on L1/L2. ``fused_assign_bf16_tiled``
 (``kernel="tiled"``, method ``fused-bf16-tiled``) is the usual next step for a tensor-core GEMM:
 a block keeps its 128 rows of ``x~`` in shared memory for the whole run and streams 128-centroid
 tiles of ``c~`` through a ring of ``cp.async`` stages, with ``ldmatrix`` feeding the mma
 fragments, so global/L2 traffic is ``c~`` once per 128 rows instead of fragment-sized scattered
 loads. ``fused_assign_bf16_tiled3`` (``kernel="tiled3"``, method ``fused-bf16-tiled3``) is the
-same with three stages instead of two: each stage's copy is issued two stages ahead. Why both:
-the compiler's report (benchmarks/kernel_report.py) gives the tiled kernels one block of 8 warps
-per SM, 2 per scheduler, so little else can issue while a warp waits for its stage; whether a
-deeper ring pays is a GPU measurement (the ``fm`` stage of scripts/gpu_check.sh times every kernel,
-``kernels`` profiles them; ``auto`` measures them all). Shared memory limits D: ``tiled`` D <= 560
-on sm_80, 816 on sm_90; ``tiled3`` D <= 512 on sm_80, 768 on sm_90 (:func:`tiled_smem_bytes`).
+same with three stages instead of two: each stage's copy is issued two stages ahead.
+``fused_assign_bf16_tiled64`` (``kernel="tiled64"``) keeps 64 rows a block instead of 128, so a
+block needs 95 KiB and at most 128 registers a thread, and two blocks fit an sm_90 SM. Why all of
+them: the compiler's report (benchmarks/kernel_report.py) gives the 128-row kernels one block of
+8 warps per SM, 2 per scheduler, so little else can issue while a warp waits for its stage; a
+deeper ring or twice the warps (at the price of more ``ldmatrix`` per mma and ``c~`` read once
+per 64 rows) are the two remedies, and which pays is a GPU measurement (the ``fm`` stage of
+scripts/gpu_check.sh times every kernel, ``kernels`` profiles them; ``auto`` measures them all).
+Shared memory limits D (:func:`tiled_smem_bytes`): ``tiled`` D <= 560 on sm_80, 816 on sm_90;
+``tiled3`` D <= 512 / 768; ``tiled64`` D <= 1,056 / 1,568 (two blocks per sm_90 SM up to 656).
 
 Tested on the CPU by compiling this very source under ``tests/scoring/cuda_emu.h``, which
 emulates ``mma.sync`` and ``ldmatrix`` warp-collectively with the PTX fragment layout and
@@ -68,20 +72,39 @@ FUSED_THREADS = 128
 #: D columns per stage, padding halves per shared row, threads (8 warps).
 TBM, TBN, TBK, TPAD = 128, 128, 32, 8
 TILED_THREADS = 256
+
+
+@dataclass(frozen=True)
+class TiledKernel:
+    """One instance of the tiled template in FUSED_SOURCE (generated from this table): its name,
+    cp.async stages, rows of ``x~`` per block (kept in shared memory; 64 x the m16 tiles of each
+    row warp) and the blocks per SM it is compiled for (``__launch_bounds__``: 2 caps a thread
+    at 128 registers so that two blocks fit an SM)."""
+
+    name: str
+    stages: int
+    rows: int
+    min_blocks: int
+
+
+#: The tiled kernels: ``tiled`` (the H200 run's 128-row design, 2 stages), ``tiled3`` (a 3-stage ring) and
+#: ``tiled64`` (3 stages, 64 rows a block and two blocks per SM: 16 resident warps, not 8).
+TILED_KERNELS = {
+    "tiled": TiledKernel("fused_assign_bf16_tiled", 2, 128, 1),
+    "tiled3": TiledKernel("fused_assign_bf16_tiled3", 3, 128, 1),
+    "tiled64": TiledKernel("fused_assign_bf16_tiled64", 3, 64, 2),
+}
 #: The kernels of :func:`assign_nearest_fused`: ``direct`` loads mma fragments straight from
-#: global memory (L1/L2); ``tiled`` / ``tiled3`` stage them through shared memory (ldmatrix, a
-#: ring of 2 / 3 cp.async stages).
-FUSED_KERNEL_KINDS = ("direct", "tiled", "tiled3")
-#: cp.async stages of each tiled kernel (its template instance in FUSED_SOURCE) and its name.
-TILED_STAGES = {"tiled": 2, "tiled3": 3}
-TILED_KERNEL_NAMES = {"tiled": "fused_assign_bf16_tiled", "tiled3": "fused_assign_bf16_tiled3"}
+#: global memory (L1/L2); the tiled ones stage them through shared memory (ldmatrix, a ring of
+#: cp.async stages).
+FUSED_KERNEL_KINDS = ("direct", *TILED_KERNELS)
 #: ``x~`` is padded to a multiple of this many rows, so either kernel can use one prepared copy.
 ROWS_MULTIPLE = max(FBM, TBM)
 
 
 def centroid_multiple(kernel: str) -> int:
     """``c~`` is padded to a multiple of this many rows (the kernel's centroid tile)."""
-    return TBN if kernel in TILED_STAGES else FBN
+    return TBN if kernel in TILED_KERNELS else FBN
 #: 1 + margin for the bound's own FP32 arithmetic.
 BOUND_SLACK = 1.001
 
@@ -216,16 +239,16 @@ extern "C" __global__ void fused_assign_bf16(const unsigned short* __restrict__ 
 }
 
 /* ---- The tiled variants: shared-memory staging, ldmatrix, a ring of cp.async stages ---------
-   Block = 256 threads = 8 warps, 128 rows (TBM); the block's rows of x~ (whole D) are copied to
-   shared memory ONCE and stay there, while 128-centroid tiles of c~ stream through a ring of NST
+   Block = 256 threads = 8 warps, BM = 64 * MI rows (128 or 64); the block's rows of x~ (whole D)
+   are copied to shared memory ONCE and stay there, while 128-centroid tiles of c~ stream through a ring of NST
    TBN x TBK stages (cp.async): stage s + NST - 1 loads while the tensor cores work on stage s.
-   Warp (wr, wc) = (warp & 3, warp >> 2) owns rows wr*32..+31 and centroids wc*64..+63 of each
-   tile: per 16-wide D step, 2 + 4 ldmatrix.x4 feed 16 mma. One barrier per stage: after it, stage
+   Warp (wr, wc) = (warp & 3, warp >> 2) owns rows wr*16*MI..+16*MI-1 and centroids wc*64..+63 of
+   each tile: per 16-wide D step, MI + 4 ldmatrix.x4 feed 8 * MI mma. One barrier per stage: after it, stage
    s is visible to every thread AND every warp has finished stage s - 1, whose buffer is the one
    refilled next. The two column halves of a row are merged through shared memory at the end.
    Shared rows are padded by TPAD halves so the 8 row addresses of one ldmatrix fall in distinct
-   banks. Needs TBM * (ld + TPAD) * 2 + NST * TBN * TLDB * 2 bytes of dynamic shared memory
-   (tiled_smem_bytes). Two instantiations: NST = 2 (kernel "tiled") and NST = 3 ("tiled3"). */
+   banks. Needs BM * (ld + TPAD) * 2 + NST * TBN * TLDB * 2 bytes of dynamic shared memory
+   (tiled_smem_bytes). The instances are generated from TILED_KERNELS (@TILED_INSTANCES@ below). */
 @TILED_DEFINES@
 #ifndef CUDA_EMU
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
@@ -264,7 +287,7 @@ __device__ __forceinline__ void load_c_stage(unsigned short* dst, const unsigned
     }
 }
 
-template <int NST>
+template <int NST, int MI>
 __device__ __forceinline__ void tiled_assign(const unsigned short* __restrict__ xr, const unsigned short* __restrict__ cr,
                                              int ld, const float* __restrict__ x_norm2,
                                              const float* __restrict__ x_dnorm, const float* __restrict__ c_norm2,
@@ -278,21 +301,22 @@ __device__ __forceinline__ void tiled_assign(const unsigned short* __restrict__ 
     unsigned short* As = (unsigned short*)smem_words;
 #endif
     const int lda = ld + TPAD;
-    unsigned short* Bs = As + TBM * lda;                        /* NST stages of TBN x TLDB */
+    constexpr int BM = 4 * 16 * MI;                              /* rows per block: 4 row warps x MI m16 tiles */
+    unsigned short* Bs = As + BM * lda;                         /* NST stages of TBN x TLDB */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wr = warp & 3, wc = warp >> 2, g = lane >> 2, t = lane & 3;
     const int crow = tid / TSEGS, seg = tid % TSEGS;             /* this thread's pieces of a stage */
-    const long long row0 = (long long)blockIdx.x * TBM;
+    const long long row0 = (long long)blockIdx.x * BM;
     const float E = scale * 2.3841858e-7f;                       /* 2^-22 */
-    float P[2][2], Q[2][2];
-    RowState st[2][2];                                           /* [16-row half][g or g + 8] */
-    for (int mi = 0; mi < 2; ++mi)
+    float P[MI][2], Q[MI][2];
+    RowState st[MI][2];                                          /* [m16 tile][g or g + 8] */
+    for (int mi = 0; mi < MI; ++mi)
         for (int h = 0; h < 2; ++h)
-            row_setup(x_norm2, x_dnorm, row0 + wr * 32 + mi * 16 + h * 8 + g, n, gamma, scale,
+            row_setup(x_norm2, x_dnorm, row0 + wr * 16 * MI + mi * 16 + h * 8 + g, n, gamma, scale,
                       P[mi][h], Q[mi][h], st[mi][h]);
 
     const int segs = ld / 8;                                     /* x~: all of D, once */
-    for (int i = tid; i < TBM * segs; i += TTHREADS) {
+    for (int i = tid; i < BM * segs; i += TTHREADS) {
         const int r = i / segs, s = i % segs;
         cp_async16(As + r * lda + s * 8, xr + (row0 + r) * ld + s * 8);
     }
@@ -307,8 +331,8 @@ __device__ __forceinline__ void tiled_assign(const unsigned short* __restrict__ 
         cp_async_commit();
     }
 
-    float acc[2][8][4];
-    for (int mi = 0; mi < 2; ++mi)
+    float acc[MI][8][4];
+    for (int mi = 0; mi < MI; ++mi)
         for (int j = 0; j < 8; ++j)
             for (int q = 0; q < 4; ++q) acc[mi][j][q] = 0.f;
     const int li = lane >> 3, lr = lane & 7;                     /* ldmatrix: matrix, row */
@@ -324,12 +348,12 @@ __device__ __forceinline__ void tiled_assign(const unsigned short* __restrict__ 
         const unsigned short* B = Bs + (s % NST) * TBN * TLDB + wc * 64 * TLDB;
         const int k0 = ch * TBK, kw = min(TBK, ld - k0);
         for (int kk = 0; kk < kw; kk += 16) {
-            unsigned a[2][4], b[4][4];
-            for (int mi = 0; mi < 2; ++mi)   /* a0..a3: rows +0/+8 (li & 1), columns +0/+8 (li >> 1) */
-                ldsm_x4(a[mi], As + (wr * 32 + mi * 16 + (li & 1) * 8 + lr) * lda + k0 + kk + (li >> 1) * 8);
+            unsigned a[MI][4], b[4][4];
+            for (int mi = 0; mi < MI; ++mi)   /* a0..a3: rows +0/+8 (li & 1), columns +0/+8 (li >> 1) */
+                ldsm_x4(a[mi], As + (wr * 16 * MI + mi * 16 + (li & 1) * 8 + lr) * lda + k0 + kk + (li >> 1) * 8);
             for (int jp = 0; jp < 4; ++jp)   /* b0, b1 of centroids 16jp..+7, then of 16jp+8..+15 */
                 ldsm_x4(b[jp], B + (jp * 16 + (li >> 1) * 8 + lr) * TLDB + kk + (li & 1) * 8);
-            for (int mi = 0; mi < 2; ++mi)
+            for (int mi = 0; mi < MI; ++mi)
                 for (int j = 0; j < 8; ++j) mma_bf16_16816(acc[mi][j], a[mi], &b[j >> 1][(j & 1) * 2]);
         }
         if (++ch == nch) {                                       /* this tile's dots are complete */
@@ -339,12 +363,12 @@ __device__ __forceinline__ void tiled_assign(const unsigned short* __restrict__ 
                     const int col = cbase + 8 * j + 2 * t + e;
                     if (col < k) {
                         const float cn2 = c_norm2[col], ca = c_abs[col], dc = c_dnorm[col];
-                        for (int mi = 0; mi < 2; ++mi)
+                        for (int mi = 0; mi < MI; ++mi)
                             for (int h = 0; h < 2; ++h)
                                 fold(st[mi][h], acc[mi][j][2 * h + e], P[mi][h], Q[mi][h], E, cn2, ca, dc, col);
                     }
                 }
-            for (int mi = 0; mi < 2; ++mi)
+            for (int mi = 0; mi < MI; ++mi)
                 for (int j = 0; j < 8; ++j)
                     for (int q = 0; q < 4; ++q) acc[mi][j][q] = 0.f;
             ch = 0;
@@ -354,12 +378,12 @@ __device__ __forceinline__ void tiled_assign(const unsigned short* __restrict__ 
     __syncthreads();                                             /* every warp is done with the stages */
     /* the 4 lanes of a row, then the two column halves (through the now idle stage buffers) */
     float* xs = (float*)Bs;
-    int* xi = (int*)(xs + 3 * TBM);
-    for (int mi = 0; mi < 2; ++mi)
+    int* xi = (int*)(xs + 3 * BM);
+    for (int mi = 0; mi < MI; ++mi)
         for (int h = 0; h < 2; ++h) {
             merge_lanes(st[mi][h], 1);
             merge_lanes(st[mi][h], 2);
-            const int rb = wr * 32 + mi * 16 + h * 8 + g;
+            const int rb = wr * 16 * MI + mi * 16 + h * 8 + g;
             if (wc == 1 && t == 0) {
                 xs[3 * rb] = st[mi][h].l1; xs[3 * rb + 1] = st[mi][h].l2; xs[3 * rb + 2] = st[mi][h].u;
                 xi[rb] = st[mi][h].i1;
@@ -367,9 +391,9 @@ __device__ __forceinline__ void tiled_assign(const unsigned short* __restrict__ 
         }
     __syncthreads();
     if (wc == 0 && t == 0)
-        for (int mi = 0; mi < 2; ++mi)
+        for (int mi = 0; mi < MI; ++mi)
             for (int h = 0; h < 2; ++h) {
-                const int rb = wr * 32 + mi * 16 + h * 8 + g;
+                const int rb = wr * 16 * MI + mi * 16 + h * 8 + g;
                 merge_state(st[mi][h], xs[3 * rb], xs[3 * rb + 1], xs[3 * rb + 2], xi[rb]);
                 if (row0 + rb < n) {
                     guess[row0 + rb] = st[mi][h].i1;
@@ -378,17 +402,16 @@ __device__ __forceinline__ void tiled_assign(const unsigned short* __restrict__ 
             }
 }
 
-#define TILED_KERNEL(NAME, NST)                                                                          \
-extern "C" __global__ void __launch_bounds__(TTHREADS, 1)                                                \
+#define TILED_KERNEL(NAME, NST, MI, MIN_BLOCKS)                                                          \
+extern "C" __global__ void __launch_bounds__(TTHREADS, MIN_BLOCKS)                                       \
 NAME(const unsigned short* __restrict__ xr, const unsigned short* __restrict__ cr, int ld,               \
      const float* __restrict__ x_norm2, const float* __restrict__ x_dnorm,                               \
      const float* __restrict__ c_norm2, const float* __restrict__ c_abs,                                 \
      const float* __restrict__ c_dnorm, int* __restrict__ guess, int* __restrict__ tie,                  \
      int n, int k, float gamma, float scale) {                                                           \
-    tiled_assign<NST>(xr, cr, ld, x_norm2, x_dnorm, c_norm2, c_abs, c_dnorm, guess, tie, n, k, gamma, scale); \
+    tiled_assign<NST, MI>(xr, cr, ld, x_norm2, x_dnorm, c_norm2, c_abs, c_dnorm, guess, tie, n, k, gamma, scale); \
 }
-TILED_KERNEL(fused_assign_bf16_tiled, 2)
-TILED_KERNEL(fused_assign_bf16_tiled3, 3)
+@TILED_INSTANCES@
 
 /* One warp per row: label and exact distance (FP64 sum of (x - c)^2) of the unique candidate;
    rows with a tie get label -1 (the caller re-decides them exactly); NaN/Inf rows label 0, NaN. */
@@ -423,19 +446,29 @@ FUSED_SOURCE = FUSED_SOURCE.replace("@TILED_DEFINES@", "".join(
     f"#define {name} {value}\n" for name, value in
     (("TBM", TBM), ("TBN", TBN), ("TBK", TBK), ("TPAD", TPAD), ("TLDB", TBK + TPAD), ("TTHREADS", TILED_THREADS))))
 
-FUSED_KERNELS = ("prep_pad_bf16", "fused_assign_bf16", *TILED_KERNEL_NAMES.values(), "fused_finalize")
+FUSED_SOURCE = FUSED_SOURCE.replace("@TILED_INSTANCES@", "".join(
+    f"TILED_KERNEL({t.name}, {t.stages}, {t.rows // 64}, {t.min_blocks})\n" for t in TILED_KERNELS.values()))
+
+FUSED_KERNELS = ("prep_pad_bf16", "fused_assign_bf16", *(t.name for t in TILED_KERNELS.values()), "fused_finalize")
 
 
 def padded(n: int, multiple: int) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
 
-def tiled_smem_bytes(ld: int, stages: int = 2) -> int:
-    """Dynamic shared memory of one tiled block: the block's rows of ``x~`` (whole padded D) and
-    ``stages`` centroid stages. Two stages: 153,600 bytes at D = 512, which fits sm_80 (163 KiB
-    opt-in, D <= 560) and sm_90 (227 KiB, D <= 816), while sm_86/89 (99 KiB) take D <= 304. Three
-    stages: 163,840 bytes at D = 512 (sm_80: D <= 512; sm_90: D <= 768)."""
-    return 2 * (TBM * (ld + TPAD) + stages * TBN * (TBK + TPAD))
+def tiled_smem_bytes(ld: int, stages: int = 2, rows: int = TBM) -> int:
+    """Dynamic shared memory of one tiled block: its ``rows`` of ``x~`` (whole padded D) and
+    ``stages`` centroid stages. ``tiled``: 153,600 bytes at D = 512, which fits sm_80 (163 KiB
+    opt-in, D <= 560) and sm_90 (227 KiB, D <= 816), while sm_86/89 (99 KiB) take D <= 304.
+    ``tiled3``: 163,840 bytes (sm_80: D <= 512; sm_90: D <= 768). ``tiled64``: 97,280 bytes, so
+    two blocks fit an sm_90 SM (228 KiB) up to D = 656, one an sm_80 SM."""
+    return 2 * (rows * (ld + TPAD) + stages * TBN * (TBK + TPAD))
+
+
+def tiled_kernel_smem(kernel: str, ld: int) -> int:
+    """:func:`tiled_smem_bytes` of one of :data:`TILED_KERNELS`."""
+    t = TILED_KERNELS[kernel]
+    return tiled_smem_bytes(ld, t.stages, t.rows)
 
 
 def centroid_terms(c_norm2: Any, c_dnorm: Any) -> Any:
@@ -507,15 +540,16 @@ def _smem_optin(device_id: int) -> int:
 
 def _launch_tiled(kernel: str, args: tuple, rows_pad: int, ld: int) -> None:
     cp = _cupy()
-    smem = tiled_smem_bytes(ld, TILED_STAGES[kernel])
+    t = TILED_KERNELS[kernel]
+    smem = tiled_kernel_smem(kernel, ld)
     limit = _smem_optin(cp.cuda.Device().id)
     if smem > limit:
-        raise KernelInputError(f"the {kernel} fused kernel keeps {TBM} rows of x in shared memory: D = {ld} needs "
-                               f"{smem} bytes, this GPU allows {limit}; use method 'fused-bf16' (direct loads)")
-    fn = _kernel(TILED_KERNEL_NAMES[kernel])
+        raise KernelInputError(f"the {kernel} fused kernel keeps {t.rows} rows of x in shared memory: D = {ld} "
+                               f"needs {smem} bytes, this GPU allows {limit}; use method 'fused-bf16' (direct loads)")
+    fn = _kernel(t.name)
     if smem > 48 * 1024:  # opt in above 48 KiB (cudaFuncSetAttribute; microseconds, so every call)
         fn.max_dynamic_shared_size_bytes = smem
-    fn((rows_pad // TBM,), (TILED_THREADS,), args, shared_mem=smem)
+    fn((rows_pad // t.rows,), (TILED_THREADS,), args, shared_mem=smem)
 
 
 def assign_nearest_fused(x: Any, centroids: Any, *, prepared: PreparedRows | None = None, votes: Any = None,
@@ -545,7 +579,7 @@ def assign_nearest_fused(x: Any, centroids: Any, *, prepared: PreparedRows | Non
     scale = np.float32(bound_scale * BOUND_SLACK)
     args = (prepared.xr, cr, _i32(ld), prepared.norm2, prepared.dnorm, c_norm2, c_abs, c_dnorm, guess, tie,
             _i32(n), _i32(k), np.float32(accumulation_bound(d)), scale)
-    if kernel in TILED_STAGES:
+    if kernel in TILED_KERNELS:
         _launch_tiled(kernel, args, prepared.xr.shape[0], ld)
     else:
         _kernel("fused_assign_bf16")((prepared.xr.shape[0] // FBM,), (FUSED_THREADS,), args)

@@ -1,7 +1,8 @@
 // Host driver for the fused tensor-core assignment (ffcv_dp4tl/kernels/fused.py, FUSED_SOURCE)
 // under cuda_emu.h, whose mma_bf16_16816 emulates the PTX mma.sync warp-collectively.
 // usage: emu prep DIR n d ld rows_pad          a.bin -> out.bin norm2.bin dnorm.bin
-//        emu assign DIR n k ld d gamma scale rows_pad [tiled|tiled3 SMEM_BYTES]
+//        emu assign DIR n k ld d gamma scale rows_pad [KERNEL SMEM_BYTES ROWS_PER_BLOCK]
+//                                               (KERNEL: a name of fused.TILED_KERNELS' instances)
 //                                               xr cr xn2 xdn cn2 cabs cdn -> guess.bin tie.bin
 //        emu final DIR n d k                    x c xn2 guess tie -> labels.bin d2.bin votes.bin
 #include "cuda_emu.h"
@@ -27,12 +28,13 @@ int main(int argc, char** argv) {
         write_file(dir + "/dnorm.bin", dnorm);
         return 0;
     }
-    if (mode == "assign" && (argc == 10 || argc == 12)) {
+    if (mode == "assign" && (argc == 10 || argc == 13)) {
         const int n = std::atoi(argv[3]), k = std::atoi(argv[4]), ld = std::atoi(argv[5]), d = std::atoi(argv[6]);
         const float gamma = std::atof(argv[7]), scale = std::atof(argv[8]);
         const int rows_pad = std::atoi(argv[9]);
-        const std::string kind = argc == 12 ? argv[10] : "direct";
-        const bool tiled = kind == "tiled" || kind == "tiled3";
+        const std::string kind = argc == 13 ? argv[10] : "";
+        const bool tiled = !kind.empty();
+        const int block_rows = tiled ? std::atoi(argv[12]) : FBM;
         const int tile = tiled ? TBN : FBN;
         const int k_pad = (k + tile - 1) / tile * tile;
         (void)d;
@@ -46,7 +48,12 @@ int main(int argc, char** argv) {
         std::vector<int> guess(n, -7), tie(n, -7);
         if (tiled) {
             emu_set_dynamic_smem(std::strtoull(argv[11], nullptr, 10));  // fused.tiled_smem_bytes(ld)
-            emu_launch(kind == "tiled" ? fused_assign_bf16_tiled : fused_assign_bf16_tiled3, dim3(rows_pad / TBM), dim3(TTHREADS), (const unsigned short*)xr.data(),
+            decltype(&fused_assign_bf16_tiled) fn = nullptr;
+            if (kind == "fused_assign_bf16_tiled") fn = fused_assign_bf16_tiled;
+            if (kind == "fused_assign_bf16_tiled3") fn = fused_assign_bf16_tiled3;
+            if (kind == "fused_assign_bf16_tiled64") fn = fused_assign_bf16_tiled64;
+            if (fn == nullptr) return 3;  // a kernel this driver does not know: the test fails
+            emu_launch(fn, dim3(rows_pad / block_rows), dim3(TTHREADS), (const unsigned short*)xr.data(),
                        (const unsigned short*)cr.data(), ld, (const float*)xn2.data(), (const float*)xdn.data(),
                        (const float*)cn2.data(), (const float*)cabs.data(), (const float*)cdn.data(), guess.data(),
                        tie.data(), n, k, gamma, scale);

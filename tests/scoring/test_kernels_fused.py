@@ -41,9 +41,12 @@ def prep(emu, wd, a: np.ndarray, rows_pad: int, ld: int):
 
 
 def kernel_args(kernel: str, ld: int) -> tuple:
-    """The driver's kernel choice; the tiled kernel gets the shared memory the launcher asks for."""
-    return ((kernel, fused.tiled_smem_bytes(ld, fused.TILED_STAGES[kernel])) if kernel in fused.TILED_STAGES
-            else ())
+    """The driver's kernel choice: a tiled kernel by name, with the shared memory and rows per block
+    its launcher gives it (none: the direct kernel)."""
+    if kernel not in fused.TILED_KERNELS:
+        return ()
+    t = fused.TILED_KERNELS[kernel]
+    return t.name, fused.tiled_kernel_smem(kernel, ld), t.rows
 
 
 def fused_emulated(emu, emu_gemm, wd, x, c, bound_scale=1.0, kernel="direct"):
@@ -114,6 +117,9 @@ def test_fused_labels_equal_float64_with_near_ties(emu_fused, emu_gemm, tmp_path
     ("tiled3", 64, 32, 80),
     ("tiled3", 64, 48, 80),
     ("tiled3", 300, 176, 300),
+    # 64 rows a block (one m16 tile per row warp): several row blocks, tiles and D stages
+    ("tiled64", 64, 32, 80),
+    ("tiled64", 300, 176, 300),
 ])
 def test_fused_mma_fragment_layout_gives_the_gemm(emu_fused, tmp_path, kernel, n, d, k):
     """Exact small integers: BF16 and FP32 are exact, so the bound is only the accumulation term
@@ -173,8 +179,13 @@ def test_fused_kernel_choice_is_checked_and_methods_name_every_kernel():
     # opt-in shared memory of sm_80 (166,912 bytes) as well as sm_90 (232,448)
     assert fused.tiled_smem_bytes(512) == 2 * (128 * 520 + 2 * 128 * 40) <= 166_912
     assert fused.tiled_smem_bytes(512, 3) == 2 * (128 * 520 + 3 * 128 * 40) <= 166_912
-    assert set(fused.TILED_STAGES) == set(fused.TILED_KERNEL_NAMES) == set(fused.FUSED_KERNEL_KINDS) - {"direct"}
-    assert set(fused.TILED_KERNEL_NAMES.values()) < set(fused.FUSED_KERNELS)
+    assert fused.tiled_kernel_smem("tiled64", 512) == 2 * (64 * 520 + 3 * 128 * 40)
+    # two tiled64 blocks fit an sm_90 SM (233,472 bytes, 1 KiB reserved per block)
+    assert 2 * (fused.tiled_kernel_smem("tiled64", 512) + 1024) <= 233_472
+    assert set(fused.TILED_KERNELS) == set(fused.FUSED_KERNEL_KINDS) - {"direct"}
+    assert {t.name for t in fused.TILED_KERNELS.values()} < set(fused.FUSED_KERNELS)
+    for t in fused.TILED_KERNELS.values():  # every instance is in the source, as the table says
+        assert f"TILED_KERNEL({t.name}, {t.stages}, {t.rows // 64}, {t.min_blocks})" in fused.FUSED_SOURCE
 
 
 # -- real GPU ------------------------------------------------------------------------------
@@ -195,3 +206,19 @@ def test_gpu_fused_assign_equals_float64(rng, kernel):
     np.testing.assert_allclose(d2.get(), ref_d2, rtol=1e-6)
     np.testing.assert_array_equal(votes.get(), np.bincount(ref_labels, minlength=c.shape[0]))
     assert 0 < ties < x.shape[0]
+
+
+@pytest.mark.parametrize(("kernel", "sm80", "sm90", "two_per_sm90"), [
+    # (the 128-row kernels' shared memory would let two blocks share an SM for small D; their
+    # registers, ~170 a thread, do not: they are compiled for one)
+    ("tiled", 560, 816, 352), ("tiled3", 512, 768, 320), ("tiled64", 1056, 1568, 656)])
+def test_the_documented_d_limits_of_the_tiled_kernels(kernel, sm80, sm90, two_per_sm90):
+    """The largest D (a multiple of 16) whose block fits the opt-in shared memory of sm_80
+    (166,912 bytes) and sm_90 (232,448), and for which two blocks fit an sm_90 SM (233,472, 1 KiB
+    reserved each): the numbers fused.py's docstrings and docs/gpu.md give."""
+    def largest(fits):
+        return max((d for d in range(16, 4096, 16) if fits(fused.tiled_kernel_smem(kernel, d))), default=0)
+
+    assert largest(lambda b: b <= 166_912) == sm80
+    assert largest(lambda b: b <= 232_448) == sm90
+    assert largest(lambda b: 2 * (b + 1024) <= 233_472) == two_per_sm90

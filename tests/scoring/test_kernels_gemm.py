@@ -226,7 +226,7 @@ def test_auto_skips_an_unavailable_method_but_stops_at_a_kernel_fault(monkeypatc
         cuda.choose_method(x, c)
     # unavailable gemm-* (which would be fastest) are skipped; the fastest of the rest is taken
     ms = {"simt": 3.0, "gemm-tf32": 0.5, "gemm-bf16": 0.5, "fused-bf16": 2.0, "fused-bf16-tiled": 1.0,
-          "fused-bf16-tiled3": 1.5}
+          "fused-bf16-tiled3": 1.5, "fused-bf16-tiled64": 1.25}
     last = []
 
     def run_ok(method, *a, **k):
@@ -239,7 +239,7 @@ def test_auto_skips_an_unavailable_method_but_stops_at_a_kernel_fault(monkeypatc
     monkeypatch.setattr(cuda, "_cupy", lambda: fake)
     monkeypatch.setattr(cuda, "_run_method", run_ok)
     assert cuda.choose_method(x, c) == "fused-bf16-tiled"
-    assert set(last) == {"simt", "fused-bf16", "fused-bf16-tiled", "fused-bf16-tiled3"}
+    assert set(last) == {"simt", "fused-bf16", "fused-bf16-tiled", "fused-bf16-tiled3", "fused-bf16-tiled64"}
     assert not cuda.is_fault(RuntimeError("illegal memory access"))  # not CuPy's: not a CUDA fault
 
 
