@@ -54,6 +54,7 @@ emulates ``mma.sync`` and ``ldmatrix`` warp-collectively with the PTX fragment l
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -549,6 +550,9 @@ def _launch_tiled(kernel: str, args: tuple, rows_pad: int, ld: int) -> None:
     fn = _kernel(t.name)
     if smem > 48 * 1024:  # opt in above 48 KiB (cudaFuncSetAttribute; microseconds, so every call)
         fn.max_dynamic_shared_size_bytes = smem
+    if t.min_blocks > 1:  # ask for the largest shared-memory carve-out, or 2 blocks may not fit an SM
+        with contextlib.suppress(AttributeError):  # (a CuPy without the setter: the driver's choice)
+            fn.preferred_shared_memory_carveout = 100
     fn((rows_pad // t.rows,), (TILED_THREADS,), args, shared_mem=smem)
 
 

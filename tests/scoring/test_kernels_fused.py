@@ -208,11 +208,11 @@ def test_gpu_fused_assign_equals_float64(rng, kernel):
     assert 0 < ties < x.shape[0]
 
 
-@pytest.mark.parametrize(("kernel", "sm80", "sm90", "two_per_sm90"), [
+@pytest.mark.parametrize(("kernel", "sm80", "sm90", "two_per_sm90", "sm86"), [
     # (the 128-row kernels' shared memory would let two blocks share an SM for small D; their
     # registers, ~170 a thread, do not: they are compiled for one)
-    ("tiled", 560, 816, 352), ("tiled3", 512, 768, 320), ("tiled64", 1056, 1568, 656)])
-def test_the_documented_d_limits_of_the_tiled_kernels(kernel, sm80, sm90, two_per_sm90):
+    ("tiled", 560, 816, 352, 304), ("tiled3", 512, 768, 320, 256), ("tiled64", 1056, 1568, 656, 544)])
+def test_the_documented_d_limits_of_the_tiled_kernels(kernel, sm80, sm90, two_per_sm90, sm86):
     """The largest D (a multiple of 16) whose block fits the opt-in shared memory of sm_80
     (166,912 bytes) and sm_90 (232,448), and for which two blocks fit an sm_90 SM (233,472, 1 KiB
     reserved each): the numbers fused.py's docstrings and docs/gpu.md give."""
@@ -222,3 +222,50 @@ def test_the_documented_d_limits_of_the_tiled_kernels(kernel, sm80, sm90, two_pe
     assert largest(lambda b: b <= 166_912) == sm80
     assert largest(lambda b: b <= 232_448) == sm90
     assert largest(lambda b: 2 * (b + 1024) <= 233_472) == two_per_sm90
+    assert largest(lambda b: b <= 101_376) == sm86  # sm_86/89: RTX 30xx/40xx, A40, L4, L40
+
+
+class _RecordingKernel:
+    """A stand-in for CuPy's RawKernel: records the attributes set and the launch."""
+
+    def __init__(self):
+        self.set: dict = {}
+        self.launch = None
+
+    def __setattr__(self, name, value):
+        if name in ("set", "launch"):
+            object.__setattr__(self, name, value)
+        else:
+            self.set[name] = value
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        self.launch = (grid, block, shared_mem)
+
+
+@pytest.mark.parametrize("kernel", sorted(fused.TILED_KERNELS))
+def test_a_tiled_kernel_is_launched_as_its_table_says(monkeypatch, kernel):
+    """No GPU (CuPy and the kernel are stand-ins): one block per ``rows`` rows of x~, 256 threads,
+    the shared memory its stages and rows need (opted in above 48 KiB), the largest shared-memory
+    carve-out where two blocks must share an SM, and a one-line error naming the kernel when the
+    GPU allows less shared memory than D needs."""
+    from types import SimpleNamespace
+
+    from ffcv_dp4tl.kernels.checks import KernelInputError
+
+    t = fused.TILED_KERNELS[kernel]
+    made: dict = {}
+    monkeypatch.setattr(fused, "_cupy", lambda: SimpleNamespace(cuda=SimpleNamespace(Device=lambda: SimpleNamespace(id=0))))
+    monkeypatch.setattr(fused, "_kernel", lambda name: made.setdefault(name, _RecordingKernel()))
+    monkeypatch.setattr(fused, "_smem_optin", lambda device: 232_448)  # sm_90
+    fused._launch_tiled(kernel, ("args",), 1024, 512)
+    k = made[t.name]
+    smem = fused.tiled_kernel_smem(kernel, 512)
+    assert k.launch == ((1024 // t.rows,), (fused.TILED_THREADS,), smem)
+    assert k.set.get("max_dynamic_shared_size_bytes") == smem
+    assert k.set.get("preferred_shared_memory_carveout") == (100 if t.min_blocks > 1 else None)
+    monkeypatch.setattr(fused, "_smem_optin", lambda device: 101_376)  # sm_86/89
+    if smem > 101_376:
+        with pytest.raises(KernelInputError, match=rf"^the {kernel} fused kernel keeps {t.rows} rows of x in shared "
+                                                    rf"memory: D = 512 needs {smem} bytes, this GPU allows 101376; "
+                                                    "use method 'fused-bf16'"):
+            fused._launch_tiled(kernel, ("args",), 1024, 512)
