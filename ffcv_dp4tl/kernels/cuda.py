@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -208,6 +209,11 @@ GEMM_CHUNK_BYTES = 128 * 2**20
 AUTO_PROBE_ROWS = 131_072
 #: Below this many row x centroid pairs ``auto`` takes ``simt`` without measuring.
 AUTO_MIN_WORK = 2**22
+#: ``auto`` never takes a method whose labels differ from ``simt``'s on more than this fraction of
+#: the probe rows. The tensor-core methods equal a float64 reference and ``simt`` (FP32) may differ
+#: from it only on near-ties, a tiny fraction; a kernel that is wrong on this GPU (a layout or
+#: synchronisation bug the CPU emulator could not show) differs on most rows, and is skipped.
+AUTO_MAX_DISAGREEMENT = 1e-3
 
 _CUDA_R_32F, _CUDA_R_16BF = 0, 14
 _COMPUTE_32F_FAST_16BF, _COMPUTE_32F_FAST_TF32 = 75, 77
@@ -418,7 +424,9 @@ def choose_method(x: Any, centroids: Any) -> str:
     problems take ``simt`` unmeasured; ``$DP4TL_FM_METHOD`` fixes the choice. A method that
     fails (e.g. no cuBLAS GemmEx in this CuPy) is skipped, so ``auto`` returns a working
     method; one that faults (illegal address, ...) ends the run with a one-line error naming
-    it, since nothing else can run on that CUDA context afterwards.
+    it, since nothing else can run on that CUDA context afterwards. One whose labels differ from
+    ``simt``'s on more than ``AUTO_MAX_DISAGREEMENT`` of the probe rows is skipped with a warning
+    naming it: a kernel that is wrong on this GPU is never chosen for being fast.
     """
     forced = forced_method()
     if forced is not None:
@@ -433,9 +441,17 @@ def choose_method(x: Any, centroids: Any) -> str:
         return _METHOD_CACHE[key]
     probe = x[: min(n, AUTO_PROBE_ROWS)]
     best, best_t = "simt", float("inf")
+    reference = None  # simt's labels on the probe (simt is measured first)
     for method in ASSIGN_METHODS[1:]:
         try:
-            _run_method(method, probe, centroids)
+            labels = _run_method(method, probe, centroids)[0]
+            if method == "simt":
+                reference = labels
+            elif reference is not None and (wrong := float((labels != reference).mean())) > AUTO_MAX_DISAGREEMENT:
+                warnings.warn(f"FM assignment method {method!r} gave labels that differ from 'simt' on "
+                              f"{wrong:.1%} of {len(labels):,} rows on this GPU; auto will not use it "
+                              f"(please report it, with `dp4tl env`)", RuntimeWarning, stacklevel=2)
+                continue
             times = []
             for _ in range(2):
                 start, end = cp.cuda.Event(), cp.cuda.Event()

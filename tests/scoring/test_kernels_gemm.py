@@ -229,10 +229,13 @@ def test_auto_skips_an_unavailable_method_but_stops_at_a_kernel_fault(monkeypatc
           "fused-bf16-tiled3": 1.5, "fused-bf16-tiled64": 1.25}
     last = []
 
+    probe_labels = np.arange(cuda.AUTO_PROBE_ROWS) % 64
+
     def run_ok(method, *a, **k):
         if method.startswith("gemm"):
             raise _FakeCudaError("CUBLAS_STATUS_NOT_SUPPORTED")
         last.append(method)
+        return probe_labels, None
 
     fake = _fake_cupy()
     fake.cuda.get_elapsed_time = lambda a, b: ms[last[-1]]
@@ -241,6 +244,37 @@ def test_auto_skips_an_unavailable_method_but_stops_at_a_kernel_fault(monkeypatc
     assert cuda.choose_method(x, c) == "fused-bf16-tiled"
     assert set(last) == {"simt", "fused-bf16", "fused-bf16-tiled", "fused-bf16-tiled3", "fused-bf16-tiled64"}
     assert not cuda.is_fault(RuntimeError("illegal memory access"))  # not CuPy's: not a CUDA fault
+
+
+def test_auto_never_takes_a_method_whose_labels_are_wrong_on_this_gpu(monkeypatch):
+    """A kernel that is fast but wrong on this GPU (a bug the CPU emulator could not show) gives
+    labels that differ from simt's on most probe rows: auto warns, naming it, and takes the
+    fastest method that agrees. A difference on a few near-tie rows (FP32 simt vs the exact
+    methods) is allowed. No GPU: CuPy and the methods are stand-ins."""
+    monkeypatch.setattr(cuda, "_METHOD_CACHE", {})
+    monkeypatch.delenv(cuda.METHOD_ENV, raising=False)
+    x, c = np.zeros((cuda.AUTO_MIN_WORK // 64, 8), np.float32), np.zeros((64, 8), np.float32)
+    ref = np.arange(cuda.AUTO_PROBE_ROWS) % 64
+    near_tie = ref.copy()
+    near_tie[:10] += 1  # 10 of 131,072 rows: under AUTO_MAX_DISAGREEMENT
+    broken = (ref + 1) % 64
+    labels = {"simt": ref, "fused-bf16-tiled64": broken, "fused-bf16-tiled": near_tie}
+    ms = {"simt": 3.0, "fused-bf16": 2.0, "fused-bf16-tiled": 1.0, "fused-bf16-tiled3": 1.5, "fused-bf16-tiled64": 0.2}
+    last = []
+
+    def run(method, *a, **k):
+        if method.startswith("gemm"):
+            raise _FakeCudaError("CUBLAS_STATUS_NOT_SUPPORTED")
+        last.append(method)
+        return labels.get(method, ref), None
+
+    fake = _fake_cupy()
+    fake.cuda.get_elapsed_time = lambda a, b: ms[last[-1]]
+    monkeypatch.setattr(cuda, "_cupy", lambda: fake)
+    monkeypatch.setattr(cuda, "_run_method", run)
+    with pytest.warns(RuntimeWarning, match=r"^FM assignment method 'fused-bf16-tiled64' gave labels that differ "
+                                            r"from 'simt' on 100.0% of 131,072 rows on this GPU; auto will not use it"):
+        assert cuda.choose_method(x, c) == "fused-bf16-tiled"
 
 
 def test_the_environment_fixes_autos_choice(monkeypatch):
