@@ -193,7 +193,8 @@ _CLASSES: dict[str, type] | None = None
 def _build_classes() -> dict[str, type]:
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
     from ffcv.libffcv import resize_crop
-    from queue import Queue
+    import time
+    from queue import Empty, Queue
     from threading import Event, Thread
 
     import torch
@@ -359,6 +360,29 @@ def _build_classes() -> dict[str, type]:
                 self.close()
                 raise result.failure
             return result
+
+        def stop(self, timeout: float = 60.0) -> bool:
+            """End the epoch thread now and wait for it (the consumer left the epoch early:
+            ``break``, an exception). Returns whether it ended within ``timeout`` seconds.
+
+            Why: ffcv's thread keeps decoding after ``close()`` until its queue is full, so an
+            abandoned epoch (a) keeps writing into the batch buffers that the loader's next
+            epoch reuses (:meth:`ReusingLoader.epoch_buffers`), and (b) may still be in numba's
+            native code when the interpreter exits, where CPython ends daemon threads with a
+            forced unwind that aborts the process ("terminate called without an active
+            exception", exit code 134, after all the work was done: a bench that broke out of
+            its epochs aborted 1 run in 4). Its next batch is made StopIteration, and the queue
+            is drained so that its last ``put`` (ffcv's ``put(None)`` has no timeout) returns."""
+            self.terminate_event.set()
+            self.iter_ixes = iter(())  # its next batch is StopIteration
+            deadline = time.monotonic() + timeout
+            while self.is_alive() and time.monotonic() < deadline:
+                try:
+                    self.output_queue.get(timeout=0.05)
+                except Empty:
+                    pass
+                self.join(timeout=0.01)
+            return not self.is_alive()
 
     class ReusingLoader(Loader):
         """ffcv's ``Loader`` that shares compiled operations between Loaders of the same

@@ -311,8 +311,9 @@ class FFCVMaskedLoader(PlanLoaderBase):
         epoch = self.epoch
         self.loader.next_epoch = epoch
         order = self.plan.order(epoch)
+        batches = iter(self.loader)
         try:
-            for b, (images, labels, *rest) in enumerate(self.loader):
+            for b, (images, labels, *rest) in enumerate(batches):
                 idx = torch.from_numpy(np.asarray(
                     order[b * self.batch_size:(b + 1) * self.batch_size], dtype=np.int64))
                 # normalise = a new tensor, labels cloned: nothing refers to ffcv's buffers,
@@ -321,6 +322,10 @@ class FFCVMaskedLoader(PlanLoaderBase):
                             self.normalize(rest[0]) if rest else None)
         except PipelineFailure as failure:
             raise self._damage_error(failure) from None
+        finally:  # left early (break, an exception) or not: the epoch's thread has ended
+            stop = getattr(batches, "stop", None)
+            if stop is not None:
+                stop()
         self.epoch = epoch + 1
 
     def _damage_error(self, failure: PipelineFailure) -> Exception:

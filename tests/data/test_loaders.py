@@ -254,6 +254,27 @@ def test_same_seed_same_order_other_seed_differs(index_dataset, mask):
     assert a != c and sorted(a[0]) == sorted(c[0])
 
 
+def test_an_ffcv_epoch_left_early_ends_its_thread_before_the_next_epoch(index_dataset, mask, ffcv_eval,
+                                                                        pixel_codec):
+    """``break`` out of an ffcv epoch: its decode thread has ended when the loop is left (ffcv's
+    own keeps decoding into the batch buffers the next epoch reuses, and a process that exits
+    while it is in numba's native code aborts with "terminate called without an active
+    exception"); the next epoch reads exactly the masked samples."""
+    import threading
+
+    from ffcv.loader.epoch_iterator import EpochIterator
+
+    _, _, decode_batch = pixel_codec
+    for left_after in (1, 2):
+        for b, _batch in enumerate(ffcv_eval):
+            if b + 1 == left_after:
+                break
+        alive = [t for t in threading.enumerate() if isinstance(t, EpochIterator) and t.is_alive()]
+        assert not alive, f"ffcv epoch threads still running after the loop: {alive}"
+        idx, px, _, _ = _collect(ffcv_eval, decode_batch, expect_res=24)
+        assert px == idx == mask.indices.tolist()
+
+
 def test_train_drop_last_default(index_dataset, mask):
     bs = 7
     loader = make_loader(index_dataset.root, "train", fmt="wds", mask=mask, aug=AugSpec.for_train(),
