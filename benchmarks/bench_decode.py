@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks._report import write_section  # noqa: E402
 from benchmarks.bench_data import build, machine_info, run_epoch, versions  # noqa: E402
+from ffcv_dp4tl.cpus import available_cores  # noqa: E402
 
 #: ImageNet-like JPEGs as the GPU check's cost table builds them (256 px, q90), fewer of them.
 DEFAULT_SYNTH = "synth:costtable,num_superclasses=4,classes_per_superclass=5,train_per_class=100,val_per_class=2"
@@ -87,7 +88,7 @@ def measure(args, out: Path) -> dict:
     fractions = [0.0, *args.raw_fractions]
     dirs = {f: build(args.synth, out / f"raw{f:g}", f)[0] for f in fractions}
     blobs = jpeg_bytes(dirs[0.0])
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     kw = dict(aug=AugSpec.for_train(), batch_size=args.batch_size, resolution=args.resolution, seed=0)
 
     def workers_part(ld):

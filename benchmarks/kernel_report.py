@@ -372,7 +372,7 @@ def launch(name: str, d: int) -> tuple[int, int]:
         return fused.FUSED_THREADS, 0
     kinds = {t.name: kind for kind, t in fused.TILED_KERNELS.items()}
     if name in kinds:
-        return fused.TILED_THREADS, fused.tiled_kernel_smem(kinds[name], fused.padded(d, fused.FBK))
+        return fused.TILED_THREADS, fused.tiled_smem_bytes(kinds[name], fused.padded(d, fused.FBK))
     if name.startswith("segment_sum"):
         return (128 if d <= 128 else 256), 0
     return THREADS, 0
@@ -413,7 +413,6 @@ def report(archs: list[str], d: int, tools: Tools) -> tuple[list[KernelReport], 
 
 
 def markdown(reports: list[KernelReport], d: int, nvrtc_version: str, tools: Tools, argv: list[str]) -> str:
-    archs = sorted({r.arch for r in reports})
     lines = [
         f"## {SECTION}", "",
         f"**CPU** run (no GPU needed), {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC}. NVRTC "
@@ -427,10 +426,19 @@ def markdown(reports: list[KernelReport], d: int, nvrtc_version: str, tools: Too
         "registers allocated per warp in units of 256 from 4 sub-partitions, 1 KiB of shared memory "
         "reserved per block). Fewer resident warps hide less latency (of `ldmatrix`, `cp.async`, "
         "barriers): each SM sub-partition then has fewer warps to switch to.", "",
+        *tables(reports, d),
     ]
+    return "\n".join(lines)
+
+
+def tables(reports: list[KernelReport], d: int, level: str = "###") -> list[str]:
+    """The section's body: resources and occupancy per target, the last target's instruction mix,
+    the findings; headings at ``level`` (the GPU check nests them one deeper)."""
+    archs = sorted({r.arch for r in reports})
+    lines: list[str] = []
     for arch in archs:
         t = TARGETS[arch]
-        lines += [f"### {arch} ({t.gpus}): resources and occupancy", "",
+        lines += [f"{level} {arch} ({t.gpus}): resources and occupancy", "",
                   "| module | kernel | threads | registers | spills (B stored / loaded) | shared (static + dynamic, B) "
                   "| blocks / SM | warps / SM | occupancy | limited by |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -441,7 +449,7 @@ def markdown(reports: list[KernelReport], d: int, nvrtc_version: str, tools: Too
         lines.append("")
     sass = [r for r in reports if r.arch == archs[-1] and r.mix and r.mix["mma"]]
     if sass:
-        lines += [f"### {archs[-1]}: instruction mix of the tensor-core kernels (static counts)", "",
+        lines += [f"{level} {archs[-1]}: instruction mix of the tensor-core kernels (static counts)", "",
                   "| kernel | instructions | mma | ldmatrix | cp.async | barriers | global ld/st | local ld/st "
                   "| innermost mma loop: instructions | its mma | its ldmatrix | instructions per mma there |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -452,8 +460,7 @@ def markdown(reports: list[KernelReport], d: int, nvrtc_version: str, tools: Too
                          f"{m['barrier']} | {m['global']} | {m['local (spills)']} | {lp['total']} | {lp['mma']} | "
                          f"{lp['ldmatrix']} | {per} |")
         lines.append("")
-    lines += findings(reports, d)
-    return "\n".join(lines)
+    return lines + findings(reports, d)
 
 
 def findings(reports: list[KernelReport], d: int) -> list[str]:

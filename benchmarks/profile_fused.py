@@ -135,9 +135,13 @@ def parse_ncu(text: str) -> dict[str, dict]:
     return out
 
 
+def title(args: argparse.Namespace) -> str:
+    return f"### Nsight Compute: the fused FM kernels ({args.n:,} x {args.d}, K = {args.k:,})"
+
+
 def markdown(parsed: dict[str, dict], args: argparse.Namespace, ncu: str, version: str) -> list[str]:
     names = [v for v in KERNELS.values() if v in parsed]
-    lines = [f"### Nsight Compute: the fused FM kernels ({args.n:,} x {args.d}, K = {args.k:,})", "",
+    lines = [title(args), "",
              f"`{ncu}` ({version}), `--clock-control none`, sections {', '.join(SECTIONS)}; each kernel's "
              "second launch (the first warms up). Static resources: `benchmarks/kernel_report.py`.", "",
              "| metric | unit | " + " | ".join(f"`{n}`" for n in names) + " | what it says |",
@@ -158,24 +162,24 @@ def markdown(parsed: dict[str, dict], args: argparse.Namespace, ncu: str, versio
 
 def profile(args: argparse.Namespace) -> list[str]:
     ncu = find_ncu(args.ncu)
-    title = f"### Nsight Compute: the fused FM kernels ({args.n:,} x {args.d}, K = {args.k:,})"
+    head = [title(args), ""]
     if ncu is None:
-        return [title, "", "ncu not found on this machine (PATH, /opt/nvidia/nsight-compute/*/ncu, "
+        return [*head, "ncu not found on this machine (PATH, /opt/nvidia/nsight-compute/*/ncu, "
                 "$CUDA_HOME/bin/ncu): no profile."]
     try:
         version = subprocess.run([ncu, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
         version = version.splitlines()[-1] if version else "version unknown"
         done = subprocess.run(ncu_command(ncu, args), capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
-        return [title, "", f"ncu did not finish in {args.timeout} s: no profile."]
+        return [*head, f"ncu did not finish in {args.timeout} s: no profile."]
     except OSError as e:
-        return [title, "", f"ncu could not start ({e}): no profile."]
+        return [*head, f"ncu could not start ({e}): no profile."]
     print(done.stdout)
     print(done.stderr, file=sys.stderr)
     parsed = parse_ncu(done.stdout)
     if not any(v in parsed for v in KERNELS.values()):
         errors = [ln.strip() for ln in (done.stdout + done.stderr).splitlines() if "ERR" in ln or "rror" in ln]
-        return [title, "", f"ncu (rc {done.returncode}) profiled no fused kernel: "
+        return [*head, f"ncu (rc {done.returncode}) profiled no fused kernel: "
                 f"{'; '.join(errors[:3]) or 'see the stage log'}."]
     return markdown(parsed, args, ncu, version)
 
@@ -185,16 +189,13 @@ def compiler_report(d: int) -> list[str]:
     tables as BENCHMARKS.md's section built without a GPU, here with the device's tools."""
     from benchmarks import kernel_report as kr
 
-    title = "### What the compiler made of the kernels (this host, sm_90)"
+    head = ["### What the compiler made of the kernels (this host, sm_90)", ""]
     try:
         tools = kr.find_tools()
         reports, version = kr.report(["sm_90"], d, tools)
     except kr.ToolError as e:
-        return [title, "", f"{e}."]
-    body = kr.markdown(reports, d, version, tools, ["--arch", "sm_90"]).splitlines()
-    start = next(i for i, ln in enumerate(body) if ln.startswith("### "))
-    return [title, "", f"NVRTC {version} from {tools.origin}.", "",
-            *(("#" + ln) if ln.startswith("### ") else ln for ln in body[start:])]
+        return [*head, f"{e}."]
+    return [*head, f"NVRTC {version} from {tools.origin}.", "", *kr.tables(reports, d, level="####")]
 
 
 def main(argv: list[str] | None = None) -> int:

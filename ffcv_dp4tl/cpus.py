@@ -74,9 +74,13 @@ def within_quota(cores: int) -> int:
     return cores if quota is None else max(1, min(cores, math.ceil(quota)))
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on: its affinity mask (a Slurm job's or ``--cpuset-cpus``
-    set), no more than its cgroup CPU quota allows (Docker ``--cpus``, a Kubernetes CPU limit:
-    2.5 CPUs give 3), at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def available_cores(pid: int = 0) -> int:
+    """CPU cores process ``pid`` (0: this one) may run on: its affinity mask (a Slurm job's or
+    ``--cpuset-cpus`` set; the machine's cores where it cannot be read, e.g. no such process),
+    no more than this process's cgroup CPU quota allows (Docker ``--cpus``, a Kubernetes CPU
+    limit: 2.5 CPUs give 3), at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(pid))
+    except (AttributeError, OSError):  # (no affinity masks on this platform)
+        cores = os.cpu_count() or 1
     return within_quota(cores)

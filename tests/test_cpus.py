@@ -71,3 +71,17 @@ def test_available_cores_are_the_affinity_mask_within_the_cpu_quota(monkeypatch,
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(affinity)), raising=False)
     monkeypatch.setattr(cpus, "cpu_quota", lambda: quota)
     assert cpus.available_cores() == expected
+
+
+def test_a_process_whose_affinity_cannot_be_read_counts_the_machines_cores(monkeypatch):
+    """(torchrun's agent gone, or no affinity masks on this platform): the machine's cores,
+    still within the quota."""
+    def gone(pid):
+        raise ProcessLookupError(pid)
+
+    monkeypatch.setattr(os, "sched_getaffinity", gone, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 12)
+    monkeypatch.setattr(cpus, "cpu_quota", lambda: None)
+    assert cpus.available_cores(4242) == 12
+    monkeypatch.setattr(cpus, "cpu_quota", lambda: 3.0)
+    assert cpus.available_cores(4242) == 3

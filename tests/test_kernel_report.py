@@ -121,7 +121,7 @@ def test_our_kernels_compile_for_every_target_with_the_intended_tensor_core_loop
     for arch in ("sm_80", "sm_90"):
         for kind, t in fused.TILED_KERNELS.items():
             tiled = by[(arch, t.name)]
-            assert tiled.dynamic_smem == fused.tiled_kernel_smem(kind, 512)
+            assert tiled.dynamic_smem == fused.tiled_smem_bytes(kind, 512)
             assert (tiled.res.spill_stores, tiled.res.spill_loads) == (0, 0)
             if t.min_blocks == 1:
                 assert tiled.occ.blocks == 1 and tiled.occ.warps == fused.TILED_THREADS // 32

@@ -12,7 +12,7 @@ import contextlib
 import os
 import sys
 
-from ..cpus import available_cores, cpu_quota, within_quota
+from ..cpus import available_cores, cpu_quota
 from ..errors import DataError, DP4TLError
 
 __all__ = ["RESERVED_ENV", "available_cores", "cpu_quota", "effective_workers", "env_int", "loader_cores",
@@ -82,15 +82,11 @@ def local_ranks() -> int:
 
 
 def _launcher_cores() -> int:
-    """Cores of the process that started this one (torchrun's agent holds the job's CPU set);
-    the machine's when that cannot be read. Capped by this process's cgroup CPU quota, as
-    :func:`available_cores` is: the ranks of one container share its quota, so 8 ranks under
-    an 8-CPU quota on a 64-core host get one core each, not 8."""
-    try:
-        cores = len(os.sched_getaffinity(os.getppid()))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return within_quota(cores)
+    """Cores of the process that started this one (torchrun's agent holds the job's CPU set),
+    capped by this process's cgroup CPU quota (:func:`available_cores` of the parent): the ranks
+    of one container share its quota, so 8 ranks under an 8-CPU quota on a 64-core host get one
+    core each, not 8."""
+    return available_cores(os.getppid())
 
 
 def ranks_sharing(cores: int, ranks: int) -> int:

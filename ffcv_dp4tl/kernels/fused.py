@@ -69,9 +69,9 @@ from .cuda_source import DEVICE_HELPERS, THREADS
 #: Rows per block (4 warps x 16 rows), centroids per tile, D step of one mma.
 FBM, FBN, FBK = 64, 64, 16
 FUSED_THREADS = 128
-#: The tiled kernel: rows per block (x~ resident in shared memory), centroids per streamed tile,
-#: D columns per stage, padding halves per shared row, threads (8 warps).
-TBM, TBN, TBK, TPAD = 128, 128, 32, 8
+#: The tiled kernels (rows per block: TILED_KERNELS): centroids per streamed tile, D columns per
+#: stage, padding halves per shared row, threads (8 warps).
+TBN, TBK, TPAD = 128, 32, 8
 TILED_THREADS = 256
 
 
@@ -100,7 +100,7 @@ TILED_KERNELS = {
 #: cp.async stages).
 FUSED_KERNEL_KINDS = ("direct", *TILED_KERNELS)
 #: ``x~`` is padded to a multiple of this many rows, so either kernel can use one prepared copy.
-ROWS_MULTIPLE = max(FBM, TBM)
+ROWS_MULTIPLE = max(FBM, *(t.rows for t in TILED_KERNELS.values()))
 
 
 def centroid_multiple(kernel: str) -> int:
@@ -445,7 +445,7 @@ extern "C" __global__ void fused_finalize(const float* __restrict__ x, const flo
 
 FUSED_SOURCE = FUSED_SOURCE.replace("@TILED_DEFINES@", "".join(
     f"#define {name} {value}\n" for name, value in
-    (("TBM", TBM), ("TBN", TBN), ("TBK", TBK), ("TPAD", TPAD), ("TLDB", TBK + TPAD), ("TTHREADS", TILED_THREADS))))
+    (("TBN", TBN), ("TBK", TBK), ("TPAD", TPAD), ("TLDB", TBK + TPAD), ("TTHREADS", TILED_THREADS))))
 
 FUSED_SOURCE = FUSED_SOURCE.replace("@TILED_INSTANCES@", "".join(
     f"TILED_KERNEL({t.name}, {t.stages}, {t.rows // 64}, {t.min_blocks})\n" for t in TILED_KERNELS.values()))
@@ -457,19 +457,14 @@ def padded(n: int, multiple: int) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
 
-def tiled_smem_bytes(ld: int, stages: int = 2, rows: int = TBM) -> int:
-    """Dynamic shared memory of one tiled block: its ``rows`` of ``x~`` (whole padded D) and
-    ``stages`` centroid stages. ``tiled``: 153,600 bytes at D = 512, which fits sm_80 (163 KiB
-    opt-in, D <= 560) and sm_90 (227 KiB, D <= 816), while sm_86/89 (99 KiB) take D <= 304.
-    ``tiled3``: 163,840 bytes (sm_80: D <= 512; sm_90: D <= 768). ``tiled64``: 97,280 bytes, so
-    two blocks fit an sm_90 SM (228 KiB) up to D = 656, one an sm_80 SM."""
-    return 2 * (rows * (ld + TPAD) + stages * TBN * (TBK + TPAD))
-
-
-def tiled_kernel_smem(kernel: str, ld: int) -> int:
-    """:func:`tiled_smem_bytes` of one of :data:`TILED_KERNELS`."""
+def tiled_smem_bytes(kernel: str, ld: int) -> int:
+    """Dynamic shared memory of one block of a :data:`TILED_KERNELS` kernel: its rows of ``x~``
+    (whole padded D) and its centroid stages. ``tiled``: 153,600 bytes at D = 512, which fits
+    sm_80 (163 KiB opt-in, D <= 560) and sm_90 (227 KiB, D <= 816), while sm_86/89 (99 KiB) take
+    D <= 304. ``tiled3``: 163,840 bytes (sm_80: D <= 512; sm_90: D <= 768). ``tiled64``: 97,280
+    bytes, so two blocks fit an sm_90 SM (228 KiB) up to D = 656, one an sm_80 SM."""
     t = TILED_KERNELS[kernel]
-    return tiled_smem_bytes(ld, t.stages, t.rows)
+    return 2 * (t.rows * (ld + TPAD) + t.stages * TBN * (TBK + TPAD))
 
 
 def centroid_terms(c_norm2: Any, c_dnorm: Any) -> Any:
@@ -542,7 +537,7 @@ def _smem_optin(device_id: int) -> int:
 def _launch_tiled(kernel: str, args: tuple, rows_pad: int, ld: int) -> None:
     cp = _cupy()
     t = TILED_KERNELS[kernel]
-    smem = tiled_kernel_smem(kernel, ld)
+    smem = tiled_smem_bytes(kernel, ld)
     limit = _smem_optin(cp.cuda.Device().id)
     if smem > limit:
         raise KernelInputError(f"the {kernel} fused kernel keeps {t.rows} rows of x in shared memory: D = {ld} "

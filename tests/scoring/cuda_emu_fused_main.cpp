@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
         auto cdn = read_file<float>(dir + "/cdn.bin", k);
         std::vector<int> guess(n, -7), tie(n, -7);
         if (tiled) {
-            emu_set_dynamic_smem(std::strtoull(argv[11], nullptr, 10));  // fused.tiled_smem_bytes(ld)
+            emu_set_dynamic_smem(std::strtoull(argv[11], nullptr, 10));  // fused.tiled_smem_bytes(kernel, ld)
             decltype(&fused_assign_bf16_tiled) fn = nullptr;
             if (kind == "fused_assign_bf16_tiled") fn = fused_assign_bf16_tiled;
             if (kind == "fused_assign_bf16_tiled3") fn = fused_assign_bf16_tiled3;

@@ -46,7 +46,7 @@ def kernel_args(kernel: str, ld: int) -> tuple:
     if kernel not in fused.TILED_KERNELS:
         return ()
     t = fused.TILED_KERNELS[kernel]
-    return t.name, fused.tiled_kernel_smem(kernel, ld), t.rows
+    return t.name, fused.tiled_smem_bytes(kernel, ld), t.rows
 
 
 def fused_emulated(emu, emu_gemm, wd, x, c, bound_scale=1.0, kernel="direct"):
@@ -177,11 +177,11 @@ def test_fused_kernel_choice_is_checked_and_methods_name_every_kernel():
     assert set(cuda.FUSED_METHODS) <= set(cuda.ASSIGN_METHODS)
     # 128 rows of x~ (D = 512 padded by 8) + two (three) 128 x 40 centroid stages, BF16: fits the
     # opt-in shared memory of sm_80 (166,912 bytes) as well as sm_90 (232,448)
-    assert fused.tiled_smem_bytes(512) == 2 * (128 * 520 + 2 * 128 * 40) <= 166_912
-    assert fused.tiled_smem_bytes(512, 3) == 2 * (128 * 520 + 3 * 128 * 40) <= 166_912
-    assert fused.tiled_kernel_smem("tiled64", 512) == 2 * (64 * 520 + 3 * 128 * 40)
+    assert fused.tiled_smem_bytes("tiled", 512) == 2 * (128 * 520 + 2 * 128 * 40) <= 166_912
+    assert fused.tiled_smem_bytes("tiled3", 512) == 2 * (128 * 520 + 3 * 128 * 40) <= 166_912
+    assert fused.tiled_smem_bytes("tiled64", 512) == 2 * (64 * 520 + 3 * 128 * 40)
     # two tiled64 blocks fit an sm_90 SM (233,472 bytes, 1 KiB reserved per block)
-    assert 2 * (fused.tiled_kernel_smem("tiled64", 512) + 1024) <= 233_472
+    assert 2 * (fused.tiled_smem_bytes("tiled64", 512) + 1024) <= 233_472
     assert set(fused.TILED_KERNELS) == set(fused.FUSED_KERNEL_KINDS) - {"direct"}
     assert {t.name for t in fused.TILED_KERNELS.values()} < set(fused.FUSED_KERNELS)
     for t in fused.TILED_KERNELS.values():  # every instance is in the source, as the table says
@@ -217,7 +217,7 @@ def test_the_documented_d_limits_of_the_tiled_kernels(kernel, sm80, sm90, two_pe
     (166,912 bytes) and sm_90 (232,448), and for which two blocks fit an sm_90 SM (233,472, 1 KiB
     reserved each): the numbers fused.py's docstrings and docs/gpu.md give."""
     def largest(fits):
-        return max((d for d in range(16, 4096, 16) if fits(fused.tiled_kernel_smem(kernel, d))), default=0)
+        return max((d for d in range(16, 4096, 16) if fits(fused.tiled_smem_bytes(kernel, d))), default=0)
 
     assert largest(lambda b: b <= 166_912) == sm80
     assert largest(lambda b: b <= 232_448) == sm90
@@ -259,7 +259,7 @@ def test_a_tiled_kernel_is_launched_as_its_table_says(monkeypatch, kernel):
     monkeypatch.setattr(fused, "_smem_optin", lambda device: 232_448)  # sm_90
     fused._launch_tiled(kernel, ("args",), 1024, 512)
     k = made[t.name]
-    smem = fused.tiled_kernel_smem(kernel, 512)
+    smem = fused.tiled_smem_bytes(kernel, 512)
     assert k.launch == ((1024 // t.rows,), (fused.TILED_THREADS,), smem)
     assert k.set.get("max_dynamic_shared_size_bytes") == smem
     assert k.set.get("preferred_shared_memory_carveout") == (100 if t.min_blocks > 1 else None)
