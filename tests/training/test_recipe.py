@@ -116,15 +116,15 @@ def test_cpu_autocast_is_in_the_fingerprint_only_when_on():
 SHIPPED_FINGERPRINTS = {
     "ff": "0070fd3cce009e3e8b1d76cf7977300677749baab33fb3eb10e9e3c0578e80f0",
     "ff_bench_cpu": "ceb82dc42bbb5f1e04519bcafff14b52bdb1c5d18071e01339613d5b283dc32f",  # issue 18
-    "ff_tiny_cpu": "e360ee320c39bfabeb9dc36c576af6d71b1a42684f8648839203229219472ecf",
+    "ff_tiny_cpu": "eaacdf65de6e535041965377ce476bc843ffb0c145b3eae6f6989e874d3f2558",  # data.deterministic (2026-12-04)
     "lp": "fc4e4bfb48488f500aaefeb2b63baa4270baf6c9da234bddd02d524dd6abfcc1",
-    "lp_tiny_cpu": "a2da368ce6cc5de7579f6b852820076389cd420e9b033be06922f8c22ea8106f",
+    "lp_tiny_cpu": "8200b6db6e91009b13a7b28e1c1a378efd41ece6516f56b577191d7d0388911d",  # data.deterministic (2026-12-04)
     "moco_v2_resnet50": "fae43eedb6f960eaed50579783874f11dbbb7142f96e42dc195b3fe1b96832f3",
-    "moco_v2_tiny_cpu": "895b8ca23c78f7a550ffbbc61705141943673e2db44966901d354df6471a06f7",
+    "moco_v2_tiny_cpu": "1e6e4eb2e6f101062d7df4d2493e95835fc9a05dbbd641f1727a2e889c3dee53",  # data.deterministic (2026-12-04)
     "resnet101_16ep": "945a3b71c14b076d8c5f3b38538a5448e5617bbf57db9d2c50c073ee2b7e7240",  # lr per ffcv-imagenet (2026-12-04)
     "resnet18_surrogate": "2acc3d6aa6d5a7ddb0a719e313258a5950b9d6e4e00e8b2a458371c28b1feccf",  # lr per ffcv-imagenet (2026-12-04)
-    "resnet18_tiny_cpu": "3de48877acbc2062f5b691b14efe1c8a351547eaaf4bda181f500407669bde9a",  # issue 18
-    "resnet34_tiny_cpu": "1c2dac1c02d2f74ac113e712e666b8f241f85627287a6fdfd2efa68d525e8ea1",  # lr 1.0 -> 0.2
+    "resnet18_tiny_cpu": "b9eecedfc09eab818a7f1e20d01dbc4f5ea43ac6c6968d1ab3aaa9ab054a417a",  # data.deterministic (2026-12-04)
+    "resnet34_tiny_cpu": "7243dea38e6a1344c210e1318b0d29a045f39ad420bd96255673d86abf4cfd08",  # data.deterministic (2026-12-04)
     "resnet50_16ep": "178c521aad6edc58e84e16287339f77dd38fd5ff94b6dc501dd8af49b0dbc005",  # lr per ffcv-imagenet (2026-12-04)
     "vit_b16": "40b63dd3d92f095ceb5dd13adacdf7c94be87ab3ef352c59167caf33de0809da",
 }
