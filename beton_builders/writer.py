@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from ffcv_dp4tl.contracts import (FORMAT, BetonMode, INDEX_DTYPE, MANIFEST_NAME, ORIGINS_SUFFIX,
                                   DatasetManifest, ImageSettings, SplitEntry, dataset_fingerprint,
                                   split_fingerprint)
+from ffcv_dp4tl import stopping
 from ffcv_dp4tl.cpus import available_cores
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import (atomic_path, atomic_save_npy, atomic_write_json,
@@ -249,7 +250,7 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
     killed build left behind are removed first; a full disk is a one-line error naming the
     folder (the beton's size is checked before it is written), and rerunning resumes. A
     complete build in a folder that cannot be written (read-only mount) is simply reused.
-    Ctrl-C always ends the build with ``KeyboardInterrupt`` (see :func:`_sigint_guard`).
+    Ctrl-C and SIGTERM always end the build with ``KeyboardInterrupt`` (see :func:`_stop_guard`).
     ``remedy`` ends the messages about a folder holding something else.
     """
     opts = opts or BuildOptions()
@@ -278,7 +279,7 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
             raise DataError(f"cannot write to {out_dir} ({e.strerror}) and it holds no finished "
                             f"build of this source; choose a writable --out") from None
         remove_orphan_temps(out_dir)
-        stack.enter_context(_sigint_guard())
+        stack.enter_context(_stop_guard())
         try:
             return _build_locked(spec, out_dir, opts, source, overwrite, remedy)
         except OSError as e:
@@ -326,26 +327,33 @@ class _Interrupted:
     flag = False
 
 
+#: the signals that stop a build (the rest keep their defaults)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
-def _sigint_guard() -> Iterator[None]:
-    """Make Ctrl-C always end the build: SIGINT sets a flag *and* raises KeyboardInterrupt as
-    usual. Native code (numba/llvmlite compiling ffcv's writer) can swallow the exception; the
-    flag is checked between shards and before the beton and the manifest are written
-    (:func:`_check_interrupt`), so an interrupted build never runs on to a manifest."""
+def _stop_guard() -> Iterator[None]:
+    """Make Ctrl-C and SIGTERM (a scheduler's time limit, ``kill``) always end the build: the
+    signal sets a flag *and* raises KeyboardInterrupt (:class:`~ffcv_dp4tl.stopping.Terminated`
+    for SIGTERM) as usual. Native code (numba/llvmlite compiling ffcv's writer) can swallow the
+    exception; the flag is checked between shards and before the beton and the manifest are
+    written (:func:`_check_interrupt`), so a stopped build never runs on to a manifest."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     parent = os.getpid()
 
     def handler(signum, frame):
         if os.getpid() != parent:
             # A forked worker (ffcv's beton writer, the shard pool) inherits this handler; Ctrl-C
-            # reaches the whole process group, and the parent reports the interrupt once. A
-            # worker raising here would print its own traceback (one per worker).
-            os._exit(130)
+            # reaches the whole process group (a scheduler's SIGTERM every process of the job),
+            # and the parent reports the stop once. A worker raising here would print its own
+            # traceback (one per worker).
+            os._exit(128 + signum)
         _Interrupted.flag = True
-        raise KeyboardInterrupt
+        stopping.record(signum)
+        raise stopping.interrupt_for(signum)
 
     previous_hook = sys.unraisablehook
 
@@ -357,12 +365,14 @@ def _sigint_guard() -> Iterator[None]:
             previous_hook(info)
 
     _Interrupted.flag = False
-    signal.signal(signal.SIGINT, handler)
+    for s in STOP_SIGNALS:
+        signal.signal(s, handler)
     sys.unraisablehook = unraisable
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
         sys.unraisablehook = previous_hook
         _Interrupted.flag = False
 

@@ -18,7 +18,7 @@ def main() -> None:
     try:
         run()
     except SystemExit as e:
-        _quiet_interrupt_at_exit(finished=e.code != 130)
+        _quiet_interrupt_at_exit(finished=e.code not in (130, 143))  # (Ctrl-C, SIGTERM)
         raise
 
 

@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional
 
 import typer
 
-from .. import __version__
+from .. import __version__, stopping
 from ..errors import DP4TLError
 
 app = typer.Typer(
@@ -93,9 +93,6 @@ def _quiet_numba_exit_noise() -> None:
     sys.excepthook, sys.unraisablehook = hook, unraisable
 
 
-#: what Ctrl-C prints (every write is atomic and every long stage checkpoints)
-INTERRUPTED = "interrupted: rerun the same command to resume where it stopped"
-
 #: what gloo raises on the ranks left behind when one rank's process ended
 _PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
 
@@ -135,7 +132,12 @@ def _interrupts_are_not_lost(previous: Callable[[Any], None]) -> Callable[[Any],
     raised again, so the handler raises KeyboardInterrupt at the next point where it can
     propagate, and the command stops with its one line. Any other unraisable error is
     reported as before. (Sent from a thread a moment later: raised now, it would land in this
-    hook, which cannot raise either; swallowed again, it is sent again.)"""
+    hook, which cannot raise either; swallowed again, it is sent again.)
+
+    Once a stop signal came (:func:`ffcv_dp4tl.stopping.received`), a data-loader worker that
+    the same SIGTERM ended (a scheduler signals every process of the job) is not reported
+    either: torch says so from its iterator's ``__del__`` while the command unwinds, with a
+    traceback, above the line that names the stop."""
     import signal
     import threading
 
@@ -151,8 +153,15 @@ def _interrupts_are_not_lost(previous: Callable[[Any], None]) -> Callable[[Any],
             threading.Thread(target=resend, args=(threading.main_thread().ident,),
                              name="dp4tl-interrupt-resend", daemon=True).start()
             return
+        if stopping.received() is not None and _worker_stopped_too(unraisable.exc_value):
+            return
         previous(unraisable)
     return hook
+
+
+def _worker_stopped_too(e: BaseException | None) -> bool:
+    """torch's error for a data-loader worker ended by a signal (its SIGCHLD handler's)."""
+    return isinstance(e, RuntimeError) and "DataLoader worker" in str(e) and "signal" in str(e)
 
 
 def _quiet_dead_peer(previous: Callable[..., None]) -> Callable[..., None]:
@@ -175,14 +184,26 @@ def _quiet_dead_peer(previous: Callable[..., None]) -> Callable[..., None]:
 
 
 def run() -> None:
-    """Console entry point: user errors become one clear line and exit status 2."""
+    """Console entry point: user errors become one clear line and exit status 2; Ctrl-C and
+    SIGTERM (a scheduler's time limit or preemption) stop the command with one line and
+    130 / 143 (:mod:`ffcv_dp4tl.stopping`)."""
     previous = sys.unraisablehook, sys.excepthook
     sys.unraisablehook = _interrupts_are_not_lost(previous[0])
     sys.excepthook = _quiet_dead_peer(previous[1])
     try:
-        _run()
+        with stopping.sigterm_raises():
+            try:
+                _run()
+            except KeyboardInterrupt:  # it landed while _run was already ending the command
+                _stopped()
     finally:
         sys.unraisablehook, sys.excepthook = previous
+
+
+def _stopped() -> None:
+    """End a command a signal stopped: its one line, and 128 + the signal as exit status."""
+    print(stopping.line(), file=sys.stderr)
+    raise SystemExit(stopping.exit_status()) from None
 
 
 def _run() -> None:
@@ -212,8 +233,7 @@ def _run() -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
-        raise SystemExit(130) from None
+        _stopped()
     except BrokenPipeError:  # `dp4tl mask files … | head`: the reader had enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no flush error at exit)
         raise SystemExit(141) from None  # 128 + SIGPIPE, as a shell reports a piped tool
@@ -226,11 +246,15 @@ def _run() -> None:
         print(f"error: {os_error_line(e)}", file=sys.stderr)
         raise SystemExit(2) from None
     except RuntimeError as e:
+        if stopping.received() is not None:
+            # a data-loader worker the same SIGTERM ended first ("DataLoader worker ... killed
+            # by signal"), reported before this process's own stop: it is that stop
+            _stopped()
         line = _peer_stopped_line(e)
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
-    if code == 130:  # typer turns Ctrl-C inside a command into exit code 130 itself
-        print(INTERRUPTED, file=sys.stderr)
+    if code == 130:  # typer turns Ctrl-C (and SIGTERM's Terminated) into exit code 130 itself
+        _stopped()
     raise SystemExit(code if isinstance(code, int) else 0)

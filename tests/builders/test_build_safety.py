@@ -121,7 +121,7 @@ def test_ctrl_c_that_python_cannot_raise_during_a_build_prints_no_traceback(monk
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", lambda info: seen.append(type(info.exc_value)))
     before = sys.unraisablehook
-    with writer._sigint_guard():
+    with writer._stop_guard():
         writer._Interrupted.flag = True  # what the SIGINT handler sets before raising
         RaisesOnDelete(KeyboardInterrupt())
         gc.collect()
@@ -178,7 +178,7 @@ def test_a_ctrl_c_swallowed_while_ffcv_forks_does_not_leave_the_build_waiting(mo
 
     from beton_builders import writer
 
-    with writer._sigint_guard():
+    with writer._stop_guard():
         with pytest.raises(KeyboardInterrupt):
             with writer._interrupt_watchdog(every=0.05):
                 writer._Interrupted.flag = True  # set by the handler, its raise swallowed

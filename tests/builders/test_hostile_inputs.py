@@ -114,14 +114,17 @@ def test_other_builds_messages_carry_the_callers_remedy(tmp_path):
         build_dataset(_spec(9), out, OPTS)
 
 
-def test_a_ctrl_c_swallowed_by_native_code_still_stops_the_build(tmp_path, monkeypatch):
-    """numba/llvmlite can eat the KeyboardInterrupt of a Ctrl-C; the build must not run on to a
-    manifest (rc 0) but stop, and a rerun resumes."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_swallowed_by_native_code_still_stops_the_build(tmp_path, monkeypatch, signum):
+    """numba/llvmlite can eat the KeyboardInterrupt of a Ctrl-C (or of a scheduler's SIGTERM);
+    the build must not run on to a manifest (rc 0) but stop, and a rerun resumes."""
+    from ffcv_dp4tl import stopping
+
     real = writer.write_beton
 
     def swallowing(*a, **k):
         try:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
             for _ in range(100):  # the handler runs between bytecodes
                 pass
         except KeyboardInterrupt:
@@ -129,12 +132,15 @@ def test_a_ctrl_c_swallowed_by_native_code_still_stops_the_build(tmp_path, monke
         return real(*a, **k)
 
     monkeypatch.setattr(writer, "write_beton", swallowing)
-    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the suite runs as a background job
+    monkeypatch.setattr(stopping, "_RECEIVED", [])
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     out = tmp_path / "ds"
     with pytest.raises(KeyboardInterrupt):
         build_dataset(_spec(), out, OPTS)
     assert not (out / "manifest.json").exists() and not (out / "train.beton").exists()
-    assert signal.getsignal(signal.SIGINT) == before  # the caller's handler restored
+    assert stopping.received() == signum  # what the CLI's one line and exit status name
+    # the caller's handlers restored (SIGINT: SIG_IGN when the suite runs as a background job)
+    assert {s: signal.getsignal(s) for s in before} == before
     monkeypatch.setattr(writer, "write_beton", real)
     assert build_dataset(_spec(), out, OPTS).splits[0].num_samples == 8
 
@@ -145,20 +151,21 @@ def _sleep_until_killed():
     time.sleep(30)
 
 
-def test_a_ctrl_c_ends_forked_writer_workers_quietly():
-    """Ctrl-C reaches the whole process group, ffcv's forked beton writers included. They
-    inherit the build's SIGINT handler; raising KeyboardInterrupt there printed one traceback
-    per worker (~130 lines). A forked worker now exits at once, silently, with status 130,
-    and only the parent reports the interrupt."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_ends_forked_writer_workers_quietly(signum):
+    """Ctrl-C reaches the whole process group (a scheduler's SIGTERM every process of the
+    job), ffcv's forked beton writers included. They inherit the build's handler; raising
+    KeyboardInterrupt there printed one traceback per worker (~130 lines). A forked worker now
+    exits at once, silently, with 128 + the signal, and only the parent reports the stop."""
     import multiprocessing as mp
 
-    with writer._sigint_guard():
+    with writer._stop_guard():
         child = mp.get_context("fork").Process(target=_sleep_until_killed)
         child.start()
         time.sleep(0.5)
-        os.kill(child.pid, signal.SIGINT)
+        os.kill(child.pid, signum)
         child.join(timeout=20)
-    assert child.exitcode == 130  # a KeyboardInterrupt traceback would exit with 1
+    assert child.exitcode == 128 + signum  # a KeyboardInterrupt traceback would exit with 1
     assert not writer._Interrupted.flag
 
 

@@ -1,0 +1,150 @@
+"""SIGTERM ends a command like Ctrl-C: cleanups run, one line, status 143, the rerun resumes.
+
+On a cluster, SIGTERM is how a run usually ends early (a scheduler's time limit or
+preemption, ``kill``, torchrun ending the other ranks); with Python's default it died on the
+spot, leaving temporary files and no word."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ffcv_dp4tl import stopping
+from ffcv_dp4tl.fsutil import TEMP_GLOB, atomic_path
+
+
+@pytest.fixture
+def default_sigterm(monkeypatch):
+    """SIGTERM at its default for the test (restored after), and a fresh record of signals."""
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    monkeypatch.setattr(stopping, "_RECEIVED", [])
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_for_signal(seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # the handler runs between bytecodes
+        time.sleep(0.001)
+    pytest.fail("the signal was not raised")
+
+
+def test_sigterm_raises_terminated_and_names_itself(default_sigterm):
+    with pytest.raises(stopping.Terminated) as info:
+        with stopping.sigterm_raises():
+            os.kill(os.getpid(), signal.SIGTERM)
+            _wait_for_signal()
+    assert isinstance(info.value, KeyboardInterrupt)  # every Ctrl-C cleanup runs for it
+    assert stopping.received() == signal.SIGTERM and stopping.exit_status() == 143
+    assert stopping.line().startswith("stopped by SIGTERM") and "resume" in stopping.line()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the default is back
+
+
+def test_ctrl_c_keeps_its_line_and_status(default_sigterm):
+    assert stopping.received() is None
+    assert stopping.exit_status() == 130 and stopping.line().startswith("interrupted:")
+    assert stopping.exit_status(signal.SIGTERM) == 143 and stopping.exit_status(signal.SIGINT) == 130
+    assert type(stopping.interrupt_for(signal.SIGINT)) is KeyboardInterrupt
+    assert type(stopping.interrupt_for(signal.SIGTERM)) is stopping.Terminated
+
+
+def test_a_sigterm_mid_write_leaves_the_old_file_and_no_temporary(default_sigterm, tmp_path):
+    """With the default action the process died inside the write: the half-written temporary
+    file stayed beside the checkpoint. Now the write's cleanup runs."""
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"the previous checkpoint")
+    with pytest.raises(stopping.Terminated):
+        with stopping.sigterm_raises(), atomic_path(path) as tmp:
+            tmp.write_bytes(b"half of the new one")
+            os.kill(os.getpid(), signal.SIGTERM)
+            _wait_for_signal()
+    assert path.read_bytes() == b"the previous checkpoint"
+    assert list(tmp_path.glob(TEMP_GLOB)) == []
+
+
+def test_an_embedding_programs_own_handler_is_kept(default_sigterm):
+    def mine(signum, frame):
+        pass
+
+    signal.signal(signal.SIGTERM, mine)
+    with stopping.sigterm_raises():
+        assert signal.getsignal(signal.SIGTERM) is mine
+    assert signal.getsignal(signal.SIGTERM) is mine
+
+
+def _sleep_until_killed():
+    time.sleep(30)
+
+
+def test_a_forked_worker_still_dies_of_sigterm_quietly(default_sigterm):
+    """Data-loader and writer workers inherit the handler; raising there printed one traceback
+    per worker. They die of the signal as before, and only the parent reports the stop."""
+    with stopping.sigterm_raises():
+        child = mp.get_context("fork").Process(target=_sleep_until_killed)
+        child.start()
+        time.sleep(0.5)
+        os.kill(child.pid, signal.SIGTERM)
+        child.join(timeout=20)
+    assert child.exitcode == -signal.SIGTERM
+    assert stopping.received() is None  # the parent was not stopped
+
+
+def test_a_second_sigterm_ends_a_slow_cleanup_at_once(tmp_path):
+    script = ("import os, signal, time\n"
+              "from ffcv_dp4tl import stopping\n"
+              "with stopping.sigterm_raises():\n"
+              "    try:\n"
+              "        os.kill(os.getpid(), signal.SIGTERM)\n"
+              "        time.sleep(10)\n"
+              "    except stopping.Terminated:\n"
+              "        print('cleaning up', flush=True)\n"
+              "        os.kill(os.getpid(), signal.SIGTERM)\n"
+              "        time.sleep(10)\n"
+              "        print('cleanup ran on')\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 143 and run.stdout == "cleaning up\n", (run.stdout, run.stderr)
+
+
+@pytest.mark.parametrize("fmt", ["ffcv", "wds"])
+def test_sigterm_to_a_training_job_stops_it_with_one_line_and_the_rerun_resumes(
+        source_dir, tmp_path, fmt):
+    """What a Slurm time limit does (SIGTERM to every process of the job, data-loader workers
+    included): exit 143, one line naming SIGTERM, no traceback, no temporary file; the same
+    command then resumes from the last epoch's checkpoint and finishes every epoch."""
+    from tiny_data import TEST_OVERRIDES
+
+    epochs = 12
+    out = tmp_path / "run"
+    dp4tl = Path(sys.executable).parent / "dp4tl"
+    sets = [a for o in [*TEST_OVERRIDES, f"train.epochs={epochs}", "data.num_workers=2"]
+            for a in ("--set", o)]
+    argv = [str(dp4tl), "train", "resnet18_tiny_cpu", "--data", str(source_dir), "--out", str(out),
+            "--format", fmt, "--device", "cpu", "--no-progress", *sets]
+    job = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)  # its own process group, as a job's
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert job.poll() is None, job.communicate()
+        assert time.monotonic() < deadline, "no epoch finished in 240 s"
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGTERM)
+    stdout, stderr = job.communicate(timeout=120)
+    done = metrics.read_text().count("\n")
+    assert done < epochs, "the job finished before the signal: raise `epochs`"
+    assert job.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == stopping.line(signal.SIGTERM), stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert list(out.glob(TEMP_GLOB)) == []
+
+    rerun = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(epochs))
