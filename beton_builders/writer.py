@@ -35,10 +35,10 @@ from typing import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
+from ffcv_dp4tl import stopping
 from ffcv_dp4tl.contracts import (FORMAT, BetonMode, INDEX_DTYPE, MANIFEST_NAME, ORIGINS_SUFFIX,
                                   DatasetManifest, ImageSettings, SplitEntry, dataset_fingerprint,
                                   split_fingerprint)
-from ffcv_dp4tl import stopping
 from ffcv_dp4tl.cpus import available_cores
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import (atomic_path, atomic_save_npy, atomic_write_json,
