@@ -326,6 +326,13 @@ class WdsMaskedLoader(PlanLoaderBase):
             num_workers=num_workers, pin_memory=self.device.type == "cuda",
             persistent_workers=num_workers > 0,
             prefetch_factor=2 if num_workers > 0 else None,  # batches in flight per worker
+            # torch draws its workers' base seed when an iterator starts: from the global RNG
+            # unless the loader has a generator of its own. A resumed run starts the stream one
+            # more time than an unbroken one (at the epoch it resumes), and that extra draw
+            # shifted the training loop's torch RNG (white balance, ...) for the rest of the
+            # epoch: resumed != unbroken with workers. The batches never needed it (each is a
+            # function of its indices, resolution and aug seed).
+            generator=torch.Generator(),
         )
 
     def set_epoch(self, epoch: int, resolution: int | None = None,
