@@ -117,7 +117,9 @@ def test_sigterm_to_a_training_job_stops_it_with_one_line_and_the_rerun_resumes(
         source_dir, tmp_path, fmt):
     """What a Slurm time limit does (SIGTERM to every process of the job, data-loader workers
     included): exit 143, one line naming SIGTERM, no traceback, no temporary file; the same
-    command then resumes from the last epoch's checkpoint and finishes every epoch."""
+    command then resumes from the last epoch's checkpoint, finishes every epoch, and ends with
+    the weights of a run never stopped (the recipe is deterministic: wds always, ffcv through
+    ``data.deterministic``, which the tiny recipes set)."""
     from tiny_data import TEST_OVERRIDES
 
     epochs = 12
@@ -148,3 +150,13 @@ def test_sigterm_to_a_training_job_stops_it_with_one_line_and_the_rerun_resumes(
     assert rerun.returncode == 0, rerun.stderr
     rows = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(epochs))
+
+    import torch
+
+    from ffcv_dp4tl.training.checkpoint import Checkpoint
+
+    whole = tmp_path / "whole"
+    argv[argv.index(str(out))] = str(whole)
+    assert subprocess.run(argv, capture_output=True, text=True, timeout=600).returncode == 0
+    a, b = (Checkpoint.load(d / "checkpoint.pt").model for d in (out, whole))
+    assert all(torch.equal(a[k], b[k]) for k in a)
