@@ -24,7 +24,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-__all__ = ["Terminated", "exit_status", "interrupt_for", "line", "received", "record",
+__all__ = ["GRACE_S", "Terminated", "exit_status", "interrupt_for", "line", "received", "record",
            "sigterm_raises"]
 
 
@@ -71,10 +71,100 @@ def line(signum: int | None = None) -> str:
     return "interrupted: rerun the same command to resume where it stopped"
 
 
+#: seconds a command has, after SIGTERM, to stop cleanly before it ends at once: less than
+#: the grace a scheduler or torchrun gives before SIGKILL (Slurm's default KillWait and
+#: torchrun's stop timeout are 30 s), so that the command's line still gets out
+GRACE_S = 15.0
+
+
+class _GraceWatchdog:
+    """Ends the process ``grace`` seconds after a SIGTERM, whatever its main thread is doing.
+
+    Python runs signal handlers in the main thread only, between bytecodes. A main thread
+    blocked in native code (a DDP rank waiting in a collective for a rank that is gone: gloo
+    waits 30 minutes) never runs the handler, so SIGTERM, which used to end the process at
+    once, would wait for the SIGKILL that follows. The C-level handler writes every handled
+    signal's number to the wakeup fd even then; this thread reads it, and a SIGTERM arms the
+    deadline. After a SIGTERM it keeps running through the interpreter's exit (a hang there is
+    cut too); a process that ends in time takes it along."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace, self.armed = float(grace), False
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)
+        previous = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
+        self.owned = previous == -1
+        if not self.owned:  # an event loop's: keep it, go without the deadline
+            signal.set_wakeup_fd(previous)
+            self._close_fds()
+            return
+        _WATCHDOGS.append(self)
+        self.thread = threading.Thread(target=self._watch, name="dp4tl-sigterm-grace",
+                                       daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                data = os.read(self.read_fd, 64)
+            except OSError:
+                return
+            if int(signal.SIGTERM) in data:
+                self.armed = True
+                threading.Event().wait(self.grace)
+                os.write(2, (f"{line(signal.SIGTERM)} (its cleanup took more than "
+                             f"{self.grace:g} s, so it ended at once)\n").encode())
+                os._exit(exit_status(signal.SIGTERM))
+            if not data or 0 in data:  # closed, or close()'s wake-up byte
+                return
+
+    def close(self) -> None:
+        """Give the wakeup fd back; stop the thread unless a SIGTERM armed it (or is on its
+        way to it: the handler recorded one), which then runs on until the process ends."""
+        if not self.owned:
+            return
+        signal.set_wakeup_fd(-1)
+        _WATCHDOGS.remove(self)
+        if self.armed or signal.SIGTERM in _RECEIVED:
+            return
+        os.write(self.write_fd, b"\0")
+        self.thread.join()
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in (self.read_fd, self.write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def forget_in_child(self) -> None:
+        """After a fork: the child shares the pipe, and its own SIGTERM (torch ends data-loader
+        workers that way) would arm the parent's deadline. The child has no watcher thread."""
+        with contextlib.suppress(ValueError, OSError):
+            signal.set_wakeup_fd(-1)
+        self._close_fds()
+
+
+#: the watchdogs of the blocks now open (one per command; the list is what a fork clears)
+_WATCHDOGS: list[_GraceWatchdog] = []
+
+
+def _after_fork_in_child() -> None:
+    for w in _WATCHDOGS:
+        w.forget_in_child()
+    _WATCHDOGS.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
+def sigterm_raises(grace: float | None = GRACE_S) -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Terminated` in the main thread, once.
 
+    * If the command has not ended ``grace`` seconds later (its main thread blocked in native
+      code, a slow cleanup, a hang at exit), it ends at once with its line and status 143
+      (:class:`_GraceWatchdog`; ``grace=None``: no deadline, for a process that must live on,
+      such as a test runner).
     * A second SIGTERM (the cleanup the first began takes too long for whoever sends it)
       ends the process at once with status 143, as SIGTERM did before.
     * A forked child (a data-loader or writer worker inherits the handler) dies of SIGTERM
@@ -101,7 +191,10 @@ def sigterm_raises() -> Iterator[None]:
         raise Terminated()
 
     signal.signal(signal.SIGTERM, handler)
+    watchdog = None if grace is None else _GraceWatchdog(grace)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if watchdog is not None:
+            watchdog.close()

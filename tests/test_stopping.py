@@ -38,7 +38,7 @@ def _wait_for_signal(seconds: float = 10.0) -> None:
 
 def test_sigterm_raises_terminated_and_names_itself(default_sigterm):
     with pytest.raises(stopping.Terminated) as info:
-        with stopping.sigterm_raises():
+        with stopping.sigterm_raises(grace=None):
             os.kill(os.getpid(), signal.SIGTERM)
             _wait_for_signal()
     assert isinstance(info.value, KeyboardInterrupt)  # every Ctrl-C cleanup runs for it
@@ -61,7 +61,7 @@ def test_a_sigterm_mid_write_leaves_the_old_file_and_no_temporary(default_sigter
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"the previous checkpoint")
     with pytest.raises(stopping.Terminated):
-        with stopping.sigterm_raises(), atomic_path(path) as tmp:
+        with stopping.sigterm_raises(grace=None), atomic_path(path) as tmp:
             tmp.write_bytes(b"half of the new one")
             os.kill(os.getpid(), signal.SIGTERM)
             _wait_for_signal()
@@ -74,7 +74,7 @@ def test_an_embedding_programs_own_handler_is_kept(default_sigterm):
         pass
 
     signal.signal(signal.SIGTERM, mine)
-    with stopping.sigterm_raises():
+    with stopping.sigterm_raises(grace=None):
         assert signal.getsignal(signal.SIGTERM) is mine
     assert signal.getsignal(signal.SIGTERM) is mine
 
@@ -86,7 +86,7 @@ def _sleep_until_killed():
 def test_a_forked_worker_still_dies_of_sigterm_quietly(default_sigterm):
     """Data-loader and writer workers inherit the handler; raising there printed one traceback
     per worker. They die of the signal as before, and only the parent reports the stop."""
-    with stopping.sigterm_raises():
+    with stopping.sigterm_raises(grace=None):
         child = mp.get_context("fork").Process(target=_sleep_until_killed)
         child.start()
         time.sleep(0.5)
@@ -99,7 +99,7 @@ def test_a_forked_worker_still_dies_of_sigterm_quietly(default_sigterm):
 def test_a_second_sigterm_ends_a_slow_cleanup_at_once(tmp_path):
     script = ("import os, signal, time\n"
               "from ffcv_dp4tl import stopping\n"
-              "with stopping.sigterm_raises():\n"
+              "with stopping.sigterm_raises(grace=None):\n"
               "    try:\n"
               "        os.kill(os.getpid(), signal.SIGTERM)\n"
               "        time.sleep(10)\n"
@@ -110,6 +110,58 @@ def test_a_second_sigterm_ends_a_slow_cleanup_at_once(tmp_path):
               "        print('cleanup ran on')\n")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert run.returncode == 143 and run.stdout == "cleaning up\n", (run.stdout, run.stderr)
+
+
+def _stopped_process(body: str, grace: float = 0.5, timeout: float = 60):
+    """Run ``body`` inside ``sigterm_raises(grace)`` in a fresh process (``KILL`` in it: the
+    process SIGTERMs itself); return (completed process, seconds it took)."""
+    body = body.replace("KILL", "os.kill(os.getpid(), signal.SIGTERM)")
+    script = ("import ctypes, os, signal, time\n"
+              "from ffcv_dp4tl import stopping\n"
+              f"with stopping.sigterm_raises(grace={grace}):\n"
+              + "".join(f"    {x}\n" for x in body.splitlines()))
+    t0 = time.monotonic()
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=timeout)
+    return run, time.monotonic() - t0
+
+
+def test_a_main_thread_blocked_in_native_code_still_ends_after_the_grace():
+    """A DDP rank waiting in a collective for a rank that is gone never returns to Python, so
+    the handler never runs; SIGTERM used to end it at once, and without the deadline it would
+    wait for the SIGKILL that follows (torchrun and Slurm: 30 s). Here the main thread waits
+    20 s in libc's system(), which retries its wait on EINTR without returning to Python; the
+    shell it runs sends the SIGTERM."""
+    run, seconds = _stopped_process(
+        'ctypes.CDLL(None).system(b"sleep 0.3; kill -TERM $PPID; exec sleep 20 >/dev/null 2>&1")\nprint("ran on")')
+    assert run.returncode == 143, (run.stdout, run.stderr)
+    assert seconds < 15 and "ran on" not in run.stdout
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"{stopping.line(signal.SIGTERM)} (its cleanup took more than 0.5 s, so it ended at once)")
+
+
+def test_a_cleanup_that_hangs_is_cut_at_the_grace():
+    run, seconds = _stopped_process("try:\n    KILL\n    time.sleep(10)\n"
+                                    "except stopping.Terminated:\n    time.sleep(60)  # a hang")
+    assert run.returncode == 143 and seconds < 30, run.stderr
+    assert "ended at once" in run.stderr
+
+
+def test_a_command_that_stops_in_time_ends_with_its_own_status():
+    """The deadline never cuts a command that ends in time, nor one that never got SIGTERM;
+    a forked child SIGTERMed by its parent (torch ends workers so) does not arm it."""
+    run, _ = _stopped_process("try:\n    KILL\n    time.sleep(10)\nexcept stopping.Terminated:\n"
+                              "    raise SystemExit(stopping.exit_status())", grace=30)
+    assert run.returncode == 143 and run.stderr == "", run.stderr
+    script = ("import multiprocessing as mp, os, signal, time\n"
+              "from ffcv_dp4tl import stopping\n"
+              "with stopping.sigterm_raises(grace=0.5):\n"
+              "    child = mp.get_context('fork').Process(target=time.sleep, args=(30,))\n"
+              "    child.start(); time.sleep(0.5); os.kill(child.pid, signal.SIGTERM)\n"
+              "    child.join(); time.sleep(2)\n"
+              "print('child', child.exitcode)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout == "child -15\n", (run.stdout, run.stderr)
 
 
 @pytest.mark.parametrize("fmt", ["ffcv", "wds"])
