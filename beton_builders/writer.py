@@ -327,10 +327,6 @@ class _Interrupted:
     flag = False
 
 
-#: the signals that stop a build (the rest keep their defaults)
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
 @contextlib.contextmanager
 def _stop_guard() -> Iterator[None]:
     """Make Ctrl-C and SIGTERM (a scheduler's time limit, ``kill``) always end the build: the
@@ -341,15 +337,14 @@ def _stop_guard() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     parent = os.getpid()
 
     def handler(signum, frame):
         if os.getpid() != parent:
-            # A forked worker (ffcv's beton writer, the shard pool) inherits this handler; Ctrl-C
-            # reaches the whole process group (a scheduler's SIGTERM every process of the job),
-            # and the parent reports the stop once. A worker raising here would print its own
-            # traceback (one per worker).
+            # A forked worker (ffcv's beton writer, the shard pool) inherits this handler for
+            # Ctrl-C, which reaches the whole process group, and the parent reports the stop
+            # once. A worker raising here would print its own traceback (one per worker). (A
+            # worker starts with SIGTERM's default: stopping.sigterm_handler.)
             os._exit(128 + signum)
         _Interrupted.flag = True
         stopping.record(signum)
@@ -365,14 +360,13 @@ def _stop_guard() -> Iterator[None]:
             previous_hook(info)
 
     _Interrupted.flag = False
-    for s in STOP_SIGNALS:
-        signal.signal(s, handler)
+    previous = signal.signal(signal.SIGINT, handler)
     sys.unraisablehook = unraisable
     try:
-        yield
+        with stopping.sigterm_handler(handler):
+            yield
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        signal.signal(signal.SIGINT, previous)
         sys.unraisablehook = previous_hook
         _Interrupted.flag = False
 

@@ -22,10 +22,11 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 __all__ = ["GRACE_S", "Terminated", "exit_status", "interrupt_for", "line", "received", "record",
-           "sigterm_raises"]
+           "sigterm_handler", "sigterm_raises"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -146,15 +147,61 @@ class _GraceWatchdog:
 
 #: the watchdogs of the blocks now open (one per command; the list is what a fork clears)
 _WATCHDOGS: list[_GraceWatchdog] = []
+#: how many blocks now hold a Python-level SIGTERM handler (:func:`sigterm_handler`)
+_HOLDERS = [0]
+_FORK_MASK = threading.local()
+
+
+def _before_fork() -> None:
+    if _HOLDERS[0]:  # held until the child has the default action back (see sigterm_handler)
+        _FORK_MASK.old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def _after_fork_in_parent() -> None:
+    old = getattr(_FORK_MASK, "old", None)
+    if old is not None:
+        _FORK_MASK.old = None
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _after_fork_in_child() -> None:
     for w in _WATCHDOGS:
         w.forget_in_child()
     _WATCHDOGS.clear()
+    old = getattr(_FORK_MASK, "old", None)
+    if old is None:
+        return
+    _FORK_MASK.old = None
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except (ValueError, OSError):  # (then the inherited handler's child branch ends it)
+        pass
+    finally:  # a SIGTERM that came meanwhile is delivered now, and ends the child
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+
+
+@contextlib.contextmanager
+def sigterm_handler(handler: Callable[[int, Any], Any]) -> Iterator[None]:
+    """Install ``handler`` for SIGTERM for the block (main thread only), then the previous one.
+
+    A process forked meanwhile starts with SIGTERM's default action, not ``handler``: a pool's
+    ``terminate()``, torch ending its data-loader workers and a scheduler ending the job all
+    rely on SIGTERM killing a worker, and a Python handler runs only when the worker's main
+    thread returns to Python. One that came between ``fork()`` and the child's start was even
+    lost (CPython clears pending signals in a new child), and the worker, waiting on its task
+    queue, never ended: a build's ``Pool.terminate()`` waited forever. SIGTERM is blocked
+    across the fork and unblocked in the child once the default is back, so none is lost."""
+    previous = signal.signal(signal.SIGTERM, handler)
+    _HOLDERS[0] += 1
+    try:
+        yield
+    finally:
+        _HOLDERS[0] -= 1
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -167,8 +214,8 @@ def sigterm_raises(grace: float | None = GRACE_S) -> Iterator[None]:
       such as a test runner).
     * A second SIGTERM (the cleanup the first began takes too long for whoever sends it)
       ends the process at once with status 143, as SIGTERM did before.
-    * A forked child (a data-loader or writer worker inherits the handler) dies of SIGTERM
-      as before: the parent reports the stop once, instead of a traceback per worker.
+    * A forked child (a data-loader or writer worker) starts with SIGTERM's default action
+      (:func:`sigterm_handler`) and dies of it as before: the parent reports the stop once.
     * Nothing changes outside the main thread, or when the program running this code set a
       SIGTERM handler of its own (an embedding program keeps it).
 
@@ -181,7 +228,7 @@ def sigterm_raises(grace: float | None = GRACE_S) -> Iterator[None]:
     parent = os.getpid()
 
     def handler(signum, frame):
-        if os.getpid() != parent:  # a forked worker: die of the signal, as with no handler
+        if os.getpid() != parent:  # (a child forked elsewhere than through os.fork's hooks)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             return
@@ -190,11 +237,10 @@ def sigterm_raises(grace: float | None = GRACE_S) -> Iterator[None]:
         record(signum)
         raise Terminated()
 
-    signal.signal(signal.SIGTERM, handler)
-    watchdog = None if grace is None else _GraceWatchdog(grace)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if watchdog is not None:
-            watchdog.close()
+    with sigterm_handler(handler):
+        watchdog = None if grace is None else _GraceWatchdog(grace)
+        try:
+            yield
+        finally:
+            if watchdog is not None:
+                watchdog.close()

@@ -96,6 +96,27 @@ def test_a_forked_worker_still_dies_of_sigterm_quietly(default_sigterm):
     assert stopping.received() is None  # the parent was not stopped
 
 
+def test_a_child_forked_under_a_handler_dies_of_sigterm_even_at_once(default_sigterm):
+    """A pool's terminate(), torch ending its workers and a scheduler rely on SIGTERM killing
+    a forked worker. Under a Python handler the worker ran the handler instead, and only when
+    its main thread was in Python; a SIGTERM sent right after the fork could even be lost (a
+    build's Pool.terminate() then waited forever on a worker). The child starts with the
+    default action, SIGTERM blocked across the fork: signalled at once, it dies every time."""
+    for _ in range(20):
+        with stopping.sigterm_handler(lambda signum, frame: None):  # the parent lives on
+            pid = os.fork()
+            if pid == 0:  # the child: would sleep 3 s and exit 0 under the parent's handler
+                try:
+                    time.sleep(3)
+                finally:
+                    os._exit(0)
+            os.kill(pid, signal.SIGTERM)
+            _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
 def test_a_second_sigterm_ends_a_slow_cleanup_at_once(tmp_path):
     script = ("import os, signal, time\n"
               "from ffcv_dp4tl import stopping\n"

@@ -118,6 +118,7 @@ def test_ctrl_c_that_python_cannot_raise_during_a_build_prints_no_traceback(monk
         def __del__(self):
             raise self.exc
 
+    gc.collect()  # earlier tests' garbage first (numba's dispatcher finalizers raise KeyError)
     seen = []
     monkeypatch.setattr(sys, "unraisablehook", lambda info: seen.append(type(info.exc_value)))
     before = sys.unraisablehook
