@@ -117,34 +117,29 @@ def test_a_child_forked_under_a_handler_dies_of_sigterm_even_at_once(default_sig
     assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
-def test_a_second_sigterm_ends_a_slow_cleanup_at_once(tmp_path):
-    script = ("import os, signal, time\n"
-              "from ffcv_dp4tl import stopping\n"
-              "with stopping.sigterm_raises(grace=None):\n"
-              "    try:\n"
-              "        os.kill(os.getpid(), signal.SIGTERM)\n"
-              "        time.sleep(10)\n"
-              "    except stopping.Terminated:\n"
-              "        print('cleaning up', flush=True)\n"
-              "        os.kill(os.getpid(), signal.SIGTERM)\n"
-              "        time.sleep(10)\n"
-              "        print('cleanup ran on')\n")
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert run.returncode == 143 and run.stdout == "cleaning up\n", (run.stdout, run.stderr)
+def _stopped_process(body: str, grace: float | None = 0.5, after: str = "",
+                     timeout: float = 60):
+    """Run ``body`` inside ``sigterm_raises(grace)``, then ``after``, in a fresh process
+    (``KILL`` in them: the process SIGTERMs itself); return (completed process, seconds)."""
+    def lines(code: str, indent: str) -> str:
+        code = code.replace("KILL", "os.kill(os.getpid(), signal.SIGTERM)")
+        return "".join(f"{indent}{x}\n" for x in code.splitlines())
 
-
-def _stopped_process(body: str, grace: float = 0.5, timeout: float = 60):
-    """Run ``body`` inside ``sigterm_raises(grace)`` in a fresh process (``KILL`` in it: the
-    process SIGTERMs itself); return (completed process, seconds it took)."""
-    body = body.replace("KILL", "os.kill(os.getpid(), signal.SIGTERM)")
-    script = ("import ctypes, os, signal, time\n"
+    script = ("import ctypes, multiprocessing as mp, os, signal, time\n"
               "from ffcv_dp4tl import stopping\n"
-              f"with stopping.sigterm_raises(grace={grace}):\n"
-              + "".join(f"    {x}\n" for x in body.splitlines()))
+              f"with stopping.sigterm_raises(grace={grace}):\n" + lines(body, "    ")
+              + lines(after, ""))
     t0 = time.monotonic()
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=timeout)
     return run, time.monotonic() - t0
+
+
+def test_a_second_sigterm_ends_a_slow_cleanup_at_once():
+    run, _ = _stopped_process("try:\n    KILL\n    time.sleep(10)\nexcept stopping.Terminated:\n"
+                              "    print('cleaning up', flush=True)\n    KILL\n"
+                              "    time.sleep(10)\n    print('cleanup ran on')", grace=None)
+    assert run.returncode == 143 and run.stdout == "cleaning up\n", (run.stdout, run.stderr)
 
 
 def test_a_main_thread_blocked_in_native_code_still_ends_after_the_grace():
@@ -153,8 +148,8 @@ def test_a_main_thread_blocked_in_native_code_still_ends_after_the_grace():
     wait for the SIGKILL that follows (torchrun and Slurm: 30 s). Here the main thread waits
     20 s in libc's system(), which retries its wait on EINTR without returning to Python; the
     shell it runs sends the SIGTERM."""
-    run, seconds = _stopped_process(
-        'ctypes.CDLL(None).system(b"sleep 0.3; kill -TERM $PPID; exec sleep 20 >/dev/null 2>&1")\nprint("ran on")')
+    shell = "sleep 0.3; kill -TERM $PPID; exec sleep 20 >/dev/null 2>&1"  # (no pipe held)
+    run, seconds = _stopped_process(f'ctypes.CDLL(None).system(b"{shell}")\nprint("ran on")')
     assert run.returncode == 143, (run.stdout, run.stderr)
     assert seconds < 15 and "ran on" not in run.stdout
     assert run.stderr.strip().splitlines()[-1] == (
@@ -174,14 +169,10 @@ def test_a_command_that_stops_in_time_ends_with_its_own_status():
     run, _ = _stopped_process("try:\n    KILL\n    time.sleep(10)\nexcept stopping.Terminated:\n"
                               "    raise SystemExit(stopping.exit_status())", grace=30)
     assert run.returncode == 143 and run.stderr == "", run.stderr
-    script = ("import multiprocessing as mp, os, signal, time\n"
-              "from ffcv_dp4tl import stopping\n"
-              "with stopping.sigterm_raises(grace=0.5):\n"
-              "    child = mp.get_context('fork').Process(target=time.sleep, args=(30,))\n"
-              "    child.start(); time.sleep(0.5); os.kill(child.pid, signal.SIGTERM)\n"
-              "    child.join(); time.sleep(2)\n"
-              "print('child', child.exitcode)\n")
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    run, _ = _stopped_process(
+        "child = mp.get_context('fork').Process(target=time.sleep, args=(30,))\n"
+        "child.start(); time.sleep(0.5); os.kill(child.pid, signal.SIGTERM)\n"
+        "child.join(); time.sleep(2)", after="print('child', child.exitcode)")
     assert run.returncode == 0 and run.stdout == "child -15\n", (run.stdout, run.stderr)
 
 
