@@ -1,6 +1,7 @@
 """Every registered CUDA module compiles to a CUBIN for the GPUs the project runs on (A100 sm_80,
 H100/H200 sm_90) with NVRTC on this CPU machine, without spills; the tiled fused kernels fit their
-launch (one 256-thread block per SM, no static shared memory before the dynamic buffer).
+launch (the 256-thread blocks per SM each is compiled for, no static shared memory before the
+dynamic buffer).
 
 Why this runs without a GPU: NVRTC is a library (the ``nvidia-cuda-nvrtc`` wheel torch's CUDA
 build installs), and compiling to a CUBIN runs ptxas, so the inline PTX (mma.sync, ldmatrix,
