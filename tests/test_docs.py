@@ -27,14 +27,31 @@ def _markdown_files() -> list[str]:
     return sorted(f for f in res.stdout.split() if not f.startswith(RAW))
 
 
+def anchors(text: str) -> set[str]:
+    """The anchors GitHub gives the headings of ``text`` (lower case, punctuation dropped but
+    hyphens, spaces to hyphens); lines in fenced code blocks are no headings."""
+    out, fenced = set(), False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and (m := re.match(r"#{1,6} +(.*?) *#*$", line)):
+            out.add(re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-"))
+    return out
+
+
 def broken_links(path: Path) -> list[str]:
-    """Relative links in ``path`` whose file or folder does not exist (anchors ignored)."""
+    """Relative links in ``path`` whose file or folder does not exist, or whose ``#anchor``
+    names no heading of the Markdown file it points into."""
     bad = []
     for m in LINK.finditer(path.read_text(encoding="utf-8")):
         target = m.group(1)
-        if re.match(r"[a-zA-Z][a-zA-Z+.-]*:", target) or target.startswith("#"):
-            continue  # a URL or mailto:, or an anchor in the same file
-        if not (path.parent / target.split("#")[0]).exists():
+        if re.match(r"[a-zA-Z][a-zA-Z+.-]*:", target):
+            continue  # a URL or mailto:
+        file, _, anchor = target.partition("#")
+        dest = path.parent / file if file else path
+        if not dest.exists():
+            bad.append(target)
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest.read_text(encoding="utf-8")):
             bad.append(target)
     return bad
 
@@ -50,8 +67,12 @@ def test_relative_links_resolve(name):
 
 
 def test_a_dead_link_is_found(tmp_path):
-    (tmp_path / "there.md").write_text("x")
     doc = tmp_path / "doc.md"
-    doc.write_text("[ok](there.md) [anchor](there.md#a) [web](https://x.org/y) [self](#top) "
-                   "![fig](gone.png) [dir](./) [moved](old/README.md)\n")
-    assert broken_links(doc) == ["gone.png", "old/README.md"]
+    (tmp_path / "there.md").write_text("# Tests and benchmarks\n```bash\n# not a heading\n```\n")
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Top: the `first` one\n[ok](there.md) [anchor](there.md#tests-and-benchmarks) "
+                   "[web](https://x.org/y) [self](#top-the-first-one) ![fig](gone.png) [dir](./) "
+                   "[moved](old/README.md) [renamed](there.md#tests) [code](there.md#not-a-heading) "
+                   "[lost](#top)\n")
+    assert broken_links(doc) == ["gone.png", "old/README.md", "there.md#tests",
+                                 "there.md#not-a-heading", "#top"]
