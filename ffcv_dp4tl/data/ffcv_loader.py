@@ -7,7 +7,8 @@ Design notes (each works around a known ffcv limitation):
 * ffcv's own distributed mode pads like DistributedSampler and QUASI_RANDOM refuses
   ``distributed=True``. We install our own traversal order, :class:`PlanOrder` (a
   ``TraversalOrder`` subclass constructed by ffcv with its own ``plan`` argument), which
-  reshuffles the whole mask each epoch and gives every rank a disjoint stride of it.
+  reshuffles the whole mask each epoch and gives every rank a disjoint stride of it (train
+  plans: as many samples on every rank, ``EpochPlan.even``).
 * ffcv batches carry no sample indices. Batches come out in traversal order, so the indices of
   batch ``b`` are ``order[b*B:(b+1)*B]`` of the order our traversal produced for that epoch.
 * Progressive resizing sets ``output_size`` on the live decoder, as ffcv-imagenet does.

@@ -64,6 +64,7 @@ def make_loader(
     drop_last: bool | None = None,
     rank: int | None = None,
     world_size: int | None = None,
+    even: bool | None = None,
     dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
     decode: Literal["cpu", "gpu", "auto"] = "cpu",
@@ -80,9 +81,10 @@ def make_loader(
     Reads only masked samples. ``aug`` (:class:`AugSpec`) says what is done to each image:
     train (``AugSpec.for_train()``): random-resized crop + flip at ``resolution`` (change it
     per epoch with ``set_epoch(epoch, resolution)``); eval (``AugSpec.for_eval()``): center
-    crop. A train spec also makes ``shuffle`` and ``drop_last`` default to True. Under torchrun
-    (or with explicit ``rank``/``world_size``) each rank gets a disjoint part of the mask each
-    epoch.
+    crop. A train spec also makes ``shuffle``, ``drop_last`` and ``even`` default to True. Under
+    torchrun (or with explicit ``rank``/``world_size``, given together) each rank gets a disjoint
+    part of the mask each epoch; with ``even`` every rank gets the same number of samples (the
+    epoch's last ``n mod world_size`` are left out that epoch), so DDP ranks take the same steps.
 
     ``AugSpec(views=2)`` (train only) adds ``Batch.images2``: a second random crop + flip of
     every sample, drawn independently, for two-view self-supervised training; ``crop_scale``
@@ -131,7 +133,7 @@ def make_loader(
     r, w = dist_info(rank, world_size)
     plan = EpochPlan(np.asarray(mask.indices, dtype=np.int64),
                      shuffle=aug.train if shuffle is None else shuffle, seed=seed, rank=r,
-                     world_size=w)
+                     world_size=w, even=aug.train if even is None else even)
     common = dict(batch_size=batch_size, aug=aug, resolution=resolution, device=device,
                   num_workers=effective_workers(num_workers), drop_last=drop_last, dtype=dtype,
                   channels_last=channels_last)

@@ -119,6 +119,21 @@ def mask_from_classes(split: SplitInfo, classes: Iterable[int], **provenance: An
     return make_mask(idx, split, kept_classes=keep.tolist(), **provenance)
 
 
+def val_mask_of(train_mask: IndexMask, train: SplitInfo, val: SplitInfo,
+                **provenance: Any) -> IndexMask | None:
+    """The val samples of the classes ``train_mask`` keeps: the one val rule for a pruned source,
+    whatever its unit (classes, clusters or samples). The trainer validates on it and `dp4tl
+    prune` writes it as ``val.npy``. None when those classes have no val sample (a small val
+    split): nothing to validate on."""
+    _check_split(train)
+    _check_split(val)
+    kept = sorted_unique(np.asarray(train.load_labels())[train_mask.indices].astype(np.int64))
+    idx = samples_with_labels(val.load_labels(), kept)
+    if idx.size == 0:
+        return None
+    return make_mask(idx, val, kept_classes=kept.tolist(), **provenance)
+
+
 def samples_with_labels(labels: np.ndarray, kept: np.ndarray) -> np.ndarray:
     """Sorted int64 indices of the samples whose label is in ``kept`` (non-negative ids).
 
@@ -234,8 +249,8 @@ def shard_for_rank(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     """This rank's disjoint part of an epoch's order: every sample on exactly one rank.
 
     Strided (``order[rank::world]``), so ranks differ by at most one sample and no sample is
-    repeated or dropped (unlike DistributedSampler's padding). Trainers handle the possible
-    one-batch imbalance with DDP's ``join`` context.
+    repeated (unlike DistributedSampler's padding). Training plans cut ``order`` to a multiple
+    of ``world_size`` first (:class:`~.sampling.EpochPlan` ``even``), so their ranks are equal.
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside [0, {world_size})")

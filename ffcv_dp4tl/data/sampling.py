@@ -1,8 +1,9 @@
 """Who reads what, each epoch: mask → per-epoch order → this rank's part.
 
 Both loaders (FFCV and WebDataset) use :class:`EpochPlan`, so the two formats visit the same
-samples in the same order for a given seed, and distributed runs cover every masked sample
-exactly once per epoch across ranks.
+samples in the same order for a given seed. Across ranks, an eval plan covers every masked
+sample exactly once per epoch; a train plan (``even``) first drops the last ``n mod world_size``
+samples of the epoch's order, so every rank holds as many samples and takes as many steps.
 """
 from __future__ import annotations
 
@@ -56,9 +57,17 @@ def check_resolution(value: Any, what: str, *, zero: str | None = None) -> int:
 
 
 def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """(rank, world_size): explicit values, else torch.distributed's, else (0, 1)."""
+    """(rank, world_size): explicit values (both or neither: one alone would be dropped and
+    this process would read every rank's samples), else torch.distributed's, else (0, 1)."""
+    if (rank is None) != (world_size is None):
+        raise DataError(f"give rank and world_size together, or neither (torch.distributed's "
+                        f"are used then); got rank={rank!r}, world_size={world_size!r}")
     if rank is not None and world_size is not None:
-        return rank, world_size
+        if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in (rank, world_size)) \
+                or world_size < 1 or not 0 <= rank < world_size:
+            raise DataError(f"rank must be an integer in [0, world_size) and world_size an integer "
+                            f">= 1; got rank={rank!r}, world_size={world_size!r}")
+        return int(rank), int(world_size)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
@@ -71,6 +80,11 @@ class EpochPlan:
     seed: int
     rank: int = 0
     world_size: int = 1
+    # training: every rank gets floor(n / world_size) samples (the epoch's last n mod world_size
+    # are not read that epoch, a different few each shuffled epoch), so under DDP every rank takes
+    # the same steps at the same learning rates; a rank with one batch more would step alone
+    # and its momentum would part from the others' (DistributedSampler's drop_last=True rule)
+    even: bool = False
     _cached: tuple[int, np.ndarray] | None = field(default=None, init=False, repr=False,
                                                    compare=False)
 
@@ -80,6 +94,8 @@ class EpochPlan:
         cached = self._cached
         if cached is None or cached[0] != epoch:
             full = epoch_order(self.indices, epoch, self.seed, self.shuffle)
+            if self.even:
+                full = full[:len(full) - len(full) % self.world_size]
             self._cached = cached = (epoch, shard_for_rank(full, self.rank, self.world_size))
         return cached[1]
 
@@ -91,6 +107,8 @@ class EpochPlan:
 
     def samples_per_epoch(self) -> int:
         n = len(self.indices)
+        if self.even:
+            return n // self.world_size
         return n // self.world_size + (1 if self.rank < n % self.world_size else 0)
 
     def num_batches(self, batch_size: int, drop_last: bool) -> int:

@@ -349,8 +349,13 @@ def verify_dataset(root: str | Path, *, deep: bool = False, progress: bool = Fal
         index = _check_shards(split, report.problems)
         images = _check_beton(split, report.problems)
         _check_checksums(split, report.problems)
-        if deep and index is not None:
-            _deep(split, manifest.classes, index, images, progress, report.problems)
-            _check_tars(split, index, report.problems)
+        # (a shard the quick check found missing is its problem already: hashing cannot read it)
+        if deep and index is not None and all(Path(p).is_file() for p in split.shards):
+            try:
+                _deep(split, manifest.classes, index, images, progress, report.problems)
+                _check_tars(split, index, report.problems)
+            except OSError as e:  # unreadable (permissions, an I/O error): one line, and go on
+                report.problems.append(f"{e.filename or root}: cannot read it for the deep check "
+                                       f"({e.strerror or e}); fix its permissions or restore it")
         report.samples[name] = split.num_samples
     return report

@@ -5,9 +5,13 @@ Pruning knows units, not methods: the unit is the one the method's registered sc
 fraction of *units* removed: source classes (``class``, e.g. LM) or clusters with a cluster id
 per sample (``cluster``, e.g. FM). Sample-wise methods (``sample``: RANDOM, MODERATE, GraNd,
 EL2N) remove the same fraction of *samples* (``keep_fraction = 1 - ratio``; equal to the
-class-wise sample fraction on class-balanced sources such as ImageNet), and keep the full val
-split since every class stays. Equal sample scores are ordered by a permutation seeded with the
-scores' seed (the same for every ratio, so the selections still nest).
+class-wise sample fraction on class-balanced sources such as ImageNet). Equal sample scores are
+ordered by a permutation seeded with the scores' seed (the same for every ratio, so the
+selections still nest).
+
+**Val.** Whatever the unit, ``val.npy`` holds the val samples of the classes the train mask
+keeps (:func:`~ffcv_dp4tl.data.masks.val_mask_of`, the rule the trainer validates with). When
+those classes have no val sample there is no ``val.npy``, and the summary says ``val_kept`` 0.
 
 **Kept sample fraction.** A class/cluster ratio is not a sample ratio: FM's clusters differ in
 size, LM's classes do on unbalanced sources. Every
@@ -31,7 +35,7 @@ import numpy as np
 
 from ..data.manifest import load_manifest
 from ..contracts import Budget, Scores, check_ratio
-from ..data.masks import make_mask, mask_from_classes, save_mask
+from ..data.masks import IndexMask, make_mask, mask_from_classes, save_mask, val_mask_of
 from ..errors import DataError, MaskError
 from ..fsutil import directory_lock
 from ..scoring import kept_sample_indices, select_classes, select_samples
@@ -130,12 +134,7 @@ def _prune_classes(j: _Job) -> dict[str, Any]:
     kept = j.kept_units(train_labels)
     out: dict[str, Any] = {"kept_units": kept.tolist()}
     extra = j.train_fraction_prov(int(np.isin(train_labels, kept).sum()))
-    for split in j.splits:
-        mask = mask_from_classes(j.manifest.split(split), kept, **j.prov,
-                                 **(extra if split == "train" else {}))
-        save_mask(j.out_dir / f"{split}.npy", mask)
-        out[f"{split}_kept"] = len(mask)
-    return out
+    return out | _write_masks(j, mask_from_classes(j.manifest.split("train"), kept, **j.prov, **extra))
 
 
 def _prune_clusters(j: _Job) -> dict[str, Any]:
@@ -150,15 +149,10 @@ def _prune_clusters(j: _Job) -> dict[str, Any]:
         return units
 
     kept = j.kept_units(units_of("train"))
-    out: dict[str, Any] = {"kept_units": kept.tolist()}
-    for split in j.splits:
-        units, info = units_of(split), j.manifest.split(split)
-        idx = kept_sample_indices(units, kept)
-        extra = j.train_fraction_prov(len(idx)) if split == "train" else {}
-        mask = make_mask(idx, info, kept_clusters=kept.tolist(), **j.prov, **extra)
-        save_mask(j.out_dir / f"{split}.npy", mask)
-        out[f"{split}_kept"] = len(mask)
-    return out
+    idx = kept_sample_indices(units_of("train"), kept)
+    train = make_mask(idx, j.manifest.split("train"), kept_clusters=kept.tolist(), **j.prov,
+                      **j.train_fraction_prov(len(idx)))
+    return {"kept_units": kept.tolist()} | _write_masks(j, train)
 
 
 def _prune_samples(j: _Job) -> dict[str, Any]:
@@ -173,13 +167,24 @@ def _prune_samples(j: _Job) -> dict[str, Any]:
     # in large blocks; Toneva et al. remove unforgettable samples at random)
     idx = select_samples(scores, 1.0 - j.ratio, higher_is_better=higher,
                          seed=j.scores.meta.seed or 0)
-    save_mask(j.out_dir / "train.npy", make_mask(idx, info, **j.prov,
-                                                 **j.train_fraction_prov(len(idx))))
-    out: dict[str, Any] = {"train_kept": int(len(idx))}
+    return _write_masks(j, make_mask(idx, info, **j.prov, **j.train_fraction_prov(len(idx))))
+
+
+def _write_masks(j: _Job, train: IndexMask) -> dict[str, Any]:
+    """Write ``train`` and the val mask of its classes into ``j.out_dir`` as a pair: both are
+    made (and so checked) first, and the pair a folder held before is removed before either is
+    written, so an error or a kill never leaves one ratio's train.npy beside another's val.npy."""
+    masks: dict[str, IndexMask | None] = {"train": train}
     if "val" in j.splits:
-        v = j.manifest.split("val")
-        save_mask(j.out_dir / "val.npy", make_mask(np.arange(v.num_samples), v, **j.prov))
-        out["val_kept"] = v.num_samples
+        masks["val"] = val_mask_of(train, j.manifest.split("train"), j.manifest.split("val"), **j.prov)
+    for split in masks:
+        for old in (j.out_dir / f"{split}.npy", j.out_dir / f"{split}.json"):
+            old.unlink(missing_ok=True)
+    out: dict[str, Any] = {}
+    for split, mask in masks.items():
+        if mask is not None:
+            save_mask(j.out_dir / f"{split}.npy", mask)
+        out[f"{split}_kept"] = 0 if mask is None else len(mask)
     return out
 
 

@@ -172,7 +172,6 @@ class AdversarialObjective:
 
     name = "adversarial"
     supervised = True
-    collective = False
     drop_last = False
     loader_views = 1
 

@@ -3,7 +3,9 @@
 Launching ``torchrun --nproc_per_node=K -m ffcv_dp4tl train ...`` (or ``dp4tl train`` under
 torchrun) sets RANK/WORLD_SIZE/LOCAL_RANK; :func:`setup` then initialises the process group
 (NCCL on CUDA, gloo on CPU). The data loaders read the rank from ``torch.distributed`` and give
-each rank a disjoint stride of the mask, so nothing here touches sampling.
+each rank a disjoint stride of the mask (train loaders: as many samples on every rank, so every
+rank takes the same steps; :func:`check_same_steps` refuses an epoch where they would not), so
+nothing here touches sampling.
 """
 from __future__ import annotations
 
@@ -133,6 +135,23 @@ def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.enabled:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def check_same_steps(steps: int, ctx: DistContext) -> None:
+    """Refuse, on every rank at once, an epoch in which the ranks would take different numbers
+    of steps. DDP needs them equal: a rank out of batches leaves the others waiting in their
+    gradient all-reduce (or, under ``Join``, lets them step without it, so momentum and the lr
+    schedule part between ranks). Train loaders make them equal (``make_loader``'s ``even``);
+    this one small all-reduce per epoch turns a loader that does not into an error, not a hang."""
+    if not ctx.enabled:
+        return
+    t = torch.tensor([steps, -steps], dtype=torch.int64, device=ctx.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    most, fewest = int(t[0]), -int(t[1])
+    if most != fewest:
+        raise DP4TLError(f"the ranks' train loaders hold {fewest} to {most} batches this epoch: every "
+                         "DDP rank must take the same steps; make the loader with even=True "
+                         "(make_loader's default for a train AugSpec)")
 
 
 def barrier(ctx: DistContext) -> None:

@@ -4,8 +4,8 @@
   :class:`CrossEntropyObjective` (supervised pretraining, FF, LP on cached features) or
   :class:`~ffcv_dp4tl.training.moco.MoCoObjective` (self-supervised). It also says what its
   train loader must deliver (``train_aug``, the ``AugSpec`` for ``make_loader``; ``drop_last``), whether it
-  has a classifier to validate (``supervised``), whether every DDP rank must take the same
-  number of steps (``collective``), and carries its own checkpoint state (``state_dict``);
+  has a classifier to validate (``supervised``), and carries its own checkpoint state
+  (``state_dict``);
 * :func:`train_step` is one optimisation step (no host synchronisation: see its doc);
 * :func:`train_one_epoch` runs the steps of one epoch over any iterable of batches with a
   ``__len__`` (a masked image loader, or cached LP features) and reads the epoch's metric sums
@@ -51,7 +51,6 @@ class CrossEntropyObjective:
 
     name = "supervised"
     supervised = True     # has a classifier: the trainer validates it
-    collective = False    # steps need no cross-rank communication beyond DDP's gradients
     drop_last = False     # no need for full batches (the recipe's train.drop_last decides)
     loader_views = 1
 
@@ -147,16 +146,17 @@ def train_one_epoch(model: nn.Module, loader: Iterable, objective, optimizer: to
     bad_inputs), read from the device once, after the epoch, summed over ranks when ``ctx`` is a
     DDP context.
 
-    ``steps``: take at most this many steps; later batches are still read and dropped (MoCo under
-    DDP: every rank must take the same number of collective steps). ``timer``: a
+    ``steps``: take at most this many steps; later batches are still read and dropped. ``timer``: a
     :class:`~.timing.StageTimer` charged with "data" and "step" (host time to enqueue the step:
     no CUDA sync). ``callbacks``: objects whose ``on_batch(epoch, batch)`` sees each trained batch
     before its step. ``progress``: a tqdm bar with this description, counting steps only (a loss
     shown per step would sync).
 
-    Under DDP (``ctx`` enabled) ranks may hold one batch more or less (strided mask shards): the
-    steps run under ``Join`` unless the objective is ``collective`` (then the caller passes the
-    common ``steps``); the metric sums are all-reduced after the join."""
+    Under DDP (``ctx`` enabled) every rank must take the same steps (train loaders give every
+    rank as many samples: ``make_loader``'s ``even``), so each step's gradient all-reduce, the
+    lr and the optimizer state agree across ranks; a loader that breaks this is one error on
+    every rank before the first step (:func:`~.distributed.check_same_steps`). The metric sums
+    are all-reduced after the epoch."""
     dev = ctx.device if ctx is not None else _device_of(model, torch.device("cpu"))
     iters = len(loader) if steps is None else steps
     hooks = [cb.on_batch for cb in callbacks if hasattr(cb, "on_batch")]
@@ -168,32 +168,29 @@ def train_one_epoch(model: nn.Module, loader: Iterable, objective, optimizer: to
     if progress is not None:
         from tqdm import tqdm
         bar = tqdm(total=iters, desc=progress, leave=False)
-    join = contextlib.nullcontext()
-    if ctx is not None and ctx.enabled and not getattr(objective, "collective", False):
-        from torch.distributed.algorithms.join import Join
-        join = Join([model])
+    if ctx is not None:
+        dist_.check_same_steps(min(len(loader), iters), ctx)
     t0 = time.perf_counter()
     it_loader = iter(loader)
     it = 0
-    with join:
-        while True:
-            with stage("data"):
-                batch = next(it_loader, None)
-            if batch is None:
-                break
-            if it >= iters:
-                continue  # drain the batches past ``steps``
-            for hook in hooks:
-                hook(epoch, batch)
-            lr = schedule(epoch, it, iters)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            with stage("step"):
-                train_step(model, batch, optimizer, objective, amp=amp, scaler=scaler,
-                           grad_clip=grad_clip, clip_params=clip_params, sums=sums)
-            if bar is not None:
-                bar.update(1)
-            it += 1
+    while True:
+        with stage("data"):
+            batch = next(it_loader, None)
+        if batch is None:
+            break
+        if it >= iters:
+            continue  # drain the batches past ``steps``
+        for hook in hooks:
+            hook(epoch, batch)
+        lr = schedule(epoch, it, iters)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        with stage("step"):
+            train_step(model, batch, optimizer, objective, amp=amp, scaler=scaler,
+                       grad_clip=grad_clip, clip_params=clip_params, sums=sums)
+        if bar is not None:
+            bar.update(1)
+        it += 1
     if bar is not None:
         bar.close()
     if dev.type == "cuda":

@@ -74,7 +74,6 @@ class MoCoObjective:
 
     name = "moco_v2"
     supervised = False   # no classifier: no labels read, no validation
-    collective = True    # key gathering/shuffling is a collective: ranks step in lockstep
     drop_last = True     # full batches: bn_splits sub-batches, equal key counts per rank
 
     def __init__(self, query: ProjectionNet, cfg: SSLCfg, ctx: DistContext):

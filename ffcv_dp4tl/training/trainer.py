@@ -64,7 +64,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import (AugSpec, IndexMask, load_manifest, load_mask, make_loader, mask_from_classes,
+from ..data import (AugSpec, IndexMask, load_manifest, load_mask, make_loader, val_mask_of,
                     validate_mask)
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
@@ -515,13 +515,17 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
                                resolution=resolution(tc, start_epoch), **common)
     val_loader = None  # an objective without a classifier (MoCo) has nothing to validate
     if objective.supervised:
-        val_mask = None
-        if mask_obj is not None:
-            kept = np.unique(np.asarray(split.load_labels())[mask_obj.indices])
-            val_mask = mask_from_classes(val_split, kept.tolist(), method="classes-of-train-mask")
-        val_loader = make_loader(dataset_dir, val_split.name, mask=val_mask, aug=AugSpec.for_eval(),
-                                 batch_size=max(ec.batch_size // ctx.world_size, 1),
-                                 resolution=ec.resolution, **common)
+        val_mask = (None if mask_obj is None else
+                    val_mask_of(mask_obj, split, val_split, method="classes-of-train-mask"))
+        if mask_obj is not None and val_mask is None:
+            if ctx.is_main:
+                warnings.warn(f"the classes the mask keeps have no sample in split {val_split.name!r} "
+                              f"of {dataset_dir}: training runs without validation (top1_val "
+                              "stays empty)", stacklevel=2)
+        else:
+            val_loader = make_loader(dataset_dir, val_split.name, mask=val_mask,
+                                     aug=AugSpec.for_eval(), resolution=ec.resolution,
+                                     batch_size=max(ec.batch_size // ctx.world_size, 1), **common)
     if ckpt:
         set_rng_states(ckpt.rng)
 
@@ -552,7 +556,6 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
             start_epoch: int, stop_after: int | None, progress: bool) -> dict[str, Any]:
     tc, ec = recipe.train, recipe.eval
     objective = parts.objective
-    global_batch = tc.batch_size
 
     def schedule(epoch: int, it: int, iters: int) -> float:
         lr = lr_for_iteration(recipe.lr, epoch, it, iters, tc.epochs, parts.peak)
@@ -571,15 +574,9 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
         # one drains (none after the last epoch of this call: nothing is built for nothing)
         train_loader.set_epoch(epoch, res, next_resolution=resolution(tc, epoch + 1)
                                if epoch + 1 < end_epoch else None)
-        steps = None
-        if ctx.enabled and objective.collective:
-            # The objective communicates across ranks each step (MoCo gathers keys): all ranks
-            # take the same number of steps (the fewest any rank has); extra batches are read
-            # and skipped. (Other objectives: ranks differing by a batch join, see the engine.)
-            steps = (len(train_loader.plan.indices) // ctx.world_size) // (global_batch // ctx.world_size)
         t0 = time.perf_counter()
         stats = parts.train_one_epoch(
-            train_loader, schedule, epoch=epoch, steps=steps, ctx=ctx, timer=timer,
+            train_loader, schedule, epoch=epoch, ctx=ctx, timer=timer,
             callbacks=callbacks,
             progress=f"epoch {epoch + 1}/{tc.epochs} res {res}" if progress and ctx.is_main else None)
         bad_inputs = stats.pop("bad_inputs")

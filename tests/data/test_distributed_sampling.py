@@ -1,4 +1,5 @@
-"""Distributed sampling: every masked sample on exactly one rank per epoch, reshuffled per epoch.
+"""Distributed sampling: an eval plan puts every masked sample on exactly one rank per epoch; a
+train plan (``even``) gives every rank as many samples, reshuffled per epoch.
 
 Unit checks on :class:`EpochPlan`, plus one real 2-process gloo run of ``make_loader(fmt="wds")``
 taking rank/world size from torch.distributed.
@@ -15,6 +16,7 @@ import torch.multiprocessing as tmp_mp
 
 from ffcv_dp4tl.data import AugSpec, EpochPlan, make_loader, mask_from_classes, save_mask
 from ffcv_dp4tl.data.sampling import dist_info
+from ffcv_dp4tl.errors import DataError
 
 MASK = np.array(sorted(np.random.default_rng(5).choice(1000, 101, replace=False)), dtype=np.int64)
 
@@ -56,6 +58,29 @@ def test_plan_is_deterministic_and_seeded():
     assert np.array_equal(full, EpochPlan(MASK, True, 1).order(2)[:99])
 
 
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_train_plans_give_every_rank_as_many_samples(world):
+    """DDP needs the same steps on every rank: the epoch's order loses its last n mod world
+    samples (a different few each shuffled epoch), the rest is split as the eval plan splits."""
+    plans = [EpochPlan(MASK, shuffle=True, seed=7, rank=r, world_size=world, even=True)
+             for r in range(world)]
+    per_rank = len(MASK) // world
+    left_out = []
+    for epoch in range(6):
+        parts = [p.order(epoch) for p in plans]
+        assert [len(x) for x in parts] == [per_rank] * world
+        assert [p.samples_per_epoch() for p in plans] == [per_rank] * world
+        assert len({p.num_batches(4, drop_last=False) for p in plans}) == 1
+        union = np.concatenate(parts)
+        assert len(np.unique(union)) == per_rank * world and np.isin(union, MASK).all()
+        full = EpochPlan(MASK, shuffle=True, seed=7).order(epoch)
+        assert np.array_equal(np.sort(union), np.sort(full[:per_rank * world]))
+        left_out.append(tuple(np.setdiff1d(MASK, union)))
+    assert len(set(left_out)) > 1  # not the same samples every epoch
+    # one rank reads what it would alone: even changes nothing without ranks
+    assert np.array_equal(EpochPlan(MASK, True, 7, even=True).order(2), EpochPlan(MASK, True, 7).order(2))
+
+
 @pytest.mark.parametrize("n, world, expected", [(101, 2, [51, 50]), (101, 3, [34, 34, 33]),
                                                 (2, 3, [1, 1, 0]), (9, 3, [3, 3, 3])])
 def test_samples_per_epoch_and_num_batches(n, world, expected):
@@ -78,6 +103,15 @@ def test_dist_info_defaults():
     assert dist_info(1, 4) == (1, 4)
 
 
+@pytest.mark.parametrize("rank, world, match", [
+    (1, None, "together"), (None, 2, "together"),  # one alone was dropped: every sample read
+    (2, 2, r"in \[0, world_size\)"), (-1, 2, r"in \[0, world_size\)"), (0, 0, ">= 1"),
+    (0.5, 2, "integer"), (True, 2, "integer")])
+def test_bad_rank_or_world_size_is_one_line(rank, world, match):
+    with pytest.raises(DataError, match=match):
+        dist_info(rank, world)
+
+
 # ---------------------------------------------------------------------------------------------
 # Real multi-process run (gloo, CPU)
 # ---------------------------------------------------------------------------------------------
@@ -88,15 +122,18 @@ EPOCHS = 2
 def _rank_main(rank: int, world: int, init_file: str, root: str, mask_path: str, out_dir: str):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        loader = make_loader(root, "train", fmt="wds", mask=mask_path, aug=AugSpec.for_train(), batch_size=4,
-                             resolution=16, num_workers=0, seed=3, drop_last=False)
-        result = {"plan": [loader.plan.rank, loader.plan.world_size], "epochs": []}
-        for epoch in range(EPOCHS):
-            loader.set_epoch(epoch)
-            result["epochs"].append({
-                "indices": [i for b in loader for i in b.indices.tolist()],
-                "len": len(loader),
-            })
+        result = {}
+        for what, fmt, aug in (("train", "wds", AugSpec.for_train()), ("train-ffcv", "ffcv", AugSpec.for_train()),
+                               ("eval", "wds", AugSpec.for_eval())):
+            loader = make_loader(root, "train", fmt=fmt, mask=mask_path, aug=aug, batch_size=4,
+                                 resolution=16, num_workers=0, seed=3, drop_last=False, shuffle=True)
+            result[what] = {"plan": [loader.plan.rank, loader.plan.world_size], "epochs": []}
+            for epoch in range(EPOCHS):
+                loader.set_epoch(epoch)
+                result[what]["epochs"].append({
+                    "indices": [i for b in loader for i in b.indices.tolist()],
+                    "len": len(loader),
+                })
         dist.barrier()
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     finally:
@@ -110,19 +147,27 @@ def test_two_process_gloo_run_partitions_the_mask(index_dataset, index_split, tm
     tmp_mp.spawn(_rank_main, nprocs=world, join=True,
                  args=(world, str(tmp_path / "pg_init"), str(index_dataset.root), str(mask_path),
                        str(tmp_path)))
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world)]
-    assert [r["plan"] for r in results] == [[0, world], [1, world]]  # taken from torch.distributed
     m = mask.indices.tolist()
-    orders = []
-    for epoch in range(EPOCHS):
-        parts = [r["epochs"][epoch]["indices"] for r in results]
-        assert not set(parts[0]) & set(parts[1])
-        assert sorted(parts[0] + parts[1]) == m
-        for r, part in zip(results, parts):
-            assert r["epochs"][epoch]["len"] == -(-len(part) // 4)
-            assert set(index_dataset.labels[part].tolist()) <= {0, 2, 4}
-        orders.append(parts)
-    assert orders[0] != orders[1]  # reshuffled across epochs
+    assert len(m) % world == 1  # (so the train loader leaves one sample out per epoch)
+    per_what = {}
+    for what in ("train", "train-ffcv", "eval"):
+        results = [json.loads((tmp_path / f"rank{r}.json").read_text())[what] for r in range(world)]
+        assert [r["plan"] for r in results] == [[0, world], [1, world]]  # from torch.distributed
+        orders = []
+        for epoch in range(EPOCHS):
+            parts = [r["epochs"][epoch]["indices"] for r in results]
+            assert not set(parts[0]) & set(parts[1])
+            if what == "eval":  # every sample once
+                assert sorted(parts[0] + parts[1]) == m
+            else:  # as many on each rank, the epoch's last one left out
+                assert len(parts[0]) == len(parts[1]) == len(m) // 2 and set(parts[0] + parts[1]) < set(m)
+            for r, part in zip(results, parts):
+                assert r["epochs"][epoch]["len"] == -(-len(part) // 4)
+                assert set(index_dataset.labels[part].tolist()) <= {0, 2, 4}
+            orders.append(parts)
+        assert orders[0] != orders[1]  # reshuffled across epochs
+        per_what[what] = orders
+    assert per_what["train-ffcv"] == per_what["train"]  # one plan: both formats read alike
 
 
 def test_every_epoch_gets_its_own_order():

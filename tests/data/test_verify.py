@@ -264,3 +264,15 @@ def test_a_changed_cls_label_is_found_by_deep_verify(copy):
     assert problem.startswith(f"{shard}, sample 21 (key 000000021): a standard tar reader "
                               f"(tarfile, webdataset) finds label '{(label + 1) % 5}' in "
                               f"000000021.cls, but the build wrote {label}; delete {shard}"), problem
+
+
+def test_a_missing_shard_is_one_problem_in_deep_mode_too(copy):
+    """--deep used to stop at the missing shard (exit 2, 'check the path', no report; in Python a
+    FileNotFoundError): it reports what the quick check reports and still checks the rest."""
+    split = _split(copy)
+    split.shards[0].unlink()
+    for deep in (False, True):
+        problems = verify_dataset(copy, deep=deep).problems
+        assert problems == [f"{split.shards[0]}: missing; rebuild the dataset (or restore the file)"], deep
+    res = run_cli("verify", str(copy), "--deep", "--no-progress")
+    assert res.returncode == 1 and "missing; rebuild" in res.stderr and "Traceback" not in res.stderr

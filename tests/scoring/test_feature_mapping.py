@@ -239,12 +239,12 @@ def test_gpu_kmeans_matches_cpu(rng):
     np.testing.assert_array_equal(votes_gpu, feature_mapping_scores(x[:500], cpu.centroids, backend="cpu"))
 
 
-def test_fm_val_samples_join_their_nearest_centroid_and_prune_keeps_their_clusters(
+def test_fm_val_samples_join_their_nearest_centroid_and_val_npy_is_the_trainers_val(
         source_dir, target_dir, trained_run, tmp_path):
-    """FM prunes the source val split with the clusters it keeps for train, so the pretraining
-    is validated on the same part of the source: every val sample's cluster id is its nearest
-    k-means centroid (float64 brute force on the val features), and the pruned ``val.npy``
-    holds exactly the val samples of the kept clusters."""
+    """Every val sample's cluster id is its nearest k-means centroid (float64 brute force on
+    the val features); the pruned ``val.npy`` holds the val samples of the classes the train
+    mask keeps, the set the trainer validates the pretraining on (before 2026-12-05 it held
+    the val samples of the kept clusters, which nothing read)."""
     from ffcv_dp4tl.data import load_manifest, load_mask
     from ffcv_dp4tl.pipeline.prune import prune
     from ffcv_dp4tl.pipeline.score import score
@@ -269,12 +269,14 @@ def test_fm_val_samples_join_their_nearest_centroid_and_prune_keeps_their_cluste
     assert_assignment_matches(sc.val_units, d[np.arange(len(val_f)), sc.val_units], val_f,
                               res.centroids)
     summary = prune(out, source_dir, 0.5, tmp_path / "mask")
-    val = load_manifest(source_dir).split("val")
+    man = load_manifest(source_dir)
+    train, val = man.split("train"), man.split("val")
     mask = load_mask(tmp_path / "mask" / "val.npy", val)
-    expect = np.flatnonzero(np.isin(near, summary["kept_units"]))
-    assert 0 < len(expect) < val.num_samples  # the kept clusters hold some val samples, not all
+    train_mask = load_mask(tmp_path / "mask" / "train.npy", train)
+    kept_classes = np.unique(np.asarray(train.load_labels())[train_mask.indices])
+    expect = np.flatnonzero(np.isin(val.load_labels(), kept_classes))
     np.testing.assert_array_equal(mask.indices, expect)
-    assert summary["val_kept"] == len(expect)
+    assert summary["val_kept"] == len(expect) and mask.meta["kept_classes"] == kept_classes.tolist()
 
 
 def test_the_finite_check_works_in_blocks_and_counts_every_bad_row(monkeypatch):

@@ -1,6 +1,6 @@
-"""Two gloo ranks on CPU (torchrun-style env vars): together they cover each masked sample
-exactly once per epoch, ranks with one batch more/less finish thanks to Join, and each rank
-draws its own augmentation randomness."""
+"""Two gloo ranks on CPU (torchrun-style env vars): every rank reads as many masked samples,
+none twice, takes the same steps and holds the same weights at every step, and draws its own
+augmentation randomness."""
 from __future__ import annotations
 
 import json
@@ -46,13 +46,30 @@ def _worker(rank: int, world: int, port: int, data: str, mask: str, out: str) ->
                 np.save(path, torch.rand(8, generator=torch.Generator().set_state(
                     torch.get_rng_state())).numpy())
 
+    class Weights(Callback):  # the weights every step starts from, and the final ones
+        def on_train_begin(self, model):
+            self.model, self.seen = model, []
+
+        def _record(self):
+            self.seen.append(torch.cat([p.detach().flatten() for p in self.model.parameters()]))
+
+        def on_batch(self, epoch, batch):
+            self._record()
+
+        def on_train_end(self):
+            self._record()
+            torch.save(torch.stack(self.seen), os.path.join(out, f"weights_rank{rank}.pt"))
+
     train(r, data, mask=mask, out_dir=out, fmt="wds", device="cpu", progress=False,
-          callbacks=[RecordSeen(out), FirstDraws()])  # seen/rank{r}_epoch{e}.npy per rank
+          callbacks=[RecordSeen(out), FirstDraws(), Weights()])  # seen/rank{r}_epoch{e}.npy per rank
 
 
-def test_ddp_ranks_cover_mask_once(source_dir, tmp_path):
+def test_ddp_ranks_read_equal_disjoint_shares_and_stay_in_step(source_dir, tmp_path):
     split = load_manifest(source_dir).split("train")
-    # 33 samples, 8 per rank per batch: rank 0 gets 17 (3 batches), rank 1 gets 16 (2 batches).
+    # 33 samples, 8 per rank per batch, drop_last off: a strided split would give rank 0 17
+    # samples (3 batches) and rank 1 16 (2 batches); rank 0 would step alone at its third, at
+    # another lr, and its momentum would part from rank 1's. Even shares: 16 each, 2 steps each,
+    # the epoch's 33rd sample (a different one each shuffled epoch) left out that epoch.
     mask = make_mask(np.arange(1, 67, 2)[:33], split, method="test")
     mpath = save_mask(tmp_path / "m.npy", mask)
     out = tmp_path / "ddp"
@@ -60,9 +77,13 @@ def test_ddp_ranks_cover_mask_once(source_dir, tmp_path):
                        nprocs=2, join=True, start_method="spawn")
     for epoch in (0, 1):
         parts = [np.load(out / "seen" / f"rank{r}_epoch{epoch}.npy") for r in (0, 1)]
-        assert {len(parts[0]), len(parts[1])} == {17, 16}
+        assert [len(parts[0]), len(parts[1])] == [16, 16]
         both = np.concatenate(parts)
-        assert len(both) == len(mask) and np.array_equal(np.sort(both), mask.indices)
+        assert len(np.unique(both)) == 32 and np.isin(both, mask.indices).all()
+    # the same weights on both ranks before every step (2 epochs x 2 steps) and at the end
+    w0, w1 = (torch.load(out / f"weights_rank{r}.pt") for r in (0, 1))
+    assert w0.shape[0] == 2 * 2 + 1 and torch.equal(w0, w1)
+    assert not torch.equal(w0[0], w0[-1])  # (it trained)
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # only rank 0 writes
     # Each rank its own random stream (MoCo's jitter, PGD's starts are drawn on the device from

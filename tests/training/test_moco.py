@@ -218,8 +218,8 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, mask: str, out: str
 
 
 def test_moco_under_ddp_shuffles_keys_across_ranks_and_keeps_ranks_in_step(source_dir, tmp_path):
-    """2 gloo ranks, 47 masked samples, 8 per rank per step: rank 0 has 3 batches, rank 1 has 2.
-    Key gathering is a collective, so both take 2 steps (rank 0 reads and skips its third)."""
+    """2 gloo ranks, 47 masked samples, 8 per rank per step: each rank reads 23 (even shares),
+    2 full batches, so both take the 2 steps whose keys they gather together."""
     import torch.multiprocessing as mp
 
     from ffcv_dp4tl.data import save_mask
