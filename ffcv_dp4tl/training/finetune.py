@@ -57,7 +57,7 @@ from .distributed import resolve_device, single_process_context
 from .engine import CrossEntropyObjective, evaluate, train_aug_for, train_one_epoch
 from .models import backbone, create_model, get_head
 from .recipe import Recipe, as_recipe, check_kind
-from .schedule import lr_for_iteration, peak_lr
+from .schedule import peak_lr, step_schedule
 from .trainer import (autocast_dtype, build_optimizer, cudnn_benchmark, param_groups, pin_cpu_threads,
                       remove_unused_run_dir, seed_epoch)
 
@@ -326,7 +326,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     tc, fc, ec = recipe.train, recipe.finetune, recipe.eval
     ctx = single_process_context(dev)  # before any loader: `cuda:N` current
     common = dict(fmt=fmt, device=dev, num_workers=recipe.data.num_workers, seed=recipe.data.seed,
-                  deterministic=recipe.data.deterministic)
+                  deterministic=recipe.data.deterministic, decode=recipe.data.decode)
     test_loader = make_loader(target_dir, test_split.name, aug=AugSpec.for_crop(fc.test_crop, fc.normalize),
                               batch_size=ec.batch_size, resolution=fc.resolution,
                               mask=masks.get("test_mask"), **common)
@@ -356,7 +356,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
             train_loader = FeatureLoader(xtr, ytr, tc.batch_size, shuffle=True,
                                          generator=torch.Generator().manual_seed(tc.seed))
         head.requires_grad_(True)
-        net, amp, flip_tta, wd_on_bn_bias = head, None, False, True
+        net, amp, flip_tta, wd_on_bn_bias = head, None, False, recipe.optim.wd_on_bn_bias
         eval_loader = FeatureLoader(xte, yte, ec.batch_size)
     else:
         net, amp, flip_tta, wd_on_bn_bias = model, autocast_dtype(recipe, dev), ec.flip_tta, \
@@ -378,8 +378,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
         set_rng_states(state.rng)
     callbacks = [MetricsWriter(metrics_path)] + ([_FinetuneConsole(mode)] if progress else [])
 
-    def schedule(epoch: int, it: int, iters: int) -> float:
-        return lr_for_iteration(recipe.lr, epoch, it, iters, tc.epochs, peak)
+    schedule = step_schedule(recipe.lr, tc.epochs, peak, opt, recipe.optim.momentum)
 
     earlier_seconds = state.seconds if state else 0.0
     end_epoch = tc.epochs if stop_after is None else min(tc.epochs, stop_after)
@@ -390,7 +389,8 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
             train_loader.set_epoch(epoch, next_resolution=fc.resolution
                                    if epoch + 1 < end_epoch else None)
         stats = train_one_epoch(net, train_loader, objective, opt, scaler, schedule, epoch=epoch,
-                                amp=amp, ctx=ctx, callbacks=callbacks)
+                                amp=amp, ctx=ctx, callbacks=callbacks, grad_clip=recipe.optim.grad_clip,
+                                clip_params=[p for p in net.parameters() if p.requires_grad])
         row = {"epoch": epoch, "loss": stats["loss"], "top1_train": stats["top1_train"],
                "lr": stats["lr"], "top1_test": None}
         if not math.isfinite(row["loss"]):  # (it used to finish, reporting chance as the result)

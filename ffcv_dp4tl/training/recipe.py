@@ -452,6 +452,12 @@ def _validate_choices(r: Recipe, source: str) -> None:
         if len(ssl.jitter) != 4 or len(ssl.blur_sigma) != 2:
             raise DP4TLError(f"{source}: ssl.jitter needs 4 values (brightness, contrast, "
                              "saturation, hue) and ssl.blur_sigma 2 (min, max)")
+        if ssl.jitter[3] > 0.5:  # (torchvision's ColorJitter: hue in [0, 0.5])
+            raise DP4TLError(f"{source}: ssl.jitter's hue (the 4th value) must be <= 0.5, got "
+                             f"{ssl.jitter[3]}")
+        if ssl.blur_sigma[0] > ssl.blur_sigma[1]:  # (it failed at the first step, a traceback)
+            raise DP4TLError(f"{source}: ssl.blur_sigma must be [min, max] with min <= max, got "
+                             f"{ssl.blur_sigma}")
         if r.train.batch_size % ssl.bn_splits:
             raise DP4TLError(f"{source}: train.batch_size ({r.train.batch_size}) must be "
                              f"divisible by ssl.bn_splits ({ssl.bn_splits})")
@@ -582,6 +588,11 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
                                            # that multiplies the pretraining cost (PGD-100 is an eval attack)
     ("adv", "eps"): (0, None, True, True),
     ("adv", "step_size"): (0, None, True, True),
+    ("ssl", "p_jitter"): (0, 1, True, True),
+    ("ssl", "p_gray"): (0, 1, True, True),
+    ("ssl", "p_blur"): (0, 1, True, True),
+    ("ssl", "jitter"): (0, None, True, True),
+    ("ssl", "blur_sigma"): (0, None, False, True),
 }
 
 
@@ -628,7 +639,10 @@ def as_recipe(recipe: "Recipe | str | Path", overrides: list[str] | tuple[str, .
         return load_recipe(recipe, overrides)
     if isinstance(overrides, (str, bytes)) or overrides:
         where = recipe.name or "<recipe>"
-        data = recipe.to_dict()
+        # every value, not the fingerprint's form (to_dict leaves out [adv] when adv.steps is
+        # 0, so an adv.steps override lost the recipe's eps and norm)
+        data = dataclasses.asdict(recipe)
+        data.pop("name"), data.pop("kind")
         built = _build(data, _apply_overrides(data, overrides, where))
         built.name, built.kind = recipe.name, recipe.kind
         return built

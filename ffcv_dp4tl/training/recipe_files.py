@@ -159,9 +159,14 @@ def read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     if not isinstance(base, str):
         raise DP4TLError(f"{path}: extends must be a recipe name or path, got {base!r}")
-    # a name → a shipped recipe; a path (ends in .toml or has a /) → relative to this file
-    base_path = resolve_recipe_path(path.parent / Path(base).expanduser()
-                                    if _looks_like_path(base) else base)
+    # a name → a shipped recipe; a path (ends in .toml or has a /) → relative to this file,
+    # unless no such file is there and it names a shipped set's member ("paper/lp"), which
+    # then works wherever the recipe lies and however its path was spelled
+    rel = path.parent / Path(base).expanduser()
+    if _looks_like_path(base) and not rel.is_file() and _shipped(base) is not None:
+        base_path = _shipped(base)
+    else:
+        base_path = resolve_recipe_path(rel if _looks_like_path(base) else base)
     merged = read_toml(base_path, (*chain, path.resolve()))
     for sec, body in data.items():
         if isinstance(body, dict) and isinstance(merged.get(sec), dict):

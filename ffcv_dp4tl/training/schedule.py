@@ -58,6 +58,20 @@ def momentum_for_lr(cfg: LRCfg, lr: float, peak: float, max_momentum: float) -> 
     return max_momentum - (max_momentum - cfg.base_momentum) * frac
 
 
+def step_schedule(cfg: LRCfg, epochs: int, peak: float, optimizer, max_momentum: float):
+    """The engine's ``schedule(epoch, it, iters) -> lr`` for one run: the lr of every step and,
+    with ``lr.cycle_momentum``, the momentum against it, set on ``optimizer``'s groups. One
+    rule for pretraining and finetuning (finetuning used to skip the momentum)."""
+    def schedule(epoch: int, it: int, iters: int) -> float:
+        lr = lr_for_iteration(cfg, epoch, it, iters, epochs, peak)
+        if cfg.cycle_momentum:  # SGD + triangular (validated): momentum against the lr
+            m = momentum_for_lr(cfg, lr, peak, max_momentum)
+            for g in optimizer.param_groups:
+                g["momentum"] = m
+        return lr
+    return schedule
+
+
 def resolution(cfg: TrainCfg, epoch: int) -> int:
     """Progressive resizing: ``min_res`` until ``start_ramp``, linear to ``max_res`` at
     ``end_ramp``, rounded to a multiple of ``res_multiple`` (32 in ffcv-imagenet: keeps

@@ -75,7 +75,7 @@ from .checkpoint import (CHECKPOINT_NAME, Checkpoint, mask_hash, resume_from, rn
 from .engine import CrossEntropyObjective, evaluate, train_one_epoch, train_step
 from .models import create_model, get_head, unwrap
 from .recipe import Recipe, as_recipe, check_kind
-from .schedule import lr_for_iteration, momentum_for_lr, peak_lr, resolution
+from .schedule import peak_lr, resolution, step_schedule
 from .timing import StageTimer
 
 METRICS_NAME = "metrics.jsonl"
@@ -145,16 +145,22 @@ def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
     return create_model(recipe.model.arch, num_classes, **model_kwargs(recipe))
 
 
+#: parameters a ViT adds (torchvision's and timm's names) that DeiT and timm keep out of weight
+#: decay (timm's ``no_weight_decay()``: the position embeddings and the class token)
+NO_DECAY_NAMES = ("class_token", "cls_token", "pos_embedding", "pos_embed")
+
+
 def param_groups(model: nn.Module, weight_decay: float, wd_on_bn_bias: bool) -> list[dict]:
     """Two groups: weight decay on conv/linear weights only (BN scales/shifts and biases —
-    every parameter with ndim ≤ 1 — excluded unless ``wd_on_bn_bias``). ffcv-imagenet's
-    ``bn_wd = 0`` is close but filters by name, so it still decays the downsample BN and the
-    classifier's bias (docs/deviations.md #8d)."""
+    every parameter with ndim ≤ 1 — and a ViT's position embeddings and class token excluded
+    unless ``wd_on_bn_bias``). ffcv-imagenet's ``bn_wd = 0`` is close but filters by name, so it
+    still decays the downsample BN and the classifier's bias (docs/deviations.md #8d)."""
     decay, no_decay = [], []
-    for p in model.parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 and not wd_on_bn_bias else decay).append(p)
+        excluded = p.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
+        (no_decay if excluded and not wd_on_bn_bias else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -557,13 +563,7 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
     tc, ec = recipe.train, recipe.eval
     objective = parts.objective
 
-    def schedule(epoch: int, it: int, iters: int) -> float:
-        lr = lr_for_iteration(recipe.lr, epoch, it, iters, tc.epochs, parts.peak)
-        if recipe.lr.cycle_momentum:  # SGD + triangular (validated): momentum against the lr
-            m = momentum_for_lr(recipe.lr, lr, parts.peak, recipe.optim.momentum)
-            for g in parts.opt.param_groups:
-                g["momentum"] = m
-        return lr
+    schedule = step_schedule(recipe.lr, tc.epochs, parts.peak, parts.opt, recipe.optim.momentum)
 
     last_row: dict[str, Any] = {}
     end_epoch = tc.epochs if stop_after is None else min(tc.epochs, stop_after)

@@ -400,3 +400,52 @@ def test_a_refused_input_leaves_no_stray_run_folder(trained_run, target_dir, tmp
                        "-o", tmp_path / "c")
     one_line(code, err, "--arch resnet50 goes with --source-weights", "drop --arch")
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("mode", ["lp", "ff"])
+def test_every_optimisation_knob_of_the_recipe_reaches_the_finetuning(trained_run, target_dir,
+                                                                      tmp_path, monkeypatch, mode):
+    """optim.grad_clip, data.decode, lr.cycle_momentum and optim.wd_on_bn_bias are in the recipe
+    fingerprint, so they must act: finetuning used to drop all four (no clipping, CPU decode,
+    a fixed momentum, LP's head bias always decayed) while the run looked configured."""
+    from ffcv_dp4tl.training import engine
+
+    seen: dict = {"decode": set(), "momentum": []}
+    real_loader, real_epoch, real_step = (finetune_module.make_loader,
+                                          finetune_module.train_one_epoch, engine.train_step)
+
+    def loader(*a, **kw):
+        seen["decode"].add(kw.get("decode", "<not passed>"))
+        return real_loader(*a, **kw)
+
+    def one_epoch(net, *a, **kw):
+        seen["clip"] = kw.get("grad_clip")
+        seen["clip_params"] = kw.get("clip_params")
+        seen["trainable"] = [p for p in net.parameters() if p.requires_grad]
+        return real_epoch(net, *a, **kw)
+
+    def step(model, batch, opt, objective, **kw):
+        seen["momentum"].append(opt.param_groups[0]["momentum"])
+        seen["groups"] = [(sorted(tuple(p.shape) for p in g["params"]), g["weight_decay"])
+                          for g in opt.param_groups]
+        return real_step(model, batch, opt, objective, **kw)
+
+    monkeypatch.setattr(finetune_module, "make_loader", loader)
+    monkeypatch.setattr(finetune_module, "train_one_epoch", one_epoch)
+    monkeypatch.setattr(engine, "train_step", step)
+    finetune(f"{mode}_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path / mode,
+             fmt="wds", device="cpu", progress=False,
+             overrides=LP + ["train.epochs=3", "train.batch_size=8", "optim.grad_clip=0.5",
+                             "data.decode=auto", "optim.name=sgd", "optim.momentum=0.9",
+                             "lr.schedule=triangular", "lr.lr_peak_epoch=1", "lr.cycle_momentum=true",
+                             "lr.base_momentum=0.8", "optim.weight_decay=0.01",
+                             "optim.wd_on_bn_bias=false"])
+    assert seen["decode"] == {"auto"}
+    assert seen["clip"] == 0.5 and seen["clip_params"] is not None
+    assert [id(p) for p in seen["clip_params"]] == [id(p) for p in seen["trainable"]]
+    m = seen["momentum"]
+    assert min(m) == pytest.approx(0.8, abs=0.02) and max(m) == pytest.approx(0.9, abs=0.02)
+    assert m[0] > m[len(m) // 3]  # falls as the lr rises to its peak
+    # 1-D parameters (biases; BN in FF) in the group without weight decay
+    assert all(all(len(s) > 1 for s in shapes) for shapes, wd in seen["groups"] if wd > 0)
+    assert any(any(len(s) == 1 for s in shapes) for shapes, wd in seen["groups"] if wd == 0)

@@ -97,6 +97,26 @@ def test_extends_builds_a_per_target_recipe_on_a_shipped_one(tmp_path):
         load_recipe(tmp_path / "c.toml")
 
 
+def test_extends_a_shipped_set_member_wherever_the_recipe_lies(tmp_path, monkeypatch):
+    """``extends = "paper/lp"`` (a name `dp4tl recipes` lists) loads whether the recipe is given
+    by an absolute path or by a bare name from its own folder; it used to be read as a path
+    relative to the file and worked only in the second case. A file of that relative path
+    still comes first."""
+    mine = tmp_path / "mine.toml"
+    mine.write_text('extends = "paper/lp"\n[train]\nepochs = 3\n')
+    base = load_recipe("paper/lp")
+    for spelled, cwd in ((mine, None), (mine.name, tmp_path)):
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        r = load_recipe(spelled)
+        assert r.train.epochs == 3 and r.optim == base.optim and r.lr == base.lr, spelled
+    (tmp_path / "paper").mkdir()
+    (tmp_path / "paper" / "lp").write_text('extends = "lp"\n[train]\nepochs = 7\n')
+    assert load_recipe("/".join((str(tmp_path), "mine.toml"))).train.epochs == 3
+    (tmp_path / "other.toml").write_text('extends = "paper/lp"\n')
+    assert load_recipe(tmp_path / "other.toml").train.epochs == 7  # the file beside it
+
+
 def test_logging_switches_do_not_change_the_fingerprint():
     base = load_recipe("resnet18_tiny_cpu")
     assert load_recipe("resnet18_tiny_cpu", ["train.tensorboard=true"]).fingerprint() == base.fingerprint()
@@ -253,3 +273,29 @@ def test_a_recipe_made_for_the_other_job_is_refused(tmp_path):
         check_kind(lp, "train", "the surrogate (--surrogate-recipe)")
     assert lp.fingerprint() == load_recipe("lp_tiny_cpu").fingerprint()
     check_kind(Recipe(), "finetune", "finetuning")  # built in code: no file says what it is for
+
+
+@pytest.mark.parametrize("override, match", [
+    ("ssl.blur_sigma=[2.0,0.1]", r"ssl.blur_sigma must be \[min, max\] with min <= max"),
+    ("ssl.blur_sigma=[0.0,1.0]", r"ssl.blur_sigma = \[0.0, 1.0\] is impossible"),
+    ("ssl.p_gray=1.5", r"ssl.p_gray = 1.5 is impossible; it must be in \[0, 1\]"),
+    ("ssl.p_jitter=-1", r"ssl.p_jitter = -1.0 is impossible"),
+    ("ssl.p_blur=2", r"ssl.p_blur = 2.0 is impossible"),
+    ("ssl.jitter=[0.4,0.4,-0.4,0.1]", r"ssl.jitter = .* is impossible"),
+    ("ssl.jitter=[0.4,0.4,0.4,0.9]", r"ssl.jitter's hue .* must be <= 0.5")])
+def test_impossible_ssl_augmentation_is_one_line_before_training(override, match):
+    """[ssl]'s augmentation values are checked with the recipe: blur_sigma = [2, 0.1] used to
+    pass and fail at the first training step with torch's traceback."""
+    with pytest.raises(DP4TLError, match=match):
+        load_recipe("moco_v2_tiny_cpu", [override])
+
+
+def test_overrides_on_a_recipe_object_keep_what_the_fingerprint_leaves_out():
+    """as_recipe rebuilds a Recipe from every value: [adv] with steps 0 is out of the fingerprint
+    but its eps and norm are the recipe's, and an adv.steps override must find them."""
+    from ffcv_dp4tl.training.recipe import as_recipe
+
+    r = load_recipe("resnet18_tiny_cpu", ["adv.eps=0.01", "adv.norm=l2"])
+    on = as_recipe(r, ["adv.steps=3"])
+    assert (on.adv.steps, on.adv.eps, on.adv.norm) == (3, 0.01, "l2")
+    assert on == load_recipe("resnet18_tiny_cpu", ["adv.eps=0.01", "adv.norm=l2", "adv.steps=3"])

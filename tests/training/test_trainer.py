@@ -290,3 +290,21 @@ def test_a_rerun_removes_a_checkpoint_save_cut_short_and_reports_where_it_is(
     torn.write_bytes(b"\0" * 1024)
     row = train(r, source_dir, out_dir=tmp_path, stop_after=1, **kw)
     assert row["epoch"] == 1 and not torn.exists()
+
+
+def test_a_vits_position_embeddings_and_class_token_get_no_weight_decay():
+    """vit_b16 says DeiT's optimiser with weight decay on weights only: the position embeddings
+    and the class token (3-D, so the ndim rule missed them) join the biases and norms."""
+    from ffcv_dp4tl.training.models import create_model
+    from ffcv_dp4tl.training.trainer import param_groups
+
+    vit = create_model("vit_b_16", 4, image_size=32)
+    names = {id(p): n for n, p in vit.named_parameters()}
+    decay, no_decay = param_groups(vit, 0.05, wd_on_bn_bias=False)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.05, 0.0)
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert {"class_token", "encoder.pos_embedding"} <= skipped
+    assert all(p.ndim > 1 for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+    (everything,) = param_groups(vit, 0.05, wd_on_bn_bias=True)  # the authors' SGD: all decayed
+    assert len(everything["params"]) == len(names)
