@@ -42,7 +42,7 @@ def score(
         "scoring.source_crop, else center; the paper: none)", show_default=False),
     k: Optional[int] = typer.Option(None, help=K_HELP + "; at most the number of source train "
                                     "samples", show_default=False),
-    iters: int = typer.Option(20, help="fm: Lloyd iterations"),
+    iters: int = typer.Option(20, min=1, help="fm: Lloyd iterations"),
     seed: int = typer.Option(0, min=0, help="Random seed (random, fm's k-means, the runs a method "
                              "trains)"),
     backend: Backend = typer.Option(Backend.auto, help="Scoring kernels (auto: CUDA when CuPy "

@@ -79,8 +79,9 @@ def select_classes(
 ) -> np.ndarray:
     """Source class ids to keep after pruning a fraction ``ratio`` of the classes.
 
-    Keeps ``round((1 - ratio) * N)`` of the ``N = len(scores)`` classes (Python ``round``:
-    exact halves go to the even count) and returns them sorted ascending (int64).
+    Keeps ``round((1 - ratio) * N)`` of the ``N = len(scores)`` classes, computed in floating
+    point (:func:`~.ranking.keep_count`: a product that is a half in decimals may round either
+    way, e.g. 15 classes at ratio 0.7 keep 5) and returns them sorted ascending (int64).
 
     Ranking (``reverse=False``): higher ``scores`` first; equal scores are ordered by higher
     ``tiebreak`` (e.g. :func:`softmax_mass`), and remaining ties by lower class id. So with

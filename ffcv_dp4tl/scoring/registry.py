@@ -34,6 +34,8 @@ is imported on first use of the registry, so adding a method is adding one file.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -100,6 +102,8 @@ class Option:
         except (TypeError, ValueError):
             raise DP4TLError(f"{method}: option {name}={value!r} must be a "
                              f"{type(d).__name__}") from None
+        if isinstance(v, float) and not math.isfinite(v):  # (inf passed `v < minimum`: NaN scores)
+            raise DP4TLError(f"{method}: option {name}={value!r} must be a finite number")
         if self.choices and v not in self.choices:
             raise DP4TLError(f"{method}: option {name}={value!r} must be one of "
                              f"{', '.join(map(str, self.choices))}")

@@ -192,3 +192,14 @@ def test_an_exact_half_keeps_the_even_count():
     assert select_classes(scores, 0.25).size == 8  # 7.5
     assert select_classes(np.arange(7), 0.5).size == 4  # 3.5
     np.testing.assert_array_equal(select_samples(np.arange(10.0), 0.25), [8, 9])  # 2.5 -> 2
+
+
+def test_the_kept_count_of_a_decimal_half_is_the_float_products_rounding():
+    """keep_count's documented rule: round() of the float product, whose error decides a decimal
+    half (15 classes: 0.3 * 15 = 4.500000000000001 keeps 5, 0.1 * 15 = 1.4999999999999996
+    keeps 1); not half-to-even, as the docstring used to say."""
+    from ffcv_dp4tl.scoring.label_mapping import select_classes
+
+    assert len(select_classes(np.arange(15.0), 0.7)) == 5
+    assert len(select_classes(np.arange(15.0), 0.9)) == 1
+    assert len(select_classes(np.arange(10.0), 0.25)) == 8  # 7.5 exactly: Python's round, to 8

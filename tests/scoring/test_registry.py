@@ -142,6 +142,10 @@ def test_every_numeric_option_declares_and_enforces_its_minimum(method):
         assert scorer.parse_options({name: str(opt.minimum)})[name] == opt.minimum
         with pytest.raises(DP4TLError, match=rf"^{method}: option {name}=.* must be >= "):
             scorer.parse_options({name: str(opt.minimum - 1)})
+        if isinstance(opt.default, float):  # inf passed `< minimum` and gave NaN scores
+            for bad in ("inf", "nan", "-inf"):
+                with pytest.raises(DP4TLError, match=rf"^{method}: option {name}='{bad}' must be a finite"):
+                    scorer.parse_options({name: bad})
 
 
 def test_registration_is_checked():
