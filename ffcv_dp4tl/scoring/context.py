@@ -140,7 +140,8 @@ class ScoringContext:
         return out
 
     def source_features(self, split: str = "train") -> np.ndarray:
-        """Surrogate features of a source split, through a resumable feature store in out_dir."""
+        """Surrogate features of a source split, through a feature store in out_dir (reused when
+        complete and extracted the same way; an interrupted extraction starts again)."""
         from .inference import extract_to_store
 
         s = self._need_surrogate()

@@ -85,7 +85,9 @@ def extract_to_store(model: torch.nn.Module, head: torch.nn.Module, loader: Iter
                      surrogate_hash: str | None = None, settings: dict | None = None,
                      desc: str = "features", progress: bool = True,
                      autocast_dtype: torch.dtype | None = None) -> np.ndarray:
-    """Penultimate features of every sample straight into a resumable memmap feature store.
+    """Penultimate features of every sample straight into a memmap feature store. A complete
+    store is reused; an interrupted extraction starts again from the first sample (the loader
+    reads the whole split in one pass, and a GPU pass over ImageNet takes minutes).
 
     Rows are placed by sample index, so nothing bigger than one batch is ever held in RAM;
     the returned array is the finalised store opened as a read-only memmap. A complete store
