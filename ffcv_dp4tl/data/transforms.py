@@ -186,9 +186,17 @@ def crop_resize(img: Image.Image, box, size: int, flip: bool = False) -> np.ndar
     return arr[:, ::-1] if flip else arr
 
 
+def _check_nchw(images: torch.Tensor) -> None:
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"Normalize takes an (N, 3, H, W) batch (an NHWC one as its "
+                         f"permute(0, 3, 1, 2) view), got shape {tuple(images.shape)}")
+
+
 class Normalize(torch.nn.Module):
-    """uint8 NCHW (or NHWC) batch → float, normalised with ``stats`` (:data:`NORMALIZATIONS`,
-    ImageNet's by default), optionally channels_last."""
+    """uint8 NCHW batch → float, normalised with ``stats`` (:data:`NORMALIZATIONS`, ImageNet's
+    by default), optionally channels_last. An NHWC batch is given as its NCHW view
+    (``x.permute(0, 3, 1, 2)``): the layout is never guessed from the shape, which a 3 px
+    batch, (N, 3, 3, 3), cannot tell."""
 
     def __init__(self, dtype: torch.dtype = torch.float32, channels_last: bool = False,
                  stats: str = "imagenet"):
@@ -200,8 +208,7 @@ class Normalize(torch.nn.Module):
         self.channels_last = channels_last
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[-1] == 3 and images.shape[1] != 3:
-            images = images.permute(0, 3, 1, 2)
+        _check_nchw(images)
         mean, std = self.mean.to(images.device), self.std.to(images.device)
         x = (images.float() - mean) / std
         if self.channels_last:
@@ -215,8 +222,7 @@ class Normalize(torch.nn.Module):
         float32 or a float32 ``scratch`` of the same shape is given. The same subtraction and
         division as :meth:`forward`, in place, so both give the same floats (the WebDataset
         loader's workers normalise into the batch they send)."""
-        if images.shape[-1] == 3 and images.shape[1] != 3:
-            images = images.permute(0, 3, 1, 2)
+        _check_nchw(images)
         f = out if out.dtype == torch.float32 else (
             scratch if scratch is not None else torch.empty(out.shape, dtype=torch.float32))
         f.copy_(images)

@@ -106,11 +106,12 @@ def test_aug_seed_is_a_function_of_seed_and_epoch():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_normalize_into_gives_forwards_floats_without_allocating_the_output(dtype):
     """Normalize.into (what the WebDataset loader's workers write into shared memory) gives
-    exactly forward's values, in the caller's tensor, for NHWC uint8 input."""
+    exactly forward's values, in the caller's tensor, for NHWC uint8 input (given as its NCHW
+    view)."""
     from ffcv_dp4tl.data.transforms import Normalize
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (3, 5, 4, 3), generator=g, dtype=torch.uint8)  # NHWC
+    x = torch.randint(0, 256, (3, 5, 4, 3), generator=g, dtype=torch.uint8).permute(0, 3, 1, 2)
     norm = Normalize(dtype=dtype)
     out = torch.empty((3, 5, 4, 3), dtype=dtype).permute(0, 3, 1, 2)  # NHWC memory, NCHW shape
     scratch = torch.empty((3, 3, 5, 4))
@@ -133,9 +134,29 @@ def test_normalize_uses_the_published_imagenet_statistics_in_rgb_order(layout):
     g = torch.Generator().manual_seed(1)
     nchw = torch.randint(0, 256, (2, 3, 6, 5), generator=g, dtype=torch.uint8)
     want = TVNormalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])(nchw.float() / 255)
-    x = nchw if layout == "nchw" else nchw.permute(0, 2, 3, 1).contiguous()
+    # an NHWC batch (the WebDataset workers') is given as its NCHW view
+    x = nchw if layout == "nchw" else nchw.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
     assert torch.allclose(Normalize()(x), want, atol=1e-5)
     red = torch.zeros(1, 3, 1, 1, dtype=torch.uint8)
     red[0, 0] = 255  # pure red: only the first channel sits above its mean
     assert Normalize()(red).flatten().tolist() == pytest.approx(
         [(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225], abs=1e-5)
+
+
+def test_normalize_never_guesses_the_layout_from_the_shape(index_dataset):
+    """A 3 px batch is (N, 3, 3, 3) in either layout: the WebDataset loader's was taken for
+    NCHW and normalised along its rows (ffcv's was right). Normalize takes NCHW only, and at
+    3 px both formats give the same colours."""
+    from ffcv_dp4tl.data import AugSpec, make_loader
+    from ffcv_dp4tl.data.transforms import Normalize
+
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\) batch .* got shape \(2, 5, 4, 3\)"):
+        Normalize()(torch.zeros(2, 5, 4, 3, dtype=torch.uint8))
+    means = {}
+    for fmt in ("ffcv", "wds"):
+        loader = make_loader(index_dataset.root, "train", fmt=fmt, aug=AugSpec.for_eval(),
+                             batch_size=8, resolution=3, num_workers=0)
+        b = next(iter(loader))
+        assert b.images.shape == (8, 3, 3, 3)
+        means[fmt] = b.images.mean(dim=(2, 3))  # flat-colour images: one colour per image
+    torch.testing.assert_close(means["ffcv"], means["wds"], atol=0.1, rtol=0)  # (decoders differ a little)
