@@ -110,7 +110,7 @@ def select_units_by_samples(scores: Any, sample_units: Any, ratio: float, tiebre
                             reverse: bool = False) -> np.ndarray:
     """Units (sorted int64) forming the prefix of the unit ranking whose sample count is closest
     to ``round((1 - ratio) · N)`` for ``N`` samples with unit ids ``sample_units``; ties between
-    prefix lengths go to the shorter one, and at least one unit is kept. The ranking is
+    prefix lengths go to the shorter one, and at least one unit with samples is kept. The ranking is
     :func:`~ffcv_dp4tl.scoring.select_classes`'s (scores, then tie-break, then lower id)."""
     s = as_vector(scores, "scores")
     units = as_vector(sample_units, "sample_units", kind="i")
@@ -122,6 +122,8 @@ def select_units_by_samples(scores: Any, sample_units: Any, ratio: float, tiebre
     cum = np.cumsum(sizes[order])
     target = round((1.0 - ratio) * units.shape[0])
     m = int(np.argmin(np.abs(cum - target))) + 1  # argmin: the first (shortest) of equals
+    if cum[m - 1] == 0 and cum[-1] > 0:  # units without samples only: up to the first with some
+        m = int(np.argmax(cum > 0)) + 1
     return np.sort(order[:m]).astype(np.int64)
 
 

@@ -42,6 +42,10 @@ def test_select_units_by_samples_hand_made():
     assert select_units_by_samples(s, units, 0.5, sizes).tolist() == [1, 2, 3]  # 35
     assert select_units_by_samples(s, units, 0.99, sizes).tolist() == [1]  # at least one unit
     assert select_units_by_samples(s, units, 0.5, sizes, reverse=True).tolist() == [0, 4]  # 30+5
+    # an empty unit ranked first is no selection on its own: the prefix runs to one with samples
+    empty_first = np.array([9.0, 5, 3, 4, 2, 1])  # unit 0 first; units hold 0, 30, 5, 20, 10, 5
+    shifted = units + 1
+    assert select_units_by_samples(empty_first, shifted, 0.97, None).tolist() == [0, 1]
 
 
 def test_prune_reports_the_kept_sample_fraction_and_budget_samples(index_dataset, tmp_path):
