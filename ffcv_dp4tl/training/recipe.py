@@ -373,8 +373,8 @@ def _check_value(source: str, key: str, value: Any, expected: Any) -> Any:
     return value
 
 
-def _build(data: dict[str, Any], source: str) -> Recipe:
-    recipe = Recipe()
+def _check_names(data: dict[str, Any], source: str) -> None:
+    """Every section and key of ``data`` is one a recipe has (values are :func:`_build`'s)."""
     for sec, body in data.items():
         if sec not in SECTIONS:
             raise DP4TLError(f"{source}: unknown section [{sec}]; valid sections: "
@@ -382,11 +382,19 @@ def _build(data: dict[str, Any], source: str) -> Recipe:
         if not isinstance(body, dict):
             raise DP4TLError(f"{source}: [{sec}] must be a table of keys, got {body!r}")
         types = _section_types(SECTIONS[sec])
-        target = getattr(recipe, sec)
-        for key, value in body.items():
+        for key in body:
             if key not in types:
                 raise DP4TLError(f"{source}: unknown key {sec}.{key}; valid keys in [{sec}]: "
                                  f"{', '.join(types)}")
+
+
+def _build(data: dict[str, Any], source: str) -> Recipe:
+    recipe = Recipe()
+    _check_names(data, source)
+    for sec, body in data.items():
+        types = _section_types(SECTIONS[sec])
+        target = getattr(recipe, sec)
+        for key, value in body.items():
             if (sec, key) in _FRACTION_KEYS and isinstance(value, str):
                 value = _fraction(source, f"{sec}.{key}", value)
             setattr(target, key, _check_value(source, f"{sec}.{key}", value, types[key]))
@@ -668,7 +676,10 @@ def check_kind(recipe: Recipe, kind: str, use: str) -> None:
 def load_recipe(path_or_name: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read, override and validate a recipe; every problem is a DP4TLError naming file and key."""
     path = resolve_recipe_path(path_or_name)
-    data = read_toml(path)
+    files: list[tuple[Path, dict[str, Any]]] = []
+    data = read_toml(path, files=files)
+    for file, own in files:  # a misspelt key is named in the file that holds it (extends)
+        _check_names(own, str(file))
     kind = "finetune" if "finetune" in data else "train"  # (before --set can add a section)
     recipe = _build(data, _apply_overrides(data, overrides, str(path)))
     recipe.name, recipe.kind = path.stem, kind

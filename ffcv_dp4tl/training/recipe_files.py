@@ -141,9 +141,12 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return sec, name, value
 
 
-def read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_toml(path: Path, chain: tuple[Path, ...] = (),
+              files: list[tuple[Path, dict[str, Any]]] | None = None) -> dict[str, Any]:
     """A recipe file's tables, with ``extends = "BASE"`` resolved (base first, this file on top,
-    section by section), so a per-target recipe is a few lines over ``lp`` or ``ff``."""
+    section by section), so a per-target recipe is a few lines over ``lp`` or ``ff``. ``files``,
+    when given, receives every file of the chain with its own tables (so a caller checking
+    names can blame the file that wrote a key, not the one that extends it)."""
     if path.resolve() in chain:
         raise DP4TLError(f"{path}: `extends` loops back to itself "
                          f"({' -> '.join(str(p) for p in (*chain, path))})")
@@ -155,6 +158,8 @@ def read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise DP4TLError(f"{path}: the recipe file sets nothing (it is empty or only comments); "
                          "give it its settings or `extends = \"NAME\"` a shipped recipe")
     base = data.pop("extends", None)
+    if files is not None:
+        files.append((path, {s: dict(b) if isinstance(b, dict) else b for s, b in data.items()}))
     if base is None:
         return data
     if not isinstance(base, str):
@@ -167,7 +172,7 @@ def read_toml(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         base_path = _shipped(base)
     else:
         base_path = resolve_recipe_path(rel if _looks_like_path(base) else base)
-    merged = read_toml(base_path, (*chain, path.resolve()))
+    merged = read_toml(base_path, (*chain, path.resolve()), files)
     for sec, body in data.items():
         if isinstance(body, dict) and isinstance(merged.get(sec), dict):
             merged[sec] = {**merged[sec], **body}

@@ -299,3 +299,16 @@ def test_overrides_on_a_recipe_object_keep_what_the_fingerprint_leaves_out():
     on = as_recipe(r, ["adv.steps=3"])
     assert (on.adv.steps, on.adv.eps, on.adv.norm) == (3, 0.01, "l2")
     assert on == load_recipe("resnet18_tiny_cpu", ["adv.eps=0.01", "adv.norm=l2", "adv.steps=3"])
+
+
+def test_a_misspelt_key_in_a_base_recipe_is_named_in_that_file(tmp_path):
+    """With ``extends``, the unknown key is reported under the file that holds it (it used to be
+    named under the recipe that extends it, where it is not)."""
+    (tmp_path / "base.toml").write_text('extends = "ff"\n[train]\nepoch = 3\n')
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "base.toml"\n[train]\nepochs = 5\n')
+    with pytest.raises(DP4TLError, match=rf"^{tmp_path / 'base.toml'}: unknown key train.epoch;"):
+        load_recipe(child)
+    (tmp_path / "child2.toml").write_text('extends = "ff"\n[trian]\nepochs = 5\n')
+    with pytest.raises(DP4TLError, match=rf"^{tmp_path / 'child2.toml'}: unknown section \[trian\]"):
+        load_recipe(tmp_path / "child2.toml")
