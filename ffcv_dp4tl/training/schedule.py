@@ -20,7 +20,9 @@ def peak_lr(cfg: LRCfg, global_batch: int) -> float:
 def lr_at(cfg: LRCfg, epoch: float, epochs: int, peak: float) -> float:
     """Learning rate at fractional ``epoch`` (e.g. 2.5 = halfway through the third epoch).
 
-    * triangular: linear 0 → peak at ``lr_peak_epoch``, then linear → 0 at ``epochs``
+    * triangular: linear 0 → peak at ``lr_peak_epoch``, then linear → 0 at ``epochs`` (a run of
+      ``epochs <= lr_peak_epoch``, such as a shortened test run, only rises and never decays,
+      as ffcv-imagenet's ``np.interp`` schedule does)
     * step: ``peak × step_ratio ** floor(epoch / step_length)``
     * cosine: half-cosine peak → ``min_lr`` over ``epochs`` (after optional linear warmup)
     * multistep: ``peak × gamma ** (#milestones ≤ epoch)`` (after optional linear warmup)
