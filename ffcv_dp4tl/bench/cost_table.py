@@ -277,8 +277,8 @@ def rerender(out: Path, criterion: str | None = None) -> dict[str, Any]:
                          "resumes from rows.jsonl and reruns nothing that finished)")
     if not path.is_file():
         raise DP4TLError(f"{path} not found: point at the --out folder of a cost-table run")
-    claim_out_dir(out, "cost-table", "folder")
-    t = rerender_table(path, criterion)
+    t = rerender_table(path, criterion)  # (checks that results.json is a cost table's)
+    claim_out_dir(out, "cost-table", "folder", inputs=("results.json",))
     try:
         write_outputs(t, Path(out))
     except (KeyError, TypeError, AttributeError, ValueError) as e:

@@ -6,7 +6,8 @@ folder given to the wrong bench would end up half replaced: a cost table's ``res
 beside a surrogates plot, a pooled verdict over a run's own ``README.md`` beside its
 ``rows.jsonl``. Each bench therefore claims its folder (:func:`claim_out_dir`) before any work:
 an empty or new folder, or one of the same bench (a rerun, which resumes or re-renders), is
-taken; a folder of another bench is refused with one line.
+taken; a folder of another bench is refused with one line, and so is a folder of no bench that
+holds a file a bench writes (a project's own ``README.md`` under ``--out .`` was replaced).
 
 ``results.json`` records its bench in its ``bench`` field; folders written before that field
 existed are told apart by the files only one bench writes.
@@ -24,6 +25,12 @@ BENCH_KINDS = ("cost-table", "surrogates", "adversarial", "embedded", "embedded-
 _SIGNATURES = (("rows.jsonl", "embedded"), ("summary.json", "embedded-pool"),
                ("surrogates.png", "surrogates"), ("cost.png", "cost-table"),
                ("accuracy.png", "cost-table"))
+#: the text files each bench writes (plots aside): one of them in a folder of no bench is the
+#: user's own, which that bench would replace
+_WRITES = {"cost-table": ("results.json", "report.md"), "surrogates": ("results.json", "report.md"),
+           "adversarial": ("results.json", "report.md"),
+           "embedded": ("rows.jsonl", "summary.json", "README.md"),
+           "embedded-pool": ("summary.json", "README.md")}
 
 
 def folder_kind(folder: str | Path) -> str | None:
@@ -46,12 +53,21 @@ def folder_kind(folder: str | Path) -> str | None:
     return "adversarial" if "adv" in results else None
 
 
-def claim_out_dir(folder: str | Path, kind: str, what: str = "--out") -> None:
+def claim_out_dir(folder: str | Path, kind: str, what: str = "--out",
+                  inputs: tuple[str, ...] = ()) -> None:
     """Refuse ``folder`` as the output of bench ``kind`` when it holds another bench's outputs
-    (checked before any work; :func:`folder_kind`)."""
+    (checked before any work; :func:`folder_kind`) or, being no bench's, a file ``kind`` writes.
+    ``inputs``: files the caller has read and checked as this bench's own (a re-render's
+    ``results.json``)."""
     if kind not in BENCH_KINDS:
         raise ValueError(f"unknown bench {kind!r}")
     found = folder_kind(folder)
     if found is not None and found != kind:
         raise DP4TLError(f"{what} {folder} holds the outputs of `dp4tl bench {found}`; this "
                          f"`bench {kind}` would overwrite part of them: pass another {what}")
+    if found is None and Path(folder).is_dir():
+        theirs = [n for n in _WRITES[kind] if n not in inputs and (Path(folder) / n).exists()]
+        if theirs:
+            raise DP4TLError(f"{what} {folder} holds {', '.join(theirs)}, not written by a dp4tl "
+                             f"bench; `bench {kind}` would replace it: pass another {what} (an "
+                             "empty or new folder)")

@@ -67,6 +67,7 @@ def classes_cmd(
                         "'0,3,10-19'")
     if Path(out).is_dir():
         raise MaskError(f"--out {out} is a folder; give the mask file's name, e.g. {Path(out) / 'keep.npy'}")
+    _outside_the_dataset(Path(out), data)
     check_out_dir(Path(out).parent, "--out's folder")
     manifest = load_manifest(data)
     shown = _outside(ranges, manifest.num_classes)  # ids are >= 0: "-" only separates
@@ -79,6 +80,17 @@ def classes_cmd(
     path = save_mask(out, mask)
     typer.echo(f"{path}: {len(mask)} of {info.num_samples} samples of {split!r} "
                f"({100 * mask.kept_fraction:.1f} %)")
+
+
+def _outside_the_dataset(out: Path, data: Path, *also: Path) -> None:
+    """A file these commands write never lands in the dataset they read: --out
+    DATA/train.labels.npy replaced the build's labels, DATA/manifest.npy its manifest (the
+    sidecar), DATA/train.files.txt its files list (review)."""
+    root = Path(data).resolve()
+    for p in (out, *also):
+        if root == Path(p).resolve().parent or root in Path(p).resolve().parents:
+            raise MaskError(f"--out {out} lies inside the dataset {data}, whose own files it could "
+                            "replace; write it elsewhere (e.g. beside the dataset)")
 
 
 @mask_app.command("check")
@@ -120,6 +132,7 @@ def files_cmd(
         if out.is_dir():
             raise MaskError(f"--out {out} is a folder; give the list's file name, e.g. "
                             f"{out / 'kept.txt'}")
+        _outside_the_dataset(out, data)
         check_out_dir(out.parent, "--out's folder")
     dataset = data
     m = load_mask(mask)

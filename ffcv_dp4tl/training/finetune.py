@@ -52,7 +52,8 @@ from ..data import AugSpec, load_manifest, load_mask, make_loader
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
 from .callbacks import MetricsWriter, call
-from .checkpoint import Checkpoint, FinetuneState, resume_from, rng_states, set_rng_states
+from .checkpoint import (FINETUNE_RESULT_NAME, FINETUNE_STATE_NAME, Checkpoint, FinetuneState,
+                         refuse_the_other_kind_of_run, resume_from, rng_states, set_rng_states)
 from .distributed import resolve_device, single_process_context
 from .engine import CrossEntropyObjective, evaluate, train_aug_for, train_one_epoch
 from .models import backbone, create_model, get_head
@@ -61,8 +62,8 @@ from .schedule import peak_lr, step_schedule
 from .trainer import (autocast_dtype, build_optimizer, cudnn_benchmark, param_groups, pin_cpu_threads,
                       remove_unused_run_dir, seed_epoch)
 
-RESULT_NAME = "result.json"
-STATE_NAME = "finetune_state.pt"
+RESULT_NAME = FINETUNE_RESULT_NAME
+STATE_NAME = FINETUNE_STATE_NAME
 #: The lock a finetuning run holds on its folder (one process writes a run folder)
 FINETUNE_LOCK = ".finetune.lock"
 
@@ -313,6 +314,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     model, ckpt = load_pretrained(checkpoint, dev)
     torch.manual_seed(recipe.train.seed)  # (the new head's initialisation)
     head = classifier_for(model, ckpt, recipe.finetune.head, manifest.num_classes, checkpoint)
+    refuse_the_other_kind_of_run(out_dir, "finetune")
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.jsonl"
     identity = run_identity(recipe, ckpt, manifest.fingerprint, mode, fmt, masks)

@@ -70,8 +70,8 @@ from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
 from . import distributed as dist_
 from .callbacks import ConsoleLogger, MetricsWriter, RecordSeen, TensorBoardLogger, call
-from .checkpoint import (CHECKPOINT_NAME, Checkpoint, mask_hash, resume_from, rng_states,
-                         set_rng_states)
+from .checkpoint import (CHECKPOINT_NAME, Checkpoint, mask_hash, refuse_the_other_kind_of_run,
+                         resume_from, rng_states, set_rng_states)
 from .engine import CrossEntropyObjective, evaluate, train_one_epoch, train_step
 from .models import create_model, get_head, unwrap
 from .recipe import Recipe, as_recipe, check_kind
@@ -459,6 +459,7 @@ def _read_inputs(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path,
                 "mask_hash": mask_hash(None if mask_obj is None else mask_obj.indices,
                                        split.fingerprint),
                 "num_classes": manifest.num_classes}
+    refuse_the_other_kind_of_run(out_dir, "train")
     ckpt = resume_from(Checkpoint, out_dir / CHECKPOINT_NAME, identity, resume=resume)
     return manifest, split, val_split, mask_obj, identity, ckpt
 

@@ -120,6 +120,23 @@ def test_each_bench_takes_its_own_folder_and_refuses_another_ones(tmp_path, kind
                 claim_out_dir(folder, other)
 
 
+@pytest.mark.parametrize("kind, name", [(k, n) for k in BENCH_KINDS for n in
+                                        {"embedded": ["README.md"], "embedded-pool": ["README.md"]}
+                                        .get(k, ["report.md", "results.json"])])
+def test_a_folder_of_no_bench_holding_a_file_a_bench_writes_is_refused(tmp_path, kind, name):
+    """`--out .` in a project (or docs/) replaced the user's README.md / report.md /
+    results.json without a word (review); other files in the folder are no reason to refuse."""
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    claim_out_dir(mine, kind)  # nothing a bench writes: taken
+    (mine / name).write_text("# My project\n")
+    with pytest.raises(DP4TLError, match=rf"--out {mine} holds {name}, not written by a dp4tl "
+                                         rf"bench; `bench {kind}` would replace it"):
+        claim_out_dir(mine, kind)
+    assert (mine / name).read_text() == "# My project\n"
+
+
 @pytest.mark.parametrize("files,kind", [
     (("results.json", "surrogates.png"), "surrogates"), (("results.json", "cost.png"), "cost-table"),
     (("rows.jsonl", "summary.json"), "embedded"), (("results.json",), None),

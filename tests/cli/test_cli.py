@@ -72,6 +72,27 @@ def test_mask_files_lists_the_inputs_a_mask_keeps_or_removes(built, tmp_path):
                        "another dataset")
 
 
+@pytest.mark.parametrize("cmd, name", [("classes", "train.labels.npy"), ("classes", "manifest.npy"),
+                                       ("files", "train.files.txt"), ("files", "sub/kept.txt")])
+def test_mask_output_inside_the_dataset_it_reads_is_refused(built, tmp_path, cmd, name):
+    """--out DATA/train.labels.npy replaced the build's labels, DATA/manifest.npy its manifest
+    (the sidecar), DATA/train.files.txt its files list, each with exit 0 (review)."""
+    import shutil
+
+    ds = tmp_path / "ds"
+    shutil.copytree(built / "ds", ds)
+    before = {p: p.read_bytes() for p in ds.rglob("*") if p.is_file()}
+    (ds / "sub").mkdir()
+    if cmd == "classes":
+        r = dp4tl("mask", "classes", "--data", str(ds), "--classes", "1", "--out", str(ds / name))
+    else:
+        assert dp4tl("mask", "classes", "--data", str(ds), "--classes", "1",
+                     "--out", str(tmp_path / "m.npy")).returncode == 0
+        r = dp4tl("mask", "files", str(tmp_path / "m.npy"), "--data", str(ds), "--out", str(ds / name))
+    _assert_user_error(r, f"--out {ds / name} lies inside the dataset {ds}")
+    assert {p: p.read_bytes() for p in ds.rglob("*") if p.is_file()} == before
+
+
 def test_user_errors_are_one_line(built, tmp_path):
     _assert_user_error(dp4tl("build", f"folder:{tmp_path / 'missing'}", "--out", str(tmp_path / "o")),
                        "error:", "missing")

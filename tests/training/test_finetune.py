@@ -449,3 +449,34 @@ def test_every_optimisation_knob_of_the_recipe_reaches_the_finetuning(trained_ru
     # 1-D parameters (biases; BN in FF) in the group without weight decay
     assert all(all(len(s) > 1 for s in shapes) for shapes, wd in seen["groups"] if wd > 0)
     assert any(any(len(s) == 1 for s in shapes) for shapes, wd in seen["groups"] if wd == 0)
+
+
+def test_a_finetuning_and_a_training_never_share_an_out_folder(trained_run, source_dir, target_dir,
+                                                               tmp_path):
+    """Both write metrics.jsonl: a finetuning into the pretraining's folder replaced its epoch
+    history (10 rows became 2, exit 0), and a training into an LP folder cut its rows to 1
+    (review). Each refuses the other's folder in one line and leaves its files as they were."""
+    import shutil
+
+    from ffcv_dp4tl.errors import DP4TLError
+    from ffcv_dp4tl.training.recipe import load_recipe
+    from ffcv_dp4tl.training.trainer import train
+
+    from tiny_data import TEST_OVERRIDES
+
+    pre = tmp_path / "pre"
+    shutil.copytree(trained_run, pre)
+    before = (pre / "metrics.jsonl").read_bytes()
+    with pytest.raises(DP4TLError, match=r"holds a training run \(checkpoint.pt\): a finetuning there "
+                                         r"would replace its metrics.jsonl; pass another --out"):
+        finetune("lp_tiny_cpu", pre / "checkpoint.pt", target_dir, pre, fmt="wds", device="cpu",
+                 progress=False, overrides=LP + ["train.epochs=1"])
+    assert (pre / "metrics.jsonl").read_bytes() == before
+    lp = tmp_path / "lp"
+    finetune("lp_tiny_cpu", pre / "checkpoint.pt", target_dir, lp, fmt="wds", device="cpu",
+             progress=False, overrides=LP + ["train.epochs=2"])
+    rows = (lp / "metrics.jsonl").read_bytes()
+    with pytest.raises(DP4TLError, match=r"holds a finetuning run \(finetune_state.pt\): training"):
+        train(load_recipe("resnet18_tiny_cpu", TEST_OVERRIDES), source_dir, out_dir=lp, fmt="wds",
+              device="cpu", progress=False)
+    assert (lp / "metrics.jsonl").read_bytes() == rows and not (lp / "checkpoint.pt").exists()
