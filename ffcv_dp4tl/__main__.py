@@ -44,7 +44,7 @@ def _quiet_interrupt_at_exit(finished: bool) -> None:
                     pass
             if finished:  # to the descriptor: sys.stderr may be gone by now
                 os.write(2, b"interrupted while exiting, after the command had ended: nothing "
-                            b"was cut short\n")
+                            b"was cut short\n")  # (= cli.app.AT_EXIT_LINE, not imported here)
         finally:
             os._exit(130)
 

@@ -224,3 +224,44 @@ def test_sigterm_to_a_training_job_stops_it_with_one_line_and_the_rerun_resumes(
     assert subprocess.run(argv, capture_output=True, text=True, timeout=600).returncode == 0
     a, b = (Checkpoint.load(d / "checkpoint.pt").model for d in (out, whole))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _ending_block(monkeypatch, run_ends_with: BaseException):
+    """app.run with a command that ends with ``run_ends_with`` and a Ctrl-C that lands as the
+    SIGTERM block closes (its deadline watcher stopping: the review's timing, 7 of 7 there)."""
+    import contextlib
+    import importlib
+
+    app = importlib.import_module("ffcv_dp4tl.cli.app")  # (the package exports its Typer `app`)
+
+    @contextlib.contextmanager
+    def block():  # (as the real one: its close runs in a finally, however the block ends)
+        try:
+            yield
+        finally:
+            raise KeyboardInterrupt
+
+    def command():
+        raise run_ends_with
+
+    monkeypatch.setattr(stopping, "sigterm_raises", block)
+    monkeypatch.setattr(app, "_run", command)
+    return app
+
+
+@pytest.mark.parametrize("code", [0, 1, 2])
+def test_a_ctrl_c_as_a_finished_command_closes_is_one_line_not_a_traceback(monkeypatch, capsys, code):
+    app = _ending_block(monkeypatch, SystemExit(code))
+    with pytest.raises(SystemExit) as e:
+        app.run()
+    assert e.value.code == 130
+    assert capsys.readouterr().err == app.AT_EXIT_LINE + "\n"
+
+
+def test_a_ctrl_c_as_a_stopped_command_closes_keeps_its_one_stop_line(monkeypatch, capsys):
+    stopping._RECEIVED.clear()
+    app = _ending_block(monkeypatch, KeyboardInterrupt())
+    with pytest.raises(SystemExit) as e:
+        app.run()
+    assert e.value.code == 130
+    assert capsys.readouterr().err == stopping.line() + "\n"  # once

@@ -190,20 +190,41 @@ def run() -> None:
     previous = sys.unraisablehook, sys.excepthook
     sys.unraisablehook = _interrupts_are_not_lost(previous[0])
     sys.excepthook = _quiet_dead_peer(previous[1])
+    outcome: SystemExit | None = None  # how the command ended, once decided
     try:
-        with stopping.sigterm_raises():
-            try:
-                _run()
-            except KeyboardInterrupt:  # it landed while _run was already ending the command
-                _stopped()
+        try:
+            with stopping.sigterm_raises():
+                try:
+                    _run()
+                except KeyboardInterrupt:  # it landed while _run was already ending the command
+                    outcome = _stop_status()
+                except SystemExit as e:
+                    outcome = e
+        except KeyboardInterrupt:  # it landed as the block ended (its deadline watcher stopping)
+            if outcome is None:
+                outcome = _stop_status()
+            elif outcome.code not in (130, 143):  # (a stop has printed its line already)
+                print(AT_EXIT_LINE, file=sys.stderr)
+                outcome = SystemExit(130)
+        if outcome is not None:
+            raise outcome from None
     finally:
         sys.unraisablehook, sys.excepthook = previous
 
 
+#: a Ctrl-C after the command's outcome was decided (outputs written, its line printed)
+AT_EXIT_LINE = "interrupted while exiting, after the command had ended: nothing was cut short"
+
+
+def _stop_status() -> SystemExit:
+    """A command a signal stopped: its one line printed; its exit, 128 + the signal."""
+    print(stopping.line(), file=sys.stderr)
+    return SystemExit(stopping.exit_status())
+
+
 def _stopped() -> None:
     """End a command a signal stopped: its one line, and 128 + the signal as exit status."""
-    print(stopping.line(), file=sys.stderr)
-    raise SystemExit(stopping.exit_status()) from None
+    raise _stop_status() from None
 
 
 def _run() -> None:
