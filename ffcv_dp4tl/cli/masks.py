@@ -99,14 +99,15 @@ def check_cmd(
     data: Path = typer.Option(..., "--data", help=DATA_HELP),
     split: Optional[str] = typer.Option(None, help="Split (default: the one named in the mask)"),
 ) -> None:
-    """Validate a mask against a dataset: range, order, duplicates, fingerprint."""
+    """Validate a mask against a dataset: range, order, duplicates, fingerprint, and the
+    classes its sidecar records against the labels of its samples."""
     from ..data.manifest import load_manifest
-    from ..data.masks import load_mask
+    from ..data.masks import check_recorded_classes, load_mask
 
     dataset = data
     m = load_mask(mask)
     info = load_manifest(dataset).split(split or m.meta.get("split", "train"))
-    load_mask(mask, info)
+    check_recorded_classes(load_mask(mask, info, split_option=True), info, mask)
     typer.echo(f"{mask}: OK — {len(m)} of {info.num_samples} samples of {info.name!r}")
 
 
@@ -137,7 +138,7 @@ def files_cmd(
     dataset = data
     m = load_mask(mask)
     info = load_manifest(dataset).split(split or m.meta.get("split", "train"))
-    load_mask(mask, info)  # made for this split of this dataset (fingerprint), indices in range
+    load_mask(mask, info, split_option=True)  # made for this split of this dataset (fingerprint), indices in range
     origins = info.load_origins()
     kept = np.zeros(info.num_samples, dtype=bool)
     kept[m.indices] = True

@@ -134,6 +134,21 @@ def val_mask_of(train_mask: IndexMask, train: SplitInfo, val: SplitInfo,
     return make_mask(idx, val, kept_classes=kept.tolist(), **provenance)
 
 
+def check_recorded_classes(mask: IndexMask, split: SplitInfo, source: str | Path = "mask") -> None:
+    """A sidecar's ``kept_classes`` (what a class overlap counts) holds the label of every
+    sample the mask keeps: a sidecar edited by hand, or copied from another mask of the same
+    size, gave a 15 % class overlap beside a 100 % sample overlap, and `mask check` said OK."""
+    recorded = mask.meta.get("kept_classes")
+    if not isinstance(recorded, list) or not len(mask):
+        return
+    have = sorted_unique(np.asarray(split.load_labels())[mask.indices].astype(np.int64))
+    missing = np.setdiff1d(have, np.asarray(recorded, dtype=np.int64))
+    if missing.size:
+        raise MaskError(f"{_json_path(Path(source))}: kept_classes leaves out classes "
+                        f"{missing[:5].tolist()} whose samples {source} keeps: the two files do not "
+                        "belong together; recreate the mask with `dp4tl prune` or `dp4tl mask classes`")
+
+
 def samples_with_labels(labels: np.ndarray, kept: np.ndarray) -> np.ndarray:
     """Sorted int64 indices of the samples whose label is in ``kept`` (non-negative ids).
 
@@ -152,8 +167,11 @@ def samples_with_labels(labels: np.ndarray, kept: np.ndarray) -> np.ndarray:
     return np.flatnonzero(lookup[labels]).astype(np.int64)
 
 
-def validate_mask(mask: IndexMask, split: SplitInfo, source: str | Path = "mask") -> None:
-    """Raise :class:`MaskError` unless ``mask`` is a sorted, unique, in-range mask for ``split``."""
+def validate_mask(mask: IndexMask, split: SplitInfo, source: str | Path = "mask",
+                  split_option: bool = False) -> None:
+    """Raise :class:`MaskError` unless ``mask`` is a sorted, unique, in-range mask for ``split``.
+    ``split_option``: the command has a ``--split`` option, which a mask of a sibling split is
+    then advised to use (other commands read the split they read: they advise its mask)."""
     idx = mask.indices
     if idx.ndim != 1:
         raise MaskError(f"{source}: indices must be 1-D, got shape {idx.shape}")
@@ -163,10 +181,14 @@ def validate_mask(mask: IndexMask, split: SplitInfo, source: str | Path = "mask"
     if fp is not None and fp != split.fingerprint:
         other = _sibling_split(split, fp)
         if other is not None:
-            drop = " (or drop --split)" if other == "train" else ""
+            if split_option:
+                drop = " (or drop --split)" if other == "train" else ""
+                fix = f"pass `--split {other}`{drop} to use it, or make a mask of split {split.name!r}"
+            else:  # (train, finetune, overlap: no --split to change; the mask is the thing)
+                fix = (f"give the mask of split {split.name!r} (`dp4tl prune` writes "
+                       f"{split.name}.npy beside {other}.npy), or make one")
             raise MaskError(f"{source} indexes split {other!r} of this dataset, not split "
-                            f"{split.name!r}: pass `--split {other}`{drop} to use it, or make a "
-                            f"mask of split {split.name!r}")
+                            f"{split.name!r}, which this reads: {fix}")
         raise MaskError(
             f"{source} was made for another dataset (fingerprint {str(fp)[:12]}…, split "
             f"{mask.meta.get('split')!r}) but is used with split {split.name!r} whose fingerprint "
@@ -214,8 +236,10 @@ def save_mask(path: str | Path, mask: IndexMask) -> Path:
     return npy
 
 
-def load_mask(path: str | Path, split: SplitInfo | None = None) -> IndexMask:
-    """Load a mask (and validate it against ``split`` if given)."""
+def load_mask(path: str | Path, split: SplitInfo | None = None,
+              split_option: bool = False) -> IndexMask:
+    """Load a mask (and validate it against ``split`` if given; ``split_option``:
+    :func:`validate_mask`'s)."""
     if not isinstance(path, (str, os.PathLike)):  # e.g. an index array where a path belongs
         name = split.name if split is not None else "train"
         raise MaskError(f"mask must be an IndexMask or the path of a saved mask (.npy), got "
@@ -241,7 +265,7 @@ def load_mask(path: str | Path, split: SplitInfo | None = None) -> IndexMask:
                         "`dp4tl mask classes`")
     mask = IndexMask(indices, meta.to_json())
     if split is not None:
-        validate_mask(mask, split, source=npy)
+        validate_mask(mask, split, source=npy, split_option=split_option)
     return mask
 
 

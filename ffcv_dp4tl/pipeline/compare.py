@@ -21,7 +21,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..data.manifest import SplitInfo
-from ..data.masks import IndexMask, _npy_path, load_mask, sorted_unique, validate_mask
+from ..data.masks import (IndexMask, _npy_path, check_recorded_classes, load_mask, sorted_unique,
+                          validate_mask)
 from ..errors import DP4TLError, MaskError
 
 
@@ -110,6 +111,8 @@ def compare_mask_files(path: str | Path, reference: str | Path, data: str | Path
     for m, p in ((a, _npy_path(path)), (b, _npy_path(reference))):
         validate_mask(m, split if split is not None else _own_split(m, p), p)
         _check_kept_classes(m, p, num_classes)
+        if split is not None:  # the labels are there: the sidecar's classes are checked on them
+            check_recorded_classes(m, split, p)
     return compare_masks(a, b, split)
 
 

@@ -300,7 +300,15 @@ def test_a_mask_of_another_split_of_the_same_dataset_names_the_split_to_pass(ind
     (index_copy / "manifest.json").write_text(json.dumps(m))
     manifest = load_manifest(index_copy)
     npy = save_mask(tmp_path / "t.npy", make_mask([1, 2], manifest.split("train")))
+    with pytest.raises(MaskError) as e:  # a command with --split (mask check, mask files)
+        load_mask(npy, manifest.split("val"), split_option=True)
+    assert str(e.value) == (f"{npy} indexes split 'train' of this dataset, not split 'val', which "
+                            "this reads: pass `--split train` (or drop --split) to use it, or make "
+                            "a mask of split 'val'")
+    # a command without one (train, finetune, mask overlap) was told to pass --split too
+    val_mask = save_mask(tmp_path / "v.npy", make_mask([1], manifest.split("val")))
     with pytest.raises(MaskError) as e:
-        load_mask(npy, manifest.split("val"))
-    assert str(e.value) == (f"{npy} indexes split 'train' of this dataset, not split 'val': pass "
-                            "`--split train` (or drop --split) to use it, or make a mask of split 'val'")
+        load_mask(val_mask, manifest.split("train"))
+    assert str(e.value) == (f"{val_mask} indexes split 'val' of this dataset, not split 'train', "
+                            "which this reads: give the mask of split 'train' (`dp4tl prune` "
+                            "writes train.npy beside val.npy), or make one")

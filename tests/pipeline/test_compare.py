@@ -132,3 +132,20 @@ def test_with_data_kept_classes_must_be_classes_of_the_dataset(index_dataset, tm
     r = _dp4tl("mask", "overlap", str(a), str(b), "--data", str(index_dataset.root))
     assert r.returncode == 2, r.stdout
     assert f"{tmp_path}/a.json: kept_classes holds class 999 but the dataset has 5 classes" in r.stderr
+
+
+def test_with_data_a_sidecar_whose_classes_miss_the_masks_samples_is_refused(index_dataset, tmp_path):
+    """A sidecar edited by hand (or copied from another mask of the same size) named classes the
+    samples are not of: the class overlap read it (15 % beside a 100 % sample overlap) and
+    `mask check` said OK (review). With the labels at hand both refuse it in one line."""
+    from ffcv_dp4tl.data import load_manifest
+
+    info = load_manifest(index_dataset.root).split("train")
+    a = save_mask(tmp_path / "a.npy", mask_from_classes(info, [0, 1], method="lm"))
+    b = save_mask(tmp_path / "b.npy", mask_from_classes(info, [0, 1], method="lm"))
+    assert _dp4tl("mask", "check", str(a), "--data", str(index_dataset.root)).returncode == 0
+    _damage(a, kept_classes=[3, 4])
+    expect = f"{tmp_path}/a.json: kept_classes leaves out classes [0, 1] whose samples"
+    for cmd in (("mask", "overlap", str(a), str(b)), ("mask", "check", str(a))):
+        r = _dp4tl(*cmd, "--data", str(index_dataset.root))
+        assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, r.stderr
