@@ -189,6 +189,8 @@ class Manifest:
     def split_entry(self, name: str) -> SplitEntry:
         splits = self.contract.splits
         if name not in splits:
+            if not splits:  # (emptied by hand: "available: " ended mid-sentence)
+                raise DataError(self.contract.fingerprint_problem(self.root / MANIFEST_NAME))
             raise DataError(
                 f"{self.root / MANIFEST_NAME} has no split {name!r}; available: {', '.join(splits)}"
             )

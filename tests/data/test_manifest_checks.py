@@ -137,3 +137,14 @@ def test_a_file_or_a_synth_root_is_not_told_to_be_built(index_dataset, tmp_path)
     assert _one_line(e) == (f"{label_file} is a file, but a built dataset is a directory "
                             "(holding manifest.json); pass the directory `dp4tl build` wrote")
     assert "dp4tl build SOURCE --out" in str(verify_dataset(tmp_path / "nothing").problems)
+
+
+def test_a_manifest_without_splits_says_so_where_a_split_is_read(index_copy):
+    """`mask classes` on a manifest whose splits were emptied said "has no split 'train';
+    available: " and stopped mid-sentence (review); it now says what verify says."""
+    _edit_manifest(index_copy, lambda m: m.update(splits={}))
+    with pytest.raises(DataError) as e:
+        load_manifest(index_copy).split("train")
+    assert _one_line(e) == (f"{index_copy / 'manifest.json'} lists no splits (emptied by hand?); "
+                            "restore manifest.json or " + _one_line(e).split(" or ", 1)[1])
+    assert "available" not in str(e.value)
