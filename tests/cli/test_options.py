@@ -301,11 +301,12 @@ def test_the_dataset_is_always_data(capsys, monkeypatch, tmp_path):
         seen.append(Path(path))
         raise DP4TLError("stop")
     monkeypatch.setattr(manifest, "load_manifest", fake)
-    for args in (("info", "--data", tmp_path),
-                 ("mask", "classes", "--data", tmp_path, "--classes", "1", "-o", tmp_path / "m.npy")):
+    ds = tmp_path / "ds"  # (the mask is written beside it: never inside the dataset it reads)
+    for args in (("info", "--data", ds),
+                 ("mask", "classes", "--data", ds, "--classes", "1", "-o", tmp_path / "m.npy")):
         code, _, err = cli(capsys, monkeypatch, *args)
         one_line_error(code, err, "stop")
-    assert seen == [tmp_path] * 2
+    assert seen == [ds] * 2
     code, _, err = cli(capsys, monkeypatch, "info")
     one_line_error(code, err, "Missing option '--data'")
     for args in (("info", tmp_path), ("prune", "--scores", tmp_path, "--source", tmp_path, "--ratio", "0.5",
@@ -313,7 +314,7 @@ def test_the_dataset_is_always_data(capsys, monkeypatch, tmp_path):
                  ("finetune", "lp_tiny_cpu", "--checkpoint", tmp_path / "c.pt", "--target", tmp_path,
                   "-o", tmp_path / "f")):
         code, _, err = cli(capsys, monkeypatch, *args)
-        assert code == 2 and seen == [tmp_path] * 2, err  # typer's usage error, before any work
+        assert code == 2 and seen == [ds] * 2, err  # typer's usage error, before any work
 
 
 def test_user_toml_path_works_where_a_name_does(record, capsys, monkeypatch, tmp_path):
