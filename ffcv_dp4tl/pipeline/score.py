@@ -165,7 +165,8 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     target_fps = [load_manifest(t).fingerprint for t in targets] if scorer.needs_target else None
     if target_fps is not None:  # a copy under another path, or the source itself
         check_distinct_datasets([str(t) for t in targets], target_fps,
-                                source=(str(source_dir), ctx.source.fingerprint))
+                                source=(str(source_dir), ctx.source.fingerprint),
+                                give="the target's built folder (`dp4tl build` makes one)")
     _refuse_other_scores(out_dir, method, ctx.source.fingerprint, target_fps)
     out_dir.mkdir(parents=True, exist_ok=True)
     # one writer per folder: a second `dp4tl score --out` of it deleted the features the

@@ -84,18 +84,19 @@ def check_distinct_targets(targets: Iterable[str | Path]) -> None:
 
 def check_distinct_datasets(names: Sequence[str], fingerprints: Sequence[str],
                             source: tuple[str, str] | None = None,
-                            option: str = "--target") -> None:
+                            option: str = "--target",
+                            give: str = "the target's build or LAYOUT:PATH") -> None:
     """The fingerprint half of :func:`check_distinct_targets`: two targets with one content
     fingerprint (a copy of a folder under another path) are one dataset, which would vote twice
     in the selection and be reported under two names; a target with the source's fingerprint
-    leaves nothing to transfer to. ``source``: ``(name, fingerprint)``. Shared by the pipeline's
+    leaves nothing to transfer to. ``source``: ``(name, fingerprint)``; ``give``: what the
+    command takes as a target (``dp4tl score``: a built folder only). Shared by the pipeline's
     resolve and ``dp4tl score``."""
     seen: dict[str, str] = {}
     for name, fp in zip(names, fingerprints):
         if source is not None and fp == source[1]:
             raise DP4TLError(f"{option} {name} is the source dataset ({source[0]}, same content "
-                             "fingerprint): transfer needs another dataset as target; pass the "
-                             "target's build or LAYOUT:PATH")
+                             f"fingerprint): transfer needs another dataset as target; pass {give}")
         if fp in seen:
             raise DP4TLError(f"targets {seen[fp]!r} and {name!r} are the same dataset (same "
                              "content fingerprint); list each target once (to count one more, "

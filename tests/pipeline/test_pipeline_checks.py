@@ -90,7 +90,7 @@ def test_roots_that_cannot_be_folders_fail_before_any_work(tmp_path):
 def test_the_source_as_target_fails_before_the_surrogate(tmp_path, index_dataset):
     cfg = _cfg(tmp_path, source=str(index_dataset.root), target=str(index_dataset.root))
     with pytest.raises(DP4TLError, match=r"is the source dataset .*: transfer needs another "
-                                         r"dataset as target"):
+                                         r"dataset as target; pass the target's build or LAYOUT:PATH$"):
         resolve(cfg, None, print)
     assert not (tmp_path / "runs").exists()
 

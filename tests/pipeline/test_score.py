@@ -94,8 +94,9 @@ def test_a_copied_target_or_the_source_as_target_is_refused_before_work(tmp_path
     with pytest.raises(DP4TLError, match=rf"^targets '{target_dir}' and '{copy}' are the same "
                                          r"dataset \(same content fingerprint\)"):
         score("lm", out_dir=out, target_dir=[target_dir, copy], **kw)
-    with pytest.raises(DP4TLError, match=rf"^--target {source_dir} is the source dataset"):
-        score("lm", out_dir=out, target_dir=source_dir, **kw)
+    with pytest.raises(DP4TLError, match=rf"^--target {source_dir} is the source dataset.*; pass "
+                                         r"the target's built folder \(`dp4tl build` makes one\)$"):
+        score("lm", out_dir=out, target_dir=source_dir, **kw)  # (no LAYOUT:PATH here: the pipeline's)
     assert not out.exists()
 
 
