@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any, ClassVar
 
 import numpy as np
@@ -129,13 +130,24 @@ class SplitEntry:
 
         def get(key: str, kind: str, default: Any = None) -> Any:
             return typed(d, key, kind, where, _REBUILD, default)
+
+        def inside(key: str, kind: str = "str") -> Any:
+            """A file of the build: a path relative to its folder that stays in it (a
+            hand-edited "../other/train.beton" had loaders and verify read another folder)."""
+            value = get(key, kind, REQUIRED)
+            for p in ([value] if kind == "str" else value):
+                pp = PurePosixPath(p)
+                if pp.is_absolute() or ".." in pp.parts or PureWindowsPath(p).drive:
+                    raise DataError(f"{where}: {key} {p!r} points outside the dataset folder (the "
+                                    f"build writes paths inside it); {_REBUILD}")
+            return value
         cc = get("class_counts", "counts")
         return cls(num_samples=get("num_samples", "count", REQUIRED),
                    fingerprint=get("fingerprint", "str", REQUIRED),
-                   beton=get("beton", "str", REQUIRED),
-                   labels=get("labels", "str", REQUIRED),
-                   index=get("index", "str", REQUIRED),
-                   shards=list(get("shards", "strs", REQUIRED)),
+                   beton=inside("beton"),
+                   labels=inside("labels"),
+                   index=inside("index"),
+                   shards=list(inside("shards", "strs")),
                    num_rejected=get("num_rejected", "count", 0),
                    class_counts=None if cc is None else list(cc),
                    beton_fingerprint=get("beton_fingerprint", "str"),

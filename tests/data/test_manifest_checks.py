@@ -148,3 +148,17 @@ def test_a_manifest_without_splits_says_so_where_a_split_is_read(index_copy):
     assert _one_line(e) == (f"{index_copy / 'manifest.json'} lists no splits (emptied by hand?); "
                             "restore manifest.json or " + _one_line(e).split(" or ", 1)[1])
     assert "available" not in str(e.value)
+
+
+@pytest.mark.parametrize("key, value", [("beton", "../elsewhere/train.beton"),
+                                        ("labels", "/data/other/train.labels.npy"),
+                                        ("shards", ["wds/../../x.tar"])])
+def test_a_split_file_outside_the_build_is_refused(index_copy, key, value):
+    """A hand-edited manifest could point loaders and verify at another folder's files and pass
+    (review: "../../pristine/source/train.beton", exit 0): the build writes paths inside it."""
+    _edit_manifest(index_copy, lambda m: m["splits"]["train"].update({key: value}))
+    with pytest.raises(DataError) as e:
+        load_manifest(index_copy)
+    bad = value[0] if isinstance(value, list) else value
+    assert f"{key} {bad!r} points outside the dataset folder" in _one_line(e)
+    assert not verify_dataset(index_copy).ok
