@@ -184,7 +184,8 @@ def score_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, sur: Stage, res: 
         target_dir=list(r.target_dirs) if multi else r.target_dir, out_dir=d,
         target_weights=ok.weights if multi else (),
         checkpoint=sur.output("checkpoint.pt") if needs_surrogate else None,
-        trajectory=_trajectory(cfg.method, sur, r.surrogate.train.keep_epochs, log)
+        trajectory=_trajectory(cfg.method, sur, r.surrogate.train.keep_epochs,
+                               r.surrogate.train.epochs, log)
         if TRAJECTORY in scorer.needs and not cfg.surrogate_weights else (), fmt=cfg.fmt,
         device=device, k=cfg.k, seed=cfg.seed,
         target_resolution=sc_in.target_resolution, target_crop=sc_in.target_crop,
@@ -324,14 +325,22 @@ def _start_checkpoint(pretrain: Stage, recipe, brought: bool) -> Path:
     return pretrain.output(BEST_CHECKPOINT_NAME if best else "checkpoint.pt")
 
 
-def _trajectory(method: str, sur: Stage, keep_epochs, log: Log) -> tuple[Path, ...]:
+def _trajectory(method: str, sur: Stage, keep_epochs, epochs: int, log: Log) -> tuple[Path, ...]:
     """The surrogate's kept early-training checkpoints (train.keep_epochs), in epoch order,
     for the scorers that need a trajectory (EL2N/GraNd score the earliest). One the recipe asks
     for but the stage folder lacks is an error (scoring another checkpoint under the same
-    stage key would be a silently different result)."""
+    stage key would be a silently different result). Epochs past the surrogate's ``epochs``
+    (a recipe shortened by ``--set-surrogate train.epochs=N``) are never written: they are
+    said and left out, not reported missing with advice to rerun that gives the same."""
     from ..training.trainer import early_checkpoint_name
 
-    if not keep_epochs:
+    kept = sorted(e for e in keep_epochs if e <= epochs)
+    past = sorted(e for e in keep_epochs if e > epochs)
+    if past:
+        log(f"[score] {method}: train.keep_epochs {past} lie past the surrogate's {epochs} "
+            f"epochs, so it kept no checkpoint there"
+            + ("" if kept else "; scoring the final surrogate instead"))
+    elif not kept:
         log(f"[score] {method}: the surrogate recipe keeps no early checkpoint "
             "(train.keep_epochs); scoring the final surrogate instead")
-    return tuple(sur.output(early_checkpoint_name(e)) for e in sorted(keep_epochs))
+    return tuple(sur.output(early_checkpoint_name(e)) for e in kept)

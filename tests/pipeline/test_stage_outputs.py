@@ -19,22 +19,38 @@ def test_a_missing_early_checkpoint_is_an_error_not_a_fallback(tmp_path):
     (sur.dir / "checkpoint_e1.pt").write_bytes(b"early 1")
     logged: list[str] = []
     with pytest.raises(DP4TLError) as e:
-        _trajectory("el2n", sur, [1, 2], logged.append)
+        _trajectory("el2n", sur, [1, 2], 10, logged.append)
     assert str(e.value) == (f"{sur.dir / 'checkpoint_e2.pt'} is missing from the surrogate stage's "
                             f"folder, which a later stage reads; delete the stage folder {sur.dir} "
                             "and rerun to recompute it")
     assert logged == []  # no false "keeps no early checkpoint" line
     (sur.dir / "checkpoint_e2.pt").write_bytes(b"early 2")
-    assert _trajectory("el2n", sur, [2, 1], logged.append) == (sur.dir / "checkpoint_e1.pt",
+    assert _trajectory("el2n", sur, [2, 1], 10, logged.append) == (sur.dir / "checkpoint_e1.pt",
                                                                sur.dir / "checkpoint_e2.pt")
 
 
 def test_a_recipe_without_early_checkpoints_says_so_truthfully(tmp_path):
     sur = stage(tmp_path, "surrogate", {"x": 1})
     logged: list[str] = []
-    assert _trajectory("grand", sur, [], logged.append) == ()
+    assert _trajectory("grand", sur, [], 10, logged.append) == ()
     assert logged == ["[score] grand: the surrogate recipe keeps no early checkpoint "
                       "(train.keep_epochs); scoring the final surrogate instead"]
+
+
+def test_early_epochs_past_a_shortened_surrogate_are_said_not_reported_missing(tmp_path):
+    """--set-surrogate train.epochs=2 with a recipe keeping epoch 3: no checkpoint_e3.pt can
+    exist, and "missing ... delete the stage folder and rerun" sent the user round in a circle."""
+    sur = stage(tmp_path, "surrogate", {"x": 3})
+    sur.dir.mkdir(parents=True)
+    (sur.dir / "checkpoint_e1.pt").write_bytes(b"early 1")
+    logged: list[str] = []
+    assert _trajectory("el2n", sur, [3], 2, logged.append) == ()
+    assert logged == ["[score] el2n: train.keep_epochs [3] lie past the surrogate's 2 epochs, so it "
+                      "kept no checkpoint there; scoring the final surrogate instead"]
+    logged.clear()
+    assert _trajectory("el2n", sur, [1, 3], 2, logged.append) == (sur.dir / "checkpoint_e1.pt",)
+    assert logged == ["[score] el2n: train.keep_epochs [3] lie past the surrogate's 2 epochs, so it "
+                      "kept no checkpoint there"]
 
 
 def test_a_deleted_cached_file_names_the_stage_folder(tmp_path):
