@@ -231,10 +231,14 @@ def versus_random_summary(vs: list[dict[str, Any]]) -> str:
         mine = [v for v in vs if v["method"] == m]
         better = [ratio_label(v["ratio"]) for v in mine if v["verdict"] == "better"]
         worse = [ratio_label(v["ratio"]) for v in mine if v["verdict"] == "worse"]
-        rest = [ratio_label(v["ratio"]) for v in mine if v["verdict"] not in ("better", "worse")]
+        rest = [ratio_label(v["ratio"]) for v in mine if v["verdict"] == "within spread"]
+        # (one seed measures no spread: "within the spread" said so of a +8 point difference)
+        unjudged = [ratio_label(v["ratio"]) for v in mine
+                    if v["verdict"] not in ("better", "worse", "within spread")]
         bits = ([f"better at {', '.join(better)}"] if better else []) + \
                ([f"worse at {', '.join(worse)}"] if worse else []) + \
-               ([f"within the spread at {', '.join(rest)}"] if rest else [])
+               ([f"within the spread at {', '.join(rest)}"] if rest else []) + \
+               ([f"not judged at {', '.join(unjudged)} (one seed: no spread)"] if unjudged else [])
         parts.append(f"{method_label(m)}: {'; '.join(bits)}")
     return "**Verdict:** " + ". ".join(parts) + "."
 

@@ -199,6 +199,8 @@ def test_versus_random_verdicts_on_hand_made_numbers():
     # one seed: no spread, no verdict either way
     one = versus_random([r for r in rows if r["seed"] == 0], "lp", ["lm", "random"], [0.6])
     assert one[0]["verdict"] == "n/a (one seed)"
+    # and the sentence says so (it said "within the spread" of a +20 point difference)
+    assert versus_random_summary(one) == "**Verdict:** LM: not judged at 60 % (one seed: no spread)."
     t = summarize(rows, methods=["lm", "fm", "random", "sp"], ratios=[0.0, 0.6], seeds=[0, 1, 2],
                   finetune=["lp"])
     md = markdown_tables(t)

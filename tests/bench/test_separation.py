@@ -101,6 +101,13 @@ def test_run_resumes_from_rows(tmp_path, monkeypatch):
                                ratios=[0.8], finetune=["lp"], log=lambda m: None)
     assert calls == [(2, "warm", "random", 0.0), (2, "warm", "random", 0.8), (2, "warm", "lm", 0.8)]
     assert len(again) == 9 and again[0]["lp"] == 50.0
+    # a narrower rerun reports its own design only: seed 2's rows stay in rows.jsonl, out of
+    # its tests (a half-finished seed entered the pooled test under --seeds 0,1; review)
+    calls.clear()
+    narrow = sep.run_separation(base, tmp_path, targets=["warm"], seeds=[0, 1], methods=["lm"],
+                                ratios=[0.8], finetune=["lp"], log=lambda m: None)
+    assert calls == [] and sorted({r["seed"] for r in narrow}) == [0, 1] and len(narrow) == 6
+    assert len(sep.read_rows(tmp_path / "rows.jsonl")) == 9
     # rows of other settings (here another surrogate recipe content) are never paired with new ones
     calls.clear()
     other = sep.PipelineConfig(source="synth:tiny", overrides=("train.epochs=2",))
