@@ -60,7 +60,7 @@ def resolve_source(text: str, split_json: str | Path | None = None,
         chosen = find_split_json(name, root) if root.is_dir() else None
         if chosen is None and split == "coop":
             raise DataError(f"--split coop: no {COOP_FILES.get(name, 'CoOp split JSON')} in "
-                            f"{root} or its parent" if name in COOP_FILES else
+                            f"{root}, its parent or the dataset folder in it" if name in COOP_FILES else
                             f"--split coop: the {name} layout has no CoOp split")
     spec = read_layout(name, root, chosen)
     spec.extra["split"] = (f"coop ({chosen})" if chosen is not None and split_json is None

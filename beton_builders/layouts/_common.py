@@ -16,8 +16,10 @@ from ffcv_dp4tl.errors import DataError
 
 from ..spec import DatasetSpec, Sample, printable
 
-#: Image extensions accepted when listing folders (compared case-insensitively).
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"})
+#: Image extensions accepted when listing folders (compared case-insensitively): those PIL reads
+#: that torchvision's ImageFolder lists, and JPEG's other names (.jfif, .jpe)
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff",
+                        ".webp", ".ppm", ".pgm", ".pbm", ".pnm"})
 
 
 def bad(path: Path | str | None, msg: str, *, line: int | None = None, hint: str = "") -> DataError:
@@ -114,8 +116,10 @@ def subdirs(path: Path) -> list[Path]:
     return out
 
 
-def list_images(path: Path, recursive: bool = True, _parents: frozenset = frozenset()) -> list[Path]:
+def list_images(path: Path, recursive: bool = True, _parents: frozenset = frozenset(),
+                skipped: list[Path] | None = None) -> list[Path]:
     """Sorted image files under ``path`` by extension only (no content check), skipping hidden.
+    ``skipped`` (when given) receives the other files, which a caller can say it did not read.
 
     Followed symlinks that lead back into a folder being listed (``ln -s . again``), or that
     loop among themselves, raise a one-line :class:`DataError` naming the link.
@@ -134,9 +138,12 @@ def list_images(path: Path, recursive: bool = True, _parents: frozenset = frozen
             continue
         if _is_dir(e):
             if recursive:
-                out.extend(list_images(Path(e.path), recursive=True, _parents=parents))
+                out.extend(list_images(Path(e.path), recursive=True, _parents=parents,
+                                       skipped=skipped))
         elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTS:
             out.append(Path(e.path))
+        elif skipped is not None:
+            skipped.append(Path(e.path))
     return out
 
 

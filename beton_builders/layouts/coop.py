@@ -41,13 +41,18 @@ COOP_FILES = {
 
 
 def find_split_json(layout: str, root: Path) -> Path | None:
-    """The layout's CoOp split JSON beside the data (``root`` or its parent), or None (also for
+    """The layout's CoOp split JSON beside the data (``root``, its parent, or the dataset folder
+    below ``root`` that the layout's reader accepts: CoOp keeps ``split_zhou_Food101.json`` in
+    ``food-101/``, so ``food101:$DATA`` built the official splits in silence), or None (also for
     layouts without CoOp splits: imagenet, cifar10, folder)."""
+    import importlib
+
     name = COOP_FILES.get(layout)
     if name is None:
         return None
     root = Path(root).expanduser()
-    for folder in (root, root.parent):
+    subdirs = getattr(importlib.import_module(f"{__package__}.{layout}"), "SUBDIRS", ())
+    for folder in (root, root.parent, *(root / d for d in subdirs)):
         if (folder / name).is_file():
             return folder / name
     return None

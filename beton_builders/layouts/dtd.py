@@ -17,12 +17,15 @@ from . import coop
 from ._common import bad, dataset_dir, finish, read_class_path_list, subdirs
 
 NAME = "dtd"
+#: folders below ``root`` that may hold the dataset (``root`` itself first); CoOp keeps its
+#: split JSON in that folder (:func:`.coop.find_split_json` looks there too)
+SUBDIRS = ("dtd",)
 HINT = "expected DTD layout: images/<class>/*.jpg and labels/{train,val,test}1.txt"
 
 
 def read(root: Path, split_json: Path | None = None) -> DatasetSpec:
     """Enumerate DTD fold 1 (see module docstring for the layout)."""
-    root = dataset_dir(Path(root), "images", ["dtd"], HINT)
+    root = dataset_dir(Path(root), "images", SUBDIRS, HINT)
     images = root / "images"
     if split_json is not None:
         return coop.read_split_json(NAME, Path(split_json), images, {"layout": NAME})

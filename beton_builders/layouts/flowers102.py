@@ -21,13 +21,16 @@ from . import coop
 from ._common import bad, dataset_dir, finish, load_mat, mat_list
 
 NAME = "flowers102"
+#: folders below ``root`` that may hold the dataset (``root`` itself first); CoOp keeps its
+#: split JSON in that folder (:func:`.coop.find_split_json` looks there too)
+SUBDIRS = ("flowers-102", "flowers102")
 HINT = "expected Oxford Flowers-102 layout: jpg/image_00001.jpg, imagelabels.mat, setid.mat"
 SPLIT_KEYS = {"train": "trnid", "val": "valid", "test": "tstid"}
 
 
 def read(root: Path, split_json: Path | None = None) -> DatasetSpec:
     """Enumerate Flowers-102 (see module docstring for the layout)."""
-    root = dataset_dir(Path(root), "jpg", ["flowers-102", "flowers102"], HINT)
+    root = dataset_dir(Path(root), "jpg", SUBDIRS, HINT)
     if split_json is not None:
         return coop.read_split_json(NAME, Path(split_json), root / "jpg", {"layout": NAME})
     lab_file = root / "imagelabels.mat"

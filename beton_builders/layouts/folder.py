@@ -18,6 +18,7 @@ ignored. With ``split_json`` (CoOp format) paths are relative to ``root``.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from ..spec import DatasetSpec, Sample
@@ -58,7 +59,16 @@ def read(root: Path, split_json: Path | None = None) -> DatasetSpec:
     if split_json is not None:
         return coop.read_split_json(NAME, Path(split_json), root, {"layout": NAME})
     split_dirs = _split_dirs(root)
-    per_split = {s: {d.name: list_images(d) for d in subdirs(p)} for s, p in split_dirs.items()}
+    skipped: list[Path] = []
+    per_split = {s: {d.name: list_images(d, skipped=skipped) for d in subdirs(p)}
+                 for s, p in split_dirs.items()}
+    if skipped:  # (they were dropped without a trace: not built, not in rejects.txt)
+        kinds = sorted({f.suffix.lower() or "(no extension)" for f in skipped})
+        n = len(skipped)
+        warnings.warn(f"{root}: {n} file{'s' if n > 1 else ''} in the class folders "
+                      f"{'are' if n > 1 else 'is'} not read, {'their names' if n > 1 else 'its name'} "
+                      f"not those of images ({', '.join(kinds[:6])}), e.g. {skipped[0]}; rename "
+                      f"{'them' if n > 1 else 'it'} if an image", UserWarning, stacklevel=2)
     for s, classes in per_split.items():
         if not classes:
             raise bad(split_dirs[s], "no class folders", hint=HINT)

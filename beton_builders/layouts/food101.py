@@ -18,12 +18,15 @@ from . import coop
 from ._common import bad, dataset_dir, finish, iter_lines, read_class_path_list
 
 NAME = "food101"
+#: folders below ``root`` that may hold the dataset (``root`` itself first); CoOp keeps its
+#: split JSON in that folder (:func:`.coop.find_split_json` looks there too)
+SUBDIRS = ("food-101", "food101")
 HINT = "expected Food-101 layout: images/<class>/<id>.jpg and meta/{classes,train,test}.txt"
 
 
 def read(root: Path, split_json: Path | None = None) -> DatasetSpec:
     """Enumerate Food-101 (see module docstring for the layout)."""
-    root = dataset_dir(Path(root), "images", ["food-101", "food101"], HINT)
+    root = dataset_dir(Path(root), "images", SUBDIRS, HINT)
     images = root / "images"
     if split_json is not None:
         return coop.read_split_json(NAME, Path(split_json), images, {"layout": NAME})

@@ -19,13 +19,16 @@ from . import coop
 from ._common import bad, dataset_dir, finish, iter_lines, parse_int, rank_map
 
 NAME = "oxfordpets"
+#: folders below ``root`` that may hold the dataset (``root`` itself first); CoOp keeps its
+#: split JSON in that folder (:func:`.coop.find_split_json` looks there too)
+SUBDIRS = ("oxford-iiit-pet", "oxford_pets", "oxfordpets")
 HINT = "expected Oxford-IIIT Pets layout: images/<Name>_<n>.jpg and annotations/{trainval,test}.txt"
 FILES = {"train": "trainval.txt", "test": "test.txt"}
 
 
 def read(root: Path, split_json: Path | None = None) -> DatasetSpec:
     """Enumerate Oxford-IIIT Pets (see module docstring for the layout)."""
-    root = dataset_dir(Path(root), "images", ["oxford-iiit-pet", "oxford_pets", "oxfordpets"], HINT)
+    root = dataset_dir(Path(root), "images", SUBDIRS, HINT)
     images = root / "images"
     if split_json is not None:
         return coop.read_split_json(NAME, Path(split_json), images, {"layout": NAME})

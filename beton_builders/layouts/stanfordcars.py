@@ -20,6 +20,9 @@ from . import coop
 from ._common import bad, dataset_dir, find_first, finish, load_mat, mat_list, mat_scalar
 
 NAME = "stanfordcars"
+#: folders below ``root`` that may hold the dataset (``root`` itself first); CoOp keeps its
+#: split JSON in that folder (:func:`.coop.find_split_json` looks there too)
+SUBDIRS = ("stanford_cars", "stanfordcars")
 HINT = ("expected Stanford Cars layout: cars_train/, cars_test/, devkit/cars_meta.mat, "
         "devkit/cars_train_annos.mat, cars_test_annos_withlabels.mat")
 TEST_ANNOS = "cars_test_annos_withlabels.mat"
@@ -43,7 +46,7 @@ def _annotations(path: Path, image_dir: Path, n_classes: int) -> list[Sample]:
 
 def read(root: Path, split_json: Path | None = None) -> DatasetSpec:
     """Enumerate Stanford Cars (see module docstring for the layout)."""
-    root = dataset_dir(Path(root), "cars_train", ["stanford_cars", "stanfordcars"], HINT)
+    root = dataset_dir(Path(root), "cars_train", SUBDIRS, HINT)
     if split_json is not None:
         return coop.read_split_json(NAME, Path(split_json), root, {"layout": NAME})
     meta = root / "devkit" / "cars_meta.mat"

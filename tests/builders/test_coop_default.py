@@ -38,6 +38,30 @@ def test_coop_json_beside_the_data_is_the_default(tmp_path, beside):
     assert "CoOp" in note and str(sj) in note and "--split official" in note
 
 
+def test_coop_json_in_the_dataset_folder_below_the_given_one_is_found(tmp_path):
+    """The layouts accept the folder that contains the dataset (dtd:$DATA for $DATA/dtd), and
+    CoOp keeps its JSON in the dataset folder: it was looked for in $DATA and its parent only,
+    so the build used the official splits in silence and --split coop said 'not found'."""
+    data = tmp_path / "data"
+    sj = _dtd_with_json(data / "dtd", data / "dtd")
+    assert find_split_json("dtd", data) == sj
+    (spec,) = resolve_source(f"dtd:{data}", split="coop").values()
+    assert {k: len(v) for k, v in spec.splits.items()} == {"train": 1, "val": 1, "test": 1}
+    assert spec.extra["split"] == f"coop ({sj})"
+
+
+def test_every_coop_layout_says_which_folders_may_hold_its_dataset():
+    """find_split_json looks in the folders each reader accepts below the root: one list per
+    layout (SUBDIRS), read by both (a second list could drift from the reader's)."""
+    import importlib
+
+    for layout in COOP_FILES:
+        module = importlib.import_module(f"beton_builders.layouts.{layout}")
+        if layout in ("sun397", "ucf101"):  # (CoOp's JSON lies beside their image folder)
+            continue
+        assert module.SUBDIRS and all(isinstance(d, str) for d in module.SUBDIRS), layout
+
+
 def test_split_official_opts_out_and_coop_requires_the_file(tmp_path):
     root = tmp_path / "dtd"
     _dtd_with_json(root, root)

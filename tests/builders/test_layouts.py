@@ -427,3 +427,25 @@ def test_a_source_without_a_layout_says_what_it_is(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"SOURCE 'imgs' is a folder but names no layout: write "
                                         r"LAYOUT:PATH, e\.g\. folder:imgs"):
         resolve_source("imgs")
+
+
+def test_folder_reads_every_image_name_pil_reads_and_says_what_it_skips(tmp_path: Path) -> None:
+    """.pgm (torchvision's ImageFolder lists it) and .jfif / .jpe (JPEG's other names) were
+    skipped without a trace: not built, not in rejects.txt, "0 rejected" (review). They are
+    images now; a file whose name is no image's is said in one warning line."""
+    from PIL import Image
+
+    for c in ("a", "b"):
+        d = tmp_path / c
+        d.mkdir()
+        img = Image.new("L", (8, 8), 128)
+        img.save(d / "x.pgm")
+        img.convert("RGB").save(d / "y.jfif", format="JPEG")
+        img.convert("RGB").save(d / "z.JPE", format="JPEG")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "b" / "README").write_text("not an image")
+    with pytest.warns(UserWarning, match=r"2 files in the class folders are not read, their names "
+                                         r"not those of images \(\(no extension\), \.txt\)"):
+        spec = read_layout("folder", tmp_path)
+    names = sorted(Path(s.ref).name for s in spec.splits["train"])
+    assert names == ["x.pgm", "x.pgm", "y.jfif", "y.jfif", "z.JPE", "z.JPE"]
