@@ -64,11 +64,9 @@ def read(root: Path, split_json: Path | None = None) -> DatasetSpec:
                  for s, p in split_dirs.items()}
     if skipped:  # (they were dropped without a trace: not built, not in rejects.txt)
         kinds = sorted({f.suffix.lower() or "(no extension)" for f in skipped})
-        n = len(skipped)
-        warnings.warn(f"{root}: {n} file{'s' if n > 1 else ''} in the class folders "
-                      f"{'are' if n > 1 else 'is'} not read, {'their names' if n > 1 else 'its name'} "
-                      f"not those of images ({', '.join(kinds[:6])}), e.g. {skipped[0]}; rename "
-                      f"{'them' if n > 1 else 'it'} if an image", UserWarning, stacklevel=2)
+        warnings.warn(f"{root}: {len(skipped)} file(s) in the class folders not read: no image "
+                      f"extension ({', '.join(kinds[:6])}), e.g. {skipped[0]}; give images an image "
+                      "extension", UserWarning, stacklevel=2)
     for s, classes in per_split.items():
         if not classes:
             raise bad(split_dirs[s], "no class folders", hint=HINT)
