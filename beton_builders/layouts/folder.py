@@ -12,8 +12,9 @@ A ``train``/``val``/``test`` folder beside other folders is a class when it hold
 no sub-folders (CIFAR-100's class "train"); otherwise such a mixed tree is refused.
 
 Classes are the sorted union of class folders over all splits, so labels agree across
-splits. Files are selected by (case-insensitive) extension only; unreadable images are left
-for the writer to reject. Hidden files/folders and loose files next to class folders are
+splits. Files are selected by (case-insensitive) extension only (``_common.IMAGE_EXTS``; the
+others in class folders are named in one warning); unreadable images are left for the writer
+to reject. Hidden files/folders and loose files next to class folders are
 ignored. With ``split_json`` (CoOp format) paths are relative to ``root``.
 """
 from __future__ import annotations
