@@ -62,7 +62,11 @@ def _flat_val_labels(root: Path, files: list[Path], wnids: set[str]) -> tuple[di
         meta = load_mat(gt.parent / "meta.mat", ["synsets"], hint="the devkit's data/meta.mat is needed")
         id_to_wnid = {int(mat_scalar(s.ILSVRC2012_ID)): str(mat_scalar(s.WNID)) for s in mat_list(meta["synsets"])}
         by_index = {}
-        for ln, line in iter_lines(gt):
+        for i, (ln, line) in enumerate(iter_lines(gt), 1):
+            if ln != i:  # line i is image i's label: a skipped line would shift every later one
+                raise bad(gt, f"line {i} is blank or a comment, but line i holds the label of "
+                              f"ILSVRC2012_val_{i:08d} (every later label would shift)",
+                          hint="restore the devkit's ILSVRC2012_validation_ground_truth.txt")
             ilsvrc_id = parse_int(line, gt, ln, "ILSVRC2012_ID")
             if ilsvrc_id not in id_to_wnid:
                 raise bad(gt, f"ILSVRC2012_ID {ilsvrc_id} not in {gt.parent / 'meta.mat'}", line=ln)

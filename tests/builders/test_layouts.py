@@ -59,6 +59,22 @@ def test_imagenet(tmp_path: Path, val: str) -> None:
         assert spec.extra["class_descriptions"] == [f"words of {w}" for w in F.WNIDS]
 
 
+def test_imagenet_devkit_ground_truth_with_a_blank_line_inside_is_refused(tmp_path: Path) -> None:
+    """Line i of the devkit's ground truth is image i's label: a blank line inside (an edited
+    file) shifted every later label by one (review); a trailing newline stays harmless."""
+    root = tmp_path / "CLS-LOC"
+    F.make_imagenet(root, "devkit")
+    gt = root / "ILSVRC2012_devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt"
+    lines = gt.read_text().splitlines()
+    gt.write_text("\n".join(lines) + "\n\n")  # trailing blank lines: fine
+    assert counts(read_layout("imagenet", root)) == {"train": 6, "val": 6}
+    gt.write_text("\n".join([lines[0], "", *lines[1:]]) + "\n")
+    with pytest.raises(DataError, match=r"ILSVRC2012_validation_ground_truth.txt: line 2 is blank "
+                                        r"or a comment, but line i holds the label of "
+                                        r"ILSVRC2012_val_00000002 \(every later label would shift\)"):
+        read_layout("imagenet", root)
+
+
 def test_imagenet_flat_val_without_ground_truth(tmp_path: Path) -> None:
     root = tmp_path / "in"
     F.make_imagenet(root, "txt")
