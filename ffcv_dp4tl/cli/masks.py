@@ -82,15 +82,13 @@ def classes_cmd(
                f"({100 * mask.kept_fraction:.1f} %)")
 
 
-def _outside_the_dataset(out: Path, data: Path, *also: Path) -> None:
+def _outside_the_dataset(out: Path, data: Path) -> None:
     """A file these commands write never lands in the dataset they read: --out
     DATA/train.labels.npy replaced the build's labels, DATA/manifest.npy its manifest (the
     sidecar), DATA/train.files.txt its files list (review)."""
-    root = Path(data).resolve()
-    for p in (out, *also):
-        if root == Path(p).resolve().parent or root in Path(p).resolve().parents:
-            raise MaskError(f"--out {out} lies inside the dataset {data}, whose own files it could "
-                            "replace; write it elsewhere (e.g. beside the dataset)")
+    if Path(data).resolve() in Path(out).resolve().parents:
+        raise MaskError(f"--out {out} lies inside the dataset {data}, whose own files it could "
+                        "replace; write it elsewhere (e.g. beside the dataset)")
 
 
 @mask_app.command("check")

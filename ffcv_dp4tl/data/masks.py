@@ -119,6 +119,12 @@ def mask_from_classes(split: SplitInfo, classes: Iterable[int], **provenance: An
     return make_mask(idx, split, kept_classes=keep.tolist(), **provenance)
 
 
+def classes_of(mask: IndexMask, split: SplitInfo) -> np.ndarray:
+    """The sorted class ids of the samples ``mask`` keeps (``split``'s labels: the split it
+    indexes)."""
+    return sorted_unique(np.asarray(split.load_labels())[mask.indices].astype(np.int64))
+
+
 def val_mask_of(train_mask: IndexMask, train: SplitInfo, val: SplitInfo,
                 **provenance: Any) -> IndexMask | None:
     """The val samples of the classes ``train_mask`` keeps: the one val rule for a pruned source,
@@ -127,7 +133,7 @@ def val_mask_of(train_mask: IndexMask, train: SplitInfo, val: SplitInfo,
     split): nothing to validate on."""
     _check_split(train)
     _check_split(val)
-    kept = sorted_unique(np.asarray(train.load_labels())[train_mask.indices].astype(np.int64))
+    kept = classes_of(train_mask, train)
     idx = samples_with_labels(val.load_labels(), kept)
     if idx.size == 0:
         return None
@@ -141,8 +147,7 @@ def check_recorded_classes(mask: IndexMask, split: SplitInfo, source: str | Path
     recorded = mask.meta.get("kept_classes")
     if not isinstance(recorded, list) or not len(mask):
         return
-    have = sorted_unique(np.asarray(split.load_labels())[mask.indices].astype(np.int64))
-    missing = np.setdiff1d(have, np.asarray(recorded, dtype=np.int64))
+    missing = np.setdiff1d(classes_of(mask, split), np.asarray(recorded, dtype=np.int64))
     if missing.size:
         raise MaskError(f"{_json_path(Path(source))}: kept_classes leaves out classes "
                         f"{missing[:5].tolist()} whose samples {source} keeps: the two files do not "

@@ -173,7 +173,7 @@ class _MaskedShardDataset(Dataset):
                                         flip=bool(flips[k]))
         views = list(u8.unbind(0))
         if self.normalize is not None:
-            views = [self._normalized(x.permute(0, 3, 1, 2), shared) for x in views]
+            views = [self._normalized(x, shared) for x in views]
         labels = torch.tensor([label for _, label in opened], dtype=torch.int64)
         return (views[0], labels, torch.from_numpy(np.asarray(indices, np.int64)), *views[1:])
 
@@ -185,15 +185,14 @@ class _MaskedShardDataset(Dataset):
         return buf
 
     def _normalized(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
-        """:class:`Normalize` of the uint8 batch ``x`` (the NCHW view of an NHWC batch;
-        :meth:`Normalize.into`: the same floats) in a new tensor of the loader's dtype that is
-        NHWC in memory as :class:`Normalize`'s output is, in shared memory when ``shared``."""
+        """:class:`Normalize` of the uint8 NHWC batch ``x`` (:meth:`Normalize.into` of its NCHW
+        view: the same floats) in a new tensor of the loader's dtype that is NHWC in memory as
+        :class:`Normalize`'s output is, in shared memory when ``shared``."""
         dtype = self.normalize.dtype
-        nhwc = (x.shape[0], x.shape[2], x.shape[3], x.shape[1])
-        out = _new_tensor(nhwc, dtype, shared).permute(0, 3, 1, 2)
+        out = _new_tensor(tuple(x.shape), dtype, shared).permute(0, 3, 1, 2)
         scratch = (None if dtype == torch.float32
-                   else self._buffer(torch.float32, nhwc).permute(0, 3, 1, 2))
-        return self.normalize.into(x, out, scratch)
+                   else self._buffer(torch.float32, tuple(x.shape)).permute(0, 3, 1, 2))
+        return self.normalize.into(x.permute(0, 3, 1, 2), out, scratch)
 
 
 def _new_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:

@@ -21,8 +21,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..data.manifest import SplitInfo
-from ..data.masks import (IndexMask, _npy_path, check_recorded_classes, load_mask, sorted_unique,
-                          validate_mask)
+from ..data.masks import (IndexMask, _npy_path, check_recorded_classes, classes_of, load_mask,
+                          sorted_unique, validate_mask)
 from ..errors import DP4TLError, MaskError
 
 
@@ -76,8 +76,7 @@ def kept_classes(mask: IndexMask, split: SplitInfo | None = None) -> np.ndarray:
         method = mask.meta.get("method", "?")
         raise MaskError(f"this mask (method {method}) does not record its kept classes; pass "
                         "--data DIR (the dataset it indexes) to read them from its labels")
-    labels = np.asarray(split.load_labels())
-    return sorted_unique(labels[mask.indices].astype(np.int64))
+    return classes_of(mask, split)
 
 
 def compare_masks(mask: IndexMask, reference: IndexMask, split: SplitInfo | None = None

@@ -140,19 +140,15 @@ def _prune_classes(j: _Job) -> dict[str, Any]:
 
 
 def _prune_clusters(j: _Job) -> dict[str, Any]:
-    def units_of(split: str) -> np.ndarray:
-        units = j.scores.units_of(split)
-        info, file = j.manifest.split(split), j.scores_dir / f"{split}_units.npy"
-        if units is None or len(units) != info.num_samples:
-            what = "is missing" if units is None else f"holds {len(units)} cluster ids"
-            raise MaskError(f"{file} {what} but split {split!r} of {j.source_dir} has "
-                            f"{info.num_samples} samples (one cluster id each); rerun "
-                            f"`dp4tl score` on this source into {j.scores_dir}")
-        return units
-
-    kept = j.kept_units(units_of("train"))
-    idx = kept_sample_indices(units_of("train"), kept)
-    train = make_mask(idx, j.manifest.split("train"), kept_clusters=kept.tolist(), **j.prov,
+    units, info = j.scores.units_of("train"), j.manifest.split("train")
+    if units is None or len(units) != info.num_samples:
+        what = "is missing" if units is None else f"holds {len(units)} cluster ids"
+        raise MaskError(f"{j.scores_dir / 'train_units.npy'} {what} but split 'train' of "
+                        f"{j.source_dir} has {info.num_samples} samples (one cluster id each); "
+                        f"rerun `dp4tl score` on this source into {j.scores_dir}")
+    kept = j.kept_units(units)
+    idx = kept_sample_indices(units, kept)
+    train = make_mask(idx, info, kept_clusters=kept.tolist(), **j.prov,
                       **j.train_fraction_prov(len(idx)))
     return {"kept_units": kept.tolist()} | _write_masks(j, train)
 

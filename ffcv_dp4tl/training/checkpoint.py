@@ -32,25 +32,25 @@ CHECKPOINT_NAME = "checkpoint.pt"
 FINETUNE_STATE_NAME = "finetune_state.pt"
 FINETUNE_RESULT_NAME = "result.json"
 
+IDENTITY_KEYS = ("arch", "recipe_fingerprint", "dataset_fingerprint", "mask_hash", "num_classes")
+#: 0: the unversioned dicts written before this class existed; 1: the same keys + format_version
+CHECKPOINT_VERSION = 1
+
 
 def refuse_the_other_kind_of_run(out_dir: Path, kind: str) -> None:
     """Training and finetuning both write ``metrics.jsonl`` into their ``--out``: a finetuning
     into a training run's folder (or the reverse) replaced the other's epoch history and said
     nothing (review). ``kind`` is the run about to start: "train" or "finetune"."""
     if kind == "finetune":
-        other = [n for n in (CHECKPOINT_NAME,) if (out_dir / n).exists()]
-        if other and not (out_dir / FINETUNE_STATE_NAME).exists():
-            raise DP4TLError(f"--out {out_dir} holds a training run ({other[0]}): a finetuning there "
-                             "would replace its metrics.jsonl; pass another --out (e.g. "
-                             f"{out_dir.name}-lp beside it)")
-    else:
-        other = [n for n in (FINETUNE_STATE_NAME, FINETUNE_RESULT_NAME) if (out_dir / n).exists()]
-        if other:
-            raise DP4TLError(f"--out {out_dir} holds a finetuning run ({other[0]}): training there "
-                             "would replace its metrics.jsonl; pass another --out")
-IDENTITY_KEYS = ("arch", "recipe_fingerprint", "dataset_fingerprint", "mask_hash", "num_classes")
-#: 0: the unversioned dicts written before this class existed; 1: the same keys + format_version
-CHECKPOINT_VERSION = 1
+        if (out_dir / CHECKPOINT_NAME).exists() and not (out_dir / FINETUNE_STATE_NAME).exists():
+            raise DP4TLError(f"--out {out_dir} holds a training run ({CHECKPOINT_NAME}): a "
+                             "finetuning there would replace its metrics.jsonl; pass another "
+                             f"--out (e.g. {out_dir.name}-lp beside it)")
+        return
+    other = [n for n in (FINETUNE_STATE_NAME, FINETUNE_RESULT_NAME) if (out_dir / n).exists()]
+    if other:
+        raise DP4TLError(f"--out {out_dir} holds a finetuning run ({other[0]}): training there "
+                         "would replace its metrics.jsonl; pass another --out")
 
 
 def mask_hash(indices: np.ndarray | None, split_fingerprint: str) -> str:

@@ -381,6 +381,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     callbacks = [MetricsWriter(metrics_path)] + ([_FinetuneConsole(mode)] if progress else [])
 
     schedule = step_schedule(recipe.lr, tc.epochs, peak, opt, recipe.optim.momentum)
+    clip_params = [p for p in net.parameters() if p.requires_grad]
 
     earlier_seconds = state.seconds if state else 0.0
     end_epoch = tc.epochs if stop_after is None else min(tc.epochs, stop_after)
@@ -392,7 +393,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
                                    if epoch + 1 < end_epoch else None)
         stats = train_one_epoch(net, train_loader, objective, opt, scaler, schedule, epoch=epoch,
                                 amp=amp, ctx=ctx, callbacks=callbacks, grad_clip=recipe.optim.grad_clip,
-                                clip_params=[p for p in net.parameters() if p.requires_grad])
+                                clip_params=clip_params)
         row = {"epoch": epoch, "loss": stats["loss"], "top1_train": stats["top1_train"],
                "lr": stats["lr"], "top1_test": None}
         if not math.isfinite(row["loss"]):  # (it used to finish, reporting chance as the result)
