@@ -294,11 +294,11 @@ class FFCVMaskedLoader(PlanLoaderBase):
         self.epoch = 0
 
     def set_epoch(self, epoch: int, resolution: int | None = None,
-                  next_resolution: int | None = None) -> None:
-        """Select the epoch (order) and, for progressive resizing, the output resolution
-        (``next_resolution``, a hint about the next epoch, is not used)."""
+                  next_resolution: int | None = None, start_batch: int = 0) -> None:
+        """Select the epoch (order), the batch it starts at and, for progressive resizing, the
+        output resolution (``next_resolution``, a hint about the next epoch, is not used)."""
         resolution, _ = checked_sizes(resolution, next_resolution)
-        self.epoch = epoch
+        self.start_epoch_at(epoch, start_batch)
         self.loader.next_epoch = epoch
         if resolution is not None:
             for dec in self.decoders:

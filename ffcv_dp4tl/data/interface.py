@@ -34,14 +34,16 @@ class MaskedLoader(Protocol):
         ...
 
     def set_epoch(self, epoch: int, resolution: int | None = None,
-                  next_resolution: int | None = None) -> None:
+                  next_resolution: int | None = None, start_batch: int = 0) -> None:
         """Select the epoch (order, crops) and, for progressive resizing, the resolution.
         ``next_resolution``: epoch ``epoch + 1`` follows at that resolution (a loader may start
-        building its first batches early; the WebDataset loader does); None: no promise."""
+        building its first batches early; the WebDataset loader does); None: no promise.
+        ``start_batch``: the epoch's first ``start_batch`` batches are not read (a run resumed
+        from a mid-epoch checkpoint: :meth:`~.sampling.EpochPlan.start_at_batch`)."""
         ...
 
     def __len__(self) -> int:
-        """Batches per epoch on this rank."""
+        """Batches the next epoch's iteration yields on this rank."""
         ...
 
     def __iter__(self) -> Iterator[Batch]:
@@ -80,13 +82,19 @@ class PlanLoaderBase:
         return self.aug.crop_scale
 
     def set_epoch(self, epoch: int, resolution: int | None = None,
-                  next_resolution: int | None = None) -> None:
-        """Select the epoch (order, crops) and, for progressive resizing, the resolution
-        (``next_resolution``, a hint about the next epoch, is not used here)."""
+                  next_resolution: int | None = None, start_batch: int = 0) -> None:
+        """Select the epoch (order, crops), the batch it starts at and, for progressive
+        resizing, the resolution (``next_resolution``, a hint about the next epoch, is not used
+        here)."""
         resolution, _ = checked_sizes(resolution, next_resolution)
-        self.epoch = epoch
+        self.start_epoch_at(epoch, start_batch)
         if resolution is not None:
             self.resolution = resolution
 
+    def start_epoch_at(self, epoch: int, start_batch: int) -> None:
+        """``set_epoch``'s epoch and first batch (every loader's ``set_epoch`` calls it)."""
+        self.plan.start_at_batch(epoch, start_batch, self.batch_size, self.drop_last)
+        self.epoch = epoch
+
     def __len__(self) -> int:
-        return self.plan.num_batches(self.batch_size, self.drop_last)
+        return self.plan.num_batches(self.batch_size, self.drop_last, epoch=self.epoch)

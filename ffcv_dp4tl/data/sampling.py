@@ -87,6 +87,11 @@ class EpochPlan:
     even: bool = False
     _cached: tuple[int, np.ndarray] | None = field(default=None, init=False, repr=False,
                                                    compare=False)
+    #: (epoch, batch, first, stop): that epoch starts at its batch ``batch``, i.e. at position
+    #: ``first`` of its global order, and ends before ``stop`` (:meth:`start_at_batch`: a run
+    #: resumed from a mid-epoch checkpoint); None: every epoch whole
+    _start: tuple[int, int, int, int | None] | None = field(default=None, init=False,
+                                                             repr=False, compare=False)
 
     def order(self, epoch: int) -> np.ndarray:
         """This rank's visiting order for ``epoch`` (memoised: ffcv's traversal and the index
@@ -96,8 +101,31 @@ class EpochPlan:
             full = epoch_order(self.indices, epoch, self.seed, self.shuffle)
             if self.even:
                 full = full[:len(full) - len(full) % self.world_size]
+            if self._start is not None and self._start[0] == epoch:
+                full = full[self._start[2]:self._start[3]]
             self._cached = cached = (epoch, shard_for_rank(full, self.rank, self.world_size))
         return cached[1]
+
+    def start_at_batch(self, epoch: int, batch: int, batch_size: int, drop_last: bool) -> None:
+        """Begin ``epoch`` at its batch ``batch`` (0: the whole epoch; the other epochs stay
+        whole). A run resumed from a checkpoint written ``batch`` steps into the epoch then
+        reads exactly the batches it had not trained, in the order it would have read them.
+        ``batch_size`` is this rank's.
+
+        The part skipped is counted on the epoch's global order, so the rest does not depend
+        on how many ranks resume it: global batch ``j`` is positions ``[j*B, (j+1)*B)`` of that
+        order on any number of ranks (B the global batch; rank ``r`` takes every
+        ``world_size``-th sample from position ``r``), and skipping ``batch`` batches on every
+        rank skips the first ``batch * B`` positions."""
+        self._start, self._cached = None, None
+        whole = self.num_batches(batch_size, drop_last)
+        if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) \
+                or not 0 <= batch <= whole:
+            raise DataError(f"an epoch of {whole} batches cannot start at batch {batch!r}")
+        if batch:
+            b = batch_size * self.world_size
+            self._start = (int(epoch), int(batch), int(batch) * b,
+                           whole * b if drop_last else None)
 
     def aug_seed(self, epoch: int) -> int:
         """The epoch's augmentation seed: loaders that draw their own crops and flips
@@ -111,6 +139,11 @@ class EpochPlan:
             return n // self.world_size
         return n // self.world_size + (1 if self.rank < n % self.world_size else 0)
 
-    def num_batches(self, batch_size: int, drop_last: bool) -> int:
+    def num_batches(self, batch_size: int, drop_last: bool, epoch: int | None = None) -> int:
+        """Batches per epoch on this rank; with ``epoch``, those that epoch still reads (fewer
+        when it starts at a later batch: :meth:`start_at_batch`)."""
         n = self.samples_per_epoch()
-        return n // batch_size if drop_last else -(-n // batch_size)
+        whole = n // batch_size if drop_last else -(-n // batch_size)
+        if epoch is not None and self._start is not None and self._start[0] == epoch:
+            return whole - self._start[1]
+        return whole

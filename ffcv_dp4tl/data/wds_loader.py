@@ -336,10 +336,10 @@ class WdsMaskedLoader(PlanLoaderBase):
         )
 
     def set_epoch(self, epoch: int, resolution: int | None = None,
-                  next_resolution: int | None = None) -> None:
-        """Select the epoch (order, crops) and resolution; ``next_resolution``: epoch
-        ``epoch + 1`` follows at that resolution, so its first batches may be built early."""
-        super().set_epoch(epoch, resolution, next_resolution)  # (checks both first)
+                  next_resolution: int | None = None, start_batch: int = 0) -> None:
+        """Select the epoch (order, crops), its first batch and resolution; ``next_resolution``:
+        epoch ``epoch + 1`` follows at that resolution, so its first batches may be built early."""
+        super().set_epoch(epoch, resolution, next_resolution, start_batch)  # (checks both first)
         self._next = None if next_resolution is None else (epoch + 1, int(next_resolution))
 
     def __iter__(self) -> Iterator[Batch]:

@@ -220,7 +220,7 @@ def early_training_checkpoints(ctx, runs: int, epoch: int, arch: str = "") -> li
         # the checkpoint given is reused when it stopped at the same epoch; with runs=1 and no
         # epoch asked for, whatever it is (the single-checkpoint score of before, also when
         # the surrogate recipe keeps no early checkpoint and the final one is given)
-        same_epoch = (s.checkpoint.epoch == stop
+        same_epoch = ((s.checkpoint.epoch == stop and not s.checkpoint.step)  # (not mid-epoch)
                       or (runs == 1 and epoch <= 0))
         if same_arch and same_epoch:
             paths.append(Path(ctx.checkpoint))

@@ -33,8 +33,15 @@ FINETUNE_STATE_NAME = "finetune_state.pt"
 FINETUNE_RESULT_NAME = "result.json"
 
 IDENTITY_KEYS = ("arch", "recipe_fingerprint", "dataset_fingerprint", "mask_hash", "num_classes")
-#: 0: the unversioned dicts written before this class existed; 1: the same keys + format_version
-CHECKPOINT_VERSION = 1
+#: 0: the unversioned dicts written before this class existed; 1: the same keys + format_version;
+#: 2: a mid-epoch checkpoint (``step`` > 0, train.checkpoint_every), which an older reader
+#: would resume at the start of its epoch, training the steps it holds twice. A checkpoint at
+#: the end of an epoch is still written as format 1 (the same file as before)
+CHECKPOINT_VERSION = 2
+#: the format an end-of-epoch checkpoint is written in
+EPOCH_END_VERSION = 1
+#: the fields only a mid-epoch checkpoint has (format 2)
+MID_EPOCH_KEYS = ("step", "progress", "rank_rng")
 
 
 def refuse_the_other_kind_of_run(out_dir: Path, kind: str) -> None:
@@ -92,6 +99,12 @@ class Checkpoint:
     identity: dict[str, Any]
     model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     epoch: int = 0                              # completed epochs
+    # steps of epoch ``epoch`` (the next) already taken: a mid-epoch checkpoint (0: none);
+    # ``progress``: that epoch's EpochProgress so far (engine.py); ``rank_rng``: every rank's RNG
+    # states at that step (``rng`` is rank 0's), so each rank resumes its own augmentation stream
+    step: int = 0
+    progress: dict[str, Any] | None = None
+    rank_rng: list[dict[str, Any]] | None = None
     optimizer: dict[str, Any] | None = None
     scaler: dict[str, Any] | None = None
     rng: dict[str, Any] | None = None
@@ -142,6 +155,10 @@ class Checkpoint:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
         d.update({k: getattr(self, k) for k in self._DERIVED})  # top-level copies, as always
         d["format_version"] = CHECKPOINT_VERSION
+        if not self.step:  # an end-of-epoch checkpoint: format 1, readable by older releases
+            for k in MID_EPOCH_KEYS:
+                d.pop(k)
+            d["format_version"] = EPOCH_END_VERSION
         return {**self.extra, **d}
 
     @classmethod
@@ -163,6 +180,13 @@ class Checkpoint:
                 identity.setdefault(k, d[k])
         kw.update(identity=identity, format_version=version,
                   extra={k: v for k, v in d.items() if k not in names and k not in cls._DERIVED})
+        step = kw.get("step", 0)
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0 or (
+                step and not (isinstance(kw.get("progress"), dict)
+                              and kw["progress"].get("step") == step)):
+            raise DP4TLError(f"{source}: its mid-epoch position (step {step!r}, progress "
+                             f"{str(kw.get('progress'))[:60]}) is damaged; delete it and rerun "
+                             "what wrote it")
         return cls(**kw)
 
     def save(self, path: str | Path) -> None:

@@ -9,7 +9,7 @@
 * :func:`train_step` is one optimisation step (no host synchronisation: see its doc);
 * :func:`train_one_epoch` runs the steps of one epoch over any iterable of batches with a
   ``__len__`` (a masked image loader, or cached LP features) and reads the epoch's metric sums
-  once, at the end;
+  once, at the end (and at each mid-epoch checkpoint: :class:`EpochProgress`);
 * :func:`evaluate` is top-1/loss with optional flip TTA, summed over DDP ranks.
 
 Observers (metrics file, TensorBoard, console, sample audit) are :mod:`.callbacks`; the epoch
@@ -18,6 +18,7 @@ loop calls their ``on_batch(epoch, batch)``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -130,6 +131,25 @@ def train_step(train_model: nn.Module, batch, opt: torch.optim.Optimizer, object
     return loss
 
 
+@dataclasses.dataclass
+class EpochProgress:
+    """How far an epoch got: the steps taken, the :data:`METRIC_SUMS` of those steps (summed
+    over ranks) and their seconds. A mid-epoch checkpoint stores it, so the resumed epoch's
+    row (loss, top-1, samples, seconds) counts every step of the epoch, not only those after
+    the resume."""
+    step: int = 0
+    sums: list[float] = dataclasses.field(default_factory=lambda: [0.0] * len(METRIC_SUMS))
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EpochProgress":
+        return cls(step=int(d["step"]), sums=[float(v) for v in d["sums"]],
+                   seconds=float(d["seconds"]))
+
+
 def _device_of(model: nn.Module, default: torch.device) -> torch.device:
     p = next(iter(model.parameters()), None)
     return default if p is None else p.device
@@ -140,7 +160,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, objective, optimizer: to
                     steps: int | None = None, amp: torch.dtype | None = None,
                     grad_clip: float = 0.0, clip_params: list[torch.Tensor] | None = None,
                     ctx: dist_.DistContext | None = None, timer=None,
-                    callbacks: Sequence[Any] = (), progress: str | None = None) -> dict[str, Any]:
+                    callbacks: Sequence[Any] = (), progress: str | None = None,
+                    start: EpochProgress | None = None, save_every: int = 0,
+                    save: Callable[[EpochProgress], None] | None = None) -> dict[str, Any]:
     """Train ``model`` (the module the step calls: plain, DDP- or compile-wrapped) for one epoch
     of ``loader``; returns the epoch's metrics (loss, top1_train, samples, lr, train_seconds,
     bad_inputs), read from the device once, after the epoch, summed over ranks when ``ctx`` is a
@@ -152,6 +174,14 @@ def train_one_epoch(model: nn.Module, loader: Iterable, objective, optimizer: to
     before its step. ``progress``: a tqdm bar with this description, counting steps only (a loss
     shown per step would sync).
 
+    ``start``: the epoch resumes after ``start.step`` steps (the loader then yields only the
+    batches after those: ``set_epoch(..., start_batch=start.step)``); the learning rates go on
+    from that step and the returned metrics include ``start``'s. ``save``: called with the
+    epoch's :class:`EpochProgress` after every ``save_every``-th step of the epoch except its
+    last (which the caller's end-of-epoch checkpoint covers); it reads the sums (one sync per
+    call, none between). Under DDP it is called on every rank at the same step (it sums over
+    the ranks: a collective).
+
     Under DDP (``ctx`` enabled) every rank must take the same steps (train loaders give every
     rank as many samples: ``make_loader``'s ``even``), so each step's gradient all-reduce, the
     lr and the optimizer state agree across ranks; a loader that breaks this is one error on
@@ -159,6 +189,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, objective, optimizer: to
     are all-reduced after the epoch."""
     dev = ctx.device if ctx is not None else _device_of(model, torch.device("cpu"))
     iters = len(loader) if steps is None else steps
+    start = start if start is not None else EpochProgress()
+    first, total = start.step, start.step + iters  # the epoch's steps, those before included
     hooks = [cb.on_batch for cb in callbacks if hasattr(cb, "on_batch")]
     stage = timer if timer is not None else (lambda name: contextlib.nullcontext())
     model.train()
@@ -167,10 +199,15 @@ def train_one_epoch(model: nn.Module, loader: Iterable, objective, optimizer: to
     bar = None
     if progress is not None:
         from tqdm import tqdm
-        bar = tqdm(total=iters, desc=progress, leave=False)
+        bar = tqdm(total=total, initial=first, desc=progress, leave=False)
     if ctx is not None:
         dist_.check_same_steps(min(len(loader), iters), ctx)
     t0 = time.perf_counter()
+
+    def so_far(taken: int, reduced: torch.Tensor) -> EpochProgress:
+        return EpochProgress(first + taken, [a + b for a, b in zip(start.sums, reduced.tolist())],
+                             start.seconds + time.perf_counter() - t0)
+
     it_loader = iter(loader)
     it = 0
     while True:
@@ -182,7 +219,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, objective, optimizer: to
             continue  # drain the batches past ``steps``
         for hook in hooks:
             hook(epoch, batch)
-        lr = schedule(epoch, it, iters)
+        lr = schedule(epoch, first + it, total)
         for g in optimizer.param_groups:
             g["lr"] = lr
         with stage("step"):
@@ -191,17 +228,22 @@ def train_one_epoch(model: nn.Module, loader: Iterable, objective, optimizer: to
         if bar is not None:
             bar.update(1)
         it += 1
+        if save is not None and save_every > 0 and (first + it) % save_every == 0 and it < iters:
+            reduced = sums.clone()
+            if ctx is not None:
+                dist_.all_reduce_sum(reduced, ctx)
+            save(so_far(it, reduced))
     if bar is not None:
         bar.close()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-    seconds = time.perf_counter() - t0
     if ctx is not None:
         dist_.all_reduce_sum(sums, ctx)
-    loss_sum, correct_sum, count, bad_inputs = sums.tolist()  # the epoch's one read of the sums
+    done = so_far(it, sums)  # the epoch's one read of the sums (beside mid-epoch saves)
+    loss_sum, correct_sum, count, bad_inputs = done.sums
     n = max(count, 1)
     return {"loss": loss_sum / n, "top1_train": correct_sum / n, "samples": int(count), "lr": lr,
-            "train_seconds": seconds, "bad_inputs": int(bad_inputs)}
+            "train_seconds": done.seconds, "bad_inputs": int(bad_inputs)}
 
 
 @torch.no_grad()

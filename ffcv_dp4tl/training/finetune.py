@@ -122,8 +122,9 @@ class FrozenFeatureLoader:
         return len(self.images)
 
     def set_epoch(self, epoch: int, resolution: int | None = None,
-                  next_resolution: int | None = None) -> None:
-        self.images.set_epoch(epoch, resolution, next_resolution=next_resolution)
+                  next_resolution: int | None = None, start_batch: int = 0) -> None:
+        self.images.set_epoch(epoch, resolution, next_resolution=next_resolution,
+                              start_batch=start_batch)
 
     def __iter__(self):
         head = get_head(self.model)

@@ -138,6 +138,12 @@ class TrainCfg:
     # also keep best.pt: the checkpoint of the evaluated epoch with the best val top-1 (the
     # authors' released trainer keeps best.ckpt, and finetunes from it; finetune.start_from)
     keep_best: bool = False
+    # also write checkpoint.pt every N training steps within an epoch (0 = only at the end of
+    # each epoch). For epochs long enough that losing one to a preemption hurts (ImageNet-21K on
+    # one node, a slow shared file system): a rerun resumes at the last such step, on the same
+    # samples, learning rates and RNG streams, so the result does not depend on N (left out of
+    # the fingerprints). Costs one checkpoint write (about a second for RN-101) per N steps.
+    checkpoint_every: int = 0
 
 
 @dataclass
@@ -292,7 +298,8 @@ class Recipe:
                                   ("train", "crop_ratio", [3 / 4, 4 / 3]),
                                   ("finetune", "normalize", "imagenet"),
                                   ("finetune", "test_crop", "center"),
-                                  ("train", "white_balance", 0.0)):
+                                  ("train", "white_balance", 0.0),
+                                  ("train", "checkpoint_every", 0)):
             if sec in d and d[sec].get(key) == default:
                 d[sec].pop(key)
         return d
@@ -325,8 +332,8 @@ class Recipe:
         return _build(data, source)
 
 
-#: (section, key) pairs that only change logging, not training
-NOT_IN_FINGERPRINT = (("train", "tensorboard"),)
+#: (section, key) pairs that change logging or checkpointing, never a trained weight
+NOT_IN_FINGERPRINT = (("train", "tensorboard"), ("train", "checkpoint_every"))
 #: sections read only after training (by the score stage), never by the trainer: out of
 #: :meth:`Recipe.training_fingerprint`
 NOT_IN_TRAINING = ("scoring",)
@@ -335,15 +342,17 @@ NOT_IN_TRAINING = ("scoring",)
 def training_overrides(overrides: typing.Iterable[str]) -> list[str]:
     """The ``section.key=value`` overrides that can change the trained weights (those of
     :data:`NOT_IN_TRAINING` sections left out), in order: a stage key of trained weights holds
-    these, like :meth:`Recipe.training_fingerprint`. Overrides are checked when the recipe
-    loads; one that does not parse is kept (it never reaches a key unchecked)."""
+    these, like :meth:`Recipe.training_fingerprint`; those of :data:`NOT_IN_FINGERPRINT` keys
+    are left out too (TensorBoard, the mid-epoch checkpoint cadence: a stage trained with
+    another is the same weights). Overrides are checked when the recipe loads; one that does
+    not parse is kept (it never reaches a key unchecked)."""
     kept = []
     for text in overrides:
         try:
-            section = parse_override(text)[0]
+            section, key = parse_override(text)[:2]
         except DP4TLError:
-            section = None
-        if section not in NOT_IN_TRAINING:
+            section = key = None
+        if section not in NOT_IN_TRAINING and (section, key) not in NOT_IN_FINGERPRINT:
             kept.append(text)
     return kept
 
@@ -586,6 +595,7 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
     ("train", "start_ramp"): (0, None, True, True),
     ("train", "end_ramp"): (0, None, True, True),
     ("train", "keep_epochs"): (1, None, True, True),
+    ("train", "checkpoint_every"): (0, None, True, True),
     ("data", "seed"): (0, None, True, True),
     ("data", "num_workers"): (0, None, True, True),
     ("model", "width"): (0, None, False, True),

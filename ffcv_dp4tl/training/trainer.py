@@ -4,7 +4,8 @@ One call = one resumable run in ``out_dir``:
 
 * ``metrics.jsonl``  one JSON line per epoch (loss, top-1 train/val, img/s, seconds, res, lr)
 * ``timings.json``   seconds per stage (setup/data/step/eval/checkpoint), summed over resumes
-* ``checkpoint.pt``  written atomically after every epoch; rerunning the same call resumes
+* ``checkpoint.pt``  written atomically after every epoch (and every ``train.checkpoint_every``
+  steps within one); rerunning the same call resumes
 
 **Head / label space.** The model always has one output per class of the *full* source
 dataset (``manifest.num_classes``), also when a mask prunes whole classes: pruned classes just
@@ -23,7 +24,9 @@ LP/FF and FM scoring load it like any other.
 ``data/sampling.py``); python/numpy/torch RNGs are reseeded from (train.seed, epoch) at the start
 of every epoch, and the model/optimiser/RNG state is checkpointed after every epoch. With the
 WebDataset loader (augmentation seeded per (seed, epoch, sample)) an interrupted-and-resumed run
-ends with bit-identical weights to an uninterrupted one. The FFCV loader's augmentations draw from
+ends with bit-identical weights to an uninterrupted one, also when it resumes from a mid-epoch
+checkpoint (``train.checkpoint_every``: the loaders skip the batches already trained, the lr
+schedule goes on from that step, every rank restores its own RNG streams). The FFCV loader's augmentations draw from
 numba's per-thread RNG, which cannot be seeded from Python, so ffcv runs resume *correctly* but
 not bit-identically — unless the recipe sets ``data.deterministic = true``, which swaps in a
 crop+flip decoder reseeded per image (``data/ffcv_loader.py``): two ffcv runs then give identical
@@ -72,7 +75,7 @@ from . import distributed as dist_
 from .callbacks import ConsoleLogger, MetricsWriter, RecordSeen, TensorBoardLogger, call
 from .checkpoint import (CHECKPOINT_NAME, Checkpoint, mask_hash, refuse_the_other_kind_of_run,
                          resume_from, rng_states, set_rng_states)
-from .engine import CrossEntropyObjective, evaluate, train_one_epoch, train_step
+from .engine import CrossEntropyObjective, EpochProgress, evaluate, train_one_epoch, train_step
 from .models import create_model, get_head, unwrap
 from .recipe import Recipe, as_recipe, check_kind
 from .schedule import peak_lr, resolution, step_schedule
@@ -108,14 +111,15 @@ def _improves_best(out_dir: Path, top1_val: float | None) -> bool:
     return top1_val > float(json.loads(meta.read_text())["top1_val"])
 
 
-def _check_same_start(ctx: dist_.DistContext, start_epoch: int, out_dir: Path) -> None:
-    """Every rank resumes at the same epoch, or none starts: a rank that sees another
+def _check_same_start(ctx: dist_.DistContext, start: tuple[int, int], out_dir: Path) -> None:
+    """Every rank resumes at the same (epoch, step), or none starts: a rank that sees another
     checkpoint (``--out`` on node-local disks, a stale view of a shared file system) trained
     other epochs with its own schedule and order while the gradients were averaged together,
     and rank 0 reported success."""
-    starts = dist_.all_gather(ctx, start_epoch)
+    starts = dist_.all_gather(ctx, tuple(start))
     if len(set(starts)) > 1:
-        where = ", ".join(f"rank {r}: epoch {e}" for r, e in enumerate(starts))
+        where = ", ".join(f"rank {r}: epoch {e}" + (f" step {k}" if k else "")
+                          for r, (e, k) in enumerate(starts))
         raise DP4TLError(f"the ranks see different checkpoints in {out_dir} ({where}): --out "
                          "must be one folder every rank shares (not a node-local disk)")
 
@@ -480,7 +484,7 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     num_classes = manifest.num_classes
     ckpt_path = out_dir / CHECKPOINT_NAME
     start_epoch = ckpt.epoch if ckpt else 0
-    _check_same_start(ctx, start_epoch, out_dir)
+    _check_same_start(ctx, (start_epoch, ckpt.step if ckpt else 0), out_dir)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if ckpt is None:
@@ -553,33 +557,85 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     try:
         call(callbacks, "on_train_begin", model)
         return _epochs(recipe, parts, train_loader, val_loader, ctx, timer, callbacks, identity,
-                       manifest, fmt, out_dir, start_epoch, stop_after, progress)
+                       manifest, fmt, out_dir, start_epoch, stop_after, progress, ckpt)
     finally:
         call(callbacks, "on_train_end")
 
 
+def _resume_rng(ckpt: Checkpoint, ctx: dist_.DistContext, seed: int) -> None:
+    """A mid-epoch resume: this rank's RNG streams as they were at the checkpoint's step.
+    Launched on another number of ranks, each rank draws a new stream from (seed, epoch, rank,
+    step): the samples, steps and learning rates are still those of the interrupted run."""
+    states = ckpt.rank_rng or [ckpt.rng]
+    if len(states) == ctx.world_size and states[ctx.rank] is not None:
+        set_rng_states(states[ctx.rank])
+        return
+    if ctx.is_main:
+        warnings.warn(f"the mid-epoch checkpoint was written by {len(states)} rank(s) and this run "
+                      f"has {ctx.world_size}: the rest of epoch {ckpt.epoch} draws new augmentation "
+                      "randomness (same samples, steps and learning rates)", stacklevel=3)
+    s = int(np.random.SeedSequence([seed, ckpt.epoch, ctx.rank, ckpt.step]).generate_state(1)[0])
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
 def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dist_.DistContext,
             timer: StageTimer, callbacks: list, identity: dict, manifest, fmt: str, out_dir: Path,
-            start_epoch: int, stop_after: int | None, progress: bool) -> dict[str, Any]:
+            start_epoch: int, stop_after: int | None, progress: bool,
+            ckpt: Checkpoint | None) -> dict[str, Any]:
     tc, ec = recipe.train, recipe.eval
     objective = parts.objective
 
     schedule = step_schedule(recipe.lr, tc.epochs, parts.peak, parts.opt, recipe.optim.momentum)
 
+    def state(epoch_done: int, **mid_epoch) -> Checkpoint:
+        """The run's checkpoint now: after ``epoch_done`` epochs (and ``mid_epoch``'s step,
+        progress and every rank's RNG states within the next one)."""
+        return Checkpoint(
+            model=unwrap(parts.model).state_dict(), arch=recipe.model.arch,
+            num_classes=get_head(parts.model).out_features,  # (MoCo: ssl.dim)
+            identity=identity, model_kwargs=model_kwargs(recipe), epoch=epoch_done,
+            optimizer=parts.opt.state_dict(), scaler=parts.scaler.state_dict(),
+            rng=rng_states(), recipe=recipe.to_dict(), recipe_name=recipe.name,
+            classes=manifest.classes,
+            self_supervised=None if objective.supervised else objective.name,
+            objective=objective.state_dict(), timings=timer.totals,
+            world_size=ctx.world_size, format=fmt, **mid_epoch)
+
+    def save_mid_epoch(epoch: int, done: EpochProgress) -> None:
+        rank_rng = dist_.all_gather(ctx, rng_states())  # (every rank: a collective)
+        if ctx.is_main:
+            with timer("checkpoint"):
+                state(epoch, step=done.step, progress=done.to_dict(),
+                      rank_rng=rank_rng).save(out_dir / CHECKPOINT_NAME)
+
     last_row: dict[str, Any] = {}
     end_epoch = tc.epochs if stop_after is None else min(tc.epochs, stop_after)
     for epoch in range(start_epoch, end_epoch):
         seed_epoch(tc.seed, epoch, ctx.rank)
+        within = ckpt is not None and epoch == ckpt.epoch and ckpt.step > 0
+        if within:  # resumed from a mid-epoch checkpoint
+            _resume_rng(ckpt, ctx, tc.seed)
         res = resolution(tc, epoch)
         # announcing the next epoch lets the WebDataset loader's workers start on it while this
         # one drains (none after the last epoch of this call: nothing is built for nothing)
         train_loader.set_epoch(epoch, res, next_resolution=resolution(tc, epoch + 1)
-                               if epoch + 1 < end_epoch else None)
-        t0 = time.perf_counter()
+                               if epoch + 1 < end_epoch else None,
+                               **({"start_batch": ckpt.step} if within else {}))
+        if within and progress and ctx.is_main:  # (the numbers of the progress bar)
+            print(f"resuming epoch {epoch + 1}/{tc.epochs} at step {ckpt.step} of "
+                  f"{ckpt.step + len(train_loader)} (the mid-epoch checkpoint in {out_dir})",
+                  flush=True)
+        start = EpochProgress.from_dict(ckpt.progress) if within else EpochProgress()
+        t0 = time.perf_counter() - start.seconds  # (a resumed epoch: its earlier part too)
         stats = parts.train_one_epoch(
             train_loader, schedule, epoch=epoch, ctx=ctx, timer=timer,
             callbacks=callbacks,
-            progress=f"epoch {epoch + 1}/{tc.epochs} res {res}" if progress and ctx.is_main else None)
+            progress=f"epoch {epoch + 1}/{tc.epochs} res {res}" if progress and ctx.is_main else None,
+            start=start,
+            save_every=tc.checkpoint_every,
+            save=lambda done, epoch=epoch: save_mid_epoch(epoch, done))
         bad_inputs = stats.pop("bad_inputs")
         row: dict[str, Any] = {"epoch": epoch, **stats, "resolution": res,
                                "img_per_s": stats["samples"] / max(stats["train_seconds"], 1e-9),
@@ -602,25 +658,16 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
         call(callbacks, "on_epoch_end", row)
         if ctx.is_main:
             with timer("checkpoint"):
-                state = Checkpoint(
-                    model=unwrap(parts.model).state_dict(), arch=recipe.model.arch,
-                    num_classes=get_head(parts.model).out_features,  # (MoCo: ssl.dim)
-                    identity=identity, model_kwargs=model_kwargs(recipe), epoch=epoch + 1,
-                    optimizer=parts.opt.state_dict(), scaler=parts.scaler.state_dict(),
-                    rng=rng_states(), recipe=recipe.to_dict(), recipe_name=recipe.name,
-                    classes=manifest.classes,
-                    self_supervised=None if objective.supervised else objective.name,
-                    objective=objective.state_dict(), timings=timer.totals,
-                    world_size=ctx.world_size, format=fmt)
+                ckpt_now = state(epoch + 1)
                 # the early (and best) checkpoint first: a kill between the saves then resumes
                 # from the previous epoch and rewrites it, never past an epoch whose copy is missing
                 if epoch + 1 in tc.keep_epochs:
-                    state.save(out_dir / early_checkpoint_name(epoch + 1))
+                    ckpt_now.save(out_dir / early_checkpoint_name(epoch + 1))
                 if tc.keep_best and _improves_best(out_dir, row.get("top1_val")):
-                    state.save(out_dir / BEST_CHECKPOINT_NAME)  # then its record: see below
+                    ckpt_now.save(out_dir / BEST_CHECKPOINT_NAME)  # then its record: see below
                     atomic_write_json(out_dir / BEST_META_NAME,
                                       {"epoch": epoch + 1, "top1_val": row["top1_val"]})
-                state.save(out_dir / CHECKPOINT_NAME)
+                ckpt_now.save(out_dir / CHECKPOINT_NAME)
             atomic_write_json(out_dir / TIMINGS_NAME, {
                 "stages": timer.totals, "epochs_done": epoch + 1, "device": str(ctx.device),
                 "world_size": ctx.world_size, "format": fmt,

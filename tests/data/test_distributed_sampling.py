@@ -81,6 +81,40 @@ def test_train_plans_give_every_rank_as_many_samples(world):
     assert np.array_equal(EpochPlan(MASK, True, 7, even=True).order(2), EpochPlan(MASK, True, 7).order(2))
 
 
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_an_epoch_started_at_a_later_batch_reads_the_rest_of_the_same_global_order(world, drop_last):
+    """A run resumed from a checkpoint written k steps into an epoch reads, on every rank, the
+    batches after the k-th, in the order it would have read them; what is skipped is the
+    first k global batches whatever the number of ranks (global batch j = positions
+    [jB, (j+1)B) of the epoch's order), so one rank resuming a 2-rank run reads the rest too."""
+    b = 4  # per rank
+    plans = [EpochPlan(MASK, shuffle=True, seed=7, rank=r, world_size=world, even=True)
+             for r in range(world)]
+    whole = plans[0].num_batches(b, drop_last)
+    stop = whole * b if drop_last else None  # per rank
+    one = EpochPlan(MASK, shuffle=True, seed=7).order(3)
+    glob = one[:len(one) - len(one) % world]
+    for k in range(whole + 1):
+        # the whole epoch's order from batch k (k = 0: the whole order, the loader drops the rest)
+        tails = [p.order(3)[k * b:stop] if k else p.order(3) for p in plans]
+        for p in plans:
+            p.start_at_batch(3, k, b, drop_last)
+        parts = [p.order(3) for p in plans]
+        for r in range(world):
+            np.testing.assert_array_equal(parts[r], tails[r])
+            assert plans[r].num_batches(b, drop_last, epoch=3) == whole - k
+        end = whole * b * world if drop_last and k else None
+        np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.sort(glob[k * b * world:end]))
+        # the next epoch is whole again
+        assert plans[0].num_batches(b, drop_last, epoch=4) == whole
+        np.testing.assert_array_equal(plans[0].order(4), EpochPlan(MASK, True, 7, 0, world, even=True).order(4))
+        for p in plans:
+            p.start_at_batch(3, 0, b, drop_last)
+    with pytest.raises(DataError, match=f"an epoch of {whole} batches cannot start at batch {whole + 1}"):
+        plans[0].start_at_batch(3, whole + 1, b, drop_last)
+
+
 @pytest.mark.parametrize("n, world, expected", [(101, 2, [51, 50]), (101, 3, [34, 34, 33]),
                                                 (2, 3, [1, 1, 0]), (9, 3, [3, 3, 3])])
 def test_samples_per_epoch_and_num_batches(n, world, expected):

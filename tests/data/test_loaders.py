@@ -240,6 +240,32 @@ def test_train_epochs_resize_reshuffle_and_agree_across_formats(index_dataset, m
     assert idx == px == orders["ffcv"][1]
 
 
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_an_epoch_started_at_batch_k_yields_the_whole_epochs_batches_after_k(drop_last, index_dataset,
+                                                                           mask, pixel_codec):
+    """``set_epoch(e, start_batch=k)`` (a run resumed from a mid-epoch checkpoint): every
+    format and decoder yields batches k.. of the epoch read whole, no partial batch under drop_last (ffcv
+    truncates the order by its first epoch's length), and the next epoch is whole again."""
+    _, _, decode_batch = pixel_codec
+    kw = dict(mask=mask, aug=AugSpec.for_train(), batch_size=3, resolution=16, num_workers=1,
+              seed=SEED, drop_last=drop_last)
+    for fmt, decode in (("ffcv", "cpu"), ("wds", "cpu"), ("ffcv", "gpu")):  # (gpu: on the CPU)
+        loader = make_loader(index_dataset.root, "train", fmt=fmt, decode=decode, **kw)
+        loader.set_epoch(2)
+        whole, n = _collect(loader, decode_batch)[0], len(loader)
+        assert n == (len(mask) // 3 if drop_last else -(-len(mask) // 3)) and n >= 3
+        loader.set_epoch(2, start_batch=2)
+        assert len(loader) == n - 2
+        idx, px, _, sizes = _collect(loader, decode_batch)
+        assert idx == px == whole[2 * 3:] and len(sizes) == n - 2, fmt
+        assert sizes[:-1] == [3] * (n - 3) and (sizes[-1] == 3 or not drop_last)
+        assert len(loader) == n  # epoch 3: whole
+        assert _collect(loader, decode_batch)[0] == EpochPlan(mask.indices, True, SEED).order(3)[
+            :n * 3 if drop_last else None].tolist()
+    with pytest.raises(DataError, match="cannot start at batch"):
+        loader.set_epoch(2, start_batch=n + 1)
+
+
 def test_same_seed_same_order_other_seed_differs(index_dataset, mask):
     def epoch_orders(seed):
         loader = _wds_train(index_dataset, mask, seed=seed)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ffcv_dp4tl.errors import DP4TLError
-from ffcv_dp4tl.training.checkpoint import (CHECKPOINT_VERSION, Checkpoint,
+from ffcv_dp4tl.training.checkpoint import (CHECKPOINT_VERSION, EPOCH_END_VERSION, Checkpoint,
                                             save_checkpoint)
 from ffcv_dp4tl.training.finetune import load_pretrained
 from ffcv_dp4tl.training.models import create_model
@@ -46,19 +46,19 @@ def test_legacy_dict_loads_into_typed_fields(tmp_path):
     assert recipe.scoring.target_crop == "center"
 
 
-def test_save_writes_the_current_version_and_the_old_keys(tmp_path):
+def test_save_writes_the_epoch_end_version_and_the_old_keys(tmp_path):
     legacy = {**_legacy_dict(), "something_new": [1, 2]}
     torch.save(legacy, tmp_path / "old.pt")
     ck = Checkpoint.load(tmp_path / "old.pt")
     assert ck.extra == {"something_new": [1, 2]}  # unknown keys survive a round trip
     ck.save(tmp_path / "new.pt")
     raw = torch.load(tmp_path / "new.pt", weights_only=False)  # still a plain dict on disk
-    assert isinstance(raw, dict) and raw["format_version"] == CHECKPOINT_VERSION
+    assert isinstance(raw, dict) and raw["format_version"] == EPOCH_END_VERSION
     assert set(legacy) <= set(raw)
     assert raw["something_new"] == [1, 2] and raw["dataset_fingerprint"] == "d" * 64
     back = Checkpoint.load(tmp_path / "new.pt")
     assert back.epoch == 3 and back.identity == IDENTITY
-    assert Checkpoint.load(tmp_path / "new.pt").format_version == CHECKPOINT_VERSION
+    assert Checkpoint.load(tmp_path / "new.pt").format_version == EPOCH_END_VERSION
 
 
 def test_unreadable_foreign_and_newer_files_are_refused(tmp_path):
@@ -82,7 +82,7 @@ def test_unreadable_foreign_and_newer_files_are_refused(tmp_path):
 
 def test_trained_run_writes_a_versioned_checkpoint(trained_run):
     ck = Checkpoint.load(trained_run / "checkpoint.pt")
-    assert ck.format_version == CHECKPOINT_VERSION and ck.epoch == 2 and ck.extra == {}
+    assert ck.format_version == EPOCH_END_VERSION and ck.epoch == 2 and ck.extra == {}
     assert ck.identity["arch"] == ck.arch == "resnet18" and ck.self_supervised is None
     assert ck.eval_resolution == 16 and ck.recipe_name == "resnet18_tiny_cpu"
 

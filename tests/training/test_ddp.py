@@ -248,13 +248,17 @@ def test_ranks_that_see_other_checkpoints_never_train(monkeypatch, tmp_path):
     from ffcv_dp4tl.training import distributed, trainer
 
     ctx = distributed.DistContext(rank=0, world_size=2)
-    monkeypatch.setattr(distributed, "all_gather", lambda c, v: [2, 0])
+    monkeypatch.setattr(distributed, "all_gather", lambda c, v: [(2, 0), (0, 0)])
     with pytest.raises(DP4TLError, match=r"the ranks see different checkpoints in .* \(rank 0: "
                                          r"epoch 2, rank 1: epoch 0\): --out must be one folder "
                                          r"every rank shares"):
-        trainer._check_same_start(ctx, 2, tmp_path)
-    monkeypatch.setattr(distributed, "all_gather", lambda c, v: [2, 2])
-    trainer._check_same_start(ctx, 2, tmp_path)
+        trainer._check_same_start(ctx, (2, 0), tmp_path)
+    # the same epoch, another step of it (a stale view of a mid-epoch checkpoint)
+    monkeypatch.setattr(distributed, "all_gather", lambda c, v: [(2, 40), (2, 20)])
+    with pytest.raises(DP4TLError, match=r"\(rank 0: epoch 2 step 40, rank 1: epoch 2 step 20\)"):
+        trainer._check_same_start(ctx, (2, 40), tmp_path)
+    monkeypatch.setattr(distributed, "all_gather", lambda c, v: [(2, 40), (2, 40)])
+    trainer._check_same_start(ctx, (2, 40), tmp_path)
 
 
 def test_torchrun_into_a_folder_another_run_holds_is_one_line_on_every_rank(source_dir, tmp_path):
@@ -306,3 +310,87 @@ def test_every_input_check_and_the_lock_go_through_fail_together(source_dir, tmp
         trainer.train("resnet18_tiny_cpu", source_dir, out_dir=tmp_path / "r", device="cpu",
                       fmt="wds", progress=False, overrides=TEST_OVERRIDES)
     assert told == [None, "PermissionError"]  # the lock (fine), then the inputs
+
+
+MID_EPOCH_OVERRIDES = ["train.drop_last=false", "train.batch_size=16", "train.checkpoint_every=1",
+                       "train.white_balance=0.2"]
+
+
+def _mid_epoch_worker(rank: int, world: int, port: int, data: str, mask: str, out: str,
+                      stop_step: int) -> None:
+    """2 epochs of 4 steps (global batch 16, 8 per rank), a checkpoint after every step; with
+    ``stop_step`` > 0 every rank is stopped (Ctrl-C) as epoch 1's step ``stop_step`` begins."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch
+
+    torch.set_num_threads(1)
+    from ffcv_dp4tl.training.callbacks import Callback, RecordSeen
+    from ffcv_dp4tl.training.recipe import load_recipe
+    from ffcv_dp4tl.training.trainer import train
+
+    class Stop(Callback):
+        calls = 0
+
+        def on_batch(self, epoch, batch):
+            if epoch == 1:
+                if self.calls == stop_step:
+                    raise KeyboardInterrupt
+                self.calls += 1
+
+    r = load_recipe("resnet18_tiny_cpu", TEST_OVERRIDES + MID_EPOCH_OVERRIDES)
+    try:
+        train(r, data, mask=mask, out_dir=out, fmt="wds", device="cpu", progress=False,
+              callbacks=[RecordSeen(out)] + ([Stop()] if stop_step else []))
+    except KeyboardInterrupt:
+        pass
+
+
+def test_ddp_ranks_resume_mid_epoch_each_with_its_own_rng_and_on_fewer_ranks_at_the_same_sample(
+        source_dir, tmp_path):
+    """Killed 3 steps into epoch 1, two ranks resume from the step checkpoint to the unbroken
+    run's weights: the batches they had not trained, the lr from that step, and each rank its
+    own RNG stream (white balance draws from it). One rank resuming the same checkpoint reads
+    the rest of the same global order: what was skipped is counted in global batches."""
+    import shutil
+
+    import pytest
+
+    from ffcv_dp4tl.training.callbacks import RecordSeen
+    from ffcv_dp4tl.training.checkpoint import Checkpoint
+    from ffcv_dp4tl.training.recipe import load_recipe
+    from ffcv_dp4tl.training.trainer import train
+
+    split = load_manifest(source_dir).split("train")
+    mask = make_mask(np.arange(0, 65), split, method="test")  # 65: 64 read per epoch on 2 ranks
+    mpath = str(save_mask(tmp_path / "m.npy", mask))
+
+    def run(out, stop_step):
+        mp.start_processes(_mid_epoch_worker, args=(2, _free_port(), str(source_dir), mpath,
+                                                    str(out), stop_step),
+                           nprocs=2, join=True, start_method="spawn")
+
+    run(tmp_path / "a", 0)
+    run(tmp_path / "b", 3)
+    mid = Checkpoint.load(tmp_path / "b" / "checkpoint.pt")
+    assert (mid.epoch, mid.step, len(mid.rank_rng)) == (1, 3, 2)
+    assert mid.progress["sums"][2] == 3 * 16  # samples of 3 global steps, both ranks
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    run(tmp_path / "b", 0)
+    a, b = (Checkpoint.load(tmp_path / d / "checkpoint.pt") for d in ("a", "b"))
+    assert b.epoch == 2 and all(torch.equal(a.model[k], b.model[k]) for k in a.model)
+    row_a, row_b = (json.loads((tmp_path / d / "metrics.jsonl").read_text().splitlines()[-1])
+                    for d in ("a", "b"))
+    assert (row_a["loss"], row_a["samples"]) == (row_b["loss"], row_b["samples"]) and row_a["samples"] == 64
+
+    # epoch 1's global order, from the unbroken run's two ranks (rank r reads positions r, r+2, ...)
+    parts = [np.load(tmp_path / "a" / "seen" / f"rank{r}_epoch1.npy") for r in (0, 1)]
+    order = np.stack(parts, axis=1).reshape(-1)
+    r1 = load_recipe("resnet18_tiny_cpu", TEST_OVERRIDES + MID_EPOCH_OVERRIDES)
+    seen = RecordSeen()
+    with pytest.warns(UserWarning, match="written by 2 rank.*this run has 1"):
+        train(r1, str(source_dir), mask=mpath, out_dir=tmp_path / "c", fmt="wds", device="cpu",
+              progress=False, callbacks=[seen])
+    # positions 48.. of the same order; one rank also reads the 65th sample that 2 ranks leave out
+    np.testing.assert_array_equal(seen.seen[1][:16], order[48:64])
+    assert len(seen.seen[1]) == 17 and seen.seen[1][16] not in order

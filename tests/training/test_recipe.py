@@ -117,10 +117,18 @@ def test_extends_a_shipped_set_member_wherever_the_recipe_lies(tmp_path, monkeyp
     assert load_recipe(tmp_path / "other.toml").train.epochs == 7  # the file beside it
 
 
-def test_logging_switches_do_not_change_the_fingerprint():
+def test_logging_and_checkpoint_switches_do_not_change_the_fingerprint():
+    """TensorBoard and the mid-epoch checkpoint cadence change no weight: a run resumes, and a
+    pipeline stage is reused, under another value (a cadence set for a preemptible partition)."""
     base = load_recipe("resnet18_tiny_cpu")
-    assert load_recipe("resnet18_tiny_cpu", ["train.tensorboard=true"]).fingerprint() == base.fingerprint()
+    for switch in ("train.tensorboard=true", "train.checkpoint_every=500"):
+        other = load_recipe("resnet18_tiny_cpu", [switch])
+        assert other.fingerprint() == base.fingerprint(), switch
+        assert other.training_fingerprint() == base.training_fingerprint(), switch
     assert load_recipe("resnet18_tiny_cpu", ["train.epochs=3"]).fingerprint() != base.fingerprint()
+    assert "checkpoint_every" not in base.to_dict()["train"]  # recipes keep their dicts
+    with pytest.raises(DP4TLError, match=r"train.checkpoint_every = -1 is impossible; it must be in \[0, inf\)"):
+        load_recipe("resnet18_tiny_cpu", ["train.checkpoint_every=-1"])
 
 
 def test_cpu_autocast_is_in_the_fingerprint_only_when_on():
@@ -229,13 +237,14 @@ def test_adversarial_steps_are_bounded():
         load_recipe("resnet18_tiny_cpu", ["adv.steps=101", *extra])
 
 
-def test_training_overrides_leave_out_the_scoring_section_only():
+def test_training_overrides_leave_out_the_scoring_section_and_the_switches_only():
     """A stage key of trained weights holds the overrides that can change them: scoring.* ones
-    (read after training) are left out, every other one stays, in order."""
+    (read after training) and the logging/checkpoint switches are left out, every other one
+    stays, in order."""
     from ffcv_dp4tl.training.recipe import training_overrides
 
     given = ["train.epochs=2", "scoring.target_crop=none", " scoring.source_resolution = 24",
-             "lr.lr=0.1", "scoringx.a=1"]
+             "train.checkpoint_every=100", "lr.lr=0.1", "train.tensorboard=true", "scoringx.a=1"]
     assert training_overrides(given) == ["train.epochs=2", "lr.lr=0.1", "scoringx.a=1"]
     assert training_overrides([]) == []
 

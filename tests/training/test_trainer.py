@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -308,3 +309,68 @@ def test_a_vits_position_embeddings_and_class_token_get_no_weight_decay():
     assert len(decay["params"]) + len(no_decay["params"]) == len(names)
     (everything,) = param_groups(vit, 0.05, wd_on_bn_bias=True)  # the authors' SGD: all decayed
     assert len(everything["params"]) == len(names)
+
+
+class _StopAt(Callback):
+    """Ctrl-C as (``epoch``, ``step``)'s batch comes in: ``step`` steps of that epoch are done."""
+
+    def __init__(self, epoch: int, step: int):
+        self.epoch, self.step, self.calls = epoch, step, 0
+
+    def on_batch(self, epoch, batch):
+        if epoch == self.epoch:
+            if self.calls == self.step:
+                raise KeyboardInterrupt
+            self.calls += 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_killed_mid_epoch_resumes_at_the_last_step_checkpoint_bit_identically(
+        source_dir, tmp_path, test_recipe, workers):
+    """train.checkpoint_every=2: killed 3 steps into epoch 1 (of 6 batches), the run resumes
+    at step 2 of it, on the batches it had not trained (RecordSeen: the tail of the unbroken
+    run's order), and ends with the unbroken run's weights and metric rows (WebDataset, CPU;
+    white balance draws from torch's RNG, which the checkpoint restores). The cadence changes
+    no result: the unbroken run saves no step checkpoint and is the same."""
+    r = test_recipe(f"data.num_workers={workers}", "train.white_balance=0.2",
+                    "train.checkpoint_every=2")
+    kw = dict(fmt="wds", device="cpu", progress=False)
+    seen_a = RecordSeen()
+    train(test_recipe(f"data.num_workers={workers}", "train.white_balance=0.2"), source_dir,
+          out_dir=tmp_path / "a", callbacks=[seen_a], **kw)
+    with pytest.raises(KeyboardInterrupt):
+        train(r, source_dir, out_dir=tmp_path / "b", callbacks=[_StopAt(1, 3)], **kw)
+    mid = Checkpoint.load(tmp_path / "b" / "checkpoint.pt")
+    assert (mid.epoch, mid.step, mid.format_version) == (1, 2, 2) and mid.progress["step"] == 2
+    assert len(mid.rank_rng) == 1 and mid.progress["sums"][2] == 2 * 16  # samples of 2 steps
+    seen_b = RecordSeen()
+    row = train(r, source_dir, out_dir=tmp_path / "b", callbacks=[seen_b], **kw)
+    assert sorted(seen_b.seen) == [1]
+    np.testing.assert_array_equal(seen_b.seen[1], seen_a.seen[1][2 * 16:])
+    a = Checkpoint.load(tmp_path / "a" / "checkpoint.pt")
+    b = Checkpoint.load(tmp_path / "b" / "checkpoint.pt")
+    assert (b.epoch, b.step, b.format_version) == (2, 0, 1)  # the end of an epoch: format 1
+    for k in a.model:
+        assert torch.equal(a.model[k], b.model[k]), k
+    rows_a, rows_b = ([json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+                      for d in ("a", "b"))
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        for key in ("epoch", "loss", "top1_train", "samples", "lr", "top1_val", "loss_val"):
+            assert ra[key] == rb[key], key
+    assert row["samples"] == 6 * 16
+
+
+def test_a_mid_epoch_checkpoint_is_format_2_and_a_damaged_position_is_refused(tmp_path):
+    from ffcv_dp4tl.training.checkpoint import save_checkpoint
+
+    base = Checkpoint(model={}, arch="resnet18", num_classes=2, identity={}, epoch=3)
+    raw = base.to_dict()
+    assert raw["format_version"] == 1 and "step" not in raw  # readable by older releases
+    mid = dataclasses.replace(base, step=5, progress={"step": 5, "sums": [0.0] * 4, "seconds": 1.0},
+                              rank_rng=[{}])
+    assert mid.to_dict()["format_version"] == 2
+    back = Checkpoint.from_dict(mid.to_dict())
+    assert (back.epoch, back.step, back.progress["step"]) == (3, 5, 5)
+    save_checkpoint(tmp_path / "c.pt", {**mid.to_dict(), "progress": None})
+    with pytest.raises(DP4TLError, match=r"c.pt: its mid-epoch position \(step 5.*is damaged"):
+        Checkpoint.load(tmp_path / "c.pt")
