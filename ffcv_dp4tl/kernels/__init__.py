@@ -8,7 +8,15 @@ iterations by passing CuPy arrays. CuPy is imported only when the CUDA backend i
 Contract shared by both backends (tests hold them to it):
 
 * ``assign_nearest`` returns int64 labels and float32 squared distances (clamped >= 0);
-  exact ties go to the lowest centroid index; rows with NaN/Inf get a NaN distance.
+  ties of the distances each method computes go to the lowest centroid index (so duplicate
+  centroids do); rows with NaN/Inf get a NaN distance. Ties that are exact only in float64
+  (two centroids at the same true distance, unequal after float32 rounding) go to the lowest
+  index in the numba oracle and the exact CUDA methods (``gemm-*``, ``fused-*``), not always
+  on the BLAS path or ``simt``, which decide in float32.
+* The exact methods' error bound covers rounding, not float32's range: it holds while squared
+  distances are normal float32 numbers (above 1.2e-38: feature entries above about 1e-19) and
+  squared norms stay below ``scoring.feature_mapping.MAX_SQUARED_NORM`` (8.5e37), which FM
+  checks (``check_finite_rows``). Network features are many orders inside both.
 * ``update_centroids`` returns float64 sums (K, D) and int64 counts (K,).
 * ``histogram`` returns int64 counts, or float64 sums when ``weights`` is given.
 """

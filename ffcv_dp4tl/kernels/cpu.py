@@ -9,8 +9,10 @@ Two assignment routines live here:
   with a float32 BLAS GEMM, so the N x K distance matrix never exists in full. On a 2-core
   box it is ~5x faster than the numba loop (see ``benchmarks/bench_kmeans.py --cpu-smoke``).
 
-Both use ``||x||^2 - 2 x.c + ||c||^2`` and break exact ties towards the lowest centroid
-index (strict ``<`` in the loop, ``argmin``'s first occurrence in the BLAS path). Rows of ``x``
+Both use ``||x||^2 - 2 x.c + ||c||^2`` and break ties of the distances they compute towards
+the lowest centroid index (strict ``<`` in the loop, ``argmin``'s first occurrence in the BLAS
+path); the BLAS path computes in float32, so a tie exact only in float64 may go either way
+there. Rows of ``x``
 holding NaN/Inf get distance NaN and an unspecified label; callers that sum the distances
 (k-means inertia) therefore notice them. Distances are clamped at 0 because the expansion can
 go slightly negative through cancellation.
@@ -151,9 +153,10 @@ def assign_nearest_numba(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarr
 def assign_nearest(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid per row via chunked float32 GEMM (the ``cpu`` backend's fast path).
 
-    Only ``chunk x K`` distances exist at a time (chunk chosen so that is ~16 MiB). Exact
-    ties go to the lowest centroid index; near-ties closer than float32 GEMM rounding
-    (~1e-6 relative to ``||x||^2``) may resolve differently from the float64 oracle.
+    Only ``chunk x K`` distances exist at a time (chunk chosen so that is ~16 MiB). Equal
+    float32 distances (duplicate centroids) go to the lowest centroid index; ties and
+    near-ties closer than float32 GEMM rounding (~1e-6 relative to ``||x||^2``) may resolve
+    differently from the float64 oracle.
     """
     x, centroids = _prepare_assign(x, centroids)
     n, k = x.shape[0], centroids.shape[0]

@@ -56,23 +56,43 @@ def _take_rows(x: Any, rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x)[rows], dtype=np.float32)
 
 
+#: the largest squared row norm the float32 distance kernels take: ``||x - c||^2`` of two such
+#: rows stays below float32's maximum (3.4e38); above, ``||x||^2`` or a distance overflows to
+#: Inf, and every kernel treated the row as a NaN row (cluster 0, or an arbitrary one on the
+#: BLAS path)
+MAX_SQUARED_NORM = float(np.finfo(np.float32).max) / 4
+
+
 def check_finite_rows(x: Any, name: str) -> None:
-    """Features with a NaN/Inf entry are refused (k-means++ seeding and the target votes alike):
-    a NaN row compares false with every centroid, so the nearest-centroid search gave it
-    cluster 0, and FM counted NaN target features as votes for cluster 0."""
+    """Features with a NaN/Inf entry, or too large for float32 distances (a squared norm above
+    :data:`MAX_SQUARED_NORM`, entries of about 1e19), are refused (k-means++ seeding, the
+    target votes and the source val assignment alike): a NaN row compares false with every
+    centroid, so the nearest-centroid search gave it cluster 0, and FM counted NaN target
+    features as votes for cluster 0."""
     xp = array_module(x)
     # in blocks of ~16M values: a mask of the whole matrix would be 2.6 GB at 1.28M x 2048
     step = max(1, (1 << 24) // max(1, x.shape[1]))
-    first, count = None, 0
+    found = {"NaN/Inf rows": [None, 0], "rows too large for float32 distances": [None, 0]}
     for a in range(0, x.shape[0], step):
-        bad = ~xp.isfinite(x[a:a + step]).all(axis=1)
-        if bool(bad.any()):
-            count += int(bad.sum())
-            if first is None:
-                first = a + int(xp.flatnonzero(bad)[0])
-    if first is not None:
-        raise ScoringError(f"{name} contains NaN/Inf rows ({count} of {x.shape[0]}, "
-                           f"the first at row {first}); clean the features (or recompute them)")
+        block = x[a:a + step]
+        finite = xp.isfinite(block).all(axis=1)
+        big = xp.zeros_like(finite)
+        # the exact norms only where the cheap bound D * max|x|^2 says they may be too large
+        may = finite & (xp.abs(block).max(axis=1, initial=0)
+                        > (MAX_SQUARED_NORM / max(1, block.shape[1])) ** 0.5)
+        if bool(may.any()):
+            b64 = block.astype(xp.float64)
+            big = may & (xp.einsum("ij,ij->i", b64, b64) > MAX_SQUARED_NORM)
+        for what, bad in (("NaN/Inf rows", ~finite), ("rows too large for float32 distances", big)):
+            if bool(bad.any()):
+                found[what][1] += int(bad.sum())
+                if found[what][0] is None:
+                    found[what][0] = a + int(xp.flatnonzero(bad)[0])
+    for what, (first, count) in found.items():
+        if first is not None:
+            why = f" (squared norm above {MAX_SQUARED_NORM:.1e})" if "large" in what else ""
+            raise ScoringError(f"{name} contains {what}{why} ({count} of {x.shape[0]}, the first "
+                               f"at row {first}); clean the features (or recompute them)")
 
 
 def _check_seed(seed: Any) -> int:

@@ -384,3 +384,43 @@ def test_fm_revision_enters_its_score_key_only():
     assert get_scorer("fm").stage_key(k=64, seed=0) == {"k": 64, "seed": 0, "revision": 1}
     assert get_scorer("fm-sup").stage_key(k=64, seed=0) == {"revision": 1}
     assert get_scorer("lm").stage_key(k=64, seed=0) == {}
+
+
+def test_rows_too_large_for_float32_distances_are_refused_not_labelled_as_nan_rows():
+    """A finite row of entries ~1e19 has a squared norm past float32's range: every kernel took
+    it for a NaN row (cluster 0 on CUDA, an arbitrary one on the BLAS path) and k-means said
+    "NaN/Inf rows" of data that has none. The largest squared norm allowed still votes right."""
+    from ffcv_dp4tl.scoring.feature_mapping import MAX_SQUARED_NORM, check_finite_rows
+
+    centroids = np.eye(3, 4, dtype=np.float32)
+    x = np.zeros((4, 4), np.float32)
+    x[2, 0] = 2e19
+    with pytest.raises(ScoringError, match=r"^target_features contains rows too large for float32 "
+                                           r"distances \(squared norm above 8.5e\+37\) \(1 of 4, the "
+                                           r"first at row 2\)"):
+        feature_mapping_scores(x, centroids, backend="cpu")
+    edge = np.zeros((1, 4), np.float32)
+    edge[0, 1] = np.float32(np.sqrt(MAX_SQUARED_NORM) * 0.999)
+    check_finite_rows(edge, "features")  # (below the limit: no error)
+    np.testing.assert_array_equal(feature_mapping_scores(edge, centroids, backend="cpu"), [0, 1, 0])
+
+
+def test_fm_refuses_non_finite_source_val_features(monkeypatch):
+    """FM assigns the source val features to its clusters (val_units.npy): a NaN/Inf val row
+    was silently put in cluster 0 (numba, CUDA) or another (BLAS), unlike train and target."""
+    from types import SimpleNamespace
+
+    from ffcv_dp4tl.scoring.methods import fm
+
+    feats = {"train": np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32),
+             "val": np.zeros((3, 4), np.float32)}
+    feats["val"][1, 2] = np.inf
+    ctx = SimpleNamespace(
+        target_predictions=lambda features: [SimpleNamespace(features=feats["train"][:2])],
+        source_features=feats.__getitem__, k=2, iters=3, seed=0, backend="cpu", meta={},
+        combine=lambda parts: parts[0], source=SimpleNamespace(split_names=("train", "val")))
+    with pytest.raises(ScoringError, match=r"^source val features contains NaN/Inf rows \(1 of 3, "
+                                           r"the first at row 1\)"):
+        fm.FeatureMapping().score(ctx)
+    feats["val"][1, 2] = 0.0
+    assert fm.FeatureMapping().score(ctx).val_units.shape == (3,)

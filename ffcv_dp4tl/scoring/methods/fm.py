@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 
 from ..context import ScoringContext
-from ..feature_mapping import feature_mapping_scores, kmeans, reciprocal_rank_votes
+from ..feature_mapping import check_finite_rows, feature_mapping_scores, kmeans, reciprocal_rank_votes
 from ..registry import FEATURES, K, SEED, TARGET, Cost, PlotStyle, Scorer, ScoreResult, register_scorer
 
 
@@ -50,8 +50,9 @@ class FeatureMapping(Scorer):
         ctx.meta.update({"k": ctx.k, "iters": ctx.iters})
 
         def val_units() -> np.ndarray:
-            return np.asarray(assign_nearest(np.asarray(ctx.source_features("val"), dtype=np.float32),
-                                             centroids, backend=ctx.backend)[0], dtype=np.int64)
+            val = np.asarray(ctx.source_features("val"), dtype=np.float32)
+            check_finite_rows(val, "source val features")  # (a NaN row went to cluster 0)
+            return np.asarray(assign_nearest(val, centroids, backend=ctx.backend)[0], dtype=np.int64)
 
         return vote_clusters(ctx, target_feats, centroids,
                              np.asarray(result.labels, dtype=np.int64), val_units)
