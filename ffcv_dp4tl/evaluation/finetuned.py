@@ -33,7 +33,7 @@ from ..fsutil import read_json
 from ..training.checkpoint import FinetuneState
 from ..training.distributed import resolve_device
 from ..training.finetune import (PRECISIONS, RESULT_NAME, STATE_NAME, classifier_for,
-                                 load_pretrained, mask_digest)
+                                 load_pretrained, mask_digest, weights_digest)
 from ..training.models import get_head
 
 
@@ -216,6 +216,20 @@ def _check_target(result: dict[str, Any], run_dir: Path, target: Path, classes: 
     return recorded
 
 
+def _source_differs(ident: dict[str, Any], source) -> str | None:
+    """What of the source checkpoint differs from the one a finetune run recorded (None: it is
+    the same): its identity (recipe, arch, data, mask), its epoch (another checkpoint of the
+    same run) or its weights (a source trained again: same identity, other weights). Fields a
+    run from before them lacks are not compared."""
+    if "source_identity" in ident and ident["source_identity"] != dict(source.identity):
+        return "identity"
+    if "source_epoch" in ident and ident["source_epoch"] != source.epoch:
+        return f"epoch ({source.epoch}, not {ident['source_epoch']})"
+    if "source_weights" in ident and ident["source_weights"] != weights_digest(source.model):
+        return "weights digest"
+    return None
+
+
 def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
                    resolution: int | None = None, target: str | Path | None = None,
                    checkpoint: str | Path | None = None) -> Finetuned:
@@ -265,10 +279,11 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
                                                      recorded_train_split, ident)
     dev = resolve_device(device)  # the one device rule (auto, cpu, cuda, cuda:N)
     model, source = load_pretrained(ckpt, dev)
-    if "source_identity" in ident and ident["source_identity"] != dict(source.identity):
+    differs = _source_differs(ident, source)
+    if differs:
         raise DataError(f"the source checkpoint {ckpt} is not the one {run_dir} was finetuned "
-                        f"from (its identity differs from the one in {STATE_NAME}): it was replaced "
-                        "after finetuning; put the original back or rerun the finetuning")
+                        f"from (its {differs} differs from the one in {STATE_NAME}): it was "
+                        "replaced after finetuning; put the original back or rerun the finetuning")
     head = _field(result, "head", "str", run_dir, FinetuneHead.new.value,
                   choices=FinetuneHead.values())
     classifier_for(model, source, head, classes, ckpt)  # the head the run trained (its rule)
