@@ -54,6 +54,39 @@ def _runs(args: list[str]) -> dict[str, Path]:
     return runs
 
 
+def _reuse_key(run: Path, settings: dict) -> str:
+    """What a model's entry in OUT/STEM.json was measured from: the run (its folder, its
+    result.json's bytes, its weights file's size and time) and every option that changes the
+    numbers. A rerun reuses an entry of the same key (an interrupted evaluation resumes with
+    the models it had not finished; a finetuning rerun into the run folder is measured again)."""
+    import hashlib
+
+    from ..training.finetune import RESULT_NAME, STATE_NAME
+
+    st = (run / STATE_NAME).stat()
+    h = hashlib.sha256((run / RESULT_NAME).read_bytes())
+    h.update(json.dumps({"run": str(run.resolve()), "state": [st.st_size, st.st_mtime_ns],
+                         **settings}, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _finished(out: Path, stem: str, keys: dict[str, str]) -> dict[str, dict]:
+    """The entries of an earlier call's OUT/STEM.json measured under the same keys (an
+    unreadable or foreign file reuses nothing: it is rewritten)."""
+    try:
+        data = json.loads((out / f"{stem}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    done = {label: e for label, e in data.items()
+            if label in keys and isinstance(e, dict) and e.get("reuse_key") == keys[label]}
+    for label in done:
+        typer.echo(f"{label}: measured already under the same settings ({out / (stem + '.json')}); "
+                   "reused")
+    return done
+
+
 def _write(out: Path, stem: str, data: dict, table: str, title: str, echo: bool = True) -> None:
     from ..fsutil import atomic_write_json, atomic_write_text
 
@@ -100,10 +133,16 @@ def corruptions_cmd(
 
     which = parse_corruptions(corrupt)
     labelled, title = _runs(runs), "Corruption robustness (Tab. A4)"
+    dev = resolve_device(device)
+    settings = {"corruptions": which, "split": split, "seed": seed, "resolution": resolution,
+                "corrupt_resolution": corrupt_resolution, "batch_size": batch_size,
+                "format": fmt.value if fmt else None, "device": dev.split(":")[0]}
+    keys = {label: _reuse_key(run, settings) for label, run in labelled.items()}
     res = evaluate_corruptions(
-        labelled, which, device=resolve_device(device), resolution=resolution, split=split,
+        labelled, which, device=dev, resolution=resolution, split=split,
         fmt=fmt.value if fmt else None, batch_size=batch_size, num_workers=workers, seed=seed,
         corrupt_resolution=corrupt_resolution, progress=progress,
+        finished=_finished(out, "corruptions", keys), keys=keys,
         on_warning=lambda line: typer.echo(f"warning: {line}", err=True),
         on_result=lambda done: _write_partial(out, "corruptions", done, corruption_table, title,
                                               len(labelled)))
@@ -153,15 +192,25 @@ def flatness_cmd(
     if not math.isfinite(tol):
         raise DP4TLError(f"--tol must be a finite number >= 0, got {tol}")
     dev = resolve_device(device)
+    labelled = _runs(runs)
     # every run loaded (and so checked) before any is measured: a bad last run fails at once
     models = {label: load_finetuned(run, dev, resolution=resolution)
-              for label, run in _runs(runs).items()}
+              for label, run in labelled.items()}
+    settings = {"eps": eps, "steps": steps, "iters": iters, "tol": tol, "batches": batches,
+                "batch_size": batch_size, "split": split, "seed": seed, "resolution": resolution,
+                "format": fmt.value if fmt else None, "device": dev.split(":")[0]}
+    keys = {label: _reuse_key(run, settings) for label, run in labelled.items()}
+    finished = _finished(out, "flatness", keys)
     title = "Flatness of the finetuned models (Fig. A4)"
     res = {}
     for label, ft in models.items():
-        res[label] = model_flatness(ft, split=split, fmt=fmt.value if fmt else None, batch_size=batch_size,
-                                    num_batches=batches or None, eps=eps, steps=steps, iters=iters,
-                                    tol=tol, seed=seed, num_workers=workers)
+        if label in finished:
+            res[label] = finished[label]
+            continue
+        res[label] = {**model_flatness(ft, split=split, fmt=fmt.value if fmt else None,
+                                       batch_size=batch_size, num_batches=batches or None,
+                                       eps=eps, steps=steps, iters=iters, tol=tol, seed=seed,
+                                       num_workers=workers), "reuse_key": keys[label]}
         typer.echo(f"{label}: ε-sharpness {res[label]['eps_sharpness']:.4f} %, λ_max "
                    f"{res[label]['lambda_max']:.4g}")
         _write_partial(out, "flatness", res, flatness_table, title, len(models))

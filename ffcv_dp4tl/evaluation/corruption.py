@@ -126,12 +126,16 @@ def evaluate_corruptions(runs: dict[str, str | Path], corruptions: Sequence[tupl
                          device: str | torch.device = "cpu", resolution: int | None = None,
                          on_result: Callable[[dict[str, dict[str, Any]]], None] | None = None,
                          on_warning: Callable[[str], None] | None = None,
+                         finished: dict[str, dict[str, Any]] | None = None,
+                         keys: dict[str, str] | None = None,
                          **kw) -> dict[str, dict[str, Any]]:
     """:func:`corruption_accuracy` of every ``{label: run_dir}``. Every run is loaded (and so
     checked) before any is evaluated: a bad last run fails at once, not after the others.
     ``on_result(results so far)`` after each run (the CLI saves them: a later failure keeps them).
     ``on_warning(line)`` (default: :func:`warnings.warn`) for each run whose CIFAR target is
-    corrupted at a side other than 32 px (:func:`resolution_warning`), before any evaluation."""
+    corrupted at a side other than 32 px (:func:`resolution_warning`), before any evaluation.
+    ``finished``: entries measured earlier under the same settings, taken as they are (an
+    interrupted evaluation resumed); ``keys``: each label's ``reuse_key``, recorded in its entry."""
     if not corruptions:
         raise DataError("no corruption to evaluate; give --corrupt NAME[:SEVERITY], `paper` or `all`")
     models = {label: load_finetuned(run, device, resolution=resolution) for label, run in runs.items()}
@@ -141,7 +145,12 @@ def evaluate_corruptions(runs: dict[str, str | Path], corruptions: Sequence[tupl
             (on_warning or (lambda m: warnings.warn(m, UserWarning, stacklevel=3)))(f"{label}: {line}")
     results: dict[str, dict[str, Any]] = {}
     for label, ft in models.items():
+        if finished and label in finished:
+            results[label] = finished[label]
+            continue
         results[label] = corruption_accuracy(ft, corruptions, **kw)
+        if keys and label in keys:
+            results[label]["reuse_key"] = keys[label]
         if on_result is not None:
             on_result(results)
     return results

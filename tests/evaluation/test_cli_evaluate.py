@@ -23,6 +23,29 @@ def test_corruptions_and_flatness_write_their_tables(lp_run, capsys, monkeypatch
     assert json.loads((tmp_path / "flatness.json").read_text())["LP"]["samples"] == 8
 
 
+@pytest.mark.parametrize("cmd", ["corruptions", "flatness"])
+def test_a_rerun_reuses_the_models_measured_under_the_same_settings(cmd, lp_run, ff_run, capsys,
+                                                                    monkeypatch, tmp_path):
+    """Ctrl-C says "rerun the same command to resume": the models an interrupted call had
+    finished (its partial OUT/*.json) are reused, the rest measured; another setting, or the run
+    finetuned again, measures again."""
+    opts = (("--corrupt", "impulse_noise:5", "--no-progress") if cmd == "corruptions" else
+            ("--batches", "1", "--batch-size", "8", "--steps", "1", "--iters", "2"))
+    common = ("evaluate", cmd, *opts, "--format", "wds", "--workers", "0", "--device", "cpu",
+              "-o", tmp_path)
+    assert cli(capsys, monkeypatch, *common[:2], f"LP={lp_run}", *common[2:])[0] == 0  # (the part
+    first = json.loads((tmp_path / f"{cmd}.json").read_text())["LP"]          # done before a ^C)
+    code, out, err = cli(capsys, monkeypatch, *common[:2], f"LP={lp_run}", f"FF={ff_run}", *common[2:])
+    assert code == 0, err
+    assert "LP: measured already under the same settings" in out and "FF: measured" not in out
+    both = json.loads((tmp_path / f"{cmd}.json").read_text())
+    assert both["LP"] == first and both["FF"]["run"] == str(ff_run)
+    assert both["FF"]["reuse_key"] != both["LP"]["reuse_key"]
+    seed = ("--seed", "1")
+    code, out, _ = cli(capsys, monkeypatch, *common[:2], f"LP={lp_run}", *common[2:], *seed)
+    assert code == 0 and "measured already" not in out  # another setting: measured again
+
+
 def test_bad_input_is_one_line(eval_target, capsys, monkeypatch, tmp_path):
     one_line(*cli(capsys, monkeypatch, "evaluate", "vtab-splits", "--data", eval_target, "-o",
                   tmp_path)[::2], "fewer than the 800 + 200")
