@@ -17,6 +17,7 @@ from typing import List, Optional
 import typer
 
 from .app import app
+from ..contracts import check_seeds
 from ..errors import DP4TLError
 from .options import FORMAT_HELP, Format, device_option, out_callback, resolve_device
 
@@ -39,6 +40,9 @@ def _runs(args: list[str]) -> dict[str, Path]:
                              "LABEL=DIR (the label names the table's column), or just DIR")
         if sep and not path:
             raise DP4TLError(f"run argument {a!r} names no directory after '='; write LABEL=DIR")
+        if sep and any(c in label for c in "|\n"):
+            raise DP4TLError(f"run argument {a!r}: a label names a column of the Markdown table, "
+                             "so it cannot hold '|' or a line break; write LABEL=DIR with another LABEL")
         p = Path(path if sep else a)
         label = label if sep else p.name
         if not p.exists():
@@ -63,8 +67,11 @@ def _reuse_key(run: Path, settings: dict) -> str:
 
     from ..training.finetune import RESULT_NAME, STATE_NAME
 
-    st = (run / STATE_NAME).stat()
-    h = hashlib.sha256((run / RESULT_NAME).read_bytes())
+    try:
+        st = (run / STATE_NAME).stat()
+        h = hashlib.sha256((run / RESULT_NAME).read_bytes())
+    except OSError:  # not a finished run: nothing to reuse (loading it says what it lacks)
+        return ""
     h.update(json.dumps({"run": str(run.resolve()), "state": [st.st_size, st.st_mtime_ns],
                          **settings}, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
@@ -79,8 +86,8 @@ def _finished(out: Path, stem: str, keys: dict[str, str]) -> dict[str, dict]:
         return {}
     if not isinstance(data, dict):
         return {}
-    done = {label: e for label, e in data.items()
-            if label in keys and isinstance(e, dict) and e.get("reuse_key") == keys[label]}
+    done = {label: e for label, e in data.items() if keys.get(label)
+            and isinstance(e, dict) and e.get("reuse_key") == keys[label]}
     for label in done:
         typer.echo(f"{label}: measured already under the same settings ({out / (stem + '.json')}); "
                    "reused")
@@ -131,6 +138,7 @@ def corruptions_cmd(
     from ..data.corruptions import parse_corruptions
     from ..evaluation.corruption import corruption_table, evaluate_corruptions
 
+    check_seeds([seed], "--seed")  # (before any work: it was checked after the clean pass)
     which = parse_corruptions(corrupt)
     labelled, title = _runs(runs), "Corruption robustness (Tab. A4)"
     dev = resolve_device(device)
@@ -187,6 +195,7 @@ def flatness_cmd(
     from ..evaluation.finetuned import load_finetuned
     from ..evaluation.flatness import flatness_table, model_flatness
 
+    check_seeds([seed], "--seed")  # (2**64 was a traceback after the ε-sharpness work)
     if not (math.isfinite(eps) and eps > 0):
         raise DP4TLError(f"--eps must be a finite number > 0, got {eps}")
     if not math.isfinite(tol):

@@ -250,7 +250,8 @@ def jpeg_compression(x, c, rng):
 def pixelate(x, c, rng):
     h, w = x.shape[:2]
     img = Image.fromarray(np.uint8(np.clip(x, 0, 1) * 255))
-    img = img.resize((int(w * c), int(h * c)), Image.BOX).resize((w, h), Image.BOX)
+    # at least 1 px: int(1 * 0.95) is 0 at a 1-px side, which PIL refuses (a traceback)
+    img = img.resize((max(1, int(w * c)), max(1, int(h * c))), Image.BOX).resize((w, h), Image.BOX)
     return np.asarray(img, dtype=np.float64) / 255.0
 
 

@@ -269,6 +269,9 @@ def vtab_protocol(recipe: str | Path, checkpoint: str | Path, target_dir: str | 
     mode = FinetuneMode.check(mode or base.finetune.mode, "finetune mode")
     in_memory = vtab_masks(target_dir, seed=seed, train_size=train_size, val_size=val_size,
                            split=split)
+    # the final run reads the recipe's test split; the selection runs read only `split`, so a
+    # target without it failed after every selection run had trained
+    load_manifest(target_dir).split(base.data.test_split)
     source = Checkpoint.load(checkpoint)
     ident = json.dumps({**source.identity, "epoch": source.epoch}, sort_keys=True, default=str)
     settings = {"recipe": base.name, "recipe_fingerprint": base.fingerprint(),

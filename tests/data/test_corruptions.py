@@ -77,6 +77,17 @@ def test_filters_do_what_their_definition_says():
     assert len(np.unique(px[0, 0, :, 0])) <= 20 < len(np.unique(ramp[0, 0, :, 0]))
 
 
+@pytest.mark.parametrize("side", [1, 2])
+def test_every_corruption_takes_the_smallest_images(side):
+    """--corrupt-resolution 1 (or --resolution 1) is accepted: pixelate's int(1 * 0.95) = 0 px
+    was a PIL traceback. Every corruption keeps the shape at sides 1 and 2."""
+    img = np.full((2, side, side, 3), 100, np.uint8)
+    for name in CORRUPTIONS:
+        for severity in (1, 5):
+            out = CorruptionOp(name, severity)(img, [0, 1])
+            assert out.shape == img.shape and out.dtype == np.uint8, (name, severity)
+
+
 def test_hsv_conversion_matches_colorsys():
     rgb = np.random.default_rng(0).random((50, 3))
     hsv = _rgb2hsv(rgb)

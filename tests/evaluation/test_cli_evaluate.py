@@ -46,6 +46,19 @@ def test_a_rerun_reuses_the_models_measured_under_the_same_settings(cmd, lp_run,
     assert code == 0 and "measured already" not in out  # another setting: measured again
 
 
+@pytest.mark.parametrize("cmd", ["corruptions", "flatness"])
+def test_a_seed_past_the_seed_range_or_a_folder_that_is_no_finetune_run_is_one_line(
+        cmd, lp_run, eval_source_ckpt, capsys, monkeypatch, tmp_path):
+    """--seed 2**64 was a traceback in flatness (after the ε-sharpness work) and checked in
+    corruptions only after the clean pass. A training run's folder is named as "not a finished
+    finetune run" (the reuse check must not turn it into "not found: ...")."""
+    extra = CORRUPT if cmd == "corruptions" else ("--workers", "0", "--device", "cpu")
+    one_line(*cli(capsys, monkeypatch, "evaluate", cmd, lp_run, *extra, "--seed", str(2**64),
+                  "-o", tmp_path / "o")[::2], "--seed", "too large")
+    one_line(*cli(capsys, monkeypatch, "evaluate", cmd, eval_source_ckpt.parent, *extra, "-o",
+                  tmp_path / "o")[::2], "is not a finished finetune run")
+
+
 def test_bad_input_is_one_line(eval_target, capsys, monkeypatch, tmp_path):
     one_line(*cli(capsys, monkeypatch, "evaluate", "vtab-splits", "--data", eval_target, "-o",
                   tmp_path)[::2], "fewer than the 800 + 200")
@@ -73,7 +86,8 @@ def test_vtab_splits_refuse_another_draw_into_the_same_out(eval_target, capsys, 
 
 @pytest.mark.parametrize("cmd", ["corruptions", "flatness"])
 @pytest.mark.parametrize("arg, needle", [("=RUN", "empty label"), (" =RUN", "empty label"),
-                                         ("LP=", "names no directory")])
+                                         ("LP=", "names no directory"),
+                                         ("a|b=RUN", "cannot hold '|'")])
 def test_a_run_argument_without_label_or_directory_is_one_line(lp_run, capsys, monkeypatch,
                                                                tmp_path, cmd, arg, needle):
     """``=DIR`` was accepted and wrote a column with a blank header into the table."""

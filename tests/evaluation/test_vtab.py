@@ -175,6 +175,19 @@ def test_vtab_lrs_are_checked_before_any_work(eval_source_ckpt, eval_target, tmp
     assert not (tmp_path / "v").exists()
 
 
+def test_a_target_without_the_recipes_test_split_is_refused_before_any_work(eval_source_ckpt,
+                                                                           eval_synth, tmp_path):
+    """The selection runs read only the train split; the final run was the first to open the
+    recipe's test split, so a target without one failed after every selection run had
+    trained (here: the source, which has train and val)."""
+    from ffcv_dp4tl.evaluation.vtab import vtab_protocol
+
+    with pytest.raises(DataError, match="has no split 'test'"):
+        vtab_protocol("lp_tiny_cpu", eval_source_ckpt, eval_synth / "source", tmp_path / "v",
+                      lrs=[0.01], train_size=16, val_size=4)
+    assert not (tmp_path / "v").exists()
+
+
 def test_every_lrs_recipe_is_checked_before_the_first_finetuning(eval_source_ckpt, eval_target,
                                                                 tmp_path, monkeypatch):
     """Each learning rate's run recipe (the recipe, --set, that lr.lr and the select runs'
