@@ -68,15 +68,16 @@ def resolution_warning(ft: Finetuned, corrupt_resolution: int | None) -> str | N
 def corruption_accuracy(ft: Finetuned, corruptions: Sequence[tuple[str, int]], *,
                         split: str | None = None, fmt: str | None = None,
                         batch_size: int | None = None, num_workers: int = 2, seed: int = 0,
-                        corrupt_resolution: int | None = None, progress: bool = True
-                        ) -> dict[str, Any]:
+                        corrupt_resolution: int | None = None, progress: bool = True,
+                        label: str | None = None) -> dict[str, Any]:
     """Clean and corrupted top-1 of one finetuned model; ``{"clean_top1", "rows": [{corruption,
     severity, top1, count}], "per_corruption": {name: mean top-1}, "mean_corruption_top1"}``.
     ``split``: None (default) is the run's own test split under its test mask, the images its
     ``test_top1`` was measured on; a split named here is read whole (no mask).
     ``fmt``: the target's format, default the one the run was finetuned from (``ft.fmt``);
     ``batch_size``: default the run's test batch size (256 for runs from before it was
-    recorded). With the run's images, precision, batch size and ``cudnn.benchmark`` setting the
+    recorded); ``label``: the progress bar's name of the model (default: its run folder's).
+    With the run's images, precision, batch size and ``cudnn.benchmark`` setting the
     clean pass repeats the run's test evaluation, so its top-1 is the reported one."""
     dev = next(ft.model.parameters()).device
     ctx = single_process_context(dev)  # `cuda:N` current before the loader is made
@@ -93,7 +94,8 @@ def corruption_accuracy(ft: Finetuned, corruptions: Sequence[tuple[str, int]], *
     rows = []
     with cudnn_benchmark(dev):  # as the run's test evaluation (finetune)
         clean = evaluate(ft.model, loader, ctx, ft.amp, ft.flip_tta)
-        bar = tqdm(corruptions, desc=f"corruptions {ft.name}", disable=not progress, leave=False)
+        bar = tqdm(corruptions, desc=f"corruptions {label or ft.name}", disable=not progress,
+                   leave=False)
         for name, severity in bar:
             op = CorruptionOp(name, severity, seed=seed, resolution=corrupt_resolution)
             r = evaluate(ft.model, CorruptedLoader(loader, op), ctx, ft.amp, ft.flip_tta)
@@ -148,7 +150,7 @@ def evaluate_corruptions(runs: dict[str, str | Path], corruptions: Sequence[tupl
         if finished and label in finished:
             results[label] = finished[label]
             continue
-        results[label] = corruption_accuracy(ft, corruptions, **kw)
+        results[label] = corruption_accuracy(ft, corruptions, label=label, **kw)
         if keys and label in keys:
             results[label]["reuse_key"] = keys[label]
         if on_result is not None:
