@@ -232,7 +232,9 @@ def sigterm_raises(grace: float | None = GRACE_S) -> Iterator[None]:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             return
-        if signal.SIGTERM in _RECEIVED:  # the second one: stop the cleanup too
+        if signal.SIGTERM in _RECEIVED:  # the second one: stop the cleanup too, with the line
+            # (to the descriptor: the cleanup may hold sys.stderr's lock)
+            os.write(2, f"{line(signal.SIGTERM)} (a second SIGTERM ended its cleanup)\n".encode())
             os._exit(exit_status(signal.SIGTERM))
         record(signum)
         raise Terminated()

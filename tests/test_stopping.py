@@ -140,6 +140,9 @@ def test_a_second_sigterm_ends_a_slow_cleanup_at_once():
                               "    print('cleaning up', flush=True)\n    KILL\n"
                               "    time.sleep(10)\n    print('cleanup ran on')", grace=None)
     assert run.returncode == 143 and run.stdout == "cleaning up\n", (run.stdout, run.stderr)
+    # the command's line, not silence (Slurm and torchrun may both send one)
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"{stopping.line(signal.SIGTERM)} (a second SIGTERM ended its cleanup)"), run.stderr
 
 
 def test_a_main_thread_blocked_in_native_code_still_ends_after_the_grace():
