@@ -490,11 +490,6 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
         if ckpt is None:
             _remove_earlier_run(out_dir)
 
-    past = sorted(e for e in tc.keep_epochs if e > tc.epochs)
-    if past and ctx.is_main and ckpt is None:  # (said once, when the run starts)
-        warnings.warn(f"train.keep_epochs {past} lie past train.epochs {tc.epochs}: no "
-                      f"{early_checkpoint_name(past[0])} is kept (the surrogate's early "
-                      "checkpoints for EL2N/GraNd); lower them or train longer", stacklevel=3)
     timer = StageTimer(ckpt.timings if ckpt else None, sync_cuda=False)
     lost = [e for e in sorted(tc.keep_epochs)
             if e <= start_epoch and not (out_dir / early_checkpoint_name(e)).exists()]

@@ -374,14 +374,3 @@ def test_a_mid_epoch_checkpoint_is_format_2_and_a_damaged_position_is_refused(tm
     save_checkpoint(tmp_path / "c.pt", {**mid.to_dict(), "progress": None})
     with pytest.raises(DP4TLError, match=r"c.pt: its mid-epoch position \(step 5.*is damaged"):
         Checkpoint.load(tmp_path / "c.pt")
-
-
-def test_keep_epochs_past_the_run_are_named_when_it_starts(source_dir, tmp_path, test_recipe):
-    """A recipe's early checkpoints (for EL2N/GraNd) past a shortened run were silently never
-    written; the run says so once, as it starts, and trains."""
-    r = test_recipe("train.epochs=1", "train.keep_epochs=[1, 3]")
-    kw = dict(fmt="wds", device="cpu", progress=False)
-    with pytest.warns(UserWarning, match=r"train.keep_epochs \[3\] lie past train.epochs 1: no "
-                                         r"checkpoint_e3.pt is kept"):
-        train(r, source_dir, out_dir=tmp_path, **kw)
-    assert (tmp_path / "checkpoint_e1.pt").exists() and not (tmp_path / "checkpoint_e3.pt").exists()
