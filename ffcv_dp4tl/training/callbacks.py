@@ -10,6 +10,10 @@ as no-ops):
   tensors (that would synchronise every step).
 * ``on_epoch_end(row)`` — the epoch's metrics row (what ``metrics.jsonl`` gets), after
   validation and before the checkpoint is written.
+* ``on_checkpoint(epoch, step)`` — before a mid-epoch checkpoint (``train.checkpoint_every``)
+  is written, ``step`` steps into ``epoch``; ``on_resume(epoch, step)`` — a run resumed from
+  one, before the epoch's next batch. A callback that accumulates over an epoch saves its part
+  at the first and takes it back at the second (:class:`RecordSeen` does).
 * ``on_train_end()`` — once, also when the run stops early or fails.
 
 Callbacks passed to :func:`~ffcv_dp4tl.training.trainer.train` run on every DDP rank; the
@@ -44,6 +48,12 @@ class Callback:
         pass
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
+        pass
+
+    def on_checkpoint(self, epoch: int, step: int) -> None:
+        pass
+
+    def on_resume(self, epoch: int, step: int) -> None:
         pass
 
     def on_train_end(self) -> None:
@@ -106,7 +116,12 @@ class RecordSeen(Callback):
     """Saves the sample indices this rank trained on, per epoch, to
     ``out_dir/seen/rank{rank}_epoch{epoch}.npy`` (in step order): the ground truth for checking
     that a mask, a resumed run or DDP sharding trained on exactly the samples it should. Also
-    keeps them in memory (``self.seen[epoch]``) for in-process use."""
+    keeps them in memory (``self.seen[epoch]``) for in-process use.
+
+    With mid-epoch checkpoints it saves the epoch's part at each (``..._step{k}.npy``) and a
+    run resumed at step k starts from that part, so the epoch's file covers the whole epoch
+    across the interruption. Without ``out_dir`` (in memory only) a resumed epoch holds the
+    batches trained after the resume."""
 
     def __init__(self, out_dir: str | Path | None = None, rank: int | None = None):
         self.out_dir = None if out_dir is None else Path(out_dir)
@@ -115,19 +130,40 @@ class RecordSeen(Callback):
         self._parts: list[torch.Tensor] = []
         self._epoch: int | None = None
 
+    def _path(self, epoch: int, step: int | str | None = None) -> Path:
+        rank = self.rank
+        if rank is None:
+            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        return self.out_dir / "seen" / (f"rank{rank}_epoch{epoch}"
+                                        + ("" if step is None else f"_step{step}") + ".npy")
+
+    def _so_far(self) -> np.ndarray:
+        return (torch.cat(self._parts).numpy().astype(np.int64) if self._parts
+                else np.zeros(0, np.int64))
+
     def on_batch(self, epoch: int, batch: Any) -> None:
         self._epoch = epoch
         self._parts.append(batch.indices.detach().to("cpu", non_blocking=True))
 
+    def on_checkpoint(self, epoch: int, step: int) -> None:
+        if self.out_dir is not None:
+            from ..fsutil import atomic_path
+
+            self._path(epoch).parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self._path(epoch, step), suffix=".npy") as tmp:
+                np.save(tmp, self._so_far())
+
+    def on_resume(self, epoch: int, step: int) -> None:
+        if self.out_dir is not None and self._path(epoch, step).exists():
+            self._parts = [torch.from_numpy(np.load(self._path(epoch, step)))]
+
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         epoch = row["epoch"]
-        idx = (torch.cat(self._parts).numpy().astype(np.int64) if self._parts
-               else np.zeros(0, np.int64))
+        idx = self._so_far()
         self._parts = []
         self.seen[epoch] = idx
         if self.out_dir is not None:
-            rank = self.rank
-            if rank is None:
-                rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-            (self.out_dir / "seen").mkdir(parents=True, exist_ok=True)
-            np.save(self.out_dir / "seen" / f"rank{rank}_epoch{epoch}.npy", idx)
+            self._path(epoch).parent.mkdir(parents=True, exist_ok=True)
+            np.save(self._path(epoch), idx)
+            for part in self._path(epoch).parent.glob(self._path(epoch, "*").name):
+                part.unlink(missing_ok=True)

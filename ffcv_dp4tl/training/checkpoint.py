@@ -87,6 +87,27 @@ def set_rng_states(st: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(state, i)
 
 
+def _mid_epoch_fields_ok(kw: dict[str, Any]) -> bool:
+    """A mid-epoch checkpoint's ``step``, ``progress`` and ``rank_rng`` are what the trainer
+    writes (step 0, the end of an epoch, needs neither): read as they would be on resume."""
+    from .engine import METRIC_SUMS, EpochProgress
+
+    step = kw.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return False
+    if not step:
+        return True
+    try:
+        progress = EpochProgress.from_dict(kw.get("progress"))
+    except (KeyError, TypeError, ValueError):
+        return False
+    rank_rng = kw.get("rank_rng")
+    return (progress.step == step and len(progress.sums) == len(METRIC_SUMS)
+            and (rank_rng is None or (isinstance(rank_rng, list) and rank_rng and all(
+                isinstance(st, dict) and {"torch", "numpy", "python"} <= set(st)
+                for st in rank_rng))))
+
+
 @dataclasses.dataclass
 class Checkpoint:
     """One training checkpoint (see the module doc). ``model`` is the backbone's state_dict
@@ -180,13 +201,10 @@ class Checkpoint:
                 identity.setdefault(k, d[k])
         kw.update(identity=identity, format_version=version,
                   extra={k: v for k, v in d.items() if k not in names and k not in cls._DERIVED})
-        step = kw.get("step", 0)
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0 or (
-                step and not (isinstance(kw.get("progress"), dict)
-                              and kw["progress"].get("step") == step)):
-            raise DP4TLError(f"{source}: its mid-epoch position (step {step!r}, progress "
-                             f"{str(kw.get('progress'))[:60]}) is damaged; delete it and rerun "
-                             "what wrote it")
+        if not _mid_epoch_fields_ok(kw):
+            raise DP4TLError(f"{source}: its mid-epoch position (step {kw.get('step')!r}, progress "
+                             f"{str(kw.get('progress'))[:60]}, rank_rng) is damaged; delete it "
+                             "and rerun what wrote it")
         return cls(**kw)
 
     def save(self, path: str | Path) -> None:

@@ -69,7 +69,7 @@ from torch import nn
 
 from ..data import (AugSpec, IndexMask, load_manifest, load_mask, make_loader, val_mask_of,
                     validate_mask)
-from ..errors import DP4TLError
+from ..errors import DataError, DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
 from . import distributed as dist_
 from .callbacks import ConsoleLogger, MetricsWriter, RecordSeen, TensorBoardLogger, call
@@ -605,6 +605,9 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
 
     def save_mid_epoch(epoch: int, done: EpochProgress) -> None:
         rank_rng = dist_.all_gather(ctx, rng_states())  # (every rank: a collective)
+        # observers first (RecordSeen's part of the epoch): a kill between the two then
+        # resumes from the previous checkpoint, whose step's record is still there
+        call(callbacks, "on_checkpoint", epoch, done.step)
         if ctx.is_main:
             with timer("checkpoint"):
                 state(epoch, step=done.step, progress=done.to_dict(),
@@ -620,13 +623,22 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
         res = resolution(tc, epoch)
         # announcing the next epoch lets the WebDataset loader's workers start on it while this
         # one drains (none after the last epoch of this call: nothing is built for nothing)
-        train_loader.set_epoch(epoch, res, next_resolution=resolution(tc, epoch + 1)
-                               if epoch + 1 < end_epoch else None,
-                               **({"start_batch": ckpt.step} if within else {}))
-        if within and progress and ctx.is_main:  # (the numbers of the progress bar)
-            print(f"resuming epoch {epoch + 1}/{tc.epochs} at step {ckpt.step} of "
-                  f"{ckpt.step + len(train_loader)} (the mid-epoch checkpoint in {out_dir})",
-                  flush=True)
+        try:
+            train_loader.set_epoch(epoch, res, next_resolution=resolution(tc, epoch + 1)
+                                   if epoch + 1 < end_epoch else None,
+                                   **({"start_batch": ckpt.step} if within else {}))
+        except DataError as e:
+            if not within:
+                raise
+            raise DP4TLError(f"{out_dir / CHECKPOINT_NAME} is at step {ckpt.step} of epoch "
+                             f"{epoch}, which it cannot be ({e}): it is damaged; delete it and "
+                             "rerun to start over") from None
+        if within:
+            call(callbacks, "on_resume", epoch, ckpt.step)
+            if progress and ctx.is_main:  # (the numbers of the progress bar)
+                print(f"resuming epoch {epoch + 1}/{tc.epochs} at step {ckpt.step} of "
+                      f"{ckpt.step + len(train_loader)} (the mid-epoch checkpoint in {out_dir})",
+                      flush=True)
         start = EpochProgress.from_dict(ckpt.progress) if within else EpochProgress()
         t0 = time.perf_counter() - start.seconds  # (a resumed epoch: its earlier part too)
         stats = parts.train_one_epoch(

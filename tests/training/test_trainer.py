@@ -346,7 +346,7 @@ def test_a_run_killed_mid_epoch_resumes_at_the_last_step_checkpoint_bit_identica
     seen_b = RecordSeen()
     row = train(r, source_dir, out_dir=tmp_path / "b", callbacks=[seen_b], **kw)
     assert sorted(seen_b.seen) == [1]
-    np.testing.assert_array_equal(seen_b.seen[1], seen_a.seen[1][2 * 16:])
+    np.testing.assert_array_equal(seen_b.seen[1], seen_a.seen[1][2 * 16:])  # (in memory: the rest)
     a = Checkpoint.load(tmp_path / "a" / "checkpoint.pt")
     b = Checkpoint.load(tmp_path / "b" / "checkpoint.pt")
     assert (b.epoch, b.step, b.format_version) == (2, 0, 1)  # the end of an epoch: format 1
@@ -367,10 +367,51 @@ def test_a_mid_epoch_checkpoint_is_format_2_and_a_damaged_position_is_refused(tm
     raw = base.to_dict()
     assert raw["format_version"] == 1 and "step" not in raw  # readable by older releases
     mid = dataclasses.replace(base, step=5, progress={"step": 5, "sums": [0.0] * 4, "seconds": 1.0},
-                              rank_rng=[{}])
+                              rank_rng=[{"torch": 0, "numpy": 0, "python": 0}])
     assert mid.to_dict()["format_version"] == 2
     back = Checkpoint.from_dict(mid.to_dict())
     assert (back.epoch, back.step, back.progress["step"]) == (3, 5, 5)
-    save_checkpoint(tmp_path / "c.pt", {**mid.to_dict(), "progress": None})
-    with pytest.raises(DP4TLError, match=r"c.pt: its mid-epoch position \(step 5.*is damaged"):
-        Checkpoint.load(tmp_path / "c.pt")
+    good = {"step": 5, "sums": [0.0] * 4, "seconds": 1.0}
+    for damage in ({"progress": None}, {"step": -1}, {"step": True},
+                   {"progress": {k: v for k, v in good.items() if k != "sums"}},
+                   {"progress": {**good, "sums": "abc"}}, {"progress": {**good, "sums": [0.0] * 3}},
+                   {"progress": {**good, "seconds": None}}, {"progress": {**good, "step": 4}},
+                   {"rank_rng": "x"}, {"rank_rng": [{"python": 1}]}, {"rank_rng": []}):
+        save_checkpoint(tmp_path / "c.pt", {**mid.to_dict(), **damage})
+        with pytest.raises(DP4TLError, match=r"c.pt: its mid-epoch position \(step .*is damaged; "
+                                             r"delete it"):
+            Checkpoint.load(tmp_path / "c.pt")
+
+
+def test_record_seen_covers_an_epoch_resumed_mid_way_and_a_damaged_step_is_one_line(
+        source_dir, tmp_path, test_recipe):
+    """RecordSeen's files are the audit of what each epoch trained: the part before a mid-epoch
+    checkpoint is saved with it and taken back on resume, so the resumed epoch's file is the
+    whole epoch (it held only the batches after the resume: 1728 of 1920 in the review). A
+    checkpoint whose step lies past the epoch names itself (was "an epoch of 30 batches cannot
+    start at batch 99", after the model and loaders were built)."""
+    from ffcv_dp4tl.training.checkpoint import save_checkpoint
+
+    r = test_recipe("train.checkpoint_every=2")
+    kw = dict(fmt="wds", device="cpu", progress=False)
+    train(r, source_dir, out_dir=tmp_path / "a", callbacks=[RecordSeen(tmp_path / "a")], **kw)
+    with pytest.raises(KeyboardInterrupt):
+        train(r, source_dir, out_dir=tmp_path / "b", callbacks=[RecordSeen(tmp_path / "b"),
+                                                                _StopAt(1, 5)], **kw)
+    assert (tmp_path / "b" / "seen" / "rank0_epoch1_step4.npy").exists()
+    train(r, source_dir, out_dir=tmp_path / "b", callbacks=[RecordSeen(tmp_path / "b")], **kw)
+    for epoch in (0, 1):
+        np.testing.assert_array_equal(np.load(tmp_path / "b" / "seen" / f"rank0_epoch{epoch}.npy"),
+                                      np.load(tmp_path / "a" / "seen" / f"rank0_epoch{epoch}.npy"))
+    assert sorted(p.name for p in (tmp_path / "b" / "seen").iterdir()) == [
+        "rank0_epoch0.npy", "rank0_epoch1.npy"]  # the parts are gone with their epoch
+
+    with pytest.raises(KeyboardInterrupt):
+        train(r, source_dir, out_dir=tmp_path / "c", callbacks=[_StopAt(1, 3)], **kw)
+    state = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)
+    save_checkpoint(tmp_path / "c" / "checkpoint.pt",
+                    {**state, "step": 99, "progress": {**state["progress"], "step": 99}})
+    with pytest.raises(DP4TLError, match=r"checkpoint.pt is at step 99 of epoch 1, which it cannot "
+                                         r"be \(an epoch of 6 batches cannot start at batch 99\): it "
+                                         r"is damaged; delete it"):
+        train(r, source_dir, out_dir=tmp_path / "c", **kw)
