@@ -125,6 +125,23 @@ TEMP_GLOB = ".*.tmp*"
 _NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
 
 
+#: descriptors of the locks this process holds (:func:`directory_lock`), closed in every child
+#: it forks: a flock belongs to the open file, which a fork shares, so a data-loader worker kept
+#: a killed (kill -9) run's lock until it noticed its parent was gone (about 5 s), and an
+#: immediate rerun was refused naming the dead process
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_locks_in_child() -> None:
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_close_locks_in_child)
+
+
 @contextlib.contextmanager
 def directory_lock(lock_file: str | os.PathLike, what: str, *, wait: bool = False,
                    on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
@@ -170,8 +187,10 @@ def directory_lock(lock_file: str | os.PathLike, what: str, *, wait: bool = Fals
         if locked:
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
+            _HELD_LOCKS.add(fd)
         yield
     finally:
+        _HELD_LOCKS.discard(fd)
         os.close(fd)
 
 

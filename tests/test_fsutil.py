@@ -1,6 +1,7 @@
 """fsutil: output folders checked before work, short writes reported as a full disk."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -135,3 +136,37 @@ def test_atomically_written_files_get_the_umask_permissions(tmp_path):
         os.umask(old)
     for name in ("a.json", "m.npy"):
         assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name
+
+
+def test_a_killed_runs_lock_is_free_at_once_though_its_forked_workers_live_on(tmp_path):
+    """kill -9 of a run whose data-loader workers (forked children) still live: a flock belongs
+    to the open file, which a fork shares, so the workers held the lock until they noticed
+    their parent was gone (~5 s), and an immediate rerun was refused naming the dead pid. Forked
+    children now close the lock's descriptor."""
+    import signal
+
+    from ffcv_dp4tl.fsutil import directory_lock
+
+    lock = tmp_path / ".lock"
+    script = ("import multiprocessing as mp, time\n"
+              "from ffcv_dp4tl.fsutil import directory_lock\n"
+              f"with directory_lock({str(lock)!r}, 'the test folder'):\n"
+              "    p = mp.get_context('fork').Process(target=time.sleep, args=(60,))\n"
+              "    p.start()\n"
+              "    print(p.pid, flush=True)\n"
+              "    time.sleep(60)\n")
+    run = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(run.stdout.readline())
+    try:
+        with pytest.raises(DataError, match=f"another dp4tl process \\(pid {run.pid}\\)"):
+            with directory_lock(lock, "the test folder"):
+                pass
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=30)
+        os.kill(child, 0)  # the worker lives on
+        with directory_lock(lock, "the test folder"):  # and the lock is free
+            pass
+    finally:
+        run.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)

@@ -140,6 +140,7 @@ class EpochProgress:
     step: int = 0
     sums: list[float] = dataclasses.field(default_factory=lambda: [0.0] * len(METRIC_SUMS))
     seconds: float = 0.0
+    lr: float = 0.0  # the last step's (the epoch's row reports it, also when none is left)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -147,7 +148,7 @@ class EpochProgress:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EpochProgress":
         return cls(step=int(d["step"]), sums=[float(v) for v in d["sums"]],
-                   seconds=float(d["seconds"]))
+                   seconds=float(d["seconds"]), lr=float(d.get("lr", 0.0)))
 
 
 def _device_of(model: nn.Module, default: torch.device) -> torch.device:
@@ -195,7 +196,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, objective, optimizer: to
     stage = timer if timer is not None else (lambda name: contextlib.nullcontext())
     model.train()
     sums = metric_sums(dev)
-    lr = 0.0
+    lr = start.lr
     bar = None
     if progress is not None:
         from tqdm import tqdm
@@ -206,7 +207,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, objective, optimizer: to
 
     def so_far(taken: int, reduced: torch.Tensor) -> EpochProgress:
         return EpochProgress(first + taken, [a + b for a, b in zip(start.sums, reduced.tolist())],
-                             start.seconds + time.perf_counter() - t0)
+                             start.seconds + time.perf_counter() - t0, lr)
 
     it_loader = iter(loader)
     it = 0

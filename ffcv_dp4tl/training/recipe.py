@@ -138,8 +138,8 @@ class TrainCfg:
     # also keep best.pt: the checkpoint of the evaluated epoch with the best val top-1 (the
     # authors' released trainer keeps best.ckpt, and finetunes from it; finetune.start_from)
     keep_best: bool = False
-    # also write checkpoint.pt every N training steps within an epoch (0 = only at the end of
-    # each epoch). For epochs long enough that losing one to a preemption hurts (ImageNet-21K on
+    # also write checkpoint.pt after every N-th training step of each epoch (counted from the
+    # epoch's start; 0 = only at the end of each epoch). For epochs long enough that losing one to a preemption hurts (ImageNet-21K on
     # one node, a slow shared file system): a rerun resumes at the last such step, on the same
     # samples, learning rates and RNG streams, so the result does not depend on N (left out of
     # the fingerprints). Costs one checkpoint write (about a second for RN-101) per N steps.

@@ -572,8 +572,9 @@ def _resume_rng(ckpt: Checkpoint, ctx: dist_.DistContext, seed: int) -> None:
         return
     if ctx.is_main:
         warnings.warn(f"the mid-epoch checkpoint was written by {len(states)} rank(s) and this run "
-                      f"has {ctx.world_size}: the rest of epoch {ckpt.epoch} draws new augmentation "
-                      "randomness (same samples, steps and learning rates)", stacklevel=3)
+                      f"has {ctx.world_size}: the rest of epoch {ckpt.epoch} reads the rest of the "
+                      "same sample order at the same learning rates, with new augmentation draws",
+                      stacklevel=3)
     s = int(np.random.SeedSequence([seed, ckpt.epoch, ctx.rank, ckpt.step]).generate_state(1)[0])
     random.seed(s)
     np.random.seed(s)
@@ -633,6 +634,12 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
             raise DP4TLError(f"{out_dir / CHECKPOINT_NAME} is at step {ckpt.step} of epoch "
                              f"{epoch}, which it cannot be ({e}): it is damaged; delete it and "
                              "rerun to start over") from None
+        if epoch == start_epoch and ctx.is_main and 0 < tc.checkpoint_every >= len(train_loader) + (
+                ckpt.step if within else 0):
+            warnings.warn(f"train.checkpoint_every = {tc.checkpoint_every} steps is not less than "
+                          f"an epoch's {len(train_loader) + (ckpt.step if within else 0)}: the "
+                          "count restarts every epoch, so only the end-of-epoch checkpoints are "
+                          "written", stacklevel=2)
         if within:
             call(callbacks, "on_resume", epoch, ckpt.step)
             if progress and ctx.is_main:  # (the numbers of the progress bar)

@@ -415,3 +415,22 @@ def test_record_seen_covers_an_epoch_resumed_mid_way_and_a_damaged_step_is_one_l
                                          r"be \(an epoch of 6 batches cannot start at batch 99\): it "
                                          r"is damaged; delete it"):
         train(r, source_dir, out_dir=tmp_path / "c", **kw)
+
+
+def test_a_cadence_not_below_an_epoch_is_warned_and_a_resumed_epoch_with_no_step_left_keeps_its_lr(
+        source_dir, tmp_path, test_recipe):
+    """checkpoint_every counts the steps of each epoch: a value of an epoch's steps or more
+    never writes a mid-epoch checkpoint, and says so (silent before). An epoch resumed at its
+    last step (no step left, e.g. on more ranks without drop_last) reports the lr of its last
+    step, not 0.0."""
+    from ffcv_dp4tl.training.engine import EpochProgress, train_one_epoch
+
+    kw = dict(fmt="wds", device="cpu", progress=False)
+    with pytest.warns(UserWarning, match=r"train.checkpoint_every = 6 steps is not less than an "
+                                         r"epoch's 6: the count restarts every epoch"):
+        train(test_recipe("train.checkpoint_every=6", "train.epochs=1"), source_dir,
+              out_dir=tmp_path / "a", **kw)
+    stats = train_one_epoch(torch.nn.Linear(2, 2), [], None, torch.optim.SGD(
+        torch.nn.Linear(2, 2).parameters(), lr=0.1), None, lambda e, i, n: 0.5,
+        start=EpochProgress(step=6, sums=[6.0, 3.0, 96.0, 0.0], seconds=2.0, lr=0.0125))
+    assert stats["lr"] == 0.0125 and stats["samples"] == 96 and stats["train_seconds"] >= 2.0
