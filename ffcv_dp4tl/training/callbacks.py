@@ -119,8 +119,9 @@ class RecordSeen(Callback):
     keeps them in memory (``self.seen[epoch]``) for in-process use.
 
     With mid-epoch checkpoints it saves the epoch's part at each (``..._step{k}.npy``) and a
-    run resumed at step k starts from that part, so the epoch's file covers the whole epoch
-    across the interruption. Without ``out_dir`` (in memory only) a resumed epoch holds the
+    run resumed at step k on as many ranks starts from that part, so the epoch's file covers
+    the whole epoch across the interruption. Without ``out_dir`` (in memory only), or resumed
+    on another number of ranks (each rank's part is its own), a resumed epoch holds the
     batches trained after the resume."""
 
     def __init__(self, out_dir: str | Path | None = None, rank: int | None = None):
