@@ -581,6 +581,40 @@ def _resume_rng(ckpt: Checkpoint, ctx: dist_.DistContext, seed: int) -> None:
     torch.manual_seed(s)
 
 
+def _begin_epoch(train_loader, tc, epoch: int, res: int, end_epoch: int, mid: Checkpoint | None, *,
+                 first: bool, ctx: dist_.DistContext, callbacks: list, out_dir: Path,
+                 progress: bool) -> EpochProgress:
+    """Select the loader's epoch and return where it starts: at its beginning, or (``mid``: the
+    mid-epoch checkpoint it resumes from) after the steps ``mid`` holds, with this rank's RNG
+    streams of that step and the observers told (``on_resume``)."""
+    if mid is not None:
+        _resume_rng(mid, ctx, tc.seed)
+    try:
+        # announcing the next epoch lets the WebDataset loader's workers start on it while this
+        # one drains (none after the last epoch of this call: nothing is built for nothing)
+        train_loader.set_epoch(epoch, res, next_resolution=resolution(tc, epoch + 1)
+                               if epoch + 1 < end_epoch else None,
+                               **({"start_batch": mid.step} if mid is not None else {}))
+    except DataError as e:
+        if mid is None:
+            raise
+        raise DP4TLError(f"{out_dir / CHECKPOINT_NAME} is at step {mid.step} of epoch {epoch}, "
+                         f"which it cannot be ({e}): it is damaged; delete it and rerun to start "
+                         "over") from None
+    steps = len(train_loader) + (mid.step if mid is not None else 0)  # the whole epoch's
+    if first and ctx.is_main and 0 < tc.checkpoint_every >= steps:
+        warnings.warn(f"train.checkpoint_every = {tc.checkpoint_every} steps is not less than an "
+                      f"epoch's {steps}: the count restarts every epoch, so only the end-of-epoch "
+                      "checkpoints are written", stacklevel=3)
+    if mid is None:
+        return EpochProgress()
+    call(callbacks, "on_resume", epoch, mid.step)
+    if progress and ctx.is_main:  # (the numbers of the progress bar)
+        print(f"resuming epoch {epoch + 1}/{tc.epochs} at step {mid.step} of {steps} (the "
+              f"mid-epoch checkpoint in {out_dir})", flush=True)
+    return EpochProgress.from_dict(mid.progress)
+
+
 def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dist_.DistContext,
             timer: StageTimer, callbacks: list, identity: dict, manifest, fmt: str, out_dir: Path,
             start_epoch: int, stop_after: int | None, progress: bool,
@@ -618,35 +652,11 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
     end_epoch = tc.epochs if stop_after is None else min(tc.epochs, stop_after)
     for epoch in range(start_epoch, end_epoch):
         seed_epoch(tc.seed, epoch, ctx.rank)
-        within = ckpt is not None and epoch == ckpt.epoch and ckpt.step > 0
-        if within:  # resumed from a mid-epoch checkpoint
-            _resume_rng(ckpt, ctx, tc.seed)
         res = resolution(tc, epoch)
-        # announcing the next epoch lets the WebDataset loader's workers start on it while this
-        # one drains (none after the last epoch of this call: nothing is built for nothing)
-        try:
-            train_loader.set_epoch(epoch, res, next_resolution=resolution(tc, epoch + 1)
-                                   if epoch + 1 < end_epoch else None,
-                                   **({"start_batch": ckpt.step} if within else {}))
-        except DataError as e:
-            if not within:
-                raise
-            raise DP4TLError(f"{out_dir / CHECKPOINT_NAME} is at step {ckpt.step} of epoch "
-                             f"{epoch}, which it cannot be ({e}): it is damaged; delete it and "
-                             "rerun to start over") from None
-        if epoch == start_epoch and ctx.is_main and 0 < tc.checkpoint_every >= len(train_loader) + (
-                ckpt.step if within else 0):
-            warnings.warn(f"train.checkpoint_every = {tc.checkpoint_every} steps is not less than "
-                          f"an epoch's {len(train_loader) + (ckpt.step if within else 0)}: the "
-                          "count restarts every epoch, so only the end-of-epoch checkpoints are "
-                          "written", stacklevel=2)
-        if within:
-            call(callbacks, "on_resume", epoch, ckpt.step)
-            if progress and ctx.is_main:  # (the numbers of the progress bar)
-                print(f"resuming epoch {epoch + 1}/{tc.epochs} at step {ckpt.step} of "
-                      f"{ckpt.step + len(train_loader)} (the mid-epoch checkpoint in {out_dir})",
-                      flush=True)
-        start = EpochProgress.from_dict(ckpt.progress) if within else EpochProgress()
+        start = _begin_epoch(train_loader, tc, epoch, res, end_epoch,
+                             ckpt if ckpt is not None and epoch == ckpt.epoch and ckpt.step else None,
+                             first=epoch == start_epoch, ctx=ctx, callbacks=callbacks,
+                             out_dir=out_dir, progress=progress)
         t0 = time.perf_counter() - start.seconds  # (a resumed epoch: its earlier part too)
         stats = parts.train_one_epoch(
             train_loader, schedule, epoch=epoch, ctx=ctx, timer=timer,
