@@ -117,6 +117,7 @@ def corruption_accuracy(ft: Finetuned, corruptions: Sequence[tuple[str, int]], *
             "run_mask": None if ft.test_mask_path is None else str(ft.test_mask_path),
             "run_test_samples": ft.result.get("test_samples"), "run_format": ft.fmt,
             "run_resolution": ft.result.get("resolution"),
+            "run_decode": ft.result.get("test_decode", "cpu"),  # (this evaluation: the CPU's)
             # None: the run recorded no target fingerprint, so its target went unchecked
             "run_target_fingerprint": ft.target_fingerprint,
             "warning": resolution_warning(ft, corrupt_resolution),
@@ -188,6 +189,9 @@ def _differences(r: dict[str, Any]) -> list[str]:
         out.append(f"format {r.get('format')} here, {r['run_format']} in the run")
     if r.get("run_resolution") not in (None, r.get("resolution")):
         out.append(f"resolution {r.get('resolution')} here, {r['run_resolution']} in the run")
+    if r.get("run_decode") == "gpu":
+        out.append("the run decoded its test JPEGs on the GPU, this evaluation on the CPU (the "
+                   "corruptions work on CPU pixels), which gives slightly other pixels")
     return out
 
 

@@ -49,6 +49,7 @@ from torch import nn
 
 from ..contracts import FinetuneHead, FinetuneMode
 from ..data import AugSpec, load_manifest, load_mask, make_loader
+from ..data.loaders import resolve_decode
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
 from .callbacks import MetricsWriter, call
@@ -439,6 +440,9 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
               # not the default, so results of before the fields read as they always did
               **({"normalize": fc.normalize} if fc.normalize != "imagenet" else {}),
               **({"test_crop": fc.test_crop} if fc.test_crop != "center" else {}),
+              # GPU JPEG decode gives other pixels than the CPU decoders (which the corruption
+              # evaluation must use): recorded when it read the test images, so its note says so
+              **({"test_decode": "gpu"} if resolve_decode(recipe.data.decode, dev) == "gpu" else {}),
               "test_samples": (len(masks["test_mask"]) if "test_mask" in masks
                                else test_split.num_samples),
               "test_split": test_split.name, "train_split": train_split.name,

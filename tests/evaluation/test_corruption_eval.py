@@ -467,3 +467,22 @@ def test_corrupted_loader_inverts_the_wrapped_loaders_statistics():
     assert torch.equal(back, levels)
     plain = CorruptedLoader(SimpleNamespace(views=1), op)
     torch.testing.assert_close(plain.mean, Normalize().mean)
+
+
+def test_a_run_that_decoded_its_test_images_on_the_gpu_is_named_in_the_note(
+        eval_source_ckpt, eval_target, lp_run, tmp_path):
+    """data.decode=gpu reads the test JPEGs with another decoder than the CPU one the
+    corruption evaluation must use: result.json records it, and a clean top-1 off the reported
+    one names it instead of "other kernels" (the GPU decoder runs on the CPU here)."""
+    import json
+
+    from .conftest import _finetune
+
+    run = _finetune("lp_tiny_cpu", eval_source_ckpt, eval_target, tmp_path / "g", ["data.decode=gpu"])
+    assert json.loads((run / "result.json").read_text())["test_decode"] == "gpu"
+    assert "test_decode" not in json.loads((lp_run / "result.json").read_text())  # (CPU: as before)
+    res = corruption_accuracy(load_finetuned(run), [("contrast", 1)], num_workers=0, progress=False)
+    off = {**res, "clean_top1": res["reported_test_top1"] + 0.25}
+    note = corruption_table({"g": off}).splitlines()[-1]
+    assert "the run decoded its test JPEGs on the GPU, this evaluation on the CPU" in note
+    assert "other kernels" not in note
