@@ -290,7 +290,8 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
                 log(f"[finetune] note: {name} reads {t.name} as the authors' CIFAR loader does "
                     "(torchvision's bilinear Resize) only with --format wds; ffcv upsamples "
                     "small images with INTER_AREA (blocks of pixels)")
-    names_first = finetune_names(tgts[0].name)
+    # (the modes run only: report.md named an FF recipe for `finetune=lp`)
+    names_first = {m: n for m, n in finetune_names(tgts[0].name).items() if m in cfg.finetune}
     # the protocol's scorer options (surrogate recipe scoring.scorer_options), under --opt
     recipe_options = recipe_scorer_options(surrogate.scoring.scorer_options, cfg.method)
     options = ok.options

@@ -145,8 +145,8 @@ def build_from_state_dict(sd: dict[str, torch.Tensor], arch: str, model_kwargs: 
                 if unexpected else "",
                 f"shape differs for {', '.join(shapes[:3])}" if shapes else "") if x)
     knobs = ", ".join(f"{k}={v}" for k, v in kw.items())
-    raise DP4TLError(f"{what} do not fit {arch} ({knobs}): {first_error}; pass weights of that "
-                     "architecture (the recipe's [model] section sets it)")
+    raise DP4TLError(f"the weights in {what} do not fit {arch} ({knobs}): {first_error}; pass "
+                     "weights of that architecture (the recipe's [model] section sets it)")
 
 
 def _diff(have: dict[str, torch.Tensor], got: dict[str, torch.Tensor]):

@@ -210,6 +210,7 @@ def test_a_source_head_finetuning_that_cannot_run_is_refused_before_any_work(sma
     cfg = PipelineConfig(**base, protocol="paper-code")
     r = resolve(cfg, check(cfg), lambda m: None)
     assert r.finetune[0]["ff"][0] == "paper/ff"
+    assert set(r.recipe_names) == {"surrogate", "pretrain", "ff"}  # (report.md named an LP one)
     # an LP recipe named by hand leaves FF's rule alone (it fell back to paper_code/ff, refused)
     cfg = PipelineConfig(**{**base, "finetune": ("lp", "ff")}, protocol="paper-code",
                          lp_recipe="paper/lp")
