@@ -69,8 +69,12 @@ def mask_hash(indices: np.ndarray | None, split_fingerprint: str) -> str:
     return h.hexdigest()
 
 
+#: the generators every checkpoint's RNG states hold (CUDA's too where a GPU is visible)
+RNG_KEYS = ("torch", "numpy", "python")
+
+
 def rng_states() -> dict[str, Any]:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    st = dict(zip(RNG_KEYS, (torch.get_rng_state(), np.random.get_state(), random.getstate())))
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -104,7 +108,7 @@ def _mid_epoch_fields_ok(kw: dict[str, Any]) -> bool:
     rank_rng = kw.get("rank_rng")
     return (progress.step == step and len(progress.sums) == len(METRIC_SUMS)
             and (rank_rng is None or (isinstance(rank_rng, list) and rank_rng and all(
-                isinstance(st, dict) and {"torch", "numpy", "python"} <= set(st)
+                isinstance(st, dict) and set(RNG_KEYS) <= set(st)
                 for st in rank_rng))))
 
 

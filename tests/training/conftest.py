@@ -6,6 +6,22 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ffcv_dp4tl.training.callbacks import Callback
+
+
+class StopAt(Callback):
+    """Ctrl-C as (``epoch``, ``step``)'s batch comes in: ``step`` steps of that epoch are done
+    (an interruption between two steps, for the mid-epoch resume tests)."""
+
+    def __init__(self, epoch: int, step: int):
+        self.epoch, self.step, self.calls = epoch, step, 0
+
+    def on_batch(self, epoch, batch):
+        if epoch == self.epoch:
+            if self.calls == self.step:
+                raise KeyboardInterrupt
+            self.calls += 1
+
 
 @pytest.fixture
 def step_spy(monkeypatch):

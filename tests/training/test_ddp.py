@@ -19,6 +19,8 @@ from ffcv_dp4tl.training.trainer import seed_epoch
 
 from tiny_data import TEST_OVERRIDES
 
+from .conftest import StopAt
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -325,23 +327,14 @@ def _mid_epoch_worker(rank: int, world: int, port: int, data: str, mask: str, ou
     import torch
 
     torch.set_num_threads(1)
-    from ffcv_dp4tl.training.callbacks import Callback, RecordSeen
+    from ffcv_dp4tl.training.callbacks import RecordSeen
     from ffcv_dp4tl.training.recipe import load_recipe
     from ffcv_dp4tl.training.trainer import train
-
-    class Stop(Callback):
-        calls = 0
-
-        def on_batch(self, epoch, batch):
-            if epoch == 1:
-                if self.calls == stop_step:
-                    raise KeyboardInterrupt
-                self.calls += 1
 
     r = load_recipe("resnet18_tiny_cpu", TEST_OVERRIDES + MID_EPOCH_OVERRIDES)
     try:
         train(r, data, mask=mask, out_dir=out, fmt="wds", device="cpu", progress=False,
-              callbacks=[RecordSeen(out)] + ([Stop()] if stop_step else []))
+              callbacks=[RecordSeen(out)] + ([StopAt(1, stop_step)] if stop_step else []))
     except KeyboardInterrupt:
         pass
 

@@ -22,6 +22,8 @@ from ffcv_dp4tl.training.trainer import train
 
 from tiny_data import TEST_OVERRIDES
 
+from .conftest import StopAt
+
 #: the tiny MoCo recipe shrunk like TEST_OVERRIDES shrinks the supervised one
 MOCO_OVERRIDES = [o for o in TEST_OVERRIDES if not o.startswith("eval.every")] + [
     "ssl.queue_size=40", "ssl.dim=16", "ssl.bn_splits=2"]
@@ -155,17 +157,6 @@ def moco_run(source_dir, tmp_path_factory):
     """MoCo on a mask of the source: 2 epochs (of 3 steps) straight, and resumed twice: after
     epoch 0, then from a checkpoint 2 steps into epoch 1 (train.checkpoint_every=1; the run is
     stopped as its third step begins)."""
-    from ffcv_dp4tl.training.callbacks import Callback
-
-    class StopAtStep2OfEpoch1(Callback):
-        seen = 0
-
-        def on_batch(self, epoch, batch):
-            if epoch == 1:
-                if self.seen == 2:
-                    raise KeyboardInterrupt
-                self.seen += 1
-
     split = load_manifest(source_dir).split("train")
     mask = make_mask(np.arange(0, split.num_samples, 2), split, method="test")
     tmp = tmp_path_factory.mktemp("moco")
@@ -175,7 +166,7 @@ def moco_run(source_dir, tmp_path_factory):
     train(moco_recipe(), source_dir, stop_after=1, **kw)
     with pytest.raises(KeyboardInterrupt):
         train(moco_recipe("train.checkpoint_every=1"), source_dir,
-              callbacks=[StopAtStep2OfEpoch1()], **kw)
+              callbacks=[StopAt(1, 2)], **kw)
     mid = Checkpoint.load(tmp / "resumed" / "checkpoint.pt")
     assert (mid.epoch, mid.step) == (1, 2)  # (the queue and key encoder of that step)
     train(moco_recipe("train.checkpoint_every=1"), source_dir, **kw)

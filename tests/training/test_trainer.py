@@ -14,6 +14,8 @@ from ffcv_dp4tl.training.callbacks import Callback, RecordSeen
 from ffcv_dp4tl.training.checkpoint import Checkpoint
 from ffcv_dp4tl.training.trainer import train
 
+from .conftest import StopAt
+
 FIELDS = {"epoch", "loss", "top1_train", "top1_val", "img_per_s", "epoch_seconds", "resolution", "lr"}
 
 
@@ -311,19 +313,6 @@ def test_a_vits_position_embeddings_and_class_token_get_no_weight_decay():
     assert len(everything["params"]) == len(names)
 
 
-class _StopAt(Callback):
-    """Ctrl-C as (``epoch``, ``step``)'s batch comes in: ``step`` steps of that epoch are done."""
-
-    def __init__(self, epoch: int, step: int):
-        self.epoch, self.step, self.calls = epoch, step, 0
-
-    def on_batch(self, epoch, batch):
-        if epoch == self.epoch:
-            if self.calls == self.step:
-                raise KeyboardInterrupt
-            self.calls += 1
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_run_killed_mid_epoch_resumes_at_the_last_step_checkpoint_bit_identically(
         source_dir, tmp_path, test_recipe, workers):
@@ -339,7 +328,7 @@ def test_a_run_killed_mid_epoch_resumes_at_the_last_step_checkpoint_bit_identica
     train(test_recipe(f"data.num_workers={workers}", "train.white_balance=0.2"), source_dir,
           out_dir=tmp_path / "a", callbacks=[seen_a], **kw)
     with pytest.raises(KeyboardInterrupt):
-        train(r, source_dir, out_dir=tmp_path / "b", callbacks=[_StopAt(1, 3)], **kw)
+        train(r, source_dir, out_dir=tmp_path / "b", callbacks=[StopAt(1, 3)], **kw)
     mid = Checkpoint.load(tmp_path / "b" / "checkpoint.pt")
     assert (mid.epoch, mid.step, mid.format_version) == (1, 2, 2) and mid.progress["step"] == 2
     assert len(mid.rank_rng) == 1 and mid.progress["sums"][2] == 2 * 16  # samples of 2 steps
@@ -397,7 +386,7 @@ def test_record_seen_covers_an_epoch_resumed_mid_way_and_a_damaged_step_is_one_l
     train(r, source_dir, out_dir=tmp_path / "a", callbacks=[RecordSeen(tmp_path / "a")], **kw)
     with pytest.raises(KeyboardInterrupt):
         train(r, source_dir, out_dir=tmp_path / "b", callbacks=[RecordSeen(tmp_path / "b"),
-                                                                _StopAt(1, 5)], **kw)
+                                                                StopAt(1, 5)], **kw)
     assert (tmp_path / "b" / "seen" / "rank0_epoch1_step4.npy").exists()
     train(r, source_dir, out_dir=tmp_path / "b", callbacks=[RecordSeen(tmp_path / "b")], **kw)
     for epoch in (0, 1):
@@ -407,7 +396,7 @@ def test_record_seen_covers_an_epoch_resumed_mid_way_and_a_damaged_step_is_one_l
         "rank0_epoch0.npy", "rank0_epoch1.npy"]  # the parts are gone with their epoch
 
     with pytest.raises(KeyboardInterrupt):
-        train(r, source_dir, out_dir=tmp_path / "c", callbacks=[_StopAt(1, 3)], **kw)
+        train(r, source_dir, out_dir=tmp_path / "c", callbacks=[StopAt(1, 3)], **kw)
     state = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)
     save_checkpoint(tmp_path / "c" / "checkpoint.pt",
                     {**state, "step": 99, "progress": {**state["progress"], "step": 99}})
