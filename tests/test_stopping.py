@@ -268,3 +268,30 @@ def test_a_ctrl_c_as_a_stopped_command_closes_keeps_its_one_stop_line(monkeypatc
         app.run()
     assert e.value.code == 130
     assert capsys.readouterr().err == stopping.line() + "\n"  # once
+
+
+@pytest.mark.parametrize("ends", ["KeyboardInterrupt()", "SystemExit(0)"])
+def test_a_worker_ended_at_exit_adds_no_traceback_after_the_commands_line(ends):
+    """At exit, multiprocessing ends the workers still alive and waits for them; torch's
+    SIGCHLD handler then raised "DataLoader worker (pid N) is killed by signal: Terminated"
+    and Python printed it as a traceback under the stop line (CI, a SIGTERMed training job).
+    Here a handler that raises as torch's does, and a worker alive at exit."""
+    script = (
+        "import importlib, multiprocessing as mp, signal, time\n"
+        "app = importlib.import_module('ffcv_dp4tl.cli.app')\n"
+        "def torch_like(signum, frame):\n"
+        "    raise RuntimeError('DataLoader worker (pid 1) is killed by signal: Terminated.')\n"
+        "def command():\n"
+        "    global worker\n"
+        "    worker = mp.get_context('fork').Process(target=time.sleep, args=(60,), daemon=True)\n"
+        "    worker.start()\n"
+        "    signal.signal(signal.SIGCHLD, torch_like)\n"
+        f"    raise {ends}\n"
+        "app._run = command\n"
+        "app.run()\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    if ends.startswith("Keyboard"):
+        assert (run.returncode, run.stderr) == (130, stopping.line(signal.SIGINT) + "\n")
+    else:
+        assert (run.returncode, run.stderr) == (0, "")
