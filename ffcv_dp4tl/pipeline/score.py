@@ -43,7 +43,7 @@ def _load_surrogate(scorer: Scorer, ctx: ScoringContext, checkpoint: Path, devic
     from ..training.models import get_head
 
     dev = resolve_device(device)  # the one device rule (auto, cpu, cuda, cuda:N)
-    model, ckpt = load_pretrained(checkpoint, dev)
+    model, ckpt = load_pretrained(checkpoint, dev, warn_unfinished=True)
     ssl = ckpt.self_supervised
     if ssl and scorer.needs_class_head:
         raise self_supervised_refusal(scorer, f"{checkpoint} was trained self-supervised ({ssl})")

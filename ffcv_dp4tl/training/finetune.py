@@ -53,8 +53,9 @@ from ..data.loaders import resolve_decode
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
 from .callbacks import MetricsWriter, call
-from .checkpoint import (FINETUNE_RESULT_NAME, FINETUNE_STATE_NAME, Checkpoint, FinetuneState,
-                         refuse_the_other_kind_of_run, resume_from, rng_states, set_rng_states)
+from .checkpoint import (CHECKPOINT_NAME, FINETUNE_RESULT_NAME, FINETUNE_STATE_NAME, Checkpoint,
+                         FinetuneState, refuse_the_other_kind_of_run, resume_from, rng_states,
+                         set_rng_states)
 from .distributed import resolve_device, single_process_context
 from .engine import CrossEntropyObjective, evaluate, train_aug_for, train_one_epoch
 from .models import backbone, create_model, get_head
@@ -139,9 +140,23 @@ class FrozenFeatureLoader:
             yield FeatureBatch(feats, batch.labels)
 
 
-def load_pretrained(checkpoint: str | Path, device: torch.device) -> tuple[nn.Module, Checkpoint]:
-    """Rebuild the source model of a training checkpoint (architecture from the checkpoint)."""
+def load_pretrained(checkpoint: str | Path, device: torch.device, *,
+                    warn_unfinished: bool = False) -> tuple[nn.Module, Checkpoint]:
+    """Rebuild the source model of a training checkpoint (architecture from the checkpoint).
+
+    ``warn_unfinished`` (a checkpoint the user named: finetuning's source, scoring's
+    surrogate): a run's ``checkpoint.pt`` from before its last epoch (a run stopped, or
+    ``--stop-after``) is read with a warning, since finetuning or scoring it measures a
+    half-trained model and nothing else would say so. ``best.pt`` and the early checkpoints
+    are earlier epochs on purpose and read as they are, as are the short runs EL2N, GraNd and
+    FORGET train for themselves."""
     ckpt = Checkpoint.load(checkpoint)
+    where = (ckpt.unfinished() if warn_unfinished and Path(checkpoint).name == CHECKPOINT_NAME
+             else None)
+    if where is not None:
+        warnings.warn(f"{checkpoint} is an unfinished run's state ({where}): what follows uses "
+                      "that model; to use the finished one, rerun the command that trained it "
+                      "(it resumes)", UserWarning, stacklevel=2)
     model = create_model(ckpt.arch, ckpt.num_classes, **ckpt.model_kwargs)
     model.load_state_dict(ckpt.model)
     return model.to(device), ckpt
@@ -313,7 +328,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
                       f"train and test images are read at finetune.resolution "
                       f"{recipe.finetune.resolution}; set finetune.resolution", UserWarning,
                       stacklevel=3)
-    model, ckpt = load_pretrained(checkpoint, dev)
+    model, ckpt = load_pretrained(checkpoint, dev, warn_unfinished=True)
     torch.manual_seed(recipe.train.seed)  # (the new head's initialisation)
     head = classifier_for(model, ckpt, recipe.finetune.head, manifest.num_classes, checkpoint)
     refuse_the_other_kind_of_run(out_dir, "finetune")

@@ -219,7 +219,7 @@ def test_finetune_on_cuda_n_makes_n_current_before_any_loader(trained_run, targe
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     real_load = finetune_module.load_pretrained
     monkeypatch.setattr(finetune_module, "load_pretrained",
-                        lambda ckpt, dev: real_load(ckpt, torch.device("cpu")))
+                        lambda ckpt, dev, **k: real_load(ckpt, torch.device("cpu"), **k))
 
     class FirstLoader(Exception):
         pass
@@ -480,3 +480,37 @@ def test_a_finetuning_and_a_training_never_share_an_out_folder(trained_run, sour
         train(load_recipe("resnet18_tiny_cpu", TEST_OVERRIDES), source_dir, out_dir=lp, fmt="wds",
               device="cpu", progress=False)
     assert (lp / "metrics.jsonl").read_bytes() == rows and not (lp / "checkpoint.pt").exists()
+
+
+def test_an_unfinished_runs_checkpoint_is_read_with_a_warning_naming_where_it_stood(
+        trained_run, tmp_path):
+    """`dp4tl finetune --checkpoint run/checkpoint.pt` (or `score`) on a run that was stopped
+    or ran with --stop-after measured a half-trained model with no word said. best.pt and
+    the early checkpoints are earlier epochs on purpose: no warning; nor for a finished run."""
+    import dataclasses
+    import warnings
+
+    finished = Checkpoint.load(trained_run / "checkpoint.pt")
+    assert finished.recipe["train"]["epochs"] == finished.epoch == 2
+    assert finished.unfinished() is None
+    assert dataclasses.replace(finished, epoch=1, step=3).unfinished() == "at step 3 of epoch 2 of 2"
+    brought = dataclasses.replace(finished, epoch=0, extra={"brought_weights": "rn18.pth"})
+    assert brought.unfinished() is None
+
+    stopped = dataclasses.replace(finished, epoch=1)
+    for name, warned in (("checkpoint.pt", True), ("best.pt", False)):
+        stopped.save(tmp_path / name)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            finetune_module.load_pretrained(tmp_path / name, torch.device("cpu"),
+                                            warn_unfinished=True)
+            finetune_module.load_pretrained(tmp_path / name, torch.device("cpu"))  # (a scorer's own)
+        said = [str(w.message) for w in seen if "unfinished" in str(w.message)]
+        assert said == ([f"{tmp_path / name} is an unfinished run's state (at epoch 1 of 2): "
+                         "what follows uses that model; to use the finished one, rerun the "
+                         "command that trained it (it resumes)"] if warned else []), name
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        finetune_module.load_pretrained(trained_run / "checkpoint.pt", torch.device("cpu"),
+                                        warn_unfinished=True)
+    assert not [w for w in seen if "unfinished" in str(w.message)]
