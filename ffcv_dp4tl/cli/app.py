@@ -229,9 +229,9 @@ def _no_worker_reports_at_exit() -> None:
     meanwhile runs torch's SIGCHLD handler, which raises for any of its workers a signal
     ended ("DataLoader worker (pid N) is killed by signal: Terminated": the job's own
     SIGTERM), and Python prints that as a traceback after the command's one line (seen once
-    in CI, a SIGTERMed training job with WebDataset workers). The outcome is decided by then, so SIGCHLD gets its
-    default action back first: this hook is (re)registered last, and atexit runs the last
-    registered first, before multiprocessing's."""
+    in CI, a SIGTERMed training job with WebDataset workers). The outcome is decided by then,
+    so SIGCHLD gets its default action back first: this hook is (re)registered last, and
+    atexit runs the last registered first, before multiprocessing's."""
     import atexit
 
     atexit.unregister(_sigchld_default)
