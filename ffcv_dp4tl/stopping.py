@@ -25,8 +25,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["GRACE_S", "Terminated", "exit_status", "interrupt_for", "line", "received", "record",
-           "sigterm_handler", "sigterm_raises"]
+__all__ = ["GRACE_S", "Terminated", "exit_status", "interrupt_for", "line", "quiet_children",
+           "received", "record", "sigterm_handler", "sigterm_raises"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -70,6 +70,24 @@ def line(signum: int | None = None) -> str:
                 "torchrun ending the other ranks): rerun the same command to resume where "
                 "it stopped")
     return "interrupted: rerun the same command to resume where it stopped"
+
+
+def _child_ended(signum, frame) -> None:
+    """SIGCHLD once the command is stopping: a child that ends is no news then."""
+
+
+def quiet_children() -> None:
+    """From now on, a child process that ends raises nothing in this one (main thread only).
+
+    torch's DataLoader installs a SIGCHLD handler that raises "DataLoader worker (pid N) is
+    killed by signal: Terminated" for any worker a signal ended. A scheduler's SIGTERM reaches
+    every process of the job, so each worker it ends raised that once more in the main thread,
+    wherever the stop's cleanup was, even in the print of the command's line (exit 1 and a
+    traceback instead of 143 and the line). Handled by a Python function that does nothing,
+    not given its default action: a SIGCHLD already noted but not yet handled would then be
+    reported as "ignored due to race condition"."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, _child_ended)
 
 
 #: seconds a command has, after SIGTERM, to stop cleanly before it ends at once: less than
@@ -215,7 +233,10 @@ def sigterm_raises(grace: float | None = GRACE_S) -> Iterator[None]:
     * A second SIGTERM (the cleanup the first began takes too long for whoever sends it)
       ends the process at once with status 143, as SIGTERM did before.
     * A forked child (a data-loader or writer worker) starts with SIGTERM's default action
-      (:func:`sigterm_handler`) and dies of it as before: the parent reports the stop once.
+      (:func:`sigterm_handler`) and dies of it as before: the parent reports the stop once,
+      and from the first SIGTERM on a child that ends raises nothing here
+      (:func:`quiet_children`, kept after the block: the process is ending; torch then finds
+      a dead worker by its loader's timeout check, not at once).
     * Nothing changes outside the main thread, or when the program running this code set a
       SIGTERM handler of its own (an embedding program keeps it).
 
@@ -237,6 +258,7 @@ def sigterm_raises(grace: float | None = GRACE_S) -> Iterator[None]:
             os.write(2, f"{line(signal.SIGTERM)} (a second SIGTERM ended its cleanup)\n".encode())
             os._exit(exit_status(signal.SIGTERM))
         record(signum)
+        quiet_children()  # (the job's workers die of the same SIGTERM; for good: it is ending)
         raise Terminated()
 
     with sigterm_handler(handler):

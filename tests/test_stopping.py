@@ -24,9 +24,11 @@ from ffcv_dp4tl.fsutil import TEMP_GLOB, atomic_path
 def default_sigterm(monkeypatch):
     """SIGTERM at its default for the test (restored after), and a fresh record of signals."""
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    children = signal.getsignal(signal.SIGCHLD)  # (a SIGTERM quiets it for good: see below)
     monkeypatch.setattr(stopping, "_RECEIVED", [])
     yield
     signal.signal(signal.SIGTERM, previous)
+    signal.signal(signal.SIGCHLD, children)
 
 
 def _wait_for_signal(seconds: float = 10.0) -> None:
@@ -177,6 +179,24 @@ def test_a_command_that_stops_in_time_ends_with_its_own_status():
         "child.start(); time.sleep(0.5); os.kill(child.pid, signal.SIGTERM)\n"
         "child.join(); time.sleep(2)", after="print('child', child.exitcode)")
     assert run.returncode == 0 and run.stdout == "child -15\n", (run.stdout, run.stderr)
+
+
+def test_workers_the_same_sigterm_ends_raise_nothing_in_the_cleanup():
+    """A scheduler's SIGTERM reaches the data-loader workers too, and torch's SIGCHLD handler
+    raised "DataLoader worker (pid N) is killed by signal" for each in the main thread,
+    wherever the stop's cleanup was: in CI, inside the print of the stop line (a traceback,
+    exit 1). Here torch's own handler, and a worker that dies during the cleanup."""
+    run, _ = _stopped_process(
+        "import torch.utils.data as tud\n"
+        "it = iter(tud.DataLoader(list(range(64)), batch_size=4, num_workers=2,\n"
+        "                         multiprocessing_context='fork'))\n"
+        "next(it)\n"
+        "try:\n    KILL\n    time.sleep(10)\nexcept stopping.Terminated:\n"
+        "    os.kill(it._workers[0].pid, 9)  # SIGKILL: as the job's signal ends it\n"
+        "    time.sleep(1)  # the cleanup goes on meanwhile\n"
+        "    print('cleaned up', flush=True)\n"
+        "    raise SystemExit(stopping.exit_status())", grace=30)
+    assert (run.returncode, run.stdout, run.stderr) == (143, "cleaned up\n", ""), run.stderr
 
 
 @pytest.mark.parametrize("fmt", ["ffcv", "wds"])

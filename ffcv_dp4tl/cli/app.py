@@ -213,14 +213,6 @@ def run() -> None:
         _no_worker_reports_at_exit()
 
 
-def _sigchld_default() -> None:
-    import signal
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-
-
 def _no_worker_reports_at_exit() -> None:
     """Once the command has ended, the interpreter's exit reports no data-loader worker.
 
@@ -230,12 +222,12 @@ def _no_worker_reports_at_exit() -> None:
     ended ("DataLoader worker (pid N) is killed by signal: Terminated": the job's own
     SIGTERM), and Python prints that as a traceback after the command's one line (seen once
     in CI, a SIGTERMed training job with WebDataset workers). The outcome is decided by then,
-    so SIGCHLD gets its default action back first: this hook is (re)registered last, and
-    atexit runs the last registered first, before multiprocessing's."""
+    so SIGCHLD is quieted first (:func:`ffcv_dp4tl.stopping.quiet_children`): this hook is
+    (re)registered last, and atexit runs the last registered first, before multiprocessing's."""
     import atexit
 
-    atexit.unregister(_sigchld_default)
-    atexit.register(_sigchld_default)
+    atexit.unregister(stopping.quiet_children)
+    atexit.register(stopping.quiet_children)
 
 
 #: a Ctrl-C after the command's outcome was decided (outputs written, its line printed)
