@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -27,28 +26,47 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
     ``suffix`` is appended to the temporary name for tools that care about extensions.
     On any exception the temporary file is removed and ``path`` is left untouched.
+
+    The temporary file is created inside the block that removes it, under a name chosen
+    before: a stop signal (Ctrl-C, SIGTERM) raises between any two steps, and one that landed
+    after ``mkstemp`` had made the file but before the cleanup was armed left it behind (CI: a
+    SIGTERMed training job's ``.timings.json.*.tmp``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp creates 0600; give the final file the usual permissions (0666 minus umask) so
-    # datasets and masks built by one user are readable by the others on a shared cluster.
-    umask = os.umask(0)
-    os.umask(umask)
-    try:  # a file replaced keeps its mode (a group-writable report stays so)
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except OSError:
-        mode = 0o666 & ~umask
-    os.chmod(tmp_path, mode)
+    tmp_path = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp{suffix}"
     try:
+        os.close(os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.chmod(tmp_path, _mode_for(path))
         yield tmp_path
         os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+    except BaseException as e:
+        if not (isinstance(e, FileExistsError) and e.filename == str(tmp_path)):  # (not ours)
+            with contextlib.suppress(FileNotFoundError):
+                tmp_path.unlink()
         raise
+
+
+def _mode_for(path: Path) -> int:
+    """The mode a file written to ``path`` gets: the usual permissions (0666 minus umask), so
+    that datasets and masks built by one user are readable by the others on a shared cluster;
+    a file replaced keeps its mode (a group-writable report stays so)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (/proc on Linux): the portable way sets it
+    to 0 and back, and a signal raised between the two left it at 0 for every later file."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -170,3 +171,43 @@ def test_a_killed_runs_lock_is_free_at_once_though_its_forked_workers_live_on(tm
         run.kill()
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_stop_signal_at_any_point_of_an_atomic_write_leaves_the_old_file_and_no_temporary(
+        tmp_path):
+    """Ctrl-C or SIGTERM raises between any two lines of Python. One that landed after the
+    temporary file was made but before its cleanup was armed left it behind (CI: a SIGTERMed
+    training job's ``.timings.json.*.tmp``). Here KeyboardInterrupt is raised at the k-th
+    line run inside the write (its library calls included), for every k until it completes."""
+    from ffcv_dp4tl.fsutil import atomic_write_json
+
+    target = tmp_path / "timings.json"
+    atomic_write_json(target, {"old": 1})
+    before = target.read_text()
+    k = 0
+    while True:
+        k += 1
+        seen = [0]
+
+        def tracer(frame, event, arg):
+            if event == "line":
+                seen[0] += 1
+                if seen[0] == k:
+                    raise KeyboardInterrupt
+            return tracer
+
+        sys.settrace(tracer)
+        try:
+            atomic_write_json(target, {"new": 2})
+        except KeyboardInterrupt:
+            interrupted = True
+        else:
+            interrupted = False
+        finally:
+            sys.settrace(None)
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert left == ["timings.json"], (k, left)
+        if not interrupted:
+            break
+        assert target.read_text() == before or json.loads(target.read_text()) == {"new": 2}, k
+    assert k > 10 and json.loads(target.read_text()) == {"new": 2}
