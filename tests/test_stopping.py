@@ -315,3 +315,33 @@ def test_a_worker_ended_at_exit_adds_no_traceback_after_the_commands_line(ends):
         assert (run.returncode, run.stderr) == (130, stopping.line(signal.SIGINT) + "\n")
     else:
         assert (run.returncode, run.stderr) == (0, "")
+
+
+def test_the_resource_sharers_dead_peer_is_not_reported_while_a_command_runs():
+    """A data-loader worker the job's SIGTERM ended mid-handshake makes multiprocessing's
+    resource-sharer thread hand a BrokenPipeError to ``sys.excepthook``. The CLI's filter for it
+    was set before typer, which replaces ``sys.excepthook`` as it calls the app, so the
+    traceback came out above the stop line (CI loop). Here the thread's call, as it makes it,
+    from inside a command; any other exception is still reported."""
+    script = (
+        "import importlib, sys, threading\n"
+        "import multiprocessing.resource_sharer as rs\n"
+        "app = importlib.import_module('ffcv_dp4tl.cli.app')\n"
+        "def serve(kind):\n"
+        "    try:\n"
+        "        exec(compile(f'raise {kind}(32, \"Broken pipe\")', rs.__file__, 'exec'))\n"
+        "    except Exception:\n"
+        "        sys.excepthook(*sys.exc_info())  # (resource_sharer._serve)\n"
+        "@app.app.command('probe')\n"
+        "def probe(kind: str):\n"
+        "    t = threading.Thread(target=serve, args=(kind,))\n"
+        "    t.start(); t.join()\n"
+        "    print('done')\n"
+        "sys.argv = ['dp4tl', 'probe', sys.argv[1]]\n"
+        "app.run()\n")
+    quiet = subprocess.run([sys.executable, "-c", script, "BrokenPipeError"], capture_output=True,
+                           text=True, timeout=60)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "done\n", "")
+    loud = subprocess.run([sys.executable, "-c", script, "PermissionError"], capture_output=True,
+                          text=True, timeout=60)
+    assert loud.returncode == 0 and "PermissionError: [Errno 32] Broken pipe" in loud.stderr

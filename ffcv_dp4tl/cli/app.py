@@ -39,6 +39,7 @@ def _main(
     (auto | cpu | cuda | cuda:N, default auto); lists are comma-separated. `dp4tl recipes` and
     `dp4tl models` list what a recipe name and --arch can be.
     """
+    _quiet_thread_noise()
     if "WORLD_SIZE" in os.environ and "--help" not in sys.argv[1:]:
         _refuse_torchrun(ctx.invoked_subcommand)  # (help is still given)
 
@@ -78,19 +79,37 @@ def _quiet_numba_exit_noise() -> None:
     """Hide numba's harmless ``KeyError`` from dispatcher finalizers at interpreter exit.
 
     ffcv compiles pipelines with numba; when they are collected at exit numba's finalizer can
-    raise a KeyError that Python prints as a traceback although nothing went wrong.
+    raise a KeyError that Python prints as a traceback although nothing went wrong. (Its
+    ``sys.excepthook`` side is :func:`_quiet_thread_noise`'s.)
     """
-    previous, previous_unraisable = sys.excepthook, sys.unraisablehook
-
-    def hook(kind, value, tb):
-        if not _is_numba_finalizer_noise(kind, tb):
-            previous(kind, value, tb)
+    previous_unraisable = sys.unraisablehook
 
     def unraisable(info):
         if not _is_numba_finalizer_noise(info.exc_type, info.exc_traceback):
             previous_unraisable(info)
 
-    sys.excepthook, sys.unraisablehook = hook, unraisable
+    sys.unraisablehook = unraisable
+
+
+def _quiet_thread_noise() -> None:
+    """Wrap ``sys.excepthook`` with the filters above: numba's finalizer noise and the
+    resource-sharer's dead peer (:func:`_quiet_dead_peer`).
+
+    Called from the app's callback, as each command starts: typer replaces ``sys.excepthook``
+    as it calls the app with a hook that hands every exception to the hook typer found when
+    it was imported, so filters set before the call never saw one (a SIGTERMed training job
+    printed the resource-sharer's BrokenPipeError traceback above its stop line). ``run()``
+    puts the hook it found back when the command ends."""
+    previous = sys.excepthook
+    if getattr(previous, "dp4tl_filters", False):  # (a second command in the same process)
+        return
+
+    def numba(kind, value, tb):
+        if not _is_numba_finalizer_noise(kind, tb):
+            previous(kind, value, tb)
+
+    sys.excepthook = _quiet_dead_peer(numba)
+    sys.excepthook.dp4tl_filters = True
 
 
 #: what gloo raises on the ranks left behind when one rank's process ended
@@ -189,7 +208,6 @@ def run() -> None:
     130 / 143 (:mod:`ffcv_dp4tl.stopping`)."""
     previous = sys.unraisablehook, sys.excepthook
     sys.unraisablehook = _interrupts_are_not_lost(previous[0])
-    sys.excepthook = _quiet_dead_peer(previous[1])
     outcome: SystemExit | None = None  # how the command ended, once decided
     try:
         try:
