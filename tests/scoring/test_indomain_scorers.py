@@ -205,12 +205,21 @@ def test_forget_trains_its_own_run_and_counts_forgetting(env):
         _score(env, "forget", "forget-x", checkpoint=None)
 
 
-def test_forgetting_recorder_in_a_real_run_matches_every_training_steps_logits(env):
+@pytest.mark.parametrize("recipe", [
+    pytest.param([], id="eager"),
+    # the hook is registered after torch.compile wrapped the model, and dynamo traces it into
+    # the graph (state updates included) rather than breaking on it
+    pytest.param(["train.compile=true"], id="compile"),
+    # PGD's attack forwards run in eval mode: only the step's forward on the attacked batch counts
+    pytest.param(["adv.steps=2", "adv.eps=8/255"], id="adversarial"),
+])
+def test_forgetting_recorder_in_a_real_run_matches_every_training_steps_logits(env, recipe):
     """FORGET's counts come from the training forward pass itself (the recorder hooks the
     model's forward and is fed each batch's indices): in a real 2-epoch run on the tiny source
     it must agree with forgetting events recomputed from the logits of every training step and
     the samples' true labels. A recorder that got correct/incorrect the wrong way round, or paired
-    the logits with another batch's indices, disagrees."""
+    the logits with another batch's indices, disagrees; so does one that read an attack's forward
+    (an adversarial recipe) or whose hook a compiled model skipped or replayed stale."""
     from tiny_data import TEST_OVERRIDES
 
     from ffcv_dp4tl.scoring.training_runs import ForgettingRecorder
@@ -226,7 +235,7 @@ def test_forgetting_recorder_in_a_real_run_matches_every_training_steps_logits(e
         """(sample indices, argmax of the training forward's logits) of every step."""
 
         def __init__(self):
-            self.steps, self._pending, self._hook = [], None, None
+            self.steps, self._pending, self._hook, self.train_forwards = [], None, None, 0
 
         def on_train_begin(self, model):
             self._hook = model.register_forward_hook(self._forward)
@@ -235,6 +244,7 @@ def test_forgetting_recorder_in_a_real_run_matches_every_training_steps_logits(e
             self._pending = batch.indices.cpu().numpy().copy()
 
         def _forward(self, module, args, output):
+            self.train_forwards += module.training
             if self._pending is not None and module.training:
                 self.steps.append((self._pending, output.detach().float().argmax(1).numpy()))
                 self._pending = None
@@ -242,9 +252,15 @@ def test_forgetting_recorder_in_a_real_run_matches_every_training_steps_logits(e
         def on_train_end(self):
             self._hook.remove()
 
+    torch._dynamo.reset()  # (a fresh recompile budget for this run's model)
     rec, spy = ForgettingRecorder(n), StepLogits()
-    train(load_recipe("resnet18_tiny_cpu", TEST_OVERRIDES), source, out_dir=tmp / "forget-hook",
-          fmt="wds", device="cpu", progress=False, callbacks=[rec, spy])
+    out = tmp / f"forget-hook-{'-'.join(recipe) or 'eager'}"
+    try:
+        train(load_recipe("resnet18_tiny_cpu", [*TEST_OVERRIDES, *recipe]), source, out_dir=out,
+              fmt="wds", device="cpu", progress=False, callbacks=[rec, spy])
+    finally:
+        torch._dynamo.reset()
+    assert spy.train_forwards == len(spy.steps)  # one train-mode forward per step: the step's own
     prev, learned = np.zeros(n, bool), np.zeros(n, bool)
     events, seen = np.zeros(n, np.int64), np.zeros(n, np.int64)
     for idx, pred in spy.steps:
