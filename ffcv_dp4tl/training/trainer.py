@@ -598,9 +598,9 @@ def _begin_epoch(train_loader, tc, epoch: int, res: int, end_epoch: int, mid: Ch
     except DataError as e:
         if mid is None:
             raise
-        raise DP4TLError(f"{out_dir / CHECKPOINT_NAME} is at step {mid.step} of epoch {epoch}, "
-                         f"which it cannot be ({e}): it is damaged; delete it and rerun to start "
-                         "over") from None
+        where = mid.unfinished() or f"at step {mid.step} of epoch {epoch + 1}"  # (1-based, as shown)
+        raise DP4TLError(f"{out_dir / CHECKPOINT_NAME} is {where}, which it cannot be ({e}): it is "
+                         "damaged; delete it and rerun to start over") from None
     steps = len(train_loader) + (mid.step if mid is not None else 0)  # the whole epoch's
     if first and ctx.is_main and 0 < tc.checkpoint_every >= steps:
         warnings.warn(f"train.checkpoint_every = {tc.checkpoint_every} steps is not less than an "

@@ -400,7 +400,7 @@ def test_record_seen_covers_an_epoch_resumed_mid_way_and_a_damaged_step_is_one_l
     state = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)
     save_checkpoint(tmp_path / "c" / "checkpoint.pt",
                     {**state, "step": 99, "progress": {**state["progress"], "step": 99}})
-    with pytest.raises(DP4TLError, match=r"checkpoint.pt is at step 99 of epoch 1, which it cannot "
+    with pytest.raises(DP4TLError, match=r"checkpoint.pt is at step 99 of epoch 2 of 2, which it cannot "
                                          r"be \(an epoch of 6 batches cannot start at batch 99\): it "
                                          r"is damaged; delete it"):
         train(r, source_dir, out_dir=tmp_path / "c", **kw)
