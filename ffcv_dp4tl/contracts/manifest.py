@@ -155,6 +155,21 @@ class SplitEntry:
                    unknown={k: v for k, v in d.items() if k not in known})
 
 
+def _check_class_count(source: object, num_classes: int, splits: dict[str, SplitEntry]) -> None:
+    """Refuse (one line) a ``classes`` list that cannot be the build's: empty, or of another
+    length than the per-class counts a split was built with. Models get ``num_classes``
+    outputs from it, so a shortened list trained into an IndexError on the first label past
+    its end (labels are checked against it too: ``SplitInfo.load_labels``)."""
+    if num_classes == 0:
+        raise DataError(f"{source}: classes is empty (edited by hand?); restore manifest.json or "
+                        f"{_REBUILD}")
+    for name, entry in splits.items():
+        if entry.class_counts is not None and len(entry.class_counts) != num_classes:
+            raise DataError(f"{source}: classes lists {num_classes} names but split {name!r} was "
+                            f"built with {len(entry.class_counts)} classes (its class_counts): "
+                            f"classes was edited; restore manifest.json or {_REBUILD}")
+
+
 @dataclass(frozen=True)
 class ImageSettings:
     """How the images of a build were stored."""
@@ -257,9 +272,11 @@ class DatasetManifest:
         classes = get("classes", "names", REQUIRED)
         splits = get("splits", "object", REQUIRED)
         known = _known(cls) - {"unknown"}
+        entries = {k: SplitEntry.from_json(v, f"{source} split {k!r}") for k, v in splits.items()}
+        _check_class_count(source, len(classes), entries)
         return cls(
             classes=[str(c) for c in classes],
-            splits={k: SplitEntry.from_json(v, f"{source} split {k!r}") for k, v in splits.items()},
+            splits=entries,
             fingerprint=get("fingerprint", "str", REQUIRED), name=get("name", "str", ""),
             image=ImageSettings.from_json(data["image"], source) if data.get("image") else None,
             shard_size=get("shard_size", "count"), extra=dict(get("extra", "object", {})),

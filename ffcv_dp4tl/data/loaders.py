@@ -139,6 +139,7 @@ def make_loader(
                   channels_last=channels_last)
     decode = resolve_decode(decode, device)
     info.check_files(fmt)  # size + header checksums of the files about to be read
+    info.load_labels()  # the labels a batch carries: the build's, each a class of the manifest's
     if decode == "gpu":
         return DeviceDecodeLoader(info, plan, source=fmt, **common)
     if fmt == "ffcv":

@@ -82,6 +82,8 @@ class SplitInfo:
     beton_fingerprint: str | None = None
     #: the dataset directory (None for hand-made SplitInfos: the labels file's folder)
     dataset_root: Path | None = None
+    #: the dataset's number of classes (None for hand-made SplitInfos: labels not range-checked)
+    num_classes: int | None = None
 
     @property
     def root(self) -> Path:
@@ -106,13 +108,22 @@ class SplitInfo:
         """The split's labels, refused (one line) when they differ from the ones the build
         recorded in ``manifest.json`` (a permuted file has the right size and class counts), or
         when their number is not the manifest's ``num_samples`` (an edited manifest: masks and
-        class scores would index past, or short of, the labels)."""
+        class scores would index past, or short of, the labels), or when a label is no class of
+        the manifest's ``classes`` (the models' outputs: an edited list failed in the loss)."""
         from beton_builders.integrity import check_count, check_labels
 
         labels = read_labels(self.labels, self.root)
         check_labels(self.labels, labels, self.checksums, self.root, self.name)
         check_count(self.root, self.name, self.labels, len(labels) if labels.ndim else 0,
                     self.num_samples)
+        if self.num_classes is not None and len(labels):
+            lo, hi = int(labels.min()), int(labels.max())
+            if lo < 0 or hi >= self.num_classes:
+                bad = lo if lo < 0 else hi
+                raise DataError(f"{self.labels}: label {bad} is no class of the "
+                                f"{self.num_classes} that {self.root / MANIFEST_NAME} lists "
+                                "(classes edited, or labels replaced, since the build); restore "
+                                f"them or rerun the `dp4tl build` that made {self.root}")
         return labels
 
     def load_index(self) -> np.ndarray:
@@ -209,6 +220,7 @@ class Manifest:
             checksums=s.checksums,
             beton_fingerprint=s.beton_fingerprint,
             dataset_root=self.root,
+            num_classes=self.num_classes,
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from ffcv_dp4tl.data import AugSpec, load_manifest, make_loader
@@ -162,3 +163,46 @@ def test_a_split_file_outside_the_build_is_refused(index_copy, key, value):
     bad = value[0] if isinstance(value, list) else value
     assert f"{key} {bad!r} points outside the dataset folder" in _one_line(e)
     assert not verify_dataset(index_copy).ok
+
+
+def test_a_shortened_or_emptied_class_list_is_refused_where_the_manifest_is_read(index_copy):
+    """Models get one output per name in ``classes``: a list shortened by hand trained into an
+    IndexError in the loss at the first label past its end. The split's class counts say how
+    many classes it was built with."""
+    root = index_copy
+    built = len(load_manifest(root).classes)
+    _edit_manifest(root, lambda m: m.update(classes=m["classes"][:2]))
+    with pytest.raises(DataError) as e:
+        load_manifest(root)
+    assert _one_line(e) == (f"{root}/manifest.json: classes lists 2 names but split 'train' was "
+                            f"built with {built} classes (its class_counts): classes was edited; "
+                            "restore manifest.json or rebuild the dataset")
+    _edit_manifest(root, lambda m: m.update(classes=[]))
+    with pytest.raises(DataError, match=r"manifest\.json: classes is empty \(edited by hand\?\)") as e:
+        load_manifest(root)
+    _one_line(e)
+
+
+def test_labels_past_the_class_list_are_refused_by_the_labels_and_both_loaders(index_copy):
+    """A build recorded before class counts existed has only its labels to tell: a label that is
+    no class of ``classes`` is one line naming the labels file, not a loss's IndexError."""
+    root = index_copy
+
+    def shorten(m):
+        m["classes"] = m["classes"][:2]
+        for s in m["splits"].values():
+            s.pop("class_counts", None)
+    _edit_manifest(root, shorten)
+    split = load_manifest(root).split("train")
+    hi = int(np.load(split.labels).max())
+    want = (f"{split.labels}: label {hi} is no class of the 2 that {root}/manifest.json lists "
+            "(classes edited, or labels replaced, since the build); restore them or rerun the "
+            f"`dp4tl build` that made {root}")
+    with pytest.raises(DataError) as e:
+        split.load_labels()
+    assert _one_line(e) == want
+    for fmt in ("ffcv", "wds"):
+        with pytest.raises(DataError) as e:
+            make_loader(root, "train", fmt=fmt, aug=AugSpec.for_eval(), batch_size=8, resolution=16,
+                        num_workers=0)
+        assert _one_line(e) == want
