@@ -508,6 +508,8 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
         # so the caller reports the epoch the run is at (not "epoch 0")
         rows = _read_metrics(metrics_path)
         return rows[-1] if rows else {"epoch": start_epoch - 1}
+    if ckpt is not None and not ckpt.step and progress and ctx.is_main:  # (mid-epoch: _begin_epoch)
+        print(f"resuming: {start_epoch} of {tc.epochs} epochs done ({ckpt_path})", flush=True)
 
     # ---- model / optimiser / objective ----------------------------------------------------
     parts = build_step_parts(recipe, num_classes, ctx, ckpt)

@@ -234,7 +234,7 @@ def test_finetune_on_cuda_n_makes_n_current_before_any_loader(trained_run, targe
     assert e.value.args == ([1], torch.device("cuda", 1))
 
 
-def test_a_source_trained_again_is_another_finetune_run(trained_run, target_dir, tmp_path):
+def test_a_source_trained_again_is_another_finetune_run(trained_run, target_dir, tmp_path, capsys):
     """A source checkpoint trained again in the same place (same arch, recipe, data, epoch;
     most recipes are not bit-deterministic) is another source: resuming or reusing the
     finetuning of the old one is refused, naming the weights; the same weights resume."""
@@ -253,7 +253,11 @@ def test_a_source_trained_again_is_another_finetune_run(trained_run, target_dir,
         finetune("lp_tiny_cpu", src, target_dir, tmp_path / "ft", **kw)
     ckpt.model[first] = ckpt.model[first] - 1e-3
     Checkpoint.load(trained_run / "checkpoint.pt").save(src)  # the first weights: resumed
-    assert finetune("lp_tiny_cpu", src, target_dir, tmp_path / "ft", **kw)["resumed_from"] == 1
+    capsys.readouterr()
+    assert finetune("lp_tiny_cpu", src, target_dir, tmp_path / "ft",
+                    **{**kw, "progress": True})["resumed_from"] == 1
+    state = tmp_path / "ft" / "finetune_state.pt"
+    assert f"resuming lp: 1 of 2 epochs done ({state})" in capsys.readouterr().out.splitlines()
 
 
 def test_a_finetune_state_from_before_the_weights_were_recorded_still_resumes(

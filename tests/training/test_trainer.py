@@ -117,6 +117,21 @@ def test_resume_is_bit_identical(source_dir, tmp_path, test_recipe, workers):
     assert json.loads(rows[-1])["val_samples"] > 0
 
 
+def test_a_resumed_run_says_how_far_its_checkpoint_got(source_dir, tmp_path, test_recipe, capsys):
+    """A rerun that resumes says so, with the epochs its checkpoint holds (a user saw only the
+    progress bar start at a later epoch); a finished run's rerun trains nothing and says nothing
+    of resuming."""
+    r = test_recipe("train.epochs=2")
+    kw = dict(fmt="wds", device="cpu")
+    train(r, source_dir, out_dir=tmp_path, stop_after=1, progress=False, **kw)
+    capsys.readouterr()
+    train(r, source_dir, out_dir=tmp_path, progress=True, **kw)
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"resuming: 1 of 2 epochs done ({tmp_path / 'checkpoint.pt'})"
+    train(r, source_dir, out_dir=tmp_path, progress=True, **kw)
+    assert "resuming" not in capsys.readouterr().out
+
+
 def test_ffcv_format_trains(source_dir, tmp_path, test_recipe):
     row = train(test_recipe("train.epochs=1", "data.num_workers=1"), source_dir,
                 out_dir=tmp_path / "f", fmt="ffcv", device="cpu", progress=False)
