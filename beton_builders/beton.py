@@ -86,24 +86,22 @@ _PROGRESS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _ffcv_progress(enabled: bool) -> Iterator[None]:
-    """Let ffcv's ``DatasetWriter`` draw its progress bar, or silence it for this block only.
+def _ffcv_progress(enabled: bool, desc: str = "") -> Iterator[None]:
+    """Label ffcv's ``DatasetWriter`` progress bar with ``desc`` (like the build's own
+    ``encode NAME`` bars), or silence it, for this block only.
 
     ffcv offers no switch for its bar: ``DatasetWriter._write_common`` always calls the module's
     ``tqdm(total=...)`` (ffcv 1.0.2 and upstream main: no constructor or method argument,
-    and tqdm reads its ``TQDM_*`` environment overrides once, at import). So with progress off
-    we patch ``ffcv.writer.tqdm`` for the duration of one write, under a lock (two concurrent
-    writes in one process cannot interleave their patch/restore), and always restore it. With
-    progress on nothing is touched.
+    and tqdm reads its ``TQDM_*`` environment overrides once, at import). So we patch
+    ``ffcv.writer.tqdm`` for the duration of one write, under a lock (two concurrent writes in
+    one process cannot interleave their patch/restore), and always restore it.
     """
-    if enabled:
-        yield
-        return
     import ffcv.writer
     from unittest import mock
 
-    with _PROGRESS_LOCK, mock.patch.object(
-            ffcv.writer, "tqdm", functools.partial(ffcv.writer.tqdm, disable=True)):
+    bar = (functools.partial(ffcv.writer.tqdm, desc=desc, unit="img") if enabled else
+           functools.partial(ffcv.writer.tqdm, disable=True))
+    with _PROGRESS_LOCK, mock.patch.object(ffcv.writer, "tqdm", bar):
         yield
 
 
@@ -118,8 +116,9 @@ def beton_workers(workers: int, num_samples: int) -> int:
 
 
 def write_beton(path: Path, dataset: ShardBytesDataset, quality: int, max_side: int,
-                workers: int, progress: bool = True) -> None:
-    """Write ``dataset`` to the beton at ``path`` (in place; the caller renames atomically)."""
+                workers: int, progress: bool = True, desc: str = "") -> None:
+    """Write ``dataset`` to the beton at ``path`` (in place; the caller renames atomically);
+    ``desc`` labels the progress bar (``path`` is the temporary name)."""
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
@@ -132,7 +131,7 @@ def write_beton(path: Path, dataset: ShardBytesDataset, quality: int, max_side: 
 
     before = set(multiprocessing.active_children())
     try:
-        with _ffcv_progress(progress):
+        with _ffcv_progress(progress, desc or f"beton {path.name}"):
             writer.from_indexed_dataset(dataset, chunksize=WRITE_CHUNK)
     except BaseException:  # Ctrl-C, a full disk: the caller removes the partial beton
         _free_metadata_memory(writer)

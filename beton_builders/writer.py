@@ -503,7 +503,7 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
             with atomic_path(beton_path, suffix=".beton") as tmp:
                 with _interrupt_watchdog():
                     write_beton(tmp, dataset, opts.quality, opts.max_side, opts.workers,
-                                opts.progress)
+                                opts.progress, desc=f"beton {spec.name}:{split}")
                 _check_interrupt()  # (a Ctrl-C swallowed inside ffcv's writer: no beton)
                 fsync_path(tmp)
         # what the beton stores, per sample (JPEG samples: the shards' bytes, digests known)

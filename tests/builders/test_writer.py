@@ -9,6 +9,7 @@ converted; interrupted builds resume without redoing finished shards.
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import tarfile
@@ -556,9 +557,10 @@ def test_complete_dir_with_other_options_is_refused_then_overwritten(tmp_path):
     assert not (out / ".build" / "train-000003.json").exists()  # old shard metadata removed
 
 
-def test_ffcv_progress_is_silenced_for_one_write_only(tmp_path):
-    """ffcv's writer has no progress switch: progress=False patches its tqdm for the duration
-    of the write only, and restores it (also when the write fails)."""
+def test_ffcv_progress_is_labelled_or_silenced_for_one_write_only(tmp_path):
+    """ffcv's writer has no progress switch and an unlabelled bar: its tqdm is patched for the
+    duration of the write only, silenced with progress=False or labelled like the build's own
+    bars (a user saw bare ``0/1920`` bars), and restored (also when the write fails)."""
     import ffcv.writer
 
     from beton_builders.beton import _ffcv_progress
@@ -567,8 +569,11 @@ def test_ffcv_progress_is_silenced_for_one_write_only(tmp_path):
     with _ffcv_progress(False):
         assert ffcv.writer.tqdm is not original and ffcv.writer.tqdm(total=3).disable
     assert ffcv.writer.tqdm is original
-    with _ffcv_progress(True):
-        assert ffcv.writer.tqdm is original
+    with _ffcv_progress(True, "beton synth-tiny:train"):
+        bar = ffcv.writer.tqdm(total=3, file=open(os.devnull, "w"))
+        assert bar.desc == "beton synth-tiny:train" and not bar.disable
+        bar.close()
+    assert ffcv.writer.tqdm is original
     with pytest.raises(RuntimeError), _ffcv_progress(False):
         raise RuntimeError("write failed")
     assert ffcv.writer.tqdm is original
