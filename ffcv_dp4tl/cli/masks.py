@@ -57,7 +57,7 @@ def classes_cmd(
 ) -> None:
     """Keep every sample of the given classes (reads labels.npy only, no images)."""
     from ..data.manifest import load_manifest
-    from ..data.masks import mask_from_classes, save_mask
+    from ..data.masks import describe_mask, mask_conflict, mask_files, mask_from_classes, save_mask
 
     from ..fsutil import check_out_dir
 
@@ -77,6 +77,12 @@ def classes_cmd(
     ids = [i for lo, hi in ranges for i in range(lo, hi + 1)]  # each range within the classes
     info = manifest.split(split)
     mask = mask_from_classes(info, ids, method="classes")
+    clash = mask_conflict(out, mask)  # never another mask (a prune's train.npy), nor a user's file
+    if clash is not None:
+        npy, side = mask_files(out)
+        where = f"--out {out}" + ("" if clash[0] == Path(out) else f": {clash[0]}")
+        raise MaskError(f"{where} holds {clash[1]}; pass another --out for "
+                        f"{describe_mask(mask.meta)} (or delete {npy} and {side} to replace it)")
     path = save_mask(out, mask)
     typer.echo(f"{path}: {len(mask)} of {info.num_samples} samples of {split!r} "
                f"({100 * mask.kept_fraction:.1f} %)")
@@ -146,9 +152,22 @@ def files_cmd(
     if out is None:
         typer.echo(text, nl=False)
         return
+    if out.exists() and not _holds(out, text.encode("utf-8")):
+        raise MaskError(f"--out {out} already exists and holds something else than this list of "
+                        f"{what} files; pass another --out (or delete {out} to replace it)")
     atomic_write_text(out, text)
     typer.echo(f"{out}: the {len(chosen)} {what} of {info.num_samples} samples of "
                f"{info.name!r}", err=True)
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether ``path`` holds exactly ``data``: the list an identical earlier run wrote, the only
+    file `mask files --out` replaces (a typo once replaced a trained checkpoint.pt with a list
+    of files). Read only when the sizes agree."""
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:  # (unreadable: not known to be ours)
+        return False
 
 
 @mask_app.command("overlap")

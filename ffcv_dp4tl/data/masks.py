@@ -241,6 +241,90 @@ def save_mask(path: str | Path, mask: IndexMask) -> Path:
     return npy
 
 
+def mask_files(path: str | Path) -> tuple[Path, Path]:
+    """The two files a mask saved at ``path`` is (:func:`save_mask`): ``NAME.npy``, ``NAME.json``."""
+    npy = _npy_path(path)
+    return npy, _json_path(npy)
+
+
+#: sidecar entries that say where or when a mask was written, not what it selects: the scores
+#: folder as it was spelled (a rerun from another directory spells it otherwise) and the time
+_NOT_INPUTS = frozenset({"created", "scores"})
+
+
+def _inputs(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in meta.items() if k not in _NOT_INPUTS}
+
+
+def mask_conflict(path: str | Path, mask: IndexMask | None) -> tuple[Path, str] | None:
+    """What saving ``mask`` at ``path`` (None: removing the mask there) would destroy — the file
+    and a description, e.g. ``(train.npy, "the lm mask at ratio 0.4")`` — or None when nothing:
+    no file there, or ``mask`` itself (the same indices of the same split, made from the same
+    recorded inputs: method, ratio, budget, classes, ...; not the time, nor how the scores folder
+    was spelled). An identical rerun, or the rest of an interrupted one, writes again; anything
+    else there is someone's work (the mask a finished training run used, a prune's train.npy
+    whose val.npy would stay, a user's own .npy or .json) and is the caller's to refuse. The one
+    rule for the commands that write masks by name (``dp4tl prune``, ``dp4tl mask classes``)."""
+    npy, side = mask_files(path)
+    meta: dict[str, Any] | None = None
+    if side.exists():
+        try:
+            meta = MaskMeta.from_json(read_json(side, "mask metadata"), side).to_json()
+        except DataError:
+            return side, "a file that is not a mask's sidecar"
+    same_indices: bool | None = None  # (None: no .npy there)
+    if npy.exists():
+        try:
+            old = np.load(npy, allow_pickle=False)
+        except (ValueError, OSError, EOFError):
+            old = None
+        same_indices = (mask is not None and old is not None and old.dtype == np.int64
+                        and np.array_equal(old, mask.indices))
+    if meta is None:
+        if same_indices is False:
+            return npy, f"a file that is not this mask (it has no sidecar {side.name})"
+        return None
+    if mask is not None and _inputs(meta) == _inputs(mask.meta) and same_indices is not False:
+        return None
+    what = describe_mask(meta, mask)
+    if mask is not None and same_indices is False and what == describe_mask(mask.meta):
+        what += " selecting other samples"  # (the same words: other scores)
+    return (npy if npy.exists() else side), what
+
+
+def describe_mask(meta: dict[str, Any], other: IndexMask | None = None) -> str:
+    """A mask's sidecar in a few words, ``the lm mask at ratio 0.4, budget samples``; beside
+    ``other``, also what sets it apart from it that those words leave out (split, dataset)."""
+    text = f"the {meta.get('method', 'hand-made')} mask"
+    if meta.get("ratio") is not None:
+        text += f" at ratio {meta['ratio']}"
+    if meta.get("budget") not in (None, "units"):
+        text += f", budget {meta['budget']}"
+    if meta.get("reverse"):
+        text += ", reversed order"
+    if meta.get("method") == "classes" and isinstance(meta.get("kept_classes"), list):
+        text += f" of classes {_ranges(meta['kept_classes'])}"
+    if other is not None and meta.get("split") != other.meta.get("split"):
+        text += f" of split {meta.get('split')!r}"
+    elif other is not None and meta.get("fingerprint") != other.meta.get("fingerprint"):
+        text += " of another dataset"
+    return text
+
+
+def _ranges(ids: list[Any]) -> str:
+    """Class ids as compact ranges, ``0-3,7`` (``--classes``'s spelling; the first few)."""
+    if not all(type(i) is int for i in ids):  # (a sidecar edited by hand)
+        return f"{len(ids)} classes"
+    parts: list[list[int]] = []
+    for i in sorted(ids):
+        if parts and i == parts[-1][1] + 1:
+            parts[-1][1] = i
+        else:
+            parts.append([i, i])
+    shown = [f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in parts[:6]]
+    return ",".join(shown) + (",..." if len(parts) > 6 else "")
+
+
 def load_mask(path: str | Path, split: SplitInfo | None = None,
               split_option: bool = False) -> IndexMask:
     """Load a mask (and validate it against ``split`` if given; ``split_option``:

@@ -35,7 +35,8 @@ import numpy as np
 
 from ..data.manifest import load_manifest
 from ..contracts import Budget, Scores, check_ratio
-from ..data.masks import IndexMask, make_mask, mask_from_classes, save_mask, val_mask_of
+from ..data.masks import (IndexMask, describe_mask, make_mask, mask_conflict, mask_from_classes,
+                          save_mask, val_mask_of)
 from ..errors import DataError, MaskError
 from ..fsutil import directory_lock
 from ..scoring import kept_sample_indices, select_classes, select_samples
@@ -171,10 +172,21 @@ def _prune_samples(j: _Job) -> dict[str, Any]:
 def _write_masks(j: _Job, train: IndexMask) -> dict[str, Any]:
     """Write ``train`` and the val mask of its classes into ``j.out_dir`` as a pair: both are
     made (and so checked) first, and the pair a folder held before is removed before either is
-    written, so an error or a kill never leaves one ratio's train.npy beside another's val.npy."""
+    written, so an error or a kill never leaves one ratio's train.npy beside another's val.npy.
+
+    A pair made from other inputs (another ratio, budget, order or method, other scores, another
+    source) is refused, as `dp4tl score` refuses other scores: it may be the mask a finished
+    training run was trained on. The same masks again — a rerun, or one completing a killed
+    run — are written again (:func:`~ffcv_dp4tl.data.masks.mask_conflict`)."""
     masks: dict[str, IndexMask | None] = {"train": train}
     if "val" in j.splits:
         masks["val"] = val_mask_of(train, j.manifest.split("train"), j.manifest.split("val"), **j.prov)
+    for split, mask in masks.items():
+        clash = mask_conflict(j.out_dir / f"{split}.npy", mask)
+        if clash is not None:
+            raise MaskError(f"--out {j.out_dir} holds {clash[1]} ({clash[0].name}); pass another "
+                            f"--out for {describe_mask(train.meta)} (or delete {j.out_dir} to "
+                            "replace it)")
     for split in masks:
         for old in (j.out_dir / f"{split}.npy", j.out_dir / f"{split}.json"):
             old.unlink(missing_ok=True)

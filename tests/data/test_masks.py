@@ -312,3 +312,38 @@ def test_a_mask_of_another_split_of_the_same_dataset_names_the_split_to_pass(ind
     assert str(e.value) == (f"{val_mask} indexes split 'val' of this dataset, not split 'train', "
                             "which this reads: give the mask of split 'train' (`dp4tl prune` "
                             "writes train.npy beside val.npy), or make one")
+
+
+def test_only_the_same_mask_again_may_replace_a_mask(split, tmp_path):
+    """``mask_conflict``, the rule of every command that writes a mask by name: the same indices
+    from the same recorded inputs (a rerun — with the scores folder spelled otherwise, at another
+    time — or the rest of a killed one: .npy without sidecar, sidecar without .npy) may be written
+    again; a mask of other inputs or samples, or a file of the user's, is named instead."""
+    from ffcv_dp4tl.data.masks import mask_conflict
+
+    def mask(idx=range(8), **prov):
+        return make_mask(np.asarray(idx), split, **{"method": "lm", "ratio": 0.5, "scores": "s",
+                                                    **prov})
+
+    path = tmp_path / "train.npy"
+    assert mask_conflict(path, mask()) is None  # nothing there
+    save_mask(path, mask())
+    assert mask_conflict(path, mask(scores=str(tmp_path / "s"))) is None
+    assert mask_conflict(path, mask(ratio=0.25)) == (path, "the lm mask at ratio 0.5")
+    assert mask_conflict(path, mask(budget="samples")) == (path, "the lm mask at ratio 0.5")
+    assert mask_conflict(path, mask(range(4))) == (path, "the lm mask at ratio 0.5 selecting "
+                                                         "other samples")
+    assert mask_conflict(path, None) == (path, "the lm mask at ratio 0.5")  # (would be deleted)
+    val = make_mask(np.arange(8), _split(tmp_path, "e" * 64, "val"), method="lm", ratio=0.5)
+    assert mask_conflict(path, val) == (path, "the lm mask at ratio 0.5 of split 'train'")
+    path.with_suffix(".json").unlink()  # killed between the two files of a rerun
+    assert mask_conflict(path, mask()) is None
+    assert mask_conflict(path, mask(range(4)))[1].startswith("a file that is not this mask")
+    save_mask(path, mask())
+    path.unlink()  # the sidecar alone
+    assert mask_conflict(path, mask()) is None
+    np.save(tmp_path / "feat.npy", np.linspace(0, 1, 8))  # the user's own array, no sidecar
+    assert mask_conflict(tmp_path / "feat", mask())[0] == tmp_path / "feat.npy"
+    (tmp_path / "results.json").write_text('{"top1": 0.9}')  # NAME.json: the user's file
+    assert mask_conflict(tmp_path / "results.npy", mask()) == (
+        tmp_path / "results.json", "a file that is not a mask's sidecar")

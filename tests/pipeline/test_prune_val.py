@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ffcv_dp4tl.data import load_manifest, load_mask, make_mask, val_mask_of
+from ffcv_dp4tl.errors import MaskError
 from ffcv_dp4tl.pipeline.prune import prune
 from ffcv_dp4tl.pipeline.scores_io import write_scores
 
@@ -58,13 +59,26 @@ def test_cluster_units_val_is_the_classes_of_the_kept_clusters_samples(src, tmp_
 
 
 def test_kept_classes_without_val_samples_leave_no_val_npy_and_no_stale_pair(src, tmp_path):
+    """No val.npy when the kept classes have none; and never the val.npy of another prune beside
+    the train.npy: a folder holding a mask of another ratio is refused, left as it was (it may be
+    the mask a finished training run used), not replaced in part or in whole."""
     write_scores(tmp_path / "s", method="lm", unit="class", scores=np.array([3.0, 2.0, 9.0, 1.0]),
                  meta={})
     out = tmp_path / "m"
     assert prune(tmp_path / "s", src, 0.5, out)["val_kept"] == 2  # classes 2 and 0: val of 0
-    s = prune(tmp_path / "s", src, 0.75, out)  # class 2 alone: no val sample
+    before = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    with pytest.raises(MaskError, match=rf"--out {out} holds the lm mask at ratio 0.5 \(train.npy\); "
+                                        "pass another --out for the lm mask at ratio 0.75"):
+        prune(tmp_path / "s", src, 0.75, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")} == before
+    s = prune(tmp_path / "s", src, 0.75, tmp_path / "m2")  # class 2 alone: no val sample
     assert s["kept_units"] == [2] and s["val_kept"] == 0 and s["train_kept"] == 6
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["train.json", "train.npy"]
+    assert sorted(p.name for p in (tmp_path / "m2").iterdir()
+                  if not p.name.startswith(".")) == ["train.json", "train.npy"]
+    (tmp_path / "m2" / "val.npy").write_bytes(before["val.npy"])  # a val.npy of other inputs
+    (tmp_path / "m2" / "val.json").write_bytes(before["val.json"])
+    with pytest.raises(MaskError, match=r"holds the lm mask at ratio 0.5 \(val.npy\)"):
+        prune(tmp_path / "s", src, 0.75, tmp_path / "m2")  # (this run would delete it)
 
 
 def test_val_mask_of_is_none_when_the_kept_classes_have_no_val_sample(src):
