@@ -61,14 +61,15 @@ def is_fresh(out_dir: Path) -> bool:
     return True
 
 
-def check_ours(out_dir: Path) -> None:
+def check_ours(out_dir: Path, option: str = "--out") -> None:
     """Refuse a folder that holds anything but a dp4tl build (finished or not) or a fresh one,
-    before a lock is taken or a temporary file removed there: it could be the user's."""
+    before a lock is taken or a temporary file removed there: it could be the user's. ``option``:
+    the command-line option that chose the folder (named in "choose another ...")."""
     if out_dir.is_dir() and not is_build(out_dir) and not is_fresh(out_dir):
         if is_build(out_dir / "source"):
             raise DataError(f"{out_dir} holds a synth build (source/, targets/), which a build of "
-                            "one dataset does not replace: choose another --out")
-        raise DataError(f"{out_dir} is not empty and is not a dp4tl build: choose another --out "
+                            f"one dataset does not replace: choose another {option}")
+        raise DataError(f"{out_dir} is not empty and is not a dp4tl build: choose another {option} "
                         "(an empty or new folder; --overwrite replaces only a dp4tl build, never "
                         "other files)")
 

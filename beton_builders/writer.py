@@ -215,14 +215,14 @@ def _differing(old: dict, new: dict) -> str:
 
 
 def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: str,
-                 overwrite: bool, remedy: str = REMEDY) -> tuple[dict, bool]:
+                 overwrite: bool, remedy: str = REMEDY, option: str = "--out") -> tuple[dict, bool]:
     """Check/record build settings. Returns (settings, already_complete). ``overwrite``
     replaces a dp4tl build only: a folder holding anything else is refused before a file is
     touched (its files could be the user's own betons, shards or notes)."""
     settings = _settings(spec, opts, source)
     manifest_path = out_dir / MANIFEST_NAME
     settings_path = settings_file(out_dir)
-    check_ours(out_dir)  # (again under the lock)
+    check_ours(out_dir, option)  # (again under the lock)
     if overwrite and is_build(out_dir):
         remove_build(out_dir)
     if manifest_path.exists():
@@ -243,7 +243,7 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
 
 def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | None = None,
                   *, source: str = "", overwrite: bool = False,
-                  remedy: str = REMEDY) -> BuildSummary:
+                  remedy: str = REMEDY, option: str = "--out") -> BuildSummary:
     """Convert ``spec`` into ``out_dir``; resume if a previous run was interrupted.
 
     One build per folder at a time (a second is refused: ``LOCK_NAME``); temporary files a
@@ -251,15 +251,17 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
     folder (the beton's size is checked before it is written), and rerunning resumes. A
     complete build in a folder that cannot be written (read-only mount) is simply reused.
     Ctrl-C and SIGTERM always end the build with ``KeyboardInterrupt`` (see :func:`_stop_guard`).
-    ``remedy`` ends the messages about a folder holding something else.
+    ``remedy`` ends the messages about a folder holding something else; ``option`` is the
+    command-line option the user chose the folder with (the pipeline's ``--data-root``), named
+    where a message says to choose another.
     """
     opts = opts or BuildOptions()
     opts.validate()
     _check_spec(spec)
     out_dir = Path(out_dir)
-    check_out_dir(out_dir, "--out", must_write=False)
-    _check_out_outside_input(source, out_dir)
-    check_ours(out_dir)
+    check_out_dir(out_dir, option, must_write=False)
+    _check_out_outside_input(source, out_dir, option)
+    check_ours(out_dir, option)
     with contextlib.ExitStack() as stack:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -277,22 +279,22 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
                                     "folder is writable, or restore the files") from None
                 return done
             raise DataError(f"cannot write to {out_dir} ({e.strerror}) and it holds no finished "
-                            f"build of this source; choose a writable --out") from None
+                            f"build of this source; choose a writable {option}") from None
         remove_orphan_temps(out_dir)
         stack.enter_context(_stop_guard())
         try:
-            return _build_locked(spec, out_dir, opts, source, overwrite, remedy)
+            return _build_locked(spec, out_dir, opts, source, overwrite, remedy, option)
         except OSError as e:
             if is_disk_full(e):
                 raise DataError(f"disk full while writing {out_dir} ({e.strerror}); free some space or "
-                                "choose another --out, then rerun: the build resumes") from None
+                                f"choose another {option}, then rerun: the build resumes") from None
             if is_unwritable(e):
                 raise DataError(f"cannot write {e.filename or out_dir} ({e.strerror}); choose a "
-                                "writable --out") from None
+                                f"writable {option}") from None
             raise
 
 
-def _check_out_outside_input(source: str, out_dir: Path) -> None:
+def _check_out_outside_input(source: str, out_dir: Path, option: str = "--out") -> None:
     """Refuse an ``--out`` inside the input folder of a ``LAYOUT:PATH`` source: the layout would
     list the build's own files as a class on every later run."""
     name, sep, path = source.partition(":")
@@ -304,8 +306,8 @@ def _check_out_outside_input(source: str, out_dir: Path) -> None:
     except OSError:
         return
     if inside and root.is_dir():
-        raise DataError(f"--out {out_dir} lies inside the input folder {root}: the next build would "
-                        "read its own output as images; choose an --out outside it")
+        raise DataError(f"{option} {out_dir} lies inside the input folder {root}: the next build "
+                        f"would read its own output as images; choose another {option}, outside it")
 
 
 def _complete_build(spec: DatasetSpec, out_dir: Path, opts: BuildOptions,
@@ -404,8 +406,8 @@ def _check_interrupt() -> None:
 
 
 def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: str,
-                  overwrite: bool, remedy: str = REMEDY) -> BuildSummary:
-    settings, done = _prepare_dir(spec, out_dir, opts, source, overwrite, remedy)
+                  overwrite: bool, remedy: str = REMEDY, option: str = "--out") -> BuildSummary:
+    settings, done = _prepare_dir(spec, out_dir, opts, source, overwrite, remedy, option)
     if done:
         damaged = damaged_files(out_dir, remedy)
         if not damaged:

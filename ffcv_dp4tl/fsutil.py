@@ -120,17 +120,19 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
             os.fsync(f.fileno())
 
 
-def read_json(path: str | os.PathLike, what: str = "file", fix: str = "rebuild or replace it") -> Any:
+def read_json(path: str | os.PathLike, what: str = "file", fix: str = "rebuild or replace it",
+              missing: str = "") -> Any:
     """Read JSON, turning missing/corrupt files into a :class:`DataError` naming the file and,
     for a corrupt one, ``fix``: the step that rewrites it (callers that know it say it, e.g.
-    "delete the stage folder and rerun"; the default fits a file the user made)."""
+    "delete the stage folder and rerun"; the default fits a file the user made); for a missing
+    one, ``missing``: the step that writes it (e.g. "run `dp4tl score` first"), when known."""
     from .errors import DataError
 
     path = Path(path)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise DataError(f"{what} not found: {path}") from None
+        raise DataError(f"{what} not found: {path}" + (f"; {missing}" if missing else "")) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{what} {path} is not valid JSON ({e}); {fix}") from None
 

@@ -9,7 +9,9 @@ from . import pipeline as _pipeline  # noqa: F401
 from . import prune as _prune  # noqa: F401
 from . import train as _train  # noqa: F401
 from . import verify as _verify  # noqa: F401
-from .app import app, run
+from .app import app, reflow_help, run
+
+reflow_help(app)  # (every command is registered by now)
 
 main = run
 __all__ = ["app", "main"]

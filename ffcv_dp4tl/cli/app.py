@@ -202,6 +202,40 @@ def _quiet_dead_peer(previous: Callable[..., None]) -> Callable[..., None]:
     return hook
 
 
+def reflow_help(group: typer.Typer) -> None:
+    """Join the wrapped lines of every help paragraph of ``group``'s commands and sub-groups
+    (docstrings and ``help=``), so the terminal wraps them. Typer (0.29) keeps a docstring's
+    line breaks in all but the first paragraph and in a sub-group's command list, so wrapped
+    source lines showed as broken lines ("run on --device" / "(auto | cpu …"). A paragraph
+    that is a list or holds indented lines (or ``\\b``, click's keep-as-is mark) is kept."""
+    import inspect
+
+    def reflow(text: Any) -> Any:
+        if not isinstance(text, str):  # (typer's DefaultPlaceholder: no help given)
+            return text
+        out = []
+        for para in inspect.cleandoc(text).split("\n\n"):
+            rest = para.splitlines()[1:]
+            keep = ("\b" in para or "\f" in para
+                    or any(ln.startswith((" ", "-", "*", "•", "|")) for ln in rest))
+            out.append(para if keep else " ".join(ln.strip() for ln in para.splitlines()))
+        return "\n\n".join(out)
+
+    def doc(info: Any) -> Any:
+        given = info.help if isinstance(info.help, str) else None
+        return reflow(given or (inspect.getdoc(info.callback) if info.callback else None)) or info.help
+
+    if group.registered_callback is not None:
+        group.registered_callback.help = doc(group.registered_callback)
+    group.info.help = reflow(group.info.help)
+    for command in group.registered_commands:
+        command.help = doc(command)
+    for sub in group.registered_groups:
+        sub.help = reflow(sub.help)
+        if sub.typer_instance is not None:
+            reflow_help(sub.typer_instance)
+
+
 def run() -> None:
     """Console entry point: user errors become one clear line and exit status 2; Ctrl-C and
     SIGTERM (a scheduler's time limit or preemption) stop the command with one line and

@@ -79,11 +79,14 @@ def info(
     from ..data.manifest import load_manifest
 
     m = load_manifest(data)
-    typer.echo(f"{m.root}: {m.name} — {m.num_classes} classes, fingerprint {m.fingerprint[:16]}")
+    typer.echo(f"{m.root}: {m.name} — {m.num_classes} class{'' if m.num_classes == 1 else 'es'}, "
+               f"fingerprint {m.fingerprint[:16]}")
     img = m.contract.image
     typer.echo(f"  images: JPEG q{img and img.quality}, max side {img and img.max_side}, "
                f"beton mode {img and img.beton_mode}")
     for name in m.split_names:
         s = m.split_entry(name)
         typer.echo(f"  {name}: {s.num_samples} samples ({s.num_rejected} rejected), "
-                   f"{len(s.shards)} shards, fingerprint {s.fingerprint[:16]}")
+                   f"{len(s.shards)} shard{'' if len(s.shards) == 1 else 's'}, "
+                   f"fingerprint {s.fingerprint[:16]}")
+

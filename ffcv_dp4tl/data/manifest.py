@@ -255,3 +255,10 @@ def _not_a_dataset(root: Path) -> None:
     if parts:
         raise DataError(f"{root} holds several built datasets, not one: pass "
                         f"{' or '.join(parts)}")
+    # a folder of builds, one per sub-folder (DIR/targets of a synth build, a --data-root)
+    names = sorted(p.name for p in root.iterdir() if (p / MANIFEST_NAME).is_file()) if root.is_dir() else []
+    if len(names) == 1:
+        raise DataError(f"{root} is not a built dataset but holds one: pass {root / names[0]}")
+    if names:
+        raise DataError(f"{root} holds several built datasets, not one: pass {root}/NAME "
+                        f"(NAME: {', '.join(names[:6])}{' …' if len(names) > 6 else ''})")

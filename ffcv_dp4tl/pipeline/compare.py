@@ -142,8 +142,9 @@ def _check_kept_classes(mask: IndexMask, npy: Path, num_classes: int | None) -> 
                         f">= 0), got {str(recorded)[:40]}; {fix}")
     limit = num_classes if num_classes is not None else mask.meta.get("num_classes")
     if isinstance(limit, int) and any(c >= limit for c in recorded):
+        ids = {0: "no class ids", 1: "id 0"}.get(limit, f"ids 0-{limit - 1}")
         raise MaskError(f"{sidecar}: kept_classes holds class {max(recorded)} but the dataset "
-                        f"has {limit} classes (ids 0-{limit - 1}); {fix}")
+                        f"has {limit} class{'' if limit == 1 else 'es'} ({ids}); {fix}")
     if not recorded and len(mask):
         raise MaskError(f"{sidecar} keeps no class but {npy} keeps {len(mask)} samples: the two "
                         f"files do not belong together; {fix}")

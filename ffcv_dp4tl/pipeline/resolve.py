@@ -121,7 +121,8 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
                 log(f"[data] {source}: {split_note(spec)}")
             summary = build_dataset(spec, out / sub if sub else out,
                                     BuildOptions(max_side=default_max_side(spec)), source=source,
-                                    remedy=f"delete {out} to rebuild it there, or pass another --data-root")
+                                    remedy=f"delete {out} to rebuild it there, or pass another --data-root",
+                                    option="--data-root")
             if not summary.skipped:
                 log(f"[data] built {out / sub if sub else out}: " + "; ".join(summary.lines()))
             for line in summary.warnings:

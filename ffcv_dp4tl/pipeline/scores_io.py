@@ -130,8 +130,19 @@ _RESCORE = ("rerun `dp4tl score` into {path} (a pipeline's cached score stage: d
             "folder {path} and rerun the pipeline)")
 
 
+#: a folder without scores.json: never scored (prune before score), or not the scores folder
+_NO_SCORES = ("{path} holds no scores: run `dp4tl score ... --out {path}` first, or pass the "
+              "folder `dp4tl score` wrote")
+
+
 def load_scores_meta(path: str | Path) -> ScoresMeta:
-    """The typed ``scores.json`` of a scores directory."""
+    """The typed ``scores.json`` of a scores directory (missing or damaged: one line saying
+    which ``dp4tl score`` run writes it)."""
     path = Path(path)
-    return ScoresMeta.from_json(read_json(path / "scores.json", "scores metadata"),
-                                path / "scores.json", _RESCORE.format(path=path))
+    if path.is_file():  # (scores.json itself, or another file: "a file where a folder should be")
+        raise DataError(f"{path} is a file, but the scores are a folder: pass the folder "
+                        f"`dp4tl score --out` wrote" + (f" ({path.parent})" if path.name == "scores.json" else ""))
+    fix = _RESCORE.format(path=path)
+    return ScoresMeta.from_json(read_json(path / "scores.json", "scores metadata", fix,
+                                          missing=_NO_SCORES.format(path=path)),
+                                path / "scores.json", fix)

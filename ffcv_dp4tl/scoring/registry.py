@@ -76,6 +76,10 @@ class Cost:
     training: tuple[str, ...] = ()  # training runs the method makes itself (timed in score)
 
 
+#: what a value of an option's default type is, in words ("must be an integer", not "a int")
+_KIND = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
 @dataclass(frozen=True)
 class Option:
     """One knob of a scorer: its default (whose type the CLI value is converted to), a one-line
@@ -100,8 +104,8 @@ class Option:
             else:
                 v = str(value)
         except (TypeError, ValueError):
-            raise DP4TLError(f"{method}: option {name}={value!r} must be a "
-                             f"{type(d).__name__}") from None
+            raise DP4TLError(f"{method}: option {name}={value!r} must be "
+                             f"{_KIND.get(type(d), 'a ' + type(d).__name__)}") from None
         if isinstance(v, float) and not math.isfinite(v):  # (inf passed `v < minimum`: NaN scores)
             raise DP4TLError(f"{method}: option {name}={value!r} must be a finite number")
         if self.choices and v not in self.choices:

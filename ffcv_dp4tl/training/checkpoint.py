@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DP4TLError
+from ..errors import DP4TLError, brief
 from ..fsutil import atomic_path, is_disk_full, os_error_line
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -247,7 +247,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any] | Checkpoint) -> Non
         if "unexpected pos" not in str(e) and "write" not in str(e).lower():
             raise
         raise DP4TLError(f"could not write the checkpoint {path} (is the disk full? "
-                         f"{str(e).splitlines()[0][:120]}); the previous checkpoint is intact: free "
+                         f"{brief(e)}); the previous checkpoint is intact: free "
                          "some space and rerun to resume") from None
 
 
@@ -255,14 +255,20 @@ def _load_dict(path: str | Path, map_location: str | torch.device = "cpu") -> An
     path = Path(path)
     if not path.exists():
         raise DP4TLError(f"checkpoint not found: {path}")
+    if path.is_dir():  # (torch's IsADirectoryError read as "a file is where a folder should be")
+        inside = path / "checkpoint.pt"
+        raise DP4TLError(f"checkpoint {path} is a directory, but a checkpoint is a file: "
+                         + (f"pass {inside}" if inside.is_file() else
+                            f"pass the checkpoint file in it (`dp4tl train --out {path}` writes "
+                            f"{inside})"))
     try:
         # weights_only=False: RNG states contain numpy/python objects. Only load your own runs.
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling problem is a user-facing error
         if isinstance(e, OSError):
             raise DP4TLError(os_error_line(e)) from None
-        why = str(e).splitlines()[0][:120] if str(e) else ""
-        raise DP4TLError(f"{path} is not a readable checkpoint ({type(e).__name__}: {why}); it is "
+        why = f"{type(e).__name__}: {brief(e)}" if brief(e) else type(e).__name__
+        raise DP4TLError(f"{path} is not a readable checkpoint ({why}); it is "
                          "damaged (truncated?) or not a checkpoint: delete it and rerun what wrote "
                          "it (a pipeline stage: delete its stage folder and rerun)") from None
 

@@ -171,7 +171,10 @@ def read_toml(path: Path, chain: tuple[Path, ...] = (),
     if _looks_like_path(base) and not rel.is_file() and _shipped(base) is not None:
         base_path = _shipped(base)
     else:
-        base_path = resolve_recipe_path(rel if _looks_like_path(base) else base)
+        try:
+            base_path = resolve_recipe_path(rel if _looks_like_path(base) else base)
+        except DP4TLError as e:  # (it names the base only: say which file and key held it)
+            raise DP4TLError(f"{path}: extends = {base!r}: {e}") from None
     merged = read_toml(base_path, (*chain, path.resolve()), files)
     for sec, body in data.items():
         if isinstance(body, dict) and isinstance(merged.get(sec), dict):

@@ -73,7 +73,7 @@ def test_a_symlink_to_a_regular_image_is_still_read(tmp_path):
 def test_out_inside_the_input_folder_is_refused_before_any_work(tmp_path):
     src = _folder(tmp_path / "X")
     with pytest.raises(DataError, match=r"--out .*X/built lies inside the input folder .*X: .*choose "
-                                        "an --out outside it"):
+                                        "another --out, outside it$"):
         build_dataset(read_layout("folder", src), src / "built", OPTS, source=f"folder:{src}")
     assert not (src / "built").exists()
     build_dataset(read_layout("folder", src), tmp_path / "built", OPTS, source=f"folder:{src}")
@@ -103,6 +103,22 @@ def test_an_unfinished_or_different_build_on_a_read_only_folder_is_one_line(tmp_
     with pytest.raises(DataError, match=r"cannot write to .*ds \(Read-only file system\) and it holds "
                                         "no finished build of this source; choose a writable --out"):
         build_dataset(_spec(), out, OPTS)
+
+
+def test_a_read_only_folder_names_the_callers_option(tmp_path, monkeypatch):
+    """The pipeline chooses the build folder with --data-root and has no --out: its read-only
+    data root said "choose a writable --out"."""
+    out = tmp_path / "ds"
+    out.mkdir()
+    _read_only(monkeypatch)
+    with pytest.raises(DataError, match=r"no finished build of this source; choose a writable "
+                                        r"--data-root$"):
+        build_dataset(_spec(), out, OPTS, option="--data-root")
+    monkeypatch.undo()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match=r"is not empty and is not a dp4tl build: choose another "
+                                        r"--data-root "):
+        build_dataset(_spec(), out, OPTS, option="--data-root")
 
 
 def test_other_builds_messages_carry_the_callers_remedy(tmp_path):

@@ -43,6 +43,7 @@ def built(tmp_path_factory) -> Path:
 def test_build_info_and_class_mask(built):
     r = dp4tl("info", "--data", str(built / "ds"))
     assert r.returncode == 0 and "2 classes" in r.stdout and "train: 10 samples" in r.stdout
+    assert "train: 10 samples (1 rejected), 3 shards, fingerprint" in r.stdout  # (4 per shard)
     r = dp4tl("mask", "classes", "--data", str(built / "ds"), "--classes", "1", "--out", str(built / "m.npy"))
     assert r.returncode == 0 and "5 of 10 samples" in r.stdout, r.stderr
     r = dp4tl("mask", "check", str(built / "m.npy"), "--data", str(built / "ds"))
@@ -140,6 +141,22 @@ def test_help_shows_bracketed_spellings_as_written(path, command, monkeypatch):
         assert token in shown, f"`{' '.join(['dp4tl', *path])} --help` lost {token!r}"
 
 
+@pytest.mark.parametrize("path,command", _all_commands(), ids=lambda x: " ".join(x) if isinstance(x, list) else "")
+def test_help_paragraphs_have_no_hard_line_breaks(path, command):
+    """A help text's wrapped source lines are joined (``cli.app.reflow_help``): typer keeps a
+    docstring's line breaks in the command lists and later paragraphs, so ``dp4tl --help``
+    showed "run on --device" and "(auto | cpu …" on lines of their own at 80 columns. Lists and
+    indented blocks keep theirs."""
+    texts = [command.help or "", getattr(command, "short_help", None) or ""]
+    for text in texts:
+        for para in text.split("\n\n"):
+            lines = para.splitlines()
+            if "\b" in para or any(ln.startswith((" ", "-", "*", "•", "|")) for ln in lines[1:]):
+                continue
+            assert len(lines) <= 1, f"`{' '.join(['dp4tl', *path])} --help`: {para!r}"
+    assert path or "run on --device (auto | cpu" in command.help  # (the top level is reflowed)
+
+
 @pytest.mark.parametrize("classes", ["", " , "])
 def test_mask_classes_refuses_empty_classes_naming_the_option(classes, tmp_path):
     """``--classes ""`` reached the dataset and was refused as "mask is empty: it keeps no
@@ -149,3 +166,32 @@ def test_mask_classes_refuses_empty_classes_naming_the_option(classes, tmp_path)
               "--out", str(tmp_path / "m.npy"))
     _assert_user_error(r, "--classes is empty", "give the class ids to keep")
     assert r.stderr.count("\n") == 1 and not (tmp_path / "m.npy").exists()
+
+
+def test_info_says_shard_in_the_singular_for_one(built, tmp_path):
+    """"1 shards" in `dp4tl info` (a split smaller than one shard)."""
+    r = dp4tl("build", f"folder:{built / 'in'}", "--out", str(tmp_path / "ds"), "--workers", "1",
+              "--shard-size", "64", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = dp4tl("info", "--data", str(tmp_path / "ds"))
+    assert r.returncode == 0 and "train: 10 samples (1 rejected), 1 shard, fingerprint" in r.stdout
+
+
+def test_info_on_a_folder_of_datasets_lists_them_instead_of_saying_build_it(built, tmp_path):
+    """`dp4tl info --data tiny/targets` (one built dataset per sub-folder) said "build it with
+    `dp4tl build SOURCE --out tiny/targets`", which would not help."""
+    import shutil
+
+    for name in ("warm", "blur"):
+        shutil.copytree(built / "ds", tmp_path / "targets" / name)
+    (tmp_path / "targets" / "notes").mkdir()  # not a dataset: not listed
+    r = dp4tl("info", "--data", str(tmp_path / "targets"))
+    _assert_user_error(r)
+    assert r.stderr == (f"error: {tmp_path / 'targets'} holds several built datasets, not one: pass "
+                        f"{tmp_path / 'targets'}/NAME (NAME: blur, warm)\n")
+    shutil.rmtree(tmp_path / "targets" / "blur")
+    r = dp4tl("info", "--data", str(tmp_path / "targets"))
+    assert r.stderr == (f"error: {tmp_path / 'targets'} is not a built dataset but holds one: pass "
+                        f"{tmp_path / 'targets' / 'warm'}\n")
+    r = dp4tl("info", "--data", str(tmp_path / "targets" / "notes"))  # nothing inside: build it
+    _assert_user_error(r, "is not a built dataset (no manifest.json); build it with")

@@ -103,7 +103,11 @@ def _damage(path: Path, indices=None, **sidecar) -> None:
     ({"indices": [0, 1, 1, 2]}, "a.npy: duplicate index 1"),
     ({"kept_classes": [999, -4]}, "a.json: field 'kept_classes' must be a list of class ids"),
     ({"kept_classes": [1, 2], "num_classes": 2}, "a.json: kept_classes holds class 2 but the "
-                                                 "dataset has 2 classes"),
+                                                 "dataset has 2 classes (ids 0-1); recreate"),
+    ({"kept_classes": [1, 2], "num_classes": 1}, "a.json: kept_classes holds class 2 but the "
+                                                 "dataset has 1 class (id 0); recreate"),
+    ({"kept_classes": [1, 2], "num_classes": 0}, "a.json: kept_classes holds class 2 but the "
+                                                 "dataset has 0 classes (no class ids); recreate"),
     ({"kept_classes": []}, "a.json keeps no class but"),
     ({"indices": []}, "a.npy is empty"),  # its sidecar still lists classes: "100 %" before
 ])

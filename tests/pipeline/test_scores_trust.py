@@ -138,3 +138,33 @@ def test_an_emptied_scores_file_is_one_line_naming_it(tmp_path):
     with pytest.raises(DataError, match=rf"^{sd}/scores.npy is not a readable .npy file \(.*\); "
                                         rf"rerun `dp4tl score` into {sd}"):
         load_scores(sd)
+
+
+def test_prune_before_score_says_to_run_score_into_that_folder(tmp_path):
+    """A folder `dp4tl score` never wrote (prune before score, or the surrogate's folder):
+    "scores metadata not found" alone left the user to guess that score comes first."""
+    sd = tmp_path / "sur"
+    sd.mkdir()
+    with pytest.raises(DataError) as e:
+        load_scores(sd)
+    assert str(e.value) == (f"scores metadata not found: {sd / 'scores.json'}; {sd} holds no "
+                            f"scores: run `dp4tl score ... --out {sd}` first, or pass the folder "
+                            "`dp4tl score` wrote")
+    write_scores(sd, method="random", unit="sample", meta={}, scores=np.zeros(4))
+    with pytest.raises(DataError, match=rf"^{sd}/scores.json is a file, but the scores are a "
+                                        rf"folder: pass the folder `dp4tl score --out` wrote \({sd}\)$"):
+        load_scores(sd / "scores.json")
+
+
+def test_a_truncated_scores_json_says_to_rescore_not_to_rebuild(tmp_path):
+    """The JSON reader's default remedy ("rebuild or replace it") fits a file the user made;
+    scores.json is rewritten by `dp4tl score`, as every other damaged file of the folder."""
+    sd = tmp_path / "s"
+    write_scores(sd, method="random", unit="sample", meta={}, scores=np.zeros(4))
+    (sd / "scores.json").write_text((sd / "scores.json").read_text()[:40])
+    with pytest.raises(DataError) as e:
+        load_scores(sd)
+    assert str(e.value).startswith(f"scores metadata {sd / 'scores.json'} is not valid JSON (")
+    assert str(e.value).endswith(f"; rerun `dp4tl score` into {sd} (a pipeline's cached score "
+                                 f"stage: delete the stage folder {sd} and rerun the pipeline)")
+    assert "rebuild or replace" not in str(e.value)

@@ -117,6 +117,27 @@ def test_the_data_root_read_only_with_the_build_is_used_and_clashes_name_pipelin
         resolve.ensure_built(source, tmp_path / "data", logged.append)
 
 
+def test_a_read_only_data_root_without_the_build_names_data_root(tmp_path, monkeypatch):
+    """`dp4tl pipeline --data-root /read-only/dir` said "choose a writable --out"; pipeline has
+    no --out."""
+    import errno
+
+    import beton_builders.writer as writer
+    from ffcv_dp4tl.errors import DataError
+    from ffcv_dp4tl.pipeline import resolve
+
+    src = _folder(tmp_path / "imgs")
+
+    def erofs(path, *a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+    monkeypatch.setattr(resolve, "directory_lock", erofs)  # as on a read-only mount
+    monkeypatch.setattr(writer, "directory_lock", erofs)
+    with pytest.raises(DataError) as e:
+        resolve.ensure_built(f"folder:{src}", tmp_path / "data", lambda m: None)
+    assert str(e.value).endswith("(Read-only file system) and it holds no finished build of this "
+                                 "source; choose a writable --data-root")
+
+
 def test_a_stage_runs_again_when_its_upstream_was_computed_again(tmp_path):
     """Keys hold upstream *keys*: an upstream stage folder deleted and computed again (the
     advice for a damaged cached file) keeps its key but has another result. The stages

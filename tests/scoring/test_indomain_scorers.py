@@ -61,8 +61,12 @@ def test_registered_with_units_needs_options():
     assert get_scorer("grand").parse_options({"runs": "3", "grad": "full"})["runs"] == 3
     with pytest.raises(DP4TLError, match="grad='half' must be one of last, full"):
         get_scorer("grand").parse_options({"grad": "half"})
-    with pytest.raises(DP4TLError, match="runs='x' must be a int"):
+    with pytest.raises(DP4TLError, match="runs='x' must be an integer$"):
         get_scorer("el2n").parse_options({"runs": "x"})
+    with pytest.raises(DP4TLError, match="damping='x' must be a number$"):
+        get_scorer("infmax").parse_options({"damping": "x"})
+    with pytest.raises(DP4TLError, match="normalize='x' must be true or false$"):
+        get_scorer("sp").parse_options({"normalize": "x"})
     with pytest.raises(DP4TLError, match="moderate has no option k"):
         get_scorer("moderate").parse_options({"k": "3"})
     assert list_scorers().index("grand") < list_scorers().index("sp")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.errors import DP4TLError, brief
 from ffcv_dp4tl.training.checkpoint import (CHECKPOINT_VERSION, EPOCH_END_VERSION, Checkpoint,
                                             save_checkpoint)
 from ffcv_dp4tl.training.finetune import load_pretrained
@@ -78,6 +78,46 @@ def test_unreadable_foreign_and_newer_files_are_refused(tmp_path):
     save_checkpoint(tmp_path / "future.pt", {**_legacy_dict(), "format_version": CHECKPOINT_VERSION + 1})
     with pytest.raises(DP4TLError, match=f"format {CHECKPOINT_VERSION + 1}.*upgrade"):
         Checkpoint.load(tmp_path / "future.pt")
+
+
+def test_a_truncated_checkpoint_quotes_torchs_error_to_a_sentence_end(tmp_path):
+    """torch's zip error runs on ("... This is an internal miniz error. If you think this is a
+    bug ..."); cut at 120 characters it ended mid-word ("If yo")."""
+    save_checkpoint(tmp_path / "full.pt", _legacy_dict())
+    data = (tmp_path / "full.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[:len(data) // 2])
+    with pytest.raises(DP4TLError) as e:
+        Checkpoint.load(tmp_path / "cut.pt")
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'cut.pt'} is not a readable checkpoint (RuntimeError: ")
+    why = msg.split("(RuntimeError: ", 1)[1].split("); it is damaged", 1)[0]
+    assert "miniz" not in why and not why.endswith(".") and "\n" not in msg, msg
+
+
+def test_brief_cuts_another_librarys_text_at_a_sentence_or_word_end():
+    assert brief("failed finding central directory. This is an internal miniz error. If you "
+                 "think") == "failed finding central directory"
+    assert brief("first line\nsecond") == "first line"
+    assert brief("see e.g. version 1.2 here") == "see e.g. version 1.2 here"
+    assert brief("word " * 40, limit=22) == "word word word word …"
+    assert brief("") == ""
+
+
+def test_a_directory_given_as_the_checkpoint_names_the_file_expected(tmp_path):
+    """A run folder passed as --checkpoint read as torch's IsADirectoryError: "a file is where a
+    folder should be (or the reverse)"."""
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(DP4TLError) as e:
+        Checkpoint.load(run)
+    assert str(e.value) == (f"checkpoint {run} is a directory, but a checkpoint is a file: pass "
+                            f"the checkpoint file in it (`dp4tl train --out {run}` writes "
+                            f"{run / 'checkpoint.pt'})")
+    save_checkpoint(run / "checkpoint.pt", _legacy_dict())
+    with pytest.raises(DP4TLError) as e:
+        Checkpoint.load(run)
+    assert str(e.value) == (f"checkpoint {run} is a directory, but a checkpoint is a file: pass "
+                            f"{run / 'checkpoint.pt'}")
 
 
 def test_trained_run_writes_a_versioned_checkpoint(trained_run):

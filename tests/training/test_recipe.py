@@ -93,7 +93,8 @@ def test_extends_builds_a_per_target_recipe_on_a_shipped_one(tmp_path):
     with pytest.raises(DP4TLError, match="loops back"):
         load_recipe(tmp_path / "a.toml")
     (tmp_path / "c.toml").write_text('extends = "no_such_recipe"\n')
-    with pytest.raises(DP4TLError, match="unknown recipe 'no_such_recipe'"):
+    with pytest.raises(DP4TLError, match=r"c\.toml: extends = 'no_such_recipe': unknown recipe "
+                                         "'no_such_recipe'"):
         load_recipe(tmp_path / "c.toml")
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.training.recipe import load_recipe
-from ffcv_dp4tl.training.recipe_files import recipe_description
+from ffcv_dp4tl.training.recipe_files import recipe_description, recipe_tables
 
 
 def test_non_utf8_recipe_is_a_clear_error(tmp_path):
@@ -39,3 +39,20 @@ def test_a_recipe_we_may_not_read_names_the_file_and_what_to_do(tmp_path, monkey
         load_recipe(p)
     assert str(e.value) == (f"recipe file: cannot read {p} (Permission denied); fix its "
                             "permissions, or run as a user who may read it")
+
+
+def test_an_unknown_extends_names_the_file_and_its_extends_key(tmp_path):
+    """``extends = "nosuch"`` said "unknown recipe 'nosuch' ..." without the file that held it
+    (`dp4tl recipes bad2.toml`: which file, which key?)."""
+    bad = tmp_path / "bad2.toml"
+    bad.write_text('extends = "nosuch"\n[train]\nepochs = 2\n')
+    for read in (load_recipe, recipe_tables):
+        with pytest.raises(DP4TLError) as e:
+            read(bad)
+        assert str(e.value).startswith(f"{bad}: extends = 'nosuch': unknown recipe 'nosuch': not a "
+                                       ".toml file and not a shipped recipe (available: ")
+    bad.write_text('extends = "nothere.toml"\n')
+    with pytest.raises(DP4TLError) as e:
+        load_recipe(bad)
+    assert str(e.value).startswith(f"{bad}: extends = 'nothere.toml': recipe file not found: "
+                                   f"{tmp_path / 'nothere.toml'} (pass an existing .toml file")
