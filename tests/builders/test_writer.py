@@ -455,7 +455,7 @@ def test_interrupted_encode_resumes_without_reencoding(tmp_path, shard_calls, bu
 def test_interrupted_beton_write_resumes(tmp_path, shard_calls, monkeypatch, builds):
     out = tmp_path / "out"
 
-    def crash(path, *args):
+    def crash(path, *args, **kwargs):
         Path(path).write_bytes(b"half a beton")
         raise KeyboardInterrupt
 
