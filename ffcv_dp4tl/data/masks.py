@@ -50,7 +50,10 @@ def _npy_path(path: str | Path) -> Path:
     ``lm_0.2`` and ``lm_0.8`` are two masks (a swapped suffix made both ``lm_0.npy``)."""
     path = Path(path)
     if path.is_dir():
-        found = sorted(p.name for p in path.glob("*.npy"))
+        if (path / "manifest.json").is_file():  # (its .npy files are labels and the index)
+            raise MaskError(f"{path} is a built dataset, not a mask; pass a mask's .npy file "
+                            "(`dp4tl prune --out DIR` writes DIR/train.npy)")
+        found = sorted(p.name for p in path.glob("*.npy") if _json_path(p).is_file())
         raise MaskError(f"{path} is a folder; pass the mask file in it"
                         + (f" (it holds {', '.join(found[:4])})" if found else ""))
     if path.suffix == ".json":  # the sidecar named instead of the mask

@@ -234,6 +234,13 @@ def test_masks_whose_names_hold_a_dot_are_two_files(split, tmp_path):
     for fn in (lambda p: save_mask(p, a), load_mask):  # a folder is not a mask file
         with pytest.raises(MaskError, match=r"folder is a folder; pass the mask file in it \(it holds train.npy\)"):
             fn(tmp_path / "folder")
+    np.save(tmp_path / "folder" / "train.labels.npy", np.zeros(3, np.int64))  # no mask: not listed
+    with pytest.raises(MaskError, match=r"folder is a folder; pass the mask file in it \(it holds train.npy\)$"):
+        load_mask(tmp_path / "folder")
+    (tmp_path / "folder" / "manifest.json").write_text("{}")  # a built dataset: its files are no masks
+    with pytest.raises(MaskError, match=r"folder is a built dataset, not a mask; pass a mask's \.npy "
+                                        r"file \(`dp4tl prune --out DIR` writes DIR/train\.npy\)$"):
+        load_mask(tmp_path / "folder")
 
 
 def test_class_and_split_arguments_of_the_wrong_kind_are_refused(split):
