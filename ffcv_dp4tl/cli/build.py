@@ -89,4 +89,3 @@ def info(
         typer.echo(f"  {name}: {s.num_samples} samples ({s.num_rejected} rejected), "
                    f"{len(s.shards)} shard{'' if len(s.shards) == 1 else 's'}, "
                    f"fingerprint {s.fingerprint[:16]}")
-

@@ -241,24 +241,32 @@ def load_manifest(root: str | Path) -> Manifest:
 
 def _not_a_dataset(root: Path) -> None:
     """Refuse, in words that fit, a ``root`` that is no built dataset but is not to be built
-    either: a file (a built dataset is a folder), or the root of a ``synth`` build, whose
-    datasets are ``source/`` and ``targets/NAME`` below it (building over it again would not
-    help). Returns for anything else (the caller says how to build it)."""
+    either: a file (a built dataset is a folder), the root of a ``synth`` build, whose datasets
+    are ``source/`` and ``targets/NAME`` below it, or a folder of builds, one per sub-folder
+    (``DIR/targets`` of a synth build, a ``--data-root``): building over it again would not
+    help. Returns for anything else (the caller says how to build it)."""
     if root.is_file():
         raise DataError(f"{root} is a file, but a built dataset is a directory (holding "
                         f"{MANIFEST_NAME}); pass the directory `dp4tl build` wrote")
-    targets = sorted(p.name for p in (root / "targets").glob("*") if (p / MANIFEST_NAME).is_file())
+    targets = _builds_in(root / "targets")
     parts = [str(root / "source")] if (root / "source" / MANIFEST_NAME).is_file() else []
     if targets:
-        parts.append(f"{root / 'targets'}/NAME ({', '.join(targets[:4])}"
-                     f"{' …' if len(targets) > 4 else ''})")
+        parts.append(f"{root / 'targets'}/NAME ({_first(targets, 4)})")
     if parts:
         raise DataError(f"{root} holds several built datasets, not one: pass "
                         f"{' or '.join(parts)}")
-    # a folder of builds, one per sub-folder (DIR/targets of a synth build, a --data-root)
-    names = sorted(p.name for p in root.iterdir() if (p / MANIFEST_NAME).is_file()) if root.is_dir() else []
+    names = _builds_in(root)
     if len(names) == 1:
         raise DataError(f"{root} is not a built dataset but holds one: pass {root / names[0]}")
     if names:
         raise DataError(f"{root} holds several built datasets, not one: pass {root}/NAME "
-                        f"(NAME: {', '.join(names[:6])}{' …' if len(names) > 6 else ''})")
+                        f"(NAME: {_first(names, 6)})")
+
+
+def _builds_in(folder: Path) -> list[str]:
+    """The sub-folders of ``folder`` that hold a built dataset, sorted (none if no folder)."""
+    return sorted(p.name for p in folder.glob("*") if (p / MANIFEST_NAME).is_file())
+
+
+def _first(names: list[str], most: int) -> str:
+    return ", ".join(names[:most]) + (" …" if len(names) > most else "")

@@ -267,7 +267,8 @@ def _load_dict(path: str | Path, map_location: str | torch.device = "cpu") -> An
     except Exception as e:  # noqa: BLE001 - any unpickling problem is a user-facing error
         if isinstance(e, OSError):
             raise DP4TLError(os_error_line(e)) from None
-        why = f"{type(e).__name__}: {brief(e)}" if brief(e) else type(e).__name__
+        said = brief(e)
+        why = f"{type(e).__name__}: {said}" if said else type(e).__name__
         raise DP4TLError(f"{path} is not a readable checkpoint ({why}); it is "
                          "damaged (truncated?) or not a checkpoint: delete it and rerun what wrote "
                          "it (a pipeline stage: delete its stage folder and rerun)") from None
