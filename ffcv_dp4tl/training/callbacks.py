@@ -104,11 +104,13 @@ class TensorBoardLogger(Callback):
 
 
 class ConsoleLogger(Callback):
-    """One line per epoch: loss, train/val top-1, throughput, seconds."""
+    """One line per epoch: loss, train/val top-1, throughput, seconds. Epochs are counted from
+    1, as the progress bars and the final line count them (``metrics.jsonl``'s ``epoch`` field
+    is the 0-based index)."""
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         val = "-" if row.get("top1_val") is None else f"{row['top1_val']:.3f}"
-        print(f"epoch {row['epoch']}: loss {row['loss']:.3f} train {row['top1_train']:.3f} "
+        print(f"epoch {row['epoch'] + 1}: loss {row['loss']:.3f} train {row['top1_train']:.3f} "
               f"val {val} {row['img_per_s']:.0f} img/s {row['epoch_seconds']:.1f}s", flush=True)
 
 

@@ -416,7 +416,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
         row = {"epoch": epoch, "loss": stats["loss"], "top1_train": stats["top1_train"],
                "lr": stats["lr"], "top1_test": None}
         if not math.isfinite(row["loss"]):  # (it used to finish, reporting chance as the result)
-            raise DP4TLError(f"{mode} finetuning diverged at epoch {epoch} (loss {row['loss']}); "
+            raise DP4TLError(f"{mode} finetuning diverged at epoch {epoch + 1} (loss {row['loss']}); "
                              f"lower lr.lr (now {recipe.lr.lr}; the pipeline's --set-finetune)")
         if (epoch + 1) % ec.every == 0 or epoch + 1 == tc.epochs:
             row["top1_test"] = evaluate(net, eval_loader, ctx, amp, flip_tta)["top1"]
@@ -478,5 +478,5 @@ class _FinetuneConsole:
 
     def on_epoch_end(self, row: dict) -> None:
         test = "-" if row.get("top1_test") is None else f"{row['top1_test']:.3f}"
-        print(f"{self.mode} epoch {row['epoch']}: loss {row['loss']:.3f} train "
+        print(f"{self.mode} epoch {row['epoch'] + 1}: loss {row['loss']:.3f} train "
               f"{row['top1_train']:.3f} test {test}", flush=True)

@@ -118,8 +118,9 @@ def _check_same_start(ctx: dist_.DistContext, start: tuple[int, int], out_dir: P
     and rank 0 reported success."""
     starts = dist_.all_gather(ctx, tuple(start))
     if len(set(starts)) > 1:
-        where = ", ".join(f"rank {r}: epoch {e}" + (f" step {k}" if k else "")
-                          for r, (e, k) in enumerate(starts))
+        where = ", ".join(f"rank {r}: " + (f"step {k} of epoch {e + 1}" if k else
+                                           f"{e} epoch{'s' if e != 1 else ''} done")
+                          for r, (e, k) in enumerate(starts))  # (1-based, as the resume line)
         raise DP4TLError(f"the ranks see different checkpoints in {out_dir} ({where}): --out "
                          "must be one folder every rank shares (not a node-local disk)")
 
@@ -675,11 +676,11 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
         if not math.isfinite(row["loss"]):
             if bad_inputs:
                 raise DP4TLError(
-                    f"epoch {epoch}: {bad_inputs} training batches held NaN/Inf input images, so the "
+                    f"epoch {epoch + 1}: {bad_inputs} training batches held NaN/Inf input images, so the "
                     f"loss is {row['loss']}: the input pipeline (format {fmt}, data.decode="
                     f"{recipe.data.decode}) produced them, not the optimiser; retry with data.decode=cpu "
                     "and report the dataset")
-            raise DP4TLError(f"training diverged at epoch {epoch} (loss {row['loss']}); lower lr.lr")
+            raise DP4TLError(f"training diverged at epoch {epoch + 1} (loss {row['loss']}); lower lr.lr")
         if val_loader is not None and ((epoch + 1) % ec.every == 0 or epoch + 1 == tc.epochs):
             with timer("eval"):
                 ev = evaluate(parts.model, val_loader, ctx, parts.amp, ec.flip_tta)

@@ -252,12 +252,12 @@ def test_ranks_that_see_other_checkpoints_never_train(monkeypatch, tmp_path):
     ctx = distributed.DistContext(rank=0, world_size=2)
     monkeypatch.setattr(distributed, "all_gather", lambda c, v: [(2, 0), (0, 0)])
     with pytest.raises(DP4TLError, match=r"the ranks see different checkpoints in .* \(rank 0: "
-                                         r"epoch 2, rank 1: epoch 0\): --out must be one folder "
+                                         r"2 epochs done, rank 1: 0 epochs done\): --out must be one folder "
                                          r"every rank shares"):
         trainer._check_same_start(ctx, (2, 0), tmp_path)
     # the same epoch, another step of it (a stale view of a mid-epoch checkpoint)
     monkeypatch.setattr(distributed, "all_gather", lambda c, v: [(2, 40), (2, 20)])
-    with pytest.raises(DP4TLError, match=r"\(rank 0: epoch 2 step 40, rank 1: epoch 2 step 20\)"):
+    with pytest.raises(DP4TLError, match=r"\(rank 0: step 40 of epoch 3, rank 1: step 20 of epoch 3\)"):
         trainer._check_same_start(ctx, (2, 40), tmp_path)
     monkeypatch.setattr(distributed, "all_gather", lambda c, v: [(2, 40), (2, 40)])
     trainer._check_same_start(ctx, (2, 40), tmp_path)
