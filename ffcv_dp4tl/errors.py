@@ -34,3 +34,18 @@ def brief(text: object, limit: int = 120) -> str:
         return line
     cut = line[:limit].rsplit(" ", 1)[0].rstrip(" ,;:")
     return f"{cut} …"
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """A count with its noun in the right number, for messages: "1 class", "6 classes",
+    "0 shards" (one rule, so that no message says "1 classes"). ``plural``: for a noun that
+    takes neither -s nor, after s or x, -es ("batch" → "batches")."""
+    if n == 1:
+        return f"{n} {noun}"
+    return f"{n} {plural or noun + ('es' if noun.endswith(('s', 'x')) else 's')}"
+
+
+def class_ids(num_classes: int) -> str:
+    """The class ids of a dataset of ``num_classes`` classes, for messages: "ids 0-31", "id 0"
+    (not "ids 0-0"), "no class ids"."""
+    return {0: "no class ids", 1: "id 0"}.get(num_classes, f"ids 0-{num_classes - 1}")

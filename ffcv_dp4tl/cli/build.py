@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from ..errors import count
 from .app import app
 from .options import DATA_HELP, BetonMode, TargetSplit
 
@@ -79,7 +80,7 @@ def info(
     from ..data.manifest import load_manifest
 
     m = load_manifest(data)
-    typer.echo(f"{m.root}: {m.name} — {m.num_classes} class{'' if m.num_classes == 1 else 'es'}, "
+    typer.echo(f"{m.root}: {m.name} — {count(m.num_classes, 'class')}, "
                f"fingerprint {m.fingerprint[:16]}")
     img = m.contract.image
     typer.echo(f"  images: JPEG q{img and img.quality}, max side {img and img.max_side}, "
@@ -87,5 +88,5 @@ def info(
     for name in m.split_names:
         s = m.split_entry(name)
         typer.echo(f"  {name}: {s.num_samples} samples ({s.num_rejected} rejected), "
-                   f"{len(s.shards)} shard{'' if len(s.shards) == 1 else 's'}, "
+                   f"{count(len(s.shards), 'shard')}, "
                    f"fingerprint {s.fingerprint[:16]}")

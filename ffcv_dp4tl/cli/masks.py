@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from .app import app
-from ..errors import MaskError
+from ..errors import MaskError, class_ids, count
 from .options import DATA_HELP
 
 mask_app = typer.Typer(help="Create and check index masks (sorted sample indices + JSON).",
@@ -72,8 +72,9 @@ def classes_cmd(
     manifest = load_manifest(data)
     shown = _outside(ranges, manifest.num_classes)  # ids are >= 0: "-" only separates
     if shown:  # never clamp silently: 0-999 on 32 classes is a typo or the wrong dataset
-        raise MaskError(f"--classes: {shown} outside the {manifest.num_classes} classes of "
-                        f"{manifest.root} (ids 0-{manifest.num_classes - 1}); `dp4tl info` lists them")
+        raise MaskError(f"--classes: {shown} outside the {count(manifest.num_classes, 'class')} "
+                        f"of {manifest.root} ({class_ids(manifest.num_classes)}); `dp4tl info` "
+                        "lists them")
     ids = [i for lo, hi in ranges for i in range(lo, hi + 1)]  # each range within the classes
     info = manifest.split(split)
     mask = mask_from_classes(info, ids, method="classes")

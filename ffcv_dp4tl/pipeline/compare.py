@@ -23,7 +23,7 @@ import numpy as np
 from ..data.manifest import SplitInfo
 from ..data.masks import (IndexMask, _npy_path, check_recorded_classes, classes_of, load_mask,
                           sorted_unique, validate_mask)
-from ..errors import DP4TLError, MaskError
+from ..errors import DP4TLError, MaskError, class_ids, count
 
 
 @dataclass(frozen=True)
@@ -142,9 +142,8 @@ def _check_kept_classes(mask: IndexMask, npy: Path, num_classes: int | None) -> 
                         f">= 0), got {str(recorded)[:40]}; {fix}")
     limit = num_classes if num_classes is not None else mask.meta.get("num_classes")
     if isinstance(limit, int) and any(c >= limit for c in recorded):
-        ids = {0: "no class ids", 1: "id 0"}.get(limit, f"ids 0-{limit - 1}")
         raise MaskError(f"{sidecar}: kept_classes holds class {max(recorded)} but the dataset "
-                        f"has {limit} class{'' if limit == 1 else 'es'} ({ids}); {fix}")
+                        f"has {count(limit, 'class')} ({class_ids(limit)}); {fix}")
     if not recorded and len(mask):
         raise MaskError(f"{sidecar} keeps no class but {npy} keeps {len(mask)} samples: the two "
                         f"files do not belong together; {fix}")

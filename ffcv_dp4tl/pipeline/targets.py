@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..contracts import Order
-from ..errors import DP4TLError
+from ..errors import DP4TLError, count
 
 
 
@@ -111,8 +111,7 @@ def check_weights(weights: Sequence[float], n_targets: int) -> tuple[float, ...]
     if not ws:
         return ()
     if len(ws) != n_targets:
-        raise DP4TLError(f"target weights: {len(ws)} given for {n_targets} target"
-                         f"{'s' if n_targets != 1 else ''}; give one weight per target "
+        raise DP4TLError(f"target weights: {len(ws)} given for {count(n_targets, 'target')}; give one weight per target "
                          "(in --target's order) or none for equal weights")
     for i, w in enumerate(ws):
         if not math.isfinite(w) or w < 0:

@@ -69,7 +69,7 @@ from torch import nn
 
 from ..data import (AugSpec, IndexMask, load_manifest, load_mask, make_loader, val_mask_of,
                     validate_mask)
-from ..errors import DataError, DP4TLError
+from ..errors import DataError, DP4TLError, count
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
 from . import distributed as dist_
 from .callbacks import ConsoleLogger, MetricsWriter, RecordSeen, TensorBoardLogger, call
@@ -119,7 +119,7 @@ def _check_same_start(ctx: dist_.DistContext, start: tuple[int, int], out_dir: P
     starts = dist_.all_gather(ctx, tuple(start))
     if len(set(starts)) > 1:
         where = ", ".join(f"rank {r}: " + (f"step {k} of epoch {e + 1}" if k else
-                                           f"{e} epoch{'s' if e != 1 else ''} done")
+                                           f"{count(e, 'epoch')} done")
                           for r, (e, k) in enumerate(starts))  # (1-based, as the resume line)
         raise DP4TLError(f"the ranks see different checkpoints in {out_dir} ({where}): --out "
                          "must be one folder every rank shares (not a node-local disk)")
