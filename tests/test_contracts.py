@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import subprocess
 import sys
@@ -35,7 +36,8 @@ CONTRACTS = {
     "mask": MaskMeta(fingerprint=FP, split="train", num_samples=10, num_kept=4,
                      created="2024-01-01T00:00:00Z", provenance={"method": "lm", "ratio": 0.5}),
     "scores": ScoresMeta(method="lm", unit="class", num_units=5,
-                         meta={"source_fingerprint": FP, "seed": 0, "selection_seconds": 1.5}),
+                         meta={"source_fingerprint": FP, "seed": 0, "selection_seconds": 1.5,
+                               "array_sha256": {"scores": "ef" * 32}}),
     "stage": StageResult(stage="finetune-lp", kind="finetune", seconds=2.0,
                          values={"test_top1": 0.5, "mode": "lp"}),
 }
@@ -69,7 +71,8 @@ def test_round_trip_through_json(name):
     back = type(obj).from_json(blob)
     assert back == obj
     assert back.to_json() == blob
-    assert blob["format_version"] == type(obj).VERSION == 1
+    # scores.json is format 2 (2026-12-05: source_fingerprint and array_sha256 required)
+    assert blob["format_version"] == type(obj).VERSION == (2 if name == "scores" else 1)
 
 
 def test_unknown_fields_survive_a_round_trip():
@@ -89,7 +92,7 @@ def _without_version(d: dict) -> dict:
 def test_files_without_a_version_read_as_version_1(name):
     obj = CONTRACTS[name]
     back = type(obj).from_json(_without_version(obj.to_json()))
-    assert back.format_version == 1 and back == obj
+    assert back.format_version == 1 and back == dataclasses.replace(obj, format_version=1)
 
 
 def test_old_files_still_load_through_the_readers(index_dataset, index_split, tmp_path):
@@ -167,10 +170,12 @@ def test_readers_refuse_newer_files(index_dataset, index_split, tmp_path):
         load_mask(npy)
 
     sd = tmp_path / "scores"
-    write_scores(sd, method="lm", unit="class", scores=np.ones(2), meta={})
+    write_scores(sd, method="lm", unit="class", scores=np.ones(2), meta={"source_fingerprint": FP})
     (sd / "scores.json").write_text(json.dumps({**json.loads((sd / "scores.json").read_text()),
-                                                "format_version": 2}))
-    with pytest.raises(UnsupportedFormatError, match="scores file of format version 2"):
+                                                "format_version": ScoresMeta.VERSION + 1}))
+    with pytest.raises(UnsupportedFormatError, match=rf"scores file of format version "
+                       rf"{ScoresMeta.VERSION + 1}, but this ffcv-dp4tl reads versions up to "
+                       rf"{ScoresMeta.VERSION}; upgrade ffcv-dp4tl"):
         load_scores(sd)
 
 

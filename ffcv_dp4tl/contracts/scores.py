@@ -28,6 +28,13 @@ _KNOWN_FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("surrogate_hash", "str", None), ("target_fingerprint", "str", None),
     ("target_fingerprints", "strs", None), ("revision", "count", None))
 
+#: the fields of :data:`_KNOWN_FIELDS` a ``scores.json`` of format version 2 on must hold: the
+#: source's fingerprint (scores of another dataset are refused) and the arrays' digests (a
+#: replaced array is refused). Version 1 (or no ``format_version``: files from before 2026-12-05)
+#: may lack them and is read as before; deleting one from a newer file must not switch its check
+#: off (it did), so there it is one line naming the field.
+_REQUIRED_FROM_V2: tuple[str, ...] = ("source_fingerprint", "array_sha256")
+
 
 @dataclass(frozen=True)
 class ScoresMeta:
@@ -36,7 +43,9 @@ class ScoresMeta:
     everything else the method recorded (``meta``: ``source_fingerprint``, ``seed``,
     ``surrogate_hash``, ``selection_seconds``, ``higher_is_better``, ...)."""
 
-    VERSION: ClassVar[int] = 1
+    #: 2 (2026-12-05): ``source_fingerprint`` and ``array_sha256`` are required
+    #: (:data:`_REQUIRED_FROM_V2`)
+    VERSION: ClassVar[int] = 2
 
     method: str
     unit: str
@@ -47,6 +56,10 @@ class ScoresMeta:
     def __post_init__(self) -> None:
         if self.unit not in SCORE_UNITS:
             raise ValueError(f"unit must be one of {SCORE_UNITS}")
+        lacking = [k for k in _REQUIRED_FROM_V2 if self.meta.get(k) is None]
+        if self.format_version >= 2 and lacking:  # (a file its own reader would refuse)
+            raise ValueError(f"a scores.json of format version {self.format_version} must hold "
+                             f"{lacking[0]!r} (format 1 may lack it: version_for)")
 
     @property
     def source_fingerprint(self) -> str | None:
@@ -80,6 +93,13 @@ class ScoresMeta:
             return [] if one is None else [one]
         return list(fps)
 
+    @classmethod
+    def version_for(cls, meta: dict[str, Any]) -> int:
+        """The format version a writer records for ``meta``: the current one when ``meta``
+        holds every field it requires (``dp4tl score`` always records them), else 1, the
+        format that may lack them (a caller that knows no source, e.g. a test's scores)."""
+        return cls.VERSION if all(meta.get(k) is not None for k in _REQUIRED_FROM_V2) else 1
+
     def to_json(self) -> dict[str, Any]:
         return {"format_version": self.format_version, "method": self.method, "unit": self.unit,
                 "num_units": int(self.num_units), **self.meta}
@@ -94,9 +114,10 @@ class ScoresMeta:
         num_units = typed(data, "num_units", "count", source, fix, REQUIRED)
         # read by prune, the cost table and the rescoring check: a damaged value must neither
         # skip its check nor be read as something else ("false" was a true higher_is_better)
+        required = _REQUIRED_FROM_V2 if version >= 2 else ()
         for key, kind, default in _KNOWN_FIELDS:
-            if key in data:
-                typed(data, key, kind, source, fix, default)
+            if key in data or key in required:
+                typed(data, key, kind, source, fix, REQUIRED if key in required else default)
         return cls(method=method, unit=data["unit"], num_units=num_units, format_version=version,
                    meta={k: v for k, v in data.items()
                          if k not in ("method", "unit", "num_units", "format_version")})

@@ -35,7 +35,11 @@ def write_scores(out: Path, *, method: str, unit: str, scores: np.ndarray,
     # the arrays' digests go into scores.json (written last), so a file replaced later is caught
     # when the scores are read again (a cached score stage feeding a new ratio)
     meta = {**meta, DIGESTS: {name: array_sha256(a) for name, a in arrays.items()}}
-    contract = ScoresMeta(method=method, unit=unit, num_units=int(len(scores)), meta=meta)
+    # format 2 (whose reader requires the digests and ``source_fingerprint``) when meta holds
+    # the source's fingerprint, as `dp4tl score` always records; without one (a caller that
+    # knows no source) format 1, the format that may lack it
+    contract = ScoresMeta(method=method, unit=unit, num_units=int(len(scores)), meta=meta,
+                          format_version=ScoresMeta.version_for(meta))
     out.mkdir(parents=True, exist_ok=True)
     (out / "scores.json").unlink(missing_ok=True)
     for name, arr in arrays.items():
@@ -76,7 +80,8 @@ def load_scores(path: str | Path) -> Scores:
                                 f"{_RESCORE.format(path=path)}") from None
     if "scores" not in arrays:
         raise DataError(f"{path / 'scores.npy'} is missing; {_RESCORE.format(path=path)}")
-    # absent: written before the digests (2026-12-02), nothing to check against
+    # absent (format 1 only; ScoresMeta.from_json requires them from format 2 on): written
+    # before the digests (2026-12-02), nothing to check against
     recorded = meta.meta.get(DIGESTS) or {}
     unrecorded = sorted(arrays.keys() - recorded.keys()) if DIGESTS in meta.meta else []
     if unrecorded:  # an array added later, or its digest deleted from scores.json

@@ -44,11 +44,12 @@ def test_a_replaced_tiebreak_or_a_garbage_file_is_named_too(tmp_path):
 
 def test_scores_written_before_the_digests_still_load(tmp_path):
     sd = tmp_path / "s"
-    write_scores(sd, method="random", unit="sample", scores=np.arange(4.0), meta={"seed": 1})
+    write_scores(sd, method="random", unit="sample", scores=np.arange(4.0),
+                 meta={"seed": 1, "source_fingerprint": "ab" * 32})
     meta = json.loads((sd / "scores.json").read_text())
     assert set(meta[DIGESTS]) == {"scores"}
-    del meta[DIGESTS]
-    (sd / "scores.json").write_text(json.dumps(meta))
+    del meta[DIGESTS]  # as written then: format 1 (format 2 requires them: test_scores_fields)
+    (sd / "scores.json").write_text(json.dumps({**meta, "format_version": 1}))
     np.save(sd / "scores.npy", np.arange(4.0) * 2)  # nothing recorded to check against
     assert load_scores(sd).scores.tolist() == [0, 2, 4, 6]
 
