@@ -34,7 +34,7 @@ from ..pipeline.result import PipelineResult
 from ..pipeline.report import mean_std
 from ..pipeline.run import preflight, run_pipeline
 from ..reporting import machine_info
-from .outputs import claim_out_dir
+from ..outputs import claim_out_dir
 
 #: Paper Tab. 5 (ResNet-101 on ImageNet, ratio in %, accuracy in %, time in hours).
 PAPER_TAB5: dict[str, dict[str, dict[str, float | None]]] = {

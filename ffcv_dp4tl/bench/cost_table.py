@@ -48,7 +48,7 @@ from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
 from ..reporting import machine_info
 from ..scoring.registry import get_scorer
-from .outputs import claim_out_dir
+from ..outputs import claim_out_dir
 from .markdown import header_lines, markdown_tables, ratio_label
 from .plots import plot_accuracy, plot_cost, plot_targets
 from .stats import COST_STAGES, REFERENCE, check_criterion, summarize

@@ -35,7 +35,7 @@ from ..pipeline.resolve import seed_overrides
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
 from ..pipeline.truth import TRUTH_COLUMNS
-from .outputs import claim_out_dir
+from ..outputs import claim_out_dir
 
 REFERENCE = "0 %"
 #: held while a run appends to its folder's rows.jsonl

@@ -34,7 +34,7 @@ from ..pipeline.result import PipelineResult
 from ..pipeline.run import run_pipeline
 from ..reporting import machine_info
 from .markdown import num, ratio_label
-from .outputs import claim_out_dir
+from ..outputs import claim_out_dir
 from .plots import pyplot
 from .stats import best_winning_subset
 

@@ -263,7 +263,7 @@ def embedded_pool(
 
     from ..bench.separation import pool_rows
 
-    from ..bench.outputs import claim_out_dir
+    from ..outputs import claim_out_dir
 
     for folder in folders:
         if folder.resolve() == out.resolve():

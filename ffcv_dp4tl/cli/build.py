@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from ..errors import count
+from ..outputs import claim_out_dir
 from .app import app
 from .options import DATA_HELP, BetonMode, TargetSplit
 
@@ -48,6 +49,8 @@ def build(
     specs = resolve_source(source, split_json, split.value)
     parts = [sub for sub in specs if sub]  # a SOURCE of several datasets: its sub-folders
     check_parts_fit(out, parts)
+    for sub in specs:  # (not a training run's folder, scores, …)
+        claim_out_dir(out / sub if sub else out, "dataset")
     for sub, spec in specs.items():
         side = max_side if max_side is not None else default_max_side(spec)
         opts = BuildOptions(max_side=side, quality=quality, shard_size=shard_size,

@@ -19,6 +19,7 @@ import typer
 from .app import app
 from ..contracts import check_seeds
 from ..errors import DP4TLError
+from ..outputs import claim_out_dir
 from .options import FORMAT_HELP, Format, device_option, out_callback, resolve_device
 
 evaluate_app = typer.Typer(help="Appendix evaluations of finetuned models: corruptions (Tab. A4), "
@@ -139,6 +140,7 @@ def corruptions_cmd(
     from ..evaluation.corruption import corruption_table, evaluate_corruptions
 
     check_seeds([seed], "--seed")  # (before any work: it was checked after the clean pass)
+    claim_out_dir(out, "corruptions")
     which = parse_corruptions(corrupt)
     labelled, title = _runs(runs), "Corruption robustness (Tab. A4)"
     dev = resolve_device(device)
@@ -196,6 +198,7 @@ def flatness_cmd(
     from ..evaluation.flatness import flatness_table, model_flatness
 
     check_seeds([seed], "--seed")  # (2**64 was a traceback after the ε-sharpness work)
+    claim_out_dir(out, "flatness")
     if not (math.isfinite(eps) and eps > 0):
         raise DP4TLError(f"--eps must be a finite number > 0, got {eps}")
     if not math.isfinite(tol):

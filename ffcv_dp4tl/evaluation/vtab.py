@@ -60,6 +60,9 @@ def vtab_masks(dataset_dir: str | Path, *, split: str = "train", seed: int = 0,
 
 def write_vtab_masks(dataset_dir: str | Path, out_dir: str | Path, **kw) -> dict[str, Path]:
     """Draw the three masks (:func:`vtab_masks`) and save them (:func:`save_vtab_masks`)."""
+    from ..outputs import claim_out_dir
+
+    claim_out_dir(out_dir, "vtab-splits")
     return save_vtab_masks(vtab_masks(dataset_dir, **kw), out_dir,
                            kw.get("train_size", TRAIN_SIZE), kw.get("val_size", VAL_SIZE))
 
@@ -254,6 +257,7 @@ def vtab_protocol(recipe: str | Path, checkpoint: str | Path, target_dir: str | 
     from ..contracts import FinetuneMode
     from ..contracts.fields import typed
     from ..fsutil import atomic_write_json, read_json
+    from ..outputs import claim_out_dir
     from ..training.checkpoint import Checkpoint
     from ..training.finetune import RESULT_NAME, finetune, run_identity, weights_digest
     from ..training.recipe import load_recipe
@@ -262,6 +266,7 @@ def vtab_protocol(recipe: str | Path, checkpoint: str | Path, target_dir: str | 
         raise DataError("give at least one learning rate to select from (--lr)")
     names = _lr_names(lrs)
     out = Path(out_dir)
+    claim_out_dir(out, "vtab")
     base = load_recipe(recipe, overrides)  # validates before any work
     split = base.data.train_split
     for lr in lrs:  # each run's recipe too (an impossible lr is refused now, not after the others)

@@ -39,6 +39,7 @@ from ..data.masks import (IndexMask, describe_mask, make_mask, mask_conflict, ma
                           save_mask, val_mask_of)
 from ..errors import DataError, MaskError
 from ..fsutil import directory_lock
+from ..outputs import claim_out_dir
 from ..scoring import kept_sample_indices, select_classes, select_samples
 from ..scoring.ranking import as_vector, check_ids, rank
 from .scores_io import load_scores
@@ -53,6 +54,7 @@ def prune(scores_dir: str | Path, source_dir: str | Path, ratio: float, out_dir:
     method's units) or ``samples`` (units until the kept sample fraction is ``1 - ratio``)."""
     check_ratio(ratio, "--ratio", DataError)
     Budget.check(budget, "--budget", DataError)
+    claim_out_dir(out_dir, "masks")  # (not the scores' own folder, a training run, …)
     sc = load_scores(scores_dir)
     manifest = load_manifest(source_dir)
     if sc.meta.source_fingerprint not in (None, manifest.fingerprint):

@@ -17,6 +17,7 @@ from ..contracts import TargetCrop, check_k_fits
 from ..data.sampling import check_resolution
 from ..errors import DataError, DP4TLError
 from ..fsutil import directory_lock, file_sha256
+from ..outputs import claim_out_dir
 from ..scoring.context import ScoringContext, Surrogate
 from ..scoring.registry import SEED, SETTINGS, Scorer, get_scorer, self_supervised_alternatives
 from .scores_io import load_scores_meta, write_scores
@@ -130,6 +131,7 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     if source_resolution is not None:
         check_resolution(source_resolution, "--source-resolution (scoring.source_resolution)",
                          zero="the surrogate's eval resolution")
+    claim_out_dir(out_dir, "scores")  # (not a training run's folder, masks, …)
     _refuse_other_scores(Path(out_dir), method)  # (before the data is read; again below)
     t0 = time.perf_counter()
     from ..training.trainer import pin_cpu_threads

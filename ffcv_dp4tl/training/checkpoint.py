@@ -44,22 +44,6 @@ EPOCH_END_VERSION = 1
 MID_EPOCH_KEYS = ("step", "progress", "rank_rng")
 
 
-def refuse_the_other_kind_of_run(out_dir: Path, kind: str) -> None:
-    """Training and finetuning both write ``metrics.jsonl`` into their ``--out``: a finetuning
-    into a training run's folder (or the reverse) replaced the other's epoch history and said
-    nothing (review). ``kind`` is the run about to start: "train" or "finetune"."""
-    if kind == "finetune":
-        if (out_dir / CHECKPOINT_NAME).exists() and not (out_dir / FINETUNE_STATE_NAME).exists():
-            raise DP4TLError(f"--out {out_dir} holds a training run ({CHECKPOINT_NAME}): a "
-                             "finetuning there would replace its metrics.jsonl; pass another "
-                             f"--out (e.g. {out_dir.name}-lp beside it)")
-        return
-    other = [n for n in (FINETUNE_STATE_NAME, FINETUNE_RESULT_NAME) if (out_dir / n).exists()]
-    if other:
-        raise DP4TLError(f"--out {out_dir} holds a finetuning run ({other[0]}): training there "
-                         "would replace its metrics.jsonl; pass another --out")
-
-
 def mask_hash(indices: np.ndarray | None, split_fingerprint: str) -> str:
     """Hash of the kept sample indices (and the split they index); "full" for no mask."""
     if indices is None:

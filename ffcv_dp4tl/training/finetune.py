@@ -52,10 +52,10 @@ from ..data import AugSpec, load_manifest, load_mask, make_loader
 from ..data.loaders import resolve_decode
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
+from ..outputs import claim_out_dir
 from .callbacks import MetricsWriter, call
 from .checkpoint import (CHECKPOINT_NAME, FINETUNE_RESULT_NAME, FINETUNE_STATE_NAME, Checkpoint,
-                         FinetuneState, refuse_the_other_kind_of_run, resume_from, rng_states,
-                         set_rng_states)
+                         FinetuneState, resume_from, rng_states, set_rng_states)
 from .distributed import resolve_device, single_process_context
 from .engine import CrossEntropyObjective, evaluate, train_aug_for, train_one_epoch
 from .models import backbone, create_model, get_head
@@ -246,6 +246,7 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DP4TLError(f"--out {out_dir} is a file; choose a directory")
+    claim_out_dir(out_dir, "finetune")  # (not a training run's folder, scores, …)
     created = not out_dir.exists()
     try:
         with directory_lock(out_dir / FINETUNE_LOCK, f"finetune run {out_dir}"), \
@@ -331,7 +332,6 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     model, ckpt = load_pretrained(checkpoint, dev, warn_unfinished=True)
     torch.manual_seed(recipe.train.seed)  # (the new head's initialisation)
     head = classifier_for(model, ckpt, recipe.finetune.head, manifest.num_classes, checkpoint)
-    refuse_the_other_kind_of_run(out_dir, "finetune")
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.jsonl"
     identity = run_identity(recipe, ckpt, manifest.fingerprint, mode, fmt, masks)

@@ -70,11 +70,12 @@ from torch import nn
 from ..data import (AugSpec, IndexMask, load_manifest, load_mask, make_loader, val_mask_of,
                     validate_mask)
 from ..errors import DataError, DP4TLError, count
+from ..outputs import claim_out_dir
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
 from . import distributed as dist_
 from .callbacks import ConsoleLogger, MetricsWriter, RecordSeen, TensorBoardLogger, call
-from .checkpoint import (CHECKPOINT_NAME, Checkpoint, mask_hash, refuse_the_other_kind_of_run,
-                         resume_from, rng_states, set_rng_states)
+from .checkpoint import (CHECKPOINT_NAME, Checkpoint, mask_hash, resume_from, rng_states,
+                         set_rng_states)
 from .engine import CrossEntropyObjective, EpochProgress, evaluate, train_one_epoch, train_step
 from .models import create_model, get_head, unwrap
 from .recipe import Recipe, as_recipe, check_kind
@@ -411,6 +412,7 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
             refusal = None
             if ctx.is_main:
                 try:
+                    claim_out_dir(out_dir, "train")  # (not a finetuning's folder, scores, …)
                     lock.enter_context(directory_lock(out_dir / LOCK_NAME, f"training run {out_dir}"))
                     remove_orphan_temps(out_dir)  # a checkpoint save a kill cut short
                 except (DP4TLError, OSError) as e:  # (an unwritable --out: OSError)
@@ -464,7 +466,6 @@ def _read_inputs(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path,
                 "mask_hash": mask_hash(None if mask_obj is None else mask_obj.indices,
                                        split.fingerprint),
                 "num_classes": manifest.num_classes}
-    refuse_the_other_kind_of_run(out_dir, "train")
     ckpt = resume_from(Checkpoint, out_dir / CHECKPOINT_NAME, identity, resume=resume)
     return manifest, split, val_split, mask_obj, identity, ckpt
 

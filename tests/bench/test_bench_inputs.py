@@ -8,7 +8,6 @@ import pytest
 
 from cli_runner import cli, one_line
 from ffcv_dp4tl.bench import separation as sep
-from ffcv_dp4tl.bench.outputs import BENCH_KINDS, claim_out_dir, folder_kind
 from ffcv_dp4tl.errors import DP4TLError
 
 REFUSED = [
@@ -105,61 +104,18 @@ def _fill(folder, kind):
     return folder
 
 
-@pytest.mark.parametrize("kind", BENCH_KINDS)
-def test_each_bench_takes_its_own_folder_and_refuses_another_ones(tmp_path, kind):
-    """A rerun may write its own folder again; another bench's folder was half replaced (a cost
-    table over a surrogates report, a pooled verdict over a run's README beside its rows)."""
-    folder = _fill(tmp_path / kind, kind)
-    assert folder_kind(folder) == kind
-    claim_out_dir(folder, kind)
-    claim_out_dir(tmp_path / "new", kind)
-    for other in BENCH_KINDS:
-        if other != kind:
-            with pytest.raises(DP4TLError, match=rf"--out .* holds the outputs of `dp4tl bench "
-                                                 rf"{kind}`; this `bench {other}` would"):
-                claim_out_dir(folder, other)
-
-
-@pytest.mark.parametrize("kind, name", [(k, n) for k in BENCH_KINDS for n in
-                                        {"embedded": ["README.md"], "embedded-pool": ["README.md"]}
-                                        .get(k, ["report.md", "results.json"])])
-def test_a_folder_of_no_bench_holding_a_file_a_bench_writes_is_refused(tmp_path, kind, name):
-    """`--out .` in a project (or docs/) replaced the user's README.md / report.md /
-    results.json without a word (review); other files in the folder are no reason to refuse."""
-    mine = tmp_path / "project"
-    mine.mkdir()
-    (mine / "notes.txt").write_text("mine")
-    claim_out_dir(mine, kind)  # nothing a bench writes: taken
-    (mine / name).write_text("# My project\n")
-    with pytest.raises(DP4TLError, match=rf"--out {mine} holds {name}, not written by a dp4tl "
-                                         rf"bench; `bench {kind}` would replace it"):
-        claim_out_dir(mine, kind)
-    assert (mine / name).read_text() == "# My project\n"
-
-
-@pytest.mark.parametrize("files,kind", [
-    (("results.json", "surrogates.png"), "surrogates"), (("results.json", "cost.png"), "cost-table"),
-    (("rows.jsonl", "summary.json"), "embedded"), (("results.json",), None),
-])
-def test_folders_written_before_the_bench_field_are_told_apart_by_their_files(tmp_path, files,
-                                                                              kind):
-    for name in files:
-        (tmp_path / name).write_text("{}")
-    assert folder_kind(tmp_path) == kind
-
-
 def test_benches_refuse_another_bench_folder_before_any_run(tmp_path, capsys, monkeypatch):
     surrogates = _fill(tmp_path / "sur", "surrogates")
     before = (surrogates / "results.json").read_text()
     code, _, err = cli(capsys, monkeypatch, "bench", "cost-table", "--methods", "random",
                        "--ratios", "0,0.5", "--out", surrogates, "--runs-root", tmp_path / "runs",
                        "--data-root", tmp_path / "data", "--report", "")
-    one_line(code, err, "holds the outputs of `dp4tl bench surrogates`")
+    one_line(code, err, "holds a surrogates report (written by `dp4tl bench surrogates`)")
     run = _fill(tmp_path / "run", "embedded")
     for args in ((), ("--report", "")):
         code, _, err = cli(capsys, monkeypatch, "bench", "embedded-pool", tmp_path / "a",
                            tmp_path / "b", "--out", run, *args)
-        one_line(code, err, "holds the outputs of `dp4tl bench embedded`")
+        one_line(code, err, "holds an embedded-benchmark run (written by `dp4tl bench embedded`)")
     assert (surrogates / "results.json").read_text() == before
     assert (run / "README.md").read_text() == "the run's record"
     assert not (tmp_path / "runs").exists()

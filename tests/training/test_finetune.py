@@ -473,8 +473,8 @@ def test_a_finetuning_and_a_training_never_share_an_out_folder(trained_run, sour
     pre = tmp_path / "pre"
     shutil.copytree(trained_run, pre)
     before = (pre / "metrics.jsonl").read_bytes()
-    with pytest.raises(DP4TLError, match=r"holds a training run \(checkpoint.pt\): a finetuning there "
-                                         r"would replace its metrics.jsonl; pass another --out"):
+    with pytest.raises(DP4TLError, match=r"holds a training run \(written by `dp4tl train`\); `dp4tl "
+                                         r"finetune` would replace its metrics.jsonl: pass another --out"):
         finetune("lp_tiny_cpu", pre / "checkpoint.pt", target_dir, pre, fmt="wds", device="cpu",
                  progress=False, overrides=LP + ["train.epochs=1"])
     assert (pre / "metrics.jsonl").read_bytes() == before
@@ -482,7 +482,8 @@ def test_a_finetuning_and_a_training_never_share_an_out_folder(trained_run, sour
     finetune("lp_tiny_cpu", pre / "checkpoint.pt", target_dir, lp, fmt="wds", device="cpu",
              progress=False, overrides=LP + ["train.epochs=2"])
     rows = (lp / "metrics.jsonl").read_bytes()
-    with pytest.raises(DP4TLError, match=r"holds a finetuning run \(finetune_state.pt\): training"):
+    with pytest.raises(DP4TLError, match=r"holds a finetuning run \(written by `dp4tl finetune`\); `dp4tl "
+                                         r"train` would replace its metrics.jsonl"):
         train(load_recipe("resnet18_tiny_cpu", TEST_OVERRIDES), source_dir, out_dir=lp, fmt="wds",
               device="cpu", progress=False)
     assert (lp / "metrics.jsonl").read_bytes() == rows and not (lp / "checkpoint.pt").exists()

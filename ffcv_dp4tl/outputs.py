@@ -1,0 +1,145 @@
+"""Whose output folder this is, so that no command writes into another one's.
+
+Every command that writes a folder of its own (``--out``) claims it before any work
+(:func:`claim_out_dir`): a new or empty folder, or one of the same kind (a rerun, which
+resumes, reuses or re-renders), is taken; a folder holding another command's outputs is
+refused with one line naming them and the command that wrote them. Mixed folders were found
+in audits: a finetuning into a training run replaced its ``metrics.jsonl``, a cost table over
+a surrogates report replaced its ``results.json``, and ``train --out`` a scores folder, or
+``score --out`` a training run, put a checkpoint and scores side by side where no later
+command could tell which is which.
+
+A folder's kind is read from the files only that kind writes (:data:`KINDS`, in order: a
+finetuning run is told by its state before a training run by its checkpoint). The benches'
+``results.json`` records its bench in a ``bench`` field; bench folders from before that field
+are told apart by their plots. The finer rules inside one kind stay with their command:
+another method's scores (``pipeline.score``), another mask (``data.masks.mask_conflict``),
+another VTAB draw or settings (``evaluation.vtab``), a bench's settings.
+
+A leaf module: every layer may import it, and it imports none of them.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DP4TLError
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """What one command leaves in its ``--out``: how a message names it (``what``), the
+    command that writes it, the files that tell the kind (``signatures``: any one of them),
+    the files it writes directly (``writes``: those another command would replace), the kinds
+    it may share a folder with, and, for benches, ``guards``: its files that in a folder of no
+    kind are the user's own (``--out .`` in a project replaced its README.md; a signature there
+    makes the folder that kind's)."""
+
+    what: str
+    command: str
+    signatures: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    shares: tuple[str, ...] = ()
+    guards: tuple[str, ...] = ()
+
+
+_BENCH_REPORT = ("results.json", "report.md")
+#: Every kind of output folder, in the order a folder's kind is told.
+KINDS: dict[str, OutputKind] = {
+    "dataset": OutputKind("a built dataset", "dp4tl build", ("manifest.json",), ("manifest.json",)),
+    "finetune": OutputKind("a finetuning run", "dp4tl finetune",
+                           ("finetune_state.pt", "result.json"),
+                           ("finetune_state.pt", "result.json", "metrics.jsonl")),
+    "train": OutputKind("a training run", "dp4tl train", ("checkpoint.pt",),
+                        ("checkpoint.pt", "metrics.jsonl", "timings.json", "best.pt", "best.json")),
+    "scores": OutputKind("scores", "dp4tl score", ("scores.json",),
+                         ("scores.json", "scores.npy", "tiebreak.npy", "train_units.npy",
+                          "val_units.npy")),
+    "vtab": OutputKind("a VTAB protocol", "dp4tl evaluate vtab",
+                       ("vtab_settings.json", "vtab.json"), ("vtab_settings.json", "vtab.json")),
+    "vtab-splits": OutputKind("VTAB masks", "dp4tl evaluate vtab-splits"),  # (names: sizes)
+    "masks": OutputKind("masks", "dp4tl prune", ("train.npy",),
+                        ("train.npy", "train.json", "val.npy", "val.json")),
+    "corruptions": OutputKind("a corruption evaluation", "dp4tl evaluate corruptions",
+                              ("corruptions.json",), ("corruptions.json", "corruptions.md"),
+                              shares=("flatness",)),
+    "flatness": OutputKind("a flatness evaluation", "dp4tl evaluate flatness",
+                           ("flatness.json",), ("flatness.json", "flatness.md"),
+                           shares=("corruptions",)),
+    "cost-table": OutputKind("a cost table", "dp4tl bench cost-table",
+                             ("cost.png", "accuracy.png"), _BENCH_REPORT, guards=_BENCH_REPORT),
+    "surrogates": OutputKind("a surrogates report", "dp4tl bench surrogates", ("surrogates.png",),
+                             _BENCH_REPORT, guards=_BENCH_REPORT),
+    "adversarial": OutputKind("an adversarial report", "dp4tl bench adversarial", (),
+                              _BENCH_REPORT, guards=_BENCH_REPORT),
+    "embedded": OutputKind("an embedded-benchmark run", "dp4tl bench embedded", ("rows.jsonl",),
+                           ("rows.jsonl", "summary.json", "README.md"),
+                           guards=("README.md",)),
+    "embedded-pool": OutputKind("a pooled embedded benchmark", "dp4tl bench embedded-pool",
+                                ("summary.json",), ("summary.json", "README.md"),
+                                guards=("README.md",)),
+}
+#: the benches with an output folder (``dp4tl bench NAME``), their kinds here
+BENCH_KINDS = ("cost-table", "surrogates", "adversarial", "embedded", "embedded-pool")
+#: ``evaluate vtab-splits`` names its masks by their sizes: train800.npy, val200.npy, …
+_VTAB_MASK = re.compile(r"train\d+val\d+\.npy")
+
+
+def _bench_field(folder: Path) -> str | None:
+    """The bench a ``results.json`` names (``bench`` field; before it: an ``adv`` entry is
+    the adversarial bench's), or ``None``."""
+    try:
+        results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none or torn: the files say
+        return None
+    if not isinstance(results, dict):
+        return None
+    if results.get("bench") in BENCH_KINDS:
+        return results["bench"]
+    return "adversarial" if "adv" in results else None
+
+
+def folder_kind(folder: str | Path) -> str | None:
+    """The kind (a key of :data:`KINDS`) of the outputs ``folder`` holds, or ``None`` (absent,
+    empty, or no command's)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    bench = _bench_field(folder)
+    if bench is not None:
+        return bench
+    for kind, spec in KINDS.items():
+        if any((folder / name).exists() for name in spec.signatures):
+            return kind
+    if any(_VTAB_MASK.fullmatch(p.name) for p in folder.glob("train*val*.npy")):
+        return "vtab-splits"
+    return None
+
+
+def claim_out_dir(folder: str | Path, kind: str, what: str = "--out",
+                  inputs: tuple[str, ...] = ()) -> None:
+    """Refuse ``folder`` as the output of ``kind`` when it holds another kind's outputs
+    (:func:`folder_kind`; kinds that share a folder aside) or, for a bench, when being no
+    kind's it holds a file that bench writes. ``inputs``: files the caller has read and checked
+    as its own (a re-render's ``results.json``). Call it before any work."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown output kind {kind!r}")
+    folder = Path(folder)
+    spec = KINDS[kind]
+    found = folder_kind(folder)
+    if found is not None and found != kind and found not in spec.shares:
+        theirs = KINDS[found]
+        clash = [n for n in spec.writes if (folder / n).exists()]
+        does = (f"would replace its {', '.join(clash)}" if clash
+                else "would mix its files with them")
+        raise DP4TLError(f"{what} {folder} holds {theirs.what} (written by `{theirs.command}`); "
+                         f"`{spec.command}` {does}: pass another {what} (e.g. "
+                         f"{folder.parent / (folder.name + '-' + kind)})")
+    if found is None and folder.is_dir():
+        mine = [n for n in spec.guards if n not in inputs and (folder / n).exists()]
+        if mine:
+            raise DP4TLError(f"{what} {folder} holds {', '.join(mine)}, not written by a dp4tl "
+                             f"bench; `{spec.command}` would replace it: pass another {what} (an "
+                             "empty or new folder)")

@@ -1,0 +1,173 @@
+"""Whose output folder this is (ffcv_dp4tl/outputs.py): every command takes a new folder or its
+own (a rerun) and refuses another command's, before any work and without touching a file.
+
+Audits found folders half replaced (a finetuning over a training run's metrics.jsonl, a cost
+table over a surrogates report's results.json) and folders of two kinds (`train --out` a
+scores folder, `score --out` a training run, `bench cost-table -o` a finetune run)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cli_runner import cli, one_line
+
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.outputs import BENCH_KINDS, KINDS, claim_out_dir, folder_kind
+
+
+def _fill(folder: Path, kind: str) -> Path:
+    """A folder as ``kind`` leaves it (the file that tells its kind)."""
+    folder.mkdir(parents=True)
+    if kind in BENCH_KINDS and not KINDS[kind].signatures or kind in ("cost-table", "surrogates"):
+        (folder / "results.json").write_text(json.dumps({"bench": kind}))
+    elif kind == "vtab-splits":
+        (folder / "train8val2.npy").write_bytes(b"mask")
+    else:
+        (folder / KINDS[kind].signatures[0]).write_text("theirs")
+    return folder
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_each_kind_takes_its_own_folder_and_refuses_every_other_kinds(tmp_path, kind):
+    folder = _fill(tmp_path / kind, kind)
+    before = _files(folder)
+    assert folder_kind(folder) == kind
+    claim_out_dir(folder, kind)  # a rerun
+    claim_out_dir(tmp_path / "new", kind)  # a new folder
+    (tmp_path / "empty").mkdir()
+    claim_out_dir(tmp_path / "empty", kind)
+    for other, spec in KINDS.items():
+        if other == kind:
+            continue
+        if kind in spec.shares:  # corruptions and flatness: one evaluations folder
+            claim_out_dir(folder, other)
+            continue
+        with pytest.raises(DP4TLError, match=rf"^--out {folder} holds {KINDS[kind].what} \(written "
+                                             rf"by `{KINDS[kind].command}`\); `{spec.command}` "
+                                             rf"would .*: pass another --out \(e.g. "):
+            claim_out_dir(folder, other)
+    assert _files(folder) == before
+
+
+def test_kinds_share_a_folder_both_ways_and_no_two_kinds_claim_a_signature():
+    for kind, spec in KINDS.items():
+        for other in spec.shares:
+            assert kind in KINDS[other].shares
+    names = [n for spec in KINDS.values() for n in spec.signatures]
+    assert len(names) == len(set(names))
+
+
+def test_a_refusal_names_the_files_the_command_would_replace(tmp_path):
+    run = _fill(tmp_path / "run", "train")
+    (run / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(DP4TLError, match=r"`dp4tl finetune` would replace its metrics.jsonl"):
+        claim_out_dir(run, "finetune")
+    with pytest.raises(DP4TLError, match=r"`dp4tl score` would mix its files with them"):
+        claim_out_dir(run, "scores")
+
+
+@pytest.mark.parametrize("kind, name", [(k, n) for k in BENCH_KINDS for n in KINDS[k].guards])
+def test_a_folder_of_no_kind_holding_a_file_a_bench_writes_is_refused(tmp_path, kind, name):
+    """`--out .` in a project (or docs/) replaced the user's README.md / report.md /
+    results.json without a word (review); other files in the folder are no reason to refuse."""
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    claim_out_dir(mine, kind)  # nothing a bench writes: taken
+    (mine / name).write_text("# My project\n")
+    with pytest.raises(DP4TLError, match=rf"--out {mine} holds {name}, not written by a dp4tl "
+                                         rf"bench; `dp4tl bench {kind}` would replace it"):
+        claim_out_dir(mine, kind)
+    assert (mine / name).read_text() == "# My project\n"
+
+
+@pytest.mark.parametrize("files,kind", [
+    (("results.json", "surrogates.png"), "surrogates"), (("results.json", "cost.png"), "cost-table"),
+    (("rows.jsonl", "summary.json"), "embedded"), (("results.json",), None),
+])
+def test_bench_folders_written_before_the_bench_field_are_told_apart_by_their_files(
+        tmp_path, files, kind):
+    for name in files:
+        (tmp_path / name).write_text("{}")
+    assert folder_kind(tmp_path) == kind
+
+
+def test_a_finetune_run_is_told_by_its_state_not_as_a_training_run(tmp_path):
+    """A finetune run's folder holds finetune_state.pt (and result.json); a training run's
+    holds checkpoint.pt; a pipeline stage's DONE.json and inputs.json belong to no kind."""
+    ft = tmp_path / "ft"
+    ft.mkdir()
+    for name in ("DONE.json", "inputs.json", "metrics.jsonl"):
+        (ft / name).write_text("{}")
+    assert folder_kind(ft) is None
+    (ft / "finetune_state.pt").write_bytes(b"x")
+    assert folder_kind(ft) == "finetune"
+
+
+# ------------------------------------------------------------------ every command claims
+@pytest.fixture
+def training_run(tmp_path) -> Path:
+    run = _fill(tmp_path / "run", "train")
+    (run / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    return run
+
+
+def _commands(source: Path, target: Path, scores: Path, tmp: Path) -> dict[str, list]:
+    return {
+        "score": ["score", "--method", "random", "--data", source],
+        "prune": ["prune", "--scores", scores, "--data", source, "--ratio", "0.5"],
+        "evaluate corruptions": ["evaluate", "corruptions", f"0%={tmp / 'ft'}"],
+        "evaluate flatness": ["evaluate", "flatness", f"0%={tmp / 'ft'}"],
+        "evaluate vtab-splits": ["evaluate", "vtab-splits", "--data", target, "--train-size", "8",
+                                 "--val-size", "2"],
+        "evaluate vtab": ["evaluate", "vtab", "lp_tiny_cpu", "--checkpoint", tmp / "c.pt",
+                          "--data", target],
+        "bench cost-table": ["bench", "cost-table", "--methods", "random", "--ratios", "0,0.5",
+                             "--runs-root", tmp / "runs", "--data-root", tmp / "data",
+                             "--report", ""],
+    }
+
+
+@pytest.mark.parametrize("command", list(_commands(Path(), Path(), Path(), Path())))
+def test_no_command_writes_into_a_training_run(command, training_run, source_dir, target_dir,
+                                               tmp_path, capsys, monkeypatch):
+    from ffcv_dp4tl.data import load_manifest
+    from ffcv_dp4tl.pipeline.scores_io import write_scores
+
+    scores = tmp_path / "lm"
+    write_scores(scores, method="lm", unit="class",
+                 scores=np.arange(load_manifest(source_dir).num_classes, dtype=float),
+                 meta={"source_fingerprint": load_manifest(source_dir).fingerprint})
+    before = _files(training_run)
+    args = _commands(source_dir, target_dir, scores, tmp_path)[command]
+    code, _, err = cli(capsys, monkeypatch, *args, "--out", training_run)
+    one_line(code, err, f"--out {training_run} holds a training run (written by `dp4tl train`)",
+             "pass another --out")
+    assert _files(training_run) == before
+    assert sorted(p.name for p in training_run.iterdir()) == sorted(before)
+
+
+def test_train_refuses_a_scores_folder_and_build_a_training_run(source_dir, tmp_path, capsys,
+                                                                monkeypatch):
+    from ffcv_dp4tl.pipeline.scores_io import write_scores
+
+    scores = tmp_path / "scores"
+    write_scores(scores, method="random", unit="class", scores=np.zeros(3),
+                 meta={"source_fingerprint": "x"})
+    before = _files(scores)
+    code, _, err = cli(capsys, monkeypatch, "train", "resnet18_tiny_cpu", "--data", source_dir,
+                       "--out", scores, "--format", "wds", "--device", "cpu")
+    one_line(code, err, f"--out {scores} holds scores (written by `dp4tl score`); `dp4tl train` "
+             "would mix its files with them")
+    assert _files(scores) == before
+    run = _fill(tmp_path / "d" / "source", "train")
+    code, _, err = cli(capsys, monkeypatch, "build", "synth:tiny", "--out", tmp_path / "d")
+    one_line(code, err, f"--out {run} holds a training run (written by `dp4tl train`); "
+             "`dp4tl build` would mix its files with them")
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]
