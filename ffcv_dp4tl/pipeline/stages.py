@@ -132,6 +132,10 @@ LOCK = ".stage.lock"
 #: :data:`HEARTBEAT_S` seconds).
 SEGMENT_GLOB = ".segment-*"
 HEARTBEAT_S = 2.0
+#: The file a stage of each kind resumes from. When it is not there the stage starts over (a run
+#: killed before its first checkpoint, or the checkpoint deleted as a refusal advises), so the
+#: time of its earlier segments went to work that is thrown away: it is not counted.
+RESUMES_FROM = {"train": "checkpoint.pt", "finetune": "finetune_state.pt"}
 
 
 #: what a stage was computed from: ``{upstream folder name: sha256 of its DONE.json}``
@@ -205,6 +209,7 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
         elif st.done:  # finished earlier, or by the run we waited for
             return _skipped(st, log)
         remove_orphan_temps(st.dir)
+        _forget_thrown_away_segments(st, log)
         atomic_write_json(st.dir / "inputs.json", st.inputs)
         if record:
             atomic_write_json(st.dir / UPSTREAM, record)
@@ -220,6 +225,22 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
     resumed = f" (+{earlier:.1f}s in earlier runs)" if earlier else ""
     log(f"[{st.name}] finished in {seg.seconds:.1f}s{resumed}")
     return StageRun(res, st.dir, ran=True)
+
+
+def _forget_thrown_away_segments(st: Stage, log: Callable[[str], None]) -> None:
+    """A stage that starts over (:data:`RESUMES_FROM`'s file absent) drops the records of its
+    earlier segments: their work is redone, and the stage's wall time (the cost table's
+    measure) is that of the work its result came from."""
+    state = RESUMES_FROM.get(st.kind)
+    if state is None or (st.dir / state).exists():
+        return
+    wall, _ = segment_totals(st.dir)
+    for p in st.dir.glob(SEGMENT_GLOB):
+        with contextlib.suppress(OSError):
+            p.unlink()
+    if wall:
+        log(f"[{st.name}] starting over (no {state} to resume from): the {wall:.1f}s of its "
+            "earlier runs are not counted")
 
 
 def _skipped(st: Stage, log: Callable[[str], None]) -> StageRun:

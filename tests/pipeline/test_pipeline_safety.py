@@ -191,3 +191,37 @@ def test_resumed_stage_reports_the_wall_and_cpu_time_of_every_segment(tmp_path):
     assert done["cpu_seconds"] == pytest.approx(res.cpu_seconds)  # recorded, not parsed from logs
     again = run_stage(st, lambda d: pytest.fail("finished: must not rerun"), log=lambda s: None)
     assert not again.ran and again.result == res.result
+
+
+@pytest.mark.parametrize("kind", ["train", "finetune"])
+def test_a_stage_that_starts_over_counts_no_time_of_the_runs_it_threw_away(tmp_path, kind):
+    """A training stage killed before its first checkpoint (or whose checkpoint was deleted, as
+    a refusal advises) trains from scratch on the rerun: the earlier segment's time went to work
+    that is thrown away, and counting it inflated the cost table's pretraining time. With the
+    file it resumes from in place, the earlier segments count as before."""
+    from ffcv_dp4tl.pipeline.stages import RESUMES_FROM
+    from ffcv_dp4tl.training.checkpoint import CHECKPOINT_NAME, FINETUNE_STATE_NAME
+
+    assert RESUMES_FROM == {"train": CHECKPOINT_NAME, "finetune": FINETUNE_STATE_NAME}
+    st = stage(tmp_path / "a", "work", {"x": 1}, kind=kind)
+
+    def killed(d):
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(st, killed, log=lambda s: None)
+    lines = []
+    res = run_stage(st, lambda d: {"epoch": 0} if kind == "train" else {"test_top1": 1.0},
+                    log=lines.append)
+    assert res.seconds < 0.3 and len(list(st.dir.glob(".segment-*"))) == 1
+    assert any("starting over (no " + RESUMES_FROM[kind] in ln and "not counted" in ln
+               for ln in lines), lines
+    # the file it resumes from is there: the killed segment's time is part of the result's
+    st = stage(tmp_path / "b", "work", {"x": 1}, kind=kind)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(st, lambda d: ((d / RESUMES_FROM[kind]).write_bytes(b"state"), killed(d)),
+                  log=lambda s: None)
+    res = run_stage(st, lambda d: {"epoch": 0} if kind == "train" else {"test_top1": 1.0},
+                    log=lambda s: None)
+    assert res.seconds >= 0.3 and len(list(st.dir.glob(".segment-*"))) == 2
