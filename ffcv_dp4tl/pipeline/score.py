@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..contracts import TargetCrop, check_k_fits
+from ..contracts import TargetCrop, UnsupportedFormatError, check_k_fits
 from ..data.sampling import check_resolution
 from ..errors import DataError, DP4TLError
 from ..fsutil import directory_lock, file_sha256
@@ -79,6 +79,8 @@ def _refuse_other_scores(out: Path, method: str, source: str | None = None,
         return
     try:
         meta = load_scores_meta(out)
+    except UnsupportedFormatError:
+        raise  # a newer ffcv-dp4tl's scores: its "upgrade" line, never rescored over
     except DataError:
         return  # damaged: nothing to lose that load_scores would accept
     other = (["source"] if source and meta.source_fingerprint not in (None, source) else []) + \

@@ -1,6 +1,8 @@
 """``dp4tl score``'s own checks (:mod:`ffcv_dp4tl.pipeline.score`), before any work."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ffcv_dp4tl.errors import DP4TLError
@@ -54,6 +56,14 @@ def test_scores_of_another_source_or_target_are_never_replaced(tmp_path, source_
                  meta={"source_fingerprint": src.fingerprint,
                        "target_fingerprints": [load_manifest(target_dir).fingerprint]})
     assert score("lm", **kw)["method"] == "lm"  # the same data: rescored in place
+    # scores of a newer ffcv-dp4tl are never "damaged, nothing to lose": they are not rescored
+    meta = json.loads((out / "scores.json").read_text())
+    (out / "scores.json").write_text(json.dumps({**meta, "format_version": 99}))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(DataError, match=r"format version 99, but this ffcv-dp4tl reads versions "
+                                        r"up to \d+; upgrade"):
+        score("lm", **kw)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_source_input_can_be_set_for_a_surrogate_trained_without_it(tmp_path, source_dir,
