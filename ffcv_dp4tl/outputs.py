@@ -118,16 +118,32 @@ def folder_kind(folder: str | Path) -> str | None:
     return None
 
 
+def dataset_around(folder: str | Path) -> Path | None:
+    """The built dataset ``folder`` lies inside (strictly: the dataset's own folder is its
+    kind), or ``None``. A run in ``DATASET/wds`` trained and was then deleted, without a word,
+    by a rebuild with ``--overwrite`` (audit)."""
+    folder = Path(folder).resolve()
+    for parent in folder.parents:
+        if (parent / KINDS["dataset"].signatures[0]).is_file():
+            return parent
+    return None
+
+
 def claim_out_dir(folder: str | Path, kind: str, what: str = "--out",
                   inputs: tuple[str, ...] = ()) -> None:
-    """Refuse ``folder`` as the output of ``kind`` when it holds another kind's outputs
-    (:func:`folder_kind`; kinds that share a folder aside) or, for a bench, when being no
-    kind's it holds a file that bench writes. ``inputs``: files the caller has read and checked
+    """Refuse ``folder`` as the output of ``kind`` when it lies inside a built dataset
+    (:func:`dataset_around`), when it holds another kind's outputs (:func:`folder_kind`; kinds
+    that share a folder aside) or, for a bench, when being no kind's it holds a file that bench
+    writes. ``inputs``: files the caller has read and checked
     as its own (a re-render's ``results.json``). Call it before any work."""
     if kind not in KINDS:
         raise ValueError(f"unknown output kind {kind!r}")
     folder = Path(folder)
     spec = KINDS[kind]
+    inside = dataset_around(folder)
+    if inside is not None:
+        raise DP4TLError(f"{what} {folder} lies inside the built dataset {inside}, whose folders "
+                         f"`dp4tl build --overwrite` replaces: pass another {what}, outside it")
     found = folder_kind(folder)
     if found is not None and found != kind and found not in spec.shares:
         theirs = KINDS[found]

@@ -171,3 +171,54 @@ def test_train_refuses_a_scores_folder_and_build_a_training_run(source_dir, tmp_
     one_line(code, err, f"--out {run} holds a training run (written by `dp4tl train`); "
              "`dp4tl build` would mix its files with them")
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]
+
+
+def test_no_command_writes_inside_a_built_dataset(source_dir, tmp_path, capsys, monkeypatch):
+    """Audit: `train --out data/source/wds` (or `.build`) trained there, and a later `dp4tl build
+    --overwrite` deleted its checkpoint and metrics without a word. Every folder inside a built
+    dataset is refused, for every kind; the dataset's own folder is its kind, and a folder
+    beside it is free."""
+    from ffcv_dp4tl.outputs import dataset_around
+
+    for inside in (source_dir / "wds", source_dir / ".build", source_dir / "new" / "deeper"):
+        assert dataset_around(inside) == source_dir.resolve()
+        for kind in KINDS:
+            with pytest.raises(DP4TLError, match=rf"^--out {inside} lies inside the built dataset "
+                                                 rf"{source_dir.resolve()}, whose folders `dp4tl "
+                                                 r"build --overwrite` replaces: pass another --out"):
+                claim_out_dir(inside, kind)
+    assert dataset_around(source_dir) is None and dataset_around(tmp_path / "runs") is None
+    claim_out_dir(source_dir, "dataset")
+    before = sorted(p.name for p in (source_dir / "wds").iterdir())
+    code, _, err = cli(capsys, monkeypatch, "train", "resnet18_tiny_cpu", "--data", source_dir,
+                       "--out", source_dir / "wds", "--format", "wds", "--device", "cpu")
+    one_line(code, err, f"lies inside the built dataset {source_dir.resolve()}")
+    assert sorted(p.name for p in (source_dir / "wds").iterdir()) == before
+    # a mask file of `mask classes` into another built dataset than the one it reads, too
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text("{}")
+    code, _, err = cli(capsys, monkeypatch, "mask", "classes", "--data", source_dir, "--classes",
+                       "0", "--out", other / "keep.npy")
+    one_line(code, err, f"lies inside the dataset {other.resolve()}")
+    assert sorted(p.name for p in other.iterdir()) == ["manifest.json"]
+
+
+def test_another_commands_folder_given_as_data_is_named_not_offered_a_build(tmp_path, capsys,
+                                                                          monkeypatch):
+    """Audit: `dp4tl verify runs/ref` (a training run) advised `dp4tl build SOURCE --out
+    runs/ref`, as for a missing path."""
+    from ffcv_dp4tl.data import load_manifest
+
+    run = _fill(tmp_path / "run", "train")
+    with pytest.raises(DP4TLError, match=rf"^{run} holds a training run \(written by `dp4tl "
+                                         r"train`\), not a built dataset: pass the folder `dp4tl "
+                                         r"build --out` wrote$"):
+        load_manifest(run)
+    code, out, err = cli(capsys, monkeypatch, "verify", run)  # (verify lists its problems)
+    assert code != 0 and f"problem: {run} holds a training run (written by `dp4tl train`)" in err
+    assert "dp4tl build SOURCE" not in err
+    with pytest.raises(DP4TLError, match=rf"^{tmp_path / 'nosuch'} is not a built dataset \(it "
+                                         r"does not exist\); pass the folder"):
+        load_manifest(tmp_path / "nosuch")
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]

@@ -67,7 +67,7 @@ def classes_cmd(
                         "'0,3,10-19'")
     if Path(out).is_dir():
         raise MaskError(f"--out {out} is a folder; give the mask file's name, e.g. {Path(out) / 'keep.npy'}")
-    _outside_the_dataset(Path(out), data)
+    _outside_the_dataset(Path(out))
     check_out_dir(Path(out).parent, "--out's folder")
     manifest = load_manifest(data)
     shown = _outside(ranges, manifest.num_classes)  # ids are >= 0: "-" only separates
@@ -89,12 +89,16 @@ def classes_cmd(
                f"({100 * mask.kept_fraction:.1f} %)")
 
 
-def _outside_the_dataset(out: Path, data: Path) -> None:
-    """A file these commands write never lands in the dataset they read: --out
-    DATA/train.labels.npy replaced the build's labels, DATA/manifest.npy its manifest (the
-    sidecar), DATA/train.files.txt its files list (review)."""
-    if Path(data).resolve() in Path(out).resolve().parents:
-        raise MaskError(f"--out {out} lies inside the dataset {data}, whose own files it could "
+def _outside_the_dataset(out: Path) -> None:
+    """A file these commands write never lands in a built dataset (the one they read or
+    another): --out DATA/train.labels.npy replaced the build's labels, DATA/manifest.npy its
+    manifest (the sidecar), DATA/train.files.txt its files list (review). The rule is
+    :func:`~ffcv_dp4tl.outputs.dataset_around`, as for every command's --out folder."""
+    from ..outputs import dataset_around
+
+    inside = dataset_around(out)
+    if inside is not None:
+        raise MaskError(f"--out {out} lies inside the dataset {inside}, whose own files it could "
                         "replace; write it elsewhere (e.g. beside the dataset)")
 
 
@@ -138,7 +142,7 @@ def files_cmd(
         if out.is_dir():
             raise MaskError(f"--out {out} is a folder; give the list's file name, e.g. "
                             f"{out / 'kept.txt'}")
-        _outside_the_dataset(out, data)
+        _outside_the_dataset(out)
         check_out_dir(out.parent, "--out's folder")
     dataset = data
     m = load_mask(mask)

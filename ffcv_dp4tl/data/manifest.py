@@ -232,6 +232,10 @@ def load_manifest(root: str | Path) -> Manifest:
     path = root / MANIFEST_NAME
     if not path.exists():
         _not_a_dataset(root)
+        if not root.exists():  # (a typo, most often: not only "build it")
+            raise DataError(f"{root} is not a built dataset (it does not exist); pass the folder "
+                            f"`dp4tl build --out` wrote, or build one there with `dp4tl build "
+                            f"SOURCE --out {root}`")
         raise DataError(
             f"{root} is not a built dataset (no {MANIFEST_NAME}); build it with "
             f"`dp4tl build SOURCE --out {root}` or finish an interrupted build by rerunning it"
@@ -244,10 +248,17 @@ def _not_a_dataset(root: Path) -> None:
     either: a file (a built dataset is a folder), the root of a ``synth`` build, whose datasets
     are ``source/`` and ``targets/NAME`` below it, or a folder of builds, one per sub-folder
     (``DIR/targets`` of a synth build, a ``--data-root``): building over it again would not
-    help. Returns for anything else (the caller says how to build it)."""
+    help; or another command's output folder (a training run given as --data was told to
+    build a dataset there). Returns for anything else (the caller says how to build it)."""
+    from ..outputs import KINDS, folder_kind
+
     if root.is_file():
         raise DataError(f"{root} is a file, but a built dataset is a directory (holding "
                         f"{MANIFEST_NAME}); pass the directory `dp4tl build` wrote")
+    kind = folder_kind(root)
+    if kind is not None and kind != "dataset":
+        raise DataError(f"{root} holds {KINDS[kind].what} (written by `{KINDS[kind].command}`), "
+                        "not a built dataset: pass the folder `dp4tl build --out` wrote")
     targets = _builds_in(root / "targets")
     parts = [str(root / "source")] if (root / "source" / MANIFEST_NAME).is_file() else []
     if targets:

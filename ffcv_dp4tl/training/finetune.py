@@ -402,7 +402,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
 
     earlier_seconds = state.seconds if state else 0.0
     end_epoch = tc.epochs if stop_after is None else min(tc.epochs, stop_after)
-    if start_epoch and start_epoch < end_epoch and progress:
+    if start_epoch and start_epoch < end_epoch:  # (with or without progress bars)
         print(f"resuming {mode}: {start_epoch} of {tc.epochs} epochs done ({state_path})", flush=True)
     for epoch in range(start_epoch, end_epoch):
         if mode == "ff" or lp_augmented:  # cached LP features reshuffle from their own generator

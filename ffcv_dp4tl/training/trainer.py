@@ -497,7 +497,7 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
             if e <= start_epoch and not (out_dir / early_checkpoint_name(e)).exists()]
     if lost:  # resuming cannot recreate it: the run is past that epoch
         raise DP4TLError(f"{out_dir / early_checkpoint_name(lost[0])} (train.keep_epochs) is missing "
-                         f"but {ckpt_path} is at epoch {start_epoch}, past it, so resuming cannot "
+                         f"but {ckpt_path} has {count(start_epoch, 'epoch')} done, past it, so resuming cannot "
                          f"recreate it; delete the folder {out_dir} (a pipeline's stage folder) "
                          "and rerun")
     metrics_path = out_dir / METRICS_NAME
@@ -510,7 +510,8 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
         # so the caller reports the epoch the run is at (not "epoch 0")
         rows = _read_metrics(metrics_path)
         return rows[-1] if rows else {"epoch": start_epoch - 1}
-    if ckpt is not None and not ckpt.step and progress and ctx.is_main:  # (mid-epoch: _begin_epoch)
+    # said with or without progress bars (--no-progress in a batch job's log, too)
+    if ckpt is not None and not ckpt.step and ctx.is_main:  # (mid-epoch: _begin_epoch)
         print(f"resuming: {start_epoch} of {tc.epochs} epochs done ({ckpt_path})", flush=True)
 
     # ---- model / optimiser / objective ----------------------------------------------------
@@ -576,7 +577,7 @@ def _resume_rng(ckpt: Checkpoint, ctx: dist_.DistContext, seed: int) -> None:
         return
     if ctx.is_main:
         warnings.warn(f"the mid-epoch checkpoint was written by {len(states)} rank(s) and this run "
-                      f"has {ctx.world_size}: the rest of epoch {ckpt.epoch} reads the rest of the "
+                      f"has {ctx.world_size}: the rest of epoch {ckpt.epoch + 1} reads the rest of the "
                       "same sample order at the same learning rates, with new augmentation draws",
                       stacklevel=3)
     s = int(np.random.SeedSequence([seed, ckpt.epoch, ctx.rank, ckpt.step]).generate_state(1)[0])
@@ -586,8 +587,8 @@ def _resume_rng(ckpt: Checkpoint, ctx: dist_.DistContext, seed: int) -> None:
 
 
 def _begin_epoch(train_loader, tc, epoch: int, res: int, end_epoch: int, mid: Checkpoint | None, *,
-                 first: bool, ctx: dist_.DistContext, callbacks: list, out_dir: Path,
-                 progress: bool) -> EpochProgress:
+                 first: bool, ctx: dist_.DistContext, callbacks: list,
+                 out_dir: Path) -> EpochProgress:
     """Select the loader's epoch and return where it starts: at its beginning, or (``mid``: the
     mid-epoch checkpoint it resumes from) after the steps ``mid`` holds, with this rank's RNG
     streams of that step and the observers told (``on_resume``)."""
@@ -613,7 +614,7 @@ def _begin_epoch(train_loader, tc, epoch: int, res: int, end_epoch: int, mid: Ch
     if mid is None:
         return EpochProgress()
     call(callbacks, "on_resume", epoch, mid.step)
-    if progress and ctx.is_main:  # (the numbers of the progress bar)
+    if ctx.is_main:  # (the numbers of the progress bar; said without bars too)
         print(f"resuming epoch {epoch + 1}/{tc.epochs} at step {mid.step} of {steps} (the "
               f"mid-epoch checkpoint in {out_dir})", flush=True)
     return EpochProgress.from_dict(mid.progress)
@@ -660,7 +661,7 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
         start = _begin_epoch(train_loader, tc, epoch, res, end_epoch,
                              ckpt if ckpt is not None and epoch == ckpt.epoch and ckpt.step else None,
                              first=epoch == start_epoch, ctx=ctx, callbacks=callbacks,
-                             out_dir=out_dir, progress=progress)
+                             out_dir=out_dir)
         t0 = time.perf_counter() - start.seconds  # (a resumed epoch: its earlier part too)
         stats = parts.train_one_epoch(
             train_loader, schedule, epoch=epoch, ctx=ctx, timer=timer,

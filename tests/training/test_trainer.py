@@ -130,6 +130,12 @@ def test_a_resumed_run_says_how_far_its_checkpoint_got(source_dir, tmp_path, tes
     assert out.splitlines()[0] == f"resuming: 1 of 2 epochs done ({tmp_path / 'checkpoint.pt'})"
     # the epoch trained now is the second, counted from 1 as the resume line and the bars count
     assert [ln.split(":")[0] for ln in out.splitlines() if ln.startswith("epoch ")] == ["epoch 2"]
+    # without progress bars (--no-progress in a batch job's log) the resume is said all the same
+    train(r, source_dir, out_dir=tmp_path / "quiet", stop_after=1, progress=False, **kw)
+    capsys.readouterr()
+    train(r, source_dir, out_dir=tmp_path / "quiet", progress=False, **kw)
+    assert capsys.readouterr().out.splitlines() == [
+        f"resuming: 1 of 2 epochs done ({tmp_path / 'quiet' / 'checkpoint.pt'})"]
     train(r, source_dir, out_dir=tmp_path, progress=True, **kw)
     assert "resuming" not in capsys.readouterr().out
 
