@@ -16,6 +16,7 @@ dict.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import random
 from pathlib import Path
@@ -235,6 +236,17 @@ def save_checkpoint(path: str | Path, state: dict[str, Any] | Checkpoint) -> Non
                          "some space and rerun to resume") from None
 
 
+#: OSErrors reading a checkpoint that are about its path or the machine (no permission, a
+#: folder in the way, too many open files, a failing disk or network mount), not its bytes: these
+#: keep :func:`~ffcv_dp4tl.fsutil.os_error_line`'s message, naming the path; any other OSError
+#: (EINVAL from a truncated file) says the file is damaged, like any other unreadable checkpoint
+_NOT_THE_BYTES = frozenset(
+    getattr(errno, name) for name in (
+        "ENOENT", "ENOTDIR", "EISDIR", "EACCES", "EPERM", "ELOOP", "ENAMETOOLONG", "EMFILE",
+        "ENFILE", "EIO", "ESTALE", "ETIMEDOUT", "ENOMEM", "EINTR", "EAGAIN", "ENXIO", "ENODEV")
+    if hasattr(errno, name))
+
+
 def _load_dict(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     path = Path(path)
     if not path.exists():
@@ -249,9 +261,13 @@ def _load_dict(path: str | Path, map_location: str | torch.device = "cpu") -> An
         # weights_only=False: RNG states contain numpy/python objects. Only load your own runs.
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling problem is a user-facing error
-        if isinstance(e, OSError):
-            raise DP4TLError(os_error_line(e)) from None
-        said = brief(e)
+        if isinstance(e, OSError) and e.errno in _NOT_THE_BYTES:
+            if not e.filename:  # (torch's own OSErrors name no file)
+                e.filename = str(path)
+            raise DP4TLError(os_error_line(e, reading=True)) from None
+        # anything else is about the bytes: torch's zip reader raises a bare EINVAL ("Invalid
+        # argument", no file name) when it seeks before the start of a truncated file
+        said = e.strerror if isinstance(e, OSError) and e.strerror else brief(e)
         why = f"{type(e).__name__}: {said}" if said else type(e).__name__
         raise DP4TLError(f"{path} is not a readable checkpoint ({why}); it is "
                          "damaged (truncated?) or not a checkpoint: delete it and rerun what wrote "
@@ -270,13 +286,91 @@ def _differences(found: Any, expected: Any, name: str) -> list[str]:
     return [f"{name}: checkpoint has {str(found)[:16]}, this run has {str(expected)[:16]}"]
 
 
+#: how many differing recipe keys a refusal shows ("and N more" for the rest)
+RECIPE_KEYS_SHOWN = 4
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"data": {"num_workers": 2}}`` → ``{"data.num_workers": 2}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _recipe_differences(found_recipe: Any, recipe: Any, fingerprint: Any) -> str:
+    """The recipe keys a refused resume's recipe fingerprint covers that differ, with both
+    values (``data.num_workers: checkpoint 2, this run 1; …``), at most
+    :data:`RECIPE_KEYS_SHOWN` then "and N more"; "" when they cannot be told: the checkpoint
+    records no recipe (older or imported ones), ``fingerprint`` (this run's) is neither of
+    ``recipe``'s, or no key differs (a recipe written by another release's ``to_dict``).
+
+    ``found_recipe`` is the checkpoint's ``Recipe.to_dict()``, ``recipe`` this run's
+    :class:`~.recipe.Recipe`. Only what the fingerprint hashes is compared (the
+    :data:`~.recipe.NOT_IN_FINGERPRINT` keys left out, and the :data:`~.recipe.NOT_IN_TRAINING`
+    sections for a training fingerprint); a key ``to_dict`` left out is at its default."""
+    if not isinstance(found_recipe, dict) or not found_recipe or recipe is None:
+        return ""
+    try:
+        from .recipe import NOT_IN_FINGERPRINT, NOT_IN_TRAINING, Recipe
+
+        if fingerprint == recipe.training_fingerprint():
+            dropped = NOT_IN_TRAINING
+        elif fingerprint == recipe.fingerprint():
+            dropped = ()
+        else:
+            return ""
+        covered = set(NOT_IN_FINGERPRINT)
+
+        def hashed(d: dict[str, Any]) -> dict[str, Any]:
+            return {key: v for key, v in _flat({s: b for s, b in d.items() if s not in dropped}).items()
+                    if tuple(key.split(".", 1)) not in covered}
+
+        theirs, mine = hashed(found_recipe), hashed(recipe.to_dict())
+        defaults = _flat(dataclasses.asdict(Recipe()))
+        unset = object()
+        lines = []
+        for key in sorted(set(theirs) | set(mine)):
+            a = theirs.get(key, defaults.get(key, unset))
+            b = mine.get(key, defaults.get(key, unset))
+            if a != b:
+                lines.append(f"{key}: checkpoint {_shown(a, unset)}, this run {_shown(b, unset)}")
+    except Exception:  # noqa: BLE001 - only a refusal's detail: the refusal itself still stands
+        return ""
+    if not lines:
+        return ""
+    more = len(lines) - RECIPE_KEYS_SHOWN
+    if more > 0:
+        lines = lines[:RECIPE_KEYS_SHOWN] + [f"and {more} more"]
+    return "; ".join(lines)
+
+
+def _shown(value: Any, unset: object) -> str:
+    if value is unset:
+        return "unset"
+    text = str(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
 def check_identity(path: Path, found: dict[str, Any], expected: dict[str, Any],
                    what: str = "run", hint: str = " (or pass --no-resume)",
-                   added_later: tuple[str, ...] = ()) -> None:
+                   added_later: tuple[str, ...] = (), *, found_recipe: Any = None,
+                   recipe: Any = None) -> None:
     """Raise a DP4TLError listing every identity field of ``expected`` that differs.
-    ``added_later``: fields a run recorded before they existed lacks; not compared then."""
+    ``added_later``: fields a run recorded before they existed lacks; not compared then.
+    ``found_recipe`` (the recipe the checkpoint records, ``Recipe.to_dict()``) and ``recipe``
+    (this run's :class:`~.recipe.Recipe`): when both are given and the recipe fingerprints
+    differ, the refusal names the recipe keys that differ, with both values (last: its list
+    is ";"-separated too)."""
     diffs = [d for k in expected if not (k in added_later and k not in found)
              for d in _differences(found.get(k), expected[k], k)]
+    if any(d.startswith("recipe_fingerprint:") for d in diffs):
+        keys = _recipe_differences(found_recipe, recipe, expected["recipe_fingerprint"])
+        if keys:
+            diffs.append(f"recipe keys that differ: {keys}")
     if diffs:
         raise DP4TLError(
             f"{path} belongs to a different {what} ({'; '.join(diffs)}). Use another --out "
@@ -285,17 +379,20 @@ def check_identity(path: Path, found: dict[str, Any], expected: dict[str, Any],
 
 def resume_from(state_cls, path: Path, identity: dict[str, Any], *, resume: bool = True,
                 what: str = "run", hint: str = " (or pass --no-resume)",
-                added_later: tuple[str, ...] = ()):
+                added_later: tuple[str, ...] = (), recipe: Any = None):
     """The one resume rule of every resumable run (training: :class:`Checkpoint`, finetuning:
     :class:`FinetuneState`): ``None`` (start at epoch 0) when ``resume`` is off or ``path`` does
     not exist; else the state read from ``path`` (``state_cls.load``), after checking that it
     belongs to this run — every field of ``identity`` equal, or a one-line DP4TLError naming
-    the fields that differ. The caller continues at ``state.epoch`` (completed epochs)."""
+    the fields that differ. The caller continues at ``state.epoch`` (completed epochs).
+    ``recipe``: this run's :class:`~.recipe.Recipe`; given, a refusal for a changed recipe names
+    the keys that differ from the recipe the state records (a :class:`Checkpoint`'s)."""
     path = Path(path)
     if not resume or not path.exists():
         return None
     state = state_cls.load(path)
-    check_identity(path, state.identity, identity, what, hint, added_later)
+    check_identity(path, state.identity, identity, what, hint, added_later,
+                   found_recipe=getattr(state, "recipe", None), recipe=recipe)
     return state
 
 

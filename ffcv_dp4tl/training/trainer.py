@@ -466,7 +466,8 @@ def _read_inputs(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path,
                 "mask_hash": mask_hash(None if mask_obj is None else mask_obj.indices,
                                        split.fingerprint),
                 "num_classes": manifest.num_classes}
-    ckpt = resume_from(Checkpoint, out_dir / CHECKPOINT_NAME, identity, resume=resume)
+    ckpt = resume_from(Checkpoint, out_dir / CHECKPOINT_NAME, identity, resume=resume,
+                       recipe=recipe)  # (a refusal names the recipe keys that differ)
     return manifest, split, val_split, mask_obj, identity, ckpt
 
 

@@ -194,3 +194,112 @@ def test_a_resume_refusal_names_the_differing_entries_of_a_dict_field(tmp_path):
         check_identity(tmp_path / "finetune_state.pt", found, want, "finetune run")
     assert ("source_identity.arch: checkpoint has resnet18, this run has resnet50"
             in str(e.value)) and "recipe_fingerprint" not in str(e.value)
+
+
+def test_every_truncation_of_a_checkpoint_names_the_file_and_what_to_do(tmp_path):
+    """torch.load raises a bare OSError (EINVAL, "Invalid argument", no file name) for many
+    truncations (about 4-70 KB into this file): it read as "error: Invalid argument; check the
+    path and its permissions", naming no file. Every cut is the damaged-checkpoint line."""
+    full = tmp_path / "full.pt"
+    Checkpoint.from_dict(_legacy_dict()).save(full)
+    data = full.read_bytes()
+    cut = tmp_path / "checkpoint.pt"
+    for size in range(0, len(data), 997):
+        cut.write_bytes(data[:size])
+        with pytest.raises(DP4TLError) as e:
+            Checkpoint.load(cut)
+        msg = str(e.value)
+        assert msg.startswith(f"{cut} is not a readable checkpoint (") and "\n" not in msg, (size, msg)
+        assert "it is damaged (truncated?) or not a checkpoint: delete it and rerun" in msg, (size, msg)
+
+
+def test_an_oserror_reading_a_checkpoint_is_about_its_bytes_or_its_path(tmp_path, monkeypatch):
+    """An OSError about the bytes (torch's EINVAL, one without an errno) is the damaged-file
+    line; one about the path or the machine keeps its own advice and names the file even where
+    the error carries no file name."""
+    import errno
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, _legacy_dict())
+    raised: list[OSError] = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (_ for _ in ()).throw(raised[-1]))
+    for err in (OSError(errno.EINVAL, "Invalid argument"), OSError("bad data")):
+        raised.append(err)
+        with pytest.raises(DP4TLError, match=rf"^{path} is not a readable checkpoint \(OSError: "
+                                             r".*delete it and rerun"):
+            Checkpoint.load(path)
+    raised.append(PermissionError(errno.EACCES, "Permission denied"))
+    with pytest.raises(DP4TLError) as e:
+        Checkpoint.load(path)
+    assert str(e.value).startswith(f"cannot read {path} (Permission denied)"), str(e.value)
+    raised.append(OSError(errno.EMFILE, "Too many open files"))
+    with pytest.raises(DP4TLError, match=rf"too many open files opening {path} .*ulimit"):
+        Checkpoint.load(path)
+
+
+def _changed(recipe, **values):
+    """A copy of ``recipe`` with ``section__key=value`` set."""
+    from ffcv_dp4tl.training.recipe import Recipe
+
+    out = Recipe.from_dict(recipe.to_dict())
+    for name, value in values.items():
+        section, key = name.split("__")
+        setattr(getattr(out, section), key, value)
+    return out
+
+
+def test_a_refused_resume_names_the_recipe_keys_that_differ(trained_run):
+    """A changed recipe was refused naming only two hashes (``recipe_fingerprint: checkpoint has
+    8a03a71a125a3ac3, this run has 277ebbbfcf8641e6``): it names the keys the training
+    fingerprint covers that differ, with both values, keeping the rest of the refusal."""
+    from ffcv_dp4tl.training.checkpoint import resume_from
+
+    path = trained_run / "checkpoint.pt"
+    ck = Checkpoint.load(path)
+    made_with = ck.training_recipe()
+    assert made_with.training_fingerprint() == ck.recipe_fingerprint  # what the test relies on
+    workers = made_with.data.num_workers
+    # scoring (not in the training fingerprint) and train.tensorboard (not in any) not named
+    this_run = _changed(made_with, data__num_workers=workers + 1, scoring__target_crop="none",
+                        train__tensorboard=not made_with.train.tensorboard)
+    identity = {**ck.identity, "recipe_fingerprint": this_run.training_fingerprint()}
+    with pytest.raises(DP4TLError) as e:
+        resume_from(Checkpoint, path, identity, recipe=this_run)
+    msg = str(e.value)
+    assert (f"belongs to a different run (recipe_fingerprint: checkpoint has "
+            f"{ck.recipe_fingerprint[:16]}, this run has {this_run.training_fingerprint()[:16]}; "
+            f"recipe keys that differ: data.num_workers: checkpoint {workers}, this run "
+            f"{workers + 1}). Use another --out directory, or delete checkpoint.pt to start over "
+            "(or pass --no-resume).") in msg, msg
+    # many keys: the first four (sorted), then how many more
+    this_run = _changed(made_with, data__num_workers=workers + 1, train__seed=1234,
+                        train__epochs=made_with.train.epochs + 5, lr__lr=0.123,
+                        model__arch="resnet50", optim__label_smoothing=0.37)
+    identity = {**ck.identity, "recipe_fingerprint": this_run.training_fingerprint(),
+                "arch": "resnet50"}
+    with pytest.raises(DP4TLError) as e:
+        resume_from(Checkpoint, path, identity, recipe=this_run)
+    msg = str(e.value)
+    assert "arch: checkpoint has resnet18, this run has resnet50; recipe_fingerprint: " in msg, msg
+    assert (f"; recipe keys that differ: data.num_workers: checkpoint {workers}, this run "
+            f"{workers + 1}; lr.lr: checkpoint {made_with.lr.lr}, this run 0.123; model.arch: "
+            "checkpoint resnet18, this run resnet50; optim.label_smoothing: checkpoint "
+            f"{made_with.optim.label_smoothing}, this run 0.37; and 2 more). "
+            "Use another --out") in msg, msg
+
+
+def test_a_checkpoint_without_its_recipe_is_refused_with_the_fingerprints_alone(tmp_path):
+    """Older checkpoints (and imported weights) record no recipe: the refusal stays as it was."""
+    from ffcv_dp4tl.training.checkpoint import resume_from
+    from ffcv_dp4tl.training.recipe import load_recipe
+
+    path = tmp_path / "checkpoint.pt"
+    Checkpoint.from_dict({**_legacy_dict(), "recipe": {}}).save(path)
+    recipe = load_recipe("resnet18_tiny_cpu")
+    identity = {**IDENTITY, "recipe_fingerprint": recipe.training_fingerprint()}
+    with pytest.raises(DP4TLError) as e:
+        resume_from(Checkpoint, path, identity, recipe=recipe)
+    assert str(e.value) == (f"{path} belongs to a different run (recipe_fingerprint: checkpoint "
+                            f"has {'r' * 16}, this run has {recipe.training_fingerprint()[:16]}). "
+                            "Use another --out directory, or delete checkpoint.pt to start over "
+                            "(or pass --no-resume).")
