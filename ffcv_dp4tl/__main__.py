@@ -18,22 +18,29 @@ def main() -> None:
     try:
         run()
     except SystemExit as e:
-        _quiet_interrupt_at_exit(finished=e.code not in (130, 143))  # (Ctrl-C, SIGTERM)
+        code = e.code
+        _quiet_interrupt_at_exit(0 if code is None else code if isinstance(code, int) else 1)
         raise
 
 
-def _quiet_interrupt_at_exit(finished: bool) -> None:
-    """Once the command's outcome is decided (outputs written, its line printed), a Ctrl-C
-    during interpreter shutdown (torch's atexit hooks, worker joins) printed an "Exception
-    ignored in atexit callback" traceback, or killed the process without a word. Now it ends
-    the process at once, with one line when the command had ended (none when it was itself
-    interrupted: that line is printed already). Only here, at the process's real exit: the
-    CLI's ``main`` also runs inside other programs (tests), whose Ctrl-C stays theirs."""
+def _quiet_interrupt_at_exit(status: int) -> None:
+    """Once the command's outcome is decided (``status``: outputs written and 0, or its error
+    printed), a Ctrl-C during interpreter shutdown (torch's atexit hooks, worker joins) printed
+    an "Exception ignored in atexit callback" traceback, or killed the process without a word,
+    and a SIGTERM (torchrun ending a rank whose peer failed) ended it by the signal. Now either
+    ends the process at once with one line naming the signal (none when the command was itself
+    stopped: that line is printed already) and the command's own status when it had failed
+    (``stopping.late_line`` / ``late_status``, the rule the CLI's exit follows too). Only here,
+    at the process's real exit: the CLI's ``main`` also runs inside other programs (tests),
+    whose signals stay theirs."""
     import signal
     import threading
 
+    from . import stopping  # (standard library only)
+
     if threading.current_thread() is not threading.main_thread():
         return
+    stopped = status in (130, 143)  # (Ctrl-C, SIGTERM: its line is printed)
 
     def handler(signum, frame):
         try:
@@ -42,13 +49,13 @@ def _quiet_interrupt_at_exit(finished: bool) -> None:
                     stream.flush()
                 except (AttributeError, ValueError, OSError):
                     pass
-            if finished:  # to the descriptor: sys.stderr may be gone by now
-                os.write(2, b"interrupted while exiting, after the command had ended: nothing "
-                            b"was cut short\n")  # (= cli.app.AT_EXIT_LINE, not imported here)
+            if not stopped:  # to the descriptor: sys.stderr may be gone by now
+                os.write(2, f"{stopping.late_line(signum, status)}\n".encode())
         finally:
-            os._exit(130)
+            os._exit(status if stopped else stopping.late_status(signum, status))
 
-    signal.signal(signal.SIGINT, handler)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

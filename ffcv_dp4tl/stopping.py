@@ -21,12 +21,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["GRACE_S", "Terminated", "exit_status", "interrupt_for", "line", "quiet_children",
-           "received", "record", "sigterm_handler", "sigterm_raises"]
+__all__ = ["GRACE_S", "Terminated", "exit_status", "interrupt_for", "late_line", "late_status",
+           "line", "quiet_children", "received", "record", "settle", "settled", "sigterm_handler",
+           "sigterm_raises"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -70,6 +72,50 @@ def line(signum: int | None = None) -> str:
                 "torchrun ending the other ranks): rerun the same command to resume where "
                 "it stopped")
     return "interrupted: rerun the same command to resume where it stopped"
+
+
+#: the exit status of the command, once decided (its outputs written, or its error printed)
+_SETTLED: list[int] = []
+
+
+def settle(status: int) -> None:
+    """The command's outcome is decided: it exits with ``status`` (0: it did its work; else
+    it failed, and said why). A stop signal that comes from now on cuts nothing short: it is
+    named (:func:`late_line`) but the command keeps its status (:func:`late_status`), and so
+    does a forced exit after it (the grace, a second SIGTERM)."""
+    _SETTLED[:] = [int(status)]
+
+
+def settled() -> int | None:
+    """The command's exit status once :func:`settle` decided it; None before."""
+    return _SETTLED[0] if _SETTLED else None
+
+
+def _signal_name(signum: int) -> str:
+    return "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C (SIGINT)"
+
+
+def late_line(signum: int, status: int) -> str:
+    """The line for a stop signal that came while a command whose outcome was decided (its
+    ``status``) was exiting: which signal, and that nothing was cut short.
+
+    Under torchrun a rank whose peer failed prints its error, and torchrun's SIGTERM then often
+    lands while it exits: that line used to be Ctrl-C's, as if the user had pressed it."""
+    if status:
+        return (f"{_signal_name(signum)} arrived while exiting, after the command had failed: "
+                f"nothing was cut short; the exit status stays the command's own ({status})")
+    if signum == signal.SIGTERM:
+        return ("stopped by SIGTERM while exiting, after the command had ended: nothing was "
+                "cut short")
+    return "interrupted while exiting, after the command had ended: nothing was cut short"
+
+
+def late_status(signum: int, status: int) -> int:
+    """The exit status of a command a stop signal reached as it exited with ``status``: a
+    failure keeps its own (an error's 2 does not become 143: the signal is not why it
+    failed); a command that succeeded reports the signal (128 + it), as a shell does for a
+    process a signal ended, since its exit (atexit hooks, workers joined) was cut."""
+    return status if status else exit_status(signum)
 
 
 def _child_ended(signum, frame) -> None:
@@ -131,9 +177,14 @@ class _GraceWatchdog:
             if int(signal.SIGTERM) in data:
                 self.armed = True
                 threading.Event().wait(self.grace)
-                os.write(2, (f"{line(signal.SIGTERM)} (its cleanup took more than "
-                             f"{self.grace:g} s, so it ended at once)\n").encode())
-                os._exit(exit_status(signal.SIGTERM))
+                status = settled()
+                if status is None:
+                    said = (f"{line(signal.SIGTERM)} (its cleanup took more than {self.grace:g} "
+                            "s, so it ended at once)")
+                else:
+                    said = (f"{late_line(signal.SIGTERM, status)} (its exit then took more than "
+                            f"{self.grace:g} s, so it ended at once)")
+                _forced_exit(said, signal.SIGTERM)
             if not data or 0 in data:  # closed, or close()'s wake-up byte
                 return
 
@@ -161,6 +212,113 @@ class _GraceWatchdog:
         with contextlib.suppress(ValueError, OSError):
             signal.set_wakeup_fd(-1)
         self._close_fds()
+
+
+#: the thread that is ending the process at once, once one is (:func:`_forced_exit`)
+_FORCING: list[int] = []
+
+
+def _forced_exit(said: str, signum: int) -> None:
+    """End the process at once: ``said`` on stderr (to the descriptor: the main thread may hold
+    sys.stderr's lock), this process's own children killed, then ``os._exit`` with the status
+    of the signal, or the command's own once it was decided (:func:`settle`)."""
+    if _FORCING:  # (the other thread is at it: the grace's and a second SIGTERM's)
+        return
+    _FORCING.append(threading.get_ident())
+    with contextlib.suppress(OSError):
+        os.write(2, f"{said}\n".encode())
+    status = settled()
+    code = exit_status(signum) if status is None else late_status(signum, status)
+    try:
+        doomed = _own_children()
+    except Exception:  # (nothing may stop the exit)
+        doomed = set()
+    # From the first kill to the exit no call here lets go of the GIL: a main thread the kill
+    # wakes (blocked waiting on a child) cannot run on meanwhile (a pending SIGTERM's handler,
+    # which then waits, or a cleanup going on to exit on its own)
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    os._exit(code)
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """The state letter and the parent's pid of process ``pid`` (/proc, Linux); None when it
+    is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()  # (after the name, which may hold ")")
+        return fields[0].decode(), int(fields[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _direct_children() -> set[int] | None:
+    """The pids of this process's child processes (whichever thread started them), from /proc;
+    None without it (not Linux)."""
+    me = os.getpid()
+    try:
+        tasks = os.listdir(f"/proc/{me}/task")
+    except OSError:
+        return None
+    pids: set[int] = set()
+    listed = False
+    for tid in tasks:
+        try:
+            with open(f"/proc/{me}/task/{tid}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+            listed = True
+        except (OSError, ValueError):  # (a thread that ended meanwhile)
+            continue
+    if not listed:  # a kernel built without the children files: every process's parent
+        with contextlib.suppress(OSError):
+            for name in os.listdir("/proc"):
+                if name.isdigit() and (_stat(int(name)) or ("", 0))[1] == me:
+                    pids.add(int(name))
+    return pids
+
+
+def _multiprocessing_helpers() -> set[int]:
+    """multiprocessing's resource tracker and fork server, if this process started them: both
+    end on their own once it has (their pipe from it closes), the tracker after removing the
+    shared memory and semaphores it left: killed, it would leave them behind."""
+    pids = set()
+    tracker = sys.modules.get("multiprocessing.resource_tracker")
+    server = sys.modules.get("multiprocessing.forkserver")
+    for pid in (getattr(getattr(tracker, "_resource_tracker", None), "_pid", None),
+                getattr(getattr(server, "_forkserver", None), "_forkserver_pid", None)):
+        if isinstance(pid, int):
+            pids.add(pid)
+    return pids
+
+
+def _own_children() -> set[int]:
+    """The child processes a forced exit kills (SIGKILL) first.
+
+    ``os._exit`` leaves a process's children running: a stuck data-loader worker (a
+    multiprocessing fork child, which the job's SIGTERM does not end when it is stuck in
+    native code or ignores it) became an orphan of init, ran on for good and kept the run's
+    lock file open (cluster audit, torchrun). These are: the direct children (/proc, so
+    subprocesses too) and multiprocessing's (``active_children()``; one a fork server started
+    is that server's child, ours through it); not multiprocessing's helpers
+    (:func:`_multiprocessing_helpers`). Nothing else: with /proc a pid is taken only while it
+    names this process (or its fork server) its parent, and a child's pid is not reused before
+    its parent reaps it; without /proc (not Linux), multiprocessing's list, which its own
+    ``terminate()`` trusts."""
+    helpers = _multiprocessing_helpers()
+    workers: list[int] = []
+    mp = sys.modules.get("multiprocessing")
+    if mp is not None:
+        with contextlib.suppress(Exception):  # (another thread may be starting one meanwhile)
+            workers = [p.pid for p in mp.active_children() if p.pid]
+    direct = _direct_children()
+    if direct is None:
+        return set(workers) - helpers
+    servers = direct & helpers
+    return (direct - helpers) | {p for p in workers if p not in helpers
+                                 and (_stat(p) or ("", 0))[1] in servers}
 
 
 #: the watchdogs of the blocks now open (one per command; the list is what a fork clears)
@@ -232,6 +390,9 @@ def sigterm_raises(grace: float | None = GRACE_S) -> Iterator[None]:
       such as a test runner).
     * A second SIGTERM (the cleanup the first began takes too long for whoever sends it)
       ends the process at once with status 143, as SIGTERM did before.
+    * Either way its own child processes are killed first (:func:`_own_children`: a stuck
+      data-loader worker lived on as an orphan), and a command whose outcome was decided
+      before the SIGTERM came (:func:`settle`: its error printed) keeps its exit status.
     * A forked child (a data-loader or writer worker) starts with SIGTERM's default action
       (:func:`sigterm_handler`) and dies of it as before: the parent reports the stop once,
       and from the first SIGTERM on a child that ends raises nothing here
@@ -240,7 +401,9 @@ def sigterm_raises(grace: float | None = GRACE_S) -> Iterator[None]:
     * Nothing changes outside the main thread, or when the program running this code set a
       SIGTERM handler of its own (an embedding program keeps it).
 
-    Entering the block starts a fresh record of the signals received (one per command)."""
+    Entering the block starts a fresh record of the signals received and of the command's
+    outcome (:func:`settle`; one per command)."""
+    _SETTLED.clear()
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
         yield
@@ -249,14 +412,20 @@ def sigterm_raises(grace: float | None = GRACE_S) -> Iterator[None]:
     parent = os.getpid()
 
     def handler(signum, frame):
+        if _FORCING:  # the process is ending at once (:func:`_forced_exit`)
+            if _FORCING[0] != threading.get_ident():
+                threading.Event().wait()  # (nothing is to run meanwhile)
+            return
         if os.getpid() != parent:  # (a child forked elsewhere than through os.fork's hooks)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             return
         if signal.SIGTERM in _RECEIVED:  # the second one: stop the cleanup too, with the line
-            # (to the descriptor: the cleanup may hold sys.stderr's lock)
-            os.write(2, f"{line(signal.SIGTERM)} (a second SIGTERM ended its cleanup)\n".encode())
-            os._exit(exit_status(signal.SIGTERM))
+            status = settled()
+            _forced_exit(f"{line(signal.SIGTERM)} (a second SIGTERM ended its cleanup)"
+                         if status is None else
+                         f"{late_line(signal.SIGTERM, status)} (a second SIGTERM ended its exit)",
+                         signal.SIGTERM)
         record(signum)
         quiet_children()  # (the job's workers die of the same SIGTERM; for good: it is ending)
         raise Terminated()

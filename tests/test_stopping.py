@@ -168,6 +168,73 @@ def test_a_cleanup_that_hangs_is_cut_at_the_grace():
     assert "ended at once" in run.stderr
 
 
+def _gone(pid: int) -> bool:
+    """No process ``pid`` runs any more (a zombie waiting for init to reap it has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc (Linux)")
+def test_the_forced_exit_kills_its_own_children_and_nothing_else(tmp_path):
+    """A process the grace cut ended at once and left its children running: a stuck data-loader
+    worker (a multiprocessing fork child) became an orphan of init, ran on for good and held
+    the run's lock file open (cluster audit, torchrun). Now the forced exit first SIGKILLs its
+    own children: multiprocessing's, one that ignores SIGTERM, and one that is no
+    multiprocessing child (a subprocess); a process it did not start lives on."""
+    other = subprocess.Popen(["sleep", "60"])  # the test's: not the stopped process's child
+    body = (
+        "def sleep_ignoring_sigterm():\n"
+        "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "    time.sleep(3600)\n"
+        "fork = mp.get_context('fork')\n"
+        "kids = [fork.Process(target=time.sleep, args=(3600,)),\n"
+        "        fork.Process(target=sleep_ignoring_sigterm)]\n"
+        "for k in kids:\n"
+        "    k.start()\n"
+        "import subprocess\n"
+        "shell = subprocess.Popen(['sleep', '3600'])\n"
+        "time.sleep(0.3)  # (the second child has its SIGTERM ignored)\n"
+        "print(*(k.pid for k in kids), shell.pid, flush=True)\n"
+        "while True:  # a command that never reaches a check: the exception is lost\n"
+        "    try:\n"
+        "        time.sleep(60)\n"
+        "    except stopping.Terminated:\n"
+        "        pass\n")
+    script = ("import multiprocessing as mp, os, signal, sys, time\n"
+              "from ffcv_dp4tl import stopping\n"
+              "with stopping.sigterm_raises(grace=1):\n"
+              + "".join(f"    {x}\n" for x in body.splitlines()))
+    log = tmp_path / "stderr"
+    with open(log, "w") as err:  # (a file: the children hold the process's pipes open)
+        job = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                               stderr=err, text=True)
+    kids: list[int] = []
+    try:
+        kids = [int(p) for p in job.stdout.readline().split()]
+        assert len(kids) == 3, log.read_text()
+        job.send_signal(signal.SIGTERM)
+        job.wait(timeout=30)
+        assert job.returncode == 143 and "ended at once" in log.read_text(), log.read_text()
+        deadline = time.monotonic() + 10
+        while not all(_gone(p) for p in kids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [p for p in kids if not _gone(p)] == [], "children outlived the forced exit"
+        assert other.poll() is None  # not its child: left alone
+    finally:
+        for p in kids:  # (old code: orphans of init, sleeping an hour)
+            if not _gone(p):
+                os.kill(p, signal.SIGKILL)
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+        job.stdout.close()
+        other.kill()
+        other.wait()
+
+
 def test_a_command_that_stops_in_time_ends_with_its_own_status():
     """The deadline never cuts a command that ends in time, nor one that never got SIGTERM;
     a forked child SIGTERMed by its parent (torch ends workers so) does not arm it."""
@@ -249,20 +316,25 @@ def test_sigterm_to_a_training_job_stops_it_with_one_line_and_the_rerun_resumes(
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _ending_block(monkeypatch, run_ends_with: BaseException):
-    """app.run with a command that ends with ``run_ends_with`` and a Ctrl-C that lands as the
-    SIGTERM block closes (its deadline watcher stopping: the review's timing, 7 of 7 there)."""
+def _ending_block(monkeypatch, run_ends_with: BaseException,
+                  lands: type[KeyboardInterrupt] = KeyboardInterrupt):
+    """app.run with a command that ends with ``run_ends_with`` and a Ctrl-C (or ``lands``:
+    SIGTERM's) that lands as the SIGTERM block closes (its deadline watcher stopping: the
+    review's timing, 7 of 7 there)."""
     import contextlib
     import importlib
 
     app = importlib.import_module("ffcv_dp4tl.cli.app")  # (the package exports its Typer `app`)
+    monkeypatch.setattr(stopping, "_SETTLED", [])
 
     @contextlib.contextmanager
     def block():  # (as the real one: its close runs in a finally, however the block ends)
         try:
             yield
         finally:
-            raise KeyboardInterrupt
+            if lands is stopping.Terminated:
+                stopping.record(signal.SIGTERM)  # (as its handler does)
+            raise lands
 
     def command():
         raise run_ends_with
@@ -272,13 +344,82 @@ def _ending_block(monkeypatch, run_ends_with: BaseException):
     return app
 
 
-@pytest.mark.parametrize("code", [0, 1, 2])
+@pytest.mark.parametrize("code", [0, None])
 def test_a_ctrl_c_as_a_finished_command_closes_is_one_line_not_a_traceback(monkeypatch, capsys, code):
     app = _ending_block(monkeypatch, SystemExit(code))
     with pytest.raises(SystemExit) as e:
         app.run()
     assert e.value.code == 130
     assert capsys.readouterr().err == app.AT_EXIT_LINE + "\n"
+
+
+@pytest.mark.parametrize("lands", [KeyboardInterrupt, stopping.Terminated])
+@pytest.mark.parametrize("code", [1, 2])
+def test_a_signal_as_a_failed_command_closes_keeps_its_status_and_is_named(
+        monkeypatch, capsys, default_sigterm, lands, code):
+    """Under torchrun a rank whose peer failed prints its own error; torchrun's SIGTERM then
+    landed as it exited, and it added Ctrl-C's "interrupted while exiting" line and exited
+    130 (cluster audit). The line names what came; the error keeps its exit status."""
+    app = _ending_block(monkeypatch, SystemExit(code), lands)
+    with pytest.raises(SystemExit) as e:
+        app.run()
+    assert e.value.code == code
+    said = "SIGTERM" if lands is stopping.Terminated else "Ctrl-C (SIGINT)"
+    assert capsys.readouterr().err == (
+        f"{said} arrived while exiting, after the command had failed: nothing was cut short; "
+        f"the exit status stays the command's own ({code})\n")
+
+
+def test_a_sigterm_as_a_finished_command_closes_is_named_and_exits_143(
+        monkeypatch, capsys, default_sigterm):
+    """It printed Ctrl-C's line and 130; now SIGTERM's, and 128 + SIGTERM as for Ctrl-C."""
+    app = _ending_block(monkeypatch, SystemExit(0), stopping.Terminated)
+    with pytest.raises(SystemExit) as e:
+        app.run()
+    assert e.value.code == 143
+    assert capsys.readouterr().err == ("stopped by SIGTERM while exiting, after the command had "
+                                       "ended: nothing was cut short\n")
+
+
+def test_a_sigterm_as_a_rank_prints_its_error_keeps_the_error_and_its_status(tmp_path):
+    """The audit's case end to end: the real SIGTERM handling, a command failing with a user
+    error, and SIGTERM arriving just as its outcome is decided (torchrun ending the rank as it
+    exits): the error line, then one line naming SIGTERM; exit 2, not the stop's 143."""
+    script = (
+        "import os, signal, sys, time\n"
+        "from ffcv_dp4tl import stopping\n"
+        "settle = stopping.settle\n"
+        "def settle_then_sigterm(status):\n"
+        "    settle(status)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)  # (the handler raises here)\n"
+        "stopping.settle = settle_then_sigterm\n"
+        f"sys.argv = ['dp4tl', 'info', '--data', {str(tmp_path / 'nowhere')!r}]\n"
+        "from ffcv_dp4tl.cli import main\n"
+        "main()\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 2, run.stderr
+    assert lines[0].startswith("error: ") and "nowhere" in lines[0], run.stderr
+    assert lines[1] == ("SIGTERM arrived while exiting, after the command had failed: nothing "
+                        "was cut short; the exit status stays the command's own (2)")
+
+
+@pytest.mark.parametrize("how", ["grace", "second"])
+def test_a_forced_exit_after_the_command_failed_keeps_its_status(how):
+    """A failed command whose exit a SIGTERM reached, then hung past the grace (or met a
+    second SIGTERM): it ended at once with the stop's line and 143, as if the signal were
+    why it failed. It keeps its status, and the line says what happened."""
+    second = "    KILL\n" if how == "second" else ""
+    run, _ = _stopped_process("stopping.settle(2)\ntry:\n    KILL\n    time.sleep(10)\n"
+                              f"except stopping.Terminated:\n{second}    time.sleep(60)  # a hang",
+                              grace=0.5 if how == "grace" else None)
+    assert run.returncode == 2, run.stderr
+    why = ("its exit then took more than 0.5 s, so it ended at once" if how == "grace"
+           else "a second SIGTERM ended its exit")
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"{stopping.late_line(signal.SIGTERM, 2)} ({why})"), run.stderr
 
 
 def test_a_ctrl_c_as_a_stopped_command_closes_keeps_its_one_stop_line(monkeypatch, capsys):

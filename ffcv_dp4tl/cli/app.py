@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 import typer
 
@@ -242,22 +243,24 @@ def run() -> None:
     130 / 143 (:mod:`ffcv_dp4tl.stopping`)."""
     previous = sys.unraisablehook, sys.excepthook
     sys.unraisablehook = _interrupts_are_not_lost(previous[0])
+    _UNSAID.clear()
     outcome: SystemExit | None = None  # how the command ended, once decided
     try:
         try:
             with stopping.sigterm_raises():
                 try:
                     _run()
-                except KeyboardInterrupt:  # it landed while _run was already ending the command
-                    outcome = _stop_status()
+                except KeyboardInterrupt as e:  # it landed while _run was already ending it
+                    outcome = _ending_interrupted(e)
                 except SystemExit as e:
                     outcome = e
-        except KeyboardInterrupt:  # it landed as the block ended (its deadline watcher stopping)
+                    if e.code not in _STOP_CODES:  # (a stop's line is printed: it is no outcome
+                        stopping.settle(_status(e.code))  # a later signal could cut short)
+        except KeyboardInterrupt as e:  # it landed as the block ended (its deadline watcher stopping)
             if outcome is None:
-                outcome = _stop_status()
-            elif outcome.code not in (130, 143):  # (a stop has printed its line already)
-                print(AT_EXIT_LINE, file=sys.stderr)
-                outcome = SystemExit(130)
+                outcome = _ending_interrupted(e)
+            elif outcome.code not in _STOP_CODES:  # (a stop has printed its line already)
+                outcome = _late_signal(e, _status(outcome.code))
         if outcome is not None:
             raise outcome from None
     finally:
@@ -282,8 +285,58 @@ def _no_worker_reports_at_exit() -> None:
     atexit.register(stopping.quiet_children)
 
 
-#: a Ctrl-C after the command's outcome was decided (outputs written, its line printed)
-AT_EXIT_LINE = "interrupted while exiting, after the command had ended: nothing was cut short"
+#: a Ctrl-C after the command had ended well (outputs written, its line printed)
+AT_EXIT_LINE = stopping.late_line(signal.SIGINT, 0)
+#: the exit statuses of a command a stop signal ended (Ctrl-C, SIGTERM): its line is printed
+_STOP_CODES = (130, 143)
+
+
+def _status(code: Any) -> int:
+    """The exit status ``SystemExit(code)`` gives: None is 0, a message 1 (Python prints it)."""
+    return 0 if code is None else code if isinstance(code, int) else 1
+
+
+def _ending_interrupted(interrupt: KeyboardInterrupt) -> SystemExit:
+    """A stop signal that ended ``_run``: the command's stop (its line, 128 + the signal),
+    unless its outcome was decided already (:func:`_fail`: it landed as the error's line was
+    printed, or as the exception that carries its status left)."""
+    status = stopping.settled()
+    return _stop_status() if status is None else _late_signal(interrupt, status)
+
+
+def _late_signal(interrupt: KeyboardInterrupt, status: int) -> SystemExit:
+    """A stop signal that came after the command's outcome (``status``) was decided.
+
+    It names the signal that came: under torchrun, a rank whose peer had failed printed its
+    own error line, then torchrun's SIGTERM landed as it exited, and it printed Ctrl-C's
+    "interrupted while exiting" and exited 130 (cluster audit). A command that failed keeps
+    its status (the error's 2, not 130 or 143: the error is why it failed, and its line says
+    so); one that had succeeded exits with 128 + the signal, as before for Ctrl-C (130) and
+    now 143 for SIGTERM (it was 130 for both): a shell and Slurm report a process a signal
+    reached so, and its exit (atexit hooks, workers joined) was cut. Either way the line says
+    that nothing the command did was cut short."""
+    signum = signal.SIGTERM if isinstance(interrupt, stopping.Terminated) else signal.SIGINT
+    unsaid = _UNSAID[:]
+    _UNSAID.clear()
+    print(*unsaid, stopping.late_line(signum, status), sep="\n", file=sys.stderr)
+    return SystemExit(stopping.late_status(signum, status))
+
+
+#: a failed command's line, from the moment its outcome is decided until it is printed
+_UNSAID: list[str] = []
+
+
+def _fail(message: str | None, status: int) -> NoReturn:
+    """End a command that failed: ``message`` (if any) on stderr and exit ``status``, decided
+    first (:func:`ffcv_dp4tl.stopping.settle`), so that a stop signal landing meanwhile (a
+    torchrun rank whose peer failed gets torchrun's SIGTERM as it prints its own error) is not
+    taken for what stopped it; the line is printed then if it was not yet (:func:`_late_signal`)."""
+    _UNSAID[:] = [] if message is None else [message]
+    stopping.settle(status)
+    if _UNSAID:
+        sys.stderr.write(f"{message}\n")
+        _UNSAID.clear()
+    raise SystemExit(status) from None
 
 
 def _stop_status() -> SystemExit:
@@ -306,26 +359,21 @@ def _run() -> None:
         code = app(standalone_mode=False)
     except _ClickException as e:  # bad option / choice / missing value: refused before any work
         if type(e).__name__ == "NoArgsIsHelpError":  # `dp4tl` or `dp4tl mask` alone: the help
-            if e.format_message().strip():
-                print(e.format_message(), file=sys.stderr)
-        else:
-            print(_usage_error_line(e), file=sys.stderr)
-        raise SystemExit(e.exit_code) from None
+            _fail(e.format_message() if e.format_message().strip() else None, e.exit_code)
+        _fail(_usage_error_line(e), e.exit_code)
     except typer.Abort as e:
         # click turns an EOFError escaping a command into Abort ("aborted", naming nothing); the
         # readers name their file, this is the last resort for one that does not
         if isinstance(e.__cause__ or e.__context__, EOFError):
             eof = e.__cause__ or e.__context__
-            print(f"error: {_CUT_SHORT.format(why=f'EOFError: {eof}'.rstrip(': '))}", file=sys.stderr)
-            raise SystemExit(2) from None
-        print("aborted", file=sys.stderr)
-        raise SystemExit(1) from None
+            _fail(f"error: {_CUT_SHORT.format(why=f'EOFError: {eof}'.rstrip(': '))}", 2)
+        _fail("aborted", 1)
     except DP4TLError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(f"error: {e}", 2)
     except KeyboardInterrupt:
         _stopped()
     except BrokenPipeError:  # `dp4tl mask files … | head`: the reader had enough
+        stopping.settle(141)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no flush error at exit)
         raise SystemExit(141) from None  # 128 + SIGPIPE, as a shell reports a piped tool
     except OSError as e:
@@ -334,8 +382,7 @@ def _run() -> None:
         if e.errno is None:  # not an environment error: a bug, keep its traceback
             raise
         # every write is atomic (temp file + rename), so nothing finished was damaged
-        print(f"error: {os_error_line(e)}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(f"error: {os_error_line(e)}", 2)
     except RuntimeError as e:
         if stopping.received() is not None:
             # a data-loader worker the same SIGTERM ended first ("DataLoader worker ... killed
@@ -344,8 +391,9 @@ def _run() -> None:
         line = _peer_stopped_line(e)
         if line is None:
             raise
-        print(f"error: {line}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(f"error: {line}", 2)
     if code == 130:  # typer turns Ctrl-C (and SIGTERM's Terminated) into exit code 130 itself
         _stopped()
-    raise SystemExit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    stopping.settle(code)
+    raise SystemExit(code)

@@ -238,21 +238,32 @@ def test_a_ctrl_c_python_could_only_ignore_still_stops_the_command(tmp_path, ind
         "interrupted: rerun the same command to resume where it stopped"], run.stderr
 
 
-@pytest.mark.parametrize("argv", [["models"], ["info", "--data", "/nowhere"]])
-def test_ctrl_c_while_a_finished_command_exits_is_one_line(tmp_path, argv):
+@pytest.mark.parametrize("argv,sig,status,line", [
+    (["models"], "SIGINT", 130,
+     "interrupted while exiting, after the command had ended: nothing was cut short"),
+    (["models"], "SIGTERM", 143,
+     "stopped by SIGTERM while exiting, after the command had ended: nothing was cut short"),
+    (["info", "--data", "/nowhere"], "SIGINT", 2,
+     "Ctrl-C (SIGINT) arrived while exiting, after the command had failed: nothing was cut "
+     "short; the exit status stays the command's own (2)"),
+    (["info", "--data", "/nowhere"], "SIGTERM", 2,
+     "SIGTERM arrived while exiting, after the command had failed: nothing was cut short; the "
+     "exit status stays the command's own (2)")])
+def test_a_signal_while_a_finished_command_exits_is_one_line(tmp_path, argv, sig, status, line):
     """Ctrl-C during interpreter shutdown (torch's atexit hooks run after the command's last
     line) printed "Exception ignored in atexit callback" and a traceback, or killed the
-    process without a word: now exit 130 and one line saying nothing was cut short. A
-    fresh process: the handler belongs to the console entry point's real exit."""
+    process without a word; a SIGTERM there (torchrun ending a rank whose peer failed) ended it
+    by the signal. Now one line naming the signal, and a failed command keeps its status (a
+    torchrun rank's error is not turned into 130 or -15). A fresh process: the handler belongs
+    to the console entry point's real exit."""
     run = _entry_point_process(
         tmp_path, argv,
         "import atexit, os, signal, time\n"
         # registered first, so it runs last: after the CLI's own exit hooks
-        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))\n")
-    assert run.returncode == 130, run.stderr
+        f"atexit.register(lambda: (os.kill(os.getpid(), signal.{sig}), time.sleep(5)))\n")
+    assert run.returncode == status, run.stderr
     lines = run.stderr.strip().splitlines()
-    assert lines[-1] == ("interrupted while exiting, after the command had ended: nothing was "
-                         "cut short"), run.stderr
+    assert lines[-1] == line, run.stderr
     assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr
 
 
