@@ -12,6 +12,11 @@ runs on into that epoch's first batches while this one drains, so an epoch does 
 idle workers filling the pipeline (issue 21: on a 10-batch epoch that fill cost 20-30 %). Every
 batch is still a pure function of ``(sample indices, resolution, aug seed)``; a speculative
 batch that the next ``set_epoch`` does not match is dropped (torch restarts the stream).
+
+A worker that delivers no batch for :data:`LOADER_TIMEOUT_S` seconds (``$DP4TL_LOADER_TIMEOUT``)
+stops the loader with :class:`LoaderTimeout`, one line, instead of a wait that never ends: a
+worker forked from a process that runs threads can hang in CPython's post-fork setup (seen
+once under torchrun), alive, so torch never notices it.
 """
 from __future__ import annotations
 
@@ -30,9 +35,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from beton_builders.integrity import DAMAGED_SAMPLE_HINT
 
-from ..errors import DataError
+from ..errors import DataError, DP4TLError
 from .manifest import SplitInfo
 from .interface import PlanLoaderBase
+from .resources import env_int
 from .sampling import Batch, EpochPlan
 from .transforms import AugSpec, Normalize, crop_draws, crop_resize
 
@@ -42,6 +48,39 @@ from .transforms import AugSpec, Normalize, crop_draws, crop_resize
 #: the usual limit of 1,024 open files, and the first epoch failed with "Too many open files".
 #: An open() costs microseconds next to a JPEG decode.
 MAX_OPEN_SHARDS = 64
+
+#: seconds the loader waits for the next batch from its workers before it stops with
+#: :class:`LoaderTimeout` (``$DP4TL_LOADER_TIMEOUT`` sets it; 0 = wait forever). A worker
+#: forked from a process that runs threads can hang in CPython's post-fork setup (the hazard
+#: of fork with threads; a cluster audit saw it once in 23 torchrun launches): it stays alive,
+#: so torch never notices, and without a timeout the run waited forever. A batch takes seconds
+#: (ImageNet at batch 1024: ~10 s on one slow core); 300 s leaves room for a slow or cold
+#: network mount without leaving a stuck run to burn a scheduler's allocation for long.
+LOADER_TIMEOUT_S = 300
+#: the environment variable that sets :data:`LOADER_TIMEOUT_S`
+TIMEOUT_ENV = "DP4TL_LOADER_TIMEOUT"
+#: seconds given a worker that the timeout stopped to exit after torch's own shutdown
+_KILL_JOIN_S = 5.0
+
+
+def loader_timeout() -> int:
+    """``$DP4TL_LOADER_TIMEOUT`` in whole seconds (unset or blank: :data:`LOADER_TIMEOUT_S`);
+    anything but a whole number >= 0 is one line naming the variable."""
+    if not os.environ.get(TIMEOUT_ENV, "").strip():
+        return LOADER_TIMEOUT_S
+    return env_int(TIMEOUT_ENV, LOADER_TIMEOUT_S, 0, "give the seconds to wait for a data-loader "
+                   "worker's next batch (0 = wait forever), or unset it for the default "
+                   f"{LOADER_TIMEOUT_S}")
+
+
+class LoaderTimeout(DP4TLError):
+    """No batch came from the loader's workers within its timeout (the message says why that
+    happens and what to do); the workers have been stopped."""
+
+
+def _is_timeout(e: RuntimeError) -> bool:
+    """torch's "DataLoader timed out after N seconds" (every other RuntimeError is not)."""
+    return str(e).startswith("DataLoader timed out after")
 
 
 class ShardReader:
@@ -296,9 +335,20 @@ class WdsMaskedLoader(PlanLoaderBase):
     def __init__(self, split: SplitInfo, plan: EpochPlan, *, batch_size: int,
                  resolution: int, aug: AugSpec, device: str | torch.device = "cpu",
                  num_workers: int = 2, drop_last: bool | None = None,
-                 dtype: torch.dtype = torch.float32, channels_last: bool = False):
-        """``aug`` says how images are cropped and flipped."""
+                 dtype: torch.dtype = torch.float32, channels_last: bool = False,
+                 timeout: float | None = None):
+        """``aug`` says how images are cropped and flipped. ``timeout``: seconds to wait for a
+        worker's batch before :class:`LoaderTimeout` (None: :func:`loader_timeout`, 300 unless
+        ``$DP4TL_LOADER_TIMEOUT`` says otherwise; 0 = wait forever; no workers: no timeout)."""
         aug = aug.validate()
+        if timeout is None:
+            timeout = loader_timeout()
+        elif (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+              or not math.isfinite(timeout) or timeout < 0):
+            raise DP4TLError(f"timeout must be a number of seconds >= 0 (0 = wait forever), got "
+                             f"{timeout!r}")
+        #: seconds to wait for the workers' next batch (0: forever, and always without workers)
+        self.timeout = float(timeout) if num_workers > 0 else 0.0
         self.aug = aug
         self.plan = plan
         self.batch_size = batch_size
@@ -333,6 +383,7 @@ class WdsMaskedLoader(PlanLoaderBase):
             # epoch: resumed != unbroken with workers. The batches never needed it (each is a
             # function of its indices, resolution and aug seed).
             generator=torch.Generator(),
+            timeout=self.timeout,  # (torch refuses a timeout without workers: 0 then)
         )
 
     def set_epoch(self, epoch: int, resolution: int | None = None,
@@ -355,11 +406,11 @@ class WdsMaskedLoader(PlanLoaderBase):
             self.restarts += 1
         self._stream_ok = False
         self._follows = (key, nxt)  # read by the sampler when this epoch's batches run out
-        if self._stream is None:
-            self._stream = iter(self.dataloader)
+        if self._stream is None:  # (a restart waits for the persistent workers: it may time out)
+            self._stream = self._timed(iter, self.dataloader)
         stream, nb = self._stream, self.device.type == "cuda"
         for _ in range(len(self)):
-            out = next(stream)
+            out = self._timed(next, stream)
             if isinstance(out, _Failed):
                 raise SampleError(out.message)
             images, labels, idx, *rest = out
@@ -371,3 +422,43 @@ class WdsMaskedLoader(PlanLoaderBase):
                         views[1] if len(views) > 1 else None)
         self._stream_ok = workers
         self.epoch += 1
+
+    def _timed(self, step, arg):
+        """``step(arg)``, with torch's "DataLoader timed out" turned into :class:`LoaderTimeout`
+        once the workers are stopped (every other error passes through as it is)."""
+        try:
+            return step(arg)
+        except RuntimeError as e:
+            if not _is_timeout(e):
+                raise
+        self._stop_workers()
+        raise LoaderTimeout(
+            f"a data-loader worker delivered no batch of split {self.dataset.reader.split!r} in "
+            f"{self.timeout:g} s (a worker stuck at its start — forking a process that runs "
+            "threads can hang on Linux — or storage that stopped answering); its workers were "
+            "stopped: rerun the command (a training run resumes from its last checkpoint); "
+            f"{TIMEOUT_ENV}=SECONDS sets the wait (0 = wait forever)")
+
+    def _stop_workers(self) -> None:
+        """End the stream and its worker processes; the next iteration starts fresh ones.
+
+        torch's shutdown asks the workers to exit, then SIGTERMs those still alive; one stuck in
+        CPython's post-fork setup has SIGTERM blocked (:mod:`ffcv_dp4tl.stopping` blocks it
+        across a fork until the child's at-fork hooks run, which a stuck child never reaches),
+        so it is SIGKILLed. Left alive, it would also hang the interpreter's exit
+        (multiprocessing joins its daemon children without a timeout)."""
+        it = getattr(self.dataloader, "_iterator", None) or self._stream
+        self._stream, self._stream_ok = None, False
+        self._queued.clear()
+        if getattr(self.dataloader, "_iterator", None) is it:
+            self.dataloader._iterator = None  # (persistent workers: not reused after this)
+        if it is None:
+            return
+        workers = list(getattr(it, "_workers", ()))
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()  # (removes the workers from torch's SIGCHLD watch before they end)
+        for w in workers:
+            if w.is_alive():
+                w.kill()
+                w.join(timeout=_KILL_JOIN_S)

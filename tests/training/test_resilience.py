@@ -201,7 +201,7 @@ def test_a_deleted_early_checkpoint_is_an_error_naming_the_folder_to_delete(sour
     train(r, source_dir, out_dir=tmp_path, **kw)
     (tmp_path / "checkpoint_e1.pt").unlink()
     with pytest.raises(DP4TLError, match=r"checkpoint_e1.pt \(train.keep_epochs\) is missing but .* "
-                                          r"epoch 2, past it.*delete the folder .* and rerun"):
+                                          r"2 epochs done, past it.*delete the folder .* and rerun"):
         train(r, source_dir, out_dir=tmp_path, **kw)
 
 
