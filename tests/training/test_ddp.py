@@ -169,7 +169,10 @@ def test_torchrun_launches_dp4tl_train_and_a_rerun_resumes(source_dir, tmp_path)
     assert first.stdout.splitlines() == [f"{out}: epoch 1/2, val top-1 " + first.stdout.split()[-1]]
     second = _torchrun(*args)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert len(second.stdout.splitlines()) == 1 and f"{out}: epoch 2/2, val top-1" in second.stdout
+    # said once (rank 0), with --no-progress too (a requeued batch job's log)
+    resumed, final = second.stdout.splitlines()
+    assert resumed == f"resuming: 1 of 2 epochs done ({out / 'checkpoint.pt'})"
+    assert final.startswith(f"{out}: epoch 2/2, val top-1")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     assert json.loads((out / "timings.json").read_text())["world_size"] == 2
