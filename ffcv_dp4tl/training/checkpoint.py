@@ -160,14 +160,15 @@ class Checkpoint:
 
     def unfinished(self) -> str | None:
         """Where the run stood, when this is a run's latest state before its recipe's last
-        epoch ("at epoch 3 of 16", "at step 40 of epoch 4 of 16"); None for a finished run, a
+        epoch ("after 3 of 16 epochs": epochs done, as the resume line counts them; "at step 40
+        of epoch 4 of 16": 1-based, as the progress bars); None for a finished run, a
         checkpoint without a recipe, and imported weights (which have no epochs)."""
         epochs = self.recipe.get("train", {}).get("epochs")
         if epochs is None or "brought_weights" in self.extra:
             return None
         if self.step:
             return f"at step {self.step} of epoch {self.epoch + 1} of {int(epochs)}"
-        return f"at epoch {self.epoch} of {int(epochs)}" if self.epoch < int(epochs) else None
+        return f"after {self.epoch} of {int(epochs)} epochs" if self.epoch < int(epochs) else None
 
     # -- the dict form ----------------------------------------------------------------------------
     _DERIVED = ("dataset_fingerprint", "mask_hash")

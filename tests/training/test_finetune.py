@@ -513,7 +513,7 @@ def test_an_unfinished_runs_checkpoint_is_read_with_a_warning_naming_where_it_st
                                             warn_unfinished=True)
             finetune_module.load_pretrained(tmp_path / name, torch.device("cpu"))  # (a scorer's own)
         said = [str(w.message) for w in seen if "unfinished" in str(w.message)]
-        assert said == ([f"{tmp_path / name} is an unfinished run's state (at epoch 1 of 2): "
+        assert said == ([f"{tmp_path / name} is an unfinished run's state (after 1 of 2 epochs): "
                          "what follows uses that model; to use the finished one, rerun the "
                          "command that trained it (it resumes)"] if warned else []), name
     with warnings.catch_warnings(record=True) as seen:
