@@ -407,8 +407,10 @@ class FinetuneState:
     after every epoch. ``net``: the trained weights (LP: the head; FF: the whole model);
     ``generator``: LP's feature-shuffling generator state (None when not used); ``rows``: the
     metric rows so far; ``seconds``: wall time of the earlier segments; ``identity``: what the
-    run belongs to (mode, recipe and source fingerprints, target, format). On disk a plain dict
-    (``to_dict``), like :class:`Checkpoint`."""
+    run belongs to (mode, recipe and source fingerprints, target, format); ``recipe``: the
+    recipe it runs (``Recipe.to_dict()``; empty in states from before it was recorded), so a
+    refused resume names the keys that differ. On disk a plain dict (``to_dict``), like
+    :class:`Checkpoint`; an older reader keeps the ``recipe`` entry as an unknown key."""
     identity: dict[str, Any]
     epoch: int                                  # completed epochs
     net: dict[str, torch.Tensor]
@@ -418,6 +420,7 @@ class FinetuneState:
     rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     generator: Any = None
+    recipe: dict[str, Any] = dataclasses.field(default_factory=dict)
     format_version: int = FINETUNE_STATE_VERSION  # as read (0 = legacy dict)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)   # unknown keys, kept
 

@@ -337,7 +337,8 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     identity = run_identity(recipe, ckpt, manifest.fingerprint, mode, fmt, masks)
     state_path = out_dir / STATE_NAME
     state = resume_from(FinetuneState, state_path, identity, resume=resume,
-                        what="finetune run", hint="", added_later=ADDED_IDENTITY)
+                        what="finetune run", hint="", added_later=ADDED_IDENTITY,
+                        recipe=recipe)  # (a refusal names the recipe keys that differ)
     start_epoch = state.epoch if state else 0
     rows: list[dict] = list(state.rows) if state else []
     atomic_write_text(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
@@ -428,7 +429,8 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
             optimizer=opt.state_dict(), scaler=scaler.state_dict(), rng=rng_states(),
             generator=(train_loader.generator.get_state()
                        if mode == "lp" and not lp_augmented else None),
-            rows=rows, seconds=earlier_seconds + time.perf_counter() - t0).save(state_path)
+            rows=rows, seconds=earlier_seconds + time.perf_counter() - t0,
+            recipe=recipe.to_dict()).save(state_path)
     if end_epoch < tc.epochs:
         return {"stopped_after": end_epoch}
     if not rows:

@@ -47,7 +47,10 @@ def test_finetune_refuses_another_runs_state(trained_run, target_dir, tmp_path):
     kw = dict(fmt="wds", device="cpu", progress=False)
     finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path,
              overrides=FT + ["train.epochs=2"], stop_after=1, **kw)
-    with pytest.raises(DP4TLError, match="different finetune run.*recipe_fingerprint"):
+    # the recipe keys that differ are named, from the recipe the state records
+    with pytest.raises(DP4TLError, match=r"different finetune run \(recipe_fingerprint: .*; "
+                                         r"recipe keys that differ: train.epochs: checkpoint 2, "
+                                         r"this run 3\)"):
         finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path,
                  overrides=FT + ["train.epochs=3"], **kw)
 
