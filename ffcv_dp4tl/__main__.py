@@ -6,13 +6,21 @@ deep inside an import; this module imports nothing heavy."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 
 def main() -> None:
     try:
-        from .cli import main as run
-    except KeyboardInterrupt:
+        with _SigtermWhileImporting():
+            from .cli import main as run
+    except KeyboardInterrupt as e:
+        from . import stopping
+
+        if isinstance(e, stopping.Terminated):
+            print("stopped by SIGTERM before the command started: nothing was written",
+                  file=sys.stderr)
+            raise SystemExit(stopping.exit_status(signal.SIGTERM)) from None
         print("interrupted before the command started: nothing was written", file=sys.stderr)
         raise SystemExit(130) from None
     try:
@@ -21,6 +29,31 @@ def main() -> None:
         code = e.code
         _quiet_interrupt_at_exit(0 if code is None else code if isinstance(code, int) else 1)
         raise
+
+
+class _SigtermWhileImporting:
+    """SIGTERM while the CLI is imported (torch, ffcv, numba: seconds; torchrun ending the other
+    ranks just as a rank starts) ended the process by the signal, with no line: it raises
+    :class:`~ffcv_dp4tl.stopping.Terminated` then, and SIGTERM's default comes back after the
+    import (``stopping.sigterm_raises`` installs the command's own handling, and leaves one it
+    finds set alone). Only in the main thread, and only over SIGTERM's default action."""
+
+    def __enter__(self) -> None:
+        import threading
+
+        from . import stopping  # (standard library only)
+
+        self.armed = (threading.current_thread() is threading.main_thread()
+                      and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+        if self.armed:
+            def handler(signum, frame):
+                raise stopping.Terminated()
+            signal.signal(signal.SIGTERM, handler)
+
+    def __exit__(self, *exc) -> None:
+        if self.armed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
 
 
 def _quiet_interrupt_at_exit(status: int) -> None:
@@ -33,7 +66,6 @@ def _quiet_interrupt_at_exit(status: int) -> None:
     (``stopping.late_line`` / ``late_status``, the rule the CLI's exit follows too). Only here,
     at the process's real exit: the CLI's ``main`` also runs inside other programs (tests),
     whose signals stay theirs."""
-    import signal
     import threading
 
     from . import stopping  # (standard library only)

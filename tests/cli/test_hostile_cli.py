@@ -202,6 +202,37 @@ def test_ctrl_c_while_the_cli_is_still_importing_is_one_line(capsys, monkeypatch
         "interrupted before the command started: nothing was written"]
 
 
+def test_sigterm_while_the_cli_is_still_importing_is_one_line(tmp_path):
+    """Cluster audit: a SIGTERM in the first seconds of a rank (the CLI's imports; torchrun
+    ending the other ranks as one fails at start) ended it by the signal with no line. A fresh
+    process whose CLI import meets a SIGTERM: the one line and 143. After the import SIGTERM is
+    back at its default, so the command's own handling (stopping.sigterm_raises) takes over."""
+    run = _entry_point_process(
+        tmp_path, ["models"],
+        "import os, signal, sys, time, importlib.abc\n"
+        "class Slow(importlib.abc.MetaPathFinder):\n"  # the CLI's import, interrupted
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'ffcv_dp4tl.cli':\n"
+        "            os.kill(os.getpid(), signal.SIGTERM)\n"
+        "            time.sleep(5)\n"
+        "        return None\n"
+        "sys.meta_path.insert(0, Slow())\n")
+    assert run.returncode == 143, run.stderr
+    assert run.stderr.strip().splitlines() == [
+        "stopped by SIGTERM before the command started: nothing was written"], run.stderr
+    # and a command run after the import handles SIGTERM itself (its default was restored)
+    run = _entry_point_process(
+        tmp_path, ["models"],
+        "import signal\n"
+        "import ffcv_dp4tl.__main__ as entry\n"
+        "class Check(entry._SigtermWhileImporting):\n"
+        "    def __exit__(self, *exc):\n"
+        "        super().__exit__(*exc)\n"
+        "        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL\n"
+        "entry._SigtermWhileImporting = Check\n")
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+
+
 def _entry_point_process(tmp_path, argv, setup: str):
     """``dp4tl ARGV`` through the console entry point in a fresh process, after the Python
     ``setup`` (the signal handlers under test belong to the process's real exit)."""
