@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .contracts.manifest import FORMAT, MANIFEST_NAME
 from .errors import DP4TLError
 
 
@@ -48,7 +49,7 @@ class OutputKind:
 _BENCH_REPORT = ("results.json", "report.md")
 #: Every kind of output folder, in the order a folder's kind is told.
 KINDS: dict[str, OutputKind] = {
-    "dataset": OutputKind("a built dataset", "dp4tl build", ("manifest.json",), ("manifest.json",)),
+    "dataset": OutputKind("a built dataset", "dp4tl build", (MANIFEST_NAME,), (MANIFEST_NAME,)),
     "finetune": OutputKind("a finetuning run", "dp4tl finetune",
                            ("finetune_state.pt", "result.json"),
                            ("finetune_state.pt", "result.json", "metrics.jsonl")),
@@ -111,20 +112,46 @@ def folder_kind(folder: str | Path) -> str | None:
     if bench is not None:
         return bench
     for kind, spec in KINDS.items():
-        if any((folder / name).exists() for name in spec.signatures):
+        if kind == "dataset":  # (another program's manifest.json is no dataset)
+            if is_dataset(folder):
+                return kind
+        elif any((folder / name).exists() for name in spec.signatures):
             return kind
     if any(_VTAB_MASK.fullmatch(p.name) for p in folder.glob("train*val*.npy")):
         return "vtab-splits"
     return None
 
 
-def dataset_around(folder: str | Path) -> Path | None:
-    """The built dataset ``folder`` lies inside (strictly: the dataset's own folder is its
-    kind), or ``None``. A run in ``DATASET/wds`` trained and was then deleted, without a word,
-    by a rebuild with ``--overwrite`` (audit)."""
+def _beside(folder: Path, kind: str) -> Path:
+    """A folder for ``kind`` beside ``folder`` (``runs/a`` → ``runs/a-finetune``; ``.`` → the
+    current folder's name, never "-finetune", which a shell reads as an option)."""
+    if not folder.name or folder.name in (".", ".."):
+        folder = folder.absolute().resolve()
+    return folder.parent / f"{folder.name}-{kind}"
+
+
+def is_dataset(folder: str | Path) -> bool:
+    """``folder`` holds a dp4tl build's manifest (its ``format`` tag): a ``manifest.json`` of
+    another program (a web app's, a browser extension's) is no dataset, and a project holding
+    one blocked every command in it (review)."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # (unreadable: not one a command could use)
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def dataset_around(folder: str | Path, strict: bool = True) -> Path | None:
+    """The built dataset ``folder`` lies inside (``strict``: the dataset's own folder is its
+    kind; else ``folder`` may be the dataset, for a root whose sub-folders are outputs), or
+    ``None``. A run in ``DATASET/wds`` trained and was then deleted, without a word, by a
+    rebuild with ``--overwrite`` (audit)."""
     folder = Path(folder).resolve()
-    for parent in folder.parents:
-        if (parent / KINDS["dataset"].signatures[0]).is_file():
+    for parent in folder.parents if strict else (folder, *folder.parents):
+        if is_dataset(parent):
             return parent
     return None
 
@@ -142,8 +169,9 @@ def claim_out_dir(folder: str | Path, kind: str, what: str = "--out",
     spec = KINDS[kind]
     inside = dataset_around(folder)
     if inside is not None:
-        raise DP4TLError(f"{what} {folder} lies inside the built dataset {inside}, whose folders "
-                         f"`dp4tl build --overwrite` replaces: pass another {what}, outside it")
+        raise DP4TLError(f"{what} {folder} lies inside the built dataset {inside}: keep outputs "
+                         f"outside datasets (a rebuild with --overwrite replaces a dataset's own "
+                         f"folders): pass another {what}")
     found = folder_kind(folder)
     if found is not None and found != kind and found not in spec.shares:
         theirs = KINDS[found]
@@ -152,7 +180,7 @@ def claim_out_dir(folder: str | Path, kind: str, what: str = "--out",
                 else "would mix its files with them")
         raise DP4TLError(f"{what} {folder} holds {theirs.what} (written by `{theirs.command}`); "
                          f"`{spec.command}` {does}: pass another {what} (e.g. "
-                         f"{folder.parent / (folder.name + '-' + kind)})")
+                         f"{_beside(folder, kind)})")
     if found is None and folder.is_dir():
         mine = [n for n in spec.guards if n not in inputs and (folder / n).exists()]
         if mine:

@@ -24,6 +24,8 @@ def _fill(folder: Path, kind: str) -> Path:
         (folder / "results.json").write_text(json.dumps({"bench": kind}))
     elif kind == "vtab-splits":
         (folder / "train8val2.npy").write_bytes(b"mask")
+    elif kind == "dataset":
+        (folder / "manifest.json").write_text(json.dumps({"format": "ffcv-dp4tl/1"}))
     else:
         (folder / KINDS[kind].signatures[0]).write_text("theirs")
     return folder
@@ -63,13 +65,40 @@ def test_kinds_share_a_folder_both_ways_and_no_two_kinds_claim_a_signature():
     assert len(names) == len(set(names))
 
 
-def test_a_refusal_names_the_files_the_command_would_replace(tmp_path):
+def test_a_refusal_names_the_files_the_command_would_replace(tmp_path, monkeypatch):
     run = _fill(tmp_path / "run", "train")
     (run / "metrics.jsonl").write_text("{}\n")
     with pytest.raises(DP4TLError, match=r"`dp4tl finetune` would replace its metrics.jsonl"):
         claim_out_dir(run, "finetune")
-    with pytest.raises(DP4TLError, match=r"`dp4tl score` would mix its files with them"):
+    with pytest.raises(DP4TLError, match=r"`dp4tl score` would mix its files with them: pass "
+                                         rf"another --out \(e.g. {tmp_path / 'run-scores'}\)$"):
         claim_out_dir(run, "scores")
+    monkeypatch.chdir(run)  # `--out .`: a folder beside it by name, never "-scores"
+    with pytest.raises(DP4TLError, match=rf"\(e.g. {tmp_path.resolve() / 'run-scores'}\)$"):
+        claim_out_dir(Path("."), "scores")
+
+
+def test_the_kinds_name_the_files_their_commands_write():
+    from ffcv_dp4tl.contracts import MANIFEST_NAME
+    from ffcv_dp4tl.training.checkpoint import (CHECKPOINT_NAME, FINETUNE_RESULT_NAME,
+                                                FINETUNE_STATE_NAME)
+    from ffcv_dp4tl.training.trainer import METRICS_NAME
+
+    assert KINDS["dataset"].signatures == (MANIFEST_NAME,)
+    assert KINDS["train"].signatures == (CHECKPOINT_NAME,) and METRICS_NAME in KINDS["train"].writes
+    assert KINDS["finetune"].signatures == (FINETUNE_STATE_NAME, FINETUNE_RESULT_NAME)
+
+
+def test_another_programs_manifest_json_is_no_dataset(tmp_path, monkeypatch):
+    """Review: a project holding a web app's manifest.json refused every command's --out below
+    it as "inside the built dataset", and its own folder as a dataset's."""
+    from ffcv_dp4tl.outputs import dataset_around
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"name": "web app", "version": "1"}))
+    assert folder_kind(tmp_path) is None and dataset_around(tmp_path / "runs" / "a") is None
+    claim_out_dir(tmp_path / "runs" / "a", "train")
+    (tmp_path / "manifest.json").write_text("not json")
+    assert folder_kind(tmp_path) is None and dataset_around(tmp_path / "runs") is None
 
 
 @pytest.mark.parametrize("kind, name", [(k, n) for k in BENCH_KINDS for n in KINDS[k].guards])
@@ -184,8 +213,8 @@ def test_no_command_writes_inside_a_built_dataset(source_dir, tmp_path, capsys, 
         assert dataset_around(inside) == source_dir.resolve()
         for kind in KINDS:
             with pytest.raises(DP4TLError, match=rf"^--out {inside} lies inside the built dataset "
-                                                 rf"{source_dir.resolve()}, whose folders `dp4tl "
-                                                 r"build --overwrite` replaces: pass another --out"):
+                                                 rf"{source_dir.resolve()}: keep outputs outside "
+                                                 r"datasets .*: pass another --out$"):
                 claim_out_dir(inside, kind)
     assert dataset_around(source_dir) is None and dataset_around(tmp_path / "runs") is None
     claim_out_dir(source_dir, "dataset")
@@ -195,9 +224,7 @@ def test_no_command_writes_inside_a_built_dataset(source_dir, tmp_path, capsys, 
     one_line(code, err, f"lies inside the built dataset {source_dir.resolve()}")
     assert sorted(p.name for p in (source_dir / "wds").iterdir()) == before
     # a mask file of `mask classes` into another built dataset than the one it reads, too
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "manifest.json").write_text("{}")
+    other = _fill(tmp_path / "other", "dataset")
     code, _, err = cli(capsys, monkeypatch, "mask", "classes", "--data", source_dir, "--classes",
                        "0", "--out", other / "keep.npy")
     one_line(code, err, f"lies inside the dataset {other.resolve()}")

@@ -278,7 +278,7 @@ def rerender(out: Path, criterion: str | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise DP4TLError(f"{path} not found: point at the --out folder of a cost-table run")
     t = rerender_table(path, criterion)  # (checks that results.json is a cost table's)
-    claim_out_dir(out, "cost-table", "folder", inputs=("results.json",))
+    claim_out_dir(out, "cost-table", "folder", inputs=("results.json", "report.md"))
     try:
         write_outputs(t, Path(out))
     except (KeyError, TypeError, AttributeError, ValueError) as e:

@@ -435,7 +435,8 @@ class WdsMaskedLoader(PlanLoaderBase):
         raise LoaderTimeout(
             f"a data-loader worker delivered no batch of split {self.dataset.reader.split!r} in "
             f"{self.timeout:g} s (a worker stuck at its start — forking a process that runs "
-            "threads can hang on Linux — or storage that stopped answering); its workers were "
+            "threads can hang on Linux —, a worker or pin-memory thread that died unnoticed, or "
+            "storage that stopped answering); its workers were "
             "stopped: rerun the command (a training run resumes from its last checkpoint); "
             f"{TIMEOUT_ENV}=SECONDS sets the wait (0 = wait forever)")
 

@@ -12,6 +12,7 @@ from ..contracts import (Budget, FinetuneMode, Format, Protocol, check_device, c
                          check_ratio, check_seeds)
 from ..errors import DP4TLError
 from ..fsutil import check_out_dir
+from ..outputs import dataset_around
 from ..scoring.registry import Scorer, get_scorer, parse_option_pairs
 from .recipes import PAPER_PROTOCOLS
 from .targets import check_order, check_weights, target_list
@@ -92,6 +93,10 @@ def validate(cfg: PipelineConfig) -> Checked:
     # output roots: a file in the way is refused here, not after the data are built; a
     # read-only data root is fine when it already holds the builds (ensure_built reuses them)
     check_out_dir(cfg.runs_root, "--runs-root")
+    inside = dataset_around(cfg.runs_root, strict=False)  # (its stage folders: each an --out)
+    if inside is not None:
+        raise DP4TLError(f"--runs-root {cfg.runs_root} lies inside the built dataset {inside}: "
+                         "keep runs outside datasets; pass another --runs-root")
     check_out_dir(cfg.data_root, "--data-root", must_write=False)
     scorer = get_scorer(cfg.method)  # unknown method: one line listing the registered ones
     given_options = parse_option_pairs(cfg.scorer_options)

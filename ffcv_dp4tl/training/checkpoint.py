@@ -237,15 +237,13 @@ def save_checkpoint(path: str | Path, state: dict[str, Any] | Checkpoint) -> Non
                          "some space and rerun to resume") from None
 
 
-#: OSErrors reading a checkpoint that are about its path or the machine (no permission, a
-#: folder in the way, too many open files, a failing disk or network mount), not its bytes: these
-#: keep :func:`~ffcv_dp4tl.fsutil.os_error_line`'s message, naming the path; any other OSError
-#: (EINVAL from a truncated file) says the file is damaged, like any other unreadable checkpoint
-_NOT_THE_BYTES = frozenset(
-    getattr(errno, name) for name in (
-        "ENOENT", "ENOTDIR", "EISDIR", "EACCES", "EPERM", "ELOOP", "ENAMETOOLONG", "EMFILE",
-        "ENFILE", "EIO", "ESTALE", "ETIMEDOUT", "ENOMEM", "EINTR", "EAGAIN", "ENXIO", "ENODEV")
-    if hasattr(errno, name))
+#: The OSErrors reading a checkpoint that are about its bytes: torch's zip reader raises a bare
+#: EINVAL (no file name) when it seeks before the start of a truncated file, and an OSError with
+#: no errno is torch's own. These say the file is damaged, like any other unreadable checkpoint;
+#: every other OSError is about the path or the machine (no permission, too many open files, a
+#: failing disk or network mount: a good checkpoint must not be called damaged, the advice is
+#: to delete it) and keeps :func:`~ffcv_dp4tl.fsutil.os_error_line`'s message, naming the path.
+_ABOUT_THE_BYTES = frozenset({errno.EINVAL, None})
 
 
 def _load_dict(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
@@ -262,7 +260,7 @@ def _load_dict(path: str | Path, map_location: str | torch.device = "cpu") -> An
         # weights_only=False: RNG states contain numpy/python objects. Only load your own runs.
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unpickling problem is a user-facing error
-        if isinstance(e, OSError) and e.errno in _NOT_THE_BYTES:
+        if isinstance(e, OSError) and e.errno not in _ABOUT_THE_BYTES:
             if not e.filename:  # (torch's own OSErrors name no file)
                 e.filename = str(path)
             raise DP4TLError(os_error_line(e, reading=True)) from None

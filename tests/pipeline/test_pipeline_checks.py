@@ -85,6 +85,16 @@ def test_roots_that_cannot_be_folders_fail_before_any_work(tmp_path):
         validate(_cfg(tmp_path, data_root=afile))
     with pytest.raises(DP4TLError, match=r"^--runs-root .*afile/runs: .*afile is a file"):
         validate(_cfg(tmp_path, runs_root=afile / "runs"))
+    # a runs root in (or inside) a built dataset: named as --runs-root, before any work (each
+    # stage's folder would be refused as an --out the user never gave, after the data build)
+    data = tmp_path / "ds"
+    data.mkdir()
+    (data / "manifest.json").write_text('{"format": "ffcv-dp4tl/1"}')
+    for root in (data, data / "runs"):
+        with pytest.raises(DP4TLError, match=rf"^--runs-root {root} lies inside the built "
+                                             rf"dataset {data.resolve()}: keep runs outside "
+                                             r"datasets; pass another --runs-root$"):
+            validate(_cfg(tmp_path, runs_root=root))
 
 
 def test_the_source_as_target_fails_before_the_surrogate(tmp_path, index_dataset):

@@ -2,6 +2,8 @@
 read, and the dict form other code reads."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -235,6 +237,12 @@ def test_an_oserror_reading_a_checkpoint_is_about_its_bytes_or_its_path(tmp_path
     raised.append(OSError(errno.EMFILE, "Too many open files"))
     with pytest.raises(DP4TLError, match=rf"too many open files opening {path} .*ulimit"):
         Checkpoint.load(path)
+    # a network file system's error on a good checkpoint (review): never "damaged, delete it"
+    for code in (errno.EREMOTEIO, errno.ENOTCONN, errno.EOVERFLOW, errno.EIO):
+        raised.append(OSError(code, os.strerror(code)))
+        with pytest.raises(DP4TLError) as e:
+            Checkpoint.load(path)
+        assert str(path) in str(e.value) and "delete it" not in str(e.value), str(e.value)
 
 
 def _changed(recipe, **values):
