@@ -26,8 +26,9 @@ def main() -> None:
     try:
         run()
     except SystemExit as e:
-        code = e.code
-        _quiet_interrupt_at_exit(0 if code is None else code if isinstance(code, int) else 1)
+        from . import stopping  # (standard library only)
+
+        _quiet_interrupt_at_exit(stopping.status_of(e.code))
         raise
 
 
@@ -72,7 +73,7 @@ def _quiet_interrupt_at_exit(status: int) -> None:
 
     if threading.current_thread() is not threading.main_thread():
         return
-    stopped = status in (130, 143)  # (Ctrl-C, SIGTERM: its line is printed)
+    stopped = status in stopping.STOP_STATUSES  # (Ctrl-C, SIGTERM: its line is printed)
 
     def handler(signum, frame):
         try:

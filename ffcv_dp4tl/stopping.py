@@ -26,9 +26,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["GRACE_S", "Terminated", "exit_status", "interrupt_for", "late_line", "late_status",
-           "line", "quiet_children", "received", "record", "settle", "settled", "sigterm_handler",
-           "sigterm_raises"]
+__all__ = ["GRACE_S", "STOP_STATUSES", "Terminated", "exit_status", "interrupt_for", "late_line",
+           "late_status", "line", "quiet_children", "received", "record", "settle", "settled",
+           "sigterm_handler", "sigterm_raises", "status_of"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -93,6 +93,15 @@ def settled() -> int | None:
 
 def _signal_name(signum: int) -> str:
     return "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C (SIGINT)"
+
+
+#: the exit statuses of a command a stop signal ended (Ctrl-C, SIGTERM): its line is printed
+STOP_STATUSES = (128 + int(signal.SIGINT), 128 + int(signal.SIGTERM))
+
+
+def status_of(code: Any) -> int:
+    """The exit status ``SystemExit(code)`` gives: None is 0, a message 1 (Python prints it)."""
+    return 0 if code is None else code if isinstance(code, int) else 1
 
 
 def late_line(signum: int, status: int) -> str:

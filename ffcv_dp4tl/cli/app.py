@@ -254,13 +254,13 @@ def run() -> None:
                     outcome = _ending_interrupted(e)
                 except SystemExit as e:
                     outcome = e
-                    if e.code not in _STOP_CODES:  # (a stop's line is printed: it is no outcome
-                        stopping.settle(_status(e.code))  # a later signal could cut short)
+                    if e.code not in stopping.STOP_STATUSES:  # (a stop's line is printed: it is no outcome
+                        stopping.settle(stopping.status_of(e.code))  # a later signal could cut short)
         except KeyboardInterrupt as e:  # it landed as the block ended (its deadline watcher stopping)
             if outcome is None:
                 outcome = _ending_interrupted(e)
-            elif outcome.code not in _STOP_CODES:  # (a stop has printed its line already)
-                outcome = _late_signal(e, _status(outcome.code))
+            elif outcome.code not in stopping.STOP_STATUSES:  # (a stop has printed its line already)
+                outcome = _late_signal(e, stopping.status_of(outcome.code))
         if outcome is not None:
             raise outcome from None
     finally:
@@ -287,14 +287,6 @@ def _no_worker_reports_at_exit() -> None:
 
 #: a Ctrl-C after the command had ended well (outputs written, its line printed)
 AT_EXIT_LINE = stopping.late_line(signal.SIGINT, 0)
-#: the exit statuses of a command a stop signal ended (Ctrl-C, SIGTERM): its line is printed
-_STOP_CODES = (130, 143)
-
-
-def _status(code: Any) -> int:
-    """The exit status ``SystemExit(code)`` gives: None is 0, a message 1 (Python prints it)."""
-    return 0 if code is None else code if isinstance(code, int) else 1
-
 
 def _ending_interrupted(interrupt: KeyboardInterrupt) -> SystemExit:
     """A stop signal that ended ``_run``: the command's stop (its line, 128 + the signal),
