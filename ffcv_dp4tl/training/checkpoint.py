@@ -308,13 +308,12 @@ def _recipe_differences(found_recipe: Any, recipe: Any, fingerprint: Any) -> str
     ``recipe``'s, or no key differs (a recipe written by another release's ``to_dict``).
 
     ``found_recipe`` is the checkpoint's ``Recipe.to_dict()``, ``recipe`` this run's
-    :class:`~.recipe.Recipe`. Only what the fingerprint hashes is compared (the
-    :data:`~.recipe.NOT_IN_FINGERPRINT` keys left out, and the :data:`~.recipe.NOT_IN_TRAINING`
-    sections for a training fingerprint); a key ``to_dict`` left out is at its default."""
+    :class:`~.recipe.Recipe`. Only what the fingerprint hashes is compared
+    (:func:`~.recipe.fingerprinted`); a key ``to_dict`` left out is at its default."""
     if not isinstance(found_recipe, dict) or not found_recipe or recipe is None:
         return ""
     try:
-        from .recipe import NOT_IN_FINGERPRINT, NOT_IN_TRAINING, Recipe
+        from .recipe import NOT_IN_TRAINING, Recipe, fingerprinted
 
         if fingerprint == recipe.training_fingerprint():
             dropped = NOT_IN_TRAINING
@@ -322,13 +321,8 @@ def _recipe_differences(found_recipe: Any, recipe: Any, fingerprint: Any) -> str
             dropped = ()
         else:
             return ""
-        covered = set(NOT_IN_FINGERPRINT)
-
-        def hashed(d: dict[str, Any]) -> dict[str, Any]:
-            return {key: v for key, v in _flat({s: b for s, b in d.items() if s not in dropped}).items()
-                    if tuple(key.split(".", 1)) not in covered}
-
-        theirs, mine = hashed(found_recipe), hashed(recipe.to_dict())
+        theirs = _flat(fingerprinted(found_recipe, dropped))
+        mine = _flat(fingerprinted(recipe.to_dict(), dropped))
         defaults = _flat(dataclasses.asdict(Recipe()))
         unset = object()
         lines = []

@@ -322,11 +322,7 @@ class Recipe:
         return self._hash(drop_sections=NOT_IN_TRAINING)
 
     def _hash(self, drop_sections: tuple[str, ...]) -> str:
-        d = self.to_dict()
-        for sec, key in NOT_IN_FINGERPRINT:
-            d.get(sec, {}).pop(key, None)
-        for sec in drop_sections:
-            d.pop(sec, None)
+        d = fingerprinted(self.to_dict(), drop_sections)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     @classmethod
@@ -339,6 +335,18 @@ NOT_IN_FINGERPRINT = (("train", "tensorboard"), ("train", "checkpoint_every"))
 #: sections read only after training (by the score stage), never by the trainer: out of
 #: :meth:`Recipe.training_fingerprint`
 NOT_IN_TRAINING = ("scoring",)
+
+
+def fingerprinted(d: dict[str, Any], drop_sections: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What a fingerprint hashes of a recipe's dict form ``d`` (``Recipe.to_dict()``, or one a
+    checkpoint recorded): ``d`` without :data:`NOT_IN_FINGERPRINT`'s keys and ``drop_sections``
+    (:data:`NOT_IN_TRAINING` for :meth:`Recipe.training_fingerprint`). A copy; ``d`` stays."""
+    out = {sec: dict(v) if isinstance(v, dict) else v for sec, v in d.items()
+           if sec not in drop_sections}
+    for sec, key in NOT_IN_FINGERPRINT:
+        if isinstance(out.get(sec), dict):
+            out[sec].pop(key, None)
+    return out
 
 
 def training_overrides(overrides: typing.Iterable[str]) -> list[str]:
