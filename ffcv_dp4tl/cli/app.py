@@ -323,18 +323,11 @@ def _fail(message: str | None, status: int) -> NoReturn:
     first (:func:`ffcv_dp4tl.stopping.settle`), so that a stop signal landing meanwhile (a
     torchrun rank whose peer failed gets torchrun's SIGTERM as it prints its own error) is not
     taken for what stopped it; the line is printed then if it was not yet (:func:`_late_signal`)."""
-    stops = {signal.SIGINT, signal.SIGTERM}
-    # (held back while the outcome is settled and its line written: one arriving between the
-    # two printed the line twice, or dropped it; it is handled right after, as a late signal)
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
-    try:
-        _UNSAID[:] = [] if message is None else [message]
-        stopping.settle(status)
-        if _UNSAID:
-            sys.stderr.write(f"{message}\n")
-            _UNSAID.clear()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    _UNSAID[:] = [] if message is None else [message]
+    stopping.settle(status)
+    if _UNSAID:
+        sys.stderr.write(f"{message}\n")
+        _UNSAID.clear()
     raise SystemExit(status) from None
 
 
