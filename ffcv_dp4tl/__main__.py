@@ -9,14 +9,17 @@ import os
 import signal
 import sys
 
+from . import stopping  # (standard library only)
+
 
 def main() -> None:
     try:
-        with _SigtermWhileImporting():
+        # SIGTERM while the CLI imports (seconds; torchrun ending the other ranks as a rank
+        # starts) ended the process by the signal, with no line: it raises there as it does in
+        # the command, and its default is back after the import (no grace timer: nothing runs)
+        with stopping.sigterm_raises(grace=None):
             from .cli import main as run
     except KeyboardInterrupt as e:
-        from . import stopping
-
         if isinstance(e, stopping.Terminated):
             print("stopped by SIGTERM before the command started: nothing was written",
                   file=sys.stderr)
@@ -26,35 +29,8 @@ def main() -> None:
     try:
         run()
     except SystemExit as e:
-        from . import stopping  # (standard library only)
-
         _quiet_interrupt_at_exit(stopping.status_of(e.code))
         raise
-
-
-class _SigtermWhileImporting:
-    """SIGTERM while the CLI is imported (torch, ffcv, numba: seconds; torchrun ending the other
-    ranks just as a rank starts) ended the process by the signal, with no line: it raises
-    :class:`~ffcv_dp4tl.stopping.Terminated` then, and SIGTERM's default comes back after the
-    import (``stopping.sigterm_raises`` installs the command's own handling, and leaves one it
-    finds set alone). Only in the main thread, and only over SIGTERM's default action."""
-
-    def __enter__(self) -> None:
-        import threading
-
-        from . import stopping  # (standard library only)
-
-        self.armed = (threading.current_thread() is threading.main_thread()
-                      and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
-        if self.armed:
-            def handler(signum, frame):
-                raise stopping.Terminated()
-            signal.signal(signal.SIGTERM, handler)
-
-    def __exit__(self, *exc) -> None:
-        if self.armed:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
 
 
 def _quiet_interrupt_at_exit(status: int) -> None:
@@ -68,8 +44,6 @@ def _quiet_interrupt_at_exit(status: int) -> None:
     at the process's real exit: the CLI's ``main`` also runs inside other programs (tests),
     whose signals stay theirs."""
     import threading
-
-    from . import stopping  # (standard library only)
 
     if threading.current_thread() is not threading.main_thread():
         return

@@ -220,17 +220,21 @@ def test_sigterm_while_the_cli_is_still_importing_is_one_line(tmp_path):
     assert run.returncode == 143, run.stderr
     assert run.stderr.strip().splitlines() == [
         "stopped by SIGTERM before the command started: nothing was written"], run.stderr
-    # and a command run after the import handles SIGTERM itself (its default was restored)
+    # and a command run after the import handles SIGTERM itself (its default was restored):
+    # stopping.sigterm_raises finds SIGTERM at its default on entry, at the import and at the
+    # command (it installs nothing over another handler)
     run = _entry_point_process(
         tmp_path, ["models"],
-        "import signal\n"
-        "import ffcv_dp4tl.__main__ as entry\n"
-        "class Check(entry._SigtermWhileImporting):\n"
-        "    def __exit__(self, *exc):\n"
-        "        super().__exit__(*exc)\n"
-        "        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL\n"
-        "entry._SigtermWhileImporting = Check\n")
+        "import atexit, signal, sys\n"
+        "import ffcv_dp4tl.stopping as stopping\n"
+        "entries, raises = [], stopping.sigterm_raises\n"
+        "def checked(*a, **k):\n"
+        "    entries.append(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
+        "    return raises(*a, **k)\n"
+        "stopping.sigterm_raises = checked\n"
+        "atexit.register(lambda: print('entries', entries, file=sys.stderr))\n")
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert "entries [True, True]" in run.stderr, run.stderr
 
 
 def _entry_point_process(tmp_path, argv, setup: str):
