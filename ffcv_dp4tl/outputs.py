@@ -126,7 +126,7 @@ def _beside(folder: Path, kind: str) -> Path:
     """A folder for ``kind`` beside ``folder`` (``runs/a`` → ``runs/a-finetune``; ``.`` → the
     current folder's name, never "-finetune", which a shell reads as an option)."""
     if not folder.name or folder.name in (".", ".."):
-        folder = folder.absolute().resolve()
+        folder = folder.resolve()
     return folder.parent / f"{folder.name}-{kind}"
 
 
@@ -161,8 +161,8 @@ def claim_out_dir(folder: str | Path, kind: str, what: str = "--out",
     """Refuse ``folder`` as the output of ``kind`` when it lies inside a built dataset
     (:func:`dataset_around`), when it holds another kind's outputs (:func:`folder_kind`; kinds
     that share a folder aside) or, for a bench, when being no kind's it holds a file that bench
-    writes. ``inputs``: files the caller has read and checked
-    as its own (a re-render's ``results.json``). Call it before any work."""
+    writes. ``inputs``: files the caller has read and checked as its own (a re-render's
+    ``results.json``). Call it before any work."""
     if kind not in KINDS:
         raise ValueError(f"unknown output kind {kind!r}")
     folder = Path(folder)

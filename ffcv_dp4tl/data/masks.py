@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..contracts import MaskMeta
+from ..contracts import MANIFEST_NAME, MaskMeta
 from ..errors import DataError, MaskError
 from ..fsutil import atomic_save_npy, atomic_write_json, read_json
 from .manifest import SplitInfo, npy_error_reason
@@ -50,7 +50,7 @@ def _npy_path(path: str | Path) -> Path:
     ``lm_0.2`` and ``lm_0.8`` are two masks (a swapped suffix made both ``lm_0.npy``)."""
     path = Path(path)
     if path.is_dir():
-        if (path / "manifest.json").is_file():  # (its .npy files are labels and the index)
+        if (path / MANIFEST_NAME).is_file():  # (its .npy files are labels and the index)
             raise MaskError(f"{path} is a built dataset, not a mask; pass a mask's .npy file "
                             "(`dp4tl prune --out DIR` writes DIR/train.npy)")
         found = sorted(p.name for p in path.glob("*.npy") if _json_path(p).is_file())
