@@ -499,6 +499,41 @@ def findings(reports: list[KernelReport], d: int) -> list[str]:
     return out
 
 
+def compare(ours: list[KernelReport], theirs: list[KernelReport], our_version: str,
+            their_version: str, their_origin: str) -> list[str]:
+    """Every kernel as two NVRTC versions compile it: registers, spills and occupancy side by
+    side. Why: the device compiles with its own NVRTC (CuPy's, 13.2 on the H200) while this
+    machine's is pinned to torch's (13.0); a register more is noise, but a kernel that loses a
+    resident block or starts to spill under the device's compiler would change its speed, and
+    this finds that without a device call."""
+    by = {(r.arch, r.module, r.name): r for r in theirs}
+    lines = [f"### NVRTC {our_version} vs {their_version} ({their_origin})", "",
+             "| target | kernel | registers | spills (B stored / loaded) | warps / SM | occupancy | changed |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    changed = []
+    for r in ours:
+        o = by.get((r.arch, r.module, r.name))
+        if o is None:
+            lines.append(f"| {r.arch} | `{r.name}` | {r.res.registers} / – | – | – | – | missing in {their_version} |")
+            changed.append(f"{r.name} ({r.arch}) missing")
+            continue
+        diff = [what for what, a, b in (
+            ("occupancy", r.occ.warps, o.occ.warps),
+            ("spills", (r.res.spill_stores, r.res.spill_loads), (o.res.spill_stores, o.res.spill_loads)),
+            ("limited by", r.occ.limited_by, o.occ.limited_by)) if a != b]
+        if diff:
+            changed.append(f"{r.name} ({r.arch}): {', '.join(diff)}")
+        lines.append(f"| {r.arch} | `{r.name}` | {r.res.registers} / {o.res.registers} | "
+                     f"{r.res.spill_stores} / {r.res.spill_loads} → {o.res.spill_stores} / {o.res.spill_loads} | "
+                     f"{r.occ.warps} / {o.occ.warps} | {r.occ.fraction:.1%} / {o.occ.fraction:.1%} | "
+                     f"{'**' + ', '.join(diff) + '**' if diff else 'no'} |")
+    lines += ["", (f"Under NVRTC {their_version}, {len(changed)} kernel(s) change occupancy, spills or "
+                   f"limiter: {'; '.join(changed)}." if changed else
+                   f"Under NVRTC {their_version} no kernel changes occupancy, spills or limiter "
+                   "(registers may differ by a few; columns read ours / theirs)."), ""]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -506,6 +541,10 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"targets, comma-separated, of: {', '.join(TARGETS)} (default sm_80,sm_90)")
     p.add_argument("--d", type=int, default=512, help="feature dimension for the launch configurations")
     p.add_argument("--cuda-home", default=None, help="a CUDA toolkit to take NVRTC and nvdisasm from")
+    p.add_argument("--compare-cuda-home", default=None, metavar="DIR",
+                   help="a second NVRTC to compile every kernel with, side by side (e.g. the device's "
+                        "version: `pip download --no-deps nvidia-cuda-nvrtc==13.2.86` and unzip it; "
+                        "DIR is the unzipped nvidia/cu13)")
     p.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md")
     p.add_argument("--no-report", action="store_true")
     args = p.parse_args(argv)
@@ -518,10 +557,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tools = find_tools(args.cuda_home)
         reports, version = report(archs, args.d, tools)
+        if args.compare_cuda_home:
+            other = find_tools(args.compare_cuda_home)
+            if other.nvrtc == tools.nvrtc:
+                raise ToolError(f"--compare-cuda-home {args.compare_cuda_home}: no NVRTC there "
+                                f"(lib*/libnvrtc.so*), so it found the same one as before ({tools.nvrtc})")
+            theirs, their_version = report(archs, args.d, other)
     except ToolError as e:
         print(f"kernel_report: {e}", file=sys.stderr)
         return 2
     md = markdown(reports, args.d, version, tools, argv)
+    if args.compare_cuda_home:
+        md += "\n\n" + "\n".join(compare(reports, theirs, version, their_version, args.compare_cuda_home))
     print(md)
     if not args.no_report:
         write_section(args.report, SECTION, md.split("\n", 2)[2])  # (it adds the heading)

@@ -180,3 +180,32 @@ def test_writes_its_section_into_the_report(tmp_path):
     text = report.read_text()
     assert "## Other\n\nkept" in text and text.count(f"## {kr.SECTION}") == 1
     assert text.count("#### ") == 0 and text.count("### sm_90 (H100, H200)") == 1
+
+
+def _rep(name: str, regs: int, warps: int, spills: int = 0, arch: str = "sm_90") -> "kr.KernelReport":
+    occ = kr.Occupancy(blocks=warps // 8, warps=warps, fraction=warps / 64, limited_by="registers")
+    return kr.KernelReport("kernels.fused", name, arch, 256, 0,
+                           kr.Resources(registers=regs, spill_stores=spills, spill_loads=spills), occ)
+
+
+def test_compare_flags_a_kernel_that_loses_occupancy_or_spills_under_the_other_nvrtc():
+    ours = [_rep("a", 120, 16), _rep("b", 170, 8), _rep("c", 60, 32)]
+    theirs = [_rep("a", 122, 16), _rep("b", 170, 8, spills=8), _rep("c", 66, 24)]
+    text = "\n".join(kr.compare(ours, theirs, "13.0", "13.2", "there"))
+    rows = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| sm_90")}
+    assert rows["`a`"].rstrip().endswith("| no |")  # two registers more: noise
+    assert "**spills**" in rows["`b`"] and "**occupancy**" in rows["`c`"]
+    assert "2 kernel(s) change" in text and "b (sm_90): spills" in text and "c (sm_90): occupancy" in text
+
+
+def test_compare_says_so_when_nothing_changes_and_names_a_kernel_the_other_lacks():
+    same = [_rep("a", 120, 16)]
+    assert "no kernel changes occupancy" in "\n".join(kr.compare(same, same, "13.0", "13.2", "there"))
+    assert "a (sm_90) missing" in "\n".join(kr.compare(same, [], "13.0", "13.2", "there"))
+
+
+def test_compare_cuda_home_without_an_nvrtc_is_one_line(tmp_path, capsys):
+    _tools_or_skip()
+    assert kr.main(["--no-report", "--arch", "sm_90", "--compare-cuda-home", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no NVRTC there" in err[0] and str(tmp_path) in err[0]
