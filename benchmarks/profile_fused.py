@@ -101,7 +101,9 @@ def ncu_command(ncu: str, args: argparse.Namespace) -> list[str]:
                   "--d", str(args.d), "--k", str(args.k), "--seed", str(args.seed)]
 
 
-_HEADER = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((\d+), (\d+), (\d+)\)x\((\d+), (\d+), (\d+)\)")
+#: a kernel's header: ``  name (grid)x(block), Context …``; a C++ kernel's name carries its
+#: signature (``name(const float *, int) (8, 1, 1)x(…)``), ours are ``extern "C"`` and do not
+_HEADER = re.compile(r"^\s*([A-Za-z_]\w*)(?:\(.*?\))?\s*\((\d+), (\d+), (\d+)\)x\((\d+), (\d+), (\d+)\)")
 _METRIC = re.compile(r"^\s+(\S.*?\S)\s{2,}(\S+)\s+([-\d.,]+)\s*$")
 _RULE = re.compile(r"^\s+(OPT|WRN)\s+(.*)$")
 

@@ -137,3 +137,20 @@ def test_bad_sizes_are_refused(bad, capsys):
     with pytest.raises(SystemExit) as e:
         pf.main(bad)
     assert e.value.code == 2 and "must be >= 1" in capsys.readouterr().err
+
+
+def test_parse_ncu_takes_a_kernel_header_with_its_signature_and_older_unit_names():
+    """A C++ kernel's header carries its signature; older ncu writes ``msecond`` and leaves some
+    rows without a unit (such a row is skipped, the rest of the section still read)."""
+    text = (
+        "  fused_assign_bf16(const unsigned short *, int) (8192, 1, 1)x(128, 1, 1), Context 1, Stream 7\n"
+        "    Section: GPU Speed Of Light Throughput\n"
+        "    ------------------------------ --------------- ------------------------------\n"
+        "    Duration                             msecond                           3.22\n"
+        "    Issued Warp Per Scheduler    0.60\n"
+        "    Eligible Warps Per Scheduler            warp                           1.67\n")
+    p = pf.parse_ncu(text)["fused_assign_bf16"]
+    assert p["launch"] == "grid 8192, block 128"
+    assert p["metrics"]["Duration"] == ("msecond", "3.22")
+    assert p["metrics"]["Eligible Warps Per Scheduler"] == ("warp", "1.67")
+    assert "Issued Warp Per Scheduler" not in p["metrics"]
