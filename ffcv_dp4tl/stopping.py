@@ -26,9 +26,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["GRACE_S", "STOP_STATUSES", "Terminated", "exit_status", "interrupt_for", "late_line",
-           "late_status", "line", "quiet_children", "received", "record", "settle", "settled",
-           "sigterm_handler", "sigterm_raises", "status_of"]
+__all__ = ["GRACE_S", "STOP_STATUSES", "Terminated", "deferred", "exit_status", "interrupt_for",
+           "last_interrupt", "late_line", "late_status", "line", "quiet_children", "received",
+           "record", "settle", "settled", "sigterm_handler", "sigterm_raises", "status_of"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -52,9 +52,63 @@ def received() -> int | None:
     return _RECEIVED[0] if _RECEIVED else None
 
 
+#: the exception made last for a stop signal (:func:`last_interrupt`)
+_RAISED: list[KeyboardInterrupt] = []
+
+
 def interrupt_for(signum: int) -> KeyboardInterrupt:
-    """The exception a stop signal raises: :class:`Terminated` for SIGTERM, else Ctrl-C's."""
-    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    """The exception a stop signal raises: :class:`Terminated` for SIGTERM, else Ctrl-C's.
+    Every handler makes it here (this module's, the build's stop guard); the last one is kept
+    (:func:`last_interrupt`)."""
+    _RAISED[:] = [Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()]
+    return _RAISED[0]
+
+
+#: how many :func:`deferred` blocks are open, and the stop signals held back meanwhile
+_DEFERRING = [0]
+_HELD: list[int] = []
+
+
+def _interrupt(signum: int) -> None:
+    """What this module's handlers do with a stop signal (Ctrl-C, SIGTERM): raise its exception
+    now, or, inside :func:`deferred`, hold it until the block ends."""
+    if _DEFERRING[0]:
+        _HELD.append(int(signum))
+        return
+    raise interrupt_for(signum)
+
+
+def last_interrupt() -> KeyboardInterrupt | None:
+    """The exception made last for a stop signal in this command (:func:`interrupt_for`), the
+    one its handler raised; None when none came.
+
+    typer turns a ``KeyboardInterrupt`` that leaves a command into exit code 130 and drops it;
+    the CLI asks here what was being unwound when it was raised (its ``__context__``)."""
+    return _RAISED[0] if _RAISED else None
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A block that no stop signal cuts into: one that comes meanwhile (Ctrl-C, SIGTERM, through
+    the handlers :func:`sigterm_raises` installs) is held, and raised as the block ends, as if it
+    had come just after it.
+
+    For a step of a few bytecodes that must happen whole: the CLI prints a failed command's
+    error line and settles its status (:func:`settle`) in one, so that a signal landing between
+    the two neither drops the line nor prints it twice; the signal held is then a late one
+    (:func:`late_line`). Blocking the signal (``pthread_sigmask``) does not do it: Python runs
+    its handlers in the main thread whichever thread the kernel delivers the signal to, and
+    the grace watchdog's thread is always there. A second SIGTERM and the grace still end the
+    process at once (:func:`_forced_exit`), held or not."""
+    _DEFERRING[0] += 1
+    try:
+        yield
+    finally:
+        _DEFERRING[0] -= 1
+        if not _DEFERRING[0] and _HELD:
+            signum = _HELD[0]
+            _HELD.clear()
+            _interrupt(signum)
 
 
 def exit_status(signum: int | None = None) -> int:
@@ -389,6 +443,26 @@ def sigterm_handler(handler: Callable[[int, Any], Any]) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _ctrl_c(signum, frame) -> None:
+    """Ctrl-C while a command runs: ``KeyboardInterrupt``, as Python's own handler raises, but
+    held inside :func:`deferred`."""
+    _interrupt(signum)
+
+
+@contextlib.contextmanager
+def _ctrl_c_handler() -> Iterator[None]:
+    """:func:`_ctrl_c` for Ctrl-C within the block, then Python's own again; nothing changes
+    where another handler is set (an embedding program keeps it)."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, _ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @contextlib.contextmanager
 def sigterm_raises(grace: float | None = GRACE_S) -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Terminated` in the main thread, once.
@@ -407,17 +481,21 @@ def sigterm_raises(grace: float | None = GRACE_S) -> Iterator[None]:
       and from the first SIGTERM on a child that ends raises nothing here
       (:func:`quiet_children`, kept after the block: the process is ending; torch then finds
       a dead worker by its loader's timeout check, not at once).
+    * Ctrl-C raises ``KeyboardInterrupt`` as before, through a handler of this module: both
+      signals are held inside :func:`deferred` (Python's own Ctrl-C handler is back after).
     * Nothing changes outside the main thread, or when the program running this code set a
       SIGTERM handler of its own (an embedding program keeps it).
 
     Entering the block starts a fresh record of the signals received and of the command's
     outcome (:func:`settle`; one per command)."""
     _SETTLED.clear()
+    _RAISED.clear()
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
         yield
         return
     _RECEIVED.clear()
+    _HELD.clear()
     parent = os.getpid()
 
     def handler(signum, frame):
@@ -437,9 +515,9 @@ def sigterm_raises(grace: float | None = GRACE_S) -> Iterator[None]:
                          signal.SIGTERM)
         record(signum)
         quiet_children()  # (the job's workers die of the same SIGTERM; for good: it is ending)
-        raise Terminated()
+        _interrupt(signum)
 
-    with sigterm_handler(handler):
+    with sigterm_handler(handler), _ctrl_c_handler():
         watchdog = None if grace is None else _GraceWatchdog(grace)
         try:
             yield

@@ -391,8 +391,7 @@ def test_a_sigterm_as_a_rank_prints_its_error_keeps_the_error_and_its_status(tmp
         "settle = stopping.settle\n"
         "def settle_then_sigterm(status):\n"
         "    settle(status)\n"
-        "    os.kill(os.getpid(), signal.SIGTERM)\n"
-        "    time.sleep(5)  # (the handler raises here)\n"
+        "    signal.raise_signal(signal.SIGTERM)  # (its handler runs before this returns)\n"
         "stopping.settle = settle_then_sigterm\n"
         f"sys.argv = ['dp4tl', 'info', '--data', {str(tmp_path / 'nowhere')!r}]\n"
         "from ffcv_dp4tl.cli import main\n"
@@ -486,3 +485,119 @@ def test_the_resource_sharers_dead_peer_is_not_reported_while_a_command_runs():
     loud = subprocess.run([sys.executable, "-c", script, "PermissionError"], capture_output=True,
                           text=True, timeout=60)
     assert loud.returncode == 0 and "PermissionError: [Errno 32] Broken pipe" in loud.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_inside_a_deferred_block_is_raised_as_it_ends(default_sigterm, sig):
+    """``stopping.deferred``: a step no stop signal cuts into (the CLI prints a failed command's
+    error line and settles its status in one). The signal is held, and raised as the outermost
+    block ends; outside one it raises at once, Ctrl-C as Python's own handler does."""
+    steps = []
+    with pytest.raises(KeyboardInterrupt) as info:
+        with stopping.sigterm_raises(grace=None):
+            with stopping.deferred():
+                with stopping.deferred():
+                    signal.raise_signal(sig)  # (its handler runs before this call returns)
+                    steps.append("inner")
+                steps.append("outer")
+            steps.append("after")
+    assert steps == ["inner", "outer"]
+    assert type(info.value) is type(stopping.interrupt_for(sig))
+    with pytest.raises(KeyboardInterrupt):
+        with stopping.sigterm_raises(grace=None):
+            signal.raise_signal(signal.SIGINT)
+            steps.append("not held")
+    assert steps == ["inner", "outer"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own is back
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_second_sigterm_in_a_deferred_block_still_ends_it_at_once():
+    run, _ = _stopped_process("with stopping.deferred():\n"
+                              "    signal.raise_signal(signal.SIGTERM)\n"
+                              "    print('held', flush=True)\n"
+                              "    signal.raise_signal(signal.SIGTERM)\n"
+                              "    print('ran on')", grace=None)
+    assert run.returncode == 143 and run.stdout == "held\n", (run.stdout, run.stderr)
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"{stopping.line(signal.SIGTERM)} (a second SIGTERM ended its cleanup)"), run.stderr
+
+
+def _cli_app(monkeypatch, command):
+    """cli.app with the CLI's real stop-signal handling (no grace deadline: it would end the
+    test runner) and ``command`` in typer's place."""
+    import functools
+    import importlib
+
+    app = importlib.import_module("ffcv_dp4tl.cli.app")  # (the package exports its Typer `app`)
+    monkeypatch.setattr(stopping, "sigterm_raises",
+                        functools.partial(stopping.sigterm_raises, grace=None))
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    monkeypatch.setattr(app, "app", command)
+    return app
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("where", ["before its status is settled", "after its line is written"])
+def test_a_stop_signal_as_a_failed_command_reports_its_error_prints_it_once(
+        monkeypatch, capsys, default_sigterm, sig, where):
+    """cli.app._fail decided the error's line, settled its status and printed the line as
+    separate steps: a signal landing before the status was settled printed the stop's line and
+    143 instead of the error (the error lost), one landing after the line was written printed
+    it twice. Now one step (``stopping.deferred``): the error's line once, its status, and the
+    signal named as a late one. Here the signal lands at each point, through its real
+    handler (raise_signal runs it before returning)."""
+    from ffcv_dp4tl.errors import DP4TLError
+
+    def command(**_):
+        raise DP4TLError("no dataset in /nowhere")
+
+    app = _cli_app(monkeypatch, command)
+    once = [sig]
+
+    def land():
+        if once:
+            signal.raise_signal(once.pop())
+
+    if where.startswith("before"):
+        settle = stopping.settle
+        monkeypatch.setattr(stopping, "settle", lambda status: (land(), settle(status)))
+    else:
+        write = sys.stderr.write
+        monkeypatch.setattr(sys.stderr, "write", lambda text: (write(text), land())[0])
+    with pytest.raises(SystemExit) as e:
+        app.run()
+    assert not once  # (it landed)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"error: no dataset in /nowhere\n{stopping.late_line(sig, 2)}\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_in_the_cleanup_of_a_failing_command_keeps_its_error(
+        monkeypatch, capsys, default_sigterm, sig):
+    """A SIGTERM landing in a command's own cleanup (a ``finally`` or ``__exit__`` its error runs
+    through: loader threads joined, a temporary file removed) replaced the error with the
+    stop's line and 143. The error's line and status stay; the signal is named as a late one.
+    A bug's exception cut the same way (a traceback, no line) is still the stop."""
+    from ffcv_dp4tl.errors import DP4TLError
+
+    def failing(error):
+        def command(**_):
+            try:
+                raise error
+            finally:  # the command's cleanup
+                signal.raise_signal(sig)
+                pytest.fail("the signal was not raised")
+        return command
+
+    app = _cli_app(monkeypatch, failing(DP4TLError("no dataset in /nowhere")))
+    with pytest.raises(SystemExit) as e:
+        app.run()
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"error: no dataset in /nowhere\n{stopping.late_line(sig, 2)}\n"
+
+    app = _cli_app(monkeypatch, failing(ValueError("a bug")))
+    with pytest.raises(SystemExit) as e:
+        app.run()
+    assert e.value.code == stopping.exit_status(sig)
+    assert capsys.readouterr().err == f"{stopping.line(sig)}\n"

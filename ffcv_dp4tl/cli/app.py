@@ -243,14 +243,13 @@ def run() -> None:
     130 / 143 (:mod:`ffcv_dp4tl.stopping`)."""
     previous = sys.unraisablehook, sys.excepthook
     sys.unraisablehook = _interrupts_are_not_lost(previous[0])
-    _UNSAID.clear()
     outcome: SystemExit | None = None  # how the command ended, once decided
     try:
         try:
             with stopping.sigterm_raises():
                 try:
                     _run()
-                except KeyboardInterrupt as e:  # it landed while _run was already ending it
+                except KeyboardInterrupt as e:  # a stop signal (one typer caught included)
                     outcome = _ending_interrupted(e)
                 except SystemExit as e:
                     outcome = e
@@ -289,11 +288,34 @@ def _no_worker_reports_at_exit() -> None:
 AT_EXIT_LINE = stopping.late_line(signal.SIGINT, 0)
 
 def _ending_interrupted(interrupt: KeyboardInterrupt) -> SystemExit:
-    """A stop signal that ended ``_run``: the command's stop (its line, 128 + the signal),
-    unless its outcome was decided already (:func:`_fail`: it landed as the error's line was
-    printed, or as the exception that carries its status left)."""
+    """How a command ends that a stop signal (``interrupt``: Ctrl-C's, SIGTERM's) reached: the
+    stop's line and 128 + the signal, unless the command's outcome came first. One rule, for
+    every stop that leaves ``_run`` (typer turns one into exit code 130 and drops it: ``_run``
+    raises it on, :func:`ffcv_dp4tl.stopping.last_interrupt`):
+
+    * Its outcome was settled (:func:`_fail`, the end of ``_run``): the signal came after it,
+      and is named as such (:func:`_late_signal`); the status stays the command's own.
+    * The stop was raised while one of the command's failures (:func:`_failure`: an error told
+      in one line) was unwinding: the stop's ``__context__``, which Python sets to the exception
+      being handled where it is raised (a ``finally`` or ``__exit__`` the error runs through on
+      its way out: loader threads joined, a temporary file removed; or ``_run``'s own handling
+      before :func:`_fail`). That error is the outcome, as if the signal had come just after it:
+      its line, its status, then the signal as a late one. A SIGTERM there replaced it with the
+      stop's line and 143, and a rerun met the error again unexplained. (The stop did cut the
+      rest of that cleanup short, as it cuts any; the command's writes are atomic.)
+
+    Decided here, once the stop has reached ``_run``, and not in the signal handler: neither
+    can tell an error that unwinds from one the command catches to go on (``sys.exc_info()``
+    in a handler is the same ``__context__``), but here the stop has ended the command anyway,
+    so the error it met is the better report. A stop during a bug's traceback, during a stop's
+    own cleanup, or with nothing unwinding is the stop."""
     status = stopping.settled()
-    return _stop_status() if status is None else _late_signal(interrupt, status)
+    if status is None:
+        failure = _failure(interrupt.__context__)
+        if failure is None:
+            return _stop_status()
+        status = _settle_saying(*failure)
+    return _late_signal(interrupt, status)
 
 
 def _late_signal(interrupt: KeyboardInterrupt, status: int) -> SystemExit:
@@ -308,27 +330,27 @@ def _late_signal(interrupt: KeyboardInterrupt, status: int) -> SystemExit:
     reached so, and its exit (atexit hooks, workers joined) was cut. Either way the line says
     that nothing the command did was cut short."""
     signum = signal.SIGTERM if isinstance(interrupt, stopping.Terminated) else signal.SIGINT
-    unsaid = _UNSAID[:]
-    _UNSAID.clear()
-    print(*unsaid, stopping.late_line(signum, status), sep="\n", file=sys.stderr)
+    print(stopping.late_line(signum, status), file=sys.stderr)
     return SystemExit(stopping.late_status(signum, status))
 
 
-#: a failed command's line, from the moment its outcome is decided until it is printed
-_UNSAID: list[str] = []
+def _settle_saying(message: str | None, status: int) -> int:
+    """Decide a failed command's outcome: ``message`` (if any) on stderr and exit ``status``
+    (:func:`ffcv_dp4tl.stopping.settle`), in one step that no stop signal cuts into
+    (:func:`ffcv_dp4tl.stopping.deferred`): one landing between the two dropped the line (the
+    stop's own printed instead) or printed it twice. A signal that came meanwhile is raised as
+    the step ends, after the outcome: a late one (:func:`_late_signal`; a torchrun rank whose
+    peer failed gets torchrun's SIGTERM as it prints its own error)."""
+    with stopping.deferred():
+        stopping.settle(status)
+        if message is not None:
+            sys.stderr.write(f"{message}\n")
+    return status
 
 
 def _fail(message: str | None, status: int) -> NoReturn:
-    """End a command that failed: ``message`` (if any) on stderr and exit ``status``, decided
-    first (:func:`ffcv_dp4tl.stopping.settle`), so that a stop signal landing meanwhile (a
-    torchrun rank whose peer failed gets torchrun's SIGTERM as it prints its own error) is not
-    taken for what stopped it; the line is printed then if it was not yet (:func:`_late_signal`)."""
-    _UNSAID[:] = [] if message is None else [message]
-    stopping.settle(status)
-    if _UNSAID:
-        sys.stderr.write(f"{message}\n")
-        _UNSAID.clear()
-    raise SystemExit(status) from None
+    """End a command that failed: ``message`` (if any) on stderr, and exit ``status``."""
+    raise SystemExit(_settle_saying(message, status)) from None
 
 
 def _stop_status() -> SystemExit:
@@ -342,6 +364,36 @@ def _stopped() -> None:
     raise _stop_status() from None
 
 
+def _failure(e: BaseException | None) -> tuple[str | None, int] | None:
+    """The line and exit status of a command that failed with ``e``: an error the user can act
+    on, told in one line (a usage error, a DP4TLError, an environment error); None for
+    anything else (a stop, a bug: its traceback). One place for both ways an error ends a
+    command: reaching ``_run``, and unwinding when a stop signal came (:func:`_ending_interrupted`)."""
+    if isinstance(e, _ClickException):  # bad option / choice / missing value: refused before any work
+        if type(e).__name__ == "NoArgsIsHelpError":  # `dp4tl` or `dp4tl mask` alone: the help
+            return (e.format_message() if e.format_message().strip() else None), e.exit_code
+        return _usage_error_line(e), e.exit_code
+    if isinstance(e, typer.Abort):
+        # click turns an EOFError escaping a command into Abort ("aborted", naming nothing); the
+        # readers name their file, this is the last resort for one that does not
+        eof = e.__cause__ or e.__context__
+        if isinstance(eof, EOFError):
+            return f"error: {_CUT_SHORT.format(why=f'EOFError: {eof}'.rstrip(': '))}", 2
+        return "aborted", 1
+    if isinstance(e, DP4TLError):
+        return f"error: {e}", 2
+    if isinstance(e, OSError) and not isinstance(e, BrokenPipeError) and e.errno is not None:
+        from ..fsutil import os_error_line
+
+        # (no errno: not an environment error but a bug, which keeps its traceback) every
+        # write is atomic (temp file + rename), so nothing finished was damaged
+        return f"error: {os_error_line(e)}", 2
+    if isinstance(e, RuntimeError) and stopping.received() is None:
+        line = _peer_stopped_line(e)
+        return None if line is None else (f"error: {line}", 2)
+    return None
+
+
 def _run() -> None:
     import warnings
 
@@ -349,43 +401,21 @@ def _run() -> None:
     warnings.formatwarning = _warning_line
     try:
         code = app(standalone_mode=False)
-    except _ClickException as e:  # bad option / choice / missing value: refused before any work
-        if type(e).__name__ == "NoArgsIsHelpError":  # `dp4tl` or `dp4tl mask` alone: the help
-            _fail(e.format_message() if e.format_message().strip() else None, e.exit_code)
-        _fail(_usage_error_line(e), e.exit_code)
-    except typer.Abort as e:
-        # click turns an EOFError escaping a command into Abort ("aborted", naming nothing); the
-        # readers name their file, this is the last resort for one that does not
-        if isinstance(e.__cause__ or e.__context__, EOFError):
-            eof = e.__cause__ or e.__context__
-            _fail(f"error: {_CUT_SHORT.format(why=f'EOFError: {eof}'.rstrip(': '))}", 2)
-        _fail("aborted", 1)
-    except DP4TLError as e:
-        _fail(f"error: {e}", 2)
-    except KeyboardInterrupt:
-        _stopped()
     except BrokenPipeError:  # `dp4tl mask files … | head`: the reader had enough
         stopping.settle(141)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no flush error at exit)
         raise SystemExit(141) from None  # 128 + SIGPIPE, as a shell reports a piped tool
-    except OSError as e:
-        from ..fsutil import os_error_line
-
-        if e.errno is None:  # not an environment error: a bug, keep its traceback
-            raise
-        # every write is atomic (temp file + rename), so nothing finished was damaged
-        _fail(f"error: {os_error_line(e)}", 2)
-    except RuntimeError as e:
-        if stopping.received() is not None:
+    except Exception as e:
+        failure = _failure(e)
+        if failure is not None:
+            _fail(*failure)
+        if isinstance(e, RuntimeError) and stopping.received() is not None:
             # a data-loader worker the same SIGTERM ended first ("DataLoader worker ... killed
             # by signal"), reported before this process's own stop: it is that stop
             _stopped()
-        line = _peer_stopped_line(e)
-        if line is None:
-            raise
-        _fail(f"error: {line}", 2)
-    if code == 130:  # typer turns Ctrl-C (and SIGTERM's Terminated) into exit code 130 itself
-        _stopped()
+        raise
+    if code == 130:  # typer turns Ctrl-C (and SIGTERM's Terminated) into exit code 130 itself:
+        raise stopping.last_interrupt() or KeyboardInterrupt()  # (run() ends the command for it)
     code = code if isinstance(code, int) else 0
     stopping.settle(code)
     raise SystemExit(code)

@@ -273,6 +273,31 @@ def test_a_ctrl_c_python_could_only_ignore_still_stops_the_command(tmp_path, ind
         "interrupted: rerun the same command to resume where it stopped"], run.stderr
 
 
+def test_a_sigterm_in_a_failing_commands_cleanup_keeps_its_error(tmp_path):
+    """A command failed, and a SIGTERM (torchrun ending a rank whose peer failed) landed in its
+    cleanup (a ``finally`` its error ran through: loader threads joined, a temporary file
+    removed): the stop's line and 143 replaced the error, which a rerun then met again. A fresh
+    process through the console entry point, its real handler (raise_signal runs it before
+    returning): the error's line, then one naming the SIGTERM; the error's status."""
+    run = _entry_point_process(
+        tmp_path, ["info", "--data", str(tmp_path / "data")],
+        "import signal\n"
+        "import ffcv_dp4tl.data.manifest as manifest\n"
+        "from ffcv_dp4tl.errors import DP4TLError\n"
+        "def load_manifest(*a, **k):\n"
+        "    try:\n"
+        "        raise DP4TLError('no dataset here')\n"
+        "    finally:  # the command's cleanup\n"
+        "        signal.raise_signal(signal.SIGTERM)\n"
+        "        print('cleanup ran on', file=sys.stderr)\n"
+        "manifest.load_manifest = load_manifest\n")
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip().splitlines() == [
+        "error: no dataset here",
+        "SIGTERM arrived while exiting, after the command had failed: nothing was cut short; the "
+        "exit status stays the command's own (2)"], run.stderr
+
+
 @pytest.mark.parametrize("argv,sig,status,line", [
     (["models"], "SIGINT", 130,
      "interrupted while exiting, after the command had ended: nothing was cut short"),
