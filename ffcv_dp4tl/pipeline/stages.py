@@ -129,13 +129,31 @@ LOCK = ".stage.lock"
 #: one file per run segment of a stage (``.segment-<start ns>-<pid>``): its modification time is
 #: refreshed while the segment runs, and it holds the exact seconds once the segment ends, so a
 #: stage killed and resumed reports the wall time of all its segments (a kill -9 loses at most
-#: :data:`HEARTBEAT_S` seconds).
+#: :data:`HEARTBEAT_S` seconds; see :func:`segment_totals` for the segments without a record).
 SEGMENT_GLOB = ".segment-*"
 HEARTBEAT_S = 2.0
-#: The file a stage of each kind resumes from. When it is not there the stage starts over (a run
-#: killed before its first checkpoint, or the checkpoint deleted as a refusal advises), so the
-#: time of its earlier segments went to work that is thrown away: it is not counted.
-RESUMES_FROM = {"train": "checkpoint.pt", "finetune": "finetune_state.pt"}
+#: What a rerun of a stage reuses of its earlier segments' work: per kind (or ``kind:method``
+#: for a score method that differs from its kind), glob patterns in the stage folder. When none
+#: matches, the stage starts over, so the time of its earlier segments went to work that is
+#: thrown away: it is not counted (:func:`resumes_from`). A kind not listed (build, other) keeps
+#: every segment.
+#:
+#: * train / finetune: the checkpoint the run resumes from (absent: killed before its first one,
+#:   or deleted as a refusal advises).
+#: * score: a *complete* source feature store (``score.py`` → ``ScoringContext.source_features``;
+#:   its sidecar ``.npy.json`` is written last, and an interrupted extraction starts again from
+#:   the first sample, so ``.partial`` files are no state), or the checkpoint of a training run
+#:   the scorer trains itself (EL2N/GraNd's early runs, ``runs/run<r>[-e<epoch>]``, resumed).
+#:   FORGET trains its runs from scratch on every call (``resume=False``: forgetting events need
+#:   every epoch in one process) and reads no features, so it reuses nothing.
+#: * prune: nothing; the masks are computed again from the scores (and written as a pair).
+RESUMES_FROM: dict[str, tuple[str, ...]] = {
+    "train": ("checkpoint.pt",),
+    "finetune": ("finetune_state.pt",),
+    "score": ("source_*_features.npy.json", "runs/*/checkpoint.pt"),
+    "score:forget": (),
+    "prune": (),
+}
 
 
 #: what a stage was computed from: ``{upstream folder name: sha256 of its DONE.json}``
@@ -190,7 +208,9 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
     **Wall time** (``seconds``) sums every segment of a resumed stage, not only the last; so
     does the **CPU time** (``cpu_seconds``: this process and its reaped children, i.e. finished
     data-loader workers — far less sensitive than wall time to other jobs on a shared machine;
-    a killed segment's CPU time is lost).
+    a killed segment's CPU time is lost). Segments without an exact record count as a lower
+    bound, and the result says how many seconds (``values[ESTIMATED]``, :class:`_Segment`). A
+    stage that starts over drops its earlier segments (:func:`resumes_from`).
 
     **Upstream.** ``upstream``: the finished stages ``fn`` reads. A stage folder computed from
     other results of them (one was deleted and computed again since) is stale: emptied and
@@ -218,29 +238,48 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
             values = {k: v for k, v in dict(fn(st.dir) or {}).items()
                       if k not in StageResult.RESERVED}
         earlier, earlier_cpu = segment_totals(st.dir, exclude=seg.path)
+        bound = estimated_seconds(st.dir, exclude=seg.path)
+        if bound:  # said in the result (and the report's line): part of its time is a bound
+            values[ESTIMATED] = bound
         res = StageResult(stage=st.name, kind=st.kind, seconds=earlier + seg.seconds,
                           cpu_seconds=earlier_cpu + seg.cpu_seconds, loadavg_1min=_loadavg(),
                           values=values)
         atomic_write_json(st.dir / DONE, res.to_json())
-    resumed = f" (+{earlier:.1f}s in earlier runs)" if earlier else ""
+    note = (f", {bound:.1f}s of it from runs without an exact record (killed, or a full disk) "
+            "timed from their start to their file's last touch: a lower bound, CPU time not "
+            "counted" if bound else "")
+    resumed = f" (+{earlier:.1f}s in earlier runs{note})" if earlier else ""
     log(f"[{st.name}] finished in {seg.seconds:.1f}s{resumed}")
     return StageRun(res, st.dir, ran=True)
 
 
+def resumes_from(st: Stage) -> tuple[tuple[str, ...] | None, list[Path]]:
+    """``(patterns, found)``: the :data:`RESUMES_FROM` patterns of ``st`` (None: its kind has no
+    rule, every segment counts) and the files in its folder that match them, i.e. what a rerun
+    of the stage resumes from (none: it starts over). The one rule for every kind."""
+    method = st.inputs.get("method")
+    patterns = RESUMES_FROM.get(f"{st.kind}:{method}", RESUMES_FROM.get(st.kind))
+    if patterns is None:
+        return None, []
+    return patterns, [p for pat in patterns for p in sorted(st.dir.glob(pat))]
+
+
 def _forget_thrown_away_segments(st: Stage, log: Callable[[str], None]) -> None:
-    """A stage that starts over (:data:`RESUMES_FROM`'s file absent) drops the records of its
-    earlier segments: their work is redone, and the stage's wall time (the cost table's
-    measure) is that of the work its result came from."""
-    state = RESUMES_FROM.get(st.kind)
-    if state is None or (st.dir / state).exists():
+    """A stage that starts over (nothing :func:`resumes_from` names is in its folder) drops the
+    records of its earlier segments: their work is redone, and the stage's wall time (the cost
+    table's measure) is that of the work its result came from."""
+    patterns, found = resumes_from(st)
+    if patterns is None or found:
         return
     wall, _ = segment_totals(st.dir)
     for p in st.dir.glob(SEGMENT_GLOB):
         with contextlib.suppress(OSError):
             p.unlink()
     if wall:
-        log(f"[{st.name}] starting over (no {state} to resume from): the {wall:.1f}s of its "
-            "earlier runs are not counted")
+        why = (f"no {' or '.join(patterns)} to resume from" if patterns
+               else f"a {st.kind} stage reuses nothing of an earlier run")
+        log(f"[{st.name}] starting over ({why}): the {wall:.1f}s of its earlier runs are not "
+            "counted")
 
 
 def _skipped(st: Stage, log: Callable[[str], None]) -> StageRun:
@@ -255,6 +294,11 @@ def cpu_now() -> float:
     return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
 
+#: the ``values`` key of a stage result whose wall time includes segments without an exact
+#: record (:func:`estimated_seconds`): those seconds, so ``seconds`` is a lower bound
+ESTIMATED = "estimated_seconds"
+
+
 def _loadavg() -> float | None:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
@@ -262,7 +306,15 @@ def _loadavg() -> float | None:
 class _Segment:
     """One run segment of a stage: a ``.segment-*`` file touched every :data:`HEARTBEAT_S`
     seconds by a daemon thread, holding its exact wall and CPU seconds when the segment ends
-    (also by an exception or Ctrl-C)."""
+    (also by an exception or Ctrl-C).
+
+    When that record cannot be written (a full disk, ENOSPC, or any other OSError) the file is
+    emptied (a torn record read as no time at all) and touched, and is then read as a killed
+    segment's: from its start to its modification time, which is now its end rather than its
+    last heartbeat (up to :data:`HEARTBEAT_S` earlier). Emptying and touching a file need no
+    free block, where a sidecar would need one. Its CPU time is lost, as a killed segment's, and
+    the stage's result says how much of its wall time came from such records
+    (:data:`ESTIMATED`)."""
 
     def __init__(self, stage_dir: Path):
         self.t0 = time.perf_counter()
@@ -287,31 +339,59 @@ class _Segment:
         self._stop.set()
         self.seconds = time.perf_counter() - self.t0
         self.cpu_seconds = cpu_now() - self.cpu0
-        with contextlib.suppress(OSError):
+        try:
             self.path.write_text(json.dumps({"start": self.start, "seconds": self.seconds,
                                              "cpu_seconds": self.cpu_seconds}))
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.truncate(self.path, 0)
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
 
 
-def segment_totals(stage_dir: Path, exclude: Path | None = None) -> tuple[float, float]:
-    """``(wall, cpu)`` seconds of the recorded run segments in ``stage_dir`` (see
-    :class:`_Segment`): the exact times of segments that ended; for a killed segment, its start
-    (in the name) to its last heartbeat as wall time and no CPU time (unknown)."""
-    wall = cpu = 0.0
+def _segment_times(stage_dir: Path, exclude: Path | None) -> list[tuple[float, float | None]]:
+    """``(wall, cpu)`` of each run segment recorded in ``stage_dir``; ``cpu`` None for a segment
+    without an exact record (killed, or its record not written: see :class:`_Segment`), whose
+    wall time is its start (in the file name) to the file's modification time."""
+    out: list[tuple[float, float | None]] = []
     for p in Path(stage_dir).glob(SEGMENT_GLOB):
         if p == exclude:
             continue
         try:
             text = p.read_text().strip()
-            if text:
-                rec = json.loads(text)
-                wall += float(rec["seconds"])
-                cpu += float(rec.get("cpu_seconds") or 0.0)
-            else:
-                start_ns = int(p.name.split("-")[1])
-                wall += max(0.0, p.stat().st_mtime - start_ns / 1e9)
-        except (OSError, ValueError, KeyError, IndexError, AttributeError, TypeError):
+        except OSError:
             continue
-    return wall, cpu
+        if text:
+            try:
+                rec = json.loads(text)
+                out.append((float(rec["seconds"]), float(rec.get("cpu_seconds") or 0.0)))
+                continue
+            except (ValueError, KeyError, AttributeError, TypeError):
+                pass  # torn (a write cut short by a full disk): read as the empty file it was
+        try:
+            start_ns = int(p.name.split("-")[1])
+            out.append((max(0.0, p.stat().st_mtime - start_ns / 1e9), None))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def segment_totals(stage_dir: Path, exclude: Path | None = None) -> tuple[float, float]:
+    """``(wall, cpu)`` seconds of the recorded run segments in ``stage_dir`` (see
+    :class:`_Segment`): the exact times of segments that ended; for a segment without an exact
+    record (killed; or its record not written, e.g. on a full disk), its start (in the name) to
+    the file's modification time (the last heartbeat, or the end when :class:`_Segment` could
+    touch it) as wall time, a lower bound (:func:`estimated_seconds`), and no CPU time
+    (unknown)."""
+    times = _segment_times(stage_dir, exclude)
+    return sum(w for w, _ in times), sum(c or 0.0 for _, c in times)
+
+
+def estimated_seconds(stage_dir: Path, exclude: Path | None = None) -> float:
+    """The part of :func:`segment_totals`' wall time that comes from segments without an exact
+    record: start to last modification, a lower bound (by up to :data:`HEARTBEAT_S` for each
+    killed one), whose CPU time is not counted."""
+    return sum(w for w, c in _segment_times(stage_dir, exclude) if c is None)
 
 
 def stage_seconds(stage_dir: Path, exclude: Path | None = None) -> float:
@@ -322,6 +402,15 @@ def stage_seconds(stage_dir: Path, exclude: Path | None = None) -> float:
 def describe(result: dict[str, Any] | StageResult) -> str:
     """One-line headline of a stage result for reports, chosen by the result's ``kind``."""
     r = result if isinstance(result, StageResult) else StageResult.from_json(dict(result))
+    line = _headline(r)
+    if r.values.get(ESTIMATED):  # (the report's seconds column is then a lower bound)
+        bound = (f"wall time a lower bound: {r.values[ESTIMATED]:.1f}s of it from runs without "
+                 "an exact record")
+        line = f"{line}; {bound}" if line else bound
+    return line
+
+
+def _headline(r: StageResult) -> str:
     v = r.values
     if r.kind == "finetune":
         if "test_top1" in v:

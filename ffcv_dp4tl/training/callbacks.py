@@ -25,6 +25,8 @@ trained on (a mask or DDP sharding check).
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -118,47 +120,133 @@ class RecordSeen(Callback):
     """Saves the sample indices this rank trained on, per epoch, to
     ``out_dir/seen/rank{rank}_epoch{epoch}.npy`` (in step order): the ground truth for checking
     that a mask, a resumed run or DDP sharding trained on exactly the samples it should. Also
-    keeps them in memory (``self.seen[epoch]``) for in-process use.
+    keeps them in memory (``self.seen[epoch]``) for in-process use. :func:`read_seen` reads an
+    epoch back (every rank's file).
 
-    With mid-epoch checkpoints it saves the epoch's part at each (``..._step{k}.npy``) and a
-    run resumed at step k on as many ranks starts from that part, so the epoch's file covers
-    the whole epoch across the interruption. Without ``out_dir`` (in memory only), or resumed
-    on another number of ranks (each rank's part is its own), a resumed epoch holds the
-    batches trained after the resume."""
+    **Resumed mid-epoch.** At each mid-epoch checkpoint every rank saves the epoch's part so far
+    (``..._step{k}.npy``) and then waits for the other ranks (a barrier), so the checkpoint the
+    main rank writes next never names a step whose parts are not all on disk; the main rank
+    records how many ranks wrote them (``epoch{e}_step{k}.ranks``) and removes the step's parts
+    of ranks this run does not have (left by a run on more ranks).
+    A run resumed at step k rebuilds the epoch's global order of those k steps from the parts
+    (rank q of W read positions q, q + W, ... of it: ``shard_for_rank``), and each of its W'
+    ranks takes its own share of that order (positions r, r + W', ...: on as many ranks, its
+    own part). The steps skipped are counted in global batches on any number of ranks
+    (``EpochPlan.start_at_batch``), so each rank's file then holds what it would have read had
+    the whole epoch run on W' ranks, and the files of all ranks cover the resumed epoch's plan.
+    At the epoch's end the main rank removes the parts and epoch files of ranks it does not
+    have (a run of the epoch on more ranks).
 
-    def __init__(self, out_dir: str | Path | None = None, rank: int | None = None):
+    **Partial records.** When the first k steps cannot be rebuilt (no ``out_dir``: in memory
+    only; parts missing, or of unequal lengths), the resumed epoch holds only the batches
+    trained after the resume, and says so in one line: a warning, ``self.partial[epoch]``, and
+    with ``out_dir`` the marker ``seen/epoch{epoch}.partial`` (which :func:`read_seen` refuses;
+    it is removed when the epoch is trained again from its start).
+
+    ``rank`` / ``world_size``: this process's (default: torch.distributed's, else 0 and 1)."""
+
+    def __init__(self, out_dir: str | Path | None = None, rank: int | None = None,
+                 world_size: int | None = None):
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.rank = rank
+        self.world_size = world_size
         self.seen: dict[int, np.ndarray] = {}
+        #: epoch -> why its record lacks samples (a resume that could not rebuild its start)
+        self.partial: dict[int, str] = {}
         self._parts: list[torch.Tensor] = []
         self._epoch: int | None = None
+        self._resumed: int | None = None
 
-    def _path(self, epoch: int, step: int | str | None = None) -> Path:
-        rank = self.rank
-        if rank is None:
-            rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        return self.out_dir / "seen" / (f"rank{rank}_epoch{epoch}"
+    def _dist(self) -> tuple[int, int]:
+        on = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank = self.rank if self.rank is not None else (torch.distributed.get_rank() if on else 0)
+        world = (self.world_size if self.world_size is not None
+                 else torch.distributed.get_world_size() if on else 1)
+        return rank, world
+
+    def _path(self, epoch: int, step: int | None = None) -> Path:
+        return self.out_dir / "seen" / (f"rank{self._dist()[0]}_epoch{epoch}"
                                         + ("" if step is None else f"_step{step}") + ".npy")
+
+    def _step_parts(self, epoch: int) -> list[tuple[int, int, Path]]:
+        """``(rank, step, path)`` of every rank's saved parts of ``epoch``."""
+        out = []
+        for p in (self.out_dir / "seen").glob(f"rank*_epoch{epoch}_step*.npy"):
+            m = re.fullmatch(rf"rank(\d+)_epoch{epoch}_step(\d+)\.npy", p.name)
+            if m:
+                out.append((int(m.group(1)), int(m.group(2)), p))
+        return out
+
+    def _ranks_file(self, epoch: int, step: int) -> Path:
+        """How many ranks wrote the parts of ``epoch`` at ``step`` (the main rank's record)."""
+        return self.out_dir / "seen" / f"epoch{epoch}_step{step}.ranks"
 
     def _so_far(self) -> np.ndarray:
         return (torch.cat(self._parts).numpy().astype(np.int64) if self._parts
                 else np.zeros(0, np.int64))
 
     def on_batch(self, epoch: int, batch: Any) -> None:
-        self._epoch = epoch
+        if epoch != self._epoch:
+            self._epoch = epoch
+            if self._resumed != epoch:  # trained from its start: a record from before is gone
+                self.partial.pop(epoch, None)
+                if self.out_dir is not None and self._dist()[0] == 0:
+                    (self.out_dir / "seen" / PARTIAL.format(epoch=epoch)).unlink(missing_ok=True)
         self._parts.append(batch.indices.detach().to("cpu", non_blocking=True))
 
     def on_checkpoint(self, epoch: int, step: int) -> None:
-        if self.out_dir is not None:
-            from ..fsutil import atomic_path
+        if self.out_dir is None:
+            return
+        from ..fsutil import atomic_path, atomic_write_text
 
-            self._path(epoch).parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(self._path(epoch, step), suffix=".npy") as tmp:
-                np.save(tmp, self._so_far())
+        rank, world = self._dist()
+        self._path(epoch).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self._path(epoch, step), suffix=".npy") as tmp:
+            np.save(tmp, self._so_far())
+        if rank == 0:  # (no rank of this run writes these: no race)
+            for q, k, path in self._step_parts(epoch):
+                if k == step and q >= world:
+                    path.unlink(missing_ok=True)
+            atomic_write_text(self._ranks_file(epoch, step), f"{world}\n")
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
 
     def on_resume(self, epoch: int, step: int) -> None:
-        if self.out_dir is not None and self._path(epoch, step).exists():
-            self._parts = [torch.from_numpy(np.load(self._path(epoch, step)))]
+        self._resumed = epoch
+        rank, world = self._dist()
+        if self.out_dir is None:
+            if not self._parts:
+                self._mark_partial(epoch, f"RecordSeen without out_dir: the {step} steps of "
+                                          f"epoch {epoch} before the resume are not recorded")
+            return
+        parts = {q: path for q, k, path in self._step_parts(epoch) if k == step}
+        try:  # how many ranks wrote the step (parts from before this record: the parts found)
+            old_world = int(self._ranks_file(epoch, step).read_text())
+        except (OSError, ValueError):
+            old_world = max(parts) + 1 if parts else 0
+        if old_world == world and rank in parts:  # as many ranks: this rank's own part
+            self._parts = [torch.from_numpy(np.load(parts[rank]))]
+            return
+        loaded = [np.load(parts[q]) for q in range(old_world) if q in parts]
+        if (not parts or len(loaded) != old_world or len({len(a) for a in loaded}) != 1
+                or (len(loaded[0]) * old_world) % world):
+            self._parts = []
+            found = f"ranks {sorted(parts)} found" if parts else "none found"
+            self._mark_partial(epoch, f"the parts of its {step} steps before the resume "
+                                      f"(seen/rank*_epoch{epoch}_step{step}.npy) are missing or "
+                                      f"of unequal lengths ({found}): only the batches after "
+                                      "the resume are recorded")
+            return
+        order = np.stack(loaded, axis=1).reshape(-1)  # the epoch's global order of k steps
+        self._parts = [torch.from_numpy(np.ascontiguousarray(order[rank::world]))]
+
+    def _mark_partial(self, epoch: int, why: str) -> None:
+        self.partial[epoch] = why
+        if self.out_dir is not None:
+            from ..fsutil import atomic_write_text
+
+            atomic_write_text(self.out_dir / "seen" / PARTIAL.format(epoch=epoch), why + "\n")
+        warnings.warn(f"seen/ record of epoch {epoch} is partial: {why}", stacklevel=3)
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         epoch = row["epoch"]
@@ -166,7 +254,45 @@ class RecordSeen(Callback):
         self._parts = []
         self.seen[epoch] = idx
         if self.out_dir is not None:
+            rank, world = self._dist()
             self._path(epoch).parent.mkdir(parents=True, exist_ok=True)
             np.save(self._path(epoch), idx)
-            for part in self._path(epoch).parent.glob(self._path(epoch, "*").name):
-                part.unlink(missing_ok=True)
+            # (every rank read the parts it resumes from before the epoch's first step, whose
+            # gradient all-reduce no rank passes alone: none is still to be read here)
+            for q, _, part in self._step_parts(epoch):
+                if q == rank or (rank == 0 and q >= world):
+                    part.unlink(missing_ok=True)
+            if rank == 0:  # a run of this epoch on more ranks, trained again: not this one's
+                for q, path in _epoch_files(self.out_dir / "seen", epoch).items():
+                    if q >= world:
+                        path.unlink(missing_ok=True)
+                for path in (self.out_dir / "seen").glob(f"epoch{epoch}_step*.ranks"):
+                    path.unlink(missing_ok=True)
+
+
+#: the marker of an epoch whose ``seen/`` record lacks samples (:class:`RecordSeen`), one line
+PARTIAL = "epoch{epoch}.partial"
+
+
+def read_seen(out_dir: str | Path, epoch: int) -> dict[int, np.ndarray]:
+    """``{rank: indices}`` that :class:`RecordSeen` recorded for ``epoch`` in ``out_dir/seen``
+    (their union: what the epoch trained on). Refused, with the marker's line, when the record
+    is partial (a resume that could not rebuild the epoch's start)."""
+    seen = Path(out_dir) / "seen"
+    marker = seen / PARTIAL.format(epoch=epoch)
+    if marker.exists():
+        raise DP4TLError(f"{marker}: {marker.read_text().strip()}")
+    files = _epoch_files(seen, epoch)
+    if not files:
+        raise DP4TLError(f"{seen} holds no record of epoch {epoch}")
+    return {q: np.load(files[q]) for q in sorted(files)}
+
+
+def _epoch_files(seen: Path, epoch: int) -> dict[int, Path]:
+    """``{rank: path}`` of the ``rank{r}_epoch{epoch}.npy`` files in ``seen``."""
+    out = {}
+    for p in seen.glob(f"rank*_epoch{epoch}.npy"):
+        m = re.fullmatch(rf"rank(\d+)_epoch{epoch}\.npy", p.name)
+        if m:
+            out[int(m.group(1))] = p
+    return out

@@ -180,7 +180,8 @@ def test_resumed_stage_reports_the_wall_and_cpu_time_of_every_segment(tmp_path):
     os.utime(dead, (start / 1e9 + 0.5, start / 1e9 + 0.5))
     assert stage_seconds(st.dir) == pytest.approx(first_rec["seconds"] + 0.5, abs=1e-3)
     res = run_stage(st, lambda d: (_burn_cpu(0.05), {"ok": 1})[1], log=lambda s: None)
-    assert res.ran and res.values == {"ok": 1}
+    # the killed segment's 0.5 s are a lower bound, and the result says so
+    assert res.ran and res.values == {"ok": 1, "estimated_seconds": pytest.approx(0.5, abs=1e-3)}
     assert res.seconds == pytest.approx(stage_seconds(st.dir), abs=1e-6)  # all three segments
     assert res.seconds >= first_rec["seconds"] + 0.5 + 0.05
     assert res.cpu_seconds >= first_rec["cpu_seconds"] + 0.05  # the killed one's CPU is lost
@@ -202,7 +203,8 @@ def test_a_stage_that_starts_over_counts_no_time_of_the_runs_it_threw_away(tmp_p
     from ffcv_dp4tl.pipeline.stages import RESUMES_FROM
     from ffcv_dp4tl.training.checkpoint import CHECKPOINT_NAME, FINETUNE_STATE_NAME
 
-    assert RESUMES_FROM == {"train": CHECKPOINT_NAME, "finetune": FINETUNE_STATE_NAME}
+    assert RESUMES_FROM["train"] == (CHECKPOINT_NAME,)
+    assert RESUMES_FROM["finetune"] == (FINETUNE_STATE_NAME,)
     st = stage(tmp_path / "a", "work", {"x": 1}, kind=kind)
 
     def killed(d):
@@ -215,13 +217,130 @@ def test_a_stage_that_starts_over_counts_no_time_of_the_runs_it_threw_away(tmp_p
     res = run_stage(st, lambda d: {"epoch": 0} if kind == "train" else {"test_top1": 1.0},
                     log=lines.append)
     assert res.seconds < 0.3 and len(list(st.dir.glob(".segment-*"))) == 1
-    assert any("starting over (no " + RESUMES_FROM[kind] in ln and "not counted" in ln
+    assert any("starting over (no " + RESUMES_FROM[kind][0] in ln and "not counted" in ln
                for ln in lines), lines
     # the file it resumes from is there: the killed segment's time is part of the result's
     st = stage(tmp_path / "b", "work", {"x": 1}, kind=kind)
     with pytest.raises(KeyboardInterrupt):
-        run_stage(st, lambda d: ((d / RESUMES_FROM[kind]).write_bytes(b"state"), killed(d)),
+        run_stage(st, lambda d: ((d / RESUMES_FROM[kind][0]).write_bytes(b"state"), killed(d)),
                   log=lambda s: None)
     res = run_stage(st, lambda d: {"epoch": 0} if kind == "train" else {"test_top1": 1.0},
                     log=lambda s: None)
     assert res.seconds >= 0.3 and len(list(st.dir.glob(".segment-*"))) == 2
+
+
+def _features(path: Path, complete: bool) -> None:
+    """A source feature store as ``ScoringContext.source_features`` leaves it: finalised, or
+    cut off mid-extraction (``.partial`` files, which a rerun does not resume)."""
+    from ffcv_dp4tl.scoring.features import FeatureWriter
+
+    w = FeatureWriter(path, 4, 2, resume=False)
+    w.write(0, np.ones((2, 2), np.float32))
+    if complete:
+        w.write(2, np.ones((2, 2), np.float32))
+        w.finalize()
+    else:
+        w.close()
+
+
+def _early_run(d: Path) -> None:
+    """The checkpoint of a training run the scorer trains itself (``training_runs.train_run``)."""
+    from ffcv_dp4tl.training.checkpoint import CHECKPOINT_NAME
+
+    (d / "runs" / "run1-e1").mkdir(parents=True)
+    (d / "runs" / "run1-e1" / CHECKPOINT_NAME).write_bytes(b"state")
+
+
+@pytest.mark.parametrize("kind, method, left, kept", [
+    ("prune", None, None, False),  # masks are computed again from the scores: nothing reused
+    ("score", "lm", None, False),  # killed before anything it could reuse
+    ("score", "fm", "partial features", False),  # an interrupted extraction starts again
+    ("score", "fm", "features", True),  # a complete store is reused
+    ("score", "el2n", "early run", True),  # its runs resume from their checkpoints
+    ("score", "forget", "early run", False),  # FORGET retrains its runs from scratch
+])
+def test_a_killed_score_or_prune_stage_counts_its_earlier_time_only_when_it_reuses_its_work(
+        tmp_path, kind, method, left, kept):
+    """The rule of training stages (a stage that starts over drops the time of the segments
+    whose work it throws away) for scoring and pruning: scoring resumes from the complete
+    source feature stores and the training runs' checkpoints it wrote (RESUMES_FROM), pruning
+    from nothing. The killed segment's time counts only when the rerun reuses its work; when
+    dropped, the log says so."""
+    st = stage(tmp_path, kind, {"x": 1, **({"method": method} if method else {})})
+    assert st.kind == kind
+
+    def killed(d):
+        if left in ("features", "partial features"):
+            _features(d / "source_train_features.npy", complete=left == "features")
+        elif left == "early run":
+            _early_run(d)
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(st, killed, log=lambda s: None)
+    lines: list[str] = []
+    res = run_stage(st, lambda d: {"unit": "class", "train_kept": 1, "kept_units": [0],
+                                   "kept_sample_fraction": 0.5} if kind == "prune"
+                    else {"method": method, "unit": "class", "selection_seconds": 0.0},
+                    log=lines.append)
+    said = [ln for ln in lines if "starting over (" in ln and "not counted" in ln]
+    if kept:
+        assert res.seconds >= 0.3 and len(list(st.dir.glob(".segment-*"))) == 2 and not said
+    else:
+        assert res.seconds < 0.3 and len(list(st.dir.glob(".segment-*"))) == 1
+        assert said, lines
+        if kind == "prune" or method == "forget":
+            assert f"a {kind} stage reuses nothing of an earlier run" in said[0]
+        else:
+            assert "no source_*_features.npy.json or runs/*/checkpoint.pt to resume" in said[0]
+    from ffcv_dp4tl.pipeline.stages import RESUMES_FROM
+
+    assert RESUMES_FROM["prune"] == () and RESUMES_FROM["score:forget"] == ()
+
+
+def test_a_segment_whose_record_cannot_be_written_counts_to_its_end_as_a_stated_bound(
+        tmp_path, monkeypatch):
+    """A full disk as a segment ends (its exact record cut short): the file is emptied and
+    touched, so it counts from its start to its end (not its last heartbeat, and not nothing for
+    a torn record), and the stage's result, log line and report line say that its wall time is
+    a lower bound (how many seconds of it were estimated)."""
+    import errno
+
+    from ffcv_dp4tl.pipeline import stages
+
+    monkeypatch.setattr(stages, "HEARTBEAT_S", 3600.0)  # no heartbeat: mtime is the start's
+    real = Path.write_text
+
+    def full_disk(self, text, *a, **k):
+        if self.name.startswith(".segment-") and text:
+            real(self, text[:9])  # the part that fitted
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, text, *a, **k)
+
+    st = stage(tmp_path, "work", {"x": 1})
+
+    def killed(d):
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "write_text", full_disk)
+        with pytest.raises(KeyboardInterrupt):
+            run_stage(st, killed, log=lambda s: None)
+    (seg,) = st.dir.glob(".segment-*")
+    assert seg.read_text() == ""  # not a torn record
+    assert stage_seconds(st.dir) >= 0.3  # start to end (the old count: nothing)
+    assert stages.estimated_seconds(st.dir) == stage_seconds(st.dir)
+    lines: list[str] = []
+    res = run_stage(st, lambda d: {"ok": 1}, log=lines.append)
+    assert res.seconds >= 0.3 and res.values["estimated_seconds"] >= 0.3
+    assert res.seconds == pytest.approx(stage_seconds(st.dir), abs=1e-6)
+    assert any("a lower bound" in ln for ln in lines), lines
+    assert "wall time a lower bound" in stages.describe(res.result)
+    # a record torn by an older version (no truncation) reads as the file it was: start to mtime
+    start = time.time_ns() - 10**10
+    torn = st.dir / f".segment-{start}-99999"
+    torn.write_text('{"start": 1')
+    os.utime(torn, (start / 1e9 + 0.5, start / 1e9 + 0.5))
+    assert stage_seconds(st.dir) == pytest.approx(res.seconds + 0.5, abs=1e-3)

@@ -390,3 +390,82 @@ def test_ddp_ranks_resume_mid_epoch_each_with_its_own_rng_and_on_fewer_ranks_at_
     # positions 48.. of the same order; one rank also reads the 65th sample that 2 ranks leave out
     np.testing.assert_array_equal(seen.seen[1][:16], order[48:64])
     assert len(seen.seen[1]) == 17 and seen.seen[1][16] not in order
+
+
+def _planned(mask, epoch: int, world: int) -> list[np.ndarray]:
+    """Each rank's samples of ``epoch`` on ``world`` ranks (the loaders' EpochPlan, trained with
+    the mid-epoch recipe's data seed), in its step order."""
+    from ffcv_dp4tl.data import EpochPlan
+    from ffcv_dp4tl.training.recipe import load_recipe
+
+    seed = load_recipe("resnet18_tiny_cpu", TEST_OVERRIDES + MID_EPOCH_OVERRIDES).data.seed
+    return [EpochPlan(np.asarray(mask.indices), shuffle=True, seed=seed, rank=r, world_size=world,
+                      even=True).order(epoch) for r in range(world)]
+
+
+def _seen_files(out, epoch: int) -> dict[int, np.ndarray]:
+    """Every rank's ``seen/rank{r}_epoch{epoch}.npy`` (RecordSeen), by rank."""
+    files = sorted((out / "seen").glob(f"rank*_epoch{epoch}.npy"))
+    return {int(re.match(r"rank(\d+)_", p.name).group(1)): np.load(p) for p in files}
+
+
+def _train_one_rank(data, mpath, out, *callbacks):
+    from ffcv_dp4tl.training.callbacks import RecordSeen
+    from ffcv_dp4tl.training.recipe import load_recipe
+    from ffcv_dp4tl.training.trainer import train
+
+    train(load_recipe("resnet18_tiny_cpu", TEST_OVERRIDES + MID_EPOCH_OVERRIDES), str(data),
+          mask=mpath, out_dir=out, fmt="wds", device="cpu", progress=False,
+          callbacks=[RecordSeen(out), *callbacks])
+
+
+def test_seen_record_of_an_epoch_resumed_on_fewer_ranks_covers_the_whole_epoch(source_dir,
+                                                                               tmp_path):
+    """Killed 3 steps into epoch 1 on two ranks, resumed on one: the samples of those 3 steps
+    were in the two ranks' parts, and the one rank's file of the epoch holds them too: exactly
+    what an unbroken one-rank epoch reads (all 65 samples, in its order). No part is left."""
+    import pytest
+
+    split = load_manifest(source_dir).split("train")
+    mask = make_mask(np.arange(0, 65), split, method="test")  # 65: 64 read per epoch on 2 ranks
+    mpath = str(save_mask(tmp_path / "m.npy", mask))
+    out = tmp_path / "run"
+    mp.start_processes(_mid_epoch_worker, args=(2, _free_port(), str(source_dir), mpath,
+                                                str(out), 3), nprocs=2, join=True,
+                       start_method="spawn")
+    with pytest.warns(UserWarning, match="written by 2 rank.*this run has 1"):
+        _train_one_rank(source_dir, mpath, out)
+    seen = _seen_files(out, 1)
+    (plan,) = _planned(mask, 1, 1)
+    assert list(seen) == [0] and len(plan) == 65
+    np.testing.assert_array_equal(seen[0], plan)  # (the old record: the 17 after the resume)
+    both = _seen_files(out, 0)  # epoch 0, on two ranks before the kill
+    for r in (0, 1):
+        np.testing.assert_array_equal(both[r], _planned(mask, 0, 2)[r])
+    assert not list((out / "seen").glob("*_step*")) and not list((out / "seen").glob("*.partial"))
+
+
+def test_seen_record_of_an_epoch_resumed_on_more_ranks_covers_the_whole_epoch(source_dir,
+                                                                              tmp_path):
+    """Killed 3 steps into epoch 1 on one rank, resumed on two: each rank's file of the epoch is
+    what it reads in an unbroken two-rank epoch (its share of the first 3 steps, rebuilt from
+    the one rank's part, then its own batches), so their union is the epoch's 64 planned
+    samples, the 65th left out as two ranks leave it out."""
+    import pytest
+
+    split = load_manifest(source_dir).split("train")
+    mask = make_mask(np.arange(0, 65), split, method="test")
+    mpath = str(save_mask(tmp_path / "m.npy", mask))
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        _train_one_rank(source_dir, mpath, out, StopAt(1, 3))
+    mp.start_processes(_mid_epoch_worker, args=(2, _free_port(), str(source_dir), mpath,
+                                                str(out), 0), nprocs=2, join=True,
+                       start_method="spawn")
+    seen, plan = _seen_files(out, 1), _planned(mask, 1, 2)
+    assert list(seen) == [0, 1]
+    for r in (0, 1):  # (the old record: each rank's 8 samples after the resume)
+        np.testing.assert_array_equal(seen[r], plan[r])
+    union = np.concatenate([seen[0], seen[1]])
+    assert len(union) == len(np.unique(union)) == 64
+    assert not list((out / "seen").glob("*_step*")) and not list((out / "seen").glob("*.partial"))

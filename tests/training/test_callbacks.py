@@ -1,0 +1,112 @@
+"""RecordSeen's record of an epoch resumed mid-epoch, on as many ranks or another number, driven
+by hand (its callbacks as the trainer calls them, ranks simulated with ``rank``/``world_size``;
+no training, no process group): the epoch's files cover the whole epoch, or say they do not."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.training.callbacks import RecordSeen, read_seen
+
+B = 8  # global batch
+ORDER = np.arange(100, 164)  # an epoch's global order: 8 global steps
+
+
+def _batches(rec: RecordSeen, rank: int, world: int, steps: range, epoch: int = 1) -> None:
+    """Rank ``rank`` of ``world`` trains global steps ``steps``: its strided share of each
+    (``shard_for_rank`` of the epoch's order, ``B / world`` samples a step)."""
+    for j in steps:
+        rec.on_batch(epoch, SimpleNamespace(indices=torch.from_numpy(ORDER[j * B:(j + 1) * B][rank::world])))
+
+
+def _ranks(out, world: int) -> list[RecordSeen]:
+    return [RecordSeen(out, rank=r, world_size=world) for r in range(world)]
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2), (2, 4), (4, 2), (2, 2)])
+def test_an_epoch_resumed_on_another_number_of_ranks_is_recorded_whole(tmp_path, before, after):
+    """3 steps on ``before`` ranks, a checkpoint, a kill; the rest on ``after`` ranks. Each
+    rank's file is what it would hold had the whole epoch run on ``after`` ranks, so their
+    union is the epoch; no part is left and nothing is marked partial."""
+    for rank, rec in enumerate(_ranks(tmp_path, before)):
+        _batches(rec, rank, before, range(3))
+        rec.on_checkpoint(1, 3)
+        _batches(rec, rank, before, range(3, 4))  # trained, then killed before the next one
+    resumed = _ranks(tmp_path, after)
+    for rec in resumed:  # (every rank resumes before any ends the epoch: DDP steps together)
+        rec.on_resume(1, 3)
+    for rank, rec in enumerate(resumed):
+        _batches(rec, rank, after, range(3, 8))
+        rec.on_epoch_end({"epoch": 1})
+        assert not rec.partial
+    seen = read_seen(tmp_path, 1)
+    assert list(seen) == list(range(after))
+    for rank in range(after):
+        np.testing.assert_array_equal(seen[rank], ORDER[rank::after])
+    assert sorted(np.concatenate(list(seen.values()))) == list(ORDER)
+    assert not list((tmp_path / "seen").glob("*_step*"))
+
+
+def test_parts_of_a_run_on_more_ranks_at_the_same_step_are_not_mistaken_for_this_runs(tmp_path):
+    """Four ranks wrote their parts at step 3 and no checkpoint followed; two ranks then reach
+    step 3 again and checkpoint: the parts of ranks 2 and 3 are removed (a later resume reads
+    the two ranks' parts, not a mix), and so are the epoch files of ranks 2, 3 at the epoch's
+    end."""
+    for rank, rec in enumerate(_ranks(tmp_path, 4)):
+        _batches(rec, rank, 4, range(3))
+        rec.on_checkpoint(1, 3)
+    (tmp_path / "seen" / "rank3_epoch1.npy").write_bytes(b"stale")
+    for rank, rec in enumerate(_ranks(tmp_path, 2)):
+        _batches(rec, rank, 2, range(3))
+        rec.on_checkpoint(1, 3)
+    assert sorted(p.name for p in (tmp_path / "seen").glob("*_step3.npy")) == [
+        "rank0_epoch1_step3.npy", "rank1_epoch1_step3.npy"]
+    (one,) = _ranks(tmp_path, 1)
+    one.on_resume(1, 3)
+    _batches(one, 0, 1, range(3, 8))
+    one.on_epoch_end({"epoch": 1})
+    np.testing.assert_array_equal(read_seen(tmp_path, 1)[0], ORDER)
+    assert sorted(p.name for p in (tmp_path / "seen").iterdir()) == ["rank0_epoch1.npy"]
+
+
+def test_a_resume_whose_start_cannot_be_rebuilt_is_marked_partial_and_read_seen_refuses_it(
+        tmp_path):
+    """A part is missing (deleted by hand, or written by a version without the barrier): the
+    epoch holds only the batches after the resume, and a warning, ``partial`` and the marker
+    file say so in one line; ``read_seen`` refuses the epoch with that line. The epoch trained
+    again from its start drops the marker."""
+    for rank, rec in enumerate(_ranks(tmp_path, 2)):
+        _batches(rec, rank, 2, range(3))
+        rec.on_checkpoint(1, 3)
+    (tmp_path / "seen" / "rank1_epoch1_step3.npy").unlink()
+    (one,) = _ranks(tmp_path, 1)
+    with pytest.warns(UserWarning, match="epoch 1 is partial: .*missing"):
+        one.on_resume(1, 3)
+    _batches(one, 0, 1, range(3, 8))
+    one.on_epoch_end({"epoch": 1})
+    assert "rank1_epoch1_step3.npy" not in one.partial[1] and "ranks [0] found" in one.partial[1]
+    marker = tmp_path / "seen" / "epoch1.partial"
+    assert marker.read_text().count("\n") == 1
+    np.testing.assert_array_equal(np.load(tmp_path / "seen" / "rank0_epoch1.npy"), ORDER[24:])
+    with pytest.raises(DP4TLError, match="epoch1.partial: .*only the batches after the resume"):
+        read_seen(tmp_path, 1)
+    (again,) = _ranks(tmp_path, 1)  # the epoch again, from its start
+    _batches(again, 0, 1, range(8))
+    again.on_epoch_end({"epoch": 1})
+    assert not marker.exists()
+    np.testing.assert_array_equal(read_seen(tmp_path, 1)[0], ORDER)
+
+
+def test_in_memory_only_a_resumed_epoch_says_it_is_partial():
+    """Without ``out_dir`` nothing of the steps before the resume is kept: said, not silent."""
+    rec = RecordSeen()
+    with pytest.warns(UserWarning, match="without out_dir: the 3 steps of epoch 1"):
+        rec.on_resume(1, 3)
+    _batches(rec, 0, 1, range(3, 8))
+    rec.on_epoch_end({"epoch": 1})
+    assert 1 in rec.partial
+    np.testing.assert_array_equal(rec.seen[1], ORDER[24:])
