@@ -344,6 +344,37 @@ def _ending_block(monkeypatch, run_ends_with: BaseException,
     return app
 
 
+@pytest.mark.parametrize("fmt", ["ffcv", "wds"])
+def test_a_sigterm_mid_epoch_is_the_one_line_with_nothing_printed_at_exit(source_dir, tmp_path, fmt):
+    """SIGTERM in the middle of an epoch leaves the loader's generator suspended, its frame kept
+    by the stop's traceback until the interpreter's last teardown, when module globals are
+    already cleared: the ffcv loader's ``except PipelineFailure`` then printed "Exception
+    ignored in <generator FFCVMaskedLoader.__iter__> ... TypeError" under the one stop line. The
+    signal is raised at the second training step (deterministic, unlike a timed ``kill``)."""
+    from tiny_data import TEST_OVERRIDES
+
+    sets = [a for o in TEST_OVERRIDES for a in ("--set", o)]
+    script = tmp_path / "entry.py"
+    script.write_text(
+        "import signal, sys\n"
+        "import ffcv_dp4tl.training.engine as engine\n"
+        "real, calls = engine.train_step, [0]\n"
+        "def train_step(*a, **k):\n"
+        "    calls[0] += 1\n"
+        "    if calls[0] == 2:\n"
+        "        signal.raise_signal(signal.SIGTERM)\n"
+        "    return real(*a, **k)\n"
+        "engine.train_step = train_step\n"
+        f"sys.argv = ['dp4tl', 'train', 'resnet18_tiny_cpu', '--data', {str(source_dir)!r}, "
+        f"'--out', {str(tmp_path / 'run')!r}, '--format', {fmt!r}, '--device', 'cpu', "
+        f"'--no-progress', *{sets!r}]\n"
+        "from ffcv_dp4tl.__main__ import main\n"
+        "main()\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 143, run.stderr
+    assert run.stderr.strip().splitlines() == [stopping.line(signal.SIGTERM)], run.stderr
+
+
 @pytest.mark.parametrize("code", [0, None])
 def test_a_ctrl_c_as_a_finished_command_closes_is_one_line_not_a_traceback(monkeypatch, capsys, code):
     app = _ending_block(monkeypatch, SystemExit(code))

@@ -313,6 +313,11 @@ class FFCVMaskedLoader(PlanLoaderBase):
         self.loader.next_epoch = epoch
         order = self.plan.order(epoch)
         batches = iter(self.loader)
+        # bound here, not looked up in the module at the `except`: a generator left suspended
+        # by a stop signal (its frame kept by the traceback) is closed only at interpreter
+        # exit, after module globals are cleared, and `except <None>` printed "Exception
+        # ignored in ... TypeError" under the one stop line
+        failure_type = PipelineFailure
         try:
             for b, (images, labels, *rest) in enumerate(batches):
                 idx = torch.from_numpy(np.asarray(
@@ -321,7 +326,7 @@ class FFCVMaskedLoader(PlanLoaderBase):
                 # which the next epoch reuses (ReusingLoader.epoch_buffers)
                 yield Batch(self.normalize(images), labels.to(torch.int64, copy=True), idx,
                             self.normalize(rest[0]) if rest else None)
-        except PipelineFailure as failure:
+        except failure_type as failure:
             raise self._damage_error(failure) from None
         finally:  # left early (break, an exception) or not: the epoch's thread has ended
             stop = getattr(batches, "stop", None)
