@@ -37,6 +37,9 @@ def recipes(
     if desc:
         typer.echo(f"# {desc}")
     for section, body in r.to_dict().items():
+        if section == "finetune" and r.kind == "train":
+            continue  # (its defaults, unread by training: a [finetune] section would make the
+            #          printout a finetuning recipe, so saved and loaded it would be refused)
         typer.echo(f"[{section}]")
         for key, value in body.items():
             typer.echo(f"{key} = {_toml(value)}")

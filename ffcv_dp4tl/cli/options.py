@@ -34,12 +34,13 @@ RECIPES_HELP = ("fast protocol: tiny | bench | full (auto: per the data's manife
 
 #: the paper's number of k-means clusters (FM); the embedded synth data uses fewer
 PAPER_K = 2000
-#: K on the embedded synth data (1.9k source images: K = 2000 would exceed the sample count)
+#: K on any synth data (sized for the small presets, e.g. synth:tiny's 1.9k source images,
+#: where K = 2000 would exceed the sample count; synth:imagenet's users pass --k)
 SYNTH_K = 64
 ORDER_HELP = ("ordered: keep the highest-scored classes/clusters/samples (the method); "
               "reversed: keep the lowest-scored ones, pruning the top first (Fig. A3)")
-K_HELP = (f"fm: k-means clusters K (default: the paper's {PAPER_K}; {SYNTH_K} on the embedded "
-          "synth:* data, which has fewer samples than that)")
+K_HELP = (f"fm: k-means clusters K (default: the paper's {PAPER_K}; {SYNTH_K} on any synth data, "
+          "sized for the small presets: pass --k for synth:imagenet)")
 
 @contextlib.contextmanager
 def usage_error() -> Iterator[None]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ffcv_dp4tl.cli import main
+from ffcv_dp4tl.training.recipe_files import list_recipes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,6 +61,23 @@ def test_recipes_lists_every_name_with_its_description(capsys, monkeypatch):
         assert desc and (REPO / "recipes" / f"{name}.toml").read_text().startswith("# " + desc[:20])
         assert any(line.split() and line.split()[0] == name and line.endswith(desc)
                    for line in lines), (name, out)
+
+
+@pytest.mark.parametrize("name", list_recipes(sets=True))
+def test_a_shown_recipe_saved_as_a_file_is_the_same_recipe(name, capsys, monkeypatch, tmp_path):
+    """`dp4tl recipes NAME` shows a recipe "with every value resolved": saved as a .toml, it
+    loads as the same kind of recipe with the same fingerprint (a training recipe's printout
+    once carried a [finetune] section, which made the file a finetuning recipe that training
+    refused)."""
+    from ffcv_dp4tl.training.recipe import load_recipe
+
+    code, out, err = cli(capsys, monkeypatch, "recipes", name)
+    assert code == 0, err
+    saved = tmp_path / "shown.toml"
+    saved.write_text(out)
+    shipped, loaded = load_recipe(name), load_recipe(str(saved))
+    assert loaded.kind == shipped.kind
+    assert loaded.fingerprint() == shipped.fingerprint()
 
 
 def test_models_lists_the_registry(capsys, monkeypatch):
