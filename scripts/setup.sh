@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # One-time (and idempotent) set-up on a fresh Debian 12 / Ubuntu machine:
-#   1. apt: the headers ffcv 1.0.2 compiles against (it ships no wheels),
+#   1. apt: the headers and compiler ffcv 1.0.2 builds with (it ships no wheels), and the
+#      distribution Python's headers and venv module when that is the Python used,
 #   2. a virtual environment in .venv with the pinned Python packages and this project.
 # Rerunning is cheap: pip runs again only when pyproject.toml or requirements/ change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(libopencv-dev libturbojpeg0-dev pkg-config)
+PYTHON=${PYTHON:-python3}
+# (g++: ffcv's extension is C++; a stock Debian/Ubuntu image has no compiler)
+APT_PACKAGES=(libopencv-dev libturbojpeg0-dev pkg-config g++)
+case "$(readlink -f "$(command -v "$PYTHON" || echo "$PYTHON")")" in
+  # the distribution's Python: its headers and venv module are packages of their own
+  /usr/bin/*) APT_PACKAGES+=(python3-dev python3-venv) ;;
+esac
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 missing=()
@@ -18,7 +25,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "${missing[@]}" >/dev/null; }
 fi
 
-PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
