@@ -559,9 +559,10 @@ def main(argv: list[str] | None = None) -> int:
         reports, version = report(archs, args.d, tools)
         if args.compare_cuda_home:
             other = find_tools(args.compare_cuda_home)
-            if other.nvrtc == tools.nvrtc:
+            home = Path(args.compare_cuda_home).resolve()
+            if home not in other.nvrtc.resolve().parents:  # (find_tools falls back to pip's)
                 raise ToolError(f"--compare-cuda-home {args.compare_cuda_home}: no NVRTC there "
-                                f"(lib*/libnvrtc.so*), so it found the same one as before ({tools.nvrtc})")
+                                f"(lib*/libnvrtc.so*); it would compare {other.nvrtc} instead")
             theirs, their_version = report(archs, args.d, other)
     except ToolError as e:
         print(f"kernel_report: {e}", file=sys.stderr)

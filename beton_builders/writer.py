@@ -350,7 +350,8 @@ def _stop_guard() -> Iterator[None]:
             os._exit(128 + signum)
         _Interrupted.flag = True
         stopping.record(signum)
-        raise stopping.interrupt_for(signum)
+        # (the first signal names the stop: the watchdog's re-sent SIGINT is not a Ctrl-C)
+        raise stopping.interrupt_for(stopping.received() or signum)
 
     previous_hook = sys.unraisablehook
 
@@ -401,8 +402,10 @@ def _interrupt_watchdog(every: float = 1.0) -> Iterator[None]:
 
 
 def _check_interrupt() -> None:
+    """Raise the stop native code swallowed: the exception of the first signal received,
+    made as the handler makes it (the CLI reads the last one made, :func:`stopping.last_interrupt`)."""
     if _Interrupted.flag:
-        raise KeyboardInterrupt
+        raise stopping.interrupt_for(stopping.received() or signal.SIGINT)
 
 
 def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: str,

@@ -185,16 +185,11 @@ def directory_lock(lock_file: str | os.PathLike, what: str, *, wait: bool = Fals
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         locked = True
+        holder = None  # (set: another process holds the lock)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            if not wait:
-                raise DataError(f"another dp4tl process (pid {holder}) is using {what}; wait for it "
-                                "to finish or use another folder") from None
-            if on_wait is not None:
-                on_wait(f"another dp4tl run (pid {holder}) is using {what}; waiting for it")
-            fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:
             if e.errno not in _NO_LOCKS:
                 raise
@@ -204,6 +199,14 @@ def directory_lock(lock_file: str | os.PathLike, what: str, *, wait: bool = Fals
                           f"nothing stops a second dp4tl process from writing {what} at the same "
                           "time; run one at a time there", RuntimeWarning, stacklevel=3)
             locked = False
+        if holder is not None:  # waited for outside the `except`: a stop signal that ends the
+            # wait must not look like an error being handled (the CLI reads a stop's context)
+            if not wait:
+                raise DataError(f"another dp4tl process (pid {holder}) is using {what}; wait for it "
+                                "to finish or use another folder")
+            if on_wait is not None:
+                on_wait(f"another dp4tl run (pid {holder}) is using {what}; waiting for it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
         if locked:
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["GRACE_S", "STOP_STATUSES", "Terminated", "deferred", "exit_status", "interrupt_for",
+__all__ = ["GRACE_S", "STOP_STATUSES", "Terminated", "deferred", "exit_status", "forget_interrupt", "interrupt_for",
            "last_interrupt", "late_line", "late_status", "line", "quiet_children", "received",
            "record", "settle", "settled", "sigterm_handler", "sigterm_raises", "status_of"]
 
@@ -76,6 +76,13 @@ def _interrupt(signum: int) -> None:
         _HELD.append(int(signum))
         return
     raise interrupt_for(signum)
+
+
+def forget_interrupt() -> None:
+    """Drop the exception :func:`last_interrupt` keeps: through its traceback it holds every
+    frame of the stopped command (its loaders' generators, whose cleanup then waited for the
+    interpreter's teardown, and the model). The CLI calls it once the command has ended."""
+    _RAISED.clear()
 
 
 def last_interrupt() -> KeyboardInterrupt | None:

@@ -11,8 +11,10 @@ PYTHON=${PYTHON:-python3}
 # (g++: ffcv's extension is C++; a stock Debian/Ubuntu image has no compiler)
 APT_PACKAGES=(libopencv-dev libturbojpeg0-dev pkg-config g++)
 case "$(readlink -f "$(command -v "$PYTHON" || echo "$PYTHON")")" in
-  # the distribution's Python: its headers and venv module are packages of their own
-  /usr/bin/*) APT_PACKAGES+=(python3-dev python3-venv) ;;
+  # the distribution's Python: its headers and venv module are packages of their own, named
+  # by its version (python3.11-dev, python3.11-venv: PYTHON=python3.12 needs the 3.12 ones)
+  /usr/bin/*) v=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+              APT_PACKAGES+=("python$v-dev" "python$v-venv") ;;
 esac
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -25,9 +27,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "${missing[@]}" >/dev/null; }
 fi
 
-if [ ! -x .venv/bin/python ]; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  # (also a .venv a failed attempt left without pip: created again)
   echo "setup: creating .venv with $($PYTHON --version)"
-  "$PYTHON" -m venv .venv
+  "$PYTHON" -m venv --clear .venv
 fi
 want=$(cat pyproject.toml requirements/cpu.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$want" ]; then

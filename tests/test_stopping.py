@@ -632,3 +632,70 @@ def test_a_stop_signal_in_the_cleanup_of_a_failing_command_keeps_its_error(
         app.run()
     assert e.value.code == stopping.exit_status(sig)
     assert capsys.readouterr().err == f"{stopping.line(sig)}\n"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_while_waiting_for_another_runs_lock_is_the_stop(monkeypatch, capsys, default_sigterm,
+                                                                tmp_path, sig):
+    """A pipeline stage another run holds is waited for (``directory_lock(wait=True)``), maybe
+    for hours; Ctrl-C or a scheduler's SIGTERM there is a stop: its line and 130 / 143. (The
+    wait once ran inside ``except BlockingIOError``, so the stop's context was that OSError and
+    the CLI reported "error: Resource temporarily unavailable" with status 2.)"""
+    import fcntl
+    import threading
+
+    from ffcv_dp4tl.fsutil import directory_lock
+
+    lock = tmp_path / ".stage.lock"
+    held = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)  # another run's
+    said = []
+
+    def command(**_):
+        main = threading.main_thread().ident
+        threading.Timer(0.3, lambda: signal.pthread_kill(main, sig)).start()
+        with directory_lock(lock, "stage X", wait=True, on_wait=said.append):
+            pytest.fail("the lock was taken while another run held it")
+
+    app = _cli_app(monkeypatch, command)
+    try:
+        with pytest.raises(SystemExit) as e:
+            app.run()
+    finally:
+        os.close(held)
+    assert said == ["another dp4tl run (pid unknown) is using stage X; waiting for it"]
+    assert e.value.code == stopping.exit_status(sig)
+    assert capsys.readouterr().err == f"{stopping.line(sig)}\n"
+
+
+def test_a_stopped_command_keeps_nothing_alive_after_it_ends(monkeypatch, capsys, default_sigterm):
+    """The stop's exception holds every frame of the stopped command through its traceback (a
+    loader's generator, suspended in the training loop; the model): kept after the command
+    ended, the generator's cleanup (the loader's threads and workers stopped) waited for the
+    interpreter's teardown, where it failed on cleared module globals. Once ``run`` returns,
+    the generator has been closed."""
+    closed = []
+
+    def loader():
+        try:
+            yield 1
+            yield 2
+        finally:
+            closed.append(True)
+
+    def command(**_):
+        batches = iter(loader())  # a local, as the training loop's `it_loader`
+        next(batches)
+        signal.raise_signal(signal.SIGTERM)  # a stop in the loop's body
+        pytest.fail("the signal was not raised")
+
+    app = _cli_app(monkeypatch, command)
+    with pytest.raises(SystemExit) as e:
+        app.run()
+    e.value.__context__ = e.value.__traceback__ = None  # (pytest's own reference to the exit)
+    del e
+    import gc
+
+    gc.collect()
+    assert closed == [True]
+    assert capsys.readouterr().err == f"{stopping.line(signal.SIGTERM)}\n"

@@ -263,6 +263,7 @@ def run() -> None:
         if outcome is not None:
             raise outcome from None
     finally:
+        stopping.forget_interrupt()
         sys.unraisablehook, sys.excepthook = previous
         _no_worker_reports_at_exit()
 
@@ -295,8 +296,8 @@ def _ending_interrupted(interrupt: KeyboardInterrupt) -> SystemExit:
 
     * Its outcome was settled (:func:`_fail`, the end of ``_run``): the signal came after it,
       and is named as such (:func:`_late_signal`); the status stays the command's own.
-    * The stop was raised while one of the command's failures (:func:`_failure`: an error told
-      in one line) was unwinding: the stop's ``__context__``, which Python sets to the exception
+    * The stop was raised while one of dp4tl's own errors (a :class:`DP4TLError`, which the
+      code raises to end a command) was unwinding: the stop's ``__context__``, which Python sets to the exception
       being handled where it is raised (a ``finally`` or ``__exit__`` the error runs through on
       its way out: loader threads joined, a temporary file removed; or ``_run``'s own handling
       before :func:`_fail`). That error is the outcome, as if the signal had come just after it:
@@ -307,11 +308,15 @@ def _ending_interrupted(interrupt: KeyboardInterrupt) -> SystemExit:
     Decided here, once the stop has reached ``_run``, and not in the signal handler: neither
     can tell an error that unwinds from one the command catches to go on (``sys.exc_info()``
     in a handler is the same ``__context__``), but here the stop has ended the command anyway,
-    so the error it met is the better report. A stop during a bug's traceback, during a stop's
-    own cleanup, or with nothing unwinding is the stop."""
+    so the error it met is the better report. Only a :class:`DP4TLError` counts: the code
+    catches those only to return or re-raise at once, while an ``OSError`` is often caught to
+    go on, and work inside its handler (a lock wait: ``BlockingIOError``, then a blocking
+    ``flock``) would turn a Ctrl-C there into that error. A stop during a bug's traceback, an
+    OS error's, a stop's own cleanup, or with nothing unwinding is the stop."""
     status = stopping.settled()
     if status is None:
-        failure = _failure(interrupt.__context__)
+        unwinding = interrupt.__context__
+        failure = _failure(unwinding) if isinstance(unwinding, DP4TLError) else None
         if failure is None:
             return _stop_status()
         status = _settle_saying(*failure)

@@ -14,6 +14,8 @@ as no-ops):
   is written, ``step`` steps into ``epoch``; ``on_resume(epoch, step)`` — a run resumed from
   one, before the epoch's next batch. A callback that accumulates over an epoch saves its part
   at the first and takes it back at the second (:class:`RecordSeen` does).
+* ``on_epoch_saved(epoch)`` — the checkpoint at the end of ``epoch`` is on disk (every rank,
+  once the main rank has saved it): what was kept only to resume within the epoch can go.
 * ``on_train_end()`` — once, also when the run stops early or fails.
 
 Callbacks passed to :func:`~ffcv_dp4tl.training.trainer.train` run on every DDP rank; the
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,9 @@ class Callback:
         pass
 
     def on_resume(self, epoch: int, step: int) -> None:
+        pass
+
+    def on_epoch_saved(self, epoch: int) -> None:
         pass
 
     def on_train_end(self) -> None:
@@ -124,8 +130,8 @@ class RecordSeen(Callback):
     epoch back (every rank's file).
 
     **Resumed mid-epoch.** At each mid-epoch checkpoint every rank saves the epoch's part so far
-    (``..._step{k}.npy``) and then waits for the other ranks (a barrier), so the checkpoint the
-    main rank writes next never names a step whose parts are not all on disk; the main rank
+    (``..._step{k}.npy``), and the trainer waits for every rank before the main rank saves the
+    checkpoint, which so never names a step whose parts are not all on disk; the main rank
     records how many ranks wrote them (``epoch{e}_step{k}.ranks``) and removes the step's parts
     of ranks this run does not have (left by a run on more ranks).
     A run resumed at step k rebuilds the epoch's global order of those k steps from the parts
@@ -134,8 +140,10 @@ class RecordSeen(Callback):
     own part). The steps skipped are counted in global batches on any number of ranks
     (``EpochPlan.start_at_batch``), so each rank's file then holds what it would have read had
     the whole epoch run on W' ranks, and the files of all ranks cover the resumed epoch's plan.
-    At the epoch's end the main rank removes the parts and epoch files of ranks it does not
-    have (a run of the epoch on more ranks).
+    At the epoch's end the main rank removes the epoch files of ranks it does not have (a run of
+    the epoch on more ranks). The step parts stay until the epoch's checkpoint is saved (a kill
+    before it resumes from the last mid-epoch one): they go then (``on_epoch_saved``), and any
+    an earlier run left go as a later epoch starts.
 
     **Partial records.** When the first k steps cannot be rebuilt (no ``out_dir``: in memory
     only; parts missing, or of unequal lengths), the resumed epoch holds only the batches
@@ -187,6 +195,8 @@ class RecordSeen(Callback):
 
     def on_batch(self, epoch: int, batch: Any) -> None:
         if epoch != self._epoch:
+            if self.out_dir is not None:  # (parts an earlier run left: those epochs are saved)
+                self._drop_parts(lambda e: e < epoch)
             self._epoch = epoch
             if self._resumed != epoch:  # trained from its start: a record from before is gone
                 self.partial.pop(epoch, None)
@@ -208,14 +218,18 @@ class RecordSeen(Callback):
                 if k == step and q >= world:
                     path.unlink(missing_ok=True)
             atomic_write_text(self._ranks_file(epoch, step), f"{world}\n")
-        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()
+        # (the trainer then waits for every rank before the main rank saves the checkpoint)
 
     def on_resume(self, epoch: int, step: int) -> None:
         self._resumed = epoch
         rank, world = self._dist()
         if self.out_dir is None:
-            if not self._parts:
+            # in memory, this process: its own batches of the epoch, if it trained them, one
+            # entry a step (those past the checkpoint's step are trained again after it)
+            if self._epoch == epoch and len(self._parts) >= step:
+                self._parts = self._parts[:step]
+            else:
+                self._parts = []
                 self._mark_partial(epoch, f"RecordSeen without out_dir: the {step} steps of "
                                           f"epoch {epoch} before the resume are not recorded")
             return
@@ -257,17 +271,36 @@ class RecordSeen(Callback):
             rank, world = self._dist()
             self._path(epoch).parent.mkdir(parents=True, exist_ok=True)
             np.save(self._path(epoch), idx)
-            # (every rank read the parts it resumes from before the epoch's first step, whose
-            # gradient all-reduce no rank passes alone: none is still to be read here)
-            for q, _, part in self._step_parts(epoch):
-                if q == rank or (rank == 0 and q >= world):
-                    part.unlink(missing_ok=True)
             if rank == 0:  # a run of this epoch on more ranks, trained again: not this one's
                 for q, path in _epoch_files(self.out_dir / "seen", epoch).items():
                     if q >= world:
                         path.unlink(missing_ok=True)
-                for path in (self.out_dir / "seen").glob(f"epoch{epoch}_step*.ranks"):
-                    path.unlink(missing_ok=True)
+            # The epoch's step parts stay until its checkpoint is saved (after this call): a
+            # kill before that resumes from its last mid-epoch checkpoint, which needs them.
+
+    def on_epoch_saved(self, epoch: int) -> None:
+        if self.out_dir is not None:
+            self._drop_parts(lambda e: e <= epoch)
+
+    def _drop_parts(self, which: Callable[[int], bool]) -> None:
+        """Remove the step parts of the epochs ``which`` accepts (whose checkpoints are saved):
+        this rank's own; the main rank also those of ranks this run does not have and the
+        ``.ranks`` records. (Every rank read the parts it resumes from before its first step,
+        whose gradient all-reduce no rank passes alone.)"""
+        seen = self.out_dir / "seen"
+        if not seen.is_dir():
+            return
+        rank, world = self._dist()
+        for p in seen.glob("rank*_epoch*_step*.npy"):
+            m = re.fullmatch(r"rank(\d+)_epoch(\d+)_step\d+\.npy", p.name)
+            if m and which(int(m.group(2))) and (int(m.group(1)) == rank
+                                                 or (rank == 0 and int(m.group(1)) >= world)):
+                p.unlink(missing_ok=True)
+        if rank == 0:
+            for p in seen.glob("epoch*_step*.ranks"):
+                m = re.fullmatch(r"epoch(\d+)_step\d+\.ranks", p.name)
+                if m and which(int(m.group(1))):
+                    p.unlink(missing_ok=True)
 
 
 #: the marker of an epoch whose ``seen/`` record lacks samples (:class:`RecordSeen`), one line

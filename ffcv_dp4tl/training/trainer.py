@@ -647,8 +647,11 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
     def save_mid_epoch(epoch: int, done: EpochProgress) -> None:
         rank_rng = dist_.all_gather(ctx, rng_states())  # (every rank: a collective)
         # observers first (RecordSeen's part of the epoch): a kill between the two then
-        # resumes from the previous checkpoint, whose step's record is still there
+        # resumes from the previous checkpoint, whose step's record is still there; every
+        # rank's observers, before the main rank's save (here, not in a callback: a callback
+        # given to some ranks only must not hold the others in a collective)
         call(callbacks, "on_checkpoint", epoch, done.step)
+        dist_.barrier(ctx)
         if ctx.is_main:
             with timer("checkpoint"):
                 state(epoch, step=done.step, progress=done.to_dict(),
@@ -708,6 +711,7 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
                 "world_size": ctx.world_size, "format": fmt,
                 "total_seconds": sum(timer.totals.values())})
         dist_.barrier(ctx)
+        call(callbacks, "on_epoch_saved", epoch)  # (every rank: the main rank has saved it)
         last_row = row
     return last_row
 

@@ -43,6 +43,8 @@ def test_an_epoch_resumed_on_another_number_of_ranks_is_recorded_whole(tmp_path,
         _batches(rec, rank, after, range(3, 8))
         rec.on_epoch_end({"epoch": 1})
         assert not rec.partial
+    for rec in resumed:  # (the epoch's checkpoint is saved)
+        rec.on_epoch_saved(1)
     seen = read_seen(tmp_path, 1)
     assert list(seen) == list(range(after))
     for rank in range(after):
@@ -69,6 +71,7 @@ def test_parts_of_a_run_on_more_ranks_at_the_same_step_are_not_mistaken_for_this
     one.on_resume(1, 3)
     _batches(one, 0, 1, range(3, 8))
     one.on_epoch_end({"epoch": 1})
+    one.on_epoch_saved(1)
     np.testing.assert_array_equal(read_seen(tmp_path, 1)[0], ORDER)
     assert sorted(p.name for p in (tmp_path / "seen").iterdir()) == ["rank0_epoch1.npy"]
 
@@ -99,6 +102,45 @@ def test_a_resume_whose_start_cannot_be_rebuilt_is_marked_partial_and_read_seen_
     again.on_epoch_end({"epoch": 1})
     assert not marker.exists()
     np.testing.assert_array_equal(read_seen(tmp_path, 1)[0], ORDER)
+
+
+def test_the_parts_outlive_the_epochs_end_until_its_checkpoint_is_saved(tmp_path):
+    """A kill after the epoch's end was recorded but before its checkpoint was saved resumes
+    from the last mid-epoch checkpoint, which needs the step parts: they stay through
+    ``on_epoch_end`` and ``on_train_end`` (a stopped run), and go once the epoch's checkpoint
+    is saved (``on_epoch_saved``); those an earlier run left go as a later epoch starts."""
+    (rec,) = _ranks(tmp_path, 1)
+    _batches(rec, 0, 1, range(3))
+    rec.on_checkpoint(1, 3)
+    _batches(rec, 0, 1, range(3, 8))
+    rec.on_epoch_end({"epoch": 1})
+    rec.on_train_end()  # stopped as the epoch's checkpoint was being saved
+    (again,) = _ranks(tmp_path, 1)
+    again.on_resume(1, 3)
+    _batches(again, 0, 1, range(3, 8))
+    again.on_epoch_end({"epoch": 1})
+    assert not again.partial
+    np.testing.assert_array_equal(read_seen(tmp_path, 1)[0], ORDER)
+    assert (tmp_path / "seen" / "rank0_epoch1_step3.npy").exists()
+    again.on_epoch_saved(1)
+    assert not list((tmp_path / "seen").glob("*_step*"))
+    _batches(rec, 0, 1, range(3))  # an earlier run's leftovers go as a later epoch starts
+    rec.on_checkpoint(1, 3)
+    (later,) = _ranks(tmp_path, 1)
+    _batches(later, 0, 1, range(1), epoch=2)
+    assert not list((tmp_path / "seen").glob("*_step*"))
+
+
+def test_in_memory_a_resume_in_the_same_process_keeps_the_steps_before_it_once():
+    """In memory, the same process resumed at step 3 after training steps 0..4: the record
+    keeps steps 0..2 once (steps 3, 4 are trained again), not 0..4 and then 3..7."""
+    rec = RecordSeen()
+    _batches(rec, 0, 1, range(5))
+    rec.on_resume(1, 3)
+    _batches(rec, 0, 1, range(3, 8))
+    rec.on_epoch_end({"epoch": 1})
+    assert not rec.partial
+    np.testing.assert_array_equal(rec.seen[1], ORDER)
 
 
 def test_in_memory_only_a_resumed_epoch_says_it_is_partial():
