@@ -431,6 +431,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
                        if mode == "lp" and not lp_augmented else None),
             rows=rows, seconds=earlier_seconds + time.perf_counter() - t0,
             recipe=recipe.to_dict()).save(state_path)
+        call(callbacks, "on_epoch_saved", epoch)
     if end_epoch < tc.epochs:
         return {"stopped_after": end_epoch}
     if not rows:
