@@ -26,9 +26,10 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["GRACE_S", "STOP_STATUSES", "Terminated", "deferred", "exit_status", "forget_interrupt", "interrupt_for",
-           "last_interrupt", "late_line", "late_status", "line", "quiet_children", "received",
-           "record", "settle", "settled", "sigterm_handler", "sigterm_raises", "status_of"]
+__all__ = ["GRACE_S", "STOP_STATUSES", "Terminated", "deferred", "exit_status", "forget_interrupt",
+           "interrupt_for", "last_interrupt", "late_line", "late_status", "line", "quiet_children",
+           "received", "record", "settle", "settled", "sigterm_handler", "sigterm_raises",
+           "status_of"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -247,14 +248,9 @@ class _GraceWatchdog:
             if int(signal.SIGTERM) in data:
                 self.armed = True
                 threading.Event().wait(self.grace)
-                status = settled()
-                if status is None:
-                    said = (f"{line(signal.SIGTERM)} (its cleanup took more than {self.grace:g} "
-                            "s, so it ended at once)")
-                else:
-                    said = (f"{late_line(signal.SIGTERM, status)} (its exit then took more than "
-                            f"{self.grace:g} s, so it ended at once)")
-                _forced_exit(said, signal.SIGTERM)
+                _forced_exit(signal.SIGTERM,
+                             f"its cleanup took more than {self.grace:g} s, so it ended at once",
+                             f"its exit then took more than {self.grace:g} s, so it ended at once")
             if not data or 0 in data:  # closed, or close()'s wake-up byte
                 return
 
@@ -288,16 +284,19 @@ class _GraceWatchdog:
 _FORCING: list[int] = []
 
 
-def _forced_exit(said: str, signum: int) -> None:
-    """End the process at once: ``said`` on stderr (to the descriptor: the main thread may hold
-    sys.stderr's lock), this process's own children killed, then ``os._exit`` with the status
-    of the signal, or the command's own once it was decided (:func:`settle`)."""
+def _forced_exit(signum: int, cleanup_why: str, exit_why: str) -> None:
+    """End the process at once: the stop's line with ``cleanup_why`` (or, once the command's
+    outcome was decided, :func:`settle`, the late line with ``exit_why``) on stderr (to the
+    descriptor: the main thread may hold sys.stderr's lock), this process's own children
+    killed, then ``os._exit`` with the status of the signal, or the command's own."""
     if _FORCING:  # (the other thread is at it: the grace's and a second SIGTERM's)
         return
     _FORCING.append(threading.get_ident())
+    status = settled()
+    said = (f"{line(signum)} ({cleanup_why})" if status is None
+            else f"{late_line(signum, status)} ({exit_why})")
     with contextlib.suppress(OSError):
         os.write(2, f"{said}\n".encode())
-    status = settled()
     code = exit_status(signum) if status is None else late_status(signum, status)
     try:
         doomed = _own_children()
@@ -515,11 +514,8 @@ def sigterm_raises(grace: float | None = GRACE_S) -> Iterator[None]:
             os.kill(os.getpid(), signal.SIGTERM)
             return
         if signal.SIGTERM in _RECEIVED:  # the second one: stop the cleanup too, with the line
-            status = settled()
-            _forced_exit(f"{line(signal.SIGTERM)} (a second SIGTERM ended its cleanup)"
-                         if status is None else
-                         f"{late_line(signal.SIGTERM, status)} (a second SIGTERM ended its exit)",
-                         signal.SIGTERM)
+            _forced_exit(signal.SIGTERM, "a second SIGTERM ended its cleanup",
+                         "a second SIGTERM ended its exit")
         record(signum)
         quiet_children()  # (the job's workers die of the same SIGTERM; for good: it is ending)
         _interrupt(signum)

@@ -381,7 +381,7 @@ def test_a_ctrl_c_as_a_finished_command_closes_is_one_line_not_a_traceback(monke
     with pytest.raises(SystemExit) as e:
         app.run()
     assert e.value.code == 130
-    assert capsys.readouterr().err == app.AT_EXIT_LINE + "\n"
+    assert capsys.readouterr().err == stopping.late_line(signal.SIGINT, 0) + "\n"
 
 
 @pytest.mark.parametrize("lands", [KeyboardInterrupt, stopping.Terminated])

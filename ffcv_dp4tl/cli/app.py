@@ -285,9 +285,6 @@ def _no_worker_reports_at_exit() -> None:
     atexit.register(stopping.quiet_children)
 
 
-#: a Ctrl-C after the command had ended well (outputs written, its line printed)
-AT_EXIT_LINE = stopping.late_line(signal.SIGINT, 0)
-
 def _ending_interrupted(interrupt: KeyboardInterrupt) -> SystemExit:
     """How a command ends that a stop signal (``interrupt``: Ctrl-C's, SIGTERM's) reached: the
     stop's line and 128 + the signal, unless the command's outcome came first. One rule, for

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from ..contracts import STAGE_KINDS, StageResult, stage_kind
 from ..errors import DP4TLError
@@ -237,8 +237,7 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
         with _Segment(st.dir) as seg:
             values = {k: v for k, v in dict(fn(st.dir) or {}).items()
                       if k not in StageResult.RESERVED}
-        earlier, earlier_cpu = segment_totals(st.dir, exclude=seg.path)
-        bound = estimated_seconds(st.dir, exclude=seg.path)
+        earlier, earlier_cpu, bound = segment_totals(st.dir, exclude=seg.path)
         if bound:  # said in the result (and the report's line): part of its time is a bound
             values[ESTIMATED] = bound
         res = StageResult(stage=st.name, kind=st.kind, seconds=earlier + seg.seconds,
@@ -271,7 +270,7 @@ def _forget_thrown_away_segments(st: Stage, log: Callable[[str], None]) -> None:
     patterns, found = resumes_from(st)
     if patterns is None or found:
         return
-    wall, _ = segment_totals(st.dir)
+    wall = segment_totals(st.dir).wall
     for p in st.dir.glob(SEGMENT_GLOB):
         with contextlib.suppress(OSError):
             p.unlink()
@@ -295,7 +294,7 @@ def cpu_now() -> float:
 
 
 #: the ``values`` key of a stage result whose wall time includes segments without an exact
-#: record (:func:`estimated_seconds`): those seconds, so ``seconds`` is a lower bound
+#: record (:class:`SegmentTotals`): those seconds, so ``seconds`` is a lower bound
 ESTIMATED = "estimated_seconds"
 
 
@@ -376,27 +375,36 @@ def _segment_times(stage_dir: Path, exclude: Path | None) -> list[tuple[float, f
     return out
 
 
-def segment_totals(stage_dir: Path, exclude: Path | None = None) -> tuple[float, float]:
-    """``(wall, cpu)`` seconds of the recorded run segments in ``stage_dir`` (see
-    :class:`_Segment`): the exact times of segments that ended; for a segment without an exact
-    record (killed; or its record not written, e.g. on a full disk), its start (in the name) to
-    the file's modification time (the last heartbeat, or the end when :class:`_Segment` could
-    touch it) as wall time, a lower bound (:func:`estimated_seconds`), and no CPU time
-    (unknown)."""
+class SegmentTotals(NamedTuple):
+    """Seconds of a stage's recorded run segments (:func:`segment_totals`)."""
+
+    wall: float
+    cpu: float
+    #: the part of ``wall`` from segments without an exact record: start to last modification,
+    #: a lower bound (by up to :data:`HEARTBEAT_S` for each killed one), CPU time not counted
+    estimated: float
+
+
+def segment_totals(stage_dir: Path, exclude: Path | None = None) -> SegmentTotals:
+    """Wall, CPU and estimated seconds of the recorded run segments in ``stage_dir`` (see
+    :class:`_Segment`), read once: the exact times of segments that ended; for a segment
+    without an exact record (killed; or its record not written, e.g. on a full disk), its start
+    (in the name) to the file's modification time (the last heartbeat, or the end when
+    :class:`_Segment` could touch it) as wall time, a lower bound (``estimated``), and no CPU
+    time (unknown)."""
     times = _segment_times(stage_dir, exclude)
-    return sum(w for w, _ in times), sum(c or 0.0 for _, c in times)
+    return SegmentTotals(sum(w for w, _ in times), sum(c or 0.0 for _, c in times),
+                         sum(w for w, c in times if c is None))
 
 
 def estimated_seconds(stage_dir: Path, exclude: Path | None = None) -> float:
-    """The part of :func:`segment_totals`' wall time that comes from segments without an exact
-    record: start to last modification, a lower bound (by up to :data:`HEARTBEAT_S` for each
-    killed one), whose CPU time is not counted."""
-    return sum(w for w, c in _segment_times(stage_dir, exclude) if c is None)
+    """The part of :func:`segment_totals`' wall time from segments without an exact record."""
+    return segment_totals(stage_dir, exclude).estimated
 
 
 def stage_seconds(stage_dir: Path, exclude: Path | None = None) -> float:
     """Wall seconds of the recorded run segments in ``stage_dir`` (:func:`segment_totals`)."""
-    return segment_totals(stage_dir, exclude)[0]
+    return segment_totals(stage_dir, exclude).wall
 
 
 def describe(result: dict[str, Any] | StageResult) -> str:

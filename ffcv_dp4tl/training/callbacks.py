@@ -178,12 +178,8 @@ class RecordSeen(Callback):
 
     def _step_parts(self, epoch: int) -> list[tuple[int, int, Path]]:
         """``(rank, step, path)`` of every rank's saved parts of ``epoch``."""
-        out = []
-        for p in (self.out_dir / "seen").glob(f"rank*_epoch{epoch}_step*.npy"):
-            m = re.fullmatch(rf"rank(\d+)_epoch{epoch}_step(\d+)\.npy", p.name)
-            if m:
-                out.append((int(m.group(1)), int(m.group(2)), p))
-        return out
+        return [(q, k, p) for q, e, k, p in _seen_files(self.out_dir / "seen")
+                if e == epoch and k is not None]
 
     def _ranks_file(self, epoch: int, step: int) -> Path:
         """How many ranks wrote the parts of ``epoch`` at ``step`` (the main rank's record)."""
@@ -291,10 +287,8 @@ class RecordSeen(Callback):
         if not seen.is_dir():
             return
         rank, world = self._dist()
-        for p in seen.glob("rank*_epoch*_step*.npy"):
-            m = re.fullmatch(r"rank(\d+)_epoch(\d+)_step\d+\.npy", p.name)
-            if m and which(int(m.group(2))) and (int(m.group(1)) == rank
-                                                 or (rank == 0 and int(m.group(1)) >= world)):
+        for q, e, k, p in _seen_files(seen):
+            if k is not None and which(e) and (q == rank or (rank == 0 and q >= world)):
                 p.unlink(missing_ok=True)
         if rank == 0:
             for p in seen.glob("epoch*_step*.ranks"):
@@ -323,9 +317,19 @@ def read_seen(out_dir: str | Path, epoch: int) -> dict[int, np.ndarray]:
 
 def _epoch_files(seen: Path, epoch: int) -> dict[int, Path]:
     """``{rank: path}`` of the ``rank{r}_epoch{epoch}.npy`` files in ``seen``."""
-    out = {}
-    for p in seen.glob(f"rank*_epoch{epoch}.npy"):
-        m = re.fullmatch(rf"rank(\d+)_epoch{epoch}\.npy", p.name)
+    return {q: p for q, e, k, p in _seen_files(seen) if e == epoch and k is None}
+
+
+#: a :class:`RecordSeen` file's name (``RecordSeen._path``): an epoch's, or a step part of it
+_SEEN_NAME = re.compile(r"rank(\d+)_epoch(\d+)(?:_step(\d+))?\.npy")
+
+
+def _seen_files(seen: Path) -> list[tuple[int, int, int | None, Path]]:
+    """``(rank, epoch, step, path)`` of every :class:`RecordSeen` file in ``seen``; ``step``
+    None for an epoch's file, else its step part's step. The one reader of those names."""
+    out = []
+    for p in seen.glob("rank*_epoch*.npy"):
+        m = _SEEN_NAME.fullmatch(p.name)
         if m:
-            out[int(m.group(1))] = p
+            out.append((int(m[1]), int(m[2]), None if m[3] is None else int(m[3]), p))
     return out
