@@ -50,6 +50,24 @@ def code_cache_enabled() -> bool:
     return os.environ.get(CODE_CACHE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+class EpochStalled(Exception):
+    """ffcv's epoch thread delivered no batch within the loader's timeout (``seconds``);
+    ``stopped``: whether the thread then ended (a thread stuck in native code, a read from
+    storage that stopped answering, cannot be stopped: it ends with the process, a daemon)."""
+
+    def __init__(self, seconds: float, stopped: bool):
+        super().__init__(f"ffcv's epoch thread delivered no batch in {seconds:g} s")
+        self.seconds, self.stopped = seconds, stopped
+
+
+#: seconds between two looks at the epoch thread while the consumer waits for a batch (a batch
+#: that arrives wakes the consumer at once; this only bounds how late a dead thread or the
+#: timeout is noticed)
+_POLL_S = 0.5
+#: seconds given a stalled epoch thread to end once told to stop, before it is left behind
+_STALLED_STOP_S = 2.0
+
+
 class PipelineFailure(Exception):
     """One ffcv batch failed: ``indices`` are its sample indices (split numbering), ``failed``
     those whose JPEG ``imdecode`` rejected (empty when ``error`` was raised instead)."""
@@ -307,10 +325,15 @@ def _build_classes() -> dict[str, type]:
             self.failure = failure
 
     class GuardedEpochIterator(EpochIterator):
-        """ffcv's epoch thread, with two guards: an exception while running the pipeline is
+        """ffcv's epoch thread, with four guards: an exception while running the pipeline is
         handed to the consumer (ffcv 1.0.2's thread dies and ``__next__`` waits forever), and
-        a sample whose decoder reported a failed ``imdecode`` ends the epoch. Either way the
-        consumer gets :class:`PipelineFailure` for that batch.
+        a sample whose decoder reported a failed ``imdecode`` ends the epoch (either way the
+        consumer gets :class:`PipelineFailure` for that batch); an exception anywhere else in
+        the thread is raised in the consumer as it was (it, too, left ``__next__`` waiting
+        forever, after a traceback on stderr); and a batch that does not come within the
+        loader's ``timeout`` seconds (0: wait forever) ends the wait with
+        :class:`EpochStalled` (a decode thread stuck on storage that stopped answering would
+        otherwise hold the run, and its allocation, for good).
 
         Its batch buffers (pinned host memory, device memory) and CUDA streams come from the
         loader (:meth:`ReusingLoader.epoch_buffers`): ffcv allocates and pins them afresh at
@@ -334,7 +357,40 @@ def _build_classes() -> dict[str, type]:
             self.memory_context.__enter__()
             self.storage_state = self.memory_context.state
             self.cuda_streams, self.memory_allocations = loader.epoch_buffers(self)
+            self.timeout = float(getattr(loader, "timeout", 0.0) or 0.0)
+            self.died: BaseException | None = None  # what ended the thread, if not its epoch
+            self.stalled = False  # a batch did not come in time (stop() then waits no more)
             self.start()
+
+        def run(self):
+            try:
+                super().run()
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer in __next__
+                self.died = e
+
+        def _next_result(self):
+            """The thread's next queue entry, waiting at most ``timeout`` seconds (0: for
+            good); the thread's death raises what ended it, the timeout :class:`EpochStalled`."""
+            deadline = time.monotonic() + self.timeout if self.timeout > 0 else None
+            while True:
+                try:
+                    return self.output_queue.get(timeout=_POLL_S)
+                except Empty:
+                    pass
+                if not self.is_alive():
+                    try:  # (its last entry may have been queued as it ended)
+                        return self.output_queue.get_nowait()
+                    except Empty:
+                        pass
+                    died, self.died = self.died, None
+                    self.close()
+                    if died is not None:
+                        raise died
+                    raise RuntimeError("ffcv's epoch thread ended without its next batch and "
+                                       "without an error")
+                if deadline is not None and time.monotonic() >= deadline:
+                    self.stalled = True
+                    raise EpochStalled(self.timeout, self.stop(_STALLED_STOP_S))
 
         def run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event):
             try:
@@ -355,7 +411,14 @@ def _build_classes() -> dict[str, type]:
             return _Failed(PipelineFailure(np.asarray(batch_indices, np.int64), failed, error))
 
         def __next__(self):
-            result = super().__next__()
+            # ffcv 1.0.2's EpochIterator.__next__, waiting with _next_result's guards
+            result = self._next_result()
+            if result is None:
+                self.close()
+                raise StopIteration()
+            slot, result = result
+            if ffcv_epoch_iterator.IS_CUDA:
+                self.current_stream.wait_stream(self.cuda_streams[slot])  # the copy is done
             if isinstance(result, _Failed):
                 self.close()
                 raise result.failure
@@ -372,7 +435,10 @@ def _build_classes() -> dict[str, type]:
             forced unwind that aborts the process ("terminate called without an active
             exception", exit code 134, after all the work was done: a bench that broke out of
             its epochs aborted 1 run in 4). Its next batch is made StopIteration, and the queue
-            is drained so that its last ``put`` (ffcv's ``put(None)`` has no timeout) returns."""
+            is drained so that its last ``put`` (ffcv's ``put(None)`` has no timeout) returns.
+            A thread that stalled (:class:`EpochStalled`) was given its time already."""
+            if self.stalled and timeout > _STALLED_STOP_S:
+                timeout = 0.0
             self.terminate_event.set()
             self.iter_ixes = iter(())  # its next batch is StopIteration
             deadline = time.monotonic() + timeout

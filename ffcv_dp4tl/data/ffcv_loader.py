@@ -34,8 +34,9 @@ import torch
 from beton_builders.integrity import DAMAGED_SAMPLE_HINT
 
 from ..errors import DataError
-from .ffcv_compile import PipelineFailure, damaged_samples, ffcv_classes
-from .interface import PlanLoaderBase, checked_sizes
+from .ffcv_compile import EpochStalled, PipelineFailure, damaged_samples, ffcv_classes
+from .interface import (LoaderTimeout, PlanLoaderBase, checked_sizes, checked_timeout,
+                        timeout_line)
 from .sampling import Batch, EpochPlan
 from .transforms import AugSpec, Normalize
 
@@ -217,13 +218,16 @@ class FFCVMaskedLoader(PlanLoaderBase):
                  num_workers: int = 2, drop_last: bool | None = None, os_cache: bool = True,
                  dtype: torch.dtype = torch.float32, channels_last: bool = False,
                  deterministic: bool = False, split: str | None = None,
-                 scaled_decode: bool = False):
+                 scaled_decode: bool = False, timeout: float | None = None):
         """``aug`` says how images are cropped and flipped. ``deterministic``: random crops
         and flips seeded per sample and batch (:func:`_seeded_crop_flip_class`), so two runs
         give identical batches whatever the number of decode threads. ``split``: the split's
         name in error messages (default: the beton's file stem). ``scaled_decode`` (train,
         not deterministic): crop first, decode each JPEG at reduced DCT scale, flip in the
         decoder (``ffcv_compile.ScaledRandomResizedCrop``; off by default: it changes pixels).
+        ``timeout``: seconds to wait for ffcv's epoch thread's next batch before
+        :class:`~.interface.LoaderTimeout` (None: :func:`~.interface.loader_timeout`, 300
+        unless ``$DP4TL_LOADER_TIMEOUT`` says otherwise; 0 = wait forever).
 
         Building one costs little once a Loader of the same shape (aug, views, workers, device)
         ran in this process: the compiled decoders are shared (module ``ffcv_compile``)."""
@@ -236,6 +240,8 @@ class FFCVMaskedLoader(PlanLoaderBase):
         RandomResizedCropRGBImageDecoder = classes["CheckedRandomResizedCrop"]
         CenterCropRGBImageDecoder = classes["CheckedCenterCrop"]
         aug = aug.validate()
+        #: seconds to wait for the epoch thread's next batch (0: forever)
+        self.timeout = checked_timeout(timeout)
         self.aug = aug
         self.plan = plan
         self.beton = Path(beton)
@@ -290,6 +296,7 @@ class FFCVMaskedLoader(PlanLoaderBase):
             indices=plan.indices, drop_last=self.drop_last, pipelines=pipelines, seed=plan.seed,
             **plan_order_arguments(plan, Loader),
         )
+        self.loader.timeout = self.timeout  # (read by each epoch's GuardedEpochIterator)
         self.normalize = Normalize(dtype, channels_last, aug.normalize).to(self.device)
         self.epoch = 0
 
@@ -317,7 +324,7 @@ class FFCVMaskedLoader(PlanLoaderBase):
         # by a stop signal (its frame kept by the traceback) is closed only at interpreter
         # exit, after module globals are cleared, and `except <None>` printed "Exception
         # ignored in ... TypeError" under the one stop line
-        failure_type = PipelineFailure
+        failure_type, stalled_type, timeout_type = PipelineFailure, EpochStalled, LoaderTimeout
         try:
             for b, (images, labels, *rest) in enumerate(batches):
                 idx = torch.from_numpy(np.asarray(
@@ -328,6 +335,12 @@ class FFCVMaskedLoader(PlanLoaderBase):
                             self.normalize(rest[0]) if rest else None)
         except failure_type as failure:
             raise self._damage_error(failure) from None
+        except stalled_type as stalled:
+            raise timeout_type(timeout_line(
+                "ffcv's loading thread", self.split, stalled.seconds,
+                "a decode stuck on storage that stopped answering, such as a network mount, or "
+                "a thread that hung", "its thread was stopped" if stalled.stopped else
+                "its thread, stuck, was left to end with the process")) from None
         finally:  # left early (break, an exception) or not: the epoch's thread has ended
             stop = getattr(batches, "stop", None)
             if stop is not None:

@@ -39,12 +39,14 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 import weakref
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
+from queue import SimpleQueue
 from typing import Callable, Iterator, Literal
 
 import numpy as np
@@ -57,7 +59,7 @@ from beton_builders.integrity import DAMAGED_SAMPLE_HINT
 from .manifest import SplitInfo
 from .gpu_resample import (MAX_CANVAS_BYTES, LevelGroups, check_canvas, grid_params, level_groups, mip_level,
                            mip_pyramid, pad_batch, resample)
-from .interface import PlanLoaderBase
+from .interface import LoaderTimeout, PlanLoaderBase, checked_timeout, timeout_line
 from .sampling import Batch, EpochPlan
 from .transforms import AugSpec, Normalize, crop_draws
 
@@ -196,27 +198,74 @@ class _HostBatch:
 # Bounded read-ahead
 # ---------------------------------------------------------------------------------------------
 
+class ReadAheadStalled(Exception):
+    """A read-ahead batch did not come within the timeout (``seconds``); ``stopped``: whether
+    the threads then ended (a thread stuck in a read from storage that stopped answering
+    cannot be stopped; it is a daemon, so it ends with the process and never holds its exit)."""
+
+    def __init__(self, seconds: float, stopped: bool):
+        super().__init__(f"no read-ahead batch in {seconds:g} s")
+        self.seconds, self.stopped = seconds, stopped
+
+
+#: seconds given the read-ahead threads to end once a stalled iteration stops them
+_STALLED_JOIN_S = 2.0
+
+
 class _ReadAhead:
     """Yield ``fn(0..n-1)`` in order, computing up to ``depth`` of them ahead on ``workers``
     threads (inline when ``workers == 0``). ``close`` cancels what is queued and joins the
-    threads; the loader calls it when iteration ends, stops early or the loader is closed."""
+    threads; the loader calls it when iteration ends, stops early or the loader is closed.
+
+    A batch that does not come within ``timeout`` seconds (0: wait forever; inline: no wait to
+    bound) raises :class:`ReadAheadStalled`. The threads are daemons, started here rather than by
+    a ``ThreadPoolExecutor``: at exit the interpreter joins an executor's threads without a
+    timeout, so one stuck in a read (storage that stopped answering) would hold the process,
+    and its allocation, after the error line. ``initializer`` runs first in each thread; an
+    exception there fails every batch that thread takes."""
 
     def __init__(self, fn: Callable[[int], _HostBatch], n: int, workers: int, depth: int,
-                 initializer: Callable[[], None] | None = None):
+                 initializer: Callable[[], None] | None = None, timeout: float = 0.0):
         self._fn, self._n, self._depth = fn, n, max(1, depth)
-        self._pool = (ThreadPoolExecutor(workers, thread_name_prefix=THREAD_PREFIX,
-                                         initializer=initializer)
-                      if workers > 0 else None)
+        self._timeout = float(timeout)
+        self._tasks: SimpleQueue[tuple[Future, int] | None] = SimpleQueue()
         self._pending: deque[Future] = deque()
         self._next = 0
+        self._stalled = False
+        self._threads = [threading.Thread(target=self._work, args=(initializer,), daemon=True,
+                                          name=f"{THREAD_PREFIX}_{i}")
+                         for i in range(max(0, workers))]
+        for t in self._threads:
+            t.start()
+
+    def _work(self, initializer: Callable[[], None] | None) -> None:
+        failed: BaseException | None = None
+        if initializer is not None:
+            try:
+                initializer()
+            except BaseException as e:  # noqa: BLE001 - handed to each batch this thread takes
+                failed = e
+        while (task := self._tasks.get()) is not None:
+            fut, b = task
+            if not fut.set_running_or_notify_cancel():
+                continue
+            if failed is not None:
+                fut.set_exception(failed)
+                continue
+            try:
+                fut.set_result(self._fn(b))
+            except BaseException as e:  # noqa: BLE001 - raised where the batch is taken
+                fut.set_exception(e)
 
     def _fill(self) -> None:
-        while self._pool is not None and self._next < self._n and len(self._pending) < self._depth:
-            self._pending.append(self._pool.submit(self._fn, self._next))
+        while self._threads and self._next < self._n and len(self._pending) < self._depth:
+            fut: Future = Future()
+            self._tasks.put((fut, self._next))
+            self._pending.append(fut)
             self._next += 1
 
     def __iter__(self) -> Iterator[_HostBatch]:
-        if self._pool is None:
+        if not self._threads:
             for b in range(self._n):
                 yield self._fn(b)
             return
@@ -224,15 +273,27 @@ class _ReadAhead:
         while self._pending:
             fut = self._pending.popleft()
             self._fill()
-            yield fut.result()
+            try:
+                result = fut.result(timeout=self._timeout or None)
+            except FutureTimeout:
+                self._stalled = True
+                raise ReadAheadStalled(self._timeout, self.close()) from None
+            yield result
 
-    def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            for fut in self._pending:
-                fut.cancel()
-            self._pending.clear()
-            pool.shutdown(wait=True, cancel_futures=True)
+    def close(self) -> bool:
+        """Cancel the batches not started, let the threads finish theirs and end; returns
+        whether they all ended (after a stall they are given :data:`_STALLED_JOIN_S` seconds,
+        then left: daemons, they end with the process)."""
+        threads, self._threads = self._threads, []
+        for fut in self._pending:
+            fut.cancel()
+        self._pending.clear()
+        for _ in threads:
+            self._tasks.put(None)
+        deadline = time.monotonic() + _STALLED_JOIN_S
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()) if self._stalled else None)
+        return not any(t.is_alive() for t in threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,12 +314,17 @@ class DeviceDecodeLoader(PlanLoaderBase):
                  resolution: int, aug: AugSpec, device: str | torch.device = "cpu",
                  num_workers: int = 2, drop_last: bool | None = None,
                  dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                 prefetch: int | None = None, max_canvas_bytes: int = MAX_CANVAS_BYTES):
+                 prefetch: int | None = None, max_canvas_bytes: int = MAX_CANVAS_BYTES,
+                 timeout: float | None = None):
         """``aug`` says how images are cropped and flipped. ``max_canvas_bytes``: the largest
-        padded batch canvas (:func:`check_canvas`) before a clear error."""
+        padded batch canvas (:func:`check_canvas`) before a clear error. ``timeout``: seconds
+        to wait for a read-ahead thread's batch before :class:`~.interface.LoaderTimeout`
+        (None: :func:`~.interface.loader_timeout`, 300 unless ``$DP4TL_LOADER_TIMEOUT`` says
+        otherwise; 0 = wait forever; no threads: no timeout)."""
         if source not in SOURCES:
             raise DataError(f"unknown byte source {source!r}; choose one of {', '.join(SOURCES)}")
         aug = aug.validate()
+        timeout = checked_timeout(timeout)
         self._readers: weakref.WeakSet[_ReadAhead] = weakref.WeakSet()
         self._locations: _ByteLocations | None = None
         self.aug = aug
@@ -269,6 +335,8 @@ class DeviceDecodeLoader(PlanLoaderBase):
         self.drop_last = aug.train if drop_last is None else drop_last
         self.source = source
         self.num_workers = max(0, int(num_workers))
+        #: seconds to wait for a read-ahead thread's batch (0: forever, and always without threads)
+        self.timeout = timeout if self.num_workers > 0 else 0.0
         self.prefetch = prefetch if prefetch is not None else max(2, 2 * self.num_workers)
         self.max_canvas_bytes = int(max_canvas_bytes)
         self.epoch = 0
@@ -291,11 +359,19 @@ class DeviceDecodeLoader(PlanLoaderBase):
         eseed = self.plan.aug_seed(epoch)
         reader = _ReadAhead(lambda b: self._host_batch(order, b, resolution, eseed), len(self),
                             self.num_workers, self.prefetch,
-                            initializer=partial(thread_device_setup, self.device))
+                            initializer=partial(thread_device_setup, self.device),
+                            timeout=self.timeout)
         self._readers.add(reader)
+        stalled_type, timeout_type = ReadAheadStalled, LoaderTimeout  # (see FFCVMaskedLoader)
         try:
             for host in reader:
                 yield self._device_batch(host, resolution)
+        except stalled_type as stalled:
+            raise timeout_type(timeout_line(
+                "a JPEG read-ahead thread", self._split_name, stalled.seconds,
+                "a read stuck on storage that stopped answering, such as a network mount, or a "
+                "device decode that hung", "its threads were stopped" if stalled.stopped else
+                "a stuck thread was left to end with the process")) from None
         finally:
             reader.close()
         self.epoch = epoch + 1

@@ -7,12 +7,66 @@ format or decoder feeds it: all three visit the same samples in the same order f
 """
 from __future__ import annotations
 
+import math
+import os
 from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 
+from ..errors import DP4TLError
+from .resources import env_int
 from .sampling import Batch, EpochPlan, check_resolution
 from .transforms import AugSpec
+
+#: seconds a loader waits for its next batch before it stops with :class:`LoaderTimeout`
+#: (``$DP4TL_LOADER_TIMEOUT`` sets it; 0 = wait forever), whichever loader it is: the
+#: WebDataset loader's worker processes, ffcv's epoch thread, the GPU-decode loader's
+#: read-ahead threads. What it guards against: a WebDataset worker forked from a process that
+#: runs threads can hang in CPython's post-fork setup (the hazard of fork with threads; a
+#: cluster audit saw it once in 23 torchrun launches): it stays alive, so torch never notices;
+#: a read from storage that stopped answering (a network mount) blocks a decode thread for
+#: good. Without a timeout the run waited forever, burning its allocation. A batch takes
+#: seconds (ImageNet at batch 1024: ~10 s on one slow core); 300 s leaves room for a slow or
+#: cold network mount without leaving a stuck run to burn a scheduler's allocation for long.
+LOADER_TIMEOUT_S = 300
+#: the environment variable that sets :data:`LOADER_TIMEOUT_S`
+TIMEOUT_ENV = "DP4TL_LOADER_TIMEOUT"
+
+
+def loader_timeout() -> int:
+    """``$DP4TL_LOADER_TIMEOUT`` in whole seconds (unset or blank: :data:`LOADER_TIMEOUT_S`);
+    anything but a whole number >= 0 is one line naming the variable."""
+    if not os.environ.get(TIMEOUT_ENV, "").strip():
+        return LOADER_TIMEOUT_S
+    return env_int(TIMEOUT_ENV, LOADER_TIMEOUT_S, 0, "give the seconds to wait for a data-loader "
+                   "worker's next batch (0 = wait forever), or unset it for the default "
+                   f"{LOADER_TIMEOUT_S}")
+
+
+def checked_timeout(timeout: float | None) -> float:
+    """A loader's ``timeout`` argument in seconds: None reads :func:`loader_timeout`; else a
+    number >= 0 (0 = wait forever), anything else one line."""
+    if timeout is None:
+        return float(loader_timeout())
+    if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+            or not math.isfinite(timeout) or timeout < 0):
+        raise DP4TLError(f"timeout must be a number of seconds >= 0 (0 = wait forever), got "
+                         f"{timeout!r}")
+    return float(timeout)
+
+
+class LoaderTimeout(DP4TLError):
+    """No batch came from a loader within its timeout (the message says why that happens and
+    what to do); what the loader ran (worker processes, threads) has been stopped or left."""
+
+
+def timeout_line(who: str, split: str, seconds: float, causes: str, after: str) -> str:
+    """The one line of a :class:`LoaderTimeout`: ``who`` delivered no batch of ``split`` in
+    ``seconds`` (likely ``causes``); ``after``: what became of it. Then what to do, the same
+    for every loader."""
+    return (f"{who} delivered no batch of split {split!r} in {seconds:g} s ({causes}); "
+            f"{after}: rerun the command (a training run resumes from its last checkpoint); "
+            f"{TIMEOUT_ENV}=SECONDS sets the wait (0 = wait forever)")
 
 
 @runtime_checkable

@@ -13,10 +13,10 @@ idle workers filling the pipeline (issue 21: on a 10-batch epoch that fill cost 
 batch is still a pure function of ``(sample indices, resolution, aug seed)``; a speculative
 batch that the next ``set_epoch`` does not match is dropped (torch restarts the stream).
 
-A worker that delivers no batch for :data:`LOADER_TIMEOUT_S` seconds (``$DP4TL_LOADER_TIMEOUT``)
-stops the loader with :class:`LoaderTimeout`, one line, instead of a wait that never ends: a
-worker forked from a process that runs threads can hang in CPython's post-fork setup (seen
-once under torchrun), alive, so torch never notices it.
+A worker that delivers no batch for :data:`~.interface.LOADER_TIMEOUT_S` seconds
+(``$DP4TL_LOADER_TIMEOUT``) stops the loader with :class:`LoaderTimeout`, one line, instead of
+a wait that never ends: a worker forked from a process that runs threads can hang in CPython's
+post-fork setup (seen once under torchrun), alive, so torch never notices it.
 """
 from __future__ import annotations
 
@@ -35,10 +35,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from beton_builders.integrity import DAMAGED_SAMPLE_HINT
 
-from ..errors import DataError, DP4TLError
+from ..errors import DataError
 from .manifest import SplitInfo
-from .interface import PlanLoaderBase
-from .resources import env_int
+from .interface import LoaderTimeout, PlanLoaderBase, checked_timeout, timeout_line
 from .sampling import Batch, EpochPlan
 from .transforms import AugSpec, Normalize, crop_draws, crop_resize
 
@@ -49,33 +48,8 @@ from .transforms import AugSpec, Normalize, crop_draws, crop_resize
 #: An open() costs microseconds next to a JPEG decode.
 MAX_OPEN_SHARDS = 64
 
-#: seconds the loader waits for the next batch from its workers before it stops with
-#: :class:`LoaderTimeout` (``$DP4TL_LOADER_TIMEOUT`` sets it; 0 = wait forever). A worker
-#: forked from a process that runs threads can hang in CPython's post-fork setup (the hazard
-#: of fork with threads; a cluster audit saw it once in 23 torchrun launches): it stays alive,
-#: so torch never notices, and without a timeout the run waited forever. A batch takes seconds
-#: (ImageNet at batch 1024: ~10 s on one slow core); 300 s leaves room for a slow or cold
-#: network mount without leaving a stuck run to burn a scheduler's allocation for long.
-LOADER_TIMEOUT_S = 300
-#: the environment variable that sets :data:`LOADER_TIMEOUT_S`
-TIMEOUT_ENV = "DP4TL_LOADER_TIMEOUT"
 #: seconds given a worker that the timeout stopped to exit after torch's own shutdown
 _KILL_JOIN_S = 5.0
-
-
-def loader_timeout() -> int:
-    """``$DP4TL_LOADER_TIMEOUT`` in whole seconds (unset or blank: :data:`LOADER_TIMEOUT_S`);
-    anything but a whole number >= 0 is one line naming the variable."""
-    if not os.environ.get(TIMEOUT_ENV, "").strip():
-        return LOADER_TIMEOUT_S
-    return env_int(TIMEOUT_ENV, LOADER_TIMEOUT_S, 0, "give the seconds to wait for a data-loader "
-                   "worker's next batch (0 = wait forever), or unset it for the default "
-                   f"{LOADER_TIMEOUT_S}")
-
-
-class LoaderTimeout(DP4TLError):
-    """No batch came from the loader's workers within its timeout (the message says why that
-    happens and what to do); the workers have been stopped."""
 
 
 def _is_timeout(e: RuntimeError) -> bool:
@@ -338,15 +312,11 @@ class WdsMaskedLoader(PlanLoaderBase):
                  dtype: torch.dtype = torch.float32, channels_last: bool = False,
                  timeout: float | None = None):
         """``aug`` says how images are cropped and flipped. ``timeout``: seconds to wait for a
-        worker's batch before :class:`LoaderTimeout` (None: :func:`loader_timeout`, 300 unless
-        ``$DP4TL_LOADER_TIMEOUT`` says otherwise; 0 = wait forever; no workers: no timeout)."""
+        worker's batch before :class:`LoaderTimeout` (None: :func:`~.interface.loader_timeout`,
+        300 unless ``$DP4TL_LOADER_TIMEOUT`` says otherwise; 0 = wait forever; no workers: no
+        timeout)."""
         aug = aug.validate()
-        if timeout is None:
-            timeout = loader_timeout()
-        elif (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-              or not math.isfinite(timeout) or timeout < 0):
-            raise DP4TLError(f"timeout must be a number of seconds >= 0 (0 = wait forever), got "
-                             f"{timeout!r}")
+        timeout = checked_timeout(timeout)
         #: seconds to wait for the workers' next batch (0: forever, and always without workers)
         self.timeout = float(timeout) if num_workers > 0 else 0.0
         self.aug = aug
@@ -432,13 +402,11 @@ class WdsMaskedLoader(PlanLoaderBase):
             if not _is_timeout(e):
                 raise
         self._stop_workers()
-        raise LoaderTimeout(
-            f"a data-loader worker delivered no batch of split {self.dataset.reader.split!r} in "
-            f"{self.timeout:g} s (a worker stuck at its start — forking a process that runs "
-            "threads can hang on Linux —, a worker or pin-memory thread that died unnoticed, or "
-            "storage that stopped answering); its workers were "
-            "stopped: rerun the command (a training run resumes from its last checkpoint); "
-            f"{TIMEOUT_ENV}=SECONDS sets the wait (0 = wait forever)")
+        raise LoaderTimeout(timeout_line(
+            "a data-loader worker", self.dataset.reader.split, self.timeout,
+            "a worker stuck at its start — forking a process that runs threads can hang on "
+            "Linux —, a worker or pin-memory thread that died unnoticed, or storage that "
+            "stopped answering", "its workers were stopped"))
 
     def _stop_workers(self) -> None:
         """End the stream and its worker processes; the next iteration starts fresh ones.

@@ -1,0 +1,324 @@
+"""A loader that delivers no batch stops with one line, whichever loader it is.
+
+WebDataset workers. Cluster audit (torchrun, 2 CPU ranks, ``--format wds``, once in 23 launches): a DataLoader worker
+forked in the first epoch hung in CPython's post-fork setup (fork with threads). It stayed alive,
+so torch never noticed, and the DataLoader had no timeout: the run waited forever. The loader now
+waits ``$DP4TL_LOADER_TIMEOUT`` seconds (300 by default) and raises :class:`LoaderTimeout`, after
+stopping its workers (the stuck one SIGKILLed: it has SIGTERM blocked).
+
+ffcv's epoch thread and the GPU-decode loader's read-ahead threads wait under the same timeout:
+a decode stuck on storage that stopped answering (a network mount) held the run, and its
+allocation, for good. A stuck thread cannot be stopped; it is a daemon, so the process still
+exits after the line (the read-ahead threads were a ``ThreadPoolExecutor``'s, which the
+interpreter joins at exit without a timeout). And an ffcv epoch thread that died outside its
+pipeline (ffcv 1.0.2 prints the traceback and leaves the consumer waiting forever) raises its
+error in the consumer."""
+from __future__ import annotations
+
+import errno
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ffcv_dp4tl.data import AugSpec, DeviceDecodeLoader, load_manifest, make_loader
+from ffcv_dp4tl.data import gpu_decode as gd
+from ffcv_dp4tl.data import interface
+from ffcv_dp4tl.data.ffcv_compile import ffcv_classes
+from ffcv_dp4tl.data.interface import LoaderTimeout
+from ffcv_dp4tl.data.sampling import EpochPlan
+from ffcv_dp4tl.data.wds_loader import WdsMaskedLoader, _MaskedShardDataset
+from ffcv_dp4tl.errors import DP4TLError
+
+#: what the stalled worker does instead of its batch: longer than the test's timeout and the
+#: loader's shutdown together; the old loader (no timeout) returned the batch after it
+STALL_S = 30
+
+
+#: (format, decode) of every loader make_loader builds
+LOADERS = [("wds", "cpu"), ("ffcv", "cpu"), ("wds", "gpu")]
+
+
+def _loader(root: Path, workers: int, fmt: str = "wds", decode: str = "cpu"):
+    return make_loader(root, "train", fmt=fmt, decode=decode, aug=AugSpec.for_eval(),
+                       batch_size=8, resolution=16, num_workers=workers)
+
+
+def _timeout_of(loader) -> float:
+    """The timeout a loader waits with (and, for the WebDataset loader, that torch got)."""
+    if isinstance(loader, WdsMaskedLoader):
+        assert loader.dataloader.timeout == loader.timeout
+    elif not isinstance(loader, DeviceDecodeLoader):  # ffcv: its epoch threads read it there
+        assert loader.loader.timeout == loader.timeout
+    return loader.timeout
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_worker_that_delivers_no_batch_is_one_line_and_is_stopped(index_dataset, tmp_path,
+                                                                      monkeypatch):
+    """The worker stalls on its first batch with SIGTERM blocked (as a child stuck before its
+    at-fork hooks is: ``stopping`` blocks SIGTERM across the fork). The loader raises the
+    one-line error within the timeout plus the shutdown, no worker is left, and the next
+    iteration starts fresh workers and reads the whole epoch."""
+    stall, pid_file = tmp_path / "stall", tmp_path / "worker.pid"
+    stall.touch()
+    real = _MaskedShardDataset._batch
+
+    def stalling(self, *item):
+        if stall.exists():  # (read in the worker: the fork inherits this patch)
+            pid_file.write_text(str(os.getpid()))
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            time.sleep(STALL_S)
+        return real(self, *item)
+
+    monkeypatch.setattr(_MaskedShardDataset, "_batch", stalling)
+    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "2")
+    loader = _loader(index_dataset.root, 1)
+    t0 = time.monotonic()
+    with pytest.raises(LoaderTimeout) as info:  # (a DP4TLError: the CLI prints it as one line)
+        next(iter(loader))
+    elapsed = time.monotonic() - t0
+    msg = str(info.value)
+    assert "\n" not in msg and isinstance(info.value, DP4TLError)
+    del info  # (its traceback holds this frame: a cycle that would leave the loader to the GC)
+    assert msg.startswith("a data-loader worker delivered no batch of split 'train' in 2 s "
+                          "(a worker stuck at its start")
+    assert "DP4TL_LOADER_TIMEOUT=SECONDS sets the wait (0 = wait forever)" in msg
+    assert "a training run resumes from its last checkpoint" in msg
+    assert elapsed < STALL_S - 5, f"took {elapsed:.1f} s"  # 2 s + torch's shutdown (2 x 5 s)
+    pid = int(pid_file.read_text())
+    assert not _alive(pid), "the stuck worker was left running"
+    assert pid not in [p.pid for p in multiprocessing.active_children()]
+    assert loader.dataloader._iterator is None and loader._stream is None
+
+    stall.unlink()  # the next iteration forks fresh workers (which do not stall)
+    batches = list(loader)
+    assert sorted(i for b in batches for i in b.indices.tolist()) == list(range(len(index_dataset)))
+
+
+def test_no_workers_waits_without_a_timeout(index_dataset, monkeypatch):
+    """torch refuses a timeout without workers: the loader passes 0 there, and loads."""
+    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "2")
+    loader = _loader(index_dataset.root, 0)
+    assert loader.timeout == 0 and loader.dataloader.timeout == 0
+    assert sum(len(b.indices) for b in loader) == len(index_dataset)
+
+
+@pytest.mark.parametrize("fmt,decode", LOADERS)
+@pytest.mark.parametrize("env,want", [(None, 300), ("", 300), (" 45 ", 45), ("0", 0)])
+def test_the_timeout_is_300_s_unless_the_environment_says(index_dataset, monkeypatch, env, want,
+                                                          fmt, decode):
+    assert interface.LOADER_TIMEOUT_S == 300
+    if env is None:
+        monkeypatch.delenv("DP4TL_LOADER_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", env)
+    loader = _loader(index_dataset.root, 1, fmt, decode)  # (nothing starts before iterating)
+    assert _timeout_of(loader) == want
+
+
+@pytest.mark.parametrize("fmt,decode", LOADERS)
+@pytest.mark.parametrize("env", ["abc", "-1", "1.5", "²"])
+def test_a_bad_timeout_in_the_environment_is_one_line(index_dataset, monkeypatch, env, fmt,
+                                                      decode):
+    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", env)
+    with pytest.raises(DP4TLError, match=r"^DP4TL_LOADER_TIMEOUT=.* is not a whole number >= 0: "
+                                         r"give the seconds to wait .* \(0 = wait forever\)"):
+        _loader(index_dataset.root, 1, fmt, decode)
+
+
+def test_the_timeout_argument(index_dataset, monkeypatch):
+    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "abc")  # (an explicit timeout does not read it)
+    split = load_manifest(index_dataset.root).split("train")
+    plan = EpochPlan(np.arange(8, dtype=np.int64), shuffle=False, seed=0)
+    kw = dict(batch_size=4, resolution=16, aug=AugSpec.for_eval(), num_workers=1)
+    assert WdsMaskedLoader(split, plan, timeout=1.5, **kw).dataloader.timeout == 1.5
+    for bad in (-1, float("nan"), True, "5"):
+        with pytest.raises(DP4TLError, match="timeout must be a number of seconds >= 0"):
+            WdsMaskedLoader(split, plan, timeout=bad, **kw)
+
+
+def test_other_runtime_errors_pass_through(index_dataset):
+    """Only torch's "DataLoader timed out" becomes the line; a dead worker's error stays."""
+    loader = _loader(index_dataset.root, 1)
+
+    class DeadWorker:
+        num_workers = 1
+
+        def __iter__(self):
+            raise RuntimeError("DataLoader worker (pid(s) 123) exited unexpectedly")
+
+    loader.dataloader = DeadWorker()
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):
+        next(iter(loader))
+
+
+# ---------------------------------------------------------------------------------------------
+# ffcv's epoch thread
+# ---------------------------------------------------------------------------------------------
+
+def _stall_ffcv(monkeypatch, wait) -> None:
+    """Every ffcv batch first calls ``wait(iterator)`` on the epoch thread."""
+    cls = ffcv_classes()["GuardedEpochIterator"]
+    real = cls.run_pipeline
+
+    def stalling(self, *args):
+        wait(self)
+        return real(self, *args)
+
+    monkeypatch.setattr(cls, "run_pipeline", stalling)
+
+
+def _ffcv_epoch_thread_alive() -> bool:
+    cls = ffcv_classes()["GuardedEpochIterator"]
+    return any(isinstance(t, cls) and t.is_alive() for t in threading.enumerate())
+
+
+def test_an_ffcv_batch_that_never_comes_is_one_line(index_dataset, monkeypatch):
+    """The epoch thread is stuck for good (a read from storage that stopped answering): the
+    loader gives up after the timeout, says the thread was left (a daemon), and once the
+    thread is free again the next iteration reads the whole epoch."""
+    release = threading.Event()
+    _stall_ffcv(monkeypatch, lambda it: release.wait(STALL_S))
+    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "1")
+    loader = _loader(index_dataset.root, 1, "ffcv")
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(LoaderTimeout) as info:
+            next(iter(loader))
+        elapsed = time.monotonic() - t0
+        assert _ffcv_epoch_thread_alive()  # (stuck: left to end with the process)
+    finally:
+        release.set()
+    msg = str(info.value)
+    del info
+    assert "\n" not in msg
+    assert msg.startswith("ffcv's loading thread delivered no batch of split 'train' in 1 s "
+                          "(a decode stuck on storage that stopped answering")
+    assert "its thread, stuck, was left to end with the process: rerun the command" in msg
+    assert "DP4TL_LOADER_TIMEOUT=SECONDS sets the wait (0 = wait forever)" in msg
+    assert elapsed < 1 + 2 + 3, f"took {elapsed:.1f} s"  # timeout + the stop's wait + slack
+    monkeypatch.undo()
+    batches = list(loader)
+    assert sorted(i for b in batches for i in b.indices.tolist()) == list(range(len(index_dataset)))
+
+
+def test_a_stalled_ffcv_thread_that_can_stop_is_stopped(index_dataset, monkeypatch):
+    """A thread that waits on something the stop ends (here, the stop itself) is stopped, and
+    the line says so; no epoch thread is left."""
+    _stall_ffcv(monkeypatch, lambda it: it.terminate_event.wait(STALL_S))
+    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "1")
+    loader = _loader(index_dataset.root, 1, "ffcv")
+    with pytest.raises(LoaderTimeout, match="in 1 s .*; its thread was stopped: rerun"):
+        next(iter(loader))
+    assert not _ffcv_epoch_thread_alive()
+
+
+@pytest.mark.timeout(120)  # (before: the consumer waited forever)
+def test_an_ffcv_epoch_thread_that_dies_raises_its_error_in_the_consumer(index_dataset,
+                                                                         monkeypatch):
+    """An error outside the pipeline (here, in the thread's loop itself) ended ffcv's thread
+    with a traceback on stderr, and the consumer waited forever: it is raised there now, as
+    it was, even with no timeout, and the next iteration reads the whole epoch."""
+    from ffcv.loader.epoch_iterator import EpochIterator
+
+    def dies(self):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(EpochIterator, "run", dies)
+    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "0")
+    loader = _loader(index_dataset.root, 1, "ffcv")
+    with pytest.raises(OSError, match="Input/output error") as info:
+        next(iter(loader))
+    assert info.value.errno == errno.EIO
+    del info
+    monkeypatch.undo()
+    batches = list(loader)
+    assert sorted(i for b in batches for i in b.indices.tolist()) == list(range(len(index_dataset)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The GPU-decode loader's read-ahead threads (run on the CPU)
+# ---------------------------------------------------------------------------------------------
+
+def test_a_read_ahead_batch_that_never_comes_is_one_line(index_dataset, monkeypatch):
+    release = threading.Event()
+    real = DeviceDecodeLoader._host_batch
+
+    def stalling(self, *args):
+        release.wait(STALL_S)
+        return real(self, *args)
+
+    monkeypatch.setattr(DeviceDecodeLoader, "_host_batch", stalling)
+    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "1")
+    loader = _loader(index_dataset.root, 2, "wds", "gpu")
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(LoaderTimeout) as info:
+            next(iter(loader))
+        elapsed = time.monotonic() - t0
+        stuck = [t for t in threading.enumerate() if t.name.startswith(gd.THREAD_PREFIX)]
+        assert stuck and all(t.daemon for t in stuck)  # (they never hold the process's exit)
+    finally:
+        release.set()
+    msg = str(info.value)
+    del info
+    assert "\n" not in msg
+    assert msg.startswith("a JPEG read-ahead thread delivered no batch of split 'train' in 1 s "
+                          "(a read stuck on storage that stopped answering")
+    assert "a stuck thread was left to end with the process: rerun the command" in msg
+    assert elapsed < 1 + 2 + 3, f"took {elapsed:.1f} s"
+    for t in stuck:
+        t.join(STALL_S)
+    assert not any(t.is_alive() for t in stuck)
+    monkeypatch.undo()
+    batches = list(loader)
+    assert sorted(i for b in batches for i in b.indices.tolist()) == list(range(len(index_dataset)))
+
+
+def test_no_read_ahead_threads_wait_without_a_timeout(index_dataset, monkeypatch):
+    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "2")
+    loader = _loader(index_dataset.root, 0, "wds", "gpu")
+    assert loader.timeout == 0
+    assert sum(len(b.indices) for b in loader) == len(index_dataset)
+
+
+def test_a_stuck_read_ahead_thread_does_not_hold_the_exit():
+    """The process ends after the timeout although its thread never returns (an executor's
+    thread held the interpreter's exit for good)."""
+    script = ("import threading\n"
+              "from ffcv_dp4tl.data import gpu_decode as gd\n"
+              "r = gd._ReadAhead(lambda b: threading.Event().wait(), 4, workers=2, depth=2, "
+              "timeout=0.5)\n"
+              "try:\n"
+              "    next(iter(r))\n"
+              "except gd.ReadAheadStalled as e:\n"
+              "    print('stalled', e.stopped, flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["stalled", "False"]
+
+
+def test_a_read_ahead_initializer_error_fails_each_batch():
+    def setup():
+        raise RuntimeError("no such device")
+
+    reader = gd._ReadAhead(lambda b: b, 3, workers=2, depth=2, initializer=setup, timeout=30)
+    with pytest.raises(RuntimeError, match="no such device"):
+        list(reader)
+    assert reader.close()
