@@ -396,17 +396,64 @@ def _failure(e: BaseException | None) -> tuple[str | None, int] | None:
     return None
 
 
+def _broken_pipe(e: BaseException) -> BrokenPipeError | None:
+    """The EPIPE error that ended the command, or None: typer (as click's ``main``) catches an
+    ``OSError`` with errno EPIPE from any command itself, wraps ``sys.stdout``/``sys.stderr``
+    in click's ``PacifyFlushWrapper`` (no flush error at exit) and exits 1, silently, so it
+    reaches ``_run`` as that ``SystemExit(1)``, raised while handling the error (its
+    ``__context__``), with the wrapper in place. A typer that let it through raises it as is."""
+    if isinstance(e, SystemExit):
+        typers = e.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper"
+        e = e.__context__ if typers else None
+    return e if isinstance(e, BrokenPipeError) else None
+
+
+def _reader_had_enough(pipe: BrokenPipeError) -> NoReturn:
+    """End a command that wrote into a pipe whose reader is gone (``pipe``).
+
+    Our stdout's (or stderr's) reader closed it (`dp4tl recipes | head -1`: it had enough):
+    exit 141 (128 + SIGPIPE, as a shell reports a piped tool that SIGPIPE ended) with no
+    word; typer's exit 1, silent too, read as a failure to ``set -o pipefail`` and to a
+    script checking the status. Any other pipe (a data-loader worker's, a socket) is not the
+    user's doing and typer's silent 1 hid it: it is raised again, so it keeps its traceback."""
+    gone = [s for s in (sys.stdout, sys.stderr) if _reader_gone(getattr(s, "wrapped", s))]
+    if not gone:
+        sys.stdout, sys.stderr = (getattr(s, "wrapped", s) for s in (sys.stdout, sys.stderr))
+        raise pipe from None  # (typer's flush-quieting wrappers undone: the streams are fine)
+    stopping.settle(141)
+    for stream in gone:  # (what is still buffered for it raises no flush error at exit)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    raise SystemExit(141) from None
+
+
+def _reader_gone(stream: Any) -> bool:
+    """Whether ``stream`` is a pipe (or socket) whose reading end is closed: poll reports an
+    error for its descriptor (Linux: POLLERR on a pipe without readers). False where it cannot
+    tell (no descriptor: a test's captured stream; no ``poll``)."""
+    import select
+
+    try:
+        fd = stream.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def _run() -> None:
     import warnings
 
     _quiet_numba_exit_noise()
     warnings.formatwarning = _warning_line
     try:
-        code = app(standalone_mode=False)
-    except BrokenPipeError:  # `dp4tl mask files … | head`: the reader had enough
-        stopping.settle(141)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no flush error at exit)
-        raise SystemExit(141) from None  # 128 + SIGPIPE, as a shell reports a piped tool
+        try:
+            code = app(standalone_mode=False)
+        except (SystemExit, BrokenPipeError) as e:
+            pipe = _broken_pipe(e)
+            if pipe is None:
+                raise
+            _reader_had_enough(pipe)
     except Exception as e:
         failure = _failure(e)
         if failure is not None:

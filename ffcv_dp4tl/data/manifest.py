@@ -21,6 +21,7 @@ from ..contracts import (FORMAT, INDEX_DTYPE, MANIFEST_NAME, ORIGINS_SUFFIX, Dat
                          SplitEntry, split_fingerprint)
 from ..errors import DataError
 from ..fsutil import os_error_line, read_json
+from ..outputs import KINDS, folder_kind, is_dataset
 
 __all__ = ["FORMAT", "INDEX_DTYPE", "MANIFEST_NAME", "Manifest", "SplitInfo", "load_manifest",
            "split_fingerprint"]
@@ -250,8 +251,6 @@ def _not_a_dataset(root: Path) -> None:
     (``DIR/targets`` of a synth build, a ``--data-root``): building over it again would not
     help; or another command's output folder (a training run given as --data was told to
     build a dataset there). Returns for anything else (the caller says how to build it)."""
-    from ..outputs import KINDS, folder_kind
-
     if root.is_file():
         raise DataError(f"{root} is a file, but a built dataset is a directory (holding "
                         f"{MANIFEST_NAME}); pass the directory `dp4tl build` wrote")
@@ -260,7 +259,7 @@ def _not_a_dataset(root: Path) -> None:
         raise DataError(f"{root} holds {KINDS[kind].what} (written by `{KINDS[kind].command}`), "
                         "not a built dataset: pass the folder `dp4tl build --out` wrote")
     targets = _builds_in(root / "targets")
-    parts = [str(root / "source")] if (root / "source" / MANIFEST_NAME).is_file() else []
+    parts = [str(root / "source")] if is_dataset(root / "source") else []
     if targets:
         parts.append(f"{root / 'targets'}/NAME ({_first(targets, 4)})")
     if parts:
@@ -275,8 +274,11 @@ def _not_a_dataset(root: Path) -> None:
 
 
 def _builds_in(folder: Path) -> list[str]:
-    """The sub-folders of ``folder`` that hold a built dataset, sorted (none if no folder)."""
-    return sorted(p.name for p in folder.glob("*") if (p / MANIFEST_NAME).is_file())
+    """The sub-folders of ``folder`` that are built datasets, sorted (none if no folder), by
+    the rule every output check uses (:func:`ffcv_dp4tl.outputs.is_dataset`: a dp4tl build's
+    manifest): any ``manifest.json`` made a training run beside it, or another program's
+    folder, "a built dataset" that the message told the user to pass."""
+    return sorted(p.name for p in folder.glob("*") if is_dataset(p))
 
 
 def _first(names: list[str], most: int) -> str:

@@ -15,9 +15,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..contracts import MANIFEST_NAME, MaskMeta
+from ..contracts import MaskMeta
 from ..errors import DataError, MaskError
 from ..fsutil import atomic_save_npy, atomic_write_json, read_json
+from ..outputs import is_dataset
 from .manifest import SplitInfo, npy_error_reason
 
 
@@ -47,10 +48,12 @@ def _json_path(path: Path) -> Path:
 
 def _npy_path(path: str | Path) -> Path:
     """The mask's .npy file: ``path`` itself, or ``path`` + ``.npy``. Appended, never swapped:
-    ``lm_0.2`` and ``lm_0.8`` are two masks (a swapped suffix made both ``lm_0.npy``)."""
+    ``lm_0.2`` and ``lm_0.8`` are two masks (a swapped suffix made both ``lm_0.npy``). A folder
+    is called a built dataset only when it is one (:func:`ffcv_dp4tl.outputs.is_dataset`, the
+    rule of every output check), not for any ``manifest.json`` it holds."""
     path = Path(path)
     if path.is_dir():
-        if (path / MANIFEST_NAME).is_file():  # (its .npy files are labels and the index)
+        if is_dataset(path):  # (its .npy files are labels and the index)
             raise MaskError(f"{path} is a built dataset, not a mask; pass a mask's .npy file "
                             "(`dp4tl prune --out DIR` writes DIR/train.npy)")
         found = sorted(p.name for p in path.glob("*.npy") if _json_path(p).is_file())

@@ -672,9 +672,27 @@ def as_recipe(recipe: "Recipe | str | Path", overrides: list[str] | tuple[str, .
         data = dataclasses.asdict(recipe)
         data.pop("name"), data.pop("kind")
         built = _build(data, _apply_overrides(data, overrides, where))
+        _refuse_finetune_overrides(recipe.kind, overrides, where)
         built.name, built.kind = recipe.name, recipe.kind
         return built
     return recipe
+
+
+def _refuse_finetune_overrides(kind: str, overrides: list[str] | tuple[str, ...],
+                               name: str) -> None:
+    """A ``finetune.KEY=VALUE`` override given with a training recipe (``kind`` "train") is
+    refused: training never reads [finetune], so it was dropped without a word (and `dp4tl
+    recipes NAME`, which leaves that section out of a training recipe's printout, showed the
+    recipe as if it had been applied). The line says where finetune settings go."""
+    if kind != "train":
+        return
+    for text in overrides:
+        if parse_override(text)[0] == "finetune":
+            raise DP4TLError(
+                f"--set {text.strip()}: {name} is a training recipe, which has no [finetune] "
+                "section (training never reads one); finetune settings go with a finetuning "
+                f"recipe: `dp4tl recipes lp --set {text.strip()}`, `dp4tl finetune lp|ff "
+                "--set ...`, or `dp4tl pipeline --set-finetune ...`")
 
 
 def check_kind(recipe: Recipe, kind: str, use: str) -> None:
@@ -709,4 +727,5 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] | tuple[str, ...]
             recipe.name = rel.with_suffix("").as_posix()
     except ValueError:
         pass
+    _refuse_finetune_overrides(kind, overrides, recipe.name)
     return recipe

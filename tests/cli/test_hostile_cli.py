@@ -327,6 +327,36 @@ def test_a_signal_while_a_finished_command_exits_is_one_line(tmp_path, argv, sig
     assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr
 
 
+def test_a_reader_that_had_enough_ends_the_command_as_sigpipe_would(tmp_path):
+    """`dp4tl recipes | head -1`: the reader closed the pipe, and the command exited 1 (typer
+    catches the EPIPE itself and exits 1, so the CLI's own 141 never came), which
+    ``set -o pipefail`` and a script read as a failure. Through the real console entry point,
+    its stdout a pipe whose reading end is closed before it writes: 141 (128 + SIGPIPE, as a
+    shell reports a piped tool) and not a word on stderr."""
+    import subprocess
+
+    p = subprocess.Popen([sys.executable, "-m", "ffcv_dp4tl", "recipes"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, cwd=tmp_path)
+    p.stdout.close()  # (no reader: its first write meets EPIPE)
+    _, err = p.communicate(timeout=300)
+    assert (p.returncode, err.decode()) == (141, "")
+
+
+def test_a_broken_pipe_that_is_not_the_output_keeps_its_traceback(tmp_path):
+    """Typer turns every EPIPE a command raises into a silent exit 1, one from a pipe the user
+    never saw (a data-loader worker's, a socket) too. Only the output's reader having had
+    enough is the quiet 141; with stdout and stderr read to the end, this one is an error
+    the user is told about: its traceback, not a silent 1."""
+    run = _entry_point_process(
+        tmp_path, ["recipes"],
+        "import ffcv_dp4tl.training.recipe_files as recipe_files\n"
+        "def list_recipes(*a, **k):\n"
+        "    raise BrokenPipeError(32, 'Broken pipe')  # (a worker's pipe)\n"
+        "recipe_files.list_recipes = list_recipes\n")
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" in run.stderr and "BrokenPipeError: [Errno 32] Broken pipe" in run.stderr
+
+
 @pytest.mark.parametrize("damage,needle", [
     (lambda p: p.write_bytes(p.read_bytes()[:100]), "unreadable (EOF"),
     (lambda p: p.write_text("garbage\n"), "unreadable (not a .npy array file)"),

@@ -80,6 +80,24 @@ def test_a_shown_recipe_saved_as_a_file_is_the_same_recipe(name, capsys, monkeyp
     assert loaded.fingerprint() == shipped.fingerprint()
 
 
+def test_a_finetune_override_of_a_training_recipe_is_refused_not_dropped(capsys, monkeypatch):
+    """A training recipe's printout leaves out [finetune] (above), so `--set finetune.KEY=...`
+    with one was dropped without a word: the recipe shown as if the override were applied. It
+    is refused in one line naming the override and where finetune settings go; a finetuning
+    recipe still shows its override."""
+    code, out, err = cli(capsys, monkeypatch, "recipes", "resnet18_tiny_cpu", "--set",
+                         "finetune.resolution=128")
+    one_line_error(code, err, "--set finetune.resolution=128", "resnet18_tiny_cpu is a training "
+                   "recipe", "no [finetune] section", "`dp4tl recipes lp --set "
+                   "finetune.resolution=128`", "--set-finetune")
+    assert out == ""
+    code, out, err = cli(capsys, monkeypatch, "recipes", "lp", "--set", "finetune.resolution=128")
+    assert code == 0, err
+    assert "[finetune]" in out
+    shown = out.split("[finetune]\n", 1)[1].split("\n[", 1)[0].splitlines()
+    assert "resolution = 128" in shown, out
+
+
 def test_models_lists_the_registry(capsys, monkeypatch):
     from ffcv_dp4tl.training.models import list_models
 

@@ -140,6 +140,27 @@ def test_a_file_or_a_synth_root_is_not_told_to_be_built(index_dataset, tmp_path)
     assert "dp4tl build SOURCE --out" in str(verify_dataset(tmp_path / "nothing").problems)
 
 
+def test_only_built_datasets_are_offered_as_the_datasets_a_folder_holds(index_dataset, tmp_path):
+    """A folder of builds is told which sub-folder to pass; any ``manifest.json`` made a
+    sub-folder "a built dataset" (a training run holding a web app's: "holds one: pass
+    root/run"). The rule every output check uses (``outputs.is_dataset``: a dp4tl build's
+    manifest) decides, for a synth root's source/ too; real builds are still offered."""
+    root = tmp_path / "runs"
+    for d in (root / "run", root / "source"):  # (each alone was a dataset offered)
+        d.mkdir(parents=True)
+        (d / "checkpoint.pt").write_bytes(b"")  # training runs' folders
+        (d / "manifest.json").write_text(json.dumps({"name": "web app", "version": "1"}))
+        with pytest.raises(DataError) as e:
+            load_manifest(root)
+        assert _one_line(e).startswith(f"{root} is not a built dataset (no manifest.json); "
+                                       "build it"), d
+    (root / "ds").mkdir()
+    (root / "ds" / "manifest.json").write_text((index_dataset.root / "manifest.json").read_text())
+    with pytest.raises(DataError) as e:
+        load_manifest(root)
+    assert _one_line(e) == f"{root} is not a built dataset but holds one: pass {root / 'ds'}"
+
+
 def test_a_manifest_without_splits_says_so_where_a_split_is_read(index_copy):
     """`mask classes` on a manifest whose splits were emptied said "has no split 'train';
     available: " and stopped mid-sentence (review); it now says what verify says."""

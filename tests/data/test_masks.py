@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ffcv_dp4tl.contracts import FORMAT
 from ffcv_dp4tl.data import (IndexMask, full_mask, load_mask, make_mask, mask_from_classes,
                              save_mask, validate_mask)
 from ffcv_dp4tl.data.manifest import SplitInfo
@@ -237,10 +238,30 @@ def test_masks_whose_names_hold_a_dot_are_two_files(split, tmp_path):
     np.save(tmp_path / "folder" / "train.labels.npy", np.zeros(3, np.int64))  # no mask: not listed
     with pytest.raises(MaskError, match=r"folder is a folder; pass the mask file in it \(it holds train.npy\)$"):
         load_mask(tmp_path / "folder")
-    (tmp_path / "folder" / "manifest.json").write_text("{}")  # a built dataset: its files are no masks
+    # a built dataset (a dp4tl build's manifest): its files are no masks
+    (tmp_path / "folder" / "manifest.json").write_text(json.dumps({"format": FORMAT}))
     with pytest.raises(MaskError, match=r"folder is a built dataset, not a mask; pass a mask's \.npy "
                                         r"file \(`dp4tl prune --out DIR` writes DIR/train\.npy\)$"):
         load_mask(tmp_path / "folder")
+
+
+def test_a_folder_is_a_built_dataset_only_when_it_is_one(split, tmp_path):
+    """Any ``manifest.json`` made a folder "a built dataset, not a mask": a training run or a
+    prune's folder holding another program's (a web app's) was called one, and the mask files
+    in it went unnamed. The rule every output check uses (``outputs.is_dataset``: a dp4tl
+    build's manifest) decides; a built dataset is still named as one."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"")  # a training run's folder
+    (run / "manifest.json").write_text(json.dumps({"name": "web app", "version": "1"}))
+    save_mask(run / "train.npy", make_mask([1, 2], split))
+    for fn in (lambda p: save_mask(p, make_mask([1], split)), load_mask):
+        with pytest.raises(MaskError) as e:
+            fn(run)
+        assert str(e.value) == f"{run} is a folder; pass the mask file in it (it holds train.npy)"
+    (run / "manifest.json").write_text(json.dumps({"format": FORMAT}))  # a build's: a dataset
+    with pytest.raises(MaskError, match=r"run is a built dataset, not a mask"):
+        load_mask(run)
 
 
 def test_class_and_split_arguments_of_the_wrong_kind_are_refused(split):

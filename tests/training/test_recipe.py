@@ -229,6 +229,25 @@ def test_overrides_apply_to_a_recipe_object_too():
         load_recipe("resnet18_tiny_cpu", "train.epochs=3")
 
 
+def test_a_finetune_override_of_a_training_recipe_is_refused():
+    """Training never reads [finetune]: `dp4tl train R --set finetune.KEY=...` (and the
+    pipeline's --set, and a Recipe object's overrides) dropped it without a word. One rule,
+    where every recipe is loaded; a finetuning recipe still takes it."""
+    from ffcv_dp4tl.training.recipe import as_recipe
+
+    want = (r"^--set finetune.resolution=64: resnet18_tiny_cpu is a training recipe, which has "
+            r"no \[finetune\] section \(training never reads one\); finetune settings go with a "
+            r"finetuning recipe")
+    with pytest.raises(DP4TLError, match=want):
+        load_recipe("resnet18_tiny_cpu", ["train.epochs=2", "finetune.resolution=64"])
+    with pytest.raises(DP4TLError, match=want):
+        as_recipe(load_recipe("resnet18_tiny_cpu"), ["finetune.resolution=64"])
+    with pytest.raises(DP4TLError, match="paper/resnet101_16ep is a training recipe"):
+        load_recipe("paper/resnet101_16ep", ["finetune.resolution=64"])
+    assert load_recipe("lp", ["finetune.resolution=64"]).finetune.resolution == 64
+    assert as_recipe(load_recipe("ff"), ["finetune.resolution=64"]).finetune.resolution == 64
+
+
 def test_adversarial_steps_are_bounded():
     """PGD steps per training step multiply the pretraining cost (the paper uses 3): a typo like
     300 is refused at load with the range, before any work; 100 still loads."""
@@ -272,7 +291,8 @@ def test_a_recipe_made_for_the_other_job_is_refused(tmp_path):
     lp, pre = load_recipe("lp_tiny_cpu"), load_recipe("resnet18_tiny_cpu")
     assert (lp.kind, pre.kind) == ("finetune", "train")
     assert load_recipe("paper/lp_cifar10").kind == "finetune"  # [finetune] through extends
-    assert load_recipe("resnet18_tiny_cpu", ["finetune.resolution=64"]).kind == "train"  # (--set)
+    with pytest.raises(DP4TLError, match="is a training recipe"):  # (--set makes no finetuning recipe)
+        load_recipe("resnet18_tiny_cpu", ["finetune.resolution=64"])
     check_kind(lp, "finetune", "finetuning")
     check_kind(pre, "train", "training")
     with pytest.raises(DP4TLError, match=r"recipe resnet18_tiny_cpu is a pretraining recipe .* "
