@@ -39,8 +39,8 @@ _REQUIRED_FROM_V2: tuple[str, ...] = ("source_fingerprint", "array_sha256")
 @dataclass(frozen=True)
 class ScoresMeta:
     """``scores.json`` of a scores directory (``scores.npy`` + optional ``tiebreak.npy``,
-    ``train_units.npy``, ``val_units.npy``): the method, its unit, the number of units, and
-    everything else the method recorded (``meta``: ``source_fingerprint``, ``seed``,
+    ``train_units.npy``; ``val_units.npy`` in an older folder): the method, its unit, the
+    number of units, and everything else the method recorded (``meta``: ``source_fingerprint``, ``seed``,
     ``surrogate_hash``, ``selection_seconds``, ``higher_is_better``, ...)."""
 
     #: 2 (2026-12-05): ``source_fingerprint`` and ``array_sha256`` are required
@@ -126,8 +126,10 @@ class ScoresMeta:
 @dataclass(frozen=True)
 class Scores:
     """A whole scores directory: its :class:`ScoresMeta` and its arrays (``scores`` one per
-    unit; ``tiebreak`` orders equal scores (LM/FM); ``train_units`` / ``val_units`` the cluster
-    id of every source train / val sample (cluster unit)). Written by ``pipeline.scores_io``."""
+    unit; ``tiebreak`` orders equal scores (LM/FM); ``train_units`` the cluster id of every
+    source train sample (cluster unit); ``val_units``, the val samples' ids, only in a folder
+    written before 2026-12-05: FM wrote them and nothing read them, since a pruned val split
+    follows the train mask's classes). Written by ``pipeline.scores_io``."""
 
     #: the arrays of a scores directory, one ``NAME.npy`` each (``scores`` is required)
     ARRAYS: ClassVar[tuple[str, ...]] = ("scores", "tiebreak", "train_units", "val_units")

@@ -204,6 +204,5 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
             meta["higher_is_better"] = False
         meta["selection_seconds"] = time.perf_counter() - t0
         write_scores(out_dir, method=method, unit=scorer.unit, scores=result.scores, meta=meta,
-                     tiebreak=result.tiebreak, train_units=result.train_units,
-                     val_units=result.val_units)
+                     tiebreak=result.tiebreak, train_units=result.train_units)
         return {**meta, "method": method, "unit": scorer.unit}

@@ -2,7 +2,9 @@
 
 ``scores.npy``    one score per unit (source class, k-means cluster, or source sample)
 ``tiebreak.npy``  (LM/FM) soft score used to order equal scores: summed softmax mass / votes
-``train_units.npy`` / ``val_units.npy``  (FM) cluster id of every source train / val sample
+``train_units.npy``  (FM) cluster id of every source train sample (``val_units.npy``, the
+                    val samples' ids, was written before 2026-12-05 and read by nothing;
+                    a folder holding it is still read, and its next write removes it)
 ``scores.json``   method, unit, surrogate checkpoint hash, source and target fingerprints,
                   selection cost in seconds (for the cost table): the
                   :class:`~ffcv_dp4tl.contracts.ScoresMeta` contract
@@ -23,13 +25,13 @@ from ..scoring.ranking import ScoringError, as_vector
 
 def write_scores(out: Path, *, method: str, unit: str, scores: np.ndarray,
                  tiebreak: np.ndarray | None = None, train_units: np.ndarray | None = None,
-                 val_units: np.ndarray | None = None, meta: dict[str, Any]) -> None:
+                 meta: dict[str, Any]) -> None:
     """Write a scores directory: the arrays first, ``scores.json`` (the contract, with
     the arrays' digests) last. Rewriting a folder first removes its ``scores.json`` (so a crash
     half-way leaves no folder that looks complete) and then every array this write does not
     produce (FM's cluster ids must not outlive FM's scores)."""
     arrays = {"scores": np.asarray(scores)}
-    for name, arr in (("tiebreak", tiebreak), ("train_units", train_units), ("val_units", val_units)):
+    for name, arr in (("tiebreak", tiebreak), ("train_units", train_units)):
         if arr is not None:
             arrays[name] = np.asarray(arr)
     # the arrays' digests go into scores.json (written last), so a file replaced later is caught

@@ -123,7 +123,6 @@ class ScoreResult:
     scores: Any  # one score per unit (class, cluster or sample); higher = keep
     tiebreak: Any = None  # class/cluster: orders equal scores
     train_units: Any = None  # cluster: cluster id of every source train sample
-    val_units: Any = None  # cluster: cluster id of every source val sample
 
 
 class Scorer:

@@ -52,7 +52,7 @@ def test_cluster_units_val_is_the_classes_of_the_kept_clusters_samples(src, tmp_
     units = np.array([0, 1] * 12)  # clusters cut across classes
     units[TRAIN == 3] = 2          # class 3 only in cluster 2
     write_scores(tmp_path / "s", method="fm", unit="cluster", scores=np.array([1.0, 0.0, 2.0]),
-                 train_units=units, val_units=np.zeros(len(VAL), np.int64), meta={})
+                 train_units=units, meta={})
     s = prune(tmp_path / "s", src, 0.34, tmp_path / "m")  # keeps clusters 0 and 2
     assert s["kept_units"] == [0, 2]
     assert _val_classes(tmp_path / "m", src) == [0, 1, 3] and s["val_kept"] == 6

@@ -114,9 +114,9 @@ def test_cluster_ids_outside_the_scored_units_are_refused_naming_the_file(index_
     ({"scores": np.array(list("abc"))}, "scores.npy must be numeric, got dtype <U1"),
     ({"scores": np.zeros(3), "tiebreak": np.ones(5)},
      "tiebreak.npy holds 5 entries but scores.npy holds 3 scores"),
-    ({"scores": np.zeros(3), "val_units": np.zeros(4)},
-     "val_units.npy must hold integer ids, got dtype float64"),
-    ({"scores": np.zeros(3), "val_units": np.array([0, 3])}, "val_units.npy: 1 unit ids outside"),
+    ({"scores": np.zeros(3), "train_units": np.zeros(4)},
+     "train_units.npy must hold integer ids, got dtype float64"),
+    ({"scores": np.zeros(3), "train_units": np.array([0, 3])}, "train_units.npy: 1 unit ids outside"),
 ])
 def test_a_damaged_array_is_named_with_what_to_do(tmp_path, arrays, needle):
     """The selection functions' checks named their parameters (``scores must be 1-D``,

@@ -239,35 +239,30 @@ def test_gpu_kmeans_matches_cpu(rng):
     np.testing.assert_array_equal(votes_gpu, feature_mapping_scores(x[:500], cpu.centroids, backend="cpu"))
 
 
-def test_fm_val_samples_join_their_nearest_centroid_and_val_npy_is_the_trainers_val(
+def test_fm_extracts_no_source_val_features_and_val_npy_is_the_trainers_val(
         source_dir, target_dir, trained_run, tmp_path):
-    """Every val sample's cluster id is its nearest k-means centroid (float64 brute force on
-    the val features); the pruned ``val.npy`` holds the val samples of the classes the train
-    mask keeps, the set the trainer validates the pretraining on (before 2026-12-05 it held
-    the val samples of the kept clusters, which nothing read)."""
+    """FM's clusters are k-means on the source train features, and the pruned ``val.npy`` holds
+    the val samples of the classes the train mask keeps, the set the trainer validates the
+    pretraining on (before 2026-12-05 it held the val samples of the kept clusters, which
+    nothing read). So FM reads no source val features: it extracted them (a surrogate forward
+    over the whole source val split and a feature store) to write ``val_units.npy``, which
+    nothing read either."""
     from ffcv_dp4tl.data import load_manifest, load_mask
     from ffcv_dp4tl.pipeline.prune import prune
     from ffcv_dp4tl.pipeline.score import score
     from ffcv_dp4tl.pipeline.scores_io import load_scores
-
-    from .helpers import assert_assignment_matches, reference_assign, surrogate_context
 
     out = tmp_path / "fm"
     score("fm", source_dir=source_dir, out_dir=out, target_dir=target_dir,
           checkpoint=trained_run / "checkpoint.pt", fmt="wds", num_workers=0, progress=False,
           k=4, seed=0)
     sc = load_scores(out)
+    assert sc.val_units is None and not (out / "val_units.npy").exists()
+    assert not (out / "source_val_features.npy").exists()
     train_f = np.load(out / "source_train_features.npy")
-    # the val features, extracted by the test itself through the same surrogate
-    ctx = surrogate_context("fm", source_dir, tmp_path / "ref", trained_run / "checkpoint.pt")
-    val_f = np.asarray(ctx.source_features("val"))
     # the clusters: the project's k-means on the train features, as FM ran it
     res = kmeans(train_f, 4, iters=sc.meta.meta["iters"], seed=0, backend="cpu")
     np.testing.assert_array_equal(sc.train_units, res.labels)
-    near, _, d = reference_assign(val_f, res.centroids)
-    assert sc.val_units.shape == (len(val_f),)
-    assert_assignment_matches(sc.val_units, d[np.arange(len(val_f)), sc.val_units], val_f,
-                              res.centroids)
     summary = prune(out, source_dir, 0.5, tmp_path / "mask")
     man = load_manifest(source_dir)
     train, val = man.split("train"), man.split("val")
@@ -368,7 +363,7 @@ def test_fm_breaks_equal_votes_by_nearness_to_the_target_not_cluster_size():
     centroids = np.array([[0, 0], [3, 0], [100, 0]], dtype=np.float32)
     train_units = np.array([0, 0, 1] + [2] * 10)  # sizes 2, 1 (near the target), 10 (far)
     target = np.array([[0.1, 0], [0.2, 0]], dtype=np.float32)
-    r = vote_clusters(ctx, [target], centroids, train_units, lambda: None)
+    r = vote_clusters(ctx, [target], centroids, train_units)
     np.testing.assert_array_equal(r.scores, [2, 0, 0])
     np.testing.assert_allclose(r.tiebreak, [2, 1, 2 / 3])
     np.testing.assert_array_equal(select_classes(r.scores, 1 / 3, tiebreak=r.tiebreak), [0, 1])
@@ -405,22 +400,32 @@ def test_rows_too_large_for_float32_distances_are_refused_not_labelled_as_nan_ro
     np.testing.assert_array_equal(feature_mapping_scores(edge, centroids, backend="cpu"), [0, 1, 0])
 
 
-def test_fm_refuses_non_finite_source_val_features(monkeypatch):
-    """FM assigns the source val features to its clusters (val_units.npy): a NaN/Inf val row
-    was silently put in cluster 0 (numba, CUDA) or another (BLAS), unlike train and target."""
+@pytest.mark.parametrize("method", ["fm", "fm-sup"])
+def test_cluster_methods_read_only_the_source_train_features(method):
+    """FM and FM-sup read the source train features and the target's, nothing of the source
+    val split (its cluster ids were computed for nothing: see the test above)."""
     from types import SimpleNamespace
 
-    from ffcv_dp4tl.scoring.methods import fm
+    from ffcv_dp4tl.scoring.registry import get_scorer
 
-    feats = {"train": np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32),
-             "val": np.zeros((3, 4), np.float32)}
-    feats["val"][1, 2] = np.inf
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(12, 4)).astype(np.float32)
+    labels = np.arange(12) % 3
+    read = []
+
+    def source_features(split="train"):
+        read.append(split)
+        return train
+
+    def train_labels(split="train"):
+        read.append(f"{split} labels")
+        return labels
+
     ctx = SimpleNamespace(
-        target_predictions=lambda features: [SimpleNamespace(features=feats["train"][:2])],
-        source_features=feats.__getitem__, k=2, iters=3, seed=0, backend="cpu", meta={},
-        combine=lambda parts: parts[0], source=SimpleNamespace(split_names=("train", "val")))
-    with pytest.raises(ScoringError, match=r"^source val features contains NaN/Inf rows \(1 of 3, "
-                                           r"the first at row 1\)"):
-        fm.FeatureMapping().score(ctx)
-    feats["val"][1, 2] = 0.0
-    assert fm.FeatureMapping().score(ctx).val_units.shape == (3,)
+        target_predictions=lambda features: [SimpleNamespace(features=train[:2])],
+        source_features=source_features, train_labels=train_labels, k=2, iters=3, seed=0,
+        backend="cpu", meta={}, combine=lambda parts: parts[0],
+        source=SimpleNamespace(split_names=("train", "val"), num_classes=3))
+    result = get_scorer(method).score(ctx)
+    assert read and all(not r.startswith("val") for r in read), read
+    assert result.train_units.shape == (12,) and not hasattr(result, "val_units")

@@ -78,7 +78,7 @@ def test_every_method_has_help_cost_and_its_own_plot_style():
                       "moderate": "MODERATE", "el2n": "EL2N", "grand": "GraNd"}
     assert get_scorer("random").cost_summary() == "seeded permutation"
     assert get_scorer("fm").cost_summary().startswith("surrogate training; surrogate forward over "
-                                                      "target train, source train, source val")
+                                                      "target train, source train; k-means")
     assert "early checkpoint" in get_scorer("el2n").cost_summary()
 
 

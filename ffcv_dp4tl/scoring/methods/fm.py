@@ -4,26 +4,29 @@ score = votes per cluster, tie-break = how near the cluster lies to the target
 (:func:`~ffcv_dp4tl.scoring.feature_mapping.reciprocal_rank_votes`), then cluster id."""
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 from ..context import ScoringContext
-from ..feature_mapping import check_finite_rows, feature_mapping_scores, kmeans, reciprocal_rank_votes
+from ..feature_mapping import feature_mapping_scores, kmeans, reciprocal_rank_votes
 from ..registry import FEATURES, K, SEED, TARGET, Cost, PlotStyle, Scorer, ScoreResult, register_scorer
 
 
 def vote_clusters(ctx: ScoringContext, target_feats: list[np.ndarray], centroids: np.ndarray,
-                  train_units: np.ndarray, val_units: Callable[[], np.ndarray]) -> ScoreResult:
+                  train_units: np.ndarray) -> ScoreResult:
     """Target votes per centroid; tie-break = the target's reciprocal-rank votes (not the
-    cluster's size, which filled the kept slots of unvoted clusters with the largest); cluster
-    ids of source train/val."""
+    cluster's size, which filled the kept slots of unvoted clusters with the largest); the
+    cluster id of every source train sample.
+
+    No cluster ids of the source val split: pruning's val mask holds the val samples of the
+    classes the train mask keeps (:func:`~ffcv_dp4tl.data.masks.val_mask_of`, the set the
+    trainer validates with), so they were read by nothing, and computing them cost a
+    surrogate forward over the whole source val split (50k images on ImageNet) and its
+    feature store."""
     scores = ctx.combine([feature_mapping_scores(f, centroids, backend=ctx.backend)
                           for f in target_feats])
     return ScoreResult(scores=scores,
                        tiebreak=ctx.combine([reciprocal_rank_votes(f, centroids) for f in target_feats]),
-                       train_units=train_units,
-                       val_units=val_units() if "val" in ctx.source.split_names else None)
+                       train_units=train_units)
 
 
 @register_scorer
@@ -32,7 +35,7 @@ class FeatureMapping(Scorer):
     help = "feature mapping: target votes for k-means clusters of surrogate features (--k)"
     unit = "cluster"
     needs = frozenset({FEATURES, TARGET})
-    cost = Cost(forward=("target train", "source train", "source val"),
+    cost = Cost(forward=("target train", "source train"),
                 steps=("k-means on source train features", "nearest-centroid votes"))
     style = PlotStyle("tab:blue", "s", "FM")
     order = 1
@@ -40,19 +43,10 @@ class FeatureMapping(Scorer):
     revision = 1  # 1: ties by the target's reciprocal-rank votes (0: by cluster size)
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
-        from ...kernels import assign_nearest
-
         target_feats = [p.features for p in ctx.target_predictions(features=True)]
         feats = ctx.source_features("train")
         result = kmeans(np.asarray(feats, dtype=np.float32), ctx.k, iters=ctx.iters,
                         seed=ctx.seed, backend=ctx.backend)
         centroids = result.centroids
         ctx.meta.update({"k": ctx.k, "iters": ctx.iters})
-
-        def val_units() -> np.ndarray:
-            val = np.asarray(ctx.source_features("val"), dtype=np.float32)
-            check_finite_rows(val, "source val features")  # (a NaN row went to cluster 0)
-            return np.asarray(assign_nearest(val, centroids, backend=ctx.backend)[0], dtype=np.int64)
-
-        return vote_clusters(ctx, target_feats, centroids,
-                             np.asarray(result.labels, dtype=np.int64), val_units)
+        return vote_clusters(ctx, target_feats, centroids, np.asarray(result.labels, dtype=np.int64))

@@ -26,5 +26,4 @@ class FeatureMappingSupervised(Scorer):
         feats = ctx.source_features("train")
         labels = ctx.train_labels()
         centroids = class_centroids(feats, labels, ctx.source.num_classes, backend=ctx.backend)
-        return vote_clusters(ctx, target_feats, centroids, labels.astype(np.int64),
-                             lambda: ctx.train_labels("val").astype(np.int64))
+        return vote_clusters(ctx, target_feats, centroids, labels.astype(np.int64))
