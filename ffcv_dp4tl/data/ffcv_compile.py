@@ -66,6 +66,10 @@ class EpochStalled(Exception):
 _POLL_S = 0.5
 #: seconds given a stalled epoch thread to end once told to stop, before it is left behind
 _STALLED_STOP_S = 2.0
+#: seconds the first batch of an epoch may take beyond the timeout: the epoch thread also
+#: JIT-compiles the pipeline then (numba), when its shape is new in this process (a crop
+#: decoder ~1 s on an idle core, many times that on a busy node), which is no stalled decode
+FIRST_BATCH_EXTRA_S = 120.0
 
 
 class PipelineFailure(Exception):
@@ -331,7 +335,8 @@ def _build_classes() -> dict[str, type]:
         consumer gets :class:`PipelineFailure` for that batch); an exception anywhere else in
         the thread is raised in the consumer as it was (it, too, left ``__next__`` waiting
         forever, after a traceback on stderr); and a batch that does not come within the
-        loader's ``timeout`` seconds (0: wait forever) ends the wait with
+        loader's ``timeout`` seconds (0: wait forever; the epoch's first batch gets
+        :data:`FIRST_BATCH_EXTRA_S` more, for numba's compile) ends the wait with
         :class:`EpochStalled` (a decode thread stuck on storage that stopped answering would
         otherwise hold the run, and its allocation, for good).
 
@@ -360,6 +365,7 @@ def _build_classes() -> dict[str, type]:
             self.timeout = float(getattr(loader, "timeout", 0.0) or 0.0)
             self.died: BaseException | None = None  # what ended the thread, if not its epoch
             self.stalled = False  # a batch did not come in time (stop() then waits no more)
+            self.delivered = 0  # queue entries taken by the consumer
             self.start()
 
         def run(self):
@@ -369,12 +375,16 @@ def _build_classes() -> dict[str, type]:
                 self.died = e
 
         def _next_result(self):
-            """The thread's next queue entry, waiting at most ``timeout`` seconds (0: for
-            good); the thread's death raises what ended it, the timeout :class:`EpochStalled`."""
-            deadline = time.monotonic() + self.timeout if self.timeout > 0 else None
+            """The thread's next queue entry (None: the epoch is over), waiting at most
+            ``timeout`` seconds (0: for good; the first batch :data:`FIRST_BATCH_EXTRA_S`
+            more); the thread's death raises what ended it, the timeout :class:`EpochStalled`."""
+            wait = self.timeout + (FIRST_BATCH_EXTRA_S if self.delivered == 0 else 0.0)
+            deadline = time.monotonic() + wait if self.timeout > 0 else None
             while True:
                 try:
-                    return self.output_queue.get(timeout=_POLL_S)
+                    result = self.output_queue.get(timeout=_POLL_S)
+                    self.delivered += 1
+                    return result
                 except Empty:
                     pass
                 if not self.is_alive():
@@ -386,11 +396,10 @@ def _build_classes() -> dict[str, type]:
                     self.close()
                     if died is not None:
                         raise died
-                    raise RuntimeError("ffcv's epoch thread ended without its next batch and "
-                                       "without an error")
+                    return None  # (ended, stopped or closed: asked again after its end)
                 if deadline is not None and time.monotonic() >= deadline:
                     self.stalled = True
-                    raise EpochStalled(self.timeout, self.stop(_STALLED_STOP_S))
+                    raise EpochStalled(wait, self.stop(_STALLED_STOP_S))
 
         def run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event):
             try:

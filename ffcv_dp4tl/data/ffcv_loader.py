@@ -337,10 +337,10 @@ class FFCVMaskedLoader(PlanLoaderBase):
             raise self._damage_error(failure) from None
         except stalled_type as stalled:
             raise timeout_type(timeout_line(
-                "ffcv's loading thread", self.split, stalled.seconds,
+                "ffcv's epoch thread", self.split, stalled.seconds,
                 "a decode stuck on storage that stopped answering, such as a network mount, or "
                 "a thread that hung", "its thread was stopped" if stalled.stopped else
-                "its thread, stuck, was left to end with the process")) from None
+                "the stuck thread was left to end with the process")) from None
         finally:  # left early (break, an exception) or not: the epoch's thread has ended
             stop = getattr(batches, "stop", None)
             if stop is not None:

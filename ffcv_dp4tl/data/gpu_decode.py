@@ -210,6 +210,38 @@ class ReadAheadStalled(Exception):
 
 #: seconds given the read-ahead threads to end once a stalled iteration stops them
 _STALLED_JOIN_S = 2.0
+#: seconds ``close`` waits for the threads to finish the batches they are on (a batch takes
+#: seconds); one still busy after that is stuck (a Ctrl-C while a read hangs): it is left, a
+#: daemon that ends with the process, rather than holding the command's stop for good
+_CLOSE_JOIN_S = 30.0
+
+
+def _read_ahead_worker(tasks: SimpleQueue, fn: Callable[[int], _HostBatch],
+                       initializer: Callable[[], None] | None) -> None:
+    """A read-ahead thread: ``fn(b)`` for each ``(future, b)`` taken from ``tasks`` until
+    ``None``. A module function holding only the queue and ``fn``, not the
+    :class:`_ReadAhead`, so a reader dropped without ``close`` is collected (and its
+    ``__del__`` ends the threads)."""
+    failed: BaseException | None = None
+    if initializer is not None:
+        try:
+            initializer()
+        except BaseException as e:  # noqa: BLE001 - handed to each batch this thread takes
+            failed = e
+    while (task := tasks.get()) is not None:
+        fut, b = task
+        # no name may hold the done batch while the thread waits for its next task: it stayed
+        # alive after the consumer dropped it (a device canvas, ~0.8 GB at batch 1024, per thread)
+        task = None
+        if fut.set_running_or_notify_cancel():
+            if failed is not None:
+                fut.set_exception(failed)
+            else:
+                try:
+                    fut.set_result(fn(b))
+                except BaseException as e:  # noqa: BLE001 - raised where the batch is taken
+                    fut.set_exception(e)
+        fut = None
 
 
 class _ReadAhead:
@@ -232,30 +264,12 @@ class _ReadAhead:
         self._pending: deque[Future] = deque()
         self._next = 0
         self._stalled = False
-        self._threads = [threading.Thread(target=self._work, args=(initializer,), daemon=True,
+        self._threads = [threading.Thread(target=_read_ahead_worker,
+                                          args=(self._tasks, fn, initializer), daemon=True,
                                           name=f"{THREAD_PREFIX}_{i}")
                          for i in range(max(0, workers))]
         for t in self._threads:
             t.start()
-
-    def _work(self, initializer: Callable[[], None] | None) -> None:
-        failed: BaseException | None = None
-        if initializer is not None:
-            try:
-                initializer()
-            except BaseException as e:  # noqa: BLE001 - handed to each batch this thread takes
-                failed = e
-        while (task := self._tasks.get()) is not None:
-            fut, b = task
-            if not fut.set_running_or_notify_cancel():
-                continue
-            if failed is not None:
-                fut.set_exception(failed)
-                continue
-            try:
-                fut.set_result(self._fn(b))
-            except BaseException as e:  # noqa: BLE001 - raised where the batch is taken
-                fut.set_exception(e)
 
     def _fill(self) -> None:
         while self._threads and self._next < self._n and len(self._pending) < self._depth:
@@ -280,20 +294,29 @@ class _ReadAhead:
                 raise ReadAheadStalled(self._timeout, self.close()) from None
             yield result
 
-    def close(self) -> bool:
-        """Cancel the batches not started, let the threads finish theirs and end; returns
-        whether they all ended (after a stall they are given :data:`_STALLED_JOIN_S` seconds,
-        then left: daemons, they end with the process)."""
+    def _end_threads(self) -> list[threading.Thread]:
+        """Cancel the batches not started and tell every thread to end (no wait)."""
         threads, self._threads = self._threads, []
         for fut in self._pending:
             fut.cancel()
         self._pending.clear()
         for _ in threads:
             self._tasks.put(None)
-        deadline = time.monotonic() + _STALLED_JOIN_S
+        return threads
+
+    def close(self) -> bool:
+        """Cancel the batches not started, let the threads finish theirs and end; returns
+        whether they all ended. A thread still busy after :data:`_CLOSE_JOIN_S` seconds (after
+        a stall, :data:`_STALLED_JOIN_S`) is stuck and left: a daemon, it ends with the
+        process."""
+        threads = self._end_threads()
+        deadline = time.monotonic() + (_STALLED_JOIN_S if self._stalled else _CLOSE_JOIN_S)
         for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()) if self._stalled else None)
+            t.join(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in threads)
+
+    def __del__(self) -> None:
+        self._end_threads()  # (a reader dropped without close: its threads end on their own)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,7 +394,7 @@ class DeviceDecodeLoader(PlanLoaderBase):
                 "a JPEG read-ahead thread", self._split_name, stalled.seconds,
                 "a read stuck on storage that stopped answering, such as a network mount, or a "
                 "device decode that hung", "its threads were stopped" if stalled.stopped else
-                "a stuck thread was left to end with the process")) from None
+                "the stuck thread was left to end with the process")) from None
         finally:
             reader.close()
         self.epoch = epoch + 1

@@ -38,8 +38,8 @@ def loader_timeout() -> int:
     anything but a whole number >= 0 is one line naming the variable."""
     if not os.environ.get(TIMEOUT_ENV, "").strip():
         return LOADER_TIMEOUT_S
-    return env_int(TIMEOUT_ENV, LOADER_TIMEOUT_S, 0, "give the seconds to wait for a data-loader "
-                   "worker's next batch (0 = wait forever), or unset it for the default "
+    return env_int(TIMEOUT_ENV, LOADER_TIMEOUT_S, 0, "give the seconds to wait for a data "
+                   "loader's next batch (0 = wait forever), or unset it for the default "
                    f"{LOADER_TIMEOUT_S}")
 
 

@@ -667,12 +667,12 @@ def as_recipe(recipe: "Recipe | str | Path", overrides: list[str] | tuple[str, .
         return load_recipe(recipe, overrides)
     if isinstance(overrides, (str, bytes)) or overrides:
         where = recipe.name or "<recipe>"
+        _refuse_finetune_overrides(recipe.kind, overrides, where)
         # every value, not the fingerprint's form (to_dict leaves out [adv] when adv.steps is
         # 0, so an adv.steps override lost the recipe's eps and norm)
         data = dataclasses.asdict(recipe)
         data.pop("name"), data.pop("kind")
         built = _build(data, _apply_overrides(data, overrides, where))
-        _refuse_finetune_overrides(recipe.kind, overrides, where)
         built.name, built.kind = recipe.name, recipe.kind
         return built
     return recipe
@@ -684,15 +684,17 @@ def _refuse_finetune_overrides(kind: str, overrides: list[str] | tuple[str, ...]
     refused: training never reads [finetune], so it was dropped without a word (and `dp4tl
     recipes NAME`, which leaves that section out of a training recipe's printout, showed the
     recipe as if it had been applied). The line says where finetune settings go."""
-    if kind != "train":
+    if kind != "train" or isinstance(overrides, (str, bytes)):  # (the latter: _apply_overrides')
         return
     for text in overrides:
         if parse_override(text)[0] == "finetune":
+            key, _, value = (part.strip() for part in text.partition("="))
+            given = f"{key}={value}"
             raise DP4TLError(
-                f"--set {text.strip()}: {name} is a training recipe, which has no [finetune] "
+                f"override {given}: {name} is a training recipe, which has no [finetune] "
                 "section (training never reads one); finetune settings go with a finetuning "
-                f"recipe: `dp4tl recipes lp --set {text.strip()}`, `dp4tl finetune lp|ff "
-                "--set ...`, or `dp4tl pipeline --set-finetune ...`")
+                f"recipe: `dp4tl recipes lp --set {given}`, `dp4tl finetune lp|ff --set ...`, "
+                "or `dp4tl pipeline --set-finetune ...`")
 
 
 def check_kind(recipe: Recipe, kind: str, use: str) -> None:
@@ -719,13 +721,14 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] | tuple[str, ...]
     for file, own in files:  # a misspelt key is named in the file that holds it (extends)
         _check_names(own, str(file))
     kind = "finetune" if "finetune" in data else "train"  # (before --set can add a section)
-    recipe = _build(data, _apply_overrides(data, overrides, str(path)))
-    recipe.name, recipe.kind = path.stem, kind
+    name = path.stem
     try:  # a recipe set's member keeps its set in its name ("paper/lp")
         rel = path.resolve().relative_to(recipes_dir().resolve())
         if len(rel.parts) > 1:
-            recipe.name = rel.with_suffix("").as_posix()
+            name = rel.with_suffix("").as_posix()
     except ValueError:
         pass
-    _refuse_finetune_overrides(kind, overrides, recipe.name)
+    _refuse_finetune_overrides(kind, overrides, name)  # (before any value of it is checked)
+    recipe = _build(data, _apply_overrides(data, overrides, str(path)))
+    recipe.name, recipe.kind = name, kind
     return recipe

@@ -329,8 +329,9 @@ def test_a_signal_while_a_finished_command_exits_is_one_line(tmp_path, argv, sig
 
 def test_a_reader_that_had_enough_ends_the_command_as_sigpipe_would(tmp_path):
     """`dp4tl recipes | head -1`: the reader closed the pipe, and the command exited 1 (typer
-    catches the EPIPE itself and exits 1, so the CLI's own 141 never came), which
-    ``set -o pipefail`` and a script read as a failure. Through the real console entry point,
+    catches the EPIPE itself and exits 1, so the CLI's own 141 never came), which looked like
+    the command's own failure (141 is what a script tells apart: `yes | head -1` gives it too).
+    Through the real console entry point,
     its stdout a pipe whose reading end is closed before it writes: 141 (128 + SIGPIPE, as a
     shell reports a piped tool) and not a word on stderr."""
     import subprocess

@@ -87,7 +87,7 @@ def test_a_finetune_override_of_a_training_recipe_is_refused_not_dropped(capsys,
     recipe still shows its override."""
     code, out, err = cli(capsys, monkeypatch, "recipes", "resnet18_tiny_cpu", "--set",
                          "finetune.resolution=128")
-    one_line_error(code, err, "--set finetune.resolution=128", "resnet18_tiny_cpu is a training "
+    one_line_error(code, err, "override finetune.resolution=128", "resnet18_tiny_cpu is a training "
                    "recipe", "no [finetune] section", "`dp4tl recipes lp --set "
                    "finetune.resolution=128`", "--set-finetune")
     assert out == ""

@@ -235,7 +235,7 @@ def test_a_finetune_override_of_a_training_recipe_is_refused():
     where every recipe is loaded; a finetuning recipe still takes it."""
     from ffcv_dp4tl.training.recipe import as_recipe
 
-    want = (r"^--set finetune.resolution=64: resnet18_tiny_cpu is a training recipe, which has "
+    want = (r"^override finetune.resolution=64: resnet18_tiny_cpu is a training recipe, which has "
             r"no \[finetune\] section \(training never reads one\); finetune settings go with a "
             r"finetuning recipe")
     with pytest.raises(DP4TLError, match=want):
@@ -244,6 +244,13 @@ def test_a_finetune_override_of_a_training_recipe_is_refused():
         as_recipe(load_recipe("resnet18_tiny_cpu"), ["finetune.resolution=64"])
     with pytest.raises(DP4TLError, match="paper/resnet101_16ep is a training recipe"):
         load_recipe("paper/resnet101_16ep", ["finetune.resolution=64"])
+    # refused as such whatever its value or key (not "must be int" / "unknown key"), and the
+    # suggested command is one shell word per argument
+    for bad in ("finetune.resolution=abc", "finetune.bogus=1", "finetune.resolution=-5"):
+        with pytest.raises(DP4TLError, match=f"^override {bad}: resnet18_tiny_cpu is a training"):
+            load_recipe("resnet18_tiny_cpu", [bad])
+    with pytest.raises(DP4TLError, match=r"`dp4tl recipes lp --set finetune.resolution=64`"):
+        load_recipe("resnet18_tiny_cpu", [" finetune.resolution = 64"])
     assert load_recipe("lp", ["finetune.resolution=64"]).finetune.resolution == 64
     assert as_recipe(load_recipe("ff"), ["finetune.resolution=64"]).finetune.resolution == 64
 
