@@ -72,10 +72,15 @@ _HELD: list[int] = []
 
 def _interrupt(signum: int) -> None:
     """What this module's handlers do with a stop signal (Ctrl-C, SIGTERM): raise its exception
-    now, or, inside :func:`deferred`, hold it until the block ends."""
+    now, or, inside :func:`deferred`, hold it until the block ends. A second Ctrl-C while one
+    is held is raised at once: the block is stuck (a write to stderr that blocks, a pipe whose
+    reader stopped reading), and Ctrl-C must still stop the command (a second SIGTERM ends it
+    at once anyway, :func:`_forced_exit`)."""
     if _DEFERRING[0]:
-        _HELD.append(int(signum))
-        return
+        if not (signum == signal.SIGINT and signal.SIGINT in _HELD):
+            _HELD.append(int(signum))
+            return
+        _HELD.clear()  # (raised now: nothing is left to raise as the block ends)
     raise interrupt_for(signum)
 
 
@@ -107,7 +112,8 @@ def deferred() -> Iterator[None]:
     (:func:`late_line`). Blocking the signal (``pthread_sigmask``) does not do it: Python runs
     its handlers in the main thread whichever thread the kernel delivers the signal to, and
     the grace watchdog's thread is always there. A second SIGTERM and the grace still end the
-    process at once (:func:`_forced_exit`), held or not."""
+    process at once (:func:`_forced_exit`), held or not, and a second Ctrl-C is raised at once
+    (:func:`_interrupt`)."""
     _DEFERRING[0] += 1
     try:
         yield

@@ -543,6 +543,28 @@ def test_a_stop_signal_inside_a_deferred_block_is_raised_as_it_ends(default_sigt
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_a_second_ctrl_c_in_a_deferred_block_is_raised_at_once(default_sigterm):
+    """A deferred block that hangs (the error line's write to a stderr pipe nobody reads) held
+    every Ctrl-C: the second one is raised at once, and none is left to raise as it ends."""
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with stopping.sigterm_raises(grace=None):
+            with stopping.deferred():
+                signal.raise_signal(signal.SIGINT)
+                steps.append("held")
+                signal.raise_signal(signal.SIGINT)
+                steps.append("ran on")
+    assert steps == ["held"]
+    assert stopping._HELD == []
+    with pytest.raises(KeyboardInterrupt):  # (a SIGTERM held first: a Ctrl-C is still held once)
+        with stopping.sigterm_raises(grace=None):
+            with stopping.deferred():
+                signal.raise_signal(signal.SIGTERM)
+                signal.raise_signal(signal.SIGINT)
+                steps.append("both held")
+    assert steps == ["held", "both held"]
+
+
 def test_a_second_sigterm_in_a_deferred_block_still_ends_it_at_once():
     run, _ = _stopped_process("with stopping.deferred():\n"
                               "    signal.raise_signal(signal.SIGTERM)\n"
