@@ -42,22 +42,14 @@ from typing import Any
 
 import numpy as np
 
+from .interface import Stalled
+
 #: set to "0" to compile every Loader's operations afresh (ffcv's own behaviour)
 CODE_CACHE_ENV = "DP4TL_FFCV_CODE_CACHE"
 
 
 def code_cache_enabled() -> bool:
     return os.environ.get(CODE_CACHE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-class EpochStalled(Exception):
-    """ffcv's epoch thread delivered no batch within the loader's timeout (``seconds``);
-    ``stopped``: whether the thread then ended (a thread stuck in native code, a read from
-    storage that stopped answering, cannot be stopped: it ends with the process, a daemon)."""
-
-    def __init__(self, seconds: float, stopped: bool):
-        super().__init__(f"ffcv's epoch thread delivered no batch in {seconds:g} s")
-        self.seconds, self.stopped = seconds, stopped
 
 
 #: seconds between two looks at the epoch thread while the consumer waits for a batch (a batch
@@ -337,8 +329,8 @@ def _build_classes() -> dict[str, type]:
         forever, after a traceback on stderr); and a batch that does not come within the
         loader's ``timeout`` seconds (0: wait forever; the epoch's first batch gets
         :data:`FIRST_BATCH_EXTRA_S` more, for numba's compile) ends the wait with
-        :class:`EpochStalled` (a decode thread stuck on storage that stopped answering would
-        otherwise hold the run, and its allocation, for good).
+        :class:`~.interface.Stalled` (a decode thread stuck on storage that stopped answering
+        would otherwise hold the run, and its allocation, for good).
 
         Its batch buffers (pinned host memory, device memory) and CUDA streams come from the
         loader (:meth:`ReusingLoader.epoch_buffers`): ffcv allocates and pins them afresh at
@@ -377,7 +369,8 @@ def _build_classes() -> dict[str, type]:
         def _next_result(self):
             """The thread's next queue entry (None: the epoch is over), waiting at most
             ``timeout`` seconds (0: for good; the first batch :data:`FIRST_BATCH_EXTRA_S`
-            more); the thread's death raises what ended it, the timeout :class:`EpochStalled`."""
+            more); the thread's death raises what ended it, the timeout
+            :class:`~.interface.Stalled`."""
             wait = self.timeout + (FIRST_BATCH_EXTRA_S if self.delivered == 0 else 0.0)
             deadline = time.monotonic() + wait if self.timeout > 0 else None
             while True:
@@ -399,7 +392,7 @@ def _build_classes() -> dict[str, type]:
                     return None  # (ended, stopped or closed: asked again after its end)
                 if deadline is not None and time.monotonic() >= deadline:
                     self.stalled = True
-                    raise EpochStalled(wait, self.stop(_STALLED_STOP_S))
+                    raise Stalled(wait, self.stop(_STALLED_STOP_S))
 
         def run_pipeline(self, b_ix, batch_indices, batch_slot, cuda_event):
             try:
@@ -445,7 +438,7 @@ def _build_classes() -> dict[str, type]:
             exception", exit code 134, after all the work was done: a bench that broke out of
             its epochs aborted 1 run in 4). Its next batch is made StopIteration, and the queue
             is drained so that its last ``put`` (ffcv's ``put(None)`` has no timeout) returns.
-            A thread that stalled (:class:`EpochStalled`) was given its time already."""
+            A thread that stalled (:class:`~.interface.Stalled`) was given its time already."""
             if self.stalled and timeout > _STALLED_STOP_S:
                 timeout = 0.0
             self.terminate_event.set()

@@ -34,9 +34,8 @@ import torch
 from beton_builders.integrity import DAMAGED_SAMPLE_HINT
 
 from ..errors import DataError
-from .ffcv_compile import EpochStalled, PipelineFailure, damaged_samples, ffcv_classes
-from .interface import (LoaderTimeout, PlanLoaderBase, checked_sizes, checked_timeout,
-                        timeout_line)
+from .ffcv_compile import PipelineFailure, damaged_samples, ffcv_classes
+from .interface import PlanLoaderBase, Stalled, checked_sizes, checked_timeout
 from .sampling import Batch, EpochPlan
 from .transforms import AugSpec, Normalize
 
@@ -324,7 +323,7 @@ class FFCVMaskedLoader(PlanLoaderBase):
         # by a stop signal (its frame kept by the traceback) is closed only at interpreter
         # exit, after module globals are cleared, and `except <None>` printed "Exception
         # ignored in ... TypeError" under the one stop line
-        failure_type, stalled_type, timeout_type = PipelineFailure, EpochStalled, LoaderTimeout
+        failure_type, stalled_type = PipelineFailure, Stalled
         try:
             for b, (images, labels, *rest) in enumerate(batches):
                 idx = torch.from_numpy(np.asarray(
@@ -336,11 +335,9 @@ class FFCVMaskedLoader(PlanLoaderBase):
         except failure_type as failure:
             raise self._damage_error(failure) from None
         except stalled_type as stalled:
-            raise timeout_type(timeout_line(
-                "ffcv's epoch thread", self.split, stalled.seconds,
-                "a decode stuck on storage that stopped answering, such as a network mount, or "
-                "a thread that hung", "its thread was stopped" if stalled.stopped else
-                "the stuck thread was left to end with the process")) from None
+            raise stalled.error("ffcv's epoch thread", self.split, "a decode stuck on storage "
+                                "that stopped answering, such as a network mount, or a thread "
+                                "that hung") from None
         finally:  # left early (break, an exception) or not: the epoch's thread has ended
             stop = getattr(batches, "stop", None)
             if stop is not None:

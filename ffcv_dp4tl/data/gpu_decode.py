@@ -59,7 +59,7 @@ from beton_builders.integrity import DAMAGED_SAMPLE_HINT
 from .manifest import SplitInfo
 from .gpu_resample import (MAX_CANVAS_BYTES, LevelGroups, check_canvas, grid_params, level_groups, mip_level,
                            mip_pyramid, pad_batch, resample)
-from .interface import LoaderTimeout, PlanLoaderBase, checked_timeout, timeout_line
+from .interface import PlanLoaderBase, Stalled, checked_timeout
 from .sampling import Batch, EpochPlan
 from .transforms import AugSpec, Normalize, crop_draws
 
@@ -198,16 +198,6 @@ class _HostBatch:
 # Bounded read-ahead
 # ---------------------------------------------------------------------------------------------
 
-class ReadAheadStalled(Exception):
-    """A read-ahead batch did not come within the timeout (``seconds``); ``stopped``: whether
-    the threads then ended (a thread stuck in a read from storage that stopped answering
-    cannot be stopped; it is a daemon, so it ends with the process and never holds its exit)."""
-
-    def __init__(self, seconds: float, stopped: bool):
-        super().__init__(f"no read-ahead batch in {seconds:g} s")
-        self.seconds, self.stopped = seconds, stopped
-
-
 #: seconds given the read-ahead threads to end once a stalled iteration stops them
 _STALLED_JOIN_S = 2.0
 #: seconds ``close`` waits for the threads to finish the batches they are on (a batch takes
@@ -250,8 +240,8 @@ class _ReadAhead:
     threads; the loader calls it when iteration ends, stops early or the loader is closed.
 
     A batch that does not come within ``timeout`` seconds (0: wait forever; inline: no wait to
-    bound) raises :class:`ReadAheadStalled`. The threads are daemons, started here rather than by
-    a ``ThreadPoolExecutor``: at exit the interpreter joins an executor's threads without a
+    bound) raises :class:`~.interface.Stalled`. The threads are daemons, started here rather
+    than by a ``ThreadPoolExecutor``: at exit the interpreter joins an executor's threads without a
     timeout, so one stuck in a read (storage that stopped answering) would hold the process,
     and its allocation, after the error line. ``initializer`` runs first in each thread; an
     exception there fails every batch that thread takes."""
@@ -291,7 +281,7 @@ class _ReadAhead:
                 result = fut.result(timeout=self._timeout or None)
             except FutureTimeout:
                 self._stalled = True
-                raise ReadAheadStalled(self._timeout, self.close()) from None
+                raise Stalled(self._timeout, self.close()) from None
             yield result
 
     def _end_threads(self) -> list[threading.Thread]:
@@ -385,16 +375,14 @@ class DeviceDecodeLoader(PlanLoaderBase):
                             initializer=partial(thread_device_setup, self.device),
                             timeout=self.timeout)
         self._readers.add(reader)
-        stalled_type, timeout_type = ReadAheadStalled, LoaderTimeout  # (see FFCVMaskedLoader)
+        stalled_type = Stalled  # (bound here: see FFCVMaskedLoader.__iter__)
         try:
             for host in reader:
                 yield self._device_batch(host, resolution)
         except stalled_type as stalled:
-            raise timeout_type(timeout_line(
-                "a JPEG read-ahead thread", self._split_name, stalled.seconds,
-                "a read stuck on storage that stopped answering, such as a network mount, or a "
-                "device decode that hung", "its threads were stopped" if stalled.stopped else
-                "the stuck thread was left to end with the process")) from None
+            raise stalled.error("a JPEG read-ahead thread", self._split_name, "a read stuck on "
+                                "storage that stopped answering, such as a network mount, or a "
+                                "device decode that hung") from None
         finally:
             reader.close()
         self.epoch = epoch + 1

@@ -60,6 +60,24 @@ class LoaderTimeout(DP4TLError):
     what to do); what the loader ran (worker processes, threads) has been stopped or left."""
 
 
+class Stalled(Exception):
+    """A loader's threads (ffcv's epoch thread, the GPU-decode read-ahead threads) delivered no
+    batch within ``seconds``; ``stopped``: whether they then ended (one stuck in a read from
+    storage that stopped answering cannot be stopped; a daemon, it ends with the process).
+    Raised where the threads are run; the loader, which knows its split, turns it into the
+    :class:`LoaderTimeout` line (:meth:`error`)."""
+
+    def __init__(self, seconds: float, stopped: bool):
+        super().__init__(f"no batch in {seconds:g} s")
+        self.seconds, self.stopped = seconds, stopped
+
+    def error(self, who: str, split: str, causes: str) -> LoaderTimeout:
+        """The one line: ``who`` delivered no batch of ``split`` (likely ``causes``)."""
+        return LoaderTimeout(timeout_line(
+            who, split, self.seconds, causes, "the thread was stopped" if self.stopped
+            else "the stuck thread was left to end with the process"))
+
+
 def timeout_line(who: str, split: str, seconds: float, causes: str, after: str) -> str:
     """The one line of a :class:`LoaderTimeout`: ``who`` delivered no batch of ``split`` in
     ``seconds`` (likely ``causes``); ``after``: what became of it. Then what to do, the same

@@ -191,30 +191,55 @@ def _ffcv_epoch_thread_alive() -> bool:
     return any(isinstance(t, cls) and t.is_alive() for t in threading.enumerate())
 
 
-def test_an_ffcv_batch_that_never_comes_is_one_line(index_dataset, monkeypatch):
-    """The epoch thread is stuck for good (a read from storage that stopped answering): the
-    loader gives up after the timeout, says the thread was left (a daemon), and once the
-    thread is free again the next iteration reads the whole epoch."""
+#: what the line of each threaded loader starts with: who stalled, and the likely cause
+STALL_LINES = {
+    "ffcv": ("ffcv's epoch thread", "a decode stuck on storage that stopped answering"),
+    "gpu": ("a JPEG read-ahead thread", "a read stuck on storage that stopped answering"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(STALL_LINES))
+def test_a_batch_that_never_comes_from_a_thread_is_one_line(index_dataset, monkeypatch, kind):
+    """The loader's thread is stuck for good (a read from storage that stopped answering): the
+    loader gives up after the timeout and says the thread was left (a daemon, it does not hold
+    the process's exit); once the thread is free again the next iteration reads the whole
+    epoch."""
     release = threading.Event()
-    _stall_ffcv(monkeypatch, lambda it, b: release.wait(STALL_S))
+    if kind == "ffcv":
+        _stall_ffcv(monkeypatch, lambda it, b: release.wait(STALL_S))
+        cls = ffcv_classes()["GuardedEpochIterator"]
+        mine = lambda t: isinstance(t, cls)  # noqa: E731
+    else:
+        real = DeviceDecodeLoader._host_batch
+
+        def stalling(self, *args):
+            release.wait(STALL_S)
+            return real(self, *args)
+
+        monkeypatch.setattr(DeviceDecodeLoader, "_host_batch", stalling)
+        mine = lambda t: t.name.startswith(gd.THREAD_PREFIX)  # noqa: E731
     monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "1")
-    loader = _loader(index_dataset.root, 1, "ffcv")
+    loader = _loader(index_dataset.root, *((1, "ffcv") if kind == "ffcv" else (2, "wds", "gpu")))
     t0 = time.monotonic()
     try:
         with pytest.raises(LoaderTimeout) as info:
             next(iter(loader))
         elapsed = time.monotonic() - t0
-        assert _ffcv_epoch_thread_alive()  # (stuck: left to end with the process)
+        stuck = [t for t in threading.enumerate() if mine(t) and t.is_alive()]
+        assert stuck and all(t.daemon for t in stuck)  # (left: they end with the process)
     finally:
         release.set()
     msg = str(info.value)
     del info
+    who, cause = STALL_LINES[kind]
     assert "\n" not in msg
-    assert msg.startswith("ffcv's epoch thread delivered no batch of split 'train' in 1 s "
-                          "(a decode stuck on storage that stopped answering")
-    assert "the stuck thread was left to end with the process: rerun the command" in msg
+    assert msg.startswith(f"{who} delivered no batch of split 'train' in 1 s ({cause}")
+    assert "; the stuck thread was left to end with the process: rerun the command" in msg
     assert "DP4TL_LOADER_TIMEOUT=SECONDS sets the wait (0 = wait forever)" in msg
     assert elapsed < 1 + 2 + 3, f"took {elapsed:.1f} s"  # timeout + the stop's wait + slack
+    for t in stuck:
+        t.join(STALL_S)
+    assert not any(t.is_alive() for t in stuck)
     monkeypatch.undo()
     batches = list(loader)
     assert sorted(i for b in batches for i in b.indices.tolist()) == list(range(len(index_dataset)))
@@ -226,7 +251,7 @@ def test_a_stalled_ffcv_thread_that_can_stop_is_stopped(index_dataset, monkeypat
     _stall_ffcv(monkeypatch, lambda it, b: it.terminate_event.wait(STALL_S))
     monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "1")
     loader = _loader(index_dataset.root, 1, "ffcv")
-    with pytest.raises(LoaderTimeout, match="in 1 s .*; its thread was stopped: rerun"):
+    with pytest.raises(LoaderTimeout, match="in 1 s .*; the thread was stopped: rerun"):
         next(iter(loader))
     assert not _ffcv_epoch_thread_alive()
 
@@ -283,41 +308,6 @@ def test_an_ffcv_epoch_thread_that_dies_raises_its_error_in_the_consumer(index_d
 # ---------------------------------------------------------------------------------------------
 # The GPU-decode loader's read-ahead threads (run on the CPU)
 # ---------------------------------------------------------------------------------------------
-
-def test_a_read_ahead_batch_that_never_comes_is_one_line(index_dataset, monkeypatch):
-    release = threading.Event()
-    real = DeviceDecodeLoader._host_batch
-
-    def stalling(self, *args):
-        release.wait(STALL_S)
-        return real(self, *args)
-
-    monkeypatch.setattr(DeviceDecodeLoader, "_host_batch", stalling)
-    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "1")
-    loader = _loader(index_dataset.root, 2, "wds", "gpu")
-    t0 = time.monotonic()
-    try:
-        with pytest.raises(LoaderTimeout) as info:
-            next(iter(loader))
-        elapsed = time.monotonic() - t0
-        stuck = [t for t in threading.enumerate() if t.name.startswith(gd.THREAD_PREFIX)]
-        assert stuck and all(t.daemon for t in stuck)  # (they never hold the process's exit)
-    finally:
-        release.set()
-    msg = str(info.value)
-    del info
-    assert "\n" not in msg
-    assert msg.startswith("a JPEG read-ahead thread delivered no batch of split 'train' in 1 s "
-                          "(a read stuck on storage that stopped answering")
-    assert "the stuck thread was left to end with the process: rerun the command" in msg
-    assert elapsed < 1 + 2 + 3, f"took {elapsed:.1f} s"
-    for t in stuck:
-        t.join(STALL_S)
-    assert not any(t.is_alive() for t in stuck)
-    monkeypatch.undo()
-    batches = list(loader)
-    assert sorted(i for b in batches for i in b.indices.tolist()) == list(range(len(index_dataset)))
-
 
 def test_no_read_ahead_threads_wait_without_a_timeout(index_dataset, monkeypatch):
     monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "2")
@@ -401,7 +391,7 @@ def test_a_stuck_read_ahead_thread_does_not_hold_the_exit():
               "timeout=0.5)\n"
               "try:\n"
               "    next(iter(r))\n"
-              "except gd.ReadAheadStalled as e:\n"
+              "except gd.Stalled as e:\n"
               "    print('stalled', e.stopped, flush=True)\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120)
