@@ -72,15 +72,10 @@ _HELD: list[int] = []
 
 def _interrupt(signum: int) -> None:
     """What this module's handlers do with a stop signal (Ctrl-C, SIGTERM): raise its exception
-    now, or, inside :func:`deferred`, hold it until the block ends. A second Ctrl-C while one
-    is held is raised at once: the block is stuck (a write to stderr that blocks, a pipe whose
-    reader stopped reading), and Ctrl-C must still stop the command (a second SIGTERM ends it
-    at once anyway, :func:`_forced_exit`)."""
+    now, or, inside :func:`deferred`, hold it until the block ends."""
     if _DEFERRING[0]:
-        if not (signum == signal.SIGINT and signal.SIGINT in _HELD):
-            _HELD.append(int(signum))
-            return
-        _HELD.clear()  # (raised now: nothing is left to raise as the block ends)
+        _HELD.append(int(signum))
+        return
     raise interrupt_for(signum)
 
 
@@ -112,8 +107,9 @@ def deferred() -> Iterator[None]:
     (:func:`late_line`). Blocking the signal (``pthread_sigmask``) does not do it: Python runs
     its handlers in the main thread whichever thread the kernel delivers the signal to, and
     the grace watchdog's thread is always there. A second SIGTERM and the grace still end the
-    process at once (:func:`_forced_exit`), held or not, and a second Ctrl-C is raised at once
-    (:func:`_interrupt`)."""
+    process at once (:func:`_forced_exit`), held or not. (A block stuck in a write, its error
+    line into a stderr pipe whose reader stopped reading, holds every Ctrl-C; SIGTERM's
+    grace ends it, its own line written only where there is room.)"""
     _DEFERRING[0] += 1
     try:
         yield
@@ -301,8 +297,7 @@ def _forced_exit(signum: int, cleanup_why: str, exit_why: str) -> None:
     status = settled()
     said = (f"{line(signum)} ({cleanup_why})" if status is None
             else f"{late_line(signum, status)} ({exit_why})")
-    with contextlib.suppress(OSError):
-        os.write(2, f"{said}\n".encode())
+    _write_if_room(2, f"{said}\n".encode())
     code = exit_status(signum) if status is None else late_status(signum, status)
     try:
         doomed = _own_children()
@@ -317,6 +312,20 @@ def _forced_exit(signum: int, cleanup_why: str, exit_why: str) -> None:
         except OSError:
             pass
     os._exit(code)
+
+
+def _write_if_room(fd: int, data: bytes) -> None:
+    """Write ``data`` to ``fd`` unless the write would block (or fails): the forced exit must
+    reach ``os._exit``. A stderr pipe whose reader stopped reading held its watchdog thread in
+    ``write`` for good, so neither the grace nor a second signal ended the process. ``select``
+    rather than O_NONBLOCK, which would change the descriptor shared with the shell."""
+    import select
+
+    try:
+        if select.select([], [fd], [], 0)[1]:
+            os.write(fd, data)
+    except (OSError, ValueError):
+        pass
 
 
 def _stat(pid: int) -> tuple[str, int] | None:

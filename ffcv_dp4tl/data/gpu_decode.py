@@ -306,7 +306,8 @@ class _ReadAhead:
         return not any(t.is_alive() for t in threads)
 
     def __del__(self) -> None:
-        self._end_threads()  # (a reader dropped without close: its threads end on their own)
+        if getattr(self, "_threads", None):  # (a reader dropped without close: they end)
+            self._end_threads()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ class Stalled(Exception):
     def error(self, who: str, split: str, causes: str) -> LoaderTimeout:
         """The one line: ``who`` delivered no batch of ``split`` (likely ``causes``)."""
         return LoaderTimeout(timeout_line(
-            who, split, self.seconds, causes, "the thread was stopped" if self.stopped
+            who, split, self.seconds, causes, "its threads were stopped" if self.stopped
             else "the stuck thread was left to end with the process"))
 
 

@@ -65,8 +65,8 @@ MAX_SQUARED_NORM = float(np.finfo(np.float32).max) / 4
 
 def check_finite_rows(x: Any, name: str) -> None:
     """Features with a NaN/Inf entry, or too large for float32 distances (a squared norm above
-    :data:`MAX_SQUARED_NORM`, entries of about 1e19), are refused (k-means++ seeding, the
-    target votes and the source val assignment alike): a NaN row compares false with every
+    :data:`MAX_SQUARED_NORM`, entries of about 1e19), are refused (k-means++ seeding and the
+    target votes alike): a NaN row compares false with every
     centroid, so the nearest-centroid search gave it cluster 0, and FM counted NaN target
     features as votes for cluster 0."""
     xp = array_module(x)

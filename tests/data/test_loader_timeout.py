@@ -251,7 +251,7 @@ def test_a_stalled_ffcv_thread_that_can_stop_is_stopped(index_dataset, monkeypat
     _stall_ffcv(monkeypatch, lambda it, b: it.terminate_event.wait(STALL_S))
     monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "1")
     loader = _loader(index_dataset.root, 1, "ffcv")
-    with pytest.raises(LoaderTimeout, match="in 1 s .*; the thread was stopped: rerun"):
+    with pytest.raises(LoaderTimeout, match="in 1 s .*; its threads were stopped: rerun"):
         next(iter(loader))
     assert not _ffcv_epoch_thread_alive()
 
