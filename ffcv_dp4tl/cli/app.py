@@ -414,8 +414,9 @@ def _reader_had_enough(pipe: BrokenPipeError) -> NoReturn:
     Our stdout's (or stderr's) reader closed it (`dp4tl recipes | head -1`: it had enough):
     exit 141 (128 + SIGPIPE, as a shell reports a piped tool that SIGPIPE ended) with no
     word; typer's exit 1, silent too, looked like the command's own failure, while 141 is
-    the status a script already tells apart (``yes | head -1`` gives it too). Any other pipe (a data-loader worker's, a socket) is not the
-    user's doing and typer's silent 1 hid it: it is raised again, so it keeps its traceback."""
+    the status a script already tells apart (``yes | head -1`` gives it too). Any other pipe
+    (a data-loader worker's, a socket) is not the user's doing and typer's silent 1 hid it: it
+    is raised again, so it keeps its traceback."""
     gone = [s for s in (sys.stdout, sys.stderr) if _reader_gone(getattr(s, "wrapped", s))]
     if not gone:
         sys.stdout, sys.stderr = (getattr(s, "wrapped", s) for s in (sys.stdout, sys.stderr))

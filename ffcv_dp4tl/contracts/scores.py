@@ -40,8 +40,9 @@ _REQUIRED_FROM_V2: tuple[str, ...] = ("source_fingerprint", "array_sha256")
 class ScoresMeta:
     """``scores.json`` of a scores directory (``scores.npy`` + optional ``tiebreak.npy``,
     ``train_units.npy``; ``val_units.npy`` in an older folder): the method, its unit, the
-    number of units, and everything else the method recorded (``meta``: ``source_fingerprint``, ``seed``,
-    ``surrogate_hash``, ``selection_seconds``, ``higher_is_better``, ...)."""
+    number of units, and everything else the method recorded (``meta``:
+    ``source_fingerprint``, ``seed``, ``surrogate_hash``, ``selection_seconds``,
+    ``higher_is_better``, ...)."""
 
     #: 2 (2026-12-05): ``source_fingerprint`` and ``array_sha256`` are required
     #: (:data:`_REQUIRED_FROM_V2`)
