@@ -397,11 +397,6 @@ def segment_totals(stage_dir: Path, exclude: Path | None = None) -> SegmentTotal
                          sum(w for w, c in times if c is None))
 
 
-def estimated_seconds(stage_dir: Path, exclude: Path | None = None) -> float:
-    """The part of :func:`segment_totals`' wall time from segments without an exact record."""
-    return segment_totals(stage_dir, exclude).estimated
-
-
 def stage_seconds(stage_dir: Path, exclude: Path | None = None) -> float:
     """Wall seconds of the recorded run segments in ``stage_dir`` (:func:`segment_totals`)."""
     return segment_totals(stage_dir, exclude).wall

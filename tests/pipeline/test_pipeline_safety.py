@@ -331,7 +331,7 @@ def test_a_segment_whose_record_cannot_be_written_counts_to_its_end_as_a_stated_
     (seg,) = st.dir.glob(".segment-*")
     assert seg.read_text() == ""  # not a torn record
     assert stage_seconds(st.dir) >= 0.3  # start to end (the old count: nothing)
-    assert stages.estimated_seconds(st.dir) == stage_seconds(st.dir)
+    assert stages.segment_totals(st.dir).estimated == stage_seconds(st.dir)
     lines: list[str] = []
     res = run_stage(st, lambda d: {"ok": 1}, log=lines.append)
     assert res.seconds >= 0.3 and res.values["estimated_seconds"] >= 0.3
