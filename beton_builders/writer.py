@@ -226,7 +226,9 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
     if overwrite and is_build(out_dir):
         remove_build(out_dir)
     if manifest_path.exists():
-        old = DatasetManifest.from_json(read_json(manifest_path, "manifest"), manifest_path).build
+        # (a damaged manifest: this build command is how the user rebuilds, so its fix is ours)
+        old = DatasetManifest.from_json(read_json(manifest_path, "manifest", fix=remedy),
+                                        manifest_path).build
         if old == settings:
             return settings, True
         raise DataError(f"{out_dir} already holds a different build (other "

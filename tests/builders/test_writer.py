@@ -21,6 +21,7 @@ from PIL import Image
 
 import beton_builders.writer as writer_mod
 from beton_builders import BuildOptions, DatasetSpec, Sample, build_dataset
+from ffcv_dp4tl.contracts import MANIFEST_NAME
 from ffcv_dp4tl.data.manifest import INDEX_DTYPE
 from ffcv_dp4tl.errors import DataError
 
@@ -577,6 +578,21 @@ def test_ffcv_progress_is_labelled_or_silenced_for_one_write_only(tmp_path):
     with pytest.raises(RuntimeError), _ffcv_progress(False):
         raise RuntimeError("write failed")
     assert ffcv.writer.tqdm is original
+
+
+def test_a_damaged_manifest_is_refused_with_the_flag_that_rebuilds(tmp_path):
+    """Rerunning the build over a finished build whose manifest.json was cut short names the
+    way this command rebuilds (``--overwrite``), not "rebuild or replace it", which sent the
+    user back to the same refusal; ``--overwrite`` then rebuilds."""
+    out = tmp_path / "out"
+    build_dataset(mem_spec(n=12), out, OPTS)
+    manifest = out / MANIFEST_NAME
+    manifest.write_text(manifest.read_text()[:100])
+    with pytest.raises(DataError, match=r"manifest .* is not valid JSON .*; pass --overwrite "
+                                        r"to replace it, or choose another --out$"):
+        build_dataset(mem_spec(n=12), out, OPTS)
+    assert not build_dataset(mem_spec(n=12), out, OPTS, overwrite=True).skipped
+    assert manifest_of(out)["splits"]
 
 
 def test_same_names_other_pixels_is_not_taken_for_already_built(tmp_path):
