@@ -290,8 +290,11 @@ class FFCVMaskedLoader(PlanLoaderBase):
         if aug.views == 2:
             pipelines["image2"] = PipelineSpec("image", decoder=self.decoders[1],
                                                transforms=flip() + to_torch())
+        # ffcv has no in-process loading: it reads 0 as os.cpu_count(), the machine's cores, past
+        # this process's share (under taskset or a Slurm allocation its thread pool then refused
+        # to start: "number of threads must be between 1 and N"); 0 here = one decode thread
         self.loader = Loader(
-            str(beton), batch_size=batch_size, num_workers=num_workers, os_cache=os_cache,
+            str(beton), batch_size=batch_size, num_workers=max(1, num_workers), os_cache=os_cache,
             indices=plan.indices, drop_last=self.drop_last, pipelines=pipelines, seed=plan.seed,
             **plan_order_arguments(plan, Loader),
         )

@@ -198,18 +198,22 @@ class Manifest:
         """Samples per class of split ``name`` as the build counted them (None: older builds)."""
         return self.split_entry(name).class_counts
 
-    def split_entry(self, name: str) -> SplitEntry:
+    def split_entry(self, name: str, setting: str = "") -> SplitEntry:
+        """Split ``name``'s entry. ``setting``: the recipe key that named it (``data.val_split``);
+        a missing split's error then says how to name another (a flat image folder builds a
+        ``train`` split only, and the bare "no split 'val'" left the user to find the key)."""
         splits = self.contract.splits
         if name not in splits:
             if not splits:  # (emptied by hand: "available: " ended mid-sentence)
                 raise DataError(self.contract.fingerprint_problem(self.root / MANIFEST_NAME))
-            raise DataError(
-                f"{self.root / MANIFEST_NAME} has no split {name!r}; available: {', '.join(splits)}"
-            )
+            fix = (f"; build it with that split, or name another (--set {setting}=NAME)"
+                   if setting else "")
+            raise DataError(f"{self.root / MANIFEST_NAME} has no split {name!r} (available: "
+                            f"{', '.join(splits)}){fix}")
         return splits[name]
 
-    def split(self, name: str) -> SplitInfo:
-        s = self.split_entry(name)
+    def split(self, name: str, setting: str = "") -> SplitInfo:
+        s = self.split_entry(name, setting)
         return SplitInfo(
             name=name,
             num_samples=s.num_samples,

@@ -168,16 +168,25 @@ def check_data(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]
             warnings.warn(msg, UserWarning, stacklevel=3)
 
 
-def _check_target_splits(tgt, mode: str, recipe_name: str, recipe) -> None:
-    """The splits a finetuning recipe reads (``data.train_split``/``data.test_split``) exist in
-    the target: else the run fails at finetuning, after surrogate, score, prune and pretraining."""
-    for key in ("train_split", "test_split"):
-        split = getattr(recipe.data, key)
-        if split not in tgt.split_names:
-            raise DP4TLError(f"target {tgt.root} has no {split!r} split (it has: "
-                             f"{', '.join(tgt.split_names)}), which the {mode} recipe {recipe_name} "
-                             f"reads (data.{key}); build the target with that split or set "
-                             f"--set-finetune data.{key}=...")
+def _check_splits(data, which: str, readers: list[tuple[str, str, Any, str]],
+                  keys: tuple[str, ...]) -> None:
+    """The splits the recipes of ``readers`` read (their ``data.<key>`` for ``keys``) exist in
+    ``data``, the ``which`` ("source" or "target"): else the run fails at that stage, after the
+    stages before it (a source built from a flat image folder has no ``val``: the surrogate
+    stopped after its stage folder was made). ``readers``: (role, recipe name, recipe, the
+    pipeline option that sets that recipe's keys); the fix names every reader of the split."""
+    for key in keys:
+        for role, name, recipe, _ in readers:
+            split = getattr(recipe.data, key)
+            if split in data.split_names:
+                continue
+            flags = " ".join(f"{flag} data.{key}=NAME" for _, _, r, flag in readers
+                             if getattr(r.data, key) == split)
+            other = ", or validate on the train split" if key == "val_split" else ""
+            raise DP4TLError(f"{which} {data.root} has no {split!r} split (it has: "
+                             f"{', '.join(data.split_names)}), which the {role} recipe {name} "
+                             f"reads (data.{key}); build the {which} with that split{other} "
+                             f"({flags})")
 
 
 def _check_start_from(name: str, recipe, pre_name: str, pre_recipe, brought: str) -> None:
@@ -266,6 +275,9 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
     pretrain = load(pre_name, pre_overrides)
     check_kind(surrogate, "train", "the surrogate (--surrogate-recipe)")
     check_kind(pretrain, "train", "pretraining (--recipe)")
+    _check_splits(src, "source", [("surrogate", sur_name, surrogate, "--set-surrogate"),
+                                  ("pretraining", pre_name, pretrain, "--set")],
+                  ("train_split", "val_split"))
     _warn_full_scale_on_cpu(cfg, ok, scale, src, pre_name, pretrain, log)
     # a self-supervised source under a paper protocol: MoCo's linear classification protocol
     # for LP, the paper's FF (one rule per mode: a recipe named for one mode leaves the other's)
@@ -285,7 +297,8 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
         per_target.append({m: (ft[m], load(ft[m], cfg.finetune_overrides)) for m in cfg.finetune})
         for m, (name, rec) in per_target[-1].items():
             check_kind(rec, "finetune", f"{m.upper()} (--{m}-recipe)")
-            _check_target_splits(t, m, name, rec)
+            _check_splits(t, "target", [(m.upper(), name, rec, "--set-finetune")],
+                          ("train_split", "test_split"))
             if rec.finetune.normalize == "cifar10" and cfg.fmt == "ffcv":
                 # ffcv resizes with OpenCV's INTER_AREA: 32 px images upsample in blocks
                 log(f"[finetune] note: {name} reads {t.name} as the authors' CIFAR loader does "

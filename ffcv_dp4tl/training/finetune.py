@@ -307,8 +307,8 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
               stop_after: int | None = None, train_mask: str | Path | None = None,
               test_mask: str | Path | None = None) -> dict[str, Any]:
     manifest = load_manifest(target_dir)
-    train_split = manifest.split(recipe.data.train_split)
-    test_split = manifest.split(recipe.data.test_split)
+    train_split = manifest.split(recipe.data.train_split, "data.train_split")
+    test_split = manifest.split(recipe.data.test_split, "data.test_split")
     masks = {k: load_mask(m, split) for k, m, split in (("train_mask", train_mask, train_split),
                                                         ("test_mask", test_mask, test_split))
              if m is not None}

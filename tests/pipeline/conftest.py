@@ -7,7 +7,7 @@ import pytest
 
 #: 4 superclasses x 2 classes, 6 images each, one target (`paper`) of 3 classes, 16 px
 SMALL_SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=6,"
-               "val_per_class=0,image_size=16,num_targets=1,target_classes=3,"
+               "val_per_class=1,image_size=16,num_targets=1,target_classes=3,"
                "target_train_per_class=3,target_test_per_class=1")
 
 
