@@ -332,6 +332,15 @@ class Recipe:
 
 #: (section, key) pairs that change logging or checkpointing, never a trained weight
 NOT_IN_FINGERPRINT = (("train", "tensorboard"), ("train", "checkpoint_every"))
+#: (section, key) pairs hashed as their default whatever their value: how many threads load the
+#: data, which never changes a sample or its order (:class:`~..data.sampling.EpochPlan`, crops
+#: seeded per sample). The count a run uses already follows the node's cores
+#: (:func:`~..data.resources.effective_workers`), so keying the asked-for count refused a requeue
+#: that lowered it (a stuck WebDataset worker, a smaller node) and checked nothing. On CPU torch's
+#: thread count follows it, so weights may differ in the last bits: as on another machine.
+#: Hashed as the default, not left out, so a fingerprint of a recipe at the default stays as it
+#: was before 2026-12-05.
+HASHED_AS_DEFAULT = (("data", "num_workers"),)
 #: sections read only after training (by the score stage), never by the trainer: out of
 #: :meth:`Recipe.training_fingerprint`
 NOT_IN_TRAINING = ("scoring",)
@@ -346,6 +355,9 @@ def fingerprinted(d: dict[str, Any], drop_sections: tuple[str, ...] = ()) -> dic
     for sec, key in NOT_IN_FINGERPRINT:
         if isinstance(out.get(sec), dict):
             out[sec].pop(key, None)
+    for sec, key in HASHED_AS_DEFAULT:
+        if isinstance(out.get(sec), dict) and key in out[sec]:
+            out[sec][key] = getattr(SECTIONS[sec](), key)
     return out
 
 
@@ -354,7 +366,8 @@ def training_overrides(overrides: typing.Iterable[str]) -> list[str]:
     :data:`NOT_IN_TRAINING` sections left out), in order: a stage key of trained weights holds
     these, like :meth:`Recipe.training_fingerprint`; those of :data:`NOT_IN_FINGERPRINT` keys
     are left out too (TensorBoard, the mid-epoch checkpoint cadence: a stage trained with
-    another is the same weights). Overrides are checked when the recipe loads; one that does
+    another is the same weights), and those of :data:`HASHED_AS_DEFAULT` (the loader's thread
+    count). Overrides are checked when the recipe loads; one that does
     not parse is kept (it never reaches a key unchecked)."""
     kept = []
     for text in overrides:
@@ -362,7 +375,8 @@ def training_overrides(overrides: typing.Iterable[str]) -> list[str]:
             section, key = parse_override(text)[:2]
         except DP4TLError:
             section = key = None
-        if section not in NOT_IN_TRAINING and (section, key) not in NOT_IN_FINGERPRINT:
+        if (section not in NOT_IN_TRAINING and (section, key) not in NOT_IN_FINGERPRINT
+                and (section, key) not in HASHED_AS_DEFAULT):
             kept.append(text)
     return kept
 

@@ -266,9 +266,9 @@ def test_a_refused_resume_names_the_recipe_keys_that_differ(trained_run):
     ck = Checkpoint.load(path)
     made_with = ck.training_recipe()
     assert made_with.training_fingerprint() == ck.recipe_fingerprint  # what the test relies on
-    workers = made_with.data.num_workers
+    seed = made_with.data.seed
     # scoring (not in the training fingerprint) and train.tensorboard (not in any) not named
-    this_run = _changed(made_with, data__num_workers=workers + 1, scoring__target_crop="none",
+    this_run = _changed(made_with, data__seed=seed + 1, scoring__target_crop="none",
                         train__tensorboard=not made_with.train.tensorboard)
     identity = {**ck.identity, "recipe_fingerprint": this_run.training_fingerprint()}
     with pytest.raises(DP4TLError) as e:
@@ -276,11 +276,11 @@ def test_a_refused_resume_names_the_recipe_keys_that_differ(trained_run):
     msg = str(e.value)
     assert (f"belongs to a different run (recipe_fingerprint: checkpoint has "
             f"{ck.recipe_fingerprint[:16]}, this run has {this_run.training_fingerprint()[:16]}; "
-            f"recipe keys that differ: data.num_workers: checkpoint {workers}, this run "
-            f"{workers + 1}). Use another --out directory, or delete checkpoint.pt to start over "
+            f"recipe keys that differ: data.seed: checkpoint {seed}, this run "
+            f"{seed + 1}). Use another --out directory, or delete checkpoint.pt to start over "
             "(or pass --no-resume).") in msg, msg
     # many keys: the first four (sorted), then how many more
-    this_run = _changed(made_with, data__num_workers=workers + 1, train__seed=1234,
+    this_run = _changed(made_with, data__seed=seed + 1, train__seed=1234,
                         train__epochs=made_with.train.epochs + 5, lr__lr=0.123,
                         model__arch="resnet50", optim__label_smoothing=0.37)
     identity = {**ck.identity, "recipe_fingerprint": this_run.training_fingerprint(),
@@ -289,8 +289,8 @@ def test_a_refused_resume_names_the_recipe_keys_that_differ(trained_run):
         resume_from(Checkpoint, path, identity, recipe=this_run)
     msg = str(e.value)
     assert "arch: checkpoint has resnet18, this run has resnet50; recipe_fingerprint: " in msg, msg
-    assert (f"; recipe keys that differ: data.num_workers: checkpoint {workers}, this run "
-            f"{workers + 1}; lr.lr: checkpoint {made_with.lr.lr}, this run 0.123; model.arch: "
+    assert (f"; recipe keys that differ: data.seed: checkpoint {seed}, this run "
+            f"{seed + 1}; lr.lr: checkpoint {made_with.lr.lr}, this run 0.123; model.arch: "
             "checkpoint resnet18, this run resnet50; optim.label_smoothing: checkpoint "
             f"{made_with.optim.label_smoothing}, this run 0.37; and 2 more). "
             "Use another --out") in msg, msg

@@ -122,7 +122,8 @@ def test_logging_and_checkpoint_switches_do_not_change_the_fingerprint():
     """TensorBoard and the mid-epoch checkpoint cadence change no weight: a run resumes, and a
     pipeline stage is reused, under another value (a cadence set for a preemptible partition)."""
     base = load_recipe("resnet18_tiny_cpu")
-    for switch in ("train.tensorboard=true", "train.checkpoint_every=500"):
+    for switch in ("train.tensorboard=true", "train.checkpoint_every=500", "data.num_workers=0",
+                   "data.num_workers=7"):
         other = load_recipe("resnet18_tiny_cpu", [switch])
         assert other.fingerprint() == base.fingerprint(), switch
         assert other.training_fingerprint() == base.training_fingerprint(), switch
@@ -130,6 +131,27 @@ def test_logging_and_checkpoint_switches_do_not_change_the_fingerprint():
     assert "checkpoint_every" not in base.to_dict()["train"]  # recipes keep their dicts
     with pytest.raises(DP4TLError, match=r"train.checkpoint_every = -1 is impossible; it must be in \[0, inf\)"):
         load_recipe("resnet18_tiny_cpu", ["train.checkpoint_every=-1"])
+
+
+def test_the_loader_thread_count_is_hashed_as_its_default():
+    """``data.num_workers`` never changes a sample or its order: a requeue that lowered it (a
+    stuck WebDataset worker, a smaller node) was refused (review). Hashed as its default, not
+    dropped, so the fingerprint of a recipe at the default is the hash it had before (the whole
+    dict, less the logging switches), and cached stages stay found."""
+    import hashlib
+    import json
+
+    from ffcv_dp4tl.training.recipe import NOT_IN_FINGERPRINT
+
+    base = load_recipe("resnet18_tiny_cpu")
+    assert base.data.num_workers == 2
+    d = base.to_dict()
+    for sec, key in NOT_IN_FINGERPRINT:
+        d[sec].pop(key, None)
+    assert base.fingerprint() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+    twelve = load_recipe("resnet18_tiny_cpu", ["data.num_workers=12"])
+    assert twelve.fingerprint() == base.fingerprint()
+    assert twelve.to_dict()["data"]["num_workers"] == 12  # (the recipe keeps its value)
 
 
 def test_cpu_autocast_is_in_the_fingerprint_only_when_on():
@@ -143,19 +165,19 @@ def test_cpu_autocast_is_in_the_fingerprint_only_when_on():
 #: reused) only under the identical fingerprint: a refactor that changes one of these silently
 #: orphans every existing run of that recipe. Change this table only with a deliberate recipe edit.
 SHIPPED_FINGERPRINTS = {
-    "ff": "0070fd3cce009e3e8b1d76cf7977300677749baab33fb3eb10e9e3c0578e80f0",
+    "ff": "e368675b270dea0ddcf7f5a75abbc700786fa3ee7eec13b278b1e825d93bd4f1",  # num_workers as default (2026-12-05)
     "ff_bench_cpu": "ceb82dc42bbb5f1e04519bcafff14b52bdb1c5d18071e01339613d5b283dc32f",  # issue 18
     "ff_tiny_cpu": "eaacdf65de6e535041965377ce476bc843ffb0c145b3eae6f6989e874d3f2558",  # data.deterministic (2026-12-04)
-    "lp": "fc4e4bfb48488f500aaefeb2b63baa4270baf6c9da234bddd02d524dd6abfcc1",
+    "lp": "d6db2f1b6e04c0cf2a190868da5fd1b2637904e477cea2b773843fcc194c3b16",  # num_workers as default (2026-12-05)
     "lp_tiny_cpu": "8200b6db6e91009b13a7b28e1c1a378efd41ece6516f56b577191d7d0388911d",  # data.deterministic (2026-12-04)
-    "moco_v2_resnet50": "fae43eedb6f960eaed50579783874f11dbbb7142f96e42dc195b3fe1b96832f3",
+    "moco_v2_resnet50": "0409d440a76e969d1c43d0a8a46a56663bcb34cd101eaab074175960a53d4508",  # num_workers as default (2026-12-05)
     "moco_v2_tiny_cpu": "1e6e4eb2e6f101062d7df4d2493e95835fc9a05dbbd641f1727a2e889c3dee53",  # data.deterministic (2026-12-04)
-    "resnet101_16ep": "945a3b71c14b076d8c5f3b38538a5448e5617bbf57db9d2c50c073ee2b7e7240",  # lr per ffcv-imagenet (2026-12-04)
-    "resnet18_surrogate": "2acc3d6aa6d5a7ddb0a719e313258a5950b9d6e4e00e8b2a458371c28b1feccf",  # lr per ffcv-imagenet (2026-12-04)
+    "resnet101_16ep": "6a3bf792f72d6f9dede568600047d386aca5365649b2259e775752fac5103a6b",  # num_workers as default (2026-12-05)
+    "resnet18_surrogate": "55a71dcf2c4bbf1dd2fd87ca5e518cd0535a9ce9f7cd4a82fd2f3286f5c1453c",  # num_workers as default (2026-12-05)
     "resnet18_tiny_cpu": "b9eecedfc09eab818a7f1e20d01dbc4f5ea43ac6c6968d1ab3aaa9ab054a417a",  # data.deterministic (2026-12-04)
     "resnet34_tiny_cpu": "7243dea38e6a1344c210e1318b0d29a045f39ad420bd96255673d86abf4cfd08",  # data.deterministic (2026-12-04)
-    "resnet50_16ep": "178c521aad6edc58e84e16287339f77dd38fd5ff94b6dc501dd8af49b0dbc005",  # lr per ffcv-imagenet (2026-12-04)
-    "vit_b16": "40b63dd3d92f095ceb5dd13adacdf7c94be87ab3ef352c59167caf33de0809da",
+    "resnet50_16ep": "b8f63661c1013c73f3fff96fc26b3aaed37b4fb29b930441d027a9c8b17a4fdf",  # num_workers as default (2026-12-05)
+    "vit_b16": "1b3076ad4dadfe839cb947fb8d940441eef08808d32f91979fb1d97275df64d0",  # num_workers as default (2026-12-05)
 }
 
 
@@ -271,7 +293,8 @@ def test_training_overrides_leave_out_the_scoring_section_and_the_switches_only(
     from ffcv_dp4tl.training.recipe import training_overrides
 
     given = ["train.epochs=2", "scoring.target_crop=none", " scoring.source_resolution = 24",
-             "train.checkpoint_every=100", "lr.lr=0.1", "train.tensorboard=true", "scoringx.a=1"]
+             "train.checkpoint_every=100", "lr.lr=0.1", "train.tensorboard=true", "scoringx.a=1",
+             "data.num_workers=0"]
     assert training_overrides(given) == ["train.epochs=2", "lr.lr=0.1", "scoringx.a=1"]
     assert training_overrides([]) == []
 
