@@ -78,13 +78,16 @@ def build(
 @app.command()
 def info(
     data: Path = typer.Option(..., "--data", help=DATA_HELP),
+    classes: bool = typer.Option(False, "--classes",
+                                 help="Also list every class: its id (what `dp4tl mask classes` "
+                                      "takes), name and samples per split"),
 ) -> None:
     """Show classes, splits, counts and fingerprints of a built dataset."""
     from ..data.manifest import load_manifest
 
     m = load_manifest(data)
-    typer.echo(f"{m.root}: {m.name} — {count(m.num_classes, 'class')}, "
-               f"fingerprint {m.fingerprint[:16]}")
+    typer.echo(f"{m.root}: {m.name} — {count(m.num_classes, 'class')}"
+               f"{'' if classes else ' (--classes lists them)'}, fingerprint {m.fingerprint[:16]}")
     img = m.contract.image
     typer.echo(f"  images: JPEG q{img and img.quality}, max side {img and img.max_side}, "
                f"beton mode {img and img.beton_mode}")
@@ -93,3 +96,21 @@ def info(
         typer.echo(f"  {name}: {s.num_samples} samples ({s.num_rejected} rejected), "
                    f"{count(len(s.shards), 'shard')}, "
                    f"fingerprint {s.fingerprint[:16]}")
+    if classes:
+        _echo_classes(m)
+
+
+def _echo_classes(m) -> None:
+    """One line per class: id, name, then its samples in each split (tab-separated, for
+    ``cut``/``awk``). A split's counts are the build's (``class_counts``), else its labels'."""
+    import numpy as np
+
+    per_split = {}
+    for name in m.split_names:
+        counts = m.class_counts(name)
+        if counts is None:  # (a build from before the manifest recorded them)
+            counts = np.bincount(m.split(name).load_labels(), minlength=m.num_classes).tolist()
+        per_split[name] = counts
+    typer.echo("\t".join(["id", "class", *per_split]))
+    for i, cls in enumerate(m.classes):
+        typer.echo("\t".join([str(i), cls, *(str(c[i]) for c in per_split.values())]))

@@ -73,8 +73,8 @@ def classes_cmd(
     shown = _outside(ranges, manifest.num_classes)  # ids are >= 0: "-" only separates
     if shown:  # never clamp silently: 0-999 on 32 classes is a typo or the wrong dataset
         raise MaskError(f"--classes: {shown} outside the {count(manifest.num_classes, 'class')} "
-                        f"of {manifest.root} ({class_ids(manifest.num_classes)}); `dp4tl info` "
-                        "lists them")
+                        f"of {manifest.root} ({class_ids(manifest.num_classes)}); `dp4tl info "
+                        f"--data {manifest.root} --classes` lists them")
     ids = [i for lo, hi in ranges for i in range(lo, hi + 1)]  # each range within the classes
     info = manifest.split(split)
     mask = mask_from_classes(info, ids, method="classes")

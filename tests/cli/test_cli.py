@@ -53,6 +53,19 @@ def test_build_info_and_class_mask(built):
     assert r.returncode == 0 and "already built" in r.stdout
 
 
+def test_info_classes_lists_the_ids_mask_classes_takes(built):
+    """`dp4tl mask classes` takes class ids, and its refusal of an id sent the user to `dp4tl
+    info`, which printed only a count (review): ``--classes`` lists id, name and samples per
+    split (the rejected input counts in no class: cat keeps its 5 images)."""
+    ds = built / "ds"
+    r = dp4tl("info", "--data", str(ds), "--classes")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-3:] == ["id\tclass\ttrain", "0\tcat\t5", "1\tdog\t5"]
+    assert "\tcat\t" not in dp4tl("info", "--data", str(ds)).stdout
+    r = dp4tl("mask", "classes", "--data", str(ds), "--classes", "2", "--out", str(built / "x.npy"))
+    _assert_user_error(r, f"`dp4tl info --data {ds} --classes` lists them")
+
+
 def test_mask_files_lists_the_inputs_a_mask_keeps_or_removes(built, tmp_path):
     """``dp4tl mask files``: the kept (or removed) samples' input files, one per line in sample
     order, for tools that read file lists; the rejected input is no sample, so never listed."""
