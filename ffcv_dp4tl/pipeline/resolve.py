@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -73,12 +74,31 @@ def with_seed(recipe: Any, seed: int) -> Any:
 
 
 def _slug(text: str) -> str:
-    """A folder name for a SOURCE spec: readable, and distinct for distinct specs (a long spec,
-    e.g. synth with many overrides, keeps 48 characters plus a hash of the whole spec)."""
+    """A folder name for a SOURCE spec: readable (a long spec, e.g. synth with many overrides,
+    keeps 48 characters plus a hash of the whole spec). Two specs can share one (every
+    character but letters, digits and ``-_.`` becomes ``-``): :func:`ensure_built` then builds
+    the second beside the first (:func:`_built_from`)."""
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-")
     if len(slug) <= 60:
         return slug
     return f"{slug[:48]}-{hashlib.sha256(text.encode()).hexdigest()[:11]}"
+
+
+def _built_from(out: Path, specs: dict) -> str | None:
+    """The SOURCE spec the build in ``out`` (or its first sub-build: a synth root's
+    ``source/``) was made from, as its settings record it; None when nothing is built there.
+    :func:`_slug` keeps names readable, so two specs can share one (``folder:/d/t/x`` and
+    ``folder:/d/t-x``): the second then builds beside it, never over it."""
+    from beton_builders.out_dir import settings_file
+
+    for sub in specs:
+        try:
+            recorded = json.loads(settings_file(out / sub if sub else out).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(recorded, dict) and isinstance(recorded.get("source"), str):
+            return recorded["source"]
+    return None
 
 
 def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
@@ -107,6 +127,11 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
     # default stays valid where it is
     coop = any(str(sp.extra.get("split", "")).startswith("coop") for sp in specs.values())
     out = data_root / (_slug(source) + ("-coop" if coop else ""))
+    other = _built_from(out, specs)
+    if other is not None and other != source:  # another spec with the same slug (t/x, t-x)
+        hashed = out.with_name(f"{out.name}-{hashlib.sha256(source.encode()).hexdigest()[:11]}")
+        log(f"[data] {out} holds the build of {other!r}: {source!r} builds in {hashed}")
+        out = hashed
     # Pipelines sharing a data root wait for each other here (a lone `dp4tl build` of the same
     # folder is still refused by the build's own lock): the second one finds the data built.
     with contextlib.ExitStack() as lock:

@@ -171,6 +171,32 @@ def test_built_data_folders_of_distinct_sources_never_clash():
     assert _slug(base + ",val_per_class=2") == a  # stable: the same spec finds its folder again
 
 
+def test_two_sources_with_one_folder_name_build_side_by_side(tmp_path, monkeypatch):
+    """``folder:D/t/x`` and ``folder:D/t-x`` have the same readable folder name: the second
+    was refused, its error advising to delete the first one's build (review). It now builds
+    beside it, and each finds its own build again."""
+    from PIL import Image
+
+    from ffcv_dp4tl.pipeline.resolve import ensure_built
+
+    for i, where in enumerate(("t/x", "t-x")):
+        for c in ("a", "b"):
+            (tmp_path / where / c).mkdir(parents=True)
+            for j in range(2):
+                Image.new("RGB", (12, 12), (40 * i, 60 * j, 90)).save(tmp_path / where / c / f"{j}.png")
+    monkeypatch.chdir(tmp_path)  # (short specs: a long one's name is cut and hashed anyway)
+    logs, root = [], tmp_path / "droot"
+    first = ensure_built("folder:t/x", root, logs.append)
+    second = ensure_built("folder:t-x", root, logs.append)
+    assert first == root / "folder-t-x" and second.parent == root
+    assert second.name.startswith("folder-t-x-") and len(second.name) == len("folder-t-x-") + 11
+    assert f"[data] {first} holds the build of 'folder:t/x': 'folder:t-x' builds in {second}" in logs
+    assert json.loads((second / "manifest.json").read_text())["fingerprint"] != \
+        json.loads((first / "manifest.json").read_text())["fingerprint"]
+    assert ensure_built("folder:t/x", root, logs.append) == first
+    assert ensure_built("folder:t-x", root, logs.append) == second
+
+
 def test_preflight_checks_every_distinct_config_once(monkeypatch):
     """A bench's plan goes through the checks run_pipeline makes before its first stage
     (validate, then resolve), each distinct config once, a repeated one skipped, not the end."""
