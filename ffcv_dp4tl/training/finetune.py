@@ -50,7 +50,7 @@ from torch import nn
 from ..contracts import FinetuneHead, FinetuneMode
 from ..data import AugSpec, load_manifest, load_mask, make_loader
 from ..data.loaders import resolve_decode
-from ..errors import DP4TLError
+from ..errors import DataError, DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
 from ..outputs import claim_out_dir
 from .callbacks import MetricsWriter, call
@@ -302,11 +302,22 @@ def classifier_for(model: nn.Module, ckpt: Checkpoint, head: str, num_classes: i
     return own
 
 
+def check_target_classes(manifest) -> None:
+    """A target to finetune on has at least two classes: with one, every prediction is right
+    and top-1 reads 100 % whatever the source model (it was reported so, without a word)."""
+    if manifest.num_classes < 2:
+        raise DataError(f"the target {manifest.root} has {manifest.num_classes} class"
+                        f"{'' if manifest.num_classes == 1 else 'es'}: finetuning needs at least "
+                        "2 (with one, top-1 is 100 % whatever the model); build the target from "
+                        "a folder with a sub-folder per class")
+
+
 def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Path, out_dir: Path,
               fmt: str, dev: torch.device, progress: bool, t0: float, resume: bool = True,
               stop_after: int | None = None, train_mask: str | Path | None = None,
               test_mask: str | Path | None = None) -> dict[str, Any]:
     manifest = load_manifest(target_dir)
+    check_target_classes(manifest)
     train_split = manifest.split(recipe.data.train_split, "data.train_split")
     test_split = manifest.split(recipe.data.test_split, "data.test_split")
     masks = {k: load_mask(m, split) for k, m, split in (("train_mask", train_mask, train_split),

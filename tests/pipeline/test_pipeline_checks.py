@@ -197,6 +197,31 @@ def test_two_sources_with_one_folder_name_build_side_by_side(tmp_path, monkeypat
     assert ensure_built("folder:t-x", root, logs.append) == second
 
 
+def test_a_target_of_one_class_is_refused_before_the_surrogate(small_synth, tmp_path):
+    """A one-class target finetuned to "top-1 1.0000" for LP and FF, without a word (review):
+    every prediction is right. Refused before any work (and by `dp4tl finetune`, same rule)."""
+    from PIL import Image
+
+    from ffcv_dp4tl.data.manifest import load_manifest
+    from ffcv_dp4tl.pipeline.config import validate as check
+    from ffcv_dp4tl.pipeline.resolve import ensure_built, resolve
+    from ffcv_dp4tl.training.finetune import check_target_classes
+
+    for split in ("train", "test"):
+        (tmp_path / "one" / split / "only").mkdir(parents=True)
+        for j in range(3):
+            Image.new("RGB", (12, 12), (30 * j, 9, 9)).save(tmp_path / "one" / split / "only" / f"{j}.png")
+    target = ensure_built(f"folder:{tmp_path / 'one'}", tmp_path / "d", print)
+    cfg = PipelineConfig(source=str(small_synth / "source"), target=str(target), ratio=0.5,
+                         method="random", finetune=("lp",), fmt="wds", runs_root=tmp_path / "r",
+                         data_root=tmp_path / "d")
+    with pytest.raises(DP4TLError, match=r"^the target .* has 1 class: finetuning needs at "
+                                         r"least 2 \(with one, top-1 is 100 % whatever the model\)"):
+        resolve(cfg, check(cfg), print)
+    assert not (tmp_path / "r").exists()
+    check_target_classes(load_manifest(small_synth / "targets" / "paper"))  # 3 classes: fine
+
+
 def test_preflight_checks_every_distinct_config_once(monkeypatch):
     """A bench's plan goes through the checks run_pipeline makes before its first stage
     (validate, then resolve), each distinct config once, a repeated one skipped, not the end."""
