@@ -252,10 +252,10 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
     killed build left behind are removed first; a full disk is a one-line error naming the
     folder (the beton's size is checked before it is written), and rerunning resumes. A
     complete build in a folder that cannot be written (read-only mount) is simply reused.
-    Ctrl-C and SIGTERM always end the build with ``KeyboardInterrupt`` (see :func:`_stop_guard`).
-    ``remedy`` ends the messages about a folder holding something else; ``option`` is the
-    command-line option the user chose the folder with (the pipeline's ``--data-root``), named
-    where a message says to choose another.
+    Ctrl-C and SIGTERM always end the build with ``KeyboardInterrupt`` (see :func:`_stop_guard`;
+    a Ctrl-C the process inherited as ignored stays ignored). ``remedy`` ends the messages about
+    a folder holding something else; ``option`` is the command-line option the user chose the
+    folder with (the pipeline's ``--data-root``), named where a message says to choose another.
     """
     opts = opts or BuildOptions()
     opts.validate()
@@ -329,6 +329,8 @@ def _complete_build(spec: DatasetSpec, out_dir: Path, opts: BuildOptions,
 
 class _Interrupted:
     flag = False
+    #: the signal :func:`_interrupt_watchdog` re-sends: SIGINT, or SIGTERM where Ctrl-C is ignored
+    resend = signal.SIGINT
 
 
 @contextlib.contextmanager
@@ -337,7 +339,13 @@ def _stop_guard() -> Iterator[None]:
     signal sets a flag *and* raises KeyboardInterrupt (:class:`~ffcv_dp4tl.stopping.Terminated`
     for SIGTERM) as usual. Native code (numba/llvmlite compiling ffcv's writer) can swallow the
     exception; the flag is checked between shards and before the beton and the manifest are
-    written (:func:`_check_interrupt`), so a stopped build never runs on to a manifest."""
+    written (:func:`_check_interrupt`), so a stopped build never runs on to a manifest.
+
+    A Ctrl-C the process inherited as ignored (SIG_IGN: bash starts a script's background jobs
+    so) stays ignored, as :mod:`ffcv_dp4tl.stopping` leaves it for every other command (its
+    Ctrl-C handler replaces only Python's own): a ``kill -INT`` to ``dp4tl build &`` in a script
+    stopped it with status 130, while ``dp4tl pipeline`` ran on.
+    SIGTERM still ends it; the watchdog then re-sends SIGTERM, not the ignored SIGINT."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -365,15 +373,19 @@ def _stop_guard() -> Iterator[None]:
             previous_hook(info)
 
     _Interrupted.flag = False
-    previous = signal.signal(signal.SIGINT, handler)
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    previous = None if ignored else signal.signal(signal.SIGINT, handler)
+    _Interrupted.resend = signal.SIGTERM if ignored else signal.SIGINT
     sys.unraisablehook = unraisable
     try:
         with stopping.sigterm_handler(handler):
             yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if not ignored:
+            signal.signal(signal.SIGINT, previous)
         sys.unraisablehook = previous_hook
         _Interrupted.flag = False
+        _Interrupted.resend = signal.SIGINT
 
 
 @contextlib.contextmanager
@@ -382,7 +394,8 @@ def _interrupt_watchdog(every: float = 1.0) -> Iterator[None]:
     raised there (Python ignores it); the same Ctrl-C ends the writers already forked, and
     ffcv's main loop then waits forever for their samples. While the block runs, a thread
     re-sends SIGINT to the main thread every ``every`` seconds once the interrupt flag is set,
-    so the interrupt is raised where it can be (in ffcv's wait loop) and the build stops."""
+    so the interrupt is raised where it can be (in ffcv's wait loop) and the build stops
+    (SIGTERM where Ctrl-C is ignored, :func:`_stop_guard`: an ignored SIGINT raises nothing)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -392,7 +405,7 @@ def _interrupt_watchdog(every: float = 1.0) -> Iterator[None]:
     def watch() -> None:
         while not done.wait(every):
             if _Interrupted.flag and not done.is_set():
-                signal.pthread_kill(main_id, signal.SIGINT)
+                signal.pthread_kill(main_id, _Interrupted.resend)
 
     thread = threading.Thread(target=watch, name="dp4tl-interrupt-watchdog", daemon=True)
     thread.start()

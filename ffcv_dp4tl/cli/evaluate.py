@@ -192,6 +192,10 @@ def flatness_cmd(
     fmt: Optional[Format] = typer.Option(None, "--format", help=FORMAT_HELP + "; default: the format "
                                          "the run was finetuned from", show_default=False),
     device: str = device_option(),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="Progress bars of the ascent steps and the power "
+                                            "iteration (default: where stderr is a terminal)",
+                                            show_default=False),
 ) -> None:
     """Fig. A4: ε-sharpness and λ_max of the Hessian of each finetuned model's train loss."""
     from ..evaluation.finetuned import load_finetuned
@@ -222,7 +226,8 @@ def flatness_cmd(
         res[label] = {**model_flatness(ft, split=split, fmt=fmt.value if fmt else None,
                                        batch_size=batch_size, num_batches=batches or None,
                                        eps=eps, steps=steps, iters=iters, tol=tol, seed=seed,
-                                       num_workers=workers), "reuse_key": keys[label]}
+                                       num_workers=workers, progress=progress),
+                      "reuse_key": keys[label]}
         typer.echo(f"{label}: ε-sharpness {res[label]['eps_sharpness']:.4f} %, λ_max "
                    f"{res[label]['lambda_max']:.4g}")
         _write_partial(out, "flatness", res, flatness_table, title, len(models))

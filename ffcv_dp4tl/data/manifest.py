@@ -275,6 +275,65 @@ def _not_a_dataset(root: Path) -> None:
     if names:
         raise DataError(f"{root} holds several built datasets, not one: pass {root}/NAME "
                         f"(NAME: {_first(names, 6)})")
+    problem = _input_folder_problem(root)
+    if problem:
+        raise DataError(problem)
+
+
+def _input_folder_problem(root: Path) -> str | None:
+    """The refusal of a ``root`` that is no build but the images a build reads (a folder of
+    images, of class folders of them, or of train/val/test folders of class folders: the
+    ``folder`` layout), else None. Without it the advice was ``dp4tl build SOURCE --out ROOT``,
+    which ``dp4tl build`` refuses (an --out inside its input folder). One level of folders is
+    looked at, two under train/val/test, each only until its first image."""
+    from beton_builders.out_dir import is_build
+
+    if not root.is_dir() or is_build(root):
+        return None
+    subs = _subfolders(root)
+    if any(_has_image(d) for d in subs):
+        what = "class folders of images"
+    elif any(_has_image(c) for d in subs if d.name in ("train", "val", "test")
+             for c in _subfolders(d)):
+        what = "train/val/test folders of class folders of images"
+    elif _has_image(root):
+        return (f"{root} is not a built dataset but a folder of images (no {MANIFEST_NAME}): "
+                "build a dataset from images into another folder with `dp4tl build folder:DIR "
+                "--out OTHER_DIR`, DIR holding one folder per class (DIR/CLASS/*.jpg) and "
+                "OTHER_DIR outside DIR, then pass OTHER_DIR")
+    else:
+        return None
+    return (f"{root} is not a built dataset but an input folder ({what}; no {MANIFEST_NAME}): "
+            f"build a dataset from it into another folder with `dp4tl build folder:{root} --out "
+            f"OTHER_DIR` (OTHER_DIR outside {root}), then pass OTHER_DIR")
+
+
+def _has_image(folder: Path) -> bool:
+    """``folder`` directly holds a file the ``folder`` layout would read as an image (by
+    extension, as ``beton_builders.layouts._common.list_images``; hidden ones skipped)."""
+    import os
+
+    from beton_builders.layouts._common import IMAGE_EXTS, is_hidden
+
+    try:
+        with os.scandir(folder) as it:
+            return any(not is_hidden(e.name) and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS
+                       and e.is_file() for e in it)
+    except OSError:
+        return False
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """``folder``'s sub-folders that the ``folder`` layout would read (not hidden), sorted."""
+    import os
+
+    from beton_builders.layouts._common import is_hidden
+
+    try:
+        with os.scandir(folder) as it:
+            return sorted(Path(e.path) for e in it if not is_hidden(e.name) and e.is_dir())
+    except OSError:
+        return []
 
 
 def _builds_in(folder: Path) -> list[str]:

@@ -151,18 +151,32 @@ def hessian_vector_product(model: nn.Module, batches: Sequence[tuple], vec: Sequ
     return out
 
 
+def _bar(total: int, desc: str, unit: str, progress: bool | None):
+    """A tqdm bar of ``total`` steps on stderr, cleared when done (``leave=False``), as the
+    project's other long loops show theirs: on CPU both measures run for minutes on a real
+    target, silent without it. ``progress``: True shows it, False does not, None shows it only
+    where stderr is a terminal (tqdm's own rule), so a log file or a captured stderr gets none."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False,
+                disable=None if progress is None else not progress)
+
+
 def _norm(vec: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.sqrt(sum((v.double() ** 2).sum() for v in vec))
 
 
 def hessian_top_eigenvalue(model: nn.Module, batches: Sequence[tuple], *, iters: int = 20,
                            tol: float = 1e-3, seed: int = 0, loss_fn: LossFn = cross_entropy,
-                           params: Sequence[nn.Parameter] | None = None) -> dict:
+                           params: Sequence[nn.Parameter] | None = None,
+                           progress: bool | None = False,
+                           desc: str = "λ_max power iteration") -> dict:
     """Power iteration for the Hessian's eigenvalue of largest magnitude.
 
     Starts from a seeded Gaussian vector; stops after ``iters`` products or when the Rayleigh
     quotient changes by less than ``tol`` (relative). Returns ``{"lambda_max", "iterations",
-    "converged", "history"}``."""
+    "converged", "history"}``. ``progress``: a bar of the ``iters`` products named ``desc``
+    (each one a double backward over every batch; see :func:`_bar` for None)."""
     iters = _count(iters, "iters")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) \
             or tol < 0:
@@ -176,30 +190,35 @@ def hessian_top_eigenvalue(model: nn.Module, batches: Sequence[tuple], *, iters:
     v = [x / n.to(x.dtype) for x in v]
     history: list[float] = []
     lam, converged = float("nan"), False
-    for _ in range(iters):
-        hv = hessian_vector_product(model, batches, v, loss_fn, params)
-        new = _finite(float(sum((h.double() * x.double()).sum() for h, x in zip(hv, v))),
-                      f"the Hessian's Rayleigh quotient at power iteration {len(history) + 1}")
-        history.append(new)
-        n = _norm(hv)
-        if float(n) == 0.0:
-            lam, converged = 0.0, True
-            break
-        v = [h / n.to(h.dtype) for h in hv]
-        if history[:-1] and abs(new - lam) <= tol * max(abs(new), 1e-12):
-            lam, converged = new, True
-            break
-        lam = new
+    with _bar(iters, desc, "HVP", progress) as bar:
+        for _ in range(iters):
+            hv = hessian_vector_product(model, batches, v, loss_fn, params)
+            new = _finite(float(sum((h.double() * x.double()).sum() for h, x in zip(hv, v))),
+                          f"the Hessian's Rayleigh quotient at power iteration {len(history) + 1}")
+            history.append(new)
+            bar.set_postfix_str(f"λ {new:.4g}", refresh=False)
+            bar.update()
+            n = _norm(hv)
+            if float(n) == 0.0:
+                lam, converged = 0.0, True
+                break
+            v = [h / n.to(h.dtype) for h in hv]
+            if history[:-1] and abs(new - lam) <= tol * max(abs(new), 1e-12):
+                lam, converged = new, True
+                break
+            lam = new
     return {"lambda_max": lam, "iterations": len(history), "converged": converged,
             "history": history}
 
 
 def epsilon_sharpness(model: nn.Module, batches: Sequence[tuple], *, eps: float = 1e-3,
                       steps: int = 10, loss_fn: LossFn = cross_entropy,
-                      params: Sequence[nn.Parameter] | None = None) -> dict:
+                      params: Sequence[nn.Parameter] | None = None,
+                      progress: bool | None = False, desc: str = "ε-sharpness ascent") -> dict:
     """Keskar et al.'s ε-sharpness (in %) by projected sign-gradient ascent in the box
     ``|y_i| ≤ ε(|w_i| + 1)``. The weights are restored afterwards. Returns ``{"sharpness",
-    "loss", "max_loss", "eps", "steps"}``."""
+    "loss", "max_loss", "eps", "steps"}``. ``progress``: a bar of the ``steps`` ascent steps
+    named ``desc`` (each one a backward over every batch; see :func:`_bar` for None)."""
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) \
             or eps <= 0:
         raise ValueError(f"eps must be a finite number > 0 (Keskar et al.: 1e-3, 5e-4), got {eps!r}")
@@ -213,15 +232,17 @@ def epsilon_sharpness(model: nn.Module, batches: Sequence[tuple], *, eps: float 
     base = _finite(mean_loss(model, batches, loss_fn), "the loss at the model's own weights")
     best = base
     try:
-        for step in range(steps):
-            loss, grads = _loss_and_grad(model, batches, loss_fn, params)
-            best = max(best, _finite(loss, f"the loss at ε-box ascent step {step + 1} of {steps} "
-                                           f"(eps={eps})"))
-            with torch.no_grad():
-                for p, w, yi, g, b in zip(params, w0, y, grads, bound):
-                    yi.add_(2.5 * b / steps * g.sign())
-                    torch.maximum(torch.minimum(yi, b), -b, out=yi)
-                    p.copy_(w + yi)
+        with _bar(steps, desc, "step", progress) as bar:
+            for step in range(steps):
+                loss, grads = _loss_and_grad(model, batches, loss_fn, params)
+                best = max(best, _finite(loss, f"the loss at ε-box ascent step {step + 1} of "
+                                               f"{steps} (eps={eps})"))
+                with torch.no_grad():
+                    for p, w, yi, g, b in zip(params, w0, y, grads, bound):
+                        yi.add_(2.5 * b / steps * g.sign())
+                        torch.maximum(torch.minimum(yi, b), -b, out=yi)
+                        p.copy_(w + yi)
+                bar.update()
         best = max(best, _finite(mean_loss(model, batches, loss_fn),
                                  f"the loss after the last ε-box ascent step (eps={eps})"))
     finally:
@@ -246,12 +267,17 @@ def relative_flatness(sharpness: dict[str, float]) -> dict[str, float]:
 def model_flatness(ft, *, split: str | None = None, fmt: str | None = None, batch_size: int = 64,
                    num_batches: int | None = 4, eps: float = 1e-3, steps: int = 10,
                    iters: int = 20, tol: float = 1e-3, seed: int = 0,
-                   num_workers: int = 2) -> dict:
+                   num_workers: int = 2, progress: bool | None = None) -> dict:
     """ε-sharpness and λ_max(H) of a finetuned model (:class:`~.finetuned.Finetuned`) on the
     first ``num_batches`` batches of its training images (eval transform, file order), read in
     ``fmt`` (default: the format the run was finetuned from). ``split``: None (default) is the
     run's own train split under its ``train_mask`` (the paper's "downstream training loss": of
-    the samples the model was trained on); a split named here is read whole (no mask)."""
+    the samples the model was trained on); a split named here is read whole (no mask).
+
+    ``progress``: bars of the ascent steps and the power iteration, named after the run (each
+    a pass over the batches per step: minutes on CPU, silent without them). The default None
+    shows them where stderr is a terminal only, as ``dp4tl evaluate flatness`` calls this with
+    no ``--progress`` option: a terminal sees them, a log file gets no bar redrawn in it."""
     from ..data import make_loader
     from ..errors import DataError
     from ..training.distributed import single_process_context
@@ -269,8 +295,10 @@ def model_flatness(ft, *, split: str | None = None, fmt: str | None = None, batc
         raise DataError(f"{ft.target} split {split!r} gave no batch to measure the loss on; "
                         "choose a split with samples (--split)")
     model = ft.model.float()
-    sharp = epsilon_sharpness(model, batches, eps=eps, steps=steps)
-    hess = hessian_top_eigenvalue(model, batches, iters=iters, tol=tol, seed=seed)
+    sharp = epsilon_sharpness(model, batches, eps=eps, steps=steps, progress=progress,
+                              desc=f"ε-sharpness {ft.name}")
+    hess = hessian_top_eigenvalue(model, batches, iters=iters, tol=tol, seed=seed,
+                                  progress=progress, desc=f"λ_max {ft.name}")
     return {"run": str(ft.run_dir), "mode": ft.mode, "target": str(ft.target), "split": split,
             "mask": None if mask_path is None else str(mask_path),
             "format": fmt, "samples": sum(len(b[1]) for b in batches), "loss": sharp["loss"],

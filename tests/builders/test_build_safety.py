@@ -187,3 +187,40 @@ def test_a_ctrl_c_swallowed_while_ffcv_forks_does_not_leave_the_build_waiting(mo
                 while time.monotonic() < deadline:  # ffcv's `while previous != n: sleep(0.1)`
                     time.sleep(0.01)
                 pytest.fail("the build kept waiting after Ctrl-C")
+
+
+def test_the_stop_guard_keeps_an_ignored_ctrl_c_and_still_stops_on_sigterm(monkeypatch):
+    """A Ctrl-C the process inherited as ignored (a script's background job) stays ignored
+    while the build runs, as every other command leaves it (ffcv_dp4tl.stopping); Python's own
+    handler is replaced by the build's as before. SIGTERM still stops an ignoring build: the
+    watchdog re-sends SIGTERM, since the SIGINT it sent would raise nothing there."""
+    import signal
+    import time
+
+    from beton_builders import writer
+    from ffcv_dp4tl import stopping
+
+    before = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(stopping, "_RECEIVED", [])
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with writer._stop_guard():
+            assert signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN,
+                                                           signal.default_int_handler)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stopped = None
+        with writer._stop_guard():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            try:
+                with writer._interrupt_watchdog(every=0.05):
+                    writer._Interrupted.flag = True  # a SIGTERM's, its raise swallowed
+                    deadline = time.monotonic() + 30
+                    while time.monotonic() < deadline:
+                        time.sleep(0.01)
+            except KeyboardInterrupt as e:  # (caught: pytest would end the session on it)
+                stopped = e
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert isinstance(stopped, stopping.Terminated), "the build kept waiting: SIGINT is ignored"

@@ -42,6 +42,17 @@ def _spec(n=8):
 
 
 @pytest.fixture
+def ctrl_c(request):
+    """SIGINT set to ``request.param`` (Python's own handler, or ignored) for the test, then
+    back as it was: the suite may run as a background job of a script, which bash starts with
+    SIGINT ignored, and a build now keeps that (a Ctrl-C test needs Python's handler)."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, getattr(request, "param", signal.default_int_handler))
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+@pytest.fixture
 def alarm():
     """Fail (instead of hanging the suite) when the block takes over 120 s."""
     def ring(*_):
@@ -131,7 +142,8 @@ def test_other_builds_messages_carry_the_callers_remedy(tmp_path):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_a_stop_swallowed_by_native_code_still_stops_the_build(tmp_path, monkeypatch, signum):
+def test_a_stop_swallowed_by_native_code_still_stops_the_build(tmp_path, monkeypatch, signum,
+                                                               ctrl_c):
     """numba/llvmlite can eat the KeyboardInterrupt of a Ctrl-C (or of a scheduler's SIGTERM);
     the build must not run on to a manifest (rc 0) but stop, and a rerun resumes."""
     from ffcv_dp4tl import stopping
@@ -161,6 +173,35 @@ def test_a_stop_swallowed_by_native_code_still_stops_the_build(tmp_path, monkeyp
     assert build_dataset(_spec(), out, OPTS).splits[0].num_samples == 8
 
 
+@pytest.mark.parametrize("ctrl_c", [signal.SIG_IGN], indirect=True, ids=["sigint-ignored"])
+def test_a_build_keeps_an_inherited_ignored_ctrl_c(tmp_path, monkeypatch, ctrl_c):
+    """bash starts a script's background jobs with SIGINT ignored; `dp4tl pipeline` keeps that
+    (ffcv_dp4tl.stopping), but the build installed its Ctrl-C handler over it, so `kill -INT`
+    stopped a background `dp4tl build` with status 130. The build now runs on past the SIGINT
+    and leaves it ignored (SIGTERM still stops it: tests/builders/test_build_safety.py)."""
+    from ffcv_dp4tl import stopping
+
+    real = writer.write_beton
+    seen = []
+
+    def signalled(*a, **k):
+        seen.append(signal.getsignal(signal.SIGINT))
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(100):  # (a handler would run between these bytecodes)
+            pass
+        return real(*a, **k)
+
+    monkeypatch.setattr(writer, "write_beton", signalled)
+    monkeypatch.setattr(stopping, "_RECEIVED", [])
+    try:
+        summary = build_dataset(_spec(), tmp_path / "ds", OPTS)
+    except KeyboardInterrupt:  # (caught: pytest would end the whole session on it)
+        pytest.fail("the ignored Ctrl-C stopped the build")
+    assert summary.splits[0].num_samples == 8 and (tmp_path / "ds" / "manifest.json").exists()
+    assert seen == [signal.SIG_IGN] and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert stopping.received() is None
+
+
 def _sleep_until_killed():
     import time
 
@@ -168,7 +209,7 @@ def _sleep_until_killed():
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_a_stop_ends_forked_writer_workers_quietly(signum):
+def test_a_stop_ends_forked_writer_workers_quietly(signum, ctrl_c):
     """Ctrl-C reaches the whole process group (a scheduler's SIGTERM every process of the
     job), ffcv's forked beton writers included. They inherited the build's Ctrl-C handler;
     raising KeyboardInterrupt there printed one traceback per worker (~130 lines). A forked

@@ -276,3 +276,55 @@ def test_a_missing_shard_is_one_problem_in_deep_mode_too(copy):
         assert problems == [f"{split.shards[0]}: missing; rebuild the dataset (or restore the file)"], deep
     res = run_cli("verify", str(copy), "--deep", "--no-progress")
     assert res.returncode == 1 and "missing; rebuild" in res.stderr and "Traceback" not in res.stderr
+
+
+def _images(folder, n=2, ext=".jpg"):
+    """``n`` files the folder layout lists as images (by extension: their bytes are not read)."""
+    folder.mkdir(parents=True)
+    for i in range(n):
+        (folder / f"{i}{ext}").write_bytes(b"")
+
+
+@pytest.mark.parametrize("tree, what", [
+    (("a", "b"), "class folders of images"),
+    (("train/a", "train/b", "test/a"), "train/val/test folders of class folders of images")],
+    ids=["classes", "splits"])
+def test_an_input_image_folder_is_named_and_built_elsewhere(tmp_path, tree, what):
+    """`dp4tl verify RAW_FOLDER` (the images, not a build) advised `dp4tl build SOURCE --out
+    RAW_FOLDER`, which `dp4tl build` refuses (an --out inside its input folder). It now says
+    the folder is an input folder and how to build it into another one."""
+    root = tmp_path / "raw"
+    for sub in tree:
+        _images(root / sub, ext=".JPEG")
+    (root / "README.txt").write_text("not an image")
+    assert verify_dataset(root).problems == [
+        f"{root} is not a built dataset but an input folder ({what}; no manifest.json): build a "
+        f"dataset from it into another folder with `dp4tl build folder:{root} --out OTHER_DIR` "
+        f"(OTHER_DIR outside {root}), then pass OTHER_DIR"]
+    run = run_cli("verify", root)
+    assert run.returncode == 1 and f"--out {root}" not in run.stderr
+    assert run.stderr.startswith(f"problem: {root} is not a built dataset but an input folder")
+    run = run_cli("info", "--data", root)  # (every command reading --data: one rule)
+    assert run.returncode == 2 and run.stderr.startswith(
+        f"error: {root} is not a built dataset but an input folder")
+
+
+def test_loose_images_are_an_input_folder_too_but_a_folder_without_images_is_not(copy, tmp_path):
+    """A class folder given to verify (images, no sub-folders): building it in place is refused,
+    and the folder layout reads images from class folders, so both are said. Not an input
+    folder, with the advice as before: an empty folder (build it there), a build that lost its
+    manifest (an interrupted build: rerun it), a folder whose only images are hidden."""
+    root = tmp_path / "cls"
+    _images(root, ext=".png")
+    problems = verify_dataset(root).problems
+    assert len(problems) == 1 and problems[0].startswith(
+        f"{root} is not a built dataset but a folder of images (no manifest.json): ")
+    assert "`dp4tl build folder:DIR --out OTHER_DIR`" in problems[0] and f"--out {root}" not in problems[0]
+    (tmp_path / "empty").mkdir()
+    _images(tmp_path / "hidden" / ".thumbs")
+    (copy / "manifest.json").unlink()
+    for root in (tmp_path / "empty", tmp_path / "hidden", copy):
+        problems = verify_dataset(root).problems
+        assert problems == [f"{root} is not a built dataset (no manifest.json); build it with "
+                            f"`dp4tl build SOURCE --out {root}` or finish an interrupted build by "
+                            "rerunning it"], problems

@@ -1,6 +1,8 @@
 """Fig. A4's sharpness measures on models whose answer is known in closed form."""
 from __future__ import annotations
 
+import io
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -235,3 +237,31 @@ def test_a_loss_that_turns_non_finite_in_the_box_is_an_error_not_flat():
     torch.testing.assert_close(model.w.detach(), w0)
     with pytest.raises(DP4TLError, match="own weights is not finite"):
         epsilon_sharpness(model, ONE, loss_fn=lambda m, b: quad_loss(m, b) * float("inf"))
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal: where tqdm, left to decide, draws its bar."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_both_measures_show_a_progress_bar_only_when_asked(capsys, monkeypatch):
+    """The power iteration and the ε-box ascent ran for minutes on CPU with no output at all
+    (`dp4tl evaluate flatness`: ~25 s of silence on a 40-image target). Each shows a bar of its
+    products / steps when asked; none by default here, and with None only on a terminal."""
+    model = Quadratic(2 * torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64),
+                      torch.ones(3, dtype=torch.float64))
+    hessian_top_eigenvalue(model, ONE, iters=3, loss_fn=quad_loss, progress=True, desc="hvp-bar")
+    epsilon_sharpness(model, ONE, steps=4, loss_fn=quad_loss, progress=True, desc="ascent-bar")
+    err = capsys.readouterr().err
+    assert "hvp-bar" in err and "/3" in err and "ascent-bar" in err and "/4" in err
+    for progress in (False, None):  # (None: stderr is no terminal under capsys)
+        hessian_top_eigenvalue(model, ONE, iters=3, loss_fn=quad_loss, progress=progress)
+        epsilon_sharpness(model, ONE, steps=4, loss_fn=quad_loss, progress=progress)
+    hessian_top_eigenvalue(model, ONE, iters=3, loss_fn=quad_loss)  # (the defaults: no bar)
+    epsilon_sharpness(model, ONE, steps=4, loss_fn=quad_loss)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    hessian_top_eigenvalue(model, ONE, iters=3, loss_fn=quad_loss, progress=None, desc="hvp-tty")
+    assert "hvp-tty" in sys.stderr.getvalue()

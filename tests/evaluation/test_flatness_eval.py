@@ -36,3 +36,26 @@ def test_flatness_of_a_masked_run_is_over_its_training_images(masked_lp_run):
     assert f"under mask {ft.result['train_mask']}, 16 samples" in flatness_table({"a": res})
     whole = model_flatness(ft, split="train", **kw)
     assert (whole["mask"], whole["samples"]) == (None, 24)
+
+
+def test_flatness_of_a_run_shows_its_progress_on_a_terminal_only(lp_run, capsys, monkeypatch):
+    """`dp4tl evaluate flatness` was silent for minutes on CPU: by default (its --progress
+    unset) a terminal now sees a bar of the ascent steps and one of the power iteration, named
+    after the run; a captured stderr or a log file gets no bar unless --progress asks."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    ft = load_finetuned(lp_run, "cpu")
+    kw = dict(batch_size=8, num_batches=1, steps=2, iters=2, num_workers=0)
+    model_flatness(ft, **kw)
+    assert capsys.readouterr().err == ""
+    model_flatness(ft, **kw, progress=True)
+    assert f"λ_max {ft.name}" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    model_flatness(ft, **kw)
+    err = sys.stderr.getvalue()
+    assert f"ε-sharpness {ft.name}" in err and f"λ_max {ft.name}" in err and "/2" in err
