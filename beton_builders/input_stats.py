@@ -58,8 +58,9 @@ def save_input_stats(spec: DatasetSpec, build_dir: Path) -> None:
         atomic_save_npy(build_dir / STATS_NAME, stats)
 
 
-def stale_inputs(spec: DatasetSpec, build_dir: Path) -> list[str]:
-    """Warnings (zero or one line) about inputs whose size or mtime differ from the build's."""
+def stale_inputs(spec: DatasetSpec, build_dir: Path, remedy: str) -> list[str]:
+    """Warnings (zero or one line) about inputs whose size or mtime differ from the build's.
+    ``remedy``: how the command that found it rebuilds (the pipeline has no --overwrite)."""
     path = build_dir / STATS_NAME
     if not path.is_file():  # built before the stats existed, or no file inputs
         return []
@@ -77,5 +78,5 @@ def stale_inputs(spec: DatasetSpec, build_dir: Path) -> list[str]:
     named = ", ".join(samples[i].display_name() for i in changed[:MAX_NAMED])
     more = f" and {changed.size - MAX_NAMED} more" if changed.size > MAX_NAMED else ""
     return [f"{changed.size} input file(s) changed size or modification time since "
-            f"{build_dir.parent} was built ({named}{more}): the built data is stale; rebuild with "
-            "--overwrite to use the new files"]
+            f"{build_dir.parent} was built ({named}{more}): the built data is stale; to use the new "
+            f"files, {remedy}"]

@@ -272,7 +272,7 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
             if not is_unwritable(e):
                 raise
             # nobody can write a read-only folder, so a finished build there is safe to use
-            done = _complete_build(spec, out_dir, opts, source)
+            done = _complete_build(spec, out_dir, opts, source, remedy)
             if done is not None:
                 damaged = damaged_files(out_dir, remedy)
                 if damaged:
@@ -313,8 +313,9 @@ def _check_out_outside_input(source: str, out_dir: Path, option: str = "--out") 
 
 
 def _complete_build(spec: DatasetSpec, out_dir: Path, opts: BuildOptions,
-                    source: str) -> BuildSummary | None:
-    """The summary of the finished build of exactly this input in ``out_dir``, else None."""
+                    source: str, remedy: str = REMEDY) -> BuildSummary | None:
+    """The summary of the finished build of exactly this input in ``out_dir``, else None.
+    ``remedy``: the caller's way to rebuild, which a warning about stale inputs names."""
     manifest_path = out_dir / MANIFEST_NAME
     if not manifest_path.is_file():
         return None
@@ -324,7 +325,7 @@ def _complete_build(spec: DatasetSpec, out_dir: Path, opts: BuildOptions,
         return None
     return BuildSummary(out_dir, [SplitSummary(n, s.num_samples, s.num_rejected, 0.0)
                                   for n, s in manifest.splits.items()], skipped=True,
-                        warnings=stale_inputs(spec, out_dir / BUILD_DIR))
+                        warnings=stale_inputs(spec, out_dir / BUILD_DIR, remedy))
 
 
 class _Interrupted:
@@ -429,7 +430,7 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
     if done:
         damaged = damaged_files(out_dir, remedy)
         if not damaged:
-            summary = _complete_build(spec, out_dir, opts, source)
+            summary = _complete_build(spec, out_dir, opts, source, remedy)
             _add_missing_origins(spec, out_dir)
             return summary
         start_repair(out_dir, damaged, remedy)
