@@ -118,17 +118,31 @@ _PEER_GONE = ("Connection closed by peer", "Connection reset by peer")
 
 
 def _peer_stopped_line(e: RuntimeError) -> str | None:
-    """Under torchrun, the collective error of a rank whose peer stopped first (its own error
-    is printed by that rank): one line instead of a gloo traceback, still quoting the error
-    (a firewall resets connections too); None otherwise, so any other backend failure (an NCCL
-    or network setup error every rank hits) keeps its traceback."""
+    """Under torchrun, the collective error of a rank whose peer stopped first: one line
+    instead of a gloo traceback, still quoting the error (a firewall resets connections too);
+    None otherwise, so any other backend failure (an NCCL or network setup error every rank
+    hits) keeps its traceback. The peer's own error is above only if it printed one: a rank
+    the system killed (SIGKILL: out of memory, a lost node) prints nothing, so the line says
+    where to look then."""
     if os.environ.get("WORLD_SIZE", "1") in ("", "0", "1"):
         return None
     said = next((line for line in str(e).splitlines() if any(p in line for p in _PEER_GONE)), None)
     if said is None:
         return None
-    return (f"rank {os.environ.get('RANK', '?')}: another rank stopped first, its error is above "
-            f"({said.strip()[:160]}); fix that and rerun the same command: it resumes")
+    return (f"rank {os.environ.get('RANK', '?')}: another rank stopped first "
+            f"({_clipped(said.strip(), 160)}): its error, if it printed one, is above; a rank the "
+            "system killed (out of memory, node lost) prints none: check the job's log or dmesg; "
+            "fix that and rerun the same command: it resumes")
+
+
+def _clipped(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, with "…" when cut (a
+    quote cut mid-word read as the whole message: "This is typically caused by a rem")."""
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:.") + "…"
 
 
 def _warning_line(message, category, filename, lineno, line=None) -> str:

@@ -234,18 +234,24 @@ class RecordSeen(Callback):
             old_world = int(self._ranks_file(epoch, step).read_text())
         except (OSError, ValueError):
             old_world = max(parts) + 1 if parts else 0
+        damaged: list[str] = []
         if old_world == world and rank in parts:  # as many ranks: this rank's own part
-            self._parts = [torch.from_numpy(np.load(parts[rank]))]
-            return
-        loaded = [np.load(parts[q]) for q in range(old_world) if q in parts]
-        if (not parts or len(loaded) != old_world or len({len(a) for a in loaded}) != 1
+            own = _read_part(parts[rank], damaged)
+            if own is not None:
+                self._parts = [torch.from_numpy(own)]
+                return
+        read = {q: _read_part(parts[q], damaged) for q in range(old_world) if q in parts}
+        loaded = [a for a in read.values() if a is not None]
+        if (not parts or damaged or len(loaded) != old_world or len({len(a) for a in loaded}) != 1
                 or (len(loaded[0]) * old_world) % world):
             self._parts = []
             found = f"ranks {sorted(parts)} found" if parts else "none found"
+            if damaged:
+                found += f"; unreadable: {damaged[0]}"
             self._mark_partial(epoch, f"the parts of its {step} steps before the resume "
-                                      f"(seen/rank*_epoch{epoch}_step{step}.npy) are missing or "
-                                      f"of unequal lengths ({found}): only the batches after "
-                                      "the resume are recorded")
+                                      f"(seen/rank*_epoch{epoch}_step{step}.npy) are missing, "
+                                      f"unreadable or of unequal lengths ({found}): only the "
+                                      "batches after the resume are recorded")
             return
         order = np.stack(loaded, axis=1).reshape(-1)  # the epoch's global order of k steps
         self._parts = [torch.from_numpy(np.ascontiguousarray(order[rank::world]))]
@@ -295,6 +301,18 @@ class RecordSeen(Callback):
                 m = re.fullmatch(r"epoch(\d+)_step\d+\.ranks", p.name)
                 if m and which(int(m.group(1))):
                     p.unlink(missing_ok=True)
+
+
+def _read_part(path: Path, damaged: list[str]) -> np.ndarray | None:
+    """A step part's indices; None, with ``"NAME (why)"`` appended to ``damaged``, for a file
+    numpy cannot read (cut short by a kill or a full disk, or edited): the resume then marks
+    the epoch partial, as for a missing part, instead of a traceback from ``np.load``."""
+    try:
+        return np.load(path)
+    except (OSError, ValueError, EOFError) as e:
+        why = " ".join(str(e).split())[:80] or type(e).__name__
+        damaged.append(f"{path.name} ({why})")
+        return None
 
 
 #: the marker of an epoch whose ``seen/`` record lacks samples (:class:`RecordSeen`), one line

@@ -362,20 +362,27 @@ def _check_steps(recipe: Recipe, objective, num_samples: int, drop_last: bool,
 
 
 def _read_metrics(path: Path) -> list[dict]:
-    """The rows of ``metrics.jsonl``; a line that is not valid JSON (the torn last line of a run
-    killed while writing it) is dropped with a note: the checkpoint, not this log, says which
-    epochs are done, and the resumed run rewrites the file without it."""
+    """The rows of ``metrics.jsonl``. A torn last line (a run killed while writing it) is
+    dropped with a note: the checkpoint, not this log, says which epochs are done, and the
+    resumed run rewrites the file without it. An unreadable line before the last is not what a
+    kill leaves (rows were written after it): a one-line DP4TLError, as for any other damaged
+    file of the run, since the rewrite would destroy that epoch's row for good."""
     if not path.exists():
         return []
     rows = []
-    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
+    lines = [(n, line) for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+             if line.strip()]
+    for n, line in lines:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             row = None
         if not isinstance(row, dict):
+            if n != lines[-1][0]:
+                raise DP4TLError(f"{path}: line {n} is not a metrics row, and rows follow it, so "
+                                 "it is not a torn line of a killed run: repair that line, or "
+                                 "delete the file to start its log over (the checkpoint says "
+                                 "which epochs are done)")
             warnings.warn(f"{path}: dropped unreadable line {n} (a run killed while writing it)",
                           stacklevel=2)
             continue
@@ -449,8 +456,8 @@ def _read_inputs(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path,
     checked: (manifest, train split, val split, mask or None, identity, checkpoint or None)."""
     tc = recipe.train
     manifest = load_manifest(dataset_dir)
-    split = manifest.split(recipe.data.train_split)
-    val_split = manifest.split(recipe.data.val_split)
+    split = manifest.split(recipe.data.train_split, "data.train_split")
+    val_split = manifest.split(recipe.data.val_split, "data.val_split")
     if mask is None:
         mask_obj = None
     elif isinstance(mask, IndexMask):
@@ -502,10 +509,17 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
                          f"recreate it; delete the folder {out_dir} (a pipeline's stage folder) "
                          "and rerun")
     metrics_path = out_dir / METRICS_NAME
+    refusal = None
     if ctx.is_main:
         # Drop metric lines of epochs the checkpoint does not contain (crash between the two).
-        rows = [r for r in _read_metrics(metrics_path) if r.get("epoch", 0) < start_epoch] if ckpt else []
-        atomic_write_text(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        try:
+            rows = ([r for r in _read_metrics(metrics_path) if r.get("epoch", 0) < start_epoch]
+                    if ckpt else [])
+            atomic_write_text(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n"
+                                                    for r in rows))
+        except DP4TLError as e:  # a damaged log: every rank stops, not the main rank alone
+            refusal = e
+    dist_.fail_together(ctx, refusal)
     if start_epoch >= (tc.epochs if stop_after is None else min(tc.epochs, stop_after)):
         # nothing to train (finished, or --stop-after at or below where it is): the last row,
         # so the caller reports the epoch the run is at (not "epoch 0")
@@ -514,6 +528,8 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     # said with or without progress bars (--no-progress in a batch job's log, too)
     if ckpt is not None and not ckpt.step and ctx.is_main:  # (mid-epoch: _begin_epoch)
         print(f"resuming: {start_epoch} of {tc.epochs} epochs done ({ckpt_path})", flush=True)
+    if ckpt is not None and ctx.is_main:
+        _resume_notes(ckpt, recipe, fmt, ckpt_path, cpu=torch.device(dev).type == "cpu")
 
     # ---- model / optimiser / objective ----------------------------------------------------
     parts = build_step_parts(recipe, num_classes, ctx, ckpt)
@@ -566,6 +582,28 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
                        manifest, fmt, out_dir, start_epoch, stop_after, progress, ckpt)
     finally:
         call(callbacks, "on_train_end")
+
+
+def _resume_notes(ckpt: Checkpoint, recipe: Recipe, fmt: str, ckpt_path: Path,
+                  cpu: bool = True) -> None:
+    """A resume that continues under settings outside the run's identity, which the result
+    still depends on, says so in one line each (not refused: such checkpoints resumed before
+    and must still resume): another ``--format`` (the same sample order, decoded differently,
+    and the checkpoint then records the new one), and on ``cpu`` another ``data.num_workers``
+    (hashed as its default; on CPU it sets torch's thread count, :func:`pin_cpu_threads`: on
+    a GPU nothing the weights depend on)."""
+    if ckpt.format and ckpt.format != fmt:
+        warnings.warn(f"{ckpt_path} was trained from --format {ckpt.format} and this run reads "
+                      f"--format {fmt}: the samples come in the same order but are decoded "
+                      f"differently, so the result matches neither an uninterrupted {ckpt.format} "
+                      f"run nor a {fmt} one (rerun with --format {ckpt.format} to continue it as "
+                      "it was)", stacklevel=3)
+    workers = ckpt.recipe.get("data", {}).get("num_workers") if ckpt.recipe else None
+    if cpu and workers is not None and workers != recipe.data.num_workers:
+        warnings.warn(f"{ckpt_path} was written with data.num_workers={workers} and this run has "
+                      f"{recipe.data.num_workers}: loading workers do not change the sample order, "
+                      "but on CPU torch's thread count follows data.num_workers, so the weights "
+                      "may differ in the last bits from an uninterrupted run", stacklevel=3)
 
 
 def _resume_rng(ckpt: Checkpoint, ctx: dist_.DistContext, seed: int) -> None:

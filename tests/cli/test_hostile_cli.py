@@ -485,15 +485,34 @@ def test_a_rank_whose_peer_stopped_first_prints_one_line(capsys, monkeypatch, wo
         app_mod.run()
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: rank 1: another rank stopped first, its error is above ([../third_party/gloo/"
-        "gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:31619); fix that "
-        "and rerun the same command: it resumes"]
+        "error: rank 1: another rank stopped first ([../third_party/gloo/gloo/transport/tcp/"
+        "pair.cc:561] Connection closed by peer [127.0.0.1]:31619): its error, if it printed "
+        "one, is above; a rank the system killed (out of memory, node lost) prints none: check "
+        "the job's log or dmesg; fix that and rerun the same command: it resumes"]
 
     def backend_failure(**kw):  # every rank's own problem: its traceback stays
         raise RuntimeError("NCCL error: unhandled system error")
     monkeypatch.setattr(app_mod, "app", backend_failure)
     with pytest.raises(RuntimeError, match="unhandled system error"):
         app_mod.run()
+
+
+def test_a_rank_whose_peer_was_killed_is_not_told_its_error_is_above(monkeypatch):
+    """A peer the system SIGKILLed (OOM killer, lost node) prints nothing: the survivor's line
+    said "its error is above" anyway, and cut gloo's text mid-word ("caused by a rem")."""
+    app_mod = importlib.import_module("ffcv_dp4tl.cli.app")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    said = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error "
+            "[127.0.0.1]:45978: Connection reset by peer. This is typically caused by a remote "
+            "worker crashing.")
+    line = app_mod._peer_stopped_line(RuntimeError(f"some context\n{said}\nmore"))
+    assert "if it printed one, is above" in line and "killed (out of memory, node lost)" in line
+    assert "dmesg" in line and "\n" not in line
+    quoted = line[line.index("(") + 1:line.index("): its error")]
+    assert quoted.endswith("…") and len(quoted) <= 160 and said.startswith(quoted[:-1])
+    assert said[len(quoted) - 1] == " "  # cut where a word ends, not inside one
+    assert app_mod._clipped("short text", 160) == "short text"
 
 
 def test_a_file_cut_short_is_one_line_not_aborted(capsys, monkeypatch, tmp_path):

@@ -104,6 +104,32 @@ def test_a_resume_whose_start_cannot_be_rebuilt_is_marked_partial_and_read_seen_
     np.testing.assert_array_equal(read_seen(tmp_path, 1)[0], ORDER)
 
 
+@pytest.mark.parametrize("after", [2, 1])
+def test_a_damaged_part_marks_the_epoch_partial_instead_of_a_traceback(tmp_path, after):
+    """A step part cut short (a kill or a full disk while it was written; `truncate -s 10`)
+    raised numpy's "EOF: reading array header" traceback on the resume. It is read as a part
+    that cannot be used: the epoch is marked partial in one line naming the file, as README
+    promises for a start that cannot be rebuilt; a rank whose own part is intact keeps it."""
+    for rank, rec in enumerate(_ranks(tmp_path, 2)):
+        _batches(rec, rank, 2, range(3))
+        rec.on_checkpoint(1, 3)
+    part = tmp_path / "seen" / "rank1_epoch1_step3.npy"
+    part.write_bytes(part.read_bytes()[:10])
+    resumed = _ranks(tmp_path, after)
+    with pytest.warns(UserWarning, match=r"epoch 1 is partial: .*unreadable: "
+                                         r"rank1_epoch1_step3\.npy \(.*only the batches after"):
+        for rec in resumed:
+            rec.on_resume(1, 3)
+    hit = resumed[-1]  # rank 1, or the one rank reading both parts
+    assert "\n" not in hit.partial[1]
+    assert (tmp_path / "seen" / "epoch1.partial").read_text().count("\n") == 1
+    if after == 2:  # rank 0's own part is intact: its record of the epoch stays whole
+        assert not resumed[0].partial
+        np.testing.assert_array_equal(resumed[0]._so_far(), ORDER[:24][0::2])
+    with pytest.raises(DP4TLError, match=r"epoch1\.partial: .*unreadable"):
+        read_seen(tmp_path, 1)
+
+
 def test_the_parts_outlive_the_epochs_end_until_its_checkpoint_is_saved(tmp_path):
     """A kill after the epoch's end was recorded but before its checkpoint was saved resumes
     from the last mid-epoch checkpoint, which needs the step parts: they stay through

@@ -67,6 +67,26 @@ def test_torn_metrics_line_does_not_block_resume(source_dir, tmp_path, test_reci
     assert [row["epoch"] for row in rows] == [0, 1] and last["epoch"] == 1
 
 
+def test_an_unreadable_metrics_line_before_the_last_is_refused_not_dropped(source_dir, tmp_path,
+                                                                          test_recipe):
+    """Only a torn last line is what a kill leaves: an unreadable line with rows after it was
+    dropped with the same note and the file rewritten without it, that epoch's row gone for
+    good. Refused in one line naming the file and the line; the log is left as it was."""
+    r = test_recipe("train.epochs=3")
+    kw = dict(fmt="wds", device="cpu", progress=False)
+    train(r, source_dir, out_dir=tmp_path, stop_after=2, **kw)
+    path = tmp_path / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    damaged = '{"epoch": 0, "lo\x00ss' + "\n" + lines[1] + "\n"
+    path.write_text(damaged)
+    with pytest.raises(DP4TLError, match=r"metrics\.jsonl: line 1 is not a metrics row.*repair "
+                                         r"that line, or delete the file") as e:
+        train(r, source_dir, out_dir=tmp_path, **kw)
+    assert "\n" not in str(e.value)
+    assert path.read_text() == damaged
+
+
 def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     old = Checkpoint(model={"w": torch.ones(3)}, arch="resnet18", num_classes=3,

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,6 +152,48 @@ def test_ffcv_format_trains(source_dir, tmp_path, test_recipe):
     hits = row["top1_val"] * split.num_samples
     train_n = load_manifest(source_dir).split("train").num_samples
     assert abs(hits - round(hits)) < 1e-6 and row["samples"] == (train_n // 16) * 16  # drop_last
+
+
+def test_resuming_in_the_other_format_says_so(source_dir, tmp_path, test_recipe, recwarn):
+    """An ffcv run resumed with --format wds continued silently (and its checkpoint then said
+    "wds"): the same sample order, decoded otherwise, matches neither pure run. One warning
+    naming both formats; still resumed (older checkpoints must); none in the same format."""
+    r = test_recipe("train.epochs=2", "data.num_workers=1")
+    kw = dict(device="cpu", progress=False)
+    train(r, source_dir, out_dir=tmp_path / "a", fmt="ffcv", stop_after=1, **kw)
+    train(r, source_dir, out_dir=tmp_path / "b", fmt="wds", stop_after=1, **kw)
+    train(r, source_dir, out_dir=tmp_path / "b", fmt="wds", **kw)  # the same format: no note
+    assert not [w for w in recwarn if "--format" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"checkpoint\.pt was trained from --format ffcv and "
+                                         r"this run reads --format wds: .*matches neither") as ws:
+        row = train(r, source_dir, out_dir=tmp_path / "a", fmt="wds", **kw)
+    assert row["epoch"] == 1 and Checkpoint.load(tmp_path / "a" / "checkpoint.pt").epoch == 2
+    assert all("\n" not in str(w.message) for w in ws)
+
+
+def test_resume_notes_another_num_workers(recwarn):
+    """data.num_workers is hashed as its default (a resume with another count is no longer
+    refused), but on CPU it sets torch's thread count: the resume says so, once (on a GPU,
+    where it changes nothing the weights depend on, nothing)."""
+    from ffcv_dp4tl.training.recipe import load_recipe
+    from ffcv_dp4tl.training.trainer import _resume_notes
+
+    recipe = load_recipe("resnet18_tiny_cpu", ["data.num_workers=0"])
+    ckpt = Checkpoint(model={}, arch="resnet18", num_classes=3, identity={}, format="wds",
+                      recipe=load_recipe("resnet18_tiny_cpu", ["data.num_workers=2"]).to_dict())
+    with pytest.warns(UserWarning, match=r"^x/checkpoint\.pt was written with data\.num_workers=2 "
+                                         r"and this run has 0: loading workers do not change the "
+                                         r"sample order, but on CPU torch's thread count .* may "
+                                         r"differ in the last bits") as ws:
+        _resume_notes(ckpt, recipe, "wds", Path("x/checkpoint.pt"))
+    assert len(ws) == 1
+    recwarn.clear()
+    _resume_notes(ckpt, recipe, "wds", Path("x/checkpoint.pt"), cpu=False)
+    ckpt.recipe = recipe.to_dict()
+    _resume_notes(ckpt, recipe, "wds", Path("x/checkpoint.pt"))
+    ckpt.recipe, ckpt.format = {}, ""  # older checkpoints: nothing recorded, nothing said
+    _resume_notes(ckpt, recipe, "ffcv", Path("x/checkpoint.pt"))
+    assert not recwarn.list
 
 
 class Recorder(Callback):
