@@ -172,6 +172,18 @@ def test_a_manifest_without_splits_says_so_where_a_split_is_read(index_copy):
     assert "available" not in str(e.value)
 
 
+def test_a_missing_split_a_recipe_named_says_which_key_names_another(index_dataset):
+    """`dp4tl finetune` on a target without `test` said only "has no split 'test'; available:
+    train" (review): read for a recipe key, the error names the key that picks another."""
+    m = load_manifest(index_dataset.root)
+    with pytest.raises(DataError, match=r"has no split 'test' \(available: train\); build it "
+                                        r"with that split, or name another \(--set "
+                                        r"data.test_split=NAME\)$"):
+        m.split("test", "data.test_split")
+    with pytest.raises(DataError, match=r"has no split 'test' \(available: train\)$"):
+        m.split("test")
+
+
 @pytest.mark.parametrize("key, value", [("beton", "../elsewhere/train.beton"),
                                         ("labels", "/data/other/train.labels.npy"),
                                         ("shards", ["wds/../../x.tar"])])
