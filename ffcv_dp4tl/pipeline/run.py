@@ -225,8 +225,11 @@ def pretrain_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, pr: Stage,
     is trained, not how the mask was chosen: the same mask (the 0 % reference, RANDOM, an
     in-domain baseline — for any target) is one pretraining."""
     from ..training.recipe import training_overrides
-    from ..training.trainer import train
+    from ..training.trainer import few_steps_note, train
 
+    note = few_steps_note(r.pretrain, len(load_mask(pr.output("train.npy"))))
+    if note:
+        log(f"[pretrain] warning: {note}")
     out = {}
     for i, seed in enumerate(ok.seeds):
         over = training_overrides(r.pretrain_overrides) + seed_overrides(seed)

@@ -361,6 +361,28 @@ def _check_steps(recipe: Recipe, objective, num_samples: int, drop_last: bool,
                      f"train.drop_last): no step would run; {fix}")
 
 
+#: fewer optimizer steps than this in a whole training is called out (:func:`few_steps_note`)
+FEW_STEPS = 20
+
+
+def few_steps_note(recipe: Recipe, num_samples: int) -> str | None:
+    """A note when a training of ``num_samples`` samples takes fewer than :data:`FEW_STEPS`
+    optimizer steps in all (its epochs times the full batches of ``train.batch_size``, a last
+    partial one counted unless ``train.drop_last``), else None. A pipeline that pruned to 182
+    samples pretrained 1 step an epoch at batch 128, 10 in all, and reported val top-1 at
+    chance without a word (review); the run is legal, so this is said, not refused."""
+    tc = recipe.train
+    per_epoch = num_samples // tc.batch_size + (0 if tc.drop_last or
+                                                num_samples % tc.batch_size == 0 else 1)
+    total = per_epoch * tc.epochs
+    if total >= FEW_STEPS:
+        return None
+    return (f"{num_samples} samples at train.batch_size {tc.batch_size} make {per_epoch} "
+            f"optimizer step{'' if per_epoch == 1 else 's'} an epoch, {total} in all over "
+            f"{tc.epochs} epochs: too few to learn much (expect accuracy near chance); keep more "
+            "samples (a lower ratio) or lower train.batch_size")
+
+
 def _read_metrics(path: Path) -> list[dict]:
     """The rows of ``metrics.jsonl``. A torn last line (a run killed while writing it) is
     dropped with a note: the checkpoint, not this log, says which epochs are done, and the

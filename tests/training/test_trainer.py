@@ -196,6 +196,27 @@ def test_resume_notes_another_num_workers(recwarn):
     assert not recwarn.list
 
 
+def test_a_training_of_few_steps_is_called_out():
+    """A pipeline pruned to 182 samples pretrained 1 step an epoch at batch 128 (10 in all)
+    and reported val top-1 at chance without a word (review): the pipeline now logs this note
+    before pretraining. The count follows train.drop_last."""
+    from ffcv_dp4tl.training.recipe import load_recipe
+    from ffcv_dp4tl.training.trainer import few_steps_note
+
+    r = load_recipe("resnet34_tiny_cpu")  # batch 128, 10 epochs, drop_last
+    assert (r.train.batch_size, r.train.epochs, r.train.drop_last) == (128, 10, True)
+    assert few_steps_note(r, 182) == (
+        "182 samples at train.batch_size 128 make 1 optimizer step an epoch, 10 in all over 10 "
+        "epochs: too few to learn much (expect accuracy near chance); keep more samples (a "
+        "lower ratio) or lower train.batch_size")
+    assert few_steps_note(r, 768) is None  # the default job at ratio 0.6: 6 steps x 10
+    assert "make 1 optimizer step an epoch" in few_steps_note(r, 255)
+    keep_last = load_recipe("resnet34_tiny_cpu", ["train.drop_last=false"])
+    assert few_steps_note(keep_last, 255) is None  # 2 steps x 10 = 20
+    assert "make 2 optimizer steps an epoch, 18 in all" in few_steps_note(
+        load_recipe("resnet34_tiny_cpu", ["train.epochs=9"]), 256)
+
+
 class Recorder(Callback):
     def __init__(self):
         self.rows, self.ended = [], 0
