@@ -140,7 +140,7 @@ def settings_key(base: PipelineConfig, finetune: Sequence[str]) -> str:
     the pipeline's own rule, with any recipe named per role."""
     from ..pipeline.recipes import recipe_set, scale_of_source
     from ..pipeline.run import device_key
-    from ..training.recipe import load_recipe
+    from ..training.recipe import load_recipe, result_overrides
 
     names = recipe_set(base.protocol, base.recipes or scale_of_source(base.source))
     names.update({role: n for role, n in (("surrogate", base.surrogate_recipe),
@@ -148,12 +148,13 @@ def settings_key(base: PipelineConfig, finetune: Sequence[str]) -> str:
                                           ("ff", base.ff_recipe)) if n})
     key = {"data": base.source, "k": base.k, "format": base.fmt, "finetune": sorted(finetune),
            "recipes": {role: load_recipe(n).fingerprint() for role, n in sorted(names.items())},
-           "overrides": list(base.overrides), "finetune_overrides": list(base.finetune_overrides)}
+           "overrides": result_overrides(base.overrides),
+           "finetune_overrides": result_overrides(base.finetune_overrides)}
     # a seed varies the data order too since 2026-12-04 (seed_overrides): rows of seeds that
     # varied the initialisation only are other trials, never paired with these
     key["seeds_vary"] = "init+data"
     if base.surrogate_overrides:  # only when set: the keys of published rows stay valid
-        key["surrogate_overrides"] = list(base.surrogate_overrides)
+        key["surrogate_overrides"] = result_overrides(base.surrogate_overrides)
     key.update(device_key(base.device))  # CUDA rows never pair with CPU rows (CPU: unchanged)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 

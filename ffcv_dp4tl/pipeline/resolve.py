@@ -257,12 +257,20 @@ def _warn_full_scale_on_cpu(cfg: PipelineConfig, ok: Checked, scale: str, src, p
     if check_device(cfg.device) != "cpu":
         return
     n = src.split(pretrain.data.train_split).num_samples
-    surrogate_trains = ok.scorer.needs_surrogate and not cfg.surrogate_weights
     log(f"[warning] {scale if cfg.protocol == 'fast' else cfg.protocol} recipes on the CPU: "
         f"{pre_name} trains {pretrain.model.arch} for {pretrain.train.epochs} epochs over up to "
-        f"{n:,} images{' (the surrogate likewise)' if surrogate_trains else ''} at CPU speed, "
-        "tens of images/s (ImageNet: days); run on a GPU (--device cuda), or choose "
+        f"{n:,} images{' (the surrogate likewise)' if _surrogate_trains(cfg, ok) else ''} at "
+        "CPU speed, tens of images/s (ImageNet: days); run on a GPU (--device cuda), or choose "
         "recipes=tiny|bench for a CPU check")
+
+
+def _surrogate_trains(cfg: PipelineConfig, ok: Checked) -> bool:
+    """The surrogate recipe trains a model on the source: the surrogate itself (unless its
+    weights, or the source model's, are brought), or the method's own runs (``trains``:
+    FORGET, GraNd/EL2N over runs) with it, unless brought source weights skip scoring."""
+    if cfg.source_weights:
+        return False
+    return (ok.scorer.needs_surrogate and not cfg.surrogate_weights) or ok.scorer.trains
 
 
 def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Resolved:
@@ -303,9 +311,10 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
     pretrain = load(pre_name, pre_overrides)
     check_kind(surrogate, "train", "the surrogate (--surrogate-recipe)")
     check_kind(pretrain, "train", "pretraining (--recipe)")
-    _check_splits(src, "source", [("surrogate", sur_name, surrogate, "--set-surrogate"),
-                                  ("pretraining", pre_name, pretrain, "--set")],
-                  ("train_split", "val_split"))
+    readers = [] if cfg.source_weights else [("pretraining", pre_name, pretrain, "--set")]
+    if _surrogate_trains(cfg, ok):
+        readers.insert(0, ("surrogate", sur_name, surrogate, "--set-surrogate"))
+    _check_splits(src, "source", readers, ("train_split", "val_split"))
     _warn_full_scale_on_cpu(cfg, ok, scale, src, pre_name, pretrain, log)
     # a self-supervised source under a paper protocol: MoCo's linear classification protocol
     # for LP, the paper's FF (one rule per mode: a recipe named for one mode leaves the other's)

@@ -227,9 +227,16 @@ def pretrain_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, pr: Stage,
     from ..training.recipe import training_overrides
     from ..training.trainer import few_steps_note, train
 
-    note = few_steps_note(r.pretrain, len(load_mask(pr.output("train.npy"))))
-    if note:
-        log(f"[pretrain] warning: {note}")
+    said: list[str] = []
+
+    def pretrain(rec, d: Path) -> Any:
+        mask = load_mask(pr.output("train.npy"))
+        note = few_steps_note(rec, len(mask))
+        if note and not said:  # (said once, by the first seed that trains: not when cached)
+            said.append(note)
+            log(f"[pretrain] warning: {note}")
+        return train(rec, r.source_dir, mask=mask, out_dir=d, fmt=cfg.fmt, device=cfg.device)
+
     out = {}
     for i, seed in enumerate(ok.seeds):
         over = training_overrides(r.pretrain_overrides) + seed_overrides(seed)
@@ -240,9 +247,7 @@ def pretrain_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, pr: Stage,
             "mask": file_sha256(pr.output("train.npy")), **_common(cfg)})
         res.add(StagePlace(stage_label("pretrain", first_seed=i == 0, seed=seed), "pretrain",
                            seed=seed),
-                run_stage(pt, lambda d, rec=rec: train(
-                    rec, r.source_dir, mask=load_mask(pr.output("train.npy")), out_dir=d,
-                    fmt=cfg.fmt, device=cfg.device), log))
+                run_stage(pt, lambda d, rec=rec: pretrain(rec, d), log))
         out[seed] = pt
     return out
 
@@ -269,10 +274,11 @@ def finetune_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, pretrained: d
     """LP / FF of each seed's source model on each target (its own recipes, Tab. A1); the
     overrides enter the key only when given (older keys stay valid)."""
     from ..training.finetune import finetune
+    from ..training.recipe import result_overrides
 
     for i, seed in enumerate(ok.seeds):
         pt = pretrained[seed]
-        ft_overrides = list(cfg.finetune_overrides) + seed_overrides(seed)
+        ft_overrides = result_overrides(cfg.finetune_overrides) + seed_overrides(seed)
         for t, t_dir, t_name, t_rec in zip(r.tgts, r.target_dirs, r.target_names, r.finetune):
             for mode in cfg.finetune:
                 r_name, loaded = t_rec[mode]

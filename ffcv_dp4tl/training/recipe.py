@@ -361,24 +361,32 @@ def fingerprinted(d: dict[str, Any], drop_sections: tuple[str, ...] = ()) -> dic
     return out
 
 
+def result_overrides(overrides: typing.Iterable[str]) -> list[str]:
+    """The ``section.key=value`` overrides that can change a result, in order: those of
+    :data:`NOT_IN_FINGERPRINT` keys (TensorBoard, the mid-epoch checkpoint cadence) and of
+    :data:`HASHED_AS_DEFAULT` keys (the loader's thread count) left out, as the fingerprints
+    leave them out. What a stage key or a bench row's settings key holds of a ``--set*`` list.
+    Overrides are checked when the recipe loads; one that does not parse is kept (it never
+    reaches a key unchecked)."""
+    return [text for text in overrides if _override_key(text) not in
+            (*NOT_IN_FINGERPRINT, *HASHED_AS_DEFAULT)]
+
+
 def training_overrides(overrides: typing.Iterable[str]) -> list[str]:
-    """The ``section.key=value`` overrides that can change the trained weights (those of
-    :data:`NOT_IN_TRAINING` sections left out), in order: a stage key of trained weights holds
-    these, like :meth:`Recipe.training_fingerprint`; those of :data:`NOT_IN_FINGERPRINT` keys
-    are left out too (TensorBoard, the mid-epoch checkpoint cadence: a stage trained with
-    another is the same weights), and those of :data:`HASHED_AS_DEFAULT` (the loader's thread
-    count). Overrides are checked when the recipe loads; one that does
-    not parse is kept (it never reaches a key unchecked)."""
-    kept = []
-    for text in overrides:
-        try:
-            section, key = parse_override(text)[:2]
-        except DP4TLError:
-            section = key = None
-        if (section not in NOT_IN_TRAINING and (section, key) not in NOT_IN_FINGERPRINT
-                and (section, key) not in HASHED_AS_DEFAULT):
-            kept.append(text)
-    return kept
+    """:func:`result_overrides` less those of :data:`NOT_IN_TRAINING` sections (read after
+    training): what a stage key of trained weights holds, like
+    :meth:`Recipe.training_fingerprint`."""
+    return [text for text in result_overrides(overrides)
+            if _override_key(text)[0] not in NOT_IN_TRAINING]
+
+
+def _override_key(text: str) -> tuple[str | None, str | None]:
+    """``(section, key)`` of an override, ``(None, None)`` for one that does not parse."""
+    try:
+        return tuple(parse_override(text)[:2])
+    except DP4TLError:
+        return None, None
+
 
 SECTIONS: dict[str, type] = {k: v for k, v in typing.get_type_hints(Recipe).items() if k not in ("name", "kind")}
 

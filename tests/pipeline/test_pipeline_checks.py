@@ -139,23 +139,52 @@ def test_a_target_without_the_split_finetuning_reads_fails_before_the_surrogate(
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_source_without_a_val_split_fails_before_the_surrogate(tmp_path, index_dataset):
+@pytest.mark.parametrize("method, names", [
+    ("lm", r"the surrogate recipe .* reads \(data.val_split\); build the source with that split, "
+           r"or validate on the train split \(--set-surrogate data.val_split=NAME --set "
+           r"data.val_split=NAME\)$"),
+    ("random", r"the pretraining recipe .* reads \(data.val_split\); build the source with that "
+               r"split, or validate on the train split \(--set data.val_split=NAME\)$")])
+def test_a_source_without_a_val_split_fails_before_the_surrogate(tmp_path, index_dataset, method,
+                                                                 names):
     """A source built from a flat image folder has a train split only: the surrogate stopped
-    on "no split 'val'" after its stage folder was made, with no word on the fix (review)."""
+    on "no split 'val'" after its stage folder was made, with no word on the fix (review).
+    Only the recipes that train are named: RANDOM trains no surrogate."""
     source = tmp_path / "src"
     shutil.copytree(index_dataset.root, source)
     m = json.loads((source / "manifest.json").read_text())
     assert "val" not in m["splits"]
     m["fingerprint"] = "e" * 64  # not the target's dataset
     (source / "manifest.json").write_text(json.dumps(m))
-    cfg = _cfg(tmp_path, source=str(source), target=str(index_dataset.root))
+    cfg = _cfg(tmp_path, source=str(source), target=str(index_dataset.root), method=method)
     with pytest.raises(DP4TLError, match=r"^source .*src has no 'val' split \(it has: train\), "
-                                         r"which the surrogate recipe .* reads \(data.val_split\); "
-                                         r"build the source with that split, or validate on the "
-                                         r"train split \(--set-surrogate data.val_split=NAME "
-                                         r"--set data.val_split=NAME\)$"):
+                                         r"which " + names):
         resolve(cfg, None, print)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_source_without_a_val_split_is_fine_where_nothing_trains_on_it(tmp_path, index_dataset):
+    """Brought source weights: nothing trains on the source, so its splits are not checked (the
+    check refused such a pipeline at first, review); and validating on train is accepted."""
+    from ffcv_dp4tl.pipeline.config import validate as check
+    from ffcv_dp4tl.pipeline.resolve import resolve as resolve_only
+
+    source = tmp_path / "src"
+    shutil.copytree(index_dataset.root, source)
+    m = json.loads((source / "manifest.json").read_text())
+    m["fingerprint"] = "e" * 64
+    (source / "manifest.json").write_text(json.dumps(m))
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"")  # (resolve reads no weights; the import stage would)
+    target = tmp_path / "tgt"  # (a target with the test split finetuning reads)
+    shutil.copytree(index_dataset.root, target)
+    m["splits"]["test"] = m["splits"]["train"]
+    m["fingerprint"] = "d" * 64
+    (target / "manifest.json").write_text(json.dumps(m))
+    for kw in ({"source_weights": str(weights), "ratio": 0.0},
+               {"overrides": ("data.val_split=train",)}):
+        cfg = _cfg(tmp_path, source=str(source), target=str(target), **kw)
+        resolve_only(cfg, check(cfg), lambda m: None)
 
 
 def test_built_data_folders_of_distinct_sources_never_clash():

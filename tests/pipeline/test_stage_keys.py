@@ -182,6 +182,25 @@ def test_the_device_enters_every_key_it_changes(base, monkeypatch):
     assert "device" not in cuda["prune"].inputs  # a mask is a mask: other scores, other key
 
 
+def test_the_loader_thread_count_enters_no_key(base, monkeypatch):
+    """``data.num_workers`` changes no sample or order (hashed as its default): a ``--set*`` of
+    it keys no stage and no bench row (review: the finetune keys and the bench's settings key
+    still held it), while a knob that changes results does."""
+    from ffcv_dp4tl.bench.separation import settings_key
+
+    cfg = dataclasses.replace(base, finetune=("lp",))
+    plain = _training_keys(cfg, monkeypatch)
+    workers = _training_keys(dataclasses.replace(
+        cfg, overrides=("data.num_workers=0",), surrogate_overrides=("data.num_workers=0",),
+        finetune_overrides=("data.num_workers=0",)), monkeypatch)
+    assert {n: s.key for n, s in workers.items()} == {n: s.key for n, s in plain.items()}
+    epochs = _training_keys(dataclasses.replace(cfg, finetune_overrides=("train.epochs=3",)),
+                            monkeypatch)
+    assert epochs["finetune-lp"].key != plain["finetune-lp"].key
+    assert settings_key(dataclasses.replace(cfg, finetune_overrides=("data.num_workers=0",)),
+                        ["lp"]) == settings_key(cfg, ["lp"])
+
+
 def test_the_embedded_benchmarks_rows_carry_the_device(base, monkeypatch):
     """``bench embedded`` resumes from rows.jsonl only under the same settings key: rows run on
     the CPU never pair with CUDA rows (the CPU key is the one of the rows published before)."""

@@ -290,13 +290,17 @@ def test_training_overrides_leave_out_the_scoring_section_and_the_switches_only(
     """A stage key of trained weights holds the overrides that can change them: scoring.* ones
     (read after training) and the logging/checkpoint switches are left out, every other one
     stays, in order."""
-    from ffcv_dp4tl.training.recipe import training_overrides
+    from ffcv_dp4tl.training.recipe import result_overrides, training_overrides
 
     given = ["train.epochs=2", "scoring.target_crop=none", " scoring.source_resolution = 24",
              "train.checkpoint_every=100", "lr.lr=0.1", "train.tensorboard=true", "scoringx.a=1",
              "data.num_workers=0"]
     assert training_overrides(given) == ["train.epochs=2", "lr.lr=0.1", "scoringx.a=1"]
     assert training_overrides([]) == []
+    # what any stage key or bench settings key holds: the scoring ones stay (they change scores)
+    assert result_overrides(given) == ["train.epochs=2", "scoring.target_crop=none",
+                                       " scoring.source_resolution = 24", "lr.lr=0.1",
+                                       "scoringx.a=1"]
 
 
 def test_a_huge_epoch_count_loads_at_once_and_the_schedule_is_still_checked():
