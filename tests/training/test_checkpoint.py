@@ -296,6 +296,37 @@ def test_a_refused_resume_names_the_recipe_keys_that_differ(trained_run):
             "Use another --out") in msg, msg
 
 
+def test_a_checkpoint_hashed_under_an_earlier_rule_resumes(trained_run, tmp_path):
+    """A run begun before data.num_workers was hashed as its default records a fingerprint of
+    the old rule: it was refused with two hashes and no key that differs (review). Its recorded
+    recipe hashes to this run's under today's rule, so it resumes; a recorded recipe that
+    differs in a key that trains is still refused, naming it."""
+    import hashlib
+    import json
+
+    from ffcv_dp4tl.training.checkpoint import resume_from
+    from ffcv_dp4tl.training.recipe import NOT_IN_FINGERPRINT, NOT_IN_TRAINING
+
+    ck = Checkpoint.load(trained_run / "checkpoint.pt")
+    made_with = _changed(ck.training_recipe(), data__num_workers=1)
+    d = {k: v for k, v in made_with.to_dict().items() if k not in NOT_IN_TRAINING}
+    for sec, key in NOT_IN_FINGERPRINT:
+        d.get(sec, {}).pop(key, None)
+    old_rule = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+    assert old_rule != made_with.training_fingerprint()  # (what the test relies on)
+    ck.recipe = made_with.to_dict()
+    ck.identity = {**ck.identity, "recipe_fingerprint": old_rule}
+    path = tmp_path / "checkpoint.pt"
+    ck.save(path)
+    this_run = _changed(made_with, data__num_workers=2)
+    identity = {**ck.identity, "recipe_fingerprint": this_run.training_fingerprint()}
+    assert resume_from(Checkpoint, path, identity, recipe=this_run).epoch == ck.epoch
+    other = _changed(made_with, train__epochs=made_with.train.epochs + 1)
+    with pytest.raises(DP4TLError, match=r"recipe keys that differ: train.epochs"):
+        resume_from(Checkpoint, path, {**identity, "recipe_fingerprint":
+                                       other.training_fingerprint()}, recipe=other)
+
+
 def test_a_checkpoint_without_its_recipe_is_refused_with_the_fingerprints_alone(tmp_path):
     """Older checkpoints (and imported weights) record no recipe: the refusal stays as it was."""
     from ffcv_dp4tl.training.checkpoint import resume_from
