@@ -281,31 +281,38 @@ def _not_a_dataset(root: Path) -> None:
 
 
 def _input_folder_problem(root: Path) -> str | None:
-    """The refusal of a ``root`` that is no build but the images a build reads (a folder of
-    images, of class folders of them, or of train/val/test folders of class folders: the
-    ``folder`` layout), else None. Without it the advice was ``dp4tl build SOURCE --out ROOT``,
-    which ``dp4tl build`` refuses (an --out inside its input folder). One level of folders is
-    looked at, two under train/val/test, each only until its first image."""
+    """The refusal of a ``root`` that is no build but the images a build reads, else None.
+    Without it the advice was ``dp4tl build SOURCE --out ROOT``, which ``dp4tl build`` refuses
+    (an --out inside its input folder). Class folders of images (two or more, none named
+    train/val/test) are the ``folder`` layout's; images one level deeper (ImageNet's
+    ``train/<wnid>/``, Flowers' ``jpg/``) may be another layout's, so the layout is left to
+    the user. One level of folders is looked at, two under train/val/test, each only until its
+    first image."""
     from beton_builders.out_dir import is_build
 
     if not root.is_dir() or is_build(root):
         return None
     subs = _subfolders(root)
-    if any(_has_image(d) for d in subs):
-        what = "class folders of images"
-    elif any(_has_image(c) for d in subs if d.name in ("train", "val", "test")
-             for c in _subfolders(d)):
-        what = "train/val/test folders of class folders of images"
-    elif _has_image(root):
+    splits = [d for d in subs if d.name in ("train", "val", "test")]
+    with_images = [d for d in subs if d not in splits and _has_image(d)]
+    if len(with_images) >= 2 and not splits:
+        return (f"{root} is not a built dataset but an input folder (class folders of images; "
+                f"no {MANIFEST_NAME}): build a dataset from it into another folder with `dp4tl "
+                f"build folder:{root} --out OTHER_DIR` (OTHER_DIR outside {root}), then pass "
+                "OTHER_DIR")
+    if with_images or any(_has_image(d) or any(_has_image(c) for c in _subfolders(d))
+                          for d in splits):
+        return (f"{root} is not a built dataset but a folder of input images (no "
+                f"{MANIFEST_NAME}): build a dataset from it into another folder with `dp4tl "
+                f"build LAYOUT:{root} --out OTHER_DIR` (OTHER_DIR outside {root}; LAYOUT "
+                "`folder` for one folder per class, optionally under train/ val/ test/, else the "
+                "dataset's own, e.g. imagenet, flowers102: README, SOURCE), then pass OTHER_DIR")
+    if _has_image(root):
         return (f"{root} is not a built dataset but a folder of images (no {MANIFEST_NAME}): "
                 "build a dataset from images into another folder with `dp4tl build folder:DIR "
                 "--out OTHER_DIR`, DIR holding one folder per class (DIR/CLASS/*.jpg) and "
                 "OTHER_DIR outside DIR, then pass OTHER_DIR")
-    else:
-        return None
-    return (f"{root} is not a built dataset but an input folder ({what}; no {MANIFEST_NAME}): "
-            f"build a dataset from it into another folder with `dp4tl build folder:{root} --out "
-            f"OTHER_DIR` (OTHER_DIR outside {root}), then pass OTHER_DIR")
+    return None
 
 
 def _has_image(folder: Path) -> bool:

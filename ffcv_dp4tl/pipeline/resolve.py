@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -101,6 +102,18 @@ def _built_from(out: Path, specs: dict) -> str | None:
     return None
 
 
+def _same_input(a: str, b: str) -> bool:
+    """Two SOURCE specs that read the same input: equal, or one ``LAYOUT:PATH`` of one folder
+    however spelled (a trailing slash, ``~``, a link). A trailing slash made a second full
+    build of the same images beside the first (review)."""
+    if a == b:
+        return True
+    (la, sa, pa), (lb, sb, pb) = a.partition(":"), b.partition(":")
+    if not (sa and sb and pa and pb) or la != lb or la.startswith("synth"):
+        return False
+    return os.path.realpath(os.path.expanduser(pa)) == os.path.realpath(os.path.expanduser(pb))
+
+
 def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
                  split: str = "auto", option: str = "--data") -> Path:
     """A built dataset dir for ``source`` (a dir with a manifest, or a SOURCE to build);
@@ -128,7 +141,9 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
     coop = any(str(sp.extra.get("split", "")).startswith("coop") for sp in specs.values())
     out = data_root / (_slug(source) + ("-coop" if coop else ""))
     other = _built_from(out, specs)
-    if other is not None and other != source:  # another spec with the same slug (t/x, t-x)
+    if other is not None and _same_input(other, source):
+        source = other  # the same folder spelled otherwise (folder:x/, folder:x): its build
+    elif other is not None:  # another input with the same folder name (t/x, t-x)
         hashed = out.with_name(f"{out.name}-{hashlib.sha256(source.encode()).hexdigest()[:11]}")
         log(f"[data] {out} holds the build of {other!r}: {source!r} builds in {hashed}")
         out = hashed

@@ -308,8 +308,8 @@ def check_target_classes(manifest) -> None:
     if manifest.num_classes < 2:
         raise DataError(f"the target {manifest.root} has {manifest.num_classes} class"
                         f"{'' if manifest.num_classes == 1 else 'es'}: finetuning needs at least "
-                        "2 (with one, top-1 is 100 % whatever the model); build the target from "
-                        "a folder with a sub-folder per class")
+                        "2 (with one, top-1 is 100 % whatever the model); build the target with "
+                        "two classes or more")
 
 
 def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Path, out_dir: Path,

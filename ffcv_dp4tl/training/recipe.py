@@ -349,7 +349,8 @@ NOT_IN_TRAINING = ("scoring",)
 def fingerprinted(d: dict[str, Any], drop_sections: tuple[str, ...] = ()) -> dict[str, Any]:
     """What a fingerprint hashes of a recipe's dict form ``d`` (``Recipe.to_dict()``, or one a
     checkpoint recorded): ``d`` without :data:`NOT_IN_FINGERPRINT`'s keys and ``drop_sections``
-    (:data:`NOT_IN_TRAINING` for :meth:`Recipe.training_fingerprint`). A copy; ``d`` stays."""
+    (:data:`NOT_IN_TRAINING` for :meth:`Recipe.training_fingerprint`), with
+    :data:`HASHED_AS_DEFAULT`'s keys at their defaults. A copy; ``d`` stays."""
     out = {sec: dict(v) if isinstance(v, dict) else v for sec, v in d.items()
            if sec not in drop_sections}
     for sec, key in NOT_IN_FINGERPRINT:

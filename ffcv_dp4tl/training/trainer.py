@@ -233,7 +233,8 @@ def pin_cpu_threads(num_workers: int) -> int:
     every epoch. CPU results depend on this count (reductions split differently), and without
     pinning it depends on history: importing ffcv sets it to 1, each ffcv loader to its worker
     count, so a pipeline stage that built data first and one that found it built trained
-    differently under the same stage key."""
+    differently under the same stage key. (The count is the machine's as much as the recipe's,
+    so ``data.num_workers`` is hashed as its default: results are reproducible per machine.)"""
     from ..data.resources import effective_workers
 
     n = max(1, effective_workers(num_workers))

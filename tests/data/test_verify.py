@@ -285,28 +285,42 @@ def _images(folder, n=2, ext=".jpg"):
         (folder / f"{i}{ext}").write_bytes(b"")
 
 
-@pytest.mark.parametrize("tree, what", [
-    (("a", "b"), "class folders of images"),
-    (("train/a", "train/b", "test/a"), "train/val/test folders of class folders of images")],
-    ids=["classes", "splits"])
-def test_an_input_image_folder_is_named_and_built_elsewhere(tmp_path, tree, what):
+def test_an_input_image_folder_is_named_and_built_elsewhere(tmp_path):
     """`dp4tl verify RAW_FOLDER` (the images, not a build) advised `dp4tl build SOURCE --out
     RAW_FOLDER`, which `dp4tl build` refuses (an --out inside its input folder). It now says
-    the folder is an input folder and how to build it into another one."""
+    the folder is an input folder and how to build it into another one: class folders are the
+    folder layout's."""
     root = tmp_path / "raw"
-    for sub in tree:
+    for sub in ("a", "b"):
         _images(root / sub, ext=".JPEG")
     (root / "README.txt").write_text("not an image")
     assert verify_dataset(root).problems == [
-        f"{root} is not a built dataset but an input folder ({what}; no manifest.json): build a "
-        f"dataset from it into another folder with `dp4tl build folder:{root} --out OTHER_DIR` "
-        f"(OTHER_DIR outside {root}), then pass OTHER_DIR"]
+        f"{root} is not a built dataset but an input folder (class folders of images; no "
+        f"manifest.json): build a dataset from it into another folder with `dp4tl build "
+        f"folder:{root} --out OTHER_DIR` (OTHER_DIR outside {root}), then pass OTHER_DIR"]
     run = run_cli("verify", root)
     assert run.returncode == 1 and f"--out {root}" not in run.stderr
     assert run.stderr.startswith(f"problem: {root} is not a built dataset but an input folder")
     run = run_cli("info", "--data", root)  # (every command reading --data: one rule)
     assert run.returncode == 2 and run.stderr.startswith(
         f"error: {root} is not a built dataset but an input folder")
+
+
+@pytest.mark.parametrize("tree", [("train/n01", "train/n02", "val"), ("jpg",),
+                                  ("train/a", "test/a")], ids=["imagenet", "flowers", "splits"])
+def test_images_one_level_down_leave_the_layout_to_the_user(tmp_path, tree):
+    """ImageNet's train/<wnid>/ with a flat val/, or Flowers' one jpg/ folder, are no class
+    folders: the folder layout was suggested for them (review). The layout is left open."""
+    root = tmp_path / "raw"
+    for sub in tree:
+        _images(root / sub)
+    problems = verify_dataset(root).problems
+    assert problems == [
+        f"{root} is not a built dataset but a folder of input images (no manifest.json): build a "
+        f"dataset from it into another folder with `dp4tl build LAYOUT:{root} --out OTHER_DIR` "
+        f"(OTHER_DIR outside {root}; LAYOUT `folder` for one folder per class, optionally under "
+        "train/ val/ test/, else the dataset's own, e.g. imagenet, flowers102: README, SOURCE), "
+        "then pass OTHER_DIR"], problems
 
 
 def test_loose_images_are_an_input_folder_too_but_a_folder_without_images_is_not(copy, tmp_path):

@@ -203,7 +203,7 @@ def test_built_data_folders_of_distinct_sources_never_clash():
 def test_two_sources_with_one_folder_name_build_side_by_side(tmp_path, monkeypatch):
     """``folder:D/t/x`` and ``folder:D/t-x`` have the same readable folder name: the second
     was refused, its error advising to delete the first one's build (review). It now builds
-    beside it, and each finds its own build again."""
+    beside it, and each finds its own build again; ``folder:t/x/`` is ``folder:t/x``'s."""
     from PIL import Image
 
     from ffcv_dp4tl.pipeline.resolve import ensure_built
@@ -224,6 +224,10 @@ def test_two_sources_with_one_folder_name_build_side_by_side(tmp_path, monkeypat
         json.loads((first / "manifest.json").read_text())["fingerprint"]
     assert ensure_built("folder:t/x", root, logs.append) == first
     assert ensure_built("folder:t-x", root, logs.append) == second
+    # the same folder spelled otherwise is its build, not a second copy (review)
+    logs.clear()
+    assert ensure_built("folder:t/x/", root, logs.append) == first
+    assert not any("built" in m for m in logs), logs
 
 
 def test_a_target_of_one_class_is_refused_before_the_surrogate(small_synth, tmp_path):
