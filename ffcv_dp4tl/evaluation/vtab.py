@@ -137,8 +137,11 @@ def split_override(split: str) -> str:
 
 #: the settings a VTAB protocol folder was made with (written before its first run)
 SETTINGS_NAME = "vtab_settings.json"
+#: how a refusal names a differing recipe fingerprint: the recipe file, a --set, or the rule
+#: that hashes them (CHANGELOG) changed; "(--set)" alone blamed the user for a rule change
+_RECIPE_SETTINGS = "recipe settings (its file, --set, or how they are hashed: CHANGELOG.md)"
 #: the settings every run of a protocol folder shares: key → how the message names it
-_SAME = {"recipe": "recipe", "recipe_fingerprint": "recipe settings (--set)",
+_SAME = {"recipe": "recipe", "recipe_fingerprint": _RECIPE_SETTINGS,
          "checkpoint_identity": "--checkpoint", "target_fingerprint": "--data", "mode": "mode",
          "format": "--format", "seed": "--seed", "train_size": "--train-size",
          "val_size": "--val-size", "source_weights": "--checkpoint's weights"}
@@ -179,7 +182,7 @@ def _lr_names(lrs: list[float]) -> list[str]:
 _IDENTITY = {"mode": "mode", "format": "--format", "target_fingerprint": "--data",
              "source_arch": "--checkpoint", "source_identity": "--checkpoint",
              "source_epoch": "--checkpoint", "source_weights": "--checkpoint",
-             "recipe_fingerprint": "recipe settings (--set)",
+             "recipe_fingerprint": _RECIPE_SETTINGS,
              "train_mask": "--seed/--train-size/--val-size",
              "test_mask": "--seed/--train-size/--val-size"}
 
