@@ -61,6 +61,8 @@ def method_label(method: str) -> str:
 
 def run_title(cfg: dict[str, Any]) -> str:
     """``LM (reversed) at ratio 0.6``: how report.md and the selection gallery name a run."""
+    if not cfg["ratio"]:  # (the unpruned reference: no method chose anything)
+        return "the whole source (ratio 0: nothing pruned)"
     return (f"{method_title(method_label(cfg['method']), cfg.get('order', 'ordered'))} "
             f"at ratio {cfg['ratio']}")
 
@@ -114,8 +116,9 @@ def write_report(res: PipelineResult, out: Path) -> None:
             lines.append(f"- {what}: brought weights `{v['weights']}` ({v['arch']}, "
                          "imported, not trained)")
     if pr is not None:
-        lines.append(f"- kept: {len(pr.get('kept_units', [])) or '-'} {UNIT_PLURAL[pr['unit']]}, "
-                     f"{pr['train_kept']} train samples" + _fraction(pr))
+        units = len(pr.get("kept_units", []))  # (a sample-wise method records none: "- samples")
+        unit_part = f"{units} {UNIT_PLURAL[pr['unit']]}, " if units else ""
+        lines.append(f"- kept: {unit_part}{pr['train_kept']} train samples" + _fraction(pr))
     lines += truth_lines(res.ground_truth, cfg.get("order", "ordered"))
     if (out / GALLERY).exists():
         lines += ["", f"![what was kept, beside the target (Fig. A7)]({GALLERY})"]

@@ -202,6 +202,7 @@ def check_data(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]
     if scorer.uses_k:
         check_k_fits(cfg.k, src.split("train").num_samples)
     check_target_classes(tgt)
+    _check_something_kept(cfg, scorer, src)
     if "train" in tgt.split_names:
         n = tgt.split("train").num_samples
         if n < tgt.num_classes:
@@ -209,6 +210,25 @@ def check_data(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]
                    "classes: some classes have no example, finetuning cannot learn them")
             log(msg)
             warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+def _check_something_kept(cfg: PipelineConfig, scorer, src) -> None:
+    """The ratio keeps at least one of the method's units (the prune stage's rule,
+    :func:`~..scoring.ranking.keep_count`): ``--ratio 0.99`` of 32 classes trained the
+    surrogate and scored before prune refused it (review). ``budget=samples`` prunes to a
+    sample fraction instead: the prune stage checks that."""
+    from ..scoring.ranking import ScoringError, keep_count
+    from ..scoring.registry import UNIT_PLURAL
+
+    if not cfg.ratio or cfg.budget == "samples":
+        return
+    n = {"class": src.num_classes, "cluster": cfg.k,
+         "sample": src.split("train").num_samples}.get(scorer.unit)
+    if n:
+        try:
+            keep_count(n, 1.0 - cfg.ratio, UNIT_PLURAL[scorer.unit])
+        except ScoringError as e:
+            raise DP4TLError(f"--ratio {cfg.ratio:g}: {e}") from None
 
 
 def _check_splits(data, which: str, readers: list[tuple[str, str, Any, str]],

@@ -142,6 +142,28 @@ def test_results_json_of_older_versions_get_the_run_order_back(tmp_path):
         PipelineResult.from_json({**data, "targets": ["warm"]}, "r.json")
 
 
+def test_the_kept_line_and_title_say_what_was_kept(tmp_path):
+    """report.md said "kept: - samples, 768 train samples" for every sample-wise method, and
+    titled the unpruned reference "RANDOM at ratio 0.0" (review)."""
+    from ffcv_dp4tl.contracts.stage import StageResult
+    from ffcv_dp4tl.pipeline.report import run_title, write_report
+    from ffcv_dp4tl.pipeline.result import StagePlace
+    from ffcv_dp4tl.pipeline.stages import StageRun
+
+    assert run_title({"method": "random", "ratio": 0.0}) == \
+        "the whole source (ratio 0: nothing pruned)"
+    for unit, kept, line in (("sample", [], "- kept: 768 train samples = 0.400 of the train "
+                                             "samples (ratio 0.6 of samples;"),
+                             ("class", [3, 7], "- kept: 2 classes, 768 train samples = 0.400")):
+        res = _multi_result({"warm": "/d/warm"}, [1.0])
+        res.targets = {}
+        res.add(StagePlace("prune", "prune"), StageRun(StageResult(
+            "prune", "prune", 1.0, {"unit": unit, "kept_units": kept, "train_kept": 768,
+                                    "kept_sample_fraction": 0.4, "ratio": 0.6}), tmp_path, True))
+        write_report(res, tmp_path / unit)
+        assert line in (tmp_path / unit / "report.md").read_text()
+
+
 # ------------------------------------------------------------------------ recipes line
 def test_the_recipes_line_names_each_targets_recipes_when_they_differ(tmp_path):
     from ffcv_dp4tl.pipeline.report import recipes_line, write_report

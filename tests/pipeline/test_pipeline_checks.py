@@ -255,6 +255,22 @@ def test_a_target_of_one_class_is_refused_before_the_surrogate(small_synth, tmp_
     check_target_classes(load_manifest(small_synth / "targets" / "paper"))  # 3 classes: fine
 
 
+@pytest.mark.parametrize("method, kw, unit", [("lm", {}, "8 classes"),
+                                             ("fm", {"k": 3}, "3 clusters")])
+def test_a_ratio_that_keeps_no_unit_is_refused_before_the_surrogate(small_synth, tmp_path,
+                                                                   method, kw, unit):
+    """``--ratio 0.99`` of 32 classes trained the surrogate and scored before prune refused it
+    (review): refused before any work, in the prune stage's words."""
+    cfg = PipelineConfig(source=str(small_synth / "source"),
+                         target=str(small_synth / "targets" / "paper"), ratio=0.95,
+                         method=method, finetune=("lp",), fmt="wds", runs_root=tmp_path / "r",
+                         data_root=tmp_path / "d", **kw)
+    with pytest.raises(DP4TLError, match=rf"^--ratio 0.95: keeping a fraction 0.05 of {unit} "
+                                         r"keeps none of them"):
+        resolve(cfg, None, print)
+    assert not (tmp_path / "r").exists()
+
+
 def test_preflight_checks_every_distinct_config_once(monkeypatch):
     """A bench's plan goes through the checks run_pipeline makes before its first stage
     (validate, then resolve), each distinct config once, a repeated one skipped, not the end."""
