@@ -491,7 +491,9 @@ def markdown(summary: dict[str, Any], *, command: str = "", header: Sequence[str
         cells = []
         for m in s["modes"]:
             v = s["reference"].get(f"{t}/{m}")
-            cells.append("–" if v is None else f"{v[0]:.1f} ± {v[1]:.1f}")
+            one = v is not None and len(v) > 2 and v[2] == 1  # (a spread of one run reads 0.0)
+            cells.append("–" if v is None else f"{v[0]:.1f} (one seed)" if one
+                         else f"{v[0]:.1f} ± {v[1]:.1f}")
         lines.append(f"| `{t}` | " + " | ".join(cells) + " |")
     if s["truth"]:
         lines += ["", "### Selection against the ground truth (mean over seeds)", "",

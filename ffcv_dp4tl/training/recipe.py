@@ -192,7 +192,7 @@ class ScoringCfg:
     features) and the *source* images of the feature-based methods (``source_*``). ``target_resolution = 0`` reads them at the surrogate's ``eval.resolution``;
     ``target_crop = "center"`` takes the eval transform's 224/256 centre crop of the short side
     (the fast protocol: what the surrogate saw at validation). The paper resizes the target images
-    to the source resolution (Sec. 3; the authors' code: 224, no crop): ``target_resolution = 224``
+    to the source resolution (Sec. 4; the authors' code: 224, no crop): ``target_resolution = 224``
     and ``target_crop = "none"``, i.e. the whole short side (the largest centred square; ffcv's
     decoders have no aspect-changing resize, so a non-square image loses the ends of its long
     side, never any zoom) resized to 224. Source images are read with the eval transform unless

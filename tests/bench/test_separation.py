@@ -69,6 +69,15 @@ def test_summary_pairs_by_seed_and_target(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["seeds"] == [0, 1, 2, 3, 4]
 
 
+def test_a_reference_of_one_run_shows_no_spread():
+    """``--reference-seeds 0``: the unpruned reference ran once, and its row read "100.0 ± 0.0"
+    (review): one run has no spread to show."""
+    rows = [r for r in _rows(gap=1.0) if r["method"] != sep.REFERENCE or r["seed"] == 0]
+    body = sep.markdown(sep.summarize(rows))
+    assert "| `warm` | 75.0 (one seed) | 78.0 (one seed) |" in body, body
+    assert "| `warm` | 75.0 ± 0.0 |" in sep.markdown(sep.summarize(_rows(gap=1.0)))
+
+
 def _lp_result(cfg, folder) -> PipelineResult:
     """A finished run of ``cfg`` with LP top-1 0.5 (what the benchmark's loop reads)."""
     res = PipelineResult(config={}, source="s", target="t", protocol="standard", recipes={},
