@@ -190,7 +190,9 @@ def embedded(
     finetune: str = typer.Option("lp,ff", help="Finetuning modes",
                                  callback=list_callback(FINETUNE_MODES, "a finetuning mode", required=True)),
     data: str = typer.Option("synth:hard", "--data", help="A synth SOURCE with ground truth "
-                             "(default: the benchmark preset, targets off the LP ceiling)"),
+                             "(default: the benchmark preset, targets off the LP ceiling); any "
+                             "preset runs the bench recipes (recipes=bench), not the preset's "
+                             "own"),
     data_root: Path = typer.Option(Path("data")),
     runs_root: Path = typer.Option(Path("runs/embedded-benchmark")),
     format: Format = typer.Option(Format.wds, "--format", help=FORMAT_HELP),
