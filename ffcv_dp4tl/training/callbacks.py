@@ -330,7 +330,14 @@ def read_seen(out_dir: str | Path, epoch: int) -> dict[int, np.ndarray]:
     files = _epoch_files(seen, epoch)
     if not files:
         raise DP4TLError(f"{seen} holds no record of epoch {epoch}")
-    return {q: np.load(files[q]) for q in sorted(files)}
+    out, damaged = {}, []
+    for q in sorted(files):
+        part = _read_part(files[q], damaged)  # (the resume's rule: a one-line reason, no traceback)
+        if part is None:
+            raise DP4TLError(f"{seen}: the record of epoch {epoch} cannot be read "
+                             f"({damaged[0]}); train the epoch again to record it")
+        out[q] = part
+    return out
 
 
 def _epoch_files(seen: Path, epoch: int) -> dict[int, Path]:

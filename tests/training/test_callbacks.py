@@ -130,6 +130,21 @@ def test_a_damaged_part_marks_the_epoch_partial_instead_of_a_traceback(tmp_path,
         read_seen(tmp_path, 1)
 
 
+def test_read_seen_of_a_damaged_epoch_file_is_one_line(tmp_path):
+    """A finished epoch's file cut short gave numpy's traceback from ``read_seen``: it is one
+    line naming the file, like a damaged step part on a resume."""
+    (rec,) = _ranks(tmp_path, 1)
+    _batches(rec, 0, 1, range(8))
+    rec.on_epoch_end({"epoch": 1})
+    rec.on_epoch_saved(1)
+    np.testing.assert_array_equal(read_seen(tmp_path, 1)[0], ORDER)
+    f = tmp_path / "seen" / "rank0_epoch1.npy"
+    f.write_bytes(f.read_bytes()[:10])
+    with pytest.raises(DP4TLError, match=r"the record of epoch 1 cannot be read "
+                                         r"\(rank0_epoch1\.npy \(.*\)\); train the epoch again"):
+        read_seen(tmp_path, 1)
+
+
 def test_the_parts_outlive_the_epochs_end_until_its_checkpoint_is_saved(tmp_path):
     """A kill after the epoch's end was recorded but before its checkpoint was saved resumes
     from the last mid-epoch checkpoint, which needs the step parts: they stay through
