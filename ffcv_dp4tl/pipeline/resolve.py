@@ -140,15 +140,11 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
     # default stays valid where it is
     coop = any(str(sp.extra.get("split", "")).startswith("coop") for sp in specs.values())
     out = data_root / (_slug(source) + ("-coop" if coop else ""))
-    other = _built_from(out, specs)
-    if other is not None and _same_input(other, source):
-        source = other  # the same folder spelled otherwise (folder:x/, folder:x): its build
-    elif other is not None:  # another input with the same folder name (t/x, t-x)
-        hashed = out.with_name(f"{out.name}-{hashlib.sha256(source.encode()).hexdigest()[:11]}")
-        log(f"[data] {out} holds the build of {other!r}: {source!r} builds in {hashed}")
-        out = hashed
     # Pipelines sharing a data root wait for each other here (a lone `dp4tl build` of the same
     # folder is still refused by the build's own lock): the second one finds the data built.
+    # The lock is the readable name's, taken before its build is read: two pipelines started
+    # together with two specs of one name see each other's build (a spec built beside it, in
+    # a hashed folder, holds that lock while it builds too).
     with contextlib.ExitStack() as lock:
         try:
             lock.enter_context(directory_lock(data_root / f".{out.name}.pipeline.lock", f"data {out}",
@@ -156,6 +152,13 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
         except OSError as e:  # a read-only data root: nobody builds there; a finished build is used
             if not is_unwritable(e):
                 raise
+        other = _built_from(out, specs)
+        if other is not None and _same_input(other, source):
+            source = other  # the same folder spelled otherwise (folder:x/, folder:x): its build
+        elif other is not None:  # another input with the same folder name (t/x, t-x)
+            hashed = out.with_name(f"{out.name}-{hashlib.sha256(source.encode()).hexdigest()[:11]}")
+            log(f"[data] {out} holds the build of {other!r}: {source!r} builds in {hashed}")
+            out = hashed
         for sub, spec in specs.items():
             if split_note(spec):
                 log(f"[data] {source}: {split_note(spec)}")
