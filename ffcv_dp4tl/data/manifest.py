@@ -316,30 +316,24 @@ def _input_folder_problem(root: Path) -> str | None:
 
 
 def _has_image(folder: Path) -> bool:
-    """``folder`` directly holds a file the ``folder`` layout would read as an image (by
-    extension, as ``beton_builders.layouts._common.list_images``; hidden ones skipped)."""
-    import os
-
-    from beton_builders.layouts._common import IMAGE_EXTS, is_hidden
+    """``folder`` directly holds a file the ``folder`` layout would read as an image (its own
+    rule, ``list_images``); a folder it cannot list holds none, for this message's purpose."""
+    from beton_builders.layouts._common import list_images
 
     try:
-        with os.scandir(folder) as it:
-            return any(not is_hidden(e.name) and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS
-                       and e.is_file() for e in it)
-    except OSError:
+        return bool(list_images(folder, recursive=False))
+    except DataError:
         return False
 
 
 def _subfolders(folder: Path) -> list[Path]:
-    """``folder``'s sub-folders that the ``folder`` layout would read (not hidden), sorted."""
-    import os
-
-    from beton_builders.layouts._common import is_hidden
+    """``folder``'s sub-folders that the ``folder`` layout would read (its own rule,
+    ``subdirs``); none where it cannot list them."""
+    from beton_builders.layouts._common import subdirs
 
     try:
-        with os.scandir(folder) as it:
-            return sorted(Path(e.path) for e in it if not is_hidden(e.name) and e.is_dir())
-    except OSError:
+        return subdirs(folder)
+    except DataError:
         return []
 
 

@@ -240,8 +240,10 @@ class RecordSeen(Callback):
             if own is not None:
                 self._parts = [torch.from_numpy(own)]
                 return
-        read = {q: _read_part(parts[q], damaged) for q in range(old_world) if q in parts}
-        loaded = [a for a in read.values() if a is not None]
+            loaded = []  # (damaged: the epoch is partial, the others need not be read)
+        else:
+            loaded = [a for q in range(old_world) if q in parts
+                      if (a := _read_part(parts[q], damaged)) is not None]
         if (not parts or damaged or len(loaded) != old_world or len({len(a) for a in loaded}) != 1
                 or (len(loaded[0]) * old_world) % world):
             self._parts = []

@@ -50,7 +50,7 @@ from torch import nn
 from ..contracts import FinetuneHead, FinetuneMode
 from ..data import AugSpec, load_manifest, load_mask, make_loader
 from ..data.loaders import resolve_decode
-from ..errors import DataError, DP4TLError
+from ..errors import DataError, DP4TLError, count
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
 from ..outputs import claim_out_dir
 from .callbacks import MetricsWriter, call
@@ -306,10 +306,9 @@ def check_target_classes(manifest) -> None:
     """A target to finetune on has at least two classes: with one, every prediction is right
     and top-1 reads 100 % whatever the source model (it was reported so, without a word)."""
     if manifest.num_classes < 2:
-        raise DataError(f"the target {manifest.root} has {manifest.num_classes} class"
-                        f"{'' if manifest.num_classes == 1 else 'es'}: finetuning needs at least "
-                        "2 (with one, top-1 is 100 % whatever the model); build the target with "
-                        "two classes or more")
+        raise DataError(f"the target {manifest.root} has {count(manifest.num_classes, 'class')}: "
+                        "finetuning needs at least 2 (with one, top-1 is 100 % whatever the "
+                        "model); build the target with two classes or more")
 
 
 def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Path, out_dir: Path,

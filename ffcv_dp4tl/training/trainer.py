@@ -378,8 +378,8 @@ def few_steps_note(recipe: Recipe, num_samples: int) -> str | None:
     total = per_epoch * tc.epochs
     if total >= FEW_STEPS:
         return None
-    return (f"{num_samples} samples at train.batch_size {tc.batch_size} make {per_epoch} "
-            f"optimizer step{'' if per_epoch == 1 else 's'} an epoch, {total} in all over "
+    return (f"{num_samples} samples at train.batch_size {tc.batch_size} make "
+            f"{count(per_epoch, 'optimizer step')} an epoch, {total} in all over "
             f"{tc.epochs} epochs: too few to learn much (expect accuracy near chance); keep more "
             "samples (a lower ratio) or lower train.batch_size")
 
