@@ -285,6 +285,19 @@ class StepParts:
                                clip_params=self.clip_params, **kw)
 
 
+def objective_class(recipe: Recipe) -> type:
+    """The objective ``recipe`` trains with: MoCo for ``ssl.method``, PGD adversarial for
+    ``adv.steps > 0``, else cross-entropy. Its class attributes (``drop_last``,
+    ``supervised``) are known before any model is built (:func:`few_steps_note`)."""
+    if recipe.ssl.method != "none":
+        from .moco import MoCoObjective
+        return MoCoObjective
+    if recipe.adv.steps > 0:
+        from .adversarial import AdversarialObjective
+        return AdversarialObjective
+    return CrossEntropyObjective
+
+
 def build_step_parts(recipe: Recipe, num_classes: int, ctx: dist_.DistContext,
                      ckpt: Checkpoint | None = None) -> StepParts:
     """Model (seeded from ``train.seed``), optimiser, grad scaler, objective and compiled/DDP
@@ -311,18 +324,16 @@ def build_step_parts(recipe: Recipe, num_classes: int, ctx: dist_.DistContext,
         opt.load_state_dict(ckpt.optimizer)
         scaler.load_state_dict(ckpt.scaler)
     from .ssl_augment import color_jitter_augment
+    kind = objective_class(recipe)
     if ssl:
-        from .moco import MoCoObjective
-        objective = MoCoObjective(net, recipe.ssl, ctx)
+        objective = kind(net, recipe.ssl, ctx)
     elif recipe.adv.steps > 0:  # PGD adversarial training: the plain net attacks (adversarial.py)
-        from .adversarial import AdversarialObjective, PGDAttack
-        objective = AdversarialObjective(net, PGDAttack.from_recipe(recipe.adv),
-                                         recipe.optim.label_smoothing, tc.crop_scale,
-                                         color_jitter_augment(recipe.train), tc.crop_ratio)
+        from .adversarial import PGDAttack
+        objective = kind(net, PGDAttack.from_recipe(recipe.adv), recipe.optim.label_smoothing,
+                         tc.crop_scale, color_jitter_augment(recipe.train), tc.crop_ratio)
     else:
-        objective = CrossEntropyObjective(recipe.optim.label_smoothing,
-                                          color_jitter_augment(recipe.train), tc.crop_scale,
-                                          tc.crop_ratio)
+        objective = kind(recipe.optim.label_smoothing, color_jitter_augment(recipe.train),
+                         tc.crop_scale, tc.crop_ratio)
     if ckpt:
         objective.load_state_dict(ckpt.objective)
     train_model: nn.Module = net
@@ -369,11 +380,13 @@ FEW_STEPS = 20
 def few_steps_note(recipe: Recipe, num_samples: int) -> str | None:
     """A note when a training of ``num_samples`` samples takes fewer than :data:`FEW_STEPS`
     optimizer steps in all (its epochs times the full batches of ``train.batch_size``, a last
-    partial one counted unless ``train.drop_last``), else None. A pipeline that pruned to 182
-    samples pretrained 1 step an epoch at batch 128, 10 in all, and reported val top-1 at
-    chance without a word (review); the run is legal, so this is said, not refused."""
+    partial one counted unless ``train.drop_last`` or the objective drops it, as MoCo does),
+    else None. A pipeline that pruned to 182 samples pretrained 1 step an epoch at batch 128,
+    10 in all, and reported val top-1 at chance without a word (review); the run is legal, so
+    this is said, not refused."""
     tc = recipe.train
-    per_epoch = num_samples // tc.batch_size + (0 if tc.drop_last or
+    drop_last = tc.drop_last or objective_class(recipe).drop_last  # (as train() loads)
+    per_epoch = num_samples // tc.batch_size + (0 if drop_last or
                                                 num_samples % tc.batch_size == 0 else 1)
     total = per_epoch * tc.epochs
     if total >= FEW_STEPS:

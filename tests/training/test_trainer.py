@@ -215,6 +215,11 @@ def test_a_training_of_few_steps_is_called_out():
     assert few_steps_note(keep_last, 255) is None  # 2 steps x 10 = 20
     assert "make 2 optimizer steps an epoch, 18 in all" in few_steps_note(
         load_recipe("resnet34_tiny_cpu", ["train.epochs=9"]), 256)
+    # MoCo drops the last partial batch whatever train.drop_last says (its queue takes full
+    # batches): 255 samples are 1 step an epoch there, not 2
+    moco = load_recipe("moco_v2_tiny_cpu", ["train.drop_last=false"])
+    assert (moco.train.batch_size, moco.train.epochs) == (128, 10)
+    assert "make 1 optimizer step an epoch, 10 in all" in few_steps_note(moco, 255)
 
 
 class Recorder(Callback):
