@@ -188,7 +188,10 @@ def _check_spec(spec: DatasetSpec) -> None:
                             f"split {split!r}")
 
 
-def _settings(spec: DatasetSpec, opts: BuildOptions, source: str) -> dict:
+def build_settings(spec: DatasetSpec, opts: BuildOptions, source: str) -> dict:
+    """What a build of ``spec`` with ``opts`` records first (``.build/settings.json``) and its
+    manifest keeps: two builds with equal settings are the same build. ``source`` is the spec
+    as written."""
     settings = {"format": FORMAT, "source": source, "options": opts.content_settings(),
                 "listing": _listing_digest(spec)}
     if spec.content:
@@ -219,7 +222,7 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
     """Check/record build settings. Returns (settings, already_complete). ``overwrite``
     replaces a dp4tl build only: a folder holding anything else is refused before a file is
     touched (its files could be the user's own betons, shards or notes)."""
-    settings = _settings(spec, opts, source)
+    settings = build_settings(spec, opts, source)
     manifest_path = out_dir / MANIFEST_NAME
     settings_path = settings_file(out_dir)
     check_ours(out_dir, option)  # (again under the lock)
@@ -319,7 +322,7 @@ def _complete_build(spec: DatasetSpec, out_dir: Path, opts: BuildOptions,
     manifest_path = out_dir / MANIFEST_NAME
     if not manifest_path.is_file():
         return None
-    settings = _settings(spec, opts, source)
+    settings = build_settings(spec, opts, source)
     manifest = DatasetManifest.from_json(read_json(manifest_path, "manifest"), manifest_path)
     if manifest.build != settings:
         return None

@@ -114,6 +114,39 @@ def _same_input(a: str, b: str) -> bool:
     return os.path.realpath(os.path.expanduser(pa)) == os.path.realpath(os.path.expanduser(pb))
 
 
+def _build_of_same_input(data_root: Path, specs: dict, source: str, skip: Path,
+                         split: str) -> tuple[Path, str, dict] | None:
+    """(folder, spec, its resolved specs) of a build in ``data_root`` (finished or interrupted,
+    other than ``skip``) of the same input as ``source`` spelled otherwise: a relative and an
+    absolute path to one folder have two readable names (:func:`_slug`), and the second
+    spelling built a second full copy beside the first (review). The build must be the one
+    its own spelling makes today (same listing, options and split: a CoOp build is not an
+    official-split one)."""
+    from beton_builders.out_dir import settings_file
+    from beton_builders.sources import default_max_side, resolve_source
+    from beton_builders.writer import BuildOptions, build_settings
+
+    try:
+        folders = sorted(d for d in data_root.iterdir() if d.is_dir() and d != skip)
+    except OSError:  # (no data root yet)
+        return None
+    for d in folders:
+        other = _built_from(d, specs)
+        if other is None or other == source or not _same_input(other, source):
+            continue
+        try:
+            recorded = {sub: json.loads(settings_file(d / sub if sub else d).read_text())
+                        for sub in specs}
+            theirs = resolve_source(other, split=split)
+        except (OSError, ValueError, DataError):
+            continue
+        if theirs.keys() == specs.keys() and all(
+                recorded[sub] == build_settings(sp, BuildOptions(max_side=default_max_side(sp)),
+                                                other) for sub, sp in theirs.items()):
+            return d, other, theirs
+    return None
+
+
 def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
                  split: str = "auto", option: str = "--data") -> Path:
     """A built dataset dir for ``source`` (a dir with a manifest, or a SOURCE to build);
@@ -153,8 +186,15 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
             if not is_unwritable(e):
                 raise
         other = _built_from(out, specs)
+        elsewhere = (None if other is not None and _same_input(other, source) else
+                     _build_of_same_input(data_root, specs, source, out, split))
         if other is not None and _same_input(other, source):
-            source = other  # the same folder spelled otherwise (folder:x/, folder:x): its build
+            if other != source:  # the same folder spelled otherwise (folder:x/, a link): its build,
+                source, specs = other, resolve_source(other, split=split)  # listed as it was
+        elif elsewhere is not None:  # spelled with another readable name (relative, absolute)
+            log(f"[data] {source!r} reads the input of {elsewhere[1]!r}: its build in "
+                f"{elsewhere[0]} is used")
+            out, source, specs = elsewhere
         elif other is not None:  # another input with the same folder name (t/x, t-x)
             hashed = out.with_name(f"{out.name}-{hashlib.sha256(source.encode()).hexdigest()[:11]}")
             log(f"[data] {out} holds the build of {other!r}: {source!r} builds in {hashed}")

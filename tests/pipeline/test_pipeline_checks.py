@@ -228,6 +228,18 @@ def test_two_sources_with_one_folder_name_build_side_by_side(tmp_path, monkeypat
     logs.clear()
     assert ensure_built("folder:t/x/", root, logs.append) == first
     assert not any("built" in m for m in logs), logs
+    # ... and so is its absolute path, whose readable name is another (review)
+    logs.clear()
+    assert ensure_built(f"folder:{tmp_path}/t/x", root, logs.append) == first
+    assert logs[0] == (f"[data] 'folder:{tmp_path}/t/x' reads the input of 'folder:t/x': its "
+                       f"build in {first} is used"), logs
+    assert not any("built" in m for m in logs), logs
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted([first.name, second.name])
+    assert ensure_built(f"folder:{tmp_path}/t-x", root, logs.append) == second
+    (tmp_path / "link").symlink_to(tmp_path / "t" / "x")  # a link to it: listed under the link
+    logs.clear()
+    assert ensure_built("folder:link", root, logs.append) == first, logs
+    assert not any("built" in m for m in logs), logs
 
 
 def test_a_target_of_one_class_is_refused_before_the_surrogate(small_synth, tmp_path):
