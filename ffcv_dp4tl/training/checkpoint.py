@@ -126,6 +126,7 @@ class Checkpoint:
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     world_size: int = 1
     format: str = ""                            # dataset format trained from (ffcv / wds)
+    cpu_threads: int = 0                        # torch's CPU threads it trained with (0: not recorded)
     format_version: int = CHECKPOINT_VERSION  # as read (0 = legacy dict); written: the current
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)   # unknown keys, kept
 

@@ -625,21 +625,35 @@ def _resume_notes(ckpt: Checkpoint, recipe: Recipe, fmt: str, ckpt_path: Path,
     """A resume that continues under settings outside the run's identity, which the result
     still depends on, says so in one line each (not refused: such checkpoints resumed before
     and must still resume): another ``--format`` (the same sample order, decoded differently,
-    and the checkpoint then records the new one), and on ``cpu`` another ``data.num_workers``
-    (hashed as its default; on CPU it sets torch's thread count, :func:`pin_cpu_threads`: on
-    a GPU nothing the weights depend on)."""
+    and the checkpoint then records the new one), and on ``cpu`` another torch thread count
+    (it follows ``data.num_workers`` capped at the cores, :func:`pin_cpu_threads`, which is
+    hashed as its default; on a GPU nothing the weights depend on). The count compared is the
+    one the checkpoint recorded (``cpu_threads``), which the machine decided as much as the
+    recipe; a checkpoint from before it was recorded compares the recipes' ``num_workers``."""
     if ckpt.format and ckpt.format != fmt:
         warnings.warn(f"{ckpt_path} was trained from --format {ckpt.format} and this run reads "
                       f"--format {fmt}: the samples come in the same order but are decoded "
                       f"differently, so the result matches neither an uninterrupted {ckpt.format} "
                       f"run nor a {fmt} one (rerun with --format {ckpt.format} to continue it as "
                       "it was)", stacklevel=3)
+    if not cpu:
+        return
+    why = ("loading workers do not change the sample order, but on CPU torch's thread count "
+           "follows data.num_workers, so the weights may differ in the last bits from an "
+           "uninterrupted run")
+    if ckpt.cpu_threads:
+        from ..data.resources import loader_cores
+
+        now = torch.get_num_threads()
+        if ckpt.cpu_threads != now:
+            warnings.warn(f"{ckpt_path} was trained with {count(ckpt.cpu_threads, 'CPU thread')} "
+                          f"and this run has {now} (data.num_workers={recipe.data.num_workers} "
+                          f"on {count(loader_cores(), 'core')}): {why}", stacklevel=3)
+        return
     workers = ckpt.recipe.get("data", {}).get("num_workers") if ckpt.recipe else None
-    if cpu and workers is not None and workers != recipe.data.num_workers:
+    if workers is not None and workers != recipe.data.num_workers:
         warnings.warn(f"{ckpt_path} was written with data.num_workers={workers} and this run has "
-                      f"{recipe.data.num_workers}: loading workers do not change the sample order, "
-                      "but on CPU torch's thread count follows data.num_workers, so the weights "
-                      "may differ in the last bits from an uninterrupted run", stacklevel=3)
+                      f"{recipe.data.num_workers}: {why}", stacklevel=3)
 
 
 def _resume_rng(ckpt: Checkpoint, ctx: dist_.DistContext, seed: int) -> None:
@@ -716,7 +730,8 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
             classes=manifest.classes,
             self_supervised=None if objective.supervised else objective.name,
             objective=objective.state_dict(), timings=timer.totals,
-            world_size=ctx.world_size, format=fmt, **mid_epoch)
+            world_size=ctx.world_size, format=fmt, cpu_threads=torch.get_num_threads(),
+            **mid_epoch)
 
     def save_mid_epoch(epoch: int, done: EpochProgress) -> None:
         rank_rng = dist_.all_gather(ctx, rng_states())  # (every rank: a collective)

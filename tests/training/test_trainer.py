@@ -168,6 +168,8 @@ def test_resuming_in_the_other_format_says_so(source_dir, tmp_path, test_recipe,
                                          r"this run reads --format wds: .*matches neither") as ws:
         row = train(r, source_dir, out_dir=tmp_path / "a", fmt="wds", **kw)
     assert row["epoch"] == 1 and Checkpoint.load(tmp_path / "a" / "checkpoint.pt").epoch == 2
+    # the thread count it trained with, which a resume compares (pin_cpu_threads set it)
+    assert Checkpoint.load(tmp_path / "a" / "checkpoint.pt").cpu_threads == torch.get_num_threads()
     assert all("\n" not in str(w.message) for w in ws)
 
 
@@ -194,6 +196,32 @@ def test_resume_notes_another_num_workers(recwarn):
     ckpt.recipe, ckpt.format = {}, ""  # older checkpoints: nothing recorded, nothing said
     _resume_notes(ckpt, recipe, "ffcv", Path("x/checkpoint.pt"))
     assert not recwarn.list
+
+
+
+def test_resume_notes_compare_the_threads_the_machine_gave(recwarn, monkeypatch):
+    """A checkpoint records torch's CPU thread count (data.num_workers capped at the cores):
+    a resume compares that, not the recipes' num_workers. 4 and 8 workers asked on a 2-core
+    machine both train with 2 threads (the note said they differed); 2 asked then and 1 now
+    differ."""
+    from ffcv_dp4tl.training.recipe import load_recipe
+    from ffcv_dp4tl.training.trainer import _resume_notes
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    ckpt = Checkpoint(model={}, arch="resnet18", num_classes=3, identity={}, format="wds",
+                      recipe=load_recipe("resnet18_tiny_cpu", ["data.num_workers=8"]).to_dict(),
+                      cpu_threads=2)
+    _resume_notes(ckpt, load_recipe("resnet18_tiny_cpu", ["data.num_workers=4"]), "wds",
+                  Path("x/checkpoint.pt"))
+    assert not recwarn.list
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    with pytest.warns(UserWarning, match=r"^x/checkpoint\.pt was trained with 2 CPU threads and "
+                                         r"this run has 1 \(data\.num_workers=8 on \d+ cores?\): "
+                                         r"loading workers do not change"):
+        _resume_notes(ckpt, load_recipe("resnet18_tiny_cpu", ["data.num_workers=8"]), "wds",
+                      Path("x/checkpoint.pt"))
+    # written by a run: the count it trained with, read back
+    assert Checkpoint.from_dict(ckpt.to_dict()).cpu_threads == 2
 
 
 def test_a_training_of_few_steps_is_called_out():
