@@ -1,7 +1,8 @@
 """Model registry: ``create_model(name, num_classes, **kw)``, plus feature helpers for scoring.
 
-Every architecture is a torchvision model built with random init: nothing is ever downloaded,
-all runs start from random init (the paper trains its own source models).
+Every architecture is built with random init (torchvision's ResNets and ViT, and the small
+CIFAR ResNets and VGGs below): nothing is ever downloaded, all runs start from random init
+(the paper trains its own source models).
 
 **The backbone interface** (timm's method names; see :class:`Backbone`). Every registered model
 exposes ``num_features``, ``forward_features(x)`` (the pooled penultimate features, what timm's
@@ -11,7 +12,10 @@ use only these, never the architecture's attribute names (``fc``, ``heads.head``
 a model means registering a constructor whose module implements them; the subclasses below
 add them to torchvision's ResNet and ViT without changing their state_dicts.
 
-Knobs (all keyword arguments, all settable from a recipe's ``[model]`` section):
+Knobs (all keyword arguments, all settable from a recipe's ``[model]`` section, :data:`MODEL_KNOBS`).
+A builder takes the ones it declares (:func:`register`'s ``knobs``, or its keyword parameters of
+those names); a recipe that sets another one away from its default is refused, never ignored
+(:func:`~ffcv_dp4tl.training.trainer.model_kwargs`):
 
 * ``blurpool`` — anti-aliased downsampling as in ffcv-imagenet: every strided conv with at least
   16 input channels is preceded by a fixed 3×3 binomial blur (``BlurPoolConv2d``). ffcv-imagenet
@@ -25,7 +29,8 @@ Knobs (all keyword arguments, all settable from a recipe's ``[model]`` section):
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, runtime_checkable
+import inspect
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -35,24 +40,65 @@ from torchvision import models as tvm
 from ..errors import DP4TLError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_KNOBS: dict[str, frozenset[str]] = {}
+
+#: the recipe's ``[model]`` knobs (``ModelCfg``'s fields but ``arch``) a builder may take
+MODEL_KNOBS = ("blurpool", "small_input", "stem_stride", "width", "image_size")
+_RESNET_KNOBS = ("blurpool", "small_input", "stem_stride", "width")
 
 
-def register(name: str):
-    """Decorator adding a constructor ``fn(num_classes, **kw) -> nn.Module`` to the registry."""
+def register(name: str, knobs: Iterable[str] | None = None):
+    """Decorator adding a constructor ``fn(num_classes, **kw) -> nn.Module`` to the registry.
+
+    ``knobs``: the :data:`MODEL_KNOBS` it takes (default: its keyword parameters of those names;
+    a builder taking ``**kw`` lists them). A second, different constructor under a registered
+    name is refused: it would silently replace the first for every recipe."""
     def deco(fn):
-        _REGISTRY[name] = fn
+        if knobs is not None:
+            taken = frozenset(knobs)
+        else:
+            params = inspect.signature(fn).parameters.values()
+            if any(p.kind is p.VAR_KEYWORD for p in params):
+                raise ValueError(f"model {name!r}: its builder takes **kw, so say which recipe "
+                                 f"knobs it takes: register({name!r}, knobs=...) with some of "
+                                 f"{', '.join(MODEL_KNOBS)}")
+            taken = frozenset(p.name for p in params if p.name in MODEL_KNOBS)
+        if taken - set(MODEL_KNOBS):
+            raise ValueError(f"model {name!r}: unknown knobs {sorted(taken - set(MODEL_KNOBS))}; "
+                             f"choose from {', '.join(MODEL_KNOBS)}")
+        old = _REGISTRY.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"model {name!r} is registered already (by {old.__module__}."
+                             f"{old.__qualname__}); choose another name")
+        _REGISTRY[name], _KNOBS[name] = fn, taken
         return fn
     return deco
+
+
+def unregister(name: str) -> None:
+    """Remove a model (tests register toy models and remove them again)."""
+    _REGISTRY.pop(name, None)
+    _KNOBS.pop(name, None)
 
 
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, num_classes: int, **kw: Any) -> nn.Module:
-    """Build a randomly initialised model by registry name; unknown names/knobs → DP4TLError."""
+def _check_known(name: str) -> None:
     if name not in _REGISTRY:
         raise DP4TLError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+
+
+def model_knobs(name: str) -> frozenset[str]:
+    """The recipe ``[model]`` knobs model ``name``'s builder takes (:func:`register`)."""
+    _check_known(name)
+    return _KNOBS[name]
+
+
+def create_model(name: str, num_classes: int, **kw: Any) -> nn.Module:
+    """Build a randomly initialised model by registry name; unknown names/knobs → DP4TLError."""
+    _check_known(name)
     try:
         return _REGISTRY[name](num_classes, **kw)
     except TypeError as e:  # unexpected keyword from a recipe
@@ -191,27 +237,27 @@ def _resnet(depth: int, num_classes: int, *, blurpool: bool = False,
     return model
 
 
-@register("resnet18")
+@register("resnet18", knobs=_RESNET_KNOBS)
 def resnet18(num_classes: int, **kw: Any) -> nn.Module:
     return _resnet(18, num_classes, **kw)
 
 
-@register("resnet34")
+@register("resnet34", knobs=_RESNET_KNOBS)
 def resnet34(num_classes: int, **kw: Any) -> nn.Module:
     return _resnet(34, num_classes, **kw)
 
 
-@register("resnet50")
+@register("resnet50", knobs=_RESNET_KNOBS)
 def resnet50(num_classes: int, **kw: Any) -> nn.Module:
     return _resnet(50, num_classes, **kw)
 
 
-@register("resnet101")
+@register("resnet101", knobs=_RESNET_KNOBS)
 def resnet101(num_classes: int, **kw: Any) -> nn.Module:
     return _resnet(101, num_classes, **kw)
 
 
-@register("vit_b_16")
+@register("vit_b_16", knobs=("image_size",))
 def vit_b_16(num_classes: int, *, image_size: int = 224, **kw: Any) -> nn.Module:
     return VisionTransformer(image_size=image_size, patch_size=16, num_layers=12, num_heads=12,
                              hidden_dim=768, mlp_dim=3072, num_classes=num_classes, **kw)

@@ -77,8 +77,8 @@ from .callbacks import ConsoleLogger, MetricsWriter, RecordSeen, TensorBoardLogg
 from .checkpoint import (CHECKPOINT_NAME, Checkpoint, mask_hash, resume_from, rng_states,
                          set_rng_states)
 from .engine import CrossEntropyObjective, EpochProgress, evaluate, train_one_epoch, train_step
-from .models import create_model, get_head, unwrap
-from .recipe import Recipe, as_recipe, check_kind
+from .models import MODEL_KNOBS, create_model, get_head, model_knobs, unwrap
+from .recipe import ModelCfg, Recipe, as_recipe, check_kind
 from .schedule import peak_lr, resolution, step_schedule
 from .timing import StageTimer
 
@@ -139,12 +139,18 @@ def _remove_earlier_run(out_dir: Path) -> None:
 
 
 def model_kwargs(recipe: Recipe) -> dict[str, Any]:
-    """Constructor knobs of ``recipe.model`` for :func:`create_model` (arch-specific)."""
-    m = recipe.model
-    if m.arch.startswith("vit"):
-        return {"image_size": m.image_size}
-    return {"blurpool": m.blurpool, "small_input": m.small_input, "stem_stride": m.stem_stride,
-            "width": m.width}
+    """Constructor knobs of ``recipe.model`` for :func:`create_model`: the ones its builder takes
+    (:func:`~.models.model_knobs`). A knob it does not take, set away from its default, is
+    refused: ``model.width = 8`` for a ViT trained a full-size model without a word."""
+    m, default = recipe.model, ModelCfg()
+    taken = model_knobs(m.arch)
+    for knob in MODEL_KNOBS:
+        if knob not in taken and getattr(m, knob) != getattr(default, knob):
+            raise DP4TLError(f"{recipe.name}: model.{knob} = {getattr(m, knob)!r}, but model "
+                             f"{m.arch!r} takes no {knob} (it takes "
+                             f"{', '.join(k for k in MODEL_KNOBS if k in taken) or 'no [model] knob'}); "
+                             f"remove model.{knob} from the recipe or its --set")
+    return {knob: getattr(m, knob) for knob in MODEL_KNOBS if knob in taken}
 
 
 def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
@@ -371,6 +377,25 @@ def _check_steps(recipe: Recipe, objective, num_samples: int, drop_last: bool,
     raise DP4TLError(f"the training set keeps {num_samples} samples, fewer than one batch of "
                      f"{batch}{ranks} (train.batch_size {recipe.train.batch_size}, "
                      f"train.drop_last): no step would run; {fix}")
+
+
+def at_chance_note(top1: float | None, val_labels: np.ndarray) -> str | None:
+    """A note when a final val top-1 is within chance, else None. Chance is what a model that
+    ignores the image scores: the share of the val split's most common class (1/C when
+    balanced). Within chance: at most two standard errors of that share above it on these
+    ``len(val_labels)`` samples. A pretraining or surrogate that ended there learned nothing
+    measurable (a broken label, a decode gone wrong, far too few steps: :func:`few_steps_note`),
+    and its weights then score, prune or finetune nothing but noise; said, not refused."""
+    n = int(len(val_labels))
+    if top1 is None or n == 0:
+        return None
+    chance = float(np.bincount(np.asarray(val_labels, dtype=np.int64)).max()) / n
+    if top1 > chance + 2 * math.sqrt(chance * (1 - chance) / n):
+        return None
+    return (f"val top-1 {top1:.4f} on {n} samples is within chance: a model that always "
+            f"predicts the most common class scores {chance:.4f} here, so this training learned "
+            "nothing measurable; check the data (labels, decode) and the recipe (lr.lr, "
+            "train.epochs, train.batch_size) before using its weights")
 
 
 #: fewer optimizer steps than this in a whole training is called out (:func:`few_steps_note`)
@@ -614,10 +639,17 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     timer.add("setup", time.perf_counter() - t_start)
     try:
         call(callbacks, "on_train_begin", model)
-        return _epochs(recipe, parts, train_loader, val_loader, ctx, timer, callbacks, identity,
-                       manifest, fmt, out_dir, start_epoch, stop_after, progress, ckpt)
+        row = _epochs(recipe, parts, train_loader, val_loader, ctx, timer, callbacks, identity,
+                      manifest, fmt, out_dir, start_epoch, stop_after, progress, ckpt)
     finally:
         call(callbacks, "on_train_end")
+    if ctx.is_main and val_loader is not None and row.get("epoch") == tc.epochs - 1:
+        labels = val_split.load_labels()  # (the val samples it was validated on)
+        note = at_chance_note(row.get("top1_val"),
+                              labels if val_mask is None else labels[val_mask.indices])
+        if note:
+            warnings.warn(f"{out_dir}: {note}", stacklevel=2)
+    return row
 
 
 def _resume_notes(ckpt: Checkpoint, recipe: Recipe, fmt: str, ckpt_path: Path,

@@ -96,3 +96,47 @@ def test_resnets_at_width_64_are_torchvision_s_architectures(depth):
 def test_a_model_without_the_interface_is_named():
     with pytest.raises(DP4TLError, match="Sequential does not implement the backbone interface"):
         features(torch.nn.Sequential(torch.nn.Linear(2, 2)), torch.randn(1, 2))
+
+
+def test_a_new_model_takes_the_knobs_it_declares_and_a_recipe_setting_another_is_refused():
+    """A newcomer's builder without the ResNet knobs failed with "unexpected keyword argument
+    'blurpool'" (model_kwargs passed four knobs to every non-ViT), and a ViT recipe's
+    model.width was silently ignored (review). A builder now takes the knobs it declares (its
+    keyword parameters, or register's ``knobs``); one set away from its default that the model
+    does not take is refused with the recipe key; a name is never silently taken over."""
+    from torch import nn
+
+    from ffcv_dp4tl.training import models
+    from ffcv_dp4tl.training.recipe import load_recipe
+    from ffcv_dp4tl.training.trainer import model_kwargs
+
+    @models.register("tiny_probe")
+    def tiny_probe(num_classes: int, *, width: int = 64) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, width, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(width, num_classes))
+
+    try:
+        assert models.model_knobs("tiny_probe") == {"width"}
+        at_defaults = load_recipe("resnet18_tiny_cpu", ["model.arch=tiny_probe", "model.blurpool=true",
+                                                        "model.small_input=false", "model.stem_stride=1"])
+        assert model_kwargs(at_defaults) == {"width": 8}  # (resnet18_tiny_cpu's width)
+        with pytest.raises(DP4TLError, match=r"^resnet18_tiny_cpu: model\.blurpool = False, but model "
+                                             r"'tiny_probe' takes no blurpool \(it takes width\); remove "
+                                             r"model\.blurpool from the recipe or its --set$"):
+            model_kwargs(load_recipe("resnet18_tiny_cpu", ["model.arch=tiny_probe"]))
+        with pytest.raises(DP4TLError, match=r"model\.width = 8, but model 'vit_b_16' takes no width"):
+            model_kwargs(load_recipe("vit_b16", ["model.width=8"]))
+
+        def other(num_classes: int) -> nn.Module:
+            return nn.Linear(4, num_classes)
+
+        with pytest.raises(ValueError, match=r"^model 'resnet18' is registered already \(by "
+                                             r"ffcv_dp4tl\.training\.models\.resnet18\); choose another name"):
+            models.register("resnet18")(other)
+        assert models._REGISTRY["resnet18"] is models.resnet18
+        with pytest.raises(ValueError, match=r"takes \*\*kw, so say which recipe knobs it takes"):
+            models.register("kw_probe")(lambda num_classes, **kw: nn.Linear(4, num_classes))
+        assert "kw_probe" not in models.list_models()
+    finally:
+        models.unregister("tiny_probe")
+    assert "tiny_probe" not in models.list_models()

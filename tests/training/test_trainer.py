@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -545,3 +546,38 @@ def test_a_cadence_not_below_an_epoch_is_warned_and_a_resumed_epoch_with_no_step
         torch.nn.Linear(2, 2).parameters(), lr=0.1), None, lambda e, i, n: 0.5,
         start=EpochProgress(step=6, sums=[6.0, 3.0, 96.0, 0.0], seconds=2.0, lr=0.0125))
     assert stats["lr"] == 0.0125 and stats["samples"] == 96 and stats["train_seconds"] >= 2.0
+
+
+def test_a_training_that_ends_at_chance_is_called_out():
+    """A pretraining that ended at chance (val top-1 0.10 on 10 balanced classes) was reported
+    as any other: its weights then prune and finetune noise (review). Chance is the most common
+    val class's share; within two standard errors of it on the val samples is "at chance"."""
+    from ffcv_dp4tl.training.trainer import at_chance_note
+
+    balanced = np.repeat(np.arange(10), 30)  # 300 samples: chance 0.1, 2 s.e. = 0.0346
+    assert at_chance_note(0.10, balanced) == (
+        "val top-1 0.1000 on 300 samples is within chance: a model that always predicts the "
+        "most common class scores 0.1000 here, so this training learned nothing measurable; "
+        "check the data (labels, decode) and the recipe (lr.lr, train.epochs, "
+        "train.batch_size) before using its weights")
+    assert at_chance_note(0.134, balanced) is not None
+    assert at_chance_note(0.136, balanced) is None
+    skewed = np.array([0] * 80 + [1] * 20)  # the majority class alone scores 0.8
+    assert "scores 0.8000 here" in at_chance_note(0.85, skewed)
+    assert at_chance_note(0.9, skewed) is None
+    assert at_chance_note(None, balanced) is None and at_chance_note(0.0, balanced[:0]) is None
+
+
+def test_train_says_when_it_ended_at_chance(source_dir, tmp_path, test_recipe):
+    """With next to no learning (lr 1e-9) the run ends at chance, and train() says so once, naming
+    its folder; a run stopped before its last epoch says nothing yet."""
+    r = test_recipe("train.epochs=2", "lr.lr=1e-9", "data.num_workers=1")
+    kw = dict(device="cpu", progress=False, fmt="wds")
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter("always")
+        train(r, source_dir, out_dir=tmp_path / "a", stop_after=1, **kw)
+    assert not [w for w in ws if "within chance" in str(w.message)]
+    with pytest.warns(UserWarning, match=rf"^{tmp_path / 'a'}: val top-1 0\.\d+ on \d+ samples is "
+                                         "within chance") as ws:
+        train(r, source_dir, out_dir=tmp_path / "a", **kw)
+    assert len([w for w in ws if "within chance" in str(w.message)]) == 1
