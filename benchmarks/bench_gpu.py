@@ -183,12 +183,14 @@ def loaders(args) -> str:
              "cache), then the second epoch is timed whole; `epoch setup s` = its iter() to first batch. `ratio` = (s/image masked) / (s/image full): the goal "
              "`masked epoch <= 1.05 x kept fraction x full epoch` is `ratio <= 1.05`.", "",
              *LOADER_TABLE, *rows]
-    if args.scaling:
-        lines += ["", *_scaling(args, dev, data)]
+    if args.scaling:  # (its rows join the partial section as they come, the loaders' before them)
+        lines += ["", *_scaling(args, dev, data, lambda part: _partial(
+            args, "### Loaders alone", LOADER_TABLE, [*rows, "", *part]))]
     return "\n".join(lines)
 
 
-def _scaling(args, dev: torch.device, data: Path) -> list[str]:
+def _scaling(args, dev: torch.device, data: Path,
+             on_row: Callable[[list[str]], None] = lambda part: None) -> list[str]:
     """ffcv CPU decode with 1, 2, 4, ... workers (exactly that many: the rest of the cores are
     kept free), ``--scaling-batches`` batches of ``--scaling-batch`` per timed epoch.
 
@@ -215,6 +217,11 @@ def _scaling(args, dev: torch.device, data: Path) -> list[str]:
         rows.append(f"| {nw} | {r['images']:,} | {r['first_batch_s']:.2f} | {ips:,.0f} | {ips / nw:,.0f} | "
                     f"{_f(None if not one else ips / nw / one, '.2f')} |")
         print(rows[-1], flush=True)
+        on_row(_scaling_lines(args, dev, rows))
+    return _scaling_lines(args, dev, rows)
+
+
+def _scaling_lines(args, dev: torch.device, rows: list[str]) -> list[str]:
     return [f"#### Scaling: ffcv CPU decode by worker count ({args.resolution} px, batch {args.scaling_batch}, "
             f"{args.scaling_batches} batches per timed epoch, {dev.type})", "",
             "img/s counts the batches after the first (`first batch s`: the epoch's set-up and first batch).", "",
@@ -335,7 +342,9 @@ def train_stage(args) -> str:
     rows = [f"| synthetic input on the device (ceiling) | – | – | {_f(ceil['img_per_s'])} | 100 % | – | – | – | – | – |"]
     goal, top1, bad_total = [], [], 0
     held: dict[str, tuple | str] = {}  # fmt -> its first CPU-decode run's model (or why none)
-    for fmt, decode in _parse_loaders(args.loaders):
+    asked = _parse_loaders(args.loaders)
+    compared: dict[str, str] = {}  # fmt -> its decode comparison's verdict line
+    for fmt, decode in asked:
         for nw in (workers if decode == "cpu" else workers[:1]):
             r = load_recipe(args.recipe, base + [f"data.decode={decode}", f"data.num_workers={nw}"])
             if dev.type == "cuda":
@@ -350,7 +359,7 @@ def train_stage(args) -> str:
                     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
                     timings = json.loads((run / "timings.json").read_text()).get("stages", {})
                     if decode == "cpu" and not isinstance(held.get(fmt), tuple):
-                        try:  # kept for the decode comparison, made after every run trained
+                        try:  # kept for the decode comparison, made right after this run
                             held[fmt] = (_trained_model(run), r, nw, f"the {fmt} + cpu decode run with {nw} worker{'s' * (nw != 1)}",
                                          metrics[-1].get("top1_val"))
                         except Exception as e:  # noqa: BLE001
@@ -373,7 +382,12 @@ def train_stage(args) -> str:
                         f"{timings.get('setup', 0.0):.1f} | {bad} | {_f(peak, '.1f')} | "
                         f"{'–' if acc is None else format(acc, '.4f')} |")
             print(rows[-1], flush=True)
-            _partial(args, title, TRAIN_TABLE, rows)
+            if (fmt, "gpu") in asked and fmt not in compared and isinstance(held.get(fmt), tuple):
+                # compared as soon as its model is there, before the other loaders train: the
+                # stage's limit then cuts a throughput row, never this must-show line
+                compared[fmt] = _decode_comparison(fmt, held[fmt], data, dev)
+                print(f"[train] {compared[fmt]}", flush=True)
+            _partial(args, title, TRAIN_TABLE, rows + [""] + [f"- {v}" for v in compared.values()])
     best = max(goal, key=lambda g: g[1]) if goal else None
     verdict = ["no loader trained" if best is None else
                f"best: {best[0]} at {best[1]:,.0f} img/s = {100 * (best[2] or 0):.0f} % of the ceiling; goal >= 90 %: "
@@ -383,11 +397,12 @@ def train_stage(args) -> str:
         verdict.append(f"val top-1 of the separately trained runs: {100 * min(top1):.2f} .. {100 * max(top1):.2f} % "
                        f"({100 * (max(top1) - min(top1)):.2f} points apart): run-to-run noise at {args.epochs} "
                        "epochs (even between two runs of the same decoder), not the decode comparison")
-    asked = _parse_loaders(args.loaders)
     for fmt in ("ffcv", "wds"):
         if (fmt, "cpu") in asked and (fmt, "gpu") in asked:
-            verdict.append(_decode_comparison(fmt, held.get(fmt), data, dev))
-            print(f"[train] {verdict[-1]}", flush=True)
+            if fmt not in compared:  # (no CPU-decode model: the line says why)
+                compared[fmt] = _decode_comparison(fmt, held.get(fmt), data, dev)
+                print(f"[train] {compared[fmt]}", flush=True)
+            verdict.append(compared[fmt])
     held.clear()
     lines = [title, "",
              f"Recipe `{args.recipe}` with {', '.join(f'`{o}`' for o in base)}: {recipe.train.precision}, "

@@ -125,7 +125,9 @@ def _pipeline_md(args, rows: list[str], reports: list[tuple[str, str]]) -> str:
     lines = ["### The user's path: `dp4tl pipeline`", "",
              f"Source `{args.data}`, ratio {args.ratio}, device `{args.device}`; extra options "
              f"`{' '.join(shlex.quote(a) for a in args.extra) or '-'}`. One runs root: the surrogate is trained "
-             "by the first run and reused (stage cache) by the next.", "",
+             "by the first run and reused (stage cache) by the next. FM's assignment method: "
+             + (f"`{os.environ['DP4TL_FM_METHOD']}`, fixed by `DP4TL_FM_METHOD`."
+                if os.environ.get("DP4TL_FM_METHOD") else "measured (`auto`)."), "",
              "| method | result | seconds | report |", "| --- | --- | ---: | --- |", *rows]
     for method, text in reports:
         body = [("###" + ln) if ln.startswith("#") else ln for ln in text.strip().splitlines()]

@@ -218,7 +218,23 @@ def make_data_cupy(n: int, d: int, k: int, targets: int, seed: int):
 
 
 # -- runs ----------------------------------------------------------------------------------
-def run_gpu(args) -> tuple[list[Result], list[str], dict[str, str]]:
+class Rows(list):
+    """The results so far, each handed to ``on_add(rows)`` as it is appended: the GPU check
+    kills the stage at its limit, and a section written at the end only would then return
+    nothing (review), so every row is printed and the section saved as it comes."""
+
+    def __init__(self, on_add: Callable[["Rows"], None] | None = None):
+        super().__init__()
+        self.on_add = on_add
+
+    def append(self, r: Result) -> None:
+        super().append(r)
+        if self.on_add is not None:
+            self.on_add(self)
+
+
+def run_gpu(args, partial: Callable[[list[Result], dict[str, str]], None] | None = None
+            ) -> tuple[list[Result], list[str], dict[str, str]]:
     import cupy as cp
 
     from ffcv_dp4tl.kernels import cuda as kcuda
@@ -232,7 +248,7 @@ def run_gpu(args) -> tuple[list[Result], list[str], dict[str, str]]:
     c_host = c.get()
     host_rows = lambda rows: x[cp.asarray(rows)].get()  # noqa: E731
     n, k, d = args.n, args.k, args.d
-    results: list[Result] = []
+    results = Rows(None if partial is None else lambda rows: partial(rows, info))
 
     times, (labels, d2) = time_cupy(lambda: kcuda.assign_nearest(x, c), args.warmup, args.repeats)
     fused = Result("CuPy fused kernel (ours)", times, labels.get())
@@ -372,7 +388,8 @@ def run_gpu(args) -> tuple[list[Result], list[str], dict[str, str]]:
     return results, fm_lines, info
 
 
-def run_cpu(args) -> tuple[list[Result], list[str], dict[str, str]]:
+def run_cpu(args, partial: Callable[[list[Result], dict[str, str]], None] | None = None
+            ) -> tuple[list[Result], list[str], dict[str, str]]:
     try:
         import torch
     except ImportError:
@@ -380,7 +397,7 @@ def run_cpu(args) -> tuple[list[Result], list[str], dict[str, str]]:
     info = versions(gpu=False, torch=torch)
     x, c, t = make_data_numpy(args.n, args.d, args.k, args.targets, args.seed)
     host_rows = lambda rows: x[rows]  # noqa: E731
-    results: list[Result] = []
+    results = Rows(None if partial is None else lambda rows: partial(rows, info))
 
     times, (labels, d2) = time_cpu(lambda: kcpu.assign_nearest_numba(x, c), args.warmup, args.repeats)
     oracle = Result("numba oracle (float64 accum.)", times, labels)
@@ -774,11 +791,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"host part of one Lloyd update at N={args.n:,}, D={args.d}, K={args.k:,} (one empty cluster; process CPU s): "
               + ", ".join(f"{name} {1e3 * sec:.1f} ms" for name, sec in ph.items()))
         return 0
-    results, fm_lines, info = run_cpu(args) if args.cpu_smoke else run_gpu(args)
+    section = CPU_SECTION if args.cpu_smoke else GPU_SECTION
+
+    def partial(rows: list[Result], info: dict[str, str]) -> None:
+        r = rows[-1]
+        print(f"[row] {r.name}: " + (f"median {r.median:.4f} s" if r.times else "-") + f"; {r.note}",
+              flush=True)
+        if args.output is not None:  # (the full FM run is the last part)
+            write_section(args.output, section, markdown(
+                args, rows, ["_(partial: the run did not get this far yet)_"], info))
+
+    results, fm_lines, info = (run_cpu if args.cpu_smoke else run_gpu)(args, partial)
     body = markdown(args, results, fm_lines, info)
     print(body)
     if args.output is not None:
-        write_section(args.output, CPU_SECTION if args.cpu_smoke else GPU_SECTION, body)
+        write_section(args.output, section, body)
         print(f"updated {args.output}")
     failed = [r.name for r in results if not r.ok]
     if failed:

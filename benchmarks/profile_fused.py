@@ -23,12 +23,15 @@ rehearsal runs the same command. Then it adds what this host's compiler made of 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,6 +165,33 @@ def markdown(parsed: dict[str, dict], args: argparse.Namespace, ncu: str, versio
     return lines
 
 
+def ncu_timeout(asked: int, now: float | None = None) -> int:
+    """``asked`` seconds, or fewer: what is left before ``GPU_CHECK_DEADLINE`` (the epoch second
+    at which gpu_check.sh kills the stage) less 3 s to write the section, so a slow ncu ends in
+    "did not finish" instead of a killed stage with nothing written (at least 1 s)."""
+    deadline = os.environ.get("GPU_CHECK_DEADLINE", "")
+    if not deadline.isdigit():
+        return asked
+    left = int(deadline) - int(time.time() if now is None else now) - 3
+    return max(1, min(asked, left))
+
+
+def run_group(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a session of its own, whose every process is killed at the timeout:
+    ncu's profiled target (a python holding the GPU) must not outlive a cut ncu into the next
+    stage."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def profile(args: argparse.Namespace) -> list[str]:
     ncu = find_ncu(args.ncu)
     head = [title(args), ""]
@@ -171,9 +201,10 @@ def profile(args: argparse.Namespace) -> list[str]:
     try:
         version = subprocess.run([ncu, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
         version = version.splitlines()[-1] if version else "version unknown"
-        done = subprocess.run(ncu_command(ncu, args), capture_output=True, text=True, timeout=args.timeout)
+        timeout = ncu_timeout(args.timeout)
+        done = run_group(ncu_command(ncu, args), timeout)
     except subprocess.TimeoutExpired:
-        return [*head, f"ncu did not finish in {args.timeout} s: no profile."]
+        return [*head, f"ncu did not finish in {timeout} s: no profile."]
     except OSError as e:
         return [*head, f"ncu could not start ({e}): no profile."]
     print(done.stdout)
@@ -217,12 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.launch:
         launch(args.n, args.d, args.k, args.seed)
         return 0
-    lines = profile(args) + [""] + compiler_report(args.d)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.md:
-        with open(args.md, "a", encoding="utf-8") as f:
-            f.write(text + "\n")
+    # the compiler report first (seconds, no GPU needed), each part written as soon as it is
+    # made: a stage cut during ncu still returns the report (gpu_check.sh kills at its limit)
+    for part in (lambda: compiler_report(args.d), lambda: profile(args)):
+        text = "\n".join(part()) + "\n"
+        print(text, flush=True)
+        if args.md:
+            with open(args.md, "a", encoding="utf-8") as f:
+                f.write(text + "\n")
     return 0
 
 

@@ -22,3 +22,31 @@ def test_bf16_exact_equals_torchs_bfloat16_rounding():
     assert np.array_equal(got, torch.from_numpy(x).to(torch.bfloat16).float().numpy())
     assert got[0, 0] == 1.0 and got[0, 1] == 1 + 2**-6 and got[0, 2] == -1.0
     assert np.array_equal(_bench().bf16_exact(got), got)  # already exact: unchanged
+
+
+def test_rows_are_saved_as_they_come_so_a_cut_stage_still_returns_them(tmp_path, monkeypatch, capsys):
+    """The GPU check kills the fm stage at its limit; the section was written at the end only,
+    so a cut returned nothing (review). Each row is now printed and the section saved as it
+    comes; the full run replaces the partial section."""
+    bench = _bench()
+    md = tmp_path / "fm.md"
+    md.write_text("")
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # the stage's timeout, during the full FM run (the last part)
+
+    monkeypatch.setattr(bench, "run_fm", killed)
+    args = ["--cpu-smoke", "--n", "400", "--k", "8", "--targets", "40", "--iters", "2",
+            "--warmup", "0", "--repeats", "1", "--output", str(md)]
+    try:
+        bench.main(args)
+    except KeyboardInterrupt:
+        pass
+    text = md.read_text()
+    assert "| numba oracle (float64 accum.) |" in text and "| NumPy BLAS chunks (cpu backend) |" in text
+    assert "_(partial: the run did not get this far yet)_" in text
+    assert "[row] numba oracle (float64 accum.): median " in capsys.readouterr().out
+    monkeypatch.undo()
+    assert bench.main(args) == 0
+    text = md.read_text()
+    assert "partial" not in text and text.count("| numba oracle (float64 accum.) |") == 1

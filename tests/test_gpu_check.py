@@ -130,6 +130,28 @@ def test_the_script_runs_a_stage_and_writes_its_summary(tmp_path):
     assert (tmp_path / "out" / "logs.txt").is_file()
 
 
+def test_without_the_carried_wheels_no_stage_runs_and_the_summary_says_why(tmp_path):
+    """Without .whl (or with wheels that do not install), every stage but env failed on
+    `import ffcv` one after the other, spending the call (review). The script now stops before
+    the first stage, with a summary row naming the fix. Stand-in: a Python that imports
+    nothing."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named ffcv' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    env = dict(os.environ, OUT=str(tmp_path / "out"), GPU_CHECK_WORK=str(tmp_path / "work"),
+               PYTHON=str(fake))
+    env.pop("GPU_CHECK_SMOKE", None)
+    res = subprocess.run(["bash", str(SCRIPT), "--only", "env,fm"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "ffcv/webdataset do not import: no stage run" in res.stderr
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert re.search(r"^\| install \| \*\*failed\*\*: ffcv or webdataset does not import .*carry "
+                     r"\.whl \(scripts/gpu_wheels\.sh\) \| \d+ \| \d+ \|$", summary, re.M), summary
+    assert "| env |" not in summary and "== env" not in res.stdout
+    assert "No module named ffcv" in (tmp_path / "out" / "logs.txt").read_text()
+
+
 def test_a_stage_after_an_overrun_still_gets_its_own_limit(tmp_path):
     """The stages before one overran (the clock says most of the budget is gone): the stage
     still runs under its own limit, not under the little the stages after it would leave it
@@ -376,6 +398,39 @@ def test_a_stage_cut_mid_way_leaves_its_rows_in_the_summary(tmp_path, monkeypatc
     assert text.count("| resnet20s | 2 | 16 |") == 1 and "| resnet20s | 3 | 16 |" in text
 
 
+def test_the_loaders_scaling_rows_are_in_the_partial_section_as_they_come(tmp_path, monkeypatch):
+    """The loaders stage's scaling rows (a must-show) reached the summary only at the end: a cut
+    during them lost every one (review). Each now joins the partial section, after the loader
+    rows. Stand-ins for the loaders: a timing per worker count, the third one cut."""
+    import types
+
+    bench = _bench_gpu()
+    md = tmp_path / "09-loaders.md"
+    md.write_text("")
+    split = types.SimpleNamespace(num_samples=100)
+    monkeypatch.setattr(bench, "load_manifest", lambda data: types.SimpleNamespace(
+        num_classes=4, split=lambda name: split))
+    built = []
+
+    def fake_make_loader(data, name, *, num_workers, **kw):
+        built.append(num_workers)
+        if len(built) == 4:  # the loaders' row, then scaling 1 and 2, then the cut
+            raise SystemExit(124)
+        return object()
+
+    monkeypatch.setattr(bench, "make_loader", fake_make_loader)
+    monkeypatch.setattr(bench, "_time_loader", lambda ld, dev, n: {
+        "images": 64, "seconds": 0.5, "first_batch_s": 0.1, "warmup_s": 0.2, "img_per_s": 128.0})
+    with pytest.raises(SystemExit):
+        bench.main(["loaders", "--data", str(tmp_path), "--device", "cpu", "--md", str(md),
+                    "--loaders", "ffcv:cpu", "--kept", "1.0", "--scaling", "1,2,4", "--batch-size", "8",
+                    "--resolution", "32", "--workers", "1", "--scaling-batch", "8"])
+    text = md.read_text()
+    assert "### Loaders alone (partial: cut before the end)" in text and "| ffcv | cpu | 100% |" in text
+    scaling = text.split("#### Scaling: ffcv CPU decode by worker count")[1]
+    assert [ln.split("|")[1].strip() for ln in scaling.splitlines() if re.match(r"^\| \d+ \|", ln)] == ["1", "2"]
+
+
 def test_race_probe_control_runs_the_loaders_side_stream_decode(monkeypatch):
     """The race probe's control decodes through the loader's own ``_decode_on_side_stream``
     (fed a batch the way the loader feeds it) and returns the images uncut from the padded
@@ -508,6 +563,8 @@ def test_train_stage_compares_decoders_on_one_model_not_on_separately_trained_ru
     def fake_train(recipe, data, out_dir, fmt, device, progress):
         if (recipe.data.decode, recipe.data.num_workers) in fail:
             raise RuntimeError("a broken run")
+        if recipe.data.decode in fail:  # the stage's time limit, during this run
+            raise KeyboardInterrupt
         torch.manual_seed(len(weights))  # every run its own model, its own (noisy) val top-1
         model = models.create_model("probe_linear", 8)
         weights.append(model.state_dict())
@@ -586,3 +643,14 @@ def test_train_stage_compares_decoders_on_one_model_not_on_separately_trained_ru
     fail.add(("cpu", 1))
     assert decode_line() == ("- ffcv: val top-1 GPU decode vs CPU decode: **not compared**: no ffcv + cpu "
                              "decode run trained")
+    # the stage cut while the GPU-decode run trains (the last): the comparison, made as soon as
+    # the first CPU-decode model was there, is already in the partial section
+    fail.clear()
+    fail.add("gpu")
+    gpu_pixels[0] = lambda x: x
+    with pytest.raises(KeyboardInterrupt):
+        stage()
+    text = (tmp_path / "train.md").read_text()
+    assert "(partial: cut before the end)" in text
+    assert "- ffcv: val top-1 GPU decode 100.00 % vs CPU decode 100.00 % of one model (the ffcv + cpu " \
+           "decode run with 2 workers;" in text

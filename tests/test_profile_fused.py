@@ -3,7 +3,9 @@ machine without ncu gets (the GPU check's CPU rehearsal runs that path)."""
 from __future__ import annotations
 
 import os
+import re
 import sys
+import time
 
 import pytest
 from repo_scripts import load_script
@@ -154,3 +156,36 @@ def test_parse_ncu_takes_a_kernel_header_with_its_signature_and_older_unit_names
     assert p["metrics"]["Duration"] == ("msecond", "3.22")
     assert p["metrics"]["Eligible Warps Per Scheduler"] == ("warp", "1.67")
     assert "Issued Warp Per Scheduler" not in p["metrics"]
+
+
+def test_a_slow_ncu_ends_before_the_stage_does_and_the_compiler_report_is_written_first(
+        tmp_path, monkeypatch):
+    """gpu_check.sh kills the kernels stage at its limit (25 s) while ncu had 60 s: a slow ncu
+    lost the whole section, the compiler report with it (review). ncu now stops 3 s before the
+    stage's deadline (GPU_CHECK_DEADLINE), and the compiler report is in the file before ncu
+    starts."""
+    fake = tmp_path / "ncu"
+    fake.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'Version 0.0'; exit 0; fi\n"
+                    f"test -s {tmp_path / 'k.md'} && touch {tmp_path / 'report_was_first'}\n"
+                    f"sleep 30 & echo $! > {tmp_path / 'child.pid'}; wait\n")
+    fake.chmod(0o755)
+    assert pf.ncu_timeout(60, now=1000) == 60  # no deadline: as asked
+    monkeypatch.setenv("GPU_CHECK_DEADLINE", "1010")
+    assert pf.ncu_timeout(60, now=1000) == 7 and pf.ncu_timeout(5, now=1000) == 5
+    assert pf.ncu_timeout(60, now=1009) == 1
+    monkeypatch.setenv("GPU_CHECK_DEADLINE", str(int(time.time()) + 5))
+    md = tmp_path / "k.md"
+    t0 = time.monotonic()
+    assert pf.main(["--n", "100", "--k", "4", "--ncu", str(fake), "--md", str(md)]) == 0
+    assert time.monotonic() - t0 < 20
+    text = md.read_text()
+    assert re.search(r"ncu did not finish in [12] s: no profile\.", text), text
+    assert text.index("### What the compiler made of the kernels") < text.index("ncu did not finish")
+    assert (tmp_path / "report_was_first").exists()
+    child = int((tmp_path / "child.pid").read_text())  # ncu's target: killed with it
+    for _ in range(50):
+        if not os.path.exists(f"/proc/{child}") or " Z " in open(f"/proc/{child}/stat").read():
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("ncu's child outlived the timeout")
