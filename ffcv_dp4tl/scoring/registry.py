@@ -25,7 +25,10 @@ declares, as class attributes, everything the rest of the project needs to know 
   ``--opt NAME=VALUE`` (``dp4tl score`` / ``dp4tl pipeline``) and read as ``ctx.opt(name)``;
 * ``trains`` — True when the method trains models itself (FORGET, GraNd/EL2N with several
   runs): the pipeline then hands it the surrogate's training recipe;
-* ``style`` — a :class:`PlotStyle` (colour, marker, label) for the cost table and plots;
+* ``style`` — a :class:`PlotStyle` (colour, marker, label) for the cost table and plots; no two
+  methods may share a colour and marker (refused at registration);
+* ``order`` — its place in listings (``--method`` choices, reports): the built-ins take 0-99 in
+  the paper's order, and a method that leaves the default (100) is listed after them by name;
 * ``score(ctx)`` — the entry point: a :class:`~ffcv_dp4tl.scoring.context.ScoringContext` in,
   a :class:`ScoreResult` out (the pipeline writes it as a scores directory).
 
@@ -257,8 +260,6 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
                          f"{', '.join(SETTINGS)}")
     if isinstance(cls.revision, bool) or not isinstance(cls.revision, int) or cls.revision < 0:
         raise ValueError(f"scorer {name!r}: revision must be an integer >= 0, got {cls.revision!r}")
-    if not cls.__module__.startswith(f"{__package__}.methods"):
-        _load_builtins()  # a clash with a built-in is caught whatever was imported first
     for opt_name, opt in dict(cls.options).items():
         if not isinstance(opt, Option) or not opt_name.isidentifier():
             raise ValueError(f"scorer {name!r}: options must map identifiers to Option, got "
@@ -267,6 +268,13 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
     if old is not None and (type(old).__module__, type(old).__qualname__) != (
             cls.__module__, cls.__qualname__):
         raise ValueError(f"scorer {name!r} is registered already (by {type(old).__module__})")
+    look = (cls.style.color, cls.style.marker) if cls.style is not None else None
+    twin = next((other for other in _REGISTRY.values() if other.name != name and look
+                 and look[0] is not None and other.style is not None
+                 and (other.style.color, other.style.marker) == look), None)
+    if twin is not None:  # (two methods drawn alike could not be told apart in a plot)
+        raise ValueError(f"scorer {name!r}: plot style {look[0]!r} {look[1]!r} is {twin.name!r}'s; "
+                         "choose another colour or marker for its PlotStyle")
     cls.needs = frozenset(cls.needs)
     cls.reads = frozenset(cls.reads)
     _REGISTRY[name] = cls()
