@@ -20,8 +20,9 @@ import typer
 # the CLI's choice sets are the project's (defined once in contracts; typer lists them in --help)
 from ..contracts import (AdvNorm, AdvUnits, Backend, BetonMode, Budget, FinetuneMode, Format, Order,  # noqa: F401
                          Protocol, RecipeSet, TargetCrop, TargetSplit, check_items, check_k,
-                         check_pruned_ratios, check_ratio, check_seeds)
+                         check_pruned_ratios, check_ratio, check_seeds, PAPER_K, SYNTH_K)
 from ..contracts import check_device as contracts_check_device
+from ..contracts import default_k as contracts_default_k
 from ..errors import DP4TLError
 
 
@@ -32,11 +33,6 @@ OUT_HELP = "Output directory"
 RECIPES_HELP = ("fast protocol: tiny | bench | full (auto: per the data's manifest: bench for "
                 "synth:bench and synth:hard, tiny for other synth data, full otherwise)")
 
-#: the paper's number of k-means clusters (FM); the embedded synth data uses fewer
-PAPER_K = 2000
-#: K on any synth data (sized for the small presets, e.g. synth:tiny's 1.9k source images,
-#: where K = 2000 would exceed the sample count; synth:imagenet's users pass --k)
-SYNTH_K = 64
 ORDER_HELP = ("ordered: keep the highest-scored classes/clusters/samples (the method); "
               "reversed: keep the lowest-scored ones, pruning the top first (Fig. A3)")
 K_HELP = (f"fm: k-means clusters K (default: the paper's {PAPER_K}; {SYNTH_K} on any synth data, "
@@ -231,10 +227,11 @@ def check_arch(value: Optional[str]) -> Optional[str]:
 
 
 def default_k(k: Optional[int], data: str) -> int:
-    """``--k`` when given, else :data:`SYNTH_K` on the embedded synth data and the paper's K."""
+    """``--k`` when given, else the default for ``data`` (:func:`~ffcv_dp4tl.contracts.default_k`:
+    fewer clusters on the embedded synth data)."""
     if k is not None:
         return check_k(k, "--k")
-    return SYNTH_K if is_synth(data) else PAPER_K
+    return contracts_default_k(is_synth(data))
 
 
 #: The target the benchmarks score on the embedded synth data (the published cost table's);

@@ -9,7 +9,7 @@ import typer
 from ..scoring.registry import methods_help
 from .app import app
 from .options import (ORDER_HELP, RECIPES_HELP, FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order, Protocol, RecipeSet, TargetSplit,
-                      check_arch, default_k, device_option, list_callback,
+                      check_arch, check_k, device_option, list_callback,
                       ratio_callback, seeds_callback, split_list)
 
 PROTOCOL_HELP = ("fast: today's recipes (tiny on synth data, ffcv-imagenet-style otherwise); "
@@ -131,7 +131,7 @@ def pipeline(
                          lp_recipe=lp_recipe, ff_recipe=ff_recipe,
                          finetune=tuple(split_list(finetune)), data_root=data_root,
                          runs_root=runs_root, fmt=format.value, device=device,
-                         k=default_k(k, data), seed=seed,
+                         k=None if k is None else check_k(k, "--k"), seed=seed,  # (None: per the data)
                          overrides=tuple(set_), surrogate_overrides=tuple(set_surrogate),
                          finetune_overrides=tuple(set_finetune),
                          seeds=tuple(int(x) for x in split_list(seeds)),

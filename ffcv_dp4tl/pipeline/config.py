@@ -36,7 +36,7 @@ class PipelineConfig:
     runs_root: Path = Path("runs")
     fmt: str = "ffcv"
     device: str = "auto"
-    k: int = 2000
+    k: int | None = None  # FM's K; None: contracts.default_k (64 on the embedded synth data, else 2000)
     seed: int = 0
     scorer_options: tuple[str, ...] = field(default_factory=tuple)  # NAME=VALUE (--opt)
     budget: str = "units"  # prune: units (ratio of classes/clusters) | samples (kept fraction)
@@ -102,7 +102,8 @@ def validate(cfg: PipelineConfig) -> Checked:
     given_options = parse_option_pairs(cfg.scorer_options)
     options = scorer.parse_options(given_options)  # bad --opt: before any work
     Budget.check(cfg.budget, "budget")
-    check_k(cfg.k)
+    if cfg.k is not None:  # (None: resolved from the source's manifest, resolve.resolve)
+        check_k(cfg.k)
     reverse = check_order(cfg.order)
     target_specs = target_list(cfg.target, cfg.targets)
     weights = check_weights(cfg.target_weights, len(target_specs))

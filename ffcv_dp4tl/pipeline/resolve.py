@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from ..contracts import check_k_fits
+from ..contracts import check_k_fits, default_k
 from ..data.manifest import MANIFEST_NAME, load_manifest
 from ..errors import DataError, DP4TLError
 from ..fsutil import directory_lock, is_unwritable
@@ -45,6 +45,7 @@ class Resolved:
     finetune: tuple[dict[str, tuple[str, Any]], ...]
     options: dict[str, Any]  # the scorer's options: --opt over the surrogate recipe's
     recipe_options: dict[str, str]  # those the surrogate recipe sets (scoring.scorer_options)
+    k: int  # FM's K: the config's, or contracts.default_k for this source (the stages read this)
 
     @property
     def multi(self) -> bool:
@@ -367,6 +368,8 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
                             source=(str(src.root), src.fingerprint))
     names = tuple(display_names(target_dirs)) if multi else (None,)
     scale = cfg.recipes or recipe_scale(src)
+    # K not given: the embedded synth data's or the paper's, as the CLI's --k (one rule)
+    cfg = replace(cfg, k=default_k(recipe_scale(src) != "full") if cfg.k is None else cfg.k)
     if not cfg.recipes and cfg.protocol == "fast":
         log(f"[recipes] {scale} recipes ({'real' if scale == 'full' else 'embedded synthetic'} "
             f"data per {source_dir / MANIFEST_NAME}; recipes= to choose)")
@@ -440,4 +443,4 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
                                              **names_first},
                     surrogate=surrogate, pretrain=pretrain,
                     pretrain_overrides=tuple(pre_overrides), finetune=tuple(per_target),
-                    options=options, recipe_options=recipe_options)
+                    options=options, recipe_options=recipe_options, k=cfg.k)

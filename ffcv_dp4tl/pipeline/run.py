@@ -59,7 +59,7 @@ def run_pipeline(cfg: PipelineConfig, log: Log = print) -> PipelineResult:
     ok = validate(cfg)
     r = resolve(cfg, ok, log)
     res = PipelineResult(config={**asdict(cfg), "data_root": str(cfg.data_root),
-                                 "runs_root": str(cfg.runs_root)},
+                                 "runs_root": str(cfg.runs_root), "k": r.k},
                          source=str(r.source_dir), target=str(r.target_dir),
                          protocol=cfg.protocol, recipes=dict(r.recipe_names),
                          seeds=list(ok.seeds))
@@ -177,7 +177,7 @@ def score_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, sur: Stage, res: 
         # serves every target
         **(score_key([t.fingerprint for t in r.tgts], ok.weights) if scorer.needs_target else {}),
         # only the settings the scorer reads (LM: neither k nor seed)
-        **scorer.stage_key(k=cfg.k, seed=cfg.seed), **_common(cfg), **image_input,
+        **scorer.stage_key(k=r.k, seed=cfg.seed), **_common(cfg), **image_input,
         **extra_key})
     res.add(StagePlace("score", "score"), run_stage(sc, lambda d: score(
         cfg.method, source_dir=r.source_dir,
@@ -187,7 +187,7 @@ def score_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, sur: Stage, res: 
         trajectory=_trajectory(cfg.method, sur, r.surrogate.train.keep_epochs,
                                r.surrogate.train.epochs, log)
         if TRAJECTORY in scorer.needs and not cfg.surrogate_weights else (), fmt=cfg.fmt,
-        device=device, k=cfg.k, seed=cfg.seed,
+        device=device, k=r.k, seed=cfg.seed,
         target_resolution=sc_in.target_resolution, target_crop=sc_in.target_crop,
         source_resolution=sc_in.source_resolution, source_crop=sc_in.source_crop,
         options=r.options, train_recipe=r.recipe_names["surrogate"] if scorer.trains else None,

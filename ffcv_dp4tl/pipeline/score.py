@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..contracts import TargetCrop, UnsupportedFormatError, check_k_fits
+from ..contracts import PAPER_K, TargetCrop, UnsupportedFormatError, check_k_fits
 from ..data.sampling import check_resolution
 from ..errors import DataError, DP4TLError
 from ..fsutil import directory_lock, file_sha256
@@ -96,7 +96,7 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
           checkpoint: str | Path | None = None,
           target_dir: str | Path | list[str | Path] | None = None,
           fmt: str = "ffcv", device: str = "cpu", batch_size: int = 256, num_workers: int = 2,
-          resolution: int | None = None, k: int = 2000, iters: int = 20, seed: int = 0,
+          resolution: int | None = None, k: int = PAPER_K, iters: int = 20, seed: int = 0,
           backend: str = "auto", progress: bool = True,
           trajectory: list[str | Path] | tuple[str | Path, ...] = (),
           target_resolution: int | None = None, target_crop: str | None = None,

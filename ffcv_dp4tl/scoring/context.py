@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..contracts import PAPER_K
 from ..errors import DP4TLError
 
 
@@ -55,7 +56,7 @@ class ScoringContext:
     batch_size: int = 256
     num_workers: int = 2
     resolution: int | None = None
-    k: int | None = 2000  # k-means clusters (None: the scorer does not read it, Scorer.reads)
+    k: int | None = PAPER_K  # k-means clusters (None: the scorer does not read it, Scorer.reads)
     iters: int = 20
     seed: int | None = 0  # (None: the scorer does not read it)
     backend: str = "auto"

@@ -120,9 +120,20 @@ def test_recipes_follow_the_manifest_not_the_source_text(tmp_path, index_dataset
         run_pipeline(_cfg(tmp_path, source=str(built / "source"), method="fm", k=100_000,
                           target=str(next((built / "targets").iterdir()))), log=logs.append)
     assert any(line.startswith("[recipes] tiny") for line in logs), logs
-    from ffcv_dp4tl.cli.options import SYNTH_K, default_k
+    from ffcv_dp4tl.cli.options import default_k
+    from ffcv_dp4tl.contracts import PAPER_K, SYNTH_K
+    from ffcv_dp4tl.pipeline.config import validate
+    from ffcv_dp4tl.pipeline.resolve import resolve
 
     assert default_k(None, str(built)) == SYNTH_K  # the CLI's default K reads the manifest too
+    # ... and so does the API's: PipelineConfig(k=None) ran k-means with the paper's K on the
+    # embedded data, refused there with "pass a smaller --k" (review); one rule now
+    target = str(next((built / "targets").iterdir()))
+    for source, k in ((str(built / "source"), SYNTH_K), (str(index_dataset.root), PAPER_K)):
+        val = ("data.val_split=train",)  # (index_dataset has a train split only)
+        cfg = _cfg(tmp_path, source=source, method="random", target=target, k=None,
+                   overrides=TRAIN + val, surrogate_overrides=TRAIN + val)
+        assert resolve(cfg, validate(cfg), lambda m: None).k == k
 
 
 def test_bad_k_is_refused_before_the_surrogate_trains(tmp_path, data_root):
