@@ -379,7 +379,7 @@ def _stop_guard() -> Iterator[None]:
     _Interrupted.flag = False
     ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     previous = None if ignored else signal.signal(signal.SIGINT, handler)
-    _Interrupted.resend = signal.SIGTERM if ignored else signal.SIGINT
+    _Interrupted.resend = stopping.resend_signal()
     sys.unraisablehook = unraisable
     try:
         with stopping.sigterm_handler(handler):

@@ -28,7 +28,7 @@ from typing import Any
 
 __all__ = ["GRACE_S", "STOP_STATUSES", "Terminated", "deferred", "exit_status", "forget_interrupt",
            "interrupt_for", "last_interrupt", "late_line", "late_status", "line", "quiet_children",
-           "received", "record", "settle", "settled", "sigterm_handler", "sigterm_raises",
+           "received", "record", "resend_signal", "settle", "settled", "sigterm_handler", "sigterm_raises",
            "status_of"]
 
 
@@ -45,6 +45,15 @@ def record(signum: int) -> None:
     """Note a stop signal (a handler of its own, such as the build's Ctrl-C guard, calls
     this so that :func:`received` sees it)."""
     _RECEIVED.append(int(signum))
+
+
+def resend_signal() -> int:
+    """The signal that raises a stop again in the main thread after native code or an
+    unraisable context swallowed it: SIGINT, unless this process ignores SIGINT (a script's
+    background job inherits it ignored, and an ignored SIGINT raises nothing: the stop was
+    lost and the command ran on), then SIGTERM. The one rule of the CLI's unraisable hook and
+    the build's interrupt watchdog."""
+    return signal.SIGTERM if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else signal.SIGINT
 
 
 def received() -> int | None:

@@ -726,3 +726,31 @@ def test_a_stopped_command_keeps_nothing_alive_after_it_ends(monkeypatch, capsys
     gc.collect()
     assert closed == [True]
     assert capsys.readouterr().err == f"{stopping.line(signal.SIGTERM)}\n"
+
+
+@pytest.mark.parametrize("sigint", ["handled", "ignored"])
+def test_a_swallowed_stop_is_sent_again_as_a_signal_the_process_acts_on(monkeypatch, sigint):
+    """The CLI's unraisable hook sends a stop that landed where Python cannot raise it again
+    to the main thread. It always sent SIGINT: in a script's background job, which inherits
+    SIGINT ignored, that raised nothing and a swallowed SIGTERM was lost (the build's watchdog
+    already sent SIGTERM there; review). One rule now (stopping.resend_signal)."""
+    import importlib
+    import threading
+    import types
+
+    app = importlib.import_module("ffcv_dp4tl.cli.app")
+    sent = []
+    monkeypatch.setattr(signal, "pthread_kill", lambda tid, sig: sent.append((tid, sig)))
+    old = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN if sigint == "ignored" else signal.default_int_handler)
+    try:
+        hook = app._interrupts_are_not_lost(lambda u: pytest.fail("reported as an error"))
+        hook(types.SimpleNamespace(exc_value=KeyboardInterrupt(), exc_type=KeyboardInterrupt))
+        for t in threading.enumerate():
+            if t.name == "dp4tl-interrupt-resend":
+                t.join(5)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    want = signal.SIGTERM if sigint == "ignored" else signal.SIGINT
+    assert sent == [(threading.main_thread().ident, want)]
+    assert stopping.resend_signal() == signal.SIGINT  # (SIGINT handled again)

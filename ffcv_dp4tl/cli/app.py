@@ -179,7 +179,7 @@ def _interrupts_are_not_lost(previous: Callable[[Any], None]) -> Callable[[Any],
 
     def resend(main_id: int) -> None:
         threading.Event().wait(0.05)
-        signal.pthread_kill(main_id, signal.SIGINT)
+        signal.pthread_kill(main_id, stopping.resend_signal())  # (SIGTERM where SIGINT is ignored)
 
     def hook(unraisable) -> None:
         if (isinstance(unraisable.exc_value, KeyboardInterrupt) and os.getpid() == pid
