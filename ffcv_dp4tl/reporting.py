@@ -81,7 +81,7 @@ def machine_info() -> dict[str, Any]:
         pass
     import torch
 
-    from .data.resources import available_cores
+    from .cpus import available_cores
 
     cores = available_cores()
 

@@ -113,7 +113,8 @@ def surrogate_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, res: Pipeline
                     log: Log) -> Stage:
     """Train the surrogate on the full source, or import brought weights (``surrogate_weights``).
     Every key holds the content fingerprints of its inputs (source, target, mask, recipes),
-    never names: the same inputs under another path reuse a stage, other data never does. The
+    never data paths: the same data under another path reuses a stage, other data never does.
+    (It also holds the recipe's name and ``--set`` text: a renamed copy runs again.) The
     stage is returned even when the method needs no surrogate (it is then not run)."""
     from ..training.recipe import training_overrides
     from ..training.trainer import train
