@@ -49,6 +49,7 @@ from ..pipeline.run import preflight, run_pipeline
 from ..reporting import machine_info
 from ..scoring.registry import get_scorer
 from ..outputs import claim_out_dir
+from . import defaults
 from .markdown import header_lines, markdown_tables, ratio_label
 from .plots import plot_accuracy, plot_cost, plot_targets
 from .stats import COST_STAGES, REFERENCE, check_criterion, summarize
@@ -95,9 +96,9 @@ def cost_row(res: PipelineResult, method: str, ratio: float, seed: int,
 
 
 def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
-                   ratios: Iterable[float] = (0.0, 0.2, 0.4, 0.6, 0.8),
-                   methods: Iterable[str] = ("lm", "fm", "random", "moderate", "grand", "el2n"),
-                   seeds: Iterable[int] = (0,), finetune: Iterable[str] = ("lp", "ff"),
+                   ratios: Iterable[float] = defaults.RATIOS,
+                   methods: Iterable[str] = defaults.METHODS,
+                   seeds: Iterable[int] = (0,), finetune: Iterable[str] = defaults.FINETUNE,
                    ff_methods: Iterable[str] | None = None,
                    method_ratios: dict[str, Iterable[float]] | None = None, tol: float = 0.0,
                    criterion: str = "final", command: str = "",

@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import typer
 
+from ..bench import defaults
 from ..contracts import Criterion
 from ..errors import DP4TLError
 from ..reporting import command_line
@@ -34,15 +35,15 @@ def _floats(text: str) -> list[float]:
 
 @bench_app.command("cost-table")
 def cost_table(
-    ratios: str = typer.Option("0,0.2,0.4,0.6,0.8", help="Pruning ratios (0 = the shared reference)",
+    ratios: str = typer.Option(defaults.joined(defaults.RATIOS), help="Pruning ratios (0 = the shared reference)",
                                callback=ratios_callback("--ratios")),
-    methods: str = typer.Option("lm,fm,random,moderate,grand,el2n", help="Selection methods ("
+    methods: str = typer.Option(defaults.joined(defaults.METHODS), help="Selection methods ("
                                 f"{methods_help()}); METHOD@R1/R2 runs that method only at those ratios "
                                 "(e.g. grand@0.6)"),
-    seeds: str = typer.Option("0,1,2", help="Seeds (scoring seed; train.seed and data.seed for seeds != 0); "
+    seeds: str = typer.Option(defaults.joined(defaults.PAPER_SEEDS), help="Seeds (scoring seed; train.seed and data.seed for seeds != 0); "
                               "accuracies are mean ± std over them (the paper: 3 trials)",
                               callback=seeds_callback()),
-    finetune: str = typer.Option("lp,ff", help="Finetuning modes (comma-separated: lp, ff)",
+    finetune: str = typer.Option(defaults.joined(defaults.FINETUNE), help="Finetuning modes (comma-separated: lp, ff)",
                                  callback=list_callback(FINETUNE_MODES, "a finetuning mode", required=True)),
     ff_methods: str = typer.Option("", help="Run FF only for these methods (default: all; LP "
                                    "always runs; the 0 % reference runs every mode)"),
