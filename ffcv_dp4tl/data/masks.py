@@ -7,6 +7,7 @@ against the dataset's manifest before any sample is read.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -348,11 +349,23 @@ def load_mask(path: str | Path, split: SplitInfo | None = None,
     except (ValueError, OSError, EOFError) as e:  # (what numpy says, in the user's words)
         raise MaskError(f"{npy} is not a readable .npy mask ({npy_error_reason(e, 'sample indices')}); recreate it "
                         "with `dp4tl prune` or `dp4tl mask classes`") from None
+    fix = "recreate it with `dp4tl prune` or `dp4tl mask classes`"
+    if not isinstance(indices, np.ndarray):  # np.load opens a .npz archive, whatever its name
+        with contextlib.suppress(AttributeError):
+            indices.close()
+        raise MaskError(f"{npy} is an .npz archive (np.savez), not a .npy mask of sample "
+                        f"indices; {fix}")
     meta_path = _json_path(npy)
     if not meta_path.exists():
         raise MaskError(f"mask metadata not found: {meta_path} (every mask .npy needs its .json "
                         "sidecar that names the dataset fingerprint)")
     meta = MaskMeta.from_json(read_json(meta_path, "mask metadata"), meta_path)
+    kept = meta.provenance.get("kept_classes")  # (what class overlaps and `mask check` read)
+    if kept is not None and (not isinstance(kept, list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in kept)):
+        raise MaskError(f"{meta_path}: field 'kept_classes' must be a list of class ids "
+                        f"(integers >= 0), got {str(kept)[:40]}; recreate the mask with `dp4tl prune` "
+                        "or `dp4tl mask classes`")
     if meta.num_kept is not None and indices.ndim == 1 and meta.num_kept != len(indices):
         raise MaskError(f"{meta_path} says {meta.num_kept} samples are kept but {npy} holds "
                         f"{len(indices)}: the two files were not written together (edited, or "

@@ -316,6 +316,27 @@ def test_a_file_that_is_no_npy_is_not_called_pickled_data(split, tmp_path):
         load_mask(tmp_path / "o.npy", split)
 
 
+def test_an_npz_archive_or_a_sidecar_of_odd_class_ids_is_one_line_for_every_reader(split, tmp_path):
+    """An np.savez archive named NAME.npy crashed every mask reader with "'NpzFile' object has
+    no attribute 'ndim'", and a sidecar's kept_classes of [1, "x"] crashed `mask check` (train
+    and finetune took it silently; review). load_mask, which every reader goes through, now
+    refuses both in one line naming the file."""
+    good = save_mask(tmp_path / "good.npy", mask_from_classes(split, [0, 1], method="lm"))
+    with open(tmp_path / "z.npy", "wb") as f:
+        np.savez(f, indices=np.arange(3))
+    (tmp_path / "z.json").write_text(good.with_suffix(".json").read_text())
+    with pytest.raises(MaskError, match=r"^.*/z\.npy is an \.npz archive \(np\.savez\), not a "
+                                        r"\.npy mask of sample indices; recreate it with"):
+        load_mask(tmp_path / "z.npy", split)
+    for bad in ([1, "x"], "1", [True], [-1]):
+        meta = json.loads(good.with_suffix(".json").read_text())
+        np.save(tmp_path / "k.npy", np.load(good))
+        (tmp_path / "k.json").write_text(json.dumps({**meta, "kept_classes": bad}))
+        with pytest.raises(MaskError, match=r"^.*/k\.json: field 'kept_classes' must be a list of "
+                                            r"class ids \(integers >= 0\), got .*; recreate the mask"):
+            load_mask(tmp_path / "k.npy")
+
+
 def test_a_mask_of_another_split_of_the_same_dataset_names_the_split_to_pass(index_copy, tmp_path):
     """A mask of split 'train' used with ``--split val`` of the same dataset was said to be "made
     for another dataset ... recompute the mask": it is right, only the split option is wrong."""
