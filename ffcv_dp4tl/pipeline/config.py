@@ -98,6 +98,10 @@ def validate(cfg: PipelineConfig) -> Checked:
         raise DP4TLError(f"--runs-root {cfg.runs_root} lies inside the built dataset {inside}: "
                          "keep runs outside datasets; pass another --runs-root")
     check_out_dir(cfg.data_root, "--data-root", must_write=False)
+    inside = dataset_around(cfg.data_root, strict=False)  # (its builds: each a dataset folder)
+    if inside is not None:  # (a whole build went into DATASET/synth-tiny/, review)
+        raise DP4TLError(f"--data-root {cfg.data_root} lies inside the built dataset {inside}: "
+                         "keep builds outside datasets; pass another --data-root")
     scorer = get_scorer(cfg.method)  # unknown method: one line listing the registered ones
     given_options = parse_option_pairs(cfg.scorer_options)
     options = scorer.parse_options(given_options)  # bad --opt: before any work

@@ -95,6 +95,11 @@ def test_roots_that_cannot_be_folders_fail_before_any_work(tmp_path):
                                              rf"dataset {data.resolve()}: keep runs outside "
                                              r"datasets; pass another --runs-root$"):
             validate(_cfg(tmp_path, runs_root=root))
+        # ... and so is a data root: a whole build went into DATASET/synth-tiny/ (review)
+        with pytest.raises(DP4TLError, match=rf"^--data-root {root} lies inside the built "
+                                             rf"dataset {data.resolve()}: keep builds outside "
+                                             r"datasets; pass another --data-root$"):
+            validate(_cfg(tmp_path, data_root=root))
 
 
 def test_the_source_as_target_fails_before_the_surrogate(tmp_path, index_dataset):
