@@ -197,8 +197,10 @@ def validate_mask(mask: IndexMask, split: SplitInfo, source: str | Path = "mask"
                 drop = " (or drop --split)" if other == "train" else ""
                 fix = f"pass `--split {other}`{drop} to use it, or make a mask of split {split.name!r}"
             else:  # (train, finetune, overlap: no --split to change; the mask is the thing)
-                fix = (f"give the mask of split {split.name!r} (`dp4tl prune` writes "
-                       f"{split.name}.npy beside {other}.npy), or make one")
+                made = (f"`dp4tl prune` writes {split.name}.npy beside {other}.npy"
+                        if {split.name, other} == {"train", "val"} else  # (a source's two masks)
+                        f"`dp4tl mask classes --split {split.name}` makes one")
+                fix = f"give the mask of split {split.name!r} ({made})"
             raise MaskError(f"{source} indexes split {other!r} of this dataset, not split "
                             f"{split.name!r}, which this reads: {fix}")
         raise MaskError(

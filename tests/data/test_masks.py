@@ -360,7 +360,17 @@ def test_a_mask_of_another_split_of_the_same_dataset_names_the_split_to_pass(ind
         load_mask(val_mask, manifest.split("train"))
     assert str(e.value) == (f"{val_mask} indexes split 'val' of this dataset, not split 'train', "
                             "which this reads: give the mask of split 'train' (`dp4tl prune` "
-                            "writes train.npy beside val.npy), or make one")
+                            "writes train.npy beside val.npy)")
+    # a target's train and test masks: prune never writes those (review)
+    m["splits"]["test"] = {**m["splits"]["train"], "fingerprint": "f" * 64}
+    m["fingerprint"] = dataset_fingerprint([s["fingerprint"] for s in m["splits"].values()])
+    (index_copy / "manifest.json").write_text(json.dumps(m))
+    manifest = load_manifest(index_copy)
+    test_mask = save_mask(tmp_path / "te.npy", make_mask([1], manifest.split("test")))
+    with pytest.raises(MaskError) as e:
+        load_mask(test_mask, manifest.split("train"))
+    assert str(e.value).endswith("give the mask of split 'train' (`dp4tl mask classes --split "
+                                 "train` makes one)")
 
 
 def test_only_the_same_mask_again_may_replace_a_mask(split, tmp_path):
