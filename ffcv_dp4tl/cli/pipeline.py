@@ -17,11 +17,11 @@ PROTOCOL_HELP = ("fast: today's recipes (tiny on synth data, ffcv-imagenet-style
                  "RN-101 source, LP/FF as published, target read at 224 with no crop for scoring); "
                  "paper-code: recipes/paper_code/, the authors' released configs (per-target LP/FF, "
                  "finetuning from best.ckpt, fp16; docs/deviations.md)")
-SURROGATE_WEIGHTS_HELP = ("A torchvision/timm state dict (.pth) of the surrogate recipe's "
+SURROGATE_WEIGHTS_HELP = ("A torchvision/timm state dict (.pth), or a `dp4tl train` checkpoint.pt, of the surrogate recipe's "
                           "architecture, e.g. torchvision's ImageNet ResNet-18: used instead of "
                           "training a surrogate (checked against the source's classes; nothing "
                           "is downloaded)")
-SOURCE_WEIGHTS_HELP = ("A torchvision/timm state dict of the pretraining recipe's architecture: "
+SOURCE_WEIGHTS_HELP = ("A torchvision/timm state dict, or a `dp4tl train` checkpoint.pt, of the pretraining recipe's architecture: "
                        "the source model LP/FF start from instead of pretraining one (the "
                        "unpruned reference: --ratio 0)")
 SPLIT_HELP = ("Targets built here: auto = the CoOp split_zhou_*.json when it lies beside the data "

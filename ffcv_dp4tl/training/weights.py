@@ -11,8 +11,9 @@ on disk.
 * **Files**: a plain state dict, or a dict holding one under ``state_dict`` / ``model`` /
   ``model_state_dict`` / ``module`` (timm's and most training scripts' checkpoints), optionally
   with ``classes`` (the class names in output order). ``module.`` / ``_orig_mod.`` / ``model.``
-  prefixes (DDP, torch.compile, wrappers) are stripped. Read with ``weights_only=True``: no code
-  from the file runs.
+  prefixes (DDP, torch.compile, wrappers) are stripped. A ``dp4tl train`` checkpoint.pt is one
+  of those (its ``model`` and ``classes``). Read with ``weights_only=True`` (numpy arrays
+  allowed, for a checkpoint's RNG states): no code from the file runs.
 * **Key names**: ResNets use the same names in torchvision and timm. timm's ViT names
   (``blocks.N.attn.qkv``, ``patch_embed.proj``, ``cls_token``, ...) are mapped to torchvision's
   (:func:`timm_vit_to_torchvision`). BlurPool is detected from the keys (``….conv.weight`` on the
@@ -42,19 +43,31 @@ _PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
 
+def _numpy_globals() -> list[Any]:
+    """What a dp4tl ``checkpoint.pt`` holds besides tensors and plain types: numpy arrays (its
+    RNG states). Allowed to ``weights_only`` loading, which still runs no code from the file:
+    a run of ``dp4tl train`` given as brought weights (its surrogate, to reuse) was refused with
+    torch's advice to allowlist globals by hand (review)."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
     """(state dict with wrapper prefixes stripped, class names if the file lists them)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DP4TLError(f"weights file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling problem is a user-facing error
         why = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines()[0][:160] if str(e) else ""
         raise DP4TLError(f"{path} is not a state dict torch can read safely (weights_only): "
                          f"{type(e).__name__}: {why}; save it with torch.save(model.state_dict(), "
-                         "PATH) (a dp4tl checkpoint.pt is used as it is: dp4tl score/finetune "
-                         "--checkpoint)") from None
+                         "PATH)") from None
     classes = None
     if isinstance(obj, dict) and not _is_state_dict(obj):
         classes = obj.get("classes")

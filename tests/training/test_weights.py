@@ -77,12 +77,13 @@ def test_wrong_architecture_or_file_is_clear(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     with pytest.raises(DP4TLError, match="not a state dict"):
         read_state_dict(tmp_path / "junk.pth")
-    # a dp4tl training checkpoint (Python objects beside the weights): torch's refusal without
-    # its terminal colour codes, and where such a file goes instead
+    # Python objects beside the weights (not a dp4tl checkpoint's numpy arrays): torch's
+    # refusal without its terminal colour codes, and how to save a state dict instead
     from pathlib import Path
 
     torch.save({"model": _model().state_dict(), "source": Path("x")}, tmp_path / "ours.pt")
-    with pytest.raises(DP4TLError, match=r"not a state dict.*--checkpoint\)$") as e:
+    with pytest.raises(DP4TLError, match=r"not a state dict.*torch\.save\(model\.state_dict\(\), "
+                                         r"PATH\)$") as e:
         read_state_dict(tmp_path / "ours.pt")
     assert "\x1b" not in str(e.value)
     torch.save({"epoch": 3}, tmp_path / "nosd.pth")
@@ -117,3 +118,19 @@ def test_timm_vit_names_map_to_torchvision():
     assert any(k.startswith("blocks.1.attn.qkv") for k in timm_sd) and "cls_token" in timm_sd
     back = timm_vit_to_torchvision(timm_sd)
     assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
+
+
+def test_a_dp4tl_training_checkpoint_is_brought_weights_too(trained_run, tmp_path):
+    """`dp4tl train`'s checkpoint.pt given as --surrogate-weights / --source-weights was refused
+    with torch's advice to allowlist numpy globals by hand (review): its RNG states are numpy
+    arrays. They are allowed to weights_only loading (still no code from the file runs), and
+    the file's model and class names are read as any wrapped state dict's."""
+    from tiny_data import TEST_OVERRIDES
+
+    ckpt = Checkpoint.load(trained_run / "checkpoint.pt")
+    sd, classes = read_state_dict(trained_run / "checkpoint.pt")
+    assert classes == ckpt.classes and sd.keys() == ckpt.model.keys()
+    assert all(torch.equal(sd[k], ckpt.model[k]) for k in sd)
+    info = import_weights(trained_run / "checkpoint.pt", tmp_path / "c.pt",
+                          recipe=load_recipe("resnet18_tiny_cpu", TEST_OVERRIDES), classes=ckpt.classes)
+    assert info["brought"] and info["num_classes"] == len(ckpt.classes)
