@@ -276,14 +276,15 @@ def record(monkeypatch):
 
 def test_new_names_and_old_aliases_reach_the_same_call(record, capsys, tmp_path):
     d, t1, t2 = tmp_path / "src", tmp_path / "t1", tmp_path / "t2"
-    # pipeline: --data, defaults: embedded data, auto device, K by data size
+    # pipeline: --data, defaults: embedded data, auto device, K by the data (None: the
+    # pipeline resolves it from the source's manifest, contracts.default_k, as the API does)
     _, (cfg,), _ = record(capsys, "pipeline")
     assert (cfg.source, cfg.device, cfg.k, cfg.finetune, cfg.fmt, cfg.recipes) == \
-        ("synth:tiny", "auto", 64, ("lp", "ff"), "ffcv", "")
+        ("synth:tiny", "auto", None, ("lp", "ff"), "ffcv", "")
     _, (cfg,), _ = record(capsys, "pipeline", "--data", "imagenet:/x", "--target", "t",
                          "--finetune", " lp ,", "--recipes", "full", "--format", "wds")
     assert (cfg.source, cfg.k, cfg.finetune, cfg.recipes, cfg.fmt) == \
-        ("imagenet:/x", 2000, ("lp",), "full", "wds")
+        ("imagenet:/x", None, ("lp",), "full", "wds")
     _, (cfg,), _ = record(capsys, "pipeline", "--data", "imagenet:/x", "--method", "fm", "--k", "500")
     assert (cfg.source, cfg.k) == ("imagenet:/x", 500)
     # bench: same K rule
