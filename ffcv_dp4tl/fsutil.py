@@ -44,6 +44,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         if not (isinstance(e, FileExistsError) and e.filename == str(tmp_path)):  # (not ours)
             with contextlib.suppress(FileNotFoundError):
                 tmp_path.unlink()
+        if isinstance(e, OSError) and not e.filename:
+            # a write through a file object (np.save, json.dump) names no path: a full disk
+            # said only "disk full" (review); the error line names ``path`` (final_name)
+            e.filename = str(tmp_path)
         raise
 
 

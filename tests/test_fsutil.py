@@ -225,3 +225,21 @@ def test_a_stop_signal_at_any_point_of_an_atomic_write_leaves_the_old_file_and_n
             break
         assert target.read_text() == before or json.loads(target.read_text()) == {"new": 2}, k
     assert k > 10 and json.loads(target.read_text()) == {"new": 2}
+
+
+def test_a_full_disk_in_an_atomic_write_names_the_file(tmp_path):
+    """np.save and json.dump write through a file object, so their OSError names no path:
+    `prune`, `mask classes`, `mask files` and `vtab-splits` on a full disk said only "disk full"
+    (review). atomic_path gives such an error the file it was writing, under its final name."""
+    from ffcv_dp4tl.fsutil import atomic_path
+
+    target = tmp_path / "masks" / "train.npy"
+    with pytest.raises(OSError) as e:
+        with atomic_path(target, suffix=".npy"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert os_error_line(e.value).startswith(f"disk full writing {target} (No space left on device)")
+    assert not list(target.parent.iterdir())  # (its temporary file removed)
+    with pytest.raises(OSError) as e:  # a path it names already stays
+        with atomic_path(target):
+            raise OSError(errno.ENOSPC, "No space left on device", "/elsewhere/x")
+    assert e.value.filename == "/elsewhere/x"

@@ -222,20 +222,22 @@ def save_checkpoint(path: str | Path, state: dict[str, Any] | Checkpoint) -> Non
     """Write atomically: a file named checkpoint.pt is always complete."""
     if isinstance(state, Checkpoint):
         state = state.to_dict()
+    # (what a failed write leaves: the previous checkpoint, or none yet; review)
+    kept = ("the previous checkpoint is intact: free some space and rerun to resume"
+            if Path(path).exists() else "no checkpoint was written yet: free some space and "
+            "rerun (the run starts over)")
     try:
         with atomic_path(path, suffix=".pt") as tmp:
             torch.save(state, tmp)
     except OSError as e:
         if not is_disk_full(e):
             raise
-        raise DP4TLError(f"disk full while saving the checkpoint {path} ({e.strerror}); the previous "
-                         "checkpoint is intact: free some space and rerun to resume") from None
+        raise DP4TLError(f"disk full while saving the checkpoint {path} ({e.strerror}); {kept}") from None
     except RuntimeError as e:  # torch's zip writer reports a failed write as "unexpected pos"
         if "unexpected pos" not in str(e) and "write" not in str(e).lower():
             raise
         raise DP4TLError(f"could not write the checkpoint {path} (is the disk full? "
-                         f"{brief(e)}); the previous checkpoint is intact: free "
-                         "some space and rerun to resume") from None
+                         f"{brief(e)}); {kept}") from None
 
 
 #: The OSErrors reading a checkpoint that are about its bytes: torch's zip reader raises a bare

@@ -105,6 +105,11 @@ def test_disk_full_while_saving_a_checkpoint_keeps_the_previous_one(tmp_path, mo
     with pytest.raises(DP4TLError, match=r"disk full while saving the checkpoint .*checkpoint\.pt") as e:
         new.save(path)
     assert "\n" not in str(e.value) and "previous checkpoint is intact" in str(e.value)
+    # the first save of a run has no previous checkpoint to keep: it does not claim one (review)
+    with pytest.raises(DP4TLError, match=r"no checkpoint was written yet: free some space and "
+                                         r"rerun \(the run starts over\)$"):
+        new.save(tmp_path / "first" / "checkpoint.pt")
+    (tmp_path / "first").rmdir()  # (left empty: its temporary file was removed)
     monkeypatch.setattr(ckpt_mod.torch, "save", real_save)
     kept = Checkpoint.load(path)
     assert kept.epoch == 1 and torch.equal(kept.model["w"], torch.ones(3))
