@@ -193,6 +193,9 @@ def report_callback(value: Optional[str]) -> Optional[str]:
         return None
     with usage_error():
         path = check_out_file(value, "--report")
+    if not path.parent.is_dir():  # (a typo made /nonexistent/dir/ and "wrote section"; review)
+        raise typer.BadParameter(f"{value}: its folder {path.parent} does not exist; create it, or "
+                                 "choose a file in an existing folder")
     if path.is_file():  # the section is written into it after the bench ran: read it now
         try:
             path.read_text(encoding="utf-8")

@@ -142,6 +142,7 @@ BAD = [
     (("bench", "embedded", "--reference-seeds", "x"), "--reference-seeds"),
     (("bench", "embedded", "--ratios", "0"), "--ratios"),
     (("bench", "embedded", "--report", "DATA"), "--report"),
+    (("bench", "cost-table", "--report", "OUT/nodir/B.md"), "--report"),  # (a typo: made the folder)
     (("bench", "adversarial", "--seeds", ""), "--seeds"),
     (("bench", "surrogates", "--archs", ""), "--archs"),
     (("bench", "surrogates", "--seeds", "1,1"), "--seeds"),
