@@ -271,6 +271,8 @@ def rerender(out: Path, criterion: str | None = None) -> dict[str, Any]:
     """Rebuild the tables, plots and report of ``out/results.json`` from its raw rows with this
     version's code (e.g. after the report gained a table), without running anything;
     ``criterion`` judges the winning subsets again (default: the run's)."""
+    if Path(out).name == "results.json" and Path(out).is_file():  # (the file, not its folder)
+        out = Path(out).parent
     path = Path(out) / "results.json"
     if not path.is_file() and (Path(out) / "rows.jsonl").is_file():
         raise DP4TLError(f"{out} is a `bench embedded` folder (rows.jsonl, no results.json): rerun "

@@ -258,6 +258,9 @@ def _not_a_dataset(root: Path) -> None:
     if root.is_file():
         raise DataError(f"{root} is a file, but a built dataset is a directory (holding "
                         f"{MANIFEST_NAME}); pass the directory `dp4tl build` wrote")
+    if (root.parent / MANIFEST_NAME).is_file():  # (DATASET/wds, DATASET/ffcv: advised to build there)
+        raise DataError(f"{root} is a folder inside the built dataset {root.parent}: pass "
+                        f"{root.parent}")
     kind = folder_kind(root)
     if kind is not None and kind != "dataset":
         raise DataError(f"{root} holds {KINDS[kind].what} (written by `{KINDS[kind].command}`), "

@@ -138,6 +138,18 @@ def test_a_file_or_a_synth_root_is_not_told_to_be_built(index_dataset, tmp_path)
     assert _one_line(e) == (f"{label_file} is a file, but a built dataset is a directory "
                             "(holding manifest.json); pass the directory `dp4tl build` wrote")
     assert "dp4tl build SOURCE --out" in str(verify_dataset(tmp_path / "nothing").problems)
+    # a folder of a built dataset (its wds/ shards) was told to be built into (review)
+    inner = index_dataset.root / "wds"
+    made = not inner.exists()
+    inner.mkdir(exist_ok=True)
+    try:
+        with pytest.raises(DataError) as e:
+            load_manifest(inner)
+        assert _one_line(e) == (f"{inner} is a folder inside the built dataset "
+                                f"{index_dataset.root}: pass {index_dataset.root}")
+    finally:
+        if made:
+            inner.rmdir()
 
 
 def test_only_built_datasets_are_offered_as_the_datasets_a_folder_holds(index_dataset, tmp_path):
