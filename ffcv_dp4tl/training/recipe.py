@@ -418,6 +418,10 @@ def _check_value(source: str, key: str, value: Any, expected: Any) -> Any:
 def _check_names(data: dict[str, Any], source: str) -> None:
     """Every section and key of ``data`` is one a recipe has (values are :func:`_build`'s)."""
     for sec, body in data.items():
+        if sec not in SECTIONS and not isinstance(body, dict):  # (a key before any [section])
+            raise DP4TLError(f"{source}: unknown top-level key {sec!r} (a recipe's keys live in "
+                             f"sections: {', '.join(SECTIONS)}; the top level holds `extends` "
+                             "only; a description goes in a # comment on the first line)")
         if sec not in SECTIONS:
             raise DP4TLError(f"{source}: unknown section [{sec}]; valid sections: "
                              f"{', '.join(SECTIONS)}")

@@ -60,6 +60,9 @@ def resolve_recipe_path(path_or_name: str | Path) -> Path:
     if shipped is not None and not p.is_file():
         return shipped  # a shipped recipe set's member, e.g. "paper/lp"
     if _looks_like_path(path_or_name) or p.is_file():
+        if p.is_dir():
+            raise DP4TLError(f"{p} is a folder, not a recipe file (pass a .toml file or a "
+                             "recipe name; `dp4tl recipes` lists the names)")
         if not p.is_file():
             raise DP4TLError(f"recipe file not found: {p} (pass an existing .toml file or a "
                              "recipe name; `dp4tl recipes` lists the names)")

@@ -52,6 +52,15 @@ def test_unknown_section(tmp_path):
     p.write_text("[trian]\nepochs = 3\n")
     with pytest.raises(DP4TLError, match=r"unknown section \[trian\]"):
         load_recipe(p)
+    # a key before any section is not "an unknown section [description]"; a folder named
+    # like a recipe file is not "not found" (review)
+    p.write_text('description = "x"\n[train]\nepochs = 3\n')
+    with pytest.raises(DP4TLError, match=r"bad\.toml: unknown top-level key 'description' \(a "
+                                         r"recipe's keys live in sections: model, .*`extends` only"):
+        load_recipe(p)
+    (tmp_path / "dir.toml").mkdir()
+    with pytest.raises(DP4TLError, match=r"dir\.toml is a folder, not a recipe file"):
+        load_recipe(tmp_path / "dir.toml")
 
 
 def test_wrong_type_names_expected_type(tmp_path):
