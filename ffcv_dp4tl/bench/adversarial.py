@@ -62,8 +62,15 @@ def adv_overrides(steps: int = 3, eps: str = "3/255", step_size: str = "", norm:
     the keys of earlier runs stay valid."""
     if steps <= 0:
         raise DP4TLError(f"--steps must be >= 1 for the ADV models, got {steps}")
+    radius = _number("--eps", eps)  # (the recipe's rule, in this command's words: it named
+    if radius <= 0:                 # adv.eps, a key the user never wrote; review)
+        raise DP4TLError(f"--eps {eps}: the ADV models need a radius > 0 (pixel units, e.g. "
+                         "3/255 for linf, 3 for l2)")
+    if norm == "linf" and radius > 1:
+        raise DP4TLError(f"--eps {eps} is in [0, 1] pixel units for linf; for {eps}/255 pass "
+                         f"--eps {eps}/255")
     if not str(step_size).strip():
-        step_size = repr(2 * _number("--eps", eps) / steps)
+        step_size = repr(2 * radius / steps)
     return (f"adv.steps={steps}", f"adv.eps={eps}", f"adv.step_size={step_size}",
             f"adv.norm={norm}", f"adv.random_start={str(random_start).lower()}",
             *((f"adv.units={units}",) if units != "pixel" else ()))

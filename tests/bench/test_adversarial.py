@@ -70,6 +70,13 @@ def test_bad_bench_inputs_fail_before_work(tmp_path):
         adv_overrides(steps=0)
     with pytest.raises(DP4TLError, match="--eps"):
         adv_overrides(eps="three")
+    # in this command's words, not the recipe key adv.eps the user never wrote (review)
+    with pytest.raises(DP4TLError, match=r"^--eps 2 is in \[0, 1\] pixel units for linf; for "
+                                         r"2/255 pass --eps 2/255$"):
+        adv_overrides(eps="2")
+    with pytest.raises(DP4TLError, match=r"^--eps 0: the ADV models need a radius > 0"):
+        adv_overrides(eps="0")
+    assert "adv.eps=2" in adv_overrides(eps="2", norm="l2")  # (an L2 radius may exceed 1)
     assert not (tmp_path / "d").exists() and not (tmp_path / "r").exists()
 
 
@@ -81,7 +88,8 @@ def test_a_bad_adv_recipe_is_refused_before_dense_trains(tmp_path, monkeypatch, 
     monkeypatch.setattr(adv, "run_pipeline", lambda *a, **k: pytest.fail("a model trained"))
     base = PipelineConfig(source=SYNTH, data_root=data_root, runs_root=tmp_path / "r")
     with pytest.raises(DP4TLError, match=r"the ADV models' recipe \(--steps, --eps.*adv.eps"):
-        run_adversarial(base, adv=adv_overrides(steps=3, eps="2"), log=lambda m: None)
+        run_adversarial(base, adv=("adv.steps=3", "adv.eps=2", "adv.step_size=0.1",
+                                   "adv.norm=linf"), log=lambda m: None)
     with pytest.raises(DP4TLError, match="nosuch"):
         run_adversarial(base, method="nosuch", log=lambda m: None)
     with pytest.raises(DP4TLError, match="--seeds is empty"):
