@@ -96,7 +96,8 @@ def resolve_backend(backend: str) -> str:
     if backend == "cuda" and not cuda_available():
         raise DP4TLError(
             "backend='cuda' needs CuPy and a CUDA device, but none is usable here; "
-            "install the cupy-cudaXXx wheel matching your driver or pass backend='cpu'"
+            "install the cupy-cudaXXx wheel matching your driver or pass backend='cpu' "
+            "(`--backend cpu`)"
         )
     return backend
 

@@ -125,6 +125,10 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     """
     scorer = get_scorer(method)
     opts = scorer.parse_options(options)  # bad options fail before any work
+    if scorer.uses_k:  # (its k-means kernels: --backend cuda without a GPU failed after the
+        from ..kernels import resolve_backend  # features were extracted; review)
+
+        resolve_backend(backend)
     if resolution is not None:  # 0 is no "default": omit the option for the surrogate's
         check_resolution(resolution, "--resolution")
     if target_resolution is not None:
