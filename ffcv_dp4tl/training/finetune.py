@@ -271,14 +271,15 @@ def _check_no_test_leak(train_split, test_split, masks: dict, train_mask, test_m
     test = masks["test_mask"].indices if "test_mask" in masks else every
     shared = np.intersect1d(train, test, assume_unique=True)
     if shared.size:
-        def given(flag: str, m) -> str:
-            return f"{flag} {m}" if m is not None else f"no {flag} (the whole split)"
+        def given(what: str, flag: str, m) -> str:
+            return f"{what} {m} ({flag})" if m is not None else f"{what} the whole split (no {flag})"
 
-        raise DP4TLError(f"the run trains and tests on split {train_split.name!r} and "
-                         f"{given('--train-mask', train_mask)} and {given('--test-mask', test_mask)} "
-                         f"share {shared.size} samples (e.g. {shared[0]}): its test top-1 would "
-                         "count images it trains on; give disjoint masks of one draw (`dp4tl "
-                         "evaluate vtab-splits`) or test on another split")
+        raise DP4TLError(f"the run trains and tests on split {train_split.name!r}, and it trains "
+                         f"on {given('the samples of', '--train-mask', train_mask)} and tests on "
+                         f"{given('those of', '--test-mask', test_mask)}: {shared.size} samples "
+                         f"are in both (e.g. sample {shared[0]}), so its test top-1 would count "
+                         "images it trains on; give disjoint masks of one draw (`dp4tl evaluate "
+                         "vtab-splits`) or test on another split")
 
 
 def classifier_for(model: nn.Module, ckpt: Checkpoint, head: str, num_classes: int,

@@ -90,8 +90,8 @@ def test_finetune_reads_only_the_masks(eval_source_ckpt, eval_target, tmp_path):
     # before any work: the test top-1 would count trained-on images
     for train_mask, test_mask, shared in ((paths["trainval"], paths["val"], 4),
                                           (None, paths["val"], 4), (paths["train"], None, 16)):
-        with pytest.raises(DP4TLError, match=rf"trains and tests on split 'train' .* share "
-                                             rf"{shared} samples"):
+        with pytest.raises(DP4TLError, match=rf"trains and tests on split 'train', and it trains "
+                                             rf"on .*: {shared} samples are in both"):
             finetune(r, eval_source_ckpt, eval_target, tmp_path / "leak", fmt="wds",
                      device="cpu", progress=False, train_mask=train_mask, test_mask=test_mask)
         assert not (tmp_path / "leak").exists()
