@@ -157,6 +157,9 @@ def files_cmd(
     if out is None:
         typer.echo(text, nl=False)
         return
+    if out.exists() and not out.is_file():  # (/dev/null, a folder: never advised to delete it)
+        raise MaskError(f"--out {out} is not a regular file; pass a file path, or leave --out "
+                        "out to print the list (`> FILE` to keep it)")
     if out.exists() and not _holds(out, text.encode("utf-8")):
         raise MaskError(f"--out {out} already exists and holds something else than this list of "
                         f"{what} files; pass another --out (or delete {out} to replace it)")

@@ -110,6 +110,10 @@ def test_mask_files_never_replaces_a_file_it_did_not_write(source_dir, tmp_path,
     one_line(code, err, f"--out {ckpt} already exists and holds something else than this list of "
              f"kept files; pass another --out (or delete {ckpt} to replace it)")
     assert ckpt.read_bytes() == weights
+    # not a regular file: never "delete /dev/null to replace it" (review)
+    code, _, err = run("mask", "files", m, "--data", source_dir, "--out", "/dev/null")
+    one_line(code, err, "--out /dev/null is not a regular file; pass a file path, or leave --out "
+             "out to print the list (`> FILE` to keep it)")
     kept = tmp_path / "kept.txt"
     files = ("mask", "files", m, "--data", source_dir, "--out", kept)
     assert run(*files)[0] == 0
