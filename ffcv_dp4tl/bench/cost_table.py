@@ -214,7 +214,8 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
                        and surrogate_s else 0.0)
             add(res, lambda target: cost_row(res, method, r, seed, charged, surrogate_cpu,
                                              target=target))
-    cfg = {**asdict(base), "data_root": str(base.data_root), "runs_root": str(base.runs_root)}
+    cfg = {**asdict(base), "data_root": str(base.data_root), "runs_root": str(base.runs_root),
+           "k": ref.config["k"]}  # (the K the runs used: None in base means the data's default)
     ratios = sorted(set(ratios) | {r for _, r in plan})
     table = summarize(rows, methods=methods, ratios=ratios, seeds=seeds, finetune=finetune,
                       tol=tol, criterion=criterion)
