@@ -584,6 +584,9 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     if start_epoch >= (tc.epochs if stop_after is None else min(tc.epochs, stop_after)):
         # nothing to train (finished, or --stop-after at or below where it is): the last row,
         # so the caller reports the epoch the run is at (not "epoch 0")
+        if stop_after is not None and start_epoch < tc.epochs and ctx.is_main:  # (said nothing)
+            print(f"stop after {stop_after}: {start_epoch} of {tc.epochs} epochs are done already "
+                  f"({ckpt_path}); nothing trained", flush=True)
         rows = _read_metrics(metrics_path)
         return rows[-1] if rows else {"epoch": start_epoch - 1}
     # said with or without progress bars (--no-progress in a batch job's log, too)

@@ -137,6 +137,11 @@ def test_a_resumed_run_says_how_far_its_checkpoint_got(source_dir, tmp_path, tes
     # without progress bars (--no-progress in a batch job's log) the resume is said all the same
     train(r, source_dir, out_dir=tmp_path / "quiet", stop_after=1, progress=False, **kw)
     capsys.readouterr()
+    # a --stop-after at or below where the run is trains nothing, and says so (it said nothing)
+    train(r, source_dir, out_dir=tmp_path / "quiet", stop_after=1, progress=False, **kw)
+    assert capsys.readouterr().out.splitlines() == [
+        f"stop after 1: 1 of 2 epochs are done already ({tmp_path / 'quiet' / 'checkpoint.pt'}); "
+        "nothing trained"]
     train(r, source_dir, out_dir=tmp_path / "quiet", progress=False, **kw)
     assert capsys.readouterr().out.splitlines() == [
         f"resuming: 1 of 2 epochs done ({tmp_path / 'quiet' / 'checkpoint.pt'})"]
