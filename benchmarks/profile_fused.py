@@ -198,10 +198,12 @@ def profile(args: argparse.Namespace) -> list[str]:
     if ncu is None:
         return [*head, "ncu not found on this machine (PATH, /opt/nvidia/nsight-compute/*/ncu, "
                 "$CUDA_HOME/bin/ncu): no profile."]
+    timeout = ncu_timeout(args.timeout)
     try:
-        version = subprocess.run([ncu, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+        version = subprocess.run([ncu, "--version"], capture_output=True, text=True,
+                                 timeout=min(30, timeout)).stdout.strip()
         version = version.splitlines()[-1] if version else "version unknown"
-        timeout = ncu_timeout(args.timeout)
+        timeout = ncu_timeout(args.timeout)  # (what is left after --version)
         done = run_group(ncu_command(ncu, args), timeout)
     except subprocess.TimeoutExpired:
         return [*head, f"ncu did not finish in {timeout} s: no profile."]

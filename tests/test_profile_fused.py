@@ -189,3 +189,14 @@ def test_a_slow_ncu_ends_before_the_stage_does_and_the_compiler_report_is_writte
         time.sleep(0.1)
     else:
         raise AssertionError("ncu's child outlived the timeout")
+
+
+def test_an_ncu_whose_version_hangs_is_one_line_too(tmp_path, monkeypatch):
+    """`ncu --version` timing out raised UnboundLocalError (the timeout was set after it;
+    review): the same "did not finish" line now."""
+    fake = tmp_path / "ncu"
+    fake.write_text("#!/bin/sh\nsleep 30\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("GPU_CHECK_DEADLINE", str(int(time.time()) + 5))
+    args = pf.main.__globals__["argparse"].Namespace(n=10, d=4, k=2, seed=0, ncu=str(fake), timeout=30)
+    assert re.fullmatch(r"ncu did not finish in [12] s: no profile\.", pf.profile(args)[-1])

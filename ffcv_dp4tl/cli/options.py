@@ -252,7 +252,7 @@ def bench_target(target: str, data: str) -> str:
 
 def is_synth(data: str) -> bool:
     """``data`` is the embedded synth data: a ``synth:*`` SOURCE or a folder built from one."""
-    return str(data).startswith("synth") or _is_embedded(data)
+    return str(data).split(":", 1)[0].split(",", 1)[0] == "synth" or _is_embedded(data)
 
 
 def _is_embedded(data: str) -> bool:

@@ -88,12 +88,14 @@ def finetune(
     if source_weights is not None:
         if not arch:
             raise DP4TLError("--source-weights needs --arch (e.g. resnet101)")
+        from ..training.models import model_knobs
         from ..training.recipe import Recipe
         from ..training.trainer import remove_unused_run_dir
         from ..training.weights import import_weights
 
         src = Recipe()
-        src.model.arch, src.model.blurpool = arch, False
+        src.model.arch = arch  # (blurpool: read from the weights' keys, build_from_state_dict)
+        src.model.blurpool = False if "blurpool" in model_knobs(arch) else src.model.blurpool
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         checkpoint = out / "source_checkpoint.pt"

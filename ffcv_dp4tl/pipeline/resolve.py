@@ -196,6 +196,12 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
             log(f"[data] {source!r} reads the input of {elsewhere[1]!r}: its build in "
                 f"{elsewhere[0]} is used")
             out, source, specs = elsewhere
+            # its builder's lock (its readable name's): a pipeline still building it is waited
+            # for, not refused by the build's own lock (review)
+            theirs = data_root / f".{_slug(source)}{'-coop' if coop else ''}.pipeline.lock"
+            with contextlib.suppress(OSError):  # (a read-only data root: nobody builds there)
+                lock.enter_context(directory_lock(theirs, f"data {out}", wait=True,
+                                                  on_wait=lambda m: log(f"[data] {m}")))
         elif other is not None:  # another input with the same folder name (t/x, t-x)
             hashed = out.with_name(f"{out.name}-{hashlib.sha256(source.encode()).hexdigest()[:11]}")
             log(f"[data] {out} holds the build of {other!r}: {source!r} builds in {hashed}")

@@ -67,7 +67,8 @@ def register(name: str, knobs: Iterable[str] | None = None):
             raise ValueError(f"model {name!r}: unknown knobs {sorted(taken - set(MODEL_KNOBS))}; "
                              f"choose from {', '.join(MODEL_KNOBS)}")
         old = _REGISTRY.get(name)
-        if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
+        same = lambda f: (f.__module__, f.__qualname__, f.__doc__)  # noqa: E731 (a module
+        if old is not None and same(old) != same(fn):  # reloaded; _small's builders differ by doc)
             raise ValueError(f"model {name!r} is registered already (by {old.__module__}."
                              f"{old.__qualname__}); choose another name")
         _REGISTRY[name], _KNOBS[name] = fn, taken

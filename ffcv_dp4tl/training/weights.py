@@ -52,7 +52,7 @@ def _numpy_globals() -> list[Any]:
 
     core = getattr(np, "_core", None) or np.core
     dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
-    return [core.multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype, *dtypes]
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:

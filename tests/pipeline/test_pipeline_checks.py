@@ -241,6 +241,24 @@ def test_two_sources_with_one_folder_name_build_side_by_side(tmp_path, monkeypat
     assert not any("built" in m for m in logs), logs
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted([first.name, second.name])
     assert ensure_built(f"folder:{tmp_path}/t-x", root, logs.append) == second
+    # a pipeline of the other spelling still building it (its pipeline lock and the build's
+    # own lock held): waited for, not refused by the build lock (review)
+    import subprocess
+    import sys
+    import time
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from ffcv_dp4tl.fsutil import directory_lock\n"
+        f"with directory_lock({str(root / '.folder-t-x.pipeline.lock')!r}, 'data'), "
+        f"directory_lock({str(first / '.build.lock')!r}, 'build'):\n"
+        "    print('held', flush=True); time.sleep(2)\n")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    logs.clear()
+    t0 = time.monotonic()
+    assert ensure_built(f"folder:{tmp_path}/t/x/", root, logs.append) == first
+    assert time.monotonic() - t0 > 0.5 and holder.wait(10) == 0
+    assert any("waiting" in m for m in logs), logs
     (tmp_path / "link").symlink_to(tmp_path / "t" / "x")  # a link to it: listed under the link
     logs.clear()
     assert ensure_built("folder:link", root, logs.append) == first, logs
