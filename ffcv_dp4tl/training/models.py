@@ -14,8 +14,8 @@ add them to torchvision's ResNet and ViT without changing their state_dicts.
 
 Knobs (all keyword arguments, all settable from a recipe's ``[model]`` section, :data:`MODEL_KNOBS`).
 A builder takes the ones it declares (:func:`register`'s ``knobs``, or its keyword parameters of
-those names); a recipe that sets another one away from its default is refused, never ignored
-(:func:`~ffcv_dp4tl.training.trainer.model_kwargs`):
+those names); another one a recipe sets away from its default is not passed, and training names
+it in a warning (:func:`~ffcv_dp4tl.training.trainer.ignored_model_knobs`):
 
 * ``blurpool`` — anti-aliased downsampling as in ffcv-imagenet: every strided conv with at least
   16 input channels is preceded by a fixed 3×3 binomial blur (``BlurPoolConv2d``). ffcv-imagenet
