@@ -458,3 +458,15 @@ def test_help_marks_data_required_wherever_it_is():
                 seen += 1
                 assert p.required, f"dp4tl {' '.join(path)}: --data is optional in --help"
     assert seen >= 8
+
+
+@pytest.mark.parametrize("data,synth", [("synth", True), ("synth:tiny", True),
+                                        ("synth:costtable,image_size=48", True),
+                                        ("synthetic-cars", False), ("folder:synth", False)])
+def test_synth_is_the_specs_layout_not_a_prefix(data, synth, tmp_path, monkeypatch):
+    """The CLI's K default tested the spec's first letters: a folder named synthetic-cars got
+    the embedded data's K of 64 (review)."""
+    from ffcv_dp4tl.cli.options import is_synth
+
+    monkeypatch.chdir(tmp_path)
+    assert is_synth(data) is synth

@@ -141,6 +141,12 @@ def test_a_new_model_takes_the_knobs_it_declares_and_the_others_are_named_not_pa
         with pytest.raises(ValueError, match=r"takes \*\*kw, so say which recipe knobs it takes"):
             models.register("kw_probe")(lambda num_classes, **kw: nn.Linear(4, num_classes))
         assert "kw_probe" not in models.list_models()
+        # the seven small models share one builder function's name: still told apart
+        with pytest.raises(ValueError, match=r"^model 'resnet20s' is registered already"):
+            models.register("resnet20s")(models._small(models.SmallVGG, 2))
+        vgg2 = models._REGISTRY["vgg2"]
+        models.register("vgg2")(models._small(models.SmallVGG, 2))  # (the same one: a reload)
+        models._REGISTRY["vgg2"] = vgg2
     finally:
         models.unregister("tiny_probe")
     assert "tiny_probe" not in models.list_models()

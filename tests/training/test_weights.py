@@ -134,3 +134,22 @@ def test_a_dp4tl_training_checkpoint_is_brought_weights_too(trained_run, tmp_pat
     info = import_weights(trained_run / "checkpoint.pt", tmp_path / "c.pt",
                           recipe=load_recipe("resnet18_tiny_cpu", TEST_OVERRIDES), classes=ckpt.classes)
     assert info["brought"] and info["num_classes"] == len(ckpt.classes)
+
+
+def test_numpy_arrays_and_scalars_load_but_no_code_runs(tmp_path):
+    """The allow-list that lets a dp4tl checkpoint's RNG states through weights_only: numpy
+    arrays and scalars load; an object that runs code when unpickled is still refused."""
+    import numpy as np
+
+    sd = _model().state_dict()
+    torch.save({"model": sd, "rng": np.arange(3, dtype=np.uint32), "loss": np.float64(0.5)},
+               tmp_path / "np.pt")
+    assert read_state_dict(tmp_path / "np.pt")[0].keys() == sd.keys()
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch.save({"model": sd, "x": Boom()}, tmp_path / "boom.pt")
+    with pytest.raises(DP4TLError, match="not a state dict torch can read safely"):
+        read_state_dict(tmp_path / "boom.pt")
