@@ -187,9 +187,9 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
             if not is_unwritable(e):
                 raise
         other = _built_from(out, specs)
-        elsewhere = (None if other is not None and _same_input(other, source) else
-                     _build_of_same_input(data_root, specs, source, out, split))
-        if other is not None and _same_input(other, source):
+        same = other is not None and _same_input(other, source)
+        elsewhere = None if same else _build_of_same_input(data_root, specs, source, out, split)
+        if same:
             if other != source:  # the same folder spelled otherwise (folder:x/, a link): its build,
                 source, specs = other, resolve_source(other, split=split)  # listed as it was
         elif elsewhere is not None:  # spelled with another readable name (relative, absolute)

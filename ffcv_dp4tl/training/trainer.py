@@ -344,16 +344,16 @@ def build_step_parts(recipe: Recipe, num_classes: int, ctx: dist_.DistContext,
         opt.load_state_dict(ckpt.optimizer)
         scaler.load_state_dict(ckpt.scaler)
     from .ssl_augment import color_jitter_augment
-    kind = objective_class(recipe)
-    if ssl:
+    kind = objective_class(recipe)  # (the one dispatch; here each kind's arguments)
+    if kind is CrossEntropyObjective:
+        objective = kind(recipe.optim.label_smoothing, color_jitter_augment(recipe.train),
+                         tc.crop_scale, tc.crop_ratio)
+    elif not kind.supervised:  # MoCo
         objective = kind(net, recipe.ssl, ctx)
-    elif recipe.adv.steps > 0:  # PGD adversarial training: the plain net attacks (adversarial.py)
+    else:  # PGD adversarial training: the plain net attacks (adversarial.py)
         from .adversarial import PGDAttack
         objective = kind(net, PGDAttack.from_recipe(recipe.adv), recipe.optim.label_smoothing,
                          tc.crop_scale, color_jitter_augment(recipe.train), tc.crop_ratio)
-    else:
-        objective = kind(recipe.optim.label_smoothing, color_jitter_augment(recipe.train),
-                         tc.crop_scale, tc.crop_ratio)
     if ckpt:
         objective.load_state_dict(ckpt.objective)
     train_model: nn.Module = net
