@@ -29,6 +29,7 @@ it in a warning (:func:`~ffcv_dp4tl.training.trainer.ignored_model_knobs`):
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
@@ -38,12 +39,13 @@ from torch import nn
 from torchvision import models as tvm
 
 from ..errors import DP4TLError
+from .recipe import ModelCfg
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _KNOBS: dict[str, frozenset[str]] = {}
 
 #: the recipe's ``[model]`` knobs (``ModelCfg``'s fields but ``arch``) a builder may take
-MODEL_KNOBS = ("blurpool", "small_input", "stem_stride", "width", "image_size")
+MODEL_KNOBS = tuple(f.name for f in dataclasses.fields(ModelCfg) if f.name != "arch")
 _RESNET_KNOBS = ("blurpool", "small_input", "stem_stride", "width")
 
 

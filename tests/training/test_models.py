@@ -118,6 +118,12 @@ def test_a_new_model_takes_the_knobs_it_declares_and_the_others_are_named_not_pa
 
     try:
         assert models.model_knobs("tiny_probe") == {"width"}
+        # MODEL_KNOBS is ModelCfg's fields but arch, in their order
+        import dataclasses
+
+        from ffcv_dp4tl.training.recipe import ModelCfg
+        assert models.MODEL_KNOBS == ("blurpool", "small_input", "stem_stride", "width", "image_size")
+        assert set(models.MODEL_KNOBS) == {f.name for f in dataclasses.fields(ModelCfg)} - {"arch"}
         r = load_recipe("resnet18_tiny_cpu", ["model.arch=tiny_probe"])
         assert model_kwargs(r) == {"width": 8}  # (resnet18_tiny_cpu's width)
         assert models.create_model("tiny_probe", 3, **model_kwargs(r))(torch.randn(1, 3, 8, 8)).shape == (1, 3)
