@@ -149,10 +149,11 @@ def run_adversarial(base: PipelineConfig, out_dir: str | Path | None = None, *, 
                        scorer_options=base.scorer_options if m == method else ())
 
     # every run's checks before DENSE trains: the plain models (the method, --set), then the
-    # ADV models, whose only difference is the ADV recipe (--steps, --eps, --step-size, --norm)
+    # ADV models, whose only difference is the ADV recipe (--steps, --eps, --step-size, --norm);
+    # those are checked quietly (the first call built the data and said which recipes it reads)
     preflight([config(r, m, extra) for _, r, m, extra in plan if not extra], log)
     try:
-        preflight([config(r, m, extra) for _, r, m, extra in plan if extra], log)
+        preflight([config(r, m, extra) for _, r, m, extra in plan if extra], lambda _: None)
     except DP4TLError as e:
         raise DP4TLError(f"the ADV models' recipe (--steps, --eps, --step-size, --norm): {e}") from None
     for i, (variant, r, m, extra) in enumerate(plan, 1):

@@ -19,8 +19,11 @@ def _parse_ranges(text: str) -> list[tuple[int, int]]:
     """``--classes`` as inclusive (low, high) ranges, never expanded here: ``0-999999999999``
     must be refused by the bounds check, not first built as a list in memory."""
     ranges: list[tuple[int, int]] = []
-    for part in text.split(","):
-        part = part.strip()
+    parts = [part.strip() for part in text.split(",")]
+    if any(parts) and not all(parts):  # '1,,2': an id was dropped, not an id meant to be skipped
+        raise MaskError(f"--classes: {text!r} has an empty item between commas; give each class id "
+                        "or range once, e.g. '0,3,10-19'")
+    for part in parts:
         if not part:
             continue
         lo, sep, hi = part.partition("-")

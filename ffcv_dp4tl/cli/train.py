@@ -32,11 +32,18 @@ def train(
 
     Under torchrun every rank trains on a disjoint part of the mask (DDP; rank 0 writes files).
     """
+    import warnings
+
+    from ..training.checkpoint import CHECKPOINT_NAME
     from ..training.distributed import launch_env
     from ..training.recipe import load_recipe
+    from ..training.trainer import keep_epochs_note
     from ..training.trainer import train as run_train
 
     r = load_recipe(recipe, set_)  # validate the recipe before anything else
+    note = keep_epochs_note(r)
+    if note and launch_env()[0] == 0 and not (resume and (out / CHECKPOINT_NAME).exists()):
+        warnings.warn(note)  # (when the run starts, not on each resume)
     row = run_train(r, data, mask=mask, out_dir=out, fmt=fmt.value, device=device, resume=resume,
                     progress=progress, stop_after=stop_after)
     if launch_env()[0]:  # under torchrun rank 0 reports the run

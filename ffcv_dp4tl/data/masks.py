@@ -22,6 +22,10 @@ from ..fsutil import atomic_save_npy, atomic_write_json, read_json
 from ..outputs import is_dataset
 from .manifest import SplitInfo, npy_error_reason
 
+#: the advice for a mask whose two files (.npy and .json sidecar) do not agree: one rule, said by
+#: every check of a mask's sidecar
+RECREATE_MASK = "recreate the mask with `dp4tl prune` or `dp4tl mask classes`"
+
 
 @dataclass(frozen=True)
 class IndexMask:
@@ -158,7 +162,7 @@ def check_recorded_classes(mask: IndexMask, split: SplitInfo, source: str | Path
     if missing.size:
         raise MaskError(f"{_json_path(Path(source))}: kept_classes leaves out classes "
                         f"{missing[:5].tolist()} whose samples {source} keeps: the two files do not "
-                        "belong together; recreate the mask with `dp4tl prune` or `dp4tl mask classes`")
+                        f"belong together; {RECREATE_MASK}")
 
 
 def samples_with_labels(labels: np.ndarray, kept: np.ndarray) -> np.ndarray:
@@ -366,13 +370,11 @@ def load_mask(path: str | Path, split: SplitInfo | None = None,
     if kept is not None and (not isinstance(kept, list) or not all(
             isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in kept)):
         raise MaskError(f"{meta_path}: field 'kept_classes' must be a list of class ids "
-                        f"(integers >= 0), got {str(kept)[:40]}; recreate the mask with `dp4tl prune` "
-                        "or `dp4tl mask classes`")
+                        f"(integers >= 0), got {str(kept)[:40]}; {RECREATE_MASK}")
     if meta.num_kept is not None and indices.ndim == 1 and meta.num_kept != len(indices):
         raise MaskError(f"{meta_path} says {meta.num_kept} samples are kept but {npy} holds "
                         f"{len(indices)}: the two files were not written together (edited, or "
-                        "copied from two masks); recreate the mask with `dp4tl prune` or "
-                        "`dp4tl mask classes`")
+                        f"copied from two masks); {RECREATE_MASK}")
     mask = IndexMask(indices, meta.to_json())
     if split is not None:
         validate_mask(mask, split, source=npy, split_option=split_option)

@@ -21,8 +21,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..data.manifest import SplitInfo
-from ..data.masks import (IndexMask, _npy_path, check_recorded_classes, classes_of, load_mask,
-                          sorted_unique, validate_mask)
+from ..data.masks import (RECREATE_MASK, IndexMask, _npy_path, check_recorded_classes, classes_of,
+                          load_mask, sorted_unique, validate_mask)
 from ..errors import DP4TLError, MaskError, class_ids, count
 
 
@@ -135,7 +135,7 @@ def _check_kept_classes(mask: IndexMask, npy: Path, num_classes: int | None) -> 
     if recorded is None:
         return
     sidecar = npy.with_suffix(".json")
-    fix = "recreate the mask with `dp4tl prune` or `dp4tl mask classes`"
+    fix = RECREATE_MASK
     # (a list of class ids: load_mask checked its type, for every reader of a mask)
     limit = num_classes if num_classes is not None else mask.meta.get("num_classes")
     if isinstance(limit, int) and any(c >= limit for c in recorded):

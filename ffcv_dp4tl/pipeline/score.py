@@ -10,6 +10,7 @@ included) is recorded as ``selection_seconds`` for the cost table.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from ..errors import DataError, DP4TLError
 from ..fsutil import directory_lock, file_sha256
 from ..outputs import claim_out_dir
 from ..scoring.context import ScoringContext, Surrogate
-from ..scoring.registry import SEED, SETTINGS, Scorer, get_scorer, self_supervised_alternatives
+from ..scoring.registry import (SEED, SETTINGS, Scorer, get_scorer, scorers,
+                                self_supervised_alternatives)
 from .scores_io import load_scores_meta, write_scores
 from .targets import check_distinct_datasets, check_distinct_targets
 
@@ -125,6 +127,14 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     """
     scorer = get_scorer(method)
     opts = scorer.parse_options(options)  # bad options fail before any work
+    if (train_recipe is not None or train_overrides) and not scorer.trains:
+        # a note, not a refusal (nothing is wrong with the scores): --recipe/--set given to lm
+        # were dropped without a word, and the user believed they had changed something
+        given = " and ".join(n for n, v in (("--recipe", train_recipe is not None),
+                                             ("--set", bool(train_overrides))) if v)
+        warnings.warn(f"{given} set the runs a method trains itself "
+                      f"({', '.join(s.name for s in scorers() if s.trains)}); {method} trains "
+                      "none, so they are ignored", stacklevel=2)
     if scorer.uses_k:  # (its k-means kernels: --backend cuda without a GPU failed after the
         from ..kernels import resolve_backend  # features were extracted; review)
 

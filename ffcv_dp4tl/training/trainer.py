@@ -164,6 +164,23 @@ def ignored_model_knobs(recipe: Recipe) -> str | None:
             "they are ignored")
 
 
+def keep_epochs_note(recipe: Recipe) -> str | None:
+    """A note naming the ``train.keep_epochs`` past ``train.epochs`` (no early checkpoint will
+    be kept for them; ``dp4tl train`` said nothing, and the user found no file), else None.
+    A note, not a refusal: a shortened run (``--set train.epochs=1``) over a recipe that keeps
+    epoch 2 for EL2N is legitimate, as milestones past the end are. ``dp4tl train`` says it; the
+    pipeline says it only where a method scores that checkpoint (``pipeline.run._trajectory``),
+    since LM or FM never read one."""
+    tc = recipe.train
+    past = sorted(e for e in tc.keep_epochs if e > tc.epochs)
+    if not past:
+        return None
+    files = ", ".join(early_checkpoint_name(e) for e in past)
+    return (f"{recipe.name or 'the recipe'}: train.keep_epochs {past} "
+            f"{'lies' if len(past) == 1 else 'lie'} past train.epochs {tc.epochs}, so "
+            f"{files} will not be kept")
+
+
 def build_model(recipe: Recipe, num_classes: int) -> nn.Module:
     return create_model(recipe.model.arch, num_classes, **model_kwargs(recipe))
 

@@ -111,13 +111,19 @@ def test_the_four_models_carry_the_bench_settings(tmp_path, monkeypatch):
     def stop(*a, **k):
         raise Stop
 
-    monkeypatch.setattr(adv, "preflight", lambda cfgs, log: seen.extend(cfgs))
+    logs, said = [], []
+    monkeypatch.setattr(adv, "preflight", lambda cfgs, log: (seen.extend(cfgs), logs.append(log)))
     monkeypatch.setattr(adv, "run_pipeline", stop)
     base = PipelineConfig(source=SYNTH, finetune=("lp", "ff"), scorer_options=("a=1",),
                           overrides=("train.epochs=1",))
     with pytest.raises(Stop):
         run_adversarial(base, ratio=0.6, seeds=(0, 2), finetune=("lp",), method="lm",
-                        adv=adv_overrides(steps=2, eps="2/255"), log=lambda m: None)
+                        adv=adv_overrides(steps=2, eps="2/255"), log=said.append)
+    # the second check is quiet: the run's '[recipes] ...' line was printed twice
+    del said[:]
+    for log in logs:
+        log("[recipes] fast recipes")
+    assert said == ["[recipes] fast recipes"]
     # checked before the first trains: the plain models, then the ADV ones
     assert [(c.method, c.ratio) for c in seen] == [("random", 0.0), ("lm", 0.6), ("random", 0.0), ("lm", 0.6)]
     assert all(c.finetune == ("lp",) and c.seeds == (0, 2) for c in seen)

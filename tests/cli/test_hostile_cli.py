@@ -72,6 +72,7 @@ def test_class_ids_beyond_the_dataset_are_an_error_not_clamped(capsys, monkeypat
     # checked as ranges: never a list of 10^12 ids in memory first (a MemoryError before)
     ("0-999999999999", ["--classes: 5-999999999999 outside the 5 classes of", "(ids 0-4)"]),
     ("5-2", ["--classes: '5-2' is a reversed range", "e.g. 2-5"]),  # was "mask is empty"
+    ("1,,2", ["--classes: '1,,2' has an empty item between commas"]),  # was read as '1,2'
 ])
 def test_class_ranges_are_checked_as_ranges(capsys, monkeypatch, tmp_path, index_dataset,
                                             classes, needles):

@@ -470,3 +470,32 @@ def test_synth_is_the_specs_layout_not_a_prefix(data, synth, tmp_path, monkeypat
 
     monkeypatch.chdir(tmp_path)
     assert is_synth(data) is synth
+
+
+def test_train_names_kept_epochs_past_the_run_when_it_starts(record, capsys, tmp_path):
+    """A recipe keeping epoch 3 for EL2N (resnet18_tiny_cpu), shortened to one epoch: `dp4tl
+    train` kept nothing for it without a word. It trains (a shortened run is legitimate) and
+    says so when the run starts, not on each resume."""
+    import warnings
+
+    from ffcv_dp4tl.training.recipe import load_recipe
+    from ffcv_dp4tl.training.trainer import keep_epochs_note
+
+    args = ("train", "resnet18_tiny_cpu", "--data", tmp_path, "-o", tmp_path / "r",
+            "--set", "train.epochs=1")
+    with pytest.warns(UserWarning, match=r"^resnet18_tiny_cpu: train\.keep_epochs \[3\] lies past "
+                                         r"train\.epochs 1, so checkpoint_e3\.pt will not be kept$"):
+        name, _, _ = record(capsys, *args)
+    assert name == "train"
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"")  # a run to resume: said no more
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter("always")
+        record(capsys, *args)
+    assert not [w for w in ws if "keep_epochs" in str(w.message)]
+    with pytest.warns(UserWarning, match="keep_epochs"):  # started over: said again
+        record(capsys, *args, "--no-resume")
+    assert keep_epochs_note(load_recipe("resnet18_tiny_cpu")) is None  # (3 epochs or more)
+    assert "[5, 6] lie past train.epochs 4, so checkpoint_e5.pt, checkpoint_e6.pt will not" in \
+        keep_epochs_note(load_recipe("resnet18_tiny_cpu", ["train.epochs=4",
+                                                           "train.keep_epochs=[6, 5, 1]"]))

@@ -141,3 +141,25 @@ def test_fm_on_the_cuda_backend_without_a_gpu_is_refused_before_any_work(tmp_pat
                                          r"\(`--backend cpu`\)$"):
         score("fm", source_dir=tmp_path / "nowhere", out_dir=tmp_path / "s", backend="cuda")
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("kw,given", [({"train_recipe": "resnet18_tiny_cpu"}, "--recipe"),
+                                      ({"train_overrides": ["train.epochs=3"]}, "--set"),
+                                      ({"train_recipe": "x", "train_overrides": ["a=1"]},
+                                       "--recipe and --set")])
+def test_a_training_recipe_given_to_a_method_that_trains_nothing_is_named(tmp_path, kw, given):
+    """`dp4tl score --method lm --recipe R` dropped R without a word (the user believed it
+    changed the scores): a note names the methods that read it. The note comes before any work
+    (here, the refusal of a missing source)."""
+    with pytest.warns(UserWarning, match=rf"^{given} set the runs a method trains itself "
+                                         r"\(el2n, [a-z, ]*forget[a-z, ]*\); lm trains none, so "
+                                         "they are ignored$"):
+        with pytest.raises(DP4TLError):
+            score("lm", source_dir=tmp_path / "nowhere", out_dir=tmp_path / "s", **kw)
+
+
+def test_a_method_that_trains_takes_its_recipe_without_a_note(tmp_path, recwarn):
+    with pytest.raises(DP4TLError):
+        score("forget", source_dir=tmp_path / "nowhere", out_dir=tmp_path / "s",
+              train_recipe="resnet18_tiny_cpu")
+    assert not [w for w in recwarn if "trains none" in str(w.message)]
