@@ -12,7 +12,10 @@ GPU mode (default; needs CuPy, torch optional) at ImageNet scale (N=1.28M, D=512
   method against the fused kernel (labels may differ only at near-ties);
 * full FM: k-means++ init, ``--iters`` Lloyd iterations after a warm-up (with the number of
   re-seeded empty clusters and a per-phase split of one iteration) and target voting, via
-  ``ffcv_dp4tl.scoring``.
+  ``ffcv_dp4tl.scoring``. It runs right after the reference row, before the other kernels:
+  a fault in a kernel never run on this GPU ends the CUDA context, and the user's FM must have
+  been measured by then (``--fm-method`` fixes its assignment method, as ``$DP4TL_FM_METHOD``
+  does, for that run only).
 
 It prints a Markdown table and replaces (or appends) the ``## FM kernels (GPU)`` section of
 ``BENCHMARKS.md`` at the repository root, with device, versions, command and date.
@@ -219,21 +222,28 @@ def make_data_cupy(n: int, d: int, k: int, targets: int, seed: int):
 
 # -- runs ----------------------------------------------------------------------------------
 class Rows(list):
-    """The results so far, each handed to ``on_add(rows)`` as it is appended: the GPU check
-    kills the stage at its limit, and a section written at the end only would then return
-    nothing (review), so every row is printed and the section saved as it comes."""
+    """The results so far, and the full FM run's lines once it is done, each handed to
+    ``on_add(rows, new_row)`` as it comes: the GPU check kills the stage at its limit, and a
+    section written at the end only would then return nothing (review), so every row is
+    printed and the section saved as it comes."""
 
-    def __init__(self, on_add: Callable[["Rows"], None] | None = None):
+    def __init__(self, on_add: Callable[["Rows", bool], None] | None = None):
         super().__init__()
         self.on_add = on_add
+        self.fm_lines: list[str] = []
 
     def append(self, r: Result) -> None:
         super().append(r)
         if self.on_add is not None:
-            self.on_add(self)
+            self.on_add(self, True)
+
+    def set_fm(self, lines: list[str]) -> None:
+        self.fm_lines = list(lines)
+        if self.on_add is not None:
+            self.on_add(self, False)
 
 
-def run_gpu(args, partial: Callable[[list[Result], dict[str, str]], None] | None = None
+def run_gpu(args, partial: Callable[[Rows, dict[str, str], bool], None] | None = None
             ) -> tuple[list[Result], list[str], dict[str, str]]:
     import cupy as cp
 
@@ -248,7 +258,7 @@ def run_gpu(args, partial: Callable[[list[Result], dict[str, str]], None] | None
     c_host = c.get()
     host_rows = lambda rows: x[cp.asarray(rows)].get()  # noqa: E731
     n, k, d = args.n, args.k, args.d
-    results = Rows(None if partial is None else lambda rows: partial(rows, info))
+    results = Rows(None if partial is None else lambda rows, new: partial(rows, info, new))
 
     times, (labels, d2) = time_cupy(lambda: kcuda.assign_nearest(x, c), args.warmup, args.repeats)
     fused = Result("CuPy fused kernel (ours)", times, labels.get())
@@ -256,6 +266,7 @@ def run_gpu(args, partial: Callable[[list[Result], dict[str, str]], None] | None
     fused.agree, fused.ok = ("reference; " + msg), ok
     results.append(fused)
     del labels, d2
+    run_fm_first(args, x, t, "cuda", lambda: cp.cuda.Device().synchronize(), results)
 
     # Fused tensor-core kernel: one mma.sync GEMM, per-row best candidates in the epilogue, no
     # N x K matrix; x rounded to BF16 once (as k-means does), flagged rows re-decided exactly.
@@ -381,14 +392,13 @@ def run_gpu(args, partial: Callable[[list[Result], dict[str, str]], None] | None
     else:
         results.append(Result("torch methods", note="skipped: torch not installed"))
 
-    fm_lines = run_fm(args, x, t, backend="cuda", sync=lambda: cp.cuda.Device().synchronize())
     for r in results:
         if r.times and not r.name.startswith("centroid update"):
             r.note = (r.note + "; " if r.note else "") + f"{2 * n * k * d / r.median / 1e12:.1f} TFLOP/s"
-    return results, fm_lines, info
+    return results, results.fm_lines, info
 
 
-def run_cpu(args, partial: Callable[[list[Result], dict[str, str]], None] | None = None
+def run_cpu(args, partial: Callable[[Rows, dict[str, str], bool], None] | None = None
             ) -> tuple[list[Result], list[str], dict[str, str]]:
     try:
         import torch
@@ -397,13 +407,14 @@ def run_cpu(args, partial: Callable[[list[Result], dict[str, str]], None] | None
     info = versions(gpu=False, torch=torch)
     x, c, t = make_data_numpy(args.n, args.d, args.k, args.targets, args.seed)
     host_rows = lambda rows: x[rows]  # noqa: E731
-    results = Rows(None if partial is None else lambda rows: partial(rows, info))
+    results = Rows(None if partial is None else lambda rows, new: partial(rows, info, new))
 
     times, (labels, d2) = time_cpu(lambda: kcpu.assign_nearest_numba(x, c), args.warmup, args.repeats)
     oracle = Result("numba oracle (float64 accum.)", times, labels)
     ok, msg = ground_truth_check(host_rows, c, labels, d2, args.check_rows, args.seed)
     oracle.agree, oracle.ok = "reference; " + msg, ok
     results.append(oracle)
+    run_fm_first(args, x, t, "cpu", lambda: None, results)
 
     times, (labels, d2) = time_cpu(lambda: kcpu.assign_nearest(x, c), args.warmup, args.repeats)
     r = Result("NumPy BLAS chunks (cpu backend)", times, labels)
@@ -422,8 +433,7 @@ def run_cpu(args, partial: Callable[[list[Result], dict[str, str]], None] | None
             r = Result(name, times, lab.numpy())
             r.agree, r.ok = agreement(host_rows, c, oracle.labels, r.labels)
             results.append(r)
-    fm_lines = run_fm(args, x, t, backend="cpu", sync=lambda: None)
-    return results, fm_lines, info
+    return results, results.fm_lines, info
 
 
 def lloyd_phases(x, centroids: np.ndarray, k: int, iters: int, backend: str, sync: Callable[[], None]) -> dict[str, Any]:
@@ -617,6 +627,33 @@ def vote_phases(targets, centroids, backend: str, sync: Callable[[], None]) -> d
     return out
 
 
+@contextlib.contextmanager
+def _fm_method(method: str | None):
+    """``$DP4TL_FM_METHOD`` set to ``method`` inside (None: left as it is), restored after."""
+    import os
+
+    from ffcv_dp4tl.kernels.cuda import METHOD_ENV
+
+    old = os.environ.get(METHOD_ENV)
+    if method is not None:
+        os.environ[METHOD_ENV] = method
+    try:
+        yield
+    finally:
+        if method is not None:
+            if old is None:
+                os.environ.pop(METHOD_ENV, None)
+            else:
+                os.environ[METHOD_ENV] = old
+
+
+def run_fm_first(args, x, targets, backend: str, sync: Callable[[], None], rows: Rows) -> None:
+    """:func:`run_fm` (under ``--fm-method``) into ``rows``, saved at once: the full FM is timed
+    before the kernels never run on this GPU, so a fault there cannot take it along."""
+    with _fm_method(args.fm_method):
+        rows.set_fm(run_fm(args, x, targets, backend=backend, sync=sync))
+
+
 def run_fm(args, x, targets, backend: str, sync: Callable[[], None]) -> list[str]:
     """Full FM, each part timed on its own after a warm-up (nothing is subtracted):
 
@@ -754,6 +791,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=None, help="centroids (default 2000; smoke 64)")
     p.add_argument("--targets", type=int, default=None, help="target features voting (default 50,000; smoke 2,000)")
     p.add_argument("--iters", type=int, default=20, help="Lloyd iterations for the full FM run")
+    p.add_argument("--fm-method", default=None,
+                   help="assignment method of the full FM run only (as $DP4TL_FM_METHOD; default: auto)")
     p.add_argument("--warmup", type=int, default=None, help="untimed runs first (default 2; smoke 1)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs (default 5; smoke 3)")
     p.add_argument("--seed", type=int, default=0)
@@ -793,13 +832,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     section = CPU_SECTION if args.cpu_smoke else GPU_SECTION
 
-    def partial(rows: list[Result], info: dict[str, str]) -> None:
-        r = rows[-1]
-        print(f"[row] {r.name}: " + (f"median {r.median:.4f} s" if r.times else "-") + f"; {r.note}",
-              flush=True)
-        if args.output is not None:  # (the full FM run is the last part)
+    def partial(rows: Rows, info: dict[str, str], new_row: bool) -> None:
+        if new_row:
+            r = rows[-1]
+            print(f"[row] {r.name}: " + (f"median {r.median:.4f} s" if r.times else "-") + f"; {r.note}",
+                  flush=True)
+        else:
+            print("[fm] " + " ".join(rows.fm_lines[:6]), flush=True)
+        if args.output is not None:
             write_section(args.output, section, markdown(
-                args, rows, ["_(partial: the run did not get this far yet)_"], info))
+                args, rows, rows.fm_lines or ["_(partial: the run did not get this far yet)_"], info))
 
     results, fm_lines, info = (run_cpu if args.cpu_smoke else run_gpu)(args, partial)
     body = markdown(args, results, fm_lines, info)

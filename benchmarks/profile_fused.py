@@ -165,14 +165,19 @@ def markdown(parsed: dict[str, dict], args: argparse.Namespace, ncu: str, versio
     return lines
 
 
-def ncu_timeout(asked: int, now: float | None = None) -> int:
+#: seconds kept after ncu for the compiler report (about 5 s of CPU on the 2-core machine)
+REPORT_RESERVE_S = 8
+
+
+def ncu_timeout(asked: int, now: float | None = None, reserve: int = 0) -> int:
     """``asked`` seconds, or fewer: what is left before ``GPU_CHECK_DEADLINE`` (the epoch second
-    at which gpu_check.sh kills the stage) less 3 s to write the section, so a slow ncu ends in
-    "did not finish" instead of a killed stage with nothing written (at least 1 s)."""
+    at which gpu_check.sh kills the stage) less 3 s to write the section and ``reserve`` for
+    what runs after ncu, so a slow ncu ends in "did not finish" instead of a killed stage with
+    nothing written (at least 1 s)."""
     deadline = os.environ.get("GPU_CHECK_DEADLINE", "")
     if not deadline.isdigit():
         return asked
-    left = int(deadline) - int(time.time() if now is None else now) - 3
+    left = int(deadline) - int(time.time() if now is None else now) - 3 - reserve
     return max(1, min(asked, left))
 
 
@@ -187,25 +192,31 @@ def run_group(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise
+            out, err = proc.communicate()  # (what it printed before: kernels profiled by then)
+            raise subprocess.TimeoutExpired(cmd, timeout, output=out, stderr=err) from None
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def profile(args: argparse.Namespace) -> list[str]:
+def profile(args: argparse.Namespace, reserve: int = 0) -> list[str]:
+    """ncu's section; ncu stops ``reserve`` s earlier than the stage needs (:func:`ncu_timeout`)."""
     ncu = find_ncu(args.ncu)
     head = [title(args), ""]
     if ncu is None:
         return [*head, "ncu not found on this machine (PATH, /opt/nvidia/nsight-compute/*/ncu, "
                 "$CUDA_HOME/bin/ncu): no profile."]
-    timeout = ncu_timeout(args.timeout)
+    timeout = ncu_timeout(args.timeout, reserve=reserve)
     try:
         version = subprocess.run([ncu, "--version"], capture_output=True, text=True,
                                  timeout=min(30, timeout)).stdout.strip()
         version = version.splitlines()[-1] if version else "version unknown"
-        timeout = ncu_timeout(args.timeout)  # (what is left after --version)
+        timeout = ncu_timeout(args.timeout, reserve=reserve)  # (what is left after --version)
         done = run_group(ncu_command(ncu, args), timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as e:
+        parsed = parse_ncu(e.output or "") if isinstance(e.output, str) else {}
+        if any(v in parsed for v in KERNELS.values()):  # cut: keep the kernels it profiled
+            return [*markdown(parsed, args, ncu, version),
+                    f"_ncu did not finish in {timeout} s: the kernels above are those it had "
+                    "profiled and printed by then._"]
         return [*head, f"ncu did not finish in {timeout} s: no profile."]
     except OSError as e:
         return [*head, f"ncu could not start ({e}): no profile."]
@@ -242,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ncu", default=None, help="the ncu executable (default: found on PATH or /opt/nvidia)")
     p.add_argument("--timeout", type=int, default=120, help="seconds for the whole ncu run")
     p.add_argument("--md", type=Path, default=None, help="append the Markdown section to this file")
+    p.add_argument("--compiler-report", action=argparse.BooleanOptionalAction, default=True,
+                   help="after ncu, what this host's compiler made of the kernels (kernel_report)")
     p.add_argument("--launch", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name in ("n", "d", "k"):
@@ -250,9 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.launch:
         launch(args.n, args.d, args.k, args.seed)
         return 0
-    # the compiler report first (seconds, no GPU needed), each part written as soon as it is
-    # made: a stage cut during ncu still returns the report (gpu_check.sh kills at its limit)
-    for part in (lambda: compiler_report(args.d), lambda: profile(args)):
+    # ncu first, then the compiler report (seconds, no GPU needed; BENCHMARKS.md has it from
+    # NVRTC 13.0 and 13.2 without a GPU, so it is the part to lose), each written as soon as it
+    # is made: ncu stops REPORT_RESERVE_S before the stage's end to leave the report its time
+    parts = [lambda: profile(args, REPORT_RESERVE_S if args.compiler_report else 0)]
+    if args.compiler_report:
+        parts.append(lambda: compiler_report(args.d))
+    for part in parts:
         text = "\n".join(part()) + "\n"
         print(text, flush=True)
         if args.md:

@@ -10,6 +10,7 @@
 #   bash scripts/gpu_check.sh --only models --models vit_b_16:224:512
 #   bash scripts/gpu_check.sh --only pipeline --pipeline-methods lm   # one pipeline run
 #   bash scripts/gpu_check.sh --limits         # print the stage limits and their sum, run nothing
+#   bash scripts/gpu_check.sh --plan           # print what the stages select (pytest -k, files, ...)
 #   GPU_CHECK_SMOKE=1 bash scripts/gpu_check.sh --all  # rehearse every stage on a CPU, toy sizes
 #
 # One decisive call: what is still pending runs first, every stage under its own timeout, and
@@ -54,11 +55,18 @@ declare -A LIMIT=([env]=30 [pytest]=130 [build]=50 [pipeline]=260 [costtable]=12
 # call runs: edit after each run.
 PENDING_STAGES="build pipeline train loaders fm kernels pytest compile"
 PENDING_PIPELINE_METHODS="fm"                  # LM ran on the H200; FM (CuPy k-means) has not
+PENDING_PIPELINE_FINETUNE="ff"                 # LP ran on the H200; `evaluate corruptions` checks FF
+PENDING_LOADERS="ffcv:cpu"                     # the masked ratio and scaling rows are CPU decode's;
+                                               # GPU decode trains in the train stage (decode comparison)
 # the only non-compile GPU test a limit cut, and the fused kernels' labels vs float64 (the tiled
 # kernels changed after the H200 run: one barrier per stage; tiled3 is new)
-# (cuda-lp passed on the H200: ff only, and the fused tests first, as collected)
+# (cuda-lp passed on the H200: ff only; collected from these two files only, cuda-ff first, so a
+# fault in a fused kernel never run on a GPU cannot take it along: PENDING_PYTEST_FILES)
 PENDING_PYTEST_K="(test_finetune_on_device and cuda-ff) or test_gpu_fused_assign_equals_float64"
-declare -A PENDING_LIMIT=([pipeline]=165 [pytest]=40)
+PENDING_PYTEST_FILES="tests/training/test_gpu.py tests/scoring/test_kernels_fused.py"
+# (pipeline: FM reads all 40k source images through a new loader and re-checks in a new process;
+# loaders: CPU decode only, PENDING_LOADERS)
+declare -A PENDING_LIMIT=([pipeline]=180 [pytest]=40 [loaders]=55)
 ARGS_TEXT="$*"
 MODE=pending
 STAGES=$PENDING_STAGES
@@ -82,6 +90,7 @@ while [ $# -gt 0 ]; do
     --pipeline-methods) PIPE_METHODS_ARG=$2; shift 2 ;;
     --models) MODELS=$2; shift 2 ;;
     --limits) SHOW_LIMITS=1; shift ;;
+    --plan) SHOW_PLAN=1; shift ;;
     -h|--help) sed -n '2,/^set -uo/{/^set -uo/d;p}' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -89,8 +98,12 @@ done
 if [ "$MODE" = pending ]; then  # the pending plan narrows what its stages do
   for st in "${!PENDING_LIMIT[@]}"; do LIMIT[$st]=${PENDING_LIMIT[$st]}; done
   PYTEST_K="($PENDING_PYTEST_K) and not compile"; PIPE_METHODS=$PENDING_PIPELINE_METHODS
+  PIPE_FINETUNE=$PENDING_PIPELINE_FINETUNE; LOADERS=$PENDING_LOADERS
+  read -r -a PYTEST_ARGS <<< "$PENDING_PYTEST_FILES"
+  FM_METHOD=(--fm-method gemm-bf16)  # the full FM run before the fused kernels, as the pipeline's
 else
-  PYTEST_K="not compile"; PIPE_METHODS="lm,fm"
+  PYTEST_K="not compile"; PIPE_METHODS="lm,fm"; PIPE_FINETUNE="lp,ff"; LOADERS="ffcv:cpu,ffcv:gpu"
+  PYTEST_ARGS=(tests); FM_METHOD=()
 fi
 [ -n "$PYTEST_K_ARG" ] && PYTEST_K="($PYTEST_K_ARG) and not compile"
 [ -n "$PIPE_METHODS_ARG" ] && PIPE_METHODS=$PIPE_METHODS_ARG
@@ -99,6 +112,11 @@ for st in $STAGES; do
   [ -n "${LIMIT[$st]+x}" ] || { echo "gpu_check: --only: unknown stage $st (stages: $ORDER)" >&2; exit 2; }
 done
 SUM=0; for st in $STAGES; do SUM=$(( SUM + LIMIT[$st] )); done
+if [ "${SHOW_PLAN:-0}" = 1 ]; then  # (tests/test_gpu_check.py collects the pytest selections)
+  echo "stages $STAGES"; echo "pytest_k $PYTEST_K"; echo "pytest_files ${PYTEST_ARGS[*]}"
+  echo "pipeline_methods $PIPE_METHODS"; echo "pipeline_finetune $PIPE_FINETUNE"
+  echo "loaders $LOADERS"; echo "fm_method ${FM_METHOD[*]:-auto}"; exit 0
+fi
 if [ "${SHOW_LIMITS:-0}" = 1 ]; then
   for st in $STAGES; do echo "$st ${LIMIT[$st]}"; done
   echo "sum $SUM"; echo "install $INSTALL_S"; echo "budget $BUDGET"; exit 0
@@ -138,6 +156,21 @@ else
     > "$WORK/logs/00-install.log"
   export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 fi
+
+# what explains the loaders' scaling rows, in a second (the env stage, not in the pending plan,
+# says more): cores, SMT and clocks, the cgroup's CPU quota, numba's threading layer
+{
+  echo "## host: $(nproc) cores usable; cgroup cpu.max: $(cat /sys/fs/cgroup/cpu.max 2>/dev/null || echo none)"
+  lscpu 2>/dev/null | grep -E '^(CPU\(s\)|Model name|Thread|Core|Socket|CPU max MHz|CPU MHz)' || true
+  timeout 15 $PY -c 'import numba, numpy as np
+@numba.njit(parallel=True)
+def f(a):
+    s = 0.0
+    for i in numba.prange(a.size):
+        s += a[i]
+    return s
+f(np.ones(64)); print("numba", numba.__version__, "threading layer:", numba.threading_layer(), "threads:", numba.get_num_threads())' 2>&1 | tail -n 2 || true
+} >> "$WORK/logs/00-install.log" 2>&1
 
 STATUS=()
 # without the carried wheels every stage but env fails on `import ffcv`: say so in the summary
@@ -202,24 +235,24 @@ NPROC=$(nproc)
 # synth:costtable = 100 classes x 400 train + 10 val at 256 px, one target (LM needs one)
 SYNTH="synth:costtable"
 TARGET=$DATA/targets/paper  # the first synth target domain (beton_builders/synth.py)
-PYTEST_ARGS=(tests)
-PIPE_ARGS=(--device cuda --method "$PIPE_METHODS" --k 500 -- --target "$TARGET" --recipes full --arch resnet50 --finetune lp,ff
+PIPE_ARGS=(--device cuda --method "$PIPE_METHODS" --k 500 -- --target "$TARGET" --recipes full --arch resnet50 --finetune "$PIPE_FINETUNE"
            --set train.epochs=1 --set-surrogate train.epochs=1 --set-surrogate 'train.keep_epochs=[]'
            --set-finetune train.epochs=1 --format ffcv)
 COST_ARGS=(--device cuda --workers "$NPROC")
 RACE_ARGS=(--device cuda)
 TRAIN_ARGS=(--epochs 2 --loaders ffcv:cpu,ffcv:gpu --workers-list "$NPROC,$(( NPROC > 2 ? NPROC - 2 : 1 ))")
 MODEL_ARGS=()
-FM_ARGS=(--iters 20 --warmup 1 --repeats 3 --gemm-chunk-mb 128 --check-rows 1024 --max-materialize-gb 0)
-LOADER_ARGS=(--loaders ffcv:cpu,ffcv:gpu --kept 1.0,0.2 --scaling 2,4,8,16 --scaling-batches 16)
-NCU_ARGS=(--n 524288 --timeout 60)  # 4,096 tiled blocks: every SM busy for ~30 waves; ncu
-# stops 3 s before the stage's end (GPU_CHECK_DEADLINE), after the compiler report is written
+FM_ARGS=(--iters 20 --warmup 1 --repeats 3 --gemm-chunk-mb 128 --check-rows 1024 --max-materialize-gb 0 "${FM_METHOD[@]}")
+LOADER_ARGS=(--loaders "$LOADERS" --kept 1.0,0.2 --scaling 2,4,8,16 --scaling-batches 16)
+NCU_ARGS=(--n 262144 --timeout 60)  # 2,048 tiled blocks: every SM busy for ~15 waves; ncu runs
+# first and stops 3 s + the compiler report's reserve before the stage's end (GPU_CHECK_DEADLINE)
 if [ "$SMOKE" = 1 ]; then
   # CPU rehearsal of every stage at toy sizes (tests/test_gpu_check.py): same plumbing, no GPU.
   SYNTH="synth:costtable,num_superclasses=4,classes_per_superclass=2,train_per_class=12,val_per_class=2,image_size=48"
+  # (the pending plan's files, collected: tests/test_gpu_check.py; here a file of no GPU test)
   PYTEST_ARGS=(tests/scoring/test_kernels_gemm.py)
   # (batch 8: the smoke source keeps ~40 samples, fewer than one batch of the tiny recipe's 128)
-  PIPE_ARGS=(--device cpu --method "$PIPE_METHODS" --k 4 -- --target "$TARGET" --recipes tiny --finetune lp
+  PIPE_ARGS=(--device cpu --method "$PIPE_METHODS" --k 4 -- --target "$TARGET" --recipes tiny --finetune "$PIPE_FINETUNE"
              --set train.epochs=1 --set train.batch_size=8 --set-surrogate train.epochs=1
              --set-finetune train.epochs=1)
   TINY=(--set train.batch_size=8 --set train.min_res=32 --set train.max_res=32 --set eval.resolution=32
@@ -231,9 +264,9 @@ if [ "$SMOKE" = 1 ]; then
   TRAIN_ARGS=(--device cpu --recipe resnet18_tiny_cpu --batch-size 8 --resolution 32 --workers 1 --workers-list 1,2
               --epochs 2 --ceiling-steps 2 --ceiling-warmup 1 --set model.width=8 --loaders ffcv:cpu,ffcv:gpu)
   MODEL_ARGS=(--device cpu --models resnet18:32:4,vit_b_16:32:2 --warmup 1 --steps 1)
-  FM_ARGS=(--cpu-smoke --n 3000 --k 16 --targets 200 --iters 3)
+  FM_ARGS=(--cpu-smoke --n 3000 --k 16 --targets 200 --iters 3 "${FM_METHOD[@]}")
   NCU_ARGS=(--n 3000 --k 16 --timeout 60)
-  LOADER_ARGS=(--device cpu --batch-size 8 --resolution 32 --workers 1 --loaders ffcv:cpu,ffcv:gpu --kept 1.0,0.5
+  LOADER_ARGS=(--device cpu --batch-size 8 --resolution 32 --workers 1 --loaders "$LOADERS" --kept 1.0,0.5
                --scaling 1,2 --scaling-batch 8 --scaling-batches 2)
 fi
 
@@ -258,7 +291,7 @@ stage() {  # run one stage by name
     fm) run_stage fm $PY benchmarks/bench_kmeans.py "${FM_ARGS[@]}" --output "$WORK/md/08-fm.md" ;;
     kernels) run_stage kernels $PY benchmarks/profile_fused.py "${NCU_ARGS[@]}" --md "$WORK/md/08b-kernels.md" ;;
     loaders) run_stage loaders $B loaders --data "$DATA/source" --md "$WORK/md/09-loaders.md" "${LOADER_ARGS[@]}" ;;
-    compile) run_stage compile bash -c "$ENDS_BEFORE $PY -m pytest -v -p no:cacheprovider -m gpu -k compile -rs --durations=5 ${PYTEST_ARGS[*]} 2>&1 | tee $WORK/compile.txt; rc=\${PIPESTATUS[0]}; [ \$rc -eq 5 ] && rc=0; { echo '### pytest -m gpu -k compile'; echo; echo '\`\`\`'; tail -n 15 $WORK/compile.txt; echo '\`\`\`'; } > $WORK/md/10-compile.md; exit \$rc" ;;
+    compile) run_stage compile bash -c "$ENDS_BEFORE $PY -m pytest -v -p no:cacheprovider -m gpu -k compile -rs --durations=5 ${PYTEST_ARGS[*]} 2>&1 | tee $WORK/compile.txt; rc=\${PIPESTATUS[0]}; [ \$rc -eq 5 ] && rc=0; { echo '### pytest -m gpu -k compile'; echo; echo '\`\`\`'; tail -n 30 $WORK/compile.txt; echo '\`\`\`'; } > $WORK/md/10-compile.md; exit \$rc" ;;
   esac
 }
 if [ "$WHEELS_OK" = 0 ]; then

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 
 import numpy as np
+import pytest
 import torch
 
 from repo_scripts import load_script
@@ -27,26 +28,47 @@ def test_bf16_exact_equals_torchs_bfloat16_rounding():
 def test_rows_are_saved_as_they_come_so_a_cut_stage_still_returns_them(tmp_path, monkeypatch, capsys):
     """The GPU check kills the fm stage at its limit; the section was written at the end only,
     so a cut returned nothing (review). Each row is now printed and the section saved as it
-    comes; the full run replaces the partial section."""
+    comes; the full run replaces the partial section. The full FM run comes right after the
+    reference row (a fault in a kernel never run on the GPU ends the CUDA context: the FM
+    timings must be saved by then), under --fm-method when given."""
+    import os
+
     bench = _bench()
     md = tmp_path / "fm.md"
     md.write_text("")
 
     def killed(*a, **k):
-        raise KeyboardInterrupt  # the stage's timeout, during the full FM run (the last part)
+        raise KeyboardInterrupt  # the stage's timeout
 
-    monkeypatch.setattr(bench, "run_fm", killed)
     args = ["--cpu-smoke", "--n", "400", "--k", "8", "--targets", "40", "--iters", "2",
             "--warmup", "0", "--repeats", "1", "--output", str(md)]
-    try:
+    monkeypatch.setattr(bench, "run_fm", killed)  # cut during the full FM run
+    with pytest.raises(KeyboardInterrupt):
         bench.main(args)
-    except KeyboardInterrupt:
-        pass
     text = md.read_text()
-    assert "| numba oracle (float64 accum.) |" in text and "| NumPy BLAS chunks (cpu backend) |" in text
+    assert "| numba oracle (float64 accum.) |" in text and "| NumPy BLAS" not in text
     assert "_(partial: the run did not get this far yet)_" in text
     assert "[row] numba oracle (float64 accum.): median " in capsys.readouterr().out
+    monkeypatch.undo()
+    seen = []
+    run_fm = bench.run_fm
+
+    def spy(*a, **k):  # the FM run sees --fm-method as $DP4TL_FM_METHOD, set for it alone
+        seen.append(os.environ.get("DP4TL_FM_METHOD"))
+        return run_fm(*a, **k)
+
+    monkeypatch.setattr(bench, "run_fm", spy)
+    monkeypatch.setattr(bench, "torch_matmul_argmin", killed)  # cut after the full FM run
+    monkeypatch.delenv("DP4TL_FM_METHOD", raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main([*args, "--fm-method", "gemm-bf16"])
+    text = md.read_text()
+    assert seen == ["gemm-bf16"] and "DP4TL_FM_METHOD" not in os.environ
+    assert "| numba oracle (float64 accum.) |" in text and "partial" not in text
+    assert "| **total FM** (init + Lloyd + voting) |" in text and "torch addmm" not in text
+    assert "[fm] | stage | seconds |" in capsys.readouterr().out
     monkeypatch.undo()
     assert bench.main(args) == 0
     text = md.read_text()
     assert "partial" not in text and text.count("| numba oracle (float64 accum.) |") == 1
+    assert "| NumPy BLAS chunks (cpu backend) |" in text and text.count("| **total FM**") == 1

@@ -52,6 +52,43 @@ def test_stage_limits_fit_the_budget_in_priority_order():
     assert pending["sum"] + pending["install"] <= pending["budget"]
 
 
+def _plan(*args: str) -> dict[str, str]:
+    res = subprocess.run(["bash", str(SCRIPT), *args, "--plan"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    return dict(ln.split(" ", 1) for ln in res.stdout.splitlines())
+
+
+def _collect(k: str, files: str) -> list[str]:
+    res = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:randomly",
+                          "-p", "no:cacheprovider", "-m", "gpu", "-k", k, *files.split()],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    return [ln for ln in res.stdout.splitlines() if "::" in ln]
+
+
+def test_the_pending_pytest_stages_select_what_must_show_with_cuda_ff_first():
+    """The smoke rehearsal points the pytest stages at a file of no GPU test, so the device's
+    real selections were never run before the device (review). Collected here: the pending
+    stage selects cuda-ff and the fused kernels' float64 test for every kernel, cuda-ff FIRST
+    (the device has no pytest-randomly: collection order is run order), so a fault in a fused
+    kernel never run on a GPU cannot take it along; the compile stage selects the 4 compile
+    tests; the pending FM runs use gemm-bf16 as the pipeline's does."""
+    from ffcv_dp4tl.kernels.fused import FUSED_KERNEL_KINDS
+
+    plan = _plan()
+    got = _collect(plan["pytest_k"], plan["pytest_files"])
+    assert got[0] == "tests/training/test_gpu.py::test_finetune_on_device[cuda-ff]", got
+    fused = [t for t in got[1:] if "test_gpu_fused_assign_equals_float64" in t]
+    assert len(got) == 1 + len(fused) and len(fused) >= len(FUSED_KERNEL_KINDS), got
+    assert all(any(kind in t for t in fused) for kind in FUSED_KERNEL_KINDS), fused
+    compiled = _collect("compile", plan["pytest_files"])
+    assert len(compiled) == 4 and all("test_gpu.py" in t for t in compiled), compiled
+    assert (plan["pipeline_finetune"], plan["loaders"], plan["fm_method"]) == \
+        ("ff", "ffcv:cpu", "--fm-method gemm-bf16")
+    everything = _plan("--all")
+    assert (everything["pytest_files"], everything["fm_method"]) == ("tests", "auto")
+
+
 def test_script_refuses_limits_over_the_budget(tmp_path):
     env = dict(os.environ, GPU_CHECK_BUDGET="300", OUT=str(tmp_path / "o"), GPU_CHECK_WORK=str(tmp_path / "w"))
     res = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=30, env=env)
