@@ -135,7 +135,8 @@ def effective_workers(requested: int) -> int:
     usable = usable_workers(cores)
     if requested <= usable:
         return requested
-    if (requested, usable) not in _NOTED:
+    # (said by the first rank only: every rank of a node gets the same share; 8 lines on 8 GPUs)
+    if (requested, usable) not in _NOTED and os.environ.get("RANK", "0") in ("", "0"):
         _NOTED.add((requested, usable))
         spare = cores - usable
         ranks = local_ranks()

@@ -248,14 +248,18 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
         raise DP4TLError(f"--out {out_dir} is a file; choose a directory")
     claim_out_dir(out_dir, "finetune")  # (not a training run's folder, scores, …)
     created = not out_dir.exists()
+    owned = False  # the lock is this call's: only then may it remove a folder it made
     try:
         with directory_lock(out_dir / FINETUNE_LOCK, f"finetune run {out_dir}"), \
                 cudnn_benchmark(dev):  # FF trains at one fixed resolution: see cudnn_benchmark
+            owned = True
             remove_orphan_temps(out_dir)  # a state save a kill cut short (checkpoint-sized for FF)
             return _finetune(recipe, mode, checkpoint, Path(target_dir), out_dir, fmt, dev,
                              progress, t0, resume, stop_after, train_mask, test_mask)
     except BaseException:
-        if created:  # a refused checkpoint, target or mask leaves no stray folder behind
+        # a refused checkpoint, target or mask leaves no stray folder behind; a run that lost
+        # the race for a new folder (it saw it missing too) leaves the winner's alone
+        if created and owned:
             remove_unused_run_dir(out_dir, FINETUNE_LOCK)
         raise
 

@@ -504,6 +504,7 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
         raise DP4TLError(f"--out {out_dir} is a file; choose a directory")
     ctx = dist_.setup(device)
     created = not out_dir.exists()
+    owned = False  # this call holds the folder's lock: only then may it remove a folder it made
     try:
         with contextlib.ExitStack() as lock, cudnn_benchmark(ctx.device):
             # one process writes a run folder: a second `train --out` of the same folder is
@@ -513,6 +514,7 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
                 try:
                     claim_out_dir(out_dir, "train")  # (not a finetuning's folder, scores, …)
                     lock.enter_context(directory_lock(out_dir / LOCK_NAME, f"training run {out_dir}"))
+                    owned = True
                     remove_orphan_temps(out_dir)  # a checkpoint save a kill cut short
                 except (DP4TLError, OSError) as e:  # (an unwritable --out: OSError)
                     refusal = e
@@ -520,7 +522,9 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
             return _train(recipe, Path(dataset_dir), mask, out_dir, fmt, ctx, resume, progress,
                           stop_after, list(callbacks), t_start)
     except BaseException:
-        if created and ctx.is_main:
+        # (`created` alone is not enough: a run that lost the race for a new folder saw it
+        # missing too, and removed the winner's lock and folder under it; review)
+        if created and owned and ctx.is_main:
             remove_unused_run_dir(out_dir)
         raise
     finally:
@@ -666,8 +670,9 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
         if progress:
             callbacks.append(ConsoleLogger())
     if tc.record_seen:  # deprecated recipe key (see recipe.TrainCfg): mapped to the callback
-        warnings.warn("train.record_seen is deprecated: pass callbacks=[RecordSeen(out_dir)] "
-                      "(ffcv_dp4tl.training.callbacks) instead", FutureWarning, stacklevel=3)
+        if ctx.is_main:  # (one line, not one per rank)
+            warnings.warn("train.record_seen is deprecated: pass callbacks=[RecordSeen(out_dir)] "
+                          "(ffcv_dp4tl.training.callbacks) instead", FutureWarning, stacklevel=3)
         callbacks.append(RecordSeen(out_dir, rank=ctx.rank))
     callbacks += user_callbacks
     timer.add("setup", time.perf_counter() - t_start)

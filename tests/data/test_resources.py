@@ -131,3 +131,16 @@ def test_the_open_files_limit_is_raised_to_the_hard_limit_once(monkeypatch):
     monkeypatch.setattr(resources, "_LIMIT_RAISED", False)
     monkeypatch.setattr(resource, "setrlimit", forbidden)
     resources.raise_open_files_limit()  # a sandbox that forbids it: the limit stays, no error
+
+
+def test_the_capped_workers_note_is_said_by_the_first_rank_only(cores, monkeypatch, capsys):
+    """Every rank of a node gets the same share, and each printed the note: 8 lines on 8 GPUs
+    (review). The first rank says it; the others apply the same cap in silence."""
+    cores(4)
+    monkeypatch.setenv("RANK", "1")
+    resources._NOTED.clear()
+    capped = resources.effective_workers(64)
+    assert capped < 64 and "data.num_workers = 64" not in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "0")
+    assert resources.effective_workers(64) == capped
+    assert "data.num_workers = 64" in capsys.readouterr().err

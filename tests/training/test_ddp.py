@@ -242,6 +242,20 @@ def test_a_check_failed_on_one_rank_stops_every_rank_in_one_line(monkeypatch):
         distributed.fail_together(ctx, mine)
     monkeypatch.setattr(distributed, "all_gather", lambda c, v: [None, None])
     distributed.fail_together(ctx, None)
+    # an OSError reaches the other ranks in the CLI's words: a read-only --out gave
+    # "[Errno 30] Read-only file system: 'ro/run'" there beside rank 0's "cannot write ..." (review)
+    import errno
+
+    sent = []
+    monkeypatch.setattr(distributed, "all_gather", lambda c, v: sent.append(v) or [v, None])
+    with pytest.raises(OSError):
+        distributed.fail_together(distributed.DistContext(rank=0, world_size=2),
+                                  OSError(errno.EROFS, "Read-only file system", "ro/run"))
+    assert sent == ["cannot write ro/run (Read-only file system); choose a writable folder or fix "
+                    "its permissions"]
+    monkeypatch.setattr(distributed, "all_gather", lambda c, v: [sent[0], v])
+    with pytest.raises(DP4TLError, match=r"^rank 0 stopped: cannot write ro/run \(Read-only"):
+        distributed.fail_together(ctx, None)
 
 
 def test_ranks_that_see_other_checkpoints_never_train(monkeypatch, tmp_path):
