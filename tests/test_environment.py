@@ -102,3 +102,20 @@ def test_dp4tl_env_prints_aligned_rows(capsys, monkeypatch):
     assert "**" not in out  # Markdown emphasis is for the published table only
     assert any(ln.startswith("cpu  ") and "logical CPUs" in ln for ln in lines)
     assert any(ln.startswith("numba threading layer  ") for ln in lines)
+
+
+def test_the_cpu_kernels_row_says_what_cpu_results_repeat_on(tmp_path):
+    """Two 2-core machines whose `cpu` row both read "AMD EPYC" gave different numbers for the
+    same deterministic pipeline (review): the row names torch's dispatch (AVX2, AVX512, ...)
+    and the CPU's family/model/stepping, what bit-for-bit CPU results depend on."""
+    import torch
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 23\nmodel\t\t: 1\n"
+                    "stepping\t: 2\n\nprocessor\t: 1\nmodel name\t: AMD EPYC\ncpu family\t: 23\n")
+    cap = torch.backends.cpu.get_cpu_capability()
+    assert environment._cpu_kernels(info) == (f"torch dispatches to {cap}; cpu family 23, model 1, "
+                                               "stepping 2 (CPU results repeat where these agree)")
+    assert environment._cpu_kernels(tmp_path / "none") == (f"torch dispatches to {cap} (CPU results "
+                                                           "repeat where these agree)")
+    assert list(dict(environment.loading()))[:2] == ["cpu", "cpu kernels"]

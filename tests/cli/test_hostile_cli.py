@@ -549,3 +549,28 @@ def test_warnings_are_one_line_without_source_code(tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert lines == ["warning: eval.resolution 32 is not used",
                      "warning: old spelling (DeprecationWarning)"], r.stderr
+
+
+def test_mask_files_into_a_reader_that_had_enough_ends_as_sigpipe_would(tmp_path, capsys,
+                                                                         monkeypatch, index_dataset):
+    """`dp4tl mask files M | head -1` exited 0 with the list cut and no sign of it (review): the
+    whole list went out in one write, and a pipe whose reader leaves during a write returns
+    short without an error. Written in pieces, the next piece meets EPIPE: 141, as `recipes`."""
+    import subprocess
+
+    code, _, err = cli(capsys, monkeypatch, "mask", "classes", "--data", index_dataset.root,
+                       "--classes", "0-4", "--out", tmp_path / "m.npy")
+    assert code in (0, None), err
+    script = tmp_path / "entry.py"  # every origin 4 KB long: 70 of them fill a pipe 4 times
+    script.write_text("import ffcv_dp4tl.data.manifest as manifest\n"
+                      "manifest.SplitInfo.load_origins = lambda self: [f'{i:04d}' + 'x' * 4096 "
+                      "for i in range(self.num_samples)]\n"
+                      f"import sys\nsys.argv = ['dp4tl', 'mask', 'files', {str(tmp_path / 'm.npy')!r}, "
+                      f"'--data', {str(index_dataset.root)!r}]\n"
+                      "from ffcv_dp4tl.__main__ import main\nmain()\n")
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    assert p.stdout.readline().startswith(b"0000xxx")  # the reader takes a line, then leaves
+    p.stdout.close()
+    _, err = p.communicate(timeout=300)
+    assert (p.returncode, err.decode()) == (141, "")
