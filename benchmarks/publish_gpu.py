@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("summary", type=Path, nargs="+", help="summary.md of each call, in call order")
     p.add_argument("--report", type=Path, default=REPO / "BENCHMARKS.md")
     p.add_argument("--notes", type=Path, default=None, help="Markdown put at the top of the section")
+    p.add_argument("--allow-smoke", action="store_true",
+                   help="publish a CPU rehearsal's summary too (tests; never BENCHMARKS.md)")
     args = p.parse_args(argv)
     texts = []
     for path in [*args.summary, *([args.notes] if args.notes else [])]:
@@ -137,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         except UnicodeDecodeError:
             raise SystemExit(f"publish_gpu: {path} is not UTF-8 text") from None
     notes = texts.pop() if args.notes else None
+    for path, text in zip(args.summary, texts):  # a rehearsal is no device's measurement
+        if not args.allow_smoke and re.search(r"^Command: `GPU_CHECK_SMOKE=1 ", text, re.M):
+            raise SystemExit(f"publish_gpu: {path} is a CPU rehearsal's summary "
+                             "(GPU_CHECK_SMOKE=1), not a device run's; publish the summary.md the "
+                             "device call returned")
     title, body = sections(list(zip(map(str, args.summary), texts)), notes)
     write_section(args.report, title, body)
     # the latest call first: a point measured again later is settled by its latest measurement

@@ -140,7 +140,8 @@ def _cpu_kernels(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     ident = ", ".join(f"{key} {first[key]}" for key in ("cpu family", "model", "stepping")
                       if first.get(key))
     return (f"torch dispatches to {torch.backends.cpu.get_cpu_capability()}"
-            + (f"; {ident}" if ident else "") + " (CPU results repeat where these agree)")
+            + (f"; {ident}" if ident else "")
+            + " (CPU results repeat where these agree, with the same torch and thread counts)")
 
 
 def _numba_threading() -> str:

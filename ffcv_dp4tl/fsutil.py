@@ -330,6 +330,16 @@ def final_name(path: str | os.PathLike) -> str:
     return str(p.with_name(m.group(1))) if m else str(path)
 
 
+def environment_error_line(e: BaseException) -> str | None:
+    """:func:`os_error_line` for an environment error (an ``OSError`` with an errno, not a
+    broken pipe), else None: an ``OSError`` without an errno is a bug and keeps its traceback.
+    The CLI's last handler and :func:`~ffcv_dp4tl.training.distributed.fail_together` (the line
+    every other rank shows) both ask this."""
+    if isinstance(e, OSError) and not isinstance(e, BrokenPipeError) and e.errno is not None:
+        return os_error_line(e)
+    return None
+
+
 def os_error_line(e: OSError, *, reading: bool = False) -> str:
     """One line for an environment error (read-only folder, a file where a folder should be,
     no permission) that reached the CLI: what failed, on which path, and what to do.

@@ -105,7 +105,8 @@ else
   PYTEST_K="not compile"; PIPE_METHODS="lm,fm"; PIPE_FINETUNE="lp,ff"; LOADERS="ffcv:cpu,ffcv:gpu"
   PYTEST_ARGS=(tests); FM_METHOD=()
 fi
-[ -n "$PYTEST_K_ARG" ] && PYTEST_K="($PYTEST_K_ARG) and not compile"
+# (a -k of one's own searches every test file: the pending files hold only the pending tests)
+[ -n "$PYTEST_K_ARG" ] && { PYTEST_K="($PYTEST_K_ARG) and not compile"; PYTEST_ARGS=(tests); }
 [ -n "$PIPE_METHODS_ARG" ] && PIPE_METHODS=$PIPE_METHODS_ARG
 for st in "${!LIMIT_ARG[@]}"; do LIMIT[$st]=${LIMIT_ARG[$st]}; done
 for st in $STAGES; do
@@ -157,12 +158,12 @@ else
   export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 fi
 
-# what explains the loaders' scaling rows, in a second (the env stage, not in the pending plan,
-# says more): cores, SMT and clocks, the cgroup's CPU quota, numba's threading layer
-{
+# what explains the loaders' scaling rows, in a second or two, when the env stage (which says
+# more) does not run: cores, SMT and clocks, the cgroup's CPU quota, numba's threading layer
+[[ " $STAGES " == *" env "* ]] || {
   echo "## host: $(nproc) cores usable; cgroup cpu.max: $(cat /sys/fs/cgroup/cpu.max 2>/dev/null || echo none)"
   lscpu 2>/dev/null | grep -E '^(CPU\(s\)|Model name|Thread|Core|Socket|CPU max MHz|CPU MHz)' || true
-  timeout 15 $PY -c 'import numba, numpy as np
+  timeout 5 $PY -c 'import numba, numpy as np
 @numba.njit(parallel=True)
 def f(a):
     s = 0.0
@@ -274,11 +275,12 @@ fi
 : > "$WORK/md/08-fm.md"  # exists, so bench_kmeans adds only its section (no report header)
 # pytest is interrupted (its summary printed) 5 s before its stage is killed (GPU_CHECK_DEADLINE),
 # so the stage still writes its section: the tail of what ran
+# (-p no:randomly: collection order is run order, cuda-ff first, whatever the host has installed)
 ENDS_BEFORE='timeout -s INT --kill-after=3 $(( GPU_CHECK_DEADLINE - $(date +%s) - 5 > 1 ? GPU_CHECK_DEADLINE - $(date +%s) - 5 : 1 ))'
 stage() {  # run one stage by name
   case "$1" in
     env) run_stage env $B env --md "$WORK/md/01-env.md" ;;
-    pytest) run_stage pytest bash -c "$ENDS_BEFORE $PY -m pytest -v -p no:cacheprovider -m gpu -k '$PYTEST_K' -rs --durations=15 ${PYTEST_ARGS[*]} 2>&1 | tee $WORK/pytest.txt; rc=\${PIPESTATUS[0]}; [ \$rc -eq 5 ] && rc=0; { echo '### pytest -m gpu -k \"$PYTEST_K\"'; echo; echo '\`\`\`'; tail -n 40 $WORK/pytest.txt; echo '\`\`\`'; } > $WORK/md/02-pytest.md; exit \$rc" ;;
+    pytest) run_stage pytest bash -c "$ENDS_BEFORE $PY -m pytest -v -p no:cacheprovider -p no:randomly -m gpu -k '$PYTEST_K' -rs --durations=15 ${PYTEST_ARGS[*]} 2>&1 | tee $WORK/pytest.txt; rc=\${PIPESTATUS[0]}; [ \$rc -eq 5 ] && rc=0; { echo '### pytest -m gpu -k \"$PYTEST_K\"'; echo; echo '\`\`\`'; tail -n 40 $WORK/pytest.txt; echo '\`\`\`'; } > $WORK/md/02-pytest.md; exit \$rc" ;;
     build) run_stage build $PY -m ffcv_dp4tl build "$SYNTH" --out "$DATA" --workers "$NPROC" --no-progress ;;
     # (the pipeline's FM takes the method auto chose on the H200, gemm-bf16, unmeasured: a fault
     # in a fused kernel never run on a GPU would end the user's path, which must show first;
@@ -291,7 +293,7 @@ stage() {  # run one stage by name
     fm) run_stage fm $PY benchmarks/bench_kmeans.py "${FM_ARGS[@]}" --output "$WORK/md/08-fm.md" ;;
     kernels) run_stage kernels $PY benchmarks/profile_fused.py "${NCU_ARGS[@]}" --md "$WORK/md/08b-kernels.md" ;;
     loaders) run_stage loaders $B loaders --data "$DATA/source" --md "$WORK/md/09-loaders.md" "${LOADER_ARGS[@]}" ;;
-    compile) run_stage compile bash -c "$ENDS_BEFORE $PY -m pytest -v -p no:cacheprovider -m gpu -k compile -rs --durations=5 ${PYTEST_ARGS[*]} 2>&1 | tee $WORK/compile.txt; rc=\${PIPESTATUS[0]}; [ \$rc -eq 5 ] && rc=0; { echo '### pytest -m gpu -k compile'; echo; echo '\`\`\`'; tail -n 30 $WORK/compile.txt; echo '\`\`\`'; } > $WORK/md/10-compile.md; exit \$rc" ;;
+    compile) run_stage compile bash -c "$ENDS_BEFORE $PY -m pytest -v -p no:cacheprovider -p no:randomly -m gpu -k compile -rs --durations=5 ${PYTEST_ARGS[*]} 2>&1 | tee $WORK/compile.txt; rc=\${PIPESTATUS[0]}; [ \$rc -eq 5 ] && rc=0; { echo '### pytest -m gpu -k compile'; echo; echo '\`\`\`'; tail -n 30 $WORK/compile.txt; echo '\`\`\`'; } > $WORK/md/10-compile.md; exit \$rc" ;;
   esac
 }
 if [ "$WHEELS_OK" = 0 ]; then

@@ -3,6 +3,7 @@ a bf16 autocast forward pass does (the FM features whose re-check share the GPU 
 ties to even, so that row times the product's case and not an approximation of it."""
 from __future__ import annotations
 
+import re
 
 import numpy as np
 import pytest
@@ -72,3 +73,10 @@ def test_rows_are_saved_as_they_come_so_a_cut_stage_still_returns_them(tmp_path,
     text = md.read_text()
     assert "partial" not in text and text.count("| numba oracle (float64 accum.) |") == 1
     assert "| NumPy BLAS chunks (cpu backend) |" in text and text.count("| **total FM**") == 1
+    assert "under `auto`" not in text  # (the full FM run voted under auto itself)
+    assert bench.main([*args, "--fm-method", "gemm-bf16"]) == 0  # then auto's voting, timed last
+    text = md.read_text()
+    assert re.search(r"Target voting under `auto` \(40 targets, whole calls\): the first [0-9.]+ s "
+                     r"\(it measures every method where N x K is large enough\), the second [0-9.]+ s", text)
+    with pytest.raises(SystemExit):  # a method name auto would refuse only on the GPU
+        bench.main([*args, "--fm-method", "bogus"])

@@ -283,7 +283,11 @@ def test_publish_files_the_summary_and_settles_pending_points(smoke_run, tmp_pat
     report = tmp_path / "BENCH.md"
     report.write_text("# Benchmarks\n\n## GPU check (Old GPU)\n\n- Lloyd 0.4 s. Pending a GPU re-measure.\n"
                       "- NaN fixed since. Pending: the next device run.\n\n## Other\n\nkept\n")
-    assert _publish().main([str(smoke_run / "summary.md"), "--report", str(report)]) == 0
+    with pytest.raises(SystemExit, match=r"is a CPU rehearsal's summary \(GPU_CHECK_SMOKE=1\), not a "
+                                          "device run's"):
+        _publish().main([str(smoke_run / "summary.md"), "--report", str(report)])
+    assert "## GPU check (" not in report.read_text().split("## Other")[1]  # nothing written
+    assert _publish().main([str(smoke_run / "summary.md"), "--report", str(report), "--allow-smoke"]) == 0
     text = report.read_text()
     assert "## Other\n\nkept" in text
     titles = [ln for ln in text.splitlines() if ln.startswith("## ")]
@@ -294,7 +298,7 @@ def test_publish_files_the_summary_and_settles_pending_points(smoke_run, tmp_pat
     assert "Pending" not in old
     assert re.search(r"Settled by the GPU check \(.*\) run of .*: [0-9.]+ s per Lloyd iteration", old)
     assert re.search(r"race probe: .*; \d+ training batches with NaN/Inf inputs; val top-1 GPU decode", old)
-    assert _publish().main([str(smoke_run / "summary.md"), "--report", str(report)]) == 0
+    assert _publish().main([str(smoke_run / "summary.md"), "--report", str(report), "--allow-smoke"]) == 0
     assert report.read_text() == text  # republishing replaces, never duplicates
 
 
@@ -366,6 +370,10 @@ def test_publish_refuses_other_files(tmp_path):
         _publish().main([str(good), "--notes", str(tmp_path / "nope.md"), "--report", str(tmp_path / "B.md")])
     with pytest.raises(SystemExit, match="--notes file .* is a folder"):
         _publish().main([str(good), "--notes", str(tmp_path), "--report", str(tmp_path / "B.md")])
+    smoke = tmp_path / "smoke.md"  # a CPU rehearsal's summary is no device's measurement
+    smoke.write_text(_fake_summary("no nvidia-smi", "env", "").replace("Command: `", "Command: `GPU_CHECK_SMOKE=1 "))
+    with pytest.raises(SystemExit, match=r"smoke.md is a CPU rehearsal's summary \(GPU_CHECK_SMOKE=1\)"):
+        _publish().main([str(good), str(smoke), "--report", str(tmp_path / "B.md")])
     assert not (tmp_path / "B.md").exists()  # refused before writing
 
 

@@ -398,12 +398,13 @@ def _failure(e: BaseException | None) -> tuple[str | None, int] | None:
         return "aborted", 1
     if isinstance(e, DP4TLError):
         return f"error: {e}", 2
-    if isinstance(e, OSError) and not isinstance(e, BrokenPipeError) and e.errno is not None:
-        from ..fsutil import os_error_line
+    from ..fsutil import environment_error_line
 
-        # (no errno: not an environment error but a bug, which keeps its traceback) every
-        # write is atomic (temp file + rename), so nothing finished was damaged
-        return f"error: {os_error_line(e)}", 2
+    # (no errno: not an environment error but a bug, which keeps its traceback) every
+    # write is atomic (temp file + rename), so nothing finished was damaged
+    line = environment_error_line(e)
+    if line is not None:
+        return f"error: {line}", 2
     if isinstance(e, RuntimeError) and stopping.received() is None:
         line = _peer_stopped_line(e)
         return None if line is None else (f"error: {line}", 2)

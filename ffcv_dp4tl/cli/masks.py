@@ -20,7 +20,7 @@ def _parse_ranges(text: str) -> list[tuple[int, int]]:
     must be refused by the bounds check, not first built as a list in memory."""
     ranges: list[tuple[int, int]] = []
     parts = [part.strip() for part in text.split(",")]
-    if any(parts) and not all(parts):  # '1,,2': an id was dropped, not an id meant to be skipped
+    if not all(parts[1:-1]):  # '1,,2': an id was dropped (a trailing or leading comma is kept)
         raise MaskError(f"--classes: {text!r} has an empty item between commas; give each class id "
                         "or range once, e.g. '0,3,10-19'")
     for part in parts:

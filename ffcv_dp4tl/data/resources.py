@@ -135,8 +135,10 @@ def effective_workers(requested: int) -> int:
     usable = usable_workers(cores)
     if requested <= usable:
         return requested
-    # (said by the first rank only: every rank of a node gets the same share; 8 lines on 8 GPUs)
-    if (requested, usable) not in _NOTED and os.environ.get("RANK", "0") in ("", "0"):
+    # (said by each node's first rank only: the ranks of a node get the same share; 8 lines on
+    # 8 GPUs; torchrun sets LOCAL_RANK, and RANK where a launcher sets only that)
+    first = os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) in ("", "0")
+    if (requested, usable) not in _NOTED and first:
         _NOTED.add((requested, usable))
         spare = cores - usable
         ranks = local_ranks()

@@ -346,10 +346,10 @@ def _trajectory(method: str, sur: Stage, keep_epochs, epochs: int, log: Log) -> 
     stage key would be a silently different result). Epochs past the surrogate's ``epochs``
     (a recipe shortened by ``--set-surrogate train.epochs=N``) are never written: they are
     said and left out, not reported missing with advice to rerun that gives the same."""
-    from ..training.trainer import early_checkpoint_name
+    from ..training.trainer import early_checkpoint_name, epochs_past
 
-    kept = sorted(e for e in keep_epochs if e <= epochs)
-    past = sorted(e for e in keep_epochs if e > epochs)
+    past = epochs_past(keep_epochs, epochs)
+    kept = sorted(e for e in keep_epochs if e not in past)
     if past:
         log(f"[score] {method}: train.keep_epochs {past} lie past the surrogate's {epochs} "
             f"epochs, so it kept no checkpoint there"

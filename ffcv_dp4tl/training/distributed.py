@@ -176,11 +176,11 @@ def fail_together(ctx: DistContext, error: BaseException | None) -> None:
     a gloo/NCCL "connection closed by peer" traceback, or waited there. Every rank calls this at
     the same point; the failing rank raises its own error, the others a one-line DP4TLError
     naming it."""
-    from ..fsutil import os_error_line
+    from ..fsutil import environment_error_line
 
     # an OSError in the CLI's words on every rank (a read-only --out: rank 0 said "cannot write
     # … choose a writable folder", the others "[Errno 30] Read-only file system"; review)
-    said = None if error is None else os_error_line(error) if isinstance(error, OSError) else str(error)
+    said = None if error is None else environment_error_line(error) or str(error)
     errors = all_gather(ctx, said)
     if error is not None:
         raise error

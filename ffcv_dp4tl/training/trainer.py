@@ -164,6 +164,12 @@ def ignored_model_knobs(recipe: Recipe) -> str | None:
             "they are ignored")
 
 
+def epochs_past(keep_epochs: Sequence[int], epochs: int) -> list[int]:
+    """The ``train.keep_epochs`` a run of ``epochs`` never reaches, sorted: no early checkpoint
+    is written for them."""
+    return sorted(e for e in keep_epochs if e > epochs)
+
+
 def keep_epochs_note(recipe: Recipe) -> str | None:
     """A note naming the ``train.keep_epochs`` past ``train.epochs`` (no early checkpoint will
     be kept for them; ``dp4tl train`` said nothing, and the user found no file), else None.
@@ -172,7 +178,7 @@ def keep_epochs_note(recipe: Recipe) -> str | None:
     pipeline says it only where a method scores that checkpoint (``pipeline.run._trajectory``),
     since LM or FM never read one."""
     tc = recipe.train
-    past = sorted(e for e in tc.keep_epochs if e > tc.epochs)
+    past = epochs_past(tc.keep_epochs, tc.epochs)
     if not past:
         return None
     files = ", ".join(early_checkpoint_name(e) for e in past)

@@ -73,6 +73,7 @@ def test_class_ids_beyond_the_dataset_are_an_error_not_clamped(capsys, monkeypat
     ("0-999999999999", ["--classes: 5-999999999999 outside the 5 classes of", "(ids 0-4)"]),
     ("5-2", ["--classes: '5-2' is a reversed range", "e.g. 2-5"]),  # was "mask is empty"
     ("1,,2", ["--classes: '1,,2' has an empty item between commas"]),  # was read as '1,2'
+    ("1, ,2,", ["--classes: '1, ,2,' has an empty item between commas"]),
 ])
 def test_class_ranges_are_checked_as_ranges(capsys, monkeypatch, tmp_path, index_dataset,
                                             classes, needles):
@@ -80,6 +81,13 @@ def test_class_ranges_are_checked_as_ranges(capsys, monkeypatch, tmp_path, index
                        "--classes", classes, "--out", tmp_path / "m.npy")
     one_line(code, err, *needles)
     assert not (tmp_path / "m.npy").exists()
+
+
+def test_a_leading_or_trailing_comma_in_classes_is_no_dropped_id():
+    from ffcv_dp4tl.cli.masks import _parse_ranges
+
+    assert _parse_ranges("0,3,") == [(0, 0), (3, 3)] and _parse_ranges(",0-2") == [(0, 2)]
+    assert _parse_ranges(",") == []  # (refused by the command as an empty --classes)
 
 
 def test_mask_classes_refuses_permuted_labels(capsys, monkeypatch, tmp_path, index_copy):

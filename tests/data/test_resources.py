@@ -137,10 +137,15 @@ def test_the_capped_workers_note_is_said_by_the_first_rank_only(cores, monkeypat
     """Every rank of a node gets the same share, and each printed the note: 8 lines on 8 GPUs
     (review). The first rank says it; the others apply the same cap in silence."""
     cores(4)
-    monkeypatch.setenv("RANK", "1")
-    resources._NOTED.clear()
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("RANK", "1")  # (a launcher that sets RANK only)
     capped = resources.effective_workers(64)
     assert capped < 64 and "data.num_workers = 64" not in capsys.readouterr().err
-    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("RANK", "9")  # a second rank of the second node
+    assert resources.effective_workers(64) == capped
+    assert "data.num_workers = 64" not in capsys.readouterr().err
+    monkeypatch.setenv("LOCAL_RANK", "0")  # the second node's first rank: its own line
+    monkeypatch.setenv("RANK", "8")
     assert resources.effective_workers(64) == capped
     assert "data.num_workers = 64" in capsys.readouterr().err
