@@ -24,6 +24,33 @@ class StopAt(Callback):
 
 
 @pytest.fixture
+def lock_taken_first(monkeypatch):
+    """``lock_taken_first(module, out)``: a context in which another run takes ``module``'s run
+    folder lock (and writes an empty metrics.jsonl in ``out``) just before this process asks for
+    it, as a run started at the same moment into the same new ``--out`` would; the other run
+    holds the lock until the block ends."""
+    import contextlib
+
+    from ffcv_dp4tl.fsutil import directory_lock
+
+    @contextlib.contextmanager
+    def taken(module, out):
+        winner = contextlib.ExitStack()
+        real = module.directory_lock
+
+        def winner_first(path, what, **kw):  # between this run's check and its lock
+            winner.enter_context(directory_lock(path, what))
+            (out / "metrics.jsonl").write_text("")
+            return real(path, what, **kw)
+
+        monkeypatch.setattr(module, "directory_lock", winner_first)
+        with winner:
+            yield
+
+    return taken
+
+
+@pytest.fixture
 def step_spy(monkeypatch):
     """Records every ``engine.train_step`` the trainer or finetune() runs: per step (the lr of
     each param group, the loss it returned, the cross-entropy of the same forward pass with

@@ -524,26 +524,14 @@ def test_an_unfinished_runs_checkpoint_is_read_with_a_warning_naming_where_it_st
 
 
 def test_a_finetuning_that_lost_the_race_for_a_new_folder_leaves_the_winners_alone(
-        trained_run, target_dir, tmp_path, monkeypatch):
+        trained_run, target_dir, tmp_path, lock_taken_first):
     """Two finetunings started into one new --out: both saw it missing, the winner made it and
     took its lock, and the loser, refused, removed the winner's lock and folder as "a folder it
     made" (review), so a third run could take the lock beside the winner."""
-    import contextlib
-
     from ffcv_dp4tl.errors import DP4TLError
-    from ffcv_dp4tl.fsutil import directory_lock
 
     out = tmp_path / "ft"
-    winner = contextlib.ExitStack()
-    real = finetune_module.directory_lock
-
-    def winner_first(path, what, **kw):  # the winner arrives between the loser's check and lock
-        winner.enter_context(directory_lock(path, what))
-        (out / "metrics.jsonl").write_text("")
-        return real(path, what, **kw)
-
-    monkeypatch.setattr(finetune_module, "directory_lock", winner_first)
-    with winner, pytest.raises(DP4TLError, match="another dp4tl process"):
+    with lock_taken_first(finetune_module, out), pytest.raises(DP4TLError, match="another dp4tl process"):
         finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, out, fmt="wds",
                  device="cpu", progress=False)
     assert (out / finetune_module.FINETUNE_LOCK).exists() and (out / "metrics.jsonl").exists()

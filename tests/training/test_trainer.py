@@ -589,26 +589,14 @@ def test_train_says_when_it_ended_at_chance(source_dir, tmp_path, test_recipe):
 
 
 def test_a_training_that_lost_the_race_for_a_new_folder_leaves_the_winners_alone(
-        source_dir, tmp_path, test_recipe, monkeypatch):
+        source_dir, tmp_path, test_recipe, lock_taken_first):
     """Two `dp4tl train` into one new --out: both saw it missing, the winner made it and took
     its lock, and the loser, refused, removed the winner's lock and empty metrics.jsonl and the
     folder as "a folder it made" (review), so a third run could take the lock beside it."""
-    import contextlib
-
-    from ffcv_dp4tl.fsutil import directory_lock
     from ffcv_dp4tl.training import trainer as trainer_module
 
     out = tmp_path / "run"
-    winner = contextlib.ExitStack()
-    real = trainer_module.directory_lock
-
-    def winner_first(path, what, **kw):  # the winner arrives between the loser's check and lock
-        winner.enter_context(directory_lock(path, what))
-        (out / "metrics.jsonl").write_text("")
-        return real(path, what, **kw)
-
-    monkeypatch.setattr(trainer_module, "directory_lock", winner_first)
-    with winner:
+    with lock_taken_first(trainer_module, out):
         with pytest.raises(DP4TLError, match="another dp4tl process"):
             train(test_recipe(), source_dir, out_dir=out, fmt="wds", device="cpu", progress=False)
         assert (out / trainer_module.LOCK_NAME).exists() and (out / "metrics.jsonl").exists()
