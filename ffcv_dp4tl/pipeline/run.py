@@ -206,13 +206,13 @@ def prune_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, sc: Stage, res: P
         **({"ties": "seeded"} if ok.scorer.unit == "sample" else {}),
         **({"budget": cfg.budget} if cfg.budget != "units" else {}),
         **({"order": cfg.order} if ok.reverse else {})})
-    res.add(StagePlace("prune", "prune"), run_stage(pr, lambda d: prune(
+    done = res.add(StagePlace("prune", "prune"), run_stage(pr, lambda d: prune(
         sc.dir, r.source_dir, cfg.ratio, d, budget=cfg.budget, reverse=ok.reverse), log,
         upstream=[sc]))
-    kept = load_mask(pr.output("train.npy")).meta  # (README: reported beside every ratio)
-    if kept.get("kept_sample_fraction") is not None:
-        log(f"[prune] kept {kept.get('num_kept')} of {kept.get('num_samples')} train samples at "
-            f"ratio {cfg.ratio:g} (kept sample fraction {kept['kept_sample_fraction']:.3f})")
+    kept = done.values  # what prune() returned, recorded with the stage (README: the kept
+    if "kept_sample_fraction" in kept:  # sample fraction is reported beside every ratio)
+        log(f"[prune] kept {kept['train_kept']} train samples at ratio {cfg.ratio:g} (kept "
+            f"sample fraction {kept['kept_sample_fraction']:.3f})")
     # synth data knows the answer: how right the selection is (None on real data)
     res.ground_truth = selection_truth(r.source_dir, r.target_dirs, sc.dir, pr.dir / "train.npy")
     if cfg.ratio > 0:  # what the report's gallery shows (Fig. A7)

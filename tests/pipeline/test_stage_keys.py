@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -35,7 +36,9 @@ class _Res:
 def _keys(cfg: PipelineConfig, monkeypatch) -> dict[str, Stage]:
     """The surrogate, score and prune stages of ``cfg``, as a run would key them; none is run."""
     ran: list[str] = []
-    monkeypatch.setattr(run_mod, "run_stage", lambda st, fn, log=print, upstream=(): ran.append(st.name))
+    # (run_stage returns the StageRun: one with no recorded values, as nothing runs)
+    monkeypatch.setattr(run_mod, "run_stage", lambda st, fn, log=print, upstream=():
+                        ran.append(st.name) or SimpleNamespace(values={}))
     monkeypatch.setattr(run_mod, "selection_truth", lambda *a, **k: None)
     log = lambda s: None  # noqa: E731
     ok = validate(cfg)
