@@ -155,22 +155,16 @@ def files_cmd(
     kept = np.zeros(info.num_samples, dtype=bool)
     kept[m.indices] = True
     chosen = np.flatnonzero(~kept if pruned else kept)
+    text = "".join(f"{origins[i]}\n" for i in chosen)
     what = "removed" if pruned else "kept"
     if out is None:
-        # in pieces: one write of the whole list into a pipe whose reader left mid-way (`| head`)
-        # ended with exit 0 and the list cut without a sign; a piece after it meets EPIPE, so
-        # the command ends as a shell reports a piped tool the reader stopped (141; review)
-        piece: list[str] = []
-        size = 0
-        for i in chosen:
-            piece.append(f"{origins[i]}\n")
-            size += len(piece[-1])
-            if size >= 1 << 16:  # (a pipe's buffer)
-                typer.echo("".join(piece), nl=False)
-                piece, size = [], 0
-        typer.echo("".join(piece), nl=False)
+        # in pieces of a pipe's buffer: one write of the whole list into a pipe whose reader left
+        # mid-way (`| head`) ended with exit 0 and the list cut without a sign; a piece after it
+        # meets EPIPE, so the command ends as a shell reports a piped tool the reader stopped
+        # (141; review)
+        for start in range(0, len(text), 1 << 16):
+            typer.echo(text[start:start + (1 << 16)], nl=False)
         return
-    text = "".join(f"{origins[i]}\n" for i in chosen)
     if out.exists() and not out.is_file():  # (/dev/null, a folder: never advised to delete it)
         raise MaskError(f"--out {out} is not a regular file; pass a file path, or leave --out "
                         "out to print the list (`> FILE` to keep it)")
