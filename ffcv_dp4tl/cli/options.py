@@ -229,6 +229,27 @@ def check_arch(value: Optional[str]) -> Optional[str]:
     return value
 
 
+def refuse_unread(method: str, *, k: Optional[int] = None, iters: Optional[int] = None,
+                  backend: Optional[Backend] = None) -> None:
+    """A setting given for a method that never reads it would be ignored in silence (``--k`` to
+    lm, ``--iters`` to sp): refused, naming the methods that read it. ``None`` (and the default
+    ``Backend.auto``) = not given; an unknown method is left to the run to name."""
+    from ..scoring.registry import BACKEND, ITERS, K, get_scorer, is_registered, scorers
+
+    if not is_registered(method):
+        return
+    scorer = get_scorer(method)
+    given = ((K, "--k", k, scorer.reads, "does not cluster the source"),
+             (ITERS, "--iters", iters, scorer.kernels, "runs no k-means"),
+             (BACKEND, "--backend", None if backend in (None, Backend.auto) else backend.value,
+              scorer.kernels, "runs none of the scoring kernels"))
+    for name, flag, value, read, what in given:
+        if value is not None and name not in read:
+            users = ", ".join(s.name for s in scorers() if name in (s.reads | s.kernels))
+            raise typer.BadParameter(f"{value}: method {method} {what} ({flag} is read by "
+                                     f"{users} only); drop {flag}", param_hint=flag)
+
+
 def default_k(k: Optional[int], data: str) -> int:
     """``--k`` when given, else the default for ``data`` (:func:`~ffcv_dp4tl.contracts.default_k`:
     fewer clusters on the embedded synth data)."""

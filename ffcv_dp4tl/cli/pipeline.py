@@ -10,7 +10,7 @@ from ..scoring.registry import methods_help
 from .app import app
 from .options import (ORDER_HELP, RECIPES_HELP, FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order, Protocol, RecipeSet, TargetSplit,
                       check_arch, check_k, device_option, list_callback,
-                      ratio_callback, seeds_callback, split_list)
+                      ratio_callback, refuse_unread, seeds_callback, split_list)
 
 PROTOCOL_HELP = ("fast: today's recipes (tiny on synth data, ffcv-imagenet-style otherwise); "
                  "paper: recipes/paper/, the paper's App. A.1 / Tab. A1 protocol (RN-18 surrogate, "
@@ -55,16 +55,6 @@ def target_config(target: List[str], target_weights: str) -> dict:
     if len(ts) <= 1:
         return {"target": ts[0] if ts else ""}
     return {"targets": tuple(ts), "target_weights": ws}
-
-
-def _check_k_is_read(k: Optional[int], method: str) -> None:
-    """``--k`` given for a method that never clusters the source would be ignored in silence."""
-    from ..scoring.registry import get_scorer, is_registered, scorers
-
-    if k is not None and is_registered(method) and not get_scorer(method).uses_k:
-        users = ", ".join(s.name for s in scorers() if s.uses_k)
-        raise typer.BadParameter(f"{k}: method {method} does not cluster the source (--k is "
-                                 f"read by {users} only); drop --k", param_hint="--k")
 
 
 @app.command()
@@ -122,7 +112,7 @@ def pipeline(
     from ..pipeline.run import run_pipeline
 
     data = data or "synth:tiny"
-    _check_k_is_read(k, method)
+    refuse_unread(method, k=k)
     cfg = PipelineConfig(ratio=ratio, source=data, **target_config(target, target_weights),
                          order=order.value, method=method,
                          protocol=protocol.value,

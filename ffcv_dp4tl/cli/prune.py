@@ -9,7 +9,8 @@ import typer
 from ..scoring.registry import methods_help
 from .app import app
 from .options import (DATA_HELP, FORMAT_HELP, K_HELP, ORDER_HELP, Backend, Budget, Format, Order, TargetCrop,
-                      default_k, device_option, paths, ratio_callback, resolve_device)
+                      default_k, device_option, paths, ratio_callback, refuse_unread,
+                      resolve_device)
 
 
 @app.command()
@@ -42,11 +43,12 @@ def score(
         "scoring.source_crop, else center; the paper: none)", show_default=False),
     k: Optional[int] = typer.Option(None, help=K_HELP + "; at most the number of source train "
                                     "samples", show_default=False),
-    iters: int = typer.Option(20, min=1, help="fm: Lloyd iterations"),
+    iters: Optional[int] = typer.Option(None, min=1, help="fm, ssp: Lloyd iterations (default: 20)",
+                                        show_default=False),
     seed: int = typer.Option(0, min=0, help="Random seed (random, fm's k-means, the runs a method "
                              "trains)"),
     backend: Backend = typer.Option(Backend.auto, help="Scoring kernels (auto: CUDA when CuPy "
-                                    "sees a device)"),
+                                    "sees a device; fm, fm-sup, ssp)"),
     opt: List[str] = typer.Option([], "--opt", help="Method option NAME=VALUE (repeatable), e.g. "
                                   "el2n/grand runs=10 epoch=2 arch=resnet18, grand grad=full, "
                                   "moderate band=rank, ssp k=1000, forget epochs=16, infmax "
@@ -62,13 +64,14 @@ def score(
     from ..pipeline.score import score as run
     from ..scoring.registry import parse_option_pairs
 
+    refuse_unread(method, k=k, iters=iters, backend=backend)
     check_out_dir(out)
     source_dir = data
     targets = paths(target)
     meta = run(method, source_dir=source_dir, target_dir=targets or None, checkpoint=checkpoint,
                out_dir=out, fmt=format.value, device=resolve_device(device),
                batch_size=batch_size, num_workers=workers, resolution=resolution, k=default_k(k, str(data)),
-               iters=iters, seed=seed, backend=backend.value, target_resolution=target_resolution,
+               **({} if iters is None else {"iters": iters}), seed=seed, backend=backend.value, target_resolution=target_resolution,
                target_crop=None if target_crop is None else target_crop.value,
                source_resolution=source_resolution,
                source_crop=None if source_crop is None else source_crop.value,

@@ -20,7 +20,7 @@ from ..errors import DataError, DP4TLError
 from ..fsutil import directory_lock, file_sha256
 from ..outputs import claim_out_dir
 from ..scoring.context import ScoringContext, Surrogate
-from ..scoring.registry import (SEED, SETTINGS, Scorer, get_scorer, scorers,
+from ..scoring.registry import (BACKEND, SEED, SETTINGS, Scorer, get_scorer, scorers,
                                 self_supervised_alternatives)
 from .scores_io import load_scores_meta, write_scores
 from .targets import check_distinct_datasets, check_distinct_targets
@@ -135,8 +135,8 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
         warnings.warn(f"{given} set the runs a method trains itself "
                       f"({', '.join(s.name for s in scorers() if s.trains)}); {method} trains "
                       "none, so they are ignored", stacklevel=2)
-    if scorer.uses_k:  # (its k-means kernels: --backend cuda without a GPU failed after the
-        from ..kernels import resolve_backend  # features were extracted; review)
+    if BACKEND in scorer.kernels:  # (--backend cuda without a GPU failed after the features
+        from ..kernels import resolve_backend  # were extracted; review)
 
         resolve_backend(backend)
     if resolution is not None:  # 0 is no "default": omit the option for the surrogate's

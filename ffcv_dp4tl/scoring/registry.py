@@ -18,6 +18,10 @@ declares, as class attributes, everything the rest of the project needs to know 
   (``ctx.k``, k-means clusters) and ``seed`` (``ctx.seed``). Only these enter the score
   stage's cache key (:meth:`Scorer.stage_key`), so LM is not rescored when ``--k`` changes;
   an undeclared setting reaches ``score`` as ``None``;
+* ``kernels`` — the scoring kernels' settings it reads, a subset of :data:`KERNEL_SETTINGS`:
+  ``iters`` (``ctx.iters``, Lloyd iterations) and ``backend`` (``ctx.backend``, the numba/CuPy
+  kernels). They change run time, not which units win, so they stay out of the stage key;
+  ``dp4tl score`` refuses them for a method that declares neither (they would be ignored);
 * ``revision`` — bumped when a fixed rule changes the method's scores for the same inputs
   (FM's tie-break, 2026-12-03): it enters the score stage's key and ``scores.json``, so cached
   scores of the older rule are computed again;
@@ -61,6 +65,10 @@ _SURROGATE_NEEDS = frozenset({LOGITS, FEATURES, TRAJECTORY})
 K, SEED = "k", "seed"
 #: Run settings shared by every scorer's context that a scorer may read (``Scorer.reads``).
 SETTINGS = (K, SEED)
+
+ITERS, BACKEND = "iters", "backend"
+#: Settings of the scoring kernels (k-means, centroid sums) a scorer may read (``Scorer.kernels``).
+KERNEL_SETTINGS = (ITERS, BACKEND)
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,7 @@ class Scorer:
     options: ClassVar[dict[str, Option]] = {}  # knobs: --opt NAME=VALUE, ctx.opt(NAME)
     trains: ClassVar[bool] = False  # trains models itself (gets the surrogate's recipe)
     reads: ClassVar[frozenset[str]] = frozenset()  # settings of SETTINGS read (ctx.k, ctx.seed)
+    kernels: ClassVar[frozenset[str]] = frozenset()  # of KERNEL_SETTINGS (ctx.iters, ctx.backend)
     #: bumped when the method's scores change for the same inputs (a fixed rule), so cached
     #: score stages run again; 0 stays out of the key (older keys stay valid)
     revision: ClassVar[int] = 0
@@ -258,6 +267,10 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
     if unknown:
         raise ValueError(f"scorer {name!r}: unknown reads {sorted(unknown)}; choose from "
                          f"{', '.join(SETTINGS)}")
+    unknown = set(cls.kernels) - set(KERNEL_SETTINGS)
+    if unknown:
+        raise ValueError(f"scorer {name!r}: unknown kernels {sorted(unknown)}; choose from "
+                         f"{', '.join(KERNEL_SETTINGS)}")
     if isinstance(cls.revision, bool) or not isinstance(cls.revision, int) or cls.revision < 0:
         raise ValueError(f"scorer {name!r}: revision must be an integer >= 0, got {cls.revision!r}")
     for opt_name, opt in dict(cls.options).items():
@@ -277,6 +290,7 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
                          "choose another colour or marker for its PlotStyle")
     cls.needs = frozenset(cls.needs)
     cls.reads = frozenset(cls.reads)
+    cls.kernels = frozenset(cls.kernels)
     _REGISTRY[name] = cls()
     return cls
 

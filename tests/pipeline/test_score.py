@@ -131,15 +131,23 @@ def test_a_second_score_into_a_folder_being_scored_is_refused(tmp_path, source_d
     assert sorted(p.name for p in out.iterdir()) == [SCORE_LOCK]
 
 
-def test_fm_on_the_cuda_backend_without_a_gpu_is_refused_before_any_work(tmp_path, monkeypatch):
+def _kernel_users() -> list[str]:
+    from ffcv_dp4tl.scoring.registry import BACKEND, scorers
+
+    return [s.name for s in scorers() if BACKEND in s.kernels]
+
+
+@pytest.mark.parametrize("method", _kernel_users())
+def test_the_cuda_backend_without_a_gpu_is_refused_before_any_work(tmp_path, monkeypatch, method):
     """`score --method fm --backend cuda` on a machine without a GPU failed only after the
-    features were extracted, advising backend='cpu' (review): refused first, naming the option."""
+    features were extracted, advising backend='cpu' (review): refused first, naming the option.
+    Every method that runs the kernels (ssp's k-means was not checked)."""
     import ffcv_dp4tl.kernels as kernels
 
     monkeypatch.setattr(kernels, "cuda_available", lambda: False)
     with pytest.raises(DP4TLError, match=r"backend='cuda' needs CuPy and a CUDA device.*"
                                          r"\(`--backend cpu`\)$"):
-        score("fm", source_dir=tmp_path / "nowhere", out_dir=tmp_path / "s", backend="cuda")
+        score(method, source_dir=tmp_path / "nowhere", out_dir=tmp_path / "s", backend="cuda")
     assert not (tmp_path / "s").exists()
 
 

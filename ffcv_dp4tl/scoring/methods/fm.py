@@ -8,7 +8,7 @@ import numpy as np
 
 from ..context import ScoringContext
 from ..feature_mapping import feature_mapping_scores, kmeans, reciprocal_rank_votes
-from ..registry import FEATURES, K, SEED, TARGET, Cost, PlotStyle, Scorer, ScoreResult, register_scorer
+from ..registry import BACKEND, FEATURES, ITERS, K, SEED, TARGET, Cost, PlotStyle, Scorer, ScoreResult, register_scorer
 
 
 def vote_clusters(ctx: ScoringContext, target_feats: list[np.ndarray], centroids: np.ndarray,
@@ -40,6 +40,7 @@ class FeatureMapping(Scorer):
     style = PlotStyle("tab:blue", "s", "FM")
     order = 1
     reads = frozenset({K, SEED})  # k-means: K clusters, seeded
+    kernels = frozenset({ITERS, BACKEND})  # Lloyd iterations; votes and k-means kernels
     revision = 1  # 1: ties by the target's reciprocal-rank votes (0: by cluster size)
 
     def score(self, ctx: ScoringContext) -> ScoreResult:

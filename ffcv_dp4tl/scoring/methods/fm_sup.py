@@ -5,7 +5,7 @@ import numpy as np
 
 from ..context import ScoringContext
 from ..feature_mapping import class_centroids
-from ..registry import FEATURES, TARGET, Cost, PlotStyle, Scorer, ScoreResult, register_scorer
+from ..registry import BACKEND, FEATURES, TARGET, Cost, PlotStyle, Scorer, ScoreResult, register_scorer
 from .fm import vote_clusters
 
 
@@ -15,6 +15,7 @@ class FeatureMappingSupervised(Scorer):
     help = "feature mapping with source classes as clusters (class-mean centroids)"
     unit = "cluster"
     needs = frozenset({FEATURES, TARGET})
+    kernels = frozenset({BACKEND})  # the class centroids' and votes' kernels
     cost = Cost(forward=("target train", "source train"),
                 steps=("class-mean centroids", "nearest-centroid votes"))
     style = PlotStyle("tab:cyan", "D", "FM-sup")

@@ -12,7 +12,7 @@ import numpy as np
 from ..baselines import _l2_normalise, prototype_distances
 from ..context import ScoringContext
 from ..feature_mapping import kmeans
-from ..registry import FEATURES, SEED, Cost, Option, PlotStyle, Scorer, ScoreResult, register_scorer
+from ..registry import BACKEND, FEATURES, ITERS, SEED, Cost, Option, PlotStyle, Scorer, ScoreResult, register_scorer
 from .sp import KEEP, NORMALIZE
 
 
@@ -27,6 +27,7 @@ class SelfSupervisedPrototypes(Scorer):
     style = PlotStyle("tab:brown", ">", "SSP")
     order = 8
     reads = frozenset({SEED})  # k-means seed (its K is --opt k)
+    kernels = frozenset({ITERS, BACKEND})  # its k-means
     options = {"k": Option(0, "k-means clusters (0: the number of source classes)", minimum=0),
                "keep": KEEP, "normalize": NORMALIZE}
 
