@@ -276,9 +276,8 @@ def rerender(out: Path, criterion: str | None = None) -> dict[str, Any]:
         out = Path(out).parent
     path = Path(out) / "results.json"
     if not path.is_file() and (Path(out) / "rows.jsonl").is_file():
-        raise DP4TLError(f"{out} is a `bench embedded` folder (rows.jsonl, no results.json): rerun "
-                         "the same `dp4tl bench embedded` command to rewrite its report (it "
-                         "resumes from rows.jsonl and reruns nothing that finished)")
+        raise DP4TLError(f"{out} is a `bench embedded` folder (rows.jsonl, no results.json): "
+                         "`dp4tl bench render` rebuilds its README.md from rows.jsonl")
     if not path.is_file():
         raise DP4TLError(f"{path} not found: point at the --out folder of a cost-table run")
     t = rerender_table(path, criterion)  # (checks that results.json is a cost table's)

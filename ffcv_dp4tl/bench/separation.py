@@ -34,7 +34,8 @@ from ..pipeline.report import mean_std
 from ..pipeline.resolve import seed_overrides
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
-from ..pipeline.truth import TRUTH_COLUMNS
+from ..pipeline.truth import CHANCE_NOTE, TRUTH_COLUMNS
+from .stats import ALPHA, direction, holm, paired_test
 from ..outputs import claim_out_dir
 
 REFERENCE = "0 %"
@@ -43,46 +44,35 @@ EMBEDDED_LOCK = ".embedded.lock"
 MODES = ("lp", "ff")
 
 
-def paired_test(diffs: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
-    """Mean of paired differences with a two-sided Student-t interval and p-value (H0: mean 0);
-    ``wins``/``losses`` count pairs above/below 0."""
-    from scipy import stats
-
-    d = [float(x) for x in diffs]
-    n = len(d)
-    out: dict[str, Any] = {"n": n, "mean": (sum(d) / n) if n else None, "lo": None, "hi": None,
-                           "p": None, "wins": sum(x > 0 for x in d), "losses": sum(x < 0 for x in d)}
-    if n < 2:
-        return out
-    mean = out["mean"]
-    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
-    if sd == 0:
-        out.update(lo=mean, hi=mean, p=0.0 if mean != 0 else 1.0)
-        return out
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
-    t = mean / (sd / math.sqrt(n))
-    out.update(lo=mean - half, hi=mean + half, p=float(2 * stats.t.sf(abs(t), n - 1)))
-    return out
-
-
-def verdict(test: dict[str, Any], by_seed: dict[str, Any] | None = None) -> str:
-    """**better** / **worse** when the pooled interval excludes 0 and so does the seed-level one
-    (``by_seed``: one difference per seed, the mean over its targets). The pairs of one seed
-    share RANDOM's pretraining, so they are not independent: the seed-level test is the
-    conservative one, and a result only the pooled test shows is said so — also when there
-    are too few seeds (one) to test at the seed level: the bold words need both intervals."""
-    if test.get("lo") is None:
+def verdict(test: dict[str, Any], by_seed: dict[str, Any] | None = None,
+            p_adjusted: float | None = None) -> str:
+    """**better** / **worse** when the pooled test rejects a zero mean (:func:`~.stats.direction`)
+    and so does the seed-level one (``by_seed``: one difference per seed, the mean over its
+    targets), and ``p_adjusted`` (the deciding test's p after Holm's adjustment over the table,
+    when given) stays below 0.05. The pairs of one seed share RANDOM's pretraining, so they
+    are not independent: the seed-level test is the conservative one, and a result only the
+    pooled test shows is said so — also when there are too few seeds (one) to test at the
+    seed level: the bold words need both tests."""
+    if test.get("lo") is None and test.get("p") is None:
         return "too few pairs"
-    word = "better" if test["lo"] > 0 else "worse" if test["hi"] < 0 else ""
+    word = direction(test)
     if not word:
         return "no difference detected"
-    if by_seed is None:  # (pairs without a seed structure: the pooled test is the test)
-        return f"**{word}**"
-    if by_seed.get("lo") is None:
-        return f"{word} over pairs, too few seeds to test"
-    if by_seed["lo"] > 0 if word == "better" else by_seed["hi"] < 0:
-        return f"**{word}**"
-    return f"{word} over pairs, not shown over seeds"
+    if by_seed is not None:  # (pairs without a seed structure: the pooled test is the test)
+        if by_seed.get("lo") is None and by_seed.get("p") is None:
+            return f"{word} over pairs, too few seeds to test"
+        if direction(by_seed) != word:
+            return f"{word} over pairs, not shown over seeds"
+    if p_adjusted is not None and p_adjusted >= ALPHA:
+        return f"{word}, not after Holm's adjustment"
+    return f"**{word}**"
+
+
+def deciding(test: dict[str, Any]) -> dict[str, Any]:
+    """The test a row's verdict rests on: the seed-level one where it has a p-value (the
+    conservative one), else the pooled one."""
+    q = test.get("by_seed")
+    return q if q is not None and q.get("p") is not None else test["pooled"]
 
 
 def _row(res: PipelineResult, seed: int, target: str, method: str, ratio: float) -> dict[str, Any]:
@@ -430,6 +420,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 tests.append({"mode": mode, "ratio": ratio, "method": m,
                               "pooled": paired_test(pooled), "by_seed": paired_test(seed_means),
                               "per_target": {t: paired_test(pairs[t]) for t in targets}})
+    # one family: every verdict of the table (modes x ratios x methods), on its deciding test
+    for t, p in zip(tests, holm([deciding(t)["p"] for t in tests])):
+        t["p_holm"] = p
     truth = []
     for ratio in ratios:
         for m in ("random", *methods):
@@ -442,6 +435,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                     vals = [x[key] for x in ts if x.get(key) is not None]
                     cell[key] = sum(vals) / len(vals) if vals else None
                 cell["chance"] = ts[0].get("chance")
+                cell["recall_chance"] = ts[0].get("recall_chance")
                 kept = [by[k]["kept_sample_fraction"] for k in by if k[1:] == (t, m, ratio)
                         and by[k].get("kept_sample_fraction") is not None]
                 cell["kept_sample_fraction"] = sum(kept) / len(kept) if kept else None
@@ -454,13 +448,16 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _ci(t: dict[str, Any]) -> str:
     if t["mean"] is None:
         return "–"
-    if t["lo"] is None:
-        return f"{t['mean']:+.1f}"
+    if t["lo"] is None:  # (one pair, or identical differences: no interval; the p is exact)
+        return f"{t['mean']:+.1f}" + (" (all equal)" if t.get("exact") else "")
     return f"{t['mean']:+.1f} [{t['lo']:+.1f}, {t['hi']:+.1f}]"
 
 
-def _p(t: dict[str, Any]) -> str:
-    return "–" if t["p"] is None else (f"{t['p']:.3f}" if t["p"] >= 0.001 else "<0.001")
+def _p(t: dict[str, Any], key: str = "p") -> str:
+    p = t.get(key)
+    if p is None or math.isnan(p):  # (NaN >= 0.001 is False: it printed "<0.001")
+        return "–"
+    return f"{p:.3f}" if p >= 0.001 else "<0.001"
 
 
 def markdown(summary: dict[str, Any], *, command: str = "", header: Sequence[str] = (),
@@ -473,14 +470,18 @@ def markdown(summary: dict[str, Any], *, command: str = "", header: Sequence[str
               f"Pairs = seeds × targets ({len(s['seeds'])} × {len(s['targets'])}); cell = mean "
               "difference [95 % t interval]. The pairs of one seed share RANDOM's pretraining, "
               "so the seed-level test (one difference per seed: the mean over its targets) is "
-              "the conservative one; **better** / **worse** = both intervals exclude 0.", "",
+              "the conservative one; **better** / **worse** = both intervals exclude 0 and the "
+              f"seed-level p stays below {ALPHA} after Holm's adjustment over the table's "
+              f"{len(s['tests'])} tests (p Holm). Identical differences have no interval: their "
+              "p is the exact sign-flip test's.", "",
               "| mode | ratio | method | Δ vs RANDOM [95 % CI] | p | pairs won | by seed [95 % CI] "
-              "| p (seeds) | verdict | " + " | ".join(f"`{t}`" for t in s["targets"]) + " |",
-              "|---|---:|---|---:|---:|---:|---:|---:|---|" + "---:|" * len(s["targets"])]
+              "| p (seeds) | p Holm | verdict | " + " | ".join(f"`{t}`" for t in s["targets"]) + " |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---|" + "---:|" * len(s["targets"])]
     for t in s["tests"]:
         p, q = t["pooled"], t.get("by_seed") or paired_test([])
         lines.append(f"| {t['mode'].upper()} | {100 * t['ratio']:.0f} % | {t['method'].upper()} | {_ci(p)} | "
-                     f"{_p(p)} | {p['wins']}/{p['n']} | {_ci(q)} | {_p(q)} | {verdict(p, q)} | "
+                     f"{_p(p)} | {p['wins']}/{p['n']} | {_ci(q)} | {_p(q)} | {_p(t, 'p_holm')} | "
+                     f"{verdict(p, q, t.get('p_holm'))} | "
                      + " | ".join(_ci(t['per_target'][x]) for x in s["targets"]) + " |")
     if plot:
         lines += ["", f"![paired differences to RANDOM]({plot})"]
@@ -499,16 +500,18 @@ def markdown(summary: dict[str, Any], *, command: str = "", header: Sequence[str
         lines += ["", "### Selection against the ground truth (mean over seeds)", "",
                   "top-k recall: mapped source classes among the k best-scored (class units); "
                   "related samples / classes: share of the kept ones from the target's related "
-                  "superclasses (RANDOM keeps them at the source's share, the last column).", "",
+                  "superclasses (RANDOM keeps them at the source's share). " + CHANCE_NOTE, "",
                   "| ratio | method | target | kept samples | "
-                  + " | ".join(h for _, h in TRUTH_COLUMNS) + " | source share |",
-                  "|---:|---|---|---:|" + "---:|" * (len(TRUTH_COLUMNS) + 1)]
+                  + " | ".join(h for _, h in TRUTH_COLUMNS) + " | source share | recall by chance |",
+                  "|---:|---|---|---:|" + "---:|" * (len(TRUTH_COLUMNS) + 2)]
         for c in s["truth"]:
             ks = "–" if c.get("kept_sample_fraction") is None else f"{100 * c['kept_sample_fraction']:.0f} %"
             lines.append(f"| {100 * c['ratio']:.0f} % | {c['method'].upper()} | `{c['target']}` | {ks} | "
                          + " | ".join("–" if c.get(k) is None else f"{c[k]:.2f}"
                                       for k, _ in TRUTH_COLUMNS)
-                         + f" | {c['chance']:.2f} |")
+                         + f" | {c['chance']:.2f} | "
+                         + ("–" if c.get("recall_chance") is None else f"{c['recall_chance']:.2f}")
+                         + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -555,5 +558,43 @@ def write_outputs(rows: list[dict[str, Any]], out: Path, *, command: str, header
     return summary, body
 
 
+def rerender_inputs(out: Path) -> tuple[list[dict[str, Any]], str, list[str]]:
+    """What a ``bench embedded`` (or ``embedded-pool``) folder's report is rebuilt from, running
+    nothing: the rows its ``summary.json`` reported (of ``rows.jsonl``, or of the pooled
+    folders its command names), its command, and its README's header lines (machine, timing).
+    For a report written by an older version (a table or a test rule since changed)."""
+    summary_path, readme = out / "summary.json", out / "README.md"
+    for f in (summary_path, readme):
+        if not f.is_file():
+            raise DP4TLError(f"{f} not found: point at the --out folder of a `bench embedded` "
+                             "run that finished, or rerun its command")
+    try:
+        old = json.loads(summary_path.read_text(encoding="utf-8"))
+        command = str(old["command"])
+        cells = {k: set(old[k]) for k in ("seeds", "targets", "ratios")}
+        methods = set(old["methods"]) | {"random", REFERENCE}
+    except (ValueError, KeyError, TypeError) as e:
+        raise DP4TLError(f"{summary_path} is not a `bench embedded` summary ({type(e).__name__}: "
+                         f"{e}); rerun its command to rewrite the report") from None
+    words = command.split()
+    pooled = words[:3] == ["dp4tl", "bench", "embedded-pool"]
+    claim_out_dir(out, "embedded-pool" if pooled else "embedded", "folder",
+                  inputs=("rows.jsonl", "summary.json", "README.md"))
+    if pooled:
+        folders = [w for w in words[3:words.index("--out")]] if "--out" in words else []
+        rows, _ = pool_rows(folders)
+    else:
+        rows = read_rows(out / "rows.jsonl", repair=False)
+    rows = [r for r in rows if r["seed"] in cells["seeds"] and r["target"] in cells["targets"]
+            and r["method"] in methods and (r["ratio"] in cells["ratios"] or r["method"] == REFERENCE)]
+    if not rows:
+        raise DP4TLError(f"{out}: none of the runs its summary.json reported are in its rows; "
+                         "rerun its command")
+    text = readme.read_text(encoding="utf-8").splitlines()
+    end = next((i for i, x in enumerate(text) if x.startswith("### ")), len(text))
+    header = [x for x in text[:end] if x.strip() and not x.startswith("- command: ")]
+    return rows, command, header
+
+
 __all__ = ["paired_test", "verdict", "run_separation", "pool_rows", "summarize", "markdown",
-           "write_outputs", "plot_tests"]
+           "write_outputs", "plot_tests", "rerender_inputs"]

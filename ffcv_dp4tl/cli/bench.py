@@ -286,8 +286,8 @@ def embedded_pool(
 
 @bench_app.command("render")
 def render(
-    out: Path = typer.Argument(..., help="The --out folder of a `bench cost-table` run (a `bench "
-                               "embedded` report is rewritten by rerunning its command: it resumes)"),
+    out: Path = typer.Argument(..., help="The --out folder of a `bench cost-table`, `bench "
+                               "embedded` or `bench embedded-pool` run"),
     report: Optional[str] = typer.Option(None, help="Also rewrite the section in this Markdown file "
                                          "('' = none)", callback=report_callback),
     section: str = typer.Option(SECTION, help="Title of that section", callback=section_callback),
@@ -296,8 +296,19 @@ def render(
                                                   show_default=False),
 ) -> None:
     """Rebuild report.md, the plots and the BENCHMARKS.md section from results.json (nothing
-    reruns): for a report written by an older version."""
+    reruns): for a report written by an older version. An embedded benchmark's folder: its
+    README.md, paired.png and summary.json from the rows it reported, its header kept."""
     from ..bench.cost_table import rerender
+
+    if (out / "rows.jsonl").is_file() or (out / "summary.json").is_file():
+        from ..bench.separation import rerender_inputs
+
+        if criterion is not None:
+            raise typer.BadParameter("an embedded benchmark has no winning subsets to judge; "
+                                     "drop --criterion", param_hint="--criterion")
+        rows, command, header = rerender_inputs(out)
+        _publish_embedded(rows, out, command, header, str(report) if report else None)
+        return
 
     _publish(rerender(out, criterion.value if criterion else None), out,
              Path(report) if report else None, section)

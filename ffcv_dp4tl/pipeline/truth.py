@@ -45,6 +45,14 @@ def selection_truth(source_dir: str | Path, target_dirs: Sequence[str | Path],
     return out
 
 
+#: what the truth tables' readers must know to read them against chance (both benches)
+CHANCE_NOTE = ("Read each column against its chance level: a random ranking's top-k recall is "
+               "k / C (recall by chance), ties across the k-th place count at their expectation; "
+               "mapped kept is near 1.00 for any sample-unit method (RANDOM included), which "
+               "keeps a few samples of nearly every class, so it ranks class and cluster "
+               "selections only (at most kept classes / mapped classes).")
+
+
 def truth_cells(t: dict[str, Any] | None) -> list[str]:
     """The report cells of :data:`TRUTH_COLUMNS` ("–" where a measure does not apply)."""
     if not t:
@@ -84,17 +92,21 @@ def truth_table(rows: Sequence[dict[str, Any]], labels: Sequence[str], methods: 
             if ts:
                 mean = {k: (None if any(t.get(k) is None for t in ts)
                             else sum(t[k] for t in ts) / len(ts)) for k, _ in TRUTH_COLUMNS}
-                cells.append((label, r, mean, ts[0].get("chance"), len(ts)))
+                cells.append((label, r, mean, ts[0].get("chance"), len(ts),
+                              ts[0].get("recall_chance")))
     if not cells:
         return []
     out = ["", "### Selection against the ground truth (synth data)", "",
            "Mean over seeds. ranking top-k recall: the target's mapped source classes among the "
            "k best-scored (class units; of the ranking, also for a reversed order, which keeps "
            "the other end); related samples / classes: share of the kept ones from the "
-           "target's related superclasses (RANDOM keeps them at the source's share).", "",
-           "| method | ratio | " + " | ".join(h for _, h in TRUTH_COLUMNS) + " | source share | seeds |",
-           "|---|---:|" + "---:|" * (len(TRUTH_COLUMNS) + 2)]
-    for label, r, mean, chance, n in cells:
+           "target's related superclasses (RANDOM keeps them at the source's share). "
+           + CHANCE_NOTE, "",
+           "| method | ratio | " + " | ".join(h for _, h in TRUTH_COLUMNS)
+           + " | source share | recall by chance | seeds |",
+           "|---|---:|" + "---:|" * (len(TRUTH_COLUMNS) + 3)]
+    for label, r, mean, chance, n, rc in cells:
         out.append(f"| {label} | {100 * r:.0f} % | " + " | ".join(truth_cells(mean))
-                   + f" | {'–' if chance is None else f'{chance:.2f}'} | {n} |")
+                   + f" | {'–' if chance is None else f'{chance:.2f}'} | "
+                   f"{'–' if rc is None else f'{rc:.2f}'} | {n} |")
     return out

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import replace
 
 import pytest
+from scipy import stats
 
 from ffcv_dp4tl.contracts import StageResult
 from ffcv_dp4tl.pipeline.result import PipelineResult, StagePlace
@@ -67,6 +69,42 @@ def test_summary_pairs_by_seed_and_target(tmp_path):
                                       header=["- machine: test"])
     assert "**worse**" in body and "paired.png" in body and (tmp_path / "paired.png").exists()
     assert json.loads((tmp_path / "summary.json").read_text())["seeds"] == [0, 1, 2, 3, 4]
+
+
+def test_the_bold_verdict_survives_holms_adjustment_over_the_table():
+    """The table judges every mode x ratio x method at once. A seed-level p below 0.05 that
+    does not stay below it after Holm's adjustment over the table's tests is named so,
+    without the bold word (review: FF LM at p 0.026 of four tests read **better**)."""
+    gaps = {0.8: [1.0, 2.0, 0.3, 1.5, 0.4], 0.4: [1.0, -1.0, 0.5, -0.5, 0.0]}
+    rows = []
+    for ratio, ds in gaps.items():
+        for seed, d in enumerate(ds):
+            for t, base in (("warm", 70.0), ("paper", 60.0)):
+                rows += [{"seed": seed, "target": t, "method": "random", "ratio": ratio,
+                          "lp": base + seed, "ff": None, "truth": None},
+                         {"seed": seed, "target": t, "method": "lm", "ratio": ratio,
+                          "lp": base + seed + d, "ff": None, "truth": None}]
+    alone = sep.summarize([r for r in rows if r["ratio"] == 0.8])
+    (one,) = alone["tests"]
+    assert 0.025 < one["by_seed"]["p"] < 0.05 and one["p_holm"] == one["by_seed"]["p"]
+    assert sep.verdict(one["pooled"], one["by_seed"], one["p_holm"]) == "**better**"
+    both = sep.summarize(rows)
+    hit = next(t for t in both["tests"] if t["ratio"] == 0.8)
+    assert hit["p_holm"] == pytest.approx(2 * hit["by_seed"]["p"])  # the smaller of two p's
+    assert sep.verdict(hit["pooled"], hit["by_seed"], hit["p_holm"]) == \
+        "better, not after Holm's adjustment"
+    body = sep.markdown(both)
+    assert "| better, not after Holm's adjustment |" in body and "| **better** |" not in body
+    assert "Holm's adjustment over the table's 2 tests" in body
+
+
+def test_holm_adjustment_matches_its_definition():
+    from ffcv_dp4tl.bench.stats import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.2, None, 0.01]) == [pytest.approx(0.2), None, pytest.approx(0.02)]
+    assert holm([0.6, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1, never decreasing
+    assert holm([]) == []
 
 
 def test_a_reference_of_one_run_shows_no_spread():
@@ -413,13 +451,34 @@ def test_a_bad_method_or_empty_list_is_refused_before_any_run(tmp_path, monkeypa
 
 
 def test_zero_spread_differences_have_an_exact_p_value():
-    """With no spread the t statistic is undefined; the p-value is then exact: 1.0 when every
-    difference is 0 (nothing to detect), 0.0 when every pair differs by the same non-zero
-    amount (the interval is that single value)."""
+    """With no spread the t statistic is undefined; the p-value is then the exact sign-flip
+    test's: 1.0 when every difference is 0, 2^(1-n) when every pair differs by the same
+    non-zero amount, and no interval. It was 0.0 with the interval [d, d], which called two
+    equal one-image wins **better** (review)."""
     zero = sep.paired_test([0.0, 0.0, 0.0])
-    assert zero["p"] == 1.0 and (zero["lo"], zero["hi"]) == (0.0, 0.0)
-    one = sep.paired_test([1.0, 1.0, 1.0])
-    assert one["p"] == 0.0 and (one["lo"], one["hi"]) == (1.0, 1.0)
+    assert zero["p"] == 1.0 and (zero["lo"], zero["hi"]) == (None, None) and zero["exact"]
+    one = sep.paired_test([1.39, 1.39])
+    assert one["p"] == 0.5 and (one["lo"], one["hi"]) == (None, None)
+    assert sep.verdict(one) == sep.verdict(one, one) == "no difference detected"
+    assert sep.paired_test([1.0] * 3)["p"] == 0.25
+    six = sep.paired_test([-1.0] * 6)  # 2 of 64 sign patterns as extreme: p = 1/32
+    assert six["p"] == pytest.approx(1 / 32) and sep.verdict(six, six) == "**worse**"
+    assert sep._ci(one) == "+1.4 (all equal)"
+    # equal up to rounding (two seeds each 2 of 72 images behind: 1e-14 apart) is equal: the
+    # t-test read sd 1e-14 as a perfect signal and called it **worse** (p < 0.001)
+    rounded = sep.paired_test([93.05555555555556 - 95.83333333333334,
+                               88.88888888888889 - 91.66666666666666])
+    assert rounded["p"] == 0.5 and rounded["lo"] is None and sep.verdict(rounded) == \
+        "no difference detected"
+
+
+def test_non_finite_differences_are_left_out_and_counted():
+    """A NaN difference (a diverged run) made the p-value NaN, which the table printed as
+    "<0.001" (NaN >= 0.001 is False) beside the verdict "no difference detected"."""
+    t = sep.paired_test([1.0, float("nan"), 2.0, 1.5])
+    assert t["n"] == 3 and t["dropped"] == 1 and t["p"] is not None and math.isfinite(t["p"])
+    assert t["p"] == pytest.approx(stats.ttest_1samp([1.0, 2.0, 1.5], 0.0).pvalue)
+    assert sep._p({"p": float("nan")}) == "–" and sep._p({"p": 0.0004}) == "<0.001"
 
 
 def test_a_method_identical_to_random_is_no_difference_detected():
@@ -543,3 +602,36 @@ def test_embedded_pool_command_writes_the_pooled_report(tmp_path, capsys, monkey
     code, _, err = cli(capsys, monkeypatch, "bench", "embedded-pool", a, b, "--out", b)
     one_line(code, err, f"--out {b} is one of the pooled folders")
     assert not (b / "README.md").exists() and (a / "README.md").exists() == before
+
+
+def test_render_rebuilds_an_embedded_report_from_its_rows_keeping_its_header(tmp_path, capsys,
+                                                                              monkeypatch):
+    """`bench render FOLDER` on a `bench embedded` (or pooled) folder rewrites README.md and
+    summary.json from the rows its summary reported, with this version's tables (a test rule
+    since changed), keeping the header the run wrote (machine, timing), and needs no data:
+    before, only rerunning the benchmark (its data and runs) rewrote it."""
+    from cli_runner import cli, one_line
+
+    folder = _write_run(tmp_path / "e", _rows(gap=1.0))
+    command = "dp4tl bench embedded --seeds 0,1,2,3,4 --out e"
+    sep.write_outputs(sep.read_rows(folder / "rows.jsonl"), folder, command=command,
+                      header=["- machine: the test's, 2 cores", "- this invocation: 3.0 min"])
+    sep.append_row(folder / "rows.jsonl", {**_rows(gap=1.0)[0], "seed": 9, "settings_key": "k1"})
+    readme = folder / "README.md"
+    readme.write_text(readme.read_text().replace("| p Holm ", "").replace("**better**", "old"))
+    code, out, _ = cli(capsys, monkeypatch, "bench", "render", folder)
+    assert code == 0, out
+    text = readme.read_text()
+    assert text.startswith("- machine: the test's, 2 cores\n- this invocation: 3.0 min\n"
+                           f"- command: `{command}`\n")
+    assert "| p Holm |" in text and "**better**" in text and text.count("- command:") == 1
+    assert "Pairs = seeds × targets (5 × 2)" in text  # seed 9, not reported by the run, stays out
+    pooled = tmp_path / "p"
+    a = _write_run(tmp_path / "a", _rows(gap=1.0))
+    b = _write_run(tmp_path / "b", [{**r, "seed": r["seed"] + 5} for r in _rows(gap=1.0)])
+    assert cli(capsys, monkeypatch, "bench", "embedded-pool", a, b, "--out", pooled)[0] == 0
+    (pooled / "README.md").write_text((pooled / "README.md").read_text().replace("p Holm", "x"))
+    assert cli(capsys, monkeypatch, "bench", "render", pooled)[0] == 0
+    assert "| p Holm |" in (pooled / "README.md").read_text()
+    code, _, err = cli(capsys, monkeypatch, "bench", "render", folder, "--criterion", "best")
+    one_line(code, err, "--criterion")

@@ -94,6 +94,31 @@ def test_random_class_ranking_recall_is_k_over_c(gt):
     assert np.mean(recalls) == pytest.approx(expect, abs=0.02)
 
 
+def test_scores_that_say_nothing_recall_at_chance_whatever_the_ids():
+    """A scorer that learned nothing (every class scored alike) read recall 1.0 on the synth
+    `paper` target, whose answer is source classes 0..19, because the ranking broke ties by
+    lower id (review). A tie across the cut now counts at its expectation under a random
+    order: all-equal scores give k / C on any layout of the answer; a tie of two classes for
+    the last place, one of them mapped, counts half of it."""
+    from ffcv_dp4tl.scoring.ground_truth import GroundTruth
+
+    C = 12
+    head = GroundTruth(targets=("t",), superclass_of_class=tuple(range(C)),
+                       related_superclasses=(0, 1, 2), mapped_classes=(0, 1, 2))
+    tail = GroundTruth(targets=("t",), superclass_of_class=tuple(range(C)),
+                       related_superclasses=(9, 10, 11), mapped_classes=(9, 10, 11))
+    for g in (head, tail):
+        assert topk_recall(np.zeros(C), g) == pytest.approx(3 / C)
+        assert topk_recall(np.zeros(C), g, np.ones(C)) == pytest.approx(3 / C)
+    s = np.zeros(C)
+    s[[0, 1]] = 2.0
+    s[[2, 7]] = 1.0  # mapped 2 and unmapped 7 tie for the third place
+    assert topk_recall(s, head) == pytest.approx((2 + 0.5) / 3)
+    tb = np.zeros(C)
+    tb[2] = 1.0  # the tie-break settles it: no longer a tie
+    assert topk_recall(s, head, tb) == 1.0
+
+
 def test_random_samples_keep_related_at_chance(synth, gt):
     from ffcv_dp4tl.data.manifest import load_manifest
 
