@@ -99,8 +99,9 @@ def _ffcv_progress(enabled: bool, desc: str = "") -> Iterator[None]:
     import ffcv.writer
     from unittest import mock
 
-    bar = (functools.partial(ffcv.writer.tqdm, desc=desc, unit="img") if enabled else
-           functools.partial(ffcv.writer.tqdm, disable=True))
+    from ffcv_dp4tl.progress import bar as progress_bar
+
+    bar = functools.partial(progress_bar, desc=desc, unit="img", leave=True, show=enabled)
     with _PROGRESS_LOCK, mock.patch.object(ffcv.writer, "tqdm", bar):
         yield
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from tqdm.auto import tqdm
+from ffcv_dp4tl.progress import bar as progress_bar
 
 from ffcv_dp4tl import stopping
 from ffcv_dp4tl.contracts import (FORMAT, BetonMode, INDEX_DTYPE, MANIFEST_NAME, ORIGINS_SUFFIX,
@@ -460,7 +460,7 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
     todo = sum(len(t[3]) for t in tasks)
     start = time.perf_counter()
     if tasks:
-        bar = tqdm(total=todo, unit="img", desc=f"encode {spec.name}", disable=not opts.progress)
+        bar = progress_bar(total=todo, unit="img", desc=f"encode {spec.name}", show=opts.progress)
         workers = max(1, min(opts.workers, len(tasks)))
         if workers == 1:
             results = map(_shard_task, tasks)

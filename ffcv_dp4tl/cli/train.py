@@ -26,7 +26,9 @@ def train(
     resume: bool = typer.Option(True, help="Resume from OUT/checkpoint.pt if present"),
     stop_after: Optional[int] = typer.Option(None, min=1, help="Stop after this many completed epochs "
                                              "(resume later by rerunning)"),
-    progress: bool = typer.Option(True, help="Show progress bars"),
+    progress: bool = typer.Option(True, help="Show progress bars (a timestamped line a minute "
+                                  "where stderr is not a terminal; the per-epoch lines are "
+                                  "printed either way)"),
 ) -> None:
     """Train a source model on the (masked) train split; rerun the same command to resume.
 

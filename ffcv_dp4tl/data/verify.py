@@ -168,9 +168,9 @@ def _deep(split: SplitInfo, classes: list[str], index: np.ndarray, images, progr
     beton = _Reader([split.beton]) if images is not None else None
     it = range(n)
     if progress:
-        from tqdm import tqdm
+        from ..progress import bar
 
-        it = tqdm(it, desc=f"verify {split.name}", unit="img", leave=False)
+        it = bar(it, desc=f"verify {split.name}", unit="img")
     try:
         for i in it:
             rec = index[i]

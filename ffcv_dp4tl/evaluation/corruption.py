@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from tqdm import tqdm
+from ..progress import bar as progress_bar
 
 from ..data import load_manifest, make_loader
 from ..data.corruptions import CorruptedLoader, CorruptionOp
@@ -94,8 +94,7 @@ def corruption_accuracy(ft: Finetuned, corruptions: Sequence[tuple[str, int]], *
     rows = []
     with cudnn_benchmark(dev):  # as the run's test evaluation (finetune)
         clean = evaluate(ft.model, loader, ctx, ft.amp, ft.flip_tta)
-        bar = tqdm(corruptions, desc=f"corruptions {label or ft.name}", disable=not progress,
-                   leave=False)
+        bar = progress_bar(corruptions, desc=f"corruptions {label or ft.name}", show=progress)
         for name, severity in bar:
             op = CorruptionOp(name, severity, seed=seed, resolution=corrupt_resolution)
             r = evaluate(ft.model, CorruptedLoader(loader, op), ctx, ft.amp, ft.flip_tta)

@@ -155,11 +155,12 @@ def _bar(total: int, desc: str, unit: str, progress: bool | None):
     """A tqdm bar of ``total`` steps on stderr, cleared when done (``leave=False``), as the
     project's other long loops show theirs: on CPU both measures run for minutes on a real
     target, silent without it. ``progress``: True shows it, False does not, None shows it only
-    where stderr is a terminal (tqdm's own rule), so a log file or a captured stderr gets none."""
-    from tqdm import tqdm
+    where stderr is a terminal, so a log file or a captured stderr gets none (a log file's
+    timestamped line a minute is :mod:`ffcv_dp4tl.progress`'s, for ``True``)."""
+    from ..progress import bar, to_terminal
 
-    return tqdm(total=total, desc=desc, unit=unit, leave=False,
-                disable=None if progress is None else not progress)
+    return bar(total=total, desc=desc, unit=unit,
+               show=to_terminal() if progress is None else progress)
 
 
 def _norm(vec: Sequence[torch.Tensor]) -> torch.Tensor:

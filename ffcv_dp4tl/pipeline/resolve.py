@@ -206,6 +206,7 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
             hashed = out.with_name(f"{out.name}-{hashlib.sha256(source.encode()).hexdigest()[:11]}")
             log(f"[data] {out} holds the build of {other!r}: {source!r} builds in {hashed}")
             out = hashed
+        reused = []
         for sub, spec in specs.items():
             if split_note(spec):
                 log(f"[data] {source}: {split_note(spec)}")
@@ -215,8 +216,12 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
                                     option="--data-root")
             if not summary.skipped:
                 log(f"[data] built {out / sub if sub else out}: " + "; ".join(summary.lines()))
+            else:
+                reused.append(sub)
             for line in summary.warnings:
                 log(f"[data] warning: {line}")
+        if reused and len(reused) == len(specs):  # (a rerun said nothing of its data: review)
+            log(f"[data] {source}: reusing its build in {out}")
     return out
 
 

@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..progress import bar as progress_bar
 
 from ..data.sampling import Batch
 
@@ -59,7 +59,7 @@ def predict(model: torch.nn.Module, loader: Iterable[Batch], *, head: torch.nn.M
         raise ValueError("want_features=True needs the model's classifier head module")
     idx_parts, logit_parts, feat_parts = [], [], []
     with _eval_with_head_inputs(model, head if want_features else None) as captured:
-        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        for batch in progress_bar(loader, desc=desc, unit="batch", show=progress):
             captured.clear()
             out = _forward(model, batch.images, autocast_dtype)
             idx_parts.append(batch.indices.cpu().numpy())
@@ -106,7 +106,7 @@ def extract_to_store(model: torch.nn.Module, head: torch.nn.Module, loader: Iter
     with _eval_with_head_inputs(model, head) as captured, FeatureWriter(
             path, num_samples, head.in_features, dataset_fingerprint=dataset_fingerprint,
             surrogate_hash=surrogate_hash, extra=settings, resume=False) as writer:
-        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        for batch in progress_bar(loader, desc=desc, unit="batch", show=progress):
             captured.clear()
             _forward(model, batch.images, autocast_dtype)
             feats = captured[-1].flatten(1).float().cpu().numpy()

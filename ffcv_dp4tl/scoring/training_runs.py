@@ -109,8 +109,8 @@ def per_sample_grad_norms(model: torch.nn.Module, loader: Iterable, num_samples:
     out = np.zeros(num_samples, dtype=np.float64)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(loader) if hasattr(loader, "__len__") else None, desc=desc, leave=False)
+        from ..progress import bar as progress_bar
+        bar = progress_bar(total=len(loader) if hasattr(loader, "__len__") else None, desc=desc)
     try:
         for batch in loader:
             norms = []

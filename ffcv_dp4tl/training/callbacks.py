@@ -21,7 +21,7 @@ as no-ops):
 Callbacks passed to :func:`~ffcv_dp4tl.training.trainer.train` run on every DDP rank; the
 trainer's own outputs are callbacks too, on the main rank only: :class:`MetricsWriter`
 (``metrics.jsonl``), :class:`TensorBoardLogger` (``train.tensorboard``) and
-:class:`ConsoleLogger` (``progress``). :class:`RecordSeen` audits which samples every rank
+:class:`ConsoleLogger` (with or without progress bars). :class:`RecordSeen` audits which samples every rank
 trained on (a mask or DDP sharding check).
 """
 from __future__ import annotations
@@ -113,12 +113,17 @@ class TensorBoardLogger(Callback):
 
 class ConsoleLogger(Callback):
     """One line per epoch: loss, train/val top-1, throughput, seconds. Epochs are counted from
-    1, as the progress bars and the final line count them (``metrics.jsonl``'s ``epoch`` field
-    is the 0-based index)."""
+    1 out of ``epochs`` (when given), as the progress bars and the final line count them
+    (``metrics.jsonl``'s ``epoch`` field is the 0-based index). The trainer prints it with or
+    without progress bars: in a batch job's log it is the run's record."""
+
+    def __init__(self, epochs: int | None = None) -> None:
+        self.epochs = epochs
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         val = "-" if row.get("top1_val") is None else f"{row['top1_val']:.3f}"
-        print(f"epoch {row['epoch'] + 1}: loss {row['loss']:.3f} train {row['top1_train']:.3f} "
+        of = f"/{self.epochs}" if self.epochs else ""
+        print(f"epoch {row['epoch'] + 1}{of}: loss {row['loss']:.3f} train {row['top1_train']:.3f} "
               f"val {val} {row['img_per_s']:.0f} img/s {row['epoch_seconds']:.1f}s", flush=True)
 
 

@@ -199,8 +199,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, objective, optimizer: to
     lr = start.lr
     bar = None
     if progress is not None:
-        from tqdm import tqdm
-        bar = tqdm(total=total, initial=first, desc=progress, leave=False)
+        from ..progress import bar as progress_bar
+        bar = progress_bar(total=total, initial=first, desc=progress)
     if ctx is not None:
         dist_.check_same_steps(min(len(loader), iters), ctx)
     t0 = time.perf_counter()

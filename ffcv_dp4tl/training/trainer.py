@@ -664,6 +664,12 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
             val_loader = make_loader(dataset_dir, val_split.name, mask=val_mask,
                                      aug=AugSpec.for_eval(), resolution=ec.resolution,
                                      batch_size=max(ec.batch_size // ctx.world_size, 1), **common)
+    if ckpt is None and ctx.is_main:  # (a batch job's log said nothing until epoch 1 ended)
+        kept = split.num_samples if mask_obj is None else len(mask_obj)
+        print(f"training {recipe.name or 'a recipe'}: {kept} of {split.num_samples} samples of {dataset_dir}, "
+              f"{len(train_loader)} steps per epoch x {tc.epochs} epochs on {dev}"
+              + (f" x {ctx.world_size} ranks" if ctx.world_size > 1 else "") + f" -> {out_dir}",
+              flush=True)
     if ckpt:
         set_rng_states(ckpt.rng)
 
@@ -673,8 +679,7 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
         callbacks.append(MetricsWriter(metrics_path))
         if tc.tensorboard:
             callbacks.append(TensorBoardLogger(out_dir, start_epoch))
-        if progress:
-            callbacks.append(ConsoleLogger())
+        callbacks.append(ConsoleLogger(tc.epochs))  # (--no-progress hid it: review)
     if tc.record_seen:  # deprecated recipe key (see recipe.TrainCfg): mapped to the callback
         if ctx.is_main:  # (one line, not one per rank)
             warnings.warn("train.record_seen is deprecated: pass callbacks=[RecordSeen(out_dir)] "

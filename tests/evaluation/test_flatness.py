@@ -252,6 +252,7 @@ def test_both_measures_show_a_progress_bar_only_when_asked(capsys, monkeypatch):
     products / steps when asked; none by default here, and with None only on a terminal."""
     model = Quadratic(2 * torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64),
                       torch.ones(3, dtype=torch.float64))
+    monkeypatch.setattr("ffcv_dp4tl.progress.LOG_EVERY_S", 0.0)  # (a log file's line a minute)
     hessian_top_eigenvalue(model, ONE, iters=3, loss_fn=quad_loss, progress=True, desc="hvp-bar")
     epsilon_sharpness(model, ONE, steps=4, loss_fn=quad_loss, progress=True, desc="ascent-bar")
     err = capsys.readouterr().err

@@ -53,6 +53,7 @@ def test_flatness_of_a_run_shows_its_progress_on_a_terminal_only(lp_run, capsys,
     kw = dict(batch_size=8, num_batches=1, steps=2, iters=2, num_workers=0)
     model_flatness(ft, **kw)
     assert capsys.readouterr().err == ""
+    monkeypatch.setattr("ffcv_dp4tl.progress.LOG_EVERY_S", 0.0)  # (a log file: a line a minute)
     model_flatness(ft, **kw, progress=True)
     assert f"λ_max {ft.name}" in capsys.readouterr().err
     monkeypatch.setattr(sys, "stderr", Terminal())

@@ -233,6 +233,8 @@ def test_two_sources_with_one_folder_name_build_side_by_side(tmp_path, monkeypat
     logs.clear()
     assert ensure_built("folder:t/x/", root, logs.append) == first
     assert not any("built" in m for m in logs), logs
+    # a rerun's log names the data it reads (it said nothing of it: review)
+    assert logs[-1] == f"[data] folder:t/x: reusing its build in {first}", logs
     # ... and so is its absolute path, whose readable name is another (review)
     logs.clear()
     assert ensure_built(f"folder:{tmp_path}/t/x", root, logs.append) == first

@@ -128,13 +128,17 @@ def test_a_resumed_run_says_how_far_its_checkpoint_got(source_dir, tmp_path, tes
     r = test_recipe("train.epochs=2")
     kw = dict(fmt="wds", device="cpu")
     train(r, source_dir, out_dir=tmp_path, stop_after=1, progress=False, **kw)
-    capsys.readouterr()
+    first = capsys.readouterr().out.splitlines()
+    # a new run says what it trains before its first epoch ends (a batch log was silent till then)
+    assert first[0].startswith(f"training {r.name}: ") and f"-> {tmp_path}" in first[0]
+    assert " steps per epoch x 2 epochs on cpu" in first[0] and first[1].startswith("epoch 1/2: ")
     train(r, source_dir, out_dir=tmp_path, progress=True, **kw)
     out = capsys.readouterr().out
     assert out.splitlines()[0] == f"resuming: 1 of 2 epochs done ({tmp_path / 'checkpoint.pt'})"
     # the epoch trained now is the second, counted from 1 as the resume line and the bars count
-    assert [ln.split(":")[0] for ln in out.splitlines() if ln.startswith("epoch ")] == ["epoch 2"]
-    # without progress bars (--no-progress in a batch job's log) the resume is said all the same
+    assert [ln.split(":")[0] for ln in out.splitlines() if ln.startswith("epoch ")] == ["epoch 2/2"]
+    # without progress bars (--no-progress in a batch job's log) the resume and the epoch lines
+    # are said all the same (--no-progress dropped the epoch lines: review)
     train(r, source_dir, out_dir=tmp_path / "quiet", stop_after=1, progress=False, **kw)
     capsys.readouterr()
     # a --stop-after at or below where the run is trains nothing, and says so (it said nothing)
@@ -143,8 +147,9 @@ def test_a_resumed_run_says_how_far_its_checkpoint_got(source_dir, tmp_path, tes
         f"stop after 1: 1 of 2 epochs are done already ({tmp_path / 'quiet' / 'checkpoint.pt'}); "
         "nothing trained"]
     train(r, source_dir, out_dir=tmp_path / "quiet", progress=False, **kw)
-    assert capsys.readouterr().out.splitlines() == [
-        f"resuming: 1 of 2 epochs done ({tmp_path / 'quiet' / 'checkpoint.pt'})"]
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"resuming: 1 of 2 epochs done ({tmp_path / 'quiet' / 'checkpoint.pt'})"
+    assert [ln.split(":")[0] for ln in lines[1:]] == ["epoch 2/2"]
     train(r, source_dir, out_dir=tmp_path, progress=True, **kw)
     assert "resuming" not in capsys.readouterr().out
 

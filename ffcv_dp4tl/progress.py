@@ -1,0 +1,75 @@
+"""Progress bars: the project's one rule for them (a stdlib + tqdm leaf, like ``stopping``).
+
+Where stderr is a terminal a bar is tqdm's, redrawn in place. Where it is not (a Slurm or
+Kubernetes job's log file, a pipe) tqdm's in-place redraws are carriage returns without a
+newline: a whole training stage became one line of 65 kB in the log, thousands of redraws
+long, that ``grep`` and ``less`` could not use and container log pipelines split (review). There
+the same bar is written as a plain, timestamped line at most every :data:`LOG_EVERY_S` seconds,
+after the first :data:`LOG_EVERY_S` (a bar that ends sooner writes nothing): a heartbeat a
+job's log can be read and tailed by, and the per-epoch summary lines stay the log's content.
+
+``show``: ``False`` draws nothing; ``True`` or ``None`` draws in the form stderr suits.
+``TQDM_DISABLE=1`` in the environment silences every bar, as tqdm documents.
+"""
+from __future__ import annotations
+
+import io
+import re
+import sys
+import time
+from typing import Any, Iterable
+
+#: seconds between two progress lines in a log file (and before the first)
+LOG_EVERY_S = 60.0
+_CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]|[\r\n]")
+
+
+class LogLines(io.TextIOBase):
+    """A file for tqdm where stderr is no terminal: each redraw becomes one newline-ended line
+    with the time of day in front; the blank redraws that clear a bar are dropped."""
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__()
+        self._stream = stream
+
+    @property
+    def stream(self) -> Any:
+        return self._stream if self._stream is not None else sys.stderr  # (a redirected stderr too)
+
+    def write(self, s: str) -> int:
+        text = _CONTROL.sub("", s).strip()
+        if text:
+            self.stream.write(f"{time.strftime('%H:%M:%S')} {text}\n")
+            self.stream.flush()
+        return len(s)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def to_terminal(stream: Any = None) -> bool:
+    """``stream`` (default stderr) is a terminal, where bars redraw in place."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # (a closed or replaced stream)
+        return False
+
+
+def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
+        unit: str = "it", initial: int = 0, leave: bool = False, show: bool | None = True) -> Any:
+    """A tqdm bar on stderr in the form stderr suits (see the module doc); ``show=False``: a
+    disabled one (every tqdm method still works). Cleared when done unless ``leave``."""
+    from tqdm import tqdm
+
+    common = dict(iterable=iterable, total=total, desc=desc, unit=unit, initial=initial,
+                  leave=leave)
+    if show is False:
+        return tqdm(**common, disable=True)
+    if to_terminal():
+        return tqdm(**common)
+    return tqdm(**common, file=LogLines(), ascii=True, ncols=100, mininterval=LOG_EVERY_S,
+                delay=LOG_EVERY_S, miniters=1)
