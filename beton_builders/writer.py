@@ -460,7 +460,8 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
     todo = sum(len(t[3]) for t in tasks)
     start = time.perf_counter()
     if tasks:
-        bar = progress_bar(total=todo, unit="img", desc=f"encode {spec.name}", show=opts.progress)
+        bar = progress_bar(total=todo, unit="img", desc=f"encode {spec.name}", leave=True,
+                           show=opts.progress)
         workers = max(1, min(opts.workers, len(tasks)))
         if workers == 1:
             results = map(_shard_task, tasks)

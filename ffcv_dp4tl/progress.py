@@ -39,7 +39,7 @@ class LogLines(io.TextIOBase):
     def write(self, s: str) -> int:
         text = _CONTROL.sub("", s).strip()
         if text:
-            self.stream.write(f"{time.strftime('%H:%M:%S')} {text}\n")
+            self.stream.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
             self.stream.flush()
         return len(s)
 
@@ -71,5 +71,6 @@ def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str
         return tqdm(**common, disable=True)
     if to_terminal():
         return tqdm(**common)
-    return tqdm(**common, file=LogLines(), ascii=True, ncols=100, mininterval=LOG_EVERY_S,
-                delay=LOG_EVERY_S, miniters=1)
+    # (leave=False: a kept bar's close repeated the last line; the callers' own summary follows)
+    return tqdm(**{**common, "leave": False}, file=LogLines(), ascii=True, ncols=100,
+                mininterval=LOG_EVERY_S, delay=LOG_EVERY_S, miniters=1)

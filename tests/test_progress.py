@@ -37,7 +37,8 @@ def test_a_bar_in_a_log_file_is_plain_lines_a_minute_apart(monkeypatch):
     assert "\r" not in text and "\x1b" not in text
     lines = text.splitlines()
     assert 3 <= len(lines) <= 6, lines
-    assert all(re.match(r"^\d\d:\d\d:\d\d epoch 1/3 res 32: +\d+%\|", ln) for ln in lines), lines
+    assert all(re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d epoch 1/3 res 32: +\d+%\|", ln)
+               for ln in lines), lines
     # a bar that ends within the first minute writes nothing at all
     err.truncate(0), err.seek(0)
     b = progress.bar(total=5, desc="short")
@@ -71,4 +72,5 @@ def test_log_lines_keep_the_text_and_drop_the_redraw_controls(written, line):
     out = io.StringIO()
     progress.LogLines(out).write(written)
     got = out.getvalue()
-    assert (got == "") if line is None else re.fullmatch(rf"\d\d:\d\d:\d\d {re.escape(line)}\n", got)
+    assert (got == "") if line is None else re.fullmatch(
+        rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d {re.escape(line)}\n", got)

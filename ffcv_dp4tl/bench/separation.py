@@ -545,12 +545,13 @@ def plot_tests(summary: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def write_outputs(rows: list[dict[str, Any]], out: Path, *, command: str, header: Sequence[str]
-                  ) -> tuple[dict[str, Any], str]:
-    """``summary.json``, ``paired.png`` and the Markdown body (returned, for README/BENCHMARKS)."""
+def write_outputs(rows: list[dict[str, Any]], out: Path, *, command: str, header: Sequence[str],
+                  date: str | None = None) -> tuple[dict[str, Any], str]:
+    """``summary.json``, ``paired.png`` and the Markdown body (returned, for README/BENCHMARKS).
+    ``date``: the run's, when a report is rendered again (the render's time is ``rendered``)."""
+    now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     summary = summarize(rows)
-    summary.update({"command": command,
-                    "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds")})
+    summary.update({"command": command, "date": date or now, **({"rendered": now} if date else {})})
     atomic_write_json(out / "summary.json", json.loads(json.dumps(summary, default=str)))
     plot = plot_tests(summary, out / "paired.png").name if summary["tests"] else ""
     body = markdown(summary, command=command, header=header, plot=plot)
@@ -558,10 +559,11 @@ def write_outputs(rows: list[dict[str, Any]], out: Path, *, command: str, header
     return summary, body
 
 
-def rerender_inputs(out: Path) -> tuple[list[dict[str, Any]], str, list[str]]:
+def rerender_inputs(out: Path) -> tuple[list[dict[str, Any]], str, list[str], str | None]:
     """What a ``bench embedded`` (or ``embedded-pool``) folder's report is rebuilt from, running
     nothing: the rows its ``summary.json`` reported (of ``rows.jsonl``, or of the pooled
-    folders its command names), its command, and its README's header lines (machine, timing).
+    folders its command names), its command, its README's header lines (machine, timing) and
+    the run's date.
     For a report written by an older version (a table or a test rule since changed)."""
     summary_path, readme = out / "summary.json", out / "README.md"
     for f in (summary_path, readme):
@@ -593,7 +595,7 @@ def rerender_inputs(out: Path) -> tuple[list[dict[str, Any]], str, list[str]]:
     text = readme.read_text(encoding="utf-8").splitlines()
     end = next((i for i, x in enumerate(text) if x.startswith("### ")), len(text))
     header = [x for x in text[:end] if x.strip() and not x.startswith("- command: ")]
-    return rows, command, header
+    return rows, command, header, old.get("date")
 
 
 __all__ = ["paired_test", "verdict", "run_separation", "pool_rows", "summarize", "markdown",

@@ -155,14 +155,14 @@ EMBEDDED_SECTION = "Embedded benchmark (CPU): do LM and FM beat RANDOM?"
 
 
 def _publish_embedded(rows: list, out: Path, command: str, header: list[str],
-                      report: Optional[str]) -> None:
+                      report: Optional[str], date: Optional[str] = None) -> None:
     """README.md, paired.png and summary.json in ``out``, the body on stdout and, with
     ``report``, its embedded-benchmark section (links relative to that file)."""
     from ..bench.separation import write_outputs
     from ..reporting import publish_section
 
     def body(prefix: str) -> str:
-        return write_outputs(rows, out, command=command, header=header)[1].replace(
+        return write_outputs(rows, out, command=command, header=header, date=date)[1].replace(
             "](paired.png)", f"]({prefix}paired.png)")
 
     typer.echo(body(""))
@@ -306,8 +306,8 @@ def render(
         if criterion is not None:
             raise typer.BadParameter("an embedded benchmark has no winning subsets to judge; "
                                      "drop --criterion", param_hint="--criterion")
-        rows, command, header = rerender_inputs(out)
-        _publish_embedded(rows, out, command, header, str(report) if report else None)
+        rows, command, header, date = rerender_inputs(out)
+        _publish_embedded(rows, out, command, header, str(report) if report else None, date)
         return
 
     _publish(rerender(out, criterion.value if criterion else None), out,

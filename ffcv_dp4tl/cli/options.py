@@ -243,6 +243,9 @@ def refuse_unread(method: str, *, k: Optional[int] = None, iters: Optional[int] 
              (ITERS, "--iters", iters, scorer.kernels, "runs no k-means"),
              (BACKEND, "--backend", None if backend in (None, Backend.auto) else backend.value,
               scorer.kernels, "runs none of the scoring kernels"))
+    if k is not None and K not in scorer.reads and "k" in scorer.options:  # (ssp: --opt k=N)
+        raise typer.BadParameter(f"{k}: method {method} sets its clusters with --opt k=N, not "
+                                 "--k; drop --k", param_hint="--k")
     for name, flag, value, read, what in given:
         if value is not None and name not in read:
             users = ", ".join(s.name for s in scorers() if name in (s.reads | s.kernels))

@@ -222,6 +222,8 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
                 log(f"[data] warning: {line}")
         if reused and len(reused) == len(specs):  # (a rerun said nothing of its data: review)
             log(f"[data] {source}: reusing its build in {out}")
+        elif reused:
+            log(f"[data] {source}: reusing {', '.join(map(str, reused))} in {out}")
     return out
 
 

@@ -47,7 +47,8 @@ def selection_truth(source_dir: str | Path, target_dirs: Sequence[str | Path],
 
 #: what the truth tables' readers must know to read them against chance (both benches)
 CHANCE_NOTE = ("Read each column against its chance level: a random ranking's top-k recall is "
-               "k / C (recall by chance), ties across the k-th place count at their expectation; "
+               "k / C (recall by chance), ties across the k-th place count at their expectation "
+               "(recalls recorded since 2026-12-06; before, by lower id); "
                "mapped kept is near 1.00 for any sample-unit method (RANDOM included), which "
                "keeps a few samples of nearly every class, so it ranks class and cluster "
                "selections only (at most kept classes / mapped classes).")

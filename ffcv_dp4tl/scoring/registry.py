@@ -21,7 +21,7 @@ declares, as class attributes, everything the rest of the project needs to know 
 * ``kernels`` — the scoring kernels' settings it reads, a subset of :data:`KERNEL_SETTINGS`:
   ``iters`` (``ctx.iters``, Lloyd iterations) and ``backend`` (``ctx.backend``, the numba/CuPy
   kernels). They change run time, not which units win, so they stay out of the stage key;
-  ``dp4tl score`` refuses them for a method that declares neither (they would be ignored);
+  ``dp4tl score`` refuses each one a method does not declare (it would be ignored);
 * ``revision`` — bumped when a fixed rule changes the method's scores for the same inputs
   (FM's tie-break, 2026-12-03): it enters the score stage's key and ``scores.json``, so cached
   scores of the older rule are computed again;

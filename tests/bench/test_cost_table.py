@@ -470,3 +470,21 @@ def test_render_keeps_several_targets_in_the_order_given(tmp_path):
     # another criterion judges every target's winners again
     best = ct.rerender(out, "best")
     assert best["criterion"] == "best" and set(best["targets"]) == {"warm", "blur"}
+
+
+def test_a_two_seed_table_says_it_cannot_reach_a_verdict():
+    """The versus-RANDOM text said that with two or three seeds only large, consistent
+    differences pass; with two, a verdict needs a mean hundreds of times the seeds' gap, and
+    equal differences can never pass (review): the table says so."""
+    from ffcv_dp4tl.bench.markdown import _power_note
+    from ffcv_dp4tl.bench.stats import versus_random
+
+    rows = [_row("random", 0.8, s, 0, 0, 20.0, 50.0 + s) for s in (0, 1)]
+    rows += [_row(m, 0.8, s, 1, 1, 20.0, 90.0 + s * d) for s in (0, 1)
+             for m, d in (("lm", 1.0), ("fm", 1.5))]
+    vs = versus_random(rows, "lp", ["lm", "fm"], [0.8])
+    # +40 on both seeds: p 0.5 (exact); +40 and +40.5: t 161 > 25 (Holm over 2), better
+    assert [v["verdict"] for v in vs] == ["no difference detected", "better"]
+    assert "With two seeds a verdict needs t >= 25 (Holm's first step over 2 comparisons)" \
+        in _power_note(vs)
+    assert _power_note([{**v, "paired": 3} for v in vs]) == ""

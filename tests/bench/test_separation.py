@@ -470,6 +470,11 @@ def test_zero_spread_differences_have_an_exact_p_value():
                                88.88888888888889 - 91.66666666666666])
     assert rounded["p"] == 0.5 and rounded["lo"] is None and sep.verdict(rounded) == \
         "no difference detected"
+    # and a mean that is 0 up to rounding is 0 (seed means of +1.39, -1.39, 0: -4.7e-15): p 1,
+    # no win, no loss; it read p 0.008 and "worse" over 8 seeds (review)
+    noise = sep.paired_test([(1.3888888888888857 - 1.3888888888888928) / 3] * 8)
+    assert noise["p"] == 1.0 and (noise["wins"], noise["losses"]) == (0, 0)
+    assert sep.paired_test([0.0] * 9 + [1e-16])["p"] == 1.0
 
 
 def test_non_finite_differences_are_left_out_and_counted():
@@ -619,6 +624,9 @@ def test_render_rebuilds_an_embedded_report_from_its_rows_keeping_its_header(tmp
     sep.append_row(folder / "rows.jsonl", {**_rows(gap=1.0)[0], "seed": 9, "settings_key": "k1"})
     readme = folder / "README.md"
     readme.write_text(readme.read_text().replace("| p Holm ", "").replace("**better**", "old"))
+    run_date = "2026-12-04T04:09:00+00:00"
+    s = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**s, "date": run_date}))
     code, out, _ = cli(capsys, monkeypatch, "bench", "render", folder)
     assert code == 0, out
     text = readme.read_text()
@@ -626,6 +634,8 @@ def test_render_rebuilds_an_embedded_report_from_its_rows_keeping_its_header(tmp
                            f"- command: `{command}`\n")
     assert "| p Holm |" in text and "**better**" in text and text.count("- command:") == 1
     assert "Pairs = seeds × targets (5 × 2)" in text  # seed 9, not reported by the run, stays out
+    summary = json.loads((folder / "summary.json").read_text())  # the run's date, not the render's
+    assert summary["date"] == run_date and summary["rendered"] >= run_date
     pooled = tmp_path / "p"
     a = _write_run(tmp_path / "a", _rows(gap=1.0))
     b = _write_run(tmp_path / "b", [{**r, "seed": r["seed"] + 5} for r in _rows(gap=1.0)])

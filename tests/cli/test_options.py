@@ -153,6 +153,8 @@ BAD = [
     (("score", "--method", "sp", "--data", "DATA", "--out", "OUT/s", "--iters", "5"),
      "method sp runs no k-means (--iters is read by fm, ssp only)"),
     (("score", "--method", "fm-sup", "--data", "DATA", "--out", "OUT/s", "--iters", "5"), "--iters"),
+    (("score", "--method", "ssp", "--data", "DATA", "--out", "OUT/s", "--k", "5"),
+     "method ssp sets its clusters with --opt k=N, not --k"),
     (("score", "--method", "random", "--data", "DATA", "--out", "OUT/s", "--backend", "cpu"),
      "method random runs none of the scoring kernels"),
     (("score", "--out", "OUT/s"), "--data"),
