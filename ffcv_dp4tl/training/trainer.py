@@ -676,10 +676,12 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     # ---- observers: the run's own outputs (main rank), then the caller's (every rank) -----------
     callbacks: list[Any] = []
     if ctx.is_main:
+        # the epoch's line first, then its row: a stop that lands once the row is on disk (a
+        # scheduler's SIGTERM) finds the line said (--no-progress hid the line: review)
+        callbacks.append(ConsoleLogger(tc.epochs))
         callbacks.append(MetricsWriter(metrics_path))
         if tc.tensorboard:
             callbacks.append(TensorBoardLogger(out_dir, start_epoch))
-        callbacks.append(ConsoleLogger(tc.epochs))  # (--no-progress hid it: review)
     if tc.record_seen:  # deprecated recipe key (see recipe.TrainCfg): mapped to the callback
         if ctx.is_main:  # (one line, not one per rank)
             warnings.warn("train.record_seen is deprecated: pass callbacks=[RecordSeen(out_dir)] "

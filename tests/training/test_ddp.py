@@ -166,12 +166,18 @@ def test_torchrun_launches_dp4tl_train_and_a_rerun_resumes(source_dir, tmp_path)
             "--device", "cpu", "--no-progress", "--format", "wds", *[a for o in TEST_OVERRIDES for a in ("--set", o)]]
     first = _torchrun(*args, "--stop-after", "1")
     assert first.returncode == 0, first.stderr[-2000:]
-    assert first.stdout.splitlines() == [f"{out}: epoch 1/2, val top-1 " + first.stdout.split()[-1]]
+    # said once (rank 0): what it trains, each epoch (with --no-progress too), the result
+    start, epoch, final = first.stdout.splitlines()
+    assert start.startswith("training resnet18_tiny_cpu: ") and start.endswith(
+        f" on cpu x 2 ranks -> {out}")
+    assert epoch.startswith("epoch 1/2: loss ")
+    assert final == f"{out}: epoch 1/2, val top-1 " + first.stdout.split()[-1]
     second = _torchrun(*args)
     assert second.returncode == 0, second.stderr[-2000:]
     # said once (rank 0), with --no-progress too (a requeued batch job's log)
-    resumed, final = second.stdout.splitlines()
+    resumed, epoch, final = second.stdout.splitlines()
     assert resumed == f"resuming: 1 of 2 epochs done ({out / 'checkpoint.pt'})"
+    assert epoch.startswith("epoch 2/2: loss ")
     assert final.startswith(f"{out}: epoch 2/2, val top-1")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
