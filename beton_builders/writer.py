@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from ffcv_dp4tl.progress import bar as progress_bar
 
 from ffcv_dp4tl import stopping
 from ffcv_dp4tl.contracts import (FORMAT, BetonMode, INDEX_DTYPE, MANIFEST_NAME, ORIGINS_SUFFIX,
@@ -45,6 +44,7 @@ from ffcv_dp4tl.fsutil import (atomic_path, atomic_save_npy, atomic_write_json,
                                atomic_write_text, check_free_space, check_out_dir, directory_lock,
                                fsync_path, is_disk_full, is_unwritable, read_json,
                                remove_orphan_temps)
+from ffcv_dp4tl.progress import bar as progress_bar
 
 from .beton import (ShardBytesDataset, beton_images, beton_workers, check_beton, keep_as_jpeg,
                     write_beton)

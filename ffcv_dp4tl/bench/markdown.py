@@ -10,7 +10,8 @@ from ..errors import DP4TLError
 from ..scoring.registry import PlotStyle, get_scorer, is_registered
 from ..pipeline.report import mean_std
 from ..pipeline.truth import truth_table
-from .stats import ALPHA, CRITERIA, PAPER_TOTAL_HOURS, REFERENCE, paper_reduction
+from .stats import (ALPHA, CRITERIA, PAPER_TOTAL_HOURS, REFERENCE, format_interval, format_p,
+                    paper_reduction)
 from .variants import base_method, variant_style
 
 def _pct(x: float | None, signed: bool = False) -> str:
@@ -204,8 +205,9 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
         for v in vs:
             L.append(f"| {ratio_label(v['ratio'])} | {method_label(v['method'])} | "
                      f"{_acc((v['mean'], v['std']), ns)} | "
-                     f"{_acc((v['random_mean'], v['random_std']), ns)} | {_delta(v)} | "
-                     f"{_pval(v.get('p'))} | {_pval(v.get('p_holm'))} | {v['wins']}/{v['paired']} | "
+                     f"{_acc((v['random_mean'], v['random_std']), ns)} | "
+                     f"{format_interval(v.get('delta'), v.get('lo'), v.get('hi'))} | "
+                     f"{format_p(v.get('p'))} | {format_p(v.get('p_holm'))} | {v['wins']}/{v['paired']} | "
                      f"{'**' + v['verdict'] + '**' if v['verdict'] in ('better', 'worse') else v['verdict']} |")
         L += ["", versus_random_summary(vs)]
     if any(t["winners"].values()):
@@ -246,21 +248,6 @@ def _power_note(vs: list[dict[str, Any]]) -> str:
             "verdict.")
 
 
-def _delta(v: dict[str, Any]) -> str:
-    """A paired difference: mean [lo, hi], or the mean alone without an interval."""
-    if v.get("delta") is None:
-        return "–"
-    if v.get("lo") is None:
-        return f"{v['delta']:+.1f}"
-    return f"{v['delta']:+.1f} [{v['lo']:+.1f}, {v['hi']:+.1f}]"
-
-
-def _pval(p: float | None) -> str:
-    if p is None or math.isnan(p):
-        return "–"
-    return f"{p:.3f}" if p >= 0.001 else "<0.001"
-
-
 def versus_random_summary(vs: list[dict[str, Any]]) -> str:
     """One sentence per method: at which ratios it beats (or loses to) RANDOM, after Holm's
     adjustment, and where the test does not decide."""
@@ -275,8 +262,7 @@ def versus_random_summary(vs: list[dict[str, Any]]) -> str:
                  "worse (not after Holm)": "worse at {} before Holm's adjustment only",
                  "no difference detected": "no difference detected at {}",
                  "too few pairs": "not judged at {} (fewer than two paired seeds)"}
-        bits = [words.get(k, k + " at {}").format(", ".join(said[k]))
-                for k in words if k in said] + \
+        bits = [words[k].format(", ".join(said[k])) for k in words if k in said] + \
                [f"{k} at {', '.join(r)}" for k, r in said.items() if k not in words]
         parts.append(f"{method_label(m)}: {'; '.join(bits)}")
     return "**Verdict:** " + ". ".join(parts) + "."

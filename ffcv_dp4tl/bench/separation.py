@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import warnings
 from dataclasses import replace
@@ -35,7 +34,7 @@ from ..pipeline.resolve import seed_overrides
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
 from ..pipeline.truth import CHANCE_NOTE, TRUTH_COLUMNS
-from .stats import ALPHA, direction, holm, paired_test
+from .stats import ALPHA, direction, format_interval, format_p, holm, paired_test
 from ..outputs import claim_out_dir
 
 REFERENCE = "0 %"
@@ -446,18 +445,12 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _ci(t: dict[str, Any]) -> str:
-    if t["mean"] is None:
-        return "–"
-    if t["lo"] is None:  # (one pair, or identical differences: no interval; the p is exact)
-        return f"{t['mean']:+.1f}" + (" (all equal)" if t.get("exact") else "")
-    return f"{t['mean']:+.1f} [{t['lo']:+.1f}, {t['hi']:+.1f}]"
+    """A test's interval cell (one pair, or identical differences: no interval; the p is exact)."""
+    return format_interval(t["mean"], t["lo"], t["hi"], " (all equal)" if t.get("exact") else "")
 
 
 def _p(t: dict[str, Any], key: str = "p") -> str:
-    p = t.get(key)
-    if p is None or math.isnan(p):  # (NaN >= 0.001 is False: it printed "<0.001")
-        return "–"
-    return f"{p:.3f}" if p >= 0.001 else "<0.001"
+    return format_p(t.get(key))
 
 
 def markdown(summary: dict[str, Any], *, command: str = "", header: Sequence[str] = (),
@@ -583,7 +576,7 @@ def rerender_inputs(out: Path) -> tuple[list[dict[str, Any]], str, list[str], st
     claim_out_dir(out, "embedded-pool" if pooled else "embedded", "folder",
                   inputs=("rows.jsonl", "summary.json", "README.md"))
     if pooled:
-        folders = [w for w in words[3:words.index("--out")]] if "--out" in words else []
+        folders = words[3:words.index("--out")] if "--out" in words else []
         rows, _ = pool_rows(folders)
     else:
         rows = read_rows(out / "rows.jsonl", repair=False)

@@ -73,16 +73,34 @@ def paired_test(diffs: Sequence[float], confidence: float = 1 - ALPHA) -> dict[s
     return out
 
 
-def direction(test: dict[str, Any], alpha: float = ALPHA) -> str:
-    """"better" / "worse" when ``test`` (:func:`paired_test`) rejects a zero mean: its interval
-    excludes 0, or, without an interval (identical differences), its exact p is below
-    ``alpha``; "" otherwise (also with too few pairs)."""
+def direction(test: dict[str, Any]) -> str:
+    """"better" / "worse" when ``test`` (:func:`paired_test`) rejects a zero mean: its 95 %
+    interval excludes 0, or, without an interval (identical differences), its exact p is below
+    :data:`ALPHA`; "" otherwise (also with too few pairs)."""
     if test.get("lo") is not None:
         return "better" if test["lo"] > 0 else "worse" if test["hi"] < 0 else ""
     p, mean = test.get("p"), test.get("mean")
-    if p is None or mean is None or p >= alpha or mean == 0:
+    if p is None or mean is None or p >= ALPHA or mean == 0:
         return ""
     return "better" if mean > 0 else "worse"
+
+
+def format_p(p: float | None) -> str:
+    """A p-value's table cell: 3 decimals, "<0.001" below, "–" without a test (None or NaN:
+    NaN >= 0.001 is False, so it printed "<0.001")."""
+    if p is None or math.isnan(p):
+        return "–"
+    return f"{p:.3f}" if p >= 0.001 else "<0.001"
+
+
+def format_interval(mean: float | None, lo: float | None, hi: float | None, note: str = "") -> str:
+    """A paired difference's table cell: "+1.2 [-0.3, +2.7]", the mean alone (with ``note``)
+    without an interval, "–" without a mean."""
+    if mean is None:
+        return "–"
+    if lo is None:
+        return f"{mean:+.1f}{note}"
+    return f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]"
 
 
 def holm(ps: Sequence[float | None]) -> list[float | None]:

@@ -71,7 +71,8 @@ def score(
     meta = run(method, source_dir=source_dir, target_dir=targets or None, checkpoint=checkpoint,
                out_dir=out, fmt=format.value, device=resolve_device(device),
                batch_size=batch_size, num_workers=workers, resolution=resolution, k=default_k(k, str(data)),
-               **({} if iters is None else {"iters": iters}), seed=seed, backend=backend.value, target_resolution=target_resolution,
+               **({} if iters is None else {"iters": iters}),  # (unset: the run's default)
+               seed=seed, backend=backend.value, target_resolution=target_resolution,
                target_crop=None if target_crop is None else target_crop.value,
                source_resolution=source_resolution,
                source_crop=None if source_crop is None else source_crop.value,

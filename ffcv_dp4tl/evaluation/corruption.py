@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from ..progress import bar as progress_bar
 
 from ..data import load_manifest, make_loader
 from ..data.corruptions import CorruptedLoader, CorruptionOp
 from ..errors import DataError
+from ..progress import bar as progress_bar
 from ..training.engine import evaluate
 from ..training.trainer import cudnn_benchmark
 from ..training.distributed import single_process_context

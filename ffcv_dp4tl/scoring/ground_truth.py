@@ -159,7 +159,9 @@ def topk_recall(scores: Any, gt: GroundTruth, tiebreak: Any = None, k: int | Non
     last = order[k - 1]  # the tie that straddles the cut: members above and below it
     tied = (s == s[last]) & ((t == t[last]) if t is not None else True)
     tied[last] = True  # (a NaN equals nothing, itself included)
-    above = ~tied & np.isin(np.arange(order.size), order[:k])
+    top = np.zeros(order.size, dtype=bool)
+    top[order[:k]] = True
+    above = top & ~tied
     slots = k - int(above.sum())  # places of the top k that the tie fills
     hits = mapped[above].sum() + slots * mapped[tied].sum() / tied.sum()
     return float(hits / len(gt.mapped_classes))

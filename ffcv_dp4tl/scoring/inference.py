@@ -14,9 +14,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-from ..progress import bar as progress_bar
 
 from ..data.sampling import Batch
+from ..progress import bar as progress_bar
 
 
 @dataclass

@@ -646,8 +646,8 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
                   channels_last=parts.channels_last, seed=recipe.data.seed, decode=recipe.data.decode,
                   deterministic=recipe.data.deterministic)
     drop_last = tc.drop_last or objective.drop_last
-    _check_steps(recipe, objective, split.num_samples if mask_obj is None else len(mask_obj),
-                 drop_last, ctx)
+    kept = split.num_samples if mask_obj is None else len(mask_obj)
+    _check_steps(recipe, objective, kept, drop_last, ctx)
     train_loader = make_loader(dataset_dir, split.name, mask=mask_obj, aug=objective.train_aug,
                                batch_size=global_batch // ctx.world_size, drop_last=drop_last,
                                resolution=resolution(tc, start_epoch), **common)
@@ -665,7 +665,6 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
                                      aug=AugSpec.for_eval(), resolution=ec.resolution,
                                      batch_size=max(ec.batch_size // ctx.world_size, 1), **common)
     if ckpt is None and ctx.is_main:  # (a batch job's log said nothing until epoch 1 ended)
-        kept = split.num_samples if mask_obj is None else len(mask_obj)
         print(f"training {recipe.name or 'a recipe'}: {kept} of {split.num_samples} samples of {dataset_dir}, "
               f"{len(train_loader)} steps per epoch x {tc.epochs} epochs on {dev}"
               + (f" x {ctx.world_size} ranks" if ctx.world_size > 1 else "") + f" -> {out_dir}",
