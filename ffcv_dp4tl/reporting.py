@@ -15,8 +15,70 @@ DEFAULT_HEADER = ("# Benchmarks\n\nEach `## ` section is written by one script u
                   "its header for the machine, versions and command).\n")
 
 
-def write_section(path: str | Path, title: str, body: str) -> None:
-    """Replace section ``## title`` (up to the next ``## `` line) of ``path``, or append it.
+#: a hand-written note in a rendered report starts and ends with these lines: a render of the
+#: same rows (``dp4tl bench render``) keeps it under its heading (:func:`carry_notes`)
+NOTE_OPEN, NOTE_CLOSE = "<!-- note -->", "<!-- /note -->"
+
+
+def _headings(lines: list[str]) -> list[int | None]:
+    """For each line, the index of the Markdown heading it is under (``None`` before the first);
+    ``#`` lines inside code fences are not headings."""
+    out: list[int | None] = []
+    current, fence = None, False
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if s.startswith("```"):
+            fence = not fence
+        elif not fence and s.startswith("#"):
+            current = i
+        out.append(current)
+    return out
+
+
+def carry_notes(old: str, new: str, where: object = "the report") -> str:
+    """``new`` with the hand-written notes of ``old`` (blocks from a :data:`NOTE_OPEN` line to a
+    :data:`NOTE_CLOSE` line) put back at the end of the section under the same heading, in
+    their order; a note whose heading ``new`` lacks goes at its end, one ``new`` already holds
+    is not repeated. A render rebuilt a report
+    whole from its rows and dropped every note written into it, to be pasted in again by hand
+    after each one (the published cost table's, the embedded benchmark's reading)."""
+    lines = old.splitlines()
+    under = _headings(lines)
+    notes: list[tuple[str | None, list[str]]] = []
+    i = 0
+    while i < len(lines):
+        if lines[i].strip() != NOTE_OPEN:
+            i += 1
+            continue
+        end = next((k for k in range(i + 1, len(lines)) if lines[k].strip() == NOTE_CLOSE), None)
+        if end is None:
+            raise DP4TLError(f"{where}: the note opened at line {i + 1} ({NOTE_OPEN}) is not "
+                             f"closed; add a {NOTE_CLOSE} line after it, then render again")
+        h = under[i]
+        notes.append((None if h is None else lines[h].strip(), lines[i:end + 1]))
+        i = end + 1
+    if not notes:
+        return new
+    out = new.splitlines()
+    for heading, block in notes:
+        if "\n".join(block) in "\n".join(out):  # (already there: the body carried it)
+            continue
+        marks = _headings(out)
+        at = next((k for k, line in enumerate(out) if heading is not None
+                   and marks[k] == k and line.strip() == heading), None)
+        end = len(out) if at is None else next(
+            (k for k in range(at + 1, len(out)) if marks[k] == k), len(out))
+        before, after = out[:end], out[end:]
+        while before and not before[-1].strip():
+            before.pop()
+        out = before + ["", *block] + (["", *after] if after else [])
+    return "\n".join(out) + ("\n" if new.endswith("\n") else "")
+
+
+def write_section(path: str | Path, title: str, body: str, keep_notes: bool = False) -> None:
+    """Replace section ``## title`` (up to the next ``## `` line) of ``path``, or append it;
+    ``keep_notes``: with the hand-written notes of the section it replaces (:func:`carry_notes`;
+    a render of the same rows, not a new run, whose numbers a note would no longer describe).
 
     The file is created with a short header if absent; other sections are left untouched.
     The write is atomic (temporary file + rename).
@@ -39,6 +101,8 @@ def write_section(path: str | Path, title: str, body: str) -> None:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
                    len(lines))
         tail = lines[end:]
+        if keep_notes:
+            block = carry_notes("\n".join(lines[start:end]), "\n".join(block), path).splitlines()
         lines = lines[:start] + block + ([""] + tail if tail else [])
     atomic_write_text(path, "\n".join(lines) + "\n")
 
@@ -62,10 +126,12 @@ def link_prefix(out: str | Path, report: str | Path) -> str:
 
 
 def publish_section(report: str | Path, title: str, out: str | Path,
-                    body: Callable[[str], str], log: Callable[[str], None] = print) -> None:
+                    body: Callable[[str], str], log: Callable[[str], None] = print,
+                    keep_notes: bool = False) -> None:
     """Write section ``## title`` of ``report`` from a bench's output folder ``out``: ``body``
-    gets the link prefix (:func:`link_prefix`) its links and images need."""
-    write_section(report, title, body(link_prefix(out, report)))
+    gets the link prefix (:func:`link_prefix`) its links and images need (``keep_notes``:
+    :func:`write_section`)."""
+    write_section(report, title, body(link_prefix(out, report)), keep_notes)
     log(f"[bench] wrote section '{title}' of {report}")
 
 

@@ -46,7 +46,7 @@ from ..pipeline.config import PipelineConfig
 from ..pipeline.resolve import seed_overrides
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
-from ..reporting import machine_info
+from ..reporting import carry_notes, machine_info
 from ..scoring.registry import get_scorer
 from ..outputs import claim_out_dir
 from . import defaults
@@ -253,19 +253,24 @@ def options_for(method: str, pairs: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def write_outputs(t: dict[str, Any], out: Path) -> None:
-    """results.json, the plots and report.md. The report is composed before anything is
-    written, so a table that cannot be rendered (a damaged field) rewrites nothing; the record
-    then comes first, so a plot that fails after a long run loses no result."""
+def write_outputs(t: dict[str, Any], out: Path, keep_notes: bool = False) -> None:
+    """results.json, the plots and report.md (``keep_notes``: with the hand-written notes of
+    the report.md it replaces, :func:`~ffcv_dp4tl.reporting.carry_notes`). The report is
+    composed before anything is written, so a table that cannot be rendered (a damaged field)
+    rewrites nothing; the record then comes first, so a plot that fails after a long run loses
+    no result."""
     text = ["# DP4TL cost table and accuracy vs pruning ratio", "", *header_lines(t), "",
             markdown_tables(t)]
+    report = out / "report.md"
+    if keep_notes and report.is_file():
+        text = [carry_notes(report.read_text(encoding="utf-8"), "\n".join(text), report)]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", t)
     plot_accuracy(t, out / "accuracy.png")
     plot_cost(t, out / "cost.png")
     if t.get("targets"):
         plot_targets(t, out / "accuracy-targets.png")
-    atomic_write_text(out / "report.md", "\n".join(text))
+    atomic_write_text(report, "\n".join(text))
 
 
 def rerender(out: Path, criterion: str | None = None) -> dict[str, Any]:
@@ -283,7 +288,7 @@ def rerender(out: Path, criterion: str | None = None) -> dict[str, Any]:
     t = rerender_table(path, criterion)  # (checks that results.json is a cost table's)
     claim_out_dir(out, "cost-table", "folder", inputs=("results.json", "report.md"))
     try:
-        write_outputs(t, Path(out))
+        write_outputs(t, Path(out), keep_notes=True)
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise DP4TLError(f"{path} cannot be rendered: a field is missing or of the wrong type "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "

@@ -20,6 +20,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import shlex
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -34,7 +35,8 @@ from ..pipeline.resolve import seed_overrides
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
 from ..pipeline.truth import CHANCE_NOTE, TRUTH_COLUMNS
-from .stats import ALPHA, direction, format_interval, format_p, holm, paired_test
+from ..reporting import carry_notes
+from .stats import ALPHA, after_holm, direction, format_interval, format_p, holm, paired_test
 from ..outputs import claim_out_dir
 
 REFERENCE = "0 %"
@@ -62,9 +64,8 @@ def verdict(test: dict[str, Any], by_seed: dict[str, Any] | None = None,
             return f"{word} over pairs, too few seeds to test"
         if direction(by_seed) != word:
             return f"{word} over pairs, not shown over seeds"
-    if p_adjusted is not None and p_adjusted >= ALPHA:
-        return f"{word}, not after Holm's adjustment"
-    return f"**{word}**"
+    qualified = after_holm(word, p_adjusted)
+    return qualified if qualified != word else f"**{word}**"
 
 
 def deciding(test: dict[str, Any]) -> dict[str, Any]:
@@ -541,14 +542,18 @@ def plot_tests(summary: dict[str, Any], path: Path) -> Path:
 def write_outputs(rows: list[dict[str, Any]], out: Path, *, command: str, header: Sequence[str],
                   date: str | None = None) -> tuple[dict[str, Any], str]:
     """``summary.json``, ``paired.png`` and the Markdown body (returned, for README/BENCHMARKS).
-    ``date``: the run's, when a report is rendered again (the render's time is ``rendered``)."""
+    ``date``: the run's, when a report is rendered again (the render's time is ``rendered``;
+    README.md keeps its hand-written notes then, :func:`~ffcv_dp4tl.reporting.carry_notes`)."""
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     summary = summarize(rows)
     summary.update({"command": command, "date": date or now, **({"rendered": now} if date else {})})
     atomic_write_json(out / "summary.json", json.loads(json.dumps(summary, default=str)))
     plot = plot_tests(summary, out / "paired.png").name if summary["tests"] else ""
     body = markdown(summary, command=command, header=header, plot=plot)
-    atomic_write_text(out / "README.md", body)
+    readme = out / "README.md"
+    if date is not None and readme.is_file():
+        body = carry_notes(readme.read_text(encoding="utf-8"), body, readme)
+    atomic_write_text(readme, body)
     return summary, body
 
 
@@ -571,7 +576,11 @@ def rerender_inputs(out: Path) -> tuple[list[dict[str, Any]], str, list[str], st
     except (ValueError, KeyError, TypeError) as e:
         raise DP4TLError(f"{summary_path} is not a `bench embedded` summary ({type(e).__name__}: "
                          f"{e}); rerun its command to rewrite the report") from None
-    words = command.split()
+    try:
+        words = shlex.split(command)  # (the pool's folders, quoted where they hold a space)
+    except ValueError as e:
+        raise DP4TLError(f"{summary_path}: its command {command!r} does not parse ({e}); "
+                         "rerun it to rewrite the report") from None
     pooled = words[:3] == ["dp4tl", "bench", "embedded-pool"]
     claim_out_dir(out, "embedded-pool" if pooled else "embedded", "folder",
                   inputs=("rows.jsonl", "summary.json", "README.md"))

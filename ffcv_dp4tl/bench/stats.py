@@ -85,6 +85,12 @@ def direction(test: dict[str, Any]) -> str:
     return "better" if mean > 0 else "worse"
 
 
+def after_holm(word: str, p_adjusted: float | None) -> str:
+    """``word`` (a verdict) when the p-value adjusted by :func:`holm` over its table stays below
+    :data:`ALPHA`, else ``word`` qualified so: the one wording of every bench's tables."""
+    return word if p_adjusted is None or p_adjusted < ALPHA else f"{word}, not after Holm's adjustment"
+
+
 def format_p(p: float | None) -> str:
     """A p-value's table cell: 3 decimals, "<0.001" below, "–" without a test (None or NaN:
     NaN >= 0.001 is False, so it printed "<0.001")."""
@@ -137,6 +143,32 @@ def best_winning_subset(acc: dict[float, Sequence[float]], reference: Sequence[f
 
 
 
+def no_loss_shown(diffs: dict[float, Sequence[float]], tol: float = 0.0) -> dict[str, Any]:
+    """The paper's "no loss" claim as a test (non-inferiority at margin ``tol`` points): ratios
+    in increasing order, each passing while the one-sided 95 % lower bound of its paired
+    differences over seeds (pruned − 0 %, ``diffs[ratio]``) stays ≥ −``tol``; the largest ratio
+    before the first that fails (0.0 when the first fails). Testing in a fixed order and
+    stopping at the first failure holds the 5 % error over all ratios without adjustment.
+
+    The bound is the lower end of the two-sided 90 % t interval; identical differences (no
+    interval) pass on the exact sign-flip test of the differences + ``tol``, p = 2^-n < 0.05,
+    so with n ≥ 5. Returns ``{"ratio", "lo", "n"}`` (``lo``: the bound at that ratio).
+    The best winning subset beside it is the paper's rule on means: not a test (review)."""
+    shown: dict[str, Any] = {"ratio": 0.0, "lo": None, "n": 0}
+    for r in sorted(x for x in diffs if x > 0):
+        test = paired_test(diffs[r], confidence=1 - 2 * ALPHA)
+        if test["lo"] is not None:
+            passed, lo = test["lo"] >= -tol - 1e-9, test["lo"]
+        else:  # identical differences (or fewer than two)
+            passed = (test.get("exact", False) and test["mean"] > -tol
+                      and 2.0 ** -test["n"] < ALPHA)
+            lo = test["mean"]
+        if not passed:
+            break
+        shown = {"ratio": r, "lo": lo, "n": test["n"]}
+    return shown
+
+
 def versus_random(rows: list[dict[str, Any]], mode: str, methods: Sequence[str],
                   ratios: Sequence[float], key: str = "top1") -> list[dict[str, Any]]:
     """Each method against RANDOM at the same ratio, on ``{mode}_{key}`` (final-epoch top-1 by
@@ -178,7 +210,7 @@ def versus_random(rows: list[dict[str, Any]], mode: str, methods: Sequence[str],
         v["p_holm"] = p
         word = v.pop("direction")
         v["verdict"] = ("too few pairs" if v["p"] is None else "no difference detected"
-                        if not word else word if p < ALPHA else f"{word} (not after Holm)")
+                        if not word else after_holm(word, p))
     return out
 
 
@@ -260,6 +292,11 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
             by_w = {r: v for r, v in by_w.items() if v}
             if ref_w and by_w:
                 winners[mode][m] = best_winning_subset(by_w, ref_w, tol)
+                ref_seed = {x["seed"]: x[wkey] for x in ref_rows if x.get(wkey) is not None}
+                winners[mode][m]["shown"] = no_loss_shown({r: [
+                    x[wkey] - ref_seed[x["seed"]] for x in rows if x["method"] == m
+                    and x["ratio"] == r and x.get(wkey) is not None and x["seed"] in ref_seed]
+                    for r in by_w}, tol)
     vs_random = {mode: versus_random(rows, mode, methods, ratios) for mode in finetune}
     return {"rows": rows, "cost": cost, "selection": selection, "accuracy": accuracy,
             "accuracy_best": accuracy_best, "winners": winners, "versus_random": vs_random, "methods": list(methods), "ratios": list(ratios),

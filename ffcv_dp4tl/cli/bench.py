@@ -134,8 +134,10 @@ def cost_table(
     _publish(t, out, Path(report) if report else None, section)
 
 
-def _publish(t: dict, out: Path, report: Optional[Path], section: str) -> None:
-    """Print the report and (``report``) write its section into a Markdown file."""
+def _publish(t: dict, out: Path, report: Optional[Path], section: str,
+             keep_notes: bool = False) -> None:
+    """Print the report and (``report``) write its section into a Markdown file (``keep_notes``:
+    a render's, with the section's hand-written notes)."""
     from ..bench.markdown import header_lines, markdown_tables
     from ..reporting import publish_section
 
@@ -143,7 +145,7 @@ def _publish(t: dict, out: Path, report: Optional[Path], section: str) -> None:
     if report is not None:
         publish_section(report, section, out, lambda prefix: "\n".join(
             [*header_lines(t), f"- full report: `{prefix}report.md`", "",
-             markdown_tables(t, plots_prefix=prefix)]), typer.echo)
+             markdown_tables(t, plots_prefix=prefix)]), typer.echo, keep_notes)
 
 
 #: The embedded benchmark (issue 18: "a benchmark that separates LM/FM from RANDOM"): on
@@ -157,7 +159,8 @@ EMBEDDED_SECTION = "Embedded benchmark (CPU): do LM and FM beat RANDOM?"
 def _publish_embedded(rows: list, out: Path, command: str, header: list[str],
                       report: Optional[str], date: Optional[str] = None) -> None:
     """README.md, paired.png and summary.json in ``out``, the body on stdout and, with
-    ``report``, its embedded-benchmark section (links relative to that file)."""
+    ``report``, its embedded-benchmark section (links relative to that file). ``date``: the
+    run's, for a render of its rows, which keeps both files' hand-written notes."""
     from ..bench.separation import write_outputs
     from ..reporting import publish_section
 
@@ -167,7 +170,8 @@ def _publish_embedded(rows: list, out: Path, command: str, header: list[str],
 
     typer.echo(body(""))
     if report:
-        publish_section(Path(report), EMBEDDED_SECTION, out, body, typer.echo)
+        publish_section(Path(report), EMBEDDED_SECTION, out, body, typer.echo,
+                        keep_notes=date is not None)
 
 
 @bench_app.command("embedded")
@@ -262,6 +266,7 @@ def embedded_pool(
     """One verdict over the seeds of several `bench embedded` runs (a replicate over new seeds
     pooled with the first): the same paired and seed-level tests, n = all their seeds. Nothing
     reruns; runs of other settings, or one trial in two folders, are refused."""
+    import shlex
     import time
 
     from ..bench.separation import pool_rows
@@ -275,8 +280,8 @@ def embedded_pool(
                              "new folder")
     claim_out_dir(out, "embedded-pool")  # e.g. another run's folder: its record, half replaced
     rows, lines = pool_rows(folders)
-    command = ("dp4tl bench embedded-pool " + " ".join(map(str, folders)) + f" --out {out}"
-               + (f" --report {report}" if report else ""))
+    command = shlex.join(["dp4tl", "bench", "embedded-pool", *map(str, folders), "--out", str(out),
+                          *(["--report", report] if report else [])])  # (render reads it back)
     header = [f"- pooled {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from {len(folders)} "
               f"runs of one design ({len(rows)} runs; each folder's README has its machine, "
               "recipes and timing):", *lines]
@@ -311,7 +316,7 @@ def render(
         return
 
     _publish(rerender(out, criterion.value if criterion else None), out,
-             Path(report) if report else None, section)
+             Path(report) if report else None, section, keep_notes=True)
 
 
 @bench_app.command("surrogates")

@@ -109,6 +109,7 @@ def pipeline(
 ) -> None:
     """build → surrogate → score → prune → pretrain on the mask → LP/FF on the target → report."""
     from ..pipeline.config import PipelineConfig
+    from ..pipeline.report import result_line
     from ..pipeline.run import run_pipeline
 
     data = data or "synth:tiny"
@@ -130,3 +131,4 @@ def pipeline(
                          scorer_options=tuple(opt), budget=budget.value)
     res = run_pipeline(cfg, log=typer.echo)
     typer.echo(Path(res.report).read_text())
+    typer.echo(result_line(res))

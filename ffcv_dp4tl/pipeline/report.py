@@ -93,6 +93,45 @@ def _fraction(pr: dict[str, Any]) -> str:
             f"{UNIT_PLURAL[pr['unit']]}{budget}; samples removed {1 - f:.3f})")
 
 
+def result_line(res: PipelineResult) -> str:
+    """The line a run's output ends with, ``[result] ...``: the run, what it kept, the source
+    model's val top-1, the target top-1 per mode (final epoch; mean ± std over several seeds),
+    the stages' wall time and the report's path. The report printed above it is tables, which
+    a search of a job's log (``grep '^\\[result\\]' slurm-*.out``) cannot pick a number out of."""
+    parts = [run_title(res.config)]
+    pr = res.find("prune")
+    if pr is not None and "train_kept" in pr.values:
+        f = pr.values.get("kept_sample_fraction")
+        parts.append(f"kept {pr.values['train_kept']} train samples"
+                     + (f" ({f:.3f} of the source)" if f is not None else ""))
+    brought = res.find("pretrain")
+    vals = [r.values.get("top1_val") for r in (res.pretrain(s) for s in res.seeds or [0]) if r]
+    if brought is not None and brought.values.get("brought"):
+        parts.append("source model brought (not trained)")
+    elif vals and all(v is not None for v in vals):
+        parts.append(f"source val top-1 {_mean_cell(vals, 4)}")
+    groups = ({None: res.summary} if not res.targets else
+              {n: res.per_target.get(n) or {} for n in res.targets})
+    for name, summary in groups.items():
+        cells = [f"{mode.upper()} {_mean_cell([p['final'] for p in sm['seeds']], 2, 100, ' %')}"
+                 for mode, sm in summary.items()]
+        if cells:
+            parts.append(f"target{'' if name is None else ' ' + name} test top-1 "
+                         + ", ".join(cells))
+    parts.append(f"{sum(r.seconds for r in res.stages.values()):.1f} s")
+    if res.report:
+        parts.append(f"report {res.report}")
+    return "[result] " + "; ".join(parts)
+
+
+def _mean_cell(xs: Sequence[float | None], digits: int, scale: float = 1.0, unit: str = "") -> str:
+    """``0.7128``, or ``72.10 ± 1.20 % (3 seeds)`` over several values (:func:`mean_std`)."""
+    m, sd = mean_std(xs)
+    if len(xs) < 2:
+        return f"{scale * m:.{digits}f}{unit}"
+    return f"{scale * m:.{digits}f} ± {scale * sd:.{digits}f}{unit} ({len(xs)} seeds)"
+
+
 def write_report(res: PipelineResult, out: Path) -> None:
     """``out/report.md`` (stages, kept units, accuracy per target over seeds) and
     ``out/results.json`` (:meth:`PipelineResult.to_json`)."""

@@ -37,6 +37,37 @@ def test_best_winning_subset_on_hand_made_numbers():
     assert w["ref_mean"] == pytest.approx(80.2)
 
 
+def test_no_loss_is_shown_by_a_paired_bound_in_a_fixed_order():
+    """The winning subset's test (non-inferiority at margin tol): a ratio passes while the
+    one-sided 95 % bound of its paired differences stays >= -tol; the first failure ends the
+    sequence, so a later ratio that would pass alone is not claimed; a mean above -tol with a
+    wide spread passes nothing; identical differences pass on the exact test from 5 seeds."""
+    from ffcv_dp4tl.bench.stats import no_loss_shown
+
+    tight = [0.1, -0.1, 0.0, 0.2, -0.2]  # bound about -0.15 (mean 0 - t 2.13 * sd 0.158 / sqrt 5)
+    got = no_loss_shown({0.2: tight, 0.4: [x - 0.2 for x in tight], 0.6: [-3.0, 1.0, -2.0, 2.0, 0.5],
+                         0.8: tight}, tol=0.5)
+    assert got["ratio"] == 0.4 and got["n"] == 5 and -0.5 < got["lo"] < -0.3
+    assert no_loss_shown({0.2: tight}, tol=0.1)["ratio"] == 0.0  # bound -0.19 < -0.1
+    assert no_loss_shown({0.2: [5.0, -4.0, 6.0]}, tol=0.5)["ratio"] == 0.0  # mean +2.3, spread wide
+    assert no_loss_shown({0.2: [1.0] * 5}, tol=0.0)["ratio"] == 0.2  # p = 2^-5
+    assert no_loss_shown({0.2: [1.0] * 4}, tol=0.0)["ratio"] == 0.0  # p = 2^-4 >= 0.05
+
+
+def test_the_winning_table_pairs_each_ratio_with_the_reference_of_its_own_seed():
+    """The no-loss test subtracts each seed's own 0 % accuracy: seeds whose references differ a
+    lot but whose pruned runs track them closely pass (unpaired, the spread would hide it), and
+    the rows' order does not matter."""
+    ref = {0: 60.0, 1: 80.0, 2: 70.0, 3: 90.0, 4: 65.0}
+    rows = [_row(REFERENCE, 0.0, s, 0, 0, 100.0, a) for s, a in ref.items()]
+    rows += [_row("lm", 0.6, s, 1, 1, 40.0, ref[s] + d)
+             for s, d in reversed(list(zip(ref, [0.2, -0.1, 0.0, 0.1, -0.2])))]
+    t = summarize(rows, methods=["lm"], ratios=[0.0, 0.6], seeds=list(ref), finetune=["lp"],
+                  tol=0.5)
+    shown = t["winners"]["lp"]["lm"]["shown"]
+    assert shown["ratio"] == 0.6 and shown["n"] == 5 and shown["lo"] > -0.5
+
+
 def _row(method, ratio, seed, sur, sc, pre, lp):
     return {"method": method, "ratio": ratio, "seed": seed, "surrogate_s": sur, "score_s": sc,
             "prune_s": 0.0, "pretrain_s": pre, "selection_s": sc, "train_kept": 1,
@@ -247,7 +278,7 @@ def test_versus_random_adjusts_for_the_number_of_comparisons():
     vs = versus_random(rows, "lp", ["lm"], [0.2, 0.4, 0.6, 0.8])
     first = vs[0]
     assert first["p"] < 0.05 <= first["p_holm"]
-    assert first["verdict"] == "better (not after Holm)"
+    assert first["verdict"] == "better, not after Holm's adjustment"
     assert "LM: better at 20 % before Holm's adjustment only" in versus_random_summary(vs)
 
 
@@ -326,6 +357,17 @@ def test_render_rebuilds_the_report_from_results_json(tmp_path):
     assert res.exit_code == 0, res.output
     assert "**better**" in (out / "report.md").read_text()
     assert "## Embedded" in bench_md.read_text() and "dp4tl bench embedded" in bench_md.read_text()
+    # hand-written notes under a table survive a render, in report.md and the section alike
+    note = "<!-- note -->\nMeasured before the fix.\n<!-- /note -->"
+    for f in (out / "report.md", bench_md):
+        f.write_text(f.read_text().replace("\n### Target test top-1 % — LP",
+                                           f"\n{note}\n\n### Target test top-1 % — LP", 1))
+    assert CliRunner().invoke(app, ["bench", "render", str(out), "--report", str(bench_md),
+                                    "--section", "Embedded"]).exit_code == 0
+    for f in (out / "report.md", bench_md):
+        assert f"{note}\n\n### Target test top-1 % — LP" in f.read_text(), f
+    ct.write_outputs(t, out)  # (a new run's report: its numbers are not the ones a note read)
+    assert "Measured before the fix" not in (out / "report.md").read_text()
     with pytest.raises(DP4TLError, match="results.json not found"):  # main() prints one line
         ct.rerender(tmp_path / "nothing")
 

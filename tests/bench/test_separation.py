@@ -627,9 +627,12 @@ def test_render_rebuilds_an_embedded_report_from_its_rows_keeping_its_header(tmp
     run_date = "2026-12-04T04:09:00+00:00"
     s = json.loads((folder / "summary.json").read_text())
     (folder / "summary.json").write_text(json.dumps({**s, "date": run_date}))
+    note = "<!-- note -->\nRead beside the replicate.\n<!-- /note -->"
+    readme.write_text(readme.read_text().replace("\n### Unpruned", f"\n{note}\n\n### Unpruned"))
     code, out, _ = cli(capsys, monkeypatch, "bench", "render", folder)
     assert code == 0, out
     text = readme.read_text()
+    assert f"{note}\n\n### Unpruned" in text  # (a hand-written note is kept by a render)
     assert text.startswith("- machine: the test's, 2 cores\n- this invocation: 3.0 min\n"
                            f"- command: `{command}`\n")
     assert "| p Holm |" in text and "**better**" in text and text.count("- command:") == 1
@@ -645,3 +648,23 @@ def test_render_rebuilds_an_embedded_report_from_its_rows_keeping_its_header(tmp
     assert "| p Holm |" in (pooled / "README.md").read_text()
     code, _, err = cli(capsys, monkeypatch, "bench", "render", folder, "--criterion", "best")
     one_line(code, err, "--criterion")
+
+
+def test_a_pooled_report_over_folders_with_spaces_renders_again(tmp_path, capsys, monkeypatch):
+    """The pooled report's recorded command quotes its folders, so `bench render` finds them
+    again and the line can be pasted into a shell: it was split at every space, so a folder
+    such as `runs/seed set 2` broke the render (final read)."""
+    import shlex
+
+    from cli_runner import cli
+
+    a = _write_run(tmp_path / "seed set 1", _rows(gap=1.0))
+    b = _write_run(tmp_path / "seed set 2", [{**r, "seed": r["seed"] + 5} for r in _rows(gap=1.0)])
+    pooled = tmp_path / "pooled runs"
+    assert cli(capsys, monkeypatch, "bench", "embedded-pool", a, b, "--out", pooled)[0] == 0
+    command = json.loads((pooled / "summary.json").read_text())["command"]
+    assert shlex.split(command)[3:5] == [str(a), str(b)]
+    (pooled / "README.md").write_text((pooled / "README.md").read_text().replace("p Holm", "x"))
+    code, out, err = cli(capsys, monkeypatch, "bench", "render", pooled)
+    assert code == 0, err
+    assert "| p Holm |" in (pooled / "README.md").read_text()

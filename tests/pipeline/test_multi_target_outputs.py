@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from ffcv_dp4tl.contracts import StageResult
 from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.fsutil import atomic_write_json
-from ffcv_dp4tl.pipeline.result import PipelineResult, StagePlace
+from ffcv_dp4tl.pipeline.result import PipelineResult, StagePlace, stage_label
+from ffcv_dp4tl.pipeline.stages import StageRun
 from ffcv_dp4tl.scoring.ground_truth import load_ground_truth
 
 
@@ -125,6 +127,25 @@ def test_results_json_keeps_the_target_order_and_weights(tmp_path):
     assert back.target_names == ["warm", "blur"]
     write_report(back, tmp_path / "b")
     assert "weights 3, 1): warm `/d/warm`, blur `/d/blur`" in (tmp_path / "b" / "report.md").read_text()
+
+
+def test_the_result_line_names_each_target_and_the_spread_over_seeds():
+    """With several targets and seeds the `[result]` line gives each target, in the order
+    given, its mean ± std over the seeds per mode."""
+    from ffcv_dp4tl.pipeline.report import result_line, summarize_seeds
+
+    res = _multi_result({"warm": "/d/warm", "blur": "/d/blur"}, [1.0, 1.0])
+    res.seeds = [0, 1]
+    for name, base in (("warm", 0.70), ("blur", 0.50)):
+        for seed, bump in ((0, 0.0), (1, 0.02)):
+            label = stage_label("finetune", first_seed=seed == 0, seed=seed, target=name, mode="lp")
+            res.add(StagePlace(label, "finetune", seed=seed, target=name, mode="lp"),
+                    StageRun(StageResult(label, "finetune", 2.0, {"test_top1": base + bump}),
+                             Path("/d"), ran=True))
+        res.per_target[name] = summarize_seeds(res, ["lp"], name)
+    line = result_line(res)
+    assert ("; target warm test top-1 LP 71.00 ± 1.41 % (2 seeds); target blur test top-1 LP "
+            "51.00 ± 1.41 % (2 seeds); 8.0 s") in line
 
 
 def test_results_json_of_older_versions_get_the_run_order_back(tmp_path):

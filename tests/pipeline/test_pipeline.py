@@ -91,6 +91,23 @@ def test_pipeline_writes_every_stage_and_a_report(first_run):
 
 
 @pytest.mark.slow
+def test_the_result_line_carries_the_runs_numbers(first_run):
+    """`dp4tl pipeline` ends with one `[result]` line a job log's grep finds: the run, the kept
+    samples, the source model's val top-1, the target top-1 and the report, as the stages
+    recorded them (the report above it is tables)."""
+    from ffcv_dp4tl.pipeline.report import result_line
+
+    _, res, _ = first_run
+    line = result_line(res)
+    kept, pre = res.find("prune").values, res.pretrain(res.seeds[0]).values
+    lp = res.summary["lp"]["final_mean"]
+    assert line.startswith("[result] LM at ratio 0.6; ") and "\n" not in line
+    assert f"kept {kept['train_kept']} train samples ({kept['kept_sample_fraction']:.3f} " in line
+    assert f"source val top-1 {pre['top1_val']:.4f}; target test top-1 LP {100 * lp:.2f} %;" in line
+    assert line.endswith(f" s; report {res.report}")
+
+
+@pytest.mark.slow
 def test_mask_keeps_exactly_the_selected_classes(first_run):
     tmp, res, _ = first_run
     source = Path(res.source)

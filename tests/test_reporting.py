@@ -1,0 +1,63 @@
+"""reporting.py: hand-written notes in a rendered report survive a render of the same rows."""
+from __future__ import annotations
+
+import pytest
+
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.reporting import NOTE_CLOSE, NOTE_OPEN, carry_notes, write_section
+
+OLD = f"""# Report
+
+## Cost
+
+| a | 1 |
+
+{NOTE_OPEN}
+Measured before the fix.
+{NOTE_CLOSE}
+
+### Accuracy
+
+| b | 2 |
+{NOTE_OPEN}
+Read with care.
+{NOTE_CLOSE}
+"""
+
+
+def test_notes_go_back_under_their_heading_in_their_order():
+    new = "# Report\n\n## Cost\n\n| a | 3 |\n\n### Accuracy\n\n| b | 4 |\n\n### Added\n\nx\n"
+    got = carry_notes(OLD, new)
+    assert got == ("# Report\n\n## Cost\n\n| a | 3 |\n\n"
+                   f"{NOTE_OPEN}\nMeasured before the fix.\n{NOTE_CLOSE}\n\n"
+                   "### Accuracy\n\n| b | 4 |\n\n"
+                   f"{NOTE_OPEN}\nRead with care.\n{NOTE_CLOSE}\n\n### Added\n\nx\n")
+    assert carry_notes(OLD, got) == got  # (a second render does not repeat them)
+
+
+def test_a_note_whose_heading_is_gone_is_kept_at_the_end_and_no_note_changes_nothing():
+    got = carry_notes(OLD, "# Report\n\n## Cost\n\n| a | 3 |\n")
+    assert got.endswith(f"| a | 3 |\n\n{NOTE_OPEN}\nMeasured before the fix.\n{NOTE_CLOSE}\n\n"
+                        f"{NOTE_OPEN}\nRead with care.\n{NOTE_CLOSE}\n")
+    assert carry_notes("# Report\n\nno notes\n", "# New") == "# New"
+
+
+def test_an_unclosed_note_is_one_line_naming_the_file():
+    with pytest.raises(DP4TLError, match=r"BENCHMARKS.md: the note opened at line 3 .* add a "
+                                         r"<!-- /note --> line") as e:
+        carry_notes(f"# R\n\n{NOTE_OPEN}\nhalf\n", "# R\n", "BENCHMARKS.md")
+    assert "\n" not in str(e.value)
+
+
+def test_write_section_keeps_the_sections_notes_only_when_asked(tmp_path):
+    """A render (``keep_notes``) keeps a section's notes; a new run's section replaces them:
+    they described the numbers it replaced. Other sections are left as they were."""
+    path = tmp_path / "B.md"
+    write_section(path, "Cost", "| a | 1 |")
+    write_section(path, "Other", f"o\n\n{NOTE_OPEN}\nmine\n{NOTE_CLOSE}")
+    text = path.read_text().replace("| a | 1 |", f"| a | 1 |\n\n{NOTE_OPEN}\nnote\n{NOTE_CLOSE}")
+    path.write_text(text)
+    write_section(path, "Cost", "| a | 2 |", keep_notes=True)
+    assert f"| a | 2 |\n\n{NOTE_OPEN}\nnote\n{NOTE_CLOSE}\n\n## Other" in path.read_text()
+    write_section(path, "Cost", "| a | 3 |")
+    assert "\nnote\n" not in path.read_text() and "\nmine\n" in path.read_text()
