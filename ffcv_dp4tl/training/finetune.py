@@ -411,7 +411,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
         if state.generator is not None and mode == "lp" and not lp_augmented:
             train_loader.generator.set_state(state.generator)
         set_rng_states(state.rng)
-    callbacks = [MetricsWriter(metrics_path)] + ([_FinetuneConsole(mode)] if progress else [])
+    callbacks = [MetricsWriter(metrics_path)] + ([_FinetuneConsole(mode, tc.epochs)] if progress else [])
 
     schedule = step_schedule(recipe.lr, tc.epochs, peak, opt, recipe.optim.momentum)
     clip_params = [p for p in net.parameters() if p.requires_grad]
@@ -491,10 +491,12 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
 
 
 class _FinetuneConsole:
-    def __init__(self, mode: str):
-        self.mode = mode
+    """``lp epoch 3/50: ...``: one line per epoch, counted as ``dp4tl train`` counts them."""
+
+    def __init__(self, mode: str, epochs: int):
+        self.mode, self.epochs = mode, epochs
 
     def on_epoch_end(self, row: dict) -> None:
         test = "-" if row.get("top1_test") is None else f"{row['top1_test']:.3f}"
-        print(f"{self.mode} epoch {row['epoch'] + 1}: loss {row['loss']:.3f} train "
+        print(f"{self.mode} epoch {row['epoch'] + 1}/{self.epochs}: loss {row['loss']:.3f} train "
               f"{row['top1_train']:.3f} test {test}", flush=True)

@@ -205,6 +205,22 @@ def test_resumed_stage_reports_the_wall_and_cpu_time_of_every_segment(tmp_path):
     assert not again.ran and again.result == res.result
 
 
+def test_a_stage_says_when_it_started_and_finished(tmp_path):
+    """A job's log tells when each stage ran: its start and finish lines carry the date and
+    time (only progress lines did; log review)."""
+    import re
+
+    said: list[str] = []
+    before = time.strftime("%Y-%m-%d %H:%M:%S")
+    run_stage(stage(tmp_path, "work", {"x": 1}), lambda d: {"ok": 1}, log=said.append)
+    after = time.strftime("%Y-%m-%d %H:%M:%S")
+    stamp = r" \((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\)$"
+    start = re.fullmatch(rf"\[work\] running in {re.escape(str(tmp_path))}/work-\w+{stamp}", said[0])
+    end = re.fullmatch(rf"\[work\] finished in \d+\.\ds{stamp}", said[-1])
+    assert start and end, said
+    assert before <= start.group(1) <= end.group(1) <= after
+
+
 @pytest.mark.parametrize("kind", ["train", "finetune"])
 def test_a_stage_that_starts_over_counts_no_time_of_the_runs_it_threw_away(tmp_path, kind):
     """A training stage killed before its first checkpoint (or whose checkpoint was deleted, as

@@ -259,7 +259,7 @@ def test_a_source_trained_again_is_another_finetune_run(trained_run, target_dir,
     state = tmp_path / "ft" / "finetune_state.pt"
     out = capsys.readouterr().out.splitlines()
     assert f"resuming lp: 1 of 2 epochs done ({state})" in out
-    assert [ln.split(":")[0] for ln in out if ln.startswith("lp epoch ")] == ["lp epoch 2"]
+    assert [ln.split(":")[0] for ln in out if ln.startswith("lp epoch ")] == ["lp epoch 2/2"]
 
 
 def test_a_finetune_state_from_before_the_weights_were_recorded_still_resumes(
