@@ -10,14 +10,21 @@ job's log can be read and tailed by, and the per-epoch summary lines stay the lo
 
 ``show``: ``False`` draws nothing; ``True`` or ``None`` draws in the form stderr suits.
 ``TQDM_DISABLE=1`` in the environment silences every bar, as tqdm documents.
+
+A training's or finetuning's own lines (its start, epoch and resume lines) go through
+:func:`say`, to stdout unless the caller of ``train``/``finetune`` passed its own ``log``
+(the pipeline's, so ``run_pipeline(log=...)`` receives them; ``None``: silent) for the call
+(:func:`saying_to`): a script could neither capture nor silence them (Python API review).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
 import re
 import sys
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 #: seconds between two progress lines in a log file (and before the first)
 LOG_EVERY_S = 60.0
@@ -74,3 +81,44 @@ def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str
     # (leave=False: a kept bar's close repeated the last line; the callers' own summary follows)
     return tqdm(**{**common, "leave": False}, file=LogLines(), ascii=True, ncols=100,
                 mininterval=LOG_EVERY_S, delay=LOG_EVERY_S, miniters=1)
+
+
+def console(line: str) -> None:
+    """The default place of a run's lines: stdout, flushed (a job's log has each line as it is
+    said; a stop that follows finds it written)."""
+    print(line, flush=True)
+
+
+Log = Callable[[str], None]
+_LOG: contextvars.ContextVar[Log | None] = contextvars.ContextVar("dp4tl_log", default=console)
+
+
+class _Inherit:
+    def __repr__(self) -> str:
+        return "INHERIT"
+
+
+#: a ``log`` argument's default: where the caller's lines go already (stdout at the top; the
+#: pipeline's ``log`` inside ``run_pipeline``, for the trainings a scorer runs too)
+INHERIT: Any = _Inherit()
+
+
+def say(line: str) -> None:
+    """Say one line of the current run where its caller asked (:func:`saying_to`)."""
+    log = _LOG.get()
+    if log is not None:
+        log(line)
+
+
+@contextlib.contextmanager
+def saying_to(log: Log | None) -> Iterator[None]:
+    """Within the block, :func:`say` calls ``log`` (``None``: says nothing; :data:`INHERIT`:
+    where it went already)."""
+    if log is INHERIT:
+        yield
+        return
+    token = _LOG.set(log)
+    try:
+        yield
+    finally:
+        _LOG.reset(token)

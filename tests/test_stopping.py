@@ -19,6 +19,11 @@ import pytest
 from ffcv_dp4tl import stopping
 from ffcv_dp4tl.fsutil import TEMP_GLOB, atomic_path
 
+#: seconds a CLI subprocess may take before the test calls it hung: the CLI imports torch and
+#: torchvision (~7 s on an idle 2-core machine); 60 s was passed under load, with the command's
+#: output complete (a full run beside other work, 2026-12-06)
+HANG = 300
+
 
 @pytest.fixture
 def default_sigterm(monkeypatch):
@@ -482,7 +487,7 @@ def test_a_worker_ended_at_exit_adds_no_traceback_after_the_commands_line(ends):
         "app._run = command\n"
         "app.run()\n")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60)
+                         timeout=HANG)
     if ends.startswith("Keyboard"):
         assert (run.returncode, run.stderr) == (130, stopping.line(signal.SIGINT) + "\n")
     else:
@@ -512,10 +517,10 @@ def test_the_resource_sharers_dead_peer_is_not_reported_while_a_command_runs():
         "sys.argv = ['dp4tl', 'probe', sys.argv[1]]\n"
         "app.run()\n")
     quiet = subprocess.run([sys.executable, "-c", script, "BrokenPipeError"], capture_output=True,
-                           text=True, timeout=60)
+                           text=True, timeout=HANG)
     assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "done\n", "")
     loud = subprocess.run([sys.executable, "-c", script, "PermissionError"], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=HANG)
     assert loud.returncode == 0 and "PermissionError: [Errno 32] Broken pipe" in loud.stderr
 
 

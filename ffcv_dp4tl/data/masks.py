@@ -126,6 +126,10 @@ def mask_from_classes(split: SplitInfo, classes: Iterable[int], **provenance: An
     keep = sorted_unique(asked.astype(np.int64))
     if keep.size and keep[0] < 0:
         raise MaskError(f"class ids must be >= 0, got {keep[keep < 0][:5].tolist()}")
+    n = split.num_classes
+    if n is not None and keep.size and keep[-1] >= n:  # (kept nothing, in silence: review)
+        raise MaskError(f"class ids {keep[keep >= n][:5].tolist()} are outside the {n} classes "
+                        f"of {split.root} (ids 0-{n - 1})")
     idx = samples_with_labels(labels, keep)
     return make_mask(idx, split, kept_classes=keep.tolist(), **provenance)
 
@@ -336,6 +340,15 @@ def _ranges(ids: list[Any]) -> str:
             parts.append([i, i])
     shown = [f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in parts[:6]]
     return ",".join(shown) + (",..." if len(parts) > 6 else "")
+
+
+def as_mask(mask: "IndexMask | str | Path", split: SplitInfo) -> IndexMask:
+    """``mask`` checked against ``split``: an :class:`IndexMask` in memory (validated) or the
+    path of a saved one (loaded): what every function that takes a mask accepts."""
+    if isinstance(mask, IndexMask):
+        validate_mask(mask, split)
+        return mask
+    return load_mask(mask, split)  # (MaskError if it was made for another dataset)
 
 
 def load_mask(path: str | Path, split: SplitInfo | None = None,

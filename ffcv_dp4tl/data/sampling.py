@@ -75,6 +75,14 @@ def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[i
 
 @dataclass
 class EpochPlan:
+    """Which samples of a mask each rank reads in each epoch, in which order: one plan shared by
+    every loader (ffcv, WebDataset, GPU decode) and every rank, so a masked epoch is the same
+    whatever reads it. ``indices``: the mask's sorted, unique sample indices; ``shuffle``:
+    a new seeded order per epoch (else the mask's order); ``rank`` / ``world_size``: this
+    rank's share (every ``world_size``-th sample from position ``rank``); ``even``: see below.
+    Checked when made: a plan over a list with repeats or an impossible rank read wrong samples
+    or failed an epoch later (Python API review)."""
+
     indices: np.ndarray  # the mask (sorted sample indices)
     shuffle: bool
     seed: int
@@ -93,9 +101,24 @@ class EpochPlan:
     _start: tuple[int, int, int, int | None] | None = field(default=None, init=False,
                                                              repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        idx = np.asarray(self.indices)
+        if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+            raise DataError(f"EpochPlan indices must be a 1-D array of sample indices (a mask's "
+                            f".indices), got shape {idx.shape}, dtype {idx.dtype}")
+        if idx.size and (idx[0] < 0 or np.any(np.diff(idx) <= 0)):
+            raise DataError("EpochPlan indices must be sorted, unique and >= 0 (a mask's "
+                            "indices: make one with make_mask or mask_from_classes)")
+        self.indices = idx.astype(np.int64, copy=False)
+        self.rank, self.world_size = dist_info(self.rank, self.world_size)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise DataError(f"EpochPlan seed must be an integer, got {self.seed!r}")
+
     def order(self, epoch: int) -> np.ndarray:
         """This rank's visiting order for ``epoch`` (memoised: ffcv's traversal and the index
         attachment both ask for it, and a 1.28M-sample permutation is worth computing once)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+            raise DataError(f"an epoch is an integer >= 0 (the first is 0), got {epoch!r}")
         cached = self._cached
         if cached is None or cached[0] != epoch:
             full = epoch_order(self.indices, epoch, self.seed, self.shuffle)

@@ -13,8 +13,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..contracts import StageResult, check_version
-from ..errors import DataError
+from ..contracts.choices import FinetuneMode
+from ..errors import DataError, DP4TLError
 from .stages import StageRun
+
+
+#: the roles of a pipeline's stages (:attr:`StagePlace.role`)
+ROLES = ("surrogate", "score", "prune", "pretrain", "finetune")
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,17 @@ class PipelineResult:
              mode: str | None = None) -> StageRun | None:
         """The stage of ``role`` for that seed / target / mode (a stage shared by every seed,
         e.g. the surrogate or a brought source model, matches any seed); ``None`` if the run
-        has none (e.g. no surrogate for RANDOM)."""
+        has none (e.g. no surrogate for RANDOM). A role, mode or target no run has is refused
+        (a typo, "pretrian" or "LP", read as a stage the run lacks; Python API review)."""
+        if role not in ROLES:
+            raise DP4TLError(f"no pipeline stage has role {role!r}; the roles are "
+                             f"{', '.join(ROLES)}")
+        if mode is not None:
+            FinetuneMode.check(mode, "mode")
+        if target is not None and target not in self.targets:
+            raise DP4TLError(f"target {target!r} is not one of this run's targets"
+                             + (f" ({', '.join(self.targets)})" if self.targets else
+                                " (it has one: leave target out)"))
         for label, p in self.places.items():
             if p.role != role or (mode is not None and p.mode != mode):
                 continue
@@ -108,11 +123,23 @@ class PipelineResult:
             return self.stages[label]
         return None
 
-    def pretrain(self, seed: int) -> StageRun | None:
-        return self.find("pretrain", seed=seed)
+    def pretrain(self, seed: int | None = None) -> StageRun | None:
+        """The source model's stage of ``seed`` (default: the run's first seed)."""
+        return self.find("pretrain", seed=self._seed(seed))
 
-    def finetune(self, mode: str, seed: int, target: str | None = None) -> StageRun | None:
-        return self.find("finetune", seed=seed, target=target, mode=mode)
+    def finetune(self, mode: str, seed: int | None = None,
+                 target: str | None = None) -> StageRun | None:
+        """The ``mode`` (lp / ff) finetuning of ``seed`` (default: the run's first seed) on
+        ``target`` (several targets: its name)."""
+        return self.find("finetune", seed=self._seed(seed), target=target, mode=mode)
+
+    def _seed(self, seed: int | None) -> int | None:
+        if seed is None:
+            return self.seeds[0] if self.seeds else None
+        if self.seeds and seed not in self.seeds:
+            raise DP4TLError(f"seed {seed} is not one of this run's seeds "
+                             f"({', '.join(map(str, self.seeds))})")
+        return seed
 
     # ------------------------------------------------------------------------------ JSON
     def to_json(self) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable
 
 from ..data.masks import load_mask
 from ..fsutil import file_sha256
+from ..progress import saying_to
 from ..scoring.registry import FEATURES, TRAJECTORY
 from .config import Checked, PipelineConfig, validate
 from .gallery import GALLERY, selection_gallery
@@ -55,7 +56,14 @@ Log = Callable[[str], None]
 
 
 def run_pipeline(cfg: PipelineConfig, log: Log = print) -> PipelineResult:
-    """Run (or resume, or find cached) every stage of ``cfg`` and write its report."""
+    """Run (or resume, or find cached) every stage of ``cfg`` and write its report. Every line
+    it says goes to ``log``: its own and those of the trainings and finetunings it runs
+    (theirs went to stdout whatever ``log`` was; Python API review)."""
+    with saying_to(log):
+        return _run_pipeline(cfg, log)
+
+
+def _run_pipeline(cfg: PipelineConfig, log: Log) -> PipelineResult:
     ok = validate(cfg)
     r = resolve(cfg, ok, log)
     res = PipelineResult(config={**asdict(cfg), "data_root": str(cfg.data_root),

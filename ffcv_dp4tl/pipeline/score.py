@@ -20,7 +20,8 @@ from ..errors import DataError, DP4TLError
 from ..fsutil import directory_lock, file_sha256
 from ..outputs import claim_out_dir
 from ..scoring.context import ScoringContext, Surrogate
-from ..scoring.registry import (BACKEND, SEED, SETTINGS, Scorer, get_scorer, scorers,
+from ..training.process_state import keeps_process_state
+from ..scoring.registry import (BACKEND, SEED, SETTINGS, Scorer, ScoreResult, get_scorer, scorers,
                                 self_supervised_alternatives)
 from .scores_io import load_scores_meta, write_scores
 from .targets import check_distinct_datasets, check_distinct_targets
@@ -94,6 +95,7 @@ def _refuse_other_scores(out: Path, method: str, source: str | None = None,
                         f"(or delete {out} to replace them)")
 
 
+@keeps_process_state
 def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
           checkpoint: str | Path | None = None,
           target_dir: str | Path | list[str | Path] | None = None,
@@ -213,6 +215,10 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
                                  or ctx.surrogate.resolution,
                                  "target_crop": ctx.surrogate.target_crop})
         result = scorer.score(ctx)
+        if not isinstance(result, ScoreResult):  # (a user's scorer: not an AttributeError later)
+            raise DP4TLError(f"scorer {method!r} returned a {type(result).__name__}; its "
+                             "score(ctx) must return a ScoreResult(scores=...) "
+                             "(ffcv_dp4tl.scoring.registry, docs/scorers.md)")
         meta = ctx.meta
         if not scorer.higher_is_better:
             meta["higher_is_better"] = False

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import DP4TLError
+from ..progress import say
 
 #: metrics.jsonl keys mirrored to TensorBoard (step = completed epochs)
 TB_SCALARS = ("loss", "top1_train", "top1_val", "loss_val", "img_per_s", "lr", "resolution",
@@ -123,8 +124,8 @@ class ConsoleLogger(Callback):
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         val = "-" if row.get("top1_val") is None else f"{row['top1_val']:.3f}"
         of = f"/{self.epochs}" if self.epochs else ""
-        print(f"epoch {row['epoch'] + 1}{of}: loss {row['loss']:.3f} train {row['top1_train']:.3f} "
-              f"val {val} {row['img_per_s']:.0f} img/s {row['epoch_seconds']:.1f}s", flush=True)
+        say(f"epoch {row['epoch'] + 1}{of}: loss {row['loss']:.3f} train {row['top1_train']:.3f} "
+            f"val {val} {row['img_per_s']:.0f} img/s {row['epoch_seconds']:.1f}s")
 
 
 class RecordSeen(Callback):

@@ -248,16 +248,19 @@ def train_one_epoch(model: nn.Module, loader: Iterable, objective, optimizer: to
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, ctx: dist_.DistContext, amp: torch.dtype | None,
-             flip_tta: bool = True, num_classes: int | None = None) -> dict[str, float]:
-    """Top-1 and loss over this rank's part of ``loader``, summed over ranks. Flip TTA averages
+def evaluate(model: nn.Module, loader, ctx: dist_.DistContext | None = None,
+             amp: torch.dtype | None = None, flip_tta: bool = True,
+             num_classes: int | None = None) -> dict[str, float]:
+    """Top-1 and loss over this rank's part of ``loader``, summed over ranks (``ctx``; None: one
+    process, on the model's device, as :func:`train_one_epoch` takes it). Flip TTA averages
     the logits of the image and its mirror (ffcv-imagenet's ``lr_tta``); leave it off for
-    inputs that are not images (cached LP features)."""
+    inputs that are not images (cached LP features). ``amp``: autocast dtype, None for none."""
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)
+    dev = ctx.device if ctx is not None else _device_of(model, torch.device("cpu"))
+    sums = torch.zeros(3, dtype=torch.float64, device=dev)
     crit = nn.CrossEntropyLoss(reduction="sum")
     for batch in loader:
-        with torch.autocast(ctx.device.type, dtype=amp, enabled=amp is not None):
+        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
             out = model(batch.images)
             if flip_tta:
                 out = out + model(torch.flip(batch.images, dims=[3]))
@@ -265,7 +268,8 @@ def evaluate(model: nn.Module, loader, ctx: dist_.DistContext, amp: torch.dtype 
         sums[0] += crit(out / (2 if flip_tta else 1), batch.labels).double()
         sums[1] += (out.argmax(1) == batch.labels).sum()
         sums[2] += batch.labels.numel()
-    dist_.all_reduce_sum(sums, ctx)
+    if ctx is not None:
+        dist_.all_reduce_sum(sums, ctx)
     loss_sum, correct_sum, count = sums.tolist()
     n = max(count, 1)
     return {"loss": loss_sum / n, "top1": correct_sum / n, "count": int(count)}

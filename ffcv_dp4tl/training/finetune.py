@@ -48,17 +48,19 @@ import torch
 from torch import nn
 
 from ..contracts import FinetuneHead, FinetuneMode
-from ..data import AugSpec, load_manifest, load_mask, make_loader
+from ..data import AugSpec, IndexMask, as_mask, load_manifest, make_loader
 from ..data.loaders import resolve_decode
 from ..errors import DataError, DP4TLError, count
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
 from ..outputs import claim_out_dir
+from ..progress import INHERIT, Log, say, saying_to
 from .callbacks import MetricsWriter, call
 from .checkpoint import (CHECKPOINT_NAME, FINETUNE_RESULT_NAME, FINETUNE_STATE_NAME, Checkpoint,
                          FinetuneState, resume_from, rng_states, set_rng_states)
 from .distributed import resolve_device, single_process_context
 from .engine import CrossEntropyObjective, evaluate, train_aug_for, train_one_epoch
 from .models import backbone, create_model, get_head
+from .process_state import keeps_process_state
 from .recipe import Recipe, as_recipe, check_kind
 from .schedule import peak_lr, step_schedule
 from .trainer import (autocast_dtype, build_optimizer, cudnn_benchmark, param_groups, pin_cpu_threads,
@@ -217,17 +219,21 @@ def target_train_aug(recipe: Recipe) -> AugSpec:
                          recipe.finetune.normalize)
 
 
+@keeps_process_state
 def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: str | Path,
              out_dir: str | Path, mode: str | None = None, fmt: str = "ffcv",
              device: str | torch.device = "auto", progress: bool = True,
              overrides: list[str] | tuple[str, ...] = (), resume: bool = True,
-             stop_after: int | None = None, train_mask: str | Path | None = None,
-             test_mask: str | Path | None = None) -> dict[str, Any]:
+             stop_after: int | None = None, train_mask: IndexMask | str | Path | None = None,
+             test_mask: IndexMask | str | Path | None = None,
+             log: Log | None = INHERIT) -> dict[str, Any]:
     """Finetune ``checkpoint`` on ``target_dir``; returns (and writes) the result dict.
 
-    ``train_mask`` / ``test_mask``: index masks (.npy + .json) over the recipe's train / test
-    split, e.g. VTAB-1k's ``train800`` and ``val200`` (``ffcv_dp4tl.evaluation.vtab``); all
-    samples when None.
+    ``train_mask`` / ``test_mask``: index masks (an :class:`IndexMask`, or the path of a saved
+    one: .npy + .json) over the recipe's train / test split, e.g. VTAB-1k's ``train800`` and
+    ``val200`` (``ffcv_dp4tl.evaluation.vtab``); all samples when None. ``log``: where its
+    epoch and resume lines go (by default the caller's: stdout, or ``run_pipeline``'s log;
+    ``None`` or ``progress=False``: nowhere).
 
     Resumes from ``out_dir/finetune_state.pt`` unless ``resume=False``. ``stop_after``: stop
     once this many epochs are complete (after saving the state), as an interruption would;
@@ -254,8 +260,9 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
                 cudnn_benchmark(dev):  # FF trains at one fixed resolution: see cudnn_benchmark
             owned = True
             remove_orphan_temps(out_dir)  # a state save a kill cut short (checkpoint-sized for FF)
-            return _finetune(recipe, mode, checkpoint, Path(target_dir), out_dir, fmt, dev,
-                             progress, t0, resume, stop_after, train_mask, test_mask)
+            with saying_to(log):
+                return _finetune(recipe, mode, checkpoint, Path(target_dir), out_dir, fmt, dev,
+                                 progress, t0, resume, stop_after, train_mask, test_mask)
     except BaseException:
         # a refused checkpoint, target or mask leaves no stray folder behind; a run that lost
         # the race for a new folder (it saw it missing too) leaves the winner's alone
@@ -276,7 +283,8 @@ def _check_no_test_leak(train_split, test_split, masks: dict, train_mask, test_m
     shared = np.intersect1d(train, test, assume_unique=True)
     if shared.size:
         def given(what: str, flag: str, m) -> str:
-            return f"{what} {m} ({flag})" if m is not None else f"{what} the whole split (no {flag})"
+            return (f"{what} {_mask_name(m)} ({flag})" if m is not None
+                    else f"{what} the whole split (no {flag})")
 
         raise DP4TLError(f"the run trains and tests on split {train_split.name!r}, and it trains "
                          f"on {given('the samples of', '--train-mask', train_mask)} and tests on "
@@ -284,6 +292,13 @@ def _check_no_test_leak(train_split, test_split, masks: dict, train_mask, test_m
                          f"are in both (e.g. sample {shared[0]}), so its test top-1 would count "
                          "images it trains on; give disjoint masks of one draw (`dp4tl evaluate "
                          "vtab-splits`) or test on another split")
+
+
+def _mask_name(mask: "IndexMask | str | Path") -> str:
+    """How a result and a message name a mask: its path, or an in-memory one by its size."""
+    if isinstance(mask, IndexMask):
+        return f"an in-memory mask of {len(mask)} samples"
+    return str(mask)
 
 
 def classifier_for(model: nn.Module, ckpt: Checkpoint, head: str, num_classes: int,
@@ -318,13 +333,13 @@ def check_target_classes(manifest) -> None:
 
 def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Path, out_dir: Path,
               fmt: str, dev: torch.device, progress: bool, t0: float, resume: bool = True,
-              stop_after: int | None = None, train_mask: str | Path | None = None,
-              test_mask: str | Path | None = None) -> dict[str, Any]:
+              stop_after: int | None = None, train_mask: IndexMask | str | Path | None = None,
+              test_mask: IndexMask | str | Path | None = None) -> dict[str, Any]:
     manifest = load_manifest(target_dir)
     check_target_classes(manifest)
     train_split = manifest.split(recipe.data.train_split, "data.train_split")
     test_split = manifest.split(recipe.data.test_split, "data.test_split")
-    masks = {k: load_mask(m, split) for k, m, split in (("train_mask", train_mask, train_split),
+    masks = {k: as_mask(m, split) for k, m, split in (("train_mask", train_mask, train_split),
                                                         ("test_mask", test_mask, test_split))
              if m is not None}
     _check_no_test_leak(train_split, test_split, masks, train_mask, test_mask)
@@ -335,15 +350,16 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     seen = int(np.unique(labels).size)
     if seen < manifest.num_classes:
         where = f"{len(labels)} images of {train_split.name}" + (
-            f" under {train_mask}" if "train_mask" in masks else "")
+            f" under {_mask_name(train_mask)}" if "train_mask" in masks else "")
         warnings.warn(f"the target {target_dir}: the {where} hold {seen} of its "
                       f"{manifest.num_classes} classes; finetuning cannot learn the "
-                      f"{manifest.num_classes - seen} others", UserWarning, stacklevel=3)
+                      f"{manifest.num_classes - seen} others", UserWarning,
+                      stacklevel=4)  # (the caller of finetune(), past its wrapper)
     if recipe.eval.resolution != recipe.finetune.resolution:  # (a knob set for nothing)
         warnings.warn(f"eval.resolution {recipe.eval.resolution} is not used by finetuning: its "
                       f"train and test images are read at finetune.resolution "
                       f"{recipe.finetune.resolution}; set finetune.resolution", UserWarning,
-                      stacklevel=3)
+                      stacklevel=4)
     model, ckpt = load_pretrained(checkpoint, dev, warn_unfinished=True)
     torch.manual_seed(recipe.train.seed)  # (the new head's initialisation)
     head = classifier_for(model, ckpt, recipe.finetune.head, manifest.num_classes, checkpoint)
@@ -419,7 +435,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     earlier_seconds = state.seconds if state else 0.0
     end_epoch = tc.epochs if stop_after is None else min(tc.epochs, stop_after)
     if start_epoch and start_epoch < end_epoch:  # (with or without progress bars)
-        print(f"resuming {mode}: {start_epoch} of {tc.epochs} epochs done ({state_path})", flush=True)
+        say(f"resuming {mode}: {start_epoch} of {tc.epochs} epochs done ({state_path})")
     for epoch in range(start_epoch, end_epoch):
         if mode == "ff" or lp_augmented:  # cached LP features reshuffle from their own generator
             seed_epoch(tc.seed, epoch)
@@ -481,7 +497,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
               "test_samples": (len(masks["test_mask"]) if "test_mask" in masks
                                else test_split.num_samples),
               "test_split": test_split.name, "train_split": train_split.name,
-              **{k: str(v) for k, v in (("train_mask", train_mask), ("test_mask", test_mask))
+              **{k: _mask_name(v) for k, v in (("train_mask", train_mask), ("test_mask", test_mask))
                  if v is not None},
               **({"train_samples": len(masks["train_mask"])} if "train_mask" in masks else {}),
               "seconds": earlier_seconds + time.perf_counter() - t0, "resumed_from": start_epoch,
@@ -498,5 +514,5 @@ class _FinetuneConsole:
 
     def on_epoch_end(self, row: dict) -> None:
         test = "-" if row.get("top1_test") is None else f"{row['top1_test']:.3f}"
-        print(f"{self.mode} epoch {row['epoch'] + 1}/{self.epochs}: loss {row['loss']:.3f} train "
-              f"{row['top1_train']:.3f} test {test}", flush=True)
+        say(f"{self.mode} epoch {row['epoch'] + 1}/{self.epochs}: loss {row['loss']:.3f} train "
+            f"{row['top1_train']:.3f} test {test}")

@@ -67,17 +67,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import (AugSpec, IndexMask, load_manifest, load_mask, make_loader, val_mask_of,
-                    validate_mask)
+from ..data import AugSpec, IndexMask, as_mask, load_manifest, make_loader, val_mask_of
 from ..errors import DataError, DP4TLError, count
 from ..outputs import claim_out_dir
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
+from ..progress import INHERIT, Log, say, saying_to
 from . import distributed as dist_
 from .callbacks import ConsoleLogger, MetricsWriter, RecordSeen, TensorBoardLogger, call
 from .checkpoint import (CHECKPOINT_NAME, Checkpoint, mask_hash, resume_from, rng_states,
                          set_rng_states)
 from .engine import CrossEntropyObjective, EpochProgress, evaluate, train_one_epoch, train_step
 from .models import MODEL_KNOBS, create_model, get_head, model_knobs, unwrap
+from .process_state import keeps_process_state
 from .recipe import ModelCfg, Recipe, as_recipe, check_kind
 from .schedule import peak_lr, resolution, step_schedule
 from .timing import StageTimer
@@ -489,12 +490,17 @@ def _read_metrics(path: Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- the run
+@keeps_process_state
 def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask | str | Path | None = None,
           out_dir: str | Path = "run", fmt: str = "ffcv", device: str | torch.device = "auto",
           resume: bool = True, progress: bool = True, stop_after: int | None = None,
           overrides: list[str] | tuple[str, ...] = (),
-          callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+          callbacks: Sequence[Any] = (), log: Log | None = INHERIT) -> dict[str, Any]:
     """Train a source model on the masked train split; returns the last epoch's metrics row.
+
+    ``log``: where its lines go (the start line, one per epoch, resumes): a function of one
+    line, ``None`` for nowhere; by default where the caller's go (stdout, or the log of the
+    ``run_pipeline`` it runs in). ``progress`` is the bars only.
 
     ``stop_after``: stop (cleanly, after checkpointing) once this many epochs are complete —
     used to simulate interruptions; the run resumes on the next call. ``callbacks``: observers
@@ -525,8 +531,9 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
                 except (DP4TLError, OSError) as e:  # (an unwritable --out: OSError)
                     refusal = e
             dist_.fail_together(ctx, refusal)
-            return _train(recipe, Path(dataset_dir), mask, out_dir, fmt, ctx, resume, progress,
-                          stop_after, list(callbacks), t_start)
+            with saying_to(log):
+                return _train(recipe, Path(dataset_dir), mask, out_dir, fmt, ctx, resume,
+                              progress, stop_after, list(callbacks), t_start)
     except BaseException:
         # (`created` alone is not enough: a run that lost the race for a new folder saw it
         # missing too, and removed the winner's lock and folder under it; review)
@@ -560,13 +567,7 @@ def _read_inputs(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path,
     manifest = load_manifest(dataset_dir)
     split = manifest.split(recipe.data.train_split, "data.train_split")
     val_split = manifest.split(recipe.data.val_split, "data.val_split")
-    if mask is None:
-        mask_obj = None
-    elif isinstance(mask, IndexMask):
-        validate_mask(mask, split)
-        mask_obj = mask
-    else:
-        mask_obj = load_mask(mask, split)  # MaskError if it was made for another dataset
+    mask_obj = None if mask is None else as_mask(mask, split)
     if tc.batch_size % ctx.world_size:
         raise DP4TLError(f"train.batch_size {tc.batch_size} is not divisible by the "
                          f"{ctx.world_size} ranks")
@@ -626,13 +627,13 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
         # nothing to train (finished, or --stop-after at or below where it is): the last row,
         # so the caller reports the epoch the run is at (not "epoch 0")
         if stop_after is not None and start_epoch < tc.epochs and ctx.is_main:  # (said nothing)
-            print(f"stop after {stop_after}: {start_epoch} of {tc.epochs} epochs are done already "
-                  f"({ckpt_path}); nothing trained", flush=True)
+            say(f"stop after {stop_after}: {start_epoch} of {tc.epochs} epochs are done already "
+                f"({ckpt_path}); nothing trained")
         rows = _read_metrics(metrics_path)
         return rows[-1] if rows else {"epoch": start_epoch - 1}
     # said with or without progress bars (--no-progress in a batch job's log, too)
     if ckpt is not None and not ckpt.step and ctx.is_main:  # (mid-epoch: _begin_epoch)
-        print(f"resuming: {start_epoch} of {tc.epochs} epochs done ({ckpt_path})", flush=True)
+        say(f"resuming: {start_epoch} of {tc.epochs} epochs done ({ckpt_path})")
     if ckpt is not None and ctx.is_main:
         _resume_notes(ckpt, recipe, fmt, ckpt_path, cpu=torch.device(dev).type == "cpu")
 
@@ -665,10 +666,9 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
                                      aug=AugSpec.for_eval(), resolution=ec.resolution,
                                      batch_size=max(ec.batch_size // ctx.world_size, 1), **common)
     if ckpt is None and ctx.is_main:  # (a batch job's log said nothing until epoch 1 ended)
-        print(f"training {recipe.name or 'a recipe'}: {kept} of {split.num_samples} samples of {dataset_dir}, "
-              f"{len(train_loader)} steps per epoch x {tc.epochs} epochs on {dev}"
-              + (f" x {ctx.world_size} ranks" if ctx.world_size > 1 else "") + f" -> {out_dir}",
-              flush=True)
+        say(f"training {recipe.name or 'a recipe'}: {kept} of {split.num_samples} samples of {dataset_dir}, "
+            f"{len(train_loader)} steps per epoch x {tc.epochs} epochs on {dev}"
+            + (f" x {ctx.world_size} ranks" if ctx.world_size > 1 else "") + f" -> {out_dir}")
     if ckpt:
         set_rng_states(ckpt.rng)
 
@@ -699,7 +699,8 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
         note = at_chance_note(row.get("top1_val"),
                               labels if val_mask is None else labels[val_mask.indices])
         if note:
-            warnings.warn(f"{out_dir}: {note}", stacklevel=2)
+            # (the caller of train(): past _train, train and its keeps_process_state wrapper)
+            warnings.warn(f"{out_dir}: {note}", stacklevel=4)
     return row
 
 
@@ -787,8 +788,8 @@ def _begin_epoch(train_loader, tc, epoch: int, res: int, end_epoch: int, mid: Ch
         return EpochProgress()
     call(callbacks, "on_resume", epoch, mid.step)
     if ctx.is_main:  # (the numbers of the progress bar; said without bars too)
-        print(f"resuming epoch {epoch + 1}/{tc.epochs} at step {mid.step} of {steps} (the "
-              f"mid-epoch checkpoint in {out_dir})", flush=True)
+        say(f"resuming epoch {epoch + 1}/{tc.epochs} at step {mid.step} of {steps} (the "
+            f"mid-epoch checkpoint in {out_dir})")
     return EpochProgress.from_dict(mid.progress)
 
 

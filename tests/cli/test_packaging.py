@@ -65,6 +65,7 @@ def test_wheel_contains_every_recipe_and_module(wheel):
     missing = [m for m in modules if m not in names]
     assert not missing, (f"modules missing from the wheel (add their package to "
                          f"[tool.setuptools] packages in pyproject.toml): {missing}")
+    assert "ffcv_dp4tl/py.typed" in names  # (PEP 561: type checkers read an install's hints)
 
 
 def test_installed_wheel_finds_recipes_by_name(site, tmp_path):

@@ -127,9 +127,29 @@ def test_samples_per_epoch_and_num_batches(n, world, expected):
         assert p.num_batches(4, drop_last=True) == k // 4
 
 
-def test_bad_rank_is_refused():
-    with pytest.raises(ValueError, match="rank 2 outside"):
-        EpochPlan(MASK, shuffle=False, seed=0, rank=2, world_size=2).order(0)
+def test_bad_rank_is_refused_when_the_plan_is_made():
+    """(It was refused at the first epoch, with a bare ValueError; Python API review.)"""
+    with pytest.raises(DataError, match=r"rank must be an integer in \[0, world_size\)"):
+        EpochPlan(MASK, shuffle=False, seed=0, rank=2, world_size=2)
+
+
+@pytest.mark.parametrize("indices, match", [
+    (np.array([3, 3, 3]), "sorted, unique"), (np.array([5, 2]), "sorted, unique"),
+    (np.array([-1, 2]), "sorted, unique"), (np.array([0.5, 1.7]), "1-D array"),
+    (np.arange(6).reshape(2, 3), "1-D array")])
+def test_a_plan_over_what_no_mask_holds_is_refused(indices, match):
+    """A plan is over a mask's indices: repeats, unsorted, negative or fractional indices
+    were accepted and read wrong samples (Python API review)."""
+    with pytest.raises(DataError, match=match):
+        EpochPlan(indices, shuffle=False, seed=0)
+
+
+def test_an_epoch_is_a_whole_number_from_zero():
+    plan = EpochPlan(MASK, shuffle=True, seed=0)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(DataError, match="an epoch is an integer >= 0"):
+            plan.order(bad)
+    assert plan.order(np.int64(2)).tolist() == plan.order(2).tolist()
 
 
 def test_dist_info_defaults():

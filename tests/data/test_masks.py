@@ -86,6 +86,18 @@ def test_mask_from_classes_picks_exactly_those_classes(split):
         mask_from_classes(split, [17])  # no sample has this class
 
 
+def test_mask_from_classes_refuses_ids_past_the_datasets_classes(split):
+    """A class id the dataset does not have is refused, naming it and the range: [5, 99] over
+    32 classes kept class 5 alone, in silence (Python API review)."""
+    import dataclasses
+
+    four = dataclasses.replace(split, num_classes=4)
+    with pytest.raises(MaskError, match=r"class ids \[9, 12\] are outside the 4 classes of .* "
+                                        r"\(ids 0-3\)"):
+        mask_from_classes(four, [2, 12, 9])
+    assert mask_from_classes(four, [3]).indices.tolist() == np.flatnonzero(LABELS == 3).tolist()
+
+
 def test_save_load_round_trip(split, tmp_path):
     m = mask_from_classes(split, [2], method="classes", note="kept class 2")
     npy = save_mask(tmp_path / "masks" / "keep2", m)

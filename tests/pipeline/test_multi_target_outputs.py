@@ -148,6 +148,29 @@ def test_the_result_line_names_each_target_and_the_spread_over_seeds():
             "51.00 ± 1.41 % (2 seeds); 8.0 s") in line
 
 
+def test_a_stage_lookup_with_a_typo_is_refused_and_the_seed_defaults_to_the_first():
+    """`res.finetune("LP", seed=0)` and `res.find("pretrian")` returned None, as for a stage the
+    run lacks, and `res.finetune("lp")` needed a seed on one-seed runs (Python API review)."""
+    res = _multi_result({"warm": "/d/warm", "blur": "/d/blur"}, [1.0, 1.0])
+    res.seeds = [3, 4]
+    for seed in (3, 4):
+        label = stage_label("finetune", first_seed=seed == 3, seed=seed, target="warm", mode="lp")
+        res.add(StagePlace(label, "finetune", seed=seed, target="warm", mode="lp"),
+                StageRun(StageResult(label, "finetune", 1.0, {"test_top1": seed / 10}), Path("/d"),
+                         ran=True))
+    assert res.finetune("lp", target="warm").values["test_top1"] == 0.3  # the first seed's
+    assert res.finetune("lp", 4, "warm").values["test_top1"] == 0.4
+    assert res.finetune("ff", target="warm") is None  # a mode this run did not finetune
+    for call, match in ((lambda: res.finetune("LP", target="warm"), "mode must be one of lp, ff"),
+                        (lambda: res.find("pretrian"), "no pipeline stage has role 'pretrian'"),
+                        (lambda: res.finetune("lp", target="cold"), "'cold' is not one of this "
+                                                                    r"run's targets \(warm, blur\)"),
+                        (lambda: res.finetune("lp", 7, "warm"), r"seed 7 is not one of this "
+                                                                r"run's seeds \(3, 4\)")):
+        with pytest.raises(DP4TLError, match=match):
+            call()
+
+
 def test_results_json_of_older_versions_get_the_run_order_back(tmp_path):
     """Files written before the fix hold ``targets`` as an object with sorted keys; the order
     is read back from the stages (a list, in run order)."""

@@ -203,7 +203,7 @@ def test_self_supervised_refusal_names_the_alternatives():
 
 # ----------------------------------------------------------------- adding a method = one file
 def test_a_registered_toy_scorer_runs_through_score_prune_and_the_pipeline(toy, data_root,
-                                                                           tmp_path):
+                                                                           tmp_path, capsys):
     from ffcv_dp4tl.data import load_manifest, load_mask
     from ffcv_dp4tl.bench.markdown import method_cost, method_label, method_style
     from ffcv_dp4tl.pipeline.config import PipelineConfig
@@ -213,10 +213,16 @@ def test_a_registered_toy_scorer_runs_through_score_prune_and_the_pipeline(toy, 
     assert "toy" in list_scorers() and "toy" in methods_help() and toy.label == "TOY"
     assert method_label("toy") == "TOY" and method_style("toy").marker == "*"
     assert method_cost("toy") == "nothing at all"
+    said: list[str] = []
+    capsys.readouterr()
     res = run_pipeline(PipelineConfig(ratio=0.5, source=SYNTH, target="", method="toy",
                                       fmt="wds", finetune=(), device="cpu", data_root=data_root,
                                       runs_root=tmp_path / "runs", overrides=TRAIN),
-                       log=lambda s: None)
+                       log=said.append)
+    # the pretraining's own lines reach the pipeline's log, not stdout (Python API review)
+    assert capsys.readouterr().out == ""
+    assert any(s.startswith("training ") for s in said) and any(s.startswith("epoch 1/")
+                                                                for s in said)
     # needs nothing: no surrogate is trained for it
     assert list(res.stages) == ["score", "prune", "pretrain"]
     sc = load_scores(next((tmp_path / "runs").glob("score-*")))
@@ -229,6 +235,26 @@ def test_a_registered_toy_scorer_runs_through_score_prune_and_the_pipeline(toy, 
     labels = np.asarray(info.load_labels())
     np.testing.assert_array_equal(mask.indices, np.flatnonzero(labels >= n - n // 2))
     assert "TOY at ratio 0.5" in Path(res.report).read_text()
+
+
+def test_a_scorer_that_returns_no_score_result_is_one_line(source_dir, tmp_path):
+    """A user's scorer returning a bare array is told what score() must return: it failed as
+    "'numpy.ndarray' object has no attribute 'scores'" (Python API review)."""
+    from ffcv_dp4tl.pipeline.score import score
+
+    class Bare(ToyScorer):
+        name = "bare"
+
+        def score(self, ctx):
+            return np.arange(ctx.source.num_classes, dtype=np.float64)
+
+    register_scorer(Bare)
+    try:
+        with pytest.raises(DP4TLError, match=r"scorer 'bare' returned a ndarray; its score\(ctx\) "
+                                             r"must return a ScoreResult\(scores=\.\.\.\)"):
+            score("bare", source_dir=source_dir, out_dir=tmp_path / "s")
+    finally:
+        unregister_scorer("bare")
 
 
 def test_a_registered_toy_scorer_is_a_cli_choice(source_dir, tmp_path):

@@ -178,3 +178,5 @@ def test_flip_tta_averages_the_logits_of_the_image_and_its_horizontal_mirror():
     upside_down = by_hand(x[:, :, torch.arange(3, -1, -1), :])
     plain = evaluate(model, FeatureLoader(x, y, 16), DistContext(), None, flip_tta=False)
     assert abs(upside_down[0] - loss) > 1e-3 and abs(plain["loss"] - loss) > 1e-3
+    # a script's call needs no DistContext: one process, the model's device (Python API review)
+    assert evaluate(model, FeatureLoader(x, y, 16)) == got

@@ -3,6 +3,7 @@ from __future__ import annotations
 import importlib
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -347,6 +348,25 @@ def test_a_train_mask_without_some_classes_is_named(trained_run, target_dir, tmp
         finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path / "lp",
                  fmt="wds", device="cpu", progress=False, train_mask=mask,
                  overrides=LP + ["train.epochs=1"])
+
+
+def test_a_train_mask_in_memory_is_taken_as_dp4tl_train_takes_one(trained_run, target_dir, tmp_path,
+                                                                   capsys):
+    """finetune(train_mask=IndexMask) works as train(mask=IndexMask) does: it was refused with
+    "must be an IndexMask or the path of a saved mask, got IndexMask"; and its epoch lines go
+    to the ``log`` given, not stdout (Python API review)."""
+    from ffcv_dp4tl.data.masks import make_mask
+
+    split = load_manifest(target_dir).split("train")
+    mask = make_mask(np.arange(0, split.num_samples, 2), split)
+    said: list[str] = []
+    capsys.readouterr()
+    res = finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path / "lp",
+                   fmt="wds", device="cpu", train_mask=mask, overrides=LP + ["train.epochs=1"],
+                   log=said.append)
+    assert res["train_samples"] == len(mask) == (split.num_samples + 1) // 2
+    assert res["train_mask"] == f"an in-memory mask of {len(mask)} samples"
+    assert [s.split(":")[0] for s in said] == ["lp epoch 1/1"] and capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize("mode,extra", [

@@ -85,6 +85,52 @@ def test_bare_indices_as_the_mask_are_refused_pointing_to_make_mask(source_dir, 
               device="cpu", progress=False)  # (pathlib's TypeError before)
 
 
+def test_train_leaves_the_callers_threads_and_random_generators_as_they_were(source_dir, tmp_path,
+                                                                             test_recipe):
+    """train() pins torch's threads and reseeds the global generators for its run; a notebook's
+    next cell ran with 1 thread and another torch.manual_seed (Python API review). Also when
+    the call raises."""
+    import random
+
+    def draws():
+        return (random.random(), float(np.random.rand()), float(torch.rand(1)))
+
+    torch.set_num_threads(2)
+    random.seed(7), np.random.seed(5), torch.manual_seed(123)
+    expected = draws()
+    mask = make_mask(np.arange(10), load_manifest(source_dir).split("train"))
+    for extra in (["train.epochs=1", "train.drop_last=false"], []):  # (the second: no full batch)
+        random.seed(7), np.random.seed(5), torch.manual_seed(123)
+        try:
+            train(test_recipe(*extra), source_dir, mask=mask, out_dir=tmp_path / f"r{len(extra)}",
+                  fmt="wds", device="cpu", progress=False)
+            assert extra
+        except DP4TLError as e:
+            assert not extra and "fewer than one batch" in str(e)
+        assert torch.get_num_threads() == 2 and draws() == expected
+
+
+def test_train_says_its_lines_where_its_caller_asks(source_dir, tmp_path, test_recipe, capsys):
+    """``log``: a function gets the start and epoch lines, None silences them; by default
+    they go to stdout (what `dp4tl train` prints). `progress=False` silenced nothing, and a
+    script could not capture them (Python API review)."""
+    mask = make_mask(np.arange(10), load_manifest(source_dir).split("train"))
+    recipe = test_recipe("train.epochs=1", "train.drop_last=false")
+    said: list[str] = []
+    capsys.readouterr()
+    train(recipe, source_dir, mask=mask, out_dir=tmp_path / "a", fmt="wds", device="cpu",
+          progress=False, log=said.append)
+    assert capsys.readouterr().out == ""
+    assert said[0].startswith("training ") and said[1].startswith("epoch 1/1: loss ")
+    train(recipe, source_dir, mask=mask, out_dir=tmp_path / "b", fmt="wds", device="cpu",
+          progress=False, log=None)
+    assert capsys.readouterr().out == ""
+    train(recipe, source_dir, mask=mask, out_dir=tmp_path / "c", fmt="wds", device="cpu",
+          progress=False)
+    assert [x.split(":")[0] for x in capsys.readouterr().out.splitlines()] == [
+        said[0].split(":")[0].replace(str(tmp_path / "a"), str(tmp_path / "c")), "epoch 1/1"]
+
+
 def test_mask_for_other_dataset_fails_before_training(source_dir, tmp_path, test_recipe):
     split = load_manifest(source_dir).split("train")
     foreign = IndexMask(np.arange(10, dtype=np.int64),
@@ -179,8 +225,9 @@ def test_resuming_in_the_other_format_says_so(source_dir, tmp_path, test_recipe,
                                          r"this run reads --format wds: .*matches neither") as ws:
         row = train(r, source_dir, out_dir=tmp_path / "a", fmt="wds", **kw)
     assert row["epoch"] == 1 and Checkpoint.load(tmp_path / "a" / "checkpoint.pt").epoch == 2
-    # the thread count it trained with, which a resume compares (pin_cpu_threads set it)
-    assert Checkpoint.load(tmp_path / "a" / "checkpoint.pt").cpu_threads == torch.get_num_threads()
+    # the thread count it trained with, which a resume compares (pin_cpu_threads set it for the
+    # run: data.num_workers=1; the caller's own count is back after the call)
+    assert Checkpoint.load(tmp_path / "a" / "checkpoint.pt").cpu_threads == 1
     assert all("\n" not in str(w.message) for w in ws)
 
 

@@ -1,0 +1,44 @@
+"""What a call of ``train``, ``finetune`` or ``score`` changes in the calling process for its
+own run, put back when it returns or raises: torch's CPU thread count (pinned per stage,
+:func:`~.trainer.pin_cpu_threads`) and the global random generators (reseeded every epoch,
+:func:`~.trainer.seed_epoch`). A notebook's next cell ran with one thread and a reseeded
+``torch.manual_seed``, unannounced (Python API review). The run itself is unchanged: it sets
+both before it reads them."""
+from __future__ import annotations
+
+import functools
+import random
+from typing import Any, Callable, TypeVar
+
+import numpy as np
+import torch
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def keeps_process_state(fn: F) -> F:
+    """Decorate a public entry point so the process leaves it with the thread count and the
+    generator states (Python's, numpy's, torch's CPU one, and the current GPU's where CUDA was
+    already in use: reading another GPU's would start a context on it) it entered with."""
+
+    @functools.wraps(fn)
+    def kept(*args: Any, **kwargs: Any) -> Any:
+        threads = torch.get_num_threads()
+        states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        cuda = None
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            cuda = (torch.cuda.current_device(), torch.cuda.get_rng_state())
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
+            if cuda is not None:
+                torch.cuda.set_rng_state(cuda[1], cuda[0])
+
+    return kept  # type: ignore[return-value]
+
+
+__all__ = ["keeps_process_state"]

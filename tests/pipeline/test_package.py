@@ -1,0 +1,29 @@
+"""ffcv_dp4tl.pipeline as a library: its exports resolve and stay light to import."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import ffcv_dp4tl.pipeline as pipeline
+
+
+@pytest.mark.parametrize("name", pipeline.__all__)
+def test_every_export_is_the_object_its_module_defines(name):
+    obj = getattr(pipeline, name)
+    assert obj.__name__ == name and obj.__module__.startswith("ffcv_dp4tl.pipeline.")
+    assert name in dir(pipeline)
+
+
+def test_the_package_loads_no_step_until_one_is_asked_for():
+    """`import ffcv_dp4tl.pipeline` names the steps without importing them (torch, ffcv): a
+    script that only reads a results.json pays for what it uses."""
+    code = ("import sys, ffcv_dp4tl.pipeline as p\n"
+            "assert 'ffcv_dp4tl.pipeline.run' not in sys.modules\n"
+            "p.PipelineResult\n"
+            "assert 'ffcv_dp4tl.pipeline.result' in sys.modules\n"
+            "assert 'ffcv_dp4tl.pipeline.run' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        pipeline.nope  # noqa: B018
