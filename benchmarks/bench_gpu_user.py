@@ -202,8 +202,8 @@ def costtable(args) -> str:
     batch = max(load_recipe(n, o).train.batch_size for n, o in ((args.surrogate_recipe, args.set_surrogate),
                                                                 (args.recipe, args.set)))
     counts = np.bincount(labels)
-    few = mask_from_classes(split, list(range(int(np.searchsorted(np.cumsum(counts), batch + 1)) + 1)),
-                            method="warmup")
+    enough = int(np.searchsorted(np.cumsum(counts), batch + 1)) + 1  # classes for a full batch
+    few = mask_from_classes(split, list(range(min(enough, len(counts)))), method="warmup")
     t0 = time.perf_counter()
     for name, over in ((args.surrogate_recipe, args.set_surrogate), (args.recipe, args.set)):
         train(load_recipe(name, ["train.epochs=1", *once, *over]), data, mask=few,

@@ -20,37 +20,43 @@ DEFAULT_HEADER = ("# Benchmarks\n\nEach `## ` section is written by one script u
 NOTE_OPEN, NOTE_CLOSE = "<!-- note -->", "<!-- /note -->"
 
 
-def _headings(lines: list[str]) -> list[int | None]:
-    """For each line, the index of the Markdown heading it is under (``None`` before the first);
-    ``#`` lines inside code fences are not headings."""
-    out: list[int | None] = []
+def _headings(lines: list[str]) -> tuple[list[int | None], list[bool]]:
+    """For each line, the index of the Markdown heading it is under (``None`` before the first)
+    and whether it lies in a code fence (its ``#`` and note markers are text, not structure)."""
+    under: list[int | None] = []
+    fenced: list[bool] = []
     current, fence = None, False
     for i, line in enumerate(lines):
         s = line.strip()
         if s.startswith("```"):
             fence = not fence
-        elif not fence and s.startswith("#"):
-            current = i
-        out.append(current)
-    return out
+            fenced.append(True)
+        else:
+            fenced.append(fence)
+            if not fence and s.startswith("#"):
+                current = i
+        under.append(current)
+    return under, fenced
 
 
 def carry_notes(old: str, new: str, where: object = "the report") -> str:
     """``new`` with the hand-written notes of ``old`` (blocks from a :data:`NOTE_OPEN` line to a
-    :data:`NOTE_CLOSE` line) put back at the end of the section under the same heading, in
-    their order; a note whose heading ``new`` lacks goes at its end, one ``new`` already holds
-    is not repeated. A render rebuilt a report
-    whole from its rows and dropped every note written into it, to be pasted in again by hand
-    after each one (the published cost table's, the embedded benchmark's reading)."""
+    :data:`NOTE_CLOSE` line, outside code fences) put back where they were: at the end of the
+    section under the same heading, in their order (a note above every heading: above the
+    first one; one whose heading ``new`` lacks: at its end); one that section already holds is
+    not repeated. A render rebuilt a report whole from its rows and dropped every note written
+    into it, to be pasted in again by hand after each one (the published cost table's, the
+    embedded benchmark's reading)."""
     lines = old.splitlines()
-    under = _headings(lines)
+    under, fenced = _headings(lines)
     notes: list[tuple[str | None, list[str]]] = []
     i = 0
     while i < len(lines):
-        if lines[i].strip() != NOTE_OPEN:
+        if fenced[i] or lines[i].strip() != NOTE_OPEN:
             i += 1
             continue
-        end = next((k for k in range(i + 1, len(lines)) if lines[k].strip() == NOTE_CLOSE), None)
+        end = next((k for k in range(i + 1, len(lines))
+                    if not fenced[k] and lines[k].strip() == NOTE_CLOSE), None)
         if end is None:
             raise DP4TLError(f"{where}: the note opened at line {i + 1} ({NOTE_OPEN}) is not "
                              f"closed; add a {NOTE_CLOSE} line after it, then render again")
@@ -61,17 +67,21 @@ def carry_notes(old: str, new: str, where: object = "the report") -> str:
         return new
     out = new.splitlines()
     for heading, block in notes:
-        if "\n".join(block) in "\n".join(out):  # (already there: the body carried it)
+        marks, _ = _headings(out)
+        starts = [k for k in range(len(out)) if marks[k] == k]  # (the heading lines)
+        if heading is None:
+            lo, hi = 0, starts[0] if starts else len(out)
+        else:
+            at = next((k for k in starts if out[k].strip() == heading), None)
+            lo = hi = len(out)
+            if at is not None:
+                lo, hi = at, next((k for k in starts if k > at), len(out))
+        if "\n".join(block) in "\n".join(out[lo:hi]):  # (there already: not twice)
             continue
-        marks = _headings(out)
-        at = next((k for k, line in enumerate(out) if heading is not None
-                   and marks[k] == k and line.strip() == heading), None)
-        end = len(out) if at is None else next(
-            (k for k in range(at + 1, len(out)) if marks[k] == k), len(out))
-        before, after = out[:end], out[end:]
+        before, after = out[:hi], out[hi:]
         while before and not before[-1].strip():
             before.pop()
-        out = before + ["", *block] + (["", *after] if after else [])
+        out = before + (["", *block] if before else block) + (["", *after] if after else [])
     return "\n".join(out) + ("\n" if new.endswith("\n") else "")
 
 

@@ -61,3 +61,15 @@ def test_write_section_keeps_the_sections_notes_only_when_asked(tmp_path):
     assert f"| a | 2 |\n\n{NOTE_OPEN}\nnote\n{NOTE_CLOSE}\n\n## Other" in path.read_text()
     write_section(path, "Cost", "| a | 3 |")
     assert "\nnote\n" not in path.read_text() and "\nmine\n" in path.read_text()
+
+
+def test_a_note_is_kept_in_its_place_and_markers_in_a_code_fence_are_text():
+    """A note above every heading stays above the first; the same note under two headings is
+    kept under both; note markers shown in a code fence are an example, not a note (they came
+    back as a note without their fence; diff review)."""
+    old = (f"{NOTE_OPEN}\ntop\n{NOTE_CLOSE}\n\n# R\n\n## A\n\n{NOTE_OPEN}\nsame\n{NOTE_CLOSE}\n\n"
+           f"## B\n\n```\n{NOTE_OPEN}\nexample\n{NOTE_CLOSE}\n```\n\n{NOTE_OPEN}\nsame\n{NOTE_CLOSE}\n")
+    got = carry_notes(old, "# R\n\n## A\n\na\n\n## B\n\nb\n")
+    assert got == (f"{NOTE_OPEN}\ntop\n{NOTE_CLOSE}\n\n# R\n\n## A\n\na\n\n{NOTE_OPEN}\nsame\n"
+                   f"{NOTE_CLOSE}\n\n## B\n\nb\n\n{NOTE_OPEN}\nsame\n{NOTE_CLOSE}\n")
+    assert carry_notes(old, got) == got

@@ -241,13 +241,15 @@ NO_LOSS_TEXT = ("*No loss shown* is the test: the ratios in increasing order, ea
 
 
 def shown_cell(shown: dict[str, Any] | None) -> str:
-    """``60 % (≥ −0.4)``: the largest ratio :func:`~.stats.no_loss_shown` passed and its bound;
-    ``none``; ``–`` for a table judged before the test existed."""
+    """``60 % (≥ -0.4, 3 seeds)``: the largest ratio :func:`~.stats.no_loss_shown` passed, its
+    bound and paired seeds (``all +1.0``: every pair's one difference); ``none``; ``–`` for a
+    table judged before the test existed."""
     if not shown:
         return "–"
     if shown["ratio"] <= 0:
         return "none"
-    return f"{ratio_label(shown['ratio'])} (≥ {shown['lo']:+.1f})"
+    word = "all" if shown.get("exact") else "≥"
+    return f"{ratio_label(shown['ratio'])} ({word} {shown['lo']:+.1f}, {shown['n']} seeds)"
 
 
 def _power_note(vs: list[dict[str, Any]]) -> str:

@@ -540,10 +540,12 @@ def plot_tests(summary: dict[str, Any], path: Path) -> Path:
 
 
 def write_outputs(rows: list[dict[str, Any]], out: Path, *, command: str, header: Sequence[str],
-                  date: str | None = None) -> tuple[dict[str, Any], str]:
+                  date: str | None = None, keep_notes: bool = False) -> tuple[dict[str, Any], str]:
     """``summary.json``, ``paired.png`` and the Markdown body (returned, for README/BENCHMARKS).
-    ``date``: the run's, when a report is rendered again (the render's time is ``rendered``;
-    README.md keeps its hand-written notes then, :func:`~ffcv_dp4tl.reporting.carry_notes`)."""
+    ``date``: the run's, when a report is rendered again (the render's time is ``rendered``).
+    ``keep_notes`` (a render): README.md keeps its hand-written notes
+    (:func:`~ffcv_dp4tl.reporting.carry_notes`); the body returned holds none, so a file
+    that publishes it keeps its own (README's notes link relative to README)."""
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     summary = summarize(rows)
     summary.update({"command": command, "date": date or now, **({"rendered": now} if date else {})})
@@ -551,9 +553,10 @@ def write_outputs(rows: list[dict[str, Any]], out: Path, *, command: str, header
     plot = plot_tests(summary, out / "paired.png").name if summary["tests"] else ""
     body = markdown(summary, command=command, header=header, plot=plot)
     readme = out / "README.md"
-    if date is not None and readme.is_file():
-        body = carry_notes(readme.read_text(encoding="utf-8"), body, readme)
-    atomic_write_text(readme, body)
+    text = body
+    if keep_notes and readme.is_file():
+        text = carry_notes(readme.read_text(encoding="utf-8"), body, readme)
+    atomic_write_text(readme, text)
     return summary, body
 
 
@@ -576,12 +579,14 @@ def rerender_inputs(out: Path) -> tuple[list[dict[str, Any]], str, list[str], st
     except (ValueError, KeyError, TypeError) as e:
         raise DP4TLError(f"{summary_path} is not a `bench embedded` summary ({type(e).__name__}: "
                          f"{e}); rerun its command to rewrite the report") from None
-    try:
-        words = shlex.split(command)  # (the pool's folders, quoted where they hold a space)
-    except ValueError as e:
-        raise DP4TLError(f"{summary_path}: its command {command!r} does not parse ({e}); "
-                         "rerun it to rewrite the report") from None
+    words = command.split()
     pooled = words[:3] == ["dp4tl", "bench", "embedded-pool"]
+    if pooled:  # (its folders are read from it: quoted where they hold a space, shlex.join)
+        try:
+            words = shlex.split(command)
+        except ValueError as e:
+            raise DP4TLError(f"{summary_path}: its command {command!r} does not parse ({e}); "
+                             "rerun it to rewrite the report") from None
     claim_out_dir(out, "embedded-pool" if pooled else "embedded", "folder",
                   inputs=("rows.jsonl", "summary.json", "README.md"))
     if pooled:

@@ -143,7 +143,8 @@ def best_winning_subset(acc: dict[float, Sequence[float]], reference: Sequence[f
 
 
 
-def no_loss_shown(diffs: dict[float, Sequence[float]], tol: float = 0.0) -> dict[str, Any]:
+def no_loss_shown(diffs: dict[float, Sequence[float]], tol: float = 0.0,
+                  ratios: Sequence[float] | None = None) -> dict[str, Any]:
     """The paper's "no loss" claim as a test (non-inferiority at margin ``tol`` points): ratios
     in increasing order, each passing while the one-sided 95 % lower bound of its paired
     differences over seeds (pruned − 0 %, ``diffs[ratio]``) stays ≥ −``tol``; the largest ratio
@@ -152,11 +153,15 @@ def no_loss_shown(diffs: dict[float, Sequence[float]], tol: float = 0.0) -> dict
 
     The bound is the lower end of the two-sided 90 % t interval; identical differences (no
     interval) pass on the exact sign-flip test of the differences + ``tol``, p = 2^-n < 0.05,
-    so with n ≥ 5. Returns ``{"ratio", "lo", "n"}`` (``lo``: the bound at that ratio).
-    The best winning subset beside it is the paper's rule on means: not a test (review)."""
-    shown: dict[str, Any] = {"ratio": 0.0, "lo": None, "n": 0}
-    for r in sorted(x for x in diffs if x > 0):
-        test = paired_test(diffs[r], confidence=1 - 2 * ALPHA)
+    so with n ≥ 5. ``ratios``: the sequence planned (default: those in ``diffs``); a planned
+    ratio without pairs fails, since a ratio past an untested one was never reached.
+    Returns ``{"ratio", "lo", "n", "exact"}`` (``lo``: the bound at that ratio, or the one
+    difference all pairs share when ``exact``). The error is held per method and mode, not
+    over the table. The best winning subset beside it is the paper's rule on means: not a
+    test (review)."""
+    shown: dict[str, Any] = {"ratio": 0.0, "lo": None, "n": 0, "exact": False}
+    for r in sorted(x for x in (diffs if ratios is None else ratios) if x > 0):
+        test = paired_test(diffs.get(r, []), confidence=1 - 2 * ALPHA)
         if test["lo"] is not None:
             passed, lo = test["lo"] >= -tol - 1e-9, test["lo"]
         else:  # identical differences (or fewer than two)
@@ -165,7 +170,7 @@ def no_loss_shown(diffs: dict[float, Sequence[float]], tol: float = 0.0) -> dict
             lo = test["mean"]
         if not passed:
             break
-        shown = {"ratio": r, "lo": lo, "n": test["n"]}
+        shown = {"ratio": r, "lo": lo, "n": test["n"], "exact": test["lo"] is None}
     return shown
 
 
@@ -176,8 +181,8 @@ def versus_random(rows: list[dict[str, Any]], mode: str, methods: Sequence[str],
     (seed ``s`` of both pretrains with the same ``train.seed``; a seed one side lacks is left
     out): their mean ``delta`` with a 95 % t interval, ``p``, seeds won, and ``p_holm``, ``p``
     adjusted by :func:`holm` over every comparison of the table (methods x ratios). Verdict:
-    ``better`` / ``worse`` when the adjusted p is below :data:`ALPHA`; ``better (not after
-    Holm)`` when only the unadjusted test rejects; ``no difference detected``; ``too few
+    ``better`` / ``worse`` when the adjusted p is below :data:`ALPHA`; ``better, not after
+    Holm's adjustment`` when only the unadjusted test rejects (:func:`after_holm`); ``no difference detected``; ``too few
     pairs`` below two paired seeds. (It was whether the two mean ± std bars overlapped, an
     unpaired rule that called a null difference better or worse 22 % of the time at two seeds
     and grew blinder with more seeds: review.)"""
@@ -296,7 +301,7 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
                 winners[mode][m]["shown"] = no_loss_shown({r: [
                     x[wkey] - ref_seed[x["seed"]] for x in rows if x["method"] == m
                     and x["ratio"] == r and x.get(wkey) is not None and x["seed"] in ref_seed]
-                    for r in by_w}, tol)
+                    for r in by_w}, tol, ratios=pruned)
     vs_random = {mode: versus_random(rows, mode, methods, ratios) for mode in finetune}
     return {"rows": rows, "cost": cost, "selection": selection, "accuracy": accuracy,
             "accuracy_best": accuracy_best, "winners": winners, "versus_random": vs_random, "methods": list(methods), "ratios": list(ratios),

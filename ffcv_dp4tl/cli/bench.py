@@ -157,21 +157,22 @@ EMBEDDED_SECTION = "Embedded benchmark (CPU): do LM and FM beat RANDOM?"
 
 
 def _publish_embedded(rows: list, out: Path, command: str, header: list[str],
-                      report: Optional[str], date: Optional[str] = None) -> None:
+                      report: Optional[str], date: Optional[str] = None,
+                      render: bool = False) -> None:
     """README.md, paired.png and summary.json in ``out``, the body on stdout and, with
     ``report``, its embedded-benchmark section (links relative to that file). ``date``: the
-    run's, for a render of its rows, which keeps both files' hand-written notes."""
+    run's; ``render``: a render of its rows, which keeps each file's hand-written notes."""
     from ..bench.separation import write_outputs
     from ..reporting import publish_section
 
     def body(prefix: str) -> str:
-        return write_outputs(rows, out, command=command, header=header, date=date)[1].replace(
-            "](paired.png)", f"]({prefix}paired.png)")
+        return write_outputs(rows, out, command=command, header=header, date=date,
+                             keep_notes=render)[1].replace("](paired.png)", f"]({prefix}paired.png)")
 
     typer.echo(body(""))
     if report:
         publish_section(Path(report), EMBEDDED_SECTION, out, body, typer.echo,
-                        keep_notes=date is not None)
+                        keep_notes=render)
 
 
 @bench_app.command("embedded")
@@ -312,7 +313,8 @@ def render(
             raise typer.BadParameter("an embedded benchmark has no winning subsets to judge; "
                                      "drop --criterion", param_hint="--criterion")
         rows, command, header, date = rerender_inputs(out)
-        _publish_embedded(rows, out, command, header, str(report) if report else None, date)
+        _publish_embedded(rows, out, command, header, str(report) if report else None, date,
+                          render=True)
         return
 
     _publish(rerender(out, criterion.value if criterion else None), out,

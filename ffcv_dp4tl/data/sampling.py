@@ -106,10 +106,11 @@ class EpochPlan:
         if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
             raise DataError(f"EpochPlan indices must be a 1-D array of sample indices (a mask's "
                             f".indices), got shape {idx.shape}, dtype {idx.dtype}")
+        idx = idx.astype(np.int64)  # (first: np.diff wraps around on unsigned integers)
         if idx.size and (idx[0] < 0 or np.any(np.diff(idx) <= 0)):
             raise DataError("EpochPlan indices must be sorted, unique and >= 0 (a mask's "
                             "indices: make one with make_mask or mask_from_classes)")
-        self.indices = idx.astype(np.int64, copy=False)
+        self.indices = idx
         self.rank, self.world_size = dist_info(self.rank, self.world_size)
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise DataError(f"EpochPlan seed must be an integer, got {self.seed!r}")

@@ -95,8 +95,8 @@ def _fraction(pr: dict[str, Any]) -> str:
 
 def result_line(res: PipelineResult) -> str:
     """The line a run's output ends with, ``[result] ...``: the run, what it kept, the source
-    model's val top-1, the target top-1 per mode (final epoch; mean ± std over several seeds),
-    the stages' wall time and the report's path. The report printed above it is tables, which
+    model's val top-1, the target top-1 per mode (final epoch; mean ± std over several seeds;
+    all in %), the stages' recorded wall time and the report's path. The report printed above it is tables, which
     a search of a job's log (``grep '^\\[result\\]' slurm-*.out``) cannot pick a number out of."""
     parts = [run_title(res.config)]
     pr = res.find("prune")
@@ -109,16 +109,18 @@ def result_line(res: PipelineResult) -> str:
     if brought is not None and brought.values.get("brought"):
         parts.append("source model brought (not trained)")
     elif vals and all(v is not None for v in vals):
-        parts.append(f"source val top-1 {_mean_cell(vals, 4)}")
+        parts.append(f"source val top-1 {_mean_cell(vals, 2, 100, ' %')}")
     groups = ({None: res.summary} if not res.targets else
               {n: res.per_target.get(n) or {} for n in res.targets})
     for name, summary in groups.items():
-        cells = [f"{mode.upper()} {_mean_cell([p['final'] for p in sm['seeds']], 2, 100, ' %')}"
-                 for mode, sm in summary.items()]
+        cells = [f"{mode.upper()} {_mean_cell(finals, 2, 100, ' %')}"
+                 for mode, sm in summary.items()
+                 if (finals := [p["final"] for p in sm["seeds"] if p["final"] is not None])]
         if cells:
             parts.append(f"target{'' if name is None else ' ' + name} test top-1 "
                          + ", ".join(cells))
-    parts.append(f"{sum(r.seconds for r in res.stages.values()):.1f} s")
+    # (the stages' recorded time, as the report's table sums it: a rerun finds them cached)
+    parts.append(f"stages {sum(r.seconds for r in res.stages.values()):.1f} s")
     if res.report:
         parts.append(f"report {res.report}")
     return "[result] " + "; ".join(parts)

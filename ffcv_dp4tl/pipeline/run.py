@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable
 
 from ..data.masks import load_mask
 from ..fsutil import file_sha256
-from ..progress import saying_to
+from ..progress import console, saying_to
 from ..scoring.registry import FEATURES, TRAJECTORY
 from .config import Checked, PipelineConfig, validate
 from .gallery import GALLERY, selection_gallery
@@ -55,7 +55,7 @@ from .truth import selection_truth
 Log = Callable[[str], None]
 
 
-def run_pipeline(cfg: PipelineConfig, log: Log = print) -> PipelineResult:
+def run_pipeline(cfg: PipelineConfig, log: Log = console) -> PipelineResult:
     """Run (or resume, or find cached) every stage of ``cfg`` and write its report. Every line
     it says goes to ``log``: its own and those of the trainings and finetunings it runs
     (theirs went to stdout whatever ``log`` was; Python API review)."""

@@ -51,7 +51,10 @@ def test_no_loss_is_shown_by_a_paired_bound_in_a_fixed_order():
     assert no_loss_shown({0.2: tight}, tol=0.1)["ratio"] == 0.0  # bound -0.19 < -0.1
     assert no_loss_shown({0.2: [5.0, -4.0, 6.0]}, tol=0.5)["ratio"] == 0.0  # mean +2.3, spread wide
     assert no_loss_shown({0.2: [1.0] * 5}, tol=0.0)["ratio"] == 0.2  # p = 2^-5
+    assert no_loss_shown({0.2: [1.0] * 5}, tol=0.0)["exact"]
     assert no_loss_shown({0.2: [1.0] * 4}, tol=0.0)["ratio"] == 0.0  # p = 2^-4 >= 0.05
+    # a planned ratio without pairs ends the sequence: 0.6 was never reached past 0.4 (review)
+    assert no_loss_shown({0.2: tight, 0.6: tight}, tol=0.5, ratios=[0.2, 0.4, 0.6])["ratio"] == 0.2
 
 
 def test_the_winning_table_pairs_each_ratio_with_the_reference_of_its_own_seed():

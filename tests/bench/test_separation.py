@@ -633,6 +633,17 @@ def test_render_rebuilds_an_embedded_report_from_its_rows_keeping_its_header(tmp
     assert code == 0, out
     text = readme.read_text()
     assert f"{note}\n\n### Unpruned" in text  # (a hand-written note is kept by a render)
+    # each file keeps its own notes: README's do not leak into the published section
+    bench_md = tmp_path / "B.md"
+    assert cli(capsys, monkeypatch, "bench", "render", folder, "--report", bench_md)[0] == 0
+    assert "Read beside the replicate" not in bench_md.read_text()
+    mine = "<!-- note -->\nPublished reading.\n<!-- /note -->"
+    bench_md.write_text(bench_md.read_text().replace("\n### Unpruned", f"\n{mine}\n\n### Unpruned"))
+    assert cli(capsys, monkeypatch, "bench", "render", folder, "--report", bench_md)[0] == 0
+    published = bench_md.read_text()
+    assert published.count("Published reading.") == 1 and "Read beside" not in published
+    assert readme.read_text().count("Read beside the replicate.") == 1
+    text = readme.read_text()
     assert text.startswith("- machine: the test's, 2 cores\n- this invocation: 3.0 min\n"
                            f"- command: `{command}`\n")
     assert "| p Holm |" in text and "**better**" in text and text.count("- command:") == 1

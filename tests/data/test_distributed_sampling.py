@@ -135,7 +135,8 @@ def test_bad_rank_is_refused_when_the_plan_is_made():
 
 @pytest.mark.parametrize("indices, match", [
     (np.array([3, 3, 3]), "sorted, unique"), (np.array([5, 2]), "sorted, unique"),
-    (np.array([-1, 2]), "sorted, unique"), (np.array([0.5, 1.7]), "1-D array"),
+    (np.array([-1, 2]), "sorted, unique"), (np.array([5, 3], dtype=np.uint64), "sorted, unique"),
+    (np.array([0.5, 1.7]), "1-D array"),
     (np.arange(6).reshape(2, 3), "1-D array")])
 def test_a_plan_over_what_no_mask_holds_is_refused(indices, match):
     """A plan is over a mask's indices: repeats, unsorted, negative or fractional indices

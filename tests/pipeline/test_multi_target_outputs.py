@@ -145,7 +145,7 @@ def test_the_result_line_names_each_target_and_the_spread_over_seeds():
         res.per_target[name] = summarize_seeds(res, ["lp"], name)
     line = result_line(res)
     assert ("; target warm test top-1 LP 71.00 ± 1.41 % (2 seeds); target blur test top-1 LP "
-            "51.00 ± 1.41 % (2 seeds); 8.0 s") in line
+            "51.00 ± 1.41 % (2 seeds); stages 8.0 s") in line
 
 
 def test_a_stage_lookup_with_a_typo_is_refused_and_the_seed_defaults_to_the_first():

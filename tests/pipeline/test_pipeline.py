@@ -103,8 +103,8 @@ def test_the_result_line_carries_the_runs_numbers(first_run):
     lp = res.summary["lp"]["final_mean"]
     assert line.startswith("[result] LM at ratio 0.6; ") and "\n" not in line
     assert f"kept {kept['train_kept']} train samples ({kept['kept_sample_fraction']:.3f} " in line
-    assert f"source val top-1 {pre['top1_val']:.4f}; target test top-1 LP {100 * lp:.2f} %;" in line
-    assert line.endswith(f" s; report {res.report}")
+    assert f"source val top-1 {100 * pre['top1_val']:.2f} %; target test top-1 LP {100 * lp:.2f} %;" in line
+    assert "; stages " in line and line.endswith(f" s; report {res.report}")
 
 
 @pytest.mark.slow
