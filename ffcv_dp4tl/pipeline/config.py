@@ -20,6 +20,15 @@ from .targets import check_order, check_weights, target_list
 
 @dataclass
 class PipelineConfig:
+    """One pipeline run, for :func:`~ffcv_dp4tl.pipeline.run.run_pipeline`: the knobs of
+    ``dp4tl pipeline``, under the same names (``fmt`` is ``--format``; a comment beside each
+    field says what it holds). The ones most runs set: ``ratio`` (the fraction of the
+    method's units removed: classes for LM), ``source`` / ``target`` (built folders, or SOURCEs
+    to build once under ``data_root``), ``method`` (a registered scorer: ``dp4tl score
+    --help``), ``finetune`` (``("lp", "ff")``), ``seeds``, ``device``. ``data_root`` and
+    ``runs_root`` are relative to the working directory. :func:`validate` checks a config
+    before any work (``run_pipeline`` calls it)."""
+
     ratio: float = 0.6
     source: str = "synth:tiny"  # a built dataset dir, or a `dp4tl build` SOURCE
     target: str = ""  # a built dir, a `dp4tl build` SOURCE, or a synth target name ('' = first)

@@ -96,8 +96,9 @@ def _fraction(pr: dict[str, Any]) -> str:
 def result_line(res: PipelineResult) -> str:
     """The line a run's output ends with, ``[result] ...``: the run, what it kept, the source
     model's val top-1, the target top-1 per mode (final epoch; mean ± std over several seeds;
-    all in %), the stages' recorded wall time and the report's path. The report printed above it is tables, which
-    a search of a job's log (``grep '^\\[result\\]' slurm-*.out``) cannot pick a number out of."""
+    all in %), the stages' recorded wall time and the report's path. The report printed above
+    it is tables, which a search of a job's log (``grep '^\\[result\\]' slurm-*.out``)
+    cannot pick a number out of."""
     parts = [run_title(res.config)]
     pr = res.find("prune")
     if pr is not None and "train_kept" in pr.values:
@@ -127,7 +128,8 @@ def result_line(res: PipelineResult) -> str:
 
 
 def _mean_cell(xs: Sequence[float | None], digits: int, scale: float = 1.0, unit: str = "") -> str:
-    """``0.7128``, or ``72.10 ± 1.20 % (3 seeds)`` over several values (:func:`mean_std`)."""
+    """``71.28 %`` (scale 100, unit " %"), or ``72.10 ± 1.20 % (3 seeds)`` over several values
+    (:func:`mean_std`)."""
     m, sd = mean_std(xs)
     if len(xs) < 2:
         return f"{scale * m:.{digits}f}{unit}"

@@ -2,8 +2,9 @@
 own run, put back when it returns or raises: torch's CPU thread count (pinned per stage,
 :func:`~.trainer.pin_cpu_threads`) and the global random generators (reseeded every epoch,
 :func:`~.trainer.seed_epoch`). A notebook's next cell ran with one thread and a reseeded
-``torch.manual_seed``, unannounced (Python API review). The run itself is unchanged: it sets
-both before it reads them."""
+``torch.manual_seed``, unannounced (Python API review). A run sets both before it reads
+them, so its results are unchanged, but for one case (CHANGELOG, 2026-12-06): GraNd and EL2N
+compute their scores after their early-training runs, now at ``score``'s own thread count."""
 from __future__ import annotations
 
 import functools
