@@ -46,7 +46,7 @@ class LogLines(io.TextIOBase):
     def write(self, s: str) -> int:
         text = _CONTROL.sub("", s).strip()
         if text:
-            self.stream.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+            self.stream.write(f"{now()} {text}\n")
             self.stream.flush()
         return len(s)
 
@@ -55,6 +55,11 @@ class LogLines(io.TextIOBase):
 
     def isatty(self) -> bool:
         return False
+
+
+def now() -> str:
+    """The date and time a log line carries (a bar's, a pipeline stage's): when it was said."""
+    return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def to_terminal(stream: Any = None) -> bool:

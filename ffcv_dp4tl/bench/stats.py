@@ -182,10 +182,10 @@ def versus_random(rows: list[dict[str, Any]], mode: str, methods: Sequence[str],
     out): their mean ``delta`` with a 95 % t interval, ``p``, seeds won, and ``p_holm``, ``p``
     adjusted by :func:`holm` over every comparison of the table (methods x ratios). Verdict:
     ``better`` / ``worse`` when the adjusted p is below :data:`ALPHA`; ``better, not after
-    Holm's adjustment`` when only the unadjusted test rejects (:func:`after_holm`); ``no difference detected``; ``too few
-    pairs`` below two paired seeds. (It was whether the two mean ± std bars overlapped, an
-    unpaired rule that called a null difference better or worse 22 % of the time at two seeds
-    and grew blinder with more seeds: review.)"""
+    Holm's adjustment`` when only the unadjusted test rejects (:func:`after_holm`); ``no
+    difference detected``; ``too few pairs`` below two paired seeds. (It was whether the two
+    mean ± std bars overlapped, an unpaired rule that called a null difference better or worse
+    22 % of the time at two seeds and grew blinder with more seeds: review.)"""
     col = f"{mode}_{key}"
 
     def by_seed(m: str, r: float) -> dict[int, float]:
@@ -283,6 +283,9 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
         ref_acc = [x[key] for x in ref_rows if x.get(key) is not None]
         accuracy[mode] = {"reference": mean_std(ref_acc), "methods": {}}
         winners[mode] = {}
+        wkey = key if criterion == "final" else bkey  # (what decides the winning subsets)
+        ref_w = [x[wkey] for x in ref_rows if x.get(wkey) is not None]
+        ref_seed = {x["seed"]: x[wkey] for x in ref_rows if x.get(wkey) is not None}
         for m in methods:
             by_ratio = {r: [x[key] for x in rows if x["method"] == m and x["ratio"] == r
                             and x.get(key) is not None] for r in pruned}
@@ -290,14 +293,11 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
             if not by_ratio:
                 continue
             accuracy[mode]["methods"][m] = {str(r): mean_std(v) for r, v in by_ratio.items()}
-            wkey = key if criterion == "final" else bkey
-            ref_w = [x[wkey] for x in ref_rows if x.get(wkey) is not None]
             by_w = {r: [x[wkey] for x in rows if x["method"] == m and x["ratio"] == r
                         and x.get(wkey) is not None] for r in pruned}
             by_w = {r: v for r, v in by_w.items() if v}
             if ref_w and by_w:
                 winners[mode][m] = best_winning_subset(by_w, ref_w, tol)
-                ref_seed = {x["seed"]: x[wkey] for x in ref_rows if x.get(wkey) is not None}
                 winners[mode][m]["shown"] = no_loss_shown({r: [
                     x[wkey] - ref_seed[x["seed"]] for x in rows if x["method"] == m
                     and x["ratio"] == r and x.get(wkey) is not None and x["seed"] in ref_seed]

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 from ..contracts import STAGE_KINDS, StageResult, stage_kind
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, directory_lock, read_json, remove_orphan_temps
+from ..progress import now
 
 DONE = "DONE.json"
 
@@ -233,7 +234,7 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
         atomic_write_json(st.dir / "inputs.json", st.inputs)
         if record:
             atomic_write_json(st.dir / UPSTREAM, record)
-        log(f"[{st.name}] running in {st.dir} ({_now()})")
+        log(f"[{st.name}] running in {st.dir} ({now()})")
         with _Segment(st.dir) as seg:
             values = {k: v for k, v in dict(fn(st.dir) or {}).items()
                       if k not in StageResult.RESERVED}
@@ -248,7 +249,7 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
             "timed from their start to their file's last touch: a lower bound, CPU time not "
             "counted" if bound else "")
     resumed = f" (+{earlier:.1f}s in earlier runs{note})" if earlier else ""
-    log(f"[{st.name}] finished in {seg.seconds:.1f}s{resumed} ({_now()})")
+    log(f"[{st.name}] finished in {seg.seconds:.1f}s{resumed} ({now()})")
     return StageRun(res, st.dir, ran=True)
 
 
@@ -279,12 +280,6 @@ def _forget_thrown_away_segments(st: Stage, log: Callable[[str], None]) -> None:
                else f"a {st.kind} stage reuses nothing of an earlier run")
         log(f"[{st.name}] starting over ({why}): the {wall:.1f}s of its earlier runs are not "
             "counted")
-
-
-def _now() -> str:
-    """The date and time a stage line carries: a job's log then says when each stage ran (the
-    progress lines carry it too; ``ffcv_dp4tl.progress``)."""
-    return time.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _skipped(st: Stage, log: Callable[[str], None]) -> StageRun:
