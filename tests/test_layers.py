@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 #: modules every layer may import, which import no other layer of the project
-LEAVES = {"contracts", "errors", "fsutil", "outputs", "cpus", "stopping", "reporting", "progress"}
+LEAVES = {"contracts", "errors", "fsutil", "outputs", "cpus", "stopping", "reporting", "progress",
+          "lazy"}
 #: layer -> the layers it may import (besides itself and the leaves); None: any
 ALLOWED: dict[str, set[str] | None] = {
     "beton_builders": set(),

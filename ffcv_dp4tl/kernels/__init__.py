@@ -27,7 +27,6 @@ import warnings
 from typing import Any, Literal
 
 from ..errors import DP4TLError
-from . import cpu
 from .checks import KernelInputError, is_cupy
 
 Backend = Literal["auto", "cpu", "cuda"]
@@ -44,6 +43,14 @@ __all__ = [
     "resolve_backend",
     "update_centroids",
 ]
+
+
+def _cpu():
+    """The numba/BLAS backend, imported on first use: numba takes about a second to import, which
+    a command that never runs a kernel (``dp4tl --help``) should not pay."""
+    from . import cpu
+
+    return cpu
 
 
 def cuda_modules() -> dict[str, tuple[str, tuple[str, ...]]]:
@@ -107,7 +114,7 @@ def _impl(backend: str):
         from . import cuda
 
         return cuda
-    return cpu
+    return _cpu()
 
 
 def _to_host(a: Any) -> Any:
@@ -135,7 +142,7 @@ def assign_nearest(x: Any, centroids: Any, *, backend: str = "auto", method: str
     """
     b = resolve_backend(backend)
     if b == "cpu":
-        out = cpu.assign_nearest(_to_host(x), _to_host(centroids))
+        out = _cpu().assign_nearest(_to_host(x), _to_host(centroids))
     else:
         try:
             out = _impl(b).assign(x, centroids, method)
@@ -150,7 +157,7 @@ def assigner(x: Any, *, backend: str = "auto", method: str = "auto"):
     depends on ``x`` alone (the fused method's BF16 copy of ``x``) is done once, not per call."""
     b = resolve_backend(backend)
     if b == "cpu":
-        return lambda centroids: _like(x, *cpu.assign_nearest(_to_host(x), _to_host(centroids)))
+        return lambda centroids: _like(x, *_cpu().assign_nearest(_to_host(x), _to_host(centroids)))
     try:
         run = _impl(b).assigner(x, method)
     except ValueError as e:
@@ -160,14 +167,14 @@ def assigner(x: Any, *, backend: str = "auto", method: str = "auto"):
 
 def assign_nearest_reference(x: Any, centroids: Any) -> tuple[Any, Any]:
     """The float64-accumulating numba oracle (CPU only, NumPy out); for checking backends."""
-    return cpu.assign_nearest_numba(_to_host(x), _to_host(centroids))
+    return _cpu().assign_nearest_numba(_to_host(x), _to_host(centroids))
 
 
 def update_centroids(x: Any, labels: Any, k: int, *, backend: str = "auto") -> tuple[Any, Any]:
     """Per-cluster sums (float64 (K, D)) and counts (int64 (K,)) for labels in ``[0, k)``."""
     b = resolve_backend(backend)
     if b == "cpu":
-        out = cpu.update_centroids(_to_host(x), _to_host(labels), k)
+        out = _cpu().update_centroids(_to_host(x), _to_host(labels), k)
     else:
         out = _impl(b).update_centroids_sorted(x, labels, k)
     return _like(x, *out)  # type: ignore[return-value]
@@ -177,7 +184,7 @@ def histogram(labels: Any, k: int, weights: Any = None, *, backend: str = "auto"
     """Counts (int64 (K,)) of each id in ``[0, k)``, or float64 weight sums if ``weights``."""
     b = resolve_backend(backend)
     if b == "cpu":
-        out = cpu.histogram(_to_host(labels), k, None if weights is None else _to_host(weights))
+        out = _cpu().histogram(_to_host(labels), k, None if weights is None else _to_host(weights))
     else:
         out = _impl(b).histogram(labels, k, weights)
     return _like(labels, out)[0]

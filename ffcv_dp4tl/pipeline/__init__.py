@@ -11,13 +11,15 @@ notebook (README, "From Python").
 - :func:`run_pipeline` with a :class:`PipelineConfig`: every step, cached by content (returns a
   :class:`PipelineResult`).
 
-The names load their modules on first use (``import ffcv_dp4tl.pipeline`` stays light).
+The names load their modules on first use (``import ffcv_dp4tl.pipeline`` stays light:
+``ffcv_dp4tl.lazy``).
 ``score`` and ``prune`` are not re-exported: they share their modules' names, and a package
 attribute of that name is the module once anything has imported it."""
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
 
 #: exported name -> the module that defines it
 _EXPORTS = {"ensure_built": ".resolve", "load_scores": ".scores_io", "run_pipeline": ".run",
@@ -31,16 +33,5 @@ if TYPE_CHECKING:  # (for type checkers and editors; at run time: __getattr__)
     from .scores_io import load_scores
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    globals()[name] = value  # (once)
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
-
-
 __all__ = ["PipelineConfig", "PipelineResult", "ensure_built", "load_scores", "run_pipeline"]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

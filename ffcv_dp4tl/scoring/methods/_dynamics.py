@@ -8,7 +8,6 @@ import numpy as np
 
 from ..context import ScoringContext
 from ..registry import Option
-from ..training_runs import early_training_checkpoints
 
 #: Paul et al. (2021) average EL2N/GraNd over 10 independent runs, scored early in training
 RUN_OPTIONS = {
@@ -28,6 +27,7 @@ def average_over_runs(ctx: ScoringContext, per_run: Callable[[object, object, st
     """``per_run(model, head, desc)`` for every early-training checkpoint, averaged."""
     from ...training.finetune import load_pretrained
     from ...training.models import get_head
+    from ..training_runs import early_training_checkpoints  # (torch: imported when a run is scored)
 
     paths = early_training_checkpoints(ctx, int(ctx.opt("runs")), int(ctx.opt("epoch")),
                                        str(ctx.opt("arch")))

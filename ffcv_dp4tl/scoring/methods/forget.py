@@ -11,7 +11,6 @@ import numpy as np
 from ..baselines import forgetting_scores
 from ..context import ScoringContext
 from ..registry import Cost, Option, PlotStyle, Scorer, ScoreResult, register_scorer
-from ..training_runs import ForgettingRecorder, train_run, training_recipe
 
 
 @register_scorer
@@ -30,6 +29,8 @@ class Forget(Scorer):
     trains = True
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
+        from ..training_runs import ForgettingRecorder, train_run, training_recipe  # (torch)
+
         recipe = training_recipe(ctx, str(ctx.opt("arch")))
         n = ctx.source.split("train").num_samples
         epochs = int(ctx.opt("epochs")) or None
