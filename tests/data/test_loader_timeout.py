@@ -191,6 +191,79 @@ def _ffcv_epoch_thread_alive() -> bool:
     return any(isinstance(t, cls) and t.is_alive() for t in threading.enumerate())
 
 
+class _CutShort(KeyboardInterrupt):
+    """The SIGTERM (``stopping.Terminated``) or Ctrl-C that lands inside an iterator's __init__."""
+
+
+class _Loader:
+    """What GuardedEpochIterator.__init__ reads of a loader, in its order; the step named
+    ``cut`` raises as a signal landing there would."""
+
+    def __init__(self, cut: str):
+        self.cut, self.exits = cut, 0
+        me = self
+
+        class Context:
+            state = None
+
+            def __enter__(self):
+                me._step("enter")
+
+            def __exit__(self, *exc):
+                me.exits += 1
+
+        self.context = Context()
+
+    def _step(self, name: str):
+        if name == self.cut:
+            raise _CutShort(name)
+
+    @property
+    def reader(self):
+        self._step("metadata")  # ffcv's first read: before terminate_event exists
+        return type("Reader", (), {"metadata": None})()
+
+    batch_size, batches_ahead, timeout = 4, 2, 0.0
+
+    @property
+    def memory_manager(self):
+        me = self
+
+        class Manager:
+            def schedule_epoch(self, batches):
+                me._step("schedule")  # terminate_event made, no memory context yet
+                return me.context
+
+        return Manager()
+
+    def epoch_buffers(self, it):
+        self._step("buffers")  # the memory context entered
+        return [], {}
+
+
+@pytest.mark.parametrize("cut, entered", [("metadata", False), ("schedule", False),
+                                          ("enter", False), ("buffers", True)])
+def test_a_signal_inside_the_epoch_threads_construction_leaves_nothing_at_exit(monkeypatch, cut,
+                                                                               entered):
+    """A SIGTERM that lands while ffcv's epoch iterator is being made (``iter(loader)``) ends
+    the command with its one line and nothing after it: ffcv's ``__del__`` closes the half-made
+    iterator, which read a field its ``__init__`` had not set yet ("Exception ignored in ...
+    __del__ ... AttributeError: ... 'terminate_event'", seen under load in the ffcv SIGTERM test
+    of tests/test_stopping.py). A memory context that was entered is exited once."""
+    import gc
+
+    cls = ffcv_classes()["GuardedEpochIterator"]
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    loader = _Loader(cut)
+    with pytest.raises(_CutShort, match=cut) as info:
+        cls(loader, np.arange(10))
+    del info  # (its traceback holds the half-made iterator)
+    gc.collect()
+    assert [f"{u.exc_type.__name__}: {u.exc_value}" for u in unraisable] == []
+    assert loader.exits == int(entered)
+
+
 #: what the line of each threaded loader starts with: who stalled, and the likely cause
 STALL_LINES = {
     "ffcv": ("ffcv's epoch thread", "a decode stuck on storage that stopped answering"),
