@@ -15,10 +15,11 @@ default:
 setup:
     bash scripts/setup.sh
 
-# CPU test suite (what CI runs)
+# CPU test suite (what CI runs): two pytest workers (pytest-xdist), each test file whole on one of
+# them, so a file's module fixtures are built once; `just test -n 0 ...` runs in one process (pdb, -s)
 [positional-arguments]
 test *args:
-    {{quote(py)}} -m pytest -q -p no:cacheprovider "$@"
+    {{quote(py)}} -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "$@"
 
 # pyflakes-class checks (unused imports, undefined names, syntax errors); also run by the suite (tests/test_lint.py)
 [positional-arguments]
