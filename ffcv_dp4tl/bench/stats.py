@@ -144,7 +144,7 @@ def best_winning_subset(acc: dict[float, Sequence[float]], reference: Sequence[f
 
 
 def no_loss_shown(diffs: dict[float, Sequence[float]], tol: float = 0.0,
-                  ratios: Sequence[float] | None = None) -> dict[str, Any]:
+                  ratios: Sequence[float] | None = None, family: int = 1) -> dict[str, Any]:
     """The paper's "no loss" claim as a test (non-inferiority at margin ``tol`` points): ratios
     in increasing order, each passing while the one-sided 95 % lower bound of its paired
     differences over seeds (pruned − 0 %, ``diffs[ratio]``) stays ≥ −``tol``; the largest ratio
@@ -155,22 +155,29 @@ def no_loss_shown(diffs: dict[float, Sequence[float]], tol: float = 0.0,
     interval) pass on the exact sign-flip test of the differences + ``tol``, p = 2^-n < 0.05,
     so with n ≥ 5. ``ratios``: the sequence planned (default: those in ``diffs``); a planned
     ratio without pairs fails, since a ratio past an untested one was never reached.
-    Returns ``{"ratio", "lo", "n", "exact"}`` (``lo``: the bound at that ratio, or the one
-    difference all pairs share when ``exact``). The error is held per method and mode, not
-    over the table. The best winning subset beside it is the paper's rule on means: not a
-    test (review)."""
-    shown: dict[str, Any] = {"ratio": 0.0, "lo": None, "n": 0, "exact": False}
+    ``family``: how many such sequences one table tests (its methods x modes); each is held at
+    5 % / ``family`` (Bonferroni), so the 5 % holds over the table: with 6 methods x 2 modes,
+    one "no loss" claim in the table is wrong at most 5 % of the time, not each at 5 % (about
+    46 % that some claim is). The bound is then the two-sided (1 - 2 x 5 % / family) interval's.
+    Returns ``{"ratio", "lo", "n", "exact", "family"}`` (``lo``: the bound at that ratio, or
+    the one difference all pairs share when ``exact``). The best winning subset beside it is
+    the paper's rule on means: not a test (review)."""
+    if not (isinstance(family, int) and family >= 1):
+        raise ValueError(f"family must be a whole number >= 1, got {family!r}")
+    alpha = ALPHA / family
+    shown: dict[str, Any] = {"ratio": 0.0, "lo": None, "n": 0, "exact": False, "family": family}
     for r in sorted(x for x in (diffs if ratios is None else ratios) if x > 0):
-        test = paired_test(diffs.get(r, []), confidence=1 - 2 * ALPHA)
+        test = paired_test(diffs.get(r, []), confidence=1 - 2 * alpha)
         if test["lo"] is not None:
             passed, lo = test["lo"] >= -tol - 1e-9, test["lo"]
         else:  # identical differences (or fewer than two)
             passed = (test.get("exact", False) and test["mean"] > -tol
-                      and 2.0 ** -test["n"] < ALPHA)
+                      and 2.0 ** -test["n"] < alpha)
             lo = test["mean"]
         if not passed:
             break
-        shown = {"ratio": r, "lo": lo, "n": test["n"], "exact": test["lo"] is None}
+        shown = {"ratio": r, "lo": lo, "n": test["n"], "exact": test["lo"] is None,
+                 "family": family}
     return shown
 
 
@@ -270,6 +277,7 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
     accuracy: dict[str, Any] = {}
     accuracy_best: dict[str, Any] = {}
     winners: dict[str, Any] = {}
+    paired: dict[tuple[str, str], dict[float, list[float]]] = {}  # no-loss test input
     for mode in finetune:
         bkey = f"{mode}_best_top1"
         ref_best = [x[bkey] for x in ref_rows if x.get(bkey) is not None]
@@ -298,10 +306,12 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
             by_w = {r: v for r, v in by_w.items() if v}
             if ref_w and by_w:
                 winners[mode][m] = best_winning_subset(by_w, ref_w, tol)
-                winners[mode][m]["shown"] = no_loss_shown({r: [
+                paired[(mode, m)] = {r: [
                     x[wkey] - ref_seed[x["seed"]] for x in rows if x["method"] == m
                     and x["ratio"] == r and x.get(wkey) is not None and x["seed"] in ref_seed]
-                    for r in by_w}, tol, ratios=pruned)
+                    for r in by_w}
+    for (mode, m), diffs in paired.items():  # (the table's sequences: one family)
+        winners[mode][m]["shown"] = no_loss_shown(diffs, tol, ratios=pruned, family=len(paired))
     vs_random = {mode: versus_random(rows, mode, methods, ratios) for mode in finetune}
     return {"rows": rows, "cost": cost, "selection": selection, "accuracy": accuracy,
             "accuracy_best": accuracy_best, "winners": winners, "versus_random": vs_random, "methods": list(methods), "ratios": list(ratios),

@@ -57,6 +57,37 @@ def test_no_loss_is_shown_by_a_paired_bound_in_a_fixed_order():
     assert no_loss_shown({0.2: tight, 0.6: tight}, tol=0.5, ratios=[0.2, 0.4, 0.6])["ratio"] == 0.2
 
 
+def test_no_loss_holds_its_error_over_the_whole_table():
+    """Each method and mode of a table is one sequence; the table's claims hold together at 95 %
+    (Bonferroni over its sequences): a bound that passes alone at 95 % fails among 12 rows,
+    the 5 identical differences that pass alone (2^-5 < 5 %) do not among 2 (2^-5 > 2.5 %), and
+    null differences, simulated, are claimed somewhere in a 12-row table at most 5 % of the
+    time (each row alone: far more)."""
+    import numpy as np
+
+    from ffcv_dp4tl.bench.stats import no_loss_shown
+
+    alone = [0.3, -0.2, 0.1, 0.2, -0.1]  # mean 0.06, sd 0.21: bound -0.14 at 95 %, -0.36 at 99.6 %
+    assert no_loss_shown({0.2: alone}, tol=0.2)["ratio"] == 0.2
+    got = no_loss_shown({0.2: alone}, tol=0.2, family=12)
+    assert got["ratio"] == 0.0 and got["family"] == 12
+    assert no_loss_shown({0.2: [1.0] * 5}, family=2)["ratio"] == 0.0
+    assert no_loss_shown({0.2: [1.0] * 6}, family=2)["ratio"] == 0.2  # 2^-6 < 2.5 %
+    # true loss exactly at the margin (the worst case of the null): a claim is an error
+    rng = np.random.default_rng(0)
+    trials, rows, tol = 500, 12, 0.5
+    wrong = {1: 0, rows: 0}
+    for _ in range(trials):
+        diffs = rng.normal(-tol, 1.0, size=(rows, 5))
+        for fam in wrong:
+            wrong[fam] += any(no_loss_shown({0.2: list(d)}, tol=tol, family=fam)["ratio"] > 0
+                              for d in diffs)
+    assert wrong[rows] / trials <= 0.05 + 3 * (0.05 * 0.95 / trials) ** 0.5  # over the table
+    assert wrong[1] / trials > 0.3  # each row at 5 % alone: some claim wrong in ~46 % of tables
+    with pytest.raises(ValueError, match="family"):
+        no_loss_shown({0.2: alone}, family=0)
+
+
 def test_the_winning_table_pairs_each_ratio_with_the_reference_of_its_own_seed():
     """The no-loss test subtracts each seed's own 0 % accuracy: seeds whose references differ a
     lot but whose pruned runs track them closely pass (unpaired, the spread would hide it), and
