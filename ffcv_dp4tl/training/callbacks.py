@@ -113,19 +113,25 @@ class TensorBoardLogger(Callback):
 
 
 class ConsoleLogger(Callback):
-    """One line per epoch: loss, train/val top-1, throughput, seconds. Epochs are counted from
-    1 out of ``epochs`` (when given), as the progress bars and the final line count them
-    (``metrics.jsonl``'s ``epoch`` field is the 0-based index). The trainer prints it with or
-    without progress bars: in a batch job's log it is the run's record."""
+    """One line per epoch: loss, train and held-out top-1, then throughput and seconds where the
+    row has them. Epochs are counted from 1 out of ``epochs`` (when given), as the progress bars
+    and the final line count them (``metrics.jsonl``'s ``epoch`` field is the 0-based index).
+    The trainer prints it with or without progress bars: in a batch job's log it is the run's
+    record. A finetuning prints it too, named by its mode and reading its test split
+    (``label="lp", held_out="test"``: ``lp epoch 3/50: loss ... test ...``)."""
 
-    def __init__(self, epochs: int | None = None) -> None:
-        self.epochs = epochs
+    def __init__(self, epochs: int | None = None, label: str = "", held_out: str = "val") -> None:
+        self.epochs, self.label, self.held_out = epochs, label, held_out
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
-        val = "-" if row.get("top1_val") is None else f"{row['top1_val']:.3f}"
+        score = row.get(f"top1_{self.held_out}")
         of = f"/{self.epochs}" if self.epochs else ""
-        say(f"epoch {row['epoch'] + 1}{of}: loss {row['loss']:.3f} train {row['top1_train']:.3f} "
-            f"val {val} {row['img_per_s']:.0f} img/s {row['epoch_seconds']:.1f}s")
+        line = (f"{self.label + ' ' if self.label else ''}epoch {row['epoch'] + 1}{of}: loss "
+                f"{row['loss']:.3f} train {row['top1_train']:.3f} {self.held_out} "
+                + ("-" if score is None else f"{score:.3f}"))
+        if "img_per_s" in row:
+            line += f" {row['img_per_s']:.0f} img/s {row['epoch_seconds']:.1f}s"
+        say(line)
 
 
 class RecordSeen(Callback):

@@ -54,7 +54,7 @@ from ..errors import DataError, DP4TLError, count
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
 from ..outputs import claim_out_dir
 from ..progress import INHERIT, Log, say, saying_to
-from .callbacks import MetricsWriter, call
+from .callbacks import ConsoleLogger, MetricsWriter, call
 from .checkpoint import (CHECKPOINT_NAME, FINETUNE_RESULT_NAME, FINETUNE_STATE_NAME, Checkpoint,
                          FinetuneState, resume_from, rng_states, set_rng_states)
 from .distributed import resolve_device, single_process_context
@@ -427,7 +427,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
         if state.generator is not None and mode == "lp" and not lp_augmented:
             train_loader.generator.set_state(state.generator)
         set_rng_states(state.rng)
-    callbacks = [MetricsWriter(metrics_path)] + ([_FinetuneConsole(mode, tc.epochs)] if progress else [])
+    callbacks = [MetricsWriter(metrics_path)] + ([ConsoleLogger(tc.epochs, label=mode, held_out="test")] if progress else [])
 
     schedule = step_schedule(recipe.lr, tc.epochs, peak, opt, recipe.optim.momentum)
     clip_params = [p for p in net.parameters() if p.requires_grad]
@@ -506,13 +506,3 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
     return result
 
 
-class _FinetuneConsole:
-    """``lp epoch 3/50: ...``: one line per epoch, counted as ``dp4tl train`` counts them."""
-
-    def __init__(self, mode: str, epochs: int):
-        self.mode, self.epochs = mode, epochs
-
-    def on_epoch_end(self, row: dict) -> None:
-        test = "-" if row.get("top1_test") is None else f"{row['top1_test']:.3f}"
-        say(f"{self.mode} epoch {row['epoch'] + 1}/{self.epochs}: loss {row['loss']:.3f} train "
-            f"{row['top1_train']:.3f} test {test}")

@@ -193,3 +193,25 @@ def test_in_memory_only_a_resumed_epoch_says_it_is_partial():
     rec.on_epoch_end({"epoch": 1})
     assert 1 in rec.partial
     np.testing.assert_array_equal(rec.seen[1], ORDER[24:])
+
+
+def test_one_epoch_line_rule_for_training_and_finetuning():
+    """Training and finetuning say their epochs by one rule (ConsoleLogger; finetuning had a
+    copy of it): epochs counted from 1 of E, the held-out split named, '-' where it was not
+    evaluated, throughput where the row has it."""
+    from ffcv_dp4tl.progress import saying_to
+    from ffcv_dp4tl.training.callbacks import ConsoleLogger
+
+    said: list[str] = []
+    train_row = {"epoch": 2, "loss": 1.23456, "top1_train": 0.5, "top1_val": 0.625,
+                 "img_per_s": 1234.4, "epoch_seconds": 2.06}
+    tune_row = {"epoch": 0, "loss": 0.5, "top1_train": 0.75, "top1_test": None}
+    with saying_to(said.append):
+        ConsoleLogger(16).on_epoch_end(train_row)
+        ConsoleLogger().on_epoch_end({**train_row, "top1_val": None})
+        ConsoleLogger(50, label="lp", held_out="test").on_epoch_end(tune_row)
+        ConsoleLogger(50, label="ff", held_out="test").on_epoch_end({**tune_row, "top1_test": 0.8})
+    assert said == ["epoch 3/16: loss 1.235 train 0.500 val 0.625 1234 img/s 2.1s",
+                    "epoch 3: loss 1.235 train 0.500 val - 1234 img/s 2.1s",
+                    "lp epoch 1/50: loss 0.500 train 0.750 test -",
+                    "ff epoch 1/50: loss 0.500 train 0.750 test 0.800"]
