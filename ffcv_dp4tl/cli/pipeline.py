@@ -106,6 +106,9 @@ def pipeline(
     budget: Budget = typer.Option(Budget.units, help="units: the ratio counts the method's classes/"
                                "clusters; samples: prune them until the kept sample fraction "
                                "is closest to 1 - ratio"),
+    progress: bool = typer.Option(True, help="Show the progress bars of training and scoring (a "
+                                  "timestamped line a minute where stderr is not a terminal); "
+                                  "every stage's lines are printed either way"),
 ) -> None:
     """build → surrogate → score → prune → pretrain on the mask → LP/FF on the target → report."""
     from ..pipeline.config import PipelineConfig
@@ -128,7 +131,7 @@ def pipeline(
                          seeds=tuple(int(x) for x in split_list(seeds)),
                          surrogate_weights=str(surrogate_weights or ""),
                          source_weights=str(source_weights or ""), split=split.value,
-                         scorer_options=tuple(opt), budget=budget.value)
+                         scorer_options=tuple(opt), budget=budget.value, progress=progress)
     res = run_pipeline(cfg, log=typer.echo)
     typer.echo(Path(res.report).read_text())
     typer.echo(result_line(res))

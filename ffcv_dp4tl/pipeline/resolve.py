@@ -149,9 +149,10 @@ def _build_of_same_input(data_root: Path, specs: dict, source: str, skip: Path,
 
 
 def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
-                 split: str = "auto", option: str = "--data") -> Path:
+                 split: str = "auto", option: str = "--data", progress: bool = True) -> Path:
     """A built dataset dir for ``source`` (a dir with a manifest, or a SOURCE to build);
-    ``option`` (--data or --target) is the option a refusal of ``source`` names."""
+    ``option`` (--data or --target) is the option a refusal of ``source`` names; ``progress``:
+    the build's bars."""
     p = Path(source).expanduser()
     if (p / MANIFEST_NAME).exists():
         return p
@@ -211,7 +212,8 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
             if split_note(spec):
                 log(f"[data] {source}: {split_note(spec)}")
             summary = build_dataset(spec, out / sub if sub else out,
-                                    BuildOptions(max_side=default_max_side(spec)), source=source,
+                                    BuildOptions(max_side=default_max_side(spec), progress=progress),
+                                    source=source,
                                     remedy=f"delete {out} to rebuild it there, or pass another --data-root",
                                     option="--data-root")
             if not summary.skipped:
@@ -229,7 +231,7 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
 
 def resolve_data(cfg: PipelineConfig, log) -> tuple[Path, Path]:
     """The (source dir, target dir) of ``cfg`` (its one ``target``), built when missing."""
-    root = ensure_built(cfg.source, cfg.data_root, log)
+    root = ensure_built(cfg.source, cfg.data_root, log, progress=cfg.progress)
     if root.name == "source" and (root.parent / "targets").is_dir():  # a synth root's source:
         root = root.parent  # its targets are found by name, as with the root itself
     elif root.parent.name == "targets" and (root.parent.parent / "source" / MANIFEST_NAME).exists():
@@ -245,11 +247,13 @@ def resolve_data(cfg: PipelineConfig, log) -> tuple[Path, Path]:
             if not targets:
                 raise DP4TLError(f"{root} has no targets/*; pass --target")
             return root / "source", root / "targets" / targets[0]
-        return root / "source", ensure_built(cfg.target, cfg.data_root, log, cfg.split, "--target")
+        return root / "source", ensure_built(cfg.target, cfg.data_root, log, cfg.split,
+                                             "--target", cfg.progress)
     if not cfg.target:
         raise DP4TLError("--target is required with a real source (a built target dir or "
                          "LAYOUT:PATH such as flowers102:/data/flowers-102)")
-    return root, ensure_built(cfg.target, cfg.data_root, log, cfg.split, "--target")
+    return root, ensure_built(cfg.target, cfg.data_root, log, cfg.split, "--target",
+                              cfg.progress)
 
 
 def check_data(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]) -> None:

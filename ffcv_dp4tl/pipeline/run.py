@@ -151,7 +151,8 @@ def surrogate_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, res: Pipeline
                                              "source": r.src.fingerprint, **_common(cfg)})
     if needs:
         res.add(place, run_stage(sur, lambda d: train(rec, r.source_dir, out_dir=d, fmt=cfg.fmt,
-                                                      device=cfg.device), log))
+                                                      device=cfg.device, progress=cfg.progress),
+                                 log))
     return sur
 
 
@@ -200,7 +201,8 @@ def score_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, sur: Stage, res: 
         target_resolution=sc_in.target_resolution, target_crop=sc_in.target_crop,
         source_resolution=sc_in.source_resolution, source_crop=sc_in.source_crop,
         options=r.options, train_recipe=r.recipe_names["surrogate"] if scorer.trains else None,
-        train_overrides=list(cfg.surrogate_overrides) if scorer.trains else ()), log,
+        train_overrides=list(cfg.surrogate_overrides) if scorer.trains else (),
+        progress=cfg.progress), log,
         upstream=[sur] if needs_surrogate else []))
     return sc
 
@@ -248,7 +250,8 @@ def pretrain_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, pr: Stage,
         if note and not said:  # (said once, by the first seed that trains: not when cached)
             said.append(note)
             log(f"[pretrain] warning: {note}")
-        return train(rec, r.source_dir, mask=mask, out_dir=d, fmt=cfg.fmt, device=cfg.device)
+        return train(rec, r.source_dir, mask=mask, out_dir=d, fmt=cfg.fmt, device=cfg.device,
+                     progress=cfg.progress)
 
     out = {}
     for i, seed in enumerate(ok.seeds):

@@ -298,6 +298,9 @@ def test_new_names_and_old_aliases_reach_the_same_call(record, capsys, tmp_path)
         ("imagenet:/x", None, ("lp",), "full", "wds")
     _, (cfg,), _ = record(capsys, "pipeline", "--data", "imagenet:/x", "--method", "fm", "--k", "500")
     assert (cfg.source, cfg.k) == ("imagenet:/x", 500)
+    # bars by default, as every command that trains; --no-progress turns them off
+    assert record(capsys, "pipeline")[1][0].progress is True
+    assert record(capsys, "pipeline", "--no-progress")[1][0].progress is False
     # bench: same K rule
     _, (base, _out), kw = record(capsys, "bench", "cost-table", "-o", tmp_path / "o")
     assert (base.source, base.k, base.device, _out) == ("synth:tiny", 64, "auto", tmp_path / "o")

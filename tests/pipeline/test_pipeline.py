@@ -108,6 +108,26 @@ def test_the_result_line_carries_the_runs_numbers(first_run):
 
 
 @pytest.mark.slow
+def test_no_progress_draws_no_bar_and_says_every_line(first_run, monkeypatch, capfd):
+    """``PipelineConfig(progress=False)`` (``dp4tl pipeline --no-progress``): the trainings draw
+    no bar, and the run still says its stage and epoch lines; the default draws them (stderr is
+    taken for a terminal here, where a bar draws at once). A pipeline had no such switch."""
+    from ffcv_dp4tl import progress
+
+    monkeypatch.setattr(progress, "to_terminal", lambda stream=None: True)
+    capfd.readouterr()
+    for ratio, bars in ((0.2, False), (0.3, True)):  # (ratios no other test trains)
+        said: list[str] = []
+        res = run_pipeline(_cfg(first_run.tmp, ratio=ratio, finetune=(), progress=bars),
+                           log=said.append)
+        assert res.stages["pretrain"].ran
+        err = capfd.readouterr().err
+        assert ("epoch 1/1 res" in err) is bars, err[-500:]  # the pretraining's bar
+        assert any(x.startswith("[pretrain] running in") for x in said), said
+        assert any(x.startswith("epoch 1/1:") for x in said), said
+
+
+@pytest.mark.slow
 def test_mask_keeps_exactly_the_selected_classes(first_run):
     tmp, res, _ = first_run
     source = Path(res.source)
