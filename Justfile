@@ -15,8 +15,9 @@ default:
 setup:
     bash scripts/setup.sh
 
-# CPU test suite (what CI runs): two pytest workers (pytest-xdist), each test file whole on one of
-# them, so a file's module fixtures are built once; `just test -n 0 ...` runs in one process (pdb, -s)
+# Two pytest workers (pytest-xdist), each test file whole on one of them, so a file's module
+# fixtures are built once; `just test -n 0 ...` runs in one process (pdb, -s)
+[doc("CPU test suite (what CI runs)")]
 [positional-arguments]
 test *args:
     {{quote(py)}} -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "$@"

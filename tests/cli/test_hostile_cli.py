@@ -150,7 +150,8 @@ def test_just_recipes_pass_paths_with_spaces_as_one_argument(tmp_path):
     assert run("build", "synth:tiny", "my data") == "[build][synth:tiny][--out][my data]"
     assert (run("build", "folder:/in put", "my data", "--workers", "1", "x y")
             == "[build][folder:/in put][--out][my data][--workers][1][x y]")
-    assert run("test", "-m", "not slow") == "[-m][pytest][-q][-p][no:cacheprovider][-m][not slow]"
+    assert (run("test", "-m", "not slow")
+            == "[-m][pytest][-q][-p][no:cacheprovider][-n][2][--dist][loadfile][-m][not slow]")
     assert run("bench-data", "a b") == "[benchmarks/bench_data.py][a b]"
 
 

@@ -320,10 +320,13 @@ def test_a_batch_that_never_comes_from_a_thread_is_one_line(index_dataset, monke
 
 def test_a_stalled_ffcv_thread_that_can_stop_is_stopped(index_dataset, monkeypatch):
     """A thread that waits on something the stop ends (here, the stop itself) is stopped, and
-    the line says so; no epoch thread is left."""
-    _stall_ffcv(monkeypatch, lambda it, b: it.terminate_event.wait(STALL_S))
-    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "1")
+    the line says so; no epoch thread is left. (The pipeline is compiled first: a thread freed
+    by the stop then runs its batch, whose cold numba compile outlasted the stop's 2 s wait on
+    a loaded machine, and the thread was rightly reported left.)"""
+    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "1")  # (read as the loader is made)
     loader = _loader(index_dataset.root, 1, "ffcv")
+    assert sum(len(b.indices) for b in loader) == len(index_dataset)  # (compiled)
+    _stall_ffcv(monkeypatch, lambda it, b: it.terminate_event.wait(STALL_S))
     with pytest.raises(LoaderTimeout, match="in 1 s .*; its threads were stopped: rerun"):
         next(iter(loader))
     assert not _ffcv_epoch_thread_alive()
