@@ -21,9 +21,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-#: keys whose values are measurements of time or of the machine, or where the run lived
+#: keys whose values are measurements of time or of the machine, where the run lived, or how it
+#: showed itself (``progress``: bars on or off)
 IGNORED = re.compile(r"(^|_)(s|seconds|cpu_s|cpu_seconds|time|date|created|finished|started|"
-                     r"loadavg_1min|load1|machine|command|runs_root|reduction|cpu_reduction)$")
+                     r"loadavg_1min|load1|machine|command|runs_root|reduction|cpu_reduction|"
+                     r"progress)$")
 
 
 #: fields holding a file's sha256 (``surrogate_hash``: the checkpoint that was scored)

@@ -52,7 +52,7 @@ from ..outputs import claim_out_dir
 from . import defaults
 from .markdown import header_lines, markdown_tables, ratio_label
 from .plots import plot_accuracy, plot_cost, plot_targets
-from .stats import COST_STAGES, REFERENCE, check_criterion, summarize
+from .stats import COST_STAGES, REFERENCE, check_criterion, summarize, winner_rows
 from .variants import base_method, parse_variant
 
 def cost_row(res: PipelineResult, method: str, ratio: float, seed: int,
@@ -334,10 +334,13 @@ def _target_summaries(old: dict[str, Any], criterion: str) -> dict[str, Any]:
     by_target: dict[str, list[dict[str, Any]]] = {}
     for row in old["target_rows"]:
         by_target.setdefault(row["target"], []).append(row)
+    kw = dict(methods=old["methods"], ratios=old["ratios"], seeds=old["seeds"],
+              finetune=old["finetune"], tol=old.get("tol", 0.0), criterion=criterion)
+    # the no-loss claims of every target's rows hold together (one section, one family)
+    family = sum(winner_rows(summarize(trows, **kw)["winners"]) for trows in by_target.values())
     targets = {}
     for name, trows in by_target.items():
-        ts = summarize(trows, methods=old["methods"], ratios=old["ratios"], seeds=old["seeds"],
-                       finetune=old["finetune"], tol=old.get("tol", 0.0), criterion=criterion)
+        ts = summarize(trows, **kw, family=family or None)
         targets[name] = {k: ts[k] for k in ("accuracy", "accuracy_best", "winners")}
     return {"targets": targets, "target_rows": list(old["target_rows"]),
             "target_weights": list(old.get("target_weights") or [])}

@@ -4,7 +4,7 @@ and variants that the plots share."""
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from ..errors import DP4TLError
 from ..scoring.registry import PlotStyle, get_scorer, is_registered
@@ -214,7 +214,8 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
         L += ["", f"### Best winning subset (largest ratio with {_crit_text(t)} accuracy ≥ 0 % − "
                   f"{t['tol']} points; criterion `{t.get('criterion', 'final')}`)",
               "", "*Best ratio* is the paper's Tab. 1 rule on means over seeds, not a test. "
-              + no_loss_text(t["winners"], t["tol"]), "",
+              + no_loss_text((w for ws in t["winners"].values() for w in ws.values()), t["tol"]),
+              "",
               "| mode | method | best ratio | accuracy % | 0 % accuracy % | no loss shown |",
               "|---|---|---:|---:|---:|---|"]
         for mode, ws in t["winners"].items():
@@ -235,21 +236,23 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
 
 #: what the "no loss shown" column is (:func:`~.stats.no_loss_shown`)
 NO_LOSS_TEXT = ("*No loss shown* is the test: the ratios in increasing order, each passing while "
-                "the one-sided lower bound of its paired differences over seeds (pruned − 0 %) "
-                "stays ≥ −{tol} points; the largest before the first that fails, with that bound. "
-                "A fixed order needs no adjustment within a row; over the table's {family} "
-                "rows each bound is at {level} % (Bonferroni), so every claim in the table holds "
-                "together at 95 %. Few seeds rarely show it.")
+                "the one-sided {level} % lower bound of its paired differences over seeds (pruned "
+                "− 0 %) stays ≥ −{tol} points; the largest before the first that fails, with that "
+                "bound. A fixed order needs no adjustment within a row{over}. Few seeds rarely "
+                "show it.")
 
 
-def no_loss_text(winners: dict[str, Any], tol: float) -> str:
-    """:data:`NO_LOSS_TEXT` for a table's ``winners`` (mode -> method -> winner with its
-    ``shown``): the number of rows tested together and each bound's level. A table judged
-    before the family was recorded reads as one row (its bounds were at 95 %)."""
-    family = max((int(w.get("shown", {}).get("family", 1)) for ws in winners.values()
-                  for w in ws.values() if w.get("shown")), default=1)
-    level = 100 * (1 - ALPHA / family)
-    return NO_LOSS_TEXT.format(tol=tol, family=family, level=f"{level:.4g}")
+def no_loss_text(winners: Iterable[dict[str, Any]], tol: float) -> str:
+    """:data:`NO_LOSS_TEXT` for the winner rows of a table (each with its ``shown``): the
+    level of each bound and, over several rows, that they hold together (Bonferroni). The
+    family is the one the test recorded (``shown.family``); a table judged before it was
+    recorded reads as its rows each at 95 %, as they were."""
+    shown = [w["shown"] for w in winners if w.get("shown")]
+    family = max((int(x.get("family", 1)) for x in shown), default=1)
+    level = f"{100 * (1 - ALPHA / family):.4g}"
+    over = (f"; its {family} rows, every mode's, are tested together (Bonferroni), so all "
+            "their claims hold at 95 %" if family > 1 else "")
+    return NO_LOSS_TEXT.format(tol=tol, level=level, over=over)
 
 
 def shown_cell(shown: dict[str, Any] | None) -> str:
@@ -330,8 +333,9 @@ def _target_tables(t: dict[str, Any], methods: Sequence[str], pruned: Sequence[f
             L.append(f"| {ratio_label(r)} | " + " | ".join(
                 _acc(targets[n]["accuracy"][mode]["methods"][m].get(str(r)), ns)
                 for n, m in cols) + " |")
+        rows = [w for n in order for w in targets[n]["winners"].get(mode, {}).values()]
         L += ["", f"Best winning subsets ({_crit_text(t)} accuracy, criterion "
-              f"`{t.get('criterion', 'final')}`):", "",
+              f"`{t.get('criterion', 'final')}`). " + no_loss_text(rows, t.get("tol", 0.0)), "",
               "| target | method | best winning ratio | accuracy % | 0 % accuracy % | no loss shown |",
               "|---|---|---:|---:|---:|---|"]
         for n in order:

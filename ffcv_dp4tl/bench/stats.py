@@ -146,15 +146,17 @@ def best_winning_subset(acc: dict[float, Sequence[float]], reference: Sequence[f
 def no_loss_shown(diffs: dict[float, Sequence[float]], tol: float = 0.0,
                   ratios: Sequence[float] | None = None, family: int = 1) -> dict[str, Any]:
     """The paper's "no loss" claim as a test (non-inferiority at margin ``tol`` points): ratios
-    in increasing order, each passing while the one-sided 95 % lower bound of its paired
-    differences over seeds (pruned − 0 %, ``diffs[ratio]``) stays ≥ −``tol``; the largest ratio
-    before the first that fails (0.0 when the first fails). Testing in a fixed order and
-    stopping at the first failure holds the 5 % error over all ratios without adjustment.
+    in increasing order, each passing while the one-sided (1 − α) lower bound of its paired
+    differences over seeds (pruned − 0 %, ``diffs[ratio]``) stays ≥ −``tol``, α = 5 % /
+    ``family``; the largest ratio before the first that fails (0.0 when the first fails).
+    Testing in a fixed order and stopping at the first failure holds the error α over all
+    ratios without adjustment.
 
-    The bound is the lower end of the two-sided 90 % t interval; identical differences (no
-    interval) pass on the exact sign-flip test of the differences + ``tol``, p = 2^-n < 0.05,
-    so with n ≥ 5. ``ratios``: the sequence planned (default: those in ``diffs``); a planned
-    ratio without pairs fails, since a ratio past an untested one was never reached.
+    The bound is the lower end of the two-sided (1 − 2α) t interval (90 % at ``family`` 1);
+    identical differences (no interval) pass on the exact sign-flip test of the differences +
+    ``tol``, p = 2^-n < α: n ≥ 5 at ``family`` 1, n ≥ 6 at 2, n ≥ 8 at 9. ``ratios``: the
+    sequence planned (default: those in ``diffs``); a planned ratio without pairs fails, since
+    a ratio past an untested one was never reached.
     ``family``: how many such sequences one table tests (its methods x modes); each is held at
     5 % / ``family`` (Bonferroni), so the 5 % holds over the table: with 6 methods x 2 modes,
     one "no loss" claim in the table is wrong at most 5 % of the time, not each at 5 % (about
@@ -179,6 +181,11 @@ def no_loss_shown(diffs: dict[float, Sequence[float]], tol: float = 0.0,
         shown = {"ratio": r, "lo": lo, "n": test["n"], "exact": test["lo"] is None,
                  "family": family}
     return shown
+
+
+def winner_rows(winners: dict[str, Any]) -> int:
+    """How many rows (mode, method) a ``winners`` table (mode -> method -> winner) holds."""
+    return sum(len(ws) for ws in winners.values())
 
 
 def versus_random(rows: list[dict[str, Any]], mode: str, methods: Sequence[str],
@@ -228,9 +235,12 @@ def versus_random(rows: list[dict[str, Any]], mode: str, methods: Sequence[str],
 
 def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Sequence[float],
               seeds: Sequence[int], finetune: Sequence[str], tol: float = 0.0,
-              criterion: str = "final") -> dict[str, Any]:
+              criterion: str = "final", family: int | None = None) -> dict[str, Any]:
     """Aggregate raw rows into cost / selection / accuracy / winning-subset tables; the winning
-    subsets are judged on the ``criterion`` epoch's accuracy (:data:`CRITERIA`)."""
+    subsets are judged on the ``criterion`` epoch's accuracy (:data:`CRITERIA`). ``family``:
+    the rows the no-loss test holds its 5 % over (:func:`no_loss_shown`); default this table's
+    own (its methods x modes with pairs); a several-target table's per-target rows pass the
+    count over every target (:func:`winner_rows`)."""
     check_criterion(criterion)
     ref_rows = [r for r in rows if r["method"] == REFERENCE]
     ref_total = mean_std([r["total_s"] for r in ref_rows])[0]
@@ -311,7 +321,8 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
                     and x["ratio"] == r and x.get(wkey) is not None and x["seed"] in ref_seed]
                     for r in by_w}
     for (mode, m), diffs in paired.items():  # (the table's sequences: one family)
-        winners[mode][m]["shown"] = no_loss_shown(diffs, tol, ratios=pruned, family=len(paired))
+        winners[mode][m]["shown"] = no_loss_shown(diffs, tol, ratios=pruned,
+                                                  family=family or len(paired))
     vs_random = {mode: versus_random(rows, mode, methods, ratios) for mode in finetune}
     return {"rows": rows, "cost": cost, "selection": selection, "accuracy": accuracy,
             "accuracy_best": accuracy_best, "winners": winners, "versus_random": vs_random, "methods": list(methods), "ratios": list(ratios),
