@@ -30,7 +30,9 @@ def test_times_dates_and_run_folders_are_not_differences(tmp_path, capsys):
     after["rows"][0].update(score_s=14.8, total_cpu_s=46.0, mask="/tmp/b/runs/prune-1/train.npy",
                             truth={"recall": 0.5})
     after["date"] = "2026-12-02"
-    assert _main()([str(_write(tmp_path, "a.json", BEFORE)), str(_write(tmp_path, "b.json", after))]) == 0
+    after["config"]["progress"] = False  # (`--no-progress`: bars off, the same results)
+    before = {**BEFORE, "config": {**BEFORE["config"], "progress": True}}
+    assert _main()([str(_write(tmp_path, "a.json", before)), str(_write(tmp_path, "b.json", after))]) == 0
     out = capsys.readouterr().out
     assert "added: /rows[0]/truth" in out and "same apart from times" in out
 
