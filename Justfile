@@ -16,11 +16,12 @@ setup:
     bash scripts/setup.sh
 
 # Two pytest workers (pytest-xdist), each test file whole on one of them, so a file's module
-# fixtures are built once; `just test -n 0 ...` runs in one process (pdb, -s)
+# fixtures are built once; `just test -n 0 ...` runs in one process (pdb, -s). Their torch
+# threads share two cores: idle OpenMP threads sleep instead of spinning (OMP_WAIT_POLICY)
 [doc("CPU test suite (what CI runs)")]
 [positional-arguments]
 test *args:
-    {{quote(py)}} -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "$@"
+    OMP_WAIT_POLICY=PASSIVE {{quote(py)}} -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "$@"
 
 # pyflakes-class checks (unused imports, undefined names, syntax errors); also run by the suite (tests/test_lint.py)
 [positional-arguments]
