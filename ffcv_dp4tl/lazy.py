@@ -1,7 +1,7 @@
 """Package exports that load their module on first use (PEP 562).
 
-Why: ``dp4tl --help``, a mistyped option, ``dp4tl masks`` or ``bench render`` need none of torch,
-torchvision, numba or ffcv, which take about 7 s to import on a 2-core machine. A package whose
+Why: ``dp4tl --help`` and a mistyped option need none of torch, torchvision, numba or ffcv,
+which take about 7 s to import on a 2-core machine. A package whose
 ``__init__`` imported every module eagerly made any ``from ffcv_dp4tl.data.masks import ...``
 pay for all of them. With :func:`lazy_exports` a package lists what it exports and where each
 name lives; the module is imported when the name is first read, and the name is then an

@@ -160,7 +160,7 @@ def no_loss_shown(diffs: dict[float, Sequence[float]], tol: float = 0.0,
     ``family``: how many such sequences one table tests (its methods x modes); each is held at
     5 % / ``family`` (Bonferroni), so the 5 % holds over the table: with 6 methods x 2 modes,
     one "no loss" claim in the table is wrong at most 5 % of the time, not each at 5 % (about
-    46 % that some claim is). The bound is then the two-sided (1 - 2 x 5 % / family) interval's.
+    46 % that some claim is).
     Returns ``{"ratio", "lo", "n", "exact", "family"}`` (``lo``: the bound at that ratio, or
     the one difference all pairs share when ``exact``). The best winning subset beside it is
     the paper's rule on means: not a test (review)."""

@@ -106,9 +106,9 @@ def pipeline(
     budget: Budget = typer.Option(Budget.units, help="units: the ratio counts the method's classes/"
                                "clusters; samples: prune them until the kept sample fraction "
                                "is closest to 1 - ratio"),
-    progress: bool = typer.Option(True, help="Show the progress bars of training and scoring (a "
-                                  "timestamped line a minute where stderr is not a terminal); "
-                                  "every stage's lines are printed either way"),
+    progress: bool = typer.Option(True, help="Show the progress bars of builds, training and "
+                                  "scoring (a timestamped line a minute where stderr is not a "
+                                  "terminal); every stage's lines are printed either way"),
 ) -> None:
     """build → surrogate → score → prune → pretrain on the mask → LP/FF on the target → report."""
     from ..pipeline.config import PipelineConfig

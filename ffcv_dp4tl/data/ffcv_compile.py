@@ -341,7 +341,6 @@ def _build_classes() -> dict[str, type]:
         #: ``terminate_event`` before it was set ("Exception ignored in ... __del__" with an
         #: AttributeError after the stop line, 1 ffcv SIGTERM test in 2 under load)
         terminate_event: Event | None = None
-        closed = False
         entered = False  # the memory context was entered (close() exits it)
 
         def __init__(self, loader, order):

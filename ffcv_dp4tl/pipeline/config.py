@@ -59,7 +59,7 @@ class PipelineConfig:
     order: str = "ordered"  # ordered: keep the top-scored units | reversed: the lowest (Fig. A3)
     targets: tuple[str, ...] = ()  # several targets (Fig. A5): one combined selection, LP/FF on each
     target_weights: tuple[float, ...] = ()  # one per target in `targets` ('' = equal weights)
-    progress: bool = True  # bars of training and scoring (no stage key holds it; lines are said either way)
+    progress: bool = True  # bars of builds, training and scoring (in no stage key; lines are said either way)
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from ..errors import DataError, DP4TLError
 from ..fsutil import directory_lock, file_sha256
 from ..outputs import claim_out_dir
 from ..scoring.context import ScoringContext, Surrogate
-from ..training.process_state import keeps_process_state
 from ..scoring.registry import (BACKEND, SEED, SETTINGS, Scorer, ScoreResult, get_scorer, scorers,
                                 self_supervised_alternatives)
+from ..training.process_state import keeps_process_state
 from .scores_io import load_scores_meta, write_scores
 from .targets import check_distinct_datasets, check_distinct_targets
 
