@@ -1,6 +1,7 @@
 """The typer application object and the error handling shared by every command."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -351,7 +352,8 @@ def _late_signal(interrupt: KeyboardInterrupt, status: int) -> SystemExit:
 
 
 def _settle_saying(message: str | None, status: int) -> int:
-    """Decide a failed command's outcome: ``message`` (if any) on stderr and exit ``status``
+    """Decide a failed command's outcome: ``message`` (if any) on stderr (and in torchrun's
+    failure report: :func:`_tell_launcher`) and exit ``status``
     (:func:`ffcv_dp4tl.stopping.settle`), in one step that no stop signal cuts into
     (:func:`ffcv_dp4tl.stopping.deferred`): one landing between the two dropped the line (the
     stop's own printed instead) or printed it twice. A signal that came meanwhile is raised as
@@ -361,6 +363,8 @@ def _settle_saying(message: str | None, status: int) -> int:
         stopping.settle(status)
         if message is not None:
             sys.stderr.write(f"{message}\n")
+            if status != 0:  # (in the block: torchrun's SIGTERM to a rank whose peer failed
+                _tell_launcher(message)  # lands as it prints; the file is written first)
     return status
 
 
@@ -371,8 +375,44 @@ def _fail(message: str | None, status: int) -> NoReturn:
 
 def _stop_status() -> SystemExit:
     """A command a signal stopped: its one line printed; its exit, 128 + the signal."""
-    print(stopping.line(), file=sys.stderr)
+    line = stopping.line()
+    print(line, file=sys.stderr)
+    _tell_launcher(line)
     return SystemExit(stopping.exit_status())
+
+
+def _tell_launcher(said: str) -> None:
+    """Under torchrun, hand the line a failed or stopped rank printed (``said``; a bug's
+    traceback) to torchrun's failure report too, through the error file torchrun gives every
+    rank (``TORCHELASTIC_ERROR_FILE``, written in the format of torch's ``ErrorHandler``).
+
+    Without it the report's entry for each failed rank said only "To enable traceback see:
+    https://pytorch.org/docs/stable/elastic/errors.html", and its "Root Cause" named a rank,
+    not why: a line that one rank printed among eight ranks' output, or that
+    ``torchrun --local-ranks-filter 0`` hid, was nowhere in it. Best effort: the line is on
+    stderr already, so a file that cannot be written is left unwritten, silently."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE", "")
+    if not path:  # (not under torchrun, or torchrun without a log folder: it sets "")
+        return
+    import json
+    import tempfile
+    import time
+
+    text = said.rstrip("\n")
+    data = {"message": {"message": text.splitlines()[-1] if text else "",
+                        "extraInfo": {"py_callstack": text, "timestamp": str(int(time.time()))}}}
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".error.", dir=os.path.dirname(path) or ".")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        pass
 
 
 def _stopped() -> None:
@@ -478,6 +518,9 @@ def _run() -> None:
             # a data-loader worker the same SIGTERM ended first ("DataLoader worker ... killed
             # by signal"), reported before this process's own stop: it is that stop
             _stopped()
+        import traceback
+
+        _tell_launcher(traceback.format_exc())  # (a bug: its traceback, which Python prints too)
         raise
     if code == 130:  # typer turns Ctrl-C (and SIGTERM's Terminated) into exit code 130 itself:
         raise stopping.last_interrupt() or KeyboardInterrupt()  # (run() ends the command for it)

@@ -507,6 +507,57 @@ def test_a_rank_whose_peer_stopped_first_prints_one_line(capsys, monkeypatch, wo
         app_mod.run()
 
 
+@pytest.mark.parametrize("ends", ["error", "bug", "stop", "success"])
+def test_a_ranks_line_reaches_torchruns_failure_report(monkeypatch, capsys, tmp_path, ends):
+    """torchrun's report ("ffcv_dp4tl FAILED ... Root Cause") said of every failed rank only
+    "To enable traceback see: https://pytorch.org/docs/..." and named no reason: a line one
+    rank printed among all ranks' output, or that ``--local-ranks-filter 0`` hid, was nowhere
+    in it. The rank's line (a bug's traceback) now is, read by torch's own reader; a command
+    that succeeds writes no error file, and none is written where torchrun gives no path."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from ffcv_dp4tl.errors import DP4TLError
+
+    app_mod = importlib.import_module("ffcv_dp4tl.cli.app")
+    raised = {"error": DP4TLError("data/x is not a built dataset; build it"),
+              "bug": ValueError("an unexpected value"), "stop": KeyboardInterrupt(),
+              "success": SystemExit(0)}[ends]
+
+    def command(**kw):
+        raise raised
+    monkeypatch.setattr(app_mod, "app", command)
+    error_file = tmp_path / "attempt_0" / "1" / "error.json"
+    error_file.parent.mkdir(parents=True)
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    with pytest.raises((SystemExit, ValueError)) as e:
+        app_mod.run()
+    err = capsys.readouterr().err
+    if ends == "success":
+        assert e.value.code == 0 and not error_file.exists()
+        return
+    assert [p.name for p in error_file.parent.iterdir()] == ["error.json"]  # (no temporary left)
+    failure = ProcessFailure(local_rank=1, pid=4321, exitcode=2, error_file=str(error_file))
+    report = ChildFailedError("ffcv_dp4tl", {1: failure}).format_msg()
+    assert "To enable traceback" not in report
+    if ends == "bug":  # its traceback, as Python prints it (not here: pytest catches it)
+        assert "traceback : Traceback (most recent call last):" in report
+        assert "raise raised\n  ValueError: an unexpected value\n" in report
+    else:
+        said = ("error: data/x is not a built dataset; build it" if ends == "error"
+                else app_mod.stopping.line())
+        assert said in err and f"traceback : {said}\n" in report
+
+    error_file.unlink()
+    for unset in ("", None):  # torchrun without a log folder sets "", a plain launch nothing
+        if unset is None:
+            monkeypatch.delenv("TORCHELASTIC_ERROR_FILE")
+        else:
+            monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", unset)
+        with pytest.raises((SystemExit, ValueError)):
+            app_mod.run()
+        assert not error_file.exists() and list(tmp_path.iterdir()) == [tmp_path / "attempt_0"]
+
+
 def test_a_rank_whose_peer_was_killed_is_not_told_its_error_is_above(monkeypatch):
     """A peer the system SIGKILLed (OOM killer, lost node) prints nothing: the survivor's line
     said "its error is above" anyway, and cut gloo's text mid-word ("caused by a rem")."""

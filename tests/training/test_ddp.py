@@ -299,7 +299,8 @@ def test_torchrun_into_a_folder_another_run_holds_is_one_line_on_every_rank(sour
                         *[a for o in TEST_OVERRIDES for a in ("--set", o)])
     assert run.returncode != 0
     # (the ranks write at once: one line may follow the other without its newline)
-    errors = re.findall(r"error: .*?use another folder", run.stderr)
+    # (each rank's own line; torchrun's report below quotes them again after "traceback : ")
+    errors = re.findall(r"(?<!traceback : )error: .*?use another folder", run.stderr)
     assert sorted(errors) == sorted([
         f"error: another dp4tl process (pid {os.getpid()}) is using training run {out}; wait for it "
         "to finish or use another folder",
@@ -307,6 +308,10 @@ def test_torchrun_into_a_folder_another_run_holds_is_one_line_on_every_rank(sour
         f"{out}; wait for it to finish or use another folder"]), run.stderr[-3000:]
     # no rank printed a traceback (torchrun's launcher prints its own ChildFailedError block)
     assert "[rank" not in run.stderr and "DistributedDataParallel" not in run.stderr
+    # and that block says why each rank failed (the line each wrote to torchrun's error file)
+    assert "To enable traceback" not in run.stderr, run.stderr[-3000:]
+    assert sorted(re.findall(r"traceback : (error: .*?use another folder)", run.stderr)) == \
+        sorted(errors), run.stderr[-3000:]
 
 
 def test_every_input_check_and_the_lock_go_through_fail_together(source_dir, tmp_path,
