@@ -12,7 +12,15 @@ import sys
 from . import stopping  # (standard library only)
 
 
+#: seconds the loader threads still alive at exit get to end (:func:`_leave_native_threads`)
+NATIVE_WAIT_S = 2.0
+
+
 def main() -> None:
+    import atexit
+
+    outcome: list[int] = []  # the command's exit status, once decided
+    atexit.register(_leave_native_threads, outcome)  # (registered first: run last)
     try:
         # SIGTERM while the CLI imports (seconds; torchrun ending the other ranks as a rank
         # starts) ended the process by the signal, with no line: it raises there as it does in
@@ -29,8 +37,34 @@ def main() -> None:
     try:
         run()
     except SystemExit as e:
-        _quiet_interrupt_at_exit(stopping.status_of(e.code))
+        outcome.append(stopping.status_of(e.code))
+        _quiet_interrupt_at_exit(outcome[0])
         raise
+    except BaseException:  # a bug: Python prints its traceback and exits with 1
+        outcome.append(1)
+        raise
+
+
+def _leave_native_threads(outcome: list[int]) -> None:
+    """The last exit hook, run before the interpreter finalizes: a loader thread still inside
+    native code then (:func:`ffcv_dp4tl.stopping.runs_native_code`: ffcv's epoch thread that a
+    stop could not end in time under load, a read-ahead thread stuck in a read from storage)
+    would be ended by CPython's forced unwind, which aborts the process through C++ frames
+    ("terminate called without an active exception": exit -6 instead of 143 in one CI run of
+    a SIGTERMed ffcv training, its stop line already printed). Such threads get
+    :data:`NATIVE_WAIT_S` seconds to end; then the process ends at once with the command's own
+    status (``outcome``), its output flushed. Nothing is lost: every other exit hook has run
+    (this one was registered first), and every file the command wrote was written atomically."""
+    if not outcome or not stopping.native_threads_left(NATIVE_WAIT_S):
+        return
+    if "logging" in sys.modules:  # (its exit hook may be registered before this one)
+        sys.modules["logging"].shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, ValueError, OSError):
+            pass
+    os._exit(outcome[0])
 
 
 def _quiet_interrupt_at_exit(status: int) -> None:

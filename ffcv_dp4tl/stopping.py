@@ -23,13 +23,15 @@ import os
 import signal
 import sys
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = ["GRACE_S", "STOP_STATUSES", "Terminated", "deferred", "exit_status", "forget_interrupt",
            "interrupt_for", "last_interrupt", "late_line", "late_status", "line", "quiet_children",
-           "received", "record", "resend_signal", "settle", "settled", "sigterm_handler", "sigterm_raises",
-           "status_of"]
+           "native_threads_left", "received", "record", "resend_signal", "runs_native_code", "settle",
+           "settled", "sigterm_handler", "sigterm_raises", "status_of"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -216,6 +218,34 @@ def quiet_children() -> None:
     reported as "ignored due to race condition"."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGCHLD, _child_ended)
+
+
+#: daemon threads that may be inside native code when the process exits (:func:`runs_native_code`)
+_NATIVE_THREADS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+def runs_native_code(thread: threading.Thread) -> threading.Thread:
+    """Record ``thread``, a daemon that may still be inside native code (torch, numba, a read
+    from storage) when the process exits: ffcv's epoch thread, the GPU-decode read-ahead
+    threads. A stop that could not end it in time, or one stuck in a read, lives on as a daemon,
+    and CPython ends such a thread at exit by a forced unwind as it next takes the GIL; through
+    C++ frames that unwind aborts the whole process ("terminate called without an active
+    exception", exit 134 or -6), after the command's line and outputs. The console entry point
+    (:mod:`ffcv_dp4tl.__main__`) ends the process before that happens while one is alive
+    (:func:`native_threads_left`). Returns ``thread``."""
+    _NATIVE_THREADS.add(thread)
+    return thread
+
+
+def native_threads_left(wait: float) -> int:
+    """How many threads recorded by :func:`runs_native_code` are still alive after waiting up to
+    ``wait`` seconds in all for them to end (a stopped one usually ends within milliseconds)."""
+    deadline = time.monotonic() + wait
+    alive = [t for t in list(_NATIVE_THREADS) if t.is_alive()]
+    for t in alive:
+        if t is not threading.current_thread():
+            t.join(max(0.0, deadline - time.monotonic()))
+    return sum(t.is_alive() for t in alive)
 
 
 #: seconds a command has, after SIGTERM, to stop cleanly before it ends at once: less than

@@ -760,3 +760,47 @@ def test_a_swallowed_stop_is_sent_again_as_a_signal_the_process_acts_on(monkeypa
     want = signal.SIGTERM if sigint == "ignored" else signal.SIGINT
     assert sent == [(threading.main_thread().ident, want)]
     assert stopping.resend_signal() == signal.SIGINT  # (SIGINT handled again)
+
+
+@pytest.mark.parametrize("ends", ["SystemExit(0)", "SystemExit(2)", "SystemExit(143)",
+                                  "ValueError('a bug')"])
+def test_a_loader_thread_still_in_native_code_at_exit_does_not_abort_the_process(ends):
+    """A daemon thread inside torch's C++ code as the interpreter finalizes is ended by a
+    forced unwind that aborts the process ("terminate called without an active exception",
+    exit -6: one CI run of a SIGTERMed ffcv training, whose epoch thread a stop under load
+    could not end in time). A recorded loader thread still alive then is given its seconds,
+    and the process ends with the command's own status, output flushed. The thread here never
+    ends, as one stuck in a read; a thread not recorded still aborts (the control)."""
+    script = (
+        "import sys, threading, torch\n"
+        "torch.set_num_threads(1)\n"
+        "from ffcv_dp4tl import __main__ as entry, cli, stopping\n"
+        "entry.NATIVE_WAIT_S = 0.2\n"
+        "def busy():\n"
+        "    a = torch.randn(600, 600)\n"
+        "    while True:\n"
+        "        a @ a  # (torch's C++ code, the GIL released)\n"
+        "def command():\n"
+        "    for _ in range(2):\n"
+        "        t = threading.Thread(target=busy, daemon=True)\n"
+        "        if sys.argv[1] == 'recorded':\n"
+        "            stopping.runs_native_code(t)\n"
+        "        t.start()\n"
+        "    print('the command ended', flush=False)\n"
+        f"    raise {ends}\n"
+        "cli.main = command\n"
+        "entry.main()\n")
+    status = int(ends[11:-1]) if ends.startswith("SystemExit") else 1
+    run = subprocess.run([sys.executable, "-c", script, "recorded"], capture_output=True,
+                         text=True, timeout=HANG)
+    assert run.returncode == status, run.stderr[-2000:]
+    assert run.stdout == "the command ended\n" and "terminate called" not in run.stderr
+    assert ("ValueError: a bug" in run.stderr) == (status == 1), run.stderr[-2000:]
+    if status == 2:  # the control, once: Python's own end of such threads aborts (8 of 8 tries
+        for _ in range(3):  # here; a thread caught between two torch calls ends cleanly)
+            control = subprocess.run([sys.executable, "-c", script, "not recorded"],
+                                     capture_output=True, text=True, timeout=HANG)
+            if control.returncode == -signal.SIGABRT:
+                break
+        assert control.returncode == -signal.SIGABRT, control.stderr[-2000:]
+        assert "terminate called without an active exception" in control.stderr

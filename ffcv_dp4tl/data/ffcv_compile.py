@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import stopping
 from .interface import Stalled
 
 #: set to "0" to compile every Loader's operations afresh (ffcv's own behaviour)
@@ -346,6 +347,7 @@ def _build_classes() -> dict[str, type]:
         def __init__(self, loader, order):
             # ffcv 1.0.2's EpochIterator.__init__, with buffers and streams from the loader
             Thread.__init__(self, daemon=True)
+            stopping.runs_native_code(self)  # (one a stop could not end is left at exit)
             self.loader = loader
             self.order = order
             self.metadata = loader.reader.metadata

@@ -52,6 +52,7 @@ from typing import Callable, Iterator, Literal
 import numpy as np
 import torch
 
+from .. import stopping
 from ..errors import DataError
 from beton_builders.beton import beton_images
 from beton_builders.integrity import DAMAGED_SAMPLE_HINT
@@ -259,6 +260,7 @@ class _ReadAhead:
                                           name=f"{THREAD_PREFIX}_{i}")
                          for i in range(max(0, workers))]
         for t in self._threads:
+            stopping.runs_native_code(t)  # (one stuck in a read is left at exit)
             t.start()
 
     def _fill(self) -> None:
