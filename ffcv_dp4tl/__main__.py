@@ -42,6 +42,7 @@ def main() -> None:
         raise
     except BaseException:  # a bug: Python prints its traceback and exits with 1
         outcome.append(1)
+        _quiet_interrupt_at_exit(1)  # (a signal in the exit hook's wait: no abort, status 1)
         raise
 
 
@@ -53,13 +54,17 @@ def _leave_native_threads(outcome: list[int]) -> None:
     ("terminate called without an active exception": exit -6 instead of 143 in one CI run of
     a SIGTERMed ffcv training, its stop line already printed). Such threads get
     :data:`NATIVE_WAIT_S` seconds to end; then the process ends at once with the command's own
-    status (``outcome``), its output flushed. Nothing is lost: every other exit hook has run
-    (this one was registered first), and every file the command wrote was written atomically."""
+    status (``outcome``), its output flushed. The command's own exit hooks (torch's,
+    multiprocessing's, logging's, temporary files') have run: they are registered after this
+    one, which runs last; and every file the command wrote was written atomically. A hook
+    registered before :func:`main` (a ``sitecustomize`` or ``.pth`` file) is skipped then, and
+    so is the rest of finalization: :func:`main` is the process's own entry point (a program
+    that runs the CLI inside itself calls :func:`ffcv_dp4tl.cli.main`, which adds no hook)."""
     if not outcome or not stopping.native_threads_left(NATIVE_WAIT_S):
         return
     if "logging" in sys.modules:  # (its exit hook may be registered before this one)
         sys.modules["logging"].shutdown()
-    for stream in (sys.stdout, sys.stderr):
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
             stream.flush()
         except (AttributeError, ValueError, OSError):

@@ -19,6 +19,11 @@ class MaskError(DataError):
     """An index mask does not fit the dataset it is used with."""
 
 
+class PeerStopped(DP4TLError):
+    """This rank stops because another rank failed a check first (its message names that rank
+    and quotes its error): under torchrun the other rank's error is the root cause, not this."""
+
+
 def brief(text: object, limit: int = 120) -> str:
     """The first sentence of another library's error text (torch's run on for lines, with
     advice that does not apply here), whole words only: cut at the first sentence end, else at

@@ -796,11 +796,50 @@ def test_a_loader_thread_still_in_native_code_at_exit_does_not_abort_the_process
     assert run.returncode == status, run.stderr[-2000:]
     assert run.stdout == "the command ended\n" and "terminate called" not in run.stderr
     assert ("ValueError: a bug" in run.stderr) == (status == 1), run.stderr[-2000:]
-    if status == 2:  # the control, once: Python's own end of such threads aborts (8 of 8 tries
-        for _ in range(3):  # here; a thread caught between two torch calls ends cleanly)
+    if status == 2 and sys.version_info < (3, 14):  # the control, once: Python's own end of
+        # such threads aborts (8 of 8 tries here; a thread caught between two torch calls ends
+        # cleanly). Python 3.14 no longer unwinds them: they hang, and the process exits
+        for _ in range(3):
             control = subprocess.run([sys.executable, "-c", script, "not recorded"],
                                      capture_output=True, text=True, timeout=HANG)
             if control.returncode == -signal.SIGABRT:
                 break
         assert control.returncode == -signal.SIGABRT, control.stderr[-2000:]
         assert "terminate called without an active exception" in control.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("ends", ["SystemExit(2)", "ValueError('a bug')"])
+def test_a_signal_while_the_exit_waits_for_a_loader_thread_keeps_the_status(sig, ends):
+    """A Ctrl-C or SIGTERM during the exit's wait for a loader thread (after a bug) printed
+    "Exception ignored in atexit callback" and aborted anyway ("terminate called", 134), or
+    ended the process by the signal (143 instead of the bug's 1): review. It is a late signal
+    now: its line, and the command's own status."""
+    script = (
+        "import os, sys, threading, torch\n"
+        "torch.set_num_threads(1)\n"
+        "from ffcv_dp4tl import __main__ as entry, cli, stopping\n"
+        "entry.NATIVE_WAIT_S = 60.0\n"
+        "real = stopping.native_threads_left\n"
+        "def waiting(wait):\n"
+        "    os.write(1, b'waiting\\n')\n"
+        "    return real(wait)\n"
+        "stopping.native_threads_left = waiting\n"
+        "def busy():\n"
+        "    a = torch.randn(600, 600)\n"
+        "    while True:\n"
+        "        a @ a\n"
+        "def command():\n"
+        "    stopping.runs_native_code(threading.Thread(target=busy, daemon=True)).start()\n"
+        f"    raise {ends}\n"
+        "cli.main = command\n"
+        "entry.main()\n")
+    job = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    assert job.stdout.readline() == "waiting\n", job.communicate()
+    job.send_signal(sig)
+    _, stderr = job.communicate(timeout=HANG)
+    status = 2 if ends.startswith("SystemExit") else 1
+    assert job.returncode == status, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == stopping.late_line(sig, status), stderr[-2000:]
+    assert "terminate called" not in stderr and "Exception ignored" not in stderr

@@ -10,7 +10,7 @@ from typing import Any, Callable, NoReturn, Optional
 import typer
 
 from .. import __version__, stopping
-from ..errors import DP4TLError
+from ..errors import DP4TLError, PeerStopped
 
 app = typer.Typer(
     name="dp4tl",
@@ -134,6 +134,14 @@ def _peer_stopped_line(e: RuntimeError) -> str | None:
             f"({_clipped(said.strip(), 160)}): its error, if it printed one, is above; a rank the "
             "system killed (out of memory, node lost) prints none: check the job's log or dmesg; "
             "fix that and rerun the same command: it resumes")
+
+
+def _follows_another_rank(e: BaseException | None) -> bool:
+    """Whether ``e`` ends this rank only because another rank failed first: a check another
+    rank failed (:class:`~ffcv_dp4tl.errors.PeerStopped`), a collective whose peer is gone
+    (:func:`_peer_stopped_line`). Its line is not the root cause (:func:`_tell_launcher`)."""
+    return isinstance(e, PeerStopped) or (isinstance(e, RuntimeError)
+                                          and _peer_stopped_line(e) is not None)
 
 
 def _clipped(text: str, limit: int) -> str:
@@ -331,7 +339,7 @@ def _ending_interrupted(interrupt: KeyboardInterrupt) -> SystemExit:
         failure = _failure(unwinding) if isinstance(unwinding, DP4TLError) else None
         if failure is None:
             return _stop_status()
-        status = _settle_saying(*failure)
+        status = _settle_saying(*failure, follows=_follows_another_rank(unwinding))
     return _late_signal(interrupt, status)
 
 
@@ -351,7 +359,7 @@ def _late_signal(interrupt: KeyboardInterrupt, status: int) -> SystemExit:
     return SystemExit(stopping.late_status(signum, status))
 
 
-def _settle_saying(message: str | None, status: int) -> int:
+def _settle_saying(message: str | None, status: int, follows: bool = False) -> int:
     """Decide a failed command's outcome: ``message`` (if any) on stderr (and in torchrun's
     failure report: :func:`_tell_launcher`) and exit ``status``
     (:func:`ffcv_dp4tl.stopping.settle`), in one step that no stop signal cuts into
@@ -364,24 +372,25 @@ def _settle_saying(message: str | None, status: int) -> int:
         if message is not None:
             sys.stderr.write(f"{message}\n")
             if status != 0:  # (in the block: torchrun's SIGTERM to a rank whose peer failed
-                _tell_launcher(message)  # lands as it prints; the file is written first)
+                _tell_launcher(message, follows)  # lands as it prints; the file is written first)
     return status
 
 
-def _fail(message: str | None, status: int) -> NoReturn:
-    """End a command that failed: ``message`` (if any) on stderr, and exit ``status``."""
-    raise SystemExit(_settle_saying(message, status)) from None
+def _fail(message: str | None, status: int, follows: bool = False) -> NoReturn:
+    """End a command that failed: ``message`` (if any) on stderr, and exit ``status``
+    (``follows``: :func:`_follows_another_rank`)."""
+    raise SystemExit(_settle_saying(message, status, follows)) from None
 
 
 def _stop_status() -> SystemExit:
     """A command a signal stopped: its one line printed; its exit, 128 + the signal."""
     line = stopping.line()
     print(line, file=sys.stderr)
-    _tell_launcher(line)
+    _tell_launcher(line, follows=True)  # (torchrun's SIGTERM after another rank failed, often)
     return SystemExit(stopping.exit_status())
 
 
-def _tell_launcher(said: str) -> None:
+def _tell_launcher(said: str, follows: bool = False) -> None:
     """Under torchrun, hand the line a failed or stopped rank printed (``said``; a bug's
     traceback) to torchrun's failure report too, through the error file torchrun gives every
     rank (``TORCHELASTIC_ERROR_FILE``, written in the format of torch's ``ErrorHandler``).
@@ -390,7 +399,13 @@ def _tell_launcher(said: str) -> None:
     https://pytorch.org/docs/stable/elastic/errors.html", and its "Root Cause" named a rank,
     not why: a line that one rank printed among eight ranks' output, or that
     ``torchrun --local-ranks-filter 0`` hid, was nowhere in it. Best effort: the line is on
-    stderr already, so a file that cannot be written is left unwritten, silently."""
+    stderr already, so a file that cannot be written is left unwritten, silently.
+
+    torchrun's root cause is the failure with the earliest timestamp, in whole seconds, a tie
+    going to the rank it noticed first: a rank that stopped only because another failed
+    (``follows``: a stop signal, :func:`_follows_another_rank`), within the same second, was
+    named the root cause with its "another rank stopped first" line (review). Such a line is
+    dated a second later."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE", "")
     if not path:  # (not under torchrun, or torchrun without a log folder: it sets "")
         return
@@ -399,11 +414,13 @@ def _tell_launcher(said: str) -> None:
     import time
 
     text = said.rstrip("\n")
+    when = int(time.time()) + (1 if follows else 0)  # (an integer string: torch reads it so)
     data = {"message": {"message": text.splitlines()[-1] if text else "",
-                        "extraInfo": {"py_callstack": text, "timestamp": str(int(time.time()))}}}
+                        "extraInfo": {"py_callstack": text, "timestamp": str(when)}}}
     try:
         fd, tmp = tempfile.mkstemp(prefix=".error.", dir=os.path.dirname(path) or ".")
         try:
+            os.fchmod(fd, 0o644)  # (as torch's own handler's: a log collector may read it)
             with os.fdopen(fd, "w") as f:
                 json.dump(data, f)
             os.replace(tmp, path)
@@ -513,7 +530,7 @@ def _run() -> None:
     except Exception as e:
         failure = _failure(e)
         if failure is not None:
-            _fail(*failure)
+            _fail(*failure, follows=_follows_another_rank(e))
         if isinstance(e, RuntimeError) and stopping.received() is not None:
             # a data-loader worker the same SIGTERM ended first ("DataLoader worker ... killed
             # by signal"), reported before this process's own stop: it is that stop

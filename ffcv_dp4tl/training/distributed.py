@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from ..contracts import check_device
 from ..data.resources import env_int
-from ..errors import DP4TLError
+from ..errors import DP4TLError, PeerStopped
 
 
 @dataclass(frozen=True)
@@ -186,4 +186,4 @@ def fail_together(ctx: DistContext, error: BaseException | None) -> None:
         raise error
     for rank, message in enumerate(errors):
         if message is not None:
-            raise DP4TLError(f"rank {rank} stopped: {message}")
+            raise PeerStopped(f"rank {rank} stopped: {message}")

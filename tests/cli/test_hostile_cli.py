@@ -547,6 +547,9 @@ def test_a_ranks_line_reaches_torchruns_failure_report(monkeypatch, capsys, tmp_
                 else app_mod.stopping.line())
         assert said in err and f"traceback : {said}\n" in report
 
+    if ends == "stop":  # a stop follows another rank's failure, mostly: not the root cause
+        _is_not_the_root_cause(app_mod, failure, tmp_path)
+
     error_file.unlink()
     for unset in ("", None):  # torchrun without a log folder sets "", a plain launch nothing
         if unset is None:
@@ -556,6 +559,51 @@ def test_a_ranks_line_reaches_torchruns_failure_report(monkeypatch, capsys, tmp_
         with pytest.raises((SystemExit, ValueError)):
             app_mod.run()
         assert not error_file.exists() and list(tmp_path.iterdir()) == [tmp_path / "attempt_0"]
+
+
+def _is_not_the_root_cause(app_mod, follower, tmp_path) -> None:
+    """``follower`` (a ProcessFailure read from a file a follower wrote) loses the root cause
+    to a failure written at the same moment, whichever rank torchrun noticed first."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    first = tmp_path / "first" / "error.json"
+    first.parent.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCHELASTIC_ERROR_FILE", str(first))
+        app_mod._tell_launcher("error: the first failure")
+    failed = ProcessFailure(local_rank=0, pid=1234, exitcode=2, error_file=str(first))
+    for failures in ({1: follower, 0: failed}, {0: failed, 1: follower}):
+        assert ChildFailedError("ffcv_dp4tl", failures).get_first_failure()[0] == 0
+    first.unlink()
+    first.parent.rmdir()
+
+
+def test_a_rank_stopped_by_another_ranks_failure_is_not_the_root_cause(monkeypatch, capsys,
+                                                                       tmp_path):
+    """A rank ends with "rank 0 stopped: ..." (a check rank 0 failed) or "another rank stopped
+    first" (its collective's peer gone) in the same second as the failing rank: torchrun named
+    it the root cause when it noticed that rank first (review, 2 CPU ranks)."""
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    from ffcv_dp4tl.errors import PeerStopped
+
+    app_mod = importlib.import_module("ffcv_dp4tl.cli.app")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    for raised in (PeerStopped("rank 0 stopped: data/x is not a built dataset"),
+                   RuntimeError("[gloo/transport/tcp/pair.cc:561] Connection closed by peer")):
+        def command(**kw):
+            raise raised
+        monkeypatch.setattr(app_mod, "app", command)
+        error_file = tmp_path / "attempt_0" / "1" / "error.json"
+        error_file.parent.mkdir(parents=True, exist_ok=True)
+        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+        with pytest.raises(SystemExit) as e:
+            app_mod.run()
+        assert e.value.code == 2 and "error: rank " in capsys.readouterr().err
+        follower = ProcessFailure(local_rank=1, pid=4321, exitcode=2, error_file=str(error_file))
+        assert follower.message["extraInfo"]["py_callstack"].startswith("error: rank ")
+        _is_not_the_root_cause(app_mod, follower, tmp_path)
 
 
 def test_a_rank_whose_peer_was_killed_is_not_told_its_error_is_above(monkeypatch):
