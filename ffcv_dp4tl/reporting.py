@@ -146,7 +146,8 @@ def publish_section(report: str | Path, title: str, out: str | Path,
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU model, usable cores, Python / torch versions and platform: a report's header."""
+    """CPU model, usable cores, the CUDA device's name (``gpu``; None without one), Python /
+    torch versions and platform: a report's header."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -160,9 +161,20 @@ def machine_info() -> dict[str, Any]:
     from .cpus import available_cores
 
     cores = available_cores()
-
-    return {"cpu": cpu, "cores": cores, "python": platform.python_version(),
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": cores, "gpu": gpu, "python": platform.python_version(),
             "torch": torch.__version__, "platform": platform.platform(terse=True)}
+
+
+def ran_on(device: str, machine: dict[str, Any]) -> str:
+    """Where a bench's training ran, for its header: "GPU (NVIDIA H200)" or "CPU", from its
+    ``--device`` (``auto``: CUDA when the machine had it) and :func:`machine_info`'s record.
+    Every report header said "CPU run" (and "a shared 2-core machine"), whatever the device.
+    Results recorded before ``gpu`` was (all ran on CPU) read as CPU."""
+    gpu = machine.get("gpu")
+    if str(device).startswith("cuda") or (device == "auto" and gpu):
+        return f"GPU ({gpu})" if gpu else "GPU"
+    return "CPU"
 
 
 def command_line(prog: str, opts: Iterable[tuple[str, Any]]) -> str:

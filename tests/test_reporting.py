@@ -73,3 +73,25 @@ def test_a_note_is_kept_in_its_place_and_markers_in_a_code_fence_are_text():
     assert got == (f"{NOTE_OPEN}\ntop\n{NOTE_CLOSE}\n\n# R\n\n## A\n\na\n\n{NOTE_OPEN}\nsame\n"
                    f"{NOTE_CLOSE}\n\n## B\n\nb\n\n{NOTE_OPEN}\nsame\n{NOTE_CLOSE}\n")
     assert carry_notes(old, got) == got
+
+
+@pytest.mark.parametrize("device,gpu,want", [
+    ("cpu", "NVIDIA H200", "CPU"), ("auto", None, "CPU"), ("auto", "NVIDIA H200", "GPU (NVIDIA H200)"),
+    ("cuda:1", "NVIDIA H100 80GB HBM3", "GPU (NVIDIA H100 80GB HBM3)"), ("cuda", None, "GPU")])
+def test_a_report_says_where_its_run_trained(device, gpu, want):
+    """Every bench header said "CPU run", a GPU run's too; results recorded before the machine's
+    GPU was (no ``gpu`` key: all CPU runs) still read as CPU."""
+    from ffcv_dp4tl.reporting import ran_on
+
+    assert ran_on(device, {"cores": 16, "gpu": gpu}) == want
+    if gpu is None:
+        assert ran_on(device, {"cores": 2}) == want
+
+
+def test_the_machine_record_names_its_gpu_or_none():
+    import torch
+
+    from ffcv_dp4tl.reporting import machine_info
+
+    got = machine_info()["gpu"]
+    assert got == (torch.cuda.get_device_name() if torch.cuda.is_available() else None)

@@ -33,7 +33,7 @@ from ..pipeline.config import PipelineConfig
 from ..pipeline.result import PipelineResult
 from ..pipeline.report import mean_std
 from ..pipeline.run import preflight, run_pipeline
-from ..reporting import machine_info
+from ..reporting import machine_info, ran_on
 from ..outputs import claim_out_dir
 
 #: Paper Tab. 5 (ResNet-101 on ImageNet, ratio in %, accuracy in %, time in hours).
@@ -204,7 +204,8 @@ def _s(ms: tuple[float, float]) -> str:
 def header_lines(t: dict[str, Any]) -> list[str]:
     cfg, mach = t["config"], t["machine"]
     device = cfg.get("device", "auto")
-    return [f"- machine: {mach['cores']} cores ({mach['cpu']}), device `{device}`, Python "
+    return [f"- machine: {mach['cores']} cores ({mach['cpu']}), device `{device}` "
+            f"({ran_on(device, mach)}), Python "
             f"{mach['python']}, torch {mach['torch']}, {mach['platform']}; date {t['date']}",
             f"- command: `{t['command'] or '(library call)'}`",
             f"- data: source `{cfg['source']}`, target `{cfg['target'] or '(first)'}`, format "

@@ -10,6 +10,7 @@ from ..errors import DP4TLError
 from ..scoring.registry import PlotStyle, get_scorer, is_registered
 from ..pipeline.report import mean_std
 from ..pipeline.truth import truth_table
+from ..reporting import ran_on
 from .stats import (ALPHA, CRITERIA, PAPER_TOTAL_HOURS, REFERENCE, after_holm, format_interval,
                     format_p, paper_reduction)
 from .variants import base_method, variant_style
@@ -373,14 +374,15 @@ def criterion_line(t: dict[str, Any]) -> str:
 def header_lines(t: dict[str, Any]) -> list[str]:
     cfg, mach = t["config"], t["machine"]
     loads = [r["loadavg_1min"] for r in t["rows"] if r.get("loadavg_1min") is not None]
-    return [f"- **CPU** run, {mach['cores']} cores ({mach['cpu']}), Python {mach['python']}, "
+    where = ran_on(cfg.get("device", "auto"), mach)
+    return [f"- **{where}** run, {mach['cores']} cores ({mach['cpu']}), Python {mach['python']}, "
             f"torch {mach['torch']}, {mach['platform']}; date {t['date']}",
             f"- command: `{t['command'] or '(library call)'}`",
             f"- data: source `{cfg['source']}`, "
             + (f"targets {', '.join(f'`{x}`' for x in cfg['targets'])} (one selection for all)"
                if len(cfg.get("targets") or ()) > 1 else f"target `{cfg['target'] or '(first)'}`")
             + f", format "
-            f"`{cfg['fmt']}`; recipes `{cfg['recipes'] or 'tiny'}` ("
+            f"`{cfg['fmt']}`; recipes `{cfg['recipes'] or 'auto'}` ("
             + (", ".join(f"{k} `{v}`" for k, v in t["recipes"].items()) if t.get("recipes")
                else "the recipe set's defaults") + f"), FM k={cfg['k']}"
             + "".join(f"; {name} overrides `{' '.join(cfg[key])}`" for name, key in (
@@ -390,10 +392,12 @@ def header_lines(t: dict[str, Any]) -> list[str]:
             f"{', '.join(method_label(m) for m in t['methods'])}; finetune "
             f"{', '.join(m.upper() for m in t['finetune'])}; seeds {t['seeds']}",
             criterion_line(t),
-            "- These are wall times and accuracies on the small embedded synthetic data: read the "
-            "*ratios* (reductions, relative accuracy), not absolute numbers; absolute GPU numbers "
-            "come later from the GPU machine. Timings are of a shared 2-core machine (other jobs "
-            "ran concurrently), so single stage times are noisy by ±20 % or more"
+            "- These are wall times and accuracies of this run's data and recipes: read the "
+            "*ratios* (reductions, relative accuracy)"
+            + (", not absolute numbers; absolute GPU numbers come from a GPU run"
+               if where == "CPU" else "")
+            + f". Timings are of one {mach['cores']}-core machine that other jobs may share, so "
+            "single stage times can be noisy by ±20 % or more"
             + (f" (1-min load average when each pretraining finished: "
                f"{min(loads):.1f}–{max(loads):.1f} on "
                f"{mach['cores']} cores)" if loads else "") + ".",

@@ -32,7 +32,7 @@ from ..pipeline.compare import overlap
 from ..pipeline.config import PipelineConfig
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import run_pipeline
-from ..reporting import machine_info
+from ..reporting import machine_info, ran_on
 from .markdown import num, ratio_label
 from ..outputs import claim_out_dir
 from .plots import pyplot
@@ -263,7 +263,8 @@ def markdown_tables(t: dict[str, Any], plot_prefix: str = "") -> str:
 def header_lines(t: dict[str, Any]) -> list[str]:
     cfg, mach = t["config"], t["machine"]
     rec = t.get("recipes") or {}
-    return [f"- CPU run, {mach['cores']} cores ({mach['cpu']}), Python {mach['python']}, torch "
+    return [f"- {ran_on(cfg.get('device', 'auto'), mach)} run, {mach['cores']} cores ({mach['cpu']}), "
+            f"Python {mach['python']}, torch "
             f"{mach['torch']}; date {t['date']}",
             f"- command: `{t['command'] or '(library call)'}`",
             f"- data: source `{cfg['source']}`, target `{cfg['target'] or '(first)'}`, format "

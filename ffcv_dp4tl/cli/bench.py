@@ -218,6 +218,7 @@ def embedded(
     from ..data.resources import available_cores
     from ..pipeline.config import PipelineConfig
     from ..pipeline.recipes import RECIPE_SETS
+    from ..reporting import machine_info, ran_on
 
     t0 = time.perf_counter()
     load0 = os.getloadavg()
@@ -241,7 +242,9 @@ def embedded(
                           reference_seeds=ref_seeds, log=typer.echo)
     minutes = (time.perf_counter() - t0) / 60
     cores = available_cores()
-    header = [f"- machine: {platform.processor() or platform.machine()}, {cores} cores; Python "
+    where = ran_on(device, {"gpu": machine_info()["gpu"]})
+    header = [f"- machine: {platform.processor() or platform.machine()}, {cores} cores, "
+              f"training on {where}; Python "
               f"{platform.python_version()}, torch {torch.__version__}; finished "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
               f"- this invocation: {minutes:.1f} min (runs already in `rows.jsonl` are not "

@@ -586,3 +586,27 @@ def test_a_two_seed_table_says_it_cannot_reach_a_verdict():
     assert "With two seeds a verdict needs t >= 25 (Holm's first step over 2 comparisons)" \
         in _power_note(vs)
     assert _power_note([{**v, "paired": 3} for v in vs]) == ""
+
+
+@pytest.mark.parametrize("device,gpu", [("auto", None), ("cuda", "NVIDIA H200")])
+def test_the_header_says_where_the_run_trained_and_which_recipe_set(device, gpu):
+    """It said "**CPU** run ... a shared 2-core machine (other jobs ran concurrently)" for
+    every run, a 16-core GPU run's too, and "recipes `tiny`" for an auto recipe set that
+    resolved to the bench recipes (its recipe names beside it)."""
+    from ffcv_dp4tl.bench.markdown import header_lines
+
+    rows = [_row(REFERENCE, 0.0, 0, 0, 0, 100.0, 50.0), _row("lm", 0.6, 0, 10.0, 2.0, 40.0, 52.0)]
+    t = summarize(rows, methods=["lm"], ratios=[0.0, 0.6], seeds=[0], finetune=["lp"])
+    cores = 16 if gpu else 2
+    t.update(config={"source": "synth:hard", "target": "paper", "fmt": "wds", "recipes": "",
+                     "k": 64, "overrides": [], "device": device},
+             recipes={"pretrain": "resnet18_bench_cpu"}, command="dp4tl bench cost-table",
+             machine={"cores": cores, "cpu": "AMD EPYC", "gpu": gpu, "python": "3.12",
+                      "torch": "2.11", "platform": "Linux"}, date="today")
+    text = "\n".join(header_lines(t))
+    where = f"GPU ({gpu})" if gpu else "CPU"
+    assert text.startswith(f"- **{where}** run, {cores} cores (AMD EPYC)")
+    assert "recipes `auto` (pretrain `resnet18_bench_cpu`)" in text and "`tiny`" not in text
+    assert f"one {cores}-core machine that other jobs may share" in text
+    assert "2-core" not in text if gpu else "absolute GPU numbers come from a GPU run" in text
+    assert ("absolute GPU numbers" in text) == (gpu is None)
