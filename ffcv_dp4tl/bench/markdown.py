@@ -239,7 +239,7 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
 NO_LOSS_TEXT = ("*No loss shown* is the test: the ratios in increasing order, each passing while "
                 "the one-sided {level} % lower bound of its paired differences over seeds (pruned "
                 "− 0 %) stays ≥ −{tol} points; the largest before the first that fails, with that "
-                "bound. A fixed order needs no adjustment within a row{over}. Few seeds rarely "
+                "bound (none: the first ratio's bound, which failed). A fixed order needs no adjustment within a row{over}. Few seeds rarely "
                 "show it.")
 
 
@@ -258,12 +258,19 @@ def no_loss_text(winners: Iterable[dict[str, Any]], tol: float) -> str:
 
 def shown_cell(shown: dict[str, Any] | None) -> str:
     """``60 % (≥ -0.4, 3 seeds)``: the largest ratio :func:`~.stats.no_loss_shown` passed, its
-    bound and paired seeds (``all +1.0``: every pair's one difference); ``none``; ``–`` for a
-    table judged before the test existed."""
+    bound and paired seeds (``all +1.0``: every pair's one difference); ``none (20 %: -8.5, 10
+    seeds)`` with the first ratio's bound, which failed (``none`` alone for a table judged
+    before that was recorded); ``–`` for a table judged before the test existed."""
     if not shown:
         return "–"
     if shown["ratio"] <= 0:
-        return "none"
+        first = shown.get("first")
+        if not first:
+            return "none"
+        if first.get("lo") is None:
+            return f"none ({ratio_label(first['ratio'])}: no pairs)"
+        return (f"none ({ratio_label(first['ratio'])}: {first['lo']:+.1f}, "
+                f"{first['n']} seeds)")
     word = "all" if shown.get("exact") else "≥"
     return f"{ratio_label(shown['ratio'])} ({word} {shown['lo']:+.1f}, {shown['n']} seeds)"
 

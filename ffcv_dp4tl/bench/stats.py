@@ -162,8 +162,10 @@ def no_loss_shown(diffs: dict[float, Sequence[float]], tol: float = 0.0,
     one "no loss" claim in the table is wrong at most 5 % of the time, not each at 5 % (about
     46 % that some claim is).
     Returns ``{"ratio", "lo", "n", "exact", "family"}`` (``lo``: the bound at that ratio, or
-    the one difference all pairs share when ``exact``). The best winning subset beside it is
-    the paper's rule on means: not a test (review)."""
+    the one difference all pairs share when ``exact``) and, when no ratio passed, ``first``:
+    the first ratio's ``{"ratio", "lo", "n"}``, so that "none" can say by how much (``lo``
+    None: no pairs). The best winning subset beside it is the paper's rule on means: not a
+    test (review)."""
     if not (isinstance(family, int) and family >= 1):
         raise ValueError(f"family must be a whole number >= 1, got {family!r}")
     alpha = ALPHA / family
@@ -177,6 +179,8 @@ def no_loss_shown(diffs: dict[float, Sequence[float]], tol: float = 0.0,
                       and 2.0 ** -test["n"] < alpha)
             lo = test["mean"]
         if not passed:
+            if shown["ratio"] == 0.0:
+                shown["first"] = {"ratio": r, "lo": lo if test["n"] else None, "n": test["n"]}
             break
         shown = {"ratio": r, "lo": lo, "n": test["n"], "exact": test["lo"] is None,
                  "family": family}

@@ -610,3 +610,19 @@ def test_the_header_says_where_the_run_trained_and_which_recipe_set(device, gpu)
     assert f"one {cores}-core machine that other jobs may share" in text
     assert "2-core" not in text if gpu else "absolute GPU numbers come from a GPU run" in text
     assert ("absolute GPU numbers" in text) == (gpu is None)
+
+
+def test_none_says_by_how_much_the_first_ratio_failed():
+    """"none" named no number: a table whose first ratio missed the margin by 8 points read as
+    one that missed it by a hair. The first ratio's bound (or that it had no pairs) is given."""
+    from ffcv_dp4tl.bench.markdown import shown_cell
+    from ffcv_dp4tl.bench.stats import no_loss_shown
+
+    far = [-5.0, -6.0, -4.0, -5.5, -4.5]
+    got = no_loss_shown({0.4: far, 0.6: far}, tol=1.0)
+    assert got["ratio"] == 0.0 and got["first"]["ratio"] == 0.4 and got["first"]["n"] == 5
+    assert got["first"]["lo"] < -5.5
+    assert shown_cell(got) == f"none (40 %: {got['first']['lo']:+.1f}, 5 seeds)"
+    assert shown_cell(no_loss_shown({}, tol=1.0, ratios=[0.2])) == "none (20 %: no pairs)"
+    assert "first" not in no_loss_shown({0.4: [0.1] * 6, 0.6: far}, tol=1.0)  # (one passed)
+    assert shown_cell({"ratio": 0.0, "lo": None, "n": 0, "exact": False}) == "none"  # (older)
