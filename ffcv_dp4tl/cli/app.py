@@ -1,7 +1,6 @@
 """The typer application object and the error handling shared by every command."""
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -409,25 +408,16 @@ def _tell_launcher(said: str, follows: bool = False) -> None:
     path = os.environ.get("TORCHELASTIC_ERROR_FILE", "")
     if not path:  # (not under torchrun, or torchrun without a log folder: it sets "")
         return
-    import json
-    import tempfile
     import time
+
+    from ..fsutil import atomic_write_json
 
     text = said.rstrip("\n")
     when = int(time.time()) + (1 if follows else 0)  # (an integer string: torch reads it so)
     data = {"message": {"message": text.splitlines()[-1] if text else "",
                         "extraInfo": {"py_callstack": text, "timestamp": str(when)}}}
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".error.", dir=os.path.dirname(path) or ".")
-        try:
-            os.fchmod(fd, 0o644)  # (as torch's own handler's: a log collector may read it)
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+    try:  # (readable by others, as torch's own handler's: a log collector may read it)
+        atomic_write_json(path, data)
     except OSError:
         pass
 
