@@ -239,8 +239,8 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
 NO_LOSS_TEXT = ("*No loss shown* is the test: the ratios in increasing order, each passing while "
                 "the one-sided {level} % lower bound of its paired differences over seeds (pruned "
                 "− 0 %) stays ≥ −{tol} points; the largest before the first that fails, with that "
-                "bound (none: the first ratio's bound, which failed). A fixed order needs no adjustment within a row{over}. Few seeds rarely "
-                "show it.")
+                "bound (none: the first ratio's bound, which failed). A fixed order needs no "
+                "adjustment within a row{over}. Few seeds rarely show it.")
 
 
 def no_loss_text(winners: Iterable[dict[str, Any]], tol: float) -> str:

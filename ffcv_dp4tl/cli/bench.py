@@ -212,10 +212,7 @@ def embedded(
     import platform
     import time
 
-    import torch
-
     from ..bench.separation import run_separation
-    from ..data.resources import available_cores
     from ..pipeline.config import PipelineConfig
     from ..pipeline.recipes import RECIPE_SETS
     from ..reporting import machine_info, ran_on
@@ -241,11 +238,10 @@ def embedded(
                           ratios=_floats(ratios), finetune=split_list(finetune),
                           reference_seeds=ref_seeds, log=typer.echo)
     minutes = (time.perf_counter() - t0) / 60
-    cores = available_cores()
-    where = ran_on(device, {"gpu": machine_info()["gpu"]})
-    header = [f"- machine: {platform.processor() or platform.machine()}, {cores} cores, "
-              f"training on {where}; Python "
-              f"{platform.python_version()}, torch {torch.__version__}; finished "
+    mach = machine_info()
+    header = [f"- machine: {platform.processor() or platform.machine()}, {mach['cores']} cores, "
+              f"training on {ran_on(device, mach)}; Python {mach['python']}, torch "
+              f"{mach['torch']}; finished "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
               f"- this invocation: {minutes:.1f} min (runs already in `rows.jsonl` are not "
               f"rerun); 1-min load average {load0[0]:.1f} at the start, "
