@@ -378,6 +378,14 @@ def criterion_line(t: dict[str, Any]) -> str:
             "`best_test_top1`, chosen on the test set: docs/deviations.md)")
 
 
+#: the header line of a table whose pruned sets were pretrained for the unpruned run's steps
+STEPS_LINE = ("- pretraining length: `steps` — every pruned set was pretrained for as many "
+              "optimizer steps as the unpruned set (more epochs, the schedule stretched: "
+              "`--pretrain-length steps`), not for the paper's fixed epochs. Its pretraining "
+              "therefore saves no time, and the accuracy columns show what the removed data "
+              "cost apart from fewer steps.")
+
+
 def header_lines(t: dict[str, Any]) -> list[str]:
     cfg, mach = t["config"], t["machine"]
     loads = [r["loadavg_1min"] for r in t["rows"] if r.get("loadavg_1min") is not None]
@@ -399,6 +407,7 @@ def header_lines(t: dict[str, Any]) -> list[str]:
             f"{', '.join(method_label(m) for m in t['methods'])}; finetune "
             f"{', '.join(m.upper() for m in t['finetune'])}; seeds {t['seeds']}",
             criterion_line(t),
+            *([STEPS_LINE] if cfg.get("pretrain_length") == "steps" else []),
             "- These are wall times and accuracies of this run's data and recipes: read the "
             "*ratios* (reductions, relative accuracy)"
             + (", not absolute numbers; absolute GPU numbers come from a GPU run"

@@ -12,7 +12,8 @@ from ..errors import DP4TLError
 from ..reporting import command_line
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (BENCH_TARGET_HELP, RECIPES_HELP, REPORT_HELP, Budget, FORMAT_HELP, K_HELP, Format, Protocol,
+from .options import (BENCH_TARGET_HELP, PRETRAIN_LENGTH_HELP, RECIPES_HELP, REPORT_HELP, Budget, FORMAT_HELP, K_HELP, Format,
+                      PretrainLength, Protocol,
                       RecipeSet, bench_target,
                       check_arch, default_k, device_option, ints_callback, list_callback,
                       out_callback, pruned_ratio_callback, pruned_ratios_callback, ratios_callback,
@@ -86,6 +87,7 @@ def cost_table(
                                   "to every method that has it, e.g. runs=2 for el2n/grand"),
     budget: Budget = typer.Option(Budget.units, help="units | samples: what the ratio counts for "
                                   "class/cluster methods (see `dp4tl prune --help`)"),
+    pretrain_length: PretrainLength = typer.Option(PretrainLength.epochs, help=PRETRAIN_LENGTH_HELP),
     report: Optional[str] = typer.Option(None, help="Also write a `## Cost table` section into this "
                                          "Markdown file (e.g. BENCHMARKS.md; '' = none)",
                                          callback=report_callback),
@@ -108,7 +110,7 @@ def cost_table(
                           device=device, k=k, overrides=tuple(set_),
                           surrogate_overrides=tuple(set_surrogate),
                           finetune_overrides=tuple(set_finetune), scorer_options=tuple(opt),
-                          budget=budget.value)
+                          budget=budget.value, pretrain_length=pretrain_length.value)
     # the exact command, every option spelled out (defaults included) so it reproduces the run
     opts = [("ratios", ratios), ("methods", methods), ("seeds", seeds), ("finetune", finetune),
             ("ff-methods", ff_methods), ("ks", ks), ("orders", orders), ("data", data),
@@ -119,7 +121,9 @@ def cost_table(
             ("tol", tol), ("criterion", criterion.value),
             *(("set", v) for v in set_), *(("set-surrogate", v) for v in set_surrogate),
             *(("set-finetune", v) for v in set_finetune), *(("opt", v) for v in opt),
-            ("budget", budget.value if budget is not Budget.units else ""), ("out", out),
+            ("budget", budget.value if budget is not Budget.units else ""),
+            ("pretrain-length", "" if pretrain_length is PretrainLength.epochs else pretrain_length.value),
+            ("out", out),
             ("report", report)]
     from ..bench.variants import plan_methods
 

@@ -19,7 +19,7 @@ import typer
 
 # the CLI's choice sets are the project's (defined once in contracts; typer lists them in --help)
 from ..contracts import (AdvNorm, AdvUnits, Backend, BetonMode, Budget, FinetuneMode, Format, Order,  # noqa: F401
-                         Protocol, RecipeSet, TargetCrop, TargetSplit, check_items, check_k,
+                         PretrainLength, Protocol, RecipeSet, TargetCrop, TargetSplit, check_items, check_k,
                          check_pruned_ratios, check_ratio, check_seeds, PAPER_K, SYNTH_K)
 from ..contracts import check_device as contracts_check_device
 from ..contracts import default_k as contracts_default_k
@@ -27,6 +27,10 @@ from ..errors import DP4TLError
 
 
 FORMAT_HELP = "ffcv (betons) or wds (WebDataset shards)"
+PRETRAIN_LENGTH_HELP = ("epochs: a pruned set is pretrained for the recipe's epochs (the paper's "
+                        "protocol: pruning saves time) | steps: for as many optimizer steps as the "
+                        "unpruned set (more epochs, schedule stretched): the saved time spent "
+                        "again, to tell what the removed data cost from what fewer steps cost")
 DEVICE_HELP = "auto (CUDA when available, else CPU) | cpu | cuda | cuda:N"
 DATA_HELP = "Built dataset directory (from `dp4tl build`)"
 OUT_HELP = "Output directory"

@@ -8,7 +8,8 @@ import typer
 
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (ORDER_HELP, RECIPES_HELP, FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order, Protocol, RecipeSet, TargetSplit,
+from .options import (ORDER_HELP, PRETRAIN_LENGTH_HELP, RECIPES_HELP, FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order,
+                      PretrainLength, Protocol, RecipeSet, TargetSplit,
                       check_arch, check_k, device_option, list_callback,
                       ratio_callback, refuse_unread, seeds_callback, split_list)
 
@@ -106,6 +107,7 @@ def pipeline(
     budget: Budget = typer.Option(Budget.units, help="units: the ratio counts the method's classes/"
                                "clusters; samples: prune them until the kept sample fraction "
                                "is closest to 1 - ratio"),
+    pretrain_length: PretrainLength = typer.Option(PretrainLength.epochs, help=PRETRAIN_LENGTH_HELP),
     progress: bool = typer.Option(True, help="Show the progress bars of builds, training and "
                                   "scoring (a timestamped line a minute where stderr is not a "
                                   "terminal); every stage's lines are printed either way"),
@@ -131,7 +133,8 @@ def pipeline(
                          seeds=tuple(int(x) for x in split_list(seeds)),
                          surrogate_weights=str(surrogate_weights or ""),
                          source_weights=str(source_weights or ""), split=split.value,
-                         scorer_options=tuple(opt), budget=budget.value, progress=progress)
+                         scorer_options=tuple(opt), budget=budget.value,
+                         pretrain_length=pretrain_length.value, progress=progress)
     res = run_pipeline(cfg, log=typer.echo)
     typer.echo(Path(res.report).read_text())
     typer.echo(result_line(res))

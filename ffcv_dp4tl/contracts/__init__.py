@@ -25,7 +25,7 @@ the two top-level packages free of an import cycle (see tests/test_contracts.py)
 from __future__ import annotations
 
 from .choices import (AdvNorm, AdvUnits, Backend, BetonMode, Budget, Choice, Criterion, Decode, FinetuneMode,
-                      FinetuneHead, Format, Order, Protocol, RecipeSet, StartFrom, TargetCrop, TargetSplit, check_device, check_k,
+                      FinetuneHead, Format, Order, PretrainLength, Protocol, RecipeSet, StartFrom, TargetCrop, TargetSplit, check_device, check_k,
                       check_k_fits, check_items, default_k, PAPER_K, SYNTH_K, check_pruned_ratios, RATIO_DECIMALS, check_ratio, check_seeds, check_tol)
 from .manifest import (FORMAT, INDEX_DTYPE, MANIFEST_NAME, ORIGINS_SUFFIX, DatasetManifest, ImageSettings, SplitEntry,
                        dataset_fingerprint, split_fingerprint)
@@ -35,7 +35,7 @@ from .stage import STAGE_KINDS, STAGE_VALUES, StageResult, check_stage_values, s
 from .versions import UnsupportedFormatError, check_version
 
 __all__ = [
-    "AdvNorm", "AdvUnits", "Backend", "BetonMode", "Budget", "Choice", "Criterion", "Decode", "FinetuneHead", "FinetuneMode", "Format", "Order", "Protocol",
+    "AdvNorm", "AdvUnits", "Backend", "BetonMode", "Budget", "Choice", "Criterion", "Decode", "FinetuneHead", "FinetuneMode", "Format", "Order", "PretrainLength", "Protocol",
     "RecipeSet", "StartFrom", "TargetCrop", "TargetSplit", "check_device", "check_items", "check_k", "check_k_fits", "default_k", "PAPER_K", "SYNTH_K", "check_pruned_ratios", "RATIO_DECIMALS", "check_ratio", "check_seeds", "check_stage_values", "check_tol",
     "DatasetManifest", "FORMAT", "INDEX_DTYPE", "ImageSettings", "MANIFEST_NAME", "MaskMeta", "ORIGINS_SUFFIX",
     "SCORE_UNITS", "STAGE_KINDS", "STAGE_VALUES", "Scores", "ScoresMeta", "SplitEntry", "StageResult",

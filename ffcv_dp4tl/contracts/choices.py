@@ -93,6 +93,14 @@ class Budget(Choice):
     samples = "samples"
 
 
+class PretrainLength(Choice):
+    """How long a pruned set is pretrained: the recipe's epochs (the paper's protocol, so
+    pruning saves time), or as many optimizer steps as the unpruned run (the saved time spent
+    again: what the data removed costs, apart from what fewer steps cost)."""
+    epochs = "epochs"
+    steps = "steps"
+
+
 class Order(Choice):
     """Which end of the ranking is kept: the top-scored units (the method as published) or the
     lowest (paper Fig. A3)."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..contracts import (Budget, FinetuneMode, Format, Protocol, check_device, check_k,
+from ..contracts import (Budget, FinetuneMode, Format, PretrainLength, Protocol, check_device, check_k,
                          check_ratio, check_seeds)
 from ..errors import DP4TLError
 from ..fsutil import check_out_dir
@@ -49,6 +49,9 @@ class PipelineConfig:
     seed: int = 0
     scorer_options: tuple[str, ...] = field(default_factory=tuple)  # NAME=VALUE (--opt)
     budget: str = "units"  # prune: units (ratio of classes/clusters) | samples (kept fraction)
+    # pretraining of a pruned set: the recipe's epochs (the paper's) | steps (as many optimizer
+    # steps as on the unpruned set: training.trainer.matched_steps_overrides)
+    pretrain_length: str = "epochs"
     overrides: tuple[str, ...] = field(default_factory=tuple)  # for the pretraining recipe
     surrogate_overrides: tuple[str, ...] = field(default_factory=tuple)
     finetune_overrides: tuple[str, ...] = field(default_factory=tuple)  # for the LP and FF recipes
@@ -116,6 +119,7 @@ def validate(cfg: PipelineConfig) -> Checked:
     given_options = parse_option_pairs(cfg.scorer_options)
     options = scorer.parse_options(given_options)  # bad --opt: before any work
     Budget.check(cfg.budget, "budget")
+    PretrainLength.check(cfg.pretrain_length, "pretrain_length")
     if cfg.k is not None:  # (None: resolved from the source's manifest, resolve.resolve)
         check_k(cfg.k)
     reverse = check_order(cfg.order)

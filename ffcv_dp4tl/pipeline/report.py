@@ -162,6 +162,11 @@ def write_report(res: PipelineResult, out: Path) -> None:
         units = len(pr.get("kept_units", []))  # (a sample-wise method records none: "- samples")
         unit_part = f"{units} {UNIT_PLURAL[pr['unit']]}, " if units else ""
         lines.append(f"- kept: {unit_part}{pr['train_kept']} train samples" + _fraction(pr))
+    pre = res.find("pretrain")
+    if cfg.get("pretrain_length") == "steps" and pre is not None and "epoch" in pre.values:
+        lines.append(f"- pretraining length: `steps` — {pre.values['epoch']} epochs on the kept "
+                     "samples, as many optimizer steps as the recipe's epochs on the whole "
+                     "source (schedule stretched to match)")
     lines += truth_lines(res.ground_truth, cfg.get("order", "ordered"))
     if (out / GALLERY).exists():
         lines += ["", f"![what was kept, beside the target (Fig. A7)]({GALLERY})"]

@@ -239,10 +239,19 @@ def pretrain_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, pr: Stage,
     ``train.seed`` and ``data.seed``). The key holds what
     is trained, not how the mask was chosen: the same mask (the 0 % reference, RANDOM, an
     in-domain baseline — for any target) is one pretraining."""
-    from ..training.recipe import training_overrides
-    from ..training.trainer import few_steps_note, train
+    from ..training.recipe import as_recipe, training_overrides
+    from ..training.trainer import few_steps_note, matched_steps_overrides, train
 
     said: list[str] = []
+    stretch: list[str] = []  # --pretrain-length steps: the same for every seed (one mask)
+    if cfg.pretrain_length == "steps":
+        full = r.src.split(r.pretrain.data.train_split).num_samples
+        kept = len(load_mask(pr.output("train.npy")))
+        stretch = matched_steps_overrides(r.pretrain, full, kept)
+        if stretch:
+            log(f"[pretrain] --pretrain-length steps: {kept:,} of {full:,} samples kept, so "
+                f"{r.recipe_names['pretrain']} trains {' '.join(stretch)} (its "
+                f"{r.pretrain.train.epochs} epochs on all {full:,} samples take as many steps)")
 
     def pretrain(rec, d: Path) -> Any:
         mask = load_mask(pr.output("train.npy"))
@@ -255,8 +264,9 @@ def pretrain_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, pr: Stage,
 
     out = {}
     for i, seed in enumerate(ok.seeds):
-        over = training_overrides(r.pretrain_overrides) + seed_overrides(seed)
+        over = training_overrides(r.pretrain_overrides) + seed_overrides(seed) + stretch
         rec = with_seed(r.pretrain, seed) if seed else r.pretrain
+        rec = as_recipe(rec, stretch) if stretch else rec
         pt = stage(cfg.runs_root, "pretrain", {
             "recipe": r.recipe_names["pretrain"], "overrides": over,
             "recipe_fingerprint": rec.training_fingerprint(), "source": r.src.fingerprint,

@@ -672,6 +672,45 @@ def _validate_ranges(r: Recipe, source: str) -> None:
         raise DP4TLError(f"{source}: optim.betas needs 2 values, got {r.optim.betas!r}")
 
 
+#: Every knob counted in epochs, and whether it is a whole number: what
+#: :func:`epoch_scaling_overrides` stretches with ``train.epochs``, so a longer or shorter
+#: training keeps its schedule's shape (lr warm-up and peak, steps, milestones, resolution ramp,
+#: evaluation cadence, early checkpoints) at the same fraction of the run. A new epoch-counted
+#: knob goes here, or it stays fixed in epochs when ``--pretrain-length steps`` stretches a run.
+EPOCH_KNOBS: dict[tuple[str, str], bool] = {
+    ("lr", "lr_peak_epoch"): False, ("lr", "warmup_epochs"): False, ("lr", "step_length"): True,
+    ("lr", "milestones"): True, ("train", "start_ramp"): True, ("train", "end_ramp"): True,
+    ("train", "keep_epochs"): True, ("eval", "every"): True,
+}
+
+
+def epoch_scaling_overrides(recipe: Recipe, epochs: int) -> list[str]:
+    """The ``section.key=value`` overrides that train ``recipe`` for ``epochs`` epochs with every
+    epoch-counted knob (:data:`EPOCH_KNOBS`) scaled by ``epochs / train.epochs``: whole-epoch
+    knobs are rounded and kept at 1 or more (``eval.every``, ``lr.step_length``, a milestone or
+    kept epoch), so the stretched run evaluates at the end as the original does. Knobs at their
+    value already are left out; ``[]`` when ``epochs`` is the recipe's own."""
+    old = recipe.train.epochs
+    if epochs < 1:
+        raise DP4TLError(f"{recipe.name or '<recipe>'}: train.epochs must be >= 1, got {epochs}")
+    if epochs == old:
+        return []
+    f = epochs / old
+    out = [f"train.epochs={epochs}"]
+    for (sec, key), whole in EPOCH_KNOBS.items():
+        value = getattr(getattr(recipe, sec), key)
+        if isinstance(value, list):  # (rounding can merge two milestones: a set)
+            new: Any = sorted({max(1, round(v * f)) for v in value}) if whole else [v * f for v in value]
+        elif whole:
+            new = max(1, round(value * f)) if value else value  # (a 0 ramp stays off)
+        else:
+            new = value * f
+        if new != value:
+            text = json.dumps(new) if isinstance(new, list) else repr(new)
+            out.append(f"{sec}.{key}={text}")
+    return out
+
+
 def _apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...], where: str) -> str:
     """Apply ``section.key=value`` overrides to a recipe's tables; returns the source name
     errors quote."""

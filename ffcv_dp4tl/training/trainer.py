@@ -440,6 +440,37 @@ def at_chance_note(top1: float | None, val_labels: np.ndarray) -> str | None:
 FEW_STEPS = 20
 
 
+def steps_per_epoch(recipe: Recipe, num_samples: int) -> int:
+    """Optimizer steps of one epoch over ``num_samples`` samples: the full batches of
+    ``train.batch_size`` (global), a last partial one counted unless ``train.drop_last`` or the
+    objective drops it, as MoCo does (as :func:`train` loads)."""
+    tc = recipe.train
+    drop_last = tc.drop_last or objective_class(recipe).drop_last
+    return num_samples // tc.batch_size + (0 if drop_last or num_samples % tc.batch_size == 0
+                                           else 1)
+
+
+def matched_steps_overrides(recipe: Recipe, full: int, kept: int) -> list[str]:
+    """``--pretrain-length steps``: the overrides that make a pretraining on ``kept`` samples
+    take about as many optimizer steps as ``recipe`` takes on all ``full`` samples, by training
+    for more epochs (rounded to the nearest whole epoch, at least the recipe's own) with the
+    schedule stretched to match (:func:`~.recipe.epoch_scaling_overrides`). The paper trains
+    every pruned set for the same epochs, so pruning saves time; this spends the saved time
+    again, to tell what the data removed costs from what the fewer steps cost. ``[]`` for the
+    full set. An empty mask is refused where it is made (prune), so ``kept`` is positive."""
+    from .recipe import epoch_scaling_overrides
+
+    full_steps = steps_per_epoch(recipe, full) * recipe.train.epochs
+    per_epoch = steps_per_epoch(recipe, kept)
+    if per_epoch == 0:  # fewer samples than one batch with drop_last: no epoch has a step
+        raise DP4TLError(f"--pretrain-length steps: {kept} kept samples make no full batch of "
+                         f"train.batch_size {recipe.train.batch_size}, so no number of epochs "
+                         "matches the unpruned run's steps; keep more samples (a lower ratio) "
+                         "or lower train.batch_size")
+    epochs = max(recipe.train.epochs, round(full_steps / per_epoch))
+    return epoch_scaling_overrides(recipe, epochs)
+
+
 def few_steps_note(recipe: Recipe, num_samples: int) -> str | None:
     """A note when a training of ``num_samples`` samples takes fewer than :data:`FEW_STEPS`
     optimizer steps in all (its epochs times the full batches of ``train.batch_size``, a last
@@ -448,9 +479,7 @@ def few_steps_note(recipe: Recipe, num_samples: int) -> str | None:
     10 in all, and reported val top-1 at chance without a word (review); the run is legal, so
     this is said, not refused."""
     tc = recipe.train
-    drop_last = tc.drop_last or objective_class(recipe).drop_last  # (as train() loads)
-    per_epoch = num_samples // tc.batch_size + (0 if drop_last or
-                                                num_samples % tc.batch_size == 0 else 1)
+    per_epoch = steps_per_epoch(recipe, num_samples)
     total = per_epoch * tc.epochs
     if total >= FEW_STEPS:
         return None

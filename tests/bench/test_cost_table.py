@@ -626,3 +626,20 @@ def test_none_says_by_how_much_the_first_ratio_failed():
     assert shown_cell(no_loss_shown({}, tol=1.0, ratios=[0.2])) == "none (20 %: no pairs)"
     assert "first" not in no_loss_shown({0.4: [0.1] * 6, 0.6: far}, tol=1.0)  # (one passed)
     assert shown_cell({"ratio": 0.0, "lo": None, "n": 0, "exact": False}) == "none"  # (older)
+
+
+@pytest.mark.parametrize("length", ["epochs", "steps"])
+def test_header_says_when_pruned_sets_trained_the_unpruned_steps(length):
+    """A table made with ``--pretrain-length steps`` has pruned pretrainings that save no time
+    and accuracies that differ from the paper's fixed-epoch protocol: its header says so, and
+    a table of the paper's protocol (or one written before the option) says nothing."""
+    from ffcv_dp4tl.bench.markdown import STEPS_LINE, header_lines
+
+    rows = [_row(REFERENCE, 0.0, 0, 0, 0, 100.0, 50.0), _row("lm", 0.6, 0, 10.0, 2.0, 100.0, 52.0)]
+    t = summarize(rows, methods=["lm"], ratios=[0.0, 0.6], seeds=[0], finetune=["lp"])
+    t.update(config={"source": "synth:hard", "target": "paper", "fmt": "wds", "recipes": "",
+                     "k": 64, "overrides": [], "device": "cpu", "pretrain_length": length},
+             recipes={}, command="", date="today",
+             machine={"cores": 2, "cpu": "x", "gpu": None, "python": "3.11", "torch": "2",
+                      "platform": "Linux"})
+    assert (STEPS_LINE in header_lines(t)) == (length == "steps")

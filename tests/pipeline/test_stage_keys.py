@@ -216,3 +216,60 @@ def test_the_embedded_benchmarks_rows_carry_the_device(base, monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert settings_key(base, ["lp"]) == cpu
     assert settings_key(dataclasses.replace(base, device="cuda"), ["lp"]) != cpu
+
+
+def _pretrain(cfg: PipelineConfig, kept: int, monkeypatch) -> tuple[Stage, Any, list[str]]:
+    """The pretrain stage of ``cfg`` over a mask of ``kept`` samples, and the recipe it would
+    train (``train`` is replaced by a recorder: nothing trains), and the log."""
+    import numpy as np
+
+    import ffcv_dp4tl.training.trainer as trainer_mod
+
+    trained: list[Any] = []
+    monkeypatch.setattr(run_mod, "run_stage",
+                        lambda st, fn, log=print, upstream=(): fn(st.dir) or SimpleNamespace(values={}))
+    monkeypatch.setattr(run_mod, "load_mask", lambda p: np.arange(kept))
+    monkeypatch.setattr(run_mod, "file_sha256", lambda p: f"mask of {kept}")
+    monkeypatch.setattr(trainer_mod, "train", lambda rec, *a, **k: trained.append(rec))
+    lines: list[str] = []
+    ok = validate(cfg)
+    r = resolve(cfg, ok, lines.append)
+    pr = SimpleNamespace(output=lambda name: Path("unused") / name)
+    out = run_mod.pretrain_stages(cfg, ok, r, pr, _Res(), lines.append)
+    return out[0], trained[0], lines
+
+
+def test_pretrain_length_steps_stretches_the_pruned_pretraining(base, monkeypatch):
+    """``--pretrain-length steps`` pretrains a pruned set for the unpruned run's optimizer
+    steps: more epochs and the schedule stretched, in another stage than the paper's fixed
+    epochs (a steps run after an epochs run in one runs folder must not reuse its model). The
+    whole source needs no stretch, so the 0 % reference keeps one key for both lengths and a
+    steps table reuses the epochs table's references."""
+    from ffcv_dp4tl.pipeline.resolve import resolve as resolve_
+    from ffcv_dp4tl.training.trainer import steps_per_epoch
+
+    base = dataclasses.replace(base, overrides=("train.batch_size=8",))  # (48 samples: 6 steps)
+    steps = dataclasses.replace(base, pretrain_length="steps")
+    full = resolve_(base, validate(base), lambda s: None).src.split("train").num_samples
+    kept = full // 3
+    a, rec_a, _ = _pretrain(base, kept, monkeypatch)
+    b, rec_b, said = _pretrain(steps, kept, monkeypatch)
+    assert a.key != b.key
+    assert rec_b.train.epochs > rec_a.train.epochs
+    assert rec_b.lr.lr_peak_epoch / rec_b.train.epochs == pytest.approx(
+        rec_a.lr.lr_peak_epoch / rec_a.train.epochs, rel=0.1)
+    want = steps_per_epoch(rec_a, full) * rec_a.train.epochs
+    assert abs(steps_per_epoch(rec_b, kept) * rec_b.train.epochs - want) <= steps_per_epoch(rec_b, kept)
+    assert f"train.epochs={rec_b.train.epochs}" in b.inputs["overrides"]
+    assert any("--pretrain-length steps" in s for s in said)
+    ref_a, _, _ = _pretrain(dataclasses.replace(base, ratio=0.0), full, monkeypatch)
+    ref_b, rec, said = _pretrain(dataclasses.replace(steps, ratio=0.0), full, monkeypatch)
+    assert ref_a.key == ref_b.key and rec.train.epochs == rec_a.train.epochs
+    assert not any("--pretrain-length" in s for s in said)
+
+
+def test_pretrain_length_is_checked_before_any_work(base):
+    from ffcv_dp4tl.errors import DP4TLError
+
+    with pytest.raises(DP4TLError, match="pretrain_length"):
+        validate(dataclasses.replace(base, pretrain_length="hours"))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from ffcv_dp4tl.errors import DP4TLError
@@ -385,3 +387,54 @@ def test_a_misspelt_key_in_a_base_recipe_is_named_in_that_file(tmp_path):
     (tmp_path / "child2.toml").write_text('extends = "ff"\n[trian]\nepochs = 5\n')
     with pytest.raises(DP4TLError, match=rf"^{tmp_path / 'child2.toml'}: unknown section \[trian\]"):
         load_recipe(tmp_path / "child2.toml")
+
+
+def _train_recipes() -> list[str]:
+    return [n for n in list_recipes(sets=True) if load_recipe(n).kind == "train"]
+
+
+@pytest.mark.parametrize("name", _train_recipes())
+def test_stretched_epochs_keep_the_schedule_shape(name):
+    """``--pretrain-length steps`` trains a pruned set for more epochs: the learning rate, the
+    resolution ramp and the evaluation epochs must sit at the same fraction of the stretched run
+    as of the recipe's own (a peak left at epoch 2 of 50 would be another schedule, and the
+    comparison it is for would measure the schedule). Every shipped training recipe, 3× longer."""
+    from ffcv_dp4tl.training.recipe import as_recipe, epoch_scaling_overrides
+    from ffcv_dp4tl.training.schedule import lr_at, resolution
+
+    r = load_recipe(name)
+    e = r.train.epochs
+    s = as_recipe(r, epoch_scaling_overrides(r, 3 * e))
+    assert s.train.epochs == 3 * e
+    for x in [i / 8 for i in range(8 * e + 1)]:  # fractional epochs of the original run
+        assert lr_at(s.lr, 3 * x, 3 * e, 1.0) == pytest.approx(lr_at(r.lr, x, e, 1.0)), x
+    for k in range(e):
+        assert resolution(s.train, 3 * k) == resolution(r.train, k)
+    assert s.eval.every == 3 * r.eval.every
+    assert s.train.keep_epochs == [3 * k for k in r.train.keep_epochs]
+    assert epoch_scaling_overrides(r, e) == []  # its own length: nothing to change
+
+
+def test_every_epoch_counted_knob_is_stretched():
+    """A knob counted in epochs that :data:`EPOCH_KNOBS` does not list stays fixed when a run
+    is stretched, silently moving it to an earlier fraction of the run: every field whose name
+    says epochs must be listed (``train.epochs`` is the length itself)."""
+    from ffcv_dp4tl.training.recipe import EPOCH_KNOBS, SECTIONS
+
+    named = {(sec, f.name) for sec, cls in SECTIONS.items()
+             for f in dataclasses.fields(cls) if "epoch" in f.name}
+    assert named - {("train", "epochs")} <= set(EPOCH_KNOBS)
+    for sec, key in EPOCH_KNOBS:  # each listed knob exists
+        assert hasattr(getattr(Recipe(), sec), key), (sec, key)
+
+
+def test_stretch_rounds_whole_epochs_and_refuses_zero():
+    from ffcv_dp4tl.training.recipe import as_recipe, epoch_scaling_overrides
+
+    r = load_recipe("resnet18_bench_cpu", ["lr.schedule=multistep", "lr.milestones=[3, 4, 9]"])
+    over = epoch_scaling_overrides(r, 17)  # 1.7×: 5.1, 6.8, 15.3 → 5, 7, 15; every 5 → 8
+    s = as_recipe(r, over)
+    assert s.lr.milestones == [5, 7, 15] and s.eval.every == 8 and s.train.epochs == 17
+    assert s.lr.lr_peak_epoch == pytest.approx(3.4)
+    with pytest.raises(DP4TLError, match="train.epochs must be >= 1"):
+        epoch_scaling_overrides(r, 0)

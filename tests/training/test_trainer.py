@@ -308,6 +308,36 @@ def test_a_training_of_few_steps_is_called_out():
     assert "make 1 optimizer step an epoch, 10 in all" in few_steps_note(moco, 255)
 
 
+@pytest.mark.parametrize("name", ["resnet18_bench_cpu", "paper/resnet101_16ep", "moco_v2_tiny_cpu"])
+@pytest.mark.parametrize("kept", [0.8, 0.6, 0.4, 0.2, 0.05])
+def test_matched_steps_take_the_unpruned_runs_steps(name, kept):
+    """``--pretrain-length steps``: a pruned set trains as many optimizer steps as the recipe on
+    the whole source, to within half an epoch of the pruned set (whole epochs), counted as
+    :func:`train` counts them (drop_last, MoCo's full batches)."""
+    from ffcv_dp4tl.training.recipe import as_recipe, load_recipe
+    from ffcv_dp4tl.training.trainer import matched_steps_overrides, steps_per_epoch
+
+    r = load_recipe(name)
+    full = 40 * r.train.batch_size + 17  # (a last partial batch: counted or not per recipe)
+    n = int(full * kept)
+    s = as_recipe(r, matched_steps_overrides(r, full, n))
+    want = steps_per_epoch(r, full) * r.train.epochs
+    got = steps_per_epoch(s, n) * s.train.epochs
+    assert abs(got - want) <= steps_per_epoch(s, n) / 2
+    assert s.train.epochs > r.train.epochs
+    assert matched_steps_overrides(r, full, full) == []  # the unpruned run: its own recipe
+
+
+def test_matched_steps_refuse_a_set_smaller_than_a_batch():
+    from ffcv_dp4tl.training.recipe import load_recipe
+    from ffcv_dp4tl.training.trainer import matched_steps_overrides
+
+    r = load_recipe("resnet34_tiny_cpu")  # batch 128, drop_last: 100 samples make no step
+    with pytest.raises(DP4TLError, match="100 kept samples make no full batch of "
+                       "train.batch_size 128"):
+        matched_steps_overrides(r, 1000, 100)
+
+
 class Recorder(Callback):
     def __init__(self):
         self.rows, self.ended = [], 0
