@@ -7,14 +7,31 @@ pay for all of them. With :func:`lazy_exports` a package lists what it exports a
 name lives; the module is imported when the name is first read, and the name is then an
 ordinary attribute.
 
-A package may not lazily export a name that is also one of its modules' names: once anything
-imports that module, the package attribute is the module, whatever was exported
-(``ffcv_dp4tl.training`` keeps its eager imports for ``finetune`` for that reason).
+A name may also be one of the package's modules' names, when the export is defined in the
+module of that name (``ffcv_dp4tl.training.finetune``, the function, in ``training/finetune.py``).
+Importing a submodule makes the import system bind it as an attribute of its package, which
+would replace the export by the module for every later reader; such a package gets a module
+class that declines that one binding (:class:`_KeepsExports`), so the attribute is the export,
+as an eager ``from .finetune import finetune`` made it. ``import ffcv_dp4tl.training.finetune``
+and ``from ffcv_dp4tl.training.finetune import ...`` still find the module (``sys.modules``).
 """
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any, Callable
+
+
+class _KeepsExports(types.ModuleType):
+    """A package whose exports named like their own module stay the exports when the import
+    system binds that module to the package (``_SHADOWED``: those names)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if (isinstance(value, types.ModuleType) and name in self.__dict__.get("_SHADOWED", ())
+                and value.__name__ == f"{self.__name__}.{name}"):
+            return  # (the submodule stays in sys.modules; the name stays the export)
+        super().__setattr__(name, value)
 
 
 def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
@@ -29,6 +46,10 @@ def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str],
     if listed != set(exports):
         raise ImportError(f"{package}: __all__ and the lazy exports differ: "
                           f"{sorted(listed ^ set(exports))}")
+    shadowed = frozenset(n for n, mod in exports.items() if mod == f".{n}")
+    if shadowed:
+        namespace["_SHADOWED"] = shadowed
+        sys.modules[package].__class__ = _KeepsExports
 
     def __getattr__(name: str) -> Any:
         if name not in exports:

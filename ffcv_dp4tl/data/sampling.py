@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+# (with the contracts, which recipes and up-front checks read without torch; importable from here)
+from ..contracts.images import MAX_RESOLUTION, check_resolution  # noqa: F401
 from ..errors import DataError
 from .masks import epoch_order, shard_for_rank
 
@@ -27,32 +29,11 @@ class Batch(NamedTuple):
     images2: torch.Tensor | None = None
 
 
-#: the largest image side (pixels) a loader, a recipe or an option may ask for: far above any
-#: protocol's (the paper: 224; ffcv-imagenet's val_res 256), far below what would exhaust memory
-#: in a loader's batch buffers (a resolution of 100000 asked for 38 TB)
-MAX_RESOLUTION = 2048
-
-
 def check_size(value: Any, what: str) -> int:
     """A loader's ``batch_size``: a positive integer; a bool, a float or a string is none.
     Checked before any worker runs: 0 was a ZeroDivisionError inside ffcv."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise DataError(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def check_resolution(value: Any, what: str, *, zero: str | None = None) -> int:
-    """An image side in pixels (a loader's ``resolution``, also when ``set_epoch`` changes it;
-    a recipe's or an option's): an integer in [1, MAX_RESOLUTION], or 0 where ``zero`` says what
-    0 means; a bool, a float or a string is none. Checked before any worker runs: 0 crashed
-    ffcv's decoders (an OpenCV abort), the WebDataset loader blamed the data, and 100000 was a
-    torch allocation traceback."""
-    low = 0 if zero else 1
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-            or not low <= value <= MAX_RESOLUTION):
-        meaning = f" (0 = {zero})" if zero else ""
-        raise DataError(f"{what} must be an integer number of pixels from {low} to "
-                        f"{MAX_RESOLUTION}{meaning}, got {value!r}")
     return int(value)
 
 

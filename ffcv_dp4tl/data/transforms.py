@@ -14,14 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-#: CIFAR-10's channel statistics as the authors' released CIFAR loader normalises with
-#: (`src/data/cifar10.py`: ``Normalize(mean=[0.4914, 0.4822, 0.4465], std=[0.247, 0.243, 0.261])``)
-CIFAR10_MEAN = (0.4914 * 255, 0.4822 * 255, 0.4465 * 255)
-CIFAR10_STD = (0.247 * 255, 0.243 * 255, 0.261 * 255)
-#: the normalisations a loader can apply (``AugSpec.normalize``), per-channel (mean, std) on 0-255
-NORMALIZATIONS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "cifar10": (CIFAR10_MEAN, CIFAR10_STD)}
+# (defined with the contracts, which recipes read without torch; still importable from here)
+from ..contracts.images import (CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN,  # noqa: F401
+                                IMAGENET_STD, NORMALIZATIONS)
+
 CENTER_CROP_RATIO = 224 / 256
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3 / 4, 4 / 3)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..contracts import PAPER_K, TargetCrop, UnsupportedFormatError, check_k_fits
-from ..data.sampling import check_resolution
+from ..contracts.images import check_resolution
 from ..errors import DataError, DP4TLError
 from ..fsutil import directory_lock, file_sha256
 from ..outputs import claim_out_dir

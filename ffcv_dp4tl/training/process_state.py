@@ -12,7 +12,6 @@ import random
 from typing import Any, Callable, TypeVar
 
 import numpy as np
-import torch
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -20,10 +19,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 def keeps_process_state(fn: F) -> F:
     """Decorate a public entry point so the process leaves it with the thread count and the
     generator states (Python's, numpy's, torch's CPU one, and the current GPU's where CUDA was
-    already in use: reading another GPU's would start a context on it) it entered with."""
+    already in use: reading another GPU's would start a context on it) it entered with.
+    torch is imported at the call, not when a module decorates its entry point: importing
+    ``pipeline.score`` for its checks (``bench render``, the CLI's option parsing) loads no torch."""
 
     @functools.wraps(fn)
     def kept(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
         threads = torch.get_num_threads()
         states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
         cuda = None

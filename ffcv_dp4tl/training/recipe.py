@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..contracts import AdvNorm, AdvUnits, Decode, FinetuneHead, FinetuneMode, StartFrom, TargetCrop
-from ..data.sampling import MAX_RESOLUTION
-from ..data.transforms import NORMALIZATIONS
+from ..contracts.images import MAX_RESOLUTION, NORMALIZATIONS
 from ..errors import DP4TLError
 from .recipe_files import parse_override, read_toml, recipes_dir, resolve_recipe_path
 

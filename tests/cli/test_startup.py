@@ -50,3 +50,45 @@ def test_every_commands_help_and_a_typo_import_nothing_heavy():
                (v for k, v in ran.items() if k != "pipeline --ratoi")), ran
     assert ran["pipeline --ratoi"][:2] == [2, True], ran
     assert got["heavy"] == [], f"imported for --help: {got['heavy']}"
+
+
+#: commands that read files only: listing and showing recipes (a bad override too), and
+#: re-rendering a published table from its results.json (matplotlib, with PIL, draws its plots;
+#: scipy gives the tables' bounds): none needs torch, ffcv or a kernel library
+_READERS = """
+import json, sys
+from typer.testing import CliRunner
+from ffcv_dp4tl.cli import app
+
+runner = CliRunner()
+ran = {}
+for args in (["recipes"], ["recipes", "resnet18_bench_cpu", "--set", "train.epochs=3"],
+             ["recipes", "resnet18_bench_cpu", "--set", "train.epochz=3"],
+             ["bench", "render", sys.argv[1]]):
+    r = runner.invoke(app, args)
+    ran[" ".join(args[:2])] = ran.get(" ".join(args[:2]), []) + [[r.exit_code, r.output]]
+heavy = sorted({m.split(".")[0] for m in sys.modules} & set(%r))
+print(json.dumps({"ran": ran, "heavy": heavy}))
+""" % (tuple(h for h in HEAVY if h not in ("matplotlib", "PIL", "scipy")),)  # (plots, stats)
+
+
+def test_reading_recipes_and_rendering_a_table_import_no_torch(tmp_path):
+    """``dp4tl recipes`` and ``bench render`` read files: they imported torch (about 7 s) through
+    the training package's eager exports, the recipe's image constants and the scoring stage's
+    process-state guard. A published cost table is rendered again from its results.json."""
+    import shutil
+
+    out = tmp_path / "table"
+    shutil.copytree(REPO / "docs" / "no-loss" / "paper", out)
+    (out / "report.md").unlink()
+    proc = subprocess.run([sys.executable, "-c", _READERS, str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    ran = got["ran"]
+    assert ran["recipes"][0][0] == 0 and "recipes in" in ran["recipes"][0][1]
+    (shown, bad) = ran["recipes resnet18_bench_cpu"]
+    assert shown[0] == 0 and "epochs = 3" in shown[1]
+    assert bad[0] != 0  # (its one-line message goes to the real stderr)
+    assert ran["bench render"][0][0] == 0 and (out / "report.md").is_file()
+    assert got["heavy"] == [], f"imported to read files: {got['heavy']}"
