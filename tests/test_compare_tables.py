@@ -1,0 +1,66 @@
+"""benchmarks/compare_tables.py: one method's accuracy in two cost tables, paired by seed."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from repo_scripts import load_script
+
+cmp = load_script("benchmarks/compare_tables.py")
+
+NOISE = [0.5, -0.5, 0.25, -0.25, 0.0, 0.75, -0.75, 0.1]
+
+
+def _table(shift: dict[float, float], criterion: str = "final") -> dict:
+    rows = []
+    for s in range(8):
+        rows.append({"method": "0 %", "ratio": 0.0, "seed": s, "lp_top1": 80.0 + s,
+                     "lp_best_top1": 81.0 + s})
+        for ratio, d in shift.items():
+            acc = 70.0 + s + d + (NOISE[s] if d else 0.0)
+            rows.append({"method": "lm", "ratio": ratio, "seed": s, "lp_top1": acc,
+                         "lp_best_top1": acc + 1})
+    return {"bench": "cost-table", "rows": rows, "finetune": ["lp"], "methods": ["lm"],
+            "criterion": criterion}
+
+
+def test_a_shift_is_found_and_none_is_claimed_where_there_is_none():
+    """B is 3 points above A at 60 % on every seed (with noise) and equal at 80 %: the first
+    cell reads better after Holm, the second shows no difference; the shared references are
+    named as the same runs."""
+    res = cmp.compare(_table({0.6: 0.0, 0.8: 0.0}), _table({0.6: 3.0, 0.8: 0.0}), "lm")
+    (c60, c80) = res["cells"]
+    assert c60["ratio"] == 0.6 and c60["test"]["mean"] == pytest.approx(3.0 + sum(NOISE) / 8)
+    assert c60["test"]["wins"] == 8 and c60["verdict"] == "better"
+    assert c80["test"]["mean"] == 0 and c80["verdict"] == "no difference shown"
+    text = cmp.markdown(res, ("epochs", "steps"), ("a", "b"))
+    assert "| LP | 60 % |" in text and "better |" in text
+    assert "the same runs in both tables (8 seeds" in text
+
+
+def test_different_references_and_criteria_are_said_or_refused():
+    b = _table({0.6: 1.0})
+    for r in b["rows"]:
+        if r["method"] == "0 %":
+            r["lp_top1"] += 2.0
+    text = cmp.markdown(cmp.compare(_table({0.6: 0.0}), b, "lm"), ("A", "B"), ("a", "b"))
+    assert "**differs** between the tables (up to 2.00 points" in text
+    with pytest.raises(cmp.DP4TLError, match="criterion final vs best"):
+        cmp.compare(_table({0.6: 0.0}), _table({0.6: 0.0}, "best"), "lm")
+    with pytest.raises(cmp.DP4TLError, match="no finetuning mode or pruned ratio of method 'fm'"):
+        cmp.compare(_table({0.6: 0.0}), _table({0.6: 0.0}), "fm")
+
+
+def test_the_command_line_writes_the_table_and_says_bad_input_in_one_line(tmp_path, capsys):
+    for name, shift in (("a", 0.0), ("b", 3.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(_table({0.6: shift})))
+    out = tmp_path / "cmp.md"
+    assert cmp.main([str(tmp_path / "a"), str(tmp_path / "b"), "--labels", "epochs,steps",
+                     "--out", str(out)]) == 0
+    assert "| mode | ratio | epochs (A) | steps (B) |" in out.read_text()
+    (tmp_path / "bad.json").write_text("{")
+    capsys.readouterr()
+    assert cmp.main([str(tmp_path / "bad.json"), str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.json: not JSON" in err and err.count("\n") == 1
