@@ -164,7 +164,8 @@ def write_report(res: PipelineResult, out: Path) -> None:
         lines.append(f"- kept: {unit_part}{pr['train_kept']} train samples" + _fraction(pr))
     pre = res.find("pretrain")
     if cfg.get("pretrain_length") == "steps" and pre is not None and "epoch" in pre.values:
-        lines.append(f"- pretraining length: `steps` — {pre.values['epoch']} epochs on the kept "
+        # (a training's recorded `epoch` is its last epoch's index, from 0)
+        lines.append(f"- pretraining length: `steps` — {pre.values['epoch'] + 1} epochs on the kept "
                      "samples, as many optimizer steps as the recipe's epochs on the whole "
                      "source (schedule stretched to match)")
     lines += truth_lines(res.ground_truth, cfg.get("order", "ordered"))

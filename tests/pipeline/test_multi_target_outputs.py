@@ -208,6 +208,27 @@ def test_the_kept_line_and_title_say_what_was_kept(tmp_path):
         assert line in (tmp_path / unit / "report.md").read_text()
 
 
+@pytest.mark.parametrize("length", ["epochs", "steps"])
+def test_the_report_says_how_long_a_pruned_set_was_pretrained(tmp_path, length):
+    """``--pretrain-length steps``: report.md gives the epochs the kept samples trained (the
+    stage's last epoch index, from 0, plus one: it said 24 for a 25-epoch run); the paper's
+    fixed epochs say nothing."""
+    from ffcv_dp4tl.contracts.stage import StageResult
+    from ffcv_dp4tl.pipeline.report import write_report
+    from ffcv_dp4tl.pipeline.result import StagePlace
+    from ffcv_dp4tl.pipeline.stages import StageRun
+
+    res = _multi_result({"warm": "/d/warm"}, [1.0])
+    res.targets = {}
+    res.config["pretrain_length"] = length
+    res.add(StagePlace("pretrain", "pretrain", seed=0), StageRun(StageResult(
+        "pretrain", "train", 60.0, {"epoch": 24, "top1_val": 0.9}), tmp_path, True))
+    write_report(res, tmp_path / length)
+    text = (tmp_path / length / "report.md").read_text()
+    assert ("- pretraining length: `steps` — 25 epochs on the kept samples" in text) == (length == "steps")
+    assert ("pretraining length" in text) == (length == "steps")
+
+
 # ------------------------------------------------------------------------ recipes line
 def test_the_recipes_line_names_each_targets_recipes_when_they_differ(tmp_path):
     from ffcv_dp4tl.pipeline.report import recipes_line, write_report
