@@ -12,7 +12,7 @@ from ..errors import DP4TLError
 from ..reporting import command_line
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (BENCH_TARGET_HELP, PRETRAIN_LENGTH_HELP, RECIPES_HELP, REPORT_HELP, Budget, FORMAT_HELP, K_HELP, Format,
+from .options import (BENCH_TARGET_HELP, PRETRAIN_LENGTH_HELP, PROGRESS_HELP, RECIPES_HELP, REPORT_HELP, Budget, FORMAT_HELP, K_HELP, Format,
                       PretrainLength, Protocol,
                       RecipeSet, bench_target,
                       check_arch, default_k, device_option, ints_callback, list_callback,
@@ -88,6 +88,7 @@ def cost_table(
     budget: Budget = typer.Option(Budget.units, help="units | samples: what the ratio counts for "
                                   "class/cluster methods (see `dp4tl prune --help`)"),
     pretrain_length: PretrainLength = typer.Option(PretrainLength.epochs, help=PRETRAIN_LENGTH_HELP),
+    progress: bool = typer.Option(True, help=PROGRESS_HELP),
     report: Optional[str] = typer.Option(None, help="Also write a `## Cost table` section into this "
                                          "Markdown file (e.g. BENCHMARKS.md; '' = none)",
                                          callback=report_callback),
@@ -110,7 +111,8 @@ def cost_table(
                           device=device, k=k, overrides=tuple(set_),
                           surrogate_overrides=tuple(set_surrogate),
                           finetune_overrides=tuple(set_finetune), scorer_options=tuple(opt),
-                          budget=budget.value, pretrain_length=pretrain_length.value)
+                          budget=budget.value, pretrain_length=pretrain_length.value,
+                          progress=progress)
     # the exact command, every option spelled out (defaults included) so it reproduces the run
     opts = [("ratios", ratios), ("methods", methods), ("seeds", seeds), ("finetune", finetune),
             ("ff-methods", ff_methods), ("ks", ks), ("orders", orders), ("data", data),
@@ -207,6 +209,7 @@ def embedded(
     runs_root: Path = typer.Option(Path("runs/embedded-benchmark")),
     format: Format = typer.Option(Format.wds, "--format", help=FORMAT_HELP),
     device: str = device_option(),
+    progress: bool = typer.Option(True, help=PROGRESS_HELP),
     report: Optional[str] = typer.Option("BENCHMARKS.md", help="Markdown file that gets the section "
                                          "('' = none)", callback=report_callback),
 ) -> None:
@@ -232,7 +235,8 @@ def embedded(
     seed_list = [int(s) for s in split_list(seeds)]
     ref_seeds = [int(s) for s in split_list(reference_seeds)] or seed_list
     base = PipelineConfig(source=data, recipes="bench", data_root=data_root, runs_root=runs_root,
-                          fmt=format.value, device=device, k=default_k(None, data))
+                          fmt=format.value, device=device, k=default_k(None, data),
+                          progress=progress)
     command = (f"dp4tl bench embedded --seeds {seeds} --reference-seeds {','.join(map(str, ref_seeds))} "
                f"--targets {','.join(names)} --methods {methods} --ratios {ratios} --finetune "
                f"{finetune} --data {data} --out {out} --data-root {data_root} --runs-root "
@@ -367,6 +371,7 @@ def surrogates(
                                 callback=section_callback),
     note: List[str] = typer.Option([], "--note", help="A line for the report's header, e.g. why "
                                    "the recipes were shrunk (repeatable)"),
+    progress: bool = typer.Option(True, help=PROGRESS_HELP),
 ) -> None:
     """LM with surrogates of different sizes (paper Tab. A6 / Fig. 5): params, source accuracy,
     class overlap with the RN-18 selection, target accuracy per ratio, largest winning ratio."""
@@ -393,7 +398,7 @@ def surrogates(
                           device=device, overrides=tuple(set_),
                           surrogate_overrides=tuple(set_surrogate),
                           finetune_overrides=tuple(set_finetune),
-                          seeds=tuple(int(s) for s in split_list(seeds)))
+                          seeds=tuple(int(s) for s in split_list(seeds)), progress=progress)
     opts = [("archs", archs), ("ratio", ratio), ("ratios", ratios), ("reference", reference),
             ("finetune", finetune), ("seeds", seeds), ("data", data), ("target", target),
             ("protocol", protocol.value), ("recipes", recipes_), ("data-root", data_root),

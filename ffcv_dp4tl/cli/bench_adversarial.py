@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from .bench import bench_app
-from .options import (RECIPES_HELP, REPORT_HELP, FORMAT_HELP, K_HELP, AdvNorm, AdvUnits, Format, Protocol, RecipeSet,
+from .options import (PROGRESS_HELP, RECIPES_HELP, REPORT_HELP, FORMAT_HELP, K_HELP, AdvNorm, AdvUnits, Format, Protocol, RecipeSet,
                       check_arch, default_k, device_option, list_callback, out_callback, report_callback,
                       pruned_ratio_callback, section_callback, seeds_callback, split_list)
 from .pipeline import FINETUNE_MODES, PROTOCOL_HELP
@@ -57,6 +57,7 @@ def adversarial(
     set_finetune: List[str] = typer.Option([], "--set-finetune", help="LP/FF recipe override"),
     report: Optional[str] = typer.Option(None, help=REPORT_HELP, callback=report_callback),
     section: str = typer.Option(SECTION, help="Title of that section", callback=section_callback),
+    progress: bool = typer.Option(True, help=PROGRESS_HELP),
 ) -> None:
     """DENSE, DENSE-ADV, LM and LM-ADV source models → LP/FF accuracy and pretraining time (Tab. 5)."""
     from ..bench.adversarial import adv_overrides, header_lines, markdown_tables, run_adversarial
@@ -73,7 +74,7 @@ def adversarial(
                           protocol=protocol.value, data_root=data_root, runs_root=runs_root,
                           fmt=format.value, device=device, k=k, overrides=tuple(set_),
                           surrogate_overrides=tuple(set_surrogate),
-                          finetune_overrides=tuple(set_finetune))
+                          finetune_overrides=tuple(set_finetune), progress=progress)
     opts = [("ratio", ratio), ("seeds", seeds), ("finetune", finetune), ("steps", steps),
             ("eps", eps), ("step-size", step_size), ("norm", norm.value),
             *((("units", units.value),) if units is not None else ()), ("method", method),

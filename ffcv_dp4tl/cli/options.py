@@ -27,6 +27,9 @@ from ..errors import DP4TLError
 
 
 FORMAT_HELP = "ffcv (betons) or wds (WebDataset shards)"
+PROGRESS_HELP = ("Show the progress bars of builds, training and scoring (a timestamped line a "
+                 "minute where stderr is not a terminal); every stage's lines are printed either "
+                 "way")
 PRETRAIN_LENGTH_HELP = ("epochs: a pruned set is pretrained for the recipe's epochs (the paper's "
                         "protocol: pruning saves time) | steps: for as many optimizer steps as the "
                         "unpruned set (more epochs, schedule stretched): the saved time spent "

@@ -8,7 +8,7 @@ import typer
 
 from ..scoring.registry import methods_help
 from .app import app
-from .options import (ORDER_HELP, PRETRAIN_LENGTH_HELP, RECIPES_HELP, FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order,
+from .options import (ORDER_HELP, PRETRAIN_LENGTH_HELP, PROGRESS_HELP, RECIPES_HELP, FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order,
                       PretrainLength, Protocol, RecipeSet, TargetSplit,
                       check_arch, check_k, device_option, list_callback,
                       ratio_callback, refuse_unread, seeds_callback, split_list)
@@ -108,9 +108,7 @@ def pipeline(
                                "clusters; samples: prune them until the kept sample fraction "
                                "is closest to 1 - ratio"),
     pretrain_length: PretrainLength = typer.Option(PretrainLength.epochs, help=PRETRAIN_LENGTH_HELP),
-    progress: bool = typer.Option(True, help="Show the progress bars of builds, training and "
-                                  "scoring (a timestamped line a minute where stderr is not a "
-                                  "terminal); every stage's lines are printed either way"),
+    progress: bool = typer.Option(True, help=PROGRESS_HELP),
 ) -> None:
     """build → surrogate → score → prune → pretrain on the mask → LP/FF on the target → report."""
     from ..pipeline.config import PipelineConfig

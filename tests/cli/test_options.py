@@ -512,3 +512,52 @@ def test_train_names_kept_epochs_past_the_run_when_it_starts(record, capsys, tmp
     assert "[5, 6] lie past train.epochs 4, so checkpoint_e5.pt, checkpoint_e6.pt will not" in \
         keep_epochs_note(load_recipe("resnet18_tiny_cpu", ["train.epochs=4",
                                                            "train.keep_epochs=[6, 5, 1]"]))
+
+
+#: every command that runs pipelines: (its words, the module and function that take its config)
+_RUNNERS = {
+    "pipeline": (["pipeline"], "pipeline.run", "run_pipeline"),
+    "cost-table": (["bench", "cost-table"], "bench.cost_table", "run_cost_table"),
+    "embedded": (["bench", "embedded", "--report", ""], "bench.separation", "run_separation"),
+    "surrogates": (["bench", "surrogates"], "bench.surrogates", "run_surrogate_bench"),
+    "adversarial": (["bench", "adversarial"], "bench.adversarial", "run_adversarial"),
+}
+
+
+@pytest.mark.parametrize("command", list(_RUNNERS))
+def test_every_command_that_runs_pipelines_takes_no_progress(command, monkeypatch, capsys,
+                                                              tmp_path):
+    """``--no-progress`` quiets the bars of ``dp4tl pipeline``; the benches, which run many
+    pipelines, refused it ("No such option"). Each passes it to its pipelines' config, bars on
+    by default."""
+    from importlib import import_module
+
+    words, module, name = _RUNNERS[command]
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake(base, *a, **kw):
+        seen.append(base)
+        raise Stop
+    monkeypatch.setattr(import_module(f"ffcv_dp4tl.{module}"), name, fake)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    monkeypatch.chdir(tmp_path)
+    for extra, want in (([], True), (["--no-progress"], False)):
+        monkeypatch.setattr(sys, "argv", ["dp4tl", *words, *extra])
+        with pytest.raises(Stop):
+            main()
+        assert seen.pop().progress is want, capsys.readouterr().err
+
+
+def test_pretrain_length_reaches_the_pipeline_and_the_cost_table(record, capsys):
+    _, (cfg,), _ = record(capsys, "pipeline")
+    assert cfg.pretrain_length == "epochs"  # the paper's
+    _, (cfg,), _ = record(capsys, "pipeline", "--pretrain-length", "steps")
+    assert cfg.pretrain_length == "steps"
+    _, (base, _), kw = record(capsys, "bench", "cost-table", "--pretrain-length", "steps")
+    assert base.pretrain_length == "steps" and "--pretrain-length steps" in kw["command"]
+    _, (base, _), kw = record(capsys, "bench", "cost-table")
+    assert base.pretrain_length == "epochs" and "--pretrain-length" not in kw["command"]
