@@ -11,7 +11,9 @@ or ``best``); tables judged by different criteria are refused.
 
 The unpruned (0 %) runs are compared too: when the two tables share them (one runs folder, as
 ``--pretrain-length steps`` does, whose reference needs no stretch), every difference is 0 and
-the comparison of pruned runs is against the same baseline.
+the comparison of pruned runs is against the same baseline. Only the ratios both tables ran are
+compared, and only seeds with a finite accuracy in both (a diverged run's NaN is counted apart).
+A table of several targets is compared on its first target (its ``rows``), as the output says.
 
     python benchmarks/compare_tables.py docs/no-loss/paper docs/no-loss/paper-steps --method lm \\
         --labels epochs,steps --out docs/no-loss/steps-vs-epochs.md
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,23 +45,39 @@ def load_table(path: Path) -> dict[str, Any]:
                          "cost-table` or restore the file") from None
     if not isinstance(t, dict) or t.get("bench") != "cost-table" or not isinstance(t.get("rows"), list):
         raise DP4TLError(f"{f}: not the results.json of a `dp4tl bench cost-table` run")
+    for i, r in enumerate(t["rows"]):
+        ok = (isinstance(r, dict) and isinstance(r.get("method"), str)
+              and _is_number(r.get("ratio")) and isinstance(r.get("seed"), int)
+              and not isinstance(r.get("seed"), bool))
+        if not ok:
+            raise DP4TLError(f"{f}: row {i} is not a run's row (a method name, a numeric ratio and "
+                             "an integer seed); the file was edited or damaged: rerun `dp4tl "
+                             "bench cost-table` into its folder")
     return t
 
 
-def _accuracy(row: dict[str, Any], mode: str, criterion: str) -> float | None:
-    v = row.get(f"{mode}_best_top1" if criterion == "best" else f"{mode}_top1")
-    return float(v) if isinstance(v, (int, float)) else None
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _ratio(r: dict[str, Any]) -> float:
+    return round(float(r["ratio"]), 6)
 
 
 def _by_seed(t: dict[str, Any], method: str, ratio: float, mode: str) -> dict[int, float]:
-    crit = t.get("criterion", "final")
+    """``method``'s accuracy per seed at ``ratio`` (the epoch the table's criterion names);
+    NaN for a run whose value is missing or not finite (a diverged run)."""
+    key = f"{mode}_best_top1" if t.get("criterion", "final") == "best" else f"{mode}_top1"
     out = {}
     for r in t["rows"]:
-        if r.get("method") == method and round(float(r.get("ratio", -1)), 6) == round(ratio, 6):
-            acc = _accuracy(r, mode, crit)
-            if acc is not None:
-                out[int(r["seed"])] = acc
+        if r["method"] == method and _ratio(r) == ratio:
+            v = r.get(key)
+            out[r["seed"]] = float(v) if _is_number(v) and math.isfinite(v) else math.nan
     return out
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
 
 
 def compare(a: dict[str, Any], b: dict[str, Any], method: str) -> dict[str, Any]:
@@ -69,8 +88,11 @@ def compare(a: dict[str, Any], b: dict[str, Any], method: str) -> dict[str, Any]
         raise DP4TLError(f"the tables judge different epochs (criterion {ca} vs {cb}); render "
                          "one again with `dp4tl bench render OUT --criterion` to match")
     modes = [m for m in a.get("finetune", []) if m in b.get("finetune", [])]
-    ratios = sorted({float(r["ratio"]) for t in (a, b) for r in t["rows"]
-                     if r.get("method") == method and float(r["ratio"]) > 0})
+
+    def ratios_of(t: dict[str, Any]) -> set[float]:
+        return {_ratio(r) for r in t["rows"] if r["method"] == method and r["ratio"] > 0}
+    only = ratios_of(a) ^ ratios_of(b)
+    ratios = sorted(ratios_of(a) & ratios_of(b))
     if not modes or not ratios:
         raise DP4TLError(f"no finetuning mode or pruned ratio of method {method!r} in both tables "
                          f"(A: methods {a.get('methods')}, modes {a.get('finetune')}; B: methods "
@@ -79,20 +101,28 @@ def compare(a: dict[str, Any], b: dict[str, Any], method: str) -> dict[str, Any]
     for mode in modes:
         ra, rb = _by_seed(a, REFERENCE, 0.0, mode), _by_seed(b, REFERENCE, 0.0, mode)
         seeds = sorted(set(ra) & set(rb))
+        # (the same diverged run in both tables is the same run: NaN against NaN is no difference)
+        differs = [abs(rb[s] - ra[s]) if not (math.isnan(ra[s]) and math.isnan(rb[s])) else 0.0
+                   for s in seeds]
         reference.append({"mode": mode, "seeds": seeds,
-                          "max_abs_diff": max((abs(rb[s] - ra[s]) for s in seeds), default=None)})
+                          "max_abs_diff": max(differs, default=None)})
         for ratio in ratios:
             xa, xb = _by_seed(a, method, ratio, mode), _by_seed(b, method, ratio, mode)
-            seeds = sorted(set(xa) & set(xb))
+            both = sorted(set(xa) & set(xb))
+            seeds = [s for s in both if math.isfinite(xa[s]) and math.isfinite(xb[s])]
             test = paired_test([xb[s] - xa[s] for s in seeds])
             cells.append({"mode": mode, "ratio": ratio, "seeds": seeds, "test": test,
-                          "a_mean": sum(xa[s] for s in seeds) / len(seeds) if seeds else None,
-                          "b_mean": sum(xb[s] for s in seeds) / len(seeds) if seeds else None})
+                          "not_finite": len(both) - len(seeds),
+                          "a_mean": _mean([xa[s] for s in seeds]),
+                          "b_mean": _mean([xb[s] for s in seeds])})
     for c, p in zip(cells, holm([c["test"].get("p") for c in cells])):
         c["p_holm"] = p
         word = direction(c["test"])
-        c["verdict"] = after_holm(word, p) if word else "no difference shown"
-    return {"method": method, "criterion": ca, "cells": cells, "reference": reference}
+        c["verdict"] = (after_holm(word, p) if word else "no difference shown" if c["seeds"]
+                        else "no seed in both tables")
+    targets = [len(t.get("targets") or {}) > 1 for t in (a, b)]
+    return {"method": method, "criterion": ca, "cells": cells, "reference": reference,
+            "only_one_table": sorted(only), "first_target_only": any(targets)}
 
 
 def markdown(res: dict[str, Any], labels: tuple[str, str], paths: tuple[str, str]) -> str:
@@ -107,11 +137,17 @@ def markdown(res: dict[str, Any], labels: tuple[str, str], paths: tuple[str, str
         t = c["test"]
         a_m = "–" if c["a_mean"] is None else f"{c['a_mean']:.1f}"
         b_m = "–" if c["b_mean"] is None else f"{c['b_mean']:.1f}"
-        lines.append(f"| {c['mode'].upper()} | {round(100 * c['ratio'])} % | {a_m} | {b_m} | "
+        nan = f" ({c['not_finite']} not finite)" if c["not_finite"] else ""
+        lines.append(f"| {c['mode'].upper()} | {_percent(c['ratio'])} | {a_m} | {b_m} | "
                      f"{format_interval(t.get('mean'), t.get('lo'), t.get('hi'))} | "
-                     f"{t['wins']} / {t['losses']} of {t['n']} | {format_p(t.get('p'))} | "
+                     f"{t['wins']} / {t['losses']} of {t['n']}{nan} | {format_p(t.get('p'))} | "
                      f"{format_p(c['p_holm'])} | {c['verdict']} |")
     lines.append("")
+    if res["only_one_table"]:
+        lines.append("- ratios in one table only, not compared: "
+                     + ", ".join(_percent(r) for r in res["only_one_table"]))
+    if res["first_target_only"]:
+        lines.append("- a table of several targets: compared on its first target's rows only")
     for r in res["reference"]:
         d = r["max_abs_diff"]
         lines.append(f"- 0 % reference, {r['mode'].upper()}: " + (
@@ -121,6 +157,10 @@ def markdown(res: dict[str, Any], labels: tuple[str, str], paths: tuple[str, str
             f"**differs** between the tables (up to {d:.2f} points over {len(r['seeds'])} seeds): "
             "the pruned runs are compared against different baselines"))
     return "\n".join(lines) + "\n"
+
+
+def _percent(ratio: float) -> str:
+    return f"{100 * ratio:g} %"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,12 +12,19 @@ module of that name (``ffcv_dp4tl.training.finetune``, the function, in ``traini
 Importing a submodule makes the import system bind it as an attribute of its package, which
 would replace the export by the module for every later reader; such a package gets a module
 class that declines that one binding (:class:`_KeepsExports`), so the attribute is the export,
-as an eager ``from .finetune import finetune`` made it. ``import ffcv_dp4tl.training.finetune``
-and ``from ffcv_dp4tl.training.finetune import ...`` still find the module (``sys.modules``).
+as an eager ``from .finetune import finetune`` made it. ``from ffcv_dp4tl.training.finetune
+import ...`` still finds the module; ``import ffcv_dp4tl.training.finetune as m`` binds the
+function (as it did with the eager import): for the module itself use
+``importlib.import_module("ffcv_dp4tl.training.finetune")``.
+
+A package's modules are its attributes too (``ffcv_dp4tl.training.trainer`` after a plain
+``import ffcv_dp4tl.training``), imported on first read as an eager ``__init__`` had them
+imported already.
 """
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import types
 from typing import Any, Callable
@@ -53,6 +60,8 @@ def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str],
 
     def __getattr__(name: str) -> Any:
         if name not in exports:
+            if not name.startswith("_") and importlib.util.find_spec(f"{package}.{name}"):
+                return importlib.import_module(f"{package}.{name}")  # (a module of the package)
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         value = getattr(importlib.import_module(exports[name], package), name)
         namespace[name] = value  # (once: later reads find it without this function)

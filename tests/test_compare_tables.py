@@ -51,6 +51,43 @@ def test_different_references_and_criteria_are_said_or_refused():
         cmp.compare(_table({0.6: 0.0}), _table({0.6: 0.0}), "fm")
 
 
+def test_only_what_both_tables_ran_is_compared_and_nan_is_counted_apart():
+    """A method or a ratio that one table lacks gave an empty cell reading "no difference
+    shown" (review); a diverged run's NaN printed "nan" means over other seeds than the test's,
+    and the same NaN reference in both tables read as "differs ... up to nan points"."""
+    import math
+
+    with pytest.raises(cmp.DP4TLError, match="no finetuning mode or pruned ratio of method 'lm'"):
+        cmp.compare(_table({0.6: 0.0}), {**_table({}), "rows": [
+            r for r in _table({0.6: 0.0})["rows"] if r["method"] != "lm"]}, "lm")
+    res = cmp.compare(_table({0.6: 0.0, 0.8: 0.0}), _table({0.6: 3.0}), "lm")
+    assert [c["ratio"] for c in res["cells"]] == [0.6] and res["only_one_table"] == [0.8]
+    assert "ratios in one table only, not compared: 80 %" in cmp.markdown(res, ("A", "B"), ("a", "b"))
+    a, b = _table({0.6: 0.0}), _table({0.6: 3.0})
+    for t in (a, b):
+        for r in t["rows"]:
+            if r["seed"] == 0:
+                r["lp_top1"] = math.nan  # seed 0 diverged everywhere (the same reference run)
+    b["rows"][3]["lp_top1"] = None  # (seed 1's LM run of B: no value)
+    res = cmp.compare(a, b, "lm")
+    (c,) = res["cells"]
+    assert c["seeds"] == [2, 3, 4, 5, 6, 7] and c["not_finite"] == 2
+    assert c["a_mean"] == pytest.approx(sum(70.0 + s for s in c["seeds"]) / 6)
+    text = cmp.markdown(res, ("A", "B"), ("a", "b"))
+    assert "nan" not in text and "(2 not finite)" in text
+    assert "the same runs in both tables" in text
+
+
+def test_a_damaged_row_is_one_line_naming_the_file(tmp_path):
+    t = _table({0.6: 0.0})
+    for bad in ({"method": "lm", "seed": 0}, {"method": "lm", "ratio": 0.6, "seed": None}, "row"):
+        t["rows"][1] = bad
+        f = tmp_path / "results.json"
+        f.write_text(json.dumps(t))
+        with pytest.raises(cmp.DP4TLError, match=r"results.json: row 1 is not a run's row"):
+            cmp.load_table(tmp_path)
+
+
 def test_the_command_line_writes_the_table_and_says_bad_input_in_one_line(tmp_path, capsys):
     for name, shift in (("a", 0.0), ("b", 3.0)):
         (tmp_path / name).mkdir()

@@ -34,5 +34,9 @@ def test_finetune_stays_the_function_after_its_module_is_imported():
             "assert t.finetune is finetune and finetune.__module__ == 'ffcv_dp4tl.training.finetune'\n"
             "assert isinstance(sys.modules['ffcv_dp4tl.training.finetune'], types.ModuleType)\n"
             "t.other = 1\n"  # (any other attribute is set as usual)
-            "assert t.other == 1\n")
+            "assert t.other == 1\n"
+            # its other modules are attributes, as after the eager imports (review)
+            "assert t.trainer is sys.modules['ffcv_dp4tl.training.trainer']\n"
+            "assert isinstance(t.engine, types.ModuleType)\n"
+            "assert not hasattr(t, 'no_such_module')\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
