@@ -21,7 +21,6 @@ A table of several targets is compared on its first target (its ``rows``), as th
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -29,35 +28,28 @@ from typing import Any
 
 from ffcv_dp4tl.bench.stats import (REFERENCE, after_holm, direction, format_interval, format_p,
                                     holm, paired_test)
+from ffcv_dp4tl.contracts.fields import KINDS
 from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.fsutil import read_json
+
+_is_number, _is_int = KINDS["number"][1], KINDS["int"][1]  # (the contracts' own type rules)
 
 
 def load_table(path: Path) -> dict[str, Any]:
     """A cost table's ``results.json`` (the file, or the ``--out`` folder holding it)."""
     f = path / "results.json" if path.is_dir() else path
-    try:
-        t = json.loads(f.read_text())
-    except OSError as e:
-        raise DP4TLError(f"{f}: cannot read it ({e.strerror or e}); pass a `dp4tl bench "
-                         "cost-table` --out folder or its results.json") from None
-    except json.JSONDecodeError as e:
-        raise DP4TLError(f"{f}: not JSON ({e.msg}, line {e.lineno}); rerun `dp4tl bench "
-                         "cost-table` or restore the file") from None
+    t = read_json(f, "cost-table results", fix="rerun `dp4tl bench cost-table` or restore the file",
+                  missing="pass a `dp4tl bench cost-table` --out folder or its results.json")
     if not isinstance(t, dict) or t.get("bench") != "cost-table" or not isinstance(t.get("rows"), list):
         raise DP4TLError(f"{f}: not the results.json of a `dp4tl bench cost-table` run")
     for i, r in enumerate(t["rows"]):
         ok = (isinstance(r, dict) and isinstance(r.get("method"), str)
-              and _is_number(r.get("ratio")) and isinstance(r.get("seed"), int)
-              and not isinstance(r.get("seed"), bool))
+              and _is_number(r.get("ratio")) and _is_int(r.get("seed")))
         if not ok:
             raise DP4TLError(f"{f}: row {i} is not a run's row (a method name, a numeric ratio and "
                              "an integer seed); the file was edited or damaged: rerun `dp4tl "
                              "bench cost-table` into its folder")
     return t
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _ratio(r: dict[str, Any]) -> float:

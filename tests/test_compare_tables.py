@@ -100,4 +100,4 @@ def test_the_command_line_writes_the_table_and_says_bad_input_in_one_line(tmp_pa
     capsys.readouterr()
     assert cmp.main([str(tmp_path / "bad.json"), str(tmp_path / "b")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "bad.json: not JSON" in err and err.count("\n") == 1
+    assert err.startswith("error: ") and "bad.json is not valid JSON" in err and err.count("\n") == 1
