@@ -229,8 +229,15 @@ class Manifest:
         )
 
 
-def load_manifest(root: str | Path) -> Manifest:
-    """Load ``root/manifest.json`` (``root`` may also be the manifest file itself)."""
+def load_manifest(root: str | Path, *, check: bool = True) -> Manifest:
+    """Load ``root/manifest.json`` (``root`` may also be the manifest file itself).
+
+    The dataset fingerprint is what masks, scores and every pipeline stage are keyed on, so it
+    is checked against the splits' own fingerprints here, where every command reads it (a few
+    hashes of hashes: no data is read). A manifest with a split deleted, or a fingerprint
+    pasted from another build, was accepted by every command but ``verify``, and a stage of
+    the other dataset could be reused for this one. ``check=False`` is for ``verify``, which
+    reports that problem beside the others it finds."""
     root = Path(root)
     if root.name == MANIFEST_NAME:
         root = root.parent
@@ -245,7 +252,11 @@ def load_manifest(root: str | Path) -> Manifest:
             f"{root} is not a built dataset (no {MANIFEST_NAME}); build it with "
             f"`dp4tl build SOURCE --out {root}` or finish an interrupted build by rerunning it"
         )
-    return Manifest(root=root, contract=DatasetManifest.from_json(read_json(path, "manifest"), path))
+    contract = DatasetManifest.from_json(read_json(path, "manifest"), path)
+    problem = contract.fingerprint_problem(path) if check else None
+    if problem is not None:
+        raise DataError(problem)
+    return Manifest(root=root, contract=contract)
 
 
 def _not_a_dataset(root: Path) -> None:

@@ -184,6 +184,40 @@ def test_a_manifest_without_splits_says_so_where_a_split_is_read(index_copy):
     assert "available" not in str(e.value)
 
 
+@pytest.mark.parametrize("edit", ["a fingerprint pasted", "a split deleted"])
+def test_a_manifest_whose_fingerprint_does_not_match_its_splits_is_refused_where_it_loads(
+        index_copy, edit, capsys, monkeypatch):
+    """Only ``verify`` checked the dataset fingerprint against the splits' own: every other
+    command loaded a manifest carrying a pasted fingerprint (or with a split deleted) and keyed
+    masks, scores and pipeline stages on it, so another dataset's cached stage could be reused
+    for this one. Every command reads the manifest through ``load_manifest``: it refuses in
+    one line naming the file and the fix; ``verify`` still reports it with the rest."""
+    from cli_runner import cli, one_line
+
+    from ffcv_dp4tl.contracts import dataset_fingerprint
+
+    if edit == "a split deleted":  # a consistent two-split manifest first, which loads
+        def add_val(m):
+            m["splits"]["val"] = dict(m["splits"]["train"], fingerprint="cd" * 32)
+            m["fingerprint"] = dataset_fingerprint([s["fingerprint"] for s in m["splits"].values()])
+        _edit_manifest(index_copy, add_val)
+        assert load_manifest(index_copy).split_names == ["train", "val"]
+        _edit_manifest(index_copy, lambda m: m["splits"].pop("val"))
+    else:
+        _edit_manifest(index_copy, lambda m: m.update(fingerprint="ab" * 32))
+    manifest = index_copy / "manifest.json"
+    with pytest.raises(DataError) as e:
+        load_manifest(index_copy)
+    msg = _one_line(e)
+    assert msg.startswith(f"{manifest}: the dataset fingerprint ") and "does not match its " \
+        "splits" in msg and msg.endswith("restore manifest.json or rebuild the dataset"), msg
+    for command in (["info"], ["mask", "classes", "--classes", "0,1", "--out", index_copy.parent / "m.npy"]):
+        code, _, err = cli(capsys, monkeypatch, *command, "--data", index_copy)
+        one_line(code, err, str(manifest), "does not match its splits")
+    problems = verify_dataset(index_copy).problems
+    assert sum("does not match its splits" in p for p in problems) == 1, problems
+
+
 def test_a_missing_split_a_recipe_named_says_which_key_names_another(index_dataset):
     """`dp4tl finetune` on a target without `test` said only "has no split 'test'; available:
     train" (review): read for a recipe key, the error names the key that picks another."""

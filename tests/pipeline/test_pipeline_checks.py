@@ -23,6 +23,20 @@ def resolve(cfg, _checked, log):
     run_pipeline(cfg, log=log)
 
 
+def _another_dataset(m: dict, tag: str) -> dict:
+    """Manifest ``m`` as another dataset's, as far as the pipeline can tell: each split's
+    fingerprint made distinct (``tag``) and the dataset fingerprint recomputed from them, so it
+    loads (``load_manifest`` refuses one that does not match its splits)."""
+    import hashlib
+
+    from ffcv_dp4tl.contracts import dataset_fingerprint
+
+    for name, split in m["splits"].items():
+        split["fingerprint"] = hashlib.sha256(f"{tag}/{name}".encode()).hexdigest()
+    m["fingerprint"] = dataset_fingerprint([s["fingerprint"] for s in m["splits"].values()])
+    return m
+
+
 def _cfg(tmp_path, **kw):
     return PipelineConfig(**{"ratio": 0.5, "method": "random", "finetune": ("lp",),
                              "runs_root": tmp_path / "runs", "data_root": tmp_path / "data", **kw})
@@ -128,13 +142,12 @@ def test_a_target_without_the_split_finetuning_reads_fails_before_the_surrogate(
     target = tmp_path / "tgt"
     shutil.copytree(index_dataset.root, target)
     m = json.loads((target / "manifest.json").read_text())
-    m["fingerprint"] = "f" * 64  # another dataset, as far as the pipeline can tell
-    (target / "manifest.json").write_text(json.dumps(m))
+    (target / "manifest.json").write_text(json.dumps(_another_dataset(m, "target")))
     source = tmp_path / "src"  # (a source with the val split the surrogate reads)
     shutil.copytree(index_dataset.root, source)
     m = json.loads((source / "manifest.json").read_text())
-    m["splits"]["val"] = m["splits"]["train"]
-    (source / "manifest.json").write_text(json.dumps(m))
+    m["splits"]["val"] = dict(m["splits"]["train"])
+    (source / "manifest.json").write_text(json.dumps(_another_dataset(m, "source")))
     cfg = _cfg(tmp_path, source=str(source), target=str(target))
     with pytest.raises(DP4TLError, match=r"target .*tgt has no 'test' split \(it has: train\), "
                                          r"which the LP recipe .* reads \(data.test_split\); "
@@ -159,8 +172,7 @@ def test_a_source_without_a_val_split_fails_before_the_surrogate(tmp_path, index
     shutil.copytree(index_dataset.root, source)
     m = json.loads((source / "manifest.json").read_text())
     assert "val" not in m["splits"]
-    m["fingerprint"] = "e" * 64  # not the target's dataset
-    (source / "manifest.json").write_text(json.dumps(m))
+    (source / "manifest.json").write_text(json.dumps(_another_dataset(m, "source")))
     cfg = _cfg(tmp_path, source=str(source), target=str(index_dataset.root), method=method)
     with pytest.raises(DP4TLError, match=r"^source .*src has no 'val' split \(it has: train\), "
                                          r"which " + names):
@@ -177,15 +189,13 @@ def test_a_source_without_a_val_split_is_fine_where_nothing_trains_on_it(tmp_pat
     source = tmp_path / "src"
     shutil.copytree(index_dataset.root, source)
     m = json.loads((source / "manifest.json").read_text())
-    m["fingerprint"] = "e" * 64
-    (source / "manifest.json").write_text(json.dumps(m))
+    (source / "manifest.json").write_text(json.dumps(_another_dataset(m, "source")))
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"")  # (resolve reads no weights; the import stage would)
     target = tmp_path / "tgt"  # (a target with the test split finetuning reads)
     shutil.copytree(index_dataset.root, target)
-    m["splits"]["test"] = m["splits"]["train"]
-    m["fingerprint"] = "d" * 64
-    (target / "manifest.json").write_text(json.dumps(m))
+    m["splits"]["test"] = dict(m["splits"]["train"])
+    (target / "manifest.json").write_text(json.dumps(_another_dataset(m, "target")))
     for kw in ({"source_weights": str(weights), "ratio": 0.0},
                {"overrides": ("data.val_split=train",)}):
         cfg = _cfg(tmp_path, source=str(source), target=str(target), **kw)
