@@ -14,7 +14,10 @@ from .fields import REQUIRED, _show, typed
 from .versions import check_version, _known
 
 #: what a damaged manifest's error says to do
-_REBUILD = "rebuild the dataset"
+#: the fix for a manifest edited by hand: a plain rerun of the build finds its settings unchanged
+#: and its files intact, so it says "already built" and keeps the edited manifest
+_REBUILD = ("rebuild the dataset with `dp4tl build SOURCE --out DIR --overwrite` (a rerun "
+            "without --overwrite keeps this manifest)")
 
 MANIFEST_NAME = "manifest.json"
 #: ``DATASET/SPLIT.files.txt``: where each sample came from (its input file, or the generator's

@@ -210,7 +210,9 @@ def test_a_manifest_whose_fingerprint_does_not_match_its_splits_is_refused_where
         load_manifest(index_copy)
     msg = _one_line(e)
     assert msg.startswith(f"{manifest}: the dataset fingerprint ") and "does not match its " \
-        "splits" in msg and msg.endswith("restore manifest.json or rebuild the dataset"), msg
+        "splits" in msg and msg.endswith("restore manifest.json or rebuild the dataset with `dp4tl build SOURCE "
+                         "--out DIR --overwrite` (a rerun without --overwrite keeps this "
+                         "manifest)"), msg
     for command in (["info"], ["mask", "classes", "--classes", "0,1", "--out", index_copy.parent / "m.npy"]):
         code, _, err = cli(capsys, monkeypatch, *command, "--data", index_copy)
         one_line(code, err, str(manifest), "does not match its splits")
@@ -255,7 +257,9 @@ def test_a_shortened_or_emptied_class_list_is_refused_where_the_manifest_is_read
         load_manifest(root)
     assert _one_line(e) == (f"{root}/manifest.json: classes lists 2 names but split 'train' was "
                             f"built with {built} classes (its class_counts): classes was edited; "
-                            "restore manifest.json or rebuild the dataset")
+                            "restore manifest.json or rebuild the dataset with `dp4tl build "
+                            "SOURCE --out DIR --overwrite` (a rerun without --overwrite keeps "
+                            "this manifest)")
     _edit_manifest(root, lambda m: m.update(classes=[]))
     with pytest.raises(DataError, match=r"manifest\.json: classes is empty \(edited by hand\?\)") as e:
         load_manifest(root)
