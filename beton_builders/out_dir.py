@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import glob
+import json
 import shutil
 from pathlib import Path
+from typing import Iterable
 
 from ffcv_dp4tl.contracts import MANIFEST_NAME, ORIGINS_SUFFIX
 from ffcv_dp4tl.errors import DataError
@@ -85,14 +88,47 @@ def check_parts_fit(out_dir: Path, parts: list[str]) -> None:
                         "another --out")
 
 
-def remove_build(out_dir: Path) -> None:
-    """Delete the files a build writes in ``out_dir`` (``--overwrite``), nothing else."""
-    for name in [MANIFEST_NAME, "rejects.txt", BUILD_DIR, "wds"]:
-        p = out_dir / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-    for p in [*out_dir.glob("*.beton"), *out_dir.glob("*.labels.npy"),
-              *out_dir.glob(f"*{ORIGINS_SUFFIX}")]:
-        p.unlink()
+def remove_build(out_dir: Path, splits: Iterable[str] = ()) -> None:
+    """Delete the files a build writes in ``out_dir`` (``--overwrite``), nothing else: its
+    records, manifest and rejects, and per split ``S`` the files named after it
+    (``S.beton``, ``S.labels.npy``, ``S.files.txt``, ``wds/S.index.npy``,
+    ``wds/S-NNNNNN.tar``). ``wds/`` and the top level used to be emptied by pattern, which
+    deleted a user's own shards and betons kept there (audit); ``wds/`` goes only when that
+    empties it. The splits are the manifest's, those the build's records name (one
+    ``.build/S-NNNNNN.json`` per finished shard: a build killed before its manifest) and
+    ``splits`` (the build about to be written, which replaces those names anyway)."""
+    names = build_splits(out_dir) | set(splits)
+    for name in [MANIFEST_NAME, "rejects.txt"]:
+        (out_dir / name).unlink(missing_ok=True)
+    if (out_dir / BUILD_DIR).is_dir():
+        shutil.rmtree(out_dir / BUILD_DIR)
+    wds = out_dir / "wds"
+    for s in sorted(names):
+        for p in [out_dir / f"{s}.beton", out_dir / f"{s}.labels.npy",
+                  out_dir / f"{s}{ORIGINS_SUFFIX}", wds / f"{s}.index.npy",
+                  *wds.glob(f"{glob.escape(s)}-{_SHARD_DIGITS}.tar")]:
+            p.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # (not empty: the user's files stay, and the folder)
+        wds.rmdir()
+
+
+#: the shard number in ``wds/S-NNNNNN.tar`` (:func:`shard_files`), as a glob
+_SHARD_DIGITS = "[0-9]" * 6
+
+
+def build_splits(out_dir: Path) -> set[str]:
+    """The split names of the build in ``out_dir`` as far as its files tell, even when damaged
+    (what ``--overwrite`` is for): the manifest's splits when it still reads as JSON, and the
+    splits of the finished shards recorded in ``.build/`` (``S-NNNNNN.json``)."""
+    names: set[str] = set()
+    try:
+        splits = json.loads((out_dir / MANIFEST_NAME).read_bytes()).get("splits")
+        names |= {k for k in splits if isinstance(k, str)} if isinstance(splits, dict) else set()
+    except (OSError, ValueError, RecursionError, AttributeError):
+        pass  # (no manifest, or one damaged past reading: the records below still tell)
+    for p in (out_dir / BUILD_DIR).glob(f"*-{_SHARD_DIGITS}.json"):
+        names.add(p.stem[:-7])
+    return {n for n in names if n and "/" not in n and n not in (".", "..")}
 
 
 def remove_stale_parts(out_dir: Path, parts: list[str]) -> list[Path]:

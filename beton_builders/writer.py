@@ -227,7 +227,7 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
     settings_path = settings_file(out_dir)
     check_ours(out_dir, option)  # (again under the lock)
     if overwrite and is_build(out_dir):
-        remove_build(out_dir)
+        remove_build(out_dir, spec.splits)
     if manifest_path.exists():
         # (a damaged manifest: this build command is how the user rebuilds, so its fix is ours)
         old = DatasetManifest.from_json(read_json(manifest_path, "manifest", fix=remedy),

@@ -14,9 +14,10 @@ from beton_builders import build_dataset
 from ffcv_dp4tl.errors import DataError
 
 try:  # rootdir-relative import (no tests/__init__.py) or package-relative
-    from tiny_builds import OPTS, image, manifest_of, mem_spec
+    from tiny_builds import OPTS, image, manifest_of, mem_spec, shards_of, verify_ok
 except ImportError:  # pragma: no cover
-    from .tiny_builds import OPTS, image, manifest_of, mem_spec  # type: ignore[no-redef]
+    from .tiny_builds import (OPTS, image, manifest_of, mem_spec,  # type: ignore[no-redef]
+                              shards_of, verify_ok)
 
 # numba's dispatcher finalizer may log a KeyError when ffcv's generated code is collected.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -56,6 +57,45 @@ def test_overwrite_never_deletes_a_folder_that_is_no_build(tmp_path):
     with pytest.raises(DataError, match="is not a dp4tl build"):
         build_dataset(mem_spec(n=3), out, OPTS, overwrite=True)
     assert (out / "imagenet_train.beton").read_bytes() == b"beton"
+
+
+@pytest.mark.parametrize("state", ["finished", "manifest cut short", "killed before its manifest"])
+def test_overwrite_deletes_the_builds_files_and_keeps_the_users_beside_them(tmp_path, state):
+    """``--overwrite`` emptied ``wds/`` whole and every ``*.beton`` at the top, so a user's own
+    shard and notes kept in a build's ``wds/`` were deleted without a word (audit). Only the
+    files named after the build's splits go, found from the manifest or, when it is damaged or
+    not yet written, from the build's shard records; the new build is then complete."""
+    import shutil
+
+    out = tmp_path / "out"
+    build_dataset(mem_spec(n=16), out, OPTS)  # 2 shards of 8
+    built = {p.relative_to(out) for p in out.rglob("*") if p.is_file()}
+    assert {"train.beton", "wds/train-000000.tar", "wds/train-000001.tar"} <= {str(p) for p in built}
+    mine = {out / "wds" / "mydata-000000.tar": (out / "wds" / "train-000000.tar").read_bytes(),
+            out / "wds" / "notes.txt": b"mine", out / "imagenet.beton": b"beton",
+            out / "NOTES.md": b"notes"}
+    for path, data in mine.items():
+        path.write_bytes(data)
+    if state == "manifest cut short":
+        (out / "manifest.json").write_text((out / "manifest.json").read_text()[:50])
+    elif state == "killed before its manifest":  # (its beton, labels and index not made yet)
+        for rel in ("manifest.json", "train.beton", "train.labels.npy", "wds/train.index.npy"):
+            (out / rel).unlink()
+        shutil.copy(out / "wds" / "train-000001.tar", out / "wds" / "train-000002.tar")
+        (out / ".build" / "train-000002.json").write_text("{}")  # a third finished shard
+    build_dataset(mem_spec(n=8), out, OPTS, overwrite=True)  # 1 shard: the old second must go
+    assert all(path.read_bytes() == data for path, data in mine.items())
+    assert shards_of(out) == [out / "wds" / "train-000000.tar"]
+    assert manifest_of(out)["splits"]["train"]["num_samples"] == 8 and verify_ok(out)
+
+
+def test_overwrite_removes_wds_when_it_held_only_the_builds_files(tmp_path):
+    out = tmp_path / "out"
+    build_dataset(mem_spec(n=8), out, OPTS)
+    from beton_builders.out_dir import remove_build
+
+    remove_build(out)
+    assert {p.name for p in out.iterdir()} <= {".build.lock"}  # (the lock a build leaves)
 
 
 def test_a_build_killed_writing_its_first_file_is_resumed_not_refused(tmp_path):
