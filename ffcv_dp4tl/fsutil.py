@@ -139,6 +139,10 @@ def read_json(path: str | os.PathLike, what: str = "file", fix: str = "rebuild o
         raise DataError(f"{what} not found: {path}" + (f"; {missing}" if missing else "")) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{what} {path} is not valid JSON ({e}); {fix}") from None
+    except (ValueError, RecursionError) as e:  # (what the parser itself cannot hold, audit)
+        why = ("nested too deeply to read" if isinstance(e, RecursionError) else
+               f"holds a number too long to read: {str(e).split(';')[0]}")
+        raise DataError(f"{what} {path} is not valid JSON ({why}); {fix}") from None
 
 
 #: Name pattern of atomic_path's temporary files: ".<final name>.<random>.tmp[<suffix>]".

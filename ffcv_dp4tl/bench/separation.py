@@ -256,7 +256,7 @@ def read_rows(path: Path, *, repair: bool = True) -> list[dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             if n == len(lines) and not text.endswith("\n") and not repair:
                 raise DP4TLError(f"{path}: its last line was cut short (an interrupted run); "
                                  "rerun its `bench embedded` command (it resumes) first") from None

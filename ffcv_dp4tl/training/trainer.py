@@ -70,7 +70,8 @@ from torch import nn
 from ..data import AugSpec, IndexMask, as_mask, load_manifest, make_loader, val_mask_of
 from ..errors import DataError, DP4TLError, count
 from ..outputs import claim_out_dir
-from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
+from ..fsutil import (atomic_write_json, atomic_write_text, directory_lock, read_json,
+                      remove_orphan_temps)
 from ..progress import INHERIT, Log, say, saying_to
 from . import distributed as dist_
 from .callbacks import ConsoleLogger, MetricsWriter, RecordSeen, TensorBoardLogger, call
@@ -110,7 +111,13 @@ def _improves_best(out_dir: Path, top1_val: float | None) -> bool:
     meta = out_dir / BEST_META_NAME
     if not meta.exists():
         return True
-    return top1_val > float(json.loads(meta.read_text())["top1_val"])
+    fix = f"delete it (the next epoch that validates then becomes {BEST_CHECKPOINT_NAME})"
+    rec = read_json(meta, "best-checkpoint record", fix=fix)
+    best = rec.get("top1_val") if isinstance(rec, dict) else None
+    if isinstance(best, bool) or not isinstance(best, (int, float)):
+        raise DP4TLError(f"{meta}: field 'top1_val' must be a number, got {best!r} (edited by "
+                         f"hand?); {fix}")
+    return top1_val > float(best)
 
 
 def _check_same_start(ctx: dist_.DistContext, start: tuple[int, int], out_dir: Path) -> None:
@@ -503,7 +510,7 @@ def _read_metrics(path: Path) -> list[dict]:
     for n, line in lines:
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # (not JSON, or more than the parser holds)
             row = None
         if not isinstance(row, dict):
             if n != lines[-1][0]:

@@ -220,6 +220,20 @@ def test_a_manifest_whose_fingerprint_does_not_match_its_splits_is_refused_where
     assert sum("does not match its splits" in p for p in problems) == 1, problems
 
 
+def test_a_manifest_nested_too_deeply_is_one_line_for_info_and_verify(index_copy, capsys,
+                                                                      monkeypatch):
+    """``dp4tl info`` and ``verify`` on a 6 KB manifest.json of nested brackets ended in a
+    RecursionError traceback (audit); both now say it is not valid JSON, naming the file."""
+    from cli_runner import cli, one_line
+
+    manifest = index_copy / "manifest.json"
+    manifest.write_text("[" * 3000 + "]" * 3000)
+    code, _, err = cli(capsys, monkeypatch, "info", "--data", index_copy)
+    one_line(code, err, str(manifest), "is not valid JSON (nested too deeply to read)")
+    (problem,) = verify_dataset(index_copy).problems
+    assert str(manifest) in problem and "nested too deeply" in problem, problem
+
+
 def test_a_missing_split_a_recipe_named_says_which_key_names_another(index_dataset):
     """`dp4tl finetune` on a target without `test` said only "has no split 'test'; available:
     train" (review): read for a recipe key, the error names the key that picks another."""

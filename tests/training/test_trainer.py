@@ -449,6 +449,24 @@ def test_training_runs_the_recipes_lr_schedule_and_label_smoothing(source_dir, t
     assert [x["lr"] for x in rows] == pytest.approx([expect[iters - 1], expect[-1]])
 
 
+@pytest.mark.parametrize("text", ["{", '{"top1_val": "x"}', "[1]", "[" * 3000 + "]" * 3000])
+def test_a_damaged_best_record_is_one_line_naming_it(tmp_path, text):
+    """``best.json`` (the best epoch's validation top-1, read after every validated epoch)
+    edited or cut by hand stopped a training mid-run with a JSONDecodeError, KeyError or
+    TypeError traceback; it is one line naming the file and the fix."""
+    from ffcv_dp4tl.errors import DP4TLError
+    from ffcv_dp4tl.training.trainer import _improves_best
+
+    (tmp_path / "best.json").write_text(text)
+    with pytest.raises(DP4TLError) as e:
+        _improves_best(tmp_path, 0.5)
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path / "best.json") in msg, msg
+    assert msg.endswith("delete it (the next epoch that validates then becomes best.pt)"), msg
+    (tmp_path / "best.json").write_text('{"epoch": 1, "top1_val": 0.4}')  # intact: compared
+    assert _improves_best(tmp_path, 0.5) and not _improves_best(tmp_path, 0.4)
+
+
 def test_a_run_started_over_keeps_no_best_or_early_checkpoint_of_the_old_run(source_dir, tmp_path,
                                                                             test_recipe):
     """``--no-resume`` (or ``checkpoint.pt`` deleted, as a refusal advises) in a folder of an
