@@ -230,9 +230,20 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
         remove_build(out_dir, spec.splits)
     if manifest_path.exists():
         # (a damaged manifest: this build command is how the user rebuilds, so its fix is ours)
-        old = DatasetManifest.from_json(read_json(manifest_path, "manifest", fix=remedy),
-                                        manifest_path).build
+        manifest = DatasetManifest.from_json(read_json(manifest_path, "manifest", fix=remedy),
+                                             manifest_path)
+        old = manifest.build
         if old == settings:
+            # the same build, but its manifest edited by hand (a split added or deleted, the
+            # fingerprint pasted): "already built" would keep it, and a split this build does
+            # not make had no listing to write its files.txt from (KeyError, audit)
+            problem = manifest.fingerprint_problem(manifest_path)
+            if problem is None and set(manifest.splits) != set(spec.splits):
+                problem = (f"{manifest_path} lists splits {', '.join(sorted(manifest.splits))} but "
+                           f"this build makes {', '.join(sorted(spec.splits))} (edited by hand?); "
+                           f"restore manifest.json, or {remedy}")
+            if problem is not None:
+                raise DataError(problem)
             return settings, True
         raise DataError(f"{out_dir} already holds a different build (other "
                         f"{_differing(old, settings)}); {remedy}")

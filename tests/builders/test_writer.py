@@ -594,6 +594,36 @@ def test_a_damaged_manifest_is_refused_with_the_flag_that_rebuilds(tmp_path):
     assert manifest_of(out)["splits"]
 
 
+def test_a_rerun_over_a_manifest_with_a_split_added_by_hand_is_one_line(tmp_path):
+    """A split added to manifest.json by hand (a copy of another): the rerun took the build for
+    "already built" and crashed with KeyError writing that split's files.txt (audit). It is
+    refused in one line naming manifest.json, also when the fingerprint was recomputed to
+    match; ``--overwrite`` rebuilds what the inputs make."""
+    import json
+
+    from ffcv_dp4tl.contracts import dataset_fingerprint
+
+    out = tmp_path / "out"
+    build_dataset(mem_spec(n=12), out, OPTS)
+    path = out / MANIFEST_NAME
+    m = json.loads(path.read_text())
+    m["splits"]["test"] = dict(m["splits"]["train"])
+    path.write_text(json.dumps(m))
+    with pytest.raises(DataError, match=r"manifest\.json: the dataset fingerprint .* does not "
+                                        r"match its splits \((test, train|train, test):") as e:
+        build_dataset(mem_spec(n=12), out, OPTS)
+    assert "\n" not in str(e.value)
+    m["splits"]["test"]["fingerprint"] = "ab" * 32
+    m["fingerprint"] = dataset_fingerprint([x["fingerprint"] for x in m["splits"].values()])
+    path.write_text(json.dumps(m))
+    with pytest.raises(DataError, match=r"manifest\.json lists splits test, train but this build "
+                                        r"makes train \(edited by hand\?\); restore manifest\.json, "
+                                        r"or pass --overwrite to replace it, or choose another --out$"):
+        build_dataset(mem_spec(n=12), out, OPTS)
+    assert not build_dataset(mem_spec(n=12), out, OPTS, overwrite=True).skipped
+    assert list(manifest_of(out)["splits"]) == ["train"]
+
+
 def test_same_names_other_pixels_is_not_taken_for_already_built(tmp_path):
     """A generator that gives the same names other pixels (synth's light_background) declares it
     in ``DatasetSpec.content``: a build of the old pixels is refused, never reused as "already
