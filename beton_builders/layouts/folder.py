@@ -15,7 +15,10 @@ Classes are the sorted union of class folders over all splits, so labels agree a
 splits. Files are selected by (case-insensitive) extension only (``_common.IMAGE_EXTS``; the
 others in class folders are named in one warning); unreadable images are left for the writer
 to reject. Hidden files/folders and loose files next to class folders are
-ignored. With ``split_json`` (CoOp format) paths are relative to ``root``.
+ignored; loose *images* there are named in one warning (an image meant for a class, put one
+level too high, was dropped without a trace), and so are class folders whose names differ only
+in their Unicode form (``café`` typed on two systems: two classes that print the same). With
+``split_json`` (CoOp format) paths are relative to ``root``.
 """
 from __future__ import annotations
 
@@ -54,6 +57,25 @@ def _split_dirs(root: Path) -> dict[str, Path]:
               f"{'/'.join(found)} are classes, give them their images directly")
 
 
+def _warn_lookalike_classes(root: Path, names: list[str]) -> None:
+    """One warning naming class folders whose names are equal once Unicode-normalised (NFC):
+    ``café`` written precomposed on one system and decomposed on another (macOS) are two
+    folders, so two classes, that print the same. They stay two classes (they are two
+    folders); the user decides whether to merge them."""
+    import unicodedata
+
+    by_form: dict[str, list[str]] = {}
+    for n in names:
+        by_form.setdefault(unicodedata.normalize("NFC", n), []).append(n)
+    same = [group for group in by_form.values() if len(group) > 1]
+    if same:
+        shown = "; ".join(" and ".join(ascii(n) for n in g) for g in same[:3])
+        warnings.warn(f"{root}: {len(same)} group(s) of class folders whose names differ only in "
+                      f"their Unicode form become separate classes that print the same: {shown}; "
+                      "merge each group into one folder if they are one class", UserWarning,
+                      stacklevel=3)
+
+
 def read(root: Path, split_json: Path | None = None) -> DatasetSpec:
     """Enumerate an ImageFolder tree (see module docstring for the layout)."""
     root = Path(root)
@@ -71,7 +93,13 @@ def read(root: Path, split_json: Path | None = None) -> DatasetSpec:
     for s, classes in per_split.items():
         if not classes:
             raise bad(split_dirs[s], "no class folders", hint=HINT)
+    loose = [f for d in split_dirs.values() for f in list_images(d, recursive=False)]
+    if loose:
+        warnings.warn(f"{root}: {len(loose)} image(s) beside the class folders not read (an image "
+                      f"belongs inside its class folder), e.g. {loose[0]}; move them into their "
+                      "class folders to build them", UserWarning, stacklevel=2)
     names = sorted({c for classes in per_split.values() for c in classes})
+    _warn_lookalike_classes(root, names)
     for c in names:
         if not any(classes.get(c) for classes in per_split.values()):
             where = [split_dirs[s] / c for s, classes in per_split.items() if c in classes]

@@ -115,6 +115,30 @@ def test_folder_single_split(tmp_path: Path) -> None:
                                              ("dog/sub/b.png", 1)]
 
 
+def test_folder_names_loose_images_and_lookalike_class_names(tmp_path: Path) -> None:
+    """An image beside the class folders (one level too high) was dropped without a trace, and
+    class folders ``café`` in NFC and NFD became two classes that print the same (audit): each
+    is one warning; what is built does not change."""
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    assert nfc != nfd
+    for c in (nfc, nfd, "dog"):
+        F.img(tmp_path / "train" / c / "a.jpg")
+    F.img(tmp_path / "train" / "stray.jpg")
+    (tmp_path / "train" / "README.txt").write_text("not an image: no warning")
+    with pytest.warns(UserWarning) as record:
+        spec = read_layout("folder", tmp_path)
+    lines = sorted(str(w.message) for w in record)
+    assert len(lines) == 2, lines
+    assert lines[0].startswith(f"{tmp_path}: 1 group(s) of class folders whose names differ only "
+                               "in their Unicode form") and ascii(nfd) in lines[0], lines
+    assert lines[1] == (f"{tmp_path}: 1 image(s) beside the class folders not read (an image "
+                        f"belongs inside its class folder), e.g. {tmp_path / 'train' / 'stray.jpg'}; "
+                        "move them into their class folders to build them")
+    assert len(spec.classes) == 3 and counts(spec) == {"train": 3}
+
+
 def test_folder_with_splits(tmp_path: Path) -> None:
     for split, classes in {"train": ["a", "b"], "val": ["b", "c"], "test": ["a", "c"]}.items():
         for c in classes:
