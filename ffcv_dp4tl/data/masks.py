@@ -374,6 +374,13 @@ def load_mask(path: str | Path, split: SplitInfo | None = None,
             indices.close()
         raise MaskError(f"{npy} is an .npz archive (np.savez), not a .npy mask of sample "
                         f"indices; {fix}")
+    if indices.dtype == np.bool_:  # (numpy's other kind of mask: a flag per sample)
+        raise MaskError(f"{npy} holds a boolean array (a keep flag per sample), but a mask holds "
+                        "the kept samples' indices (sorted int64): save np.flatnonzero(flags) "
+                        "with make_mask(indices, load_manifest(DATASET).split(SPLIT)), or "
+                        f"{fix.replace('recreate it with', 'make one with')}")
+    if indices.dtype != np.int64:  # (before the count check: a count of other values misleads)
+        raise MaskError(f"{npy}: indices must be int64, got {indices.dtype}; {fix}")
     meta_path = _json_path(npy)
     if not meta_path.exists():
         raise MaskError(f"mask metadata not found: {meta_path} (every mask .npy needs its .json "

@@ -140,8 +140,30 @@ def test_load_validates_contents_and_names_the_file(split, tmp_path, indices, me
     with pytest.raises(MaskError, match=message) as err:
         load_mask(npy, split)
     assert str(npy) in str(err.value)
-    # without a split to check against, loading itself works (nothing to compare)
-    assert load_mask(npy).indices.shape == np.asarray(indices).shape
+    if np.asarray(indices).dtype == np.int64:
+        # without a split to check against, loading itself works (nothing to compare)
+        assert load_mask(npy).indices.shape == np.asarray(indices).shape
+    else:  # (no split makes another dtype a mask)
+        with pytest.raises(MaskError, match=message):
+            load_mask(npy)
+
+
+@pytest.mark.parametrize("values, message", [
+    (np.arange(30) % 3 == 0, r"holds a boolean array \(a keep flag per sample\), but a mask holds "
+                             r"the kept samples' indices \(sorted int64\): save "
+                             r"np\.flatnonzero\(flags\)"),
+    (np.array([1.0, np.nan, 4.0]), r"bad\.npy: indices must be int64, got float64; recreate it"),
+    (np.array([1, 2, 5], np.uint64), r"bad\.npy: indices must be int64, got uint64; recreate it")])
+def test_a_mask_of_another_dtype_says_so_not_that_its_count_differs(split, tmp_path, values,
+                                                                     message):
+    """A boolean keep-flag array (numpy's other kind of mask), floats or uint64 saved over a
+    mask's .npy beside its sidecar was reported as "says 10 samples are kept but bad.npy holds
+    30" (audit): the dtype is the problem, and a boolean one is told how to convert."""
+    npy = save_mask(tmp_path / "bad", make_mask(np.arange(10) * 3, split))
+    np.save(npy, values)
+    with pytest.raises(MaskError, match=message) as err:
+        load_mask(npy, split)
+    assert "kept but" not in str(err.value) and "\n" not in str(err.value)
 
 
 def test_wrong_fingerprint_is_refused(split, tmp_path):
