@@ -535,3 +535,17 @@ def test_check_items_wants_at_least_one_each_once():
         check_items("--seeds", [])
     with pytest.raises(DP4TLError, match="--methods lists 'lm' twice; list each once"):
         check_items("--methods", ["lm", "random", "lm"])
+
+
+@pytest.mark.parametrize("data", [{"unit": "pixel", "method": "lm", "num_units": 3},
+                                  {"unit": "class", "num_units": 3}, ["class"]])
+def test_a_scores_file_of_no_known_unit_says_what_is_wanted_and_the_fix(data):
+    """``"unit": "pixel"`` in scores.json was refused with "is not a dp4tl scores file (field
+    'unit'/'method')" and no step to take (audit): the line names the units and the rerun."""
+    from ffcv_dp4tl.contracts import ScoresMeta
+
+    with pytest.raises(DataError) as e:
+        ScoresMeta.from_json(data, "S/scores.json")
+    assert str(e.value) == ("S/scores.json is not a dp4tl scores file (field 'unit' must be one "
+                            "of class, cluster, sample, and 'method' present); rerun `dp4tl "
+                            "score` into that folder")

@@ -109,7 +109,8 @@ class ScoresMeta:
     def from_json(cls, data: Any, source: object = "scores.json", fix: str = RESCORE) -> "ScoresMeta":
         if (not isinstance(data, dict) or data.get("unit") not in SCORE_UNITS
                 or "method" not in data):
-            raise DataError(f"{source} is not a dp4tl scores file (field 'unit'/'method')")
+            raise DataError(f"{source} is not a dp4tl scores file (field 'unit' must be one of "
+                            f"{', '.join(SCORE_UNITS)}, and 'method' present); {fix}")
         version = check_version(data, cls.VERSION, "scores file", source)
         method = typed(data, "method", "str", source, fix, REQUIRED)
         num_units = typed(data, "num_units", "count", source, fix, REQUIRED)
