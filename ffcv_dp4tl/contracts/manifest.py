@@ -13,9 +13,8 @@ from ..errors import DataError
 from .fields import REQUIRED, _show, typed
 from .versions import check_version, _known
 
-#: what a damaged manifest's error says to do
-#: the fix for a manifest edited by hand: a plain rerun of the build finds its settings unchanged
-#: and its files intact, so it says "already built" and keeps the edited manifest
+#: what a damaged manifest's error says to do: rebuild over it (a plain rerun of the build finds
+#: its settings unchanged and its files intact, so it says "already built" and keeps the manifest)
 _REBUILD = ("rebuild the dataset with `dp4tl build SOURCE --out DIR --overwrite` (a rerun "
             "without --overwrite keeps this manifest)")
 
