@@ -89,27 +89,28 @@ def check_parts_fit(out_dir: Path, parts: list[str]) -> None:
 
 
 def remove_build(out_dir: Path, splits: Iterable[str] = ()) -> None:
-    """Delete the files a build writes in ``out_dir`` (``--overwrite``), nothing else: its
-    records, manifest and rejects, and per split ``S`` the files named after it
-    (``S.beton``, ``S.labels.npy``, ``S.files.txt``, ``wds/S.index.npy``,
-    ``wds/S-NNNNNN.tar``). ``wds/`` and the top level used to be emptied by pattern, which
-    deleted a user's own shards and betons kept there (audit); ``wds/`` goes only when that
-    empties it. The splits are the manifest's, those the build's records name (one
-    ``.build/S-NNNNNN.json`` per finished shard: a build killed before its manifest) and
-    ``splits`` (the build about to be written, which replaces those names anyway)."""
+    """Delete the files a build writes in ``out_dir`` (``--overwrite``), nothing else: per
+    split ``S`` the files named after it (``S.beton``, ``S.labels.npy``, ``S.files.txt``,
+    ``wds/S.index.npy``, ``wds/S-NNNNNN.tar``), then its rejects, records and manifest, last,
+    so a stop in between leaves a build the next ``--overwrite`` still takes for one.
+    ``wds/`` and the top level used to be emptied by pattern, which deleted a user's own shards
+    and betons kept there (audit); ``wds/`` goes only when that empties it. The splits are the
+    manifest's, those the build's records name (one ``.build/S-NNNNNN.json`` per finished
+    shard: a build killed before its manifest) and ``splits`` (the build about to be written,
+    which replaces those names anyway)."""
     names = build_splits(out_dir) | set(splits)
-    for name in [MANIFEST_NAME, "rejects.txt"]:
-        (out_dir / name).unlink(missing_ok=True)
-    if (out_dir / BUILD_DIR).is_dir():
-        shutil.rmtree(out_dir / BUILD_DIR)
     wds = out_dir / "wds"
     for s in sorted(names):
         for p in [out_dir / f"{s}.beton", out_dir / f"{s}.labels.npy",
                   out_dir / f"{s}{ORIGINS_SUFFIX}", wds / f"{s}.index.npy",
-                  *wds.glob(f"{glob.escape(s)}-{_SHARD_DIGITS}.tar")]:
-            p.unlink(missing_ok=True)
+                  *(wds.glob(f"{glob.escape(s)}-{_SHARD_DIGITS}.tar") if wds.is_dir() else ())]:
+            if p.is_file() or p.is_symlink():
+                p.unlink()
     with contextlib.suppress(OSError):  # (not empty: the user's files stay, and the folder)
         wds.rmdir()
+    for name in ["rejects.txt", BUILD_DIR, MANIFEST_NAME]:  # (the manifest last: see above)
+        p = out_dir / name
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
 
 
 #: the shard number in ``wds/S-NNNNNN.tar`` (:func:`shard_files`), as a glob
@@ -128,7 +129,10 @@ def build_splits(out_dir: Path) -> set[str]:
         pass  # (no manifest, or one damaged past reading: the records below still tell)
     for p in (out_dir / BUILD_DIR).glob(f"*-{_SHARD_DIGITS}.json"):
         names.add(p.stem[:-7])
-    return {n for n in names if n and "/" not in n and n not in (".", "..")}
+    # (names a build can write: a hand-edited one with a NUL byte, a slash or 200+ characters
+    # names no file of ours, and would only make the deletion fail)
+    return {n for n in names if n and n not in (".", "..") and "/" not in n and "\0" not in n
+            and len(n.encode("utf-8", "surrogateescape")) <= 200}
 
 
 def remove_stale_parts(out_dir: Path, parts: list[str]) -> list[Path]:

@@ -161,7 +161,7 @@ def _shard_done(out_dir: Path, split: str, shard_id: int, samples: list) -> bool
     try:
         meta = json.loads(meta_path.read_text())
         size = tar_path.stat().st_size
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     if not isinstance(meta, dict) or ("tar_size" in meta and meta["tar_size"] != size):
         return False
@@ -237,7 +237,7 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
             # the same build, but its manifest edited by hand (a split added or deleted, the
             # fingerprint pasted): "already built" would keep it, and a split this build does
             # not make had no listing to write its files.txt from (KeyError, audit)
-            problem = manifest.fingerprint_problem(manifest_path)
+            problem = manifest.fingerprint_problem(manifest_path, remedy)
             if problem is None and set(manifest.splits) != set(spec.splits):
                 problem = (f"{manifest_path} lists splits {', '.join(sorted(manifest.splits))} but "
                            f"this build makes {', '.join(sorted(spec.splits))} (edited by hand?); "

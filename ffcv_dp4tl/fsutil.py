@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import sys
 import shutil
 import stat
 import warnings
@@ -140,9 +141,13 @@ def read_json(path: str | os.PathLike, what: str = "file", fix: str = "rebuild o
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{what} {path} is not valid JSON ({e}); {fix}") from None
     except (ValueError, RecursionError) as e:  # (what the parser itself cannot hold, audit)
-        why = ("nested too deeply to read" if isinstance(e, RecursionError) else
-               f"holds a number too long to read: {str(e).split(';')[0]}")
-        raise DataError(f"{what} {path} is not valid JSON ({why}); {fix}") from None
+        if isinstance(e, RecursionError):
+            why = "nested too deeply"
+        elif "Exceeds the limit" in str(e):  # (Python's cap on int digits; its advice is not ours)
+            why = f"it holds an integer of more than {sys.get_int_max_str_digits()} digits"
+        else:  # (e.g. a path with a NUL byte)
+            why = str(e)
+        raise DataError(f"{what} {path} cannot be read ({why}); {fix}") from None
 
 
 #: Name pattern of atomic_path's temporary files: ".<final name>.<random>.tmp[<suffix>]".

@@ -93,7 +93,7 @@ def _bench_field(folder: Path) -> str | None:
     the adversarial bench's), or ``None``."""
     try:
         results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # none or torn: the files say
+    except (OSError, ValueError, RecursionError):  # none or torn: the files say
         return None
     if not isinstance(results, dict):
         return None
@@ -139,7 +139,7 @@ def is_dataset(folder: str | Path) -> bool:
         return False
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # (unreadable: not one a command could use)
+    except (OSError, ValueError, RecursionError):  # (unreadable: not one a command could use)
         return False
     return isinstance(data, dict) and data.get("format") == FORMAT
 

@@ -83,7 +83,7 @@ def _finished(out: Path, stem: str, keys: dict[str, str]) -> dict[str, dict]:
     unreadable or foreign file reuses nothing: it is rewritten)."""
     try:
         data = json.loads((out / f"{stem}.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     if not isinstance(data, dict):
         return {}

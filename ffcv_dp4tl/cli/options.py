@@ -293,7 +293,7 @@ def _is_embedded(data: str) -> bool:
     for m in (Path(data) / "manifest.json", Path(data) / "source" / "manifest.json"):
         try:
             return json.loads(m.read_text()).get("extra", {}).get("generator") == "synth"
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, RecursionError, AttributeError):
             continue
     return False
 

@@ -15,7 +15,8 @@ from .versions import check_version, _known
 
 #: what a damaged manifest's error says to do: rebuild over it (a plain rerun of the build finds
 #: its settings unchanged and its files intact, so it says "already built" and keeps the manifest)
-_REBUILD = ("rebuild the dataset with `dp4tl build SOURCE --out DIR --overwrite` (a rerun "
+_REBUILD = ("rebuild the dataset with `dp4tl build SOURCE --out DIR --overwrite` (DIR: the "
+            "folder that build wrote, for synth data the one holding source/ and targets/; a rerun "
             "without --overwrite keeps this manifest)")
 
 MANIFEST_NAME = "manifest.json"
@@ -226,15 +227,17 @@ class DatasetManifest:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def fingerprint_problem(self, source: object = MANIFEST_NAME) -> str | None:
+    def fingerprint_problem(self, source: object = MANIFEST_NAME, fix: str = "") -> str | None:
         """Why the recorded dataset ``fingerprint`` cannot be trusted (one line naming
         ``source``), or None. It is what masks, scores and every pipeline stage are keyed on, and
         :func:`dataset_fingerprint` of the splits' fingerprints (the builder's rule, reused
         here): a split removed from the manifest, or a fingerprint pasted from another dataset,
         leaves every file intact but makes it no longer match. Without any split the manifest
-        describes no data at all."""
+        describes no data at all. ``fix``: the caller's way to rebuild (the pipeline's, which
+        builds its own data folders), else ``dp4tl build --overwrite``."""
+        fix = fix or _REBUILD
         if not self.splits:
-            return f"{source} lists no splits (emptied by hand?); restore manifest.json or {_REBUILD}"
+            return f"{source} lists no splits (emptied by hand?); restore manifest.json or {fix}"
         # the builder hashes its splits in the order it built them (train, then test or val),
         # which manifest.json does not keep (its keys are written sorted): any order that
         # gives the recorded fingerprint is the build's (at most a few splits)
@@ -245,7 +248,7 @@ class DatasetManifest:
                                      for o in orders):
             return (f"{source}: the dataset fingerprint {self.fingerprint[:12]}… does not match its "
                     f"splits ({', '.join(self.splits)}: {want[:12]}…): a split was removed or the "
-                    f"fingerprint edited; restore manifest.json or {_REBUILD}")
+                    f"fingerprint edited; restore manifest.json or {fix}")
         return None
 
     def to_json(self) -> dict[str, Any]:

@@ -376,8 +376,9 @@ def load_mask(path: str | Path, split: SplitInfo | None = None,
                         f"indices; {fix}")
     if indices.dtype == np.bool_:  # (numpy's other kind of mask: a flag per sample)
         raise MaskError(f"{npy} holds a boolean array (a keep flag per sample), but a mask holds "
-                        "the kept samples' indices (sorted int64): save np.flatnonzero(flags) "
-                        "with make_mask(indices, load_manifest(DATASET).split(SPLIT)), or "
+                        "the kept samples' indices (sorted int64): save_mask(PATH, make_mask("
+                        "np.flatnonzero(flags), load_manifest(DATASET).split(SPLIT))) writes "
+                        "one, or "
                         f"{fix.replace('recreate it with', 'make one with')}")
     if indices.dtype != np.int64:  # (before the count check: a count of other values misleads)
         raise MaskError(f"{npy}: indices must be int64, got {indices.dtype}; {fix}")

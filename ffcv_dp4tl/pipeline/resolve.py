@@ -96,7 +96,7 @@ def _built_from(out: Path, specs: dict) -> str | None:
     for sub in specs:
         try:
             recorded = json.loads(settings_file(out / sub if sub else out).read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             continue
         if isinstance(recorded, dict) and isinstance(recorded.get("source"), str):
             return recorded["source"]
@@ -139,7 +139,7 @@ def _build_of_same_input(data_root: Path, specs: dict, source: str, skip: Path,
             recorded = {sub: json.loads(settings_file(d / sub if sub else d).read_text())
                         for sub in specs}
             theirs = resolve_source(other, split=split)
-        except (OSError, ValueError, DataError):
+        except (OSError, ValueError, RecursionError, DataError):
             continue
         if theirs.keys() == specs.keys() and all(
                 recorded[sub] == build_settings(sp, BuildOptions(max_side=default_max_side(sp)),

@@ -366,7 +366,7 @@ def _segment_times(stage_dir: Path, exclude: Path | None) -> list[tuple[float, f
                 rec = json.loads(text)
                 out.append((float(rec["seconds"]), float(rec.get("cpu_seconds") or 0.0)))
                 continue
-            except (ValueError, KeyError, AttributeError, TypeError):
+            except (ValueError, RecursionError, KeyError, AttributeError, TypeError):
                 pass  # torn (a write cut short by a full disk): read as the empty file it was
         try:
             start_ns = int(p.name.split("-")[1])

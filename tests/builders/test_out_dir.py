@@ -89,6 +89,70 @@ def test_overwrite_deletes_the_builds_files_and_keeps_the_users_beside_them(tmp_
     assert manifest_of(out)["splits"]["train"]["num_samples"] == 8 and verify_ok(out)
 
 
+@pytest.mark.parametrize("state", ["finished", "manifest cut short", "killed before its manifest"])
+def test_remove_build_finds_the_splits_from_what_the_build_left(tmp_path, state):
+    """With no split names given (the synth stale-target clean-up; a rebuild that makes other
+    splits), the old build's splits come from its manifest, or, when that is cut short or not
+    yet written, from its shard records: every file of theirs goes, the user's stay."""
+    import shutil
+
+    from beton_builders.out_dir import build_splits, remove_build
+
+    out = tmp_path / "out"
+    build_dataset(mem_spec(n=16), out, OPTS)
+    for old, new in (("train", "val"),):  # the build's split renamed, as another build's would be
+        for p in list(out.rglob(f"{old}*")):
+            p.rename(p.with_name(p.name.replace(old, new, 1)))
+        m = manifest_of(out)
+        m["splits"] = {new: {k: v.replace(old, new) if isinstance(v, str) else
+                             [x.replace(old, new) for x in v] if k == "shards" else v
+                             for k, v in m["splits"][old].items()}}
+        (out / "manifest.json").write_text(__import__("json").dumps(m))
+    mine = {out / "wds" / "my-000000.tar": b"tar", out / "train.beton": b"beton of mine"}
+    for path, data in mine.items():
+        path.write_bytes(data)
+    if state == "manifest cut short":
+        (out / "manifest.json").write_text((out / "manifest.json").read_text()[:40])
+    elif state == "killed before its manifest":
+        (out / "manifest.json").unlink()
+        shutil.copy(out / "wds" / "val-000001.tar", out / "wds" / "val-000002.tar")
+        (out / ".build" / "val-000002.json").write_text("{}")
+    assert build_splits(out) == {"val"}
+    remove_build(out)
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert left == [".build.lock", "train.beton", "wds/my-000000.tar"], left
+    assert all(path.read_bytes() == data for path, data in mine.items())
+
+
+def test_overwrite_rebuilds_over_a_manifest_damaged_past_reading(tmp_path, capsys, monkeypatch):
+    """``dp4tl build --overwrite``, what every refusal of a hand-edited manifest advises, died
+    with a RecursionError before deleting anything when the manifest was nested thousands of
+    levels deep (the output-folder check read it), and split names no build writes (300
+    characters, a NUL byte) made the deletion fail (review). It rebuilds."""
+    import json
+
+    from cli_runner import cli
+
+    from beton_builders.out_dir import build_splits
+
+    src = tmp_path / "images"
+    for i in range(6):
+        folder = src / ("ant", "bee")[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image(i)).save(folder / f"{i}.png")
+    out = tmp_path / "out"
+    args = ("build", f"folder:{src}", "--out", out, "--workers", "1", "--no-progress")
+    assert cli(capsys, monkeypatch, *args)[0] == 0
+    m = json.loads((out / "manifest.json").read_text())
+    m["splits"].update({"x" * 300: {}, "a\0b": {}})
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert build_splits(out) == {"train"}
+    (out / "manifest.json").write_text("[" * 100000 + "]" * 100000)
+    code, _, err = cli(capsys, monkeypatch, *args, "--overwrite")
+    assert code == 0, err
+    assert manifest_of(out)["splits"]["train"]["num_samples"] == 6 and verify_ok(out)
+
+
 def test_overwrite_removes_wds_when_it_held_only_the_builds_files(tmp_path):
     out = tmp_path / "out"
     build_dataset(mem_spec(n=8), out, OPTS)

@@ -18,6 +18,12 @@ from ffcv_dp4tl.data.verify import verify_dataset
 from ffcv_dp4tl.errors import DataError
 
 
+#: what a hand-edited manifest's refusal ends with: how to rebuild over it
+REBUILD = ("rebuild the dataset with `dp4tl build SOURCE --out DIR --overwrite` (DIR: the folder "
+           "that build wrote, for synth data the one holding source/ and targets/; a rerun "
+           "without --overwrite keeps this manifest)")
+
+
 def _edit_manifest(root, edit):
     p = root / "manifest.json"
     m = json.loads(p.read_text())
@@ -210,9 +216,7 @@ def test_a_manifest_whose_fingerprint_does_not_match_its_splits_is_refused_where
         load_manifest(index_copy)
     msg = _one_line(e)
     assert msg.startswith(f"{manifest}: the dataset fingerprint ") and "does not match its " \
-        "splits" in msg and msg.endswith("restore manifest.json or rebuild the dataset with `dp4tl build SOURCE "
-                         "--out DIR --overwrite` (a rerun without --overwrite keeps this "
-                         "manifest)"), msg
+        "splits" in msg and msg.endswith(f"restore manifest.json or {REBUILD}"), msg
     for command in (["info"], ["mask", "classes", "--classes", "0,1", "--out", index_copy.parent / "m.npy"]):
         code, _, err = cli(capsys, monkeypatch, *command, "--data", index_copy)
         one_line(code, err, str(manifest), "does not match its splits")
@@ -223,13 +227,13 @@ def test_a_manifest_whose_fingerprint_does_not_match_its_splits_is_refused_where
 def test_a_manifest_nested_too_deeply_is_one_line_for_info_and_verify(index_copy, capsys,
                                                                       monkeypatch):
     """``dp4tl info`` and ``verify`` on a 6 KB manifest.json of nested brackets ended in a
-    RecursionError traceback (audit); both now say it is not valid JSON, naming the file."""
+    RecursionError traceback (audit); both now say it cannot be read, naming the file."""
     from cli_runner import cli, one_line
 
     manifest = index_copy / "manifest.json"
     manifest.write_text("[" * 3000 + "]" * 3000)
     code, _, err = cli(capsys, monkeypatch, "info", "--data", index_copy)
-    one_line(code, err, str(manifest), "is not valid JSON (nested too deeply to read)")
+    one_line(code, err, str(manifest), "cannot be read (nested too deeply)")
     (problem,) = verify_dataset(index_copy).problems
     assert str(manifest) in problem and "nested too deeply" in problem, problem
 
@@ -271,9 +275,7 @@ def test_a_shortened_or_emptied_class_list_is_refused_where_the_manifest_is_read
         load_manifest(root)
     assert _one_line(e) == (f"{root}/manifest.json: classes lists 2 names but split 'train' was "
                             f"built with {built} classes (its class_counts): classes was edited; "
-                            "restore manifest.json or rebuild the dataset with `dp4tl build "
-                            "SOURCE --out DIR --overwrite` (a rerun without --overwrite keeps "
-                            "this manifest)")
+                            f"restore manifest.json or {REBUILD}")
     _edit_manifest(root, lambda m: m.update(classes=[]))
     with pytest.raises(DataError, match=r"manifest\.json: classes is empty \(edited by hand\?\)") as e:
         load_manifest(root)

@@ -150,8 +150,8 @@ def test_load_validates_contents_and_names_the_file(split, tmp_path, indices, me
 
 @pytest.mark.parametrize("values, message", [
     (np.arange(30) % 3 == 0, r"holds a boolean array \(a keep flag per sample\), but a mask holds "
-                             r"the kept samples' indices \(sorted int64\): save "
-                             r"np\.flatnonzero\(flags\)"),
+                             r"the kept samples' indices \(sorted int64\): save_mask\(PATH, "
+                             r"make_mask\(np\.flatnonzero\(flags\), "),
     (np.array([1.0, np.nan, 4.0]), r"bad\.npy: indices must be int64, got float64; recreate it"),
     (np.array([1, 2, 5], np.uint64), r"bad\.npy: indices must be int64, got uint64; recreate it")])
 def test_a_mask_of_another_dtype_says_so_not_that_its_count_differs(split, tmp_path, values,
