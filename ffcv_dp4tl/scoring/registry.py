@@ -314,6 +314,9 @@ def get_scorer(name: str) -> Scorer:
     """The registered scorer ``name``; an unknown name is a one-line DP4TLError."""
     _load_builtins()
     if name not in _REGISTRY:
+        if isinstance(name, str) and name.lower() in _REGISTRY:  # (the docs write LM, FM, ...)
+            raise DP4TLError(f"unknown scoring method {name!r}; method names are lower case: "
+                             f"{name.lower()!r}")
         raise DP4TLError(f"unknown scoring method {name!r}; choose one of "
                          f"{', '.join(list_scorers())}")
     return _REGISTRY[name]

@@ -116,6 +116,27 @@ def test_unknown_method_is_one_line_listing_the_registered_names(tmp_path):
     assert not (tmp_path / "s").exists() and not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("name", list_scorers())
+def test_a_method_named_as_the_docs_write_it_is_told_its_spelling(name, tmp_path):
+    """The README and reports write the methods in capitals (LM, FM, RANDOM); ``--method LM``
+    was refused with the whole list, which did not say that case was the problem (audit). The
+    names stay lower case (stage keys hold them); the refusal names the spelling, also in the
+    pipeline and the cost table, before any work."""
+    from ffcv_dp4tl.bench.cost_table import run_cost_table
+    from ffcv_dp4tl.pipeline.config import PipelineConfig
+    from ffcv_dp4tl.pipeline.run import run_pipeline
+
+    want = f"unknown scoring method {name.upper()!r}; method names are lower case: {name!r}"
+    for call in (lambda: get_scorer(name.upper()),
+                 lambda: run_pipeline(PipelineConfig(method=name.upper(), runs_root=tmp_path / "r")),
+                 lambda: run_cost_table(PipelineConfig(runs_root=tmp_path / "r"),
+                                        methods=("lm", name.upper()))):
+        with pytest.raises(DP4TLError) as e:
+            call()
+        assert str(e.value) == want
+    assert get_scorer(name).name == name and not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("method", ["el2n", "grand"])
 def test_negative_early_training_epoch_is_refused_not_run_as_the_default(method):
     """--opt epoch=-1 ran as epoch 0 (the recipe's early checkpoint) and was recorded as -1."""
