@@ -18,7 +18,7 @@ from typing import Iterable
 
 from ffcv_dp4tl.contracts import MANIFEST_NAME, ORIGINS_SUFFIX
 from ffcv_dp4tl.errors import DataError
-from ffcv_dp4tl.fsutil import TEMP_GLOB, directory_lock
+from ffcv_dp4tl.fsutil import BAD_JSON, TEMP_GLOB, directory_lock
 
 #: the build's records: ``settings.json``, ``S-NNNNNN.json`` per finished shard, input stats
 BUILD_DIR = ".build"
@@ -125,7 +125,7 @@ def build_splits(out_dir: Path) -> set[str]:
     try:
         splits = json.loads((out_dir / MANIFEST_NAME).read_bytes()).get("splits")
         names |= {k for k in splits if isinstance(k, str)} if isinstance(splits, dict) else set()
-    except (OSError, ValueError, RecursionError, AttributeError):
+    except (OSError, *BAD_JSON, AttributeError):
         pass  # (no manifest, or one damaged past reading: the records below still tell)
     for p in (out_dir / BUILD_DIR).glob(f"*-{_SHARD_DIGITS}.json"):
         names.add(p.stem[:-7])

@@ -40,7 +40,7 @@ from ffcv_dp4tl.contracts import (FORMAT, BetonMode, INDEX_DTYPE, MANIFEST_NAME,
                                   split_fingerprint)
 from ffcv_dp4tl.cpus import available_cores
 from ffcv_dp4tl.errors import DataError
-from ffcv_dp4tl.fsutil import (atomic_path, atomic_save_npy, atomic_write_json,
+from ffcv_dp4tl.fsutil import (BAD_JSON, atomic_path, atomic_save_npy, atomic_write_json,
                                atomic_write_text, check_free_space, check_out_dir, directory_lock,
                                fsync_path, is_disk_full, is_unwritable, read_json,
                                remove_orphan_temps)
@@ -161,7 +161,7 @@ def _shard_done(out_dir: Path, split: str, shard_id: int, samples: list) -> bool
     try:
         meta = json.loads(meta_path.read_text())
         size = tar_path.stat().st_size
-    except (OSError, ValueError, RecursionError):
+    except (OSError, *BAD_JSON):
         return False
     if not isinstance(meta, dict) or ("tar_size" in meta and meta["tar_size"] != size):
         return False

@@ -125,6 +125,12 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
             os.fsync(f.fileno())
 
 
+#: what ``json.loads`` raises on a damaged file, besides the ``OSError`` of reading it: not JSON
+#: or not UTF-8 (``ValueError``; also an integer past Python's digit cap) and nesting deeper than
+#: the parser recurses (``RecursionError``). Readers that treat such a file as absent catch these.
+BAD_JSON: tuple[type[Exception], ...] = (ValueError, RecursionError)
+
+
 def read_json(path: str | os.PathLike, what: str = "file", fix: str = "rebuild or replace it",
               missing: str = "") -> Any:
     """Read JSON, turning missing/corrupt files into a :class:`DataError` naming the file and,
@@ -140,7 +146,7 @@ def read_json(path: str | os.PathLike, what: str = "file", fix: str = "rebuild o
         raise DataError(f"{what} not found: {path}" + (f"; {missing}" if missing else "")) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{what} {path} is not valid JSON ({e}); {fix}") from None
-    except (ValueError, RecursionError) as e:  # (what the parser itself cannot hold, audit)
+    except BAD_JSON as e:  # (what the parser itself cannot hold, audit)
         if isinstance(e, RecursionError):
             why = "nested too deeply"
         elif "Exceeds the limit" in str(e):  # (Python's cap on int digits; its advice is not ours)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .contracts.manifest import FORMAT, MANIFEST_NAME
 from .errors import DP4TLError
+from .fsutil import BAD_JSON
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def _bench_field(folder: Path) -> str | None:
     the adversarial bench's), or ``None``."""
     try:
         results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):  # none or torn: the files say
+    except (OSError, *BAD_JSON):  # none or torn: the files say
         return None
     if not isinstance(results, dict):
         return None
@@ -139,7 +140,7 @@ def is_dataset(folder: str | Path) -> bool:
         return False
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):  # (unreadable: not one a command could use)
+    except (OSError, *BAD_JSON):  # (unreadable: not one a command could use)
         return False
     return isinstance(data, dict) and data.get("format") == FORMAT
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..contracts import check_items, check_pruned_ratios
 from ..errors import DP4TLError
-from ..fsutil import atomic_write_json, atomic_write_text, directory_lock
+from ..fsutil import BAD_JSON, atomic_write_json, atomic_write_text, directory_lock
 from ..pipeline.config import PipelineConfig
 from ..pipeline.report import mean_std
 from ..pipeline.resolve import seed_overrides
@@ -256,7 +256,7 @@ def read_rows(path: Path, *, repair: bool = True) -> list[dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-        except (ValueError, RecursionError):
+        except BAD_JSON:
             if n == len(lines) and not text.endswith("\n") and not repair:
                 raise DP4TLError(f"{path}: its last line was cut short (an interrupted run); "
                                  "rerun its `bench embedded` command (it resumes) first") from None

@@ -19,6 +19,7 @@ import typer
 from .app import app
 from ..contracts import check_seeds
 from ..errors import DP4TLError
+from ..fsutil import BAD_JSON
 from ..outputs import claim_out_dir
 from .options import FORMAT_HELP, Format, device_option, out_callback, resolve_device
 
@@ -83,7 +84,7 @@ def _finished(out: Path, stem: str, keys: dict[str, str]) -> dict[str, dict]:
     unreadable or foreign file reuses nothing: it is rewritten)."""
     try:
         data = json.loads((out / f"{stem}.json").read_text())
-    except (OSError, ValueError, RecursionError):
+    except (OSError, *BAD_JSON):
         return {}
     if not isinstance(data, dict):
         return {}

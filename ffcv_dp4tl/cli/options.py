@@ -290,10 +290,12 @@ def _is_embedded(data: str) -> bool:
     """A built folder of the embedded synth data (its manifest says so, whatever its name)."""
     import json
 
+    from ..fsutil import BAD_JSON
+
     for m in (Path(data) / "manifest.json", Path(data) / "source" / "manifest.json"):
         try:
             return json.loads(m.read_text()).get("extra", {}).get("generator") == "synth"
-        except (OSError, ValueError, RecursionError, AttributeError):
+        except (OSError, *BAD_JSON, AttributeError):
             continue
     return False
 

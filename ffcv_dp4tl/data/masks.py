@@ -378,8 +378,7 @@ def load_mask(path: str | Path, split: SplitInfo | None = None,
         raise MaskError(f"{npy} holds a boolean array (a keep flag per sample), but a mask holds "
                         "the kept samples' indices (sorted int64): save_mask(PATH, make_mask("
                         "np.flatnonzero(flags), load_manifest(DATASET).split(SPLIT))) writes "
-                        "one, or "
-                        f"{fix.replace('recreate it with', 'make one with')}")
+                        "one, or make one with `dp4tl prune` or `dp4tl mask classes`")
     if indices.dtype != np.int64:  # (before the count check: a count of other values misleads)
         raise MaskError(f"{npy}: indices must be int64, got {indices.dtype}; {fix}")
     meta_path = _json_path(npy)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from ..contracts import check_k_fits, default_k
 from ..data.manifest import MANIFEST_NAME, load_manifest
 from ..errors import DataError, DP4TLError
-from ..fsutil import directory_lock, is_unwritable
+from ..fsutil import BAD_JSON, directory_lock, is_unwritable
 from .config import Checked, PipelineConfig
 from .recipes import (PAPER_PROTOCOLS, PAPER_SSL_LP, recipe_scale, recipe_scorer_options,
                       recipe_set)
@@ -96,7 +96,7 @@ def _built_from(out: Path, specs: dict) -> str | None:
     for sub in specs:
         try:
             recorded = json.loads(settings_file(out / sub if sub else out).read_text())
-        except (OSError, ValueError, RecursionError):
+        except (OSError, *BAD_JSON):
             continue
         if isinstance(recorded, dict) and isinstance(recorded.get("source"), str):
             return recorded["source"]
@@ -139,7 +139,7 @@ def _build_of_same_input(data_root: Path, specs: dict, source: str, skip: Path,
             recorded = {sub: json.loads(settings_file(d / sub if sub else d).read_text())
                         for sub in specs}
             theirs = resolve_source(other, split=split)
-        except (OSError, ValueError, RecursionError, DataError):
+        except (OSError, *BAD_JSON, DataError):
             continue
         if theirs.keys() == specs.keys() and all(
                 recorded[sub] == build_settings(sp, BuildOptions(max_side=default_max_side(sp)),

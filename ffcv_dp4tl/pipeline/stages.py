@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 from ..contracts import STAGE_KINDS, StageResult, stage_kind
 from ..errors import DP4TLError
-from ..fsutil import atomic_write_json, directory_lock, read_json, remove_orphan_temps
+from ..fsutil import BAD_JSON, atomic_write_json, directory_lock, read_json, remove_orphan_temps
 from ..progress import now
 
 DONE = "DONE.json"
@@ -366,7 +366,7 @@ def _segment_times(stage_dir: Path, exclude: Path | None) -> list[tuple[float, f
                 rec = json.loads(text)
                 out.append((float(rec["seconds"]), float(rec.get("cpu_seconds") or 0.0)))
                 continue
-            except (ValueError, RecursionError, KeyError, AttributeError, TypeError):
+            except (*BAD_JSON, KeyError, AttributeError, TypeError):
                 pass  # torn (a write cut short by a full disk): read as the empty file it was
         try:
             start_ns = int(p.name.split("-")[1])

@@ -68,9 +68,10 @@ import torch
 from torch import nn
 
 from ..data import AugSpec, IndexMask, as_mask, load_manifest, make_loader, val_mask_of
+from ..contracts.fields import typed
 from ..errors import DataError, DP4TLError, count
 from ..outputs import claim_out_dir
-from ..fsutil import (atomic_write_json, atomic_write_text, directory_lock, read_json,
+from ..fsutil import (BAD_JSON, atomic_write_json, atomic_write_text, directory_lock, read_json,
                       remove_orphan_temps)
 from ..progress import INHERIT, Log, say, saying_to
 from . import distributed as dist_
@@ -113,11 +114,8 @@ def _improves_best(out_dir: Path, top1_val: float | None) -> bool:
         return True
     fix = f"delete it (the next epoch that validates then becomes {BEST_CHECKPOINT_NAME})"
     rec = read_json(meta, "best-checkpoint record", fix=fix)
-    best = rec.get("top1_val") if isinstance(rec, dict) else None
-    if isinstance(best, bool) or not isinstance(best, (int, float)):
-        raise DP4TLError(f"{meta}: field 'top1_val' must be a number, got {best!r} (edited by "
-                         f"hand?); {fix}")
-    return top1_val > float(best)
+    return top1_val > float(typed(rec if isinstance(rec, dict) else {}, "top1_val", "number", meta,
+                                  fix))
 
 
 def _check_same_start(ctx: dist_.DistContext, start: tuple[int, int], out_dir: Path) -> None:
@@ -510,7 +508,7 @@ def _read_metrics(path: Path) -> list[dict]:
     for n, line in lines:
         try:
             row = json.loads(line)
-        except (ValueError, RecursionError):  # (not JSON, or more than the parser holds)
+        except BAD_JSON:
             row = None
         if not isinstance(row, dict):
             if n != lines[-1][0]:
