@@ -21,7 +21,7 @@ import numpy as np
 
 from ffcv_dp4tl.contracts import INDEX_DTYPE
 from ffcv_dp4tl.errors import DataError
-from ffcv_dp4tl.fsutil import os_error_line
+from ffcv_dp4tl.fsutil import absent_why, os_error_line
 
 
 @dataclass(frozen=True)
@@ -213,8 +213,8 @@ def check_beton(path: Path, num_samples: int) -> tuple["BetonImages | None", lis
     ``num_samples`` samples, and every image points at an allocation inside the file (raw images
     at least ``h * w * 3`` bytes). Returns ``(layout or None, one line per problem)``."""
     path = Path(path)
-    if not path.is_file():
-        return None, [f"{path}: missing; rebuild the dataset"]
+    if absent_why(path):
+        return None, [f"{path}: {absent_why(path)}; rebuild the dataset"]
     try:
         images = beton_images(path)
     except DataError as e:

@@ -22,6 +22,8 @@ from ffcv_dp4tl.fsutil import BAD_JSON, TEMP_GLOB, directory_lock
 
 #: the build's records: ``settings.json``, ``S-NNNNNN.json`` per finished shard, input stats
 BUILD_DIR = ".build"
+#: under ``.build/``: what a repair under way must restore (beton_builders.repair.start_repair)
+REPAIR_NAME = "repair.json"
 #: fcntl lock held by the build writing a folder (see ffcv_dp4tl.fsutil.directory_lock)
 LOCK_NAME = ".build.lock"
 #: what the user can do when ``--out`` holds something else (the pipeline passes its own words)
@@ -119,20 +121,31 @@ _SHARD_DIGITS = "[0-9]" * 6
 
 def build_splits(out_dir: Path) -> set[str]:
     """The split names of the build in ``out_dir`` as far as its files tell, even when damaged
-    (what ``--overwrite`` is for): the manifest's splits when it still reads as JSON, and the
-    splits of the finished shards recorded in ``.build/`` (``S-NNNNNN.json``)."""
-    names: set[str] = set()
-    try:
-        splits = json.loads((out_dir / MANIFEST_NAME).read_bytes()).get("splits")
-        names |= {k for k in splits if isinstance(k, str)} if isinstance(splits, dict) else set()
-    except (OSError, *BAD_JSON, AttributeError):
-        pass  # (no manifest, or one damaged past reading: the records below still tell)
-    for p in (out_dir / BUILD_DIR).glob(f"*-{_SHARD_DIGITS}.json"):
-        names.add(p.stem[:-7])
+    (what ``--overwrite`` is for): the splits of the finished shards recorded in ``.build/``
+    (``S-NNNNNN.json``, one per shard: every split a build wrote has one), those of a repair
+    under way (``.build/repair.json``: it may have removed a shard's record), and the
+    manifest's splits when it still reads as JSON. Where records exist, a manifest split they
+    do not name is no split the build wrote: one added by hand and named after the user's own
+    ``NAME.beton`` had that file deleted (audit). A build whose records are gone has only
+    its manifest to tell."""
+    recorded = {p.stem[:-7] for p in (out_dir / BUILD_DIR).glob(f"*-{_SHARD_DIGITS}.json")}
+    repair = _json_keys(out_dir / BUILD_DIR / REPAIR_NAME, "splits")
+    listed = _json_keys(out_dir / MANIFEST_NAME, "splits")
+    names = recorded | repair | ((listed & (recorded | repair)) if recorded else listed)
     # (names a build can write: a hand-edited one with a NUL byte, a slash or 200+ characters
     # names no file of ours, and would only make the deletion fail)
     return {n for n in names if n and n not in (".", "..") and "/" not in n and "\0" not in n
             and len(n.encode("utf-8", "surrogateescape")) <= 200}
+
+
+def _json_keys(path: Path, field: str) -> set[str]:
+    """The string keys of the object ``field`` of the JSON file ``path``; none when the file is
+    missing or damaged past reading (what ``--overwrite`` is for)."""
+    try:
+        obj = json.loads(path.read_bytes()).get(field)
+    except (OSError, *BAD_JSON, AttributeError):
+        return set()
+    return {k for k in obj if isinstance(k, str)} if isinstance(obj, dict) else set()
 
 
 def remove_stale_parts(out_dir: Path, parts: list[str]) -> list[Path]:

@@ -15,15 +15,12 @@ import numpy as np
 
 from ffcv_dp4tl.contracts import MANIFEST_NAME, DatasetManifest
 from ffcv_dp4tl.errors import DataError
-from ffcv_dp4tl.fsutil import atomic_write_json, read_json
+from ffcv_dp4tl.fsutil import FOLDER_IN_THE_WAY, absent_why, atomic_write_json, read_json
 
 from .beton import check_beton
-from .out_dir import BUILD_DIR, REMEDY, settings_file, shard_meta
+from .out_dir import BUILD_DIR, REMEDY, REPAIR_NAME, settings_file, shard_meta
 from .integrity import (SCHEME, VERIFY_HINT, array_digest, index_digest, labels_dtype_problem,
                         recorded_problems)
-
-#: under ``.build/``: what a repair must restore (see :func:`start_repair`)
-REPAIR_NAME = "repair.json"
 
 
 def damaged_files(out_dir: Path, remedy: str = REMEDY) -> list[tuple[Path, str]]:
@@ -41,7 +38,7 @@ def damaged_files(out_dir: Path, remedy: str = REMEDY) -> list[tuple[Path, str]]
         rec = entry.checksums if entry.checksums and entry.checksums.get("scheme") == SCHEME else None
         if rec is None:  # an older build: what can be checked without recorded digests
             listed = [beton, *shards, out_dir / entry.labels, out_dir / entry.index]
-            out += [(p, f"{p} is missing") for p in listed if not p.is_file()]
+            out += [(p, f"{p} is {absent_why(p)}") for p in listed if absent_why(p)]
             problems = check_beton(beton, entry.num_samples)[1] if beton.is_file() else []
             out += [(beton, f"{beton}: damaged ({problems[0]})")] if problems else []
             continue
@@ -50,7 +47,7 @@ def damaged_files(out_dir: Path, remedy: str = REMEDY) -> list[tuple[Path, str]]
                 or not all(w is None or isinstance(w, dict) for w in wants)):
             raise DataError(f"{out_dir / MANIFEST_NAME}: split {name!r}'s checksums do not fit its "
                             f"files (edited by hand?); restore manifest.json, or {remedy}")
-        out += [(p, f"{p} is missing") for p in [beton, *shards] if not p.is_file()]
+        out += [(p, f"{p} is {absent_why(p)}") for p in [beton, *shards] if absent_why(p)]
         out += recorded_problems(beton, shards, rec, name, hint)
         for rel, key, digest in ((entry.labels, "labels", array_digest),
                                  (entry.index, "index", index_digest)):
@@ -79,6 +76,10 @@ def start_repair(out_dir: Path, damaged: list[tuple[Path, str]], remedy: str = R
     since) is refused before its beton is touched, and the manifest is put back
     (:func:`undo_repair`). Needs the build's ``.build/`` records; without them, ``remedy``."""
     manifest_path = out_dir / MANIFEST_NAME
+    for path, why in damaged:  # (before anything is written: the repair would fail on it)
+        if path.is_dir() and not path.is_symlink():
+            raise DataError(f"{path} is {FOLDER_IN_THE_WAY}; then rerun the build, which "
+                            "writes the file again")
     if not settings_file(out_dir).is_file():
         raise DataError(f"{damaged[0][1]}; {out_dir}'s build records (.build/) are gone, so it "
                         f"cannot be repaired in place: {remedy}")

@@ -382,6 +382,21 @@ def os_error_line(e: OSError, *, reading: bool = False) -> str:
     return f"{what}{':' + where if where else ''}; check the path and its permissions"
 
 
+#: what a folder where a dataset's file belongs is told (:func:`absent_why`)
+FOLDER_IN_THE_WAY = "a folder where the build's file belongs (move it away first: it is never deleted)"
+
+
+def absent_why(path: str | os.PathLike) -> str | None:
+    """None when ``path`` is a regular file (or a link to one); else why it cannot be read, to
+    follow ``"{path}: "`` or ``"{path} is "`` in a message: ``missing``, or, for a folder at
+    that path, :data:`FOLDER_IN_THE_WAY`. A folder was reported "missing", and the advised
+    rebuild then failed on it (audit)."""
+    p = Path(path)
+    if p.is_file():
+        return None
+    return FOLDER_IN_THE_WAY if p.is_dir() else "missing"
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes, read in 1 MiB blocks (checkpoints, masks, weight files)."""
     import hashlib

@@ -219,6 +219,9 @@ def _set(d: dict, path: str, value) -> dict:
     ("manifest", "splits.train.shards", "wds/x.tar", "'shards' must be a list of strings"),
     ("manifest", "splits.train.class_counts", [1, "2"], "'class_counts' must be a list of non-negative integers"),
     ("manifest", "image", {"quality": 90}, "'image' lacks field 'max_side'"),
+    # null / {}: an edit (a build records the settings or omits the field), was read as absent
+    ("manifest", "image", None, "field 'image' must be a JSON object, got None"),
+    ("manifest", "image", {}, "'image' lacks field 'max_side'"),
     ("manifest", "image.quality", "high", "'quality' must be a non-negative integer"),
     ("manifest", "extra", [1], "'extra' must be a JSON object"),
     ("manifest", "splits.train.checksums", "x", "split 'train': field 'checksums' must be a JSON object"),

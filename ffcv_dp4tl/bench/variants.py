@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
-from ..contracts import Order, check_items, check_k, check_pruned_ratios
+from ..contracts import Order, check_items, check_k, check_pruned_ratios, split_items
 from ..errors import DP4TLError
 from ..scoring.registry import PlotStyle, get_scorer, is_registered
 
@@ -64,7 +64,7 @@ def split_methods(text: str) -> list[str]:
         else:
             cur += ch
     out.append(cur)
-    return [p.strip() for p in out if p.strip()]
+    return split_items(text, "--methods", parts=out)
 
 
 def parse_variant(text: str) -> Variant:

@@ -130,11 +130,11 @@ def cost_table(
     from ..bench.variants import plan_methods
 
     variant_names, method_ratios = plan_methods(methods, [int(x) for x in split_list(ks)],
-                                                split_list(orders))
+                                                split_list(orders, "--orders"))
     t = run_cost_table(base, out, ratios=_floats(ratios), methods=variant_names,
                        method_ratios=method_ratios,
                        seeds=[int(s) for s in split_list(seeds)], finetune=split_list(finetune),
-                       ff_methods=split_list(ff_methods) or None, tol=tol,
+                       ff_methods=split_list(ff_methods, "--ff-methods") or None, tol=tol,
                        criterion=criterion.value,
                        command=command_line("dp4tl bench cost-table", opts), log=typer.echo)
     _publish(t, out, Path(report) if report else None, section)
@@ -227,7 +227,7 @@ def embedded(
     t0 = time.perf_counter()
     load0 = os.getloadavg()
     bench_set = RECIPE_SETS["bench"]
-    names = split_list(targets)
+    names = split_list(targets, "--targets")
     for name in names:
         if name not in ("paper", "warm", "blur"):
             raise DP4TLError(f"--targets: {name!r} is not a target of the embedded data "
@@ -242,7 +242,7 @@ def embedded(
                f"{finetune} --data {data} --out {out} --data-root {data_root} --runs-root "
                f"{runs_root} --format {format.value} --device {device}"
                + (f" --report {report}" if report else ""))
-    rows = run_separation(base, out, targets=names, seeds=seed_list, methods=split_list(methods),
+    rows = run_separation(base, out, targets=names, seeds=seed_list, methods=split_list(methods, "--methods"),
                           ratios=_floats(ratios), finetune=split_list(finetune),
                           reference_seeds=ref_seeds, log=typer.echo)
     minutes = (time.perf_counter() - t0) / 60
@@ -380,7 +380,7 @@ def surrogates(
     from ..pipeline.config import PipelineConfig
     from ..reporting import publish_section
 
-    if not split_list(archs):
+    if not split_list(archs, "--archs"):
         raise typer.BadParameter(f"got {archs!r}: give at least one surrogate architecture",
                                  param_hint="--archs")
     for a in split_list(archs):

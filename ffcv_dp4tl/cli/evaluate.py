@@ -17,7 +17,7 @@ from typing import List, Optional
 import typer
 
 from .app import app
-from ..contracts import check_seeds
+from ..contracts import check_seeds, split_items
 from ..errors import DP4TLError
 from ..fsutil import BAD_JSON
 from ..outputs import claim_out_dir
@@ -141,8 +141,8 @@ def corruptions_cmd(
     from ..evaluation.corruption import corruption_table, evaluate_corruptions
 
     check_seeds([seed], "--seed")  # (before any work: it was checked after the clean pass)
+    which = parse_corruptions(corrupt)  # (before --out is claimed: a refused list makes nothing)
     claim_out_dir(out, "corruptions")
-    which = parse_corruptions(corrupt)
     labelled, title = _runs(runs), "Corruption robustness (Tab. A4)"
     dev = resolve_device(device)
     settings = {"corruptions": which, "split": split, "seed": seed, "resolution": resolution,
@@ -275,7 +275,7 @@ def vtab_cmd(
     from ..evaluation.vtab import vtab_protocol
 
     try:
-        lrs = [float(x) for x in lr.split(",") if x.strip()]
+        lrs = [float(x) for x in split_items(lr, "--lr")]
     except ValueError:
         raise DP4TLError(f"--lr must be comma-separated numbers, got {lr!r}") from None
     res = vtab_protocol(recipe, checkpoint, data, out, lrs=lrs, seed=seed, train_size=train_size,

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from .app import app
+from ..contracts import split_items
 from ..errors import MaskError, class_ids, count
 from .options import DATA_HELP
 
@@ -19,13 +20,7 @@ def _parse_ranges(text: str) -> list[tuple[int, int]]:
     """``--classes`` as inclusive (low, high) ranges, never expanded here: ``0-999999999999``
     must be refused by the bounds check, not first built as a list in memory."""
     ranges: list[tuple[int, int]] = []
-    parts = [part.strip() for part in text.split(",")]
-    if not all(parts[1:-1]):  # '1,,2': an id was dropped (a trailing or leading comma is kept)
-        raise MaskError(f"--classes: {text!r} has an empty item between commas; give each class id "
-                        "or range once, e.g. '0,3,10-19'")
-    for part in parts:
-        if not part:
-            continue
+    for part in split_items(text, "--classes", MaskError):  # ('1,,2': an id dropped, refused)
         lo, sep, hi = part.partition("-")
         try:
             low, high = (int(lo), int(hi)) if sep else (int(lo), int(lo))

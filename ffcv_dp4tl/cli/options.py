@@ -20,7 +20,7 @@ import typer
 # the CLI's choice sets are the project's (defined once in contracts; typer lists them in --help)
 from ..contracts import (AdvNorm, AdvUnits, Backend, BetonMode, Budget, FinetuneMode, Format, Order,  # noqa: F401
                          PretrainLength, Protocol, RecipeSet, TargetCrop, TargetSplit, check_items, check_k,
-                         check_pruned_ratios, check_ratio, check_seeds, PAPER_K, SYNTH_K)
+                         check_pruned_ratios, check_ratio, check_seeds, split_items, PAPER_K, SYNTH_K)
 from ..contracts import check_device as contracts_check_device
 from ..contracts import default_k as contracts_default_k
 from ..errors import DP4TLError
@@ -77,9 +77,14 @@ def resolve_device(device: str) -> str:
     return device if device != "auto" else str(resolve(device))
 
 
-def split_list(text: str) -> list[str]:
-    """``"a, b,,c"`` → ``["a", "b", "c"]``: the one list syntax of the CLI."""
-    return [x.strip() for x in (text or "").split(",") if x.strip()]
+def split_list(text: str, what: str | None = None) -> list[str]:
+    """``"a, b,c"`` → ``["a", "b", "c"]``: the one list syntax of the CLI
+    (:func:`~ffcv_dp4tl.contracts.split_items`); an empty item between commas is a usage error,
+    named by click for a callback, by ``what`` (the option) where a command reads the list."""
+    try:
+        return split_items(text, "")
+    except DP4TLError as e:
+        raise typer.BadParameter(str(e), param_hint=what) from None
 
 
 def _items(items: list, required: bool, example: str, what: str = "the list") -> None:
@@ -300,6 +305,7 @@ def _is_embedded(data: str) -> bool:
     return False
 
 
-def paths(values: Sequence[Path]) -> list[Path]:
-    """Repeated path options where each value may also be a comma-separated list."""
-    return [Path(p) for v in values for p in split_list(str(v))]
+def paths(values: Sequence[Path], what: str | None = None) -> list[Path]:
+    """Repeated path options (``what``: the option) where each value may also be a
+    comma-separated list."""
+    return [Path(p) for v in values for p in split_list(str(v), what)]

@@ -67,7 +67,7 @@ def score(
     refuse_unread(method, k=k, iters=iters, backend=backend)
     check_out_dir(out)
     source_dir = data
-    targets = paths(target)
+    targets = paths(target, "--target")
     meta = run(method, source_dir=source_dir, target_dir=targets or None, checkpoint=checkpoint,
                out_dir=out, fmt=format.value, device=resolve_device(device),
                batch_size=batch_size, num_workers=workers, resolution=resolution, k=default_k(k, str(data)),

@@ -230,6 +230,22 @@ def check_pruned_ratios(ratios: Iterable[Any], what: str, why: str,
     return out
 
 
+def split_items(text: str | None, what: str, error: type[DP4TLError] = DP4TLError, *,
+                parts: list[str] | None = None) -> list[str]:
+    """``"a, b,c,"`` → ``["a", "b", "c"]``: the one list syntax of the command line (a leading
+    or trailing comma drops nothing). An empty item *between* commas (``"0,,1"``,
+    ``"0, ,1"``) is refused, never read as the shorter list: ``--seeds 0,,1`` ran two seeds
+    where three were meant, while ``--classes 1,,2`` was refused (audit). ``parts``: the text
+    already cut at its separating commas (``--methods`` keeps the commas inside
+    ``fm[k=16,reversed]``)."""
+    parts = [x.strip() for x in (parts if parts is not None else (text or "").split(","))]
+    items = [x for x in parts if x]
+    if not all(parts[1:-1]):
+        raise error(f"{what + ': ' if what else ''}{text!r} has an empty item between commas; give each item once, "
+                    f"e.g. {','.join(items) or '0,1'!r}")
+    return items
+
+
 def check_items(what: str, items: Iterable[Any]) -> list[Any]:
     """A list option's items: at least one, each once. An empty list would run nothing and
     write an empty table over an earlier one; a repeated seed or method would count one run

@@ -24,6 +24,9 @@ MANIFEST_NAME = "manifest.json"
 #: name for it), one line per sample in sample order — line ``i`` is sample ``i``, the index a
 #: mask holds; a tab or line break inside a name is written ``\t``/``\n``/``\r``. A plain
 #: sidecar, outside the manifest and its fingerprints (builds made before it lack it).
+#: A backslash is written as it is, so each line is the path other tools open; the price: a
+#: name holding a line break and one holding ``\n`` as text read the same (an audit found it;
+#: kept, since escaping every backslash would change every such path and this format).
 ORIGINS_SUFFIX = ".files.txt"
 #: Identity tag of a manifest (kept from the first release; the version is ``format_version``).
 FORMAT = "ffcv-dp4tl/1"
@@ -283,7 +286,9 @@ class DatasetManifest:
             classes=[str(c) for c in classes],
             splits=entries,
             fingerprint=get("fingerprint", "str", REQUIRED), name=get("name", "str", ""),
-            image=ImageSettings.from_json(data["image"], source) if data.get("image") else None,
+            # absent: a build that recorded none; null or {} is an edit, refused by the check
+            # (a falsy value read as "none recorded" passed an edited manifest; audit)
+            image=ImageSettings.from_json(data["image"], source) if "image" in data else None,
             shard_size=get("shard_size", "count"), extra=dict(get("extra", "object", {})),
             build=dict(get("build", "object", {})), created=get("created", "str", ""),
             beton_fingerprint=get("beton_fingerprint", "str"),

@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from ..contracts import check_seeds
+from ..contracts import check_seeds, split_items
 from ..errors import DataError
 from .sampling import Batch, check_resolution
 from .transforms import NORMALIZATIONS
@@ -347,9 +347,7 @@ def parse_corruptions(specs: list[str] | tuple[str, ...]) -> list[tuple[str, int
     Comma-separated items are split too. Order kept, duplicates dropped."""
     out: list[tuple[str, int]] = []
     for spec in specs:
-        for item in (s.strip() for s in str(spec).split(",")):
-            if not item:
-                continue
+        for item in split_items(str(spec), "--corrupt", DataError):
             name, _, sev = item.partition(":")
             if sev:
                 try:

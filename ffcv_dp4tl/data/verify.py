@@ -37,6 +37,7 @@ from beton_builders.integrity import (OVERWRITE_HINT, REMAKE_HINT, SCHEME, beton
                                       labels_intact, recorded_problems)
 
 from ..errors import DataError
+from ..fsutil import absent_why
 
 from .manifest import MANIFEST_NAME, SplitInfo, load_manifest, read_labels, split_fingerprint
 
@@ -98,7 +99,7 @@ def _check_shards(split: SplitInfo, out: list[str]) -> np.ndarray | None:
     sizes = np.array([p.stat().st_size if p.is_file() else -1 for p in split.shards], dtype=np.int64)
     for p, sz in zip(split.shards, sizes):
         if sz < 0:
-            out.append(f"{p}: missing; rebuild the dataset (or restore the file)")
+            out.append(f"{p}: {absent_why(p)}; rebuild the dataset (or restore the file)")
     shard = index["shard"].astype(np.int64)
     if (shard >= len(split.shards)).any():
         out.append(_listed("shard number beyond the shard list", str(split.index),

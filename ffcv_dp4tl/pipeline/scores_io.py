@@ -150,6 +150,27 @@ def load_scores_meta(path: str | Path) -> ScoresMeta:
         raise DataError(f"{path} is a file, but the scores are a folder: pass the folder "
                         f"`dp4tl score --out` wrote" + (f" ({path.parent})" if path.name == "scores.json" else ""))
     fix = _RESCORE.format(path=path)
-    return ScoresMeta.from_json(read_json(path / "scores.json", "scores metadata", fix,
+    meta = ScoresMeta.from_json(read_json(path / "scores.json", "scores metadata", fix,
                                           missing=_NO_SCORES.format(path=path)),
                                 path / "scores.json", fix)
+    _check_method(meta, path / "scores.json", fix)
+    return meta
+
+
+def _check_method(meta: ScoresMeta, source: Path, fix: str) -> None:
+    """The recorded method is a registered scorer and the unit is the one it declares. Pruning
+    reads the unit, not the method (:mod:`.prune`), and the arrays' digests do not cover
+    ``scores.json``'s fields: ``"method": "randm"`` was accepted and written into every mask's
+    provenance, and ``"unit": "sample"`` on LM's class scores would prune samples (audit).
+    Every scorer is a file of the package (docs/scorers.md), so the writer's is registered
+    here too."""
+    from ..scoring.registry import get_scorer, is_registered, list_scorers
+
+    if not is_registered(meta.method):
+        raise DataError(f"{source}: method {meta.method!r} is not a scoring method "
+                        f"({', '.join(list_scorers())}): the file was edited, or written by a "
+                        f"version with other methods; {fix}")
+    unit = get_scorer(meta.method).unit
+    if meta.unit != unit:
+        raise DataError(f"{source}: method {meta.method!r} has unit {unit!r}, but the file says "
+                        f"{meta.unit!r} (edited by hand?), which prune would remove; {fix}")

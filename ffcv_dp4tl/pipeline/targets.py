@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..contracts import Order
+from ..contracts import Order, split_items
 from ..errors import DP4TLError, count
 
 
@@ -40,14 +40,14 @@ def split_targets(values: str | Iterable[str]) -> list[str]:
         v = v.strip()
         if not v:
             continue
-        out += [v] if "=" in v else [p.strip() for p in v.split(",") if p.strip()]
+        out += [v] if "=" in v else split_items(v, "--target")
     return out
 
 
 def parse_weights(text: str | Sequence[float]) -> tuple[float, ...]:
     """``"1,2"`` → ``(1.0, 2.0)``; ``""`` → ``()`` (equal weights)."""
     if isinstance(text, str):
-        parts = [p.strip() for p in text.split(",") if p.strip()]
+        parts = split_items(text, "--target-weights")
         try:
             return tuple(float(p) for p in parts)
         except ValueError:

@@ -222,3 +222,35 @@ def test_overwriting_synth_with_fewer_targets_removes_the_old_ones(tmp_path, cap
     assert code == 0
     assert sorted(p.name for p in (out / "targets").iterdir()) == ["mine", "paper"]
     assert "targets/blur: removed" in stdout and "targets/warm: removed" in stdout
+
+
+def test_a_split_added_to_the_manifest_by_hand_is_not_taken_for_the_builds(tmp_path):
+    """--overwrite deletes the files named after the build's splits. A split added to
+    manifest.json by hand, named after the user's own mine.beton, had that file deleted: where
+    the build's shard records exist, only the splits they (or a repair under way) name are the
+    build's. A build whose records are gone still has its manifest's splits removed."""
+    import json
+    import shutil
+
+    from beton_builders.out_dir import build_splits, remove_build
+
+    out = tmp_path / "out"
+    build_dataset(mem_spec(n=16), out, OPTS)
+    m = manifest_of(out)
+    m["splits"]["mine"] = {**m["splits"]["train"], "beton": "mine.beton"}
+    (out / "manifest.json").write_text(json.dumps(m))
+    mine = {out / "mine.beton": b"my beton", out / "mine.labels.npy": b"my labels"}
+    for path, data in mine.items():
+        path.write_bytes(data)
+    assert build_splits(out) == {"train"}
+    (out / ".build" / "repair.json").write_text(json.dumps({"splits": {"train": "f", "val": "g"}}))
+    assert build_splits(out) == {"train", "val"}  # (a repair may have removed val's one record)
+    (out / ".build" / "repair.json").unlink()
+    remove_build(out)
+    assert all(path.read_bytes() == data for path, data in mine.items())
+    assert not (out / "train.beton").exists() and not (out / "manifest.json").exists()
+
+    other = tmp_path / "other"  # records gone: the manifest is all that tells
+    build_dataset(mem_spec(n=16), other, OPTS)
+    shutil.rmtree(other / ".build")
+    assert build_splits(other) == {"train"}

@@ -57,6 +57,34 @@ def test_rerunning_the_build_repairs_damaged_files_from_the_inputs(tmp_path, bui
     assert build_dataset(mem_spec(), out, OPTS, source="mem").skipped  # intact: nothing to do
 
 
+@pytest.mark.parametrize("what", ["beton", "shard"])
+def test_a_folder_where_a_build_file_belongs_is_named_and_kept(tmp_path, builds, what):
+    """A folder at a beton's or shard's path was called "missing" by verify and the loaders, and
+    the rerun they advise began a repair and failed on it. Every reader now names the folder
+    (fsutil.absent_why); the rerun refuses before it writes anything, and the folder, with what
+    the user keeps in it, stays."""
+    from ffcv_dp4tl.data.verify import verify_dataset
+
+    out = tmp_path / "out"
+    shutil.copytree(builds["a"], out)
+    path = out / "train.beton" if what == "beton" else shards_of(out)[0]
+    path.unlink()
+    path.mkdir()
+    (path / "mine.txt").write_text("the user's")
+    manifest = (out / "manifest.json").read_bytes()
+    problems = verify_dataset(out).problems
+    assert problems and all("missing" not in p for p in problems), problems
+    assert any(p.startswith(f"{path}: a folder where the build's file belongs") for p in problems)
+    with pytest.raises(DataError, match="a folder where the build's file belongs .* then rerun the build"):
+        build_dataset(mem_spec(), out, OPTS, source="mem")
+    assert (path / "mine.txt").read_text() == "the user's"
+    assert (out / "manifest.json").read_bytes() == manifest  # no repair begun
+    assert not (out / ".build" / "repair.json").exists()
+    shutil.rmtree(path)  # moved away, as told: the same rerun repairs the build
+    build_dataset(mem_spec(), out, OPTS, source="mem")
+    assert verify_dataset(out).ok
+
+
 def test_a_repair_that_would_give_other_data_is_refused_on_every_rerun(tmp_path):
     """The inputs of a damaged shard changed since the build: repairing would change the data,
     so the beton (intact) is left as it was, and every later rerun

@@ -682,3 +682,34 @@ def test_mask_files_into_a_reader_that_had_enough_ends_as_sigpipe_would(tmp_path
     p.stdout.close()
     _, err = p.communicate(timeout=300)
     assert (p.returncode, err.decode()) == (141, "")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["pipeline", "--seeds", "0,,1"], "'--seeds': '0,,1'"),  # ran seeds 0 and 1 (audit)
+    (["pipeline", "--finetune", "lp, ,ff"], "'--finetune': 'lp, ,ff'"),
+    (["pipeline", "--target", "a,,b"], "--target: 'a,,b'"),
+    (["pipeline", "--target", "a,b", "--target-weights", "1,,2"], "--target-weights: '1,,2'"),
+    (["bench", "cost-table", "--ratios", "0,,0.6"], "'--ratios': '0,,0.6'"),
+    (["bench", "cost-table", "--methods", "lm,,random"], "--methods: 'lm,,random'"),
+    (["bench", "cost-table", "--methods", "fm[k=3,reversed],,lm"], "--methods:"),
+    (["bench", "cost-table", "--orders", "ordered,,reversed"], "--orders: 'ordered,,reversed'"),
+    (["bench", "cost-table", "--ff-methods", "lm,,fm"], "--ff-methods: 'lm,,fm'"),
+    (["bench", "cost-table", "--ks", "8,,16"], "'--ks': '8,,16'"),
+    (["bench", "embedded", "--targets", "paper,,warm"], "--targets: 'paper,,warm'"),
+    (["bench", "embedded", "--methods", "lm,,fm"], "--methods: 'lm,,fm'"),
+    (["bench", "surrogates", "--archs", "resnet18,,vgg2"], "--archs: 'resnet18,,vgg2'"),
+    (["evaluate", "corruptions", "run", "--corrupt", "fog,,snow"], "--corrupt: 'fog,,snow'"),
+    (["evaluate", "vtab", "lp_tiny_cpu", "--lr", "0.1,,0.01"], "--lr: '0.1,,0.01'"),
+])
+def test_a_list_that_lost_an_item_between_commas_is_refused(capsys, monkeypatch, tmp_path, args,
+                                                            needle):
+    """One list rule for every option (contracts.split_items): '0,,1' was read as '0,1' by
+    every list option but --classes, so a seed or a method went missing without a word."""
+    monkeypatch.chdir(tmp_path)  # (a command that went on would write data/ and runs/ here)
+    extra = {"pipeline": ["--runs-root", tmp_path / "runs"],
+             "evaluate": ["--out", tmp_path / "ev",
+                          *(["--checkpoint", "ck.pt", "--data", "d"] if args[1] == "vtab" else [])]
+             }.get(args[0], ["--out", tmp_path / "out", *(["--report", ""] if args[0] == "bench" else [])])
+    code, _, err = cli(capsys, monkeypatch, *args, *extra)
+    one_line(code, err, needle, "has an empty item between commas; give each item once, e.g.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "work began before the refusal"

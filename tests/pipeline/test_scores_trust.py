@@ -169,3 +169,25 @@ def test_a_truncated_scores_json_says_to_rescore_not_to_rebuild(tmp_path):
     assert str(e.value).endswith(f"; rerun `dp4tl score` into {sd} (a pipeline's cached score "
                                  f"stage: delete the stage folder {sd} and rerun the pipeline)")
     assert "rebuild or replace" not in str(e.value)
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("method", "randm", "method 'randm' is not a scoring method (lm, fm, "),
+    ("method", "LM", "method 'LM' is not a scoring method"),
+    ("unit", "sample", "method 'lm' has unit 'class', but the file says 'sample'"),
+    ("unit", "cluster", "says 'cluster' (edited by hand?), which prune would remove"),
+])
+def test_an_edited_method_or_unit_is_refused_before_masks_are_written(index_dataset, tmp_path,
+                                                                      field, value, needle):
+    """The digests cover the arrays, not scores.json's fields: an unknown method went into every
+    mask's provenance, and LM's class scores relabelled as sample scores were pruned as samples
+    (audit). Both are one line naming the file and how to rescore, and no mask is written."""
+    sd = tmp_path / "s"
+    write_scores(sd, method="lm", unit="class", scores=np.arange(5, dtype=float), meta={})
+    meta = json.loads((sd / "scores.json").read_text())
+    (sd / "scores.json").write_text(json.dumps({**meta, field: value}))
+    with pytest.raises(DataError) as e:
+        prune(sd, index_dataset.root, 0.4, tmp_path / "m")
+    assert needle in str(e.value) and str(e.value).startswith(str(sd / "scores.json"))
+    assert "rerun `dp4tl score`" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "m").exists()
