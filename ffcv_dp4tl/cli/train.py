@@ -1,6 +1,7 @@
 """``dp4tl train`` and ``dp4tl finetune``: source training (resumable) and LP/FF transfer."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -56,6 +57,21 @@ def train(
         typer.echo(f"{out}: epoch {row.get('epoch', -1) + 1}/{r.train.epochs}")
 
 
+def _same_source(kept: Path, new: Path) -> bool | None:
+    """Whether ``kept`` (a run's imported source) holds the model ``new`` does: architecture and
+    weights (the finetune identity's digest); None when ``kept`` is damaged (no source to
+    keep: replaced)."""
+    from ..training.checkpoint import Checkpoint
+    from ..training.finetune import weights_digest
+
+    try:
+        old = Checkpoint.load(kept)
+    except DP4TLError:
+        return None
+    ckpt = Checkpoint.load(new)
+    return (old.arch, weights_digest(old.model)) == (ckpt.arch, weights_digest(ckpt.model))
+
+
 @app.command()
 def finetune(
     recipe: str = typer.Argument(..., help=RECIPE_HELP.format(example="lp, ff or lp_tiny_cpu")),
@@ -108,9 +124,23 @@ def finetune(
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         checkpoint = out / "source_checkpoint.pt"
+        # imported beside it first: other weights than the run's were written over the finished
+        # run's source model before the run refused them, and evaluate then refused the run
+        # ("replaced after finetuning"; audit)
+        staged = out / ".source_checkpoint.importing.pt"
         try:
-            info = import_weights(source_weights, checkpoint, recipe=src)
+            info = import_weights(source_weights, staged, recipe=src)
+            same = _same_source(checkpoint, staged) if checkpoint.exists() else None
+            if same is False:
+                raise DP4TLError(f"{out} is a finetune of other source weights than "
+                                 f"{source_weights} ({arch}): its {checkpoint.name} stays; choose "
+                                 f"another --out, or delete {out} to start over")
+            if same:  # (the run's own file stays: a new save of the same weights has other bytes)
+                staged.unlink()
+            else:
+                os.replace(staged, checkpoint)
         except BaseException:
+            staged.unlink(missing_ok=True)
             if created:  # refused weights leave no stray folder behind
                 remove_unused_run_dir(out)
             raise

@@ -555,3 +555,34 @@ def test_a_finetuning_that_lost_the_race_for_a_new_folder_leaves_the_winners_alo
         finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, out, fmt="wds",
                  device="cpu", progress=False)
     assert (out / finetune_module.FINETUNE_LOCK).exists() and (out / "metrics.jsonl").exists()
+
+
+def test_other_source_weights_never_replace_a_runs_source_model(target_dir, tmp_path, capsys,
+                                                                 monkeypatch):
+    """`finetune --source-weights` imported the weights over OUT/source_checkpoint.pt before the
+    run refused them as another run's, so a finished run lost its source model and evaluate
+    then refused it as replaced (audit). The refusal now comes first and the file stays; the
+    run's own weights again finish without rewriting it."""
+    import torch
+
+    from cli_runner import cli, one_line
+
+    from ffcv_dp4tl.training.models import create_model
+
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        torch.save(create_model("resnet18", 5).state_dict(), tmp_path / f"w{seed}.pth")
+    out = tmp_path / "ft"
+    args = ("finetune", "lp_tiny_cpu", "--arch", "resnet18", "--data", target_dir, "--out", out,
+            "--device", "cpu", "--no-progress", "--set", "train.epochs=1", "--format", "wds")
+    code, _, err = cli(capsys, monkeypatch, *args, "--source-weights", tmp_path / "w0.pth")
+    assert code == 0, err
+    kept = (out / "source_checkpoint.pt").read_bytes()
+    code, _, err = cli(capsys, monkeypatch, *args, "--source-weights", tmp_path / "w1.pth")
+    one_line(code, err, f"{out} is a finetune of other source weights than", "w1.pth",
+             "source_checkpoint.pt stays")
+    assert (out / "source_checkpoint.pt").read_bytes() == kept
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".source")) == []
+    code, _, err = cli(capsys, monkeypatch, *args, "--source-weights", tmp_path / "w0.pth")
+    assert code == 0, err
+    assert (out / "source_checkpoint.pt").read_bytes() == kept
