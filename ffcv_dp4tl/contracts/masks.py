@@ -16,13 +16,16 @@ class MaskMeta:
     VERSION: ClassVar[int] = 1
     #: fields of the file that are not provenance
     FIELDS: ClassVar[tuple[str, ...]] = ("split", "fingerprint", "num_samples", "num_kept",
-                                         "created")
+                                         "created", "indices_sha256")
 
     fingerprint: str | None
     split: str | None = None
     num_samples: int | None = None
     num_kept: int | None = None
     created: str | None = None
+    #: sha256 of the .npy's int64 indices (``save_mask``; absent in masks saved before it): an
+    #: edited or replaced .npy of the same length no longer matches its description
+    indices_sha256: str | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = VERSION
 
@@ -47,6 +50,7 @@ class MaskMeta:
             return typed(data, key, kind, source, "recompute the mask", None, error=MaskError)
         return cls(fingerprint=get("fingerprint", "str"), split=get("split", "str"),
                    num_samples=get("num_samples", "count"), num_kept=get("num_kept", "count"),
-                   created=get("created", "str"), format_version=version,
+                   created=get("created", "str"), indices_sha256=get("indices_sha256", "str"),
+                   format_version=version,
                    provenance={k: v for k, v in data.items()
                                if k not in cls.FIELDS and k != "format_version"})

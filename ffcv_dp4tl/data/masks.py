@@ -7,6 +7,7 @@ against the dataset's manifest before any sample is read.
 """
 from __future__ import annotations
 
+import dataclasses
 import contextlib
 import os
 import time
@@ -253,9 +254,19 @@ def save_mask(path: str | Path, mask: IndexMask) -> Path:
     mask's description (its ratio, method, count)."""
     npy = _npy_path(path)
     _json_path(npy).unlink(missing_ok=True)
-    atomic_save_npy(npy, mask.indices.astype(np.int64))
-    atomic_write_json(_json_path(npy), mask.info.to_json())
+    indices = mask.indices.astype(np.int64)
+    atomic_save_npy(npy, indices)
+    atomic_write_json(_json_path(npy), {**mask.info.to_json(),
+                                        "indices_sha256": indices_digest(indices)})
     return npy
+
+
+def indices_digest(indices: np.ndarray) -> str:
+    """sha256 of a mask's sorted int64 indices: recorded in its sidecar by :func:`save_mask`
+    and checked by :func:`load_mask`."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()
 
 
 def mask_files(path: str | Path) -> tuple[Path, Path]:
@@ -266,7 +277,7 @@ def mask_files(path: str | Path) -> tuple[Path, Path]:
 
 #: sidecar entries that say where or when a mask was written, not what it selects: the scores
 #: folder as it was spelled (a rerun from another directory spells it otherwise) and the time
-_NOT_INPUTS = frozenset({"created", "scores"})
+_NOT_INPUTS = frozenset({"created", "scores", "indices_sha256"})  # (the indices: compared as such)
 
 
 def _inputs(meta: dict[str, Any]) -> dict[str, Any]:
@@ -395,9 +406,19 @@ def load_mask(path: str | Path, split: SplitInfo | None = None,
         raise MaskError(f"{meta_path} says {meta.num_kept} samples are kept but {npy} holds "
                         f"{len(indices)}: the two files were not written together (edited, or "
                         f"copied from two masks); {RECREATE_MASK}")
-    mask = IndexMask(indices, meta.to_json())
+    # the indices the sidecar describes: a .npy replaced by one of the same length (another
+    # selection) was trained on under the pruned set's description, in the pipeline and by
+    # `dp4tl train --mask`; only `mask check` compared it with kept_classes (audit)
+    if meta.indices_sha256 is not None and indices.ndim == 1 and \
+            indices_digest(indices) != meta.indices_sha256:
+        raise MaskError(f"{npy} holds other indices than the ones {meta_path.name} describes "
+                        f"(it records their sha256): the .npy was edited or replaced; "
+                        f"{RECREATE_MASK}")
+    # (the digest is the file's, checked above: the mask in memory is what make_mask gives)
+    mask = IndexMask(indices, dataclasses.replace(meta, indices_sha256=None).to_json())
     if split is not None:
         validate_mask(mask, split, source=npy, split_option=split_option)
+        check_recorded_classes(mask, split, npy)  # (masks saved before the digest)
     return mask
 
 

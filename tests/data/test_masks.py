@@ -440,3 +440,25 @@ def test_only_the_same_mask_again_may_replace_a_mask(split, tmp_path):
     (tmp_path / "results.json").write_text('{"top1": 0.9}')  # NAME.json: the user's file
     assert mask_conflict(tmp_path / "results.npy", mask()) == (
         tmp_path / "results.json", "a file that is not a mask's sidecar")
+
+
+def test_an_npy_replaced_under_its_sidecar_is_refused(split, tmp_path):
+    """A pruned set's train.npy replaced by other indices of the same length was trained on
+    under the pruned set's description, by the pipeline and `dp4tl train --mask` (only `mask
+    check` compared it with kept_classes; audit). save_mask records the indices' sha256 and
+    load_mask checks it; a mask saved before the digest is checked against its kept_classes
+    where the split is known."""
+    m = mask_from_classes(split, [1, 3])
+    path = save_mask(tmp_path / "train.npy", m)
+    assert np.array_equal(load_mask(path, split).indices, m.indices)  # untouched: loads
+    other = mask_from_classes(split, [0, 2]).indices[: len(m)]
+    assert len(other) == len(m)
+    np.save(path, other)
+    with pytest.raises(MaskError, match="holds other indices than the ones train.json describes"):
+        load_mask(path)
+    side = json.loads((tmp_path / "train.json").read_text())
+    del side["indices_sha256"]  # as saved before the digest: the recorded classes still tell
+    (tmp_path / "train.json").write_text(json.dumps(side))
+    assert len(load_mask(path)) == len(m)  # (without the split: nothing to compare with)
+    with pytest.raises(MaskError, match="kept_classes leaves out classes"):
+        load_mask(path, split)
