@@ -129,7 +129,10 @@ def finetune(
         # ("replaced after finetuning"; audit)
         staged = out / ".source_checkpoint.importing.pt"
         try:
-            info = import_weights(source_weights, staged, recipe=src)
+            info = import_weights(source_weights, staged, recipe=src, fix=(
+                "pass weights of that architecture, or name theirs with --arch (`dp4tl models`); "
+                "a `dp4tl train` checkpoint.pt goes to --checkpoint instead (it records its own "
+                "architecture)"))
             same = _same_source(checkpoint, staged) if checkpoint.exists() else None
             if same is False:
                 raise DP4TLError(f"{out} is a finetune of other source weights than "

@@ -187,7 +187,12 @@ class Checkpoint:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "Checkpoint":
         if not isinstance(d, dict) or "model" not in d or "identity" not in d:
-            raise DP4TLError(f"{source} is not an ffcv-dp4tl checkpoint (no model/identity entries)")
+            what = ("a finetune run's state (finetune_state.pt), not a source model: pass the "
+                    "checkpoint.pt of the `dp4tl train` run it finetuned (or that run's "
+                    "source_checkpoint.pt)" if isinstance(d, dict) and "net" in d and "identity" in d
+                    else "not an ffcv-dp4tl checkpoint (no model/identity entries): pass the "
+                    "checkpoint.pt a `dp4tl train` run wrote")
+            raise DP4TLError(f"{source} is {what}")
         version = int(d.get("format_version", 0))
         if version > CHECKPOINT_VERSION:
             raise DP4TLError(f"{source} has checkpoint format {version}; this ffcv-dp4tl reads up "

@@ -131,10 +131,16 @@ def to_registry_names(sd: dict[str, torch.Tensor], arch: str) -> dict[str, torch
     return sd
 
 
+#: what weights that do not fit are told, where the recipe's ``[model]`` section chose the model
+FIT_FIX = "pass weights of that architecture (the recipe's [model] section sets it)"
+
+
 def build_from_state_dict(sd: dict[str, torch.Tensor], arch: str, model_kwargs: dict[str, Any],
-                          what: str = "weights") -> tuple[torch.nn.Module, dict[str, Any]]:
+                          what: str = "weights", fix: str = FIT_FIX
+                          ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The registered ``arch`` (knobs ``model_kwargs``; BlurPool detected from the keys) with
-    ``sd`` loaded strictly; the head's size is read from ``sd``. Returns (model, kwargs used)."""
+    ``sd`` loaded strictly; the head's size is read from ``sd``. Returns (model, kwargs used).
+    ``fix``: what weights that do not fit are told (the caller knows what chose ``arch``)."""
     sd = to_registry_names(sd, arch)
     head_w = next((sd[k] for k in ("fc.weight", "heads.head.weight") if k in sd), None)
     if head_w is None or head_w.ndim != 2:
@@ -158,8 +164,7 @@ def build_from_state_dict(sd: dict[str, torch.Tensor], arch: str, model_kwargs: 
                 if unexpected else "",
                 f"shape differs for {', '.join(shapes[:3])}" if shapes else "") if x)
     knobs = ", ".join(f"{k}={v}" for k, v in kw.items())
-    raise DP4TLError(f"the weights in {what} do not fit {arch} ({knobs}): {first_error}; pass "
-                     "weights of that architecture (the recipe's [model] section sets it)")
+    raise DP4TLError(f"the weights in {what} do not fit {arch} ({knobs}): {first_error}; {fix}")
 
 
 def _diff(have: dict[str, torch.Tensor], got: dict[str, torch.Tensor]):
@@ -192,7 +197,8 @@ def check_classes(path: str | Path, num_outputs: int, file_classes: list[str] | 
 
 
 def import_weights(path: str | Path, out: str | Path, *, recipe, classes: list[str] | None = None,
-                   source: str = "", dataset_fingerprint: str | None = None) -> dict[str, Any]:
+                   source: str = "", dataset_fingerprint: str | None = None,
+                   fix: str = FIT_FIX) -> dict[str, Any]:
     """Import ``path`` for ``recipe``'s model as ``out`` (a checkpoint.pt) and return a summary.
 
     ``classes``: the source's class list (the manifest's) to check the head against; None skips
@@ -202,7 +208,7 @@ def import_weights(path: str | Path, out: str | Path, *, recipe, classes: list[s
     path = Path(path).expanduser()
     sd, file_classes = read_state_dict(path)
     arch = recipe.model.arch
-    model, kw = build_from_state_dict(sd, arch, model_kwargs(recipe), what=str(path))
+    model, kw = build_from_state_dict(sd, arch, model_kwargs(recipe), what=str(path), fix=fix)
     n_out = get_head(model).out_features
     if classes is not None:
         check_classes(path, n_out, file_classes, list(classes), source or "dataset")

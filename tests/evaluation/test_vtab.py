@@ -164,7 +164,7 @@ def test_vtab_rerun_resumes_with_the_same_settings_and_refuses_others(eval_sourc
 
 
 @pytest.mark.parametrize("lrs, needle", [([0.01, 0.01], "0.01 twice"),
-                                         ([0.001, 0.0010000001], "0.001 twice"),
+                                         ([0.001, 0.0010000001], "0.0010000001 and 0.001 both name the run folder select-lr0.001"),
                                          ([float("nan")], "positive number"), ([0.0], "positive")])
 def test_vtab_lrs_are_checked_before_any_work(eval_source_ckpt, eval_target, tmp_path, lrs, needle):
     from ffcv_dp4tl.evaluation.vtab import vtab_protocol

@@ -586,3 +586,27 @@ def test_other_source_weights_never_replace_a_runs_source_model(target_dir, tmp_
     code, _, err = cli(capsys, monkeypatch, *args, "--source-weights", tmp_path / "w0.pth")
     assert code == 0, err
     assert (out / "source_checkpoint.pt").read_bytes() == kept
+
+
+def test_a_file_passed_to_the_wrong_option_is_told_which_one(trained_run, target_dir, tmp_path,
+                                                             capsys, monkeypatch):
+    """A finetune run's finetune_state.pt given as --checkpoint said only "not an ffcv-dp4tl
+    checkpoint"; a `dp4tl train` checkpoint.pt given as --source-weights with an --arch its
+    knobs do not fit said to fix "the recipe's [model] section", which --arch sets here
+    (audit). Each now names the option the file belongs to."""
+    import torch
+
+    from cli_runner import cli, one_line
+
+    torch.save({"identity": {"mode": "lp"}, "net": {}, "epoch": 1}, tmp_path / "finetune_state.pt")
+    args = ("finetune", "lp_tiny_cpu", "--data", target_dir, "--device", "cpu")
+    code, _, err = cli(capsys, monkeypatch, *args, "--checkpoint", tmp_path / "finetune_state.pt",
+                       "--out", tmp_path / "a")
+    one_line(code, err, "is a finetune run's state (finetune_state.pt), not a source model",
+             "pass the checkpoint.pt of the `dp4tl train` run")
+    code, _, err = cli(capsys, monkeypatch, *args, "--source-weights", trained_run / "checkpoint.pt",
+                       "--arch", "resnet18", "--out", tmp_path / "b")
+    one_line(code, err, "do not fit resnet18", "name theirs with --arch",
+             "a `dp4tl train` checkpoint.pt goes to --checkpoint instead")
+    assert "[model] section" not in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
