@@ -300,8 +300,46 @@ def test_stage_values_follow_their_kinds_schema(tmp_path):
     (st.dir / DONE).write_text(json.dumps({"stage": "finetune-lp", "kind": "finetune",
                                            "seconds": 1.0}))
     with pytest.raises(DataError, match="DONE.json: a finetune stage result lacks field "
-                                        "'test_top1'; delete its stage folder"):
+                                        "'test_top1'; delete the stage folder .*finetune-lp-.* "
+                                        "and rerun"):
         st.result()
+
+
+@pytest.mark.parametrize("name, values, field, got", [
+    ("pretrain", {"epoch": 0, "top1_val": "0.08"}, "top1_val", "'0.08'"),
+    ("surrogate", {"epoch": 0, "top1_val": None, "objective": "moco_v2", "loss": "1.5",
+                   "top1_train": 0.25}, "loss", "'1.5'"),
+    ("finetune-lp", {"test_top1": 0.5, "best_test_top1": "0.75"}, "best_test_top1", "'0.75'"),
+    ("finetune-ff", {"test_top1": 0.5, "final_test_top1": 1.5}, "final_test_top1", "1.5"),
+    ("finetune-lp", {"test_top1": 50.0}, "test_top1", "50.0"),
+    ("prune", {"unit": "class", "train_kept": 5, "kept_sample_fraction": "0.4"},
+     "kept_sample_fraction", "'0.4'"),
+    ("score", {"method": "lm", "unit": "class", "selection_seconds": "2"},
+     "selection_seconds", "'2'"),
+    ("pretrain", {"epoch": 0, "top1_val": 0.5, "estimated_seconds": "x"},
+     "estimated_seconds", "'x'"),
+])
+def test_a_done_file_value_the_report_reads_is_type_checked_on_read(name, values, field, got,
+                                                                     tmp_path):
+    """Audit B6: STAGE_VALUES checked one field per kind, so a DONE.json's ``"top1_val":
+    "0.08"`` was read, and the report's ``:.4f`` crashed (``Unknown format code 'f'``) at the end
+    of ``dp4tl pipeline``; a top-1 of 50 (a percent) went into the tables as it was. Every value
+    the report and the ``[result]`` line read is checked where DONE.json is read: one line
+    naming the file, the field and the stage folder to delete."""
+    from ffcv_dp4tl.pipeline.stages import DONE, describe, stage
+
+    st = stage(tmp_path, name, {"x": 1})
+    st.dir.mkdir(parents=True)
+    (st.dir / DONE).write_text(json.dumps({**values, "stage": name, "kind": stage_kind(name),
+                                           "seconds": 1.0, "format_version": 1}))
+    with pytest.raises(DataError) as e:
+        st.result()
+    what = "a number" if field in ("loss", "selection_seconds", "estimated_seconds") \
+        else "a number in [0, 1]"
+    assert str(e.value) == (f"{st.dir / DONE}: field {field!r} must be {what}, got {got}; "
+                            f"delete the stage folder {st.dir} and rerun")
+    with pytest.raises(DataError, match=f"field {field!r} must be"):  # (not a ValueError)
+        describe(json.loads((st.dir / DONE).read_text()))
 
 
 @pytest.mark.parametrize("name, kind", [("surrogate", "train"), ("pretrain", "train"),

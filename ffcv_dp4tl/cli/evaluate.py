@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
 
 from .app import app
 from ..contracts import check_seeds, split_items
-from ..errors import DP4TLError
+from ..errors import DataError, DP4TLError
 from ..fsutil import BAD_JSON
 from ..outputs import claim_out_dir
 from .options import FORMAT_HELP, Format, device_option, out_callback, resolve_device
@@ -79,20 +79,34 @@ def _reuse_key(run: Path, settings: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def _finished(out: Path, stem: str, keys: dict[str, str]) -> dict[str, dict]:
+def _finished(out: Path, stem: str, keys: dict[str, str],
+              check: Callable[[dict, str, str], None]) -> dict[str, dict]:
     """The entries of an earlier call's OUT/STEM.json measured under the same keys (an
-    unreadable or foreign file reuses nothing: it is rewritten)."""
+    unreadable or foreign file reuses nothing: it is rewritten). ``check(entry, where, fix)``:
+    the table's rule for an entry's fields (``check_corruption_entry``,
+    ``check_flatness_entry``). An entry that breaks it (a hand edit: ``"clean_top1": "1.0"``)
+    is measured again, with a one-line warning naming the file and the model, rather than
+    refused: the file is this command's own cache, rewritten at the end of the call, so a new
+    measurement replaces the bad entry and keeps the others, where a refusal would only make
+    the user delete the file (and the other models' measurements with it) by hand."""
+    path = out / f"{stem}.json"
     try:
-        data = json.loads((out / f"{stem}.json").read_text())
+        data = json.loads(path.read_text())
     except (OSError, *BAD_JSON):
         return {}
     if not isinstance(data, dict):
         return {}
-    done = {label: e for label, e in data.items() if keys.get(label)
-            and isinstance(e, dict) and e.get("reuse_key") == keys[label]}
-    for label in done:
-        typer.echo(f"{label}: measured already under the same settings ({out / (stem + '.json')}); "
-                   "reused")
+    done = {}
+    for label, e in data.items():
+        if not (keys.get(label) and isinstance(e, dict) and e.get("reuse_key") == keys[label]):
+            continue
+        try:
+            check(e, f"{path} entry {label!r}", "measuring it again")
+        except DataError as bad:
+            typer.echo(f"warning: {bad}", err=True)
+            continue
+        done[label] = e
+        typer.echo(f"{label}: measured already under the same settings ({path}); reused")
     return done
 
 
@@ -138,7 +152,8 @@ def corruptions_cmd(
 ) -> None:
     """Tab. A4: clean and corrupted test top-1 of finetuned models (CIFAR-10-C corruptions)."""
     from ..data.corruptions import parse_corruptions
-    from ..evaluation.corruption import corruption_table, evaluate_corruptions
+    from ..evaluation.corruption import (check_corruption_entry, corruption_table,
+                                         evaluate_corruptions)
 
     check_seeds([seed], "--seed")  # (before any work: it was checked after the clean pass)
     which = parse_corruptions(corrupt)  # (before --out is claimed: a refused list makes nothing)
@@ -153,7 +168,7 @@ def corruptions_cmd(
         labelled, which, device=dev, resolution=resolution, split=split,
         fmt=fmt.value if fmt else None, batch_size=batch_size, num_workers=workers, seed=seed,
         corrupt_resolution=corrupt_resolution, progress=progress,
-        finished=_finished(out, "corruptions", keys), keys=keys,
+        finished=_finished(out, "corruptions", keys, check_corruption_entry), keys=keys,
         on_warning=lambda line: typer.echo(f"warning: {line}", err=True),
         on_result=lambda done: _write_partial(out, "corruptions", done, corruption_table, title,
                                               len(labelled)))
@@ -200,7 +215,7 @@ def flatness_cmd(
 ) -> None:
     """Fig. A4: ε-sharpness and λ_max of the Hessian of each finetuned model's train loss."""
     from ..evaluation.finetuned import load_finetuned
-    from ..evaluation.flatness import flatness_table, model_flatness
+    from ..evaluation.flatness import check_flatness_entry, flatness_table, model_flatness
 
     check_seeds([seed], "--seed")  # (2**64 was a traceback after the ε-sharpness work)
     claim_out_dir(out, "flatness")
@@ -217,7 +232,7 @@ def flatness_cmd(
                 "batch_size": batch_size, "split": split, "seed": seed, "resolution": resolution,
                 "format": fmt.value if fmt else None, "device": dev.split(":")[0]}
     keys = {label: _reuse_key(run, settings) for label, run in labelled.items()}
-    finished = _finished(out, "flatness", keys)
+    finished = _finished(out, "flatness", keys, check_flatness_entry)
     title = "Flatness of the finetuned models (Fig. A4)"
     res = {}
     for label, ft in models.items():

@@ -31,14 +31,14 @@ from .manifest import (FORMAT, INDEX_DTYPE, MANIFEST_NAME, ORIGINS_SUFFIX, Datas
                        dataset_fingerprint, split_fingerprint)
 from .masks import MaskMeta
 from .scores import SCORE_UNITS, Scores, ScoresMeta
-from .stage import STAGE_KINDS, STAGE_VALUES, StageResult, check_stage_values, stage_kind
+from .stage import STAGE_FIELDS, STAGE_KINDS, STAGE_VALUES, StageResult, check_stage_values, stage_kind
 from .versions import UnsupportedFormatError, check_version
 
 __all__ = [
     "AdvNorm", "AdvUnits", "Backend", "BetonMode", "Budget", "Choice", "Criterion", "Decode", "FinetuneHead", "FinetuneMode", "Format", "Order", "PretrainLength", "Protocol",
     "RecipeSet", "StartFrom", "TargetCrop", "TargetSplit", "check_device", "check_items", "split_items", "check_k", "check_k_fits", "default_k", "PAPER_K", "SYNTH_K", "check_pruned_ratios", "RATIO_DECIMALS", "check_ratio", "check_seeds", "check_stage_values", "check_tol",
     "DatasetManifest", "FORMAT", "INDEX_DTYPE", "ImageSettings", "MANIFEST_NAME", "MaskMeta", "ORIGINS_SUFFIX",
-    "SCORE_UNITS", "STAGE_KINDS", "STAGE_VALUES", "Scores", "ScoresMeta", "SplitEntry", "StageResult",
+    "SCORE_UNITS", "STAGE_FIELDS", "STAGE_KINDS", "STAGE_VALUES", "Scores", "ScoresMeta", "SplitEntry", "StageResult",
     "UnsupportedFormatError", "check_version", "dataset_fingerprint", "split_fingerprint",
     "stage_kind",
 ]

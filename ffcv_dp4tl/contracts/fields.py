@@ -24,17 +24,23 @@ def _is_number(v: Any) -> bool:
     return (_is_int(v) or isinstance(v, float)) and not isinstance(v, bool)
 
 
+def _is_fraction(v: Any) -> bool:
+    return _is_number(v) and 0 <= v <= 1  # (NaN is no fraction: it fails both comparisons)
+
+
 #: kind → (what the message says it must be, the check)
 KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "count": ("a non-negative integer", _is_count),
     "int": ("an integer", _is_int),
     "number": ("a number", _is_number),
+    "fraction": ("a number in [0, 1]", _is_fraction),  # (a top-1, a kept share)
     "str": ("a string", lambda v: isinstance(v, str)),
     "bool": ("true or false", lambda v: isinstance(v, bool)),
     "names": ("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v)),
     "strs": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
     "counts": ("a list of non-negative integers", lambda v: isinstance(v, list) and all(_is_count(x) for x in v)),
     "object": ("a JSON object", lambda v: isinstance(v, dict)),
+    "objects": ("a list of JSON objects", lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)),
 }
 
 

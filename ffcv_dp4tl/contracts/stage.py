@@ -41,21 +41,49 @@ STAGE_VALUES: dict[str, dict[str, tuple[type, ...]]] = {
 }
 
 
-def check_stage_values(kind: str, values: Mapping[str, Any], source: object = "stage result"
-                       ) -> None:
-    """A one-line :class:`DataError` naming ``source`` and the field when ``values`` do not
-    follow :data:`STAGE_VALUES` for ``kind`` (brought weights: ``brought`` instead of a row)."""
+#: The typed fields a stage result *may* hold, per kind, checked when present (``null`` passes):
+#: the values ``DONE.json`` gives to what reads it — the report's stage lines
+#: (:func:`~ffcv_dp4tl.pipeline.stages.describe`), its seed table and ``[result]`` line, the
+#: benches — so a hand-edited ``"top1_val": "0.08"`` is refused where the file is read, not a
+#: ``ValueError`` at the report's ``:.4f`` after the whole pipeline ran, nor a wrong number in
+#: it. Kinds are :data:`~ffcv_dp4tl.contracts.fields.KINDS` (``fraction``: a number in [0, 1]).
+#: ``"*"``: every kind (the seconds of runs without an exact record, ``stages.ESTIMATED``).
+STAGE_FIELDS: dict[str, dict[str, str]] = {
+    "*": {"estimated_seconds": "number"},
+    "train": {"top1_val": "fraction", "top1_train": "fraction", "loss": "number",
+              "objective": "str", "brought": "bool", "weights": "str", "arch": "str"},
+    "score": {"selection_seconds": "number"},
+    "prune": {"train_kept": "count", "kept_sample_fraction": "fraction", "ratio": "number",
+              "budget": "str", "kept_units": "names"},
+    "finetune": {"test_top1": "fraction", "final_test_top1": "fraction",
+                 "best_test_top1": "fraction", "best_epoch": "count", "top1_val": "fraction",
+                 "train_top1": "fraction"},
+    "build": {},
+    "other": {},
+}
+
+#: What to do about a stage result that breaks its schema, when the caller names no folder.
+STAGE_FIX = "delete its stage folder to rerun the stage"
+
+
+def check_stage_values(kind: str, values: Mapping[str, Any], source: object = "stage result",
+                       fix: str = STAGE_FIX) -> None:
+    """A one-line :class:`DataError` naming ``source``, the field and ``fix`` when ``values``
+    do not follow :data:`STAGE_VALUES` (required fields) and :data:`STAGE_FIELDS` (typed when
+    present) for ``kind`` (brought weights: ``brought`` instead of a row)."""
     schema = STAGE_VALUES.get(kind, {})
     if kind == "train" and values.get("brought"):
         schema = {"weights": (str,), "arch": (str,)}
     for name, types in schema.items():
         if name not in values:
-            raise DataError(f"{source}: a {kind} stage result lacks field {name!r}; delete its "
-                            "stage folder to rerun the stage")
+            raise DataError(f"{source}: a {kind} stage result lacks field {name!r}; {fix}")
         v = values[name]
         if isinstance(v, bool) or not isinstance(v, types):
             raise DataError(f"{source}: field {name!r} of a {kind} stage result is "
-                            f"{type(v).__name__} {v!r}, not {' or '.join(t.__name__ for t in types)}")
+                            f"{type(v).__name__} {v!r}, not {' or '.join(t.__name__ for t in types)}"
+                            f"; {fix}")
+    for name, what in {**STAGE_FIELDS["*"], **STAGE_FIELDS.get(kind, {})}.items():
+        typed(values, name, what, source, fix, None)
 
 
 @dataclass(frozen=True)
@@ -90,18 +118,21 @@ class StageResult:
                 "kind": self.kind, "format_version": self.format_version}
 
     @classmethod
-    def from_json(cls, data: Any, source: object = "stage result") -> "StageResult":
+    def from_json(cls, data: Any, source: object = "stage result", fix: str = STAGE_FIX
+                  ) -> "StageResult":
+        """The result ``data`` holds, checked (:func:`check_stage_values`, the times); an error
+        names ``source`` and says ``fix`` (a reader that knows the stage folder names it)."""
         if not isinstance(data, dict):
-            raise DataError(f"{source} is not a stage result (a JSON object)")
+            raise DataError(f"{source} is not a stage result (a JSON object); {fix}")
         version = check_version(data, cls.VERSION, "stage result", source)
         name = str(data.get("stage", ""))
         kind = data.get("kind") or stage_kind(name)  # version-1 files from before 'kind'
         kind = kind if kind in STAGE_KINDS else "other"
         values = {k: v for k, v in data.items() if k not in cls.RESERVED}
-        check_stage_values(kind, values, source)
+        check_stage_values(kind, values, source, fix)
 
         def opt(key: str) -> float | None:
-            value = typed(data, key, "number", source, "delete the stage folder and rerun", None)
+            value = typed(data, key, "number", source, fix, None)
             return None if value is None else float(value)
         return cls(stage=name, kind=kind, seconds=opt("seconds") or 0.0,
                    format_version=version, cpu_seconds=opt("cpu_seconds"),

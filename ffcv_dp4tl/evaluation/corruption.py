@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..data import load_manifest, make_loader
+from ..contracts.fields import typed
 from ..data.corruptions import CorruptedLoader, CorruptionOp
 from ..errors import DataError
 from ..progress import bar as progress_bar
@@ -192,6 +193,24 @@ def _differences(r: dict[str, Any]) -> list[str]:
         out.append("the run decoded its test JPEGs on the GPU, this evaluation on the CPU (the "
                    "corruptions work on CPU pixels), which gives slightly other pixels")
     return out
+
+
+def check_corruption_entry(entry: dict[str, Any], where: str, fix: str) -> None:
+    """One line (:class:`DataError` naming ``where``, the field and ``fix``) when an entry of
+    ``corruptions.json`` lacks a field :func:`corruption_table` reads or holds one of another
+    type or range (a top-1 outside [0, 1], a string for a number): what ``dp4tl evaluate
+    corruptions`` checks before it reuses an earlier entry."""
+    for name, what in (("clean_top1", "fraction"), ("count", "count"),
+                       ("per_corruption", "object"), ("rows", "objects")):
+        typed(entry, name, what, where, fix)
+    for name in ("mean_corruption_top1", "reported_test_top1"):
+        typed(entry, name, "fraction", where, fix, None)
+    typed(entry, "warning", "str", where, fix, None)
+    for name in entry["per_corruption"]:
+        typed(entry["per_corruption"], name, "fraction", f"{where} per_corruption", fix, None)
+    for i, row in enumerate(entry["rows"]):
+        for name, what in (("corruption", "str"), ("severity", "int"), ("top1", "fraction")):
+            typed(row, name, what, f"{where} row {i + 1}", fix)
 
 
 def corruption_table(results: dict[str, dict[str, Any]]) -> str:

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..contracts.fields import typed
 from ..errors import DP4TLError
 
 LossFn = Callable[[nn.Module, tuple], torch.Tensor]
@@ -307,6 +308,16 @@ def model_flatness(ft, *, split: str | None = None, fmt: str | None = None, batc
             "max_loss": sharp["max_loss"], "lambda_max": hess["lambda_max"],
             "power_iterations": hess["iterations"], "converged": hess["converged"],
             "seed": seed, "params": sum(p.numel() for p in model.parameters())}
+
+
+def check_flatness_entry(entry: dict, where: str, fix: str) -> None:
+    """One line (:class:`~ffcv_dp4tl.errors.DataError` naming ``where``, the field and ``fix``)
+    when an entry of ``flatness.json`` lacks a field :func:`flatness_table` reads or holds one
+    of another type: what ``dp4tl evaluate flatness`` checks before it reuses an earlier entry."""
+    for name, what in (("loss", "number"), ("eps_sharpness", "number"), ("lambda_max", "number"),
+                       ("power_iterations", "count"), ("converged", "bool"),
+                       ("samples", "count")):
+        typed(entry, name, what, where, fix)
 
 
 def flatness_table(results: dict[str, dict]) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
 from ..contracts import STAGE_KINDS, StageResult, stage_kind
-from ..errors import DP4TLError
+from ..errors import DataError, DP4TLError
 from ..fsutil import BAD_JSON, atomic_write_json, directory_lock, read_json, remove_orphan_temps
 from ..progress import now
 
@@ -55,10 +55,15 @@ class Stage:
     def result(self) -> StageResult:
         """The recorded result (``kind`` filled in for files from before it; the CPU seconds a
         stage of an older version recorded beside it, in ``cpu_seconds.json``, when its
-        ``DONE.json`` has none)."""
-        res = StageResult.from_json(read_json(self.dir / DONE, f"stage {self.name} result",
-                                              f"delete the stage folder {self.dir} and rerun"),
-                                    self.dir / DONE)
+        ``DONE.json`` has none). Its values are checked by the contract
+        (:func:`~ffcv_dp4tl.contracts.check_stage_values`); a finetune stage's top-1 values must
+        also be those of the ``result.json`` beside it (:func:`_check_finetune_result`). Either
+        refused in one line naming the file and the stage folder to delete."""
+        fix = f"delete the stage folder {self.dir} and rerun"
+        res = StageResult.from_json(read_json(self.dir / DONE, f"stage {self.name} result", fix),
+                                    self.dir / DONE, fix)
+        if res.kind == "finetune":
+            _check_finetune_result(self.dir, res, fix)
         legacy = self.dir / LEGACY_CPU_FILE
         if res.cpu_seconds is None and legacy.exists():
             old = read_json(legacy, "cpu seconds")
@@ -75,6 +80,39 @@ class Stage:
             raise DP4TLError(f"{path} is missing from the {self.name} stage's folder, which a later "
                              f"stage reads; delete the stage folder {self.dir} and rerun to recompute it")
         return path
+
+
+#: a finetune result's top-1 values, in ``DONE.json`` (what the report reads) and in the
+#: ``result.json`` that ``training.finetune`` wrote beside it (what ``dp4tl evaluate`` reads)
+FINETUNE_TOP1 = ("test_top1", "final_test_top1", "best_test_top1")
+
+
+def _check_finetune_result(stage_dir: Path, res: StageResult, fix: str) -> None:
+    """A finetune stage's ``DONE.json`` holds its ``result.json``'s values (the stage returns
+    them): a top-1 of one that the other does not hold (a hand edit; the audit's
+    ``final_test_top1`` of 0.99 reported while result.json said 0.1667) is refused in one line.
+    A folder without result.json (a stage function of another kind) has nothing to compare."""
+    from ..training.checkpoint import FINETUNE_RESULT_NAME
+
+    path = stage_dir / FINETUNE_RESULT_NAME
+    if not path.is_file():
+        return
+    theirs = read_json(path, "finetune result", fix)
+    if not isinstance(theirs, dict):
+        raise DataError(f"{path} is not a finetune result (a JSON object); {fix}")
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    for name in FINETUNE_TOP1:
+        if name not in res.values or name not in theirs:
+            continue
+        mine, other = res.values[name], theirs[name]
+        same = (abs(mine - other) <= 1e-12 if number(mine) and number(other)
+                else mine is None and other is None)
+        if not same:
+            raise DataError(f"{stage_dir / DONE}: field {name!r} is {mine!r}, but the stage's "
+                            f"{FINETUNE_RESULT_NAME} says {other!r}; {fix}")
 
 
 #: where the cost table's CPU meter kept a stage's CPU seconds before ``DONE.json`` held them

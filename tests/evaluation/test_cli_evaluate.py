@@ -46,6 +46,39 @@ def test_a_rerun_reuses_the_models_measured_under_the_same_settings(cmd, lp_run,
     assert code == 0 and "measured already" not in out  # another setting: measured again
 
 
+@pytest.mark.parametrize("cmd, edit, said", [
+    ("corruptions", {"clean_top1": "1.0"}, "field 'clean_top1' must be a number in [0, 1], got '1.0'"),
+    ("corruptions", {"clean_top1": 1.5}, "field 'clean_top1' must be a number in [0, 1], got 1.5"),
+    ("corruptions", {"per_corruption": {"impulse_noise": "0.5"}},
+     "per_corruption: field 'impulse_noise' must be a number in [0, 1], got '0.5'"),
+    ("corruptions", {"rows": [{"corruption": "impulse_noise", "severity": "5", "top1": 0.5}]},
+     "row 1: field 'severity' must be an integer, got '5'"),
+    ("flatness", {"eps_sharpness": "x"}, "field 'eps_sharpness' must be a number, got 'x'"),
+    ("flatness", {"converged": "yes"}, "field 'converged' must be true or false, got 'yes'"),
+])
+def test_a_reused_entry_of_the_wrong_type_is_measured_again(cmd, edit, said, lp_run, capsys,
+                                                            monkeypatch, tmp_path):
+    """Audit B2: an entry of an earlier OUT/corruptions.json / flatness.json under the same
+    reuse key was taken as it was: a string top-1 crashed the table code with a traceback, a
+    top-1 of 1.5 went into the table. Such an entry is measured again (the file is this
+    command's cache), with one warning line naming the file and the model."""
+    opts = (("--corrupt", "impulse_noise:5", "--no-progress") if cmd == "corruptions" else
+            ("--batches", "1", "--batch-size", "8", "--steps", "1", "--iters", "2"))
+    args = ("evaluate", cmd, f"LP={lp_run}", *opts, "--format", "wds", "--workers", "0",
+            "--device", "cpu", "-o", tmp_path)
+    assert cli(capsys, monkeypatch, *args)[0] == 0
+    path = tmp_path / f"{cmd}.json"
+    first = json.loads(path.read_text())
+    path.write_text(json.dumps({"LP": {**first["LP"], **edit}}))
+    code, out, err = cli(capsys, monkeypatch, *args)
+    assert code == 0, err
+    assert err.strip().splitlines() == [f"warning: {path} entry 'LP'"
+                                        + (" " if "row" in said or "per_" in said else ": ")
+                                        + f"{said}; measuring it again"], err
+    assert "measured already" not in out and "Traceback" not in err
+    assert json.loads(path.read_text())["LP"] == first["LP"]  # (measured again: the same numbers)
+
+
 @pytest.mark.parametrize("cmd", ["corruptions", "flatness"])
 def test_a_seed_past_the_seed_range_or_a_folder_that_is_no_finetune_run_is_one_line(
         cmd, lp_run, eval_source_ckpt, capsys, monkeypatch, tmp_path):

@@ -187,3 +187,33 @@ def test_a_stage_finished_before_the_upstream_record_is_trusted_and_adopts_it(tm
     shutil.rmtree(up.dir)
     run_stage(up, lambda d: {"v": 2}, log=quiet)
     assert run_stage(down, lambda d: {"top1": 0.7}, log=quiet, upstream=[up]).values == {"top1": 0.7}
+
+
+def test_a_finetune_done_file_that_disagrees_with_its_result_json_is_refused(tmp_path):
+    """Audit B6: a finetune stage's DONE.json holds its result.json's values; a ``final_test_top1``
+    edited to 0.99 in DONE.json went into the report while result.json said 0.1667. A top-1 of
+    one that the other does not hold is refused in one line naming the folder to delete."""
+    import json
+
+    from ffcv_dp4tl.contracts import StageResult
+    from ffcv_dp4tl.errors import DataError
+    from ffcv_dp4tl.pipeline.stages import DONE
+
+    ft = stage(tmp_path, "finetune-lp", {"x": 1})
+    ft.dir.mkdir(parents=True)
+    result = {"mode": "lp", "test_top1": 0.1667, "final_test_top1": 0.1667, "best_test_top1": 0.25,
+              "best_epoch": 2}
+    (ft.dir / "result.json").write_text(json.dumps(result))
+    done = StageResult("finetune-lp", "finetune", 1.0, result).to_json()
+    (ft.dir / DONE).write_text(json.dumps(done))
+    assert ft.result().values["final_test_top1"] == 0.1667  # (they agree: read as it is)
+    (ft.dir / DONE).write_text(json.dumps({**done, "final_test_top1": 0.99}))
+    with pytest.raises(DataError) as e:
+        ft.result()
+    assert str(e.value) == (f"{ft.dir / DONE}: field 'final_test_top1' is 0.99, but the stage's "
+                            f"result.json says 0.1667; delete the stage folder {ft.dir} and rerun")
+    (ft.dir / DONE).write_text(json.dumps(done))
+    (ft.dir / "result.json").write_text(json.dumps({**result, "test_top1": None}))
+    with pytest.raises(DataError, match="field 'test_top1' is 0.1667, but the stage's result.json "
+                                        "says None; delete the stage folder"):
+        ft.result()
