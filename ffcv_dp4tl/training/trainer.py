@@ -519,8 +519,82 @@ def _read_metrics(path: Path) -> list[dict]:
             warnings.warn(f"{path}: dropped unreadable line {n} (a run killed while writing it)",
                           stacklevel=2)
             continue
-        rows.append(row)
+        rows.append(_checked_row(row, path, n))
     return rows
+
+
+#: the number fields of a metrics row (read back on resume: the row a finished run returns is
+#: what ``dp4tl train`` prints and a pipeline stage records; ``top1_val`` is compared with
+#: ``best.json``): each a number or null; the count fields likewise a non-negative integer or null
+ROW_NUMBERS = ("loss", "top1_train", "top1_val", "loss_val", "lr", "img_per_s", "epoch_seconds",
+               "train_seconds")
+ROW_COUNTS = ("resolution", "samples", "val_samples", "bad_inputs")
+
+
+def _checked_row(row: dict, path: Path, n: int) -> dict:
+    """The one rule for a ``metrics.jsonl`` row read back: ``epoch`` a non-negative integer
+    (the 0-based epoch; it decides which rows a resume keeps), the fields of
+    :data:`ROW_NUMBERS` / :data:`ROW_COUNTS` of their type or null. A row edited by hand
+    (``"epoch": null``, ``"top1_val": "0.5"``) stopped a resume with a TypeError, or a finished
+    run's report with a ValueError; it is a one-line DP4TLError naming the file, the line and
+    the field, as for an unreadable line, and the file is left as it is."""
+    where = f"{path}: line {n}"
+    fix = ("repair that line, or delete the file to start its log over (the checkpoint says "
+           "which epochs are done)")
+    if "epoch" in row and row["epoch"] is None:  # (typed reads a null as a missing field)
+        raise DP4TLError(f"{where}: field 'epoch' must be a non-negative integer, got null; {fix}")
+    typed(row, "epoch", "count", where, fix, error=DP4TLError)
+    for key in ROW_NUMBERS:
+        typed(row, key, "number", where, fix, default=None, error=DP4TLError)
+    for key in ROW_COUNTS:
+        typed(row, key, "count", where, fix, default=None, error=DP4TLError)
+    return row
+
+
+def _check_best(out_dir: Path, rows: list[dict], start_epoch: int) -> None:
+    """``train.keep_best`` on resume, before any epoch trains: ``best.json`` and ``best.pt``
+    checked together, and the record against ``metrics.jsonl`` (a bad record used to be found
+    only after the next epoch had trained, or never).
+
+    * ``best.json`` without ``best.pt``: refused in one line. A kill never leaves it (best.pt is
+      written first); the file was deleted, and resuming cannot recreate the best epoch's
+      weights. Going on would end with no best.pt (``finetune.start_from = "best"`` failed
+      later) or with the best of the remaining epochs passed off as the run's; the user picks:
+      delete best.json too (the best is then chosen among the epochs still to train) or train
+      the folder over.
+    * ``best.pt`` without ``best.json``: the best is unknown and the next epoch that validates
+      overwrites best.pt (what a kill between the two saves leaves, and what deleting a damaged
+      best.json asks for); a finished run keeps its best.pt.
+    * the record must be an epoch the run reached (at most the one after the checkpoint's: a
+      kill after best.json and before checkpoint.pt) with the ``top1_val`` that epoch's metrics
+      row has. A record raised by hand (0.99) kept every later, better epoch from becoming
+      best.pt without a word; a mismatch is refused, naming both files. A record whose
+      epoch's row is gone (the log deleted to start over) cannot be compared and is kept.
+    """
+    meta, best = out_dir / BEST_META_NAME, out_dir / BEST_CHECKPOINT_NAME
+    if not meta.exists():
+        return
+    fix = (f"restore it, or delete it and {best} to choose the best among the epochs still to "
+           "train")
+    rec = read_json(meta, "best-checkpoint record", fix=fix)
+    if not isinstance(rec, dict):
+        raise DP4TLError(f"{meta} is not a JSON object; {fix}")
+    epoch = typed(rec, "epoch", "count", meta, fix, error=DP4TLError)
+    top1 = typed(rec, "top1_val", "number", meta, fix, error=DP4TLError)
+    if not best.exists():
+        raise DP4TLError(f"{meta} records epoch {epoch} as the best but {best} is missing, and "
+                         "resuming cannot recreate it: delete best.json too to choose the best "
+                         f"among the epochs still to train, or delete the folder {out_dir} and "
+                         "rerun to train over")
+    if not 1 <= epoch <= start_epoch + 1:
+        raise DP4TLError(f"{meta} records epoch {epoch} as the best, but {out_dir / CHECKPOINT_NAME} "
+                         f"has {count(start_epoch, 'epoch')} done: it was edited; {fix}")
+    row = next((r for r in reversed(rows) if r["epoch"] == epoch - 1), None)
+    if row is not None and row.get("top1_val") != top1:
+        raise DP4TLError(f"{meta} records val top-1 {top1} for epoch {epoch} but "
+                         f"{out_dir / METRICS_NAME} has {row.get('top1_val')} for it: best.json was "
+                         f"edited; set its top1_val back to {row.get('top1_val')}, or delete it and "
+                         f"{best} to choose the best among the epochs still to train")
 
 
 # --------------------------------------------------------------------------- the run
@@ -650,8 +724,10 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     if ctx.is_main:
         # Drop metric lines of epochs the checkpoint does not contain (crash between the two).
         try:
-            rows = ([r for r in _read_metrics(metrics_path) if r.get("epoch", 0) < start_epoch]
-                    if ckpt else [])
+            read = _read_metrics(metrics_path) if ckpt else []
+            if ckpt and tc.keep_best:  # (before any epoch trains: a bad record wastes none)
+                _check_best(out_dir, read, start_epoch)
+            rows = [r for r in read if r["epoch"] < start_epoch]
             atomic_write_text(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n"
                                                     for r in rows))
         except DP4TLError as e:  # a damaged log: every rank stops, not the main rank alone

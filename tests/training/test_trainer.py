@@ -700,3 +700,89 @@ def test_a_training_that_lost_the_race_for_a_new_folder_leaves_the_winners_alone
         with pytest.raises(DP4TLError, match="another dp4tl process"):
             train(test_recipe(), source_dir, out_dir=out, fmt="wds", device="cpu", progress=False)
         assert (out / trainer_module.LOCK_NAME).exists() and (out / "metrics.jsonl").exists()
+
+
+def _train_cli(capsys, monkeypatch, source_dir, out, *extra):
+    """``dp4tl train`` of the test recipe into ``out`` (in-process): (exit code, stderr)."""
+    from cli_runner import cli
+    from tiny_data import TEST_OVERRIDES
+
+    sets = [a for o in [*TEST_OVERRIDES, *extra] for a in ("--set", o)]
+    code, _, err = cli(capsys, monkeypatch, "train", "resnet18_tiny_cpu", "--data", source_dir,
+                       "--out", out, "--device", "cpu", "--format", "wds", "--no-progress", *sets)
+    return code, err
+
+
+def test_a_metrics_row_of_the_wrong_type_is_one_line_and_the_log_is_kept(
+        source_dir, tmp_path, test_recipe, capsys, monkeypatch):
+    """A metrics.jsonl row edited by hand: ``"epoch": null`` (or a string) stopped the resume
+    with a TypeError traceback, and a finished run whose last row's ``top1_val`` is a string
+    stopped ``dp4tl train``'s report with a ValueError. Each is one line naming the file, the
+    line and the field (as an unreadable line is), exit 2, and the log is left as it was."""
+    from cli_runner import one_line
+
+    kw = dict(fmt="wds", device="cpu", progress=False)
+    train(test_recipe(), source_dir, out_dir=tmp_path, stop_after=1, **kw)
+    path = tmp_path / "metrics.jsonl"
+    intact = path.read_text()
+    for edit, field in [('"epoch": null', "'epoch'"), ('"epoch": "0"', "'epoch'"),
+                        ('"epoch": -1', "'epoch'"), ('"loss": "2.3"', "'loss'")]:
+        key = edit.split(":")[0]
+        bad = intact.replace(f'{key}: 0', edit, 1) if key == '"epoch"' else \
+            intact.replace('"loss": ', edit + ', "x": ', 1)
+        assert bad != intact
+        path.write_text(bad)
+        code, err = _train_cli(capsys, monkeypatch, source_dir, tmp_path)
+        one_line(code, err, f"{path}: line 1", field, "repair that line, or delete the file")
+        assert path.read_text() == bad and Checkpoint.load(tmp_path / "checkpoint.pt").epoch == 1
+    path.write_text(intact)
+    train(test_recipe(), source_dir, out_dir=tmp_path, **kw)  # finished: 2 rows
+    lines = path.read_text().splitlines()
+    last = json.loads(lines[1])
+    assert isinstance(last["top1_val"], float)
+    bad = lines[0] + "\n" + json.dumps({**last, "top1_val": str(last["top1_val"])}) + "\n"
+    path.write_text(bad)
+    code, err = _train_cli(capsys, monkeypatch, source_dir, tmp_path)
+    one_line(code, err, f"{path}: line 2", "'top1_val' must be a number")
+    assert path.read_text() == bad
+
+
+def test_best_json_and_best_pt_are_checked_together_at_resume(source_dir, tmp_path, test_recipe,
+                                                              capsys, monkeypatch):
+    """``train.keep_best`` on resume: best.json is checked with best.pt and against its epoch's
+    metrics row before any epoch trains. Its top1_val raised by hand (0.99) kept every later,
+    better epoch from becoming best.pt without a word, and was otherwise only read after the
+    next epoch had trained; best.pt deleted with best.json left ran on with exit 0 and no
+    best.pt (``finetune.start_from = "best"`` failed later). Each is one line naming the files
+    and the fix, exit 2, nothing trained and every file kept; the fix then resumes."""
+    from cli_runner import one_line
+
+    best_flags = ("train.epochs=3", "train.keep_best=true", "eval.every=1")
+    kw = dict(fmt="wds", device="cpu", progress=False)
+    train(test_recipe(*best_flags), source_dir, out_dir=tmp_path, stop_after=1, **kw)
+    meta, best, log = tmp_path / "best.json", tmp_path / "best.pt", tmp_path / "metrics.jsonl"
+    record, rows = json.loads(meta.read_text()), log.read_text()
+    assert record["epoch"] == 1 and record["top1_val"] == json.loads(rows)["top1_val"]
+
+    def refused(*needles):
+        code, err = _train_cli(capsys, monkeypatch, source_dir, tmp_path, *best_flags)
+        one_line(code, err, *needles)
+        assert log.read_text() == rows and Checkpoint.load(tmp_path / "checkpoint.pt").epoch == 1
+
+    meta.write_text(json.dumps({**record, "top1_val": 0.99}))  # (b), (c): raised by hand
+    refused(f"{meta} records val top-1 0.99 for epoch 1", f"has {record['top1_val']} for it",
+            "set its top1_val back to")
+    meta.write_text(json.dumps({**record, "epoch": 3}))  # an epoch the run never reached
+    refused(f"{meta} records epoch 3", "it was edited")
+    meta.write_text(json.dumps(record))
+    best.unlink()  # (a): best.json left without best.pt
+    refused(f"{meta} records epoch 1 as the best but {best} is missing",
+            "delete best.json too")
+    assert meta.exists()
+    meta.unlink()  # the fix: the best is chosen among the epochs still to train
+    code, err = _train_cli(capsys, monkeypatch, source_dir, tmp_path, *best_flags)
+    assert code == 0, err
+    last = [json.loads(x) for x in log.read_text().splitlines()]
+    record = json.loads(meta.read_text())
+    assert best.exists() and record["epoch"] >= 2
+    assert record["top1_val"] == max(r["top1_val"] for r in last[1:])
