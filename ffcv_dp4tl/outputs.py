@@ -35,9 +35,10 @@ class OutputKind:
     """What one command leaves in its ``--out``: how a message names it (``what``), the
     command that writes it, the files that tell the kind (``signatures``: any one of them),
     the files it writes directly (``writes``: those another command would replace), the kinds
-    it may share a folder with, and, for benches, ``guards``: its files that in a folder of no
-    kind are the user's own (``--out .`` in a project replaced its README.md; a signature there
-    makes the folder that kind's)."""
+    it may share a folder with, and ``guards``: its files that in a folder of no kind are the
+    user's own (``--out .`` in a project replaced its README.md; `dp4tl train --out` a folder
+    holding another tool's metrics.jsonl replaced it; a signature there makes the folder that
+    kind's)."""
 
     what: str
     command: str
@@ -48,14 +49,18 @@ class OutputKind:
 
 
 _BENCH_REPORT = ("results.json", "report.md")
+#: the lock a training run holds in its folder (and leaves there: it tells the folder's kind)
+TRAIN_LOCK = ".train.lock"
 #: Every kind of output folder, in the order a folder's kind is told.
 KINDS: dict[str, OutputKind] = {
     "dataset": OutputKind("a built dataset", "dp4tl build", (MANIFEST_NAME,), (MANIFEST_NAME,)),
     "finetune": OutputKind("a finetuning run", "dp4tl finetune",
                            ("finetune_state.pt", "result.json"),
                            ("finetune_state.pt", "result.json", "metrics.jsonl")),
-    "train": OutputKind("a training run", "dp4tl train", ("checkpoint.pt",),
-                        ("checkpoint.pt", "metrics.jsonl", "timings.json", "best.pt", "best.json")),
+    # (its lock stays: a run killed in its first epoch has only the lock and metrics.jsonl)
+    "train": OutputKind("a training run", "dp4tl train", ("checkpoint.pt", TRAIN_LOCK),
+                        ("checkpoint.pt", "metrics.jsonl", "timings.json", "best.pt", "best.json"),
+                        guards=("metrics.jsonl", "timings.json", "best.pt", "best.json")),
     "scores": OutputKind("scores", "dp4tl score", ("scores.json",),
                          ("scores.json", "scores.npy", "tiebreak.npy", "train_units.npy",
                           "val_units.npy")),
@@ -185,6 +190,6 @@ def claim_out_dir(folder: str | Path, kind: str, what: str = "--out",
     if found is None and folder.is_dir():
         mine = [n for n in spec.guards if n not in inputs and (folder / n).exists()]
         if mine:
-            raise DP4TLError(f"{what} {folder} holds {', '.join(mine)}, not written by a dp4tl "
-                             f"bench; `{spec.command}` would replace it: pass another {what} (an "
+            raise DP4TLError(f"{what} {folder} holds {', '.join(mine)}, not written by "
+                             f"`{spec.command}`, which would replace it: pass another {what} (an "
                              "empty or new folder)")

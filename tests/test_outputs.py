@@ -82,10 +82,11 @@ def test_the_kinds_name_the_files_their_commands_write():
     from ffcv_dp4tl.contracts import MANIFEST_NAME
     from ffcv_dp4tl.training.checkpoint import (CHECKPOINT_NAME, FINETUNE_RESULT_NAME,
                                                 FINETUNE_STATE_NAME)
-    from ffcv_dp4tl.training.trainer import METRICS_NAME
+    from ffcv_dp4tl.training.trainer import LOCK_NAME, METRICS_NAME
 
     assert KINDS["dataset"].signatures == (MANIFEST_NAME,)
-    assert KINDS["train"].signatures == (CHECKPOINT_NAME,) and METRICS_NAME in KINDS["train"].writes
+    assert KINDS["train"].signatures == (CHECKPOINT_NAME, LOCK_NAME)
+    assert METRICS_NAME in KINDS["train"].writes
     assert KINDS["finetune"].signatures == (FINETUNE_STATE_NAME, FINETUNE_RESULT_NAME)
 
 
@@ -101,17 +102,19 @@ def test_another_programs_manifest_json_is_no_dataset(tmp_path, monkeypatch):
     assert folder_kind(tmp_path) is None and dataset_around(tmp_path / "runs") is None
 
 
-@pytest.mark.parametrize("kind, name", [(k, n) for k in BENCH_KINDS for n in KINDS[k].guards])
-def test_a_folder_of_no_kind_holding_a_file_a_bench_writes_is_refused(tmp_path, kind, name):
+@pytest.mark.parametrize("kind, name", [(k, n) for k in KINDS for n in KINDS[k].guards])
+def test_a_folder_of_no_kind_holding_a_file_a_command_writes_is_refused(tmp_path, kind, name):
     """`--out .` in a project (or docs/) replaced the user's README.md / report.md /
-    results.json without a word (review); other files in the folder are no reason to refuse."""
+    results.json without a word (review), and `dp4tl train --out` a folder holding another
+    tool's metrics.jsonl replaced it (audit); other files in the folder are no reason to
+    refuse."""
     mine = tmp_path / "project"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
     claim_out_dir(mine, kind)  # nothing a bench writes: taken
     (mine / name).write_text("# My project\n")
-    with pytest.raises(DP4TLError, match=rf"--out {mine} holds {name}, not written by a dp4tl "
-                                         rf"bench; `dp4tl bench {kind}` would replace it"):
+    with pytest.raises(DP4TLError, match=rf"--out {mine} holds {name}, not written by "
+                                         rf"`{KINDS[kind].command}`, which would replace it"):
         claim_out_dir(mine, kind)
     assert (mine / name).read_text() == "# My project\n"
 
@@ -249,3 +252,15 @@ def test_another_commands_folder_given_as_data_is_named_not_offered_a_build(tmp_
                                          r"does not exist\); pass the folder"):
         load_manifest(tmp_path / "nosuch")
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]
+
+
+def test_a_training_run_killed_in_its_first_epoch_is_still_its_folder(tmp_path):
+    """The lock a training run leaves tells its folder: killed before its first checkpoint, it
+    holds metrics.jsonl (written before checkpoint.pt) and is resumed, not refused as a folder
+    of another tool's metrics."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".train.lock").write_text("")
+    (run / "metrics.jsonl").write_text('{"epoch": 0}\n')
+    assert folder_kind(run) == "train"
+    claim_out_dir(run, "train")

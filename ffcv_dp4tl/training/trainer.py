@@ -70,7 +70,7 @@ from torch import nn
 from ..data import AugSpec, IndexMask, as_mask, load_manifest, make_loader, val_mask_of
 from ..contracts.fields import typed
 from ..errors import DataError, DP4TLError, count
-from ..outputs import claim_out_dir
+from ..outputs import TRAIN_LOCK, claim_out_dir
 from ..fsutil import (BAD_JSON, atomic_write_json, atomic_write_text, directory_lock, read_json,
                       remove_orphan_temps)
 from ..progress import INHERIT, Log, say, saying_to
@@ -86,7 +86,7 @@ from .schedule import peak_lr, resolution, step_schedule
 from .timing import StageTimer
 
 METRICS_NAME = "metrics.jsonl"
-LOCK_NAME = ".train.lock"
+LOCK_NAME = TRAIN_LOCK  # (outputs: the folder's kind is told by it)
 TIMINGS_NAME = "timings.json"
 #: train.keep_best: the checkpoint of the best evaluated val top-1 (the authors' best.ckpt) and
 #: its epoch and top-1 (read on resume, so "best" spans every segment of the run)
