@@ -71,8 +71,16 @@ def resolve_recipe_path(path_or_name: str | Path) -> Path:
     cand = root / f"{path_or_name}.toml"
     if cand.is_file():
         return cand
+    # (a recipe set's member named without its set, `ff_cifar10` for `paper/ff_cifar10`: the
+    # list of top-level names left it out; audit)
+    members = [n for n in list_recipes(sets=True) if n.rsplit("/", 1)[-1] == str(path_or_name)]
+    if members:
+        raise DP4TLError(f"unknown recipe {str(path_or_name)!r}: it is a member of a recipe set, "
+                         f"named with its set: {' or '.join(members)}")
     raise DP4TLError(f"unknown recipe {str(path_or_name)!r}: not a .toml file and not a shipped "
-                     f"recipe (available: {', '.join(list_recipes())}; or pass a .toml path)")
+                     f"recipe (available: {', '.join(list_recipes())}, and the recipe sets' "
+                     f"{', '.join(f'{d}/NAME' for d in RECIPE_SETS_DIRS)}: `dp4tl recipes` lists "
+                     "them; or pass a .toml path)")
 
 
 def _shipped(name: str | Path) -> Path | None:

@@ -56,3 +56,20 @@ def test_an_unknown_extends_names_the_file_and_its_extends_key(tmp_path):
         load_recipe(bad)
     assert str(e.value).startswith(f"{bad}: extends = 'nothere.toml': recipe file not found: "
                                    f"{tmp_path / 'nothere.toml'} (pass an existing .toml file")
+
+
+def test_a_recipe_sets_member_named_without_its_set_is_told_its_full_name():
+    """`ff_cifar10` is `paper/ff_cifar10` (and `paper_code/ff_cifar10`): the refusal listed
+    only the top-level recipes, so the name a user had read in the paper's tables looked
+    absent (audit). It names the members; another unknown name also points at the sets."""
+    from ffcv_dp4tl.errors import DP4TLError
+    from ffcv_dp4tl.training.recipe_files import resolve_recipe_path
+
+    with pytest.raises(DP4TLError) as e:
+        resolve_recipe_path("ff_cifar10")
+    assert str(e.value) == ("unknown recipe 'ff_cifar10': it is a member of a recipe set, named "
+                            "with its set: paper/ff_cifar10 or paper_code/ff_cifar10")
+    assert resolve_recipe_path("paper/ff_cifar10").name == "ff_cifar10.toml"
+    with pytest.raises(DP4TLError, match=r"and the recipe sets' paper/NAME, paper_code/NAME: "
+                                         r"`dp4tl recipes` lists them"):
+        resolve_recipe_path("nosuch")
