@@ -269,6 +269,15 @@ def load_finetuned(run_dir: str | Path, device: str | torch.device = "cpu",
         raise DataError(f"{state_path} is not a readable finetune state ({type(e).__name__}); "
                         f"{_STATE_FIX}") from None
     ident = state.identity if isinstance(state.identity, dict) else {}
+    # what the tables copy or follow: the reported top-1 (corruptions.json's reported_test_top1)
+    # and the split the run was tested on, which the state's recipe records too (an edited
+    # test_split was evaluated on the train split, the difference blamed on "other kernels")
+    _field(result, "test_top1", "fraction", run_dir, None)
+    data = state.recipe.get("data") if isinstance(state.recipe, dict) else None
+    split_then = data.get("test_split") if isinstance(data, dict) else None
+    if isinstance(split_then, str) and split_then != test_split:
+        raise DataError(f"{res_path}: field 'test_split' is {test_split!r} but the run was tested "
+                        f"on {split_then!r} (its recipe in {state_path}); {_FIX}")
     if ident.get("mode", mode) != mode:
         raise DataError(f"{res_path}: field 'mode' is {mode!r} but {state_path} holds the weights "
                         f"of a {ident['mode']!r} run; {_FIX}")

@@ -169,6 +169,10 @@ CORRUPT = ("--corrupt", "gaussian_noise:1", "--workers", "0", "--device", "cpu",
     ({"test_batch_size": "64"}, ("'test_batch_size'", "must be")),
     ({"target_classes": 0}, ("'target_classes' must be >= 1",)),
     ({"resolution": 0}, ("'resolution' must be >= 1",)),
+    # copied into corruptions.json as the reported top-1; the split the tables evaluate (audit)
+    ({"test_top1": "x"}, ("'test_top1' must be a number in [0, 1], got 'x'",)),
+    ({"test_split": "train"}, ("'test_split' is 'train' but the run was tested on 'test'",
+                               "finetune_state.pt")),
 ])
 def test_a_damaged_result_json_is_one_line(lp_run, capsys, monkeypatch, tmp_path, fields, needles):
     bad = _copy_run(lp_run, tmp_path / "bad", **fields)
