@@ -77,7 +77,7 @@ def start_repair(out_dir: Path, damaged: list[tuple[Path, str]], remedy: str = R
     (:func:`undo_repair`). Needs the build's ``.build/`` records; without them, ``remedy``."""
     manifest_path = out_dir / MANIFEST_NAME
     for path, why in damaged:  # (before anything is written: the repair would fail on it)
-        if path.is_dir() and not path.is_symlink():
+        if absent_why(path) == FOLDER_IN_THE_WAY:  # (the readers' rule: a link to one too)
             raise DataError(f"{path} is {FOLDER_IN_THE_WAY}; then rerun the build, which "
                             "writes the file again")
     if not settings_file(out_dir).is_file():

@@ -46,10 +46,15 @@ class OutputKind:
     writes: tuple[str, ...] = ()
     shares: tuple[str, ...] = ()
     guards: tuple[str, ...] = ()
+    #: the lock the command leaves in its folder: beside a guarded file, the command's own
+    #: (a run killed before its first checkpoint holds only it and metrics.jsonl); alone, it
+    #: makes no folder that kind's (a run refused before it began leaves it in the user's
+    #: folder, which other commands then refused; review)
+    lock: str = ""
 
 
 _BENCH_REPORT = ("results.json", "report.md")
-#: the lock a training run holds in its folder (and leaves there: it tells the folder's kind)
+#: the lock a training run holds in its folder (and leaves there: ``OutputKind.lock``)
 TRAIN_LOCK = ".train.lock"
 #: Every kind of output folder, in the order a folder's kind is told.
 KINDS: dict[str, OutputKind] = {
@@ -57,10 +62,10 @@ KINDS: dict[str, OutputKind] = {
     "finetune": OutputKind("a finetuning run", "dp4tl finetune",
                            ("finetune_state.pt", "result.json"),
                            ("finetune_state.pt", "result.json", "metrics.jsonl")),
-    # (its lock stays: a run killed in its first epoch has only the lock and metrics.jsonl)
-    "train": OutputKind("a training run", "dp4tl train", ("checkpoint.pt", TRAIN_LOCK),
+    "train": OutputKind("a training run", "dp4tl train", ("checkpoint.pt",),
                         ("checkpoint.pt", "metrics.jsonl", "timings.json", "best.pt", "best.json"),
-                        guards=("metrics.jsonl", "timings.json", "best.pt", "best.json")),
+                        guards=("metrics.jsonl", "timings.json", "best.pt", "best.json"),
+                        lock=TRAIN_LOCK),
     "scores": OutputKind("scores", "dp4tl score", ("scores.json",),
                          ("scores.json", "scores.npy", "tiebreak.npy", "train_units.npy",
                           "val_units.npy")),
@@ -187,7 +192,7 @@ def claim_out_dir(folder: str | Path, kind: str, what: str = "--out",
         raise DP4TLError(f"{what} {folder} holds {theirs.what} (written by `{theirs.command}`); "
                          f"`{spec.command}` {does}: pass another {what} (e.g. "
                          f"{_beside(folder, kind)})")
-    if found is None and folder.is_dir():
+    if found is None and folder.is_dir() and not (spec.lock and (folder / spec.lock).exists()):
         mine = [n for n in spec.guards if n not in inputs and (folder / n).exists()]
         if mine:
             raise DP4TLError(f"{what} {folder} holds {', '.join(mine)}, not written by "

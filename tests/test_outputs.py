@@ -85,7 +85,7 @@ def test_the_kinds_name_the_files_their_commands_write():
     from ffcv_dp4tl.training.trainer import LOCK_NAME, METRICS_NAME
 
     assert KINDS["dataset"].signatures == (MANIFEST_NAME,)
-    assert KINDS["train"].signatures == (CHECKPOINT_NAME, LOCK_NAME)
+    assert KINDS["train"].signatures == (CHECKPOINT_NAME,) and KINDS["train"].lock == LOCK_NAME
     assert METRICS_NAME in KINDS["train"].writes
     assert KINDS["finetune"].signatures == (FINETUNE_STATE_NAME, FINETUNE_RESULT_NAME)
 
@@ -255,12 +255,15 @@ def test_another_commands_folder_given_as_data_is_named_not_offered_a_build(tmp_
 
 
 def test_a_training_run_killed_in_its_first_epoch_is_still_its_folder(tmp_path):
-    """The lock a training run leaves tells its folder: killed before its first checkpoint, it
-    holds metrics.jsonl (written before checkpoint.pt) and is resumed, not refused as a folder
-    of another tool's metrics."""
+    """The lock a training run leaves tells its metrics.jsonl from another tool's: killed
+    before its first checkpoint, the folder holds both and is resumed. The lock alone (a run
+    refused before it began, in a user's folder) makes no training run of the folder: every
+    other command still takes it (review)."""
     run = tmp_path / "run"
     run.mkdir()
     (run / ".train.lock").write_text("")
+    assert folder_kind(run) is None
+    for kind in ("finetune", "scores", "masks", "cost-table"):
+        claim_out_dir(run, kind)
     (run / "metrics.jsonl").write_text('{"epoch": 0}\n')
-    assert folder_kind(run) == "train"
     claim_out_dir(run, "train")

@@ -121,6 +121,11 @@ def finetune(
         src = Recipe()
         src.model.arch = arch  # (blurpool: read from the weights' keys, build_from_state_dict)
         src.model.blurpool = False if "blurpool" in model_knobs(arch) else src.model.blurpool
+        from ..outputs import claim_out_dir
+
+        # (before anything is written there: a training run's folder, or one inside a
+        # dataset, got source_checkpoint.pt before the finetuning refused it; review)
+        claim_out_dir(out, "finetune")
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         checkpoint = out / "source_checkpoint.pt"

@@ -241,8 +241,8 @@ def split_items(text: str | None, what: str, error: type[DP4TLError] = DP4TLErro
     parts = [x.strip() for x in (parts if parts is not None else (text or "").split(","))]
     items = [x for x in parts if x]
     if not all(parts[1:-1]):
-        raise error(f"{what + ': ' if what else ''}{text!r} has an empty item between commas; give each item once, "
-                    f"e.g. {','.join(items) or '0,1'!r}")
+        raise error(f"{what + ': ' if what else ''}{text!r} has an empty item between commas: "
+                    "put back the item that was dropped, or remove the extra comma")
     return items
 
 

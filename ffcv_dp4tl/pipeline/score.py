@@ -81,7 +81,7 @@ def _refuse_other_scores(out: Path, method: str, source: str | None = None,
     if not (out / "scores.json").exists():
         return
     try:
-        meta = load_scores_meta(out)
+        meta = load_scores_meta(out, check_method=False)  # (another method's: refused below)
     except UnsupportedFormatError:
         raise  # a newer ffcv-dp4tl's scores: its "upgrade" line, never rescored over
     except DataError:

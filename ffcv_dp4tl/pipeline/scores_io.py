@@ -142,9 +142,11 @@ _NO_SCORES = ("{path} holds no scores: run `dp4tl score ... --out {path}` first,
               "folder `dp4tl score` wrote")
 
 
-def load_scores_meta(path: str | Path) -> ScoresMeta:
+def load_scores_meta(path: str | Path, check_method: bool = True) -> ScoresMeta:
     """The typed ``scores.json`` of a scores directory (missing or damaged: one line saying
-    which ``dp4tl score`` run writes it)."""
+    which ``dp4tl score`` run writes it). ``check_method``: the method registered here and
+    the unit its own (:func:`_check_method`); off where a folder is only told apart from this
+    run's (an unregistered method's scores are someone's work, not damage)."""
     path = Path(path)
     if path.is_file():  # (scores.json itself, or another file: "a file where a folder should be")
         raise DataError(f"{path} is a file, but the scores are a folder: pass the folder "
@@ -153,7 +155,8 @@ def load_scores_meta(path: str | Path) -> ScoresMeta:
     meta = ScoresMeta.from_json(read_json(path / "scores.json", "scores metadata", fix,
                                           missing=_NO_SCORES.format(path=path)),
                                 path / "scores.json", fix)
-    _check_method(meta, path / "scores.json", fix)
+    if check_method:
+        _check_method(meta, path / "scores.json", fix)
     return meta
 
 

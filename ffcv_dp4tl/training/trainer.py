@@ -551,7 +551,7 @@ def _checked_row(row: dict, path: Path, n: int) -> dict:
     return row
 
 
-def _check_best(out_dir: Path, rows: list[dict], start_epoch: int) -> None:
+def _check_best(out_dir: Path, rows: list[dict], start_epoch: int | None) -> None:
     """``train.keep_best`` on resume, before any epoch trains: ``best.json`` and ``best.pt``
     checked together, and the record against ``metrics.jsonl`` (a bad record used to be found
     only after the next epoch had trained, or never).
@@ -565,14 +565,22 @@ def _check_best(out_dir: Path, rows: list[dict], start_epoch: int) -> None:
     * ``best.pt`` without ``best.json``: the best is unknown and the next epoch that validates
       overwrites best.pt (what a kill between the two saves leaves, and what deleting a damaged
       best.json asks for); a finished run keeps its best.pt.
-    * the record must be an epoch the run reached (at most the one after the checkpoint's: a
-      kill after best.json and before checkpoint.pt) with the ``top1_val`` that epoch's metrics
-      row has. A record raised by hand (0.99) kept every later, better epoch from becoming
-      best.pt without a word; a mismatch is refused, naming both files. A record whose
-      epoch's row is gone (the log deleted to start over) cannot be compared and is kept.
+    * a record of an epoch the checkpoint does not hold (the one after it: a kill after
+      best.json and before checkpoint.pt; any record when the run starts without a
+      checkpoint) is the discarded attempt's: that epoch trains again, with another val top-1,
+      so the record goes and the best is unknown, as above (kept, it was refused as "edited"
+      on every later resume; review).
+    * the record must otherwise be an epoch the checkpoint holds, with the ``top1_val`` that
+      epoch's metrics row has. A record raised by hand (0.99) kept every later, better epoch
+      from becoming best.pt without a word; a mismatch is refused, naming both files. A record
+      whose epoch's row is gone (the log deleted to start over) cannot be compared and is kept.
+    ``start_epoch``: the epochs the checkpoint holds (None: no checkpoint).
     """
     meta, best = out_dir / BEST_META_NAME, out_dir / BEST_CHECKPOINT_NAME
     if not meta.exists():
+        return
+    if start_epoch is None:  # (starting over: whatever it records, no epoch of this run)
+        meta.unlink()
         return
     fix = (f"restore it, or delete it and {best} to choose the best among the epochs still to "
            "train")
@@ -581,12 +589,15 @@ def _check_best(out_dir: Path, rows: list[dict], start_epoch: int) -> None:
         raise DP4TLError(f"{meta} is not a JSON object; {fix}")
     epoch = typed(rec, "epoch", "count", meta, fix, error=DP4TLError)
     top1 = typed(rec, "top1_val", "number", meta, fix, error=DP4TLError)
+    if epoch == start_epoch + 1:  # the attempt the checkpoint does not hold: trained again
+        meta.unlink()
+        return
     if not best.exists():
         raise DP4TLError(f"{meta} records epoch {epoch} as the best but {best} is missing, and "
                          "resuming cannot recreate it: delete best.json too to choose the best "
                          f"among the epochs still to train, or delete the folder {out_dir} and "
                          "rerun to train over")
-    if not 1 <= epoch <= start_epoch + 1:
+    if not 1 <= epoch <= start_epoch:
         raise DP4TLError(f"{meta} records epoch {epoch} as the best, but {out_dir / CHECKPOINT_NAME} "
                          f"has {count(start_epoch, 'epoch')} done: it was edited; {fix}")
     row = next((r for r in reversed(rows) if r["epoch"] == epoch - 1), None)
@@ -725,8 +736,8 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
         # Drop metric lines of epochs the checkpoint does not contain (crash between the two).
         try:
             read = _read_metrics(metrics_path) if ckpt else []
-            if ckpt and tc.keep_best:  # (before any epoch trains: a bad record wastes none)
-                _check_best(out_dir, read, start_epoch)
+            if tc.keep_best:  # (before any epoch trains: a bad record wastes none)
+                _check_best(out_dir, read, start_epoch if ckpt else None)
             rows = [r for r in read if r["epoch"] < start_epoch]
             atomic_write_text(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n"
                                                     for r in rows))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import json
 import sys
 
 import numpy as np
@@ -398,6 +399,15 @@ def test_score_never_replaces_another_method_s_scores(capsys, monkeypatch, tmp_p
                        index_dataset.root, "--out", out)
     one_line(code, err, f"--out {out} holds fm scores", "pass another --out for random")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # a method this install does not register (docs/scorers.md's small-first in another
+    # checkout) is someone's work too, not damage to score over (review)
+    meta = json.loads((out / "scores.json").read_text())
+    (out / "scores.json").write_text(json.dumps({**meta, "method": "small-first"}))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = cli(capsys, monkeypatch, "score", "--method", "random", "--data",
+                       index_dataset.root, "--out", out)
+    one_line(code, err, f"--out {out} holds small-first scores", "pass another --out for random")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     write_scores(out, method="random", unit="sample", scores=np.arange(70.0), meta={})
     sc = load_scores(out)
     assert sc.method == "random" and sc.tiebreak is None and sc.train_units is None
@@ -711,5 +721,6 @@ def test_a_list_that_lost_an_item_between_commas_is_refused(capsys, monkeypatch,
                           *(["--checkpoint", "ck.pt", "--data", "d"] if args[1] == "vtab" else [])]
              }.get(args[0], ["--out", tmp_path / "out", *(["--report", ""] if args[0] == "bench" else [])])
     code, _, err = cli(capsys, monkeypatch, *args, *extra)
-    one_line(code, err, needle, "has an empty item between commas; give each item once, e.g.")
+    one_line(code, err, needle, "has an empty item between commas: put back the item that was "
+             "dropped, or remove the extra comma")
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "work began before the refusal"

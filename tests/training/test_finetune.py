@@ -586,6 +586,15 @@ def test_other_source_weights_never_replace_a_runs_source_model(target_dir, tmp_
     code, _, err = cli(capsys, monkeypatch, *args, "--source-weights", tmp_path / "w0.pth")
     assert code == 0, err
     assert (out / "source_checkpoint.pt").read_bytes() == kept
+    # another command's folder gets nothing written before the refusal (review)
+    other = tmp_path / "train-run"
+    other.mkdir()
+    (other / "checkpoint.pt").write_bytes(b"a training run's")
+    code, _, err = cli(capsys, monkeypatch, "finetune", "lp_tiny_cpu", "--arch", "resnet18",
+                       "--data", target_dir, "--out", other, "--device", "cpu",
+                       "--source-weights", tmp_path / "w0.pth")
+    one_line(code, err, f"--out {other} holds a training run")
+    assert sorted(p.name for p in other.iterdir()) == ["checkpoint.pt"]
 
 
 def test_a_file_passed_to_the_wrong_option_is_told_which_one(trained_run, target_dir, tmp_path,

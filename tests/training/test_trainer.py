@@ -786,3 +786,28 @@ def test_best_json_and_best_pt_are_checked_together_at_resume(source_dir, tmp_pa
     record = json.loads(meta.read_text())
     assert best.exists() and record["epoch"] >= 2
     assert record["top1_val"] == max(r["top1_val"] for r in last[1:])
+
+
+def test_a_best_record_of_an_epoch_the_checkpoint_lacks_is_the_discarded_attempts(
+        source_dir, tmp_path, test_recipe, capsys, monkeypatch):
+    """A kill after best.json and before checkpoint.pt leaves a record of an epoch that trains
+    again, with another val top-1: the record goes (the best is chosen anew) instead of being
+    kept, which refused every later resume as "best.json was edited" (review). Starting over
+    without a checkpoint drops a record of an earlier attempt the same way."""
+    best_flags = ("train.epochs=3", "train.keep_best=true", "eval.every=1")
+    kw = dict(fmt="wds", device="cpu", progress=False)
+    train(test_recipe(*best_flags), source_dir, out_dir=tmp_path, stop_after=1, **kw)
+    meta, log = tmp_path / "best.json", tmp_path / "metrics.jsonl"
+    meta.write_text(json.dumps({"epoch": 2, "top1_val": 0.999}))  # epoch 2's lost attempt
+    code, err = _train_cli(capsys, monkeypatch, source_dir, tmp_path, *best_flags)
+    assert code == 0, err
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    record = json.loads(meta.read_text())
+    assert record["top1_val"] == rows[record["epoch"] - 1]["top1_val"] != 0.999
+    assert record["top1_val"] == max(r["top1_val"] for r in rows[1:])
+    (tmp_path / "checkpoint.pt").unlink()  # starting over: the finished run's record goes
+    meta.write_text(json.dumps({"epoch": 3, "top1_val": 0.999}))
+    code, err = _train_cli(capsys, monkeypatch, source_dir, tmp_path, *best_flags)
+    assert code == 0, err
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    assert json.loads(meta.read_text())["top1_val"] == max(r["top1_val"] for r in rows)
