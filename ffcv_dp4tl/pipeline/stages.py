@@ -64,6 +64,8 @@ class Stage:
                                     self.dir / DONE, fix)
         if res.kind == "finetune":
             _check_finetune_result(self.dir, res, fix)
+        elif res.kind == "prune":
+            _check_prune_result(self.dir, res, fix)
         legacy = self.dir / LEGACY_CPU_FILE
         if res.cpu_seconds is None and legacy.exists():
             old = read_json(legacy, "cpu seconds")
@@ -113,6 +115,24 @@ def _check_finetune_result(stage_dir: Path, res: StageResult, fix: str) -> None:
         if not same:
             raise DataError(f"{stage_dir / DONE}: field {name!r} is {mine!r}, but the stage's "
                             f"{FINETUNE_RESULT_NAME} says {other!r}; {fix}")
+
+
+def _check_prune_result(stage_dir: Path, res: StageResult, fix: str) -> None:
+    """A prune stage's ``train_kept`` is the length of the ``train.npy`` beside it (the report
+    and the cost table print it: an edited 999 read "kept 999 train samples"; audit). Only the
+    array's header is read."""
+    import numpy as np
+
+    path, kept = stage_dir / "train.npy", res.values.get("train_kept")
+    if kept is None or not path.is_file():
+        return
+    try:
+        n = int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
+    except (OSError, ValueError, EOFError, IndexError):
+        return  # (a damaged mask: load_mask names it where the mask is read)
+    if n != kept:
+        raise DataError(f"{stage_dir / DONE}: field 'train_kept' is {kept}, but the stage's "
+                        f"train.npy keeps {n} samples; {fix}")
 
 
 #: where the cost table's CPU meter kept a stage's CPU seconds before ``DONE.json`` held them

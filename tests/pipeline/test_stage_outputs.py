@@ -217,3 +217,28 @@ def test_a_finetune_done_file_that_disagrees_with_its_result_json_is_refused(tmp
     with pytest.raises(DataError, match="field 'test_top1' is 0.1667, but the stage's result.json "
                                         "says None; delete the stage folder"):
         ft.result()
+
+
+def test_a_prune_done_file_whose_train_kept_is_not_its_masks_is_refused(tmp_path):
+    """Audit B5: a prune stage's DONE.json edited to ``"train_kept": 999`` made the report say
+    "kept 999 train samples" beside a mask of 13; the count is read against train.npy."""
+    import json
+
+    import numpy as np
+
+    from ffcv_dp4tl.contracts import StageResult
+    from ffcv_dp4tl.errors import DataError
+    from ffcv_dp4tl.pipeline.stages import DONE
+
+    pr = stage(tmp_path, "prune", {"x": 1})
+    pr.dir.mkdir(parents=True)
+    np.save(pr.dir / "train.npy", np.arange(13, dtype=np.int64))
+    done = StageResult("prune", "prune", 1.0, {"train_kept": 13, "ratio": 0.6,
+                                                 "unit": "class"}).to_json()
+    (pr.dir / DONE).write_text(json.dumps(done))
+    assert pr.result().values["train_kept"] == 13
+    (pr.dir / DONE).write_text(json.dumps({**done, "train_kept": 999}))
+    with pytest.raises(DataError) as e:
+        pr.result()
+    assert str(e.value) == (f"{pr.dir / DONE}: field 'train_kept' is 999, but the stage's "
+                            f"train.npy keeps 13 samples; delete the stage folder {pr.dir} and rerun")
