@@ -223,9 +223,13 @@ def _check_settings(out: Path, settings: dict,
     fix = (f"use another --out, or delete {out} if its runs are not needed (or rerun with the "
            "settings it was made with)")
     if path.exists():
-        old = read_json(path, "VTAB settings")
+        old = read_json(path, "VTAB settings", fix)  # (invalid JSON: this folder's fix too)
         if not isinstance(old, dict):
             raise DataError(f"{path} is damaged (not a JSON object); {fix}")
+        lacks = [k for k in _SAME if k not in old and k not in _ADDED]
+        if lacks:  # (`{}` was read as nine settings that differ; audit)
+            raise DataError(f"{path} is damaged (it lacks {', '.join(lacks)}, which every "
+                            f"protocol folder records); {fix}")
         keys = [k for k in _SAME if k in old or k not in _ADDED]
     elif (out / "vtab.json").exists():
         # a folder from before SETTINGS_NAME: vtab.json names some of the settings

@@ -287,3 +287,22 @@ def test_vtab_refuses_its_runs_for_a_checkpoint_trained_again_in_place(eval_sour
     ckpt.save(src)
     with pytest.raises(DataError, match="made with other settings \\(--checkpoint's weights differs\\)"):
         vtab_protocol("lp_tiny_cpu", src, eval_target, out, **kw)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("{}", "is damaged (it lacks recipe, recipe_fingerprint, checkpoint_identity"),
+    ("not json", "use another --out, or delete"),
+])
+def test_a_damaged_settings_file_is_named_damaged(tmp_path, text, needle):
+    """`{}` in vtab_settings.json was reported as nine settings that differ, and invalid JSON
+    said only "rebuild or replace it" (audit): each names the file as damaged and the folder's
+    fix."""
+    from ffcv_dp4tl.evaluation.vtab import SETTINGS_NAME, _check_settings
+
+    out = tmp_path / "v"
+    out.mkdir()
+    (out / SETTINGS_NAME).write_text(text)
+    with pytest.raises(DataError) as e:
+        _check_settings(out, {"recipe": "lp_tiny_cpu"})
+    assert str(out / SETTINGS_NAME) in str(e.value) and needle in str(e.value)
+    assert "differ" not in str(e.value) and "rebuild or replace" not in str(e.value)
