@@ -12,7 +12,7 @@ from ..contracts import (Budget, FinetuneMode, Format, PretrainLength, Protocol,
                          check_ratio, check_seeds)
 from ..errors import DP4TLError
 from ..fsutil import check_out_dir
-from ..outputs import dataset_around
+from ..outputs import KINDS, dataset_around, folder_kind
 from ..scoring.registry import Scorer, get_scorer, parse_option_pairs
 from .recipes import PAPER_PROTOCOLS
 from .targets import check_order, check_weights, target_list
@@ -110,6 +110,13 @@ def validate(cfg: PipelineConfig) -> Checked:
     if inside is not None:
         raise DP4TLError(f"--runs-root {cfg.runs_root} lies inside the built dataset {inside}: "
                          "keep runs outside datasets; pass another --runs-root")
+    # one command's own output folder (a `dp4tl train` run got stage folders inside; audit); a
+    # bench's report folder may hold its runs, as some users keep them
+    held = folder_kind(cfg.runs_root)
+    if held in ("train", "finetune", "scores", "masks", "vtab", "vtab-splits"):
+        raise DP4TLError(f"--runs-root {cfg.runs_root} holds {KINDS[held].what} (written by "
+                         f"`{KINDS[held].command}`), not pipeline runs: pass another --runs-root "
+                         "(e.g. runs/)")
     check_out_dir(cfg.data_root, "--data-root", must_write=False)
     inside = dataset_around(cfg.data_root, strict=False)  # (its builds: each a dataset folder)
     if inside is not None:  # (a whole build went into DATASET/synth-tiny/, review)

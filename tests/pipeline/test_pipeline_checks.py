@@ -99,6 +99,13 @@ def test_roots_that_cannot_be_folders_fail_before_any_work(tmp_path):
         validate(_cfg(tmp_path, data_root=afile))
     with pytest.raises(DP4TLError, match=r"^--runs-root .*afile/runs: .*afile is a file"):
         validate(_cfg(tmp_path, runs_root=afile / "runs"))
+    # a training run's folder as the runs root: its stage folders went inside it (audit)
+    run = tmp_path / "trained"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"x")
+    with pytest.raises(DP4TLError, match=rf"^--runs-root {run} holds a training run \(written by "
+                                         r"`dp4tl train`\), not pipeline runs"):
+        validate(_cfg(tmp_path, runs_root=run))
     # a runs root in (or inside) a built dataset: named as --runs-root, before any work (each
     # stage's folder would be refused as an --out the user never gave, after the data build)
     data = tmp_path / "ds"
