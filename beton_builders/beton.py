@@ -213,8 +213,8 @@ def check_beton(path: Path, num_samples: int) -> tuple["BetonImages | None", lis
     ``num_samples`` samples, and every image points at an allocation inside the file (raw images
     at least ``h * w * 3`` bytes). Returns ``(layout or None, one line per problem)``."""
     path = Path(path)
-    if absent_why(path):
-        return None, [f"{path}: {absent_why(path)}; rebuild the dataset"]
+    if why := absent_why(path):
+        return None, [f"{path}: {why}; rebuild the dataset"]
     try:
         images = beton_images(path)
     except DataError as e:

@@ -287,8 +287,8 @@ def check_split_files(root: Path, split_name: str, beton: Path | None, shards: l
     hint = VERIFY_HINT.format(root=root)
     rec = checksums if checksums and checksums.get("scheme") == SCHEME else None
     if beton is not None:
-        if absent_why(beton):
-            raise DataError(f"{beton} is {absent_why(beton)}; rebuild {root}")
+        if why := absent_why(beton):
+            raise DataError(f"{beton} is {why}; rebuild {root}")
         if rec is not None:
             problem = beton_problem(beton, rec["beton"], split_name, hint)
             if problem is not None:
@@ -307,8 +307,8 @@ def check_split_files(root: Path, split_name: str, beton: Path | None, shards: l
             raise DataError(f"{root}/manifest.json lists {len(shards)} shards for split "
                             f"{split_name!r} but checksums for {len(recorded)}; rebuild {root}")
         for p, want in zip(shards, recorded):
-            if absent_why(p):
-                raise DataError(f"{p} is {absent_why(p)} (split {split_name!r}); rebuild {root}")
+            if why := absent_why(p):
+                raise DataError(f"{p} is {why} (split {split_name!r}); rebuild {root}")
             problem = None if want is None else shard_problem(p, want, split_name, hint)
             if problem is not None:
                 raise DataError(problem)

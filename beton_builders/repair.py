@@ -38,7 +38,7 @@ def damaged_files(out_dir: Path, remedy: str = REMEDY) -> list[tuple[Path, str]]
         rec = entry.checksums if entry.checksums and entry.checksums.get("scheme") == SCHEME else None
         if rec is None:  # an older build: what can be checked without recorded digests
             listed = [beton, *shards, out_dir / entry.labels, out_dir / entry.index]
-            out += [(p, f"{p} is {absent_why(p)}") for p in listed if absent_why(p)]
+            out += [(p, f"{p} is {why}") for p in listed if (why := absent_why(p))]
             problems = check_beton(beton, entry.num_samples)[1] if beton.is_file() else []
             out += [(beton, f"{beton}: damaged ({problems[0]})")] if problems else []
             continue
@@ -47,7 +47,7 @@ def damaged_files(out_dir: Path, remedy: str = REMEDY) -> list[tuple[Path, str]]
                 or not all(w is None or isinstance(w, dict) for w in wants)):
             raise DataError(f"{out_dir / MANIFEST_NAME}: split {name!r}'s checksums do not fit its "
                             f"files (edited by hand?); restore manifest.json, or {remedy}")
-        out += [(p, f"{p} is {absent_why(p)}") for p in [beton, *shards] if absent_why(p)]
+        out += [(p, f"{p} is {why}") for p in [beton, *shards] if (why := absent_why(p))]
         out += recorded_problems(beton, shards, rec, name, hint)
         for rel, key, digest in ((entry.labels, "labels", array_digest),
                                  (entry.index, "index", index_digest)):
@@ -76,7 +76,7 @@ def start_repair(out_dir: Path, damaged: list[tuple[Path, str]], remedy: str = R
     since) is refused before its beton is touched, and the manifest is put back
     (:func:`undo_repair`). Needs the build's ``.build/`` records; without them, ``remedy``."""
     manifest_path = out_dir / MANIFEST_NAME
-    for path, why in damaged:  # (before anything is written: the repair would fail on it)
+    for path, _ in damaged:  # (before anything is written: the repair would fail on it)
         if absent_why(path) == FOLDER_IN_THE_WAY:  # (the readers' rule: a link to one too)
             raise DataError(f"{path} is {FOLDER_IN_THE_WAY}; then rerun the build, which "
                             "writes the file again")

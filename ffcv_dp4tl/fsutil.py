@@ -11,9 +11,9 @@ import contextlib
 import errno
 import json
 import os
-import sys
 import shutil
 import stat
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator

@@ -7,8 +7,8 @@ against the dataset's manifest before any sample is read.
 """
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field

@@ -173,9 +173,10 @@ def _lr_names(lrs: list[float]) -> list[str]:
             raise DataError(f"--lr: every learning rate must be a positive number, got {lr!r}")
         name = f"{lr:g}"
         if name in names:
-            if lr == lrs[names.index(name)]:
+            first = lrs[names.index(name)]
+            if lr == first:
                 raise DataError(f"--lr lists {name} twice; give each learning rate once")
-            raise DataError(f"--lr: {lr!r} and {lrs[names.index(name)]!r} both name the run "
+            raise DataError(f"--lr: {lr!r} and {first!r} both name the run "
                             f"folder select-lr{name} (6 significant digits); give learning rates "
                             "that differ in those digits")
         names.append(name)

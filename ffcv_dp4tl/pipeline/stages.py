@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
 from ..contracts import STAGE_KINDS, StageResult, stage_kind
+from ..contracts.fields import typed
 from ..errors import DataError, DP4TLError
 from ..fsutil import BAD_JSON, atomic_write_json, directory_lock, read_json, remove_orphan_temps
 from ..progress import now
@@ -102,17 +103,12 @@ def _check_finetune_result(stage_dir: Path, res: StageResult, fix: str) -> None:
     theirs = read_json(path, "finetune result", fix)
     if not isinstance(theirs, dict):
         raise DataError(f"{path} is not a finetune result (a JSON object); {fix}")
-
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-
     for name in FINETUNE_TOP1:
         if name not in res.values or name not in theirs:
             continue
-        mine, other = res.values[name], theirs[name]
-        same = (abs(mine - other) <= 1e-12 if number(mine) and number(other)
-                else mine is None and other is None)
-        if not same:
+        # (DONE.json's value is typed by the contract already; result.json's by the same rule)
+        mine, other = res.values[name], typed(theirs, name, "fraction", path, fix, None)
+        if (mine is None) != (other is None) or (mine is not None and abs(mine - other) > 1e-12):
             raise DataError(f"{stage_dir / DONE}: field {name!r} is {mine!r}, but the stage's "
                             f"{FINETUNE_RESULT_NAME} says {other!r}; {fix}")
 

@@ -50,6 +50,7 @@ from torch import nn
 from ..contracts import FinetuneHead, FinetuneMode
 from ..data import AugSpec, IndexMask, as_mask, load_manifest, make_loader
 from ..data.loaders import resolve_decode
+from ..data.masks import indices_digest
 from ..errors import DataError, DP4TLError, count
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
 from ..outputs import claim_out_dir
@@ -178,9 +179,10 @@ def extract_features(model: nn.Module, loader) -> tuple[torch.Tensor, torch.Tens
 
 
 def mask_digest(mask) -> str:
-    """How a finetune run's identity records a train/test mask: its indices' sha256 (16 hex
-    digits)."""
-    return hashlib.sha256(mask.indices.tobytes()).hexdigest()[:16]
+    """How a finetune run's identity records a train/test mask: its indices' sha256
+    (:func:`~ffcv_dp4tl.data.masks.indices_digest`, the one a mask's sidecar records), 16 hex
+    digits."""
+    return indices_digest(mask.indices)[:16]
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
