@@ -18,7 +18,7 @@ from typing import Iterable
 
 from ffcv_dp4tl.contracts import MANIFEST_NAME, ORIGINS_SUFFIX
 from ffcv_dp4tl.errors import DataError
-from ffcv_dp4tl.fsutil import BAD_JSON, TEMP_GLOB, directory_lock
+from ffcv_dp4tl.fsutil import BAD_JSON, FOLDER_IN_THE_WAY, TEMP_GLOB, absent_why, directory_lock
 
 #: the build's records: ``settings.json``, ``S-NNNNNN.json`` per finished shard, input stats
 BUILD_DIR = ".build"
@@ -96,23 +96,49 @@ def remove_build(out_dir: Path, splits: Iterable[str] = ()) -> None:
     ``wds/S.index.npy``, ``wds/S-NNNNNN.tar``), then its rejects, records and manifest, last,
     so a stop in between leaves a build the next ``--overwrite`` still takes for one.
     ``wds/`` and the top level used to be emptied by pattern, which deleted a user's own shards
-    and betons kept there (audit); ``wds/`` goes only when that empties it. The splits are the
+    and betons kept there (audit); ``wds/`` goes only when that empties it. A folder at one of
+    those paths is never deleted (:func:`check_overwrite` refuses it first). The splits are the
     manifest's, those the build's records name (one ``.build/S-NNNNNN.json`` per finished
     shard: a build killed before its manifest) and ``splits`` (the build about to be written,
     which replaces those names anyway)."""
-    names = build_splits(out_dir) | set(splits)
-    wds = out_dir / "wds"
-    for s in sorted(names):
-        for p in [out_dir / f"{s}.beton", out_dir / f"{s}.labels.npy",
-                  out_dir / f"{s}{ORIGINS_SUFFIX}", wds / f"{s}.index.npy",
-                  *(wds.glob(f"{glob.escape(s)}-{_SHARD_DIGITS}.tar") if wds.is_dir() else ())]:
-            if p.is_file() or p.is_symlink():
-                p.unlink()
+    *files, manifest = _build_files(out_dir, splits)
+    for p in files:
+        _unlink_file(p)
     with contextlib.suppress(OSError):  # (not empty: the user's files stay, and the folder)
-        wds.rmdir()
-    for name in ["rejects.txt", BUILD_DIR, MANIFEST_NAME]:  # (the manifest last: see above)
-        p = out_dir / name
-        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        (out_dir / "wds").rmdir()
+    records = out_dir / BUILD_DIR
+    shutil.rmtree(records) if records.is_dir() and not records.is_symlink() else _unlink_file(records)
+    _unlink_file(manifest)  # (last: see above)
+
+
+def _unlink_file(path: Path) -> None:
+    """Delete ``path`` when it is a file or a link; a folder there is never the build's."""
+    if path.is_file() or path.is_symlink():
+        path.unlink()
+
+
+def check_overwrite(out_dir: Path, splits: Iterable[str] = ()) -> None:
+    """Refuse ``--overwrite`` of the build in ``out_dir`` before anything is written or deleted
+    when a folder sits where one of the build's files belongs (:func:`remove_build` would keep
+    it, and the build then stopped while writing there, with the other files already gone).
+    The rule is the readers' and the repair's (:func:`~ffcv_dp4tl.fsutil.absent_why`), so a
+    link to a folder is refused too."""
+    for p in _build_files(out_dir, splits):
+        if absent_why(p) == FOLDER_IN_THE_WAY:
+            raise DataError(f"{p} is {FOLDER_IN_THE_WAY}; then rerun the build with --overwrite")
+
+
+def _build_files(out_dir: Path, splits: Iterable[str]) -> list[Path]:
+    """The files of the build in ``out_dir`` that ``--overwrite`` replaces (:func:`remove_build`),
+    its manifest last: those named after its splits (:func:`build_splits` and ``splits``), its
+    rejects and its manifest. Its records (``.build/``) are a folder of its own."""
+    wds = out_dir / "wds"
+    out = []
+    for s in sorted(build_splits(out_dir) | set(splits)):
+        out += [out_dir / f"{s}.beton", out_dir / f"{s}.labels.npy",
+                out_dir / f"{s}{ORIGINS_SUFFIX}", wds / f"{s}.index.npy",
+                *(sorted(wds.glob(f"{glob.escape(s)}-{_SHARD_DIGITS}.tar")) if wds.is_dir() else ())]
+    return [*out, out_dir / "rejects.txt", out_dir / MANIFEST_NAME]
 
 
 #: the shard number in ``wds/S-NNNNNN.tar`` (:func:`shard_files`), as a glob

@@ -48,8 +48,8 @@ from ffcv_dp4tl.progress import bar as progress_bar
 
 from .beton import (ShardBytesDataset, beton_images, beton_workers, check_beton, keep_as_jpeg,
                     write_beton)
-from .out_dir import (BUILD_DIR, LOCK_NAME, REMEDY, check_ours, is_build, remove_build,
-                      settings_file, shard_files)
+from .out_dir import (BUILD_DIR, LOCK_NAME, REMEDY, check_ours, check_overwrite, is_build,
+                      remove_build, settings_file, shard_files)
 from .input_stats import sample_stats, save_input_stats, stale_inputs
 from .integrity import beton_fingerprint, split_checksums, stored_digests
 from .repair import damaged_files, end_repair, read_repair, start_repair, undo_repair
@@ -227,6 +227,7 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
     settings_path = settings_file(out_dir)
     check_ours(out_dir, option)  # (again under the lock)
     if overwrite and is_build(out_dir):
+        check_overwrite(out_dir, spec.splits)  # (again under the lock)
         remove_build(out_dir, spec.splits)
     if manifest_path.exists():
         # (a damaged manifest: this build command is how the user rebuilds, so its fix is ours)
@@ -278,6 +279,8 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
     check_out_dir(out_dir, option, must_write=False)
     _check_out_outside_input(source, out_dir, option)
     check_ours(out_dir, option)
+    if overwrite and is_build(out_dir):
+        check_overwrite(out_dir, spec.splits)
     with contextlib.ExitStack() as stack:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)

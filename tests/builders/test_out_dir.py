@@ -89,6 +89,36 @@ def test_overwrite_deletes_the_builds_files_and_keeps_the_users_beside_them(tmp_
     assert manifest_of(out)["splits"]["train"]["num_samples"] == 8 and verify_ok(out)
 
 
+@pytest.mark.parametrize("what", ["beton", "shard", "manifest", "link to a folder"])
+def test_overwrite_refuses_a_folder_where_a_build_file_belongs_before_touching_anything(tmp_path, what):
+    """``--overwrite`` skipped a folder at a split's beton or shard path, deleted the rest of
+    the build, then stopped while writing there; a folder at ``manifest.json`` was deleted
+    with what the user kept in it. It now names the folder before anything is written or
+    deleted (the readers' and the repair's rule, fsutil.absent_why), and the same command
+    rebuilds once the folder is moved away. A link to a folder is one too, as for the readers."""
+    import shutil
+
+    out = tmp_path / "out"
+    build_dataset(mem_spec(n=16), out, OPTS)  # 2 shards of 8
+    path = {"shard": shards_of(out)[1], "manifest": out / "manifest.json"}.get(what,
+                                                                              out / "train.beton")
+    path.unlink()
+    folder = tmp_path / "elsewhere" if what == "link to a folder" else path
+    folder.mkdir()
+    (folder / "mine.txt").write_text("the user's")
+    if folder != path:
+        path.symlink_to(folder)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(DataError, match=f"^{path} is a folder where the build's file belongs "
+                       r"\(move it away first: it is never deleted\); then rerun the build with "
+                       "--overwrite$"):
+        build_dataset(mem_spec(n=8), out, OPTS, overwrite=True)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    path.unlink() if path.is_symlink() else shutil.rmtree(path)  # moved away, as told
+    build_dataset(mem_spec(n=8), out, OPTS, overwrite=True)  # the same command rebuilds
+    assert shards_of(out) == [out / "wds" / "train-000000.tar"] and verify_ok(out)
+
+
 @pytest.mark.parametrize("state", ["finished", "manifest cut short", "killed before its manifest"])
 def test_remove_build_finds_the_splits_from_what_the_build_left(tmp_path, state):
     """With no split names given (the synth stale-target clean-up; a rebuild that makes other
