@@ -38,7 +38,10 @@ class OutputKind:
     it may share a folder with, and ``guards``: its files that in a folder of no kind are the
     user's own (``--out .`` in a project replaced its README.md; `dp4tl train --out` a folder
     holding another tool's metrics.jsonl replaced it; a signature there makes the folder that
-    kind's)."""
+    kind's). ``runs_root``: a ``pipeline --runs-root`` may be this kind's folder, a report's
+    (a bench's, an evaluation's over the models given), where some users keep their runs; any
+    other kind's folder is one command's own, and the pipeline's stage folders went inside it
+    (a ``dp4tl train`` run's, audit). A kind is refused as a runs root unless it says so."""
 
     what: str
     command: str
@@ -51,6 +54,7 @@ class OutputKind:
     #: makes no folder that kind's (a run refused before it began leaves it in the user's
     #: folder, which other commands then refused; review)
     lock: str = ""
+    runs_root: bool = False
 
 
 _BENCH_REPORT = ("results.json", "report.md")
@@ -76,22 +80,23 @@ KINDS: dict[str, OutputKind] = {
                         ("train.npy", "train.json", "val.npy", "val.json")),
     "corruptions": OutputKind("a corruption evaluation", "dp4tl evaluate corruptions",
                               ("corruptions.json",), ("corruptions.json", "corruptions.md"),
-                              shares=("flatness",)),
+                              shares=("flatness",), runs_root=True),
     "flatness": OutputKind("a flatness evaluation", "dp4tl evaluate flatness",
                            ("flatness.json",), ("flatness.json", "flatness.md"),
-                           shares=("corruptions",)),
+                           shares=("corruptions",), runs_root=True),
     "cost-table": OutputKind("a cost table", "dp4tl bench cost-table",
-                             ("cost.png", "accuracy.png"), _BENCH_REPORT, guards=_BENCH_REPORT),
+                             ("cost.png", "accuracy.png"), _BENCH_REPORT, guards=_BENCH_REPORT,
+                             runs_root=True),
     "surrogates": OutputKind("a surrogates report", "dp4tl bench surrogates", ("surrogates.png",),
-                             _BENCH_REPORT, guards=_BENCH_REPORT),
+                             _BENCH_REPORT, guards=_BENCH_REPORT, runs_root=True),
     "adversarial": OutputKind("an adversarial report", "dp4tl bench adversarial", (),
-                              _BENCH_REPORT, guards=_BENCH_REPORT),
+                              _BENCH_REPORT, guards=_BENCH_REPORT, runs_root=True),
     "embedded": OutputKind("an embedded-benchmark run", "dp4tl bench embedded", ("rows.jsonl",),
                            ("rows.jsonl", "summary.json", "README.md"),
-                           guards=("README.md",)),
+                           guards=("README.md",), runs_root=True),
     "embedded-pool": OutputKind("a pooled embedded benchmark", "dp4tl bench embedded-pool",
                                 ("summary.json",), ("summary.json", "README.md"),
-                                guards=("README.md",)),
+                                guards=("README.md",), runs_root=True),
 }
 #: the benches with an output folder (``dp4tl bench NAME``), their kinds here
 BENCH_KINDS = ("cost-table", "surrogates", "adversarial", "embedded", "embedded-pool")

@@ -111,9 +111,9 @@ def validate(cfg: PipelineConfig) -> Checked:
         raise DP4TLError(f"--runs-root {cfg.runs_root} lies inside the built dataset {inside}: "
                          "keep runs outside datasets; pass another --runs-root")
     # one command's own output folder (a `dp4tl train` run got stage folders inside; audit); a
-    # bench's report folder may hold its runs, as some users keep them
-    held = folder_kind(cfg.runs_root)
-    if held in ("train", "finetune", "scores", "masks", "vtab", "vtab-splits"):
+    # report's folder may hold its runs, as some users keep them (outputs.OutputKind.runs_root)
+    held = folder_kind(cfg.runs_root)  # (a dataset's: refused above)
+    if held is not None and not KINDS[held].runs_root:
         raise DP4TLError(f"--runs-root {cfg.runs_root} holds {KINDS[held].what} (written by "
                          f"`{KINDS[held].command}`), not pipeline runs: pass another --runs-root "
                          "(e.g. runs/)")

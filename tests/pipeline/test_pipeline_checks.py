@@ -123,6 +123,57 @@ def test_roots_that_cannot_be_folders_fail_before_any_work(tmp_path):
             validate(_cfg(tmp_path, data_root=root))
 
 
+def _folder_of(kind: str, folder):
+    """``folder`` made one of ``kind``'s, as :func:`ffcv_dp4tl.outputs.folder_kind` tells it:
+    a build's manifest, a bench's ``results.json`` naming it, VTAB masks named by their sizes,
+    else the kind's first signature file."""
+    from ffcv_dp4tl.contracts.manifest import FORMAT
+    from ffcv_dp4tl.outputs import BENCH_KINDS, KINDS
+
+    folder.mkdir()
+    if kind == "dataset":
+        (folder / "manifest.json").write_text(json.dumps({"format": FORMAT}))
+    elif kind in BENCH_KINDS:
+        (folder / "results.json").write_text(json.dumps({"bench": kind}))
+    elif kind == "vtab-splits":
+        (folder / "train800val200.npy").write_bytes(b"x")
+    else:
+        (folder / KINDS[kind].signatures[0]).write_bytes(b"x")
+    return folder
+
+
+def _kinds():
+    from ffcv_dp4tl.outputs import KINDS
+
+    return list(KINDS)
+
+
+@pytest.mark.parametrize("kind", _kinds())
+def test_every_output_kind_is_a_runs_root_as_its_record_declares(tmp_path, kind):
+    """Which command's folder ``--runs-root`` may be is declared once, in the output-kind
+    registry (``OutputKind.runs_root``: a report's, where users keep runs), so a kind added
+    there is covered: one command's own folder is refused before any work, naming what it
+    holds and the command that wrote it; a report's is taken. (A dataset is refused as the
+    folder runs must stay outside.)"""
+    from ffcv_dp4tl.outputs import KINDS, folder_kind
+    from ffcv_dp4tl.pipeline.config import validate as check
+
+    root = _folder_of(kind, tmp_path / "root")
+    assert folder_kind(root) == kind
+    spec = KINDS[kind]
+    if spec.runs_root:
+        check(_cfg(tmp_path, runs_root=root))
+    elif kind == "dataset":
+        with pytest.raises(DP4TLError, match=rf"^--runs-root {root} lies inside the built dataset"):
+            validate(_cfg(tmp_path, runs_root=root))
+    else:
+        with pytest.raises(DP4TLError, match="^" + re.escape(
+                f"--runs-root {root} holds {spec.what} (written by `{spec.command}`), not "
+                "pipeline runs: pass another --runs-root (e.g. runs/)") + "$"):
+            validate(_cfg(tmp_path, runs_root=root))
+        assert not (tmp_path / "data").exists()
+
+
 def test_the_source_as_target_fails_before_the_surrogate(tmp_path, index_dataset):
     cfg = _cfg(tmp_path, source=str(index_dataset.root), target=str(index_dataset.root))
     with pytest.raises(DP4TLError, match=r"is the source dataset .*: transfer needs another "
@@ -467,3 +518,20 @@ def test_a_built_synth_source_folder_finds_its_targets_by_name(tmp_path, synth_r
                                          rf"{synth_root}, not a source; pass --data {synth_root}"):
         resolve_data(cfg, print)
     assert not (tmp_path / "data").exists()
+
+
+def test_a_kind_added_to_the_registry_is_refused_as_a_runs_root_unless_it_says_so(tmp_path,
+                                                                                 monkeypatch):
+    """The refused kinds were a hand list beside the registry, so a kind added there was taken
+    as a runs root without a word; now the registry's default refuses it."""
+    from ffcv_dp4tl import outputs
+
+    monkeypatch.setitem(outputs.KINDS, "new", outputs.OutputKind("a new report", "dp4tl new",
+                                                                 ("new.json",), ("new.json",)))
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "new.json").write_text("{}")
+    with pytest.raises(DP4TLError, match=rf"^--runs-root {root} holds a new report \(written by "
+                                         r"`dp4tl new`\), not pipeline runs"):
+        validate(_cfg(tmp_path, runs_root=root))
+
