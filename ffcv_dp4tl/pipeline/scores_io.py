@@ -167,12 +167,11 @@ def _check_method(meta: ScoresMeta, source: Path, fix: str) -> None:
     provenance, and ``"unit": "sample"`` on LM's class scores would prune samples (audit).
     Every scorer is a file of the package (docs/scorers.md), so the writer's is registered
     here too."""
-    from ..scoring.registry import get_scorer, is_registered, list_scorers
+    from ..scoring.registry import get_scorer, unregistered_why
 
-    if not is_registered(meta.method):
-        raise DataError(f"{source}: method {meta.method!r} is not a scoring method "
-                        f"({', '.join(list_scorers())}): the file was edited, or written by a "
-                        f"version with other methods; {fix}")
+    if why := unregistered_why(meta.method):
+        raise DataError(f"{source}: {why} (the file was edited, or written by a version with "
+                        f"other methods); {fix}")
     unit = get_scorer(meta.method).unit
     if meta.unit != unit:
         raise DataError(f"{source}: method {meta.method!r} has unit {unit!r}, but the file says "

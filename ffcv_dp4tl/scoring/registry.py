@@ -312,14 +312,22 @@ def scorers() -> list[Scorer]:
 
 def get_scorer(name: str) -> Scorer:
     """The registered scorer ``name``; an unknown name is a one-line DP4TLError."""
-    _load_builtins()
-    if name not in _REGISTRY:
-        if isinstance(name, str) and name.lower() in _REGISTRY:  # (the docs write LM, FM, ...)
-            raise DP4TLError(f"unknown scoring method {name!r}; method names are lower case: "
-                             f"{name.lower()!r}")
-        raise DP4TLError(f"unknown scoring method {name!r}; choose one of "
-                         f"{', '.join(list_scorers())}")
+    if why := unregistered_why(name):
+        raise DP4TLError(why)
     return _REGISTRY[name]
+
+
+def unregistered_why(name: str) -> str | None:
+    """None when ``name`` is a registered scorer; else the words that say it is not, naming
+    the spelling when only the case differs (the docs write LM, FM, ...), else the registered
+    names. Every refusal of an unregistered method says it so: a command's or the pipeline's
+    method (:func:`get_scorer`) and a ``scores.json``'s (``pipeline.scores_io``, which names
+    the file); they were worded apart."""
+    if is_registered(name):
+        return None
+    if isinstance(name, str) and name.lower() in _REGISTRY:  # (is_registered loaded them)
+        return f"unknown scoring method {name!r}; method names are lower case: {name.lower()!r}"
+    return f"unknown scoring method {name!r}; choose one of {', '.join(list_scorers())}"
 
 
 def is_registered(name: str) -> bool:

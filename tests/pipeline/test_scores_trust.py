@@ -171,9 +171,32 @@ def test_a_truncated_scores_json_says_to_rescore_not_to_rebuild(tmp_path):
     assert "rebuild or replace" not in str(e.value)
 
 
+@pytest.mark.parametrize("method", ["randm", "LM"])
+def test_a_scores_file_names_an_unregistered_method_as_the_command_line_does(tmp_path, method):
+    """A ``scores.json`` whose method is not registered was refused in words of its own
+    ("is not a scoring method", with the list) beside the command line's ("unknown scoring
+    method", which also names the spelling of LM); the registry now words both
+    (scoring.registry.unregistered_why), and the file's refusal names the file and the rescore."""
+    from ffcv_dp4tl.errors import DP4TLError
+    from ffcv_dp4tl.scoring.registry import get_scorer
+
+    sd = tmp_path / "s"
+    write_scores(sd, method="lm", unit="class", scores=np.arange(5, dtype=float), meta={})
+    meta = json.loads((sd / "scores.json").read_text())
+    (sd / "scores.json").write_text(json.dumps({**meta, "method": method}))
+    with pytest.raises(DP4TLError) as said:
+        get_scorer(method)
+    with pytest.raises(DataError) as e:
+        load_scores(sd)
+    assert str(e.value) == (f"{sd / 'scores.json'}: {said.value} (the file was edited, or written "
+                            f"by a version with other methods); rerun `dp4tl score` into {sd} (a "
+                            f"pipeline's cached score stage: delete the stage folder {sd} and "
+                            "rerun the pipeline)")
+
+
 @pytest.mark.parametrize("field,value,needle", [
-    ("method", "randm", "method 'randm' is not a scoring method (lm, fm, "),
-    ("method", "LM", "method 'LM' is not a scoring method"),
+    ("method", "randm", "unknown scoring method 'randm'; choose one of lm, fm, "),
+    ("method", "LM", "unknown scoring method 'LM'; method names are lower case: 'lm'"),
     ("unit", "sample", "method 'lm' has unit 'class', but the file says 'sample'"),
     ("unit", "cluster", "says 'cluster' (edited by hand?), which prune would remove"),
 ])
