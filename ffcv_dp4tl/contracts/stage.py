@@ -47,9 +47,10 @@ STAGE_VALUES: dict[str, dict[str, tuple[type, ...]]] = {
 #: benches — so a hand-edited ``"top1_val": "0.08"`` is refused where the file is read, not a
 #: ``ValueError`` at the report's ``:.4f`` after the whole pipeline ran, nor a wrong number in
 #: it. Kinds are :data:`~ffcv_dp4tl.contracts.fields.KINDS` (``fraction``: a number in [0, 1]).
-#: ``"*"``: every kind (the seconds of runs without an exact record, ``stages.ESTIMATED``).
+#: ``"*"``: every kind (the seconds of runs without an exact record, ``stages.ESTIMATED``; the
+#: digest of the stage's result files, ``stages.RESULT_DIGEST``).
 STAGE_FIELDS: dict[str, dict[str, str]] = {
-    "*": {"estimated_seconds": "number"},
+    "*": {"estimated_seconds": "number", "result_sha256": "str"},
     "train": {"top1_val": "fraction", "top1_train": "fraction", "loss": "number",
               "objective": "str", "brought": "bool", "weights": "str", "arch": "str"},
     "score": {"selection_seconds": "number"},

@@ -27,10 +27,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
-from ..contracts import STAGE_KINDS, StageResult, stage_kind
+from ..contracts import STAGE_FIELDS, STAGE_KINDS, Scores, StageResult, stage_kind
 from ..contracts.fields import typed
 from ..errors import DataError, DP4TLError
-from ..fsutil import BAD_JSON, atomic_write_json, directory_lock, read_json, remove_orphan_temps
+from ..fsutil import (BAD_JSON, atomic_write_json, directory_lock, file_sha256, read_json,
+                      remove_orphan_temps)
 from ..progress import now
 
 DONE = "DONE.json"
@@ -85,16 +86,13 @@ class Stage:
         return path
 
 
-#: a finetune result's top-1 values, in ``DONE.json`` (what the report reads) and in the
-#: ``result.json`` that ``training.finetune`` wrote beside it (what ``dp4tl evaluate`` reads)
-FINETUNE_TOP1 = ("test_top1", "final_test_top1", "best_test_top1")
-
-
 def _check_finetune_result(stage_dir: Path, res: StageResult, fix: str) -> None:
     """A finetune stage's ``DONE.json`` holds its ``result.json``'s values (the stage returns
-    them): a top-1 of one that the other does not hold (a hand edit; the audit's
+    them): a value of one that the other does not hold (a hand edit; the audit's
     ``final_test_top1`` of 0.99 reported while result.json said 0.1667) is refused in one line.
-    A folder without result.json (a stage function of another kind) has nothing to compare."""
+    Compared: every field of the contract's finetune schema (``STAGE_FIELDS``) that both hold,
+    each typed by its rule there. A folder without result.json (a stage function of another
+    kind) has nothing to compare."""
     from ..training.checkpoint import FINETUNE_RESULT_NAME
 
     path = stage_dir / FINETUNE_RESULT_NAME
@@ -103,11 +101,11 @@ def _check_finetune_result(stage_dir: Path, res: StageResult, fix: str) -> None:
     theirs = read_json(path, "finetune result", fix)
     if not isinstance(theirs, dict):
         raise DataError(f"{path} is not a finetune result (a JSON object); {fix}")
-    for name in FINETUNE_TOP1:
+    for name, what in STAGE_FIELDS["finetune"].items():
         if name not in res.values or name not in theirs:
             continue
         # (DONE.json's value is typed by the contract already; result.json's by the same rule)
-        mine, other = res.values[name], typed(theirs, name, "fraction", path, fix, None)
+        mine, other = res.values[name], typed(theirs, name, what, path, fix, None)
         if (mine is None) != (other is None) or (mine is not None and abs(mine - other) > 1e-12):
             raise DataError(f"{stage_dir / DONE}: field {name!r} is {mine!r}, but the stage's "
                             f"{FINETUNE_RESULT_NAME} says {other!r}; {fix}")
@@ -211,16 +209,59 @@ RESUMES_FROM: dict[str, tuple[str, ...]] = {
 }
 
 
-#: what a stage was computed from: ``{upstream folder name: sha256 of its DONE.json}``
+#: what a stage was computed from: ``{upstream folder name: that stage's result id}``
+#: (:func:`result_id`)
 UPSTREAM = "upstream.json"
+
+#: The files that *are* a finished stage's result, per kind: what a later stage reads from it
+#: (a surrogate's or source model's weights, kept epochs included; a score folder's arrays; a
+#: mask). Their digest is recorded in ``DONE.json`` (:data:`RESULT_DIGEST`) and is the stage's
+#: :func:`result_id`. A kind without a rule is identified by its whole ``DONE.json``.
+RESULT_FILES: dict[str, tuple[str, ...]] = {
+    "train": ("checkpoint.pt", "best.pt", "checkpoint_e*.pt"),  # (training.trainer's names)
+    "score": tuple(f"{a}.npy" for a in Scores.ARRAYS),
+    "prune": ("*.npy",),
+}
+
+#: the ``values`` key of a stage result holding the digest of its :data:`RESULT_FILES`
+RESULT_DIGEST = "result_sha256"
+
+
+def result_digest(stage_dir: Path, kind: str) -> str | None:
+    """SHA-256 over the name and bytes digest of every :data:`RESULT_FILES` file of ``kind`` in
+    ``stage_dir`` (None: the kind has no rule, or none of its files is there). Computed once, when
+    the stage finishes (a checkpoint is read once more, about a second per GB)."""
+    names = sorted({p.name for pat in RESULT_FILES.get(kind, ()) for p in stage_dir.glob(pat)
+                    if p.is_file()})
+    if not names:
+        return None
+    h = hashlib.sha256()
+    for name in names:
+        h.update(f"{name}\0{file_sha256(stage_dir / name)}\n".encode())
+    return h.hexdigest()
+
+
+def result_id(st: Stage) -> str:
+    """What :data:`UPSTREAM` records of a finished stage ``st``: the digest of its result files
+    when its ``DONE.json`` holds one, else the sha256 of the ``DONE.json`` bytes (stages of other
+    kinds; folders finished before the digest, whose records still match). Keys hold upstream
+    *keys*, not contents: an upstream folder deleted and computed again (the advice of
+    :meth:`Stage.output`; most recipes are not bit-deterministic) has the same key but another
+    result, which this tells apart. Only its result files count, not its times: a finished
+    stage whose ``DONE.json`` was deleted runs again, writes the same files (a finished training
+    resumes with nothing to train) and the stages after it are kept (audit: LP and FF ran
+    again)."""
+    raw = (st.dir / DONE).read_bytes()
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
+        done = json.loads(raw)
+        if isinstance(done, dict) and isinstance(done.get(RESULT_DIGEST), str):
+            return f"{RESULT_DIGEST}:{done[RESULT_DIGEST]}"
+    return hashlib.sha256(raw).hexdigest()
 
 
 def upstream_record(upstream: Iterable[Stage]) -> dict[str, str]:
-    """How a stage records the finished stages it reads (:data:`UPSTREAM`). Keys hold upstream
-    *keys*, not contents; an upstream folder deleted and computed again (the advice of
-    :meth:`Stage.output`; most recipes are not bit-deterministic) has the same key but another
-    result, and its ``DONE.json`` (times included) differs, so this record tells them apart."""
-    return {u.dir.name: hashlib.sha256((u.dir / DONE).read_bytes()).hexdigest() for u in upstream}
+    """How a stage records the finished stages it reads (:data:`UPSTREAM`, :func:`result_id`)."""
+    return {u.dir.name: result_id(u) for u in upstream}
 
 
 def _stale(st: Stage, record: dict[str, str]) -> list[str]:
@@ -295,6 +336,9 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
         earlier, earlier_cpu, bound = segment_totals(st.dir, exclude=seg.path)
         if bound:  # said in the result (and the report's line): part of its time is a bound
             values[ESTIMATED] = bound
+        digest = result_digest(st.dir, st.kind)
+        if digest:  # what identifies this result to the stages after it (result_id)
+            values[RESULT_DIGEST] = digest
         res = StageResult(stage=st.name, kind=st.kind, seconds=earlier + seg.seconds,
                           cpu_seconds=earlier_cpu + seg.cpu_seconds, loadavg_1min=_loadavg(),
                           values=values)

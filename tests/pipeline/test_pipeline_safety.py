@@ -35,10 +35,10 @@ def _cfg(tmp: Path, **kw) -> PipelineConfig:
 
 
 def _values(res: dict) -> dict:
-    """Stage results (of a results.json dict) without timings, load and paths: what must be
-    identical between runs."""
+    """Stage results (of a results.json dict) without timings, load, paths and file digests
+    (a checkpoint holds its run's timings): what must be identical between runs."""
     return {name: {k: v for k, v in st.items()
-                   if "second" not in k and "per_s" not in k and not k.endswith("_hash")
+                   if "second" not in k and "per_s" not in k and not k.endswith(("_hash", "_sha256"))
                    and k != "loadavg_1min" and not (isinstance(v, str) and "/" in v)}
             for name, st in json.loads(json.dumps(res["stages"], default=str)).items()}
 

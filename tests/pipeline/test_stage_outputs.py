@@ -189,6 +189,57 @@ def test_a_stage_finished_before_the_upstream_record_is_trusted_and_adopts_it(tm
     assert run_stage(down, lambda d: {"top1": 0.7}, log=quiet, upstream=[up]).values == {"top1": 0.7}
 
 
+@pytest.mark.parametrize("kind,files,values", [
+    ("train", ("checkpoint.pt", "best.pt", "checkpoint_e2.pt"), {"epoch": 1}),
+    ("score", ("scores.npy", "tiebreak.npy"), {"method": "lm", "unit": "class"}),
+    ("prune", ("train.npy",), {"unit": "class", "train_kept": 3}),
+])
+def test_a_finished_stage_run_again_with_the_same_result_files_keeps_the_stages_after_it(
+        tmp_path, kind, files, values):
+    """Audit: a finished pretraining whose DONE.json was deleted ran again (it resumes with
+    nothing to train), wrote a DONE.json with other times, and LP and FF ran again from the same
+    weights. A stage's identity to the stages after it is the digest of its result files
+    (RESULT_FILES): the same files keep them, another file (computed again) runs them again."""
+    from fnmatch import fnmatch
+    from time import time_ns
+
+    from ffcv_dp4tl.pipeline.stages import DONE, RESULT_DIGEST, RESULT_FILES, run_stage
+
+    assert all(any(fnmatch(f, pat) for pat in RESULT_FILES[kind]) for f in files)
+    quiet = lambda s: None  # noqa: E731
+    up = stage(tmp_path, "up", {"x": 1}, kind=kind)
+
+    def compute(d, content=b"one"):
+        for f in files:
+            (d / f).write_bytes(content + f.encode())
+        (d / "notes.txt").write_text(str(time_ns()))  # not a result file: does not count
+        return values
+
+    run_stage(up, compute, log=quiet)
+    assert len(up.result().values[RESULT_DIGEST]) == 64
+    down = stage(tmp_path, "down", {"up": up.key}, kind="other")
+    runs = []
+    run_stage(down, lambda d: runs.append(1) or {}, log=quiet, upstream=[up])
+    (up.dir / DONE).unlink()  # the audit's step: the stage runs again (resumes: same files)
+    run_stage(up, lambda d: (d / "notes.txt").write_text(str(time_ns())) and values, log=quiet)
+    assert run_stage(down, lambda d: runs.append(2) or {}, log=quiet, upstream=[up]).ran is False
+    (up.dir / DONE).unlink()  # run again with other result files (not bit-deterministic)
+    run_stage(up, lambda d: compute(d, b"two"), log=quiet)
+    said = []
+    assert run_stage(down, lambda d: runs.append(3) or {}, log=said.append, upstream=[up]).ran
+    assert runs == [1, 3] and any("computed again" in s for s in said)
+
+
+def test_the_result_files_names_are_the_trainers_and_the_score_folders():
+    """RESULT_FILES names the trainer's files literally (this module imports no torch): they
+    must stay the trainer's names."""
+    from ffcv_dp4tl.pipeline.stages import RESULT_FILES
+    from ffcv_dp4tl.training.trainer import (BEST_CHECKPOINT_NAME, CHECKPOINT_NAME,
+                                             EARLY_CHECKPOINT_GLOB)
+
+    assert RESULT_FILES["train"] == (CHECKPOINT_NAME, BEST_CHECKPOINT_NAME, EARLY_CHECKPOINT_GLOB)
+
+
 def test_a_finetune_done_file_that_disagrees_with_its_result_json_is_refused(tmp_path):
     """Audit B6: a finetune stage's DONE.json holds its result.json's values; a ``final_test_top1``
     edited to 0.99 in DONE.json went into the report while result.json said 0.1667. A top-1 of
@@ -217,6 +268,16 @@ def test_a_finetune_done_file_that_disagrees_with_its_result_json_is_refused(tmp
     with pytest.raises(DataError, match="field 'test_top1' is 0.1667, but the stage's result.json "
                                         "says None; delete the stage folder"):
         ft.result()
+    # every field of the contract's finetune schema that both files hold, not only the top-1s
+    # (the review: the compared fields were a second list beside STAGE_FIELDS)
+    result = {**result, "train_top1": 0.5}
+    (ft.dir / "result.json").write_text(json.dumps(result))
+    done = StageResult("finetune-lp", "finetune", 1.0, result).to_json()
+    for name, edited in (("best_epoch", 5), ("train_top1", 0.75)):
+        (ft.dir / DONE).write_text(json.dumps({**done, name: edited}))
+        with pytest.raises(DataError, match=f"field '{name}' is {edited}, but the stage's "
+                                            f"result.json says {result[name]};"):
+            ft.result()
 
 
 def test_a_prune_done_file_whose_train_kept_is_not_its_masks_is_refused(tmp_path):
