@@ -127,6 +127,9 @@ class Checkpoint:
     world_size: int = 1
     format: str = ""                            # dataset format trained from (ffcv / wds)
     cpu_threads: int = 0                        # torch's CPU threads it trained with (0: not recorded)
+    # its last epoch's val top-1 (None: not validated, mid-epoch, or from before the field): a
+    # best.pt says what best.json should hold when the metrics row is gone (trainer._check_best)
+    top1_val: float | None = None
     format_version: int = CHECKPOINT_VERSION  # as read (0 = legacy dict); written: the current
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)   # unknown keys, kept
 

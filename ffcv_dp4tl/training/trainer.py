@@ -103,19 +103,12 @@ def early_checkpoint_name(epoch: int) -> str:
 EARLY_CHECKPOINT_GLOB = early_checkpoint_name("*")  # type: ignore[arg-type]
 
 
-def _improves_best(out_dir: Path, top1_val: float | None) -> bool:
-    """``top1_val`` beats the best kept so far (strictly, as the authors' ``>``: the earliest of
-    equal epochs stays). An epoch without validation never does. A best.pt written just before an
-    interruption without its record is overwritten by the next epoch as good as the record's."""
-    if top1_val is None:
-        return False
-    meta = out_dir / BEST_META_NAME
-    if not meta.exists():
-        return True
-    fix = f"delete it (the next epoch that validates then becomes {BEST_CHECKPOINT_NAME})"
-    rec = read_json(meta, "best-checkpoint record", fix=fix)
-    return top1_val > float(typed(rec if isinstance(rec, dict) else {}, "top1_val", "number", meta,
-                                  fix))
+def _improves_best(best: float | None, top1_val: float | None) -> bool:
+    """``top1_val`` beats ``best``, the val top-1 of ``best.json`` (None: no record yet; read
+    once, at resume, by :func:`_check_best`), strictly, as the authors' ``>``: the earliest of
+    equal epochs stays. An epoch without validation never does. A best.pt written just before
+    an interruption without its record is overwritten by the next epoch that validates."""
+    return top1_val is not None and (best is None or top1_val > best)
 
 
 def _check_same_start(ctx: dist_.DistContext, start: tuple[int, int], out_dir: Path) -> None:
@@ -551,7 +544,7 @@ def _checked_row(row: dict, path: Path, n: int) -> dict:
     return row
 
 
-def _check_best(out_dir: Path, rows: list[dict], start_epoch: int | None) -> None:
+def _check_best(out_dir: Path, rows: list[dict], start_epoch: int | None) -> float | None:
     """``train.keep_best`` on resume, before any epoch trains: ``best.json`` and ``best.pt``
     checked together, and the record against ``metrics.jsonl`` (a bad record used to be found
     only after the next epoch had trained, or never).
@@ -573,15 +566,18 @@ def _check_best(out_dir: Path, rows: list[dict], start_epoch: int | None) -> Non
     * the record must otherwise be an epoch the checkpoint holds, with the ``top1_val`` that
       epoch's metrics row has. A record raised by hand (0.99) kept every later, better epoch
       from becoming best.pt without a word; a mismatch is refused, naming both files. A record
-      whose epoch's row is gone (the log deleted to start over) cannot be compared and is kept.
-    ``start_epoch``: the epochs the checkpoint holds (None: no checkpoint).
+      whose epoch's row is gone (the log deleted to start over) is compared with best.pt, which
+      holds its epoch and (since 2026-12-06) that epoch's val top-1.
+    ``start_epoch``: the epochs the checkpoint holds (None: no checkpoint). Returns the val
+    top-1 the next epochs must beat (None: no record, the next epoch that validates is the
+    best); the epochs compare with it in memory, so best.json is read once per run.
     """
     meta, best = out_dir / BEST_META_NAME, out_dir / BEST_CHECKPOINT_NAME
     if not meta.exists():
-        return
+        return None
     if start_epoch is None:  # (starting over: whatever it records, no epoch of this run)
         meta.unlink()
-        return
+        return None
     fix = (f"restore it, or delete it and {best} to choose the best among the epochs still to "
            "train")
     rec = read_json(meta, "best-checkpoint record", fix=fix)
@@ -591,7 +587,7 @@ def _check_best(out_dir: Path, rows: list[dict], start_epoch: int | None) -> Non
     top1 = typed(rec, "top1_val", "number", meta, fix, error=DP4TLError)
     if epoch == start_epoch + 1:  # the attempt the checkpoint does not hold: trained again
         meta.unlink()
-        return
+        return None
     if not best.exists():
         raise DP4TLError(f"{meta} records epoch {epoch} as the best but {best} is missing, and "
                          "resuming cannot recreate it: delete best.json too to choose the best "
@@ -601,11 +597,20 @@ def _check_best(out_dir: Path, rows: list[dict], start_epoch: int | None) -> Non
         raise DP4TLError(f"{meta} records epoch {epoch} as the best, but {out_dir / CHECKPOINT_NAME} "
                          f"has {count(start_epoch, 'epoch')} done: it was edited; {fix}")
     row = next((r for r in reversed(rows) if r["epoch"] == epoch - 1), None)
-    if row is not None and row.get("top1_val") != top1:
-        raise DP4TLError(f"{meta} records val top-1 {top1} for epoch {epoch} but "
-                         f"{out_dir / METRICS_NAME} has {row.get('top1_val')} for it: best.json was "
-                         f"edited; set its top1_val back to {row.get('top1_val')}, or delete it and "
-                         f"{best} to choose the best among the epochs still to train")
+    if row is not None:
+        said, where = row.get("top1_val"), out_dir / METRICS_NAME
+    else:  # the log was deleted: best.pt says which epoch it is and, when recorded, its top-1
+        saved = Checkpoint.load(best)
+        if saved.epoch != epoch:
+            raise DP4TLError(f"{meta} records epoch {epoch} as the best but {best} holds epoch "
+                             f"{saved.epoch}: one of them was replaced; {fix}")
+        said, where = (top1, None) if saved.top1_val is None else (saved.top1_val, best)
+    if said != top1:
+        raise DP4TLError(f"{meta} records val top-1 {top1} for epoch {epoch} but {where} has "
+                         f"{said} for it: best.json was edited; set its top1_val back to {said}, "
+                         f"or delete it and {best} to choose the best among the epochs still to "
+                         "train")
+    return top1
 
 
 # --------------------------------------------------------------------------- the run
@@ -731,13 +736,13 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
                          f"recreate it; delete the folder {out_dir} (a pipeline's stage folder) "
                          "and rerun")
     metrics_path = out_dir / METRICS_NAME
-    refusal = None
+    refusal, best_top1 = None, None
     if ctx.is_main:
         # Drop metric lines of epochs the checkpoint does not contain (crash between the two).
         try:
             read = _read_metrics(metrics_path) if ckpt else []
             if tc.keep_best:  # (before any epoch trains: a bad record wastes none)
-                _check_best(out_dir, read, start_epoch if ckpt else None)
+                best_top1 = _check_best(out_dir, read, start_epoch if ckpt else None)
             rows = [r for r in read if r["epoch"] < start_epoch]
             atomic_write_text(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n"
                                                     for r in rows))
@@ -812,7 +817,7 @@ def _train(recipe: Recipe, dataset_dir: Path, mask, out_dir: Path, fmt: str,
     try:
         call(callbacks, "on_train_begin", model)
         row = _epochs(recipe, parts, train_loader, val_loader, ctx, timer, callbacks, identity,
-                      manifest, fmt, out_dir, start_epoch, stop_after, progress, ckpt)
+                      manifest, fmt, out_dir, start_epoch, stop_after, progress, ckpt, best_top1)
     finally:
         call(callbacks, "on_train_end")
     if ctx.is_main and val_loader is not None and row.get("epoch") == tc.epochs - 1:
@@ -917,7 +922,9 @@ def _begin_epoch(train_loader, tc, epoch: int, res: int, end_epoch: int, mid: Ch
 def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dist_.DistContext,
             timer: StageTimer, callbacks: list, identity: dict, manifest, fmt: str, out_dir: Path,
             start_epoch: int, stop_after: int | None, progress: bool,
-            ckpt: Checkpoint | None) -> dict[str, Any]:
+            ckpt: Checkpoint | None, best_top1: float | None) -> dict[str, Any]:
+    """The epochs from ``start_epoch`` on; ``best_top1``: the val top-1 best.json records (the
+    main rank's, :func:`_check_best`), which an epoch must beat to become best.pt."""
     tc, ec = recipe.train, recipe.eval
     objective = parts.objective
 
@@ -925,7 +932,7 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
 
     def state(epoch_done: int, **mid_epoch) -> Checkpoint:
         """The run's checkpoint now: after ``epoch_done`` epochs (and ``mid_epoch``'s step,
-        progress and every rank's RNG states within the next one)."""
+        progress and every rank's RNG states within the next one; or the epoch's ``top1_val``)."""
         return Checkpoint(
             model=unwrap(parts.model).state_dict(), arch=recipe.model.arch,
             num_classes=get_head(parts.model).out_features,  # (MoCo: ssl.dim)
@@ -990,15 +997,16 @@ def _epochs(recipe: Recipe, parts: StepParts, train_loader, val_loader, ctx: dis
         call(callbacks, "on_epoch_end", row)
         if ctx.is_main:
             with timer("checkpoint"):
-                ckpt_now = state(epoch + 1)
+                ckpt_now = state(epoch + 1, top1_val=row.get("top1_val"))
                 # the early (and best) checkpoint first: a kill between the saves then resumes
                 # from the previous epoch and rewrites it, never past an epoch whose copy is missing
                 if epoch + 1 in tc.keep_epochs:
                     ckpt_now.save(out_dir / early_checkpoint_name(epoch + 1))
-                if tc.keep_best and _improves_best(out_dir, row.get("top1_val")):
+                if tc.keep_best and _improves_best(best_top1, row.get("top1_val")):
                     ckpt_now.save(out_dir / BEST_CHECKPOINT_NAME)  # then its record: see below
                     atomic_write_json(out_dir / BEST_META_NAME,
                                       {"epoch": epoch + 1, "top1_val": row["top1_val"]})
+                    best_top1 = row["top1_val"]
                 ckpt_now.save(out_dir / CHECKPOINT_NAME)
             atomic_write_json(out_dir / TIMINGS_NAME, {
                 "stages": timer.totals, "epochs_done": epoch + 1, "device": str(ctx.device),

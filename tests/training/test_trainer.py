@@ -451,20 +451,29 @@ def test_training_runs_the_recipes_lr_schedule_and_label_smoothing(source_dir, t
 
 @pytest.mark.parametrize("text", ["{", '{"top1_val": "x"}', "[1]", "[" * 3000 + "]" * 3000])
 def test_a_damaged_best_record_is_one_line_naming_it(tmp_path, text):
-    """``best.json`` (the best epoch's validation top-1, read after every validated epoch)
-    edited or cut by hand stopped a training mid-run with a JSONDecodeError, KeyError or
-    TypeError traceback; it is one line naming the file and the fix."""
+    """``best.json`` edited or cut by hand stopped a training mid-run with a JSONDecodeError,
+    KeyError or TypeError traceback; it is one line naming the file and the fix, at resume
+    (where it is read, once per run), before any epoch trains."""
     from ffcv_dp4tl.errors import DP4TLError
-    from ffcv_dp4tl.training.trainer import _improves_best
+    from ffcv_dp4tl.training.trainer import _check_best
 
     (tmp_path / "best.json").write_text(text)
     with pytest.raises(DP4TLError) as e:
-        _improves_best(tmp_path, 0.5)
+        _check_best(tmp_path, [{"epoch": 0, "top1_val": 0.4}], 1)
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path / "best.json") in msg, msg
-    assert msg.endswith("delete it (the next epoch that validates then becomes best.pt)"), msg
-    (tmp_path / "best.json").write_text('{"epoch": 1, "top1_val": 0.4}')  # intact: compared
-    assert _improves_best(tmp_path, 0.5) and not _improves_best(tmp_path, 0.4)
+    assert msg.endswith(f"delete it and {tmp_path / 'best.pt'} to choose the best among the "
+                        "epochs still to train"), msg
+
+
+def test_an_epoch_becomes_the_best_when_it_beats_the_record_strictly():
+    """The authors' ``>``: the earliest of equal epochs stays; no record, any validated epoch
+    is the best; an epoch without validation never is."""
+    from ffcv_dp4tl.training.trainer import _improves_best
+
+    assert _improves_best(0.4, 0.5) and not _improves_best(0.4, 0.4)
+    assert _improves_best(None, 0.0) and not _improves_best(None, None)
+    assert not _improves_best(0.4, None)
 
 
 def test_a_run_started_over_keeps_no_best_or_early_checkpoint_of_the_old_run(source_dir, tmp_path,
@@ -786,6 +795,48 @@ def test_best_json_and_best_pt_are_checked_together_at_resume(source_dir, tmp_pa
     record = json.loads(meta.read_text())
     assert best.exists() and record["epoch"] >= 2
     assert record["top1_val"] == max(r["top1_val"] for r in last[1:])
+
+
+def test_best_json_is_read_once_and_checked_against_best_pt_when_the_log_is_gone(
+        source_dir, tmp_path, test_recipe, capsys, monkeypatch):
+    """Audit leftovers: with metrics.jsonl deleted (the advice for a damaged log), a best.json
+    raised by hand could not be compared and was kept, so no later, better epoch became best.pt.
+    best.pt now holds its epoch's val top-1, and the record is compared with it. And best.json
+    is read once, at resume: the epochs compare with that value in memory (it was read again
+    after every epoch)."""
+    from cli_runner import one_line
+
+    from ffcv_dp4tl.training import trainer as trainer_mod
+
+    best_flags = ("train.epochs=3", "train.keep_best=true", "eval.every=1")
+    kw = dict(fmt="wds", device="cpu", progress=False)
+    train(test_recipe(*best_flags), source_dir, out_dir=tmp_path, stop_after=1, **kw)
+    meta, best, log = tmp_path / "best.json", tmp_path / "best.pt", tmp_path / "metrics.jsonl"
+    record = json.loads(meta.read_text())
+    assert Checkpoint.load(best).top1_val == record["top1_val"]
+    log.unlink()
+    meta.write_text(json.dumps({**record, "top1_val": 0.99}))
+    code, err = _train_cli(capsys, monkeypatch, source_dir, tmp_path, *best_flags)
+    one_line(code, err, f"{meta} records val top-1 0.99 for epoch 1 but {best} has "
+             f"{record['top1_val']} for it", "set its top1_val back to")
+    assert Checkpoint.load(tmp_path / "checkpoint.pt").epoch == 1  # nothing trained
+    meta.write_text(json.dumps({**record, "epoch": 2}))  # (an epoch best.pt does not hold)
+    code, err = _train_cli(capsys, monkeypatch, source_dir, tmp_path, *best_flags)
+    assert code == 0, err  # epoch 2 = the attempt the checkpoint lacks: dropped, chosen again
+    meta.write_text(json.dumps(record))
+    (tmp_path / "checkpoint.pt").unlink()  # (a new run: the record goes)
+    reads = []
+    real = trainer_mod.read_json
+    monkeypatch.setattr(trainer_mod, "read_json",
+                        lambda p, *a, **k: reads.append(Path(p).name) or real(p, *a, **k))
+    train(test_recipe(*best_flags), source_dir, out_dir=tmp_path, stop_after=1, **kw)
+    train(test_recipe(*best_flags), source_dir, out_dir=tmp_path, **kw)  # epochs 2, 3
+    assert reads.count("best.json") == 1  # once, at the resume; not after each epoch
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    record = json.loads(meta.read_text())
+    assert record["top1_val"] == max(r["top1_val"] for r in rows)
+    assert record["top1_val"] == rows[record["epoch"] - 1]["top1_val"]
+    assert Checkpoint.load(best).epoch == record["epoch"]
 
 
 def test_a_best_record_of_an_epoch_the_checkpoint_lacks_is_the_discarded_attempts(
