@@ -341,6 +341,53 @@ def _check_source_head(name: str, recipe, pre_name: str, pre_recipe, src, tgt,
                          f"hold the {tgt.num_classes} classes of {tgt.root}; {fix}")
 
 
+def most_kept(src, split: str, unit: str, ratio: float, budget: str) -> int | None:
+    """The most samples of ``split`` a mask at ``ratio`` can keep, known before scoring: a sample
+    method keeps exactly ``keep_count`` of them; a class method at most its kept classes'
+    count of the largest classes (``budget=samples``: the target count, overshot by less than
+    one class); a cluster method's sizes are known only after k-means (None)."""
+    import numpy as np
+
+    from ..scoring.ranking import keep_count
+
+    info = src.split(split)
+    n = info.num_samples
+    if unit == "sample":
+        return keep_count(n, 1.0 - ratio, "samples")
+    if unit != "class":
+        return None
+    sizes = np.sort(np.bincount(np.asarray(info.load_labels(), dtype=np.int64),
+                                minlength=src.num_classes))[::-1]
+    if budget == "units":
+        return int(sizes[:keep_count(src.num_classes, 1.0 - ratio, "classes")].sum())
+    return min(n, round((1.0 - ratio) * n) + int(sizes[0]))
+
+
+def check_pretrain_size(cfg: PipelineConfig, unit: str, src, pre_name: str, pretrain) -> None:
+    """Refuse, before any stage, a ratio whose pruned set cannot fill one pretraining batch
+    (``train.drop_last``, or an objective that drops the last batch, as MoCo's): the trainer
+    refuses it when the pretraining starts, after the surrogate, the scores and the mask were
+    computed for nothing. Decided from :func:`most_kept` (a cluster method's set, and a class
+    method's between its bounds, is still checked where the pretraining starts)."""
+    from ..scoring.ranking import ScoringError
+    from ..training.trainer import steps_per_epoch
+
+    split = pretrain.data.train_split
+    try:
+        most = most_kept(src, split, unit, cfg.ratio, cfg.budget)
+    except ScoringError:  # (keeps no unit: _check_something_kept's, or the prune stage's, refusal)
+        return
+    if most is None or steps_per_epoch(pretrain, most) > 0:
+        return
+    exact = unit == "sample"
+    raise DP4TLError(
+        f"ratio {cfg.ratio:g} keeps {'' if exact else 'at most '}{most} of the "
+        f"{src.split(split).num_samples} samples of split {split!r} of {src.root}, fewer than one "
+        f"pretraining batch of {pretrain.train.batch_size} ({pre_name}: train.batch_size, "
+        "train.drop_last): no step would run; use a lower ratio, or lower train.batch_size "
+        "(--set train.batch_size=N)")
+
+
 def _warn_full_scale_on_cpu(cfg: PipelineConfig, ok: Checked, scale: str, src, pre_name: str,
                             pretrain, log: Callable[[str], None]) -> None:
     """Real-data recipes on the CPU (a login node, `--device auto` without a GPU) would run for
@@ -455,6 +502,8 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
     if surrogate.ssl.method != "none" and ok.scorer.needs_class_head:
         raise self_supervised_refusal(ok.scorer, f"the surrogate recipe {sur_name} is "
                                                  f"self-supervised ({surrogate.ssl.method})")
+    if not cfg.source_weights:  # (last: the checks above say what is wrong more precisely)
+        check_pretrain_size(cfg, ok.scorer.unit, src, pre_name, pretrain)
     return Resolved(source_dir=source_dir, target_dirs=target_dirs, target_names=names, src=src,
                     tgts=tgts, recipe_names={"surrogate": sur_name, "pretrain": pre_name,
                                              **names_first},

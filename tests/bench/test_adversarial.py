@@ -86,7 +86,8 @@ def test_a_bad_adv_recipe_is_refused_before_dense_trains(tmp_path, monkeypatch, 
     import ffcv_dp4tl.bench.adversarial as adv
 
     monkeypatch.setattr(adv, "run_pipeline", lambda *a, **k: pytest.fail("a model trained"))
-    base = PipelineConfig(source=SYNTH, data_root=data_root, runs_root=tmp_path / "r")
+    base = PipelineConfig(source=SYNTH, data_root=data_root, runs_root=tmp_path / "r",
+                          overrides=("train.batch_size=16",))
     with pytest.raises(DP4TLError, match=r"the ADV models' recipe \(--steps, --eps.*adv.eps"):
         run_adversarial(base, adv=("adv.steps=3", "adv.eps=2", "adv.step_size=0.1",
                                    "adv.norm=linf"), log=lambda m: None)

@@ -433,10 +433,11 @@ def test_an_appended_row_is_on_disk_before_append_row_returns(tmp_path, monkeypa
 def test_a_bad_method_or_empty_list_is_refused_before_any_run(tmp_path, monkeypatch, data_root):
     """Every run of the plan is checked first (the real preflight): an unknown method fails
     before the reference and RANDOM train, not at run 3 of 3; empty lists before anything."""
-    from tiny_data import SYNTH
+    from tiny_data import SYNTH, TRAIN
 
     monkeypatch.setattr(sep, "run_pipeline", lambda *a, **k: pytest.fail("a run started"))
-    base = sep.PipelineConfig(source=SYNTH, data_root=data_root, runs_root=tmp_path / "runs")
+    base = sep.PipelineConfig(source=SYNTH, data_root=data_root, runs_root=tmp_path / "runs",
+                              overrides=TRAIN)
     with pytest.raises(sep.DP4TLError, match="bogus"):
         sep.run_separation(base, tmp_path / "out", targets=["paper"], seeds=[0], methods=["bogus"],
                            ratios=[0.8], finetune=["lp"], log=lambda m: None)

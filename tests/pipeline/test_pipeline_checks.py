@@ -255,7 +255,7 @@ def test_a_source_without_a_val_split_is_fine_where_nothing_trains_on_it(tmp_pat
     m["splits"]["test"] = dict(m["splits"]["train"])
     (target / "manifest.json").write_text(json.dumps(_another_dataset(m, "target")))
     for kw in ({"source_weights": str(weights), "ratio": 0.0},
-               {"overrides": ("data.val_split=train",)}):
+               {"overrides": ("data.val_split=train", "train.batch_size=16")}):
         cfg = _cfg(tmp_path, source=str(source), target=str(target), **kw)
         resolve_only(cfg, check(cfg), lambda m: None)
 
@@ -376,6 +376,47 @@ def test_a_ratio_that_keeps_no_unit_is_refused_before_the_surrogate(small_synth,
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("method, budget, exact", [("lm", "units", False),
+                                                    ("lm", "samples", False),
+                                                    ("random", "units", True)])
+def test_a_ratio_whose_pruned_set_fills_no_pretraining_batch_is_refused_before_any_stage(
+        small_synth, tmp_path, method, budget, exact):
+    """A pruned set smaller than one pretraining batch (train.drop_last) was refused when the
+    pretraining started, after the surrogate, the scores and the mask (carried item). The most
+    a ratio can keep is known before scoring for sample and class methods: a batch above it is
+    refused before any stage folder is made, one at it runs."""
+    from ffcv_dp4tl.data import load_manifest
+    from ffcv_dp4tl.pipeline.resolve import most_kept
+
+    src = load_manifest(small_synth / "source")
+    labels = np.asarray(src.split("train").load_labels())
+    sizes = sorted(np.bincount(labels), reverse=True)
+    n, most = len(labels), most_kept(src, "train", "class" if method == "lm" else "sample",
+                                     0.5, budget)
+    assert most == (round(0.5 * n) if exact else
+                    sum(sizes[:4]) if budget == "units" else round(0.5 * n) + sizes[0])
+
+    def cfg(batch, root):
+        return PipelineConfig(source=str(small_synth / "source"),
+                              target=str(small_synth / "targets" / "paper"), ratio=0.5,
+                              method=method, budget=budget, finetune=("lp",), fmt="wds",
+                              runs_root=tmp_path / root, data_root=tmp_path / "d",
+                              overrides=(f"train.batch_size={batch}", "train.drop_last=true"))
+
+    with pytest.raises(DP4TLError, match=(
+            rf"^ratio 0.5 keeps {'' if exact else 'at most '}{most} of the {n} samples of split "
+            rf"'train' of .*, fewer than one pretraining batch of {most + 1} \(.*: "
+            r"train.batch_size, train.drop_last\): no step would run; use a lower ratio")):
+        resolve(cfg(most + 1, "r"), None, lambda m: None)
+    assert not (tmp_path / "r").exists()
+    from ffcv_dp4tl.pipeline.resolve import check_pretrain_size
+    from ffcv_dp4tl.training.recipe import load_recipe
+
+    rec = load_recipe("resnet18_tiny_cpu", [f"train.batch_size={most}", "train.drop_last=true"])
+    check_pretrain_size(cfg(most, "r"), "class" if method == "lm" else "sample", src, "x", rec)
+    check_pretrain_size(cfg(10 ** 6, "r"), "cluster", src, "x", rec)  # (sizes unknown: later)
+
+
 def test_preflight_checks_every_distinct_config_once(monkeypatch):
     """A bench's plan goes through the checks run_pipeline makes before its first stage
     (validate, then resolve), each distinct config once, a repeated one skipped, not the end."""
@@ -407,7 +448,7 @@ def test_real_data_recipes_on_the_cpu_are_announced_before_the_surrogate(
     monkeypatch.setattr(run_mod, "surrogate_stage", stop)
     lines: list[str] = []
     cfg = _cfg(tmp_path, source=str(source_dir), target=str(target_dir), method=method,
-               recipes=recipes, device="cpu")
+               recipes=recipes, device="cpu", overrides=("train.batch_size=16",))
     with pytest.raises(Stop):
         run_pipeline(cfg, log=lines.append)
     warning = [ln for ln in lines if ln.startswith("[warning] full recipes on the CPU")]
@@ -476,7 +517,8 @@ def test_a_cifar_normalised_finetuning_on_ffcv_is_told_the_resampling_differs(sm
 
     base = dict(source=str(small_synth / "source"), target=str(small_synth / "targets" / "paper"),
                 ratio=0.5, method="random", finetune=("lp",), runs_root=tmp_path / "r",
-                data_root=tmp_path / "d", finetune_overrides=("finetune.normalize=cifar10",))
+                data_root=tmp_path / "d", finetune_overrides=("finetune.normalize=cifar10",),
+                overrides=("train.batch_size=16",))
     for fmt, told in (("ffcv", True), ("wds", False)):
         logs = []
         cfg = PipelineConfig(**base, fmt=fmt)

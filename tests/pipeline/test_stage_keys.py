@@ -56,7 +56,8 @@ def base(small_synth, tmp_path) -> PipelineConfig:
     return PipelineConfig(ratio=0.5, source=str(small_synth / "source"),
                           target=str(small_synth / "targets" / "paper"), method="lm", k=3,
                           fmt="wds", device="cpu", finetune=(), data_root=tmp_path / "data",
-                          runs_root=tmp_path / "runs")
+                          runs_root=tmp_path / "runs",
+                          overrides=("train.batch_size=16",))  # (24 kept of 48: one batch)
 
 
 @pytest.mark.parametrize("method", ["lm", "fm"])
@@ -194,7 +195,8 @@ def test_the_loader_thread_count_enters_no_key(base, monkeypatch):
     cfg = dataclasses.replace(base, finetune=("lp",))
     plain = _training_keys(cfg, monkeypatch)
     workers = _training_keys(dataclasses.replace(
-        cfg, overrides=("data.num_workers=0",), surrogate_overrides=("data.num_workers=0",),
+        cfg, overrides=cfg.overrides + ("data.num_workers=0",),
+        surrogate_overrides=("data.num_workers=0",),
         finetune_overrides=("data.num_workers=0",)), monkeypatch)
     assert {n: s.key for n, s in workers.items()} == {n: s.key for n, s in plain.items()}
     epochs = _training_keys(dataclasses.replace(cfg, finetune_overrides=("train.epochs=3",)),
