@@ -117,15 +117,18 @@ def _unlink_file(path: Path) -> None:
         path.unlink()
 
 
-def check_overwrite(out_dir: Path, splits: Iterable[str] = ()) -> None:
+def check_overwrite(out_dir: Path, splits: Iterable[str] = (),
+                    rerun: str = "rerun the build with --overwrite") -> None:
     """Refuse ``--overwrite`` of the build in ``out_dir`` before anything is written or deleted
     when a folder sits where one of the build's files belongs (:func:`remove_build` would keep
-    it, and the build then stopped while writing there, with the other files already gone).
-    The rule is the readers' and the repair's (:func:`~ffcv_dp4tl.fsutil.absent_why`), so a
-    link to a folder is refused too."""
+    it, and the build then stopped while writing there, with the other files already gone);
+    also an interrupted build's resume (``rerun``: what to do once it is moved), which stopped
+    at that file with "a file is where a folder should be (or the reverse); choose another
+    path". The rule is the readers' and the repair's (:func:`~ffcv_dp4tl.fsutil.absent_why`),
+    so a link to a folder is refused too."""
     for p in _build_files(out_dir, splits):
         if absent_why(p) == FOLDER_IN_THE_WAY:
-            raise DataError(f"{p} is {FOLDER_IN_THE_WAY}; then rerun the build with --overwrite")
+            raise DataError(f"{p} is {FOLDER_IN_THE_WAY}; then {rerun}")
 
 
 def _build_files(out_dir: Path, splits: Iterable[str]) -> list[Path]:

@@ -254,6 +254,7 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
             raise DataError(f"{out_dir} holds an interrupted build with different "
                             f"{_differing(old, settings)}; rerun with the same source and options "
                             f"to resume, or {remedy}")
+        check_overwrite(out_dir, spec.splits, "rerun the build to resume it")
     atomic_write_json(settings_path, settings)
     return settings, False
 

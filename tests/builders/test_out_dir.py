@@ -119,6 +119,29 @@ def test_overwrite_refuses_a_folder_where_a_build_file_belongs_before_touching_a
     assert shards_of(out) == [out / "wds" / "train-000000.tar"] and verify_ok(out)
 
 
+def test_a_resumed_build_names_a_folder_where_a_build_file_belongs(tmp_path):
+    """An interrupted build resumed with a folder at a split's beton stopped there with "a file
+    is where a folder should be (or the reverse); choose another path": advice to give up the
+    folder's build. It names the folder and says to move it, by the same rule as --overwrite;
+    once it is moved the same command resumes."""
+    import shutil
+
+    out = tmp_path / "out"
+    build_dataset(mem_spec(n=16), out, OPTS)
+    (out / "manifest.json").unlink()  # (killed before its manifest: a resume)
+    (out / "train.beton").unlink()
+    (out / "train.beton").mkdir()
+    (out / "train.beton" / "mine.txt").write_text("the user's")
+    with pytest.raises(DataError, match=f"^{out / 'train.beton'} is a folder where the build's "
+                       r"file belongs \(move it away first: it is never deleted\); then rerun "
+                       "the build to resume it$"):
+        build_dataset(mem_spec(n=16), out, OPTS)
+    assert (out / "train.beton" / "mine.txt").read_text() == "the user's"
+    shutil.rmtree(out / "train.beton")
+    build_dataset(mem_spec(n=16), out, OPTS)
+    assert verify_ok(out)
+
+
 @pytest.mark.parametrize("state", ["finished", "manifest cut short", "killed before its manifest"])
 def test_remove_build_finds_the_splits_from_what_the_build_left(tmp_path, state):
     """With no split names given (the synth stale-target clean-up; a rebuild that makes other
