@@ -79,15 +79,27 @@ def check_ours(out_dir: Path, option: str = "--out") -> None:
                         "other files)")
 
 
-def check_parts_fit(out_dir: Path, parts: list[str]) -> None:
+def check_parts_fit(out_dir: Path, parts: list[str], overwrite: bool = False) -> None:
     """A SOURCE of several datasets (synth: ``parts`` ``source``, ``targets/<name>``) is built
     into sub-folders: refused when ``out_dir`` itself holds a build of one dataset, before
     anything is written (the two would be mixed in one folder; ``--overwrite`` replaces a build
-    of the same shape only)."""
+    of the same shape only). With ``overwrite``, the old build's parts the new SOURCE does not
+    make (:func:`remove_stale_parts` deletes them after the build) must hold no folder where a
+    build file belongs either (:func:`check_overwrite`): found after the build, such a part kept
+    its folder and still read as a target (review)."""
     if parts and is_build(out_dir):
         raise DataError(f"{out_dir} holds a build of one dataset; a synth SOURCE builds source/ "
                         "and targets/ beside it, which --overwrite does not replace: choose "
                         "another --out")
+    for d in stale_parts(out_dir, parts) if overwrite else ():
+        check_overwrite(d)
+
+
+def stale_parts(out_dir: Path, parts: list[str]) -> list[Path]:
+    """The dp4tl builds under ``out_dir/targets/`` that a SOURCE making ``parts`` does not make."""
+    targets, keep = out_dir / "targets", {Path(p) for p in parts}
+    return [d for d in (sorted(targets.iterdir()) if targets.is_dir() else [])
+            if d.is_dir() and d.relative_to(out_dir) not in keep and is_build(d)]
 
 
 def remove_build(out_dir: Path, splits: Iterable[str] = ()) -> None:
@@ -184,14 +196,11 @@ def remove_stale_parts(out_dir: Path, parts: list[str]) -> list[Path]:
     old build would be taken as one of the new. Only the files a build writes are deleted (a
     folder left with other files stays, without a manifest). Returns what went."""
     gone = []
-    targets = out_dir / "targets"
-    keep = {Path(p) for p in parts}
-    for d in sorted(targets.iterdir()) if targets.is_dir() else []:
-        if d.is_dir() and d.relative_to(out_dir) not in keep and is_build(d):
-            with directory_lock(d / LOCK_NAME, f"dataset folder {d}"):  # (a build writing it: refused)
-                remove_build(d)  # the build's own files only; the folder too when that empties it
-            (d / LOCK_NAME).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                d.rmdir()
-            gone.append(d)
+    for d in stale_parts(out_dir, parts):  # (checked for folders in the way: check_parts_fit)
+        with directory_lock(d / LOCK_NAME, f"dataset folder {d}"):  # (a build writing it: refused)
+            remove_build(d)  # the build's own files only; the folder too when that empties it
+        (d / LOCK_NAME).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            d.rmdir()
+        gone.append(d)
     return gone

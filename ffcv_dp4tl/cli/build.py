@@ -48,7 +48,7 @@ def build(
     check_out_dir(out, "--out", must_write=False)  # (a read-only finished build is reused)
     specs = resolve_source(source, split_json, split.value)
     parts = [sub for sub in specs if sub]  # a SOURCE of several datasets: its sub-folders
-    check_parts_fit(out, parts)
+    check_parts_fit(out, parts, overwrite)
     for sub in specs:  # (not a training run's folder, scores, …)
         claim_out_dir(out / sub if sub else out, "dataset")
     for sub, spec in specs.items():

@@ -49,8 +49,12 @@ STAGE_VALUES: dict[str, dict[str, tuple[type, ...]]] = {
 #: it. Kinds are :data:`~ffcv_dp4tl.contracts.fields.KINDS` (``fraction``: a number in [0, 1]).
 #: ``"*"``: every kind (the seconds of runs without an exact record, ``stages.ESTIMATED``; the
 #: digest of the stage's result files, ``stages.RESULT_DIGEST``).
+#: the ``values`` key of a stage result holding the digest of its result files (what the stages
+#: after it record of it: ``pipeline.stages.RESULT_FILES``, ``result_id``)
+RESULT_DIGEST = "result_sha256"
+
 STAGE_FIELDS: dict[str, dict[str, str]] = {
-    "*": {"estimated_seconds": "number", "result_sha256": "str"},
+    "*": {"estimated_seconds": "number", RESULT_DIGEST: "str"},
     "train": {"top1_val": "fraction", "top1_train": "fraction", "loss": "number",
               "objective": "str", "brought": "bool", "weights": "str", "arch": "str"},
     "score": {"selection_seconds": "number"},

@@ -109,6 +109,12 @@ class _Job:
         return {"kept_sample_fraction": kept_samples / n if n else 0.0}
 
 
+def samples_target(n: int, ratio: float) -> int:
+    """``budget=samples``: the number of the ``n`` train samples a ``ratio`` aims to keep (the
+    kept units' prefix is the one closest to it: :func:`select_units_by_samples`)."""
+    return round((1.0 - ratio) * n)
+
+
 def select_units_by_samples(scores: Any, sample_units: Any, ratio: float, tiebreak: Any = None,
                             reverse: bool = False) -> np.ndarray:
     """Units (sorted int64) forming the prefix of the unit ranking whose sample count is closest
@@ -123,7 +129,7 @@ def select_units_by_samples(scores: Any, sample_units: Any, ratio: float, tiebre
     order = rank(-s, None if t is None else -t) if reverse else rank(s, t)
     sizes = np.bincount(units, minlength=s.shape[0])[: s.shape[0]]
     cum = np.cumsum(sizes[order])
-    target = round((1.0 - ratio) * units.shape[0])
+    target = samples_target(units.shape[0], ratio)
     m = int(np.argmin(np.abs(cum - target))) + 1  # argmin: the first (shortest) of equals
     if cum[m - 1] == 0 and cum[-1] > 0:  # units without samples only: up to the first with some
         m = int(np.argmax(cum > 0)) + 1

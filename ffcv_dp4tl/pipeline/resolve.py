@@ -341,16 +341,18 @@ def _check_source_head(name: str, recipe, pre_name: str, pre_recipe, src, tgt,
                          f"hold the {tgt.num_classes} classes of {tgt.root}; {fix}")
 
 
-def most_kept(src, split: str, unit: str, ratio: float, budget: str) -> int | None:
-    """The most samples of ``split`` a mask at ``ratio`` can keep, known before scoring: a sample
+def most_kept(src, unit: str, ratio: float, budget: str) -> int | None:
+    """The most train samples a mask at ``ratio`` can keep, known before scoring: a sample
     method keeps exactly ``keep_count`` of them; a class method at most its kept classes'
     count of the largest classes (``budget=samples``: the target count, overshot by less than
-    one class); a cluster method's sizes are known only after k-means (None)."""
+    one class); a cluster method's sizes are known only after k-means (None). The split is
+    ``train``, the one prune masks."""
     import numpy as np
 
     from ..scoring.ranking import keep_count
+    from .prune import samples_target
 
-    info = src.split(split)
+    info = src.split("train")
     n = info.num_samples
     if unit == "sample":
         return keep_count(n, 1.0 - ratio, "samples")
@@ -360,7 +362,7 @@ def most_kept(src, split: str, unit: str, ratio: float, budget: str) -> int | No
                                 minlength=src.num_classes))[::-1]
     if budget == "units":
         return int(sizes[:keep_count(src.num_classes, 1.0 - ratio, "classes")].sum())
-    return min(n, round((1.0 - ratio) * n) + int(sizes[0]))
+    return min(n, samples_target(n, ratio) + int(sizes[0]))
 
 
 def check_pretrain_size(cfg: PipelineConfig, unit: str, src, pre_name: str, pretrain) -> None:
@@ -370,22 +372,22 @@ def check_pretrain_size(cfg: PipelineConfig, unit: str, src, pre_name: str, pret
     computed for nothing. Decided from :func:`most_kept` (a cluster method's set, and a class
     method's between its bounds, is still checked where the pretraining starts)."""
     from ..scoring.ranking import ScoringError
-    from ..training.trainer import steps_per_epoch
+    from ..training.trainer import small_set_fix, steps_per_epoch
 
-    split = pretrain.data.train_split
     try:
-        most = most_kept(src, split, unit, cfg.ratio, cfg.budget)
+        most = most_kept(src, unit, cfg.ratio, cfg.budget)
     except ScoringError:  # (keeps no unit: _check_something_kept's, or the prune stage's, refusal)
         return
     if most is None or steps_per_epoch(pretrain, most) > 0:
         return
-    exact = unit == "sample"
+    n = src.split("train").num_samples
+    exact = unit == "sample" or most == n
+    fix = f"use a lower ratio, or {small_set_fix(pretrain)}" if cfg.ratio else small_set_fix(pretrain)
     raise DP4TLError(
-        f"ratio {cfg.ratio:g} keeps {'' if exact else 'at most '}{most} of the "
-        f"{src.split(split).num_samples} samples of split {split!r} of {src.root}, fewer than one "
-        f"pretraining batch of {pretrain.train.batch_size} ({pre_name}: train.batch_size, "
-        "train.drop_last): no step would run; use a lower ratio, or lower train.batch_size "
-        "(--set train.batch_size=N)")
+        f"ratio {cfg.ratio:g} keeps {'' if exact else 'at most '}{most} of the {n} samples of "
+        f"split 'train' of {src.root}, fewer than one pretraining batch of "
+        f"{pretrain.train.batch_size} ({pre_name}: train.batch_size, train.drop_last): no step "
+        f"would run; {fix} (--set KEY=VALUE)")
 
 
 def _warn_full_scale_on_cpu(cfg: PipelineConfig, ok: Checked, scale: str, src, pre_name: str,

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
 from ..contracts import STAGE_FIELDS, STAGE_KINDS, Scores, StageResult, stage_kind
+from ..contracts.stage import RESULT_DIGEST
 from ..contracts.fields import typed
 from ..errors import DataError, DP4TLError
 from ..fsutil import (BAD_JSON, atomic_write_json, directory_lock, file_sha256, read_json,
@@ -222,10 +223,6 @@ RESULT_FILES: dict[str, tuple[str, ...]] = {
     "score": tuple(f"{a}.npy" for a in Scores.ARRAYS),
     "prune": ("*.npy",),
 }
-
-#: the ``values`` key of a stage result holding the digest of its :data:`RESULT_FILES`
-RESULT_DIGEST = "result_sha256"
-
 
 def result_digest(stage_dir: Path, kind: str) -> str | None:
     """SHA-256 over the name and bytes digest of every :data:`RESULT_FILES` file of ``kind`` in

@@ -408,11 +408,18 @@ def _check_steps(recipe: Recipe, objective, num_samples: int, drop_last: bool,
     if not drop_last:
         raise DP4TLError(f"the training set keeps {num_samples} samples, fewer than the "
                          f"{ctx.world_size} ranks: launch fewer ranks")
-    fix = ("lower train.batch_size" if objective.drop_last  # (MoCo's queue takes full batches)
-           else "lower train.batch_size or set train.drop_last=false")
     raise DP4TLError(f"the training set keeps {num_samples} samples, fewer than one batch of "
                      f"{batch}{ranks} (train.batch_size {recipe.train.batch_size}, "
-                     f"train.drop_last): no step would run; {fix}")
+                     f"train.drop_last): no step would run; {small_set_fix(recipe)}")
+
+
+def small_set_fix(recipe: Recipe) -> str:
+    """What to change when a training set fills no batch of ``recipe`` (:func:`steps_per_epoch`
+    0): the batch, or keeping the last partial batch, unless the objective needs full batches
+    (MoCo's queue). Said by the trainer and by the pipeline, which refuses such a pruned set
+    before its first stage (``pipeline.resolve.check_pretrain_size``)."""
+    return ("lower train.batch_size" if objective_class(recipe).drop_last
+            else "lower train.batch_size or set train.drop_last=false")
 
 
 def at_chance_note(top1: float | None, val_labels: np.ndarray) -> str | None:
@@ -601,6 +608,8 @@ def _check_best(out_dir: Path, rows: list[dict], start_epoch: int | None) -> flo
         said, where = row.get("top1_val"), out_dir / METRICS_NAME
     else:  # the log was deleted: best.pt says which epoch it is and, when recorded, its top-1
         saved = Checkpoint.load(best)
+        if saved.epoch == start_epoch + 1:  # a kill between best.pt and best.json: the discarded
+            return top1  # attempt's best.pt, as with the log (review; _improves_best)
         if saved.epoch != epoch:
             raise DP4TLError(f"{meta} records epoch {epoch} as the best but {best} holds epoch "
                              f"{saved.epoch}: one of them was replaced; {fix}")

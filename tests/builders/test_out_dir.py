@@ -277,6 +277,32 @@ def test_overwriting_synth_with_fewer_targets_removes_the_old_ones(tmp_path, cap
     assert "targets/blur: removed" in stdout and "targets/warm: removed" in stdout
 
 
+def test_a_stale_target_with_a_folder_where_a_build_file_belongs_is_refused_before_the_build(
+        tmp_path, capsys, monkeypatch):
+    """A target the new synth SOURCE no longer makes is removed after the build; a folder at its
+    manifest.json was kept there (never deleted), the target still read as a build, and it was
+    reported "removed" (review). It is refused before anything is built, naming the folder."""
+    from cli_runner import cli
+
+    small = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=4,"
+             "val_per_class=0,image_size=16,target_classes=3,target_train_per_class=2,"
+             "target_test_per_class=1")
+    out = tmp_path / "s"
+    assert cli(capsys, monkeypatch, "build", small, "--out", str(out), "--workers", "1",
+               "--no-progress")[0] == 0
+    blur = out / "targets" / "blur"
+    (blur / "manifest.json").unlink()
+    (blur / "manifest.json").mkdir()
+    (blur / "manifest.json" / "mine.txt").write_text("the user's")
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    code, _, err = cli(capsys, monkeypatch, "build", small + ",num_targets=1,seed=1", "--out",
+                       str(out), "--workers", "1", "--no-progress", "--overwrite")
+    assert code == 2 and err.strip().endswith(
+        f"{blur / 'manifest.json'} is a folder where the build's file belongs (move it away "
+        "first: it is never deleted); then rerun the build with --overwrite"), err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
 def test_a_split_added_to_the_manifest_by_hand_is_not_taken_for_the_builds(tmp_path):
     """--overwrite deletes the files named after the build's splits. A split added to
     manifest.json by hand, named after the user's own mine.beton, had that file deleted: where

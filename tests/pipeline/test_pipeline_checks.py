@@ -3,6 +3,7 @@
 negative seeds, output roots that cannot be folders. Each is one line, no stage folder made."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -391,8 +392,7 @@ def test_a_ratio_whose_pruned_set_fills_no_pretraining_batch_is_refused_before_a
     src = load_manifest(small_synth / "source")
     labels = np.asarray(src.split("train").load_labels())
     sizes = sorted(np.bincount(labels), reverse=True)
-    n, most = len(labels), most_kept(src, "train", "class" if method == "lm" else "sample",
-                                     0.5, budget)
+    n, most = len(labels), most_kept(src, "class" if method == "lm" else "sample", 0.5, budget)
     assert most == (round(0.5 * n) if exact else
                     sum(sizes[:4]) if budget == "units" else round(0.5 * n) + sizes[0])
 
@@ -415,6 +415,13 @@ def test_a_ratio_whose_pruned_set_fills_no_pretraining_batch_is_refused_before_a
     rec = load_recipe("resnet18_tiny_cpu", [f"train.batch_size={most}", "train.drop_last=true"])
     check_pretrain_size(cfg(most, "r"), "class" if method == "lm" else "sample", src, "x", rec)
     check_pretrain_size(cfg(10 ** 6, "r"), "cluster", src, "x", rec)  # (sizes unknown: later)
+    # ratio 0 keeps every sample, exactly, and a lower ratio is no advice (review)
+    big = load_recipe("resnet18_tiny_cpu", [f"train.batch_size={n + 1}", "train.drop_last=true"])
+    with pytest.raises(DP4TLError, match=rf"^ratio 0 keeps {n} of the {n} samples .*: no step "
+                                         r"would run; lower train.batch_size or set "
+                                         r"train.drop_last=false \(--set KEY=VALUE\)$"):
+        check_pretrain_size(dataclasses.replace(cfg(n + 1, "r"), ratio=0.0),
+                            "class" if method == "lm" else "sample", src, "x", big)
 
 
 def test_preflight_checks_every_distinct_config_once(monkeypatch):

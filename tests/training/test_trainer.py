@@ -820,6 +820,15 @@ def test_best_json_is_read_once_and_checked_against_best_pt_when_the_log_is_gone
     one_line(code, err, f"{meta} records val top-1 0.99 for epoch 1 but {best} has "
              f"{record['top1_val']} for it", "set its top1_val back to")
     assert Checkpoint.load(tmp_path / "checkpoint.pt").epoch == 1  # nothing trained
+    # a kill between best.pt and best.json: best.pt is epoch 2's discarded attempt, accepted as
+    # with the log (review)
+    attempt = tmp_path.parent / f"{tmp_path.name}_attempt"
+    train(test_recipe(*best_flags), source_dir, out_dir=attempt, stop_after=2, **kw)
+    mine = best.read_bytes()
+    best.write_bytes((attempt / "checkpoint.pt").read_bytes())
+    meta.write_text(json.dumps(record))
+    assert trainer_mod._check_best(tmp_path, [], 1) == record["top1_val"]
+    best.write_bytes(mine)
     meta.write_text(json.dumps({**record, "epoch": 2}))  # (an epoch best.pt does not hold)
     code, err = _train_cli(capsys, monkeypatch, source_dir, tmp_path, *best_flags)
     assert code == 0, err  # epoch 2 = the attempt the checkpoint lacks: dropped, chosen again
