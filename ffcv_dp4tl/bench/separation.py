@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ..contracts import check_items, check_pruned_ratios
+from ..contracts.fields import typed
 from ..errors import DP4TLError
 from ..fsutil import BAD_JSON, atomic_write_json, atomic_write_text, directory_lock
 from ..pipeline.config import PipelineConfig
@@ -34,7 +35,7 @@ from ..pipeline.report import mean_std
 from ..pipeline.resolve import seed_overrides
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
-from ..pipeline.truth import CHANCE_NOTE, TRUTH_COLUMNS
+from ..pipeline.truth import CHANCE_NOTE, TRUTH_COLUMNS, check_truth
 from ..reporting import carry_notes
 from .stats import ALPHA, after_holm, direction, format_interval, format_p, holm, paired_test
 from ..outputs import claim_out_dir
@@ -194,7 +195,7 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
     # one run per folder: two at once appended every row twice (a trial counted twice)
     with directory_lock(out / EMBEDDED_LOCK, f"benchmark folder {out}"):
         rows = read_rows(path)  # again, under the lock: another run may have finished since
-        done = {(r["seed"], r["target"], r["method"], r["ratio"]) for r in rows}
+        done = {_cell(r) for r in rows}
         ref_seeds = set(seeds if reference_seeds is None else (int(s) for s in reference_seeds))
         total, i = len(seeds) * len(targets) * len(plan), 0
         for seed in seeds:
@@ -224,22 +225,43 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
         # +3.0 and the header's "seeds x targets" misstated n; review)
         cells = {(s, t, m, r) for s in seeds for t in targets for m, r in plan
                  if m != REFERENCE or s in ref_seeds}
-        return [r for r in rows if (r["seed"], r["target"], r["method"], r["ratio"]) in cells]
+        return [r for r in rows if _cell(r) in cells]
 
 
-#: the fields of a rows.jsonl line that the resume and the summary read, with their types
-_ROW_FIELDS = {"seed": int, "target": str, "method": str, "ratio": (int, float)}
-#: fields the summary reads that may be null (a mode not run, data without ground truth)
-_OPTIONAL_FIELDS = {**{m: (int, float) for m in MODES}, **{f"{m}_best": (int, float) for m in MODES},
-                    "kept_sample_fraction": (int, float), "truth": dict}
+#: the fields of a rows.jsonl line that the resume and the summary read, with their kinds
+#: (:data:`~ffcv_dp4tl.contracts.fields.KINDS`): a top-1 is in points, a ratio or kept share a
+#: fraction (an edited lp of 250 was averaged, a kept share of 2.5 shown as "250 %")
+_ROW_FIELDS = {"seed": "int", "target": "str", "method": "str", "ratio": "fraction"}
+#: fields that may be null or absent (a mode not run, data without ground truth, rows written
+#: before the settings key or a method's revision was recorded)
+_OPTIONAL_FIELDS = {**{m: "percent" for m in MODES}, **{f"{m}_best": "percent" for m in MODES},
+                    "kept_sample_fraction": "fraction", "truth": "object",
+                    "settings_key": "str", "revision": "count"}
+#: what to do about a line the reader refuses
+_FIX_LINE = ("fix or delete that line (its run then reruns), or move the file away to start "
+             "over")
+
+
+def _cell(row: dict[str, Any]) -> tuple[int, str, str, float]:
+    """A row's (seed, target, method, ratio): one trial, which a rows file holds once."""
+    return row["seed"], row["target"], row["method"], row["ratio"]
 
 
 def read_rows(path: Path, *, repair: bool = True) -> list[dict[str, Any]]:
-    """The finished runs of ``rows.jsonl``. A last line cut short (a crash during its append)
-    is dropped with a warning, and that run reruns; any other damaged line is a one-line
+    """The finished runs of ``rows.jsonl``: the one reader of the run (its resume), the render
+    and the pool, so all three accept the same rows. A last line cut short (a crash during its
+    append) is dropped with a warning, and that run reruns; any other damaged line is a one-line
     error naming the file and line, since dropping it silently would lose a finished run.
     ``repair=False`` (a reader that runs nothing, e.g. pooling): the cut-short line is an
-    error too, and the file is left as it is."""
+    error too, and the file is left as it is.
+
+    Refused too, since each would change the verdict while the report looks whole: a field of
+    the wrong type or out of range (:data:`_ROW_FIELDS`, :data:`_OPTIONAL_FIELDS`, the
+    ``truth`` measures by :func:`~ffcv_dp4tl.pipeline.truth.check_truth`); a (seed, target,
+    method, ratio) on two lines (the summary kept the last, the reference's spread counted it
+    twice); rows of two settings keys, which are never paired; a method's rows of two rules
+    (revisions), or of a rule newer than this code's. (The run further refuses rows of other
+    settings or an older rule than its own; a render of an archived run keeps them.)"""
     if not path.exists():
         return []
     if not path.is_file():
@@ -250,7 +272,8 @@ def read_rows(path: Path, *, repair: bool = True) -> list[dict[str, Any]]:
         raise DP4TLError(f"{path} is not UTF-8 text (damaged, or not a rows file); restore it, "
                          "or move it away to start over") from None
     lines = text.splitlines()
-    rows = []
+    rows: list[dict[str, Any]] = []
+    numbers: list[int] = []  # each row's line number
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -264,19 +287,62 @@ def read_rows(path: Path, *, repair: bool = True) -> list[dict[str, Any]]:
                 warnings.warn(f"{path}: line {n} was cut short (an interrupted write); its run "
                               "runs again", UserWarning, stacklevel=2)
                 atomic_write_text(path, "".join(f"{x}\n" for x in lines[:-1]))
-                break
-            raise DP4TLError(f"{path} line {n} is not JSON; fix or delete that line (its run then "
-                             "reruns), or move the file away to start over") from None
-        bad = [k for k, t in _ROW_FIELDS.items() if not isinstance(row, dict)
-               or not isinstance(row.get(k), t) or isinstance(row.get(k), bool)]
-        bad += [k for k, t in _OPTIONAL_FIELDS.items() if not bad and row.get(k) is not None
-                and (not isinstance(row[k], t) or isinstance(row[k], bool))]
-        if bad:
-            raise DP4TLError(f"{path} line {n}: field {bad[0]!r} is missing or of the wrong type; "
-                             "fix or delete that line (its run then reruns), or move the file "
-                             "away to start over")
-        rows.append(row)
+                break  # (before the checks below: its rerun's row is no duplicate of it)
+            raise DP4TLError(f"{path} line {n} is not JSON; {_FIX_LINE}") from None
+        rows.append(_checked_row(row, f"{path} line {n}"))
+        numbers.append(n)
+    _check_together(rows, numbers, path)
     return rows
+
+
+def _checked_row(row: Any, where: str) -> dict[str, Any]:
+    """One line's row with the fields the resume and the summary read typed (one line naming
+    ``where`` and the field otherwise)."""
+    if not isinstance(row, dict):
+        raise DP4TLError(f"{where} is not a JSON object; {_FIX_LINE}")
+    for key, kind in _ROW_FIELDS.items():
+        typed(row, key, kind, where, _FIX_LINE)
+    for key, kind in _OPTIONAL_FIELDS.items():
+        typed(row, key, kind, where, _FIX_LINE, default=None)
+    if row.get("truth"):
+        check_truth(row["truth"], f"{where} truth", _FIX_LINE)
+    return row
+
+
+def _check_together(rows: list[dict[str, Any]], numbers: list[int], path: Path) -> None:
+    """The rows of one file as one benchmark's record: each trial once, one settings key, one
+    rule per method, none newer than this code's (see :func:`read_rows`)."""
+    first: dict[tuple, int] = {}
+    rule: dict[str, tuple[int, int]] = {}  # method -> (revision, its first line)
+    key_line: tuple[Any, int] | None = None
+    for row, n in zip(rows, numbers):
+        cell = _cell(row)
+        if cell in first:
+            raise DP4TLError(f"{path} lines {first[cell]} and {n} are both seed {cell[0]}, target "
+                             f"{cell[1]}, {cell[2]} at {100 * cell[3]:.0f} %: one trial counted "
+                             "twice (a copied line, or one of another run) changes the verdict; "
+                             "delete one of the lines")
+        first[cell] = n
+        key = row.get("settings_key")
+        if key_line is None:
+            key_line = (key, n)
+        elif key != key_line[0]:
+            raise DP4TLError(f"{path} mixes rows of 2 settings ({_SETTINGS}): line {n}'s "
+                             f"settings_key {key!r} is not line {key_line[1]}'s "
+                             f"{key_line[0]!r}; rows of other settings are never paired: keep "
+                             "one run's rows in one file (delete the other run's lines)")
+        method, revision = row["method"], row.get("revision", 0)
+        if revision > (ours := _revision(method)):
+            raise DP4TLError(f"{path} line {n}: {method} scored by revision {revision} of its "
+                             f"rule, newer than this code's ({ours}): an edited "
+                             "line, or one of newer code; fix or delete that line, or read the "
+                             "file with the code that wrote it")
+        seen = rule.setdefault(method, (revision, n))
+        if seen[0] != revision:
+            raise DP4TLError(f"{path} lines {seen[1]} and {n}: {method} scored by two rules of "
+                             f"it (revision {seen[0]} and {revision}), which are never paired; "
+                             "delete the lines of one rule (their runs rerun), or move the file "
+                             "away to start over")
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:
@@ -300,11 +366,13 @@ def pool_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list
     """The rows of several ``bench embedded`` runs of one design (replicates over other seeds),
     for one verdict over all their seeds, and a line per folder for the report's header.
     Nothing is written to the folders. Refused, with the folder named: a folder without
-    ``rows.jsonl`` or with a cut-short line; rows of other settings (:func:`settings_key`) or
-    without a key; rows of an older rule of a method; another design (targets x methods x
-    ratios, finetuning modes) or a seed missing some of its runs, since the verdict's "seeds x
-    targets" would then misstate its n; and a (seed, target, method, ratio) present twice,
-    which would count one trial twice and narrow the interval falsely."""
+    ``rows.jsonl`` or with a cut-short line; what :func:`read_rows` refuses in any rows file (a
+    trial on two lines, rows of two settings keys or two rules of a method); rows of other
+    settings (:func:`settings_key`) than the first folder's or without a key; rows of an older
+    rule of a method; another design (targets x methods x ratios, finetuning modes) or a seed
+    missing some of its runs, since the verdict's "seeds x targets" would then misstate its n;
+    and a (seed, target, method, ratio) in two folders, which would count one trial twice and
+    narrow the interval falsely."""
     if len(folders) < 2:
         raise DP4TLError("pool needs two or more `bench embedded` --out folders")
     rows: list[dict[str, Any]] = []
@@ -325,9 +393,6 @@ def pool_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list
             raise DP4TLError(f"{path}: {sum(r.get('settings_key') is None for r in these)} rows "
                              "have no settings key (written by older code): rerun that benchmark "
                              "into a new --out before pooling it")
-        if len(keys) > 1:
-            raise DP4TLError(f"{path} mixes rows of {len(keys)} settings ({_SETTINGS}); "
-                             "keep one run's rows in one folder")
         older = _older_rule(these, path, hint="rerun those runs (`bench embedded` with the "
                             "same --out) before pooling")
         if older is not None:
@@ -366,7 +431,7 @@ def pool_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list
                              "ratios or finetuning modes differ); only replicates of one design "
                              "are pooled")
         for r in these:
-            cell = (r["seed"], r["target"], r["method"], r["ratio"])
+            cell = _cell(r)
             if cell in seen:
                 raise DP4TLError(f"{path}: seed {cell[0]}, target {cell[1]}, {cell[2]} at "
                                  f"{100 * cell[3]:.0f} % is also in {seen[cell]}: pooling would "
@@ -392,7 +457,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in (REFERENCE, "random")]
     ratios = sorted({r["ratio"] for r in rows if r["ratio"] > 0})
     modes = [m for m in MODES if any(r.get(m) is not None for r in rows)]
-    by = {(r["seed"], r["target"], r["method"], r["ratio"]): r for r in rows}
+    by = {_cell(r): r for r in rows}
     seeds = sorted({r["seed"] for r in rows})
     ref = {}
     for t in targets:

@@ -28,12 +28,17 @@ def _is_fraction(v: Any) -> bool:
     return _is_number(v) and 0 <= v <= 1  # (NaN is no fraction: it fails both comparisons)
 
 
+def _is_percent(v: Any) -> bool:
+    return _is_number(v) and 0 <= v <= 100
+
+
 #: kind → (what the message says it must be, the check)
 KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "count": ("a non-negative integer", _is_count),
     "int": ("an integer", _is_int),
     "number": ("a number", _is_number),
     "fraction": ("a number in [0, 1]", _is_fraction),  # (a top-1, a kept share)
+    "percent": ("a number in [0, 100]", _is_percent),  # (a top-1 in points, as reports show it)
     "str": ("a string", lambda v: isinstance(v, str)),
     "bool": ("true or false", lambda v: isinstance(v, bool)),
     "names": ("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v)),

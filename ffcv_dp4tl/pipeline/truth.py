@@ -16,14 +16,34 @@ ground truth, e.g. real datasets, or when nothing was selected):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+from ..contracts.fields import REQUIRED, typed
 from ..scoring.ground_truth import load_ground_truth, mask_quality, random_topk_recall, topk_recall
 from .scores_io import load_scores
 
 #: the columns reports show, in order, with their headers
 TRUTH_COLUMNS = (("recall", "ranking top-k recall"), ("related_samples", "related samples"),
                  ("related_classes", "related classes"), ("mapped_kept", "mapped kept"))
+
+#: what :func:`selection_truth` writes, with each field's kind (:data:`~ffcv_dp4tl.contracts.
+#: fields.KINDS`): a rows file's ``truth`` is read against it, so an edited or damaged measure is
+#: refused where the row is read, not met as a ``TypeError`` in a table's mean
+TRUTH_FIELDS = {"related_samples": "fraction", "related_classes": "fraction",
+                "mapped_kept": "fraction", "kept_classes": "count", "chance": "fraction",
+                "mapped_classes": "count", "recall": "fraction", "recall_chance": "fraction"}
+#: the fields a truth record cannot do without: every table prints ``chance`` beside the columns
+#: (the others may be null: ``recall`` of a sample-unit ranking, or absent in older rows)
+TRUTH_REQUIRED = ("chance",)
+
+
+def check_truth(t: Mapping[str, Any], where: object, fix: str) -> Mapping[str, Any]:
+    """``t`` (a recorded :func:`selection_truth`) with every field of :data:`TRUTH_FIELDS`
+    typed by the contracts' rule (:func:`~ffcv_dp4tl.contracts.fields.typed`): a
+    :class:`~ffcv_dp4tl.errors.DataError` of one line naming ``where`` and the field otherwise."""
+    for key, kind in TRUTH_FIELDS.items():
+        typed(t, key, kind, where, fix, default=REQUIRED if key in TRUTH_REQUIRED else None)
+    return t
 
 
 def selection_truth(source_dir: str | Path, target_dirs: Sequence[str | Path],

@@ -400,7 +400,8 @@ def test_rows_file_survives_a_torn_append_and_names_a_damaged_line(tmp_path):
         assert path.read_text() == "\n".join(damaged) + "\n"  # left as it was
     for bad in ('"seed": "one"', '"seed": true'):
         path.write_text("\n".join([lines[0], lines[1].replace('"seed": 1', bad)]) + "\n")
-        with pytest.raises(sep.DP4TLError, match=r"rows.jsonl line 2: field 'seed' is missing or of"):
+        with pytest.raises(sep.DP4TLError, match=r"rows.jsonl line 2: field 'seed' must be an integer, "
+                                                 r"got .*; fix or delete that line"):
             sep.read_rows(path)
 
 
@@ -680,3 +681,122 @@ def test_a_pooled_report_over_folders_with_spaces_renders_again(tmp_path, capsys
     code, out, err = cli(capsys, monkeypatch, "bench", "render", pooled)
     assert code == 0, err
     assert "| p Holm |" in (pooled / "README.md").read_text()
+
+
+def _rendered_run(folder):
+    """A finished `bench embedded` folder of :func:`_rows` (rows.jsonl, summary.json, README)."""
+    folder = _write_run(folder, _rows(gap=1.0))
+    sep.write_outputs(sep.read_rows(folder / "rows.jsonl"), folder,
+                      command="dp4tl bench embedded --seeds 0,1,2,3,4 --out e", header=[])
+    return folder
+
+
+def test_a_trial_on_two_lines_is_refused_by_the_run_the_render_and_the_pool(tmp_path, capsys,
+                                                                             monkeypatch):
+    """A copied line (or one of another run) changed the verdict: the summary kept the last
+    line of a cell (LM's Δ −4.2 became +26.8 with an appended `"lp": 99.0`), a rerun of the
+    same --out accepted it and published it, and a copied reference line turned "84.7 (one
+    seed)" into "47.4 ± 52.8" (audit). One reader rule (read_rows) refuses it in the run, the
+    render and the pool, naming both lines. A torn last line is still dropped and its run
+    reruns: the rerun's row is no duplicate of it."""
+    from cli_runner import cli, one_line
+
+    def fake_run(cfg, log=print):
+        return _lp_result(cfg, tmp_path)
+
+    monkeypatch.setattr(sep, "run_pipeline", fake_run)
+    monkeypatch.setattr(sep, "preflight", lambda cfgs, log: None)
+    base = sep.PipelineConfig(source="synth:tiny")
+    kw = dict(targets=["warm"], seeds=[0, 1], methods=["lm"], ratios=[0.8], finetune=["lp"],
+              log=lambda m: None)
+    run = tmp_path / "run"
+    sep.run_separation(base, run, **kw)
+    path = run / "rows.jsonl"
+    whole = path.read_text()
+    lines = whole.splitlines()
+    lm = json.loads(lines[2])
+    assert (lm["seed"], lm["method"]) == (0, "lm")
+    sep.append_row(path, {**lm, "lp": 99.0})
+    with pytest.raises(sep.DP4TLError, match=r"rows.jsonl lines 3 and 7 are both seed 0, target "
+                                             r"warm, lm at 80 %: .*; delete one of the lines$"):
+        sep.run_separation(base, run, **kw)
+    # a kill mid-append of seed 1's LM row: the fragment goes, that run reruns, once
+    path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:-20])
+    calls = []
+    monkeypatch.setattr(sep, "run_pipeline", lambda cfg, log=print: calls.append(
+        (cfg.seed, cfg.method)) or fake_run(cfg))
+    with pytest.warns(UserWarning, match="line 6 was cut short"):
+        rows = sep.run_separation(base, run, **kw)
+    assert calls == [(1, "lm")] and len(rows) == 6
+    assert len(sep.read_rows(path, repair=False)) == 6 and path.read_text() == whole
+    # the render and the pool read the same rule: a copied line, a reference one too
+    e = _rendered_run(tmp_path / "e")
+    good = (e / "rows.jsonl").read_text()
+    first = good.splitlines()
+    for n in (0, 2):  # the reference's line, LM's line
+        (e / "rows.jsonl").write_text(good + first[n] + "\n")
+        code, _, err = cli(capsys, monkeypatch, "bench", "render", e)
+        one_line(code, err, f"{e / 'rows.jsonl'} lines {n + 1} and {len(first) + 1} are both",
+                 "delete one of the lines")
+        b = _write_run(tmp_path / f"b{n}", [{**r, "seed": r["seed"] + 5} for r in _rows(1.0)])
+        with pytest.raises(sep.DP4TLError, match=r"e.rows.jsonl lines .* are both seed"):
+            sep.pool_rows([b, e])
+
+
+def test_render_refuses_rows_the_run_refuses_and_values_out_of_range(tmp_path, capsys,
+                                                                     monkeypatch):
+    """`bench render` accepted a line of another settings key (never paired, the README says;
+    the run refuses it), a method's line of another rule (`"revision": 99`), an LP top-1 of 250
+    and a kept share of 2.5 (shown as "250 %"), and published a verdict over them (audit): each
+    is now one line naming the file and line."""
+    from cli_runner import cli, one_line
+
+    e = _rendered_run(tmp_path / "e")
+    readme = (e / "README.md").read_text()
+    good = (e / "rows.jsonl").read_text()
+    lines = good.splitlines()
+    lm = json.loads(lines[2])
+    assert lm["method"] == "lm"
+    for edit, needles in (({"settings_key": "k2"}, ("mixes rows of 2 settings",
+                                                    "line 3's settings_key 'k2' is not line 1's")),
+                          ({"revision": 99}, ("line 3: lm scored by revision 99",)),
+                          ({"lp": 250.0}, ("line 3: field 'lp' must be a number in [0, 100]",)),
+                          ({"kept_sample_fraction": 2.5},
+                           ("line 3: field 'kept_sample_fraction' must be a number in [0, 1]",))):
+        (e / "rows.jsonl").write_text("\n".join([*lines[:2], json.dumps({**lm, **edit}),
+                                                 *lines[3:]]) + "\n")
+        code, _, err = cli(capsys, monkeypatch, "bench", "render", e)
+        one_line(code, err, str(e / "rows.jsonl"), *needles)
+        assert (e / "README.md").read_text() == readme  # nothing published
+    # two rules of one method in a file: the lines of both are named
+    fm = [json.loads(x) for x in lines if json.loads(x)["method"] == "lm"][:2]
+    (e / "rows.jsonl").write_text(good + "".join(
+        json.dumps({**r, "method": "fm", "revision": v}) + "\n" for r, v in zip(fm, (0, 1))))
+    with pytest.raises(sep.DP4TLError, match=r"lines 31 and 32: fm scored by two rules of it "
+                                             r"\(revision 0 and 1\)"):
+        sep.read_rows(e / "rows.jsonl")
+    (e / "rows.jsonl").write_text(good)
+    assert cli(capsys, monkeypatch, "bench", "render", e)[0] == 0
+
+
+def test_a_malformed_truth_measure_is_refused_where_the_row_is_read(tmp_path, capsys,
+                                                                    monkeypatch):
+    """`truth` was only checked to be an object: `{"recall": "x"}` crashed the render with
+    `TypeError: unsupported operand type(s) for +` in summarize (audit). Its measures are typed
+    as selection_truth writes them (pipeline.truth.TRUTH_FIELDS) where the row is read."""
+    from cli_runner import cli, one_line
+
+    e = _rendered_run(tmp_path / "e")
+    lines = (e / "rows.jsonl").read_text().splitlines()
+    lm = json.loads(lines[2])
+    for truth, needle in (({**lm["truth"], "recall": "x"},
+                           "line 3 truth: field 'recall' must be a number in [0, 1], got 'x'"),
+                          ({**lm["truth"], "related_samples": 1.5}, "field 'related_samples'"),
+                          ({**lm["truth"], "kept_classes": -1}, "field 'kept_classes' must be a "
+                                                                "non-negative integer"),
+                          ({k: v for k, v in lm["truth"].items() if k != "chance"},
+                           "line 3 truth lacks field 'chance'")):
+        (e / "rows.jsonl").write_text("\n".join([*lines[:2], json.dumps({**lm, "truth": truth}),
+                                                 *lines[3:]]) + "\n")
+        code, _, err = cli(capsys, monkeypatch, "bench", "render", e)
+        one_line(code, err, str(e / "rows.jsonl"), needle)
