@@ -4,6 +4,7 @@ line naming the file, the field, what it must be and what to do, never a ``TypeE
 inside a reader (``int("abc")``, iterating an ``int``, ``Path / None``)."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping
 
 from ..errors import DataError
@@ -28,6 +29,10 @@ def _is_fraction(v: Any) -> bool:
     return _is_number(v) and 0 <= v <= 1  # (NaN is no fraction: it fails both comparisons)
 
 
+def _is_nonneg(v: Any) -> bool:
+    return _is_number(v) and math.isfinite(v) and v >= 0  # (NaN fails it; Infinity too)
+
+
 def _is_percent(v: Any) -> bool:
     return _is_number(v) and 0 <= v <= 100
 
@@ -38,7 +43,9 @@ KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "int": ("an integer", _is_int),
     "number": ("a number", _is_number),
     "fraction": ("a number in [0, 1]", _is_fraction),  # (a top-1, a kept share)
-    "percent": ("a number in [0, 100]", _is_percent),  # (a top-1 in points, as reports show it)
+    "nonneg": ("a finite number >= 0", _is_nonneg),  # (seconds, a load average)
+    "percent": ("a percentage in [0, 100]", _is_percent),  # (a top-1 in %, the benches' tables)
+    "numbers": ("a list of numbers", lambda v: isinstance(v, list) and all(_is_number(x) for x in v)),
     "str": ("a string", lambda v: isinstance(v, str)),
     "bool": ("true or false", lambda v: isinstance(v, bool)),
     "names": ("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v)),

@@ -429,8 +429,11 @@ def test_render_rebuilds_the_report_from_results_json(tmp_path):
 
 
 @pytest.mark.parametrize("change,where", [
-    ({"rows": "abc"}, "wrong type"), ({"ratios": "0.6"}, "wrong type"), ({"methods": 5}, "wrong type"),
-    ({"finetune": None}, "wrong type"), ("list", "holds a JSON list"), ("lp_top1", "wrong type"),
+    ({"rows": "abc"}, "field 'rows' must be a list of JSON objects"),
+    ({"ratios": "0.6"}, "field 'ratios' must be a list of numbers"),
+    ({"methods": 5}, "field 'methods' must be a list of strings"),
+    ({"finetune": None}, "lacks field 'finetune'"), ("list", "holds a JSON list"),
+    ("lp_top1", r"rows\[1\]: field 'lp_top1' must be a percentage"),
 ])
 def test_render_refuses_a_damaged_results_file_in_one_line(tmp_path, change, where):
     """A results.json of the wrong shape (hand-edited, another tool's) is one DP4TLError line
@@ -447,13 +450,100 @@ def test_render_refuses_a_damaged_results_file_in_one_line(tmp_path, change, whe
     else:
         t.update(change)
     (tmp_path / "results.json").write_text(json.dumps(t))
-    with pytest.raises(DP4TLError, match=f"results.json .*{where}"):
+    with pytest.raises(DP4TLError, match=f"results.json.*{where}"):
         ct.rerender(tmp_path)
     emb = tmp_path / "emb"
     emb.mkdir()
     (emb / "rows.jsonl").write_text("")
     with pytest.raises(DP4TLError, match="is a `bench embedded` folder.*`dp4tl bench render` rebuilds"):
         ct.rerender(emb)
+
+
+def _rendered_table(tmp_path: Path) -> Path:
+    """A one-seed table as a run writes it (LM at 60 % with LP top-1 76.4, RANDOM, the 0 %
+    reference), rendered into ``tmp_path/out``."""
+    import ffcv_dp4tl.bench.cost_table as ct
+
+    rows = [_row(REFERENCE, 0.0, 0, 0, 0, 100.0, 75.0), _row("lm", 0.6, 0, 1, 1, 40.0, 76.4),
+            _row("random", 0.6, 0, 0, 0, 40.0, 68.1)]
+    t = summarize(rows, methods=["lm", "random"], ratios=[0.0, 0.6], seeds=[0], finetune=["lp"])
+    t.update(config={"source": "synth:bench", "target": "warm", "fmt": "wds", "recipes": "bench",
+                     "k": 64, "overrides": []}, surrogate_s=1.0, command="dp4tl bench cost-table",
+             recipes={}, machine=machine_info(), date="today")
+    ct.write_outputs(t, tmp_path / "out")
+    return tmp_path / "out"
+
+
+def _edit_row(i, **kw):
+    return lambda t: t["rows"][i].update(kw)
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (_edit_row(1, lp_top1=250), r"rows\[1\]: field 'lp_top1' must be a percentage in \[0, 100\], got 250"),
+    (_edit_row(1, lp_top1=True), r"rows\[1\]: field 'lp_top1' must be a percentage"),
+    (_edit_row(1, pretrain_s=-500, total_s=-456),
+     r"rows\[1\]: field 'pretrain_s' must be a finite number >= 0, got -500"),
+    (lambda t: t["rows"].append({**t["rows"][1], "lp_top1": 100.0}),
+     r"rows\[3\]: a second row of 'lm' at ratio 0.6, seed 0 \(the first: rows\[1\]\)"),
+    (lambda t: t["rows"].append({**t["rows"][1], "seed": 7}),
+     r"rows\[3\]: field 'seed' is 7, not one of the table's seeds \(0\)"),
+    (lambda t: t.update(tol=-5), "field 'tol' must be a number of accuracy points >= 0, got -5"),
+    (lambda t: t.update(tol=float("nan")), "field 'tol' must be a number of accuracy points >= 0"),
+    (lambda t: t.update(rows=[]), "rows is empty"),
+    (lambda t: t["rows"].pop(0), "rows holds no 0 % reference row for seed 0"),
+    (_edit_row(1, ratio="0.6"), r"rows\[1\]: field 'ratio' must be a number, got '0.6'"),
+    (_edit_row(1, ratio=0.5), r"rows\[1\]: field 'ratio' is 0.5, not one of the table's pruned"),
+    (_edit_row(1, method="lmm"), r"rows\[1\]: field 'method' is 'lmm', neither one of"),
+    (lambda t: t.update(methods=["lm", "random", "lm"]), "field 'methods' lists 'lm' twice"),
+    (lambda t: t.update(finetune=["lp", "ff"]),
+     "field 'finetune' lists 'ff', but no row of rows holds a ff_top1"),
+])
+def test_render_refuses_hand_edited_rows_in_one_line_naming_row_and_field(tmp_path, edit, msg):
+    """`dp4tl bench render` showed a hand-edited results.json as results: a top-1 of 250 % (a
+    best ratio where there was none), ``true`` as 1.0, negative times as a -464 % cost, a
+    duplicated or foreign-seed row averaged in (the header still saying 1 seed), a negative or
+    NaN --tol the CLI refuses, a table with no 0 % reference full of ``nan``, a ratio as a
+    string dropping LM from every table, a repeated method column, a finetune mode without
+    values breaking the Markdown. Each is one line naming results.json, the row and the field,
+    with the fix, and nothing is rewritten (audit)."""
+    import ffcv_dp4tl.bench.cost_table as ct
+    from ffcv_dp4tl.errors import DataError
+
+    out = _rendered_table(tmp_path)
+    assert ct.rerender(out)["winners"]["lp"]["lm"]["ratio"] == 0.6  # a genuine table renders
+    t = json.loads((out / "results.json").read_text())
+    edit(t)
+    (out / "results.json").write_text(json.dumps(t))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(DataError, match=msg) as e:
+        ct.rerender(out)
+    line = str(e.value)
+    assert "\n" not in line and f"{out / 'results.json'}" in line
+    assert line.endswith("restore the file, or rerun the cost table into a new --out (its stages "
+                         "are cached)")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_render_checks_the_rows_of_every_target(tmp_path):
+    """A several-target table's ``target_rows`` follow the rules of ``rows``, each target with
+    its own 0 % reference per seed."""
+    import ffcv_dp4tl.bench.cost_table as ct
+    from ffcv_dp4tl.errors import DataError
+
+    out = tmp_path / "out"
+    ct.write_outputs(_two_target_table(), out)
+    t = json.loads((out / "results.json").read_text())
+    blur_ref = next(i for i, r in enumerate(t["target_rows"])
+                    if r["target"] == "blur" and r["method"] == REFERENCE and r["seed"] == 1)
+    t["target_rows"].pop(blur_ref)
+    (out / "results.json").write_text(json.dumps(t))
+    with pytest.raises(DataError, match="target_rows holds no 0 % reference row for seed 1 of "
+                                        "target 'blur'"):
+        ct.rerender(out)
+    t["target_rows"][0]["lp_top1"] = 250.0
+    (out / "results.json").write_text(json.dumps(t))
+    with pytest.raises(DataError, match=r"target_rows\[0\]: field 'lp_top1'"):
+        ct.rerender(out)
 
 
 @pytest.mark.parametrize("kw,msg", [

@@ -760,7 +760,7 @@ def test_render_refuses_rows_the_run_refuses_and_values_out_of_range(tmp_path, c
     for edit, needles in (({"settings_key": "k2"}, ("mixes rows of 2 settings",
                                                     "line 3's settings_key 'k2' is not line 1's")),
                           ({"revision": 99}, ("line 3: lm scored by revision 99",)),
-                          ({"lp": 250.0}, ("line 3: field 'lp' must be a number in [0, 100]",)),
+                          ({"lp": 250.0}, ("line 3: field 'lp' must be a percentage in [0, 100]",)),
                           ({"kept_sample_fraction": 2.5},
                            ("line 3: field 'kept_sample_fraction' must be a number in [0, 1]",))):
         (e / "rows.jsonl").write_text("\n".join([*lines[:2], json.dumps({**lm, **edit}),
