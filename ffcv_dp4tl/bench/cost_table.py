@@ -47,6 +47,7 @@ from ..pipeline.config import PipelineConfig
 from ..pipeline.resolve import seed_overrides
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
+from ..pipeline.stages import ESTIMATED
 from ..reporting import carry_notes, machine_info
 from ..scoring.registry import get_scorer
 from ..outputs import claim_out_dir
@@ -61,7 +62,10 @@ def cost_row(res: PipelineResult, method: str, ratio: float, seed: int,
              target: str | None = None) -> dict[str, Any]:
     """One row of the table: a run's stage wall and CPU seconds (as its stages recorded them),
     kept samples and target top-1 (of ``target`` among several); ``charged_surrogate`` is the
-    surrogate time charged to this run (0 for a method that needs none)."""
+    surrogate time charged to this run (0 for a method that needs none). ``estimated_s``: per
+    cost stage, the seconds of its time from runs without an exact record (a killed run's,
+    ``stages.ESTIMATED``), so that the report marks that time as a lower bound and shows no CPU
+    seconds for it (the killed run's are lost); rows written before it have none."""
     run_seed = res.seeds[0] if res.seeds else 0
     st = {"surrogate": res.find("surrogate"), "score": res.find("score"),
           "prune": res.find("prune"), "pretrain": res.pretrain(run_seed)}
@@ -76,6 +80,13 @@ def cost_row(res: PipelineResult, method: str, ratio: float, seed: int,
                            # the sample share kept: ≠ 1 - ratio for cluster/class units
                            "kept_sample_fraction": prune_v.get("kept_sample_fraction"),
                            "total_s": sum(sec[k] for k in COST_STAGES)}
+    # the seconds of each cost stage from runs without an exact record (killed; stages.ESTIMATED):
+    # that stage's time is a lower bound and its CPU seconds incomplete (stats.summarize)
+    est = {k: float(run.values.get(ESTIMATED) or 0.0) if run is not None else 0.0
+           for k, run in st.items()}
+    if not charged_surrogate:
+        est["surrogate"] = 0.0  # (none charged to this run)
+    row["estimated_s"] = {k: v for k, v in est.items() if v}
     row["surrogate_brought"] = bool(st["surrogate"] and st["surrogate"].values.get("brought"))
     row["truth"] = res.ground_truth  # synth data: the selection against its answer
     for mode in ("lp", "ff"):
@@ -201,6 +212,7 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
             row["score_cpu_s"] = row["prune_cpu_s"] = 0.0
             row["selection_s"] = 0.0
             row["total_s"], row["total_cpu_s"] = row["pretrain_s"], row["pretrain_cpu_s"]
+            row["estimated_s"] = {k: v for k, v in row["estimated_s"].items() if k == "pretrain"}
             return row
 
         add(ref, ref_row)
@@ -343,7 +355,7 @@ ROW_FIELDS: dict[str, str] = {
     **{f"{k}_cpu_s": "nonneg" for k in (*COST_STAGES, "total")},
     **{f"{m}_{k}": "percent" for m in FinetuneMode.values() for k in ("top1", "best_top1")},
     "train_kept": "count", "kept_sample_fraction": "fraction", "loadavg_1min": "nonneg",
-    "surrogate_brought": "bool", "truth": "object",
+    "surrogate_brought": "bool", "truth": "object", "estimated_s": "object",
 }
 #: the fields the summary reads of every row (:func:`~.stats.summarize`)
 ROW_REQUIRED = ("method", "ratio", "seed", "surrogate_s", "score_s", "pretrain_s", "total_s",
@@ -413,6 +425,12 @@ def _check_rows(t: dict[str, Any], key: str, path: Path, fix: str) -> None:
         if seed not in seeds:
             raise DataError(f"{where}: field 'seed' is {seed!r}, not one of the table's seeds "
                             f"({', '.join(map(str, seeds))}); {fix}")
+        estimated = typed(row, "estimated_s", "object", where, fix, default={})
+        for stage in estimated:
+            if stage not in COST_STAGES:
+                raise DataError(f"{where}: field 'estimated_s' names {stage!r}, not a stage of "
+                                f"the cost ({', '.join(COST_STAGES)}); {fix}")
+            typed(estimated, stage, "nonneg", f"{where} estimated_s", fix)
         ident = (row.get("target"), method, ratio, seed)
         if ident in seen:
             raise DataError(f"{where}: a second row of {method!r} at ratio {ratio:g}, seed {seed}"

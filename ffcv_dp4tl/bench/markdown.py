@@ -11,8 +11,8 @@ from ..scoring.registry import PlotStyle, get_scorer, is_registered
 from ..pipeline.report import mean_std
 from ..pipeline.truth import truth_table
 from ..reporting import ran_on
-from .stats import (ALPHA, CRITERIA, PAPER_TOTAL_HOURS, REFERENCE, after_holm, format_interval,
-                    format_p, paper_reduction)
+from .stats import (ALPHA, COST_STAGES, CRITERIA, PAPER_TOTAL_HOURS, REFERENCE, after_holm,
+                    estimated_stages, format_interval, format_p, paper_reduction)
 from .variants import base_method, variant_style
 
 def _pct(x: float | None, signed: bool = False) -> str:
@@ -78,6 +78,27 @@ def _but(names: str, prefix: str) -> str:
     return prefix + names if names else ""
 
 
+#: the mark of a time that is partly estimated (:func:`~.stats.estimated_stages`), and the note
+#: under every table that shows one: the stage's own report line says as much
+ESTIMATED_MARK = "†"
+ESTIMATED_NOTE = (f"{ESTIMATED_MARK} Part of this time comes from runs of the stage without an "
+                  "exact record (killed, or a full disk), timed from their start to their file's "
+                  "last touch: a lower bound, and a reduction computed from it a bound too. Those "
+                  f"runs' CPU seconds were lost with them, so no CPU-s are shown ({ESTIMATED_MARK}).")
+
+
+def _marked(cell: str, entry: dict[str, Any], stages: Iterable[str] = COST_STAGES) -> str:
+    """``cell`` with :data:`ESTIMATED_MARK` when one of ``stages`` of ``entry`` (a cost or
+    selection entry) has estimated time."""
+    return cell + ESTIMATED_MARK if set(entry.get("estimated") or ()) & set(stages) else cell
+
+
+def _note_if_marked(lines: list[str]) -> list[str]:
+    """:data:`ESTIMATED_NOTE` under a table whose ``lines`` mark a time (none: the table as
+    before, so old results render unchanged)."""
+    return ["", ESTIMATED_NOTE] if any(ESTIMATED_MARK in line for line in lines) else []
+
+
 def method_cost(m: str) -> str:
     return get_scorer(_base_or_name(m)).cost_summary() if is_registered(_base_or_name(m)) else "–"
 
@@ -102,21 +123,28 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
          + " | pretrain s (mean of methods) | pretrain-only reduction | pretrain CPU-s | "
          "pretrain-only reduction (CPU-s) |",
          "|---:|---:|---:|" + "---:|" * len(methods) + "---:|---:|---:|---:|"]
+    first = len(L)
     L.append(f"| 0 % | {PAPER_TOTAL_HOURS[0.0]} | – | "
-             + " | ".join(f"{ref['total_s']:.1f}" for _ in methods)
-             + f" | {ref['pretrain_s']:.1f} | – | {num(ref.get('pretrain_cpu_s'))} | – |")
+             + " | ".join(_marked(f"{ref['total_s']:.1f}", ref) for _ in methods)
+             + f" | {_marked(format(ref['pretrain_s'], '.1f'), ref, ['pretrain'])} | – | "
+             f"{_marked(num(ref.get('pretrain_cpu_s')), ref, ['pretrain'])} | – |")
     for r in pruned:
         cs = [cost[(m, r)] for m in methods if (m, r) in cost]
         pre = mean_std([c["pretrain_s"] for c in cs])[0]
-        pre_cpu = mean_std([c.get("pretrain_cpu_s") for c in cs])[0]
+        pre_est = {"estimated": ["pretrain"]} if any(
+            "pretrain" in (c.get("estimated") or ()) for c in cs) else {}
+        # (one method's unknown CPU-s would otherwise drop out of the mean of the others)
+        pre_cpu = math.nan if pre_est else mean_std([c.get("pretrain_cpu_s") for c in cs])[0]
         ref_cpu = ref.get("pretrain_cpu_s") or math.nan
         ph = PAPER_TOTAL_HOURS.get(round(r, 4))
-        cells = [f"{cost[(m, r)]['total_s']:.1f} ({_pct(-cost[(m, r)]['reduction'], True)})"
+        cells = [f"{_marked(format(cost[(m, r)]['total_s'], '.1f'), cost[(m, r)])} "
+                 f"({_pct(-cost[(m, r)]['reduction'], True)})"
                  if (m, r) in cost else "–" for m in methods]
         L.append(f"| {ratio_label(r)} | {ph if ph is not None else '–'} | {_pct(paper_reduction(r))} | "
                  + " | ".join(cells)
-                 + f" | {pre:.1f} | {_pct(1 - pre / ref['pretrain_s'])} | {num(pre_cpu)} | "
-                 f"{_pct(1 - pre_cpu / ref_cpu)} |")
+                 + f" | {_marked(format(pre, '.1f'), pre_est)} | {_pct(1 - pre / ref['pretrain_s'])} | "
+                 f"{_marked(num(pre_cpu), pre_est)} | {_pct(1 - pre_cpu / ref_cpu)} |")
+    L += _note_if_marked(L[first:])
     sur = t.get("surrogate_s")
     if t.get("surrogate_brought"):
         L += ["", f"The surrogate was **brought** (`{t['surrogate_brought']}`, imported, not "
@@ -131,7 +159,9 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
         else:
             when = f"so it saves time once r > {share:.2f}" + (
                 " — here the surrogate costs almost as much as a full pretraining" if share > 0.8 else "")
-        L += ["", f"The surrogate (`{rec.get('surrogate', '?')}`) took {sur:.1f} s = {share:.2f}× "
+        sur_cell = _marked(f"{sur:.1f}", {"estimated": estimated_stages(t.get("rows") or [])},
+                           ["surrogate"])
+        L += ["", f"The surrogate (`{rec.get('surrogate', '?')}`) took {sur_cell} s = {share:.2f}× "
               f"the 0 % pretraining (`{rec.get('pretrain', '?')}`). A selection method's total at "
               f"ratio r is about (1 − r) + {share:.2f} of the 0 % cost, {when}"
               + ". In the paper the ResNet-18 surrogate is a small share of ResNet-101 "
@@ -144,15 +174,22 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
           "classes/clusters, so it is not 1 − ratio unless `--budget samples`):", "",
           "| method | ratio | kept samples | surrogate | score | prune | pretrain | total | "
           "reduction | total CPU-s | reduction (CPU-s) |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-          f"| {REFERENCE} | 0 % | 100 % | 0 | 0 | 0 | {ref['pretrain_s']:.1f} | "
-          f"{ref['total_s']:.1f} | – | {num(ref.get('total_cpu_s'))} | – |"]
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    first = len(L)
+    L.append(f"| {REFERENCE} | 0 % | 100 % | 0 | 0 | 0 | "
+             f"{_marked(format(ref['pretrain_s'], '.1f'), ref, ['pretrain'])} | "
+             f"{_marked(format(ref['total_s'], '.1f'), ref)} | – | "
+             f"{_marked(num(ref.get('total_cpu_s')), ref)} | – |")
     for c in t["cost"][1:]:
         L.append(f"| {method_label(c['method'])} | {ratio_label(c['ratio'])} | "
-                 f"{_share(c.get('kept_sample_fraction'))} | {c['surrogate_s']:.1f} | "
-                 f"{c['score_s']:.1f} | {c['prune_s']:.2f} | {c['pretrain_s']:.1f} | "
-                 f"{c['total_s']:.1f} | {_pct(c['reduction'])} | {num(c.get('total_cpu_s'))} | "
-                 f"{_pct(c.get('cpu_reduction'))} |")
+                 f"{_share(c.get('kept_sample_fraction'))} | "
+                 f"{_marked(format(c['surrogate_s'], '.1f'), c, ['surrogate'])} | "
+                 f"{_marked(format(c['score_s'], '.1f'), c, ['score'])} | "
+                 f"{_marked(format(c['prune_s'], '.2f'), c, ['prune'])} | "
+                 f"{_marked(format(c['pretrain_s'], '.1f'), c, ['pretrain'])} | "
+                 f"{_marked(format(c['total_s'], '.1f'), c)} | {_pct(c['reduction'])} | "
+                 f"{_marked(num(c.get('total_cpu_s')), c)} | {_pct(c.get('cpu_reduction'))} |")
+    L += _note_if_marked(L[first:])
     if t["selection"]:
         r = t["selection"][0]["ratio"]
         L += ["", f"### Selection cost (Tab. 4) at {ratio_label(r)}", "",
@@ -168,12 +205,17 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
               "| method | surrogate s | score s | of which selection_seconds | selection total s "
               "| + pretrain s (Tab. 4) | paper h (Tab. 4) | what it runs |",
               "|---|---:|---:|---:|---:|---:|---:|---|"]
+        first = len(L)
         for s in t["selection"]:
             ph = s.get("paper_h")
-            L.append(f"| {method_label(s['method'])} | {s['surrogate_s']:.1f} | {s['score_s']:.1f} | "
-                     f"{s['selection_inner_s']:.1f} | {s['total_s']:.1f} | "
-                     f"{num(s.get('with_pretrain_s'))} | {ph if ph is not None else '–'} | "
+            L.append(f"| {method_label(s['method'])} | "
+                     f"{_marked(format(s['surrogate_s'], '.1f'), s, ['surrogate'])} | "
+                     f"{_marked(format(s['score_s'], '.1f'), s, ['score'])} | "
+                     f"{_marked(format(s['selection_inner_s'], '.1f'), s, ['score'])} | "
+                     f"{_marked(format(s['total_s'], '.1f'), s, ['surrogate', 'score'])} | "
+                     f"{_marked(num(s.get('with_pretrain_s')), s)} | {ph if ph is not None else '–'} | "
                      f"{method_cost(s['method'])} |")
+        L += _note_if_marked(L[first:])
     for mode in t["finetune"]:
         acc = t["accuracy"].get(mode)
         if not acc:

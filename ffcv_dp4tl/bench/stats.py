@@ -237,6 +237,29 @@ def versus_random(rows: list[dict[str, Any]], mode: str, methods: Sequence[str],
     return out
 
 
+def estimated_stages(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The cost stages (in :data:`COST_STAGES` order) whose time in some of ``rows`` is partly
+    estimated (a row's ``estimated_s``: seconds from runs without an exact record, e.g. killed
+    ones; ``pipeline.stages.ESTIMATED``). Such a time is a lower bound, and the CPU seconds
+    beside it miss the killed runs' (lost with them): the one rule of which CPU figures the
+    cost tables may show (:func:`summarize`) and which times the report marks. Rows written
+    before the field have none."""
+    return [k for k in COST_STAGES if any((x.get("estimated_s") or {}).get(k) for x in rows)]
+
+
+def _incomplete_cpu(agg: dict[str, Any], estimated: Sequence[str]) -> dict[str, Any]:
+    """``agg``'s CPU seconds as unknown (NaN: "–" in the tables, no CPU reduction) where a
+    stage they count has estimated time (:func:`estimated_stages`): a killed run's CPU seconds
+    are lost, and what was recorded is no measurement of the stage (it read an 86 % CPU
+    reduction beside 38 % by wall time); ``estimated`` is kept in the entry for the report."""
+    if not estimated:
+        return agg
+    agg = {**agg, "total_cpu_s": math.nan, "estimated": list(estimated)}
+    if "pretrain" in estimated:
+        agg["pretrain_cpu_s"] = math.nan
+    return agg
+
+
 def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Sequence[float],
               seeds: Sequence[int], finetune: Sequence[str], tol: float = 0.0,
               criterion: str = "final", family: int | None = None) -> dict[str, Any]:
@@ -249,11 +272,13 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
     ref_rows = [r for r in rows if r["method"] == REFERENCE]
     ref_total = mean_std([r["total_s"] for r in ref_rows])[0]
     ref_pre = mean_std([r["pretrain_s"] for r in ref_rows])[0]
-    ref_total_cpu = mean_std([r.get("total_cpu_s") for r in ref_rows])[0]
-    ref_pre_cpu = mean_std([r.get("pretrain_cpu_s") for r in ref_rows])[0]
+    ref_cpu = _incomplete_cpu(
+        {"total_cpu_s": mean_std([r.get("total_cpu_s") for r in ref_rows])[0],
+         "pretrain_cpu_s": mean_std([r.get("pretrain_cpu_s") for r in ref_rows])[0]},
+        estimated_stages(ref_rows))
+    ref_total_cpu, ref_pre_cpu = ref_cpu["total_cpu_s"], ref_cpu["pretrain_cpu_s"]
     cost: list[dict[str, Any]] = [{"method": REFERENCE, "ratio": 0.0, "total_s": ref_total,
-                                   "pretrain_s": ref_pre, "reduction": 0.0,
-                                   "total_cpu_s": ref_total_cpu, "pretrain_cpu_s": ref_pre_cpu,
+                                   "pretrain_s": ref_pre, "reduction": 0.0, **ref_cpu,
                                    "cpu_reduction": 0.0, "pretrain_cpu_reduction": 0.0,
                                    "pretrain_reduction": 0.0, "paper_reduction": 0.0,
                                    "paper_total_h": PAPER_TOTAL_HOURS[0.0]}]
@@ -262,9 +287,10 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
             sel = [x for x in rows if x["method"] == m and x["ratio"] == r]
             if not sel or r == 0:
                 continue
-            agg = {k: mean_std([x.get(k) for x in sel])[0]
-                   for k in ("surrogate_s", "score_s", "prune_s", "pretrain_s", "total_s",
-                             "pretrain_cpu_s", "total_cpu_s")}
+            agg = _incomplete_cpu({k: mean_std([x.get(k) for x in sel])[0]
+                                   for k in ("surrogate_s", "score_s", "prune_s", "pretrain_s",
+                                             "total_s", "pretrain_cpu_s", "total_cpu_s")},
+                                  estimated_stages(sel))
             fr = [x.get("kept_sample_fraction") for x in sel
                   if x.get("kept_sample_fraction") is not None]
             agg["kept_sample_fraction"] = mean_std(fr)[0] if fr else None
@@ -287,7 +313,8 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
                               "selection_inner_s": mean_std([x["selection_s"] for x in sel])[0],
                               "total_s": sur + sc, "pretrain_s": pre,
                               "with_pretrain_s": sur + sc + (0.0 if math.isnan(pr) else pr) + pre,
-                              "paper_h": PAPER_TAB4_HOURS.get(m)})
+                              "paper_h": PAPER_TAB4_HOURS.get(m),
+                              **({"estimated": est} if (est := estimated_stages(sel)) else {})})
     accuracy: dict[str, Any] = {}
     accuracy_best: dict[str, Any] = {}
     winners: dict[str, Any] = {}

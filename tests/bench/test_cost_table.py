@@ -190,6 +190,11 @@ def test_cost_table_end_to_end_smallest_scale(tmp_path, data_root):
     assert json.loads((out / "results.json").read_text())["methods"] == ["lm", "random"]
     report = (out / "report.md").read_text()
     assert "Best winning subset" in report and "CPU" in report
+    # what a run writes is what `bench render` accepts (its checks)
+    from ffcv_dp4tl.bench.cost_table import rerender
+
+    assert all(r["estimated_s"] == {} for r in t["rows"])  # (no stage was killed)
+    assert rerender(out)["rows"] == t["rows"]
     # a rerun reuses every stage
     ran_before = _stage_runs(tmp_path / "runs")
     again = run_cost_table(base, None, ratios=(0.0, 0.5, 0.75), methods=("lm", "random"),
@@ -203,6 +208,7 @@ def test_cost_table_end_to_end_smallest_scale(tmp_path, data_root):
     assert [(r["method"], r["ratio"]) for r in t["rows"]] == [(REFERENCE, 0.0), ("lm", 0.5),
                                                                ("random", 0.75)]
     assert "–" in (out / "report.md").read_text()  # missing (method, ratio) cells
+    assert rerender(out)["rows"] == t["rows"]
 
 
 def test_write_section_replaces_only_its_section(tmp_path):
@@ -497,6 +503,7 @@ def _edit_row(i, **kw):
     (lambda t: t.update(methods=["lm", "random", "lm"]), "field 'methods' lists 'lm' twice"),
     (lambda t: t.update(finetune=["lp", "ff"]),
      "field 'finetune' lists 'ff', but no row of rows holds a ff_top1"),
+    (_edit_row(2, estimated_s={"pretrain": -1}), r"rows\[2\] estimated_s: field 'pretrain'"),
 ])
 def test_render_refuses_hand_edited_rows_in_one_line_naming_row_and_field(tmp_path, edit, msg):
     """`dp4tl bench render` showed a hand-edited results.json as results: a top-1 of 250 % (a
@@ -544,6 +551,79 @@ def test_render_checks_the_rows_of_every_target(tmp_path):
     (out / "results.json").write_text(json.dumps(t))
     with pytest.raises(DataError, match=r"target_rows\[0\]: field 'lp_top1'"):
         ct.rerender(out)
+
+
+class _Run:
+    """A stage as a pipeline result holds it (seconds, CPU seconds, values)."""
+
+    def __init__(self, seconds, cpu, **values):
+        self.seconds, self.cpu_seconds, self.values, self.loadavg_1min = seconds, cpu, values, 1.0
+
+
+class _Result:
+    """The fields of a PipelineResult that cost_row reads."""
+
+    seeds, ground_truth = [0], None
+
+    def __init__(self, **runs):
+        self.runs = runs
+
+    def find(self, name):
+        return self.runs.get(name)
+
+    def pretrain(self, seed):
+        return self.runs.get("pretrain")
+
+    def finetune(self, mode, seed, target=None):
+        return self.runs.get(mode)
+
+
+def test_a_partly_estimated_stage_time_is_marked_and_its_cpu_seconds_not_shown(tmp_path):
+    """After a kill -9 during pretraining and a rerun, its DONE.json holds 78.3 s of which 68.0
+    estimated (a lower bound) and 19.2 CPU-s (the killed run's lost): the report showed 78.3 s,
+    a 38 % reduction by wall time and 86 % by CPU-s, as measurements. The row records the
+    estimated seconds per stage (estimated_s); the tables mark those times, say why under the
+    table, and show no CPU-s for them; a row without the field (older results) renders as
+    before (audit)."""
+    import ffcv_dp4tl.bench.cost_table as ct
+    from ffcv_dp4tl.pipeline.stages import ESTIMATED
+
+    ft = _Run(1.0, 1.0, test_top1=0.764)
+
+    def run(pretrain, surrogate=None):
+        return _Result(surrogate=surrogate, score=_Run(2.0, 2.0, selection_seconds=1.5),
+                       prune=_Run(0.1, 0.1, train_kept=40, kept_sample_fraction=0.4),
+                       pretrain=pretrain, lp=ft)
+
+    ref = {**_row(REFERENCE, 0.0, 0, 0, 0, 126.3, 75.0), "pretrain_cpu_s": 137.0,
+           "total_cpu_s": 137.0}
+    killed = ct.cost_row(run(_Run(78.3, 19.2, **{ESTIMATED: 68.0}), _Run(10.0, 20.0)), "lm",
+                         0.6, 0, 10.0, 20.0)
+    assert killed["estimated_s"] == {"pretrain": 68.0}
+    clean = ct.cost_row(run(_Run(78.3, 150.0)), "random", 0.6, 0, 0.0)
+    assert clean["estimated_s"] == {} and clean["pretrain_cpu_s"] == 150.0
+    t = summarize([ref, killed, clean], methods=["lm", "random"], ratios=[0.0, 0.6], seeds=[0],
+                  finetune=["lp"])
+    lm = next(c for c in t["cost"] if c["method"] == "lm")
+    assert lm["estimated"] == ["pretrain"] and math.isnan(lm["pretrain_cpu_s"])
+    assert math.isnan(lm["cpu_reduction"]) and math.isnan(lm["total_cpu_s"])
+    md = markdown_tables(t)
+    assert "| 60 % | 2.4 | 56 % | 90.4† (-28 %) | 80.4 (-36 %) | 78.3† | 38 % | –† | – |" in md
+    assert "| LM | 60 % | 40.0 % | 10.0 | 2.0 | 0.10 | 78.3† | 90.4† | 28 % | –† | – |" in md
+    assert "| LM | 10.0 | 2.0 | 1.5 | 12.0 | 90.4† |" in md  # (selection + pretraining)
+    assert md.count("† Part of this time comes from runs of the stage without an exact record") == 3
+    assert "86 %" not in md and "19.2" not in md
+    # a results.json with the field renders so again; one without it as before: no mark, no note
+    out = _rendered_table(tmp_path)
+    saved = json.loads((out / "results.json").read_text())
+    assert "estimated_s" not in saved["rows"][1] and "†" not in (out / "report.md").read_text()
+    report = (out / "report.md").read_bytes()
+    ct.rerender(out)
+    assert (out / "report.md").read_bytes() == report
+    saved["rows"][1]["estimated_s"] = {"pretrain": 30.0}
+    (out / "results.json").write_text(json.dumps(saved))
+    assert "| LM | 60 % | – | 1.0 | 1.0 | 0.00 | 40.0† | 42.0† |" in (
+        markdown_tables(ct.rerender(out)))
 
 
 @pytest.mark.parametrize("kw,msg", [
