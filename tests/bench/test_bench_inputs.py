@@ -143,7 +143,7 @@ def test_rows_of_the_wrong_type_or_encoding_are_one_line_naming_the_file(tmp_pat
     UnicodeDecodeError; a folder named rows.jsonl 'does not exist'."""
     a = _run(tmp_path / "a", _design([0, 1]))
     b = _run(tmp_path / "b", [{**r, "lp": "50"} for r in _design([2, 3])])
-    with pytest.raises(DP4TLError, match=r"b.rows.jsonl line 1: field 'lp' must be a number in "
+    with pytest.raises(DP4TLError, match=r"b.rows.jsonl line 1: field 'lp' must be a percentage in "
                                          r"\[0, 100\], got '50'"):
         sep.pool_rows([a, b])
     c = tmp_path / "c"
