@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable
 
 from .errors import DP4TLError
 from .fsutil import atomic_write_text
+from .outputs import KINDS, folder_kind, writer_of
 
 DEFAULT_HEADER = ("# Benchmarks\n\nEach `## ` section is written by one script under `benchmarks/` "
                   "(or one `dp4tl bench` command) and holds only numbers from its last run (see "
@@ -135,12 +136,41 @@ def link_prefix(out: str | Path, report: str | Path) -> str:
         return str(out) + "/"
 
 
+def check_report(report: str | Path, out: str | Path | None = None,
+                 what: str = "--report") -> Path:
+    """Refuse a report that a section must not be written into: a file that is not Markdown
+    (``.md``), one named like a file a command writes into its own output folder
+    (:func:`~ffcv_dp4tl.outputs.writer_of`: report.md, README.md, ...), one in a folder holding a
+    command's outputs (:func:`~ffcv_dp4tl.outputs.folder_kind`) or, given ``out``, in the bench's
+    own ``--out``. A section rewrites the whole file as Markdown: into a bench's results.json or
+    an embedded run's rows.jsonl it destroyed the record every later render reads (audit). The
+    CLI checks it before any work; :func:`publish_section` again, for a Python caller."""
+    path = Path(report)
+    tail = "choose a Markdown file outside every command's output folder, such as BENCHMARKS.md"
+    if path.suffix.lower() != ".md":
+        raise DP4TLError(f"{what} {path} is not a Markdown file (.md) and a section is written "
+                         f"into it as Markdown: {tail}")
+    writer = writer_of(path.name)
+    if writer is not None:
+        raise DP4TLError(f"{what} {path} is named like the {path.name} that `{writer.command}` "
+                         f"writes into its output folder (it would replace the section): {tail}")
+    found = folder_kind(path.parent)
+    if found is not None:
+        raise DP4TLError(f"{what} {path} lies in {path.parent}, which holds {KINDS[found].what} "
+                         f"(written by `{KINDS[found].command}`): {tail}")
+    if out is not None and path.resolve().is_relative_to(Path(out).resolve()):
+        raise DP4TLError(f"{what} {path} lies in the bench's own --out {out}, whose files the "
+                         f"bench writes: {tail}")
+    return path
+
+
 def publish_section(report: str | Path, title: str, out: str | Path,
                     body: Callable[[str], str], log: Callable[[str], None] = print,
                     keep_notes: bool = False) -> None:
     """Write section ``## title`` of ``report`` from a bench's output folder ``out``: ``body``
     gets the link prefix (:func:`link_prefix`) its links and images need (``keep_notes``:
-    :func:`write_section`)."""
+    :func:`write_section`); ``report`` is checked first (:func:`check_report`)."""
+    check_report(report, out)
     write_section(report, title, body(link_prefix(out, report)), keep_notes)
     log(f"[bench] wrote section '{title}' of {report}")
 

@@ -95,3 +95,42 @@ def test_the_machine_record_names_its_gpu_or_none():
 
     got = machine_info()["gpu"]
     assert got == (torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+
+
+def _cost_table_folder(tmp_path):
+    """A bench's output folder: its results.json (the record a render reads) and report.md."""
+    out = tmp_path / "rr"
+    out.mkdir()
+    (out / "results.json").write_text('{"bench": "cost-table"}\n')
+    (out / "report.md").write_text("# Cost table\n")
+    return out
+
+
+@pytest.mark.parametrize("name,why", [
+    ("rr/results.json", "is not a Markdown file (.md)"),
+    ("notes.txt", "is not a Markdown file (.md)"),
+    ("rr/report.md", "is named like the report.md that `dp4tl bench cost-table` writes"),
+    ("elsewhere/README.md", "is named like the README.md that `dp4tl bench embedded` writes"),
+    ("rr/notes.md", "lies in {tmp}/rr, which holds a cost table (written by `dp4tl bench cost-table`)"),
+    ("new/notes.md", "lies in the bench's own --out {tmp}/new"),
+])
+def test_a_section_goes_into_no_file_a_command_writes_and_only_into_markdown(tmp_path, name, why):
+    """publish_section (every bench's, a Python caller's) refuses, in one line and before
+    writing, a report that is not Markdown or is a command's output: a section written into a
+    bench's results.json replaced it with Markdown, and the next render failed (audit)."""
+    from ffcv_dp4tl.reporting import publish_section
+
+    out = _cost_table_folder(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "new").mkdir()
+    before = {p: p.read_bytes() for p in out.iterdir()}
+    bench_out = tmp_path / "new" if name.startswith("new/") else out
+    with pytest.raises(DP4TLError) as e:
+        publish_section(tmp_path / name, "Cost", bench_out, lambda prefix: "body", log=print)
+    assert why.format(tmp=tmp_path) in str(e.value) and "BENCHMARKS.md" in str(e.value)
+    assert "\n" not in str(e.value)
+    assert {p: p.read_bytes() for p in out.iterdir()} == before
+    assert not (tmp_path / name).exists() or name.startswith("rr/")
+    publish_section(tmp_path / "B.md", "Cost", out, lambda prefix: f"see {prefix}report.md",
+                    log=print)  # (a Markdown file of no command's: written)
+    assert "see rr/report.md" in (tmp_path / "B.md").read_text()

@@ -15,7 +15,8 @@ from .app import app
 from .options import (BENCH_TARGET_HELP, PRETRAIN_LENGTH_HELP, PROGRESS_HELP, RECIPES_HELP, REPORT_HELP, Budget, FORMAT_HELP, K_HELP, Format,
                       PretrainLength, Protocol,
                       RecipeSet, bench_target,
-                      check_arch, default_k, device_option, ints_callback, list_callback,
+                      check_arch, check_report_beside, default_k, device_option, ints_callback,
+                      list_callback,
                       out_callback, pruned_ratio_callback, pruned_ratios_callback, ratios_callback,
                       report_callback, section_callback, seeds_callback, split_list)
 from .pipeline import FINETUNE_MODES, PROTOCOL_HELP, SURROGATE_WEIGHTS_HELP
@@ -100,6 +101,7 @@ def cost_table(
 
     from .pipeline import target_config
 
+    check_report_beside(report, out)
     data = data or "synth:tiny"
     recipes_ = "" if recipes is RecipeSet.auto else recipes.value
     k = default_k(k, data)
@@ -224,6 +226,7 @@ def embedded(
     from ..pipeline.recipes import RECIPE_SETS
     from ..reporting import machine_info, ran_on
 
+    check_report_beside(report, out)
     t0 = time.perf_counter()
     load0 = os.getloadavg()
     bench_set = RECIPE_SETS["bench"]
@@ -281,6 +284,7 @@ def embedded_pool(
 
     from ..outputs import claim_out_dir
 
+    check_report_beside(report, out)
     for folder in folders:
         if folder.resolve() == out.resolve():
             raise DP4TLError(f"--out {out} is one of the pooled folders: its README.md and "
@@ -380,6 +384,7 @@ def surrogates(
     from ..pipeline.config import PipelineConfig
     from ..reporting import publish_section
 
+    check_report_beside(report, out)
     if not split_list(archs, "--archs"):
         raise typer.BadParameter(f"got {archs!r}: give at least one surrogate architecture",
                                  param_hint="--archs")

@@ -198,13 +198,17 @@ def out_callback(value: Optional[Path]) -> Optional[Path]:
 
 def report_callback(value: Optional[str]) -> Optional[str]:
     """``--report`` callback: '' = no report (None); a folder or an unwritable place is refused
-    before any work (``fsutil.check_out_file``), not after the bench ran."""
+    before any work (``fsutil.check_out_file``), not after the bench ran, and so is a file no
+    section may go into (``reporting.check_report``: not Markdown, or a command's output; a
+    bench checks it against its own --out at its start, ``check_report_beside``)."""
     from ..fsutil import check_out_file
+    from ..reporting import check_report
 
     if value is None or not value.strip():
         return None
     with usage_error():
         path = check_out_file(value, "--report")
+        check_report(path)
     if not path.parent.is_dir():  # (a typo made /nonexistent/dir/ and "wrote section"; review)
         raise typer.BadParameter(f"{value}: its folder {path.parent} does not exist; create it, or "
                                  "choose a file in an existing folder")
@@ -215,6 +219,19 @@ def report_callback(value: Optional[str]) -> Optional[str]:
             raise typer.BadParameter(f"{value} is not UTF-8 text, so no Markdown section can be "
                                      "written into it; choose another file") from None
     return value
+
+
+def check_report_beside(report: Optional[str], out: Path) -> None:
+    """A bench's ``--report`` inside its own ``--out`` (``reporting.check_report``), refused at
+    the command's start: its callback cannot see ``--out``, and the same check in
+    ``publish_section`` came only after the whole run."""
+    from ..reporting import check_report
+
+    if report:
+        try:
+            check_report(report, out)
+        except DP4TLError as e:
+            raise typer.BadParameter(str(e), param_hint="--report") from None
 
 
 def section_callback(value: str) -> str:

@@ -447,6 +447,55 @@ def test_list_callbacks_and_report_blank(tmp_path):
         seeds_callback()("")
 
 
+REPORT_INTO_OUTPUTS = [
+    (("bench", "render", "rr", "--report", "rr/results.json"), "is not a Markdown file (.md)"),
+    (("bench", "render", "emb0", "--report", "emb0/rows.jsonl"), "is not a Markdown file (.md)"),
+    (("bench", "render", "rr", "--report", "rr/report.md"), "named like the report.md"),
+    (("bench", "render", "rr", "--report", "rr/notes.md"), "which holds a cost table"),
+    (("bench", "embedded-pool", "emb0", "emb1", "--out", "pooled", "--report", "emb1/B.md"),
+     "which holds an embedded-benchmark run"),
+    (("bench", "cost-table", "--out", "empty", "--report", "empty/B.md"), "the bench's own --out"),
+    (("bench", "embedded", "--out", "empty", "--report", "empty/B.md"), "the bench's own --out"),
+    (("bench", "surrogates", "--out", "empty", "--report", "empty/B.md"), "the bench's own --out"),
+    (("bench", "adversarial", "--out", "empty", "--report", "empty/B.md"), "the bench's own --out"),
+]
+
+
+@pytest.mark.parametrize("args,why", REPORT_INTO_OUTPUTS, ids=[" ".join(a[1:]) for a, _ in
+                                                              REPORT_INTO_OUTPUTS])
+def test_a_report_into_a_commands_own_files_is_refused_before_any_work(args, why, capsys,
+                                                                       monkeypatch, tmp_path):
+    """--report naming a bench's results.json or an embedded run's rows.jsonl answered "wrote
+    section" and replaced them with Markdown, and the next render failed (audit): a report that
+    is not Markdown, a command's output or inside one's folder, the bench's own --out included,
+    is one line before anything is run or written."""
+    import ffcv_dp4tl.bench.adversarial as adversarial
+    import ffcv_dp4tl.bench.cost_table as cost_table
+    import ffcv_dp4tl.bench.separation as separation
+    import ffcv_dp4tl.bench.surrogates as surrogates
+    from ffcv_dp4tl.errors import DP4TLError
+
+    def ran(*args, **kwargs):
+        raise DP4TLError("the bench ran")
+
+    for module, name in ((cost_table, "run_cost_table"), (separation, "run_separation"),
+                         (surrogates, "run_surrogate_bench"), (adversarial, "run_adversarial")):
+        monkeypatch.setattr(module, name, ran)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rr").mkdir()
+    (tmp_path / "rr" / "results.json").write_text('{"bench": "cost-table"}')
+    for run in ("emb0", "emb1"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "rows.jsonl").write_text('{"seed": 0}\n')
+    (tmp_path / "empty").mkdir()
+    before = sorted((str(p), p.read_bytes() if p.is_file() else b"") for p in tmp_path.rglob("*"))
+    roots = ("--data-root", "data", "--runs-root", "runs") if "--out" in args[2:3] else ()
+    code, _, err = cli(capsys, monkeypatch, *args, *roots)
+    one_line_error(code, err, "--report", why, "BENCHMARKS.md")
+    assert sorted((str(p), p.read_bytes() if p.is_file() else b"")
+                  for p in tmp_path.rglob("*")) == before
+
+
 def test_help_marks_data_required_wherever_it_is():
     """A command that cannot run without --data says [required] in its --help (info, score,
     prune, finetune and the mask commands showed it as optional, then stopped without it);
