@@ -28,9 +28,9 @@ from typing import Any
 
 from ffcv_dp4tl.bench.stats import (REFERENCE, after_holm, direction, format_interval, format_p,
                                     holm, paired_test)
-from ffcv_dp4tl.contracts.fields import KINDS
+from ffcv_dp4tl.contracts.fields import KINDS, typed
 from ffcv_dp4tl.errors import DP4TLError
-from ffcv_dp4tl.fsutil import read_json
+from ffcv_dp4tl.fsutil import check_out_file, read_json
 
 _is_number, _is_int = KINDS["number"][1], KINDS["int"][1]  # (the contracts' own type rules)
 
@@ -42,14 +42,33 @@ def load_table(path: Path) -> dict[str, Any]:
                   missing="pass a `dp4tl bench cost-table` --out folder or its results.json")
     if not isinstance(t, dict) or t.get("bench") != "cost-table" or not isinstance(t.get("rows"), list):
         raise DP4TLError(f"{f}: not the results.json of a `dp4tl bench cost-table` run")
+    fix = "the file was edited or damaged: rerun `dp4tl bench cost-table` into its folder"
+    # (``null`` crashed the comparison with a TypeError, and a string matched modes by substring)
+    modes = typed(t, "finetune", "strs", f, fix)
     for i, r in enumerate(t["rows"]):
         ok = (isinstance(r, dict) and isinstance(r.get("method"), str)
               and _is_number(r.get("ratio")) and _is_int(r.get("seed")))
         if not ok:
             raise DP4TLError(f"{f}: row {i} is not a run's row (a method name, a numeric ratio and "
-                             "an integer seed); the file was edited or damaged: rerun `dp4tl "
-                             "bench cost-table` into its folder")
+                             f"an integer seed); {fix}")
+        for key in (f"{m}_{k}" for m in modes for k in ("top1", "best_top1")):
+            # missing or null: no value (a run without that mode); NaN: a diverged run; a bool or
+            # a string is neither, and was counted as "not finite"
+            typed(r, key, "number", f"{f} row {i}", fix, default=None)
     return t
+
+
+def check_out(out: Path, tables: list[Path]) -> None:
+    """Refuse, before any work, an ``--out`` that is a folder or lies in an input table's folder
+    (its results.json, report.md or any file beside them): the Markdown replaced a table's
+    results.json whole, and a folder died in ``os.replace`` (audit)."""
+    check_out_file(out, "--out")
+    for table in tables:
+        folder = (table if table.is_dir() else table.parent).resolve()
+        if out.resolve().is_relative_to(folder):
+            raise DP4TLError(f"--out {out} lies in the folder of table {table} ({folder}), whose "
+                             "files are a cost table's record: write the comparison elsewhere, "
+                             "e.g. docs/no-loss/compare.md")
 
 
 def _ratio(r: dict[str, Any]) -> float:
@@ -74,12 +93,13 @@ def _mean(xs: list[float]) -> float | None:
 
 def compare(a: dict[str, Any], b: dict[str, Any], method: str) -> dict[str, Any]:
     """Paired B − A per (mode, ratio) of ``method``'s runs, seeds in both tables; the 0 %
-    reference rows as well (``reference``). Holm over the pruned cells."""
+    reference rows as well (``reference``). Holm over the pruned cells. ``a``, ``b``: tables as
+    :func:`load_table` returns them (checked)."""
     ca, cb = a.get("criterion", "final"), b.get("criterion", "final")
     if ca != cb:
         raise DP4TLError(f"the tables judge different epochs (criterion {ca} vs {cb}); render "
                          "one again with `dp4tl bench render OUT --criterion` to match")
-    modes = [m for m in a.get("finetune", []) if m in b.get("finetune", [])]
+    modes = [m for m in a["finetune"] if m in b["finetune"]]  # (lists of strings: load_table)
 
     def ratios_of(t: dict[str, Any]) -> set[float]:
         return {_ratio(r) for r in t["rows"] if r["method"] == method and r["ratio"] > 0}
@@ -166,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     labels = tuple(args.labels.split(","))
     if len(labels) != 2 or not all(labels):
         print(f"error: --labels needs two names, A,B (got {args.labels!r})", file=sys.stderr)
+        return 2
+    try:
+        if args.out:
+            check_out(args.out, [args.a, args.b])
+    except DP4TLError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         res = compare(load_table(args.a), load_table(args.b), args.method)

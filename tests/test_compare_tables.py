@@ -101,3 +101,49 @@ def test_the_command_line_writes_the_table_and_says_bad_input_in_one_line(tmp_pa
     assert cmp.main([str(tmp_path / "bad.json"), str(tmp_path / "b")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "bad.json is not valid JSON" in err and err.count("\n") == 1
+
+
+def test_an_out_in_an_input_folder_or_that_is_a_folder_is_refused_before_any_work(tmp_path, capsys):
+    """--out B/results.json answered rc 0 and replaced table B with Markdown; --out a folder died
+    with IsADirectoryError in os.replace (audit): one line each, rc 2, the inputs untouched."""
+    for name, shift in (("a", 0.0), ("b", 3.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(_table({0.6: shift})))
+    (tmp_path / "c_big").mkdir()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.json")}
+    a, b = str(tmp_path / "a"), str(tmp_path / "b" / "results.json")
+    for out, said in ((tmp_path / "b" / "results.json", "lies in the folder of table"),
+                      (tmp_path / "a" / "cmp.md", "lies in the folder of table"),
+                      (tmp_path / "c_big", "is a folder, not a file")):
+        capsys.readouterr()
+        assert cmp.main([a, b, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --out {out}") and said in err and err.count("\n") == 1, err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*.json")} == before
+    assert not (tmp_path / "a" / "cmp.md").exists() and list((tmp_path / "c_big").iterdir()) == []
+
+
+@pytest.mark.parametrize("field,value,said", [
+    ("finetune", None, "lacks field 'finetune'"),
+    ("finetune", "lp", "field 'finetune' must be a list of strings, got 'lp'"),
+    ("finetune", ["lp", 1], "field 'finetune' must be a list of strings"),
+    ("lp_top1", True, "row 1: field 'lp_top1' must be a number, got True"),
+    ("lp_top1", "71.5", "row 1: field 'lp_top1' must be a number, got '71.5'"),
+])
+def test_a_damaged_field_is_one_line_naming_the_file_and_the_field(tmp_path, capsys, field, value,
+                                                                  said):
+    """"finetune": null crashed with a TypeError in compare; "lp" compared by substring; a bool
+    or string accuracy was counted as "not finite" (audit). A NaN stays a diverged run."""
+    t = _table({0.6: 0.0})
+    if field == "finetune":
+        t["finetune"] = value
+    else:
+        t["rows"][1][field] = value
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "results.json").write_text(json.dumps(t))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "results.json").write_text(json.dumps(_table({0.6: 1.0})))
+    assert cmp.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'a' / 'results.json'}") and said in err, err
+    assert err.count("\n") == 1
