@@ -166,9 +166,19 @@ def variant_style(name: str, siblings: Sequence[str]) -> tuple[PlotStyle, str]:
 
 
 def parse_method_ratios(names: Sequence[str]) -> dict[str, list[float]]:
-    """``grand@0.6/0.8`` → ``{"grand": [0.6, 0.8]}`` (a bad ratio is a one-line error)."""
+    """``grand@0.6/0.8`` → ``{"grand": [0.6, 0.8]}`` (a bad ratio is a one-line error). A
+    method named twice, with ``@`` or without, is refused as ``lm,lm`` is: ``lm@0.6,lm@0.3``
+    and ``lm,lm@0.3`` kept the last entry's ratios and dropped the other runs in silence
+    (audit); its ratios go in one entry."""
     out = {}
+    first: dict[str, str] = {}
     for n in names:
+        head = n.partition("@")[0]
+        if head in first:
+            raise DP4TLError(f"--methods lists {head!r} twice ({first[head]}, {n}); list each "
+                             f"once, its ratios in one entry (e.g. {head}@0.3/0.6, or {head} "
+                             "alone for every --ratios)")
+        first[head] = n
         if "@" in n:
             m, _, rs = n.partition("@")
             try:

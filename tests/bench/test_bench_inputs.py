@@ -3,6 +3,7 @@ or wrote files before; now it is one `error:` line before any run, and nothing i
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -17,6 +18,10 @@ REFUSED = [
     (["cost-table", "--methods", "random", "--ratios", "0,1e-9"], "within 1e-6 of 0"),  # became 0
     (["cost-table", "--methods", "random", "--ratios", "0,0.9999999"], "within 1e-6 of 1"),
     (["cost-table", "--methods", "random,random"], "--methods lists 'random' twice"),  # deduplicated
+    # the last entry won and the other's runs were dropped in silence
+    (["cost-table", "--methods", "random@0.6,random@0.3", "--ratios", "0,0.6"],
+     "--methods lists 'random' twice (random@0.6, random@0.3)"),
+    (["cost-table", "--methods", "random,random@0.3"], "--methods lists 'random' twice"),
     (["cost-table", "--methods", "random", "--ks", "16"], "--ks 16: none of the methods (random) "
                                                           "clusters"),
     (["cost-table", "--methods", "random", "--ff-methods", "random", "--finetune", "lp"],
@@ -48,6 +53,20 @@ def test_bad_bench_input_is_one_line_before_any_work(tmp_path, capsys, monkeypat
                        "--report", "")
     one_line(code, err, needle)
     assert not any((tmp_path / d).exists() for d in ("out", "runs", "data"))
+
+
+@pytest.mark.parametrize("methods", ["lm,lm@0.3", "lm@0.6,lm@0.3", "lm@0.6,lm", "fm[k=8]@0.4,fm[k=8]"])
+def test_a_method_named_twice_with_or_without_ratios_is_refused_as_lm_lm_is(methods):
+    """``lm@0.6,lm@0.3 --ratios 0,0.6`` planned 2 runs without a word: each entry replaced the
+    ratios of the one before (audit). Other variants of a method are other entries."""
+    from ffcv_dp4tl.bench.variants import plan_methods
+
+    head = methods.split(",")[0].partition("@")[0]
+    with pytest.raises(DP4TLError, match=rf"^--methods lists '{re.escape(head)}' twice \(") as e:
+        plan_methods(methods)
+    assert "list each once, its ratios in one entry" in str(e.value) and "\n" not in str(e.value)
+    assert plan_methods("lm@0.3/0.6,fm,fm[k=8]@0.4") == (
+        ["lm", "fm", "fm[k=8]"], {"lm": [0.3, 0.6], "fm[k=8]": [0.4]})
 
 
 def _report_cases(tmp_path):
