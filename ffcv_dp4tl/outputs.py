@@ -104,14 +104,6 @@ BENCH_KINDS = ("cost-table", "surrogates", "adversarial", "embedded", "embedded-
 _VTAB_MASK = re.compile(r"train\d+val\d+\.npy")
 
 
-def writer_of(name: str) -> OutputKind | None:
-    """The kind whose command writes a file named ``name`` into its own folder (a signature or
-    one of its ``writes``), or ``None``: such a name is that command's record wherever it lies
-    (a ``--report report.md`` beside a bench's ``--out`` is the report.md the bench replaces)."""
-    return next((spec for spec in KINDS.values() if name in (*spec.signatures, *spec.writes)),
-                None)
-
-
 def _bench_field(folder: Path) -> str | None:
     """The bench a ``results.json`` names (``bench`` field; before it: an ``adv`` entry is
     the adversarial bench's), or ``None``."""

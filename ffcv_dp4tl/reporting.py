@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable
 
 from .errors import DP4TLError
 from .fsutil import atomic_write_text
-from .outputs import KINDS, folder_kind, writer_of
+from .outputs import KINDS, folder_kind
 
 DEFAULT_HEADER = ("# Benchmarks\n\nEach `## ` section is written by one script under `benchmarks/` "
                   "(or one `dp4tl bench` command) and holds only numbers from its last run (see "
@@ -139,10 +139,9 @@ def link_prefix(out: str | Path, report: str | Path) -> str:
 def check_report(report: str | Path, out: str | Path | None = None,
                  what: str = "--report") -> Path:
     """Refuse a report that a section must not be written into: a file that is not Markdown
-    (``.md``), one named like a file a command writes into its own output folder
-    (:func:`~ffcv_dp4tl.outputs.writer_of`: report.md, README.md, ...), one in a folder holding a
-    command's outputs (:func:`~ffcv_dp4tl.outputs.folder_kind`) or, given ``out``, in the bench's
-    own ``--out``. A section rewrites the whole file as Markdown: into a bench's results.json or
+    (``.md``), one in a folder holding a command's outputs
+    (:func:`~ffcv_dp4tl.outputs.folder_kind`: its report.md, README.md, ...) or, given ``out``,
+    in the bench's own ``--out``. A project's own README.md elsewhere is the user's to choose. A section rewrites the whole file as Markdown: into a bench's results.json or
     an embedded run's rows.jsonl it destroyed the record every later render reads (audit). The
     CLI checks it before any work; :func:`publish_section` again, for a Python caller."""
     path = Path(report)
@@ -150,10 +149,6 @@ def check_report(report: str | Path, out: str | Path | None = None,
     if path.suffix.lower() != ".md":
         raise DP4TLError(f"{what} {path} is not a Markdown file (.md) and a section is written "
                          f"into it as Markdown: {tail}")
-    writer = writer_of(path.name)
-    if writer is not None:
-        raise DP4TLError(f"{what} {path} is named like the {path.name} that `{writer.command}` "
-                         f"writes into its output folder (it would replace the section): {tail}")
     found = folder_kind(path.parent)
     if found is not None:
         raise DP4TLError(f"{what} {path} lies in {path.parent}, which holds {KINDS[found].what} "

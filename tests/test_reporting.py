@@ -109,8 +109,7 @@ def _cost_table_folder(tmp_path):
 @pytest.mark.parametrize("name,why", [
     ("rr/results.json", "is not a Markdown file (.md)"),
     ("notes.txt", "is not a Markdown file (.md)"),
-    ("rr/report.md", "is named like the report.md that `dp4tl bench cost-table` writes"),
-    ("elsewhere/README.md", "is named like the README.md that `dp4tl bench embedded` writes"),
+    ("rr/report.md", "lies in {tmp}/rr, which holds a cost table (written by `dp4tl bench cost-table`)"),
     ("rr/notes.md", "lies in {tmp}/rr, which holds a cost table (written by `dp4tl bench cost-table`)"),
     ("new/notes.md", "lies in the bench's own --out {tmp}/new"),
 ])
@@ -134,3 +133,6 @@ def test_a_section_goes_into_no_file_a_command_writes_and_only_into_markdown(tmp
     publish_section(tmp_path / "B.md", "Cost", out, lambda prefix: f"see {prefix}report.md",
                     log=print)  # (a Markdown file of no command's: written)
     assert "see rr/report.md" in (tmp_path / "B.md").read_text()
+    # a project's README.md is no command's output outside a command's folder (review)
+    publish_section(tmp_path / "elsewhere" / "README.md", "Cost", out, lambda prefix: "body",
+                    log=print)

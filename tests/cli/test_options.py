@@ -450,7 +450,7 @@ def test_list_callbacks_and_report_blank(tmp_path):
 REPORT_INTO_OUTPUTS = [
     (("bench", "render", "rr", "--report", "rr/results.json"), "is not a Markdown file (.md)"),
     (("bench", "render", "emb0", "--report", "emb0/rows.jsonl"), "is not a Markdown file (.md)"),
-    (("bench", "render", "rr", "--report", "rr/report.md"), "named like the report.md"),
+    (("bench", "render", "rr", "--report", "rr/report.md"), "which holds a cost table"),
     (("bench", "render", "rr", "--report", "rr/notes.md"), "which holds a cost table"),
     (("bench", "embedded-pool", "emb0", "emb1", "--out", "pooled", "--report", "emb1/B.md"),
      "which holds an embedded-benchmark run"),
