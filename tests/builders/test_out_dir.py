@@ -254,6 +254,22 @@ def test_a_build_of_the_other_shape_is_refused_before_anything_is_touched(tmp_pa
         assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
+#: a synth SOURCE of three targets (blur, paper, warm) small enough to build in seconds
+_SMALL_SYNTH = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=4,"
+                "val_per_class=0,image_size=16,target_classes=3,target_train_per_class=2,"
+                "target_test_per_class=1")
+
+
+def _build_small_synth(tmp_path, capsys, monkeypatch):
+    """``dp4tl build`` of :data:`_SMALL_SYNTH` into ``tmp_path/s`` (its folder)."""
+    from cli_runner import cli
+
+    out = tmp_path / "s"
+    assert cli(capsys, monkeypatch, "build", _SMALL_SYNTH, "--out", str(out), "--workers", "1",
+               "--no-progress")[0] == 0
+    return out
+
+
 def test_overwriting_synth_with_fewer_targets_removes_the_old_ones(tmp_path, capsys, monkeypatch):
     """``dp4tl build synth:... --overwrite`` with fewer targets than the build it replaces: the
     targets the new SOURCE does not make are removed (the pipeline pairs every ``targets/*``
@@ -261,12 +277,7 @@ def test_overwriting_synth_with_fewer_targets_removes_the_old_ones(tmp_path, cap
     put there that is no build stays."""
     from cli_runner import cli
 
-    small = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=4,"
-             "val_per_class=0,image_size=16,target_classes=3,target_train_per_class=2,"
-             "target_test_per_class=1")
-    out = tmp_path / "s"
-    assert cli(capsys, monkeypatch, "build", small, "--out", str(out), "--workers", "1",
-               "--no-progress")[0] == 0
+    small, out = _SMALL_SYNTH, _build_small_synth(tmp_path, capsys, monkeypatch)
     assert sorted(p.name for p in (out / "targets").iterdir()) == ["blur", "paper", "warm"]
     (out / "targets" / "mine").mkdir()
     (out / "targets" / "mine" / "notes.txt").write_text("kept")
@@ -284,12 +295,7 @@ def test_a_stale_target_with_a_folder_where_a_build_file_belongs_is_refused_befo
     reported "removed" (review). It is refused before anything is built, naming the folder."""
     from cli_runner import cli
 
-    small = ("synth:tiny,num_superclasses=4,classes_per_superclass=2,train_per_class=4,"
-             "val_per_class=0,image_size=16,target_classes=3,target_train_per_class=2,"
-             "target_test_per_class=1")
-    out = tmp_path / "s"
-    assert cli(capsys, monkeypatch, "build", small, "--out", str(out), "--workers", "1",
-               "--no-progress")[0] == 0
+    small, out = _SMALL_SYNTH, _build_small_synth(tmp_path, capsys, monkeypatch)
     blur = out / "targets" / "blur"
     (blur / "manifest.json").unlink()
     (blur / "manifest.json").mkdir()
