@@ -169,7 +169,7 @@ def _check_method(meta: ScoresMeta, source: Path, fix: str) -> None:
     here too."""
     from ..scoring.registry import get_scorer, unregistered_why
 
-    if why := unregistered_why(meta.method):
+    if why := unregistered_why(meta.method, given=False):
         raise DataError(f"{source}: {why} (the file was edited, or written by a version with "
                         f"other methods); {fix}")
     unit = get_scorer(meta.method).unit

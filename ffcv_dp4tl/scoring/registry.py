@@ -317,17 +317,22 @@ def get_scorer(name: str) -> Scorer:
     return _REGISTRY[name]
 
 
-def unregistered_why(name: str) -> str | None:
+def unregistered_why(name: str, given: bool = True) -> str | None:
     """None when ``name`` is a registered scorer; else the words that say it is not, naming
     the spelling when only the case differs (the docs write LM, FM, ...), else the registered
     names. Every refusal of an unregistered method says it so: a command's or the pipeline's
     method (:func:`get_scorer`) and a ``scores.json``'s (``pipeline.scores_io``, which names
-    the file); they were worded apart."""
+    the file); they were worded apart. ``given``: the user typed the name, so the words advise
+    a choice; a name read from a file (``False``) is told what is registered instead (review:
+    "choose one of" read as advice for a file the user did not write)."""
     if is_registered(name):
         return None
     if isinstance(name, str) and name.lower() in _REGISTRY:  # (is_registered loaded them)
-        return f"unknown scoring method {name!r}; method names are lower case: {name.lower()!r}"
-    return f"unknown scoring method {name!r}; choose one of {', '.join(list_scorers())}"
+        return (f"unknown scoring method {name!r}; method names are lower case: {name.lower()!r}"
+                if given else f"unknown scoring method {name!r} (registered: {name.lower()!r})")
+    names = ", ".join(list_scorers())
+    return (f"unknown scoring method {name!r}; choose one of {names}" if given
+            else f"unknown scoring method {name!r} (registered: {names})")
 
 
 def is_registered(name: str) -> bool:

@@ -176,9 +176,10 @@ def test_a_scores_file_names_an_unregistered_method_as_the_command_line_does(tmp
     """A ``scores.json`` whose method is not registered was refused in words of its own
     ("is not a scoring method", with the list) beside the command line's ("unknown scoring
     method", which also names the spelling of LM); the registry now words both
-    (scoring.registry.unregistered_why), and the file's refusal names the file and the rescore."""
+    (scoring.registry.unregistered_why), and the file's refusal names the file and the rescore.
+    A file is told what is registered, not asked to "choose" (review)."""
     from ffcv_dp4tl.errors import DP4TLError
-    from ffcv_dp4tl.scoring.registry import get_scorer
+    from ffcv_dp4tl.scoring.registry import get_scorer, unregistered_why
 
     sd = tmp_path / "s"
     write_scores(sd, method="lm", unit="class", scores=np.arange(5, dtype=float), meta={})
@@ -188,15 +189,18 @@ def test_a_scores_file_names_an_unregistered_method_as_the_command_line_does(tmp
         get_scorer(method)
     with pytest.raises(DataError) as e:
         load_scores(sd)
-    assert str(e.value) == (f"{sd / 'scores.json'}: {said.value} (the file was edited, or written "
+    head = f"unknown scoring method {method!r}"
+    assert str(said.value).startswith(head + "; ") and "choose" not in str(e.value)
+    assert str(e.value) == (f"{sd / 'scores.json'}: {unregistered_why(method, given=False)} "
+                            f"(the file was edited, or written "
                             f"by a version with other methods); rerun `dp4tl score` into {sd} (a "
                             f"pipeline's cached score stage: delete the stage folder {sd} and "
                             "rerun the pipeline)")
 
 
 @pytest.mark.parametrize("field,value,needle", [
-    ("method", "randm", "unknown scoring method 'randm'; choose one of lm, fm, "),
-    ("method", "LM", "unknown scoring method 'LM'; method names are lower case: 'lm'"),
+    ("method", "randm", "unknown scoring method 'randm' (registered: lm, fm, "),
+    ("method", "LM", "unknown scoring method 'LM' (registered: 'lm')"),
     ("unit", "sample", "method 'lm' has unit 'class', but the file says 'sample'"),
     ("unit", "cluster", "says 'cluster' (edited by hand?), which prune would remove"),
 ])
