@@ -196,6 +196,23 @@ def check_classes(path: str | Path, num_outputs: int, file_classes: list[str] | 
                          "output order")
 
 
+def _holds(out: str | Path, ckpt: Checkpoint) -> bool:
+    """``out`` is already this import of the same weights file for the same recipe and classes
+    (its identity, recipe, classes and provenance equal ``ckpt``'s): kept as it is. A new save
+    of the same tensors has other bytes, so a pipeline's brought-weights stage run again (its
+    DONE.json deleted) changed its result digest and reran every finetuning from it. An
+    unreadable file is not kept."""
+    out = Path(out)
+    if not out.is_file():
+        return False
+    try:
+        old = Checkpoint.load(out)
+    except (DP4TLError, OSError):
+        return False
+    return all(getattr(old, f) == getattr(ckpt, f) for f in
+               ("arch", "num_classes", "identity", "model_kwargs", "recipe", "classes", "extra"))
+
+
 def import_weights(path: str | Path, out: str | Path, *, recipe, classes: list[str] | None = None,
                    source: str = "", dataset_fingerprint: str | None = None,
                    fix: str = FIT_FIX) -> dict[str, Any]:
@@ -221,6 +238,7 @@ def import_weights(path: str | Path, out: str | Path, *, recipe, classes: list[s
         model_kwargs=kw, epoch=0, recipe=recipe.to_dict(), recipe_name=recipe.name,
         classes=list(classes) if classes is not None else list(file_classes or []),
         extra={"brought_weights": str(path), "weights_sha256": sha})
-    ckpt.save(out)
+    if not _holds(out, ckpt):
+        ckpt.save(out)
     return {"brought": True, "weights": str(path), "weights_sha256": sha, "arch": arch,
             "num_classes": n_out, "model_kwargs": kw, "checkpoint": str(out)}

@@ -153,3 +153,23 @@ def test_numpy_arrays_and_scalars_load_but_no_code_runs(tmp_path):
     torch.save({"model": sd, "x": Boom()}, tmp_path / "boom.pt")
     with pytest.raises(DP4TLError, match="not a state dict torch can read safely"):
         read_state_dict(tmp_path / "boom.pt")
+
+
+def test_importing_the_same_weights_again_keeps_the_checkpoint_file(tmp_path):
+    """A new save of the same tensors has other bytes: a pipeline's brought-weights stage run
+    again (its DONE.json deleted) changed its result digest, and every finetuning from it ran
+    again. The same import keeps the file; other weights, or another recipe, replace it."""
+    torch.save(_model().state_dict(), tmp_path / "w.pth")
+    out = tmp_path / "c.pt"
+    import_weights(tmp_path / "w.pth", out, recipe=_recipe(), classes=CLASSES)
+    first = out.read_bytes()
+    again = Checkpoint.load(out)
+    import_weights(tmp_path / "w.pth", out, recipe=_recipe(), classes=CLASSES)
+    assert out.read_bytes() == first
+    import_weights(tmp_path / "w.pth", out, recipe=_recipe("train.epochs=3"), classes=CLASSES)
+    assert out.read_bytes() != first and Checkpoint.load(out).recipe != again.recipe
+    torch.save(_model(n=5, blurpool=True).state_dict(), tmp_path / "other.pth")
+    before = out.read_bytes()
+    import_weights(tmp_path / "other.pth", out, recipe=_recipe(), classes=CLASSES)
+    assert out.read_bytes() != before
+    assert Checkpoint.load(out).extra["brought_weights"] == str(tmp_path / "other.pth")
