@@ -362,6 +362,20 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
 
 
 
+POOLED = "pooled_folders"  # summary.json's key for them (pool_record)
+
+
+def pool_record(folders: Sequence[str | Path], out: Path) -> dict[str, list[str]]:
+    """The pooled folders as a pool's ``summary.json`` keeps them for ``bench render``:
+    relative to the pool's own folder, so a render finds the same folders from any current
+    directory and in any copy or clone of the tree that holds them. The command keeps them as
+    typed, relative to the directory the pool was made in, which a render does not know (it
+    read those, or same-named folders, from its own); an absolute path would not survive a
+    clone."""
+    base = os.path.abspath(out)
+    return {POOLED: [Path(os.path.relpath(os.path.abspath(f), base)).as_posix() for f in folders]}
+
+
 def pool_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list[str]]:
     """The rows of several ``bench embedded`` runs of one design (replicates over other seeds),
     for one verdict over all their seeds, and a line per folder for the report's header.
@@ -372,7 +386,7 @@ def pool_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list
     rule of a method; another design (targets x methods x ratios, finetuning modes) or a seed
     missing some of its runs, since the verdict's "seeds x targets" would then misstate its n;
     and a (seed, target, method, ratio) in two folders, which would count one trial twice and
-    narrow the interval falsely."""
+    narrow the interval falsely; one folder given twice (also through a link), by its name."""
     if len(folders) < 2:
         raise DP4TLError("pool needs two or more `bench embedded` --out folders")
     rows: list[dict[str, Any]] = []
@@ -380,7 +394,12 @@ def pool_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list
     seen: dict[tuple, Path] = {}
     first: tuple[Path, str, frozenset, frozenset] | None = None  # path, key, design, modes
     truth_seen: bool | None = None  # the folders so far have ground truth
+    given: dict[Path, Path] = {}  # resolved -> as given (one folder twice: a link, a "/")
     for folder in map(Path, folders):
+        if folder.resolve() in given:
+            raise DP4TLError(f"{folder} is given twice (also as {given[folder.resolve()]}): pass "
+                             "each `bench embedded` folder once")
+        given[folder.resolve()] = folder
         path = folder / "rows.jsonl"
         if not path.exists():
             raise DP4TLError(f"{path} does not exist: pass the --out folder of a `dp4tl bench "
@@ -605,15 +624,18 @@ def plot_tests(summary: dict[str, Any], path: Path) -> Path:
 
 
 def write_outputs(rows: list[dict[str, Any]], out: Path, *, command: str, header: Sequence[str],
-                  date: str | None = None, keep_notes: bool = False) -> tuple[dict[str, Any], str]:
+                  date: str | None = None, keep_notes: bool = False,
+                  record: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
     """``summary.json``, ``paired.png`` and the Markdown body (returned, for README/BENCHMARKS).
     ``date``: the run's, when a report is rendered again (the render's time is ``rendered``).
+    ``record``: more for ``summary.json`` alone (a pool's folders, :func:`pool_record`).
     ``keep_notes`` (a render): README.md keeps its hand-written notes
     (:func:`~ffcv_dp4tl.reporting.carry_notes`); the body returned holds none, so a file
     that publishes it keeps its own (README's notes link relative to README)."""
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     summary = summarize(rows)
-    summary.update({"command": command, "date": date or now, **({"rendered": now} if date else {})})
+    summary.update({"command": command, "date": date or now, **({"rendered": now} if date else {}),
+                    **(record or {})})
     atomic_write_json(out / "summary.json", json.loads(json.dumps(summary, default=str)))
     plot = plot_tests(summary, out / "paired.png").name if summary["tests"] else ""
     body = markdown(summary, command=command, header=header, plot=plot)
@@ -625,11 +647,15 @@ def write_outputs(rows: list[dict[str, Any]], out: Path, *, command: str, header
     return summary, body
 
 
-def rerender_inputs(out: Path) -> tuple[list[dict[str, Any]], str, list[str], str | None]:
+def rerender_inputs(out: Path) -> tuple[list[dict[str, Any]], str, list[str], str | None,
+                                         dict[str, Any]]:
     """What a ``bench embedded`` (or ``embedded-pool``) folder's report is rebuilt from, running
     nothing: the rows its ``summary.json`` reported (of ``rows.jsonl``, or of the pooled
-    folders its command names), its command, its README's header lines (machine, timing) and
-    the run's date.
+    folders), its command, its README's header lines (machine, timing), the run's date and,
+    for a pool, its folders' record (:func:`pool_record`) for the new ``summary.json``.
+    A pool's folders are those it recorded relative to itself; an older pool recorded none,
+    so its command's are read, as typed, from the current directory (the one it was made in,
+    for the right folders), and then recorded.
     For a report written by an older version (a table or a test rule since changed)."""
     summary_path, readme = out / "summary.json", out / "README.md"
     for f in (summary_path, readme):
@@ -654,9 +680,25 @@ def rerender_inputs(out: Path) -> tuple[list[dict[str, Any]], str, list[str], st
                              "rerun it to rewrite the report") from None
     claim_out_dir(out, "embedded-pool" if pooled else "embedded", "folder",
                   inputs=("rows.jsonl", "summary.json", "README.md"))
+    record: dict[str, Any] = {}
     if pooled:
-        folders = words[3:words.index("--out")] if "--out" in words else []
+        kept = old.get(POOLED)
+        if kept is not None and not (isinstance(kept, list) and all(isinstance(f, str) for f in kept)):
+            raise DP4TLError(f"{summary_path}: its {POOLED} is not a list of folders; rerun its "
+                             "command to rewrite the report")
+        folders = ([out / f for f in kept] if kept is not None
+                   else [Path(f) for f in words[3:words.index("--out")]] if "--out" in words else [])
+        for f in folders:
+            if not (f / "rows.jsonl").is_file():
+                raise DP4TLError(
+                    f"{summary_path}: its pooled folder {f} has no rows.jsonl: "
+                    + ("put the pooled folders back where they were beside it (kept relative "
+                       "to it), or pool them again" if kept is not None else
+                       f"this pool's folders are its command's, resolved from the current "
+                       f"directory ({Path.cwd()}): run the render from the directory the pool "
+                       "was made in"))
         rows, _ = pool_rows(folders)
+        record = pool_record(folders, out)
     else:
         rows = read_rows(out / "rows.jsonl", repair=False)
     rows = [r for r in rows if r["seed"] in cells["seeds"] and r["target"] in cells["targets"]
@@ -667,8 +709,8 @@ def rerender_inputs(out: Path) -> tuple[list[dict[str, Any]], str, list[str], st
     text = readme.read_text(encoding="utf-8").splitlines()
     end = next((i for i, x in enumerate(text) if x.startswith("### ")), len(text))
     header = [x for x in text[:end] if x.strip() and not x.startswith("- command: ")]
-    return rows, command, header, old.get("date")
+    return rows, command, header, old.get("date"), record
 
 
-__all__ = ["paired_test", "verdict", "run_separation", "pool_rows", "summarize", "markdown",
+__all__ = ["paired_test", "verdict", "run_separation", "pool_rows", "pool_record", "summarize", "markdown",
            "write_outputs", "plot_tests", "rerender_inputs"]

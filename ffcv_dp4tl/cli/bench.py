@@ -166,16 +166,18 @@ EMBEDDED_SECTION = "Embedded benchmark (CPU): do LM and FM beat RANDOM?"
 
 def _publish_embedded(rows: list, out: Path, command: str, header: list[str],
                       report: Optional[str], date: Optional[str] = None,
-                      render: bool = False) -> None:
+                      render: bool = False, record: Optional[dict] = None) -> None:
     """README.md, paired.png and summary.json in ``out``, the body on stdout and, with
     ``report``, its embedded-benchmark section (links relative to that file). ``date``: the
-    run's; ``render``: a render of its rows, which keeps each file's hand-written notes."""
+    run's; ``render``: a render of its rows, which keeps each file's hand-written notes;
+    ``record``: summary.json's alone (a pool's folders)."""
     from ..bench.separation import write_outputs
     from ..reporting import publish_section
 
     def body(prefix: str) -> str:
-        return write_outputs(rows, out, command=command, header=header, date=date,
-                             keep_notes=render)[1].replace("](paired.png)", f"]({prefix}paired.png)")
+        text = write_outputs(rows, out, command=command, header=header, date=date,
+                             keep_notes=render, record=record)[1]
+        return text.replace("](paired.png)", f"]({prefix}paired.png)")
 
     typer.echo(body(""))
     if report:
@@ -280,7 +282,7 @@ def embedded_pool(
     import shlex
     import time
 
-    from ..bench.separation import pool_rows
+    from ..bench.separation import pool_record, pool_rows
 
     from ..outputs import claim_out_dir
 
@@ -298,7 +300,7 @@ def embedded_pool(
               f"runs of one design ({len(rows)} runs; each folder's README has its machine, "
               "recipes and timing):", *lines]
     out.mkdir(parents=True, exist_ok=True)
-    _publish_embedded(rows, out, command, header, report)
+    _publish_embedded(rows, out, command, header, report, record=pool_record(folders, out))
 
 
 @bench_app.command("render")
@@ -323,9 +325,9 @@ def render(
         if criterion is not None:
             raise typer.BadParameter("an embedded benchmark has no winning subsets to judge; "
                                      "drop --criterion", param_hint="--criterion")
-        rows, command, header, date = rerender_inputs(out)
+        rows, command, header, date, record = rerender_inputs(out)
         _publish_embedded(rows, out, command, header, str(report) if report else None, date,
-                          render=True)
+                          render=True, record=record)
         return
 
     _publish(rerender(out, criterion.value if criterion else None), out,

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from scipy import stats
@@ -604,7 +606,7 @@ def test_embedded_pool_command_writes_the_pooled_report(tmp_path, capsys, monkey
     assert "**better**" in bench_md.read_text() and "](pooled/paired.png)" in bench_md.read_text()
     assert not (tmp_path / "pooled" / "rows.jsonl").exists()
     code, _, err = cli(capsys, monkeypatch, "bench", "embedded-pool", a, a, "--out", tmp_path / "p2")
-    one_line(code, err, "count one trial twice", str(a / "rows.jsonl"))
+    one_line(code, err, f"{a} is given twice")
     before = (a / "README.md").exists()
     code, _, err = cli(capsys, monkeypatch, "bench", "embedded-pool", a, b, "--out", b)
     one_line(code, err, f"--out {b} is one of the pooled folders")
@@ -681,6 +683,55 @@ def test_a_pooled_report_over_folders_with_spaces_renders_again(tmp_path, capsys
     code, out, err = cli(capsys, monkeypatch, "bench", "render", pooled)
     assert code == 0, err
     assert "| p Holm |" in (pooled / "README.md").read_text()
+
+
+def test_pooling_one_folder_twice_names_that_folder(tmp_path):
+    """One folder given twice (again, through a link or with a trailing "/") was refused as
+    "one trial twice ... pool runs of disjoint --seeds", the wrong reason: the seeds were
+    disjoint, the folder was the same (audit). The folder is named as given twice."""
+    a = _write_run(tmp_path / "a", _rows(gap=1.0))
+    (tmp_path / "link").symlink_to(a, target_is_directory=True)
+    for again in (f"{a}/", tmp_path / "link"):
+        with pytest.raises(sep.DP4TLError, match=f"^{re.escape(str(Path(again)))} is given twice "
+                                                 f"\\(also as {re.escape(str(a))}\\): pass each"):
+            sep.pool_rows([a, again])
+
+
+def test_a_pooled_report_renders_its_own_folders_from_any_directory(tmp_path, capsys, monkeypatch):
+    """A pool made with relative folders kept only its command as typed: `bench render` from
+    another directory said "emb0/rows.jsonl does not exist: pass the --out folder of a `dp4tl
+    bench embedded` run", and from one holding same-named folders rendered those, silently
+    (audit). summary.json keeps the folders relative to the pool, so a render reads the same
+    rows from anywhere; an older pool (no such record) is read from the current directory as
+    before, and a folder missing there says so, and where to run the render from."""
+    from cli_runner import cli, one_line
+
+    made, elsewhere = tmp_path / "made", tmp_path / "elsewhere"
+    _write_run(made / "a", _rows(gap=1.0))
+    _write_run(made / "b", [{**r, "seed": r["seed"] + 5} for r in _rows(gap=1.0)])
+    _write_run(elsewhere / "a", _rows(gap=-3.0))  # same names, other rows
+    _write_run(elsewhere / "b", [{**r, "seed": r["seed"] + 5} for r in _rows(gap=-3.0)])
+    monkeypatch.chdir(made)
+    assert cli(capsys, monkeypatch, "bench", "embedded-pool", "a", "b", "--out", "pooled")[0] == 0
+    pooled = made / "pooled"
+    readme = (pooled / "README.md").read_text()
+    assert json.loads((pooled / "summary.json").read_text())["pooled_folders"] == ["../a", "../b"]
+    for cwd in (elsewhere, tmp_path):
+        monkeypatch.chdir(cwd)
+        (pooled / "README.md").write_text(readme.replace("p Holm", "x"))
+        code, _, err = cli(capsys, monkeypatch, "bench", "render", pooled)
+        assert code == 0, err
+        assert (pooled / "README.md").read_text() == readme  # the pool's rows, not elsewhere's
+    summary = json.loads((pooled / "summary.json").read_text())
+    del summary["pooled_folders"]  # a pool recorded before the folders were kept
+    (pooled / "summary.json").write_text(json.dumps(summary))
+    code, _, err = cli(capsys, monkeypatch, "bench", "render", pooled)
+    one_line(code, err, f"{pooled / 'summary.json'}: its pooled folder a has no rows.jsonl",
+             f"resolved from the current directory ({tmp_path})",
+             "run the render from the directory the pool was made in")
+    monkeypatch.chdir(made)  # where it was made: read as before, and recorded from then on
+    assert cli(capsys, monkeypatch, "bench", "render", pooled)[0] == 0
+    assert json.loads((pooled / "summary.json").read_text())["pooled_folders"] == ["../a", "../b"]
 
 
 def _rendered_run(folder):
