@@ -276,7 +276,14 @@ def write_outputs(t: dict[str, Any], out: Path, keep_notes: bool = False) -> Non
             markdown_tables(t)]
     report = out / "report.md"
     if keep_notes and report.is_file():
-        text = [carry_notes(report.read_text(encoding="utf-8"), "\n".join(text), report)]
+        try:  # (a render's except below blames results.json for a ValueError: say it here)
+            old = report.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DP4TLError(f"{report} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                             f"{e.start}), so its hand-written notes cannot be carried over; "
+                             "restore it, re-encode it as UTF-8, or move it away (the render then "
+                             "writes a fresh report.md, without the notes)") from None
+        text = [carry_notes(old, "\n".join(text), report)]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", t)
     plot_accuracy(t, out / "accuracy.png")

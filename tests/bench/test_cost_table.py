@@ -813,3 +813,24 @@ def test_header_says_when_pruned_sets_trained_the_unpruned_steps(length):
              machine={"cores": 2, "cpu": "x", "gpu": None, "python": "3.11", "torch": "2",
                       "platform": "Linux"})
     assert (STEPS_LINE in header_lines(t)) == (length == "steps")
+
+
+def test_render_of_a_report_md_that_is_not_utf8_names_report_md(tmp_path):
+    """A report.md that is not UTF-8 failed a render with a message blaming results.json and
+    advising a rerun of the cost table, which would drop the report's hand-written notes: it
+    is one line naming report.md (restore, re-encode or move it away), and nothing is
+    rewritten (audit)."""
+    import ffcv_dp4tl.bench.cost_table as ct
+
+    out = _rendered_table(tmp_path)
+    (out / "report.md").write_bytes((out / "report.md").read_bytes() + b"\n\xff note\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(DP4TLError) as e:
+        ct.rerender(out)
+    line = str(e.value)
+    assert "\n" not in line and line.startswith(f"{out / 'report.md'} is not UTF-8 text")
+    assert "results.json" not in line and "move it away" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out / "report.md").unlink()  # (moved away: a fresh report, no notes)
+    ct.rerender(out)
+    assert (out / "report.md").is_file()
