@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ffcv_dp4tl.bench.cost_table import check_row_once
 from ffcv_dp4tl.bench.stats import (REFERENCE, after_holm, direction, format_interval, format_p,
                                     holm, paired_test)
 from ffcv_dp4tl.contracts.fields import KINDS, typed
@@ -45,6 +46,7 @@ def load_table(path: Path) -> dict[str, Any]:
     fix = "the file was edited or damaged: rerun `dp4tl bench cost-table` into its folder"
     # (``null`` crashed the comparison with a TypeError, and a string matched modes by substring)
     modes = typed(t, "finetune", "strs", f, fix)
+    seen: dict[tuple[Any, ...], int] = {}
     for i, r in enumerate(t["rows"]):
         ok = (isinstance(r, dict) and isinstance(r.get("method"), str)
               and _is_number(r.get("ratio")) and _is_int(r.get("seed")))
@@ -55,6 +57,7 @@ def load_table(path: Path) -> dict[str, Any]:
             # missing or null: no value (a run without that mode); NaN: a diverged run; a bool or
             # a string is neither, and was counted as "not finite"
             typed(r, key, "number", f"{f} row {i}", fix, default=None)
+        check_row_once(seen, r, i, lambda k: f"row {k}", fix, f"{f} ")  # (else the last won)
     return t
 
 
@@ -105,10 +108,15 @@ def compare(a: dict[str, Any], b: dict[str, Any], method: str) -> dict[str, Any]
         return {_ratio(r) for r in t["rows"] if r["method"] == method and r["ratio"] > 0}
     only = ratios_of(a) ^ ratios_of(b)
     ratios = sorted(ratios_of(a) & ratios_of(b))
-    if not modes or not ratios:
-        raise DP4TLError(f"no finetuning mode or pruned ratio of method {method!r} in both tables "
-                         f"(A: methods {a.get('methods')}, modes {a.get('finetune')}; B: methods "
-                         f"{b.get('methods')}, modes {b.get('finetune')})")
+    if not modes:
+        raise DP4TLError(f"no finetuning mode in both tables (A: {', '.join(a['finetune'])}; B: "
+                         f"{', '.join(b['finetune'])}): compare tables that ran a common mode")
+    if not ratios:
+        def has(t: dict[str, Any]) -> str:
+            return (", ".join(_percent(r) for r in sorted(ratios_of(t))) or
+                    f"none (methods: {', '.join(map(str, t.get('methods') or [])) or 'none'})")
+        raise DP4TLError(f"no pruned ratio of method {method!r} in both tables (A: {has(a)}; B: "
+                         f"{has(b)}): compare tables that ran a common ratio of {method!r}")
     cells, reference = [], []
     for mode in modes:
         ra, rb = _by_seed(a, REFERENCE, 0.0, mode), _by_seed(b, REFERENCE, 0.0, mode)

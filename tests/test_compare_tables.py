@@ -47,7 +47,7 @@ def test_different_references_and_criteria_are_said_or_refused():
     assert "**differs** between the tables (up to 2.00 points" in text
     with pytest.raises(cmp.DP4TLError, match="criterion final vs best"):
         cmp.compare(_table({0.6: 0.0}), _table({0.6: 0.0}, "best"), "lm")
-    with pytest.raises(cmp.DP4TLError, match="no finetuning mode or pruned ratio of method 'fm'"):
+    with pytest.raises(cmp.DP4TLError, match=r"no pruned ratio of method 'fm' in both tables \(A: none \(methods: lm\)"):
         cmp.compare(_table({0.6: 0.0}), _table({0.6: 0.0}), "fm")
 
 
@@ -57,7 +57,7 @@ def test_only_what_both_tables_ran_is_compared_and_nan_is_counted_apart():
     and the same NaN reference in both tables read as "differs ... up to nan points"."""
     import math
 
-    with pytest.raises(cmp.DP4TLError, match="no finetuning mode or pruned ratio of method 'lm'"):
+    with pytest.raises(cmp.DP4TLError, match="no pruned ratio of method 'lm' in both tables"):
         cmp.compare(_table({0.6: 0.0}), {**_table({}), "rows": [
             r for r in _table({0.6: 0.0})["rows"] if r["method"] != "lm"]}, "lm")
     res = cmp.compare(_table({0.6: 0.0, 0.8: 0.0}), _table({0.6: 3.0}), "lm")
@@ -76,6 +76,32 @@ def test_only_what_both_tables_ran_is_compared_and_nan_is_counted_apart():
     text = cmp.markdown(res, ("A", "B"), ("a", "b"))
     assert "nan" not in text and "(2 not finite)" in text
     assert "the same runs in both tables" in text
+
+
+def test_tables_without_a_common_ratio_or_mode_say_what_each_has():
+    """Two tables whose only difference was their ratios were told "no finetuning mode or
+    pruned ratio" with their methods and modes listed, not the ratios that differed (audit)."""
+    with pytest.raises(cmp.DP4TLError) as e:
+        cmp.compare(_table({0.6: 0.0}), _table({0.8: 0.0, 0.9: 0.0}), "lm")
+    assert str(e.value) == ("no pruned ratio of method 'lm' in both tables (A: 60 %; B: 80 %, "
+                            "90 %): compare tables that ran a common ratio of 'lm'")
+    with pytest.raises(cmp.DP4TLError, match=r"no finetuning mode in both tables \(A: lp; B: ff\)"):
+        cmp.compare(_table({0.6: 0.0}), {**_table({0.6: 0.0}), "finetune": ["ff"]}, "lm")
+
+
+def test_a_duplicated_row_is_refused_naming_the_file_and_both_rows(tmp_path):
+    """A second row of the same method, ratio and seed let its last copy win silently (audit):
+    it is one line naming the file and both rows, by the rule `bench render` checks a cost
+    table's rows with (cost_table.check_row_once)."""
+    t = _table({0.6: 0.0})
+    t["rows"].append({**t["rows"][3], "lp_top1": 99.0})
+    (tmp_path / "results.json").write_text(json.dumps(t))
+    with pytest.raises(cmp.DP4TLError) as e:
+        cmp.load_table(tmp_path)
+    line = str(e.value)
+    assert "\n" not in line and line.startswith(
+        f"{tmp_path / 'results.json'} row 16: a second row of 'lm' at ratio 0.6, seed 1 "
+        "(the first: row 3)")
 
 
 def test_a_damaged_row_is_one_line_naming_the_file(tmp_path):

@@ -438,12 +438,7 @@ def _check_rows(t: dict[str, Any], key: str, path: Path, fix: str) -> None:
                 raise DataError(f"{where}: field 'estimated_s' names {stage!r}, not a stage of "
                                 f"the cost ({', '.join(COST_STAGES)}); {fix}")
             typed(estimated, stage, "nonneg", f"{where} estimated_s", fix)
-        ident = (row.get("target"), method, ratio, seed)
-        if ident in seen:
-            raise DataError(f"{where}: a second row of {method!r} at ratio {ratio:g}, seed {seed}"
-                            + (f", target {row['target']!r}" if several else "")
-                            + f" (the first: {key}[{seen[ident]}]); {fix}")
-        seen[ident] = i
+        check_row_once(seen, row, i, lambda k: f"{key}[{k}]", fix, f"{path} ", several)
     targets = list(dict.fromkeys(row.get("target") for row in t[key]))
     for target in targets:
         for seed in seeds:
@@ -460,6 +455,22 @@ def _check_rows(t: dict[str, Any], key: str, path: Path, fix: str) -> None:
         if not any(row.get(f"{mode}_top1") is not None for row in t[key]):
             raise DataError(f"{path}: field 'finetune' lists {mode!r}, but no row of {key} holds "
                             f"a {mode}_top1; {fix}")
+
+
+def check_row_once(seen: dict[tuple[Any, ...], int], row: dict[str, Any], i: int,
+                   name: Callable[[int], str], fix: str, at: str = "",
+                   several: bool = False) -> None:
+    """Row ``i`` is the first of its (target, method, ratio, seed), recorded in ``seen`` (an
+    identity to the index of its row); a second is a :class:`DataError` naming both rows
+    (``name``: how a row index is written, ``at``: the file before it). The one rule for every
+    reader of a cost table's rows: a summary averaged a copy in, a comparison let the last win."""
+    method, ratio, seed = row["method"], row["ratio"], row["seed"]
+    ident = (row.get("target"), method, ratio, seed)
+    if ident in seen:
+        raise DataError(f"{at}{name(i)}: a second row of {method!r} at ratio {ratio:g}, seed {seed}"
+                        + (f", target {row['target']!r}" if several else "")
+                        + f" (the first: {name(seen[ident])}); {fix}")
+    seen[ident] = i
 
 
 def _target_summaries(old: dict[str, Any], criterion: str) -> dict[str, Any]:
