@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .contracts.manifest import FORMAT, MANIFEST_NAME
+from .contracts.stage import is_stage_dir_name
 from .errors import DP4TLError
 from .fsutil import BAD_JSON
 
@@ -197,9 +198,34 @@ def claim_out_dir(folder: str | Path, kind: str, what: str = "--out",
         raise DP4TLError(f"{what} {folder} holds {theirs.what} (written by `{theirs.command}`); "
                          f"`{spec.command}` {does}: pass another {what} (e.g. "
                          f"{_beside(folder, kind)})")
+    if found is None and kind in BENCH_KINDS:
+        _refuse_a_root(folder, spec, what, kind)
     if found is None and folder.is_dir() and not (spec.lock and (folder / spec.lock).exists()):
         mine = [n for n in spec.guards if n not in inputs and (folder / n).exists()]
         if mine:
             raise DP4TLError(f"{what} {folder} holds {', '.join(mine)}, not written by "
                              f"`{spec.command}`, which would replace it: pass another {what} (an "
                              "empty or new folder)")
+
+
+def _refuse_a_root(folder: Path, spec: OutputKind, what: str, kind: str) -> None:
+    """A bench's ``--out`` of no kind yet is no pipeline runs root (stage folders,
+    :func:`~.contracts.stage.is_stage_dir_name`) and no data root (built datasets one or two
+    folders down: ``data/<source>/``, a synth build's ``source/``): the report, results and
+    plots went in among the runs or the builds, where no command owns them (audit: ``--out
+    runs``, ``--out data/synth-tiny``). A bench folder that is also its ``--runs-root`` (a
+    kind's ``runs_root``) is told by its results first, and taken."""
+    if not folder.is_dir():
+        return
+    stages = sorted(p.name for p in folder.iterdir() if p.is_dir() and is_stage_dir_name(p.name))
+    if stages:
+        raise DP4TLError(f"{what} {folder} holds pipeline stage folders ({stages[0]}"
+                         f"{', …' if len(stages) > 1 else ''}): it is a --runs-root, not a report "
+                         f"folder; pass another {what} for `{spec.command}` (e.g. "
+                         f"{_beside(folder, kind)})")
+    built = next((m.parent for pattern in (f"*/{MANIFEST_NAME}", f"*/*/{MANIFEST_NAME}")
+                  for m in sorted(folder.glob(pattern)) if is_dataset(m.parent)), None)
+    if built is not None:
+        raise DP4TLError(f"{what} {folder} holds the built dataset {built}: it is a --data-root "
+                         f"or a build, not a report folder; pass another {what} for "
+                         f"`{spec.command}` (e.g. {_beside(folder, kind)})")
