@@ -97,8 +97,11 @@ def expand(methods: Sequence[str], ks: Iterable[int] = (), orders: Iterable[str]
            ) -> list[str]:
     """Variant names for a method list: ``ks`` gives every method that clusters into K (FM)
     one variant per K, ``orders`` every method one variant per order. A method already spelled
-    with a K or an order keeps it. Order kept, duplicates dropped."""
+    with a K or an order keeps it. Order kept; a variant both spelled and expanded appears once,
+    but a repeated --orders item is refused, as every list option's (``check_items``)."""
     ks, orders = [int(k) for k in ks], list(orders)
+    if orders:
+        check_items("--orders", orders)
     for o in orders:
         Order.check(o, "--orders")
     for k in ks:

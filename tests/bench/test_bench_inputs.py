@@ -22,6 +22,8 @@ REFUSED = [
     (["cost-table", "--methods", "random@0.6,random@0.3", "--ratios", "0,0.6"],
      "--methods lists 'random' twice (random@0.6, random@0.3)"),
     (["cost-table", "--methods", "random,random@0.3"], "--methods lists 'random' twice"),
+    (["cost-table", "--methods", "random", "--orders", "reversed,reversed"],
+     "--orders lists 'reversed' twice; list each once"),  # deduplicated (audit)
     (["cost-table", "--methods", "random", "--ks", "16"], "--ks 16: none of the methods (random) "
                                                           "clusters"),
     (["cost-table", "--methods", "random", "--ff-methods", "random", "--finetune", "lp"],
