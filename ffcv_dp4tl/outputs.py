@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .contracts.manifest import FORMAT, MANIFEST_NAME
-from .contracts.stage import is_stage_dir_name
 from .errors import DP4TLError
 from .fsutil import BAD_JSON
 
@@ -209,20 +208,14 @@ def claim_out_dir(folder: str | Path, kind: str, what: str = "--out",
 
 
 def _refuse_a_root(folder: Path, spec: OutputKind, what: str, kind: str) -> None:
-    """A bench's ``--out`` of no kind yet is no pipeline runs root (stage folders,
-    :func:`~.contracts.stage.is_stage_dir_name`) and no data root (built datasets one or two
-    folders down: ``data/<source>/``, a synth build's ``source/``): the report, results and
-    plots went in among the runs or the builds, where no command owns them (audit: ``--out
-    runs``, ``--out data/synth-tiny``). A bench folder that is also its ``--runs-root`` (a
-    kind's ``runs_root``) is told by its results first, and taken."""
+    """A bench's ``--out`` of no kind yet is no data root (built datasets one or two folders
+    down: ``data/<source>/``, a synth build's ``source/``): the report, results and plots went
+    in among the builds, where no command owns them (audit: ``--out data/synth-tiny``). A runs
+    root is not refused: a bench's ``--out X --runs-root X`` keeps its runs beside its report
+    (``OutputKind.runs_root``), and a first run of it killed before its results were written
+    holds stage folders and nothing that tells it is the bench's (review)."""
     if not folder.is_dir():
         return
-    stages = sorted(p.name for p in folder.iterdir() if p.is_dir() and is_stage_dir_name(p.name))
-    if stages:
-        raise DP4TLError(f"{what} {folder} holds pipeline stage folders ({stages[0]}"
-                         f"{', …' if len(stages) > 1 else ''}): it is a --runs-root, not a report "
-                         f"folder; pass another {what} for `{spec.command}` (e.g. "
-                         f"{_beside(folder, kind)})")
     built = next((m.parent for pattern in (f"*/{MANIFEST_NAME}", f"*/*/{MANIFEST_NAME}")
                   for m in sorted(folder.glob(pattern)) if is_dataset(m.parent)), None)
     if built is not None:

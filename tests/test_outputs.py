@@ -270,21 +270,14 @@ def test_a_training_run_killed_in_its_first_epoch_is_still_its_folder(tmp_path):
 
 
 @pytest.mark.parametrize("kind", BENCH_KINDS)
-def test_a_bench_out_that_is_a_runs_root_or_a_data_root_is_refused(tmp_path, kind):
-    """Audit: `--out runs` and `--out data/synth-tiny` wrote a bench's results, report and
-    plots in among the pipeline's stage folders and the built datasets. A folder of no kind
-    holding stage folders (named by the pipeline's own rule) or built datasets one or two
-    folders down is refused in one line; a bench folder that is also its --runs-root (its
-    results tell it) is still taken, and other kinds' rules are unchanged."""
+def test_a_bench_out_that_is_a_data_root_is_refused(tmp_path, kind):
+    """Audit: `--out data/synth-tiny` wrote a bench's results, report and plots in among the
+    built datasets. A folder of no kind holding built datasets one or two folders down is
+    refused in one line. A runs root is taken: a bench's --out X --runs-root X holds stage
+    folders, and so does its first run killed before its results (review); other kinds' rules
+    are unchanged."""
     from ffcv_dp4tl.pipeline.stages import stage
 
-    runs = tmp_path / "runs"
-    stage(runs, "surrogate", {"recipe": "r"}).dir.mkdir(parents=True)
-    name = stage(runs, "surrogate", {"recipe": "r"}).dir.name
-    with pytest.raises(DP4TLError, match=rf"^--out {runs} holds pipeline stage folders \({name}\): "
-                                         r"it is a --runs-root, not a report folder; pass another "
-                                         rf"--out for `{KINDS[kind].command}` \(e.g. "):
-        claim_out_dir(runs, kind)
     for data, built in ((tmp_path / "data", "data/src/source"), (tmp_path / "data" / "src", "data/src/source"),
                         (tmp_path / "flat", "flat/cifar")):
         if not (tmp_path / built).exists():
@@ -292,25 +285,9 @@ def test_a_bench_out_that_is_a_runs_root_or_a_data_root_is_refused(tmp_path, kin
         with pytest.raises(DP4TLError, match=rf"^--out {data} holds the built dataset "
                                              rf"{tmp_path / built}: it is a --data-root or a build"):
             claim_out_dir(data, kind)
-    claim_out_dir(runs, "train")  # (not a bench: its own rules)
-    (tmp_path / "mine" / "notes-0123456789az").mkdir(parents=True)  # (no hex key: no stage)
-    claim_out_dir(tmp_path / "mine", kind)
+    runs = tmp_path / "runs"
+    stage(runs, "surrogate", {"recipe": "r"}).dir.mkdir(parents=True)
+    claim_out_dir(runs, kind)  # (a killed first run of --out runs --runs-root runs: resumed)
     both = _fill(tmp_path / "both", kind)
     stage(both, "pretrain", {"recipe": "r"}).dir.mkdir()
     claim_out_dir(both, kind)  # (--out X --runs-root X: a rerun)
-
-
-def test_bench_out_runs_with_the_default_runs_root_is_refused_before_any_work(
-        tmp_path, capsys, monkeypatch):
-    """The audit's `dp4tl bench cost-table --out runs` (the default --runs-root) wrote its
-    report among the stage folders: one line, and nothing written."""
-    from ffcv_dp4tl.pipeline.stages import stage
-
-    monkeypatch.chdir(tmp_path)
-    stage(Path("runs"), "surrogate", {"recipe": "r"}).dir.mkdir(parents=True)
-    before = sorted(p.name for p in Path("runs").iterdir())
-    code, _, err = cli(capsys, monkeypatch, "bench", "cost-table", "--out", "runs",
-                       "--methods", "lm", "--ratios", "0,0.6")
-    one_line(code, err, "--out runs holds pipeline stage folders", "it is a --runs-root")
-    assert sorted(p.name for p in Path("runs").iterdir()) == before
-    assert not Path("data").exists()

@@ -24,19 +24,11 @@ def stage_kind(name: str) -> str:
 #: the length of a stage's key (a sha256 prefix, ``pipeline.stages.key_of``), which ends the
 #: name of the stage's folder: ``runs/NAME-KEY`` (:func:`stage_dir_name`)
 STAGE_KEY_CHARS = 12
-_HEX = frozenset("0123456789abcdef")
 
 
 def stage_dir_name(name: str, key: str) -> str:
     """The folder of the stage ``name`` with ``key`` in a runs root (``surrogate-1a2b…``)."""
     return f"{name}-{key}"
-
-
-def is_stage_dir_name(folder_name: str) -> bool:
-    """``folder_name`` is a stage folder's (:func:`stage_dir_name`): a name, a dash, a key.
-    Read by ``outputs`` to tell a runs root, where no bench writes its report."""
-    name, dash, key = folder_name.rpartition("-")
-    return bool(name and dash) and len(key) == STAGE_KEY_CHARS and set(key) <= _HEX
 
 
 _NUMBER = (int, float)
