@@ -141,9 +141,10 @@ def check_report(report: str | Path, out: str | Path | None = None,
     """Refuse a report that a section must not be written into: a file that is not Markdown
     (``.md``), one in a folder holding a command's outputs
     (:func:`~ffcv_dp4tl.outputs.folder_kind`: its report.md, README.md, ...) or, given ``out``,
-    in the bench's own ``--out``. A project's own README.md elsewhere is the user's to choose. A section rewrites the whole file as Markdown: into a bench's results.json or
-    an embedded run's rows.jsonl it destroyed the record every later render reads (audit). The
-    CLI checks it before any work; :func:`publish_section` again, for a Python caller."""
+    in the bench's own ``--out``. A project's own README.md elsewhere is the user's to choose.
+    A section rewrites the whole file as Markdown: into a bench's results.json or an embedded
+    run's rows.jsonl it destroyed the record every later render reads (audit). The CLI checks
+    it before any work; :func:`publish_section` again, for a Python caller."""
     path = Path(report)
     tail = "choose a Markdown file outside every command's output folder, such as BENCHMARKS.md"
     if path.suffix.lower() != ".md":

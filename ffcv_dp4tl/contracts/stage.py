@@ -21,16 +21,6 @@ def stage_kind(name: str) -> str:
     return _KIND_OF_NAME.get(name.split("-", 1)[0], "other")
 
 
-#: the length of a stage's key (a sha256 prefix, ``pipeline.stages.key_of``), which ends the
-#: name of the stage's folder: ``runs/NAME-KEY`` (:func:`stage_dir_name`)
-STAGE_KEY_CHARS = 12
-
-
-def stage_dir_name(name: str, key: str) -> str:
-    """The folder of the stage ``name`` with ``key`` in a runs root (``surrogate-1a2b…``)."""
-    return f"{name}-{key}"
-
-
 _NUMBER = (int, float)
 #: The schema of ``StageResult.values`` per kind: the fields every result of that kind holds
 #: (what the reports, benches and the cost table read), with their JSON types. A stage may
@@ -51,6 +41,10 @@ STAGE_VALUES: dict[str, dict[str, tuple[type, ...]]] = {
 }
 
 
+#: the ``values`` key of a stage result holding the digest of its result files (what the stages
+#: after it record of it: ``pipeline.stages.RESULT_FILES``, ``result_id``)
+RESULT_DIGEST = "result_sha256"
+
 #: The typed fields a stage result *may* hold, per kind, checked when present (``null`` passes):
 #: the values ``DONE.json`` gives to what reads it — the report's stage lines
 #: (:func:`~ffcv_dp4tl.pipeline.stages.describe`), its seed table and ``[result]`` line, the
@@ -58,11 +52,7 @@ STAGE_VALUES: dict[str, dict[str, tuple[type, ...]]] = {
 #: ``ValueError`` at the report's ``:.4f`` after the whole pipeline ran, nor a wrong number in
 #: it. Kinds are :data:`~ffcv_dp4tl.contracts.fields.KINDS` (``fraction``: a number in [0, 1]).
 #: ``"*"``: every kind (the seconds of runs without an exact record, ``stages.ESTIMATED``; the
-#: digest of the stage's result files, ``stages.RESULT_DIGEST``).
-#: the ``values`` key of a stage result holding the digest of its result files (what the stages
-#: after it record of it: ``pipeline.stages.RESULT_FILES``, ``result_id``)
-RESULT_DIGEST = "result_sha256"
-
+#: digest of the stage's result files, :data:`RESULT_DIGEST`).
 STAGE_FIELDS: dict[str, dict[str, str]] = {
     "*": {"estimated_seconds": "number", RESULT_DIGEST: "str"},
     "train": {"top1_val": "fraction", "top1_train": "fraction", "loss": "number",

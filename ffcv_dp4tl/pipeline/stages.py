@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
 from ..contracts import STAGE_FIELDS, STAGE_KINDS, Scores, StageResult, stage_kind
-from ..contracts.stage import STAGE_KEY_CHARS, stage_dir_name
 from ..contracts.stage import RESULT_DIGEST
 from ..contracts.fields import typed
 from ..errors import DataError, DP4TLError
@@ -41,7 +40,7 @@ DONE = "DONE.json"
 
 def key_of(inputs: dict[str, Any]) -> str:
     blob = json.dumps(inputs, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:STAGE_KEY_CHARS]
+    return hashlib.sha256(blob).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,7 @@ def stage(root: Path, name: str, inputs: dict[str, Any], kind: str | None = None
     if kind not in STAGE_KINDS:
         raise ValueError(f"stage kind must be one of {STAGE_KINDS}, got {kind!r}")
     key = key_of({"stage": name, **inputs})
-    return Stage(name, Path(root) / stage_dir_name(name, key), key, inputs, kind)
+    return Stage(name, Path(root) / f"{name}-{key}", key, inputs, kind)
 
 
 @dataclass(frozen=True)
