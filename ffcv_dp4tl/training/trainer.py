@@ -613,7 +613,9 @@ def _check_best(out_dir: Path, rows: list[dict], start_epoch: int | None) -> flo
         if saved.epoch != epoch:
             raise DP4TLError(f"{meta} records epoch {epoch} as the best but {best} holds epoch "
                              f"{saved.epoch}: one of them was replaced; {fix}")
-        said, where = (top1, None) if saved.top1_val is None else (saved.top1_val, best)
+        if saved.top1_val is None:  # (a best.pt from before the field: nothing to compare)
+            return top1
+        said, where = saved.top1_val, best
     if said != top1:
         raise DP4TLError(f"{meta} records val top-1 {top1} for epoch {epoch} but {where} has "
                          f"{said} for it: best.json was edited; set its top1_val back to {said}, "
