@@ -805,7 +805,9 @@ def test_a_loader_thread_still_in_native_code_at_exit_does_not_abort_the_process
             if control.returncode == -signal.SIGABRT:
                 break
         assert control.returncode == -signal.SIGABRT, control.stderr[-2000:]
-        assert "terminate called without an active exception" in control.stderr
+        # (C++'s words for it vary: "terminate called without an active exception", or
+        # "terminate called recursively" when two threads are unwound at once; one CI run)
+        assert "terminate called" in control.stderr, control.stderr[-2000:]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -573,13 +573,19 @@ def test_a_ranks_line_reaches_torchruns_failure_report(monkeypatch, capsys, tmp_
 
 def _is_not_the_root_cause(app_mod, follower, tmp_path) -> None:
     """``follower`` (a ProcessFailure read from a file a follower wrote) loses the root cause
-    to a failure written at the same moment, whichever rank torchrun noticed first."""
+    to a failure written at the same moment, whichever rank torchrun noticed first. (The
+    clock is held at the follower's own second: read from the clock, the failure's second was
+    the next one when the two writes straddled a second's end, and it tied; one CI run.)"""
+    import time
+
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
     first = tmp_path / "first" / "error.json"
     first.parent.mkdir()
+    written_at = follower.timestamp - 1  # (a follower's line is dated a second later)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCHELASTIC_ERROR_FILE", str(first))
+        mp.setattr(time, "time", lambda: written_at + 0.999)
         app_mod._tell_launcher("error: the first failure")
     failed = ProcessFailure(local_rank=0, pid=1234, exitcode=2, error_file=str(first))
     for failures in ({1: follower, 0: failed}, {0: failed, 1: follower}):
