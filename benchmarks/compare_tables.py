@@ -26,38 +26,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ffcv_dp4tl.bench.cost_table import check_row_once
+from ffcv_dp4tl.bench.cost_results import check_results
 from ffcv_dp4tl.bench.stats import (REFERENCE, after_holm, direction, format_interval, format_p,
                                     holm, paired_test)
-from ffcv_dp4tl.contracts.fields import KINDS, typed
+from ffcv_dp4tl.contracts.fields import KINDS
 from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.fsutil import check_out_file, read_json
 
-_is_number, _is_int = KINDS["number"][1], KINDS["int"][1]  # (the contracts' own type rules)
+_is_number = KINDS["number"][1]  # (the contracts' own type rule)
 
 
 def load_table(path: Path) -> dict[str, Any]:
-    """A cost table's ``results.json`` (the file, or the ``--out`` folder holding it)."""
+    """A cost table's ``results.json`` (the file, or the ``--out`` folder holding it), checked
+    by the rules ``dp4tl bench render`` reads it with (:func:`check_results`: every row typed,
+    of the table's methods, ratios and seeds, none twice, each seed's reference present), so
+    that a hand-edited or damaged table is refused here as it is there: this script typed the
+    rows by a looser rule of its own."""
     f = path / "results.json" if path.is_dir() else path
     t = read_json(f, "cost-table results", fix="rerun `dp4tl bench cost-table` or restore the file",
                   missing="pass a `dp4tl bench cost-table` --out folder or its results.json")
-    if not isinstance(t, dict) or t.get("bench") != "cost-table" or not isinstance(t.get("rows"), list):
+    if not isinstance(t, dict) or t.get("bench") != "cost-table":
         raise DP4TLError(f"{f}: not the results.json of a `dp4tl bench cost-table` run")
-    fix = "the file was edited or damaged: rerun `dp4tl bench cost-table` into its folder"
-    # (``null`` crashed the comparison with a TypeError, and a string matched modes by substring)
-    modes = typed(t, "finetune", "strs", f, fix)
-    seen: dict[tuple[Any, ...], int] = {}
-    for i, r in enumerate(t["rows"]):
-        ok = (isinstance(r, dict) and isinstance(r.get("method"), str)
-              and _is_number(r.get("ratio")) and _is_int(r.get("seed")))
-        if not ok:
-            raise DP4TLError(f"{f}: row {i} is not a run's row (a method name, a numeric ratio and "
-                             f"an integer seed); {fix}")
-        for key in (f"{m}_{k}" for m in modes for k in ("top1", "best_top1")):
-            # missing or null: no value (a run without that mode); NaN: a diverged run; a bool or
-            # a string is neither, and was counted as "not finite"
-            typed(r, key, "number", f"{f} row {i}", fix, default=None)
-        check_row_once(seen, r, i, lambda k: f"row {k}", fix, f"{f} ")  # (else the last won)
+    check_results(t, f)
     return t
 
 

@@ -13,15 +13,17 @@ NOISE = [0.5, -0.5, 0.25, -0.25, 0.0, 0.75, -0.75, 0.1]
 
 def _table(shift: dict[float, float], criterion: str = "final") -> dict:
     rows = []
+    times = {f"{k}_s": 1.0 for k in ("surrogate", "score", "prune", "pretrain", "total",
+                                      "selection")}
     for s in range(8):
         rows.append({"method": "0 %", "ratio": 0.0, "seed": s, "lp_top1": 80.0 + s,
-                     "lp_best_top1": 81.0 + s})
+                     "lp_best_top1": 81.0 + s, **times})
         for ratio, d in shift.items():
             acc = 70.0 + s + d + (NOISE[s] if d else 0.0)
             rows.append({"method": "lm", "ratio": ratio, "seed": s, "lp_top1": acc,
-                         "lp_best_top1": acc + 1})
+                         "lp_best_top1": acc + 1, **times})
     return {"bench": "cost-table", "rows": rows, "finetune": ["lp"], "methods": ["lm"],
-            "criterion": criterion}
+            "ratios": [0.0, *shift], "seeds": list(range(8)), "criterion": criterion}
 
 
 def test_a_shift_is_found_and_none_is_claimed_where_there_is_none():
@@ -92,7 +94,7 @@ def test_tables_without_a_common_ratio_or_mode_say_what_each_has():
 def test_a_duplicated_row_is_refused_naming_the_file_and_both_rows(tmp_path):
     """A second row of the same method, ratio and seed let its last copy win silently (audit):
     it is one line naming the file and both rows, by the rule `bench render` checks a cost
-    table's rows with (cost_table.check_row_once)."""
+    table's rows with (cost_results.check_row_once)."""
     t = _table({0.6: 0.0})
     t["rows"].append({**t["rows"][3], "lp_top1": 99.0})
     (tmp_path / "results.json").write_text(json.dumps(t))
@@ -100,18 +102,23 @@ def test_a_duplicated_row_is_refused_naming_the_file_and_both_rows(tmp_path):
         cmp.load_table(tmp_path)
     line = str(e.value)
     assert "\n" not in line and line.startswith(
-        f"{tmp_path / 'results.json'} row 16: a second row of 'lm' at ratio 0.6, seed 1 "
-        "(the first: row 3)")
+        f"{tmp_path / 'results.json'} rows[16]: a second row of 'lm' at ratio 0.6, seed 1 "
+        "(the first: rows[3])")
 
 
 def test_a_damaged_row_is_one_line_naming_the_file(tmp_path):
     t = _table({0.6: 0.0})
-    for bad in ({"method": "lm", "seed": 0}, {"method": "lm", "ratio": 0.6, "seed": None}, "row"):
+    said = {0: "results.json rows[1] lacks field 'ratio'",
+            1: "results.json rows[1] lacks field 'seed'",  # (null: no value)
+            2: "results.json: field 'rows' must be a list of JSON objects"}
+    for i, bad in enumerate(({"method": "lm", "seed": 0},
+                             {"method": "lm", "ratio": 0.6, "seed": None}, "row")):
         t["rows"][1] = bad
         f = tmp_path / "results.json"
         f.write_text(json.dumps(t))
-        with pytest.raises(cmp.DP4TLError, match=r"results.json: row 1 is not a run's row"):
+        with pytest.raises(cmp.DP4TLError) as e:
             cmp.load_table(tmp_path)
+        assert said[i] in str(e.value) and "\n" not in str(e.value), str(e.value)
 
 
 def test_the_command_line_writes_the_table_and_says_bad_input_in_one_line(tmp_path, capsys):
@@ -153,13 +160,20 @@ def test_an_out_in_an_input_folder_or_that_is_a_folder_is_refused_before_any_wor
     ("finetune", None, "lacks field 'finetune'"),
     ("finetune", "lp", "field 'finetune' must be a list of strings, got 'lp'"),
     ("finetune", ["lp", 1], "field 'finetune' must be a list of strings"),
-    ("lp_top1", True, "row 1: field 'lp_top1' must be a number, got True"),
-    ("lp_top1", "71.5", "row 1: field 'lp_top1' must be a number, got '71.5'"),
+    ("lp_top1", True, "rows[1]: field 'lp_top1' must be a percentage in [0, 100], got True"),
+    ("lp_top1", "71.5", "rows[1]: field 'lp_top1' must be a percentage in [0, 100], got '71.5'"),
+    ("lp_top1", float("nan"), "rows[1]: field 'lp_top1' must be a percentage in [0, 100], got nan"),
+    ("lp_top1", 250.0, "rows[1]: field 'lp_top1' must be a percentage in [0, 100], got 250.0"),
+    ("seed", 9, "rows[1]: field 'seed' is 9, not one of the table's seeds"),
+    ("method", "fm", "rows[1]: field 'method' is 'fm', neither one of the table's methods"),
 ])
 def test_a_damaged_field_is_one_line_naming_the_file_and_the_field(tmp_path, capsys, field, value,
                                                                   said):
     """"finetune": null crashed with a TypeError in compare; "lp" compared by substring; a bool
-    or string accuracy was counted as "not finite" (audit). A NaN stays a diverged run."""
+    or string accuracy was counted as "not finite" (audit). The rows are checked by the rules
+    `bench render` reads them with (cost_results.check_results): a top-1 outside [0, 100], NaN
+    included (a diverged finetuning stops with an error: no run writes one), or a row of a seed
+    or method the table does not list, is refused as it is there; this script read them."""
     t = _table({0.6: 0.0})
     if field == "finetune":
         t["finetune"] = value
