@@ -82,10 +82,10 @@ def test_the_kinds_name_the_files_their_commands_write():
     from ffcv_dp4tl.contracts import MANIFEST_NAME
     from ffcv_dp4tl.training.checkpoint import (CHECKPOINT_NAME, FINETUNE_RESULT_NAME,
                                                 FINETUNE_STATE_NAME)
-    from ffcv_dp4tl.training.trainer import LOCK_NAME, METRICS_NAME
+    from ffcv_dp4tl.training.trainer import METRICS_NAME
 
     assert KINDS["dataset"].signatures == (MANIFEST_NAME,)
-    assert KINDS["train"].signatures == (CHECKPOINT_NAME,) and KINDS["train"].lock == LOCK_NAME
+    assert KINDS["train"].signatures == (CHECKPOINT_NAME,)
     assert METRICS_NAME in KINDS["train"].writes
     assert KINDS["finetune"].signatures == (FINETUNE_STATE_NAME, FINETUNE_RESULT_NAME)
 

@@ -86,7 +86,6 @@ from .schedule import peak_lr, resolution, step_schedule
 from .timing import StageTimer
 
 METRICS_NAME = "metrics.jsonl"
-LOCK_NAME = TRAIN_LOCK  # (outputs: the folder's kind is told by it)
 TIMINGS_NAME = "timings.json"
 #: train.keep_best: the checkpoint of the best evaluated val top-1 (the authors' best.ckpt) and
 #: its epoch and top-1 (read on resume, so "best" spans every segment of the run)
@@ -660,7 +659,7 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
             if ctx.is_main:
                 try:
                     claim_out_dir(out_dir, "train")  # (not a finetuning's folder, scores, …)
-                    lock.enter_context(directory_lock(out_dir / LOCK_NAME, f"training run {out_dir}"))
+                    lock.enter_context(directory_lock(out_dir / TRAIN_LOCK, f"training run {out_dir}"))
                     owned = True
                     remove_orphan_temps(out_dir)  # a checkpoint save a kill cut short
                 except (DP4TLError, OSError) as e:  # (an unwritable --out: OSError)
@@ -679,7 +678,7 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
         dist_.teardown(ctx)
 
 
-def remove_unused_run_dir(out_dir: Path, lock_name: str = LOCK_NAME) -> None:
+def remove_unused_run_dir(out_dir: Path, lock_name: str = TRAIN_LOCK) -> None:
     """A run folder this call made and that holds nothing but its lock and empty files (bad
     data, mask or model refused before the first epoch) is removed, so a typo leaves no stray
     folder behind. Anything with content (a checkpoint, a metrics line) stays: resuming needs it.

@@ -290,10 +290,10 @@ def test_torchrun_into_a_folder_another_run_holds_is_one_line_on_every_rank(sour
     """Rank 0's lock refusal used to reach rank 1 as a ~50-line gloo traceback from the DDP
     constructor, 20 s later; now every rank stops at the lock with one line."""
     from ffcv_dp4tl.fsutil import directory_lock
-    from ffcv_dp4tl.training.trainer import LOCK_NAME
+    from ffcv_dp4tl.outputs import TRAIN_LOCK
 
     out = tmp_path / "held"
-    with directory_lock(out / LOCK_NAME, "the test's run"):
+    with directory_lock(out / TRAIN_LOCK, "the test's run"):
         run = _torchrun("train", "resnet18_tiny_cpu", "--data", str(source_dir), "--out", str(out),
                         "--device", "cpu", "--no-progress", "--format", "wds",
                         *[a for o in TEST_OVERRIDES for a in ("--set", o)])

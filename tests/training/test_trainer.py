@@ -12,6 +12,7 @@ import torch
 from ffcv_dp4tl.data import load_manifest, make_mask, save_mask
 from ffcv_dp4tl.data.masks import IndexMask
 from ffcv_dp4tl.errors import DP4TLError, MaskError
+from ffcv_dp4tl.outputs import KINDS
 from ffcv_dp4tl.training.callbacks import Callback, RecordSeen
 from ffcv_dp4tl.training.checkpoint import Checkpoint
 from ffcv_dp4tl.training.trainer import train
@@ -708,7 +709,7 @@ def test_a_training_that_lost_the_race_for_a_new_folder_leaves_the_winners_alone
     with lock_taken_first(trainer_module, out):
         with pytest.raises(DP4TLError, match="another dp4tl process"):
             train(test_recipe(), source_dir, out_dir=out, fmt="wds", device="cpu", progress=False)
-        assert (out / trainer_module.LOCK_NAME).exists() and (out / "metrics.jsonl").exists()
+        assert (out / KINDS["train"].lock).exists() and (out / "metrics.jsonl").exists()
 
 
 def _train_cli(capsys, monkeypatch, source_dir, out, *extra):
