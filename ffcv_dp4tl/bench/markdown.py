@@ -142,7 +142,7 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
                  if (m, r) in cost else "–" for m in methods]
         L.append(f"| {ratio_label(r)} | {ph if ph is not None else '–'} | {_pct(paper_reduction(r))} | "
                  + " | ".join(cells)
-                 + f" | {_marked(format(pre, '.1f'), pre_est)} | {_pct(1 - pre / ref['pretrain_s'])} | "
+                 + f" | {_marked(num(pre), pre_est)} | {_pct(1 - pre / ref['pretrain_s'])} | "
                  f"{_marked(num(pre_cpu), pre_est)} | {_pct(1 - pre_cpu / ref_cpu)} |")
     L += _note_if_marked(L[first:])
     sur = t.get("surrogate_s")

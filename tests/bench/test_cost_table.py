@@ -465,6 +465,18 @@ def test_render_refuses_a_damaged_results_file_in_one_line(tmp_path, change, whe
         ct.rerender(emb)
 
 
+def test_a_ratio_without_rows_shows_dashes_not_nan():
+    """A listed ratio none of whose runs are in the table (rows deleted from results.json, a
+    method given other ratios) showed "nan" as its mean pretraining time in the cost table
+    (audit); every cell of it is "–", as its method cells were."""
+    rows = [_row(REFERENCE, 0.0, 0, 0, 0, 100.0, 75.0), _row("lm", 0.6, 0, 1, 1, 40.0, 76.4)]
+    t = summarize(rows, methods=["lm"], ratios=[0.0, 0.6, 0.8], seeds=[0], finetune=["lp"])
+    text = markdown_tables(t)
+    (line,) = [x for x in text.splitlines() if x.startswith("| 80 % | 1.3 |")]
+    assert "nan" not in text.lower()
+    assert line.split(" | ")[3:] == ["–"] * 4 + ["– |"], line  # (LM, and the 4 pretrain cells)
+
+
 def _rendered_table(tmp_path: Path) -> Path:
     """A one-seed table as a run writes it (LM at 60 % with LP top-1 76.4, RANDOM, the 0 %
     reference), rendered into ``tmp_path/out``."""
