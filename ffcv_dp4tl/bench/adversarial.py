@@ -31,7 +31,7 @@ from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text
 from ..pipeline.config import PipelineConfig
 from ..pipeline.result import PipelineResult
-from ..pipeline.report import mean_std
+from ..pipeline.report import mean_std, method_label
 from ..pipeline.run import preflight, run_pipeline
 from ..reporting import machine_info, ran_on
 from ..outputs import claim_out_dir
@@ -225,14 +225,23 @@ def header_lines(t: dict[str, Any]) -> list[str]:
             "finished loader workers) much less"]
 
 
+def shown(variant: str, method: str) -> str:
+    """How the report names ``variant``: the pruned models by their method's label
+    (``RANDOM``, ``RANDOM-ADV`` for ``--method random``). The stored rows keep the paper's
+    names ("LM", "LM-ADV"), which the report's code reads them by, but a table of RANDOM's
+    models labelled "LM" beside the paper's LM rows read as LM's result (audit)."""
+    return method_label(method) + variant[2:] if variant.startswith("LM") else variant
+
+
 def markdown_tables(t: dict[str, Any]) -> str:
     n = len(t["seeds"])
+    name = {v: shown(v, t.get("method", "lm")) for v in VARIANTS}
     modes = t["finetune"]
     acc_what = f"mean ± std over {n} seeds" if n > 1 else "one seed"
     lines = [f"Target test top-1 (%, final epoch, {acc_what}); source val top-1 is clean "
              "accuracy on the (class-masked) source val split; times are pretraining wall / CPU "
              "seconds (mean over seeds) and the total with selection (surrogate + score + prune "
-             "for LM), × DENSE.", "",
+             f"for {name['LM']}), × DENSE.", "",
              "| method | pruning ratio | " + " | ".join(f"{m.upper()} acc (%)" for m in modes)
              + " | source val top-1 (%) | pretrain s | × DENSE | pretrain CPU-s | × DENSE "
              "| total s | × DENSE |",
@@ -240,7 +249,7 @@ def markdown_tables(t: dict[str, Any]) -> str:
     for r in t["rows"]:
         ratio = "N/A" if r["ratio"] == 0 else f"{100 * r['ratio']:.0f}"
         val = r["source_top1_val"][0]
-        lines.append(f"| {r['variant']} | {ratio} | "
+        lines.append(f"| {name.get(r['variant'], r['variant'])} | {ratio} | "
                      + " | ".join(_acc(r.get(m), n) for m in modes)
                      + f" | {'–' if math.isnan(val) else f'{100 * val:.2f}'} | {_s(r['pretrain_s'])} | "
                      f"{_x(r['pretrain_s_x_dense'])} | {_s(r['pretrain_cpu_s'])} | "
@@ -248,17 +257,18 @@ def markdown_tables(t: dict[str, Any]) -> str:
                      f"{_x(r['total_s_x_dense'])} |")
     by = {r["variant"]: r for r in t["rows"]}
     lines += ["", "Effect of adversarial pretraining (accuracy points, ADV − clean) and of "
-              "pruning (LM-ADV − DENSE-ADV):", ""]
+              f"pruning ({name['LM-ADV']} − DENSE-ADV):", ""]
     for m in modes:
         def d(a: str, b: str) -> str:
             x, y = by[a].get(m), by[b].get(m)
             if x is None or y is None:
                 return "–"
             return f"{x['final'][0] - y['final'][0]:+.2f}"
-        lines.append(f"- {m.upper()}: DENSE-ADV − DENSE {d('DENSE-ADV', 'DENSE')}, LM-ADV − LM "
-                     f"{d('LM-ADV', 'LM')}, LM-ADV − DENSE-ADV {d('LM-ADV', 'DENSE-ADV')}, "
-                     f"LM-ADV − DENSE {d('LM-ADV', 'DENSE')}")
-    lines.append(f"- time: LM-ADV total = {_x(by['LM-ADV']['total_s_x_dense'])} DENSE, "
+        lines.append(f"- {m.upper()}: DENSE-ADV − DENSE {d('DENSE-ADV', 'DENSE')}, "
+                     f"{name['LM-ADV']} − {name['LM']} {d('LM-ADV', 'LM')}, {name['LM-ADV']} − "
+                     f"DENSE-ADV {d('LM-ADV', 'DENSE-ADV')}, {name['LM-ADV']} − DENSE "
+                     f"{d('LM-ADV', 'DENSE')}")
+    lines.append(f"- time: {name['LM-ADV']} total = {_x(by['LM-ADV']['total_s_x_dense'])} DENSE, "
                  f"DENSE-ADV = {_x(by['DENSE-ADV']['total_s_x_dense'])} DENSE (paper: LM-ADV "
                  "0.78× SUN397 / 1.24× DTD, DENSE-ADV 2.54×)")
     lines += ["", "Paper Tab. 5 (ResNet-101 on ImageNet; time in hours and × DENSE):", "",

@@ -169,3 +169,22 @@ def test_the_report_header_names_where_the_attack_steps():
 
     assert _attack_space(adv_overrides()) == "PGD in [0, 1] pixel space"
     assert "normalised image" in _attack_space(adv_overrides(units="normalized"))
+
+
+def test_the_report_names_the_pruned_models_by_their_method():
+    """With --method random the pruned models' rows read "LM" and "LM-ADV", beside the paper's
+    LM rows, and only the header said RANDOM (audit): the rows, the effects and the time line
+    name RANDOM; the paper's table keeps LM; an LM table reads as before."""
+    from ffcv_dp4tl.bench.adversarial import markdown_tables
+
+    t = json.loads((Path(__file__).parents[2] / "docs" / "adversarial" / "results.json").read_text())
+    assert t["method"] == "lm"
+    lm = markdown_tables(t)
+    t["method"] = "random"
+    text = markdown_tables(t)
+    ours, paper = text.split("Paper Tab. 5")
+    assert "| RANDOM | 60 |" in ours and "| RANDOM-ADV | 60 |" in ours
+    assert "LM" not in ours.replace("(paper: LM-ADV", "")  # (the paper's figure keeps its name)
+    assert "RANDOM-ADV − RANDOM" in ours and "time: RANDOM-ADV total" in ours
+    assert paper == lm.split("Paper Tab. 5")[1] and "| LM-ADV | 70 |" in paper
+    assert "| LM | 60 |" in lm and "LM-ADV − LM" in lm
