@@ -551,6 +551,24 @@ def test_a_recipe_for_the_other_job_is_refused_before_any_work(small_synth, tmp_
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("arch", ["vgg2", "resnet18"])
+def test_arch_and_a_set_model_arch_together_are_refused_before_any_work(small_synth, tmp_path,
+                                                                         arch):
+    """--arch resnet18 with --set model.arch=vgg2 pretrained resnet18 in silence (--arch was
+    applied last) while a bench's header listed both (audit); given both, even equal, it is
+    one line before any stage, naming both."""
+    cfg = PipelineConfig(source=str(small_synth / "source"),
+                         target=str(small_synth / "targets" / "paper"), ratio=0.5,
+                         method="random", finetune=("lp",), fmt="wds", runs_root=tmp_path / "r",
+                         data_root=tmp_path / "d", arch="resnet18",
+                         overrides=("train.epochs=1", f"model.arch={arch}"))
+    with pytest.raises(DP4TLError) as e:
+        validate(cfg)
+    assert str(e.value) == (f"--arch resnet18 and --set model.arch={arch} both choose the "
+                            "pretraining model: give one of them")
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_built_synth_source_folder_finds_its_targets_by_name(tmp_path, synth_root, target_dir):
     """``--data ROOT/source`` (the built synth data's source) finds a target named like
     ``warm`` as its sibling ``ROOT/targets/warm``, as the SOURCE ``synth:...`` does (it was
