@@ -177,7 +177,9 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
     claim_out_dir(out, "embedded")
     plan = [(REFERENCE, 0.0)] + [(m, r) for r in ratios for m in ("random", *methods)]
     path = out / "rows.jsonl"
-    rows = read_rows(path)
+    # (read only: another run may be appending, and holds the lock; the read under the lock
+    # below repairs a torn last line. Repaired here, a row being appended was cut; audit)
+    rows = read_rows(path, repair=None)
     key = settings_key(base, finetune)
     stale = sum(r.get("settings_key") != key for r in rows)
     if stale:
@@ -247,13 +249,15 @@ def _cell(row: dict[str, Any]) -> tuple[int, str, str, float]:
     return row["seed"], row["target"], row["method"], row["ratio"]
 
 
-def read_rows(path: Path, *, repair: bool = True) -> list[dict[str, Any]]:
+def read_rows(path: Path, *, repair: bool | None = True) -> list[dict[str, Any]]:
     """The finished runs of ``rows.jsonl``: the one reader of the run (its resume), the render
     and the pool, so all three accept the same rows. A last line cut short (a crash during its
     append) is dropped with a warning, and that run reruns; any other damaged line is a one-line
     error naming the file and line, since dropping it silently would lose a finished run.
     ``repair=False`` (a reader that runs nothing, e.g. pooling): the cut-short line is an
-    error too, and the file is left as it is.
+    error too, and the file is left as it is. ``repair=None`` (a look before the folder's lock
+    is held, whose last line may be another run's append in progress): that line is left out
+    of the rows, and the file as it is, silently.
 
     Refused too, since each would change the verdict while the report looks whole: a field of
     the wrong type or out of range (:data:`_ROW_FIELDS`, :data:`_OPTIONAL_FIELDS`, the
@@ -280,9 +284,11 @@ def read_rows(path: Path, *, repair: bool = True) -> list[dict[str, Any]]:
         try:
             row = json.loads(line)
         except BAD_JSON:
-            if n == len(lines) and not text.endswith("\n") and not repair:
+            if n == len(lines) and not text.endswith("\n") and repair is False:
                 raise DP4TLError(f"{path}: its last line was cut short (an interrupted run); "
                                  "rerun its `bench embedded` command (it resumes) first") from None
+            if n == len(lines) and not text.endswith("\n") and repair is None:
+                break  # (not ours to repair, nor to warn of: the read under the lock does)
             if n == len(lines) and not text.endswith("\n"):  # a torn append: rerun that run
                 warnings.warn(f"{path}: line {n} was cut short (an interrupted write); its run "
                               "runs again", UserWarning, stacklevel=2)
@@ -612,7 +618,8 @@ def plot_tests(summary: dict[str, Any], path: Path) -> Path:
                         fmt=marker, color=colour, mfc="white" if marker == "s" else colour,
                         capsize=3, label=label if i == 0 else None)
     ax.axvline(0, color="black", lw=0.8)
-    ax.legend(loc="best", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # (one seed: no interval drawn, and matplotlib
+        ax.legend(loc="best", fontsize=8)  # warned "No artists with labels" on every run)
     ax.set_yticks(range(len(tests)), [f"{t['mode'].upper()} {100 * t['ratio']:.0f} % {t['method'].upper()}"
                                       for t in tests])
     ax.invert_yaxis()

@@ -371,6 +371,37 @@ def test_seed_level_differences_are_each_seeds_mean_over_its_targets():
     assert lp["pooled"]["n"] == 7 and lp["per_target"]["warm"]["n"] == 4
 
 
+def test_a_run_refused_by_the_lock_leaves_the_running_ones_last_line_alone(tmp_path,
+                                                                            monkeypatch):
+    """A second `bench embedded` into a folder whose run was appending a row read rows.jsonl
+    with repair before taking the lock: it cut the other run's half-written line (taken for a
+    torn append) and then was refused by the lock (audit). It now only reads before the lock:
+    the file is as the running one left it, and no warning is printed."""
+    monkeypatch.setattr(sep, "preflight", lambda cfgs, log: None)
+    monkeypatch.setattr(sep, "run_pipeline", lambda cfg, log=print: pytest.fail("ran"))
+    path, base = tmp_path / "rows.jsonl", sep.PipelineConfig(source="synth:tiny")
+    sep.append_row(path, {"seed": 0, "target": "warm", "method": sep.REFERENCE, "ratio": 0.0,
+                          "lp": 50.0, "settings_key": sep.settings_key(base, ["lp"])})
+    path.write_text(path.read_text() + '{"seed": 0, "target": "warm", "meth')  # (in progress)
+    before = path.read_bytes()
+    kw = dict(targets=["warm"], seeds=[0], methods=["lm"], ratios=[0.8], finetune=["lp"],
+              log=lambda m: None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with sep_lock(tmp_path):
+            with pytest.raises(sep.DP4TLError, match="is using benchmark folder"):
+                sep.run_separation(base, tmp_path, **kw)
+    assert path.read_bytes() == before
+    with pytest.warns(UserWarning, match="line 2 was cut short"):  # (the rerun's own read)
+        assert len(sep.read_rows(path)) == 1
+
+
+def sep_lock(folder):
+    from ffcv_dp4tl.fsutil import directory_lock
+
+    return directory_lock(folder / sep.EMBEDDED_LOCK, "the running bench")
+
+
 def test_rows_file_survives_a_torn_append_and_names_a_damaged_line(tmp_path):
     """rows.jsonl is the resume record: a last line cut short by a crash mid-append is dropped
     (that run reruns) and the file repaired; a damaged line elsewhere, or a row whose fields
@@ -851,3 +882,16 @@ def test_a_malformed_truth_measure_is_refused_where_the_row_is_read(tmp_path, ca
                                                  *lines[3:]]) + "\n")
         code, _, err = cli(capsys, monkeypatch, "bench", "render", e)
         one_line(code, err, str(e / "rows.jsonl"), needle)
+
+
+def test_the_forest_plot_of_a_run_without_intervals_warns_of_nothing(tmp_path):
+    """A one-seed, one-target run has no interval to draw, and every run printed matplotlib's
+    "No artists with labels found to put in legend" among its output (audit); a run with
+    intervals still gets its legend."""
+    none = {"mode": "lp", "ratio": 0.5, "method": "lm", "pooled": {"lo": None}, "by_seed": {}}
+    some = {"mode": "lp", "ratio": 0.8, "method": "lm", "by_seed": {"lo": None},
+            "pooled": {"mean": 1.0, "lo": 0.5, "hi": 1.5}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sep.plot_tests({"tests": [none]}, tmp_path / "a.png").stat().st_size > 0
+        assert sep.plot_tests({"tests": [none, some]}, tmp_path / "b.png").stat().st_size > 0
