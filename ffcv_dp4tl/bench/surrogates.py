@@ -31,7 +31,7 @@ from ..fsutil import atomic_write_json, atomic_write_text
 from ..pipeline.compare import overlap
 from ..pipeline.config import PipelineConfig
 from ..pipeline.result import PipelineResult
-from ..pipeline.run import run_pipeline
+from ..pipeline.run import preflight, run_pipeline
 from ..reporting import machine_info, ran_on
 from .markdown import num, ratio_label
 from ..outputs import claim_out_dir
@@ -77,6 +77,29 @@ def parse_arch_overrides(items: Iterable[str]) -> dict[str, list[str]]:
                              "resnet56s:model.width=32")
         out.setdefault(arch.strip(), []).append(kv.strip())
     return out
+
+
+def check_no_arch_override(surrogate_overrides: Iterable[str],
+                           arch_overrides: Mapping[str, Sequence[str]]) -> None:
+    """Refuse a ``model.arch`` among the surrogate overrides: the bench puts each row's
+    architecture first (``model.arch=ARCH``) and a later override wins, so
+    ``--set-surrogate model.arch=vgg2`` made every row a VGG-2 (one cached surrogate) under the
+    labels of --archs — a table silently wrong (audit). The architectures are --archs'.
+    (An override that does not parse is left to the recipe's own check, which names it.)"""
+    from ..training.recipe_files import parse_override
+
+    given = [("--set-surrogate", "", text) for text in surrogate_overrides]
+    given += [("--set-arch", f"{arch}:", text) for arch, texts in arch_overrides.items()
+              for text in texts]
+    for option, prefix, text in given:
+        try:
+            section, key, _ = parse_override(text)
+        except DP4TLError:
+            continue
+        if (section, key) == ("model", "arch"):
+            raise DP4TLError(f"{option} {prefix}{text}: the bench sets model.arch per row (one "
+                             "surrogate per architecture of --archs, --reference beside them); "
+                             "drop it and list the architecture in --archs instead")
 
 
 def _params(recipe, num_classes: int) -> dict[str, int]:
@@ -132,24 +155,43 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
     ratio, finetune = round(float(ratio), RATIO_DECIMALS), tuple(finetune)
     if not finetune:
         raise DP4TLError("--finetune: give at least one mode (lp, ff)")
+    check_no_arch_override(base.surrogate_overrides, arch_overrides)
+    # the reference first: every other row's overlap needs its selection (a run cut short
+    # still has it); the table keeps the order asked for
+    order = [reference, *(a for a in archs if a != reference)]
+    ref_cfg = replace(base, ratio=0.0, method="random", finetune=finetune, scorer_options=())
+
+    def overrides(arch: str) -> tuple[str, ...]:
+        return (f"model.arch={arch}", *base.surrogate_overrides, *arch_overrides.get(arch, ()))
+
+    def config(arch: str, r: float) -> PipelineConfig:
+        return replace(base, ratio=r, method="lm", finetune=finetune,
+                       surrogate_overrides=overrides(arch))
+
+    # every run's checks before the reference trains (a bad --set-arch value was refused only
+    # after the reference and the first surrogate's rows had trained; audit): the reference
+    # (the data, --set, --set-finetune), said as its run would, then each surrogate's runs
+    # (its recipe with --set-surrogate and --set-arch, each ratio), quietly
+    preflight([ref_cfg], log)
+    for arch in order:
+        try:
+            preflight([config(arch, r) for r in all_ratios], lambda _: None)
+        except DP4TLError as e:
+            raise DP4TLError(f"LM with surrogate {arch}: {e}") from None
     n_runs, i = 1 + len(archs) * len(all_ratios), 1
     log(f"[surrogates] run 1/{n_runs}: 0 % reference (full source)")
-    ref = run_pipeline(replace(base, ratio=0.0, method="random", finetune=finetune,
-                               scorer_options=()), log=log)
+    ref = run_pipeline(ref_cfg, log=log)
     reference_acc = {m: _acc(ref, m) for m in finetune}
     runs: dict[str, dict[str, Any]] = {}
     recipes: dict[str, str] = dict(ref.recipes)
-    # the reference first: every other row's overlap needs its selection (a run cut short
-    # still has it); the table keeps the order asked for
-    for arch in [reference, *(a for a in archs if a != reference)]:
-        over = (f"model.arch={arch}", *base.surrogate_overrides, *arch_overrides.get(arch, ()))
+    for arch in order:
+        over = overrides(arch)
         rec: dict[str, Any] = {"arch": arch, "label": arch_label(arch),
                                "surrogate_overrides": list(over), "by_ratio": {}}
         for r in all_ratios:
             i += 1
             log(f"[surrogates] run {i}/{n_runs}: LM with surrogate {arch} at {100 * r:.0f} %")
-            res = run_pipeline(replace(base, ratio=r, method="lm", finetune=finetune,
-                                       surrogate_overrides=over), log=log)
+            res = run_pipeline(config(arch, r), log=log)
             sur = res.find("surrogate")
             if sur is not None and "surrogate" not in rec:
                 rec["surrogate"] = {"top1_val": sur.values.get("top1_val"),
@@ -184,7 +226,7 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
                 rec["winners"][m] = best_winning_subset(acc, [reference_acc[m]], tol)
     cfg = {**asdict(base), "data_root": str(base.data_root), "runs_root": str(base.runs_root)}
     table = {"bench": "surrogates", "archs": archs, "reference": reference, "ratio": ratio, "ratios": all_ratios,
-             "finetune": list(finetune), "tol": tol, "reference_acc": reference_acc,
+             "finetune": list(finetune), "seeds": list(ref.seeds), "tol": tol, "reference_acc": reference_acc,
              "reference_pretrain_s": (ref.pretrain(ref.seeds[0]).seconds
                                       if ref.pretrain(ref.seeds[0]) is not None else None),
              "runs": runs, "paper": PAPER_TAB_A6, "recipes": recipes, "config": cfg,
@@ -260,6 +302,14 @@ def markdown_tables(t: dict[str, Any], plot_prefix: str = "") -> str:
     return "\n".join(L) + "\n"
 
 
+def _seeds(t: dict[str, Any]) -> list[int]:
+    """The seeds the rows trained with, as the other benches print them (``[0, 1]``; the
+    config's tuple printed ``(0,)``). A results.json written before the table kept them: its
+    config's ``seeds``, none given meaning the pipeline's one seed 0 (``--seed`` is the
+    scorer's, not these)."""
+    return list(t.get("seeds") or t["config"].get("seeds") or [0])
+
+
 def header_lines(t: dict[str, Any]) -> list[str]:
     cfg, mach = t["config"], t["machine"]
     rec = t.get("recipes") or {}
@@ -276,7 +326,7 @@ def header_lines(t: dict[str, Any]) -> list[str]:
                 ("pretrain", "overrides"), ("surrogate", "surrogate_overrides"),
                 ("finetune", "finetune_overrides")) if cfg.get(key)),
             f"- method LM, ratios {', '.join(ratio_label(r) for r in t['ratios'])}, overlap at "
-            f"{ratio_label(t['ratio'])} vs `{t['reference']}`; seeds {cfg.get('seeds') or [cfg['seed']]}",
+            f"{ratio_label(t['ratio'])} vs `{t['reference']}`; seeds {_seeds(t)}",
             *(f"- note: {n}" for n in t.get("notes") or ())]
 
 
@@ -284,9 +334,13 @@ def write_outputs(t: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", t)
     plot(t, out / "surrogates.png")
-    text = ["# LM with surrogates of different sizes (paper Tab. A6, Fig. 5)", "",
-            *header_lines(t), "", markdown_tables(t)]
-    atomic_write_text(out / "report.md", "\n".join(text))
+    atomic_write_text(out / "report.md", report_text(t))
+
+
+def report_text(t: dict[str, Any]) -> str:
+    """``report.md`` of the table ``t`` (the run's, or its results.json read back)."""
+    return "\n".join(["# LM with surrogates of different sizes (paper Tab. A6, Fig. 5)", "",
+                      *header_lines(t), "", markdown_tables(t)])
 
 
 def plot(t: dict[str, Any], path: Path) -> None:

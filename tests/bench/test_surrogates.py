@@ -3,12 +3,14 @@ surrogates (RN-20s and the RN-18 reference), one ratio, LP only, 1-epoch width-8
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from ffcv_dp4tl.errors import DP4TLError
-from ffcv_dp4tl.bench.surrogates import parse_arch_overrides, run_surrogate_bench
+from ffcv_dp4tl.bench.surrogates import (header_lines, parse_arch_overrides, report_text,
+                                         run_surrogate_bench)
 from ffcv_dp4tl.pipeline.config import PipelineConfig
 from ffcv_dp4tl.training.models import create_model, num_params
 from tiny_data import FINETUNE, SYNTH, TRAIN
@@ -35,6 +37,7 @@ def test_end_to_end_two_surrogates(tmp_path, data_root):
                             arch_overrides={"resnet20s": ["model.width=16"]}, command="pytest",
                             notes=["shrunk for the test"], log=logs.append)
     assert t["archs"] == ["resnet20s", "resnet18"]  # the reference is added
+    assert t["seeds"] == [0]  # the pipeline's one seed when none is given
     runs = tmp_path / "runs"
     reference = [d for d in runs.glob("prune-*")  # the 0 % reference's mask: one, run once
                  if json.loads((d / "DONE.json").read_text())["ratio"] == 0.0]
@@ -80,3 +83,50 @@ def test_arch_overrides_and_refusals(tmp_path, data_root):
                             log=lambda s: None)
     with pytest.raises(DP4TLError, match=r"\(0, 1\)"):
         run_surrogate_bench(_base(tmp_path, data_root), archs=["vgg2"], ratio=0.0, log=lambda s: None)
+
+
+def test_every_runs_checks_come_before_the_first_run(tmp_path, data_root):
+    """A bad --set-arch value was refused only after the 0 % reference, the RN-18 surrogate
+    and its LM pretraining had trained, and "[surrogates] run 1/3" was said before a bad
+    --target was refused (audit): every (arch x ratio) run is checked first, nothing runs."""
+    base = _base(tmp_path, data_root)
+    for bad, kw, why in (
+            (base, {"arch_overrides": {"resnet20s": ["model.bogus=1"]}},
+             r"LM with surrogate resnet20s: .*unknown key model\.bogus"),
+            (base, {"arch_overrides": {"resnet20s": ["model.width=abc"]}},
+             r"LM with surrogate resnet20s: .*model\.width must be int"),
+            (replace(base, target="nope"), {}, "unknown target 'nope'")):
+        logs: list[str] = []
+        with pytest.raises(DP4TLError, match=why):
+            run_surrogate_bench(bad, tmp_path / "out", archs=["resnet20s"], log=logs.append, **kw)
+        assert not any(line.startswith("[surrogates]") for line in logs), logs
+        assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_model_arch_override_is_refused_before_any_work(tmp_path, data_root):
+    """``--set-surrogate model.arch=vgg2`` (or ``--set-arch resnet20s:model.arch=vgg2``) came
+    after the row's own ``model.arch`` and won: every row (or RN-20s') was the same VGG-2,
+    labelled RN-20s and RN-18 (audit). The architectures are --archs'; one line, nothing run."""
+    base = _base(tmp_path, data_root)
+    logs: list[str] = []
+    with pytest.raises(DP4TLError, match=r"^--set-surrogate model\.arch=vgg2: .*--archs"):
+        run_surrogate_bench(replace(base, surrogate_overrides=(*base.surrogate_overrides,
+                                                               "model.arch=vgg2")),
+                            archs=["resnet20s"], log=logs.append)
+    with pytest.raises(DP4TLError, match=r"^--set-arch resnet20s:model\.arch = vgg2: .*--archs"):
+        run_surrogate_bench(base, archs=["resnet20s"], log=logs.append,
+                            arch_overrides={"resnet20s": ["model.arch = vgg2"]})
+    assert logs == [] and not (tmp_path / "runs").exists()
+
+
+def test_the_header_prints_seeds_as_the_other_benches():
+    """The live table's config holds the PipelineConfig's tuple: the header said
+    ``seeds (0,)`` (audit); it says ``seeds [0, 1]``, as a table read back from results.json and
+    the other benches do. The published report re-renders the same, that line aside."""
+    docs = Path(__file__).resolve().parents[2] / "docs" / "surrogates"
+    t = json.loads((docs / "results.json").read_text())
+    assert report_text(t) == (docs / "report.md").read_text().replace("seeds (0,)", "seeds [0]")
+    live = {**t, "seeds": [0, 1], "config": {**t["config"], "seeds": (0, 1)}}
+    assert header_lines(live)[3].endswith("; seeds [0, 1]")
+    old = {**t, "config": {**t["config"], "seeds": (0, 1)}}  # written before "seeds" was kept
+    assert header_lines(old)[3].endswith("; seeds [0, 1]")
