@@ -92,25 +92,26 @@ def write_section(path: str | Path, title: str, body: str, keep_notes: bool = Fa
     a render of the same rows, not a new run, whose numbers a note would no longer describe).
 
     The file is created with a short header if absent; other sections are left untouched.
-    The write is atomic (temporary file + rename).
+    The write is atomic (temporary file + rename), into the file a link names
+    (:func:`report_target`: the rename replaced the user's link by a regular file). A file
+    holding the section twice is refused (:func:`check_sections`). Headings in code fences
+    are text, not sections.
     """
-    path = Path(path)
+    path = report_target(path)
     header = f"## {check_section_title(title).strip()}"  # (lines are compared stripped)
-    try:
-        text = path.read_text(encoding="utf-8") if path.exists() else DEFAULT_HEADER
-    except UnicodeDecodeError:
-        raise DP4TLError(f"{path} is not UTF-8 text, so no Markdown section can be written "
-                         "into it; choose another --report file") from None
+    text = _read_report(path)
     lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == header), None)
+    at = _section_starts(lines, header, path)
     block = [header, "", *body.rstrip("\n").splitlines()]
-    if start is None:
+    if not at:
         while lines and not lines[-1].strip():
             lines.pop()
         lines += ["", *block]
     else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
+        start = at[0]
+        _, fenced = _headings(lines)
+        end = next((i for i in range(start + 1, len(lines))
+                    if not fenced[i] and lines[i].startswith("## ")), len(lines))
         tail = lines[end:]
         if keep_notes:
             block = carry_notes("\n".join(lines[start:end]), "\n".join(block), path).splitlines()
@@ -118,11 +119,58 @@ def write_section(path: str | Path, title: str, body: str, keep_notes: bool = Fa
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def _read_report(path: Path) -> str:
+    """The text of the report ``path`` (:data:`DEFAULT_HEADER` when it does not exist yet)."""
+    try:
+        return path.read_text(encoding="utf-8") if path.exists() else DEFAULT_HEADER
+    except UnicodeDecodeError:
+        raise DP4TLError(f"{path} is not UTF-8 text, so no Markdown section can be written "
+                         "into it; choose another --report file") from None
+
+
+def _section_starts(lines: list[str], header: str, path: object) -> list[int]:
+    """The lines (outside code fences) that open section ``header``: at most one. A file
+    holding two sections of one title had only the first replaced, and the second, stale,
+    stayed below it as if current (audit): refused, naming the file and the title."""
+    _, fenced = _headings(lines)
+    at = [i for i, line in enumerate(lines) if not fenced[i] and line.rstrip() == header]
+    if len(at) > 1:
+        raise DP4TLError(f"{path} holds section {header!r} {len(at)} times (lines "
+                         f"{', '.join(str(i + 1) for i in at)}): only one could be replaced, and "
+                         "the others would stay, stale; delete all but one, then rerun")
+    return at
+
+
+def check_sections(report: str | Path, title: str) -> None:
+    """Refuse, before any work, a report whose section ``title`` :func:`write_section` could
+    not replace (the title twice in the file); a file that does not exist yet passes."""
+    path = report_target(report)
+    if path.is_file():
+        _section_starts(_read_report(path).splitlines(),
+                        f"## {check_section_title(title).strip()}", path)
+
+
+def check_one_line(value: str, what: str, noun: str = "a note") -> str:
+    """``value`` is one non-empty line: no line break of any kind (``str.splitlines`` splits
+    on ``\\x0b``, ``\\x0c``, ``\\x1c``-``\\x1e``, ``\\x85``, ``\\u2028`` ... too, and the report is
+    written line by line), so a value put into a report cannot add a heading to it: a
+    ``--note`` holding ``\\n## Adversarial pretraining (Tab. 5)`` made a second copy of that
+    section, left stale by the next run (audit)."""
+    text = str(value)
+    if not text.strip() or text.splitlines() != [text]:
+        raise DP4TLError(f"{what} {text!r}: {noun} is one non-empty line (no line breaks)")
+    return value
+
+
 def check_section_title(title: str) -> str:
-    """A section title is one non-empty line: an empty one wrote a bare ``## `` that the next
-    run could not find (a second copy), a line break an extra heading into the file."""
-    if not str(title).strip() or "\n" in str(title) or "\r" in str(title):
-        raise DP4TLError(f"--section {title!r}: a section title is one non-empty line")
+    """A section title is one non-empty line (:func:`check_one_line`): an empty one wrote a
+    bare ``## `` that the next run could not find (a second copy), a line break an extra
+    heading into the file. It may not start with ``#``: ``--section "## x"`` wrote the heading
+    ``## ## x``."""
+    check_one_line(title, "--section", "a section title")
+    if str(title).strip().startswith("#"):
+        raise DP4TLError(f"--section {title!r}: give the title without '#' (the section's "
+                         "'## ' is written before it)")
     return title
 
 
@@ -136,6 +184,21 @@ def link_prefix(out: str | Path, report: str | Path) -> str:
         return str(out) + "/"
 
 
+def report_target(report: str | Path) -> Path:
+    """The file a section of ``report`` is written into: ``report``, or the file it links to
+    (a symbolic link, followed to its end). The atomic rename replaced a link by a regular
+    file, and the user's link was lost (audit); the write goes through it instead, and the
+    target is what :func:`check_report` checks."""
+    path = Path(report)
+    if not path.is_symlink():
+        return path
+    try:
+        return path.resolve(strict=False)
+    except (OSError, RuntimeError):  # (a loop of links)
+        raise DP4TLError(f"--report {path} is a symbolic link that leads to no file (a loop); "
+                         "fix the link or choose another file") from None
+
+
 def check_report(report: str | Path, out: str | Path | None = None,
                  what: str = "--report") -> Path:
     """Refuse a report that a section must not be written into: a file that is not Markdown
@@ -143,19 +206,21 @@ def check_report(report: str | Path, out: str | Path | None = None,
     (:func:`~ffcv_dp4tl.outputs.folder_kind`: its report.md, README.md, ...) or, given ``out``,
     in the bench's own ``--out``. A project's own README.md elsewhere is the user's to choose.
     A section rewrites the whole file as Markdown: into a bench's results.json or an embedded
-    run's rows.jsonl it destroyed the record every later render reads (audit). The CLI checks
-    it before any work; :func:`publish_section` again, for a Python caller."""
-    path = Path(report)
+    run's rows.jsonl it destroyed the record every later render reads (audit). A link is
+    judged by the file it names (:func:`report_target`), which is the one written. The CLI
+    checks it before any work; :func:`publish_section` again, for a Python caller."""
+    path = report_target(report)
+    name = f"{what} {report}" + (f" (a link to {path})" if path != Path(report) else "")
     tail = "choose a Markdown file outside every command's output folder, such as BENCHMARKS.md"
     if path.suffix.lower() != ".md":
-        raise DP4TLError(f"{what} {path} is not a Markdown file (.md) and a section is written "
+        raise DP4TLError(f"{name} is not a Markdown file (.md) and a section is written "
                          f"into it as Markdown: {tail}")
     found = folder_kind(path.parent)
     if found is not None:
-        raise DP4TLError(f"{what} {path} lies in {path.parent}, which holds {KINDS[found].what} "
+        raise DP4TLError(f"{name} lies in {path.parent}, which holds {KINDS[found].what} "
                          f"(written by `{KINDS[found].command}`): {tail}")
     if out is not None and path.resolve().is_relative_to(Path(out).resolve()):
-        raise DP4TLError(f"{what} {path} lies in the bench's own --out {out}, whose files the "
+        raise DP4TLError(f"{name} lies in the bench's own --out {out}, whose files the "
                          f"bench writes: {tail}")
     return path
 

@@ -136,3 +136,67 @@ def test_a_section_goes_into_no_file_a_command_writes_and_only_into_markdown(tmp
     # a project's README.md is no command's output outside a command's folder (review)
     publish_section(tmp_path / "elsewhere" / "README.md", "Cost", out, lambda prefix: "body",
                     log=print)
+
+
+def test_a_section_replaced_through_a_link_keeps_the_link(tmp_path):
+    """--report lnk.md -> docs/B.md: the section goes into docs/B.md and the link stays (the
+    atomic rename replaced the user's link by a regular file; audit); the link's target is
+    checked as the report (a link into a bench's folder is refused)."""
+    from ffcv_dp4tl.reporting import check_report
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "B.md").write_text("# Mine\n")
+    link = tmp_path / "lnk.md"
+    link.symlink_to("docs/B.md")
+    write_section(link, "Cost", "| a | 1 |")
+    assert link.is_symlink() and "| a | 1 |" in (tmp_path / "docs" / "B.md").read_text()
+    assert (tmp_path / "docs" / "B.md").read_text().startswith("# Mine\n")
+    out = _cost_table_folder(tmp_path)
+    bad = tmp_path / "bad.md"
+    bad.symlink_to(out / "results.json")
+    with pytest.raises(DP4TLError, match=r"bad.md \(a link to .*results.json\) is not a Markdown"):
+        check_report(bad)
+    inside = tmp_path / "in.md"
+    inside.symlink_to(out / "report.md")
+    with pytest.raises(DP4TLError, match=r"in.md \(a link to .*rr/report.md\) lies in .*which holds a cost table"):
+        check_report(inside)
+
+
+def test_a_file_holding_a_section_twice_is_refused_naming_it_and_the_title(tmp_path):
+    """Two ``## Cost`` sections: only the first was replaced and the stale second stayed
+    (audit); refused in one line naming the file and the title, the file unchanged. A heading
+    shown in a code fence is text, not a second section."""
+    from ffcv_dp4tl.reporting import check_sections
+
+    path = tmp_path / "B.md"
+    text = "# B\n\n## Cost\n\nold 1\n\n## Other\n\no\n\n## Cost\n\nold 2\n"
+    path.write_text(text)
+    for call in (lambda: write_section(path, "Cost", "new"), lambda: check_sections(path, "Cost")):
+        with pytest.raises(DP4TLError) as e:
+            call()
+        assert str(path) in str(e.value) and "'## Cost' 2 times" in str(e.value)
+        assert "\n" not in str(e.value)
+    assert path.read_text() == text
+    check_sections(tmp_path / "new.md", "Cost")  # (no file yet: nothing to refuse)
+    path.write_text("# B\n\n## Cost\n\nold\n\n```\n## Cost\n```\n\n## Other\n\no\n")
+    write_section(path, "Cost", "new")
+    assert path.read_text() == "# B\n\n## Cost\n\nnew\n\n## Other\n\no\n"
+
+
+@pytest.mark.parametrize("title,why", [("## x", "without '#'"), ("#x", "without '#'"),
+                                       ("x\u2028## y", "one non-empty line"),
+                                       ("x\x0c## y", "one non-empty line"), (" ", "one non-empty line")])
+def test_a_section_title_is_one_line_without_hashes(tmp_path, title, why):
+    """``--section "## x"`` wrote the heading ``## ## x``; a line separator other than \\n
+    split the title into a heading of its own (the file is written line by line)."""
+    from ffcv_dp4tl.reporting import check_one_line, check_section_title
+
+    with pytest.raises(DP4TLError, match=why):
+        check_section_title(title)
+    with pytest.raises(DP4TLError, match=why):
+        write_section(tmp_path / "B.md", title, "body")
+    assert not (tmp_path / "B.md").exists()
+    if "#" not in title.strip()[:1]:
+        with pytest.raises(DP4TLError, match="--note"):
+            check_one_line(title, "--note")
+    assert check_section_title("Cost (x #1)") == "Cost (x #1)"
