@@ -15,8 +15,8 @@ from .app import app
 from .options import (BENCH_TARGET_HELP, PRETRAIN_LENGTH_HELP, PROGRESS_HELP, RECIPES_HELP, REPORT_HELP, Budget, FORMAT_HELP, K_HELP, Format,
                       PretrainLength, Protocol,
                       RecipeSet, bench_target,
-                      check_arch, check_report_beside, default_k, device_option, ints_callback,
-                      list_callback,
+                      check_arch, check_data_root_beside, check_report_beside, default_k,
+                      device_option, ints_callback, list_callback, notes_callback,
                       out_callback, pruned_ratio_callback, pruned_ratios_callback, ratios_callback,
                       report_callback, section_callback, seeds_callback, split_list)
 from .pipeline import FINETUNE_MODES, PROTOCOL_HELP, SURROGATE_WEIGHTS_HELP
@@ -101,7 +101,8 @@ def cost_table(
 
     from .pipeline import target_config
 
-    check_report_beside(report, out)
+    check_data_root_beside(data_root, out)
+    check_report_beside(report, out, section)
     data = data or "synth:tiny"
     recipes_ = "" if recipes is RecipeSet.auto else recipes.value
     k = default_k(k, data)
@@ -228,7 +229,8 @@ def embedded(
     from ..pipeline.recipes import RECIPE_SETS
     from ..reporting import machine_info, ran_on
 
-    check_report_beside(report, out)
+    check_data_root_beside(data_root, out)
+    check_report_beside(report, out, EMBEDDED_SECTION)
     t0 = time.perf_counter()
     load0 = os.getloadavg()
     bench_set = RECIPE_SETS["bench"]
@@ -286,7 +288,7 @@ def embedded_pool(
 
     from ..outputs import claim_out_dir
 
-    check_report_beside(report, out)
+    check_report_beside(report, out, EMBEDDED_SECTION)
     for folder in folders:
         if folder.resolve() == out.resolve():
             raise DP4TLError(f"--out {out} is one of the pooled folders: its README.md and "
@@ -319,7 +321,9 @@ def render(
     README.md, paired.png and summary.json from the rows it reported, its header kept."""
     from ..bench.cost_table import rerender
 
-    if (out / "rows.jsonl").is_file() or (out / "summary.json").is_file():
+    embedded_run = (out / "rows.jsonl").is_file() or (out / "summary.json").is_file()
+    check_report_beside(report, out, EMBEDDED_SECTION if embedded_run else section)
+    if embedded_run:
         from ..bench.separation import rerender_inputs
 
         if criterion is not None:
@@ -376,7 +380,8 @@ def surrogates(
     section: str = typer.Option("Surrogate size (Tab. A6, Fig. 5)", help="Title of that section",
                                 callback=section_callback),
     note: List[str] = typer.Option([], "--note", help="A line for the report's header, e.g. why "
-                                   "the recipes were shrunk (repeatable)"),
+                                   "the recipes were shrunk (repeatable; one line each)",
+                                   callback=notes_callback),
     progress: bool = typer.Option(True, help=PROGRESS_HELP),
 ) -> None:
     """LM with surrogates of different sizes (paper Tab. A6 / Fig. 5): params, source accuracy,
@@ -386,7 +391,8 @@ def surrogates(
     from ..pipeline.config import PipelineConfig
     from ..reporting import publish_section
 
-    check_report_beside(report, out)
+    check_data_root_beside(data_root, out)
+    check_report_beside(report, out, section)
     if not split_list(archs, "--archs"):
         raise typer.BadParameter(f"got {archs!r}: give at least one surrogate architecture",
                                  param_hint="--archs")

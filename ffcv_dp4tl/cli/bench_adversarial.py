@@ -8,7 +8,7 @@ import typer
 
 from .bench import bench_app
 from .options import (PROGRESS_HELP, RECIPES_HELP, REPORT_HELP, FORMAT_HELP, K_HELP, AdvNorm, AdvUnits, Format, Protocol, RecipeSet,
-                      check_arch, check_report_beside, default_k, device_option, list_callback, out_callback, report_callback,
+                      check_arch, check_data_root_beside, check_report_beside, default_k, device_option, list_callback, out_callback, report_callback,
                       pruned_ratio_callback, section_callback, seeds_callback, split_list)
 from .pipeline import FINETUNE_MODES, PROTOCOL_HELP
 
@@ -64,7 +64,8 @@ def adversarial(
     from ..pipeline.config import PipelineConfig
     from ..reporting import command_line, publish_section
 
-    check_report_beside(report, out)
+    check_data_root_beside(data_root, out)
+    check_report_beside(report, out, section)
     data = data or "synth:tiny"
     recipes_ = "" if recipes is RecipeSet.auto else recipes.value
     k = default_k(k, data)

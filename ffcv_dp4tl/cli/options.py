@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import typer
 
@@ -200,15 +200,23 @@ def report_callback(value: Optional[str]) -> Optional[str]:
     """``--report`` callback: '' = no report (None); a folder or an unwritable place is refused
     before any work (``fsutil.check_out_file``), not after the bench ran, and so is a file no
     section may go into (``reporting.check_report``: not Markdown, or a command's output; a
-    bench checks it against its own --out at its start, ``check_report_beside``)."""
+    pipeline's stage folder, :func:`stage_folder_around`; a bench checks it against its own
+    --out at its start, ``check_report_beside``). A link is judged, and written, by the file
+    it names (``reporting.report_target``)."""
     from ..fsutil import check_out_file
-    from ..reporting import check_report
+    from ..reporting import check_report, report_target
 
     if value is None or not value.strip():
         return None
     with usage_error():
-        path = check_out_file(value, "--report")
-        check_report(path)
+        path = check_out_file(report_target(value), "--report")
+        check_report(value)
+    stage = stage_folder_around(path)
+    if stage is not None:
+        raise typer.BadParameter(f"{value} lies in the pipeline's stage folder {stage}, whose "
+                                 "files a rerun of that stage reads or replaces: choose a "
+                                 "Markdown file outside the pipeline's stage folders, such as "
+                                 "BENCHMARKS.md")
     if not path.parent.is_dir():  # (a typo made /nonexistent/dir/ and "wrote section"; review)
         raise typer.BadParameter(f"{value}: its folder {path.parent} does not exist; create it, or "
                                  "choose a file in an existing folder")
@@ -221,26 +229,79 @@ def report_callback(value: Optional[str]) -> Optional[str]:
     return value
 
 
-def check_report_beside(report: Optional[str], out: Path) -> None:
-    """A bench's ``--report`` inside its own ``--out`` (``reporting.check_report``), refused at
-    the command's start: its callback cannot see ``--out``, and the same check in
+#: the pipeline's report folder, ``RUNS_ROOT/report-<key>`` (``pipeline.run.report_step``):
+#: a stage folder without a ``DONE.json``
+_REPORT_STAGE = "report"
+
+
+def stage_folder_around(path: str | Path) -> Optional[Path]:
+    """The pipeline stage folder ``path`` lies in (at any depth), or None. A stage folder is
+    named ``NAME-KEY`` (``pipeline.stages.stage``: KEY as ``key_of`` makes it) and holds the
+    stage's ``DONE.json`` or lock, or is the pipeline's report folder (``report-KEY`` with its
+    results.json). ``--report runs/report-KEY/report.md`` was written into, and the
+    pipeline's next run of it replaced the section (audit)."""
+    import re
+
+    from ..pipeline.stages import DONE, LOCK, key_of
+
+    named = re.compile(rf"([a-z][a-z0-9_]*(?:-[a-z0-9_]+)*)-[0-9a-f]{{{len(key_of({}))}}}")
+    for folder in Path(path).resolve().parents:
+        m = named.fullmatch(folder.name)
+        if m and ((folder / DONE).is_file() or (folder / LOCK).exists()
+                  or (m.group(1) == _REPORT_STAGE and (folder / "results.json").is_file())):
+            return folder
+    return None
+
+
+def check_report_beside(report: Optional[str], out: Path, section: Optional[str] = None) -> None:
+    """A bench's ``--report`` inside its own ``--out`` (``reporting.check_report``), or one
+    holding its ``section`` twice (``reporting.check_sections``), refused at the command's
+    start: its callback cannot see ``--out`` and ``--section``, and the same checks in
     ``publish_section`` came only after the whole run."""
-    from ..reporting import check_report
+    from ..reporting import check_report, check_sections
 
     if report:
         try:
             check_report(report, out)
+            if section is not None:
+                check_sections(report, section)
         except DP4TLError as e:
             raise typer.BadParameter(str(e), param_hint="--report") from None
 
 
+def check_data_root_beside(data_root: Path, out: Path) -> None:
+    """A bench's ``--data-root`` that is its ``--out``, lies inside it or holds it, refused at
+    the command's start: the builds went into the report folder (or the report among the
+    builds), and the rerun after a kill was refused, its --out now holding a built dataset
+    (``outputs.claim_out_dir``), so the run could not resume (audit)."""
+    root, folder = Path(data_root).resolve(), Path(out).resolve()
+    if root == folder or root.is_relative_to(folder) or folder.is_relative_to(root):
+        how = ("is" if root == folder else "lies inside" if root.is_relative_to(folder)
+               else "holds")
+        raise typer.BadParameter(f"{data_root} {how} the bench's --out {out}: the builds and the "
+                                 "report would share a folder; pass a --data-root apart from "
+                                 "the --out", param_hint="--data-root")
+
+
 def section_callback(value: str) -> str:
-    """``--section``: one non-empty line (:func:`~ffcv_dp4tl.reporting.check_section_title`)."""
+    """``--section``: one non-empty line, not starting with '#'
+    (:func:`~ffcv_dp4tl.reporting.check_section_title`)."""
     from ..reporting import check_section_title
 
     with usage_error():
         check_section_title(value)
     return value
+
+
+def notes_callback(values: List[str]) -> List[str]:
+    """``--note`` (repeatable): each one line (:func:`~ffcv_dp4tl.reporting.check_one_line`),
+    the rule of ``--section``: a line break put a heading of its own into the report."""
+    from ..reporting import check_one_line
+
+    with usage_error():
+        for value in values or ():
+            check_one_line(value, "--note")
+    return values
 
 
 REPORT_HELP = "Also write a section into this Markdown file (e.g. BENCHMARKS.md; '' = none)"
@@ -298,9 +359,34 @@ BENCH_TARGET_HELP = (f"(default: {BENCH_SYNTH_TARGET} on the embedded synth data
 
 
 def bench_target(target: str, data: str) -> str:
-    """A benchmark's ``--target``: as given, else :data:`BENCH_SYNTH_TARGET` on synth data and
-    "" (the pipeline's alphabetically-first rule) on any other data."""
-    return target or (BENCH_SYNTH_TARGET if is_synth(data) else "")
+    """A benchmark's ``--target``: as given, else :data:`BENCH_SYNTH_TARGET` on synth data that
+    has it and "" (the pipeline's alphabetically-first rule) on any other data: synth data of
+    one target (``num_targets=1``: ``paper`` only) was refused with "unknown target 'warm'",
+    after its build, though the help promises the alphabetically first (audit)."""
+    if target or not is_synth(data):
+        return target
+    names = synth_target_names(data)
+    return BENCH_SYNTH_TARGET if names is None or BENCH_SYNTH_TARGET in names else ""
+
+
+def synth_target_names(data: str) -> Optional[list[str]]:
+    """The targets of the synth data ``data``: a ``synth:*`` SOURCE's (as its build will name
+    them) or a built folder's (``targets/NAME/``, as the pipeline finds them); None when they
+    cannot be told (a bad SOURCE: the pipeline names what is wrong with it)."""
+    from ..contracts.manifest import MANIFEST_NAME
+
+    if str(data).split(":", 1)[0].split(",", 1)[0] == "synth":
+        from beton_builders.synth import parse_synth
+
+        try:
+            return parse_synth(str(data)).target_names()
+        except DP4TLError:  # (a bad spec: the build reports it, in its own words)
+            return None
+    root = Path(data)
+    if root.name == "source" and (root.parent / "targets").is_dir():  # (a synth root's source)
+        root = root.parent
+    names = sorted(p.parent.name for p in (root / "targets").glob(f"*/{MANIFEST_NAME}"))
+    return names or None
 
 
 def is_synth(data: str) -> bool:

@@ -610,3 +610,149 @@ def test_pretrain_length_reaches_the_pipeline_and_the_cost_table(record, capsys)
     assert base.pretrain_length == "steps" and "--pretrain-length steps" in kw["command"]
     _, (base, _), kw = record(capsys, "bench", "cost-table")
     assert base.pretrain_length == "epochs" and "--pretrain-length" not in kw["command"]
+
+
+def _no_bench_runs(monkeypatch) -> dict:
+    """Every bench's work replaced by a recorder that stops the command: what it was given
+    (``seen``), and proof a refused command did no work."""
+    import ffcv_dp4tl.bench.adversarial as adversarial
+    import ffcv_dp4tl.bench.cost_table as cost_table
+    import ffcv_dp4tl.bench.separation as separation
+    import ffcv_dp4tl.bench.surrogates as surrogates
+    from ffcv_dp4tl.errors import DP4TLError
+
+    seen: dict = {}
+
+    def ran(base, *args, **kwargs):
+        seen["base"] = base
+        raise DP4TLError("the bench ran")
+
+    for module, name in ((cost_table, "run_cost_table"), (separation, "run_separation"),
+                         (surrogates, "run_surrogate_bench"), (adversarial, "run_adversarial")):
+        monkeypatch.setattr(module, name, ran)
+    return seen
+
+
+@pytest.mark.parametrize("note", ["x\n## Adversarial pretraining (Tab. 5)", "x\r\n## y",
+                                  "x\u2028## y", ""])
+def test_a_note_that_is_not_one_line_is_refused_before_any_work(note, capsys, monkeypatch,
+                                                                tmp_path):
+    """``--note $'x\\n## Adversarial pretraining (Tab. 5)'`` put that heading into report.md
+    and the --report file, and a rerun left the first run's tables under it (audit): a note is
+    one line, as a --section title is, refused before anything is built or written."""
+    _no_bench_runs(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(capsys, monkeypatch, "bench", "surrogates", "--out", "sur", "--data-root",
+                       "data", "--runs-root", "runs", "--report", "B.md", "--note", "fine",
+                       "--note", note)
+    one_line_error(code, err, "--note", "one non-empty line")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bench", ["cost-table", "embedded", "surrogates", "adversarial"])
+@pytest.mark.parametrize("out,root,how", [("Z", "Z", "is"), ("Z", "Z/data", "lies inside"),
+                                          ("data/Z", "data", "holds")])
+def test_a_data_root_beside_the_out_is_refused_first(bench, out, root, how, capsys, monkeypatch,
+                                                     tmp_path):
+    """``--out Z --runs-root Z --data-root Z`` on an empty Z built the data into Z; after a
+    kill the rerun was refused (--out Z holds the built dataset), so the run could not resume
+    (audit). A --data-root that is the --out, lies in it or holds it: one line, first."""
+    _no_bench_runs(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(capsys, monkeypatch, "bench", bench, "--out", out, "--runs-root", out,
+                       "--data-root", root, "--report", "")
+    one_line_error(code, err, "--data-root", f"{root} {how} the bench's --out {out}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_report_in_a_pipeline_stage_folder_is_refused(capsys, monkeypatch, tmp_path):
+    """``--report runs/report-KEY/report.md`` (the pipeline's report folder) was written into
+    (audit); so could a finished or running stage's folder be. A folder of that shape the
+    pipeline did not make is the user's."""
+    from ffcv_dp4tl.cli.options import report_callback
+
+    _no_bench_runs(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    for name, marker in (("report-0123456789ab", "results.json"), ("pretrain-0123456789ab", "DONE.json"),
+                         ("finetune-lp-0123456789ab", ".stage.lock"), ("mine-0123456789ab", "x.txt")):
+        (runs / name / "sub").mkdir(parents=True)
+        (runs / name / marker).write_text("{}")
+        (runs / name / "report.md").write_text("# r\n")
+    for report in ("runs/report-0123456789ab/report.md", "runs/pretrain-0123456789ab/notes.md",
+                   "runs/finetune-lp-0123456789ab/sub/notes.md"):
+        before = (tmp_path / report).read_bytes() if (tmp_path / report).exists() else None
+        code, _, err = cli(capsys, monkeypatch, "bench", "surrogates", "--out", "sur",
+                           "--data-root", "data", "--runs-root", "runs", "--report", report)
+        one_line_error(code, err, "--report", "lies in the pipeline's stage folder", "BENCHMARKS.md")
+        after = (tmp_path / report).read_bytes() if (tmp_path / report).exists() else None
+        assert after == before
+    assert report_callback("runs/mine-0123456789ab/report.md") == "runs/mine-0123456789ab/report.md"
+
+
+def test_a_report_through_a_link_is_checked_by_its_target(capsys, monkeypatch, tmp_path):
+    """A link is judged by the file it names, which is the one written: one into a stage
+    folder is refused, one to the user's BENCHMARKS.md is taken (and kept a link: reporting)."""
+    from ffcv_dp4tl.cli.options import report_callback
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "report-0123456789ab").mkdir(parents=True)
+    (tmp_path / "runs" / "report-0123456789ab" / "results.json").write_text("{}")
+    (tmp_path / "bad.md").symlink_to("runs/report-0123456789ab/report.md")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "ok.md").symlink_to("docs/BENCHMARKS.md")
+    assert report_callback("ok.md") == "ok.md"
+    import typer
+    with pytest.raises(typer.BadParameter, match="stage folder"):
+        report_callback("bad.md")
+    (tmp_path / "gone.md").symlink_to("nowhere/B.md")
+    with pytest.raises(typer.BadParameter, match="does not exist"):
+        report_callback("gone.md")
+
+
+@pytest.mark.parametrize("bench", ["cost-table", "surrogates", "adversarial"])
+def test_a_report_holding_the_section_twice_or_a_hashed_title_is_refused_first(bench, capsys,
+                                                                                monkeypatch, tmp_path):
+    """A --report with two ``## Cost`` sections (only the first was replaced, the stale second
+    stayed) and ``--section "## Cost"`` (it wrote ``## ## Cost``): one line, before any work."""
+    _no_bench_runs(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    text = "# B\n\n## Cost\n\nold\n\n## Cost\n\nolder\n"
+    (tmp_path / "B.md").write_text(text)
+    roots = ("--data-root", "data", "--runs-root", "runs", "--out", "o")
+    code, _, err = cli(capsys, monkeypatch, "bench", bench, *roots, "--report", "B.md",
+                       "--section", "Cost")
+    one_line_error(code, err, "--report", "B.md holds section '## Cost' 2 times")
+    code, _, err = cli(capsys, monkeypatch, "bench", bench, *roots, "--report", "",
+                       "--section", "## Cost")
+    one_line_error(code, err, "--section", "without '#'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["B.md"]
+    assert (tmp_path / "B.md").read_text() == text
+
+
+def test_the_default_bench_target_is_warm_only_where_the_data_has_it(capsys, monkeypatch,
+                                                                     tmp_path):
+    """On synth data of one target (``paper``), the default ``warm`` was refused after the
+    data was built ("unknown target 'warm'"; audit): the help promises warm on the embedded
+    data, else the alphabetically first (the pipeline's rule, target "")."""
+    import json
+
+    from ffcv_dp4tl.cli.options import bench_target
+
+    assert bench_target("", "synth:tiny") == "warm"
+    assert bench_target("", "synth:tiny,num_targets=1") == ""
+    assert bench_target("blur", "synth:tiny,num_targets=1") == "blur"
+    assert bench_target("", "imagenet:/x") == ""
+    built = tmp_path / "built"
+    for sub in ("source", "targets/paper"):
+        (built / sub).mkdir(parents=True)
+        (built / sub / "manifest.json").write_text(json.dumps({"extra": {"generator": "synth"}}))
+    assert bench_target("", str(built)) == "" and bench_target("", str(built / "source")) == ""
+    (built / "targets" / "warm").mkdir()
+    (built / "targets" / "warm" / "manifest.json").write_text("{}")
+    assert bench_target("", str(built)) == "warm"
+    seen = _no_bench_runs(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(capsys, monkeypatch, "bench", "surrogates", "--data", "synth:tiny,num_targets=1",
+                       "--out", "sur", "--data-root", "data", "--runs-root", "runs")
+    assert "the bench ran" in err and seen["base"].target == ""
