@@ -25,7 +25,9 @@ it in a warning (:func:`~ffcv_dp4tl.training.trainer.ignored_model_knobs`):
   3×3 conv with stride ``stem_stride`` (default 1) and no max-pool, as CIFAR ResNets do.
 * ``width`` — channels of the first stage (torchvision: 64). Smaller widths make ResNets cheap
   enough for unit tests and 2-core CPU recipes; with 64 the state_dict is torchvision's.
-* ``image_size`` (ViT only) — input resolution the position embeddings are sized for.
+* ``image_size`` (ViT only) — input resolution the position embeddings are sized for; the
+  model takes no other size, so a recipe feeding it another one is refused when loaded
+  (:data:`~ffcv_dp4tl.training.recipe.FIXED_SIZE_ARCHS`, which a builder taking this knob joins).
 """
 from __future__ import annotations
 
@@ -39,10 +41,11 @@ from torch import nn
 from torchvision import models as tvm
 
 from ..errors import DP4TLError
-from .recipe import ModelCfg
+from .recipe import FIXED_SIZE_ARCHS, ModelCfg
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _KNOBS: dict[str, frozenset[str]] = {}
+_ADDED_FIXED: set[str] = set()  # names register added to recipe.FIXED_SIZE_ARCHS
 
 #: the recipe's ``[model]`` knobs (``ModelCfg``'s fields but ``arch``) a builder may take
 MODEL_KNOBS = tuple(f.name for f in dataclasses.fields(ModelCfg) if f.name != "arch")
@@ -74,6 +77,10 @@ def register(name: str, knobs: Iterable[str] | None = None):
             raise ValueError(f"model {name!r} is registered already (by {old.__module__}."
                              f"{old.__qualname__}); choose another name")
         _REGISTRY[name], _KNOBS[name] = fn, taken
+        if "image_size" in taken and name not in FIXED_SIZE_ARCHS:
+            # fed images of exactly that size: recipes using it are checked for it
+            FIXED_SIZE_ARCHS[name] = 1
+            _ADDED_FIXED.add(name)
         return fn
     return deco
 
@@ -82,6 +89,9 @@ def unregister(name: str) -> None:
     """Remove a model (tests register toy models and remove them again)."""
     _REGISTRY.pop(name, None)
     _KNOBS.pop(name, None)
+    if name in _ADDED_FIXED:
+        _ADDED_FIXED.discard(name)
+        FIXED_SIZE_ARCHS.pop(name, None)
 
 
 def list_models() -> list[str]:

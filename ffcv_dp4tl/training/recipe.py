@@ -326,7 +326,9 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> "Recipe":
-        return _build(data, source)
+        """A recipe read back (a checkpoint's): its sizes were checked when it was loaded, and
+        a finetuning run's [model] is not its model, so they are not checked again."""
+        return _build(data, source, check_sizes=False)
 
 
 #: (section, key) pairs that change logging or checkpointing, never a trained weight
@@ -433,7 +435,11 @@ def _check_names(data: dict[str, Any], source: str) -> None:
                                  f"{', '.join(types)}")
 
 
-def _build(data: dict[str, Any], source: str) -> Recipe:
+def _build(data: dict[str, Any], source: str, kind: str = "", check_sizes: bool = True) -> Recipe:
+    """The validated :class:`Recipe` of ``data``; ``kind`` is what it is for ("finetune": its
+    [model] is not what finetuning builds, the source checkpoint is; "train" or ""), and
+    ``check_sizes`` whether a fixed-size model's input sizes are checked
+    (:func:`_validate_input_size`)."""
     recipe = Recipe()
     _check_names(data, source)
     for sec, body in data.items():
@@ -444,6 +450,8 @@ def _build(data: dict[str, Any], source: str) -> Recipe:
                 value = _fraction(source, f"{sec}.{key}", value)
             setattr(target, key, _check_value(source, f"{sec}.{key}", value, types[key]))
     _validate_choices(recipe, source)
+    if check_sizes and kind != "finetune":
+        _validate_input_size(recipe, source)
     return recipe
 
 
@@ -556,6 +564,78 @@ def _validate_choices(r: Recipe, source: str) -> None:
                          f"max_res {r.train.max_res}, rounded to a multiple of train.res_multiple "
                          f"{r.train.res_multiple}) reaches {largest} px, above {MAX_RESOLUTION}; "
                          "lower them")
+
+
+#: Architectures that take images of exactly ``model.image_size`` px and no other size, with the
+#: side ``image_size`` must be a multiple of: a ViT's position embeddings are sized for its
+#: patch grid, and torchvision's VisionTransformer asserts the input's height and width at the
+#: first batch (a traceback after a bench's or a pipeline's earlier runs had trained) and the
+#: patch multiple when built. The shipped ones are listed here so a recipe is checked without
+#: importing torch (`dp4tl recipes`); :func:`~.models.register` adds any other builder that
+#: takes the ``image_size`` knob (multiple 1: unknown).
+FIXED_SIZE_ARCHS: dict[str, int] = {"vit_b_16": 16}
+
+
+def _validate_input_size(r: Recipe, source: str) -> None:
+    """A fixed-size model (:data:`FIXED_SIZE_ARCHS`) must be fed ``model.image_size`` px by
+    every reader of a training recipe: the training resolution schedule (rounded to
+    ``train.res_multiple``, as the loader does), ``eval.resolution`` and the surrogate's
+    ``scoring.*_resolution`` where set (0 = eval.resolution). One line naming each resolution
+    that differs and what to set. (A finetuning recipe feeds the *source* model
+    ``finetune.resolution``: :func:`check_fed_size` with the source's arch and image_size.)"""
+    arch, size = r.model.arch, r.model.image_size
+    if arch not in FIXED_SIZE_ARCHS:
+        return
+    from .schedule import resolution  # (imports this module)
+
+    t = r.train
+    # (key, value, the size it feeds); the schedule never shrinks (min_res <= max_res): its
+    # first and last epochs bound it
+    fed = [("train.min_res", t.min_res, resolution(t, 0)),
+           ("train.max_res", t.max_res, resolution(t, t.epochs - 1)),
+           ("eval.resolution", r.eval.resolution, r.eval.resolution)]
+    for key in ("target_resolution", "source_resolution"):
+        value = getattr(r.scoring, key)
+        if value:
+            fed.append((f"scoring.{key}", value, value))
+    check_fed_size(arch, size, fed, source, res_multiple=t.res_multiple)
+
+
+def check_fed_size(arch: str, image_size: int, fed: list[tuple[str, int, int]], source: str,
+                   res_multiple: int | None = None) -> None:
+    """Refuse, in one line, feeding the fixed-size model ``arch`` (:data:`FIXED_SIZE_ARCHS`)
+    built at ``image_size`` images of another size: ``fed`` holds (key, its value, the side it
+    feeds) for each reader; ``res_multiple`` is train.res_multiple where the training schedule
+    is among them (it rounds train.min_res / max_res). Names the keys that differ, and says to
+    set model.image_size to the one size they feed (where it is a valid size for ``arch``) or
+    them to ``image_size``. No-op for any other architecture."""
+    multiple = FIXED_SIZE_ARCHS.get(arch)
+    if multiple is None:
+        return
+    what = f"model.arch = {arch!r} takes images of exactly model.image_size = {image_size} px"
+    if image_size % multiple:
+        raise DP4TLError(f"{source}: {what}, which must be a multiple of its patch size "
+                         f"{multiple}; set model.image_size to one (e.g. "
+                         f"{max(multiple, round(image_size / multiple) * multiple)})")
+    bad = [(key, value, got) for key, value, got in fed if got != image_size]
+    if not bad:
+        return
+    shown = ", ".join(f"{key} = {value}" + (f" (read at {got} px: a multiple of "
+                                            f"train.res_multiple = {res_multiple})"
+                                            if got != value else "")
+                      for key, value, got in bad)
+    sizes = {got for _, _, got in fed}
+    fixes = []
+    if len(sizes) == 1 and next(iter(sizes)) % multiple == 0:
+        fixes.append(f"model.image_size={next(iter(sizes))}")
+    keys = sorted({key for key, _, _ in bad}, key=[k for k, _, _ in fed].index)
+    named = keys[0] if len(keys) == 1 else f"{', '.join(keys[:-1])} and {keys[-1]}"
+    to_size = f"{named} to {image_size}"
+    if res_multiple and any(k.startswith("train.") for k in keys) and image_size % res_multiple:
+        to_size += f" with train.res_multiple a divisor of {image_size}"
+    fixes.append(to_size)
+    raise DP4TLError(f"{source}: {what} (its position embeddings are sized for it), but it "
+                     f"would be fed {shown}; set {' or '.join(fixes)}")
 
 
 def _validate_lr(r: Recipe, source: str) -> None:
@@ -737,7 +817,7 @@ def as_recipe(recipe: "Recipe | str | Path", overrides: list[str] | tuple[str, .
         # 0, so an adv.steps override lost the recipe's eps and norm)
         data = dataclasses.asdict(recipe)
         data.pop("name"), data.pop("kind")
-        built = _build(data, _apply_overrides(data, overrides, where))
+        built = _build(data, _apply_overrides(data, overrides, where), recipe.kind)
         built.name, built.kind = recipe.name, recipe.kind
         return built
     return recipe
@@ -794,6 +874,6 @@ def load_recipe(path_or_name: str | Path, overrides: list[str] | tuple[str, ...]
     except ValueError:
         pass
     _refuse_finetune_overrides(kind, overrides, name)  # (before any value of it is checked)
-    recipe = _build(data, _apply_overrides(data, overrides, str(path)))
+    recipe = _build(data, _apply_overrides(data, overrides, str(path)), kind)
     recipe.name, recipe.kind = name, kind
     return recipe

@@ -156,3 +156,31 @@ def test_a_new_model_takes_the_knobs_it_declares_and_the_others_are_named_not_pa
     finally:
         models.unregister("tiny_probe")
     assert "tiny_probe" not in models.list_models()
+
+
+def test_every_model_taking_image_size_is_a_fixed_size_arch_recipes_check():
+    """A recipe is checked without importing torch, so recipe.FIXED_SIZE_ARCHS lists the
+    shipped fixed-size models (a ViT takes exactly model.image_size px) with their patch size;
+    every registered builder taking ``image_size`` is in it, and one registered later (a toy
+    ViT) joins it while registered, so a recipe naming it is checked too."""
+    from torch import nn
+
+    from ffcv_dp4tl.training import models
+    from ffcv_dp4tl.training.recipe import FIXED_SIZE_ARCHS, load_recipe
+
+    takes = {n for n in list_models() if "image_size" in models.model_knobs(n)}
+    assert takes and takes <= set(FIXED_SIZE_ARCHS)
+    for name in takes:
+        assert create_model(name, 2, image_size=32).patch_size == FIXED_SIZE_ARCHS[name]
+
+    @models.register("toy_vit")
+    def toy_vit(num_classes: int, *, image_size: int = 8) -> nn.Module:
+        return nn.Linear(image_size, num_classes)
+
+    try:
+        with pytest.raises(DP4TLError, match=r"model\.arch = 'toy_vit' takes images of exactly "
+                                             r"model\.image_size = 224 px .* set model\.image_size=32"):
+            load_recipe("resnet18_tiny_cpu", ["model.arch=toy_vit"])
+    finally:
+        models.unregister("toy_vit")
+    assert "toy_vit" not in FIXED_SIZE_ARCHS and "vit_b_16" in FIXED_SIZE_ARCHS

@@ -438,3 +438,71 @@ def test_stretch_rounds_whole_epochs_and_refuses_zero():
     assert s.lr.lr_peak_epoch == pytest.approx(3.4)
     with pytest.raises(DP4TLError, match="train.epochs must be >= 1"):
         epoch_scaling_overrides(r, 0)
+
+
+_TINY_16 = ["train.min_res=16", "train.max_res=16", "eval.resolution=16"]
+
+
+def test_a_vit_fed_another_size_than_its_image_size_is_refused_when_the_recipe_loads():
+    """torchvision's ViT takes images of exactly model.image_size (its position embeddings):
+    `bench adversarial --arch vit_b_16` and `bench surrogates --archs vit_b_16` over the 16 px
+    test recipes died with "AssertionError: Wrong image height! Expected 224 but got 16!" after
+    earlier runs had trained. The recipe check (load_recipe, as_recipe: train, finetune, every
+    preflight) now refuses it in one line naming the keys and what to set."""
+    from ffcv_dp4tl.training.recipe import as_recipe
+
+    with pytest.raises(DP4TLError) as e:
+        load_recipe("resnet18_tiny_cpu", [*_TINY_16, "model.arch=vit_b_16"])
+    msg = str(e.value)
+    assert "\n" not in msg and "resnet18_tiny_cpu.toml (with overrides" in msg
+    assert ("model.arch = 'vit_b_16' takes images of exactly model.image_size = 224 px" in msg)
+    assert ("fed train.min_res = 16, train.max_res = 16, eval.resolution = 16; set "
+            "model.image_size=16 or train.min_res, train.max_res and eval.resolution to 224") in msg
+    # what it says to set loads (and so does a Recipe object given the same overrides)
+    assert load_recipe("resnet18_tiny_cpu", [*_TINY_16, "model.arch=vit_b_16",
+                                             "model.image_size=16"]).model.image_size == 16
+    with pytest.raises(DP4TLError, match=r"^resnet18_tiny_cpu \(with overrides .*model\.image_size=32"):
+        as_recipe(load_recipe("resnet18_tiny_cpu"), ["model.arch=vit_b_16"])  # (it trains at 32)
+
+
+@pytest.mark.parametrize("override, fed", [
+    # progressive resizing: the first epochs' size differs
+    (["train.min_res=160"], "fed train.min_res = 160; set train.min_res to 224"),
+    # the loader rounds to train.res_multiple: 224 is read at 256
+    (["train.res_multiple=64"], "fed train.min_res = 224 (read at 256 px: a multiple of "
+                                "train.res_multiple = 64), train.max_res = 224 (read at 256 px"),
+    (["eval.resolution=256"], "fed eval.resolution = 256; set eval.resolution to 224"),
+    # a ViT surrogate reads the target images at scoring.target_resolution
+    (["scoring.target_resolution=160"], "fed scoring.target_resolution = 160; set"),
+    (["model.image_size=210"], "model.image_size = 210 px, which must be a multiple of its patch "
+                               "size 16; set model.image_size to one (e.g. 208)"),
+])
+def test_each_resolution_a_vit_recipe_feeds_is_checked(override, fed):
+    with pytest.raises(DP4TLError, match=r"^[^\n]*vit_b16\.toml \(with overrides") as e:
+        load_recipe("vit_b16", override)
+    assert fed in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["vit_b16", "paper/vit_b16"])
+def test_the_shipped_vit_recipes_feed_their_image_size(name):
+    from ffcv_dp4tl.training.schedule import resolution
+
+    r = load_recipe(name)
+    assert r.model.arch == "vit_b_16"
+    sizes = {resolution(r.train, e) for e in range(r.train.epochs)} | {r.eval.resolution}
+    assert sizes == {r.model.image_size}
+    # a ViT at another size, consistently, loads too
+    assert load_recipe(name, ["model.image_size=32", "train.min_res=32", "train.max_res=32",
+                              "eval.resolution=32"]).model.image_size == 32
+
+
+def test_a_finetuning_recipe_is_not_checked_against_its_own_model_section():
+    """Finetuning builds the source checkpoint's model, never the finetuning recipe's [model]:
+    its image size is the source's (recipe.check_fed_size with the source's arch)."""
+    from ffcv_dp4tl.training.recipe import check_fed_size
+
+    assert load_recipe("lp_tiny_cpu", ["model.arch=vit_b_16"]).finetune.resolution == 32
+    with pytest.raises(DP4TLError, match=r"^lp: .* fed finetune\.resolution = 32; set "
+                                         r"model\.image_size=32 or finetune\.resolution to 224$"):
+        check_fed_size("vit_b_16", 224, [("finetune.resolution", 32, 32)], "lp")
+    check_fed_size("resnet18", 224, [("finetune.resolution", 32, 32)], "lp")  # any size
