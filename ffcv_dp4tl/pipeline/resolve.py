@@ -444,7 +444,7 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
     before any work). The stages get the loaded objects: their keys hash the recipes'
     *contents*, and what trains is exactly what the key records, even if a recipe file is
     edited while the pipeline runs."""
-    from ..training.recipe import check_kind, load_recipe
+    from ..training.recipe import check_kind, check_source_fed, load_recipe
 
     resolved = [resolve_data(replace(cfg, target=t), log) for t in ok.target_specs]
     source_dir, target_dirs = resolved[0][0], tuple(d for _, d in resolved)
@@ -522,6 +522,9 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
     for t, rec in zip(tgts, per_target):
         for r_name, r in rec.values():
             _check_start_from(r_name, r, pre_name, pretrain, cfg.source_weights)
+            if not cfg.source_weights:  # (brought weights: checked by finetuning, their kwargs)
+                check_source_fed(pretrain.model.arch, {"image_size": pretrain.model.image_size},
+                                 r, f"of the pretraining recipe {pre_name}")
             _check_source_head(r_name, r, pre_name, pretrain, src, t, cfg.source_weights)
     if surrogate.ssl.method != "none" and ok.scorer.needs_class_head:
         raise self_supervised_refusal(ok.scorer, f"the surrogate recipe {sur_name} is "

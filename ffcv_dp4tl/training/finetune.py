@@ -62,7 +62,7 @@ from .distributed import resolve_device, single_process_context
 from .engine import CrossEntropyObjective, evaluate, train_aug_for, train_one_epoch
 from .models import backbone, create_model, get_head
 from .process_state import keeps_process_state
-from .recipe import Recipe, as_recipe, check_kind
+from .recipe import Recipe, as_recipe, check_kind, check_source_fed
 from .schedule import peak_lr, step_schedule
 from .trainer import (autocast_dtype, build_optimizer, cudnn_benchmark, param_groups, pin_cpu_threads,
                       remove_unused_run_dir, seed_epoch)
@@ -363,6 +363,7 @@ def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Pat
                       f"{recipe.finetune.resolution}; set finetune.resolution", UserWarning,
                       stacklevel=4)
     model, ckpt = load_pretrained(checkpoint, dev, warn_unfinished=True)
+    check_source_fed(ckpt.arch, ckpt.model_kwargs, recipe, f"{checkpoint}")
     torch.manual_seed(recipe.train.seed)  # (the new head's initialisation)
     head = classifier_for(model, ckpt, recipe.finetune.head, manifest.num_classes, checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)

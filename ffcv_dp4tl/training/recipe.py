@@ -602,13 +602,14 @@ def _validate_input_size(r: Recipe, source: str) -> None:
 
 
 def check_fed_size(arch: str, image_size: int, fed: list[tuple[str, int, int]], source: str,
-                   res_multiple: int | None = None) -> None:
+                   res_multiple: int | None = None, sized_here: bool = True) -> None:
     """Refuse, in one line, feeding the fixed-size model ``arch`` (:data:`FIXED_SIZE_ARCHS`)
     built at ``image_size`` images of another size: ``fed`` holds (key, its value, the side it
     feeds) for each reader; ``res_multiple`` is train.res_multiple where the training schedule
     is among them (it rounds train.min_res / max_res). Names the keys that differ, and says to
     set model.image_size to the one size they feed (where it is a valid size for ``arch``) or
-    them to ``image_size``. No-op for any other architecture."""
+    them to ``image_size``; ``sized_here=False`` (a model already trained, as finetuning's
+    source) says only the latter. No-op for any other architecture."""
     multiple = FIXED_SIZE_ARCHS.get(arch)
     if multiple is None:
         return
@@ -626,7 +627,7 @@ def check_fed_size(arch: str, image_size: int, fed: list[tuple[str, int, int]], 
                       for key, value, got in bad)
     sizes = {got for _, _, got in fed}
     fixes = []
-    if len(sizes) == 1 and next(iter(sizes)) % multiple == 0:
+    if sized_here and len(sizes) == 1 and next(iter(sizes)) % multiple == 0:
         fixes.append(f"model.image_size={next(iter(sizes))}")
     keys = sorted({key for key, _, _ in bad}, key=[k for k, _, _ in fed].index)
     named = keys[0] if len(keys) == 1 else f"{', '.join(keys[:-1])} and {keys[-1]}"
@@ -636,6 +637,19 @@ def check_fed_size(arch: str, image_size: int, fed: list[tuple[str, int, int]], 
     fixes.append(to_size)
     raise DP4TLError(f"{source}: {what} (its position embeddings are sized for it), but it "
                      f"would be fed {shown}; set {' or '.join(fixes)}")
+
+
+def check_source_fed(arch: str, model_kwargs: dict, recipe: "Recipe", source: str) -> None:
+    """A fixed-size source model (a ViT: :data:`FIXED_SIZE_ARCHS`) is finetuned at its own
+    image size only: finetuning reads the target at ``finetune.resolution``, and a ViT
+    pretrained at 16 px died at the first batch with torchvision's "Wrong image height!"
+    traceback, after the pretraining (review of the recipe check). ``model_kwargs``: the
+    source checkpoint's (its ``image_size``, else the model's default); ``source`` names it."""
+    size = model_kwargs.get("image_size", ModelCfg().image_size)
+    res = recipe.finetune.resolution
+    check_fed_size(arch, size, [("finetune.resolution", res, res)],
+                   f"finetune recipe {recipe.name or '(given)'} with the source model {source}",
+                   sized_here=False)
 
 
 def _validate_lr(r: Recipe, source: str) -> None:

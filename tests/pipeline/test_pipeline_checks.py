@@ -569,6 +569,25 @@ def test_arch_and_a_set_model_arch_together_are_refused_before_any_work(small_sy
     assert not (tmp_path / "r").exists()
 
 
+def test_a_vit_source_finetuned_at_another_size_is_refused_before_any_stage(small_synth,
+                                                                           tmp_path):
+    """A ViT pretrained at 16 px (model.image_size=16) with the LP recipe's 32 px died at the
+    first finetuning batch, after the surrogate, scores and pretraining (review): one line
+    before any stage, naming the recipes and finetune.resolution."""
+    cfg = PipelineConfig(source=str(small_synth / "source"),
+                         target=str(small_synth / "targets" / "paper"), ratio=0.5,
+                         method="random", finetune=("lp",), fmt="wds", runs_root=tmp_path / "r",
+                         data_root=tmp_path / "d", arch="vit_b_16",
+                         overrides=("train.epochs=1", "train.min_res=16", "train.max_res=16",
+                                    "eval.resolution=16", "model.image_size=16"))
+    with pytest.raises(DP4TLError, match=r"^finetune recipe lp_tiny_cpu with the source model "
+                                         r"of the pretraining recipe resnet34_tiny_cpu: .* fed "
+                                         r"finetune\.resolution = 32; set finetune\.resolution "
+                                         r"to 16$"):
+        validate(cfg)
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_built_synth_source_folder_finds_its_targets_by_name(tmp_path, synth_root, target_dir):
     """``--data ROOT/source`` (the built synth data's source) finds a target named like
     ``warm`` as its sibling ``ROOT/targets/warm``, as the SOURCE ``synth:...`` does (it was

@@ -506,3 +506,24 @@ def test_a_finetuning_recipe_is_not_checked_against_its_own_model_section():
                                          r"model\.image_size=32 or finetune\.resolution to 224$"):
         check_fed_size("vit_b_16", 224, [("finetune.resolution", 32, 32)], "lp")
     check_fed_size("resnet18", 224, [("finetune.resolution", 32, 32)], "lp")  # any size
+
+
+def test_a_vit_source_is_finetuned_at_its_own_size_only():
+    """A ViT pretrained at 16 px, finetuned at the LP recipe's 32 px, died at the first
+    finetuning batch with torchvision's "Wrong image height!" traceback, after the pretraining
+    (review). check_source_fed, run by finetune() and by the pipeline before any stage, says
+    so in one line, and only finetune.resolution is the fix (the source is trained)."""
+    from ffcv_dp4tl.training.recipe import check_source_fed
+
+    lp = load_recipe("lp_tiny_cpu")
+    with pytest.raises(DP4TLError) as e:
+        check_source_fed("vit_b_16", {"image_size": 16}, lp, "src/checkpoint.pt")
+    assert str(e.value) == (
+        "finetune recipe lp_tiny_cpu with the source model src/checkpoint.pt: model.arch = "
+        "'vit_b_16' takes images of exactly model.image_size = 16 px (its position embeddings "
+        "are sized for it), but it would be fed finetune.resolution = 32; set "
+        "finetune.resolution to 16")
+    check_source_fed("vit_b_16", {"image_size": 32}, lp, "src")  # its size: fine
+    check_source_fed("resnet18", {}, lp, "src")  # any size
+    with pytest.raises(DP4TLError, match="model.image_size = 224 px"):  # (the model's default)
+        check_source_fed("vit_b_16", {}, lp, "src")
