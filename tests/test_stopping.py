@@ -257,17 +257,24 @@ def test_workers_the_same_sigterm_ends_raise_nothing_in_the_cleanup():
     """A scheduler's SIGTERM reaches the data-loader workers too, and torch's SIGCHLD handler
     raised "DataLoader worker (pid N) is killed by signal" for each in the main thread,
     wherever the stop's cleanup was: in CI, inside the print of the stop line (a traceback,
-    exit 1). Here torch's own handler, and a worker that dies during the cleanup."""
+    exit 1). Here torch's own handler, and a worker that dies during the cleanup (waited for
+    as a zombie, not reaped, so torch's handler still finds it; the process imports torch:
+    HANG, not the 60 s load once exceeded)."""
     run, _ = _stopped_process(
         "import torch.utils.data as tud\n"
         "it = iter(tud.DataLoader(list(range(64)), batch_size=4, num_workers=2,\n"
         "                         multiprocessing_context='fork'))\n"
         "next(it)\n"
         "try:\n    KILL\n    time.sleep(10)\nexcept stopping.Terminated:\n"
-        "    os.kill(it._workers[0].pid, 9)  # SIGKILL: as the job's signal ends it\n"
-        "    time.sleep(1)  # the cleanup goes on meanwhile\n"
+        "    pid = it._workers[0].pid\n"
+        "    os.kill(pid, 9)  # SIGKILL: as the job's signal ends it\n"
+        "    t = time.monotonic()  # the cleanup goes on meanwhile, until the worker is dead\n"
+        "    while open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[0] != 'Z':\n"
+        "        assert time.monotonic() < t + 60, 'the worker outlived its SIGKILL'\n"
+        "        time.sleep(0.05)\n"
+        "    time.sleep(0.5)  # (and its SIGCHLD handled: a fixed 1 s sleep was the only wait)\n"
         "    print('cleaned up', flush=True)\n"
-        "    raise SystemExit(stopping.exit_status())", grace=30)
+        "    raise SystemExit(stopping.exit_status())", grace=30, timeout=HANG)
     assert (run.returncode, run.stdout, run.stderr) == (143, "cleaned up\n", ""), run.stderr
 
 
@@ -684,10 +691,13 @@ def test_a_stop_while_waiting_for_another_runs_lock_is_the_stop(monkeypatch, cap
     fcntl.flock(held, fcntl.LOCK_EX)  # another run's
     said = []
 
-    def command(**_):
+    def waiting(line):  # (the stop is sent once the wait began: a timer started before it
+        said.append(line)  # could fire before the lock was asked for, on a loaded machine)
         main = threading.main_thread().ident
         threading.Timer(0.3, lambda: signal.pthread_kill(main, sig)).start()
-        with directory_lock(lock, "stage X", wait=True, on_wait=said.append):
+
+    def command(**_):
+        with directory_lock(lock, "stage X", wait=True, on_wait=waiting):
             pytest.fail("the lock was taken while another run held it")
 
     app = _cli_app(monkeypatch, command)

@@ -96,6 +96,7 @@ def test_train_leaves_the_callers_threads_and_random_generators_as_they_were(sou
     def draws():
         return (random.random(), float(np.random.rand()), float(torch.rand(1)))
 
+    threads = torch.get_num_threads()  # (restored at the end: later tests in this worker)
     torch.set_num_threads(2)
     random.seed(7), np.random.seed(5), torch.manual_seed(123)
     expected = draws()
@@ -109,6 +110,7 @@ def test_train_leaves_the_callers_threads_and_random_generators_as_they_were(sou
         except DP4TLError as e:
             assert not extra and "fewer than one batch" in str(e)
         assert torch.get_num_threads() == 2 and draws() == expected
+    torch.set_num_threads(threads)
 
 
 def test_train_says_its_lines_where_its_caller_asks(source_dir, tmp_path, test_recipe, capsys):
