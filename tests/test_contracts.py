@@ -247,7 +247,7 @@ def _set(d: dict, path: str, value) -> dict:
     ("scores", "seed", "abc", "'seed' must be a non-negative integer, got 'abc'"),
     ("scores", "selection_seconds", "fast", "'selection_seconds' must be a number"),
     ("scores", "target_fingerprints", "ab", "'target_fingerprints' must be a list of strings"),
-    ("stage", "seconds", "fast", "'seconds' must be a number, got 'fast'"),
+    ("stage", "seconds", "fast", "'seconds' must be a finite number >= 0, got 'fast'"),
 ])
 def test_a_wrongly_typed_field_is_one_line_naming_it(name, path, value, needle):
     """A hand-edited or damaged contract file: one DataError line naming the file, the field
@@ -334,12 +334,74 @@ def test_a_done_file_value_the_report_reads_is_type_checked_on_read(name, values
                                            "seconds": 1.0, "format_version": 1}))
     with pytest.raises(DataError) as e:
         st.result()
-    what = "a number" if field in ("loss", "selection_seconds", "estimated_seconds") \
-        else "a number in [0, 1]"
+    what = {"loss": "a number", "selection_seconds": "a finite number >= 0",
+            "estimated_seconds": "a finite number >= 0"}.get(field, "a number in [0, 1]")
     assert str(e.value) == (f"{st.dir / DONE}: field {field!r} must be {what}, got {got}; "
                             f"delete the stage folder {st.dir} and rerun")
     with pytest.raises(DataError, match=f"field {field!r} must be"):  # (not a ValueError)
         describe(json.loads((st.dir / DONE).read_text()))
+
+
+def _done(tmp_path, name, fields):
+    """A stage of ``name`` whose DONE.json holds ``fields`` over a genuine result of its kind."""
+    from ffcv_dp4tl.pipeline.stages import DONE, stage
+
+    st = stage(tmp_path, name, {"x": 1})
+    st.dir.mkdir(parents=True)
+    base = {**VALID_VALUES[stage_kind(name)], "stage": name, "kind": stage_kind(name),
+            "seconds": 1.0, "cpu_seconds": 0.5, "loadavg_1min": 0.25, "format_version": 1}
+    (st.dir / DONE).write_text(json.dumps({**base, **fields}))  # (NaN/Infinity as json writes them)
+    return st
+
+
+@pytest.mark.parametrize("name, field, value", [
+    ("pretrain", "seconds", -5.0), ("pretrain", "cpu_seconds", -1.0),
+    ("surrogate", "seconds", float("nan")), ("pretrain", "seconds", float("inf")),
+    ("finetune-lp", "loadavg_1min", -1.0), ("score", "selection_seconds", -2.0),
+    ("score", "training_seconds", float("nan")), ("prune", "estimated_seconds", -3.0),
+    ("pretrain", "epoch_seconds", -0.5), ("pretrain", "train_seconds", float("nan")),
+    ("finetune-ff", "eval_seconds", -1.0),  # (a *_seconds the contract does not list)
+])
+def test_a_stage_time_below_zero_or_not_finite_is_refused_on_read(name, field, value, tmp_path):
+    """Audit: a cached pretrain DONE.json's ``"seconds": -5.0`` / ``"cpu_seconds": -1.0`` was
+    read, and `bench adversarial` printed a pretraining time of -5.0 and a total of -3.9; a NaN
+    surrogate time went through too. Every time of a stage result (its wall and CPU seconds,
+    load average, any ``*_seconds`` value) is a finite number >= 0 where DONE.json is read: one
+    line naming the file and the field, and the stage folder to delete."""
+    st = _done(tmp_path, name, {field: value})
+    with pytest.raises(DataError) as e:
+        st.result()
+    assert str(e.value) == (f"{st.dir / 'DONE.json'}: field {field!r} must be a finite number "
+                            f">= 0, got {value!r}; delete the stage folder {st.dir} and rerun")
+
+
+@pytest.mark.parametrize("kept, repeated", [([0, 0, 0, 0], "0"), ([0, 3, 6, 3], "3"),
+                                            (["a", "b", "a"], "'a'")])
+def test_a_prune_stage_listing_a_kept_unit_twice_is_refused_on_read(kept, repeated, tmp_path):
+    """Audit: a prune DONE.json's ``kept_units`` edited from ``[0, 3, 6, 7]`` to
+    ``[0, 0, 0, 0]`` was read, and `bench surrogates` printed a class overlap of 0.0 instead of
+    50.0. The kept units are a set: a list that repeats one is refused in one line naming the
+    field and the unit."""
+    st = _done(tmp_path, "prune", {"kept_units": kept, "train_kept": 1})
+    with pytest.raises(DataError) as e:
+        st.result()
+    assert str(e.value) == (f"{st.dir / 'DONE.json'}: field 'kept_units' must be a list of "
+                            f"distinct names, but lists {repeated} more than once; delete the "
+                            f"stage folder {st.dir} and rerun")
+
+
+def test_genuine_stage_times_and_kept_units_are_read(tmp_path):
+    """What a stage records is read back as it is: times of 0 (a stage faster than the clock),
+    a load average of 0, distinct kept units in any order, an empty list, ``null`` times of
+    files from before they were recorded."""
+    st = _done(tmp_path, "prune", {"seconds": 0.0, "cpu_seconds": None, "loadavg_1min": 0,
+                                   "kept_units": [7, 0, 3, 6], "estimated_seconds": 0.0})
+    res = st.result()
+    assert (res.seconds, res.cpu_seconds, res.loadavg_1min) == (0.0, None, 0.0)
+    assert res.values["kept_units"] == [7, 0, 3, 6]
+    assert _done(tmp_path / "b", "prune", {"kept_units": []}).result().values["kept_units"] == []
+    assert _done(tmp_path / "c", "pretrain", {"epoch_seconds": 2.5, "train_seconds": 2}
+                 ).result().values["train_seconds"] == 2
 
 
 @pytest.mark.parametrize("name, kind", [("surrogate", "train"), ("pretrain", "train"),

@@ -37,6 +37,23 @@ def _is_percent(v: Any) -> bool:
     return _is_number(v) and 0 <= v <= 100
 
 
+def _is_names(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, (str, int)) and not isinstance(x, bool)
+                                       for x in v)
+
+
+def _repeats(items: list[Any]) -> list[Any]:
+    """The items of ``items`` (hashable) that an earlier item equals, in order: what a list
+    that stands for a set must not hold (``[0, 0, 3]`` → ``[0]``)."""
+    seen: set[Any] = set()
+    out = []
+    for x in items:
+        if x in seen:
+            out.append(x)
+        seen.add(x)
+    return out
+
+
 #: kind → (what the message says it must be, the check)
 KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "count": ("a non-negative integer", _is_count),
@@ -48,12 +65,19 @@ KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "numbers": ("a list of numbers", lambda v: isinstance(v, list) and all(_is_number(x) for x in v)),
     "str": ("a string", lambda v: isinstance(v, str)),
     "bool": ("true or false", lambda v: isinstance(v, bool)),
-    "names": ("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v)),
+    "names": ("a list of names", _is_names),
+    # a set written as a list (a prune's kept units): a repeat is no unit kept twice, it is a
+    # damaged list that counts too few units (an overlap of 0 for 50 %; audit)
+    "nameset": ("a list of distinct names", lambda v: _is_names(v) and not _repeats(v)),
     "strs": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
     "counts": ("a list of non-negative integers", lambda v: isinstance(v, list) and all(_is_count(x) for x in v)),
     "object": ("a JSON object", lambda v: isinstance(v, dict)),
     "objects": ("a list of JSON objects", lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v)),
 }
+
+#: kinds that are sets written as lists → the kind of list they are (whose items, when that
+#: kind's check passes, make a repeat the one thing wrong: the message then names the item)
+DISTINCT: dict[str, str] = {"nameset": "names"}
 
 
 def _show(v: Any) -> str:
@@ -77,5 +101,8 @@ def typed(data: Mapping[str, Any], key: str, kind: str, where: object, fix: str,
         return default
     what, ok = KINDS[kind]
     if not ok(value):
+        if kind in DISTINCT and KINDS[DISTINCT[kind]][1](value):  # right type, an item twice
+            raise error(f"{where}: field {key!r} must be {what}, but lists "
+                        f"{_show(_repeats(value)[0])} more than once; {fix}")
         raise error(f"{where}: field {key!r} must be {what}, got {_show(value)}; {fix}")
     return value

@@ -52,20 +52,34 @@ RESULT_DIGEST = "result_sha256"
 #: ``ValueError`` at the report's ``:.4f`` after the whole pipeline ran, nor a wrong number in
 #: it. Kinds are :data:`~ffcv_dp4tl.contracts.fields.KINDS` (``fraction``: a number in [0, 1]).
 #: ``"*"``: every kind (the seconds of runs without an exact record, ``stages.ESTIMATED``; the
-#: digest of the stage's result files, :data:`RESULT_DIGEST`).
+#: digest of the stage's result files, :data:`RESULT_DIGEST`). A time (any value named
+#: ``*_seconds``, listed or not: :data:`TIME_SUFFIX`) is ``nonneg``, as the result's own
+#: ``seconds``/``cpu_seconds``/``loadavg_1min`` are (:data:`STAGE_TIMES`): a hand-edited
+#: ``-5.0`` or ``NaN`` was printed as a pretraining time and summed into a total (audit).
+#: ``kept_units`` is a set (``nameset``): a unit listed twice made a class overlap of 0 %.
 STAGE_FIELDS: dict[str, dict[str, str]] = {
-    "*": {"estimated_seconds": "number", RESULT_DIGEST: "str"},
+    "*": {"estimated_seconds": "nonneg", RESULT_DIGEST: "str"},
     "train": {"top1_val": "fraction", "top1_train": "fraction", "loss": "number",
-              "objective": "str", "brought": "bool", "weights": "str", "arch": "str"},
-    "score": {"selection_seconds": "number"},
+              "objective": "str", "brought": "bool", "weights": "str", "arch": "str",
+              "epoch_seconds": "nonneg", "train_seconds": "nonneg"},
+    "score": {"selection_seconds": "nonneg", "training_seconds": "nonneg"},
     "prune": {"train_kept": "count", "kept_sample_fraction": "fraction", "ratio": "number",
-              "budget": "str", "kept_units": "names"},
+              "budget": "str", "kept_units": "nameset"},
     "finetune": {"test_top1": "fraction", "final_test_top1": "fraction",
                  "best_test_top1": "fraction", "best_epoch": "count", "top1_val": "fraction",
                  "train_top1": "fraction"},
     "build": {},
     "other": {},
 }
+
+#: A value whose name ends so is a time in seconds, typed ``nonneg`` whatever its kind (one a
+#: stage records beyond :data:`STAGE_FIELDS` too: a time below 0 or not finite is no time).
+TIME_SUFFIX = "_seconds"
+
+#: The measured fields of every result (beside ``values``), typed when ``DONE.json`` is read:
+#: wall and CPU seconds and the 1-min load average, each a finite number >= 0.
+STAGE_TIMES: dict[str, str] = {"seconds": "nonneg", "cpu_seconds": "nonneg",
+                               "loadavg_1min": "nonneg"}
 
 #: What to do about a stage result that breaks its schema, when the caller names no folder.
 STAGE_FIX = "delete its stage folder to rerun the stage"
@@ -75,7 +89,8 @@ def check_stage_values(kind: str, values: Mapping[str, Any], source: object = "s
                        fix: str = STAGE_FIX) -> None:
     """A one-line :class:`DataError` naming ``source``, the field and ``fix`` when ``values``
     do not follow :data:`STAGE_VALUES` (required fields) and :data:`STAGE_FIELDS` (typed when
-    present) for ``kind`` (brought weights: ``brought`` instead of a row)."""
+    present; any ``*_seconds``: :data:`TIME_SUFFIX`) for ``kind`` (brought weights:
+    ``brought`` instead of a row)."""
     schema = STAGE_VALUES.get(kind, {})
     if kind == "train" and values.get("brought"):
         schema = {"weights": (str,), "arch": (str,)}
@@ -87,7 +102,9 @@ def check_stage_values(kind: str, values: Mapping[str, Any], source: object = "s
             raise DataError(f"{source}: field {name!r} of a {kind} stage result is "
                             f"{type(v).__name__} {v!r}, not {' or '.join(t.__name__ for t in types)}"
                             f"; {fix}")
-    for name, what in {**STAGE_FIELDS["*"], **STAGE_FIELDS.get(kind, {})}.items():
+    fields = {**STAGE_FIELDS["*"], **STAGE_FIELDS.get(kind, {})}
+    times = {k: "nonneg" for k in values if k.endswith(TIME_SUFFIX) and k not in fields}
+    for name, what in {**fields, **times}.items():
         typed(values, name, what, source, fix, None)
 
 
@@ -125,8 +142,9 @@ class StageResult:
     @classmethod
     def from_json(cls, data: Any, source: object = "stage result", fix: str = STAGE_FIX
                   ) -> "StageResult":
-        """The result ``data`` holds, checked (:func:`check_stage_values`, the times); an error
-        names ``source`` and says ``fix`` (a reader that knows the stage folder names it)."""
+        """The result ``data`` holds, checked (:func:`check_stage_values`, the times:
+        :data:`STAGE_TIMES`); an error names ``source`` and says ``fix`` (a reader that knows the
+        stage folder names it)."""
         if not isinstance(data, dict):
             raise DataError(f"{source} is not a stage result (a JSON object); {fix}")
         version = check_version(data, cls.VERSION, "stage result", source)
@@ -137,7 +155,7 @@ class StageResult:
         check_stage_values(kind, values, source, fix)
 
         def opt(key: str) -> float | None:
-            value = typed(data, key, "number", source, fix, None)
+            value = typed(data, key, STAGE_TIMES[key], source, fix, None)
             return None if value is None else float(value)
         return cls(stage=name, kind=kind, seconds=opt("seconds") or 0.0,
                    format_version=version, cpu_seconds=opt("cpu_seconds"),
