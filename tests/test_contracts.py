@@ -245,7 +245,9 @@ def _set(d: dict, path: str, value) -> dict:
     ("scores", "higher_is_better", "false", "'higher_is_better' must be true or false, got 'false'"),
     ("scores", "higher_is_better", None, "lacks field 'higher_is_better'"),  # bool(None): False
     ("scores", "seed", "abc", "'seed' must be a non-negative integer, got 'abc'"),
-    ("scores", "selection_seconds", "fast", "'selection_seconds' must be a number"),
+    ("scores", "selection_seconds", "fast", "'selection_seconds' must be a finite number >= 0"),
+    ("scores", "training_seconds", -4.0, "'training_seconds' must be a finite number >= 0, got -4.0"),
+    ("scores", "selection_seconds", float("nan"), "'selection_seconds' must be a finite number >= 0"),
     ("scores", "target_fingerprints", "ab", "'target_fingerprints' must be a list of strings"),
     ("stage", "seconds", "fast", "'seconds' must be a finite number >= 0, got 'fast'"),
 ])

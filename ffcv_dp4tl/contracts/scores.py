@@ -23,8 +23,8 @@ SCORE_UNITS = ("class", "cluster", "sample")
 _KNOWN_FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("source_fingerprint", "str", REQUIRED), ("options", "object", REQUIRED),
     ("array_sha256", "object", REQUIRED), ("higher_is_better", "bool", REQUIRED),
-    ("seed", "count", REQUIRED), ("selection_seconds", "number", None),
-    ("training_seconds", "number", None), ("surrogate", "str", None),
+    ("seed", "count", REQUIRED), ("selection_seconds", "nonneg", None),  # (times, as a
+    ("training_seconds", "nonneg", None), ("surrogate", "str", None),   # stage's: >= 0)
     ("surrogate_hash", "str", None), ("target_fingerprint", "str", None),
     ("target_fingerprints", "strs", None), ("revision", "count", None))
 
