@@ -78,6 +78,25 @@ class Checked:
     weights: tuple[float, ...]  # () = equal
 
 
+def _check_roots_apart(runs_root: Path, data_root: Path) -> None:
+    """``--runs-root`` and ``--data-root`` name two separate folders, neither inside the other
+    (compared resolved, so ``data`` and ``./data`` or a link to it are one): the same folder for
+    both (``data``) was taken, and the pipeline's stage folders went in among the dataset builds
+    (audit), where a rebuild or a cleanup of one touches the other."""
+    runs, data = Path(runs_root).resolve(), Path(data_root).resolve()
+    if runs == data:
+        how = "is the same folder as"
+    elif data in runs.parents:
+        how = "lies inside"
+    elif runs in data.parents:
+        how = "holds"
+    else:
+        return
+    raise DP4TLError(f"--runs-root {runs_root} {how} --data-root {data_root}: the stage folders "
+                     "would mix with the dataset builds; pass two separate folders (e.g. "
+                     "--runs-root runs --data-root data)")
+
+
 def validate(cfg: PipelineConfig) -> Checked:
     """Every check of ``cfg`` that needs no data and no work: one :class:`DP4TLError` line for
     the first bad value. Checks that need the built data follow in the run's resolve step
@@ -105,6 +124,7 @@ def validate(cfg: PipelineConfig) -> Checked:
     check_seeds([cfg.seed], "--seed (the scorer's seed, e.g. random's draw)")
     # output roots: a file in the way is refused here, not after the data are built; a
     # read-only data root is fine when it already holds the builds (ensure_built reuses them)
+    _check_roots_apart(cfg.runs_root, cfg.data_root)
     check_out_dir(cfg.runs_root, "--runs-root")
     inside = dataset_around(cfg.runs_root, strict=False)  # (its stage folders: each an --out)
     if inside is not None:
@@ -122,6 +142,13 @@ def validate(cfg: PipelineConfig) -> Checked:
     if inside is not None:  # (a whole build went into DATASET/synth-tiny/, review)
         raise DP4TLError(f"--data-root {cfg.data_root} lies inside the built dataset {inside}: "
                          "keep builds outside datasets; pass another --data-root")
+    # another command's output folder (a bench's report: builds went in among its files,
+    # audit); a root holding builds is no kind's (they lie in its sub-folders), nor is a new one
+    held = folder_kind(cfg.data_root)  # (a dataset's: refused above)
+    if held is not None:
+        raise DP4TLError(f"--data-root {cfg.data_root} holds {KINDS[held].what} (written by "
+                         f"`{KINDS[held].command}`), not dataset builds: pass another --data-root "
+                         "(e.g. data/)")
     scorer = get_scorer(cfg.method)  # unknown method: one line listing the registered ones
     given_options = parse_option_pairs(cfg.scorer_options)
     options = scorer.parse_options(given_options)  # bad --opt: before any work

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,6 +174,59 @@ def test_every_output_kind_is_a_runs_root_as_its_record_declares(tmp_path, kind)
                 "pipeline runs: pass another --runs-root (e.g. runs/)") + "$"):
             validate(_cfg(tmp_path, runs_root=root))
         assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("runs,data,how", [
+    ("data", "data", "is the same folder as"), ("data", "./data/", "is the same folder as"),
+    ("data/runs", "data", "lies inside"), ("work", "work/data", "holds"),
+    ("link", "data", "is the same folder as"),
+])
+def test_runs_and_data_roots_in_one_folder_fail_before_any_work(tmp_path, monkeypatch, runs,
+                                                                data, how):
+    """`--runs-root data --data-root data` (or one inside the other) was taken by the pipeline
+    and every bench, and the stage folders went in among the dataset builds (audit): one line
+    naming both options, compared as resolved folders (``./data/``, a link), before anything
+    is built (``config.validate``: the checks of a run's first step, which does nothing else)."""
+    from ffcv_dp4tl.pipeline.config import validate as check
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    with pytest.raises(DP4TLError, match="^" + re.escape(
+            f"--runs-root {Path(runs)} {how} --data-root {Path(data)}: the stage folders would "
+            "mix with the dataset builds; pass two separate folders (e.g. --runs-root runs "
+            "--data-root data)") + "$"):
+        check(PipelineConfig(ratio=0.5, method="random", finetune=("lp",),
+                             runs_root=Path(runs), data_root=Path(data)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "link"]
+    assert not any((tmp_path / "data").iterdir())
+
+
+@pytest.mark.parametrize("kind", _kinds())
+def test_a_data_root_holding_another_commands_outputs_fails_before_any_work(tmp_path, kind):
+    """A bench's report folder given as --data-root was taken and the datasets were built in
+    among its files (audit `adv3`): every kind's folder but a dataset's is refused in one line
+    naming what it holds (a dataset's: a data root must not lie inside one); a data root
+    holding builds (in its sub-folders) or a new one is taken."""
+    from ffcv_dp4tl.outputs import KINDS, folder_kind
+    from ffcv_dp4tl.pipeline.config import validate as check
+
+    root = _folder_of(kind, tmp_path / "root")
+    before = sorted(p.name for p in root.iterdir())
+    spec = KINDS[kind]
+    message = (rf"^--data-root {root} lies inside the built dataset" if kind == "dataset" else
+               "^" + re.escape(f"--data-root {root} holds {spec.what} (written by "
+                               f"`{spec.command}`), not dataset builds: pass another --data-root "
+                               "(e.g. data/)") + "$")
+    with pytest.raises(DP4TLError, match=message):
+        check(_cfg(tmp_path, data_root=root))
+    assert sorted(p.name for p in root.iterdir()) == before and not (tmp_path / "runs").exists()
+    builds = tmp_path / "builds"
+    builds.mkdir()
+    _folder_of("dataset", builds / "synth-tiny")  # (a root with builds: none of its own kind)
+    assert folder_kind(builds) is None
+    check(_cfg(tmp_path, data_root=builds))
+    check(_cfg(tmp_path, data_root=tmp_path / "new"))
 
 
 def test_the_source_as_target_fails_before_the_surrogate(tmp_path, index_dataset):
