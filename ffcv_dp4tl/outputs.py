@@ -104,18 +104,30 @@ BENCH_KINDS = ("cost-table", "surrogates", "adversarial", "embedded", "embedded-
 _VTAB_MASK = re.compile(r"train\d+val\d+\.npy")
 
 
-def _bench_field(folder: Path) -> str | None:
-    """The bench a ``results.json`` names (``bench`` field; before it: an ``adv`` entry is
-    the adversarial bench's), or ``None``."""
-    try:
-        results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
-    except (OSError, *BAD_JSON):  # none or torn: the files say
-        return None
+def bench_of(results: object) -> str | None:
+    """The bench (a key of :data:`KINDS`) a read ``results.json`` names (``bench`` field; before
+    it: an ``adv`` entry is the adversarial bench's), or ``None``: one rule for telling a folder's
+    kind and for ``bench render``, which read a surrogates report as a cost table and blamed its
+    fine file for lacking rows (audit)."""
     if not isinstance(results, dict):
         return None
     if results.get("bench") in BENCH_KINDS:
         return results["bench"]
     return "adversarial" if "adv" in results else None
+
+
+def _read_results(folder: Path) -> tuple[object, bool]:
+    """``folder/results.json`` read (``None`` when absent or torn) and whether it is there."""
+    path = folder / "results.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), True
+    except (OSError, *BAD_JSON):  # none or torn: the files say
+        return None, path.exists()
+
+
+def _bench_field(folder: Path) -> str | None:
+    """The bench ``folder/results.json`` names (:func:`bench_of`), or ``None``."""
+    return bench_of(_read_results(folder)[0])
 
 
 def folder_kind(folder: str | Path) -> str | None:
@@ -201,10 +213,32 @@ def claim_out_dir(folder: str | Path, kind: str, what: str = "--out",
         _refuse_a_root(folder, spec, what, kind)
     if found is None and folder.is_dir() and not (spec.lock and (folder / spec.lock).exists()):
         mine = [n for n in spec.guards if n not in inputs and (folder / n).exists()]
+        if mine and set(mine) <= set(_BENCH_REPORT):
+            _refuse_a_bench_report(folder, spec, what, mine)
         if mine:
             raise DP4TLError(f"{what} {folder} holds {', '.join(mine)}, not written by "
                              f"`{spec.command}`, which would replace it: pass another {what} (an "
                              "empty or new folder)")
+
+
+def _refuse_a_bench_report(folder: Path, spec: OutputKind, what: str, mine: list[str]) -> None:
+    """A bench report's files (``mine``) in a folder of no kind because its ``results.json``
+    is missing or is no JSON object (torn): nothing tells which command wrote them (an
+    adversarial report has no plot to tell it by), so the message says what is there and what
+    to do either way, blaming no command: a rerun of ``bench adversarial`` into its own folder,
+    its results.json deleted, was told its files were not written by it (audit). Still refused:
+    a user's own report.md is guarded alike. A whole results.json naming no bench is another
+    program's: the caller's message stands."""
+    results, there = _read_results(folder)
+    if there and isinstance(results, dict):
+        return
+    files = ", ".join(mine)
+    state = ("a results.json that is no JSON object (torn?)" if there
+             else f"{files} and no results.json")
+    raise DP4TLError(f"{what} {folder} holds {state}: if a bench wrote it, restore its "
+                     f"results.json, or delete {files} to rerun into this folder; if not, "
+                     f"`{spec.command}` would replace {files}: pass another {what} (an empty or "
+                     "new folder)")
 
 
 def _refuse_a_root(folder: Path, spec: OutputKind, what: str, kind: str) -> None:

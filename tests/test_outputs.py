@@ -7,6 +7,7 @@ scores folder, `score --out` a training run, `bench cost-table -o` a finetune ru
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +114,12 @@ def test_a_folder_of_no_kind_holding_a_file_a_command_writes_is_refused(tmp_path
     (mine / "notes.txt").write_text("mine")
     claim_out_dir(mine, kind)  # nothing a bench writes: taken
     (mine / name).write_text("# My project\n")
-    with pytest.raises(DP4TLError, match=rf"--out {mine} holds {name}, not written by "
-                                         rf"`{KINDS[kind].command}`, which would replace it"):
+    # (a bench's report.md, or a results.json that is no JSON object: whose is not told, so
+    # the message says what is there: test_a_bench_folder_whose_results_json_is_lost_...)
+    said = (f"holds {name}, not written by `{KINDS[kind].command}`, which would replace it"
+            if name not in ("report.md", "results.json") else
+            f"would replace {name}: pass another --out")
+    with pytest.raises(DP4TLError, match=rf"--out {mine} .*{re.escape(said)}"):
         claim_out_dir(mine, kind)
     assert (mine / name).read_text() == "# My project\n"
 
@@ -291,3 +296,34 @@ def test_a_bench_out_that_is_a_data_root_is_refused(tmp_path, kind):
     both = _fill(tmp_path / "both", kind)
     stage(both, "pretrain", {"recipe": "r"}).dir.mkdir()
     claim_out_dir(both, kind)  # (--out X --runs-root X: a rerun)
+
+
+@pytest.mark.parametrize("kind", ["adversarial", "surrogates", "cost-table"])
+@pytest.mark.parametrize("results", ["deleted", "truncated"])
+def test_a_bench_folder_whose_results_json_is_lost_is_refused_without_blaming_another_command(
+        tmp_path, kind, results):
+    """A rerun of `bench adversarial` into its own --out, its results.json deleted or truncated,
+    was told the folder held files "not written by `dp4tl bench adversarial`" (audit): nothing
+    tells whose they are, so the one line says what is there and what to do either way
+    (restore results.json, or delete the files, or another --out). Still refused, nothing
+    touched: the same files may be a user's own."""
+    folder = tmp_path / "e1"
+    folder.mkdir()
+    full = json.dumps({"bench": "adversarial", "adv": {}, "rows": []})
+    (folder / "report.md").write_text("# Adversarial\n")
+    if results == "truncated":
+        (folder / "results.json").write_text(full[:20])
+    before = _files(folder)
+    assert folder_kind(folder) is None
+    with pytest.raises(DP4TLError) as e:
+        claim_out_dir(folder, kind)
+    line = str(e.value)
+    files = "report.md" if results == "deleted" else "results.json, report.md"
+    state = ("report.md and no results.json" if results == "deleted" else
+             "a results.json that is no JSON object (torn?)")
+    assert line == (f"--out {folder} holds {state}: if a bench wrote it, restore its results.json, "
+                    f"or delete {files} to rerun into this folder; if not, `{KINDS[kind].command}` "
+                    f"would replace {files}: pass another --out (an empty or new folder)")
+    assert "not written by" not in line and _files(folder) == before
+    (folder / "results.json").write_text(full)  # restored: the adversarial bench's again
+    claim_out_dir(folder, "adversarial")

@@ -49,7 +49,7 @@ from ..pipeline.run import preflight, run_pipeline
 from ..pipeline.stages import ESTIMATED
 from ..reporting import carry_notes, machine_info
 from ..scoring.registry import get_scorer
-from ..outputs import claim_out_dir
+from ..outputs import KINDS, bench_of, claim_out_dir
 from . import defaults
 from .cost_results import check_results
 from .markdown import header_lines, markdown_tables, ratio_label
@@ -323,6 +323,12 @@ def rerender_table(results_json: Path, criterion: str | None = None) -> dict[str
     if not isinstance(old, dict):
         raise DP4TLError(f"{results_json} holds a JSON {type(old).__name__}, not a cost-table "
                          "results file (an object with rows, methods, ratios, seeds, finetune)")
+    bench = bench_of(old)  # another bench's fine file: not one lacking a cost table's fields
+    if bench not in (None, "cost-table"):
+        raise DP4TLError(f"{results_json} is {KINDS[bench].what}'s (written by "
+                         f"`{KINDS[bench].command}`): `dp4tl bench render` rebuilds cost-table "
+                         f"and embedded folders only; rerun `{KINDS[bench].command}` to rewrite "
+                         "its report")
     check_results(old, results_json, criterion is None)
     try:
         t = summarize(old["rows"], methods=old["methods"], ratios=old["ratios"],

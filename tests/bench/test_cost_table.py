@@ -846,3 +846,30 @@ def test_render_of_a_report_md_that_is_not_utf8_names_report_md(tmp_path):
     (out / "report.md").unlink()  # (moved away: a fresh report, no notes)
     ct.rerender(out)
     assert (out / "report.md").is_file()
+
+
+@pytest.mark.parametrize("results,bench", [
+    ({"bench": "surrogates", "archs": ["vgg2"], "reference": {}}, "surrogates"),
+    ({"bench": "adversarial", "adv": {}, "rows": []}, "adversarial"),
+    ({"adv": {}, "rows": []}, "adversarial"),  # (from before the bench field)
+])
+def test_render_of_another_benchs_folder_names_that_bench(tmp_path, capsys, monkeypatch, results,
+                                                          bench):
+    """`bench render` on a surrogates or adversarial report blamed its fine results.json for
+    lacking a cost table's 'rows' and advised restoring it (audit): it says in one line that
+    render rebuilds cost-table and embedded folders only, naming the bench the file is from,
+    and rewrites nothing."""
+    from cli_runner import cli, one_line
+
+    from ffcv_dp4tl.outputs import KINDS
+
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(results))
+    (out / "report.md").write_text("# mine\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = cli(capsys, monkeypatch, "bench", "render", out)
+    one_line(code, err, f"{out / 'results.json'} is {KINDS[bench].what}'s (written by "
+             f"`dp4tl bench {bench}`)", "rebuilds cost-table and embedded folders only")
+    assert "lacks" not in err and "restore" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
