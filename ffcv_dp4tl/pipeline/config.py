@@ -79,17 +79,16 @@ class Checked:
 
 
 def _check_roots_apart(runs_root: Path, data_root: Path) -> None:
-    """``--runs-root`` and ``--data-root`` name two separate folders, neither inside the other
-    (compared resolved, so ``data`` and ``./data`` or a link to it are one): the same folder for
-    both (``data``) was taken, and the pipeline's stage folders went in among the dataset builds
-    (audit), where a rebuild or a cleanup of one touches the other."""
+    """``--runs-root`` is not ``--data-root`` nor inside it (compared resolved, so ``data`` and
+    ``./data`` or a link to it are one): the same folder for both (``data``) was taken, and the
+    pipeline's stage folders went in among the dataset builds (audit), which the pipeline scans
+    for builds of the same input. A data root inside the runs root (``work/`` and
+    ``work/data``, one scratch folder) is fine: nothing reads the runs root but by stage name."""
     runs, data = Path(runs_root).resolve(), Path(data_root).resolve()
     if runs == data:
         how = "is the same folder as"
     elif data in runs.parents:
         how = "lies inside"
-    elif runs in data.parents:
-        how = "holds"
     else:
         return
     raise DP4TLError(f"--runs-root {runs_root} {how} --data-root {data_root}: the stage folders "
