@@ -105,6 +105,7 @@ def _damage(path: Path, indices=None, **sidecar) -> None:
     ({"indices": [0, 1, 5000]}, "a.npy: 1 indices out of range [0, 10)"),
     ({"indices": [0, 1, 1, 2]}, "a.npy: duplicate index 1"),
     ({"kept_classes": [999, -4]}, "a.json: field 'kept_classes' must be a list of class ids"),
+    ({"kept_classes": [0, 1, 1, 2]}, "a.json: field 'kept_classes' lists class 1 more than once"),
     ({"kept_classes": [1, 2], "num_classes": 2}, "a.json: kept_classes holds class 2 but the "
                                                  "dataset has 2 classes (ids 0-1); recreate"),
     ({"kept_classes": [1, 2], "num_classes": 1}, "a.json: kept_classes holds class 2 but the "
