@@ -31,7 +31,7 @@ from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text
 from ..pipeline.config import PipelineConfig
 from ..pipeline.result import PipelineResult
-from ..pipeline.report import mean_std, method_label
+from ..pipeline.report import in_stage_order, mean_std, method_label
 from ..pipeline.run import preflight, run_pipeline
 from ..reporting import machine_info, ran_on
 from ..outputs import claim_out_dir
@@ -210,7 +210,7 @@ def header_lines(t: dict[str, Any]) -> list[str]:
             f"- command: `{t['command'] or '(library call)'}`",
             f"- data: source `{cfg['source']}`, target `{cfg['target'] or '(first)'}`, format "
             f"`{cfg['fmt']}`, protocol `{cfg['protocol']}`; recipes "
-            + ", ".join(f"{k} `{v}`" for k, v in (t["rows"][0].get("recipes") or {}).items())
+            + ", ".join(f"{k} `{v}`" for k, v in in_stage_order(t["rows"][0].get("recipes") or {}))
             + "".join(f"; {name} overrides `{' '.join(cfg[key])}`" for name, key in (
                 ("pretrain", "overrides"), ("surrogate", "surrogate_overrides"),
                 ("finetune", "finetune_overrides")) if cfg.get(key)),

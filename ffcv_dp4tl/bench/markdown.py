@@ -8,7 +8,7 @@ from typing import Any, Iterable, Sequence
 
 from ..errors import DP4TLError
 from ..scoring.registry import PlotStyle, get_scorer, is_registered
-from ..pipeline.report import mean_std
+from ..pipeline.report import in_stage_order, mean_std
 from ..pipeline.truth import truth_table
 from ..reporting import ran_on
 from .stats import (ALPHA, COST_STAGES, CRITERIA, PAPER_TOTAL_HOURS, REFERENCE, after_holm,
@@ -440,7 +440,7 @@ def header_lines(t: dict[str, Any]) -> list[str]:
                if len(cfg.get("targets") or ()) > 1 else f"target `{cfg['target'] or '(first)'}`")
             + f", format "
             f"`{cfg['fmt']}`; recipes `{cfg['recipes'] or 'auto'}` ("
-            + (", ".join(f"{k} `{v}`" for k, v in t["recipes"].items()) if t.get("recipes")
+            + (", ".join(f"{k} `{v}`" for k, v in in_stage_order(t["recipes"])) if t.get("recipes")
                else "the recipe set's defaults") + f"), FM k={cfg['k']}"
             + "".join(f"; {name} overrides `{' '.join(cfg[key])}`" for name, key in (
                 ("pretrain", "overrides"), ("surrogate", "surrogate_overrides"),

@@ -67,13 +67,22 @@ def run_title(cfg: dict[str, Any]) -> str:
             f"at ratio {cfg['ratio']}")
 
 
+#: the recipes' roles in the stages' order: how a report lists them (results.json sorts keys)
+RECIPE_ROLES = ("surrogate", "pretrain", "lp", "ff")
+
+
+def in_stage_order(recipes: dict[str, str]) -> list[tuple[str, str]]:
+    """``recipes``' (role, name) pairs in :data:`RECIPE_ROLES` order, other roles after: a
+    report read back from a results.json (whose keys are sorted) lists them as the run did."""
+    return sorted(recipes.items(), key=lambda kv: RECIPE_ROLES.index(kv[0])
+                  if kv[0] in RECIPE_ROLES else len(RECIPE_ROLES))
+
+
 def recipes_line(res: PipelineResult) -> str:
     """report.md's ``recipes:`` line; with several targets whose LP/FF recipes differ (the
     paper-code protocol picks them per dataset, Tab. A1), those of each target."""
-    def cell(recipes: dict[str, str]) -> str:  # in the stages' order (results.json sorts keys)
-        roles = ("surrogate", "pretrain", "lp", "ff")
-        return ", ".join(f"{k}=`{v}`" for k, v in sorted(
-            recipes.items(), key=lambda kv: roles.index(kv[0]) if kv[0] in roles else len(roles)))
+    def cell(recipes: dict[str, str]) -> str:
+        return ", ".join(f"{k}=`{v}`" for k, v in in_stage_order(recipes))
 
     per = {n: res.target_recipes[n] for n in res.targets if n in res.target_recipes}
     if len({tuple(sorted(r.items())) for r in per.values()}) <= 1:

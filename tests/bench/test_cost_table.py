@@ -465,6 +465,19 @@ def test_render_refuses_a_damaged_results_file_in_one_line(tmp_path, change, whe
         ct.rerender(emb)
 
 
+def test_a_render_lists_the_recipes_in_the_stages_order(tmp_path):
+    """A run's report lists its recipes as the stages run them; a render, reading results.json
+    (whose keys are sorted), listed "ff, lp, pretrain, surrogate" (bench audit)."""
+    import ffcv_dp4tl.bench.cost_table as ct
+
+    out = _rendered_table(tmp_path)
+    t = json.loads((out / "results.json").read_text())
+    t["recipes"] = {"ff": "F", "lp": "L", "pretrain": "P", "surrogate": "S"}
+    (out / "results.json").write_text(json.dumps(t))
+    ct.rerender(out)
+    assert "(surrogate `S`, pretrain `P`, lp `L`, ff `F`)" in (out / "report.md").read_text()
+
+
 def test_a_ratio_without_rows_shows_dashes_not_nan():
     """A listed ratio none of whose runs are in the table (rows deleted from results.json, a
     method given other ratios) showed "nan" as its mean pretraining time in the cost table
