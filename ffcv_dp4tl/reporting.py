@@ -26,15 +26,21 @@ def _headings(lines: list[str]) -> tuple[list[int | None], list[bool]]:
     and whether it lies in a code fence (its ``#`` and note markers are text, not structure)."""
     under: list[int | None] = []
     fenced: list[bool] = []
-    current, fence = None, False
+    current, fence = None, ""  # (the open fence's marker, "" outside one)
     for i, line in enumerate(lines):
         s = line.strip()
-        if s.startswith("```"):
-            fence = not fence
+        run = s[:len(s) - len(s.lstrip(s[:1]))] if s[:1] in ("`", "~") else ""
+        if fence:  # (closed by a run of its own character, at least as long, alone: CommonMark;
+            # a ```` fence holding a ``` line stayed open to the file's end, its sections lost)
+            if run and run[0] == fence[0] and len(run) >= len(fence) and s == run:
+                fence = ""
+            fenced.append(True)
+        elif len(run) >= 3:
+            fence = run
             fenced.append(True)
         else:
-            fenced.append(fence)
-            if not fence and s.startswith("#"):
+            fenced.append(False)
+            if s.startswith("#"):
                 current = i
         under.append(current)
     return under, fenced

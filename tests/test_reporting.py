@@ -183,6 +183,20 @@ def test_a_file_holding_a_section_twice_is_refused_naming_it_and_the_title(tmp_p
     assert path.read_text() == "# B\n\n## Cost\n\nnew\n\n## Other\n\no\n"
 
 
+def test_a_fence_closes_only_on_its_own_marker(tmp_path):
+    """A ```` fence holding a ``` line (valid Markdown: an example of a fence) stayed open to
+    the end of the file, so the section after it was never found and a new copy was appended on
+    every run (review); a ~~~ fence is one too, and a section inside any fence is text."""
+    path = tmp_path / "r.md"
+    path.write_text("# R\n\n## A\n\n````md\n```\n## B\n```\n````\n\n~~~\n## B\n~~~\n\n"
+                    "## B\n\nold b\n")
+    for body in ("b1", "b2"):
+        write_section(path, "B", body)
+    text = path.read_text()
+    assert text.count("\n## B\n") == 3 and text.endswith("## B\n\nb2\n") and "old b" not in text
+    assert "b1" not in text  # (replaced, not appended)
+
+
 @pytest.mark.parametrize("title,why", [("## x", "without '#'"), ("#x", "without '#'"),
                                        ("x\u2028## y", "one non-empty line"),
                                        ("x\x0c## y", "one non-empty line"), (" ", "one non-empty line")])
