@@ -2,6 +2,7 @@
 line (exit 2) before any work, never a traceback. In-process through the console entry point."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import json
@@ -539,7 +540,7 @@ def test_a_ranks_line_reaches_torchruns_failure_report(monkeypatch, capsys, tmp_
     error_file = tmp_path / "attempt_0" / "1" / "error.json"
     error_file.parent.mkdir(parents=True)
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
-    with pytest.raises((SystemExit, ValueError)) as e:
+    with pytest.raises((SystemExit, ValueError)) as e, _clock_held():
         app_mod.run()
     err = capsys.readouterr().err
     if ends == "success":
@@ -571,21 +572,33 @@ def test_a_ranks_line_reaches_torchruns_failure_report(monkeypatch, capsys, tmp_
         assert not error_file.exists() and list(tmp_path.iterdir()) == [tmp_path / "attempt_0"]
 
 
-def _is_not_the_root_cause(app_mod, follower, tmp_path) -> None:
-    """``follower`` (a ProcessFailure read from a file a follower wrote) loses the root cause
-    to a failure written at the same moment, whichever rank torchrun noticed first. (The
-    clock is held at the follower's own second: read from the clock, the failure's second was
-    the next one when the two writes straddled a second's end, and it tied; one CI run.)"""
+#: the clock both ranks' error files are written at (:func:`_clock_held`)
+CLOCK = 1_800_000_000.999
+
+
+@contextlib.contextmanager
+def _clock_held():
+    """``time.time`` held at :data:`CLOCK`: two error files written "at the same moment" are,
+    whatever the machine's speed (read from the clock, two writes straddled a second's end on
+    CI, and the failure's second was the follower's + 1: a tie, which the follower won)."""
     import time
 
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(time, "time", lambda: CLOCK)
+        yield
+
+
+def _is_not_the_root_cause(app_mod, follower, tmp_path) -> None:
+    """``follower`` (a ProcessFailure read from a file a follower wrote at :data:`CLOCK`)
+    loses the root cause to a failure written at the same moment, whichever rank torchrun
+    noticed first: the follower's line is dated a second later."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
+    assert follower.timestamp == int(CLOCK) + 1
     first = tmp_path / "first" / "error.json"
     first.parent.mkdir()
-    written_at = follower.timestamp - 1  # (a follower's line is dated a second later)
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, _clock_held():
         mp.setenv("TORCHELASTIC_ERROR_FILE", str(first))
-        mp.setattr(time, "time", lambda: written_at + 0.999)
         app_mod._tell_launcher("error: the first failure")
     failed = ProcessFailure(local_rank=0, pid=1234, exitcode=2, error_file=str(first))
     for failures in ({1: follower, 0: failed}, {0: failed, 1: follower}):
@@ -614,7 +627,7 @@ def test_a_rank_stopped_by_another_ranks_failure_is_not_the_root_cause(monkeypat
         error_file = tmp_path / "attempt_0" / "1" / "error.json"
         error_file.parent.mkdir(parents=True, exist_ok=True)
         monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
-        with pytest.raises(SystemExit) as e:
+        with pytest.raises(SystemExit) as e, _clock_held():
             app_mod.run()
         assert e.value.code == 2 and "error: rank " in capsys.readouterr().err
         follower = ProcessFailure(local_rank=1, pid=4321, exitcode=2, error_file=str(error_file))
