@@ -52,10 +52,11 @@ RESULT_DIGEST = "result_sha256"
 #: ``ValueError`` at the report's ``:.4f`` after the whole pipeline ran, nor a wrong number in
 #: it. Kinds are :data:`~ffcv_dp4tl.contracts.fields.KINDS` (``fraction``: a number in [0, 1]).
 #: ``"*"``: every kind (the seconds of runs without an exact record, ``stages.ESTIMATED``; the
-#: digest of the stage's result files, :data:`RESULT_DIGEST`). A time (any value named
-#: ``*_seconds``, listed or not: :data:`TIME_SUFFIX`) is ``nonneg``, as the result's own
-#: ``seconds``/``cpu_seconds``/``loadavg_1min`` are (:data:`STAGE_TIMES`): a hand-edited
-#: ``-5.0`` or ``NaN`` was printed as a pretraining time and summed into a total (audit).
+#: digest of the stage's result files, :data:`RESULT_DIGEST`). A listed time is ``nonneg``,
+#: as the result's own ``seconds``/``cpu_seconds``/``loadavg_1min`` are (:data:`STAGE_TIMES`):
+#: a hand-edited ``-5.0`` or ``NaN`` was printed as a pretraining time and summed into a total
+#: (audit). Only listed values are typed: a score stage's values hold its scorer's own
+#: metadata (docs/scorers.md), whose ``*_seconds`` may be anything it chose (review).
 #: ``kept_units`` is a set (``nameset``): a unit listed twice made a class overlap of 0 %.
 STAGE_FIELDS: dict[str, dict[str, str]] = {
     "*": {"estimated_seconds": "nonneg", RESULT_DIGEST: "str"},
@@ -72,10 +73,6 @@ STAGE_FIELDS: dict[str, dict[str, str]] = {
     "other": {},
 }
 
-#: A value whose name ends so is a time in seconds, typed ``nonneg`` whatever its kind (one a
-#: stage records beyond :data:`STAGE_FIELDS` too: a time below 0 or not finite is no time).
-TIME_SUFFIX = "_seconds"
-
 #: The measured fields of every result (beside ``values``), typed when ``DONE.json`` is read:
 #: wall and CPU seconds and the 1-min load average, each a finite number >= 0.
 STAGE_TIMES: dict[str, str] = {"seconds": "nonneg", "cpu_seconds": "nonneg",
@@ -89,7 +86,7 @@ def check_stage_values(kind: str, values: Mapping[str, Any], source: object = "s
                        fix: str = STAGE_FIX) -> None:
     """A one-line :class:`DataError` naming ``source``, the field and ``fix`` when ``values``
     do not follow :data:`STAGE_VALUES` (required fields) and :data:`STAGE_FIELDS` (typed when
-    present; any ``*_seconds``: :data:`TIME_SUFFIX`) for ``kind`` (brought weights:
+    present) for ``kind`` (brought weights:
     ``brought`` instead of a row)."""
     schema = STAGE_VALUES.get(kind, {})
     if kind == "train" and values.get("brought"):
@@ -102,9 +99,7 @@ def check_stage_values(kind: str, values: Mapping[str, Any], source: object = "s
             raise DataError(f"{source}: field {name!r} of a {kind} stage result is "
                             f"{type(v).__name__} {v!r}, not {' or '.join(t.__name__ for t in types)}"
                             f"; {fix}")
-    fields = {**STAGE_FIELDS["*"], **STAGE_FIELDS.get(kind, {})}
-    times = {k: "nonneg" for k in values if k.endswith(TIME_SUFFIX) and k not in fields}
-    for name, what in {**fields, **times}.items():
+    for name, what in {**STAGE_FIELDS["*"], **STAGE_FIELDS.get(kind, {})}.items():
         typed(values, name, what, source, fix, None)
 
 
