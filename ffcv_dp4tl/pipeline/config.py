@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..contracts import (Budget, FinetuneMode, Format, PretrainLength, Protocol, check_device, check_k,
                          check_ratio, check_seeds)
@@ -96,6 +96,28 @@ def _check_roots_apart(runs_root: Path, data_root: Path) -> None:
                      "--runs-root runs --data-root data)")
 
 
+def _check_one_arch(cfg: PipelineConfig) -> None:
+    """``--arch`` and a ``--set model.arch=...`` both choose the pretraining model: --arch won
+    in silence, and a bench's header listed both, so its table read as either model's (audit).
+    Given both (even equal), they are refused before any work (the data's build included:
+    review): one of them says it."""
+    from ..training.recipe_files import parse_override
+
+    given = [o for o in cfg.overrides if _parses(parse_override, o)[:2] == ("model", "arch")]
+    if cfg.arch and given:
+        raise DP4TLError(f"--arch {cfg.arch} and --set {given[0]} both choose the pretraining "
+                         "model: give one of them")
+
+
+def _parses(parse: Callable[[str], tuple], text: str) -> tuple:
+    """``parse(text)``, or () for an override that does not parse (the recipe's loader refuses
+    it, naming it, right after)."""
+    try:
+        return tuple(parse(text))
+    except DP4TLError:
+        return ()
+
+
 def validate(cfg: PipelineConfig) -> Checked:
     """Every check of ``cfg`` that needs no data and no work: one :class:`DP4TLError` line for
     the first bad value. Checks that need the built data follow in the run's resolve step
@@ -124,6 +146,7 @@ def validate(cfg: PipelineConfig) -> Checked:
     # output roots: a file in the way is refused here, not after the data are built; a
     # read-only data root is fine when it already holds the builds (ensure_built reuses them)
     _check_roots_apart(cfg.runs_root, cfg.data_root)
+    _check_one_arch(cfg)
     check_out_dir(cfg.runs_root, "--runs-root")
     inside = dataset_around(cfg.runs_root, strict=False)  # (its stage folders: each an --out)
     if inside is not None:

@@ -365,27 +365,6 @@ def most_kept(src, unit: str, ratio: float, budget: str) -> int | None:
     return min(n, samples_target(n, ratio) + int(sizes[0]))
 
 
-def _check_one_arch(cfg: PipelineConfig) -> None:
-    """``--arch`` and a ``--set model.arch=...`` both choose the pretraining model: --arch won
-    in silence, and a bench's header listed both, so its table read as either model's (audit).
-    Given both (even equal), they are refused: one of them says it."""
-    from ..training.recipe_files import parse_override
-
-    given = [o for o in cfg.overrides if _parses(parse_override, o)[:2] == ("model", "arch")]
-    if cfg.arch and given:
-        raise DP4TLError(f"--arch {cfg.arch} and --set {given[0]} both choose the pretraining "
-                         "model: give one of them")
-
-
-def _parses(parse: Callable[[str], tuple], text: str) -> tuple:
-    """``parse(text)``, or () for an override that does not parse (the recipe's loader refuses
-    it, naming it, right after)."""
-    try:
-        return tuple(parse(text))
-    except DP4TLError:
-        return ()
-
-
 def check_pretrain_size(cfg: PipelineConfig, unit: str, src, pre_name: str, pretrain) -> None:
     """Refuse, before any stage, a ratio whose pruned set cannot fill one pretraining batch
     (``train.drop_last``, or an objective that drops the last batch, as MoCo's): the trainer
@@ -474,7 +453,6 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
     base = recipe_set(cfg.protocol, scale, tgts[0].name)
     sur_name = cfg.surrogate_recipe or base["surrogate"]
     pre_name = cfg.recipe or base["pretrain"]
-    _check_one_arch(cfg)
     pre_overrides = list(cfg.overrides) + ([f"model.arch={cfg.arch}"] if cfg.arch else [])
     surrogate = load(sur_name, cfg.surrogate_overrides)
     pretrain = load(pre_name, pre_overrides)

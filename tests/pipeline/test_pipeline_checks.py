@@ -609,13 +609,11 @@ def test_a_recipe_for_the_other_job_is_refused_before_any_work(small_synth, tmp_
 
 
 @pytest.mark.parametrize("arch", ["vgg2", "resnet18"])
-def test_arch_and_a_set_model_arch_together_are_refused_before_any_work(small_synth, tmp_path,
-                                                                         arch):
+def test_arch_and_a_set_model_arch_together_are_refused_before_any_work(tmp_path, arch):
     """--arch resnet18 with --set model.arch=vgg2 pretrained resnet18 in silence (--arch was
     applied last) while a bench's header listed both (audit); given both, even equal, it is
-    one line before any stage, naming both."""
-    cfg = PipelineConfig(source=str(small_synth / "source"),
-                         target=str(small_synth / "targets" / "paper"), ratio=0.5,
+    one line before any work, the data's build included (review: it came after the build)."""
+    cfg = PipelineConfig(source="synth:tiny", target="paper", ratio=0.5,
                          method="random", finetune=("lp",), fmt="wds", runs_root=tmp_path / "r",
                          data_root=tmp_path / "d", arch="resnet18",
                          overrides=("train.epochs=1", f"model.arch={arch}"))
@@ -623,7 +621,7 @@ def test_arch_and_a_set_model_arch_together_are_refused_before_any_work(small_sy
         validate(cfg)
     assert str(e.value) == (f"--arch resnet18 and --set model.arch={arch} both choose the "
                             "pretraining model: give one of them")
-    assert not (tmp_path / "r").exists()
+    assert not (tmp_path / "r").exists() and not (tmp_path / "d").exists()
 
 
 def test_a_vit_source_finetuned_at_another_size_is_refused_before_any_stage(small_synth,
