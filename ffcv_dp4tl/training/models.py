@@ -52,12 +52,17 @@ MODEL_KNOBS = tuple(f.name for f in dataclasses.fields(ModelCfg) if f.name != "a
 _RESNET_KNOBS = ("blurpool", "small_input", "stem_stride", "width")
 
 
-def register(name: str, knobs: Iterable[str] | None = None):
+def register(name: str, knobs: Iterable[str] | None = None, fixed_size: int | bool | None = None):
     """Decorator adding a constructor ``fn(num_classes, **kw) -> nn.Module`` to the registry.
 
     ``knobs``: the :data:`MODEL_KNOBS` it takes (default: its keyword parameters of those names;
-    a builder taking ``**kw`` lists them). A second, different constructor under a registered
-    name is refused: it would silently replace the first for every recipe."""
+    a builder taking ``**kw`` lists them). ``fixed_size``: whether the model takes images of
+    exactly ``model.image_size`` only (recipes feeding it another size are refused:
+    ``recipe.FIXED_SIZE_ARCHS``): an int is the multiple that size must be (a ViT's patch),
+    False a model that takes any size (one that interpolates its position embeddings, a CNN
+    with an ``image_size`` default), None (default) infers it from the ``image_size`` knob
+    (multiple 1). A second, different constructor under a registered name is refused: it would
+    silently replace the first for every recipe."""
     def deco(fn):
         if knobs is not None:
             taken = frozenset(knobs)
@@ -77,9 +82,10 @@ def register(name: str, knobs: Iterable[str] | None = None):
             raise ValueError(f"model {name!r} is registered already (by {old.__module__}."
                              f"{old.__qualname__}); choose another name")
         _REGISTRY[name], _KNOBS[name] = fn, taken
-        if "image_size" in taken and name not in FIXED_SIZE_ARCHS:
+        fixed = ("image_size" in taken) if fixed_size is None else fixed_size
+        if fixed and name not in FIXED_SIZE_ARCHS:
             # fed images of exactly that size: recipes using it are checked for it
-            FIXED_SIZE_ARCHS[name] = 1
+            FIXED_SIZE_ARCHS[name] = 1 if fixed is True else int(fixed)
             _ADDED_FIXED.add(name)
         return fn
     return deco

@@ -184,3 +184,32 @@ def test_every_model_taking_image_size_is_a_fixed_size_arch_recipes_check():
     finally:
         models.unregister("toy_vit")
     assert "toy_vit" not in FIXED_SIZE_ARCHS and "vit_b_16" in FIXED_SIZE_ARCHS
+
+
+def test_a_model_registered_with_its_size_rule_is_checked_by_it():
+    """Every builder taking ``image_size`` was made a fixed-size model of patch 1, with no way
+    to say otherwise (review): ``fixed_size=False`` (a model that interpolates, or a CNN with an
+    ``image_size`` default) takes any size, and an int is the patch the size must be a multiple
+    of."""
+    from torch import nn
+
+    from ffcv_dp4tl.training import models
+    from ffcv_dp4tl.training.recipe import FIXED_SIZE_ARCHS, load_recipe
+
+    @models.register("toy_any", fixed_size=False)
+    def toy_any(num_classes: int, *, image_size: int = 8) -> nn.Module:
+        return nn.Linear(image_size, num_classes)
+
+    @models.register("toy_patch4", fixed_size=4)
+    def toy_patch4(num_classes: int, *, image_size: int = 8) -> nn.Module:
+        return nn.Linear(image_size, num_classes)
+
+    try:
+        assert "toy_any" not in FIXED_SIZE_ARCHS and FIXED_SIZE_ARCHS["toy_patch4"] == 4
+        load_recipe("resnet18_tiny_cpu", ["model.arch=toy_any"])  # (fed 32 px, sized 224)
+        with pytest.raises(DP4TLError, match="must be a multiple of its patch size 4"):
+            load_recipe("resnet18_tiny_cpu", ["model.arch=toy_patch4", "model.image_size=30"])
+    finally:
+        models.unregister("toy_any")
+        models.unregister("toy_patch4")
+    assert "toy_patch4" not in FIXED_SIZE_ARCHS
