@@ -270,17 +270,17 @@ def check_report_beside(report: Optional[str], out: Path, section: Optional[str]
 
 
 def check_data_root_beside(data_root: Path, out: Path) -> None:
-    """A bench's ``--data-root`` that is its ``--out``, lies inside it or holds it, refused at
-    the command's start: the builds went into the report folder (or the report among the
-    builds), and the rerun after a kill was refused, its --out now holding a built dataset
-    (``outputs.claim_out_dir``), so the run could not resume (audit)."""
+    """A bench's ``--data-root`` that is its ``--out`` or lies inside it, refused at the
+    command's start: the builds went into the report folder, and the rerun after a kill was
+    refused, its --out now holding a built dataset (``outputs.claim_out_dir``), so the run
+    could not resume (audit). An --out inside the data root (``--data-root .``, ``--out
+    docs/x``) is fine: the builds go to their own folders beside it (review)."""
     root, folder = Path(data_root).resolve(), Path(out).resolve()
-    if root == folder or root.is_relative_to(folder) or folder.is_relative_to(root):
-        how = ("is" if root == folder else "lies inside" if root.is_relative_to(folder)
-               else "holds")
-        raise typer.BadParameter(f"{data_root} {how} the bench's --out {out}: the builds and the "
-                                 "report would share a folder; pass a --data-root apart from "
-                                 "the --out", param_hint="--data-root")
+    if root.is_relative_to(folder):
+        how = "is" if root == folder else "lies inside"
+        raise typer.BadParameter(f"{data_root} {how} the bench's --out {out}: the builds would "
+                                 "go in among the report's files, which a rerun then refuses; "
+                                 "pass a --data-root outside the --out", param_hint="--data-root")
 
 
 def section_callback(value: str) -> str:

@@ -650,19 +650,23 @@ def test_a_note_that_is_not_one_line_is_refused_before_any_work(note, capsys, mo
 
 
 @pytest.mark.parametrize("bench", ["cost-table", "embedded", "surrogates", "adversarial"])
-@pytest.mark.parametrize("out,root,how", [("Z", "Z", "is"), ("Z", "Z/data", "lies inside"),
-                                          ("data/Z", "data", "holds")])
+@pytest.mark.parametrize("out,root,how", [("Z", "Z", "is"), ("Z", "Z/data", "lies inside")])
 def test_a_data_root_beside_the_out_is_refused_first(bench, out, root, how, capsys, monkeypatch,
                                                      tmp_path):
     """``--out Z --runs-root Z --data-root Z`` on an empty Z built the data into Z; after a
     kill the rerun was refused (--out Z holds the built dataset), so the run could not resume
-    (audit). A --data-root that is the --out, lies in it or holds it: one line, first."""
+    (audit). A --data-root that is the --out or lies in it: one line, first. An --out inside
+    the data root is taken (the builds go to folders of their own beside it; review)."""
+    from ffcv_dp4tl.cli.options import check_data_root_beside
+
     _no_bench_runs(monkeypatch)
     monkeypatch.chdir(tmp_path)
     code, _, err = cli(capsys, monkeypatch, "bench", bench, "--out", out, "--runs-root", out,
                        "--data-root", root, "--report", "")
     one_line_error(code, err, "--data-root", f"{root} {how} the bench's --out {out}")
     assert list(tmp_path.iterdir()) == []
+    check_data_root_beside(Path("data"), Path("data/Z"))
+    check_data_root_beside(Path("."), Path("docs/x"))
 
 
 def test_a_report_in_a_pipeline_stage_folder_is_refused(capsys, monkeypatch, tmp_path):
