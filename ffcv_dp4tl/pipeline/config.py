@@ -79,21 +79,16 @@ class Checked:
 
 
 def _check_roots_apart(runs_root: Path, data_root: Path) -> None:
-    """``--runs-root`` is not ``--data-root`` nor inside it (compared resolved, so ``data`` and
-    ``./data`` or a link to it are one): the same folder for both (``data``) was taken, and the
-    pipeline's stage folders went in among the dataset builds (audit), which the pipeline scans
-    for builds of the same input. A data root inside the runs root (``work/`` and
-    ``work/data``, one scratch folder) is fine: nothing reads the runs root but by stage name."""
-    runs, data = Path(runs_root).resolve(), Path(data_root).resolve()
-    if runs == data:
-        how = "is the same folder as"
-    elif data in runs.parents:
-        how = "lies inside"
-    else:
-        return
-    raise DP4TLError(f"--runs-root {runs_root} {how} --data-root {data_root}: the stage folders "
-                     "would mix with the dataset builds; pass two separate folders (e.g. "
-                     "--runs-root runs --data-root data)")
+    """``--runs-root`` is not ``--data-root`` (compared resolved, so ``data`` and ``./data`` or
+    a link to it are one): the same folder for both (``data``) was taken, and the pipeline's
+    stage folders went in among the dataset builds (audit). One inside the other is fine
+    (``--data-root .`` with the default ``runs``, or ``work/`` and ``work/data``): the stage
+    folders and the builds keep folders of their own, and the data root's scan for a build of
+    the same input passes over folders that are none (review)."""
+    if Path(runs_root).resolve() == Path(data_root).resolve():
+        raise DP4TLError(f"--runs-root {runs_root} is the same folder as --data-root {data_root}: "
+                         "the stage folders would mix with the dataset builds; pass two "
+                         "separate folders (e.g. --runs-root runs --data-root data)")
 
 
 def _check_one_arch(cfg: PipelineConfig) -> None:

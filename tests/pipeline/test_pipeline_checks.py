@@ -178,13 +178,12 @@ def test_every_output_kind_is_a_runs_root_as_its_record_declares(tmp_path, kind)
 
 @pytest.mark.parametrize("runs,data,how", [
     ("data", "data", "is the same folder as"), ("data", "./data/", "is the same folder as"),
-    ("data/runs", "data", "lies inside"),
     ("link", "data", "is the same folder as"),
 ])
 def test_runs_and_data_roots_in_one_folder_fail_before_any_work(tmp_path, monkeypatch, runs,
                                                                 data, how):
-    """`--runs-root data --data-root data` (or one inside the other) was taken by the pipeline
-    and every bench, and the stage folders went in among the dataset builds (audit): one line
+    """`--runs-root data --data-root data` was taken by the pipeline and every bench, and the
+    stage folders went in among the dataset builds (audit): one line
     naming both options, compared as resolved folders (``./data/``, a link), before anything
     is built (``config.validate``: the checks of a run's first step, which does nothing else)."""
     from ffcv_dp4tl.pipeline.config import validate as check
@@ -200,9 +199,10 @@ def test_runs_and_data_roots_in_one_folder_fail_before_any_work(tmp_path, monkey
                              runs_root=Path(runs), data_root=Path(data)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "link"]
     assert not any((tmp_path / "data").iterdir())
-    # a data root inside the runs root (one scratch folder for both) is taken
-    check(PipelineConfig(ratio=0.5, method="random", finetune=("lp",), runs_root=Path("work"),
-                         data_root=Path("work/data")))
+    # one inside the other is taken (one scratch folder for both; --data-root . and its runs/)
+    for runs_root, data_root in (("work", "work/data"), ("runs", "."), ("data/runs", "data")):
+        check(PipelineConfig(ratio=0.5, method="random", finetune=("lp",),
+                             runs_root=Path(runs_root), data_root=Path(data_root)))
 
 
 @pytest.mark.parametrize("kind", _kinds())
