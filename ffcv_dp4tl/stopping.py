@@ -19,6 +19,7 @@ A stdlib-only leaf: the CLI and the beton builder (which has its own Ctrl-C guar
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -321,6 +322,43 @@ class _GraceWatchdog:
         self._close_fds()
 
 
+#: the error file torchrun gives every rank (its ``ErrorHandler``'s), read into its failure
+#: report; "" or unset: not under torchrun, or torchrun without a log folder
+LAUNCHER_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
+
+
+def launcher_error(said: str, follows: bool = False, now: float | None = None) -> dict[str, Any]:
+    """The error file's content (torch's ``ErrorHandler`` format) for a rank that printed
+    ``said``: its last line as the message, the whole as the traceback torchrun's report shows.
+    torchrun's root cause is the failure with the earliest timestamp, in whole seconds, a tie
+    going to the rank it noticed first: a rank that stopped only because another failed
+    (``follows``) is dated a second later, so the failure it followed is named (review)."""
+    text = said.rstrip("\n")
+    when = int(time.time() if now is None else now) + (1 if follows else 0)
+    return {"message": {"message": text.splitlines()[-1] if text else "",
+                        "extraInfo": {"py_callstack": text, "timestamp": str(when)}}}
+
+
+def _tell_launcher_at_exit(said: str) -> None:
+    """The forced exit's line into the rank's torchrun error file, unless the command wrote
+    one (a rank the grace ended wrote none, so torchrun's report said of it only "To enable
+    traceback see ..."). A plain write, no temporary file and rename, and nothing that may
+    wait: the exit must come before the launcher's SIGKILL (best effort, like the line)."""
+    path = os.environ.get(LAUNCHER_FILE_ENV, "")
+    if not path:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError:  # (the command's own file is there, or no folder for it)
+        return
+    try:
+        os.write(fd, json.dumps(launcher_error(said, follows=True)).encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 #: the thread that is ending the process at once, once one is (:func:`_forced_exit`)
 _FORCING: list[int] = []
 
@@ -337,6 +375,7 @@ def _forced_exit(signum: int, cleanup_why: str, exit_why: str) -> None:
     said = (f"{line(signum)} ({cleanup_why})" if status is None
             else f"{late_line(signum, status)} ({exit_why})")
     _write_if_room(2, f"{said}\n".encode())
+    _tell_launcher_at_exit(said)
     code = exit_status(signum) if status is None else late_status(signum, status)
     try:
         doomed = _own_children()

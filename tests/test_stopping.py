@@ -166,6 +166,27 @@ def test_a_main_thread_blocked_in_native_code_still_ends_after_the_grace():
         f"{stopping.line(signal.SIGTERM)} (its cleanup took more than 0.5 s, so it ended at once)")
 
 
+def test_a_rank_the_grace_ends_tells_torchrun_why(monkeypatch, tmp_path):
+    """A torchrun rank that the grace ended at once wrote no error file, so torchrun's failure
+    report said of it only "To enable traceback see ..." (carried). The forced exit writes its
+    line there, dated as a follower's (a second later: the failure it followed stays the root
+    cause), and leaves a file the command wrote itself alone."""
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    shell = "sleep 0.3; kill -TERM $PPID; exec sleep 20 >/dev/null 2>&1"
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv(stopping.LAUNCHER_FILE_ENV, str(error_file))
+    t0 = int(time.time())
+    run, _ = _stopped_process(f'ctypes.CDLL(None).system(b"{shell}")', timeout=HANG)
+    assert run.returncode == 143, run.stderr
+    said = f"{stopping.line(signal.SIGTERM)} (its cleanup took more than 0.5 s, so it ended at once)"
+    failure = ProcessFailure(local_rank=1, pid=1, exitcode=143, error_file=str(error_file))
+    assert failure.message["message"] == said and failure.timestamp >= t0 + 1
+    error_file.write_text("the command's own")
+    run, _ = _stopped_process(f'ctypes.CDLL(None).system(b"{shell}")', timeout=HANG)
+    assert run.returncode == 143 and error_file.read_text() == "the command's own"
+
+
 def test_a_cleanup_that_hangs_is_cut_at_the_grace():
     run, seconds = _stopped_process("try:\n    KILL\n    time.sleep(10)\n"
                                     "except stopping.Terminated:\n    time.sleep(60)  # a hang")

@@ -404,20 +404,15 @@ def _tell_launcher(said: str, follows: bool = False) -> None:
     going to the rank it noticed first: a rank that stopped only because another failed
     (``follows``: a stop signal, :func:`_follows_another_rank`), within the same second, was
     named the root cause with its "another rank stopped first" line (review). Such a line is
-    dated a second later."""
-    path = os.environ.get("TORCHELASTIC_ERROR_FILE", "")
+    dated a second later (:func:`~ffcv_dp4tl.stopping.launcher_error`, the format the forced
+    exit of a rank the grace ended writes too)."""
+    path = os.environ.get(stopping.LAUNCHER_FILE_ENV, "")
     if not path:  # (not under torchrun, or torchrun without a log folder: it sets "")
         return
-    import time
-
     from ..fsutil import atomic_write_json
 
-    text = said.rstrip("\n")
-    when = int(time.time()) + (1 if follows else 0)  # (an integer string: torch reads it so)
-    data = {"message": {"message": text.splitlines()[-1] if text else "",
-                        "extraInfo": {"py_callstack": text, "timestamp": str(when)}}}
     try:  # (readable by others, as torch's own handler's: a log collector may read it)
-        atomic_write_json(path, data)
+        atomic_write_json(path, stopping.launcher_error(said, follows))
     except OSError:
         pass
 
