@@ -619,3 +619,35 @@ def test_a_file_passed_to_the_wrong_option_is_told_which_one(trained_run, target
              "a `dp4tl train` checkpoint.pt goes to --checkpoint instead")
     assert "[model] section" not in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_fixed_size_source_is_finetuned_at_its_own_size_only(trained_run, target_dir, tmp_path):
+    """A ViT source fed another finetune.resolution died at the first batch with torchvision's
+    "Wrong image height!" traceback (review): finetune() refuses it in one line from the
+    checkpoint's arch and image_size, before any folder is made (here a toy fixed-size model,
+    as a ViT-B/16 checkpoint is 330 MB)."""
+    import dataclasses
+
+    from torch import nn
+
+    from ffcv_dp4tl.errors import DP4TLError
+    from ffcv_dp4tl.training import models
+
+    @models.register("toy_fixed", fixed_size=4)
+    def toy_fixed(num_classes: int, *, image_size: int = 8) -> nn.Module:
+        return nn.Linear(image_size, num_classes)
+
+    try:
+        ck = Checkpoint.load(trained_run / "checkpoint.pt")
+        src = tmp_path / "src.pt"
+        dataclasses.replace(ck, arch="toy_fixed", model_kwargs={"image_size": 8},
+                            model=toy_fixed(ck.num_classes, image_size=8).state_dict()).save(src)
+        with pytest.raises(DP4TLError, match=(
+                rf"^finetune recipe lp_tiny_cpu with the source model {src}: model\.arch = "
+                r"'toy_fixed' takes images of exactly model\.image_size = 8 px .* fed "
+                r"finetune\.resolution = 32; set finetune\.resolution to 8$")):
+            finetune("lp_tiny_cpu", src, target_dir, tmp_path / "out", fmt="wds", device="cpu",
+                     progress=False)
+    finally:
+        models.unregister("toy_fixed")
+    assert not (tmp_path / "out").exists()
