@@ -86,17 +86,13 @@ def check_no_arch_override(surrogate_overrides: Iterable[str],
     ``--set-surrogate model.arch=vgg2`` made every row a VGG-2 (one cached surrogate) under the
     labels of --archs — a table silently wrong (audit). The architectures are --archs'.
     (An override that does not parse is left to the recipe's own check, which names it.)"""
-    from ..training.recipe_files import parse_override
+    from ..training.recipe import override_key
 
     given = [("--set-surrogate", "", text) for text in surrogate_overrides]
     given += [("--set-arch", f"{arch}:", text) for arch, texts in arch_overrides.items()
               for text in texts]
     for option, prefix, text in given:
-        try:
-            section, key, _ = parse_override(text)
-        except DP4TLError:
-            continue
-        if (section, key) == ("model", "arch"):
+        if override_key(text) == ("model", "arch"):
             raise DP4TLError(f"{option} {prefix}{text}: the bench sets model.arch per row (one "
                              "surrogate per architecture of --archs, --reference beside them); "
                              "drop it and list the architecture in --archs instead")

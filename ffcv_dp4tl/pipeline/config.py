@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..contracts import (Budget, FinetuneMode, Format, PretrainLength, Protocol, check_device, check_k,
                          check_ratio, check_seeds)
@@ -96,21 +96,12 @@ def _check_one_arch(cfg: PipelineConfig) -> None:
     in silence, and a bench's header listed both, so its table read as either model's (audit).
     Given both (even equal), they are refused before any work (the data's build included:
     review): one of them says it."""
-    from ..training.recipe_files import parse_override
+    from ..training.recipe import override_key
 
-    given = [o for o in cfg.overrides if _parses(parse_override, o)[:2] == ("model", "arch")]
+    given = [o for o in cfg.overrides if override_key(o) == ("model", "arch")]
     if cfg.arch and given:
         raise DP4TLError(f"--arch {cfg.arch} and --set {given[0]} both choose the pretraining "
                          "model: give one of them")
-
-
-def _parses(parse: Callable[[str], tuple], text: str) -> tuple:
-    """``parse(text)``, or () for an override that does not parse (the recipe's loader refuses
-    it, naming it, right after)."""
-    try:
-        return tuple(parse(text))
-    except DP4TLError:
-        return ()
 
 
 def validate(cfg: PipelineConfig) -> Checked:

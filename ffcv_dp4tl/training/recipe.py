@@ -370,7 +370,7 @@ def result_overrides(overrides: typing.Iterable[str]) -> list[str]:
     leave them out. What a stage key or a bench row's settings key holds of a ``--set*`` list.
     Overrides are checked when the recipe loads; one that does not parse is kept (it never
     reaches a key unchecked)."""
-    return [text for text in overrides if _override_key(text) not in
+    return [text for text in overrides if override_key(text) not in
             (*NOT_IN_FINGERPRINT, *HASHED_AS_DEFAULT)]
 
 
@@ -379,11 +379,12 @@ def training_overrides(overrides: typing.Iterable[str]) -> list[str]:
     training): what a stage key of trained weights holds, like
     :meth:`Recipe.training_fingerprint`."""
     return [text for text in result_overrides(overrides)
-            if _override_key(text)[0] not in NOT_IN_TRAINING]
+            if override_key(text)[0] not in NOT_IN_TRAINING]
 
 
-def _override_key(text: str) -> tuple[str | None, str | None]:
-    """``(section, key)`` of an override, ``(None, None)`` for one that does not parse."""
+def override_key(text: str) -> tuple[str | None, str | None]:
+    """``(section, key)`` of an override, ``(None, None)`` for one that does not parse (the
+    recipe's loader refuses it, naming it)."""
     try:
         return tuple(parse_override(text)[:2])
     except DP4TLError:
