@@ -200,10 +200,11 @@ def report_callback(value: Optional[str]) -> Optional[str]:
     """``--report`` callback: '' = no report (None); a folder or an unwritable place is refused
     before any work (``fsutil.check_out_file``), not after the bench ran, and so is a file no
     section may go into (``reporting.check_report``: not Markdown, or a command's output; a
-    pipeline's stage folder, :func:`stage_folder_around`; a bench checks it against its own
+    pipeline's stage folder, ``pipeline.stages.stage_folder_around``; a bench checks it against its own
     --out at its start, ``check_report_beside``). A link is judged, and written, by the file
     it names (``reporting.report_target``)."""
     from ..fsutil import check_out_file
+    from ..pipeline.stages import stage_folder_around
     from ..reporting import check_report, report_target
 
     if value is None or not value.strip():
@@ -227,30 +228,6 @@ def report_callback(value: Optional[str]) -> Optional[str]:
             raise typer.BadParameter(f"{value} is not UTF-8 text, so no Markdown section can be "
                                      "written into it; choose another file") from None
     return value
-
-
-#: the pipeline's report folder, ``RUNS_ROOT/report-<key>`` (``pipeline.run.report_step``):
-#: a stage folder without a ``DONE.json``
-_REPORT_STAGE = "report"
-
-
-def stage_folder_around(path: str | Path) -> Optional[Path]:
-    """The pipeline stage folder ``path`` lies in (at any depth), or None. A stage folder is
-    named ``NAME-KEY`` (``pipeline.stages.stage``: KEY as ``key_of`` makes it) and holds the
-    stage's ``DONE.json`` or lock, or is the pipeline's report folder (``report-KEY`` with its
-    results.json). ``--report runs/report-KEY/report.md`` was written into, and the
-    pipeline's next run of it replaced the section (audit)."""
-    import re
-
-    from ..pipeline.stages import DONE, LOCK, key_of
-
-    named = re.compile(rf"([a-z][a-z0-9_]*(?:-[a-z0-9_]+)*)-[0-9a-f]{{{len(key_of({}))}}}")
-    for folder in Path(path).resolve().parents:
-        m = named.fullmatch(folder.name)
-        if m and ((folder / DONE).is_file() or (folder / LOCK).exists()
-                  or (m.group(1) == _REPORT_STAGE and (folder / "results.json").is_file())):
-            return folder
-    return None
 
 
 def check_report_beside(report: Optional[str], out: Path, section: Optional[str] = None) -> None:

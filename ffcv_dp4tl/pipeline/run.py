@@ -48,7 +48,7 @@ from .report import run_title, summarize_seeds, write_report
 from .resolve import Resolved, resolve, seed_overrides, with_seed
 from .result import PipelineResult, StagePlace, stage_label
 from .score import score
-from .stages import Stage, key_of, run_stage, stage
+from .stages import REPORT_STAGE, Stage, key_of, run_stage, stage
 from .targets import score_key
 from .truth import selection_truth
 
@@ -332,7 +332,7 @@ def report_step(cfg: PipelineConfig, ok: Checked, r: Resolved, res: PipelineResu
         res.per_target = {n: summarize_seeds(res, cfg.finetune, n) for n in r.target_names}
     else:
         res.summary = summarize_seeds(res, cfg.finetune)
-    report_dir = cfg.runs_root / ("report-" + key_of({
+    report_dir = cfg.runs_root / (f"{REPORT_STAGE}-" + key_of({
         "stages": [run.dir.name for run in res.stages.values()], "seeds": list(ok.seeds),
         "targets": [t.fingerprint for t in r.tgts], "weights": list(ok.weights),
         "ratio": cfg.ratio, "method": cfg.method}))

@@ -144,6 +144,28 @@ def stage(root: Path, name: str, inputs: dict[str, Any], kind: str | None = None
     return Stage(name, Path(root) / f"{name}-{key}", key, inputs, kind)
 
 
+#: the pipeline's report folder, ``RUNS_ROOT/report-<key>`` (:mod:`.run`): named as a stage
+#: folder, but without a ``DONE.json``
+REPORT_STAGE = "report"
+
+
+def stage_folder_around(path: str | Path) -> Path | None:
+    """The pipeline stage folder ``path`` lies in (at any depth), or None: a folder named as
+    :func:`stage` names one (``NAME-KEY``) that holds the stage's ``DONE.json`` or lock, or the
+    pipeline's report folder (:data:`REPORT_STAGE`, with its results.json). A folder of that
+    shape the pipeline did not make is the user's. ``--report runs/report-KEY/report.md`` was
+    written into, and the pipeline's next run of it replaced the section (audit)."""
+    import re
+
+    named = re.compile(rf"([a-z][a-z0-9_]*(?:-[a-z0-9_]+)*)-[0-9a-f]{{{len(key_of({}))}}}")
+    for folder in Path(path).resolve().parents:
+        m = named.fullmatch(folder.name)
+        if m and ((folder / DONE).is_file() or (folder / LOCK).exists()
+                  or (m.group(1) == REPORT_STAGE and (folder / "results.json").is_file())):
+            return folder
+    return None
+
+
 @dataclass(frozen=True)
 class StageRun:
     """A stage as one pipeline call met it: its recorded :class:`StageResult`, its folder, and
