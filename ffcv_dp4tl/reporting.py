@@ -107,7 +107,8 @@ def write_section(path: str | Path, title: str, body: str, keep_notes: bool = Fa
     header = f"## {check_section_title(title).strip()}"  # (lines are compared stripped)
     text = _read_report(path)
     lines = text.splitlines()
-    at = _section_starts(lines, header, path)
+    _, fenced = _headings(lines)
+    at = _section_starts(lines, fenced, header, path)
     block = [header, "", *body.rstrip("\n").splitlines()]
     if not at:
         while lines and not lines[-1].strip():
@@ -115,7 +116,6 @@ def write_section(path: str | Path, title: str, body: str, keep_notes: bool = Fa
         lines += ["", *block]
     else:
         start = at[0]
-        _, fenced = _headings(lines)
         end = next((i for i in range(start + 1, len(lines))
                     if not fenced[i] and lines[i].startswith("## ")), len(lines))
         tail = lines[end:]
@@ -134,11 +134,11 @@ def _read_report(path: Path) -> str:
                          "into it; choose another --report file") from None
 
 
-def _section_starts(lines: list[str], header: str, path: object) -> list[int]:
-    """The lines (outside code fences) that open section ``header``: at most one. A file
-    holding two sections of one title had only the first replaced, and the second, stale,
-    stayed below it as if current (audit): refused, naming the file and the title."""
-    _, fenced = _headings(lines)
+def _section_starts(lines: list[str], fenced: list[bool], header: str, path: object) -> list[int]:
+    """The lines (outside code fences: ``fenced``, :func:`_headings`) that open section
+    ``header``: at most one. A file holding two sections of one title had only the first
+    replaced, and the second, stale, stayed below it as if current (audit): refused, naming
+    the file and the title."""
     at = [i for i, line in enumerate(lines) if not fenced[i] and line.rstrip() == header]
     if len(at) > 1:
         raise DP4TLError(f"{path} holds section {header!r} {len(at)} times (lines "
@@ -152,8 +152,9 @@ def check_sections(report: str | Path, title: str) -> None:
     not replace (the title twice in the file); a file that does not exist yet passes."""
     path = report_target(report)
     if path.is_file():
-        _section_starts(_read_report(path).splitlines(),
-                        f"## {check_section_title(title).strip()}", path)
+        lines = _read_report(path).splitlines()
+        _section_starts(lines, _headings(lines)[1], f"## {check_section_title(title).strip()}",
+                        path)
 
 
 def check_one_line(value: str, what: str, noun: str = "a note") -> str:
