@@ -42,7 +42,7 @@ def _is_names(v: Any) -> bool:
                                        for x in v)
 
 
-def _repeats(items: list[Any]) -> list[Any]:
+def repeats(items: list[Any]) -> list[Any]:
     """The items of ``items`` (hashable) that an earlier item equals, in order: what a list
     that stands for a set must not hold (``[0, 0, 3]`` → ``[0]``)."""
     seen: set[Any] = set()
@@ -68,7 +68,7 @@ KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "names": ("a list of names", _is_names),
     # a set written as a list (a prune's kept units): a repeat is no unit kept twice, it is a
     # damaged list that counts too few units (an overlap of 0 for 50 %; audit)
-    "nameset": ("a list of distinct names", lambda v: _is_names(v) and not _repeats(v)),
+    "nameset": ("a list of distinct names", lambda v: _is_names(v) and not repeats(v)),
     "strs": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
     "counts": ("a list of non-negative integers", lambda v: isinstance(v, list) and all(_is_count(x) for x in v)),
     "object": ("a JSON object", lambda v: isinstance(v, dict)),
@@ -103,6 +103,6 @@ def typed(data: Mapping[str, Any], key: str, kind: str, where: object, fix: str,
     if not ok(value):
         if kind in DISTINCT and KINDS[DISTINCT[kind]][1](value):  # right type, an item twice
             raise error(f"{where}: field {key!r} must be {what}, but lists "
-                        f"{_show(_repeats(value)[0])} more than once; {fix}")
+                        f"{_show(repeats(value)[0])} more than once; {fix}")
         raise error(f"{where}: field {key!r} must be {what}, got {_show(value)}; {fix}")
     return value

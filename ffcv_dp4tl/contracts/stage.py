@@ -86,8 +86,7 @@ def check_stage_values(kind: str, values: Mapping[str, Any], source: object = "s
                        fix: str = STAGE_FIX) -> None:
     """A one-line :class:`DataError` naming ``source``, the field and ``fix`` when ``values``
     do not follow :data:`STAGE_VALUES` (required fields) and :data:`STAGE_FIELDS` (typed when
-    present) for ``kind`` (brought weights:
-    ``brought`` instead of a row)."""
+    present) for ``kind`` (brought weights: ``brought`` instead of a row)."""
     schema = STAGE_VALUES.get(kind, {})
     if kind == "train" and values.get("brought"):
         schema = {"weights": (str,), "arch": (str,)}

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..contracts import MaskMeta
+from ..contracts.fields import repeats
 from ..errors import DataError, MaskError
 from ..fsutil import atomic_save_npy, atomic_write_json, read_json
 from ..outputs import is_dataset
@@ -402,10 +403,10 @@ def load_mask(path: str | Path, split: SplitInfo | None = None,
             isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in kept)):
         raise MaskError(f"{meta_path}: field 'kept_classes' must be a list of class ids "
                         f"(integers >= 0), got {str(kept)[:40]}; {RECREATE_MASK}")
-    twice = next((c for i, c in enumerate(kept or ()) if c in kept[:i]), None)
-    if twice is not None:  # (a set: a class twice counted in a class overlap as kept twice)
-        raise MaskError(f"{meta_path}: field 'kept_classes' lists class {twice} more than once "
-                        f"(a set of class ids); {RECREATE_MASK}")
+    twice = repeats(kept or [])
+    if twice:  # (a set: a class twice counted in a class overlap as kept twice)
+        raise MaskError(f"{meta_path}: field 'kept_classes' lists class {twice[0]} more than "
+                        f"once (a set of class ids); {RECREATE_MASK}")
     if meta.num_kept is not None and indices.ndim == 1 and meta.num_kept != len(indices):
         raise MaskError(f"{meta_path} says {meta.num_kept} samples are kept but {npy} holds "
                         f"{len(indices)}: the two files were not written together (edited, or "
