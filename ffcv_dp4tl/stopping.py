@@ -327,14 +327,14 @@ class _GraceWatchdog:
 LAUNCHER_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
 
 
-def launcher_error(said: str, follows: bool = False, now: float | None = None) -> dict[str, Any]:
+def launcher_error(said: str, follows: bool = False) -> dict[str, Any]:
     """The error file's content (torch's ``ErrorHandler`` format) for a rank that printed
     ``said``: its last line as the message, the whole as the traceback torchrun's report shows.
     torchrun's root cause is the failure with the earliest timestamp, in whole seconds, a tie
     going to the rank it noticed first: a rank that stopped only because another failed
     (``follows``) is dated a second later, so the failure it followed is named (review)."""
     text = said.rstrip("\n")
-    when = int(time.time() if now is None else now) + (1 if follows else 0)
+    when = int(time.time()) + (1 if follows else 0)  # (an integer string: torch reads it so)
     return {"message": {"message": text.splitlines()[-1] if text else "",
                         "extraInfo": {"py_callstack": text, "timestamp": str(when)}}}
 
