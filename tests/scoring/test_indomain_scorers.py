@@ -13,7 +13,8 @@ from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.pipeline.score import score
 from ffcv_dp4tl.pipeline.scores_io import load_scores
 from ffcv_dp4tl.scoring import select_samples
-from ffcv_dp4tl.scoring.baselines import moderate_distances
+from ffcv_dp4tl.scoring.baselines import (moderate_class_band_scores, moderate_distances,
+                                          random_scores)
 from ffcv_dp4tl.scoring.registry import FEATURES, LOGITS, get_scorer, list_scorers
 from tiny_data import SURROGATE_OVERRIDES, SYNTH, TRAIN
 
@@ -87,8 +88,11 @@ def test_sp_ssp_moderate_match_brute_force(env):
     meta, ssp, out = _score(env, "ssp", options={"k": "4"})
     cent = np.load(out / "ssp_centroids.npy").astype(np.float64)
     assert meta["ssp_k"] == 4 and cent.shape[0] == 4
-    d = np.linalg.norm(f[:, None] - cent[None], axis=2).min(1)
+    unit = cent / np.linalg.norm(cent, axis=1, keepdims=True)
+    d = np.linalg.norm(f[:, None] - unit[None], axis=2).min(1)
     np.testing.assert_allclose(ssp, d, atol=1e-5)
+    assert meta["revision"] == 1
+    assert isinstance(meta["kmeans_converged"], bool) and 0 < meta["kmeans_updates"] <= meta["iters"]
 
     _, mod, out = _score(env, "moderate")
     dist = moderate_distances(np.load(out / "source_train_features.npy"), labels)
@@ -99,6 +103,23 @@ def test_sp_ssp_moderate_match_brute_force(env):
     assert sorted(ranks[kept]) == list(range((n - len(kept)) // 2, (n - len(kept)) // 2 + len(kept)))
     _, mod_v, _ = _score(env, "moderate", "moderate-value", options={"band": "value"})
     np.testing.assert_allclose(mod_v, -np.abs(dist - np.median(dist)))
+    # band=class, the paper-code protocol's default, is wired to the per-class band
+    _, mod_c, _ = _score(env, "moderate", "moderate-class", options={"band": "class"})
+    np.testing.assert_allclose(mod_c, moderate_class_band_scores(dist, labels))
+    assert not np.array_equal(select_samples(mod_c, 0.5), kept)  # (else the check is moot)
+
+
+def test_random_reads_the_runs_seed(env):
+    """RANDOM's subset is the run's seed's: seeds 0 and 1 give the scores of
+    ``random_scores(n, seed)``, and differ (a scorer that ignored ``ctx.seed`` would draw one
+    subset for every seed, and the paired tests over seeds would compare it with itself)."""
+    _, source, _ = env
+    n = len(_labels(source))
+    got = {seed: _score(env, "random", f"random-{seed}", checkpoint=None, seed=seed)[1]
+           for seed in (0, 1)}
+    for seed, scores in got.items():
+        np.testing.assert_array_equal(scores, random_scores(n, seed))
+    assert not np.array_equal(got[0], got[1])
 
 
 def test_ssp_centroids_are_the_kmeans_of_the_normalised_features(env):
@@ -118,7 +139,40 @@ def test_ssp_centroids_are_the_kmeans_of_the_normalised_features(env):
     assert (np.linalg.norm(cent, axis=1) <= 1 + 1e-5).all()
     near = np.linalg.norm(f[:, None] - cent[None], axis=2).argmin(1)
     np.testing.assert_allclose(cent, [f[near == j].mean(0) for j in range(4)], atol=1e-5)
-    np.testing.assert_allclose(ssp, np.linalg.norm(f - cent[near], axis=1), atol=1e-5)
+
+
+def test_ssp_is_the_cosine_distance_to_the_nearest_centroid(env):
+    """Sorscher et al.'s SSP difficulty is the *cosine* distance to the nearest k-means
+    prototype. The centroids are means of unit vectors, so their norms differ (< 1); a plain
+    Euclidean distance to them picked another "nearest" centroid and could order two samples
+    the other way round (audit: unit features a, b and centroids (1, 0), (0, 0.5) gave a the
+    lower score although its cosine distance is the larger). The score is the distance on the
+    unit sphere, sqrt(2 - 2 cos), so it orders samples exactly as 1 - max cos does; with
+    ``normalize=false`` it is the Euclidean distance to the raw centroids of the raw features."""
+    _, ssp, out = _score(env, "ssp", "ssp-cosine", options={"k": "4"})
+    feats = np.load(out / "source_train_features.npy").astype(np.float64)
+    f = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    cent = np.load(out / "ssp_centroids.npy").astype(np.float64)
+    assert not np.allclose(np.linalg.norm(cent, axis=1), 1.0)  # (else the case tests nothing)
+    cos = (f @ (cent / np.linalg.norm(cent, axis=1, keepdims=True)).T).max(axis=1)
+    np.testing.assert_allclose(ssp, np.sqrt(np.maximum(2 - 2 * cos, 0)), atol=1e-5)
+    assert np.array_equal(np.argsort(ssp, kind="stable"), np.argsort(1 - cos, kind="stable"))
+
+    _, raw, out = _score(env, "ssp", "ssp-raw", options={"k": "4", "normalize": "false"})
+    feats = np.load(out / "source_train_features.npy").astype(np.float64)
+    cent = np.load(out / "ssp_centroids.npy").astype(np.float64)
+    np.testing.assert_allclose(raw, np.linalg.norm(feats[:, None] - cent[None], axis=2).min(1),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_ssp_k_defaults_to_the_number_of_source_classes(env):
+    """``--opt k=0`` (the default) clusters into as many prototypes as the source has classes,
+    as docs/scorers.md says; every other test passes k=4."""
+    from ffcv_dp4tl.data import load_manifest
+
+    meta, _, out = _score(env, "ssp", "ssp-default-k")
+    classes = load_manifest(env[1]).num_classes
+    assert meta["ssp_k"] == classes and np.load(out / "ssp_centroids.npy").shape[0] == classes
 
 
 def test_el2n_averages_runs_and_runs_1_scores_the_early_checkpoint(env):
@@ -205,6 +259,7 @@ def test_forget_trains_its_own_run_and_counts_forgetting(env):
     assert s.shape == (len(_labels(source)),) and (s >= 0).all()
     never = meta["never_learned"][0]
     assert (s == s.max()).sum() >= never  # never-learned samples carry the top score
+    assert 0 <= meta["never_presented"][0] <= never  # (an unseen sample is never learned)
     with pytest.raises(DP4TLError, match="--recipe"):
         _score(env, "forget", "forget-x", checkpoint=None)
 

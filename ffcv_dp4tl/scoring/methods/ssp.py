@@ -1,6 +1,8 @@
 """SSP, self-supervised prototypes (Sorscher et al. 2022, "Beyond neural scaling laws"): k-means
 on the L2-normalised surrogate features of the source train split (any surrogate, also a
-self-supervised one: no labels are read); score = distance to the nearest centroid. Far =
+self-supervised one: no labels are read); score = the *cosine* distance to the nearest centroid,
+as Sorscher et al. define it: features and centroids are both L2-normalised before the distance
+(``--opt normalize=false``: raw features and centroids, Euclidean). Far =
 hard; keeps hard samples by default (the paper's rule when data is abundant), ``--opt keep=easy``
 the prototypical ones. ``--opt k`` = number of clusters (0: the number of source classes)."""
 from __future__ import annotations
@@ -26,6 +28,9 @@ class SelfSupervisedPrototypes(Scorer):
                                                   "distance to the nearest centroid"))
     style = PlotStyle("tab:brown", ">", "SSP")
     order = 8
+    # 1: the distance to the normalised centroids, monotone in the cosine distance (0: to the raw
+    # centroids, means of unit vectors with norms < 1, which could invert two samples' order)
+    revision = 1
     reads = frozenset({SEED})  # k-means seed (its K is --opt k)
     kernels = frozenset({ITERS, BACKEND})  # its k-means
     options = {"k": Option(0, "k-means clusters (0: the number of source classes)", minimum=0),
@@ -37,7 +42,7 @@ class SelfSupervisedPrototypes(Scorer):
         x = _l2_normalise(feats.astype(np.float64)).astype(np.float32) if norm else feats
         k = int(ctx.opt("k")) or ctx.source.num_classes
         result = kmeans(x, k, iters=ctx.iters, seed=ctx.seed, backend=ctx.backend)
-        ctx.meta.update({"ssp_k": k, "iters": ctx.iters})
+        ctx.meta.update({"ssp_k": k, "iters": ctx.iters, **result.run_record()})
         np.save(Path(ctx.out_dir) / "ssp_centroids.npy", result.centroids)  # for inspection
-        d = prototype_distances(x, result.centroids, normalize=False)
+        d = prototype_distances(x, result.centroids, normalize=norm)
         return ScoreResult(scores=d if ctx.opt("keep") == "hard" else -d)
