@@ -42,6 +42,12 @@ class KMeansResult:
     #: over the N distances; benchmarks report it beside the per-iteration time)
     reseeded: int = 0
 
+    def run_record(self) -> dict[str, Any]:
+        """What a scores folder records of the run: whether it converged (labels stopped
+        changing) within its ``iters``, and the centroid updates it made; a run stopped by
+        ``iters`` keeps centroids one update away from its clusters' means."""
+        return {"kmeans_converged": bool(self.converged), "kmeans_updates": int(self.n_iter)}
+
 
 def _to_host(a: Any) -> np.ndarray:
     return a.get() if is_cupy(a) else np.asarray(a)
@@ -203,6 +209,10 @@ def kmeans(
       less than ``tol`` relative to the previous pass.
     * Empty clusters are re-seeded onto the points farthest from their centroid (deterministic).
     * On the CUDA backend, ``x`` is copied to the GPU once and stays there.
+    * Stopped by ``iters`` before converging, it returns the centroids the returned labels were
+      assigned to (scikit-learn's rule too), not the means of those labels' members: the two
+      differ by the last, unapplied update. ``converged`` says which; FM and SSP record it in
+      ``scores.json`` (:meth:`KMeansResult.run_record`).
     """
     b = kernels.resolve_backend(backend)
     x = as_float32_matrix(x, "x")

@@ -20,7 +20,9 @@ declares, as class attributes, everything the rest of the project needs to know 
   an undeclared setting reaches ``score`` as ``None``;
 * ``kernels`` — the scoring kernels' settings it reads, a subset of :data:`KERNEL_SETTINGS`:
   ``iters`` (``ctx.iters``, Lloyd iterations) and ``backend`` (``ctx.backend``, the numba/CuPy
-  kernels). They change run time, not which units win, so they stay out of the stage key;
+  kernels). They stay out of the stage key: ``backend`` changes run time, not which units win,
+  and the pipeline always runs the default ``iters`` (a standalone ``dp4tl score --iters N``
+  can change the winners when k-means has not converged in N; ``scores.json`` records it);
   ``dp4tl score`` refuses each one a method does not declare (it would be ignored);
 * ``revision`` — bumped when a fixed rule changes the method's scores for the same inputs
   (FM's tie-break, 2026-12-03): it enters the score stage's key and ``scores.json``, so cached

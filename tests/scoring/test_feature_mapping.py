@@ -73,6 +73,24 @@ def test_kmeans_is_deterministic(rng):
     np.testing.assert_array_equal(a.centroids, b.centroids)
 
 
+def test_kmeans_stopped_by_iters_keeps_the_centroids_of_its_last_assignment(rng):
+    """A run cut by ``iters`` returns the centroids its labels were assigned to (consistent:
+    every label is the nearest centroid), one update short of the members' means, and says
+    it did not converge; FM and SSP record that in ``scores.json`` (``run_record``)."""
+    x, _ = _blobs(rng, spread=3.0)
+    cut = kmeans(x, 6, iters=1, init="random", seed=3, backend="cpu")
+    assert not cut.converged and cut.n_iter == 1
+    assert cut.run_record() == {"kmeans_converged": False, "kmeans_updates": 1}
+    d = ((x[:, None].astype(np.float64) - cut.centroids[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(cut.labels, d.argmin(1))
+    means = np.stack([x[cut.labels == j].mean(0) for j in range(6)])
+    assert not np.allclose(cut.centroids, means, atol=1e-3)
+    done = kmeans(x, 6, iters=100, init="random", seed=3, backend="cpu")
+    assert done.run_record() == {"kmeans_converged": True, "kmeans_updates": done.n_iter}
+    np.testing.assert_allclose(done.centroids,
+                               np.stack([x[done.labels == j].mean(0) for j in range(6)]), atol=1e-4)
+
+
 def test_kmeans_tol_stops_early(rng):
     x, _ = _blobs(rng, spread=0.5)
     full = kmeans(x, 10, iters=50, seed=1, backend="cpu")

@@ -67,6 +67,18 @@ def _authors_class_band_keep(distance: np.ndarray, labels: np.ndarray, ratio: fl
     return np.sort(np.asarray(kept))
 
 
+@pytest.mark.parametrize("n, keep, kept", [(5, 0.4, [0, 2]), (4, 0.25, [2]), (4, 0.75, [0, 1, 2])])
+def test_moderate_class_band_breaks_a_tie_towards_the_nearer_side(n, keep, kept):
+    """When the kept band cannot sit symmetric about the class's median rank (one sample more
+    on one side), the side nearer the class median wins, as in the global band. Distances
+    0.5, 0.1, 0.3, 0.9, 0.7 rank the samples 2, 0, 1, 4, 3 (0 = nearest the class median)."""
+    from ffcv_dp4tl.scoring.baselines import moderate_class_band_scores
+
+    d = np.array([0.5, 0.1, 0.3, 0.9, 0.7])[:n]
+    got = select_samples(moderate_class_band_scores(d, np.zeros(n, dtype=int)), keep)
+    assert sorted(got.tolist()) == kept
+
+
 @pytest.mark.parametrize("keep", [0.2, 0.5, 0.8])
 def test_moderate_class_band_keeps_the_middle_of_every_class_as_the_authors(rng, keep):
     """band=class (paper-code): one band per class, where the global rank band takes classes

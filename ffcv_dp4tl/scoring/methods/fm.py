@@ -49,5 +49,5 @@ class FeatureMapping(Scorer):
         result = kmeans(np.asarray(feats, dtype=np.float32), ctx.k, iters=ctx.iters,
                         seed=ctx.seed, backend=ctx.backend)
         centroids = result.centroids
-        ctx.meta.update({"k": ctx.k, "iters": ctx.iters})
+        ctx.meta.update({"k": ctx.k, "iters": ctx.iters, **result.run_record()})
         return vote_clusters(ctx, target_feats, centroids, np.asarray(result.labels, dtype=np.int64))
