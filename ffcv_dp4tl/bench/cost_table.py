@@ -39,7 +39,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ..contracts import RATIO_DECIMALS, check_items, check_tol
+from ..contracts import check_items, check_ratio, check_tol
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, read_json
 from ..pipeline.config import PipelineConfig
@@ -129,7 +129,7 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     check_criterion(criterion)  # before any work
     if out_dir is not None:
         claim_out_dir(out_dir, "cost-table")
-    ratios = sorted({round(float(r), RATIO_DECIMALS) for r in ratios})
+    ratios = sorted({check_ratio(r) for r in ratios})
     methods, seeds, finetune = list(methods), [int(s) for s in seeds], tuple(finetune)
     for what, items in (("--methods", methods), ("--seeds", seeds), ("--finetune", finetune)):
         check_items(what, items)  # an empty table would replace the results of an earlier run
@@ -143,7 +143,7 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     if ff_methods and "ff" not in finetune:
         raise DP4TLError(f"--ff-methods {','.join(ff_methods)} limits FF, but --finetune "
                          f"{','.join(finetune)} runs no FF; drop --ff-methods or add ff")
-    method_ratios = {m: sorted({round(float(r), RATIO_DECIMALS) for r in rs})
+    method_ratios = {m: sorted({check_ratio(r) for r in rs})
                      for m, rs in (method_ratios or {}).items()}
     for m in methods:
         get_scorer(base_method(m))  # unknown method: one line listing the registered ones

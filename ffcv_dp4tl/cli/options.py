@@ -115,8 +115,7 @@ def list_callback(choices: Sequence[str], what: str, required: bool = False):
 def ratio_callback(value: float) -> float:
     """``--ratio`` callback: :func:`~ffcv_dp4tl.contracts.check_ratio`, as a usage error."""
     with usage_error():
-        check_ratio(value, "--ratio")
-    return value
+        return check_ratio(value, "--ratio")
 
 
 def floats_callback(what: str):

@@ -196,7 +196,9 @@ RATIO_DECIMALS = 6
 def check_ratio(ratio: Any, what: str = "ratio", error: type[DP4TLError] = DP4TLError, *,
                 text: bool = False) -> float:
     """A pruning ratio: the fraction of units removed, in [0, 1) (1 would keep nothing). A
-    number (not a bool); a string only where the user typed it (``text``: a CLI list)."""
+    number (not a bool); a string only where the user typed it (``text``: a CLI list). Returned
+    rounded to :data:`RATIO_DECIMALS`, the ratio every key, label and table holds (0.6000004 ran
+    its own prune stage and report as "ratio 0.6000004" beside 0.6's, with the same mask)."""
     if isinstance(ratio, bool) or not (isinstance(ratio, numbers.Real)
                                        or (text and isinstance(ratio, str))):
         raise error(f"{what} must be a number in [0, 1), got {type(ratio).__name__} {ratio!r}")
@@ -211,7 +213,7 @@ def check_ratio(ratio: Any, what: str = "ratio", error: type[DP4TLError] = DP4TL
         raise error(f"{what}: {ratio} is within 1e-{RATIO_DECIMALS} of {round(r)}; ratios are "
                     f"kept to {RATIO_DECIMALS} decimals, so give one in [1e-{RATIO_DECIMALS}, "
                     f"{1 - 10 ** -RATIO_DECIMALS:.{RATIO_DECIMALS}f}] (or 0)")
-    return r
+    return round(r, RATIO_DECIMALS)
 
 
 def check_pruned_ratios(ratios: Iterable[Any], what: str, why: str,

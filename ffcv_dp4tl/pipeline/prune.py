@@ -52,7 +52,7 @@ def prune(scores_dir: str | Path, source_dir: str | Path, ratio: float, out_dir:
     """Write ``train.npy``/``val.npy`` masks (+ .json) into ``out_dir``; returns a summary with
     ``kept_sample_fraction`` (kept / all train samples). ``budget``: ``units`` (``ratio`` of the
     method's units) or ``samples`` (units until the kept sample fraction is ``1 - ratio``)."""
-    check_ratio(ratio, "--ratio", DataError)
+    ratio = check_ratio(ratio, "--ratio", DataError)
     Budget.check(budget, "--budget", DataError)
     claim_out_dir(out_dir, "masks")  # (not the scores' own folder, a training run, …)
     sc = load_scores(scores_dir)
@@ -124,7 +124,7 @@ def select_units_by_samples(scores: Any, sample_units: Any, ratio: float, tiebre
     s = as_vector(scores, "scores")
     units = as_vector(sample_units, "sample_units", kind="i")
     check_ids(units, s.shape[0], "sample_units", "number of scores")  # else bincount drops them
-    check_ratio(ratio, "ratio", DataError)
+    ratio = check_ratio(ratio, "ratio", DataError)
     t = None if tiebreak is None else as_vector(tiebreak, "tiebreak")
     order = rank(-s, None if t is None else -t) if reverse else rank(s, t)
     sizes = np.bincount(units, minlength=s.shape[0])[: s.shape[0]]

@@ -68,6 +68,10 @@ def test_prune_reports_the_kept_sample_fraction_and_budget_samples(index_dataset
     assert mask.meta["budget"] == "samples"
     with pytest.raises(DataError, match="budget"):
         prune(sd, src, 0.6, tmp_path / "x", budget="pixels")
+    # ratios are kept to 6 decimals: 0.6000004 is 0.6's prune, in its record too
+    s = prune(sd, src, 0.6000004, tmp_path / "m_rounded")
+    assert s["kept_units"] == [0, 2] and s["ratio"] == 0.6
+    assert load_mask(tmp_path / "m_rounded" / "train.npy", info).meta["ratio"] == 0.6
 
 
 def test_budget_samples_for_classes_and_samples(index_dataset, tmp_path):
