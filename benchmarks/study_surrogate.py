@@ -260,7 +260,16 @@ def study(preset: str, seed: int, configs: list[str], log, data_extra: str = "",
         log(json.dumps(row))
 
 
+def latest_per_seed(rows: list[dict]) -> list[dict]:
+    """One row per (preset, data, config, generator seed): the file's last, since a later run of
+    the same seed reruns it (a control rerun under newer code) rather than adding a seed. Counted
+    twice, it showed as "4 (1,0,2,0)" runs and moved the means (audit)."""
+    last = {(r["preset"], r.get("data", ""), r["config"], r["seed"]): r for r in rows}
+    return list(last.values())
+
+
 def table(rows: list[dict]) -> str:
+    rows = latest_per_seed(rows)
     lines = ["| preset | config | crop | val top-1 | " + " | ".join(
         f"LM recall {t} (min–mean)" for t in ("paper", "warm", "blur")) + " | FM related (mean) | runs (generator seeds) |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|"]
