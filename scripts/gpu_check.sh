@@ -14,8 +14,9 @@
 #   GPU_CHECK_SMOKE=1 bash scripts/gpu_check.sh --all  # rehearse every stage on a CPU, toy sizes
 #
 # One decisive call: what is still pending runs first, every stage under its own timeout, and
-# the limits of the stages that run add up to no more than the budget (540 s, GPU_CHECK_BUDGET;
-# checked at start, tests/test_gpu_check.py).
+# the limits of the stages that run add up to no more than the budget (550 s, GPU_CHECK_BUDGET:
+# 540 s for the stages, INSTALL_S for the wheels and the summary; checked at start,
+# tests/test_gpu_check.py).
 # A stage may also use what the stages before it left unused (those after it keep their limits):
 #   env       GPU, driver, versions, glibc, ffcv import, our CUDA kernels compiled via NVRTC
 #   pytest    pytest -m gpu, compile tests excluded, with --durations
@@ -141,7 +142,10 @@ mkdir -p "$OUT" "$WORK/md" "$WORK/logs"
 rm -f "$WORK"/md/* "$WORK"/logs/*
 export PYTHONUNBUFFERED=1
 T0=$(date +%s)
+# the project's .venv where there is one (the CPU rehearsal: a bare python3 there lacks torch);
+# the device machine has none (it is gitignored, not carried) and its python3 has torch
 PY=${PYTHON:-python3}
+[[ -z ${PYTHON:-} && -x $REPO/.venv/bin/python ]] && PY=$REPO/.venv/bin/python
 DATA=$WORK/data
 SMOKE=${GPU_CHECK_SMOKE:-0}
 

@@ -143,6 +143,23 @@ def test_a_follow_up_call_runs_its_stages_in_the_order_given_with_its_own_limits
 REHEARSE = os.environ.get("GPU_CHECK_REHEARSAL") == "1"
 
 
+@pytest.mark.skipif(not (REPO / ".venv" / "bin" / "python").exists(),
+                    reason="a checkout without the .venv that scripts/setup.sh makes")
+def test_the_rehearsal_finds_the_projects_venv_without_activating_it(tmp_path):
+    """docs/gpu.md's step `GPU_CHECK_SMOKE=1 bash scripts/gpu_check.sh`, typed as written (no
+    PYTHON, the venv not activated): the env stage failed with "No module named 'torch'" from
+    the system python3 (audit). The script takes the checkout's .venv where there is one."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "VIRTUAL_ENV")}
+    env.update(OUT=str(tmp_path / "out"), GPU_CHECK_WORK=str(tmp_path / "work"),
+               GPU_CHECK_SMOKE="1", GPU_CHECK_LIMIT_SCALE="1",
+               PATH=os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                                    if not p.startswith(str(REPO / ".venv"))))
+    res = subprocess.run(["bash", str(SCRIPT), "--only", "env"], env=env, capture_output=True,
+                         text=True, timeout=600)
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert res.returncode == 0 and re.search(r"^\| env \| ok \|", summary, re.M), summary
+
+
 def test_the_script_runs_a_stage_and_writes_its_summary(tmp_path):
     """The plumbing every stage shares, on the CPU in seconds: argument parsing, the stage runner,
     the status row and the section in summary.md, logs.txt; and the limits a stage runs under:
