@@ -425,7 +425,7 @@ class SynthConfig:
 
 
 PRESETS: dict[str, SynthConfig] = {
-    # Unit tests and the default CPU pipeline (`just pretrain`, ~2 min once built): 32 classes, 2400 source images,
+    # Unit tests and the default CPU pipeline (`just pretrain`, about a minute once built): 32 classes, 2400 source images,
     # 30 % of them on light grounds so that the `paper` target's light ground is within the
     # source's domain (without, no surrogate measured finds `paper`: docs/synth.md).
     "tiny": SynthConfig(preset="tiny", num_superclasses=8, classes_per_superclass=4,
