@@ -58,6 +58,9 @@ def score(
                                          "default: the surrogate checkpoint's)"),
     set_: List[str] = typer.Option([], "--set", help="Override of --recipe section.key=value "
                                    "(repeatable)"),
+    progress: bool = typer.Option(True, help="Show progress bars (feature extraction, k-means, the "
+                                  "runs a method trains; a timestamped line a minute where stderr "
+                                  "is not a terminal)"),
 ) -> None:
     """Score source classes, clusters or samples (the method's unit) for one or more targets."""
     from ..fsutil import check_out_dir
@@ -76,7 +79,8 @@ def score(
                target_crop=None if target_crop is None else target_crop.value,
                source_resolution=source_resolution,
                source_crop=None if source_crop is None else source_crop.value,
-               options=parse_option_pairs(opt), train_recipe=recipe, train_overrides=tuple(set_))
+               options=parse_option_pairs(opt), train_recipe=recipe, train_overrides=tuple(set_),
+               progress=progress)
     unit = meta.get("unit", "sample")  # random's metadata names neither (it scores samples)
     cost = meta.get("selection_seconds")
     typer.echo(f"{out}: {method} scores per {unit}"

@@ -94,6 +94,26 @@ def test_budget_samples_for_classes_and_samples(index_dataset, tmp_path):
     assert a["kept_sample_fraction"] == pytest.approx(0.7)
 
 
+@pytest.mark.parametrize("flag, shown", [([], True), (["--no-progress"], False),
+                                         (["--progress"], True)])
+def test_cli_score_takes_progress_like_every_long_command(index_dataset, tmp_path, monkeypatch,
+                                                          flag, shown):
+    """`dp4tl score` extracts features, runs k-means and trains (FORGET, EL2N/GraNd runs): as
+    build, train, finetune, pipeline and evaluate, it takes --progress/--no-progress (it said
+    "No such option"; audit), handed to the scoring run."""
+    from typer.testing import CliRunner
+
+    import ffcv_dp4tl.pipeline.score as score_mod
+    from ffcv_dp4tl.cli import app
+
+    seen = {}
+    monkeypatch.setattr(score_mod, "score", lambda *a, **kw: seen.update(kw) or {"unit": "sample"})
+    r = CliRunner().invoke(app, ["score", "--method", "random", "--data", str(index_dataset.root),
+                                 "--out", str(tmp_path / "sc"), *flag])
+    assert r.exit_code == 0, r.output
+    assert seen["progress"] is shown
+
+
 def test_cli_prune_budget_and_score_options(index_dataset, tmp_path):
     from typer.testing import CliRunner
 
