@@ -38,6 +38,7 @@ build source="synth" out="data/synth" *args:
     {{quote(dp4tl)}} build {{quote(source)}} --out {{quote(out)}} "${@:3}"
 
 # key=value pairs become `dp4tl pipeline --key value`; embedded default data when no data= is given
+[no-exit-message]
 [doc("the end-to-end job: just pretrain ratio=0.6 [method=fm] [data=imagenet:/data/ILSVRC target=flowers102:/data/flowers arch=resnet50]")]
 [positional-arguments]
 pretrain *args:
@@ -47,7 +48,12 @@ pretrain *args:
     for a in "$@"; do
       case "$a" in
         -*) opts+=("$a") ;;  # already an option (--ratio=0.5, -o x): passed as given
-        *=*) k="${a%%=*}"; opts+=("--${k//_/-}" "${a#*=}") ;;
+        *=*) k="${a%%=*}"
+          if [[ -z "${k//[[:space:]]/}" ]]; then  # (=0.5 became `--` `0.5`: "unexpected extra argument")
+            echo "error: just pretrain: '$a' has no name before '='; write key=value, e.g. ratio=0.6" >&2
+            exit 2
+          fi
+          opts+=("--${k//_/-}" "${a#*=}") ;;
         *) opts+=("$a") ;;
       esac
     done

@@ -40,6 +40,9 @@ def _main(
     (auto | cpu | cuda | cuda:N, default auto); lists are comma-separated. `dp4tl recipes` and
     `dp4tl models` list what a recipe name and --arch can be.
     """
+    from .options import check_path_params
+
+    check_path_params(ctx.command)  # ('' or a line break in any path option: before it is parsed)
     _quiet_thread_noise()
     if "WORLD_SIZE" in os.environ and "--help" not in sys.argv[1:]:
         _refuse_torchrun(ctx.invoked_subcommand)  # (help is still given)

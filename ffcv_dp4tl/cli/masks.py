@@ -9,7 +9,7 @@ import typer
 from .app import app
 from ..contracts import split_items
 from ..errors import MaskError, class_ids, count
-from .options import DATA_HELP
+from .options import DATA_HELP, not_blank_callback
 
 mask_app = typer.Typer(help="Create and check index masks (sorted sample indices + JSON).",
                        no_args_is_help=True)
@@ -30,6 +30,11 @@ def _parse_ranges(text: str) -> list[tuple[int, int]]:
             raise MaskError(f"--classes: {part!r} is a reversed range (it starts after it ends); "
                             f"write it low-high, e.g. {high}-{low}")
         ranges.append((low, high))
+    ordered = sorted(ranges)  # a class twice ('0,0', '0-3,2'): refused as every list's repeats
+    for (_, high), (low, _) in zip(ordered, ordered[1:]):
+        if low <= high:
+            raise MaskError(f"--classes {text!r} lists class {low} twice; list each class "
+                            "once")
     return ranges
 
 
@@ -55,7 +60,8 @@ def classes_cmd(
 ) -> None:
     """Keep every sample of the given classes (reads labels.npy only, no images)."""
     from ..data.manifest import load_manifest
-    from ..data.masks import describe_mask, mask_conflict, mask_files, mask_from_classes, save_mask
+    from ..data.masks import (check_mask_name, describe_mask, mask_conflict, mask_files,
+                              mask_from_classes, save_mask)
 
     from ..fsutil import check_out_dir
 
@@ -65,6 +71,7 @@ def classes_cmd(
                         "'0,3,10-19'")
     if Path(out).is_dir():
         raise MaskError(f"--out {out} is a folder; give the mask file's name, e.g. {Path(out) / 'keep.npy'}")
+    check_mask_name(out, "--out")  # (m.txt wrote m.txt.npy and m.txt.json)
     _outside_the_dataset(Path(out))
     check_out_dir(Path(out).parent, "--out's folder")
     manifest = load_manifest(data)
@@ -104,7 +111,8 @@ def _outside_the_dataset(out: Path) -> None:
 def check_cmd(
     mask: Path = typer.Argument(..., help="Mask .npy file"),
     data: Path = typer.Option(..., "--data", help=DATA_HELP),
-    split: Optional[str] = typer.Option(None, help="Split (default: the one named in the mask)"),
+    split: Optional[str] = typer.Option(None, help="Split (default: the one named in the mask)",
+                                        callback=not_blank_callback),
 ) -> None:
     """Validate a mask against a dataset: range, order, duplicates, fingerprint, and the
     classes its sidecar records against the labels of its samples."""
@@ -122,7 +130,8 @@ def check_cmd(
 def files_cmd(
     mask: Path = typer.Argument(..., help="Mask .npy file"),
     data: Path = typer.Option(..., "--data", help=DATA_HELP),
-    split: Optional[str] = typer.Option(None, help="Split (default: the one named in the mask)"),
+    split: Optional[str] = typer.Option(None, help="Split (default: the one named in the mask)",
+                                        callback=not_blank_callback),
     pruned: bool = typer.Option(False, "--pruned", help="List the samples the mask removes "
                                 "instead of those it keeps"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the list to this file "

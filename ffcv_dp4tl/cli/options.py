@@ -55,6 +55,96 @@ def usage_error() -> Iterator[None]:
         raise typer.BadParameter(str(e)) from None
 
 
+def option_name(param) -> str:
+    """How a parameter is named in a message: its long option (``--out``), else its metavar
+    (``DATA`` for an argument)."""
+    opts = list(getattr(param, "opts", None) or ())
+    return next((o for o in opts if o.startswith("--")), None) or str(param.name).upper()
+
+
+def _blank(value) -> bool:
+    """``value`` (or an item of a repeated option's values) is a string of blanks only."""
+    values = value if isinstance(value, (list, tuple)) else (value,)
+    return any(isinstance(v, str) and not v.strip() for v in values)
+
+
+def given_blank(ctx: Optional[typer.Context], param: Optional[typer.CallbackParam], value) -> bool:
+    """Whether the user gave ``value`` as '' (or blanks) on the command line: an option whose
+    default is '' (the default recipe, model, split, ...) ran with that default when given ''
+    (``pipeline --arch ''``, ``mask check --split ''``), silently; only its default may be ''."""
+    if ctx is None or param is None or not _blank(value):
+        return False
+    source = ctx.get_parameter_source(param.name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def not_blank_callback(ctx: typer.Context, param: typer.CallbackParam, value):
+    """Callback of an option whose default is '' (or None) and for which a given '' means
+    nothing: refused (:func:`given_blank`). Options where '' has a documented meaning
+    (``--report ''`` = no report, ``--reference-seeds ''`` = every seed) do not use it."""
+    if given_blank(ctx, param, value):
+        name = option_name(param)
+        raise typer.BadParameter(f"{name} is empty: give a value, or leave {name} out for its "
+                                 "default")
+    return value
+
+
+def _is_path_annotation(annotation) -> bool:
+    """A ``Path`` parameter, or a repeated one (``List[Path]``)."""
+    from pathlib import PurePath
+    from typing import get_args, get_origin
+
+    def is_path(t) -> bool:
+        return isinstance(t, type) and issubclass(t, PurePath)
+
+    if get_origin(annotation) in (list, tuple):
+        return any(is_path(t) for t in get_args(annotation))
+    return is_path(annotation)
+
+
+def check_path_text(value: str, name: str) -> str:
+    """A path as typed on the command line: not empty or blanks (``Path('')`` is the current
+    folder: ``prune --out ''`` wrote its masks and lock into the working directory, ``info --data
+    ''`` named ``.``), and one line (no control character: ``--out $'o/nl\\nx.npy'`` wrote a file
+    with a line break in its name, and split every line naming it). A usage error."""
+    if not value.strip():
+        raise typer.BadParameter(f"{name} is empty: give a path")
+    bad = next((c for c in value if ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029"),
+               None)
+    if bad is not None:
+        raise typer.BadParameter(f"{name} {value!r} holds a control character ({bad!r}); give a "
+                                 "path without line breaks or other control characters")
+    return value
+
+
+def check_path_params(command) -> None:
+    """Every path parameter of ``command`` and its sub-commands (``Path`` or ``List[Path]``,
+    option or argument) checks the text it is given (:func:`check_path_text`) before typer
+    turns it into a ``Path``, where '' would already be ``.``: the one place for every
+    command's paths, those of commands registered later included. Called by the app's
+    callback, which click runs before it parses a sub-command's parameters; idempotent."""
+    for sub in (getattr(command, "commands", None) or {}).values():
+        check_path_params(sub)
+    for param in getattr(command, "params", ()):
+        descriptor = getattr(param, "type_descriptor", None)
+        if getattr(param, "dp4tl_path_checked", False) or descriptor is None \
+                or not _is_path_annotation(descriptor.annotation):
+            continue
+
+        def process_value(ctx, value, _process=param.process_value, _param=param):
+            for v in (value if isinstance(value, (list, tuple)) else (value,)):
+                if isinstance(v, str):  # (a default is a Path already)
+                    try:
+                        check_path_text(v, option_name(_param))
+                    except typer.BadParameter as e:
+                        e.ctx, e.param = ctx, _param
+                        raise
+            return _process(ctx, value)
+
+        param.process_value = process_value
+        param.dp4tl_path_checked = True
+
+
 def check_device(value: str) -> str:
     """``--device`` callback: the syntax, and that CUDA exists when it is asked for
     (:func:`~ffcv_dp4tl.contracts.check_device`, the rule of the Python API too), as a usage
@@ -283,10 +373,13 @@ def notes_callback(values: List[str]) -> List[str]:
 REPORT_HELP = "Also write a section into this Markdown file (e.g. BENCHMARKS.md; '' = none)"
 
 
-def check_arch(value: Optional[str]) -> Optional[str]:
-    """``--arch`` callback: a registered model (``dp4tl models``), checked before any training."""
+def check_arch(value: Optional[str], ctx: typer.Context = None,  # type: ignore[assignment]
+               param: typer.CallbackParam = None) -> Optional[str]:  # type: ignore[assignment]
+    """``--arch`` callback: a registered model (``dp4tl models``), checked before any training;
+    a given '' is refused (:func:`not_blank_callback`), the default '' is the recipe's model.
+    (typer hands ``ctx`` and ``param`` to a callback by their annotations: not Optional ones.)"""
     if not value:
-        return value
+        return not_blank_callback(ctx, param, value)
     from ..training.models import list_models
 
     if value not in list_models():

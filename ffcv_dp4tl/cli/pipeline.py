@@ -6,11 +6,11 @@ from typing import List, Optional
 
 import typer
 
-from ..scoring.registry import methods_help
+from ..scoring.registry import methods_help, parse_option_pairs
 from .app import app
 from .options import (ORDER_HELP, PRETRAIN_LENGTH_HELP, PROGRESS_HELP, RECIPES_HELP, FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order,
                       PretrainLength, Protocol, RecipeSet, TargetSplit,
-                      check_arch, check_k, device_option, list_callback,
+                      check_arch, check_k, device_option, list_callback, not_blank_callback,
                       ratio_callback, refuse_unread, seeds_callback, split_list)
 
 PROTOCOL_HELP = ("fast: today's recipes (tiny on synth data, ffcv-imagenet-style otherwise); "
@@ -64,20 +64,23 @@ def pipeline(
                                 callback=ratio_callback),
     data: str = typer.Option("", "--data", help="Source: a built dataset dir or a `dp4tl build` "
                              "SOURCE (e.g. imagenet:/data/ILSVRC2012; default: synth:tiny, the "
-                             "embedded data)"),
-    target: List[str] = typer.Option([], help=TARGET_HELP),
-    target_weights: str = typer.Option("", help=TARGET_WEIGHTS_HELP),
+                             "embedded data)", callback=not_blank_callback),
+    target: List[str] = typer.Option([], help=TARGET_HELP, callback=not_blank_callback),
+    target_weights: str = typer.Option("", help=TARGET_WEIGHTS_HELP, callback=not_blank_callback),
     order: Order = typer.Option(Order.ordered, help=ORDER_HELP),
     method: str = typer.Option("lm", help=f"Scoring method: {methods_help()} (see `dp4tl score --help`)"),
     protocol: Protocol = typer.Option(Protocol.fast, help=PROTOCOL_HELP),
     recipes: RecipeSet = typer.Option(RecipeSet.auto, help=RECIPES_HELP),
-    surrogate_recipe: str = typer.Option("", help="Override the surrogate recipe (name or .toml)"),
+    surrogate_recipe: str = typer.Option("", help="Override the surrogate recipe (name or .toml)",
+                                         callback=not_blank_callback),
     recipe: str = typer.Option("", help="Override the source-model pretraining recipe (name or "
-                               ".toml)"),
+                               ".toml)", callback=not_blank_callback),
     arch: str = typer.Option("", help="Override the pretraining model (`dp4tl models`: resnet50, "
                              "resnet101, vit_b_16, ...)", callback=check_arch),
-    lp_recipe: str = typer.Option("", help="Override the LP recipe (e.g. a per-target file extending lp)"),
-    ff_recipe: str = typer.Option("", help="Override the FF recipe (e.g. a per-target file extending ff)"),
+    lp_recipe: str = typer.Option("", help="Override the LP recipe (e.g. a per-target file extending lp)",
+                                  callback=not_blank_callback),
+    ff_recipe: str = typer.Option("", help="Override the FF recipe (e.g. a per-target file extending ff)",
+                                  callback=not_blank_callback),
     finetune: str = typer.Option("lp,ff", help="Finetuning modes to run on the target "
                                  "(comma-separated: lp, ff)",
                                  callback=list_callback(FINETUNE_MODES, "a finetuning mode",
@@ -117,6 +120,7 @@ def pipeline(
 
     data = data or "synth:tiny"
     refuse_unread(method, k=k)
+    parse_option_pairs(opt)  # (NAME=VALUE, a name before '=': refused before the run starts)
     cfg = PipelineConfig(ratio=ratio, source=data, **target_config(target, target_weights),
                          order=order.value, method=method,
                          protocol=protocol.value,

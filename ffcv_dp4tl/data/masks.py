@@ -57,7 +57,9 @@ def _npy_path(path: str | Path) -> Path:
     """The mask's .npy file: ``path`` itself, or ``path`` + ``.npy``. Appended, never swapped:
     ``lm_0.2`` and ``lm_0.8`` are two masks (a swapped suffix made both ``lm_0.npy``). A folder
     is called a built dataset only when it is one (:func:`ffcv_dp4tl.outputs.is_dataset`, the
-    rule of every output check), not for any ``manifest.json`` it holds."""
+    rule of every output check), not for any ``manifest.json`` it holds. An existing file of
+    another kind (``afile.txt``, no ``afile.txt.npy`` beside) is named as no mask: "mask file
+    not found: afile.txt.npy" sent the user looking for a file they never meant."""
     path = Path(path)
     if path.is_dir():
         if is_dataset(path):  # (its .npy files are labels and the index)
@@ -68,7 +70,25 @@ def _npy_path(path: str | Path) -> Path:
                         + (f" (it holds {', '.join(found[:4])})" if found else ""))
     if path.suffix == ".json":  # the sidecar named instead of the mask
         return path.with_suffix(".npy")
-    return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
+    if path.suffix == ".npy":
+        return path
+    npy = path.with_name(path.name + ".npy")
+    if path.is_file() and not npy.exists():  # (was "mask file not found: afile.txt.npy")
+        raise MaskError(f"{path} is a file but not a mask (a mask is a .npy file of sample "
+                        "indices, its .json beside); name the mask's .npy file")
+    return npy
+
+
+def check_mask_name(path: str | Path, what: str = "--out") -> Path:
+    """The name a mask is to be written under: ``NAME.npy``, or ``NAME`` (.npy appended, as in
+    ``lm_0.2``). A suffix that names another kind of file (``m.txt``, ``m.json``, ``m.pt``) is
+    refused: ``mask classes --out m.txt`` wrote ``m.txt.npy`` and ``m.txt.json``, silently."""
+    path = Path(path)
+    suffix = path.suffix
+    if suffix and suffix != ".npy" and any(c.isalpha() for c in suffix):
+        raise MaskError(f"{what} {path}: a mask is written as a .npy file (its .json beside); "
+                        f"name it {path.with_suffix('.npy').name} (or without a suffix)")
+    return path
 
 
 def sorted_unique(idx: np.ndarray) -> np.ndarray:

@@ -354,6 +354,8 @@ def parse_option_pairs(pairs: Any) -> dict[str, str]:
         if "=" not in str(p):
             raise DP4TLError(f"--opt expects NAME=VALUE, got {p!r}")
         k, v = str(p).split("=", 1)
+        if not k.strip():  # ('=1' was "lm has no option  (its options: none)": no name to name)
+            raise DP4TLError(f"--opt {p!r}: no option name before '='; give NAME=VALUE")
         out[k.strip()] = v.strip()
     return out
 
