@@ -250,8 +250,8 @@ def test_another_commands_folder_given_as_data_is_named_not_offered_a_build(tmp_
                                          r"train`\), not a built dataset: pass the folder `dp4tl "
                                          r"build --out` wrote$"):
         load_manifest(run)
-    code, out, err = cli(capsys, monkeypatch, "verify", run)  # (verify lists its problems)
-    assert code != 0 and f"problem: {run} holds a training run (written by `dp4tl train`)" in err
+    code, out, err = cli(capsys, monkeypatch, "verify", run)  # (no dataset: a usage error)
+    assert code == 2 and f"error: {run} holds a training run (written by `dp4tl train`)" in err
     assert "dp4tl build SOURCE" not in err
     with pytest.raises(DP4TLError, match=rf"^{tmp_path / 'nosuch'} is not a built dataset \(it "
                                          r"does not exist\); pass the folder"):

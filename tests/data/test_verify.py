@@ -298,9 +298,9 @@ def test_an_input_image_folder_is_named_and_built_elsewhere(tmp_path):
         f"{root} is not a built dataset but an input folder (class folders of images; no "
         f"manifest.json): build a dataset from it into another folder with `dp4tl build "
         f"folder:{root} --out OTHER_DIR` (OTHER_DIR outside {root}), then pass OTHER_DIR"]
-    run = run_cli("verify", root)
-    assert run.returncode == 1 and f"--out {root}" not in run.stderr
-    assert run.stderr.startswith(f"problem: {root} is not a built dataset but an input folder")
+    run = run_cli("verify", root)  # (no dataset at all: a usage error, as for every --data)
+    assert run.returncode == 2 and f"--out {root}" not in run.stderr
+    assert run.stderr.startswith(f"error: {root} is not a built dataset but an input folder")
     run = run_cli("info", "--data", root)  # (every command reading --data: one rule)
     assert run.returncode == 2 and run.stderr.startswith(
         f"error: {root} is not a built dataset but an input folder")
