@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Any, Iterator, List, Optional, Sequence
 
 import typer
 
@@ -389,26 +389,48 @@ def check_arch(value: Optional[str], ctx: typer.Context = None,  # type: ignore[
 
 
 def refuse_unread(method: str, *, k: Optional[int] = None, iters: Optional[int] = None,
-                  backend: Optional[Backend] = None) -> None:
+                  backend: Optional[Backend] = None, **inputs: Any) -> None:
     """A setting given for a method that never reads it would be ignored in silence (``--k`` to
-    lm, ``--iters`` to sp): refused, naming the methods that read it. ``None`` (and the default
-    ``Backend.auto``) = not given; an unknown method is left to the run to name."""
-    from ..scoring.registry import BACKEND, ITERS, K, get_scorer, is_registered, scorers
+    lm, ``--iters`` to sp, ``--target`` or ``--checkpoint`` to random): refused, naming the
+    methods that read it. ``None`` (and the default ``Backend.auto``) = not given; an unknown
+    method is left to the run to name. ``inputs``: ``dp4tl score``'s inputs by parameter name
+    (``checkpoint``, ``target``, ``resolution``, ``target_resolution``, ``target_crop``,
+    ``source_resolution``, ``source_crop``; an empty list = not given)."""
+    from ..scoring.registry import BACKEND, FEATURES, ITERS, K, get_scorer, is_registered, scorers
 
     if not is_registered(method):
         return
     scorer = get_scorer(method)
-    given = ((K, "--k", k, scorer.reads, "does not cluster the source"),
-             (ITERS, "--iters", iters, scorer.kernels, "runs no k-means"),
-             (BACKEND, "--backend", None if backend in (None, Backend.auto) else backend.value,
-              scorer.kernels, "runs none of the scoring kernels"))
     if k is not None and K not in scorer.reads and "k" in scorer.options:  # (ssp: --opt k=N)
         raise typer.BadParameter(f"{k}: method {method} sets its clusters with --opt k=N, not "
                                  "--k; drop --k", param_hint="--k")
-    for name, flag, value, read, what in given:
-        if value is not None and name not in read:
-            users = ", ".join(s.name for s in scorers() if name in (s.reads | s.kernels))
-            raise typer.BadParameter(f"{value}: method {method} {what} ({flag} is read by "
+
+    def setting(name):
+        return lambda s: name in (s.reads | s.kernels)
+
+    read_by = {"k": (setting(K), "does not cluster the source"),
+               "iters": (setting(ITERS), "runs no k-means"),
+               "backend": (setting(BACKEND), "runs none of the scoring kernels"),
+               # (FORGET reads a checkpoint for the recipe of the run it trains itself)
+               "checkpoint": (lambda s: s.needs_surrogate or s.trains, "uses no surrogate"),
+               "resolution": (lambda s: s.needs_surrogate, "uses no surrogate"),
+               "target": (lambda s: s.needs_target, "reads no target"),
+               "target_resolution": (lambda s: s.needs_target, "reads no target"),
+               "target_crop": (lambda s: s.needs_target, "reads no target"),
+               "source_resolution": (lambda s: FEATURES in s.needs, "reads no source features"),
+               "source_crop": (lambda s: FEATURES in s.needs, "reads no source features")}
+    given = {"k": k, "iters": iters,
+             "backend": None if backend in (None, Backend.auto) else backend.value, **inputs}
+    for name, value in given.items():
+        if value is None or (isinstance(value, (list, tuple)) and not value):
+            continue
+        reads, what = read_by[name]
+        if not reads(scorer):
+            flag = "--" + name.replace("_", "-")
+            shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else \
+                getattr(value, "value", value)
+            users = ", ".join(s.name for s in scorers() if reads(s))
+            raise typer.BadParameter(f"{shown}: method {method} {what} ({flag} is read by "
                                      f"{users} only); drop {flag}", param_hint=flag)
 
 

@@ -67,7 +67,10 @@ def score(
     from ..pipeline.score import score as run
     from ..scoring.registry import parse_option_pairs
 
-    refuse_unread(method, k=k, iters=iters, backend=backend)
+    refuse_unread(method, k=k, iters=iters, backend=backend, checkpoint=checkpoint, target=target,
+                  resolution=resolution, target_resolution=target_resolution,
+                  target_crop=target_crop, source_resolution=source_resolution,
+                  source_crop=source_crop)
     check_out_dir(out)
     source_dir = data
     targets = paths(target, "--target")
