@@ -40,8 +40,11 @@ def _runs(args: list[str]) -> dict[str, Path]:
         if sep and not label.strip():
             raise DP4TLError(f"run argument {a!r} has an empty label before '='; write "
                              "LABEL=DIR (the label names the table's column), or just DIR")
-        if sep and not path:
+        if sep and not path.strip():
             raise DP4TLError(f"run argument {a!r} names no directory after '='; write LABEL=DIR")
+        if not sep and not a.strip():  # (Path('') is '.', "not a finished finetune run")
+            raise DP4TLError(f"run argument {a!r} is empty: give a finetune run's directory "
+                             "(DIR or LABEL=DIR)")
         if sep and any(c in label for c in "|\n"):
             raise DP4TLError(f"run argument {a!r}: a label names a column of the Markdown table, "
                              "so it cannot hold '|' or a line break; write LABEL=DIR with another LABEL")

@@ -120,6 +120,8 @@ def test_vtab_splits_refuse_another_draw_into_the_same_out(eval_target, capsys, 
 @pytest.mark.parametrize("cmd", ["corruptions", "flatness"])
 @pytest.mark.parametrize("arg, needle", [("=RUN", "empty label"), (" =RUN", "empty label"),
                                          ("LP=", "names no directory"),
+                                         ("LP= ", "names no directory"),
+                                         ("", "is empty"), (" ", "is empty"),
                                          ("a|b=RUN", "cannot hold '|'")])
 def test_a_run_argument_without_label_or_directory_is_one_line(lp_run, capsys, monkeypatch,
                                                                tmp_path, cmd, arg, needle):
