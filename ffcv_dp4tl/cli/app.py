@@ -1,10 +1,11 @@
 """The typer application object and the error handling shared by every command."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, Callable, Iterator, NoReturn, Optional
 
 import typer
 
@@ -50,18 +51,22 @@ def _main(
 
 def _refuse_torchrun(command: str | None) -> None:
     """Under torchrun only the DDP commands run: any other would run once per rank, every copy
-    writing the same folder. Rank 0 says so; the other ranks exit with the same status quietly."""
+    writing the same folder. Rank 0 says so; the other ranks exit with the same status quietly,
+    handing the line to torchrun's report (its entry for them said only "To enable traceback
+    see: ...")."""
     from ..training.distributed import DDP_COMMANDS, launch_env
 
     rank, world = launch_env()
     if world <= 1 or command in DDP_COMMANDS:
         return
+    error = DP4TLError(f"dp4tl {command} runs in one process; launch it without torchrun (here "
+                       f"WORLD_SIZE={world}). Under torchrun only "
+                       f"{', '.join(f'`dp4tl {c}`' for c in DDP_COMMANDS)} uses the ranks (DDP); "
+                       "the other commands use one device (--device cuda:N)")
     if rank:
+        _tell_launcher(f"error: {error}")
         raise typer.Exit(2)
-    raise DP4TLError(f"dp4tl {command} runs in one process; launch it without torchrun (here "
-                     f"WORLD_SIZE={world}). Under torchrun only "
-                     f"{', '.join(f'`dp4tl {c}`' for c in DDP_COMMANDS)} uses the ranks (DDP); "
-                     "the other commands use one device (--device cuda:N)")
+    raise error
 
 
 def _usage_error_line(e: Exception) -> str:
@@ -361,27 +366,54 @@ def _late_signal(interrupt: KeyboardInterrupt, status: int) -> SystemExit:
     return SystemExit(stopping.late_status(signum, status))
 
 
-def _settle_saying(message: str | None, status: int, follows: bool = False) -> int:
+def _another_rank() -> bool:
+    """Under torchrun, this process is not rank 0 (``WORLD_SIZE`` > 1, ``RANK`` > 0). Read
+    torch-free from the environment; a value torchrun would never set counts as rank 0 here
+    (the command itself then names it: ``training.distributed.launch_env``)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def _copies_quieted(argv: list[str]) -> Iterator[None]:
+    """Under torchrun, ``--help`` and ``--version`` print from rank 0 only: every rank parses
+    the same argv, so 8 ranks printed the help 8 times (a torchrun audit)."""
+    if not (_another_rank() and any(a in ("--help", "--version") for a in argv)):
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
+
+
+def _settle_saying(message: str | None, status: int, follows: bool = False,
+                   every_rank: bool = False) -> int:
     """Decide a failed command's outcome: ``message`` (if any) on stderr (and in torchrun's
     failure report: :func:`_tell_launcher`) and exit ``status``
     (:func:`ffcv_dp4tl.stopping.settle`), in one step that no stop signal cuts into
     (:func:`ffcv_dp4tl.stopping.deferred`): one landing between the two dropped the line (the
     stop's own printed instead) or printed it twice. A signal that came meanwhile is raised as
     the step ends, after the outcome: a late one (:func:`_late_signal`; a torchrun rank whose
-    peer failed gets torchrun's SIGTERM as it prints its own error)."""
+    peer failed gets torchrun's SIGTERM as it prints its own error). ``every_rank``: the same
+    failure on every torchrun rank (a usage error: they all parse the same argv), printed by
+    rank 0 only and handed to torchrun's report by every rank (one line per rank was 8 copies
+    of it on an 8-GPU node; a torchrun audit)."""
     with stopping.deferred():
         stopping.settle(status)
         if message is not None:
-            sys.stderr.write(f"{message}\n")
+            if not (every_rank and _another_rank()):
+                sys.stderr.write(f"{message}\n")
             if status != 0:  # (in the block: torchrun's SIGTERM to a rank whose peer failed
                 _tell_launcher(message, follows)  # lands as it prints; the file is written first)
     return status
 
 
-def _fail(message: str | None, status: int, follows: bool = False) -> NoReturn:
+def _fail(message: str | None, status: int, follows: bool = False,
+          every_rank: bool = False) -> NoReturn:
     """End a command that failed: ``message`` (if any) on stderr, and exit ``status``
-    (``follows``: :func:`_follows_another_rank`)."""
-    raise SystemExit(_settle_saying(message, status, follows)) from None
+    (``follows``: :func:`_follows_another_rank`; ``every_rank``: :func:`_settle_saying`)."""
+    raise SystemExit(_settle_saying(message, status, follows, every_rank)) from None
 
 
 def _stop_status() -> SystemExit:
@@ -509,7 +541,8 @@ def _run() -> None:
     warnings.formatwarning = _warning_line
     try:
         try:
-            code = app(standalone_mode=False)
+            with _copies_quieted(sys.argv[1:]):
+                code = app(standalone_mode=False)
         except (SystemExit, BrokenPipeError) as e:
             pipe = _broken_pipe(e)
             if pipe is None:
@@ -518,7 +551,8 @@ def _run() -> None:
     except Exception as e:
         failure = _failure(e)
         if failure is not None:
-            _fail(*failure, follows=_follows_another_rank(e))
+            _fail(*failure, follows=_follows_another_rank(e),
+                  every_rank=isinstance(e, _ClickException))
         if isinstance(e, RuntimeError) and stopping.received() is not None:
             # a data-loader worker the same SIGTERM ended first ("DataLoader worker ... killed
             # by signal"), reported before this process's own stop: it is that stop

@@ -454,19 +454,47 @@ def test_a_refused_training_run_leaves_no_folder(capsys, monkeypatch, tmp_path):
                                      ["evaluate", "vtab-splits", "--out", "x"], ["score"]])
 def test_commands_that_run_in_one_process_refuse_torchrun(capsys, monkeypatch, tmp_path, command):
     """Under torchrun every rank would run the whole command into the same folder: rank 0 says
-    one line naming the command, the others exit with the same status without a word."""
+    one line naming the command, the others exit with the same status without a word, each
+    handing that line to torchrun's report (its error file: the report said of them only "To
+    enable traceback see: ..."; a torchrun audit)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     one_line(*cli(capsys, monkeypatch, *command)[::2], f"dp4tl {command[0]} runs in one process",
              "without torchrun", "`dp4tl train`")
     monkeypatch.setenv("RANK", "1")
+    reports = tmp_path.parent / f"{tmp_path.name}-torchrun"
+    reports.mkdir()
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(reports / "error.json"))
     assert cli(capsys, monkeypatch, *command)[::2] == (2, "")
+    assert f"dp4tl {command[0]} runs in one process" in (reports / "error.json").read_text()
     assert list(tmp_path.iterdir()) == []
-    code, out, err = cli(capsys, monkeypatch, *command[:1], "--help")  # help is still given
+    code, out, err = cli(capsys, monkeypatch, *command[:1], "--help")  # help: rank 0's only
+    assert (code, out, err) == (0, "", "")
+    monkeypatch.setenv("RANK", "0")
+    code, out, err = cli(capsys, monkeypatch, *command[:1], "--help")
     assert code == 0 and "Usage:" in out and not err
     monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc_per_node=1: a plain process
     assert "one process" not in cli(capsys, monkeypatch, command[0], "--help")[2]
+
+
+def test_a_usage_error_under_torchrun_is_printed_once(capsys, monkeypatch, tmp_path):
+    """Every rank parses the same argv, so a usage error is every rank's: rank 0 prints it, the
+    others only hand it to torchrun's report (8 copies of the line on an 8-GPU node before; a
+    torchrun audit). `--version` likewise prints once."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    bad = ("train", "resnet18_tiny_cpu", "--data", "D", "--out", "O", "--format", "zz")
+    for rank, printed in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        code, out, err = cli(capsys, monkeypatch, *bad)
+        assert code == 2 and ("--format" in err) is printed and (err == "") is not printed
+        assert "--format" in error_file.read_text()
+        error_file.unlink()
+        code, out, err = cli(capsys, monkeypatch, "--version")
+        assert code == 0 and bool(out.strip()) is printed
 
 
 @pytest.mark.parametrize("env,needle", [
