@@ -63,14 +63,20 @@ def adv_overrides(steps: int = 3, eps: str = "3/255", step_size: str = "", norm:
     if steps <= 0:
         raise DP4TLError(f"--steps must be >= 1 for the ADV models, got {steps}")
     radius = _number("--eps", eps)  # (the recipe's rule, in this command's words: it named
-    if radius <= 0:                 # adv.eps, a key the user never wrote; review)
+    if not radius > 0:              # adv.eps, a key the user never wrote; review; nan too)
         raise DP4TLError(f"--eps {eps}: the ADV models need a radius > 0 (pixel units, e.g. "
                          "3/255 for linf, 3 for l2)")
     if norm == "linf" and radius > 1:
-        raise DP4TLError(f"--eps {eps} is in [0, 1] pixel units for linf; for {eps}/255 pass "
-                         f"--eps {eps}/255")
+        # a plain number that reads as a 0-255 pixel value (8 meant 8/255) gets that spelling;
+        # any other (1e30, 300, 3/2) would be a radius no pixel has: just the range (audit)
+        pixel = "/" not in str(eps) and radius <= 255
+        raise DP4TLError(f"--eps {eps} is in [0, 1] pixel units for linf"
+                         + (f"; for {eps}/255 pass --eps {eps}/255" if pixel else
+                            ": give a number in (0, 1] or a fraction such as 8/255"))
     if not str(step_size).strip():
         step_size = repr(2 * radius / steps)
+    else:  # (its refusal named the recipe's adv.step_size, after the data was built; audit)
+        _number("--step-size", step_size)
     return (f"adv.steps={steps}", f"adv.eps={eps}", f"adv.step_size={step_size}",
             f"adv.norm={norm}", f"adv.random_start={str(random_start).lower()}",
             *((f"adv.units={units}",) if units != "pixel" else ()))
@@ -148,14 +154,13 @@ def run_adversarial(base: PipelineConfig, out_dir: str | Path | None = None, *, 
                        overrides=tuple(base.overrides) + extra,
                        scorer_options=base.scorer_options if m == method else ())
 
-    # every run's checks before DENSE trains: the plain models (the method, --set), then the
-    # ADV models, whose only difference is the ADV recipe (--steps, --eps, --step-size, --norm);
-    # those are checked quietly (the first call built the data and said which recipes it reads)
-    preflight([config(r, m, extra) for _, r, m, extra in plan if not extra], log)
-    try:
-        preflight([config(r, m, extra) for _, r, m, extra in plan if extra], lambda _: None)
-    except DP4TLError as e:
-        raise DP4TLError(f"the ADV models' recipe (--steps, --eps, --step-size, --norm): {e}") from None
+    # every run's checks before DENSE trains, and those that need no data before the data is
+    # built (--method, --set, the ADV options: each was refused after the build; audit): the
+    # plain models (the method, --set), then the ADV models, whose only difference is the ADV
+    # recipe (--steps, --eps, --step-size, --norm), named so in their refusals
+    preflight([*(config(r, m, extra) for _, r, m, extra in plan if not extra),
+               *(("the ADV models' recipe (--steps, --eps, --step-size, --norm)",
+                  config(r, m, extra)) for _, r, m, extra in plan if extra)], log)
     for i, (variant, r, m, extra) in enumerate(plan, 1):
         log(f"[adversarial] {i}/{len(plan)}: {variant} (ratio {r:g}, seeds {list(seeds)})")
         res = run_pipeline(config(r, m, extra), log=log)

@@ -170,7 +170,9 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
                          "reference)")
 
     def config(cfg_s: PipelineConfig, method: str, r: float, modes: tuple[str, ...]) -> PipelineConfig:
-        return parse_variant(method).apply(replace(cfg_s, ratio=r, finetune=modes,
+        # (a mode --ff-methods leaves out takes no recipe: one named for it is refused)
+        named = {f"{m}_recipe": "" for m in ("lp", "ff") if m not in modes}
+        return parse_variant(method).apply(replace(cfg_s, ratio=r, finetune=modes, **named,
                                                    scorer_options=options_for(method, base.scorer_options)))
 
     def modes_of(method: str) -> tuple[str, ...]:

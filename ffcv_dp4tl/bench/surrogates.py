@@ -167,13 +167,10 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
     # every run's checks before the reference trains (a bad --set-arch value was refused only
     # after the reference and the first surrogate's rows had trained; audit): the reference
     # (the data, --set, --set-finetune), said as its run would, then each surrogate's runs
-    # (its recipe with --set-surrogate and --set-arch, each ratio), quietly
-    preflight([ref_cfg], log)
-    for arch in order:
-        try:
-            preflight([config(arch, r) for r in all_ratios], lambda _: None)
-        except DP4TLError as e:
-            raise DP4TLError(f"LM with surrogate {arch}: {e}") from None
+    # (its recipe with --set-surrogate and --set-arch, each ratio), quietly; what needs no data
+    # of every run before the data is built (preflight)
+    preflight([ref_cfg, *((f"LM with surrogate {arch}", config(arch, r))
+                          for arch in order for r in all_ratios)], log)
     n_runs, i = 1 + len(archs) * len(all_ratios), 1
     log(f"[surrogates] run 1/{n_runs}: 0 % reference (full source)")
     ref = run_pipeline(ref_cfg, log=log)

@@ -202,4 +202,7 @@ def plan_methods(methods: str, ks: Iterable[int] = (), orders: Iterable[str] = (
     """A ``--methods`` text (``lm,fm[k=16],grand@0.6``) with ``--ks`` / ``--orders`` → the cost
     table's method/variant names and the ratios of those limited to some (``method_ratios``)."""
     names = check_items("--methods", split_methods(methods))
-    return expand_specs(names, parse_method_ratios(names), list(ks), list(orders))
+    ks = list(ks)
+    if ks:  # (8,8 made one variant in silence, where every other list refuses a repeat; audit)
+        check_items("--ks", ks)
+    return expand_specs(names, parse_method_ratios(names), ks, list(orders))

@@ -76,6 +76,9 @@ class Checked:
     reverse: bool  # order == "reversed"
     target_specs: tuple[str, ...]
     weights: tuple[float, ...]  # () = equal
+    # the recipes known before the data (named, or fixed by recipes=/the protocol), loaded with
+    # their overrides: (name, overrides) → Recipe, which resolve loads no second time
+    recipes: dict[tuple[str, tuple[str, ...]], Any] = field(default_factory=dict)
 
 
 def _check_roots_apart(runs_root: Path, data_root: Path) -> None:
@@ -104,6 +107,72 @@ def _check_one_arch(cfg: PipelineConfig) -> None:
                          "model: give one of them")
 
 
+def pretrain_overrides(cfg: PipelineConfig) -> tuple[str, ...]:
+    """What the pretraining recipe is loaded with: ``--set``, then ``--arch`` as model.arch."""
+    return tuple(cfg.overrides) + ((f"model.arch={cfg.arch}",) if cfg.arch else ())
+
+
+def _check_modes_of_recipes(cfg: PipelineConfig) -> None:
+    """``--lp-recipe`` / ``--ff-recipe`` for a mode ``--finetune`` does not run is refused, as
+    cost-table's ``--ff-methods`` without ff is: it was accepted and ignored (audit)."""
+    for mode, name in (("lp", cfg.lp_recipe), ("ff", cfg.ff_recipe)):
+        if name and mode not in cfg.finetune:
+            raise DP4TLError(f"--{mode}-recipe {name} sets the {mode.upper()} recipe, but "
+                             f"--finetune {','.join(cfg.finetune) or '(none)'} runs no "
+                             f"{mode.upper()}; drop --{mode}-recipe or add {mode}")
+
+
+def _check_recipes(cfg: PipelineConfig) -> dict[tuple[str, tuple[str, ...]], Any]:
+    """The recipe checks that need no data, before it is built (with ImageNet as the source,
+    hours; each failed only after the build: audit): every ``--set*`` override parses, names a
+    key a recipe has and gives it a value of its type (:func:`~..training.recipe.check_overrides`:
+    wrong for every recipe), and each recipe whose name is known now — named
+    (``--surrogate-recipe``, ``--recipe``, ``--lp-recipe``, ``--ff-recipe``) or fixed by
+    ``recipes=`` or a paper protocol — loads with its overrides and is of its kind. Returns those
+    loaded, for :func:`~.resolve.resolve`. Recipes chosen by the data's scale load there."""
+    from ..training.recipe import check_kind, check_overrides, load_recipe
+    from .recipes import recipe_set
+
+    check_overrides(cfg.overrides, "--set", "train", "the pretraining recipe (--recipe)")
+    check_overrides(cfg.surrogate_overrides, "--set-surrogate", "train",
+                    "the surrogate recipe (--surrogate-recipe)")
+    check_overrides(cfg.finetune_overrides, "--set-finetune")
+    known: dict[str, str] = {}
+    if cfg.protocol in PAPER_PROTOCOLS:  # (its LP/FF depend on the target: known in resolve)
+        known = {r: n for r, n in recipe_set(cfg.protocol, "full").items()
+                 if r in ("surrogate", "pretrain")}
+    elif cfg.recipes:
+        known = recipe_set(cfg.protocol, cfg.recipes)  # (an unknown set: one line here)
+    loaded: dict[tuple[str, tuple[str, ...]], Any] = {}
+    for role, name, overrides, kind, use in (
+            ("surrogate", cfg.surrogate_recipe, cfg.surrogate_overrides, "train",
+             "the surrogate (--surrogate-recipe)"),
+            ("pretrain", cfg.recipe, pretrain_overrides(cfg), "train", "pretraining (--recipe)"),
+            *(((m, getattr(cfg, f"{m}_recipe"), cfg.finetune_overrides, "finetune",
+                f"{m.upper()} (--{m}-recipe)") for m in cfg.finetune))):
+        name = name or known.get(role, "")
+        if name:
+            key = (name, tuple(overrides))
+            if key not in loaded:
+                loaded[key] = load_recipe(name, list(overrides))
+            check_kind(loaded[key], kind, use)
+    return loaded
+
+
+def check_brought_weights(cfg: PipelineConfig) -> None:
+    """Brought weights (``--surrogate-weights``, ``--source-weights``) are a file torch reads as
+    a state dict (:func:`~..training.weights.check_weights_file`): the run's step after
+    :func:`validate` (this one reads files, with torch), before resolve builds anything and
+    before any stage folder exists. A folder was "not found", and a file torch cannot read was
+    refused inside the surrogate stage in torch's words, its folder left half made (audit)."""
+    for option, w in (("--surrogate-weights", cfg.surrogate_weights),
+                      ("--source-weights", cfg.source_weights)):
+        if w:
+            from ..training.weights import check_weights_file
+
+            check_weights_file(w, option)
+
+
 def validate(cfg: PipelineConfig) -> Checked:
     """Every check of ``cfg`` that needs no data and no work: one :class:`DP4TLError` line for
     the first bad value. Checks that need the built data follow in the run's resolve step
@@ -124,9 +193,7 @@ def validate(cfg: PipelineConfig) -> Checked:
     if cfg.source_weights and cfg.ratio != 0:
         raise DP4TLError(f"source weights are the unpruned source model (ratio 0), but ratio is "
                          f"{cfg.ratio}: a pruned run pretrains on its mask")
-    for what, w in (("surrogate", cfg.surrogate_weights), ("source", cfg.source_weights)):
-        if w and not Path(w).expanduser().is_file():
-            raise DP4TLError(f"{what} weights not found: {w}")
+    _check_modes_of_recipes(cfg)
     seeds = tuple(dict.fromkeys(check_seeds(cfg.seeds, "--seeds"))) or (0,)
     check_seeds([cfg.seed], "--seed (the scorer's seed, e.g. random's draw)")
     # output roots: a file in the way is refused here, not after the data are built; a
@@ -167,5 +234,6 @@ def validate(cfg: PipelineConfig) -> Checked:
     reverse = check_order(cfg.order)
     target_specs = target_list(cfg.target, cfg.targets)
     weights = check_weights(cfg.target_weights, len(target_specs))
+    recipes = _check_recipes(cfg)
     return Checked(seeds=seeds, scorer=scorer, given_options=given_options, options=options,
-                   reverse=reverse, target_specs=target_specs, weights=weights)
+                   reverse=reverse, target_specs=target_specs, weights=weights, recipes=recipes)

@@ -21,7 +21,7 @@ from ..contracts import check_k_fits, default_k
 from ..data.manifest import MANIFEST_NAME, load_manifest
 from ..errors import DataError, DP4TLError
 from ..fsutil import BAD_JSON, directory_lock, is_unwritable
-from .config import Checked, PipelineConfig
+from .config import Checked, PipelineConfig, pretrain_overrides
 from .recipes import (PAPER_PROTOCOLS, PAPER_SSL_LP, recipe_scale, recipe_scorer_options,
                       recipe_set)
 from .score import self_supervised_refusal
@@ -442,7 +442,7 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
     for t in tgts:
         check_data(cfg, ok.scorer, src, t, log)
 
-    cache: dict[tuple[str, tuple[str, ...]], Any] = {}
+    cache: dict[tuple[str, tuple[str, ...]], Any] = dict(ok.recipes)  # (validate's)
 
     def load(name: str, overrides) -> Any:  # each (file, overrides) read once
         key = (name, tuple(overrides))
@@ -453,7 +453,7 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
     base = recipe_set(cfg.protocol, scale, tgts[0].name)
     sur_name = cfg.surrogate_recipe or base["surrogate"]
     pre_name = cfg.recipe or base["pretrain"]
-    pre_overrides = list(cfg.overrides) + ([f"model.arch={cfg.arch}"] if cfg.arch else [])
+    pre_overrides = list(pretrain_overrides(cfg))
     surrogate = load(sur_name, cfg.surrogate_overrides)
     pretrain = load(pre_name, pre_overrides)
     check_kind(surrogate, "train", "the surrogate (--surrogate-recipe)")

@@ -4,7 +4,7 @@ build data (if missing) → train surrogate (cached) → score (LM by default) �
 the source model on the mask → finetune LP and FF on the target → report.
 
 **Steps.** :func:`run_pipeline` reads as its steps: :func:`~.config.validate` (every check that
-needs no data) → :func:`~.resolve.resolve` (data built or found, every recipe loaded once) →
+needs no data) → :func:`~.config.check_brought_weights` (brought weights read) → :func:`~.resolve.resolve` (data built or found, every recipe loaded once) →
 one function per stage (:func:`surrogate_stage`, :func:`score_stage`, :func:`prune_stage`,
 :func:`pretrain_stages`, :func:`finetune_stages`) → :func:`~.report.write_report`. It returns a
 :class:`~.result.PipelineResult`.
@@ -38,10 +38,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..data.masks import load_mask
+from ..errors import DP4TLError
 from ..fsutil import file_sha256
 from ..progress import console, saying_to
 from ..scoring.registry import FEATURES, TRAJECTORY
-from .config import Checked, PipelineConfig, validate
+from .config import Checked, PipelineConfig, check_brought_weights, validate
 from .gallery import GALLERY, selection_gallery
 from .prune import prune
 from .report import run_title, summarize_seeds, write_report
@@ -65,6 +66,7 @@ def run_pipeline(cfg: PipelineConfig, log: Log = console) -> PipelineResult:
 
 def _run_pipeline(cfg: PipelineConfig, log: Log) -> PipelineResult:
     ok = validate(cfg)
+    check_brought_weights(cfg)
     r = resolve(cfg, ok, log)
     res = PipelineResult(config={**asdict(cfg), "data_root": str(cfg.data_root),
                                  "runs_root": str(cfg.runs_root), "k": r.k},
@@ -87,19 +89,36 @@ def _run_pipeline(cfg: PipelineConfig, log: Log) -> PipelineResult:
     return report_step(cfg, ok, r, res, log)
 
 
-def preflight(cfgs: Iterable[PipelineConfig], log: Log = print) -> None:
-    """The checks :func:`run_pipeline` makes before its first stage (:func:`validate`, then
-    :func:`resolve`: the data built or found and checked, every recipe loaded with its
-    overrides) for every config of a plan, so a bench refuses a bad value of its last run
-    before its first run trains anything. The first config may build the data (as its run
-    would, with ``log``); the others are checked quietly."""
-    seen: set[str] = set()
-    for cfg in cfgs:
-        key = repr(cfg)
-        if key in seen:
-            continue
-        resolve(cfg, validate(cfg), log if not seen else (lambda _: None))
-        seen.add(key)
+def preflight(cfgs: Iterable[PipelineConfig | tuple[str, PipelineConfig]],
+              log: Log = print) -> None:
+    """The checks :func:`run_pipeline` makes before its first stage for every config of a plan,
+    so a bench refuses a bad value of its last run before its first run trains anything: first
+    :func:`validate` of every config (what needs no data: a bad ``--set``, method or recipe of
+    any run is refused before the data is built, which takes hours with ImageNet as the source;
+    each was refused after the build: audit), then :func:`resolve` of each (the data built or
+    found and checked, every recipe loaded with its overrides). The first config's resolve may
+    build the data (as its run would, with ``log``); the others are checked quietly. An item
+    ``(what, cfg)`` prefixes ``what: `` to its config's refusal (which runs of the plan it is)."""
+    plan: dict[str, tuple[str, PipelineConfig]] = {}
+    for item in cfgs:
+        what, cfg = item if isinstance(item, tuple) else ("", item)
+        plan.setdefault(repr(cfg), (what, cfg))
+    checked = [(what, cfg, _said(what, lambda c=cfg: validate(c))) for what, cfg in plan.values()]
+    for what, cfg, _ in checked:
+        _said(what, lambda c=cfg: check_brought_weights(c))
+    for i, (what, cfg, ok) in enumerate(checked):
+        _said(what, lambda c=cfg, o=ok, quiet=bool(i): resolve(c, o, (lambda _: None) if quiet
+                                                                else log))
+
+
+def _said(what: str, check: Callable[[], Any]) -> Any:
+    """``check()``, its refusal prefixed with ``what`` (the runs it concerns) when given."""
+    if not what:
+        return check()
+    try:
+        return check()
+    except DP4TLError as e:
+        raise DP4TLError(f"{what}: {e}") from None
 
 
 def _common(cfg: PipelineConfig) -> dict[str, Any]:

@@ -444,12 +444,9 @@ def _build(data: dict[str, Any], source: str, kind: str = "", check_sizes: bool 
     recipe = Recipe()
     _check_names(data, source)
     for sec, body in data.items():
-        types = _section_types(SECTIONS[sec])
         target = getattr(recipe, sec)
         for key, value in body.items():
-            if (sec, key) in _FRACTION_KEYS and isinstance(value, str):
-                value = _fraction(source, f"{sec}.{key}", value)
-            setattr(target, key, _check_value(source, f"{sec}.{key}", value, types[key]))
+            setattr(target, key, _typed(source, sec, key, value))
     _validate_choices(recipe, source)
     if check_sizes and kind != "finetune":
         _validate_input_size(recipe, source)
@@ -458,6 +455,37 @@ def _build(data: dict[str, Any], source: str, kind: str = "", check_sizes: bool 
 
 #: float keys that also accept a fraction string such as "3/255" (pixel-unit radii)
 _FRACTION_KEYS = {("adv", "eps"), ("adv", "step_size")}
+
+
+def _typed(source: str, sec: str, key: str, value: Any) -> Any:
+    """``value`` of ``sec.key`` (a known key: :func:`_check_names`) as its field's type, a
+    fraction key's "3/255" as its number: the one type rule of a recipe's values, for a file's
+    and an override's (:func:`_build`, :func:`check_overrides`)."""
+    if (sec, key) in _FRACTION_KEYS and isinstance(value, str):
+        value = _fraction(source, f"{sec}.{key}", value)
+    return _check_value(source, f"{sec}.{key}", value, _section_types(SECTIONS[sec])[key])
+
+
+def check_overrides(overrides: list[str] | tuple[str, ...], where: str, kind: str = "",
+                    recipe: str = "its recipe") -> None:
+    """Check ``section.key=value`` overrides without a recipe: each parses, names a section and
+    key a recipe has, and has a value of that key's type (the rules :func:`load_recipe` applies,
+    so a bad one is wrong for every recipe). ``where`` is the option that gave them (``--set``),
+    each message names it with the override; ``kind`` "train": ``recipe`` (how the message calls
+    it) trains, so ``finetune.*`` is refused. What needs the recipe itself (a range, a
+    combination of values) is checked when it loads. For checks before any work: the pipeline
+    chooses its recipes from the data's scale, known once the data is built."""
+    if isinstance(overrides, (str, bytes)):
+        _apply_overrides({}, overrides, where)  # (refuses a string instead of a list)
+    for text in overrides:
+        try:
+            sec, key, value = parse_override(text)
+        except DP4TLError as e:
+            raise DP4TLError(f"{where}: {e}") from None
+        source = f"{where} {text.strip()}"
+        _check_names({sec: {key: value}}, source)
+        _typed(source, sec, key, value)
+    _refuse_finetune_overrides(kind, overrides, recipe)
 
 
 def _fraction(source: str, key: str, text: str) -> float:

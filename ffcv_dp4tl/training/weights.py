@@ -64,9 +64,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str
         with torch.serialization.safe_globals(_numpy_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling problem is a user-facing error
-        why = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines()[0][:160] if str(e) else ""
+        why = _load_failure(e)
         raise DP4TLError(f"{path} is not a state dict torch can read safely (weights_only): "
-                         f"{type(e).__name__}: {why}; save it with torch.save(model.state_dict(), "
+                         f"{type(e).__name__}{f': {why}' if why else ''}; save it with torch.save(model.state_dict(), "
                          "PATH)") from None
     classes = None
     if isinstance(obj, dict) and not _is_state_dict(obj):
@@ -86,6 +86,43 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str
                                 or not all(isinstance(c, str) for c in classes)):
         raise DP4TLError(f"{path}: 'classes' must be a list of class names")
     return sd, None if classes is None else list(classes)
+
+
+_CHECKED: dict[tuple[str, int, int], None] = {}  # files check_weights_file read (path, mtime, size)
+
+
+def check_weights_file(path: str | Path, option: str) -> None:
+    """``path``, given as ``option`` (``--surrogate-weights``), is a file holding a state dict
+    (:func:`read_state_dict`, the stage's reader): checked before any work, so a folder or a
+    file torch cannot read is one line naming the option, not a refusal inside the stage that
+    left its folder half made (audit). A file read once (same path, time and size) is not read
+    again: a bench checks every run of its plan."""
+    p = Path(path).expanduser()
+    fix = "give the weights file, a state dict saved with torch.save(model.state_dict(), PATH)"
+    if p.is_dir():
+        raise DP4TLError(f"{option} {path} is a folder; {fix}")
+    if not p.is_file():
+        raise DP4TLError(f"{option} {path}: {option[2:].replace('-', ' ')} not found (no such "
+                         f"file); {fix}")
+    st = p.stat()
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    if key in _CHECKED:
+        return
+    try:
+        read_state_dict(p)
+    except DP4TLError as e:
+        raise DP4TLError(f"{option}: {e}") from None
+    _CHECKED[key] = None
+
+
+def _load_failure(e: Exception) -> str:
+    """Why ``torch.load`` refused a file, in one short line: under weights_only, the unpickler's
+    own reason (``Unsupported operand 110`` for a text file), not the first line of torch's
+    paragraph on its PyTorch 2.6 default, which the message quoted (audit)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    lines = [reason.group(1)] if reason else text.strip().splitlines()
+    return lines[0].strip()[:160] if lines else ""
 
 
 def _is_state_dict(d: dict) -> bool:

@@ -113,7 +113,15 @@ def test_the_four_models_carry_the_bench_settings(tmp_path, monkeypatch):
         raise Stop
 
     logs, said = [], []
-    monkeypatch.setattr(adv, "preflight", lambda cfgs, log: (seen.extend(cfgs), logs.append(log)))
+    said_for = []  # (the ADV runs: named in their refusals)
+
+    def checks(items, log):
+        for item in items:
+            what, cfg = item if isinstance(item, tuple) else ("", item)
+            seen.append(cfg), said_for.append(what)
+        logs.append(log)
+
+    monkeypatch.setattr(adv, "preflight", checks)
     monkeypatch.setattr(adv, "run_pipeline", stop)
     base = PipelineConfig(source=SYNTH, finetune=("lp", "ff"), scorer_options=("a=1",),
                           overrides=("train.epochs=1",))
@@ -127,6 +135,7 @@ def test_the_four_models_carry_the_bench_settings(tmp_path, monkeypatch):
     assert said == ["[recipes] fast recipes"]
     # checked before the first trains: the plain models, then the ADV ones
     assert [(c.method, c.ratio) for c in seen] == [("random", 0.0), ("lm", 0.6), ("random", 0.0), ("lm", 0.6)]
+    assert [bool(w) and "--step-size" in w for w in said_for] == [False, False, True, True]
     assert all(c.finetune == ("lp",) and c.seeds == (0, 2) for c in seen)
     assert [c.scorer_options for c in seen] == [(), ("a=1",), (), ("a=1",)]
     adv_set = [any(o.startswith("adv.steps=2") for o in c.overrides) for c in seen]

@@ -679,3 +679,95 @@ def test_a_kind_added_to_the_registry_is_refused_as_a_runs_root_unless_it_says_s
                                          r"`dp4tl new`\), not pipeline runs"):
         validate(_cfg(tmp_path, runs_root=root))
 
+
+
+BEFORE_THE_DATA = [
+    # each was refused only after the default synth:tiny data was built (audit: 67 files,
+    # 14-37 s; hours with ImageNet as the source): wrong for every recipe, or a named recipe
+    (["--set", "nope.x=1"], "--set nope.x=1: unknown section [nope]; valid sections: model,"),
+    (["--recipes", "tiny", "--set", "nope.x=1"], "--set nope.x=1: unknown section [nope]"),
+    (["--set-finetune", "optim.lr=1"], "--set-finetune optim.lr=1: unknown key optim.lr; valid "
+                                       "keys in [optim]:"),
+    (["--set-surrogate", "train.epochs=abc"], "--set-surrogate train.epochs=abc: train.epochs "
+                                              "must be int, got str 'abc'"),
+    (["--set", "finetune.head=new"], "override finetune.head=new: the pretraining recipe "
+                                     "(--recipe) is a training recipe"),
+    (["--surrogate-recipe", "nope"], "unknown recipe 'nope'"),
+    (["--surrogate-recipe", "lp_tiny_cpu"], "lp_tiny_cpu is a finetuning recipe"),
+    (["--recipes", "tiny", "--set", "train.epochs=-1"], "train.epochs must be > 0"),
+    # a recipe for a mode that does not run was accepted and ignored (--ff-methods' rule)
+    (["--finetune", "lp", "--ff-recipe", "nope"], "--ff-recipe nope sets the FF recipe, but "
+                                                  "--finetune lp runs no FF; drop --ff-recipe or add ff"),
+    (["--finetune", "ff", "--lp-recipe", "lp"], "--lp-recipe lp sets the LP recipe, but "
+                                                "--finetune ff runs no LP; drop --lp-recipe or add lp"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BEFORE_THE_DATA, ids=[" ".join(a) for a, _ in BEFORE_THE_DATA])
+def test_what_needs_no_data_is_refused_before_the_data_is_built(tmp_path, capsys, monkeypatch,
+                                                                args, needle):
+    from cli_runner import cli, one_line
+
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli(capsys, monkeypatch, "pipeline", *args, "--runs-root", tmp_path / "runs",
+                       "--data-root", tmp_path / "data")
+    one_line(code, err, needle)
+    assert not any((tmp_path / d).exists() for d in ("runs", "data"))
+
+
+@pytest.mark.parametrize("make,needle", [
+    (lambda p: p.write_text("not weights\n"), "--surrogate-weights: {p} is not a state dict torch "
+                                              "can read safely"),
+    (lambda p: p.mkdir(), "--surrogate-weights {p} is a folder; give the weights file, a state "
+                          "dict saved with torch.save(model.state_dict(), PATH)"),
+    (lambda p: None, "--surrogate-weights {p}: surrogate weights not found (no such file)"),
+])
+def test_brought_weights_torch_cannot_read_are_refused_before_any_stage(
+        tmp_path, capsys, monkeypatch, small_synth, make, needle):
+    """A text file as --surrogate-weights: refused inside the surrogate stage in torch's words,
+    never naming the option, leaving runs/surrogate-*/ with inputs.json and its lock; a folder
+    was "not found" (audit). Now one line naming the option, before any stage folder."""
+    from cli_runner import cli, one_line
+
+    weights = tmp_path / "afile.txt"
+    make(weights)
+    code, _, err = cli(capsys, monkeypatch, "pipeline", "--data", small_synth / "source",
+                       "--target", small_synth / "targets" / "blur", "--method", "lm",
+                       "--surrogate-weights", weights, "--runs-root", tmp_path / "runs",
+                       "--data-root", tmp_path / "data")
+    one_line(code, err, needle.format(p=weights))
+    assert "PyTorch" not in err and not (tmp_path / "runs").exists()
+
+
+def test_brought_source_weights_are_checked_as_surrogate_weights_are(tmp_path):
+    (tmp_path / "w.pt").write_text("text")
+    with pytest.raises(DP4TLError, match=r"^--source-weights: .*w\.pt is not a state dict"):
+        validate(_cfg(tmp_path, ratio=0.0, source_weights=str(tmp_path / "w.pt")))  # (run_pipeline)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+def test_preflight_validates_every_config_before_it_resolves_any(monkeypatch):
+    """A bench's plan: a bad value of its last run was refused only after the first run's
+    resolve had built the data (audit); every config is validated first, and a refusal of an
+    item ``(what, cfg)`` names ``what``."""
+    from ffcv_dp4tl.pipeline import run
+    from ffcv_dp4tl.pipeline.config import PipelineConfig
+
+    calls = []
+
+    def check(cfg):
+        calls.append(("validate", cfg.method))
+        if cfg.method == "bad":
+            raise DP4TLError("bad method")
+        return cfg.method
+
+    monkeypatch.setattr(run, "validate", check)
+    monkeypatch.setattr(run, "resolve", lambda cfg, ok, log: calls.append(("resolve", ok)))
+    good, bad = PipelineConfig(method="random", ratio=0.0), PipelineConfig(method="bad")
+    with pytest.raises(DP4TLError, match="^the second run: bad method$"):
+        run.preflight([good, ("the second run", bad)], log=lambda m: None)
+    assert calls == [("validate", "random"), ("validate", "bad")]
+    calls.clear()
+    run.preflight([good, ("x", PipelineConfig(method="lm"))], log=lambda m: None)
+    assert calls == [("validate", "random"), ("validate", "lm"), ("resolve", "random"),
+                     ("resolve", "lm")]
