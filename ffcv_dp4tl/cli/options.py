@@ -411,8 +411,7 @@ def refuse_unread(method: str, *, k: Optional[int] = None, iters: Optional[int] 
     read_by = {"k": (setting(K), "does not cluster the source"),
                "iters": (setting(ITERS), "runs no k-means"),
                "backend": (setting(BACKEND), "runs none of the scoring kernels"),
-               # (FORGET reads a checkpoint for the recipe of the run it trains itself)
-               "checkpoint": (lambda s: s.needs_surrogate or s.trains, "uses no surrogate"),
+               "checkpoint": (lambda s: s.needs_surrogate, "uses no surrogate"),
                "resolution": (lambda s: s.needs_surrogate, "uses no surrogate"),
                "target": (lambda s: s.needs_target, "reads no target"),
                "target_resolution": (lambda s: s.needs_target, "reads no target"),

@@ -54,8 +54,8 @@ def score(
                                   "moderate band=rank, ssp k=1000, forget epochs=16, infmax "
                                   "damping=0.01; docs/scorers.md lists them"),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Training recipe of the runs a "
-                                         "method trains itself (forget, el2n/grand with runs>1; "
-                                         "default: the surrogate checkpoint's)"),
+                                         "method trains itself (forget: needed; el2n/grand "
+                                         "with runs>1: default the surrogate checkpoint's)"),
     set_: List[str] = typer.Option([], "--set", help="Override of --recipe section.key=value "
                                    "(repeatable)"),
     progress: bool = typer.Option(True, help="Show progress bars (feature extraction, k-means, the "

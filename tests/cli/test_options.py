@@ -160,7 +160,10 @@ BAD = [
     # inputs a method never reads were accepted in silence, missing paths included (CLI audit)
     (("score", "--method", "random", "--data", "DATA", "--out", "OUT/s", "--checkpoint", "/no"),
      "method random uses no surrogate (--checkpoint is read by lm, fm, fm-sup, moderate, el2n, "
-     "grand, sp, ssp, forget, infmax, infsum only)"),
+     "grand, sp, ssp, infmax, infsum only)"),
+    # FORGET trains its own run from --recipe; it loads no checkpoint (review)
+    (("score", "--method", "forget", "--data", "DATA", "--out", "OUT/s", "--checkpoint", "/no"),
+     "method forget uses no surrogate"),
     (("score", "--method", "random", "--data", "DATA", "--out", "OUT/s", "--target", "/no"),
      "/no: method random reads no target (--target is read by lm, fm, fm-sup only)"),
     (("score", "--method", "moderate", "--data", "DATA", "--out", "OUT/s", "--target", "T1",

@@ -1,7 +1,8 @@
 """SSP, self-supervised prototypes (Sorscher et al. 2022, "Beyond neural scaling laws"): k-means
 on the L2-normalised surrogate features of the source train split (any surrogate, also a
-self-supervised one: no labels are read); score = the *cosine* distance to the nearest centroid,
-as Sorscher et al. define it: features and centroids are both L2-normalised before the distance
+self-supervised one: no labels are read); the nearest centroid and the order of samples are
+those of the *cosine* distance, as Sorscher et al. define SSP: features and centroids are both
+L2-normalised, and the score is their Euclidean distance sqrt(2 - 2 cos), monotone in it
 (``--opt normalize=false``: raw features and centroids, Euclidean). Far =
 hard; keeps hard samples by default (the paper's rule when data is abundant), ``--opt keep=easy``
 the prototypical ones. ``--opt k`` = number of clusters (0: the number of source classes)."""
