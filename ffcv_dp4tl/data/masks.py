@@ -81,14 +81,21 @@ def _npy_path(path: str | Path) -> Path:
 
 def check_mask_name(path: str | Path, what: str = "--out") -> Path:
     """The name a mask is to be written under: ``NAME.npy``, or ``NAME`` (.npy appended, as in
-    ``lm_0.2``). A suffix that names another kind of file (``m.txt``, ``m.json``, ``m.pt``) is
-    refused: ``mask classes --out m.txt`` wrote ``m.txt.npy`` and ``m.txt.json``, silently."""
+    ``lm_0.2`` or ``flowers.top10``, which the readers take too). A suffix that names another
+    kind of file (:data:`OTHER_FILES`: ``m.txt``, ``m.json``, ``m.pt``) is refused: ``mask
+    classes --out m.txt`` wrote ``m.txt.npy`` and ``m.txt.json``, silently."""
     path = Path(path)
-    suffix = path.suffix
-    if suffix and suffix != ".npy" and any(c.isalpha() for c in suffix):
-        raise MaskError(f"{what} {path}: a mask is written as a .npy file (its .json beside); "
-                        f"name it {path.with_suffix('.npy').name} (or without a suffix)")
+    if path.suffix.lower() in OTHER_FILES:
+        raise MaskError(f"{what} {path}: a mask is written as a .npy file (its .json beside), "
+                        f"not a {path.suffix} file; name it {path.with_suffix('.npy').name} or "
+                        f"{path.name}.npy")
     return path
+
+
+#: suffixes of files that are not masks (a mask's name may hold other dots: ``flowers.top10``)
+OTHER_FILES = frozenset({".txt", ".json", ".jsonl", ".csv", ".tsv", ".md", ".toml", ".yaml", ".yml",
+                         ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".npz", ".beton", ".tar",
+                         ".gz", ".zip", ".jpg", ".jpeg", ".png", ".log"})
 
 
 def sorted_unique(idx: np.ndarray) -> np.ndarray:

@@ -186,7 +186,7 @@ def test_mask_classes_refuses_an_out_that_is_no_npy(capsys, monkeypatch, tmp_pat
     assert list(out.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["m.npy", "m", "lm_0.2"])
+@pytest.mark.parametrize("name", ["m.npy", "m", "lm_0.2", "flowers.top10"])  # (review: dotted names)
 def test_mask_classes_still_writes_npy_or_suffixless_names(capsys, monkeypatch, tmp_path,
                                                           index_dataset, name):
     code, _, err = cli(capsys, monkeypatch, "mask", "classes", "--data", index_dataset.root,
