@@ -366,10 +366,15 @@ def _late_signal(interrupt: KeyboardInterrupt, status: int) -> SystemExit:
     return SystemExit(stopping.late_status(signum, status))
 
 
-def _another_rank() -> bool:
-    """Under torchrun, this process is not rank 0 (``WORLD_SIZE`` > 1, ``RANK`` > 0). Read
-    torch-free from the environment; a value torchrun would never set counts as rank 0 here
-    (the command itself then names it: ``training.distributed.launch_env``)."""
+def _quiet_rank() -> bool:
+    """Under torchrun, this process is not rank 0 (``WORLD_SIZE`` > 1, ``RANK`` > 0) and has
+    torchrun's report to hand its lines to (``TORCHELASTIC_ERROR_FILE`` set): it may leave
+    printing what every rank would print alike to rank 0. Without that file (a shell that
+    inherited RANK from a job, another launcher) it prints, or the line would reach no one
+    (review). Read torch-free from the environment; a value torchrun would never set counts as
+    rank 0 here (the command itself then names it: ``training.distributed.launch_env``)."""
+    if not os.environ.get(stopping.LAUNCHER_FILE_ENV):
+        return False
     try:
         return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0
     except ValueError:
@@ -380,7 +385,7 @@ def _another_rank() -> bool:
 def _copies_quieted(argv: list[str]) -> Iterator[None]:
     """Under torchrun, ``--help`` and ``--version`` print from rank 0 only: every rank parses
     the same argv, so 8 ranks printed the help 8 times (a torchrun audit)."""
-    if not (_another_rank() and any(a in ("--help", "--version") for a in argv)):
+    if not (_quiet_rank() and any(a in ("--help", "--version") for a in argv)):
         yield
         return
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
@@ -402,7 +407,7 @@ def _settle_saying(message: str | None, status: int, follows: bool = False,
     with stopping.deferred():
         stopping.settle(status)
         if message is not None:
-            if not (every_rank and _another_rank()):
+            if not (every_rank and _quiet_rank()):
                 sys.stderr.write(f"{message}\n")
             if status != 0:  # (in the block: torchrun's SIGTERM to a rank whose peer failed
                 _tell_launcher(message, follows)  # lands as it prints; the file is written first)

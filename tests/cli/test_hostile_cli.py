@@ -495,6 +495,15 @@ def test_a_usage_error_under_torchrun_is_printed_once(capsys, monkeypatch, tmp_p
         error_file.unlink()
         code, out, err = cli(capsys, monkeypatch, "--version")
         assert code == 0 and bool(out.strip()) is printed
+    # no torchrun report to hand it to (a shell that inherited RANK): every process prints
+    for unset in ("", None):
+        if unset is None:
+            monkeypatch.delenv("TORCHELASTIC_ERROR_FILE")
+        else:
+            monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", unset)
+        code, out, err = cli(capsys, monkeypatch, *bad)
+        assert code == 2 and "--format" in err
+        assert cli(capsys, monkeypatch, "--version")[1].strip()
 
 
 @pytest.mark.parametrize("env,needle", [
