@@ -241,3 +241,30 @@ def test_exact_and_kfac_influence_match_an_explicit_inverse(rng):
                                g @ np.linalg.inv(kf) @ ge.T, rtol=1e-8, atol=1e-10)
     with pytest.raises(ScoringError, match="aggregate"):
         influence_scores(h, p, y, he, pe, ye, aggregate="mean")
+
+
+def test_forget_counts_a_never_presented_sample_as_never_learned(monkeypatch):
+    """FORGET's run may never show a sample (drop_last, few epochs): with no evidence that it is
+    easy it scores as never learned, so it is kept first, and ``scores.json`` counts it
+    (``never_presented``). The run is replaced by two hand-made presentations of samples 0-3:
+    0 forgotten once, 1 and 2 learned, 3 never learned, 4 never shown."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import ffcv_dp4tl.scoring.training_runs as runs
+    from ffcv_dp4tl.scoring.registry import get_scorer
+
+    def one_run(ctx, recipe, run, stop_after, callbacks, resume):
+        (rec,) = callbacks
+        rec.update(torch.tensor([0, 1, 2, 3]), torch.tensor([True, True, True, False]))
+        rec.update(torch.tensor([0, 1, 2, 3]), torch.tensor([False, True, True, False]))
+
+    monkeypatch.setattr(runs, "train_run", one_run)
+    monkeypatch.setattr(runs, "training_recipe", lambda ctx, arch: None)
+    opts = {"runs": 1, "epochs": 0, "arch": ""}
+    ctx = SimpleNamespace(opt=opts.__getitem__, meta={}, source=SimpleNamespace(
+        split=lambda name: SimpleNamespace(num_samples=5)))
+    s = get_scorer("forget").score(ctx).scores
+    assert ctx.meta["never_presented"] == [1] and ctx.meta["never_learned"] == [2]
+    assert s[4] == s[3] == s.max() > s[0] > s[1] == s[2]
