@@ -144,17 +144,23 @@ def _check_recipes(cfg: PipelineConfig) -> dict[tuple[str, tuple[str, ...]], Any
     elif cfg.recipes:
         known = recipe_set(cfg.protocol, cfg.recipes)  # (an unknown set: one line here)
     loaded: dict[tuple[str, tuple[str, ...]], Any] = {}
-    for role, name, overrides, kind, use in (
-            ("surrogate", cfg.surrogate_recipe, cfg.surrogate_overrides, "train",
-             "the surrogate (--surrogate-recipe)"),
-            ("pretrain", cfg.recipe, pretrain_overrides(cfg), "train", "pretraining (--recipe)"),
-            *(((m, getattr(cfg, f"{m}_recipe"), cfg.finetune_overrides, "finetune",
-                f"{m.upper()} (--{m}-recipe)") for m in cfg.finetune))):
-        name = name or known.get(role, "")
+    for role, flag, name, overrides, kind, what in (
+            ("surrogate", "--surrogate-recipe", cfg.surrogate_recipe, cfg.surrogate_overrides,
+             "train", "the surrogate"),
+            ("pretrain", "--recipe", cfg.recipe, pretrain_overrides(cfg), "train", "pretraining"),
+            *(((m, f"--{m}-recipe", getattr(cfg, f"{m}_recipe"), cfg.finetune_overrides,
+                "finetune", m.upper()) for m in cfg.finetune))):
+        use = f"{what} ({flag})"
+        given, name = name, name or known.get(role, "")
         if name:
             key = (name, tuple(overrides))
             if key not in loaded:
-                loaded[key] = load_recipe(name, list(overrides))
+                try:
+                    loaded[key] = load_recipe(name, list(overrides))
+                except DP4TLError as e:  # (a name the user gave: the message names its option)
+                    if not given:
+                        raise
+                    raise DP4TLError(f"{flag} {name}: {e}") from None
             check_kind(loaded[key], kind, use)
     return loaded
 

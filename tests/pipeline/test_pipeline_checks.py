@@ -692,7 +692,8 @@ BEFORE_THE_DATA = [
                                               "must be int, got str 'abc'"),
     (["--set", "finetune.head=new"], "override finetune.head=new: the pretraining recipe "
                                      "(--recipe) is a training recipe"),
-    (["--surrogate-recipe", "nope"], "unknown recipe 'nope'"),
+    (["--surrogate-recipe", "nope"], "--surrogate-recipe nope: unknown recipe 'nope'"),
+    (["--recipe", "nope"], "--recipe nope: unknown recipe 'nope'"),
     (["--surrogate-recipe", "lp_tiny_cpu"], "lp_tiny_cpu is a finetuning recipe"),
     (["--recipes", "tiny", "--set", "train.epochs=-1"], "train.epochs must be > 0"),
     # a recipe for a mode that does not run was accepted and ignored (--ff-methods' rule)
