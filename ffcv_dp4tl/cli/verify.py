@@ -20,14 +20,13 @@ def verify(
     Exit status 0 when intact, 1 with one line per problem otherwise; 2 (one line) when DATA
     is not a built dataset at all.
     """
-    from ..data.manifest import MANIFEST_NAME, load_manifest
+    from ..data.manifest import load_manifest, manifest_path
     from ..data.verify import verify_dataset
 
-    root = data.parent if data.name == MANIFEST_NAME else data
-    if not (root / MANIFEST_NAME).exists():
+    if not manifest_path(data).exists():
         # no dataset to check (a typo, a file, a folder of several builds): a usage error, in
         # the one line every --data gets (exit 2), not a "problem found" (1) of a dataset
-        load_manifest(root)  # (raises DataError: it names what DATA is instead)
+        load_manifest(data)  # (raises DataError: it names what DATA is instead)
     report = verify_dataset(data, deep=deep, progress=progress)
     what = "sizes and every sample's bytes (both formats)" if deep else "structure and sizes (add --deep to hash every sample)"
     if report.ok:

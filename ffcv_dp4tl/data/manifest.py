@@ -23,7 +23,7 @@ from ..errors import DataError
 from ..fsutil import os_error_line, read_json
 from ..outputs import KINDS, folder_kind, is_dataset
 
-__all__ = ["FORMAT", "INDEX_DTYPE", "MANIFEST_NAME", "Manifest", "SplitInfo", "load_manifest",
+__all__ = ["FORMAT", "INDEX_DTYPE", "MANIFEST_NAME", "Manifest", "SplitInfo", "load_manifest", "manifest_path",
            "split_fingerprint"]
 
 
@@ -229,6 +229,12 @@ class Manifest:
         )
 
 
+def manifest_path(root: str | Path) -> Path:
+    """The manifest file of the dataset at ``root`` (``root`` may also be that file itself)."""
+    root = Path(root)
+    return root if root.name == MANIFEST_NAME else root / MANIFEST_NAME
+
+
 def load_manifest(root: str | Path, *, check: bool = True) -> Manifest:
     """Load ``root/manifest.json`` (``root`` may also be the manifest file itself).
 
@@ -238,10 +244,8 @@ def load_manifest(root: str | Path, *, check: bool = True) -> Manifest:
     pasted from another build, was accepted by every command but ``verify``, and a stage of
     the other dataset could be reused for this one. ``check=False`` is for ``verify``, which
     reports that problem beside the others it finds."""
-    root = Path(root)
-    if root.name == MANIFEST_NAME:
-        root = root.parent
-    path = root / MANIFEST_NAME
+    path = manifest_path(root)
+    root = path.parent
     if not path.exists():
         _not_a_dataset(root)
         if not root.exists():  # (a typo, most often: not only "build it")
