@@ -128,7 +128,7 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
     from ..training.models import list_models
     from ..training.recipe import load_recipe
 
-    from ..contracts import check_items, check_pruned_ratios, check_ratio, check_tol
+    from ..contracts import check_items, check_pruned_ratios, check_tol
 
     tol = check_tol(tol)
     if out_dir is not None:
@@ -145,10 +145,10 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
     if stray:
         raise DP4TLError(f"--set-arch names {', '.join(stray)}, which is not among the archs "
                          f"{', '.join(archs)}")
-    for what, rs in (("--ratio", [ratio]), ("--ratios", list(ratios))):
-        check_pruned_ratios(rs, what, "0 % is the shared reference")
-    all_ratios = sorted({check_ratio(r) for r in (ratio, *ratios)})
-    ratio, finetune = check_ratio(ratio), tuple(finetune)
+    why = "0 % is the shared reference"
+    (ratio,), ratios = (check_pruned_ratios([ratio], "--ratio", why),
+                        check_pruned_ratios(list(ratios), "--ratios", why))  # (rounded, checked)
+    all_ratios, finetune = sorted({ratio, *ratios}), tuple(finetune)
     if not finetune:
         raise DP4TLError("--finetune: give at least one mode (lp, ff)")
     check_no_arch_override(base.surrogate_overrides, arch_overrides)
