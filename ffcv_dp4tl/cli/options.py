@@ -107,7 +107,7 @@ def check_path_text(value: str, name: str) -> str:
     folder: ``prune --out ''`` wrote its masks and lock into the working directory, ``info --data
     ''`` named ``.``), and one line (no control character: ``--out $'o/nl\\nx.npy'`` wrote a file
     with a line break in its name, and split every line naming it). A usage error."""
-    if not value.strip():
+    if _blank(value):
         raise typer.BadParameter(f"{name} is empty: give a path")
     bad = next((c for c in value if ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029"),
                None)
