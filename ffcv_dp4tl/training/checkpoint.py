@@ -12,13 +12,20 @@ still a plain dict (``Checkpoint.to_dict()``, the keys checkpoints always had pl
 without a version, format 0) load through :meth:`Checkpoint.load` unchanged. Readers use the
 typed fields (``ckpt.epoch``, ``ckpt.eval_resolution``, ``ckpt.training_recipe()``), never the
 dict.
+
+**Reading runs no code from the file.** Every checkpoint, finetune state and brought weights file
+is read by :func:`torch_load_safe` (``weights_only=True``; numpy arrays allowed, which the RNG
+states are), so a checkpoint another user left in a shared folder cannot run code when
+``dp4tl finetune --checkpoint`` or ``evaluate`` opens it.
 """
 from __future__ import annotations
 
 import dataclasses
 import errno
 import hashlib
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +264,53 @@ def save_checkpoint(path: str | Path, state: dict[str, Any] | Checkpoint) -> Non
 _ABOUT_THE_BYTES = frozenset({errno.EINVAL, None})
 
 
+def _numpy_globals() -> list[Any]:
+    """What a dp4tl checkpoint holds besides tensors and plain types: numpy arrays (its RNG
+    states). Allowed to ``weights_only`` loading, which still runs no code from the file: numpy's
+    array reconstruction only builds arrays (an object array's items would need more globals,
+    which stay refused)."""
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype, *dtypes]
+
+
+def torch_load_safe(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` that runs no code from the file: ``weights_only=True``, numpy arrays
+    allowed. The one way this package reads a ``.pt`` file (checkpoints, finetune states,
+    brought weights): they come from shared folders and other people's runs, and unpickling an
+    arbitrary object is running its author's code."""
+    with torch.serialization.safe_globals(_numpy_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_failure(e: Exception) -> str:
+    """Why ``torch.load`` refused a file, in one short line: under weights_only, the unpickler's
+    own reason (``Unsupported operand 110`` for a text file; ``unsupported GLOBAL posix.system
+    whose module posix is blocked``), not the first line of torch's paragraph on its PyTorch 2.6
+    default, which the message quoted (audit)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    reason = (re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+              or re.search(r"Trying to load (unsupported GLOBAL [^\n]+)", text))
+    lines = [reason.group(1)] if reason else text.strip().splitlines()
+    line = re.sub(r" was not an allowed global by default.*", "", lines[0]) if lines else ""
+    return line.strip().rstrip(".")[:160]
+
+
+def _named_global(e: Exception) -> str | None:
+    """The class or function a file names (``GLOBAL posix.system``: what a pickle runs code
+    through) when ``weights_only`` refused it, else None (a damaged file, a bad opcode)."""
+    found = re.search(r"GLOBAL (\S+)", load_failure(e))
+    return found.group(1) if found and isinstance(e, pickle.UnpicklingError) else None
+
+
+def _refused_objects(path: Path, name: str, what: str) -> DP4TLError:
+    return DP4TLError(f"{path} holds Python objects a {what} never holds (it names {name}): not "
+                      "loaded, since unpickling them would run code from the file; use a file "
+                      "dp4tl wrote, or bring weights as a plain state dict (torch.save(model."
+                      "state_dict(), PATH)) by --source-weights, --surrogate-weights or "
+                      "--target-weights")
+
+
 def _load_dict(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     path = Path(path)
     if not path.exists():
@@ -268,9 +322,10 @@ def _load_dict(path: str | Path, map_location: str | torch.device = "cpu") -> An
                             f"pass the checkpoint file in it (`dp4tl train --out {path}` writes "
                             f"{inside})"))
     try:
-        # weights_only=False: RNG states contain numpy/python objects. Only load your own runs.
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch_load_safe(path, map_location)
     except Exception as e:  # noqa: BLE001 - any unpickling problem is a user-facing error
+        if (name := _named_global(e)) is not None:
+            raise _refused_objects(path, name, "checkpoint") from None
         if isinstance(e, OSError) and e.errno not in _ABOUT_THE_BYTES:
             if not e.filename:  # (torch's own OSErrors name no file)
                 e.filename = str(path)
@@ -478,8 +533,10 @@ class FinetuneState:
     def load(cls, path: str | Path, fix: str = "delete it to start over") -> "FinetuneState":
         path = Path(path)
         try:
-            d = torch.load(path, map_location="cpu", weights_only=False)
+            d = torch_load_safe(path)
         except Exception as e:  # noqa: BLE001 - a damaged state file is a user-facing error
+            if (name := _named_global(e)) is not None:
+                raise _refused_objects(path, name, "finetune state") from None
             raise DP4TLError(f"{path} is not a readable finetune state ({type(e).__name__}: "
-                             f"{e}); {fix}") from None
+                             f"{load_failure(e)}); {fix}") from None
         return cls.from_dict(d, str(path), fix)

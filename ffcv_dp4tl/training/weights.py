@@ -34,7 +34,7 @@ import torch
 
 from ..errors import DP4TLError
 from ..fsutil import file_sha256
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, load_failure, torch_load_safe
 from .models import create_model, get_head
 
 _WRAPPERS = ("state_dict", "model_state_dict", "model", "module", "net")
@@ -43,28 +43,15 @@ _PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
 
-def _numpy_globals() -> list[Any]:
-    """What a dp4tl ``checkpoint.pt`` holds besides tensors and plain types: numpy arrays (its
-    RNG states). Allowed to ``weights_only`` loading, which still runs no code from the file:
-    a run of ``dp4tl train`` given as brought weights (its surrogate, to reuse) was refused with
-    torch's advice to allowlist globals by hand (review)."""
-    import numpy as np
-
-    core = getattr(np, "_core", None) or np.core
-    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
-    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype, *dtypes]
-
-
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
     """(state dict with wrapper prefixes stripped, class names if the file lists them)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DP4TLError(f"weights file not found: {path}")
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_load_safe(path)
     except Exception as e:  # noqa: BLE001 - any unpickling problem is a user-facing error
-        why = _load_failure(e)
+        why = load_failure(e)
         raise DP4TLError(f"{path} is not a state dict torch can read safely (weights_only): "
                          f"{type(e).__name__}{f': {why}' if why else ''}; save it with torch.save(model.state_dict(), "
                          "PATH)") from None
@@ -113,16 +100,6 @@ def check_weights_file(path: str | Path, option: str) -> None:
     except DP4TLError as e:
         raise DP4TLError(f"{option}: {e}") from None
     _CHECKED[key] = None
-
-
-def _load_failure(e: Exception) -> str:
-    """Why ``torch.load`` refused a file, in one short line: under weights_only, the unpickler's
-    own reason (``Unsupported operand 110`` for a text file), not the first line of torch's
-    paragraph on its PyTorch 2.6 default, which the message quoted (audit)."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
-    reason = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
-    lines = [reason.group(1)] if reason else text.strip().splitlines()
-    return lines[0].strip()[:160] if lines else ""
 
 
 def _is_state_dict(d: dict) -> bool:

@@ -163,6 +163,50 @@ def test_finetune_state_is_a_versioned_contract_resumed_by_the_one_rule(tmp_path
         FinetuneState.load(tmp_path / "junk.pt")
 
 
+class _RunsCode:
+    """An object whose unpickling runs code (here it only makes a folder, so the test sees it)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "finetune state"])
+def test_a_file_that_would_run_code_when_loaded_is_refused_and_runs_none(tmp_path, kind):
+    """Checkpoints come from shared folders and other people's runs (`dp4tl finetune
+    --checkpoint`, `evaluate`), and unpickling an object is running its author's code: they
+    were read with ``weights_only=False`` ("only load your own runs"). Read with weights_only
+    (numpy arrays allowed, the RNG states): refused in one line naming what the file names, and
+    nothing ran."""
+    from ffcv_dp4tl.training.checkpoint import FinetuneState
+
+    marker = tmp_path / "code-ran"
+    if kind == "checkpoint":
+        good, load = _legacy_dict(), Checkpoint.load
+    else:
+        good = FinetuneState(identity={"mode": "lp"}, epoch=1, net={"w": torch.ones(2)},
+                             optimizer={}, scaler={}, rng={}, rows=[], seconds=0.0).to_dict()
+        load = FinetuneState.load
+    import numpy as np
+    import random
+
+    good["rng"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                   "python": random.getstate()}  # what a run writes: numpy arrays load
+    torch.save(good, tmp_path / "good.pt")
+    assert load(tmp_path / "good.pt").rng["numpy"][1].dtype == np.uint32
+    torch.save({**good, "note": _RunsCode(marker)}, tmp_path / "shared.pt")
+    with pytest.raises(DP4TLError) as e:
+        load(tmp_path / "shared.pt")
+    assert not marker.exists()
+    line = str(e.value)
+    assert line.startswith(f"{tmp_path / 'shared.pt'} holds Python objects a {kind} never holds "
+                           f"(it names {os.mkdir.__module__}.mkdir): not loaded, since "
+                           "unpickling them would run code from the file")
+    assert "\n" not in line and "\x1b" not in line
+
+
 def test_resume_on_fewer_gpus_restores_the_states_it_can(monkeypatch):
     """A checkpoint saved where 2 GPUs were visible resumes where 1 is: device 0 gets its RNG
     state, the missing device is skipped (``set_rng_state_all`` would fail). No GPU here: the
