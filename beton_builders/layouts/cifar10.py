@@ -25,11 +25,40 @@ HINT = "expected cifar-10-batches-py/ with data_batch_1..5, test_batch, batches.
 BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
 
+#: the globals a CIFAR-10 batch file names: numpy's array reconstruction (the Python 2 pickles
+#: of the download, and later numpy's and protocol 5's), and pickle's own bytes helper
+#: (protocol 2 written by Python 3)
+_ALLOWED = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")})
+
+
+class _Refused(pickle.UnpicklingError):
+    """A global the batch names that is not in :data:`_ALLOWED`."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Builds plain containers and numpy arrays only. A batch file names nothing else, and any
+    other class or function a pickle names is code that runs while it loads: a CIFAR folder on
+    shared storage is someone else's file, and ``pickle.load`` ran its code during
+    ``dp4tl build`` (audit)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED:
+            raise _Refused(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _load(path: Path) -> dict[bytes, Any]:
     require_file(path, HINT)
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
+            obj = _BatchUnpickler(f, encoding="bytes").load()
+    except _Refused as e:
+        raise bad(path, f"holds Python objects a CIFAR-10 batch never holds (it names {e}): not "
+                  "loaded, since unpickling them would run code from the file",
+                  hint="re-download the python version of CIFAR-10") from None
     except Exception as e:  # corrupt/truncated pickles raise many types
         raise bad(path, f"cannot unpickle ({e})", hint="re-download the python version of CIFAR-10") from None
     if not isinstance(obj, dict):

@@ -362,6 +362,53 @@ def test_cifar10(tmp_path: Path) -> None:
     assert pickle.loads(pickle.dumps(s)).ref.shape == (32, 32, 3)
 
 
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar10_batches_of_every_pickle_protocol_load(tmp_path: Path, protocol: int) -> None:
+    """The restricted unpickler still reads what a batch file holds, in every form: the
+    download's Python 2 pickles name ``numpy.core.multiarray._reconstruct`` (protocol 2, made
+    here by renaming numpy 2's module back), newer ones ``numpy._core`` and protocol 5
+    ``_frombuffer``."""
+    batches = F.make_cifar10(tmp_path)
+    d = tmp_path / "cifar-10-batches-py"
+    for f in d.iterdir():
+        raw = pickle.dumps(pickle.loads(f.read_bytes()), protocol=protocol)
+        f.write_bytes(raw.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"))
+    if protocol == 2:
+        assert b"cnumpy.core.multiarray\n_reconstruct" in (d / "test_batch").read_bytes()
+    spec = read_layout("cifar10", tmp_path)
+    assert spec.classes == F.CIFAR_CLASSES
+    data, labels = batches["test_batch"]
+    assert [s.label for s in spec.splits["test"]] == labels
+    assert np.array_equal(spec.splits["test"][2].ref[:, :, 1], data[2, 1024:2048].reshape(32, 32))
+
+
+@pytest.mark.parametrize("name", ["batches.meta", "data_batch_3"])
+def test_a_cifar10_batch_that_would_run_code_is_refused_and_runs_none(tmp_path: Path,
+                                                                      name: str) -> None:
+    """A CIFAR folder on shared storage is someone else's file, and ``pickle.load`` ran the
+    code a batch names during ``dp4tl build`` (audit: a ``batches.meta`` that calls os.system
+    ran it, then the build said "not a CIFAR pickle"). Only numpy arrays and plain containers
+    are built; anything else is refused in one line naming it, and nothing runs."""
+    import os
+
+    F.make_cifar10(tmp_path)
+    marker = tmp_path / "code-ran"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    path = tmp_path / "cifar-10-batches-py" / name
+    path.write_bytes(pickle.dumps({b"label_names": RunsCode(), b"data": RunsCode()}))
+    with pytest.raises(DataError) as e:
+        read_layout("cifar10", tmp_path)
+    assert not marker.exists()
+    assert str(e.value) == (f"{path}: holds Python objects a CIFAR-10 batch never holds (it "
+                            f"names {os.mkdir.__module__}.mkdir): not loaded, since unpickling "
+                            "them would run code from the file; re-download the python version "
+                            "of CIFAR-10")
+
+
 # --- CoOp split JSON --------------------------------------------------------------------------
 
 def _write_json(path: Path, obj: object) -> Path:
