@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.manifest import load_manifest
+from ..errors import DataError
 from ..data.masks import load_mask
 from ..fsutil import atomic_write_bytes
 from ..scoring.ground_truth import GroundTruth, load_ground_truth, selection_quality
@@ -37,11 +38,34 @@ __all__ = ["GALLERY", "GalleryPlan", "gallery_plan", "kept_class_ranking", "sele
 GALLERY = "selection.png"
 
 
+#: text drawn as it is written: class and dataset names come from manifests, and matplotlib read
+#: a "$" in one as math (``cost_$5_to_$10``: a parse error after the whole run, report.md never
+#: written; ``a$b$c`` in italics; audit)
+PLAIN = {"parse_math": False}
+#: the longest side an image is decoded to (a gallery cell is about 100 px at its dpi)
+THUMB = 128
+
+
+def _thumbnail(data: bytes, where: str) -> np.ndarray:
+    """One image at gallery size. A JPEG is decoded at a reduced scale (``draft``) and every
+    image shrunk before it is drawn: a shard's 12000 x 12000 JPEG was decoded whole and
+    upscaled by the plot (12.6 GB for one row, the run's last step; audit)."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.draft("RGB", (THUMB, THUMB))
+        img = img.convert("RGB")
+        img.thumbnail((THUMB, THUMB))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{where}: the image does not decode ({type(e).__name__}: {e}); check "
+                        "the dataset with `dp4tl verify --deep`") from None
+    return np.asarray(img)
+
+
 def _read_images(split, indices: Sequence[int]) -> list[np.ndarray]:
     from ..data.wds_loader import ShardReader
 
     reader = ShardReader(split)
-    return [np.asarray(Image.open(io.BytesIO(reader.read(int(i))[0])).convert("RGB"))
+    return [_thumbnail(reader.read(int(i))[0], f"{split.root} split {split.name!r} sample {int(i)}")
             for i in indices]
 
 
@@ -168,7 +192,7 @@ def selection_gallery(source_dir: str | Path, target_dir: str | Path | Sequence[
     for r, ((label, _, _), imgs) in enumerate(zip(plan.target_rows, tgt_imgs)):
         for j, im in enumerate(imgs):
             axes[r, j].imshow(im, interpolation="nearest")
-        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7, **PLAIN)
     for r, ((label, _, colour, _), imgs) in enumerate(zip(plan.source_rows, src_imgs)):
         for j, im in enumerate(imgs):
             ax = axes[r, per_class + 1 + j]
@@ -179,10 +203,10 @@ def selection_gallery(source_dir: str | Path, target_dir: str | Path | Sequence[
         ax = axes[r, ncols - 1]
         ax.yaxis.set_label_position("right")
         ax.set_ylabel(label, rotation=0, ha="left", va="center", fontsize=7,
-                      color=colour or "black")
-    axes[0, 0].set_title(plan.target_heading, loc="left", fontsize=8)
-    axes[0, per_class + 1].set_title(plan.source_heading, loc="left", fontsize=8)
-    fig.suptitle(plan.title, fontsize=9)
+                      color=colour or "black", **PLAIN)
+    axes[0, 0].set_title(plan.target_heading, loc="left", fontsize=8, **PLAIN)
+    axes[0, per_class + 1].set_title(plan.source_heading, loc="left", fontsize=8, **PLAIN)
+    fig.suptitle(plan.title, fontsize=9, **PLAIN)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)

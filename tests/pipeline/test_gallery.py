@@ -55,3 +55,39 @@ def test_no_ground_truth_still_draws(synth, tmp_path):
     png = selection_gallery(synth / "source", synth / "targets" / "paper", mask, tmp_path / "n.png",
                             ground_truth=None, top=2, per_class=1)
     assert png.exists() and png.stat().st_size > 1000
+
+
+def test_names_with_dollar_signs_are_drawn_as_written(synth, tmp_path, monkeypatch):
+    """Class and dataset names come from manifests, and matplotlib read a "$" in one as math:
+    ``cost_$5_to_$10`` or a name holding ``$\\foo$`` failed to parse when the PNG was saved, the
+    run's last step (after every training; report.md never written; audit)."""
+    from ffcv_dp4tl.pipeline import gallery
+
+    names = iter(["cost_$5_to_$10", "a $\\foo$ b", "$$ now"] * 20)
+    monkeypatch.setattr(gallery, "_class_label", lambda manifest, k: next(names))
+    mask = _class_selection(synth, tmp_path, np.arange(8, dtype=float), [6, 7], "sel3")
+    png = gallery.selection_gallery(synth / "source", synth / "targets" / "paper", mask,
+                                    tmp_path / "d.png", top=2, per_class=1,
+                                    title="run $\\bar$ at 60 %")
+    assert Image.open(png).format == "PNG"
+
+
+def test_an_image_is_decoded_at_gallery_size_and_a_bad_one_named(monkeypatch):
+    """A shard's 12000 x 12000 JPEG was decoded whole (12.6 GB for one gallery row; audit): a
+    JPEG decodes at a reduced scale and every image is shrunk to the cell's size; bytes that do
+    not decode are refused in one line naming the sample."""
+    import io
+
+    from ffcv_dp4tl.errors import DataError
+    from ffcv_dp4tl.pipeline.gallery import THUMB, _thumbnail
+
+    buf = io.BytesIO()
+    Image.new("RGB", (3000, 1000), (200, 10, 10)).save(buf, format="JPEG")
+    opened, real_open = [], Image.open
+    monkeypatch.setattr(Image, "open", lambda *a, **k: opened.append(real_open(*a, **k)) or opened[-1])
+    im = _thumbnail(buf.getvalue(), "s")
+    assert im.shape[1] == THUMB and im.shape[0] in (42, 43) and abs(int(im[0, 0, 0]) - 200) < 8
+    assert opened[0].size[0] <= 3000 // 4  # decoded at a reduced scale (draft), not 3000 px
+    with pytest.raises(DataError, match=r"^where: the image does not decode \(.*\); check the "
+                                        r"dataset with `dp4tl verify --deep`$"):
+        _thumbnail(b"not a jpeg", "where")
