@@ -127,11 +127,13 @@ def _check_recipes(cfg: PipelineConfig) -> dict[tuple[str, tuple[str, ...]], Any
     hours; each failed only after the build: audit): every ``--set*`` override parses, names a
     key a recipe has and gives it a value of its type (:func:`~..training.recipe.check_overrides`:
     wrong for every recipe), and each recipe whose name is known now — named
-    (``--surrogate-recipe``, ``--recipe``, ``--lp-recipe``, ``--ff-recipe``) or fixed by
-    ``recipes=`` or a paper protocol — loads with its overrides and is of its kind. Returns those
-    loaded, for :func:`~.resolve.resolve`. Recipes chosen by the data's scale load there."""
+    (``--surrogate-recipe``, ``--recipe``, ``--lp-recipe``, ``--ff-recipe``), fixed by
+    ``recipes=`` or a paper protocol, or chosen by the data's scale, which the source's spec or
+    manifest gives before the build (:func:`~.recipes.scale_of_source`, resolve's rule) — loads
+    with its overrides (its ranges checked: ``--set train.epochs=-1`` was refused only after the
+    build) and is of its kind. Returns those loaded, for :func:`~.resolve.resolve`."""
     from ..training.recipe import check_kind, check_overrides, load_recipe
-    from .recipes import recipe_set
+    from .recipes import recipe_set, scale_of_source
 
     check_overrides(cfg.overrides, "--set", "train", "the pretraining recipe (--recipe)")
     check_overrides(cfg.surrogate_overrides, "--set-surrogate", "train",
@@ -143,6 +145,11 @@ def _check_recipes(cfg: PipelineConfig) -> dict[tuple[str, tuple[str, ...]], Any
                  if r in ("surrogate", "pretrain")}
     elif cfg.recipes:
         known = recipe_set(cfg.protocol, cfg.recipes)  # (an unknown set: one line here)
+    else:
+        try:
+            known = recipe_set(cfg.protocol, scale_of_source(cfg.source))
+        except DP4TLError:  # (a source spec or manifest at fault: resolve's to say, in its words)
+            known = {}
     loaded: dict[tuple[str, tuple[str, ...]], Any] = {}
     for role, flag, name, overrides, kind, what in (
             ("surrogate", "--surrogate-recipe", cfg.surrogate_recipe, cfg.surrogate_overrides,

@@ -473,8 +473,8 @@ def check_overrides(overrides: list[str] | tuple[str, ...], where: str, kind: st
     so a bad one is wrong for every recipe). ``where`` is the option that gave them (``--set``),
     each message names it with the override; ``kind`` "train": ``recipe`` (how the message calls
     it) trains, so ``finetune.*`` is refused. What needs the recipe itself (a range, a
-    combination of values) is checked when it loads. For checks before any work: the pipeline
-    chooses its recipes from the data's scale, known once the data is built."""
+    combination of values) is checked when it loads (the pipeline loads each of its recipes
+    before any work: ``pipeline.config.validate``)."""
     if isinstance(overrides, (str, bytes)):
         _apply_overrides({}, overrides, where)  # (refuses a string instead of a list)
     for text in overrides:

@@ -696,6 +696,15 @@ BEFORE_THE_DATA = [
     (["--recipe", "nope"], "--recipe nope: unknown recipe 'nope'"),
     (["--surrogate-recipe", "lp_tiny_cpu"], "lp_tiny_cpu is a finetuning recipe"),
     (["--recipes", "tiny", "--set", "train.epochs=-1"], "train.epochs must be > 0"),
+    # a range, in the recipes the data's scale chooses (known from the spec: synth:tiny's tiny
+    # set, synth:hard's bench set), was refused only after the build (left from the audit)
+    (["--set", "train.epochs=-1"], "resnet34_tiny_cpu.toml (with overrides ['train.epochs=-1'])"
+                                   ": train.epochs must be > 0"),
+    (["--data", "synth:hard", "--set", "train.epochs=-1"], "resnet18_bench_cpu.toml (with "
+                                                           "overrides ['train.epochs=-1'])"),
+    (["--set-surrogate", "train.batch_size=0"], "resnet18_tiny_cpu.toml (with overrides "
+                                                "['train.batch_size=0'])"),
+    (["--set-finetune", "train.epochs=0"], "lp_tiny_cpu.toml (with overrides ['train.epochs=0'])"),
     # a recipe for a mode that does not run was accepted and ignored (--ff-methods' rule)
     (["--finetune", "lp", "--ff-recipe", "nope"], "--ff-recipe nope sets the FF recipe, but "
                                                   "--finetune lp runs no FF; drop --ff-recipe or add ff"),
@@ -714,6 +723,21 @@ def test_what_needs_no_data_is_refused_before_the_data_is_built(tmp_path, capsys
                        "--data-root", tmp_path / "data")
     one_line(code, err, needle)
     assert not any((tmp_path / d).exists() for d in ("runs", "data"))
+
+
+def test_a_range_in_the_recipes_a_built_sources_scale_chooses_is_refused_before_any_stage(
+        tmp_path, capsys, monkeypatch, small_synth):
+    """A built source folder's scale is its manifest's (the embedded data's: the tiny set), read
+    before anything runs: its recipes' ranges are checked there too, not after the targets are
+    built and the data checked."""
+    from cli_runner import cli, one_line
+
+    code, _, err = cli(capsys, monkeypatch, "pipeline", "--data", small_synth / "source",
+                       "--target", "synth:tiny", "--set-finetune", "train.epochs=-2",
+                       "--runs-root", tmp_path / "runs", "--data-root", tmp_path / "data")
+    one_line(code, err, "lp_tiny_cpu.toml (with overrides ['train.epochs=-2']): train.epochs "
+                        "must be > 0")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
 @pytest.mark.parametrize("make,needle", [
