@@ -251,11 +251,15 @@ def test_sigterm_while_the_cli_is_still_importing_is_one_line(tmp_path):
 
 def _entry_point_process(tmp_path, argv, setup: str):
     """``dp4tl ARGV`` through the console entry point in a fresh process, after the Python
-    ``setup`` (the signal handlers under test belong to the process's real exit)."""
+    ``setup`` (the signal handlers under test belong to the process's real exit). It starts with
+    Ctrl-C's handler, as from a terminal: a suite run as a background job (``pytest &``) passes
+    SIGINT on ignored, and such a process's stop is resent as SIGTERM by design
+    (``stopping.resend_signal``), exit 143, not the 130 a Ctrl-C test expects."""
     import subprocess
 
     script = tmp_path / "entry.py"
-    script.write_text(f"{setup}import sys\nsys.argv = ['dp4tl', *{list(argv)!r}]\n"
+    terminal = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    script.write_text(f"{terminal}{setup}import sys\nsys.argv = ['dp4tl', *{list(argv)!r}]\n"
                       "from ffcv_dp4tl.__main__ import main\nmain()\n")
     return subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=300)
