@@ -3,6 +3,7 @@ report was made on: shared by the benchmark scripts under ``benchmarks/`` and ``
 from __future__ import annotations
 
 import platform
+import re
 import shlex
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -14,6 +15,33 @@ from .outputs import KINDS, folder_kind
 DEFAULT_HEADER = ("# Benchmarks\n\nEach `## ` section is written by one script under `benchmarks/` "
                   "(or one `dp4tl bench` command) and holds only numbers from its last run (see "
                   "its header for the machine, versions and command).\n")
+
+
+def _shown_controls(text: str) -> str:
+    """Line breaks and other control characters as ``\\xNN``: one value stays on its line."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def md_code(value: object) -> str:
+    """``value`` as one Markdown code span holding exactly its text, whatever it contains: the
+    span's fence is a run of backticks longer than any in the text (CommonMark), padded with a
+    space where the text starts or ends with a backtick. Paths, commands, recipe and dataset
+    names in a report come from files and folders other people name: a backtick in one closed
+    a plain `...` span, and what followed was live Markdown and HTML (``<img onerror=...>``,
+    a ``javascript:`` link; audit)."""
+    text = _shown_controls(str(value))
+    fence = "`" * (max(map(len, re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text[:1] in ("`", " ") or text[-1:] in ("`", " ") else ""
+    return f"{fence}{pad}{text or ' '}{pad}{fence}"  # ('': one space; `` is no span)
+
+
+def md_text(value: object) -> str:
+    """``value`` as literal Markdown text (a table cell, a list item): the characters that make
+    markup (HTML tags, links and images, code spans, table columns) are backslash-escaped
+    (CommonMark allows it before any ASCII punctuation), so a name holding ``<script>``,
+    ``[x](javascript:...)`` or a ``|`` reads as written and a table keeps its columns. Emphasis
+    marks stay as they are (``vit_b16`` reads as written in the file too)."""
+    return re.sub(r"([\\`\[\]<>|])", r"\\\1", _shown_controls(str(value)))
 
 
 #: a hand-written note in a rendered report starts and ends with these lines: a render of the

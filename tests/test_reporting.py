@@ -214,3 +214,37 @@ def test_a_section_title_is_one_line_without_hashes(tmp_path, title, why):
         with pytest.raises(DP4TLError, match="--note"):
             check_one_line(title, "--note")
     assert check_section_title("Cost (x #1)") == "Cost (x #1)"
+
+
+HOSTILE = ["warm` <script>alert(1)</script> `", "`x`", "a``b", "[click](javascript:alert(1))",
+           '<img src=x onerror="alert(1)">', "p\nq", "", " padded ", "a|b", "plain/path_1.toml"]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_md_code_holds_any_text_as_one_code_span(value):
+    """A path, command or name in a report is someone else's text: rendered by a CommonMark
+    parser, its code span is one ``<code>`` holding exactly that text (control characters
+    shown as \\xNN), and nothing else becomes markup."""
+    from markdown_it import MarkdownIt
+
+    from ffcv_dp4tl.reporting import md_code
+
+    html = MarkdownIt("commonmark").renderInline(md_code(value))
+    shown = value.replace("\n", "\\x0a")
+    assert html.startswith("<code>") and html.endswith("</code>") and html.count("<code>") == 1
+    assert html[len("<code>"):-len("</code>")] == (
+        shown.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        .replace('"', "&quot;") or " ")  # ('' shows as one space: an empty span is no span)
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_md_text_is_read_as_written_and_keeps_a_tables_columns(value):
+    from markdown_it import MarkdownIt
+
+    from ffcv_dp4tl.reporting import md_text
+
+    md = MarkdownIt("commonmark").enable("table")
+    inline = md.renderInline(md_text(value))
+    assert "<" not in inline.replace("&lt;", "") and "href" not in inline
+    table = md.render(f"| a | b |\n|---|---|\n| {md_text(value)} | 2 |\n")
+    assert table.count("<td>") == 2

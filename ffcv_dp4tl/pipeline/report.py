@@ -9,6 +9,7 @@ from typing import Any, Iterable, Sequence
 
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text
+from ..reporting import md_code, md_text
 from ..scoring.registry import UNIT_PLURAL, get_scorer
 from .gallery import GALLERY
 from .result import PipelineResult
@@ -82,13 +83,14 @@ def recipes_line(res: PipelineResult) -> str:
     """report.md's ``recipes:`` line; with several targets whose LP/FF recipes differ (the
     paper-code protocol picks them per dataset, Tab. A1), those of each target."""
     def cell(recipes: dict[str, str]) -> str:
-        return ", ".join(f"{k}=`{v}`" for k, v in in_stage_order(recipes))
+        return ", ".join(f"{k}={md_code(v)}" for k, v in in_stage_order(recipes))
 
     per = {n: res.target_recipes[n] for n in res.targets if n in res.target_recipes}
     if len({tuple(sorted(r.items())) for r in per.values()}) <= 1:
         return "- recipes: " + cell(res.recipes)
     shared = {k: v for k, v in res.recipes.items() if k not in ("lp", "ff")}
-    return "- recipes: " + cell(shared) + "".join(f"; `{n}`: {cell(r)}" for n, r in per.items())
+    return "- recipes: " + cell(shared) + "".join(f"; {md_code(n)}: {cell(r)}"
+                                                  for n, r in per.items())
 
 
 def _fraction(pr: dict[str, Any]) -> str:
@@ -153,19 +155,19 @@ def write_report(res: PipelineResult, out: Path) -> None:
     pr = res.find("prune")
     pr = pr.values if pr is not None else None
     per_target = res.per_target
-    tlines = ([f"- target: `{res.target}`"] if not res.targets else
+    tlines = ([f"- target: {md_code(res.target)}"] if not res.targets else
               [f"- targets ({len(res.targets)}, one selection for all, weights "
                f"{', '.join(f'{w:g}' for w in res.target_weights)}): "
-               + ", ".join(f"{n} `{d}`" for n, d in res.targets.items())])
+               + ", ".join(f"{md_text(n)} {md_code(d)}" for n, d in res.targets.items())])
     lines = [f"# DP4TL run: {run_title(cfg)}", "",
-             f"- source: `{res.source}`", *tlines,
-             f"- protocol: `{res.protocol}`",
+             f"- source: {md_code(res.source)}", *tlines,
+             f"- protocol: {md_code(res.protocol)}",
              recipes_line(res)]
     for role, what in (("surrogate", "surrogate"), ("pretrain", "source model")):
         r = res.find(role)
         if r is not None and r.values.get("brought"):
             v = r.values
-            lines.append(f"- {what}: brought weights `{v['weights']}` ({v['arch']}, "
+            lines.append(f"- {what}: brought weights {md_code(v['weights'])} ({md_text(v['arch'])}, "
                          "imported, not trained)")
     if pr is not None:
         units = len(pr.get("kept_units", []))  # (a sample-wise method records none: "- samples")
@@ -182,7 +184,7 @@ def write_report(res: PipelineResult, out: Path) -> None:
         lines += ["", f"![what was kept, beside the target (Fig. A7)]({GALLERY})"]
     lines += ["", "| stage | wall s | result |", "|---|---:|---|"]
     for name, run in st.items():
-        lines.append(f"| {name} | {run.seconds:.1f} | {describe(run.result)} |")
+        lines.append(f"| {name} | {run.seconds:.1f} | {md_text(describe(run.result))} |")
     total = sum(r.seconds for r in st.values())
     lines += [f"| **total** | {total:.1f} | |", ""]
     groups = ({None: res.summary} if not res.targets else  # in the order the targets were given
@@ -191,7 +193,7 @@ def write_report(res: PipelineResult, out: Path) -> None:
         if not summary:
             continue
         n = len(res.seeds or [0])
-        lines += [("Target" if group is None else f"Target `{group}`")
+        lines += [("Target" if group is None else f"Target {md_code(group)}")
                   + f" test top-1 (%), {'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}"
                   ": final epoch and best evaluated epoch", "",
                   "| mode | final epoch | best epoch | per seed (final / best) |", "|---|---:|---:|---|"]

@@ -246,6 +246,28 @@ def test_the_recipes_line_names_each_targets_recipes_when_they_differ(tmp_path):
     assert recipes_line(res) == "- recipes: surrogate=`s`, pretrain=`p`, lp=`lp_a`, ff=`ff_a`"
 
 
+def test_names_and_paths_in_report_md_make_no_markup(tmp_path):
+    """report.md pastes paths and names others chose (a shared dataset folder, a recipe file, a
+    target's name): a backtick in one closed its `...` span and the rest was live HTML in any
+    Markdown viewer (audit). Rendered by a CommonMark parser, the report holds no tag or link
+    but its own, and each value reads as written."""
+    from markdown_it import MarkdownIt
+
+    from ffcv_dp4tl.pipeline.report import write_report
+
+    evil = "/d/warm` <img src=x onerror=alert(1)> [x](javascript:alert(1)) `"
+    res = _multi_result({"warm": evil, "b<script>": "/d/blur"}, [1.0, 1.0])
+    res.source = "src`<script>alert(2)</script>`"
+    res.recipes["pretrain"] = "my`<b>recipe</b>.toml"
+    write_report(res, tmp_path)
+    html = MarkdownIt("commonmark").enable("table").render((tmp_path / "report.md").read_text())
+    assert "<img" not in html and "<script" not in html and "<b>" not in html
+    assert "href" not in html
+    assert "<code>/d/warm` &lt;img src=x onerror=alert(1)&gt; [x](javascript:alert(1)) `</code>" \
+        in html
+    assert "<code>src`&lt;script&gt;alert(2)&lt;/script&gt;`</code>" in html
+
+
 # ---------------------------------------------------------------------- reversed order
 def test_a_reversed_run_is_titled_and_its_recall_explained(tmp_path):
     """The gallery's title is report.md's (``LM (reversed)``), and the ranking's top-k recall
