@@ -7,6 +7,7 @@ parallel, so every reader gets the same bad-input handling, progress bar and res
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
@@ -26,6 +27,20 @@ def printable(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+#: What a split may be called: its name becomes file names in the output folder
+#: (``<split>.beton``, ``wds/<split>-000000.tar``), so a name from a split file that holds ``/``
+#: or ``..`` would write outside the folder the user chose
+SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def split_name_problem(split: object) -> str | None:
+    """Why ``split`` cannot name a split (None when it can): see :data:`SPLIT_NAME`."""
+    if isinstance(split, str) and SPLIT_NAME.fullmatch(split) and ".." not in split:
+        return None
+    return (f"split name {printable(str(split))!r} is not allowed (letters, digits, '_', '.', '-', "
+            "starting with a letter or digit, no '..')")
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ from .input_stats import sample_stats, save_input_stats, stale_inputs
 from .integrity import beton_fingerprint, split_checksums, stored_digests
 from .repair import damaged_files, end_repair, read_repair, start_repair, undo_repair
 from .shards import write_shard
-from .spec import DatasetSpec
+from .spec import DatasetSpec, split_name_problem
 
 #: ffcv DatasetWriter's default page size (4 * MIN_PAGE_SIZE = 8 MiB in ffcv 1.0.2)
 BETON_PAGE_SIZE = 8 * 2**20
@@ -179,6 +179,9 @@ def _check_spec(spec: DatasetSpec) -> None:
         raise DataError(f"dataset {spec.name!r} has no splits")
     n = len(spec.classes)
     for split, samples in spec.splits.items():
+        problem = split_name_problem(split)
+        if problem is not None:
+            raise DataError(f"dataset {spec.name!r}: {problem}; rename the split")
         if not samples:
             raise DataError(f"split {split!r} of dataset {spec.name!r} is empty; check the input "
                             "layout (wrong folder or split file?)")

@@ -14,7 +14,7 @@ import numpy as np
 
 from ffcv_dp4tl.errors import DataError
 
-from ..spec import DatasetSpec, Sample, printable
+from ..spec import DatasetSpec, Sample, printable, split_name_problem
 
 #: Image extensions accepted when listing folders (compared case-insensitively): those PIL reads
 #: that torchvision's ImageFolder lists, and JPEG's other names (.jfif, .jpe)
@@ -190,6 +190,19 @@ def mat_scalar(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def image_under(base: Path, rel: str, source: Path, where: str, *, line: int | None = None) -> Path:
+    """``base / rel`` for an image path ``rel`` read from a split or list file, refusing one that
+    is absolute or has a ``..`` component: such a path left the image folder, so a split file from
+    elsewhere could pull any image the user can read into the build. The check is on the text;
+    symlinks inside the image folder are the dataset owner's and are followed, as listing does."""
+    why = ("empty" if not rel else "absolute" if os.path.isabs(rel)
+           else "climbing out with '..'" if ".." in Path(rel).parts else None)
+    if why is not None:
+        raise bad(source, f"{where}: image path {printable(rel)!r} is {why}", line=line,
+                  hint=f"image paths in this file must lie inside {base}: relative, without '..'")
+    return base / rel
+
+
 def parse_int(text: str, path: Path, line: int, what: str, hint: str = "") -> int:
     try:
         return int(text)
@@ -209,6 +222,10 @@ def finish(name: str, classes: list[str], splits: dict[str, list[Sample]], sourc
     Class names that are not valid UTF-8 (folder names with odd bytes) are kept in their
     printable form (``\\xNN`` escapes) so the manifest can hold them."""
     classes = [printable(str(c)) for c in classes]
+    for split in splits:
+        problem = split_name_problem(split)
+        if problem is not None:
+            raise bad(source, f"{name}: {problem}", hint="rename the split in the split file")
     if len(set(classes)) != len(classes):
         dup = next(c for c in classes if classes.count(c) > 1)
         raise bad(source, f"{name}: two classes are both named '{dup}'",
@@ -242,6 +259,7 @@ def read_class_path_list(path: Path, label_of: dict[str, int], to_image: Callabl
         if cls not in label_of:
             raise bad(path, f"unknown class '{cls}'", line=ln,
                       hint="the class must be one of the dataset's classes; use the matching split files")
+        image_under(path.parent, token, path, "entry", line=ln)  # (to_image joins the parts)
         samples.append(Sample(to_image(cls, name), label_of[cls]))
     if not samples:
         raise bad(path, "lists no images", hint=hint or "use the original split file")

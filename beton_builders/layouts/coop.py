@@ -23,7 +23,7 @@ from typing import Any
 from ffcv_dp4tl.fsutil import read_json
 
 from ..spec import DatasetSpec, Sample
-from ._common import bad, finish, rank_map
+from ._common import bad, finish, image_under, rank_map
 
 _HINT = "expected CoOp format {\"train\": [[relpath, label, classname], ...], \"val\": [...], \"test\": [...]}"
 
@@ -69,7 +69,7 @@ def read_split_json(name: str, split_json: Path, image_dir: Path,
     if not isinstance(data, dict) or not data:
         raise bad(split_json, "top level must be a non-empty object of splits", hint=_HINT)
 
-    raw: dict[str, list[tuple[str, int]]] = {}
+    raw: dict[str, list[tuple[Path, int]]] = {}
     names: dict[int, str] = {}
     for split, entries in data.items():
         if not isinstance(entries, list):
@@ -84,7 +84,7 @@ def read_split_json(name: str, split_json: Path, image_dir: Path,
             if names.setdefault(label, cname) != cname:
                 raise bad(split_json, f"{where}: label {label} is named '{cname}' but earlier "
                           f"'{names[label]}'", hint="fix the JSON so each label has one class name")
-            rows.append((relpath, label))
+            rows.append((image_under(image_dir, relpath, split_json, where), label))
 
     remap = rank_map(names)
     classes = [names[k] for k in sorted(names)]
@@ -92,7 +92,7 @@ def read_split_json(name: str, split_json: Path, image_dir: Path,
         raise bad(split_json, "the same class name is used for several labels",
                   hint="fix the JSON so each class name has one label")
     splits = {
-        split: [Sample(ref=image_dir / rel, label=remap[lab]) for rel, lab in rows]
+        split: [Sample(ref=path, label=remap[lab]) for path, lab in rows]
         for split, rows in raw.items()
     }
     extra = dict(extra or {})

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..spec import DatasetSpec, Sample
 from . import coop
-from ._common import bad, dataset_dir, finish, iter_lines, parse_int, rank_map
+from ._common import bad, dataset_dir, finish, image_under, iter_lines, parse_int, rank_map
 
 NAME = "oxfordpets"
 #: folders below ``root`` that may hold the dataset (``root`` itself first); CoOp keeps its
@@ -42,6 +42,7 @@ def read(root: Path, split_json: Path | None = None) -> DatasetSpec:
             if len(parts) < 2 or "_" not in parts[0]:
                 raise bad(path, f"malformed line '{line}'", line=ln,
                           hint="expected '<Name>_<n> <class id> <species> <breed id>'")
+            image_under(images, parts[0], path, "entry", line=ln)
             cid = parse_int(parts[1], path, ln, "class id")
             cname = parts[0].rsplit("_", 1)[0]
             if names.setdefault(cid, cname) != cname:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..spec import DatasetSpec, Sample
 from . import coop
-from ._common import bad, dataset_dir, find_first, finish, load_mat, mat_list, mat_scalar
+from ._common import bad, dataset_dir, find_first, finish, image_under, load_mat, mat_list, mat_scalar
 
 NAME = "stanfordcars"
 #: folders below ``root`` that may hold the dataset (``root`` itself first); CoOp keeps its
@@ -40,7 +40,7 @@ def _annotations(path: Path, image_dir: Path, n_classes: int) -> list[Sample]:
         if not 1 <= label <= n_classes:
             raise bad(path, f"annotations[{i}].class = {label} outside 1..{n_classes}",
                       hint="use annotation files matching devkit/cars_meta.mat")
-        samples.append(Sample(image_dir / fname, label - 1))
+        samples.append(Sample(image_under(image_dir, fname, path, f"annotations[{i}].fname"), label - 1))
     return samples
 
 

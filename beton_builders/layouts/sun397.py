@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..spec import DatasetSpec, Sample
 from . import coop
-from ._common import bad, find_first, finish, iter_lines
+from ._common import bad, find_first, finish, image_under, iter_lines
 
 NAME = "sun397"
 HINT = "expected SUN397 layout: SUN397/<letter>/<class>/*.jpg with ClassName.txt, Training_01.txt, Testing_01.txt"
@@ -59,6 +59,7 @@ def read(root: Path, split_json: Path | None = None) -> DatasetSpec:
         path = locate(fname)
         samples = []
         for ln, line in iter_lines(path, HINT):
+            image = image_under(sun, line.strip("/"), path, "entry", line=ln)
             rel, _, _ = line.strip("/").rpartition("/")
             cls = _class_of(rel)
             if cls is None:
@@ -66,7 +67,7 @@ def read(root: Path, split_json: Path | None = None) -> DatasetSpec:
             if cls not in label_of:
                 raise bad(path, f"unknown class '{cls}' (not in {class_file})", line=ln,
                           hint="use the partition files that match ClassName.txt")
-            samples.append(Sample(sun / line.strip("/"), label_of[cls]))
+            samples.append(Sample(image, label_of[cls]))
         if not samples:
             raise bad(path, "lists no images", hint=HINT)
         splits[split] = samples

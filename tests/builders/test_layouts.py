@@ -474,6 +474,45 @@ def test_coop_json_errors(tmp_path: Path, obj: object, msg: str) -> None:
     assert str(sj) in str(e.value)
 
 
+@pytest.mark.parametrize("obj, msg", [
+    ({"../../escaped": [["apple_pie/101.jpg", 0, "x"]]}, r"split name '\.\./\.\./escaped' is not allowed"),
+    ({"train/x": [["apple_pie/101.jpg", 0, "x"]]}, r"split name 'train/x' is not allowed"),
+    ({"..": [["apple_pie/101.jpg", 0, "x"]]}, r"split name '\.\.' is not allowed"),
+    ({"train": [["/etc/secret.jpg", 0, "x"]]}, r"entry train\[0\]: image path '/etc/secret.jpg' is absolute"),
+    ({"train": [["../../outside.jpg", 0, "x"]]}, r"entry train\[0\]: image path .* climbing out"),
+])
+def test_coop_json_cannot_leave_the_out_or_image_folder(tmp_path: Path, obj: object, msg: str) -> None:
+    """A split name becomes file names in the output folder and a path is joined to the image
+    folder: a split file from elsewhere must not write outside --out or read outside the data."""
+    F.make_food101(tmp_path)
+    sj = _write_json(tmp_path / "s.json", obj)
+    with pytest.raises(DataError, match=msg) as e:
+        read_layout("food101", tmp_path, sj)
+    assert str(sj) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("layout, edit", [
+    ("dtd", lambda root: (root / "labels" / "train1.txt").write_text("banded/../../../x.jpg\n")),
+    ("oxfordpets", lambda root: (root / "annotations" / "test.txt").write_text("../../x_1 1 1 1\n")),
+    ("sun397", lambda root: (root / "Partitions" / "Testing_01.txt").write_text("/a/abbey/../../../x.jpg\n")),
+])
+def test_list_files_cannot_point_outside_the_image_folder(tmp_path: Path, layout, edit) -> None:
+    getattr(F, f"make_{layout}")(tmp_path)
+    edit(tmp_path)
+    with pytest.raises(DataError, match=r":1: entry: image path .* climbing out with '\.\.'"):
+        read_layout(layout, tmp_path)
+
+
+def test_a_spec_with_a_path_like_split_name_is_not_built(tmp_path: Path) -> None:
+    from beton_builders import build_dataset
+    from beton_builders.spec import Sample
+
+    spec = DatasetSpec("x", ["a"], {"../escaped": [Sample(np.zeros((8, 8, 3), np.uint8), 0)]})
+    with pytest.raises(DataError, match="split name '../escaped' is not allowed"):
+        build_dataset(spec, tmp_path / "out")
+    assert not (tmp_path / "escaped.beton").exists()
+
+
 def test_coop_json_invalid_and_cifar(tmp_path: Path) -> None:
     F.make_food101(tmp_path)
     (tmp_path / "bad.json").write_text("{nope")
