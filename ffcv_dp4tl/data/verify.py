@@ -43,6 +43,9 @@ from .manifest import MANIFEST_NAME, SplitInfo, load_manifest, read_labels, spli
 
 #: Problems listed per kind before the rest are counted ("... and N more").
 MAX_LISTED = 10
+#: Most bytes a shard's ``KEY.cls`` member may hold: the label as decimal text (a tar header
+#: can declare gigabytes in a few bytes of file, and a deep check read the member whole)
+MAX_CLS_BYTES = 32
 
 
 @dataclass
@@ -253,12 +256,17 @@ def _check_tars(split: SplitInfo, index: np.ndarray, out: list[str]) -> None:
                 for m in tar:
                     if cls_of is not None:
                         key = f"{int(index[cls_of]['key']):09d}"
-                        data = tar.extractfile(m).read() if m.isreg() else b""
                         if m.name != f"{key}.cls":
                             why = f"member {m.name!r} where {key}.cls belongs", cls_of
-                        elif data.strip() != str(int(labels[cls_of])).encode():
-                            why = (f"label {data[:20].decode('latin-1')!r} in {m.name}, but the build wrote "
-                                   f"{int(labels[cls_of])}"), cls_of
+                        elif m.size > MAX_CLS_BYTES or m.issparse():
+                            why = (f"{m.name} declaring {m.size} bytes"
+                                   f"{' (sparse)' if m.issparse() else ''}, more than a label's "
+                                   f"{MAX_CLS_BYTES}"), cls_of
+                        else:
+                            data = tar.extractfile(m).read(MAX_CLS_BYTES) if m.isreg() else b""
+                            if data.strip() != str(int(labels[cls_of])).encode():
+                                why = (f"label {data[:20].decode('latin-1')!r} in {m.name}, but the "
+                                       f"build wrote {int(labels[cls_of])}"), cls_of
                         cls_of = None
                     elif i is None:
                         why = f"member {m.name!r} after the last sample of the shard", None

@@ -266,6 +266,40 @@ def test_a_changed_cls_label_is_found_by_deep_verify(copy):
                               f"000000021.cls, but the build wrote {label}; delete {shard}"), problem
 
 
+def _declare_size(shard, m, size, sparse):
+    """Rewrite member ``m``'s tar header to declare ``size`` bytes (a GNU sparse member of that
+    real size when ``sparse``: a few bytes of file that a reader expands to ``size`` zeros)."""
+    with open(shard, "r+b") as f:
+        f.seek(m.offset)
+        h = bytearray(f.read(512))
+        if sparse:
+            h[156:157] = b"S"
+            h[124:136] = b"%011o\0" % 0
+            h[386:410] = b"%011o\0" % size + b"%011o\0" % 0  # one hole of ``size`` bytes
+            h[483:495] = b"%011o\0" % size
+        else:
+            h[124:136] = b"%011o\0" % size
+        h[148:156] = b" " * 8
+        h[148:156] = b"%06o\0 " % sum(h)
+        f.seek(m.offset)
+        f.write(bytes(h))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_a_cls_member_declaring_many_bytes_is_refused_not_read(copy, sparse):
+    """A ``.cls`` member holds a label of a few digits; deep verify read each one whole, so a
+    shard of a few KB whose header declares gigabytes (sparse: zeros made up by the reader) took
+    that much memory. A member over the bound is that shard's problem, and nothing is read."""
+    split = _split(copy)
+    shard = split.shards[1]
+    m = _member(shard, "000000021.cls")
+    _declare_size(shard, m, 1 << 16, sparse)
+    (problem,) = verify_dataset(copy, deep=True).problems
+    assert problem.startswith(f"{shard}, sample 21 (key 000000021): a standard tar reader "
+                              f"(tarfile, webdataset) finds 000000021.cls declaring 65536 bytes"
+                              f"{' (sparse)' if sparse else ''}, more than a label's 32"), problem
+
+
 def test_a_missing_shard_is_one_problem_in_deep_mode_too(copy):
     """--deep used to stop at the missing shard (exit 2, 'check the path', no report; in Python a
     FileNotFoundError): it reports what the quick check reports and still checks the rest."""
