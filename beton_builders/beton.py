@@ -180,17 +180,54 @@ class BetonImages:
         return self.mode == JPEG_MODE
 
 
-def beton_images(beton: Path) -> BetonImages:
-    """Read the image layout of ``beton`` (shared by the GPU-decode loader and ``dp4tl verify``)."""
+def _image_field(reader, beton: Path) -> str:
+    """The metadata field (``f<k>``) of the beton's RGB image field (``image`` when several)."""
     from ffcv.fields import RGBImageField
-    from ffcv.reader import Reader
 
-    reader = Reader(str(beton))
     names = [n for n, h in reader.handlers.items() if isinstance(h, RGBImageField)]
     if not names:
         raise DataError(f"{beton} has no RGB image field; rebuild the dataset")
-    name = "image" if "image" in names else names[0]
-    meta = reader.metadata[f"f{reader.field_names.index(name)}"]
+    return f"f{reader.field_names.index('image' if 'image' in names else names[0])}"
+
+
+def beton_sides(beton: Path) -> np.ndarray:
+    """(N, 2) height, width of each image from the beton's metadata alone: ffcv's own header
+    and field parsing, then a memory map of the metadata (neither the allocation table nor an
+    image byte is read), cheap enough for a loader to afford at every open."""
+    from ffcv.reader import Reader
+    from ffcv.types import HeaderType
+
+    reader = Reader.__new__(Reader)  # (its __init__ reads the whole metadata and table)
+    reader._fname, reader._custom_handlers = str(beton), {}
+    reader.read_header()
+    reader.read_field_descriptors()
+    meta = np.memmap(beton, dtype=reader.metadata_type, mode="r", shape=(int(reader.num_samples),),
+                     offset=HeaderType.itemsize + reader.field_descriptors.nbytes)
+    field = meta[_image_field(reader, beton)]
+    return np.stack([field["height"], field["width"]], axis=1).astype(np.int64)
+
+
+def oversized_line(path: Path, hw: np.ndarray, max_side: int | None) -> str | None:
+    """One line naming the samples whose recorded height or width exceeds the build's
+    ``max_side`` (None when none does, or no ``max_side`` is known). The builder never stores a
+    larger side, and ffcv sizes its decode buffers by the largest one: an edited metadata entry
+    (20000x20000) made a loader allocate 96 GB before its first batch."""
+    if max_side is None or not len(hw):
+        return None
+    idx = np.flatnonzero((hw > max_side).any(axis=1))
+    if not idx.size:
+        return None
+    h, w = (int(v) for v in hw[idx[0]])
+    return listed_samples(f"image side over the build's max_side {max_side} (first {h}x{w}: "
+                          "metadata edited or damaged)", str(path), idx)
+
+
+def beton_images(beton: Path) -> BetonImages:
+    """Read the image layout of ``beton`` (shared by the GPU-decode loader and ``dp4tl verify``)."""
+    from ffcv.reader import Reader
+
+    reader = Reader(str(beton))
+    meta = reader.metadata[_image_field(reader, beton)]
     table = reader.alloc_table
     order = np.argsort(table["ptr"])
     ptrs, sizes = table["ptr"][order], table["size"][order]
@@ -208,10 +245,12 @@ def listed_samples(kind: str, where: str, idx: np.ndarray, limit: int = 10) -> s
     return f"{where}: {kind} at sample(s) {shown}{more}"
 
 
-def check_beton(path: Path, num_samples: int) -> tuple["BetonImages | None", list[str]]:
+def check_beton(path: Path, num_samples: int,
+                max_side: int | None = None) -> tuple["BetonImages | None", list[str]]:
     """Structural check of a beton without reading image bytes: ffcv opens its header, it holds
-    ``num_samples`` samples, and every image points at an allocation inside the file (raw images
-    at least ``h * w * 3`` bytes). Returns ``(layout or None, one line per problem)``."""
+    ``num_samples`` samples, every image points at an allocation inside the file (raw images
+    at least ``h * w * 3`` bytes) and no image side exceeds ``max_side`` (the manifest's, when
+    given: :func:`oversized_line`). Returns ``(layout or None, one line per problem)``."""
     path = Path(path)
     if why := absent_why(path):
         return None, [f"{path}: {why}; rebuild the dataset"]
@@ -237,4 +276,6 @@ def check_beton(path: Path, num_samples: int) -> tuple["BetonImages | None", lis
                            & (images.size < images.hw[:, 0] * images.hw[:, 1] * 3))
     if short.size:
         problems.append(listed_samples("raw image smaller than height x width x 3", str(path), short))
+    if line := oversized_line(path, images.hw, max_side):
+        problems.append(f"{line}; rebuild the dataset")
     return images, problems

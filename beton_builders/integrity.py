@@ -273,8 +273,27 @@ def recorded_problems(beton: Path, shards: list[Path], checksums: dict[str, Any]
                 yield path, problem
 
 
+def _check_sides(beton: Path, max_side: int | None, hint: str) -> None:
+    """Refuse a beton whose metadata records an image side over the build's ``max_side``
+    (:func:`beton_builders.beton.oversized_line`): the checksums cannot tell, when whoever edited
+    the metadata recorded its new digest too, and ffcv would allocate for it before any check."""
+    from .beton import beton_sides, oversized_line
+
+    if max_side is None:
+        return
+    try:
+        line = oversized_line(beton, beton_sides(beton), max_side)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - ffcv and numpy raise assorted errors on damaged headers
+        line = f"{beton}: ffcv cannot read its metadata ({type(e).__name__}: {e})"
+    if line is not None:
+        raise DataError(f"{line}; {hint}")
+
+
 def check_split_files(root: Path, split_name: str, beton: Path | None, shards: list[Path] | None,
-                      checksums: dict[str, Any] | None, num_samples: int) -> None:
+                      checksums: dict[str, Any] | None, num_samples: int,
+                      max_side: int | None = None) -> None:
     """Refuse (one-line :class:`DataError`) a split's files that do not match the build.
 
     ``beton``/``shards``: the files a loader is about to read (None: not read). With recorded
@@ -294,10 +313,11 @@ def check_split_files(root: Path, split_name: str, beton: Path | None, shards: l
             if problem is not None:
                 raise DataError(problem)
             check_count(root, split_name, beton, beton_num_samples(beton), num_samples)
+            _check_sides(beton, max_side, hint)
         else:
             from .beton import check_beton
 
-            _, problems = check_beton(beton, num_samples)
+            _, problems = check_beton(beton, num_samples, max_side)
             if problems:
                 more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
                 raise DataError(f"{problems[0].replace('; rebuild the dataset', '')}{more}; {hint}")

@@ -85,6 +85,8 @@ class SplitInfo:
     dataset_root: Path | None = None
     #: the dataset's number of classes (None for hand-made SplitInfos: labels not range-checked)
     num_classes: int | None = None
+    #: the build's ``image.max_side`` (None: hand-made SplitInfos, builds that did not record it)
+    max_side: int | None = None
 
     @property
     def root(self) -> Path:
@@ -92,14 +94,15 @@ class SplitInfo:
 
     def check_files(self, fmt: str) -> None:
         """Refuse (one-line DataError) files of this split that do not match the build: the
-        beton (``fmt="ffcv"``) or the shards and their index (``"wds"``); cheap, no image bytes
-        are read (:func:`beton_builders.integrity.check_split_files`). Each format's sample
+        beton (``fmt="ffcv"``, its recorded image sides within ``max_side`` too) or the shards
+        and their index (``"wds"``); cheap, no image bytes are read (:func:`beton_builders.integrity.check_split_files`). Each format's sample
         count (the beton's header, the index's length) must equal ``num_samples``: loaders draw
         their samples from it, so a hand-edited ``manifest.json`` would silently change them."""
         from beton_builders.integrity import check_count, check_split_files
 
         check_split_files(self.root, self.name, self.beton if fmt == "ffcv" else None,
-                          self.shards if fmt == "wds" else None, self.checksums, self.num_samples)
+                          self.shards if fmt == "wds" else None, self.checksums, self.num_samples,
+                          self.max_side)
         if fmt == "wds":
             index = read_npy(self.index, mmap=True)  # the length only: its header is read
             check_count(self.root, self.name, self.index, len(index) if index.ndim else 0,
@@ -226,6 +229,7 @@ class Manifest:
             beton_fingerprint=s.beton_fingerprint,
             dataset_root=self.root,
             num_classes=self.num_classes,
+            max_side=self.contract.image.max_side if self.contract.image is not None else None,
         )
 
 

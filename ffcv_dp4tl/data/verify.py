@@ -117,7 +117,7 @@ def _check_shards(split: SplitInfo, out: list[str]) -> np.ndarray | None:
 
 def _check_beton(split: SplitInfo, out: list[str]):
     """The beton's image layout, checked (beton_builders.beton.check_beton); None if unusable."""
-    images, problems = check_beton(split.beton, split.num_samples)
+    images, problems = check_beton(split.beton, split.num_samples, split.max_side)
     out.extend(problems)
     return images
 

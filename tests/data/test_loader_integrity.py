@@ -127,6 +127,50 @@ def test_changed_beton_metadata_is_refused(copy):
     assert any("checksum differs" in p for p in verify_dataset(copy).problems)
 
 
+def _enlarge_in_metadata(root, i, over):
+    """Record a square ``over`` pixels larger than the build's max_side as sample ``i``'s image
+    size in the beton's metadata, and the beton's new checksum in manifest.json (an edit the
+    checksums cannot see)."""
+    from ffcv.types import FieldDescType, HeaderType, get_handlers, get_metadata_type
+
+    from beton_builders.integrity import beton_checksum
+
+    path = _split(root).beton
+    header = np.fromfile(path, dtype=HeaderType, count=1)[0]
+    descs = np.fromfile(path, dtype=FieldDescType, count=int(header["num_fields"]),
+                        offset=HeaderType.itemsize)
+    meta = np.memmap(path, dtype=get_metadata_type(get_handlers(descs)), mode="r+",
+                     offset=HeaderType.itemsize + descs.nbytes, shape=(int(header["num_samples"]),))
+    m = json.loads((root / "manifest.json").read_text())
+    meta[i]["f0"]["height"] = meta[i]["f0"]["width"] = m["image"]["max_side"] + over
+    meta.flush()
+    del meta
+    m["splits"]["train"]["checksums"]["beton"] = beton_checksum(path)
+    (root / "manifest.json").write_text(json.dumps(m))
+    return path, m["image"]["max_side"]
+
+
+@pytest.mark.parametrize("old_manifest", [False, True])
+def test_an_image_side_over_max_side_in_the_metadata_is_refused_at_open(copy, old_manifest):
+    """ffcv sizes its decode buffers by the largest side the metadata records: an edited entry
+    (20000x20000) made the loader allocate 96 GB, a raw traceback. The builder never stores a
+    side over the manifest's max_side, so one is refused in one line, and verify says it."""
+    path, max_side = _enlarge_in_metadata(copy, 5, 1)
+    if old_manifest:
+        _strip_new_fields(copy)
+    for decode in ("cpu", "gpu"):
+        with pytest.raises(DataError) as e:
+            make_loader(copy, "train", fmt="ffcv", decode=decode, aug=AugSpec.for_eval(),
+                        batch_size=8, resolution=16, num_workers=0)
+        msg = _one_line(e)
+        assert msg.startswith(f"{path}: image side over the build's max_side {max_side} (first "
+                              f"{max_side + 1}x{max_side + 1}: metadata edited or damaged) at "
+                              "sample(s) 5"), msg
+        assert "dp4tl verify" in msg or "rebuild" in msg, msg
+    assert any(f"image side over the build's max_side {max_side}" in p
+               for p in verify_dataset(copy).problems)
+
+
 def test_changed_or_truncated_shard_is_refused(copy):
     split = _split(copy)
     _xor(split.shards[2], 600)  # first member's JPEG header
