@@ -386,15 +386,20 @@ def os_error_line(e: OSError, *, reading: bool = False) -> str:
 FOLDER_IN_THE_WAY = "a folder where the build's file belongs (move it away first: it is never deleted)"
 
 
+#: What :func:`absent_why` says of a FIFO, socket or device where a file belongs
+NOT_REGULAR = "not a regular file (a FIFO, socket or device where the build's file belongs)"
+
+
 def absent_why(path: str | os.PathLike) -> str | None:
     """None when ``path`` is a regular file (or a link to one); else why it cannot be read, to
-    follow ``"{path}: "`` or ``"{path} is "`` in a message: ``missing``, or, for a folder at
-    that path, :data:`FOLDER_IN_THE_WAY`. A folder was reported "missing", and the advised
-    rebuild then failed on it (audit)."""
+    follow ``"{path}: "`` or ``"{path} is "`` in a message: ``missing``, for a folder at
+    that path :data:`FOLDER_IN_THE_WAY`, for anything else :data:`NOT_REGULAR`. A folder was
+    reported "missing", and the advised rebuild then failed on it; a FIFO was opened and its
+    read waited for a writer forever (audit). Callers check it before opening a built file."""
     p = Path(path)
     if p.is_file():
         return None
-    return FOLDER_IN_THE_WAY if p.is_dir() else "missing"
+    return FOLDER_IN_THE_WAY if p.is_dir() else NOT_REGULAR if p.exists() else "missing"
 
 
 def file_sha256(path: str | os.PathLike) -> str:

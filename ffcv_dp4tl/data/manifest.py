@@ -20,7 +20,7 @@ import numpy as np
 from ..contracts import (FORMAT, INDEX_DTYPE, MANIFEST_NAME, ORIGINS_SUFFIX, DatasetManifest,
                          SplitEntry, split_fingerprint)
 from ..errors import DataError
-from ..fsutil import os_error_line, read_json
+from ..fsutil import absent_why, os_error_line, read_json
 from ..outputs import KINDS, folder_kind, is_dataset
 
 __all__ = ["FORMAT", "INDEX_DTYPE", "MANIFEST_NAME", "Manifest", "SplitInfo", "load_manifest", "manifest_path",
@@ -30,7 +30,9 @@ __all__ = ["FORMAT", "INDEX_DTYPE", "MANIFEST_NAME", "Manifest", "SplitInfo", "l
 def read_npy(path: Path, mmap: bool = False) -> np.ndarray:
     """A build's ``.npy`` file (labels, index), or one :class:`DataError` line naming it when it
     is truncated, not an array file or holds pickled objects (never loaded: a damaged file must
-    not run code)."""
+    not run code), or is no regular file (a FIFO's read would wait forever)."""
+    if why := absent_why(path):
+        raise DataError(f"{path}: {why}; rebuild the dataset")
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except FileNotFoundError:
@@ -260,6 +262,8 @@ def load_manifest(root: str | Path, *, check: bool = True) -> Manifest:
             f"{root} is not a built dataset (no {MANIFEST_NAME}); build it with "
             f"`dp4tl build SOURCE --out {root}` or finish an interrupted build by rerunning it"
         )
+    if why := absent_why(path):
+        raise DataError(f"{path} is {why}; move it away and rebuild the dataset")
     contract = DatasetManifest.from_json(read_json(path, "manifest"), path)
     problem = contract.fingerprint_problem(path) if check else None
     if problem is not None:

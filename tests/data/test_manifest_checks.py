@@ -305,3 +305,33 @@ def test_labels_past_the_class_list_are_refused_by_the_labels_and_both_loaders(i
             make_loader(root, "train", fmt=fmt, aug=AugSpec.for_eval(), batch_size=8, resolution=16,
                         num_workers=0)
         assert _one_line(e) == want
+
+
+@pytest.fixture
+def alarm():
+    """Fail (instead of hanging the suite) when the block takes over 20 s."""
+    import signal
+
+    def ring(*_):
+        raise TimeoutError("blocked reading a FIFO")
+    old = signal.signal(signal.SIGALRM, ring)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("name", ["train.labels.npy", "manifest.json"])
+def test_a_fifo_in_place_of_a_built_file_is_one_line_not_a_hang(index_copy, alarm, name):
+    """A FIFO where the build's file belongs: opening it to read waited for a writer forever
+    (`dp4tl verify` hung). Built files are checked to be regular files before they are read."""
+    import os
+
+    path = index_copy / name
+    path.unlink()
+    os.mkfifo(path)
+    problems = verify_dataset(index_copy).problems
+    assert any(p.startswith(f"{path}") and "not a regular file (a FIFO" in p for p in problems), problems
+    with pytest.raises(DataError, match="not a regular file") as e:
+        load_manifest(index_copy).split("train").load_labels()
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
