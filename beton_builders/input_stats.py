@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ffcv_dp4tl.fsutil import atomic_save_npy
+from ffcv_dp4tl.fsutil import atomic_save_npy, load_npy
 
 from .spec import DatasetSpec, Sample
 
@@ -65,7 +65,7 @@ def stale_inputs(spec: DatasetSpec, build_dir: Path, remedy: str) -> list[str]:
     if not path.is_file():  # built before the stats existed, or no file inputs
         return []
     try:
-        old = np.load(path, allow_pickle=False)
+        old = load_npy(path)
     except (OSError, ValueError):
         return []
     new = input_stats(spec)

@@ -11,11 +11,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from ffcv_dp4tl.contracts import MANIFEST_NAME, DatasetManifest
 from ffcv_dp4tl.errors import DataError
-from ffcv_dp4tl.fsutil import FOLDER_IN_THE_WAY, absent_why, atomic_write_json, read_json
+from ffcv_dp4tl.fsutil import FOLDER_IN_THE_WAY, absent_why, atomic_write_json, load_npy, read_json
 
 from .beton import check_beton
 from .out_dir import BUILD_DIR, REMEDY, REPAIR_NAME, settings_file, shard_meta
@@ -54,7 +52,7 @@ def damaged_files(out_dir: Path, remedy: str = REMEDY) -> list[tuple[Path, str]]
             path = out_dir / rel
             if key in rec:
                 try:
-                    values = np.load(path, allow_pickle=False)
+                    values = load_npy(path)
                     # (float labels of whole values hash like the build's: their dtype is damage)
                     ok = (digest(values) == rec[key] and
                           (key != "labels" or labels_dtype_problem(path, values) is None))

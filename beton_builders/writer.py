@@ -42,7 +42,7 @@ from ffcv_dp4tl.cpus import available_cores
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import (BAD_JSON, atomic_path, atomic_save_npy, atomic_write_json,
                                atomic_write_text, check_free_space, check_out_dir, directory_lock,
-                               fsync_path, is_disk_full, is_unwritable, read_json,
+                               fsync_path, is_disk_full, is_unwritable, load_npy, read_json,
                                remove_orphan_temps)
 from ffcv_dp4tl.progress import bar as progress_bar
 
@@ -51,7 +51,7 @@ from .beton import (ShardBytesDataset, beton_images, beton_workers, check_beton,
 from .out_dir import (BUILD_DIR, LOCK_NAME, REMEDY, check_ours, check_overwrite, is_build,
                       remove_build, settings_file, shard_files)
 from .input_stats import sample_stats, save_input_stats, stale_inputs
-from .integrity import beton_fingerprint, split_checksums, stored_digests
+from .integrity import REMAKE_HINT, beton_fingerprint, split_checksums, stored_digests
 from .repair import damaged_files, end_repair, read_repair, start_repair, undo_repair
 from .shards import write_shard
 from .spec import DatasetSpec, split_name_problem
@@ -624,7 +624,13 @@ def _add_missing_origins(spec: DatasetSpec, out_dir: Path) -> None:
                                          out_dir / MANIFEST_NAME)
     for name, entry in manifest.splits.items():
         if not (out_dir / f"{name}{ORIGINS_SUFFIX}").is_file():
-            index = np.load(out_dir / entry.index, allow_pickle=False)
+            path = out_dir / entry.index
+            try:
+                index = load_npy(path)
+            except (OSError, ValueError, EOFError) as e:
+                why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise DataError(f"{path}: unreadable ({why}); "
+                                f"{REMAKE_HINT.format(file=path, root=out_dir)}") from None
             write_origins(out_dir, name, spec.splits[name], index["key"])
 
 

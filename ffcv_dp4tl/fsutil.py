@@ -411,3 +411,41 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def load_npy(path: str | os.PathLike, mmap_mode: str | None = None) -> Any:
+    """``np.load(path, allow_pickle=False)``, after checking that a ``.npy`` header's shape
+    times its item size fits in the file: numpy allocates the declared array before it reads,
+    so a 192-byte file declaring shape (4e9,) raised a MemoryError traceback (or took the
+    memory) instead of the callers' one line. Problems raise ``ValueError``, as numpy does for a
+    truncated file, so every caller's own handling (and :func:`~.data.manifest.npy_error_reason`)
+    turns them into its message. A FIFO is refused before it is read (it would block)."""
+    import math
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file (a FIFO, socket or device)")
+        try:
+            version = np.lib.format.read_magic(f)
+        except ValueError:
+            version = None  # not a .npy file: np.load says what it is (.npz, pickle, text)
+        if version is not None:
+            readers = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}
+            if version in readers:
+                shape, _, dtype = readers[version](f)
+            else:  # (format 3.0: the same header with UTF-8 field names; numpy's own reader)
+                impl = getattr(np.lib, "_format_impl", np.lib.format)
+                shape, _, dtype = impl._read_array_header(f, version)
+            if not dtype.hasobject:  # (object arrays: np.load refuses them, unread)
+                needed = math.prod(shape) * dtype.itemsize
+                held = st.st_size - f.tell()
+                if needed > held:
+                    raise ValueError(f"its header declares shape {shape} of {dtype} ({needed} "
+                                     f"bytes) but the file holds {held} bytes of data (truncated "
+                                     "or not a real array)")
+    return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)

@@ -261,3 +261,29 @@ def test_json_the_parser_cannot_hold_is_one_line_naming_the_file(tmp_path, text,
     msg = str(e.value)
     assert msg.startswith(f"manifest {path} cannot be read ({why}") and "\n" not in msg, msg
     assert msg.endswith("; restore it") and "set_int_max_str_digits" not in msg, msg
+
+
+def forged_npy(path, shape=(1 << 40,), descr="<i8"):
+    """A .npy of a few bytes whose header declares ``shape`` (numpy allocates it before reading)."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": descr, "fortran_order": False, "shape": shape})
+        f.write(b"\0" * 64)
+    return path
+
+
+def test_load_npy_refuses_a_header_declaring_more_than_the_file_holds(tmp_path):
+    """np.load allocates the declared array first: a 192-byte file declaring 4e9 items raised
+    MemoryError (a traceback past every caller's ValueError/OSError handling)."""
+    from ffcv_dp4tl.fsutil import load_npy
+
+    for mmap_mode in (None, "r"):
+        with pytest.raises(ValueError, match=r"declares shape \(1099511627776,\) of int64 "
+                                             r"\(8796093022208 bytes\) but the file holds 64 bytes"):
+            load_npy(forged_npy(tmp_path / "f.npy"), mmap_mode)
+    np.save(tmp_path / "ok.npy", np.arange(8, dtype=np.int64))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 3)))
+    assert load_npy(tmp_path / "ok.npy").tolist() == list(range(8))
+    assert load_npy(tmp_path / "empty.npy", "r").shape == (0, 3)
+    os.mkfifo(tmp_path / "fifo.npy")
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_npy(tmp_path / "fifo.npy")

@@ -20,7 +20,7 @@ import numpy as np
 from ..contracts import (FORMAT, INDEX_DTYPE, MANIFEST_NAME, ORIGINS_SUFFIX, DatasetManifest,
                          SplitEntry, split_fingerprint)
 from ..errors import DataError
-from ..fsutil import absent_why, os_error_line, read_json
+from ..fsutil import absent_why, load_npy, os_error_line, read_json
 from ..outputs import KINDS, folder_kind, is_dataset
 
 __all__ = ["FORMAT", "INDEX_DTYPE", "MANIFEST_NAME", "Manifest", "SplitInfo", "load_manifest", "manifest_path",
@@ -29,12 +29,12 @@ __all__ = ["FORMAT", "INDEX_DTYPE", "MANIFEST_NAME", "Manifest", "SplitInfo", "l
 
 def read_npy(path: Path, mmap: bool = False) -> np.ndarray:
     """A build's ``.npy`` file (labels, index), or one :class:`DataError` line naming it when it
-    is truncated, not an array file or holds pickled objects (never loaded: a damaged file must
+    is truncated (or declares more than it holds: :func:`~..fsutil.load_npy`), not an array file or holds pickled objects (never loaded: a damaged file must
     not run code), or is no regular file (a FIFO's read would wait forever)."""
     if why := absent_why(path):
         raise DataError(f"{path}: {why}; rebuild the dataset")
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        return load_npy(path, mmap_mode="r" if mmap else None)
     except FileNotFoundError:
         raise DataError(f"{path}: missing; rebuild the dataset") from None
     except PermissionError as e:  # the file is fine: rebuilding would not help

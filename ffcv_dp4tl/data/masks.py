@@ -20,7 +20,7 @@ import numpy as np
 from ..contracts import MaskMeta
 from ..contracts.fields import repeats
 from ..errors import DataError, MaskError
-from ..fsutil import atomic_save_npy, atomic_write_json, read_json
+from ..fsutil import atomic_save_npy, atomic_write_json, load_npy, read_json
 from ..outputs import is_dataset
 from .manifest import SplitInfo, npy_error_reason
 
@@ -331,7 +331,7 @@ def mask_conflict(path: str | Path, mask: IndexMask | None) -> tuple[Path, str] 
     same_indices: bool | None = None  # (None: no .npy there)
     if npy.exists():
         try:
-            old = np.load(npy, allow_pickle=False)
+            old = load_npy(npy)
         except (ValueError, OSError, EOFError):
             old = None
         same_indices = (mask is not None and old is not None and old.dtype == np.int64
@@ -403,7 +403,7 @@ def load_mask(path: str | Path, split: SplitInfo | None = None,
     if not npy.exists():
         raise MaskError(f"mask file not found: {npy}")
     try:
-        indices = np.load(npy, allow_pickle=False)
+        indices = load_npy(npy)
     except (ValueError, OSError, EOFError) as e:  # (what numpy says, in the user's words)
         raise MaskError(f"{npy} is not a readable .npy mask ({npy_error_reason(e, 'sample indices')}); recreate it "
                         "with `dp4tl prune` or `dp4tl mask classes`") from None

@@ -19,7 +19,7 @@ import numpy as np
 from ..contracts import Scores, ScoresMeta
 from ..data.manifest import npy_error_reason
 from ..errors import DataError
-from ..fsutil import atomic_save_npy, atomic_write_json, read_json
+from ..fsutil import atomic_save_npy, atomic_write_json, load_npy, read_json
 from ..scoring.ranking import ScoringError, as_vector
 
 
@@ -76,7 +76,7 @@ def load_scores(path: str | Path) -> Scores:
         p = path / f"{name}.npy"
         if p.exists():
             try:
-                arrays[name] = np.load(p, allow_pickle=False)
+                arrays[name] = load_npy(p)
             except (OSError, ValueError, EOFError) as e:  # (EOFError: an emptied file)
                 raise DataError(f"{p} is not a readable .npy file ({npy_error_reason(e, 'scores')}); "
                                 f"{_RESCORE.format(path=path)}") from None

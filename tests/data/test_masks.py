@@ -462,3 +462,18 @@ def test_an_npy_replaced_under_its_sidecar_is_refused(split, tmp_path):
     assert len(load_mask(path)) == len(m)  # (without the split: nothing to compare with)
     with pytest.raises(MaskError, match="kept_classes leaves out classes"):
         load_mask(path, split)
+
+
+def test_a_mask_whose_header_declares_billions_of_indices_is_one_line(split, tmp_path):
+    """A 192-byte .npy declaring shape (4e9,): numpy allocated it first, and `dp4tl mask
+    check` died with a MemoryError traceback (only ValueError/OSError/EOFError were caught)."""
+    npy = tmp_path / "huge.npy"
+    with open(npy, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<i8", "fortran_order": False,
+                                                 "shape": (1 << 40,)})
+        f.write(b"\0" * 64)
+    (tmp_path / "huge.json").write_text(json.dumps({"fingerprint": split.fingerprint}))
+    with pytest.raises(MaskError, match=r"huge\.npy is not a readable \.npy mask \(its header "
+                                        r"declares shape \(1099511627776,\) of int64") as e:
+        load_mask(npy, split)
+    assert "\n" not in str(e.value)

@@ -141,6 +141,20 @@ def test_an_emptied_scores_file_is_one_line_naming_it(tmp_path):
         load_scores(sd)
 
 
+def test_a_scores_file_declaring_more_than_it_holds_is_one_line(tmp_path):
+    """numpy allocates the array a .npy header declares before reading it: a forged scores.npy
+    of a few bytes declaring 2**40 values was a MemoryError traceback."""
+    sd = tmp_path / "s"
+    write_scores(sd, method="random", unit="sample", meta={}, scores=np.zeros(4))
+    with open(sd / "scores.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False,
+                                                 "shape": (1 << 40,)})
+        f.write(b"\0" * 64)
+    with pytest.raises(DataError, match=rf"^{sd}/scores.npy is not a readable .npy file \(its "
+                                        r"header declares shape \(1099511627776,\)"):
+        load_scores(sd)
+
+
 def test_prune_before_score_says_to_run_score_into_that_folder(tmp_path):
     """A folder `dp4tl score` never wrote (prune before score, or the surrogate's folder):
     "scores metadata not found" alone left the user to guess that score comes first."""
