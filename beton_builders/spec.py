@@ -20,13 +20,22 @@ from PIL import Image
 ImageRef = Union[str, Path, np.ndarray, Callable[[], Image.Image]]
 
 
+#: C0 and C1 control characters and DEL: a terminal acts on them (an OSC sequence in a class
+#: name retitled the window or wrote a link, even through a pipe to ``less -R``)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: the escapes ``rejects.txt`` and ``S.files.txt`` have always written for these three
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
 def printable(text: str) -> str:
-    """``text`` with undecodable file-name bytes (surrogate escapes) as ``\\xNN``."""
+    """``text`` with undecodable file-name bytes (surrogate escapes) and control characters
+    as ``\\xNN`` (tab, line feed, carriage return as ``\\t``, ``\\n``, ``\\r``): how a name
+    read from a file or a folder, which could hold anything, is shown and stored."""
     try:
         text.encode("utf-8")
-        return text
     except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: _SHORT.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
 
 
 #: What a split may be called: its name becomes file names in the output folder

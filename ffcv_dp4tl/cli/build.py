@@ -83,17 +83,19 @@ def info(
                                       "takes), name and samples per split"),
 ) -> None:
     """Show classes, splits, counts and fingerprints of a built dataset."""
+    from beton_builders.spec import printable
+
     from ..data.manifest import load_manifest
 
     m = load_manifest(data)
-    typer.echo(f"{m.root}: {m.name} — {count(m.num_classes, 'class')}"
+    typer.echo(f"{m.root}: {printable(m.name)} — {count(m.num_classes, 'class')}"
                f"{'' if classes else ' (--classes lists them)'}, fingerprint {m.fingerprint[:16]}")
     img = m.contract.image
     typer.echo(f"  images: JPEG q{img and img.quality}, max side {img and img.max_side}, "
                f"beton mode {img and img.beton_mode}")
     for name in m.split_names:
         s = m.split_entry(name)
-        typer.echo(f"  {name}: {s.num_samples} samples ({s.num_rejected} rejected), "
+        typer.echo(f"  {printable(name)}: {s.num_samples} samples ({s.num_rejected} rejected), "
                    f"{count(len(s.shards), 'shard')}, "
                    f"fingerprint {s.fingerprint[:16]}")
     if classes:
@@ -102,8 +104,11 @@ def info(
 
 def _echo_classes(m) -> None:
     """One line per class: id, name, then its samples in each split (tab-separated, for
-    ``cut``/``awk``). A split's counts are the build's (``class_counts``), else its labels'."""
+    ``cut``/``awk``). A split's counts are the build's (``class_counts``), else its labels'.
+    Names are shown :func:`~beton_builders.spec.printable` (a manifest may hold anything)."""
     import numpy as np
+
+    from beton_builders.spec import printable
 
     per_split = {}
     for name in m.split_names:
@@ -111,6 +116,6 @@ def _echo_classes(m) -> None:
         if counts is None:  # (a build from before the manifest recorded them)
             counts = np.bincount(m.split(name).load_labels(), minlength=m.num_classes).tolist()
         per_split[name] = counts
-    typer.echo("\t".join(["id", "class", *per_split]))
+    typer.echo("\t".join(["id", "class", *map(printable, per_split)]))
     for i, cls in enumerate(m.classes):
-        typer.echo("\t".join([str(i), cls, *(str(c[i]) for c in per_split.values())]))
+        typer.echo("\t".join([str(i), printable(cls), *(str(c[i]) for c in per_split.values())]))

@@ -20,6 +20,8 @@ def verify(
     Exit status 0 when intact, 1 with one line per problem otherwise; 2 (one line) when DATA
     is not a built dataset at all.
     """
+    from beton_builders.spec import printable
+
     from ..data.manifest import load_manifest, manifest_path
     from ..data.verify import verify_dataset
 
@@ -30,10 +32,10 @@ def verify(
     report = verify_dataset(data, deep=deep, progress=progress)
     what = "sizes and every sample's bytes (both formats)" if deep else "structure and sizes (add --deep to hash every sample)"
     if report.ok:
-        splits = ", ".join(f"{name} {n:,}" for name, n in report.samples.items())
+        splits = ", ".join(f"{printable(name)} {n:,}" for name, n in report.samples.items())
         typer.echo(f"{data}: OK — {what}; splits: {splits}")
         return
     for line in report.problems:
-        typer.echo(f"problem: {line}", err=True)
+        typer.echo(f"problem: {printable(line)}", err=True)  # (lines quote manifest names)
     typer.echo(f"{data}: {len(report.problems)} problem(s) found ({what})", err=True)
     raise typer.Exit(1)

@@ -208,3 +208,28 @@ def test_info_on_a_folder_of_datasets_lists_them_instead_of_saying_build_it(buil
                         f"{tmp_path / 'targets' / 'warm'}\n")
     r = dp4tl("info", "--data", str(tmp_path / "targets" / "notes"))  # nothing inside: build it
     _assert_user_error(r, "is not a built dataset (no manifest.json); build it with")
+
+
+def test_info_escapes_control_characters_in_names(tmp_path):
+    """A class folder (or a manifest's dataset name) holding an OSC sequence: `dp4tl info`
+    printed it raw, and a terminal acted on it (window title, hyperlink) even through a pipe.
+    Names are shown with their control characters as ``\\xNN``."""
+    import json
+
+    osc = "\x1b]0;pwned\x07"
+    rng = np.random.default_rng(0)
+    for c in ("cat", f"dog{osc}"):
+        (tmp_path / "in" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
+                tmp_path / "in" / c / f"{i}.png")
+    ds = tmp_path / "ds"
+    r = dp4tl("build", f"folder:{tmp_path / 'in'}", "--out", str(ds), "--workers", "1", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((ds / "manifest.json").read_text())
+    m["name"] = f"x{osc}"
+    (ds / "manifest.json").write_text(json.dumps(m))
+    r = dp4tl("info", "--data", str(ds), "--classes")
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout, r.stdout
+    assert "x\\x1b]0;pwned\\x07 — 2 classes" in r.stdout and "1\tdog\\x1b]0;pwned\\x07\t2" in r.stdout
