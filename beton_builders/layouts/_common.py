@@ -160,20 +160,37 @@ def iter_lines(path: Path, hint: str = "") -> Iterator[tuple[int, str]]:
             yield i, s
 
 
+#: Most elements a field of a layout's MATLAB file may declare: the largest real one (Stanford
+#: Cars' 8,144 annotations, Flowers-102's 8,189 labels) with ample room. A compressed file of a
+#: few KB can declare 50M elements, which loadmat built (0.9 GB) before any check.
+MAX_MAT_ELEMENTS = 1_000_000
+
+
 def load_mat(path: Path, keys: Sequence[str], hint: str = "") -> dict[str, Any]:
-    """``scipy.io.loadmat`` (squeezed, structs as objects) checking that ``keys`` are present."""
+    """``scipy.io.loadmat`` of ``keys`` only (squeezed, structs as objects), after checking
+    that each is present and declares at most :data:`MAX_MAT_ELEMENTS` elements
+    (``scipy.io.whosmat`` reads the declarations without the data)."""
+    import math
+
     import scipy.io
 
     require_file(path, hint)
     try:
-        mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
+        declared = {name: shape for name, shape, _ in scipy.io.whosmat(str(path))}
+        for k in keys:
+            if k not in declared:
+                raise bad(path, f"missing field '{k}' (found: {sorted(declared)})",
+                          hint=hint or "re-download the official file")
+            if math.prod(declared[k]) > MAX_MAT_ELEMENTS:
+                raise bad(path, f"field '{k}' declares shape {declared[k]}, more than the "
+                          f"{MAX_MAT_ELEMENTS:,} elements a dataset's labels or annotations hold",
+                          hint=hint or "re-download the official file")
+        return scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False,
+                                variable_names=list(keys))
+    except DataError:
+        raise
     except Exception as e:  # scipy raises many types for corrupt files
         raise bad(path, f"cannot read MATLAB file ({e})", hint=hint or "re-download it") from None
-    for k in keys:
-        if k not in mat:
-            raise bad(path, f"missing field '{k}' (found: {sorted(x for x in mat if not x.startswith('__'))})",
-                      hint=hint or "re-download the official file")
-    return mat
 
 
 def mat_list(value: Any) -> list[Any]:

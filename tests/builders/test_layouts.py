@@ -207,6 +207,21 @@ def test_flowers102_bad_setid(tmp_path: Path) -> None:
         read_layout("flowers102", tmp_path)
 
 
+def test_flowers102_mat_declaring_millions_of_labels_is_refused_unread(tmp_path: Path) -> None:
+    """A compressed .mat of a few KB can declare 50M elements, which loadmat built (0.9 GB)
+    during the build; the declared shapes are checked first (scipy.io.whosmat)."""
+    import scipy.io
+
+    F.make_flowers102(tmp_path)
+    scipy.io.savemat(str(tmp_path / "imagelabels.mat"), {"labels": np.ones((1, 1_500_000), np.uint8)},
+                     do_compression=True)
+    assert (tmp_path / "imagelabels.mat").stat().st_size < 10_000
+    with pytest.raises(DataError, match=r"imagelabels.mat: field 'labels' declares shape "
+                                        r"\(1, 1500000\), more than the 1,000,000 elements") as e:
+        read_layout("flowers102", tmp_path)
+    assert "\n" not in str(e.value)
+
+
 # --- dtd ------------------------------------------------------------------------------------
 
 def test_dtd(tmp_path: Path) -> None:
