@@ -599,32 +599,72 @@ def markdown(summary: dict[str, Any], *, command: str = "", header: Sequence[str
     return "\n".join(lines) + "\n"
 
 
+#: colour of a forest-plot row per verdict kind, and the key's words for it
+VERDICT_COLOURS = {"better": ("tab:green", "better (both tests, after Holm)"),
+                   "worse": ("tab:red", "worse (both tests, after Holm)"),
+                   "qualified": ("tab:orange", "one direction, not confirmed (seed level or Holm)"),
+                   "none": ("tab:gray", "no difference detected / too few pairs")}
+
+
+def verdict_kind(word: str) -> str:
+    """The colour key of a printed verdict (:func:`verdict`): the plot's colour follows the
+    table's words, so a raw interval above 0 that Holm's adjustment or the seed-level test
+    does not confirm is not drawn as a win."""
+    if word in ("**better**", "**worse**"):
+        return word.strip("*")
+    if word.startswith(("better", "worse")):
+        return "qualified"
+    return "none"
+
+
+def _forest_title(summary: dict[str, Any], tests: list[dict[str, Any]]) -> str:
+    """What the intervals are over (n seeds x targets, 95 % t), and that one seed has no
+    seed-level interval."""
+    seeds, targets = summary.get("seeds") or [], summary.get("targets") or []
+    title = f"n = {len(seeds)} seeds × {len(targets)} targets, 95 % t intervals"
+    if not any((t.get("by_seed") or {}).get("lo") is not None for t in tests):
+        title += "\nno by-seed interval (" + ("one seed)" if len(seeds) == 1 else "too few seeds)")
+    return title
+
+
 def plot_tests(summary: dict[str, Any], path: Path) -> Path:
-    """Forest plot: each (mode, ratio, method)'s mean paired difference with its 95 % CI."""
+    """Forest plot: each (mode, ratio, method)'s mean paired difference with its 95 % CI,
+    coloured by the verdict the table prints (key below the plot; markers: which test)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     tests = [t for t in summary["tests"] if t["pooled"]["lo"] is not None]
-    fig, ax = plt.subplots(figsize=(6, 0.4 * len(tests) + 1.2))
+    fig, ax = plt.subplots(figsize=(6.4, 0.4 * len(tests) + 2.6))
+    kinds = []
     for i, t in enumerate(tests):
-        for p, dy, marker, label in ((t["pooled"], -0.15, "o", "seeds × targets"),
-                                     (t.get("by_seed") or {}, 0.15, "s", "by seed")):
+        kind = verdict_kind(verdict(t["pooled"], t.get("by_seed"), t.get("p_holm")))
+        kinds.append(kind)
+        colour = VERDICT_COLOURS[kind][0]
+        for p, dy, marker in ((t["pooled"], -0.15, "o"), (t.get("by_seed") or {}, 0.15, "s")):
             if p.get("lo") is None:
                 continue
-            colour = "tab:green" if p["lo"] > 0 else ("tab:red" if p["hi"] < 0 else "tab:gray")
             ax.errorbar(p["mean"], i + dy, xerr=[[p["mean"] - p["lo"]], [p["hi"] - p["mean"]]],
                         fmt=marker, color=colour, mfc="white" if marker == "s" else colour,
-                        capsize=3, label=label if i == 0 else None)
+                        capsize=3)
     ax.axvline(0, color="black", lw=0.8)
-    if ax.get_legend_handles_labels()[0]:  # (one seed: no interval drawn, and matplotlib
-        ax.legend(loc="best", fontsize=8)  # warned "No artists with labels" on every run)
     ax.set_yticks(range(len(tests)), [f"{t['mode'].upper()} {100 * t['ratio']:.0f} % {t['method'].upper()}"
                                       for t in tests])
     ax.invert_yaxis()
     ax.set_xlabel("target top-1 minus RANDOM's, points (mean, 95 % CI)")
-    fig.tight_layout()
+    ax.set_title(_forest_title(summary, tests), fontsize=9)
+    # the key: which test (black swatches: the colour is the verdict's), then the verdicts
+    swatches = [Line2D([], [], color="black", marker="o", ls="", label="seeds × targets")]
+    if any((t.get("by_seed") or {}).get("lo") is not None for t in tests):
+        swatches.append(Line2D([], [], color="black", marker="s", mfc="white", ls="",
+                               label="by seed"))
+    swatches += [Patch(color=c, label=w) for k, (c, w) in VERDICT_COLOURS.items() if k in kinds]
+    if tests:
+        fig.legend(handles=swatches, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.05 + 0.045 * (-(-len(swatches) // 2)), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -895,3 +895,35 @@ def test_the_forest_plot_of_a_run_without_intervals_warns_of_nothing(tmp_path):
         warnings.simplefilter("error")
         assert sep.plot_tests({"tests": [none]}, tmp_path / "a.png").stat().st_size > 0
         assert sep.plot_tests({"tests": [none, some]}, tmp_path / "b.png").stat().st_size > 0
+
+
+def test_the_forest_plot_colours_each_row_by_the_verdict_the_table_prints(tmp_path, saved_figures):
+    """Rows were green whenever the raw interval was above 0, though the table's verdict
+    (Holm-adjusted) read "better, not after Holm's adjustment" (audit): each row now takes its
+    verdict's colour, the key explains the colours, the test swatches are black, and the
+    title says what n and the intervals are."""
+    import matplotlib.colors as mc
+
+    up = {"mean": 1.0, "lo": 0.5, "hi": 1.5, "p": 0.01}
+    held = {"mode": "lp", "ratio": 0.5, "method": "lm", "pooled": up, "by_seed": up, "p_holm": 0.2}
+    firm = {"mode": "lp", "ratio": 0.8, "method": "lm", "pooled": up, "by_seed": up, "p_holm": 0.01}
+    summary = {"tests": [held, firm], "seeds": [0, 1, 2], "targets": ["a", "b"]}
+    assert sep.verdict(up, up, 0.2) == "better, not after Holm's adjustment"
+    sep.plot_tests(summary, tmp_path / "p.png")
+    fig = saved_figures[-1]
+    ax = fig.axes[0]
+    rows = {}
+    for line in ax.lines:
+        y = line.get_ydata()
+        if len(y) == 1 and line.get_marker() in ("o", "s"):
+            rows.setdefault(round(float(y[0])), set()).add(mc.to_hex(line.get_color()))
+    assert rows[0] == {mc.to_hex("tab:orange")} and rows[1] == {mc.to_hex("tab:green")}
+    assert "n = 3 seeds × 2 targets, 95 % t intervals" in ax.get_title()
+    key = fig.legends[0]  # outside the axes: the figure's
+    words = [t.get_text() for t in key.get_texts()]
+    assert words[:2] == ["seeds × targets", "by seed"]
+    assert all(mc.to_hex(h.get_color()) == "#000000" for h in key.legend_handles[:2])
+    assert any("not confirmed" in w for w in words) and any(w.startswith("better") for w in words)
+    one = {**summary, "seeds": [0], "tests": [{**held, "by_seed": {"lo": None}}]}
+    sep.plot_tests(one, tmp_path / "q.png")
+    assert "one seed" in saved_figures[-1].axes[0].get_title()
