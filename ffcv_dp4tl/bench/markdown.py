@@ -161,13 +161,18 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
                 " — here the surrogate costs almost as much as a full pretraining" if share > 0.8 else "")
         sur_cell = _marked(f"{sur:.1f}", {"estimated": estimated_stages(t.get("rows") or [])},
                            ["surrogate"])
+        if t.get("config", {}).get("pretrain_length") == "steps":  # (pretraining does not shrink)
+            about = (f"1 + {share:.2f} of the 0 % cost at every ratio r (its pretraining, "
+                     "matched in steps, is as long as the 0 % one), so no ratio saves time")
+        else:
+            about = (f"(1 − r) + {share:.2f} of the 0 % cost, {when}. In the paper the "
+                     "ResNet-18 surrogate is a small share of ResNet-101 pretraining and is "
+                     "shared by every ratio and target, so its totals fall almost as fast as the "
+                     "kept fraction; here a larger surrogate share pushes the totals above the "
+                     "pretrain-only line")
         L += ["", f"The surrogate (`{rec.get('surrogate', '?')}`) took {sur_cell} s = {share:.2f}× "
               f"the 0 % pretraining (`{rec.get('pretrain', '?')}`). A selection method's total at "
-              f"ratio r is about (1 − r) + {share:.2f} of the 0 % cost, {when}"
-              + ". In the paper the ResNet-18 surrogate is a small share of ResNet-101 "
-              "pretraining and is shared by every ratio and target, so its totals fall almost "
-              "as fast as the kept fraction; here a larger surrogate share pushes the totals "
-              "above the pretrain-only line."]
+              f"ratio r is about {about}."]
     L += ["", "Stage breakdown (wall seconds, mean over seeds; CPU-s = CPU seconds of this "
           "process + its finished loader workers, less sensitive to other jobs; kept samples = "
           "the share of source train samples kept — for class/cluster methods the ratio counts "

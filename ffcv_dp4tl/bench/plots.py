@@ -9,6 +9,23 @@ from typing import Any
 from .markdown import method_dash, method_style, no_surrogate_labels, target_order
 from ..pipeline.report import mean_std
 from .stats import PAPER_TOTAL_HOURS, paper_reduction
+from .variants import base_method
+from ..scoring.registry import UNIT_PLURAL, get_scorer, is_registered
+
+def ratio_axis(t: dict[str, Any]) -> str:
+    """The x label of a ratio axis: what the ratio removes (source classes, clusters or samples,
+    from ``--budget`` and the methods' units), as "pruning ratio" did not say."""
+    if (t.get("config") or {}).get("budget") == "samples":
+        return "source samples removed (%)"
+    units = {get_scorer(base_method(m)).unit if is_registered(base_method(m)) else None
+             for m in t.get("methods") or ()}
+    if None in units or not units:
+        return "share of source units removed (%)"
+    words = [UNIT_PLURAL[u] for u in sorted(units)]
+    if len(words) == 1:
+        return f"source {words[0]} removed (%)"
+    return f"source units removed (%): {' / '.join(words)} by method"
+
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (no display needed)."""
@@ -107,12 +124,29 @@ def plot_targets(t: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def pretrain_methods(cost: list[dict[str, Any]]) -> list[str]:
+    """The methods run at every pruned ratio of ``cost``: the pretrain-only mean is over these
+    alone, as a mean over whichever methods ran at each ratio (3 at one, 11 at the next) drew
+    a bump that no method has."""
+    rows = cost[1:]
+    ratios = {c["ratio"] for c in rows}
+    methods = list(dict.fromkeys(c["method"] for c in rows))
+    return [m for m in methods if {c["ratio"] for c in rows if c["method"] == m} == ratios]
+
+
+def steps_matched(t: dict[str, Any]) -> bool:
+    """A ``--pretrain-length steps`` run: pretraining is as long at every ratio, so the paper's
+    reductions and the ideal (= ratio) line do not apply to it."""
+    return (t.get("config") or {}).get("pretrain_length") == "steps"
+
+
 def plot_cost(t: dict[str, Any], path: Path) -> None:
     """Left: total cost (s) vs ratio per method; right: reduction vs 0 %, ours beside the paper's."""
     plt = pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.8))
     cost = t["cost"]
     ref = cost[0]
+    steps = steps_matched(t)
     for m in t["methods"]:
         cs = sorted((c for c in cost if c["method"] == m), key=lambda c: c["ratio"])
         if not cs:
@@ -125,44 +159,56 @@ def plot_cost(t: dict[str, Any], path: Path) -> None:
         a2.plot(xs, [0] + [100 * c["reduction"] for c in cs], color=color, marker=marker,
                 ls=dash, lw=1, alpha=0.8, label=f"{st.label} total")
     pruned = sorted({c["ratio"] for c in cost[1:]})
-    pre = [mean_std([c["pretrain_s"] for c in cost[1:] if c["ratio"] == r])[0] for r in pruned]
-    a1.plot([0] + [100 * r for r in pruned], [ref["pretrain_s"]] + pre, color="black", ls=":",
-            marker=".", label="pretrain only (mean)")
-    a1.set_title("cost = surrogate + score + prune + pretrain (s)")
-    a1.set_xlabel("pruning ratio (%)")
+    common = pretrain_methods(cost)
+    rows = [c for c in cost[1:] if c["method"] in common]
+    pre = [mean_std([c["pretrain_s"] for c in rows if c["ratio"] == r])[0] for r in pruned]
+    ran = {c["method"] for c in cost[1:]}
+    over = ("mean of all methods: each ran at every ratio" if set(common) == ran else
+            f"mean of {', '.join(method_style(m, t['methods']).label for m in common)}: "
+            "run at every ratio" if len(common) <= 3 else
+            f"mean of the {len(common)} methods run at every ratio")
+    if common:
+        a1.plot([0] + [100 * r for r in pruned], [ref["pretrain_s"]] + pre, color="black", ls=":",
+                marker=".", label=f"pretrain only ({over})")
+    tag = " (steps matched)" if steps else ""
+    a1.set_title("cost = surrogate + score + prune + pretrain (s)" + tag, fontsize=10)
+    a1.set_xlabel(ratio_axis(t))
     a1.set_ylabel("wall seconds (CPU)")
-    a1.set_ylim(bottom=0)
+    a1.set_ylim(0, 1.3 * a1.get_ylim()[1])  # (room for the surrogate's note above the data)
     a1.grid(alpha=0.3)
-    a1.legend(fontsize=7, loc="center right", ncol=2, framealpha=0.9)
+    # below the axes, so that no entry covers a data point
+    a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     sur = t.get("surrogate_s")
     if sur and ref["pretrain_s"]:
-        a1.text(0.02, 0.02, f"surrogate {sur:.1f} s = {sur / ref['pretrain_s']:.2f}× the 0 % "
+        a1.text(0.02, 0.98, f"surrogate {sur:.1f} s = {sur / ref['pretrain_s']:.2f}× the 0 % "
                 f"pretraining\n(charged to every pruned run"
                 f"{_except(no_surrogate_labels(t['methods']))})",
                 fontsize=8,
-                transform=a1.transAxes, va="bottom")
-    a2.plot([0] + [100 * r for r in pruned], [0] + [100 * (1 - p / ref["pretrain_s"]) for p in pre],
-            color="black", ls=":", marker=".", lw=2, label="ours, pretrain only, wall (mean)")
-    pre_cpu = [mean_std([c.get("pretrain_cpu_s") for c in cost[1:] if c["ratio"] == r])[0]
+                transform=a1.transAxes, va="top")
+    if common:
+        a2.plot([0] + [100 * r for r in pruned],
+                [0] + [100 * (1 - p / ref["pretrain_s"]) for p in pre], color="navy", ls=":",
+                marker=".", lw=2, label="ours, pretrain only, wall (same mean)")
+    pre_cpu = [mean_std([c.get("pretrain_cpu_s") for c in rows if c["ratio"] == r])[0]
                for r in pruned]
-    if ref.get("pretrain_cpu_s") and not any(math.isnan(p) for p in pre_cpu):
+    if common and ref.get("pretrain_cpu_s") and not any(math.isnan(p) for p in pre_cpu):
         a2.plot([0] + [100 * r for r in pruned],
                 [0] + [100 * (1 - p / ref["pretrain_cpu_s"]) for p in pre_cpu], color="brown",
-                ls="-.", marker=".", lw=2, label="ours, pretrain only, CPU-s (mean)")
-    pr = [r for r in sorted(PAPER_TOTAL_HOURS)]
-    a2.plot([100 * r for r in pr], [100 * paper_reduction(r) for r in pr], color="black", ls="--",
-            marker="*", ms=10, lw=2, label="paper Tab. 3 (total: surrogate + LM/FM + RN-101)")
-    a2.plot([0, 80], [0, 80], color="lightgray", lw=1, label="ideal (= ratio)")
-    a2.set_title("time reduction vs 0 % (%)")
-    a2.set_xlabel("pruning ratio (%)")
+                ls="-.", marker=".", lw=2, label="ours, pretrain only, CPU-s (same mean)")
+    if not steps:  # (steps matched: the paper's epochs-based reductions do not apply)
+        pr = [r for r in sorted(PAPER_TOTAL_HOURS)]
+        a2.plot([100 * r for r in pr], [100 * paper_reduction(r) for r in pr], color="gray",
+                ls="--", marker="*", ms=10, lw=1.5,
+                label="paper Tab. 3 (total: surrogate + LM/FM + RN-101)")
+        a2.plot([0, 80], [0, 80], color="lightgray", lw=1, label="ideal (= ratio)")
+    a2.set_title("time reduction vs 0 % (%)" + tag, fontsize=10)
+    a2.set_xlabel(ratio_axis(t))
     a2.set_ylabel("reduction (%)")
     a2.grid(alpha=0.3)
-    fig.legend(*a2.get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=7,
-               frameon=False)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.savefig(path, dpi=110)
+    a2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
-
 
 
 def _except(names: str) -> str:

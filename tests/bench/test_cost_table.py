@@ -157,6 +157,17 @@ def test_summary_reductions_and_selection_cost():
     assert "saves time once" not in md
 
 
+def test_a_steps_matched_report_does_not_say_the_cost_falls_with_the_ratio():
+    """``--pretrain-length steps`` pretrains as long at every ratio, yet the report said a
+    total is "about (1 − r) + …" of the 0 % cost (audit)."""
+    rows = [_row(REFERENCE, 0.0, 0, 0, 0, 100.0, 50.0), _row("lm", 0.6, 0, 10.0, 2.0, 100.0, 52.0)]
+    t = summarize(rows, methods=["lm"], ratios=[0.0, 0.6], seeds=[0], finetune=["lp"])
+    t.update(surrogate_s=10.0, recipes={}, config={"pretrain_length": "steps"})
+    md = markdown_tables(t)
+    assert "(1 − r)" not in md and "saves time once" not in md
+    assert "1 + 0.10 of the 0 % cost at every ratio r" in md and "no ratio saves time" in md
+
+
 @pytest.mark.slow
 def test_cost_table_end_to_end_smallest_scale(tmp_path, data_root):
     base = PipelineConfig(source=SYNTH, target="", fmt="wds", device="cpu", k=4,

@@ -1,0 +1,86 @@
+"""The cost table's figures (:mod:`ffcv_dp4tl.bench.plots`), read back from the Figure objects
+saved: colours, titles, line data, legend places, y-limits."""
+from __future__ import annotations
+
+import matplotlib.colors as mc
+from ffcv_dp4tl.bench import plots
+
+
+def _cost(method: str, ratio: float, pretrain: float) -> dict:
+    return {"method": method, "ratio": ratio, "pretrain_s": pretrain, "pretrain_cpu_s": 2 * pretrain,
+            "total_s": pretrain + 5, "reduction": 1 - (pretrain + 5) / 100}
+
+
+def table(**config) -> dict:
+    """A small cost table: LM at 40 % and 60 %, FM and EL2N (slower) at 60 % only."""
+    ref = {"method": "0 %", "ratio": 0.0, "pretrain_s": 100.0, "pretrain_cpu_s": 200.0,
+           "total_s": 100.0, "reduction": 0.0}
+    acc = {"methods": {"lm": {"0.4": [90.0, 2.0], "0.6": [99.0, 3.0]},
+                       "fm": {"0.6": [85.0, 1.0]}, "el2n": {"0.6": [80.0, 1.0]}},
+           "reference": [88.0, 1.5]}
+    return {"methods": ["lm", "fm", "el2n"], "seeds": [0, 1, 2], "ratios": [0.0, 0.4, 0.6],
+            "finetune": ["lp"], "accuracy": {"lp": acc}, "surrogate_s": 5.0,
+            "config": {"target": "warm", "budget": "units", "pretrain_length": "epochs", **config},
+            "cost": [ref, _cost("lm", 0.4, 60.0), _cost("lm", 0.6, 40.0), _cost("fm", 0.6, 90.0),
+                     _cost("el2n", 0.6, 95.0)]}
+
+
+def _line(ax, label_start: str):
+    return next(line for line in ax.get_lines() if line.get_label().startswith(label_start))
+
+
+def _outside(fig, legend, ax) -> bool:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    r = FigureCanvasAgg(fig).get_renderer()  # (a closed figure's canvas draws nothing)
+    fig.draw(r)
+    return not legend.get_window_extent(r).overlaps(ax.get_window_extent(r))
+
+
+def test_the_pretrain_only_mean_is_over_the_methods_run_at_every_ratio(tmp_path, saved_figures):
+    """The mean averaged whichever methods ran at each ratio (LM alone at 40 %, three at 60 %)
+    and drew a bump no method has (audit): it is over LM alone here, and says so."""
+    plots.plot_cost(table(), tmp_path / "cost.png")
+    left = saved_figures[-1].axes[0]
+    line = _line(left, "pretrain only")
+    assert list(line.get_ydata()) == [100.0, 60.0, 40.0]
+    assert "LM" in line.get_label() and "every ratio" in line.get_label()
+
+
+def test_a_steps_matched_run_draws_no_paper_or_ideal_line(tmp_path, saved_figures):
+    """``--pretrain-length steps``: the paper's reductions and "ideal (= ratio)" cannot apply,
+    and the report said totals are "about (1 − r) + …" (audit)."""
+    plots.plot_cost(table(pretrain_length="steps"), tmp_path / "cost.png")
+    fig = saved_figures[-1]
+    labels = [line.get_label() for ax in fig.axes for line in ax.get_lines()]
+    assert not any(x.startswith(("paper", "ideal")) for x in labels)
+    assert all("(steps matched)" in ax.get_title() for ax in fig.axes)
+    plots.plot_cost(table(), tmp_path / "cost.png")
+    assert any(line.get_label().startswith("paper") for line in saved_figures[-1].axes[1].get_lines())
+
+
+def test_the_cost_legends_sit_outside_the_axes_and_ours_is_not_the_papers_black(tmp_path,
+                                                                               saved_figures):
+    """The left legend (``center right``) hid data markers, and "ours, pretrain only" and "paper
+    Tab. 3" were both black (audit)."""
+    plots.plot_cost(table(), tmp_path / "cost.png")
+    fig = saved_figures[-1]
+    for ax in fig.axes:
+        legend = ax.get_legend() or fig.legends[0]
+        assert _outside(fig, legend, ax)
+    ours, paper = _line(fig.axes[1], "ours, pretrain only, wall"), _line(fig.axes[1], "paper")
+    assert mc.to_hex(ours.get_color()) != "#000000"
+    assert mc.to_hex(paper.get_color()) == mc.to_hex("gray")
+    assert mc.to_hex(paper.get_color()) != mc.to_hex(ours.get_color())
+
+
+def test_the_ratio_axis_says_what_is_removed(tmp_path, saved_figures):
+    """"pruning ratio (%)" did not say of what (audit): classes, clusters or samples."""
+    assert plots.ratio_axis({"methods": ["lm"]}) == "source classes removed (%)"
+    assert plots.ratio_axis({"methods": ["fm", "fm[k=16]"]}) == "source clusters removed (%)"
+    assert plots.ratio_axis({"methods": ["lm"], "config": {"budget": "samples"}}) == \
+        "source samples removed (%)"
+    assert plots.ratio_axis({"methods": ["lm", "fm"]}).startswith("source units removed (%): ")
+    plots.plot_cost(table(), tmp_path / "cost.png")
+    assert all(ax.get_xlabel().startswith("source units removed (%): ")
+               for ax in saved_figures[-1].axes)
