@@ -37,38 +37,73 @@ def pyplot():
     return plt
 
 
+REFERENCE_LABEL = "0 % (unpruned source)"
+#: most points a method's curve moves sideways (its error bars apart from its neighbours')
+MAX_OFFSET = 2.5
+
+
+def spread(t: dict[str, Any]) -> str:
+    """What the error bars are, for a title: the one wording of every accuracy plot."""
+    n = len(t["seeds"])
+    return (f"mean ± sample std over n = {n} seeds" if n > 1 else
+            "one seed: no error bars")
+
+
 def plot_accuracy(t: dict[str, Any], path: Path) -> None:
     """Fig. 4 style: x = pruning ratio %, y = target test top-1 %, LP and FF side by side."""
     plt = pyplot()
     modes = [m for m in t["finetune"] if t["accuracy"].get(m, {}).get("methods")]
     fig, axes = plt.subplots(1, max(1, len(modes)), figsize=(5.2 * max(1, len(modes)), 4.2),
                              squeeze=False)
+    refs = []
     for ax, mode in zip(axes[0], modes):
         acc = t["accuracy"][mode]
         _curves(ax, t, acc)
-        ref = acc["reference"][0]
-        if not math.isnan(ref):
-            ax.axhline(ref, color="black", ls="--", lw=1.2, label="0 % (unpruned source)")
-            lo, hi = ax.get_ylim()
-            ax.set_ylim(lo, max(hi, ref + 0.08 * (hi - lo)))  # room for the label above the line
-            ax.annotate(f"0 %: {ref:.1f}", (1.0, ref), xycoords=("axes fraction", "data"),
-                        xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=8)
+        if _reference(ax, t, acc):
+            refs.append(f"{mode.upper()} {acc['reference'][0]:.1f}")
         ax.set_title(f"{mode.upper()} on target `{_first_target(t)}`")
-        ax.set_xlabel("pruning ratio (%)")
-        ax.set_ylabel("target test top-1 (%)")
-        ax.set_xticks([100 * r for r in t["ratios"] if r > 0])
-        ax.grid(alpha=0.3)
+        _axes(ax, t)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    # as many legend columns as fit the figure's width (~1.1 in per entry), then more rows
-    ncol = max(1, min(len(labels), int(fig.get_figwidth() / 1.1)))
-    rows = -(-len(labels) // ncol)
-    fig.set_figheight(4.2 + 0.22 * (rows - 1))
-    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-    fig.suptitle("Transfer accuracy vs source pruning ratio (cf. paper Fig. 4)",
-                 fontsize=10)
+    # the 0 % values go in the legend: a label on the line sat on the last ratio's column
+    labels = [f"{x}: {', '.join(refs)}" if x == REFERENCE_LABEL and refs else x for x in labels]
+    rows = _legend_below(fig, handles, labels)
+    fig.suptitle("Transfer accuracy vs source pruning ratio (cf. paper Fig. 4)\n"
+                 f"error bars: {spread(t)}", fontsize=10)
     fig.tight_layout(rect=(0, 0.045 + 0.05 * rows, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _legend_below(fig, handles: list, labels: list[str]) -> int:
+    """The figure's legend below its panels, in as many columns as fit its width (~1.1 in per
+    entry), then more rows (the figure grows); returns the rows."""
+    ncol = max(1, min(len(labels), int(fig.get_figwidth() / 1.1)))
+    rows = -(-len(labels) // ncol)
+    fig.set_figheight(fig.get_figheight() + 0.22 * (rows - 1))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    return rows
+
+
+def _axes(ax, t: dict[str, Any]) -> None:
+    """An accuracy panel's axes: what the ratio removes, top-1 up to 100 % (and a margin)."""
+    ax.set_xlabel(ratio_axis(t))
+    ax.set_ylabel("target test top-1 (%)")
+    ax.set_xticks([100 * r for r in t["ratios"] if r > 0])
+    if ax.get_ylim()[1] > 101:  # (just above 100: a mean or reference at 100 % stays seen)
+        ax.set_ylim(top=101)
+    ax.grid(alpha=0.3)
+
+
+def _reference(ax, t: dict[str, Any], acc: dict[str, Any]) -> bool:
+    """The unpruned reference: its mean as a dashed line and, over several seeds, its ± std
+    band (a pruned mean inside it is not below the reference); False without one."""
+    ref, sd = acc["reference"][0], acc["reference"][1]
+    if math.isnan(ref):
+        return False
+    ax.axhline(ref, color="black", ls="--", lw=1.2, label=REFERENCE_LABEL)
+    if len(t["seeds"]) > 1 and sd and not math.isnan(sd):
+        ax.axhspan(ref - sd, min(100.0, ref + sd), color="black", alpha=0.08, lw=0)
+    return True
 
 
 def _first_target(t: dict[str, Any]) -> str:
@@ -77,18 +112,34 @@ def _first_target(t: dict[str, Any]) -> str:
     return t["config"].get("target") or "first"
 
 
+def offsets(ms: list[str], acc: dict[str, Any]) -> dict[tuple[str, float], float]:
+    """Sideways shift (ratio points) of each method's point at each ratio, so that error bars
+    stand apart: among the methods with a point at that ratio only (a ratio three methods ran
+    at was spread as wide as one with eleven), at most :data:`MAX_OFFSET` either side."""
+    out = {}
+    ratios = sorted({float(r) for m in ms for r in acc["methods"][m]})
+    for r in ratios:
+        here = [m for m in ms if str(r) in acc["methods"][m]]
+        step = min(0.6, 2 * MAX_OFFSET / max(1, len(here) - 1))
+        for j, m in enumerate(here):
+            out[(m, r)] = (j - (len(here) - 1) / 2) * step
+    return out
+
+
 def _curves(ax, t: dict[str, Any], acc: dict[str, Any]) -> None:
-    """One accuracy-vs-ratio curve per method/variant of ``acc`` (and the 0 % line)."""
+    """One accuracy-vs-ratio curve per method/variant of ``acc``: mean ± sample std over seeds,
+    the bars cut at 100 % (no top-1 exceeds it)."""
     ms = [m for m in t["methods"] if m in acc["methods"]]
-    n = len(ms)
-    for j, m in enumerate(ms):
+    several = len(t["seeds"]) > 1
+    dx = offsets(ms, acc) if several else {}
+    for m in ms:
         by = acc["methods"][m]
         rs = sorted(float(r) for r in by)
-        dx = (j - (n - 1) / 2) * 0.6 if len(t["seeds"]) > 1 else 0.0  # keep error bars apart
         ys = [by[str(r)][0] for r in rs]
         es = [by[str(r)][1] for r in rs]
         st = method_style(m, t["methods"])
-        ax.errorbar([100 * r + dx for r in rs], ys, yerr=es if len(t["seeds"]) > 1 else None,
+        yerr = [es, [min(e, 100.0 - y) for e, y in zip(es, ys)]] if several else None
+        ax.errorbar([100 * r + dx.get((m, r), 0.0) for r in rs], ys, yerr=yerr,
                     color=st.color, marker=st.marker, ls=method_dash(m, t["methods"]), ms=6, lw=1.6,
                     capsize=3, label=st.label)
 
@@ -106,20 +157,14 @@ def plot_targets(t: dict[str, Any], path: Path) -> None:
         for j, name in enumerate(target_order(t)):
             ax, acc = axes[i][j], targets[name]["accuracy"][mode]
             _curves(ax, t, acc)
-            ref = acc["reference"][0]
-            if not math.isnan(ref):
-                ax.axhline(ref, color="black", ls="--", lw=1.2, label="0 % (unpruned source)")
+            _reference(ax, t, acc)
             ax.set_title(f"{mode.upper()} on `{name}`", fontsize=9)
-            ax.set_xlabel("pruning ratio (%)")
-            ax.set_ylabel("target test top-1 (%)")
-            ax.set_xticks([100 * r for r in t["ratios"] if r > 0])
-            ax.grid(alpha=0.3)
+            _axes(ax, t)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8,
-               frameon=False)
-    fig.suptitle(f"One pruned source for {nc} targets: accuracy per target (cf. paper Fig. A5)",
-                 fontsize=10)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    rows = _legend_below(fig, handles, labels)
+    fig.suptitle(f"One pruned source for {nc} targets: accuracy per target (cf. paper Fig. A5)"
+                 f"\nerror bars: {spread(t)}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.03 + 0.04 * rows, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

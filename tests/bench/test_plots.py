@@ -3,6 +3,7 @@ saved: colours, titles, line data, legend places, y-limits."""
 from __future__ import annotations
 
 import matplotlib.colors as mc
+import pytest
 from ffcv_dp4tl.bench import plots
 
 
@@ -84,3 +85,51 @@ def test_the_ratio_axis_says_what_is_removed(tmp_path, saved_figures):
     plots.plot_cost(table(), tmp_path / "cost.png")
     assert all(ax.get_xlabel().startswith("source units removed (%): ")
                for ax in saved_figures[-1].axes)
+
+
+def _bars_top(ax) -> float:
+    from matplotlib.collections import LineCollection
+
+    return max(y for c in ax.collections if isinstance(c, LineCollection)
+               for seg in c.get_segments() for _, y in seg)
+
+
+def test_accuracy_error_bars_say_what_they_are_and_the_reference_band_is_shaded(tmp_path,
+                                                                             saved_figures):
+    """The bars were unexplained, the 0 % reference an exact line, a bar crossed 100 %, and the
+    "0 %: X" label sat on the last ratio's column (audit)."""
+    plots.plot_accuracy(table(), tmp_path / "acc.png")
+    fig = saved_figures[-1]
+    ax = fig.axes[0]
+    assert "mean ± sample std over n = 3 seeds" in fig._suptitle.get_text()
+    band = [p for p in ax.patches if p.get_alpha() is not None]
+    assert len(band) == 1
+    ys = [y for _, y in band[0].get_patch_transform().transform(band[0].get_path().vertices)]
+    assert min(ys) == pytest.approx(86.5) and max(ys) == pytest.approx(89.5)
+    assert _bars_top(ax) <= 100.0 and ax.get_ylim()[1] <= 101.0
+    assert not [x for x in ax.texts if x.get_text().startswith("0 %")]
+    assert any(x.get_text() == "0 % (unpruned source): LP 88.0" for x in fig.legends[0].get_texts())
+
+
+def test_side_by_side_offsets_are_among_the_methods_at_that_ratio(tmp_path, saved_figures):
+    """The shift was computed over all methods, so LM alone at 40 % stood off its tick (audit):
+    a method alone at a ratio sits on it, and the spread is capped."""
+    plots.plot_accuracy(table(), tmp_path / "acc.png")
+    ax = saved_figures[-1].axes[0]
+    lm = next(c for c in ax.containers if c.get_label() == "LM").lines[0]
+    assert list(lm.get_xdata()) == [40.0, pytest.approx(59.4)]
+    many = {f"m{i}": {"0.6": [1.0, 0.1]} for i in range(40)}
+    dx = plots.offsets(list(many), {"methods": many})
+    assert max(abs(v) for v in dx.values()) == pytest.approx(plots.MAX_OFFSET)
+
+
+def test_the_targets_legend_wraps_like_the_accuracy_legend(tmp_path, saved_figures):
+    """``ncol=len(labels)`` ran a legend of many methods past the figure's edge (audit)."""
+    methods = ["lm", "fm", "el2n", "grand", "forget", "moderate", "random", "sp", "ssp", "fm_sup"]
+    acc = {"methods": {m: {"0.6": [80.0, 1.0]} for m in methods}, "reference": [88.0, 1.0]}
+    t = {**table(), "methods": methods, "targets": {"a": {"accuracy": {"lp": acc}}}}
+    plots.plot_targets(t, tmp_path / "targets.png")
+    fig = saved_figures[-1]
+    legend = fig.legends[0]
+    assert legend._ncols <= int(fig.get_figwidth() / 1.1) < len(methods)
+    assert "mean ± sample std over n = 3 seeds" in fig._suptitle.get_text()
