@@ -140,8 +140,8 @@ def _curves(ax, t: dict[str, Any], acc: dict[str, Any]) -> None:
         st = method_style(m, t["methods"])
         yerr = [es, [min(e, 100.0 - y) for e, y in zip(es, ys)]] if several else None
         ax.errorbar([100 * r + dx.get((m, r), 0.0) for r in rs], ys, yerr=yerr,
-                    color=st.color, marker=st.marker, ls=method_dash(m, t["methods"]), ms=6, lw=1.6,
-                    capsize=3, label=st.label)
+                    color=st.color, marker=st.marker, fillstyle=st.fill,
+                    ls=method_dash(m, t["methods"]), ms=6, lw=1.6, capsize=3, label=st.label)
 
 
 def plot_targets(t: dict[str, Any], path: Path) -> None:
@@ -197,12 +197,11 @@ def plot_cost(t: dict[str, Any], path: Path) -> None:
         if not cs:
             continue
         st, dash = method_style(m, t["methods"]), method_dash(m, t["methods"])
-        color, marker = st.color, st.marker
+        look = {"color": st.color, "marker": st.marker, "fillstyle": st.fill, "ls": dash}
         xs = [0] + [100 * c["ratio"] for c in cs]
-        a1.plot(xs, [ref["total_s"]] + [c["total_s"] for c in cs], color=color, marker=marker,
-                ls=dash, label=st.label)
-        a2.plot(xs, [0] + [100 * c["reduction"] for c in cs], color=color, marker=marker,
-                ls=dash, lw=1, alpha=0.8, label=f"{st.label} total")
+        a1.plot(xs, [ref["total_s"]] + [c["total_s"] for c in cs], **look, label=st.label)
+        a2.plot(xs, [0] + [100 * c["reduction"] for c in cs], **look, lw=1, alpha=0.8,
+                label=f"{st.label} total")
     pruned = sorted({c["ratio"] for c in cost[1:]})
     common = pretrain_methods(cost)
     rows = [c for c in cost[1:] if c["method"] in common]

@@ -165,7 +165,9 @@ def variant_style(name: str, siblings: Sequence[str]) -> tuple[PlotStyle, str]:
     i = same.index(name) if name in same else 0
     marker = base.marker if v.k is None else _MARKERS[i % len(_MARKERS)]
     dash = "--" if v.order == "reversed" else _DASHES[i % len(_DASHES)]
-    return PlotStyle(base.color, marker, v.label(base.label)), dash
+    # reversed: an open marker too, as a dash alone is lost where its curve overlaps the plain
+    fill = "none" if v.order == "reversed" else "full"
+    return PlotStyle(base.color, marker, v.label(base.label), fill), dash
 
 
 def parse_method_ratios(names: Sequence[str]) -> dict[str, list[float]]:

@@ -79,6 +79,7 @@ class PlotStyle:
     color: str | None = None  # a matplotlib colour; None = matplotlib's cycle
     marker: str = "o"
     label: str = ""
+    fill: str = "full"  # matplotlib's fillstyle: "none" draws the marker open (a variant)
 
 
 @dataclass(frozen=True)

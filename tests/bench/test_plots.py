@@ -133,3 +133,18 @@ def test_the_targets_legend_wraps_like_the_accuracy_legend(tmp_path, saved_figur
     legend = fig.legends[0]
     assert legend._ncols <= int(fig.get_figwidth() / 1.1) < len(methods)
     assert "mean ± sample std over n = 3 seeds" in fig._suptitle.get_text()
+
+
+def test_a_reversed_variant_has_an_open_marker(tmp_path, saved_figures):
+    """"LM" and "LM (reversed)" differed only by dash (audit): the reversed one's marker is
+    open, in the accuracy and the cost plots."""
+    t = table()
+    t["methods"] = ["lm", "lm[reversed]"]
+    t["accuracy"]["lp"]["methods"] = {m: {"0.4": [90.0, 1.0]} for m in t["methods"]}
+    t["cost"] = [t["cost"][0], _cost("lm", 0.4, 60.0), _cost("lm[reversed]", 0.4, 60.0)]
+    plots.plot_accuracy(t, tmp_path / "acc.png")
+    fills = {c.get_label(): c.lines[0].get_fillstyle() for c in saved_figures[-1].axes[0].containers}
+    assert fills == {"LM": "full", "LM (reversed)": "none"}
+    plots.plot_cost(t, tmp_path / "cost.png")
+    lines = {x.get_label(): x.get_fillstyle() for x in saved_figures[-1].axes[0].get_lines()}
+    assert lines["LM"] == "full" and lines["LM (reversed)"] == "none"
