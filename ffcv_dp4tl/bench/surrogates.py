@@ -35,7 +35,7 @@ from ..pipeline.run import preflight, run_pipeline
 from ..reporting import machine_info, ran_on
 from .markdown import num, ratio_label
 from ..outputs import claim_out_dir
-from .plots import pyplot
+from .plots import pyplot, ratio_axis
 from .stats import best_winning_subset
 
 #: Paper Tab. A6 (ImageNet source, OxfordPets target, RN-101 source model): params (M, as
@@ -336,6 +336,21 @@ def report_text(t: dict[str, Any]) -> str:
                       *header_lines(t), "", markdown_tables(t)])
 
 
+def _labels(ax, pts: list[tuple[float, float, str]], colour: str, *, right: bool) -> None:
+    """Name each point, ours to the right and the paper's to the left, above it; a point close
+    to its left neighbour (x within 1.6×, y within 3 points) gets its label on the right and
+    on the other side vertically: the cheap way to keep close labels apart."""
+    prev, up = None, True
+    for x, y, lab in sorted(pts):
+        close = prev is not None and x < 1.6 * prev[0] and abs(y - prev[1]) < 3
+        up = not up if close else True
+        side = right or close
+        ax.annotate(lab, (x, y), xytext=(4 if side else -4, 3 if up else -9),
+                    textcoords="offset points", fontsize=7, color=colour,
+                    ha="left" if side else "right")
+        prev = (x, y)
+
+
 def plot(t: dict[str, Any], path: Path) -> None:
     """Left: target top-1 vs pruning ratio per surrogate, from the shared 0 % point (Fig. 5);
     right: class overlap with the reference vs surrogate size, ours and the paper's."""
@@ -354,10 +369,12 @@ def plot(t: dict[str, Any], path: Path) -> None:
                 label=rec["label"] + (" (ref.)" if is_ref else ""))
     if ref is not None:
         a1.axhline(ref, color="gray", ls=":", lw=1)
-    a1.set_xlabel("pruning ratio (%)")
+    a1.set_xlabel(ratio_axis({"methods": ["lm"], "config": t["config"]}))  # (LM ranks classes)
     a1.set_ylabel(f"target test top-1 (%), {mode.upper()}")
+    n = len(_seeds(t))
     a1.set_title(f"LM pruning trajectory per surrogate (cf. Fig. 5), target "
-                 f"`{t['config']['target'] or 'first'}`", fontsize=9)
+                 f"`{t['config']['target'] or 'first'}` "
+                 + ("(1 seed)" if n == 1 else f"(mean over {n} seeds)"), fontsize=9)
     a1.set_xticks([0] + [100 * r for r in t["ratios"]])
     a1.grid(alpha=0.3)
     a1.legend(fontsize=7, ncol=2)
@@ -369,13 +386,13 @@ def plot(t: dict[str, Any], path: Path) -> None:
             ys.append(100 * rec["overlap"])
             labels.append(rec["label"])
     a2.scatter(xs, ys, color="tab:blue", label="ours (params as run)")
-    for x, y, lab in zip(xs, ys, labels):
-        a2.annotate(lab, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=7)
+    _labels(a2, list(zip(xs, ys, labels)), "tab:blue", right=True)
     pp = [(p["params_m"], p["overlap"], p["label"]) for a, p in t["paper"].items()
           if a in t["archs"]]
     if pp:
         a2.scatter([p[0] for p in pp], [p[1] for p in pp], marker="*", s=70, color="tab:orange",
                    label="paper Tab. A6 (ImageNet)")
+        _labels(a2, pp, "tab:orange", right=False)
     a2.set_xscale("log")
     a2.set_xlabel("surrogate parameters (M, log)")
     a2.set_ylabel(f"class overlap with {arch_label(t['reference'])} at {ratio_label(t['ratio'])} (%)")

@@ -130,3 +130,18 @@ def test_the_header_prints_seeds_as_the_other_benches():
     assert header_lines(live)[3].endswith("; seeds [0, 1]")
     old = {**t, "config": {**t["config"], "seeds": (0, 1)}}  # written before "seeds" was kept
     assert header_lines(old)[3].endswith("; seeds [0, 1]")
+
+
+def test_the_plot_says_one_seed_and_names_the_papers_stars(tmp_path, saved_figures):
+    """The trajectory's title did not say it was one seed, and the paper's stars had no names
+    (audit); close labels stand apart."""
+    from ffcv_dp4tl.bench import surrogates as sur
+
+    t = json.loads((Path(__file__).parents[2] / "docs/surrogates/results.json").read_text())
+    sur.plot(t, tmp_path / "s.png")
+    a1, a2 = saved_figures[-1].axes
+    assert a1.get_title().endswith("(1 seed)") and a1.get_xlabel() == "source classes removed (%)"
+    names = {x.get_text() for x in a2.texts if x.get_color() == "tab:orange"}
+    assert names == {p["label"] for a, p in t["paper"].items() if a in t["archs"]}
+    places = {x.get_text(): x.get_position() for x in a2.texts if x.get_color() == "tab:orange"}
+    assert places["RN-44s"] != places["RN-56s"]  # (close: one right, one below)
