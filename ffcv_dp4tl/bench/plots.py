@@ -75,9 +75,11 @@ def plot_accuracy(t: dict[str, Any], path: Path) -> None:
 
 
 def _legend_below(fig, handles: list, labels: list[str]) -> int:
-    """The figure's legend below its panels, in as many columns as fit its width (~1.1 in per
-    entry), then more rows (the figure grows); returns the rows."""
-    ncol = max(1, min(len(labels), int(fig.get_figwidth() / 1.1)))
+    """The figure's legend below its panels, in as many columns as fit its width (an entry:
+    ~0.45 in of handle and ~0.065 in per character of its longest label, at least 1.1 in),
+    then more rows (the figure grows); returns the rows."""
+    entry = max(1.1, 0.45 + 0.065 * max((len(x) for x in labels), default=0))
+    ncol = max(1, min(len(labels), int(fig.get_figwidth() / entry)))
     rows = -(-len(labels) // ncol)
     fig.set_figheight(fig.get_figheight() + 0.22 * (rows - 1))
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)

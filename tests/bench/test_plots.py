@@ -148,3 +148,14 @@ def test_a_reversed_variant_has_an_open_marker(tmp_path, saved_figures):
     plots.plot_cost(t, tmp_path / "cost.png")
     lines = {x.get_label(): x.get_fillstyle() for x in saved_figures[-1].axes[0].get_lines()}
     assert lines["LM"] == "full" and lines["LM (reversed)"] == "none"
+
+
+def test_a_long_legend_entry_gets_fewer_columns(tmp_path, saved_figures):
+    """The 0 % entry, with its values, is longer than ~1.1 in: at 4 columns on one panel the
+    legend ran past both edges of the figure."""
+    t = table()
+    t["methods"] = ["fm[k=16]", "fm[k=32]", "fm[k=64]"]
+    t["accuracy"]["lp"]["methods"] = {m: {"0.4": [90.0, 1.0]} for m in t["methods"]}
+    plots.plot_accuracy(t, tmp_path / "acc.png")
+    fig = saved_figures[-1]
+    assert fig.legends[0]._ncols == 2
