@@ -243,7 +243,7 @@ def plot_cost(t: dict[str, Any], path: Path) -> None:
                 ls="-.", marker=".", lw=2, label="ours, pretrain only, CPU-s (same mean)")
     if not steps:  # (steps matched: the paper's epochs-based reductions do not apply)
         pr = [r for r in sorted(PAPER_TOTAL_HOURS)]
-        a2.plot([100 * r for r in pr], [100 * paper_reduction(r) for r in pr], color="gray",
+        a2.plot([100 * r for r in pr], [100 * paper_reduction(r) for r in pr], color="darkgray",
                 ls="--", marker="*", ms=10, lw=1.5,
                 label="paper Tab. 3 (total: surrogate + LM/FM + RN-101)")
         a2.plot([0, 80], [0, 80], color="lightgray", lw=1, label="ideal (= ratio)")
