@@ -24,7 +24,7 @@ def ratio_axis(t: dict[str, Any]) -> str:
     words = [UNIT_PLURAL[u] for u in sorted(units)]
     if len(words) == 1:
         return f"source {words[0]} removed (%)"
-    return f"source units removed (%): {' / '.join(words)} by method"
+    return f"source units removed (%)\n({' / '.join(words)}, by method)"  # (fits one panel)
 
 
 def pyplot():
