@@ -222,8 +222,7 @@ def plot_cost(t: dict[str, Any], path: Path) -> None:
     a1.set_ylabel("wall seconds (CPU)")
     a1.set_ylim(0, 1.3 * a1.get_ylim()[1])  # (room for the surrogate's note above the data)
     a1.grid(alpha=0.3)
-    # below the axes, so that no entry covers a data point
-    a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    _legend_under(a1)
     sur = t.get("surrogate_s")
     if sur and ref["pretrain_s"]:
         a1.text(0.02, 0.98, f"surrogate {sur:.1f} s = {sur / ref['pretrain_s']:.2f}× the 0 % "
@@ -251,10 +250,21 @@ def plot_cost(t: dict[str, Any], path: Path) -> None:
     a2.set_xlabel(ratio_axis(t))
     a2.set_ylabel("reduction (%)")
     a2.grid(alpha=0.3)
-    a2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    _legend_under(a2)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def _legend_under(ax) -> None:
+    """``ax``'s legend below its x label (one more step per label line), so that no entry covers
+    a data point."""
+    from matplotlib.transforms import ScaledTranslation
+
+    lines = ax.get_xlabel().count("\n") + 1  # (tick labels ~0.3 in, a label line ~0.18 in)
+    below = ax.transAxes + ScaledTranslation(0, -(0.3 + 0.18 * lines), ax.figure.dpi_scale_trans)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0), bbox_transform=below,
+              ncol=2, frameon=False)
 
 
 def _except(names: str) -> str:
