@@ -98,6 +98,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
 
 
+def atomic_save_figure(fig: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> Path:
+    """Save a matplotlib ``fig`` as :func:`atomic_write_bytes` writes (rendered in memory, the
+    format from ``path``'s suffix): a plain ``fig.savefig(path)`` wrote through a symlink left
+    at that name, so rendering a folder copied from someone else replaced whatever file the
+    link named (audit), and a stop mid-save left half a PNG."""
+    import io
+
+    path = Path(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
 def fsync_path(path: str | os.PathLike) -> None:
     """Flush a file written by another library (a tar, ffcv's beton) to the disk before it is
     renamed into place: the manifest that names it is fsynced, so after a power cut it must not

@@ -287,3 +287,30 @@ def test_load_npy_refuses_a_header_declaring_more_than_the_file_holds(tmp_path):
     os.mkfifo(tmp_path / "fifo.npy")
     with pytest.raises(ValueError, match="not a regular file"):
         load_npy(tmp_path / "fifo.npy")
+
+
+def test_a_figure_is_saved_atomically_never_through_a_link_at_its_name(tmp_path):
+    """``fig.savefig(path)`` wrote through a symlink left at that name: rendering a folder
+    copied from someone else (``cp -r`` keeps links) replaced whatever file the link named
+    (audit). The figure is rendered in memory and replaces the name; the linked file stays."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ffcv_dp4tl.fsutil import atomic_save_figure
+
+    victim = tmp_path / "notes.txt"
+    victim.write_text("precious")
+    png = tmp_path / "accuracy.png"
+    png.symlink_to(victim)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    atomic_save_figure(fig, png, dpi=50)
+    plt.close(fig)
+    assert victim.read_text() == "precious"
+    assert not png.is_symlink() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig, _ = plt.subplots()
+    atomic_save_figure(fig, tmp_path / "f.svg")  # (the format follows the suffix)
+    plt.close(fig)
+    assert b"<svg" in (tmp_path / "f.svg").read_bytes()[:400]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .markdown import method_dash, method_style, no_surrogate_labels, target_order
+from ..fsutil import atomic_save_figure
 from ..pipeline.report import mean_std
 from .stats import PAPER_TOTAL_HOURS, paper_reduction
 from .variants import base_method
@@ -70,7 +71,7 @@ def plot_accuracy(t: dict[str, Any], path: Path) -> None:
     fig.suptitle("Transfer accuracy vs source pruning ratio (cf. paper Fig. 4)\n"
                  f"error bars: {spread(t)}", fontsize=10)
     fig.tight_layout(rect=(0, 0.045 + 0.05 * rows, 1, 1))
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -167,7 +168,7 @@ def plot_targets(t: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"One pruned source for {nc} targets: accuracy per target (cf. paper Fig. A5)"
                  f"\nerror bars: {spread(t)}", fontsize=10)
     fig.tight_layout(rect=(0, 0.03 + 0.04 * rows, 1, 1))
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -252,7 +253,7 @@ def plot_cost(t: dict[str, Any], path: Path) -> None:
     a2.grid(alpha=0.3)
     _legend_under(a2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    atomic_save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

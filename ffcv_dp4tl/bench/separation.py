@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterable, Sequence
 from ..contracts import check_items, check_pruned_ratios
 from ..contracts.fields import typed
 from ..errors import DP4TLError
-from ..fsutil import BAD_JSON, atomic_write_json, atomic_write_text, directory_lock
+from ..fsutil import (BAD_JSON, atomic_save_figure, atomic_write_json, atomic_write_text,
+                      directory_lock)
 from ..pipeline.config import PipelineConfig
 from ..pipeline.report import mean_std
 from ..pipeline.resolve import seed_overrides
@@ -665,7 +666,7 @@ def plot_tests(summary: dict[str, Any], path: Path) -> Path:
     if tests:
         fig.legend(handles=swatches, loc="lower center", ncol=2, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.05 + 0.045 * (-(-len(swatches) // 2)), 1, 1))
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 

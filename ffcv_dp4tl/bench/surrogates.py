@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..errors import DP4TLError
-from ..fsutil import atomic_write_json, atomic_write_text
+from ..fsutil import atomic_save_figure, atomic_write_json, atomic_write_text
 from ..pipeline.compare import overlap
 from ..pipeline.config import PipelineConfig
 from ..pipeline.result import PipelineResult
@@ -400,5 +400,5 @@ def plot(t: dict[str, Any], path: Path) -> None:
     a2.grid(alpha=0.3)
     a2.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)

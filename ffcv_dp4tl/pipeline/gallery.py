@@ -26,7 +26,7 @@ from PIL import Image
 from ..data.manifest import load_manifest
 from ..errors import DataError
 from ..data.masks import load_mask
-from ..fsutil import atomic_write_bytes
+from ..fsutil import atomic_save_figure
 from ..scoring.ground_truth import GroundTruth, load_ground_truth, selection_quality
 from ..scoring.ranking import rank
 from .scores_io import load_scores
@@ -207,10 +207,8 @@ def selection_gallery(source_dir: str | Path, target_dir: str | Path | Sequence[
     axes[0, 0].set_title(plan.target_heading, loc="left", fontsize=8, **PLAIN)
     axes[0, per_class + 1].set_title(plan.source_heading, loc="left", fontsize=8, **PLAIN)
     fig.suptitle(plan.title, fontsize=9, **PLAIN)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_png, buf.getvalue())
+    atomic_save_figure(fig, out_png, dpi=110, bbox_inches="tight")
+    plt.close(fig)
     return out_png

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import DP4TLError
+from ..fsutil import atomic_save_npy
 from ..progress import say
 
 #: metrics.jsonl keys mirrored to TensorBoard (step = completed epochs)
@@ -286,7 +287,7 @@ class RecordSeen(Callback):
         if self.out_dir is not None:
             rank, world = self._dist()
             self._path(epoch).parent.mkdir(parents=True, exist_ok=True)
-            np.save(self._path(epoch), idx)
+            atomic_save_npy(self._path(epoch), idx)
             if rank == 0:  # a run of this epoch on more ranks, trained again: not this one's
                 for q, path in _epoch_files(self.out_dir / "seen", epoch).items():
                     if q >= world:

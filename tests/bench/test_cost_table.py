@@ -476,6 +476,31 @@ def test_render_refuses_a_damaged_results_file_in_one_line(tmp_path, change, whe
         ct.rerender(emb)
 
 
+def test_a_render_writes_no_figure_through_a_link_left_in_the_folder(tmp_path):
+    """A cost-table folder from a colleague (``cp -r`` keeps links) with ``cost.png`` a link to
+    one of the user's files: the render replaced that file with a PNG (audit). Now the figures
+    replace the links and the linked files stay as they were."""
+    import ffcv_dp4tl.bench.cost_table as ct
+
+    rows = [_row(REFERENCE, 0.0, s, 0, 0, 100.0, 60.0) for s in (0, 1)]
+    rows += [_row("lm", 0.6, s, 1, 1, 40.0, 70.0 + s) for s in (0, 1)]
+    t = summarize(rows, methods=["lm"], ratios=[0.0, 0.6], seeds=[0, 1], finetune=["lp"])
+    t.update(config={"source": "synth:bench", "target": "warm", "fmt": "wds", "recipes": "bench",
+                     "k": 64, "overrides": []}, surrogate_s=1.0, command="dp4tl bench embedded",
+             recipes={}, machine=machine_info(), date="today")
+    out = tmp_path / "out"
+    out.mkdir()
+    victims = {}
+    for name in ("cost.png", "accuracy.png"):
+        victims[name] = tmp_path / f"mine-{name}.txt"
+        victims[name].write_text("precious")
+        (out / name).symlink_to(victims[name])
+    ct.write_outputs(t, out)
+    assert all(v.read_text() == "precious" for v in victims.values())
+    assert not any((out / n).is_symlink() for n in victims)
+    assert (out / "cost.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_a_render_lists_the_recipes_in_the_stages_order(tmp_path):
     """A run's report lists its recipes as the stages run them; a render, reading results.json
     (whose keys are sorted), listed "ff, lp, pretrain, surrogate" (bench audit)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...fsutil import atomic_save_npy
 from ..baselines import _l2_normalise, prototype_distances
 from ..context import ScoringContext
 from ..feature_mapping import kmeans
@@ -44,6 +45,6 @@ class SelfSupervisedPrototypes(Scorer):
         k = int(ctx.opt("k")) or ctx.source.num_classes
         result = kmeans(x, k, iters=ctx.iters, seed=ctx.seed, backend=ctx.backend)
         ctx.meta.update({"ssp_k": k, "iters": ctx.iters, **result.run_record()})
-        np.save(Path(ctx.out_dir) / "ssp_centroids.npy", result.centroids)  # for inspection
+        atomic_save_npy(Path(ctx.out_dir) / "ssp_centroids.npy", result.centroids)  # to inspect
         d = prototype_distances(x, result.centroids, normalize=norm)
         return ScoreResult(scores=d if ctx.opt("keep") == "hard" else -d)
