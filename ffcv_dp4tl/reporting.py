@@ -22,17 +22,19 @@ def _shown_controls(text: str) -> str:
     return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
-def md_code(value: object) -> str:
+def md_code(value: object, cell: bool = False) -> str:
     """``value`` as one Markdown code span holding exactly its text, whatever it contains: the
     span's fence is a run of backticks longer than any in the text (CommonMark), padded with a
     space where the text starts or ends with a backtick. Paths, commands, recipe and dataset
     names in a report come from files and folders other people name: a backtick in one closed
     a plain `...` span, and what followed was live Markdown and HTML (``<img onerror=...>``,
-    a ``javascript:`` link; audit)."""
+    a ``javascript:`` link; audit). ``cell``: in a table cell, where a ``|`` ends the cell
+    even inside a span unless escaped (GFM), and the escape is taken back in the span."""
     text = _shown_controls(str(value))
     fence = "`" * (max(map(len, re.findall(r"`+", text)), default=0) + 1)
     pad = " " if text[:1] in ("`", " ") or text[-1:] in ("`", " ") else ""
-    return f"{fence}{pad}{text or ' '}{pad}{fence}"  # ('': one space; `` is no span)
+    span = f"{fence}{pad}{text or ' '}{pad}{fence}"  # ('': one space; `` is no span)
+    return span.replace("|", "\\|") if cell else span
 
 
 def md_text(value: object) -> str:

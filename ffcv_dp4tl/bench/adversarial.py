@@ -33,7 +33,7 @@ from ..pipeline.config import PipelineConfig
 from ..pipeline.result import PipelineResult
 from ..pipeline.report import in_stage_order, mean_std, method_label
 from ..pipeline.run import preflight, run_pipeline
-from ..reporting import machine_info, ran_on
+from ..reporting import machine_info, md_code, ran_on
 from ..outputs import claim_out_dir
 
 #: Paper Tab. 5 (ResNet-101 on ImageNet, ratio in %, accuracy in %, time in hours).
@@ -209,17 +209,17 @@ def _s(ms: tuple[float, float]) -> str:
 def header_lines(t: dict[str, Any]) -> list[str]:
     cfg, mach = t["config"], t["machine"]
     device = cfg.get("device", "auto")
-    return [f"- machine: {mach['cores']} cores ({mach['cpu']}), device `{device}` "
+    return [f"- machine: {mach['cores']} cores ({mach['cpu']}), device {md_code(device)} "
             f"({ran_on(device, mach)}), Python "
             f"{mach['python']}, torch {mach['torch']}, {mach['platform']}; date {t['date']}",
-            f"- command: `{t['command'] or '(library call)'}`",
-            f"- data: source `{cfg['source']}`, target `{cfg['target'] or '(first)'}`, format "
-            f"`{cfg['fmt']}`, protocol `{cfg['protocol']}`; recipes "
-            + ", ".join(f"{k} `{v}`" for k, v in in_stage_order(t["rows"][0].get("recipes") or {}))
-            + "".join(f"; {name} overrides `{' '.join(cfg[key])}`" for name, key in (
+            f"- command: {md_code(t['command'] or '(library call)')}",
+            f"- data: source {md_code(cfg['source'])}, target {md_code(cfg['target'] or '(first)')}, format "
+            f"{md_code(cfg['fmt'])}, protocol {md_code(cfg['protocol'])}; recipes "
+            + ", ".join(f"{k} {md_code(v)}" for k, v in in_stage_order(t["rows"][0].get("recipes") or {}))
+            + "".join(f"; {name} overrides {md_code(' '.join(cfg[key]))}" for name, key in (
                 ("pretrain", "overrides"), ("surrogate", "surrogate_overrides"),
                 ("finetune", "finetune_overrides")) if cfg.get(key)),
-            f"- ADV models: recipe overrides `{' '.join(t['adv'])}` ({_attack_space(t['adv'])}, "
+            f"- ADV models: recipe overrides {md_code(' '.join(t['adv']))} ({_attack_space(t['adv'])}, "
             "the model in eval mode while attacking: ffcv_dp4tl/training/adversarial.py)",
             f"- pruned models: {t['method'].upper()} at ratio {t['ratio']:g}"
             + (f" (kept {t['rows'][2]['kept_sample_fraction']:.3f} of the train samples)"

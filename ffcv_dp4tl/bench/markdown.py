@@ -10,7 +10,7 @@ from ..errors import DP4TLError
 from ..scoring.registry import PlotStyle, get_scorer, is_registered
 from ..pipeline.report import in_stage_order, mean_std
 from ..pipeline.truth import truth_table
-from ..reporting import ran_on
+from ..reporting import md_code, ran_on
 from .stats import (ALPHA, COST_STAGES, CRITERIA, PAPER_TOTAL_HOURS, REFERENCE, after_holm,
                     estimated_stages, format_interval, format_p, paper_reduction)
 from .variants import base_method, variant_style
@@ -147,7 +147,7 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
     L += _note_if_marked(L[first:])
     sur = t.get("surrogate_s")
     if t.get("surrogate_brought"):
-        L += ["", f"The surrogate was **brought** (`{t['surrogate_brought']}`, imported, not "
+        L += ["", f"The surrogate was **brought** ({md_code(t['surrogate_brought'])}, imported, not "
               f"trained): its {num(sur)} s are the import, not a training run; the paper's totals "
               "include training it."]
     elif sur and ref["pretrain_s"]:
@@ -170,8 +170,8 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
                      "shared by every ratio and target, so its totals fall almost as fast as the "
                      "kept fraction; here a larger surrogate share pushes the totals above the "
                      "pretrain-only line")
-        L += ["", f"The surrogate (`{rec.get('surrogate', '?')}`) took {sur_cell} s = {share:.2f}× "
-              f"the 0 % pretraining (`{rec.get('pretrain', '?')}`). A selection method's total at "
+        L += ["", f"The surrogate ({md_code(rec.get('surrogate', '?'))}) took {sur_cell} s = {share:.2f}× "
+              f"the 0 % pretraining ({md_code(rec.get('pretrain', '?'))}). A selection method's total at "
               f"ratio r is about {about}."]
     L += ["", "Stage breakdown (wall seconds, mean over seeds; CPU-s = CPU seconds of this "
           "process + its finished loader workers, less sensitive to other jobs; kept samples = "
@@ -260,7 +260,7 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
         L += ["", versus_random_summary(vs)]
     if any(t["winners"].values()):
         L += ["", f"### Best winning subset (largest ratio with {_crit_text(t)} accuracy ≥ 0 % − "
-                  f"{t['tol']} points; criterion `{t.get('criterion', 'final')}`)",
+                  f"{t['tol']} points; criterion {md_code(t.get('criterion', 'final'))})",
               "", "*Best ratio* is the paper's Tab. 1 rule on means over seeds, not a test. "
               + no_loss_text((w for ws in t["winners"].values() for w in ws.values()), t["tol"]),
               "",
@@ -370,10 +370,10 @@ def _target_tables(t: dict[str, Any], methods: Sequence[str], pruned: Sequence[f
     w = t.get("target_weights") or []
     L = ["", "### Several targets (Fig. A5): one selection for all targets, accuracy per target",
          "", f"The source is scored once for the {len(targets)} targets "
-         f"({', '.join(f'`{n}`' for n in order)}; each target's votes sum to 1"
+         f"({', '.join(f'{md_code(n)}' for n in order)}; each target's votes sum to 1"
          + (f", weights {', '.join(f'{x:g}' for x in w)}" if w else ", equal weights")
          + "), pretrained once per ratio, then finetuned on each target. The tables above are "
-         f"the first target's (`{order[0]}`)."]
+         f"the first target's ({md_code(order[0])})."]
     for mode in t["finetune"]:
         cols = [(n, m) for n in order for m in methods
                 if m in targets[n]["accuracy"].get(mode, {}).get("methods", {})]
@@ -390,7 +390,7 @@ def _target_tables(t: dict[str, Any], methods: Sequence[str], pruned: Sequence[f
                 for n, m in cols) + " |")
         rows = [w for n in order for w in targets[n]["winners"].get(mode, {}).values()]
         L += ["", f"Best winning subsets ({_crit_text(t)} accuracy, criterion "
-              f"`{t.get('criterion', 'final')}`). " + no_loss_text(rows, t.get("tol", 0.0)), "",
+              f"{md_code(t.get('criterion', 'final'))}). " + no_loss_text(rows, t.get("tol", 0.0)), "",
               "| target | method | best winning ratio | accuracy % | 0 % accuracy % | no loss shown |",
               "|---|---|---:|---:|---:|---|"]
         for n in order:
@@ -420,7 +420,7 @@ def _crit_text(t: dict[str, Any]) -> str:
 def criterion_line(t: dict[str, Any]) -> str:
     """The header line naming the winning-subset criterion (every cost-table header has it)."""
     c = t.get("criterion", "final")
-    return (f"- winning-subset criterion: `{c}` — the {_crit_text(t)} target test top-1 decides "
+    return (f"- winning-subset criterion: {md_code(c)} — the {_crit_text(t)} target test top-1 decides "
             "whether a pruned ratio wins (`--criterion final|best`; `best` is the authors' "
             "`best_test_top1`, chosen on the test set: docs/deviations.md)")
 
@@ -439,15 +439,15 @@ def header_lines(t: dict[str, Any]) -> list[str]:
     where = ran_on(cfg.get("device", "auto"), mach)
     return [f"- **{where}** run, {mach['cores']} cores ({mach['cpu']}), Python {mach['python']}, "
             f"torch {mach['torch']}, {mach['platform']}; date {t['date']}",
-            f"- command: `{t['command'] or '(library call)'}`",
-            f"- data: source `{cfg['source']}`, "
-            + (f"targets {', '.join(f'`{x}`' for x in cfg['targets'])} (one selection for all)"
-               if len(cfg.get("targets") or ()) > 1 else f"target `{cfg['target'] or '(first)'}`")
+            f"- command: {md_code(t['command'] or '(library call)')}",
+            f"- data: source {md_code(cfg['source'])}, "
+            + (f"targets {', '.join(f'{md_code(x)}' for x in cfg['targets'])} (one selection for all)"
+               if len(cfg.get("targets") or ()) > 1 else f"target {md_code(cfg['target'] or '(first)')}")
             + f", format "
-            f"`{cfg['fmt']}`; recipes `{cfg['recipes'] or 'auto'}` ("
-            + (", ".join(f"{k} `{v}`" for k, v in in_stage_order(t["recipes"])) if t.get("recipes")
+            f"{md_code(cfg['fmt'])}; recipes {md_code(cfg['recipes'] or 'auto')} ("
+            + (", ".join(f"{k} {md_code(v)}" for k, v in in_stage_order(t["recipes"])) if t.get("recipes")
                else "the recipe set's defaults") + f"), FM k={cfg['k']}"
-            + "".join(f"; {name} overrides `{' '.join(cfg[key])}`" for name, key in (
+            + "".join(f"; {name} overrides {md_code(' '.join(cfg[key]))}" for name, key in (
                 ("pretrain", "overrides"), ("surrogate", "surrogate_overrides"),
                 ("finetune", "finetune_overrides")) if cfg.get(key)),
             f"- ratios {', '.join(f'{ratio_label(r)}' for r in t['ratios'])}; methods "

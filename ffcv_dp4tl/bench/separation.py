@@ -37,7 +37,7 @@ from ..pipeline.resolve import seed_overrides
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
 from ..pipeline.truth import CHANCE_NOTE, TRUTH_COLUMNS, check_truth
-from ..reporting import carry_notes
+from ..reporting import carry_notes, md_code
 from .stats import ALPHA, after_holm, direction, format_interval, format_p, holm, paired_test
 from ..outputs import claim_out_dir
 
@@ -465,7 +465,7 @@ def pool_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list
             seen[cell] = path
         rows.extend(these)
         seeds = sorted({r["seed"] for r in these})
-        lines.append(f"  - `{folder}`: {len(these)} runs, seeds {_span(seeds)}")
+        lines.append(f"  - {md_code(folder)}: {len(these)} runs, seeds {_span(seeds)}")
     return rows, lines
 
 
@@ -550,7 +550,7 @@ def markdown(summary: dict[str, Any], *, command: str = "", header: Sequence[str
     s = summary
     lines = [*header]
     if command:
-        lines.append(f"- command: `{command}`")
+        lines.append(f"- command: {md_code(command)}")
     lines += ["", "### Verdict: paired differences to RANDOM (top-1 points)", "",
               f"Pairs = seeds × targets ({len(s['seeds'])} × {len(s['targets'])}); cell = mean "
               "difference [95 % t interval]. The pairs of one seed share RANDOM's pretraining, "
@@ -560,7 +560,7 @@ def markdown(summary: dict[str, Any], *, command: str = "", header: Sequence[str
               f"{len(s['tests'])} tests (p Holm). Identical differences have no interval: their "
               "p is the exact sign-flip test's.", "",
               "| mode | ratio | method | Δ vs RANDOM [95 % CI] | p | pairs won | by seed [95 % CI] "
-              "| p (seeds) | p Holm | verdict | " + " | ".join(f"`{t}`" for t in s["targets"]) + " |",
+              "| p (seeds) | p Holm | verdict | " + " | ".join(md_code(t, cell=True) for t in s["targets"]) + " |",
               "|---|---:|---|---:|---:|---:|---:|---:|---:|---|" + "---:|" * len(s["targets"])]
     for t in s["tests"]:
         p, q = t["pooled"], t.get("by_seed") or paired_test([])
@@ -580,7 +580,7 @@ def markdown(summary: dict[str, Any], *, command: str = "", header: Sequence[str
             one = v is not None and len(v) > 2 and v[2] == 1  # (a spread of one run reads 0.0)
             cells.append("–" if v is None else f"{v[0]:.1f} (one seed)" if one
                          else f"{v[0]:.1f} ± {v[1]:.1f}")
-        lines.append(f"| `{t}` | " + " | ".join(cells) + " |")
+        lines.append(f"| {md_code(t, cell=True)} | " + " | ".join(cells) + " |")
     if s["truth"]:
         lines += ["", "### Selection against the ground truth (mean over seeds)", "",
                   "top-k recall: mapped source classes among the k best-scored (class units); "
@@ -591,7 +591,7 @@ def markdown(summary: dict[str, Any], *, command: str = "", header: Sequence[str
                   "|---:|---|---|---:|" + "---:|" * (len(TRUTH_COLUMNS) + 2)]
         for c in s["truth"]:
             ks = "–" if c.get("kept_sample_fraction") is None else f"{100 * c['kept_sample_fraction']:.0f} %"
-            lines.append(f"| {100 * c['ratio']:.0f} % | {c['method'].upper()} | `{c['target']}` | {ks} | "
+            lines.append(f"| {100 * c['ratio']:.0f} % | {c['method'].upper()} | {md_code(c['target'], cell=True)} | {ks} | "
                          + " | ".join("–" if c.get(k) is None else f"{c[k]:.2f}"
                                       for k, _ in TRUTH_COLUMNS)
                          + f" | {c['chance']:.2f} | "

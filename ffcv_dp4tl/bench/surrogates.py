@@ -32,7 +32,7 @@ from ..pipeline.compare import overlap
 from ..pipeline.config import PipelineConfig
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
-from ..reporting import machine_info, ran_on
+from ..reporting import machine_info, md_code, ran_on
 from .markdown import num, ratio_label
 from ..outputs import claim_out_dir
 from .plots import pyplot, ratio_axis
@@ -289,7 +289,7 @@ def markdown_tables(t: dict[str, Any], plot_prefix: str = "") -> str:
         frac = br.get("kept_sample_fraction")
         L.append(f"| {rec['label']} | {num(rec.get('surrogate', {}).get('seconds'))} | "
                  f"{num(br.get('score_s'))} | {num(None if frac is None else 100 * frac)} % | "
-                 f"`{' '.join(rec['surrogate_overrides'])}` |")
+                 f"{md_code(' '.join(rec['surrogate_overrides']), cell=True)} |")
     if plot_prefix is not None:
         L += ["", f"![accuracy vs pruning ratio per surrogate]({plot_prefix}surrogates.png)"]
     return "\n".join(L) + "\n"
@@ -309,17 +309,17 @@ def header_lines(t: dict[str, Any]) -> list[str]:
     return [f"- {ran_on(cfg.get('device', 'auto'), mach)} run, {mach['cores']} cores ({mach['cpu']}), "
             f"Python {mach['python']}, torch "
             f"{mach['torch']}; date {t['date']}",
-            f"- command: `{t['command'] or '(library call)'}`",
-            f"- data: source `{cfg['source']}`, target `{cfg['target'] or '(first)'}`, format "
-            f"`{cfg['fmt']}`; protocol `{cfg['protocol']}`; recipes: surrogate "
-            f"`{rec.get('surrogate', '?')}` with `model.arch` set per row, pretrain "
-            f"`{rec.get('pretrain', '?')}`, " + ", ".join(
-                f"{m} `{rec.get(m, '?')}`" for m in t["finetune"])
-            + "".join(f"; {name} overrides `{' '.join(cfg[key])}`" for name, key in (
+            f"- command: {md_code(t['command'] or '(library call)')}",
+            f"- data: source {md_code(cfg['source'])}, target {md_code(cfg['target'] or '(first)')}, format "
+            f"{md_code(cfg['fmt'])}; protocol {md_code(cfg['protocol'])}; recipes: surrogate "
+            f"{md_code(rec.get('surrogate', '?'))} with `model.arch` set per row, pretrain "
+            f"{md_code(rec.get('pretrain', '?'))}, " + ", ".join(
+                f"{m} {md_code(rec.get(m, '?'))}" for m in t["finetune"])
+            + "".join(f"; {name} overrides {md_code(' '.join(cfg[key]))}" for name, key in (
                 ("pretrain", "overrides"), ("surrogate", "surrogate_overrides"),
                 ("finetune", "finetune_overrides")) if cfg.get(key)),
             f"- method LM, ratios {', '.join(ratio_label(r) for r in t['ratios'])}, overlap at "
-            f"{ratio_label(t['ratio'])} vs `{t['reference']}`; seeds {_seeds(t)}",
+            f"{ratio_label(t['ratio'])} vs {md_code(t['reference'])}; seeds {_seeds(t)}",
             *(f"- note: {n}" for n in t.get("notes") or ())]
 
 
@@ -373,7 +373,7 @@ def plot(t: dict[str, Any], path: Path) -> None:
     a1.set_ylabel(f"target test top-1 (%), {mode.upper()}")
     n = len(_seeds(t))
     a1.set_title(f"LM pruning trajectory per surrogate (cf. Fig. 5), target "
-                 f"`{t['config']['target'] or 'first'}` "
+                 f"{md_code(t['config']['target'] or 'first')} "
                  + ("(1 seed)" if n == 1 else f"(mean over {n} seeds)"), fontsize=9)
     a1.set_xticks([0] + [100 * r for r in t["ratios"]])
     a1.grid(alpha=0.3)

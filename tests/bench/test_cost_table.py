@@ -501,6 +501,30 @@ def test_a_render_writes_no_figure_through_a_link_left_in_the_folder(tmp_path):
     assert (out / "cost.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_reports_names_and_command_make_no_markup(tmp_path):
+    """A results.json from someone else's folder (its command, source, target and recipe names)
+    was pasted into `...` spans: a backtick in one closed the span and the rest rendered as
+    live HTML, into the user's BENCHMARKS.md with --report (audit). Each value is one exact
+    code span now."""
+    from markdown_it import MarkdownIt
+
+    import ffcv_dp4tl.bench.cost_table as ct
+
+    evil = "x` <img src=x onerror=alert(1)> [c](javascript:alert(1)) `"
+    rows = [_row(REFERENCE, 0.0, s, 0, 0, 100.0, 60.0) for s in (0, 1)]
+    rows += [_row("lm", 0.6, s, 1, 1, 40.0, 70.0 + s) for s in (0, 1)]
+    t = summarize(rows, methods=["lm"], ratios=[0.0, 0.6], seeds=[0, 1], finetune=["lp"])
+    t.update(config={"source": evil, "target": "w|a`rm", "fmt": "wds", "recipes": "bench",
+                     "k": 64, "overrides": []}, surrogate_s=1.0, command=f"dp4tl bench {evil}",
+             recipes={"pretrain": evil}, machine=machine_info(), date="today")
+    out = tmp_path / "out"
+    ct.write_outputs(t, out)
+    html = MarkdownIt("commonmark").enable("table").render((out / "report.md").read_text())
+    assert "<img src=x" not in html and 'href="javascript' not in html  # (its own figures stay)
+    assert "<code>dp4tl bench x` &lt;img src=x onerror=alert(1)&gt; [c](javascript:alert(1)) " \
+           "`</code>" in html
+
+
 def test_a_render_lists_the_recipes_in_the_stages_order(tmp_path):
     """A run's report lists its recipes as the stages run them; a render, reading results.json
     (whose keys are sorted), listed "ff, lp, pretrain, surrogate" (bench audit)."""
