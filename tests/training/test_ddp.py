@@ -3,15 +3,17 @@ none twice, takes the same steps and holds the same weights at every step, and d
 augmentation randomness."""
 from __future__ import annotations
 
+import contextlib
+import datetime
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ffcv_dp4tl.data import load_manifest, make_mask, save_mask
@@ -22,15 +24,38 @@ from tiny_data import TEST_OVERRIDES
 from .conftest import StopAt
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@contextlib.contextmanager
+def _rendezvous_port(world: int = 2):
+    """The port of a TCPStore this process hosts (bound to port 0 and listening until the block
+    ends) for ranks spawned in the block: torchrun's own arrangement, its agent hosting the store
+    that every rank joins as a client (``TORCHELASTIC_USE_AGENT_STORE=True``, see
+    :func:`_rank_env`), so the product's env:// rendezvous runs unchanged. A port found free and
+    closed before the ranks bound it (the old ``_free_port``) could be taken in between."""
+    store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False,
+                          timeout=datetime.timedelta(seconds=300))
+    try:
+        yield store.port
+    finally:
+        del store
+
+
+def _rank_env(rank: int, world: int, port: int) -> None:
+    """The variables torchrun sets for ``rank``, the store hosted by :func:`_rendezvous_port`."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      TORCHELASTIC_USE_AGENT_STORE="True")
+
+
+def _spawn_ranks(worker, *args, world: int = 2) -> None:
+    """``worker(rank, world, port, *args)`` on ``world`` spawned ranks, joined, around a store
+    this process hosts (:func:`_rendezvous_port`)."""
+    with _rendezvous_port(world) as port:
+        mp.start_processes(worker, args=(world, port, *args), nprocs=world, join=True,
+                           start_method="spawn")
 
 
 def _worker(rank: int, world: int, port: int, data: str, mask: str, out: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    _rank_env(rank, world, port)
     import torch
 
     torch.set_num_threads(1)
@@ -75,8 +100,7 @@ def test_ddp_ranks_read_equal_disjoint_shares_and_stay_in_step(source_dir, tmp_p
     mask = make_mask(np.arange(1, 67, 2)[:33], split, method="test")
     mpath = save_mask(tmp_path / "m.npy", mask)
     out = tmp_path / "ddp"
-    mp.start_processes(_worker, args=(2, _free_port(), str(source_dir), str(mpath), str(out)),
-                       nprocs=2, join=True, start_method="spawn")
+    _spawn_ranks(_worker, str(source_dir), str(mpath), str(out))
     for epoch in (0, 1):
         parts = [np.load(out / "seen" / f"rank{r}_epoch{epoch}.npy") for r in (0, 1)]
         assert [len(parts[0]), len(parts[1])] == [16, 16]
@@ -350,8 +374,7 @@ def _mid_epoch_worker(rank: int, world: int, port: int, data: str, mask: str, ou
                       stop_step: int) -> None:
     """2 epochs of 4 steps (global batch 16, 8 per rank), a checkpoint after every step; with
     ``stop_step`` > 0 every rank is stopped (Ctrl-C) as epoch 1's step ``stop_step`` begins."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    _rank_env(rank, world, port)
     import torch
 
     torch.set_num_threads(1)
@@ -387,9 +410,7 @@ def test_ddp_ranks_resume_mid_epoch_each_with_its_own_rng_and_on_fewer_ranks_at_
     mpath = str(save_mask(tmp_path / "m.npy", mask))
 
     def run(out, stop_step):
-        mp.start_processes(_mid_epoch_worker, args=(2, _free_port(), str(source_dir), mpath,
-                                                    str(out), stop_step),
-                           nprocs=2, join=True, start_method="spawn")
+        _spawn_ranks(_mid_epoch_worker, str(source_dir), mpath, str(out), stop_step)
 
     run(tmp_path / "a", 0)
     run(tmp_path / "b", 3)
@@ -455,9 +476,7 @@ def test_seen_record_of_an_epoch_resumed_on_fewer_ranks_covers_the_whole_epoch(s
     mask = make_mask(np.arange(0, 65), split, method="test")  # 65: 64 read per epoch on 2 ranks
     mpath = str(save_mask(tmp_path / "m.npy", mask))
     out = tmp_path / "run"
-    mp.start_processes(_mid_epoch_worker, args=(2, _free_port(), str(source_dir), mpath,
-                                                str(out), 3), nprocs=2, join=True,
-                       start_method="spawn")
+    _spawn_ranks(_mid_epoch_worker, str(source_dir), mpath, str(out), 3)
     with pytest.warns(UserWarning, match="written by 2 rank.*this run has 1"):
         _train_one_rank(source_dir, mpath, out)
     seen = _seen_files(out, 1)
@@ -484,9 +503,7 @@ def test_seen_record_of_an_epoch_resumed_on_more_ranks_covers_the_whole_epoch(so
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         _train_one_rank(source_dir, mpath, out, StopAt(1, 3))
-    mp.start_processes(_mid_epoch_worker, args=(2, _free_port(), str(source_dir), mpath,
-                                                str(out), 0), nprocs=2, join=True,
-                       start_method="spawn")
+    _spawn_ranks(_mid_epoch_worker, str(source_dir), mpath, str(out), 0)
     seen, plan = _seen_files(out, 1), _planned(mask, 1, 2)
     assert list(seen) == [0, 1]
     for r in (0, 1):  # (the old record: each rank's 8 samples after the resume)

@@ -216,10 +216,9 @@ def test_lp_and_fm_scoring_read_the_moco_checkpoint(moco_run, source_dir, target
 
 # ----------------------------------------------------------------------------- torchrun (gloo)
 def _ddp_worker(rank: int, world: int, port: int, data: str, mask: str, out: str) -> None:
-    import os
+    from .test_ddp import _rank_env
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    _rank_env(rank, world, port)
     torch.set_num_threads(1)
     train(moco_recipe("train.epochs=1"), data, mask=mask, out_dir=out, fmt="wds", device="cpu",
           progress=False)
@@ -228,18 +227,15 @@ def _ddp_worker(rank: int, world: int, port: int, data: str, mask: str, out: str
 def test_moco_under_ddp_shuffles_keys_across_ranks_and_keeps_ranks_in_step(source_dir, tmp_path):
     """2 gloo ranks, 47 masked samples, 8 per rank per step: each rank reads 23 (even shares),
     2 full batches, so both take the 2 steps whose keys they gather together."""
-    import torch.multiprocessing as mp
-
     from ffcv_dp4tl.data import save_mask
 
-    from .test_ddp import _free_port
+    from .test_ddp import _spawn_ranks
 
     split = load_manifest(source_dir).split("train")
     mask = make_mask(np.arange(47), split, method="test")
     mpath = save_mask(tmp_path / "m.npy", mask)
     out = tmp_path / "ddp"
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(source_dir), str(mpath), str(out)),
-                       nprocs=2, join=True, start_method="spawn")
+    _spawn_ranks(_ddp_worker, str(source_dir), str(mpath), str(out))
     row = [r for r in (out / "metrics.jsonl").read_text().splitlines() if r]
     assert len(row) == 1
     assert json.loads(row[0])["samples"] == 2 * 16
