@@ -374,22 +374,50 @@ def test_two_sources_with_one_folder_name_build_side_by_side(tmp_path, monkeypat
     assert ensure_built(f"folder:{tmp_path}/t-x", root, logs.append) == second
     # a pipeline of the other spelling still building it (its pipeline lock and the build's
     # own lock held): waited for, not refused by the build lock (review)
+    # The holder keeps both locks until told (its stdin closed): told when the waiting line is
+    # logged, a moment later (a build that went on without waiting would return before that);
+    # or, should no waiting line come, after a minute, so that the test fails instead of hanging.
+    # (It held them 2 s: a busy machine could reach the locks after that, and see no holder.)
     import subprocess
     import sys
-    import time
+    import threading
 
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\n"
+        "import sys\n"
         "from ffcv_dp4tl.fsutil import directory_lock\n"
         f"with directory_lock({str(root / '.folder-t-x.pipeline.lock')!r}, 'data'), "
         f"directory_lock({str(first / '.build.lock')!r}, 'build'):\n"
-        "    print('held', flush=True); time.sleep(2)\n")], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "held"
-    logs.clear()
-    t0 = time.monotonic()
-    assert ensure_built(f"folder:{tmp_path}/t/x/", root, logs.append) == first
-    assert time.monotonic() - t0 > 0.5 and holder.wait(10) == 0
+        "    print('held', flush=True); sys.stdin.read()\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    released, release_lock = threading.Event(), threading.Lock()
+
+    def release() -> None:
+        with release_lock:
+            if not released.is_set():
+                released.set()
+                holder.stdin.close()
+
+    def log(m: str) -> None:
+        logs.append(m)
+        if "waiting" in m:
+            threading.Timer(0.2, release).start()
+
+    give_up = threading.Timer(60, release)
+    give_up.start()
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        logs.clear()
+        assert ensure_built(f"folder:{tmp_path}/t/x/", root, log) == first
+        waited = released.is_set()  # (before release(): returned while the holder held on)
+    finally:
+        give_up.cancel()
+        release()
+        try:
+            holder.wait(30)
+        finally:
+            holder.kill()
     assert any("waiting" in m for m in logs), logs
+    assert waited and holder.returncode == 0
     (tmp_path / "link").symlink_to(tmp_path / "t" / "x")  # a link to it: listed under the link
     logs.clear()
     assert ensure_built("folder:link", root, logs.append) == first, logs
