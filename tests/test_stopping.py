@@ -710,22 +710,38 @@ def test_a_stop_while_waiting_for_another_runs_lock_is_the_stop(monkeypatch, cap
     lock = tmp_path / ".stage.lock"
     held = os.open(lock, os.O_RDWR | os.O_CREAT)
     fcntl.flock(held, fcntl.LOCK_EX)  # another run's
-    said = []
+    said, gave_up = [], threading.Event()
 
     def waiting(line):  # (the stop is sent once the wait began: a timer started before it
         said.append(line)  # could fire before the lock was asked for, on a loaded machine)
         main = threading.main_thread().ident
         threading.Timer(0.3, lambda: signal.pthread_kill(main, sig)).start()
 
+    def give_up():  # a stop that never ends the wait fails the test, instead of hanging it
+        gave_up.set()
+        fcntl.flock(held, fcntl.LOCK_UN)
+
     def command(**_):
         with directory_lock(lock, "stage X", wait=True, on_wait=waiting):
+            if gave_up.is_set():
+                pytest.fail(f"{signal.Signals(sig).name} did not end the wait for the lock "
+                            f"(its handler: {signal.getsignal(sig)!r})")
             pytest.fail("the lock was taken while another run held it")
 
     app = _cli_app(monkeypatch, command)
+    # Ctrl-C handled by Python's own handler, as in a terminal, whatever the runner inherited:
+    # a test run started as a background job of a script has SIGINT ignored, which the CLI keeps
+    # (it installs its Ctrl-C handler only over Python's own), so SIGINT raised nothing and
+    # the wait hung until the suite's timeout
+    ctrl_c = signal.signal(signal.SIGINT, signal.default_int_handler)
+    guard = threading.Timer(30, give_up)
+    guard.start()
     try:
         with pytest.raises(SystemExit) as e:
             app.run()
     finally:
+        guard.cancel()
+        signal.signal(signal.SIGINT, ctrl_c)
         os.close(held)
     assert said == ["another dp4tl run (pid unknown) is using stage X; waiting for it"]
     assert e.value.code == stopping.exit_status(sig)
