@@ -42,6 +42,11 @@ from ffcv_dp4tl.errors import DP4TLError
 #: loader's shutdown together; the old loader (no timeout) returned the batch after it
 STALL_S = 30
 
+#: the loader timeout of the tests whose loader, once free, reads a whole epoch under it (every
+#: batch in time): tiny batches take milliseconds, but 1 s (2 s for a worker's, its fork and
+#: start included) left little room on a loaded machine; still far below STALL_S
+TIMEOUT_S = 3
+
 
 #: (format, decode) of every loader make_loader builds
 LOADERS = [("wds", "cpu"), ("ffcv", "cpu"), ("wds", "gpu")]
@@ -87,7 +92,7 @@ def test_a_worker_that_delivers_no_batch_is_one_line_and_is_stopped(index_datase
         return real(self, *item)
 
     monkeypatch.setattr(_MaskedShardDataset, "_batch", stalling)
-    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "2")
+    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", str(TIMEOUT_S))
     loader = _loader(index_dataset.root, 1)
     t0 = time.monotonic()
     with pytest.raises(LoaderTimeout) as info:  # (a DP4TLError: the CLI prints it as one line)
@@ -96,11 +101,11 @@ def test_a_worker_that_delivers_no_batch_is_one_line_and_is_stopped(index_datase
     msg = str(info.value)
     assert "\n" not in msg and isinstance(info.value, DP4TLError)
     del info  # (its traceback holds this frame: a cycle that would leave the loader to the GC)
-    assert msg.startswith("a data-loader worker delivered no batch of split 'train' in 2 s "
+    assert msg.startswith(f"a data-loader worker delivered no batch of split 'train' in {TIMEOUT_S} s "
                           "(a worker stuck at its start")
     assert "DP4TL_LOADER_TIMEOUT=SECONDS sets the wait (0 = wait forever)" in msg
     assert "a training run resumes from its last checkpoint" in msg
-    assert elapsed < STALL_S - 5, f"took {elapsed:.1f} s"  # 2 s + torch's shutdown (2 x 5 s)
+    assert elapsed < STALL_S - 5, f"took {elapsed:.1f} s"  # 3 s + torch's shutdown (2 x 5 s)
     pid = int(pid_file.read_text())
     assert not _alive(pid), "the stuck worker was left running"
     assert pid not in [p.pid for p in multiprocessing.active_children()]
@@ -292,7 +297,7 @@ def test_a_batch_that_never_comes_from_a_thread_is_one_line(index_dataset, monke
 
         monkeypatch.setattr(DeviceDecodeLoader, "_host_batch", stalling)
         mine = lambda t: t.name.startswith(gd.THREAD_PREFIX)  # noqa: E731
-    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "1")
+    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", str(TIMEOUT_S))
     loader = _loader(index_dataset.root, *((1, "ffcv") if kind == "ffcv" else (2, "wds", "gpu")))
     t0 = time.monotonic()
     try:
@@ -310,7 +315,7 @@ def test_a_batch_that_never_comes_from_a_thread_is_one_line(index_dataset, monke
     del info
     who, cause = STALL_LINES[kind]
     assert "\n" not in msg
-    assert msg.startswith(f"{who} delivered no batch of split 'train' in 1 s ({cause}")
+    assert msg.startswith(f"{who} delivered no batch of split 'train' in {TIMEOUT_S} s ({cause}")
     assert "; the stuck thread was left to end with the process: rerun the command" in msg
     assert "DP4TL_LOADER_TIMEOUT=SECONDS sets the wait (0 = wait forever)" in msg
     # timeout + the stop's wait (3 s) or a little more: not the stall's 30 s (a bound of 6 s
@@ -329,11 +334,11 @@ def test_a_stalled_ffcv_thread_that_can_stop_is_stopped(index_dataset, monkeypat
     the line says so; no epoch thread is left. (The pipeline is compiled first: a thread freed
     by the stop then runs its batch, whose cold numba compile outlasted the stop's 2 s wait on
     a loaded machine, and the thread was rightly reported left.)"""
-    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "1")  # (read as the loader is made)
+    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", str(TIMEOUT_S))  # (read as the loader is made)
     loader = _loader(index_dataset.root, 1, "ffcv")
     assert sum(len(b.indices) for b in loader) == len(index_dataset)  # (compiled)
     _stall_ffcv(monkeypatch, lambda it, b: it.terminate_event.wait(STALL_S))
-    with pytest.raises(LoaderTimeout, match="in 1 s .*; its threads were stopped: rerun"):
+    with pytest.raises(LoaderTimeout, match=f"in {TIMEOUT_S} s .*; its threads were stopped: rerun"):
         next(iter(loader))
     assert not _ffcv_epoch_thread_alive()
 
@@ -342,17 +347,17 @@ def test_the_first_ffcv_batch_may_take_longer_for_the_compile(index_dataset, mon
     """The epoch thread compiles the pipeline (numba) in its first batch: with a 1 s timeout a
     cold first batch (~1 s on an idle core) timed out, blaming storage. The first batch gets
     FIRST_BATCH_EXTRA_S more; the others do not."""
-    slow = {0}  # (2.5 s: past the 1 s timeout; the extra leaves numba's cold compile, which
+    slow = {0}  # (1.5 s past the timeout; the extra leaves numba's cold compile, which
     # takes several seconds on a loaded machine, its time: 5 s left it 3.5 s)
-    _stall_ffcv(monkeypatch, lambda it, b: time.sleep(2.5) if b in slow else None,
+    _stall_ffcv(monkeypatch, lambda it, b: time.sleep(TIMEOUT_S + 1.5) if b in slow else None,
                 first_batch_extra=60.0)
-    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", "1")
+    monkeypatch.setenv("DP4TL_LOADER_TIMEOUT", str(TIMEOUT_S))
     loader = _loader(index_dataset.root, 1, "ffcv")
     assert sum(len(b.indices) for b in loader) == len(index_dataset)
     slow.clear()
     slow.add(1)  # a later batch as slow: past its 1 s
     with pytest.raises(LoaderTimeout, match="ffcv's epoch thread delivered no batch of split "
-                                            "'train' in 1 s"):
+                                            f"'train' in {TIMEOUT_S} s"):
         list(loader)
 
 
