@@ -27,12 +27,17 @@ HANG = 300
 
 @pytest.fixture
 def default_sigterm(monkeypatch):
-    """SIGTERM at its default for the test (restored after), and a fresh record of signals."""
+    """SIGTERM at its default and Ctrl-C at Python's own handler for the test (restored after),
+    and a fresh record of signals. (A test run started as a background job of a script inherits
+    SIGINT ignored, which the CLI keeps, by design: a SIGINT these tests send then raised nothing,
+    and the lock-wait test below hung until the suite's timeout.)"""
     previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    ctrl_c = signal.signal(signal.SIGINT, signal.default_int_handler)
     children = signal.getsignal(signal.SIGCHLD)  # (a SIGTERM quiets it for good: see below)
     monkeypatch.setattr(stopping, "_RECEIVED", [])
     yield
     signal.signal(signal.SIGTERM, previous)
+    signal.signal(signal.SIGINT, ctrl_c)
     signal.signal(signal.SIGCHLD, children)
 
 
@@ -729,11 +734,8 @@ def test_a_stop_while_waiting_for_another_runs_lock_is_the_stop(monkeypatch, cap
             pytest.fail("the lock was taken while another run held it")
 
     app = _cli_app(monkeypatch, command)
-    # Ctrl-C handled by Python's own handler, as in a terminal, whatever the runner inherited:
-    # a test run started as a background job of a script has SIGINT ignored, which the CLI keeps
-    # (it installs its Ctrl-C handler only over Python's own), so SIGINT raised nothing and
-    # the wait hung until the suite's timeout
-    ctrl_c = signal.signal(signal.SIGINT, signal.default_int_handler)
+    # (Ctrl-C at Python's own handler, default_sigterm's: ignored, as a background job inherits
+    # it, the CLI keeps it so, and SIGINT raised nothing: the wait hung until the suite's timeout)
     guard = threading.Timer(30, give_up)
     guard.start()
     try:
@@ -741,7 +743,6 @@ def test_a_stop_while_waiting_for_another_runs_lock_is_the_stop(monkeypatch, cap
             app.run()
     finally:
         guard.cancel()
-        signal.signal(signal.SIGINT, ctrl_c)
         os.close(held)
     assert said == ["another dp4tl run (pid unknown) is using stage X; waiting for it"]
     assert e.value.code == stopping.exit_status(sig)
@@ -802,11 +803,12 @@ def test_a_swallowed_stop_is_sent_again_as_a_signal_the_process_acts_on(monkeypa
         for t in threading.enumerate():
             if t.name == "dp4tl-interrupt-resend":
                 t.join(5)
-    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        assert stopping.resend_signal() == signal.SIGINT  # (SIGINT handled again; checked
+    finally:  # before the runner's own is back: ignored in a background job)
         signal.signal(signal.SIGINT, old)
     want = signal.SIGTERM if sigint == "ignored" else signal.SIGINT
     assert sent == [(threading.main_thread().ident, want)]
-    assert stopping.resend_signal() == signal.SIGINT  # (SIGINT handled again)
 
 
 @pytest.mark.parametrize("ends", ["SystemExit(0)", "SystemExit(2)", "SystemExit(143)",
