@@ -268,10 +268,14 @@ def _numpy_globals() -> list[Any]:
     """What a dp4tl checkpoint holds besides tensors and plain types: numpy arrays (its RNG
     states). Allowed to ``weights_only`` loading, which still runs no code from the file: numpy's
     array reconstruction only builds arrays (an object array's items would need more globals,
-    which stay refused)."""
+    which stay refused). Its two functions under both of numpy's module names: a file pickled
+    under numpy 1.x names ``numpy.core.multiarray``, one under numpy 2 ``numpy._core.multiarray``
+    (a run saved before a numpy upgrade was refused as if it held code; review)."""
     core = getattr(np, "_core", None) or np.core
     dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
-    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype, *dtypes]
+    named = [(getattr(core.multiarray, f), f"numpy.{mod}.multiarray.{f}")
+             for f in ("_reconstruct", "scalar") for mod in ("core", "_core")]
+    return [*named, np.ndarray, np.dtype, *dtypes]
 
 
 def torch_load_safe(path: str | Path, map_location: str | torch.device = "cpu") -> Any:

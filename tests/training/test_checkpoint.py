@@ -207,6 +207,31 @@ def test_a_file_that_would_run_code_when_loaded_is_refused_and_runs_none(tmp_pat
     assert "\n" not in line and "\x1b" not in line
 
 
+@pytest.mark.parametrize("numpy_module", ["numpy.core", "numpy._core"])
+def test_a_checkpoint_pickled_under_either_numpy_loads(tmp_path, numpy_module):
+    """A run saved under numpy 1.x names ``numpy.core.multiarray._reconstruct`` for its RNG
+    states, one under numpy 2 ``numpy._core...``: both load after a numpy upgrade (or downgrade),
+    with weights_only. Allowing only the running numpy's name refused the other as a file that
+    would run code (review)."""
+    import zipfile
+
+    import numpy as np
+
+    d = _legacy_dict()
+    d["rng"]["numpy"] = np.random.get_state()
+    save_checkpoint(tmp_path / "now.pt", d)
+    with zipfile.ZipFile(tmp_path / "now.pt") as z, \
+            zipfile.ZipFile(tmp_path / "then.pt", "w", zipfile.ZIP_STORED) as out:
+        for info in z.infolist():
+            data = z.read(info)
+            if info.filename.endswith("data.pkl"):
+                data = data.replace(b"numpy._core.multiarray", numpy_module.encode() + b".multiarray")
+                assert numpy_module.encode() + b".multiarray" in data
+            out.writestr(info, data)
+    back = Checkpoint.load(tmp_path / "then.pt")
+    assert np.array_equal(back.rng["numpy"][1], d["rng"]["numpy"][1])
+
+
 def test_resume_on_fewer_gpus_restores_the_states_it_can(monkeypatch):
     """A checkpoint saved where 2 GPUs were visible resumes where 1 is: device 0 gets its RNG
     state, the missing device is skipped (``set_rng_state_all`` would fail). No GPU here: the
