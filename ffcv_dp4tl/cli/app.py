@@ -466,7 +466,19 @@ def _failure(e: BaseException | None) -> tuple[str | None, int] | None:
     """The line and exit status of a command that failed with ``e``: an error the user can act
     on, told in one line (a usage error, a DP4TLError, an environment error); None for
     anything else (a stop, a bug: its traceback). One place for both ways an error ends a
-    command: reaching ``_run``, and unwinding when a stop signal came (:func:`_ending_interrupted`)."""
+    command: reaching ``_run``, and unwinding when a stop signal came (:func:`_ending_interrupted`).
+    The line is shown :func:`~beton_builders.spec.printable`: it quotes names from files others
+    wrote (a split name holding an escape sequence reached the terminal; review)."""
+    failure = _failure_line(e)
+    if failure is None or failure[0] is None or type(e).__name__ == "NoArgsIsHelpError":
+        return failure  # (the help: a page of its own text)
+    from beton_builders.spec import printable
+
+    return printable(failure[0]), failure[1]
+
+
+def _failure_line(e: BaseException | None) -> tuple[str | None, int] | None:
+    """:func:`_failure` before its line is made printable."""
     if isinstance(e, _ClickException):  # bad option / choice / missing value: refused before any work
         if type(e).__name__ == "NoArgsIsHelpError":  # `dp4tl` or `dp4tl mask` alone: the help
             return (e.format_message() if e.format_message().strip() else None), e.exit_code

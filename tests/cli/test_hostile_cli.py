@@ -784,3 +784,23 @@ def test_a_list_that_lost_an_item_between_commas_is_refused(capsys, monkeypatch,
     one_line(code, err, needle, "has an empty item between commas: put back the item that was "
              "dropped, or remove the extra comma")
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "work began before the refusal"
+
+
+@pytest.mark.parametrize("error", [
+    "DP4TLError", "OSError", "BadParameter"])
+def test_an_error_line_carries_no_control_character_to_the_terminal(error):
+    """Error lines quote names from files others wrote (a manifest's split or class names, a
+    path): an escape sequence in one reached the terminal raw, even through a pipe (review).
+    Every line the CLI prints for an error is shown with control characters escaped."""
+    import typer
+
+    from ffcv_dp4tl.cli.app import _failure
+    from ffcv_dp4tl.errors import DP4TLError
+
+    evil = "no split 'train' (available: \x1b]0;PWNED\x07evil\x9b2J)"
+    e = {"DP4TLError": DP4TLError(evil),
+         "OSError": FileNotFoundError(2, "No such file or directory", f"/d/{evil}"),
+         "BadParameter": typer.BadParameter(evil)}[error]
+    line, code = _failure(e)
+    assert code == 2 and not any(ord(c) < 32 or 0x7f <= ord(c) <= 0x9f for c in line), line
+    assert "\\x1b]0;PWNED\\x07evil\\x9b2J" in line
