@@ -2,6 +2,7 @@
 report was made on: shared by the benchmark scripts under ``benchmarks/`` and ``dp4tl bench``."""
 from __future__ import annotations
 
+import functools
 import platform
 import re
 import shlex
@@ -15,6 +16,23 @@ from .outputs import KINDS, folder_kind
 DEFAULT_HEADER = ("# Benchmarks\n\nEach `## ` section is written by one script under `benchmarks/` "
                   "(or one `dp4tl bench` command) and holds only numbers from its last run (see "
                   "its header for the machine, versions and command).\n")
+
+
+def literal_text(draw: Callable) -> Callable:
+    """Decorator of a function that draws a figure: every text it makes is drawn as written
+    (matplotlib's ``text.parse_math`` off while it runs). Titles, labels and legends hold
+    dataset, class and target names from files others wrote, and matplotlib read a ``$`` in one
+    as math: ``cost_$5_to_$10`` failed to parse while the figure was laid out or saved (a
+    pipeline's report lost after the whole run, ``bench render`` a traceback), ``a$b$c`` came
+    out in italics (audit, review)."""
+    @functools.wraps(draw)
+    def drawn_as_written(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return drawn_as_written
 
 
 def _shown_controls(text: str) -> str:

@@ -10,7 +10,7 @@ from ..errors import DP4TLError
 from ..scoring.registry import PlotStyle, get_scorer, is_registered
 from ..pipeline.report import in_stage_order, mean_std
 from ..pipeline.truth import truth_table
-from ..reporting import md_code, ran_on
+from ..reporting import md_code, md_text, ran_on
 from .stats import (ALPHA, COST_STAGES, CRITERIA, PAPER_TOTAL_HOURS, REFERENCE, after_holm,
                     estimated_stages, format_interval, format_p, paper_reduction)
 from .variants import base_method, variant_style
@@ -58,7 +58,9 @@ def method_dash(m: str, siblings: Sequence[str]) -> str:
 
 
 def method_label(m: str) -> str:
-    return method_style(m).label
+    """A method's label as report text: a registered one's, or the name a results.json holds
+    (upper-cased), which markup characters in it cannot turn into HTML or extra columns."""
+    return md_text(method_style(m).label)
 
 
 def _base_or_name(m: str) -> str:
@@ -380,7 +382,7 @@ def _target_tables(t: dict[str, Any], methods: Sequence[str], pruned: Sequence[f
         if not cols:
             continue
         L += ["", f"Target test top-1 % — {mode.upper()}, final epoch", "",
-              "| ratio | " + " | ".join(f"{n}: {method_label(m)}" for n, m in cols) + " |",
+              "| ratio | " + " | ".join(f"{md_text(n)}: {method_label(m)}" for n, m in cols) + " |",
               "|---:|" + "---:|" * len(cols),
               "| 0 % | " + " | ".join(_acc(targets[n]["accuracy"][mode]["reference"], ns)
                                      for n, _ in cols) + " |"]
@@ -396,7 +398,7 @@ def _target_tables(t: dict[str, Any], methods: Sequence[str], pruned: Sequence[f
         for n in order:
             for m, win in targets[n]["winners"].get(mode, {}).items():
                 br = ratio_label(win["ratio"]) if win["ratio"] > 0 else "none (0 %)"
-                L.append(f"| {n} | {method_label(m)} | {br} | "
+                L.append(f"| {md_text(n)} | {method_label(m)} | {br} | "
                          f"{_acc((win['mean'], win['std']), ns)} | "
                          f"{_acc((win['ref_mean'], win['ref_std']), ns)} | "
                          f"{shown_cell(win.get('shown'))} |")

@@ -9,6 +9,7 @@ from typing import Any
 from .markdown import method_dash, method_style, no_surrogate_labels, target_order
 from ..fsutil import atomic_save_figure
 from ..pipeline.report import mean_std
+from ..reporting import literal_text
 from .stats import PAPER_TOTAL_HOURS, paper_reduction
 from .variants import base_method
 from ..scoring.registry import UNIT_PLURAL, get_scorer, is_registered
@@ -50,6 +51,7 @@ def spread(t: dict[str, Any]) -> str:
             "one seed: no error bars")
 
 
+@literal_text
 def plot_accuracy(t: dict[str, Any], path: Path) -> None:
     """Fig. 4 style: x = pruning ratio %, y = target test top-1 %, LP and FF side by side."""
     plt = pyplot()
@@ -147,6 +149,7 @@ def _curves(ax, t: dict[str, Any], acc: dict[str, Any]) -> None:
                     ls=method_dash(m, t["methods"]), ms=6, lw=1.6, capsize=3, label=st.label)
 
 
+@literal_text
 def plot_targets(t: dict[str, Any], path: Path) -> None:
     """Fig. A5 style: one panel per target (columns) and finetuning mode (rows), accuracy vs
     pruning ratio of the one selection made for all targets."""
@@ -188,6 +191,7 @@ def steps_matched(t: dict[str, Any]) -> bool:
     return (t.get("config") or {}).get("pretrain_length") == "steps"
 
 
+@literal_text
 def plot_cost(t: dict[str, Any], path: Path) -> None:
     """Left: total cost (s) vs ratio per method; right: reduction vs 0 %, ours beside the paper's."""
     plt = pyplot()

@@ -37,7 +37,7 @@ from ..pipeline.resolve import seed_overrides
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
 from ..pipeline.truth import CHANCE_NOTE, TRUTH_COLUMNS, check_truth
-from ..reporting import carry_notes, md_code
+from ..reporting import carry_notes, literal_text, md_code
 from .stats import ALPHA, after_holm, direction, format_interval, format_p, holm, paired_test
 from ..outputs import claim_out_dir
 
@@ -563,10 +563,10 @@ def markdown(summary: dict[str, Any], *, command: str = "", header: Sequence[str
               "| p (seeds) | p Holm | verdict | " + " | ".join(md_code(t, cell=True) for t in s["targets"]) + " |",
               "|---|---:|---|---:|---:|---:|---:|---:|---:|---|" + "---:|" * len(s["targets"])]
     for t in s["tests"]:
-        p, q = t["pooled"], t.get("by_seed") or paired_test([])
+        p, q = t["pooled"], _seed_test(t)
         lines.append(f"| {t['mode'].upper()} | {100 * t['ratio']:.0f} % | {t['method'].upper()} | {_ci(p)} | "
                      f"{_p(p)} | {p['wins']}/{p['n']} | {_ci(q)} | {_p(q)} | {_p(t, 'p_holm')} | "
-                     f"{verdict(p, q, t.get('p_holm'))} | "
+                     f"{row_verdict(t)} | "
                      + " | ".join(_ci(t['per_target'][x]) for x in s["targets"]) + " |")
     if plot:
         lines += ["", f"![paired differences to RANDOM]({plot})"]
@@ -628,6 +628,19 @@ def _forest_title(summary: dict[str, Any], tests: list[dict[str, Any]]) -> str:
     return title
 
 
+def _seed_test(t: dict[str, Any]) -> dict[str, Any]:
+    """A test row's seed-level test; an empty one for a row from before it was recorded."""
+    return t.get("by_seed") or paired_test([])
+
+
+def row_verdict(t: dict[str, Any]) -> str:
+    """The verdict of one row of ``summary["tests"]``: what its table prints and its forest-plot
+    row's colour says (the plot passed no seed test for an older row, and coloured "better"
+    where the table said "too few seeds to test"; review)."""
+    return verdict(t["pooled"], _seed_test(t), t.get("p_holm"))
+
+
+@literal_text
 def plot_tests(summary: dict[str, Any], path: Path) -> Path:
     """Forest plot: each (mode, ratio, method)'s mean paired difference with its 95 % CI,
     coloured by the verdict the table prints (key below the plot; markers: which test)."""
@@ -642,7 +655,7 @@ def plot_tests(summary: dict[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 0.4 * len(tests) + 2.6))
     kinds = []
     for i, t in enumerate(tests):
-        kind = verdict_kind(verdict(t["pooled"], t.get("by_seed"), t.get("p_holm")))
+        kind = verdict_kind(row_verdict(t))
         kinds.append(kind)
         colour = VERDICT_COLOURS[kind][0]
         for p, dy, marker in ((t["pooled"], -0.15, "o"), (t.get("by_seed") or {}, 0.15, "s")):

@@ -32,7 +32,7 @@ from ..pipeline.compare import overlap
 from ..pipeline.config import PipelineConfig
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
-from ..reporting import machine_info, md_code, ran_on
+from ..reporting import literal_text, machine_info, md_code, ran_on
 from .markdown import num, ratio_label
 from ..outputs import claim_out_dir
 from .plots import pyplot, ratio_axis
@@ -351,6 +351,7 @@ def _labels(ax, pts: list[tuple[float, float, str]], colour: str, *, right: bool
         prev = (x, y)
 
 
+@literal_text
 def plot(t: dict[str, Any], path: Path) -> None:
     """Left: target top-1 vs pruning ratio per surrogate, from the shared 0 % point (Fig. 5);
     right: class overlap with the reference vs surrogate size, ours and the paper's."""

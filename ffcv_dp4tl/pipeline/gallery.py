@@ -27,6 +27,7 @@ from ..data.manifest import load_manifest
 from ..errors import DataError
 from ..data.masks import load_mask
 from ..fsutil import atomic_save_figure
+from ..reporting import literal_text
 from ..scoring.ground_truth import GroundTruth, load_ground_truth, selection_quality
 from ..scoring.ranking import rank
 from .scores_io import load_scores
@@ -38,10 +39,6 @@ __all__ = ["GALLERY", "GalleryPlan", "gallery_plan", "kept_class_ranking", "sele
 GALLERY = "selection.png"
 
 
-#: text drawn as it is written: class and dataset names come from manifests, and matplotlib read
-#: a "$" in one as math (``cost_$5_to_$10``: a parse error after the whole run, report.md never
-#: written; ``a$b$c`` in italics; audit)
-PLAIN = {"parse_math": False}
 #: the longest side an image is decoded to (a gallery cell is about 100 px at its dpi)
 THUMB = 128
 
@@ -160,6 +157,7 @@ def gallery_plan(source_dir: str | Path, target_dir: str | Path | Sequence[str |
                        target_rows=target_rows, source_rows=source_rows, source_split=split)
 
 
+@literal_text
 def selection_gallery(source_dir: str | Path, target_dir: str | Path | Sequence[str | Path],
                       mask: str | Path, out_png: str | Path, *,
                       scores_dir: str | Path | None = None, top: int = 8, per_class: int = 4,
@@ -192,7 +190,7 @@ def selection_gallery(source_dir: str | Path, target_dir: str | Path | Sequence[
     for r, ((label, _, _), imgs) in enumerate(zip(plan.target_rows, tgt_imgs)):
         for j, im in enumerate(imgs):
             axes[r, j].imshow(im, interpolation="nearest")
-        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7, **PLAIN)
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
     for r, ((label, _, colour, _), imgs) in enumerate(zip(plan.source_rows, src_imgs)):
         for j, im in enumerate(imgs):
             ax = axes[r, per_class + 1 + j]
@@ -203,10 +201,10 @@ def selection_gallery(source_dir: str | Path, target_dir: str | Path | Sequence[
         ax = axes[r, ncols - 1]
         ax.yaxis.set_label_position("right")
         ax.set_ylabel(label, rotation=0, ha="left", va="center", fontsize=7,
-                      color=colour or "black", **PLAIN)
-    axes[0, 0].set_title(plan.target_heading, loc="left", fontsize=8, **PLAIN)
-    axes[0, per_class + 1].set_title(plan.source_heading, loc="left", fontsize=8, **PLAIN)
-    fig.suptitle(plan.title, fontsize=9, **PLAIN)
+                      color=colour or "black")
+    axes[0, 0].set_title(plan.target_heading, loc="left", fontsize=8)
+    axes[0, per_class + 1].set_title(plan.source_heading, loc="left", fontsize=8)
+    fig.suptitle(plan.title, fontsize=9)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     atomic_save_figure(fig, out_png, dpi=110, bbox_inches="tight")

@@ -946,3 +946,24 @@ def test_render_of_another_benchs_folder_names_that_bench(tmp_path, capsys, monk
              f"`dp4tl bench {bench}`)", "rebuilds cost-table and embedded folders only")
     assert "lacks" not in err and "restore" not in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_the_several_targets_tables_keep_their_columns_whatever_a_target_is_called():
+    """Target names from results.json went raw into the several-targets tables' header and rows
+    (review): a name holding ``<img ...>`` rendered as HTML and its ``|`` split a column."""
+    import re
+
+    from markdown_it import MarkdownIt
+
+    from ffcv_dp4tl.bench.markdown import _target_tables
+
+    evil = "t<img src=x onerror=alert(1)>|x"
+    acc = {"methods": {"lm": {"0.6": [70.0, 1.0]}}, "reference": [80.0, 1.0]}
+    win = {"lm": {"ratio": 0.6, "mean": 70.0, "std": 1.0, "ref_mean": 80.0, "ref_std": 1.0}}
+    t = {"finetune": ["lp"], "config": {"targets": [evil, "b"]},
+         "targets": {n: {"accuracy": {"lp": acc}, "winners": {"lp": win}} for n in (evil, "b")}}
+    html = MarkdownIt("commonmark").enable("table").render(
+        "\n".join(_target_tables(t, ["lm"], [0.6], 2)))
+    assert "<img src=x" not in html
+    assert len(re.findall(r"<th[ >]", html)) == 3 + 6  # ratio, two target columns; winners' 6
+    assert "<td>t&lt;img src=x onerror=alert(1)&gt;|x</td>" in html

@@ -159,3 +159,17 @@ def test_a_long_legend_entry_gets_fewer_columns(tmp_path, saved_figures):
     plots.plot_accuracy(t, tmp_path / "acc.png")
     fig = saved_figures[-1]
     assert fig.legends[0]._ncols == 2
+
+
+def test_names_with_dollar_signs_are_drawn_as_written(tmp_path, saved_figures):
+    """A target's name comes from its manifest (and results.json): a ``$`` in it was read as
+    math, and ``cost_$5_to_$10`` failed to parse when the PNG was saved (``bench render``
+    ended in a traceback; review). Every text is drawn as written."""
+    t = table(target="cost_$5_to_$10 $\\foo$")
+    plots.plot_accuracy(t, tmp_path / "f.png")
+    fig = saved_figures[-1]
+    from matplotlib.text import Text
+
+    texts = [x for x in fig.findobj(Text) if "$" in x.get_text()]
+    assert texts and not any(x.get_parse_math() for x in texts)
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"

@@ -927,3 +927,19 @@ def test_the_forest_plot_colours_each_row_by_the_verdict_the_table_prints(tmp_pa
     one = {**summary, "seeds": [0], "tests": [{**held, "by_seed": {"lo": None}}]}
     sep.plot_tests(one, tmp_path / "q.png")
     assert "one seed" in saved_figures[-1].axes[0].get_title()
+
+
+def test_a_row_without_a_seed_test_gets_the_tables_verdict_in_the_plot(tmp_path, saved_figures):
+    """A results file from before the seed-level test was recorded: the table read its row as
+    "too few seeds to test" (an empty seed test) while the plot passed none and coloured it
+    "better" (review). One rule gives both (``row_verdict``)."""
+    import matplotlib.colors as mc
+
+    pooled = sep.paired_test([1, 2, 1.5, 2.5, 1.2, 1.8])
+    old = {"mode": "lp", "ratio": 0.8, "method": "lm", "pooled": pooled, "p_holm": 0.01}
+    said = sep.row_verdict(old)
+    assert said == sep.verdict(pooled, sep.paired_test([]), 0.01) != "better"
+    sep.plot_tests({"tests": [old], "seeds": [0, 1, 2], "targets": ["a", "b"]}, tmp_path / "p.png")
+    colours = {mc.to_hex(line.get_color()) for line in saved_figures[-1].axes[0].lines
+               if len(line.get_ydata()) == 1 and line.get_marker() == "o"}
+    assert colours == {mc.to_hex(sep.VERDICT_COLOURS[sep.verdict_kind(said)][0])}
