@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ffcv_dp4tl.contracts import INDEX_DTYPE
+from ffcv_dp4tl.contracts import INDEX_DTYPE, side_limit
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import absent_why, os_error_line
 
@@ -202,16 +202,19 @@ def beton_sides(beton: Path) -> np.ndarray:
 
 def oversized_line(path: Path, hw: np.ndarray, max_side: int | None) -> str | None:
     """One line naming the samples whose recorded height or width exceeds the build's
-    ``max_side`` (None when none does, or no ``max_side`` is known). The builder never stores a
+    ``max_side`` held to the builder's range (:func:`~ffcv_dp4tl.contracts.side_limit`: its top,
+    4096, when no ``max_side`` is known), or None when none does. The builder never stores a
     larger side, and ffcv sizes its decode buffers by the largest one: an edited metadata entry
-    (20000x20000) made a loader allocate 96 GB before its first batch."""
-    if max_side is None or not len(hw):
+    (20000x20000) made a loader allocate 96 GB before its first batch; the limit never comes
+    from manifest.json alone, which whoever edits the beton can edit too."""
+    if not len(hw):
         return None
-    idx = np.flatnonzero((hw > max_side).any(axis=1))
+    limit = side_limit(max_side)
+    idx = np.flatnonzero((hw > limit).any(axis=1))
     if not idx.size:
         return None
     h, w = (int(v) for v in hw[idx[0]])
-    return listed_samples(f"image side over the build's max_side {max_side} (first {h}x{w}: "
+    return listed_samples(f"image side over the build's max_side {limit} (first {h}x{w}: "
                           "metadata edited or damaged)", str(path), idx)
 
 
@@ -242,8 +245,8 @@ def check_beton(path: Path, num_samples: int,
                 max_side: int | None = None) -> tuple["BetonImages | None", list[str]]:
     """Structural check of a beton without reading image bytes: ffcv opens its header, it holds
     ``num_samples`` samples, every image points at an allocation inside the file (raw images
-    at least ``h * w * 3`` bytes) and no image side exceeds ``max_side`` (the manifest's, when
-    given: :func:`oversized_line`). Returns ``(layout or None, one line per problem)``."""
+    at least ``h * w * 3`` bytes) and no image side exceeds ``max_side`` (the manifest's, within
+    the builder's range: :func:`oversized_line`). Returns ``(layout or None, one line per problem)``."""
     path = Path(path)
     if why := absent_why(path):
         return None, [f"{path}: {why}; rebuild the dataset"]

@@ -275,12 +275,11 @@ def recorded_problems(beton: Path, shards: list[Path], checksums: dict[str, Any]
 
 def _check_sides(beton: Path, max_side: int | None, hint: str) -> None:
     """Refuse a beton whose metadata records an image side over the build's ``max_side``
-    (:func:`beton_builders.beton.oversized_line`): the checksums cannot tell, when whoever edited
-    the metadata recorded its new digest too, and ffcv would allocate for it before any check."""
+    (:func:`beton_builders.beton.oversized_line`; the builder's largest, 4096, when None): the
+    checksums cannot tell, when whoever edited the metadata recorded its new digest too, and ffcv
+    would allocate for it before any check."""
     from .beton import beton_sides, oversized_line
 
-    if max_side is None:
-        return
     try:
         line = oversized_line(beton, beton_sides(beton), max_side)
     except DataError:

@@ -35,7 +35,8 @@ from typing import Iterator
 import numpy as np
 
 from ffcv_dp4tl import stopping
-from ffcv_dp4tl.contracts import (FORMAT, BetonMode, INDEX_DTYPE, MANIFEST_NAME, ORIGINS_SUFFIX,
+from ffcv_dp4tl.contracts import (FORMAT, BetonMode, INDEX_DTYPE, MANIFEST_NAME, MAX_SIDE_RANGE,
+                                  ORIGINS_SUFFIX,
                                   DatasetManifest, ImageSettings, SplitEntry, dataset_fingerprint,
                                   split_fingerprint)
 from ffcv_dp4tl.cpus import available_cores
@@ -76,8 +77,9 @@ class BuildOptions:
     progress: bool = True
 
     def validate(self) -> None:
-        if not 8 <= self.max_side <= 4096:
-            raise DataError(f"--max-side must be in [8, 4096], got {self.max_side}")
+        low, high = MAX_SIDE_RANGE
+        if not low <= self.max_side <= high:
+            raise DataError(f"--max-side must be in [{low}, {high}], got {self.max_side}")
         if not 1 <= self.quality <= 100:
             raise DataError(f"--quality must be in [1, 100], got {self.quality}")
         if self.shard_size < 1:

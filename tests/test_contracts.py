@@ -223,6 +223,9 @@ def _set(d: dict, path: str, value) -> dict:
     ("manifest", "image", None, "field 'image' must be a JSON object, got None"),
     ("manifest", "image", {}, "'image' lacks field 'max_side'"),
     ("manifest", "image.quality", "high", "'quality' must be a non-negative integer"),
+    # the builder's --max-side range: a beton's recorded sides are checked against it
+    ("manifest", "image.max_side", 0, "'image.max_side' must be in [8, 4096]"),
+    ("manifest", "image.max_side", 100000, "'image.max_side' must be in [8, 4096]"),
     ("manifest", "extra", [1], "'extra' must be a JSON object"),
     ("manifest", "splits.train.checksums", "x", "split 'train': field 'checksums' must be a JSON object"),
     ("manifest", "splits.train.checksums", {"scheme": "size+blake2b-edges/1", "beton": 5, "shards": "x",

@@ -27,8 +27,8 @@ from __future__ import annotations
 from .choices import (AdvNorm, AdvUnits, Backend, BetonMode, Budget, Choice, Criterion, Decode, FinetuneMode,
                       FinetuneHead, Format, Order, PretrainLength, Protocol, RecipeSet, StartFrom, TargetCrop, TargetSplit, check_device, check_k,
                       check_k_fits, check_items, split_items, default_k, PAPER_K, SYNTH_K, check_pruned_ratios, RATIO_DECIMALS, check_ratio, check_seeds, check_tol)
-from .manifest import (FORMAT, INDEX_DTYPE, MANIFEST_NAME, ORIGINS_SUFFIX, DatasetManifest, ImageSettings, SplitEntry,
-                       dataset_fingerprint, split_fingerprint)
+from .manifest import (FORMAT, INDEX_DTYPE, MANIFEST_NAME, MAX_SIDE_RANGE, ORIGINS_SUFFIX, DatasetManifest, ImageSettings, SplitEntry,
+                       dataset_fingerprint, side_limit, split_fingerprint)
 from .masks import MaskMeta
 from .scores import SCORE_UNITS, Scores, ScoresMeta
 from .stage import STAGE_FIELDS, STAGE_KINDS, STAGE_VALUES, StageResult, check_stage_values, stage_kind
@@ -37,8 +37,8 @@ from .versions import UnsupportedFormatError, check_version
 __all__ = [
     "AdvNorm", "AdvUnits", "Backend", "BetonMode", "Budget", "Choice", "Criterion", "Decode", "FinetuneHead", "FinetuneMode", "Format", "Order", "PretrainLength", "Protocol",
     "RecipeSet", "StartFrom", "TargetCrop", "TargetSplit", "check_device", "check_items", "split_items", "check_k", "check_k_fits", "default_k", "PAPER_K", "SYNTH_K", "check_pruned_ratios", "RATIO_DECIMALS", "check_ratio", "check_seeds", "check_stage_values", "check_tol",
-    "DatasetManifest", "FORMAT", "INDEX_DTYPE", "ImageSettings", "MANIFEST_NAME", "MaskMeta", "ORIGINS_SUFFIX",
+    "DatasetManifest", "FORMAT", "INDEX_DTYPE", "ImageSettings", "MANIFEST_NAME", "MAX_SIDE_RANGE", "MaskMeta", "ORIGINS_SUFFIX",
     "SCORE_UNITS", "STAGE_FIELDS", "STAGE_KINDS", "STAGE_VALUES", "Scores", "ScoresMeta", "SplitEntry", "StageResult",
-    "UnsupportedFormatError", "check_version", "dataset_fingerprint", "split_fingerprint",
+    "UnsupportedFormatError", "check_version", "dataset_fingerprint", "side_limit", "split_fingerprint",
     "stage_kind",
 ]

@@ -33,6 +33,17 @@ FORMAT = "ffcv-dp4tl/1"
 #: the ``checksums`` scheme this version writes and checks (beton_builders.integrity); a record
 #: of another scheme (a newer release) is kept as read but not checked
 CHECKSUM_SCHEME = "size+blake2b-edges/1"
+#: the builder's range for ``--max-side`` (``BuildOptions.validate``): no build stores an image
+#: side past its top, so a beton's recorded sides are held to it whatever manifest.json says
+MAX_SIDE_RANGE = (8, 4096)
+
+
+def side_limit(max_side: int | None) -> int:
+    """The largest image side a beton of a build with ``max_side`` may record: that, within the
+    builder's range (:data:`MAX_SIDE_RANGE`; its top when the manifest records none), so an
+    edited or stripped ``image.max_side`` cannot lift the check on the beton's metadata."""
+    top = MAX_SIDE_RANGE[1]
+    return top if max_side is None else min(max_side, top)
 
 #: Per-sample record of the WebDataset random-access index (``wds/SPLIT.index.npy``).
 #: ``shard``: shard number; ``offset``/``size``: byte range of the ``.jpg`` member's data in the
@@ -200,6 +211,11 @@ class ImageSettings:
         fixed = {k: typed(d, k, kind, f"{where} 'image'", _REBUILD,
                           REQUIRED if k in ("max_side", "quality") else None)
                  for k, kind in kinds.items()}
+        low, high = MAX_SIDE_RANGE
+        if not low <= fixed["max_side"] <= high:  # (what the beton's sides are held to)
+            raise DataError(f"{where}: field 'image.max_side' must be in [{low}, {high}] (the "
+                            f"build's --max-side range), got {fixed['max_side']}; restore "
+                            f"manifest.json or {_REBUILD}")
         return cls(**{k: v for k, v in fixed.items() if v is not None})
 
 

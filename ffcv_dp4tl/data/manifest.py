@@ -87,7 +87,8 @@ class SplitInfo:
     dataset_root: Path | None = None
     #: the dataset's number of classes (None for hand-made SplitInfos: labels not range-checked)
     num_classes: int | None = None
-    #: the build's ``image.max_side`` (None: hand-made SplitInfos, builds that did not record it)
+    #: the build's ``image.max_side`` (None: hand-made SplitInfos, builds that did not record it;
+    #: the beton's sides are then held to the builder's largest, 4096: ``contracts.side_limit``)
     max_side: int | None = None
 
     @property

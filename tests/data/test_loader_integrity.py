@@ -171,6 +171,42 @@ def test_an_image_side_over_max_side_in_the_metadata_is_refused_at_open(copy, ol
                for p in verify_dataset(copy).problems)
 
 
+@pytest.mark.parametrize("old_manifest", [False, True])
+def test_a_side_over_4096_is_refused_when_the_manifest_records_no_max_side(copy, old_manifest):
+    """The side limit came from the manifest.json whoever edits the beton can edit too: without
+    ``image`` it was None and the check was skipped (a 20000x20000 entry passed). The builder's
+    own top, 4096, holds whatever the manifest says."""
+    path, max_side = _enlarge_in_metadata(copy, 5, 4097 - 32)  # (the index build's max_side: 32)
+    assert max_side == 32
+    m = json.loads((copy / "manifest.json").read_text())
+    del m["image"]
+    (copy / "manifest.json").write_text(json.dumps(m))
+    if old_manifest:
+        _strip_new_fields(copy)
+    with pytest.raises(DataError) as e:
+        make_loader(copy, "train", fmt="ffcv", aug=AugSpec.for_eval(), batch_size=8,
+                    resolution=16, num_workers=0)
+    assert _one_line(e).startswith(f"{path}: image side over the build's max_side 4096 (first "
+                                   "4097x4097: metadata edited or damaged) at sample(s) 5"), e.value
+    assert any("image side over the build's max_side 4096" in p
+               for p in verify_dataset(copy).problems)
+
+
+@pytest.mark.parametrize("max_side", [7, 4097, 10**9])
+def test_a_manifest_max_side_outside_the_builders_range_is_refused_on_load(copy, max_side):
+    """A manifest raised to ``max_side: 1e9`` let any side through: refused when read, one line
+    naming manifest.json and the field."""
+    p = copy / "manifest.json"
+    m = json.loads(p.read_text())
+    m["image"]["max_side"] = max_side
+    p.write_text(json.dumps(m))
+    with pytest.raises(DataError) as e:
+        load_manifest(copy)
+    msg = _one_line(e)
+    assert msg.startswith(str(p)) and "'image.max_side' must be in [8, 4096]" in msg, msg
+    assert f"got {max_side}" in msg, msg
+
+
 def test_changed_or_truncated_shard_is_refused(copy):
     split = _split(copy)
     _xor(split.shards[2], 600)  # first member's JPEG header
