@@ -7,7 +7,6 @@ parallel, so every reader gets the same bad-input handling, progress bar and res
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
@@ -15,41 +14,13 @@ from typing import Any, Callable, Union
 import numpy as np
 from PIL import Image
 
+# the naming rules live with the manifest contract, which reads the names back (one place
+# each); imported from here by the layouts, the writer and the CLI
+from ffcv_dp4tl.contracts.names import SPLIT_NAME, printable, split_name_problem  # noqa: F401
+
 #: A sample's image: a file path, an in-memory HWC uint8 RGB array (e.g. CIFAR), or a
 #: picklable zero-argument callable returning a PIL image (e.g. the synthetic generator).
 ImageRef = Union[str, Path, np.ndarray, Callable[[], Image.Image]]
-
-
-#: C0 and C1 control characters and DEL: a terminal acts on them (an OSC sequence in a class
-#: name retitled the window or wrote a link, even through a pipe to ``less -R``)
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-#: the escapes ``rejects.txt`` and ``S.files.txt`` have always written for these three
-_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
-
-
-def printable(text: str) -> str:
-    """``text`` with undecodable file-name bytes (surrogate escapes) and control characters
-    as ``\\xNN`` (tab, line feed, carriage return as ``\\t``, ``\\n``, ``\\r``): how a name
-    read from a file or a folder, which could hold anything, is shown and stored."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return _CONTROL.sub(lambda m: _SHORT.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
-
-
-#: What a split may be called: its name becomes file names in the output folder
-#: (``<split>.beton``, ``wds/<split>-000000.tar``), so a name from a split file that holds ``/``
-#: or ``..`` would write outside the folder the user chose
-SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-def split_name_problem(split: object) -> str | None:
-    """Why ``split`` cannot name a split (None when it can): see :data:`SPLIT_NAME`."""
-    if isinstance(split, str) and SPLIT_NAME.fullmatch(split) and ".." not in split:
-        return None
-    return (f"split name {printable(str(split))!r} is not allowed (letters, digits, '_', '.', '-', "
-            "starting with a letter or digit, no '..')")
 
 
 @dataclass(frozen=True)

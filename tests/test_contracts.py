@@ -264,6 +264,34 @@ def test_a_wrongly_typed_field_is_one_line_naming_it(name, path, value, needle):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("split", ["\x1b]0;PWNED\x07evil", "../../x", "", ".hidden", "a..b"])
+def test_a_split_name_the_build_refuses_is_refused_on_read(split, tmp_path):
+    """Split names are not in the fingerprint: one renamed in manifest.json to an OSC sequence
+    reached the terminal through error messages, and ``../../x`` names files outside the folder.
+    The build's rule runs on every read: one line naming the file, the name escaped."""
+    from ffcv_dp4tl.data import load_manifest
+
+    d = CONTRACTS["manifest"].to_json()
+    d["splits"] = {split: d["splits"]["train"]}
+    with pytest.raises(DataError) as e:
+        DatasetManifest.from_json(d, source="F.json")
+    msg = str(e.value)
+    assert msg.startswith("F.json: split name ") and "is not allowed" in msg, msg
+    assert not any(ord(c) < 32 or 0x7f <= ord(c) <= 0x9f for c in msg), msg
+    (tmp_path / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(DataError, match="is not allowed") as e:
+        load_manifest(tmp_path)
+    assert str(e.value).startswith(str(tmp_path / "manifest.json")), e.value
+
+
+def test_the_builder_and_the_manifest_share_one_split_name_rule():
+    from beton_builders import spec
+    from ffcv_dp4tl.contracts import names
+
+    assert spec.split_name_problem is names.split_name_problem
+    assert spec.printable is names.printable
+
+
 def test_a_fingerprint_that_does_not_match_its_splits_is_named():
     """The dataset fingerprint is what masks, scores and stages are keyed on: one that is not
     the builder's hash of the splits' fingerprints (a split deleted, a fingerprint pasted) or a

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import DataError
 from .fields import REQUIRED, _show, typed
+from .names import split_name_problem
 from .versions import check_version, _known
 
 #: what a damaged manifest's error says to do: rebuild over it (a plain rerun of the build finds
@@ -296,6 +297,9 @@ class DatasetManifest:
         classes = get("classes", "names", REQUIRED)
         splits = get("splits", "object", REQUIRED)
         known = _known(cls) - {"unknown"}
+        for k in splits:  # (not in the fingerprint: the build's rule, checked on every read)
+            if problem := split_name_problem(k):
+                raise DataError(f"{source}: {problem}; restore manifest.json or {_REBUILD}")
         entries = {k: SplitEntry.from_json(v, f"{source} split {k!r}") for k, v in splits.items()}
         _check_class_count(source, len(classes), entries)
         return cls(

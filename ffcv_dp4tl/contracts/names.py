@@ -1,0 +1,39 @@
+"""Names read from files and folders (class folders, split keys, file names), which could hold
+anything: how they are shown, and what a split may be called. Shared by the builder, which
+writes them, and every reader of ``manifest.json``, which gets them back from a file anyone can
+edit (one rule each, here)."""
+from __future__ import annotations
+
+import re
+
+#: C0 and C1 control characters and DEL: a terminal acts on them (an OSC sequence in a class
+#: name retitled the window or wrote a link, even through a pipe to ``less -R``)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: the escapes ``rejects.txt`` and ``S.files.txt`` have always written for these three
+_SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def printable(text: str) -> str:
+    """``text`` with undecodable file-name bytes (surrogate escapes) and control characters
+    as ``\\xNN`` (tab, line feed, carriage return as ``\\t``, ``\\n``, ``\\r``): how a name
+    read from a file or a folder, which could hold anything, is shown and stored."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: _SHORT.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
+
+
+#: What a split may be called: its name becomes file names in the output folder
+#: (``<split>.beton``, ``wds/<split>-000000.tar``), so a name from a split file that holds ``/``
+#: or ``..`` would write outside the folder the user chose; checked by the build and again
+#: whenever a manifest is read (a renamed split reached the terminal through error messages)
+SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def split_name_problem(split: object) -> str | None:
+    """Why ``split`` cannot name a split (None when it can): see :data:`SPLIT_NAME`."""
+    if isinstance(split, str) and SPLIT_NAME.fullmatch(split) and ".." not in split:
+        return None
+    return (f"split name {printable(str(split))!r} is not allowed (letters, digits, '_', '.', '-', "
+            "starting with a letter or digit, no '..')")
