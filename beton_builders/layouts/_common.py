@@ -164,11 +164,56 @@ def iter_lines(path: Path, hint: str = "") -> Iterator[tuple[int, str]]:
 #: Cars' 8,144 annotations, Flowers-102's 8,189 labels) with ample room. A compressed file of a
 #: few KB can declare 50M elements, which loadmat built (0.9 GB) before any check.
 MAX_MAT_ELEMENTS = 1_000_000
+#: Most bytes a layout's MATLAB file may hold once decompressed, nested fields included (the
+#: element count above sees top-level variables only: a (1, 1) struct with a 40M-element field,
+#: 311 KB compressed, built 662 MB). The real files are far smaller (Stanford Cars' annotations,
+#: ImageNet's meta.mat: a few MB at most).
+MAX_MAT_BYTES = 64 * 2**20
+_MAT_CHUNK = 2**20
+_MI_COMPRESSED = 15
+
+
+def mat_data_bytes(path: Path, limit: int = MAX_MAT_BYTES) -> int:
+    """Bytes of data a MAT v5 file holds once decompressed, counted without keeping them: each
+    top-level data element after the 128-byte header (8-byte tag: type and byte count, both
+    uint32 in the order bytes 126-127 name, ``IM`` little-endian; or the 4-byte small-element
+    form) counts its byte count, an ``miCOMPRESSED`` one (a zlib stream) what it inflates to,
+    in chunks. Stops once past ``limit``. 0 for a file that is not MAT v5 (v4 holds its data
+    uncompressed; scipy reads it, or says why it cannot)."""
+    import struct
+    import zlib
+
+    total = 0
+    with open(path, "rb") as f:
+        head = f.read(128)
+        if len(head) < 128 or head[126:128] not in (b"IM", b"MI"):
+            return 0
+        order = "<" if head[126:128] == b"IM" else ">"
+        while total <= limit and len(tag := f.read(8)) == 8:
+            mtype, nbytes = struct.unpack(f"{order}II", tag)
+            if mtype >> 16:  # small element: its (at most 4) bytes are in the tag
+                continue
+            if mtype != _MI_COMPRESSED:
+                total += nbytes
+                f.seek(nbytes, 1)
+                continue
+            inflate, left = zlib.decompressobj(), nbytes
+            while left > 0 and total <= limit and not inflate.eof:
+                data = f.read(min(left, _MAT_CHUNK))
+                if not data:
+                    break
+                left -= len(data)
+                while data and total <= limit and not inflate.eof:
+                    total += len(inflate.decompress(data, _MAT_CHUNK))
+                    data = inflate.unconsumed_tail
+            f.seek(left, 1)
+    return total
 
 
 def load_mat(path: Path, keys: Sequence[str], hint: str = "") -> dict[str, Any]:
     """``scipy.io.loadmat`` of ``keys`` only (squeezed, structs as objects), after checking
-    that each is present and declares at most :data:`MAX_MAT_ELEMENTS` elements
+    that the file's data decompresses to at most :data:`MAX_MAT_BYTES` (:func:`mat_data_bytes`)
+    and that each key is present and declares at most :data:`MAX_MAT_ELEMENTS` elements
     (``scipy.io.whosmat`` reads the declarations without the data)."""
     import math
 
@@ -176,6 +221,10 @@ def load_mat(path: Path, keys: Sequence[str], hint: str = "") -> dict[str, Any]:
 
     require_file(path, hint)
     try:
+        if mat_data_bytes(path) > MAX_MAT_BYTES:
+            raise bad(path, f"its data decompresses to more than {MAX_MAT_BYTES // 2**20} MiB, "
+                      "far more than a dataset's labels or annotations hold",
+                      hint=hint or "re-download the official file")
         declared = {name: shape for name, shape, _ in scipy.io.whosmat(str(path))}
         for k in keys:
             if k not in declared:
@@ -189,7 +238,7 @@ def load_mat(path: Path, keys: Sequence[str], hint: str = "") -> dict[str, Any]:
                                 variable_names=list(keys))
     except DataError:
         raise
-    except Exception as e:  # scipy raises many types for corrupt files
+    except Exception as e:  # scipy raises many types for corrupt files (zlib too)
         raise bad(path, f"cannot read MATLAB file ({e})", hint=hint or "re-download it") from None
 
 

@@ -222,6 +222,44 @@ def test_flowers102_mat_declaring_millions_of_labels_is_refused_unread(tmp_path:
     assert "\n" not in str(e.value)
 
 
+def test_stanfordcars_mat_with_a_huge_nested_field_is_refused_unread(tmp_path: Path) -> None:
+    """The declared shapes (scipy.io.whosmat) are the top-level variables' only: a (1, 1)
+    struct with a 40M-element field, 311 KB compressed, passed and loadmat built it (662 MB;
+    here 9M elements). The file's data is inflated in chunks and counted first."""
+    import scipy.io
+
+    F.make_stanfordcars(tmp_path)
+    path = tmp_path / "devkit" / "cars_train_annos.mat"
+    ann = np.zeros((1, 1), dtype=[("fname", "O"), ("class", "O"), ("pad", "O")])
+    ann[0, 0]["fname"], ann[0, 0]["class"], ann[0, 0]["pad"] = "x.jpg", 1, np.zeros(9_000_000)
+    scipy.io.savemat(str(path), {"annotations": ann}, do_compression=True)
+    del ann
+    assert path.stat().st_size < 200_000
+    assert scipy.io.whosmat(str(path)) == [("annotations", (1, 1), "struct")]  # (what it saw)
+    with pytest.raises(DataError) as e:
+        read_layout("stanfordcars", tmp_path)
+    assert str(e.value).startswith(f"{path}: its data decompresses to more than 64 MiB, far more "
+                                   "than a dataset's labels or annotations hold; "), e.value
+    assert "\n" not in str(e.value)
+
+
+def test_mat_data_bytes_counts_plain_and_compressed_elements(tmp_path: Path) -> None:
+    """Both forms count what loadmat would hold: an uncompressed file its elements' bytes, a
+    compressed one what they inflate to; a file that is not MAT v5 counts 0 (scipy decides)."""
+    import scipy.io
+
+    from beton_builders.layouts._common import mat_data_bytes
+
+    data = {"a": np.arange(1000.0), "b": np.array([[1, 2]], np.uint8)}
+    sizes = []
+    for compressed in (False, True):
+        scipy.io.savemat(str(tmp_path / "x.mat"), data, do_compression=compressed)
+        sizes.append(mat_data_bytes(tmp_path / "x.mat"))
+    assert 8000 < sizes[0] <= sizes[1] < 9000, sizes
+    (tmp_path / "y.mat").write_bytes(b"\0" * 40)
+    assert mat_data_bytes(tmp_path / "y.mat") == 0
+
+
 # --- dtd ------------------------------------------------------------------------------------
 
 def test_dtd(tmp_path: Path) -> None:
