@@ -433,7 +433,8 @@ def load_npy(path: str | os.PathLike, mmap_mode: str | None = None) -> Any:
     so a 192-byte file declaring shape (4e9,) raised a MemoryError traceback (or took the
     memory) instead of the callers' one line. Problems raise ``ValueError``, as numpy does for a
     truncated file, so every caller's own handling (and :func:`~.data.manifest.npy_error_reason`)
-    turns them into its message. A FIFO is refused before it is read (it would block)."""
+    turns them into its message. A FIFO is refused before it is read (it would block). Without
+    ``mmap_mode`` the array is read from the file object just checked (the name is opened once)."""
     import math
 
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -462,4 +463,21 @@ def load_npy(path: str | os.PathLike, mmap_mode: str | None = None) -> Any:
                     raise ValueError(f"its header declares shape {shape} of {dtype} ({needed} "
                                      f"bytes) but the file holds {held} bytes of data (truncated "
                                      "or not a real array)")
-    return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+        if mmap_mode is None:  # the file checked, not whatever the name holds by now
+            f.seek(0)
+            return _array_only(np.load(f, allow_pickle=False))
+    # (a memory map needs the name: numpy maps no open file object)
+    return _array_only(np.load(path, mmap_mode=mmap_mode, allow_pickle=False))
+
+
+class NpzArchiveError(ValueError):
+    """:func:`load_npy` of an ``np.savez`` archive (whatever its name): no one array."""
+
+
+def _array_only(loaded: Any) -> np.ndarray:
+    """What :func:`load_npy` returns: an array, never a ``.npz`` archive (whose lazy members
+    would read a closed file; every caller wants one array)."""
+    if not isinstance(loaded, np.ndarray):
+        loaded.close()
+        raise NpzArchiveError("an .npz archive (np.savez), not a .npy array file")
+    return loaded

@@ -289,6 +289,23 @@ def test_load_npy_refuses_a_header_declaring_more_than_the_file_holds(tmp_path):
         load_npy(tmp_path / "fifo.npy")
 
 
+def test_load_npy_reads_the_file_it_checked_not_the_name_again(tmp_path, monkeypatch):
+    """The header was checked on one open file, then ``np.load(path)`` opened the name again:
+    whatever replaced the file between the two was read unchecked. Without mmap the array now
+    comes from the checked file object; a .npz archive (no array) is refused in one line."""
+    from ffcv_dp4tl import fsutil
+
+    np.save(tmp_path / "ok.npy", np.arange(8, dtype=np.int64))
+    seen = []
+    real = np.load
+    monkeypatch.setattr(fsutil.np, "load", lambda f, *a, **k: seen.append(f) or real(f, *a, **k))
+    assert fsutil.load_npy(tmp_path / "ok.npy").tolist() == list(range(8))
+    assert len(seen) == 1 and not isinstance(seen[0], (str, os.PathLike)), seen
+    np.savez(tmp_path / "x.npz", a=np.arange(3))
+    with pytest.raises(ValueError, match=r"^an \.npz archive \(np\.savez\), not a \.npy array file$"):
+        fsutil.load_npy(tmp_path / "x.npz")
+
+
 def test_a_figure_is_saved_atomically_never_through_a_link_at_its_name(tmp_path):
     """``fig.savefig(path)`` wrote through a symlink left at that name: rendering a folder
     copied from someone else (``cp -r`` keeps links) replaced whatever file the link named

@@ -20,7 +20,7 @@ import numpy as np
 from ..contracts import MaskMeta
 from ..contracts.fields import repeats
 from ..errors import DataError, MaskError
-from ..fsutil import atomic_save_npy, atomic_write_json, load_npy, read_json
+from ..fsutil import NpzArchiveError, atomic_save_npy, atomic_write_json, load_npy, read_json
 from ..outputs import is_dataset
 from .manifest import SplitInfo, npy_error_reason
 
@@ -402,17 +402,15 @@ def load_mask(path: str | Path, split: SplitInfo | None = None,
     npy = _npy_path(path)
     if not npy.exists():
         raise MaskError(f"mask file not found: {npy}")
+    fix = "recreate it with `dp4tl prune` or `dp4tl mask classes`"
     try:
         indices = load_npy(npy)
+    except NpzArchiveError:  # (np.load opens a .npz archive, whatever its name)
+        raise MaskError(f"{npy} is an .npz archive (np.savez), not a .npy mask of sample "
+                        f"indices; {fix}") from None
     except (ValueError, OSError, EOFError) as e:  # (what numpy says, in the user's words)
         raise MaskError(f"{npy} is not a readable .npy mask ({npy_error_reason(e, 'sample indices')}); recreate it "
                         "with `dp4tl prune` or `dp4tl mask classes`") from None
-    fix = "recreate it with `dp4tl prune` or `dp4tl mask classes`"
-    if not isinstance(indices, np.ndarray):  # np.load opens a .npz archive, whatever its name
-        with contextlib.suppress(AttributeError):
-            indices.close()
-        raise MaskError(f"{npy} is an .npz archive (np.savez), not a .npy mask of sample "
-                        f"indices; {fix}")
     if indices.dtype == np.bool_:  # (numpy's other kind of mask: a flag per sample)
         raise MaskError(f"{npy} holds a boolean array (a keep flag per sample), but a mask holds "
                         "the kept samples' indices (sorted int64): save_mask(PATH, make_mask("

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from ..fsutil import atomic_save_npy, atomic_write_json, read_json
+from ..fsutil import atomic_save_npy, atomic_write_json, load_npy, read_json
 
 FORMAT = "ffcv-dp4tl-features"
 VERSION = 1
@@ -286,7 +286,7 @@ def load_features(
                 "the features are stale: delete the store and re-extract"
             )
     try:
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        arr = load_npy(path, mmap_mode="r" if mmap else None)
     except (OSError, ValueError, EOFError) as e:  # (EOFError: an empty file)
         raise DataError(f"cannot read feature store {path} ({type(e).__name__}: {e}); delete it "
                         "and re-extract") from None

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import DP4TLError
-from ..fsutil import atomic_save_npy
+from ..fsutil import atomic_save_npy, load_npy
 from ..progress import say
 
 #: metrics.jsonl keys mirrored to TensorBoard (step = completed epochs)
@@ -323,7 +323,7 @@ def _read_part(path: Path, damaged: list[str]) -> np.ndarray | None:
     numpy cannot read (cut short by a kill or a full disk, or edited): the resume then marks
     the epoch partial, as for a missing part, instead of a traceback from ``np.load``."""
     try:
-        return np.load(path)
+        return load_npy(path)  # (a header declaring more than the file holds is a ValueError)
     except (OSError, ValueError, EOFError) as e:
         why = " ".join(str(e).split())[:80] or type(e).__name__
         damaged.append(f"{path.name} ({why})")

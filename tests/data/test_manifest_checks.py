@@ -82,7 +82,9 @@ def test_a_file_we_may_not_read_names_its_permissions_not_a_rebuild(index_datase
     def denied(path, *a, **k):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(np, "load", denied)
+    import ffcv_dp4tl.data.manifest as manifest_mod
+
+    monkeypatch.setattr(manifest_mod, "load_npy", denied)  # (where the open of the file fails)
     with pytest.raises(DataError) as e:
         read_npy(split.labels)
     assert _one_line(e) == (f"cannot read {split.labels} (Permission denied); fix its "

@@ -34,6 +34,26 @@ def test_round_trip_memmap(tmp_path, rng):
     assert meta["extra"] == {"layer": "avgpool"}
 
 
+@pytest.mark.parametrize("mmap", [False, True])
+def test_a_store_declaring_more_than_it_holds_is_one_line(tmp_path, rng, mmap):
+    """A store whose .npy header was edited to declare 2**40 rows: ``np.load`` (mmap=False)
+    allocated the declared array before reading, a MemoryError traceback. It is read through
+    ``fsutil.load_npy``: one line naming the store."""
+    x = _feats(rng, n=8)
+    path = tmp_path / "feats.npy"
+    with FeatureWriter(path, *x.shape, dataset_fingerprint="fp") as w:
+        w.write(0, x)
+        w.finalize()
+    with open(path, "r+b") as f:  # the header rewritten in place, the data kept
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                 "shape": (1 << 40, 16)})
+    with pytest.raises(DataError) as e:
+        load_features(path, mmap=mmap)
+    assert str(e.value).startswith(f"cannot read feature store {path} (ValueError: its header "
+                                   "declares shape"), e.value
+    assert "\n" not in str(e.value)
+
+
 def test_interrupted_write_never_looks_complete_and_resumes(tmp_path, rng):
     x = _feats(rng)
     path = tmp_path / "feats.npy"

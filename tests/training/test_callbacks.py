@@ -130,6 +130,24 @@ def test_a_damaged_part_marks_the_epoch_partial_instead_of_a_traceback(tmp_path,
         read_seen(tmp_path, 1)
 
 
+def test_a_part_declaring_more_than_it_holds_marks_the_epoch_partial(tmp_path):
+    """A part's header declaring 2**40 indices in a few bytes: ``np.load`` allocated the
+    declared array first (a MemoryError traceback past the resume's handling, or the memory).
+    It is read through ``fsutil.load_npy``, refused unread, and the epoch marked partial."""
+    (rec,) = _ranks(tmp_path, 1)
+    _batches(rec, 0, 1, range(3))
+    rec.on_checkpoint(1, 3)
+    part = tmp_path / "seen" / "rank0_epoch1_step3.npy"
+    with open(part, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<i8", "fortran_order": False,
+                                                 "shape": (1 << 40,)})
+        f.write(b"\0" * 64)
+    (resumed,) = _ranks(tmp_path, 1)
+    with pytest.warns(UserWarning, match=r"epoch 1 is partial: .*unreadable: "
+                                         r"rank0_epoch1_step3\.npy \(its header declares shape"):
+        resumed.on_resume(1, 3)
+
+
 def test_read_seen_of_a_damaged_epoch_file_is_one_line(tmp_path):
     """A finished epoch's file cut short gave numpy's traceback from ``read_seen``: it is one
     line naming the file, like a damaged step part on a resume."""
