@@ -16,7 +16,8 @@ from PIL import Image
 
 # the naming rules live with the manifest contract, which reads the names back (one place
 # each); imported from here by the layouts, the writer and the CLI
-from ffcv_dp4tl.contracts.names import SPLIT_NAME, printable, split_name_problem  # noqa: F401
+from ffcv_dp4tl.contracts.names import (SPLIT_NAME, name_text, one_line,  # noqa: F401
+                                        printable, split_name_problem)
 
 #: A sample's image: a file path, an in-memory HWC uint8 RGB array (e.g. CIFAR), or a
 #: picklable zero-argument callable returning a PIL image (e.g. the synthetic generator).
@@ -41,12 +42,16 @@ class Sample:
         return repr(self.ref)
 
     def origin(self) -> str:
-        """Where the sample came from, for ``S.files.txt``: :meth:`display_name`, with a file
-        path made absolute (a relative one means nothing once the build's working folder is
-        forgotten)."""
-        if not self.name and isinstance(self.ref, (str, Path)):
-            return printable(os.path.abspath(self.ref))
-        return self.display_name()
+        """Where the sample came from, for ``S.files.txt``: its name or file path as stored text
+        (:func:`~ffcv_dp4tl.contracts.names.name_text`: only undecodable bytes as ``\\xNN``,
+        so each line is the path other tools open; not :meth:`display_name`, which escapes
+        every control character for a terminal), a file path made absolute (a relative one
+        means nothing once the build's working folder is forgotten)."""
+        if self.name:
+            return name_text(self.name)
+        if isinstance(self.ref, (str, Path)):
+            return name_text(os.path.abspath(self.ref))
+        return repr(self.ref)
 
     def name_bytes(self) -> bytes:
         """The exact origin (file names: their bytes on disk), for digests."""

@@ -55,7 +55,7 @@ from .input_stats import sample_stats, save_input_stats, stale_inputs
 from .integrity import REMAKE_HINT, beton_fingerprint, split_checksums, stored_digests
 from .repair import damaged_files, end_repair, read_repair, start_repair, undo_repair
 from .shards import write_shard
-from .spec import DatasetSpec, split_name_problem
+from .spec import DatasetSpec, one_line, split_name_problem
 
 #: ffcv DatasetWriter's default page size (4 * MIN_PAGE_SIZE = 8 MiB in ffcv 1.0.2)
 BETON_PAGE_SIZE = 8 * 2**20
@@ -589,7 +589,8 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
     _check_interrupt()
     if not repair:  # (a repair keeps the stats of the build: intact shards keep their pixels,
         save_input_stats(spec, out_dir / BUILD_DIR)  # so inputs changed since stay a warning)
-    lines = ["# split\tinput\treason"] + [f"{s}\t{_tsv(n)}\t{_tsv(r)}" for s, n, r in all_rejects]
+    lines = ["# split\tinput\treason"] + [f"{s}\t{one_line(n)}\t{one_line(r)}"
+                                         for s, n, r in all_rejects]
     atomic_write_text(out_dir / "rejects.txt", "\n".join(lines) + "\n")
     manifest = DatasetManifest(
         name=spec.name,
@@ -614,7 +615,7 @@ def write_origins(out_dir: Path, split: str, samples: list, keys: np.ndarray) ->
     absolute path, or the generator's name for it) on line ``i``. ``keys``: each sample's
     ordinal in the layout's listing (the index's ``key``; rejected inputs have none), so the
     lines follow the samples, not the listing."""
-    lines = [_tsv(samples[int(k)].origin()) for k in keys]
+    lines = [one_line(samples[int(k)].origin()) for k in keys]
     atomic_write_text(out_dir / f"{split}{ORIGINS_SUFFIX}", "".join(f"{x}\n" for x in lines))
 
 
@@ -634,9 +635,3 @@ def _add_missing_origins(spec: DatasetSpec, out_dir: Path) -> None:
                 raise DataError(f"{path}: unreadable ({why}); "
                                 f"{REMAKE_HINT.format(file=path, root=out_dir)}") from None
             write_origins(out_dir, name, spec.splits[name], index["key"])
-
-
-def _tsv(text: str) -> str:
-    """A ``rejects.txt`` field: a tab or line break inside a file name (legal on POSIX) written
-    as ``\\t`` / ``\\n`` / ``\\r``, so every line stays one reject of three fields."""
-    return text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")

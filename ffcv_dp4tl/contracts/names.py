@@ -11,17 +11,35 @@ import re
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 #: the escapes ``rejects.txt`` and ``S.files.txt`` have always written for these three
 _SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_LINE_BREAKS = re.compile("[\t\n\r]")
+
+
+def name_text(text: str) -> str:
+    """``text`` with undecodable file-name bytes (surrogate escapes, PEP 383) as ``\\xNN`` and
+    nothing else changed: a file name as text that can be stored (``S.files.txt`` lines, which
+    other tools open as paths)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def one_line(text: str) -> str:
+    """``text`` with a tab, line feed or carriage return written ``\\t``, ``\\n``, ``\\r``: a
+    field of a line-per-record file (``rejects.txt``, ``S.files.txt``), which stays one line."""
+    return _LINE_BREAKS.sub(lambda m: _SHORT[m.group()], text)
 
 
 def printable(text: str) -> str:
-    """``text`` with undecodable file-name bytes (surrogate escapes) and control characters
-    as ``\\xNN`` (tab, line feed, carriage return as ``\\t``, ``\\n``, ``\\r``): how a name
-    read from a file or a folder, which could hold anything, is shown and stored."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return _CONTROL.sub(lambda m: _SHORT.get(m.group(), f"\\x{ord(m.group()):02x}"), text)
+    """:func:`name_text` with every control character (C0, DEL, C1) as ``\\xNN`` too (tab, line
+    feed, carriage return as ``\\t``, ``\\n``, ``\\r``): how a name read from a file or a
+    folder, which could hold anything, is shown (messages, ``dp4tl info``/``verify``, the
+    manifest's class names, ``rejects.txt``), so a terminal never acts on it. A valid U+0085
+    and an undecodable byte 0x85 show alike there; ``S.files.txt`` keeps the name
+    (:func:`name_text`)."""
+    return _CONTROL.sub(lambda m: _SHORT.get(m.group(), f"\\x{ord(m.group()):02x}"),
+                        name_text(text))
 
 
 #: What a split may be called: its name becomes file names in the output folder

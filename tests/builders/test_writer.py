@@ -9,6 +9,7 @@ converted; interrupted builds resume without redoing finished shards.
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import tarfile
@@ -692,6 +693,29 @@ def test_files_txt_names_each_sample_and_a_rerun_adds_it_to_an_older_build(tmp_p
     assert not files.exists()
 
 
+
+
+def test_files_txt_keeps_control_characters_that_only_the_display_escapes(tmp_path):
+    """``printable`` (what messages and ``rejects.txt`` show) escapes ESC, DEL and C1 for the
+    terminal; it also wrote ``S.files.txt``, whose lines are the paths other tools open: a
+    valid U+0085 came out ``\\x85``, the same as an undecodable byte 0x85. The list keeps its
+    own rule (only a tab or line break, and undecodable bytes, are escaped)."""
+    odd = tmp_path / "in"
+    odd.mkdir()
+    names = ["esc\x1b[31m.png", "nel\u0085.png", "del\x7f.png", os.fsdecode(b"bad\x85.png")]
+    for n in names:
+        Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(os.fsencode(odd) + b"/" + os.fsencode(n))
+    spec = DatasetSpec("odd", ["a"], {"train": [Sample(odd / n, 0) for n in names]})
+    out = tmp_path / "o"
+    build_dataset(spec, out, OPTS)
+    lines = (out / "train.files.txt").read_text(encoding="utf-8").split("\n")[:-1]
+    base = str(odd.resolve())
+    assert lines == [f"{base}/esc\x1b[31m.png", f"{base}/nel\u0085.png", f"{base}/del\x7f.png",
+                     f"{base}/bad\\x85.png"], lines
+    # what is shown escapes them all (a terminal never acts on a name)
+    shown = [Sample(odd / n, 0).display_name() for n in names]
+    assert [x.rsplit("/", 1)[1] for x in shown] == [
+        "esc\\x1b[31m.png", "nel\\x85.png", "del\\x7f.png", "bad\\x85.png"]
 
 
 def test_a_class_missing_from_train_is_a_warning(tmp_path):
