@@ -9,6 +9,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from .contracts.names import printable
 from .errors import DP4TLError
 from .fsutil import atomic_write_text
 from .outputs import KINDS, folder_kind
@@ -35,11 +36,6 @@ def literal_text(draw: Callable) -> Callable:
     return drawn_as_written
 
 
-def _shown_controls(text: str) -> str:
-    """Line breaks and other control characters as ``\\xNN``: one value stays on its line."""
-    return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
 def md_code(value: object, cell: bool = False) -> str:
     """``value`` as one Markdown code span holding exactly its text, whatever it contains: the
     span's fence is a run of backticks longer than any in the text (CommonMark), padded with a
@@ -48,7 +44,7 @@ def md_code(value: object, cell: bool = False) -> str:
     a plain `...` span, and what followed was live Markdown and HTML (``<img onerror=...>``,
     a ``javascript:`` link; audit). ``cell``: in a table cell, where a ``|`` ends the cell
     even inside a span unless escaped (GFM), and the escape is taken back in the span."""
-    text = _shown_controls(str(value))
+    text = printable(str(value))  # (one line: control characters escaped)
     fence = "`" * (max(map(len, re.findall(r"`+", text)), default=0) + 1)
     pad = " " if text[:1] in ("`", " ") or text[-1:] in ("`", " ") else ""
     span = f"{fence}{pad}{text or ' '}{pad}{fence}"  # ('': one space; `` is no span)
@@ -61,7 +57,7 @@ def md_text(value: object) -> str:
     (CommonMark allows it before any ASCII punctuation), so a name holding ``<script>``,
     ``[x](javascript:...)`` or a ``|`` reads as written and a table keeps its columns. Emphasis
     marks stay as they are (``vit_b16`` reads as written in the file too)."""
-    return re.sub(r"([\\`\[\]<>|])", r"\\\1", _shown_controls(str(value)))
+    return re.sub(r"([\\`\[\]<>|])", r"\\\1", printable(str(value)))
 
 
 #: a hand-written note in a rendered report starts and ends with these lines: a render of the

@@ -224,13 +224,13 @@ HOSTILE = ["warm` <script>alert(1)</script> `", "`x`", "a``b", "[click](javascri
 def test_md_code_holds_any_text_as_one_code_span(value):
     """A path, command or name in a report is someone else's text: rendered by a CommonMark
     parser, its code span is one ``<code>`` holding exactly that text (control characters
-    shown as \\xNN), and nothing else becomes markup."""
+    shown escaped, as ``printable`` shows them), and nothing else becomes markup."""
     from markdown_it import MarkdownIt
 
     from ffcv_dp4tl.reporting import md_code
 
     html = MarkdownIt("commonmark").renderInline(md_code(value))
-    shown = value.replace("\n", "\\x0a")
+    shown = value.replace("\n", "\\n")
     assert html.startswith("<code>") and html.endswith("</code>") and html.count("<code>") == 1
     assert html[len("<code>"):-len("</code>")] == (
         shown.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -472,7 +472,7 @@ def _failure(e: BaseException | None) -> tuple[str | None, int] | None:
     failure = _failure_line(e)
     if failure is None or failure[0] is None or type(e).__name__ == "NoArgsIsHelpError":
         return failure  # (the help: a page of its own text)
-    from beton_builders.spec import printable
+    from ..contracts.names import printable
 
     return printable(failure[0]), failure[1]
 

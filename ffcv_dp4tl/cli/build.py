@@ -83,7 +83,7 @@ def info(
                                       "takes), name and samples per split"),
 ) -> None:
     """Show classes, splits, counts and fingerprints of a built dataset."""
-    from beton_builders.spec import printable
+    from ..contracts.names import printable
 
     from ..data.manifest import load_manifest
 
@@ -108,7 +108,7 @@ def _echo_classes(m) -> None:
     Names are shown :func:`~beton_builders.spec.printable` (a manifest may hold anything)."""
     import numpy as np
 
-    from beton_builders.spec import printable
+    from ..contracts.names import printable
 
     per_split = {}
     for name in m.split_names:

@@ -1,6 +1,8 @@
 """``dp4tl mask``: make and check index masks by hand (``dp4tl prune`` makes them from scores)."""
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 from typing import Optional
 
@@ -162,6 +164,10 @@ def files_cmd(
     text = "".join(f"{origins[i]}\n" for i in chosen)
     what = "removed" if pruned else "kept"
     if out is None:
+        if sys.stdout.isatty():  # a person reads it: a terminal must not act on a file name's
+            from ..contracts.names import printable  # escape sequence; a pipe gets the paths
+
+            text = "".join(f"{printable(origins[i])}\n" for i in chosen)
         # in pieces of a pipe's buffer: one write of the whole list into a pipe whose reader left
         # mid-way (`| head`) ended with exit 0 and the list cut without a sign; a piece after it
         # meets EPIPE, so the command ends as a shell reports a piped tool the reader stopped

@@ -20,7 +20,7 @@ def verify(
     Exit status 0 when intact, 1 with one line per problem otherwise; 2 (one line) when DATA
     is not a built dataset at all.
     """
-    from beton_builders.spec import printable
+    from ..contracts.names import printable
 
     from ..data.manifest import load_manifest, manifest_path
     from ..data.verify import verify_dataset

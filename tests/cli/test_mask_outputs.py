@@ -122,3 +122,35 @@ def test_mask_files_never_replaces_a_file_it_did_not_write(source_dir, tmp_path,
     code, _, err = run(*files, "--pruned")  # another list: a file this run did not write
     one_line(code, err, f"--out {kept} already exists", "list of removed files")
     assert kept.read_bytes() == listed
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_mask_files_shows_a_terminal_no_escape_sequence_but_pipes_the_paths(
+        tmp_path, capsys, monkeypatch, terminal):
+    """``S.files.txt`` keeps a file name as other tools open it (an ESC in it included), and
+    `dp4tl mask files` printed it raw to a terminal, which acted on the sequence (review). On a
+    terminal each name is shown escaped; into a pipe the paths go as stored."""
+    import sys
+
+    from PIL import Image
+
+    from beton_builders.spec import DatasetSpec, Sample
+    from beton_builders.writer import BuildOptions, build_dataset
+    from ffcv_dp4tl.data.masks import make_mask, save_mask
+
+    src = tmp_path / "in"
+    src.mkdir()
+    names = ["ok.png", "esc\x1b]0;PWNED\x07.png"]
+    for n in names:
+        Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(src / n)
+    spec = DatasetSpec("odd", ["a"], {"train": [Sample(src / n, 0) for n in names]})
+    build_dataset(spec, tmp_path / "ds", BuildOptions(max_side=32, shard_size=8, workers=1,
+                                                      progress=False))
+    split = load_manifest(tmp_path / "ds").split("train")
+    mask = save_mask(tmp_path / "m.npy", make_mask(np.arange(2), split, method="test"))
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
+    code, out, _ = cli(capsys, monkeypatch, "mask", "files", mask, "--data", tmp_path / "ds")
+    assert code in (0, None)
+    base = str(src.resolve())
+    shown = "esc\\x1b]0;PWNED\\x07.png" if terminal else names[1]
+    assert out.split("\n")[:-1] == [f"{base}/ok.png", f"{base}/{shown}"]
