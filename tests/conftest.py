@@ -174,3 +174,18 @@ def trained_run(source_dir: Path, tmp_path_factory) -> Path:
     train(load_recipe("resnet18_tiny_cpu", SURROGATE_OVERRIDES), source_dir, out_dir=out,
           fmt="wds", device="cpu", progress=False)
     return out
+
+
+@pytest.fixture
+def alarm():
+    """Fail (instead of hanging the suite until its timeout) when the test blocks over 120 s:
+    for tests of reads that once waited forever (a FIFO where a file belongs)."""
+    import signal
+
+    def ring(*_):
+        raise TimeoutError("the test blocked for 120 s (a read that never returns?)")
+    old = signal.signal(signal.SIGALRM, ring)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)

@@ -52,18 +52,6 @@ def ctrl_c(request):
     signal.signal(signal.SIGINT, before)
 
 
-@pytest.fixture
-def alarm():
-    """Fail (instead of hanging the suite) when the block takes over 120 s."""
-    def ring(*_):
-        raise TimeoutError("the build blocked")
-    old = signal.signal(signal.SIGALRM, ring)
-    signal.alarm(120)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
 def test_a_fifo_among_the_images_is_skipped_with_a_reason_not_read(tmp_path, alarm):
     src = _folder(tmp_path / "F")
     os.mkfifo(src / "a" / "pipe.jpg")  # no writer: a plain open() would block forever

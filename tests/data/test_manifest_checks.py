@@ -309,20 +309,6 @@ def test_labels_past_the_class_list_are_refused_by_the_labels_and_both_loaders(i
         assert _one_line(e) == want
 
 
-@pytest.fixture
-def alarm():
-    """Fail (instead of hanging the suite) when the block takes over 20 s."""
-    import signal
-
-    def ring(*_):
-        raise TimeoutError("blocked reading a FIFO")
-    old = signal.signal(signal.SIGALRM, ring)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
 @pytest.mark.parametrize("name", ["train.labels.npy", "manifest.json"])
 def test_a_fifo_in_place_of_a_built_file_is_one_line_not_a_hang(index_copy, alarm, name):
     """A FIFO where the build's file belongs: opening it to read waited for a writer forever
