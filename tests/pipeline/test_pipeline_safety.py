@@ -357,11 +357,13 @@ def test_a_segment_whose_record_cannot_be_written_counts_to_its_end_as_a_stated_
             run_stage(st, killed, log=lambda s: None)
     (seg,) = st.dir.glob(".segment-*")
     assert seg.read_text() == ""  # not a torn record
-    assert stage_seconds(st.dir) >= 0.3  # start to end (the old count: nothing)
+    # start to end (the old count: nothing), by file times: the kernel stamps them from a
+    # coarse clock (a tick of up to ~10 ms), so 0.3 s of sleep read 0.298 s once in CI
+    assert stage_seconds(st.dir) >= 0.25
     assert stages.segment_totals(st.dir).estimated == stage_seconds(st.dir)
     lines: list[str] = []
     res = run_stage(st, lambda d: {"ok": 1}, log=lines.append)
-    assert res.seconds >= 0.3 and res.values["estimated_seconds"] >= 0.3
+    assert res.seconds >= 0.25 and res.values["estimated_seconds"] >= 0.25  # (file times)
     assert res.seconds == pytest.approx(stage_seconds(st.dir), abs=1e-6)
     assert any("a lower bound" in ln for ln in lines), lines
     assert "wall time a lower bound" in stages.describe(res.result)
