@@ -6,6 +6,7 @@ that points at a missing image is kept (the writer rejects it and lists it in re
 """
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -185,10 +186,9 @@ def mat_data_bytes(path: Path, limit: int = MAX_MAT_BYTES) -> int:
 
     total = 0
     with open(path, "rb") as f:
-        head = f.read(128)
-        if len(head) < 128 or head[126:128] not in (b"IM", b"MI"):
+        order = _mat5_order(f.read(128))
+        if order is None:
             return 0
-        order = "<" if head[126:128] == b"IM" else ">"
         while total <= limit and len(tag := f.read(8)) == 8:
             mtype, nbytes = struct.unpack(f"{order}II", tag)
             if mtype >> 16:  # small element: its (at most 4) bytes are in the tag
@@ -210,9 +210,104 @@ def mat_data_bytes(path: Path, limit: int = MAX_MAT_BYTES) -> int:
     return total
 
 
+def _mat5_order(head: bytes) -> str | None:
+    """The byte order of a MAT v5 file from its 128-byte header (``IM``: little-endian), None
+    for any other file: v4, or v7.3, which is HDF5 with the same ``IM`` mark and version 0x0200
+    (walked as v5 it counted HDF5 bytes as element tags; review), which scipy refuses itself."""
+    if len(head) < 128 or head[126:128] not in (b"IM", b"MI"):
+        return None
+    order = "<" if head[126:128] == b"IM" else ">"
+    return order if int.from_bytes(head[124:126], "little" if order == "<" else "big") == 0x0100 \
+        else None
+
+
+_MI_MATRIX = 14
+#: MATLAB array classes whose elements become Python objects (cell, struct, object)
+_CELL, _STRUCT, _OBJECT = 1, 2, 3
+#: deepest nesting of cells and structs counted (deeper: refused as too many objects)
+_MAT_DEPTH = 32
+
+
+def _mat_elements(buf: bytes, pos: int, end: int, order: str) -> Iterator[tuple[int, int, int]]:
+    """(type, data offset, byte count) of each data element in ``buf[pos:end]`` (8-byte tags,
+    data padded to 8 bytes; the small form's type and count share the tag's first 4 bytes)."""
+    import struct
+
+    while pos + 8 <= end:
+        mtype, nbytes = struct.unpack_from(f"{order}II", buf, pos)
+        if mtype >> 16:
+            yield mtype & 0xFFFF, pos + 4, mtype >> 16
+            pos += 8
+        else:
+            yield mtype, pos + 8, nbytes
+            pos += 8 + (nbytes + 7) // 8 * 8
+
+
+def _mat_objects(buf: bytes, pos: int, size: int, order: str, limit: int, depth: int = 0) -> int:
+    """Python objects an ``miMATRIX`` element at ``buf[pos:pos+size]`` becomes: the elements
+    of a cell array, and of a struct or object array times its fields, with what they hold;
+    numeric and char arrays none (their bytes are bounded by :data:`MAX_MAT_BYTES`). Stops
+    counting past ``limit``."""
+    import math
+    import struct
+
+    if depth > _MAT_DEPTH:
+        return limit + 1
+    subs = list(itertools.islice(_mat_elements(buf, pos, pos + size, order), 5))
+    if len(subs) < 3:
+        return 0
+    cls = struct.unpack_from(f"{order}I", buf, subs[0][1])[0] & 0xFF
+    if cls not in (_CELL, _STRUCT, _OBJECT):
+        return 0
+    dims = struct.unpack_from(f"{order}{subs[1][2] // 4}i", buf, subs[1][1])
+    count = math.prod(max(d, 0) for d in dims)
+    children = _mat_elements(buf, pos, pos + size, order)
+    skip = 3
+    if cls != _CELL:
+        at = 3 if cls == _STRUCT else 4  # (an object names its class before its fields)
+        if len(subs) <= at + 1:
+            return count
+        name_len = struct.unpack_from(f"{order}i", buf, subs[at][1])[0]
+        count *= max(subs[at + 1][2] // name_len if name_len > 0 else 0, 1)
+        skip = at + 2
+    for mtype, start, nbytes in itertools.islice(children, skip, None):
+        if count > limit:
+            break
+        if mtype == _MI_MATRIX:
+            count += _mat_objects(buf, start, nbytes, order, limit - count, depth + 1)
+    return count
+
+
+def mat_objects(path: Path, limit: int = MAX_MAT_ELEMENTS) -> int:
+    """Python objects ``scipy.io.loadmat`` would build for a MAT v5 file's cells and structs,
+    nested ones included (:func:`_mat_objects`), counted from its data, decompressed in memory:
+    call it after :func:`mat_data_bytes` bounded that. A 200-byte file holding a (1, 2M) struct
+    array without fields has almost no data, yet built 2M objects (372 MB; review). 0 for a
+    file that is not MAT v5."""
+    import zlib
+
+    data = Path(path).read_bytes()
+    order = _mat5_order(data[:128])
+    if order is None:
+        return 0
+    count = 0
+    for mtype, start, nbytes in _mat_elements(data, 128, len(data), order):
+        if count > limit:
+            break
+        if mtype == _MI_COMPRESSED:
+            inner = zlib.decompress(data[start:start + nbytes])
+            for t, s0, n0 in _mat_elements(inner, 0, len(inner), order):
+                if t == _MI_MATRIX:
+                    count += _mat_objects(inner, s0, n0, order, limit - count)
+        elif mtype == _MI_MATRIX:
+            count += _mat_objects(data, start, nbytes, order, limit - count)
+    return count
+
+
 def load_mat(path: Path, keys: Sequence[str], hint: str = "") -> dict[str, Any]:
     """``scipy.io.loadmat`` of ``keys`` only (squeezed, structs as objects), after checking
-    that the file's data decompresses to at most :data:`MAX_MAT_BYTES` (:func:`mat_data_bytes`)
+    that the file's data decompresses to at most :data:`MAX_MAT_BYTES` (:func:`mat_data_bytes`),
+    that its cells and structs hold at most :data:`MAX_MAT_ELEMENTS` elements (:func:`mat_objects`)
     and that each key is present and declares at most :data:`MAX_MAT_ELEMENTS` elements
     (``scipy.io.whosmat`` reads the declarations without the data)."""
     import math
@@ -224,6 +319,10 @@ def load_mat(path: Path, keys: Sequence[str], hint: str = "") -> dict[str, Any]:
         if mat_data_bytes(path) > MAX_MAT_BYTES:
             raise bad(path, f"its data decompresses to more than {MAX_MAT_BYTES // 2**20} MiB, "
                       "far more than a dataset's labels or annotations hold",
+                      hint=hint or "re-download the official file")
+        if mat_objects(path) > MAX_MAT_ELEMENTS:
+            raise bad(path, f"its cells and structs hold more than {MAX_MAT_ELEMENTS:,} "
+                      "elements, far more than a dataset's labels or annotations",
                       hint=hint or "re-download the official file")
         declared = {name: shape for name, shape, _ in scipy.io.whosmat(str(path))}
         for k in keys:

@@ -260,6 +260,70 @@ def test_mat_data_bytes_counts_plain_and_compressed_elements(tmp_path: Path) -> 
     assert mat_data_bytes(tmp_path / "y.mat") == 0
 
 
+def _mat_struct_without_fields(n: int) -> bytes:
+    """A MAT v5 file, written by hand as a few hundred bytes: a cell holding a (1, n) struct
+    array with no fields, which has no data to count, yet becomes n Python objects."""
+    import struct
+    import zlib
+
+    def el(t: int, data: bytes) -> bytes:
+        return struct.pack("<II", t, len(data)) + data + b"\0" * (-len(data) % 8)
+
+    def matrix(cls: int, dims: tuple[int, int], name: str, rest: bytes) -> bytes:
+        return el(14, el(6, struct.pack("<II", cls, 0)) + el(5, struct.pack("<2i", *dims))
+                  + el(1, name.encode()) + rest)
+
+    fields = struct.pack("<HH", 5, 4) + struct.pack("<i", 32) + el(1, b"")  # 0 names of 32
+    top = matrix(1, (1, 1), "annotations", matrix(2, (1, n), "", fields))
+    header = b"MATLAB 5.0 MAT-file".ljust(116, b" ") + b"\0" * 8 + struct.pack("<H", 0x0100)
+    packed = zlib.compress(top)
+    return header + b"IM" + struct.pack("<II", 15, len(packed)) + packed  # (not padded)
+
+
+def test_a_mat_whose_cells_and_structs_hold_millions_of_elements_is_refused(tmp_path: Path
+                                                                            ) -> None:
+    """Counting data bytes missed objects without data: a 200-byte file holding a (1, 2M)
+    struct array without fields built 2M objects (372 MB, 4 s; review). The cells' and structs'
+    elements are counted, nested ones too, before scipy builds them; a real annotations file
+    (8,144 structs of 6 fields, as Stanford Cars') loads."""
+    import scipy.io
+
+    from beton_builders.layouts._common import MAX_MAT_ELEMENTS, load_mat, mat_objects
+
+    path = tmp_path / "a.mat"
+    path.write_bytes(_mat_struct_without_fields(2_000_000))
+    assert path.stat().st_size < 300
+    with pytest.raises(DataError, match=r"its cells and structs hold more than 1,000,000 "
+                                        r"elements"):
+        load_mat(path, ["annotations"])
+    path.write_bytes(_mat_struct_without_fields(1000))
+    assert mat_objects(path) == 1 + 1000 and len(load_mat(path, ["annotations"])) > 0
+    rec = np.zeros((1, 8144), dtype=[(f, "O") for f in ("x1", "y1", "x2", "y2", "class",
+                                                         "fname")])
+    for i in range(8144):
+        rec[0, i] = (1, 2, 3, 4, 5, f"{i:05d}.jpg")
+    for compressed in (False, True):
+        scipy.io.savemat(str(path), {"annotations": rec}, do_compression=compressed)
+        assert 8144 * 6 <= mat_objects(path) < MAX_MAT_ELEMENTS
+        assert len(load_mat(path, ["annotations"])["annotations"]) == 8144
+
+
+def test_a_mat_v73_file_is_not_walked_as_v5(tmp_path: Path) -> None:
+    """A v7.3 file is HDF5 with v5's ``IM`` mark and version 0x0200: its bytes were read as
+    element tags (a 4 KB file counted 526,336 bytes; review). It counts nothing, and scipy's
+    own refusal ("use HDF reader") is the line."""
+    import struct
+
+    from beton_builders.layouts._common import load_mat, mat_data_bytes, mat_objects
+
+    path = tmp_path / "v73.mat"
+    path.write_bytes(b"MATLAB 7.3 MAT-file".ljust(116, b" ") + b"\0" * 8
+                     + struct.pack("<H", 0x0200) + b"IM" + bytes(range(256)) * 16)
+    assert mat_data_bytes(path) == mat_objects(path) == 0
+    with pytest.raises(DataError, match="cannot read MATLAB file"):
+        load_mat(path, ["x"])
+
+
 # --- dtd ------------------------------------------------------------------------------------
 
 def test_dtd(tmp_path: Path) -> None:
