@@ -395,6 +395,12 @@ def plot(t: dict[str, Any], path: Path) -> None:
                    label="paper Tab. A6 (ImageNet)")
         _labels(a2, pp, "tab:orange", right=False)
     a2.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter  # (plain numbers: the default's tick labels
+    # are $10^{1}$ mathtext, drawn as raw TeX where texts are drawn as written: literal_text)
+
+    a2.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    a2.xaxis.set_minor_formatter(FuncFormatter(  # (2 and 5 of each decade: 0.2, 0.5, 2, 5)
+        lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
     a2.set_xlabel("surrogate parameters (M, log)")
     a2.set_ylabel(f"class overlap with {arch_label(t['reference'])} at {ratio_label(t['ratio'])} (%)")
     a2.set_title("source class selection overlap (Tab. A6)", fontsize=9)

@@ -145,3 +145,21 @@ def test_the_plot_says_one_seed_and_names_the_papers_stars(tmp_path, saved_figur
     assert names == {p["label"] for a, p in t["paper"].items() if a in t["archs"]}
     places = {x.get_text(): x.get_position() for x in a2.texts if x.get_color() == "tab:orange"}
     assert places["RN-44s"] != places["RN-56s"]  # (close: one right, one below)
+
+
+def test_the_log_axis_labels_are_plain_numbers(tmp_path, saved_figures):
+    """Texts are drawn as written (no ``$...$`` math: names come from files others wrote), and
+    the log axis's default labels are mathtext: they read ``$\\mathdefault{10^{1}}$`` (review).
+    The axis labels its ticks as plain numbers."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from ffcv_dp4tl.bench import surrogates as sur
+
+    t = json.loads((Path(__file__).parents[2] / "docs/surrogates/results.json").read_text())
+    sur.plot(t, tmp_path / "s.png")
+    fig = saved_figures[-1]
+    FigureCanvasAgg(fig).draw()
+    a2 = fig.axes[1]
+    shown = [x.get_text() for x in a2.get_xticklabels(which="both") if x.get_text()]
+    assert shown and not any("$" in x or "mathdefault" in x for x in shown), shown
+    assert {"1", "10"} <= set(shown)
