@@ -264,7 +264,8 @@ def test_a_wrongly_typed_field_is_one_line_naming_it(name, path, value, needle):
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("split", ["\x1b]0;PWNED\x07evil", "../../x", "", ".hidden", "a..b"])
+@pytest.mark.parametrize("split", ["\x1b]0;PWNED\x07evil", "../../x", "", ".hidden", "a..b",
+                                   "a\ud800b"])
 def test_a_split_name_the_build_refuses_is_refused_on_read(split, tmp_path):
     """Split names are not in the fingerprint: one renamed in manifest.json to an OSC sequence
     reached the terminal through error messages, and ``../../x`` names files outside the folder.

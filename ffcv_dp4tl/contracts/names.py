@@ -17,12 +17,18 @@ _LINE_BREAKS = re.compile("[\t\n\r]")
 def name_text(text: str) -> str:
     """``text`` with undecodable file-name bytes (surrogate escapes, PEP 383) as ``\\xNN`` and
     nothing else changed: a file name as text that can be stored (``S.files.txt`` lines, which
-    other tools open as paths)."""
+    other tools open as paths). Any other lone surrogate (JSON's ``"\\ud800"`` in a manifest) is
+    ``\\uXXXX``: it made the encoding raise, a traceback in place of the line (review)."""
     try:
         text.encode("utf-8")
         return text
     except UnicodeEncodeError:
+        text = _OTHER_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+#: lone surrogates that are not PEP 383's escapes of undecodable bytes (``\udc80``-``\udcff``)
+_OTHER_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
 
 
 def one_line(text: str) -> str:

@@ -804,3 +804,12 @@ def test_an_error_line_carries_no_control_character_to_the_terminal(error):
     line, code = _failure(e)
     assert code == 2 and not any(ord(c) < 32 or 0x7f <= ord(c) <= 0x9f for c in line), line
     assert "\\x1b]0;PWNED\\x07evil\\x9b2J" in line
+
+
+def test_an_error_line_naming_a_lone_surrogate_is_still_one_line():
+    """A name from JSON can hold a lone surrogate (``"\\ud800"``), which no encoding takes: the
+    escaping of error lines raised on it, a traceback in place of the line (review)."""
+    from ffcv_dp4tl.cli.app import _failure
+    from ffcv_dp4tl.errors import DataError
+
+    assert _failure(DataError("bad name \ud800 here")) == ("error: bad name \\ud800 here", 2)
