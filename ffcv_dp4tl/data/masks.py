@@ -7,7 +7,6 @@ against the dataset's manifest before any sample is read.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time

@@ -1,7 +1,6 @@
 """benchmarks/bench_scale.py at a tiny size: every step runs and the section is written."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from repo_scripts import load_script
 

@@ -71,7 +71,6 @@ def test_a_file_we_may_not_read_names_its_permissions_not_a_rebuild(index_datase
     """No permission to read labels.npy or the beton (another user's build; root on an NFS mount
     with root_squash) is not damage: the line says to fix permissions; "rebuild the dataset"
     would send the user to redo hours of conversion for nothing (it did)."""
-    import numpy as np
 
     import beton_builders.beton as beton_mod
     from beton_builders.beton import check_beton
