@@ -58,9 +58,10 @@ def method_dash(m: str, siblings: Sequence[str]) -> str:
 
 
 def method_label(m: str) -> str:
-    """A method's label as report text: a registered one's, or the name a results.json holds
-    (upper-cased), which markup characters in it cannot turn into HTML or extra columns."""
-    return md_text(method_style(m).label)
+    """A method's label: a registered one's, or the name (upper-cased). Plain text in reports
+    and figures alike: a method's name is checked on read (``variants.parse_variant``'s
+    spelling: letters, digits, ``_.-``), so it holds no markup."""
+    return method_style(m).label
 
 
 def _base_or_name(m: str) -> str:
