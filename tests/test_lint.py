@@ -35,12 +35,19 @@ def test_lint_finds_an_undefined_name(tmp_path):
     assert res.returncode == 1 and "F821" in res.stdout, res.stdout + res.stderr
 
 
-def test_the_package_and_test_folders_named_data_are_linted():
-    """The exclude names the checkout's own data/ and runs/ folders: as bare names they matched
-    every folder called data, and ffcv_dp4tl/data/ and tests/data/ went unchecked (review:
-    unused imports had gathered there)."""
-    res = subprocess.run([_ruff(), "check", "--show-files", "--no-cache", str(ROOT)],
-                         capture_output=True, text=True, cwd=ROOT)
-    shown = res.stdout
-    assert str(ROOT / "ffcv_dp4tl" / "data" / "masks.py") in shown, shown[:500]
-    assert str(ROOT / "tests" / "data" / "test_masks.py") in shown
+def test_the_package_and_test_folders_named_data_are_linted(tmp_path):
+    """The exclude names the checkout's own data/ and runs/ folders (``./data``): as bare names
+    they matched every folder called data, and ffcv_dp4tl/data/ and tests/data/ went unchecked
+    (review: unused imports had gathered there); as ``/data`` they excluded nothing. Checked in
+    a copy of the configuration beside a data/ of generated files and a package's data/."""
+    import shutil
+
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    for rel in ("data/made.py", "runs/r.py", "ffcv_dp4tl/data/mod.py", "tests/data/test_x.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x = 1\n")
+    res = subprocess.run([_ruff(), "check", "--show-files", "--no-cache", str(tmp_path)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    shown = {str(p.relative_to(tmp_path)) for p in map(Path, res.stdout.split()) if p.is_absolute()
+             and p.suffix == ".py"}
+    assert shown == {"ffcv_dp4tl/data/mod.py", "tests/data/test_x.py"}, res.stdout

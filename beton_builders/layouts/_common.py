@@ -6,7 +6,6 @@ that points at a missing image is kept (the writer rejects it and lists it in re
 """
 from __future__ import annotations
 
-import itertools
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -211,96 +210,140 @@ def mat_data_bytes(path: Path, limit: int = MAX_MAT_BYTES) -> int:
 
 
 def _mat5_order(head: bytes) -> str | None:
-    """The byte order of a MAT v5 file from its 128-byte header (``IM``: little-endian), None
-    for any other file: v4, or v7.3, which is HDF5 with the same ``IM`` mark and version 0x0200
-    (walked as v5 it counted HDF5 bytes as element tags; review), which scipy refuses itself."""
-    if len(head) < 128 or head[126:128] not in (b"IM", b"MI"):
+    """The byte order of a MAT v5 file from its 128-byte header, None for any other file,
+    by scipy's own rule (``matfile_version``, ``guess_byte_order``): v4 has a zero among its
+    first 4 bytes; the major version is byte 125 when byte 126 is ``I``, else byte 124, and 1
+    is v5 (any minor), 2 is v7.3 (HDF5, which scipy refuses itself); ``IM`` is little-endian,
+    anything else big-endian. An exact 0x0100 and ``IM``/``MI`` let other spellings past both
+    counts (review)."""
+    if len(head) < 128 or 0 in head[:4]:
         return None
-    order = "<" if head[126:128] == b"IM" else ">"
-    return order if int.from_bytes(head[124:126], "little" if order == "<" else "big") == 0x0100 \
-        else None
+    major = head[125] if head[126] == ord("I") else head[124]
+    return None if major != 1 else "<" if head[126:128] == b"IM" else ">"
 
 
 _MI_MATRIX = 14
-#: MATLAB array classes whose elements become Python objects (cell, struct, object)
-_CELL, _STRUCT, _OBJECT = 1, 2, 3
-#: deepest nesting of cells and structs counted (deeper: refused as too many objects)
-_MAT_DEPTH = 32
+#: MATLAB array classes (mxCLASS): their elements become Python objects (cell, struct), or
+#: no dataset's labels or annotations hold them (object, function handle, opaque)
+_CELL, _STRUCT, _OBJECT, _CHAR, _SPARSE, _FUNCTION, _OPAQUE = 1, 2, 3, 4, 5, 16, 17
+_NUMERIC = range(6, 16)
+#: deepest nesting of cells and structs counted, and most fields a struct may have (real files:
+#: a handful; scipy checks each new field name against all earlier ones, quadratic: review)
+_MAT_DEPTH, _MAT_FIELDS = 32, 1024
 
 
-def _mat_elements(buf: bytes, pos: int, end: int, order: str) -> Iterator[tuple[int, int, int]]:
-    """(type, data offset, byte count) of each data element in ``buf[pos:end]`` (8-byte tags,
-    data padded to 8 bytes; the small form's type and count share the tag's first 4 bytes)."""
-    import struct
+class MatRefused(ValueError):
+    """A MAT file holding what no dataset's labels or annotations hold (its reason)."""
 
-    while pos + 8 <= end:
-        mtype, nbytes = struct.unpack_from(f"{order}II", buf, pos)
-        if mtype >> 16:
-            yield mtype & 0xFFFF, pos + 4, mtype >> 16
-            pos += 8
+
+class _MatStream:
+    """A MAT v5 element stream read in sequence as scipy's reader reads it (a nested element's
+    byte count is not trusted, as scipy does not use it: review)."""
+
+    def __init__(self, buf: bytes, order: str) -> None:
+        self.buf, self.pos, self.order = buf, 0, order
+
+    def u32(self, at: int) -> int:
+        import struct
+
+        return struct.unpack_from(f"{self.order}I", self.buf, at)[0]
+
+    def full_tag(self) -> tuple[int, int]:
+        tag = (self.u32(self.pos), self.u32(self.pos + 4))
+        self.pos += 8
+        return tag
+
+    def element(self) -> tuple[int, int, int]:
+        """(type, data offset, byte count) of the next data element (the small form's type and
+        count share its first 4 bytes), the stream moved past it (its data padded to 8)."""
+        word = self.u32(self.pos)
+        if word >> 16:
+            mtype, at, n = word & 0xFFFF, self.pos + 4, word >> 16
+            self.pos += 8
         else:
-            yield mtype, pos + 8, nbytes
-            pos += 8 + (nbytes + 7) // 8 * 8
+            mtype, at, n = word, self.pos + 8, self.u32(self.pos + 4)
+            self.pos = at + (n + 7) // 8 * 8
+        if at + n > len(self.buf):
+            raise ValueError("a data element runs past the end of its stream")
+        return mtype, at, n
 
 
-def _mat_objects(buf: bytes, pos: int, size: int, order: str, limit: int, depth: int = 0) -> int:
-    """Python objects an ``miMATRIX`` element at ``buf[pos:pos+size]`` becomes: the elements
-    of a cell array, and of a struct or object array times its fields, with what they hold;
-    numeric and char arrays none (their bytes are bounded by :data:`MAX_MAT_BYTES`). Stops
-    counting past ``limit``."""
+def _mat_matrix(s: _MatStream, limit: int, depth: int = 0, tagged: bool = True) -> int:
+    """Python objects the ``miMATRIX`` element at ``s`` becomes (its tag already read when not
+    ``tagged``): a cell array's elements, a struct array's elements times its fields, with what
+    they hold; numeric, char and sparse arrays none (their bytes are bounded by
+    :data:`MAX_MAT_BYTES`). Stops past ``limit``. :class:`MatRefused` for what no dataset file
+    holds: an object, function handle or opaque array, a struct of over :data:`_MAT_FIELDS`
+    fields, nesting past :data:`_MAT_DEPTH`."""
     import math
     import struct
 
     if depth > _MAT_DEPTH:
-        return limit + 1
-    subs = list(itertools.islice(_mat_elements(buf, pos, pos + size, order), 5))
-    if len(subs) < 3:
-        return 0
-    cls = struct.unpack_from(f"{order}I", buf, subs[0][1])[0] & 0xFF
-    if cls not in (_CELL, _STRUCT, _OBJECT):
-        return 0
-    dims = struct.unpack_from(f"{order}{subs[1][2] // 4}i", buf, subs[1][1])
+        raise MatRefused(f"its cells and structs nest deeper than {_MAT_DEPTH} levels")
+    if tagged:
+        mtype, n = s.full_tag()
+        if mtype != _MI_MATRIX:
+            raise ValueError(f"expected a matrix, found data type {mtype}")
+        if n == 0:  # (an empty matrix: the tag alone)
+            return 0
+    flags = s.u32(s.pos + 8)  # (its element's tag is skipped, as scipy skips it)
+    s.pos += 16
+    cls, complex_ = flags & 0xFF, flags >> 11 & 1
+    if cls in (_OBJECT, _FUNCTION, _OPAQUE):
+        raise MatRefused("it holds a MATLAB object or function handle")
+    _, at, nbytes = s.element()
+    dims = struct.unpack_from(f"{s.order}{nbytes // 4}i", s.buf, at)
+    s.element()  # (its name)
     count = math.prod(max(d, 0) for d in dims)
-    children = _mat_elements(buf, pos, pos + size, order)
-    skip = 3
-    if cls != _CELL:
-        at = 3 if cls == _STRUCT else 4  # (an object names its class before its fields)
-        if len(subs) <= at + 1:
-            return count
-        name_len = struct.unpack_from(f"{order}i", buf, subs[at][1])[0]
-        count *= max(subs[at + 1][2] // name_len if name_len > 0 else 0, 1)
-        skip = at + 2
-    for mtype, start, nbytes in itertools.islice(children, skip, None):
+    if cls in _NUMERIC or cls == _CHAR:
+        for _ in range(1 + complex_):
+            s.element()
+        return 0
+    if cls == _SPARSE:
+        for _ in range(3 + complex_):
+            s.element()
+        return 0
+    if cls not in (_CELL, _STRUCT):
+        raise ValueError(f"unknown MATLAB array class {cls}")
+    children = count
+    if cls == _STRUCT:
+        _, at, _ = s.element()
+        name_len = struct.unpack_from(f"{s.order}i", s.buf, at)[0]
+        _, _, nbytes = s.element()
+        fields = nbytes // name_len if name_len > 0 else 0
+        if fields > _MAT_FIELDS:
+            raise MatRefused(f"a struct in it has {fields:,} fields")
+        children, count = count * fields, count * max(fields, 1)
+    for _ in range(children):
         if count > limit:
             break
-        if mtype == _MI_MATRIX:
-            count += _mat_objects(buf, start, nbytes, order, limit - count, depth + 1)
+        count += _mat_matrix(s, limit - count, depth + 1)
     return count
 
 
 def mat_objects(path: Path, limit: int = MAX_MAT_ELEMENTS) -> int:
     """Python objects ``scipy.io.loadmat`` would build for a MAT v5 file's cells and structs,
-    nested ones included (:func:`_mat_objects`), counted from its data, decompressed in memory:
-    call it after :func:`mat_data_bytes` bounded that. A 200-byte file holding a (1, 2M) struct
-    array without fields has almost no data, yet built 2M objects (372 MB; review). 0 for a
-    file that is not MAT v5."""
+    nested ones included (:func:`_mat_matrix`), read from its data as scipy reads it
+    (decompressed in memory: call it after :func:`mat_data_bytes` bounded that). A 200-byte
+    file holding a (1, 2M) struct array without fields has almost no data, yet built 2M objects
+    (372 MB; review). 0 for a file that is not MAT v5."""
+    import struct
     import zlib
 
     data = Path(path).read_bytes()
     order = _mat5_order(data[:128])
     if order is None:
         return 0
-    count = 0
-    for mtype, start, nbytes in _mat_elements(data, 128, len(data), order):
-        if count > limit:
-            break
-        if mtype == _MI_COMPRESSED:
-            inner = zlib.decompress(data[start:start + nbytes])
-            for t, s0, n0 in _mat_elements(inner, 0, len(inner), order):
-                if t == _MI_MATRIX:
-                    count += _mat_objects(inner, s0, n0, order, limit - count)
-        elif mtype == _MI_MATRIX:
-            count += _mat_objects(data, start, nbytes, order, limit - count)
+    count, pos = 0, 128
+    while pos + 8 <= len(data) and count <= limit:
+        mtype, nbytes = struct.unpack_from(f"{order}II", data, pos)
+        body = data[pos + 8:pos + 8 + nbytes]
+        if mtype == _MI_COMPRESSED:  # (as scipy: no check of the stream's end)
+            inner = zlib.decompressobj().decompress(body, MAX_MAT_BYTES + 1)
+            count += _mat_matrix(_MatStream(inner, order), limit - count)
+        elif mtype == _MI_MATRIX and nbytes:
+            count += _mat_matrix(_MatStream(body, order), limit - count, tagged=False)
+        pos += 8 + nbytes  # (the next variable: exactly its byte count on, as scipy reads)
     return count
 
 
@@ -320,7 +363,12 @@ def load_mat(path: Path, keys: Sequence[str], hint: str = "") -> dict[str, Any]:
             raise bad(path, f"its data decompresses to more than {MAX_MAT_BYTES // 2**20} MiB, "
                       "far more than a dataset's labels or annotations hold",
                       hint=hint or "re-download the official file")
-        if mat_objects(path) > MAX_MAT_ELEMENTS:
+        try:
+            many = mat_objects(path) > MAX_MAT_ELEMENTS
+        except MatRefused as e:
+            raise bad(path, f"{e}, which no dataset's labels or annotations hold",
+                      hint=hint or "re-download the official file") from None
+        if many:
             raise bad(path, f"its cells and structs hold more than {MAX_MAT_ELEMENTS:,} "
                       "elements, far more than a dataset's labels or annotations",
                       hint=hint or "re-download the official file")

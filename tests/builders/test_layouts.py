@@ -260,9 +260,10 @@ def test_mat_data_bytes_counts_plain_and_compressed_elements(tmp_path: Path) -> 
     assert mat_data_bytes(tmp_path / "y.mat") == 0
 
 
-def _mat_struct_without_fields(n: int) -> bytes:
+def _mat_struct_without_fields(n: int, version: int = 0x0100, before: bytes = b"") -> bytes:
     """A MAT v5 file, written by hand as a few hundred bytes: a cell holding a (1, n) struct
-    array with no fields, which has no data to count, yet becomes n Python objects."""
+    array with no fields, which has no data to count, yet becomes n Python objects (after the
+    elements ``before``, as another writer put them; the header's ``version``)."""
     import struct
     import zlib
 
@@ -275,9 +276,9 @@ def _mat_struct_without_fields(n: int) -> bytes:
 
     fields = struct.pack("<HH", 5, 4) + struct.pack("<i", 32) + el(1, b"")  # 0 names of 32
     top = matrix(1, (1, 1), "annotations", matrix(2, (1, n), "", fields))
-    header = b"MATLAB 5.0 MAT-file".ljust(116, b" ") + b"\0" * 8 + struct.pack("<H", 0x0100)
+    header = b"MATLAB 5.0 MAT-file".ljust(116, b" ") + b"\0" * 8 + struct.pack("<H", version)
     packed = zlib.compress(top)
-    return header + b"IM" + struct.pack("<II", 15, len(packed)) + packed  # (not padded)
+    return header + b"IM" + before + struct.pack("<II", 15, len(packed)) + packed  # (no padding)
 
 
 def test_a_mat_whose_cells_and_structs_hold_millions_of_elements_is_refused(tmp_path: Path
@@ -306,6 +307,45 @@ def test_a_mat_whose_cells_and_structs_hold_millions_of_elements_is_refused(tmp_
         scipy.io.savemat(str(path), {"annotations": rec}, do_compression=compressed)
         assert 8144 * 6 <= mat_objects(path) < MAX_MAT_ELEMENTS
         assert len(load_mat(path, ["annotations"])["annotations"]) == 8144
+
+
+def test_a_mat_is_read_as_scipy_reads_it_whatever_its_spelling(tmp_path: Path) -> None:
+    """The count read files otherwise than scipy, which loaded them (review): a version other
+    than exactly 0x0100 (scipy takes any minor of major 1) counted nothing, and so did what
+    followed a compressed variable (whose byte count is exact, not padded to 8, as savemat
+    writes it). Each still builds 2M objects in scipy: refused. An object, a function handle or
+    a struct of 100,000 fields (scipy's field-name check is quadratic) is refused by name."""
+    import struct
+    import zlib
+
+    import scipy.io
+
+    from beton_builders.layouts._common import load_mat
+
+    scipy.io.savemat(str(tmp_path / "small.mat"), {"a": np.arange(3)}, do_compression=True)
+    small = (tmp_path / "small.mat").read_bytes()[128:]
+    assert len(small) % 8 != 0  # (an unpadded compressed element)
+    path = tmp_path / "a.mat"
+    for spelling in (dict(version=0x0101), dict(version=0x01FF), dict(before=small)):
+        path.write_bytes(_mat_struct_without_fields(2_000_000, **spelling))
+        with pytest.raises(DataError, match="its cells and structs hold more than 1,000,000"):
+            load_mat(path, ["annotations"])
+
+    def el(t: int, data: bytes) -> bytes:
+        return struct.pack("<II", t, len(data)) + data + b"\0" * (-len(data) % 8)
+
+    names = b"".join(f"f{i:07d}".encode().ljust(9, b"\0") for i in range(100_000))
+    wide = el(14, el(6, struct.pack("<II", 2, 0)) + el(5, struct.pack("<2i", 1, 1)) + el(1, b"w")
+              + struct.pack("<HHi", 5, 4, 9) + el(1, names))
+    head = b"MATLAB 5.0 MAT-file".ljust(116, b" ") + b"\0" * 8 + struct.pack("<H", 0x0100) + b"IM"
+    packed = zlib.compress(wide)
+    path.write_bytes(head + struct.pack("<II", 15, len(packed)) + packed)
+    with pytest.raises(DataError, match="a struct in it has 100,000 fields, which no dataset"):
+        load_mat(path, ["w"])
+    scipy.io.savemat(str(path), {"o": scipy.io.matlab.MatlabObject(
+        np.zeros((1, 1), dtype=[("p", "O")]), "MyClass")})
+    with pytest.raises(DataError, match="it holds a MATLAB object or function handle"):
+        load_mat(path, ["o"])
 
 
 def test_a_mat_v73_file_is_not_walked_as_v5(tmp_path: Path) -> None:
