@@ -268,41 +268,67 @@ class _MatStream:
         return mtype, at, n
 
 
-def _mat_matrix(s: _MatStream, limit: int, depth: int = 0, tagged: bool = True) -> int:
-    """Python objects the ``miMATRIX`` element at ``s`` becomes (its tag already read when not
-    ``tagged``): a cell array's elements, a struct array's elements times its fields, with what
-    they hold; numeric, char and sparse arrays none (their bytes are bounded by
-    :data:`MAX_MAT_BYTES`). Stops past ``limit``. :class:`MatRefused` for what no dataset file
-    holds: an object, function handle or opaque array, a struct of over :data:`_MAT_FIELDS`
-    fields, nesting past :data:`_MAT_DEPTH`."""
+#: what each element of a struct array, and each sparse array, costs in objects besides its
+#: values (a struct element is a copied ``mat_struct`` and its ``__dict__``; a sparse array a
+#: ``csc_array`` and its parts: review)
+_STRUCT_EXTRA, _SPARSE_OBJECTS = 2, 5
+#: most dimensions scipy reads (its dims buffer: 32 int32)
+_MAT_MAXDIMS = 32
+
+
+def _mat_matrix(s: _MatStream, limit: int, depth: int = 0, *, tag: str = "nested",
+                wanted: Sequence[str] | None = None) -> int:
+    """Python objects the ``miMATRIX`` element at ``s`` becomes: a cell array's elements, a
+    struct array's elements (each with :data:`_STRUCT_EXTRA`) and fields, with what they hold;
+    a sparse array :data:`_SPARSE_OBJECTS`; numeric and char arrays none (their bytes are
+    bounded by :data:`MAX_MAT_BYTES`; a char array may declare more characters than its data
+    holds only up to :data:`MAX_MAT_ELEMENTS`). ``tag``: ``nested`` (its tag is read, a byte count of 0 is an empty matrix),
+    ``compressed`` (read, its count not checked: scipy does not), ``read`` (a top-level tag
+    already read). ``wanted``: a top-level variable's names to count (scipy skips the others).
+    Stops past ``limit``. :class:`MatRefused` for what no dataset file holds: an object,
+    function handle or opaque array, a struct of over :data:`_MAT_FIELDS` fields, nesting past
+    :data:`_MAT_DEPTH`; ValueError for what scipy cannot read either (negative or too many
+    dimensions)."""
     import math
     import struct
 
     if depth > _MAT_DEPTH:
         raise MatRefused(f"its cells and structs nest deeper than {_MAT_DEPTH} levels")
-    if tagged:
+    if tag != "read":
         mtype, n = s.full_tag()
         if mtype != _MI_MATRIX:
             raise ValueError(f"expected a matrix, found data type {mtype}")
-        if n == 0:  # (an empty matrix: the tag alone)
+        if n == 0 and tag == "nested":  # (an empty matrix: the tag alone)
             return 0
     flags = s.u32(s.pos + 8)  # (its element's tag is skipped, as scipy skips it)
     s.pos += 16
     cls, complex_ = flags & 0xFF, flags >> 11 & 1
     if cls in (_OBJECT, _FUNCTION, _OPAQUE):
         raise MatRefused("it holds a MATLAB object or function handle")
-    _, at, nbytes = s.element()
+    mtype, at, nbytes = s.element()
+    if mtype not in (5, 6) or nbytes > 4 * _MAT_MAXDIMS:  # (miINT32 / miUINT32, as scipy)
+        raise ValueError(f"its dimensions take {nbytes} bytes of data type {mtype}")
     dims = struct.unpack_from(f"{s.order}{nbytes // 4}i", s.buf, at)
-    s.element()  # (its name)
-    count = math.prod(max(d, 0) for d in dims)
-    if cls in _NUMERIC or cls == _CHAR:
+    if any(d < 0 for d in dims):
+        raise ValueError(f"a matrix has negative dimensions {dims}")
+    _, at, nbytes = s.element()  # (its name)
+    if wanted is not None and bytes(s.buf[at:at + nbytes]).decode("latin-1") not in wanted:
+        return 0
+    count = math.prod(dims)
+    if cls in _NUMERIC:
         for _ in range(1 + complex_):
             s.element()
+        return 0
+    if cls == _CHAR:  # (one element, whatever the complex flag says: scipy's read_char)
+        _, _, nbytes = s.element()
+        if count > max(nbytes, MAX_MAT_ELEMENTS):  # (scipy fills what the data lacks with
+            # spaces: 150M characters declared over no data took 766 MB; review)
+            raise ValueError(f"a char array declares {count:,} characters in {nbytes} bytes")
         return 0
     if cls == _SPARSE:
         for _ in range(3 + complex_):
             s.element()
-        return 0
+        return _SPARSE_OBJECTS
     if cls not in (_CELL, _STRUCT):
         raise ValueError(f"unknown MATLAB array class {cls}")
     children = count
@@ -313,7 +339,7 @@ def _mat_matrix(s: _MatStream, limit: int, depth: int = 0, tagged: bool = True) 
         fields = nbytes // name_len if name_len > 0 else 0
         if fields > _MAT_FIELDS:
             raise MatRefused(f"a struct in it has {fields:,} fields")
-        children, count = count * fields, count * max(fields, 1)
+        children, count = count * fields, count * (fields + _STRUCT_EXTRA)
     for _ in range(children):
         if count > limit:
             break
@@ -321,12 +347,14 @@ def _mat_matrix(s: _MatStream, limit: int, depth: int = 0, tagged: bool = True) 
     return count
 
 
-def mat_objects(path: Path, limit: int = MAX_MAT_ELEMENTS) -> int:
-    """Python objects ``scipy.io.loadmat`` would build for a MAT v5 file's cells and structs,
-    nested ones included (:func:`_mat_matrix`), read from its data as scipy reads it
-    (decompressed in memory: call it after :func:`mat_data_bytes` bounded that). A 200-byte
-    file holding a (1, 2M) struct array without fields has almost no data, yet built 2M objects
-    (372 MB; review). 0 for a file that is not MAT v5."""
+def mat_objects(path: Path, keys: Sequence[str] | None = None,
+                limit: int = MAX_MAT_ELEMENTS) -> int:
+    """Python objects ``scipy.io.loadmat`` would build for the variables ``keys`` (None: all) of
+    a MAT v5 file, their cells and structs nested ones included (:func:`_mat_matrix`), read
+    from its data as scipy reads it (decompressed in memory: call it after
+    :func:`mat_data_bytes` bounded that). A 200-byte file holding a (1, 2M) struct array without
+    fields has almost no data, yet built 2M objects (372 MB; review). 0 for a file that is not
+    MAT v5."""
     import struct
     import zlib
 
@@ -340,9 +368,10 @@ def mat_objects(path: Path, limit: int = MAX_MAT_ELEMENTS) -> int:
         body = data[pos + 8:pos + 8 + nbytes]
         if mtype == _MI_COMPRESSED:  # (as scipy: no check of the stream's end)
             inner = zlib.decompressobj().decompress(body, MAX_MAT_BYTES + 1)
-            count += _mat_matrix(_MatStream(inner, order), limit - count)
+            count += _mat_matrix(_MatStream(inner, order), limit - count, tag="compressed",
+                                 wanted=keys)
         elif mtype == _MI_MATRIX and nbytes:
-            count += _mat_matrix(_MatStream(body, order), limit - count, tagged=False)
+            count += _mat_matrix(_MatStream(body, order), limit - count, tag="read", wanted=keys)
         pos += 8 + nbytes  # (the next variable: exactly its byte count on, as scipy reads)
     return count
 
@@ -364,7 +393,7 @@ def load_mat(path: Path, keys: Sequence[str], hint: str = "") -> dict[str, Any]:
                       "far more than a dataset's labels or annotations hold",
                       hint=hint or "re-download the official file")
         try:
-            many = mat_objects(path) > MAX_MAT_ELEMENTS
+            many = mat_objects(path, keys) > MAX_MAT_ELEMENTS
         except MatRefused as e:
             raise bad(path, f"{e}, which no dataset's labels or annotations hold",
                       hint=hint or "re-download the official file") from None

@@ -1,6 +1,7 @@
 """Layout readers on tiny fake trees (see layout_fakes.py)."""
 from __future__ import annotations
 
+
 import json
 import pickle
 from pathlib import Path
@@ -298,7 +299,8 @@ def test_a_mat_whose_cells_and_structs_hold_millions_of_elements_is_refused(tmp_
                                         r"elements"):
         load_mat(path, ["annotations"])
     path.write_bytes(_mat_struct_without_fields(1000))
-    assert mat_objects(path) == 1 + 1000 and len(load_mat(path, ["annotations"])) > 0
+    assert mat_objects(path) == 1 + 1000 * 2 and len(load_mat(path, ["annotations"])) > 0  # (a
+    # struct element: a mat_struct and its __dict__)
     rec = np.zeros((1, 8144), dtype=[(f, "O") for f in ("x1", "y1", "x2", "y2", "class",
                                                          "fname")])
     for i in range(8144):
@@ -346,6 +348,92 @@ def test_a_mat_is_read_as_scipy_reads_it_whatever_its_spelling(tmp_path: Path) -
         np.zeros((1, 1), dtype=[("p", "O")]), "MyClass")})
     with pytest.raises(DataError, match="it holds a MATLAB object or function handle"):
         load_mat(path, ["o"])
+
+
+def _mat_hostile(case: str) -> bytes:
+    """Files of a few hundred bytes on which the count and scipy parted (a review's): scipy
+    built millions of objects (or spaces) the count did not see, or the count ran for minutes."""
+    import struct
+    import zlib
+
+    def el(t: int, data: bytes) -> bytes:
+        return struct.pack("<II", t, len(data)) + data + b"\0" * (-len(data) % 8)
+
+    def body(cls: int, dims, name: str, rest: bytes, flags: int = 0) -> bytes:
+        return (el(6, struct.pack("<II", cls | flags, 0)) + el(5, struct.pack(f"<{len(dims)}i", *dims))
+                + el(1, name.encode()) + rest)
+
+    def matrix(cls: int, dims, name: str, rest: bytes, flags: int = 0) -> bytes:
+        return el(14, body(cls, dims, name, rest, flags))
+
+    def comp(top: bytes) -> bytes:
+        packed = zlib.compress(top)
+        return struct.pack("<II", 15, len(packed)) + packed
+
+    nofields = struct.pack("<HHi", 5, 4, 32) + el(1, b"")
+    many = matrix(2, (1, 3_000_000), "", nofields)
+    head = (b"MATLAB 5.0 MAT-file".ljust(116, b" ") + b"\0" * 8 + struct.pack("<H", 0x0100)
+            + b"IM")
+    return head + {
+        # negative dims: scipy multiplies them as size_t (4M structs), the count took 0
+        "negative dims": comp(matrix(1, (1, 1), "annotations", matrix(2, (-2000, -2000), "",
+                                                                      nofields))),
+        # a complex flag on a char array: scipy reads one element, the count read two
+        "complex char": matrix(1, (1, 2), "annotations", matrix(4, (1, 2), "", el(2, b"ab"),
+                                                                flags=1 << 11) + many),
+        # a compressed variable whose matrix tag says 0 bytes: scipy reads its header anyway
+        "zero tag": comp(struct.pack("<II", 14, 0) + body(1, (1, 1), "annotations", many)),
+        # 400,000 dims (scipy refuses over 32): the count multiplied them for minutes
+        "many dims": comp(matrix(6, [2**31 - 1] * 400_000, "annotations", el(9, b""))),
+        # 150M characters over no data: scipy fills them with spaces (766 MB)
+        "empty char": comp(matrix(1, (1, 1), "annotations", matrix(4, (1, 150_000_000), "",
+                                                                   el(16, b"")))),
+        # 999,999 structs counted as many objects: each is a mat_struct and its __dict__
+        "struct extras": comp(matrix(1, (1, 1), "annotations", matrix(2, (1, 999_999), "",
+                                                                      nofields))),
+    }[case]
+
+
+MANY = "its cells and structs hold more than 1,000,000 elements"
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("negative dims", "cannot read MATLAB file (a matrix has negative dimensions (-2000, -2000))"),
+    ("complex char", MANY), ("zero tag", MANY), ("struct extras", MANY),
+    ("many dims", "cannot read MATLAB file (its dimensions take 1600000 bytes of data type 5)"),
+    ("empty char", "cannot read MATLAB file (a char array declares 150,000,000 characters in 0 "
+                   "bytes)")])
+def test_a_few_hundred_bytes_of_mat_never_build_millions_of_objects(tmp_path: Path, case: str,
+                                                                     needle: str) -> None:
+    import time
+
+    from beton_builders.layouts._common import load_mat
+
+    path = tmp_path / "h.mat"
+    path.write_bytes(_mat_hostile(case))
+    assert path.stat().st_size < 3000
+    t0 = time.monotonic()
+    with pytest.raises(DataError) as e:
+        load_mat(path, ["annotations"])
+    assert str(e.value).startswith(f"{path}: {needle}"), e.value
+    assert time.monotonic() - t0 < 10  # (the count itself ran for minutes on many dims)
+
+
+def test_a_mat_variable_not_asked_for_is_not_counted(tmp_path: Path) -> None:
+    """scipy reads only the variables asked for (``variable_names``): one it skips holds
+    whatever it holds, and the count refused the file for it (review)."""
+    import struct
+
+    import scipy.io
+
+    from beton_builders.layouts._common import load_mat
+
+    path = tmp_path / "l.mat"
+    scipy.io.savemat(str(path), {"labels": np.arange(3.0)})
+    junk = struct.pack("<II", 14, 48) + struct.pack("<II", 6, 8) + struct.pack("<II", 99, 0) \
+        + struct.pack("<II", 5, 8) + struct.pack("<2i", 1, 1) + struct.pack("<II", 1, 4) + b"junk"
+    path.write_bytes(path.read_bytes() + junk + b"\0" * 4)
+    assert list(load_mat(path, ["labels"])["labels"]) == [0.0, 1.0, 2.0]
 
 
 def test_a_mat_v73_file_is_not_walked_as_v5(tmp_path: Path) -> None:
