@@ -282,9 +282,9 @@ def _mat_matrix(s: _MatStream, limit: int, depth: int = 0, *, tag: str = "nested
     struct array's elements (each with :data:`_STRUCT_EXTRA`) and fields, with what they hold;
     a sparse array :data:`_SPARSE_OBJECTS`; numeric and char arrays none (their bytes are
     bounded by :data:`MAX_MAT_BYTES`; a char array may declare more characters than its data
-    holds only up to :data:`MAX_MAT_ELEMENTS`). ``tag``: ``nested`` (its tag is read, a byte count of 0 is an empty matrix),
-    ``compressed`` (read, its count not checked: scipy does not), ``read`` (a top-level tag
-    already read). ``wanted``: a top-level variable's names to count (scipy skips the others).
+    holds only up to :data:`MAX_MAT_ELEMENTS`). ``tag``: ``nested`` (its tag is read, a byte
+    count of 0 is an empty matrix), ``compressed`` (read, its count not checked: scipy does
+    not), ``read`` (a top-level tag already read). ``wanted``: a top-level variable's names to count (scipy skips the others).
     Stops past ``limit``. :class:`MatRefused` for what no dataset file holds: an object,
     function handle or opaque array, a struct of over :data:`_MAT_FIELDS` fields, nesting past
     :data:`_MAT_DEPTH`; ValueError for what scipy cannot read either (negative or too many
