@@ -373,7 +373,7 @@ def _target_tables(t: dict[str, Any], methods: Sequence[str], pruned: Sequence[f
     w = t.get("target_weights") or []
     L = ["", "### Several targets (Fig. A5): one selection for all targets, accuracy per target",
          "", f"The source is scored once for the {len(targets)} targets "
-         f"({', '.join(f'{md_code(n)}' for n in order)}; each target's votes sum to 1"
+         f"({', '.join(md_code(n) for n in order)}; each target's votes sum to 1"
          + (f", weights {', '.join(f'{x:g}' for x in w)}" if w else ", equal weights")
          + "), pretrained once per ratio, then finetuned on each target. The tables above are "
          f"the first target's ({md_code(order[0])})."]
@@ -444,7 +444,7 @@ def header_lines(t: dict[str, Any]) -> list[str]:
             f"torch {mach['torch']}, {mach['platform']}; date {t['date']}",
             f"- command: {md_code(t['command'] or '(library call)')}",
             f"- data: source {md_code(cfg['source'])}, "
-            + (f"targets {', '.join(f'{md_code(x)}' for x in cfg['targets'])} (one selection for all)"
+            + (f"targets {', '.join(md_code(x) for x in cfg['targets'])} (one selection for all)"
                if len(cfg.get("targets") or ()) > 1 else f"target {md_code(cfg['target'] or '(first)')}")
             + f", format "
             f"{md_code(cfg['fmt'])}; recipes {md_code(cfg['recipes'] or 'auto')} ("

@@ -6,13 +6,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .markdown import method_dash, method_style, no_surrogate_labels, target_order
 from ..fsutil import atomic_save_figure
 from ..pipeline.report import mean_std
 from ..reporting import literal_text
+from ..scoring.registry import UNIT_PLURAL, get_scorer, is_registered
+from .markdown import method_dash, method_style, no_surrogate_labels, target_order
 from .stats import PAPER_TOTAL_HOURS, paper_reduction
 from .variants import base_method
-from ..scoring.registry import UNIT_PLURAL, get_scorer, is_registered
+
 
 def ratio_axis(t: dict[str, Any]) -> str:
     """The x label of a ratio axis: what the ratio removes (source classes, clusters or samples,

@@ -374,7 +374,7 @@ def plot(t: dict[str, Any], path: Path) -> None:
     a1.set_ylabel(f"target test top-1 (%), {mode.upper()}")
     n = len(_seeds(t))
     a1.set_title(f"LM pruning trajectory per surrogate (cf. Fig. 5), target "
-                 f"{md_code(t['config']['target'] or 'first')} "
+                 f"`{t['config']['target'] or 'first'}` "
                  + ("(1 seed)" if n == 1 else f"(mean over {n} seeds)"), fontsize=9)
     a1.set_xticks([0] + [100 * r for r in t["ratios"]])
     a1.grid(alpha=0.3)
