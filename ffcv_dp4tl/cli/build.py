@@ -84,7 +84,6 @@ def info(
 ) -> None:
     """Show classes, splits, counts and fingerprints of a built dataset."""
     from ..contracts.names import printable
-
     from ..data.manifest import load_manifest
 
     m = load_manifest(data)

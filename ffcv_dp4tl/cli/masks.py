@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-
 from pathlib import Path
 from typing import Optional
 
@@ -143,6 +142,7 @@ def files_cmd(
     (the build's SPLIT.files.txt), for tools that read a file list."""
     import numpy as np
 
+    from ..contracts.names import printable
     from ..data.manifest import load_manifest
     from ..data.masks import load_mask
     from ..fsutil import atomic_write_text, check_out_dir
@@ -161,13 +161,12 @@ def files_cmd(
     kept = np.zeros(info.num_samples, dtype=bool)
     kept[m.indices] = True
     chosen = np.flatnonzero(~kept if pruned else kept)
-    text = "".join(f"{origins[i]}\n" for i in chosen)
+    # a person reads a terminal, which must not act on a file name's escape sequence: names
+    # shown printable there; a pipe and --out get the paths as stored
+    shown = printable if out is None and sys.stdout.isatty() else str
+    text = "".join(f"{shown(origins[i])}\n" for i in chosen)
     what = "removed" if pruned else "kept"
     if out is None:
-        if sys.stdout.isatty():  # a person reads it: a terminal must not act on a file name's
-            from ..contracts.names import printable  # escape sequence; a pipe gets the paths
-
-            text = "".join(f"{printable(origins[i])}\n" for i in chosen)
         # in pieces of a pipe's buffer: one write of the whole list into a pipe whose reader left
         # mid-way (`| head`) ended with exit 0 and the list cut without a sign; a piece after it
         # meets EPIPE, so the command ends as a shell reports a piped tool the reader stopped

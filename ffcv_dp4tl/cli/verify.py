@@ -21,7 +21,6 @@ def verify(
     is not a built dataset at all.
     """
     from ..contracts.names import printable
-
     from ..data.manifest import load_manifest, manifest_path
     from ..data.verify import verify_dataset
 
