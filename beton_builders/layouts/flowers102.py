@@ -18,7 +18,8 @@ from ffcv_dp4tl.fsutil import read_json
 
 from ..spec import DatasetSpec, Sample
 from . import coop
-from ._common import bad, dataset_dir, finish, load_mat, mat_list
+from ._common import bad, dataset_dir, finish
+from ._mat import load_mat, mat_list
 
 NAME = "flowers102"
 #: folders below ``root`` that may hold the dataset (``root`` itself first); CoOp keeps its

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from ..spec import DatasetSpec, Sample
 from . import coop
-from ._common import (bad, find_first, finish, iter_lines, list_images, load_mat, mat_list, mat_scalar,
-                      parse_int, require_dir, subdirs)
+from ._common import (bad, find_first, finish, iter_lines, list_images, parse_int, require_dir,
+                      subdirs)
+from ._mat import load_mat, mat_list, mat_scalar
 
 NAME = "imagenet"
 HINT = "expected ILSVRC layout: train/<wnid>/*.JPEG; pass the folder that contains train/"

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ..spec import DatasetSpec, Sample
 from . import coop
-from ._common import bad, dataset_dir, find_first, finish, image_under, load_mat, mat_list, mat_scalar
+from ._common import bad, dataset_dir, find_first, finish, image_under
+from ._mat import load_mat, mat_list, mat_scalar
 
 NAME = "stanfordcars"
 #: folders below ``root`` that may hold the dataset (``root`` itself first); CoOp keeps its

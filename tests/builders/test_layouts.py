@@ -249,7 +249,7 @@ def test_mat_data_bytes_counts_plain_and_compressed_elements(tmp_path: Path) -> 
     compressed one what they inflate to; a file that is not MAT v5 counts 0 (scipy decides)."""
     import scipy.io
 
-    from beton_builders.layouts._common import mat_data_bytes
+    from beton_builders.layouts._mat import mat_data_bytes
 
     data = {"a": np.arange(1000.0), "b": np.array([[1, 2]], np.uint8)}
     sizes = []
@@ -290,7 +290,7 @@ def test_a_mat_whose_cells_and_structs_hold_millions_of_elements_is_refused(tmp_
     (8,144 structs of 6 fields, as Stanford Cars') loads."""
     import scipy.io
 
-    from beton_builders.layouts._common import MAX_MAT_ELEMENTS, load_mat, mat_objects
+    from beton_builders.layouts._mat import MAX_MAT_ELEMENTS, load_mat, mat_objects
 
     path = tmp_path / "a.mat"
     path.write_bytes(_mat_struct_without_fields(2_000_000))
@@ -322,7 +322,7 @@ def test_a_mat_is_read_as_scipy_reads_it_whatever_its_spelling(tmp_path: Path) -
 
     import scipy.io
 
-    from beton_builders.layouts._common import load_mat
+    from beton_builders.layouts._mat import load_mat
 
     scipy.io.savemat(str(tmp_path / "small.mat"), {"a": np.arange(3)}, do_compression=True)
     small = (tmp_path / "small.mat").read_bytes()[128:]
@@ -407,7 +407,7 @@ def test_a_few_hundred_bytes_of_mat_never_build_millions_of_objects(tmp_path: Pa
                                                                      needle: str) -> None:
     import time
 
-    from beton_builders.layouts._common import load_mat
+    from beton_builders.layouts._mat import load_mat
 
     path = tmp_path / "h.mat"
     path.write_bytes(_mat_hostile(case))
@@ -426,7 +426,7 @@ def test_a_mat_variable_not_asked_for_is_not_counted(tmp_path: Path) -> None:
 
     import scipy.io
 
-    from beton_builders.layouts._common import load_mat
+    from beton_builders.layouts._mat import load_mat
 
     path = tmp_path / "l.mat"
     scipy.io.savemat(str(path), {"labels": np.arange(3.0)})
@@ -442,7 +442,7 @@ def test_a_mat_v73_file_is_not_walked_as_v5(tmp_path: Path) -> None:
     own refusal ("use HDF reader") is the line."""
     import struct
 
-    from beton_builders.layouts._common import load_mat, mat_data_bytes, mat_objects
+    from beton_builders.layouts._mat import load_mat, mat_data_bytes, mat_objects
 
     path = tmp_path / "v73.mat"
     path.write_bytes(b"MATLAB 7.3 MAT-file".ljust(116, b" ") + b"\0" * 8
