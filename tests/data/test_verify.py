@@ -312,6 +312,30 @@ def test_a_missing_shard_is_one_problem_in_deep_mode_too(copy):
     assert res.returncode == 1 and "missing; rebuild" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_deep_verify_of_more_shards_than_open_files_allowed(tmp_path):
+    """A deep check opened every shard of a split at once, so a split with more shards than
+    the open-file limit (ImageNet-1K: 1,282 train shards against the usual soft 1,024) failed
+    with "Too many open files". It reads shard by shard, holding a few files open."""
+    import os
+    import resource
+
+    from beton_builders import BuildOptions, DatasetSpec, Sample, build_dataset
+
+    samples = [Sample(np.full((16, 16, 3), 5 * i, np.uint8), i % 3, name=f"s/{i:03d}")
+               for i in range(48)]
+    root = tmp_path / "many"
+    build_dataset(DatasetSpec("many", ["a", "b", "c"], {"train": samples}), root,
+                  BuildOptions(max_side=16, shard_size=1, workers=1, progress=False))
+    assert len(_split(root).shards) == 48
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 24, hard))
+    try:
+        report = verify_dataset(root, deep=True, progress=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert report.ok, report.problems
+
+
 def _images(folder, n=2, ext=".jpg"):
     """``n`` files the folder layout lists as images (by extension: their bytes are not read)."""
     folder.mkdir(parents=True)
