@@ -331,3 +331,42 @@ def test_a_figure_is_saved_atomically_never_through_a_link_at_its_name(tmp_path)
     atomic_save_figure(fig, tmp_path / "f.svg")  # (the format follows the suffix)
     plt.close(fig)
     assert b"<svg" in (tmp_path / "f.svg").read_bytes()[:400]
+
+
+def test_pread_files_hold_few_files_open_and_threads_read_the_right_bytes(tmp_path):
+    """A split may have thousands of shards, more than the open-file limit: PreadFiles keeps at
+    most ``max_open`` open (least recently used closed first), and threads sharing it read the
+    right bytes though files are closed and reopened under them (a descriptor closed during
+    another thread's read would be reused by the next open: another file's bytes)."""
+    import random
+    import threading
+
+    from ffcv_dp4tl.fsutil import PreadFiles
+
+    paths = []
+    for k in range(40):
+        paths.append(tmp_path / f"f{k:02d}")
+        paths[-1].write_bytes(bytes([k]) * 4096)
+    files = PreadFiles(paths, max_open=3)
+    assert [files.read(k, 100, 8) for k in range(40)] == [bytes([k]) * 8 for k in range(40)]
+    assert files.open_count == 3
+    assert files.read(39, 4090, 64) == bytes([39]) * 6  # (fewer at the end)
+    wrong, most = [], [0]
+
+    def work(seed):
+        rng = random.Random(seed)
+        for _ in range(3000):
+            k = rng.randrange(40)
+            buf = bytearray(32)
+            n = files.readinto(k, memoryview(buf), rng.randrange(4064))
+            if n != 32 or buf != bytes([k]) * 32:
+                wrong.append(k)
+            most[0] = max(most[0], files.open_count)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    files.close()
+    assert not wrong and most[0] <= 4 and files.open_count == 0

@@ -37,7 +37,6 @@ PIL's antialiased bilinear (WebDataset loader).
 from __future__ import annotations
 
 import io
-import os
 import threading
 import time
 import weakref
@@ -54,6 +53,7 @@ import torch
 
 from .. import stopping
 from ..errors import DataError
+from ..fsutil import PreadFiles
 from beton_builders.beton import beton_images
 from beton_builders.integrity import DAMAGED_SAMPLE_HINT
 
@@ -73,28 +73,23 @@ SOURCES = ("ffcv", "wds")
 # Where each sample's JPEG bytes are
 # ---------------------------------------------------------------------------------------------
 
+#: Shard (or beton) files the loader holds open at once, shared by its read-ahead threads: a
+#: split may have more shards than the open-file limit (ImageNet-21K: 14,197)
+MAX_OPEN_FILES = 256
+
+
 class _ByteLocations:
     """Per-sample (file, offset, size) of the JPEG bytes, plus height/width where known.
 
-    Reads go through ``os.pread``: it has no file position, so the read-ahead threads can share
-    one descriptor per file (ShardReader's seek+read on shared handles would race).
+    Reads go through ``os.pread`` (:class:`~ffcv_dp4tl.fsutil.PreadFiles`): it has no file
+    position, so the read-ahead threads can share a descriptor per file (ShardReader's
+    seek+read on shared handles would race), and a few hundred stay open at most.
     """
 
     def __init__(self, paths: list[str], file_id: np.ndarray, offset: np.ndarray,
                  size: np.ndarray, hw: np.ndarray | None):
-        self.paths = paths
         self.file_id, self.offset, self.size, self.hw = file_id, offset, size, hw
-        self._fds: dict[int, int] = {}
-        self._lock = threading.Lock()
-
-    def _fd(self, f: int) -> int:
-        fd = self._fds.get(f)
-        if fd is None:
-            with self._lock:
-                fd = self._fds.get(f)
-                if fd is None:
-                    fd = self._fds[f] = os.open(self.paths[f], os.O_RDONLY)
-        return fd
+        self.files = PreadFiles(paths, max_open=MAX_OPEN_FILES)
 
     def read(self, indices: np.ndarray) -> list[torch.Tensor]:
         """The JPEG bytes of ``indices`` as 1-D uint8 tensors (views of one host buffer)."""
@@ -103,18 +98,15 @@ class _ByteLocations:
         buf = np.empty(int(ends[-1]) if len(ends) else 0, np.uint8)
         view = memoryview(buf)
         for i, start, n in zip(indices.tolist(), (ends - sizes).tolist(), sizes.tolist()):
-            got = os.preadv(self._fd(int(self.file_id[i])), [view[start:start + n]],
-                            int(self.offset[i]))
+            got = self.files.readinto(int(self.file_id[i]), view[start:start + n],
+                                      int(self.offset[i]))
             if got != n:
-                raise DataError(f"{self.paths[int(self.file_id[i])]}: sample {i} is truncated "
+                raise DataError(f"{self.files.paths[int(self.file_id[i])]}: sample {i} is truncated "
                                 f"({got} of {n} bytes); rebuild the dataset")
         return list(torch.from_numpy(buf).split(sizes.tolist()))
 
     def close(self) -> None:
-        with self._lock:
-            fds, self._fds = self._fds, {}
-        for fd in fds.values():
-            os.close(fd)
+        self.files.close()
 
 
 def _beton_locations(beton: Path, check: np.ndarray) -> _ByteLocations:

@@ -57,7 +57,7 @@ _LIMIT_RAISED = False
 def raise_open_files_limit(cap: int = 1 << 20) -> None:
     """Raise this process's soft limit on open files to its hard limit (at most ``cap``), once.
     Loader workers keep shard files open (WebDataset: up to ``MAX_OPEN_SHARDS`` each; GPU
-    decode: one per shard, 1,282 on ImageNet), and many systems start at a soft 1,024."""
+    decode: up to ``gpu_decode.MAX_OPEN_FILES``), and many systems start at a soft 1,024."""
     global _LIMIT_RAISED
     if _LIMIT_RAISED:
         return

@@ -26,7 +26,6 @@ first, so one run tells the whole story.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from beton_builders.integrity import (OVERWRITE_HINT, REMAKE_HINT, SCHEME, beton
                                       labels_intact, recorded_problems)
 
 from ..errors import DataError
-from ..fsutil import absent_why
+from ..fsutil import PreadFiles, absent_why
 
 from .manifest import MANIFEST_NAME, SplitInfo, load_manifest, read_labels, split_fingerprint
 
@@ -46,8 +45,6 @@ MAX_LISTED = 10
 #: Most bytes a shard's ``KEY.cls`` member may hold: the label as decimal text (a tar header
 #: can declare gigabytes in a few bytes of file, and a deep check read the member whole)
 MAX_CLS_BYTES = 32
-#: Files a deep check holds open at once (a split may have thousands of shards)
-MAX_OPEN_FILES = 8
 
 
 @dataclass
@@ -150,39 +147,14 @@ def _check_checksums(split: SplitInfo, out: list[str]) -> None:
                                                    "rebuild the dataset"))
 
 
-class _Reader:
-    """pread-based byte reader over a set of files (no shared file position), holding at most
-    :data:`MAX_OPEN_FILES` of them open (least recently used closed first). Samples are stored
-    shard by shard, so a pass in index order opens each file once; opening all of a split's
-    shards at once failed with "too many open files" above the usual soft limit of 1,024
-    (ImageNet-1K has 1,282 train shards at the default shard size, ImageNet-21K 14,197)."""
-
-    def __init__(self, paths: list[Path]):
-        self.paths = list(paths)
-        self.fds: dict[int, int] = {}  # file number -> descriptor, oldest use first
-
-    def read(self, f: int, offset: int, size: int) -> bytes:
-        fd = self.fds.pop(f, None)
-        if fd is None:
-            if len(self.fds) >= MAX_OPEN_FILES:
-                os.close(self.fds.pop(next(iter(self.fds))))
-            fd = os.open(self.paths[f], os.O_RDONLY)
-        self.fds[f] = fd  # (now the most recently used)
-        return os.pread(fd, size, offset)
-
-    def close(self) -> None:
-        while self.fds:
-            os.close(self.fds.popitem()[1])
-
-
 def _deep(split: SplitInfo, classes: list[str], index: np.ndarray, images, progress: bool,
           out: list[str]) -> None:
     n = split.num_samples
     digests = np.empty((n, 20), np.uint8)
     mismatch, truncated = [], []
     stored_sha1 = np.zeros((n, 20), np.uint8)
-    shards = _Reader(split.shards)
-    beton = _Reader([split.beton]) if images is not None else None
+    shards = PreadFiles(split.shards, max_open=8)  # (thousands of shards: fsutil.PreadFiles)
+    beton = PreadFiles([split.beton]) if images is not None else None
     it = range(n)
     if progress:
         from ..progress import bar

@@ -62,12 +62,12 @@ def texture(i: int) -> np.ndarray:
     return np.stack([r, g, b], -1).round().clip(0, 255).astype(np.uint8)
 
 
-def _build(root, n: int, **opts):
+def _build(root, n: int, shard_size: int = 8, **opts):
     from beton_builders import BuildOptions, DatasetSpec, Sample, build_dataset
 
     spec = DatasetSpec("tex", ["a", "b", "c"],
                        {"train": [Sample(texture(i), i % 3, name=f"t{i}") for i in range(n)]})
-    build_dataset(spec, root, BuildOptions(max_side=128, shard_size=8, workers=1,
+    build_dataset(spec, root, BuildOptions(max_side=128, shard_size=shard_size, workers=1,
                                            progress=False, **opts))
     return root
 
@@ -395,6 +395,31 @@ def test_every_read_ahead_thread_sets_the_device_first(monkeypatch):
     calls.clear()
     gd.thread_device_setup(torch.device("cpu"))  # nothing to set for a CPU loader
     assert calls == []
+
+
+def test_shards_past_the_open_file_limit_are_read(tmp_path, monkeypatch):
+    """One descriptor was kept per shard read: a split with more shards than the open-file
+    limit (ImageNet-21K: 14,197 at the default shard size, against a common hard 4,096) failed
+    with "Too many open files". At most ``MAX_OPEN_FILES`` stay open, shared by the threads."""
+    import os
+    import resource
+
+    from ffcv_dp4tl.data import loaders
+
+    root = _build(tmp_path / "many", 40, shard_size=1)
+    assert len(load_manifest(root).split("train").shards) == 40
+    monkeypatch.setattr(gd, "MAX_OPEN_FILES", 4, raising=False)
+    monkeypatch.setattr(loaders, "raise_open_files_limit", lambda: None)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 24, hard))
+    try:
+        loader = make_loader(root, "train", fmt="wds", decode="gpu", resolution=16,
+                             batch_size=8, num_workers=2, aug=AugSpec.for_train(), seed=SEED)
+        idx = _epoch(loader)[3]
+        loader.close()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert sorted(idx) == list(range(40))
 
 
 def test_oversized_canvas_is_a_clear_error(tex):
