@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..contracts import check_seeds
-from ..kernels.checks import as_float32_matrix
+from ..kernels.checks import MAX_ROWS, as_float32_matrix
 from .ranking import (
     ScoringError,
     as_vector,
@@ -42,7 +42,36 @@ from .ranking import (
     rank,
 )
 
-_CHUNK = 65536
+#: bytes of one float64 block these functions work on: features (N, D) are read (from a
+#: memory-mapped store, say), converted to float64 and normalised this many bytes at a time
+#: (16384 rows at D=512), never as one float64 copy of the matrix (5.2 GB at 1.28M x 512);
+#: a few such blocks are alive at once. Tests lower it to measure memory on small inputs.
+CHUNK_BYTES = 64 << 20
+#: the most rows one distance-to-all-prototypes block holds: BLAS rounds a row's products in a
+#: way that can depend on the number of rows in the call, and the nearest-prototype distances
+#: were computed in blocks of 4096 rows, which this keeps wherever CHUNK_BYTES allows it
+_GEMM_ROWS = 4096
+
+
+def _chunk_rows(width: int) -> int:
+    """Rows of ``width`` float64 values in one :data:`CHUNK_BYTES` block (at least one)."""
+    return max(1, CHUNK_BYTES // (8 * max(1, int(width))))
+
+
+def _feature_matrix(a: Any, name: str) -> np.ndarray:
+    """``a`` checked as :func:`as_float32_matrix` checks it (2-D, floating, not empty), but not
+    copied: a memory-mapped feature store stays on disk until :func:`_rows` reads a block."""
+    a = a if isinstance(a, np.ndarray) else np.asarray(a)
+    if a.ndim != 2 or a.dtype.kind != "f" or 0 in a.shape or a.shape[0] > MAX_ROWS:
+        as_float32_matrix(a, name)  # raises its error
+    return a
+
+
+def _rows(f: np.ndarray, rows: Any) -> np.ndarray:
+    """Rows of ``f`` (a slice or an index array) as C-ordered float64, rounded to float32 first
+    as :func:`as_float32_matrix` made the whole matrix (so float64 inputs score as before, and
+    a row's sums run in the same order whatever the input's memory order)."""
+    return np.ascontiguousarray(f[rows], dtype=np.float32).astype(np.float64)
 
 
 def random_scores(n: int, seed: int) -> np.ndarray:
@@ -64,20 +93,31 @@ def moderate_distances(features: Any, labels: Any) -> np.ndarray:
     """L2 distance of each sample's feature to its class median feature: float64 (N,).
 
     The class "prototype" is the coordinate-wise median (as in the MODERATE reference code),
-    computed one class at a time so only one class's rows are copied into memory.
+    computed one class at a time and within a class in blocks of :data:`CHUNK_BYTES` (of
+    columns for the median, of rows for the distances), so memory stays O(block + N) even
+    when one class holds most of the rows.
     """
-    f = as_float32_matrix(features, "features")
+    f = _feature_matrix(features, "features")
     lab = _labels_for(labels, f.shape[0], "features")
     order = np.argsort(lab, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(lab))])
     dist = np.empty(f.shape[0], dtype=np.float64)
+    d = f.shape[1]
     for c in range(bounds.size - 1):
         rows = order[bounds[c] : bounds[c + 1]]
         if rows.size == 0:
             continue
-        block = f[rows].astype(np.float64)
-        block -= np.median(block, axis=0)
-        dist[rows] = np.sqrt(np.einsum("ij,ij->i", block, block))
+        # the median of a column needs all the class's values of it: a block of columns at a
+        # time (the whole class when it fits CHUNK_BYTES), each column's median as before
+        med = np.empty(d, dtype=np.float64)
+        step = _chunk_rows(rows.size)
+        for j in range(0, d, step):
+            med[j : j + step] = np.median(_rows(f, (rows, slice(j, j + step))), axis=0)
+        step = _chunk_rows(d)
+        for a in range(0, rows.size, step):
+            block = _rows(f, rows[a : a + step])
+            block -= med
+            dist[rows[a : a + step]] = np.sqrt(np.einsum("ij,ij->i", block, block))
     return dist
 
 
@@ -143,6 +183,17 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)[:, None]
 
 
+def l2_normalised_rows(features: Any) -> np.ndarray:
+    """The rows of ``features`` L2-normalised: float32 (N, D), each row normalised in float64
+    and rounded once, in blocks of :data:`CHUNK_BYTES` (no float64 copy of the matrix)."""
+    f = _feature_matrix(features, "features")
+    out = np.empty(f.shape, dtype=np.float32)
+    step = _chunk_rows(f.shape[1])
+    for a in range(0, f.shape[0], step):
+        out[a : a + step] = _l2_normalise(_rows(f, slice(a, a + step)))
+    return out
+
+
 def prototype_distances(features: Any, prototypes: Any, assignment: Any | None = None, *,
                         normalize: bool = True) -> np.ndarray:
     """Euclidean distance of every feature to a prototype: float64 (N,).
@@ -150,21 +201,25 @@ def prototype_distances(features: Any, prototypes: Any, assignment: Any | None =
     ``assignment`` (N,) names each sample's prototype (SP: its class); ``None`` = the nearest
     prototype (SSP: the nearest k-means centroid). With ``normalize`` features and prototypes
     are L2-normalised first, so the distance is a monotone function of the cosine distance
-    (Sorscher et al. cluster normalised self-supervised embeddings).
+    (Sorscher et al. cluster normalised self-supervised embeddings). The features are read,
+    converted to float64 and normalised in blocks of rows (:data:`CHUNK_BYTES`).
     """
-    f = as_float32_matrix(features, "features").astype(np.float64)
+    f = _feature_matrix(features, "features")
     c = as_float32_matrix(prototypes, "prototypes").astype(np.float64)
     if f.shape[1] != c.shape[1]:
         raise ScoringError(f"features have {f.shape[1]} dims but prototypes have {c.shape[1]}")
     if normalize:
-        f, c = _l2_normalise(f), _l2_normalise(c)
+        c = _l2_normalise(c)
     out = np.empty(f.shape[0], dtype=np.float64)
     if assignment is not None:
         a = _labels_for(assignment, f.shape[0], "features")
         check_ids(a, c.shape[0], "assignment", "num_prototypes")
     cc = np.einsum("ij,ij->i", c, c)
-    for start in range(0, f.shape[0], _CHUNK // 16):
-        block = f[start : start + _CHUNK // 16]
+    step = min(_GEMM_ROWS, _chunk_rows(max(f.shape[1], c.shape[0])))
+    for start in range(0, f.shape[0], step):
+        block = _rows(f, slice(start, start + step))
+        if normalize:
+            block = _l2_normalise(block)
         if assignment is None:
             d2 = np.einsum("ij,ij->i", block, block)[:, None] - 2 * block @ c.T + cc[None]
             out[start : start + block.shape[0]] = np.sqrt(np.maximum(d2.min(axis=1), 0.0))
@@ -177,15 +232,18 @@ def prototype_distances(features: Any, prototypes: Any, assignment: Any | None =
 def class_mean_prototypes(features: Any, labels: Any, num_classes: int | None = None, *,
                           normalize: bool = True) -> np.ndarray:
     """Per-class mean of the (normalised) features: float64 (C, D); a class without samples
-    gets a zero row (no sample is assigned to it)."""
-    f = as_float32_matrix(features, "features").astype(np.float64)
+    gets a zero row (no sample is assigned to it). The sums are taken in blocks of rows
+    (:data:`CHUNK_BYTES`), each row added in order of its index as one pass over all rows adds
+    them, so the means are the same to the last bit."""
+    f = _feature_matrix(features, "features")
     lab = _labels_for(labels, f.shape[0], "features")
-    if normalize:
-        f = _l2_normalise(f)
     c = int(lab.max()) + 1 if num_classes is None else int(num_classes)
     check_ids(lab, c, "labels", "num_classes")
     sums = np.zeros((c, f.shape[1]))
-    np.add.at(sums, lab, f)
+    step = _chunk_rows(f.shape[1])
+    for a in range(0, f.shape[0], step):
+        block = _rows(f, slice(a, a + step))
+        np.add.at(sums, lab[a : a + step], _l2_normalise(block) if normalize else block)
     return sums / np.maximum(np.bincount(lab, minlength=c), 1)[:, None]
 
 
@@ -247,11 +305,12 @@ def el2n_scores(probs: Any, labels: Any) -> np.ndarray:
     lab = _labels_for(labels, n, "probs")
     check_ids(lab, c, "labels", "num_classes")
     out = np.zeros(n, dtype=np.float64)
+    step = _chunk_rows(c)
     for r in range(runs):
-        for start in range(0, n, _CHUNK):
-            block = p[r, start : start + _CHUNK].astype(np.float64)
+        for start in range(0, n, step):
+            block = p[r, start : start + step].astype(np.float64)
             _check_probs(block)
-            block[np.arange(block.shape[0]), lab[start : start + _CHUNK]] -= 1.0
+            block[np.arange(block.shape[0]), lab[start : start + step]] -= 1.0
             out[start : start + block.shape[0]] += np.sqrt(np.einsum("ij,ij->i", block, block))
     return out / runs
 
@@ -289,8 +348,9 @@ def grand_last_layer_norms(features: Any, probs: Any, labels: Any, *, bias: bool
         raise ScoringError(f"probs has {p.shape[1]} rows but features has {h.shape[0]}; they must match")
     err = el2n_scores(p[0], labels)
     out = np.empty(h.shape[0], dtype=np.float64)
-    for start in range(0, h.shape[0], _CHUNK):
-        block = h[start : start + _CHUNK].astype(np.float64)
+    step = _chunk_rows(h.shape[1])
+    for start in range(0, h.shape[0], step):
+        block = h[start : start + step].astype(np.float64)
         out[start : start + block.shape[0]] = np.einsum("ij,ij->i", block, block)
     return err * np.sqrt(out + (1.0 if bias else 0.0))
 

@@ -72,3 +72,34 @@ def surrogate_context(method: str, source_dir: Path, out_dir: Path, checkpoint: 
                          num_workers=0, progress=False, **kw)
     ctx.surrogate = _load_surrogate(get_scorer(method), ctx, Path(checkpoint), "cpu", None)
     return ctx
+
+
+#: the features of the memory tests: 51 MB of float32, one float64 copy of them is 102 MB
+BIG_N, BIG_D = 200_000, 64
+
+
+def write_big_features(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A (BIG_N, BIG_D) float32 feature store at ``path``, opened memory-mapped as
+    scoring/features.py opens one (its pages cost no traced memory), and labels: 10 % in class
+    1, the rest in class 0, so one class is most of the matrix."""
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(BIG_N, BIG_D))
+    rng = np.random.default_rng(5)
+    for a in range(0, BIG_N, 50_000):
+        mm[a:a + 50_000] = rng.standard_normal((50_000, BIG_D), dtype=np.float32) + 0.5
+    mm.flush()
+    del mm
+    return np.load(path, mmap_mode="r"), (np.arange(BIG_N) % 10 == 0).astype(np.int64)
+
+
+def traced_peak(fn) -> int:
+    """Peak bytes tracemalloc saw allocated while ``fn()`` ran (numpy reports its buffers)."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

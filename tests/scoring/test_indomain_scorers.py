@@ -18,7 +18,7 @@ from ffcv_dp4tl.scoring.baselines import (moderate_class_band_scores, moderate_d
 from ffcv_dp4tl.scoring.registry import FEATURES, LOGITS, get_scorer, list_scorers
 from tiny_data import SURROGATE_OVERRIDES, SYNTH, TRAIN
 
-from .helpers import surrogate_context
+from .helpers import BIG_D, BIG_N, surrogate_context, traced_peak, write_big_features
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +173,34 @@ def test_ssp_k_defaults_to_the_number_of_source_classes(env):
     meta, _, out = _score(env, "ssp", "ssp-default-k")
     classes = load_manifest(env[1]).num_classes
     assert meta["ssp_k"] == classes and np.load(out / "ssp_centroids.npy").shape[0] == classes
+
+
+@pytest.mark.parametrize("method", ["sp", "ssp", "moderate"])
+def test_feature_scorers_never_copy_the_source_features_to_float64(tmp_path, monkeypatch, method):
+    """SP, SSP and MODERATE read the source features from a memory-mapped store; their own work
+    stays below the size of one float64 copy of them (SP and SSP made two or more: 16 bytes per
+    value, ~10.5 GB at ImageNet-1K x 512, 116 GB at ImageNet-21K). SSP's k-means (kernels, not
+    measured here) is replaced by fixed centroids; its input, the normalised rows, is float32."""
+    from types import SimpleNamespace
+
+    from ffcv_dp4tl.scoring import baselines
+    from ffcv_dp4tl.scoring.feature_mapping import KMeansResult
+    from ffcv_dp4tl.scoring.methods import ssp
+
+    f, y = write_big_features(tmp_path / "source_train_features.npy")
+    monkeypatch.setattr(baselines, "CHUNK_BYTES", 1 << 20, raising=False)  # 64 MiB: over too
+    cent = np.random.default_rng(0).standard_normal((2, BIG_D)).astype(np.float32)
+    monkeypatch.setattr(ssp, "kmeans", lambda x, k, **kw: KMeansResult(
+        centroids=cent[:k], labels=np.zeros(x.shape[0], dtype=np.int64)))
+    scorer = get_scorer(method)
+    ctx = SimpleNamespace(source_features=lambda split="train": f, train_labels=lambda: y,
+                          opt=lambda name: scorer.options[name].default,
+                          source=SimpleNamespace(num_classes=2), iters=1, seed=0, backend="cpu",
+                          meta={}, out_dir=tmp_path)
+    got = {}
+    peak = traced_peak(lambda: got.setdefault("result", scorer.score(ctx)))
+    assert got["result"].scores.shape == (BIG_N,)
+    assert peak < BIG_N * BIG_D * 8, f"{method}: peak {peak / 1e6:.0f} MB"
 
 
 def test_el2n_averages_runs_and_runs_1_scores_the_early_checkpoint(env):

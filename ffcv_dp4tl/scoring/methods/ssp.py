@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ...fsutil import atomic_save_npy
-from ..baselines import _l2_normalise, prototype_distances
+from ..baselines import l2_normalised_rows, prototype_distances
 from ..context import ScoringContext
 from ..feature_mapping import kmeans
 from ..registry import BACKEND, FEATURES, ITERS, SEED, Cost, Option, PlotStyle, Scorer, ScoreResult, register_scorer
@@ -39,9 +39,10 @@ class SelfSupervisedPrototypes(Scorer):
                "keep": KEEP, "normalize": NORMALIZE}
 
     def score(self, ctx: ScoringContext) -> ScoreResult:
-        feats = np.asarray(ctx.source_features("train"), dtype=np.float32)
+        feats = ctx.source_features("train")
         norm = bool(ctx.opt("normalize"))
-        x = _l2_normalise(feats.astype(np.float64)).astype(np.float32) if norm else feats
+        # normalised in blocks of rows: one float32 copy for k-means, no float64 one
+        x = l2_normalised_rows(feats) if norm else np.asarray(feats, dtype=np.float32)
         k = int(ctx.opt("k")) or ctx.source.num_classes
         result = kmeans(x, k, iters=ctx.iters, seed=ctx.seed, backend=ctx.backend)
         ctx.meta.update({"ssp_k": k, "iters": ctx.iters, **result.run_record()})
