@@ -88,6 +88,7 @@ class _ByteLocations:
 
     def __init__(self, paths: list[str], file_id: np.ndarray, offset: np.ndarray,
                  size: np.ndarray, hw: np.ndarray | None):
+        self.paths = paths  # (named in errors)
         self.file_id, self.offset, self.size, self.hw = file_id, offset, size, hw
         self.files = PreadFiles(paths, max_open=MAX_OPEN_FILES)
 
@@ -101,7 +102,7 @@ class _ByteLocations:
             got = self.files.readinto(int(self.file_id[i]), view[start:start + n],
                                       int(self.offset[i]))
             if got != n:
-                raise DataError(f"{self.files.paths[int(self.file_id[i])]}: sample {i} is truncated "
+                raise DataError(f"{self.paths[int(self.file_id[i])]}: sample {i} is truncated "
                                 f"({got} of {n} bytes); rebuild the dataset")
         return list(torch.from_numpy(buf).split(sizes.tolist()))
 
