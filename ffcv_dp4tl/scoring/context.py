@@ -121,8 +121,24 @@ class ScoringContext:
     def target_predictions(self, features: bool = False) -> list:
         """One :class:`~ffcv_dp4tl.scoring.inference.Predictions` per target train split:
         logits (``features=False``) or penultimate features. Records the targets' fingerprints."""
-        from ..data.manifest import load_manifest
         from .inference import predict
+
+        return self._over_targets(predict, want_logits=not features, want_features=features)
+
+    def target_reductions(self, fn, features: bool = False) -> list:
+        """:meth:`target_predictions` keeping of each batch only what ``fn(indices, logits,
+        features)`` returns: one :class:`~ffcv_dp4tl.scoring.inference.Reduced` per target
+        (:func:`~ffcv_dp4tl.scoring.inference.predict_reduce`; no target's N × C logits are held)."""
+        from functools import partial
+
+        from .inference import predict_reduce
+
+        return self._over_targets(partial(predict_reduce, fn=fn), want_logits=True,
+                                  want_features=features)
+
+    def _over_targets(self, run, **kw) -> list:
+        """``run(model, loader, ...)`` over every target's train split; records their fingerprints."""
+        from ..data.manifest import load_manifest
 
         if not self.targets:
             raise DP4TLError(f"--target is needed for {self.method}")
@@ -132,11 +148,9 @@ class ScoringContext:
         for t in self.targets:
             tm = load_manifest(t)
             self.meta["target_fingerprints"].append(tm.fingerprint)
-            out.append(predict(s.model, self.loader(t, "train", target=True), head=s.head,
-                               want_logits=not features, want_features=features,
-                               num_samples=tm.split("train").num_samples,
-                               desc=f"target {tm.name}", progress=self.progress,
-                               autocast_dtype=s.autocast_dtype))
+            out.append(run(s.model, self.loader(t, "train", target=True), head=s.head,
+                           num_samples=tm.split("train").num_samples, desc=f"target {tm.name}",
+                           progress=self.progress, autocast_dtype=s.autocast_dtype, **kw))
         self.meta["target_fingerprint"] = self.meta["target_fingerprints"][0] if len(out) == 1 else None
         return out
 
@@ -181,11 +195,26 @@ class ScoringContext:
         source split, with the surrogate's loader settings (resolution, device)."""
         from .inference import predict
 
+        return self._over_source(predict, model, head, split, features, desc)
+
+    def model_reduction(self, model, head, fn, split: str = "train", features: bool = False,
+                        desc: str = ""):
+        """:meth:`model_predictions` keeping of each batch only what ``fn(indices, logits,
+        features)`` returns: a :class:`~ffcv_dp4tl.scoring.inference.Reduced`
+        (:func:`~ffcv_dp4tl.scoring.inference.predict_reduce`; the split's N × C logits and
+        N × D features are never held)."""
+        from functools import partial
+
+        from .inference import predict_reduce
+
+        return self._over_source(partial(predict_reduce, fn=fn), model, head, split, features, desc)
+
+    def _over_source(self, run, model, head, split: str, features: bool, desc: str):
         s = self._need_surrogate()
-        return predict(model, self.loader(self.source_dir, split), head=head, want_logits=True,
-                       want_features=features, num_samples=self.source.split(split).num_samples,
-                       desc=desc or f"source {split}", progress=self.progress,
-                       autocast_dtype=s.autocast_dtype)
+        return run(model, self.loader(self.source_dir, split), head=head, want_logits=True,
+                   want_features=features, num_samples=self.source.split(split).num_samples,
+                   desc=desc or f"source {split}", progress=self.progress,
+                   autocast_dtype=s.autocast_dtype)
 
     def combine(self, per_target: list[np.ndarray]) -> np.ndarray:
         """One target's scores as they are; several: each normalised to sum 1, times its
@@ -203,3 +232,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """The scorers' softmax: taken in float64 (rows of logits, whole or one batch's)."""
+    return softmax(logits.astype(np.float64))

@@ -5,12 +5,17 @@ penultimate features (FM, MODERATE, GraNd's last-layer norm). Features are captu
 forward pre-hook on the classifier head, so any model whose head is an ``nn.Linear`` works
 without model-specific code. Outputs are placed by ``Batch.indices``, so the result is in the
 split's file order whatever order (or rank) the loader visits samples in.
+
+:func:`predict` keeps every sample's logits and features (N × C floats: what Influence needs).
+:func:`predict_reduce` keeps only what a per-batch function returns, per-sample values and
+per-class sums, so a scorer that needs no more (EL2N, GraNd's last-layer norm, LM) never holds
+N × C in memory (at ImageNet-21K scale that matrix alone is hundreds of GB).
 """
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -24,6 +29,27 @@ class Predictions:
     indices: np.ndarray  # sample indices (sorted) that were predicted
     logits: np.ndarray | None  # (n, num_classes) float32, rows follow ``indices``
     features: np.ndarray | None  # (n, d) float32
+
+
+@dataclass
+class BatchResult:
+    """What a :func:`predict_reduce` function keeps of one batch."""
+    #: per-sample values, name → array whose rows follow the batch's ``indices``
+    rows: dict[str, np.ndarray] = field(default_factory=dict)
+    #: name → array added up over the batches (integers in int64, the rest in float64)
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class Reduced:
+    """:func:`predict_reduce`'s result: the batches' rows in sample order, and the sums."""
+    indices: np.ndarray  # sample indices (sorted) that were predicted
+    rows: dict[str, np.ndarray]  # name → (n, ...) rows following ``indices``
+    sums: dict[str, np.ndarray]  # name → the sum over every batch
+
+#: ``fn(indices, logits, features)`` of :func:`predict_reduce`: int64 (b,), float32 (b, C) or None,
+#: float32 (b, D) or None (numpy, on the CPU)
+BatchFn = Callable[[np.ndarray, np.ndarray | None, np.ndarray | None], BatchResult]
 
 
 @contextlib.contextmanager
@@ -49,34 +75,115 @@ def _forward(model: torch.nn.Module, images: torch.Tensor, dtype: torch.dtype | 
         return model(images)
 
 
+class _Rows:
+    """The batches' rows of one output, one batch after another. With the expected number of
+    rows known they are copied into one array of that many rows (a wrong count is an error at
+    the end, so rows beyond it are not kept); else they are joined at the end."""
+
+    def __init__(self, capacity: int | None):
+        self.capacity, self.buf, self.parts, self.n = capacity, None, [], 0
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows)
+        if self.capacity is None:
+            self.parts.append(rows)
+        else:
+            if self.buf is None:
+                self.buf = np.empty((self.capacity,) + rows.shape[1:], dtype=rows.dtype)
+            keep = rows[:max(0, self.capacity - self.n)]
+            self.buf[self.n:self.n + len(keep)] = keep
+        self.n += len(rows)
+
+    def take(self) -> np.ndarray:
+        if self.capacity is None:
+            out, self.parts = np.concatenate(self.parts), []
+            return out
+        return self.buf
+
+
+@torch.no_grad()
+def _batches(model: torch.nn.Module, loader: Iterable[Batch], head: torch.nn.Module | None,
+             want_logits: bool, want_features: bool, desc: str, progress: bool,
+             autocast_dtype: torch.dtype | None
+             ) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """(indices, logits, features) of every batch of an eval-mode pass, as numpy on the CPU."""
+    with _eval_with_head_inputs(model, head if want_features else None) as captured:
+        for batch in progress_bar(loader, desc=desc, unit="batch", show=progress):
+            captured.clear()
+            out = _forward(model, batch.images, autocast_dtype)
+            yield (batch.indices.cpu().numpy(),
+                   out.float().cpu().numpy() if want_logits else None,
+                   captured[-1].flatten(1).float().cpu().numpy() if want_features else None)
+
+
+@torch.no_grad()
+def predict_reduce(model: torch.nn.Module, loader: Iterable[Batch], fn: BatchFn, *,
+                   head: torch.nn.Module | None = None, want_logits: bool = True,
+                   want_features: bool = False, num_samples: int | None = None,
+                   desc: str = "predict", progress: bool = True,
+                   autocast_dtype: torch.dtype | None = None) -> Reduced:
+    """Eval-mode forward pass over ``loader`` that keeps, of each batch, only what
+    ``fn(indices, logits, features)`` returns (a :class:`BatchResult`): its per-sample rows,
+    sorted by sample index at the end, and its sums, added up. Nothing bigger than one batch's
+    logits or features is held, whatever the number of samples."""
+    if want_features and head is None:
+        raise ValueError("want_features=True needs the model's classifier head module")
+    rows: dict[str, _Rows] = {}
+    sums: dict[str, np.ndarray] = {}
+    idx = _Rows(num_samples)
+    for indices, logits, features in _batches(model, loader, head, want_logits, want_features,
+                                              desc, progress, autocast_dtype):
+        res = fn(indices, logits, features)
+        for name, value in res.rows.items():
+            if len(value) != len(indices):
+                raise ValueError(f"{desc}: the per-sample {name!r} of a batch has {len(value)} "
+                                 f"rows for its {len(indices)} samples")
+            rows.setdefault(name, _Rows(num_samples)).add(value)
+        for name, value in res.sums.items():
+            value = np.asarray(value)
+            if name not in sums:
+                sums[name] = value.astype(np.int64 if value.dtype.kind in "biu" else np.float64)
+            else:
+                sums[name] += value
+        idx.add(indices)
+    if num_samples is not None and idx.n != num_samples:
+        raise RuntimeError(f"{desc}: loader produced {idx.n} samples, expected {num_samples} "
+                           "(use drop_last=False for inference)")
+    for name, r in rows.items():
+        if r.n != idx.n:
+            raise ValueError(f"{desc}: the per-sample {name!r} was returned for {r.n} of the "
+                             f"{idx.n} samples")
+    indices = idx.take() if idx.n else np.zeros(0, np.int64)
+    order = np.argsort(indices, kind="stable")
+    in_order = bool((order == np.arange(len(order))).all())  # (then no reordered copy)
+
+    def sorted_rows(r: _Rows) -> np.ndarray:
+        a = r.take()
+        return a if in_order else a[order]
+
+    return Reduced(indices=indices if in_order else indices[order],
+                   rows={name: sorted_rows(r) for name, r in rows.items()}, sums=sums)
+
+
+def _keep_all(_indices: np.ndarray, logits: np.ndarray | None, features: np.ndarray | None
+              ) -> BatchResult:
+    return BatchResult(rows={k: v for k, v in (("logits", logits), ("features", features))
+                             if v is not None})
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, loader: Iterable[Batch], *, head: torch.nn.Module | None = None,
             want_logits: bool = True, want_features: bool = False, num_samples: int | None = None,
             desc: str = "predict", progress: bool = True,
             autocast_dtype: torch.dtype | None = None) -> Predictions:
-    """Eval-mode forward pass over ``loader``; results sorted by sample index."""
-    if want_features and head is None:
-        raise ValueError("want_features=True needs the model's classifier head module")
-    idx_parts, logit_parts, feat_parts = [], [], []
-    with _eval_with_head_inputs(model, head if want_features else None) as captured:
-        for batch in progress_bar(loader, desc=desc, unit="batch", show=progress):
-            captured.clear()
-            out = _forward(model, batch.images, autocast_dtype)
-            idx_parts.append(batch.indices.cpu().numpy())
-            if want_logits:
-                logit_parts.append(out.float().cpu().numpy())
-            if want_features:
-                feat_parts.append(captured[-1].flatten(1).float().cpu().numpy())
-    indices = np.concatenate(idx_parts) if idx_parts else np.zeros(0, np.int64)
-    order = np.argsort(indices, kind="stable")
-    if num_samples is not None and len(indices) != num_samples:
-        raise RuntimeError(f"{desc}: loader produced {len(indices)} samples, expected {num_samples} "
-                           "(use drop_last=False for inference)")
-    return Predictions(
-        indices=indices[order],
-        logits=np.concatenate(logit_parts)[order] if want_logits else None,
-        features=np.concatenate(feat_parts)[order] if want_features else None,
-    )
+    """Eval-mode forward pass over ``loader``; results sorted by sample index. Every sample's
+    logits (and features) are held: a scorer that needs only a value per sample or a sum per
+    class reads them through :func:`predict_reduce` instead."""
+    r = predict_reduce(model, loader, _keep_all, head=head, want_logits=want_logits,
+                       want_features=want_features, num_samples=num_samples, desc=desc,
+                       progress=progress, autocast_dtype=autocast_dtype)
+    return Predictions(indices=r.indices, logits=r.rows.get("logits"),
+                       features=r.rows.get("features"))
 
 
 @torch.no_grad()

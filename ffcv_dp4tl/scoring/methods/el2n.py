@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..baselines import el2n_scores
-from ..context import ScoringContext, softmax
+from ..context import ScoringContext, probabilities
 from ..registry import LOGITS, TRAJECTORY, Cost, PlotStyle, Scorer, ScoreResult, register_scorer
 from ._dynamics import RUN_OPTIONS, RUN_TRAINING, average_over_runs
 
@@ -28,7 +28,17 @@ class EL2N(Scorer):
         labels = ctx.train_labels()
 
         def one(model, head, desc):
-            p = ctx.model_predictions(model, head, desc=desc)
-            return el2n_scores(softmax(p.logits.astype(np.float64)), labels)
+            return ctx.model_reduction(model, head, el2n_batch(labels), desc=desc).rows["el2n"]
 
         return ScoreResult(scores=average_over_runs(ctx, one))
+
+
+def el2n_batch(labels: np.ndarray):
+    """The per-batch function of :func:`~ffcv_dp4tl.scoring.inference.predict_reduce` giving
+    each sample's EL2N (``rows["el2n"]``): only one batch's softmax is held at a time."""
+    from ..inference import BatchResult  # (torch: imported when a run is scored)
+
+    def fn(indices: np.ndarray, logits: np.ndarray, _features) -> BatchResult:
+        return BatchResult(rows={"el2n": el2n_scores(probabilities(logits), labels[indices])})
+
+    return fn

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..baselines import grand_last_layer_norms, grand_scores
-from ..context import ScoringContext, softmax
+from ..context import ScoringContext, probabilities
 from ..registry import (LOGITS, TRAJECTORY, Cost, Option, PlotStyle, Scorer, ScoreResult,
                         register_scorer)
 from ._dynamics import RUN_OPTIONS, RUN_TRAINING, average_over_runs
@@ -39,7 +39,20 @@ class GraNd(Scorer):
 
                 return per_sample_grad_norms(model, ctx.loader(ctx.source_dir, "train"),
                                              len(labels), progress=ctx.progress, desc=desc)
-            p = ctx.model_predictions(model, head, features=True, desc=desc)
-            return grand_last_layer_norms(p.features, softmax(p.logits.astype(np.float64)), labels)
+            return ctx.model_reduction(model, head, grand_last_batch(labels), features=True,
+                                       desc=desc).rows["grand"]
 
         return ScoreResult(scores=grand_scores(average_over_runs(ctx, one)))
+
+
+def grand_last_batch(labels: np.ndarray):
+    """The per-batch function of :func:`~ffcv_dp4tl.scoring.inference.predict_reduce` giving
+    each sample's last-layer gradient norm (``rows["grand"]``) from one batch's features and
+    softmax at a time."""
+    from ..inference import BatchResult  # (torch: imported when a run is scored)
+
+    def fn(indices: np.ndarray, logits: np.ndarray, features: np.ndarray) -> BatchResult:
+        return BatchResult(rows={"grand": grand_last_layer_norms(features, probabilities(logits),
+                                                                 labels[indices])})
+
+    return fn
