@@ -654,6 +654,36 @@ def test_a_cifar10_batch_that_would_run_code_is_refused_and_runs_none(tmp_path: 
                             "of CIFAR-10")
 
 
+def test_a_cifar10_batch_naming_another_function_of_an_allowed_module_is_refused(
+        tmp_path: Path) -> None:
+    """The allowed globals are (module, name) pairs, not modules: ``numpy`` is allowed for its
+    ``ndarray`` and ``dtype``, yet ``numpy.load(f, None, True)`` unpickles another file and
+    runs the code that one names. A batch naming it is refused by name, and nothing runs."""
+    import os
+
+    F.make_cifar10(tmp_path)
+    marker = tmp_path / "code-ran"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    evil = tmp_path / "evil.npy"
+    np.save(evil, np.array([RunsCode()], dtype=object), allow_pickle=True)
+
+    class LoadsIt:
+        def __reduce__(self):
+            return (np.load, (str(evil), None, True))
+
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0],
+                                   b"x": LoadsIt()}, protocol=2))
+    with pytest.raises(DataError, match=r"holds Python objects a CIFAR-10 batch never holds "
+                                        r"\(it names numpy\.load\)"):
+        read_layout("cifar10", tmp_path)
+    assert not marker.exists()
+
+
 # --- CoOp split JSON --------------------------------------------------------------------------
 
 def _write_json(path: Path, obj: object) -> Path:
