@@ -217,7 +217,11 @@ def test_a_section_title_is_one_line_without_hashes(tmp_path, title, why):
 
 
 HOSTILE = ["warm` <script>alert(1)</script> `", "`x`", "a``b", "[click](javascript:alert(1))",
-           '<img src=x onerror="alert(1)">', "p\nq", "", " padded ", "a|b", "plain/path_1.toml"]
+           '<img src=x onerror="alert(1)">', "p\nq", "", " padded ", "a|b", "plain/path_1.toml",
+           # backtick runs of several lengths: the fence outruns the longest, not the shortest
+           "a`b``c <img src=x onerror=alert(1)>",
+           # a backslash of its own: unescaped, it would escape md_text's escape of the "<"
+           "\\<img src=x onerror=alert(1)\\>"]
 
 
 @pytest.mark.parametrize("value", HOSTILE)
@@ -248,3 +252,18 @@ def test_md_text_is_read_as_written_and_keeps_a_tables_columns(value):
     assert "<" not in inline.replace("&lt;", "") and "href" not in inline
     table = md.render(f"| a | b |\n|---|---|\n| {md_text(value)} | 2 |\n")
     assert table.count("<td>") == 2
+
+
+@pytest.mark.parametrize("value", ["cars|x", "a|b|c", "`|`"])
+def test_md_code_in_a_table_cell_keeps_the_rows_columns_and_its_text(value):
+    """A GFM table cell ends at a ``|`` even inside a code span: a target or recipe named
+    ``cars|x`` in a report's table split its row into one column too many. In a cell the ``|``
+    is escaped, and the span still shows the name as written."""
+    from markdown_it import MarkdownIt
+
+    from ffcv_dp4tl.reporting import md_code
+
+    html = MarkdownIt("commonmark").enable("table").render(
+        f"| target | acc |\n|---|---:|\n| {md_code(value, cell=True)} | 90 |\n")
+    assert html.count("<td") == 2 and html.count("<code>") == 1, html
+    assert f"<code>{value}</code>" in html.replace("<code> ", "<code>").replace(" </code>", "</code>")
