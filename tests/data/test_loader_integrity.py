@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -127,10 +128,10 @@ def test_changed_beton_metadata_is_refused(copy):
     assert any("checksum differs" in p for p in verify_dataset(copy).problems)
 
 
-def _enlarge_in_metadata(root, i, over):
+def _enlarge_in_metadata(root, i, over, sides=("height", "width")):
     """Record a square ``over`` pixels larger than the build's max_side as sample ``i``'s image
-    size in the beton's metadata, and the beton's new checksum in manifest.json (an edit the
-    checksums cannot see)."""
+    size in the beton's metadata (only its ``sides`` enlarged), and the beton's new checksum in
+    manifest.json (an edit the checksums cannot see)."""
     from ffcv.types import FieldDescType, HeaderType, get_handlers, get_metadata_type
 
     from beton_builders.integrity import beton_checksum
@@ -142,7 +143,8 @@ def _enlarge_in_metadata(root, i, over):
     meta = np.memmap(path, dtype=get_metadata_type(get_handlers(descs)), mode="r+",
                      offset=HeaderType.itemsize + descs.nbytes, shape=(int(header["num_samples"]),))
     m = json.loads((root / "manifest.json").read_text())
-    meta[i]["f0"]["height"] = meta[i]["f0"]["width"] = m["image"]["max_side"] + over
+    for side in sides:
+        meta[i]["f0"][side] = m["image"]["max_side"] + over
     meta.flush()
     del meta
     m["splits"]["train"]["checksums"]["beton"] = beton_checksum(path)
@@ -167,6 +169,24 @@ def test_an_image_side_over_max_side_in_the_metadata_is_refused_at_open(copy, ol
                               f"{max_side + 1}x{max_side + 1}: metadata edited or damaged) at "
                               "sample(s) 5"), msg
         assert "dp4tl verify" in msg or "rebuild" in msg, msg
+    assert any(f"image side over the build's max_side {max_side}" in p
+               for p in verify_dataset(copy).problems)
+
+
+@pytest.mark.parametrize("side", ["height", "width"])
+def test_one_side_over_max_side_is_refused_whichever_it_is(copy, side):
+    """ffcv sizes its buffers by the largest height and the largest width apart: a sample only
+    as wide as 20000 pixels (its height as built) is as much an edit, and refused the same way,
+    by the loader and by verify."""
+    path, max_side = _enlarge_in_metadata(copy, 5, 1, sides=(side,))
+    with pytest.raises(DataError) as e:
+        make_loader(copy, "train", fmt="ffcv", aug=AugSpec.for_eval(), batch_size=8,
+                    resolution=16, num_workers=0)
+    big = max_side + 1
+    shape = rf"{big}x\d+" if side == "height" else rf"\d+x{big}"
+    assert re.match(rf"{re.escape(str(path))}: image side over the build's max_side {max_side} "
+                    rf"\(first {shape}: metadata edited or damaged\) at sample\(s\) 5",
+                    _one_line(e)), e.value
     assert any(f"image side over the build's max_side {max_side}" in p
                for p in verify_dataset(copy).problems)
 
