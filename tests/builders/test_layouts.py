@@ -261,25 +261,30 @@ def test_mat_data_bytes_counts_plain_and_compressed_elements(tmp_path: Path) -> 
     assert mat_data_bytes(tmp_path / "y.mat") == 0
 
 
-def _mat_struct_without_fields(n: int, version: int = 0x0100, before: bytes = b"") -> bytes:
+def _mat_struct_without_fields(n: int, version: int = 0x0100, before: bytes = b"",
+                               order: str = "<") -> bytes:
     """A MAT v5 file, written by hand as a few hundred bytes: a cell holding a (1, n) struct
     array with no fields, which has no data to count, yet becomes n Python objects (after the
-    elements ``before``, as another writer put them; the header's ``version``)."""
+    elements ``before``, as another writer put them; the header's ``version``; its byte
+    ``order``, ``>`` big-endian as a MATLAB on such a machine wrote it, marked ``MI``)."""
     import struct
     import zlib
 
     def el(t: int, data: bytes) -> bytes:
-        return struct.pack("<II", t, len(data)) + data + b"\0" * (-len(data) % 8)
+        return struct.pack(f"{order}II", t, len(data)) + data + b"\0" * (-len(data) % 8)
 
     def matrix(cls: int, dims: tuple[int, int], name: str, rest: bytes) -> bytes:
-        return el(14, el(6, struct.pack("<II", cls, 0)) + el(5, struct.pack("<2i", *dims))
+        return el(14, el(6, struct.pack(f"{order}II", cls, 0)) + el(5, struct.pack(f"{order}2i", *dims))
                   + el(1, name.encode()) + rest)
 
-    fields = struct.pack("<HH", 5, 4) + struct.pack("<i", 32) + el(1, b"")  # 0 names of 32
+    # a small element (its byte count 4 and type 5 in one word) says 32-byte names; 0 of them
+    fields = struct.pack(f"{order}Ii", 4 << 16 | 5, 32) + el(1, b"")
     top = matrix(1, (1, 1), "annotations", matrix(2, (1, n), "", fields))
-    header = b"MATLAB 5.0 MAT-file".ljust(116, b" ") + b"\0" * 8 + struct.pack("<H", version)
+    header = (b"MATLAB 5.0 MAT-file".ljust(116, b" ") + b"\0" * 8
+              + struct.pack(f"{order}H", version))
     packed = zlib.compress(top)
-    return header + b"IM" + before + struct.pack("<II", 15, len(packed)) + packed  # (no padding)
+    return (header + (b"IM" if order == "<" else b"MI") + before
+            + struct.pack(f"{order}II", 15, len(packed)) + packed)  # (no padding)
 
 
 def test_a_mat_whose_cells_and_structs_hold_millions_of_elements_is_refused(tmp_path: Path
@@ -298,9 +303,10 @@ def test_a_mat_whose_cells_and_structs_hold_millions_of_elements_is_refused(tmp_
     with pytest.raises(DataError, match=r"its cells and structs hold more than 1,000,000 "
                                         r"elements"):
         load_mat(path, ["annotations"])
-    path.write_bytes(_mat_struct_without_fields(1000))
-    assert mat_objects(path) == 1 + 1000 * 2 and len(load_mat(path, ["annotations"])) > 0  # (a
-    # struct element: a mat_struct and its __dict__)
+    for order in ("<", ">"):  # (a big-endian file, ``MI``, is read in its own byte order)
+        path.write_bytes(_mat_struct_without_fields(1000, order=order))
+        assert mat_objects(path) == 1 + 1000 * 2  # (a struct element: a mat_struct, __dict__)
+        assert len(load_mat(path, ["annotations"])["annotations"]) == 1000
     rec = np.zeros((1, 8144), dtype=[(f, "O") for f in ("x1", "y1", "x2", "y2", "class",
                                                          "fname")])
     for i in range(8144):
@@ -315,7 +321,8 @@ def test_a_mat_is_read_as_scipy_reads_it_whatever_its_spelling(tmp_path: Path) -
     """The count read files otherwise than scipy, which loaded them (review): a version other
     than exactly 0x0100 (scipy takes any minor of major 1) counted nothing, and so did what
     followed a compressed variable (whose byte count is exact, not padded to 8, as savemat
-    writes it). Each still builds 2M objects in scipy: refused. An object, a function handle or
+    writes it); a big-endian file must be counted in its own byte order. Each still builds 2M
+    objects in scipy: refused for that. An object, a function handle or
     a struct of 100,000 fields (scipy's field-name check is quadratic) is refused by name."""
     import struct
     import zlib
@@ -328,7 +335,8 @@ def test_a_mat_is_read_as_scipy_reads_it_whatever_its_spelling(tmp_path: Path) -
     small = (tmp_path / "small.mat").read_bytes()[128:]
     assert len(small) % 8 != 0  # (an unpadded compressed element)
     path = tmp_path / "a.mat"
-    for spelling in (dict(version=0x0101), dict(version=0x01FF), dict(before=small)):
+    for spelling in (dict(version=0x0101), dict(version=0x01FF), dict(before=small),
+                     dict(order=">")):  # (big-endian, ``MI``: read in its own byte order)
         path.write_bytes(_mat_struct_without_fields(2_000_000, **spelling))
         with pytest.raises(DataError, match="its cells and structs hold more than 1,000,000"):
             load_mat(path, ["annotations"])
