@@ -173,3 +173,24 @@ def test_names_with_dollar_signs_are_drawn_as_written(tmp_path, saved_figures):
     texts = [x for x in fig.findobj(Text) if "$" in x.get_text()]
     assert texts and not any(x.get_parse_math() for x in texts)
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _with_targets() -> dict:
+    t = table()
+    return {**t, "targets": {"a": {"accuracy": t["accuracy"]}, "b": {"accuracy": t["accuracy"]}}}
+
+
+@pytest.mark.parametrize("draw,t", [(plots.plot_accuracy, table()), (plots.plot_cost, table()),
+                                    (plots.plot_targets, _with_targets())],
+                         ids=["accuracy", "cost", "targets"])
+def test_a_symlink_at_the_figures_name_is_replaced_and_its_target_untouched(tmp_path, draw, t):
+    """A results folder copied from someone else may hold a link where a figure goes: saving
+    through it (``fig.savefig(path)``) replaced whatever file the link named (audit). Each
+    figure replaces the link with a PNG of its own, and the file it named keeps its bytes."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    path = tmp_path / "figure.png"
+    path.symlink_to(victim)
+    draw(t, path)
+    assert victim.read_bytes() == b"precious\n"
+    assert not path.is_symlink() and path.read_bytes()[:4] == b"\x89PNG"
