@@ -163,6 +163,20 @@ def test_finetune_state_is_a_versioned_contract_resumed_by_the_one_rule(tmp_path
         FinetuneState.load(tmp_path / "junk.pt")
 
 
+def test_a_text_file_as_the_finetune_state_is_one_line_with_the_unpicklers_reason(tmp_path):
+    """torch's weights_only refusal is a paragraph on its PyTorch 2.6 default ("Weights only
+    load failed ... Re-running torch.load with weights_only set to False ..."), which told the
+    user to load the file unsafely: the line quotes the unpickler's own reason alone."""
+    from ffcv_dp4tl.training.checkpoint import FinetuneState
+
+    path = tmp_path / "finetune_state.pt"
+    path.write_bytes(b"not a state\n")
+    with pytest.raises(DP4TLError) as e:
+        FinetuneState.load(path)
+    assert str(e.value) == (f"{path} is not a readable finetune state (UnpicklingError: "
+                            "Unsupported operand 110); delete it to start over")
+
+
 class _RunsCode:
     """An object whose unpickling runs code (here it only makes a folder, so the test sees it)."""
 
