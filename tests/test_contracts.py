@@ -293,6 +293,32 @@ def test_the_builder_and_the_manifest_share_one_split_name_rule():
     assert spec.printable is names.printable
 
 
+@pytest.mark.parametrize("text,want", [
+    ("x\udd00y", "x\\udd00y"), ("x\udfffy", "x\\udfffy"), ("x\ud800y", "x\\ud800y"),
+    ("bad\udc85.jpg", "bad\\x85.jpg")])
+def test_name_text_writes_any_lone_surrogate_as_an_escape(text, want):
+    """A lone surrogate anywhere in U+D800..U+DFFF (JSON's ``"\\udd00"`` in a manifest) made
+    the encoding raise, a traceback in place of the line; only U+DC80..U+DCFF are PEP 383's
+    undecodable bytes (``\\xNN``), every other one is ``\\uXXXX``."""
+    from ffcv_dp4tl.contracts.names import name_text
+
+    assert name_text(text) == want
+
+
+@pytest.mark.parametrize("show,text,want", [
+    ("one_line", "a\tb\nc\rd", "a\\tb\\nc\\rd"),
+    ("printable", "a\tb\nc", "a\\tb\\nc"),
+    ("printable", "nul\x00here\x1f", "nul\\x00here\\x1f"),
+    ("printable", "esc\x1b[31m del\x7f c1\x9f", "esc\\x1b[31m del\\x7f c1\\x9f")])
+def test_names_are_shown_with_their_separators_and_control_characters_escaped(show, text, want):
+    """``rejects.txt`` is tab-separated and ``S.files.txt`` one name a line (``one_line``): a
+    tab left in a field would split it in two columns. A message shows every C0 control (NUL included), DEL
+    and C1 as an escape (``printable``), so a terminal acts on none of them."""
+    from ffcv_dp4tl.contracts import names
+
+    assert getattr(names, show)(text) == want
+
+
 def test_a_fingerprint_that_does_not_match_its_splits_is_named():
     """The dataset fingerprint is what masks, scores and stages are keyed on: one that is not
     the builder's hash of the splits' fingerprints (a split deleted, a fingerprint pasted) or a

@@ -702,7 +702,8 @@ def test_files_txt_keeps_control_characters_that_only_the_display_escapes(tmp_pa
     own rule (only a tab or line break, and undecodable bytes, are escaped)."""
     odd = tmp_path / "in"
     odd.mkdir()
-    names = ["esc\x1b[31m.png", "nel\u0085.png", "del\x7f.png", os.fsdecode(b"bad\x85.png")]
+    names = ["esc\x1b[31m.png", "nel\u0085.png", "del\x7f.png", os.fsdecode(b"bad\x85.png"),
+             "tab\there.png"]
     for n in names:
         Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(os.fsencode(odd) + b"/" + os.fsencode(n))
     spec = DatasetSpec("odd", ["a"], {"train": [Sample(odd / n, 0) for n in names]})
@@ -711,11 +712,11 @@ def test_files_txt_keeps_control_characters_that_only_the_display_escapes(tmp_pa
     lines = (out / "train.files.txt").read_text(encoding="utf-8").split("\n")[:-1]
     base = str(odd.resolve())
     assert lines == [f"{base}/esc\x1b[31m.png", f"{base}/nel\u0085.png", f"{base}/del\x7f.png",
-                     f"{base}/bad\\x85.png"], lines
+                     f"{base}/bad\\x85.png", f"{base}/tab\\there.png"], lines
     # what is shown escapes them all (a terminal never acts on a name)
     shown = [Sample(odd / n, 0).display_name() for n in names]
     assert [x.rsplit("/", 1)[1] for x in shown] == [
-        "esc\\x1b[31m.png", "nel\\x85.png", "del\\x7f.png", "bad\\x85.png"]
+        "esc\\x1b[31m.png", "nel\\x85.png", "del\\x7f.png", "bad\\x85.png", "tab\\there.png"]
 
 
 def test_a_class_missing_from_train_is_a_warning(tmp_path):
