@@ -444,6 +444,97 @@ def test_a_mat_variable_not_asked_for_is_not_counted(tmp_path: Path) -> None:
     assert list(load_mat(path, ["labels"])["labels"]) == [0.0, 1.0, 2.0]
 
 
+def test_a_compressed_mat_variable_not_asked_for_is_not_counted(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """As above for compressed variables (what savemat and MATLAB write by default): a file
+    whose labels come first and another variable holds 4,001 objects loads the labels (the
+    limit scaled down to 1,000 here, so the file stays small); the whole file counts them."""
+    import struct
+    import zlib
+
+    import beton_builders.layouts._mat as mat
+
+    def el(t: int, data: bytes) -> bytes:
+        return struct.pack("<II", t, len(data)) + data + b"\0" * (-len(data) % 8)
+
+    def matrix(cls: int, dims: tuple[int, int], name: str, rest: bytes) -> bytes:
+        return el(14, el(6, struct.pack("<II", cls, 0)) + el(5, struct.pack("<2i", *dims))
+                  + el(1, name.encode()) + rest)
+
+    def comp(x: bytes) -> bytes:
+        packed = zlib.compress(x)
+        return struct.pack("<II", 15, len(packed)) + packed
+
+    nofields = struct.pack("<HHi", 5, 4, 32) + el(1, b"")
+    labels = matrix(6, (1, 3), "labels", el(9, np.arange(3, dtype="<f8").tobytes()))
+    junk = matrix(1, (1, 1), "junk", matrix(2, (1, 2000), "", nofields))
+    head = b"MATLAB 5.0 MAT-file".ljust(116, b" ") + b"\0" * 8 + struct.pack("<H", 0x0100) + b"IM"
+    path = tmp_path / "l.mat"
+    path.write_bytes(head + comp(labels) + comp(junk))
+    monkeypatch.setattr(mat, "MAX_MAT_ELEMENTS", 1000)
+    assert list(mat.load_mat(path, ["labels"])["labels"]) == [0.0, 1.0, 2.0]
+    assert mat.mat_objects(path, ["labels"]) == 0 and mat.mat_objects(path) == 1 + 2000 * 2
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_mat_cell_of_complex_arrays_and_strings_loads(tmp_path: Path, compressed: bool) -> None:
+    """A complex numeric array holds its real and its imaginary parts, two data elements: the
+    count must step over both, or it reads the imaginary part as the cell's next element (a
+    valid file refused as unreadable)."""
+    import scipy.io
+
+    from beton_builders.layouts._mat import load_mat, mat_objects
+
+    cell = np.empty((1, 3), dtype=object)
+    cell[0, 0], cell[0, 1], cell[0, 2] = np.array([1 + 2j, 3j]), "abc", np.array([4.0])
+    path = tmp_path / "c.mat"
+    scipy.io.savemat(str(path), {"annotations": cell}, do_compression=compressed)
+    assert mat_objects(path) == 3
+    got = load_mat(path, ["annotations"])["annotations"]
+    assert list(got[0]) == [1 + 2j, 3j] and got[1] == "abc" and got[2] == 4.0
+
+
+def test_a_mat_nesting_cells_past_32_levels_is_refused_by_name(tmp_path: Path) -> None:
+    """No dataset's labels nest cells 40 deep; the count recurses once per level, so the depth
+    is bounded and a file past it is refused, saying why."""
+    import scipy.io
+
+    from beton_builders.layouts._mat import load_mat
+
+    x = np.array([[1.0]])
+    for _ in range(40):
+        c = np.empty((1, 1), dtype=object)
+        c[0, 0] = x
+        x = c
+    path = tmp_path / "deep.mat"
+    scipy.io.savemat(str(path), {"annotations": x})
+    with pytest.raises(DataError) as e:
+        load_mat(path, ["annotations"])
+    assert str(e.value).startswith(f"{path}: its cells and structs nest deeper than 32 levels, "
+                                   "which no dataset's labels or annotations hold"), e.value
+
+
+def test_a_sparse_mat_array_counts_as_the_objects_scipy_builds(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """scipy builds a sparse array as a ``csc_array`` and its parts, five objects: a cell of
+    sparse arrays counts them (review), so a cell of many is refused where as many numbers
+    would not be (the limit scaled down to 40 here; 10 sparse arrays: 10 + 50)."""
+    import scipy.io
+    import scipy.sparse
+
+    import beton_builders.layouts._mat as mat
+
+    cell = np.empty((1, 10), dtype=object)
+    for i in range(10):
+        cell[0, i] = scipy.sparse.csc_matrix(np.eye(2))
+    path = tmp_path / "s.mat"
+    scipy.io.savemat(str(path), {"annotations": cell})
+    monkeypatch.setattr(mat, "MAX_MAT_ELEMENTS", 40)
+    with pytest.raises(DataError, match="its cells and structs hold more than 40 elements"):
+        mat.load_mat(path, ["annotations"])
+    assert mat.mat_objects(path) == 10 + 10 * 5
+
+
 def test_a_mat_v73_file_is_not_walked_as_v5(tmp_path: Path) -> None:
     """A v7.3 file is HDF5 with v5's ``IM`` mark and version 0x0200: its bytes were read as
     element tags (a 4 KB file counted 526,336 bytes; review). It counts nothing, and scipy's
