@@ -418,14 +418,17 @@ def absent_why(path: str | os.PathLike) -> str | None:
 
 class PreadFiles:
     """Positionless reads (``os.pread``) from a list of files, at most ``max_open`` of them
-    open at once: the least recently used idle one is closed first. Threads may share it (a
-    descriptor is never closed while a read on it is running).
+    open at once: the least recently used idle one is closed first. Threads may share it: a
+    descriptor is never closed while a read on it runs (not by :meth:`close` either, which
+    leaves a busy one to its last reader), and a file is opened outside the lock, so a slow
+    ``open`` (a network file system) holds up only the thread that needs it.
 
     Why a cap: a split may have thousands of shards (ImageNet-1K 1,282 train shards at the
     default shard size, ImageNet-21K 14,197), more than the open-file limit (a soft 1,024 is
     common, a hard 4,096 too), and one descriptor kept per shard failed with "Too many open
-    files". Reads in shard order open each file once; random reads pay an ``open`` (about a
-    microsecond) where the file was closed, small next to decoding the bytes read."""
+    files". Reads in shard order open each file once; random reads over more files than
+    ``max_open`` pay an ``open`` where the file was closed (microseconds on a local disk, up to
+    a millisecond on a network mount), so callers size ``max_open`` from the process's limit."""
 
     def __init__(self, paths: list, max_open: int = 256):
         import threading
@@ -434,30 +437,53 @@ class PreadFiles:
         self.paths = [str(p) for p in paths]
         self.max_open = max(1, int(max_open))
         self._fds: OrderedDict[int, int] = OrderedDict()  # file number -> fd, oldest use first
-        self._busy: dict[int, int] = {}  # file number -> reads running on it
+        self._busy: dict[int, int] = {}  # fd -> reads running on it
+        self._retired: set[int] = set()  # fds close() left to their last reader
         self._lock = threading.Lock()
+
+    def _shut_idle(self, count: int) -> None:
+        """Close up to ``count`` idle descriptors, least recently used first (lock held)."""
+        shut = []
+        for f, fd in self._fds.items():  # (oldest first; usually the first one is idle)
+            if len(shut) >= count:
+                break
+            if not self._busy.get(fd):
+                shut.append(f)
+        for f in shut:
+            os.close(self._fds.pop(f))
+
+    def _use(self, f: int, fd: int) -> int:
+        """Mark ``fd``, file ``f``'s descriptor, busy and most recently used (lock held)."""
+        self._fds.move_to_end(f)
+        self._busy[fd] = self._busy.get(fd, 0) + 1
+        return fd
 
     @contextlib.contextmanager
     def _fd(self, f: int) -> Iterator[int]:
         with self._lock:
             fd = self._fds.get(f)
-            if fd is None:
-                over, shut = len(self._fds) + 1 - self.max_open, []
-                for g in self._fds:  # (oldest first; usually the first one is idle)
-                    if len(shut) >= over:
-                        break
-                    if not self._busy.get(g):
-                        shut.append(g)
-                for g in shut:
-                    os.close(self._fds.pop(g))
-                fd = self._fds[f] = os.open(self.paths[f], os.O_RDONLY)
-            self._fds.move_to_end(f)
-            self._busy[f] = self._busy.get(f, 0) + 1
+            if fd is not None:
+                self._use(f, fd)
+        if fd is None:
+            new = os.open(self.paths[f], os.O_RDONLY)  # (outside the lock: it may be slow)
+            with self._lock:
+                fd = self._fds.get(f)  # (another thread may have opened it meanwhile)
+                if fd is None:
+                    self._shut_idle(len(self._fds) + 1 - self.max_open)
+                    self._fds[f] = fd = new
+                else:
+                    os.close(new)
+                self._use(f, fd)
         try:
             yield fd
         finally:
             with self._lock:
-                self._busy[f] -= 1
+                self._busy[fd] -= 1
+                if not self._busy[fd]:
+                    del self._busy[fd]
+                    if fd in self._retired:  # (close() left it to its last reader)
+                        self._retired.discard(fd)
+                        os.close(fd)
 
     def read(self, f: int, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes of file ``f`` from ``offset`` (fewer at its end)."""
@@ -471,13 +497,18 @@ class PreadFiles:
 
     @property
     def open_count(self) -> int:
-        return len(self._fds)
+        return len(self._fds) + len(self._retired)
 
     def close(self) -> None:
+        """Close every idle descriptor now and each busy one when its last read ends. A later
+        read opens its file again (a loader is closed and iterated again)."""
         with self._lock:
-            fds, self._fds = self._fds, type(self._fds)()
-        for fd in fds.values():
-            os.close(fd)
+            for fd in self._fds.values():
+                if self._busy.get(fd):
+                    self._retired.add(fd)
+                else:
+                    os.close(fd)
+            self._fds.clear()
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -370,3 +370,30 @@ def test_pread_files_hold_few_files_open_and_threads_read_the_right_bytes(tmp_pa
         t.join()
     files.close()
     assert not wrong and most[0] <= 4 and files.open_count == 0
+
+
+def test_pread_files_close_leaves_a_busy_descriptor_to_its_reader(tmp_path):
+    """close() while another thread reads (a loader closed with a read-ahead thread still in a
+    read) must not close that descriptor under it: its number could be reused by the next open
+    and the read return another file's bytes. The last reader closes it; a later read (the
+    loader iterated again) opens its file afresh."""
+    import os
+
+    from ffcv_dp4tl.fsutil import PreadFiles
+
+    paths = [tmp_path / "a", tmp_path / "b"]
+    for p in paths:
+        p.write_bytes(b"x" * 64)
+    files = PreadFiles(paths, max_open=2)
+    assert files.read(1, 0, 4) == b"xxxx"  # (b open and idle)
+    with files._fd(0) as busy:  # a read of a in progress
+        files.close()
+        assert files.open_count == 1 and os.pread(busy, 4, 0) == b"xxxx"
+        assert files.read(0, 0, 4) == b"xxxx"  # (a new descriptor: the old one is retired)
+        assert files.open_count == 2
+    assert files.open_count == 1  # (the retired one closed by its reader)
+    with pytest.raises(OSError):
+        os.fstat(busy)
+    assert files.read(0, 0, 4) == b"xxxx" and files.open_count == 1
+    files.close()
+    assert files.open_count == 0

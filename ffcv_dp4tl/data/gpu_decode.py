@@ -9,7 +9,7 @@ batched:
   loader's device its current one and decodes on a CUDA stream of its own): for batch ``b`` of
   the epoch take ``plan.order(epoch)[b*B:(b+1)*B]`` (the same :class:`EpochPlan` as the other
   loaders, so it visits exactly their samples in their order), read each sample's JPEG bytes
-  with ``os.pread`` (position-free, so threads share one descriptor per file) from the beton
+  with ``os.pread`` (position-free, so threads share a descriptor per file) from the beton
   (the image field's ``data_ptr`` + ffcv's allocation table give offset and size) or from the
   WebDataset shards (the shard index gives them), draw every crop box and flip of the batch at
   once (numpy), turn them into a few numbers per image, then ``torchvision.io.decode_jpeg(list,
@@ -58,6 +58,7 @@ from beton_builders.beton import beton_images
 from beton_builders.integrity import DAMAGED_SAMPLE_HINT
 
 from .manifest import SplitInfo
+from .resources import open_files_budget
 from .gpu_resample import (MAX_CANVAS_BYTES, LevelGroups, check_canvas, grid_params, level_groups, mip_level,
                            mip_pyramid, pad_batch, resample)
 from .interface import PlanLoaderBase, Stalled, checked_timeout
@@ -73,9 +74,11 @@ SOURCES = ("ffcv", "wds")
 # Where each sample's JPEG bytes are
 # ---------------------------------------------------------------------------------------------
 
-#: Shard (or beton) files the loader holds open at once, shared by its read-ahead threads: a
-#: split may have more shards than the open-file limit (ImageNet-21K: 14,197)
-MAX_OPEN_FILES = 256
+#: Shard (or beton) files the loader holds open at once, shared by its read-ahead threads;
+#: None: half the process's open-file limit (``resources.open_files_budget``), so ImageNet-1K's
+#: 1,282 shards stay open where the limit allows, and a split with more shards than the limit
+#: (ImageNet-21K: 14,197) still reads
+MAX_OPEN_FILES: int | None = None
 
 
 class _ByteLocations:
@@ -90,7 +93,7 @@ class _ByteLocations:
                  size: np.ndarray, hw: np.ndarray | None):
         self.paths = paths  # (named in errors)
         self.file_id, self.offset, self.size, self.hw = file_id, offset, size, hw
-        self.files = PreadFiles(paths, max_open=MAX_OPEN_FILES)
+        self.files = PreadFiles(paths, max_open=min(len(paths), MAX_OPEN_FILES or open_files_budget()))
 
     def read(self, indices: np.ndarray) -> list[torch.Tensor]:
         """The JPEG bytes of ``indices`` as 1-D uint8 tensors (views of one host buffer)."""

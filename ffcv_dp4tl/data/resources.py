@@ -16,7 +16,7 @@ from ..cpus import available_cores, cpu_quota
 from ..errors import DataError, DP4TLError
 
 __all__ = ["RESERVED_ENV", "available_cores", "cpu_quota", "effective_workers", "env_int", "loader_cores",
-           "local_ranks", "raise_open_files_limit", "ranks_sharing", "reserved_cores", "usable_workers"]
+           "local_ranks", "open_files_budget", "raise_open_files_limit", "ranks_sharing", "reserved_cores", "usable_workers"]
 
 
 def env_int(name: str, default: int, lowest: int, fix: str,
@@ -57,7 +57,7 @@ _LIMIT_RAISED = False
 def raise_open_files_limit(cap: int = 1 << 20) -> None:
     """Raise this process's soft limit on open files to its hard limit (at most ``cap``), once.
     Loader workers keep shard files open (WebDataset: up to ``MAX_OPEN_SHARDS`` each; GPU
-    decode: up to ``gpu_decode.MAX_OPEN_FILES``), and many systems start at a soft 1,024."""
+    decode: half the limit, :func:`open_files_budget`), and many systems start at a soft 1,024."""
     global _LIMIT_RAISED
     if _LIMIT_RAISED:
         return
@@ -73,6 +73,20 @@ def raise_open_files_limit(cap: int = 1 << 20) -> None:
             with contextlib.suppress(ValueError, OSError):  # a sandbox may forbid it: keep it
                 resource.setrlimit(resource.RLIMIT_NOFILE, (max(want, soft), hard))
                 return
+
+
+def open_files_budget(share: float = 0.5, floor: int = 64) -> int:
+    """How many files one reader may keep open: ``share`` of this process's soft limit on open
+    files (after :func:`raise_open_files_limit`), at least ``floor``. The rest is left to the
+    loader's workers, ffcv, torch and the logs."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return floor
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 16
+    return max(floor, int(soft * share))
 
 
 def local_ranks() -> int:

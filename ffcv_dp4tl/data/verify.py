@@ -26,6 +26,7 @@ first, so one run tells the whole story.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -346,6 +347,8 @@ def verify_dataset(root: str | Path, *, deep: bool = False, progress: bool = Fal
         # (a shard the quick check found missing is its problem already: hashing cannot read it)
         if deep and index is not None and all(Path(p).is_file() for p in split.shards):
             try:
+                for p in split.shards:  # (one unreadable is said now, not hours into hashing)
+                    os.close(os.open(p, os.O_RDONLY))
                 _deep(split, manifest.classes, index, images, progress, report.problems)
                 _check_tars(split, index, report.problems)
             except OSError as e:  # unreadable (permissions, an I/O error): one line, and go on

@@ -420,6 +420,11 @@ def test_shards_past_the_open_file_limit_are_read(tmp_path, monkeypatch):
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert sorted(idx) == list(range(40))
+    monkeypatch.setattr(gd, "MAX_OPEN_FILES", None)  # (the default: half the process's limit)
+    from ffcv_dp4tl.data.resources import open_files_budget
+
+    split = load_manifest(root).split("train")
+    assert gd._shard_locations(split).files.max_open == min(40, open_files_budget()) == 40
 
 
 def test_oversized_canvas_is_a_clear_error(tex):
