@@ -109,6 +109,11 @@ def moderate_distances(features: Any, labels: Any) -> np.ndarray:
             continue
         # the median of a column needs all the class's values of it: a block of columns at a
         # time (the whole class when it fits CHUNK_BYTES), each column's median as before
+        if rows.size <= _chunk_rows(d):  # the class fits one block: read it once
+            block = _rows(f, rows)
+            block -= np.median(block, axis=0)
+            dist[rows] = np.sqrt(np.einsum("ij,ij->i", block, block))
+            continue
         med = np.empty(d, dtype=np.float64)
         step = _chunk_rows(rows.size)
         for j in range(0, d, step):

@@ -22,6 +22,7 @@ import torch
 
 from ..data.sampling import Batch
 from ..progress import bar as progress_bar
+from .ranking import ScoringError
 
 
 @dataclass
@@ -133,7 +134,10 @@ def predict_reduce(model: torch.nn.Module, loader: Iterable[Batch], fn: BatchFn,
     idx = _Rows(num_samples)
     for indices, logits, features in _batches(model, loader, head, want_logits, want_features,
                                               desc, progress, autocast_dtype):
-        res = fn(indices, logits, features)
+        try:
+            res = fn(indices, logits, features)
+        except ScoringError as e:  # (its rows are the batch's: say which samples they are)
+            raise ScoringError(f"{desc}, the batch of samples {_span(indices)}: {e}") from None
         for name, value in res.rows.items():
             if len(value) != len(indices):
                 raise ValueError(f"{desc}: the per-sample {name!r} of a batch has {len(value)} "
@@ -146,6 +150,8 @@ def predict_reduce(model: torch.nn.Module, loader: Iterable[Batch], fn: BatchFn,
             else:
                 sums[name] += value
         idx.add(indices)
+    if idx.n == 0:
+        raise RuntimeError(f"{desc}: the loader produced no samples")
     if num_samples is not None and idx.n != num_samples:
         raise RuntimeError(f"{desc}: loader produced {idx.n} samples, expected {num_samples} "
                            "(use drop_last=False for inference)")
@@ -163,6 +169,14 @@ def predict_reduce(model: torch.nn.Module, loader: Iterable[Batch], fn: BatchFn,
 
     return Reduced(indices=indices if in_order else indices[order],
                    rows={name: sorted_rows(r) for name, r in rows.items()}, sums=sums)
+
+
+def _span(indices: np.ndarray) -> str:
+    """A batch's sample indices in a few characters: ``512..767`` or ``3, 9, 40``."""
+    ids = np.sort(np.asarray(indices)).tolist()
+    if len(ids) > 3 and ids[-1] - ids[0] == len(ids) - 1:
+        return f"{ids[0]}..{ids[-1]}"
+    return ", ".join(map(str, ids[:6])) + (", ..." if len(ids) > 6 else "")
 
 
 def _keep_all(_indices: np.ndarray, logits: np.ndarray | None, features: np.ndarray | None

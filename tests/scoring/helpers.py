@@ -97,9 +97,16 @@ def traced_peak(fn) -> int:
     import tracemalloc
 
     gc.collect()
-    tracemalloc.start()
+    outer = tracemalloc.is_tracing()  # (PYTHONTRACEMALLOC, -X tracemalloc: measure from here
+    if outer:                          #  on, and leave the user's tracing running)
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+    else:
+        tracemalloc.start()
+        base = 0
     try:
         fn()
-        return tracemalloc.get_traced_memory()[1]
+        return tracemalloc.get_traced_memory()[1] - base
     finally:
-        tracemalloc.stop()
+        if not outer:
+            tracemalloc.stop()

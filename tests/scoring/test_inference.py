@@ -4,7 +4,7 @@ streamed scores equal the whole-matrix formulas; scoring N samples of C classes 
 N × C floats; a loader yielding the wrong number of samples is still refused."""
 from __future__ import annotations
 
-import tracemalloc
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,9 +15,13 @@ import torch
 from ffcv_dp4tl.data.sampling import Batch
 from ffcv_dp4tl.scoring.baselines import el2n_scores, grand_last_layer_norms
 from ffcv_dp4tl.scoring.context import ScoringContext, Surrogate, softmax
+from ffcv_dp4tl.errors import DP4TLError
+from ffcv_dp4tl.scoring.inference import _span as batch_span
 from ffcv_dp4tl.scoring.inference import predict
 from ffcv_dp4tl.scoring.label_mapping import label_mapping_scores, softmax_mass
 from ffcv_dp4tl.scoring.registry import get_scorer
+
+from .helpers import traced_peak
 
 
 class _Net(torch.nn.Module):
@@ -187,15 +191,6 @@ def test_a_wrong_number_of_samples_is_refused(small, monkeypatch, tmp_path, know
 BIG_N, BIG_C, BIG_BATCH = 20000, 2000, 200
 
 
-def _peak_bytes(run) -> int:
-    tracemalloc.start()
-    try:
-        run()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 @pytest.mark.parametrize("method", ["el2n", "grand", "lm"])
 def test_scoring_never_holds_the_n_by_c_logits(method, monkeypatch, tmp_path):
     """20,000 samples of 2,000 classes: their float32 logits alone are 160 MB, the float64
@@ -214,7 +209,7 @@ def test_scoring_never_holds_the_n_by_c_logits(method, monkeypatch, tmp_path):
         nonlocal res
         res = _score(method, ctx, **({} if method == "lm" else {"runs": 1}))
 
-    peak = _peak_bytes(run)
+    peak = traced_peak(run)
     assert res.scores.shape == ((BIG_C,) if method == "lm" else (BIG_N,))
     assert peak < BIG_N * BIG_C * 4 / 4, f"{method}: numpy peak {peak / 1e6:.0f} MB"
 
@@ -230,6 +225,33 @@ def test_predict_holds_the_logits_once_when_the_loader_is_in_file_order():
         p = predict(model, _lazy_batches(BIG_N, 4, BIG_BATCH), num_samples=BIG_N,
                     progress=False)
 
-    peak = _peak_bytes(run)
+    peak = traced_peak(run)
     assert p.logits.shape == (BIG_N, BIG_C)
     assert peak < 1.25 * BIG_N * BIG_C * 4, f"numpy peak {peak / 1e6:.0f} MB"
+
+
+def test_no_samples_is_an_error_not_an_empty_result(small):
+    """An empty loader gave numpy's concatenate error; with the streaming path it returned
+    nothing, and LM then failed on a missing sum (review)."""
+    from ffcv_dp4tl.scoring.inference import BatchResult, predict_reduce
+
+    model, _, _ = small
+    with pytest.raises(RuntimeError, match="target x: the loader produced no samples"):
+        predict(model, [], desc="target x", progress=False)
+    with pytest.raises(RuntimeError, match="produced no samples"):
+        predict_reduce(model, [], lambda *a: BatchResult(), progress=False)
+
+
+def test_a_batch_error_names_the_samples_of_the_batch(small, monkeypatch, tmp_path):
+    """LM's finite check runs on one batch at a time, so its "rows 0..3" are the batch's: the
+    line says which samples (and which target) they are."""
+    model, labels, batches = small
+    bad = batches[2]
+    poisoned = [b if b is not bad else b._replace(images=torch.full_like(b.images, float("nan")))
+                for b in batches]
+    ctx = _context(monkeypatch, tmp_path, "lm", model, labels, poisoned)
+    ids = ", ".join(map(str, np.sort(bad.indices.numpy())[:6].tolist()))
+    with pytest.raises(DP4TLError, match=re.escape(f"the batch of samples {ids}, ...: logits "
+                                                   "contain NaN/Inf")):
+        _score("lm", ctx)
+    assert batch_span(np.arange(512, 768)) == "512..767" and batch_span(np.array([9, 3])) == "3, 9"

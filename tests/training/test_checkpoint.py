@@ -173,8 +173,10 @@ def test_a_text_file_as_the_finetune_state_is_one_line_with_the_unpicklers_reaso
     path.write_bytes(b"not a state\n")
     with pytest.raises(DP4TLError) as e:
         FinetuneState.load(path)
-    assert str(e.value) == (f"{path} is not a readable finetune state (UnpicklingError: "
-                            "Unsupported operand 110); delete it to start over")
+    msg = str(e.value)  # (the reason's words are torch's: "Unsupported operand 110" in 2.14)
+    assert msg.startswith(f"{path} is not a readable finetune state (UnpicklingError: ")
+    assert msg.endswith("); delete it to start over") and "\n" not in msg
+    assert "Weights only load failed" not in msg and "weights_only" not in msg
 
 
 class _RunsCode:
