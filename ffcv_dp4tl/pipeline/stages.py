@@ -283,10 +283,25 @@ def upstream_record(upstream: Iterable[Stage]) -> dict[str, str]:
     return {u.dir.name: result_id(u) for u in upstream}
 
 
-def _stale(st: Stage, record: dict[str, str]) -> list[str]:
+def _done_bytes_ids(upstream: Iterable[Stage]) -> dict[str, str]:
+    """The form versions before 2026-12-06 recorded every upstream stage in: the sha256 of its
+    ``DONE.json`` bytes. A record of that form names the same finished upstream stage as
+    :func:`result_id` does (its very ``DONE.json``), so a folder one of those versions wrote is
+    not stale (audit: an old and a new version taking turns on one runs folder each emptied
+    the other's score, prune and finetune folders and ran them again)."""
+    out = {}
+    for u in upstream:
+        with contextlib.suppress(OSError):
+            out[u.dir.name] = hashlib.sha256((u.dir / DONE).read_bytes()).hexdigest()
+    return out
+
+
+def _stale(st: Stage, record: dict[str, str], also: dict[str, str] | None = None) -> list[str]:
     """The upstream stages that were computed again since the stage folder was computed from
     them (its content is then stale). A folder without the record (a stage run before it
-    existed) is trusted, and adopts ``record``."""
+    existed) is trusted, and adopts ``record``. ``also``: another id an upstream stage may be
+    recorded by (:func:`_done_bytes_ids`); the folder's record is left in its form, so the
+    version that wrote it still reads it."""
     path = st.dir / UPSTREAM
     if not record:
         return []
@@ -299,7 +314,9 @@ def _stale(st: Stage, record: dict[str, str]) -> list[str]:
         old = read_json(path, f"stage {st.name} upstream record")
     except DP4TLError:  # damaged: nothing tells what the stage was computed from
         old = None
-    return sorted(k for k in record if not isinstance(old, dict) or old.get(k) != record[k])
+    also = also or {}
+    return sorted(k for k in record
+                  if not isinstance(old, dict) or old.get(k) not in (record[k], also.get(k)))
 
 
 def _clear(stage_dir: Path) -> None:
@@ -330,13 +347,14 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
     **Upstream.** ``upstream``: the finished stages ``fn`` reads. A stage folder computed from
     other results of them (one was deleted and computed again since) is stale: emptied and
     run again, finished or not (see :func:`upstream_record`)."""
-    record = upstream_record(upstream)
-    if st.done and not _stale(st, record):
+    upstream = list(upstream)
+    record, legacy = upstream_record(upstream), _done_bytes_ids(upstream)
+    if st.done and not _stale(st, record, legacy):
         return _skipped(st, log)
     st.dir.mkdir(parents=True, exist_ok=True)
     with directory_lock(st.dir / LOCK, f"stage {st.dir}", wait=True,
                         on_wait=lambda m: log(f"[{st.name}] {m}")):
-        changed = _stale(st, record)
+        changed = _stale(st, record, legacy)
         if changed:
             log(f"[{st.name}] {', '.join(changed)} was computed again since this stage ran "
                 f"from it: running the stage again")

@@ -189,6 +189,39 @@ def test_a_stage_finished_before_the_upstream_record_is_trusted_and_adopts_it(tm
     assert run_stage(down, lambda d: {"top1": 0.7}, log=quiet, upstream=[up]).values == {"top1": 0.7}
 
 
+def test_a_stage_an_older_version_recorded_by_its_upstreams_done_bytes_is_reused(tmp_path):
+    """Versions before 2026-12-06 recorded an upstream stage by the sha256 of its DONE.json
+    bytes; this one by the digest of its result files. Each read the other's record as "computed
+    again", so an old and a new version taking turns on one runs folder emptied and reran the
+    finished score, prune, LP and FF stages every time (upgrade audit). The old form still names
+    the same upstream: the stage is reused and its record left as written; an upstream computed
+    again since is still noticed."""
+    import hashlib
+    import json
+
+    from ffcv_dp4tl.pipeline.stages import DONE, UPSTREAM, run_stage
+
+    quiet = lambda s: None  # noqa: E731
+    up = stage(tmp_path, "pretrain", {"x": 1}, kind="train")
+
+    def train(d, content=b"w1"):
+        (d / "checkpoint.pt").write_bytes(content)
+        return {"epoch": 1}
+
+    run_stage(up, train, log=quiet)
+    down = stage(tmp_path, "finetune-lp", {"pretrain": up.key}, kind="other")
+    run_stage(down, lambda d: {"top1": 0.5}, log=quiet, upstream=[up])
+    old_form = {up.dir.name: hashlib.sha256((up.dir / DONE).read_bytes()).hexdigest()}
+    (down.dir / UPSTREAM).write_text(json.dumps(old_form))  # as a version of 2026-12-05 wrote it
+    said = []
+    assert run_stage(down, lambda d: pytest.fail("ran again"), log=said.append,
+                     upstream=[up]).ran is False, said
+    assert json.loads((down.dir / UPSTREAM).read_text()) == old_form
+    shutil.rmtree(up.dir)
+    run_stage(up, lambda d: train(d, b"w2"), log=quiet)  # computed again: another result
+    assert run_stage(down, lambda d: {"top1": 0.7}, log=quiet, upstream=[up]).ran is True
+
+
 @pytest.mark.parametrize("kind,files,values", [
     ("train", ("checkpoint.pt", "best.pt", "checkpoint_e2.pt"), {"epoch": 1}),
     ("score", ("scores.npy", "tiebreak.npy"), {"method": "lm", "unit": "class"}),
