@@ -424,7 +424,7 @@ class PreadFiles:
     ``open`` (a network file system) holds up only the thread that needs it.
 
     Why a cap: a split may have thousands of shards (ImageNet-1K 1,282 train shards at the
-    default shard size, ImageNet-21K 14,197), more than the open-file limit (a soft 1,024 is
+    default shard size, ImageNet-21K about 14,200), more than the open-file limit (a soft 1,024 is
     common, a hard 4,096 too), and one descriptor kept per shard failed with "Too many open
     files". Reads in shard order open each file once; random reads over more files than
     ``max_open`` pay an ``open`` where the file was closed (microseconds on a local disk, more on a
@@ -440,6 +440,7 @@ class PreadFiles:
         self._busy: dict[int, int] = {}  # fd -> reads running on it
         self._retired: set[int] = set()  # fds close() left to their last reader
         self._lock = threading.Lock()
+        self._closes = 0  # close() calls: an open that raced one is not kept
 
     def _shut_idle(self, count: int) -> None:
         """Close up to ``count`` idle descriptors, least recently used first (lock held)."""
@@ -461,19 +462,24 @@ class PreadFiles:
     @contextlib.contextmanager
     def _fd(self, f: int) -> Iterator[int]:
         with self._lock:
-            fd = self._fds.get(f)
+            fd, closes = self._fds.get(f), self._closes
             if fd is not None:
                 self._use(f, fd)
         if fd is None:
             new = os.open(self.paths[f], os.O_RDONLY)  # (outside the lock: it may be slow)
             with self._lock:
-                fd = self._fds.get(f)  # (another thread may have opened it meanwhile)
-                if fd is None:
-                    self._shut_idle(len(self._fds) + 1 - self.max_open)
-                    self._fds[f] = fd = new
+                if self._closes != closes:  # close() ran meanwhile: this read's alone, then shut
+                    fd = new
+                    self._busy[fd] = 1
+                    self._retired.add(fd)
                 else:
-                    os.close(new)
-                self._use(f, fd)
+                    fd = self._fds.get(f)  # (another thread may have opened it meanwhile)
+                    if fd is None:
+                        self._shut_idle(len(self._fds) + 1 - self.max_open)
+                        self._fds[f] = fd = new
+                    else:
+                        os.close(new)
+                    self._use(f, fd)
         try:
             yield fd
         finally:
@@ -499,10 +505,16 @@ class PreadFiles:
     def open_count(self) -> int:
         return len(self._fds) + len(self._retired)
 
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
     def close(self) -> None:
-        """Close every idle descriptor now and each busy one when its last read ends. A later
-        read opens its file again (a loader is closed and iterated again)."""
+        """Close every idle descriptor now and each busy one when its last read ends (an open
+        that was under way is closed after its read). A later read opens its file again (a
+        loader is closed and iterated again)."""
         with self._lock:
+            self._closes += 1
             for fd in self._fds.values():
                 if self._busy.get(fd):
                     self._retired.add(fd)

@@ -77,7 +77,7 @@ SOURCES = ("ffcv", "wds")
 #: Shard (or beton) files the loader holds open at once, shared by its read-ahead threads;
 #: None: half the process's open-file limit (``resources.open_files_budget``), so ImageNet-1K's
 #: 1,282 shards stay open where the limit allows, and a split with more shards than the limit
-#: (ImageNet-21K: 14,197) still reads
+#: (ImageNet-21K: about 14,200) still reads
 MAX_OPEN_FILES: int | None = None
 
 

@@ -75,18 +75,19 @@ def raise_open_files_limit(cap: int = 1 << 20) -> None:
                 return
 
 
-def open_files_budget(share: float = 0.5, floor: int = 64) -> int:
-    """How many files one reader may keep open: ``share`` of this process's soft limit on open
-    files (after :func:`raise_open_files_limit`), at least ``floor``. The rest is left to the
-    loader's workers, ffcv, torch and the logs."""
+def open_files_budget(share: float = 0.5) -> int:
+    """How many files a reader that keeps files open may hold: ``share`` of this process's soft
+    limit on open files (after :func:`raise_open_files_limit`; at least 8). The rest is left to
+    the loader's workers, ffcv, torch and the logs; a train and a val loader in one process
+    each take this share, so together they stay under the limit only with share <= 0.5."""
     try:
         import resource
     except ImportError:  # pragma: no cover - not POSIX
-        return floor
+        return 256
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         return 1 << 16
-    return max(floor, int(soft * share))
+    return max(8, int(soft * share))
 
 
 def local_ranks() -> int:

@@ -149,3 +149,20 @@ def test_the_capped_workers_note_is_said_by_the_first_rank_only(cores, monkeypat
     monkeypatch.setenv("RANK", "8")
     assert resources.effective_workers(64) == capped
     assert "data.num_workers = 64" in capsys.readouterr().err
+
+
+def test_open_files_budget_is_half_the_soft_limit_and_never_more_than_it():
+    """The GPU-decode loader keeps this many shard files open: half the soft limit (a train and
+    a val loader in one process stay under it), never more than the limit (a 64-file floor
+    gave 64 under a soft limit of 40: review)."""
+    import resource
+
+    from ffcv_dp4tl.data.resources import open_files_budget
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        for limit, want in ((1024, 512), (40, 20), (10, 8)):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(limit, 0), hard))
+            assert open_files_budget() == want, limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
