@@ -315,8 +315,8 @@ def _stale(st: Stage, record: dict[str, str], also: dict[str, str] | None = None
     except DP4TLError:  # damaged: nothing tells what the stage was computed from
         old = None
     also = also or {}
-    return sorted(k for k in record
-                  if not isinstance(old, dict) or old.get(k) not in (record[k], also.get(k)))
+    return sorted(k for k in record if not isinstance(old, dict) or (
+        old.get(k) != record[k] and (also.get(k) is None or old.get(k) != also.get(k))))
 
 
 def _clear(stage_dir: Path) -> None:

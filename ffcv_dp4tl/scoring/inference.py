@@ -137,7 +137,7 @@ def predict_reduce(model: torch.nn.Module, loader: Iterable[Batch], fn: BatchFn,
         try:
             res = fn(indices, logits, features)
         except ScoringError as e:  # (its rows are the batch's: say which samples they are)
-            raise ScoringError(f"{desc}, the batch of samples {_span(indices)}: {e}") from None
+            raise ScoringError(f"{desc}, the batch of samples {_span(indices)}: {e}") from e
         for name, value in res.rows.items():
             if len(value) != len(indices):
                 raise ValueError(f"{desc}: the per-sample {name!r} of a batch has {len(value)} "
@@ -174,7 +174,7 @@ def predict_reduce(model: torch.nn.Module, loader: Iterable[Batch], fn: BatchFn,
 def _span(indices: np.ndarray) -> str:
     """A batch's sample indices in a few characters: ``512..767`` or ``3, 9, 40``."""
     ids = np.sort(np.asarray(indices)).tolist()
-    if len(ids) > 3 and ids[-1] - ids[0] == len(ids) - 1:
+    if len(ids) > 3 and ids[-1] - ids[0] == len(ids) - 1 == len(set(ids)) - 1:
         return f"{ids[0]}..{ids[-1]}"
     return ", ".join(map(str, ids[:6])) + (", ..." if len(ids) > 6 else "")
 

@@ -217,6 +217,9 @@ def test_a_stage_an_older_version_recorded_by_its_upstreams_done_bytes_is_reused
     assert run_stage(down, lambda d: pytest.fail("ran again"), log=said.append,
                      upstream=[up]).ran is False, said
     assert json.loads((down.dir / UPSTREAM).read_text()) == old_form
+    from ffcv_dp4tl.pipeline.stages import _stale
+
+    assert _stale(down, {"other": "x"}, {}) == ["other"]  # (a record without it: stale, review)
     shutil.rmtree(up.dir)
     run_stage(up, lambda d: train(d, b"w2"), log=quiet)  # computed again: another result
     assert run_stage(down, lambda d: {"top1": 0.7}, log=quiet, upstream=[up]).ran is True
