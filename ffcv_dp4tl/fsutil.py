@@ -424,11 +424,11 @@ class PreadFiles:
     ``open`` (a network file system) holds up only the thread that needs it.
 
     Why a cap: a split may have thousands of shards (ImageNet-1K 1,282 train shards at the
-    default shard size, ImageNet-21K about 14,200), more than the open-file limit (a soft 1,024 is
-    common, a hard 4,096 too), and one descriptor kept per shard failed with "Too many open
-    files". Reads in shard order open each file once; random reads over more files than
-    ``max_open`` pay an ``open`` where the file was closed (microseconds on a local disk, more on a
-    network mount), so callers size ``max_open`` from the process's limit."""
+    default shard size, ImageNet-21K about 14,200), more than the open-file limit (a soft
+    1,024 is common, a hard 4,096 too), and one descriptor kept per shard failed with "Too many
+    open files". Reads in shard order open each file once; random reads over more files than
+    ``max_open`` pay an ``open`` where the file was closed (microseconds on a local disk, more
+    on a network mount), so callers size ``max_open`` from the process's limit."""
 
     def __init__(self, paths: list, max_open: int = 256):
         import threading

@@ -36,7 +36,9 @@ PIL's antialiased bilinear (WebDataset loader).
 """
 from __future__ import annotations
 
+import importlib
 import io
+import sys
 import threading
 import time
 import weakref
@@ -86,14 +88,15 @@ class _ByteLocations:
 
     Reads go through ``os.pread`` (:class:`~ffcv_dp4tl.fsutil.PreadFiles`): it has no file
     position, so the read-ahead threads can share a descriptor per file (ShardReader's
-    seek+read on shared handles would race), and a few hundred stay open at most.
+    seek+read on shared handles would race), and at most :data:`MAX_OPEN_FILES` stay open.
     """
 
     def __init__(self, paths: list[str], file_id: np.ndarray, offset: np.ndarray,
                  size: np.ndarray, hw: np.ndarray | None):
         self.paths = paths  # (named in errors)
         self.file_id, self.offset, self.size, self.hw = file_id, offset, size, hw
-        self.files = PreadFiles(paths, max_open=min(len(paths), MAX_OPEN_FILES or open_files_budget()))
+        self.files = PreadFiles(paths, max_open=min(len(paths),
+                                                    MAX_OPEN_FILES or open_files_budget()))
 
     def read(self, indices: np.ndarray) -> list[torch.Tensor]:
         """The JPEG bytes of ``indices`` as 1-D uint8 tensors (views of one host buffer)."""
@@ -312,6 +315,19 @@ class _ReadAhead:
 # The loader
 # ---------------------------------------------------------------------------------------------
 
+def _import_torchvision() -> None:
+    """Import torchvision (its decoders) in a thread of its own, once. Its video models call
+    ``torch.fx.wrap`` at import, which keeps the importing frame, and so every frame under it,
+    alive for the life of the process: imported first by a read-ahead thread (or a loader's
+    ``__init__``), that kept the loader and its buffers alive after its last reference was
+    dropped. A thread of its own leaves only that thread's frames behind."""
+    if "torchvision.io" not in sys.modules:
+        t = threading.Thread(target=importlib.import_module, args=("torchvision.io",),
+                             name="dp4tl-import-torchvision", daemon=True)
+        t.start()
+        t.join()
+
+
 class DeviceDecodeLoader(PlanLoaderBase):
     """Iterate :class:`Batch` es of the masked samples, JPEG-decoded and augmented on ``device``.
 
@@ -335,6 +351,7 @@ class DeviceDecodeLoader(PlanLoaderBase):
         otherwise; 0 = wait forever; no threads: no timeout)."""
         if source not in SOURCES:
             raise DataError(f"unknown byte source {source!r}; choose one of {', '.join(SOURCES)}")
+        _import_torchvision()
         aug = aug.validate()
         timeout = checked_timeout(timeout)
         self._readers: weakref.WeakSet[_ReadAhead] = weakref.WeakSet()
