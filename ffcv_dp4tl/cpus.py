@@ -1,4 +1,5 @@
-"""What CPUs this process may use: its affinity mask within its cgroup CPU quota.
+"""What CPUs this process may use: its affinity mask within its cgroup CPU quota; and the
+memory it may use: the machine's, within its cgroup memory limit.
 
 One rule for every part that sizes a pool of processes or threads by the cores: the loaders
 (``data.resources``, which adds the reserved cores and torchrun's ranks), ``dp4tl build``'s
@@ -11,7 +12,7 @@ import math
 import os
 from pathlib import Path, PurePosixPath
 
-__all__ = ["available_cores", "cpu_quota", "within_quota"]
+__all__ = ["available_cores", "cpu_quota", "memory_limit", "within_quota"]
 
 
 def _quota_in(cgroup: Path) -> float | None:
@@ -53,19 +54,50 @@ def cpu_quota(root: str | Path = "/sys/fs/cgroup",
     then each parent up to ``<root>`` (a parent's limit applies too: the smallest wins; inside a
     container the own path is usually "/" and ``<root>`` the container's cgroup). cgroup v1: the
     same walk under ``<root>/cpu,cpuacct`` and ``<root>/cpu``, from the "N:cpu,...:/path" line."""
-    root = Path(root)
+    dirs = _cgroup_dirs(Path(root), self_cgroup, "cpu", ("cpu,cpuacct", "cpu"))
+    return min((q for d in dirs if (q := _quota_in(d)) is not None), default=None)
+
+
+def _cgroup_dirs(root: Path, self_cgroup: str | Path, controller: str,
+                 v1_names: tuple[str, ...]) -> list[Path]:
+    """The cgroup folders whose ``controller`` limits apply to this process: the v2 hierarchy's
+    own path and its parents, then the same under each v1 mount in ``v1_names``."""
     own: dict[str, str] = {}  # controller -> this process's cgroup path ("": the v2 hierarchy)
     try:
         for line in Path(self_cgroup).read_text().splitlines():
             _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-            for controller in controllers.split(","):
-                own.setdefault(controller, path)
+            for c in controllers.split(","):
+                own.setdefault(c, path)
     except (OSError, ValueError):
         pass
     dirs = _up_to(root, own.get("", "/"))
-    for v1 in ("cpu,cpuacct", "cpu"):
-        dirs += _up_to(root / v1, own.get("cpu", "/"))
-    return min((q for d in dirs if (q := _quota_in(d)) is not None), default=None)
+    for v1 in v1_names:
+        dirs += _up_to(root / v1, own.get(controller, "/"))
+    return dirs
+
+
+def memory_limit(root: str | Path = "/sys/fs/cgroup", self_cgroup: str | Path = "/proc/self/cgroup",
+                 meminfo: str | Path = "/proc/meminfo") -> int | None:
+    """Bytes of memory this process may use: the machine's (``MemTotal``), no more than its
+    cgroup memory limit (v2 ``memory.max``, v1 ``memory.limit_in_bytes``, the smallest along
+    the path, as :func:`cpu_quota` walks it: a Slurm job's ``--mem``, Docker's ``--memory``);
+    None when neither can be read. Never raises."""
+    sizes = []
+    try:
+        for line in Path(meminfo).read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                sizes.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for d in _cgroup_dirs(Path(root), self_cgroup, "memory", ("memory",)):
+        for name in ("memory.max", "memory.limit_in_bytes"):
+            try:
+                text = (d / name).read_text().strip()
+            except (OSError, ValueError):
+                continue
+            if text.isdigit() and 0 < int(text) < 1 << 62:  # ("max"; v1's "no limit" is ~2**63)
+                sizes.append(int(text))
+    return min(sizes, default=None)
 
 
 def within_quota(cores: int) -> int:

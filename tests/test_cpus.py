@@ -85,3 +85,30 @@ def test_a_process_whose_affinity_cannot_be_read_counts_the_machines_cores(monke
     assert cpus.available_cores(4242) == 12
     monkeypatch.setattr(cpus, "cpu_quota", lambda: 3.0)
     assert cpus.available_cores(4242) == 3
+
+
+def test_the_memory_limit_is_the_machines_within_the_cgroup_limit(tmp_path):
+    """A Slurm job's --mem or Docker's --memory is a cgroup limit below the machine's MemTotal:
+    the smallest along the own path wins (v2 memory.max, v1 memory.limit_in_bytes); "max" and
+    v1's "no limit" (about 2**63) are none; without a cgroup file, MemTotal."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16384 kB\nMemFree:  1 kB\n")  # 16 MiB
+
+    def limit(name, own, files):
+        root = tmp_path / name / "cg"
+        for rel, text in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        (tmp_path / name / "self").write_text(own)
+        return cpus.memory_limit(root, tmp_path / name / "self", meminfo)
+
+    own = "0::/job/step\n"
+    assert limit("a", own, {"job/step/memory.max": "4194304\n"}) == 4 << 20
+    assert limit("b", own, {"job/step/memory.max": "max\n", "job/memory.max": "2097152"}) == 2 << 20
+    assert limit("c", own, {"job/step/memory.max": "max"}) == 16 << 20  # (MemTotal)
+    assert limit("d", own, {"job/step/memory.max": str(1 << 40)}) == 16 << 20  # above the RAM
+    assert limit("e", "9:memory:/job\n", {"memory/job/memory.limit_in_bytes": "3145728"}) == 3 << 20
+    assert limit("f", "9:memory:/job\n",
+                 {"memory/job/memory.limit_in_bytes": "9223372036854771712"}) == 16 << 20
+    assert limit("g", own, {"job/step/memory.max": "banana"}) == 16 << 20
+    assert cpus.memory_limit(tmp_path / "none", tmp_path / "none", tmp_path / "none") is None

@@ -20,7 +20,7 @@ from ..errors import DataError, DP4TLError
 from ..fsutil import directory_lock, file_sha256
 from ..outputs import claim_out_dir
 from ..scoring.context import ScoringContext, Surrogate
-from ..scoring.registry import (BACKEND, SEED, SETTINGS, Scorer, ScoreResult, get_scorer, scorers,
+from ..scoring.registry import (BACKEND, SEED, SETTINGS, Scorer, ScoreResult, check_memory, get_scorer, scorers,
                                 self_supervised_alternatives)
 from ..training.process_state import keeps_process_state
 from .scores_io import load_scores_meta, write_scores
@@ -180,6 +180,7 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
         raise DP4TLError(f"--target is needed for {method}")
     if scorer.uses_k:  # before any feature is extracted
         check_k_fits(k, ctx.source.split("train").num_samples)
+    check_memory(scorer, ctx.source)
     from ..data.manifest import load_manifest
 
     target_fps = [load_manifest(t).fingerprint for t in targets] if scorer.needs_target else None

@@ -232,6 +232,13 @@ class Scorer:
             return Path(trajectory[0])
         return checkpoint
 
+    def memory_bytes(self, source: Any) -> int:
+        """Bytes the method holds in memory that grow with the source (its ``Manifest``), beyond
+        the models and the memory-mapped feature store: 0 for a method that reads batch by batch
+        or in blocks (docs/scale.md). A method holding whole matrices says so, and
+        :func:`check_memory` refuses a source it cannot hold before any work."""
+        return 0
+
     def score(self, ctx: "ScoringContext") -> ScoreResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -368,3 +375,22 @@ def methods_help(detailed: bool = False, needing: str | None = None) -> str:
     if detailed:
         return "; ".join(f"{s.name}: {s.help}" for s in chosen)
     return (", " if needing else " | ").join(s.name for s in chosen)
+
+
+def check_memory(scorer: Scorer, source: Any, what: str = "--method") -> None:
+    """Refuse, before any work, a source whose ``scorer`` would hold more bytes
+    (:meth:`Scorer.memory_bytes`) than this process may use (:func:`~ffcv_dp4tl.cpus.memory_limit`:
+    the machine's memory within its cgroup limit). The run would otherwise end, after the
+    surrogate's training, killed by the kernel with no message."""
+    from ..cpus import memory_limit
+    from ..errors import DP4TLError
+
+    need = scorer.memory_bytes(source)
+    limit = memory_limit() if need else None
+    if need and limit and need > limit:
+        raise DP4TLError(
+            f"{what} {scorer.name} would hold about {need / 2**30:.1f} GiB in memory for "
+            f"{source.root} ({source.split('train').num_samples:,} train samples, "
+            f"{source.num_classes:,} classes), more than the {limit / 2**30:.1f} GiB this process "
+            "may use: run it where more memory is given (a larger --mem), or choose a method "
+            "that reads in batches (docs/scale.md)")

@@ -34,6 +34,12 @@ class _Influence(Scorer):
     aggregate = "max"
     reads = frozenset({SEED})  # the seeded val subset (--opt eval_samples)
 
+    def memory_bytes(self, source) -> int:
+        """Every source train and val sample's float32 logits and float64 softmax (the
+        Hessian and the influence read them all), and the features beside them."""
+        n = sum(source.split(s).num_samples for s in ("train", "val") if s in source.split_names)
+        return n * source.num_classes * (4 + 8)
+
     def score(self, ctx: ScoringContext) -> ScoreResult:
         if "val" not in ctx.source.split_names:
             from ...errors import DP4TLError
