@@ -95,7 +95,7 @@ def memory_limit(root: str | Path = "/sys/fs/cgroup", self_cgroup: str | Path = 
                 text = (d / name).read_text().strip()
             except (OSError, ValueError):
                 continue
-            if text.isdigit() and 0 < int(text) < 1 << 62:  # ("max"; v1's "no limit" is ~2**63)
+            if text.isascii() and text.isdigit() and 0 < int(text) < 1 << 62:  # ("max"; v1's "no limit" is ~2**63)
                 sizes.append(int(text))
     return min(sizes, default=None)
 

@@ -258,12 +258,10 @@ def resolve_data(cfg: PipelineConfig, log) -> tuple[Path, Path]:
 
 def check_data(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]) -> None:
     """Checks that need the built data but no work, before the surrogate trains."""
-    from ..scoring.registry import check_memory
     from ..training.finetune import check_target_classes
 
     if scorer.uses_k:
         check_k_fits(cfg.k, src.split("train").num_samples)
-    check_memory(scorer, src)
     check_target_classes(tgt)
     _check_something_kept(cfg, scorer, src)
     if "train" in tgt.split_names:

@@ -180,7 +180,8 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
         raise DP4TLError(f"--target is needed for {method}")
     if scorer.uses_k:  # before any feature is extracted
         check_k_fits(k, ctx.source.split("train").num_samples)
-    check_memory(scorer, ctx.source)
+    check_memory(scorer, ctx.source)  # (here, not in the pipeline's resolve: a cached score
+    #                                     stage of a large node is reused on a small one)
     from ..data.manifest import load_manifest
 
     target_fps = [load_manifest(t).fingerprint for t in targets] if scorer.needs_target else None

@@ -378,10 +378,10 @@ def methods_help(detailed: bool = False, needing: str | None = None) -> str:
 
 
 def check_memory(scorer: Scorer, source: Any, what: str = "--method") -> None:
-    """Refuse, before any work, a source whose ``scorer`` would hold more bytes
-    (:meth:`Scorer.memory_bytes`) than this process may use (:func:`~ffcv_dp4tl.cpus.memory_limit`:
-    the machine's memory within its cgroup limit). The run would otherwise end, after the
-    surrogate's training, killed by the kernel with no message."""
+    """Refuse a source whose ``scorer`` would hold more bytes (:meth:`Scorer.memory_bytes`, a
+    lower bound) than this process may use (:func:`~ffcv_dp4tl.cpus.memory_limit`: the
+    machine's memory within its cgroup limit). Called when scoring starts, before the source is
+    read: the run was killed by the kernel with no message, its surrogate (cached) trained."""
     from ..cpus import memory_limit
     from ..errors import DP4TLError
 
@@ -392,5 +392,5 @@ def check_memory(scorer: Scorer, source: Any, what: str = "--method") -> None:
             f"{what} {scorer.name} would hold about {need / 2**30:.1f} GiB in memory for "
             f"{source.root} ({source.split('train').num_samples:,} train samples, "
             f"{source.num_classes:,} classes), more than the {limit / 2**30:.1f} GiB this process "
-            "may use: run it where more memory is given (a larger --mem), or choose a method "
-            "that reads in batches (docs/scale.md)")
+            "may use (a lower bound): run it where more memory is given (a larger job), or "
+            "choose a method that reads in batches (docs/scale.md)")

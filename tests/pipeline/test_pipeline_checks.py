@@ -465,36 +465,22 @@ def test_a_ratio_that_keeps_no_unit_is_refused_before_the_surrogate(small_synth,
     assert not (tmp_path / "r").exists()
 
 
-def test_a_method_that_cannot_hold_the_source_in_memory_is_refused_before_the_surrogate(
-        small_synth, tmp_path, monkeypatch):
-    """INFMAX/INFSUM hold every source train and val sample's logits and float64 softmax
-    (ImageNet-21K: 3.7 TB): a source too big for the process's memory is refused before the
-    surrogate trains, not killed by the kernel after it with no message. Every other method
-    reads in batches or blocks (docs/scale.md): nothing of it grows with the source, so none
-    is refused however little memory there is."""
+def test_a_memory_check_is_not_made_before_the_surrogate(small_synth, tmp_path, monkeypatch):
+    """The memory check of INFMAX/INFSUM runs when scoring starts (pipeline.score.score), not in
+    the pipeline's checks before any stage: a score stage computed on a large node is reused by
+    a rerun on a small one (another ratio, another finetuning), which reads no source (review).
+    Here the pipeline's checks pass under a 1 KiB limit."""
     from ffcv_dp4tl import cpus
-    from ffcv_dp4tl.data import load_manifest
-    from ffcv_dp4tl.scoring.registry import check_memory, scorers
 
     monkeypatch.setattr(cpus, "memory_limit", lambda: 1 << 10)  # 1 KiB
-    src = load_manifest(small_synth / "source")
-    n = src.split("train").num_samples + src.split("val").num_samples
-    for scorer in scorers():
-        if scorer.name in ("infmax", "infsum"):
-            assert scorer.memory_bytes(src) == n * src.num_classes * 12
-            with pytest.raises(DP4TLError, match=f"^--method {scorer.name} would hold"):
-                check_memory(scorer, src)
-        else:
-            assert scorer.memory_bytes(src) == 0
-            check_memory(scorer, src)
     cfg = PipelineConfig(source=str(small_synth / "source"),
-                         target=str(small_synth / "targets" / "paper"), ratio=0.5,
+                         target=str(small_synth / "targets" / "paper"), ratio=0.25,
                          method="infsum", finetune=("lp",), fmt="wds", runs_root=tmp_path / "r",
                          data_root=tmp_path / "d")
-    with pytest.raises(DP4TLError, match=r"^--method infsum would hold about 0\.0 GiB in memory "
-                                         r"for .*, more than the 0\.0 GiB this process may use"):
+    try:
         resolve(cfg, None, print)
-    assert not (tmp_path / "r").exists()
+    except DP4TLError as e:  # (another check may refuse the tiny data; not the memory one)
+        assert "in memory" not in str(e)
 
 
 @pytest.mark.parametrize("method, budget, exact", [("lm", "units", False),

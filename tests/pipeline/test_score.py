@@ -171,3 +171,33 @@ def test_a_method_that_trains_takes_its_recipe_without_a_note(tmp_path, recwarn)
         score("forget", source_dir=tmp_path / "nowhere", out_dir=tmp_path / "s",
               train_recipe="resnet18_tiny_cpu")
     assert not [w for w in recwarn if "trains none" in str(w.message)]
+
+
+def test_a_method_that_cannot_hold_the_source_in_memory_is_refused_when_scoring_starts(
+        tmp_path, monkeypatch, source_dir, trained_run):
+    """INFMAX/INFSUM hold every source train and val sample's logits and float64 softmax
+    (ImageNet-21K: at least 3.7 TB): a source too big for the process's memory is refused in
+    one line before the source is read, not killed by the kernel with no message. Every other
+    method reads in batches or blocks (docs/scale.md): nothing of it grows with the source, so
+    none is refused however little memory there is."""
+    from ffcv_dp4tl import cpus
+    from ffcv_dp4tl.data import load_manifest
+    from ffcv_dp4tl.scoring.registry import check_memory, scorers
+
+    monkeypatch.setattr(cpus, "memory_limit", lambda: 1 << 10)  # 1 KiB
+    src = load_manifest(source_dir)
+    n = src.split("train").num_samples + src.split("val").num_samples
+    for scorer in scorers():
+        if scorer.name in ("infmax", "infsum"):
+            assert scorer.memory_bytes(src) == n * src.num_classes * 12
+            with pytest.raises(DP4TLError, match=f"^--method {scorer.name} would hold"):
+                check_memory(scorer, src)
+        else:
+            assert scorer.memory_bytes(src) == 0
+            check_memory(scorer, src)
+    out = tmp_path / "inf"
+    with pytest.raises(DP4TLError, match=r"^--method infmax would hold about 0\.0 GiB in memory "
+                                         r"for .*, more than the 0\.0 GiB this process may use"):
+        score("infmax", source_dir=source_dir, out_dir=out,
+              checkpoint=trained_run / "checkpoint.pt", fmt="wds", device="cpu", progress=False)
+    assert not out.exists() or not any(out.iterdir())

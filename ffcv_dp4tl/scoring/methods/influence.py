@@ -35,8 +35,9 @@ class _Influence(Scorer):
     reads = frozenset({SEED})  # the seeded val subset (--opt eval_samples)
 
     def memory_bytes(self, source) -> int:
-        """Every source train and val sample's float32 logits and float64 softmax (the
-        Hessian and the influence read them all), and the features beside them."""
+        """A lower bound: every source train and val sample's float32 logits and one float64
+        softmax (the Hessian and the influence read them all). The softmax's temporaries, the
+        features and K-FAC's C x C factor come on top (about 3x this at its peak)."""
         n = sum(source.split(s).num_samples for s in ("train", "val") if s in source.split_names)
         return n * source.num_classes * (4 + 8)
 
