@@ -270,37 +270,29 @@ def result_id(st: Stage) -> str:
     stage whose ``DONE.json`` was deleted runs again, writes the same files (a finished training
     resumes with nothing to train) and the stages after it are kept (audit: LP and FF ran
     again)."""
+    return _ids(st)[0]
+
+
+def _ids(st: Stage) -> tuple[str, str]:
+    """``(result_id(st), the sha256 of its DONE.json bytes)``, from one read of the file. The
+    second is how versions before 2026-12-06 recorded every upstream stage; it names the same
+    finished stage (its very ``DONE.json``), so a folder one of those versions wrote is not
+    stale (audit: an old and a new version taking turns on one runs folder each emptied the
+    other's score, prune and finetune folders and ran them again)."""
     raw = (st.dir / DONE).read_bytes()
+    done_sha = hashlib.sha256(raw).hexdigest()
     with contextlib.suppress(ValueError, UnicodeDecodeError):
         done = json.loads(raw)
         if isinstance(done, dict) and isinstance(done.get(RESULT_DIGEST), str):
-            return f"{RESULT_DIGEST}:{done[RESULT_DIGEST]}"
-    return hashlib.sha256(raw).hexdigest()
-
-
-def upstream_record(upstream: Iterable[Stage]) -> dict[str, str]:
-    """How a stage records the finished stages it reads (:data:`UPSTREAM`, :func:`result_id`)."""
-    return {u.dir.name: result_id(u) for u in upstream}
-
-
-def _done_bytes_ids(upstream: Iterable[Stage]) -> dict[str, str]:
-    """The form versions before 2026-12-06 recorded every upstream stage in: the sha256 of its
-    ``DONE.json`` bytes. A record of that form names the same finished upstream stage as
-    :func:`result_id` does (its very ``DONE.json``), so a folder one of those versions wrote is
-    not stale (audit: an old and a new version taking turns on one runs folder each emptied
-    the other's score, prune and finetune folders and ran them again)."""
-    out = {}
-    for u in upstream:
-        with contextlib.suppress(OSError):
-            out[u.dir.name] = hashlib.sha256((u.dir / DONE).read_bytes()).hexdigest()
-    return out
+            return f"{RESULT_DIGEST}:{done[RESULT_DIGEST]}", done_sha
+    return done_sha, done_sha
 
 
 def _stale(st: Stage, record: dict[str, str], also: dict[str, str] | None = None) -> list[str]:
     """The upstream stages that were computed again since the stage folder was computed from
     them (its content is then stale). A folder without the record (a stage run before it
     existed) is trusted, and adopts ``record``. ``also``: another id an upstream stage may be
-    recorded by (:func:`_done_bytes_ids`); the folder's record is left in its form, so the
+    recorded by (the older form, :func:`_ids`); the folder's record is left in its form, so the
     version that wrote it still reads it."""
     path = st.dir / UPSTREAM
     if not record:
@@ -346,9 +338,10 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
 
     **Upstream.** ``upstream``: the finished stages ``fn`` reads. A stage folder computed from
     other results of them (one was deleted and computed again since) is stale: emptied and
-    run again, finished or not (see :func:`upstream_record`)."""
-    upstream = list(upstream)
-    record, legacy = upstream_record(upstream), _done_bytes_ids(upstream)
+    run again, finished or not: :data:`UPSTREAM` records each by :func:`result_id`."""
+    ids = {u.dir.name: _ids(u) for u in upstream}
+    record = {name: new for name, (new, _) in ids.items()}  # (what UPSTREAM records)
+    legacy = {name: old for name, (_, old) in ids.items()}
     if st.done and not _stale(st, record, legacy):
         return _skipped(st, log)
     st.dir.mkdir(parents=True, exist_ok=True)
