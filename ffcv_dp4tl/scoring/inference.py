@@ -159,7 +159,7 @@ def predict_reduce(model: torch.nn.Module, loader: Iterable[Batch], fn: BatchFn,
         if r.n != idx.n:
             raise ValueError(f"{desc}: the per-sample {name!r} was returned for {r.n} of the "
                              f"{idx.n} samples")
-    indices = idx.take() if idx.n else np.zeros(0, np.int64)
+    indices = idx.take()
     order = np.argsort(indices, kind="stable")
     in_order = bool((order == np.arange(len(order))).all())  # (then no reordered copy)
 

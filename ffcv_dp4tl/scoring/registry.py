@@ -377,7 +377,7 @@ def methods_help(detailed: bool = False, needing: str | None = None) -> str:
     return (", " if needing else " | ").join(s.name for s in chosen)
 
 
-def check_memory(scorer: Scorer, source: Any, what: str = "--method") -> None:
+def check_memory(scorer: Scorer, source: Any) -> None:
     """Refuse a source whose ``scorer`` would hold more bytes (:meth:`Scorer.memory_bytes`, a
     lower bound) than this process may use (:func:`~ffcv_dp4tl.cpus.memory_limit`: the
     machine's memory within its cgroup limit). Called when scoring starts, before the source is
@@ -389,7 +389,7 @@ def check_memory(scorer: Scorer, source: Any, what: str = "--method") -> None:
     limit = memory_limit() if need else None
     if need and limit and need > limit:
         raise DP4TLError(
-            f"{what} {scorer.name} would hold about {need / 2**30:.1f} GiB in memory for "
+            f"--method {scorer.name} would hold about {need / 2**30:.1f} GiB in memory for "
             f"{source.root} ({source.split('train').num_samples:,} train samples, "
             f"{source.num_classes:,} classes), more than the {limit / 2**30:.1f} GiB this process "
             "may use (a lower bound): run it where more memory is given (a larger job), or "
