@@ -55,11 +55,11 @@ import torch
 
 from .. import stopping
 from ..errors import DataError
-from ..fsutil import PreadFiles
 from beton_builders.beton import beton_images
 from beton_builders.integrity import DAMAGED_SAMPLE_HINT
 
 from .manifest import SplitInfo
+from .pread import PreadFiles
 from .resources import open_files_budget
 from .gpu_resample import (MAX_CANVAS_BYTES, LevelGroups, check_canvas, grid_params, level_groups, mip_level,
                            mip_pyramid, pad_batch, resample)
@@ -86,7 +86,7 @@ MAX_OPEN_FILES: int | None = None
 class _ByteLocations:
     """Per-sample (file, offset, size) of the JPEG bytes, plus height/width where known.
 
-    Reads go through ``os.pread`` (:class:`~ffcv_dp4tl.fsutil.PreadFiles`): it has no file
+    Reads go through ``os.pread`` (:class:`~ffcv_dp4tl.data.pread.PreadFiles`): it has no file
     position, so the read-ahead threads can share a descriptor per file (ShardReader's
     seek+read on shared handles would race), and at most :data:`MAX_OPEN_FILES` stay open.
     """

@@ -37,8 +37,9 @@ from beton_builders.integrity import (OVERWRITE_HINT, REMAKE_HINT, SCHEME, beton
                                       labels_intact, recorded_problems)
 
 from ..errors import DataError
-from ..fsutil import PreadFiles, absent_why
+from ..fsutil import absent_why
 
+from .pread import PreadFiles
 from .manifest import MANIFEST_NAME, SplitInfo, load_manifest, read_labels, split_fingerprint
 
 #: Problems listed per kind before the rest are counted ("... and N more").
@@ -154,7 +155,7 @@ def _deep(split: SplitInfo, classes: list[str], index: np.ndarray, images, progr
     digests = np.empty((n, 20), np.uint8)
     mismatch, truncated = [], []
     stored_sha1 = np.zeros((n, 20), np.uint8)
-    shards = PreadFiles(split.shards, max_open=8)  # (thousands of shards: fsutil.PreadFiles)
+    shards = PreadFiles(split.shards, max_open=8)  # (thousands of shards: pread.PreadFiles)
     beton = PreadFiles([split.beton]) if images is not None else None
     it = range(n)
     if progress:
