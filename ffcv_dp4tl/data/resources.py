@@ -56,8 +56,9 @@ _LIMIT_RAISED = False
 
 def raise_open_files_limit(cap: int = 1 << 20) -> None:
     """Raise this process's soft limit on open files to its hard limit (at most ``cap``), once.
-    Loader workers keep shard files open (WebDataset: up to ``MAX_OPEN_SHARDS`` each; GPU
-    decode: half the limit, :func:`open_files_budget`), and many systems start at a soft 1,024."""
+    Loaders keep shard files open (half the limit, :func:`open_files_budget`: each WebDataset
+    worker, which inherits the raised limit, and the GPU-decode loader's threads together), and
+    many systems start at a soft 1,024."""
     global _LIMIT_RAISED
     if _LIMIT_RAISED:
         return
