@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
@@ -33,6 +34,15 @@ from ffcv_dp4tl.fsutil import absent_why
 
 #: bytes hashed at each end of a shard
 SHARD_EDGE = 4096
+#: shards checked at once: each check is a stat and two small reads that wait on the file
+#: system (a metadata round trip each on a network mount), so they overlap; one by one, a
+#: loader opening ImageNet-21K's ~14,200 shards waited for ~43,000 round trips in a row
+CHECK_THREADS = 16
+#: items per thread task (a task's own cost, ~20 us, next to a local check's ~30 us)
+_CHECK_BLOCK = 16
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 #: checksum scheme tag stored with the checksums (a future scheme can be told apart)
 SCHEME = CHECKSUM_SCHEME
 #: what to do about damage inside a sample (a changed byte that only ``verify --deep`` or a
@@ -241,6 +251,37 @@ def beton_problem(path: Path, want: dict[str, Any], split_name: str, hint: str) 
     return None
 
 
+def in_order(fn: Callable[[_T], _R], items: list[_T]) -> Iterator[_R]:
+    """``fn`` of each item, yielded in the items' order, computed :data:`CHECK_THREADS` at a
+    time (I/O-bound checks of many files). Whatever ``fn`` raises is raised at its item's turn;
+    a caller that stops early (the first problem found) leaves the items not yet begun
+    undone."""
+    if len(items) <= 2 * _CHECK_BLOCK:
+        yield from map(fn, items)
+        return
+    blocks = [items[i:i + _CHECK_BLOCK] for i in range(0, len(items), _CHECK_BLOCK)]
+    pool = ThreadPoolExecutor(min(CHECK_THREADS, len(blocks)), thread_name_prefix="dp4tl-check")
+
+    def run(block: list[_T]) -> list[tuple[bool, Any]]:
+        out: list[tuple[bool, Any]] = []
+        for x in block:
+            try:
+                out.append((True, fn(x)))
+            except Exception as e:  # noqa: BLE001 - raised at its item's turn, below
+                out.append((False, e))
+                break
+        return out
+
+    try:
+        for done in pool.map(run, blocks):
+            for ok, value in done:
+                if not ok:
+                    raise value
+                yield value
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def shard_problem(path: Path, want: dict[str, Any], split_name: str, hint: str) -> str | None:
     """Why the shard at ``path`` fails its recorded checksum ``want`` (size, then the digest of
     its first and last ``SHARD_EDGE`` bytes; one line ending in ``hint``), or None when it
@@ -266,11 +307,15 @@ def recorded_problems(beton: Path, shards: list[Path], checksums: dict[str, Any]
         problem = beton_problem(beton, want, split_name, hint)
         if problem is not None:
             yield beton, problem
-    for path, want in zip(shards, checksums.get("shards") or []):
-        if want is not None and path.is_file():
-            problem = shard_problem(path, want, split_name, hint)
-            if problem is not None:
-                yield path, problem
+    def check(item: tuple[Path, dict[str, Any] | None]) -> str | None:
+        path, want = item
+        return None if want is None or not path.is_file() else \
+            shard_problem(path, want, split_name, hint)
+
+    recorded = list(zip(shards, checksums.get("shards") or []))
+    for (path, _), problem in zip(recorded, in_order(check, recorded)):
+        if problem is not None:
+            yield path, problem
 
 
 def _check_sides(beton: Path, max_side: int | None, hint: str) -> None:
@@ -325,9 +370,12 @@ def check_split_files(root: Path, split_name: str, beton: Path | None, shards: l
         if len(recorded) != len(shards):
             raise DataError(f"{root}/manifest.json lists {len(shards)} shards for split "
                             f"{split_name!r} but checksums for {len(recorded)}; rebuild {root}")
-        for p, want in zip(shards, recorded):
+        def check(item: tuple[Path, dict[str, Any] | None]) -> str | None:
+            p, want = item
             if why := absent_why(p):
-                raise DataError(f"{p} is {why} (split {split_name!r}); rebuild {root}")
-            problem = None if want is None else shard_problem(p, want, split_name, hint)
+                return f"{p} is {why} (split {split_name!r}); rebuild {root}"
+            return None if want is None else shard_problem(p, want, split_name, hint)
+
+        for problem in in_order(check, list(zip(shards, recorded))):  # (the first, in shard order)
             if problem is not None:
                 raise DataError(problem)

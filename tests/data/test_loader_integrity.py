@@ -280,3 +280,66 @@ def test_beton_fingerprint_is_layout_independent(tmp_path):
     assert fps["w1"] == fps["w2"]
     assert fps["prop"][0] == fps["w1"][0] and fps["prop"][1] != fps["w1"][1]
     assert verify_dataset(tmp_path / "prop", deep=True).ok
+
+
+def _fake_shards(tmp_path, n):
+    """``n`` small files with the checksums a build records for shards."""
+    from beton_builders.integrity import SCHEME, shard_checksum
+
+    paths = [tmp_path / f"train-{i:06d}.tar" for i in range(n)]
+    for i, p in enumerate(paths):
+        p.write_bytes(bytes([i % 251]) * 9000)
+    return paths, {"scheme": SCHEME, "shards": [shard_checksum(p) for p in paths]}
+
+
+def test_many_shards_are_checked_at_once_and_the_first_problem_is_the_first_in_order(
+        tmp_path, monkeypatch):
+    """A loader checks every shard at open: one by one, ImageNet-21K's ~14,200 shards on a
+    network mount waited for their round trips in a row (the checks now overlap). What it
+    reports is unchanged: the first damaged shard in shard order, and `verify`'s list of all
+    of them in order."""
+    import threading
+
+    from beton_builders import integrity
+
+    paths, rec = _fake_shards(tmp_path, 80)
+    for i in (70, 9, 40):
+        _xor(paths[i], 8000)  # in the last SHARD_EDGE bytes
+    with pytest.raises(DataError, match="checksum of its first/last") as e:
+        integrity.check_split_files(tmp_path, "train", None, paths, rec, 80)
+    assert _one_line(e).startswith(f"{paths[9]}:")
+    found = list(integrity.recorded_problems(tmp_path / "none.beton", paths, rec, "train", "h"))
+    assert [p for p, _ in found] == [paths[9], paths[40], paths[70]]
+
+    together = threading.Barrier(2, timeout=20)  # (one check at a time never meets a second)
+    checked = integrity.shard_problem
+
+    def waits_for_another(path, *args):
+        if path in (paths[0], paths[79]):
+            together.wait()
+        return checked(path, *args)
+
+    monkeypatch.setattr(integrity, "shard_problem", waits_for_another)
+    with pytest.raises(DataError, match=re.escape(str(paths[9]))):
+        integrity.check_split_files(tmp_path, "train", None, paths, rec, 80)
+
+
+def test_an_error_checking_one_shard_is_raised_at_its_turn_and_stops_the_rest(tmp_path):
+    """``in_order`` raises what a check raised when the caller reaches that item, after the
+    results before it, and checks not yet begun are not run."""
+    from beton_builders.integrity import in_order
+
+    ran = []
+
+    def check(i):
+        ran.append(i)
+        if i == 50:
+            raise PermissionError(f"item {i}")
+        return i
+
+    got = []
+    with pytest.raises(PermissionError, match="item 50"):
+        for x in in_order(check, list(range(2000))):
+            got.append(x)
+    assert got == list(range(50))
+    assert len(ran) < 2000
