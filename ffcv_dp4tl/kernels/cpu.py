@@ -45,7 +45,25 @@ _PARTIAL_BYTES = 256 * 2**20
 _BLAS_BLOCK_ELEMS = 2**22
 
 
-@njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _njit(**options):
+    """numba's ``njit`` with its on-disk cache wherever numba finds a place for one (beside
+    this file, ``$NUMBA_CACHE_DIR``, or the user's cache folder), so a run does not compile
+    the kernels again. Without any (a read-only install used with a read-only or missing home:
+    a container run as another user, a cluster job over its home quota) numba refuses
+    ``cache=True`` when the module is imported, and FM ended in a traceback (environment
+    audit): the kernels are then compiled in each process instead (seconds; set
+    ``NUMBA_CACHE_DIR`` to a writable folder to keep them)."""
+    def wrap(fn):
+        try:
+            return njit(cache=True, **options)(fn)
+        except RuntimeError as e:  # numba: "cannot cache function ...: no locator available ..."
+            if "no locator available" not in str(e):
+                raise
+            return njit(**options)(fn)
+    return wrap
+
+
+@_njit(parallel=True, fastmath=_FASTMATH)
 def _assign_numba(x, c, c_norm, labels, min_d2):  # pragma: no cover - compiled
     n, d = x.shape
     k = c.shape[0]
@@ -72,7 +90,7 @@ def _assign_numba(x, c, c_norm, labels, min_d2):  # pragma: no cover - compiled
         min_d2[i] = best if best > 0.0 else 0.0
 
 
-@njit(parallel=True, cache=True)
+@_njit(parallel=True)
 def _segment_sums(x, labels, k, nchunks):  # pragma: no cover - compiled
     n, d = x.shape
     partial = np.zeros((nchunks, k, d), dtype=np.float64)
@@ -95,7 +113,7 @@ def _segment_sums(x, labels, k, nchunks):  # pragma: no cover - compiled
     return sums, counts
 
 
-@njit(parallel=True, cache=True)
+@_njit(parallel=True)
 def _hist_count(labels, k, nchunks):  # pragma: no cover - compiled
     n = labels.shape[0]
     partial = np.zeros((nchunks, k), dtype=np.int64)
@@ -106,7 +124,7 @@ def _hist_count(labels, k, nchunks):  # pragma: no cover - compiled
     return partial.sum(axis=0)
 
 
-@njit(parallel=True, cache=True)
+@_njit(parallel=True)
 def _hist_weighted(labels, weights, k, nchunks):  # pragma: no cover - compiled
     n = labels.shape[0]
     partial = np.zeros((nchunks, k), dtype=np.float64)

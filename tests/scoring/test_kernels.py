@@ -283,3 +283,31 @@ def test_gpu_update_and_histogram_match_cpu(rng):
     )
     with pytest.raises(KernelInputError, match=r"must lie in \[0, 5\)"):
         kernels.histogram(labels, 5, backend="cuda")
+
+
+def test_cpu_kernels_work_where_numba_has_no_cache_folder(tmp_path):
+    """A read-only install used with a read-only home (a container run as another user, a
+    cluster job over its home quota) leaves numba no place for its disk cache: it refused
+    ``cache=True`` when ``kernels.cpu`` was imported, and FM ended in a traceback. The kernels
+    now compile without the cache there, with the same labels. (numba's list of cache places
+    is emptied in a fresh interpreter, which is what numba meets in that setting.)"""
+    import os
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import numba.core.caching as caching
+        caching.CacheImpl._locator_classes = []  # no place for a disk cache
+        import numpy as np
+        from ffcv_dp4tl.kernels import cpu
+        x = np.array([[0, 0], [10, 0], [0, 9], [1, 1]], np.float32)
+        c = np.array([[0, 0], [10, 0], [0, 10]], np.float32)
+        labels, _ = cpu.assign_nearest_numba(x, c)
+        assert cpu._assign_numba._cache.__class__.__name__ == "NullCache"
+        print(labels.tolist())
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(cpu.__file__).parents[2])}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["[0,", "1,", "2,", "0]"]
