@@ -51,3 +51,27 @@ def test_the_package_and_test_folders_named_data_are_linted(tmp_path):
     shown = {str(p.relative_to(tmp_path)) for p in map(Path, res.stdout.split()) if p.is_absolute()
              and p.suffix == ".py"}
     assert shown == {"ffcv_dp4tl/data/mod.py", "tests/data/test_x.py"}, res.stdout
+
+
+def test_the_declared_python_floor_is_the_one_the_code_is_checked_and_written_for():
+    """pyproject's ``requires-python`` is ruff's ``target-version`` (the version the code is
+    checked against) and covers the standard library the code imports: it said ">=3.10"
+    while ``training/recipe_files.py`` imports ``tomllib`` (Python 3.11), so pip installed the
+    package on 3.10 and every recipe lookup failed there (environment audit)."""
+    import ast
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    floor = re.fullmatch(r">=\s*3\.(\d+)", project["project"]["requires-python"].strip())
+    assert floor, project["project"]["requires-python"]
+    assert project["tool"]["ruff"]["target-version"] == f"py3{floor.group(1)}"
+    added = {"tomllib": 11}  # standard modules newer than 3.9, by the minor version adding them
+    for folder in ("ffcv_dp4tl", "beton_builders"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                for name in names:
+                    need = added.get(name.split(".")[0])
+                    assert need is None or int(floor.group(1)) >= need, (path, name)
