@@ -5,6 +5,7 @@ while those imports run prints one line instead of a ``KeyboardInterrupt`` trace
 deep inside an import; this module imports nothing heavy."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -19,6 +20,7 @@ NATIVE_WAIT_S = 2.0
 def main() -> None:
     import atexit
 
+    _streams_take_any_text()
     outcome: list[int] = []  # the command's exit status, once decided
     atexit.register(_leave_native_threads, outcome)  # (registered first: run last)
     try:
@@ -44,6 +46,61 @@ def main() -> None:
         outcome.append(1)
         _quiet_interrupt_at_exit(1)  # (a signal in the exit hook's wait: no abort, status 1)
         raise
+
+
+#: error handler of an output stream whose encoding is not UTF-8 (:func:`_streams_take_any_text`)
+TEXT_ERRORS = "dp4tl.replace"
+
+
+def _replace_keeping_bytes(e: UnicodeError) -> tuple[bytes, int]:
+    """A character the stream's encoding lacks prints as ``?``; an undecodable byte of a file
+    name (Python's surrogate escape, as ``surrogateescape`` does) goes out as the byte it was."""
+    if not isinstance(e, UnicodeEncodeError):
+        raise e
+    text = e.object[e.start:e.end]
+    return bytes(ord(c) - 0xDC00 if 0xDC80 <= ord(c) <= 0xDCFF else 0x3F for c in text), e.end
+
+
+def text_errors() -> str:
+    """:data:`TEXT_ERRORS`, registered with :mod:`codecs` (once)."""
+    import codecs
+
+    try:
+        codecs.lookup_error(TEXT_ERRORS)
+    except LookupError:
+        codecs.register_error(TEXT_ERRORS, _replace_keeping_bytes)
+    return TEXT_ERRORS
+
+
+def _streams_take_any_text() -> None:
+    """The process's output streams take whatever the command writes.
+
+    * Under a locale that is not UTF-8 (``LANG=en_US.ISO-8859-1``; ``LC_ALL=C`` with
+      ``PYTHONUTF8=0``) the help pages' → … — ε ∩ met stdout's strict encoder and the help
+      ended in a ``UnicodeEncodeError`` traceback (environment audit): such a stream now
+      prints a character it cannot encode as ``?`` (:func:`_replace_keeping_bytes`).
+      stderr escapes them already (Python's ``backslashreplace``).
+    * A stream the shell closed (``2>&-``, ``>&-``) is ``None`` in Python: the error line's
+      write failed, and ``dp4tl verify`` exited 1 (damaged) instead of 2 (not a built dataset).
+      It is now a sink, so the status is the command's own.
+
+    Only here, at the process's entry point: the CLI inside another program (tests) leaves
+    that program's streams alone."""
+    import codecs
+
+    errors = text_errors()
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))
+            continue
+        try:
+            utf8 = codecs.lookup(stream.encoding or "ascii").name == "utf-8"
+        except (AttributeError, LookupError):
+            continue
+        if not utf8 and name == "stdout" and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(ValueError, OSError):
+                stream.reconfigure(errors=errors)
 
 
 def _leave_native_threads(outcome: list[int]) -> None:

@@ -362,7 +362,7 @@ def _late_signal(interrupt: KeyboardInterrupt, status: int) -> SystemExit:
     reached so, and its exit (atexit hooks, workers joined) was cut. Either way the line says
     that nothing the command did was cut short."""
     signum = signal.SIGTERM if isinstance(interrupt, stopping.Terminated) else signal.SIGINT
-    print(stopping.late_line(signum, status), file=sys.stderr)
+    _say(stopping.late_line(signum, status))
     return SystemExit(stopping.late_status(signum, status))
 
 
@@ -408,10 +408,24 @@ def _settle_saying(message: str | None, status: int, follows: bool = False,
         stopping.settle(status)
         if message is not None:
             if not (every_rank and _quiet_rank()):
-                sys.stderr.write(f"{message}\n")
+                _say(message)
             if status != 0:  # (in the block: torchrun's SIGTERM to a rank whose peer failed
                 _tell_launcher(message, follows)  # lands as it prints; the file is written first)
     return status
+
+
+def _say(line: str) -> None:
+    """``line`` on stderr, where it can go. A stderr whose reader is gone (``dp4tl verify X
+    2>&1 | reader`` that stopped reading) raised EPIPE here, and the command exited 1 instead
+    of its own status (verify's 2, "not a built dataset", read as 1, "damaged"; environment
+    audit): the line is dropped then, stderr pointed at the null device (what is still
+    buffered for it raises nothing at exit), and the status stays the command's."""
+    try:
+        sys.stderr.write(f"{line}\n")
+        sys.stderr.flush()
+    except BrokenPipeError:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
 
 
 def _fail(message: str | None, status: int, follows: bool = False,
@@ -424,7 +438,7 @@ def _fail(message: str | None, status: int, follows: bool = False,
 def _stop_status() -> SystemExit:
     """A command a signal stopped: its one line printed; its exit, 128 + the signal."""
     line = stopping.line()
-    print(line, file=sys.stderr)
+    _say(line)
     _tell_launcher(line, follows=True)  # (torchrun's SIGTERM after another rank failed, often)
     return SystemExit(stopping.exit_status())
 
@@ -512,12 +526,25 @@ def _broken_pipe(e: BaseException) -> BrokenPipeError | None:
     reaches ``_run`` as that ``SystemExit(1)``, raised while handling the error (its
     ``__context__``), with the wrapper in place. A typer that let it through raises it as is."""
     if isinstance(e, SystemExit):
-        typers = e.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper"
+        typers = e.code == 1 and (type(sys.stdout).__name__ == "PacifyFlushWrapper"
+                                  or _rich_gave_up(e))
         e = e.__context__ if typers else None
     return e if isinstance(e, BrokenPipeError) else None
 
 
-def _reader_had_enough(pipe: BrokenPipeError) -> NoReturn:
+def _rich_gave_up(e: SystemExit) -> bool:
+    """Whether ``e`` is rich's exit on EPIPE (``Console.on_broken_pipe``: stdout pointed at the
+    null device, then ``SystemExit(1)``), which typer's help pages meet: `dp4tl --help | head
+    -1` exited 1 where `dp4tl recipes | head -1` exits 141 (environment audit)."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code if tb is not None else None
+    return code is not None and code.co_name == "on_broken_pipe" and \
+        f"{os.sep}rich{os.sep}" in code.co_filename
+
+
+def _reader_had_enough(pipe: BrokenPipeError, stdout_gone: bool = False) -> NoReturn:
     """End a command that wrote into a pipe whose reader is gone (``pipe``).
 
     Our stdout's (or stderr's) reader closed it (`dp4tl recipes | head -1`: it had enough):
@@ -526,6 +553,9 @@ def _reader_had_enough(pipe: BrokenPipeError) -> NoReturn:
     the status a script already tells apart (``yes | head -1`` gives it too). Any other pipe
     (a data-loader worker's, a socket) is not the user's doing and typer's silent 1 hid it: it
     is raised again, so it keeps its traceback."""
+    if stdout_gone:  # (rich found it so, and pointed stdout at the null device: _rich_gave_up)
+        stopping.settle(141)
+        raise SystemExit(141) from None
     gone = [s for s in (sys.stdout, sys.stderr) if _reader_gone(getattr(s, "wrapped", s))]
     if not gone:
         sys.stdout, sys.stderr = (getattr(s, "wrapped", s) for s in (sys.stdout, sys.stderr))
@@ -564,7 +594,7 @@ def _run() -> None:
             pipe = _broken_pipe(e)
             if pipe is None:
                 raise
-            _reader_had_enough(pipe)
+            _reader_had_enough(pipe, stdout_gone=isinstance(e, SystemExit) and _rich_gave_up(e))
     except Exception as e:
         failure = _failure(e)
         if failure is not None:
