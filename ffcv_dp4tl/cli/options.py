@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Sequence
 
@@ -117,12 +118,24 @@ def check_path_text(value: str, name: str) -> str:
     return value
 
 
+def expand_home(text: str) -> str:
+    """A path's leading ``~`` (``~/d``, ``~user/d``) as the user's home folder: the shell
+    expands it only at the start of a word, so ``--out=~/x`` (after '='), a quoted ``"~/d"``
+    and a value passed on by ``just`` or a script arrive as typed, and ``build --out=~/x``
+    built into a folder named ``~`` in the working folder while ``pipeline --data ~/d``
+    (``expanduser`` in the pipeline) read the home folder's. Any other text is returned as
+    it is."""
+    return os.path.expanduser(text) if text.startswith("~") else text
+
+
 def check_path_params(command) -> None:
     """Every path parameter of ``command`` and its sub-commands (``Path`` or ``List[Path]``,
     option or argument) checks the text it is given (:func:`check_path_text`) before typer
-    turns it into a ``Path``, where '' would already be ``.``: the one place for every
-    command's paths, those of commands registered later included. Called by the app's
-    callback, which click runs before it parses a sub-command's parameters; idempotent."""
+    turns it into a ``Path``, where '' would already be ``.``, then has its leading ``~``
+    expanded (:func:`expand_home`), so every command reads ``~/d`` as the pipeline does: the
+    one place for every command's paths, those of commands registered later included. Called
+    by the app's callback, which click runs before it parses a sub-command's parameters;
+    idempotent."""
     for sub in (getattr(command, "commands", None) or {}).values():
         check_path_params(sub)
     for param in getattr(command, "params", ()):
@@ -139,6 +152,10 @@ def check_path_params(command) -> None:
                     except typer.BadParameter as e:
                         e.ctx, e.param = ctx, _param
                         raise
+            if isinstance(value, (list, tuple)):
+                value = type(value)(expand_home(v) if isinstance(v, str) else v for v in value)
+            elif isinstance(value, str):
+                value = expand_home(value)
             return _process(ctx, value)
 
         param.process_value = process_value
@@ -298,6 +315,7 @@ def report_callback(value: Optional[str]) -> Optional[str]:
 
     if value is None or not value.strip():
         return None
+    value = expand_home(value)  # (a str option: check_path_params covers Path ones)
     with usage_error():
         path = check_out_file(report_target(value), "--report")
         check_report(value)
@@ -500,5 +518,6 @@ def _is_embedded(data: str) -> bool:
 
 def paths(values: Sequence[Path], what: str | None = None) -> list[Path]:
     """Repeated path options (``what``: the option) where each value may also be a
-    comma-separated list."""
-    return [Path(p) for v in values for p in split_list(str(v), what)]
+    comma-separated list; each item's leading ``~`` expanded (:func:`expand_home`: the
+    parameter's own expansion sees only the first item of ``~/a,~/b``)."""
+    return [Path(expand_home(p)) for v in values for p in split_list(str(v), what)]
