@@ -1,6 +1,7 @@
 """``dp4tl pipeline``: the whole job in one command (``just pretrain`` calls it)."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import List, Optional
 
@@ -29,6 +30,8 @@ SPLIT_HELP = ("Targets built here: auto = the CoOp split_zhou_*.json when it lie
               "(the paper's Tab. A1 splits), else official; coop: require it; official: never")
 
 FINETUNE_MODES = [m.value for m in FinetuneMode]
+# click's usage error (typer vendors click in recent versions: found through a public name)
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 TARGET_HELP = ("Built target dir, a SOURCE like flowers102:/data/flowers, or a synth target name "
                "(default: the alphabetically first, blur on synth data); several "
                "(comma-separated or repeated, e.g. --target warm,blur): one selection scored on "
@@ -36,6 +39,22 @@ TARGET_HELP = ("Built target dir, a SOURCE like flowers102:/data/flowers, or a s
 TARGET_WEIGHTS_HELP = ("With several targets: one weight per target, comma-separated, in "
                        "--target's order (each target's votes sum to 1 before weighting; "
                        "default: equal)")
+
+
+def refuse_out(ctx: typer.Context, value: Optional[str]) -> None:
+    """A hidden ``--out``/``-o`` (the other commands' output option): refused with where the
+    pipeline writes instead. click's "No such option: --out (Possible options: --budget,
+    --format, --opt)" named nothing that helps (``just pretrain out=/tmp/x``). The defaults
+    shown are the options' own."""
+    if value is None:
+        return None
+    default = {p.name: p.default for p in ctx.command.params}
+    folder = shlex.quote(value) if value.strip() and value.isprintable() else "DIR"
+    raise _UsageError(  # (not BadParameter: "Invalid value for '--out'" says there is one)
+        f"dp4tl pipeline has no --out: its stages go under --runs-root (default "
+        f"{default['runs_root']}) and its built data under --data-root (default "
+        f"{default['data_root']}); pass `--runs-root {folder}` (`just pretrain "
+        f"runs_root={folder}`)", ctx=ctx)
 
 
 def target_config(target: List[str], target_weights: str) -> dict:
@@ -112,6 +131,7 @@ def pipeline(
                                "is closest to 1 - ratio"),
     pretrain_length: PretrainLength = typer.Option(PretrainLength.epochs, help=PRETRAIN_LENGTH_HELP),
     progress: bool = typer.Option(True, help=PROGRESS_HELP),
+    out: Optional[str] = typer.Option(None, "--out", "-o", hidden=True, callback=refuse_out),
 ) -> None:
     """build → surrogate → score → prune → pretrain on the mask → LP/FF on the target → report."""
     from ..pipeline.config import PipelineConfig
