@@ -32,14 +32,19 @@ lint *args:
 rehearse-gpu-check:
     GPU_CHECK_REHEARSAL=1 {{quote(py)}} -m pytest -q -p no:cacheprovider tests/test_gpu_check.py
 
-# convert a dataset once into betons + shards: just build synth data/synth | just build imagenet:/data/ILSVRC data/imagenet
+# Relative paths (SOURCE, OUT, the defaults) are the caller's working folder's, as for dp4tl itself:
+# [no-cd] (just runs a recipe in the Justfile's folder otherwise); run from the checkout, nothing changes
+[doc("convert a dataset once into betons + shards: just build synth data/synth | just build imagenet:/data/ILSVRC data/imagenet")]
+[no-cd]
 [positional-arguments]
 build source="synth" out="data/synth" *args:
     {{quote(dp4tl)}} build {{quote(source)}} --out {{quote(out)}} "${@:3}"
 
-# key=value pairs become `dp4tl pipeline --key value`; embedded default data when no data= is given
+# key=value pairs become `dp4tl pipeline --key value`; embedded default data when no data= is given;
+# relative paths and the default data/ and runs/ are the caller's working folder's ([no-cd], as `build`)
 [no-exit-message]
 [doc("the end-to-end job: just pretrain ratio=0.6 [method=fm] [data=imagenet:/data/ILSVRC target=flowers102:/data/flowers arch=resnet50]")]
+[no-cd]
 [positional-arguments]
 pretrain *args:
     #!/usr/bin/env bash

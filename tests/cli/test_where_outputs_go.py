@@ -1,11 +1,19 @@
 """Where a user's outputs go (audit): `dp4tl pipeline --out X` (and so `just pretrain out=X`)
 was "No such option: --out (Possible options: --budget, --format, --opt)", which named nothing
-that helps."""
+that helps; `just build` and `just pretrain` ran in the Justfile's folder, so a relative path
+typed in a subfolder of the checkout was not the one the user meant."""
 from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from cli_runner import cli, one_line
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("args", [["--out", "x"], ["--out=x"], ["--out", "y", "--out", "x"],
@@ -25,3 +33,33 @@ def test_pipeline_out_says_where_the_pipeline_writes(args, capsys, monkeypatch, 
     assert list(tmp_path.iterdir()) == []
     code, out, _ = cli(capsys, monkeypatch, "pipeline", "--help")
     assert code == 0 and "--runs-root" in out and "--out" not in out  # (no option to offer)
+
+
+def _just() -> str:
+    just = Path(sys.executable).parent / "just"
+    if just.exists():
+        return str(just)
+    if shutil.which("just") is None:
+        pytest.skip("just is not installed")
+    return "just"
+
+
+@pytest.mark.parametrize("args,words", [
+    (["build", "folder:../imgs", "my out"], "[build][folder:../imgs][--out][my out]"),
+    (["build"], "[build][synth][--out][data/synth]"),
+    (["pretrain", "data=../d", "ratio=0.6"], "[pipeline][--data][../d][--ratio][0.6]"),
+])
+def test_just_build_and_pretrain_read_paths_from_the_callers_folder(args, words, tmp_path):
+    """`cd docs && just build folder:../../imgs "my out"` said "../../imgs: dataset folder not
+    found" and built an absolute SOURCE into <checkout>/my out: just runs a recipe in the
+    Justfile's folder unless it is [no-cd]. dp4tl then runs in the caller's folder, so its
+    relative paths and the defaults (data/synth; the pipeline's data/ and runs/) are its."""
+    here = tmp_path / "sub"
+    here.mkdir()
+    argv = tmp_path / "argv"  # stands in for dp4tl: prints its folder, then [each][argument]
+    argv.write_text('#!/bin/sh\npwd -P\nfor a; do printf "[%s]" "$a"; done\n')
+    argv.chmod(0o755)
+    r = subprocess.run([_just(), "--justfile", str(REPO / "Justfile"), "--set", "dp4tl", str(argv),
+                        *args], cwd=here, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [str(here.resolve()), words]
