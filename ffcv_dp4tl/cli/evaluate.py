@@ -17,6 +17,7 @@ from typing import Callable, List, Optional
 import typer
 
 from .app import app
+from .options import expand_home
 from ..contracts import check_seeds, split_items
 from ..errors import DataError, DP4TLError
 from ..fsutil import BAD_JSON
@@ -48,7 +49,7 @@ def _runs(args: list[str]) -> dict[str, Path]:
         if sep and any(c in label for c in "|\n"):
             raise DP4TLError(f"run argument {a!r}: a label names a column of the Markdown table, "
                              "so it cannot hold '|' or a line break; write LABEL=DIR with another LABEL")
-        p = Path(path if sep else a)
+        p = Path(expand_home(path if sep else a))  # (LABEL=~/run: the shell leaves it)
         label = label if sep else p.name
         if not p.exists():
             raise DP4TLError(f"run directory {p} does not exist")

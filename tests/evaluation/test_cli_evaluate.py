@@ -398,3 +398,14 @@ def test_corruptions_name_the_split_read_and_warn_about_a_cifar_resolution(
     assert len(warned) == 1 and "LP: the CIFAR target" in warned[0], err
     assert "corrupted at 16 px" in warned[0] and "--corrupt-resolution 32" in warned[0]
     assert "Warning: LP: the CIFAR target" in md
+
+
+def test_a_run_under_a_tilde_is_read_from_the_home_folder(tmp_path, monkeypatch):
+    """RUNS (``DIR`` or ``LABEL=DIR``) read a leading ``~`` as the home folder, as every path
+    option does (``LABEL=~/run``, a quoted ``"~/run"``: the shell leaves both as typed)."""
+    from ffcv_dp4tl.cli.evaluate import _runs
+
+    (tmp_path / "lp").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "lp")  # (no `~` folder here to read by mistake)
+    assert _runs(["LP=~/lp", "~/lp/"]) == {"LP": tmp_path / "lp", "lp": tmp_path / "lp"}
