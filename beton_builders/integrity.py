@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -261,10 +262,14 @@ def in_order(fn: Callable[[_T], _R], items: list[_T]) -> Iterator[_R]:
         return
     blocks = [items[i:i + _CHECK_BLOCK] for i in range(0, len(items), _CHECK_BLOCK)]
     pool = ThreadPoolExecutor(min(CHECK_THREADS, len(blocks)), thread_name_prefix="dp4tl-check")
+    stop = threading.Event()  # (the caller stopped: a running block ends after its current item,
+    #                            so Ctrl-C or the first problem waits for one check, not 16)
 
     def run(block: list[_T]) -> list[tuple[bool, Any]]:
         out: list[tuple[bool, Any]] = []
         for x in block:
+            if stop.is_set():
+                break
             try:
                 out.append((True, fn(x)))
             except Exception as e:  # noqa: BLE001 - raised at its item's turn, below
@@ -279,6 +284,7 @@ def in_order(fn: Callable[[_T], _R], items: list[_T]) -> Iterator[_R]:
                     raise value
                 yield value
     finally:
+        stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
 
 

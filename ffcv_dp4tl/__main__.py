@@ -6,6 +6,7 @@ deep inside an import; this module imports nothing heavy."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -52,13 +53,24 @@ def main() -> None:
 TEXT_ERRORS = "dp4tl.replace"
 
 
-def _replace_keeping_bytes(e: UnicodeError) -> tuple[bytes, int]:
+def _replace_keeping_bytes(e: UnicodeError) -> tuple[str | bytes, int]:
     """A character the stream's encoding lacks prints as ``?``; an undecodable byte of a file
-    name (Python's surrogate escape, as ``surrogateescape`` does) goes out as the byte it was."""
+    name (Python's surrogate escape) goes out as the byte it was, as ``surrogateescape`` does,
+    where the encoding is ASCII-compatible (a lone byte is no UTF-16 text: ``?`` there too)."""
     if not isinstance(e, UnicodeEncodeError):
         raise e
-    text = e.object[e.start:e.end]
-    return bytes(ord(c) - 0xDC00 if 0xDC80 <= ord(c) <= 0xDCFF else 0x3F for c in text), e.end
+    c = ord(e.object[e.start])
+    if 0xDC80 <= c <= 0xDCFF and _ascii_compatible(e.encoding):
+        return bytes([c - 0xDC00]), e.start + 1
+    return "?", e.start + 1
+
+
+@functools.lru_cache(maxsize=None)
+def _ascii_compatible(encoding: str) -> bool:
+    try:
+        return "?a".encode(encoding) == b"?a"
+    except (LookupError, UnicodeError):
+        return False
 
 
 def text_errors() -> str:
@@ -98,7 +110,9 @@ def _streams_take_any_text() -> None:
             utf8 = codecs.lookup(stream.encoding or "ascii").name == "utf-8"
         except (AttributeError, LookupError):
             continue
-        if not utf8 and name == "stdout" and hasattr(stream, "reconfigure"):
+        # (only Python's own choices: an error mode the user set, PYTHONIOENCODING=x:replace, stays)
+        if not utf8 and name == "stdout" and getattr(stream, "errors", None) in (
+                "strict", "surrogateescape") and hasattr(stream, "reconfigure"):
             with contextlib.suppress(ValueError, OSError):
                 stream.reconfigure(errors=errors)
 

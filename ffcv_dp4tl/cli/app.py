@@ -72,6 +72,10 @@ def _refuse_torchrun(command: str | None) -> None:
 def _usage_error_line(e: Exception) -> str:
     """One line for a click usage error: what is wrong with which option, and where help is."""
     ctx = getattr(e, "ctx", None)
+    if getattr(e, "possibilities", None) and ctx is not None:  # (click's "Possible options")
+        hidden = {o for p in ctx.command.params if getattr(p, "hidden", False)
+                  for o in (*p.opts, *p.secondary_opts)}  # (`pipeline --output`: not "--out")
+        e.possibilities = [o for o in e.possibilities if o not in hidden]
     msg = " ".join(e.format_message().split()).replace("Value error, ", "")
     where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
     return f"error: {msg}{where}"

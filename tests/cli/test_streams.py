@@ -26,6 +26,11 @@ def test_a_character_the_locale_cannot_encode_prints_as_a_question_mark():
     out.write("a → b é /data/\udcff.jpg\n")
     out.flush()
     assert raw.getvalue() == b"a ? b ? /data/\xff.jpg\n"
+    raw = io.BytesIO()  # (a lone byte is no UTF-16 text: '?' there, not an error)
+    out = io.TextIOWrapper(raw, encoding="utf-16-le", errors=text_errors())
+    out.write("a\udcff\n")
+    out.flush()
+    assert raw.getvalue().decode("utf-16-le") == "a?\n"
 
 
 def test_help_pages_print_under_a_locale_that_is_not_utf8():

@@ -35,6 +35,16 @@ def test_pipeline_out_says_where_the_pipeline_writes(args, capsys, monkeypatch, 
     assert code == 0 and "--runs-root" in out and "--out" not in out  # (no option to offer)
 
 
+@pytest.mark.parametrize("typo", ["--output", "--outt"])
+def test_a_typo_is_not_pointed_at_the_refused_out(typo, capsys, monkeypatch):
+    """click's "Possible options" for an unknown option listed the hidden --out too
+    (`pipeline --output x`: "(Possible options: --opt, --out)"), which is then refused: the
+    hint names only options the pipeline takes."""
+    code, _, err = cli(capsys, monkeypatch, "pipeline", typo, "x")
+    assert code == 2 and f"No such option: {typo}" in err, err
+    assert "--out," not in err and "--out)" not in err, err
+
+
 def _just() -> str:
     just = Path(sys.executable).parent / "just"
     if just.exists():

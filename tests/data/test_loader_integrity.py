@@ -329,12 +329,17 @@ def test_an_error_checking_one_shard_is_raised_at_its_turn_and_stops_the_rest(tm
     results before it, and checks not yet begun are not run."""
     from beton_builders.integrity import in_order
 
+    import time
+
+    from beton_builders.integrity import CHECK_THREADS
+
     ran = []
 
     def check(i):
         ran.append(i)
         if i == 50:
             raise PermissionError(f"item {i}")
+        time.sleep(0.002)  # (a check waits on the file system)
         return i
 
     got = []
@@ -342,4 +347,19 @@ def test_an_error_checking_one_shard_is_raised_at_its_turn_and_stops_the_rest(tm
         for x in in_order(check, list(range(2000))):
             got.append(x)
     assert got == list(range(50))
-    assert len(ran) < 2000
+    assert len(ran) < 1000, len(ran)  # (the blocks not begun are cancelled: ~270 ran, not 1,987)
+
+    ran.clear()
+
+    def first_fails(i):  # (the others wait 50 ms on the file system each)
+        ran.append(i)
+        if i == 0:
+            raise PermissionError("item 0")
+        time.sleep(0.05)
+        return i
+
+    with pytest.raises(PermissionError, match="item 0"):
+        next(in_order(first_fails, list(range(2000))))
+    # the blocks already running stop after their current item (Ctrl-C, or the first problem,
+    # waits for one check, not for each running block's 16): one or two items of each
+    assert len(ran) <= 2 * CHECK_THREADS, len(ran)
