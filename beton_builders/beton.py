@@ -180,23 +180,13 @@ class BetonImages:
         return self.mode == JPEG_MODE
 
 
-def _image_field(reader, beton: Path) -> str:
-    """The metadata field (``f<k>``) of the beton's RGB image field (``image`` when several)."""
-    from ffcv.fields import RGBImageField
-
-    names = [n for n, h in reader.handlers.items() if isinstance(h, RGBImageField)]
-    if not names:
-        raise DataError(f"{beton} has no RGB image field; rebuild the dataset")
-    return f"f{reader.field_names.index('image' if 'image' in names else names[0])}"
-
-
 def beton_sides(beton: Path) -> np.ndarray:
-    """(N, 2) height, width of each image, from the beton's metadata (ffcv's ``Reader``: its
-    header, metadata and allocation table, no image byte; tens of MB at ImageNet's size)."""
-    from ffcv.reader import Reader
+    """(N, 2) height, width of each image, from the beton's metadata (its header and metadata,
+    no image byte; tens of MB at ImageNet's size; :mod:`.beton_format`, no ``import ffcv``)."""
+    from .beton_format import read_layout
 
-    reader = Reader(str(beton))
-    field = reader.metadata[_image_field(reader, beton)]
+    layout = read_layout(beton)
+    field = layout.metadata()[layout.image_field()]
     return np.stack([field["height"], field["width"]], axis=1).astype(np.int64)
 
 
@@ -220,11 +210,11 @@ def oversized_line(path: Path, hw: np.ndarray, max_side: int | None) -> str | No
 
 def beton_images(beton: Path) -> BetonImages:
     """Read the image layout of ``beton`` (shared by the GPU-decode loader and ``dp4tl verify``)."""
-    from ffcv.reader import Reader
+    from .beton_format import read_layout
 
-    reader = Reader(str(beton))
-    meta = reader.metadata[_image_field(reader, beton)]
-    table = reader.alloc_table
+    layout = read_layout(beton)
+    meta = layout.metadata()[layout.image_field()]
+    table = layout.alloc_table()
     order = np.argsort(table["ptr"])
     ptrs, sizes = table["ptr"][order], table["size"][order]
     data_ptr = meta["data_ptr"].astype(np.uint64)
@@ -253,7 +243,7 @@ def check_beton(path: Path, num_samples: int,
     try:
         images = beton_images(path)
     except DataError as e:
-        return None, [str(e)]
+        return None, [f"{e}; rebuild the dataset"]
     except PermissionError as e:  # the file is fine: rebuilding would not help
         return None, [os_error_line(e, reading=True)]
     except Exception as e:  # noqa: BLE001 - ffcv raises assorted errors on damaged headers

@@ -71,25 +71,20 @@ def _blake(*parts: bytes) -> str:
 
 
 def beton_regions(path: Path) -> tuple[int, int, int]:
-    """``(metadata_end, alloc_table_ptr, file_size)`` of a beton, from its 24-byte header."""
-    from ffcv.types import FieldDescType, HeaderType, get_handlers, get_metadata_type
+    """``(metadata_end, alloc_table_ptr, file_size)`` of a beton, from its header and field
+    descriptors (:mod:`beton_builders.beton_format`: no ``import ffcv``)."""
+    from .beton_format import read_layout
 
     size = os.path.getsize(path)
-    if size < HeaderType.itemsize:
-        raise DataError(f"{path}: {size} bytes, too short for an ffcv header")
-    header = np.fromfile(path, dtype=HeaderType, count=1)[0]
-    descs = np.fromfile(path, dtype=FieldDescType, count=int(header["num_fields"]),
-                        offset=HeaderType.itemsize)
-    meta_type = get_metadata_type(get_handlers(descs))
-    meta_end = HeaderType.itemsize + descs.nbytes + int(header["num_samples"]) * meta_type.itemsize
-    return meta_end, int(header["alloc_table_ptr"]), size
+    layout = read_layout(path)
+    return layout.metadata_end, int(layout.header["alloc_table_ptr"]), size
 
 
 def beton_num_samples(path: Path) -> int:
     """Samples a beton holds, from its header (24 bytes read)."""
-    from ffcv.types import HeaderType
+    from .beton_format import read_header
 
-    return int(np.fromfile(path, dtype=HeaderType, count=1)[0]["num_samples"])
+    return int(read_header(path)["num_samples"])
 
 
 def beton_checksum(path: Path) -> dict[str, Any]:
@@ -333,8 +328,8 @@ def _check_sides(beton: Path, max_side: int | None, hint: str) -> None:
 
     try:
         line = oversized_line(beton, beton_sides(beton), max_side)
-    except DataError:
-        raise
+    except DataError as e:  # (its header: the line says what is wrong, the hint what to do)
+        line = str(e)
     except Exception as e:  # noqa: BLE001 - ffcv and numpy raise assorted errors on damaged headers
         line = f"{beton}: ffcv cannot read its metadata ({type(e).__name__}: {e})"
     if line is not None:
