@@ -19,7 +19,7 @@ import numpy as np
 
 from ..contracts import (FORMAT, INDEX_DTYPE, MANIFEST_NAME, ORIGINS_SUFFIX, DatasetManifest,
                          SplitEntry, split_fingerprint)
-from ..errors import DataError
+from ..errors import DataError, count
 from ..fsutil import absent_why, load_npy, os_error_line, read_json
 from ..outputs import KINDS, folder_kind, is_dataset
 
@@ -374,3 +374,14 @@ def _builds_in(folder: Path) -> list[str]:
 
 def _first(names: list[str], most: int) -> str:
     return ", ".join(names[:most]) + (" …" if len(names) > most else "")
+
+
+def check_target_classes(manifest: Manifest) -> None:
+    """A target to finetune on has at least two classes: with one, every prediction is right
+    and top-1 reads 100 % whatever the source model (it was reported so, without a word).
+    Here, beside the manifest, so that the pipeline's checks before any work need no
+    training module (torchvision and the loaders: about a second; performance audit)."""
+    if manifest.num_classes < 2:
+        raise DataError(f"the target {manifest.root} has {count(manifest.num_classes, 'class')}: "
+                        "finetuning needs at least 2 (with one, top-1 is 100 % whatever the "
+                        "model); build the target with two classes or more")

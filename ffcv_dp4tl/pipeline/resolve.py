@@ -258,7 +258,7 @@ def resolve_data(cfg: PipelineConfig, log) -> tuple[Path, Path]:
 
 def check_data(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]) -> None:
     """Checks that need the built data but no work, before the surrogate trains."""
-    from ..training.finetune import check_target_classes
+    from ..data.manifest import check_target_classes
 
     if scorer.uses_k:
         check_k_fits(cfg.k, src.split("train").num_samples)

@@ -50,8 +50,9 @@ from torch import nn
 from ..contracts import FinetuneHead, FinetuneMode
 from ..data import AugSpec, IndexMask, as_mask, load_manifest, make_loader
 from ..data.loaders import resolve_decode
+from ..data.manifest import check_target_classes
 from ..data.masks import indices_digest
-from ..errors import DataError, DP4TLError, count
+from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
 from ..outputs import claim_out_dir
 from ..progress import INHERIT, Log, say, saying_to
@@ -322,15 +323,6 @@ def classifier_for(model: nn.Module, ckpt: Checkpoint, head: str, num_classes: i
                          f"{own.out_features} outputs for the target's {num_classes} classes; use "
                          "finetune.head = \"new\"")
     return own
-
-
-def check_target_classes(manifest) -> None:
-    """A target to finetune on has at least two classes: with one, every prediction is right
-    and top-1 reads 100 % whatever the source model (it was reported so, without a word)."""
-    if manifest.num_classes < 2:
-        raise DataError(f"the target {manifest.root} has {count(manifest.num_classes, 'class')}: "
-                        "finetuning needs at least 2 (with one, top-1 is 100 % whatever the "
-                        "model); build the target with two classes or more")
 
 
 def _finetune(recipe: Recipe, mode: str, checkpoint: str | Path, target_dir: Path, out_dir: Path,

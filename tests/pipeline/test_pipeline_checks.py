@@ -432,7 +432,7 @@ def test_a_target_of_one_class_is_refused_before_the_surrogate(small_synth, tmp_
     from ffcv_dp4tl.data.manifest import load_manifest
     from ffcv_dp4tl.pipeline.config import validate as check
     from ffcv_dp4tl.pipeline.resolve import ensure_built, resolve
-    from ffcv_dp4tl.training.finetune import check_target_classes
+    from ffcv_dp4tl.data.manifest import check_target_classes
 
     for split in ("train", "test"):
         (tmp_path / "one" / split / "only").mkdir(parents=True)
