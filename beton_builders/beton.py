@@ -215,6 +215,9 @@ def beton_images(beton: Path) -> BetonImages:
     layout = read_layout(beton)
     meta = layout.metadata()[layout.image_field()]
     table = layout.alloc_table()
+    if layout.num_samples and not len(table):
+        raise DataError(f"{beton}: {layout.num_samples} samples but an empty allocation table "
+                        "(a damaged header)")
     order = np.argsort(table["ptr"])
     ptrs, sizes = table["ptr"][order], table["size"][order]
     data_ptr = meta["data_ptr"].astype(np.uint64)
@@ -247,7 +250,7 @@ def check_beton(path: Path, num_samples: int,
     except PermissionError as e:  # the file is fine: rebuilding would not help
         return None, [os_error_line(e, reading=True)]
     except Exception as e:  # noqa: BLE001 - ffcv raises assorted errors on damaged headers
-        return None, [f"{path}: ffcv cannot read its header ({type(e).__name__}: {e}); rebuild the dataset"]
+        return None, [f"{path}: unreadable header ({type(e).__name__}: {e}); rebuild the dataset"]
     if len(images.mode) != num_samples:
         return None, [f"{path}: {len(images.mode)} samples, manifest.json says {num_samples}; rebuild the dataset"]
     problems = []

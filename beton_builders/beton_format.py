@@ -138,6 +138,17 @@ def read_layout(path: str | Path) -> BetonLayout:
     if unknown:
         raise DataError(f"{path}: field type id {unknown[0]} is none of ffcv 1.0.2's fields "
                         "(a custom field, or a damaged header)")
-    names = [bytes(n).decode("ascii", "replace").split("\x00")[0] for n in descs["name"]]
+    names = []
+    for raw in descs["name"]:
+        name = bytes(raw).split(b"\x00")[0]
+        if not name.isascii():  # (ffcv's Reader fails on it: UnicodeDecodeError at open)
+            raise DataError(f"{path}: field name {name!r} is not ASCII (a damaged header)")
+        names.append(name.decode("ascii"))
     meta = np.dtype([("", METADATA_TYPES[t]) for t in type_ids], align=True)
-    return BetonLayout(path, header, names, type_ids, meta)
+    layout = BetonLayout(path, header, names, type_ids, meta)
+    size = path.stat().st_size
+    table = int(header["alloc_table_ptr"])
+    if not layout.metadata_end <= table <= size or (size - table) % ALLOC_TABLE.itemsize:
+        raise DataError(f"{path}: header points outside the file (metadata ends at "
+                        f"{layout.metadata_end}, allocation table at {table}, file size {size})")
+    return layout

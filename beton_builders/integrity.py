@@ -90,10 +90,7 @@ def beton_num_samples(path: Path) -> int:
 def beton_checksum(path: Path) -> dict[str, Any]:
     """``{"size", "digest"}`` of a beton (see the module docstring for what is hashed)."""
     path = Path(path)
-    meta_end, alloc_ptr, size = beton_regions(path)
-    if not 0 < meta_end <= alloc_ptr <= size:
-        raise DataError(f"{path}: header points outside the file (metadata ends at {meta_end}, "
-                        f"allocation table at {alloc_ptr}, file size {size})")
+    meta_end, alloc_ptr, size = beton_regions(path)  # (within the file: beton_format.read_layout)
     fd = os.open(path, os.O_RDONLY)
     try:
         head = os.pread(fd, meta_end, 0)
@@ -247,18 +244,19 @@ def beton_problem(path: Path, want: dict[str, Any], split_name: str, hint: str) 
     return None
 
 
-def in_order(fn: Callable[[_T], _R], items: list[_T]) -> Iterator[_R]:
+def in_order(fn: Callable[[_T], _R], items: list[_T],
+             last: Callable[[_R], bool] | None = None) -> Iterator[_R]:
     """``fn`` of each item, yielded in the items' order, computed :data:`CHECK_THREADS` at a
     time (I/O-bound checks of many files). Whatever ``fn`` raises is raised at its item's turn;
-    a caller that stops early (the first problem found) leaves the items not yet begun
-    undone."""
+    a caller that stops early leaves the items not yet begun undone. ``last``: a result after
+    which the caller stops (the first problem found), so its block checks no further."""
     if len(items) <= 2 * _CHECK_BLOCK:
         yield from map(fn, items)
         return
     blocks = [items[i:i + _CHECK_BLOCK] for i in range(0, len(items), _CHECK_BLOCK)]
     pool = ThreadPoolExecutor(min(CHECK_THREADS, len(blocks)), thread_name_prefix="dp4tl-check")
     stop = threading.Event()  # (the caller stopped: a running block ends after its current item,
-    #                            so Ctrl-C or the first problem waits for one check, not 16)
+    #                            so Ctrl-C or the first problem waits for one check per block)
 
     def run(block: list[_T]) -> list[tuple[bool, Any]]:
         out: list[tuple[bool, Any]] = []
@@ -269,6 +267,8 @@ def in_order(fn: Callable[[_T], _R], items: list[_T]) -> Iterator[_R]:
                 out.append((True, fn(x)))
             except Exception as e:  # noqa: BLE001 - raised at its item's turn, below
                 out.append((False, e))
+                break
+            if last is not None and last(out[-1][1]):
                 break
         return out
 
@@ -331,7 +331,7 @@ def _check_sides(beton: Path, max_side: int | None, hint: str) -> None:
     except DataError as e:  # (its header: the line says what is wrong, the hint what to do)
         line = str(e)
     except Exception as e:  # noqa: BLE001 - ffcv and numpy raise assorted errors on damaged headers
-        line = f"{beton}: ffcv cannot read its metadata ({type(e).__name__}: {e})"
+        line = f"{beton}: unreadable metadata ({type(e).__name__}: {e})"
     if line is not None:
         raise DataError(f"{line}; {hint}")
 
@@ -377,6 +377,7 @@ def check_split_files(root: Path, split_name: str, beton: Path | None, shards: l
                 return f"{p} is {why} (split {split_name!r}); rebuild {root}"
             return None if want is None else shard_problem(p, want, split_name, hint)
 
-        for problem in in_order(check, list(zip(shards, recorded))):  # (the first, in shard order)
+        for problem in in_order(check, list(zip(shards, recorded)),  # (the first, in order)
+                                last=lambda problem: problem is not None):
             if problem is not None:
                 raise DataError(problem)

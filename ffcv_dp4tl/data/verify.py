@@ -144,9 +144,10 @@ def _check_checksums(split: SplitInfo, out: list[str]) -> None:
         out.append(f"{split.root}/manifest.json lists {len(split.shards)} shards for split "
                    f"{split.name!r} but checksums for {len(rec.get('shards', []))}; "
                    "rebuild the dataset")
-    # (a missing file is _check_shards' and _check_beton's)
+    # (a missing file is _check_shards' and _check_beton's; an unreadable header, which both
+    # read, once)
     out.extend(why for _, why in recorded_problems(split.beton, split.shards, rec, split.name,
-                                                   "rebuild the dataset"))
+                                                   "rebuild the dataset") if why not in out)
 
 
 def _deep(split: SplitInfo, classes: list[str], index: np.ndarray, images, progress: bool,

@@ -50,6 +50,13 @@ def test_the_reader_reads_what_ffcvs_reader_reads(index_dataset):
     (lambda b: b[:fmt.HEADER.itemsize] + bytes([200]) + b[fmt.HEADER.itemsize + 1:],
      "field type id 200 is none of ffcv 1.0.2's fields"),
     (lambda b: b[:fmt.HEADER.itemsize + 100], "the header lists 2 fields, but the file ends after 0"),
+    (lambda b: b[:fmt.HEADER.itemsize + 1] + b"\xe9" + b[fmt.HEADER.itemsize + 2:],
+     r"field name b'\\xe9.*' is not ASCII \(a damaged header\)"),  # (ffcv: UnicodeDecodeError)
+    (lambda b: b[:8] + (2**40).to_bytes(8, "little") + b[16:],  # (a MemoryError line before)
+     "header points outside the file"),
+    (lambda b: b[:16] + (2**63).to_bytes(8, "little") + b[24:],  # (an OverflowError before)
+     "header points outside the file"),
+    (lambda b: b + b"\0" * 5, "header points outside the file"),  # (no whole table rows)
 ])
 def test_a_damaged_header_is_one_line(index_dataset, tmp_path, damage, said):
     beton = tmp_path / "train.beton"
@@ -85,3 +92,16 @@ def test_a_beton_without_an_image_field_is_refused(tmp_path, index_dataset):
     beton.write_bytes(bytes(data))
     with pytest.raises(DataError, match=f"^{beton} has no RGB image field$"):
         fmt.read_layout(beton).image_field()
+
+
+def test_a_beton_whose_allocation_table_is_empty_is_one_line(tmp_path, index_dataset):
+    """Its images point at no allocation (ffcv's writer always writes one per image): an
+    IndexError from the empty table before."""
+    from beton_builders.beton import beton_images
+
+    beton = tmp_path / "train.beton"
+    data = (index_dataset.root / "train.beton").read_bytes()
+    table = int(fmt.read_header(index_dataset.root / "train.beton")["alloc_table_ptr"])
+    beton.write_bytes(data[:table])
+    with pytest.raises(DataError, match=r"samples but an empty allocation table"):
+        beton_images(beton)

@@ -315,7 +315,7 @@ def test_many_shards_are_checked_at_once_and_the_first_problem_is_the_first_in_o
     checked = integrity.shard_problem
 
     def waits_for_another(path, *args):
-        if path in (paths[0], paths[79]):
+        if path in (paths[0], paths[60]):  # (blocks of 16: the first and the fourth)
             together.wait()
         return checked(path, *args)
 
@@ -362,4 +362,17 @@ def test_an_error_checking_one_shard_is_raised_at_its_turn_and_stops_the_rest(tm
         next(in_order(first_fails, list(range(2000))))
     # the blocks already running stop after their current item (Ctrl-C, or the first problem,
     # waits for one check, not for each running block's 16): one or two items of each
+    assert len(ran) <= 2 * CHECK_THREADS, len(ran)
+
+    ran.clear()
+
+    def first_is_a_problem(i):  # (a problem is a result, as check_split_files' checks return)
+        ran.append(i)
+        if i:
+            time.sleep(0.05)
+        return f"item {i} is damaged" if i == 0 else None
+
+    found = in_order(first_is_a_problem, list(range(2000)), last=lambda r: r is not None)
+    assert next(found) == "item 0 is damaged"  # (its block stopped there: not 15 checks more)
+    found.close()
     assert len(ran) <= 2 * CHECK_THREADS, len(ran)

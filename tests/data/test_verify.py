@@ -103,7 +103,19 @@ def test_truncated_files_fail_the_quick_check(copy):
         f.truncate(int(images.data_ptr.max()) + 10)  # into the last image's bytes
     problems = verify_dataset(copy).problems
     assert any("past the end of its shard" in p for p in problems), problems
-    assert any("train.beton" in p and ("past the end of the file" in p or "cannot read" in p) for p in problems), problems
+    assert any("train.beton" in p and ("past the end of the file" in p or "header points outside "
+                                       "the file" in p) for p in problems), problems
+
+
+def test_an_unreadable_beton_header_is_one_problem_not_two(copy):
+    """The beton's structure and its recorded checksum both read its header: a version ffcv
+    cannot read was listed twice, and counted as 2 problems."""
+    split = _split(copy)
+    with open(split.beton, "r+b") as f:
+        f.write((3).to_bytes(2, "little"))
+    problems = verify_dataset(copy).problems
+    said = [p for p in problems if "ffcv format version 3" in p]
+    assert len(said) == 1 and said[0].startswith(f"{split.beton}:"), problems
 
 
 def test_bad_labels_and_missing_manifest(copy):
