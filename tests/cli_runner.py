@@ -69,3 +69,16 @@ def run_cli(*args, cwd: Path | None = None) -> subprocess.CompletedProcess:
         sys.argv, sys.excepthook, sys.unraisablehook = saved
         os.chdir(old_cwd)
     return subprocess.CompletedProcess(["dp4tl", *argv], code, out.getvalue(), err.getvalue())
+
+
+def just_executable() -> str:
+    """The venv's ``just`` (scripts/setup.sh installs it there), else one on PATH; the test is
+    skipped where there is none."""
+    import shutil
+
+    just = Path(sys.executable).parent / "just"
+    if just.exists():
+        return str(just)
+    if shutil.which("just") is None:
+        pytest.skip("just is not installed")
+    return "just"

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from cli_runner import cli, one_line
+from cli_runner import cli, just_executable, one_line
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -218,19 +217,10 @@ def test_an_opt_without_a_name_is_refused(capsys, monkeypatch, tmp_path, no_work
     assert list(tmp_path.iterdir()) == []
 
 
-def _just():
-    just = Path(sys.executable).parent / "just"
-    if just.exists():
-        return str(just)
-    if shutil.which("just") is None:
-        pytest.skip("just is not installed")
-    return "just"
-
-
 @pytest.mark.parametrize("arg", ["=0.5", " =0.5"])
 def test_just_pretrain_refuses_a_key_without_a_name(arg):
     """`just pretrain =0.5` became `--` `0.5`: "Got unexpected extra argument(s)"."""
-    r = subprocess.run([_just(), "--justfile", str(REPO / "Justfile"), "--set", "dp4tl", "echo",
+    r = subprocess.run([just_executable(), "--justfile", str(REPO / "Justfile"), "--set", "dp4tl", "echo",
                         "pretrain", "ratio=0.6", arg], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().splitlines() == [

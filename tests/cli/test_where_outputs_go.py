@@ -4,14 +4,12 @@ that helps; `just build` and `just pretrain` ran in the Justfile's folder, so a 
 typed in a subfolder of the checkout was not the one the user meant."""
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from cli_runner import cli, one_line
+from cli_runner import cli, just_executable, one_line
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,15 +43,6 @@ def test_a_typo_is_not_pointed_at_the_refused_out(typo, capsys, monkeypatch):
     assert "--out," not in err and "--out)" not in err, err
 
 
-def _just() -> str:
-    just = Path(sys.executable).parent / "just"
-    if just.exists():
-        return str(just)
-    if shutil.which("just") is None:
-        pytest.skip("just is not installed")
-    return "just"
-
-
 @pytest.mark.parametrize("args,words", [
     (["build", "folder:../imgs", "my out"], "[build][folder:../imgs][--out][my out]"),
     (["build"], "[build][synth][--out][data/synth]"),
@@ -69,7 +58,7 @@ def test_just_build_and_pretrain_read_paths_from_the_callers_folder(args, words,
     argv = tmp_path / "argv"  # stands in for dp4tl: prints its folder, then [each][argument]
     argv.write_text('#!/bin/sh\npwd -P\nfor a; do printf "[%s]" "$a"; done\n')
     argv.chmod(0o755)
-    r = subprocess.run([_just(), "--justfile", str(REPO / "Justfile"), "--set", "dp4tl", str(argv),
+    r = subprocess.run([just_executable(), "--justfile", str(REPO / "Justfile"), "--set", "dp4tl", str(argv),
                         *args], cwd=here, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [str(here.resolve()), words]
