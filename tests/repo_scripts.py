@@ -25,3 +25,20 @@ def load_script(relpath: str) -> ModuleType:
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def parse_python(source: str):
+    """``ast.parse(source)``, in a fresh thread if CPython 3.11's parser trips over its own
+    recursion bookkeeping ("SystemError: AST constructor recursion depth mismatch",
+    gh-106905): a new thread starts with a clean C recursion counter. Seen in randomly ordered
+    full runs (test_contracts once, test_layers once in CI); the tests that read the
+    repository's sources all parse through here."""
+    import ast
+
+    try:
+        return ast.parse(source)
+    except SystemError:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(ast.parse, source).result()

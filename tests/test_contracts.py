@@ -15,6 +15,7 @@ from ffcv_dp4tl.contracts import (FORMAT, STAGE_KINDS, DatasetManifest, ImageSet
                                   ScoresMeta, SplitEntry, StageResult, UnsupportedFormatError,
                                   stage_kind)
 from ffcv_dp4tl.errors import DataError, DP4TLError, MaskError
+from repo_scripts import parse_python
 
 REPO = Path(__file__).resolve().parents[1]
 FP = "ab" * 32
@@ -520,25 +521,12 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _parse(source: str) -> ast.AST:
-    """``ast.parse``, in a fresh thread if CPython 3.11's parser trips over its own recursion
-    bookkeeping ("AST constructor recursion depth mismatch", gh-106905): a new thread starts
-    with a clean C recursion counter. Seen once in a randomly ordered full run."""
-    try:
-        return ast.parse(source)
-    except SystemError:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(1) as pool:
-            return pool.submit(ast.parse, source).result()
-
-
 def _imports(path: Path) -> set[str]:
     """Absolute names of every project module ``path`` imports (lazy imports included)."""
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out = set()
-    for node in ast.walk(_parse(path.read_text())):
+    for node in ast.walk(parse_python(path.read_text())):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -84,10 +84,12 @@ def test_the_readmes_python_blocks_compile_and_import_what_they_name():
     (The "From Python" script itself trains: it was run by hand for the README, not here.)"""
     import ast
 
+    from repo_scripts import parse_python
+
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"),
                         re.S)
     assert len(blocks) >= 2
     for block in blocks:
-        tree = ast.parse(block)
+        tree = parse_python(block)
         imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
         exec(compile(ast.Module(body=imports, type_ignores=[]), "README.md", "exec"), {})

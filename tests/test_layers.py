@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from repo_scripts import parse_python
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: modules every layer may import, which import no other layer of the project
@@ -55,7 +57,7 @@ def imported(path: Path) -> list[tuple[int, str]]:
     me = module_of(path)
     package = me.split(".") if path.name == "__init__.py" else me.split(".")[:-1]
     out = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    for node in ast.walk(parse_python(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
