@@ -15,13 +15,16 @@ import hashlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
 from ffcv_dp4tl.contracts import INDEX_DTYPE, side_limit
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import absent_why, os_error_line
+
+if TYPE_CHECKING:
+    from .beton_format import BetonLayout
 
 
 @dataclass(frozen=True)
@@ -180,13 +183,9 @@ class BetonImages:
         return self.mode == JPEG_MODE
 
 
-def beton_sides(beton: Path) -> np.ndarray:
-    """(N, 2) height, width of each image, from the beton's metadata (its header and metadata,
-    no image byte; tens of MB at ImageNet's size; :mod:`.beton_format`, no ``import ffcv``)."""
-    from .beton_format import read_layout
-
-    layout = read_layout(beton)
-    field = layout.metadata()[layout.image_field()]
+def metadata_sides(layout: "BetonLayout", metadata: np.ndarray) -> np.ndarray:
+    """(N, 2) height, width of each image, from a beton's metadata rows (``layout``'s)."""
+    field = metadata[layout.image_field()]
     return np.stack([field["height"], field["width"]], axis=1).astype(np.int64)
 
 
@@ -213,7 +212,8 @@ def beton_images(beton: Path) -> BetonImages:
     from .beton_format import read_layout
 
     layout = read_layout(beton)
-    meta = layout.metadata()[layout.image_field()]
+    rows = layout.metadata()
+    meta = rows[layout.image_field()]
     table = layout.alloc_table()
     if layout.num_samples and not len(table):
         raise DataError(f"{beton}: {layout.num_samples} samples but an empty allocation table "
@@ -224,8 +224,7 @@ def beton_images(beton: Path) -> BetonImages:
     pos = np.minimum(np.searchsorted(ptrs, data_ptr), len(ptrs) - 1)
     found = ptrs[pos] == data_ptr
     return BetonImages(Path(beton), np.asarray(meta["mode"]).astype(np.int64), data_ptr.astype(np.int64),
-                       np.where(found, sizes[pos].astype(np.int64), -1),
-                       np.stack([meta["height"], meta["width"]], axis=1).astype(np.int64))
+                       np.where(found, sizes[pos].astype(np.int64), -1), metadata_sides(layout, rows))
 
 
 def listed_samples(kind: str, where: str, idx: np.ndarray, limit: int = 10) -> str:

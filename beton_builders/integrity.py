@@ -24,14 +24,18 @@ import hashlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
 from ffcv_dp4tl.contracts.manifest import CHECKSUM_SCHEME
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import absent_why
+
+if TYPE_CHECKING:
+    from .beton_format import BetonLayout
 
 #: bytes hashed at each end of a shard
 SHARD_EDGE = 4096
@@ -70,34 +74,50 @@ def _blake(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-def beton_regions(path: Path) -> tuple[int, int, int]:
-    """``(metadata_end, alloc_table_ptr, file_size)`` of a beton, from its header and field
-    descriptors (:mod:`beton_builders.beton_format`: no ``import ffcv``)."""
+@dataclass(frozen=True)
+class BetonRegions:
+    """The parts of a beton its checksum covers, read once: the header, field descriptors and
+    every sample's metadata (``head``) and the allocation table (``tail``). A loader's open-time
+    check takes the digest, the sample count and the image sides from this one read (tens of MB
+    at ImageNet's size; reading the header three times and the metadata twice cost as much again
+    on a network mount)."""
+
+    layout: BetonLayout
+    size: int
+    head: bytes
+    tail: bytes
+
+    @property
+    def digest(self) -> str:
+        return _blake(self.head, self.tail)
+
+    def metadata(self) -> np.ndarray:
+        """Every sample's metadata row, from ``head`` (a view: no second read)."""
+        return np.frombuffer(self.head, dtype=self.layout.metadata_type,
+                             count=self.layout.num_samples, offset=self.layout.metadata_offset)
+
+
+def read_regions(path: Path) -> BetonRegions:
+    """:class:`BetonRegions` of the beton at ``path`` (:mod:`beton_builders.beton_format`: no
+    ``import ffcv``; offsets checked within the file by ``read_layout``)."""
     from .beton_format import read_layout
 
-    size = os.path.getsize(path)
     layout = read_layout(path)
-    return layout.metadata_end, int(layout.header["alloc_table_ptr"]), size
-
-
-def beton_num_samples(path: Path) -> int:
-    """Samples a beton holds, from its header (24 bytes read)."""
-    from .beton_format import read_header
-
-    return int(read_header(path)["num_samples"])
+    size = os.path.getsize(path)
+    alloc_ptr = int(layout.header["alloc_table_ptr"])
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        head = os.pread(fd, layout.metadata_end, 0)
+        tail = os.pread(fd, size - alloc_ptr, alloc_ptr)
+    finally:
+        os.close(fd)
+    return BetonRegions(layout, size, head, tail)
 
 
 def beton_checksum(path: Path) -> dict[str, Any]:
     """``{"size", "digest"}`` of a beton (see the module docstring for what is hashed)."""
-    path = Path(path)
-    meta_end, alloc_ptr, size = beton_regions(path)  # (within the file: beton_format.read_layout)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        head = os.pread(fd, meta_end, 0)
-        tail = os.pread(fd, size - alloc_ptr, alloc_ptr)
-    finally:
-        os.close(fd)
-    return {"size": size, "digest": _blake(head, tail)}
+    regions = read_regions(Path(path))
+    return {"size": regions.size, "digest": regions.digest}
 
 
 def shard_checksum(path: Path) -> dict[str, Any]:
@@ -228,20 +248,27 @@ def beton_problem(path: Path, want: dict[str, Any], split_name: str, hint: str) 
     """Why the beton at ``path`` fails its recorded checksum ``want`` (one line ending in
     ``hint``), or None when it matches. The one rule for loaders (:func:`check_split_files`) and
     ``dp4tl verify``, so whatever a loader refuses, verify reports first."""
+    return _beton_against(path, want, split_name, hint)[0]
+
+
+def _beton_against(path: Path, want: dict[str, Any], split_name: str,
+                   hint: str) -> tuple[str | None, BetonRegions | None]:
+    """:func:`beton_problem`'s line, or None and the regions it read (for the loaders' count
+    and side checks, which need no second read)."""
     size = path.stat().st_size
     if size != want["size"]:
         return (f"{path}: {size} bytes, but the build wrote {want['size']} "
-                f"(truncated or replaced, split {split_name!r}); {hint}")
+                f"(truncated or replaced, split {split_name!r}); {hint}"), None
     try:
-        got = beton_checksum(path)["digest"]
+        regions = read_regions(path)
     except DataError as e:
-        return f"{e}; {hint}"
-    except Exception as e:  # noqa: BLE001 - ffcv/numpy on a damaged header
-        return f"{path}: unreadable header ({type(e).__name__}: {e}); {hint}"
-    if got != want["digest"]:
+        return f"{e}; {hint}", None
+    except Exception as e:  # noqa: BLE001 - numpy/os on a damaged header
+        return f"{path}: unreadable header ({type(e).__name__}: {e}); {hint}", None
+    if regions.digest != want["digest"]:
         return (f"{path}: header/metadata checksum differs from the one recorded "
-                f"at build time (split {split_name!r}); {hint}")
-    return None
+                f"at build time (split {split_name!r}); {hint}"), None
+    return None, regions
 
 
 def in_order(fn: Callable[[_T], _R], items: list[_T],
@@ -319,18 +346,19 @@ def recorded_problems(beton: Path, shards: list[Path], checksums: dict[str, Any]
             yield path, problem
 
 
-def _check_sides(beton: Path, max_side: int | None, hint: str) -> None:
+def _check_sides(regions: BetonRegions, max_side: int | None, hint: str) -> None:
     """Refuse a beton whose metadata records an image side over the build's ``max_side``
     (:func:`beton_builders.beton.oversized_line`; the builder's largest, 4096, when None): the
     checksums cannot tell, when whoever edited the metadata recorded its new digest too, and ffcv
     would allocate for it before any check."""
-    from .beton import beton_sides, oversized_line
+    from .beton import metadata_sides, oversized_line
 
+    beton = regions.layout.path
     try:
-        line = oversized_line(beton, beton_sides(beton), max_side)
+        line = oversized_line(beton, metadata_sides(regions.layout, regions.metadata()), max_side)
     except DataError as e:  # (its header: the line says what is wrong, the hint what to do)
         line = str(e)
-    except Exception as e:  # noqa: BLE001 - ffcv and numpy raise assorted errors on damaged headers
+    except Exception as e:  # noqa: BLE001 - numpy raises assorted errors on damaged metadata
         line = f"{beton}: unreadable metadata ({type(e).__name__}: {e})"
     if line is not None:
         raise DataError(f"{line}; {hint}")
@@ -354,11 +382,11 @@ def check_split_files(root: Path, split_name: str, beton: Path | None, shards: l
         if why := absent_why(beton):
             raise DataError(f"{beton} is {why}; rebuild {root}")
         if rec is not None:
-            problem = beton_problem(beton, rec["beton"], split_name, hint)
+            problem, regions = _beton_against(beton, rec["beton"], split_name, hint)
             if problem is not None:
                 raise DataError(problem)
-            check_count(root, split_name, beton, beton_num_samples(beton), num_samples)
-            _check_sides(beton, max_side, hint)
+            check_count(root, split_name, beton, regions.layout.num_samples, num_samples)
+            _check_sides(regions, max_side, hint)
         else:
             from .beton import check_beton
 

@@ -118,6 +118,40 @@ def test_truncated_beton_is_refused_at_open_in_one_line(copy, old_manifest):
         assert str(split.beton) in msg and "dp4tl verify" in msg, msg
 
 
+def test_the_open_time_check_reads_the_betons_header_and_metadata_once(index_dataset, monkeypatch):
+    """A loader's open-time check takes the digest, the sample count and the image sides from
+    one read of the beton's described regions: it read the header three times and the metadata
+    (tens of MB at ImageNet's size) twice, which on a network mount costs as much again."""
+    import os
+
+    from beton_builders.beton_format import read_layout
+
+    split = _split(index_dataset.root)
+    layout = read_layout(split.beton)
+    size = split.beton.stat().st_size
+    ideal = layout.metadata_end + (size - int(layout.header["alloc_table_ptr"]))
+    assert layout.metadata_end - layout.metadata_offset > 0  # (metadata there to read twice)
+    got = []
+    pread, fromfile = os.pread, np.fromfile
+
+    def counting_pread(fd, n, offset):
+        data = pread(fd, n, offset)
+        if os.path.samefile(f"/proc/self/fd/{fd}", split.beton):
+            got.append(len(data))
+        return data
+
+    def counting_fromfile(file, dtype=float, count=-1, sep="", offset=0, **kw):
+        out = fromfile(file, dtype=dtype, count=count, sep=sep, offset=offset, **kw)
+        if os.path.samefile(file, split.beton):
+            got.append(out.nbytes)
+        return out
+
+    monkeypatch.setattr(os, "pread", counting_pread)
+    monkeypatch.setattr(np, "fromfile", counting_fromfile)
+    split.check_files("ffcv")
+    assert got and sum(got) <= ideal + layout.metadata_offset, (got, ideal)
+
+
 def test_changed_beton_metadata_is_refused(copy):
     split = _split(copy)
     _xor(split.beton, 200)  # inside the field descriptors / metadata, not an image
