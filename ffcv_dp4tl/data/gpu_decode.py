@@ -60,7 +60,6 @@ from beton_builders.integrity import DAMAGED_SAMPLE_HINT
 
 from .manifest import SplitInfo
 from .pread import PreadFiles
-from .resources import open_files_budget
 from .gpu_resample import (MAX_CANVAS_BYTES, LevelGroups, check_canvas, grid_params, level_groups, mip_level,
                            mip_pyramid, pad_batch, resample)
 from .interface import PlanLoaderBase, Stalled, checked_timeout
@@ -77,9 +76,10 @@ SOURCES = ("ffcv", "wds")
 # ---------------------------------------------------------------------------------------------
 
 #: Shard (or beton) files the loader holds open at once, shared by its read-ahead threads;
-#: None: half the process's open-file limit (``resources.open_files_budget``), so ImageNet-1K's
-#: 1,282 shards stay open where the limit allows, and a split with more shards than the limit
-#: (ImageNet-21K: about 14,200) still reads
+#: None: the loader's part of the process's open-file budget, shared with the process's other
+#: readers (``resources.OpenFilesClaim``), so ImageNet-1K's 1,282 shards stay open where the
+#: limit allows, and a split with more shards than the limit (ImageNet-21K: about 14,200) still
+#: reads, beside a val loader in the same process
 MAX_OPEN_FILES: int | None = None
 
 
@@ -88,15 +88,16 @@ class _ByteLocations:
 
     Reads go through ``os.pread`` (:class:`~ffcv_dp4tl.data.pread.PreadFiles`): it has no file
     position, so the read-ahead threads can share a descriptor per file (ShardReader's
-    seek+read on shared handles would race), and at most :data:`MAX_OPEN_FILES` stay open.
+    seek+read on shared handles would race), and at most :data:`MAX_OPEN_FILES` stay open
+    (by default its share of the open-file budget, which the train and val loaders' readers, both
+    reading in the main process, split between them: :class:`~.resources.OpenFilesClaim`).
     """
 
     def __init__(self, paths: list[str], file_id: np.ndarray, offset: np.ndarray,
                  size: np.ndarray, hw: np.ndarray | None):
         self.paths = paths  # (named in errors)
         self.file_id, self.offset, self.size, self.hw = file_id, offset, size, hw
-        self.files = PreadFiles(paths, max_open=min(len(paths),
-                                                    MAX_OPEN_FILES or open_files_budget()))
+        self.files = PreadFiles(paths, max_open=MAX_OPEN_FILES or None)
 
     def read(self, indices: np.ndarray) -> list[torch.Tensor]:
         """The JPEG bytes of ``indices`` as 1-D uint8 tensors (views of one host buffer)."""

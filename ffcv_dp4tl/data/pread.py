@@ -1,13 +1,16 @@
 """Positionless reads from many files, a bounded number of them open at once, shared by threads.
 
-The deep check of ``dp4tl verify`` and the GPU-decode loader's read-ahead threads read samples'
-bytes from a split's shards (or its beton) through :class:`PreadFiles`.
+The deep check of ``dp4tl verify``, the GPU-decode loader's read-ahead threads and the
+WebDataset loader's :class:`~ffcv_dp4tl.data.wds_loader.ShardReader` read samples' bytes from a
+split's shards (or its beton) through :class:`PreadFiles`.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 from typing import Iterator
+
+from .resources import OpenFilesClaim
 
 __all__ = ["PreadFiles"]
 
@@ -24,14 +27,18 @@ class PreadFiles:
     1,024 is common, a hard 4,096 too), and one descriptor kept per shard failed with "Too many
     open files". Reads in shard order open each file once; random reads over more files than
     ``max_open`` pay an ``open`` where the file was closed (microseconds on a local disk, more
-    on a network mount), so callers size ``max_open`` from the process's limit."""
+    on a network mount). ``max_open=None``: the reader's part of the process's open-file limit,
+    shared with its other readers (:class:`~ffcv_dp4tl.data.resources.OpenFilesClaim`), asked
+    for whenever a file must be opened."""
 
-    def __init__(self, paths: list, max_open: int = 256):
+    def __init__(self, paths: list, max_open: int | None = 256):
         import threading
         from collections import OrderedDict
 
         self.paths = [str(p) for p in paths]
-        self.max_open = max(1, int(max_open))
+        #: a fixed cap (``dp4tl verify``, the loaders' module overrides); None: ``claim``'s
+        self.max_open = None if max_open is None else max(1, int(max_open))
+        self.claim = OpenFilesClaim(len(self.paths), self._shed) if max_open is None else None
         self._fds: OrderedDict[int, int] = OrderedDict()  # file number -> fd, oldest use first
         self._busy: dict[int, int] = {}  # fd -> reads running on it
         self._retired: set[int] = set()  # fds close() left to their last reader
@@ -49,6 +56,11 @@ class PreadFiles:
         for f in shut:
             os.close(self._fds.pop(f))
 
+    def _shed(self, cap: int) -> None:
+        """Close idle descriptors past ``cap`` (another reader of the process took a share)."""
+        with self._lock:
+            self._shut_idle(len(self._fds) - cap)
+
     def _use(self, f: int, fd: int) -> int:
         """Mark ``fd``, file ``f``'s descriptor, busy and most recently used (lock held)."""
         self._fds.move_to_end(f)
@@ -61,8 +73,9 @@ class PreadFiles:
             fd, closes = self._fds.get(f), self._closes
             if fd is not None:
                 self._use(f, fd)
-        if fd is None:
-            new = os.open(self.paths[f], os.O_RDONLY)  # (outside the lock: it may be slow)
+        if fd is None:  # (outside the lock: the claim may shed others' files, open may be slow)
+            cap = self.max_open if self.claim is None else self.claim.cap()
+            new = os.open(self.paths[f], os.O_RDONLY)
             with self._lock:
                 if self._closes != closes:  # close() ran meanwhile: this read's alone, then shut
                     fd = new
@@ -71,7 +84,7 @@ class PreadFiles:
                 else:
                     fd = self._fds.get(f)  # (another thread may have opened it meanwhile)
                     if fd is None:
-                        self._shut_idle(len(self._fds) + 1 - self.max_open)
+                        self._shut_idle(len(self._fds) + 1 - cap)
                         self._fds[f] = fd = new
                     else:
                         os.close(new)
@@ -108,7 +121,7 @@ class PreadFiles:
     def close(self) -> None:
         """Close every idle descriptor now and each busy one when its last read ends (an open
         that was under way is closed after its read). A later read opens its file again (a
-        loader is closed and iterated again)."""
+        loader is closed and iterated again), and gives the claimed share back."""
         with self._lock:
             self._closes += 1
             for fd in self._fds.values():
@@ -117,3 +130,5 @@ class PreadFiles:
                 else:
                     os.close(fd)
             self._fds.clear()
+        if self.claim is not None:
+            self.claim.release()

@@ -11,12 +11,16 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
+import weakref
+from typing import Callable
 
 from ..cpus import available_cores, cpu_quota
 from ..errors import DataError, DP4TLError
 
-__all__ = ["RESERVED_ENV", "available_cores", "cpu_quota", "effective_workers", "env_int", "loader_cores",
-           "local_ranks", "open_files_budget", "raise_open_files_limit", "ranks_sharing", "reserved_cores", "usable_workers"]
+__all__ = ["RESERVED_ENV", "OpenFilesClaim", "available_cores", "cpu_quota", "effective_workers", "env_int",
+           "loader_cores", "local_ranks", "open_file_shares", "open_files_budget", "raise_open_files_limit",
+           "ranks_sharing", "reserved_cores", "usable_workers"]
 
 
 def env_int(name: str, default: int, lowest: int, fix: str,
@@ -56,9 +60,9 @@ _LIMIT_RAISED = False
 
 def raise_open_files_limit(cap: int = 1 << 20) -> None:
     """Raise this process's soft limit on open files to its hard limit (at most ``cap``), once.
-    Loaders keep shard files open (half the limit, :func:`open_files_budget`: each WebDataset
-    worker, which inherits the raised limit, and the GPU-decode loader's threads together), and
-    many systems start at a soft 1,024."""
+    Loaders keep shard files open (:class:`OpenFilesClaim`: the readers of a process share half
+    its limit; each WebDataset worker inherits the raised limit), and many systems start at a
+    soft 1,024."""
     global _LIMIT_RAISED
     if _LIMIT_RAISED:
         return
@@ -77,10 +81,11 @@ def raise_open_files_limit(cap: int = 1 << 20) -> None:
 
 
 def open_files_budget(share: float = 0.5) -> int:
-    """How many files a reader that keeps files open may hold: ``share`` of this process's soft
-    limit on open files (after :func:`raise_open_files_limit`; at least 8). The rest is left to
-    the loader's workers, ffcv, torch and the logs; a train and a val loader in one process
-    each take this share, so together they stay under the limit only with share <= 0.5."""
+    """How many files the readers of this process that keep files open may hold together:
+    ``share`` of its soft limit on open files (after :func:`raise_open_files_limit`; at least
+    8). The rest is left to the loader's workers, ffcv, torch, the logs and sockets. The readers
+    split it among themselves (:class:`OpenFilesClaim`): a train and a val reader in one process
+    each took this whole share, and so together could hold the whole limit."""
     try:
         import resource
     except ImportError:  # pragma: no cover - not POSIX
@@ -89,6 +94,86 @@ def open_files_budget(share: float = 0.5) -> int:
     if soft == resource.RLIM_INFINITY:
         return 1 << 16
     return max(8, int(soft * share))
+
+
+def open_file_shares(budget: int, wants: list[int]) -> list[int]:
+    """Split ``budget`` open files among readers that want ``wants`` files each, by water
+    filling: one that wants less than an equal share gets all it wants and the rest is split
+    evenly among the others (budget 2,048, a train split of 14,200 shards and a val split of
+    50: 1,998 and 50; two large splits: 1,024 each; one reader: ``min(wants, budget)``). Each
+    gets at least 1 (a reader must open a file to read it)."""
+    shares = [0] * len(wants)
+    left, readers = budget, len(wants)
+    for i in sorted(range(len(wants)), key=wants.__getitem__):  # (fewest wanted first)
+        shares[i] = max(1, min(wants[i], left // readers))
+        left, readers = left - shares[i], readers - 1
+    return shares
+
+
+#: (reentrant: a reader the garbage collector finalizes while this thread holds it releases)
+_CLAIMS_LOCK = threading.RLock()
+#: this process's live readers; replaced, never changed in place, so a snapshot stays valid
+_CLAIMS: "tuple[weakref.ref[OpenFilesClaim], ...]" = ()
+
+
+def _forget_claims() -> None:
+    """In a forked child: no reader reads there yet (a reader built in the parent joins when it
+    first opens a file in the child), and a lock another thread held at the fork is not held."""
+    global _CLAIMS_LOCK, _CLAIMS
+    _CLAIMS_LOCK, _CLAIMS = threading.RLock(), ()
+
+
+if hasattr(os, "register_at_fork"):  # (POSIX)
+    os.register_at_fork(after_in_child=_forget_claims)
+
+
+class OpenFilesClaim:
+    """The one rule for how many files a reader keeps open: all ``files`` of its split where
+    they fit, else its part of this process's :func:`open_files_budget`, shared with the other
+    readers that read in this process (:func:`open_file_shares`).
+
+    Why shared: a WebDataset loader without workers holds a train and a val reader in one
+    process, and the GPU-decode loader's train and val readers both read in the main process;
+    each took half the limit, so together they could hold all of it (ImageNet-21K: about 14,200
+    shards against a common hard limit of 4,096) and torch, ffcv and the logs got "Too many open
+    files". Only readers that read here count: a reader joins at :meth:`cap`, which it calls when
+    it must open a file, and a forked worker starts with none (a reader its parent built but
+    the worker never reads takes nothing there). It leaves at :meth:`release` (its ``close``)
+    or when it is collected.
+
+    A reader that joins shrinks the others' shares: ``shed(cap)``, a method of each other
+    reader, is called with its new share to close its idle files past it (the train reader
+    keeps its files open through the val epoch, and would hold its whole former share beside
+    the val reader's). Thread-safe; ``shed`` runs outside the lock here, in the joining
+    reader's thread."""
+
+    def __init__(self, files: int, shed: Callable[[int], None] | None = None):
+        self.files = max(1, int(files))
+        self._shed = None if shed is None else weakref.WeakMethod(shed)  # (not kept alive here)
+        self._ref = weakref.ref(self)  # (a reader collected without close drops out)
+
+    def cap(self) -> int:
+        """How many files this reader may keep open now (joining this process's readers)."""
+        global _CLAIMS
+        with _CLAIMS_LOCK:
+            claims = [c for c in (r() for r in _CLAIMS) if c is not None]
+            joined = self not in claims
+            if joined:
+                claims.append(self)
+            _CLAIMS = tuple(c._ref for c in claims)
+            shares = open_file_shares(open_files_budget(), [c.files for c in claims])
+        if joined:  # the others' shares shrank: they close what they hold past them
+            for claim, share in zip(claims, shares):
+                shed = claim._shed() if claim is not self and claim._shed is not None else None
+                if shed is not None:
+                    shed(share)
+        return shares[claims.index(self)]
+
+    def release(self) -> None:
+        """Give this reader's share back (it closed its files; reading again joins again)."""
+        global _CLAIMS
+        with _CLAIMS_LOCK:
+            _CLAIMS = tuple(r for r in _CLAIMS if r() not in (self, None))
 
 
 def local_ranks() -> int:

@@ -25,7 +25,7 @@ import math
 import re
 import os
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Iterator
 
 import numpy as np
@@ -37,19 +37,20 @@ from beton_builders.integrity import DAMAGED_SAMPLE_HINT
 
 from ..errors import DataError
 from .manifest import SplitInfo
-from .resources import open_files_budget
+from .pread import PreadFiles
 from .interface import LoaderTimeout, PlanLoaderBase, checked_timeout, timeout_line
 from .sampling import Batch, EpochPlan
 from .transforms import AugSpec, Normalize, crop_draws, crop_resize
 
 
-#: shard files one process keeps open; None: half of that process's open-file limit
-#: (``resources.open_files_budget``, read in the worker, which has the limit its loader raised),
-#: the GPU-decode loader's rule. A masked epoch visits the shards in random order, so without a
-#: cap every process held one handle per shard: ImageNet's 1,282 train shards are past the usual
-#: limit of 1,024 open files, and the first epoch failed with "Too many open files". A cap of 64
-#: made about 95 % of shuffled ImageNet-1K reads reopen a file: microseconds on a local disk, a
-#: metadata round trip each on the shared file systems the shards are for.
+#: shard files a reader keeps open in one process; None: its part of that process's open-file
+#: budget, shared with the process's other readers (``resources.OpenFilesClaim``, the GPU-decode
+#: loader's rule; in a worker, the worker's own budget, from the limit its loader raised). A
+#: masked epoch visits the shards in random order, so without a cap every process held one
+#: handle per shard: ImageNet's 1,282 train shards are past the usual limit of 1,024 open files,
+#: and the first epoch failed with "Too many open files". A cap of 64 made about 95 % of
+#: shuffled ImageNet-1K reads reopen a file: microseconds on a local disk, a metadata round trip
+#: each on the shared file systems the shards are for.
 MAX_OPEN_SHARDS: int | None = None
 
 #: seconds given a worker that the timeout stopped to exit after torch's own shutdown
@@ -62,34 +63,26 @@ def _is_timeout(e: RuntimeError) -> bool:
 
 
 class ShardReader:
-    """Read one sample's JPEG bytes by index; file handles are opened lazily per process and
-    the least recently used is closed past :data:`MAX_OPEN_SHARDS` (this process's share of
-    its open-file limit by default, decided at its first read: a worker's own)."""
+    """Read one sample's JPEG bytes by index; file handles are opened lazily per process
+    (:class:`~.pread.PreadFiles`) and the least recently used is closed past
+    :data:`MAX_OPEN_SHARDS`: by default the reader's part of the open-file budget of the process
+    that reads, shared only with the readers that read there (a loader without workers reads
+    train and val in the main process; a worker has its own limit and reads one split, and a
+    reader its parent built takes no part of it until it reads there)."""
 
     def __init__(self, split: SplitInfo):
         self.split = split.name
         self.root = split.root
         self.index = split.load_index()
         self.paths = [str(p) for p in split.shards]
-        self._files: OrderedDict[int, io.FileIO] = OrderedDict()
+        self._files: PreadFiles | None = None
         self._pid = None
-        self._cap = 1
 
     def read(self, i: int) -> tuple[bytes, int]:
-        if self._pid != os.getpid():  # fresh handles (and this process's own limit) after fork
-            self._files, self._pid = OrderedDict(), os.getpid()
-            self._cap = max(1, min(len(self.paths), MAX_OPEN_SHARDS or open_files_budget()))
+        if self._pid != os.getpid():  # fresh handles (and this process's own share) after fork
+            self._files, self._pid = PreadFiles(self.paths, MAX_OPEN_SHARDS or None), os.getpid()
         rec = self.index[i]
-        s = int(rec["shard"])
-        f = self._files.get(s)
-        if f is None:
-            while len(self._files) >= self._cap:
-                self._files.popitem(last=False)[1].close()
-            f = self._files[s] = open(self.paths[s], "rb", buffering=0)
-        else:
-            self._files.move_to_end(s)
-        f.seek(int(rec["offset"]))
-        data = f.read(int(rec["size"]))
+        data = self._files.read(int(rec["shard"]), int(rec["offset"]), int(rec["size"]))
         if len(data) != int(rec["size"]):
             raise SampleError(self.where(i, f"truncated ({len(data)} of {int(rec['size'])} bytes)"))
         return data, int(rec["label"])
@@ -97,8 +90,7 @@ class ShardReader:
     def close(self) -> None:
         """Close this process's shard handles (reading again reopens them)."""
         if getattr(self, "_pid", None) == os.getpid():  # (None: __init__ did not finish)
-            while self._files:
-                self._files.popitem()[1].close()
+            self._files.close()
 
     def __del__(self) -> None:
         self.close()

@@ -27,7 +27,7 @@ from ffcv_dp4tl.data import (AugSpec, DeviceDecodeLoader, EpochPlan, load_manife
                              mask_from_classes)
 from ffcv_dp4tl.data import gpu_decode as gd
 from ffcv_dp4tl.data import gpu_resample as gr
-from ffcv_dp4tl.data import transforms
+from ffcv_dp4tl.data import resources, transforms
 from ffcv_dp4tl.data.transforms import center_crop_box
 from ffcv_dp4tl.errors import DataError, DP4TLError
 
@@ -421,8 +421,11 @@ def test_shards_past_the_open_file_limit_are_read(tmp_path, monkeypatch):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert sorted(idx) == list(range(40))
     monkeypatch.setattr(gd, "MAX_OPEN_FILES", None)  # (the default: resources.open_files_budget)
-    monkeypatch.setattr(gd, "open_files_budget", lambda: 25)
-    assert gd._shard_locations(load_manifest(root).split("train")).files.max_open == 25
+    monkeypatch.setattr(resources, "_CLAIMS", ())  # (no readers other tests left alive)
+    monkeypatch.setattr(resources, "open_files_budget", lambda: 25)
+    locations = gd._shard_locations(load_manifest(root).split("train"))
+    assert locations.files.claim.cap() == 25
+    locations.close()
 
 
 def test_oversized_canvas_is_a_clear_error(tex):
@@ -506,3 +509,36 @@ def test_the_loader_takes_its_device_through_with_index(tex, monkeypatch):
                             num_workers=0)
     assert seen == [torch.device("cuda")] and ld.device == torch.device("cpu")
     ld.close()
+
+
+def test_a_train_and_a_val_loaders_files_share_the_processs_open_file_budget(tmp_path,
+                                                                              monkeypatch):
+    """The GPU-decode loader's train and val readers both read in the main process (threads):
+    each held half the open-file limit, so together all of it (ImageNet-21K: about 14,200
+    shards against a hard 4,096). Together they hold at most the budget and read right."""
+    import os
+
+    from ffcv_dp4tl.data.wds_loader import ShardReader
+
+    split = load_manifest(_build(tmp_path / "many", 16, shard_size=1)).split("train")
+    want = [ShardReader(split).read(i)[0] for i in range(16)]
+    gc.collect()
+    monkeypatch.setattr(gd, "MAX_OPEN_FILES", None)
+    monkeypatch.setattr(resources, "_CLAIMS", ())  # (no readers other tests left alive)
+    monkeypatch.setattr(resources, "open_files_budget", lambda: 10)
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = fds()
+    train, val = gd._shard_locations(split), gd._shard_locations(split)  # (val: the same files)
+    order = np.random.default_rng(0).permutation(16)
+    got = train.read(order)  # alone: the whole budget
+    assert [bytes(t.numpy()) for t in got] == [want[i] for i in order]
+    assert fds() - before == train.files.open_count == 10
+    held = []
+    for i in order:
+        for loc in (val, train):
+            assert bytes(loc.read(np.array([i]))[0].numpy()) == want[i]
+            held.append(fds() - before)
+    assert max(held) == 10 and train.files.open_count == val.files.open_count == 5
+    val.close()
+    train.close()
+    assert fds() == before

@@ -166,3 +166,73 @@ def test_open_files_budget_is_half_the_soft_limit_and_never_more_than_it():
             assert open_files_budget() == want, limit
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.fixture
+def claims(monkeypatch):
+    """No readers of other tests in this process's table; a budget of 2,048 open files."""
+    monkeypatch.setattr(resources, "_CLAIMS", ())
+    monkeypatch.setattr(resources, "open_files_budget", lambda: 2048)
+
+
+def test_readers_in_one_process_split_the_open_file_budget_by_water_filling():
+    """A train (14,200 shards, ImageNet-21K) and a val reader in one process each took half the
+    limit: together all of it, and torch, ffcv and the logs got "Too many open files". They
+    share the budget; one that needs less than an equal share gets all it needs."""
+    shares = resources.open_file_shares
+    assert shares(2048, [14200]) == [2048] and shares(2048, [50]) == [50]  # alone: as before
+    assert shares(2048, [14200, 14200]) == [1024, 1024]
+    assert shares(2048, [14200, 50]) == [1998, 50]
+    assert shares(2048, [14200, 50, 14200]) == [999, 50, 999]
+    assert sum(shares(2048, [3000, 3000, 3000])) == 2048
+    assert shares(2, [10, 10, 10]) == [1, 1, 1]  # (each reader opens at least one file)
+
+
+def test_a_readers_cap_is_its_share_among_the_live_readers_of_its_process(claims):
+    """A reader joins at its first open, the others' shares shrink at once (``shed``: the train
+    reader keeps its files through the val epoch), and closing or dropping a reader gives its
+    share back."""
+    import gc
+
+    shed = []
+
+    class Reader:
+        def __init__(self, files):
+            self.claim = resources.OpenFilesClaim(files, self.shed)
+
+        def shed(self, cap):
+            shed.append((self.claim.files, cap))
+
+    train = Reader(14200)
+    assert train.claim.cap() == 2048 and shed == []  # alone: the whole budget
+    val = Reader(50)
+    assert val.claim.cap() == 50 and shed == [(14200, 1998)] and train.claim.cap() == 1998
+    other = resources.OpenFilesClaim(14200)  # (no shed: a fixed-size table)
+    assert other.cap() == 999 and sorted(shed[1:]) == [(50, 50), (14200, 999)]
+    assert train.claim.cap() == 999
+    other.release()
+    assert train.claim.cap() == 1998
+    del val
+    gc.collect()
+    assert train.claim.cap() == 2048
+
+
+def test_a_forked_worker_starts_with_no_readers(claims):
+    """A DataLoader worker is a forked copy of its loader's process: readers that read in the
+    parent (or were only built there) must not take a share of the worker's own limit."""
+    parent = resources.OpenFilesClaim(14200)
+    assert parent.cap() == 2048
+    assert resources.OpenFilesClaim(14200).cap() == 1024  # (a second one, dropped at once)
+    other = resources.OpenFilesClaim(14200)
+    assert other.cap() == 1024
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        code = 3
+        try:
+            worker = resources.OpenFilesClaim(14200)
+            code = 0 if (worker.cap() == 2048 and len(resources._CLAIMS) == 1) else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert parent.cap() == 1024  # (the parent's table is its own)

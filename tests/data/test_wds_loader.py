@@ -301,10 +301,10 @@ def test_a_reader_keeps_at_most_max_open_shards_files_open(tex, monkeypatch):
     reader = ShardReader(split)
     order = [0, 8, 16, 1, 9, 17, 23, 2, 15]  # shards 0, 1, 2, 0, 1, 2, ...
     assert [reader.read(i) for i in order] == [want[i] for i in order]
-    assert len(reader._files) == 2 and fds() - before == 2
-    assert list(reader._files) == [0, 1]  # the last two used
+    assert reader._files.open_count == 2 and fds() - before == 2
+    assert list(reader._files._fds) == [0, 1]  # the last two used
     reader.read(16)  # shard 2: shard 0, the least recently used, is closed
-    assert list(reader._files) == [1, 2]
+    assert list(reader._files._fds) == [1, 2]
     reader.close()
     assert fds() == before and reader.read(5) == want[5]  # reading again reopens
     reader.close()
@@ -315,20 +315,21 @@ def test_a_reader_keeps_its_processes_share_of_the_open_file_limit_by_default(te
     loader's rule), read at the reader's first read in the process that reads (a worker, after
     its loader raised the limit): a fixed 64 made about 95 % of shuffled ImageNet-1K reads
     reopen a shard, a metadata round trip each on a shared file system."""
-    from ffcv_dp4tl.data import wds_loader
+    from ffcv_dp4tl.data import resources, wds_loader
 
     split = load_manifest(tex).split("train")
     want = [ShardReader(split).read(i) for i in range(N)]
     assert wds_loader.MAX_OPEN_SHARDS is None
-    budget = iter([2, 3])  # (this process's limit when the reader first reads; then a fork's)
-    monkeypatch.setattr(wds_loader, "open_files_budget", lambda: next(budget))
+    monkeypatch.setattr(resources, "_CLAIMS", ())  # (no readers other tests left alive)
+    monkeypatch.setattr(resources, "open_files_budget", lambda: 2)  # (this process's budget)
     reader = ShardReader(split)
     order = [0, 8, 16, 1, 9, 17]  # shards 0, 1, 2, 0, 1, 2
     assert [reader.read(i) for i in order] == [want[i] for i in order]
-    assert list(reader._files) == [1, 2]  # 2 of the 3 shards: the budget, not a fixed 64
+    assert list(reader._files._fds) == [1, 2]  # 2 of the 3 shards: the budget, not a fixed 64
+    monkeypatch.setattr(resources, "open_files_budget", lambda: 3)  # (then a fork's)
     reader._pid = -1  # as in a forked worker: its own handles, its own limit
     assert [reader.read(i) for i in order] == [want[i] for i in order]
-    assert list(reader._files) == [0, 1, 2]
+    assert list(reader._files._fds) == [0, 1, 2]
     reader.close()
 
 
@@ -349,3 +350,60 @@ def test_an_environment_error_in_a_worker_is_one_line_not_a_traceback(tex, monke
     with pytest.raises(SampleError, match=r"too many open files opening .*train-000001.tar .*"
                                           r"raise the limit \(`ulimit -n 65536`\)"):
         next(iter(loader))
+
+
+@pytest.fixture(scope="module")
+def tex_val(tmp_path_factory):
+    """A train split of 12 shards and a val split of 4 (2 samples a shard)."""
+    from beton_builders import BuildOptions, DatasetSpec, Sample, build_dataset
+
+    samples = [Sample(_texture(i), i % 3, name=f"t/{i:03d}") for i in range(N)]
+    root = tmp_path_factory.mktemp("wds_tex_val")
+    build_dataset(DatasetSpec("tex", ["a", "b", "c"], {"train": samples, "val": samples[:8]}),
+                  root, BuildOptions(max_side=64, shard_size=2, workers=1, progress=False))
+    return root
+
+
+def test_a_train_and_a_val_reader_in_one_process_share_its_open_file_budget(tex_val, monkeypatch):
+    """Without workers a loader reads train and val in the main process: each reader took the
+    whole budget (half the limit), so together they could hold all of the limit (ImageNet-21K:
+    14,200 shards against a hard 4,096) and torch and the logs got "Too many open files".
+    Together they hold at most the budget, the val reader all of its shards, and each reads
+    the right bytes; closing the val reader gives the train reader its share back."""
+    import gc
+    import os
+    import random
+
+    from ffcv_dp4tl.data import resources
+
+    manifest = load_manifest(tex_val)
+    train_split, val_split = manifest.split("train"), manifest.split("val")
+    assert (len(train_split.shards), len(val_split.shards)) == (12, 4)
+    want = {s: [ShardReader(split).read(i) for i in range(n)]
+            for s, split, n in (("train", train_split, N), ("val", val_split, 8))}
+    gc.collect()
+    monkeypatch.setattr(resources, "_CLAIMS", ())  # (no readers other tests left alive)
+    monkeypatch.setattr(resources, "open_files_budget", lambda: 10)
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = fds()
+    train, val = ShardReader(train_split), ShardReader(val_split)
+    rng = random.Random(0)
+    order = rng.sample(range(N), N)
+    assert [train.read(i) for i in order] == [want["train"][i] for i in order]
+    assert fds() - before == 10  # alone: the whole budget
+    held = []
+    for k in range(3 * N):  # an epoch of each, interleaved, then the train epoch goes on
+        i = rng.randrange(N)
+        assert train.read(i) == want["train"][i]
+        held.append(fds() - before)
+        if k < 8:
+            assert val.read(k) == want["val"][k]
+            held.append(fds() - before)
+    assert max(held) == 10  # never more than the budget (the old rule: 10 + 4)
+    assert val._files.open_count == 4 and train._files.open_count == 6  # val: all it needs
+    val.close()
+    for i in order:
+        assert train.read(i) == want["train"][i]
+    assert fds() - before == train._files.open_count == 10  # val's share back
+    train.close()
+    assert fds() == before
