@@ -49,6 +49,7 @@ from ..pipeline.run import preflight, run_pipeline
 from ..pipeline.stages import ESTIMATED
 from ..reporting import carry_notes, machine_info
 from ..scoring.registry import get_scorer
+from ..shipped import doc_ref
 from ..outputs import KINDS, bench_of, claim_out_dir
 from . import defaults
 from .cost_results import check_results
@@ -151,7 +152,7 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
         if not any(options_for(m, [p]) for m in methods):
             raise DP4TLError(f"--opt {p}: none of the methods {', '.join(methods)} has that "
                              "option (NAME=VALUE for every method that has it, METHOD.NAME=VALUE "
-                             "for one; docs/scorers.md lists them)")
+                             f"for one); {doc_ref('scorers')} lists the options")
     if not ratios or any(not 0.0 <= r < 1.0 for r in ratios):
         raise DP4TLError(f"ratios must lie in [0, 1), got {ratios}")
     pruned = [r for r in ratios if r > 0]

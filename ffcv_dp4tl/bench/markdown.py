@@ -8,6 +8,7 @@ from typing import Any, Iterable, Sequence
 
 from ..errors import DP4TLError
 from ..scoring.registry import PlotStyle, get_scorer, is_registered
+from ..shipped import doc_ref
 from ..pipeline.report import in_stage_order, mean_std
 from ..pipeline.truth import truth_table
 from ..reporting import md_code, md_text, ran_on
@@ -425,7 +426,7 @@ def criterion_line(t: dict[str, Any]) -> str:
     c = t.get("criterion", "final")
     return (f"- winning-subset criterion: {md_code(c)} — the {_crit_text(t)} target test top-1 decides "
             "whether a pruned ratio wins (`--criterion final|best`; `best` is the authors' "
-            "`best_test_top1`, chosen on the test set: docs/deviations.md)")
+            f"`best_test_top1`, chosen on the test set: {doc_ref('deviations')})")
 
 
 #: the header line of a table whose pruned sets were pretrained for the unpruned run's steps

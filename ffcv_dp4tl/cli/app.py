@@ -39,7 +39,8 @@ def _main(
 
     Commands read a built dataset from --data, write to --out/-o and run on --device
     (auto | cpu | cuda | cuda:N, default auto); lists are comma-separated. `dp4tl recipes` and
-    `dp4tl models` list what a recipe name and --arch can be.
+    `dp4tl models` list what a recipe name and --arch can be; `dp4tl docs` lists and prints the
+    docs.
     """
     from .options import check_path_params
 

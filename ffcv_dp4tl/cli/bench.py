@@ -11,6 +11,7 @@ from ..contracts import Criterion
 from ..errors import DP4TLError
 from ..reporting import command_line
 from ..scoring.registry import methods_help
+from ..shipped import doc_ref
 from .app import app
 from .options import (BENCH_TARGET_HELP, PRETRAIN_LENGTH_HELP, PROGRESS_HELP, RECIPES_HELP, REPORT_HELP, Budget, FORMAT_HELP, K_HELP, Format,
                       PretrainLength, Protocol,
@@ -27,8 +28,8 @@ app.add_typer(bench_app, name="bench")
 
 SECTION = "Cost table (CPU, embedded data)"
 CRITERION_HELP = ("Which epoch's target test top-1 decides a winning subset: final (the last "
-                  "epoch) | best (the best epoch on the test set, the authors' best_test_top1; "
-                  "docs/deviations.md); named in every table header")
+                  "epoch) | best (the best epoch on the test set, the authors' best_test_top1); "
+                  f"named in every table header; {doc_ref('deviations')}, row 3")
 
 
 def _floats(text: str) -> list[float]:

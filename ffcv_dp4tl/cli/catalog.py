@@ -1,11 +1,13 @@
-"""``dp4tl recipes`` and ``dp4tl models``: what a recipe name or ``--arch`` can be; ``dp4tl env``:
-what this machine offers a run."""
+"""``dp4tl recipes`` and ``dp4tl models``: what a recipe name or ``--arch`` can be; ``dp4tl docs``:
+the shipped Markdown docs, in any install; ``dp4tl env``: what this machine offers a run."""
 from __future__ import annotations
 
 from typing import List, Optional
 
 import typer
 
+from ..errors import DP4TLError
+from ..fsutil import os_error_line
 from .app import app
 
 
@@ -71,6 +73,36 @@ def models() -> None:
     for name in names:
         rs = used.get(name)
         typer.echo(f"{name:<{width}}  {'recipes: ' + ', '.join(rs) if rs else ''}".rstrip())
+
+
+@app.command()
+def docs(
+    name: Optional[str] = typer.Argument(None, help="Print this page (e.g. scorers, scorers.md, "
+                                         "docs/scorers.md, cost-table/report)"),
+) -> None:
+    """List the shipped docs (name and title), or print one page (Markdown) to stdout.
+
+    Messages and help name a page with the command that prints it, e.g. docs/scorers.md
+    (`dp4tl docs scorers`): the docs ship with the package, so every install has them.
+    """
+    from ..shipped import doc_path, doc_title, docs_dir, list_docs
+
+    if name is None:
+        root = docs_dir()
+        names = list_docs()
+        width = min(max(map(len, names), default=0), 28)  # (a longer name pushes its title)
+        for page in names:
+            title = doc_title(root / f"{page}.md")
+            if len(title) > 90:  # (a page opening with a paragraph, not a heading)
+                title = title[:89].rsplit(" ", 1)[0].rstrip(" ,;:") + "…"
+            typer.echo(f"{page:<{width}}  {title}".rstrip())
+        typer.echo(f"({len(names)} pages in {root}; `dp4tl docs NAME` prints one)")
+        return
+    try:
+        text = doc_path(name).read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise DP4TLError(f"docs: {os_error_line(e, reading=True)}") from None
+    typer.echo(text, nl=not text.endswith("\n"))
 
 
 @app.command()

@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from ..scoring.registry import methods_help, parse_option_pairs
+from ..shipped import doc_ref
 from .app import app
 from .options import (ORDER_HELP, PRETRAIN_LENGTH_HELP, PROGRESS_HELP, RECIPES_HELP, FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order,
                       PretrainLength, Protocol, RecipeSet, TargetSplit,
@@ -18,7 +19,8 @@ PROTOCOL_HELP = ("fast: today's recipes (tiny on synth data, ffcv-imagenet-style
                  "paper: recipes/paper/, the paper's App. A.1 / Tab. A1 protocol (RN-18 surrogate, "
                  "RN-101 source, LP/FF as published, target read at 224 with no crop for scoring); "
                  "paper-code: recipes/paper_code/, the authors' released configs (per-target LP/FF, "
-                 "finetuning from best.ckpt, fp16; docs/deviations.md)")
+                 "finetuning from best.ckpt, fp16). How they differ: "
+                 f"{doc_ref('deviations')}")
 SURROGATE_WEIGHTS_HELP = ("A torchvision/timm state dict (.pth), or a `dp4tl train` checkpoint.pt, of the surrogate recipe's "
                           "architecture, e.g. torchvision's ImageNet ResNet-18: used instead of "
                           "training a surrogate (checked against the source's classes; nothing "
@@ -125,7 +127,8 @@ def pipeline(
     set_finetune: List[str] = typer.Option([], "--set-finetune", help="LP/FF recipe override "
                                            "(repeatable)"),
     opt: List[str] = typer.Option([], "--opt", help="Scoring method option NAME=VALUE "
-                                  "(repeatable; `dp4tl score --help`, docs/scorers.md)"),
+                                  "(repeatable); the options: `dp4tl score --help`, "
+                                  f"{doc_ref('scorers')}"),
     budget: Budget = typer.Option(Budget.units, help="units: the ratio counts the method's classes/"
                                "clusters; samples: prune them until the kept sample fraction "
                                "is closest to 1 - ratio"),

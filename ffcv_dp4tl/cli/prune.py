@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 
 from ..scoring.registry import methods_help
+from ..shipped import doc_ref
 from .app import app
 from .options import (DATA_HELP, FORMAT_HELP, K_HELP, ORDER_HELP, Backend, Budget, Format, Order, TargetCrop,
                       default_k, device_option, paths, ratio_callback, refuse_unread,
@@ -52,7 +53,7 @@ def score(
     opt: List[str] = typer.Option([], "--opt", help="Method option NAME=VALUE (repeatable), e.g. "
                                   "el2n/grand runs=10 epoch=2 arch=resnet18, grand grad=full, "
                                   "moderate band=rank, ssp k=1000, forget epochs=16, infmax "
-                                  "damping=0.01; docs/scorers.md lists them"),
+                                  f"damping=0.01; {doc_ref('scorers')} lists them"),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Training recipe of the runs a "
                                          "method trains itself (forget: needed; el2n/grand "
                                          "with runs>1: default the surrogate checkpoint's)"),

@@ -19,6 +19,7 @@ from ..contracts.images import check_resolution
 from ..errors import DataError, DP4TLError
 from ..fsutil import directory_lock, file_sha256
 from ..outputs import claim_out_dir
+from ..shipped import doc_ref
 from ..scoring.context import ScoringContext, Surrogate
 from ..scoring.registry import (BACKEND, SEED, SETTINGS, Scorer, ScoreResult, check_memory, get_scorer, scorers,
                                 self_supervised_alternatives)
@@ -219,8 +220,8 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
         result = scorer.score(ctx)
         if not isinstance(result, ScoreResult):  # (a user's scorer: not an AttributeError later)
             raise DP4TLError(f"scorer {method!r} returned a {type(result).__name__}; its "
-                             "score(ctx) must return a ScoreResult(scores=...) "
-                             "(ffcv_dp4tl.scoring.registry, docs/scorers.md)")
+                             "score(ctx) must return a ScoreResult(scores=...): see "
+                             f"ffcv_dp4tl.scoring.registry and {doc_ref('scorers')}")
         meta = ctx.meta
         if not scorer.higher_is_better:
             meta["higher_is_better"] = False

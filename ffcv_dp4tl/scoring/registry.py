@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..contracts import SCORE_UNITS
 from ..errors import DP4TLError
+from ..shipped import doc_ref
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import ScoringContext
@@ -393,4 +394,4 @@ def check_memory(scorer: Scorer, source: Any) -> None:
             f"{source.root} ({source.split('train').num_samples:,} train samples, "
             f"{source.num_classes:,} classes), more than the {limit / 2**30:.1f} GiB this process "
             "may use (a lower bound): run it where more memory is given (a larger job), or "
-            "choose a method that reads in batches (docs/scale.md)")
+            f"choose a method that reads in batches: {doc_ref('scale')}")

@@ -6,7 +6,6 @@ files only, so ``dp4tl recipes`` lists and describes recipes without building on
 """
 from __future__ import annotations
 
-import importlib.resources
 import os
 import tomllib
 from pathlib import Path
@@ -14,38 +13,18 @@ from typing import Any
 
 from ..errors import DP4TLError
 from ..fsutil import os_error_line
+from ..shipped import SOURCE_ROOT, shipped_dir
 
 #: the recipes folder of a source checkout (used when the package data is not importable)
-SOURCE_RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
-
-
-def _resource_dir(root: Any) -> Path | None:
-    """A directory on disk for an ``importlib.resources`` root (plain or namespace package)."""
-    if isinstance(root, Path):
-        return root if root.is_dir() else None
-    for child in root.iterdir():  # a namespace package's MultiplexedPath yields real paths
-        if isinstance(child, Path):
-            return child.parent
-    return None  # e.g. a zipped install: not supported
+SOURCE_RECIPES_DIR = SOURCE_ROOT / "recipes"
 
 
 def recipes_dir() -> Path:
     """Where the shipped recipes live: the package data ``ffcv_dp4tl.recipes`` found through
     ``importlib.resources`` (a wheel installs the top-level ``recipes/`` folder there; an editable
-    install maps it), else — a plain checkout on ``PYTHONPATH`` — the checkout's ``recipes/``."""
-    try:
-        found = _resource_dir(importlib.resources.files("ffcv_dp4tl.recipes"))
-    except ModuleNotFoundError:
-        found = None
-    installed = Path(__file__).resolve().parents[1] / "recipes"  # the wheel's layout
-    if found is not None and found.resolve() == installed:
-        return found
-    if SOURCE_RECIPES_DIR.is_dir():  # this module is a checkout's (maybe another install's
-        return SOURCE_RECIPES_DIR    # editable mapping answered): use the checkout's recipes
-    if found is not None:
-        return found
-    raise DP4TLError("the shipped recipes are missing: ffcv_dp4tl.recipes is not installed and "
-                     f"{SOURCE_RECIPES_DIR} does not exist; reinstall ffcv-dp4tl")
+    install maps it), else — a plain checkout on ``PYTHONPATH`` — the checkout's ``recipes/``
+    (:func:`~ffcv_dp4tl.shipped.shipped_dir`, the rule the shipped docs follow too)."""
+    return shipped_dir("recipes", SOURCE_RECIPES_DIR, "recipes")
 
 
 def _looks_like_path(path_or_name: str | Path) -> bool:

@@ -1,7 +1,9 @@
-"""The wheel carries the recipes: `pip wheel .` installed elsewhere finds every recipe by name.
+"""The wheel carries the recipes and the docs: `pip wheel .` installed elsewhere finds every
+recipe by name and prints every docs page (`dp4tl docs NAME`).
 
-The top-level ``recipes/`` folder is mapped into the wheel as ``ffcv_dp4tl/recipes/*.toml``
-(pyproject ``package-dir``); ``training/recipe_files.py`` finds it through ``importlib.resources``.
+The top-level ``recipes/`` folder is mapped into the wheel as ``ffcv_dp4tl/recipes/*.toml`` and
+``docs/`` as ``ffcv_dp4tl/docs/**/*.md`` (pyproject ``package-dir``); ``ffcv_dp4tl/shipped.py``
+finds them through ``importlib.resources``.
 Packages are listed by hand in pyproject.toml, so this also fails when a new subpackage or
 module is missing from the wheel.
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ("pyproject.toml", "README.md", "ffcv_dp4tl", "beton_builders", "recipes")
+SHIPPED = ("pyproject.toml", "README.md", "ffcv_dp4tl", "beton_builders", "recipes", "docs")
 
 
 @pytest.fixture(scope="module")
@@ -120,3 +122,39 @@ def test_wheel_contains_the_recipe_sets(wheel, site, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                        env=env, timeout=300)
     assert r.returncode == 0 and r.stdout.startswith("ok "), r.stderr
+
+
+def test_wheel_contains_every_docs_page_and_nothing_else_of_docs(wheel):
+    """Every docs/**/*.md (messages name them: `dp4tl docs NAME` prints them in any install);
+    their figures, results.json and rows stay in the repository (the wheel stays small)."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    pages = sorted(p.relative_to(REPO / "docs").as_posix() for p in (REPO / "docs").rglob("*.md"))
+    assert "scorers.md" in pages and "cost-table/report.md" in pages
+    missing = [p for p in pages if f"ffcv_dp4tl/docs/{p}" not in names]
+    assert not missing, (f"docs pages missing from the wheel (pyproject's package-data for "
+                         f"ffcv_dp4tl.docs): {missing}")
+    other = sorted(n for n in names if n.startswith("ffcv_dp4tl/docs/") and not n.endswith(".md"))
+    assert not other, f"the wheel ships docs files that are not pages: {other}"
+
+
+def test_installed_wheel_prints_the_docs(site, tmp_path):
+    """`dp4tl docs scorers` from the installed copy, the checkout NOT on sys.path (run from
+    another folder, PYTHONPATH the install only): the page, read from the install."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(site)
+    code = (f"import sys\nfrom pathlib import Path\nrepo = Path({str(REPO)!r})\n"
+            "assert not any(Path(p or '.').resolve() == repo for p in sys.path), sys.path\n"
+            "from ffcv_dp4tl.shipped import docs_dir\nprint(docs_dir())\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.strip()).resolve() == site.resolve() / "ffcv_dp4tl" / "docs"
+    r = subprocess.run([sys.executable, "-m", "ffcv_dp4tl", "docs", "scorers"], capture_output=True,
+                       text=True, cwd=tmp_path, env=env, timeout=300)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout == (REPO / "docs" / "scorers.md").read_text(encoding="utf-8")
+    r = subprocess.run([sys.executable, "-m", "ffcv_dp4tl", "docs"], capture_output=True,
+                       text=True, cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1].endswith(f"pages in {site.resolve() / 'ffcv_dp4tl' / 'docs'}; "
+                                              "`dp4tl docs NAME` prints one)"), r.stdout

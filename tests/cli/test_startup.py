@@ -52,8 +52,8 @@ def test_every_commands_help_and_a_typo_import_nothing_heavy():
     assert got["heavy"] == [], f"imported for --help: {got['heavy']}"
 
 
-#: commands that read files only: listing and showing recipes (a bad override too), and
-#: re-rendering a published table from its results.json (matplotlib, with PIL, draws its plots;
+#: commands that read files only: listing and showing recipes (a bad override too) and the
+#: docs, and re-rendering a published table from its results.json (matplotlib, with PIL, draws its plots;
 #: scipy gives the tables' bounds): none needs torch, ffcv or a kernel library
 _READERS = """
 import json, sys
@@ -64,7 +64,7 @@ runner = CliRunner()
 ran = {}
 for args in (["recipes"], ["recipes", "resnet18_bench_cpu", "--set", "train.epochs=3"],
              ["recipes", "resnet18_bench_cpu", "--set", "train.epochz=3"],
-             ["bench", "render", sys.argv[1]]):
+             ["docs"], ["docs", "scorers"], ["bench", "render", sys.argv[1]]):
     r = runner.invoke(app, args)
     ran[" ".join(args[:2])] = ran.get(" ".join(args[:2]), []) + [[r.exit_code, r.output]]
 heavy = sorted({m.split(".")[0] for m in sys.modules} & set(%r))
@@ -73,7 +73,7 @@ print(json.dumps({"ran": ran, "heavy": heavy}))
 
 
 def test_reading_recipes_and_rendering_a_table_import_no_torch(tmp_path):
-    """``dp4tl recipes`` and ``bench render`` read files: they imported torch (about 7 s) through
+    """``dp4tl recipes``, ``dp4tl docs`` and ``bench render`` read files: they imported torch (about 7 s) through
     the training package's eager exports, the recipe's image constants and the scoring stage's
     process-state guard. A published cost table is rendered again from its results.json."""
     import shutil
@@ -90,5 +90,7 @@ def test_reading_recipes_and_rendering_a_table_import_no_torch(tmp_path):
     (shown, bad) = ran["recipes resnet18_bench_cpu"]
     assert shown[0] == 0 and "epochs = 3" in shown[1]
     assert bad[0] != 0  # (its one-line message goes to the real stderr)
+    assert ran["docs"][0][0] == 0 and "pages in" in ran["docs"][0][1]
+    assert ran["docs scorers"][0][0] == 0 and ran["docs scorers"][0][1].startswith("# Scoring")
     assert ran["bench render"][0][0] == 0 and (out / "report.md").is_file()
     assert got["heavy"] == [], f"imported to read files: {got['heavy']}"
