@@ -152,9 +152,9 @@ def test_the_capped_workers_note_is_said_by_the_first_rank_only(cores, monkeypat
 
 
 def test_open_files_budget_is_half_the_soft_limit_and_never_more_than_it():
-    """The GPU-decode loader keeps this many shard files open: half the soft limit (a train and
-    a val loader in one process stay under it), never more than the limit (a 64-file floor
-    gave 64 under a soft limit of 40: review)."""
+    """The readers of a process keep at most this many files open together (they split it:
+    ``OpenFilesClaim``): half the soft limit, the rest left to torch, ffcv and the logs, and
+    never more than the limit (a 64-file floor gave 64 under a soft limit of 40: review)."""
     import resource
 
     from ffcv_dp4tl.data.resources import open_files_budget
