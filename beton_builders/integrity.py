@@ -171,8 +171,9 @@ def labels_dtype_problem(path: Path, labels: np.ndarray) -> str | None:
             "replaced since the build)")
 
 
-#: (path, size, mtime_ns) -> digest of labels files already checked in this process
-_LABELS_SEEN: dict[tuple[str, int, int], str] = {}
+#: path -> ((size, mtime_ns), digest) of labels files already hashed in this process (one entry
+#: a file, however often it changes: a long-lived process keeps no entry per version of it)
+_LABELS_SEEN: dict[str, tuple[tuple[int, int], str]] = {}
 
 
 def labels_intact(path: Path, labels: np.ndarray, checksums: dict[str, Any] | None) -> bool | None:
@@ -183,14 +184,15 @@ def labels_intact(path: Path, labels: np.ndarray, checksums: dict[str, Any] | No
         return None
     try:
         st = os.stat(path)
-        key = (str(path), st.st_size, st.st_mtime_ns)
+        state = (st.st_size, st.st_mtime_ns)
     except OSError:
-        key = None
-    got = _LABELS_SEEN.get(key) if key is not None else None
-    if got is None:
-        got = array_digest(np.asarray(labels))
-        if key is not None:
-            _LABELS_SEEN[key] = got
+        state = None
+    seen = _LABELS_SEEN.get(str(path))
+    if state is not None and seen is not None and seen[0] == state:
+        return seen[1] == want
+    got = array_digest(np.asarray(labels))
+    if state is not None:
+        _LABELS_SEEN[str(path)] = (state, got)
     return got == want
 
 

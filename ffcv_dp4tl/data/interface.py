@@ -121,6 +121,11 @@ class MaskedLoader(Protocol):
     def __iter__(self) -> Iterator[Batch]:
         ...
 
+    def close(self) -> None:
+        """End the loader's worker processes and read-ahead threads and close its files now,
+        not when it is collected; iterating again starts them afresh."""
+        ...
+
 
 def checked_sizes(resolution: int | None, next_resolution: int | None) -> tuple[int | None, int | None]:
     """``set_epoch``'s resolution and next-epoch hint, each None or a number of pixels
@@ -170,3 +175,8 @@ class PlanLoaderBase:
 
     def __len__(self) -> int:
         return self.plan.num_batches(self.batch_size, self.drop_last, epoch=self.epoch)
+
+    def close(self) -> None:
+        """Nothing to close here (:meth:`MaskedLoader.close`): ffcv's loader has no close (its
+        epoch thread ends with its epoch; the beton stays mapped until the loader is collected,
+        at the next full garbage collection, as numba's compiled readers hold it in a cycle)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import math
+import multiprocessing.util
 import re
 import os
 import weakref
@@ -340,6 +341,13 @@ class WdsMaskedLoader(PlanLoaderBase):
         self.normalize_in_workers = on_cpu
         self.dataset = _MaskedShardDataset(split, aug, Normalize(dtype, channels_last, aug.normalize)
                                            if on_cpu else None)
+        if num_workers > 0:
+            # the folder of the sockets a worker hands its batches' shared memory through
+            # (multiprocessing's resource sharer), made here so the workers, forked later, use
+            # this process's, which it removes at its exit: each worker made its own, and one
+            # that a signal to the job's process group ended (a scheduler's SIGTERM, torchrun's)
+            # left it in $TMPDIR, a pymp-* folder per worker and rank at every preemption
+            multiprocessing.util.get_temp_dir()
         self.dataloader = DataLoader(
             self.dataset, sampler=_PlanSampler(self), batch_size=None, collate_fn=_as_is,
             num_workers=num_workers, pin_memory=self.device.type == "cuda",
@@ -406,6 +414,12 @@ class WdsMaskedLoader(PlanLoaderBase):
             "a worker stuck at its start — forking a process that runs threads can hang on "
             "Linux —, a worker or pin-memory thread that died unnoticed, or storage that "
             "stopped answering", "its workers were stopped"))
+
+    def close(self) -> None:
+        """End the worker processes and close this process's shard files (iterating again
+        starts fresh workers)."""
+        self._stop_workers()
+        self.dataset.reader.close()
 
     def _stop_workers(self) -> None:
         """End the stream and its worker processes; the next iteration starts fresh ones.

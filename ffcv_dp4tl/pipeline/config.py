@@ -64,6 +64,10 @@ class PipelineConfig:
     target_weights: tuple[float, ...] = ()  # one per target in `targets` ('' = equal weights)
     progress: bool = True  # bars of builds, training and scoring (in no stage key; lines are said either way)
 
+    def __post_init__(self) -> None:
+        # a script's runs_root="runs" ran every stage, then failed joining a str in the report
+        self.data_root, self.runs_root = Path(self.data_root), Path(self.runs_root)
+
 
 @dataclass(frozen=True)
 class Checked:

@@ -90,6 +90,10 @@ class MetricsWriter(Callback):
             f.flush()
 
 
+#: the TensorBoard event files' folder in a run's --out
+TB_DIR = "tensorboard"
+
+
 class TensorBoardLogger(Callback):
     """Mirrors :data:`TB_SCALARS` of each row to ``out_dir/tensorboard`` at step epoch + 1.
     ``purge_step`` drops events a killed run wrote past its last checkpoint, so a resumed run's
@@ -101,7 +105,7 @@ class TensorBoardLogger(Callback):
         except ImportError:
             raise DP4TLError("train.tensorboard = true needs the tensorboard package: "
                              "pip install 'ffcv-dp4tl[tensorboard]' (or tensorboard)") from None
-        self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=start_epoch + 1)
+        self.writer = SummaryWriter(str(Path(out_dir) / TB_DIR), purge_step=start_epoch + 1)
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         for key in TB_SCALARS:

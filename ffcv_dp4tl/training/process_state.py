@@ -1,5 +1,6 @@
 """What a call of ``train``, ``finetune`` or ``score`` changes in the calling process for its
-own run, put back when it returns or raises: torch's CPU thread count (pinned per stage,
+own run, put back when it returns or raises: the loaders it made are closed
+(:func:`~ffcv_dp4tl.data.loaders.closing_loaders`), torch's CPU thread count (pinned per stage,
 :func:`~.trainer.pin_cpu_threads`) and the global random generators (reseeded every epoch,
 :func:`~.trainer.seed_epoch`). A notebook's next cell ran with one thread and a reseeded
 ``torch.manual_seed``, unannounced (Python API review). A run sets both before it reads
@@ -17,7 +18,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def keeps_process_state(fn: F) -> F:
-    """Decorate a public entry point so the process leaves it with the thread count and the
+    """Decorate a public entry point so the process leaves it with its loaders closed and the thread count and the
     generator states (Python's, numpy's, torch's CPU one, and the current GPU's where CUDA was
     already in use: reading another GPU's would start a context on it) it entered with.
     torch is imported at the call, not when a module decorates its entry point: importing
@@ -32,8 +33,11 @@ def keeps_process_state(fn: F) -> F:
         cuda = None
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             cuda = (torch.cuda.current_device(), torch.cuda.get_rng_state())
+        from ..data.loaders import closing_loaders
+
         try:
-            return fn(*args, **kwargs)
+            with closing_loaders():  # (its loaders' workers and files end with the call)
+                return fn(*args, **kwargs)
         finally:
             torch.set_num_threads(threads)
             random.setstate(states[0])

@@ -58,6 +58,7 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -75,7 +76,7 @@ from ..fsutil import (BAD_JSON, atomic_write_json, atomic_write_text, directory_
                       remove_orphan_temps)
 from ..progress import INHERIT, Log, say, saying_to
 from . import distributed as dist_
-from .callbacks import ConsoleLogger, MetricsWriter, RecordSeen, TensorBoardLogger, call
+from .callbacks import TB_DIR, ConsoleLogger, MetricsWriter, RecordSeen, TensorBoardLogger, call
 from .checkpoint import (CHECKPOINT_NAME, Checkpoint, mask_hash, resume_from, rng_states,
                          set_rng_states)
 from .engine import CrossEntropyObjective, EpochProgress, evaluate, train_one_epoch, train_step
@@ -130,10 +131,13 @@ def _remove_earlier_run(out_dir: Path) -> None:
     and record (the new run's epochs were compared with the old record and, not beating it,
     left the old model as "best") and its early checkpoints (scored by EL2N/GraNd as if they
     were this run's), and, under ``--no-resume``, its checkpoint (a run killed before its first
-    epoch's checkpoint left the old one, which the next run resumed with its metrics gone)."""
+    epoch's checkpoint left the old one, which the next run resumed with its metrics gone), and
+    its TensorBoard events (hidden by the new run's purge step, but a file of each run stayed)."""
     for p in [out_dir / CHECKPOINT_NAME, out_dir / BEST_CHECKPOINT_NAME, out_dir / BEST_META_NAME,
               *out_dir.glob(EARLY_CHECKPOINT_GLOB)]:
         p.unlink(missing_ok=True)
+    if (out_dir / TB_DIR).is_dir() and not (out_dir / TB_DIR).is_symlink():
+        shutil.rmtree(out_dir / TB_DIR)
 
 
 def model_kwargs(recipe: Recipe) -> dict[str, Any]:

@@ -75,7 +75,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str
     return sd, None if classes is None else list(classes)
 
 
-_CHECKED: dict[tuple[str, int, int], None] = {}  # files check_weights_file read (path, mtime, size)
+#: files check_weights_file read: path -> (mtime, size) when read (one entry a file, however
+#: often it changes: a long-lived process keeps no entry per version of it)
+_CHECKED: dict[str, tuple[int, int]] = {}
 
 
 def check_weights_file(path: str | Path, option: str) -> None:
@@ -92,14 +94,14 @@ def check_weights_file(path: str | Path, option: str) -> None:
         raise DP4TLError(f"{option} {path}: {option[2:].replace('-', ' ')} not found (no such "
                          f"file); {fix}")
     st = p.stat()
-    key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
-    if key in _CHECKED:
+    key, state = str(p.resolve()), (st.st_mtime_ns, st.st_size)
+    if _CHECKED.get(key) == state:
         return
     try:
         read_state_dict(p)
     except DP4TLError as e:
         raise DP4TLError(f"{option}: {e}") from None
-    _CHECKED[key] = None
+    _CHECKED[key] = state
 
 
 def _is_state_dict(d: dict) -> bool:

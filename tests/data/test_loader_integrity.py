@@ -410,3 +410,26 @@ def test_an_error_checking_one_shard_is_raised_at_its_turn_and_stops_the_rest(tm
     assert next(found) == "item 0 is damaged"  # (its block stopped there: not 15 checks more)
     found.close()
     assert len(ran) <= 2 * CHECK_THREADS, len(ran)
+
+
+def test_labels_hashed_once_a_file_however_often_it_changes(tmp_path, monkeypatch):
+    """Labels are hashed once per file state (repeated loads cost a ``stat``) and again when the
+    file changes, so a permuted rewrite is still caught; the cache kept one entry per version
+    of a file, growing without bound in a long-lived process: now one entry a file."""
+    import os
+
+    from beton_builders import integrity
+
+    monkeypatch.setattr(integrity, "_LABELS_SEEN", {})
+    path = tmp_path / "train.labels.npy"
+    labels = np.arange(6) % 3
+    want = {"scheme": integrity.SCHEME, "labels": integrity.array_digest(labels)}
+    for k in range(5):
+        np.save(path, labels)
+        os.utime(path, ns=(k * 10**9, k * 10**9))
+        assert integrity.labels_intact(path, labels, want) is True
+    assert len(integrity._LABELS_SEEN) == 1
+    permuted = labels[::-1].copy()
+    np.save(path, permuted)
+    os.utime(path, ns=(9 * 10**9, 9 * 10**9))
+    assert integrity.labels_intact(path, permuted, want) is False

@@ -522,3 +522,25 @@ def test_a_last_batch_of_one_sample_keeps_its_label_vector(fmt, aug, index_datas
     assert [b.labels.shape for b in batches] == [(BS,), (BS,), (1,)]
     got = {int(i): int(y) for b in batches for i, y in zip(b.indices, b.labels)}
     assert got == {i: int(index_dataset.labels[i]) for i in range(2 * BS + 1)}
+
+
+@pytest.mark.parametrize("fmt", ["ffcv", "wds"])
+def test_closing_a_loader_ends_its_workers_and_it_reads_again(fmt, index_dataset, mask):
+    """``close()`` ends what a loader runs beside the caller now, not when it is collected (a
+    WebDataset loader's persistent worker processes), and a closed loader iterates again, the
+    same batches; ``closing_loaders`` closes what ``make_loader`` made within it (how
+    ``train``, ``finetune`` and ``score`` end)."""
+    import multiprocessing
+
+    from ffcv_dp4tl.data.loaders import closing_loaders
+
+    with closing_loaders():
+        loader = make_loader(index_dataset.root, "train", fmt=fmt, mask=mask, batch_size=BS,
+                             resolution=16, aug=AugSpec.for_eval(), num_workers=1)
+        first = [b.indices.tolist() for b in loader]
+        if fmt == "wds":
+            assert multiprocessing.active_children()  # (persistent workers)
+        loader.close()
+        assert not multiprocessing.active_children()
+        assert [b.indices.tolist() for b in loader] == first
+    assert not multiprocessing.active_children()

@@ -407,3 +407,29 @@ def test_a_train_and_a_val_reader_in_one_process_share_its_open_file_budget(tex_
     assert fds() - before == train._files.open_count == 10  # val's share back
     train.close()
     assert fds() == before
+
+
+def test_workers_share_their_loader_process_multiprocessing_temp_folder(tex, tmp_path, monkeypatch):
+    """A worker hands its batches' shared memory over through sockets in a multiprocessing temp
+    folder: each worker made its own pymp-* folder, and one that a signal to the job's process
+    group ended (a scheduler's SIGTERM, torchrun's) left it in $TMPDIR, one per worker and rank
+    at every preemption (a leak audit). The workers use the loader process's folder, which it
+    removes at its exit."""
+    import multiprocessing.util
+    import os
+
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    read = ShardReader.read
+
+    def recording_read(self, i):  # (runs in the workers: they are forked after the patch)
+        (seen / f"{os.getpid()}").write_text(multiprocessing.util.get_temp_dir())
+        return read(self, i)
+
+    monkeypatch.setattr(ShardReader, "read", recording_read)
+    loader = make_loader(tex, "train", fmt="wds", aug=AugSpec.for_eval(), batch_size=4,
+                         resolution=16, num_workers=2)
+    assert sum(len(b.labels) for b in loader) == N
+    workers = {p.name: p.read_text() for p in seen.iterdir()}
+    assert len(workers) == 2 and str(os.getpid()) not in workers
+    assert set(workers.values()) == {multiprocessing.util.get_temp_dir()}

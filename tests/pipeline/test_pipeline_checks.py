@@ -95,6 +95,14 @@ def test_validate_stores_the_ratio_as_a_float(tmp_path, ratio, stored):
     json.dumps({"ratio": cfg.ratio})
 
 
+def test_roots_given_as_text_are_paths():
+    """A script's ``PipelineConfig(runs_root="runs")`` (text, as most configs are written) ran
+    every stage and then failed joining the report's folder to a str (a leak audit)."""
+    cfg = PipelineConfig(runs_root="some/runs", data_root="some/data")
+    assert cfg.runs_root == Path("some/runs") and cfg.data_root == Path("some/data")
+    assert dataclasses.replace(cfg, runs_root="other").runs_root / "x" == Path("other/x")
+
+
 def test_roots_that_cannot_be_folders_fail_before_any_work(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")

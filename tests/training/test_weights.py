@@ -173,3 +173,26 @@ def test_importing_the_same_weights_again_keeps_the_checkpoint_file(tmp_path):
     import_weights(tmp_path / "other.pth", out, recipe=_recipe(), classes=CLASSES)
     assert out.read_bytes() != before
     assert Checkpoint.load(out).extra["brought_weights"] == str(tmp_path / "other.pth")
+
+
+def test_a_checked_weights_file_is_remembered_once_however_often_it_changes(tmp_path, monkeypatch):
+    """``check_weights_file`` skips a file it read unchanged (a bench checks every run of its
+    plan), and a file rewritten since is read again: a damaged rewrite is refused. It kept one
+    entry per version of a file, so a long-lived process (a notebook rewriting its weights)
+    grew without bound; now one entry a file."""
+    import os
+
+    from ffcv_dp4tl.errors import DP4TLError
+    from ffcv_dp4tl.training import weights
+
+    monkeypatch.setattr(weights, "_CHECKED", {})
+    path = tmp_path / "w.pth"
+    for k in range(5):
+        torch.save({"fc.weight": torch.full((2, 2), float(k))}, path)
+        os.utime(path, ns=(k * 10**9, k * 10**9))  # (each version its own time)
+        weights.check_weights_file(path, "--surrogate-weights")
+    assert len(weights._CHECKED) == 1
+    path.write_bytes(b"not a state dict")
+    os.utime(path, ns=(9 * 10**9, 9 * 10**9))
+    with pytest.raises(DP4TLError, match="--surrogate-weights"):
+        weights.check_weights_file(path, "--surrogate-weights")
