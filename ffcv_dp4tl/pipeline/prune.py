@@ -39,6 +39,7 @@ from ..data.masks import (IndexMask, describe_mask, make_mask, mask_conflict, ma
                           save_mask, val_mask_of)
 from ..errors import DataError, MaskError
 from ..fsutil import directory_lock
+from ..scoring.registry import UNIT_PLURAL
 from ..outputs import claim_out_dir
 from ..scoring import kept_sample_indices, select_classes, select_samples
 from ..scoring.ranking import as_vector, check_ids, rank
@@ -101,7 +102,8 @@ class _Job:
         train-sample count is closest to ``(1 - ratio)`` of the train samples."""
         scores, tie = self.scores.scores, self.scores.tiebreak
         if self.budget == "units":
-            return select_classes(scores, self.ratio, tie, reverse=self.reverse)
+            return select_classes(scores, self.ratio, tie, reverse=self.reverse,
+                                  what=UNIT_PLURAL[self.scores.unit])
         return select_units_by_samples(scores, train_units, self.ratio, tie, reverse=self.reverse)
 
     def train_fraction_prov(self, kept_samples: int) -> dict[str, Any]:

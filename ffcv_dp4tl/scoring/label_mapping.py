@@ -75,7 +75,7 @@ def softmax_mass(
 
 
 def select_classes(
-    scores: Any, ratio: float, tiebreak: Any = None, reverse: bool = False
+    scores: Any, ratio: float, tiebreak: Any = None, reverse: bool = False, what: str = "classes"
 ) -> np.ndarray:
     """Source class ids to keep after pruning a fraction ``ratio`` of the classes.
 
@@ -91,7 +91,8 @@ def select_classes(
     lower ``scores`` first, then lower ``tiebreak``, and remaining ties still by lower class id.
 
     ``ratio`` must lie in [0, 1); a ratio that leaves no class (e.g. 0.96 of 10 classes) is
-    an error rather than an empty selection.
+    an error rather than an empty selection (naming the units as ``what``: ``clusters`` for
+    FM's).
     """
     s = as_vector(scores, "scores")
     ratio = check_fraction(ratio, "ratio", low_open=False, high_open=True)
@@ -100,7 +101,7 @@ def select_classes(
         t = as_vector(tiebreak, "tiebreak")
         if t.shape[0] != s.shape[0]:
             raise ScoringError(f"tiebreak has {t.shape[0]} entries but scores has {s.shape[0]}; they must match")
-    m = keep_count(s.shape[0], 1.0 - ratio, "classes")
+    m = keep_count(s.shape[0], 1.0 - ratio, what)
     if reverse:
         order = rank(-s, None if t is None else -t)
     else:

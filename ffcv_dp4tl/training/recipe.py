@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..contracts.choices import MAX_SEED
 from ..contracts import AdvNorm, AdvUnits, Decode, FinetuneHead, FinetuneMode, StartFrom, TargetCrop
 from ..contracts.images import MAX_RESOLUTION, NORMALIZATIONS
 from ..errors import DP4TLError
@@ -747,7 +748,7 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
     ("optim", "weight_decay"): (0, None, True, True),
     ("optim", "label_smoothing"): (0, 1, True, False),
     ("optim", "grad_clip"): (0, None, True, True),
-    ("train", "seed"): (0, None, True, True),
+    ("train", "seed"): (0, MAX_SEED, True, True),  # (what torch and numpy take)
     ("train", "color_jitter"): (0, None, True, True),
     ("train", "p_color_jitter"): (0, 1, True, True),
     ("train", "white_balance"): (0, 1, True, True),
@@ -755,7 +756,7 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
     ("train", "end_ramp"): (0, None, True, True),
     ("train", "keep_epochs"): (1, None, True, True),
     ("train", "checkpoint_every"): (0, None, True, True),
-    ("data", "seed"): (0, None, True, True),
+    ("data", "seed"): (0, MAX_SEED, True, True),  # (what torch and numpy take)
     ("data", "num_workers"): (0, None, True, True),
     ("model", "width"): (0, None, False, True),
     ("model", "stem_stride"): (0, None, False, True),

@@ -208,3 +208,13 @@ def test_a_second_prune_into_a_folder_being_written_is_refused(index_dataset, tm
             prune(sd, index_dataset.root, 0.6, out)
     assert sorted(p.name for p in out.iterdir()) == [PRUNE_LOCK]
     assert prune(sd, index_dataset.root, 0.6, out)["train_kept"] == 50  # free again
+
+
+def test_a_ratio_that_keeps_no_cluster_names_clusters(index_dataset, tmp_path):
+    """The refusal names the method's units: FM's are clusters ("of 5 classes" misled a user
+    whose source has other classes; an audit)."""
+    from ffcv_dp4tl.errors import DP4TLError
+
+    sd = _fm_scores(tmp_path, np.zeros(5), _units())
+    with pytest.raises(DP4TLError, match=r"keeping a fraction 0\.05 of 5 clusters keeps none"):
+        prune(sd, index_dataset.root, 0.95, tmp_path / "m")

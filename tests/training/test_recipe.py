@@ -365,6 +365,16 @@ def test_impossible_ssl_augmentation_is_one_line_before_training(override, match
         load_recipe("moco_v2_tiny_cpu", [override])
 
 
+@pytest.mark.parametrize("key", ["train.seed", "data.seed"])
+def test_a_seed_past_what_torch_and_numpy_take_is_one_line(key):
+    """Seeds are bounded like the pipeline's --seeds (contracts.MAX_SEED): train.seed = 2**64
+    failed inside torch.manual_seed with a traceback after the run had started (an audit)."""
+    load_recipe("resnet18_tiny_cpu", [f"{key}={2**32 - 1}"])
+    with pytest.raises(DP4TLError, match=rf"{key} = {2**64} is impossible; it must be in "
+                                         rf"\[0, {2**32 - 1}\]"):
+        load_recipe("resnet18_tiny_cpu", [f"{key}={2**64}"])
+
+
 def test_overrides_on_a_recipe_object_keep_what_the_fingerprint_leaves_out():
     """as_recipe rebuilds a Recipe from every value: [adv] with steps 0 is out of the fingerprint
     but its eps and norm are the recipe's, and an adv.steps override must find them."""
