@@ -29,6 +29,18 @@ the pipeline, which in ffcv 1.0.2 kills the loader thread and leaves the consume
 forever) ends the epoch with :class:`PipelineFailure` naming the batch's sample indices, which
 :class:`~ffcv_dp4tl.data.ffcv_loader.FFCVMaskedLoader` turns into a one-line ``DataError``.
 
+**Leave numba's types alone.** ffcv 1.0.2's ``OSCacheManager.state_type`` (called by its
+``compile_reader`` each time a ``Loader`` is built) sets ``mutable = False`` on numba's
+*interned* ``uint8[::1]`` type object, the one shared by every compiled function typed with a
+writable 1-d uint8 array since; that changes the type's hash while it sits in the keys of
+dispatchers' overload tables. A dispatcher shared between Loaders (the table above: the crop
+decoders' ``imdecode``) then cannot be typed again: the next specialization of a shared decoder
+(a split of one image has C-contiguous metadata, any other split an 'A' view) failed with
+``KeyError: (Array(uint8, 1, 'C'), ...)`` in every later Loader of the process. Our Loader's
+memory manager (:func:`_os_cache_reader_class`) compiles the same reader with the same
+signature (a read-only uint8 array out of a read-only page map), asking numba for the read-only
+type instead of turning its writable one into it, so building a Loader changes no type object.
+
 Importing this module needs no ffcv; the classes are built on first use.
 """
 from __future__ import annotations
@@ -202,6 +214,38 @@ def mirror_columns(image):
                 image[r, wd - 1 - c, ch] = t
 
 
+def _os_cache_reader_class() -> type:
+    """ffcv 1.0.2's ``OSCacheManager`` whose ``compile_reader`` mutates no numba type.
+
+    ffcv's ``state_type`` does ``t1 = nb.uint8[::1]; t1.mutable = False``: ``nb.uint8[::1]`` is
+    numba's interned (process-wide, hashed by value) ``Array(uint8, 1, 'C')``, so the assignment
+    turns the writable-array type that every earlier typing used (``imdecode``'s overloads keyed
+    by it, numba's caches) into a read-only one under its old hash (see the module docstring).
+    The reader here is ffcv's, compiled with the signature ffcv's ends up with: a read-only
+    ``uint8[::1]`` slice of the read-only page map (``np.memmap(mode='r')``), from the pointers
+    and sizes (writable ``uint64[::1]``; ffcv's second ``mutable = False`` hits ``t1`` again)."""
+    import numba as nb
+    from ffcv.memory_managers.os_cache import OSCacheManager
+    from ffcv.pipeline.compiler import Compiler
+
+    class FrozenTypesOSCacheManager(OSCacheManager):
+        @property
+        def state_type(self):
+            pages = nb.types.Array(nb.uint8, 1, "C", readonly=True)  # asked for, not made so
+            return nb.types.Tuple([pages, nb.uint64[::1], nb.uint64[::1]])
+
+        def compile_reader(self):
+            def read(address, mem_state):  # ffcv 1.0.2's OSCacheManager reader
+                size = mem_state[2][np.searchsorted(mem_state[1], address)]
+                return mem_state[0][address:address + size]
+
+            out = nb.types.Array(nb.uint8, 1, "C", readonly=True)
+            return Compiler.compile(read, out(nb.uint64, self.state_type))
+
+    FrozenTypesOSCacheManager.__qualname__ = FrozenTypesOSCacheManager.__name__
+    return FrozenTypesOSCacheManager
+
+
 _CLASSES: dict[str, type] | None = None
 
 
@@ -216,6 +260,7 @@ def _build_classes() -> dict[str, type]:
     from ffcv.loader import Loader
     from ffcv.loader import epoch_iterator as ffcv_epoch_iterator
     from ffcv.loader.epoch_iterator import EpochIterator
+    from ffcv.memory_managers.os_cache import OSCacheManager
     from ffcv.utils import chunks
     from ffcv.pipeline.allocation_query import AllocationQuery
     from ffcv.pipeline.compiler import Compiler
@@ -469,9 +514,24 @@ def _build_classes() -> dict[str, type]:
                 self.join(timeout=0.01)
             return not self.is_alive()
 
+    FrozenTypesOSCacheManager = _os_cache_reader_class()
+
     class ReusingLoader(Loader):
         """ffcv's ``Loader`` that shares compiled operations between Loaders of the same
-        shape (see the module docstring) and iterates with :class:`GuardedEpochIterator`."""
+        shape (see the module docstring), iterates with :class:`GuardedEpochIterator` and
+        compiles its page reader without changing numba's types (``memory_manager``)."""
+
+        @property
+        def memory_manager(self):
+            return self._memory_manager
+
+        @memory_manager.setter
+        def memory_manager(self, manager):
+            # ffcv's __init__ assigns its manager, then at once compiles the reader: ours for
+            # the page-map one, whose reader mutates no numba type (_os_cache_reader_class)
+            if type(manager) is OSCacheManager:
+                manager.__class__ = FrozenTypesOSCacheManager
+            self._memory_manager = manager
 
         @property
         def status_node_ids(self) -> list[int]:

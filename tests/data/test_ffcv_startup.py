@@ -6,11 +6,17 @@
 * a damaged JPEG inside the beton (ffcv's decoder silently keeps stale pixels) is one line
   naming sample, split, beton and `dp4tl verify`, for the center-crop, random-crop and seeded
   decoders, and the process neither aborts nor hangs;
-* an exception inside ffcv's pipeline thread reaches the consumer instead of leaving it waiting.
+* an exception inside ffcv's pipeline thread reaches the consumer instead of leaving it waiting;
+* a Loader over a split of one image, then Loaders over other splits, in one fresh process:
+  every batch comes (building a Loader no longer corrupts numba's types).
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,3 +207,58 @@ def test_pipeline_exception_reaches_the_consumer(index_dataset):
     assert not t.is_alive(), "the loader hung on a pipeline exception"
     assert len(caught) == 1 and isinstance(caught[0], RuntimeError), caught
     assert "boom in a stage" in str(caught[0])
+
+
+#: run in a fresh process (numba's compiled state is per process, and an earlier test may have
+#: compiled the specializations already): eval, then train, Loaders over the one-image ``val``
+#: split, then the ``train`` split, then ``val`` again; every batch saved for the test to check
+_ONE_IMAGE_SCRIPT = """
+import sys
+import torch
+from ffcv_dp4tl.data import AugSpec, make_loader
+root, out = sys.argv[1], sys.argv[2]
+got = []
+for split, train in [("val", False), ("train", False), ("val", False),
+                     ("val", True), ("train", True)]:
+    aug = AugSpec.for_train() if train else AugSpec.for_eval()
+    loader = make_loader(root, split, fmt="ffcv", aug=aug, batch_size=4, resolution=16,
+                         num_workers=1, shuffle=False, drop_last=False)
+    for b in loader:
+        got.append((split, train, b.indices.clone(), b.labels.clone(), b.images.clone()))
+torch.save(got, out)
+"""
+
+
+def test_a_one_image_split_leaves_later_loaders_working(tmp_path, pixel_codec):
+    """ffcv 1.0.2 marked numba's shared ``uint8[::1]`` type read-only in place whenever a Loader
+    was built; after a Loader over a split of ONE image (C-contiguous metadata: its own
+    specialization of the shared decoders), the next Loader over another split had to type
+    ``imdecode`` again and failed: ``KeyError: (Array(uint8, 1, 'C'), ..., Literal[int](0),
+    ...)`` in ``stage_code_0``, and so did every later one in the process."""
+    from beton_builders import BuildOptions, DatasetSpec, Sample, build_dataset
+
+    index_image, _, decode_batch = pixel_codec
+    train = [Sample(index_image(i, 24 + 8 * (i % 2), 32), i % 2, name=f"tr/{i}") for i in range(6)]
+    val = [Sample(index_image(40, 32, 24), 1, name="va/0")]
+    root = tmp_path / "ds"
+    build_dataset(DatasetSpec("one", ["a", "b"], {"train": train, "val": val}), root,
+                  BuildOptions(max_side=32, shard_size=8, workers=1, progress=False))
+    out = tmp_path / "batches.pt"
+    repo = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [repo] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    done = subprocess.run([sys.executable, "-c", _ONE_IMAGE_SCRIPT, str(root), str(out)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = torch.load(out)
+    seen = [(split, trained, idx.tolist()) for split, trained, idx, _, _ in got]
+    assert seen == [("val", False, [0]), ("train", False, [0, 1, 2, 3]),
+                    ("train", False, [4, 5]), ("val", False, [0]), ("val", True, [0]),
+                    ("train", True, [0, 1, 2, 3]), ("train", True, [4, 5])]
+    for split, _, idx, labels, images in got:
+        assert tuple(images.shape[1:]) == (3, 16, 16)
+        codes = decode_batch(images)[0]
+        if split == "val":
+            assert codes == [40] and labels.tolist() == [1]
+        else:
+            assert codes == idx.tolist() and labels.tolist() == [i % 2 for i in idx.tolist()]
