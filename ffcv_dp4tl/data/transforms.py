@@ -206,9 +206,13 @@ class Normalize(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         _check_nchw(images)
         mean, std = self.mean.to(images.device), self.std.to(images.device)
+        # the layout asked for, whatever the input's (made on the uint8 batch, a quarter of the
+        # bytes): an NHWC batch's NCHW view gave a channels_last result where NCHW was asked
+        # for, and oneDNN's CPU convolution backward corrupted the heap on it (width-8 ResNets,
+        # odd batches: a crash, or worse; an audit)
+        images = images.contiguous(memory_format=torch.channels_last if self.channels_last
+                                   else torch.contiguous_format)
         x = (images.float() - mean) / std
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         return x.to(self.dtype)
 
     def into(self, images: torch.Tensor, out: torch.Tensor,

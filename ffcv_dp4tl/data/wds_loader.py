@@ -199,12 +199,14 @@ class _MaskedShardDataset(Dataset):
 
     def _normalized(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
         """:class:`Normalize` of the uint8 NHWC batch ``x`` (:meth:`Normalize.into` of its NCHW
-        view: the same floats) in a new tensor of the loader's dtype that is NHWC in memory as
-        :class:`Normalize`'s output is, in shared memory when ``shared``."""
+        view: the same floats) in a new tensor of the loader's dtype in :class:`Normalize`'s
+        output layout (channels_last or NCHW), in shared memory when ``shared``."""
         dtype = self.normalize.dtype
-        out = _new_tensor(tuple(x.shape), dtype, shared).permute(0, 3, 1, 2)
-        scratch = (None if dtype == torch.float32
-                   else self._buffer(torch.float32, tuple(x.shape)).permute(0, 3, 1, 2))
+        n, h, w, c = x.shape
+        nhwc = self.normalize.channels_last
+        out = (_new_tensor((n, h, w, c), dtype, shared).permute(0, 3, 1, 2) if nhwc
+               else _new_tensor((n, c, h, w), dtype, shared))
+        scratch = None if dtype == torch.float32 else self._buffer(torch.float32, (n, c, h, w))
         return self.normalize.into(x.permute(0, 3, 1, 2), out, scratch)
 
 

@@ -544,3 +544,22 @@ def test_closing_a_loader_ends_its_workers_and_it_reads_again(fmt, index_dataset
         assert not multiprocessing.active_children()
         assert [b.indices.tolist() for b in loader] == first
     assert not multiprocessing.active_children()
+
+
+@pytest.mark.parametrize("fmt,workers,decode", [("ffcv", 1, "cpu"), ("wds", 0, "cpu"),
+                                                 ("wds", 1, "cpu"), ("wds", 0, "gpu")])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batches_come_in_the_memory_layout_asked_for(fmt, workers, decode, channels_last,
+                                                     index_dataset, mask):
+    """A loader gives NCHW-contiguous images unless ``channels_last`` is asked for (recipes ask
+    on CUDA only: ``trainer.use_channels_last``). ffcv's and the workers' NHWC batches came out
+    channels_last whatever was asked, and oneDNN's CPU convolution backward corrupted the heap
+    on such input (a width-8 ResNet-18 on odd batches: "double free or corruption"; an audit)."""
+    fmt_ = torch.channels_last if channels_last else torch.contiguous_format
+    for aug in (AugSpec.for_eval(), AugSpec.for_train()):
+        loader = make_loader(index_dataset.root, "train", fmt=fmt, mask=mask, batch_size=BS,
+                             resolution=16, aug=aug, num_workers=workers, decode=decode,
+                             channels_last=channels_last)
+        batch = next(iter(loader))
+        assert batch.images.is_contiguous(memory_format=fmt_), (aug.train, batch.images.stride())
+        loader.close()
