@@ -445,7 +445,9 @@ class CorruptedLoader:
             u8 = (x.float() * std + mean).round().clamp_(0, 255).to(torch.uint8)
             nhwc = u8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
             out = torch.from_numpy(self.op(nhwc, batch.indices.cpu().numpy())).to(dev)
-            y = ((out.permute(0, 3, 1, 2).float() - mean) / std)
-            if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-                y = y.contiguous(memory_format=torch.channels_last)
+            # the clean batch's layout (the permuted NHWC result is channels_last in memory:
+            # the clean and corrupted passes then ran differently rounded convolutions)
+            layout = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+                      and not x.is_contiguous() else torch.contiguous_format)
+            y = (out.permute(0, 3, 1, 2).contiguous(memory_format=layout).float() - mean) / std
             yield batch._replace(images=y)

@@ -152,6 +152,8 @@ def test_corrupted_loader_corrupts_each_decoded_sample(index_dataset):
         want = torch.from_numpy(op(u8, a.indices.numpy())).permute(0, 3, 1, 2).float()
         torch.testing.assert_close(b.images, (want - mean) / std, rtol=0, atol=1e-5)
         assert not torch.allclose(a.images, b.images)
+        # the clean batch's memory layout (NCHW here), so both passes run the same convolutions
+        assert a.images.is_contiguous() and b.images.is_contiguous()
 
 
 def _published_shuffle(x: np.ndarray, offsets: np.ndarray, delta: int) -> np.ndarray:
