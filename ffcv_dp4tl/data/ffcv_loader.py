@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from pathlib import Path
 import inspect
+import weakref
 from typing import Any, Iterator
 
 import numpy as np
@@ -301,6 +302,18 @@ class FFCVMaskedLoader(PlanLoaderBase):
         self.loader.timeout = self.timeout  # (read by each epoch's GuardedEpochIterator)
         self.normalize = Normalize(dtype, channels_last, aug.normalize).to(self.device)
         self.epoch = 0
+        #: the epoch threads of iterations not finished (a generator kept suspended by a
+        #: traceback leaves its thread decoding until it is closed)
+        self._epochs: weakref.WeakSet = weakref.WeakSet()
+
+    def close(self) -> None:
+        """Stop the epoch threads of unfinished iterations (:meth:`MaskedLoader.close`); the
+        beton stays mapped until the loader is collected (ffcv's loader has no close, and
+        numba's compiled readers hold the map in a reference cycle: the next full collection)."""
+        for batches in list(self._epochs):
+            stop = getattr(batches, "stop", None)
+            if stop is not None:
+                stop()
 
     def set_epoch(self, epoch: int, resolution: int | None = None,
                   next_resolution: int | None = None, start_batch: int = 0) -> None:
@@ -322,6 +335,7 @@ class FFCVMaskedLoader(PlanLoaderBase):
         self.loader.next_epoch = epoch
         order = self.plan.order(epoch)
         batches = iter(self.loader)
+        self._epochs.add(batches)  # (close() stops it, where this generator is left suspended)
         # bound here, not looked up in the module at the `except`: a generator left suspended
         # by a stop signal (its frame kept by the traceback) is closed only at interpreter
         # exit, after module globals are cleared, and `except <None>` printed "Exception

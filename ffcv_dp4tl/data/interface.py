@@ -177,6 +177,5 @@ class PlanLoaderBase:
         return self.plan.num_batches(self.batch_size, self.drop_last, epoch=self.epoch)
 
     def close(self) -> None:
-        """Nothing to close here (:meth:`MaskedLoader.close`): ffcv's loader has no close (its
-        epoch thread ends with its epoch; the beton stays mapped until the loader is collected,
-        at the next full garbage collection, as numba's compiled readers hold it in a cycle)."""
+        """Nothing runs beside the caller here (:meth:`MaskedLoader.close`); a loader that
+        runs threads, processes or files overrides it."""

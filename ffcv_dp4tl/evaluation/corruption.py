@@ -31,6 +31,7 @@ import torch
 from ..data import load_manifest, make_loader
 from ..contracts.fields import typed
 from ..data.corruptions import CorruptedLoader, CorruptionOp
+from ..data.loaders import closing_loaders
 from ..errors import DataError
 from ..progress import bar as progress_bar
 from ..training.engine import evaluate
@@ -66,6 +67,7 @@ def resolution_warning(ft: Finetuned, corrupt_resolution: int | None) -> str | N
             f"{CIFAR_C_SIDE} to corrupt as CIFAR-10-C does")
 
 
+@closing_loaders()  # (its loader's workers end with the call, failed or not)
 def corruption_accuracy(ft: Finetuned, corruptions: Sequence[tuple[str, int]], *,
                         split: str | None = None, fmt: str | None = None,
                         batch_size: int | None = None, num_workers: int = 2, seed: int = 0,

@@ -281,6 +281,7 @@ def model_flatness(ft, *, split: str | None = None, fmt: str | None = None, batc
     shows them where stderr is a terminal only, as ``dp4tl evaluate flatness`` calls this with
     no ``--progress`` option: a terminal sees them, a log file gets no bar redrawn in it."""
     from ..data import make_loader
+    from ..data.loaders import closing_loaders
     from ..errors import DataError
     from ..training.distributed import single_process_context
 
@@ -289,10 +290,11 @@ def model_flatness(ft, *, split: str | None = None, fmt: str | None = None, batc
     fmt = fmt or ft.fmt
     mask, mask_path = (ft.train_mask, ft.train_mask_path) if split is None else (None, None)
     split = ft.train_split if split is None else split
-    loader = make_loader(ft.target, split, fmt=fmt, aug=ft.eval_aug(), shuffle=False,
-                         mask=mask, batch_size=batch_size, resolution=ft.resolution, device=dev,
-                         num_workers=num_workers)
-    batches = fixed_batches(loader, num_batches)
+    with closing_loaders():  # (the batches are read into memory: the loader ends here)
+        loader = make_loader(ft.target, split, fmt=fmt, aug=ft.eval_aug(), shuffle=False,
+                             mask=mask, batch_size=batch_size, resolution=ft.resolution,
+                             device=dev, num_workers=num_workers)
+        batches = fixed_batches(loader, num_batches)
     if not batches:
         raise DataError(f"{ft.target} split {split!r} gave no batch to measure the loss on; "
                         "choose a split with samples (--split)")

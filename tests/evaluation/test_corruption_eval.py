@@ -486,3 +486,26 @@ def test_a_run_that_decoded_its_test_images_on_the_gpu_is_named_in_the_note(
     note = corruption_table({"g": off}).splitlines()[-1]
     assert "the run decoded its test JPEGs on the GPU, this evaluation on the CPU" in note
     assert "other kernels" not in note
+
+
+def test_a_failed_evaluation_leaves_no_loader_workers_behind(lp_run, monkeypatch):
+    """The evaluation closes its loader as it unwinds: a failed call kept by a notebook's
+    traceback held the WebDataset loader's worker processes (a review of the leak fixes)."""
+    import multiprocessing
+
+    from ffcv_dp4tl.evaluation import corruption
+
+    ft = load_finetuned(lp_run, "cpu")
+    evaluate = corruption.evaluate
+
+    def fails_on_the_corrupted_pass(model, loader, *args, **kw):
+        if isinstance(loader, corruption.CorruptedLoader):
+            raise ValueError("a corrupted pass failed")
+        return evaluate(model, loader, *args, **kw)
+
+    monkeypatch.setattr(corruption, "evaluate", fails_on_the_corrupted_pass)
+    before = set(multiprocessing.active_children())
+    with pytest.raises(ValueError) as failed:
+        corruption_accuracy(ft, [("contrast", 5)], batch_size=5, num_workers=2, progress=False)
+    assert failed.traceback  # (kept: its frames hold the loader)
+    assert set(multiprocessing.active_children()) <= before
