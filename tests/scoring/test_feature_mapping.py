@@ -447,3 +447,21 @@ def test_cluster_methods_read_only_the_source_train_features(method):
     result = get_scorer(method).score(ctx)
     assert read and all(not r.startswith("val") for r in read), read
     assert result.train_units.shape == (12,) and not hasattr(result, "val_units")
+
+
+def test_fm_warns_when_k_means_leaves_clusters_empty():
+    """Features that repeat (identical or blank source images) leave k-means clusters empty:
+    FM then ranks fewer units than --k, and said nothing (the report read "kept: 2 clusters"
+    of a K of 8; an audit). It says so, and still scores every cluster."""
+    from types import SimpleNamespace
+
+    from ffcv_dp4tl.scoring.methods.fm import FeatureMapping
+
+    source = np.repeat(np.eye(4, dtype=np.float32)[:2], 10, axis=0)  # 2 distinct rows
+    target = SimpleNamespace(features=source[:3])
+    ctx = SimpleNamespace(k=8, iters=5, seed=0, backend="cpu", meta={},
+                          target_predictions=lambda features: [target],
+                          source_features=lambda split: source, combine=lambda parts: parts[0])
+    with pytest.warns(UserWarning, match=r"k-means left 6 of its 8 clusters empty"):
+        result = FeatureMapping().score(ctx)
+    assert len(result.scores) == 8 and len(np.unique(result.train_units)) == 2

@@ -4,6 +4,8 @@ score = votes per cluster, tie-break = how near the cluster lies to the target
 (:func:`~ffcv_dp4tl.scoring.feature_mapping.reciprocal_rank_votes`), then cluster id."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ..context import ScoringContext
@@ -50,4 +52,9 @@ class FeatureMapping(Scorer):
                         seed=ctx.seed, backend=ctx.backend)
         centroids = result.centroids
         ctx.meta.update({"k": ctx.k, "iters": ctx.iters, **result.run_record()})
+        empty = ctx.k - len(np.unique(result.labels))
+        if empty:  # (the selection is still right; the units are fewer than asked for)
+            warnings.warn(f"k-means left {empty} of its {ctx.k} clusters empty: the source's "
+                          "features repeat (identical or blank images?), so FM ranks "
+                          f"{ctx.k - empty} clusters, not --k {ctx.k}", stacklevel=2)
         return vote_clusters(ctx, target_feats, centroids, np.asarray(result.labels, dtype=np.int64))
