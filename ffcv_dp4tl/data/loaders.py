@@ -166,7 +166,8 @@ _OPENED: contextvars.ContextVar[list | None] = contextvars.ContextVar("dp4tl_loa
 @contextlib.contextmanager
 def closing_loaders() -> Iterator[None]:
     """Close every loader :func:`make_loader` makes within the block when the block ends, as it
-    ends: ``train``, ``finetune`` and ``score`` run in one (``process_state``). A failed call
+    ends: ``train``, ``finetune`` and ``score`` run in one (``process_state``), and so do the
+    corruption and flatness evaluations. A failed call
     kept its loaders, their worker processes, threads and files, for as long as its traceback
     was kept (a notebook keeps the last one: four WebDataset workers and 26 files after a
     failed ``train``; a leak audit)."""

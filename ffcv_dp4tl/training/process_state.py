@@ -18,9 +18,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def keeps_process_state(fn: F) -> F:
-    """Decorate a public entry point so the process leaves it with its loaders closed and the thread count and the
-    generator states (Python's, numpy's, torch's CPU one, and the current GPU's where CUDA was
-    already in use: reading another GPU's would start a context on it) it entered with.
+    """Decorate a public entry point so the process leaves it with the loaders it made closed,
+    and with the thread count and the generator states (Python's, numpy's, torch's CPU one, and
+    the current GPU's where CUDA was already in use: reading another GPU's would start a context
+    on it) it entered with.
     torch is imported at the call, not when a module decorates its entry point: importing
     ``pipeline.score`` for its checks (``bench render``, the CLI's option parsing) loads no torch."""
 
