@@ -34,11 +34,13 @@ class Sample:
     def display_name(self) -> str:
         """The sample's origin as printable text: a file name that is not valid UTF-8 (held by
         Python as lone surrogates, PEP 383) shows its odd bytes as ``\\xNN`` escapes, so the
-        name can go into messages, JSON and ``rejects.txt``."""
+        name can go into messages, JSON and ``rejects.txt``. A file path is made absolute, as
+        in ``S.files.txt`` (:meth:`origin`): ``rejects.txt`` listed the paths as typed, which
+        mean nothing once the build's working folder is forgotten."""
         if self.name:
             return printable(self.name)
         if isinstance(self.ref, (str, Path)):
-            return printable(str(self.ref))
+            return printable(os.path.abspath(self.ref))
         return repr(self.ref)
 
     def origin(self) -> str:

@@ -747,3 +747,17 @@ def test_default_workers_are_the_cores_this_process_may_use(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(128)))
     monkeypatch.setattr(cpus, "cpu_quota", lambda: 4.0)
     assert BuildOptions().workers == 4
+
+
+def test_rejects_txt_names_inputs_by_their_absolute_path(tmp_path, monkeypatch):
+    """``rejects.txt`` lists a skipped input by its absolute path, as ``S.files.txt`` lists the
+    kept ones: a path as typed (relative to the folder the build ran in) meant nothing later."""
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(tmp_path / "in" / "ok.jpg")
+    monkeypatch.chdir(tmp_path)
+    samples = [Sample(Path("in/ok.jpg"), 0), Sample(Path("in/missing.jpg"), 1)]
+    out = tmp_path / "out"
+    build_dataset(DatasetSpec("rel", ["a", "b"], {"train": samples}), out, OPTS)
+    rows = [line.split("\t") for line in (out / "rejects.txt").read_text().splitlines()[1:]]
+    assert rows == [["train", str(tmp_path / "in" / "missing.jpg"), "file not found"]]
+    assert (out / "train.files.txt").read_text() == f"{tmp_path / 'in' / 'ok.jpg'}\n"
