@@ -274,7 +274,7 @@ def pretrain_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, pr: Stage,
 
     def pretrain(rec, d: Path) -> Any:
         mask = load_mask(pr.output("train.npy"))
-        note = few_steps_note(rec, len(mask))
+        note = few_steps_note(rec, len(mask), pruned=cfg.ratio > 0)
         if note and not said:  # (said once, by the first seed that trains: not when cached)
             said.append(note)
             log(f"[pretrain] warning: {note}")

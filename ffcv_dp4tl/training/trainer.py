@@ -479,13 +479,14 @@ def matched_steps_overrides(recipe: Recipe, full: int, kept: int) -> list[str]:
     return epoch_scaling_overrides(recipe, epochs)
 
 
-def few_steps_note(recipe: Recipe, num_samples: int) -> str | None:
+def few_steps_note(recipe: Recipe, num_samples: int, pruned: bool = True) -> str | None:
     """A note when a training of ``num_samples`` samples takes fewer than :data:`FEW_STEPS`
     optimizer steps in all (its epochs times the full batches of ``train.batch_size``, a last
     partial one counted unless ``train.drop_last`` or the objective drops it, as MoCo does),
     else None. A pipeline that pruned to 182 samples pretrained 1 step an epoch at batch 128,
     10 in all, and reported val top-1 at chance without a word (review); the run is legal, so
-    this is said, not refused."""
+    this is said, not refused. ``pruned``: the samples are what a pruning kept, so keeping more
+    is a fix (not for the unpruned set: ratio 0)."""
     tc = recipe.train
     per_epoch = steps_per_epoch(recipe, num_samples)
     total = per_epoch * tc.epochs
@@ -493,8 +494,9 @@ def few_steps_note(recipe: Recipe, num_samples: int) -> str | None:
         return None
     return (f"{num_samples} samples at train.batch_size {tc.batch_size} make "
             f"{count(per_epoch, 'optimizer step')} an epoch, {total} in all over "
-            f"{tc.epochs} epochs: too few to learn much (expect accuracy near chance); keep more "
-            "samples (a lower ratio) or lower train.batch_size")
+            f"{tc.epochs} epochs: too few to learn much (expect accuracy near chance); "
+            + ("keep more samples (a lower ratio) or lower train.batch_size" if pruned else
+               "lower train.batch_size or raise train.epochs"))
 
 
 def _read_metrics(path: Path) -> list[dict]:

@@ -298,6 +298,8 @@ def test_a_training_of_few_steps_is_called_out():
         "182 samples at train.batch_size 128 make 1 optimizer step an epoch, 10 in all over 10 "
         "epochs: too few to learn much (expect accuracy near chance); keep more samples (a "
         "lower ratio) or lower train.batch_size")
+    assert few_steps_note(r, 182, pruned=False).endswith(  # (ratio 0: nothing to keep more of)
+        "near chance); lower train.batch_size or raise train.epochs")
     assert few_steps_note(r, 768) is None  # the default job at ratio 0.6: 6 steps x 10
     assert "make 1 optimizer step an epoch" in few_steps_note(r, 255)
     keep_last = load_recipe("resnet34_tiny_cpu", ["train.drop_last=false"])
