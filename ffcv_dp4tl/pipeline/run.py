@@ -78,6 +78,8 @@ def _run_pipeline(cfg: PipelineConfig, log: Log) -> PipelineResult:
         res.target_weights = list(ok.weights) or [1.0] * len(r.target_dirs)
         res.target_recipes = {n: {m: name for m, (name, _) in ft.items()}
                               for n, ft in zip(r.target_names, r.finetune)}
+    if note := ratio_zero_note(cfg, ok.scorer):
+        log(f"[surrogate] note: {note}")
     sur = surrogate_stage(cfg, ok, r, res, log)
     if cfg.source_weights:
         pretrained = brought_source_stage(cfg, ok, r, res, log)
@@ -87,6 +89,18 @@ def _run_pipeline(cfg: PipelineConfig, log: Log) -> PipelineResult:
         pretrained = pretrain_stages(cfg, ok, r, pr, res, log)
     finetune_stages(cfg, ok, r, pretrained, res, log)
     return report_step(cfg, ok, r, res, log)
+
+
+def ratio_zero_note(cfg: PipelineConfig, scorer: Any) -> str | None:
+    """At ratio 0 every sample is kept whatever the method, so a method that trains a
+    surrogate first spends that time on nothing the pretraining depends on (its stage is keyed
+    by the mask's content, the whole split either way): a line saying so, else None. (An
+    audit: ``--ratio 0`` with the default LM trained a surrogate and scored.)"""
+    if cfg.ratio or not scorer.needs_surrogate or cfg.surrogate_weights or cfg.source_weights:
+        return None
+    return (f"ratio 0 keeps every sample whatever the method, so {scorer.name}'s surrogate and "
+            "scores change nothing the pretraining reads; `--method random --ratio 0` gives "
+            "the same pretraining (the same stage) without them")
 
 
 def preflight(cfgs: Iterable[PipelineConfig | tuple[str, PipelineConfig]],

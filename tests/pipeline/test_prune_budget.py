@@ -218,3 +218,30 @@ def test_a_ratio_that_keeps_no_cluster_names_clusters(index_dataset, tmp_path):
     sd = _fm_scores(tmp_path, np.zeros(5), _units())
     with pytest.raises(DP4TLError, match=r"keeping a fraction 0\.05 of 5 clusters keeps none"):
         prune(sd, index_dataset.root, 0.95, tmp_path / "m")
+
+
+def test_at_ratio_0_every_method_keeps_the_same_mask_and_the_pipeline_says_so(index_dataset,
+                                                                              tmp_path):
+    """Ratio 0 keeps the whole split whatever the unit, byte for byte, so the pretraining (keyed
+    by the mask's content) is one stage for every method; a method that trains a surrogate
+    first spends that time on nothing, and the pipeline says so (an audit: `--ratio 0` with
+    the default LM trained a surrogate and scored)."""
+    from ffcv_dp4tl.pipeline.config import PipelineConfig
+    from ffcv_dp4tl.pipeline.run import ratio_zero_note
+    from ffcv_dp4tl.scoring.registry import get_scorer
+
+    src = index_dataset.root
+    n = load_manifest(src).split("train").num_samples
+    classes = tmp_path / "lm"
+    write_scores(classes, method="lm", unit="class", scores=np.arange(5, dtype=float), meta={})
+    samples = tmp_path / "random"
+    write_scores(samples, method="random", unit="sample",
+                 scores=np.random.default_rng(0).random(n), meta={})
+    prune(classes, src, 0.0, tmp_path / "m_lm")
+    prune(samples, src, 0.0, tmp_path / "m_random")
+    assert (tmp_path / "m_lm" / "train.npy").read_bytes() == \
+        (tmp_path / "m_random" / "train.npy").read_bytes()
+    assert "`--method random --ratio 0`" in ratio_zero_note(PipelineConfig(ratio=0.0),
+                                                            get_scorer("lm"))
+    assert ratio_zero_note(PipelineConfig(ratio=0.4), get_scorer("lm")) is None
+    assert ratio_zero_note(PipelineConfig(ratio=0.0), get_scorer("random")) is None
