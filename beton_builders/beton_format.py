@@ -79,6 +79,7 @@ class BetonLayout:
     names: list[str]        # field names, in the file's order
     type_ids: list[int]     # each field's ffcv type id (:data:`METADATA_TYPES`)
     metadata_type: np.dtype
+    size: int               # the file's size in bytes when the header was read
 
     @property
     def num_samples(self) -> int:
@@ -145,8 +146,8 @@ def read_layout(path: str | Path) -> BetonLayout:
             raise DataError(f"{path}: field name {name!r} is not ASCII (a damaged header)")
         names.append(name.decode("ascii"))
     meta = np.dtype([("", METADATA_TYPES[t]) for t in type_ids], align=True)
-    layout = BetonLayout(path, header, names, type_ids, meta)
     size = path.stat().st_size
+    layout = BetonLayout(path, header, names, type_ids, meta, size)
     table = int(header["alloc_table_ptr"])
     if not layout.metadata_end <= table <= size or (size - table) % ALLOC_TABLE.itemsize:
         raise DataError(f"{path}: header points outside the file (metadata ends at "

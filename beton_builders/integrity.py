@@ -83,7 +83,6 @@ class BetonRegions:
     on a network mount)."""
 
     layout: BetonLayout
-    size: int
     head: bytes
     tail: bytes
 
@@ -103,21 +102,20 @@ def read_regions(path: Path) -> BetonRegions:
     from .beton_format import read_layout
 
     layout = read_layout(path)
-    size = os.path.getsize(path)
     alloc_ptr = int(layout.header["alloc_table_ptr"])
     fd = os.open(path, os.O_RDONLY)
     try:
         head = os.pread(fd, layout.metadata_end, 0)
-        tail = os.pread(fd, size - alloc_ptr, alloc_ptr)
+        tail = os.pread(fd, layout.size - alloc_ptr, alloc_ptr)
     finally:
         os.close(fd)
-    return BetonRegions(layout, size, head, tail)
+    return BetonRegions(layout, head, tail)
 
 
 def beton_checksum(path: Path) -> dict[str, Any]:
     """``{"size", "digest"}`` of a beton (see the module docstring for what is hashed)."""
     regions = read_regions(Path(path))
-    return {"size": regions.size, "digest": regions.digest}
+    return {"size": regions.layout.size, "digest": regions.digest}
 
 
 def shard_checksum(path: Path) -> dict[str, Any]:

@@ -19,8 +19,10 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# click's exception base (typer vendors click in recent versions, so find it through a public name)
-_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+# click's exception classes (typer vendors click in recent versions, so they are found through
+# a public name): the base of every usage error, and the one a refusal of a whole option raises
+_ClickException, UsageError = (next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+                               for name in ("ClickException", "UsageError"))
 
 
 def _version(value: bool) -> None:

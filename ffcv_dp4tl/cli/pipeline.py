@@ -9,7 +9,7 @@ import typer
 
 from ..scoring.registry import methods_help, parse_option_pairs
 from ..shipped import doc_ref
-from .app import app
+from .app import UsageError, app
 from .options import (ORDER_HELP, PRETRAIN_LENGTH_HELP, PROGRESS_HELP, RECIPES_HELP, FORMAT_HELP, K_HELP, Budget, Format, FinetuneMode, Order,
                       PretrainLength, Protocol, RecipeSet, TargetSplit,
                       check_arch, check_k, device_option, list_callback, not_blank_callback,
@@ -32,8 +32,6 @@ SPLIT_HELP = ("Targets built here: auto = the CoOp split_zhou_*.json when it lie
               "(the paper's Tab. A1 splits), else official; coop: require it; official: never")
 
 FINETUNE_MODES = [m.value for m in FinetuneMode]
-# click's usage error (typer vendors click in recent versions: found through a public name)
-_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 TARGET_HELP = ("Built target dir, a SOURCE like flowers102:/data/flowers, or a synth target name "
                "(default: the alphabetically first, blur on synth data); several "
                "(comma-separated or repeated, e.g. --target warm,blur): one selection scored on "
@@ -52,7 +50,7 @@ def refuse_out(ctx: typer.Context, value: Optional[str]) -> None:
         return None
     default = {p.name: p.default for p in ctx.command.params}
     folder = shlex.quote(value) if value.strip() and value.isprintable() else "DIR"
-    raise _UsageError(  # (not BadParameter: "Invalid value for '--out'" says there is one)
+    raise UsageError(  # (not BadParameter: "Invalid value for '--out'" says there is one)
         f"dp4tl pipeline has no --out: its stages go under --runs-root (default "
         f"{default['runs_root']}) and its built data under --data-root (default "
         f"{default['data_root']}); pass `--runs-root {folder}` (`just pretrain "

@@ -311,9 +311,16 @@ class FFCVMaskedLoader(PlanLoaderBase):
         beton stays mapped until the loader is collected (ffcv's loader has no close, and
         numba's compiled readers hold the map in a reference cycle: the next full collection)."""
         for batches in list(self._epochs):
-            stop = getattr(batches, "stop", None)
-            if stop is not None:
-                stop()
+            self._stop_epoch(batches)
+
+    @staticmethod
+    def _stop_epoch(batches) -> None:
+        """End an epoch's thread now and wait for it (``GuardedEpochIterator.stop``). A method,
+        not a module function: the generator's ``finally`` may run at interpreter exit, after
+        module globals are cleared (see :meth:`__iter__`)."""
+        stop = getattr(batches, "stop", None)
+        if stop is not None:
+            stop()
 
     def set_epoch(self, epoch: int, resolution: int | None = None,
                   next_resolution: int | None = None, start_batch: int = 0) -> None:
@@ -356,9 +363,7 @@ class FFCVMaskedLoader(PlanLoaderBase):
                                 "that stopped answering, such as a network mount, or a thread "
                                 "that hung") from None
         finally:  # left early (break, an exception) or not: the epoch's thread has ended
-            stop = getattr(batches, "stop", None)
-            if stop is not None:
-                stop()
+            self._stop_epoch(batches)
         self.epoch = epoch + 1
 
     def _damage_error(self, failure: PipelineFailure) -> Exception:
