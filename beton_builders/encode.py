@@ -96,14 +96,39 @@ def to_rgb(img: Image.Image) -> Image.Image:
         # 0..65535) have no fixed range: stretched from their minimum to their maximum.
         arr = np.asarray(img, dtype=np.float64)
         if img.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
-            arr = (arr - arr.min()) / ((arr.max() - arr.min()) or 1.0) * 65535.0
-        return Image.fromarray(np.rint(arr / 257.0).clip(0, 255).astype(np.uint8)).convert("RGB")
+            return _gray_to_rgb(_stretched(arr))
+        return _gray_to_rgb(arr / 257.0)
     if img.mode == "F":
+        # Floats in [0, 1] (the usual float image convention: TIFF, skimage, OpenCV) on the
+        # fixed scale value * 255, so a dark image stays dark; any other range has no fixed
+        # scale and is stretched. NaN and infinite pixels (no-data in float TIFFs) read as 0.
         arr = np.asarray(img, dtype=np.float64)
-        lo, hi = arr.min(), arr.max()
-        arr = (arr - lo) / ((hi - lo) or 1.0) * 255.0
-        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+        finite = np.isfinite(arr)
+        if not finite.any():
+            raise ValueError("float image has no finite pixel (all NaN or infinite)")
+        values = arr[finite]
+        if values.min() >= 0.0 and values.max() <= 1.0:
+            scaled = arr * 255.0
+        else:
+            scaled = _stretched(arr, values)
+        return _gray_to_rgb(np.where(finite, scaled, 0.0))
     return img.convert("RGB")
+
+
+def _stretched(arr: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
+    """``arr`` stretched from the minimum to the maximum of ``values`` (default: ``arr``) onto
+    0..255. A constant image has no range to stretch: it is mid-grey (128), not black, which a
+    division by a zero range made it (a blank tile is not a black one)."""
+    values = arr if values is None else values
+    lo, hi = float(values.min()), float(values.max())
+    if hi == lo:
+        return np.full(arr.shape, 128.0)
+    return (arr - lo) / (hi - lo) * 255.0
+
+
+def _gray_to_rgb(arr: np.ndarray) -> Image.Image:
+    """One channel of values on 0..255 (rounded, clipped) as an RGB image."""
+    return Image.fromarray(np.rint(arr).clip(0, 255).astype(np.uint8)).convert("RGB")
 
 
 def encode_sample(ref: ImageRef, max_side: int, quality: int) -> Encoded | str:

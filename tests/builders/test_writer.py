@@ -347,6 +347,26 @@ def test_16_bit_samples_keep_their_brightness():
     assert wide[0, :, 0].tolist() == [0, 255]  # 32-bit: no fixed range, stretched
 
 
+def test_float_and_flat_wide_images_keep_their_content():
+    """Float images in [0, 1] map value * 255 (a dark image stays dark); other ranges are
+    stretched; a constant image is mid-grey, not black; NaN pixels read as 0 without turning
+    the whole image black; an image with no finite pixel is a one-line reject."""
+    from beton_builders.encode import encode_sample, to_rgb
+
+    def grey(arr, mode=None):
+        return np.asarray(to_rgb(Image.fromarray(arr, mode)))[..., 0]
+
+    assert grey(np.full((4, 4), 0.5, np.float32)).tolist() == [[128] * 4] * 4
+    assert int(grey(np.full((4, 4), 0.1, np.float32)).max()) == 26  # fixed scale, not stretched
+    holes = np.array([[0.0, 0.5], [1.0, np.nan]], np.float32)
+    assert grey(holes).tolist() == [[0, 128], [255, 0]]
+    assert grey(np.array([[-3.0, 7.0], [np.inf, 2.0]], np.float32)).tolist() == [[0, 255], [0, 128]]
+    assert set(grey(np.full((4, 4), 7.5, np.float32)).ravel().tolist()) == {128}
+    assert set(grey(np.full((4, 4), 100000, np.int32), "I").ravel().tolist()) == {128}
+    blank = lambda: Image.fromarray(np.full((16, 16), np.nan, np.float32))  # noqa: E731
+    assert encode_sample(blank, 32, 90) == "unreadable: float image has no finite pixel (all NaN or infinite)"
+
+
 def test_empty_split_is_an_error(tmp_path):
     spec = DatasetSpec("e", ["a"], {"train": [Sample(image(0), 0, "x")], "val": []})
     with pytest.raises(DataError, match="split 'val' of dataset 'e' is empty"):
