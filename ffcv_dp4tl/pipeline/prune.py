@@ -81,7 +81,29 @@ def prune(scores_dir: str | Path, source_dir: str | Path, ratio: float, out_dir:
     summary["kept_sample_fraction"] = summary["train_kept"] / n if n else 0.0
     if "kept_units" in summary:
         summary["kept_unit_fraction"] = len(summary["kept_units"]) / len(sc.scores)
+    if budget == "samples" and unit != "sample":
+        budget_gap_warning(summary["kept_sample_fraction"], ratio, unit)
     return summary
+
+
+#: how far (in kept sample fraction) ``budget=samples`` may land from ``1 - ratio`` unsaid
+BUDGET_GAP = 0.05
+
+
+def budget_gap_warning(kept_fraction: float, ratio: float, unit: str) -> None:
+    """Warn when whole units cannot bring ``budget=samples`` within :data:`BUDGET_GAP` of the
+    asked fraction (a source of few, unequal classes or clusters): the run keeps the closest
+    prefix, and the user should know it is not the budget asked for."""
+    asked = 1.0 - ratio
+    if abs(kept_fraction - asked) > BUDGET_GAP:
+        import warnings
+
+        plural = UNIT_PLURAL[unit]
+        warnings.warn(
+            f"--budget samples at ratio {ratio:g} asks to keep {asked:.3f} of the train samples, "
+            f"but the closest prefix of whole {plural} in rank order keeps {kept_fraction:.3f}: "
+            f"{plural} are kept whole and these are too large to come closer; choose another "
+            f"--ratio, or --budget units", stacklevel=3)
 
 
 @dataclass

@@ -245,3 +245,21 @@ def test_at_ratio_0_every_method_keeps_the_same_mask_and_the_pipeline_says_so(in
                                                             get_scorer("lm"))
     assert ratio_zero_note(PipelineConfig(ratio=0.4), get_scorer("lm")) is None
     assert ratio_zero_note(PipelineConfig(ratio=0.0), get_scorer("random")) is None
+
+
+def test_budget_samples_says_when_whole_units_cannot_meet_it(index_dataset, tmp_path):
+    """Whole clusters of 30, 5, 20, 10, 5 samples cannot keep 50 % of 70 in rank order 0, 2, …
+    (30 or 50 of 70): the prune keeps the closest prefix and says how far it is from the ask;
+    within 5 points (ratio 0.6: 30 kept for 28 asked) it says nothing."""
+    src = index_dataset.root
+    units = _units()
+    sd = _fm_scores(tmp_path, np.zeros(5), units)
+    with pytest.warns(UserWarning, match=r"asks to keep 0\.500 .* keeps 0\.429: clusters are kept whole"):
+        s = prune(sd, src, 0.5, tmp_path / "far", budget="samples")
+    assert s["train_kept"] == 30
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prune(sd, src, 0.6, tmp_path / "near", budget="samples")
+        prune(sd, src, 0.5, tmp_path / "units")  # the units budget keeps its ratio of units
