@@ -263,7 +263,9 @@ def check_data(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]
     if scorer.uses_k:
         check_k_fits(cfg.k, src.split("train").num_samples)
     check_target_classes(tgt)
-    _check_something_kept(cfg, scorer, src)
+    if note := _check_kept_units(cfg, scorer, src):
+        log(f"[warning] {note}")
+        warnings.warn(note, UserWarning, stacklevel=3)
     if "train" in tgt.split_names:
         n = tgt.split("train").num_samples
         if n < tgt.num_classes:
@@ -273,23 +275,35 @@ def check_data(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]
             warnings.warn(msg, UserWarning, stacklevel=3)
 
 
-def _check_something_kept(cfg: PipelineConfig, scorer, src) -> None:
+def _check_kept_units(cfg: PipelineConfig, scorer, src) -> str | None:
     """The ratio keeps at least one of the method's units (the prune stage's rule,
     :func:`~..scoring.ranking.keep_count`): ``--ratio 0.99`` of 32 classes trained the
     surrogate and scored before prune refused it (review). ``budget=samples`` prunes to a
-    sample fraction instead: the prune stage checks that."""
+    sample fraction instead: the prune stage checks that.
+
+    Returns a warning when the ratio rounds to keeping *every* unit (``--ratio 0.04`` of 10
+    classes, any ratio below 0.5 of a one-class source): nothing is pruned, so the run is the
+    unpruned pretraining behind a surrogate and scores (an audit: a one-class source ran so
+    without a word)."""
     from ..scoring.ranking import ScoringError, keep_count
     from ..scoring.registry import UNIT_PLURAL
 
     if not cfg.ratio or cfg.budget == "samples":
-        return
+        return None
     n = {"class": src.num_classes, "cluster": cfg.k,
          "sample": src.split("train").num_samples}.get(scorer.unit)
-    if n:
-        try:
-            keep_count(n, 1.0 - cfg.ratio, UNIT_PLURAL[scorer.unit])
-        except ScoringError as e:
-            raise DP4TLError(f"--ratio {cfg.ratio:g}: {e}") from None
+    if not n:
+        return None
+    what = UNIT_PLURAL[scorer.unit]
+    try:
+        m = keep_count(n, 1.0 - cfg.ratio, what)
+    except ScoringError as e:
+        raise DP4TLError(f"--ratio {cfg.ratio:g}: {e}") from None
+    if m < n:
+        return None
+    return (f"--ratio {cfg.ratio:g} keeps all {n} {what if n > 1 else scorer.unit} of "
+            f"{scorer.label} (round((1 - {cfg.ratio:g}) x {n}) = {m}): nothing is pruned, so the "
+            "pretraining is the unpruned one; a larger --ratio prunes")
 
 
 def _check_splits(data, which: str, readers: list[tuple[str, str, Any, str]],
@@ -376,7 +390,7 @@ def check_pretrain_size(cfg: PipelineConfig, unit: str, src, pre_name: str, pret
 
     try:
         most = most_kept(src, unit, cfg.ratio, cfg.budget)
-    except ScoringError:  # (keeps no unit: _check_something_kept's, or the prune stage's, refusal)
+    except ScoringError:  # (keeps no unit: _check_kept_units's, or the prune stage's, refusal)
         return
     if most is None or steps_per_epoch(pretrain, most) > 0:
         return

@@ -473,6 +473,39 @@ def test_a_ratio_that_keeps_no_unit_is_refused_before_the_surrogate(small_synth,
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("method, kw, ratio, said", [
+    ("lm", {}, 0.05, "keeps all 8 classes of LM (round((1 - 0.05) x 8) = 8)"),
+    ("fm", {"k": 3}, 0.1, "keeps all 3 clusters of FM (round((1 - 0.1) x 3) = 3)"),
+    ("lm", {}, 0.25, None)])
+def test_a_ratio_that_keeps_every_unit_is_said_before_the_surrogate(small_synth, tmp_path,
+                                                                   method, kw, ratio, said):
+    """A ratio that rounds to keeping every class or cluster (any ratio below 0.5 of a one-class
+    source) prunes nothing: the run is the unpruned pretraining behind a surrogate and scores,
+    which it ran without a word (audit). It is said by the checks before any work, in the log and
+    as a warning; a ratio that prunes says nothing."""
+    import warnings
+
+    cfg = PipelineConfig(source=str(small_synth / "source"),
+                         target=str(small_synth / "targets" / "paper"), ratio=ratio,
+                         method=method, finetune=("lp",), fmt="wds", runs_root=tmp_path / "r",
+                         data_root=tmp_path / "d", **kw)
+    from ffcv_dp4tl.data.manifest import load_manifest
+    from ffcv_dp4tl.pipeline.resolve import check_data
+    from ffcv_dp4tl.scoring import get_scorer
+
+    src, tgt = (load_manifest(small_synth / p) for p in ("source", "targets/paper"))
+    logs: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_data(cfg, get_scorer(method), src, tgt, logs.append)
+    notes = [str(w.message) for w in caught if "nothing is pruned" in str(w.message)]
+    if said is None:
+        assert notes == [] and not any("nothing is pruned" in line for line in logs)
+    else:
+        assert len(notes) == 1 and notes[0].startswith(f"--ratio {ratio:g} {said}: nothing is pruned")
+        assert f"[warning] {notes[0]}" in logs
+
+
 def test_a_memory_check_is_not_made_before_the_surrogate(small_synth, tmp_path, monkeypatch):
     """The memory check of INFMAX/INFSUM runs when scoring starts (pipeline.score.score), not in
     the pipeline's checks before any stage: a score stage computed on a large node is reused by
