@@ -438,3 +438,44 @@ def test_labels_hashed_once_a_file_however_often_it_changes(tmp_path, monkeypatc
     np.save(path, permuted)
     os.utime(path, ns=(9 * 10**9, 9 * 10**9))
     assert integrity.labels_intact(path, permuted, want) is False
+
+
+@pytest.mark.parametrize("where", ["allocation table", "last byte"])
+def test_changed_allocation_table_is_refused(copy, where):
+    """The beton's checksum covers its allocation table (where every sample's bytes lie) to the
+    file's last byte, not only its header and metadata: a damaged table is refused at open in
+    one line, and verify says the same, before ffcv reads samples from the wrong place."""
+    from beton_builders.beton_format import ALLOC_TABLE, read_layout
+
+    split = _split(copy)
+    size = split.beton.stat().st_size
+    table = int(read_layout(split.beton).header["alloc_table_ptr"])
+    assert size - table >= 2 * ALLOC_TABLE.itemsize  # (a table there to damage)
+    # the second entry's data pointer; or the file's last byte (the last entry's size)
+    _xor(split.beton, table + ALLOC_TABLE.itemsize + 8 if where == "allocation table" else size - 1)
+    with pytest.raises(DataError, match="checksum differs") as e:
+        make_loader(copy, "train", fmt="ffcv", aug=AugSpec.for_eval(), batch_size=8, resolution=16,
+                    num_workers=0)
+    assert str(split.beton) in _one_line(e)
+    problems = verify_dataset(copy).problems
+    assert any("checksum differs" in p and str(split.beton) in p for p in problems), problems
+
+
+def test_a_labels_check_against_another_digest_fails_on_every_call(tmp_path, monkeypatch):
+    """The labels check's per-file cache holds the file's digest, not a verdict: a file that does
+    not match the build's digest fails the second (cached) check as it failed the first, and
+    one that matches passes both."""
+    from beton_builders import integrity
+
+    monkeypatch.setattr(integrity, "_LABELS_SEEN", {})
+    path = tmp_path / "train.labels.npy"
+    labels = np.arange(6) % 3
+    np.save(path, labels)
+    wrong = {"scheme": integrity.SCHEME, "labels": integrity.array_digest(labels[::-1].copy())}
+    right = {"scheme": integrity.SCHEME, "labels": integrity.array_digest(labels)}
+    assert integrity.labels_intact(path, labels, wrong) is False
+    assert integrity.labels_intact(path, labels, wrong) is False  # (cached)
+    assert len(integrity._LABELS_SEEN) == 1
+    assert integrity.labels_intact(path, labels, right) is True
+    assert integrity.labels_intact(path, labels, right) is True
+    assert integrity.labels_intact(path, labels, wrong) is False
