@@ -551,6 +551,51 @@ def test_closing_a_loader_ends_its_workers_and_it_reads_again(fmt, index_dataset
         assert not any(t.is_alive() for t in loader._epochs)  # (its epoch thread stopped)
 
 
+def _left_mid_epoch(index_dataset, mask):
+    """A WebDataset loader with one persistent worker, and its epoch left after one batch (as a
+    kept traceback leaves it): the loader and the iterator, to keep both alive."""
+    loader = make_loader(index_dataset.root, "train", fmt="wds", mask=mask, batch_size=BS,
+                         resolution=16, aug=AugSpec.for_eval(), num_workers=1)
+    it = iter(loader)
+    next(it)
+    return loader, it
+
+
+def test_closing_loaders_closes_every_loader_made_in_the_block(index_dataset, mask):
+    """``closing_loaders`` closes each loader made within the block, not only one of them: two
+    WebDataset loaders left mid-epoch (still referenced, as a kept traceback keeps them) have
+    no worker process left once the block ends."""
+    import multiprocessing
+
+    from ffcv_dp4tl.data.loaders import closing_loaders
+
+    before = set(multiprocessing.active_children())  # (another test's, if any: not this one's)
+    with closing_loaders():
+        kept = [_left_mid_epoch(index_dataset, mask) for _ in range(2)]
+        assert len(set(multiprocessing.active_children()) - before) >= 2  # (one each)
+    assert set(multiprocessing.active_children()) <= before
+    assert len(kept) == 2
+
+
+def test_an_inner_closing_loaders_block_hands_back_to_the_outer_one(index_dataset, mask):
+    """Blocks nest (``score`` inside a pipeline's block): once an inner block ends, a loader made
+    in the outer block is the outer block's to close, and it is closed when that ends; outside
+    every block no loader is collected."""
+    import multiprocessing
+
+    from ffcv_dp4tl.data.loaders import _OPENED, closing_loaders
+
+    before = set(multiprocessing.active_children())
+    with closing_loaders():
+        with closing_loaders():
+            pass
+        kept = _left_mid_epoch(index_dataset, mask)
+        assert set(multiprocessing.active_children()) - before  # (its persistent worker)
+    assert set(multiprocessing.active_children()) <= before
+    assert _OPENED.get() is None
+    assert kept
+
+
 @pytest.mark.parametrize("fmt,workers,decode", [("ffcv", 1, "cpu"), ("wds", 0, "cpu"),
                                                  ("wds", 1, "cpu"), ("wds", 0, "gpu")])
 @pytest.mark.parametrize("channels_last", [False, True])
