@@ -352,6 +352,34 @@ def test_threads_stop_on_early_break_close_and_drop(tex):
     assert not _live_reader_threads()
 
 
+@pytest.mark.parametrize("fmt", ["ffcv", "wds"])
+def test_close_closes_the_data_files(tex, fmt):
+    """``close()`` closes the files the loader reads its JPEG bytes from (the beton, or the
+    shards) now, not when the loader is collected: a loader a traceback keeps held them. (Its
+    labels, a memory map, stay with the loader.)"""
+    import os
+
+    def data_fds(paths):  # this process's descriptors of the loader's data files
+        out = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                out.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:  # (the listing's own descriptor, gone)
+                pass
+        return [p for p in out if p in paths]
+
+    loader = _train(tex, fmt=fmt, num_workers=2, batch_size=4)
+    files = loader._locations.files
+    paths = {os.path.realpath(p) for p in files.paths}
+    before = data_fds(paths)
+    assert len(_epoch(loader)[3]) == TEX_N
+    assert files.open_count > 0 and len(data_fds(paths)) > len(before)  # (open after the epoch)
+    loader.close()
+    assert files.open_count == 0 and data_fds(paths) == before
+    assert not _live_reader_threads()
+    assert loader  # (still referenced: closed by close(), not by collection)
+
+
 def test_decode_and_pad_run_on_the_read_ahead_threads(tex, monkeypatch):
     """The iterating thread only crops and resizes: every batch was decoded and padded on a
     read-ahead thread (with workers; inline without)."""

@@ -310,6 +310,23 @@ def test_a_reader_keeps_at_most_max_open_shards_files_open(tex, monkeypatch):
     reader.close()
 
 
+def test_closing_a_loader_without_workers_closes_its_shard_files(tex):
+    """With ``num_workers=0`` the shards are read in the caller's process: ``close()`` closes
+    those files then (a loader kept by a traceback kept them open), not when it is collected."""
+    import os
+
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = fds()
+    loader = make_loader(tex, "train", fmt="wds", batch_size=5, resolution=16,
+                         aug=AugSpec.for_eval(), num_workers=0)
+    assert _epoch(loader)[2] == list(range(N))
+    files = loader.dataset.reader._files
+    assert files.open_count > 0 and fds() > before  # (its shards, open after the epoch)
+    loader.close()
+    assert files.open_count == 0 and fds() == before
+    assert loader  # (still referenced: closed by close(), not by collection)
+
+
 def test_a_reader_keeps_its_processes_share_of_the_open_file_limit_by_default(tex, monkeypatch):
     """By default the cap is this process's share of its open-file limit (the GPU-decode
     loader's rule), read at the reader's first read in the process that reads (a worker, after
