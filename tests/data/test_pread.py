@@ -118,3 +118,51 @@ def test_pread_files_an_open_racing_close_or_another_open_keeps_no_stray_descrip
     opened.clear()
     run(files, files.close)  # close() while both opens are under way
     assert len(opened) == 2 and files.open_count == 0 and open_fds() == before
+
+
+def test_pread_files_close_gives_its_share_of_the_budget_back(tmp_path, monkeypatch):
+    """Readers without a fixed cap share the process's open-file budget; one that is closed
+    (the val loader after its epoch) gives its share back, so the other may keep all of it
+    open again instead of reopening files past half of it for the rest of the run."""
+    from ffcv_dp4tl.data import resources
+
+    monkeypatch.setattr(resources, "_CLAIMS", ())  # (no readers other tests left alive)
+    monkeypatch.setattr(resources, "open_files_budget", lambda: 8)
+    paths = []
+    for k in range(10):
+        paths.append(tmp_path / f"f{k}")
+        paths[-1].write_bytes(bytes([k]) * 16)
+    a, b = PreadFiles(paths, max_open=None), PreadFiles(paths, max_open=None)
+    assert a.read(0, 0, 2) == b.read(0, 0, 2) == bytes([0]) * 2  # (both joined)
+    assert b.claim.cap() == 4
+    a.close()
+    assert b.claim.cap() == 8
+    assert [b.read(k, 0, 1) for k in range(10)] == [bytes([k]) for k in range(10)]
+    assert b.open_count == 8
+    b.close()
+
+
+def test_pread_files_close_the_least_recently_used_file_not_the_first_opened(tmp_path,
+                                                                             monkeypatch):
+    """Past ``max_open`` the file read least recently is closed, not the one opened first: a
+    file read again and again (the shard an epoch is in) stays open while others come and go,
+    instead of being reopened each time."""
+    paths = []
+    for k in range(3):
+        paths.append(tmp_path / f"f{k}")
+        paths[-1].write_bytes(bytes([k]) * 16)
+    opens = []
+    real_open = pread.os.open
+
+    def counting_open(p, flags, *a):
+        opens.append(p)
+        return real_open(p, flags, *a)
+
+    monkeypatch.setattr(pread.os, "open", counting_open)
+    files = PreadFiles(paths, max_open=2)
+    for k in (0, 1, 0, 2):
+        assert files.read(k, 0, 1) == bytes([k])
+    assert set(files._fds) == {0, 2} and files.open_count == 2  # (1: the least recently used)
+    assert files.read(0, 0, 1) == bytes([0])
+    assert opens == [str(p) for p in paths]  # (each opened once: 0 was never closed)
+    files.close()
