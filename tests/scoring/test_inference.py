@@ -170,6 +170,43 @@ def test_predict_reduce_sums_and_rows_and_checks_rows(small):
         predict_reduce(model, [], fn, want_features=True, progress=False)
 
 
+@pytest.mark.parametrize("known", [None, N])
+def test_rows_returned_for_some_batches_only_are_refused(small, known):
+    """A batch function that returns a per-sample output for some batches and not others is
+    refused naming how many samples got it, with or without the expected count: not a short
+    array placed by index (an IndexError), nor rows left unset (whatever memory held)."""
+    from ffcv_dp4tl.scoring.inference import BatchResult, predict_reduce
+
+    model, _, batches = small
+    seen = []
+
+    def fn(idx, logits, features):
+        seen.append(len(idx))
+        return BatchResult(rows={"x": idx * 2} if len(seen) == 1 else {})
+
+    with pytest.raises(ValueError, match=re.escape(
+            f"the per-sample 'x' was returned for {SIZES[0]} of the {N} samples")):
+        predict_reduce(model, batches, fn, num_samples=known, progress=False)
+    assert len(seen) == len(batches)
+
+
+def test_a_loader_far_past_the_expected_count_is_the_count_error(small):
+    """Rows past the expected count are not kept, however many batches follow: a loader that
+    yields several batches more than ``num_samples`` (here one batch's worth) is the count
+    error, not numpy's broadcast error from a batch copied past the end."""
+    from ffcv_dp4tl.scoring.inference import BatchResult, predict_reduce
+
+    model, _, batches = small
+    assert len(batches) >= 3
+    known = len(batches[0].indices)
+    msg = f"loader produced {N} samples, expected {known} \\(use drop_last=False"
+    with pytest.raises(RuntimeError, match=msg):
+        predict(model, batches, num_samples=known, progress=False)
+    with pytest.raises(RuntimeError, match=msg):
+        predict_reduce(model, batches, lambda i, lg, f: BatchResult(rows={"i": i}),
+                       num_samples=known, progress=False)
+
+
 @pytest.mark.parametrize("known", [N - 1, N + 1])
 def test_a_wrong_number_of_samples_is_refused(small, monkeypatch, tmp_path, known):
     from ffcv_dp4tl.scoring.inference import BatchResult, predict_reduce
@@ -255,3 +292,5 @@ def test_a_batch_error_names_the_samples_of_the_batch(small, monkeypatch, tmp_pa
         _score("lm", ctx)
     assert batch_span(np.arange(512, 768)) == "512..767" and batch_span(np.array([9, 3])) == "3, 9"
     assert batch_span(np.array([0, 0, 2, 3])) == "0, 0, 2, 3"  # (duplicates: not a range)
+    assert batch_span(np.arange(0, 14, 2)) == "0, 2, 4, 6, 8, 10, ..."  # (7: six, then "...")
+    assert batch_span(np.arange(0, 12, 2)) == "0, 2, 4, 6, 8, 10"
