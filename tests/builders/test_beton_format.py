@@ -47,6 +47,7 @@ def test_the_reader_reads_what_ffcvs_reader_reads(index_dataset):
 @pytest.mark.parametrize("damage,said", [
     (lambda b: b[:10], "too short for an ffcv header"),
     (lambda b: (3).to_bytes(2, "little") + b[2:], "ffcv format version 3, but ffcv 1.0.2 reads version 2"),
+    (lambda b: (1).to_bytes(2, "little") + b[2:], "ffcv format version 1, but ffcv 1.0.2 reads version 2"),
     (lambda b: b[:fmt.HEADER.itemsize] + bytes([200]) + b[fmt.HEADER.itemsize + 1:],
      "field type id 200 is none of ffcv 1.0.2's fields"),
     (lambda b: b[:fmt.HEADER.itemsize + 100], "the header lists 2 fields, but the file ends after 0"),
@@ -92,6 +93,21 @@ def test_a_beton_without_an_image_field_is_refused(tmp_path, index_dataset):
     beton.write_bytes(bytes(data))
     with pytest.raises(DataError, match=f"^{beton} has no RGB image field$"):
         fmt.read_layout(beton).image_field()
+
+
+def test_the_image_field_named_image_is_the_one_read_when_there_are_several(tmp_path):
+    """A beton with more than one RGB image field (a thumbnail beside the image) is read from
+    the field named ``image``, wherever it lies, not from the first image field."""
+    import numpy as np
+
+    names, type_ids = ["thumb", "label", "image"], [fmt.RGB_IMAGE, 1, fmt.RGB_IMAGE]
+    meta = np.dtype([("", fmt.METADATA_TYPES[t]) for t in type_ids], align=True)
+    header = np.zeros(1, fmt.HEADER)[0]
+    layout = fmt.BetonLayout(tmp_path / "train.beton", header, names, type_ids, meta, 0)
+    assert layout.image_field() == "f2"
+    layout = fmt.BetonLayout(tmp_path / "train.beton", header, ["thumb", "label", "big"],
+                             type_ids, meta, 0)
+    assert layout.image_field() == "f0"  # (none named image: the first)
 
 
 def test_a_beton_whose_allocation_table_is_empty_is_one_line(tmp_path, index_dataset):
