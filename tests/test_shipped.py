@@ -132,6 +132,23 @@ def test_the_checkout_finds_its_docs_and_pages():
     assert docs_dir() == ROOT / "docs"
     assert set(list_docs()) == _pages()
     assert doc_path("docs/scale.md") == ROOT / "docs" / "scale.md"
+    assert doc_path("scale.MD") == ROOT / "docs" / "scale.md"  # (the suffix in any case)
+
+
+def test_a_checkout_reads_its_own_docs_when_another_install_answers(monkeypatch, tmp_path):
+    """A checkout on ``PYTHONPATH`` beside an installed copy of the package: the package data
+    ``importlib.resources`` finds is the other install's (older pages, or another version's),
+    so the checkout's own ``docs/`` is read, not the folder found."""
+    import importlib.resources
+
+    from ffcv_dp4tl import shipped
+
+    other = tmp_path / "site-packages" / "ffcv_dp4tl" / "docs"
+    other.mkdir(parents=True)
+    (other / "scale.md").write_text("# another install's page\n")
+    monkeypatch.setattr(importlib.resources, "files", lambda package: other)
+    assert shipped.shipped_dir("docs", shipped.SOURCE_DOCS_DIR, "docs") == ROOT / "docs"
+    assert shipped.doc_path("scale") == ROOT / "docs" / "scale.md"
 
 
 @pytest.mark.parametrize("name", ["recipes", "docs"])
