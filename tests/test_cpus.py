@@ -111,4 +111,22 @@ def test_the_memory_limit_is_the_machines_within_the_cgroup_limit(tmp_path):
     assert limit("f", "9:memory:/job\n",
                  {"memory/job/memory.limit_in_bytes": "9223372036854771712"}) == 16 << 20
     assert limit("g", own, {"job/step/memory.max": "banana"}) == 16 << 20
+    assert limit("h", own, {"job/step/memory.max": "0\n"}) == 16 << 20  # (not a 0-byte limit)
     assert cpus.memory_limit(tmp_path / "none", tmp_path / "none", tmp_path / "none") is None
+
+
+def test_no_cgroup_limit_without_meminfo_is_no_limit(tmp_path):
+    """Where /proc/meminfo cannot be read, cgroup v1's "no limit" (about 2**63) or v2's "max"
+    is no limit (None, as with no files at all), not a limit of 8 EiB; a real limit is one."""
+    def limit(name, own, files):
+        root = tmp_path / name / "cg"
+        for rel, text in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        (tmp_path / name / "self").write_text(own)
+        return cpus.memory_limit(root, tmp_path / name / "self", tmp_path / "no-meminfo")
+
+    v1 = "9:memory:/job\n"
+    assert limit("a", v1, {"memory/job/memory.limit_in_bytes": "9223372036854771712\n"}) is None
+    assert limit("b", "0::/job\n", {"job/memory.max": "max\n"}) is None
+    assert limit("c", v1, {"memory/job/memory.limit_in_bytes": "3145728"}) == 3 << 20
