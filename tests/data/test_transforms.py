@@ -143,6 +143,25 @@ def test_normalize_uses_the_published_imagenet_statistics_in_rgb_order(layout):
         [(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225], abs=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_normalize_gives_the_memory_layout_asked_for_whatever_the_inputs(layout):
+    """Normalize's output is NCHW-contiguous unless ``channels_last`` is asked for, then
+    channels_last, whether the uint8 batch is NCHW or an NHWC batch's NCHW view (the WebDataset
+    workers'): an NHWC batch gave a channels_last result where NCHW was asked for, and oneDNN's
+    CPU convolution backward corrupted the heap on it. The values do not depend on the layout."""
+    from ffcv_dp4tl.data.transforms import Normalize
+
+    g = torch.Generator().manual_seed(2)
+    nchw = torch.randint(0, 256, (2, 3, 5, 4), generator=g, dtype=torch.uint8)
+    x = nchw if layout == "nchw" else nchw.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert x.is_contiguous() == (layout == "nchw")
+    plain, cl = Normalize()(x), Normalize(channels_last=True)(x)
+    assert plain.is_contiguous() and not plain.is_contiguous(memory_format=torch.channels_last)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()
+    assert plain.shape == cl.shape == (2, 3, 5, 4)
+    assert torch.equal(plain, cl) and torch.equal(plain, Normalize()(nchw))
+
+
 def test_normalize_never_guesses_the_layout_from_the_shape(index_dataset):
     """A 3 px batch is (N, 3, 3, 3) in either layout: the WebDataset loader's was taken for
     NCHW and normalised along its rows (ffcv's was right). Normalize takes NCHW only, and at
