@@ -313,9 +313,11 @@ def test_a_reader_keeps_at_most_max_open_shards_files_open(tex, monkeypatch):
 def test_closing_a_loader_without_workers_closes_its_shard_files(tex):
     """With ``num_workers=0`` the shards are read in the caller's process: ``close()`` closes
     those files then (a loader kept by a traceback kept them open), not when it is collected."""
+    import gc
     import os
 
     fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    gc.collect()  # (an earlier test's collectable loader closing its files here would lower it)
     before = fds()
     loader = make_loader(tex, "train", fmt="wds", batch_size=5, resolution=16,
                          aug=AugSpec.for_eval(), num_workers=0)
