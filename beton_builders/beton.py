@@ -139,6 +139,12 @@ def write_beton(path: Path, dataset: ShardBytesDataset, quality: int, max_side: 
             writer.from_indexed_dataset(dataset, chunksize=WRITE_CHUNK)
     except BaseException:  # Ctrl-C, a full disk: the caller removes the partial beton
         _free_metadata_memory(writer)
+        # the writers still running (one failed; the others would write on into a beton that
+        # is being removed) end with the write: SIGTERM's default in a worker ends it
+        for p in set(multiprocessing.active_children()) - before:
+            p.terminate()
+        for p in set(multiprocessing.active_children()) - before:
+            p.join(timeout=10)
         raise
     # ffcv returns without joining its writer processes; each holds a copy of the build's lock
     # descriptor (fork), so a build of the same folder right after would be refused as

@@ -59,6 +59,8 @@ from .spec import DatasetSpec, one_line, split_name_problem
 
 #: ffcv DatasetWriter's default page size (4 * MIN_PAGE_SIZE = 8 MiB in ffcv 1.0.2)
 BETON_PAGE_SIZE = 8 * 2**20
+#: /dev/shm with less free than this is taken as full (semaphores and shared memory need little)
+SHM_LOW = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -310,13 +312,34 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
         try:
             return _build_locked(spec, out_dir, opts, source, overwrite, remedy, option)
         except OSError as e:
-            if is_disk_full(e):
+            if is_disk_full(e) and _fills_out_dir(e, out_dir):
                 raise DataError(f"disk full while writing {out_dir} ({e.strerror}); free some space or "
                                 f"choose another {option}, then rerun: the build resumes") from None
             if is_unwritable(e):
                 raise DataError(f"cannot write {e.filename or out_dir} ({e.strerror}); choose a "
                                 f"writable {option}") from None
             raise
+
+
+def _fills_out_dir(e: OSError, out_dir: Path) -> bool:
+    """Whether the disk-full error ``e`` is the build folder's: its file lies in ``out_dir``; or
+    it names no file (a write's error names none) and is not the other place a build fills, a
+    nearly full /dev/shm (the worker pool's semaphores raise ENOSPC there) beside a folder with
+    room. Otherwise the error is left to the CLI's line, which names what filled: "choose
+    another --out" sent users to free the wrong disk (audit)."""
+    import shutil
+
+    if e.filename:
+        try:
+            return Path(os.path.realpath(e.filename)).is_relative_to(os.path.realpath(out_dir))
+        except (OSError, ValueError, TypeError):
+            return True
+    try:
+        shm_low = shutil.disk_usage("/dev/shm").free < SHM_LOW
+        out_room = shutil.disk_usage(out_dir).free >= 2 * BETON_PAGE_SIZE
+    except OSError:
+        return True
+    return not (shm_low and out_room)
 
 
 def _check_out_outside_input(source: str, out_dir: Path, option: str = "--out") -> None:
@@ -355,6 +378,15 @@ class _Interrupted:
     flag = False
     #: the signal :func:`_interrupt_watchdog` re-sends: SIGINT, or SIGTERM where Ctrl-C is ignored
     resend = signal.SIGINT
+    #: a beton writer process that failed (``"process PID, exit status 1"``), seen by the
+    #: watchdog, which then sends ``resend`` to make the main thread raise :class:`WriterFailed`
+    writer_failed: str | None = None
+    writer_raised = False
+
+
+class WriterFailed(RuntimeError):
+    """One of ffcv's beton writer processes ended in failure (a full disk or an exceeded
+    quota while it flushed a page: ffcv's main loop then waits forever for its samples)."""
 
 
 @contextlib.contextmanager
@@ -382,6 +414,12 @@ def _stop_guard() -> Iterator[None]:
             # once. A worker raising here would print its own traceback (one per worker). (A
             # worker starts with SIGTERM's default: stopping.sigterm_handler.)
             os._exit(128 + signum)
+        if _Interrupted.writer_failed is not None and not _Interrupted.flag:
+            # the watchdog's wake-up after a writer process failed: not a stop from outside
+            if _Interrupted.writer_raised:
+                return
+            _Interrupted.writer_raised = True
+            raise WriterFailed(_Interrupted.writer_failed)
         _Interrupted.flag = True
         stopping.record(signum)
         # (the first signal names the stop: the watchdog's re-sent SIGINT is not a Ctrl-C)
@@ -413,22 +451,42 @@ def _stop_guard() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _interrupt_watchdog(every: float = 1.0) -> Iterator[None]:
-    """Ctrl-C that lands in an at-fork hook while ffcv forks its beton writers cannot be
-    raised there (Python ignores it); the same Ctrl-C ends the writers already forked, and
-    ffcv's main loop then waits forever for their samples. While the block runs, a thread
-    re-sends SIGINT to the main thread every ``every`` seconds once the interrupt flag is set,
-    so the interrupt is raised where it can be (in ffcv's wait loop) and the build stops
-    (SIGTERM where Ctrl-C is ignored, :func:`_stop_guard`: an ignored SIGINT raises nothing)."""
+def _interrupt_watchdog(every: float = 1.0, tick: float = 0.25) -> Iterator[None]:
+    """Watch ffcv's beton writer for the two ways its main loop waits forever for samples.
+
+    * Ctrl-C that lands in an at-fork hook while ffcv forks its writers cannot be raised there
+      (Python ignores it); the same Ctrl-C ends the writers already forked. Once the interrupt
+      flag is set, a thread re-sends SIGINT to the main thread every ``every`` seconds, so the
+      interrupt is raised where it can be (in ffcv's wait loop) and the build stops (SIGTERM
+      where Ctrl-C is ignored, :func:`_stop_guard`: an ignored SIGINT raises nothing).
+    * A writer process that fails (the disk filled, or the quota ran out, while it flushed a
+      page: ffcv's check of the free space is made once, before, and sees no quota) left the
+      build hanging after its traceback (audit: a Slurm job burns its allocation). Every
+      ``tick`` seconds the thread looks for a child started in the block that ended in failure
+      (:func:`ffcv_dp4tl.stopping.failed_children`) and then makes the main thread raise
+      :class:`WriterFailed` by the same signal."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     done = threading.Event()
     main_id = threading.main_thread().ident
+    before = stopping.child_pids()
+    per = max(1, round(every / tick))
+    _Interrupted.writer_failed, _Interrupted.writer_raised = None, False
 
     def watch() -> None:
-        while not done.wait(every):
-            if _Interrupted.flag and not done.is_set():
+        ticks = 0
+        while not done.wait(tick):
+            ticks += 1
+            if _Interrupted.writer_failed is None and not _Interrupted.flag:
+                failed = stopping.failed_children(before)
+                if failed:
+                    pid, how = failed[0]
+                    _Interrupted.writer_failed = f"process {pid}, {how}"
+                    ticks = 0  # (signalled at once, then every `every` seconds)
+            wake = _Interrupted.flag or (_Interrupted.writer_failed is not None
+                                         and not _Interrupted.writer_raised)
+            if wake and ticks % per == 0 and not done.is_set():
                 signal.pthread_kill(main_id, _Interrupted.resend)
 
     thread = threading.Thread(target=watch, name="dp4tl-interrupt-watchdog", daemon=True)
@@ -438,6 +496,23 @@ def _interrupt_watchdog(every: float = 1.0) -> Iterator[None]:
     finally:
         done.set()
         thread.join()
+        _Interrupted.writer_failed, _Interrupted.writer_raised = None, False
+
+
+def writer_failed_line(beton_path: Path, what: str, option: str = "--out") -> str:
+    """The one line for a beton writer process that failed (:class:`WriterFailed`): a full
+    disk when the folder's file system has less than two of ffcv's pages free, else the
+    usual other cause, a quota (which the free space does not show)."""
+    import shutil
+
+    free = shutil.disk_usage(beton_path.parent).free
+    if free < 2 * BETON_PAGE_SIZE:
+        return (f"disk full while writing {beton_path} (ffcv's writer {what}, its error above; "
+                f"{free / 2**20:,.1f} MiB free); free some space or choose another {option}, "
+                "then rerun: the build resumes")
+    return (f"ffcv's beton writer failed while writing {beton_path} ({what}; its error is "
+            "above: an exceeded disk quota is a usual cause, which the free space does not show); "
+            "fix it and rerun: the build resumes")
 
 
 def _check_interrupt() -> None:
@@ -493,6 +568,15 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
             for _, _, n_ok, n_bad in results:
                 _check_interrupt()
                 bar.update(n_ok + n_bad)
+        except BaseException:
+            if pool is not None:
+                # workers killed inside their atomic writes leave temporary shards (half of a
+                # full disk in an audit, while the message said "free some space"): removed
+                # once they are gone, under the build's lock
+                pool.terminate()
+                pool.join()
+                remove_orphan_temps(out_dir)
+            raise
         finally:
             if pool is not None:
                 pool.terminate()
@@ -546,9 +630,12 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
             dataset = ShardBytesDataset(index, [out_dir / s for s in shard_names], arr[:, 5],
                                         arr[:, 6], opts.raw_fraction)
             with atomic_path(beton_path, suffix=".beton") as tmp:
-                with _interrupt_watchdog():
-                    write_beton(tmp, dataset, opts.quality, opts.max_side, opts.workers,
-                                opts.progress, desc=f"beton {spec.name}:{split}")
+                try:
+                    with _interrupt_watchdog():
+                        write_beton(tmp, dataset, opts.quality, opts.max_side, opts.workers,
+                                    opts.progress, desc=f"beton {spec.name}:{split}")
+                except WriterFailed as e:
+                    raise DataError(writer_failed_line(beton_path, str(e), option)) from None
                 _check_interrupt()  # (a Ctrl-C swallowed inside ffcv's writer: no beton)
                 fsync_path(tmp)
         # what the beton stores, per sample (JPEG samples: the shards' bytes, digests known)

@@ -29,8 +29,8 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["GRACE_S", "STOP_STATUSES", "Terminated", "deferred", "exit_status", "forget_interrupt",
-           "interrupt_for", "last_interrupt", "late_line", "late_status", "line", "quiet_children",
+__all__ = ["GRACE_S", "STOP_STATUSES", "Terminated", "deferred", "exit_status", "child_pids",
+           "failed_children", "forget_interrupt", "interrupt_for", "last_interrupt", "late_line", "late_status", "line", "quiet_children",
            "native_threads_left", "received", "record", "resend_signal", "runs_native_code", "settle",
            "settled", "sigterm_handler", "sigterm_raises", "status_of"]
 
@@ -440,6 +440,41 @@ def _direct_children() -> set[int] | None:
                 if name.isdigit() and (_stat(int(name)) or ("", 0))[1] == me:
                     pids.add(int(name))
     return pids
+
+
+def child_pids() -> set[int]:
+    """The pids of this process's child processes now (/proc; empty without it): what
+    :func:`failed_children` later compares with."""
+    return _direct_children() or set()
+
+
+def failed_children(before: set[int]) -> list[tuple[int, str]]:
+    """The child processes not in ``before`` (pids) that have ended in failure and are not yet
+    reaped: ``(pid, "exit status 1")`` or ``(pid, "killed by SIGBUS")``. They are read with
+    ``waitid(WNOWAIT)``, so whoever started them still joins them and reads their exit code.
+    Empty without /proc (not Linux). For a parent that waits on its workers' results without
+    watching them (ffcv's beton writer waits forever for the samples of a worker that died)."""
+    pids = _direct_children()
+    if not pids:
+        return []
+    failed = []
+    for pid in sorted(pids - before):
+        try:
+            r = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except (ChildProcessError, OSError):  # (reaped meanwhile)
+            continue
+        if r is None:
+            continue
+        if r.si_code == os.CLD_EXITED:
+            if r.si_status:
+                failed.append((pid, f"exit status {r.si_status}"))
+        else:  # CLD_KILLED, CLD_DUMPED
+            try:
+                name = signal.Signals(r.si_status).name
+            except ValueError:
+                name = f"signal {r.si_status}"
+            failed.append((pid, f"killed by {name}"))
+    return failed
 
 
 def _multiprocessing_helpers() -> set[int]:
