@@ -118,9 +118,23 @@ def fsync_path(path: str | os.PathLike) -> None:
     point at data that never reached the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        with naming(path):  # (an fsync's EIO/ENOSPC, on NFS say, names no file)
+            os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """Give an ``OSError`` raised in the block that names no file ``path`` as its filename:
+    calls on a descriptor (``os.pwrite``, ``os.fsync``, ``os.posix_fallocate``) name none, and a
+    full disk then read "disk full (No space left on device)", with no word of where."""
+    try:
+        yield
+    except OSError as e:
+        if not e.filename:
+            e.filename = str(path)
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -222,9 +236,12 @@ def directory_lock(lock_file: str | os.PathLike, what: str, *, wait: bool = Fals
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            with naming(lock_file):
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
         except OSError as e:
             if e.errno not in _NO_LOCKS:
+                if not e.filename:
+                    e.filename = str(lock_file)
                 raise
             # a file system without locks (Lustre mounted without -o flock, some FUSE and
             # object-store mounts): run without the guard rather than not at all
@@ -239,10 +256,13 @@ def directory_lock(lock_file: str | os.PathLike, what: str, *, wait: bool = Fals
                                 "to finish or use another folder")
             if on_wait is not None:
                 on_wait(f"another dp4tl run (pid {holder}) is using {what}; waiting for it")
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            with naming(lock_file):
+                fcntl.flock(fd, fcntl.LOCK_EX)
         if locked:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            # (a full disk fails the pid's write: the line names the lock file, not nothing)
+            with naming(lock_file):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
             _HELD_LOCKS.add(fd)
         yield
     finally:

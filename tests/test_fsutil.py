@@ -331,3 +331,30 @@ def test_a_figure_is_saved_atomically_never_through_a_link_at_its_name(tmp_path)
     atomic_save_figure(fig, tmp_path / "f.svg")  # (the format follows the suffix)
     plt.close(fig)
     assert b"<svg" in (tmp_path / "f.svg").read_bytes()[:400]
+
+
+def test_a_full_disk_when_a_lock_is_taken_names_the_lock_file(tmp_path, monkeypatch):
+    """The lock's pid is written with ``os.pwrite`` on a descriptor, whose OSError names no
+    file: a disk full at that point read "disk full (No space left on device)" with no path
+    (audit, a tmpfs filled mid-pipeline). Now the line names the lock file; so does an fsync."""
+    from ffcv_dp4tl import fsutil
+
+    lock = tmp_path / "runs" / ".lock"
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fsutil.os, "pwrite", full)
+    with pytest.raises(OSError) as e:
+        with fsutil.directory_lock(lock, "runs folder"):
+            pass
+    assert e.value.filename == str(lock)
+    assert os_error_line(e.value).startswith(f"disk full writing {lock} (No space left on device)")
+    monkeypatch.undo()
+    with fsutil.directory_lock(lock, "runs folder"):  # (the descriptor was closed: free again)
+        pass
+    monkeypatch.setattr(fsutil.os, "fsync", full)
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(OSError) as e:
+        fsutil.fsync_path(tmp_path / "f")
+    assert e.value.filename == str(tmp_path / "f")
