@@ -283,16 +283,22 @@ def remove_orphan_temps(directory: str | os.PathLike) -> int:
     return n
 
 
-def check_free_space(directory: str | os.PathLike, needed: int, what: str) -> None:
+def check_free_space(directory: str | os.PathLike, needed: int, what: str, *,
+                     option: str | None = None, then: str = "the build resumes") -> None:
     """Fail fast, before writing, when ``directory``'s file system has less than ``needed``
-    bytes free: a full disk in the middle of ffcv's multi-process beton writer hangs it."""
+    bytes free: a full disk in the middle of ffcv's multi-process beton writer hangs it.
+
+    ``option``: the command-line option that chose ``directory``, named as the other way out
+    ("" names none; None: ``--out``); ``then``: what a rerun does."""
     from .errors import DataError
 
     free = shutil.disk_usage(directory).free
     if free < needed:
+        option = "--out" if option is None else option
+        other = f" or choose another {option}" if option else ""
         raise DataError(f"not enough space for {what} in {directory}: needs ~{needed / 2**20:,.0f} MiB, "
-                        f"{free / 2**20:,.0f} MiB free; free some space or choose another --out, then rerun "
-                        "(the build resumes)")
+                        f"{free / 2**20:,.0f} MiB free; free some space{other}, then rerun "
+                        f"({then})")
 
 
 def is_disk_full(e: BaseException) -> bool:
