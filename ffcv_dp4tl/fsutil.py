@@ -8,6 +8,7 @@ stages can use "the final file exists" as their completion test.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import json
 import os
@@ -289,16 +290,34 @@ def check_free_space(directory: str | os.PathLike, needed: int, what: str, *,
     bytes free: a full disk in the middle of ffcv's multi-process beton writer hangs it.
 
     ``option``: the command-line option that chose ``directory``, named as the other way out
-    ("" names none; None: ``--out``); ``then``: what a rerun does."""
+    ("" names none; None: :func:`out_option`'s, ``--out`` by default); ``then``: what a rerun
+    does."""
     from .errors import DataError
 
     free = shutil.disk_usage(directory).free
     if free < needed:
-        option = "--out" if option is None else option
+        option = _OUT_OPTION.get() if option is None else option
         other = f" or choose another {option}" if option else ""
         raise DataError(f"not enough space for {what} in {directory}: needs ~{needed / 2**20:,.0f} MiB, "
                         f"{free / 2**20:,.0f} MiB free; free some space{other}, then rerun "
                         f"({then})")
+
+
+#: the option :func:`check_free_space` names by default (:func:`out_option`)
+_OUT_OPTION: contextvars.ContextVar[str] = contextvars.ContextVar("out_option", default="--out")
+
+
+@contextlib.contextmanager
+def out_option(option: str) -> Iterator[None]:
+    """Name ``option`` (the pipeline's ``--data-root``) instead of ``--out`` in the messages of
+    :func:`check_free_space` calls made in the block that name no option of their own: the
+    builder's space check before a beton said "choose another --out" inside a pipeline, which
+    has no ``--out`` (audit)."""
+    token = _OUT_OPTION.set(option)
+    try:
+        yield
+    finally:
+        _OUT_OPTION.reset(token)
 
 
 def is_disk_full(e: BaseException) -> bool:
