@@ -421,6 +421,10 @@ def os_error_line(e: OSError, *, reading: bool = False) -> str:
     even where ``os.access`` cannot tell, e.g. root on an NFS mount with root_squash)."""
     where = f" {final_name(e.filename)}" if e.filename else ""
     what = e.strerror or str(e)
+    if e.errno == errno.ENOSPC and not e.filename:
+        shm = _shm_full_line(what)
+        if shm is not None:
+            return shm
     if is_disk_full(e):
         return (f"disk full{' writing' + where if where else ''} ({what}); free some space, then "
                 "rerun the same command: finished work is kept and it resumes")
@@ -439,6 +443,28 @@ def os_error_line(e: OSError, *, reading: bool = False) -> str:
                 "limit (`ulimit -n 65536`) or use fewer loader workers, then rerun the same "
                 "command: it resumes")
     return f"{what}{':' + where if where else ''}; check the path and its permissions"
+
+
+#: Below this much free shared memory, an ENOSPC naming no file is said to be /dev/shm's
+SHM_LOW = 64 * 2**20
+
+
+def _shm_full_line(what: str) -> str | None:
+    """The line for an ENOSPC that names no file when ``/dev/shm`` is (nearly) full, else None.
+
+    The data loader's worker processes take POSIX semaphores and shared memory there
+    (multiprocessing's SemLock): a container's 64 MiB /dev/shm filled, and the error, naming
+    no file, read "disk full (No space left on device)" with no place to free (audit)."""
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except (OSError, ValueError):  # (no /dev/shm: macOS, some sandboxes)
+        return None
+    if free >= SHM_LOW:
+        return None
+    return (f"shared memory (/dev/shm) is full ({free / 2**20:,.0f} MiB free; {what}): free it "
+            "(delete what stopped runs left there), or give the container more shared memory "
+            "(docker run --shm-size=8g), or use fewer loader workers; then "
+            "rerun the same command: finished work is kept and it resumes")
 
 
 #: what a folder where a dataset's file belongs is told (:func:`absent_why`)
