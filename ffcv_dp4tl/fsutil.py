@@ -414,11 +414,13 @@ def environment_error_line(e: BaseException) -> str | None:
     return None
 
 
-def os_error_line(e: OSError, *, reading: bool = False) -> str:
+def os_error_line(e: OSError, *, reading: bool = False, writing: bool = False) -> str:
     """One line for an environment error (read-only folder, a file where a folder should be,
     no permission) that reached the CLI: what failed, on which path, and what to do.
     ``reading``: the caller knows ``e`` came from reading (no permission is then "cannot read"
-    even where ``os.access`` cannot tell, e.g. root on an NFS mount with root_squash)."""
+    even where ``os.access`` cannot tell, e.g. root on an NFS mount with root_squash);
+    ``writing``: it came from writing (creating or appending) a file, so a file "not found"
+    whose folder is gone means the folder disappeared during the run."""
     where = f" {final_name(e.filename)}" if e.filename else ""
     what = e.strerror or str(e)
     if e.errno == errno.ENOSPC and not e.filename:
@@ -437,12 +439,24 @@ def os_error_line(e: OSError, *, reading: bool = False) -> str:
     if is_unwritable(e):
         return f"cannot write{where} ({what}); choose a writable folder or fix its permissions"
     if e.errno == errno.ENOENT:
+        if writing and e.filename and not os.path.isdir(os.path.dirname(os.fspath(e.filename)) or "."):
+            return vanished_folder_line(e.filename)
         return f"not found:{where} ({what}); check the path"
     if e.errno in (errno.EMFILE, errno.ENFILE):
         return (f"too many open files{' opening' + where if where else ''} ({what}); raise the "
                 "limit (`ulimit -n 65536`) or use fewer loader workers, then rerun the same "
                 "command: it resumes")
     return f"{what}{':' + where if where else ''}; check the path and its permissions"
+
+
+def vanished_folder_line(path: str | os.PathLike) -> str:
+    """What a write to ``path`` is told when its folder is gone: the output folder was deleted
+    (or its file system unmounted) while the run wrote in it. It read "not found: .../metrics.jsonl
+    (No such file or directory); check the path", a path the user never typed (audit)."""
+    folder = os.path.dirname(final_name(path)) or "."
+    return (f"the folder {folder} disappeared during the run (deleted or unmounted) while "
+            f"{os.path.basename(final_name(path))} was written in it; rerun the same command: it "
+            "resumes from what is left, or starts over where nothing is")
 
 
 #: Below this much free shared memory, an ENOSPC naming no file is said to be /dev/shm's

@@ -397,3 +397,14 @@ def test_a_full_dev_shm_is_named_when_an_enospc_names_no_file(monkeypatch):
 
     monkeypatch.setattr(shutil, "disk_usage", absent)  # (no /dev/shm at all)
     assert os_error_line(bare).startswith("disk full (No space left on device); free some space")
+
+
+def test_a_write_whose_folder_is_gone_says_it_disappeared(tmp_path):
+    gone = tmp_path / "run" / "metrics.jsonl"
+    e = FileNotFoundError(errno.ENOENT, "No such file or directory", str(gone))
+    assert os_error_line(e, writing=True).startswith(
+        f"the folder {tmp_path / 'run'} disappeared during the run (deleted or unmounted)")
+    # a read, or a write whose folder is there, is as before
+    assert os_error_line(e) == f"not found: {gone} (No such file or directory); check the path"
+    (tmp_path / "run").mkdir()
+    assert os_error_line(e, writing=True).startswith("not found: ")
