@@ -8,6 +8,7 @@ stages can use "the final file exists" as their completion test.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import json
 import os
@@ -118,9 +119,23 @@ def fsync_path(path: str | os.PathLike) -> None:
     point at data that never reached the disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        with naming(path):  # (an fsync's EIO/ENOSPC, on NFS say, names no file)
+            os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike) -> Iterator[None]:
+    """Give an ``OSError`` raised in the block that names no file ``path`` as its filename:
+    calls on a descriptor (``os.pwrite``, ``os.fsync``, ``os.posix_fallocate``) name none, and a
+    full disk then read "disk full (No space left on device)", with no word of where."""
+    try:
+        yield
+    except OSError as e:
+        if not e.filename:
+            e.filename = str(path)
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -222,9 +237,12 @@ def directory_lock(lock_file: str | os.PathLike, what: str, *, wait: bool = Fals
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            with naming(lock_file):
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
         except OSError as e:
             if e.errno not in _NO_LOCKS:
+                if not e.filename:
+                    e.filename = str(lock_file)
                 raise
             # a file system without locks (Lustre mounted without -o flock, some FUSE and
             # object-store mounts): run without the guard rather than not at all
@@ -239,10 +257,13 @@ def directory_lock(lock_file: str | os.PathLike, what: str, *, wait: bool = Fals
                                 "to finish or use another folder")
             if on_wait is not None:
                 on_wait(f"another dp4tl run (pid {holder}) is using {what}; waiting for it")
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            with naming(lock_file):
+                fcntl.flock(fd, fcntl.LOCK_EX)
         if locked:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            # (a full disk fails the pid's write: the line names the lock file, not nothing)
+            with naming(lock_file):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
             _HELD_LOCKS.add(fd)
         yield
     finally:
@@ -263,16 +284,40 @@ def remove_orphan_temps(directory: str | os.PathLike) -> int:
     return n
 
 
-def check_free_space(directory: str | os.PathLike, needed: int, what: str) -> None:
+def check_free_space(directory: str | os.PathLike, needed: int, what: str, *,
+                     option: str | None = None, then: str = "the build resumes") -> None:
     """Fail fast, before writing, when ``directory``'s file system has less than ``needed``
-    bytes free: a full disk in the middle of ffcv's multi-process beton writer hangs it."""
+    bytes free: a full disk in the middle of ffcv's multi-process beton writer hangs it.
+
+    ``option``: the command-line option that chose ``directory``, named as the other way out
+    ("" names none; None: :func:`out_option`'s, ``--out`` by default); ``then``: what a rerun
+    does."""
     from .errors import DataError
 
     free = shutil.disk_usage(directory).free
     if free < needed:
+        option = _OUT_OPTION.get() if option is None else option
+        other = f" or choose another {option}" if option else ""
         raise DataError(f"not enough space for {what} in {directory}: needs ~{needed / 2**20:,.0f} MiB, "
-                        f"{free / 2**20:,.0f} MiB free; free some space or choose another --out, then rerun "
-                        "(the build resumes)")
+                        f"{free / 2**20:,.0f} MiB free; free some space{other}, then rerun "
+                        f"({then})")
+
+
+#: the option :func:`check_free_space` names by default (:func:`out_option`)
+_OUT_OPTION: contextvars.ContextVar[str] = contextvars.ContextVar("out_option", default="--out")
+
+
+@contextlib.contextmanager
+def out_option(option: str) -> Iterator[None]:
+    """Name ``option`` (the pipeline's ``--data-root``) instead of ``--out`` in the messages of
+    :func:`check_free_space` calls made in the block that name no option of their own: the
+    builder's space check before a beton said "choose another --out" inside a pipeline, which
+    has no ``--out`` (audit)."""
+    token = _OUT_OPTION.set(option)
+    try:
+        yield
+    finally:
+        _OUT_OPTION.reset(token)
 
 
 def is_disk_full(e: BaseException) -> bool:
@@ -369,13 +414,19 @@ def environment_error_line(e: BaseException) -> str | None:
     return None
 
 
-def os_error_line(e: OSError, *, reading: bool = False) -> str:
+def os_error_line(e: OSError, *, reading: bool = False, writing: bool = False) -> str:
     """One line for an environment error (read-only folder, a file where a folder should be,
     no permission) that reached the CLI: what failed, on which path, and what to do.
     ``reading``: the caller knows ``e`` came from reading (no permission is then "cannot read"
-    even where ``os.access`` cannot tell, e.g. root on an NFS mount with root_squash)."""
+    even where ``os.access`` cannot tell, e.g. root on an NFS mount with root_squash);
+    ``writing``: it came from writing (creating or appending) a file, so a file "not found"
+    whose folder is gone means the folder disappeared during the run."""
     where = f" {final_name(e.filename)}" if e.filename else ""
     what = e.strerror or str(e)
+    if e.errno == errno.ENOSPC and not e.filename:
+        shm = _shm_full_line(what)
+        if shm is not None:
+            return shm
     if is_disk_full(e):
         return (f"disk full{' writing' + where if where else ''} ({what}); free some space, then "
                 "rerun the same command: finished work is kept and it resumes")
@@ -388,12 +439,46 @@ def os_error_line(e: OSError, *, reading: bool = False) -> str:
     if is_unwritable(e):
         return f"cannot write{where} ({what}); choose a writable folder or fix its permissions"
     if e.errno == errno.ENOENT:
+        if writing and e.filename and not os.path.isdir(os.path.dirname(os.fspath(e.filename)) or "."):
+            return vanished_folder_line(e.filename)
         return f"not found:{where} ({what}); check the path"
     if e.errno in (errno.EMFILE, errno.ENFILE):
         return (f"too many open files{' opening' + where if where else ''} ({what}); raise the "
                 "limit (`ulimit -n 65536`) or use fewer loader workers, then rerun the same "
                 "command: it resumes")
     return f"{what}{':' + where if where else ''}; check the path and its permissions"
+
+
+def vanished_folder_line(path: str | os.PathLike) -> str:
+    """What a write to ``path`` is told when its folder is gone: the output folder was deleted
+    (or its file system unmounted) while the run wrote in it. It read "not found: .../metrics.jsonl
+    (No such file or directory); check the path", a path the user never typed (audit)."""
+    folder = os.path.dirname(final_name(path)) or "."
+    return (f"the folder {folder} disappeared during the run (deleted or unmounted) while "
+            f"{os.path.basename(final_name(path))} was written in it; rerun the same command: it "
+            "resumes from what is left, or starts over where nothing is")
+
+
+#: Below this much free shared memory, an ENOSPC naming no file is said to be /dev/shm's
+SHM_LOW = 64 * 2**20
+
+
+def _shm_full_line(what: str) -> str | None:
+    """The line for an ENOSPC that names no file when ``/dev/shm`` is (nearly) full, else None.
+
+    The data loader's worker processes take POSIX semaphores and shared memory there
+    (multiprocessing's SemLock): a container's 64 MiB /dev/shm filled, and the error, naming
+    no file, read "disk full (No space left on device)" with no place to free (audit)."""
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except (OSError, ValueError):  # (no /dev/shm: macOS, some sandboxes)
+        return None
+    if free >= SHM_LOW:
+        return None
+    return (f"shared memory (/dev/shm) is full ({free / 2**20:,.0f} MiB free; {what}): free it "
+            "(delete what stopped runs left there), or give the container more shared memory "
+            "(docker run --shm-size=8g), or use fewer loader workers; then "
+            "rerun the same command: finished work is kept and it resumes")
 
 
 #: what a folder where a dataset's file belongs is told (:func:`absent_why`)

@@ -331,3 +331,80 @@ def test_a_figure_is_saved_atomically_never_through_a_link_at_its_name(tmp_path)
     atomic_save_figure(fig, tmp_path / "f.svg")  # (the format follows the suffix)
     plt.close(fig)
     assert b"<svg" in (tmp_path / "f.svg").read_bytes()[:400]
+
+
+def test_a_full_disk_when_a_lock_is_taken_names_the_lock_file(tmp_path, monkeypatch):
+    """The lock's pid is written with ``os.pwrite`` on a descriptor, whose OSError names no
+    file: a disk full at that point read "disk full (No space left on device)" with no path
+    (audit, a tmpfs filled mid-pipeline). Now the line names the lock file; so does an fsync."""
+    from ffcv_dp4tl import fsutil
+
+    lock = tmp_path / "runs" / ".lock"
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fsutil.os, "pwrite", full)
+    with pytest.raises(OSError) as e:
+        with fsutil.directory_lock(lock, "runs folder"):
+            pass
+    assert e.value.filename == str(lock)
+    assert os_error_line(e.value).startswith(f"disk full writing {lock} (No space left on device)")
+    monkeypatch.undo()
+    with fsutil.directory_lock(lock, "runs folder"):  # (the descriptor was closed: free again)
+        pass
+    monkeypatch.setattr(fsutil.os, "fsync", full)
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(OSError) as e:
+        fsutil.fsync_path(tmp_path / "f")
+    assert e.value.filename == str(tmp_path / "f")
+
+
+def test_a_full_dev_shm_is_named_when_an_enospc_names_no_file(monkeypatch):
+    """The loader workers' semaphores live in /dev/shm: a container's small /dev/shm filled and
+    the ENOSPC, naming no file, read "disk full (No space left on device)" with no place (audit).
+    With little shared memory free the line says so and what to do; else it stays as it was."""
+    import collections
+    import shutil
+
+    from ffcv_dp4tl import fsutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    asked = []
+
+    def shm(free):
+        def disk_usage(path):
+            asked.append(str(path))
+            return usage(64 * 2**20, 64 * 2**20 - free, free)
+        return disk_usage
+
+    bare = OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(shutil, "disk_usage", shm(0))
+    assert os_error_line(bare) == (
+        "shared memory (/dev/shm) is full (0 MiB free; No space left on device): free it (delete "
+        "what stopped runs left there), or give the container more shared memory (docker run "
+        "--shm-size=8g), or use fewer loader workers; then rerun the same command: finished work "
+        "is kept and it resumes")
+    assert asked == ["/dev/shm"]
+    # a named file is the disk's, whatever /dev/shm holds
+    assert os_error_line(OSError(errno.ENOSPC, "No space left on device", "/r/x.npy")).startswith(
+        "disk full writing /r/x.npy")
+    monkeypatch.setattr(shutil, "disk_usage", shm(fsutil.SHM_LOW))  # room there: the disk's
+    assert os_error_line(bare).startswith("disk full (No space left on device); free some space")
+
+    def absent(path):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+
+    monkeypatch.setattr(shutil, "disk_usage", absent)  # (no /dev/shm at all)
+    assert os_error_line(bare).startswith("disk full (No space left on device); free some space")
+
+
+def test_a_write_whose_folder_is_gone_says_it_disappeared(tmp_path):
+    gone = tmp_path / "run" / "metrics.jsonl"
+    e = FileNotFoundError(errno.ENOENT, "No such file or directory", str(gone))
+    assert os_error_line(e, writing=True).startswith(
+        f"the folder {tmp_path / 'run'} disappeared during the run (deleted or unmounted)")
+    # a read, or a write whose folder is there, is as before
+    assert os_error_line(e) == f"not found: {gone} (No such file or directory); check the path"
+    (tmp_path / "run").mkdir()
+    assert os_error_line(e, writing=True).startswith("not found: ")

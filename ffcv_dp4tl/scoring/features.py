@@ -19,18 +19,24 @@ features (other data or another surrogate) are detected at load time.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import DataError
-from ..fsutil import atomic_save_npy, atomic_write_json, load_npy, read_json
+from ..fsutil import atomic_save_npy, atomic_write_json, check_free_space, load_npy, read_json
 
 FORMAT = "ffcv-dp4tl-features"
 VERSION = 1
 _DTYPES = ("float16", "float32", "float64")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f}"
 
 
 def meta_path(path: str | os.PathLike) -> Path:
@@ -126,6 +132,7 @@ class FeatureWriter:
                 f"({'; '.join(_differences(existing, self.meta))}); delete it or write to another path"
             )
         if resume and self._can_resume():
+            self._reserve()  # (the rows still to write: a hole a resumed run fills must fit too)
             self._mm = np.lib.format.open_memmap(self._data_tmp, mode="r+")
             bits = np.load(self._progress, allow_pickle=False)
             self._written = np.unpackbits(bits, count=self.n).astype(bool)
@@ -151,12 +158,50 @@ class FeatureWriter:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._mm = np.lib.format.open_memmap(
+        mm = np.lib.format.open_memmap(
             self._data_tmp, mode="w+", dtype=np.dtype(self.meta["dtype"]), shape=(self.n, self.d)
         )
+        try:
+            self._reserve()
+        except BaseException:
+            del mm  # (nothing written yet: no sparse file of the store's size is left behind)
+            with contextlib.suppress(FileNotFoundError):
+                self._data_tmp.unlink()
+            raise
+        self._mm = mm
         self._written = np.zeros(self.n, dtype=bool)
         atomic_write_json(self._meta_tmp, self.meta)
         atomic_save_npy(self._progress, np.packbits(self._written))
+
+    def _reserve(self) -> None:
+        """Allocate the ``.partial`` file's blocks before a row is written through the memmap.
+
+        ``open_memmap`` makes a sparse file, and a store written through a memory map that
+        meets a full disk gets no ``OSError`` but SIGBUS: the run died with "Bus error" (exit
+        135) and no word (audit, a tmpfs filled mid-scoring). ``posix_fallocate`` reserves every
+        block (a resumed store's holes only: blocks already there cost nothing), so a full disk
+        or quota is an ``OSError`` naming the ``.partial`` file, before any work, that the CLI
+        says in its one disk-full line. Where the file system cannot reserve (EOPNOTSUPP, ENOSYS,
+        EINVAL) the free space is checked instead."""
+        size = self._data_tmp.stat().st_size
+        with open(self._data_tmp, "rb+") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, size)
+                return
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    free = shutil.disk_usage(self._data_tmp.parent).free
+                    raise OSError(e.errno, f"{e.strerror}: the feature store needs "
+                                  f"{_mib(size)} MiB, {_mib(free)} MiB free",
+                                  str(self._data_tmp)) from None
+                if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    if not e.filename:
+                        e.filename = str(self._data_tmp)
+                    raise
+                held = os.fstat(f.fileno()).st_blocks * 512  # (what a resumed store holds)
+        check_free_space(self._data_tmp.parent, max(0, size - held),
+                         f"the feature store {self._data_tmp.name}", option="",
+                         then="it resumes")
 
     # -- writing ------------------------------------------------------------------------
     def write(self, start: int, block: Any) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import DP4TLError
-from ..fsutil import atomic_save_npy, load_npy
+from ..fsutil import atomic_save_npy, load_npy, os_error_line
 from ..progress import say
 
 #: metrics.jsonl keys mirrored to TensorBoard (step = completed epochs)
@@ -85,9 +85,12 @@ class MetricsWriter(Callback):
         self.path = Path(path)
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-            f.flush()
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+                f.flush()
+        except FileNotFoundError as e:  # (appending creates the file: its folder is gone)
+            raise DP4TLError(os_error_line(e, writing=True)) from None
 
 
 #: the TensorBoard event files' folder in a run's --out

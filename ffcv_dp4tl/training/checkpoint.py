@@ -26,6 +26,7 @@ import hashlib
 import pickle
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -238,8 +239,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any] | Checkpoint) -> Non
     if isinstance(state, Checkpoint):
         state = state.to_dict()
     # (what a failed write leaves: the previous checkpoint, or none yet; review)
+    previous = Path(path).exists()
     kept = ("the previous checkpoint is intact: free some space and rerun to resume"
-            if Path(path).exists() else "no checkpoint was written yet: free some space and "
+            if previous else "no checkpoint was written yet: free some space and "
             "rerun (the run starts over)")
     try:
         with atomic_path(path, suffix=".pt") as tmp:
@@ -247,12 +249,47 @@ def save_checkpoint(path: str | Path, state: dict[str, Any] | Checkpoint) -> Non
     except OSError as e:
         if not is_disk_full(e):
             raise
-        raise DP4TLError(f"disk full while saving the checkpoint {path} ({e.strerror}); {kept}") from None
+        raise DP4TLError(_disk_full_line(path, previous)) from None
     except RuntimeError as e:  # torch's zip writer reports a failed write as "unexpected pos"
         if "unexpected pos" not in str(e) and "write" not in str(e).lower():
             raise
+        free = _free_bytes(Path(path).parent)
+        if free is not None and free < _state_bytes(state) + 2**20:  # (it cannot fit: full)
+            raise DP4TLError(_disk_full_line(path, previous, free)) from None
         raise DP4TLError(f"could not write the checkpoint {path} (is the disk full? "
                          f"{brief(e)}); {kept}") from None
+
+
+def _disk_full_line(path: str | Path, previous: bool, free: int | None = None) -> str:
+    """What a checkpoint write that met a full disk says: the free space, what is left (the
+    previous checkpoint, or none) and what a rerun does; torch's own text ("[enforce fail at
+    inline_container.cc:672] . unexpected pos 576 vs 534") says nothing to a user (audit)."""
+    free = _free_bytes(Path(path).parent) if free is None else free
+    room = "" if free is None else f" ({free / 2**20:,.{1 if free < 10 * 2**20 else 0}f} MiB free)"
+    then = ("the previous checkpoint is intact; free space and rerun: it resumes" if previous
+            else "no checkpoint was written yet; free space and rerun: the run starts over")
+    return f"could not write the checkpoint {path}: the disk is full{room}; {then}"
+
+
+def _free_bytes(folder: Path) -> int | None:
+    """Free bytes on ``folder``'s file system (None when it cannot be asked, e.g. gone)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _state_bytes(obj: Any) -> int:
+    """The bytes of the tensors and arrays in a checkpoint's state: about its size on disk."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_state_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_state_bytes(v) for v in obj)
+    return 0
 
 
 #: The OSErrors reading a checkpoint that are about its bytes: torch's zip reader raises a bare

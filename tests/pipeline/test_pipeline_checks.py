@@ -883,3 +883,27 @@ def test_preflight_validates_every_config_before_it_resolves_any(monkeypatch):
     run.preflight([good, ("x", PipelineConfig(method="lm"))], log=lambda m: None)
     assert calls == [("validate", "random"), ("validate", "lm"), ("resolve", "random"),
                      ("resolve", "lm")]
+
+
+def test_a_full_disk_in_the_pipelines_build_names_its_data_root(tmp_path, monkeypatch):
+    """The builder checks the free space before a beton; inside a pipeline its message said
+    "choose another --out", an option the pipeline has not (audit, a full tmpfs): it says
+    --data-root now. `dp4tl build`'s own message still names --out."""
+    from PIL import Image
+
+    from ffcv_dp4tl import fsutil
+    from ffcv_dp4tl.errors import DataError
+    from ffcv_dp4tl.pipeline.resolve import ensure_built
+
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for j in range(2):
+            Image.new("RGB", (12, 12), (60 * j, 40, 90)).save(tmp_path / "imgs" / c / f"{j}.png")
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(fsutil.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    with pytest.raises(DataError) as e:
+        ensure_built(f"folder:{tmp_path / 'imgs'}", tmp_path / "droot", lambda s: None)
+    assert "free some space or choose another --data-root, then rerun" in str(e.value), e.value
+    assert "--out" not in str(e.value)
+    with pytest.raises(DataError, match="choose another --out, then rerun"):
+        fsutil.check_free_space(tmp_path, 10**6, "x.beton")

@@ -159,3 +159,65 @@ def test_writer_input_errors(tmp_path, rng):
         FeatureWriter(tmp_path / "g.npy", 10, 4, dtype="int8")
     with pytest.raises(DataError, match="size n must be a positive int"):
         FeatureWriter(tmp_path / "g.npy", 0, 4)
+
+
+def _no_space(*a, **k):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_is_an_error_naming_the_partial_store_before_any_row_is_written(
+        tmp_path, rng, monkeypatch):
+    """The store was a sparse file written through a memory map: a disk that filled while it
+    was written killed the run with SIGBUS ("Bus error", exit 135, no message; audit, FM on a
+    full tmpfs). Its blocks are now reserved (posix_fallocate) when it is created, so a full
+    disk is an OSError naming the .partial file, the CLI's one disk-full line, before any work;
+    nothing is left behind. A resumed store reserves its holes the same way and keeps its rows."""
+    import os
+
+    from ffcv_dp4tl.fsutil import os_error_line
+
+    path = tmp_path / "feats.npy"
+    calls = []
+    real = os.posix_fallocate
+    monkeypatch.setattr(os, "posix_fallocate", lambda fd, off, n: calls.append(n) or real(fd, off, n))
+    with FeatureWriter(path, 1000, 16) as w:
+        w.write(0, _feats(rng, 500))
+    data = tmp_path / "feats.npy.partial"
+    assert calls == [data.stat().st_size]  # the whole file, header included
+    monkeypatch.setattr(os, "posix_fallocate", _no_space)
+    with pytest.raises(OSError) as e:  # resuming: the rows written stay
+        FeatureWriter(path, 1000, 16)
+    assert e.value.filename == str(data)
+    assert data.is_file() and (tmp_path / "feats.npy.progress.npy").is_file()
+    fresh = tmp_path / "fresh.npy"
+    with pytest.raises(OSError) as e:
+        FeatureWriter(fresh, 1000, 16)
+    line = os_error_line(e.value)
+    assert line.startswith(f"disk full writing {tmp_path / 'fresh.npy.partial'} (No space left on "
+                           "device: the feature store needs 0.1 MiB, "), line
+    assert line.endswith("free some space, then rerun the same command: finished work is kept "
+                         "and it resumes")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("fresh")]  # nothing left
+
+
+@pytest.mark.parametrize("code", ["EOPNOTSUPP", "ENOSYS", "EINVAL"])
+def test_where_blocks_cannot_be_reserved_the_free_space_is_checked(tmp_path, monkeypatch, code):
+    import errno
+    import os
+    import shutil
+
+    def unsupported(*a, **k):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    with FeatureWriter(tmp_path / "ok.npy", 100, 4) as w:  # (room enough: it goes on)
+        assert w.missing_ranges() == [(0, 100)]
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    with pytest.raises(DataError, match=r"^not enough space for the feature store "
+                                        r"full\.npy\.partial in .*: needs ~\d+ MiB, 0 MiB free; "
+                                        r"free some space, then rerun \(it resumes\)$"):
+        FeatureWriter(tmp_path / "full.npy", 100_000, 64)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("full")]

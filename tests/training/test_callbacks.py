@@ -233,3 +233,24 @@ def test_one_epoch_line_rule_for_training_and_finetuning():
                     "epoch 3: loss 1.235 train 0.500 val - 1234 img/s 2.1s",
                     "lp epoch 1/50: loss 0.500 train 0.750 test -",
                     "ff epoch 1/50: loss 0.500 train 0.750 test 0.800"]
+
+
+def test_an_output_folder_deleted_mid_run_is_said_to_have_disappeared(tmp_path):
+    """A run's --out deleted while it trained: appending the epoch's metrics row read "not
+    found: .../metrics.jsonl (No such file or directory); check the path" (audit), a path the
+    user never typed. It says the folder disappeared during the run, and what a rerun does."""
+    import shutil
+
+    from ffcv_dp4tl.training.callbacks import MetricsWriter
+
+    out = tmp_path / "run"
+    out.mkdir()
+    w = MetricsWriter(out / "metrics.jsonl")
+    w.on_epoch_end({"epoch": 0})
+    shutil.rmtree(out)
+    with pytest.raises(DP4TLError) as e:
+        w.on_epoch_end({"epoch": 1})
+    assert str(e.value) == (f"the folder {out} disappeared during the run (deleted or unmounted) "
+                            "while metrics.jsonl was written in it; rerun the same command: it "
+                            "resumes from what is left, or starts over where nothing is")
+    assert not out.exists()  # (not made again, half empty)
