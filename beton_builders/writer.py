@@ -44,7 +44,7 @@ from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import (BAD_JSON, atomic_path, atomic_save_npy, atomic_write_json,
                                atomic_write_text, check_free_space, check_out_dir, directory_lock,
                                fsync_path, is_disk_full, is_unwritable, load_npy, read_json,
-                               remove_orphan_temps)
+                               remove_orphan_temps, shm_nearly_full)
 from ffcv_dp4tl.progress import bar as progress_bar
 
 from .beton import (ShardBytesDataset, beton_images, beton_workers, check_beton, keep_as_jpeg,
@@ -59,8 +59,6 @@ from .spec import DatasetSpec, one_line, split_name_problem
 
 #: ffcv DatasetWriter's default page size (4 * MIN_PAGE_SIZE = 8 MiB in ffcv 1.0.2)
 BETON_PAGE_SIZE = 8 * 2**20
-#: /dev/shm with less free than this is taken as full (semaphores and shared memory need little)
-SHM_LOW = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -335,11 +333,10 @@ def _fills_out_dir(e: OSError, out_dir: Path) -> bool:
         except (OSError, ValueError, TypeError):
             return True
     try:
-        shm_low = shutil.disk_usage("/dev/shm").free < SHM_LOW
         out_room = shutil.disk_usage(out_dir).free >= 2 * BETON_PAGE_SIZE
     except OSError:
         return True
-    return not (shm_low and out_room)
+    return not (out_room and shm_nearly_full() is not None)
 
 
 def _check_out_outside_input(source: str, out_dir: Path, option: str = "--out") -> None:
@@ -626,7 +623,8 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
                 needed += int((arr[raw, 5] * arr[raw, 6] * 3).sum())
             # ffcv's writer fills fixed-size pages, one open page per worker (+ the header's)
             pages = beton_workers(opts.workers, len(index)) + 1
-            check_free_space(out_dir, int(needed * 1.02) + pages * BETON_PAGE_SIZE, f"{split}.beton")
+            check_free_space(out_dir, int(needed * 1.02) + pages * BETON_PAGE_SIZE, f"{split}.beton",
+                             option=option)
             dataset = ShardBytesDataset(index, [out_dir / s for s in shard_names], arr[:, 5],
                                         arr[:, 6], opts.raw_fraction)
             with atomic_path(beton_path, suffix=".beton") as tmp:

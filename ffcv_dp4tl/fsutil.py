@@ -8,7 +8,6 @@ stages can use "the final file exists" as their completion test.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import errno
 import json
 import os
@@ -285,39 +284,20 @@ def remove_orphan_temps(directory: str | os.PathLike) -> int:
 
 
 def check_free_space(directory: str | os.PathLike, needed: int, what: str, *,
-                     option: str | None = None, then: str = "the build resumes") -> None:
+                     option: str = "--out", then: str = "the build resumes") -> None:
     """Fail fast, before writing, when ``directory``'s file system has less than ``needed``
     bytes free: a full disk in the middle of ffcv's multi-process beton writer hangs it.
 
     ``option``: the command-line option that chose ``directory``, named as the other way out
-    ("" names none; None: :func:`out_option`'s, ``--out`` by default); ``then``: what a rerun
-    does."""
+    ("" names none); ``then``: what a rerun does."""
     from .errors import DataError
 
     free = shutil.disk_usage(directory).free
     if free < needed:
-        option = _OUT_OPTION.get() if option is None else option
         other = f" or choose another {option}" if option else ""
         raise DataError(f"not enough space for {what} in {directory}: needs ~{needed / 2**20:,.0f} MiB, "
                         f"{free / 2**20:,.0f} MiB free; free some space{other}, then rerun "
                         f"({then})")
-
-
-#: the option :func:`check_free_space` names by default (:func:`out_option`)
-_OUT_OPTION: contextvars.ContextVar[str] = contextvars.ContextVar("out_option", default="--out")
-
-
-@contextlib.contextmanager
-def out_option(option: str) -> Iterator[None]:
-    """Name ``option`` (the pipeline's ``--data-root``) instead of ``--out`` in the messages of
-    :func:`check_free_space` calls made in the block that name no option of their own: the
-    builder's space check before a beton said "choose another --out" inside a pipeline, which
-    has no ``--out`` (audit)."""
-    token = _OUT_OPTION.set(option)
-    try:
-        yield
-    finally:
-        _OUT_OPTION.reset(token)
 
 
 def is_disk_full(e: BaseException) -> bool:
@@ -463,17 +443,25 @@ def vanished_folder_line(path: str | os.PathLike) -> str:
 SHM_LOW = 64 * 2**20
 
 
+def shm_nearly_full() -> int | None:
+    """The free bytes of ``/dev/shm`` when it has less than :data:`SHM_LOW` free, else None
+    (None without one): where an ENOSPC naming no file comes from then (multiprocessing's
+    semaphores and shared memory)."""
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except (OSError, ValueError):  # (no /dev/shm: macOS, some sandboxes)
+        return None
+    return free if free < SHM_LOW else None
+
+
 def _shm_full_line(what: str) -> str | None:
     """The line for an ENOSPC that names no file when ``/dev/shm`` is (nearly) full, else None.
 
     The data loader's worker processes take POSIX semaphores and shared memory there
     (multiprocessing's SemLock): a container's 64 MiB /dev/shm filled, and the error, naming
     no file, read "disk full (No space left on device)" with no place to free (audit)."""
-    try:
-        free = shutil.disk_usage("/dev/shm").free
-    except (OSError, ValueError):  # (no /dev/shm: macOS, some sandboxes)
-        return None
-    if free >= SHM_LOW:
+    free = shm_nearly_full()
+    if free is None:
         return None
     return (f"shared memory (/dev/shm) is full ({free / 2**20:,.0f} MiB free; {what}): free it "
             "(delete what stopped runs left there), or give the container more shared memory "

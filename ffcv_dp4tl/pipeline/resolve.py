@@ -20,7 +20,7 @@ from typing import Any, Callable
 from ..contracts import check_k_fits, default_k
 from ..data.manifest import MANIFEST_NAME, load_manifest
 from ..errors import DataError, DP4TLError
-from ..fsutil import BAD_JSON, directory_lock, is_unwritable, out_option
+from ..fsutil import BAD_JSON, directory_lock, is_unwritable
 from .config import Checked, PipelineConfig, pretrain_overrides
 from .recipes import (PAPER_PROTOCOLS, PAPER_SSL_LP, recipe_scale, recipe_scorer_options,
                       recipe_set)
@@ -211,14 +211,11 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
         for sub, spec in specs.items():
             if split_note(spec):
                 log(f"[data] {source}: {split_note(spec)}")
-            # (out_option: the builder's space check before a beton names no option of its
-            # own, and said "choose another --out", which the pipeline has not)
-            with out_option("--data-root"):
-                summary = build_dataset(spec, out / sub if sub else out,
-                                        BuildOptions(max_side=default_max_side(spec), progress=progress),
-                                        source=source,
-                                        remedy=f"delete {out} to rebuild it there, or pass another --data-root",
-                                        option="--data-root")
+            summary = build_dataset(spec, out / sub if sub else out,
+                                    BuildOptions(max_side=default_max_side(spec), progress=progress),
+                                    source=source,
+                                    remedy=f"delete {out} to rebuild it there, or pass another --data-root",
+                                    option="--data-root")
             if not summary.skipped:
                 log(f"[data] built {out / sub if sub else out}: " + "; ".join(summary.lines()))
             else:
