@@ -134,6 +134,14 @@ def _listing_digest(spec: DatasetSpec) -> str:
     return h.hexdigest()
 
 
+def _ignore_ctrl_c() -> None:
+    """Shard pool workers ignore Ctrl-C, which reaches the whole process group: the build's
+    own handler, which they inherited, ended an idle worker while it held the pool's task-queue
+    lock, and ``Pool.terminate()`` then waited for that lock forever (review). The parent
+    reports the stop and ``terminate()`` ends them (SIGTERM)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _shard_task(args: tuple) -> tuple[str, int, int, int]:
     """Worker: encode one shard, write tar then metadata, both atomically."""
     out_dir, split, shard_id, samples, first, max_side, quality = args
@@ -375,15 +383,30 @@ class _Interrupted:
     flag = False
     #: the signal :func:`_interrupt_watchdog` re-sends: SIGINT, or SIGTERM where Ctrl-C is ignored
     resend = signal.SIGINT
-    #: a beton writer process that failed (``"process PID, exit status 1"``), seen by the
-    #: watchdog, which then sends ``resend`` to make the main thread raise :class:`WriterFailed`
-    writer_failed: str | None = None
-    writer_raised = False
+    #: a beton writer process that failed, ``(pid, "exit status 1")``, seen by the watchdog,
+    #: which then sends ``resend`` to make the main thread raise :class:`WriterFailed`
+    writer_failed: tuple[int, str] | None = None
+    #: the watchdog's wake-ups sent and not yet handled (at most one at a time): a signal that
+    #: finds none pending is a stop from outside
+    wakeups = 0
 
 
 class WriterFailed(RuntimeError):
     """One of ffcv's beton writer processes ended in failure (a full disk or an exceeded
-    quota while it flushed a page: ffcv's main loop then waits forever for its samples)."""
+    quota while it flushed a page: ffcv's main loop then waits forever for its samples).
+    ``args``: the process id and how it ended."""
+
+
+def _in_ffcv_write(frame) -> bool:
+    """Whether ``frame`` runs inside ffcv's ``DatasetWriter.from_indexed_dataset`` (its wait
+    for the writers): where :class:`WriterFailed` ends the wait. Not in the cleanup after it,
+    which a raise there would cut short."""
+    while frame is not None:
+        if (frame.f_code.co_name == "from_indexed_dataset"
+                and frame.f_globals.get("__name__") == "ffcv.writer"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextlib.contextmanager
@@ -411,12 +434,14 @@ def _stop_guard() -> Iterator[None]:
             # once. A worker raising here would print its own traceback (one per worker). (A
             # worker starts with SIGTERM's default: stopping.sigterm_handler.)
             os._exit(128 + signum)
-        if _Interrupted.writer_failed is not None and not _Interrupted.flag:
-            # the watchdog's wake-up after a writer process failed: not a stop from outside
-            if _Interrupted.writer_raised:
-                return
-            _Interrupted.writer_raised = True
-            raise WriterFailed(_Interrupted.writer_failed)
+        if _Interrupted.wakeups > 0 and not _Interrupted.flag:
+            # the watchdog's wake-up after a writer process failed, not a stop from outside:
+            # raised inside ffcv's wait (one swallowed there, by an at-fork hook, is sent again),
+            # dropped in the cleanup after it
+            _Interrupted.wakeups -= 1
+            if _Interrupted.writer_failed is not None and _in_ffcv_write(frame):
+                raise WriterFailed(*_Interrupted.writer_failed)
+            return
         _Interrupted.flag = True
         stopping.record(signum)
         # (the first signal names the stop: the watchdog's re-sent SIGINT is not a Ctrl-C)
@@ -428,7 +453,8 @@ def _stop_guard() -> Iterator[None]:
         # The KeyboardInterrupt raised where Python cannot propagate it (logging's at-fork
         # hook while ffcv forks its writers) printed "Exception ignored in ..." and a
         # traceback; the flag set with it stops the build at the next check, with one line.
-        if not (_Interrupted.flag and isinstance(info.exc_value, KeyboardInterrupt)):
+        if not ((_Interrupted.flag and isinstance(info.exc_value, KeyboardInterrupt))
+                or isinstance(info.exc_value, WriterFailed)):  # (raised again by the watchdog)
             previous_hook(info)
 
     _Interrupted.flag = False
@@ -469,7 +495,7 @@ def _interrupt_watchdog(every: float = 1.0, tick: float = 0.25) -> Iterator[None
     main_id = threading.main_thread().ident
     before = stopping.child_pids()
     per = max(1, round(every / tick))
-    _Interrupted.writer_failed, _Interrupted.writer_raised = None, False
+    _Interrupted.writer_failed, _Interrupted.wakeups = None, 0
 
     def watch() -> None:
         ticks = 0
@@ -478,12 +504,14 @@ def _interrupt_watchdog(every: float = 1.0, tick: float = 0.25) -> Iterator[None
             if _Interrupted.writer_failed is None and not _Interrupted.flag:
                 failed = stopping.failed_children(before)
                 if failed:
-                    pid, how = failed[0]
-                    _Interrupted.writer_failed = f"process {pid}, {how}"
+                    _Interrupted.writer_failed = failed[0]
                     ticks = 0  # (signalled at once, then every `every` seconds)
-            wake = _Interrupted.flag or (_Interrupted.writer_failed is not None
-                                         and not _Interrupted.writer_raised)
-            if wake and ticks % per == 0 and not done.is_set():
+            if ticks % per or done.is_set():
+                continue
+            if _Interrupted.flag:
+                signal.pthread_kill(main_id, _Interrupted.resend)
+            elif _Interrupted.writer_failed is not None and _Interrupted.wakeups == 0:
+                _Interrupted.wakeups += 1  # (before the signal: its handler may run at once)
                 signal.pthread_kill(main_id, _Interrupted.resend)
 
     thread = threading.Thread(target=watch, name="dp4tl-interrupt-watchdog", daemon=True)
@@ -493,23 +521,38 @@ def _interrupt_watchdog(every: float = 1.0, tick: float = 0.25) -> Iterator[None
     finally:
         done.set()
         thread.join()
-        _Interrupted.writer_failed, _Interrupted.writer_raised = None, False
+        _Interrupted.writer_failed, _Interrupted.wakeups = None, 0
 
 
-def writer_failed_line(beton_path: Path, what: str, option: str = "--out") -> str:
-    """The one line for a beton writer process that failed (:class:`WriterFailed`): a full
-    disk when the folder's file system has less than two of ffcv's pages free, else the
-    usual other cause, a quota (which the free space does not show)."""
+def writer_failed_line(beton_path: Path, pid: int, how: str, option: str = "--out") -> str:
+    """The one line for a beton writer process that failed (:class:`WriterFailed`), by its
+    likeliest cause: SIGKILL, the out-of-memory killer; SIGBUS with a nearly full /dev/shm
+    (ffcv's metadata lives there); less than two of ffcv's pages free, a full disk; else a quota
+    (which the free space does not show) or what its error above says."""
     import shutil
 
-    free = shutil.disk_usage(beton_path.parent).free
-    if free < 2 * BETON_PAGE_SIZE:
-        return (f"disk full while writing {beton_path} (ffcv's writer {what}, its error above; "
+    writer = f"ffcv's beton writer (process {pid}, {how})"
+    if how == "killed by SIGKILL":
+        return (f"{writer} was killed while writing {beton_path}: usually the out-of-memory "
+                "killer (`dmesg` says); give the build more memory or fewer --workers, then "
+                "rerun: the build resumes")
+    shm = shm_nearly_full() if how == "killed by SIGBUS" else None
+    if shm is not None:
+        return (f"{writer} failed while writing {beton_path}: shared memory (/dev/shm), where "
+                f"its metadata lives, is full ({shm / 2**20:,.0f} MiB free); free it or give "
+                "the container more shared memory (docker run --shm-size=8g), then rerun: the "
+                "build resumes")
+    try:
+        free: int | None = shutil.disk_usage(beton_path.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < 2 * BETON_PAGE_SIZE:
+        return (f"disk full while writing {beton_path} ({writer}, its error above; "
                 f"{free / 2**20:,.1f} MiB free); free some space or choose another {option}, "
                 "then rerun: the build resumes")
-    return (f"ffcv's beton writer failed while writing {beton_path} ({what}; its error is "
-            "above: an exceeded disk quota is a usual cause, which the free space does not show); "
-            "fix it and rerun: the build resumes")
+    return (f"{writer} failed while writing {beton_path} (its error is above: an exceeded disk "
+            "quota is a usual cause, which the free space does not show); fix it and rerun: "
+            "the build resumes")
 
 
 def _check_interrupt() -> None:
@@ -559,7 +602,7 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
             results = map(_shard_task, tasks)
             pool = None
         else:
-            pool = mp.get_context("fork").Pool(workers)
+            pool = mp.get_context("fork").Pool(workers, initializer=_ignore_ctrl_c)
             results = pool.imap_unordered(_shard_task, tasks)
         try:
             for _, _, n_ok, n_bad in results:
@@ -633,7 +676,7 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
                         write_beton(tmp, dataset, opts.quality, opts.max_side, opts.workers,
                                     opts.progress, desc=f"beton {spec.name}:{split}")
                 except WriterFailed as e:
-                    raise DataError(writer_failed_line(beton_path, str(e), option)) from None
+                    raise DataError(writer_failed_line(beton_path, *e.args, option)) from None
                 _check_interrupt()  # (a Ctrl-C swallowed inside ffcv's writer: no beton)
                 fsync_path(tmp)
         # what the beton stores, per sample (JPEG samples: the shards' bytes, digests known)

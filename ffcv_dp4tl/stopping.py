@@ -442,6 +442,10 @@ def _direct_children() -> set[int] | None:
     return pids
 
 
+#: the stop signals a whole process group receives (a child ended by one is no failure)
+_STOPS = (int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGHUP))
+
+
 def child_pids() -> set[int]:
     """The pids of this process's child processes now (/proc; empty without it): what
     :func:`failed_children` later compares with."""
@@ -453,7 +457,11 @@ def failed_children(before: set[int]) -> list[tuple[int, str]]:
     reaped: ``(pid, "exit status 1")`` or ``(pid, "killed by SIGBUS")``. They are read with
     ``waitid(WNOWAIT)``, so whoever started them still joins them and reads their exit code.
     Empty without /proc (not Linux). For a parent that waits on its workers' results without
-    watching them (ffcv's beton writer waits forever for the samples of a worker that died)."""
+    watching them (ffcv's beton writer waits forever for the samples of a worker that died).
+    A child ended by a stop signal (SIGINT, SIGTERM, SIGHUP: killed by it, or exited 128 + it
+    through an inherited handler) is no failure: a stop sent to the whole process group (a
+    scheduler's SIGTERM, Ctrl-C) reaches the parent too, whose own handler reports it (review:
+    it was reported as a writer failure when the child died first)."""
     pids = _direct_children()
     if not pids:
         return []
@@ -466,9 +474,9 @@ def failed_children(before: set[int]) -> list[tuple[int, str]]:
         if r is None:
             continue
         if r.si_code == os.CLD_EXITED:
-            if r.si_status:
+            if r.si_status and r.si_status - 128 not in _STOPS:
                 failed.append((pid, f"exit status {r.si_status}"))
-        else:  # CLD_KILLED, CLD_DUMPED
+        elif r.si_status not in _STOPS:  # CLD_KILLED, CLD_DUMPED
             try:
                 name = signal.Signals(r.si_status).name
             except ValueError:

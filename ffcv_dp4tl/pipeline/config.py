@@ -193,7 +193,7 @@ def check_brought_weights(cfg: PipelineConfig) -> None:
 def validate(cfg: PipelineConfig) -> Checked:
     """Every check of ``cfg`` that needs no data and no work: one :class:`DP4TLError` line for
     the first bad value. Checks that need the built data follow in the run's resolve step
-    (:func:`~ffcv_dp4tl.pipeline.resolve.check_data`). A new up-front check goes here."""
+    (:func:`~ffcv_dp4tl.pipeline.resolve.check_source`, `check_data`). A new up-front check goes here."""
     cfg.ratio = check_ratio(cfg.ratio)  # a float: ratio=0 and --ratio 0 give the same stage keys
     Protocol.check(cfg.protocol, "protocol")
     Format.check(cfg.fmt, "fmt")

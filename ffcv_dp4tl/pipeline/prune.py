@@ -95,7 +95,7 @@ def budget_gap_warning(kept_fraction: float, ratio: float, unit: str) -> None:
     asked fraction (a source of few, unequal classes or clusters): the run keeps the closest
     prefix, and the user should know it is not the budget asked for."""
     asked = 1.0 - ratio
-    if abs(kept_fraction - asked) > BUDGET_GAP:
+    if abs(kept_fraction - asked) > BUDGET_GAP + 1e-9:  # (exactly 5 points is within, either way)
         import warnings
 
         plural = UNIT_PLURAL[unit]

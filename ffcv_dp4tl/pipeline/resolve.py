@@ -256,16 +256,21 @@ def resolve_data(cfg: PipelineConfig, log) -> tuple[Path, Path]:
                               cfg.progress)
 
 
-def check_data(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]) -> None:
-    """Checks that need the built data but no work, before the surrogate trains."""
-    from ..data.manifest import check_target_classes
-
+def check_source(cfg: PipelineConfig, scorer, src, log: Callable[[str], None]) -> None:
+    """Checks of the built source that need no work, before the surrogate trains (once per
+    run, not per target: a several-target run said its warning once per target)."""
     if scorer.uses_k:
         check_k_fits(cfg.k, src.split("train").num_samples)
-    check_target_classes(tgt)
     if note := _check_kept_units(cfg, scorer, src):
         log(f"[warning] {note}")
         warnings.warn(note, UserWarning, stacklevel=3)
+
+
+def check_data(cfg: PipelineConfig, scorer, src, tgt, log: Callable[[str], None]) -> None:
+    """Checks of one built target that need no work, before the surrogate trains."""
+    from ..data.manifest import check_target_classes
+
+    check_target_classes(tgt)
     if "train" in tgt.split_names:
         n = tgt.split("train").num_samples
         if n < tgt.num_classes:
@@ -453,6 +458,7 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Res
     if not cfg.recipes and cfg.protocol == "fast":
         log(f"[recipes] {scale} recipes ({'real' if scale == 'full' else 'embedded synthetic'} "
             f"data per {source_dir / MANIFEST_NAME}; recipes= to choose)")
+    check_source(cfg, ok.scorer, src, log)
     for t in tgts:
         check_data(cfg, ok.scorer, src, t, log)
 

@@ -3,17 +3,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 import shutil
 from collections import namedtuple
 
 import numpy as np
 import pytest
 
+import beton_builders.writer as _writer
 from beton_builders import BuildOptions, DatasetSpec, Sample, build_dataset
 from beton_builders.out_dir import LOCK_NAME
 from ffcv_dp4tl import fsutil
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import directory_lock
+
+#: the builder's shard task, before a test replaces it
+_REAL_SHARD_TASK = _writer._shard_task
 
 OPTS = BuildOptions(max_side=32, shard_size=8, workers=1, progress=False)
 
@@ -256,10 +261,11 @@ def test_a_beton_writer_process_that_fails_ends_the_build_in_one_line_then_it_re
         monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10**9, 10**9, 10**6)
                             if str(p) == str(out) else real_usage(p))
         monkeypatch.setattr(writer, "check_free_space", lambda *a, **k: None)
-        said = r"^disk full while writing .*ds/train\.beton \(ffcv's writer process \d+, exit status 1"
+        said = (r"^disk full while writing .*ds/train\.beton \(ffcv's beton writer \(process \d+, "
+                r"exit status 1\), its error above")
     else:
-        said = (r"^ffcv's beton writer failed while writing .*ds/train\.beton \(process \d+, "
-                r"exit status 1; its error is above: an exceeded disk quota")
+        said = (r"^ffcv's beton writer \(process \d+, exit status 1\) failed while writing "
+                r".*ds/train\.beton \(its error is above: an exceeded disk quota")
 
     def hung(signum, frame):
         raise TimeoutError("the build kept waiting for a writer process that had failed")
@@ -292,7 +298,7 @@ def test_a_full_dev_shm_is_not_blamed_on_the_build_folder(tmp_path, monkeypatch)
                         lambda p: Usage(10**12, 0, free.get(str(p), 10**11)))
 
     class NoSemaphores:  # the pool's SemLock in a full /dev/shm: ENOSPC, no file named
-        def Pool(self, n):
+        def Pool(self, n, **kwargs):
             raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(writer.mp, "get_context", lambda method: NoSemaphores())
@@ -308,28 +314,157 @@ def test_a_full_dev_shm_is_not_blamed_on_the_build_folder(tmp_path, monkeypatch)
 def test_a_failed_shard_leaves_no_temporary_shard_of_the_workers_it_stopped(tmp_path, monkeypatch):
     """When one shard fails (a full disk), the pool's other workers are killed inside their
     atomic writes: their temporary shards stayed (half of a full 4 MB disk in an audit, while
-    the message said "free some space"). They are removed before the build's line."""
+    the message said "free some space"). They are removed before the build's line. (Shard 0
+    fails only once the other workers are inside their writes: their markers say so.)"""
     import beton_builders.writer as writer
 
     monkeypatch.setattr(writer, "_shard_task", _full_or_slow_shard)
+    monkeypatch.setenv("DP4TL_TEST_MARKERS", str(tmp_path / "inside"))
+    (tmp_path / "inside").mkdir()
     out = tmp_path / "ds"
     with pytest.raises(DataError, match="disk full while writing"):
         build_dataset(_spec(30), out, dataclasses.replace(OPTS, workers=3))
+    assert len(list((tmp_path / "inside").iterdir())) >= 2  # workers were inside their writes
     assert not list(out.rglob(".*.tmp*"))
 
 
+def test_shard_workers_leave_ctrl_c_to_the_build(tmp_path, monkeypatch):
+    """Ctrl-C reaches the whole process group: a shard worker that ended on it while idle held
+    the pool's task-queue lock, and the build's Pool.terminate() then waited for it forever
+    (review). The workers ignore it; the build reports the stop and ends them."""
+    import beton_builders.writer as writer
+
+    monkeypatch.setattr(writer, "_shard_task", _saying_its_ctrl_c)
+    monkeypatch.setenv("DP4TL_TEST_MARKERS", str(tmp_path / "said"))
+    (tmp_path / "said").mkdir()
+    build_dataset(_spec(30), tmp_path / "ds", dataclasses.replace(OPTS, workers=2))
+    said = {p.read_text() for p in (tmp_path / "said").iterdir()}
+    assert said == {"ignored"}
+
+
+def _saying_its_ctrl_c(args):
+    """A shard task (module level: pickled by name) that notes how its worker treats Ctrl-C."""
+    import signal
+
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    (Path(os.environ["DP4TL_TEST_MARKERS"]) / str(os.getpid())).write_text(
+        "ignored" if ignored else "handled")
+    return _REAL_SHARD_TASK(args)
+
+
 def _full_or_slow_shard(args):
-    """A shard task (module level: the pool pickles it by name): shard 0 fails with a full
-    disk after 3 s; the others are then inside their atomic writes, for a minute."""
+    """A shard task (module level: the pool pickles it by name): the others mark that they
+    are inside their atomic writes and stay there a minute; shard 0 then fails with a full disk."""
     import time
 
     import beton_builders.writer as writer
     from ffcv_dp4tl.fsutil import atomic_path
 
+    markers = Path(os.environ["DP4TL_TEST_MARKERS"])
     out_dir, split, shard_id = args[:3]
     if shard_id == 0:
-        time.sleep(3)
+        deadline = time.monotonic() + 60
+        while len(list(markers.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         raise OSError(28, "No space left on device")
     with atomic_path(writer.shard_files(out_dir, split, shard_id)[0], suffix=".tar") as tmp:
         tmp.write_bytes(b"x" * 1000)
+        (markers / str(shard_id)).touch()
         time.sleep(60)  # killed here by the pool's terminate()
+
+
+def test_a_writer_failure_swallowed_inside_ffcvs_wait_is_raised_again(monkeypatch):
+    """A wake-up that lands where Python cannot raise (an at-fork hook while ffcv forks its
+    next writer) was the only one: the watchdog then stopped, and the build waited forever
+    (review). It is sent again while ffcv's wait runs, and dropped in the cleanup after it."""
+    import multiprocessing as mp
+    import time
+
+    from beton_builders import writer
+
+    waits: list[str] = []
+    # a stand-in for ffcv's DatasetWriter.from_indexed_dataset: its name and module are what
+    # the handler checks (it raises only there); the first raise is swallowed, like a hook's
+    code = '''
+def from_indexed_dataset(waits, time, WriterFailed):
+    swallowed = False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.01)
+        except WriterFailed:
+            if swallowed:
+                raise
+            swallowed = True
+            waits.append("swallowed")
+    waits.append("waited forever")
+'''
+    space = {"__name__": "ffcv.writer"}
+    exec(compile(code, "ffcv/writer.py", "exec"), space)
+    failed = None
+    with writer._stop_guard():
+        with writer._interrupt_watchdog(every=0.05, tick=0.01):
+            child = mp.get_context("fork").Process(target=os._exit, args=(1,))
+            child.start()
+            try:
+                space["from_indexed_dataset"](waits, time, writer.WriterFailed)
+            except writer.WriterFailed as e:
+                failed = e
+            time.sleep(0.3)  # (cleanup: later wake-ups are dropped here, not raised)
+        child.join()
+    assert waits == ["swallowed"] and failed is not None
+    assert failed.args == (child.pid, "exit status 1")
+
+
+def test_a_child_ended_by_a_stop_signal_is_no_failure():
+    """A stop sent to the whole process group (a scheduler's SIGTERM, Ctrl-C) ends the writers
+    too; the parent's own handler reports it. Taking their deaths for a writer failure said
+    "an exceeded disk quota is a usual cause" where the job was stopped (review)."""
+    import multiprocessing as mp
+    import signal
+    import time
+
+    from ffcv_dp4tl import stopping
+
+    before = stopping.child_pids()
+    ctx = mp.get_context("fork")
+    kids = {how: ctx.Process(target=_sleep_as_a_writer) for how in ("TERM", "INT", "BUS")}
+    kids["130"] = ctx.Process(target=os._exit, args=(130,))
+    kids["1"] = ctx.Process(target=os._exit, args=(1,))
+    for p in kids.values():
+        p.start()
+    time.sleep(0.5)  # (their handlers are set)
+    for how in ("TERM", "INT", "BUS"):
+        os.kill(kids[how].pid, getattr(signal, f"SIG{how}"))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(stopping.failed_children(before)) < 2:
+        time.sleep(0.05)
+    time.sleep(0.3)  # (the stop-ended ones have long ended too)
+    failed = dict(stopping.failed_children(before))
+    for p in kids.values():
+        p.join()
+    assert failed == {kids["1"].pid: "exit status 1", kids["BUS"].pid: "killed by SIGBUS"}
+
+
+def test_a_writer_failure_is_said_by_its_likeliest_cause(tmp_path, monkeypatch):
+    """SIGKILL is the out-of-memory killer's; SIGBUS with a nearly full /dev/shm is shared
+    memory's; a folder whose free space cannot be read still gets a line (review)."""
+    from beton_builders import writer
+
+    beton = tmp_path / "train.beton"
+    assert "out-of-memory killer" in writer.writer_failed_line(beton, 7, "killed by SIGKILL")
+    monkeypatch.setattr(writer, "shm_nearly_full", lambda: 2**20)
+    assert "shared memory (/dev/shm)" in writer.writer_failed_line(beton, 7, "killed by SIGBUS")
+    gone = tmp_path / "gone" / "train.beton"
+    assert "an exceeded disk quota" in writer.writer_failed_line(gone, 7, "exit status 1")
+
+
+def _sleep_as_a_writer():
+    """A child with the stop signals' defaults, as the build's writers end on them (killed, or
+    exited 128 + the signal by the build's inherited handler), not pytest's handlers."""
+    import signal
+    import time
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    time.sleep(60)
