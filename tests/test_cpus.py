@@ -87,6 +87,17 @@ def test_a_process_whose_affinity_cannot_be_read_counts_the_machines_cores(monke
     assert cpus.available_cores(4242) == 3
 
 
+def _memory_limit_of(where, own, files, meminfo):
+    """``cpus.memory_limit`` of a fake cgroup tree in ``where``: ``files`` (paths under its
+    root: their text), ``own`` (the process's /proc/self/cgroup text) and ``meminfo``."""
+    root = where / "cg"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (where / "self").write_text(own)
+    return cpus.memory_limit(root, where / "self", meminfo)
+
+
 def test_the_memory_limit_is_the_machines_within_the_cgroup_limit(tmp_path):
     """A Slurm job's --mem or Docker's --memory is a cgroup limit below the machine's MemTotal:
     the smallest along the own path wins (v2 memory.max, v1 memory.limit_in_bytes); "max" and
@@ -95,12 +106,7 @@ def test_the_memory_limit_is_the_machines_within_the_cgroup_limit(tmp_path):
     meminfo.write_text("MemTotal:       16384 kB\nMemFree:  1 kB\n")  # 16 MiB
 
     def limit(name, own, files):
-        root = tmp_path / name / "cg"
-        for rel, text in files.items():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_text(text)
-        (tmp_path / name / "self").write_text(own)
-        return cpus.memory_limit(root, tmp_path / name / "self", meminfo)
+        return _memory_limit_of(tmp_path / name, own, files, meminfo)
 
     own = "0::/job/step\n"
     assert limit("a", own, {"job/step/memory.max": "4194304\n"}) == 4 << 20
@@ -119,12 +125,7 @@ def test_no_cgroup_limit_without_meminfo_is_no_limit(tmp_path):
     """Where /proc/meminfo cannot be read, cgroup v1's "no limit" (about 2**63) or v2's "max"
     is no limit (None, as with no files at all), not a limit of 8 EiB; a real limit is one."""
     def limit(name, own, files):
-        root = tmp_path / name / "cg"
-        for rel, text in files.items():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            (root / rel).write_text(text)
-        (tmp_path / name / "self").write_text(own)
-        return cpus.memory_limit(root, tmp_path / name / "self", tmp_path / "no-meminfo")
+        return _memory_limit_of(tmp_path / name, own, files, tmp_path / "no-meminfo")
 
     v1 = "9:memory:/job\n"
     assert limit("a", v1, {"memory/job/memory.limit_in_bytes": "9223372036854771712\n"}) is None
