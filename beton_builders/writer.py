@@ -44,7 +44,7 @@ from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import (BAD_JSON, atomic_path, atomic_save_npy, atomic_write_json,
                                atomic_write_text, check_free_space, check_out_dir, directory_lock,
                                fsync_path, is_disk_full, is_unwritable, load_npy, read_json,
-                               remove_orphan_temps, shm_nearly_full)
+                               remove_orphan_temps, shm_full_line, shm_nearly_full)
 from ffcv_dp4tl.progress import bar as progress_bar
 
 from .beton import (ShardBytesDataset, beton_images, beton_workers, check_beton, keep_as_jpeg,
@@ -536,12 +536,9 @@ def writer_failed_line(beton_path: Path, pid: int, how: str, option: str = "--ou
         return (f"{writer} was killed while writing {beton_path}: usually the out-of-memory "
                 "killer (`dmesg` says); give the build more memory or fewer --workers, then "
                 "rerun: the build resumes")
-    shm = shm_nearly_full() if how == "killed by SIGBUS" else None
-    if shm is not None:
-        return (f"{writer} failed while writing {beton_path}: shared memory (/dev/shm), where "
-                f"its metadata lives, is full ({shm / 2**20:,.0f} MiB free); free it or give "
-                "the container more shared memory (docker run --shm-size=8g), then rerun: the "
-                "build resumes")
+    shm = shm_full_line(f"{writer} while writing {beton_path}") if how == "killed by SIGBUS" else None
+    if shm is not None:  # (ffcv's metadata lives in /dev/shm)
+        return shm
     try:
         free: int | None = shutil.disk_usage(beton_path.parent).free
     except OSError:

@@ -404,7 +404,7 @@ def os_error_line(e: OSError, *, reading: bool = False, writing: bool = False) -
     where = f" {final_name(e.filename)}" if e.filename else ""
     what = e.strerror or str(e)
     if e.errno == errno.ENOSPC and not e.filename:
-        shm = _shm_full_line(what)
+        shm = shm_full_line(what)
         if shm is not None:
             return shm
     if is_disk_full(e):
@@ -454,12 +454,13 @@ def shm_nearly_full() -> int | None:
     return free if free < SHM_LOW else None
 
 
-def _shm_full_line(what: str) -> str | None:
+def shm_full_line(what: str) -> str | None:
     """The line for an ENOSPC that names no file when ``/dev/shm`` is (nearly) full, else None.
 
     The data loader's worker processes take POSIX semaphores and shared memory there
     (multiprocessing's SemLock): a container's 64 MiB /dev/shm filled, and the error, naming
-    no file, read "disk full (No space left on device)" with no place to free (audit)."""
+    no file, read "disk full (No space left on device)" with no place to free (audit). Also
+    the line of a beton writer killed by SIGBUS there (ffcv's metadata lives in /dev/shm)."""
     free = shm_nearly_full()
     if free is None:
         return None

@@ -453,7 +453,7 @@ def test_a_writer_failure_is_said_by_its_likeliest_cause(tmp_path, monkeypatch):
 
     beton = tmp_path / "train.beton"
     assert "out-of-memory killer" in writer.writer_failed_line(beton, 7, "killed by SIGKILL")
-    monkeypatch.setattr(writer, "shm_nearly_full", lambda: 2**20)
+    monkeypatch.setattr(fsutil, "shm_nearly_full", lambda: 2**20)
     assert "shared memory (/dev/shm)" in writer.writer_failed_line(beton, 7, "killed by SIGBUS")
     gone = tmp_path / "gone" / "train.beton"
     assert "an exceeded disk quota" in writer.writer_failed_line(gone, 7, "exit status 1")
