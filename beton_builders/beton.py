@@ -141,9 +141,10 @@ def write_beton(path: Path, dataset: ShardBytesDataset, quality: int, max_side: 
         _free_metadata_memory(writer)
         # the writers still running (one failed; the others would write on into a beton that
         # is being removed) end with the write: SIGTERM's default in a worker ends it
-        for p in set(multiprocessing.active_children()) - before:
+        writers = set(multiprocessing.active_children()) - before
+        for p in writers:
             p.terminate()
-        for p in set(multiprocessing.active_children()) - before:
+        for p in writers:
             p.join(timeout=10)
         raise
     # ffcv returns without joining its writer processes; each holds a copy of the build's lock

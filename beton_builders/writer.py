@@ -43,8 +43,8 @@ from ffcv_dp4tl.cpus import available_cores
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import (BAD_JSON, atomic_path, atomic_save_npy, atomic_write_json,
                                atomic_write_text, check_free_space, check_out_dir, directory_lock,
-                               fsync_path, is_disk_full, is_unwritable, load_npy, read_json,
-                               remove_orphan_temps, shm_full_line, shm_nearly_full)
+                               free_bytes, fsync_path, is_disk_full, is_unwritable, load_npy,
+                               read_json, remove_orphan_temps, shm_full_line, shm_nearly_full)
 from ffcv_dp4tl.progress import bar as progress_bar
 
 from .beton import (ShardBytesDataset, beton_images, beton_workers, check_beton, keep_as_jpeg,
@@ -59,6 +59,8 @@ from .spec import DatasetSpec, one_line, split_name_problem
 
 #: ffcv DatasetWriter's default page size (4 * MIN_PAGE_SIZE = 8 MiB in ffcv 1.0.2)
 BETON_PAGE_SIZE = 8 * 2**20
+#: a folder with less free than two of ffcv's pages is full (to a writer's failure, an ENOSPC)
+FULL_BELOW = 2 * BETON_PAGE_SIZE
 
 
 @dataclass(frozen=True)
@@ -333,18 +335,15 @@ def _fills_out_dir(e: OSError, out_dir: Path) -> bool:
     nearly full /dev/shm (the worker pool's semaphores raise ENOSPC there) beside a folder with
     room. Otherwise the error is left to the CLI's line, which names what filled: "choose
     another --out" sent users to free the wrong disk (audit)."""
-    import shutil
-
     if e.filename:
         try:
             return Path(os.path.realpath(e.filename)).is_relative_to(os.path.realpath(out_dir))
         except (OSError, ValueError, TypeError):
             return True
-    try:
-        out_room = shutil.disk_usage(out_dir).free >= 2 * BETON_PAGE_SIZE
-    except OSError:
+    free = free_bytes(out_dir)
+    if free is None:
         return True
-    return not (out_room and shm_nearly_full() is not None)
+    return not (free >= FULL_BELOW and shm_nearly_full() is not None)
 
 
 def _check_out_outside_input(source: str, out_dir: Path, option: str = "--out") -> None:
@@ -529,8 +528,6 @@ def writer_failed_line(beton_path: Path, pid: int, how: str, option: str = "--ou
     likeliest cause: SIGKILL, the out-of-memory killer; SIGBUS with a nearly full /dev/shm
     (ffcv's metadata lives there); less than two of ffcv's pages free, a full disk; else a quota
     (which the free space does not show) or what its error above says."""
-    import shutil
-
     writer = f"ffcv's beton writer (process {pid}, {how})"
     if how == "killed by SIGKILL":
         return (f"{writer} was killed while writing {beton_path}: usually the out-of-memory "
@@ -539,11 +536,8 @@ def writer_failed_line(beton_path: Path, pid: int, how: str, option: str = "--ou
     shm = shm_full_line(f"{writer} while writing {beton_path}") if how == "killed by SIGBUS" else None
     if shm is not None:  # (ffcv's metadata lives in /dev/shm)
         return shm
-    try:
-        free: int | None = shutil.disk_usage(beton_path.parent).free
-    except OSError:
-        free = None
-    if free is not None and free < 2 * BETON_PAGE_SIZE:
+    free = free_bytes(beton_path.parent)
+    if free is not None and free < FULL_BELOW:
         return (f"disk full while writing {beton_path} ({writer}, its error above; "
                 f"{free / 2**20:,.1f} MiB free); free some space or choose another {option}, "
                 "then rerun: the build resumes")
@@ -601,22 +595,21 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
         else:
             pool = mp.get_context("fork").Pool(workers, initializer=_ignore_ctrl_c)
             results = pool.imap_unordered(_shard_task, tasks)
+        finished = False
         try:
             for _, _, n_ok, n_bad in results:
                 _check_interrupt()
                 bar.update(n_ok + n_bad)
-        except BaseException:
-            if pool is not None:
-                # workers killed inside their atomic writes leave temporary shards (half of a
-                # full disk in an audit, while the message said "free some space"): removed
-                # once they are gone, under the build's lock
-                pool.terminate()
-                pool.join()
-                remove_orphan_temps(out_dir)
-            raise
+            finished = True
         finally:
             if pool is not None:
                 pool.terminate()
+                if not finished:
+                    # workers killed inside their atomic writes leave temporary shards (half
+                    # of a full disk in an audit, while the message said "free some space"):
+                    # removed once they are gone, under the build's lock
+                    pool.join()
+                    remove_orphan_temps(out_dir)
             bar.close()
     encode_seconds = time.perf_counter() - start
     _check_interrupt()

@@ -234,14 +234,13 @@ def directory_lock(lock_file: str | os.PathLike, what: str, *, wait: bool = Fals
         locked = True
         holder = None  # (set: another process holds the lock)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with naming(lock_file):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             with naming(lock_file):
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
         except OSError as e:
             if e.errno not in _NO_LOCKS:
-                if not e.filename:
-                    e.filename = str(lock_file)
                 raise
             # a file system without locks (Lustre mounted without -o flock, some FUSE and
             # object-store mounts): run without the guard rather than not at all
@@ -443,15 +442,21 @@ def vanished_folder_line(path: str | os.PathLike) -> str:
 SHM_LOW = 64 * 2**20
 
 
+def free_bytes(folder: str | os.PathLike) -> int | None:
+    """The free bytes of ``folder``'s file system, or None where it cannot be asked (a folder
+    gone or unreadable; no /dev/shm on macOS and some sandboxes)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except (OSError, ValueError):
+        return None
+
+
 def shm_nearly_full() -> int | None:
     """The free bytes of ``/dev/shm`` when it has less than :data:`SHM_LOW` free, else None
     (None without one): where an ENOSPC naming no file comes from then (multiprocessing's
     semaphores and shared memory)."""
-    try:
-        free = shutil.disk_usage("/dev/shm").free
-    except (OSError, ValueError):  # (no /dev/shm: macOS, some sandboxes)
-        return None
-    return free if free < SHM_LOW else None
+    free = free_bytes("/dev/shm")
+    return free if free is not None and free < SHM_LOW else None
 
 
 def shm_full_line(what: str) -> str | None:

@@ -29,10 +29,11 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["GRACE_S", "STOP_STATUSES", "Terminated", "deferred", "exit_status", "child_pids",
-           "failed_children", "forget_interrupt", "interrupt_for", "last_interrupt", "late_line", "late_status", "line", "quiet_children",
-           "native_threads_left", "received", "record", "resend_signal", "runs_native_code", "settle",
-           "settled", "sigterm_handler", "sigterm_raises", "status_of"]
+__all__ = ["GRACE_S", "STOP_STATUSES", "Terminated", "child_pids", "deferred", "exit_status",
+           "failed_children", "forget_interrupt", "interrupt_for", "last_interrupt", "late_line",
+           "late_status", "line", "quiet_children", "native_threads_left", "received", "record",
+           "resend_signal", "runs_native_code", "settle", "settled", "sigterm_handler",
+           "sigterm_raises", "status_of"]
 
 
 class Terminated(KeyboardInterrupt):

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from ..fsutil import atomic_save_npy, atomic_write_json, check_free_space, load_npy, read_json
+from ..fsutil import (atomic_save_npy, atomic_write_json, check_free_space, load_npy, naming,
+                      read_json)
 
 FORMAT = "ffcv-dp4tl-features"
 VERSION = 1
@@ -186,7 +187,8 @@ class FeatureWriter:
         size = self._data_tmp.stat().st_size
         with open(self._data_tmp, "rb+") as f:
             try:
-                os.posix_fallocate(f.fileno(), 0, size)
+                with naming(self._data_tmp):
+                    os.posix_fallocate(f.fileno(), 0, size)
                 return
             except OSError as e:
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -195,8 +197,6 @@ class FeatureWriter:
                                   f"{_mib(size)} MiB, {_mib(free)} MiB free",
                                   str(self._data_tmp)) from None
                 if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                    if not e.filename:
-                        e.filename = str(self._data_tmp)
                     raise
                 held = os.fstat(f.fileno()).st_blocks * 512  # (what a resumed store holds)
         check_free_space(self._data_tmp.parent, max(0, size - held),

@@ -26,7 +26,6 @@ import hashlib
 import pickle
 import random
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import DP4TLError, brief
-from ..fsutil import atomic_path, is_disk_full, os_error_line
+from ..fsutil import atomic_path, free_bytes, is_disk_full, os_error_line
 
 CHECKPOINT_NAME = "checkpoint.pt"
 #: a finetuning's resumable state and its result (training/finetune.py writes them)
@@ -253,7 +252,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any] | Checkpoint) -> Non
     except RuntimeError as e:  # torch's zip writer reports a failed write as "unexpected pos"
         if "unexpected pos" not in str(e) and "write" not in str(e).lower():
             raise
-        free = _free_bytes(Path(path).parent)
+        free = free_bytes(Path(path).parent)
         if free is not None and free < _state_bytes(state) + 2**20:  # (it cannot fit: full)
             raise DP4TLError(_disk_full_line(path, previous, free)) from None
         raise DP4TLError(f"could not write the checkpoint {path} (is the disk full? "
@@ -264,19 +263,11 @@ def _disk_full_line(path: str | Path, previous: bool, free: int | None = None) -
     """What a checkpoint write that met a full disk says: the free space, what is left (the
     previous checkpoint, or none) and what a rerun does; torch's own text ("[enforce fail at
     inline_container.cc:672] . unexpected pos 576 vs 534") says nothing to a user (audit)."""
-    free = _free_bytes(Path(path).parent) if free is None else free
+    free = free_bytes(Path(path).parent) if free is None else free
     room = "" if free is None else f" ({free / 2**20:,.{1 if free < 10 * 2**20 else 0}f} MiB free)"
     then = ("the previous checkpoint is intact; free space and rerun: it resumes" if previous
             else "no checkpoint was written yet; free space and rerun: the run starts over")
     return f"could not write the checkpoint {path}: the disk is full{room}; {then}"
-
-
-def _free_bytes(folder: Path) -> int | None:
-    """Free bytes on ``folder``'s file system (None when it cannot be asked, e.g. gone)."""
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return None
 
 
 def _state_bytes(obj: Any) -> int:
