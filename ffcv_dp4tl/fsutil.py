@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import shutil
@@ -436,6 +437,46 @@ def vanished_folder_line(path: str | os.PathLike) -> str:
     return (f"the folder {folder} disappeared during the run (deleted or unmounted) while "
             f"{os.path.basename(final_name(path))} was written in it; rerun the same command: it "
             "resumes from what is left, or starts over where nothing is")
+
+
+@functools.cache
+def _libc_fallocate() -> Any:
+    """glibc's ``fallocate`` (Linux's fallocate(2), no emulation), or None where there is none."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.fallocate64
+    except (OSError, AttributeError):  # (not glibc: macOS, musl without the alias)
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def reserve_blocks(fd: int, length: int) -> bool:
+    """Allocate the blocks of the open file ``fd`` up to ``length`` bytes without writing them;
+    False where the file system or platform cannot (then check the free space instead).
+
+    A full disk or quota raises the ``OSError`` (ENOSPC, EDQUOT) here, before any work, where a
+    file later written through a memory map would die of SIGBUS. Linux's ``fallocate(2)``, not
+    ``os.posix_fallocate``: where the file system has no fallocate (NFSv3, some FUSE mounts)
+    glibc's ``posix_fallocate`` emulates it by writing a byte into every 4 KiB block, a million
+    synchronous writes per 4 GiB over the network, where this says "cannot" at once."""
+    import ctypes
+
+    fn = _libc_fallocate()
+    if fn is None:
+        return False
+    while fn(fd, 0, 0, length) != 0:
+        err = ctypes.get_errno()
+        if err == errno.EINTR:  # (a signal arrived mid-call: the call is retried, as Python does)
+            continue
+        if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return False
+        raise OSError(err, os.strerror(err))
+    return True
 
 
 #: Below this much free shared memory, an ENOSPC naming no file is said to be /dev/shm's

@@ -408,3 +408,74 @@ def test_a_write_whose_folder_is_gone_says_it_disappeared(tmp_path):
     assert os_error_line(e) == f"not found: {gone} (No such file or directory); check the path"
     (tmp_path / "run").mkdir()
     assert os_error_line(e, writing=True).startswith("not found: ")
+
+
+def test_reserve_blocks_allocates_a_sparse_file_without_writing_it(tmp_path):
+    """What the feature store relies on: after it, the file holds its blocks (a full disk can
+    no longer SIGBUS a memory-mapped write), and its bytes are still zero."""
+    from ffcv_dp4tl.fsutil import reserve_blocks
+
+    path = tmp_path / "store"
+    with open(path, "wb") as f:
+        f.truncate(1 << 20)
+    assert path.stat().st_blocks == 0  # sparse
+    with open(path, "rb+") as f:
+        assert reserve_blocks(f.fileno(), 1 << 20) is True
+    assert path.stat().st_blocks * 512 >= 1 << 20
+    assert path.stat().st_size == 1 << 20 and path.read_bytes() == bytes(1 << 20)
+
+
+def _libc_answering(code: int, calls: list | None = None, *, times: int = 10**9):
+    """A stand-in for glibc's fallocate that fails with ``code`` (its first ``times`` calls),
+    as a file system gives it: -1 and errno."""
+    import ctypes
+
+    def fallocate(fd, mode, offset, length):
+        if calls is not None:
+            calls.append((mode, offset, length))
+        if len(calls or [None]) <= times:
+            ctypes.set_errno(code)
+            return -1
+        return 0
+
+    return fallocate
+
+
+@pytest.mark.parametrize("code", [errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL])
+def test_reserve_blocks_says_cannot_where_the_file_system_has_no_fallocate(tmp_path, monkeypatch,
+                                                                           code):
+    """Not glibc's posix_fallocate, which on such a file system (NFSv3, some FUSE mounts)
+    emulates the reservation by writing a byte into every 4 KiB block, minutes for a store of
+    gigabytes over a network: the caller is told at once and checks the free space instead.
+    Nothing is written."""
+    from ffcv_dp4tl import fsutil
+
+    monkeypatch.setattr(fsutil, "_libc_fallocate", lambda: _libc_answering(code))
+    path = tmp_path / "store"
+    with open(path, "wb") as f:
+        f.truncate(1 << 20)
+    with open(path, "rb+") as f:
+        assert fsutil.reserve_blocks(f.fileno(), 1 << 20) is False
+    assert path.stat().st_blocks == 0
+
+
+def test_reserve_blocks_raises_a_full_disk_or_quota_and_retries_a_signal(tmp_path, monkeypatch):
+    from ffcv_dp4tl import fsutil
+
+    for code in (errno.ENOSPC, errno.EDQUOT):
+        monkeypatch.setattr(fsutil, "_libc_fallocate", lambda c=code: _libc_answering(c))
+        with pytest.raises(OSError) as e:
+            fsutil.reserve_blocks(0, 4096)
+        assert e.value.errno == code
+    calls: list = []
+    monkeypatch.setattr(fsutil, "_libc_fallocate", lambda: _libc_answering(errno.EINTR, calls,
+                                                                            times=2))
+    assert fsutil.reserve_blocks(0, 4096) is True
+    assert calls == [(0, 0, 4096)] * 3  # mode 0 (allocate), the whole file, twice interrupted
+
+
+def test_reserve_blocks_is_false_without_glibc(monkeypatch):
+    from ffcv_dp4tl import fsutil
+
+    monkeypatch.setattr(fsutil, "_libc_fallocate", lambda: None)
+    assert fsutil.reserve_blocks(0, 4096) is False

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..fsutil import (atomic_save_npy, atomic_write_json, check_free_space, load_npy, naming,
-                      read_json)
+                      read_json, reserve_blocks)
 
 FORMAT = "ffcv-dp4tl-features"
 VERSION = 1
@@ -179,26 +179,25 @@ class FeatureWriter:
 
         ``open_memmap`` makes a sparse file, and a store written through a memory map that
         meets a full disk gets no ``OSError`` but SIGBUS: the run died with "Bus error" (exit
-        135) and no word (audit, a tmpfs filled mid-scoring). ``posix_fallocate`` reserves every
+        135) and no word (audit, a tmpfs filled mid-scoring). ``fallocate`` reserves every
         block (a resumed store's holes only: blocks already there cost nothing), so a full disk
         or quota is an ``OSError`` naming the ``.partial`` file, before any work, that the CLI
         says in its one disk-full line. Where the file system cannot reserve (EOPNOTSUPP, ENOSYS,
-        EINVAL) the free space is checked instead."""
+        EINVAL, or no glibc) the free space is checked instead (``fsutil.reserve_blocks``)."""
         size = self._data_tmp.stat().st_size
         with open(self._data_tmp, "rb+") as f:
             try:
                 with naming(self._data_tmp):
-                    os.posix_fallocate(f.fileno(), 0, size)
-                return
+                    if reserve_blocks(f.fileno(), size):
+                        return
             except OSError as e:
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    free = shutil.disk_usage(self._data_tmp.parent).free
-                    raise OSError(e.errno, f"{e.strerror}: the feature store needs "
-                                  f"{_mib(size)} MiB, {_mib(free)} MiB free",
-                                  str(self._data_tmp)) from None
-                if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
-                held = os.fstat(f.fileno()).st_blocks * 512  # (what a resumed store holds)
+                free = shutil.disk_usage(self._data_tmp.parent).free
+                raise OSError(e.errno, f"{e.strerror}: the feature store needs "
+                              f"{_mib(size)} MiB, {_mib(free)} MiB free",
+                              str(self._data_tmp)) from None
+            held = os.fstat(f.fileno()).st_blocks * 512  # (what a resumed store holds)
         check_free_space(self._data_tmp.parent, max(0, size - held),
                          f"the feature store {self._data_tmp.name}", option="",
                          then="it resumes")

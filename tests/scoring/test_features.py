@@ -174,19 +174,22 @@ def test_a_full_disk_is_an_error_naming_the_partial_store_before_any_row_is_writ
     full tmpfs). Its blocks are now reserved (posix_fallocate) when it is created, so a full
     disk is an OSError naming the .partial file, the CLI's one disk-full line, before any work;
     nothing is left behind. A resumed store reserves its holes the same way and keeps its rows."""
-    import os
 
     from ffcv_dp4tl.fsutil import os_error_line
 
+    from ffcv_dp4tl import fsutil
+    from ffcv_dp4tl.scoring import features as features_mod
+
     path = tmp_path / "feats.npy"
     calls = []
-    real = os.posix_fallocate
-    monkeypatch.setattr(os, "posix_fallocate", lambda fd, off, n: calls.append(n) or real(fd, off, n))
+    real = fsutil.reserve_blocks
+    monkeypatch.setattr(features_mod, "reserve_blocks", lambda fd, n: calls.append(n) or real(fd, n))
     with FeatureWriter(path, 1000, 16) as w:
         w.write(0, _feats(rng, 500))
     data = tmp_path / "feats.npy.partial"
     assert calls == [data.stat().st_size]  # the whole file, header included
-    monkeypatch.setattr(os, "posix_fallocate", _no_space)
+    assert data.stat().st_blocks * 512 >= data.stat().st_size  # reserved: no longer sparse
+    monkeypatch.setattr(features_mod, "reserve_blocks", _no_space)
     with pytest.raises(OSError) as e:  # resuming: the rows written stay
         FeatureWriter(path, 1000, 16)
     assert e.value.filename == str(data)
@@ -205,13 +208,17 @@ def test_a_full_disk_is_an_error_naming_the_partial_store_before_any_row_is_writ
 @pytest.mark.parametrize("code", ["EOPNOTSUPP", "ENOSYS", "EINVAL"])
 def test_where_blocks_cannot_be_reserved_the_free_space_is_checked(tmp_path, monkeypatch, code):
     import errno
-    import os
     import shutil
 
-    def unsupported(*a, **k):
-        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+    import ctypes
 
-    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    from ffcv_dp4tl import fsutil
+
+    def unsupported(fd, mode, offset, length):  # (the file system's answer, as glibc gives it)
+        ctypes.set_errno(getattr(errno, code))
+        return -1
+
+    monkeypatch.setattr(fsutil, "_libc_fallocate", lambda: unsupported)
     with FeatureWriter(tmp_path / "ok.npy", 100, 4) as w:  # (room enough: it goes on)
         assert w.missing_ranges() == [(0, 100)]
     usage = shutil.disk_usage(tmp_path)
