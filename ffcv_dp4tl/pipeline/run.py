@@ -98,7 +98,7 @@ def ratio_zero_note(cfg: PipelineConfig, scorer: Any) -> str | None:
     audit: ``--ratio 0`` with the default LM trained a surrogate and scored.)"""
     if cfg.ratio or not scorer.needs_surrogate or cfg.surrogate_weights or cfg.source_weights:
         return None
-    return (f"ratio 0 keeps every sample whatever the method, so {scorer.name}'s surrogate and "
+    return (f"ratio 0 keeps every sample whatever the method, so {scorer.label}'s surrogate and "
             "scores change nothing the pretraining reads; `--method random --ratio 0` gives "
             "the same pretraining (the same stage) without them")
 

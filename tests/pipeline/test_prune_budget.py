@@ -241,8 +241,9 @@ def test_at_ratio_0_every_method_keeps_the_same_mask_and_the_pipeline_says_so(in
     prune(samples, src, 0.0, tmp_path / "m_random")
     assert (tmp_path / "m_lm" / "train.npy").read_bytes() == \
         (tmp_path / "m_random" / "train.npy").read_bytes()
-    assert "`--method random --ratio 0`" in ratio_zero_note(PipelineConfig(ratio=0.0),
-                                                            get_scorer("lm"))
+    note = ratio_zero_note(PipelineConfig(ratio=0.0), get_scorer("lm"))
+    assert "`--method random --ratio 0`" in note
+    assert "so LM's surrogate and scores change nothing" in note  # (the method as every line names it)
     assert ratio_zero_note(PipelineConfig(ratio=0.4), get_scorer("lm")) is None
     assert ratio_zero_note(PipelineConfig(ratio=0.0), get_scorer("random")) is None
 
