@@ -235,15 +235,35 @@ def _os_cache_reader_class() -> type:
             return nb.types.Tuple([pages, nb.uint64[::1], nb.uint64[::1]])
 
         def compile_reader(self):
-            def read(address, mem_state):  # ffcv 1.0.2's OSCacheManager reader
-                size = mem_state[2][np.searchsorted(mem_state[1], address)]
-                return mem_state[0][address:address + size]
+            """The page reader, compiled once per process and shared by every Loader (one
+            signature, no captured value). ffcv compiles a new one per Loader, and numba never
+            frees compiled code: ~1.2 MB and 2 memory maps more per Loader for the life of the
+            process (audit: ~0.4 GB over a cost table's ~360 Loaders)."""
+            if not (code_cache_enabled() and Compiler.is_enabled):
+                return _compile_page_reader(self.state_type)
+            with _TABLE_LOCK:
+                reader = _TABLE.get(_PAGE_READER)
+                if reader is None:
+                    STATS["misses"] += 1
+                    _TABLE[_PAGE_READER] = reader = _compile_page_reader(self.state_type)
+                else:
+                    STATS["hits"] += 1
+                return reader
 
-            out = nb.types.Array(nb.uint8, 1, "C", readonly=True)
-            return Compiler.compile(read, out(nb.uint64, self.state_type))
+    def _compile_page_reader(state_type):
+        def read(address, mem_state):  # ffcv 1.0.2's OSCacheManager reader
+            size = mem_state[2][np.searchsorted(mem_state[1], address)]
+            return mem_state[0][address:address + size]
+
+        out = nb.types.Array(nb.uint8, 1, "C", readonly=True)
+        return Compiler.compile(read, out(nb.uint64, state_type))
 
     FrozenTypesOSCacheManager.__qualname__ = FrozenTypesOSCacheManager.__name__
     return FrozenTypesOSCacheManager
+
+
+#: the compiled-code table's key of the page-map reader (:func:`_os_cache_reader_class`)
+_PAGE_READER = ("os-cache-reader",)
 
 
 _CLASSES: dict[str, type] | None = None
