@@ -8,7 +8,7 @@ code again (measured on synth:tiny, 2 shared cores: ~2.5 s for ``RandomHorizonta
 for a crop decoder; the ``BENCHMARKS.md`` section "ffcv loader start-up" has the table).
 :class:`ReusingLoader` keeps one process-wide table of compiled operations keyed by what the
 compiled code depends on: the closure's code object, the values it captured (crop scale and
-ratio, seeds, ``prange`` vs ``range``, ...; nested jitted functions by the same rule) and the
+ratio, ``prange`` vs ``range``, ...; nested jitted functions by the same rule) and the
 numba options (``parallel`` follows ``Compiler.num_threads``). A closure that captures anything
 else (an operation object, a torch module) is not keyed and compiles as before. Only the
 compiled functions are shared: each Loader still builds its own graph, memory and stage code.
@@ -613,6 +613,10 @@ def _build_classes() -> dict[str, type]:
                        for _ in range(slots)]
             self._epoch_buffers = None  # let the old set go before allocating the new one
             allocations = self.graph.allocate_memory(self.batch_size, slots)
+            for node in self.graph.nodes:  # values a decoder reads at run time (its seed)
+                fill = getattr(getattr(node, "decoder", None), "fill_buffers", None)
+                if fill is not None and allocations["operation"].get(node.id) is not None:
+                    fill(allocations["operation"][node.id])
             STATS["buffers_allocated"] += 1
             self._epoch_buffers = (key, streams, allocations, weakref.ref(iterator))
             return streams, allocations

@@ -142,9 +142,16 @@ def _seeded_crop_flip_class():
     batches differ from epoch to epoch, and they are themselves a function of (seed, epoch).
     Any number of decode threads therefore gives the same pixels. Cost: one generator reseed
     per image (microseconds, next to a JPEG decode) and the flip done in the decoder; with
-    ``shuffle=False`` the crops repeat every epoch."""
+    ``shuffle=False`` the crops repeat every epoch.
+
+    The seed's hash (``base``) reaches the compiled code through a one-value buffer the decoder
+    declares (filled by :meth:`fill_buffers` when the Loader allocates its batch buffers), not
+    as a value the closure captures: numba freezes captured values into the machine code, so
+    every data seed and view compiled the decoder and its helpers again (leak audit: ~12 MB of
+    code and several seconds of compiling per new seed in a process, never freed)."""
     from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder, get_random_crop
     from ffcv.libffcv import resize_crop
+    from ffcv.pipeline.allocation_query import AllocationQuery
     from ffcv.pipeline.compiler import Compiler
 
     from .ffcv_compile import ffcv_classes, mirror_columns, source_image_decoder
@@ -156,6 +163,22 @@ def _seeded_crop_flip_class():
             super().__init__(output_size, scale=scale, ratio=ratio)
             self.seed, self.view, self.flip = int(seed), int(view), bool(flip)
 
+        @property
+        def base(self) -> np.uint64:
+            """The hash of (seed, view) every image's seed starts from."""
+            return np.uint64((self.seed * 0x2545F4914F6CDD1D + _VIEW_SALT[self.view % 2])
+                             % (1 << 63))
+
+        def declare_state_and_memory(self, previous_state):
+            state, allocs = super().declare_state_and_memory(previous_state)
+            *head, status = allocs  # (the status buffer stays last: StatusDecoderMixin)
+            return state, (*head, AllocationQuery((1,), np.dtype("<u8")), status)
+
+        def fill_buffers(self, buffers) -> None:
+            """Write :attr:`base` into this decoder's buffers (``ReusingLoader.epoch_buffers``
+            calls it for every set it hands out)."""
+            buffers[-2][...] = self.base
+
         def generate_code(self):
             decode_source = source_image_decoder(self.memory_read)
             my_range = Compiler.get_iterator()
@@ -163,12 +186,11 @@ def _seeded_crop_flip_class():
             get_crop_c = Compiler.compile(get_random_crop)
             mirror_c = Compiler.compile(mirror_columns)
             scale, ratio = np.array(self.scale), np.array(self.ratio)
-            base = np.uint64((self.seed * 0x2545F4914F6CDD1D + _VIEW_SALT[self.view % 2])
-                             % (1 << 63))
             do_flip = self.flip
 
             def decode(batch_indices, my_storage, metadata, storage_state):
-                destination, temp_storage, status = my_storage
+                destination, temp_storage, seed_base, status = my_storage
+                base = seed_base[0, 0]
                 n = len(batch_indices)
                 first = np.uint64(batch_indices[0])
                 last = np.uint64(batch_indices[n - 1])

@@ -56,11 +56,19 @@ def test_a_loader_of_a_shape_seen_before_compiles_no_code_at_all(index_dataset, 
     """numba never frees compiled code: ffcv compiled its page reader again for every Loader,
     ~1.2 MB and 2 memory maps more per Loader for the life of the process (audit: ~0.4 GB over
     a cost table's Loaders). Once two Loaders of a shape have run, a third compiles nothing."""
-    from numba.core.dispatcher import Dispatcher
-
     for _ in range(2):
         _epoch(_eval_loader(index_dataset.root))
-    compiled = []
+    compiled = _spy_compiles(monkeypatch)
+    batches = _epoch(_eval_loader(index_dataset.root))
+    assert batches
+    assert compiled == []
+
+
+def _spy_compiles(monkeypatch) -> list[str]:
+    """The names of the functions numba compiles from now on (a list that fills)."""
+    from numba.core.dispatcher import Dispatcher
+
+    compiled: list[str] = []
     real = Dispatcher.compile
 
     def spy(self, sig):
@@ -71,9 +79,31 @@ def test_a_loader_of_a_shape_seen_before_compiles_no_code_at_all(index_dataset, 
         return out
 
     monkeypatch.setattr(Dispatcher, "compile", spy)
-    batches = _epoch(_eval_loader(index_dataset.root))
-    assert batches
+    return compiled
+
+
+def test_a_new_data_seed_of_the_deterministic_decoder_compiles_nothing(source_dir,
+                                                                       monkeypatch):
+    """The seeded crop decoder captured its seed's hash, which numba freezes into the machine
+    code: every data seed in a process compiled it and its helpers again (leak audit: ~12 MB
+    and seconds each, never freed). The seed now reaches the code through a buffer: another
+    seed compiles nothing, gives other crops, and the same seed gives the same pixels."""
+    def epoch(seed):
+        loader = make_loader(source_dir, "train", fmt="ffcv", aug=AugSpec.for_train(),
+                             batch_size=16, resolution=16, num_workers=2, seed=seed,
+                             deterministic=True, shuffle=False)  # (the same batches: only
+        # the seed differs between two seeds' crops)
+        loader.set_epoch(1, 16)
+        return {int(i): x.tobytes() for b in loader
+                for i, x in zip(b.indices.numpy(), b.images.numpy())}
+
+    first = epoch(7)
+    compiled = _spy_compiles(monkeypatch)
+    other = epoch(8)
     assert compiled == []
+    assert epoch(7) == first
+    same = [i for i in first.keys() & other.keys() if first[i] == other[i]]
+    assert len(same) < len(first) // 4  # the same image, another crop (a flip: most differ)
 
 
 def test_epoch_buffers_are_reused_until_the_shapes_change(index_dataset, pixel_codec):
