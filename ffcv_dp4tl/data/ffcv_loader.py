@@ -172,12 +172,13 @@ def _seeded_crop_flip_class():
         def declare_state_and_memory(self, previous_state):
             state, allocs = super().declare_state_and_memory(previous_state)
             *head, status = allocs  # (the status buffer stays last: StatusDecoderMixin)
-            return state, (*head, AllocationQuery((1,), np.dtype("<u8")), status)
+            # (int64, as torch holds it everywhere: the hash is below 2**63)
+            return state, (*head, AllocationQuery((1,), np.dtype("<i8")), status)
 
         def fill_buffers(self, buffers) -> None:
             """Write :attr:`base` into this decoder's buffers (``ReusingLoader.epoch_buffers``
             calls it for every set it hands out)."""
-            buffers[-2][...] = self.base
+            buffers[-2][...] = int(self.base)
 
         def generate_code(self):
             decode_source = source_image_decoder(self.memory_read)
@@ -190,7 +191,7 @@ def _seeded_crop_flip_class():
 
             def decode(batch_indices, my_storage, metadata, storage_state):
                 destination, temp_storage, seed_base, status = my_storage
-                base = seed_base[0, 0]
+                base = np.uint64(seed_base[0, 0])
                 n = len(batch_indices)
                 first = np.uint64(batch_indices[0])
                 last = np.uint64(batch_indices[n - 1])
