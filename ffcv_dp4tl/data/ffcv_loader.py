@@ -177,7 +177,7 @@ def _seeded_crop_flip_class():
 
         def fill_buffers(self, buffers) -> None:
             """Write :attr:`base` into this decoder's buffers (``ReusingLoader.epoch_buffers``
-            calls it for every set it hands out)."""
+            calls it for every set it allocates; a reused set keeps it)."""
             buffers[-2][...] = int(self.base)
 
         def generate_code(self):
