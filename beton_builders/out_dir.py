@@ -14,11 +14,12 @@ import glob
 import json
 import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ffcv_dp4tl.contracts import MANIFEST_NAME, ORIGINS_SUFFIX
 from ffcv_dp4tl.errors import DataError
-from ffcv_dp4tl.fsutil import BAD_JSON, FOLDER_IN_THE_WAY, TEMP_GLOB, absent_why, directory_lock
+from ffcv_dp4tl.fsutil import (BAD_JSON, FOLDER_IN_THE_WAY, TEMP_GLOB, LockWait, absent_why,
+                               directory_lock)
 
 #: the build's records: ``settings.json``, ``S-NNNNNN.json`` per finished shard, input stats
 BUILD_DIR = ".build"
@@ -28,6 +29,43 @@ REPAIR_NAME = "repair.json"
 LOCK_NAME = ".build.lock"
 #: what the user can do when ``--out`` holds something else (the pipeline passes its own words)
 REMEDY = "pass --overwrite to replace it, or choose another --out"
+
+
+def being_read(out_dir: Path, option: str = "--out") -> str:
+    """The refusal of a build that would change the finished build in ``out_dir`` (``--overwrite``,
+    a repair) while runs read it (:func:`reading`): a training that found its betons gone died
+    hours in, and its checkpoint no longer matched the data (audit)."""
+    return (f"{out_dir} is being read by another dp4tl run; wait for it to finish or build into "
+            f"another {option}")
+
+
+def build_lock(out_dir: Path, *, option: str = "--out", wait: bool = False,
+               on_wait: Callable[[str], None] | None = None):
+    """The exclusive lock of a build writing ``out_dir``: refused at once while runs read it
+    (:func:`being_read`); with ``wait``, another build holding it is waited for (a pipeline
+    whose data a standalone ``dp4tl build`` is building: it then reuses that build). The
+    writer's :func:`~.writer.build_dataset` takes the same lock with the same refusal."""
+    return directory_lock(out_dir / LOCK_NAME, f"dataset folder {out_dir}", wait=wait,
+                          on_wait=on_wait, readers=being_read(out_dir, option))
+
+
+def reading(data_dir: str | Path, *, wait: bool = False,
+            on_wait: Callable[[str], None] | None = None):
+    """Hold the shared lock of the built dataset ``data_dir`` (its :data:`LOCK_NAME`) for the
+    block: every run reading a dataset holds it while it reads, so a build that would change
+    the data (``--overwrite``, a repair) is refused instead (:func:`build_lock`). The places
+    that hold it are those that cover every reader in the fewest places: a training and a
+    finetuning run, for their whole run (``dp4tl train``/``finetune`` and the pipeline stages
+    that run them), and a pipeline for its whole run, from its data resolved to its report
+    (its scoring, pruning and report read the data between stages, whose keys hold the data's
+    fingerprint). A build under way (its exclusive lock) refuses a reader, or with ``wait`` is
+    waited for (pipelines). A folder that is no build and holds no lock file is read unguarded
+    (no lock file is made in a user's own folder)."""
+    data_dir = Path(data_dir)
+    if not (data_dir / LOCK_NAME).exists() and not is_build(data_dir):
+        return contextlib.nullcontext(LockWait())
+    return directory_lock(data_dir / LOCK_NAME, f"the dataset {data_dir}", shared=True,
+                          wait=wait, on_wait=on_wait, busy="wait for its build to finish, then rerun")
 
 
 def settings_file(out_dir: Path) -> Path:
@@ -93,6 +131,10 @@ def check_parts_fit(out_dir: Path, parts: list[str], overwrite: bool = False) ->
                         "another --out")
     for d in stale_parts(out_dir, parts) if overwrite else ():
         check_overwrite(d)
+    for d in [out_dir / p for p in parts] + stale_parts(out_dir, parts) if overwrite else ():
+        if is_build(d):  # (refused before any part is replaced: not a source new, a target old)
+            with build_lock(d):
+                pass
 
 
 def stale_parts(out_dir: Path, parts: list[str]) -> list[Path]:
@@ -197,7 +239,7 @@ def remove_stale_parts(out_dir: Path, parts: list[str]) -> list[Path]:
     folder left with other files stays, without a manifest). Returns what went."""
     gone = []
     for d in stale_parts(out_dir, parts):  # (checked for folders in the way: check_parts_fit)
-        with directory_lock(d / LOCK_NAME, f"dataset folder {d}"):  # (a build writing it: refused)
+        with build_lock(d):  # (a build writing it, a run reading it: refused)
             remove_build(d)  # the build's own files only; the folder too when that empties it
         (d / LOCK_NAME).unlink(missing_ok=True)
         with contextlib.suppress(OSError):

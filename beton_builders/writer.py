@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -49,8 +49,8 @@ from ffcv_dp4tl.progress import bar as progress_bar
 
 from .beton import (ShardBytesDataset, beton_images, beton_workers, check_beton, keep_as_jpeg,
                     write_beton)
-from .out_dir import (BUILD_DIR, LOCK_NAME, REMEDY, check_ours, check_overwrite, is_build,
-                      remove_build, settings_file, shard_files)
+from .out_dir import (BUILD_DIR, LOCK_NAME, REMEDY, being_read, check_ours, check_overwrite,
+                      is_build, reading, remove_build, settings_file, shard_files)
 from .input_stats import sample_stats, save_input_stats, stale_inputs
 from .integrity import REMAKE_HINT, beton_fingerprint, split_checksums, stored_digests
 from .repair import damaged_files, end_repair, read_repair, start_repair, undo_repair
@@ -245,24 +245,8 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
         check_overwrite(out_dir, spec.splits)  # (again under the lock)
         remove_build(out_dir, spec.splits)
     if manifest_path.exists():
-        # (a damaged manifest: this build command is how the user rebuilds, so its fix is ours)
-        manifest = DatasetManifest.from_json(read_json(manifest_path, "manifest", fix=remedy),
-                                             manifest_path)
-        old = manifest.build
-        if old == settings:
-            # the same build, but its manifest edited by hand (a split added or deleted, the
-            # fingerprint pasted): "already built" would keep it, and a split this build does
-            # not make had no listing to write its files.txt from (KeyError, audit)
-            problem = manifest.fingerprint_problem(manifest_path, remedy)
-            if problem is None and set(manifest.splits) != set(spec.splits):
-                problem = (f"{manifest_path} lists splits {', '.join(sorted(manifest.splits))} but "
-                           f"this build makes {', '.join(sorted(spec.splits))} (edited by hand?); "
-                           f"restore manifest.json, or {remedy}")
-            if problem is not None:
-                raise DataError(problem)
-            return settings, True
-        raise DataError(f"{out_dir} already holds a different build (other "
-                        f"{_differing(old, settings)}); {remedy}")
+        _check_finished(spec, out_dir, settings, remedy)
+        return settings, True
     if settings_path.exists():
         old = read_json(settings_path, "build settings")
         if old != settings:
@@ -274,12 +258,58 @@ def _prepare_dir(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: s
     return settings, False
 
 
+def _check_finished(spec: DatasetSpec, out_dir: Path, settings: dict, remedy: str) -> None:
+    """Refuse the finished build in ``out_dir`` unless it is this build (``settings``) with its
+    manifest as the build wrote it. Reads only: a build that finds its data built checks it
+    under the readers' shared lock (:func:`_reused`)."""
+    manifest_path = out_dir / MANIFEST_NAME
+    # (a damaged manifest: this build command is how the user rebuilds, so its fix is ours)
+    manifest = DatasetManifest.from_json(read_json(manifest_path, "manifest", fix=remedy),
+                                         manifest_path)
+    old = manifest.build
+    if old != settings:
+        raise DataError(f"{out_dir} already holds a different build (other "
+                        f"{_differing(old, settings)}); {remedy}")
+    # the same build, but its manifest edited by hand (a split added or deleted, the
+    # fingerprint pasted): "already built" would keep it, and a split this build does
+    # not make had no listing to write its files.txt from (KeyError, audit)
+    problem = manifest.fingerprint_problem(manifest_path, remedy)
+    if problem is None and set(manifest.splits) != set(spec.splits):
+        problem = (f"{manifest_path} lists splits {', '.join(sorted(manifest.splits))} but "
+                   f"this build makes {', '.join(sorted(spec.splits))} (edited by hand?); "
+                   f"restore manifest.json, or {remedy}")
+    if problem is not None:
+        raise DataError(problem)
+
+
+def _reused(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: str, remedy: str,
+            wait: bool, on_wait: Callable[[str], None] | None) -> BuildSummary | None:
+    """The summary of the finished, intact build of exactly this input in ``out_dir``, checked
+    under the readers' shared lock (:func:`~.out_dir.reading`), else None (the build has work
+    to do, under its exclusive lock). A build that finds its data built changes nothing, so it
+    must not need the exclusive lock: a second pipeline's build step was refused while the
+    first one trained on the data. With ``wait``, a build under way is waited for first."""
+    if not (out_dir / MANIFEST_NAME).is_file():
+        return None
+    with reading(out_dir, wait=wait, on_wait=on_wait):
+        _check_finished(spec, out_dir, build_settings(spec, opts, source), remedy)
+        if damaged_files(out_dir, remedy) or any(
+                not (out_dir / f"{name}{ORIGINS_SUFFIX}").is_file() for name in spec.splits):
+            return None  # (a repair, or files.txt to add: work for the exclusive lock)
+        return _complete_build(spec, out_dir, opts, source, remedy)
+
+
 def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | None = None,
                   *, source: str = "", overwrite: bool = False,
-                  remedy: str = REMEDY, option: str = "--out") -> BuildSummary:
+                  remedy: str = REMEDY, option: str = "--out", wait: bool = False,
+                  on_wait: Callable[[str], None] | None = None) -> BuildSummary:
     """Convert ``spec`` into ``out_dir``; resume if a previous run was interrupted.
 
-    One build per folder at a time (a second is refused: ``LOCK_NAME``); temporary files a
+    One build per folder at a time (a second is refused: ``LOCK_NAME``; with ``wait`` it waits,
+    ``on_wait`` saying so, then reuses the first one's build: a pipeline behind a standalone
+    build). A finished build is reused under the readers' shared lock; ``--overwrite`` and a
+    repair are refused at once while another run reads the folder (:func:`~.out_dir.reading`,
+    :func:`~.out_dir.build_lock`). Temporary files a
     killed build left behind are removed first; a full disk is a one-line error naming the
     folder (the beton's size is checked before it is written), and rerunning resumes. A
     complete build in a folder that cannot be written (read-only mount) is simply reused.
@@ -297,10 +327,16 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
     check_ours(out_dir, option)
     if overwrite and is_build(out_dir):
         check_overwrite(out_dir, spec.splits)
+    if not overwrite:
+        done = _reused(spec, out_dir, opts, source, remedy, wait, on_wait)
+        if done is not None:
+            return done
     with contextlib.ExitStack() as stack:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(directory_lock(out_dir / LOCK_NAME, f"dataset folder {out_dir}"))
+            stack.enter_context(directory_lock(out_dir / LOCK_NAME, f"dataset folder {out_dir}",
+                                               wait=wait, on_wait=on_wait,
+                                               readers=being_read(out_dir, option)))
         except OSError as e:
             if not is_unwritable(e):
                 raise

@@ -479,3 +479,102 @@ def test_reserve_blocks_is_false_without_glibc(monkeypatch):
 
     monkeypatch.setattr(fsutil, "_libc_fallocate", lambda: None)
     assert fsutil.reserve_blocks(0, 4096) is False
+
+
+def test_a_lock_wait_says_who_and_where_beats_and_gives_up_at_the_timeout(tmp_path, monkeypatch):
+    """A run waiting for a lock blocked in flock() after one line, with no time: behind a
+    suspended holder (kill -STOP, a suspended Slurm job, a hung NFS client) nothing more was
+    ever said, and the lock file held a bare pid (which machine's?). The wait now polls: its
+    first line says who (pid and host, since when) and when; a "still waiting" line follows
+    every LOCK_HEARTBEAT_S; $DP4TL_LOCK_TIMEOUT ends it with one line naming the holder."""
+    import re
+    import socket
+
+    from ffcv_dp4tl import fsutil
+
+    lock = tmp_path / "stage" / ".lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys\n"
+        "from ffcv_dp4tl.fsutil import directory_lock\n"
+        f"with directory_lock({str(lock)!r}, 'x'):\n"
+        "    print('held', flush=True); sys.stdin.read()\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        host = re.escape(socket.gethostname())
+        assert re.fullmatch(rf"{host}:{holder.pid} \d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d",
+                            lock.read_text())  # (who holds it, written by the holder)
+        monkeypatch.setattr(fsutil, "LOCK_POLL_S", 0.02)
+        monkeypatch.setattr(fsutil, "LOCK_HEARTBEAT_S", 0.3)
+        monkeypatch.setenv("DP4TL_LOCK_TIMEOUT", "1.2")
+        said: list[str] = []
+        with pytest.raises(DataError) as e:
+            with fsutil.directory_lock(lock, "stage S", wait=True, on_wait=said.append):
+                pytest.fail("the lock was taken while held")
+        stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+        assert re.fullmatch(rf"another dp4tl run \(pid {holder.pid}\) on host {host}, since "
+                            rf"{stamp} is using stage S; waiting for it \({stamp}\)", said[0]), said
+        beats = said[1:]
+        assert 2 <= len(beats) <= 4, said
+        for b in beats:
+            assert re.fullmatch(rf"still waiting \(\ds\) for pid {holder.pid} on host {host} "
+                                rf"\(stage S, holding it since {stamp}\); "
+                                rf"{re.escape(str(lock.parent))} last changed at \d\d:\d\d:\d\d",
+                                b), b
+        assert re.fullmatch(rf"gave up waiting for stage S after 1s \(DP4TL_LOCK_TIMEOUT=1.2\): "
+                            rf"another dp4tl run \(pid {holder.pid}\) on host {host} still holds "
+                            r"it; if that run is stopped or hung, end it and rerun \(this run "
+                            r"resumes\), or unset DP4TL_LOCK_TIMEOUT to wait for it",
+                            str(e.value)), str(e.value)
+        # a bad value is one line, before any wait
+        monkeypatch.setenv("DP4TL_LOCK_TIMEOUT", "soon")
+        with pytest.raises(DataError, match=r"^DP4TL_LOCK_TIMEOUT='soon' is not a number of "
+                                            r"seconds; set it to one \(e\.g\. 3600\), or unset"):
+            with fsutil.directory_lock(lock, "stage S", wait=True):
+                pass
+        # without a timeout it waits, and a stop signal still ends the wait, as no error
+        monkeypatch.delenv("DP4TL_LOCK_TIMEOUT")
+        import signal
+
+        def stop(*_):
+            raise KeyboardInterrupt
+
+        old = signal.signal(signal.SIGALRM, stop)
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        try:
+            with pytest.raises(KeyboardInterrupt) as stopped:
+                with fsutil.directory_lock(lock, "stage S", wait=True):
+                    pass
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        # (a stop that lands between two tries may carry the try's BlockingIOError: the CLI
+        # reads only a DP4TLError there, app._stopped)
+        assert not isinstance(stopped.value.__context__, DataError)
+    finally:
+        holder.kill()
+        holder.wait(30)
+    with fsutil.directory_lock(lock, "stage S", wait=True):  # free again
+        pass
+
+
+def test_readers_share_a_lock_that_refuses_a_writer_and_make_no_lock_file(tmp_path):
+    """``shared=True``: runs reading a folder hold its lock together; a writer asking with
+    ``readers`` is refused with those words (waiting or not); a reader makes no folder, and
+    reads unguarded where it cannot open the lock file."""
+    from ffcv_dp4tl.fsutil import directory_lock
+
+    lock = tmp_path / "ds" / ".lock"
+    with directory_lock(tmp_path / "absent" / ".lock", "x", shared=True):
+        assert not (tmp_path / "absent").exists()
+    lock.parent.mkdir()
+    with directory_lock(lock, "ds", shared=True), directory_lock(lock, "ds", shared=True):
+        for wait in (False, True):
+            with pytest.raises(DataError, match=r"^ds is being read$"):
+                with directory_lock(lock, "ds", wait=wait, readers="ds is being read"):
+                    pass
+    with directory_lock(lock, "ds", readers="ds is being read"):  # free once they end
+        with pytest.raises(DataError, match=r"another dp4tl process \(pid \d+\) on host .* is "
+                                            r"using the ds; wait"):
+            with directory_lock(lock, "the ds", shared=True):
+                pass

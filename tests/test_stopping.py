@@ -708,6 +708,7 @@ def test_a_stop_while_waiting_for_another_runs_lock_is_the_stop(monkeypatch, cap
     wait once ran inside ``except BlockingIOError``, so the stop's context was that OSError and
     the CLI reported "error: Resource temporarily unavailable" with status 2.)"""
     import fcntl
+    import re
     import threading
 
     from ffcv_dp4tl.fsutil import directory_lock
@@ -744,7 +745,9 @@ def test_a_stop_while_waiting_for_another_runs_lock_is_the_stop(monkeypatch, cap
     finally:
         guard.cancel()
         os.close(held)
-    assert said == ["another dp4tl run (pid unknown) is using stage X; waiting for it"]
+    assert len(said) == 1 and re.fullmatch(r"another dp4tl run \(pid unknown\) is using stage X; "
+                                           r"waiting for it \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\)",
+                                           said[0]), said
     assert e.value.code == stopping.exit_status(sig)
     assert capsys.readouterr().err == f"{stopping.line(sig)}\n"
 

@@ -148,13 +148,27 @@ def _build_of_same_input(data_root: Path, specs: dict, source: str, skip: Path,
     return None
 
 
+def _read_from(hold: contextlib.ExitStack | None, data_dir: Path,
+               log: Callable[[str], None]) -> None:
+    """Hold the readers' shared lock of ``data_dir`` in ``hold`` (the pipeline's run), waiting
+    for a build under way (:func:`beton_builders.out_dir.reading`)."""
+    from beton_builders.out_dir import reading
+
+    if hold is not None:
+        hold.enter_context(reading(data_dir, wait=True, on_wait=lambda m: log(f"[data] {m}")))
+
+
 def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
-                 split: str = "auto", option: str = "--data", progress: bool = True) -> Path:
+                 split: str = "auto", option: str = "--data", progress: bool = True,
+                 hold: contextlib.ExitStack | None = None) -> Path:
     """A built dataset dir for ``source`` (a dir with a manifest, or a SOURCE to build);
     ``option`` (--data or --target) is the option a refusal of ``source`` names; ``progress``:
-    the build's bars."""
+    the build's bars. ``hold``: where the readers' shared lock of each dataset it returns is
+    kept (the pipeline's run), so no ``--overwrite`` changes the data while the run reads it;
+    taken before the pipeline's build lock is let go (nothing rebuilds the data in between)."""
     p = Path(source).expanduser()
     if (p / MANIFEST_NAME).exists():
+        _read_from(hold, p, log)
         return p
     if p.exists() and p.is_dir() and not (":" in source or source.startswith("synth")):
         if (p / "source" / MANIFEST_NAME).exists():  # a synth build: source/ + targets/<name>/
@@ -175,14 +189,15 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
     # default stays valid where it is
     coop = any(str(sp.extra.get("split", "")).startswith("coop") for sp in specs.values())
     out = data_root / (_slug(source) + ("-coop" if coop else ""))
-    # Pipelines sharing a data root wait for each other here (a lone `dp4tl build` of the same
-    # folder is still refused by the build's own lock): the second one finds the data built.
+    # Pipelines sharing a data root wait for each other here, and for a lone `dp4tl build` of
+    # the same folder in build_dataset (wait=True; a job array's prebuild): then find it built.
     # The lock is the readable name's, taken before its build is read: two pipelines started
     # together with two specs of one name see each other's build (a spec built beside it, in
     # a hashed folder, holds that lock while it builds too).
     with contextlib.ExitStack() as lock:
         try:
-            lock.enter_context(directory_lock(data_root / f".{out.name}.pipeline.lock", f"data {out}",
+            lock.enter_context(directory_lock(data_root / f".{out.name}.pipeline.lock",
+                                              f"the data build {out}",
                                               wait=True, on_wait=lambda m: log(f"[data] {m}")))
         except OSError as e:  # a read-only data root: nobody builds there; a finished build is used
             if not is_unwritable(e):
@@ -201,7 +216,7 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
             # for, not refused by the build's own lock (review)
             theirs = data_root / f".{_slug(source)}{'-coop' if coop else ''}.pipeline.lock"
             with contextlib.suppress(OSError):  # (a read-only data root: nobody builds there)
-                lock.enter_context(directory_lock(theirs, f"data {out}", wait=True,
+                lock.enter_context(directory_lock(theirs, f"the data build {out}", wait=True,
                                                   on_wait=lambda m: log(f"[data] {m}")))
         elif other is not None:  # another input with the same folder name (t/x, t-x)
             hashed = out.with_name(f"{out.name}-{hashlib.sha256(source.encode()).hexdigest()[:11]}")
@@ -215,7 +230,9 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
                                     BuildOptions(max_side=default_max_side(spec), progress=progress),
                                     source=source,
                                     remedy=f"delete {out} to rebuild it there, or pass another --data-root",
-                                    option="--data-root")
+                                    option="--data-root", wait=True,
+                                    on_wait=lambda m: log(f"[data] {m}"))
+            _read_from(hold, out / sub if sub else out, log)
             if not summary.skipped:
                 log(f"[data] built {out / sub if sub else out}: " + "; ".join(summary.lines()))
             else:
@@ -229,9 +246,11 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
     return out
 
 
-def resolve_data(cfg: PipelineConfig, log) -> tuple[Path, Path]:
-    """The (source dir, target dir) of ``cfg`` (its one ``target``), built when missing."""
-    root = ensure_built(cfg.source, cfg.data_root, log, progress=cfg.progress)
+def resolve_data(cfg: PipelineConfig, log,
+                 hold: contextlib.ExitStack | None = None) -> tuple[Path, Path]:
+    """The (source dir, target dir) of ``cfg`` (its one ``target``), built when missing; their
+    readers' locks kept in ``hold`` (:func:`ensure_built`)."""
+    root = ensure_built(cfg.source, cfg.data_root, log, progress=cfg.progress, hold=hold)
     if root.name == "source" and (root.parent / "targets").is_dir():  # a synth root's source:
         root = root.parent  # its targets are found by name, as with the root itself
     elif root.parent.name == "targets" and (root.parent.parent / "source" / MANIFEST_NAME).exists():
@@ -242,18 +261,20 @@ def resolve_data(cfg: PipelineConfig, log) -> tuple[Path, Path]:
         targets = sorted(p.parent.name for p in (root / "targets").glob(f"*/{MANIFEST_NAME}"))
         check_synth_target(root, cfg.target, MANIFEST_NAME)
         if cfg.target and (root / "targets" / cfg.target / MANIFEST_NAME).exists():
+            _read_from(hold, root / "targets" / cfg.target, log)  # (no ensure_built: held here)
             return root / "source", root / "targets" / cfg.target
         if not cfg.target:
             if not targets:
                 raise DP4TLError(f"{root} has no targets/*; pass --target")
+            _read_from(hold, root / "targets" / targets[0], log)
             return root / "source", root / "targets" / targets[0]
         return root / "source", ensure_built(cfg.target, cfg.data_root, log, cfg.split,
-                                             "--target", cfg.progress)
+                                             "--target", cfg.progress, hold)
     if not cfg.target:
         raise DP4TLError("--target is required with a real source (a built target dir or "
                          "LAYOUT:PATH such as flowers102:/data/flowers-102)")
     return root, ensure_built(cfg.target, cfg.data_root, log, cfg.split, "--target",
-                              cfg.progress)
+                              cfg.progress, hold)
 
 
 def check_source(cfg: PipelineConfig, scorer, src, log: Callable[[str], None]) -> None:
@@ -437,14 +458,16 @@ def _surrogate_trains(cfg: PipelineConfig, ok: Checked) -> bool:
     return (ok.scorer.needs_surrogate and not cfg.surrogate_weights) or ok.scorer.trains
 
 
-def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None]) -> Resolved:
+def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None],
+            hold: contextlib.ExitStack | None = None) -> Resolved:
     """Build or find the data, check it, and load every recipe once (bad recipes fail here,
     before any work). The stages get the loaded objects: their keys hash the recipes'
     *contents*, and what trains is exactly what the key records, even if a recipe file is
-    edited while the pipeline runs."""
+    edited while the pipeline runs. ``hold``: where the data's readers' locks are kept (the
+    pipeline's run: its stages read the data whose fingerprints their keys hold)."""
     from ..training.recipe import check_kind, check_source_fed, load_recipe
 
-    resolved = [resolve_data(replace(cfg, target=t), log) for t in ok.target_specs]
+    resolved = [resolve_data(replace(cfg, target=t), log, hold) for t in ok.target_specs]
     source_dir, target_dirs = resolved[0][0], tuple(d for _, d in resolved)
     multi = len(target_dirs) > 1
     src = load_manifest(source_dir)

@@ -33,6 +33,7 @@ ratio 0). The report and the cost table say when a model was brought rather than
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -60,14 +61,14 @@ def run_pipeline(cfg: PipelineConfig, log: Log = console) -> PipelineResult:
     """Run (or resume, or find cached) every stage of ``cfg`` and write its report. Every line
     it says goes to ``log``: its own and those of the trainings and finetunings it runs
     (theirs went to stdout whatever ``log`` was; Python API review)."""
-    with saying_to(log):
-        return _run_pipeline(cfg, log)
+    with saying_to(log), contextlib.ExitStack() as reading:  # (the data's readers' locks)
+        return _run_pipeline(cfg, log, reading)
 
 
-def _run_pipeline(cfg: PipelineConfig, log: Log) -> PipelineResult:
+def _run_pipeline(cfg: PipelineConfig, log: Log, reading: contextlib.ExitStack) -> PipelineResult:
     ok = validate(cfg)
     check_brought_weights(cfg)
-    r = resolve(cfg, ok, log)
+    r = resolve(cfg, ok, log, reading)
     res = PipelineResult(config={**asdict(cfg), "data_root": str(cfg.data_root),
                                  "runs_root": str(cfg.runs_root), "k": r.k},
                          source=str(r.source_dir), target=str(r.target_dir),

@@ -346,7 +346,7 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
         return _skipped(st, log)
     st.dir.mkdir(parents=True, exist_ok=True)
     with directory_lock(st.dir / LOCK, f"stage {st.dir}", wait=True,
-                        on_wait=lambda m: log(f"[{st.name}] {m}")):
+                        on_wait=lambda m: log(f"[{st.name}] {m}")) as waited:
         changed = _stale(st, record, legacy)
         if changed:
             log(f"[{st.name}] {', '.join(changed)} was computed again since this stage ran "
@@ -354,6 +354,10 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
             _clear(st.dir)
         elif st.done:  # finished earlier, or by the run we waited for
             return _skipped(st, log)
+        if waited.holder is not None and not changed:  # (the run it waited for was killed:
+            # without this line the log read "waiting for it", then the stage running again)
+            log(f"[{st.name}] pid {waited.holder.pid} ended without finishing it (after "
+                f"{waited.seconds:.0f}s of waiting); this run takes over")
         remove_orphan_temps(st.dir)
         _forget_thrown_away_segments(st, log)
         atomic_write_json(st.dir / "inputs.json", st.inputs)

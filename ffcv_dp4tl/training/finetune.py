@@ -241,6 +241,8 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
     Resumes from ``out_dir/finetune_state.pt`` unless ``resume=False``. ``stop_after``: stop
     once this many epochs are complete (after saving the state), as an interruption would;
     returns ``{"stopped_after": N}`` and the next call resumes."""
+    from beton_builders.out_dir import reading
+
     t0 = time.perf_counter()
     recipe = as_recipe(recipe, overrides)  # overrides apply to a Recipe object too
     check_kind(recipe, "finetune", "finetuning")
@@ -263,7 +265,7 @@ def finetune(recipe: Recipe | str | Path, checkpoint: str | Path, target_dir: st
                 cudnn_benchmark(dev):  # FF trains at one fixed resolution: see cudnn_benchmark
             owned = True
             remove_orphan_temps(out_dir)  # a state save a kill cut short (checkpoint-sized for FF)
-            with saying_to(log):
+            with reading(target_dir), saying_to(log):  # (the data not replaced while read)
                 return _finetune(recipe, mode, checkpoint, Path(target_dir), out_dir, fmt, dev,
                                  progress, t0, resume, stop_after, train_mask, test_mask)
     except BaseException:

@@ -647,6 +647,8 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
     (:mod:`.callbacks`, e.g. ``RecordSeen``) called on every rank, after the trainer's own
     metrics/TensorBoard/console writers.
     """
+    from beton_builders.out_dir import reading
+
     t_start = time.perf_counter()
     recipe = as_recipe(recipe, overrides)  # overrides apply to a Recipe object too
     check_kind(recipe, "train", "training")
@@ -668,6 +670,8 @@ def train(recipe: Recipe | str | Path, dataset_dir: str | Path, mask: IndexMask 
                     lock.enter_context(directory_lock(out_dir / TRAIN_LOCK, f"training run {out_dir}"))
                     owned = True
                     remove_orphan_temps(out_dir)  # a checkpoint save a kill cut short
+                    # the data is not replaced (build --overwrite) while the run reads it
+                    lock.enter_context(reading(dataset_dir))
                 except (DP4TLError, OSError) as e:  # (an unwritable --out: OSError)
                     refusal = e
             dist_.fail_together(ctx, refusal)

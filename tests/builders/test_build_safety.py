@@ -468,3 +468,63 @@ def _sleep_as_a_writer():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     time.sleep(60)
+
+
+def _read_by_a_run(out: Path) -> int:
+    """The descriptor of a run reading the built folder ``out``, as flock sees it: its build
+    lock held shared (what :func:`beton_builders.out_dir.reading` takes). Close it to end."""
+    import fcntl
+
+    fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def test_a_build_that_would_change_data_being_read_is_refused_a_plain_one_reuses_it(tmp_path):
+    """``dp4tl build --overwrite`` while a training read the data: the build finished (rc 0) and
+    the training died with "not found: .../val.beton" (audit). Now ``--overwrite`` and a repair
+    are refused in one line while a run reads the folder; a plain build finding the data built
+    changes nothing and goes on (a second pipeline's build step while the first one trains)."""
+    import re
+
+    from beton_builders.repair import damaged_files
+
+    out = tmp_path / "ds"
+    build_dataset(_spec(), out, OPTS)
+    beton = out / "train.beton"
+    size = beton.stat().st_size
+    refused = (rf"^{re.escape(str(out))} is being read by another dp4tl run; wait for it to "
+               r"finish or build into another --out$")
+    fd = _read_by_a_run(out)
+    try:
+        assert build_dataset(_spec(), out, OPTS).skipped
+        with pytest.raises(DataError, match=refused):
+            build_dataset(_spec(), out, OPTS, overwrite=True)
+        assert beton.stat().st_size == size and (out / "manifest.json").exists()
+        with open(beton, "r+b") as f:  # damaged while read: its repair waits for the readers
+            f.truncate(size - 1000)
+        with pytest.raises(DataError, match=refused):
+            build_dataset(_spec(), out, OPTS)
+        assert beton.stat().st_size == size - 1000
+    finally:
+        os.close(fd)
+    build_dataset(_spec(), out, OPTS)  # repaired once nobody reads
+    assert damaged_files(out) == []
+    build_dataset(_spec(), out, OPTS, overwrite=True)
+
+
+def test_an_overwrite_of_a_synth_build_is_refused_before_any_part_when_one_is_read(tmp_path):
+    """A SOURCE of several parts (synth: ``source/``, ``targets/NAME``): a finetuning reading
+    one target refuses ``--overwrite`` before any part is replaced (a new source beside an old
+    target would not be a build of one SOURCE)."""
+    from beton_builders.out_dir import check_parts_fit
+
+    for part in ("source", "targets/a"):
+        build_dataset(_spec(), tmp_path / part, OPTS)
+    fd = _read_by_a_run(tmp_path / "targets" / "a")
+    try:
+        with pytest.raises(DataError, match="targets/a is being read by another dp4tl run"):
+            check_parts_fit(tmp_path, ["source", "targets/a"], overwrite=True)
+    finally:
+        os.close(fd)
+    check_parts_fit(tmp_path, ["source", "targets/a"], overwrite=True)

@@ -907,3 +907,131 @@ def test_a_full_disk_in_the_pipelines_build_names_its_data_root(tmp_path, monkey
     assert "--out" not in str(e.value)
     with pytest.raises(DataError, match="choose another --out, then rerun"):
         fsutil.check_free_space(tmp_path, 10**6, "x.beton")
+
+
+def _exclusive_is_free(lock: Path) -> bool:
+    """Whether a build could take the dataset lock ``lock`` (``--overwrite``, a repair) now."""
+    import fcntl
+    import os
+
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_a_pipeline_holds_its_data_for_its_whole_run_and_shares_it_with_another(
+        small_synth, tmp_path, monkeypatch):
+    """A pipeline reads its data from resolve to report (its stages' keys hold the data's
+    fingerprint): ``dp4tl build --overwrite`` is refused for all that time. A second pipeline
+    (or a plain build) finding the data built changes nothing: it is not refused while the
+    first one reads (it needed the build's exclusive lock)."""
+    import ffcv_dp4tl.pipeline.run as run_mod
+    from beton_builders.out_dir import LOCK_NAME
+    from ffcv_dp4tl.pipeline.resolve import ensure_built
+
+    import fcntl
+    import os
+
+    from PIL import Image
+
+    src = small_synth / "source"
+    for c in ("a", "b"):
+        (tmp_path / "t" / c).mkdir(parents=True)
+        for j in range(2):
+            Image.new("RGB", (12, 12), (60 * j, 9, 90)).save(tmp_path / "t" / c / f"{j}.png")
+    built = ensure_built(f"folder:{tmp_path / 't'}", tmp_path / "d", print)
+    fd = os.open(built / LOCK_NAME, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a pipeline reading it, as flock sees it
+    try:
+        logs: list[str] = []
+        assert ensure_built(f"folder:{tmp_path / 't'}", tmp_path / "d", logs.append) == built
+        assert logs[-1].endswith(f"reusing its build in {built}"), logs
+    finally:
+        os.close(fd)
+    held = []
+
+    class Seen(Exception):
+        pass
+
+    def first_stage(cfg, ok, r, res, log):
+        held.append([_exclusive_is_free(d / LOCK_NAME) for d in (r.source_dir, *r.target_dirs)])
+        raise Seen
+
+    monkeypatch.setattr(run_mod, "surrogate_stage", first_stage)
+    with pytest.raises(Seen):
+        run_pipeline(_cfg(tmp_path, source=str(src), target=str(small_synth / "targets" / "paper"),
+                          fmt="wds", overrides=("train.batch_size=8",)))
+    assert held == [[False, False]]  # (held while the stages ran)
+    assert _exclusive_is_free(src / LOCK_NAME)  # (and let go when the run ended)
+
+
+@pytest.mark.parametrize("who", ["pipeline", "build"])
+def test_a_pipeline_waits_for_whoever_builds_its_data_then_reuses_it(tmp_path, monkeypatch, who):
+    """In a job array one task builds the data (``dp4tl build``, or a pipeline) while the others
+    start: a pipeline waits for either, saying who holds it (pid and host, the time) and what
+    ("the data build D", not "data D"), then reuses the build. A standalone build's lock used
+    to refuse it ("another dp4tl process ... use another folder", rc 2)."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    from PIL import Image
+
+    from ffcv_dp4tl.pipeline.resolve import ensure_built
+
+    for c in ("a", "b"):
+        (tmp_path / "t" / c).mkdir(parents=True)
+        for j in range(2):
+            Image.new("RGB", (12, 12), (60 * j, 9, 90)).save(tmp_path / "t" / c / f"{j}.png")
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "droot"
+    built = ensure_built("folder:t", root, print)
+    # the holder: a build under way (its manifest not yet written, written as it ends), or a
+    # pipeline building it (its pipeline lock)
+    manifest = built / "manifest.json"
+    if who == "build":
+        manifest.rename(built / "m.json")
+    lock = built / ".build.lock" if who == "build" else root / f".{built.name}.pipeline.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys\n"
+        "from ffcv_dp4tl.fsutil import directory_lock\n"
+        f"with directory_lock({str(lock)!r}, 'x'):\n"
+        "    print('held', flush=True); sys.stdin.read()\n"
+        f"    if {who == 'build'}: os.rename({str(built / 'm.json')!r}, {str(manifest)!r})\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    released = threading.Event()
+    logs: list[str] = []
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            holder.stdin.close()
+
+    def log(m: str) -> None:
+        logs.append(m)
+        if "waiting" in m:
+            threading.Timer(0.2, release).start()
+
+    give_up = threading.Timer(60, release)
+    give_up.start()
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert ensure_built("folder:t", root, log) == built
+        waited = released.is_set()
+    finally:
+        give_up.cancel()
+        release()
+        holder.wait(30)
+    what = f"dataset folder {built}" if who == "build" else f"the data build {built}"
+    assert re.fullmatch(
+        rf"\[data\] another dp4tl run \(pid {holder.pid}\) on host {re.escape(socket.gethostname())}, "
+        rf"since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d is using {re.escape(what)}; waiting for it "
+        rf"\(\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\)", next(m for m in logs if "waiting" in m)), logs
+    assert waited and holder.returncode == 0
+    assert logs[-1] == f"[data] folder:t: reusing its build in {built}", logs

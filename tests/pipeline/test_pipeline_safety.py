@@ -373,3 +373,39 @@ def test_a_segment_whose_record_cannot_be_written_counts_to_its_end_as_a_stated_
     torn.write_text('{"start": 1')
     os.utime(torn, (start / 1e9 + 0.5, start / 1e9 + 0.5))
     assert stage_seconds(st.dir) == pytest.approx(res.seconds + 0.5, abs=1e-3)
+
+
+def test_a_stage_whose_holder_was_killed_is_taken_over_and_said(tmp_path):
+    """Two runs of one stage: the second waits for the first. When the first was killed
+    (SIGKILL, a cluster's SIGTERM) the second took over without a word after its "waiting for
+    it" line, which read as if it had reused a result. It now says so."""
+    import re
+    import signal
+    import threading
+
+    st = stage(tmp_path, "work", {"x": 1})
+    st.dir.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys\n"
+        "from ffcv_dp4tl.fsutil import directory_lock\n"
+        f"with directory_lock({str(st.dir / '.stage.lock')!r}, 'x'):\n"
+        "    print('held', flush=True); sys.stdin.read()\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    said: list[str] = []
+
+    def log(m: str) -> None:
+        said.append(m)
+        if "waiting for it" in m:  # the holder killed while this run waits
+            threading.Timer(0.3, holder.send_signal, (signal.SIGKILL,)).start()
+
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = run_stage(st, lambda d: {"ok": 1}, log=log)
+    finally:
+        holder.kill()
+        holder.wait(30)
+    assert res.ran
+    assert said[0].startswith(f"[work] another dp4tl run (pid {holder.pid})"), said
+    assert re.fullmatch(rf"\[work\] pid {holder.pid} ended without finishing it \(after \d+s of "
+                        r"waiting\); this run takes over", said[1]), said
+    assert said[2].startswith("[work] running in "), said

@@ -203,7 +203,7 @@ def test_a_second_prune_into_a_folder_being_written_is_refused(index_dataset, tm
     sd = _fm_scores(tmp_path, np.zeros(5), _units())
     out = tmp_path / "masks"
     with directory_lock(out / PRUNE_LOCK, "the test's prune"):
-        with pytest.raises(DataError, match=rf"another dp4tl process \(pid {os.getpid()}\) is "
+        with pytest.raises(DataError, match=rf"another dp4tl process \(pid {os.getpid()}\) on host \S+ is "
                                             rf"using mask folder {out}"):
             prune(sd, index_dataset.root, 0.6, out)
     assert sorted(p.name for p in out.iterdir()) == [PRUNE_LOCK]

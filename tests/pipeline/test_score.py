@@ -123,7 +123,7 @@ def test_a_second_score_into_a_folder_being_scored_is_refused(tmp_path, source_d
 
     out = tmp_path / "fm"
     with directory_lock(out / SCORE_LOCK, "the test's scoring"):
-        with pytest.raises(DataError, match=rf"another dp4tl process \(pid {os.getpid()}\) is "
+        with pytest.raises(DataError, match=rf"another dp4tl process \(pid {os.getpid()}\) on host \S+ is "
                                             rf"using scores folder {out}"):
             score("fm", source_dir=source_dir, out_dir=out, target_dir=target_dir, k=4,
                   checkpoint=trained_run / "checkpoint.pt", fmt="wds", device="cpu",

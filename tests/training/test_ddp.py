@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -325,10 +326,11 @@ def test_torchrun_into_a_folder_another_run_holds_is_one_line_on_every_rank(sour
     # (the ranks write at once: one line may follow the other without its newline)
     # (each rank's own line; torchrun's report below quotes them again after "traceback : ")
     errors = re.findall(r"(?<!traceback : )error: .*?use another folder", run.stderr)
+    holder = f"(pid {os.getpid()}) on host {socket.gethostname()}"  # (the lock file's host:pid)
     assert sorted(errors) == sorted([
-        f"error: another dp4tl process (pid {os.getpid()}) is using training run {out}; wait for it "
+        f"error: another dp4tl process {holder} is using training run {out}; wait for it "
         "to finish or use another folder",
-        f"error: rank 0 stopped: another dp4tl process (pid {os.getpid()}) is using training run "
+        f"error: rank 0 stopped: another dp4tl process {holder} is using training run "
         f"{out}; wait for it to finish or use another folder"]), run.stderr[-3000:]
     # no rank printed a traceback (torchrun's launcher prints its own ChildFailedError block)
     assert "[rank" not in run.stderr and "DistributedDataParallel" not in run.stderr

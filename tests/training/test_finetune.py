@@ -651,3 +651,42 @@ def test_a_fixed_size_source_is_finetuned_at_its_own_size_only(trained_run, targ
     finally:
         models.unregister("toy_fixed")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_finetuning_holds_its_target_against_a_rebuild(trained_run, target_dir, tmp_path,
+                                                         monkeypatch):
+    """As a training holds its data (test_trainer): the target is not replaced by ``dp4tl build
+    --overwrite`` while a finetuning reads it, and a target being built refuses the run."""
+    import fcntl
+    import os
+
+    from beton_builders.out_dir import LOCK_NAME
+    from ffcv_dp4tl.errors import DataError
+    from ffcv_dp4tl.fsutil import directory_lock
+    real = finetune_module._finetune
+    lock = target_dir / LOCK_NAME
+    seen = []
+
+    def spy(*a, **k):
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append("free")
+        except BlockingIOError:
+            seen.append("held")
+        finally:
+            os.close(fd)
+        return real(*a, **k)
+
+    overrides = ["finetune.resolution=16", "eval.resolution=16", "train.epochs=1",
+                 "data.num_workers=0"]
+    monkeypatch.setattr(finetune_module, "_finetune", spy)
+    finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path / "lp",
+             fmt="wds", device="cpu", progress=False, overrides=overrides)
+    monkeypatch.undo()
+    assert seen == ["held"]
+    with directory_lock(lock, "a build"):
+        with pytest.raises(DataError, match="is using the dataset .*; wait for its build to finish"):
+            finetune("lp_tiny_cpu", trained_run / "checkpoint.pt", target_dir, tmp_path / "lp2",
+                     fmt="wds", device="cpu", progress=False, overrides=overrides)
+    assert not (tmp_path / "lp2").exists()

@@ -916,3 +916,50 @@ def test_a_best_record_of_an_epoch_the_checkpoint_lacks_is_the_discarded_attempt
     assert code == 0, err
     rows = [json.loads(x) for x in log.read_text().splitlines()]
     assert json.loads(meta.read_text())["top1_val"] == max(r["top1_val"] for r in rows)
+
+
+def _exclusive_is_free(lock) -> bool:
+    """Whether a build could take the dataset's lock (``--overwrite``) now: what it asks."""
+    import fcntl
+    import os
+
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_a_training_holds_its_data_against_a_rebuild_and_waits_for_no_build(source_dir, test_recipe,
+                                                                             tmp_path):
+    """``dp4tl build --overwrite`` of the data a training read replaced its betons under it: the
+    training died with "not found: .../val.beton" and its checkpoint no longer matched the data
+    (audit). A training holds the dataset's lock shared for its whole run, so the overwrite is
+    refused; and a training whose data is being built is refused in one line, not started."""
+    import re
+
+    from beton_builders.out_dir import LOCK_NAME
+    from ffcv_dp4tl.errors import DataError
+    from ffcv_dp4tl.fsutil import directory_lock
+
+    lock = source_dir / LOCK_NAME
+    seen = []
+
+    class TryTheBuildLock(Callback):
+        def on_epoch_end(self, row):
+            seen.append(_exclusive_is_free(lock))
+
+    train(test_recipe("train.epochs=1"), source_dir, out_dir=tmp_path / "run", fmt="wds",
+          device="cpu", progress=False, callbacks=[TryTheBuildLock()])
+    assert seen == [False]  # (the run held it)
+    assert _exclusive_is_free(lock)  # (and let it go)
+    with directory_lock(lock, f"dataset folder {source_dir}"):  # a build under way
+        with pytest.raises(DataError, match=(
+                rf"^another dp4tl process \(pid \d+\) on host \S+ is using the dataset "
+                rf"{re.escape(str(source_dir))}; wait for its build to finish, then rerun$")):
+            train(test_recipe("train.epochs=1"), source_dir, out_dir=tmp_path / "run2", fmt="wds",
+                  device="cpu", progress=False)
+    assert not (tmp_path / "run2").exists()
