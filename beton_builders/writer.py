@@ -293,16 +293,21 @@ def _reused(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: str, r
         return None
     with reading(out_dir, wait=wait, on_wait=on_wait):
         _check_finished(spec, out_dir, build_settings(spec, opts, source), remedy)
-        if damaged_files(out_dir, remedy) or any(
-                not (out_dir / f"{name}{ORIGINS_SUFFIX}").is_file() for name in spec.splits):
-            return None  # (a repair, or files.txt to add: work for the exclusive lock)
+        if damaged_files(out_dir, remedy):
+            return None  # (a repair: work for the exclusive lock)
+        try:  # a build made before files.txt gets it here: written atomically, the same bytes
+            _add_missing_origins(spec, out_dir)  # whoever writes them (review: refused while
+        except OSError as e:                     # read, as needing the exclusive lock)
+            if not is_unwritable(e):
+                raise
         return _complete_build(spec, out_dir, opts, source, remedy)
 
 
 def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | None = None,
                   *, source: str = "", overwrite: bool = False,
                   remedy: str = REMEDY, option: str = "--out", wait: bool = False,
-                  on_wait: Callable[[str], None] | None = None) -> BuildSummary:
+                  on_wait: Callable[[str], None] | None = None,
+                  hold: contextlib.ExitStack | None = None) -> BuildSummary:
     """Convert ``spec`` into ``out_dir``; resume if a previous run was interrupted.
 
     One build per folder at a time (a second is refused: ``LOCK_NAME``; with ``wait`` it waits,
@@ -317,8 +322,29 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
     a Ctrl-C the process inherited as ignored stays ignored). ``remedy`` ends the messages about
     a folder holding something else; ``option`` is the command-line option the user chose the
     folder with (the pipeline's ``--data-root``), named where a message says to choose another.
+
+    ``hold``: where the readers' shared lock of the finished build is kept for the caller (a
+    pipeline reading it), taken once the build's own lock is let go; the build is then checked
+    again under it, so a ``--overwrite`` with other settings that ran in between is refused, not
+    read as the build this call checked (review).
     """
     opts = opts or BuildOptions()
+    summary = _build_dataset(spec, out_dir, opts, source=source, overwrite=overwrite,
+                             remedy=remedy, option=option, wait=wait, on_wait=on_wait)
+    if hold is not None:
+        out_dir = Path(out_dir)
+        hold.enter_context(reading(out_dir, wait=wait, on_wait=on_wait))
+        if _complete_build(spec, out_dir, opts, source, remedy) is None:
+            raise DataError(f"{out_dir} was built again by another run, with other settings, "
+                            "while this one started; rerun to build or reuse it as this run "
+                            f"needs, or choose another {option}")
+    return summary
+
+
+def _build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions, *, source: str,
+                   overwrite: bool, remedy: str, option: str, wait: bool,
+                   on_wait: Callable[[str], None] | None) -> BuildSummary:
+    """:func:`build_dataset` but for ``hold``."""
     opts.validate()
     _check_spec(spec)
     out_dir = Path(out_dir)

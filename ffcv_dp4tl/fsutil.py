@@ -270,18 +270,33 @@ class LockWait:
     seconds: float = 0.0
 
 
-def _readers_only(fd: int) -> bool:
-    """Whether the lock on ``fd``'s file that refused an exclusive lock is held shared only
-    (runs reading the folder, :func:`directory_lock` with ``shared``), not by a writer: a
-    shared lock is then free (taken and dropped at once)."""
+def _try_lock(fd: int, mode: int, lock_file: Path) -> str:
+    """One non-blocking try of ``mode`` on ``fd``: ``"mine"`` (taken), ``"readers"`` (an
+    exclusive lock refused by shared holders only: runs reading the folder, :func:`directory_lock`
+    with ``shared``) or ``"writer"`` (another process holds it exclusive).
+
+    Told apart by a shared try: it succeeds only without a writer. Then the exclusive one is
+    tried again on the same descriptor: the holder that refused it may have let go in between
+    (a build ending), and "being read" said of a free lock refused a build nobody read (review)."""
     import fcntl
 
     try:
+        with naming(lock_file):
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        return "mine"
+    except BlockingIOError:
+        if mode != fcntl.LOCK_EX:
+            return "writer"
+    try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return False
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    return True
+        return "writer"
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (our shared lock converted, if alone)
+        return "mine"
+    except BlockingIOError:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return "readers"
 
 
 def _newest_change(folder: Path, limit: int = 2000) -> float | None:
@@ -358,10 +373,9 @@ def directory_lock(lock_file: str | os.PathLike, what: str, *, wait: bool = Fals
         locked = True
         holder = None  # (set: another process holds the lock)
         try:
-            with naming(lock_file):
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = LockHolder.read(fd, lock_file)
+            state = _try_lock(fd, mode, lock_file)
+            if state != "mine":
+                holder = LockHolder.read(fd, lock_file)
         except OSError as e:
             if e.errno not in _NO_LOCKS:
                 raise
@@ -375,7 +389,8 @@ def directory_lock(lock_file: str | os.PathLike, what: str, *, wait: bool = Fals
         waited = 0.0
         if holder is not None:  # waited for outside the `except`: a stop signal that ends the
             # wait must not look like an error being handled (the CLI reads a stop's context)
-            waited = _wait_for(fd, mode, lock_file, what, holder, wait, on_wait, readers, busy)
+            waited = _wait_for(fd, mode, lock_file, what, holder, state, wait, on_wait, readers,
+                               busy)
         if locked and not shared:
             # (a full disk fails the holder's write: the line names the lock file, not nothing)
             with naming(lock_file):
@@ -405,19 +420,15 @@ def _open_lock(lock_file: Path, shared: bool) -> int | None:
     return None
 
 
-def _wait_for(fd: int, mode: int, lock_file: Path, what: str, holder: LockHolder, wait: bool,
-              on_wait: Callable[[str], None] | None, readers: str | None, busy: str) -> float:
-    """Wait for the lock ``holder`` holds (see :func:`directory_lock`), or refuse it: returns the
-    seconds waited."""
-    import fcntl
-
+def _wait_for(fd: int, mode: int, lock_file: Path, what: str, holder: LockHolder, state: str,
+              wait: bool, on_wait: Callable[[str], None] | None, readers: str | None,
+              busy: str) -> float:
+    """Wait for the lock ``holder`` holds (``state``: what refused it, :func:`_try_lock`; see
+    :func:`directory_lock`), or refuse it: returns the seconds waited."""
     from .errors import DataError
     from .progress import now
 
-    def refuse_readers() -> bool:
-        return readers is not None and mode == fcntl.LOCK_EX and _readers_only(fd)
-
-    if refuse_readers():
+    if readers is not None and state == "readers":
         raise DataError(readers)
     if not wait:
         raise DataError(f"another dp4tl process {holder} is using {what}; {busy}")
@@ -428,25 +439,22 @@ def _wait_for(fd: int, mode: int, lock_file: Path, what: str, holder: LockHolder
     start = time.monotonic()
     beat = start + LOCK_HEARTBEAT_S
     while True:
-        try:
-            with naming(lock_file):
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        state = _try_lock(fd, mode, lock_file)
+        if state == "mine":
             return time.monotonic() - start
-        except BlockingIOError:
-            pass
         waited = time.monotonic() - start
-        if refuse_readers():  # (the writer it waited for is gone; readers came)
-            raise DataError(readers)
+        if readers is not None and state == "readers":  # (the writer it waited for is gone;
+            raise DataError(readers)                     # readers came)
         if timeout is not None and waited >= timeout:
-            holder = LockHolder.read(fd, lock_file) if not _readers_only(fd) else None
-            who = (f"another dp4tl run {holder}" if holder else "the runs reading it")
+            who = (f"another dp4tl run {LockHolder.read(fd, lock_file)} still holds it"
+                   if state == "writer" else "the runs reading it still hold it")
             raise DataError(f"gave up waiting for {what} after {waited:.0f}s "
-                            f"({LOCK_TIMEOUT_ENV}={timeout:g}): {who} still holds it; if that "
+                            f"({LOCK_TIMEOUT_ENV}={timeout:g}): {who}; if that "
                             "run is stopped or hung, end it and rerun (this run resumes), or "
                             f"unset {LOCK_TIMEOUT_ENV} to wait for it")
         if on_wait is not None and time.monotonic() >= beat:
             beat += LOCK_HEARTBEAT_S
-            current = LockHolder.read(fd, lock_file) if not _readers_only(fd) else None
+            current = LockHolder.read(fd, lock_file) if state == "writer" else None
             on_wait(_wait_line(current, what, waited, lock_file.parent))
         time.sleep(LOCK_POLL_S)
 

@@ -578,3 +578,31 @@ def test_readers_share_a_lock_that_refuses_a_writer_and_make_no_lock_file(tmp_pa
                                             r"using the ds; wait"):
             with directory_lock(lock, "the ds", shared=True):
                 pass
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_a_writer_that_lets_go_between_two_tries_is_not_taken_for_readers(tmp_path, monkeypatch,
+                                                                          wait):
+    """The exclusive try fails (a build holds the lock), the build ends, then the shared probe
+    succeeds on the now free lock: that was read as "only readers hold it", and a build nobody
+    read was refused as "being read" (review: 17 refusals in 15 s of a writer taking and
+    dropping the lock). The lock is now taken."""
+    import fcntl
+
+    from ffcv_dp4tl import fsutil
+
+    real = fcntl.flock
+    refused = []
+
+    def held_once(fd, op):  # the first exclusive try meets the (then ending) build
+        if op == fcntl.LOCK_EX | fcntl.LOCK_NB and not refused:
+            refused.append(op)
+            raise BlockingIOError(errno.EAGAIN, "held")
+        return real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", held_once)
+    monkeypatch.setattr(fsutil, "LOCK_POLL_S", 0.01)
+    with fsutil.directory_lock(tmp_path / ".build.lock", "dataset folder D", wait=wait,
+                               readers="D is being read by another dp4tl run"):
+        assert (tmp_path / ".build.lock").read_text().split(" ")[0].endswith(f":{os.getpid()}")
+    assert refused

@@ -231,8 +231,7 @@ def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
                                     source=source,
                                     remedy=f"delete {out} to rebuild it there, or pass another --data-root",
                                     option="--data-root", wait=True,
-                                    on_wait=lambda m: log(f"[data] {m}"))
-            _read_from(hold, out / sub if sub else out, log)
+                                    on_wait=lambda m: log(f"[data] {m}"), hold=hold)
             if not summary.skipped:
                 log(f"[data] built {out / sub if sub else out}: " + "; ".join(summary.lines()))
             else:

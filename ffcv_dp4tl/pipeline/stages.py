@@ -356,7 +356,7 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
             return _skipped(st, log)
         if waited.holder is not None and not changed:  # (the run it waited for was killed:
             # without this line the log read "waiting for it", then the stage running again)
-            log(f"[{st.name}] pid {waited.holder.pid} ended without finishing it (after "
+            log(f"[{st.name}] the run {waited.holder} ended without finishing it (after "
                 f"{waited.seconds:.0f}s of waiting); this run takes over")
         remove_orphan_temps(st.dir)
         _forget_thrown_away_segments(st, log)

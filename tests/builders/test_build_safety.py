@@ -528,3 +528,56 @@ def test_an_overwrite_of_a_synth_build_is_refused_before_any_part_when_one_is_re
     finally:
         os.close(fd)
     check_parts_fit(tmp_path, ["source", "targets/a"], overwrite=True)
+
+
+def test_a_build_made_before_files_txt_is_reused_while_read_and_gets_it(tmp_path):
+    """A build made before ``S.files.txt`` existed needed the exclusive lock to add it, so the
+    same build command was refused while a training read the folder (review). The listing is
+    written under the readers' lock (atomically: the same bytes whoever writes them)."""
+    out = tmp_path / "ds"
+    build_dataset(_spec(), out, OPTS)
+    listings = {p: p.read_bytes() for p in out.glob("*.files.txt")}
+    assert listings
+    for p in listings:
+        p.unlink()
+    fd = _read_by_a_run(out)
+    try:
+        assert build_dataset(_spec(), out, OPTS).skipped
+    finally:
+        os.close(fd)
+    assert {p: p.read_bytes() for p in out.glob("*.files.txt")} == listings
+
+
+def test_a_build_kept_for_a_reader_is_checked_again_under_its_lock(tmp_path, monkeypatch):
+    """``hold`` (a pipeline): the build checked, then its readers' lock taken once the build's
+    lock is let go. An ``--overwrite`` with other settings that ran in that gap was held as the
+    build checked (review); it is now refused, and one with the same settings is kept."""
+    import contextlib
+    from dataclasses import replace
+
+    from beton_builders import writer
+
+    out = tmp_path / "ds"
+    build_dataset(_spec(), out, OPTS)
+    real = writer.reading
+    for other, refused in ((OPTS, False), (replace(OPTS, max_side=OPTS.max_side - 2), True)):
+        calls = []
+
+        def gap(*a, _o=other, **k):  # (1st call: the build's check; 2nd: the lock kept)
+            calls.append(a)
+            if len(calls) == 2:  # another run's --overwrite lands first
+                monkeypatch.setattr(writer, "reading", real)
+                build_dataset(_spec(), out, _o, overwrite=True)
+            return real(*a, **k)
+
+        monkeypatch.setattr(writer, "reading", gap)
+        with contextlib.ExitStack() as hold:
+            if refused:
+                with pytest.raises(DataError, match=r"was built again by another run, with other "
+                                                    r"settings, while this one started"):
+                    build_dataset(_spec(), out, OPTS, hold=hold)
+            else:
+                assert build_dataset(_spec(), out, OPTS, hold=hold).skipped
+        assert len(calls) == 2
+        monkeypatch.setattr(writer, "reading", real)
+        build_dataset(_spec(), out, OPTS, overwrite=True)  # (back to this test's build)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -208,7 +210,6 @@ def test_resumed_stage_reports_the_wall_and_cpu_time_of_every_segment(tmp_path):
 def test_a_stage_says_when_it_started_and_finished(tmp_path):
     """A job's log tells when each stage ran: its start and finish lines carry the date and
     time (only progress lines did; log review)."""
-    import re
 
     said: list[str] = []
     before = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -379,7 +380,6 @@ def test_a_stage_whose_holder_was_killed_is_taken_over_and_said(tmp_path):
     """Two runs of one stage: the second waits for the first. When the first was killed
     (SIGKILL, a cluster's SIGTERM) the second took over without a word after its "waiting for
     it" line, which read as if it had reused a result. It now says so."""
-    import re
     import signal
     import threading
 
@@ -406,6 +406,7 @@ def test_a_stage_whose_holder_was_killed_is_taken_over_and_said(tmp_path):
         holder.wait(30)
     assert res.ran
     assert said[0].startswith(f"[work] another dp4tl run (pid {holder.pid})"), said
-    assert re.fullmatch(rf"\[work\] pid {holder.pid} ended without finishing it \(after \d+s of "
-                        r"waiting\); this run takes over", said[1]), said
+    host = re.escape(socket.gethostname())
+    assert re.fullmatch(rf"\[work\] the run \(pid {holder.pid}\) on host {host} ended without "
+                        r"finishing it \(after \d+s of waiting\); this run takes over", said[1]), said
     assert said[2].startswith("[work] running in "), said
