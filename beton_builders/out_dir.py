@@ -58,14 +58,25 @@ def reading(data_dir: str | Path, *, wait: bool = False,
     finetuning run, for their whole run (``dp4tl train``/``finetune`` and the pipeline stages
     that run them), and a pipeline for its whole run, from its data resolved to its report
     (its scoring, pruning and report read the data between stages, whose keys hold the data's
-    fingerprint). A build under way (its exclusive lock) refuses a reader, or with ``wait`` is
-    waited for (pipelines). A folder that is no build and holds no lock file is read unguarded
-    (no lock file is made in a user's own folder)."""
+    fingerprint), and ``dp4tl score`` for its scoring (:func:`reading_all`). A build under way
+    (its exclusive lock) refuses a reader, or with ``wait`` is waited for (pipelines). A folder
+    that holds neither a build (a manifest) nor a lock file is read unguarded: no lock file is
+    made there."""
     data_dir = Path(data_dir)
     if not (data_dir / LOCK_NAME).exists() and not is_build(data_dir):
         return contextlib.nullcontext(LockWait())
     return directory_lock(data_dir / LOCK_NAME, f"the dataset {data_dir}", shared=True,
                           wait=wait, on_wait=on_wait, busy="wait for its build to finish, then rerun")
+
+
+@contextlib.contextmanager
+def reading_all(data_dirs: Iterable[str | Path]):
+    """:func:`reading` of each of ``data_dirs`` (once each) for the block: a command reading a
+    source and its targets (``dp4tl score``)."""
+    with contextlib.ExitStack() as held:
+        for d in dict.fromkeys(Path(d) for d in data_dirs):
+            held.enter_context(reading(d))
+        yield
 
 
 def settings_file(out_dir: Path) -> Path:

@@ -194,7 +194,11 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     # one writer per folder: a second `dp4tl score --out` of it deleted the features the
     # first was writing and the first published scores of half a file (exit 0)
-    with directory_lock(out_dir / SCORE_LOCK, f"scores folder {out_dir}"):
+    from beton_builders.out_dir import reading_all
+
+    # (and the data it reads: not replaced by a `build --overwrite` while it is scored)
+    with directory_lock(out_dir / SCORE_LOCK, f"scores folder {out_dir}"), \
+            reading_all([source_dir, *(targets if scorer.needs_target else ())]):
         ctx.meta.update({"source_fingerprint": ctx.source.fingerprint,
                          **({"seed": seed} if SEED in scorer.reads else {}),
                          **({"revision": scorer.revision} if scorer.revision else {})})
