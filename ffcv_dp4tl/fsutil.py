@@ -414,8 +414,9 @@ def _open_lock(lock_file: Path, shared: bool) -> int | None:
     for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
         try:
             return os.open(lock_file, flags, 0o666)
-        except OSError as e:
-            if not (is_unwritable(e) or isinstance(e, FileNotFoundError)):
+        except OSError as e:  # (a full disk or quota: a training of data built long ago that
+            # has no lock file was refused for want of one, review)
+            if not (is_unwritable(e) or is_disk_full(e) or isinstance(e, FileNotFoundError)):
                 raise
     return None
 

@@ -606,3 +606,21 @@ def test_a_writer_that_lets_go_between_two_tries_is_not_taken_for_readers(tmp_pa
                                readers="D is being read by another dp4tl run"):
         assert (tmp_path / ".build.lock").read_text().split(" ")[0].endswith(f":{os.getpid()}")
     assert refused
+
+
+def test_a_reader_on_a_full_disk_without_a_lock_file_reads_unguarded(tmp_path, monkeypatch):
+    """A reader makes the lock file when it is missing (data built before it existed); on a
+    full disk or quota that creation failed and the training was refused for it (review)."""
+    from ffcv_dp4tl import fsutil
+
+    real = os.open
+
+    def full(path, flags, *a):
+        if flags & os.O_CREAT and not os.path.exists(path):
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), str(path))
+        return real(path, flags, *a)
+
+    monkeypatch.setattr(os, "open", full)
+    with fsutil.directory_lock(tmp_path / ".build.lock", "the dataset D", shared=True) as w:
+        assert w.holder is None
+    assert not (tmp_path / ".build.lock").exists()
