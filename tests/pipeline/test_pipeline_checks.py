@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lock_probe import ReleaseOnWait, exclusive_is_free
 
 from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.pipeline.config import PipelineConfig
@@ -388,7 +389,6 @@ def test_two_sources_with_one_folder_name_build_side_by_side(tmp_path, monkeypat
     # (It held them 2 s: a busy machine could reach the locks after that, and see no holder.)
     import subprocess
     import sys
-    import threading
 
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys\n"
@@ -397,33 +397,15 @@ def test_two_sources_with_one_folder_name_build_side_by_side(tmp_path, monkeypat
         f"directory_lock({str(first / '.build.lock')!r}, 'build'):\n"
         "    print('held', flush=True); sys.stdin.read()\n")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    released, release_lock = threading.Event(), threading.Lock()
-
-    def release() -> None:
-        with release_lock:
-            if not released.is_set():
-                released.set()
-                holder.stdin.close()
-
-    def log(m: str) -> None:
-        logs.append(m)
-        if "waiting" in m:
-            threading.Timer(0.2, release).start()
-
-    give_up = threading.Timer(60, release)
-    give_up.start()
+    probe = ReleaseOnWait(holder)
+    logs = probe.logs
     try:
         assert holder.stdout.readline().strip() == "held"
         logs.clear()
-        assert ensure_built(f"folder:{tmp_path}/t/x/", root, log) == first
-        waited = released.is_set()  # (before release(): returned while the holder held on)
+        assert ensure_built(f"folder:{tmp_path}/t/x/", root, probe.log) == first
+        waited = probe.released.is_set()  # (before release(): returned while the holder held on)
     finally:
-        give_up.cancel()
-        release()
-        try:
-            holder.wait(30)
-        finally:
-            holder.kill()
+        probe.end()
     assert any("waiting" in m for m in logs), logs
     assert waited and holder.returncode == 0
     (tmp_path / "link").symlink_to(tmp_path / "t" / "x")  # a link to it: listed under the link
@@ -909,21 +891,6 @@ def test_a_full_disk_in_the_pipelines_build_names_its_data_root(tmp_path, monkey
         fsutil.check_free_space(tmp_path, 10**6, "x.beton")
 
 
-def _exclusive_is_free(lock: Path) -> bool:
-    """Whether a build could take the dataset lock ``lock`` (``--overwrite``, a repair) now."""
-    import fcntl
-    import os
-
-    fd = os.open(lock, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def test_a_pipeline_holds_its_data_for_its_whole_run_and_shares_it_with_another(
         small_synth, tmp_path, monkeypatch):
     """A pipeline reads its data from resolve to report (its stages' keys hold the data's
@@ -959,7 +926,7 @@ def test_a_pipeline_holds_its_data_for_its_whole_run_and_shares_it_with_another(
         pass
 
     def first_stage(cfg, ok, r, res, log):
-        held.append([_exclusive_is_free(d / LOCK_NAME) for d in (r.source_dir, *r.target_dirs)])
+        held.append([exclusive_is_free(d / LOCK_NAME) for d in (r.source_dir, *r.target_dirs)])
         raise Seen
 
     monkeypatch.setattr(run_mod, "surrogate_stage", first_stage)
@@ -967,7 +934,7 @@ def test_a_pipeline_holds_its_data_for_its_whole_run_and_shares_it_with_another(
         run_pipeline(_cfg(tmp_path, source=str(src), target=str(small_synth / "targets" / "paper"),
                           fmt="wds", overrides=("train.batch_size=8",)))
     assert held == [[False, False]]  # (held while the stages ran)
-    assert _exclusive_is_free(src / LOCK_NAME)  # (and let go when the run ended)
+    assert exclusive_is_free(src / LOCK_NAME)  # (and let go when the run ended)
 
 
 @pytest.mark.parametrize("who", ["pipeline", "build"])
@@ -979,7 +946,6 @@ def test_a_pipeline_waits_for_whoever_builds_its_data_then_reuses_it(tmp_path, m
     import socket
     import subprocess
     import sys
-    import threading
 
     from PIL import Image
 
@@ -1005,29 +971,14 @@ def test_a_pipeline_waits_for_whoever_builds_its_data_then_reuses_it(tmp_path, m
         "    print('held', flush=True); sys.stdin.read()\n"
         f"    if {who == 'build'}: os.rename({str(built / 'm.json')!r}, {str(manifest)!r})\n")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    released = threading.Event()
-    logs: list[str] = []
-
-    def release() -> None:
-        if not released.is_set():
-            released.set()
-            holder.stdin.close()
-
-    def log(m: str) -> None:
-        logs.append(m)
-        if "waiting" in m:
-            threading.Timer(0.2, release).start()
-
-    give_up = threading.Timer(60, release)
-    give_up.start()
+    probe = ReleaseOnWait(holder)
+    logs = probe.logs
     try:
         assert holder.stdout.readline().strip() == "held"
-        assert ensure_built("folder:t", root, log) == built
-        waited = released.is_set()
+        assert ensure_built("folder:t", root, probe.log) == built
+        waited = probe.released.is_set()
     finally:
-        give_up.cancel()
-        release()
-        holder.wait(30)
+        probe.end()
     what = f"dataset folder {built}" if who == "build" else f"the data build {built}"
     assert re.fullmatch(
         rf"\[data\] another dp4tl run \(pid {holder.pid}\) on host {re.escape(socket.gethostname())}, "

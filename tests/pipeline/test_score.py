@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from lock_probe import exclusive_is_free
 
 from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.pipeline.score import score
@@ -207,27 +208,16 @@ def test_the_data_being_scored_is_held_against_a_rebuild(tmp_path, source_dir, m
     """``dp4tl score`` reads the source (and targets) while it scores: a ``build --overwrite``
     of it then is refused (the readers' lock), and the lock is let go at the end (review: only
     train, finetune and the pipeline held it)."""
-    import fcntl
-    import os
 
     import ffcv_dp4tl.pipeline.score as score_mod
     from beton_builders.out_dir import LOCK_NAME
 
-    def exclusive_is_free() -> bool:
-        fd = os.open(source_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(fd)
 
     seen = []
     real = score_mod.write_scores
     monkeypatch.setattr(score_mod, "write_scores",
-                        lambda *a, **k: seen.append(exclusive_is_free()) or real(*a, **k))
+                        lambda *a, **k: seen.append(exclusive_is_free(source_dir / LOCK_NAME)) or real(*a, **k))
     score("random", source_dir=source_dir, out_dir=tmp_path / "r", fmt="wds", device="cpu",
           progress=False)
     assert seen == [False]
-    assert exclusive_is_free()
+    assert exclusive_is_free(source_dir / LOCK_NAME)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lock_probe import exclusive_is_free
 import torch
 
 from ffcv_dp4tl.data import load_manifest, make_mask, save_mask
@@ -918,21 +919,6 @@ def test_a_best_record_of_an_epoch_the_checkpoint_lacks_is_the_discarded_attempt
     assert json.loads(meta.read_text())["top1_val"] == max(r["top1_val"] for r in rows)
 
 
-def _exclusive_is_free(lock) -> bool:
-    """Whether a build could take the dataset's lock (``--overwrite``) now: what it asks."""
-    import fcntl
-    import os
-
-    fd = os.open(lock, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def test_a_training_holds_its_data_against_a_rebuild_and_waits_for_no_build(source_dir, test_recipe,
                                                                              tmp_path):
     """``dp4tl build --overwrite`` of the data a training read replaced its betons under it: the
@@ -950,12 +936,12 @@ def test_a_training_holds_its_data_against_a_rebuild_and_waits_for_no_build(sour
 
     class TryTheBuildLock(Callback):
         def on_epoch_end(self, row):
-            seen.append(_exclusive_is_free(lock))
+            seen.append(exclusive_is_free(lock))
 
     train(test_recipe("train.epochs=1"), source_dir, out_dir=tmp_path / "run", fmt="wds",
           device="cpu", progress=False, callbacks=[TryTheBuildLock()])
     assert seen == [False]  # (the run held it)
-    assert _exclusive_is_free(lock)  # (and let it go)
+    assert exclusive_is_free(lock)  # (and let it go)
     with directory_lock(lock, f"dataset folder {source_dir}"):  # a build under way
         with pytest.raises(DataError, match=(
                 rf"^another dp4tl process \(pid \d+\) on host \S+ is using the dataset "
