@@ -283,7 +283,8 @@ def _check_finished(spec: DatasetSpec, out_dir: Path, settings: dict, remedy: st
 
 
 def _reused(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: str, remedy: str,
-            wait: bool, on_wait: Callable[[str], None] | None) -> BuildSummary | None:
+            wait: bool, on_wait: Callable[[str], None] | None,
+            settings: dict | None = None) -> BuildSummary | None:
     """The summary of the finished, intact build of exactly this input in ``out_dir``, checked
     under the readers' shared lock (:func:`~.out_dir.reading`), else None (the build has work
     to do, under its exclusive lock). A build that finds its data built changes nothing, so it
@@ -291,8 +292,10 @@ def _reused(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: str, r
     first one trained on the data. With ``wait``, a build under way is waited for first."""
     if not (out_dir / MANIFEST_NAME).is_file():
         return None
+    if settings is None:
+        settings = build_settings(spec, opts, source)
     with reading(out_dir, wait=wait, on_wait=on_wait):
-        _check_finished(spec, out_dir, build_settings(spec, opts, source), remedy)
+        _check_finished(spec, out_dir, settings, remedy)
         if damaged_files(out_dir, remedy):
             return None  # (a repair: work for the exclusive lock)
         try:  # a build made before files.txt gets it here: written atomically, the same bytes
@@ -300,7 +303,7 @@ def _reused(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: str, r
         except OSError as e:                     # read, as needing the exclusive lock)
             if not is_unwritable(e):
                 raise
-        return _complete_build(spec, out_dir, opts, source, remedy)
+        return _complete_build(spec, out_dir, opts, source, remedy, settings)
 
 
 def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | None = None,
@@ -329,12 +332,16 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
     read as the build this call checked (review).
     """
     opts = opts or BuildOptions()
+    # (the input listing's digest, ~1 s for ImageNet's 1.28M names: computed once for the
+    # reuse check and the check again under ``hold``)
+    settings = build_settings(spec, opts, source) if hold is not None else None
     summary = _build_dataset(spec, out_dir, opts, source=source, overwrite=overwrite,
-                             remedy=remedy, option=option, wait=wait, on_wait=on_wait)
+                             remedy=remedy, option=option, wait=wait, on_wait=on_wait,
+                             settings=settings)
     if hold is not None:
         out_dir = Path(out_dir)
         hold.enter_context(reading(out_dir, wait=wait, on_wait=on_wait))
-        if _complete_build(spec, out_dir, opts, source, remedy) is None:
+        if _built_with(out_dir, settings) is None:
             raise DataError(f"{out_dir} was built again by another run, with other settings, "
                             "while this one started; rerun to build or reuse it as this run "
                             f"needs, or choose another {option}")
@@ -343,8 +350,8 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
 
 def _build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions, *, source: str,
                    overwrite: bool, remedy: str, option: str, wait: bool,
-                   on_wait: Callable[[str], None] | None) -> BuildSummary:
-    """:func:`build_dataset` but for ``hold``."""
+                   on_wait: Callable[[str], None] | None, settings: dict | None) -> BuildSummary:
+    """:func:`build_dataset` but for ``hold`` (``settings``: the build's, when computed)."""
     opts.validate()
     _check_spec(spec)
     out_dir = Path(out_dir)
@@ -354,7 +361,7 @@ def _build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions, *
     if overwrite and is_build(out_dir):
         check_overwrite(out_dir, spec.splits)
     if not overwrite:
-        done = _reused(spec, out_dir, opts, source, remedy, wait, on_wait)
+        done = _reused(spec, out_dir, opts, source, remedy, wait, on_wait, settings)
         if done is not None:
             return done
     with contextlib.ExitStack() as stack:
@@ -424,16 +431,25 @@ def _check_out_outside_input(source: str, out_dir: Path, option: str = "--out") 
                         f"would read its own output as images; choose another {option}, outside it")
 
 
-def _complete_build(spec: DatasetSpec, out_dir: Path, opts: BuildOptions,
-                    source: str, remedy: str = REMEDY) -> BuildSummary | None:
-    """The summary of the finished build of exactly this input in ``out_dir``, else None.
-    ``remedy``: the caller's way to rebuild, which a warning about stale inputs names."""
+def _built_with(out_dir: Path, settings: dict) -> DatasetManifest | None:
+    """The manifest of ``out_dir`` when it records a finished build with ``settings``, else
+    None."""
     manifest_path = out_dir / MANIFEST_NAME
     if not manifest_path.is_file():
         return None
-    settings = build_settings(spec, opts, source)
     manifest = DatasetManifest.from_json(read_json(manifest_path, "manifest"), manifest_path)
-    if manifest.build != settings:
+    return manifest if manifest.build == settings else None
+
+
+def _complete_build(spec: DatasetSpec, out_dir: Path, opts: BuildOptions,
+                    source: str, remedy: str = REMEDY,
+                    settings: dict | None = None) -> BuildSummary | None:
+    """The summary of the finished build of exactly this input in ``out_dir``, else None.
+    ``remedy``: the caller's way to rebuild, which a warning about stale inputs names;
+    ``settings``: the build's, when the caller computed them."""
+    manifest = _built_with(out_dir, build_settings(spec, opts, source) if settings is None
+                           else settings)
+    if manifest is None:
         return None
     return BuildSummary(out_dir, [SplitSummary(n, s.num_samples, s.num_rejected, 0.0)
                                   for n, s in manifest.splits.items()], skipped=True,
