@@ -55,3 +55,19 @@ class ReleaseOnWait:
             self.holder.wait(30)
         finally:
             self.holder.kill()
+
+
+def holding(lock: str | os.PathLike):
+    """A process holding ``directory_lock(lock)`` until its stdin is closed (or it is killed);
+    returned once it holds it (it has said "held")."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys\n"
+        "from ffcv_dp4tl.fsutil import directory_lock\n"
+        f"with directory_lock({str(lock)!r}, 'x'):\n"
+        "    print('held', flush=True); sys.stdin.read()\n")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
