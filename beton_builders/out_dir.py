@@ -18,14 +18,14 @@ from typing import Callable, Iterable
 
 from ffcv_dp4tl.contracts import MANIFEST_NAME, ORIGINS_SUFFIX
 from ffcv_dp4tl.errors import DataError
-from ffcv_dp4tl.fsutil import (BAD_JSON, FOLDER_IN_THE_WAY, TEMP_GLOB, LockWait, absent_why,
-                               directory_lock)
+from ffcv_dp4tl.fsutil import BAD_JSON, FOLDER_IN_THE_WAY, TEMP_GLOB, absent_why
+from ffcv_dp4tl.locks import LockWait, directory_lock
 
 #: the build's records: ``settings.json``, ``S-NNNNNN.json`` per finished shard, input stats
 BUILD_DIR = ".build"
 #: under ``.build/``: what a repair under way must restore (beton_builders.repair.start_repair)
 REPAIR_NAME = "repair.json"
-#: fcntl lock held by the build writing a folder (see ffcv_dp4tl.fsutil.directory_lock)
+#: fcntl lock held by the build writing a folder (see ffcv_dp4tl.locks.directory_lock)
 LOCK_NAME = ".build.lock"
 #: what the user can do when ``--out`` holds something else (the pipeline passes its own words)
 REMEDY = "pass --overwrite to replace it, or choose another --out"

@@ -42,9 +42,10 @@ from ffcv_dp4tl.contracts import (FORMAT, BetonMode, INDEX_DTYPE, MANIFEST_NAME,
 from ffcv_dp4tl.cpus import available_cores
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import (BAD_JSON, atomic_path, atomic_save_npy, atomic_write_json,
-                               atomic_write_text, check_free_space, check_out_dir, directory_lock,
-                               free_bytes, fsync_path, is_disk_full, is_unwritable, load_npy,
-                               read_json, remove_orphan_temps, shm_full_line, shm_nearly_full)
+                               atomic_write_text, check_free_space, check_out_dir, free_bytes,
+                               fsync_path, is_disk_full, is_unwritable, load_npy, read_json,
+                               remove_orphan_temps, shm_full_line, shm_nearly_full)
+from ffcv_dp4tl.locks import directory_lock
 from ffcv_dp4tl.progress import bar as progress_bar
 
 from .beton import (ShardBytesDataset, beton_images, beton_workers, check_beton, keep_as_jpeg,

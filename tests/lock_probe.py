@@ -65,7 +65,7 @@ def holding(lock: str | os.PathLike):
 
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys\n"
-        "from ffcv_dp4tl.fsutil import directory_lock\n"
+        "from ffcv_dp4tl.locks import directory_lock\n"
         f"with directory_lock({str(lock)!r}, 'x'):\n"
         "    print('held', flush=True); sys.stdin.read()\n")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -711,7 +711,7 @@ def test_a_stop_while_waiting_for_another_runs_lock_is_the_stop(monkeypatch, cap
     import re
     import threading
 
-    from ffcv_dp4tl.fsutil import directory_lock
+    from ffcv_dp4tl.locks import directory_lock
 
     lock = tmp_path / ".stage.lock"
     held = os.open(lock, os.O_RDWR | os.O_CREAT)

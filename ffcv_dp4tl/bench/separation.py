@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterable, Sequence
 from ..contracts import check_items, check_pruned_ratios
 from ..contracts.fields import typed
 from ..errors import DP4TLError
-from ..fsutil import (BAD_JSON, atomic_save_figure, atomic_write_json, atomic_write_text,
-                      directory_lock)
+from ..fsutil import BAD_JSON, atomic_save_figure, atomic_write_json, atomic_write_text
+from ..locks import directory_lock
 from ..pipeline.config import PipelineConfig
 from ..pipeline.report import mean_std
 from ..pipeline.resolve import seed_overrides

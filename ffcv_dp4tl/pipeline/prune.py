@@ -38,7 +38,7 @@ from ..contracts import Budget, Scores, check_ratio
 from ..data.masks import (IndexMask, describe_mask, make_mask, mask_conflict, mask_from_classes,
                           save_mask, val_mask_of)
 from ..errors import DataError, MaskError
-from ..fsutil import directory_lock
+from ..locks import directory_lock
 from ..scoring.registry import UNIT_PLURAL
 from ..outputs import claim_out_dir
 from ..scoring import kept_sample_indices, select_classes, select_samples

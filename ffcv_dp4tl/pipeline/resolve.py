@@ -20,7 +20,8 @@ from typing import Any, Callable
 from ..contracts import check_k_fits, default_k
 from ..data.manifest import MANIFEST_NAME, load_manifest
 from ..errors import DataError, DP4TLError
-from ..fsutil import BAD_JSON, directory_lock, is_unwritable
+from ..fsutil import BAD_JSON, is_unwritable
+from ..locks import directory_lock
 from .config import Checked, PipelineConfig, pretrain_overrides
 from .recipes import (PAPER_PROTOCOLS, PAPER_SSL_LP, recipe_scale, recipe_scorer_options,
                       recipe_set)

@@ -17,7 +17,8 @@ from typing import Any
 from ..contracts import PAPER_K, TargetCrop, UnsupportedFormatError, check_k_fits
 from ..contracts.images import check_resolution
 from ..errors import DataError, DP4TLError
-from ..fsutil import directory_lock, file_sha256
+from ..fsutil import file_sha256
+from ..locks import directory_lock
 from ..outputs import claim_out_dir
 from ..shipped import doc_ref
 from ..scoring.context import ScoringContext, Surrogate

@@ -31,8 +31,8 @@ from ..contracts import STAGE_FIELDS, STAGE_KINDS, Scores, StageResult, stage_ki
 from ..contracts.stage import RESULT_DIGEST
 from ..contracts.fields import typed
 from ..errors import DataError, DP4TLError
-from ..fsutil import (BAD_JSON, atomic_write_json, directory_lock, file_sha256, read_json,
-                      remove_orphan_temps)
+from ..fsutil import BAD_JSON, atomic_write_json, file_sha256, read_json, remove_orphan_temps
+from ..locks import directory_lock
 from ..progress import now
 
 DONE = "DONE.json"

@@ -53,7 +53,8 @@ from ..data.loaders import resolve_decode
 from ..data.manifest import check_target_classes
 from ..data.masks import indices_digest
 from ..errors import DP4TLError
-from ..fsutil import atomic_write_json, atomic_write_text, directory_lock, remove_orphan_temps
+from ..fsutil import atomic_write_json, atomic_write_text, remove_orphan_temps
+from ..locks import directory_lock
 from ..outputs import claim_out_dir
 from ..progress import INHERIT, Log, say, saying_to
 from .callbacks import ConsoleLogger, MetricsWriter, call

@@ -72,8 +72,8 @@ from ..data import AugSpec, IndexMask, as_mask, load_manifest, make_loader, val_
 from ..contracts.fields import typed
 from ..errors import DataError, DP4TLError, count
 from ..outputs import TRAIN_LOCK, claim_out_dir
-from ..fsutil import (BAD_JSON, atomic_write_json, atomic_write_text, directory_lock, read_json,
-                      remove_orphan_temps)
+from ..fsutil import BAD_JSON, atomic_write_json, atomic_write_text, read_json, remove_orphan_temps
+from ..locks import directory_lock
 from ..progress import INHERIT, Log, say, saying_to
 from . import distributed as dist_
 from .callbacks import TB_DIR, ConsoleLogger, MetricsWriter, RecordSeen, TensorBoardLogger, call

@@ -174,7 +174,7 @@ def test_a_second_run_into_a_folder_being_run_is_refused_and_a_later_one_resumes
     finished reads the rows under the lock, so it reruns nothing."""
     import os
 
-    from ffcv_dp4tl.fsutil import directory_lock
+    from ffcv_dp4tl.locks import directory_lock
 
     calls = []
 
@@ -398,7 +398,7 @@ def test_a_run_refused_by_the_lock_leaves_the_running_ones_last_line_alone(tmp_p
 
 
 def sep_lock(folder):
-    from ffcv_dp4tl.fsutil import directory_lock
+    from ffcv_dp4tl.locks import directory_lock
 
     return directory_lock(folder / sep.EMBEDDED_LOCK, "the running bench")
 

@@ -15,7 +15,7 @@ from beton_builders import BuildOptions, DatasetSpec, Sample, build_dataset
 from beton_builders.out_dir import LOCK_NAME
 from ffcv_dp4tl import fsutil
 from ffcv_dp4tl.errors import DataError
-from ffcv_dp4tl.fsutil import directory_lock
+from ffcv_dp4tl.locks import directory_lock
 
 #: the builder's shard task, before a test replaces it
 _REAL_SHARD_TASK = _writer._shard_task

@@ -392,7 +392,7 @@ def test_two_sources_with_one_folder_name_build_side_by_side(tmp_path, monkeypat
 
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys\n"
-        "from ffcv_dp4tl.fsutil import directory_lock\n"
+        "from ffcv_dp4tl.locks import directory_lock\n"
         f"with directory_lock({str(root / '.folder-t-x.pipeline.lock')!r}, 'data'), "
         f"directory_lock({str(first / '.build.lock')!r}, 'build'):\n"
         "    print('held', flush=True); sys.stdin.read()\n")],
@@ -966,7 +966,7 @@ def test_a_pipeline_waits_for_whoever_builds_its_data_then_reuses_it(tmp_path, m
     lock = built / ".build.lock" if who == "build" else root / f".{built.name}.pipeline.lock"
     holder = subprocess.Popen([sys.executable, "-c", (
         "import os, sys\n"
-        "from ffcv_dp4tl.fsutil import directory_lock\n"
+        "from ffcv_dp4tl.locks import directory_lock\n"
         f"with directory_lock({str(lock)!r}, 'x'):\n"
         "    print('held', flush=True); sys.stdin.read()\n"
         f"    if {who == 'build'}: os.rename({str(built / 'm.json')!r}, {str(manifest)!r})\n")],

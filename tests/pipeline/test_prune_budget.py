@@ -197,7 +197,7 @@ def test_a_second_prune_into_a_folder_being_written_is_refused(index_dataset, tm
     while its masks are written, and the second is one line that writes nothing."""
     import os
 
-    from ffcv_dp4tl.fsutil import directory_lock
+    from ffcv_dp4tl.locks import directory_lock
     from ffcv_dp4tl.pipeline.prune import PRUNE_LOCK
 
     sd = _fm_scores(tmp_path, np.zeros(5), _units())

@@ -119,7 +119,7 @@ def test_a_second_score_into_a_folder_being_scored_is_refused(tmp_path, source_d
     import os
 
     from ffcv_dp4tl.errors import DataError
-    from ffcv_dp4tl.fsutil import directory_lock
+    from ffcv_dp4tl.locks import directory_lock
     from ffcv_dp4tl.pipeline.score import SCORE_LOCK
 
     out = tmp_path / "fm"

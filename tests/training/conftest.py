@@ -31,7 +31,7 @@ def lock_taken_first(monkeypatch):
     holds the lock until the block ends."""
     import contextlib
 
-    from ffcv_dp4tl.fsutil import directory_lock
+    from ffcv_dp4tl.locks import directory_lock
 
     @contextlib.contextmanager
     def taken(module, out):

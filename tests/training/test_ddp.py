@@ -314,7 +314,7 @@ def test_ranks_that_see_other_checkpoints_never_train(monkeypatch, tmp_path):
 def test_torchrun_into_a_folder_another_run_holds_is_one_line_on_every_rank(source_dir, tmp_path):
     """Rank 0's lock refusal used to reach rank 1 as a ~50-line gloo traceback from the DDP
     constructor, 20 s later; now every rank stops at the lock with one line."""
-    from ffcv_dp4tl.fsutil import directory_lock
+    from ffcv_dp4tl.locks import directory_lock
     from ffcv_dp4tl.outputs import TRAIN_LOCK
 
     out = tmp_path / "held"

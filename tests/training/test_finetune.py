@@ -662,7 +662,7 @@ def test_a_finetuning_holds_its_target_against_a_rebuild(trained_run, target_dir
 
     from beton_builders.out_dir import LOCK_NAME
     from ffcv_dp4tl.errors import DataError
-    from ffcv_dp4tl.fsutil import directory_lock
+    from ffcv_dp4tl.locks import directory_lock
     real = finetune_module._finetune
     lock = target_dir / LOCK_NAME
     seen = []

@@ -929,7 +929,7 @@ def test_a_training_holds_its_data_against_a_rebuild_and_waits_for_no_build(sour
 
     from beton_builders.out_dir import LOCK_NAME
     from ffcv_dp4tl.errors import DataError
-    from ffcv_dp4tl.fsutil import directory_lock
+    from ffcv_dp4tl.locks import directory_lock
 
     lock = source_dir / LOCK_NAME
     seen = []
