@@ -12,9 +12,10 @@ import contextlib
 import fnmatch
 import glob
 import json
+import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from ffcv_dp4tl.contracts import MANIFEST_NAME, ORIGINS_SUFFIX
 from ffcv_dp4tl.errors import DataError
@@ -39,14 +40,33 @@ def being_read(out_dir: Path, option: str = "--out") -> str:
             f"another {option}")
 
 
+#: the build folders (real paths) whose exclusive lock this process holds (:func:`build_lock`):
+#: a nested :func:`build_lock` of one of them is held already. A synth ``--overwrite`` holds
+#: every part's for its whole run (:func:`overwriting_parts`) while :func:`~.writer.build_dataset`
+#: takes each in turn; a second descriptor's flock would have refused the process itself
+_HELD_BUILDS: set[str] = set()
+os.register_at_fork(after_in_child=_HELD_BUILDS.clear)  # (a forked worker holds no lock)
+
+
+@contextlib.contextmanager
 def build_lock(out_dir: Path, *, option: str = "--out", wait: bool = False,
-               on_wait: Callable[[str], None] | None = None):
+               on_wait: Callable[[str], None] | None = None) -> Iterator[LockWait]:
     """The exclusive lock of a build writing ``out_dir``: refused at once while runs read it
     (:func:`being_read`); with ``wait``, another build holding it is waited for (a pipeline
     whose data a standalone ``dp4tl build`` is building: it then reuses that build). The
-    writer's :func:`~.writer.build_dataset` takes the same lock with the same refusal."""
-    return directory_lock(out_dir / LOCK_NAME, f"dataset folder {out_dir}", wait=wait,
-                          on_wait=on_wait, readers=being_read(out_dir, option))
+    writer's :func:`~.writer.build_dataset` takes it too. Re-entrant within a process
+    (:data:`_HELD_BUILDS`)."""
+    key = os.path.realpath(out_dir)
+    if key in _HELD_BUILDS:
+        yield LockWait()
+        return
+    with directory_lock(Path(out_dir) / LOCK_NAME, f"dataset folder {out_dir}", wait=wait,
+                        on_wait=on_wait, readers=being_read(Path(out_dir), option)) as waited:
+        _HELD_BUILDS.add(key)
+        try:
+            yield waited
+        finally:
+            _HELD_BUILDS.discard(key)
 
 
 def reading(data_dir: str | Path, *, wait: bool = False,
@@ -142,10 +162,20 @@ def check_parts_fit(out_dir: Path, parts: list[str], overwrite: bool = False) ->
                         "another --out")
     for d in stale_parts(out_dir, parts) if overwrite else ():
         check_overwrite(d)
-    for d in [out_dir / p for p in parts] + stale_parts(out_dir, parts) if overwrite else ():
-        if is_build(d):  # (refused before any part is replaced: not a source new, a target old)
-            with build_lock(d):
-                pass
+
+
+@contextlib.contextmanager
+def overwriting_parts(out_dir: Path, parts: list[str]) -> Iterator[None]:
+    """Hold the build lock (:func:`build_lock`) of every existing part of a SOURCE of several
+    datasets under ``out_dir`` (``parts``, and the old build's parts it no longer makes) for an
+    ``--overwrite`` of them all: refused before any part is replaced while a run reads one
+    (not a source new and a target old), and no run starts reading an old part while another
+    one is replaced (audit: the parts were locked one at a time, as each was rebuilt)."""
+    with contextlib.ExitStack() as held:
+        for d in [out_dir / p for p in parts] + stale_parts(out_dir, parts):
+            if is_build(d):
+                held.enter_context(build_lock(d))
+        yield
 
 
 def stale_parts(out_dir: Path, parts: list[str]) -> list[Path]:

@@ -45,13 +45,12 @@ from ffcv_dp4tl.fsutil import (BAD_JSON, atomic_path, atomic_save_npy, atomic_wr
                                atomic_write_text, check_free_space, check_out_dir, free_bytes,
                                fsync_path, is_disk_full, is_unwritable, load_npy, read_json,
                                remove_orphan_temps, shm_full_line, shm_nearly_full)
-from ffcv_dp4tl.locks import directory_lock
 from ffcv_dp4tl.progress import bar as progress_bar
 
 from .beton import (ShardBytesDataset, beton_images, beton_workers, check_beton, keep_as_jpeg,
                     write_beton)
-from .out_dir import (BUILD_DIR, LOCK_NAME, REMEDY, being_read, check_ours, check_overwrite,
-                      is_build, reading, remove_build, settings_file, shard_files)
+from .out_dir import (BUILD_DIR, REMEDY, build_lock, check_ours, check_overwrite, is_build,
+                      reading, remove_build, settings_file, shard_files)
 from .input_stats import sample_stats, save_input_stats, stale_inputs
 from .integrity import REMAKE_HINT, beton_fingerprint, split_checksums, stored_digests
 from .repair import damaged_files, end_repair, read_repair, start_repair, undo_repair
@@ -314,7 +313,7 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
                   hold: contextlib.ExitStack | None = None) -> BuildSummary:
     """Convert ``spec`` into ``out_dir``; resume if a previous run was interrupted.
 
-    One build per folder at a time (a second is refused: ``LOCK_NAME``; with ``wait`` it waits,
+    One build per folder at a time (a second is refused: :func:`~.out_dir.build_lock`; with ``wait`` it waits,
     ``on_wait`` saying so, then reuses the first one's build: a pipeline behind a standalone
     build). A finished build is reused under the readers' shared lock; ``--overwrite`` and a
     repair are refused at once while another run reads the folder (:func:`~.out_dir.reading`,
@@ -368,9 +367,7 @@ def _build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions, *
     with contextlib.ExitStack() as stack:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(directory_lock(out_dir / LOCK_NAME, f"dataset folder {out_dir}",
-                                               wait=wait, on_wait=on_wait,
-                                               readers=being_read(out_dir, option)))
+            stack.enter_context(build_lock(out_dir, option=option, wait=wait, on_wait=on_wait))
         except OSError as e:
             if not is_unwritable(e):
                 raise

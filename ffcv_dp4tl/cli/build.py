@@ -1,6 +1,7 @@
 """``dp4tl build`` and ``dp4tl info``: convert datasets once, inspect what was built."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Optional
 
@@ -39,8 +40,8 @@ def build(
     progress: bool = typer.Option(True, help="Show progress bars"),
 ) -> None:
     """Convert SOURCE into FFCV betons + WebDataset shards + labels + manifest (resumable)."""
-    from beton_builders.sources import default_max_side, resolve_source, split_note
-    from beton_builders.out_dir import check_parts_fit, remove_stale_parts
+    from beton_builders.out_dir import check_parts_fit, overwriting_parts, remove_stale_parts
+    from beton_builders.sources import default_max_side, resolve_source
     from beton_builders.writer import BuildOptions, build_dataset
 
     from ..fsutil import check_out_dir
@@ -51,28 +52,39 @@ def build(
     check_parts_fit(out, parts, overwrite)
     for sub in specs:  # (not a training run's folder, scores, …)
         claim_out_dir(out / sub if sub else out, "dataset")
-    for sub, spec in specs.items():
-        side = max_side if max_side is not None else default_max_side(spec)
-        opts = BuildOptions(max_side=side, quality=quality, shard_size=shard_size,
-                            beton_mode=beton_mode.value, raw_fraction=raw_fraction,
-                            **({} if workers is None else {"workers": workers}),
-                            progress=progress)
-        target = out / sub if sub else out
-        summary = build_dataset(spec, target, opts, source=source, overwrite=overwrite)
-        state = "already built" if summary.skipped else "built"
-        typer.echo(f"{target}: {state} ({spec.name})")
-        if split_note(spec):
-            typer.echo(f"  {split_note(spec)}")
-        for line in summary.lines():
-            typer.echo(f"  {line}")
-        for line in summary.warnings:
-            typer.echo(f"warning: {line}", err=True)
-        rejected = sum(s.num_rejected for s in summary.splits)
-        if rejected:
-            typer.echo(f"  {rejected} inputs skipped; reasons in {target / 'rejects.txt'}")
-    if overwrite and len(specs) > 1:
-        for gone in remove_stale_parts(out, parts):
-            typer.echo(f"{gone}: removed (a part of the replaced build that {source} does not make)")
+    # (an --overwrite of several parts holds them all from the first to the last: no run reads
+    # an old target while the source is replaced)
+    with overwriting_parts(out, parts) if overwrite else contextlib.nullcontext():
+        for sub, spec in specs.items():
+            side = max_side if max_side is not None else default_max_side(spec)
+            opts = BuildOptions(max_side=side, quality=quality, shard_size=shard_size,
+                                beton_mode=beton_mode.value, raw_fraction=raw_fraction,
+                                **({} if workers is None else {"workers": workers}),
+                                progress=progress)
+            target = out / sub if sub else out
+            summary = build_dataset(spec, target, opts, source=source, overwrite=overwrite)
+            _echo_built(target, spec, summary)
+        if overwrite and len(specs) > 1:
+            for gone in remove_stale_parts(out, parts):
+                typer.echo(f"{gone}: removed (a part of the replaced build that {source} does "
+                           "not make)")
+
+
+def _echo_built(target: Path, spec, summary) -> None:
+    """What ``dp4tl build`` says of one dataset it built or found built."""
+    from beton_builders.sources import split_note
+
+    state = "already built" if summary.skipped else "built"
+    typer.echo(f"{target}: {state} ({spec.name})")
+    if split_note(spec):
+        typer.echo(f"  {split_note(spec)}")
+    for line in summary.lines():
+        typer.echo(f"  {line}")
+    for line in summary.warnings:
+        typer.echo(f"warning: {line}", err=True)
+    rejected = sum(s.num_rejected for s in summary.splits)
+    if rejected:
+        typer.echo(f"  {rejected} inputs skipped; reasons in {target / 'rejects.txt'}")
 
 
 @app.command()

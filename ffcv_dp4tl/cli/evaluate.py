@@ -64,6 +64,19 @@ def _runs(args: list[str]) -> dict[str, Path]:
     return runs
 
 
+def _reading_targets(runs: dict[str, Path]):
+    """Hold the readers' lock of every run's target dataset for an evaluation
+    (:func:`beton_builders.out_dir.reading_all`): a ``dp4tl build --overwrite`` of a target
+    being evaluated is refused, instead of replacing the betons under the evaluation (audit).
+    Taken before the runs are loaded, so their checks of the target hold while they are
+    measured."""
+    from beton_builders.out_dir import reading_all
+
+    from ..evaluation.finetuned import recorded_target
+
+    return reading_all(t for t in map(recorded_target, runs.values()) if t is not None)
+
+
 def _reuse_key(run: Path, settings: dict) -> str:
     """What a model's entry in OUT/STEM.json was measured from: the run (its folder, its
     result.json's bytes, its weights file's size and time) and every option that changes the
@@ -168,14 +181,15 @@ def corruptions_cmd(
                 "corrupt_resolution": corrupt_resolution, "batch_size": batch_size,
                 "format": fmt.value if fmt else None, "device": dev.split(":")[0]}
     keys = {label: _reuse_key(run, settings) for label, run in labelled.items()}
-    res = evaluate_corruptions(
-        labelled, which, device=dev, resolution=resolution, split=split,
-        fmt=fmt.value if fmt else None, batch_size=batch_size, num_workers=workers, seed=seed,
-        corrupt_resolution=corrupt_resolution, progress=progress,
-        finished=_finished(out, "corruptions", keys, check_corruption_entry), keys=keys,
-        on_warning=lambda line: typer.echo(f"warning: {line}", err=True),
-        on_result=lambda done: _write_partial(out, "corruptions", done, corruption_table, title,
-                                              len(labelled)))
+    with _reading_targets(labelled):
+        res = evaluate_corruptions(
+            labelled, which, device=dev, resolution=resolution, split=split,
+            fmt=fmt.value if fmt else None, batch_size=batch_size, num_workers=workers, seed=seed,
+            corrupt_resolution=corrupt_resolution, progress=progress,
+            finished=_finished(out, "corruptions", keys, check_corruption_entry), keys=keys,
+            on_warning=lambda line: typer.echo(f"warning: {line}", err=True),
+            on_result=lambda done: _write_partial(out, "corruptions", done, corruption_table,
+                                                  title, len(labelled)))
     _write(out, "corruptions", res, corruption_table(res), title)
 
 
@@ -229,28 +243,29 @@ def flatness_cmd(
         raise DP4TLError(f"--tol must be a finite number >= 0, got {tol}")
     dev = resolve_device(device)
     labelled = _runs(runs)
-    # every run loaded (and so checked) before any is measured: a bad last run fails at once
-    models = {label: load_finetuned(run, dev, resolution=resolution)
-              for label, run in labelled.items()}
-    settings = {"eps": eps, "steps": steps, "iters": iters, "tol": tol, "batches": batches,
-                "batch_size": batch_size, "split": split, "seed": seed, "resolution": resolution,
-                "format": fmt.value if fmt else None, "device": dev.split(":")[0]}
-    keys = {label: _reuse_key(run, settings) for label, run in labelled.items()}
-    finished = _finished(out, "flatness", keys, check_flatness_entry)
-    title = "Flatness of the finetuned models (Fig. A4)"
-    res = {}
-    for label, ft in models.items():
-        if label in finished:
-            res[label] = finished[label]
-            continue
-        res[label] = {**model_flatness(ft, split=split, fmt=fmt.value if fmt else None,
-                                       batch_size=batch_size, num_batches=batches or None,
-                                       eps=eps, steps=steps, iters=iters, tol=tol, seed=seed,
-                                       num_workers=workers, progress=progress),
-                      "reuse_key": keys[label]}
-        typer.echo(f"{label}: ε-sharpness {res[label]['eps_sharpness']:.4f} %, λ_max "
-                   f"{res[label]['lambda_max']:.4g}")
-        _write_partial(out, "flatness", res, flatness_table, title, len(models))
+    with _reading_targets(labelled):
+        # every run loaded (and so checked) before any is measured: a bad last run fails at once
+        models = {label: load_finetuned(run, dev, resolution=resolution)
+                  for label, run in labelled.items()}
+        settings = {"eps": eps, "steps": steps, "iters": iters, "tol": tol, "batches": batches,
+                    "batch_size": batch_size, "split": split, "seed": seed, "resolution": resolution,
+                    "format": fmt.value if fmt else None, "device": dev.split(":")[0]}
+        keys = {label: _reuse_key(run, settings) for label, run in labelled.items()}
+        finished = _finished(out, "flatness", keys, check_flatness_entry)
+        title = "Flatness of the finetuned models (Fig. A4)"
+        res = {}
+        for label, ft in models.items():
+            if label in finished:
+                res[label] = finished[label]
+                continue
+            res[label] = {**model_flatness(ft, split=split, fmt=fmt.value if fmt else None,
+                                           batch_size=batch_size, num_batches=batches or None,
+                                           eps=eps, steps=steps, iters=iters, tol=tol, seed=seed,
+                                           num_workers=workers, progress=progress),
+                          "reuse_key": keys[label]}
+            typer.echo(f"{label}: ε-sharpness {res[label]['eps_sharpness']:.4f} %, λ_max "
+                       f"{res[label]['lambda_max']:.4g}")
+            _write_partial(out, "flatness", res, flatness_table, title, len(models))
     _write(out, "flatness", res, flatness_table(res), title)
 
 

@@ -116,6 +116,18 @@ def _read_result(run_dir: Path) -> dict[str, Any]:
     return result
 
 
+def recorded_target(run_dir: str | Path) -> Path | None:
+    """The target dataset the finished finetune run ``run_dir`` recorded in ``result.json``, as
+    :func:`load_finetuned` reads it; None where nothing readable is recorded (load_finetuned
+    then says what is wrong). An evaluation holds that dataset's readers' lock while it reads
+    it (``dp4tl evaluate``), so a rebuild of the target is refused meanwhile."""
+    try:
+        target = _read_result(Path(run_dir)).get("target")
+    except DP4TLError:
+        return None
+    return Path(target) if isinstance(target, str) and target else None
+
+
 def _field(result: dict[str, Any], key: str, kind: str, run_dir: Path, default: Any = REQUIRED, *,
            choices: Any = None, at_least: int | None = None):
     """``result[key]`` of ``kind`` (:func:`~ffcv_dp4tl.contracts.fields.typed`), and, when

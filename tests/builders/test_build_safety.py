@@ -516,18 +516,25 @@ def test_a_build_that_would_change_data_being_read_is_refused_a_plain_one_reuses
 def test_an_overwrite_of_a_synth_build_is_refused_before_any_part_when_one_is_read(tmp_path):
     """A SOURCE of several parts (synth: ``source/``, ``targets/NAME``): a finetuning reading
     one target refuses ``--overwrite`` before any part is replaced (a new source beside an old
-    target would not be a build of one SOURCE)."""
-    from beton_builders.out_dir import check_parts_fit
+    target would not be a build of one SOURCE); nobody reading, every part is held."""
+    from beton_builders.out_dir import overwriting_parts
+
+    from lock_probe import exclusive_is_free
 
     for part in ("source", "targets/a"):
         build_dataset(_spec(), tmp_path / part, OPTS)
     fd = _read_by_a_run(tmp_path / "targets" / "a")
     try:
         with pytest.raises(DataError, match="targets/a is being read by another dp4tl run"):
-            check_parts_fit(tmp_path, ["source", "targets/a"], overwrite=True)
+            with overwriting_parts(tmp_path, ["source", "targets/a"]):
+                pass
+        assert exclusive_is_free(tmp_path / "source" / LOCK_NAME)  # (let go on the refusal)
     finally:
         os.close(fd)
-    check_parts_fit(tmp_path, ["source", "targets/a"], overwrite=True)
+    with overwriting_parts(tmp_path, ["source", "targets/a"]):
+        assert not exclusive_is_free(tmp_path / "source" / LOCK_NAME)
+        assert not exclusive_is_free(tmp_path / "targets" / "a" / LOCK_NAME)
+        assert build_dataset(_spec(), tmp_path / "source", OPTS, overwrite=True)  # (its own)
 
 
 def test_a_build_made_before_files_txt_is_reused_while_read_and_gets_it(tmp_path):

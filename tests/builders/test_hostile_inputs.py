@@ -82,9 +82,9 @@ def test_out_inside_the_input_folder_is_refused_before_any_work(tmp_path):
 
 
 def _read_only(monkeypatch):
-    def erofs(path, what, **_):
+    def erofs(path, *_, **__):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
-    monkeypatch.setattr(writer, "directory_lock", erofs)
+    monkeypatch.setattr(writer, "build_lock", erofs)
 
 
 def test_a_finished_build_on_a_read_only_folder_is_used(tmp_path, monkeypatch):

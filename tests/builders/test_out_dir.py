@@ -288,6 +288,35 @@ def test_overwriting_synth_with_fewer_targets_removes_the_old_ones(tmp_path, cap
     assert "targets/blur: removed" in stdout and "targets/warm: removed" in stdout
 
 
+def test_an_overwrite_of_a_synth_build_holds_every_part_from_the_first_build_to_the_last(
+        tmp_path, capsys, monkeypatch):
+    """``--overwrite`` of a synth build checked its parts' readers before it started, then
+    locked each part only while that part was rebuilt: a finetuning starting on an old target
+    while the source was replaced read an old target beside a new source (audit). Every part,
+    the stale ones it removes included, is now held from the first build to the last."""
+    import beton_builders.writer as writer
+    from cli_runner import cli
+    from lock_probe import exclusive_is_free
+
+    small, out = _SMALL_SYNTH, _build_small_synth(tmp_path, capsys, monkeypatch)
+    parts = [out / "source", *sorted((out / "targets").iterdir())]
+    assert len(parts) == 4
+    real, seen = writer.build_dataset, {}
+
+    def build(spec, target, *a, **k):  # who else could take a part's lock while one is built
+        seen[target.name] = [exclusive_is_free(p / ".build.lock") for p in parts if p != target]
+        return real(spec, target, *a, **k)
+
+    monkeypatch.setattr(writer, "build_dataset", build)
+    code, stdout, err = cli(capsys, monkeypatch, "build", small + ",num_targets=2,seed=1",
+                            "--out", str(out), "--workers", "1", "--no-progress", "--overwrite")
+    assert code == 0, err
+    assert sorted(seen) == ["paper", "source", "warm"]
+    assert seen == {name: [False] * 3 for name in seen}, seen  # (all held, the stale one too)
+    assert "targets/blur: removed" in stdout
+    assert all(exclusive_is_free(p / ".build.lock") for p in parts if p.exists())
+
+
 def test_a_stale_target_with_a_folder_where_a_build_file_belongs_is_refused_before_the_build(
         tmp_path, capsys, monkeypatch):
     """A target the new synth SOURCE no longer makes is removed after the build; a folder at its

@@ -155,7 +155,7 @@ def test_a_damaged_read_only_build_is_one_line_not_already_built(tmp_path, build
     def read_only(*a, **k):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(writer_mod, "directory_lock", read_only)
+    monkeypatch.setattr(writer_mod, "build_lock", read_only)
     assert build_dataset(mem_spec(), out, OPTS, source="mem").skipped
     shard = shards_of(out)[0]
     shard.write_bytes(shard.read_bytes()[:500])

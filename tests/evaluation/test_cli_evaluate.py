@@ -409,3 +409,33 @@ def test_a_run_under_a_tilde_is_read_from_the_home_folder(tmp_path, monkeypatch)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path / "lp")  # (no `~` folder here to read by mistake)
     assert _runs(["LP=~/lp", "~/lp/"]) == {"LP": tmp_path / "lp", "lp": tmp_path / "lp"}
+
+
+@pytest.mark.parametrize("cmd, module, func", [
+    ("corruptions", "ffcv_dp4tl.evaluation.corruption", "evaluate_corruptions"),
+    ("flatness", "ffcv_dp4tl.evaluation.flatness", "model_flatness")])
+def test_an_evaluation_holds_its_targets_readers_lock_while_it_measures(
+        cmd, module, func, lp_run, eval_target, capsys, monkeypatch, tmp_path):
+    """``dp4tl evaluate`` read a run's target with no readers' lock, so a ``dp4tl build
+    --overwrite`` of that target replaced the betons under the evaluation (audit). It now
+    holds the lock that refuses such a build for as long as it measures."""
+    import importlib
+
+    from lock_probe import exclusive_is_free
+
+    lock = eval_target / ".build.lock"
+    mod, free = importlib.import_module(module), []
+    real = getattr(mod, func)
+
+    def measuring(*a, **k):  # could a build take the target now?
+        free.append(exclusive_is_free(lock))
+        return real(*a, **k)
+
+    monkeypatch.setattr(mod, func, measuring)
+    opts = (("--corrupt", "impulse_noise:5", "--no-progress") if cmd == "corruptions" else
+            ("--batches", "1", "--batch-size", "8", "--steps", "1", "--iters", "2"))
+    code, _, err = cli(capsys, monkeypatch, "evaluate", cmd, f"LP={lp_run}", *opts, "--format",
+                       "wds", "--workers", "0", "--device", "cpu", "-o", tmp_path)
+    assert code == 0, err
+    assert free == [False]
+    assert exclusive_is_free(lock)  # let go at the end

@@ -103,7 +103,7 @@ def test_the_data_root_read_only_with_the_build_is_used_and_clashes_name_pipelin
     def erofs(path, *a, **k):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
     monkeypatch.setattr(resolve, "directory_lock", erofs)  # as on a read-only mount: no lock file
-    monkeypatch.setattr(writer, "directory_lock", erofs)
+    monkeypatch.setattr(writer, "build_lock", erofs)
     logged.clear()
     assert resolve.ensure_built(source, tmp_path / "data", logged.append) == built
     assert not any("built" in m for m in logged), logged  # reused, nothing rebuilt
@@ -131,7 +131,7 @@ def test_a_read_only_data_root_without_the_build_names_data_root(tmp_path, monke
     def erofs(path, *a, **k):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
     monkeypatch.setattr(resolve, "directory_lock", erofs)  # as on a read-only mount
-    monkeypatch.setattr(writer, "directory_lock", erofs)
+    monkeypatch.setattr(writer, "build_lock", erofs)
     with pytest.raises(DataError) as e:
         resolve.ensure_built(f"folder:{src}", tmp_path / "data", lambda m: None)
     assert str(e.value).endswith("(Read-only file system) and it holds no finished build of this "
