@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,10 +121,75 @@ def beton_workers(workers: int, num_samples: int) -> int:
     return max(1, min(workers, -(-num_samples // WRITE_CHUNK)))
 
 
+#: the folder where the beton writer processes forked during :func:`write_beton` write their
+#: stderr (:class:`_WriterLog`); None outside a write
+_WRITER_LOG_DIR: Path | None = None
+#: a writer's stderr file: ``writer-<pid>.log`` (:func:`writer_error` reads it back)
+WRITER_LOG = "writer-{pid}.log"
+
+
+class _WriterLog:
+    """A forked beton writer's ``sys.stderr``: a file in the build's records, made at its
+    first write, so a writer that fails leaves its traceback there (the build's one line
+    quotes its last line and names the file) instead of a screen of ffcv's frames above the
+    line; one that succeeds leaves nothing. Where the file cannot be written (the disk that
+    failed the writer), the text goes to the real stderr, as before."""
+
+    encoding, errors = "utf-8", "replace"
+
+    def __init__(self, path: Path):
+        self.path, self._file, self._broken = path, None, False
+
+    def write(self, text: str) -> int:
+        if not self._broken:
+            try:
+                if self._file is None:
+                    self._file = open(self.path, "a", encoding="utf-8", errors="replace")
+                n = self._file.write(text)
+                self._file.flush()
+                return n
+            except OSError:
+                self._broken = True
+        return sys.__stderr__.write(text) if sys.__stderr__ is not None else len(text)
+
+    def flush(self) -> None:
+        if self._file is not None and not self._broken:
+            with contextlib.suppress(OSError):
+                self._file.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _log_writer_stderr() -> None:  # (at fork, in the child: ffcv's writers are forked)
+    if _WRITER_LOG_DIR is not None:
+        sys.stderr = _WriterLog(_WRITER_LOG_DIR / WRITER_LOG.format(pid=os.getpid()))
+
+
+os.register_at_fork(after_in_child=_log_writer_stderr)
+
+
+def writer_error(log_dir: Path | None, pid: int) -> tuple[str, Path] | None:
+    """The error the failed beton writer ``pid`` wrote to its log in ``log_dir`` (its last
+    line, e.g. ``OSError: [Errno 122] Disk quota exceeded``) and the log's path; None when it
+    left none (killed by a signal, or its log could not be written)."""
+    if log_dir is None:
+        return None
+    log = log_dir / WRITER_LOG.format(pid=pid)
+    try:
+        lines = [x.strip() for x in log.read_text(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return None
+    return (lines[-1][:300], log) if lines else None
+
+
 def write_beton(path: Path, dataset: ShardBytesDataset, quality: int, max_side: int,
-                workers: int, progress: bool = True, desc: str = "") -> None:
+                workers: int, progress: bool = True, desc: str = "",
+                log_dir: Path | None = None) -> None:
     """Write ``dataset`` to the beton at ``path`` (in place; the caller renames atomically);
-    ``desc`` labels the progress bar (``path`` is the temporary name)."""
+    ``desc`` labels the progress bar (``path`` is the temporary name). ``log_dir``: where the
+    writer processes' stderr goes (:class:`_WriterLog`; the logs of an earlier write there
+    are removed first); None: the terminal's."""
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
@@ -133,9 +200,26 @@ def write_beton(path: Path, dataset: ShardBytesDataset, quality: int, max_side: 
                            num_workers=beton_workers(workers, len(dataset)))
     import multiprocessing
 
+    global _WRITER_LOG_DIR
+    if log_dir is not None:
+        for stale in log_dir.glob(WRITER_LOG.format(pid="*")):
+            stale.unlink(missing_ok=True)
     before = set(multiprocessing.active_children())
+    _WRITER_LOG_DIR = log_dir
     try:
-        with _ffcv_progress(progress, desc or f"beton {path.name}"):
+        _write_and_join(writer, dataset, before, progress, desc or f"beton {path.name}")
+    finally:
+        _WRITER_LOG_DIR = None
+
+
+def _write_and_join(writer, dataset: ShardBytesDataset, before: set, progress: bool,
+                    desc: str) -> None:
+    """ffcv's write of ``dataset``, then its writer processes (those not in ``before``) joined;
+    on any failure they are ended first."""
+    import multiprocessing
+
+    try:
+        with _ffcv_progress(progress, desc):
             writer.from_indexed_dataset(dataset, chunksize=WRITE_CHUNK)
     except BaseException:  # Ctrl-C, a full disk: the caller removes the partial beton
         _free_metadata_memory(writer)

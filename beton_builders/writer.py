@@ -48,7 +48,7 @@ from ffcv_dp4tl.fsutil import (BAD_JSON, atomic_path, atomic_save_npy, atomic_wr
 from ffcv_dp4tl.progress import bar as progress_bar
 
 from .beton import (ShardBytesDataset, beton_images, beton_workers, check_beton, keep_as_jpeg,
-                    write_beton)
+                    write_beton, writer_error)
 from .out_dir import (BUILD_DIR, REMEDY, build_lock, check_ours, check_overwrite, is_build,
                       reading, remove_build, settings_file, shard_files)
 from .input_stats import sample_stats, save_input_stats, stale_inputs
@@ -599,12 +599,17 @@ def _interrupt_watchdog(every: float = 1.0, tick: float = 0.25) -> Iterator[None
         _Interrupted.writer_failed, _Interrupted.wakeups = None, 0
 
 
-def writer_failed_line(beton_path: Path, pid: int, how: str, option: str = "--out") -> str:
+def writer_failed_line(beton_path: Path, pid: int, how: str, option: str = "--out",
+                       error: tuple[str, Path] | None = None) -> str:
     """The one line for a beton writer process that failed (:class:`WriterFailed`), by its
     likeliest cause: SIGKILL, the out-of-memory killer; SIGBUS with a nearly full /dev/shm
     (ffcv's metadata lives there); less than two of ffcv's pages free, a full disk; else a quota
-    (which the free space does not show) or what its error above says."""
+    (which the free space does not show) or what its error says. ``error``: the writer's own
+    error and the log holding its traceback (:func:`~.beton.writer_error`; None: it printed
+    it above, or left none)."""
     writer = f"ffcv's beton writer (process {pid}, {how})"
+    its = (f"its error: {error[0]}; traceback in {error[1]}" if error is not None else
+           "its error above")
     if how == "killed by SIGKILL":
         return (f"{writer} was killed while writing {beton_path}: usually the out-of-memory "
                 "killer (`dmesg` says); give the build more memory or fewer --workers, then "
@@ -614,11 +619,12 @@ def writer_failed_line(beton_path: Path, pid: int, how: str, option: str = "--ou
         return shm
     free = free_bytes(beton_path.parent)
     if free is not None and free < FULL_BELOW:
-        return (f"disk full while writing {beton_path} ({writer}, its error above; "
+        return (f"disk full while writing {beton_path} ({writer}, {its}; "
                 f"{free / 2**20:,.1f} MiB free); free some space or choose another {option}, "
                 "then rerun: the build resumes")
-    return (f"{writer} failed while writing {beton_path} (its error is above: an exceeded disk "
-            "quota is a usual cause, which the free space does not show); fix it and rerun: "
+    cause = ("" if error is not None else  # (its own error says the cause)
+             ": an exceeded disk quota is a usual cause, which the free space does not show")
+    return (f"{writer} failed while writing {beton_path} ({its}{cause}); fix it and rerun: "
             "the build resumes")
 
 
@@ -740,9 +746,13 @@ def _build_locked(spec: DatasetSpec, out_dir: Path, opts: BuildOptions, source: 
                 try:
                     with _interrupt_watchdog():
                         write_beton(tmp, dataset, opts.quality, opts.max_side, opts.workers,
-                                    opts.progress, desc=f"beton {spec.name}:{split}")
+                                    opts.progress, desc=f"beton {spec.name}:{split}",
+                                    log_dir=out_dir / BUILD_DIR)
                 except WriterFailed as e:
-                    raise DataError(writer_failed_line(beton_path, *e.args, option)) from None
+                    pid, how = e.args
+                    raise DataError(writer_failed_line(
+                        beton_path, pid, how, option,
+                        writer_error(out_dir / BUILD_DIR, pid))) from None
                 _check_interrupt()  # (a Ctrl-C swallowed inside ffcv's writer: no beton)
                 fsync_path(tmp)
         # what the beton stores, per sample (JPEG samples: the shards' bytes, digests known)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 import shutil
 from collections import namedtuple
@@ -234,12 +235,13 @@ def test_the_stop_guard_keeps_an_ignored_ctrl_c_and_still_stops_on_sigterm(monke
 
 @pytest.mark.parametrize("disk", ["full", "quota"])
 def test_a_beton_writer_process_that_fails_ends_the_build_in_one_line_then_it_resumes(
-        tmp_path, monkeypatch, disk):
+        tmp_path, monkeypatch, capfd, disk):
     """A writer process that fails (the disk filled, or the quota ran out, while it flushed a
     page) left ffcv's main loop waiting forever for its samples, after its traceback (audit:
     seen hanging for minutes on a tmpfs filled during the write; a Slurm job burns its whole
-    allocation). The build now ends in one line naming the beton, leaves no temporary beton,
-    and the same command resumes once the cause is gone."""
+    allocation). The build now ends in one line naming the beton and quoting the writer's
+    error, whose traceback goes to a log in the build's records, not the screen; it leaves no
+    temporary beton, and the same command resumes once the cause is gone."""
     import errno
     import signal
 
@@ -247,13 +249,16 @@ def test_a_beton_writer_process_that_fails_ends_the_build_in_one_line_then_it_re
 
     out = tmp_path / "ds"
     real_item = beton.ShardBytesDataset.__getitem__
+    code = errno.ENOSPC if disk == "full" else errno.EDQUOT
 
-    def fails_midway(self, i):  # (in the forked writer: the write's ENOSPC, uncaught there)
+    def fails_midway(self, i):  # (in the forked writer: the write's error, uncaught there)
         if i >= 5:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(code, os.strerror(code))
         return real_item(self, i)
 
     monkeypatch.setattr(beton.ShardBytesDataset, "__getitem__", fails_midway)
+    error = re.escape(f"its error: OSError: [Errno {code}] {os.strerror(code)}; traceback in "
+                      f"{out / '.build'}/writer-") + r"(\d+)\.log"
     if disk == "full":
         Usage = namedtuple("Usage", "total used free")
         real_usage = shutil.disk_usage
@@ -261,28 +266,48 @@ def test_a_beton_writer_process_that_fails_ends_the_build_in_one_line_then_it_re
         monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10**9, 10**9, 10**6)
                             if str(p) == str(out) else real_usage(p))
         monkeypatch.setattr(writer, "check_free_space", lambda *a, **k: None)
-        said = (r"^disk full while writing .*ds/train\.beton \(ffcv's beton writer \(process \d+, "
-                r"exit status 1\), its error above")
+        said = (r"^disk full while writing .*ds/train\.beton \(ffcv's beton writer \(process "
+                rf"(\d+), exit status 1\), {error}; 1\.0 MiB free\); free some space")
     else:
-        said = (r"^ffcv's beton writer \(process \d+, exit status 1\) failed while writing "
-                r".*ds/train\.beton \(its error is above: an exceeded disk quota")
+        said = (r"^ffcv's beton writer \(process (\d+), exit status 1\) failed while writing "
+                rf".*ds/train\.beton \({error}\); fix it and rerun: the build resumes$")
 
     def hung(signum, frame):
         raise TimeoutError("the build kept waiting for a writer process that had failed")
 
+    capfd.readouterr()
     previous = signal.signal(signal.SIGALRM, hung)
     signal.alarm(120)
     try:
-        with pytest.raises(DataError, match=said):
+        with pytest.raises(DataError) as e:
             build_dataset(_spec(), out, OPTS)
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+    said = re.match(said, str(e.value))
+    assert said and said[1] == said[2], str(e.value)  # (the log of the writer that failed)
+    assert "Traceback" not in capfd.readouterr().err  # (ffcv's frames: in the log only)
+    log = (out / ".build" / f"writer-{said[1]}.log").read_text()
+    assert "Traceback (most recent call last)" in log and "fails_midway" in log
     assert not (out / "train.beton").exists() and not list(out.rglob(".*.tmp*"))
     assert not (out / "manifest.json").exists()
     monkeypatch.undo()
     summary = build_dataset(_spec(), out, OPTS)  # resumes: the shards were kept
     assert summary.splits[0].num_samples == 20 and (out / "manifest.json").exists()
+    assert not list((out / ".build").glob("writer-*.log"))  # (an earlier write's logs go)
+
+
+def test_a_writers_stderr_that_cannot_be_written_to_its_log_reaches_the_terminal(tmp_path, capfd):
+    """The log of a writer that failed for a full disk may itself not be writable: the
+    traceback then reaches the terminal, as before, and the line says "its error above"."""
+    from beton_builders import beton, writer
+
+    log = beton._WriterLog(tmp_path / "absent" / "writer-7.log")
+    log.write("Traceback (most recent call last):\nOSError: disk\n")
+    assert "OSError: disk" in capfd.readouterr().err
+    assert beton.writer_error(tmp_path / "absent", 7) is None
+    line = writer.writer_failed_line(tmp_path / "train.beton", 7, "exit status 1")
+    assert "(its error above: an exceeded disk quota is a usual cause" in line
 
 
 def test_a_full_dev_shm_is_not_blamed_on_the_build_folder(tmp_path, monkeypatch):
