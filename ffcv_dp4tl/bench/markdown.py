@@ -103,6 +103,29 @@ def _note_if_marked(lines: list[str]) -> list[str]:
     return ["", ESTIMATED_NOTE] if any(ESTIMATED_MARK in line for line in lines) else []
 
 
+def load_cell(rows: Iterable[dict[str, Any]], method: str, ratio: float) -> str:
+    """The stage breakdown's *load* cell of ``method`` at ``ratio``: the 1-min load average
+    (``loadavg_1min``) when the pretraining of each of its runs (``rows``, one per seed)
+    finished — one value, or the lowest–highest over its seeds; "–" where no run recorded one
+    (rows from before it was)."""
+    loads = [float(r["loadavg_1min"]) for r in rows
+             if r.get("method") == method and r.get("ratio") == ratio
+             and r.get("loadavg_1min") is not None]
+    if not loads:
+        return "–"
+    lo, hi = f"{min(loads):.1f}", f"{max(loads):.1f}"
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def load_note(cores: int | None) -> str:
+    """The legend of the *load* column (:func:`load_cell`), naming the machine's ``cores``."""
+    where = f"{cores} cores" if cores else "cores"
+    return ("*load*: the 1-min load average when the row's pretraining finished (several seeds: "
+            "lowest–highest; – not recorded). Rows measured under a load above the machine's "
+            f"{where} are not comparable: other jobs took CPU time from them, so their wall "
+            "seconds are inflated by an unknown amount (their CPU-s less so).")
+
+
 def method_cost(m: str) -> str:
     return get_scorer(_base_or_name(m)).cost_summary() if is_registered(_base_or_name(m)) else "–"
 
@@ -182,13 +205,15 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
           "the share of source train samples kept — for class/cluster methods the ratio counts "
           "classes/clusters, so it is not 1 − ratio unless `--budget samples`):", "",
           "| method | ratio | kept samples | surrogate | score | prune | pretrain | total | "
-          "reduction | total CPU-s | reduction (CPU-s) |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "reduction | total CPU-s | reduction (CPU-s) | load |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     first = len(L)
+    rows = t.get("rows") or []
     L.append(f"| {REFERENCE} | 0 % | 100 % | 0 | 0 | 0 | "
              f"{_marked(format(ref['pretrain_s'], '.1f'), ref, ['pretrain'])} | "
              f"{_marked(format(ref['total_s'], '.1f'), ref)} | – | "
-             f"{_marked(num(ref.get('total_cpu_s')), ref)} | – |")
+             f"{_marked(num(ref.get('total_cpu_s')), ref)} | – | "
+             f"{load_cell(rows, REFERENCE, 0.0)} |")
     for c in t["cost"][1:]:
         L.append(f"| {method_label(c['method'])} | {ratio_label(c['ratio'])} | "
                  f"{_share(c.get('kept_sample_fraction'))} | "
@@ -197,8 +222,10 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
                  f"{_marked(format(c['prune_s'], '.2f'), c, ['prune'])} | "
                  f"{_marked(format(c['pretrain_s'], '.1f'), c, ['pretrain'])} | "
                  f"{_marked(format(c['total_s'], '.1f'), c)} | {_pct(c['reduction'])} | "
-                 f"{_marked(num(c.get('total_cpu_s')), c)} | {_pct(c.get('cpu_reduction'))} |")
+                 f"{_marked(num(c.get('total_cpu_s')), c)} | {_pct(c.get('cpu_reduction'))} | "
+                 f"{load_cell(rows, c['method'], c['ratio'])} |")
     L += _note_if_marked(L[first:])
+    L += ["", load_note((t.get("machine") or {}).get("cores"))]
     if t["selection"]:
         r = t["selection"][0]["ratio"]
         L += ["", f"### Selection cost (Tab. 4) at {ratio_label(r)}", "",

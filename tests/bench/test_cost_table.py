@@ -168,6 +168,31 @@ def test_a_steps_matched_report_does_not_say_the_cost_falls_with_the_ratio():
     assert "1 + 0.10 of the 0 % cost at every ratio r" in md and "no ratio saves time" in md
 
 
+def test_the_stage_breakdown_shows_each_rows_load():
+    """Each row records the 1-min load average when its pretraining finished (``loadavg_1min``),
+    but the published table showed only the range over all rows in its header, so a reader could
+    not tell which row was measured on a busy machine. The stage breakdown has a *load* column:
+    one value, lowest–highest over seeds, "–" where no run recorded one; its legend names the
+    machine's cores, above which a row is not comparable."""
+    rows = [{**_row(REFERENCE, 0.0, s, 0, 0, 100.0, 50.0), "loadavg_1min": 0.7} for s in (0, 1)]
+    rows += [{**_row("lm", 0.6, 0, 10.0, 2.0, 40.0, 52.0), "loadavg_1min": 1.24},
+             {**_row("lm", 0.6, 1, 10.0, 2.0, 40.0, 52.0), "loadavg_1min": 3.41},
+             _row("random", 0.6, 0, 0.0, 0.0, 40.0, 40.0),  # (recorded no load)
+             _row("random", 0.6, 1, 0.0, 0.0, 40.0, 40.0)]
+    t = summarize(rows, methods=["lm", "random"], ratios=[0.0, 0.6], seeds=[0, 1],
+                  finetune=["lp"])
+    t["machine"] = {"cores": 2}
+    md = markdown_tables(t)
+    lines = md.splitlines()
+    head = next(i for i, x in enumerate(lines) if x.startswith("| method | ratio | kept samples"))
+    assert lines[head].endswith("| reduction (CPU-s) | load |")
+    assert lines[head + 1].count("|") == lines[head].count("|")
+    cells = {x.split(" | ")[0]: x.rsplit(" | ", 1)[1] for x in lines[head + 2:head + 5]}
+    assert cells == {f"| {REFERENCE}": "0.7 |", "| LM": "1.2–3.4 |", "| RANDOM": "– |"}
+    assert ("*load*: the 1-min load average when the row's pretraining finished" in md
+            and "above the machine's 2 cores are not comparable" in md)
+
+
 @pytest.mark.slow
 def test_cost_table_end_to_end_smallest_scale(tmp_path, data_root):
     base = PipelineConfig(source=SYNTH, target="", fmt="wds", device="cpu", k=4,
