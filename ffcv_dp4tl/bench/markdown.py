@@ -121,9 +121,11 @@ def load_note(cores: int | None) -> str:
     """The legend of the *load* column (:func:`load_cell`), naming the machine's ``cores``."""
     where = f"{cores} cores" if cores else "cores"
     return ("*load*: the 1-min load average when the row's pretraining finished (several seeds: "
-            "lowest–highest; – not recorded). Rows measured under a load above the machine's "
-            f"{where} are not comparable: other jobs took CPU time from them, so their wall "
-            "seconds are inflated by an unknown amount (their CPU-s less so).")
+            "lowest–highest; – not recorded). The benchmark's own training and loader workers "
+            f"keep the machine's {where} busy, so a load up to about one above that is its own; "
+            "rows well above it ran beside other jobs, which took CPU time from them: their wall "
+            "seconds are inflated by an unknown amount (their CPU-s less so), and they are not "
+            "comparable with the others.")
 
 
 def method_cost(m: str) -> str:

@@ -173,7 +173,8 @@ def test_the_stage_breakdown_shows_each_rows_load():
     but the published table showed only the range over all rows in its header, so a reader could
     not tell which row was measured on a busy machine. The stage breakdown has a *load* column:
     one value, lowest–highest over seeds, "–" where no run recorded one; its legend names the
-    machine's cores, above which a row is not comparable."""
+    machine's cores, which the benchmark's own training keeps busy (a load near that count is
+    its own, not another job's)."""
     rows = [{**_row(REFERENCE, 0.0, s, 0, 0, 100.0, 50.0), "loadavg_1min": 0.7} for s in (0, 1)]
     rows += [{**_row("lm", 0.6, 0, 10.0, 2.0, 40.0, 52.0), "loadavg_1min": 1.24},
              {**_row("lm", 0.6, 1, 10.0, 2.0, 40.0, 52.0), "loadavg_1min": 3.41},
@@ -190,7 +191,8 @@ def test_the_stage_breakdown_shows_each_rows_load():
     cells = {x.split(" | ")[0]: x.rsplit(" | ", 1)[1] for x in lines[head + 2:head + 5]}
     assert cells == {f"| {REFERENCE}": "0.7 |", "| LM": "1.2–3.4 |", "| RANDOM": "– |"}
     assert ("*load*: the 1-min load average when the row's pretraining finished" in md
-            and "above the machine's 2 cores are not comparable" in md)
+            and "keep the machine's 2 cores busy, so a load up to about one above that is its "
+            "own" in md)
 
 
 @pytest.mark.slow
