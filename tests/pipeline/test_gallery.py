@@ -91,3 +91,28 @@ def test_an_image_is_decoded_at_gallery_size_and_a_bad_one_named(monkeypatch):
     with pytest.raises(DataError, match=r"^where: the image does not decode \(.*\); check the "
                                         r"dataset with `dp4tl verify --deep`$"):
         _thumbnail(b"not a jpeg", "where")
+
+
+def test_the_mosaic_frames_each_row_in_its_colour_and_fits_every_image_to_its_cell():
+    """Each side of the gallery is one image of cells (72 axes of one image each took most of
+    its drawing time): a row of related classes framed green, one without ground truth not
+    framed, a small image blown up to its cell pixel by pixel and a wide one fitted, centred."""
+    from ffcv_dp4tl.pipeline import gallery as g
+
+    blue = np.zeros((16, 16, 3), np.uint8)
+    blue[..., 2] = 255
+    wide = np.full((64, 256, 3), 7, np.uint8)
+    canvas = g._mosaic([[blue, wide], [blue]], ["tab:green", None], nrows=3, per_class=2)
+    assert canvas.shape == (3 * g._PITCH, 2 * g._PITCH, 3) and canvas.dtype == np.uint8
+    y0 = x0 = g._SPACE // 2
+    inner = g._FRAME + g._CELL // 2
+    assert tuple(canvas[y0 + 1, x0 + inner]) == (44, 160, 44)  # tab:green's frame
+    assert tuple(canvas[y0 + inner, x0 + inner]) == (0, 0, 255)  # the image, centred
+    assert tuple(canvas[y0 + g._FRAME, x0 + g._FRAME]) == (0, 0, 255)  # blown up to the cell
+    x1 = g._PITCH + x0 + g._FRAME  # the wide image: fitted to the cell's width, centred
+    assert tuple(canvas[y0 + inner, x1]) == (7, 7, 7)
+    assert tuple(canvas[y0 + g._FRAME, x1 + g._CELL // 2]) == (255, 255, 255)
+    y1 = g._PITCH + y0  # the row without ground truth: no frame
+    assert tuple(canvas[y1 + 1, x0 + inner]) == (255, 255, 255)
+    assert tuple(canvas[y1 + inner, x0 + inner]) == (0, 0, 255)
+    assert (canvas[2 * g._PITCH:] == 255).all()  # (rows beyond the images: white)
