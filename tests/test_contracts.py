@@ -507,11 +507,11 @@ def test_describe_dispatches_on_kind():
 
 PACKAGES = ("ffcv_dp4tl", "beton_builders")
 #: ffcv_dp4tl's dependency-free base: what beton_builders may import from it
-#: What beton_builders may import: the package root, its contracts, errors, files, cpus (the
+#: What beton_builders may import: the package root, its contracts, errors, files, locks, cpus (the
 #: cores a process may use, which the encoders count as the loaders do) and stopping (Ctrl-C and
 #: SIGTERM end a build as they end any command); each stdlib-only or nearly.
 CORE = {"ffcv_dp4tl", "ffcv_dp4tl.contracts", "ffcv_dp4tl.cpus", "ffcv_dp4tl.errors",
-        "ffcv_dp4tl.fsutil", "ffcv_dp4tl.stopping", "ffcv_dp4tl.progress"}
+        "ffcv_dp4tl.fsutil", "ffcv_dp4tl.locks", "ffcv_dp4tl.stopping", "ffcv_dp4tl.progress"}
 
 
 def _module_name(path: Path) -> str:
