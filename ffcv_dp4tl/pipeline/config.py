@@ -3,13 +3,14 @@
 anything is built or trained, so a bad value is a one-line error at once."""
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..contracts import (Budget, FinetuneMode, Format, PretrainLength, Protocol, check_device, check_k,
-                         check_ratio, check_seeds)
+from ..contracts import (MANIFEST_NAME, Budget, FinetuneMode, Format, PretrainLength, Protocol,
+                         check_device, check_k, check_ratio, check_seeds)
 from ..errors import DP4TLError
 from ..fsutil import check_out_dir
 from ..outputs import KINDS, dataset_around, folder_kind
@@ -26,8 +27,10 @@ class PipelineConfig:
     method's units removed: classes for LM), ``source`` / ``target`` (built folders, or SOURCEs
     to build once under ``data_root``), ``method`` (a registered scorer: ``dp4tl score
     --help``), ``finetune`` (``("lp", "ff")``), ``seeds``, ``device``. ``data_root`` and
-    ``runs_root`` are relative to the working directory. :func:`validate` checks a config
-    before any work (``run_pipeline`` calls it)."""
+    ``runs_root`` (and brought weights) given relative are read against the working directory
+    of the run: :func:`validate` checks a config before any work (``run_pipeline`` calls it)
+    and makes those paths absolute (:func:`absolute_paths`), so what a run records is the same
+    from any working directory."""
 
     ratio: float = 0.6
     source: str = "synth:tiny"  # a built dataset dir, or a `dp4tl build` SOURCE
@@ -190,6 +193,46 @@ def check_brought_weights(cfg: PipelineConfig) -> None:
             check_weights_file(w, option)
 
 
+def _absolute(path: str | os.PathLike[str]) -> str:
+    """``path`` (``~`` read as the home folder) as an absolute, normalised path against the
+    working directory; links are kept as named (a target's folder name is its display name)."""
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def absolute_paths(cfg: PipelineConfig) -> None:
+    """The config's own paths made absolute, once, in place (:func:`validate`'s last step, as it
+    makes ``ratio`` a float): ``data_root``, ``runs_root``, brought weights and built data
+    folders given as ``source`` / targets. Every path the
+    run records (results.json's config, stage folders and data folders, report.md) derives
+    from these or from :func:`~.resolve.resolve`'s data folders (made absolute there too), so
+    two runs from two working directories, one spelling ``runs`` and one ``/a/runs``, record the
+    same paths, and each points at its file from anywhere: a path relative to the working
+    directory of the run was wrong once read from elsewhere (a later reader, a cluster job's
+    other cwd), and the second run rewrote the first's report with other paths (audit). No
+    stage key holds a path (they hold content fingerprints), so no stage runs again.
+    ``source`` and each target are made absolute only where they name a built dataset folder
+    (:func:`_built_folder`); a SOURCE spec (``synth:tiny``, ``LAYOUT:PATH``) or a synth
+    target's name (``warm``) stays as given."""
+    cfg.data_root, cfg.runs_root = Path(_absolute(cfg.data_root)), Path(_absolute(cfg.runs_root))
+    if cfg.surrogate_weights:
+        cfg.surrogate_weights = _absolute(cfg.surrogate_weights)
+    if cfg.source_weights:
+        cfg.source_weights = _absolute(cfg.source_weights)
+    cfg.source = _built_folder(cfg.source, bare=True)
+    cfg.target = _built_folder(cfg.target, bare=False)
+    cfg.targets = tuple(_built_folder(t, bare=False) for t in cfg.targets)
+
+
+def _built_folder(spec: str, bare: bool) -> str:
+    """``spec`` made absolute when it is a path to a built dataset (a folder with a manifest,
+    as :func:`~.resolve.ensure_built` reads it first), else as given. ``bare``: a plain name
+    (no ``/``) counts too; not for a target, whose plain name on the embedded data is one of
+    its targets (``warm``) before any folder of that name (:func:`~.resolve.resolve_data`)."""
+    if not spec or ":" in spec or not (bare or "/" in spec or spec.startswith("~")):
+        return spec
+    return _absolute(spec) if (Path(spec).expanduser() / MANIFEST_NAME).exists() else spec
+
+
 def validate(cfg: PipelineConfig) -> Checked:
     """Every check of ``cfg`` that needs no data and no work: one :class:`DP4TLError` line for
     the first bad value. Checks that need the built data follow in the run's resolve step
@@ -252,5 +295,6 @@ def validate(cfg: PipelineConfig) -> Checked:
     target_specs = target_list(cfg.target, cfg.targets)
     weights = check_weights(cfg.target_weights, len(target_specs))
     recipes = _check_recipes(cfg)
+    absolute_paths(cfg)  # (last: every refusal above names the paths as the user gave them)
     return Checked(seeds=seeds, scorer=scorer, given_options=given_options, options=options,
                    reverse=reverse, target_specs=target_specs, weights=weights, recipes=recipes)

@@ -468,7 +468,10 @@ def resolve(cfg: PipelineConfig, ok: Checked, log: Callable[[str], None],
     from ..training.recipe import check_kind, check_source_fed, load_recipe
 
     resolved = [resolve_data(replace(cfg, target=t), log, hold) for t in ok.target_specs]
-    source_dir, target_dirs = resolved[0][0], tuple(d for _, d in resolved)
+    # absolute (a built folder given as a relative path is found against the working directory):
+    # what the stages read and the report records, the same from any cwd (config.absolute_paths)
+    source_dir = Path(os.path.abspath(resolved[0][0]))
+    target_dirs = tuple(Path(os.path.abspath(d)) for _, d in resolved)
     multi = len(target_dirs) > 1
     src = load_manifest(source_dir)
     tgts = tuple(load_manifest(d) for d in target_dirs)

@@ -60,7 +60,13 @@ class PipelineResult:
     """One pipeline run (see the module docstring). ``summary`` holds final/best target top-1
     per finetuning mode over the seeds (:func:`~ffcv_dp4tl.pipeline.report.summarize_seeds`)
     with one target; with several, ``per_target`` holds one such summary per target name and
-    ``summary`` is empty."""
+    ``summary`` is empty.
+
+    Its paths (``source``, ``target``, ``targets``, the stage folders, ``selection``, the
+    config's roots) are absolute since 2026-12-07 (:func:`~.config.absolute_paths`), the same
+    from any working directory. A file written before may hold them as its run was given them,
+    relative to that run's working directory; it reads the same (still format version 1: a
+    reader of either needs nothing else)."""
 
     VERSION: ClassVar[int] = 1
 

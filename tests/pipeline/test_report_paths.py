@@ -1,0 +1,96 @@
+"""The paths a pipeline's report records do not depend on the working directory of the run.
+
+An audit: ``cd /a && dp4tl pipeline --runs-root runs --data data/source ...`` and ``cd / &&
+dp4tl pipeline --runs-root /a/runs --data /a/data/source ...`` (the same data, the same runs
+root) wrote the same report folder (``runs/report-<key>``) with other paths each time, and the
+relative ones (``runs/prune-…``, ``data/…/source``) named nothing once read from another folder.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tiny_data import FINETUNE, TRAIN
+
+from ffcv_dp4tl.pipeline.config import PipelineConfig
+from ffcv_dp4tl.pipeline.result import PipelineResult
+from ffcv_dp4tl.pipeline.run import run_pipeline
+
+
+def _cfg(data: str, runs: str, builds: str) -> PipelineConfig:
+    return PipelineConfig(ratio=0.5, source=f"{data}/source", target=f"{data}/targets/paper",
+                          method="lm", fmt="wds", device="cpu", finetune=("lp",),
+                          data_root=builds, runs_root=runs, overrides=TRAIN,
+                          surrogate_overrides=TRAIN, finetune_overrides=FINETUNE, progress=False)
+
+
+def _files(res: PipelineResult) -> tuple[str, str]:
+    folder = Path(res.report).parent
+    return (folder / "report.md").read_text(), (folder / "results.json").read_text()
+
+
+@pytest.mark.slow
+def test_two_working_directories_write_one_report_of_paths_that_hold_anywhere(
+        small_synth, tmp_path, monkeypatch):
+    work, elsewhere, reader = tmp_path / "work", tmp_path / "elsewhere", tmp_path / "reader"
+    for d in (work, elsewhere, reader):
+        d.mkdir()
+    (work / "data").symlink_to(small_synth)  # the built data, inside the project folder
+
+    monkeypatch.chdir(work)  # relative spellings, from the project folder
+    first = run_pipeline(_cfg("data", "runs", "builds"), log=lambda s: None)
+    assert all(run.ran for run in first.stages.values())
+    report, results = _files(first)
+
+    monkeypatch.chdir(elsewhere)  # absolute spellings of the same folders, from another one
+    second = run_pipeline(_cfg(str(work / "data"), str(work / "runs"), str(work / "builds")),
+                          log=lambda s: None)
+    # the spelling changes no stage key: every stage is found done, none runs again
+    assert not any(run.ran for run in second.stages.values())
+    assert ({n: r.dir.name for n, r in second.stages.items()}
+            == {n: r.dir.name for n, r in first.stages.items()})
+    # ... and rewrites the same report folder with the same report, to the byte
+    assert _files(second) == (report, results)
+    assert Path(second.report) == Path(first.report) and Path(first.report).is_absolute()
+
+    # what the files name holds from any folder (a later reader, a job with another cwd)
+    monkeypatch.chdir(reader)
+    data = json.loads(results)
+    res = PipelineResult.from_json(data, "results.json")
+    assert Path(res.source) == work / "data" / "source"
+    assert (Path(res.source) / "manifest.json").is_file()
+    assert (Path(res.target) / "manifest.json").is_file()
+    for name, run in res.stages.items():
+        assert run.dir.is_absolute() and (run.dir / "DONE.json").is_file(), name
+    assert Path(data["config"]["runs_root"]) == work / "runs"
+    assert Path(data["config"]["data_root"]) == work / "builds"
+    sel = data["selection"]
+    assert Path(sel["mask"]).is_file() and Path(sel["scores"]).is_dir()
+    assert (Path(sel["source"]) / "manifest.json").is_file()
+    assert (Path(sel["target"]) / "manifest.json").is_file()
+    said = dict(re.findall(r"^- (source|target): `([^`]*)`$", report, re.M))
+    assert set(said) == {"source", "target"}
+    assert all((Path(p) / "manifest.json").is_file() for p in said.values())
+
+
+def test_validate_makes_the_paths_absolute_but_not_specs_or_target_names(tmp_path, monkeypatch):
+    """What :func:`~ffcv_dp4tl.pipeline.config.validate` leaves in the config: the roots, a
+    brought weights file and a built folder given by path, absolute; a SOURCE spec and a synth
+    target's plain name (``warm``, even beside a folder of that name) as given."""
+    from ffcv_dp4tl.pipeline.config import validate
+
+    monkeypatch.chdir(tmp_path)
+    for d in ("warm", "built/t"):
+        (tmp_path / d).mkdir(parents=True)
+        (tmp_path / d / "manifest.json").write_text("{}")
+    cfg = PipelineConfig(source="synth:tiny", targets=("warm", "./built/t"), runs_root="runs",
+                         data_root="./data", device="cpu", finetune=("lp",))
+    validate(cfg)
+    assert (cfg.runs_root, cfg.data_root) == (tmp_path / "runs", tmp_path / "data")
+    assert cfg.source == "synth:tiny"
+    assert cfg.targets == ("warm", str(tmp_path / "built" / "t"))
+    first = validate(cfg)  # (again, as a bench's preflight and then its run do: nothing moves)
+    assert first.target_specs == ("warm", str(tmp_path / "built" / "t"))
