@@ -210,9 +210,9 @@ def absolute_paths(cfg: PipelineConfig) -> None:
     directory of the run was wrong once read from elsewhere (a later reader, a cluster job's
     other cwd), and the second run rewrote the first's report with other paths (audit). No
     stage key holds a path (they hold content fingerprints), so no stage runs again.
-    ``source`` and each target are made absolute only where they name a built dataset folder
-    (:func:`_built_folder`); a SOURCE spec (``synth:tiny``, ``LAYOUT:PATH``) or a synth
-    target's name (``warm``) stays as given."""
+    ``source`` and each target are made absolute where they name a built dataset folder or a
+    ``LAYOUT:PATH`` SOURCE (its PATH; :func:`_built_folder`); a synth spec (``synth:tiny``) or a
+    synth target's name (``warm``) stays as given."""
     cfg.data_root, cfg.runs_root = Path(_absolute(cfg.data_root)), Path(_absolute(cfg.runs_root))
     if cfg.surrogate_weights:
         cfg.surrogate_weights = _absolute(cfg.surrogate_weights)
@@ -225,10 +225,21 @@ def absolute_paths(cfg: PipelineConfig) -> None:
 
 def _built_folder(spec: str, bare: bool) -> str:
     """``spec`` made absolute when it is a path to a built dataset (a folder with a manifest,
-    as :func:`~.resolve.ensure_built` reads it first), else as given. ``bare``: a plain name
-    (no ``/``) counts too; not for a target, whose plain name on the embedded data is one of
-    its targets (``warm``) before any folder of that name (:func:`~.resolve.resolve_data`)."""
-    if not spec or ":" in spec or not (bare or "/" in spec or spec.startswith("~")):
+    as :func:`~.resolve.ensure_built` reads it first) or a ``LAYOUT:PATH`` SOURCE (its PATH),
+    else as given. ``bare``: a plain name (no ``/``) counts too; not for a target, whose plain
+    name on the embedded data is one of its targets (``warm``) before any folder of that name
+    (:func:`~.resolve.resolve_data`).
+
+    A ``LAYOUT:PATH`` is what a build under ``data_root`` records and is found again by: two
+    runs sharing a data root, each typing ``folder:raw/imgs`` in its own folder, read two inputs
+    under one spec, and the second reused the first one's build (its other images seen only as
+    "changed since it was built"; review)."""
+    layout, colon, path = spec.partition(":")
+    if colon:
+        if not path or layout.startswith("synth") or "/" in layout or layout.startswith("~"):
+            return spec  # (synth:..., or a path with a ':' in it: resolve says what it is)
+        return f"{layout}:{_absolute(path)}"
+    if not spec or not (bare or "/" in spec or spec.startswith("~")):
         return spec
     return _absolute(spec) if (Path(spec).expanduser() / MANIFEST_NAME).exists() else spec
 

@@ -94,3 +94,38 @@ def test_validate_makes_the_paths_absolute_but_not_specs_or_target_names(tmp_pat
     assert cfg.targets == ("warm", str(tmp_path / "built" / "t"))
     first = validate(cfg)  # (again, as a bench's preflight and then its run do: nothing moves)
     assert first.target_specs == ("warm", str(tmp_path / "built" / "t"))
+
+
+def test_a_relative_layout_path_typed_in_two_folders_builds_each_input(tmp_path, monkeypatch):
+    """Two runs sharing a data root, each typing ``folder:raw/imgs`` in its own folder (a job
+    array's jobs in their projects): the spec was recorded as typed, so the second run found
+    "its" build and reused the first one's images, warning only that its inputs had "changed
+    size or modification time" (review; reproduced). A ``LAYOUT:PATH`` is now made absolute
+    when the config is checked: each input gets its own build, and a rerun finds its own."""
+    import numpy as np
+    from PIL import Image
+
+    from ffcv_dp4tl.data.manifest import load_manifest
+    from ffcv_dp4tl.pipeline.config import absolute_paths
+    from ffcv_dp4tl.pipeline.resolve import ensure_built
+
+    for project, grey in (("a", 10), ("b", 200)):  # the same file names, other pixels
+        for c in ("x", "y"):
+            d = tmp_path / project / "raw" / "imgs" / c
+            d.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((8, 8, 3), grey + i, np.uint8)).save(d / f"{i}.png")
+    builds, said = tmp_path / "builds", []
+    built, specs = {}, {}
+    for project in ("a", "b", "a"):
+        monkeypatch.chdir(tmp_path / project)
+        cfg = PipelineConfig(source="folder:raw/imgs", data_root=str(builds))
+        absolute_paths(cfg)
+        specs[project] = cfg.source
+        built.setdefault(project, set()).add(
+            ensure_built(cfg.source, cfg.data_root, said.append, progress=False))
+    assert len(built["a"]) == 1 and len(built["b"]) == 1 and built["a"] != built["b"]
+    fingerprints = {load_manifest(next(iter(d))).fingerprint for d in built.values()}
+    assert len(fingerprints) == 2, said
+    assert not any("changed size or modification time" in line for line in said), said
+    assert specs == {p: f"folder:{tmp_path / p / 'raw' / 'imgs'}" for p in ("a", "b")}
