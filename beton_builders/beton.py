@@ -13,6 +13,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import re
 import sys
 import threading
 from dataclasses import dataclass
@@ -131,9 +132,9 @@ WRITER_LOG = "writer-{pid}.log"
 class _WriterLog:
     """A forked beton writer's ``sys.stderr``: a file in the build's records, made at its
     first write, so a writer that fails leaves its traceback there (the build's one line
-    quotes its last line and names the file) instead of a screen of ffcv's frames above the
-    line; one that succeeds leaves nothing. Where the file cannot be written (the disk that
-    failed the writer), the text goes to the real stderr, as before."""
+    quotes its exception and names the file) instead of a screen of ffcv's frames above the
+    line; one that succeeds leaves nothing, unless it warned. Where the file cannot be written
+    (the disk that failed the writer), the text goes to the real stderr, as before."""
 
     encoding, errors = "utf-8", "replace"
 
@@ -160,6 +161,18 @@ class _WriterLog:
     def isatty(self) -> bool:
         return False
 
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return False
+
+    def fileno(self) -> int:  # (C-level writers, e.g. faulthandler: the real stderr)
+        if sys.__stderr__ is None:
+            raise OSError("no stderr")
+        return sys.__stderr__.fileno()
+
 
 def _log_writer_stderr() -> None:  # (at fork, in the child: ffcv's writers are forked)
     if _WRITER_LOG_DIR is not None:
@@ -169,10 +182,15 @@ def _log_writer_stderr() -> None:  # (at fork, in the child: ffcv's writers are 
 os.register_at_fork(after_in_child=_log_writer_stderr)
 
 
+#: the last line of a Python traceback: the exception, ``OSError: [Errno 28] No space …``
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit|Warning)\b")
+
+
 def writer_error(log_dir: Path | None, pid: int) -> tuple[str, Path] | None:
-    """The error the failed beton writer ``pid`` wrote to its log in ``log_dir`` (its last
-    line, e.g. ``OSError: [Errno 122] Disk quota exceeded``) and the log's path; None when it
-    left none (killed by a signal, or its log could not be written)."""
+    """The error the failed beton writer ``pid`` wrote to its log in ``log_dir`` (the exception
+    line ending its last traceback, e.g. ``OSError: [Errno 122] Disk quota exceeded``) and the
+    log's path; None when it left none (killed by a signal, its log could not be written, or
+    was cut short: a line of the traceback's middle was quoted as the error, review)."""
     if log_dir is None:
         return None
     log = log_dir / WRITER_LOG.format(pid=pid)
@@ -180,7 +198,10 @@ def writer_error(log_dir: Path | None, pid: int) -> tuple[str, Path] | None:
         lines = [x.strip() for x in log.read_text(errors="replace").splitlines() if x.strip()]
     except OSError:
         return None
-    return (lines[-1][:300], log) if lines else None
+    starts = [i for i, x in enumerate(lines) if x.startswith("Traceback (most recent call last)")]
+    if not starts or not _EXCEPTION_LINE.match(lines[-1]) or len(lines) - 1 <= starts[-1]:
+        return None
+    return lines[-1][:300], log
 
 
 def write_beton(path: Path, dataset: ShardBytesDataset, quality: int, max_side: int,
@@ -231,9 +252,8 @@ def _write_and_join(writer, dataset: ShardBytesDataset, before: set, progress: b
         for p in writers:
             p.join(timeout=10)
         raise
-    # ffcv returns without joining its writer processes; each holds a copy of the build's lock
-    # descriptor (fork), so a build of the same folder right after would be refused as
-    # "another dp4tl process". They have finished their work: wait for them to exit.
+    # ffcv returns without joining its writer processes. They have finished their work: wait
+    # for them to exit, so none outlives the write (their logs flushed, no zombie left).
     for p in set(multiprocessing.active_children()) - before:
         p.join(timeout=60)
 

@@ -68,6 +68,14 @@ def resolve_source(text: str, split_json: str | Path | None = None,
     return {"": spec}
 
 
+def layout_path(text: str) -> tuple[str, str] | None:
+    """``(LAYOUT, PATH)`` of a ``LAYOUT:PATH`` SOURCE of a known layout; None for anything else
+    (synth, a folder, an unknown kind, a folder name holding a ``:``). The pipeline reads the
+    form by it: to record PATH absolute, and to tell two spellings of one input apart."""
+    name, sep, path = text.partition(":")
+    return (name, path) if sep and path and name in LAYOUTS else None
+
+
 def split_note(spec: DatasetSpec) -> str:
     """One line saying which split a build used (for ``dp4tl build`` and the pipeline's log)."""
     how = spec.extra.get("split")

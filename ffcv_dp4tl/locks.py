@@ -193,44 +193,64 @@ def directory_lock(lock_file: str | os.PathLike, what: str, *, wait: bool = Fals
     import fcntl
 
     lock_file = Path(lock_file)
-    fd = _open_lock(lock_file, shared)
-    if fd is None:
-        yield LockWait()
-        return
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-    try:
-        locked = True
-        holder = None  # (set: another process holds the lock)
+    waited_for, waited = None, 0.0
+    while True:
+        fd = _open_lock(lock_file, shared)
+        if fd is None:
+            yield LockWait(waited_for, waited)
+            return
         try:
-            state = _try_lock(fd, mode, lock_file)
-            if state != "mine":
-                holder = LockHolder.read(fd, lock_file)
-        except OSError as e:
-            if e.errno not in _NO_LOCKS:
-                raise
-            locked = False
-            if not shared:
-                # a file system without locks (Lustre mounted without -o flock, some FUSE and
-                # object-store mounts): run without the guard rather than not at all
-                warnings.warn(f"{lock_file.parent} does not support file locks ({e.strerror}): "
-                              f"nothing stops a second dp4tl process from writing {what} at the "
-                              "same time; run one at a time there", RuntimeWarning, stacklevel=3)
-        waited = 0.0
-        if holder is not None:  # waited for outside the `except`: a stop signal that ends the
-            # wait must not look like an error being handled (the CLI reads a stop's context)
-            waited = _wait_for(fd, mode, lock_file, what, holder, state, wait, on_wait, readers,
-                               busy)
-        if locked and not shared:
-            # (a full disk fails the holder's write: the line names the lock file, not nothing)
-            with naming(lock_file):
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, LockHolder.mine().encode(), 0)
-        if locked:
-            _HELD_LOCKS.add(fd)
-        yield LockWait(holder, waited)
-    finally:
-        _HELD_LOCKS.discard(fd)
-        os.close(fd)
+            locked = True
+            holder = None  # (set: another process holds the lock)
+            try:
+                state = _try_lock(fd, mode, lock_file)
+                if state != "mine":
+                    holder = LockHolder.read(fd, lock_file)
+            except OSError as e:
+                if e.errno not in _NO_LOCKS:
+                    raise
+                locked = False
+                if not shared:
+                    # a file system without locks (Lustre mounted without -o flock, some FUSE
+                    # and object-store mounts): run without the guard rather than not at all
+                    warnings.warn(f"{lock_file.parent} does not support file locks "
+                                  f"({e.strerror}): nothing stops a second dp4tl process from "
+                                  f"writing {what} at the same time; run one at a time there",
+                                  RuntimeWarning, stacklevel=3)
+            if holder is not None:  # waited for outside the `except`: a stop signal that ends
+                # the wait must not look like an error being handled (the CLI reads its context)
+                waited += _wait_for(fd, mode, lock_file, what, holder, state, wait, on_wait,
+                                    readers, busy)
+                waited_for = holder
+            if locked and not _same_file(fd, lock_file):
+                continue  # (closed below; the lock on the file there now is taken instead)
+            if locked and not shared:
+                # (a full disk fails the holder's write: the line names the lock file, not nothing)
+                with naming(lock_file):
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, LockHolder.mine().encode(), 0)
+            if locked:
+                _HELD_LOCKS.add(fd)
+            yield LockWait(waited_for, waited)
+            return
+        finally:
+            _HELD_LOCKS.discard(fd)
+            os.close(fd)
+
+
+def _same_file(fd: int, lock_file: Path) -> bool:
+    """Whether ``fd`` is still the file at ``lock_file``: the holder a run waited for may have
+    removed it (a synth ``--overwrite`` deletes the parts it no longer makes, lock file and
+    folder) or replaced it, and a lock on the old file is a lock on nothing anyone else sees;
+    the waiter then took it and went on reading a folder that was gone (review)."""
+    try:
+        a, b = os.fstat(fd), os.stat(lock_file)
+    except FileNotFoundError:
+        return False
+    except OSError:  # (cannot tell: the lock it holds is the one it has)
+        return True
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _open_lock(lock_file: Path, shared: bool) -> int | None:

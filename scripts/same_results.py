@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -50,11 +51,17 @@ CHECKPOINT_TIMES = ("timings",)
 def _in_runs(v: Any, roots: tuple[str, ...]) -> Any:
     """A path under either file's runs root, written relative to it: the AFTER run works on a
     copy of BEFORE's runs folder, and stages it reused still name files under BEFORE's root.
-    Anything else unchanged."""
+    Results written before 2026-12-07 hold paths as typed (``runs/pretrain-…``), relative to
+    the folder their run started in: those are read against the working directory (run the
+    script from that folder). Anything else unchanged."""
+    if not isinstance(v, str):
+        return v
+    forms = (v,) if os.path.isabs(v) or "/" not in v else (v, os.path.abspath(v))
     for root in roots:
-        root = root.rstrip("/")
-        if root and isinstance(v, str) and v.startswith(root + "/"):
-            return "RUNS/" + v[len(root) + 1:]
+        root = os.path.abspath(root).rstrip("/") if root else ""
+        for form in forms:
+            if root and form.startswith(root + "/"):
+                return "RUNS/" + form[len(root) + 1:]
     return v
 
 

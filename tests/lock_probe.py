@@ -57,17 +57,19 @@ class ReleaseOnWait:
             self.holder.kill()
 
 
-def holding(lock: str | os.PathLike):
+def holding(lock: str | os.PathLike, then: str = ""):
     """A process holding ``directory_lock(lock)`` until its stdin is closed (or it is killed);
-    returned once it holds it (it has said "held")."""
+    returned once it holds it (it has said "held"). ``then``: Python it runs before it lets go
+    (``lock`` and ``shutil`` in scope), e.g. deleting the lock's folder."""
     import subprocess
     import sys
 
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys\n"
+        "import shutil, sys\n"
         "from ffcv_dp4tl.locks import directory_lock\n"
-        f"with directory_lock({str(lock)!r}, 'x'):\n"
-        "    print('held', flush=True); sys.stdin.read()\n")],
+        f"lock = {str(lock)!r}\n"
+        "with directory_lock(lock, 'x'):\n"
+        f"    print('held', flush=True); sys.stdin.read(); {then or 'pass'}\n")],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder

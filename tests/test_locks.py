@@ -251,3 +251,33 @@ def test_a_reader_on_a_full_disk_without_a_lock_file_reads_unguarded(tmp_path, m
     with locks.directory_lock(tmp_path / ".build.lock", "the dataset D", shared=True) as w:
         assert w.holder is None
     assert not (tmp_path / ".build.lock").exists()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_lock_whose_file_was_deleted_while_waited_for_is_taken_on_the_file_there_now(
+        tmp_path, monkeypatch, shared):
+    """The holder a run waits for may delete the lock's folder before it lets go (a synth
+    ``--overwrite`` removing a part it no longer makes): the waiter got its lock on the deleted
+    file, a lock nobody else sees, and went on into a folder that was gone (review). A writer
+    now makes the folder again and locks the file there; a reader finds nothing to lock and
+    says whom it waited for."""
+    from ffcv_dp4tl import locks
+
+    from lock_probe import ReleaseOnWait, holding
+
+    lock = tmp_path / "part" / ".build.lock"
+    monkeypatch.setattr(locks, "LOCK_POLL_S", 0.02)
+    probe = ReleaseOnWait(holding(lock, then="shutil.rmtree(lock.rsplit('/', 1)[0])"))
+    try:
+        with locks.directory_lock(lock, "part P", wait=True, on_wait=probe.log,
+                                  shared=shared) as w:
+            assert w.holder is not None and w.holder.pid == str(probe.holder.pid)
+            if shared:
+                assert not lock.parent.exists()  # (nothing to read: the caller says so)
+            else:  # the new file is locked, and says so to the next run
+                assert lock.read_text().split(" ")[0].endswith(f":{os.getpid()}")
+                from lock_probe import exclusive_is_free
+
+                assert not exclusive_is_free(lock)
+    finally:
+        probe.end()

@@ -39,6 +39,25 @@ def test_times_dates_and_run_folders_are_not_differences(tmp_path, capsys):
     assert "added: /rows[0]/truth" in out and "same apart from times" in out
 
 
+def test_paths_recorded_as_typed_before_they_were_absolute_compare_from_the_runs_folder(
+        tmp_path, capsys, monkeypatch):
+    """Results written before 2026-12-07 hold the paths as typed (``runs/prune-1/…``, and a
+    stage reused from then keeps them in a new run's results beside an absolute ``runs_root``):
+    every stage path read as changed against a run of today (audit). Read against the working
+    directory, the folder both runs were started in, they are the same."""
+    old = json.loads(json.dumps(BEFORE))
+    old["config"]["runs_root"] = "runs"
+    old["rows"][0]["mask"] = "runs/prune-1/train.npy"
+    new = json.loads(json.dumps(BEFORE))
+    new["config"]["runs_root"] = str(tmp_path / "runs")
+    new["rows"][0]["mask"] = str(tmp_path / "runs" / "prune-1" / "train.npy")
+    mixed = {**new, "rows": [{**new["rows"][0], "mask": "runs/prune-1/train.npy"}]}
+    monkeypatch.chdir(tmp_path)
+    for a, b in ((old, new), (mixed, new)):
+        assert _main()([str(_write(tmp_path, "a.json", a)), str(_write(tmp_path, "b.json", b))]) == 0
+        assert "same apart from times" in capsys.readouterr().out
+
+
 def test_a_changed_accuracy_or_a_lost_field_is_a_difference(tmp_path, capsys):
     after = json.loads(json.dumps(BEFORE))
     after["rows"][0]["top1"] = 55.5

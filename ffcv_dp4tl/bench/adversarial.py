@@ -21,6 +21,7 @@ also as a multiple of DENSE's.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import math
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -172,8 +173,8 @@ def run_adversarial(base: PipelineConfig, out_dir: str | Path | None = None, *, 
             row[f"{key}_x_dense"] = row[key][0] / ref if ref and not math.isnan(ref) else None
     table = {"bench": "adversarial", "rows": rows, "ratio": ratio, "method": method, "seeds": list(seeds),
              "finetune": list(finetune), "adv": list(adv), "command": command,
-             "config": {**asdict(base), "data_root": str(base.data_root),
-                        "runs_root": str(base.runs_root)},
+             "config": {**asdict(base), "data_root": os.path.abspath(base.data_root),
+                        "runs_root": os.path.abspath(base.runs_root)},
              "machine": machine_info(),
              "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
     if out_dir is not None:

@@ -35,6 +35,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -230,7 +231,9 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
                        and surrogate_s else 0.0)
             add(res, lambda target: cost_row(res, method, r, seed, charged, surrogate_cpu,
                                              target=target))
-    cfg = {**asdict(base), "data_root": str(base.data_root), "runs_root": str(base.runs_root),
+    # (the roots absolute, as a pipeline's report records them: config.absolute_paths)
+    cfg = {**asdict(base), "data_root": os.path.abspath(base.data_root),
+           "runs_root": os.path.abspath(base.runs_root),
            "k": ref.config["k"]}  # (the K the runs used: None in base means the data's default)
     ratios = sorted(set(ratios) | {r for _, r in plan})
     table = summarize(rows, methods=methods, ratios=ratios, seeds=seeds, finetune=finetune,

@@ -22,6 +22,7 @@ shared across ratios; a rerun with more ratios trains only what is new.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -217,7 +218,9 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
                    if rec["by_ratio"][str(r)][f"{m}_top1"] is not None}
             if reference_acc.get(m) is not None and acc:
                 rec["winners"][m] = best_winning_subset(acc, [reference_acc[m]], tol)
-    cfg = {**asdict(base), "data_root": str(base.data_root), "runs_root": str(base.runs_root)}
+    # (the roots absolute, as a pipeline's report records them: config.absolute_paths)
+    cfg = {**asdict(base), "data_root": os.path.abspath(base.data_root),
+           "runs_root": os.path.abspath(base.runs_root)}
     table = {"bench": "surrogates", "archs": archs, "reference": reference, "ratio": ratio, "ratios": all_ratios,
              "finetune": list(finetune), "seeds": list(ref.seeds), "tol": tol, "reference_acc": reference_acc,
              "reference_pretrain_s": (ref.pretrain(ref.seeds[0]).seconds

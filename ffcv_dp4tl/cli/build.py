@@ -54,7 +54,7 @@ def build(
         claim_out_dir(out / sub if sub else out, "dataset")
     # (an --overwrite of several parts holds them all from the first to the last: no run reads
     # an old target while the source is replaced)
-    with overwriting_parts(out, parts) if overwrite else contextlib.nullcontext():
+    with overwriting_parts(out, parts) if overwrite and parts else contextlib.nullcontext():
         for sub, spec in specs.items():
             side = max_side if max_side is not None else default_max_side(spec)
             opts = BuildOptions(max_side=side, quality=quality, shard_size=shard_size,

@@ -225,23 +225,24 @@ def absolute_paths(cfg: PipelineConfig) -> None:
 
 def _built_folder(spec: str, bare: bool) -> str:
     """``spec`` made absolute when it is a path to a built dataset (a folder with a manifest,
-    as :func:`~.resolve.ensure_built` reads it first) or a ``LAYOUT:PATH`` SOURCE (its PATH),
-    else as given. ``bare``: a plain name (no ``/``) counts too; not for a target, whose plain
-    name on the embedded data is one of its targets (``warm``) before any folder of that name
-    (:func:`~.resolve.resolve_data`).
+    as :func:`~.resolve.ensure_built` reads it first) or a ``LAYOUT:PATH`` SOURCE (its PATH,
+    :func:`~beton_builders.sources.layout_path`), else as given. ``bare``: a plain name (no
+    ``/``) counts as a folder too; not for a target, whose plain name on the embedded data is
+    one of its targets (``warm``) before any folder of that name (:func:`~.resolve.resolve_data`).
 
     A ``LAYOUT:PATH`` is what a build under ``data_root`` records and is found again by: two
     runs sharing a data root, each typing ``folder:raw/imgs`` in its own folder, read two inputs
     under one spec, and the second reused the first one's build (its other images seen only as
     "changed since it was built"; review)."""
-    layout, colon, path = spec.partition(":")
-    if colon:
-        if not path or layout.startswith("synth") or "/" in layout or layout.startswith("~"):
-            return spec  # (synth:..., or a path with a ':' in it: resolve says what it is)
-        return f"{layout}:{_absolute(path)}"
-    if not spec or not (bare or "/" in spec or spec.startswith("~")):
+    from beton_builders.sources import layout_path
+
+    if not spec:
         return spec
-    return _absolute(spec) if (Path(spec).expanduser() / MANIFEST_NAME).exists() else spec
+    if (bare or "/" in spec or spec.startswith("~")) and (
+            Path(spec).expanduser() / MANIFEST_NAME).exists():
+        return _absolute(spec)  # (first: a built folder whose name holds a ':', review)
+    layout = layout_path(spec)
+    return f"{layout[0]}:{_absolute(layout[1])}" if layout is not None else spec
 
 
 def validate(cfg: PipelineConfig) -> Checked:

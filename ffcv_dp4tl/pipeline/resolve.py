@@ -107,13 +107,17 @@ def _built_from(out: Path, specs: dict) -> str | None:
 def _same_input(a: str, b: str) -> bool:
     """Two SOURCE specs that read the same input: equal, or one ``LAYOUT:PATH`` of one folder
     however spelled (a trailing slash, ``~``, a link). A trailing slash made a second full
-    build of the same images beside the first (review)."""
+    build of the same images beside the first (review). (A relative PATH is read against the
+    working directory: see :func:`_build_of_same_input` for builds that recorded one.)"""
+    from beton_builders.sources import layout_path
+
     if a == b:
         return True
-    (la, sa, pa), (lb, sb, pb) = a.partition(":"), b.partition(":")
-    if not (sa and sb and pa and pb) or la != lb or la.startswith("synth"):
+    la, lb = layout_path(a), layout_path(b)
+    if la is None or lb is None or la[0] != lb[0]:
         return False
-    return os.path.realpath(os.path.expanduser(pa)) == os.path.realpath(os.path.expanduser(pb))
+    return (os.path.realpath(os.path.expanduser(la[1]))
+            == os.path.realpath(os.path.expanduser(lb[1])))
 
 
 def _build_of_same_input(data_root: Path, specs: dict, source: str, skip: Path,
@@ -124,7 +128,8 @@ def _build_of_same_input(data_root: Path, specs: dict, source: str, skip: Path,
     spelling built a second full copy beside the first (review). The build must be the one
     its own spelling makes today (same listing, options and split: a CoOp build is not an
     official-split one)."""
-    from beton_builders.out_dir import settings_file
+    from beton_builders.input_stats import stale_inputs
+    from beton_builders.out_dir import BUILD_DIR, settings_file
     from beton_builders.sources import default_max_side, resolve_source
     from beton_builders.writer import BuildOptions, build_settings
 
@@ -144,9 +149,25 @@ def _build_of_same_input(data_root: Path, specs: dict, source: str, skip: Path,
             continue
         if theirs.keys() == specs.keys() and all(
                 recorded[sub] == build_settings(sp, BuildOptions(max_side=default_max_side(sp)),
-                                                other) for sub, sp in theirs.items()):
+                                                other) for sub, sp in theirs.items()) and (
+                not _relative_layout(other) or not any(
+                    stale_inputs(sp, (d / sub if sub else d) / BUILD_DIR, "")
+                    for sub, sp in theirs.items())):
             return d, other, theirs
     return None
+
+
+def _relative_layout(spec: str) -> bool:
+    """``spec`` is a ``LAYOUT:PATH`` whose PATH is relative: recorded by a build made before
+    the pipeline made PATH absolute (config.absolute_paths), it names the input of whichever
+    folder that run was started in. Read against today's working directory, a project with the
+    same file names under the same relative path took another project's build for its own
+    (review): such a build is taken only where its inputs' sizes and times still match
+    (:func:`~beton_builders.input_stats.stale_inputs`); elsewhere the data is built again."""
+    from beton_builders.sources import layout_path
+
+    layout = layout_path(spec)
+    return layout is not None and not os.path.isabs(os.path.expanduser(layout[1]))
 
 
 def _read_from(hold: contextlib.ExitStack | None, data_dir: Path,

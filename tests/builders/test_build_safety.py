@@ -308,6 +308,14 @@ def test_a_writers_stderr_that_cannot_be_written_to_its_log_reaches_the_terminal
     assert beton.writer_error(tmp_path / "absent", 7) is None
     line = writer.writer_failed_line(tmp_path / "train.beton", 7, "exit status 1")
     assert "(its error above: an exceeded disk quota is a usual cause" in line
+    # a log cut short (a file-size limit, a network file system failing late) quotes no fragment
+    # of the traceback's middle as the error (review); a whole one, its exception
+    whole = ("Process Process-1:\nTraceback (most recent call last):\n  File \"w.py\", line 1\n"
+             "    x()\nOSError: [Errno 122] Disk quota exceeded\n")
+    for text, said in ((whole[:70], None), (whole, "OSError: [Errno 122] Disk quota exceeded"),
+                       ("a warning\n", None)):
+        (tmp_path / "writer-8.log").write_text(text)
+        assert (beton.writer_error(tmp_path, 8) or (None,))[0] == said, text
 
 
 def test_a_full_dev_shm_is_not_blamed_on_the_build_folder(tmp_path, monkeypatch):

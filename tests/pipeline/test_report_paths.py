@@ -78,8 +78,9 @@ def test_two_working_directories_write_one_report_of_paths_that_hold_anywhere(
 
 def test_validate_makes_the_paths_absolute_but_not_specs_or_target_names(tmp_path, monkeypatch):
     """What :func:`~ffcv_dp4tl.pipeline.config.validate` leaves in the config: the roots, a
-    brought weights file and a built folder given by path, absolute; a SOURCE spec and a synth
-    target's plain name (``warm``, even beside a folder of that name) as given."""
+    brought weights file and a built folder given by path (a name holding a ``:`` too, read as a
+    folder before any SOURCE kind, review), absolute; a synth spec and a synth target's plain
+    name (``warm``, even beside a folder of that name) as given."""
     from ffcv_dp4tl.pipeline.config import validate
 
     monkeypatch.chdir(tmp_path)
@@ -94,6 +95,36 @@ def test_validate_makes_the_paths_absolute_but_not_specs_or_target_names(tmp_pat
     assert cfg.targets == ("warm", str(tmp_path / "built" / "t"))
     first = validate(cfg)  # (again, as a bench's preflight and then its run do: nothing moves)
     assert first.target_specs == ("warm", str(tmp_path / "built" / "t"))
+    (tmp_path / "ds:v2").mkdir()
+    (tmp_path / "ds:v2" / "manifest.json").write_text("{}")
+    cfg = PipelineConfig(source="ds:v2", target="./built/t", device="cpu", finetune=("lp",))
+    validate(cfg)
+    assert cfg.source == str(tmp_path / "ds:v2")
+
+
+def _two_projects(root: Path) -> None:
+    """``root/a/raw/imgs`` and ``root/b/raw/imgs``: the same file names, other pixels."""
+    import numpy as np
+    from PIL import Image
+
+    for project, grey in (("a", 10), ("b", 200)):
+        for c in ("x", "y"):
+            d = root / project / "raw" / "imgs" / c
+            d.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(np.full((8, 8, 3), grey + i, np.uint8)).save(d / f"{i}.png")
+
+
+def _built_in(project: Path, builds: Path, said: list[str], monkeypatch) -> Path:
+    """The build a pipeline started in ``project`` reads for ``folder:raw/imgs``."""
+    from ffcv_dp4tl.pipeline.config import absolute_paths
+    from ffcv_dp4tl.pipeline.resolve import ensure_built
+
+    monkeypatch.chdir(project)
+    cfg = PipelineConfig(source="folder:raw/imgs", data_root=str(builds))
+    absolute_paths(cfg)
+    assert cfg.source == f"folder:{project / 'raw' / 'imgs'}"
+    return ensure_built(cfg.source, cfg.data_root, said.append, progress=False)
 
 
 def test_a_relative_layout_path_typed_in_two_folders_builds_each_input(tmp_path, monkeypatch):
@@ -102,30 +133,31 @@ def test_a_relative_layout_path_typed_in_two_folders_builds_each_input(tmp_path,
     "its" build and reused the first one's images, warning only that its inputs had "changed
     size or modification time" (review; reproduced). A ``LAYOUT:PATH`` is now made absolute
     when the config is checked: each input gets its own build, and a rerun finds its own."""
-    import numpy as np
-    from PIL import Image
-
     from ffcv_dp4tl.data.manifest import load_manifest
-    from ffcv_dp4tl.pipeline.config import absolute_paths
+
+    _two_projects(tmp_path)
+    builds, said = tmp_path / "builds", []
+    a, b = (_built_in(tmp_path / p, builds, said, monkeypatch) for p in "ab")
+    assert _built_in(tmp_path / "a", builds, said, monkeypatch) == a != b
+    assert load_manifest(a).fingerprint != load_manifest(b).fingerprint, said
+    assert not any("changed size or modification time" in line for line in said), said
+
+
+def test_a_build_recorded_with_a_relative_path_is_reused_only_where_its_inputs_are(
+        tmp_path, monkeypatch):
+    """A data root built before paths were made absolute records ``folder:raw/imgs`` as typed.
+    Read against today's folder, another project with the same file names took that build for
+    its own (review). It is reused from the project whose files it holds, with a line saying
+    so; elsewhere the data is built again."""
+    from ffcv_dp4tl.data.manifest import load_manifest
     from ffcv_dp4tl.pipeline.resolve import ensure_built
 
-    for project, grey in (("a", 10), ("b", 200)):  # the same file names, other pixels
-        for c in ("x", "y"):
-            d = tmp_path / project / "raw" / "imgs" / c
-            d.mkdir(parents=True)
-            for i in range(2):
-                Image.fromarray(np.full((8, 8, 3), grey + i, np.uint8)).save(d / f"{i}.png")
+    _two_projects(tmp_path)
     builds, said = tmp_path / "builds", []
-    built, specs = {}, {}
-    for project in ("a", "b", "a"):
-        monkeypatch.chdir(tmp_path / project)
-        cfg = PipelineConfig(source="folder:raw/imgs", data_root=str(builds))
-        absolute_paths(cfg)
-        specs[project] = cfg.source
-        built.setdefault(project, set()).add(
-            ensure_built(cfg.source, cfg.data_root, said.append, progress=False))
-    assert len(built["a"]) == 1 and len(built["b"]) == 1 and built["a"] != built["b"]
-    fingerprints = {load_manifest(next(iter(d))).fingerprint for d in built.values()}
-    assert len(fingerprints) == 2, said
-    assert not any("changed size or modification time" in line for line in said), said
-    assert specs == {p: f"folder:{tmp_path / p / 'raw' / 'imgs'}" for p in ("a", "b")}
+    monkeypatch.chdir(tmp_path / "a")
+    old = ensure_built("folder:raw/imgs", builds, said.append, progress=False)  # (as before)
+    b = _built_in(tmp_path / "b", builds, said, monkeypatch)
+    assert b != old and load_manifest(b).fingerprint != load_manifest(old).fingerprint
+    said.clear()
+    assert _built_in(tmp_path / "a", builds, said, monkeypatch) == old
+    assert any("reads the input of 'folder:raw/imgs'" in line for line in said), said
