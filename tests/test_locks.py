@@ -281,3 +281,19 @@ def test_a_lock_whose_file_was_deleted_while_waited_for_is_taken_on_the_file_the
                 assert not exclusive_is_free(lock)
     finally:
         probe.end()
+
+
+def test_a_bad_lock_timeout_is_one_line_as_any_command_starts(capsys, monkeypatch, tmp_path):
+    """``$DP4TL_LOCK_TIMEOUT`` was read only when a run first waited for a lock, so a bad value
+    let a whole pipeline run (or failed it hours in, at its first wait; audit). Every command
+    now refuses it as it starts, as ``$DP4TL_LOADER_TIMEOUT`` is."""
+    from cli_runner import cli
+
+    monkeypatch.setenv("DP4TL_LOCK_TIMEOUT", "abc")
+    code, out, err = cli(capsys, monkeypatch, "info", "--data", str(tmp_path))
+    assert code == 2 and err.strip() == ("error: DP4TL_LOCK_TIMEOUT='abc' is not a number of "
+                                         "seconds; set it to one (e.g. 3600), or unset it to wait "
+                                         "for a lock forever"), err
+    monkeypatch.setenv("DP4TL_LOCK_TIMEOUT", "60")
+    assert "DP4TL_LOCK_TIMEOUT" not in cli(capsys, monkeypatch, "info", "--data", str(tmp_path))[2]
+

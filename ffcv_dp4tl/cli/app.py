@@ -50,6 +50,12 @@ def _main(
     _quiet_thread_noise()
     if "WORLD_SIZE" in os.environ and "--help" not in sys.argv[1:]:
         _refuse_torchrun(ctx.invoked_subcommand)  # (help is still given)
+    # (locks.LOCK_TIMEOUT_ENV, named here without importing the lock code: a typo imports nothing)
+    if os.environ.get("DP4TL_LOCK_TIMEOUT", "").strip() and "--help" not in sys.argv[1:]:
+        from ..locks import lock_timeout
+
+        lock_timeout()  # a bad value is one line as the command starts, not when a wait first
+        #                 comes, hours into a pipeline (audit: it ran the whole pipeline)
 
 
 def _refuse_torchrun(command: str | None) -> None:
