@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="Markdown file to update (default: BENCHMARKS.md; smoke: none)")
     p.add_argument("--cpu-smoke", action="store_true")
     args = p.parse_args(argv)
+    if args.workdir is not None and not Path(args.workdir).is_dir():  # (a traceback, audit)
+        p.error(f"--workdir {args.workdir} is not a folder; make it first, or leave --workdir out")
     body, dev = run(args)
     print(body)
     out = args.output or (None if args.cpu_smoke else str(REPO / "BENCHMARKS.md"))

@@ -174,6 +174,7 @@ def loading() -> list[Row]:
 
     from .data.loaders import AUTO_GPU_DECODE_MAX_CORES, resolve_decode
     from .data.resources import RESERVED_ENV, available_cores, loader_cores, reserved_cores, usable_workers
+    from .errors import count
 
     rows: list[Row] = []
     try:
@@ -189,8 +190,8 @@ def loading() -> list[Row]:
     try:
         cores = loader_cores()
         free = reserved_cores(cores)
-        rows.append(("loader workers", f"at most {usable_workers(cores)}: {cores} cores for this process's "
-                                       f"loaders, {free} kept free for the training thread "
+        rows.append(("loader workers", f"at most {usable_workers(cores)}: {count(cores, 'core')} for this "
+                                       f"process's loaders, {free} kept free for the training thread "
                                        f"(${RESERVED_ENV} sets that)"))
     except Exception as e:  # noqa: BLE001 - e.g. a bad $DP4TL_RESERVED_CORES
         rows.append(("loader workers", _failed(e)))

@@ -28,6 +28,8 @@ def test_the_rows_say_what_this_machine_offers(monkeypatch):
     cores = loader_cores()
     assert rows["loader workers"].startswith(f"at most {max(1, cores - reserved_cores(cores))}: {cores} cores")
     assert "FM kernels (NVRTC compile)" not in rows  # no compiles asked for
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(8 * available_cores()))  # (one core a rank)
+    assert _rows(check_kernels=False)["loader workers"].startswith("at most 1: 1 core for ")
 
 
 def test_the_cpu_and_numba_rows_say_what_runs_the_loaders_here(monkeypatch):

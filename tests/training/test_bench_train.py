@@ -1,6 +1,8 @@
 """benchmarks/bench_train.py runs end to end (CPU smoke) and writes its Markdown section."""
 from __future__ import annotations
 
+import pytest
+
 from repo_scripts import load_script
 
 
@@ -17,3 +19,13 @@ def test_cpu_smoke_writes_ceiling_loader_and_training_rows(source_dir, tmp_path)
     for row in ("| ceiling", "| loader only", "| training epoch 1"):
         assert row in text
     assert "resnet18_tiny_cpu" in text and "–" not in text.split("| ceiling")[1].split("\n")[0]
+
+
+def test_a_workdir_that_is_no_folder_is_one_line(tmp_path, capsys):
+    """``--workdir`` naming no folder ended in a FileNotFoundError traceback (docs audit)."""
+    with pytest.raises(SystemExit) as e:
+        _load().main(["--cpu-smoke", "--data", str(tmp_path), "--workdir", str(tmp_path / "no")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().endswith(
+        f"error: --workdir {tmp_path / 'no'} is not a folder; make it first, or leave --workdir out")
+
