@@ -69,6 +69,7 @@ def _run_pipeline(cfg: PipelineConfig, log: Log, reading: contextlib.ExitStack) 
     ok = validate(cfg)
     check_brought_weights(cfg)
     r = resolve(cfg, ok, log, reading)
+    check_brought_fit(cfg, ok, r)
     res = PipelineResult(config={**asdict(cfg), "data_root": str(cfg.data_root),
                                  "runs_root": str(cfg.runs_root), "k": r.k},
                          source=str(r.source_dir), target=str(r.target_dir),
@@ -90,6 +91,21 @@ def _run_pipeline(cfg: PipelineConfig, log: Log, reading: contextlib.ExitStack) 
         pretrained = pretrain_stages(cfg, ok, r, pr, res, log)
     finetune_stages(cfg, ok, r, pretrained, res, log)
     return report_step(cfg, ok, r, res, log)
+
+
+def check_brought_fit(cfg: PipelineConfig, ok: Checked, r: Resolved) -> None:
+    """Brought weights fit the model their stage builds and the source's classes (what
+    :func:`~ffcv_dp4tl.training.weights.import_weights` refuses), checked before any stage:
+    inside its stage, a file of another architecture was refused after the stage's folder was
+    made, and left it behind (docs audit)."""
+    from ..training.weights import check_importable
+
+    if cfg.surrogate_weights and ok.scorer.needs_surrogate and not cfg.source_weights:
+        check_importable(cfg.surrogate_weights, "--surrogate-weights", recipe=r.surrogate,
+                         classes=r.src.classes, source=str(r.source_dir))
+    if cfg.source_weights:
+        check_importable(cfg.source_weights, "--source-weights", recipe=r.pretrain,
+                         classes=r.src.classes, source=str(r.source_dir))
 
 
 def ratio_zero_note(cfg: PipelineConfig, scorer: Any) -> str | None:

@@ -229,6 +229,44 @@ def _holds(out: str | Path, ckpt: Checkpoint) -> bool:
                ("arch", "num_classes", "identity", "model_kwargs", "recipe", "classes", "extra"))
 
 
+def _fitted(path: Path, recipe, classes: list[str] | None, source: str, fix: str):
+    """(model, its kwargs, head size, the file's classes) of the weights file ``path`` fitted
+    to ``recipe``'s model and checked against ``classes``: the one reading both the import
+    and its check before any work use."""
+    from .trainer import model_kwargs
+
+    sd, file_classes = read_state_dict(path)
+    model, kw = build_from_state_dict(sd, recipe.model.arch, model_kwargs(recipe), what=str(path),
+                                      fix=fix)
+    n_out = get_head(model).out_features
+    if classes is not None:
+        check_classes(path, n_out, file_classes, list(classes), source or "dataset")
+    return model, kw, n_out, file_classes
+
+
+#: (weights file, its time and size, arch, classes) already fitted by :func:`check_importable`
+_FITTED: set[tuple] = set()
+
+
+def check_importable(path: str | Path, option: str, *, recipe, classes: list[str] | None = None,
+                     source: str = "", fix: str = FIT_FIX) -> None:
+    """What :func:`import_weights` would refuse of ``path`` (given as ``option``) for
+    ``recipe``'s model and ``classes``, said before any work: a pipeline's stage made its
+    folder first, so a file of another architecture left an empty stage folder behind (docs
+    audit). Checked once per file and model in a process (a bench's plan repeats them)."""
+    p = Path(path).expanduser()
+    st = p.stat()
+    key = (str(p.resolve()), st.st_mtime_ns, st.st_size, recipe.model.arch,
+           tuple(classes) if classes is not None else None)
+    if key in _FITTED:
+        return
+    try:
+        _fitted(p, recipe, classes, source, fix)
+    except DP4TLError as e:
+        raise DP4TLError(f"{option}: {e}") from None
+    _FITTED.add(key)
+
+
 def import_weights(path: str | Path, out: str | Path, *, recipe, classes: list[str] | None = None,
                    source: str = "", dataset_fingerprint: str | None = None,
                    fix: str = FIT_FIX) -> dict[str, Any]:
@@ -236,15 +274,9 @@ def import_weights(path: str | Path, out: str | Path, *, recipe, classes: list[s
 
     ``classes``: the source's class list (the manifest's) to check the head against; None skips
     the check (finetuning replaces the head anyway)."""
-    from .trainer import model_kwargs
-
     path = Path(path).expanduser()
-    sd, file_classes = read_state_dict(path)
     arch = recipe.model.arch
-    model, kw = build_from_state_dict(sd, arch, model_kwargs(recipe), what=str(path), fix=fix)
-    n_out = get_head(model).out_features
-    if classes is not None:
-        check_classes(path, n_out, file_classes, list(classes), source or "dataset")
+    model, kw, n_out, file_classes = _fitted(path, recipe, classes, source, fix)
     sha = file_sha256(path)
     ckpt = Checkpoint(
         model=model.state_dict(), arch=arch, num_classes=n_out,

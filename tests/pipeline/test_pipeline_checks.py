@@ -833,6 +833,28 @@ def test_brought_weights_torch_cannot_read_are_refused_before_any_stage(
     assert "PyTorch" not in err and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("option", ["--surrogate-weights", "--source-weights"])
+def test_brought_weights_of_another_model_are_refused_before_any_stage(
+        tmp_path, capsys, monkeypatch, small_synth, option):
+    """A state dict of another architecture was refused inside its stage, after the stage had
+    made its folder (inputs.json, its lock, a segment), which stayed behind (docs audit): one
+    line naming the option now, before any stage folder."""
+    import torch
+
+    from cli_runner import cli
+
+    weights = tmp_path / "other.pt"
+    torch.save({"features.0.weight": torch.zeros(4, 3, 3, 3), "classifier.weight":
+                torch.zeros(10, 4)}, weights)
+    ratio = ("--ratio", "0") if option == "--source-weights" else ("--set", "train.drop_last=false")
+    code, _, err = cli(capsys, monkeypatch, "pipeline", "--data", small_synth / "source",
+                       "--target", small_synth / "targets" / "paper", "--method", "lm",
+                       option, weights, *ratio, "--runs-root", tmp_path / "runs",
+                       "--data-root", tmp_path / "data")
+    assert code == 2 and err.startswith(f"error: {option}: ") and err.count("\n") == 1, err
+    assert not list((tmp_path / "runs").glob("*-*")), list((tmp_path / "runs").iterdir())
+
+
 def test_brought_source_weights_are_checked_as_surrogate_weights_are(tmp_path):
     (tmp_path / "w.pt").write_text("text")
     with pytest.raises(DP4TLError, match=r"^--source-weights: .*w\.pt is not a state dict"):
