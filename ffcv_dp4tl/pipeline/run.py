@@ -69,7 +69,6 @@ def _run_pipeline(cfg: PipelineConfig, log: Log, reading: contextlib.ExitStack) 
     ok = validate(cfg)
     check_brought_weights(cfg)
     r = resolve(cfg, ok, log, reading)
-    check_brought_fit(cfg, ok, r)
     res = PipelineResult(config={**asdict(cfg), "data_root": str(cfg.data_root),
                                  "runs_root": str(cfg.runs_root), "k": r.k},
                          source=str(r.source_dir), target=str(r.target_dir),
@@ -93,19 +92,19 @@ def _run_pipeline(cfg: PipelineConfig, log: Log, reading: contextlib.ExitStack) 
     return report_step(cfg, ok, r, res, log)
 
 
-def check_brought_fit(cfg: PipelineConfig, ok: Checked, r: Resolved) -> None:
-    """Brought weights fit the model their stage builds and the source's classes (what
-    :func:`~ffcv_dp4tl.training.weights.import_weights` refuses), checked before any stage:
-    inside its stage, a file of another architecture was refused after the stage's folder was
-    made, and left it behind (docs audit)."""
-    from ..training.weights import check_importable
+def _run_import(st: Stage, weights: Path, option: str, rec: Any, r: Resolved, log: Log):
+    """Run the stage ``st`` that imports brought ``weights`` (given as ``option``) for
+    ``rec``'s model. Unless it is done, their fit to the model and the source's classes is
+    checked first: refused inside the stage, a file of another architecture left the stage's
+    folder behind (docs audit)."""
+    from ..training.weights import check_importable, import_weights
 
-    if cfg.surrogate_weights and ok.scorer.needs_surrogate and not cfg.source_weights:
-        check_importable(cfg.surrogate_weights, "--surrogate-weights", recipe=r.surrogate,
-                         classes=r.src.classes, source=str(r.source_dir))
-    if cfg.source_weights:
-        check_importable(cfg.source_weights, "--source-weights", recipe=r.pretrain,
-                         classes=r.src.classes, source=str(r.source_dir))
+    if not st.done:
+        check_importable(weights, option, recipe=rec, classes=r.src.classes,
+                         source=str(r.source_dir))
+    return run_stage(st, lambda d: import_weights(
+        weights, d / "checkpoint.pt", recipe=rec, classes=r.src.classes, source=str(r.source_dir),
+        dataset_fingerprint=r.src.fingerprint), log)
 
 
 def ratio_zero_note(cfg: PipelineConfig, scorer: Any) -> str | None:
@@ -183,16 +182,12 @@ def surrogate_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, res: Pipeline
     name, rec, fp = r.recipe_names["surrogate"], r.surrogate, r.surrogate.training_fingerprint()
     place = StagePlace("surrogate", "surrogate")
     if cfg.surrogate_weights:
-        from ..training.weights import import_weights
-
         w = Path(cfg.surrogate_weights).expanduser()
         sur = stage(cfg.runs_root, "surrogate", {"weights_sha256": file_sha256(w), "recipe": name,
                                                  "recipe_fingerprint": fp,
                                                  "source": r.src.fingerprint})
         if needs:
-            res.add(place, run_stage(sur, lambda d: import_weights(
-                w, d / "checkpoint.pt", recipe=rec, classes=r.src.classes,
-                source=str(r.source_dir), dataset_fingerprint=r.src.fingerprint), log))
+            res.add(place, _run_import(sur, w, "--surrogate-weights", rec, r, log))
         return sur
     sur = stage(cfg.runs_root, "surrogate", {"recipe": name,
                                              "overrides": training_overrides(
@@ -332,16 +327,13 @@ def brought_source_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, res: Pip
                          log: Log) -> dict[int, Stage]:
     """``source_weights``: import the user's source model as the (only) pretrain stage; every
     seed finetunes it (the seeds then vary the finetuning only)."""
-    from ..training.weights import import_weights
-
     w = Path(cfg.source_weights).expanduser()
     rec = r.pretrain
     pt = stage(cfg.runs_root, "pretrain", {
         "weights_sha256": file_sha256(w), "recipe": r.recipe_names["pretrain"],
         "recipe_fingerprint": rec.training_fingerprint(), "source": r.src.fingerprint})
-    res.add(StagePlace("pretrain", "pretrain"), run_stage(pt, lambda d: import_weights(
-        w, d / "checkpoint.pt", recipe=rec, classes=r.src.classes, source=str(r.source_dir),
-        dataset_fingerprint=r.src.fingerprint), log))
+    res.add(StagePlace("pretrain", "pretrain"),
+            _run_import(pt, w, "--source-weights", rec, r, log))
     return {s: pt for s in ok.seeds}
 
 

@@ -244,27 +244,15 @@ def _fitted(path: Path, recipe, classes: list[str] | None, source: str, fix: str
     return model, kw, n_out, file_classes
 
 
-#: (weights file, its time and size, arch, classes) already fitted by :func:`check_importable`
-_FITTED: set[tuple] = set()
-
-
 def check_importable(path: str | Path, option: str, *, recipe, classes: list[str] | None = None,
                      source: str = "", fix: str = FIT_FIX) -> None:
     """What :func:`import_weights` would refuse of ``path`` (given as ``option``) for
-    ``recipe``'s model and ``classes``, said before any work: a pipeline's stage made its
-    folder first, so a file of another architecture left an empty stage folder behind (docs
-    audit). Checked once per file and model in a process (a bench's plan repeats them)."""
-    p = Path(path).expanduser()
-    st = p.stat()
-    key = (str(p.resolve()), st.st_mtime_ns, st.st_size, recipe.model.arch,
-           tuple(classes) if classes is not None else None)
-    if key in _FITTED:
-        return
+    ``recipe``'s model and ``classes``, said before its stage makes a folder: refused inside
+    the stage, a file of another architecture left an empty stage folder behind (docs audit)."""
     try:
-        _fitted(p, recipe, classes, source, fix)
+        _fitted(Path(path).expanduser(), recipe, classes, source, fix)
     except DP4TLError as e:
         raise DP4TLError(f"{option}: {e}") from None
-    _FITTED.add(key)
 
 
 def import_weights(path: str | Path, out: str | Path, *, recipe, classes: list[str] | None = None,
