@@ -21,16 +21,15 @@ also as a multiple of DENSE's.
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import math
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..contracts import check_items
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text
-from ..pipeline.config import PipelineConfig
+from ..pipeline.config import PipelineConfig, recorded_config
 from ..pipeline.result import PipelineResult
 from ..pipeline.report import in_stage_order, mean_std, method_label
 from ..pipeline.run import preflight, run_pipeline
@@ -173,8 +172,7 @@ def run_adversarial(base: PipelineConfig, out_dir: str | Path | None = None, *, 
             row[f"{key}_x_dense"] = row[key][0] / ref if ref and not math.isnan(ref) else None
     table = {"bench": "adversarial", "rows": rows, "ratio": ratio, "method": method, "seeds": list(seeds),
              "finetune": list(finetune), "adv": list(adv), "command": command,
-             "config": {**asdict(base), "data_root": os.path.abspath(base.data_root),
-                        "runs_root": os.path.abspath(base.runs_root)},
+             "config": recorded_config(base),
              "machine": machine_info(),
              "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
     if out_dir is not None:

@@ -35,15 +35,14 @@
 from __future__ import annotations
 
 import datetime as _dt
-import os
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ..contracts import check_items, check_ratio, check_tol
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text, read_json
-from ..pipeline.config import PipelineConfig
+from ..pipeline.config import PipelineConfig, recorded_config
 from ..pipeline.resolve import seed_overrides
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
@@ -231,9 +230,7 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
                        and surrogate_s else 0.0)
             add(res, lambda target: cost_row(res, method, r, seed, charged, surrogate_cpu,
                                              target=target))
-    # (the roots absolute, as a pipeline's report records them: config.absolute_paths)
-    cfg = {**asdict(base), "data_root": os.path.abspath(base.data_root),
-           "runs_root": os.path.abspath(base.runs_root),
+    cfg = {**recorded_config(base),
            "k": ref.config["k"]}  # (the K the runs used: None in base means the data's default)
     ratios = sorted(set(ratios) | {r for _, r in plan})
     table = summarize(rows, methods=methods, ratios=ratios, seeds=seeds, finetune=finetune,

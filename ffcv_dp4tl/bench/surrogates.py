@@ -22,15 +22,14 @@ shared across ratios; a rerun with more ratios trains only what is new.
 from __future__ import annotations
 
 import datetime as _dt
-import os
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..errors import DP4TLError
 from ..fsutil import atomic_save_figure, atomic_write_json, atomic_write_text
 from ..pipeline.compare import overlap
-from ..pipeline.config import PipelineConfig
+from ..pipeline.config import PipelineConfig, recorded_config
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
 from ..reporting import literal_text, machine_info, md_code, ran_on
@@ -218,9 +217,7 @@ def run_surrogate_bench(base: PipelineConfig, out_dir: str | Path | None = None,
                    if rec["by_ratio"][str(r)][f"{m}_top1"] is not None}
             if reference_acc.get(m) is not None and acc:
                 rec["winners"][m] = best_winning_subset(acc, [reference_acc[m]], tol)
-    # (the roots absolute, as a pipeline's report records them: config.absolute_paths)
-    cfg = {**asdict(base), "data_root": os.path.abspath(base.data_root),
-           "runs_root": os.path.abspath(base.runs_root)}
+    cfg = recorded_config(base)
     table = {"bench": "surrogates", "archs": archs, "reference": reference, "ratio": ratio, "ratios": all_ratios,
              "finetune": list(finetune), "seeds": list(ref.seeds), "tol": tol, "reference_acc": reference_acc,
              "reference_pretrain_s": (ref.pretrain(ref.seeds[0]).seconds

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +197,14 @@ def _absolute(path: str | os.PathLike[str]) -> str:
     """``path`` (``~`` read as the home folder) as an absolute, normalised path against the
     working directory; links are kept as named (a target's folder name is its display name)."""
     return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def recorded_config(cfg: PipelineConfig) -> dict[str, Any]:
+    """``cfg`` as a results.json records it (a pipeline's report, a bench's table): its fields,
+    the roots as absolute paths (:func:`absolute_paths`' rule; a bench records its base config,
+    which no :func:`validate` made absolute)."""
+    return {**asdict(cfg), "data_root": _absolute(cfg.data_root),
+            "runs_root": _absolute(cfg.runs_root)}
 
 
 def absolute_paths(cfg: PipelineConfig) -> None:

@@ -34,7 +34,6 @@ ratio 0). The report and the cost table say when a model was brought rather than
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -43,7 +42,7 @@ from ..errors import DP4TLError
 from ..fsutil import file_sha256
 from ..progress import console, saying_to
 from ..scoring.registry import FEATURES, TRAJECTORY
-from .config import Checked, PipelineConfig, check_brought_weights, validate
+from .config import Checked, PipelineConfig, check_brought_weights, recorded_config, validate
 from .gallery import GALLERY, selection_gallery
 from .prune import prune
 from .report import run_title, summarize_seeds, write_report
@@ -69,8 +68,7 @@ def _run_pipeline(cfg: PipelineConfig, log: Log, reading: contextlib.ExitStack) 
     ok = validate(cfg)
     check_brought_weights(cfg)
     r = resolve(cfg, ok, log, reading)
-    res = PipelineResult(config={**asdict(cfg), "data_root": str(cfg.data_root),
-                                 "runs_root": str(cfg.runs_root), "k": r.k},
+    res = PipelineResult(config={**recorded_config(cfg), "k": r.k},
                          source=str(r.source_dir), target=str(r.target_dir),
                          protocol=cfg.protocol, recipes=dict(r.recipe_names),
                          seeds=list(ok.seeds))
