@@ -313,12 +313,12 @@ def build_dataset(spec: DatasetSpec, out_dir: str | Path, opts: BuildOptions | N
                   hold: contextlib.ExitStack | None = None) -> BuildSummary:
     """Convert ``spec`` into ``out_dir``; resume if a previous run was interrupted.
 
-    One build per folder at a time (a second is refused: :func:`~.out_dir.build_lock`; with ``wait`` it waits,
-    ``on_wait`` saying so, then reuses the first one's build: a pipeline behind a standalone
-    build). A finished build is reused under the readers' shared lock; ``--overwrite`` and a
-    repair are refused at once while another run reads the folder (:func:`~.out_dir.reading`,
-    :func:`~.out_dir.build_lock`). Temporary files a
-    killed build left behind are removed first; a full disk is a one-line error naming the
+    One build per folder at a time (a second is refused: :func:`~.out_dir.build_lock`; with
+    ``wait`` it waits, ``on_wait`` saying so, then reuses the first one's build: a pipeline
+    behind a standalone build). A finished build is reused under the readers' shared lock;
+    ``--overwrite`` and a repair are refused at once while another run reads the folder
+    (:func:`~.out_dir.reading`). Temporary files a killed build left behind are removed
+    first; a full disk is a one-line error naming the
     folder (the beton's size is checked before it is written), and rerunning resumes. A
     complete build in a folder that cannot be written (read-only mount) is simply reused.
     Ctrl-C and SIGTERM always end the build with ``KeyboardInterrupt`` (see :func:`_stop_guard`;
