@@ -494,6 +494,9 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 ref[(t, mode)] = (*mean_std(xs), len(xs))
     tests = []
     for mode in modes:
+        # the top-1s' magnitude: a seed's mean difference over its targets is 0 only up to
+        # the rounding of these (paired_test's scale)
+        scale = max((abs(r[mode]) for r in rows if r.get(mode) is not None), default=None)
         for ratio in ratios:
             for m in methods:
                 pairs = {t: [] for t in targets}
@@ -509,8 +512,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                         seed_means.append(sum(ds) / len(ds))
                 pooled = [d for t in targets for d in pairs[t]]
                 tests.append({"mode": mode, "ratio": ratio, "method": m,
-                              "pooled": paired_test(pooled), "by_seed": paired_test(seed_means),
-                              "per_target": {t: paired_test(pairs[t]) for t in targets}})
+                              "pooled": paired_test(pooled, scale=scale),
+                              "by_seed": paired_test(seed_means, scale=scale),
+                              "per_target": {t: paired_test(pairs[t], scale=scale)
+                                             for t in targets}})
     # one family: every verdict of the table (modes x ratios x methods), on its deciding test
     for t, p in zip(tests, holm([deciding(t)["p"] for t in tests])):
         t["p_holm"] = p

@@ -37,7 +37,8 @@ def check_criterion(criterion: str) -> str:
 ALPHA = 0.05
 
 
-def paired_test(diffs: Sequence[float], confidence: float = 1 - ALPHA) -> dict[str, Any]:
+def paired_test(diffs: Sequence[float], confidence: float = 1 - ALPHA,
+                scale: float | None = None) -> dict[str, Any]:
     """Mean of paired differences with a two-sided Student-t interval and p-value (H0: mean 0);
     ``wins``/``losses`` count pairs above/below 0.
 
@@ -47,15 +48,28 @@ def paired_test(diffs: Sequence[float], confidence: float = 1 - ALPHA) -> dict[s
     interval (``lo``/``hi`` None, ``exact`` True); "the same" up to floating-point rounding,
     as two accuracies' differences of one whole image are. Identical differences are common here
     (accuracies move in whole test images), and reading them as p = 0 called two equal
-    1-image wins **better** (review)."""
+    1-image wins **better** (review).
+
+    "Up to rounding" is relative: within 1e-9 of ``scale``, the magnitude of the values the
+    differences were taken of (a top-1 in points: up to 100), or by default of the differences'
+    own largest magnitude. A caller whose differences are means of differences (a seed's mean
+    over its targets: +1.39 − 1.39 is −4.7e-15, not 0) passes the values' ``scale``; without
+    it, differences of 1e-12 were all "0" (stats audit: an absolute floor of 1e-9). The sums
+    are taken of the differences divided by their largest magnitude, so values near the float
+    range (1e300) are tested as any others (their squares overflowed; stats audit)."""
     from scipy import stats
 
     given = [float(x) for x in diffs]
     d = [x for x in given if math.isfinite(x)]
     n = len(d)
+    big = max((abs(x) for x in d), default=0.0)
     # zero up to rounding (93.06 - 95.83 against 88.89 - 91.67; a seed mean of +1.39, -1.39, 0)
-    tol = 1e-9 * max([1.0, *(abs(x) for x in d)])
-    out: dict[str, Any] = {"n": n, "mean": (sum(d) / n) if n else None, "lo": None, "hi": None,
+    tol = 1e-9 * max(big, abs(scale) if scale is not None and math.isfinite(scale) else 0.0)
+    unit = big or 1.0  # (every sum below is of values in [-1, 1]: no overflow)
+    u = [x / unit for x in d]
+    mean_u = math.fsum(u) / n if n else None
+    out: dict[str, Any] = {"n": n, "mean": None if mean_u is None else mean_u * unit,
+                           "lo": None, "hi": None,
                            "p": None, "wins": sum(x > tol for x in d),
                            "losses": sum(x < -tol for x in d)}
     if len(given) > n:
@@ -63,12 +77,12 @@ def paired_test(diffs: Sequence[float], confidence: float = 1 - ALPHA) -> dict[s
     if n < 2:
         return out
     mean = out["mean"]
-    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
-    if sd <= tol:  # all equal
+    sd_u = math.sqrt(math.fsum((x - mean_u) ** 2 for x in u) / (n - 1))
+    if sd_u * unit <= tol:  # all equal
         out.update(p=1.0 if abs(mean) <= tol else min(1.0, 2.0 ** (1 - n)), exact=True)
         return out
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
-    t = mean / (sd / math.sqrt(n))
+    t = mean_u / (sd_u / math.sqrt(n))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * (sd_u / math.sqrt(n)) * unit
     out.update(lo=float(mean - half), hi=float(mean + half), p=float(2 * stats.t.sf(abs(t), n - 1)))
     return out
 
@@ -144,7 +158,8 @@ def best_winning_subset(acc: dict[float, Sequence[float]], reference: Sequence[f
 
 
 def no_loss_shown(diffs: dict[float, Sequence[float]], tol: float = 0.0,
-                  ratios: Sequence[float] | None = None, family: int = 1) -> dict[str, Any]:
+                  ratios: Sequence[float] | None = None, family: int = 1,
+                  scale: float | None = None) -> dict[str, Any]:
     """The paper's "no loss" claim as a test (non-inferiority at margin ``tol`` points): ratios
     in increasing order, each passing while the one-sided (1 − α) lower bound of its paired
     differences over seeds (pruned − 0 %, ``diffs[ratio]``) stays ≥ −``tol``, α = 5 % /
@@ -160,7 +175,8 @@ def no_loss_shown(diffs: dict[float, Sequence[float]], tol: float = 0.0,
     ``family``: how many such sequences one table tests (its methods x modes); each is held at
     5 % / ``family`` (Bonferroni), so the 5 % holds over the table: with 6 methods x 2 modes,
     one "no loss" claim in the table is wrong at most 5 % of the time, not each at 5 % (about
-    46 % that some claim is).
+    46 % that some claim is). ``scale``: the magnitude of the accuracies the differences were
+    taken of (:func:`paired_test`'s rounding).
     Returns ``{"ratio", "lo", "n", "exact", "family"}`` (``lo``: the bound at that ratio, or
     the one difference all pairs share when ``exact``) and, when no ratio passed, ``first``:
     the first ratio's ``{"ratio", "lo", "n"}``, so that "none" can say by how much (``lo``
@@ -171,7 +187,7 @@ def no_loss_shown(diffs: dict[float, Sequence[float]], tol: float = 0.0,
     alpha = ALPHA / family
     shown: dict[str, Any] = {"ratio": 0.0, "lo": None, "n": 0, "exact": False, "family": family}
     for r in sorted(x for x in (diffs if ratios is None else ratios) if x > 0):
-        test = paired_test(diffs.get(r, []), confidence=1 - 2 * alpha)
+        test = paired_test(diffs.get(r, []), confidence=1 - 2 * alpha, scale=scale)
         if test["lo"] is not None:
             passed, lo = test["lo"] >= -tol - 1e-9, test["lo"]
         else:  # identical differences (or fewer than two)
@@ -224,7 +240,8 @@ def versus_random(rows: list[dict[str, Any]], mode: str, methods: Sequence[str],
                 continue
             mm, ms = mean_std(list(got.values()))
             paired = sorted(s for s in got if s in rnd)
-            test = paired_test([got[s] - rnd[s] for s in paired])
+            test = paired_test([got[s] - rnd[s] for s in paired],
+                               scale=max(map(abs, [*got.values(), *rnd.values()])))
             out.append({"method": m, "ratio": r, "mean": mm, "std": ms, "random_mean": rm,
                         "random_std": rs, "delta": test["mean"], "lo": test["lo"],
                         "hi": test["hi"], "p": test["p"], "wins": test["wins"],
@@ -319,6 +336,7 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
     accuracy_best: dict[str, Any] = {}
     winners: dict[str, Any] = {}
     paired: dict[tuple[str, str], dict[float, list[float]]] = {}  # no-loss test input
+    scales: dict[tuple[str, str], float] = {}  # (the accuracies' magnitude: paired_test's scale)
     for mode in finetune:
         bkey = f"{mode}_best_top1"
         ref_best = [x[bkey] for x in ref_rows if x.get(bkey) is not None]
@@ -351,9 +369,12 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
                     x[wkey] - ref_seed[x["seed"]] for x in rows if x["method"] == m
                     and x["ratio"] == r and x.get(wkey) is not None and x["seed"] in ref_seed]
                     for r in by_w}
+                scales[(mode, m)] = max(abs(v) for v in [*ref_w, *(x for v in by_w.values()
+                                                                  for x in v)])
     for (mode, m), diffs in paired.items():  # (the table's sequences: one family)
         winners[mode][m]["shown"] = no_loss_shown(diffs, tol, ratios=pruned,
-                                                  family=family or len(paired))
+                                                  family=family or len(paired),
+                                                  scale=scales[(mode, m)])
     vs_random = {mode: versus_random(rows, mode, methods, ratios) for mode in finetune}
     return {"rows": rows, "cost": cost, "selection": selection, "accuracy": accuracy,
             "accuracy_best": accuracy_best, "winners": winners, "versus_random": vs_random, "methods": list(methods), "ratios": list(ratios),

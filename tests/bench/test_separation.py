@@ -507,10 +507,51 @@ def test_zero_spread_differences_have_an_exact_p_value():
     assert rounded["p"] == 0.5 and rounded["lo"] is None and sep.verdict(rounded) == \
         "no difference detected"
     # and a mean that is 0 up to rounding is 0 (seed means of +1.39, -1.39, 0: -4.7e-15): p 1,
-    # no win, no loss; it read p 0.008 and "worse" over 8 seeds (review)
-    noise = sep.paired_test([(1.3888888888888857 - 1.3888888888888928) / 3] * 8)
+    # no win, no loss; it read p 0.008 and "worse" over 8 seeds (review). Rounding of what: of
+    # the top-1s (scale 100, as summarize passes), not of the differences alone (stats audit)
+    noise = sep.paired_test([(1.3888888888888857 - 1.3888888888888928) / 3] * 8, scale=100.0)
     assert noise["p"] == 1.0 and (noise["wins"], noise["losses"]) == (0, 0)
-    assert sep.paired_test([0.0] * 9 + [1e-16])["p"] == 1.0
+    assert sep.paired_test([0.0] * 9 + [1e-16], scale=100.0)["p"] == 1.0
+
+
+@pytest.mark.parametrize("unit", [1e-12, 1e-6, 1.0, 1e6, 1e300])
+def test_the_paired_test_does_not_depend_on_the_unit(unit):
+    """The same differences in another unit give the same test: p, wins and the interval
+    scaled (stats audit: differences of 1e-12 fell under an absolute "all equal" floor of 1e-9
+    and read p 1 with 0 wins, scipy 0.0059; those of 1e300 raised OverflowError from a sum of
+    squares)."""
+    d = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    got = sep.paired_test([unit * x for x in d])
+    ref = stats.ttest_1samp(d, 0.0)
+    ci = ref.confidence_interval(0.95)
+    assert got["p"] == pytest.approx(ref.pvalue) and (got["wins"], got["losses"]) == (6, 0)
+    assert "exact" not in got and got["mean"] == pytest.approx(3.5 * unit)
+    assert (got["lo"], got["hi"]) == pytest.approx((unit * ci.low, unit * ci.high))
+    same = sep.paired_test([unit * 2.0, unit * 2.0, unit * 2.0])  # (equal: still the exact test)
+    assert same["exact"] and same["p"] == 0.25 and same["wins"] == 3
+
+
+def test_differences_near_the_float_range_are_tested_not_overflowed():
+    """Squares of 1e300 overflow: the sums are taken of scaled values (stats audit)."""
+    got = sep.paired_test([1e300, 2e300, 3e300])
+    assert got["p"] == pytest.approx(sep.paired_test([1.0, 2.0, 3.0])["p"])
+    wide = sep.paired_test([1e308, 1.7e308, -1.7e308])  # (its interval is past the float range)
+    assert 0 < wide["p"] <= 1 and wide["mean"] == pytest.approx(1e308 / 3)
+
+
+def test_a_seed_mean_that_is_zero_up_to_rounding_stays_zero_in_the_summary():
+    """summarize passes the top-1s' scale: each seed's two targets differ by +1.39 and -1.39
+    points (one image of 72: a 7.1e-15 seed mean), read as 0 on all 8 seeds, not as 8
+    identical wins."""
+    rows = []
+    for seed in range(8):
+        for t, (m, r) in (("a", (100 * 61 / 72, 100 * 60 / 72)),
+                          ("b", (100 * 61 / 72, 100 * 62 / 72))):
+            rows += [{"seed": seed, "target": t, "method": "lm", "ratio": 0.8, "lp": m},
+                     {"seed": seed, "target": t, "method": "random", "ratio": 0.8, "lp": r}]
+    q = sep.summarize(rows)["tests"][0]["by_seed"]
+    assert q["mean"] != 0.0 and abs(q["mean"]) < 1e-12  # (the rounding this is about)
+    assert q["p"] == 1.0 and (q["wins"], q["losses"]) == (0, 0)
 
 
 def test_non_finite_differences_are_left_out_and_counted():
