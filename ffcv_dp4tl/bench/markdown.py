@@ -31,6 +31,16 @@ def num(x: float | None, fmt: str = "{:.1f}") -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 seed``, ``3 seeds``: a count with its noun (it read "1 seeds", "1 comparisons")."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def margin(tol: float) -> str:
+    """The no-loss margin −``tol`` as the tables print it: ``0.0`` at 0 (it read "−0.0")."""
+    return "0.0" if tol == 0 else f"−{tol}"
+
+
 def ratio_label(ratio: float) -> str:
     """``0.6`` → ``60 %``."""
     return f"{ratio * 100:.0f} %"
@@ -318,8 +328,9 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
 #: what the "no loss shown" column is (:func:`~.stats.no_loss_shown`)
 NO_LOSS_TEXT = ("*No loss shown* is the test: the ratios in increasing order, each passing while "
                 "the one-sided {level} % lower bound of its paired differences over seeds (pruned "
-                "− 0 %) stays ≥ −{tol} points; the largest before the first that fails, with that "
-                "bound (none: the first ratio's bound, which failed). A fixed order needs no "
+                "− 0 %) stays ≥ {margin} points; the largest before the first that fails, with that "
+                "bound (none: the first ratio's bound, which failed; where it has none, one seed's "
+                "or identical differences, their Δ and why it failed). A fixed order needs no "
                 "adjustment within a row{over}. Few seeds rarely show it.")
 
 
@@ -333,26 +344,38 @@ def no_loss_text(winners: Iterable[dict[str, Any]], tol: float) -> str:
     level = f"{100 * (1 - ALPHA / family):.4g}"
     over = (f"; its {family} rows, every mode's, are tested together (Bonferroni), so all "
             "their claims hold at 95 %" if family > 1 else "")
-    return NO_LOSS_TEXT.format(tol=tol, level=level, over=over)
+    return NO_LOSS_TEXT.format(margin=margin(tol), level=level, over=over)
 
 
 def shown_cell(shown: dict[str, Any] | None) -> str:
     """``60 % (≥ -0.4, 3 seeds)``: the largest ratio :func:`~.stats.no_loss_shown` passed, its
     bound and paired seeds (``all +1.0``: every pair's one difference); ``none (20 %: -8.5, 10
-    seeds)`` with the first ratio's bound, which failed (``none`` alone for a table judged
-    before that was recorded); ``–`` for a table judged before the test existed."""
+    seeds)`` with the first ratio's bound, which failed; where that ratio had no bound, what it
+    had and why it failed: ``none (60 %: 1 seed, Δ +6.9, no test)``, ``none (60 %: all Δ +0.0
+    over 3 seeds, too few for the exact test: 5 needed)`` (a difference printed as the failed
+    bound read as a pass: stats audit); ``none`` alone for a table judged before the first
+    ratio was recorded; ``–`` for a table judged before the test existed."""
     if not shown:
         return "–"
     if shown["ratio"] <= 0:
         first = shown.get("first")
         if not first:
             return "none"
-        if first.get("lo") is None:
-            return f"none ({ratio_label(first['ratio'])}: no pairs)"
-        return (f"none ({ratio_label(first['ratio'])}: {first['lo']:+.1f}, "
-                f"{first['n']} seeds)")
+        at = ratio_label(first["ratio"])
+        if first.get("lo") is not None:
+            return f"none ({at}: {first['lo']:+.1f}, {counted(first['n'], 'seed')})"
+        if first.get("mean") is None or not first.get("n"):
+            return f"none ({at}: no pairs)"
+        if first["n"] == 1:
+            return f"none ({at}: 1 seed, Δ {first['mean']:+.1f}, no test)"
+        why = [] if first.get("above_margin", True) else [
+            f"not above {margin(first.get('tol', 0.0))}"]
+        if first.get("needed") and first["n"] < first["needed"]:
+            why.append(f"too few for the exact test: {first['needed']} needed")
+        return (f"none ({at}: all Δ {first['mean']:+.1f} over {first['n']} seeds"
+                + "".join(f", {w}" for w in why or ["no test"]) + ")")
     word = "all" if shown.get("exact") else "≥"
-    return f"{ratio_label(shown['ratio'])} ({word} {shown['lo']:+.1f}, {shown['n']} seeds)"
+    return f"{ratio_label(shown['ratio'])} ({word} {shown['lo']:+.1f}, {counted(shown['n'], 'seed')})"
 
 
 def _power_note(vs: list[dict[str, Any]]) -> str:

@@ -179,9 +179,12 @@ def no_loss_shown(diffs: dict[float, Sequence[float]], tol: float = 0.0,
     taken of (:func:`paired_test`'s rounding).
     Returns ``{"ratio", "lo", "n", "exact", "family"}`` (``lo``: the bound at that ratio, or
     the one difference all pairs share when ``exact``) and, when no ratio passed, ``first``:
-    the first ratio's ``{"ratio", "lo", "n"}``, so that "none" can say by how much (``lo``
-    None: no pairs). The best winning subset beside it is the paper's rule on means: not a
-    test (review)."""
+    the first ratio's ``{"ratio", "lo", "n"}``, so that "none" can say by how much: ``lo`` is
+    its bound, which failed; None without pairs (``n`` 0) or without a bound, where ``mean``
+    (the one pair's difference, or the one all pairs share: ``exact``), ``above_margin`` (it
+    is > −``tol``, ``tol``) and ``needed`` (the pairs the exact test needs at this level) say why it
+    failed. (That difference was ``lo``, which read as a failed bound of +6.9; stats audit.)
+    The best winning subset beside it is the paper's rule on means: not a test (review)."""
     if not (isinstance(family, int) and family >= 1):
         raise ValueError(f"family must be a whole number >= 1, got {family!r}")
     alpha = ALPHA / family
@@ -196,7 +199,12 @@ def no_loss_shown(diffs: dict[float, Sequence[float]], tol: float = 0.0,
             lo = test["mean"]
         if not passed:
             if shown["ratio"] == 0.0:
-                shown["first"] = {"ratio": r, "lo": lo if test["n"] else None, "n": test["n"]}
+                first = {"ratio": r, "lo": test["lo"], "n": test["n"]}
+                if test["lo"] is None and test["n"]:  # (no bound: what the pairs had instead)
+                    first.update(mean=test["mean"], exact=test.get("exact", False),
+                                 above_margin=test["mean"] > -tol, tol=tol,
+                                 needed=math.floor(-math.log2(alpha)) + 1)
+                shown["first"] = first
             break
         shown = {"ratio": r, "lo": lo, "n": test["n"], "exact": test["lo"] is None,
                  "family": family}

@@ -910,6 +910,41 @@ def test_none_says_by_how_much_the_first_ratio_failed():
     assert shown_cell({"ratio": 0.0, "lo": None, "n": 0, "exact": False}) == "none"  # (older)
 
 
+@pytest.mark.parametrize("diffs,tol,family,cell", [
+    ([6.9], 0.0, 1, "none (60 %: 1 seed, Δ +6.9, no test)"),
+    ([1.0] * 3, 0.0, 1, "none (60 %: all Δ +1.0 over 3 seeds, too few for the exact test: 5 "
+                        "needed)"),
+    ([0.0] * 3, 0.0, 4, "none (60 %: all Δ +0.0 over 3 seeds, not above 0.0, too few for the "
+                        "exact test: 7 needed)"),
+    ([-2.0] * 6, 1.0, 1, "none (60 %: all Δ -2.0 over 6 seeds, not above −1.0)"),
+])
+def test_none_without_a_bound_says_what_the_pairs_had_not_a_failed_bound(diffs, tol, family,
+                                                                          cell):
+    """Without an interval (one seed, or identical differences: the exact test) "none" printed
+    the difference where the failed bound goes: "none (60 %: +6.9, 1 seeds)" read as a bound of
+    +6.9 that failed a margin of 0 (stats audit; Fig. A5's "none (60 %: +0.0, 3 seeds)")."""
+    from ffcv_dp4tl.bench.markdown import shown_cell
+    from ffcv_dp4tl.bench.stats import no_loss_shown
+
+    got = no_loss_shown({0.6: diffs}, tol=tol, ratios=[0.6, 0.8], family=family)
+    assert got["ratio"] == 0.0 and got["first"]["lo"] is None
+    assert got["first"]["mean"] == pytest.approx(diffs[0]) and got["first"]["n"] == len(diffs)
+    assert shown_cell(got) == cell
+    # a real bound stays as it was, with its count in the singular or plural
+    bound = no_loss_shown({0.6: [1.0, -9.0]}, tol=0.0)
+    assert shown_cell(bound) == f"none (60 %: {bound['first']['lo']:+.1f}, 2 seeds)"
+    assert shown_cell({"ratio": 0.6, "lo": 1.0, "n": 1, "exact": True}) == "60 % (all +1.0, 1 seed)"
+
+
+@pytest.mark.parametrize("tol,said", [(0.0, "stays ≥ 0.0 points"), (1.0, "stays ≥ −1.0 points")])
+def test_the_no_loss_text_prints_a_zero_margin_without_a_sign(tol, said):
+    """A margin of 0 read "stays ≥ −0.0 points" (figures audit)."""
+    from ffcv_dp4tl.bench.markdown import no_loss_text
+
+    text = no_loss_text([], tol)
+    assert said in text and "−0.0" not in text
+
+
 @pytest.mark.parametrize("length", ["epochs", "steps"])
 def test_header_says_when_pruned_sets_trained_the_unpruned_steps(length):
     """A table made with ``--pretrain-length steps`` has pruned pretrainings that save no time
