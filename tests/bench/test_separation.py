@@ -350,6 +350,49 @@ def test_seed_level_test_guards_a_worse_verdict_too():
     assert sep.verdict(lp["pooled"], lp["by_seed"]) == "worse over pairs, not shown over seeds"
 
 
+def _target_effects_rows(effects=(10.0, 0.0, -5.0), seeds=8):
+    """Targets on which the method differs from RANDOM by ``effects`` points, the same on
+    every seed up to small noise: the seed-level test is sure, the pooled one is not."""
+    rows = []
+    for seed in range(seeds):
+        for i, effect in enumerate(effects):
+            noise = 0.2 * ((seed * 7 + i * 3) % 5 - 2)
+            rows += [{"seed": seed, "target": f"t{i}", "method": "random", "ratio": 0.8,
+                      "lp": 50.0 + seed, "ff": None},
+                     {"seed": seed, "target": f"t{i}", "method": "lm", "ratio": 0.8,
+                      "lp": 50.0 + seed + effect + noise, "ff": None}]
+    return rows
+
+
+def test_a_verdict_the_seed_level_test_alone_sees_names_the_pooled_test():
+    """Neither test is the conservative one (stats audit): targets of +10, 0 and -5 points
+    widen the pooled interval (p 0.1) while the seed-level one, of each seed's mean over its
+    targets, is sure (p < 0.001). The table printed "no difference detected" beside that p
+    Holm of < 0.001 and said the seed-level test was the conservative one: the verdict names
+    the pooled test that saw no difference, and the text no longer calls either conservative."""
+    s = sep.summarize(_target_effects_rows())
+    (t,) = s["tests"]
+    assert t["pooled"]["lo"] < 0 < t["pooled"]["hi"] and t["pooled"]["p"] > 0.05
+    assert t["by_seed"]["lo"] > 0 and t["p_holm"] < 0.001
+    said = sep.row_verdict(t)
+    assert said == f"no difference detected (pooled p {sep._p(t['pooled'])}; by seed: better)"
+    assert sep.verdict_kind(said) == "qualified"  # (orange in the plot, not grey)
+    body = sep.markdown(s)
+    row = next(x for x in body.splitlines() if x.startswith("| LP | 80 % | LM |"))
+    assert "| <0.001 | no difference detected (pooled p 0." in row
+    assert body.count("conservative") == body.count("Neither test is the conservative one") == 1
+    assert "the seed-level test is the conservative one" not in sep.verdict.__doc__
+    assert ("over the table's 1 test, one family of every mode × ratio × method (1 × 1 × 1; "
+            "p Holm)") in body
+    # one test alone that is not confirmed after Holm's adjustment says that too
+    assert sep.verdict(t["pooled"], t["by_seed"], 0.2) == (
+        f"no difference detected (pooled p {sep._p(t['pooled'])}; by seed: better, not after "
+        "Holm's adjustment)")
+    # and with neither test seeing a difference, the words are as they were
+    flat = sep.paired_test([1.0, -1.0, 0.5])
+    assert sep.verdict(flat, flat) == "no difference detected"
+
+
 def test_seed_level_differences_are_each_seeds_mean_over_its_targets():
     """The "by seed" column (and the seed-level verdict) tests one difference per seed: the
     mean of that seed's method − RANDOM differences over every target, by hand here. A seed
