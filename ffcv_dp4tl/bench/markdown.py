@@ -46,9 +46,17 @@ def ratio_label(ratio: float) -> str:
     return f"{ratio * 100:.0f} %"
 
 
-def _acc(ms: tuple[float, float] | list[float] | None, n_seeds: int) -> str:
+def _acc(ms: Sequence[float] | None, n_seeds: int) -> str:
+    """An accuracy cell of a table over ``n_seeds`` seeds: ``ms`` is (mean, std) or (mean,
+    std, n), n the seeds it is over (:func:`~.stats.counted_mean_std`). A cell over fewer says
+    so, and a cell of one value shows no spread: it read "70.0 ± 0.0" in a 3-seed table
+    (figures audit)."""
     if not ms or math.isnan(ms[0]):
         return "–"
+    n = int(ms[2]) if len(ms) > 2 else n_seeds  # (a summary from before the count)
+    if n < n_seeds:
+        spread = f" ± {ms[1]:.1f}" if n > 1 else ""
+        return f"{ms[0]:.1f}{spread} ({n} of {n_seeds} seeds)"
     return f"{ms[0]:.1f} ± {ms[1]:.1f}" if n_seeds > 1 else f"{ms[0]:.1f}"
 
 
@@ -295,8 +303,8 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
               "|---:|---|---:|---:|---:|---:|---:|---:|---|"]
         for v in vs:
             L.append(f"| {ratio_label(v['ratio'])} | {method_label(v['method'])} | "
-                     f"{_acc((v['mean'], v['std']), ns)} | "
-                     f"{_acc((v['random_mean'], v['random_std']), ns)} | "
+                     f"{_acc((v['mean'], v['std'], v.get('n', ns)), ns)} | "
+                     f"{_acc((v['random_mean'], v['random_std'], v.get('random_n', ns)), ns)} | "
                      f"{format_interval(v.get('delta'), v.get('lo'), v.get('hi'))} | "
                      f"{format_p(v.get('p'))} | {format_p(v.get('p_holm'))} | {v['wins']}/{v['paired']} | "
                      f"{'**' + v['verdict'] + '**' if v['verdict'] in ('better', 'worse') else v['verdict']} |")
@@ -313,7 +321,8 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
             for m, w in ws.items():
                 br = f"{ratio_label(w['ratio'])}" if w["ratio"] > 0 else "none (0 %)"
                 L.append(f"| {mode.upper()} | {method_label(m)} | {br} | "
-                         f"{_acc((w['mean'], w['std']), ns)} | {_acc((w['ref_mean'], w['ref_std']), ns)} | "
+                         f"{_acc((w['mean'], w['std'], w.get('n', ns)), ns)} | "
+                         f"{_acc((w['ref_mean'], w['ref_std'], w.get('ref_n', ns)), ns)} | "
                          f"{shown_cell(w.get('shown'))} |")
     L += _target_tables(t, methods, pruned, ns)
     L += truth_table(t.get("rows", []), [method_label(m) for m in methods], methods, pruned)
@@ -453,8 +462,8 @@ def _target_tables(t: dict[str, Any], methods: Sequence[str], pruned: Sequence[f
             for m, win in targets[n]["winners"].get(mode, {}).items():
                 br = ratio_label(win["ratio"]) if win["ratio"] > 0 else "none (0 %)"
                 L.append(f"| {md_text(n)} | {method_label(m)} | {br} | "
-                         f"{_acc((win['mean'], win['std']), ns)} | "
-                         f"{_acc((win['ref_mean'], win['ref_std']), ns)} | "
+                         f"{_acc((win['mean'], win['std'], win.get('n', ns)), ns)} | "
+                         f"{_acc((win['ref_mean'], win['ref_std'], win.get('ref_n', ns)), ns)} | "
                          f"{shown_cell(win.get('shown'))} |")
     return L
 

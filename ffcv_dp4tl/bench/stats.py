@@ -1,6 +1,7 @@
 """The statistics of the benchmarks: the paired test and Holm's adjustment every verdict uses,
 and the cost table's (paper Tab. 3, Tab. 4, Fig. 4): rows of runs → cost, selection, accuracy,
-winning-subset and versus-RANDOM tables; means ± sample std over seeds."""
+winning-subset and versus-RANDOM tables; means ± sample std over seeds (an accuracy with the
+number of seeds it is over: a cell may have fewer than the table)."""
 from __future__ import annotations
 
 import math
@@ -16,6 +17,12 @@ PAPER_TOTAL_HOURS = {0.0: 5.4, 0.2: 4.6, 0.4: 3.5, 0.6: 2.4, 0.8: 1.3}
 PAPER_TAB4_HOURS = {"moderate": 7.6, "grand": 18.4, "lm": 2.4}
 REFERENCE = "0 %"
 COST_STAGES = ("surrogate", "score", "prune", "pretrain")
+
+
+def counted_mean_std(xs: Sequence[float | None]) -> tuple[float, float, int]:
+    """:func:`~ffcv_dp4tl.pipeline.report.mean_std` and how many values it is over (those not
+    None or NaN): a table of 3 seeds printed a cell of one as "70.0 ± 0.0" (figures audit)."""
+    return (*mean_std(xs), sum(x is not None and not math.isnan(float(x)) for x in xs))
 
 
 def paper_reduction(ratio: float) -> float | None:
@@ -144,16 +151,17 @@ def best_winning_subset(acc: dict[float, Sequence[float]], reference: Sequence[f
     """The largest pruning ratio whose mean accuracy is ≥ mean(reference) − ``tol``.
 
     ``acc`` maps a ratio (> 0) to the accuracies (in %, one per seed) at that ratio. Returns
-    ``{"ratio", "mean", "std", "ref_mean", "ref_std", "tol"}``; ``ratio`` is 0.0 (and mean/std
-    those of the reference) when no pruned ratio qualifies.
+    ``{"ratio", "mean", "std", "n", "ref_mean", "ref_std", "ref_n", "tol"}``; ``ratio`` is 0.0
+    (and mean/std/n those of the reference) when no pruned ratio qualifies; ``n``: the seeds
+    the mean is over.
     """
-    ref_m, ref_s = mean_std(reference)
-    best = {"ratio": 0.0, "mean": ref_m, "std": ref_s}
+    ref_m, ref_s, ref_n = counted_mean_std(reference)
+    best = {"ratio": 0.0, "mean": ref_m, "std": ref_s, "n": ref_n}
     for r in sorted(acc):
-        m, s = mean_std(acc[r])
+        m, s, n = counted_mean_std(acc[r])
         if r > 0 and not math.isnan(m) and m >= ref_m - tol - 1e-9:
-            best = {"ratio": r, "mean": m, "std": s}
-    return {**best, "ref_mean": ref_m, "ref_std": ref_s, "tol": tol}
+            best = {"ratio": r, "mean": m, "std": s, "n": n}
+    return {**best, "ref_mean": ref_m, "ref_std": ref_s, "ref_n": ref_n, "tol": tol}
 
 
 
@@ -239,19 +247,20 @@ def versus_random(rows: list[dict[str, Any]], mode: str, methods: Sequence[str],
         rnd = by_seed("random", r)
         if not rnd:
             continue
-        rm, rs = mean_std(list(rnd.values()))
+        rm, rs, rn = counted_mean_std(list(rnd.values()))
         for m in methods:
             if m == "random":
                 continue
             got = by_seed(m, r)
             if not got:
                 continue
-            mm, ms = mean_std(list(got.values()))
+            mm, ms, mn = counted_mean_std(list(got.values()))
             paired = sorted(s for s in got if s in rnd)
             test = paired_test([got[s] - rnd[s] for s in paired],
                                scale=max(map(abs, [*got.values(), *rnd.values()])))
-            out.append({"method": m, "ratio": r, "mean": mm, "std": ms, "random_mean": rm,
-                        "random_std": rs, "delta": test["mean"], "lo": test["lo"],
+            out.append({"method": m, "ratio": r, "mean": mm, "std": ms, "n": mn,
+                        "random_mean": rm, "random_std": rs, "random_n": rn,
+                        "delta": test["mean"], "lo": test["lo"],
                         "hi": test["hi"], "p": test["p"], "wins": test["wins"],
                         "paired": test["n"], "direction": direction(test)})
     for v, p in zip(out, holm([v["p"] for v in out])):
@@ -348,15 +357,16 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
     for mode in finetune:
         bkey = f"{mode}_best_top1"
         ref_best = [x[bkey] for x in ref_rows if x.get(bkey) is not None]
-        accuracy_best[mode] = {"reference": mean_std(ref_best), "methods": {}}
+        accuracy_best[mode] = {"reference": counted_mean_std(ref_best), "methods": {}}
         for m in methods:
             by = {r: [x[bkey] for x in rows if x["method"] == m and x["ratio"] == r
                       and x.get(bkey) is not None] for r in pruned}
             if any(by.values()):
-                accuracy_best[mode]["methods"][m] = {str(r): mean_std(v) for r, v in by.items() if v}
+                accuracy_best[mode]["methods"][m] = {str(r): counted_mean_std(v)
+                                                     for r, v in by.items() if v}
         key = f"{mode}_top1"
         ref_acc = [x[key] for x in ref_rows if x.get(key) is not None]
-        accuracy[mode] = {"reference": mean_std(ref_acc), "methods": {}}
+        accuracy[mode] = {"reference": counted_mean_std(ref_acc), "methods": {}}
         winners[mode] = {}
         wkey = key if criterion == "final" else bkey  # (what decides the winning subsets)
         ref_w = [x[wkey] for x in ref_rows if x.get(wkey) is not None]
@@ -367,7 +377,8 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
             by_ratio = {r: v for r, v in by_ratio.items() if v}
             if not by_ratio:
                 continue
-            accuracy[mode]["methods"][m] = {str(r): mean_std(v) for r, v in by_ratio.items()}
+            accuracy[mode]["methods"][m] = {str(r): counted_mean_std(v)
+                                            for r, v in by_ratio.items()}
             by_w = {r: [x[wkey] for x in rows if x["method"] == m and x["ratio"] == r
                         and x.get(wkey) is not None] for r in pruned}
             by_w = {r: v for r, v in by_w.items() if v}

@@ -310,6 +310,32 @@ def test_best_epoch_accuracy_and_brought_surrogate_in_the_report():
     assert "**brought** (`/w/resnet18.pth`" in md
 
 
+@pytest.mark.parametrize("lm,cell", [
+    ([70.0, None, math.nan], "| 60 % | 70.0 (1 of 3 seeds) |"),
+    ([70.0, 72.0, None], "| 60 % | 71.0 ± 1.4 (2 of 3 seeds) |"),
+    ([70.0, 72.0, 71.0], "| 60 % | 71.0 ± 1.0 |"),
+])
+def test_an_accuracy_cell_over_fewer_seeds_than_the_table_says_so(lm, cell):
+    """A cell's mean over fewer seeds than the table's (a mode not finetuned, a diverged run)
+    printed the table's form: one value read "70.0 ± 0.0" in a 3-seed table (figures audit).
+    It shows its own count, and one value no spread; the winners' and versus-RANDOM cells too."""
+    from ffcv_dp4tl.bench.markdown import _acc
+
+    rows = [_row(REFERENCE, 0.0, s, 0, 0, 100.0, 60.0 + s) for s in (0, 1, 2)]
+    rows += [_row("lm", 0.6, s, 1.0, 1.0, 40.0, v) for s, v in enumerate(lm)]
+    rows += [_row("random", 0.6, s, 0.0, 0.0, 40.0, 50.0) for s in (0, 1, 2)]
+    t = summarize(rows, methods=["lm", "random"], ratios=[0.0, 0.6], seeds=[0, 1, 2],
+                  finetune=["lp"])
+    md = markdown_tables(t)
+    assert cell + " 50.0 ± 0.0 |" in md
+    assert "± 0.0 (" not in md and "70.0 ± 0.0" not in md
+    (vs,) = t["versus_random"]["lp"]
+    assert vs["n"] == sum(v is not None and not math.isnan(v) for v in lm) and vs["random_n"] == 3
+    winner = t["winners"]["lp"]["lm"]
+    assert (winner["ratio"], winner["n"], winner["ref_n"]) == (0.6, vs["n"], 3)
+    assert _acc((70.0, 0.0, 1), 1) == "70.0" and _acc((70.0, 0.0), 3) == "70.0 ± 0.0"  # (older)
+
+
 def test_versus_random_verdicts_on_hand_made_numbers():
     from ffcv_dp4tl.bench.markdown import versus_random_summary
     from ffcv_dp4tl.bench.stats import versus_random
