@@ -296,7 +296,7 @@ def markdown_tables(t: dict[str, Any], plots_prefix: str = "") -> str:
               "Final-epoch target top-1, mean ± std over seeds, against RANDOM at the same ratio; "
               "Δ: the mean of the seed-paired differences (both runs pretrain with the same "
               "seed) with its 95 % t interval. **better** / **worse**: p below "
-              f"{ALPHA} after Holm's adjustment over the table's {len(vs)} comparisons (p Holm)."
+              f"{ALPHA} after Holm's adjustment over {_family_text(t, vs)} (p Holm)."
               + _power_note(vs), "",
               "| ratio | method | top-1 % | RANDOM top-1 % | Δ points [95 % CI] | p | p Holm "
               "| seeds won | verdict |",
@@ -387,6 +387,23 @@ def shown_cell(shown: dict[str, Any] | None) -> str:
     return f"{ratio_label(shown['ratio'])} ({word} {shown['lo']:+.1f}, {counted(shown['n'], 'seed')})"
 
 
+def _family(vs: list[dict[str, Any]]) -> int:
+    """The size of the Holm family ``vs`` (a versus-RANDOM table) was adjusted in (recorded by
+    :func:`~.stats.versus_random`; its own tests for a table from before it was)."""
+    return int(vs[0].get("family", len(vs))) if vs else 0
+
+
+def _family_text(t: dict[str, Any], vs: list[dict[str, Any]]) -> str:
+    """Which comparisons Holm's adjustment of a versus-RANDOM table is over: every mode's
+    (:func:`~.stats.versus_random_table`), or, for a table from before, this mode's."""
+    n = _family(vs)
+    modes = [m for m, x in (t.get("versus_random") or {}).items() if x]
+    if "family" in (vs[0] if vs else {}) and len(modes) > 1:
+        return (f"{counted(n, 'comparison')}, one family: every mode × ratio × method of the "
+                f"versus-RANDOM tables ({', '.join(m.upper() for m in modes)})")
+    return f"the table's {counted(n, 'comparison')}"
+
+
 def _power_note(vs: list[dict[str, Any]]) -> str:
     """What the table's seeds can show (review: the text promised that with two or three seeds
     large, consistent differences pass; with two, on a small test set, hardly any can)."""
@@ -397,9 +414,11 @@ def _power_note(vs: list[dict[str, Any]]) -> str:
         return ""
     if n < 2:
         return " One seed per comparison: no test, no verdict."
-    t = stats.t.ppf(1 - ALPHA / (2 * len(vs)), 1)
-    return (f" With two seeds a verdict needs t >= {t:.0f} (Holm's first step over {len(vs)} "
-            f"comparisons): a mean difference {t:.0f} times half the gap between the two seeds' "
+    fam = _family(vs)
+    t = stats.t.ppf(1 - ALPHA / (2 * fam), 1)
+    return (f" With two seeds a verdict needs t >= {t:.0f} (Holm's first step over "
+            f"{counted(fam, 'comparison')}): a mean difference {t:.0f} times half the gap "
+            "between the two seeds' "
             "differences; two equal differences give p = 0.5. Read Δ and its interval, not the "
             "verdict.")
 

@@ -230,12 +230,29 @@ def versus_random(rows: list[dict[str, Any]], mode: str, methods: Sequence[str],
     default): mean ± std over seeds of each, and a paired test of the differences seed by seed
     (seed ``s`` of both pretrains with the same ``train.seed``; a seed one side lacks is left
     out): their mean ``delta`` with a 95 % t interval, ``p``, seeds won, and ``p_holm``, ``p``
-    adjusted by :func:`holm` over every comparison of the table (methods x ratios). Verdict:
-    ``better`` / ``worse`` when the adjusted p is below :data:`ALPHA`; ``better, not after
-    Holm's adjustment`` when only the unadjusted test rejects (:func:`after_holm`); ``no
+    adjusted by :func:`holm` over every comparison of this list (methods x ratios; the cost
+    table's family is every mode's: :func:`versus_random_table`), and ``family``, their count.
+    Verdict: ``better`` / ``worse`` when the adjusted p is below :data:`ALPHA`; ``better, not
+    after Holm's adjustment`` when only the unadjusted test rejects (:func:`after_holm`); ``no
     difference detected``; ``too few pairs`` below two paired seeds. (It was whether the two
     mean ± std bars overlapped, an unpaired rule that called a null difference better or worse
     22 % of the time at two seeds and grew blinder with more seeds: review.)"""
+    return _judged(_versus_random_tests(rows, mode, methods, ratios, key))
+
+
+def versus_random_table(rows: list[dict[str, Any]], modes: Sequence[str], methods: Sequence[str],
+                        ratios: Sequence[float], key: str = "top1") -> dict[str, list[dict[str, Any]]]:
+    """:func:`versus_random` for every finetuning mode, Holm's adjustment over them all: the
+    table's one family (modes x ratios x methods), as ``bench embedded`` adjusts its table. It
+    was adjusted per mode, two families of one table (stats audit)."""
+    tests = {mode: _versus_random_tests(rows, mode, methods, ratios, key) for mode in modes}
+    _judged([v for mode in modes for v in tests[mode]])
+    return tests
+
+
+def _versus_random_tests(rows: list[dict[str, Any]], mode: str, methods: Sequence[str],
+                         ratios: Sequence[float], key: str) -> list[dict[str, Any]]:
+    """:func:`versus_random`'s comparisons of one mode, not yet adjusted nor judged."""
     col = f"{mode}_{key}"
 
     def by_seed(m: str, r: float) -> dict[int, float]:
@@ -263,12 +280,21 @@ def versus_random(rows: list[dict[str, Any]], mode: str, methods: Sequence[str],
                         "delta": test["mean"], "lo": test["lo"],
                         "hi": test["hi"], "p": test["p"], "wins": test["wins"],
                         "paired": test["n"], "direction": direction(test)})
-    for v, p in zip(out, holm([v["p"] for v in out])):
+    return out
+
+
+def _judged(family: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``family``'s comparisons with ``p_holm`` (Holm over all of them), ``family`` (their
+    count: those with a p-value) and ``verdict`` (:func:`versus_random`); changed in place,
+    and returned."""
+    tested = sum(v["p"] is not None and not math.isnan(v["p"]) for v in family)
+    for v, p in zip(family, holm([v["p"] for v in family])):
         v["p_holm"] = p
+        v["family"] = tested
         word = v.pop("direction")
         v["verdict"] = ("too few pairs" if v["p"] is None else "no difference detected"
                         if not word else after_holm(word, p))
-    return out
+    return family
 
 
 def estimated_stages(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -394,7 +420,7 @@ def summarize(rows: list[dict[str, Any]], *, methods: Sequence[str], ratios: Seq
         winners[mode][m]["shown"] = no_loss_shown(diffs, tol, ratios=pruned,
                                                   family=family or len(paired),
                                                   scale=scales[(mode, m)])
-    vs_random = {mode: versus_random(rows, mode, methods, ratios) for mode in finetune}
+    vs_random = versus_random_table(rows, finetune, methods, ratios)
     return {"rows": rows, "cost": cost, "selection": selection, "accuracy": accuracy,
             "accuracy_best": accuracy_best, "winners": winners, "versus_random": vs_random, "methods": list(methods), "ratios": list(ratios),
             "seeds": list(seeds), "finetune": list(finetune), "tol": tol, "criterion": criterion,

@@ -408,6 +408,48 @@ def test_versus_random_adjusts_for_the_number_of_comparisons():
     assert "LM: better at 20 % before Holm's adjustment only" in versus_random_summary(vs)
 
 
+def test_versus_random_adjusts_over_the_whole_table_every_mode_s_comparisons():
+    """Holm's family of the versus-RANDOM tables is the table: every mode x ratio x method, as
+    `bench embedded` adjusts its table. It was one family per mode (stats audit), and the text
+    now says which family."""
+    from ffcv_dp4tl.bench.stats import holm
+
+    rows = [_row(REFERENCE, 0.0, s, 0, 0, 100.0, 60.0) for s in range(4)]
+    for s, d in enumerate([1.0, 3.0, 2.0, 2.5]):
+        for m, shift in (("random", 0.0), ("lm", d), ("fm", -d / 2)):
+            row = _row(m, 0.6, s, 0, 0, 40.0, 50.0 + shift)
+            row["ff_top1"] = 70.0 + (shift if m != "fm" else s % 2)
+            rows.append(row)
+    for r in rows:
+        r.setdefault("ff_top1", None)
+        if r["method"] == REFERENCE:
+            r["ff_top1"] = 70.0
+    t = summarize(rows, methods=["lm", "fm", "random"], ratios=[0.0, 0.6], seeds=[0, 1, 2, 3],
+                  finetune=["lp", "ff"])
+    vs = [v for mode in ("lp", "ff") for v in t["versus_random"][mode]]
+    assert len(vs) == 4 and all(v["family"] == 4 for v in vs)
+    assert [v["p_holm"] for v in vs] == pytest.approx(holm([v["p"] for v in vs]))
+    lp_alone = holm([v["p"] for v in t["versus_random"]["lp"]])
+    assert [v["p_holm"] for v in t["versus_random"]["lp"]] != pytest.approx(lp_alone)
+    md = markdown_tables(t)
+    assert md.count("after Holm's adjustment over 4 comparisons, one family: every mode × ratio "
+                    "× method of the versus-RANDOM tables (LP, FF) (p Holm)") == 2
+
+
+def test_one_comparison_is_named_in_the_singular():
+    """"over the table's 1 comparisons" (figures audit)."""
+    from ffcv_dp4tl.bench.markdown import _power_note
+
+    rows = [_row(REFERENCE, 0.0, s, 0, 0, 100.0, 60.0) for s in (0, 1)]
+    rows += [_row("random", 0.6, s, 0, 0, 40.0, 50.0 + s) for s in (0, 1)]
+    rows += [_row("lm", 0.6, s, 0, 0, 40.0, 52.0 + 2 * s) for s in (0, 1)]
+    t = summarize(rows, methods=["lm", "random"], ratios=[0.0, 0.6], seeds=[0, 1], finetune=["lp"])
+    md = markdown_tables(t)
+    assert "over the table's 1 comparison (p Holm)" in md
+    assert "Holm's first step over 1 comparison)" in _power_note(t["versus_random"]["lp"])
+    assert "1 comparisons" not in md
+
+
 def test_versus_random_counts_seeds_won_pair_by_pair():
     """"Seeds won (paired by seed)": seed s of a method is compared with seed s of RANDOM (the
     same ``train.seed``), not with RANDOM's mean. RANDOM's seeds spread widely here (50, 70,
