@@ -603,6 +603,9 @@ def markdown(summary: dict[str, Any], *, command: str = "", header: Sequence[str
     if plot:
         lines += ["", f"![paired differences to RANDOM]({plot})"]
     lines += ["", "### Unpruned reference (is the target off the ceiling?)", "",
+              "Target test top-1 of the unpruned (0 %) pretraining: mean ± sample std over the "
+              "seeds it ran for (`--reference-seeds`, default every seed; n in each cell). It "
+              "is in no pair.", "",
               "| target | " + " | ".join(f"{m.upper()} top-1 %" for m in s["modes"]) + " |",
               "|---|" + "---:|" * len(s["modes"])]
     for t in s["targets"]:
@@ -611,7 +614,8 @@ def markdown(summary: dict[str, Any], *, command: str = "", header: Sequence[str
             v = s["reference"].get(f"{t}/{m}")
             one = v is not None and len(v) > 2 and v[2] == 1  # (a spread of one run reads 0.0)
             cells.append("–" if v is None else f"{v[0]:.1f} (one seed)" if one
-                         else f"{v[0]:.1f} ± {v[1]:.1f}")
+                         else f"{v[0]:.1f} ± {v[1]:.1f}" + (f" ({v[2]} seeds)" if len(v) > 2
+                                                           else ""))
         lines.append(f"| {md_code(t, cell=True)} | " + " | ".join(cells) + " |")
     if s["truth"]:
         lines += ["", "### Selection against the ground truth (mean over seeds)", "",

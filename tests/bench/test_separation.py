@@ -115,7 +115,19 @@ def test_a_reference_of_one_run_shows_no_spread():
     rows = [r for r in _rows(gap=1.0) if r["method"] != sep.REFERENCE or r["seed"] == 0]
     body = sep.markdown(sep.summarize(rows))
     assert "| `warm` | 75.0 (one seed) | 78.0 (one seed) |" in body, body
-    assert "| `warm` | 75.0 ± 0.0 |" in sep.markdown(sep.summarize(_rows(gap=1.0)))
+    assert "| `warm` | 75.0 ± 0.0 (5 seeds) |" in sep.markdown(sep.summarize(_rows(gap=1.0)))
+
+
+def test_the_reference_table_says_its_spread_is_over_the_reference_seeds():
+    """"77.3 ± 0.4" said neither what the spread was over nor n (figures audit): the reference
+    runs for --reference-seeds only."""
+    rows = [{"seed": s, "target": "warm", "method": sep.REFERENCE, "ratio": 0.0, "lp": v,
+             "ff": None} for s, v in ((0, 77.0), (1, 77.5), (2, 77.4))]
+    rows += [{"seed": s, "target": "warm", "method": m, "ratio": 0.8, "lp": 60.0 + s, "ff": None}
+             for s in range(5) for m in ("random", "lm")]
+    body = sep.markdown(sep.summarize(rows))
+    assert "| `warm` | 77.3 ± 0.3 (3 seeds) |" in body
+    assert "mean ± sample std over the seeds it ran for (`--reference-seeds`" in body
 
 
 def _lp_result(cfg, folder) -> PipelineResult:
