@@ -602,6 +602,8 @@ def markdown(summary: dict[str, Any], *, command: str = "", header: Sequence[str
                      + " | ".join(_ci(t['per_target'][x]) for x in s["targets"]) + " |")
     if plot:
         lines += ["", f"![paired differences to RANDOM]({plot})"]
+    elif s["tests"] and not any(has_difference(t) for t in s["tests"]):
+        lines += ["", "(No figure: no row has a paired difference to draw.)"]
     lines += ["", "### Unpruned reference (is the target off the ceiling?)", "",
               "Target test top-1 of the unpruned (0 %) pretraining: mean ± sample std over the "
               "seeds it ran for (`--reference-seeds`, default every seed; n in each cell). It "
@@ -656,10 +658,20 @@ def verdict_kind(word: str) -> str:
 
 
 def _forest_title(summary: dict[str, Any], tests: list[dict[str, Any]]) -> str:
-    """What the intervals are over (n seeds x targets, 95 % t), and that one seed has no
+    """What the intervals are over (n seeds x targets, 95 % t), that rows without one are
+    points without a bar (all of them: too few pairs for intervals), and that one seed has no
     seed-level interval."""
     seeds, targets = summary.get("seeds") or [], summary.get("targets") or []
-    title = f"n = {len(seeds)} seeds × {len(targets)} targets, 95 % t intervals"
+    title = f"n = {len(seeds)} seeds × {len(targets)} targets"
+    bars = [t["pooled"].get("lo") is not None for t in tests]
+    if not tests:
+        return title + ": no paired differences to draw"
+    if not any(bars):  # (it drew an empty 0–1 frame titled "95 % t intervals"; figures audit)
+        title += ": too few pairs for intervals, mean differences only"
+    else:
+        title += ", 95 % t intervals"
+        if not all(bars):
+            title += "\nno bar: no interval (one pair, or identical differences)"
     if not any((t.get("by_seed") or {}).get("lo") is not None for t in tests):
         title += "\nno by-seed interval (" + ("one seed)" if len(seeds) == 1 else "too few seeds)")
     return title
@@ -677,6 +689,11 @@ def row_verdict(t: dict[str, Any]) -> str:
     return verdict(t["pooled"], _seed_test(t), t.get("p_holm"))
 
 
+def has_difference(t: dict[str, Any]) -> bool:
+    """Whether a row of ``summary["tests"]`` has a mean difference to draw (some pair)."""
+    return t["pooled"].get("mean") is not None
+
+
 @literal_text
 def plot_tests(summary: dict[str, Any], path: Path) -> Path:
     """Forest plot: each (mode, ratio, method)'s mean paired difference with its 95 % CI,
@@ -688,14 +705,17 @@ def plot_tests(summary: dict[str, Any], path: Path) -> Path:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    tests = [t for t in summary["tests"] if t["pooled"]["lo"] is not None]
+    tests = [t for t in summary["tests"] if has_difference(t)]
     fig, ax = plt.subplots(figsize=(6.4, 0.4 * len(tests) + 2.6))
     kinds = []
     for i, t in enumerate(tests):
         kind = verdict_kind(row_verdict(t))
         kinds.append(kind)
         colour = VERDICT_COLOURS[kind][0]
-        for p, dy, marker in ((t["pooled"], -0.15, "o"), (t.get("by_seed") or {}, 0.15, "s")):
+        pooled = t["pooled"]
+        if pooled.get("lo") is None:  # (a mean difference without an interval: no bar)
+            ax.plot(pooled["mean"], i - 0.15, "o", color=colour)
+        for p, dy, marker in ((pooled, -0.15, "o"), (t.get("by_seed") or {}, 0.15, "s")):
             if p.get("lo") is None:
                 continue
             ax.errorbar(p["mean"], i + dy, xerr=[[p["mean"] - p["lo"]], [p["hi"] - p["mean"]]],
@@ -705,7 +725,9 @@ def plot_tests(summary: dict[str, Any], path: Path) -> Path:
     ax.set_yticks(range(len(tests)), [f"{t['mode'].upper()} {100 * t['ratio']:.0f} % {t['method'].upper()}"
                                       for t in tests])
     ax.invert_yaxis()
-    ax.set_xlabel("target top-1 minus RANDOM's, points (mean, 95 % CI)")
+    ax.set_xlabel("target top-1 minus RANDOM's, points (mean, 95 % CI)"
+                  if any(t["pooled"].get("lo") is not None for t in tests)
+                  else "target top-1 minus RANDOM's, points (mean)")
     ax.set_title(_forest_title(summary, tests), fontsize=9)
     # the key: which test (black swatches: the colour is the verdict's), then the verdicts
     swatches = [Line2D([], [], color="black", marker="o", ls="", label="seeds × targets")]
@@ -735,7 +757,11 @@ def write_outputs(rows: list[dict[str, Any]], out: Path, *, command: str, header
     summary.update({"command": command, "date": date or now, **({"rendered": now} if date else {}),
                     **(record or {})})
     atomic_write_json(out / "summary.json", json.loads(json.dumps(summary, default=str)))
-    plot = plot_tests(summary, out / "paired.png").name if summary["tests"] else ""
+    # (no row with a pair: no figure, rather than an empty frame; the report says so)
+    drawn = any(has_difference(t) for t in summary["tests"])
+    plot = plot_tests(summary, out / "paired.png").name if drawn else ""
+    if not drawn and (out / "paired.png").exists():  # (an earlier run's, of other rows)
+        (out / "paired.png").unlink()
     body = markdown(summary, command=command, header=header, plot=plot)
     readme = out / "README.md"
     text = body

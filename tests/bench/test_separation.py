@@ -994,6 +994,41 @@ def test_the_forest_plot_of_a_run_without_intervals_warns_of_nothing(tmp_path):
         assert sep.plot_tests({"tests": [none, some]}, tmp_path / "b.png").stat().st_size > 0
 
 
+def test_a_run_without_intervals_draws_its_mean_differences_not_an_empty_frame(tmp_path,
+                                                                                saved_figures):
+    """One seed x one target: no test has an interval, and paired.png was an empty 0–1 frame
+    titled "... 95 % t intervals" (figures audit). It draws each row's mean difference without
+    a bar and says why; rows without an interval beside rows with one are drawn too, and a
+    run with no pair at all gets no figure but a line in the report."""
+    rows = [{"seed": 0, "target": "warm", "method": m, "ratio": r, "lp": v, "ff": None}
+            for m, r, v in (("random", 0.6, 50.0), ("lm", 0.6, 56.9), ("random", 0.8, 40.0),
+                            ("lm", 0.8, 38.0))]
+    summary, body = sep.write_outputs(rows, tmp_path, command="c", header=[])
+    assert (tmp_path / "paired.png").is_file() and "](paired.png)" in body
+    ax = saved_figures[-1].axes[0]
+    points = sorted(float(line.get_xdata()[0]) for line in ax.lines
+                    if len(line.get_xdata()) == 1 and line.get_marker() == "o")
+    assert points == pytest.approx([-2.0, 6.9])
+    assert "too few pairs for intervals, mean differences only" in ax.get_title()
+    assert "95 % t intervals" not in ax.get_title()
+    # a row with an interval beside one without: both drawn, the title says which has no bar
+    some = {"mode": "lp", "ratio": 0.8, "method": "lm", "by_seed": {"lo": None},
+            "pooled": sep.paired_test([1.0, 2.0, 1.5])}
+    lone = {"mode": "lp", "ratio": 0.6, "method": "lm", "by_seed": {"lo": None},
+            "pooled": sep.paired_test([3.0])}
+    sep.plot_tests({"tests": [lone, some], "seeds": [0, 1, 2], "targets": ["a"]},
+                   tmp_path / "b.png")
+    ax = saved_figures[-1].axes[0]
+    assert len(ax.get_yticks()) == 2 and "no bar: no interval" in ax.get_title()
+    # no pair at all (RANDOM's runs only): no figure, and the report says why
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _, body = sep.write_outputs([r for r in rows if r["method"] == "random"]
+                                + [{"seed": 1, "target": "warm", "method": "lm", "ratio": 0.6,
+                                    "lp": 50.0, "ff": None}], empty, command="c", header=[])
+    assert not (empty / "paired.png").exists() and "(No figure: no row has a paired" in body
+
+
 def test_the_forest_plot_colours_each_row_by_the_verdict_the_table_prints(tmp_path, saved_figures):
     """Rows were green whenever the raw interval was above 0, though the table's verdict
     (Holm-adjusted) read "better, not after Holm's adjustment" (audit): each row now takes its
