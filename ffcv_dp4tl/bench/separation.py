@@ -662,7 +662,7 @@ def _forest_title(summary: dict[str, Any], tests: list[dict[str, Any]]) -> str:
     points without a bar (all of them: too few pairs for intervals), and that one seed has no
     seed-level interval."""
     seeds, targets = summary.get("seeds") or [], summary.get("targets") or []
-    title = f"n = {len(seeds)} seeds × {len(targets)} targets"
+    title = f"n = {counted(len(seeds), 'seed')} × {counted(len(targets), 'target')}"
     bars = [t["pooled"].get("lo") is not None for t in tests]
     if not tests:
         return title + ": no paired differences to draw"

@@ -1009,6 +1009,7 @@ def test_a_run_without_intervals_draws_its_mean_differences_not_an_empty_frame(t
     points = sorted(float(line.get_xdata()[0]) for line in ax.lines
                     if len(line.get_xdata()) == 1 and line.get_marker() == "o")
     assert points == pytest.approx([-2.0, 6.9])
+    assert ax.get_title().startswith("n = 1 seed × 1 target: ")  # (not "1 seeds × 1 targets")
     assert "too few pairs for intervals, mean differences only" in ax.get_title()
     assert "95 % t intervals" not in ax.get_title()
     # a row with an interval beside one without: both drawn, the title says which has no bar
