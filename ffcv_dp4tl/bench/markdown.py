@@ -414,7 +414,7 @@ def _power_note(vs: list[dict[str, Any]]) -> str:
         return ""
     if n < 2:
         return " One seed per comparison: no test, no verdict."
-    fam = _family(vs)
+    fam = max(1, _family(vs))
     t = stats.t.ppf(1 - ALPHA / (2 * fam), 1)
     return (f" With two seeds a verdict needs t >= {t:.0f} (Holm's first step over "
             f"{counted(fam, 'comparison')}): a mean difference {t:.0f} times half the gap "
