@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -25,6 +26,7 @@ import numpy as np
 from ffcv_dp4tl.contracts import INDEX_DTYPE, side_limit
 from ffcv_dp4tl.errors import DataError
 from ffcv_dp4tl.fsutil import absent_why, os_error_line
+from ffcv_dp4tl.lazy import import_ffcv, sigint_deferred
 
 if TYPE_CHECKING:
     from .beton_format import BetonLayout
@@ -102,6 +104,7 @@ def _ffcv_progress(enabled: bool, desc: str = "") -> Iterator[None]:
     ``ffcv.writer.tqdm`` for the duration of one write, under a lock (two concurrent writes in
     one process cannot interleave their patch/restore), and always restore it.
     """
+    import_ffcv()
     import ffcv.writer
     from unittest import mock
 
@@ -211,6 +214,7 @@ def write_beton(path: Path, dataset: ShardBytesDataset, quality: int, max_side: 
     ``desc`` labels the progress bar (``path`` is the temporary name). ``log_dir``: where the
     writer processes' stderr goes (:class:`_WriterLog`; the logs of an earlier write there
     are removed first); None: the terminal's."""
+    import_ffcv()
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
@@ -239,23 +243,77 @@ def _write_and_join(writer, dataset: ShardBytesDataset, before: set, progress: b
     on any failure they are ended first."""
     import multiprocessing
 
+    queues: list = []
     try:
-        with _ffcv_progress(progress, desc):
+        with _ffcv_progress(progress, desc), _recording_queues(queues):
             writer.from_indexed_dataset(dataset, chunksize=WRITE_CHUNK)
     except BaseException:  # Ctrl-C, a full disk: the caller removes the partial beton
-        _free_metadata_memory(writer)
-        # the writers still running (one failed; the others would write on into a beton that
-        # is being removed) end with the write: SIGTERM's default in a worker ends it
-        writers = set(multiprocessing.active_children()) - before
-        for p in writers:
-            p.terminate()
-        for p in writers:
-            p.join(timeout=10)
+        # (the build's watchdog sends SIGINT again every second while a stop is under way: the
+        # cleanup is not cut short by it, and a held one is raised after it)
+        with sigint_deferred():
+            _free_metadata_memory(writer)
+            # the writers still running (one failed; the others would write on into a beton
+            # that is being removed) end with the write: SIGTERM's default in a worker ends it
+            writers = set(multiprocessing.active_children()) - before
+            for p in writers:
+                p.terminate()
+            for p in writers:
+                p.join(timeout=10)
+                with contextlib.suppress(ValueError):  # (one still running keeps its sentinel)
+                    p.close()  # its sentinel pipe closed now, not when the traceback goes
+            _close_queues(queues)
         raise
     # ffcv returns without joining its writer processes. They have finished their work: wait
     # for them to exit, so none outlives the write (their logs flushed, no zombie left).
     for p in set(multiprocessing.active_children()) - before:
         p.join(timeout=60)
+
+
+@contextlib.contextmanager
+def _recording_queues(queues: list) -> Iterator[None]:
+    """Within the block, each ``multiprocessing.Queue`` ffcv's writer makes is also appended to
+    ``queues`` (its work and allocation queues are locals of ``DatasetWriter._write_common``,
+    which a failed write leaves to whatever keeps its traceback)."""
+    import multiprocessing
+    from unittest import mock
+
+    import ffcv.writer
+
+    def recorded(*args, **kwargs):
+        queue = multiprocessing.Queue(*args, **kwargs)
+        queues.append(queue)
+        return queue
+
+    with mock.patch.object(ffcv.writer, "Queue", recorded):
+        yield
+
+
+def _close_queues(queues: list, timeout: float = 5.0) -> None:
+    """Close the queues of a failed write, their feeder threads ended and their pipes closed:
+    an interrupted build left a ``QueueFeederThread`` and ~11 descriptors in the process (API
+    audit). Their readers, ffcv's writer processes, are gone: what is still in a pipe is read
+    here (past the queue's read lock, which a killed reader may hold), so the feeder can put its
+    last item and end."""
+    for queue in queues:
+        reader, writer = getattr(queue, "_reader", None), getattr(queue, "_writer", None)
+        feeder = getattr(queue, "_thread", None)
+        with contextlib.suppress(Exception):
+            queue.close()  # (its feeder ends after the items it holds, closing both ends)
+        deadline = time.monotonic() + timeout
+        while feeder is not None and feeder.is_alive() and time.monotonic() < deadline:
+            try:
+                while reader is not None and not reader.closed and reader.poll():
+                    reader.recv_bytes()
+            except (OSError, ValueError, EOFError):  # (closed by the feeder meanwhile)
+                pass
+            feeder.join(timeout=0.01)
+        if feeder is not None and feeder.is_alive():
+            with contextlib.suppress(Exception):
+                queue.cancel_join_thread()  # (not waited for at exit)
+            continue
+        for end in (reader, writer):  # (a queue nothing was put in has no feeder to close them)
+            with contextlib.suppress(Exception):
+                end.close()
 
 
 def _free_metadata_memory(writer) -> None:

@@ -20,14 +20,24 @@ function (as it did with the eager import): for the module itself use
 A package's modules are its attributes too (``ffcv_dp4tl.training.trainer`` after a plain
 ``import ffcv_dp4tl.training``), imported on first read as an eager ``__init__`` had them
 imported already.
+
+**Heavy imports** go through :func:`guarded_import` (a lazy export's module, which may import
+torch, and :func:`import_ffcv`, the one place ffcv is first imported): a Ctrl-C during those
+seconds waits until the import is complete (a ``KeyboardInterrupt`` cut torch's or numba's
+import short and left half-initialized modules in ``sys.modules``, so the next library call
+failed with ``partially initialized module 'torch'``; API audit), and importing ffcv leaves
+torch's and numba's thread counts as they were (ffcv's import sets both to 1).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import signal
 import sys
+import threading
 import types
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 class _KeepsExports(types.ModuleType):
@@ -63,7 +73,7 @@ def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str],
             if not name.startswith("_") and importlib.util.find_spec(f"{package}.{name}"):
                 return importlib.import_module(f"{package}.{name}")  # (a module of the package)
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(exports[name], package), name)
+        value = getattr(guarded_import(exports[name], package), name)
         namespace[name] = value  # (once: later reads find it without this function)
         return value
 
@@ -71,3 +81,80 @@ def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str],
         return sorted({*namespace, *exports})
 
     return __getattr__, __dir__
+
+
+def _imported(name: str) -> types.ModuleType | None:
+    """``sys.modules[name]`` when its import is complete (None while it runs, or before)."""
+    module = sys.modules.get(name)
+    if module is None or getattr(getattr(module, "__spec__", None), "_initializing", False):
+        return None
+    return module
+
+
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Within the block, SIGINT (Ctrl-C, ``_thread.interrupt_main``) is held; once the block
+    ends, a held one is raised again under the handler that was there before (Python's:
+    ``KeyboardInterrupt``), after the block's work, never within it. Only in the main thread
+    (signal handlers live there; another thread's block runs as it is), and only where the
+    handler is Python's to change (one installed from C, ``None``, is left alone)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    held: list[int] = []
+    if previous is None:
+        yield
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            signal.raise_signal(signal.SIGINT)  # (its handler runs here: KeyboardInterrupt)
+
+
+@contextlib.contextmanager
+def threads_kept() -> Iterator[None]:
+    """torch's CPU thread count and numba's (this thread's) are the same after the block as
+    before it, where those modules are imported already (read nothing otherwise: importing
+    them is not this function's business)."""
+    torch, numba = _imported("torch"), _imported("numba")
+    counts = (torch.get_num_threads() if torch is not None else None,
+              numba.get_num_threads() if numba is not None else None)
+    try:
+        yield
+    finally:
+        if counts[0] is not None and torch.get_num_threads() != counts[0]:
+            torch.set_num_threads(counts[0])
+        if counts[1] is not None and numba.get_num_threads() != counts[1]:
+            numba.set_num_threads(counts[1])
+
+
+def guarded_import(name: str, package: str | None = None) -> types.ModuleType:
+    """``importlib.import_module(name, package)`` with SIGINT deferred until the import is
+    complete (:func:`sigint_deferred`): the module the first library call imports (torch, numba
+    and ffcv take seconds) is whole in ``sys.modules`` whenever Ctrl-C comes, and the
+    interrupt is then raised as ``KeyboardInterrupt``. Cheap once the module is imported."""
+    full = importlib.util.resolve_name(name, package) if name.startswith(".") else name
+    module = _imported(full)
+    if module is not None:
+        return module
+    with sigint_deferred():
+        return importlib.import_module(full)
+
+
+def import_ffcv() -> types.ModuleType:
+    """``import ffcv``, through :func:`guarded_import`, leaving torch's and numba's thread
+    counts as they were (ffcv's ``Compiler.set_num_threads(1)`` at import set both to 1 for the
+    rest of the process: a notebook's next CPU work ran on one thread; API audit). Call it
+    before any ``from ffcv... import``: the first one imports the whole package here."""
+    module = _imported("ffcv")
+    if module is not None:
+        return module
+    with sigint_deferred():
+        guarded_import("torch")
+        guarded_import("numba")
+        with threads_kept():
+            return guarded_import("ffcv")

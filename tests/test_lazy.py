@@ -27,3 +27,54 @@ def test_every_export_is_the_object_its_module_defines(package, name):
     module = import_module(pkg._EXPORTS[name], package)
     assert getattr(pkg, name) is getattr(module, name)
     assert name in dir(pkg)
+
+
+# ------------------------------------------------------------- Ctrl-C during a heavy import
+SLOW_MODULE = '''
+import signal, time
+signal.raise_signal(signal.SIGINT)  # Ctrl-C in the middle of the import
+time.sleep(0.05)
+WHOLE = True
+'''
+
+
+def _fake_package(tmp_path, monkeypatch, name):
+    pkg = tmp_path / name
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "from ffcv_dp4tl.lazy import lazy_exports\n"
+        "__all__ = ['WHOLE']\n"
+        "_EXPORTS = {'WHOLE': '.slow'}\n"
+        "__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)\n")
+    (pkg / "slow.py").write_text(SLOW_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_ctrl_c_during_a_lazy_exports_import_comes_after_it_with_the_module_whole(
+        tmp_path, monkeypatch):
+    import sys
+
+    _fake_package(tmp_path, monkeypatch, "dp4tl_fake_heavy")
+    import dp4tl_fake_heavy
+
+    with pytest.raises(KeyboardInterrupt):
+        dp4tl_fake_heavy.WHOLE
+    assert sys.modules["dp4tl_fake_heavy.slow"].WHOLE is True  # (complete, not half-imported)
+    assert dp4tl_fake_heavy.WHOLE is True  # the next read works
+
+
+def test_guarded_import_raises_an_interrupt_from_interrupt_main_after_the_import(
+        tmp_path, monkeypatch):
+    import signal
+    import sys
+
+    from ffcv_dp4tl.lazy import guarded_import
+
+    (tmp_path / "dp4tl_fake_slow2.py").write_text(
+        "import _thread, time\n_thread.interrupt_main()\ntime.sleep(0.05)\nWHOLE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        guarded_import("dp4tl_fake_slow2")
+    assert sys.modules["dp4tl_fake_slow2"].WHOLE is True
+    assert signal.getsignal(signal.SIGINT) is handler  # (the caller's handler is back)

@@ -125,7 +125,16 @@ class ScoresMeta:
                          if k not in ("method", "unit", "num_units", "format_version")})
 
 
-@dataclass(frozen=True)
+def _same_array(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Both None, or equal shapes and values (NaN equal to NaN in float arrays)."""
+    if a is None or b is None:
+        return a is None and b is None
+    a, b = np.asarray(a), np.asarray(b)
+    nan = a.dtype.kind in "fc" and b.dtype.kind in "fc"
+    return bool(np.array_equal(a, b, equal_nan=nan))
+
+
+@dataclass(frozen=True, eq=False)
 class Scores:
     """A whole scores directory: its :class:`ScoresMeta` and its arrays (``scores`` one per
     unit; ``tiebreak`` orders equal scores (LM/FM); ``train_units`` the cluster id of every
@@ -141,6 +150,16 @@ class Scores:
     tiebreak: np.ndarray | None = None
     train_units: np.ndarray | None = None
     val_units: np.ndarray | None = None
+
+    def __eq__(self, other: object) -> bool:
+        """The same meta and arrays by value (the dataclass's ``==`` compared the arrays
+        themselves: "truth value of an array is ambiguous"; API audit)."""
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self.meta == other.meta and all(_same_array(getattr(self, n), getattr(other, n))
+                                               for n in self.ARRAYS)
+
+    __hash__ = None  # type: ignore[assignment]  # (arrays: mutable, unhashable)
 
     @property
     def method(self) -> str:

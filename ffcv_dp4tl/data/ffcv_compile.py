@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from .. import stopping
+from ..lazy import import_ffcv
 from .interface import Stalled
 
 #: set to "0" to compile every Loader's operations afresh (ffcv's own behaviour)
@@ -140,6 +141,7 @@ def clear_code_cache() -> None:
 
 def _compiled(fn):
     """``Compiler.compile(fn)``, shared between Loaders whose closures are the same."""
+    import_ffcv()
     from ffcv.pipeline.compiler import Compiler
 
     try:
@@ -169,6 +171,7 @@ def source_image_decoder(mem_read):
 
     A closure over ``mem_read`` (the Loader's page reader) like ffcv's own code, so the compiled
     code table (:func:`_fingerprint`) keys the decoders that call it by what it captured."""
+    import_ffcv()
     from ffcv.fields.rgb_image import IMAGE_MODES
     from ffcv.libffcv import imdecode
     from ffcv.pipeline.compiler import Compiler
@@ -224,6 +227,7 @@ def _os_cache_reader_class() -> type:
     The reader here is ffcv's, compiled with the signature ffcv's ends up with: a read-only
     ``uint8[::1]`` slice of the read-only page map (``np.memmap(mode='r')``), from the pointers
     and sizes (writable ``uint64[::1]``; ffcv's second ``mutable = False`` hits ``t1`` again)."""
+    import_ffcv()
     import numba as nb
     from ffcv.memory_managers.os_cache import OSCacheManager
     from ffcv.pipeline.compiler import Compiler
@@ -270,6 +274,7 @@ _CLASSES: dict[str, type] | None = None
 
 
 def _build_classes() -> dict[str, type]:
+    import_ffcv()
     from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
     from ffcv.libffcv import resize_crop
     import time

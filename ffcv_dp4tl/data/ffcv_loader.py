@@ -35,6 +35,7 @@ import torch
 from beton_builders.integrity import DAMAGED_SAMPLE_HINT
 
 from ..errors import DataError
+from ..lazy import import_ffcv, threads_kept
 from .ffcv_compile import PipelineFailure, damaged_samples, ffcv_classes
 from .interface import PlanLoaderBase, Stalled, checked_sizes, checked_timeout
 from .sampling import Batch, EpochPlan
@@ -42,6 +43,7 @@ from .transforms import AugSpec, Normalize
 
 
 def _traversal_order_base():
+    import_ffcv()
     from ffcv.traversal_order.base import TraversalOrder
 
     return TraversalOrder
@@ -111,6 +113,7 @@ def loader_takes_order_kwargs(loader_cls=None) -> bool:
     """Whether ffcv's Loader takes ``order=<TraversalOrder subclass>, order_kwargs={...}``
     (ffcv >= 1.1 / main) rather than ``order=<TraversalOrder instance>`` (1.0.x)."""
     if loader_cls is None:
+        import_ffcv()
         from ffcv.loader import Loader as loader_cls
     return "order_kwargs" in inspect.signature(loader_cls.__init__).parameters
 
@@ -149,6 +152,7 @@ def _seeded_crop_flip_class():
     as a value the closure captures: numba freezes captured values into the machine code, so
     every data seed and view compiled the decoder and its helpers again (leak audit: ~12 MB of
     code and several seconds of compiling per new seed in a process, never freed)."""
+    import_ffcv()
     from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder, get_random_crop
     from ffcv.libffcv import resize_crop
     from ffcv.pipeline.allocation_query import AllocationQuery
@@ -254,6 +258,7 @@ class FFCVMaskedLoader(PlanLoaderBase):
 
         Building one costs little once a Loader of the same shape (aug, views, workers, device)
         ran in this process: the compiled decoders are shared (module ``ffcv_compile``)."""
+        import_ffcv()  # (the first import: torch's and numba's thread counts kept, Ctrl-C held)
         from ffcv.fields.basics import IntDecoder
         from ffcv.pipeline import PipelineSpec
         from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToDevice, ToTensor, ToTorchImage
@@ -317,24 +322,50 @@ class FFCVMaskedLoader(PlanLoaderBase):
         # ffcv has no in-process loading: it reads 0 as os.cpu_count(), the machine's cores, past
         # this process's share (under taskset or a Slurm allocation its thread pool then refused
         # to start: "number of threads must be between 1 and N"); 0 here = one decode thread
-        self.loader = Loader(
-            str(beton), batch_size=batch_size, num_workers=max(1, num_workers), os_cache=os_cache,
-            indices=plan.indices, drop_last=self.drop_last, pipelines=pipelines, seed=plan.seed,
-            **plan_order_arguments(plan, Loader),
-        )
+        # (ffcv's Loader sets torch's and numba's thread counts to its workers as it is built:
+        # the caller's stay theirs until an epoch runs, :meth:`__iter__`)
+        with threads_kept():
+            self.loader = Loader(
+                str(beton), batch_size=batch_size, num_workers=max(1, num_workers),
+                os_cache=os_cache, indices=plan.indices, drop_last=self.drop_last,
+                pipelines=pipelines, seed=plan.seed, **plan_order_arguments(plan, Loader),
+            )
         self.loader.timeout = self.timeout  # (read by each epoch's GuardedEpochIterator)
         self.normalize = Normalize(dtype, channels_last, aug.normalize).to(self.device)
         self.epoch = 0
         #: the epoch threads of iterations not finished (a generator kept suspended by a
         #: traceback leaves its thread decoding until it is closed)
         self._epochs: weakref.WeakSet = weakref.WeakSet()
+        #: the iterations (generators) not finished: :meth:`close` ends them
+        self._iterations: weakref.WeakSet = weakref.WeakSet()
 
     def close(self) -> None:
-        """Stop the epoch threads of unfinished iterations (:meth:`MaskedLoader.close`); the
-        beton stays mapped until the loader is collected (ffcv's loader has no close, and
-        numba's compiled readers hold the map in a reference cycle: the next full collection)."""
+        """End the unfinished iterations (:meth:`MaskedLoader.close`): their epoch threads
+        stop, torch's and numba's thread counts are the caller's again (:meth:`__iter__`), and
+        the beton's memory map is released now, its descriptor closed, even while the loader
+        itself is still referenced (a traceback a notebook keeps held an interrupted
+        ``train``'s loader, and with it one open descriptor of the beton per interruption; API
+        audit). Iterating the loader again maps the beton again."""
+        for iteration in list(self._iterations):
+            try:
+                iteration.close()  # (its finally: the epoch's thread stopped, the counts back)
+            except ValueError:  # ("generator already executing": close() from its own loop)
+                pass
         for batches in list(self._epochs):
             self._stop_epoch(batches)
+        self._release_map()
+
+    def _release_map(self) -> None:
+        """Drop every reference this loader holds to ffcv's memory map of the beton (its
+        ``OSCacheContext`` maps the file once and keeps it; the epoch iterators keep its state):
+        numpy then unmaps it and closes its descriptor. ffcv maps it again when it next
+        enters the context (``mmap is None``)."""
+        for batches in list(self._epochs):
+            if getattr(batches, "storage_state", None) is not None:
+                batches.storage_state = None
+        context = getattr(getattr(self.loader, "memory_manager", None), "context", None)
+        if getattr(context, "mmap", None) is not None:
+            context.mmap = None
 
     @staticmethod
     def _stop_epoch(batches) -> None:
@@ -361,10 +392,24 @@ class FFCVMaskedLoader(PlanLoaderBase):
         return int(self.decoder.output_size[0])
 
     def __iter__(self) -> Iterator[Batch]:
+        """The epoch's batches. While the epoch runs, torch's and numba's thread counts are
+        the loader's workers (ffcv's, what a training step on CPU runs with); when it ends,
+        however it ends (exhausted, left early, :meth:`close`), they are the caller's again
+        (ffcv left them set for the rest of the process: a notebook's later CPU work ran on
+        one thread; API audit)."""
+        iteration = self._iterate()
+        self._iterations.add(iteration)
+        return iteration
+
+    def _iterate(self) -> Iterator[Batch]:
+        with threads_kept():
+            yield from self._epoch_batches()
+
+    def _epoch_batches(self) -> Iterator[Batch]:
         epoch = self.epoch
         self.loader.next_epoch = epoch
         order = self.plan.order(epoch)
-        batches = iter(self.loader)
+        batches = iter(self.loader)  # (sets the thread counts to the loader's workers)
         self._epochs.add(batches)  # (close() stops it, where this generator is left suspended)
         # bound here, not looked up in the module at the `except`: a generator left suspended
         # by a stop signal (its frame kept by the traceback) is closed only at interpreter

@@ -28,14 +28,28 @@ from .manifest import SplitInfo, npy_error_reason
 RECREATE_MASK = "recreate the mask with `dp4tl prune` or `dp4tl mask classes`"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class IndexMask:
+    """The samples of one split a loader reads: ``indices``, sorted sample indices of the split,
+    and ``meta``, the split it indexes (``split``, ``fingerprint``, ``num_samples``) and how it
+    was made. Made by :func:`make_mask`, :func:`full_mask`, :func:`mask_from_classes` or
+    ``dp4tl prune``; saved and read with :func:`save_mask` / :func:`load_mask` (a ``.npy`` and
+    its JSON sidecar). Two masks are equal when their indices and meta are (``==`` compares the
+    arrays' values; a mask is unhashable, as its array is)."""
+
     indices: np.ndarray
     #: ``split``, ``fingerprint`` and ``num_samples`` of the split it indexes, plus provenance.
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(len(self.indices))
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return bool(np.array_equal(self.indices, other.indices)) and self.meta == other.meta
+
+    __hash__ = None  # type: ignore[assignment]  # (an array's values: mutable, unhashable)
 
     @property
     def info(self) -> MaskMeta:
@@ -139,6 +153,8 @@ def _check_split(split: Any) -> None:
 
 
 def full_mask(split: SplitInfo) -> IndexMask:
+    """Every sample of ``split`` (a :class:`~.manifest.SplitInfo`, ``load_manifest(dir).split(name)``):
+    the mask ``make_loader`` reads when given none."""
     return make_mask(np.arange(split.num_samples), split, method="full")
 
 

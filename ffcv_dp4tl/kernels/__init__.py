@@ -29,6 +29,8 @@ from typing import Any, Literal
 from ..errors import DP4TLError
 from .checks import KernelInputError, is_cupy
 
+#: where a kernel runs: ``"cpu"`` (numba/BLAS), ``"cuda"`` (the CUDA C kernels, through CuPy) or
+#: ``"auto"`` (CUDA when CuPy imports and sees a device, else CPU)
 Backend = Literal["auto", "cpu", "cuda"]
 
 __all__ = [

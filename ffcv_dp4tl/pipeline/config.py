@@ -69,6 +69,10 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         # a script's runs_root="runs" ran every stage, then failed joining a str in the report
+        for name in ("data_root", "runs_root"):
+            value = getattr(self, name)
+            if not isinstance(value, (str, os.PathLike)):  # (None: a bare pathlib TypeError)
+                raise DP4TLError(f"{name} must be a folder's path (a str or Path), got {value!r}")
         self.data_root, self.runs_root = Path(self.data_root), Path(self.runs_root)
 
 

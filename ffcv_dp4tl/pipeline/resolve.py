@@ -22,6 +22,7 @@ from ..data.manifest import MANIFEST_NAME, load_manifest
 from ..errors import DataError, DP4TLError
 from ..fsutil import BAD_JSON, is_unwritable
 from ..locks import directory_lock
+from ..progress import INHERIT, Log, say
 from .config import Checked, PipelineConfig, pretrain_overrides
 from .recipes import (PAPER_PROTOCOLS, PAPER_SSL_LP, recipe_scale, recipe_scorer_options,
                       recipe_set)
@@ -180,14 +181,33 @@ def _read_from(hold: contextlib.ExitStack | None, data_dir: Path,
         hold.enter_context(reading(data_dir, wait=True, on_wait=lambda m: log(f"[data] {m}")))
 
 
-def ensure_built(source: str, data_root: Path, log: Callable[[str], None],
+def as_log(log: Log | None) -> Log:
+    """A ``log`` argument of a library entry point as the function its lines go to, with the
+    meaning ``train`` and ``finetune`` give it: a function of one line; ``None``: nowhere;
+    :data:`~ffcv_dp4tl.progress.INHERIT`: where the caller's lines go already (stdout at the
+    top, the ``log`` of the ``run_pipeline`` it runs in)."""
+    if log is None:
+        return _nowhere
+    if log is INHERIT:
+        return say
+    return log
+
+
+def _nowhere(line: str) -> None:
+    """A ``log`` that says nothing (``log=None``)."""
+
+
+def ensure_built(source: str, data_root: Path, log: Log | None = INHERIT,
                  split: str = "auto", option: str = "--data", progress: bool = True,
                  hold: contextlib.ExitStack | None = None) -> Path:
     """A built dataset dir for ``source`` (a dir with a manifest, or a SOURCE to build);
     ``option`` (--data or --target) is the option a refusal of ``source`` names; ``progress``:
     the build's bars. ``hold``: where the readers' shared lock of each dataset it returns is
     kept (the pipeline's run), so no ``--overwrite`` changes the data while the run reads it;
-    taken before the pipeline's build lock is let go (nothing rebuilds the data in between)."""
+    taken before the pipeline's build lock is let go (nothing rebuilds the data in between).
+    ``log``: where its lines go (what it built or reused): a function of one line, ``None``
+    for nowhere; by default where the caller's go (:func:`as_log`)."""
+    log = as_log(log)
     p = Path(source).expanduser()
     if (p / MANIFEST_NAME).exists():
         _read_from(hold, p, log)

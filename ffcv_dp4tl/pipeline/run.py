@@ -34,6 +34,7 @@ ratio 0). The report and the cost table say when a model was brought rather than
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -46,7 +47,7 @@ from .config import Checked, PipelineConfig, check_brought_weights, recorded_con
 from .gallery import GALLERY, selection_gallery
 from .prune import prune
 from .report import run_title, summarize_seeds, write_report
-from .resolve import Resolved, resolve, seed_overrides, with_seed
+from .resolve import Resolved, as_log, resolve, seed_overrides, with_seed
 from .result import PipelineResult, StagePlace, stage_label
 from .score import score
 from .stages import REPORT_STAGE, Stage, key_of, run_stage, stage
@@ -56,12 +57,15 @@ from .truth import selection_truth
 Log = Callable[[str], None]
 
 
-def run_pipeline(cfg: PipelineConfig, log: Log = console) -> PipelineResult:
+def run_pipeline(cfg: PipelineConfig, log: Log | None = console) -> PipelineResult:
     """Run (or resume, or find cached) every stage of ``cfg`` and write its report. Every line
     it says goes to ``log``: its own and those of the trainings and finetunings it runs
-    (theirs went to stdout whatever ``log`` was; Python API review)."""
+    (theirs went to stdout whatever ``log`` was; Python API review); ``None``: nowhere, as for
+    ``train`` and ``finetune`` (:func:`~.resolve.as_log`). ``cfg`` is left as it was given: the
+    run validates a copy (its ratio a float, its paths absolute: what the results record)."""
+    cfg = dataclasses.replace(cfg)  # (validate and absolute_paths rewrite the copy, not the caller's)
     with saying_to(log), contextlib.ExitStack() as reading:  # (the data's readers' locks)
-        return _run_pipeline(cfg, log, reading)
+        return _run_pipeline(cfg, as_log(log), reading)
 
 
 def _run_pipeline(cfg: PipelineConfig, log: Log, reading: contextlib.ExitStack) -> PipelineResult:
@@ -118,7 +122,7 @@ def ratio_zero_note(cfg: PipelineConfig, scorer: Any) -> str | None:
 
 
 def preflight(cfgs: Iterable[PipelineConfig | tuple[str, PipelineConfig]],
-              log: Log = print) -> None:
+              log: Log | None = print) -> None:
     """The checks :func:`run_pipeline` makes before its first stage for every config of a plan,
     so a bench refuses a bad value of its last run before its first run trains anything: first
     :func:`validate` of every config (what needs no data: a bad ``--set``, method or recipe of
@@ -127,10 +131,11 @@ def preflight(cfgs: Iterable[PipelineConfig | tuple[str, PipelineConfig]],
     found and checked, every recipe loaded with its overrides). The first config's resolve may
     build the data (as its run would, with ``log``); the others are checked quietly. An item
     ``(what, cfg)`` prefixes ``what: `` to its config's refusal (which runs of the plan it is)."""
+    log = as_log(log)
     plan: dict[str, tuple[str, PipelineConfig]] = {}
     for item in cfgs:
         what, cfg = item if isinstance(item, tuple) else ("", item)
-        plan.setdefault(repr(cfg), (what, cfg))
+        plan.setdefault(repr(cfg), (what, dataclasses.replace(cfg)))  # (the caller's stays as given)
     checked = [(what, cfg, _said(what, lambda c=cfg: validate(c))) for what, cfg in plan.values()]
     for what, cfg, _ in checked:
         _said(what, lambda c=cfg: check_brought_weights(c))

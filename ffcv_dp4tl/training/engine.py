@@ -20,13 +20,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
 from ..data.transforms import AugSpec
 from . import distributed as dist_
+
+if TYPE_CHECKING:
+    from ..data.sampling import Batch
+    from .adversarial import AdversarialObjective
+    from .moco import MoCoObjective
+    from .timing import StageTimer
 
 #: ``schedule(epoch, iteration, iterations_per_epoch) -> lr`` (a Python float: no sync)
 Schedule = Callable[[int, int, int], float]
@@ -156,11 +162,12 @@ def _device_of(model: nn.Module, default: torch.device) -> torch.device:
     return default if p is None else p.device
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, objective, optimizer: torch.optim.Optimizer,
+def train_one_epoch(model: nn.Module, loader: Iterable[Batch], objective: CrossEntropyObjective | MoCoObjective | AdversarialObjective,
+                    optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler | None, schedule: Schedule, *, epoch: int = 0,
                     steps: int | None = None, amp: torch.dtype | None = None,
                     grad_clip: float = 0.0, clip_params: list[torch.Tensor] | None = None,
-                    ctx: dist_.DistContext | None = None, timer=None,
+                    ctx: dist_.DistContext | None = None, timer: StageTimer | None = None,
                     callbacks: Sequence[Any] = (), progress: str | None = None,
                     start: EpochProgress | None = None, save_every: int = 0,
                     save: Callable[[EpochProgress], None] | None = None) -> dict[str, Any]:
@@ -248,7 +255,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, objective, optimizer: to
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, ctx: dist_.DistContext | None = None,
+def evaluate(model: nn.Module, loader: Iterable[Batch], ctx: dist_.DistContext | None = None,
              amp: torch.dtype | None = None, flip_tta: bool = True,
              num_classes: int | None = None) -> dict[str, float]:
     """Top-1 and loss over this rank's part of ``loader``, summed over ranks (``ctx``; None: one

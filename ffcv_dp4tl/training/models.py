@@ -101,6 +101,8 @@ def unregister(name: str) -> None:
 
 
 def list_models() -> list[str]:
+    """The registered model names, sorted: what a recipe's ``model.arch`` and
+    ``create_model(name, num_classes)`` take (``dp4tl models`` lists them with their knobs)."""
     return sorted(_REGISTRY)
 
 
