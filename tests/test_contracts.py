@@ -511,7 +511,8 @@ PACKAGES = ("ffcv_dp4tl", "beton_builders")
 #: cores a process may use, which the encoders count as the loaders do) and stopping (Ctrl-C and
 #: SIGTERM end a build as they end any command); each stdlib-only or nearly.
 CORE = {"ffcv_dp4tl", "ffcv_dp4tl.contracts", "ffcv_dp4tl.cpus", "ffcv_dp4tl.errors",
-        "ffcv_dp4tl.fsutil", "ffcv_dp4tl.locks", "ffcv_dp4tl.stopping", "ffcv_dp4tl.progress"}
+        "ffcv_dp4tl.fsutil", "ffcv_dp4tl.locks", "ffcv_dp4tl.stopping", "ffcv_dp4tl.progress",
+        "ffcv_dp4tl.lazy"}  # (lazy: standard library only; the one heavy-import guard)
 
 
 def _module_name(path: Path) -> str:
