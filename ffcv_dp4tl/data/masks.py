@@ -153,8 +153,8 @@ def _check_split(split: Any) -> None:
 
 
 def full_mask(split: SplitInfo) -> IndexMask:
-    """Every sample of ``split`` (a :class:`~.manifest.SplitInfo`, ``load_manifest(dir).split(name)``):
-    the mask ``make_loader`` reads when given none."""
+    """Every sample of ``split`` (a :class:`~.manifest.SplitInfo`,
+    ``load_manifest(dir).split(name)``): the mask ``make_loader`` reads when given none."""
     return make_mask(np.arange(split.num_samples), split, method="full")
 
 

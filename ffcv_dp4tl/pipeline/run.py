@@ -63,7 +63,7 @@ def run_pipeline(cfg: PipelineConfig, log: Log | None = console) -> PipelineResu
     (theirs went to stdout whatever ``log`` was; Python API review); ``None``: nowhere, as for
     ``train`` and ``finetune`` (:func:`~.resolve.as_log`). ``cfg`` is left as it was given: the
     run validates a copy (its ratio a float, its paths absolute: what the results record)."""
-    cfg = dataclasses.replace(cfg)  # (validate and absolute_paths rewrite the copy, not the caller's)
+    cfg = dataclasses.replace(cfg)  # (validate, absolute_paths rewrite the copy, not the caller's)
     with saying_to(log), contextlib.ExitStack() as reading:  # (the data's readers' locks)
         return _run_pipeline(cfg, as_log(log), reading)
 
@@ -135,7 +135,7 @@ def preflight(cfgs: Iterable[PipelineConfig | tuple[str, PipelineConfig]],
     plan: dict[str, tuple[str, PipelineConfig]] = {}
     for item in cfgs:
         what, cfg = item if isinstance(item, tuple) else ("", item)
-        plan.setdefault(repr(cfg), (what, dataclasses.replace(cfg)))  # (the caller's stays as given)
+        plan.setdefault(repr(cfg), (what, dataclasses.replace(cfg)))  # (the caller's: as given)
     checked = [(what, cfg, _said(what, lambda c=cfg: validate(c))) for what, cfg in plan.values()]
     for what, cfg, _ in checked:
         _said(what, lambda c=cfg: check_brought_weights(c))

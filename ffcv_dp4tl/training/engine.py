@@ -162,7 +162,8 @@ def _device_of(model: nn.Module, default: torch.device) -> torch.device:
     return default if p is None else p.device
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable[Batch], objective: CrossEntropyObjective | MoCoObjective | AdversarialObjective,
+def train_one_epoch(model: nn.Module, loader: Iterable[Batch],
+                    objective: CrossEntropyObjective | MoCoObjective | AdversarialObjective,
                     optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler | None, schedule: Schedule, *, epoch: int = 0,
                     steps: int | None = None, amp: torch.dtype | None = None,
