@@ -22,7 +22,6 @@ depend on summation order beyond float64 rounding.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -39,8 +38,11 @@ from .checks import (
 # the NaN checks below are not optimised away.
 _FASTMATH = {"reassoc", "contract"}
 
-#: Upper bound on the per-thread partial-sum buffers of update_centroids (bytes).
+#: Upper bound on the partial-sum buffers of update_centroids (bytes).
 _PARTIAL_BYTES = 256 * 2**20
+#: Rows summed into one partial buffer (:func:`_nchunks`): 1.28M rows make 79 buffers (fewer
+#: where the memory bound caps them), enough for any core count; a small source makes one.
+_ROWS_PER_PARTIAL = 16384
 #: Elements of the (rows x K) distance block materialised per BLAS chunk.
 _BLAS_BLOCK_ELEMS = 2**22
 
@@ -136,9 +138,15 @@ def _hist_weighted(labels, weights, k, nchunks):  # pragma: no cover - compiled
 
 
 def _nchunks(n: int, bytes_per_chunk: int) -> int:
-    """Per-thread partial buffers: one per numba thread, capped by rows and by memory."""
+    """Partial buffers of a float64 sum: one per :data:`_ROWS_PER_PARTIAL` rows, capped by
+    memory; numba's threads share them out. The count depends on the data's shape only, never
+    on the thread count, so a sum's rounding, and the k-means and votes built on it, are the
+    same on any machine and after anything the process ran before: it was one buffer per numba
+    thread, a count that ffcv's import and each loader set as a side effect (the machine's
+    cores, 1, or the last loader's workers), so FM's clusters could differ in their last bits
+    with the history of the process (API audit's follow-up)."""
     cap = max(1, _PARTIAL_BYTES // max(1, bytes_per_chunk))
-    return int(max(1, min(numba.get_num_threads(), n, cap)))
+    return int(max(1, min(-(-n // _ROWS_PER_PARTIAL), cap)))
 
 
 def _centroid_sq_norms(c: np.ndarray) -> np.ndarray:
@@ -201,9 +209,9 @@ def assign_nearest(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np
 def update_centroids(x: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-cluster feature sums (float64 (K, D)) and member counts (int64 (K,)).
 
-    Each numba thread accumulates a private (K, D) float64 buffer over a contiguous slice of
-    rows, then the buffers are reduced; the number of buffers is capped so they never take
-    more than 256 MiB. Divide ``sums / counts`` for means (empty clusters have count 0).
+    Each contiguous slice of rows is accumulated into a private (K, D) float64 buffer (numba's
+    threads take the slices), then the buffers are reduced in order; how many there are
+    depends on the shape only (:func:`_nchunks`), capped so they never take more than 256 MiB. Divide ``sums / counts`` for means (empty clusters have count 0).
     """
     x = as_float32_matrix(x, "x")
     k = check_k(k)

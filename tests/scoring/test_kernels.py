@@ -311,3 +311,32 @@ def test_cpu_kernels_work_where_numba_has_no_cache_folder(tmp_path):
                          cwd=tmp_path, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split() == ["[0,", "1,", "2,", "0]"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_float_sums_do_not_depend_on_the_thread_count(rng, threads):
+    """update_centroids' and the weighted histogram's float64 sums come out bit-identical
+    whatever numba's thread count (ffcv's import and each loader change it as a side effect):
+    their partial buffers follow the data's shape, so FM's k-means and votes do not depend on
+    what the process ran before."""
+    import numba
+
+    n, d, k = 40_000, 7, 5  # (several partial buffers: rounding differs between split points)
+    x = (rng.standard_normal((n, d)) * 1e3).astype(np.float32)
+    labels = rng.integers(0, k, size=n)
+    w = rng.random(n) * 1e3
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        got = (cpu.update_centroids(x, labels, k)[0], cpu.histogram(labels, k, weights=w))
+        numba.set_num_threads(1)
+        one = (cpu.update_centroids(x, labels, k)[0], cpu.histogram(labels, k, weights=w))
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(got[0], one[0]) and np.array_equal(got[1], one[1])
+    # and the same as a sum split at the fixed row count, whichever thread takes each slice
+    step = cpu._ROWS_PER_PARTIAL
+    ref = sum(np.stack([np.bincount(labels[i:i + step], weights=x[i:i + step, j].astype(np.float64),
+                                    minlength=k) for j in range(d)], axis=1)
+              for i in range(0, n, step))
+    np.testing.assert_allclose(got[0], ref, rtol=1e-12)
