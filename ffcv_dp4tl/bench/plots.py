@@ -8,7 +8,7 @@ from typing import Any
 
 from ..fsutil import atomic_save_figure
 from ..pipeline.report import mean_std
-from ..reporting import literal_text
+from ..reporting import literal_text, ran_on
 from ..scoring.registry import UNIT_PLURAL, get_scorer, is_registered
 from .markdown import method_dash, method_style, no_surrogate_labels, target_order
 from .stats import PAPER_TOTAL_HOURS, paper_reduction
@@ -41,8 +41,17 @@ def pyplot():
 
 
 REFERENCE_LABEL = "0 % (unpruned source)"
+#: the legend entry of the reference's ± std band (drawn over several seeds)
+BAND_LABEL = "0 % ± sample std over seeds"
 #: most points a method's curve moves sideways (its error bars apart from its neighbours')
 MAX_OFFSET = 2.5
+#: the narrowest ratio range (percentage points) an accuracy panel shows: one ratio autoscaled
+#: to its points' ±0.3 offsets spread methods at one tick as if they sat at 57 % and 63 %
+MIN_SPAN = 20.0
+#: the most characters of a target's name in a panel title (absolute paths ran into the next)
+TITLE_NAME_CHARS = 24
+#: which epoch's top-1 each ``--criterion`` plots, for the y label (the tables' epoch)
+EPOCH_WORDS = {"final": "final epoch", "best": "best epoch (picked on the test set)"}
 
 
 def spread(t: dict[str, Any]) -> str:
@@ -52,27 +61,50 @@ def spread(t: dict[str, Any]) -> str:
             "one seed: no error bars")
 
 
+def criterion(t: dict[str, Any]) -> str:
+    """The epoch whose top-1 the accuracy plots show: the table's ``criterion`` (``final`` for
+    results written before it), so the figures show the numbers the winner table judged."""
+    return t.get("criterion") or "final"
+
+
+def accuracy_of(t: dict[str, Any]) -> dict[str, Any]:
+    """``t``'s accuracy table (``accuracy`` or, of a target, its entry in ``targets``) at the
+    criterion's epoch: ``accuracy_best`` under ``best`` (the plots read ``accuracy``, the
+    final epoch's, whatever the tables judged: figures audit)."""
+    return t["accuracy_best"] if criterion(t) == "best" else t["accuracy"]
+
+
+def short_name(name: str, limit: int = TITLE_NAME_CHARS) -> str:
+    """A target's name for a panel title: a path's last part, cut to ``limit`` characters with
+    an ellipsis (the report's header has it in full)."""
+    text = str(name).rstrip("/\\")
+    text = text.rsplit("/", 1)[-1] if "/" in text else text
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 @literal_text
 def plot_accuracy(t: dict[str, Any], path: Path) -> None:
-    """Fig. 4 style: x = pruning ratio %, y = target test top-1 %, LP and FF side by side."""
+    """Fig. 4 style: x = pruning ratio %, y = target test top-1 % (the epoch of the table's
+    ``criterion``), LP and FF side by side."""
     plt = pyplot()
-    modes = [m for m in t["finetune"] if t["accuracy"].get(m, {}).get("methods")]
+    accuracy = accuracy_of(t)
+    modes = [m for m in t["finetune"] if accuracy.get(m, {}).get("methods")]
     fig, axes = plt.subplots(1, max(1, len(modes)), figsize=(5.2 * max(1, len(modes)), 4.2),
                              squeeze=False)
     refs = []
     for ax, mode in zip(axes[0], modes):
-        acc = t["accuracy"][mode]
+        acc = accuracy[mode]
         _curves(ax, t, acc)
         if _reference(ax, t, acc):
             refs.append(f"{mode.upper()} {acc['reference'][0]:.1f}")
-        ax.set_title(f"{mode.upper()} on target `{_first_target(t)}`")
+        ax.set_title(f"{mode.upper()} on target `{short_name(_first_target(t))}`")
         _axes(ax, t)
     handles, labels = axes[0][0].get_legend_handles_labels()
     # the 0 % values go in the legend: a label on the line sat on the last ratio's column
     labels = [f"{x}: {', '.join(refs)}" if x == REFERENCE_LABEL and refs else x for x in labels]
     rows = _legend_below(fig, handles, labels)
-    fig.suptitle("Transfer accuracy vs source pruning ratio (cf. paper Fig. 4)\n"
-                 f"error bars: {spread(t)}", fontsize=10)
+    fig.suptitle(f"Transfer accuracy ({criterion(t)}-epoch top-1) vs source pruning ratio "
+                 f"(cf. paper Fig. 4)\nerror bars: {spread(t)}", fontsize=10)
     fig.tight_layout(rect=(0, 0.045 + 0.05 * rows, 1, 1))
     atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
@@ -91,10 +123,16 @@ def _legend_below(fig, handles: list, labels: list[str]) -> int:
 
 
 def _axes(ax, t: dict[str, Any]) -> None:
-    """An accuracy panel's axes: what the ratio removes, top-1 up to 100 % (and a margin)."""
+    """An accuracy panel's axes: what the ratio removes (at least :data:`MIN_SPAN` points
+    wide, centred on the ratios), top-1 at the criterion's epoch up to 100 % (and a margin)."""
     ax.set_xlabel(ratio_axis(t))
-    ax.set_ylabel("target test top-1 (%)")
-    ax.set_xticks([100 * r for r in t["ratios"] if r > 0])
+    ax.set_ylabel(f"target test top-1 (%)\n{EPOCH_WORDS[criterion(t)]}")
+    ticks = [100 * r for r in t["ratios"] if r > 0]
+    ax.set_xticks(ticks)
+    lo, hi = ax.get_xlim()
+    if ticks and hi - lo < MIN_SPAN:
+        mid = (min(ticks) + max(ticks)) / 2
+        ax.set_xlim(mid - MIN_SPAN / 2, mid + MIN_SPAN / 2)
     if ax.get_ylim()[1] > 101:  # (just above 100: a mean or reference at 100 % stays seen)
         ax.set_ylim(top=101)
     ax.grid(alpha=0.3)
@@ -108,7 +146,8 @@ def _reference(ax, t: dict[str, Any], acc: dict[str, Any]) -> bool:
         return False
     ax.axhline(ref, color="black", ls="--", lw=1.2, label=REFERENCE_LABEL)
     if len(t["seeds"]) > 1 and sd and not math.isnan(sd):
-        ax.axhspan(ref - sd, min(100.0, ref + sd), color="black", alpha=0.08, lw=0)
+        ax.axhspan(ref - sd, min(100.0, ref + sd), color="black", alpha=0.08, lw=0,
+                   label=BAND_LABEL)
     return True
 
 
@@ -155,22 +194,24 @@ def plot_targets(t: dict[str, Any], path: Path) -> None:
     """Fig. A5 style: one panel per target (columns) and finetuning mode (rows), accuracy vs
     pruning ratio of the one selection made for all targets."""
     plt = pyplot()
-    targets = t["targets"]
-    modes = [m for m in t["finetune"] if any(tt["accuracy"].get(m, {}).get("methods")
-                                            for tt in targets.values())]
+    targets = {name: accuracy_of({**tt, "criterion": criterion(t)})
+               for name, tt in t["targets"].items()}
+    modes = [m for m in t["finetune"] if any(acc.get(m, {}).get("methods")
+                                            for acc in targets.values())]
     nr, nc = max(1, len(modes)), len(targets)
     fig, axes = plt.subplots(nr, nc, figsize=(4.4 * nc, 3.8 * nr), squeeze=False)
     for i, mode in enumerate(modes):
         for j, name in enumerate(target_order(t)):
-            ax, acc = axes[i][j], targets[name]["accuracy"][mode]
+            ax, acc = axes[i][j], targets[name][mode]
             _curves(ax, t, acc)
-            _reference(ax, t, acc)
-            ax.set_title(f"{mode.upper()} on `{name}`", fontsize=9)
+            # the 0 % value in the title, as accuracy.png has it in its legend (one per panel)
+            at = f" (0 %: {acc['reference'][0]:.1f})" if _reference(ax, t, acc) else ""
+            ax.set_title(f"{mode.upper()} on `{short_name(name)}`{at}", fontsize=9)
             _axes(ax, t)
     handles, labels = axes[0][0].get_legend_handles_labels()
     rows = _legend_below(fig, handles, labels)
-    fig.suptitle(f"One pruned source for {nc} targets: accuracy per target (cf. paper Fig. A5)"
-                 f"\nerror bars: {spread(t)}", fontsize=10)
+    fig.suptitle(f"One pruned source for {nc} targets: {criterion(t)}-epoch accuracy per target "
+                 f"(cf. paper Fig. A5)\nerror bars: {spread(t)}", fontsize=10)
     fig.tight_layout(rect=(0, 0.03 + 0.04 * rows, 1, 1))
     atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
@@ -215,17 +256,21 @@ def plot_cost(t: dict[str, Any], path: Path) -> None:
     rows = [c for c in cost[1:] if c["method"] in common]
     pre = [mean_std([c["pretrain_s"] for c in rows if c["ratio"] == r])[0] for r in pruned]
     ran = {c["method"] for c in cost[1:]}
-    over = ("mean of all methods: each ran at every ratio" if set(common) == ran else
+    one = method_style(common[0], t["methods"]).label if len(common) == 1 else ""
+    over = (one if one and set(common) == ran else  # (one method: not "mean of all methods")
+            f"{one}: the one method run at every ratio" if one else
+            "mean of all methods: each ran at every ratio" if set(common) == ran else
             f"mean of {', '.join(method_style(m, t['methods']).label for m in common)}: "
             "run at every ratio" if len(common) <= 3 else
             f"mean of the {len(common)} methods run at every ratio")
+    same = one or "same mean"  # (whose pretraining the right panel's "ours" curves are)
     if common:
         a1.plot([0] + [100 * r for r in pruned], [ref["pretrain_s"]] + pre, color="black", ls=":",
                 marker=".", label=f"pretrain only ({over})")
     tag = " (steps matched)" if steps else ""
     a1.set_title("cost = surrogate + score + prune + pretrain (s)" + tag, fontsize=10)
     a1.set_xlabel(ratio_axis(t))
-    a1.set_ylabel("wall seconds (CPU)")
+    a1.set_ylabel(f"wall seconds ({ran_on((t.get('config') or {}).get('device', 'auto'), t.get('machine') or {})} run)")
     a1.set_ylim(0, 1.3 * a1.get_ylim()[1])  # (room for the surrogate's note above the data)
     a1.grid(alpha=0.3)
     _legend_under(a1)
@@ -239,19 +284,21 @@ def plot_cost(t: dict[str, Any], path: Path) -> None:
     if common:
         a2.plot([0] + [100 * r for r in pruned],
                 [0] + [100 * (1 - p / ref["pretrain_s"]) for p in pre], color="navy", ls=":",
-                marker=".", lw=2, label="ours, pretrain only, wall (same mean)")
+                marker=".", lw=2, label=f"ours, pretrain only, wall ({same})")
     pre_cpu = [mean_std([c.get("pretrain_cpu_s") for c in rows if c["ratio"] == r])[0]
                for r in pruned]
     if common and ref.get("pretrain_cpu_s") and not any(math.isnan(p) for p in pre_cpu):
         a2.plot([0] + [100 * r for r in pruned],
-                [0] + [100 * (1 - p / ref["pretrain_cpu_s"]) for p in pre_cpu], color="brown",
-                ls="-.", marker=".", lw=2, label="ours, pretrain only, CPU-s (same mean)")
+                [0] + [100 * (1 - p / ref["pretrain_cpu_s"]) for p in pre_cpu], color="black",
+                ls="-.", marker="x", lw=1.5,  # (brown passed for LM's red, and is SSP's colour)
+                label=f"ours, pretrain only, CPU-s ({same})")
     if not steps:  # (steps matched: the paper's epochs-based reductions do not apply)
         pr = [r for r in sorted(PAPER_TOTAL_HOURS)]
         a2.plot([100 * r for r in pr], [100 * paper_reduction(r) for r in pr], color="darkgray",
                 ls="--", marker="*", ms=10, lw=1.5,
                 label="paper Tab. 3 (total: surrogate + LM/FM + RN-101)")
-        a2.plot([0, 80], [0, 80], color="lightgray", lw=1, label="ideal (= ratio)")
+        xs, ys, label = _ideal(t, rows, pruned, same)
+        a2.plot(xs, ys, color="lightgray", lw=1.5, label=label)
     a2.set_title("time reduction vs 0 % (%)" + tag, fontsize=10)
     a2.set_xlabel(ratio_axis(t))
     a2.set_ylabel("reduction (%)")
@@ -260,6 +307,22 @@ def plot_cost(t: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def _ideal(t: dict[str, Any], rows: list[dict[str, Any]], pruned: list[float], same: str):
+    """The ideal pretraining reduction, ``(xs, ys, label)``: the share of source samples removed
+    (time follows the samples trained on), from the kept-sample fractions the runs recorded
+    (mean over the same methods as "pretrain only"). It was drawn as "ideal (= ratio)", but a
+    ratio of classes or clusters is not a share of samples; rows without the fractions draw
+    the ratio again, labelled as what it is."""
+    xs = [0.0] + [100 * r for r in pruned]
+    kept = [[c.get("kept_sample_fraction") for c in rows if c["ratio"] == r] for r in pruned]
+    if pruned and all(k and None not in k for k in kept):
+        ys = [0.0] + [100 * (1 - mean_std(k)[0]) for k in kept]
+        return xs, ys, f"ideal (= samples removed: 1 − kept-sample fraction, {same})"
+    if (t.get("config") or {}).get("budget") == "samples":
+        return xs, xs, "ideal (= ratio: samples removed)"
+    return xs, xs, "ratio (units removed, not a share of samples)"
 
 
 def _legend_under(ax) -> None:

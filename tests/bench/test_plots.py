@@ -194,3 +194,119 @@ def test_a_symlink_at_the_figures_name_is_replaced_and_its_target_untouched(tmp_
     draw(t, path)
     assert victim.read_bytes() == b"precious\n"
     assert not path.is_symlink() and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def _best(t: dict) -> dict:
+    """``t`` judged by ``--criterion best``: best-epoch values 1 point above the final ones."""
+    acc = t["accuracy"]["lp"]
+    best = {"reference": [acc["reference"][0] + 1, acc["reference"][1]],
+            "methods": {m: {r: [v[0] + 1, v[1]] for r, v in by.items()}
+                        for m, by in acc["methods"].items()}}
+    return {**t, "criterion": "best", "accuracy_best": {"lp": best}}
+
+
+def _ys(ax, label: str) -> list[float]:
+    return list(next(c for c in ax.containers if c.get_label() == label).lines[0].get_ydata())
+
+
+def test_accuracy_plots_show_the_criterions_epoch_and_name_it(tmp_path, saved_figures):
+    """With ``--criterion best`` the winner table judged best-epoch values while accuracy.png
+    plotted the final epoch's, and no plot said which epoch it showed (figures audit)."""
+    plots.plot_accuracy(table(), tmp_path / "acc.png")
+    fig = saved_figures[-1]
+    assert _ys(fig.axes[0], "LM") == [90.0, 99.0]
+    assert "final epoch" in fig.axes[0].get_ylabel() and "final-epoch" in fig._suptitle.get_text()
+    plots.plot_accuracy(_best(table()), tmp_path / "acc.png")
+    fig = saved_figures[-1]
+    assert _ys(fig.axes[0], "LM") == [91.0, 100.0]
+    assert "best epoch" in fig.axes[0].get_ylabel() and "best-epoch" in fig._suptitle.get_text()
+    assert any(x.get_text() == "0 % (unpruned source): LP 89.0" for x in fig.legends[0].get_texts())
+    t = _best(table())
+    t["targets"] = {"a": {"accuracy": t["accuracy"], "accuracy_best": t["accuracy_best"]}}
+    plots.plot_targets(t, tmp_path / "targets.png")
+    ax = saved_figures[-1].axes[0]
+    assert _ys(ax, "LM") == [91.0, 100.0] and "best epoch" in ax.get_ylabel()
+
+
+def test_the_cost_axis_names_the_runs_device(tmp_path, saved_figures):
+    """"wall seconds (CPU)" was written on GPU runs too (figures audit)."""
+    plots.plot_cost({**table(device="cuda"), "machine": {"gpu": "NVIDIA H200"}}, tmp_path / "c.png")
+    label = saved_figures[-1].axes[0].get_ylabel()
+    assert "GPU (NVIDIA H200)" in label and "CPU" not in label
+    plots.plot_cost({**table(device="cpu"), "machine": {"gpu": "NVIDIA H200"}}, tmp_path / "c.png")
+    assert "CPU" in saved_figures[-1].axes[0].get_ylabel()
+
+
+def test_a_targets_path_is_shortened_in_the_panel_titles(tmp_path, saved_figures):
+    """An absolute path as the target made the LP/FF titles run into each other (figures
+    audit): its last part, cut to a bounded length."""
+    plots.plot_accuracy(table(target="/tmp/some/where/long/data/synth-tiny/targets/warm/"),
+                        tmp_path / "acc.png")
+    assert saved_figures[-1].axes[0].get_title() == "LP on target `warm`"
+    long = "a_target_name_far_longer_than_any_panel_title_has_room_for"
+    plots.plot_accuracy(table(target=long), tmp_path / "acc.png")
+    title = saved_figures[-1].axes[0].get_title()
+    assert title.endswith("…`") and len(title) <= len("LP on target ``") + plots.TITLE_NAME_CHARS
+    t = {**table(), "targets": {f"/abs/path/to/{long}": {"accuracy": table()["accuracy"]}}}
+    plots.plot_targets(t, tmp_path / "targets.png")
+    assert "/abs/" not in saved_figures[-1].axes[0].get_title()
+
+
+def test_one_ratio_keeps_its_points_on_their_tick(tmp_path, saved_figures):
+    """At one ratio the points' ±0.3 offsets were autoscaled to the panel's width, so two
+    methods looked as if they sat at ≈57 % and ≈63 % under one "60" tick (figures audit)."""
+    t = table()
+    t["ratios"], t["methods"] = [0.0, 0.6], ["lm", "fm"]
+    t["accuracy"]["lp"]["methods"] = {"lm": {"0.6": [90.0, 1.0]}, "fm": {"0.6": [85.0, 1.0]}}
+    plots.plot_accuracy(t, tmp_path / "acc.png")
+    ax = saved_figures[-1].axes[0]
+    lo, hi = ax.get_xlim()
+    assert hi - lo >= 20 and lo < 60 < hi and abs((lo + hi) / 2 - 60) < 1
+    plots.plot_accuracy(table(), tmp_path / "acc.png")  # (several ratios: autoscaled as before)
+    assert saved_figures[-1].axes[0].get_xlim()[1] - saved_figures[-1].axes[0].get_xlim()[0] > 20
+
+
+def test_the_reference_band_is_in_the_legend_and_the_targets_panels_give_the_reference(
+        tmp_path, saved_figures):
+    """The grey ±std band of the 0 % reference was in no legend, and accuracy-targets.png did
+    not give the reference values that accuracy.png's legend gives (figures audit)."""
+    plots.plot_accuracy(table(), tmp_path / "acc.png")
+    band = "0 % ± sample std over seeds"
+    assert band in [x.get_text() for x in saved_figures[-1].legends[0].get_texts()]
+    plots.plot_targets(_with_targets(), tmp_path / "targets.png")
+    fig = saved_figures[-1]
+    assert band in [x.get_text() for x in fig.legends[0].get_texts()]
+    assert all("0 %: 88.0" in ax.get_title() for ax in fig.axes)
+
+
+def test_the_cost_plots_cpu_curve_one_method_and_ideal_labels(tmp_path, saved_figures):
+    """The CPU-s curve was brown beside LM's red; a one-method table's legend said "mean of all
+    methods"; "ideal (= ratio)" took a share of classes for a share of samples (figures
+    audit)."""
+    from ffcv_dp4tl.bench.markdown import method_style
+
+    plots.plot_cost(table(), tmp_path / "c.png")
+    right = saved_figures[-1].axes[1]
+    cpu = _line(right, "ours, pretrain only, CPU-s")
+    ours = mc.to_rgb(cpu.get_color())
+    for m in ("lm", "fm", "random", "moderate", "el2n", "grand", "sp", "ssp", "forget"):
+        theirs = mc.to_rgb(method_style(m).color)  # (brown was 0.19 from LM's red)
+        assert sum((a - b) ** 2 for a, b in zip(ours, theirs)) ** 0.5 > 0.35, m
+    assert mc.to_hex(cpu.get_color()) != mc.to_hex(_line(right, "ours, pretrain only, wall")
+                                                   .get_color())
+    # no kept-sample fractions: the line is the ratio, and says it is not a share of samples
+    ratio_line = next(x for x in right.get_lines() if "ratio" in x.get_label()
+                      and "paper" not in x.get_label())
+    assert not ratio_line.get_label().startswith("ideal")
+    t = table()
+    t["methods"] = ["lm"]
+    t["cost"] = [t["cost"][0], {**_cost("lm", 0.4, 60.0), "kept_sample_fraction": 0.5},
+                 {**_cost("lm", 0.6, 40.0), "kept_sample_fraction": 0.3}]
+    plots.plot_cost(t, tmp_path / "c.png")
+    left, right = saved_figures[-1].axes
+    labels = [x.get_label() for ax in (left, right) for x in ax.get_lines()]
+    assert not any("mean" in x for x in labels)
+    assert "pretrain only (LM)" in labels and "ours, pretrain only, wall (LM)" in labels
+    ideal = _line(right, "ideal")
+    assert "samples removed" in ideal.get_label()
+    assert list(ideal.get_ydata()) == pytest.approx([0.0, 50.0, 70.0])
