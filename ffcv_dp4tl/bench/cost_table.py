@@ -197,14 +197,12 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
                 target_rows.setdefault(name, []).append(row)
             if j == 0:
                 rows.append(row)
+    ref_base = replace(base, ratio=0.0, method="random", finetune=finetune, scorer_options=())
     for seed in seeds:
-        seed_over = tuple(seed_overrides(seed))
-        cfg_s = replace(base, seed=seed, overrides=tuple(base.overrides) + seed_over,
-                        finetune_overrides=tuple(base.finetune_overrides) + seed_over)
+        cfg_s = seeded(base, seed)
         i += 1
         log(f"[cost-table] run {i}/{n_runs}: 0 % reference, seed {seed}")
-        ref = run_pipeline(replace(cfg_s, ratio=0.0, method="random", finetune=finetune,
-                                   scorer_options=()), log=log)
+        ref = run_pipeline(seeded(ref_base, seed), log=log)
         recipes = dict(ref.recipes)
         data = {"source": ref.source,  # the built folders (their manifests describe the data)
                 "targets": ref.targets or {base.target or Path(ref.target).name: ref.target}}
@@ -248,6 +246,24 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     if out_dir is not None:
         write_outputs(table, Path(out_dir))
     return table
+
+
+def seeded(cfg: PipelineConfig, seed: int) -> PipelineConfig:
+    """``cfg`` as trial ``seed`` of the table: the scorer's ``seed`` and the pipeline's own
+    ``seeds=(seed,)``, which sets ``train.seed`` and ``data.seed`` of the pretraining and the
+    finetunings (:func:`~..pipeline.resolve.seed_overrides`). Until 2026-12-08 the table
+    appended those overrides to ``overrides`` and ``finetune_overrides`` and left the pipeline
+    at seed 0, so the report of every seed's run said "s0" (figures audit). Both give the
+    same recipes and stage keys (the overrides come last either way), so cached runs are
+    reused — except with ``--arch``: the pretraining's key lists ``model.arch`` after the
+    ``--set`` overrides, so the appended seed came before it and ``seeds`` puts it after.
+    Such a run (seed != 0) keeps the overrides, and its cached stages, and its report still
+    says "s0"."""
+    if seed and cfg.arch:
+        over = tuple(seed_overrides(seed))
+        return replace(cfg, seed=seed, seeds=(), overrides=tuple(cfg.overrides) + over,
+                       finetune_overrides=tuple(cfg.finetune_overrides) + over)
+    return replace(cfg, seed=seed, seeds=(seed,))
 
 
 def options_for(method: str, pairs: Sequence[str]) -> tuple[str, ...]:
