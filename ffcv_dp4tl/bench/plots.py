@@ -319,7 +319,7 @@ def _ideal(t: dict[str, Any], rows: list[dict[str, Any]], pruned: list[float], s
     kept = [[c.get("kept_sample_fraction") for c in rows if c["ratio"] == r] for r in pruned]
     if pruned and all(k and None not in k for k in kept):
         ys = [0.0] + [100 * (1 - mean_std(k)[0]) for k in kept]
-        return xs, ys, f"ideal (= samples removed: 1 − kept-sample fraction, {same})"
+        return xs, ys, f"ideal (= samples removed, {same})"
     if (t.get("config") or {}).get("budget") == "samples":
         return xs, xs, "ideal (= ratio: samples removed)"
     return xs, xs, "ratio (units removed, not a share of samples)"
