@@ -40,8 +40,9 @@ def check_results(t: dict[str, Any], path: Path, own_criterion: bool = True) -> 
     anything is summarized: its lists (methods, ratios, seeds, finetune: each item once),
     ``tol`` (:func:`~ffcv_dp4tl.contracts.check_tol`, the CLI's rule), and every row of
     ``rows`` / ``target_rows`` typed (:data:`ROW_FIELDS`), of one of the table's methods,
-    ratios and seeds, not repeated, with the 0 % reference of every seed, and a finetune mode
-    listed only where rows hold its accuracies. The summary trusts its rows: a hand-edited
+    ratios and seeds, not repeated, with the 0 % reference of every seed, a finetune mode
+    listed only where rows hold its accuracies, and the ``warmup`` record (when there is one:
+    results from before 2026-12-08 have none) typed. The summary trusts its rows: a hand-edited
     top-1 of 250, a negative time, a second copy of a row or a seed the header does not count
     became a table of results, and a ratio given as a string dropped a method silently.
     Each refusal is one :class:`DataError` line naming the file, the row and the field.
@@ -69,6 +70,14 @@ def check_results(t: dict[str, Any], path: Path, own_criterion: bool = True) -> 
         raise
     except DP4TLError as e:
         raise DataError(f"{e}; {fix}") from None
+    warmup = typed(t, "warmup", "object", path, fix, default=None)
+    if warmup is not None:  # (the untimed warm-up before the first run: its report line reads it)
+        where = f"{path} warmup"
+        if typed(warmup, "ran", "bool", where, fix):
+            typed(warmup, "seconds", "nonneg", where, fix)
+            typed(warmup, "what", "str", where, fix)
+        else:
+            typed(warmup, "why", "str", where, fix, default="")
     _check_rows(t, "rows", path, fix)
     if t.get("target_rows") is not None:
         typed(t, "target_rows", "objects", path, fix)

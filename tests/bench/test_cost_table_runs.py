@@ -1,16 +1,119 @@
-"""How the cost table runs its pipelines: the config of each seed (its stage keys, its
-report's seed) — figures audit."""
+"""How the cost table runs its pipelines: the untimed warm-up before the first timed run, and
+the config of each seed (its stage keys, its report's seed) — figures audit."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 import ffcv_dp4tl.bench.cost_table as ct
 from ffcv_dp4tl.pipeline.config import PipelineConfig
 from ffcv_dp4tl.pipeline.resolve import seed_overrides
 from tiny_data import FINETUNE, SYNTH, TRAIN
+
+
+class Stop(Exception):
+    pass
+
+
+def test_the_warm_up_comes_before_the_first_timed_run(monkeypatch, tmp_path):
+    """The first timed stage, seed 0's 0 % pretraining, paid the process's one-time costs
+    (27.7 s vs 3.4 s for seed 1's; cost.png then showed pruned pretraining above the ideal): an
+    untimed warm-up of the reference's config now runs after the checks, before it."""
+    calls = []
+    monkeypatch.setattr(ct, "preflight", lambda cfgs, log: calls.append("checks"))
+    monkeypatch.setattr(ct, "warm_up", lambda cfg, log: calls.append(("warm", cfg.ratio,
+                                                                      cfg.method)))
+
+    def first_run(cfg, log):
+        calls.append("run")
+        raise Stop
+
+    monkeypatch.setattr(ct, "run_pipeline", first_run)
+    with pytest.raises(Stop):
+        ct.run_cost_table(PipelineConfig(source=SYNTH), tmp_path / "out", ratios=[0.0, 0.6],
+                          methods=["random"], seeds=[0, 1], finetune=("lp",), log=lambda _: None)
+    assert calls == ["checks", ("warm", 0.0, "random"), "run"]
+
+
+def _warmed_table(out) -> None:
+    """A one-seed table with a warm-up record, written into ``out`` as a run writes it."""
+    from ffcv_dp4tl.bench.stats import REFERENCE, summarize
+    from ffcv_dp4tl.reporting import machine_info
+
+    def row(method, ratio, pre, lp):
+        return {"method": method, "ratio": ratio, "seed": 0, "surrogate_s": 0.0, "score_s": 0.0,
+                "prune_s": 0.0, "pretrain_s": pre, "total_s": pre, "selection_s": 0.0,
+                "lp_top1": lp}
+
+    rows = [row(REFERENCE, 0.0, 10.0, 80.0), row("random", 0.6, 4.0, 70.0)]
+    t = summarize(rows, methods=["random"], ratios=[0.0, 0.6], seeds=[0], finetune=["lp"])
+    t.update(config={"source": "s", "target": "warm", "fmt": "ffcv", "recipes": "", "k": 8,
+                     "overrides": []}, surrogate_s=None, command="c", recipes={},
+             machine=machine_info(), date="today",
+             warmup={"ran": True, "seconds": 9.5, "what": "256 samples (2 batches) of x"})
+    ct.write_outputs(t, out)
+
+
+def test_the_warm_up_is_recorded_and_said_in_the_report_header(tmp_path):
+    """results.json records that a warm-up ran and how long it took, the report's header says
+    it, and `bench render` keeps it."""
+    out = tmp_path / "out"
+    _warmed_table(out)
+    assert json.loads((out / "results.json").read_text())["warmup"]["seconds"] == 9.5
+    line = "- warm-up: 256 samples (2 batches) of x (9.5 s)"
+    assert line in (out / "report.md").read_text()
+    assert ct.rerender(out)["warmup"]["ran"] is True
+    assert line in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("warmup,field", [({"ran": True, "seconds": -1.0, "what": "x"}, "seconds"),
+                                          ({"ran": "yes"}, "ran"), ([], "warmup")])
+def test_render_refuses_a_damaged_warm_up_record_in_one_line(tmp_path, warmup, field):
+    """The warm-up record is checked where results.json is read back, as its rows are."""
+    from ffcv_dp4tl.errors import DataError
+
+    out = tmp_path / "out"
+    _warmed_table(out)
+    t = json.loads((out / "results.json").read_text())
+    t["warmup"] = warmup
+    (out / "results.json").write_text(json.dumps(t))
+    with pytest.raises(DataError, match=f"results.json.*'{field}'"):
+        ct.rerender(out)
+
+
+def test_the_warm_up_takes_whole_classes_up_to_a_batch_of_each_pass():
+    """Training and evaluation both run at the timed runs' batch shapes: whole classes until
+    two training batches and one evaluation batch (on the mask's classes) are full."""
+    train = np.repeat(np.arange(6), 10)  # 6 classes of 10 train samples
+    val = np.repeat(np.arange(6), 3)  # ... and 3 val samples each
+    keep = ct.warm_up_indices(train, val, batch_size=8, eval_batch_size=9)
+    assert list(np.unique(train[keep])) == [0, 1, 2]  # 30 train (>= 16), 9 val (>= 9)
+    assert len(keep) == 30 and list(keep) == sorted(keep)
+    everything = ct.warm_up_indices(train, val, batch_size=64, eval_batch_size=9)
+    assert len(everything) == len(train)
+
+
+def test_the_warm_up_trains_untimed_and_leaves_nothing(data_root, tmp_path, monkeypatch):
+    """A real warm-up of a 1-epoch width-8 recipe: it reports its seconds, writes no stage
+    into the runs folder and removes its temporary folder."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    runs = tmp_path / "runs"
+    cfg = PipelineConfig(source=SYNTH, target="", fmt="ffcv", device="cpu", k=4, ratio=0.0,
+                         method="random", finetune=("lp",), data_root=data_root, runs_root=runs,
+                         overrides=TRAIN, finetune_overrides=FINETUNE)
+    said: list[str] = []
+    w = ct.warm_up(cfg, said.append)
+    assert w["ran"] is True and w["seconds"] > 0 and "pretraining" in w["what"]
+    assert said[0].startswith("[cost-table] warm-up: ")
+    assert not runs.exists() or not any(runs.iterdir())
+    assert not list((tmp_path / "tmp").glob("dp4tl-warm-up-*"))  # (torch keeps its own there)
 
 
 def _old_seed_config(base: PipelineConfig, seed: int) -> PipelineConfig:
