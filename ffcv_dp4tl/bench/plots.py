@@ -51,7 +51,7 @@ MIN_SPAN = 20.0
 #: the most characters of a target's name in a panel title (absolute paths ran into the next)
 TITLE_NAME_CHARS = 24
 #: which epoch's top-1 each ``--criterion`` plots, for the y label (the tables' epoch)
-EPOCH_WORDS = {"final": "final epoch", "best": "best epoch (picked on the test set)"}
+EPOCH_WORDS = {"final": "final epoch", "best": "best epoch (on the test set)"}
 
 
 def spread(t: dict[str, Any]) -> str:
@@ -103,8 +103,8 @@ def plot_accuracy(t: dict[str, Any], path: Path) -> None:
     # the 0 % values go in the legend: a label on the line sat on the last ratio's column
     labels = [f"{x}: {', '.join(refs)}" if x == REFERENCE_LABEL and refs else x for x in labels]
     rows = _legend_below(fig, handles, labels)
-    fig.suptitle(f"Transfer accuracy ({criterion(t)}-epoch top-1) vs source pruning ratio "
-                 f"(cf. paper Fig. 4)\nerror bars: {spread(t)}", fontsize=10)
+    fig.suptitle("Transfer accuracy vs source pruning ratio (cf. paper Fig. 4)\n"
+                 f"{criterion(t)}-epoch top-1; error bars: {spread(t)}", fontsize=10)
     fig.tight_layout(rect=(0, 0.045 + 0.05 * rows, 1, 1))
     atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
@@ -210,8 +210,8 @@ def plot_targets(t: dict[str, Any], path: Path) -> None:
             _axes(ax, t)
     handles, labels = axes[0][0].get_legend_handles_labels()
     rows = _legend_below(fig, handles, labels)
-    fig.suptitle(f"One pruned source for {nc} targets: {criterion(t)}-epoch accuracy per target "
-                 f"(cf. paper Fig. A5)\nerror bars: {spread(t)}", fontsize=10)
+    fig.suptitle(f"One pruned source for {nc} targets: accuracy per target (cf. paper Fig. A5)"
+                 f"\n{criterion(t)}-epoch top-1; error bars: {spread(t)}", fontsize=10)
     fig.tight_layout(rect=(0, 0.03 + 0.04 * rows, 1, 1))
     atomic_save_figure(fig, path, dpi=110)
     plt.close(fig)
