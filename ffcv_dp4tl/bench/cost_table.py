@@ -283,9 +283,9 @@ def warm_up(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict[str
     took 27.7 s where seed 1's took 3.4 s (timings.json: setup 4.0 s vs 0.2, data 4.1 vs 0.07,
     step 10.8 vs 3.0, eval 8.8 vs 0.2; figures audit) and the pruned runs looked faster than
     the ideal. Measured in one process on synth:tiny: the first pretraining compiled 91 numba
-    functions (12.6 s of its 42 s), the next none; after this warm-up the first compiled none. Trains one epoch of ``cfg``'s (the reference's) pretraining recipe on a few
-    classes of the source (:func:`warm_up_indices`), with one evaluation, on the run's device
-    and format, into a temporary folder removed after; no stage is written. Returns the
+    functions (12.6 s of its 42 s), the next none; after this warm-up the first compiled none.
+    Trains one epoch of ``cfg``'s (the reference's) pretraining recipe on a few classes of
+    the source (:func:`warm_up_indices`), with one evaluation, on the run's device and format, into a temporary folder removed after; no stage is written. Returns the
     record ``results.json`` keeps (``warmup``): whether it ran, its seconds and what it did.
     A brought source model (``source_weights``) pretrains nothing: no warm-up then."""
     import tempfile
@@ -348,7 +348,8 @@ def warmup_line(t: dict[str, Any]) -> str | None:
         return (f"- warm-up: {w['what']} ({w['seconds']:.1f} s), so that no timed stage pays "
                 "the process's one-time costs (imports, loader compile, first kernels); until "
                 "2026-12-08 the first seed's 0 % pretraining paid them")
-    return f"- no warm-up ({w.get('why', 'not run')}): the first timed stage paid the process's one-time costs"
+    return (f"- no warm-up ({w.get('why', 'not run')}): the first timed stage paid the "
+            "process's one-time costs")
 
 
 def options_for(method: str, pairs: Sequence[str]) -> tuple[str, ...]:

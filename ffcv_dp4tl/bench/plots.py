@@ -270,7 +270,8 @@ def plot_cost(t: dict[str, Any], path: Path) -> None:
     tag = " (steps matched)" if steps else ""
     a1.set_title("cost = surrogate + score + prune + pretrain (s)" + tag, fontsize=10)
     a1.set_xlabel(ratio_axis(t))
-    a1.set_ylabel(f"wall seconds ({ran_on((t.get('config') or {}).get('device', 'auto'), t.get('machine') or {})} run)")
+    device = ran_on((t.get("config") or {}).get("device", "auto"), t.get("machine") or {})
+    a1.set_ylabel(f"wall seconds ({device} run)")
     a1.set_ylim(0, 1.3 * a1.get_ylim()[1])  # (room for the surrogate's note above the data)
     a1.grid(alpha=0.3)
     _legend_under(a1)
