@@ -285,9 +285,10 @@ def warm_up(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict[str
     the ideal. Measured in one process on synth:tiny: the first pretraining compiled 91 numba
     functions (12.6 s of its 42 s), the next none; after this warm-up the first compiled none.
     Trains one epoch of ``cfg``'s (the reference's) pretraining recipe on a few classes of
-    the source (:func:`warm_up_indices`), with one evaluation, on the run's device and format, into a temporary folder removed after; no stage is written. Returns the
-    record ``results.json`` keeps (``warmup``): whether it ran, its seconds and what it did.
-    A brought source model (``source_weights``) pretrains nothing: no warm-up then."""
+    the source (:func:`warm_up_indices`), with one evaluation, on the run's device and format,
+    into a temporary folder removed after; no stage is written. Returns the record
+    ``results.json`` keeps (``warmup``): whether it ran, its seconds and what it did. A
+    brought source model (``source_weights``) pretrains nothing: no warm-up then."""
     import tempfile
     import time
     import warnings
