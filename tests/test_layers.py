@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: modules every layer may import, which import no other layer of the project
 LEAVES = {"contracts", "errors", "fsutil", "locks", "outputs", "cpus", "stopping", "reporting",
-          "progress", "lazy", "shipped"}
+          "progress", "lazy", "shipped", "figures"}
 #: layer -> the layers it may import (besides itself and the leaves); None: any
 ALLOWED: dict[str, set[str] | None] = {
     "beton_builders": set(),

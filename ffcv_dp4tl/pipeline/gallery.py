@@ -26,7 +26,7 @@ from PIL import Image
 from ..data.manifest import load_manifest
 from ..errors import DataError
 from ..data.masks import load_mask
-from ..fsutil import atomic_save_figure
+from ..figures import save, subplots
 from ..reporting import literal_text
 from ..scoring.ground_truth import GroundTruth, load_ground_truth, selection_quality
 from ..scoring.ranking import rank
@@ -199,11 +199,6 @@ def selection_gallery(source_dir: str | Path, target_dir: str | Path | Sequence[
     them, as in report.md). ``mask``: the train mask of the selection; ``scores_dir``: its
     scores (ranks class-unit selections). ``ground_truth``: True = load it from the manifests
     when the data has it, None/False = none, or a :class:`GroundTruth`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     plan = gallery_plan(source_dir, target_dir, mask, scores_dir=scores_dir, top=top,
                         per_class=per_class, title=title, ground_truth=ground_truth)
     src_imgs = [_read_images(plan.source_split, idx) for *_, idx in plan.source_rows]
@@ -212,7 +207,8 @@ def selection_gallery(source_dir: str | Path, target_dir: str | Path | Sequence[
     # each side is one image (a mosaic of its cells) in one axes: 72 axes of one image each
     # took most of the drawing's ~1.2 s (audit: 1.8 s on a busier machine)
     nrows = max(len(plan.source_rows), len(plan.target_rows), 1)
-    fig, axes = plt.subplots(1, 3, figsize=(0.95 * (2 * per_class + 1) + 3.2, 0.95 * nrows + 1.0),
+    # (a Figure of its own, outside pyplot: the user's backend and pyplot's figures untouched)
+    fig, axes = subplots(1, 3, figsize=(0.95 * (2 * per_class + 1) + 3.2, 0.95 * nrows + 1.0),
                              gridspec_kw={"wspace": 0.05, "width_ratios": [per_class, 0.25,
                                                                            per_class]})
     left, gap, right = axes
@@ -240,6 +236,5 @@ def selection_gallery(source_dir: str | Path, target_dir: str | Path | Sequence[
     fig.suptitle(plan.title, fontsize=9)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_figure(fig, out_png, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save(fig, out_png, dpi=110, bbox_inches="tight")
     return out_png

@@ -116,3 +116,51 @@ def test_the_mosaic_frames_each_row_in_its_colour_and_fits_every_image_to_its_ce
     assert tuple(canvas[y1 + 1, x0 + inner]) == (255, 255, 255)
     assert tuple(canvas[y1 + inner, x0 + inner]) == (0, 0, 255)
     assert (canvas[2 * g._PITCH:] == 255).all()  # (rows beyond the images: white)
+
+
+def test_drawing_the_gallery_leaves_the_users_matplotlib_as_it_was(synth, tmp_path):
+    """The gallery called ``matplotlib.use("Agg")``: a notebook that ran the pipeline (which
+    draws it) had its backend switched and lost its inline plots (figures audit). The backend
+    set before is the one after, and pyplot's figure list is unchanged (no leaked figure)."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from ffcv_dp4tl.pipeline.gallery import selection_gallery
+
+    mask = _class_selection(synth, tmp_path, np.arange(8, dtype=float), [6, 7], "sel4")
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        figures = plt.get_fignums()
+        png = selection_gallery(synth / "source", synth / "targets" / "paper", mask,
+                                tmp_path / "b.png", top=2, per_class=1)
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == figures
+        assert Image.open(png).format == "PNG"
+    finally:
+        matplotlib.use(before)
+
+
+def test_a_figure_of_the_figures_helper_is_outside_pyplot(tmp_path):
+    """:mod:`ffcv_dp4tl.figures` (what the gallery draws on, and the benches' plots can):
+    a grid of axes, saved atomically, with the backend and pyplot's figures untouched."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from ffcv_dp4tl import figures
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        figures_before = plt.get_fignums()
+        fig, axes = figures.subplots(2, 3, figsize=(6, 4), squeeze=False,
+                                     gridspec_kw={"wspace": 0.1})
+        assert axes.shape == (2, 3) and fig.get_size_inches().tolist() == [6, 4]
+        axes[1, 2].plot([0, 1], [1, 0], color=figures.colormap("tab10")(1))
+        png = figures.save(fig, tmp_path / "grid.png", dpi=50, bbox_inches="tight")
+        assert Image.open(png).format == "PNG"
+        one, ax = figures.subplots(figsize=(2, 2))
+        assert ax.figure is one and figures.figure((1, 1)).canvas.get_renderer() is not None
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == figures_before
+    finally:
+        matplotlib.use(before)
