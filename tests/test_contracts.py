@@ -490,17 +490,17 @@ def test_describe_dispatches_on_kind():
     from ffcv_dp4tl.pipeline.stages import describe
 
     assert describe({"stage": "finetune-lp", "kind": "finetune", "test_top1": 0.5,
-                     "top1_val": 0.1}) == "target test top-1 0.5000"
+                     "top1_val": 0.1}) == "target test top-1 50.00 %"
     assert describe({"stage": "score", "method": "lm", "unit": "class",
                      "selection_seconds": 2.25}) == "selection 2.2s"
-    assert describe({"stage": "pretrain", "epoch": 0, "top1_val": 0.75}) == "val top-1 0.7500"
+    assert describe({"stage": "pretrain", "epoch": 0, "top1_val": 0.75}) == "val top-1 75.00 %"
     assert describe({"stage": "surrogate", "epoch": 0, "top1_val": None, "objective": "moco_v2",
                      "loss": 1.5, "top1_train": 0.25}) == \
-        "moco_v2 loss 1.500, instance top-1 0.250"
+        "moco_v2 loss 1.500, instance top-1 25.00 %"
     assert describe({"stage": "prune", "unit": "class", "train_kept": 5}) == ""
     # a train result that happens to hold a key of another kind is not misread as that kind
     assert describe({"stage": "pretrain", "epoch": 0, "top1_val": 0.5,
-                     "selection_seconds": 9.0}) == "val top-1 0.5000"
+                     "selection_seconds": 9.0}) == "val top-1 50.00 %"
 
 
 # --- import graph ----------------------------------------------------------------------------

@@ -546,23 +546,29 @@ def describe(result: dict[str, Any] | StageResult) -> str:
     return line
 
 
+def _pct(top1: float) -> str:
+    """An accuracy (a fraction) as report.md's tables give it: ``98.61 %`` (the stage table
+    printed ``0.9861`` above a table of ``99.31 ± 0.98``; figures audit)."""
+    return f"{100 * top1:.2f} %"
+
+
 def _headline(r: StageResult) -> str:
     v = r.values
     if r.kind == "finetune":
         if "test_top1" in v:
-            best = (f" (best {v['best_test_top1']:.4f} at epoch {v['best_epoch']})"
+            best = (f" (best {_pct(v['best_test_top1'])} at epoch {v['best_epoch']})"
                     if v.get("best_test_top1") is not None else "")
-            return f"target test top-1 {v['test_top1']:.4f}{best}"
+            return f"target test top-1 {_pct(v['test_top1'])}{best}"
         if v.get("top1_val") is not None:
-            return f"val top-1 {v['top1_val']:.4f}"
+            return f"val top-1 {_pct(v['top1_val'])}"
     if r.kind == "score" and "selection_seconds" in v:
         return f"selection {v['selection_seconds']:.1f}s"
     if r.kind == "train":
         if v.get("brought"):
             return f"brought weights {Path(str(v.get('weights', '?'))).name} (imported, not trained)"
         if v.get("top1_val") is not None:
-            return f"val top-1 {v['top1_val']:.4f}"
+            return f"val top-1 {_pct(v['top1_val'])}"
         if v.get("objective", "supervised") != "supervised":
             return (f"{v['objective']} loss {v['loss']:.3f}, instance top-1 "
-                    f"{v['top1_train']:.3f}")
+                    f"{_pct(v['top1_train'])}")
     return ""
