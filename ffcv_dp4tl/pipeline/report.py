@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 from ..errors import DP4TLError
 from ..fsutil import atomic_write_json, atomic_write_text
@@ -18,15 +18,44 @@ from .targets import method_title
 from .truth import truth_lines
 
 
-def mean_std(xs: Iterable[float | None]) -> tuple[float, float]:
-    """Mean and sample std (0 for one value; NaN, NaN for none) of the values that are not
-    None or NaN: the one rule every table of seeds uses."""
-    vals = [float(x) for x in xs if x is not None and not math.isnan(float(x))]
+class SeedStats(NamedTuple):
+    """:func:`seed_stats`: mean and sample std of the finite values, how many there were
+    (``n``) and how many non-finite ones (NaN, ±inf: a diverged run) were left out."""
+
+    mean: float
+    std: float
+    n: int
+    dropped: int
+
+
+def seed_stats(xs: Iterable[float | None]) -> SeedStats:
+    """Mean and sample std (0 for one value; NaN, NaN for none) of the finite values of ``xs``;
+    None (no value: a stage not run) is left out, and so is a NaN or an infinity, counted in
+    ``dropped`` (as :func:`~ffcv_dp4tl.bench.stats.paired_test` counts them). Computed on the
+    values scaled by their largest magnitude when the plain sums overflow, so 1e300-sized
+    values give a finite mean and std (a sum of squares raised OverflowError; stats audit)."""
+    given = [float(x) for x in xs if x is not None]
+    vals = [x for x in given if math.isfinite(x)]
+    n, dropped = len(vals), len(given) - len(vals)
     if not vals:
-        return math.nan, math.nan
-    m = sum(vals) / len(vals)
-    sd = math.sqrt(sum((x - m) ** 2 for x in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-    return m, sd
+        return SeedStats(math.nan, math.nan, 0, dropped)
+    if max(abs(x) for x in vals) * math.sqrt(n) < 1e150:  # (no sum of squares can overflow)
+        m = sum(vals) / n
+        sd = math.sqrt(sum((x - m) ** 2 for x in vals) / (n - 1)) if n > 1 else 0.0
+        return SeedStats(m, sd, n, dropped)
+    scale = max(abs(x) for x in vals)
+    ys = [x / scale for x in vals]
+    ym = math.fsum(ys) / n
+    sd = math.sqrt(math.fsum((y - ym) ** 2 for y in ys) / (n - 1)) if n > 1 else 0.0
+    return SeedStats(ym * scale, sd * scale, n, dropped)  # (sd * scale may overflow to inf)
+
+
+def mean_std(xs: Iterable[float | None]) -> tuple[float, float]:
+    """Mean and sample std (0 for one value; NaN, NaN for none) of the finite values of ``xs``
+    (None, NaN and ±inf left out: :func:`seed_stats`, which also counts them): the one rule
+    every table of seeds uses."""
+    st = seed_stats(xs)
+    return st.mean, st.std
 
 
 def summarize_seeds(res: PipelineResult, modes: Sequence[str], target: str | None = None
@@ -140,11 +169,77 @@ def result_line(res: PipelineResult) -> str:
 
 def _mean_cell(xs: Sequence[float | None], digits: int, scale: float = 1.0, unit: str = "") -> str:
     """``71.28 %`` (scale 100, unit " %"), or ``72.10 ± 1.20 % (3 seeds)`` over several values
-    (:func:`mean_std`)."""
-    m, sd = mean_std(xs)
-    if len(xs) < 2:
-        return f"{scale * m:.{digits}f}{unit}"
-    return f"{scale * m:.{digits}f} ± {scale * sd:.{digits}f}{unit} ({len(xs)} seeds)"
+    (:func:`seed_stats`): the count is of the finite values, the non-finite ones left out are
+    said, and one value has no "± 0.00" (it has no spread)."""
+    st = seed_stats(xs)
+    left = f"{st.dropped} not finite, left out" if st.dropped else ""
+    if st.n == 0:
+        return f"no finite value ({left})" if left else "no value"
+    if st.n == 1:
+        return f"{scale * st.mean:.{digits}f}{unit}" + (f" (1 seed; {left})" if left else "")
+    return (f"{scale * st.mean:.{digits}f} ± {scale * st.std:.{digits}f}{unit} ({st.n} seeds"
+            + (f"; {left})" if left else ")"))
+
+
+def overrides_lines(cfg: dict[str, Any]) -> list[str]:
+    """report.md's lines of the recipe changes behind its numbers, from results.json's config:
+    the ``--set`` / ``--arch`` overrides of the pretraining recipe, ``--set-surrogate``'s and
+    ``--set-finetune``'s (LP and FF), and the seeds (each seed s > 0 trains with
+    ``train.seed=s``, ``data.seed=s``: :func:`~.resolve.seed_overrides`). A report without
+    them read as the shipped recipes' result (``train.epochs=1`` left out; API audit)."""
+    def given(key: str) -> list[str]:
+        v = cfg.get(key) or ()
+        return [str(o) for o in ([v] if isinstance(v, str) else v)]
+
+    parts = []
+    pre = given("overrides") + ([f"model.arch={cfg['arch']}"] if cfg.get("arch") else [])
+    for what, flag, over in (("pretraining", "--set", pre),
+                             ("surrogate", "--set-surrogate", given("surrogate_overrides")),
+                             ("finetuning (LP, FF)", "--set-finetune",
+                              given("finetune_overrides"))):
+        if over:
+            parts.append(f"{what} {flag} " + ", ".join(md_code(o) for o in over))
+    lines = ["- recipe overrides: " + ("; ".join(parts) if parts else
+                                       "none (the recipes as they are)")]
+    seeds = [int(s) for s in given("seeds")] or [0]
+    extra = [s for s in seeds if s]
+    lines.append(f"- seeds: {', '.join(str(s) for s in seeds)}"
+                 + (f" (seed s > 0 sets {md_code('train.seed=s')} and {md_code('data.seed=s')} "
+                    "in the pretraining and finetuning recipes)" if extra else ""))
+    return lines
+
+
+def _accuracy_table(summary: dict[str, Any], group: str | None) -> list[str]:
+    """One target's accuracy table: per mode, final- and best-epoch top-1 (%) as mean ± std
+    over the seeds whose value is finite. The heading gives their number when every cell has
+    all of them, else each cell gives its own (a missing or NaN seed was counted, and one value
+    shown "± 0.00"; stats audit)."""
+    rows = []
+    for mode, sm in summary.items():
+        finals = [p.get("final") for p in sm["seeds"]]
+        bests = [p.get("best") for p in sm["seeds"]]
+        rows.append((mode, sm["seeds"], finals, bests, seed_stats(finals), seed_stats(bests)))
+    counts = {st.n for *_, f, b in rows for st in (f, b)}
+    given = {len(seeds) for _, seeds, *_ in rows}
+    whole = len(counts) == 1 and counts == given and not any(
+        st.dropped for *_, f, b in rows for st in (f, b))
+    n = counts.pop() if whole else 0
+    spread = (("mean ± std over " + str(n) + " seeds" if n > 1 else "one seed") if whole else
+              "mean ± std over the seeds with a finite value (their number in each cell)")
+    lines = [("Target" if group is None else f"Target {md_code(group)}")
+             + f" test top-1 (%), {spread}: final epoch and best evaluated epoch", "",
+             "| mode | final epoch | best epoch | per seed (final / best) |", "|---|---:|---:|---|"]
+
+    def cell(values: list, st: SeedStats) -> str:
+        if not whole:
+            return _mean_cell(values, 2, 100)
+        return f"{100 * st.mean:.2f} ± {100 * st.std:.2f}" if n > 1 else f"{100 * st.mean:.2f}"
+
+    for mode, seeds, finals, bests, fst, bst in rows:
+        per = ", ".join(f"s{p['seed']}: {100 * p['final']:.2f} / {100 * p['best']:.2f}"
+                        for p in seeds if p.get("final") is not None and p.get("best") is not None)
+        lines.append(f"| {mode.upper()} | {cell(finals, fst)} | {cell(bests, bst)} | {per} |")
+    return lines + [""]
 
 
 def write_report(res: PipelineResult, out: Path) -> None:
@@ -162,7 +257,7 @@ def write_report(res: PipelineResult, out: Path) -> None:
     lines = [f"# DP4TL run: {run_title(cfg)}", "",
              f"- source: {md_code(res.source)}", *tlines,
              f"- protocol: {md_code(res.protocol)}",
-             recipes_line(res)]
+             recipes_line(res), *overrides_lines(cfg)]
     for role, what in (("surrogate", "surrogate"), ("pretrain", "source model")):
         r = res.find(role)
         if r is not None and r.values.get("brought"):
@@ -190,20 +285,8 @@ def write_report(res: PipelineResult, out: Path) -> None:
     groups = ({None: res.summary} if not res.targets else  # in the order the targets were given
               {n: per_target.get(n) for n in res.targets})
     for group, summary in groups.items():
-        if not summary:
-            continue
-        n = len(res.seeds or [0])
-        lines += [("Target" if group is None else f"Target {md_code(group)}")
-                  + f" test top-1 (%), {'mean ± std over ' + str(n) + ' seeds' if n > 1 else 'one seed'}"
-                  ": final epoch and best evaluated epoch", "",
-                  "| mode | final epoch | best epoch | per seed (final / best) |", "|---|---:|---:|---|"]
-        for mode, sm in summary.items():
-            cell = (lambda m, s_: f"{100 * m:.2f} ± {100 * s_:.2f}" if n > 1 else f"{100 * m:.2f}")
-            per = ", ".join(f"s{p['seed']}: {100 * p['final']:.2f} / {100 * p['best']:.2f}"
-                            for p in sm["seeds"] if p["final"] is not None and p["best"] is not None)
-            lines.append(f"| {mode.upper()} | {cell(sm['final_mean'], sm['final_std'])} | "
-                         f"{cell(sm['best_mean'], sm['best_std'])} | {per} |")
-        lines.append("")
+        if summary:
+            lines += _accuracy_table(summary, group)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
     atomic_write_json(out / "results.json", json.loads(json.dumps(res.to_json(), default=str)))
