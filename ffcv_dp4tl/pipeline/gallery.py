@@ -3,10 +3,14 @@
 ``selection_gallery`` draws one PNG: on the left a few images of each target class (the target
 train split), on the right the top kept source classes, a few kept images each, in the order the
 method ranked them. Class units (LM) are ranked by their scores; cluster and sample units (FM,
-RANDOM, the baselines) by how many train samples of the class the mask kept. Rows carry the
+RANDOM, the baselines) by how many train samples of the class the mask kept, and the gallery
+says so: its heading reads "source classes with the most kept samples" and each row gives its
+count (the method's unit is the scorer registry's). Rows carry the
 class name from the manifest (the wnid on ImageNet, with its description when the build recorded
 one); on data with ground truth (``synth``) a row is marked **related** (green) or not (red), and
-the title gives the recall of the mapped classes, so a wrong selection is visible at a glance.
+the title gives the recall of the mapped classes, so a wrong selection is visible at a glance
+(for a sample method, which keeps a few samples of nearly every class, that recall is near
+100 % whatever it chose: the title says so, and the related share is the measure).
 With several targets the left side shows each target's classes in turn, and related / mapped
 means to any of them: the union of their ground truths that report.md measures.
 
@@ -24,13 +28,14 @@ import numpy as np
 from PIL import Image
 
 from ..data.manifest import load_manifest
-from ..errors import DataError
+from ..errors import DataError, DP4TLError
 from ..data.masks import load_mask
 from ..figures import save, subplots
 from ..reporting import literal_text
 from ..scoring.ground_truth import GroundTruth, load_ground_truth, selection_quality
 from ..scoring.ranking import rank
-from .scores_io import load_scores
+from ..scoring.registry import get_scorer
+from .scores_io import load_scores, load_scores_meta
 from .targets import display_names
 
 __all__ = ["GALLERY", "GalleryPlan", "gallery_plan", "kept_class_ranking", "selection_gallery"]
@@ -114,6 +119,18 @@ def kept_class_ranking(labels: np.ndarray, kept: np.ndarray, scores_dir: str | P
     return [int(c) for c in present[order]]
 
 
+def _unit(scores_dir: str | Path | None) -> str | None:
+    """The unit of the method whose scores are in ``scores_dir`` (the scorer registry's; its
+    scores.json's for a method no longer registered); None without scores."""
+    if scores_dir is None:
+        return None
+    meta = load_scores_meta(scores_dir, check_method=False)
+    try:
+        return get_scorer(meta.method).unit
+    except DP4TLError:
+        return meta.unit
+
+
 def _class_label(manifest, k: int) -> str:
     name = manifest.classes[k]
     desc = manifest.contract.extra.get("class_descriptions")
@@ -152,7 +169,10 @@ def gallery_plan(source_dir: str | Path, target_dir: str | Path | Sequence[str |
     gt = (load_ground_truth(source_dir, target_dirs) if ground_truth is True
           else (ground_truth or None))
     ranked = kept_class_ranking(labels, kept, scores_dir)
+    unit = _unit(scores_dir)
+    by_score = unit == "class"  # (kept_class_ranking's rule: else by kept sample count)
     kept_labels = labels[kept]
+    counts = np.bincount(kept_labels, minlength=len(src.classes))
     mapped = set(gt.mapped_classes) if gt is not None else set()
     related = gt.related if gt is not None else None
     source_rows = []
@@ -160,7 +180,8 @@ def gallery_plan(source_dir: str | Path, target_dir: str | Path | Sequence[str |
         mark = "" if gt is None else ("  ✓ mapped" if k in mapped else
                                       ("  related" if related[k] else "  unrelated"))
         colour = None if gt is None else ("tab:green" if related[k] else "tab:red")
-        source_rows.append((f"#{r + 1} {_class_label(src, k)}{mark}", mark, colour,
+        rank_part = f"#{r + 1} " if by_score else f"{counts[k]} kept: "
+        source_rows.append((f"{rank_part}{_class_label(src, k)}{mark}", mark, colour,
                             kept[kept_labels == k][:per_class]))
     # the targets' classes, one of each target in turn (a single target: its first ``top``)
     multi = len(tgts) > 1
@@ -180,11 +201,17 @@ def gallery_plan(source_dir: str | Path, target_dir: str | Path | Sequence[str |
         head += f" — targets {', '.join(names)}"
     if gt is not None:
         q = selection_quality(gt, kept_labels)
-        head += (f" — mapped classes kept {100 * q['mapped_recall']:.0f} %, related samples "
-                 f"{100 * q['related_samples']:.0f} % (chance {100 * gt.chance(labels):.0f} %)")
+        recall = f"mapped classes kept {100 * q['mapped_recall']:.0f} %"
+        if unit == "sample":  # (a few samples of nearly every class: no measure of the choice)
+            recall = (f"mapped classes with a kept sample {100 * q['mapped_recall']:.0f} % "
+                      "(near 100 % for any sample method)")
+        head += (f" — {recall}, related samples {100 * q['related_samples']:.0f} % "
+                 f"(chance {100 * gt.chance(labels):.0f} %)")
+    source_heading = (f"top kept source classes by score ({len(ranked)} kept)" if by_score else
+                      f"source classes with the most kept samples ({len(ranked)} with any)")
     return GalleryPlan(title=head,
                        target_heading=f"target{'s' if multi else ''} {', '.join(names)}",
-                       source_heading=f"top kept source classes ({len(ranked)} kept)",
+                       source_heading=source_heading,
                        target_rows=target_rows, source_rows=source_rows, source_split=split)
 
 

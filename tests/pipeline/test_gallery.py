@@ -164,3 +164,35 @@ def test_a_figure_of_the_figures_helper_is_outside_pyplot(tmp_path):
         assert matplotlib.get_backend() == "svg" and plt.get_fignums() == figures_before
     finally:
         matplotlib.use(before)
+
+
+def test_a_sample_methods_gallery_says_its_rows_are_ranked_by_kept_samples(synth, tmp_path):
+    """RANDOM's gallery read "top kept source classes #1…#8" (ranked only by how many samples
+    each kept) under a title "mapped classes kept 100 %" that any sample method reaches (figures
+    audit): for a sample unit (the registry's) the heading and rows say what ranks them and the
+    title says the recall is near 100 % for any sample method; LM's stay ranked by score."""
+    from ffcv_dp4tl.data.manifest import load_manifest
+    from ffcv_dp4tl.data.masks import make_mask, save_mask
+    from ffcv_dp4tl.pipeline.gallery import gallery_plan
+    from ffcv_dp4tl.pipeline.scores_io import write_scores
+
+    split = load_manifest(synth / "source").split("train")
+    scores = np.random.default_rng(0).random(split.num_samples)
+    write_scores(tmp_path / "rnd", method="random", unit="sample", scores=scores, meta={})
+    mask = save_mask(tmp_path / "rnd" / "train.npy",
+                     make_mask(np.flatnonzero(scores >= np.quantile(scores, 0.6)), split))
+    plan = gallery_plan(synth / "source", synth / "targets" / "paper", mask,
+                        scores_dir=tmp_path / "rnd", top=3, per_class=1, title="RANDOM at 0.6")
+    assert plan.source_heading.startswith("source classes with the most kept samples (")
+    assert "mapped classes with a kept sample" in plan.title
+    assert "(near 100 % for any sample method)" in plan.title
+    labels = np.asarray(split.load_labels())[np.load(mask)]
+    counts = [int(label.split(" kept: ")[0]) for label, *_ in plan.source_rows]
+    assert counts == sorted(counts, reverse=True) and counts[0] == np.bincount(labels).max()
+    assert not any(label.startswith("#") for label, *_ in plan.source_rows)
+    lm_mask = _class_selection(synth, tmp_path, np.arange(8, dtype=float), [6, 7], "sel5")
+    lm = gallery_plan(synth / "source", synth / "targets" / "paper", lm_mask,
+                      scores_dir=tmp_path / "sel5", top=2, per_class=1)
+    assert lm.source_heading == "top kept source classes by score (2 kept)"
+    assert [label[:3] for label, *_ in lm.source_rows] == ["#1 ", "#2 "]
+    assert "mapped classes kept " in lm.title and "sample method" not in lm.title
