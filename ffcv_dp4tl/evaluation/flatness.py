@@ -295,6 +295,7 @@ def model_flatness(ft, *, split: str | None = None, fmt: str | None = None, batc
                              mask=mask, batch_size=batch_size, resolution=ft.resolution,
                              device=dev, num_workers=num_workers)
         batches = fixed_batches(loader, num_batches)
+        available = loader.plan.samples_per_epoch()  # (of the split under its mask)
     if not batches:
         raise DataError(f"{ft.target} split {split!r} gave no batch to measure the loss on; "
                         "choose a split with samples (--split)")
@@ -305,7 +306,8 @@ def model_flatness(ft, *, split: str | None = None, fmt: str | None = None, batc
                                   progress=progress, desc=f"λ_max {ft.name}")
     return {"run": str(ft.run_dir), "mode": ft.mode, "target": str(ft.target), "split": split,
             "mask": None if mask_path is None else str(mask_path),
-            "format": fmt, "samples": sum(len(b[1]) for b in batches), "loss": sharp["loss"],
+            "format": fmt, "samples": sum(len(b[1]) for b in batches),
+            "available": available, "batches": num_batches, "loss": sharp["loss"],
             "eps_sharpness": sharp["sharpness"], "eps": eps, "ascent_steps": steps,
             "max_loss": sharp["max_loss"], "lambda_max": hess["lambda_max"],
             "power_iterations": hess["iterations"], "converged": hess["converged"],
@@ -320,6 +322,17 @@ def check_flatness_entry(entry: dict, where: str, fix: str) -> None:
                        ("power_iterations", "count"), ("converged", "bool"),
                        ("samples", "count")):
         typed(entry, name, what, where, fix)
+
+
+def _samples(r: dict) -> str:
+    """``64 of 144 samples (--batches 1)`` when the loss was over the first batches of the
+    split only (it read "(all samples), 64 samples"; figures audit), ``144 samples`` over all
+    of them (and for an entry written before ``available`` was recorded)."""
+    n, available = r["samples"], r.get("available")
+    if isinstance(available, int) and not isinstance(available, bool) and n < available:
+        batches = r.get("batches")
+        return f"{n} of {available} samples" + (f" (--batches {batches})" if batches else "")
+    return f"{n} samples"
 
 
 def flatness_table(results: dict[str, dict]) -> str:
@@ -337,7 +350,7 @@ def flatness_table(results: dict[str, dict]) -> str:
                      f"{'' if r['converged'] else ' (not converged)'} |")
     where = {k: f"split {r.get('split', 'train')!r}"
              + (f" under mask {r['mask']}" if r.get("mask") else " (all samples)")
-             + f", {r['samples']} samples" for k, r in results.items()}
+             + f", {_samples(r)}" for k, r in results.items()}
     lines.append("")
     if any(math.isnan(x) for x in (*rel_e.values(), *rel_h.values())):
         lines.append("–: a sharpness ≤ 0 (no loss rise within ε, or λ_max ≤ 0 away from a "

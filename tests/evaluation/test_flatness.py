@@ -266,3 +266,18 @@ def test_both_measures_show_a_progress_bar_only_when_asked(capsys, monkeypatch):
     monkeypatch.setattr(sys, "stderr", _Terminal())
     hessian_top_eigenvalue(model, ONE, iters=3, loss_fn=quad_loss, progress=None, desc="hvp-tty")
     assert "hvp-tty" in sys.stderr.getvalue()
+
+
+def test_the_table_says_when_the_loss_was_over_some_of_the_samples_only():
+    """`--batches 1` read 64 of the split's 144 samples, and the report said "split 'train'
+    (all samples), 64 samples" (figures audit): it gives the share and the option."""
+    from ffcv_dp4tl.evaluation.flatness import flatness_table
+
+    row = {"loss": 0.1, "eps_sharpness": 1.0, "lambda_max": 2.0, "power_iterations": 3,
+           "converged": True, "split": "train", "mask": None}
+    part = flatness_table({"a": {**row, "samples": 64, "available": 144, "batches": 1}})
+    assert "Loss over: a: split 'train' (all samples), 64 of 144 samples (--batches 1)." in part
+    whole = flatness_table({"a": {**row, "samples": 144, "available": 144, "batches": None},
+                            "old": {**row, "samples": 64}})  # (an entry from before: no count)
+    assert "a: split 'train' (all samples), 144 samples; old: split 'train' (all samples), " \
+           "64 samples." in whole

@@ -36,6 +36,11 @@ def test_flatness_of_a_masked_run_is_over_its_training_images(masked_lp_run):
     assert f"under mask {ft.result['train_mask']}, 16 samples" in flatness_table({"a": res})
     whole = model_flatness(ft, split="train", **kw)
     assert (whole["mask"], whole["samples"]) == (None, 24)
+    # the first batch only: its 8 of the 16 (the mask's; the report says so: figures audit)
+    first = model_flatness(ft, **{**kw, "num_batches": 1})
+    assert (first["samples"], first["available"], first["batches"]) == (8, 16, 1)
+    assert f"under mask {ft.result['train_mask']}, 8 of 16 samples (--batches 1)" in \
+        flatness_table({"a": first})
 
 
 def test_flatness_of_a_run_shows_its_progress_on_a_terminal_only(lp_run, capsys, monkeypatch):
