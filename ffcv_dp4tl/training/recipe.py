@@ -774,14 +774,23 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool, bool]] = 
 }
 
 
+#: the largest magnitude a float knob may have: torch computes in float32, and an lr of 1e300
+#: was a traceback at the first step ("value cannot be converted to type float without
+#: overflow"; API audit)
+FLOAT_KNOB_MAX = 3.4028234663852886e38  # (numpy.finfo(numpy.float32).max)
+
+
 def _validate_ranges(r: Recipe, source: str) -> None:
     import math
 
-    for sec in SECTIONS:  # every float must be a number (no nan / inf)
+    for sec in SECTIONS:  # every float a finite number float32 holds (no nan / inf / 1e300)
         for key, value in dataclasses.asdict(getattr(r, sec)).items():
             for v in value if isinstance(value, list) else [value]:
                 if isinstance(v, float) and not math.isfinite(v):
                     raise DP4TLError(f"{source}: {sec}.{key} = {v} is not a finite number")
+                if isinstance(v, float) and abs(v) > FLOAT_KNOB_MAX:
+                    raise DP4TLError(f"{source}: {sec}.{key} = {v:g} is beyond float32's range "
+                                     f"(|value| <= {FLOAT_KNOB_MAX:.4g}, what torch computes in)")
     for (sec, key), (lo, hi, lo_in, hi_in) in _RANGES.items():
         value = getattr(getattr(r, sec), key)
         for v in value if isinstance(value, list) else [value]:

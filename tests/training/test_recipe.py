@@ -537,3 +537,26 @@ def test_a_vit_source_is_finetuned_at_its_own_size_only():
     check_source_fed("resnet18", {}, lp, "src")  # any size
     with pytest.raises(DP4TLError, match="model.image_size = 224 px"):  # (the model's default)
         check_source_fed("vit_b_16", {}, lp, "src")
+
+
+@pytest.mark.parametrize("override, shown", [
+    ("lr.lr=1e300", "lr.lr = 1e+300"), ("optim.grad_clip=1e39", "optim.grad_clip = 1e+39"),
+    ("optim.weight_decay=-4e38", "optim.weight_decay = -4e+38"),
+    ("optim.betas=[0.9, 1e300]", "optim.betas = 1e+300"), ("adv.eps=\"1e300/1\"", "adv.eps = 1e+300")])
+def test_a_float_knob_beyond_float32_is_refused_in_one_line_naming_it(override, shown):
+    """`--set-finetune lr.lr=1e300` passed every check and ended in torch's traceback "value
+    cannot be converted to type float without overflow" (API audit): every float knob (one
+    rule, lists and fractions included) is refused when the recipe loads, before any work."""
+    with pytest.raises(DP4TLError) as e:
+        load_recipe("lp_tiny_cpu", [override])
+    assert f"{shown} is beyond float32's range" in str(e.value) and "\n" not in str(e.value)
+    assert load_recipe("lp_tiny_cpu", ["optim.grad_clip=3e38"]).optim.grad_clip == 3e38
+
+
+def test_a_pipeline_refuses_an_lr_torch_cannot_hold_before_any_work(tmp_path):
+    from ffcv_dp4tl.pipeline.config import PipelineConfig, validate
+
+    for kw in ({"finetune_overrides": ("lr.lr=1e300",)}, {"overrides": ("lr.lr=1e300",)}):
+        with pytest.raises(DP4TLError, match=r"lr\.lr = 1e\+300 is beyond float32's range"):
+            validate(PipelineConfig(data_root=tmp_path / "d", runs_root=tmp_path / "r", **kw))
+    assert not (tmp_path / "d").exists() and not (tmp_path / "r").exists()
