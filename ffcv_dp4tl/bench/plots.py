@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..fsutil import atomic_save_figure
+from ..figures import save, subplots
 from ..pipeline.report import mean_std
 from ..reporting import literal_text, ran_on
 from ..scoring.registry import UNIT_PLURAL, get_scorer, is_registered
@@ -28,16 +28,6 @@ def ratio_axis(t: dict[str, Any]) -> str:
     if len(words) == 1:
         return f"source {words[0]} removed (%)"
     return f"source units removed (%)\n({' / '.join(words)}, by method)"  # (fits one panel)
-
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 REFERENCE_LABEL = "0 % (unpruned source)"
@@ -86,10 +76,9 @@ def short_name(name: str, limit: int = TITLE_NAME_CHARS) -> str:
 def plot_accuracy(t: dict[str, Any], path: Path) -> None:
     """Fig. 4 style: x = pruning ratio %, y = target test top-1 % (the epoch of the table's
     ``criterion``), LP and FF side by side."""
-    plt = pyplot()
     accuracy = accuracy_of(t)
     modes = [m for m in t["finetune"] if accuracy.get(m, {}).get("methods")]
-    fig, axes = plt.subplots(1, max(1, len(modes)), figsize=(5.2 * max(1, len(modes)), 4.2),
+    fig, axes = subplots(1, max(1, len(modes)), figsize=(5.2 * max(1, len(modes)), 4.2),
                              squeeze=False)
     refs = []
     for ax, mode in zip(axes[0], modes):
@@ -106,8 +95,7 @@ def plot_accuracy(t: dict[str, Any], path: Path) -> None:
     fig.suptitle("Transfer accuracy vs source pruning ratio (cf. paper Fig. 4)\n"
                  f"{criterion(t)}-epoch top-1; error bars: {spread(t)}", fontsize=10)
     fig.tight_layout(rect=(0, 0.045 + 0.05 * rows, 1, 1))
-    atomic_save_figure(fig, path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)
 
 
 def _legend_below(fig, handles: list, labels: list[str]) -> int:
@@ -193,13 +181,12 @@ def _curves(ax, t: dict[str, Any], acc: dict[str, Any]) -> None:
 def plot_targets(t: dict[str, Any], path: Path) -> None:
     """Fig. A5 style: one panel per target (columns) and finetuning mode (rows), accuracy vs
     pruning ratio of the one selection made for all targets."""
-    plt = pyplot()
     targets = {name: accuracy_of({**tt, "criterion": criterion(t)})
                for name, tt in t["targets"].items()}
     modes = [m for m in t["finetune"] if any(acc.get(m, {}).get("methods")
                                             for acc in targets.values())]
     nr, nc = max(1, len(modes)), len(targets)
-    fig, axes = plt.subplots(nr, nc, figsize=(4.4 * nc, 3.8 * nr), squeeze=False)
+    fig, axes = subplots(nr, nc, figsize=(4.4 * nc, 3.8 * nr), squeeze=False)
     for i, mode in enumerate(modes):
         for j, name in enumerate(target_order(t)):
             ax, acc = axes[i][j], targets[name][mode]
@@ -213,8 +200,7 @@ def plot_targets(t: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"One pruned source for {nc} targets: accuracy per target (cf. paper Fig. A5)"
                  f"\n{criterion(t)}-epoch top-1; error bars: {spread(t)}", fontsize=10)
     fig.tight_layout(rect=(0, 0.03 + 0.04 * rows, 1, 1))
-    atomic_save_figure(fig, path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)
 
 
 def pretrain_methods(cost: list[dict[str, Any]]) -> list[str]:
@@ -236,8 +222,7 @@ def steps_matched(t: dict[str, Any]) -> bool:
 @literal_text
 def plot_cost(t: dict[str, Any], path: Path) -> None:
     """Left: total cost (s) vs ratio per method; right: reduction vs 0 %, ours beside the paper's."""
-    plt = pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.8))
+    fig, (a1, a2) = subplots(1, 2, figsize=(11, 4.8))
     cost = t["cost"]
     ref = cost[0]
     steps = steps_matched(t)
@@ -306,8 +291,7 @@ def plot_cost(t: dict[str, Any], path: Path) -> None:
     a2.grid(alpha=0.3)
     _legend_under(a2)
     fig.tight_layout()
-    atomic_save_figure(fig, path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save(fig, path, dpi=110, bbox_inches="tight")
 
 
 def _ideal(t: dict[str, Any], rows: list[dict[str, Any]], pruned: list[float], same: str):

@@ -31,7 +31,8 @@ from typing import Any, Callable, Iterable, Sequence
 from ..contracts import check_items, check_pruned_ratios
 from ..contracts.fields import typed
 from ..errors import DP4TLError
-from ..fsutil import BAD_JSON, atomic_save_figure, atomic_write_json, atomic_write_text
+from ..figures import save, subplots
+from ..fsutil import BAD_JSON, atomic_write_json, atomic_write_text
 from ..locks import directory_lock
 from ..pipeline.config import PipelineConfig
 from ..pipeline.report import mean_std
@@ -698,15 +699,11 @@ def has_difference(t: dict[str, Any]) -> bool:
 def plot_tests(summary: dict[str, Any], path: Path) -> Path:
     """Forest plot: each (mode, ratio, method)'s mean paired difference with its 95 % CI,
     coloured by the verdict the table prints (key below the plot; markers: which test)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
     tests = [t for t in summary["tests"] if has_difference(t)]
-    fig, ax = plt.subplots(figsize=(6.4, 0.4 * len(tests) + 2.6))
+    fig, ax = subplots(figsize=(6.4, 0.4 * len(tests) + 2.6))
     kinds = []
     for i, t in enumerate(tests):
         kind = verdict_kind(row_verdict(t))
@@ -738,8 +735,7 @@ def plot_tests(summary: dict[str, Any], path: Path) -> Path:
     if tests:
         fig.legend(handles=swatches, loc="lower center", ncol=2, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.05 + 0.045 * (-(-len(swatches) // 2)), 1, 1))
-    atomic_save_figure(fig, path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)
     return path
 
 

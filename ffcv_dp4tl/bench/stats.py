@@ -8,7 +8,7 @@ import math
 from typing import Any, Sequence
 
 from ..contracts import Criterion
-from ..pipeline.report import mean_std
+from ..pipeline.report import mean_std, seed_stats
 
 #: Paper Tab. 3: hours "to obtain the pretrained model" per pruning ratio — a *total* that covers
 #: RN-18 surrogate training, LM/FM pruning and RN-101 source pretraining (Tab. 3's caption).
@@ -20,9 +20,10 @@ COST_STAGES = ("surrogate", "score", "prune", "pretrain")
 
 
 def counted_mean_std(xs: Sequence[float | None]) -> tuple[float, float, int]:
-    """:func:`~ffcv_dp4tl.pipeline.report.mean_std` and how many values it is over (those not
-    None or NaN): a table of 3 seeds printed a cell of one as "70.0 ± 0.0" (figures audit)."""
-    return (*mean_std(xs), sum(x is not None and not math.isnan(float(x)) for x in xs))
+    """(mean, std, n) of :func:`~ffcv_dp4tl.pipeline.report.seed_stats`: n the finite values it
+    is over; a table of 3 seeds printed a cell of one as "70.0 ± 0.0" (figures audit)."""
+    st = seed_stats(xs)
+    return st.mean, st.std, st.n
 
 
 def paper_reduction(ratio: float) -> float | None:

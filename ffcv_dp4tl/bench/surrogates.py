@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..errors import DP4TLError
-from ..fsutil import atomic_save_figure, atomic_write_json, atomic_write_text
+from ..figures import colormap, save, subplots
+from ..fsutil import atomic_write_json, atomic_write_text
 from ..pipeline.compare import overlap
 from ..pipeline.config import PipelineConfig, recorded_config
 from ..pipeline.result import PipelineResult
@@ -35,7 +36,7 @@ from ..pipeline.run import preflight, run_pipeline
 from ..reporting import literal_text, machine_info, md_code, ran_on
 from .markdown import num, ratio_label
 from ..outputs import claim_out_dir
-from .plots import pyplot, ratio_axis
+from .plots import ratio_axis
 from .stats import best_winning_subset
 
 #: Paper Tab. A6 (ImageNet source, OxfordPets target, RN-101 source model): params (M, as
@@ -355,10 +356,9 @@ def _labels(ax, pts: list[tuple[float, float, str]], colour: str, *, right: bool
 def plot(t: dict[str, Any], path: Path) -> None:
     """Left: target top-1 vs pruning ratio per surrogate, from the shared 0 % point (Fig. 5);
     right: class overlap with the reference vs surrogate size, ours and the paper's."""
-    plt = pyplot()
     mode = t["finetune"][0]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11.5, 4.4))
-    cmap = plt.get_cmap("tab10")
+    fig, (a1, a2) = subplots(1, 2, figsize=(11.5, 4.4))
+    cmap = colormap("tab10")
     ref = t["reference_acc"].get(mode)
     for j, arch in enumerate(t["archs"]):
         rec = t["runs"][arch]
@@ -407,5 +407,4 @@ def plot(t: dict[str, Any], path: Path) -> None:
     a2.grid(alpha=0.3)
     a2.legend(fontsize=7)
     fig.tight_layout()
-    atomic_save_figure(fig, path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)
