@@ -288,18 +288,20 @@ def _recording_queues(queues: list) -> Iterator[None]:
         yield
 
 
-def _close_queues(queues: list, timeout: float = 5.0) -> None:
+def _close_queues(queues: list, timeout: float = 1.0) -> None:
     """Close the queues of a failed write, their feeder threads ended and their pipes closed:
     an interrupted build left a ``QueueFeederThread`` and ~11 descriptors in the process (API
     audit). Their readers, ffcv's writer processes, are gone: what is still in a pipe is read
     here (past the queue's read lock, which a killed reader may hold), so the feeder can put its
-    last item and end."""
+    last item and end. ``timeout``: for all of them together (5 s per queue made a Ctrl-C
+    during a write end ~4 s later, not 0.5 s; review): a feeder still alive then is left, not
+    waited for at exit."""
+    deadline = time.monotonic() + timeout
     for queue in queues:
         reader, writer = getattr(queue, "_reader", None), getattr(queue, "_writer", None)
         feeder = getattr(queue, "_thread", None)
         with contextlib.suppress(Exception):
             queue.close()  # (its feeder ends after the items it holds, closing both ends)
-        deadline = time.monotonic() + timeout
         while feeder is not None and feeder.is_alive() and time.monotonic() < deadline:
             try:
                 while reader is not None and not reader.closed and reader.poll():

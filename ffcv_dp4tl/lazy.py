@@ -120,16 +120,50 @@ def threads_kept() -> Iterator[None]:
     """torch's CPU thread count and numba's (this thread's) are the same after the block as
     before it, where those modules are imported already (read nothing otherwise: importing
     them is not this function's business)."""
-    torch, numba = _imported("torch"), _imported("numba")
-    counts = (torch.get_num_threads() if torch is not None else None,
-              numba.get_num_threads() if numba is not None else None)
+    counts = _thread_counts()
     try:
         yield
     finally:
-        if counts[0] is not None and torch.get_num_threads() != counts[0]:
-            torch.set_num_threads(counts[0])
-        if counts[1] is not None and numba.get_num_threads() != counts[1]:
-            numba.set_num_threads(counts[1])
+        _restore_thread_counts(counts)
+
+
+def _thread_counts() -> tuple[int | None, int | None]:
+    """torch's and numba's thread counts, None for a module not imported yet."""
+    torch, numba = _imported("torch"), _imported("numba")
+    return (torch.get_num_threads() if torch is not None else None,
+            numba.get_num_threads() if numba is not None else None)
+
+
+def _restore_thread_counts(counts: tuple[int | None, int | None]) -> None:
+    torch, numba = _imported("torch"), _imported("numba")
+    if counts[0] is not None and torch is not None and torch.get_num_threads() != counts[0]:
+        torch.set_num_threads(counts[0])
+    if counts[1] is not None and numba is not None and numba.get_num_threads() != counts[1]:
+        numba.set_num_threads(counts[1])
+
+
+_OVERLAPPING = {"depth": 0, "counts": (None, None)}
+_OVERLAPPING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def threads_kept_overlapping() -> Iterator[None]:
+    """:func:`threads_kept` for blocks that may overlap without nesting, as the epochs of two
+    loaders iterated in turn (``a = iter(train); next(a); b = iter(val); next(b)``, ``a`` ends
+    first): the caller's counts are read when the first such block starts and restored when
+    the last one ends. Each block restoring its own snapshot left the first loader's worker
+    count set for the rest of the process (review)."""
+    with _OVERLAPPING_LOCK:
+        if _OVERLAPPING["depth"] == 0:
+            _OVERLAPPING["counts"] = _thread_counts()
+        _OVERLAPPING["depth"] += 1
+    try:
+        yield
+    finally:
+        with _OVERLAPPING_LOCK:
+            _OVERLAPPING["depth"] -= 1
+            if _OVERLAPPING["depth"] == 0:
+                _restore_thread_counts(_OVERLAPPING["counts"])
 
 
 def guarded_import(name: str, package: str | None = None) -> types.ModuleType:

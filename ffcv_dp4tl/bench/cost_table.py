@@ -271,7 +271,8 @@ def seeded(cfg: PipelineConfig, seed: int) -> PipelineConfig:
     return replace(cfg, seed=seed, seeds=(seed,))
 
 
-#: how many batches of the pretraining recipe :func:`warm_up` trains
+#: the fewest batches of the pretraining recipe :func:`warm_up` trains (more where a whole
+#: evaluation batch needs more classes: :func:`warm_up_indices`)
 WARM_UP_BATCHES = 2
 
 

@@ -35,7 +35,7 @@ import torch
 from beton_builders.integrity import DAMAGED_SAMPLE_HINT
 
 from ..errors import DataError
-from ..lazy import import_ffcv, threads_kept
+from ..lazy import import_ffcv, threads_kept, threads_kept_overlapping
 from .ffcv_compile import PipelineFailure, damaged_samples, ffcv_classes
 from .interface import PlanLoaderBase, Stalled, checked_sizes, checked_timeout
 from .sampling import Batch, EpochPlan
@@ -345,15 +345,19 @@ class FFCVMaskedLoader(PlanLoaderBase):
         the beton's memory map is released now, its descriptor closed, even while the loader
         itself is still referenced (a traceback a notebook keeps held an interrupted
         ``train``'s loader, and with it one open descriptor of the beton per interruption; API
-        audit). Iterating the loader again maps the beton again."""
+        audit). Iterating the loader again maps the beton again. Where an iteration is still
+        executing (another thread's loop, or ``close()`` called from its own), the map stays
+        until the loader is collected."""
+        busy = False
         for iteration in list(self._iterations):
             try:
                 iteration.close()  # (its finally: the epoch's thread stopped, the counts back)
-            except ValueError:  # ("generator already executing": close() from its own loop)
-                pass
+            except ValueError:  # ("generator already executing": in another thread, or
+                busy = True     # close() from its own loop)
         for batches in list(self._epochs):
             self._stop_epoch(batches)
-        self._release_map()
+        if not busy:  # (an iteration still executing reads the map: numba failed to type a
+            self._release_map()  # reader of None in the thread iterating; review)
 
     def _release_map(self) -> None:
         """Drop every reference this loader holds to ffcv's memory map of the beton (its
@@ -402,7 +406,7 @@ class FFCVMaskedLoader(PlanLoaderBase):
         return iteration
 
     def _iterate(self) -> Iterator[Batch]:
-        with threads_kept():
+        with threads_kept_overlapping():
             yield from self._epoch_batches()
 
     def _epoch_batches(self) -> Iterator[Batch]:

@@ -273,9 +273,10 @@ def pin_cpu_threads(num_workers: int) -> int:
     """Set torch's CPU thread count for a stage from its recipe: the loader workers it runs with
     (``data.num_workers`` capped at the cores, at least 1) — what ffcv's loader sets anyway on
     every epoch. CPU results depend on this count (reductions split differently), and without
-    pinning it depends on history: importing ffcv sets it to 1, each ffcv loader to its worker
-    count, so a pipeline stage that built data first and one that found it built trained
-    differently under the same stage key. (The count is the machine's as much as the recipe's,
+    pinning it depended on history (ffcv's import set it to 1, each ffcv loader to its worker
+    count; both are undone now outside an epoch, ``lazy.import_ffcv``), so a pipeline stage
+    that built data first and one that found it built trained differently under the same
+    stage key. (The count is the machine's as much as the recipe's,
     so ``data.num_workers`` is hashed as its default: results are reproducible per machine.)"""
     from ..data.resources import effective_workers
 

@@ -77,3 +77,51 @@ def test_a_closed_loader_holds_no_descriptor_of_its_beton_while_referenced(index
     assert sum(len(b.labels) for b in loader) > 0
     loader.close()
     assert _beton_fds(beton) == baseline
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 numba threads")
+def test_the_callers_counts_come_back_when_two_epochs_overlap_without_nesting(
+        index_dataset, caller_counts):
+    """Two loaders' epochs interleaved, the first ending first: each restoring its own snapshot
+    left the first loader's worker count (1) set for the rest of the process (review)."""
+    first = make_loader(index_dataset.root, "train", aug=AugSpec.for_eval(), batch_size=16,
+                        resolution=16, num_workers=1)
+    second = make_loader(index_dataset.root, "train", aug=AugSpec.for_eval(), batch_size=16,
+                         resolution=16, num_workers=2)
+    a = iter(first)
+    next(a)
+    b = iter(second)
+    next(b)
+    for _ in a:  # the first epoch ends while the second still runs
+        pass
+    for _ in b:
+        pass
+    assert (torch.get_num_threads(), numba.get_num_threads()) == caller_counts
+    first.close()
+    second.close()
+
+
+def test_close_while_another_thread_iterates_leaves_that_iteration_whole(index_dataset):
+    """close() from another thread released the beton's map under a running epoch: the
+    iterating thread failed in numba ("read ... with parameters (uint64, none)"; review). The
+    map now stays while an iteration executes; the iterating thread ends without an error."""
+    import threading
+
+    loader = _loader(index_dataset)
+    started, errors = threading.Event(), []
+
+    def iterate():
+        try:
+            for _ in range(3):
+                for _batch in loader:
+                    started.set()
+        except Exception as e:  # noqa: BLE001 - what the test looks for
+            errors.append(e)
+
+    t = threading.Thread(target=iterate)
+    t.start()
+    assert started.wait(60)
+    loader.close()
+    t.join(120)
+    assert not t.is_alive() and errors == []
+    loader.close()
