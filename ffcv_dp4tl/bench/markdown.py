@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Sequence
 
-from ..errors import DP4TLError
+from ..errors import DP4TLError, count
 from ..scoring.registry import PlotStyle, get_scorer, is_registered
 from ..shipped import doc_ref
 from ..pipeline.report import in_stage_order, mean_std
@@ -29,11 +29,6 @@ def _share(x: float | None) -> str:
 def num(x: float | None, fmt: str = "{:.1f}") -> str:
     """A table cell: ``x`` formatted, or "–" when it is missing (None or NaN)."""
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
-
-
-def counted(n: int, noun: str) -> str:
-    """``1 seed``, ``3 seeds``: a count with its noun (it read "1 seeds", "1 comparisons")."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def margin(tol: float) -> str:
@@ -372,7 +367,7 @@ def shown_cell(shown: dict[str, Any] | None) -> str:
             return "none"
         at = ratio_label(first["ratio"])
         if first.get("lo") is not None:
-            return f"none ({at}: {first['lo']:+.1f}, {counted(first['n'], 'seed')})"
+            return f"none ({at}: {first['lo']:+.1f}, {count(first['n'], 'seed')})"
         if first.get("mean") is None or not first.get("n"):
             return f"none ({at}: no pairs)"
         if first["n"] == 1:
@@ -384,7 +379,7 @@ def shown_cell(shown: dict[str, Any] | None) -> str:
         return (f"none ({at}: all Δ {first['mean']:+.1f} over {first['n']} seeds"
                 + "".join(f", {w}" for w in why or ["no test"]) + ")")
     word = "all" if shown.get("exact") else "≥"
-    return f"{ratio_label(shown['ratio'])} ({word} {shown['lo']:+.1f}, {counted(shown['n'], 'seed')})"
+    return f"{ratio_label(shown['ratio'])} ({word} {shown['lo']:+.1f}, {count(shown['n'], 'seed')})"
 
 
 def _family(vs: list[dict[str, Any]]) -> int:
@@ -399,9 +394,9 @@ def _family_text(t: dict[str, Any], vs: list[dict[str, Any]]) -> str:
     n = _family(vs)
     modes = [m for m, x in (t.get("versus_random") or {}).items() if x]
     if "family" in (vs[0] if vs else {}) and len(modes) > 1:
-        return (f"{counted(n, 'comparison')}, one family: every mode × ratio × method of the "
+        return (f"{count(n, 'comparison')}, one family: every mode × ratio × method of the "
                 f"versus-RANDOM tables ({', '.join(m.upper() for m in modes)})")
-    return f"the table's {counted(n, 'comparison')}"
+    return f"the table's {count(n, 'comparison')}"
 
 
 def _power_note(vs: list[dict[str, Any]]) -> str:
@@ -417,7 +412,7 @@ def _power_note(vs: list[dict[str, Any]]) -> str:
     fam = max(1, _family(vs))
     t = stats.t.ppf(1 - ALPHA / (2 * fam), 1)
     return (f" With two seeds a verdict needs t >= {t:.0f} (Holm's first step over "
-            f"{counted(fam, 'comparison')}): a mean difference {t:.0f} times half the gap "
+            f"{count(fam, 'comparison')}): a mean difference {t:.0f} times half the gap "
             "between the two seeds' "
             "differences; two equal differences give p = 0.5. Read Δ and its interval, not the "
             "verdict.")

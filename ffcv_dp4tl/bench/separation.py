@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..contracts import check_items, check_pruned_ratios
 from ..contracts.fields import typed
-from ..errors import DP4TLError
+from ..errors import DP4TLError, count
 from ..figures import save, subplots
 from ..fsutil import BAD_JSON, atomic_write_json, atomic_write_text
 from ..locks import directory_lock
@@ -41,7 +41,6 @@ from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
 from ..pipeline.truth import CHANCE_NOTE, TRUTH_COLUMNS, check_truth
 from ..reporting import carry_notes, literal_text, md_code
-from .markdown import counted
 from .stats import ALPHA, after_holm, direction, format_interval, format_p, holm, paired_test
 from ..outputs import claim_out_dir
 
@@ -562,7 +561,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _tests_family(s: dict[str, Any]) -> str:
     """The Holm family of the table's verdicts, in words: every row, modes × ratios ×
     methods."""
-    return (f"{counted(len(s['tests']), 'test')}, one family of every mode × ratio × method "
+    return (f"{count(len(s['tests']), 'test')}, one family of every mode × ratio × method "
             f"({len(s['modes'])} × {len(s['ratios'])} × {len(s['methods'])}; p Holm)")
 
 
@@ -663,7 +662,7 @@ def _forest_title(summary: dict[str, Any], tests: list[dict[str, Any]]) -> str:
     points without a bar (all of them: too few pairs for intervals), and that one seed has no
     seed-level interval."""
     seeds, targets = summary.get("seeds") or [], summary.get("targets") or []
-    title = f"n = {counted(len(seeds), 'seed')} × {counted(len(targets), 'target')}"
+    title = f"n = {count(len(seeds), 'seed')} × {count(len(targets), 'target')}"
     bars = [t["pooled"].get("lo") is not None for t in tests]
     if not tests:
         return title + ": no paired differences to draw"
