@@ -11,7 +11,7 @@ from ..pipeline.report import mean_std
 from ..reporting import literal_text, ran_on
 from ..scoring.registry import UNIT_PLURAL, get_scorer, is_registered
 from .markdown import method_dash, method_style, no_surrogate_labels, target_order
-from .stats import PAPER_TOTAL_HOURS, paper_reduction
+from .stats import CRITERIA, PAPER_TOTAL_HOURS, paper_reduction
 from .variants import base_method
 
 
@@ -40,8 +40,9 @@ MAX_OFFSET = 2.5
 MIN_SPAN = 20.0
 #: the most characters of a target's name in a panel title (absolute paths ran into the next)
 TITLE_NAME_CHARS = 24
-#: which epoch's top-1 each ``--criterion`` plots, for the y label (the tables' epoch)
-EPOCH_WORDS = {"final": "final epoch", "best": "best epoch (on the test set)"}
+#: which epoch's top-1 each ``--criterion`` plots, for the y label: the tables' words for it
+#: (:data:`~.stats.CRITERIA`, "final-epoch" → "final epoch")
+EPOCH_WORDS = {k: v.replace("-", " ", 1) for k, v in CRITERIA.items()}
 
 
 def spread(t: dict[str, Any]) -> str:
