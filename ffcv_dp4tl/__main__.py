@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from . import stopping  # (standard library only)
+from . import lazy, stopping  # (standard library only)
 
 
 #: seconds the loader threads still alive at exit get to end (:func:`_leave_native_threads`)
@@ -24,6 +24,9 @@ def main() -> None:
     _streams_take_any_text()
     outcome: list[int] = []  # the command's exit status, once decided
     atexit.register(_leave_native_threads, outcome)  # (registered first: run last)
+    # the process ends on Ctrl-C: an import it cuts short is never read again, so it is not
+    # held for the seconds torch's or ffcv's import still takes
+    lazy.interrupts_cut_imports()
     try:
         # SIGTERM while the CLI imports (seconds; torchrun ending the other ranks as a rank
         # starts) ended the process by the signal, with no line: it raises there as it does in

@@ -78,3 +78,30 @@ def test_guarded_import_raises_an_interrupt_from_interrupt_main_after_the_import
         guarded_import("dp4tl_fake_slow2")
     assert sys.modules["dp4tl_fake_slow2"].WHOLE is True
     assert signal.getsignal(signal.SIGINT) is handler  # (the caller's handler is back)
+
+
+def test_in_a_process_that_ends_on_ctrl_c_it_cuts_the_import_short(tmp_path, monkeypatch):
+    """The dp4tl command (``interrupts_cut_imports``) exits on Ctrl-C: it is raised at once,
+    not after the seconds the rest of the import takes."""
+    import sys
+
+    from ffcv_dp4tl import lazy
+
+    monkeypatch.setitem(lazy._IMPORTS, "hold_interrupts", True)  # (restored after the test)
+    lazy.interrupts_cut_imports()
+    (tmp_path / "dp4tl_fake_slow3.py").write_text(SLOW_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        lazy.guarded_import("dp4tl_fake_slow3")
+    assert "dp4tl_fake_slow3" not in sys.modules  # (cut short: Python drops a failed import)
+
+
+def test_the_dp4tl_command_has_ctrl_c_cut_imports_short():
+    import subprocess
+    import sys
+
+    code = ("import ffcv_dp4tl.cli as cli, ffcv_dp4tl.lazy as lazy, ffcv_dp4tl.__main__ as m\n"
+            "cli.main = lambda: print('held' if lazy._IMPORTS['hold_interrupts'] else 'cut')\n"
+            "m.main()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (out.returncode, out.stdout.strip(), out.stderr) == (0, "cut", "")
