@@ -8,7 +8,7 @@ import math
 from typing import Any, Sequence
 
 from ..contracts import Criterion
-from ..pipeline.report import mean_std, seed_stats
+from ..pipeline.report import mean_std, scaled_moments, seed_stats
 
 #: Paper Tab. 3: hours "to obtain the pretrained model" per pruning ratio — a *total* that covers
 #: RN-18 surrogate training, LM/FM pruning and RN-101 source pretraining (Tab. 3's caption).
@@ -64,7 +64,8 @@ def paired_test(diffs: Sequence[float], confidence: float = 1 - ALPHA,
     over its targets: +1.39 − 1.39 is −4.7e-15, not 0) passes the values' ``scale``; without
     it, differences of 1e-12 were all "0" (stats audit: an absolute floor of 1e-9). The sums
     are taken of the differences divided by their largest magnitude, so values near the float
-    range (1e300) are tested as any others (their squares overflowed; stats audit)."""
+    range (1e300) are tested as any others (their squares overflowed; stats audit): the mean
+    and std are :func:`~ffcv_dp4tl.pipeline.report.scaled_moments`', as every table's."""
     from scipy import stats
 
     given = [float(x) for x in diffs]
@@ -73,11 +74,8 @@ def paired_test(diffs: Sequence[float], confidence: float = 1 - ALPHA,
     big = max((abs(x) for x in d), default=0.0)
     # zero up to rounding (93.06 - 95.83 against 88.89 - 91.67; a seed mean of +1.39, -1.39, 0)
     tol = 1e-9 * max(big, abs(scale) if scale is not None and math.isfinite(scale) else 0.0)
-    unit = big or 1.0  # (every sum below is of values in [-1, 1]: no overflow)
-    u = [x / unit for x in d]
-    mean_u = math.fsum(u) / n if n else None
-    out: dict[str, Any] = {"n": n, "mean": None if mean_u is None else mean_u * unit,
-                           "lo": None, "hi": None,
+    unit, mean_u, sd_u = scaled_moments(d) if d else (1.0, math.nan, math.nan)
+    out: dict[str, Any] = {"n": n, "mean": mean_u * unit if n else None, "lo": None, "hi": None,
                            "p": None, "wins": sum(x > tol for x in d),
                            "losses": sum(x < -tol for x in d)}
     if len(given) > n:
@@ -85,7 +83,6 @@ def paired_test(diffs: Sequence[float], confidence: float = 1 - ALPHA,
     if n < 2:
         return out
     mean = out["mean"]
-    sd_u = math.sqrt(math.fsum((x - mean_u) ** 2 for x in u) / (n - 1))
     if sd_u * unit <= tol:  # all equal
         out.update(p=1.0 if abs(mean) <= tol else min(1.0, 2.0 ** (1 - n)), exact=True)
         return out

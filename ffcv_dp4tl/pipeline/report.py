@@ -31,23 +31,28 @@ class SeedStats(NamedTuple):
 def seed_stats(xs: Iterable[float | None]) -> SeedStats:
     """Mean and sample std (0 for one value; NaN, NaN for none) of the finite values of ``xs``;
     None (no value: a stage not run) is left out, and so is a NaN or an infinity, counted in
-    ``dropped`` (as :func:`~ffcv_dp4tl.bench.stats.paired_test` counts them). Computed on the
-    values scaled by their largest magnitude when the plain sums overflow, so 1e300-sized
-    values give a finite mean and std (a sum of squares raised OverflowError; stats audit)."""
+    ``dropped`` (:func:`scaled_moments`, the one rule every table of seeds, report.md and
+    :func:`~ffcv_dp4tl.bench.stats.paired_test` use)."""
     given = [float(x) for x in xs if x is not None]
     vals = [x for x in given if math.isfinite(x)]
-    n, dropped = len(vals), len(given) - len(vals)
     if not vals:
-        return SeedStats(math.nan, math.nan, 0, dropped)
-    if max(abs(x) for x in vals) * math.sqrt(n) < 1e150:  # (no sum of squares can overflow)
-        m = sum(vals) / n
-        sd = math.sqrt(sum((x - m) ** 2 for x in vals) / (n - 1)) if n > 1 else 0.0
-        return SeedStats(m, sd, n, dropped)
-    scale = max(abs(x) for x in vals)
+        return SeedStats(math.nan, math.nan, 0, len(given))
+    scale, mean, sd = scaled_moments(vals)
+    return SeedStats(mean * scale, sd * scale, len(vals), len(given) - len(vals))
+
+
+def scaled_moments(vals: Sequence[float]) -> tuple[float, float, float]:
+    """``(scale, mean, sd)`` of finite, non-empty ``vals``, mean and sample std (0 for one
+    value) in units of ``scale``, their largest magnitude (1 when all are 0): the sums are
+    exact (``math.fsum``) of values in [-1, 1], so 1e300-sized values have a finite mean and
+    std (a sum of their squares raised OverflowError; stats audit), and a t statistic taken
+    in those units stays finite where ``sd * scale`` would not (1.7e308)."""
+    scale = max(abs(x) for x in vals) or 1.0
     ys = [x / scale for x in vals]
-    ym = math.fsum(ys) / n
-    sd = math.sqrt(math.fsum((y - ym) ** 2 for y in ys) / (n - 1)) if n > 1 else 0.0
-    return SeedStats(ym * scale, sd * scale, n, dropped)  # (sd * scale may overflow to inf)
+    n = len(ys)
+    mean = math.fsum(ys) / n
+    sd = math.sqrt(math.fsum((y - mean) ** 2 for y in ys) / (n - 1)) if n > 1 else 0.0
+    return scale, mean, sd
 
 
 def mean_std(xs: Iterable[float | None]) -> tuple[float, float]:

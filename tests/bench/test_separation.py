@@ -594,6 +594,20 @@ def test_differences_near_the_float_range_are_tested_not_overflowed():
     assert 0 < wide["p"] <= 1 and wide["mean"] == pytest.approx(1e308 / 3)
 
 
+def test_a_tables_mean_and_std_are_the_paired_tests_to_the_last_bit():
+    """One rule for a mean and spread (``report.scaled_moments``): a table's mean ± std
+    over seeds and the paired test's mean of the same values were two sums (plain and exact)
+    and differed in the last bits (0.20000000000000004 against 0.19999999999999998)."""
+    from ffcv_dp4tl.pipeline.report import seed_stats
+
+    for d in ([0.1, 0.2, 0.3], [1.39, -1.39, 0.0, 2.78], [71.25, 69.5, 70.125, 72.0, 68.75]):
+        st, t = seed_stats(d), sep.paired_test(d)
+        assert st.mean == t["mean"], d
+        half = t["hi"] - t["mean"]  # (= the t quantile × std / √n)
+        assert st.std == pytest.approx(half / stats.t.ppf(0.975, len(d) - 1) * len(d) ** 0.5,
+                                       rel=1e-12)
+
+
 def test_a_seed_mean_that_is_zero_up_to_rounding_stays_zero_in_the_summary():
     """summarize passes the top-1s' scale: each seed's two targets differ by +1.39 and -1.39
     points (one image of 72: a 7.1e-15 seed mean), read as 0 on all 8 seeds, not as 8
