@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -243,11 +243,10 @@ def _write_and_join(writer, dataset: ShardBytesDataset, before: set, progress: b
     on any failure they are ended first."""
     import multiprocessing
 
-    queues: list = []
     try:
-        with _ffcv_progress(progress, desc), _recording_queues(queues):
+        with _ffcv_progress(progress, desc):
             writer.from_indexed_dataset(dataset, chunksize=WRITE_CHUNK)
-    except BaseException:  # Ctrl-C, a full disk: the caller removes the partial beton
+    except BaseException as e:  # Ctrl-C, a full disk: the caller removes the partial beton
         # (the build's watchdog sends SIGINT again every second while a stop is under way: the
         # cleanup is not cut short by it, and a held one is raised after it)
         with sigint_deferred():
@@ -261,7 +260,7 @@ def _write_and_join(writer, dataset: ShardBytesDataset, before: set, progress: b
                 p.join(timeout=10)
                 with contextlib.suppress(ValueError):  # (one still running keeps its sentinel)
                     p.close()  # its sentinel pipe closed now, not when the traceback goes
-            _close_queues(queues)
+            _close_queues(_queues_left_by(e.__traceback__))
         raise
     # ffcv returns without joining its writer processes. They have finished their work: wait
     # for them to exit, so none outlives the write (their logs flushed, no zombie left).
@@ -269,23 +268,23 @@ def _write_and_join(writer, dataset: ShardBytesDataset, before: set, progress: b
         p.join(timeout=60)
 
 
-@contextlib.contextmanager
-def _recording_queues(queues: list) -> Iterator[None]:
-    """Within the block, each ``multiprocessing.Queue`` ffcv's writer makes is also appended to
-    ``queues`` (its work and allocation queues are locals of ``DatasetWriter._write_common``,
-    which a failed write leaves to whatever keeps its traceback)."""
-    import multiprocessing
-    from unittest import mock
+def _queues_left_by(tb) -> list:
+    """The ``multiprocessing`` queues a failed write of ffcv's left open: those held by its
+    writer's frames in the traceback ``tb`` (its work and allocation queues are locals of
+    ``DatasetWriter._write_common``, which the traceback keeps alive, feeder thread and pipes
+    included, for as long as a notebook keeps the exception). Read from the frames, by type:
+    ffcv itself is not patched (the rule for extending it), and no local's name is assumed."""
+    import multiprocessing.queues
 
-    import ffcv.writer
-
-    def recorded(*args, **kwargs):
-        queue = multiprocessing.Queue(*args, **kwargs)
-        queues.append(queue)
-        return queue
-
-    with mock.patch.object(ffcv.writer, "Queue", recorded):
-        yield
+    found: dict[int, Any] = {}
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_globals.get("__name__") == "ffcv.writer":
+            for value in frame.f_locals.values():
+                if isinstance(value, multiprocessing.queues.Queue):
+                    found.setdefault(id(value), value)
+        tb = tb.tb_next
+    return list(found.values())
 
 
 def _close_queues(queues: list, timeout: float = 1.0) -> None:
