@@ -71,7 +71,7 @@ def check_results(t: dict[str, Any], path: Path, own_criterion: bool = True) -> 
     except DP4TLError as e:
         raise DataError(f"{e}; {fix}") from None
     warmup = typed(t, "warmup", "object", path, fix, default=None)
-    if warmup is not None:  # (the untimed warm-up before the first run: its report line reads it)
+    if warmup is not None:  # (the untimed warm-up before the first stage run: its report line)
         where = f"{path} warmup"
         if typed(warmup, "ran", "bool", where, fix):
             typed(warmup, "seconds", "nonneg", where, fix)

@@ -43,7 +43,7 @@ from ..contracts import check_items, check_ratio, check_tol
 from ..errors import DP4TLError, count
 from ..fsutil import atomic_write_json, atomic_write_text, read_json
 from ..pipeline.config import PipelineConfig, recorded_config
-from ..pipeline.resolve import seed_overrides
+from ..pipeline.resolve import Resolved, seed_overrides
 from ..pipeline.result import PipelineResult
 from ..pipeline.run import preflight, run_pipeline
 from ..pipeline.stages import ESTIMATED
@@ -126,7 +126,8 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     ``train.seed`` and ``data.seed`` (:func:`~..pipeline.resolve.seed_overrides`); the
     surrogate is the same for every seed. ``criterion``: which
     epoch's accuracy decides the winning subsets (:data:`~.stats.CRITERIA`). ``warm``: run
-    :func:`warm_up` before the first timed run (recorded as ``warmup`` in the results).
+    :func:`warm_up` just before the first stage that runs, untimed (none when every stage of
+    every run is cached: :data:`ALL_CACHED`); recorded as ``warmup`` in the results.
     """
     check_criterion(criterion)  # before any work
     if out_dir is not None:
@@ -201,13 +202,25 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
     ref_base = replace(base, ratio=0.0, method="random", finetune=finetune, scorer_options=())
     # the first timed stage paid the process's one-time costs (imports, the loaders' numba
     # compile, the first steps' kernels): 27.7 s for seed 0's 0 % pretraining vs 3.4 s for
-    # seed 1's (figures audit); an untimed short pretraining pays them first
-    warmup = warm_up(ref_base, log) if warm else {"ran": False, "why": "warm=False"}
+    # seed 1's (figures audit); an untimed short pretraining pays them first, just before the
+    # first stage that runs (inside its run: its resolved recipes, under its data locks), and
+    # not at all when every stage is cached (nothing timed runs)
+    warmup: dict[str, Any] = {"ran": False, "why": ALL_CACHED if warm else "warm=False"}
+    pending = warm
+
+    def warm_first(cfg_run: PipelineConfig, resolved: Resolved) -> None:
+        nonlocal warmup, pending
+        pending = False
+        warmup = warm_up(cfg_run, resolved, log)
+
+    def run(cfg_run: PipelineConfig) -> PipelineResult:
+        return run_pipeline(cfg_run, log=log, before_first_run=warm_first if pending else None)
+
     for seed in seeds:
         cfg_s = seeded(base, seed)
         i += 1
         log(f"[cost-table] run {i}/{n_runs}: 0 % reference, seed {seed}")
-        ref = run_pipeline(seeded(ref_base, seed), log=log)
+        ref = run(seeded(ref_base, seed))
         recipes = dict(ref.recipes)
         data = {"source": ref.source,  # the built folders (their manifests describe the data)
                 "targets": ref.targets or {base.target or Path(ref.target).name: ref.target}}
@@ -225,7 +238,7 @@ def run_cost_table(base: PipelineConfig, out_dir: str | Path | None = None, *,
         for method, r in plan:
             i += 1
             log(f"[cost-table] run {i}/{n_runs}: {method} at {ratio_label(r)}, seed {seed}")
-            res = run_pipeline(config(cfg_s, method, r, modes_of(method)), log=log)
+            res = run(config(cfg_s, method, r, modes_of(method)))
             sur = res.find("surrogate")
             if sur is not None:
                 surrogate_s, surrogate_cpu = float(sur.seconds), sur.cpu_seconds
@@ -275,8 +288,13 @@ def seeded(cfg: PipelineConfig, seed: int) -> PipelineConfig:
 #: evaluation batch needs more classes: :func:`warm_up_indices`)
 WARM_UP_BATCHES = 2
 
+#: the ``why`` of the ``warmup`` record of a table whose every stage was cached: no stage ran,
+#: so nothing timed paid the one-time costs a warm-up pays (:func:`warmup_line`)
+ALL_CACHED = "every stage of every run was cached: no stage ran"
 
-def warm_up(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+
+def warm_up(cfg: PipelineConfig, r: Resolved,
+            log: Callable[[str], None] = print) -> dict[str, Any]:
     """Pay the process's one-time costs before the first timed stage, untimed: the first
     pipeline run's pretraining paid them (the imports of its stage, building the ffcv loaders
     and numba's compile of their pipelines, the first forward/backward passes' kernels, the
@@ -285,24 +303,24 @@ def warm_up(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict[str
     step 10.8 vs 3.0, eval 8.8 vs 0.2; figures audit) and the pruned runs looked faster than
     the ideal. Measured in one process on synth:tiny: the first pretraining compiled 91 numba
     functions (12.6 s of its 42 s), the next none; after this warm-up the first compiled none.
-    Trains one epoch of ``cfg``'s (the reference's) pretraining recipe on a few classes of
-    the source (:func:`warm_up_indices`), with one evaluation, on the run's device and format,
-    into a temporary folder removed after; no stage is written. Returns the record
-    ``results.json`` keeps (``warmup``): whether it ran, its seconds and what it did. A
-    brought source model (``source_weights``) pretrains nothing: no warm-up then."""
+    Trains one epoch of the pretraining recipe of the run ``cfg`` (checked) resolved as ``r``
+    on a few classes of the source (:func:`warm_up_indices`), with one evaluation, on the
+    run's device and format, into a temporary folder removed after; no stage is written.
+    :func:`run_cost_table` calls it from inside the run whose stage runs first
+    (``run_pipeline``'s ``before_first_run``), so it reads the source under that run's
+    readers' lock (a build may not rewrite it meanwhile) and resolves nothing again. Returns
+    the record ``results.json`` keeps (``warmup``): whether it ran, its seconds and what it
+    did. A brought source model (``source_weights``) pretrains nothing: no warm-up then."""
     import tempfile
     import time
     import warnings
 
     from ..data.masks import make_mask
-    from ..pipeline.config import validate
-    from ..pipeline.resolve import resolve
     from ..training.trainer import train
 
     if cfg.source_weights:
         return {"ran": False, "why": "a brought source model (--source-weights) trains nothing"}
     start = time.perf_counter()
-    r = resolve(cfg, validate(cfg), lambda _: None)
     rec = r.pretrain
     split = r.src.split(rec.data.train_split)
     keep = warm_up_indices(split.load_labels(), r.src.split(rec.data.val_split).load_labels(),
@@ -310,7 +328,7 @@ def warm_up(cfg: PipelineConfig, log: Callable[[str], None] = print) -> dict[str
     n = len(keep)
     what = (f"{n} samples ({count(-(-n // rec.train.batch_size), 'batch', 'batches')}) of "
             f"{r.recipe_names['pretrain']} pretraining and one evaluation, untimed, "
-            f"before the first run")
+            f"before the first stage that ran")
     log(f"[cost-table] warm-up: {what}")
     with tempfile.TemporaryDirectory(prefix="dp4tl-warm-up-") as tmp, \
             warnings.catch_warnings():
@@ -350,6 +368,8 @@ def warmup_line(t: dict[str, Any]) -> str | None:
         return (f"- warm-up: {w['what']} ({w['seconds']:.1f} s), so that no timed stage pays "
                 "the process's one-time costs (imports, loader compile, first kernels); until "
                 "2026-12-08 the first seed's 0 % pretraining paid them")
+    if w.get("why") == ALL_CACHED:
+        return f"- no warm-up: {ALL_CACHED}, so no timed stage paid one-time costs"
     return (f"- no warm-up ({w.get('why', 'not run')}): the first timed stage paid the "
             "process's one-time costs")
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -50,28 +51,43 @@ from .report import run_title, summarize_seeds, write_report
 from .resolve import Resolved, as_log, resolve, seed_overrides, with_seed
 from .result import PipelineResult, StagePlace, stage_label
 from .score import score
-from .stages import REPORT_STAGE, Stage, key_of, run_stage, stage
+from .stages import REPORT_STAGE, Stage, before_first_run, key_of, run_stage, stage
 from .targets import score_key
 from .truth import selection_truth
 
 Log = Callable[[str], None]
+#: ``run_pipeline``'s ``before_first_run``: given the run's checked config and resolved inputs
+FirstRun = Callable[[PipelineConfig, Resolved], Any]
 
 
-def run_pipeline(cfg: PipelineConfig, log: Log | None = console) -> PipelineResult:
+def run_pipeline(cfg: PipelineConfig, log: Log | None = console, *,
+                 before_first_run: FirstRun | None = None) -> PipelineResult:
     """Run (or resume, or find cached) every stage of ``cfg`` and write its report. Every line
     it says goes to ``log``: its own and those of the trainings and finetunings it runs
     (theirs went to stdout whatever ``log`` was; Python API review); ``None``: nowhere, as for
     ``train`` and ``finetune`` (:func:`~.resolve.as_log`). ``cfg`` is left as it was given: the
-    run validates a copy (its ratio a float, its paths absolute: what the results record)."""
+    run validates a copy (its ratio a float, its paths absolute: what the results record).
+    ``before_first_run(checked_cfg, resolved)``: called once, just before the first stage that
+    runs (never when every stage is cached: :func:`~.stages.before_first_run`), with that
+    checked copy and its :class:`~.resolve.Resolved` data and recipes, under the run's
+    readers' locks on the data: the cost table's untimed warm-up."""
     cfg = dataclasses.replace(cfg)  # (validate, absolute_paths rewrite the copy, not the caller's)
     with saying_to(log), contextlib.ExitStack() as reading:  # (the data's readers' locks)
-        return _run_pipeline(cfg, as_log(log), reading)
+        return _run_pipeline(cfg, as_log(log), reading, before_first_run)
 
 
-def _run_pipeline(cfg: PipelineConfig, log: Log, reading: contextlib.ExitStack) -> PipelineResult:
+def _run_pipeline(cfg: PipelineConfig, log: Log, reading: contextlib.ExitStack,
+                  first: FirstRun | None = None) -> PipelineResult:
     ok = validate(cfg)
     check_brought_weights(cfg)
     r = resolve(cfg, ok, log, reading)
+    with before_first_run(functools.partial(first, cfg, r) if first else None):
+        res = _run_stages(cfg, ok, r, log)
+    return report_step(cfg, ok, r, res, log)
+
+
+def _run_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, log: Log) -> PipelineResult:
+    """Every stage of the run, in order (each skipped when done), into a new result."""
     res = PipelineResult(config={**recorded_config(cfg), "k": r.k},
                          source=str(r.source_dir), target=str(r.target_dir),
                          protocol=cfg.protocol, recipes=dict(r.recipe_names),
@@ -91,7 +107,7 @@ def _run_pipeline(cfg: PipelineConfig, log: Log, reading: contextlib.ExitStack) 
         pr = prune_stage(cfg, ok, r, sc, res, log)
         pretrained = pretrain_stages(cfg, ok, r, pr, res, log)
     finetune_stages(cfg, ok, r, pretrained, res, log)
-    return report_step(cfg, ok, r, res, log)
+    return res
 
 
 def _run_import(st: Stage, weights: Path, option: str, rec: Any, r: Resolved, log: Log):

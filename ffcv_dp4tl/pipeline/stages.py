@@ -16,6 +16,7 @@ benches read these fields, never the log.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -318,6 +319,26 @@ def _clear(stage_dir: Path) -> None:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
+#: what :func:`run_stage` calls before the first stage it runs in a :func:`before_first_run`
+#: block (a list of at most one function, emptied by the call); None outside one
+_FIRST_RUN: contextvars.ContextVar[list[Callable[[], Any]] | None] = contextvars.ContextVar(
+    "dp4tl_before_first_run", default=None)
+
+
+@contextlib.contextmanager
+def before_first_run(fn: Callable[[], Any] | None):
+    """Call ``fn()`` once in the block, just before the first stage that :func:`run_stage` runs
+    (by its own rule: not done, or stale), before that stage's times start; a block whose
+    stages are all done (cached) never calls it. ``None``: nothing to call. The cost table's
+    untimed warm-up runs so (:func:`~ffcv_dp4tl.pipeline.run.run_pipeline`'s
+    ``before_first_run``): only when a timed stage will run."""
+    token = _FIRST_RUN.set([fn] if fn is not None else None)
+    try:
+        yield
+    finally:
+        _FIRST_RUN.reset(token)
+
+
 def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[str], None] = print,
               upstream: Iterable[Stage] = ()) -> StageRun:
     """Run ``fn(stage_dir)`` unless the stage is done; record its result, wall time, CPU time
@@ -338,7 +359,10 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
 
     **Upstream.** ``upstream``: the finished stages ``fn`` reads. A stage folder computed from
     other results of them (one was deleted and computed again since) is stale: emptied and
-    run again, finished or not: :data:`UPSTREAM` records each by :func:`result_id`."""
+    run again, finished or not: :data:`UPSTREAM` records each by :func:`result_id`.
+
+    **First run.** In a :func:`before_first_run` block, the first stage this decides to run
+    calls the block's function first (under its lock, untimed)."""
     ids = {u.dir.name: _ids(u) for u in upstream}
     record = {name: new for name, (new, _) in ids.items()}  # (what UPSTREAM records)
     legacy = {name: old for name, (_, old) in ids.items()}
@@ -358,6 +382,9 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
             # without this line the log read "waiting for it", then the stage running again)
             log(f"[{st.name}] the run {waited.holder} ended without finishing it (after "
                 f"{waited.seconds:.0f}s of waiting); this run takes over")
+        pending = _FIRST_RUN.get()
+        if pending:  # (before_first_run: e.g. the cost table's warm-up, before this stage's times)
+            pending.pop()()
         remove_orphan_temps(st.dir)
         _forget_thrown_away_segments(st, log)
         atomic_write_json(st.dir / "inputs.json", st.inputs)

@@ -196,7 +196,7 @@ def test_the_stage_breakdown_shows_each_rows_load():
 
 
 @pytest.mark.slow
-def test_cost_table_end_to_end_smallest_scale(tmp_path, data_root):
+def test_cost_table_end_to_end_smallest_scale(tmp_path, data_root, monkeypatch):
     base = PipelineConfig(source=SYNTH, target="", fmt="wds", device="cpu", k=4,
                           data_root=data_root, runs_root=tmp_path / "runs",
                           overrides=TRAIN, surrogate_overrides=TRAIN, finetune_overrides=FINETUNE)
@@ -233,10 +233,19 @@ def test_cost_table_end_to_end_smallest_scale(tmp_path, data_root):
 
     assert all(r["estimated_s"] == {} for r in t["rows"])  # (no stage was killed)
     assert rerender(out)["rows"] == t["rows"]
-    # a rerun reuses every stage
+    # a rerun reuses every stage, and trains no warm-up: nothing timed runs (its untimed
+    # one-epoch training was paid for nothing)
+    import ffcv_dp4tl.training.trainer as trainer
+
+    assert t["warmup"]["ran"] is True and t["warmup"]["seconds"] > 0
     ran_before = _stage_runs(tmp_path / "runs")
-    again = run_cost_table(base, None, ratios=(0.0, 0.5, 0.75), methods=("lm", "random"),
-                           finetune=("lp",), log=logs.append)
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "train", lambda *a, **k: pytest.fail("trained with every stage cached"))
+        again = run_cost_table(base, None, ratios=(0.0, 0.5, 0.75), methods=("lm", "random"),
+                               finetune=("lp",), log=logs.append)
+    from ffcv_dp4tl.bench.cost_table import ALL_CACHED
+
+    assert again["warmup"] == {"ran": False, "why": ALL_CACHED}
     assert _stage_runs(tmp_path / "runs") == ran_before
     assert [r["pretrain_cpu_s"] for r in again["rows"]] == [r["pretrain_cpu_s"] for r in t["rows"]]
     # METHOD@ratios and FF for some methods only

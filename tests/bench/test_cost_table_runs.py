@@ -22,21 +22,50 @@ class Stop(Exception):
 def test_the_warm_up_comes_before_the_first_timed_run(monkeypatch, tmp_path):
     """The first timed stage, seed 0's 0 % pretraining, paid the process's one-time costs
     (27.7 s vs 3.4 s for seed 1's; cost.png then showed pruned pretraining above the ideal): an
-    untimed warm-up of the reference's config now runs after the checks, before it."""
+    untimed warm-up now runs after the checks, inside the first run, before its first stage
+    that runs (``run_pipeline``'s ``before_first_run``), given that run's resolved inputs."""
     calls = []
     monkeypatch.setattr(ct, "preflight", lambda cfgs, log: calls.append("checks"))
-    monkeypatch.setattr(ct, "warm_up", lambda cfg, log: calls.append(("warm", cfg.ratio,
-                                                                      cfg.method)))
+    monkeypatch.setattr(ct, "warm_up", lambda cfg, r, log: calls.append(("warm", cfg.ratio,
+                                                                         cfg.method, r)))
 
-    def first_run(cfg, log):
+    def first_run(cfg, log, before_first_run):
         calls.append("run")
+        before_first_run(cfg, "resolved")  # (as the run's first stage to run calls it)
         raise Stop
 
     monkeypatch.setattr(ct, "run_pipeline", first_run)
     with pytest.raises(Stop):
         ct.run_cost_table(PipelineConfig(source=SYNTH), tmp_path / "out", ratios=[0.0, 0.6],
                           methods=["random"], seeds=[0, 1], finetune=("lp",), log=lambda _: None)
-    assert calls == ["checks", ("warm", 0.0, "random"), "run"]
+    assert calls == ["checks", "run", ("warm", 0.0, "random", "resolved")]
+
+
+def test_the_warm_up_reads_the_source_under_the_runs_readers_lock(data_root, source_dir,
+                                                                   tmp_path, monkeypatch):
+    """The warm-up resolved the reference's config again and read the built source (its
+    labels) holding no readers' lock, so a `dp4tl build --overwrite` of the folder could
+    rewrite it under the read. It now runs inside the run whose stage runs first, while that
+    run holds the source's readers' lock (as every reader of a built folder does)."""
+    from lock_probe import exclusive_is_free
+
+    from beton_builders.out_dir import LOCK_NAME
+
+    held = []
+
+    def probe(*args, **kwargs):  # (the warm-up has read the source's labels)
+        lock = source_dir / LOCK_NAME
+        held.append(lock.exists() and not exclusive_is_free(lock))
+        raise Stop
+
+    monkeypatch.setattr(ct, "warm_up_indices", probe)
+    cfg = PipelineConfig(source=SYNTH, target="", fmt="wds", device="cpu", k=4,
+                         data_root=data_root, runs_root=tmp_path / "runs", overrides=TRAIN,
+                         finetune_overrides=FINETUNE)
+    with pytest.raises(Stop):
+        ct.run_cost_table(cfg, None, ratios=[0.0, 0.5], methods=["random"], finetune=("lp",),
+                          log=lambda _: None)
+    assert held == [True]
 
 
 def _warmed_table(out) -> None:
@@ -68,6 +97,15 @@ def test_the_warm_up_is_recorded_and_said_in_the_report_header(tmp_path):
     assert line in (out / "report.md").read_text()
     assert ct.rerender(out)["warmup"]["ran"] is True
     assert line in (out / "report.md").read_text()
+
+
+def test_the_report_says_a_cached_table_needed_no_warm_up():
+    """A table whose every stage was cached ran no warm-up and no timed stage: its header says
+    that, not that the first timed stage paid the one-time costs (what a skipped warm-up
+    otherwise means)."""
+    line = ct.warmup_line({"warmup": {"ran": False, "why": ct.ALL_CACHED}})
+    assert line == f"- no warm-up: {ct.ALL_CACHED}, so no timed stage paid one-time costs"
+    assert "first timed stage paid" in ct.warmup_line({"warmup": {"ran": False, "why": "x"}})
 
 
 @pytest.mark.parametrize("warmup,field", [({"ran": True, "seconds": -1.0, "what": "x"}, "seconds"),
@@ -108,8 +146,11 @@ def test_the_warm_up_trains_untimed_and_leaves_nothing(data_root, tmp_path, monk
     cfg = PipelineConfig(source=SYNTH, target="", fmt="ffcv", device="cpu", k=4, ratio=0.0,
                          method="random", finetune=("lp",), data_root=data_root, runs_root=runs,
                          overrides=TRAIN, finetune_overrides=FINETUNE)
+    from ffcv_dp4tl.pipeline.config import validate
+    from ffcv_dp4tl.pipeline.resolve import resolve
+
     said: list[str] = []
-    w = ct.warm_up(cfg, said.append)
+    w = ct.warm_up(cfg, resolve(cfg, validate(cfg), lambda _: None), said.append)
     assert w["ran"] is True and w["seconds"] > 0 and "pretraining" in w["what"]
     assert said[0].startswith("[cost-table] warm-up: ")
     assert not runs.exists() or not any(runs.iterdir())

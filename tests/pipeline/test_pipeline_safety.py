@@ -222,6 +222,27 @@ def test_a_stage_says_when_it_started_and_finished(tmp_path):
     assert before <= start.group(1) <= end.group(1) <= after
 
 
+def test_before_first_run_is_called_once_before_the_first_stage_that_runs_only(tmp_path):
+    """The cost table's untimed warm-up (``run_pipeline(before_first_run=)``) is called by the
+    first stage that runs, before its times start, once; stages found done (cached, by
+    run_stage's own rule) call nothing, so a fully cached run warms nothing up."""
+    from ffcv_dp4tl.pipeline.stages import before_first_run
+
+    quiet, calls = (lambda s: None), []
+    done = stage(tmp_path, "work", {"x": 0})
+    run_stage(done, lambda d: {"ok": 1}, log=quiet)
+    with before_first_run(lambda: calls.append("hook")):
+        run_stage(done, lambda d: pytest.fail("done: not run"), log=quiet)
+        assert calls == []  # (cached: nothing runs, no warm-up)
+        for x in (1, 2):
+            res = run_stage(stage(tmp_path, "work", {"x": x}),
+                            lambda d, x=x: calls.append(x) or {"ok": 1}, log=quiet)
+            assert res.ran
+    assert calls == ["hook", 1, 2]
+    run_stage(stage(tmp_path, "work", {"x": 3}), lambda d: {"ok": 1}, log=quiet)
+    assert calls == ["hook", 1, 2]  # (outside the block: nothing to call)
+
+
 @pytest.mark.parametrize("kind", ["train", "finetune"])
 def test_a_stage_that_starts_over_counts_no_time_of_the_runs_it_threw_away(tmp_path, kind):
     """A training stage killed before its first checkpoint (or whose checkpoint was deleted, as
