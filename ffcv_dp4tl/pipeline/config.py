@@ -16,7 +16,7 @@ from ..fsutil import check_out_dir
 from ..outputs import KINDS, dataset_around, folder_kind
 from ..scoring.registry import Scorer, get_scorer, parse_option_pairs
 from .recipes import PAPER_PROTOCOLS
-from .targets import check_order, check_weights, target_list
+from .targets import check_order, check_weights, synth_targets, target_list
 
 
 @dataclass
@@ -27,7 +27,8 @@ class PipelineConfig:
     method's units removed: classes for LM), ``source`` / ``target`` (built folders, or SOURCEs
     to build once under ``data_root``), ``method`` (a registered scorer: ``dp4tl score
     --help``), ``finetune`` (``("lp", "ff")``), ``seeds``, ``device``. ``data_root`` and
-    ``runs_root`` (and brought weights) given relative are read against the working directory
+    ``runs_root`` (and brought weights, built data folders) given relative are
+    read against the working directory
     of the run: :func:`validate` checks a config before any work (``run_pipeline`` calls it)
     and makes those paths absolute (:func:`absolute_paths`), so what a run records is the same
     from any working directory."""
@@ -222,25 +223,30 @@ def absolute_paths(cfg: PipelineConfig) -> None:
     directory of the run was wrong once read from elsewhere (a later reader, a cluster job's
     other cwd), and the second run rewrote the first's report with other paths (audit). No
     stage key holds a path (they hold content fingerprints), so no stage runs again.
-    ``source`` and each target are made absolute where they name a built dataset folder or a
-    ``LAYOUT:PATH`` SOURCE (its PATH; :func:`_built_folder`); a synth spec (``synth:tiny``) or a
-    synth target's name (``warm``) stays as given."""
+    ``source`` and each target are made absolute where they name a built dataset folder (a
+    plain name such as ``mytarget`` too) or a ``LAYOUT:PATH`` SOURCE (its PATH;
+    :func:`_built_folder`); a synth spec (``synth:tiny``) or a synth target's name (``warm``,
+    :func:`~.targets.synth_targets`) stays as given."""
     cfg.data_root, cfg.runs_root = Path(_absolute(cfg.data_root)), Path(_absolute(cfg.runs_root))
     if cfg.surrogate_weights:
         cfg.surrogate_weights = _absolute(cfg.surrogate_weights)
     if cfg.source_weights:
         cfg.source_weights = _absolute(cfg.source_weights)
-    cfg.source = _built_folder(cfg.source, bare=True)
-    cfg.target = _built_folder(cfg.target, bare=False)
-    cfg.targets = tuple(_built_folder(t, bare=False) for t in cfg.targets)
+    synth = synth_targets(cfg.source)  # (the names a plain target is read as first)
+    cfg.source = _built_folder(cfg.source)
+    cfg.target = _built_folder(cfg.target, synth)
+    cfg.targets = tuple(_built_folder(t, synth) for t in cfg.targets)
 
 
-def _built_folder(spec: str, bare: bool) -> str:
+def _built_folder(spec: str, synth: frozenset[str] = frozenset()) -> str:
     """``spec`` made absolute when it is a path to a built dataset (a folder with a manifest,
-    as :func:`~.resolve.ensure_built` reads it first) or a ``LAYOUT:PATH`` SOURCE (its PATH,
-    :func:`~beton_builders.sources.layout_path`), else as given. ``bare``: a plain name (no
-    ``/``) counts as a folder too; not for a target, whose plain name on the embedded data is
-    one of its targets (``warm``) before any folder of that name (:func:`~.resolve.resolve_data`).
+    as :func:`~.resolve.ensure_built` reads it first; a plain name such as ``mytarget`` too) or
+    a ``LAYOUT:PATH`` SOURCE (its PATH, :func:`~beton_builders.sources.layout_path`), else as
+    given. ``synth``: the names that are targets of the embedded data
+    (:func:`~.targets.synth_targets`), which :func:`~.resolve.resolve_data` reads as those
+    before any folder of that name (``warm``): they stay as given. A plain target name that
+    is a folder stayed relative until 2026-12-08, so results.json recorded ``mytarget``, which a
+    rerun from another folder read as another folder or none.
 
     A ``LAYOUT:PATH`` is what a build under ``data_root`` records and is found again by: two
     runs sharing a data root, each typing ``folder:raw/imgs`` in its own folder, read two inputs
@@ -250,8 +256,7 @@ def _built_folder(spec: str, bare: bool) -> str:
 
     if not spec:
         return spec
-    if (bare or "/" in spec or spec.startswith("~")) and (
-            Path(spec).expanduser() / MANIFEST_NAME).exists():
+    if spec not in synth and (Path(spec).expanduser() / MANIFEST_NAME).exists():
         return _absolute(spec)  # (first: a built folder whose name holds a ':', review)
     layout = layout_path(spec)
     return f"{layout[0]}:{_absolute(layout[1])}" if layout is not None else spec

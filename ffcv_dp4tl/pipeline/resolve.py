@@ -27,7 +27,7 @@ from .config import Checked, PipelineConfig, pretrain_overrides
 from .recipes import (PAPER_PROTOCOLS, PAPER_SSL_LP, recipe_scale, recipe_scorer_options,
                       recipe_set)
 from .score import self_supervised_refusal
-from .targets import check_distinct_datasets, check_synth_target, display_names
+from .targets import check_distinct_datasets, check_synth_target, display_names, synth_root
 
 
 @dataclass(frozen=True)
@@ -292,13 +292,14 @@ def resolve_data(cfg: PipelineConfig, log,
     """The (source dir, target dir) of ``cfg`` (its one ``target``), built when missing; their
     readers' locks kept in ``hold`` (:func:`ensure_built`)."""
     root = ensure_built(cfg.source, cfg.data_root, log, progress=cfg.progress, hold=hold)
-    if root.name == "source" and (root.parent / "targets").is_dir():  # a synth root's source:
-        root = root.parent  # its targets are found by name, as with the root itself
-    elif root.parent.name == "targets" and (root.parent.parent / "source" / MANIFEST_NAME).exists():
+    synth = synth_root(root)  # (a synth root's source: its targets are found by name too)
+    if synth is None and root.parent.name == "targets" and (
+            root.parent.parent / "source" / MANIFEST_NAME).exists():
         raise DP4TLError(f"--data {root} is a target of the built data {root.parent.parent}, "
                          f"not a source; pass --data {root.parent.parent} (its source and "
                          "targets) and name the target with --target")
-    if (root / "source" / MANIFEST_NAME).exists():  # synth: source + targets/<name>
+    if synth is not None:  # synth: source + targets/<name>
+        root = synth
         targets = sorted(p.parent.name for p in (root / "targets").glob(f"*/{MANIFEST_NAME}"))
         check_synth_target(root, cfg.target, MANIFEST_NAME)
         if cfg.target and (root / "targets" / cfg.target / MANIFEST_NAME).exists():

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..contracts import Order, split_items
+from ..contracts import MANIFEST_NAME, Order, split_items
 from ..errors import DP4TLError, count
 
 
@@ -132,6 +132,34 @@ def check_synth_target(root: Path, target: str, manifest_name: str) -> None:
         raise DP4TLError(f"unknown target {target!r}; the embedded data in {root} has: "
                          f"{', '.join(names) or '(none)'} (or pass a built target dir / "
                          "LAYOUT:PATH)")
+
+
+def synth_root(folder: Path) -> Path | None:
+    """The embedded data's build ``folder`` is the root of (``ROOT/source`` and
+    ``ROOT/targets/NAME``) or the source of (``ROOT/source``, beside ``ROOT/targets``), else
+    None: where a plain target name is looked up first (:func:`~.resolve.resolve_data`)."""
+    if folder.name == "source" and (folder.parent / "targets").is_dir():
+        folder = folder.parent
+    return folder if (folder / "source" / MANIFEST_NAME).exists() else None
+
+
+def synth_targets(source: str) -> frozenset[str]:
+    """The names a plain ``--target NAME`` is read as, known before any build: the embedded
+    data's targets when ``source`` is a synth spec (its ``num_targets`` names) or a built synth
+    root or source (its ``targets/*``); none for other data. A plain name outside them is a
+    folder read against the working directory (:func:`~.config.absolute_paths` makes it
+    absolute). (A synth spec that does not parse names none: resolve refuses it.)"""
+    if source.strip().lower().split(":", 1)[0] == "synth":
+        from beton_builders.synth import parse_synth
+
+        try:
+            return frozenset(parse_synth(source).target_names())
+        except (DP4TLError, ValueError):
+            return frozenset()
+    root = synth_root(Path(source).expanduser())
+    if root is None:
+        return frozenset()
+    return frozenset(p.parent.name for p in (root / "targets").glob(f"*/{MANIFEST_NAME}"))
 
 
 def display_names(target_dirs: Sequence[Path]) -> list[str]:
