@@ -27,7 +27,7 @@ class PipelineConfig:
     method's units removed: classes for LM), ``source`` / ``target`` (built folders, or SOURCEs
     to build once under ``data_root``), ``method`` (a registered scorer: ``dp4tl score
     --help``), ``finetune`` (``("lp", "ff")``), ``seeds``, ``device``. ``data_root`` and
-    ``runs_root`` (and brought weights, built data folders) given relative are
+    ``runs_root`` (and brought weights, recipe files, built data folders) given relative are
     read against the working directory
     of the run: :func:`validate` checks a config before any work (``run_pipeline`` calls it)
     and makes those paths absolute (:func:`absolute_paths`), so what a run records is the same
@@ -172,7 +172,7 @@ def _check_recipes(cfg: PipelineConfig) -> dict[tuple[str, tuple[str, ...]], Any
         use = f"{what} ({flag})"
         given, name = name, name or known.get(role, "")
         if name:
-            key = (name, tuple(overrides))
+            key = (recipe_file(name), tuple(overrides))  # (as resolve finds it: absolute_paths)
             if key not in loaded:
                 try:
                     loaded[key] = load_recipe(name, list(overrides))
@@ -182,6 +182,28 @@ def _check_recipes(cfg: PipelineConfig) -> dict[tuple[str, tuple[str, ...]], Any
                     raise DP4TLError(f"{flag} {name}: {e}") from None
             check_kind(loaded[key], kind, use)
     return loaded
+
+
+#: the config's fields that name a recipe: a shipped recipe's name or a recipe file
+RECIPE_FIELDS = ("surrogate_recipe", "recipe", "lp_recipe", "ff_recipe")
+
+
+def recipe_file(name: str) -> str:
+    """A recipe option as the config records it (:func:`absolute_paths`): a shipped recipe's
+    name as given, a recipe file as its absolute path. A file is what
+    :func:`~..training.recipe_files.resolve_recipe_path` reads as one (a path such as
+    ``r.toml`` or ``./r.toml``, or a name a file in the working directory holds); a name that
+    is neither stays as given, refused where it is loaded. (The stage keys hold the recipe's
+    own name and content, not this: :func:`~.run.recipe_key`.)"""
+    from ..training.recipe_files import resolve_recipe_path
+
+    if not name:
+        return name
+    try:
+        path = resolve_recipe_path(name)
+    except DP4TLError:
+        return name
+    return _absolute(name) if path == Path(name).expanduser() else name
 
 
 def check_brought_weights(cfg: PipelineConfig) -> None:
@@ -214,15 +236,16 @@ def recorded_config(cfg: PipelineConfig) -> dict[str, Any]:
 
 def absolute_paths(cfg: PipelineConfig) -> None:
     """The config's own paths made absolute, once, in place (:func:`validate`'s last step, as it
-    makes ``ratio`` a float): ``data_root``, ``runs_root``, brought weights and built data
-    folders given as ``source`` / targets. Every path the
+    makes ``ratio`` a float): ``data_root``, ``runs_root``, brought weights, recipe files
+    (:func:`recipe_file`) and built data folders given as ``source`` / targets. Every path the
     run records (results.json's config, stage folders and data folders, report.md) derives
     from these or from :func:`~.resolve.resolve`'s data folders (made absolute there too), so
     two runs from two working directories, one spelling ``runs`` and one ``/a/runs``, record the
     same paths, and each points at its file from anywhere: a path relative to the working
     directory of the run was wrong once read from elsewhere (a later reader, a cluster job's
     other cwd), and the second run rewrote the first's report with other paths (audit). No
-    stage key holds a path (they hold content fingerprints), so no stage runs again.
+    stage key holds a path (they hold content fingerprints, and a recipe's name:
+    :func:`~.run.recipe_key`), so no stage runs again.
     ``source`` and each target are made absolute where they name a built dataset folder (a
     plain name such as ``mytarget`` too) or a ``LAYOUT:PATH`` SOURCE (its PATH;
     :func:`_built_folder`); a synth spec (``synth:tiny``) or a synth target's name (``warm``,
@@ -236,6 +259,8 @@ def absolute_paths(cfg: PipelineConfig) -> None:
     cfg.source = _built_folder(cfg.source)
     cfg.target = _built_folder(cfg.target, synth)
     cfg.targets = tuple(_built_folder(t, synth) for t in cfg.targets)
+    for name in RECIPE_FIELDS:
+        setattr(cfg, name, recipe_file(getattr(cfg, name)))
 
 
 def _built_folder(spec: str, synth: frozenset[str] = frozenset()) -> str:

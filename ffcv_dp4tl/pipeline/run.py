@@ -178,6 +178,17 @@ def _common(cfg: PipelineConfig) -> dict[str, Any]:
     return {"fmt": cfg.fmt, **device_key(cfg.device)}
 
 
+def recipe_key(recipe: Any) -> str:
+    """What a stage's key holds of the recipe it trains besides its content
+    (``recipe_fingerprint``): its name as :func:`~..training.recipe.load_recipe` gives it, i.e.
+    a shipped recipe's name as typed (``resnet50_16ep``, ``paper/lp``: the keys of every
+    shipped-recipe run, unchanged) and a recipe file's name without its folder and ``.toml``
+    (``r`` for ``./r.toml`` or ``/abs/r.toml``). Until 2026-12-08 the key held the option as
+    typed, so one file spelled two ways ran its stages twice; the file's folder is in no key,
+    as no data path is (the same content under another path reuses a stage)."""
+    return recipe.name
+
+
 def device_key(device: str) -> dict[str, str]:
     """``{"device": "cuda"}`` when ``device`` (``auto`` resolved) is CUDA, else ``{}``."""
     from ..training.distributed import resolve_device
@@ -190,7 +201,8 @@ def surrogate_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, res: Pipeline
     """Train the surrogate on the full source, or import brought weights (``surrogate_weights``).
     Every key holds the content fingerprints of its inputs (source, target, mask, recipes),
     never data paths: the same data under another path reuses a stage, other data never does.
-    (It also holds the recipe's name and ``--set`` text: a renamed copy runs again.) The
+    (It also holds the recipe's name, :func:`recipe_key`, and ``--set`` text: a renamed copy
+    runs again.) The
     stage is returned even when the method needs no surrogate (it is then not run)."""
     from ..training.recipe import training_overrides
     from ..training.trainer import train
@@ -198,17 +210,18 @@ def surrogate_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, res: Pipeline
     needs = ok.scorer.needs_surrogate and not cfg.source_weights
     # what trains the surrogate: its [scoring] section (how it reads the images it scores)
     # enters the score stage's key instead, so changing the scoring protocol reuses it
-    name, rec, fp = r.recipe_names["surrogate"], r.surrogate, r.surrogate.training_fingerprint()
+    rec, fp = r.surrogate, r.surrogate.training_fingerprint()
     place = StagePlace("surrogate", "surrogate")
     if cfg.surrogate_weights:
         w = Path(cfg.surrogate_weights).expanduser()
-        sur = stage(cfg.runs_root, "surrogate", {"weights_sha256": file_sha256(w), "recipe": name,
+        sur = stage(cfg.runs_root, "surrogate", {"weights_sha256": file_sha256(w),
+                                                 "recipe": recipe_key(rec),
                                                  "recipe_fingerprint": fp,
                                                  "source": r.src.fingerprint})
         if needs:
             res.add(place, _run_import(sur, w, "--surrogate-weights", rec, r, log))
         return sur
-    sur = stage(cfg.runs_root, "surrogate", {"recipe": name,
+    sur = stage(cfg.runs_root, "surrogate", {"recipe": recipe_key(rec),
                                              "overrides": training_overrides(
                                                  cfg.surrogate_overrides),
                                              "recipe_fingerprint": fp,
@@ -332,7 +345,7 @@ def pretrain_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, pr: Stage,
         rec = with_seed(r.pretrain, seed) if seed else r.pretrain
         rec = as_recipe(rec, stretch) if stretch else rec
         pt = stage(cfg.runs_root, "pretrain", {
-            "recipe": r.recipe_names["pretrain"], "overrides": over,
+            "recipe": recipe_key(rec), "overrides": over,
             "recipe_fingerprint": rec.training_fingerprint(), "source": r.src.fingerprint,
             "mask": file_sha256(pr.output("train.npy")), **_common(cfg)})
         res.add(StagePlace(stage_label("pretrain", first_seed=i == 0, seed=seed), "pretrain",
@@ -349,7 +362,7 @@ def brought_source_stage(cfg: PipelineConfig, ok: Checked, r: Resolved, res: Pip
     w = Path(cfg.source_weights).expanduser()
     rec = r.pretrain
     pt = stage(cfg.runs_root, "pretrain", {
-        "weights_sha256": file_sha256(w), "recipe": r.recipe_names["pretrain"],
+        "weights_sha256": file_sha256(w), "recipe": recipe_key(rec),
         "recipe_fingerprint": rec.training_fingerprint(), "source": r.src.fingerprint})
     res.add(StagePlace("pretrain", "pretrain"),
             _run_import(pt, w, "--source-weights", rec, r, log))
@@ -368,10 +381,10 @@ def finetune_stages(cfg: PipelineConfig, ok: Checked, r: Resolved, pretrained: d
         ft_overrides = result_overrides(cfg.finetune_overrides) + seed_overrides(seed)
         for t, t_dir, t_name, t_rec in zip(r.tgts, r.target_dirs, r.target_names, r.finetune):
             for mode in cfg.finetune:
-                r_name, loaded = t_rec[mode]
+                _, loaded = t_rec[mode]
                 rec = with_seed(loaded, seed) if seed else loaded
                 ft = stage(cfg.runs_root, f"finetune-{mode}", {
-                    "recipe": r_name, "pretrain": pt.key,
+                    "recipe": recipe_key(rec), "pretrain": pt.key,
                     "recipe_fingerprint": rec.fingerprint(), "target": t.fingerprint,
                     **_common(cfg), **({"overrides": ft_overrides} if ft_overrides else {})})
                 place = StagePlace(stage_label("finetune", first_seed=i == 0, seed=seed,
