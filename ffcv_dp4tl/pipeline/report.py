@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
@@ -247,6 +248,20 @@ def _accuracy_table(summary: dict[str, Any], group: str | None) -> list[str]:
     return lines + [""]
 
 
+def _brought(recorded: str, given: Any) -> str:
+    """The brought weights a report names: the stage's record (``DONE.json`` ``weights``), or,
+    where that is relative (a stage imported before 2026-12-07, relative to the folder that run
+    started in, which nothing recorded), this run's file (its config's, absolute: the stage's
+    key holds the file's sha256, so the same bytes). With neither absolute, the relative path
+    is said to be one: read against the report's folder or the reader's, it named another file
+    or none, in silence."""
+    if os.path.isabs(recorded):
+        return md_code(recorded)
+    if isinstance(given, str) and os.path.isabs(given):
+        return md_code(given)
+    return f"{md_code(recorded)} (relative to the folder the importing run was started in)"
+
+
 def write_report(res: PipelineResult, out: Path) -> None:
     """``out/report.md`` (stages, kept units, accuracy per target over seeds) and
     ``out/results.json`` (:meth:`PipelineResult.to_json`)."""
@@ -263,12 +278,13 @@ def write_report(res: PipelineResult, out: Path) -> None:
              f"- source: {md_code(res.source)}", *tlines,
              f"- protocol: {md_code(res.protocol)}",
              recipes_line(res), *overrides_lines(cfg)]
-    for role, what in (("surrogate", "surrogate"), ("pretrain", "source model")):
+    for role, what, option in (("surrogate", "surrogate", "surrogate_weights"),
+                               ("pretrain", "source model", "source_weights")):
         r = res.find(role)
         if r is not None and r.values.get("brought"):
             v = r.values
-            lines.append(f"- {what}: brought weights {md_code(v['weights'])} ({md_text(v['arch'])}, "
-                         "imported, not trained)")
+            lines.append(f"- {what}: brought weights {_brought(v['weights'], cfg.get(option))} "
+                         f"({md_text(v['arch'])}, imported, not trained)")
     if pr is not None:
         units = len(pr.get("kept_units", []))  # (a sample-wise method records none: "- samples")
         unit_part = f"{units} {UNIT_PLURAL[pr['unit']]}, " if units else ""

@@ -127,3 +127,30 @@ def test_a_shipped_recipe_name_is_recorded_as_given(spelled, tmp_path, monkeypat
 
     monkeypatch.chdir(tmp_path)
     assert recipe_file(spelled) == spelled
+
+
+@pytest.mark.parametrize("given", ["/abs/w.pt", "w.pt"])
+def test_a_brought_stage_recorded_with_a_relative_path_is_not_reported_as_one(given, tmp_path):
+    """A brought-weights stage imported before 2026-12-07 holds the path as typed then
+    (``DONE.json`` ``weights``: ``w.pt``, relative to the folder that run started in). Reused by
+    a run from elsewhere (its key holds the file's sha256), report.md named ``w.pt``, another
+    file or none wherever it was read: now the run's own (absolute) path, or a note."""
+    from ffcv_dp4tl.contracts import StageResult
+    from ffcv_dp4tl.pipeline.report import write_report
+    from ffcv_dp4tl.pipeline.result import PipelineResult, StagePlace
+    from ffcv_dp4tl.pipeline.stages import StageRun
+
+    res = PipelineResult(config={"method": "lm", "ratio": 0.0, "order": "ordered",
+                                 "source_weights": given},
+                         source="/d/src", target="/d/warm", protocol="fast",
+                         recipes={"surrogate": "s", "pretrain": "p"}, seeds=[0])
+    old = StageResult("pretrain", "train", 1.0, {"brought": True, "weights": "w.pt",
+                                                  "arch": "resnet18"})
+    res.add(StagePlace("pretrain", "pretrain"), StageRun(old, tmp_path / "pretrain-x", ran=False))
+    write_report(res, tmp_path / "report")
+    line = next(ln for ln in (tmp_path / "report" / "report.md").read_text().splitlines()
+                if ln.startswith("- source model: brought weights"))
+    if given.startswith("/"):
+        assert "`/abs/w.pt`" in line and "`w.pt`" not in line
+    else:
+        assert "`w.pt` (relative to the folder the importing run was started in)" in line
