@@ -350,5 +350,8 @@ def validate(cfg: PipelineConfig) -> Checked:
     weights = check_weights(cfg.target_weights, len(target_specs))
     recipes = _check_recipes(cfg)
     absolute_paths(cfg)  # (last: every refusal above names the paths as the user gave them)
+    # the seeds the run runs, as results.json records them: PipelineConfig()'s () recorded []
+    # where the CLI's default recorded [0], so two identical runs read as changed (docs audit)
+    cfg.seeds = seeds
     return Checked(seeds=seeds, scorer=scorer, given_options=given_options, options=options,
                    reverse=reverse, target_specs=target_specs, weights=weights, recipes=recipes)

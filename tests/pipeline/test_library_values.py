@@ -64,6 +64,7 @@ def test_run_pipeline_leaves_the_callers_config_as_given(tmp_path, monkeypatch):
     # what the run itself works with (and records) is as before: validated, absolute
     assert seen[0] is not cfg and seen[0].ratio == 0.0 and isinstance(seen[0].ratio, float)
     assert seen[0].data_root == tmp_path / "data" and seen[0].runs_root.is_absolute()
+    assert cfg.seeds == () and seen[0].seeds == (0,)  # (recorded [0], as the CLI's default)
 
 
 def test_run_pipeline_takes_log_none(tmp_path, monkeypatch, capsys):
