@@ -121,7 +121,9 @@ def sigint_deferred() -> Iterator[None]:
 def threads_kept() -> Iterator[None]:
     """torch's CPU thread count and numba's (this thread's) are the same after the block as
     before it, where those modules are imported already (read nothing otherwise: importing
-    them is not this function's business)."""
+    them is not this function's business). The one rule for them: around ffcv's import, an
+    ffcv loader's construction, and a call of ``train``, ``finetune`` or ``score``
+    (``training.process_state``)."""
     counts = _thread_counts()
     try:
         yield

@@ -277,7 +277,8 @@ def pin_cpu_threads(num_workers: int) -> int:
     count; both are undone now outside an epoch, ``lazy.import_ffcv``), so a pipeline stage
     that built data first and one that found it built trained differently under the same
     stage key. (The count is the machine's as much as the recipe's,
-    so ``data.num_workers`` is hashed as its default: results are reproducible per machine.)"""
+    so ``data.num_workers`` is hashed as its default: results are reproducible per machine.)
+    The caller's count comes back when the stage's call returns (:mod:`.process_state`)."""
     from ..data.resources import effective_workers
 
     n = max(1, effective_workers(num_workers))

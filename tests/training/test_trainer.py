@@ -91,27 +91,64 @@ def test_train_leaves_the_callers_threads_and_random_generators_as_they_were(sou
                                                                              test_recipe):
     """train() pins torch's threads and reseeds the global generators for its run; a notebook's
     next cell ran with 1 thread and another torch.manual_seed (Python API review). Also when
-    the call raises."""
+    the call raises, and numba's count as well: set within a run (here by a callback, as ffcv's
+    loaders and kernels' callers may), it stayed set after train() returned."""
     import random
+
+    import numba
 
     def draws():
         return (random.random(), float(np.random.rand()), float(torch.rand(1)))
 
-    threads = torch.get_num_threads()  # (restored at the end: later tests in this worker)
-    torch.set_num_threads(2)
+    class SetsNumbaThreads(Callback):
+        def on_epoch_end(self, row):
+            numba.set_num_threads(1)
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread at most here")
+    threads = torch.get_num_threads(), numba.get_num_threads()  # (restored at the end)
+    torch.set_num_threads(2), numba.set_num_threads(2)
     random.seed(7), np.random.seed(5), torch.manual_seed(123)
     expected = draws()
     mask = make_mask(np.arange(10), load_manifest(source_dir).split("train"))
-    for extra in (["train.epochs=1", "train.drop_last=false"], []):  # (the second: no full batch)
-        random.seed(7), np.random.seed(5), torch.manual_seed(123)
-        try:
-            train(test_recipe(*extra), source_dir, mask=mask, out_dir=tmp_path / f"r{len(extra)}",
-                  fmt="wds", device="cpu", progress=False)
-            assert extra
-        except DP4TLError as e:
-            assert not extra and "fewer than one batch" in str(e)
-        assert torch.get_num_threads() == 2 and draws() == expected
-    torch.set_num_threads(threads)
+    try:
+        for extra in (["train.epochs=1", "train.drop_last=false"], []):  # (2nd: no full batch)
+            random.seed(7), np.random.seed(5), torch.manual_seed(123)
+            try:
+                train(test_recipe(*extra), source_dir, mask=mask,
+                      out_dir=tmp_path / f"r{len(extra)}", fmt="wds", device="cpu",
+                      progress=False, callbacks=[SetsNumbaThreads()])
+                assert extra
+            except DP4TLError as e:
+                assert not extra and "fewer than one batch" in str(e)
+            assert torch.get_num_threads() == 2 and numba.get_num_threads() == 2
+            assert draws() == expected
+    finally:
+        torch.set_num_threads(threads[0]), numba.set_num_threads(threads[1])
+
+
+def test_a_call_that_raises_leaves_numbas_thread_count_as_it_was():
+    """keeps_process_state (train, finetune, score) gives numba's count back also when the call
+    raises after changing it, and torch's with it (one rule: lazy.threads_kept)."""
+    import numba
+
+    from ffcv_dp4tl.training.process_state import keeps_process_state
+
+    @keeps_process_state
+    def stage():
+        torch.set_num_threads(1), numba.set_num_threads(1)
+        raise RuntimeError("failed stage")
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has one thread at most here")
+    threads = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        torch.set_num_threads(2), numba.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="failed stage"):
+            stage()
+        assert (torch.get_num_threads(), numba.get_num_threads()) == (2, 2)
+    finally:
+        torch.set_num_threads(threads[0]), numba.set_num_threads(threads[1])
 
 
 def test_train_says_its_lines_where_its_caller_asks(source_dir, tmp_path, test_recipe, capsys):
