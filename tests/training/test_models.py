@@ -46,17 +46,20 @@ def test_vit_small_image():
 
 
 def _small_kw(name: str) -> dict:
-    """Cheap settings for each registered architecture (same code paths as the recipes')."""
-    if name.startswith("vit"):
-        return {"image_size": 32}
-    return {"width": 8, "small_input": True}
+    """Cheap settings for a registered architecture, passed as training passes a recipe's: only
+    the ``[model]`` knobs it takes (``model_kwargs``). A newcomer's builder taking ``width``
+    alone failed here with "unexpected keyword argument 'small_input'" (docs audit)."""
+    from ffcv_dp4tl.training.recipe import load_recipe
+    from ffcv_dp4tl.training.trainer import model_kwargs
+
+    # resnet18_tiny_cpu: width 8, small_input; image_size 32 for a fixed-size model (a ViT)
+    return model_kwargs(load_recipe("resnet18_tiny_cpu", [f"model.arch={name}",
+                                                          "model.image_size=32"]))
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_every_model_speaks_the_backbone_interface(name):
+def _check_backbone_interface(name: str) -> None:
     """timm's names, no isinstance switches: forward = forward_head ∘ forward_features, and
-    reset_classifier swaps in a fresh head of the new width on the same features. Every
-    registered model, so a newly registered one is checked without touching this file."""
+    reset_classifier swaps in a fresh head of the new width on the same features."""
     torch.manual_seed(0)
     m = create_model(name, 6, **_small_kw(name)).eval()
     assert isinstance(m, Backbone)
@@ -74,6 +77,48 @@ def test_every_model_speaks_the_backbone_interface(name):
     compiled_like = torch.nn.Module()
     compiled_like._orig_mod = m
     assert get_head(compiled_like) is new and feature_dim(compiled_like) == m.num_features
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_speaks_the_backbone_interface(name):
+    """Every registered model, so a newly registered one is checked without touching this
+    file."""
+    _check_backbone_interface(name)
+
+
+def test_the_interface_check_passes_a_new_model_only_the_knobs_it_takes():
+    """ARCHITECTURE.md's "add a model" recipe, followed literally: a builder taking ``width``
+    alone (no ResNet ``small_input``) passes the interface check every registered model gets."""
+    from torch import nn
+
+    from ffcv_dp4tl.training import models
+
+    class TinyCNN(models._ClassifierMixin, nn.Module):
+        def __init__(self, num_classes: int, width: int):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.fc = nn.Linear(width, num_classes)
+
+        def forward_features(self, x):
+            return self.body(x)
+
+        def get_classifier(self):
+            return self.fc
+
+        def _set_classifier(self, head):
+            self.fc = head
+
+    @models.register("tinycnn_probe")
+    def tinycnn_probe(num_classes: int, *, width: int = 64) -> nn.Module:
+        return TinyCNN(num_classes, width)
+
+    try:
+        assert _small_kw("tinycnn_probe") == {"width": 8}
+        _check_backbone_interface("tinycnn_probe")
+    finally:
+        models.unregister("tinycnn_probe")
+    assert "tinycnn_probe" not in list_models()
 
 
 @pytest.mark.parametrize("depth", [18, 34, 50, 101])
