@@ -27,7 +27,8 @@ declares, as class attributes, everything the rest of the project needs to know 
 * ``revision`` — bumped when a fixed rule changes the method's scores for the same inputs
   (FM's tie-break, 2026-12-03): it enters the score stage's key and ``scores.json``, so cached
   scores of the older rule are computed again;
-* ``options`` — the method's knobs, ``{name: Option(default, help)}``, set with
+* ``options`` — the method's knobs, ``{name: Option(default, help, choices=(),
+  minimum=None)}`` (a number's ``minimum`` is required: registration refuses it missing), set with
   ``--opt NAME=VALUE`` (``dp4tl score`` / ``dp4tl pipeline``) and read as ``ctx.opt(name)``;
 * ``trains`` — True when the method trains models itself (FORGET, GraNd/EL2N with several
   runs): the pipeline then hands it the surrogate's training recipe;
@@ -98,11 +99,17 @@ _KIND = {bool: "true or false", int: "an integer", float: "a number", str: "a st
 @dataclass(frozen=True)
 class Option:
     """One knob of a scorer: its default (whose type the CLI value is converted to), a one-line
-    help and, optionally, the allowed values or the smallest allowed number."""
+    help and, optionally, the allowed values; a number's smallest allowed value is required
+    (:func:`register_scorer` refuses a numeric option without ``minimum``)."""
     default: Any
     help: str = ""
     choices: tuple[Any, ...] = ()
     minimum: int | float | None = None  # numbers below are refused (e.g. epoch=-1)
+
+    @property
+    def is_number(self) -> bool:
+        """An int or float knob (not a bool): it must declare its ``minimum``."""
+        return isinstance(self.default, (int, float)) and not isinstance(self.default, bool)
 
     def parse(self, method: str, name: str, value: Any) -> Any:
         d = self.default
@@ -288,6 +295,10 @@ def register_scorer(cls: type[Scorer]) -> type[Scorer]:
         if not isinstance(opt, Option) or not opt_name.isidentifier():
             raise ValueError(f"scorer {name!r}: options must map identifiers to Option, got "
                              f"{opt_name!r}: {opt!r}")
+        if opt.is_number and opt.minimum is None:  # (-1 epochs ran as 0; docs audit)
+            raise ValueError(f"scorer {name!r}: numeric option {opt_name!r} has no minimum; "
+                             f"give its smallest allowed value: Option({opt.default!r}, ..., "
+                             "minimum=...)")
     old = _REGISTRY.get(name)
     if old is not None and (type(old).__module__, type(old).__qualname__) != (
             cls.__module__, cls.__qualname__):

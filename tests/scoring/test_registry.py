@@ -16,7 +16,7 @@ from ffcv_dp4tl.contracts import SCORE_UNITS
 from ffcv_dp4tl.errors import DP4TLError
 from ffcv_dp4tl.scoring.context import ScoringContext
 from ffcv_dp4tl.scoring.registry import (FEATURES, LOGITS, NEEDS, TARGET, TRAJECTORY, UNIT_PLURAL,
-                                        Cost, PlotStyle, Scorer, ScoreResult, get_scorer, list_scorers,
+                                        Cost, Option, PlotStyle, Scorer, ScoreResult, get_scorer, list_scorers,
                                         methods_help, register_scorer, scorers,
                                         self_supervised_alternatives, unregister_scorer)
 from tiny_data import SYNTH, TRAIN
@@ -158,7 +158,7 @@ def test_every_numeric_option_declares_and_enforces_its_minimum(method):
     before any work (a negative value used to run as the default, or fail deep inside)."""
     scorer = get_scorer(method)
     for name, opt in scorer.options.items():
-        if isinstance(opt.default, bool) or not isinstance(opt.default, (int, float)):
+        if not opt.is_number:
             continue
         assert opt.minimum is not None, f"{method}: option {name} has no minimum"
         assert scorer.parse_options({name: str(opt.minimum)})[name] == opt.minimum
@@ -189,6 +189,12 @@ def test_registration_is_checked():
     class Clash(Scorer):
         name = "lm"
 
+    class NoMinimum(Scorer):  # docs/scorers.md's example knob, before it showed `minimum`
+        name, options = "no-minimum", {"power": Option(1.0, "exponent of the counts")}
+
+    class CountNoMinimum(Scorer):
+        name, options = "count-no-minimum", {"runs": Option(3, "runs")}
+
     class LooksLikeForget(Scorer):  # a newcomer's first style was FORGET's (review)
         name, unit = "looks-like-forget", "sample"
         style = PlotStyle(get_scorer("forget").style.color, get_scorer("forget").style.marker, "X")
@@ -205,6 +211,13 @@ def test_registration_is_checked():
         register_scorer(BadRevision)
     with pytest.raises(ValueError, match="registered already"):
         register_scorer(Clash)
+    # a numeric knob without its minimum is refused at import, naming the fix (a test found it)
+    with pytest.raises(ValueError, match=r"^scorer 'no-minimum': numeric option 'power' has no "
+                                         r"minimum; give its smallest allowed value: "
+                                         r"Option\(1\.0, \.\.\., minimum=\.\.\.\)$"):
+        register_scorer(NoMinimum)
+    with pytest.raises(ValueError, match="numeric option 'runs' has no minimum"):
+        register_scorer(CountNoMinimum)
     with pytest.raises(ValueError, match=r"^scorer 'looks-like-forget': plot style '.+' '.+' is "
                                          r"'forget''s; choose another colour or marker"):
         register_scorer(LooksLikeForget)
@@ -212,6 +225,7 @@ def test_registration_is_checked():
         register_scorer(object)  # type: ignore[arg-type]
     assert list_scorers()[:len(BUILTINS)] == BUILTINS and "bad-unit" not in list_scorers()
     assert "looks-like-forget" not in list_scorers()
+    assert "no-minimum" not in list_scorers() and "count-no-minimum" not in list_scorers()
 
 
 def test_self_supervised_refusal_names_the_alternatives():
