@@ -14,8 +14,15 @@ from .layouts import LAYOUTS, read_layout
 from .spec import DatasetSpec
 
 
+def layout_names() -> str:
+    """The layouts a ``LAYOUT:PATH`` SOURCE may name, as help and errors list them: the keys of
+    :data:`~.layouts.LAYOUTS`, so a layout added there is listed everywhere (``dp4tl build
+    --help`` listed a copy, which a new layout missed; docs audit)."""
+    return ", ".join(sorted(LAYOUTS))
+
+
 def source_help() -> str:
-    return "synth[:PRESET,...] or " + "|".join(sorted(LAYOUTS)) + ":PATH"
+    return f"synth[:PRESET,...] or LAYOUT:PATH, LAYOUT one of {layout_names()}"
 
 
 def default_max_side(spec: DatasetSpec) -> int:
@@ -50,8 +57,7 @@ def resolve_source(text: str, split_json: str | Path | None = None,
                 else "is no SOURCE")
         raise DataError(f"SOURCE {text!r} {said}; SOURCE must look like {source_help()}")
     if name not in LAYOUTS:
-        raise DataError(f"unknown SOURCE kind {name!r}; choose one of: synth, "
-                        + ", ".join(sorted(LAYOUTS)))
+        raise DataError(f"unknown SOURCE kind {name!r}; choose one of: synth, {layout_names()}")
     root = Path(path).expanduser()
     chosen = split_json
     if chosen is None and split != "official":

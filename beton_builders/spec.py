@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
-from PIL import Image
+
+if TYPE_CHECKING:  # (PIL only names the type: the layouts' table is read by every --help)
+    from PIL import Image
 
 # the naming rules live with the manifest contract, which reads the names back (one place
 # each); imported from here by the layouts, the writer and the CLI
@@ -21,7 +23,7 @@ from ffcv_dp4tl.contracts.names import (SPLIT_NAME, name_text, one_line,  # noqa
 
 #: A sample's image: a file path, an in-memory HWC uint8 RGB array (e.g. CIFAR), or a
 #: picklable zero-argument callable returning a PIL image (e.g. the synthetic generator).
-ImageRef = Union[str, Path, np.ndarray, Callable[[], Image.Image]]
+ImageRef = Union[str, Path, np.ndarray, Callable[[], "Image.Image"]]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ from importlib import import_module
 import pytest
 
 #: the packages whose ``__init__`` uses ``lazy_exports``
-LAZY_PACKAGES = ("ffcv_dp4tl.data", "ffcv_dp4tl.pipeline", "ffcv_dp4tl.scoring", "ffcv_dp4tl.training")
+LAZY_PACKAGES = ("ffcv_dp4tl.data", "ffcv_dp4tl.pipeline", "ffcv_dp4tl.scoring", "ffcv_dp4tl.training",
+                 "beton_builders")
 
 
 def test_the_list_is_every_lazy_package():
@@ -17,6 +18,8 @@ def test_the_list_is_every_lazy_package():
     root = Path(import_module("ffcv_dp4tl").__file__).parent
     found = {"ffcv_dp4tl." + p.parent.name for p in root.glob("*/__init__.py")
              if "lazy_exports(__name__" in p.read_text()}
+    found |= {"beton_builders"} if "lazy_exports(__name__" in (
+        root.parent / "beton_builders" / "__init__.py").read_text() else set()
     assert found == set(LAZY_PACKAGES)
 
 

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from beton_builders.sources import layout_names
+
 from ..errors import count
 from ..outputs import claim_out_dir
 from .app import app
@@ -15,9 +17,9 @@ from .options import DATA_HELP, BetonMode, TargetSplit
 
 @app.command()
 def build(
-    source: str = typer.Argument(..., help="synth[:tiny|bench|hard|default|costtable|imagenet][,key=value...], or "
-                                 "LAYOUT:PATH with LAYOUT one of imagenet, folder, flowers102, "
-                                 "dtd, ucf101, food101, oxfordpets, stanfordcars, sun397, cifar10"),
+    source: str = typer.Argument(..., help="synth[:tiny|bench|hard|default|costtable|imagenet]"
+                                 "[,key=value...], or LAYOUT:PATH with LAYOUT one of "
+                                 + layout_names()),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (synth: DIR/source and "
                              "DIR/targets/<name>)"),
     max_side: Optional[int] = typer.Option(None, help="Shrink images so the longer side is at most "
