@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -98,3 +100,26 @@ def test_reading_the_sources_survives_cpythons_parser_bookkeeping_error(monkeypa
     monkeypatch.setattr(ast, "parse", trips_here)
     tree = parse_python("import os\n")
     assert isinstance(tree, ast.Module) and isinstance(tree.body[0], ast.Import)
+
+
+def test_a_symlinked_venv_is_ignored(tmp_path):
+    """A git worktree whose ``.venv`` is a symlink to the main checkout's showed it as
+    untracked: ``.venv/`` in .gitignore matches a folder only (docs audit). It would also have
+    travelled with the working tree to the device machine, which carries untracked files."""
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    (tmp_path / ".gitignore").write_bytes((ROOT / ".gitignore").read_bytes())
+    (tmp_path / "env").mkdir()
+    (tmp_path / ".venv").symlink_to(tmp_path / "env")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True,
+                              check=True).stdout
+
+    git("init", "-q")
+    assert git("check-ignore", ".venv").strip() == ".venv"
+    shutil.rmtree(tmp_path / "env")
+    (tmp_path / ".venv").unlink()
+    (tmp_path / ".venv").mkdir()  # a plain folder still is
+    (tmp_path / ".venv" / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    assert git("status", "--porcelain", "--untracked-files=all").strip() == "?? .gitignore"
