@@ -106,14 +106,17 @@ _VTAB_MASK = re.compile(r"train\d+val\d+\.npy")
 
 def bench_of(results: object) -> str | None:
     """The bench (a key of :data:`KINDS`) a read ``results.json`` names (``bench`` field; before
-    it: an ``adv`` entry is the adversarial bench's), or ``None``: one rule for telling a folder's
-    kind and for ``bench render``, which read a surrogates report as a cost table and blamed its
-    fine file for lacking rows (audit)."""
+    it: an ``adv`` entry is the adversarial bench's, ``archs`` with per-arch ``runs`` the
+    surrogates bench's), or ``None``: one rule for telling a folder's kind and for ``bench
+    render``, which read a surrogates report as a cost table and blamed its fine file for
+    lacking rows (audit; docs/surrogates/results.json predates the field)."""
     if not isinstance(results, dict):
         return None
     if results.get("bench") in BENCH_KINDS:
         return results["bench"]
-    return "adversarial" if "adv" in results else None
+    if "adv" in results:
+        return "adversarial"
+    return "surrogates" if "archs" in results and "runs" in results else None
 
 
 def _read_results(folder: Path) -> tuple[object, bool]:

@@ -1087,6 +1087,30 @@ def test_render_of_another_benchs_folder_names_that_bench(tmp_path, capsys, monk
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_render_of_the_published_surrogates_report_names_its_bench(tmp_path, capsys, monkeypatch):
+    """`dp4tl bench render docs/surrogates` (a copy): its results.json predates the bench field,
+    so render read it as a cost table's and blamed it for lacking 'rows' (docs audit). Its keys
+    tell it: one line naming the surrogates bench and the rerun, and nothing rewritten."""
+    import shutil
+
+    from cli_runner import cli, one_line
+
+    from ffcv_dp4tl.outputs import bench_of, folder_kind
+
+    out = tmp_path / "surrogates"
+    shutil.copytree(Path(__file__).parents[2] / "docs" / "surrogates", out)
+    results = json.loads((out / "results.json").read_text())
+    assert "bench" not in results and bench_of(results) == "surrogates"
+    (out / "surrogates.png").unlink()  # (its keys alone tell it, not the plot)
+    assert folder_kind(out) == "surrogates"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = cli(capsys, monkeypatch, "bench", "render", out)
+    one_line(code, err, "is a surrogates report's (written by `dp4tl bench surrogates`)",
+             "rerun `dp4tl bench surrogates` to rewrite its report")
+    assert "lacks" not in err and "restore" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_the_several_targets_tables_keep_their_columns_whatever_a_target_is_called():
     """Target names from results.json went raw into the several-targets tables' header and rows
     (review): a name holding ``<img ...>`` rendered as HTML and its ``|`` split a column."""
