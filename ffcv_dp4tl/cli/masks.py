@@ -215,7 +215,19 @@ def overlap_cmd(
     if json_:
         typer.echo(json.dumps({k: v.to_json() for k, v in res.items()}, indent=2))
         return
+    a, b = _telling_names(mask, reference)
     for what, o in res.items():
         typer.echo(f"{what}: {100 * o.share:.1f} % of the reference's {o.kept_ref} kept {what} "
-                   f"are kept by {mask.name} ({o.common} in common; it keeps {o.kept}; "
+                   f"(in {b}) are kept by {a} ({o.common} in common; it keeps {o.kept}; "
                    f"Jaccard {100 * o.jaccard:.1f} %)")
+
+
+def _telling_names(a: Path, b: Path) -> tuple[str, str]:
+    """The two paths as typed, each cut to its shortest ending that the other's differs from:
+    ``runs/prune-A/train.npy`` and ``runs/prune-B/train.npy`` are ``prune-A/train.npy`` and
+    ``prune-B/train.npy`` (the overlap named both by their file name, ``train.npy`` twice:
+    docs audit). The same path given twice is named whole."""
+    for n in range(1, max(len(a.parts), len(b.parts)) + 1):
+        if a.parts[-n:] != b.parts[-n:]:
+            return str(Path(*a.parts[-n:])), str(Path(*b.parts[-n:]))
+    return str(a), str(b)

@@ -89,6 +89,27 @@ def test_cli(split, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "--data" in r.stderr
 
 
+def test_cli_names_two_masks_of_one_file_name_apart(split, tmp_path):
+    """`dp4tl mask overlap runs/prune-A/train.npy runs/prune-B/train.npy` (docs/surrogates.md)
+    said "kept by train.npy" and named the reference nowhere (docs audit): each mask is named by
+    the shortest ending of its path that tells it from the other."""
+    for d in ("prune-A", "prune-B"):
+        (tmp_path / "runs" / d).mkdir(parents=True)
+    a = save_mask(tmp_path / "runs" / "prune-A" / "train.npy",
+                  mask_from_classes(split, [0, 1, 2], method="lm"))
+    b = save_mask(tmp_path / "runs" / "prune-B" / "train.npy",
+                  mask_from_classes(split, [1, 2, 3], method="lm"))
+    r = _dp4tl("mask", "overlap", str(a), str(b))
+    assert r.returncode == 0, r.stderr
+    assert ("classes: 66.7 % of the reference's 3 kept classes (in prune-B/train.npy) are kept "
+            "by prune-A/train.npy (2 in common;") in r.stdout
+    c = save_mask(tmp_path / "c.npy", mask_from_classes(split, [1, 2, 3], method="lm"))
+    r = _dp4tl("mask", "overlap", str(c), str(b))
+    assert "(in train.npy) are kept by c.npy (" in r.stdout
+    r = _dp4tl("mask", "overlap", str(b), str(b))
+    assert f"(in {b}) are kept by {b} (" in r.stdout
+
+
 def _damage(path: Path, indices=None, **sidecar) -> None:
     """Rewrite a saved mask's indices and/or sidecar fields (num_kept kept consistent)."""
     meta = json.loads(path.with_suffix(".json").read_text())
