@@ -138,7 +138,8 @@ def make_loader(
                      shuffle=aug.train if shuffle is None else shuffle, seed=seed, rank=r,
                      world_size=w, even=aug.train if even is None else even)
     common = dict(batch_size=batch_size, aug=aug, resolution=resolution, device=device,
-                  num_workers=effective_workers(num_workers), drop_last=drop_last, dtype=dtype,
+                  num_workers=effective_workers(num_workers, "num_workers"),
+                  drop_last=drop_last, dtype=dtype,
                   channels_last=channels_last)
     decode = resolve_decode(decode, device)
     info.check_files(fmt)  # size + header checksums of the files about to be read

@@ -226,12 +226,14 @@ def usable_workers(cores: int | None = None) -> int:
     return max(1, cores - reserved_cores(cores))
 
 
-def effective_workers(requested: int) -> int:
+def effective_workers(requested: int, asked_as: str = "data.num_workers") -> int:
     """``min(requested, cores - reserved_cores(cores))``: more loader workers than cores only
     slows the loader and the training thread down, and ffcv's numba pool refuses more than the
     cores ("number of threads must be between 1 and N"). The full recipes ask for 8-12 workers
     (a GPU node); on a smaller machine they run with what it leaves, with a one-time note on
-    stderr. (``0`` = in-process loading, kept.)"""
+    stderr naming the setting that asked (``asked_as``: a recipe's key, or a function's
+    argument, as ``make_loader``'s: a direct ``make_loader(num_workers=8)`` was told of a
+    recipe key it never used). (``0`` = in-process loading, kept.)"""
     cores = loader_cores()
     usable = usable_workers(cores)
     if requested <= usable:
@@ -244,7 +246,7 @@ def effective_workers(requested: int) -> int:
         spare = cores - usable
         ranks = local_ranks()
         share = f" (its part of the node, shared by {ranks} ranks)" if ranks > 1 else ""
-        print(f"[note] data.num_workers = {requested} but this machine gives the process {cores} "
+        print(f"[note] {asked_as} = {requested} but this machine gives the process {cores} "
               f"cores{share}: loading with {usable} workers"
               + (f" ({spare} left for the training thread)" if spare else ""),
               file=sys.stderr, flush=True)

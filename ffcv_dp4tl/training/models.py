@@ -102,7 +102,8 @@ def unregister(name: str) -> None:
 
 def list_models() -> list[str]:
     """The registered model names, sorted: what a recipe's ``model.arch`` and
-    ``create_model(name, num_classes)`` take (``dp4tl models`` lists them with their knobs)."""
+    ``create_model(name, num_classes)`` take (``dp4tl models`` lists them, each with the shipped
+    recipes that name it; :func:`model_knobs` gives a model's knobs)."""
     return sorted(_REGISTRY)
 
 

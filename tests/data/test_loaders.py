@@ -70,6 +70,21 @@ def _wds_train(index_dataset, mask, seed=SEED, num_workers=0, **kw):
                        drop_last=False, **kw)
 
 
+def test_a_direct_call_asking_too_many_workers_is_told_of_its_argument(index_dataset, mask,
+                                                                          capsys):
+    """`make_loader(..., num_workers=8)` from Python on a smaller machine printed
+    "[note] data.num_workers = 8 ...", a recipe key the caller never used (docs audit): the
+    note names the argument."""
+    from ffcv_dp4tl.data import resources
+
+    resources._NOTED.clear()
+    loader = _wds_train(index_dataset, mask, num_workers=10_000)
+    loader.close()
+    err = capsys.readouterr().err
+    assert "[note] num_workers = 10000 but this machine gives the process" in err, err
+    assert "data.num_workers" not in err
+
+
 # ---------------------------------------------------------------------------------------------
 # Eval mode: exactly the masked samples, with the right indices and labels
 # ---------------------------------------------------------------------------------------------
