@@ -52,7 +52,10 @@ def train(
     if launch_env()[0]:  # under torchrun rank 0 reports the run
         return
     if row.get("top1_val") is not None:
-        typer.echo(f"{out}: epoch {row['epoch'] + 1}/{r.train.epochs}, val top-1 {row['top1_val']:.4f}")
+        from ..pipeline.stages import pct
+
+        typer.echo(f"{out}: epoch {row['epoch'] + 1}/{r.train.epochs}, val top-1 "
+                   f"{pct(row['top1_val'])}")
     else:
         typer.echo(f"{out}: epoch {row.get('epoch', -1) + 1}/{r.train.epochs}")
 
@@ -157,4 +160,6 @@ def finetune(
     res = run_finetune(r, checkpoint, target_dir, out, mode=mode.value if mode else None,
                        fmt=fmt.value, device=device, progress=progress, train_mask=train_mask,
                        test_mask=test_mask)
-    typer.echo(f"{out}: {res['mode']} test top-1 {res['test_top1']:.4f}")
+    from ..pipeline.stages import pct
+
+    typer.echo(f"{out}: {res['mode']} test top-1 {pct(res['test_top1'])}")

@@ -573,9 +573,10 @@ def describe(result: dict[str, Any] | StageResult) -> str:
     return line
 
 
-def _pct(top1: float) -> str:
+def pct(top1: float) -> str:
     """An accuracy (a fraction) as report.md's tables give it: ``98.61 %`` (the stage table
-    printed ``0.9861`` above a table of ``99.31 ± 0.98``; figures audit)."""
+    printed ``0.9861`` above a table of ``99.31 ± 0.98``; figures audit), and as the lines of
+    ``dp4tl train`` and ``finetune`` end (they printed ``0.5795``; docs audit)."""
     return f"{100 * top1:.2f} %"
 
 
@@ -583,19 +584,19 @@ def _headline(r: StageResult) -> str:
     v = r.values
     if r.kind == "finetune":
         if "test_top1" in v:
-            best = (f" (best {_pct(v['best_test_top1'])} at epoch {v['best_epoch']})"
+            best = (f" (best {pct(v['best_test_top1'])} at epoch {v['best_epoch']})"
                     if v.get("best_test_top1") is not None else "")
-            return f"target test top-1 {_pct(v['test_top1'])}{best}"
+            return f"target test top-1 {pct(v['test_top1'])}{best}"
         if v.get("top1_val") is not None:
-            return f"val top-1 {_pct(v['top1_val'])}"
+            return f"val top-1 {pct(v['top1_val'])}"
     if r.kind == "score" and "selection_seconds" in v:
         return f"selection {v['selection_seconds']:.1f}s"
     if r.kind == "train":
         if v.get("brought"):
             return f"brought weights {Path(str(v.get('weights', '?'))).name} (imported, not trained)"
         if v.get("top1_val") is not None:
-            return f"val top-1 {_pct(v['top1_val'])}"
+            return f"val top-1 {pct(v['top1_val'])}"
         if v.get("objective", "supervised") != "supervised":
             return (f"{v['objective']} loss {v['loss']:.3f}, instance top-1 "
-                    f"{_pct(v['top1_train'])}")
+                    f"{pct(v['top1_train'])}")
     return ""

@@ -233,3 +233,27 @@ def test_info_escapes_control_characters_in_names(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "\x1b" not in r.stdout and "\x07" not in r.stdout, r.stdout
     assert "x\\x1b]0;pwned\\x07 — 2 classes" in r.stdout and "1\tdog\\x1b]0;pwned\\x07\t2" in r.stdout
+
+
+def test_train_and_finetune_end_with_top1_in_percent_as_the_pipeline(tmp_path, capsys,
+                                                                     monkeypatch):
+    """`dp4tl train` and `dp4tl finetune` ended with a fraction ("val top-1 0.5795") where the
+    pipeline's stage table and `[result]` line give % (docs audit): one unit, their results'
+    JSON unchanged (fractions)."""
+    import importlib
+
+    from cli_runner import cli
+
+    trainer = importlib.import_module("ffcv_dp4tl.training.trainer")
+    finetune = importlib.import_module("ffcv_dp4tl.training.finetune")  # (the module)
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: {"epoch": 1, "top1_val": 0.5795})
+    monkeypatch.setattr(finetune, "finetune", lambda *a, **k: {"mode": "lp", "test_top1": 0.98612})
+    out = tmp_path / "run"
+    code, stdout, err = cli(capsys, monkeypatch, "train", "resnet18_tiny_cpu", "--data",
+                            tmp_path, "--out", out)
+    assert code in (0, None), err
+    assert stdout.splitlines()[-1] == f"{out}: epoch 2/30, val top-1 57.95 %"
+    code, stdout, err = cli(capsys, monkeypatch, "finetune", "lp_tiny_cpu", "--checkpoint",
+                            tmp_path / "checkpoint.pt", "--data", tmp_path, "--out", out)
+    assert code in (0, None), err
+    assert stdout.splitlines()[-1] == f"{out}: lp test top-1 98.61 %"

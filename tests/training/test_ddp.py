@@ -196,7 +196,7 @@ def test_torchrun_launches_dp4tl_train_and_a_rerun_resumes(source_dir, tmp_path)
     assert start.startswith("training resnet18_tiny_cpu: ") and start.endswith(
         f" on cpu x 2 ranks -> {out}")
     assert epoch.startswith("epoch 1/2: loss ")
-    assert final == f"{out}: epoch 1/2, val top-1 " + first.stdout.split()[-1]
+    assert final == f"{out}: epoch 1/2, val top-1 " + " ".join(first.stdout.split()[-2:])
     second = _torchrun(*args)
     assert second.returncode == 0, second.stderr[-2000:]
     # said once (rank 0), with --no-progress too (a requeued batch job's log)
