@@ -181,9 +181,12 @@ SHIPPED_FINGERPRINTS = {
     "ff_tiny_cpu": "eaacdf65de6e535041965377ce476bc843ffb0c145b3eae6f6989e874d3f2558",  # data.deterministic (2026-12-04)
     "lp": "d6db2f1b6e04c0cf2a190868da5fd1b2637904e477cea2b773843fcc194c3b16",  # num_workers as default (2026-12-05)
     "lp_tiny_cpu": "8200b6db6e91009b13a7b28e1c1a378efd41ece6516f56b577191d7d0388911d",  # data.deterministic (2026-12-04)
+    "lp_bench_cpu": "f5114bed48396d0da4b2e9f121fa8e34adac191c96507655bf53d276034cac3f",  # pinned 2026-12-08
     "moco_v2_resnet50": "0409d440a76e969d1c43d0a8a46a56663bcb34cd101eaab074175960a53d4508",  # num_workers as default (2026-12-05)
     "moco_v2_tiny_cpu": "1e6e4eb2e6f101062d7df4d2493e95835fc9a05dbbd641f1727a2e889c3dee53",  # data.deterministic (2026-12-04)
     "resnet101_16ep": "6a3bf792f72d6f9dede568600047d386aca5365649b2259e775752fac5103a6b",  # num_workers as default (2026-12-05)
+    "resnet18_bench_cpu": "822601478c4b88cde823fa9cbb400e263f41fff03cb59fd7c98aafdb6724a26e",  # pinned 2026-12-08
+    "resnet18_bench_surrogate_cpu": "929517b961835b9b4047566621c9a069b7a72c54d04bbcd8499891a1588c758c",  # pinned 2026-12-08
     "resnet18_surrogate": "55a71dcf2c4bbf1dd2fd87ca5e518cd0535a9ce9f7cd4a82fd2f3286f5c1453c",  # num_workers as default (2026-12-05)
     "resnet18_tiny_cpu": "b9eecedfc09eab818a7f1e20d01dbc4f5ea43ac6c6968d1ab3aaa9ab054a417a",  # data.deterministic (2026-12-04)
     "resnet34_tiny_cpu": "7243dea38e6a1344c210e1318b0d29a045f39ad420bd96255673d86abf4cfd08",  # data.deterministic (2026-12-04)
@@ -197,6 +200,15 @@ def test_shipped_recipe_fingerprints_are_stable():
     # none sets [scoring]: what trains them keeps the same hash (their checkpoints resume)
     assert {name: load_recipe(name).training_fingerprint() for name in SHIPPED_FINGERPRINTS} \
         == SHIPPED_FINGERPRINTS
+
+
+def test_every_shipped_recipe_has_its_fingerprint_pinned():
+    """A shipped recipe outside the table had its fingerprint unguarded (the three bench
+    recipes of the embedded benchmark were; docs audit): a change of one would rerun every
+    stage it trained, unannounced."""
+    from ffcv_dp4tl.training.recipe_files import list_recipes
+
+    assert sorted(SHIPPED_FINGERPRINTS) == list_recipes()
 
 
 def test_deprecated_record_seen_key_still_loads():
