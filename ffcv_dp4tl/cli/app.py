@@ -8,12 +8,39 @@ import sys
 from typing import Any, Callable, Iterator, NoReturn, Optional
 
 import typer
+import typer.core
 
 from .. import __version__, stopping
 from ..errors import DP4TLError, PeerStopped
 
+class Group(typer.core.TyperGroup):
+    """typer's command group (``typer.Typer(cls=Group)``, every group of the CLI), whose flags'
+    help shows no value: typer (0.29) prints a flag's type where an option's value goes
+    (``--classes <bool>``, ``--progress --no-progress <bool>``), which reads as an option
+    taking true/false, and ``--classes true`` is refused ("unexpected extra argument"; docs
+    audit). Set on a command as it is looked up (its help, its group's list) and on the
+    group's own options before its help is written."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _flags_show_no_value(command, ctx)
+        return command
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _flags_show_no_value(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+def _flags_show_no_value(command: Any, ctx: Any) -> None:
+    for param in command.get_params(ctx):  # (with its --help)
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""  # (shown as is: nothing)
+
+
 app = typer.Typer(
     name="dp4tl",
+    cls=Group,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -12,7 +12,7 @@ from ..errors import DP4TLError
 from ..reporting import command_line
 from ..scoring.registry import methods_help
 from ..shipped import doc_ref
-from .app import app
+from .app import Group, app
 from .options import (BENCH_TARGET_HELP, PRETRAIN_LENGTH_HELP, PROGRESS_HELP, RECIPES_HELP, REPORT_HELP, Budget, FORMAT_HELP, K_HELP, Format,
                       PretrainLength, Protocol,
                       RecipeSet, bench_target,
@@ -22,7 +22,7 @@ from .options import (BENCH_TARGET_HELP, PRETRAIN_LENGTH_HELP, PROGRESS_HELP, RE
                       report_callback, section_callback, seeds_callback, split_list)
 from .pipeline import FINETUNE_MODES, PROTOCOL_HELP, SURROGATE_WEIGHTS_HELP
 
-bench_app = typer.Typer(help="Benchmarks that write a report (and a BENCHMARKS.md section).",
+bench_app = typer.Typer(cls=Group, help="Benchmarks that write a report (and a BENCHMARKS.md section).",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 

@@ -16,7 +16,7 @@ from typing import Callable, List, Optional
 
 import typer
 
-from .app import app
+from .app import Group, app
 from .options import expand_home
 from ..contracts import check_seeds, split_items
 from ..errors import DataError, DP4TLError
@@ -24,7 +24,7 @@ from ..fsutil import BAD_JSON
 from ..outputs import claim_out_dir
 from .options import FORMAT_HELP, Format, device_option, out_callback, resolve_device
 
-evaluate_app = typer.Typer(help="Appendix evaluations of finetuned models: corruptions (Tab. A4), "
+evaluate_app = typer.Typer(cls=Group, help="Appendix evaluations of finetuned models: corruptions (Tab. A4), "
                            "flatness (Fig. A4), VTAB-1k splits (Tab. A5).", no_args_is_help=True)
 app.add_typer(evaluate_app, name="evaluate")
 

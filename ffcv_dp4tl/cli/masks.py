@@ -7,12 +7,12 @@ from typing import Optional
 
 import typer
 
-from .app import app
+from .app import Group, app
 from ..contracts import split_items
 from ..errors import MaskError, class_ids, count
 from .options import DATA_HELP, not_blank_callback
 
-mask_app = typer.Typer(help="Create and check index masks (sorted sample indices + JSON).",
+mask_app = typer.Typer(cls=Group, help="Create and check index masks (sorted sample indices + JSON).",
                        no_args_is_help=True)
 app.add_typer(mask_app, name="mask")
 

@@ -170,6 +170,17 @@ def test_help_paragraphs_have_no_hard_line_breaks(path, command):
     assert path or "run on --device (auto | cpu" in command.help  # (the top level is reflowed)
 
 
+@pytest.mark.parametrize("path,command", _all_commands(), ids=lambda x: " ".join(x) if isinstance(x, list) else "")
+def test_help_shows_no_value_after_a_flag(path, command, monkeypatch):
+    """A flag takes no value: typer printed its type where a value goes (``--classes <bool>``),
+    and ``--classes true`` is refused (docs audit). Every command, and the groups' own help."""
+    monkeypatch.setenv("COLUMNS", "400")
+    r = dp4tl(*path, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "<bool>" not in r.stdout, f"`{' '.join(['dp4tl', *path])} --help`"
+    assert "--help " in r.stdout  # (the flags are still listed)
+
+
 @pytest.mark.parametrize("classes", ["", " , "])
 def test_mask_classes_refuses_empty_classes_naming_the_option(classes, tmp_path):
     """``--classes ""`` reached the dataset and was refused as "mask is empty: it keeps no
