@@ -215,6 +215,10 @@ def embedded(
     runs_root: Path = typer.Option(Path("runs/embedded-benchmark")),
     format: Format = typer.Option(Format.wds, "--format", help=FORMAT_HELP),
     device: str = device_option(),
+    budget: Budget = typer.Option(Budget.units, help="units | samples: what the ratio counts for "
+                                  "class/cluster methods (units: FM's clusters, LM's classes; "
+                                  "samples: the kept images match RANDOM's; see `dp4tl prune "
+                                  "--help`); in the header"),
     progress: bool = typer.Option(True, help=PROGRESS_HELP),
     report: Optional[str] = typer.Option("BENCHMARKS.md", help="Markdown file that gets the section "
                                          "('' = none)", callback=report_callback),
@@ -244,11 +248,12 @@ def embedded(
     ref_seeds = [int(s) for s in split_list(reference_seeds)] or seed_list
     base = PipelineConfig(source=data, recipes="bench", data_root=data_root, runs_root=runs_root,
                           fmt=format.value, device=device, k=default_k(None, data),
-                          progress=progress)
+                          budget=budget.value, progress=progress)
     command = (f"dp4tl bench embedded --seeds {seeds} --reference-seeds {','.join(map(str, ref_seeds))} "
                f"--targets {','.join(names)} --methods {methods} --ratios {ratios} --finetune "
                f"{finetune} --data {data} --out {out} --data-root {data_root} --runs-root "
                f"{runs_root} --format {format.value} --device {device}"
+               + (f" --budget {budget.value}" if budget is not Budget.units else "")
                + (f" --report {report}" if report else ""))
     rows = run_separation(base, out, targets=names, seeds=seed_list, methods=split_list(methods, "--methods"),
                           ratios=_floats(ratios), finetune=split_list(finetune),
@@ -264,7 +269,12 @@ def embedded(
               f"{os.getloadavg()[0]:.1f} at the end (a shared machine)",
               f"- data `{data}`, recipes `bench` (surrogate `{bench_set['surrogate']}`, "
               f"pretraining `{bench_set['pretrain']}`, LP `{bench_set['lp']}`, FF "
-              f"`{bench_set['ff']}`); FM k={base.k}; {len(rows)} runs in `rows.jsonl`"]
+              f"`{bench_set['ff']}`); FM k={base.k}; {len(rows)} runs in `rows.jsonl`",
+              f"- budget `{budget.value}`: "
+              + ("the ratio counts each method's units (FM's clusters, LM's classes), so their "
+                 "kept share of the images may differ from RANDOM's" if budget is Budget.units
+                 else "units pruned until the kept share of the images is closest to 1 - ratio "
+                 "(RANDOM's)")]
     _publish_embedded(rows, out, command, header, report)
 
 
