@@ -1143,3 +1143,31 @@ def test_pooling_runs_of_another_budget_is_refused_naming_the_folder(tmp_path):
                                           for r in rows])
     pooled, lines = sep.pool_rows([samples, more])
     assert len(pooled) == 60 and lines[0].endswith("seeds 10–14, `--budget samples`")
+
+
+def test_render_publishes_an_embedded_run_under_its_own_section_title(tmp_path, capsys,
+                                                                      monkeypatch):
+    """`bench render FOLDER --report B.md --section TITLE`: a second embedded run (another
+    budget) gets a section of its own, in place, beside the published one, which is left as it
+    was; before, --section was ignored for an embedded folder and the render overwrote the
+    published section (same title). Without --section the title stays the embedded one."""
+    from cli_runner import cli
+
+    folder = _write_run(tmp_path / "e", _rows(gap=1.0))
+    sep.write_outputs(sep.read_rows(folder / "rows.jsonl"), folder, command="dp4tl bench "
+                      "embedded --seeds 0,1,2,3,4 --out e", header=["- machine: the test's"])
+    bench_md = tmp_path / "B.md"
+    published = ("## Embedded benchmark (CPU): do LM and FM beat RANDOM?\n\nthe pooled verdict\n"
+                 "\n## FM at the same number of images\n\n## Later\n\nafter\n")
+    bench_md.write_text(published)
+    title = "FM at the same number of images"
+    assert cli(capsys, monkeypatch, "bench", "render", folder, "--report", bench_md,
+               "--section", title)[0] == 0
+    text = bench_md.read_text()
+    assert text.startswith("## Embedded benchmark (CPU): do LM and FM beat RANDOM?\n\nthe pooled "
+                           "verdict\n\n## FM at the same number of images\n\n- machine: the "
+                           "test's\n")
+    assert text.endswith("\n## Later\n\nafter\n") and text.count("### Verdict") == 1
+    other = tmp_path / "C.md"
+    assert cli(capsys, monkeypatch, "bench", "render", folder, "--report", other)[0] == 0
+    assert "## Embedded benchmark (CPU): do LM and FM beat RANDOM?" in other.read_text()
