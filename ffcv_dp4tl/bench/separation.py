@@ -137,13 +137,14 @@ def _older_rule(rows: list[dict[str, Any]], path: Path, hint: str = "delete thos
 
 
 #: why two runs' settings keys differ (the parts of :func:`settings_key`)
-_SETTINGS = ("data, recipes, K, format, device, overrides or finetuning changed since, or the rows "
-             "predate 2026-12-04, when a seed began to vary the data order too")
+_SETTINGS = ("data, recipes, K, budget, format, device, overrides or finetuning changed since, or "
+             "the rows predate 2026-12-04, when a seed began to vary the data order too")
 
 
 def settings_key(base: PipelineConfig, finetune: Sequence[str]) -> str:
     """What every row of one benchmark shares: the data, the recipes' contents (fingerprints),
-    FM's K, the format, the device (CUDA), the overrides and the finetuning modes. A resumed run only reuses rows of
+    FM's K, the pruning budget (``--budget``, keyed only when not units), the format, the
+    device (CUDA), the overrides and the finetuning modes. A resumed run only reuses rows of
     the same key: rows of an older surrogate recipe would otherwise pair silently with new ones.
     The recipes are the ones the pipeline will run: ``base.recipes``, else the data's scale by
     the pipeline's own rule, with any recipe named per role."""
@@ -162,6 +163,8 @@ def settings_key(base: PipelineConfig, finetune: Sequence[str]) -> str:
     # a seed varies the data order too since 2026-12-04 (seed_overrides): rows of seeds that
     # varied the initialisation only are other trials, never paired with these
     key["seeds_vary"] = "init+data"
+    if base.budget != "units":  # only when set: the keys of published (units) rows stay valid
+        key["budget"] = base.budget
     if base.surrogate_overrides:  # only when set: the keys of published rows stay valid
         key["surrogate_overrides"] = result_overrides(base.surrogate_overrides)
     key.update(device_key(base.device))  # CUDA rows never pair with CPU rows (CPU: unchanged)
@@ -237,6 +240,8 @@ def run_separation(base: PipelineConfig, out: str | Path, *, targets: Sequence[s
                     row = _row(res, seed, target, method, ratio)
                     row["loadavg_1min"] = os.getloadavg()[0]
                     row["settings_key"] = key
+                    if base.budget != "units":  # (absent: units, the rows written before it)
+                        row["budget"] = base.budget
                     rows.append(row)
                     append_row(path, row)
         # the report covers this invocation's design only: rows of other seeds, targets, methods
@@ -256,7 +261,7 @@ _ROW_FIELDS = {"seed": "int", "target": "str", "method": "str", "ratio": "fracti
 #: before the settings key or a method's revision was recorded)
 _OPTIONAL_FIELDS = {**{m: "percent" for m in MODES}, **{f"{m}_best": "percent" for m in MODES},
                     "kept_sample_fraction": "fraction", "truth": "object",
-                    "settings_key": "str", "revision": "count"}
+                    "settings_key": "str", "revision": "count", "budget": "str"}
 #: what to do about a line the reader refuses
 _FIX_LINE = ("fix or delete that line (its run then reruns), or move the file away to start "
              "over")
@@ -407,7 +412,8 @@ def pool_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list
     ``rows.jsonl`` or with a cut-short line; what :func:`read_rows` refuses in any rows file (a
     trial on two lines, rows of two settings keys or two rules of a method); rows of other
     settings (:func:`settings_key`) than the first folder's or without a key; rows of an older
-    rule of a method; another design (targets x methods x ratios, finetuning modes) or a seed
+    rule of a method; another pruning budget (``--budget``: FM's 80 % of clusters is not 80 %
+    of the images); another design (targets x methods x ratios, finetuning modes) or a seed
     missing some of its runs, since the verdict's "seeds x targets" would then misstate its n;
     and a (seed, target, method, ratio) in two folders, which would count one trial twice and
     narrow the interval falsely; one folder given twice (also through a link), by its name."""
@@ -416,7 +422,8 @@ def pool_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list
     rows: list[dict[str, Any]] = []
     lines: list[str] = []
     seen: dict[tuple, Path] = {}
-    first: tuple[Path, str, frozenset, frozenset] | None = None  # path, key, design, modes
+    first: tuple[Path, str, frozenset, frozenset, str] | None = None  # path, key, design, modes,
+    # budget
     truth_seen: bool | None = None  # the folders so far have ground truth
     given: dict[Path, Path] = {}  # resolved -> as given (one folder twice: a link, a "/")
     for folder in map(Path, folders):
@@ -464,8 +471,13 @@ def pool_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list
                              "embedded` command: it resumes) before pooling")
         modes = frozenset(m for m in MODES if any(r.get(m) is not None for r in these
                                                   if r["method"] != REFERENCE))
+        budget = _budget(these)
         if first is None:
-            first = (path, key, design, modes)
+            first = (path, key, design, modes, budget)
+        elif budget != first[4]:
+            raise DP4TLError(f"{path}: its runs pruned with --budget {budget}, those of {first[0]} "
+                             f"with --budget {first[4]} (other kept shares of the images); only "
+                             "replicates of one design are pooled")
         elif key != first[1]:
             raise DP4TLError(f"{path}: its rows ran with other settings than {first[0]} "
                              f"({_SETTINGS}); only replicates of one design are pooled")
@@ -482,8 +494,15 @@ def pool_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list
             seen[cell] = path
         rows.extend(these)
         seeds = sorted({r["seed"] for r in these})
-        lines.append(f"  - {md_code(folder)}: {len(these)} runs, seeds {_span(seeds)}")
+        lines.append(f"  - {md_code(folder)}: {len(these)} runs, seeds {_span(seeds)}"
+                     + (f", `--budget {budget}`" if budget != "units" else ""))
     return rows, lines
+
+
+def _budget(rows: list[dict[str, Any]]) -> str:
+    """The pruning budget of one rows file's runs (a row without one: units, the default; one
+    file holds one settings key, so one budget)."""
+    return str(rows[0].get("budget", "units"))
 
 
 def _span(seeds: Sequence[int]) -> str:

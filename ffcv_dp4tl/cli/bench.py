@@ -32,6 +32,11 @@ CRITERION_HELP = ("Which epoch's target test top-1 decides a winning subset: fin
                   f"named in every table header; {doc_ref('deviations')}, row 3")
 
 
+def optional_section(value: Optional[str]) -> Optional[str]:
+    """``--section`` that defaults by the folder (``bench render``): checked when given."""
+    return None if value is None else section_callback(value)
+
+
 def _floats(text: str) -> list[float]:
     return [float(x) for x in split_list(text)]
 
@@ -168,9 +173,10 @@ EMBEDDED_SECTION = "Embedded benchmark (CPU): do LM and FM beat RANDOM?"
 
 def _publish_embedded(rows: list, out: Path, command: str, header: list[str],
                       report: Optional[str], date: Optional[str] = None,
-                      render: bool = False, record: Optional[dict] = None) -> None:
+                      render: bool = False, record: Optional[dict] = None,
+                      section: str = EMBEDDED_SECTION) -> None:
     """README.md, paired.png and summary.json in ``out``, the body on stdout and, with
-    ``report``, its embedded-benchmark section (links relative to that file). ``date``: the
+    ``report``, its section ``section`` (links relative to that file). ``date``: the
     run's; ``render``: a render of its rows, which keeps each file's hand-written notes;
     ``record``: summary.json's alone (a pool's folders)."""
     from ..bench.separation import write_outputs
@@ -183,8 +189,7 @@ def _publish_embedded(rows: list, out: Path, command: str, header: list[str],
 
     typer.echo(body(""))
     if report:
-        publish_section(Path(report), EMBEDDED_SECTION, out, body, typer.echo,
-                        keep_notes=render)
+        publish_section(Path(report), section, out, body, typer.echo, keep_notes=render)
 
 
 @bench_app.command("embedded")
@@ -215,6 +220,10 @@ def embedded(
     runs_root: Path = typer.Option(Path("runs/embedded-benchmark")),
     format: Format = typer.Option(Format.wds, "--format", help=FORMAT_HELP),
     device: str = device_option(),
+    budget: Budget = typer.Option(Budget.units, help="units | samples: what the ratio counts for "
+                                  "class/cluster methods (units: FM's clusters, LM's classes; "
+                                  "samples: the kept images match RANDOM's; see `dp4tl prune "
+                                  "--help`); in the header"),
     progress: bool = typer.Option(True, help=PROGRESS_HELP),
     report: Optional[str] = typer.Option("BENCHMARKS.md", help="Markdown file that gets the section "
                                          "('' = none)", callback=report_callback),
@@ -244,11 +253,12 @@ def embedded(
     ref_seeds = [int(s) for s in split_list(reference_seeds)] or seed_list
     base = PipelineConfig(source=data, recipes="bench", data_root=data_root, runs_root=runs_root,
                           fmt=format.value, device=device, k=default_k(None, data),
-                          progress=progress)
+                          budget=budget.value, progress=progress)
     command = (f"dp4tl bench embedded --seeds {seeds} --reference-seeds {','.join(map(str, ref_seeds))} "
                f"--targets {','.join(names)} --methods {methods} --ratios {ratios} --finetune "
                f"{finetune} --data {data} --out {out} --data-root {data_root} --runs-root "
                f"{runs_root} --format {format.value} --device {device}"
+               + (f" --budget {budget.value}" if budget is not Budget.units else "")
                + (f" --report {report}" if report else ""))
     rows = run_separation(base, out, targets=names, seeds=seed_list, methods=split_list(methods, "--methods"),
                           ratios=_floats(ratios), finetune=split_list(finetune),
@@ -264,7 +274,12 @@ def embedded(
               f"{os.getloadavg()[0]:.1f} at the end (a shared machine)",
               f"- data `{data}`, recipes `bench` (surrogate `{bench_set['surrogate']}`, "
               f"pretraining `{bench_set['pretrain']}`, LP `{bench_set['lp']}`, FF "
-              f"`{bench_set['ff']}`); FM k={base.k}; {len(rows)} runs in `rows.jsonl`"]
+              f"`{bench_set['ff']}`); FM k={base.k}; {len(rows)} runs in `rows.jsonl`",
+              f"- budget `{budget.value}`: "
+              + ("the ratio counts each method's units (FM's clusters, LM's classes), so their "
+                 "kept share of the images may differ from RANDOM's" if budget is Budget.units
+                 else "units pruned until the kept share of the images is closest to 1 - ratio "
+                 "(RANDOM's)")]
     _publish_embedded(rows, out, command, header, report)
 
 
@@ -312,7 +327,10 @@ def render(
                                "embedded` or `bench embedded-pool` run"),
     report: Optional[str] = typer.Option(None, help="Also rewrite the section in this Markdown file "
                                          "('' = none)", callback=report_callback),
-    section: str = typer.Option(SECTION, help="Title of that section", callback=section_callback),
+    section: Optional[str] = typer.Option(None, help="Title of that section (default: "
+                                          f"\"{SECTION}\", an embedded benchmark's "
+                                          f"\"{EMBEDDED_SECTION}\")",
+                                          callback=optional_section, show_default=False),
     criterion: Optional[Criterion] = typer.Option(None, help="Judge the winning subsets again "
                                                   "with this criterion (default: the run's)",
                                                   show_default=False),
@@ -323,7 +341,8 @@ def render(
     from ..bench.cost_table import rerender
 
     embedded_run = (out / "rows.jsonl").is_file() or (out / "summary.json").is_file()
-    check_report_beside(report, out, EMBEDDED_SECTION if embedded_run else section)
+    section = section or (EMBEDDED_SECTION if embedded_run else SECTION)
+    check_report_beside(report, out, section)
     if embedded_run:
         from ..bench.separation import rerender_inputs
 
@@ -332,7 +351,7 @@ def render(
                                      "drop --criterion", param_hint="--criterion")
         rows, command, header, date, record = rerender_inputs(out)
         _publish_embedded(rows, out, command, header, str(report) if report else None, date,
-                          render=True, record=record)
+                          render=True, record=record, section=section)
         return
 
     _publish(rerender(out, criterion.value if criterion else None), out,

@@ -1090,3 +1090,98 @@ def test_a_row_without_a_seed_test_gets_the_tables_verdict_in_the_plot(tmp_path,
     colours = {mc.to_hex(line.get_color()) for line in saved_figures[-1].axes[0].lines
                if len(line.get_ydata()) == 1 and line.get_marker() == "o"}
     assert colours == {mc.to_hex(sep.VERDICT_COLOURS[sep.verdict_kind(said)][0])}
+
+
+def test_the_budget_reaches_every_run_and_its_rows_and_keys_them(tmp_path, monkeypatch):
+    """`--budget samples` (FM keeps as many images as RANDOM) reaches every pipeline config the
+    benchmark checks and runs, is written into each row, and keys them: a units run's folder is
+    not resumed with samples (its FM kept more images than RANDOM)."""
+    ran, checked = [], []
+    monkeypatch.setattr(sep, "run_pipeline", lambda cfg, log=print: ran.append(cfg)
+                        or _lp_result(cfg, tmp_path))
+    monkeypatch.setattr(sep, "preflight", lambda cfgs, log: checked.extend(cfgs))
+    samples = sep.PipelineConfig(source="synth:tiny", budget="samples")
+    rows = sep.run_separation(samples, tmp_path / "s", targets=["warm"], seeds=[0, 1],
+                              methods=["fm"], ratios=[0.8], finetune=["lp"], log=lambda m: None)
+    assert len(ran) == 6 and len(checked) == 3
+    assert {c.budget for c in ran + checked} == {"samples"}
+    assert {r["budget"] for r in rows} == {"samples"}
+    units = replace(samples, budget="units")
+    assert sep.settings_key(units, ["lp"]) != sep.settings_key(samples, ["lp"])
+    assert sep.settings_key(units, ["lp"]) == sep.settings_key(sep.PipelineConfig(
+        source="synth:tiny"), ["lp"])  # the default: published keys unchanged
+    ran.clear()
+    with pytest.raises(sep.DP4TLError, match=r"6 of its 6 rows ran with other settings \(.*budget"):
+        sep.run_separation(units, tmp_path / "s", targets=["warm"], seeds=[0, 1], methods=["fm"],
+                           ratios=[0.8], finetune=["lp"], log=lambda m: None)
+    assert ran == []
+
+
+def test_the_embedded_command_passes_the_budget_and_its_header_names_it(tmp_path, monkeypatch):
+    """`bench embedded --budget samples`: the base config has it, the command and the README's
+    header name it (a reader sees which budget a table used); the default stays units, with
+    the command it always had."""
+    from typer.testing import CliRunner
+
+    from ffcv_dp4tl.cli import app
+
+    seen = {}
+    monkeypatch.setattr(sep, "run_separation", lambda base, out, **kw: seen.update(base=base)
+                        or _rows(gap=2.0))
+    for extra, budget in (([], "units"), (["--budget", "samples"], "samples")):
+        out = tmp_path / budget
+        res = CliRunner().invoke(app, ["bench", "embedded", "--out", str(out), "--report", "",
+                                       *extra])
+        assert res.exit_code == 0, res.output
+        assert seen["base"].budget == budget
+        readme = (out / "README.md").read_text()
+        assert f"\n- budget `{budget}`: " in readme
+        command = json.loads((out / "summary.json").read_text())["command"]
+        assert ("--budget samples" in command) == (budget == "samples")
+        assert "--budget" not in command or command.endswith("--device auto --budget samples")
+
+
+def test_pooling_runs_of_another_budget_is_refused_naming_the_folder(tmp_path):
+    """FM's 80 % of clusters kept more images than RANDOM; with --budget samples the same: one
+    pooled verdict over both would mix two questions. Two samples runs pool, and say so."""
+    rows = _rows(gap=1.0)
+    later = [{**r, "seed": r["seed"] + 10} for r in rows]
+    units = _write_run(tmp_path / "units", rows)
+    samples = _write_run(tmp_path / "samples", [{**r, "budget": "samples"} for r in later])
+    for order in ([units, samples], [samples, units]):
+        with pytest.raises(sep.DP4TLError, match=rf"{order[1].name}.rows.jsonl: its runs pruned "
+                           rf"with --budget {order[1].name}, those of .*{order[0].name}.rows.jsonl "
+                           rf"with --budget {order[0].name}"):
+            sep.pool_rows(order)
+    more = _write_run(tmp_path / "more", [{**r, "seed": r["seed"] + 20, "budget": "samples"}
+                                          for r in rows])
+    pooled, lines = sep.pool_rows([samples, more])
+    assert len(pooled) == 60 and lines[0].endswith("seeds 10–14, `--budget samples`")
+
+
+def test_render_publishes_an_embedded_run_under_its_own_section_title(tmp_path, capsys,
+                                                                      monkeypatch):
+    """`bench render FOLDER --report B.md --section TITLE`: a second embedded run (another
+    budget) gets a section of its own, in place, beside the published one, which is left as it
+    was; before, --section was ignored for an embedded folder and the render overwrote the
+    published section (same title). Without --section the title stays the embedded one."""
+    from cli_runner import cli
+
+    folder = _write_run(tmp_path / "e", _rows(gap=1.0))
+    sep.write_outputs(sep.read_rows(folder / "rows.jsonl"), folder, command="dp4tl bench "
+                      "embedded --seeds 0,1,2,3,4 --out e", header=["- machine: the test's"])
+    bench_md = tmp_path / "B.md"
+    published = ("## Embedded benchmark (CPU): do LM and FM beat RANDOM?\n\nthe pooled verdict\n"
+                 "\n## FM at the same number of images\n\n## Later\n\nafter\n")
+    bench_md.write_text(published)
+    title = "FM at the same number of images"
+    assert cli(capsys, monkeypatch, "bench", "render", folder, "--report", bench_md,
+               "--section", title)[0] == 0
+    text = bench_md.read_text()
+    assert text.startswith("## Embedded benchmark (CPU): do LM and FM beat RANDOM?\n\nthe pooled "
+                           "verdict\n\n## FM at the same number of images\n\n- machine: the "
+                           "test's\n")
+    assert text.endswith("\n## Later\n\nafter\n") and text.count("### Verdict") == 1
+    other = tmp_path / "C.md"
+    assert cli(capsys, monkeypatch, "bench", "render", folder, "--report", other)[0] == 0
+    assert "## Embedded benchmark (CPU): do LM and FM beat RANDOM?" in other.read_text()
