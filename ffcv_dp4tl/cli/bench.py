@@ -1,6 +1,7 @@
 """``dp4tl bench ...``: benchmarks that write Markdown reports (``just bench`` calls them)."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import List, Optional
 
@@ -259,7 +260,9 @@ def embedded(
                f"{finetune} --data {data} --out {out} --data-root {data_root} --runs-root "
                f"{runs_root} --format {format.value} --device {device}"
                + (f" --budget {budget.value}" if budget is not Budget.units else "")
-               + (f" --report {report}" if report else ""))
+               # (always: the default writes BENCHMARKS.md's pooled section, so a line without
+               # --report '' pasted from a report that wrote none overwrote it)
+               + f" --report {shlex.quote(report or '')}")
     rows = run_separation(base, out, targets=names, seeds=seed_list, methods=split_list(methods, "--methods"),
                           ratios=_floats(ratios), finetune=split_list(finetune),
                           reference_seeds=ref_seeds, log=typer.echo)
@@ -297,7 +300,6 @@ def embedded_pool(
     """One verdict over the seeds of several `bench embedded` runs (a replicate over new seeds
     pooled with the first): the same paired and seed-level tests, n = all their seeds. Nothing
     reruns; runs of other settings, or one trial in two folders, are refused."""
-    import shlex
     import time
 
     from ..bench.separation import pool_record, pool_rows
