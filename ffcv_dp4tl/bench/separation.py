@@ -471,7 +471,7 @@ def pool_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list
                              "embedded` command: it resumes) before pooling")
         modes = frozenset(m for m in MODES if any(r.get(m) is not None for r in these
                                                   if r["method"] != REFERENCE))
-        budget = _budget(these)
+        budget = rows_budget(these)
         if first is None:
             first = (path, key, design, modes, budget)
         elif budget != first[4]:
@@ -499,7 +499,7 @@ def pool_rows(folders: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list
     return rows, lines
 
 
-def _budget(rows: list[dict[str, Any]]) -> str:
+def rows_budget(rows: list[dict[str, Any]]) -> str:
     """The pruning budget of one rows file's runs (a row without one: units, the default; one
     file holds one settings key, so one budget)."""
     return str(rows[0].get("budget", "units"))

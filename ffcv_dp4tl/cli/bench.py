@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 import typer
 
@@ -172,6 +172,30 @@ EMBEDDED_TARGETS = "paper,warm,blur"
 EMBEDDED_SECTION = "Embedded benchmark (CPU): do LM and FM beat RANDOM?"
 
 
+def embedded_section(budget: str, methods: Iterable[str]) -> str:
+    """The default BENCHMARKS.md section of an embedded benchmark of ``budget`` comparing
+    ``methods`` with RANDOM: :data:`EMBEDDED_SECTION` with the units budget, one of its own
+    with another (``Embedded benchmark, same number of images (CPU): does FM beat RANDOM?``),
+    so a ``--budget samples`` run or render does not write over the units benchmark's
+    section, as both did by default (review)."""
+    if budget == Budget.units.value:
+        return EMBEDDED_SECTION
+    from ..bench.separation import REFERENCE
+
+    names = [m.upper() for m in dict.fromkeys(methods) if m not in ("random", REFERENCE)]
+    verb = "does" if len(names) == 1 else "do"
+    return (f"Embedded benchmark, same number of images (CPU): {verb} {' and '.join(names)} "
+            "beat RANDOM?")
+
+
+def _rows_section(rows: list) -> str:
+    """:func:`embedded_section` of the runs in ``rows`` (the unpruned reference's not a method)."""
+    from ..bench.separation import rows_budget
+
+    return embedded_section(rows_budget(rows) if rows else Budget.units.value,
+                            [r["method"] for r in rows])
+
+
 def _publish_embedded(rows: list, out: Path, command: str, header: list[str],
                       report: Optional[str], date: Optional[str] = None,
                       render: bool = False, record: Optional[dict] = None,
@@ -241,7 +265,8 @@ def embedded(
     from ..reporting import machine_info, ran_on
 
     check_data_root_beside(data_root, out)
-    check_report_beside(report, out, EMBEDDED_SECTION)
+    section = embedded_section(budget.value, split_list(methods, "--methods"))
+    check_report_beside(report, out, section)
     t0 = time.perf_counter()
     load0 = os.getloadavg()
     bench_set = RECIPE_SETS["bench"]
@@ -283,7 +308,7 @@ def embedded(
                  "kept share of the images may differ from RANDOM's" if budget is Budget.units
                  else "units pruned until the kept share of the images is closest to 1 - ratio "
                  "(RANDOM's)")]
-    _publish_embedded(rows, out, command, header, report)
+    _publish_embedded(rows, out, command, header, report, section=section)
 
 
 
@@ -306,7 +331,6 @@ def embedded_pool(
 
     from ..outputs import claim_out_dir
 
-    check_report_beside(report, out, EMBEDDED_SECTION)
     for folder in folders:
         if folder.resolve() == out.resolve():
             raise DP4TLError(f"--out {out} is one of the pooled folders: its README.md and "
@@ -314,13 +338,16 @@ def embedded_pool(
                              "new folder")
     claim_out_dir(out, "embedded-pool")  # e.g. another run's folder: its record, half replaced
     rows, lines = pool_rows(folders)
+    section = _rows_section(rows)
+    check_report_beside(report, out, section)
     command = shlex.join(["dp4tl", "bench", "embedded-pool", *map(str, folders), "--out", str(out),
                           *(["--report", report] if report else [])])  # (render reads it back)
     header = [f"- pooled {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from {len(folders)} "
               f"runs of one design ({len(rows)} runs; each folder's README has its machine, "
               "recipes and timing):", *lines]
     out.mkdir(parents=True, exist_ok=True)
-    _publish_embedded(rows, out, command, header, report, record=pool_record(folders, out))
+    _publish_embedded(rows, out, command, header, report, record=pool_record(folders, out),
+                      section=section)
 
 
 @bench_app.command("render")
@@ -331,7 +358,8 @@ def render(
                                          "('' = none)", callback=report_callback),
     section: Optional[str] = typer.Option(None, help="Title of that section (default: "
                                           f"\"{SECTION}\", an embedded benchmark's "
-                                          f"\"{EMBEDDED_SECTION}\")",
+                                          f"\"{EMBEDDED_SECTION}\", with --budget "
+                                          "samples its own)",
                                           callback=optional_section, show_default=False),
     criterion: Optional[Criterion] = typer.Option(None, help="Judge the winning subsets again "
                                                   "with this criterion (default: the run's)",
@@ -343,8 +371,6 @@ def render(
     from ..bench.cost_table import rerender
 
     embedded_run = (out / "rows.jsonl").is_file() or (out / "summary.json").is_file()
-    section = section or (EMBEDDED_SECTION if embedded_run else SECTION)
-    check_report_beside(report, out, section)
     if embedded_run:
         from ..bench.separation import rerender_inputs
 
@@ -352,10 +378,14 @@ def render(
             raise typer.BadParameter("an embedded benchmark has no winning subsets to judge; "
                                      "drop --criterion", param_hint="--criterion")
         rows, command, header, date, record = rerender_inputs(out)
+        section = section or _rows_section(rows)  # (its budget's section)
+        check_report_beside(report, out, section)
         _publish_embedded(rows, out, command, header, str(report) if report else None, date,
                           render=True, record=record, section=section)
         return
 
+    section = section or SECTION
+    check_report_beside(report, out, section)
     _publish(rerender(out, criterion.value if criterion else None), out,
              Path(report) if report else None, section, keep_notes=True)
 

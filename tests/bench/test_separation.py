@@ -1186,3 +1186,31 @@ def test_render_publishes_an_embedded_run_under_its_own_section_title(tmp_path, 
     other = tmp_path / "C.md"
     assert cli(capsys, monkeypatch, "bench", "render", folder, "--report", other)[0] == 0
     assert "## Embedded benchmark (CPU): do LM and FM beat RANDOM?" in other.read_text()
+
+
+def test_a_samples_budget_folder_renders_into_its_own_section_by_default(tmp_path, capsys,
+                                                                          monkeypatch):
+    """Without --section, `bench render` (and `bench embedded`, `embedded-pool`) of a
+    `--budget samples` folder wrote the units benchmark's section, "Embedded benchmark (CPU): do
+    LM and FM beat RANDOM?", over the published pooled verdict (review): its budget has a
+    section of its own, named by its methods."""
+    from cli_runner import cli
+
+    from ffcv_dp4tl.cli.bench import EMBEDDED_SECTION, embedded_section
+
+    rows = [{**r, "budget": "samples"} for r in _rows(gap=1.0)]
+    folder = _write_run(tmp_path / "s", rows)
+    sep.write_outputs(sep.read_rows(folder / "rows.jsonl"), folder, command="dp4tl bench "
+                      "embedded --budget samples --out s", header=["- machine: the test's"])
+    bench_md = tmp_path / "B.md"
+    bench_md.write_text(f"## {EMBEDDED_SECTION}\n\nthe pooled verdict\n")
+    assert cli(capsys, monkeypatch, "bench", "render", folder, "--report", bench_md)[0] == 0
+    text = bench_md.read_text()
+    assert text.startswith(f"## {EMBEDDED_SECTION}\n\nthe pooled verdict\n")  # (left as it was)
+    methods = sorted({r["method"] for r in rows} - {"random", sep.REFERENCE})
+    title = embedded_section("samples", methods)
+    assert title.startswith("Embedded benchmark, same number of images (CPU): ")
+    assert f"\n## {title}\n" in text and text.count("### Verdict") == 1
+    assert embedded_section("samples", ["random", "fm"]) == \
+        "Embedded benchmark, same number of images (CPU): does FM beat RANDOM?"
+    assert embedded_section("units", ["fm"]) == EMBEDDED_SECTION
