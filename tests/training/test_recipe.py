@@ -202,13 +202,45 @@ def test_shipped_recipe_fingerprints_are_stable():
         == SHIPPED_FINGERPRINTS
 
 
+#: the recipe sets' members (``paper/``, ``paper_code/``: the paper protocols'), pinned
+#: 2026-12-08; some set ``[scoring]``, so only their whole fingerprint is pinned
+SHIPPED_SET_FINGERPRINTS = {
+    "paper/ff": "8a2222a5a847c4cac087cb577855e4df12f87e97035b60aea0bc7d41dcebae9c",
+    "paper/ff_cifar10": "9eec3ca9ac651a4b7a8c130a1e69700e6a7b5cc5edeb4f34f71bbae0150609ca",
+    "paper/lp": "adcce1a7a6e58da6f679fc06511582f3cbd3ca7e98a201b4713d840740c127f2",
+    "paper/lp_cifar10": "661dd786143da21912446f5a6d28ec064382494fe4b465d07d500e67cedf2d9e",
+    "paper/lp_moco": "7df4a6159a56e25bc9b959b7e18f22ded71511a2a8106515b17f4396aa79641f",
+    "paper/moco_v2_resnet101": "a8fdb39a95c81d3c8d5760c9714dcb9e027fbd535f9594b73135ab5980f83c24",
+    "paper/moco_v2_resnet18_surrogate": "ee609470f34df848dc1ba3f3c7f3b2164d77d52490571469c336ab170c5f0ac2",
+    "paper/resnet101_16ep": "4a340a331458829e98f6ead55ce852d21e6cb907a9a9f2c39b4660e0b67fe2cd",
+    "paper/resnet101_16ep_adv": "a7a461555a8053c73da12a8c03ada900e8b864d2ae64ae8a48af78d1955ae82b",
+    "paper/resnet101_16ep_wd5e-5": "964476f7f32ec039c16e18309730652a371189cfcb6c7c73d5ea26ce0589f739",
+    "paper/resnet18_16ep": "da875c0716aef19250718aac7205c1dbe531c1022bfd3ae7f18e890bb8b87ee1",
+    "paper/resnet18_surrogate": "69d659f251b9b223c1fbdc360048db66263ae30ca08e20a2b42fe61ff98b6bd6",
+    "paper/resnet50_16ep": "7e266e6da3ad8026975f2b60c7aab4fc57fb5c74a410bf87298cfe102f6b6efa",
+    "paper/vit_b16": "b1bf61e1bf5562133b57261b0ff84667e76e925a088d888c317083f97d51513f",
+    "paper_code/ff": "1223c9fd7f5954ef46abfcc39a708f1887754a2f98a7a53a168cb2cd0137a254",
+    "paper_code/ff_cifar10": "15d6e62cdc6992d6995a65c45aee95474baac13d1f146d95ea998c674087bfb8",
+    "paper_code/ff_sgd": "ed862a92a570dc6bdfeea1b19853e70b2a8394a6a98ba06cd88f43253140e51e",
+    "paper_code/lp": "52454e6408b6232909c2910e14556bd23f5212148dc70f6f342184c0f6388b55",
+    "paper_code/lp_cifar10": "841043587fd4ac37e01ba0198ebd79334500a2e21381a146fc008b3ff76ec19e",
+    "paper_code/resnet101_16ep": "e7acb1f386fca5766e89fbee97ec5d27af8c71dd59093eac49a902376c8b738b",
+    "paper_code/resnet101_16ep_adv": "64e83ff0cc7d87e18953b419bd7a44cb69c08f163ea50cbd1b6b8f00990eb415",
+    "paper_code/resnet18_surrogate": "87cde07099f09ba95cf6a521cb15c62ee4ee4894d3ad6bc5d72734ace321bb87",
+}
+
+
 def test_every_shipped_recipe_has_its_fingerprint_pinned():
-    """A shipped recipe outside the table had its fingerprint unguarded (the three bench
-    recipes of the embedded benchmark were; docs audit): a change of one would rerun every
-    stage it trained, unannounced."""
+    """A shipped recipe outside the tables had its fingerprint unguarded (the three bench
+    recipes of the embedded benchmark and every recipe set's member were; docs audit, review):
+    a change of one would rerun every stage it trained, unannounced."""
     from ffcv_dp4tl.training.recipe_files import list_recipes
 
     assert sorted(SHIPPED_FINGERPRINTS) == list_recipes()
+    assert sorted({**SHIPPED_FINGERPRINTS, **SHIPPED_SET_FINGERPRINTS}) == \
+        sorted(list_recipes(sets=True))
+    assert {name: load_recipe(name).fingerprint() for name in SHIPPED_SET_FINGERPRINTS} == \
+        SHIPPED_SET_FINGERPRINTS
 
 
 def test_deprecated_record_seen_key_still_loads():
