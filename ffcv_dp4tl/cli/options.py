@@ -478,23 +478,14 @@ def bench_target(target: str, data: str) -> str:
 
 
 def synth_target_names(data: str) -> Optional[list[str]]:
-    """The targets of the synth data ``data``: a ``synth:*`` SOURCE's (as its build will name
-    them) or a built folder's (``targets/NAME/``, as the pipeline finds them); None when they
-    cannot be told (a bad SOURCE: the pipeline names what is wrong with it)."""
-    from ..contracts.manifest import MANIFEST_NAME
+    """The targets of the synth data ``data``, sorted: a ``synth:*`` SOURCE's (as its build
+    will name them) or a built folder's (``targets/NAME/``, as the pipeline finds them); None
+    when they cannot be told (a bad SOURCE: the pipeline names what is wrong with it). The
+    pipeline's rule (:func:`~ffcv_dp4tl.pipeline.targets.synth_targets`), not a second one
+    beside it (``SYNTH:tiny`` was no synth data here; review)."""
+    from ..pipeline.targets import synth_targets
 
-    if str(data).split(":", 1)[0].split(",", 1)[0] == "synth":
-        from beton_builders.synth import parse_synth
-
-        try:
-            return parse_synth(str(data)).target_names()
-        except DP4TLError:  # (a bad spec: the build reports it, in its own words)
-            return None
-    root = Path(data)
-    if root.name == "source" and (root.parent / "targets").is_dir():  # (a synth root's source)
-        root = root.parent
-    names = sorted(p.parent.name for p in (root / "targets").glob(f"*/{MANIFEST_NAME}"))
-    return names or None
+    return sorted(synth_targets(str(data))) or None
 
 
 def is_synth(data: str) -> bool:

@@ -756,6 +756,26 @@ def test_a_report_holding_the_section_twice_or_a_hashed_title_is_refused_first(b
     assert (tmp_path / "B.md").read_text() == text
 
 
+def test_the_cli_reads_a_synth_datas_targets_by_the_pipelines_rule(tmp_path):
+    """One rule for the targets a synth SOURCE or build has (``pipeline.targets.synth_targets``):
+    the CLI's own copy read ``SYNTH:tiny``, which the pipeline builds, as no synth data
+    (review)."""
+    import json
+
+    from ffcv_dp4tl.cli.options import synth_target_names
+    from ffcv_dp4tl.pipeline.targets import synth_targets
+
+    built = tmp_path / "built"
+    for sub in ("source", "targets/paper", "targets/warm"):
+        (built / sub).mkdir(parents=True)
+        (built / sub / "manifest.json").write_text(json.dumps({"extra": {"generator": "synth"}}))
+    for data in ("synth:tiny", "SYNTH:tiny", "synth:tiny,num_targets=1", "synth:nonsense",
+                 str(built), str(built / "source"), str(tmp_path / "none"), "imagenet:/x"):
+        assert synth_target_names(data) == (sorted(synth_targets(data)) or None), data
+    assert synth_target_names("SYNTH:tiny") == ["blur", "paper", "warm"]
+    assert synth_target_names(str(built / "source")) == ["paper", "warm"]
+
+
 def test_the_default_bench_target_is_warm_only_where_the_data_has_it(capsys, monkeypatch,
                                                                      tmp_path):
     """On synth data of one target (``paper``), the default ``warm`` was refused after the
