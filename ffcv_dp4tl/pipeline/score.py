@@ -156,7 +156,7 @@ def score(method: str, *, source_dir: str | Path, out_dir: str | Path,
     t0 = time.perf_counter()
     from ..training.trainer import pin_cpu_threads
 
-    pin_cpu_threads(num_workers)  # CPU results depend on torch's thread count
+    pin_cpu_threads(num_workers, "num_workers")  # CPU results depend on torch's thread count
     out_dir = Path(out_dir)
     targets = () if target_dir is None else tuple(Path(t) for t in (
         target_dir if isinstance(target_dir, (list, tuple)) else [target_dir]))

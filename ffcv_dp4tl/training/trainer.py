@@ -269,7 +269,7 @@ def cudnn_benchmark(device: torch.device):
         torch.backends.cudnn.benchmark = before
 
 
-def pin_cpu_threads(num_workers: int) -> int:
+def pin_cpu_threads(num_workers: int, asked_as: str = "data.num_workers") -> int:
     """Set torch's CPU thread count for a stage from its recipe: the loader workers it runs with
     (``data.num_workers`` capped at the cores, at least 1) — what ffcv's loader sets anyway on
     every epoch. CPU results depend on this count (reductions split differently), and without
@@ -278,10 +278,12 @@ def pin_cpu_threads(num_workers: int) -> int:
     that built data first and one that found it built trained differently under the same
     stage key. (The count is the machine's as much as the recipe's,
     so ``data.num_workers`` is hashed as its default: results are reproducible per machine.)
-    The caller's count comes back when the stage's call returns (:mod:`.process_state`)."""
+    The caller's count comes back when the stage's call returns (:mod:`.process_state`).
+    ``asked_as``: the setting the count came from, named in the note when it is capped (a
+    recipe's key, or ``score``'s ``num_workers`` argument)."""
     from ..data.resources import effective_workers
 
-    n = max(1, effective_workers(num_workers))
+    n = max(1, effective_workers(num_workers, asked_as))
     torch.set_num_threads(n)
     return n
 

@@ -221,3 +221,17 @@ def test_the_data_being_scored_is_held_against_a_rebuild(tmp_path, source_dir, m
           progress=False)
     assert seen == [False]
     assert exclusive_is_free(source_dir / LOCK_NAME)
+
+
+def test_score_asked_for_too_many_workers_names_its_argument(tmp_path, source_dir, trained_run,
+                                                             capsys, monkeypatch):
+    """`score(num_workers=N)` (`dp4tl score --workers N`) on a smaller machine: the note named
+    the recipe key data.num_workers, which the caller never used (review)."""
+    from ffcv_dp4tl.data import resources
+
+    monkeypatch.setattr(resources, "_NOTED", set())
+    score("random", source_dir=source_dir, out_dir=tmp_path / "r", fmt="wds", device="cpu",
+          progress=False, num_workers=10_000)
+    err = capsys.readouterr().err
+    assert "[note] num_workers = 10000 but this machine gives the process" in err, err
+    assert "data.num_workers" not in err
