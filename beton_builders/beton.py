@@ -273,7 +273,9 @@ def _queues_left_by(tb) -> list:
     writer's frames in the traceback ``tb`` (its work and allocation queues are locals of
     ``DatasetWriter._write_common``, which the traceback keeps alive, feeder thread and pipes
     included, for as long as a notebook keeps the exception). Read from the frames, by type:
-    ffcv itself is not patched (the rule for extending it), and no local's name is assumed."""
+    ffcv's ``Queue`` is no longer patched to record them (the rule: extend ffcv only through
+    its documented classes; its progress bar still is, :func:`_ffcv_progress`, for want of a
+    switch), and no local's name is assumed."""
     import multiprocessing.queues
 
     found: dict[int, Any] = {}

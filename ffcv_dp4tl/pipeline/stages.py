@@ -362,7 +362,9 @@ def run_stage(st: Stage, fn: Callable[[Path], dict[str, Any]], log: Callable[[st
     run again, finished or not: :data:`UPSTREAM` records each by :func:`result_id`.
 
     **First run.** In a :func:`before_first_run` block, the first stage this decides to run
-    calls the block's function first (under its lock, untimed)."""
+    calls the block's function first (untimed, under the stage's lock, in its new folder: a run
+    waiting for that stage waits through it too, and if it raises the empty folder stays, as an
+    interrupted stage's does, for the next run to take over)."""
     ids = {u.dir.name: _ids(u) for u in upstream}
     record = {name: new for name, (new, _) in ids.items()}  # (what UPSTREAM records)
     legacy = {name: old for name, (_, old) in ids.items()}
