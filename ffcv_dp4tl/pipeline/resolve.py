@@ -27,7 +27,8 @@ from .config import Checked, PipelineConfig, pretrain_overrides
 from .recipes import (PAPER_PROTOCOLS, PAPER_SSL_LP, recipe_scale, recipe_scorer_options,
                       recipe_set)
 from .score import self_supervised_refusal
-from .targets import check_distinct_datasets, check_synth_target, display_names, synth_root
+from .targets import (built_targets, check_distinct_datasets, check_synth_target, display_names,
+                      synth_root)
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,7 @@ def ensure_built(source: str, data_root: Path, log: Log | None = INHERIT,
         return p
     if p.exists() and p.is_dir() and not (":" in source or source.startswith("synth")):
         if (p / "source" / MANIFEST_NAME).exists():  # a synth build: source/ + targets/<name>/
-            targets = sorted(m.parent.name for m in (p / "targets").glob(f"*/{MANIFEST_NAME}"))
+            targets = built_targets(p)
             raise DP4TLError(f"{p} holds a synth build (source/ and targets/): pass --data "
                              f"{p / 'source'} and --target {p / 'targets'}/NAME"
                              + (f" (NAME: {', '.join(targets)})" if targets else ""))
@@ -300,8 +301,8 @@ def resolve_data(cfg: PipelineConfig, log,
                          "targets) and name the target with --target")
     if synth is not None:  # synth: source + targets/<name>
         root = synth
-        targets = sorted(p.parent.name for p in (root / "targets").glob(f"*/{MANIFEST_NAME}"))
-        check_synth_target(root, cfg.target, MANIFEST_NAME)
+        targets = built_targets(root)
+        check_synth_target(root, cfg.target)
         if cfg.target and (root / "targets" / cfg.target / MANIFEST_NAME).exists():
             _read_from(hold, root / "targets" / cfg.target, log)  # (no ensure_built: held here)
             return root / "source", root / "targets" / cfg.target

@@ -122,12 +122,19 @@ def check_weights(weights: Sequence[float], n_targets: int) -> tuple[float, ...]
     return ws
 
 
-def check_synth_target(root: Path, target: str, manifest_name: str) -> None:
+def built_targets(root: Path) -> list[str]:
+    """The names of the built targets of the embedded data's build ``root``
+    (``root/targets/NAME/`` with a manifest), sorted: the one rule the pipeline, its checks
+    and its messages read them by."""
+    return sorted(p.parent.name for p in (root / "targets").glob(f"*/{MANIFEST_NAME}"))
+
+
+def check_synth_target(root: Path, target: str) -> None:
     """On the embedded data (``root/targets/*``), a bare name that is not one of its targets:
     a one-line error listing them (instead of trying to build the name as a SOURCE)."""
     if not target or ":" in target or "/" in target or Path(target).expanduser().exists():
         return
-    names = sorted(p.parent.name for p in (root / "targets").glob(f"*/{manifest_name}"))
+    names = built_targets(root)
     if target not in names:
         raise DP4TLError(f"unknown target {target!r}; the embedded data in {root} has: "
                          f"{', '.join(names) or '(none)'} (or pass a built target dir / "
@@ -159,7 +166,7 @@ def synth_targets(source: str) -> frozenset[str]:
     root = synth_root(Path(source).expanduser())
     if root is None:
         return frozenset()
-    return frozenset(p.parent.name for p in (root / "targets").glob(f"*/{MANIFEST_NAME}"))
+    return frozenset(built_targets(root))
 
 
 def display_names(target_dirs: Sequence[Path]) -> list[str]:
