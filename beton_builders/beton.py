@@ -307,8 +307,8 @@ def _close_queues(queues: list, timeout: float = 1.0) -> None:
             try:
                 while reader is not None and not reader.closed and reader.poll():
                     reader.recv_bytes()
-            except (OSError, ValueError, EOFError):  # (closed by the feeder meanwhile)
-                pass
+            except (OSError, ValueError, EOFError, TypeError):  # (closed by the feeder
+                pass  # meanwhile: its sentinel closes the reader, whose handle is None mid-read)
             feeder.join(timeout=0.01)
         if feeder is not None and feeder.is_alive():
             with contextlib.suppress(Exception):
